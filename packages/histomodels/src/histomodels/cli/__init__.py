@@ -1,0 +1,21 @@
+"""``histomodels`` command line: thin Typer wrappers over the library."""
+
+from __future__ import annotations
+
+import typer
+
+app = typer.Typer(
+    name="histomodels",
+    help="Train, tune, fine-tune, evaluate and ship models for 96x96 H&E patches (PCam).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+data_app = typer.Typer(help="Download and inspect datasets.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+# Each module adds its commands to ``app`` / ``data_app`` when imported.
+from histomodels.cli import data as _data  # noqa: E402,F401
+from histomodels.cli import evaluate as _evaluate  # noqa: E402,F401
+from histomodels.cli import train as _train  # noqa: E402,F401
+
+__all__ = ["app", "data_app"]

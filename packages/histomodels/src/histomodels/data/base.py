@@ -1,0 +1,108 @@
+"""The dataset interface every reader implements.
+
+A :class:`PatchDataset` has a length and returns ``(image, label, id)`` where image is a
+uint8 ``[H, W, 3]`` array (96x96 for PCam), label is 0/1 (or -1 when unknown) and id is a
+string that names the patch in reports and ``predictions.csv``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+
+import numpy as np
+
+
+class DatasetError(ValueError):
+    """Bad input data; the message names the file (and row) and the problem."""
+
+
+class PatchDataset(ABC):
+    """Random access to labelled RGB patches."""
+
+    #: Where the data came from (shown in reports).
+    source: str = ""
+
+    @abstractmethod
+    def __len__(self) -> int: ...
+
+    @abstractmethod
+    def __getitem__(self, index: int) -> tuple[np.ndarray, int, str]: ...
+
+    def labels(self) -> np.ndarray:
+        """All labels as int64 (readers override this when labels are cheap to read)."""
+        return np.array([self[i][1] for i in range(len(self))], dtype=np.int64)
+
+    def ids(self) -> list[str]:
+        return [self[i][2] for i in range(len(self))]
+
+    def load_all(self) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        """Decode everything once: ``(uint8 [N, H, W, 3], int64 [N], ids)``."""
+        n = len(self)
+        if n == 0:
+            raise DatasetError(f"{self.source or 'dataset'}: no patches")
+        first = self[0][0]
+        images = np.empty((n, *first.shape), dtype=np.uint8)
+        labels = np.empty(n, dtype=np.int64)
+        ids: list[str] = []
+        for i in range(n):
+            img, label, pid = self[i]
+            if img.shape != first.shape:
+                raise DatasetError(
+                    f"{self.source}: patch {pid!r} has shape {img.shape}, expected {first.shape}"
+                )
+            images[i], labels[i] = img, label
+            ids.append(pid)
+        return images, labels, ids
+
+
+class ArrayDataset(PatchDataset):
+    """Patches already in memory (decoded caches, synthetic data, tests)."""
+
+    def __init__(
+        self,
+        images: np.ndarray,
+        labels: np.ndarray | None = None,
+        ids: list[str] | None = None,
+        source: str = "array",
+    ) -> None:
+        images = np.asarray(images)
+        if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
+            raise DatasetError(
+                f"{source}: expected uint8 [N, H, W, 3], got {images.dtype} {images.shape}"
+            )
+        n = len(images)
+        self.images = images
+        self._labels = (
+            np.full(n, -1, dtype=np.int64) if labels is None else np.asarray(labels, np.int64)
+        )
+        if len(self._labels) != n:
+            raise DatasetError(f"{source}: {n} images but {len(self._labels)} labels")
+        self._ids = ids if ids is not None else [f"{i}" for i in range(n)]
+        self.source = source
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, int, str]:
+        return self.images[index], int(self._labels[index]), self._ids[index]
+
+    def labels(self) -> np.ndarray:
+        return self._labels
+
+    def ids(self) -> list[str]:
+        return list(self._ids)
+
+    def load_all(self) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        return self.images, self._labels, list(self._ids)
+
+
+def open_dataset(path: str | Path, **kwargs: object) -> PatchDataset:
+    """Open any supported dataset path; the format is detected from what is on disk.
+
+    Implemented in :mod:`histomodels.data.readers` (PCam HDF5 pairs, encoded HDF5, Kaggle
+    folders, class-per-folder trees, histofetch run folders).
+    """
+    from histomodels.data.readers import open_path
+
+    return open_path(Path(path), **kwargs)
