@@ -36,7 +36,10 @@ ENV = {
 
 def _install(session: nox.Session) -> None:
     digest = hashlib.sha256()
-    for p in ["noxfile.py", "packages/histofetch/pyproject.toml", "packages/histomodels/pyproject.toml"]:
+    for p in [
+        "noxfile.py",
+        *(f"packages/{n}/pyproject.toml" for n in ("histofetch", "histomodels")),
+    ]:
         digest.update((ROOT / p).read_bytes())
     if not (BIN / "python").exists():
         session.run(sys.executable, "-m", "venv", str(VENV), external=True)

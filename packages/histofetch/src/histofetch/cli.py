@@ -41,7 +41,7 @@ def download(run: Path = RunOpt) -> None:
 
 @app.command()
 def extract(
-    paths: list[Path] = typer.Argument(None, help="Local PDFs or folders; default: the run's PDFs."),
+    paths: list[Path] = typer.Argument(None, help="Local PDFs/folders; default: the run's PDFs."),
     run: Path = RunOpt,
 ) -> None:
     """Extract every embedded raster image of every PDF."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field, fields
@@ -233,6 +234,12 @@ class Manifest:
             return path.resolve().relative_to(self.run_dir.resolve()).as_posix()
         except ValueError:
             return str(path.resolve())
+
+
+def record_slug(record_id: str) -> str:
+    """A file-system-safe folder/file stem for a record id (``pmid:123`` → ``pmid_123``)."""
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", record_id).strip("._")
+    return slug[:120] or "record"
 
 
 def _image_order(img: Image) -> tuple[Any, ...]:

@@ -56,9 +56,8 @@ def run_per_record(
     summary = StageSummary(stage)
     todo: list[Record] = []
     for rec in manifest.records.values():
-        if rec.status == "failed" and not (retry_failed and rec.failed_stage == stage):
-            summary.skipped += 1
-        elif rec.reached(stage):
+        retry = retry_failed and rec.failed_stage == stage
+        if (rec.status == "failed" and not retry) or rec.reached(stage):
             summary.skipped += 1
         elif rec.reached(previous):
             todo.append(rec)

@@ -49,8 +49,7 @@ def make_checkpoint(
         "model": name,
         "model_config": dict(model_config or {}),
         "state_dict": {k: v.detach().cpu() for k, v in module.state_dict().items()},
-        "normalization": normalization
-        or {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
+        "normalization": normalization or {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
         "input_size": int(input_size),
         "train_config": dict(train_config or {}),
         "metrics": dict(metrics or {}),
@@ -103,5 +102,6 @@ def load_model(
     try:
         model.load_state_dict(ckpt["state_dict"])
     except RuntimeError as exc:
-        raise CheckpointError(f"{path}: weights do not fit model {ckpt['model']!r}: {exc}") from None
+        msg = f"{path}: weights do not fit model {ckpt['model']!r}: {exc}"
+        raise CheckpointError(msg) from None
     return model.to(device).eval(), ckpt
