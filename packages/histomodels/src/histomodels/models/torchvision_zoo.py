@@ -1,1 +1,94 @@
-"""Placeholder."""
+"""torchvision backbones with a 1-logit head: MobileNetV2/V3, EfficientNet-B0/B1.
+
+``pretrained=True`` (or ``weights="imagenet"``) uses torchvision's weights API (downloads
+into the torch hub cache when online); ``weights=PATH`` loads a local state dict or
+torchvision checkpoint. ``input_size`` resizes the 96 px patches inside the model, so a
+checkpoint carries its own preprocessing.
+"""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import nn
+
+from histomodels.models.registry import register_model
+
+ARCHS = (
+    "mobilenet_v2",
+    "mobilenet_v3_small",
+    "mobilenet_v3_large",
+    "efficientnet_b0",
+    "efficientnet_b1",
+)
+IMAGENET_NAMES = ("imagenet", "default", "DEFAULT")
+
+
+class InputResize(nn.Module):
+    """Bilinear resize to ``size`` before the wrapped model (no-op when sizes agree)."""
+
+    def __init__(self, inner: nn.Module, size: int) -> None:
+        super().__init__()
+        self.inner = inner
+        self.size = int(size)
+
+    def forward(self, x):
+        if x.shape[-1] != self.size or x.shape[-2] != self.size:
+            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
+        return self.inner(x)
+
+    def get_classifier(self) -> nn.Module:
+        from histomodels.models.weights import head_module
+
+        return head_module(self.inner)
+
+
+def maybe_resize(model: nn.Module, input_size: int | None) -> nn.Module:
+    return InputResize(model, input_size) if input_size else model
+
+
+def _torchvision(
+    arch: str, pretrained: bool, weights: str | None, dropout: float | None
+) -> nn.Module:
+    import torchvision
+
+    use_imagenet = pretrained or (weights in IMAGENET_NAMES)
+    if use_imagenet:
+        try:
+            model = torchvision.models.get_model(arch, weights="DEFAULT")
+        except Exception as exc:
+            raise RuntimeError(
+                f"{arch}: could not get torchvision ImageNet weights ({type(exc).__name__}: "
+                f"{str(exc).splitlines()[0] if str(exc) else ''}); when offline pass "
+                f"weights=PATH to a local file"
+            ) from None
+    else:
+        model = torchvision.models.get_model(arch, weights=None)
+    last = model.classifier[-1]
+    model.classifier[-1] = nn.Linear(last.in_features, 1)
+    if dropout is not None:
+        for m in model.classifier:
+            if isinstance(m, nn.Dropout):
+                m.p = float(dropout)
+    if weights and not use_imagenet:
+        from histomodels.models.weights import load_weights
+
+        load_weights(model, weights)
+    return model
+
+
+def _make_builder(arch: str):
+    def build(
+        pretrained: bool = False,
+        weights: str | None = None,
+        dropout: float | None = None,
+        input_size: int | None = None,
+    ) -> nn.Module:
+        return maybe_resize(_torchvision(arch, pretrained, weights, dropout), input_size)
+
+    build.__name__ = arch
+    build.__doc__ = f"torchvision {arch} with a 1-logit head."
+    return register_model(arch)(build)
+
+
+for _arch in ARCHS:
+    _make_builder(_arch)

@@ -1,0 +1,166 @@
+"""Loading weights from local files and splitting a model into backbone and head.
+
+Files are read with ``torch.load(weights_only=True)`` (or safetensors), so a weights file
+never runs code. Accepted layouts: a bare state dict; a torchvision/timm training
+checkpoint (``{"model": sd}``, ``{"state_dict": sd}``, ``{"model_ema": sd}``); a
+histomodels checkpoint; a ``.safetensors`` file (what the hub ships for timm models).
+The classifier of the file (ImageNet's 1000 classes) is dropped when its shape does not fit
+our 1-logit head; any other mismatch is an error naming the file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+_WRAPPER_KEYS = ("state_dict", "model", "model_state", "model_state_dict", "model_ema", "module")
+_PREFIXES = ("module.", "_orig_mod.", "model.")
+
+
+class WeightsError(ValueError):
+    """A weights file that cannot be used for the model; the message names the file."""
+
+
+def _is_state_dict(obj: Any) -> bool:
+    return (
+        isinstance(obj, dict)
+        and len(obj) > 0
+        and all(isinstance(k, str) for k in obj)
+        and all(isinstance(v, torch.Tensor) for v in obj.values())
+    )
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a tensor dict from any of the supported layouts (no code execution)."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"{path}: no such weights file")
+    if path.suffix == ".safetensors":
+        try:
+            from safetensors.torch import load_file
+        except ImportError:  # pragma: no cover - timm depends on safetensors
+            raise WeightsError(f"{path}: install safetensors to read .safetensors files") from None
+        try:
+            return dict(load_file(str(path), device="cpu"))
+        except Exception as exc:
+            raise WeightsError(f"{path}: not a readable safetensors file ({exc})") from None
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise WeightsError(f"{path}: not a loadable weights file ({first})") from None
+    if isinstance(obj, dict) and obj.get("format") == "histomodels.checkpoint":
+        obj = obj.get("state_dict")
+    elif isinstance(obj, dict) and not _is_state_dict(obj):
+        for key in _WRAPPER_KEYS:
+            if _is_state_dict(obj.get(key)):
+                obj = obj[key]
+                break
+    if not _is_state_dict(obj):
+        raise WeightsError(f"{path}: holds no state dict (a dict of tensors)")
+    return dict(obj)
+
+
+def _strip_prefixes(sd: dict[str, torch.Tensor], target: set[str]) -> dict[str, torch.Tensor]:
+    """Drop wrapper prefixes (DDP ``module.``, compile ``_orig_mod.``) when keys then fit."""
+    for prefix in _PREFIXES:
+        if sd and all(k.startswith(prefix) for k in sd):
+            stripped = {k[len(prefix) :]: v for k, v in sd.items()}
+            if len(set(stripped) & target) > len(set(sd) & target):
+                sd = stripped
+    return sd
+
+
+def head_module(model: nn.Module) -> nn.Module | None:
+    """The classifier module (timm's ``get_classifier`` convention, else common names)."""
+    model = getattr(model, "module", model)
+    model = getattr(model, "inner", model)
+    if hasattr(model, "get_classifier"):
+        head = model.get_classifier()
+        if isinstance(head, nn.Module):
+            return head
+    for name in ("classifier", "head", "fc"):
+        head = getattr(model, name, None)
+        if isinstance(head, nn.Module):
+            return head
+    return None
+
+
+def head_keys(model: nn.Module) -> set[str]:
+    """State-dict keys that belong to the classifier head."""
+    head = head_module(model)
+    if head is None:
+        return set()
+    ids = {id(t) for t in list(head.parameters()) + list(head.buffers())}
+    return {k for k, v in model.state_dict(keep_vars=True).items() if id(v) in ids}
+
+
+def split_parameters(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    """``(backbone_params, head_params)`` for warm-up freezing and per-group learning rates."""
+    head = head_module(model)
+    head_ids = {id(p) for p in head.parameters()} if head is not None else set()
+    backbone = [p for p in model.parameters() if id(p) not in head_ids]
+    heads = [p for p in model.parameters() if id(p) in head_ids]
+    if not heads:
+        raise ValueError(f"cannot find the classifier head of {type(model).__name__}")
+    return backbone, heads
+
+
+def apply_state_dict(
+    model: nn.Module, sd: dict[str, torch.Tensor], source: str = "weights"
+) -> dict[str, list[str]]:
+    """Load ``sd`` into ``model``; the head may be skipped when it does not fit, nothing else."""
+    target = model.state_dict()
+    sd = _strip_prefixes(sd, set(target))
+    heads = head_keys(model)
+    skipped = [k for k in heads if k in sd and sd[k].shape != target[k].shape]
+    for k in skipped:
+        del sd[k]
+    bad = [k for k, v in sd.items() if k in target and v.shape != target[k].shape]
+    if bad:
+        k = bad[0]
+        raise WeightsError(
+            f"{source}: {len(bad)} tensors do not fit the model, e.g. {k}: "
+            f"{tuple(sd[k].shape)} vs {tuple(target[k].shape)}"
+        )
+    missing = [k for k in target if k not in sd and k not in heads]
+    missing = [k for k in missing if not k.endswith("num_batches_tracked")]
+    if missing:
+        raise WeightsError(
+            f"{source}: {len(missing)} model tensors missing from the file, e.g. {missing[0]}"
+        )
+    unexpected = [k for k in sd if k not in target]
+    if len(unexpected) > len(sd) // 2:
+        raise WeightsError(f"{source}: most keys do not belong to this model, e.g. {unexpected[0]}")
+    model.load_state_dict(sd, strict=False)
+    return {"skipped_head": sorted(skipped), "unexpected": sorted(unexpected)}
+
+
+def load_weights(model: nn.Module, path: str | Path) -> dict[str, list[str]]:
+    """Load a local weights file into ``model`` (head skipped if it is ImageNet's)."""
+    return apply_state_dict(model, read_state_dict(path), source=str(path))
+
+
+def load_by_order(
+    model: nn.Module, sd: dict[str, torch.Tensor], source: str, *, skip_head: bool = True
+) -> int:
+    """Copy tensors in parameter order (for files whose key names differ but layout matches)."""
+    heads = head_keys(model) if skip_head else set()
+    target = [(k, v) for k, v in model.state_dict().items() if k not in heads]
+    values = list(sd.values())
+    if skip_head:
+        values = values[: len(target)]
+    if len(values) != len(target):
+        raise WeightsError(f"{source}: {len(values)} tensors, the model has {len(target)}")
+    new = {}
+    for (k, v), w in zip(target, values, strict=True):
+        if v.shape != w.shape:
+            raise WeightsError(
+                f"{source}: tensor for {k} has shape {tuple(w.shape)}, not {tuple(v.shape)}"
+            )
+        new[k] = w
+    model.load_state_dict(new, strict=False)
+    return len(new)
