@@ -1,0 +1,183 @@
+"""``histomodels eval``: metrics with confidence intervals, calibration, operating point,
+plots and an error gallery for one checkpoint on one labelled patch dataset.
+
+Protocol (so numbers are honest): temperature and threshold are fitted on the *validation*
+set only, then frozen and applied to the *test* set. Without a validation set the stored
+temperature and a 0.5 threshold are used, and ``threshold_source`` says so.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from histofetch.manifest import atomic_write_text
+from histomodels.checkpoint import load_model, read_checkpoint, save_checkpoint
+from histomodels.inference import norm_of, predict_logits, sigmoid
+
+PLOTS = ("roc.png", "pr.png", "confusion.png", "reliability.png")
+
+
+def _load(data: Any) -> tuple[np.ndarray, np.ndarray, list[str], str]:
+    """A path (any supported dataset format) or a PatchDataset → arrays."""
+    from histomodels.data import open_dataset
+
+    ds = open_dataset(data) if isinstance(data, (str, Path)) else data
+    images, labels, ids = ds.load_all()
+    return images, np.asarray(labels, np.int64), list(ids), str(getattr(ds, "source", data))
+
+
+def _json_safe(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, (np.floating, float)):
+        return None if not math.isfinite(float(obj)) else float(obj)
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj
+
+
+def write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(_json_safe(obj), indent=2, sort_keys=True) + "\n")
+
+
+def write_predictions(path: Path, ids: list[str], labels: np.ndarray, probs: np.ndarray) -> None:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["id", "label", "probability"])
+    for i, y, p in zip(ids, labels, probs, strict=True):
+        w.writerow([i, int(y), f"{p:.6f}"])
+    atomic_write_text(path, buf.getvalue())
+
+
+def evaluate_checkpoint(
+    checkpoint: str | Path,
+    data: Any,
+    out: str | Path,
+    *,
+    val: Any | None = None,
+    tta: bool = False,
+    batch_size: int = 256,
+    sensitivity: float | None = None,
+    n_bootstrap: int = 1000,
+    seed: int = 0,
+    precision: str = "fp32",
+    store_temperature: bool = True,
+    gallery: bool = True,
+    progress: Callable[[str, int], Callable[[int], None] | None] | None = None,
+) -> dict[str, Any]:
+    """Evaluate ``checkpoint`` on ``data`` and write metrics.json, predictions.csv and PNGs
+    to ``out``. Returns the metrics dict. ``progress(desc, total)`` may return a callback
+    that receives the number of patches done per batch."""
+    from histomodels.calibration import fit_temperature, nll
+    from histomodels.metrics import binary_metrics, choose_threshold, summarize
+
+    out = Path(out)
+    model, ckpt = load_model(checkpoint)
+    mean, std = norm_of(ckpt)
+
+    def infer(images: np.ndarray, desc: str) -> np.ndarray:
+        cb = progress(desc, len(images)) if progress else None
+        return predict_logits(
+            model,
+            images,
+            mean=mean,
+            std=std,
+            batch_size=batch_size,
+            tta=tta,
+            precision=precision,
+            progress=cb,
+        )
+
+    images, labels, ids, source = _load(data)
+    result: dict[str, Any] = {
+        "checkpoint": str(checkpoint),
+        "model": ckpt.get("model"),
+        "data": source,
+        "tta": bool(tta),
+        "precision": precision,
+    }
+    temperature = float(ckpt.get("temperature", 1.0) or 1.0)
+    threshold, threshold_source = 0.5, "default 0.5 (no validation set given)"
+    if val is not None:
+        v_images, v_labels, _, v_source = _load(val)
+        if not np.isin(v_labels, (0, 1)).all():
+            raise ValueError(f"{v_source}: validation data must be fully labelled (0/1)")
+        v_logits = infer(v_images, "validation")
+        temperature = fit_temperature(v_logits, v_labels)
+        threshold, how = choose_threshold(v_labels, sigmoid(v_logits, temperature), sensitivity)
+        threshold_source = f"{how} on validation ({v_source}, n={len(v_labels)})"
+        result["validation"] = {
+            "data": v_source,
+            "n": len(v_labels),
+            "nll_before": nll(v_logits, v_labels),
+            "nll_after": nll(v_logits, v_labels, temperature),
+        }
+        if store_temperature:
+            raw = read_checkpoint(checkpoint)
+            raw["temperature"] = temperature
+            raw.setdefault("metrics", {})["temperature_fitted_on"] = v_source
+            save_checkpoint(checkpoint, raw)
+    elif sensitivity is not None:
+        raise ValueError("--sensitivity needs --val: the operating point is chosen on validation")
+    result.update(temperature=temperature, threshold_source=threshold_source)
+
+    logits = infer(images, "test")
+    probs = sigmoid(logits, temperature)
+    out.mkdir(parents=True, exist_ok=True)
+    write_predictions(out / "predictions.csv", ids, labels, probs)
+    labelled = np.isin(labels, (0, 1))
+    result["n_unlabelled"] = int((~labelled).sum())
+    if not labelled.any():
+        result["note"] = "no labels in the data: predictions only, no metrics"
+        write_json(out / "metrics.json", result)
+        return result
+    y, p = labels[labelled], probs[labelled]
+    result.update(summarize(y, p, threshold, n_resamples=n_bootstrap, seed=seed))
+    result["at_0.5"] = {k: v for k, v in binary_metrics(y, p, 0.5).items() if k != "ci"}
+    raw_p = sigmoid(logits[labelled])
+    result["uncalibrated"] = {
+        k: binary_metrics(y, raw_p, threshold)[k] for k in ("brier", "ece")
+    } | {"nll": nll(logits[labelled], y)}
+
+    if len(np.unique(y)) == 2:
+        from histomodels import plots
+
+        plots.roc_plot(y, p, out / "roc.png", threshold)
+        plots.pr_plot(y, p, out / "pr.png")
+        plots.confusion_plot(
+            result["tn"],
+            result["fp"],
+            result["fn"],
+            result["tp"],
+            out / "confusion.png",
+            threshold,
+        )
+        plots.reliability_plot(y, p, out / "reliability.png")
+        if gallery:
+            from histomodels.explain import error_gallery
+
+            result["gallery"] = error_gallery(
+                model,
+                images[labelled],
+                y,
+                p,
+                [ids[i] for i in np.flatnonzero(labelled)],
+                threshold,
+                out / "errors_gradcam.png",
+                mean=mean,
+                std=std,
+            )
+    else:
+        result["note"] = "only one class present: ROC/PR plots and AUC are undefined"
+    write_json(out / "metrics.json", result)
+    return result

@@ -1,0 +1,156 @@
+"""Export a checkpoint to ONNX or TorchScript and check the export against PyTorch.
+
+The exported graph contains the network only (input: normalised float NCHW ``[N, 3, H, W]``
+with a dynamic batch axis, output: one logit per patch); preprocessing (``to_input``) and
+the stored temperature (``sigmoid(logit / T)``) are recorded in the ONNX metadata so a
+deployment can reproduce :mod:`histomodels.inference` exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from histomodels.checkpoint import load_model
+from histomodels.inference import norm_of
+
+FORMATS = ("onnx", "torchscript")
+
+
+class _Logit(nn.Module):
+    """Flatten the head's ``[N, 1]`` to ``[N]`` so every format returns the same shape."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x).reshape(x.shape[0], -1)[:, 0]
+
+
+def _tmp_beside(path: Path) -> Path:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    return Path(tmp)
+
+
+def _export_onnx(
+    net: nn.Module, example: torch.Tensor, tmp: Path, meta: dict[str, str], exporter: str
+) -> None:
+    import onnx
+
+    common = {"input_names": ["input"], "output_names": ["logit"]}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if exporter == "dynamo":  # torch.export-based: the default exporter since torch 2.9
+            batch = torch.export.Dim("batch", min=1, max=65536)
+            torch.onnx.export(
+                net,
+                (example,),
+                str(tmp),
+                dynamic_shapes=({0: batch},),
+                dynamo=True,
+                external_data=False,
+                verbose=False,
+                **common,
+            )
+        elif exporter == "legacy":  # TorchScript-based exporter (older torch, odd models)
+            torch.onnx.export(
+                net,
+                (example,),
+                str(tmp),
+                dynamo=False,
+                opset_version=17,
+                dynamic_axes={"input": {0: "batch"}, "logit": {0: "batch"}},
+                **common,
+            )
+        else:
+            raise ValueError(f"unknown ONNX exporter {exporter!r}; use dynamo or legacy")
+    proto = onnx.load(str(tmp))
+    for k, v in meta.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = k, v
+    onnx.checker.check_model(proto)
+    onnx.save(proto, str(tmp))
+
+
+def _run_exported(fmt: str, path: Path, x: torch.Tensor) -> np.ndarray:
+    if fmt == "onnx":
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = max(1, torch.get_num_threads())
+        sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        return sess.run(None, {"input": x.contiguous().numpy()})[0]
+    loaded = torch.jit.load(str(path), map_location="cpu")
+    with torch.inference_mode():
+        return loaded(x).numpy()
+
+
+def export_checkpoint(
+    checkpoint: str | Path,
+    fmt: str,
+    out: str | Path,
+    *,
+    exporter: str = "dynamo",
+    parity_batch: int = 4,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Write ``out`` atomically and return ``{"path", "format", "max_abs_diff", ...}``.
+
+    The parity check runs PyTorch and the exported model on the same random batch (and a
+    batch of another size for the dynamic axis) and reports the largest logit difference.
+    """
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown export format {fmt!r}; use one of {', '.join(FORMATS)}")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    model, ckpt = load_model(checkpoint)
+    net = _Logit(model).eval()
+    size = int(ckpt.get("input_size", 96))
+    gen = torch.Generator().manual_seed(seed)
+    example = torch.randn(parity_batch, 3, size, size, generator=gen)
+    other = torch.randn(parity_batch + 3, 3, size, size, generator=gen)
+    mean, std = norm_of(ckpt)
+    meta = {
+        "histomodels.model": str(ckpt.get("model")),
+        "histomodels.input": f"float32 [N, 3, {size}, {size}], RGB/255 normalised by mean/std",
+        "histomodels.normalization": json.dumps({"mean": mean, "std": std}),
+        "histomodels.temperature": str(float(ckpt.get("temperature", 1.0))),
+        "histomodels.output": "logit per patch; probability = sigmoid(logit / temperature)",
+    }
+    tmp = _tmp_beside(out)
+    try:
+        if fmt == "onnx":
+            _export_onnx(net, example, tmp, meta, exporter)
+        else:
+            with torch.inference_mode(False), torch.no_grad():
+                scripted = torch.jit.trace(net, example, check_trace=False)
+            scripted = torch.jit.freeze(scripted)
+            extra = {"histomodels.json": json.dumps(meta)}
+            torch.jit.save(scripted, str(tmp), _extra_files=extra)
+        with torch.inference_mode():
+            ref = torch.cat([net(example), net(other)]).numpy()
+        got = np.concatenate([_run_exported(fmt, tmp, example), _run_exported(fmt, tmp, other)])
+        diff = float(np.abs(ref - got).max())
+        os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return {
+        "path": str(out),
+        "format": fmt,
+        "exporter": exporter if fmt == "onnx" else "trace",
+        "model": ckpt.get("model"),
+        "max_abs_diff": diff,
+        "parity_batches": [len(example), len(other)],
+        "bytes": out.stat().st_size,
+    }

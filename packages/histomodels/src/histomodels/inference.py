@@ -1,0 +1,106 @@
+"""Batched, no-grad inference from uint8 patches to logits (optionally with dihedral TTA).
+
+One function used by eval, predict, the external literature set and the benchmark so that
+preprocessing (``histomodels.preprocess.to_input``), memory format and precision are the
+same everywhere.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from histomodels.preprocess import IMAGENET_MEAN, IMAGENET_STD, to_input
+
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+@functools.cache
+def cpu_has_fast_bf16() -> bool:
+    """True when the CPU has native bf16 dot products (AVX512-BF16 or AMX): only then does
+    bf16 autocast speed up CPU inference rather than slow it down."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(f in flags for f in ("avx512_bf16", "amx_bf16"))
+
+
+def resolve_precision(precision: str, device: torch.device | str = "cpu") -> str:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision != "auto":
+        return precision
+    if torch.device(device).type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if cpu_has_fast_bf16() else "fp32"
+
+
+def dihedral_views(x: torch.Tensor) -> list[torch.Tensor]:
+    """The 8 rotations/reflections of an NCHW batch (the symmetry group of a square patch;
+    histology has no canonical orientation)."""
+    views = []
+    for flip in (False, True):
+        base = torch.flip(x, dims=(3,)) if flip else x
+        for k in range(4):
+            views.append(torch.rot90(base, k, dims=(2, 3)) if k else base)
+    return views
+
+
+def norm_of(ckpt: dict | None) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) stored in a checkpoint, ImageNet statistics otherwise."""
+    norm = (ckpt or {}).get("normalization") or {}
+    return tuple(norm.get("mean", IMAGENET_MEAN)), tuple(norm.get("std", IMAGENET_STD))
+
+
+def _batches(images: np.ndarray | Iterable[np.ndarray], batch_size: int) -> Iterator[np.ndarray]:
+    if isinstance(images, np.ndarray):
+        for i in range(0, len(images), batch_size):
+            yield images[i : i + batch_size]
+    else:
+        yield from images
+
+
+@torch.inference_mode()
+def predict_logits(
+    model: nn.Module,
+    images: np.ndarray | Iterable[np.ndarray],
+    *,
+    mean: tuple[float, ...] = IMAGENET_MEAN,
+    std: tuple[float, ...] = IMAGENET_STD,
+    batch_size: int = 256,
+    tta: bool = False,
+    precision: str = "fp32",
+    device: torch.device | str = "cpu",
+    progress: Callable[[int], None] | None = None,
+) -> np.ndarray:
+    """Logits (float32 [N]) for uint8 ``[N, H, W, 3]`` patches (an array, or an iterable of
+    batches so callers can stream tiles). TTA averages the logits of the 8 dihedral views."""
+    device = torch.device(device)
+    prec = resolve_precision(precision, device)
+    model = model.to(device).eval()
+    if device.type == "cpu":
+        model = model.to(memory_format=torch.channels_last)
+    out: list[np.ndarray] = []
+    for batch in _batches(images, batch_size):
+        if len(batch) == 0:
+            continue
+        x = to_input(batch, mean, std, channels_last=True, device=device)
+        views = dihedral_views(x) if tta else [x]
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=prec == "bf16"):
+            logits = torch.stack([model(v).float().reshape(len(batch), -1)[:, 0] for v in views])
+        out.append(logits.mean(0).cpu().numpy())
+        if progress is not None:
+            progress(len(batch))
+    return np.concatenate(out).astype(np.float32) if out else np.zeros(0, np.float32)
+
+
+def sigmoid(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """Calibrated probability ``sigmoid(logit / T)``."""
+    z = np.asarray(logits, dtype=np.float64) / float(temperature)
+    return 1.0 / (1.0 + np.exp(-z))
