@@ -1,0 +1,298 @@
+"""The one HTTP client every network stage uses: rate limits, retries, identification.
+
+NCBI asks E-utilities users for at most 3 requests/s (10/s with an API key), a ``tool``
+and ``email`` on every call, and backing off on HTTP 429. :class:`NetClient` does all of
+that in one place so the stages never talk to ``httpx`` directly. Base URLs come from
+:class:`NetConfig`, whose defaults are the live services and which environment
+variables (``HISTOFETCH_*_URL``) override, so tests point the whole tool at a local server.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import os
+import random
+import threading
+import time
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from histofetch import __version__ as _VERSION
+
+EUTILS_URL = "https://eutils.ncbi.nlm.nih.gov/entrez/eutils/"
+#: The current PMC ID Converter API (the old www.ncbi.nlm.nih.gov/pmc/utils/idconv/v1.0/
+#: address redirects here).
+IDCONV_URL = "https://pmc.ncbi.nlm.nih.gov/tools/idconv/api/v1/articles/"
+OA_URL = "https://www.ncbi.nlm.nih.gov/pmc/utils/oa/oa.fcgi"
+EUROPEPMC_URL = "https://europepmc.org/"
+#: Where the OA service's ``ftp://ftp.ncbi.nlm.nih.gov/...`` package/PDF links are fetched.
+NCBI_FTP_URL = "https://ftp.ncbi.nlm.nih.gov/"
+
+#: HTTP statuses worth retrying: rate limited, or a transient server/gateway problem.
+RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+
+
+def _env(name: str, default: str | None) -> str | None:
+    value = os.environ.get(name)
+    return value if value else default
+
+
+def _env_float(name: str, default: float) -> float:
+    value = os.environ.get(name)
+    try:
+        return float(value) if value else default
+    except ValueError:
+        raise ValueError(f"environment variable {name}={value!r} is not a number") from None
+
+
+@dataclass
+class NetConfig:
+    """Where the services live and how politely to call them.
+
+    Every field has an environment override (read when the config is created), so a
+    user or a test can redirect the tool without code changes.
+    """
+
+    eutils_url: str = field(default_factory=lambda: _env("HISTOFETCH_EUTILS_URL", EUTILS_URL))
+    idconv_url: str = field(default_factory=lambda: _env("HISTOFETCH_IDCONV_URL", IDCONV_URL))
+    oa_url: str = field(default_factory=lambda: _env("HISTOFETCH_OA_URL", OA_URL))
+    europepmc_url: str = field(
+        default_factory=lambda: _env("HISTOFETCH_EUROPEPMC_URL", EUROPEPMC_URL)
+    )
+    ncbi_ftp_url: str = field(default_factory=lambda: _env("HISTOFETCH_NCBI_FTP_URL", NCBI_FTP_URL))
+    api_key: str | None = field(default_factory=lambda: _env("NCBI_API_KEY", None))
+    email: str | None = field(default_factory=lambda: _env("NCBI_EMAIL", None))
+    tool: str = "histofetch"
+    #: Seconds for connect/read/write/pool each.
+    timeout: float = field(default_factory=lambda: _env_float("HISTOFETCH_TIMEOUT", 30.0))
+    #: Retries after the first attempt (so ``max_retries + 1`` attempts in all).
+    max_retries: int = field(default_factory=lambda: int(_env_float("HISTOFETCH_RETRIES", 4)))
+    #: First backoff in seconds; doubled each retry, capped at ``max_backoff``.
+    backoff: float = field(default_factory=lambda: _env_float("HISTOFETCH_BACKOFF", 1.0))
+    max_backoff: float = 60.0
+    #: NCBI requests per second; ``None`` means NCBI's limit (3, or 10 with an API key).
+    ncbi_rate: float | None = None
+    #: Requests per second to any one non-NCBI host (Europe PMC, publishers).
+    other_rate: float = 5.0
+    #: Largest body accepted from any URL (PDFs and OA packages included).
+    max_bytes: int = 300 * 1024 * 1024
+    user_agent: str = (
+        f"histofetch/{_VERSION} (+https://github.com/histofetch; literature mining for "
+        "histology figures)"
+    )
+
+    @property
+    def effective_ncbi_rate(self) -> float:
+        if self.ncbi_rate is not None:
+            return self.ncbi_rate
+        return 10.0 if self.api_key else 3.0
+
+    def ncbi_params(self) -> dict[str, str]:
+        """The identification parameters NCBI asks for on every request."""
+        params = {"tool": self.tool}
+        if self.email:
+            params["email"] = self.email
+        if self.api_key:
+            params["api_key"] = self.api_key
+        return params
+
+
+class NetError(Exception):
+    """A request that failed for good (after retries); the message is one line."""
+
+    def __init__(self, message: str, *, status: int | None = None, url: str = "") -> None:
+        super().__init__(message)
+        self.status = status
+        self.url = url
+
+
+class RateLimiter:
+    """At most ``rate`` request starts in any sliding one-second window (thread-safe).
+
+    A sliding window (rather than a fixed interval) lets short bursts through while
+    still guaranteeing NCBI's "no more than N requests per second" in every window.
+    """
+
+    def __init__(self, rate: float, *, window: float = 1.0, margin: float = 0.02) -> None:
+        if rate <= 0:
+            raise ValueError("rate must be positive")
+        self.window = window
+        self.margin = margin
+        self.burst = max(1, int(rate))
+        # A fractional rate (e.g. 0.5/s) becomes 1 request per window/rate seconds.
+        if rate < 1:
+            self.window = window / rate
+        self._starts: deque[float] = deque(maxlen=self.burst)
+        self._lock = threading.Lock()
+
+    def acquire(self) -> None:
+        with self._lock:
+            while True:
+                now = time.monotonic()
+                if len(self._starts) < self.burst:
+                    break
+                wait = self._starts[0] + self.window + self.margin - now
+                if wait <= 0:
+                    break
+                time.sleep(wait)
+            self._starts.append(time.monotonic())
+
+
+def ftp_to_https(url: str) -> str:
+    """NCBI's OA service still names ``ftp://ftp.ncbi.nlm.nih.gov/...``; the same files
+    are served over HTTPS, which works through proxies and with httpx."""
+    if url.startswith("ftp://"):
+        return "https://" + url[len("ftp://") :]
+    return url
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("Retry-After")
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _short(url: str) -> str:
+    url = str(url)
+    return url if len(url) <= 120 else url[:117] + "..."
+
+
+class NetClient:
+    """One ``httpx.Client`` plus NCBI etiquette; use as a context manager."""
+
+    def __init__(self, config: NetConfig | None = None) -> None:
+        self.config = config or NetConfig()
+        self._client = httpx.Client(
+            timeout=httpx.Timeout(self.config.timeout),
+            follow_redirects=True,
+            headers={"User-Agent": self.config.user_agent},
+        )
+        self._ncbi_limiter = RateLimiter(self.config.effective_ncbi_rate)
+        self._host_limiters: dict[str, RateLimiter] = {}
+        self._lock = threading.Lock()
+
+    # -- lifecycle ---------------------------------------------------------------------
+    def close(self) -> None:
+        self._client.close()
+
+    def __enter__(self) -> NetClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- requests ----------------------------------------------------------------------
+    def ncbi(
+        self, method: str, url: str, params: Mapping[str, Any] | None = None, **kw: Any
+    ) -> httpx.Response:
+        """A request to an NCBI service: adds tool/email/api_key, shares the NCBI limit.
+
+        For ``POST`` the parameters travel in the form body (long id lists make GET URLs
+        too long: NCBI answers those with HTTP 414).
+        """
+        merged = {**self.config.ncbi_params(), **(params or {})}
+        if method.upper() == "POST":
+            return self.request("POST", url, data=merged, ncbi=True, **kw)
+        return self.request(method, url, params=merged, ncbi=True, **kw)
+
+    def get_bytes(
+        self, url: str, *, params: Mapping[str, Any] | None = None, ncbi: bool = False
+    ) -> tuple[bytes, httpx.Response]:
+        """GET a body (size-capped), following redirects, with retries."""
+        url = ftp_to_https(url)
+        if url.startswith(NCBI_FTP_URL) and self.config.ncbi_ftp_url != NCBI_FTP_URL:
+            url = self.config.ncbi_ftp_url.rstrip("/") + "/" + url[len(NCBI_FTP_URL) :]
+        response = self.request("GET", url, params=params, ncbi=ncbi)
+        return response.content, response
+
+    def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        ncbi: bool = False,
+        ok_statuses: tuple[int, ...] = (),
+        **kw: Any,
+    ) -> httpx.Response:
+        """Send with rate limiting and retries; raise :class:`NetError` on final failure.
+
+        Retries: connection errors, timeouts and statuses in :data:`RETRY_STATUSES`, with
+        exponential backoff (``backoff * 2**attempt``, jittered, capped) or the server's
+        ``Retry-After`` when it gives one. Other 4xx are final at once, except statuses
+        listed in ``ok_statuses``, which are returned to the caller.
+        """
+        cfg = self.config
+        last: str = ""
+        for attempt in range(cfg.max_retries + 1):
+            self._limiter_for(url, ncbi).acquire()
+            delay: float | None = None
+            try:
+                response = self._send(method, url, **kw)
+            except httpx.TimeoutException:
+                last = f"timed out after {cfg.timeout:g} s: {_short(url)}"
+            except httpx.TransportError as exc:
+                last = f"connection failed ({type(exc).__name__}: {exc}): {_short(url)}"
+            else:
+                status = response.status_code
+                if status < 400 or status in ok_statuses:
+                    return response
+                last = f"HTTP {status} from {_short(response.url)}"
+                if status not in RETRY_STATUSES:
+                    raise NetError(last, status=status, url=str(response.url))
+                delay = _retry_after(response)
+            if attempt == cfg.max_retries:
+                break
+            if delay is None:
+                delay = cfg.backoff * (2**attempt) * (1 + 0.1 * random.random())
+            time.sleep(min(delay, cfg.max_backoff))
+        raise NetError(f"{last} (gave up after {cfg.max_retries + 1} attempts)", url=url)
+
+    def _send(self, method: str, url: str, **kw: Any) -> httpx.Response:
+        """One attempt; the body is read with a size cap so a huge file cannot fill memory."""
+        request = self._client.build_request(method, url, **kw)
+        response = self._client.send(request, stream=True)
+        try:
+            declared = response.headers.get("Content-Length")
+            if declared and declared.isdigit() and int(declared) > self.config.max_bytes:
+                raise NetError(
+                    f"response too large ({int(declared)} bytes > {self.config.max_bytes}): "
+                    f"{_short(url)}",
+                    url=url,
+                )
+            chunks: list[bytes] = []
+            total = 0
+            for chunk in response.iter_bytes():
+                total += len(chunk)
+                if total > self.config.max_bytes:
+                    raise NetError(
+                        f"response too large (> {self.config.max_bytes} bytes): {_short(url)}",
+                        url=url,
+                    )
+                chunks.append(chunk)
+            response._content = b"".join(chunks)  # what .read() would have set
+        finally:
+            response.close()
+        return response
+
+    def _limiter_for(self, url: str, ncbi: bool) -> RateLimiter:
+        if ncbi:
+            return self._ncbi_limiter
+        host = httpx.URL(url).host
+        with self._lock:
+            if host not in self._host_limiters:
+                self._host_limiters[host] = RateLimiter(self.config.other_rate)
+            return self._host_limiters[host]

@@ -1,0 +1,182 @@
+"""NetClient against a real local HTTP server: retries, Retry-After, timeouts, rate limits."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from ncbi_server import FakeNcbi
+
+from histofetch.http import (
+    EUTILS_URL,
+    IDCONV_URL,
+    OA_URL,
+    NetClient,
+    NetConfig,
+    NetError,
+    RateLimiter,
+    ftp_to_https,
+)
+
+EINFO = "/eutils/einfo.fcgi"
+#: NCBI's documented body for HTTP 429 (see eutils_error_api_rate_limit_exceeded.DOCUMENTED.json)
+RATE_LIMIT_BODY = b'{"error":"API rate limit exceeded","count":"11"}'
+
+
+def test_retry_after_on_429_is_honoured(ncbi: FakeNcbi) -> None:
+    ncbi.inject(
+        EINFO, (429, {"Retry-After": "1", "Content-Type": "application/json"}, RATE_LIMIT_BODY)
+    )
+    with NetClient(ncbi.config(backoff=0.01)) as client:
+        start = time.monotonic()
+        response = client.ncbi("GET", ncbi.base + EINFO)
+        elapsed = time.monotonic() - start
+    assert response.status_code == 200
+    hits = ncbi.requests_to(EINFO)
+    assert len(hits) == 2
+    # the client waited the server's 1 s, not its own 0.01 s backoff
+    assert hits[1].time - hits[0].time >= 0.95
+    assert elapsed >= 0.95
+
+
+def test_500_then_success(ncbi: FakeNcbi) -> None:
+    ncbi.inject(EINFO, (500, {}, b"oops"), (503, {}, b"busy"))
+    with NetClient(ncbi.config()) as client:
+        assert client.ncbi("GET", ncbi.base + EINFO).content == b"<eInfoResult/>"
+    assert len(ncbi.requests_to(EINFO)) == 3
+
+
+def test_persistent_500_gives_up_with_reason(ncbi: FakeNcbi) -> None:
+    ncbi.inject(EINFO, *[(500, {}, b"oops")] * 10)
+    with NetClient(ncbi.config(max_retries=2)) as client, pytest.raises(NetError) as err:
+        client.ncbi("GET", ncbi.base + EINFO)
+    assert "HTTP 500" in str(err.value) and "3 attempts" in str(err.value)
+    assert len(ncbi.requests_to(EINFO)) == 3
+
+
+def test_404_is_not_retried(ncbi: FakeNcbi) -> None:
+    with NetClient(ncbi.config()) as client, pytest.raises(NetError) as err:
+        client.get_bytes(ncbi.base + "/nothing/here")
+    assert err.value.status == 404
+    assert len(ncbi.requests_to("/nothing/here")) == 1
+
+
+def test_timeout_then_success(ncbi: FakeNcbi) -> None:
+    ncbi.inject(EINFO, ("sleep", 1.5))
+    with NetClient(ncbi.config(timeout=0.4)) as client:
+        assert client.ncbi("GET", ncbi.base + EINFO).status_code == 200
+    assert len(ncbi.requests_to(EINFO)) == 2
+
+
+def test_timeout_forever_is_a_clear_error(ncbi: FakeNcbi) -> None:
+    ncbi.inject(EINFO, ("sleep", 1.0), ("sleep", 1.0))
+    with (
+        NetClient(ncbi.config(timeout=0.3, max_retries=1)) as client,
+        pytest.raises(NetError, match="timed out"),
+    ):
+        client.ncbi("GET", ncbi.base + EINFO)
+
+
+def test_connection_refused_is_a_clear_error() -> None:
+    cfg = NetConfig(timeout=1, max_retries=1, backoff=0.01)
+    with NetClient(cfg) as client, pytest.raises(NetError, match="connection failed"):
+        client.get_bytes("http://127.0.0.1:9/x")  # discard port: nothing listens
+
+
+def test_ncbi_identification_and_user_agent(ncbi: FakeNcbi) -> None:
+    with NetClient(ncbi.config(api_key="SECRET", email="me@example.org")) as client:
+        client.ncbi("GET", ncbi.base + EINFO, {"db": "pubmed"})
+        client.ncbi("POST", ncbi.base + EINFO, {"db": "pmc"})
+    get, post = ncbi.requests_to(EINFO)
+    for hit in (get, post):
+        assert hit.params["tool"] == "histofetch"
+        assert hit.params["email"] == "me@example.org"
+        assert hit.params["api_key"] == "SECRET"
+        assert hit.headers["user-agent"].startswith("histofetch/")
+    assert post.method == "POST" and post.params["db"] == "pmc"
+
+
+def test_body_size_cap(ncbi: FakeNcbi) -> None:
+    ncbi.files["/big"] = (200, "application/octet-stream", b"x" * 5000)
+    with NetClient(ncbi.config(max_bytes=1000)) as client, pytest.raises(NetError, match="large"):
+        client.get_bytes(ncbi.base + "/big")
+
+
+def _max_in_window(times: list[float], window: float = 1.0) -> int:
+    best = 0
+    for i, t in enumerate(times):
+        best = max(best, sum(1 for u in times[i:] if u - t < window))
+    return best
+
+
+def test_rate_limit_three_per_second_without_key(ncbi: FakeNcbi) -> None:
+    cfg = ncbi.config(ncbi_rate=None, api_key=None)
+    assert cfg.effective_ncbi_rate == 3
+    with NetClient(cfg) as client:
+        for _ in range(7):
+            client.ncbi("GET", ncbi.base + EINFO)
+    times = [h.time for h in ncbi.requests_to(EINFO)]
+    assert len(times) == 7
+    assert _max_in_window(times) <= 3
+    assert times[-1] - times[0] >= 2.0  # 7 requests need at least two full windows
+
+
+def test_rate_limit_ten_per_second_with_key(ncbi: FakeNcbi) -> None:
+    cfg = ncbi.config(ncbi_rate=None, api_key="k")
+    assert cfg.effective_ncbi_rate == 10
+    with NetClient(cfg) as client:
+        for _ in range(13):
+            client.ncbi("GET", ncbi.base + EINFO)
+    times = [h.time for h in ncbi.requests_to(EINFO)]
+    assert _max_in_window(times) <= 10
+    assert times[-1] - times[0] >= 1.0
+
+
+def test_retries_count_against_the_rate_limit(ncbi: FakeNcbi) -> None:
+    ncbi.inject(EINFO, *[(500, {}, b"")] * 4)
+    with NetClient(ncbi.config(ncbi_rate=3, backoff=0.0, max_retries=5)) as client:
+        client.ncbi("GET", ncbi.base + EINFO)
+    times = [h.time for h in ncbi.requests_to(EINFO)]
+    assert len(times) == 5 and _max_in_window(times) <= 3
+
+
+def test_rate_limiter_fractional_rate() -> None:
+    limiter = RateLimiter(4.0, window=0.2, margin=0.0)
+    stamps = []
+    for _ in range(9):
+        limiter.acquire()
+        stamps.append(time.monotonic())
+    assert _max_in_window(stamps, 0.2) <= 4
+
+
+def test_defaults_are_the_live_services_and_env_overrides(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for var in (
+        "HISTOFETCH_EUTILS_URL",
+        "HISTOFETCH_IDCONV_URL",
+        "HISTOFETCH_OA_URL",
+        "NCBI_API_KEY",
+    ):
+        monkeypatch.delenv(var, raising=False)
+    cfg = NetConfig()
+    assert (cfg.eutils_url, cfg.idconv_url, cfg.oa_url) == (EUTILS_URL, IDCONV_URL, OA_URL)
+    assert cfg.eutils_url == "https://eutils.ncbi.nlm.nih.gov/entrez/eutils/"
+    assert cfg.effective_ncbi_rate == 3
+    monkeypatch.setenv("HISTOFETCH_EUTILS_URL", "http://127.0.0.1:1/e/")
+    monkeypatch.setenv("NCBI_API_KEY", "abc")
+    cfg = NetConfig()
+    assert cfg.eutils_url == "http://127.0.0.1:1/e/"
+    assert cfg.api_key == "abc" and cfg.effective_ncbi_rate == 10
+
+
+def test_ftp_links_become_https_and_follow_the_mirror(ncbi: FakeNcbi) -> None:
+    url = "ftp://ftp.ncbi.nlm.nih.gov/pub/pmc/oa_package/f1/69/PMC7906746.tar.gz"
+    assert (
+        ftp_to_https(url)
+        == "https://ftp.ncbi.nlm.nih.gov/pub/pmc/oa_package/f1/69/PMC7906746.tar.gz"
+    )
+    ncbi.files["/ftp/pub/pmc/oa_package/f1/69/PMC7906746.tar.gz"] = (200, "x", b"package")
+    with NetClient(ncbi.config()) as client:
+        body, _ = client.get_bytes(url)
+    assert body == b"package"
