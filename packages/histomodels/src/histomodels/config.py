@@ -1,0 +1,142 @@
+"""The training configuration: one dataclass, written whole to ``RUN/config.json``.
+
+Precedence: dataclass defaults < ``--config FILE`` (JSON, or YAML when PyYAML is
+installed) < options given on the command line. ``histomodels tune`` writes a
+``best_config.json`` in this format, so ``train --config best_config.json`` reproduces it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A config file or value that cannot be used; the message names it."""
+
+
+@dataclass
+class TrainConfig:
+    # what to train
+    model: str = "cnn"
+    model_config: dict[str, Any] = field(default_factory=dict)
+    #: None, "imagenet" (torchvision/timm hub), "lite0-imagenet", or a local file path
+    weights: str | None = None
+    # data (paths are strings so the config is JSON)
+    data: str | None = None
+    val: str | None = None
+    # optimisation
+    epochs: int = 50
+    patience: int = 10
+    time_budget: float | None = None  # minutes, training + validation
+    batch_size: int = 128
+    eval_batch_size: int = 256
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    schedule: str = "cosine"  # cosine | plateau | constant
+    warmup_epochs: float = 1.0  # linear LR warm-up (epochs, fractional ok)
+    min_lr_ratio: float = 0.01
+    label_smoothing: float = 0.0
+    grad_clip: float | None = 2.0
+    # fine-tuning
+    freeze_epochs: int = 0  # epochs with a frozen backbone (head only)
+    backbone_lr_mult: float = 1.0
+    # augmentation
+    aug_strength: float = 1.0  # 0 disables augmentation
+    hed_jitter: float = 0.05
+    # runtime
+    seed: int = 0
+    bf16: bool | None = None  # None = auto (on for plain CNNs on CPU; AMP on CUDA)
+    channels_last: bool = True
+    compile: bool = False
+    threads: int | None = None
+    device: str | None = None  # None = cuda when available, else cpu
+    progress: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        return merge(self, changes)
+
+
+FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
+
+
+def merge(
+    config: TrainConfig, changes: dict[str, Any], source: str = "options", skip_none: bool = True
+) -> TrainConfig:
+    """Return ``config`` updated with ``changes`` (None = not given when ``skip_none``)."""
+    unknown = sorted(set(changes) - FIELDS)
+    if unknown:
+        raise ConfigError(f"{source}: unknown config keys {', '.join(unknown)}")
+    data = config.to_dict()
+    new_model = changes.get("model")
+    if new_model is not None and new_model != data["model"]:
+        data["model_config"] = {}  # architecture kwargs of another model do not carry over
+    for key, value in changes.items():
+        if value is None and skip_none:
+            continue
+        if key == "model_config":
+            if not isinstance(value, dict):
+                raise ConfigError(f"{source}: model_config must be a mapping")
+            value = {**data["model_config"], **value}
+        data[key] = value
+    try:
+        return validate(TrainConfig(**data), source)
+    except TypeError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+
+
+def validate(cfg: TrainConfig, source: str = "config") -> TrainConfig:
+    if cfg.schedule not in ("cosine", "plateau", "constant"):
+        raise ConfigError(f"{source}: schedule must be cosine, plateau or constant")
+    for name in ("epochs", "batch_size", "eval_batch_size"):
+        if int(getattr(cfg, name)) < 1:
+            raise ConfigError(f"{source}: {name} must be >= 1")
+    if cfg.lr <= 0:
+        raise ConfigError(f"{source}: lr must be > 0")
+    if cfg.time_budget is not None and cfg.time_budget <= 0:
+        raise ConfigError(f"{source}: time_budget (minutes) must be > 0")
+    return cfg
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a JSON or YAML mapping of config keys."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such config file")
+    text = path.read_text(encoding="utf-8")
+    if path.suffix.lower() in (".yaml", ".yml"):
+        try:
+            import yaml
+        except ImportError:
+            raise ConfigError(f"{path}: YAML configs need PyYAML; use JSON instead") from None
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    else:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of config keys")
+    # tune's best_config.json nests the training keys under "config"
+    if "config" in data and isinstance(data["config"], dict):
+        data = data["config"]
+    return data
+
+
+def resolve_config(
+    config_file: str | Path | None = None, base: TrainConfig | None = None, **options: Any
+) -> TrainConfig:
+    """Defaults < config file < explicit options (None means 'not given')."""
+    cfg = validate(base or TrainConfig())
+    if config_file:
+        cfg = merge(cfg, read_config_file(config_file), str(config_file), skip_none=False)
+    return merge(cfg, options)

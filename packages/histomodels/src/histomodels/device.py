@@ -1,0 +1,52 @@
+"""Device, precision and thread choices for training and inference.
+
+On CPU, bf16 autocast with channels_last roughly doubles training speed of the plain
+scratch CNN (~100 → ~260 patches/s on 2 cores) but slows depthwise-conv networks
+(MobileNet, EfficientNet), so "auto" enables it only for the ``cnn`` model. On CUDA,
+"auto" means AMP: bf16 where the GPU supports it, else fp16 with a gradient scaler.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+import torch
+
+
+def pick_device(requested: str | None = None) -> torch.device:
+    """``requested`` if given, else the local CUDA device (per rank under torchrun), else CPU."""
+    if requested:
+        return torch.device(requested)
+    if torch.cuda.is_available():
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        return torch.device("cuda", local % torch.cuda.device_count())
+    return torch.device("cpu")
+
+
+def use_bf16(model_name: str, device: torch.device, requested: bool | None) -> bool:
+    """Resolve the ``bf16`` setting (None = auto)."""
+    if requested is not None:
+        return bool(requested)
+    if device.type == "cuda":
+        return True
+    return model_name == "cnn"
+
+
+def amp_dtype(device: torch.device) -> torch.dtype:
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        return torch.float16
+    return torch.bfloat16
+
+
+def autocast(device: torch.device, enabled: bool):
+    """Autocast context for ``device`` (a no-op context when disabled)."""
+    if not enabled:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=amp_dtype(device))
+
+
+def set_threads(threads: int | None) -> None:
+    """Limit intra-op threads (use the core count you actually have; see docs)."""
+    if threads:
+        torch.set_num_threads(int(threads))
