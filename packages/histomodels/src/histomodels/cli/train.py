@@ -1,1 +1,261 @@
-"""Placeholder: commands are added here by the owning module."""
+"""CLI commands ``train``, ``finetune`` and ``tune`` (thin wrappers over train.py / tune.py).
+
+Options left out fall back to ``--config FILE`` and then to the defaults in
+:class:`histomodels.config.TrainConfig`; the resolved config lands in ``RUN/config.json``.
+Known bad input (missing files, bad labels, bad config) → one ``error:`` line, exit 1.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from histomodels.cli import app
+
+
+def _fail(msg: str) -> None:
+    typer.echo(f"error: {msg}", err=True)
+    raise typer.Exit(1)
+
+
+@contextlib.contextmanager
+def _errors() -> Iterator[None]:
+    from histomodels.checkpoint import CheckpointError
+    from histomodels.train import TrainingError
+
+    try:
+        yield
+    except (CheckpointError, TrainingError, ValueError, OSError, KeyError) as exc:
+        _fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+
+
+Model = Annotated[str | None, typer.Option(help="Registry name, e.g. cnn, timm/<name>.")]
+Data = Annotated[str | None, typer.Option(help="Training data: .h5, Kaggle folder, class tree.")]
+Val = Annotated[str | None, typer.Option(help="Validation data (early stopping on its AUC).")]
+Out = Annotated[Path, typer.Option(help="Run folder: best.pt, last.pt, history, config.json.")]
+Epochs = Annotated[int | None, typer.Option(help="Maximum epochs [50].")]
+Patience = Annotated[int | None, typer.Option(help="Epochs without val-AUC gain before stop.")]
+Budget = Annotated[float | None, typer.Option(help="Stop after this many minutes, keep best.")]
+ConfigFile = Annotated[Path | None, typer.Option("--config", help="JSON/YAML config file.")]
+BatchSize = Annotated[int | None, typer.Option(help="Batch size per process [128].")]
+Lr = Annotated[float | None, typer.Option(help="Peak learning rate (AdamW).")]
+Wd = Annotated[float | None, typer.Option(help="AdamW weight decay.")]
+Schedule = Annotated[str | None, typer.Option(help="cosine | plateau | constant.")]
+Aug = Annotated[float | None, typer.Option(help="Augmentation strength (0 = off).")]
+Seed = Annotated[int | None, typer.Option(help="Random seed.")]
+Compile = Annotated[bool | None, typer.Option("--compile/--no-compile", help="torch.compile.")]
+Bf16 = Annotated[
+    bool | None, typer.Option("--bf16/--no-bf16", help="Autocast [auto: CNN on CPU, AMP on GPU].")
+]
+ChannelsLast = Annotated[bool | None, typer.Option("--channels-last/--no-channels-last")]
+Threads = Annotated[int | None, typer.Option(help="torch intra-op threads.")]
+Device = Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 [auto].")]
+Resume = Annotated[bool, typer.Option("--resume", help="Continue from RUN/last.pt.")]
+ModelConfig = Annotated[
+    str | None, typer.Option(help='Model kwargs as JSON, e.g. \'{"width": 48, "depth": 4}\'.')
+]
+Quiet = Annotated[bool, typer.Option("--quiet", help="No progress bar or per-epoch lines.")]
+
+
+def _run(resume: bool, config: Path | None, quiet: bool, out: Path, base=None, **options) -> None:
+    from rich.console import Console
+
+    from histomodels.config import resolve_config
+    from histomodels.train import train
+
+    with _errors():
+        mc = options.pop("model_config")
+        if mc is not None:
+            try:
+                options["model_config"] = json.loads(mc)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"--model-config is not valid JSON ({exc})") from None
+        if quiet:
+            options["progress"] = False
+        cfg = resolve_config(config, base=base, **options)
+        result = train(cfg, out, resume=resume, console=None if quiet else Console(stderr=True))
+    m = result.best_metrics
+    if m:
+        typer.echo(
+            f"best val AUC {m['val_auc']:.4f} (accuracy {m['val_accuracy']:.4f}) at epoch "
+            f"{result.best_epoch}; stopped: {result.stop_reason}; {out / 'best.pt'}"
+        )
+
+
+@app.command("train")
+def train_cmd(
+    out: Out,
+    model: Model = None,
+    data: Data = None,
+    val: Val = None,
+    epochs: Epochs = None,
+    patience: Patience = None,
+    time_budget: Budget = None,
+    config: ConfigFile = None,
+    batch_size: BatchSize = None,
+    lr: Lr = None,
+    weight_decay: Wd = None,
+    schedule: Schedule = None,
+    aug_strength: Aug = None,
+    model_config: ModelConfig = None,
+    weights: Annotated[str | None, typer.Option(help="Initial weights: PATH or source.")] = None,
+    seed: Seed = None,
+    compile: Compile = None,
+    bf16: Bf16 = None,
+    channels_last: ChannelsLast = None,
+    threads: Threads = None,
+    device: Device = None,
+    resume: Resume = False,
+    quiet: Quiet = False,
+) -> None:
+    """Train a model (default: the scratch CNN) with early stopping on validation AUC."""
+    _run(
+        resume,
+        config,
+        quiet,
+        out,
+        model=model,
+        data=data,
+        val=val,
+        epochs=epochs,
+        patience=patience,
+        time_budget=time_budget,
+        batch_size=batch_size,
+        lr=lr,
+        weight_decay=weight_decay,
+        schedule=schedule,
+        aug_strength=aug_strength,
+        model_config=model_config,
+        weights=weights,
+        seed=seed,
+        compile=compile,
+        bf16=bf16,
+        channels_last=channels_last,
+        threads=threads,
+        device=device,
+    )
+
+
+#: What ``finetune`` changes from the training defaults (a config file or options win).
+FINETUNE_DEFAULTS = dict(
+    model="efficientnet_lite0",
+    weights="imagenet",
+    freeze_epochs=1,
+    backbone_lr_mult=0.3,
+    lr=1e-3,
+    weight_decay=0.01,
+    patience=6,
+)
+
+
+@app.command("finetune")
+def finetune_cmd(
+    out: Out,
+    model: Annotated[str | None, typer.Option(help="Backbone [efficientnet_lite0].")] = None,
+    weights: Annotated[
+        str | None,
+        typer.Option(help="imagenet | lite0-imagenet | PATH (state dict / checkpoint) [imagenet]."),
+    ] = None,
+    warmup_epochs: Annotated[
+        int | None, typer.Option(help="Epochs training the head only [1].")
+    ] = None,
+    backbone_lr_mult: Annotated[
+        float | None, typer.Option(help="Backbone LR = lr x this [0.3].")
+    ] = None,
+    input_size: Annotated[
+        int | None, typer.Option(help="Resize patches inside the model (96 = native).")
+    ] = None,
+    data: Data = None,
+    val: Val = None,
+    epochs: Epochs = None,
+    patience: Patience = None,
+    time_budget: Budget = None,
+    config: ConfigFile = None,
+    batch_size: BatchSize = None,
+    lr: Annotated[float | None, typer.Option(help="Head learning rate (AdamW) [1e-3].")] = None,
+    weight_decay: Wd = None,
+    schedule: Schedule = None,
+    aug_strength: Aug = None,
+    model_config: ModelConfig = None,
+    seed: Seed = None,
+    compile: Compile = None,
+    bf16: Bf16 = None,
+    channels_last: ChannelsLast = None,
+    threads: Threads = None,
+    device: Device = None,
+    resume: Resume = False,
+    quiet: Quiet = False,
+) -> None:
+    """Fine-tune a pretrained backbone: head-only warm-up, then all layers at a lower LR."""
+    from histomodels.config import TrainConfig
+
+    if input_size and input_size != 96:
+        mc = json.loads(model_config) if model_config else {}
+        mc["input_size"] = input_size
+        model_config = json.dumps(mc)
+    _run(
+        resume,
+        config,
+        quiet,
+        out,
+        base=TrainConfig(**FINETUNE_DEFAULTS),
+        model=model,
+        weights=weights,
+        freeze_epochs=warmup_epochs,
+        backbone_lr_mult=backbone_lr_mult,
+        model_config=model_config,
+        data=data,
+        val=val,
+        epochs=epochs,
+        patience=patience,
+        time_budget=time_budget,
+        batch_size=batch_size,
+        lr=lr,
+        weight_decay=weight_decay,
+        schedule=schedule,
+        aug_strength=aug_strength,
+        seed=seed,
+        compile=compile,
+        bf16=bf16,
+        channels_last=channels_last,
+        threads=threads,
+        device=device,
+    )
+
+
+@app.command("tune")
+def tune_cmd(
+    data: Annotated[str, typer.Option(help="Training data.")],
+    val: Annotated[str, typer.Option(help="Validation data (the objective is its AUC).")],
+    out: Annotated[Path, typer.Option(help="Folder: experiment JSON, trials, best_config.json.")],
+    trials: Annotated[int, typer.Option(help="Total trials (including earlier ones).")] = 20,
+    trial_minutes: Annotated[float, typer.Option(help="Time budget per trial.")] = 2.0,
+    sobol_trials: Annotated[int | None, typer.Option(help="Quasi-random trials first.")] = None,
+    seed: Seed = None,
+    threads: Threads = None,
+    quiet: Quiet = False,
+) -> None:
+    """Bayesian optimisation (Ax/BoTorch) of the scratch CNN's hyper-parameters."""
+    from histomodels.tune import tune
+
+    with _errors():
+        best = tune(
+            data,
+            val,
+            out,
+            trials=trials,
+            trial_minutes=trial_minutes,
+            sobol_trials=sobol_trials,
+            seed=seed or 0,
+            threads=threads,
+            quiet=quiet,
+        )
+    typer.echo(
+        f"best val AUC {best['val_auc']:.4f} (trial {best['trial']}); "
+        f"config → {Path(out) / 'best_config.json'}"
+    )
