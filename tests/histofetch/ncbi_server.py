@@ -324,8 +324,8 @@ class _Server(ThreadingHTTPServer):
     app: FakeNcbi
 
 
-@pytest.fixture
-def ncbi() -> Iterator[FakeNcbi]:
+@pytest.fixture(name="ncbi")
+def ncbi_fixture() -> Iterator[FakeNcbi]:
     """A FakeNcbi served on a free 127.0.0.1 port for the duration of one test."""
     server = _Server(("127.0.0.1", 0), _Handler)
     app = FakeNcbi()

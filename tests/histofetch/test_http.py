@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from ncbi_server import FakeNcbi
+from ncbi_server import FakeNcbi, ncbi_fixture  # noqa: F401 (fixture)
 
 from histofetch.http import (
     EUTILS_URL,

@@ -1,0 +1,162 @@
+"""Identifier look-ups and the parsers for NCBI's answers (idconv, OA service, elink).
+
+Parsers take the response bytes exactly as the services send them (the recorded
+responses in ``../shared/fixtures/ncbi`` are replayed in the tests), so a change in a
+service's format shows up as a test failure rather than as silently empty fields.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import xml.etree.ElementTree as ET
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from Bio import Entrez
+
+from histofetch.http import NetClient, NetError
+
+#: The ID Converter accepts at most 200 ids per request.
+IDCONV_BATCH = 200
+
+
+class ServiceError(Exception):
+    """A service answered, but with an error document instead of data."""
+
+
+# -- ID converter -------------------------------------------------------------------------
+@dataclass
+class IdRow:
+    pmid: str | None = None
+    pmcid: str | None = None
+    doi: str | None = None
+
+
+def parse_idconv(body: bytes) -> list[IdRow]:
+    """Rows of an ID Converter answer, JSON (``format=json``) or XML (the default)."""
+    text = body.lstrip()
+    if text.startswith(b"{"):
+        data = json.loads(body.decode("utf-8", errors="replace"))
+        if data.get("status") == "error":
+            raise ServiceError(f"idconv: {_unquote(data.get('message', 'error'))}")
+        return [
+            IdRow(
+                pmid=_clean(r.get("pmid")), pmcid=_clean(r.get("pmcid")), doi=_clean(r.get("doi"))
+            )
+            for r in data.get("records", [])
+            if not r.get("errmsg") and (r.get("pmcid") or r.get("pmid"))
+        ]
+    root = ET.fromstring(body)
+    if root.get("status") == "error":
+        raise ServiceError(f"idconv: {root.findtext('message') or 'error'}")
+    return [
+        IdRow(pmid=_clean(r.get("pmid")), pmcid=_clean(r.get("pmcid")), doi=_clean(r.get("doi")))
+        for r in root.iter("record")
+        if r.get("status") != "error" and (r.get("pmcid") or r.get("pmid"))
+    ]
+
+
+def pmids_to_pmcids(client: NetClient, pmids: Iterable[str]) -> dict[str, IdRow]:
+    """PMID → (PMCID, DOI) for every PMID that PMC knows, in batches of 200."""
+    pmids = [p for p in dict.fromkeys(pmids) if p]
+    out: dict[str, IdRow] = {}
+    for start in range(0, len(pmids), IDCONV_BATCH):
+        batch = pmids[start : start + IDCONV_BATCH]
+        params = {"ids": ",".join(batch), "idtype": "pmid", "format": "json", "versions": "no"}
+        response = client.ncbi("GET", client.config.idconv_url, params, ok_statuses=(404,))
+        try:
+            rows = parse_idconv(response.content)
+        except ServiceError:
+            if response.status_code == 404:  # "no ids found" answers come back as 404s
+                continue
+            raise
+        for row in rows:
+            if row.pmid:
+                out[row.pmid] = row
+    return out
+
+
+# -- PMC OA web service -------------------------------------------------------------------
+@dataclass
+class OaRecord:
+    """What oa.fcgi says about one PMCID."""
+
+    pmcid: str
+    open_access: bool
+    license: str | None = None
+    links: dict[str, str] = field(default_factory=dict)  # format ("pdf"/"tgz") → URL
+    error_code: str | None = None
+    error: str | None = None
+
+
+def parse_oa(body: bytes, pmcid: str) -> OaRecord:
+    """Parse an oa.fcgi answer: a ``<record>`` with ``<link format=...>`` or an ``<error>``."""
+    try:
+        root = ET.fromstring(body)
+    except ET.ParseError as exc:
+        raise ServiceError(f"oa.fcgi: not XML ({exc})") from None
+    err = root.find("error")
+    if err is not None:
+        return OaRecord(
+            pmcid, False, error_code=err.get("code"), error=(err.text or "").strip() or None
+        )
+    rec = root.find("records/record")
+    if rec is None:
+        raise ServiceError("oa.fcgi: answer has neither <record> nor <error>")
+    links = {
+        link.get("format", ""): link.get("href", "")
+        for link in rec.findall("link")
+        if link.get("href")
+    }
+    license_ = rec.get("license")
+    return OaRecord(
+        rec.get("id") or pmcid,
+        True,
+        license=None if license_ in (None, "", "none") else license_,
+        links=links,
+    )
+
+
+def oa_lookup(client: NetClient, pmcid: str) -> OaRecord:
+    response = client.ncbi("GET", client.config.oa_url, {"id": pmcid})
+    return parse_oa(response.content, pmcid)
+
+
+# -- elink prlinks (publisher full-text links) -----------------------------------------
+def parse_prlinks(body: bytes) -> list[str]:
+    """Publisher URLs from ``elink.fcgi?cmd=prlinks`` (XML), best first."""
+    try:
+        result = Entrez.read(io.BytesIO(body))
+    except RuntimeError as exc:  # Biopython raises on <ERROR> elements
+        raise ServiceError(f"elink: {exc}") from None
+    urls: list[str] = []
+    for linkset in result:
+        for idurlset in linkset.get("IdUrlList", {}).get("IdUrlSet", []):
+            for obj in idurlset.get("ObjUrl", []):
+                url = str(obj.get("Url", "")).strip()
+                if url:
+                    urls.append(url)
+    return urls
+
+
+def publisher_links(client: NetClient, pmid: str) -> list[str]:
+    params = {"dbfrom": "pubmed", "id": pmid, "cmd": "prlinks", "retmode": "xml"}
+    try:
+        response = client.ncbi("GET", client.config.eutils_url.rstrip("/") + "/elink.fcgi", params)
+    except NetError:
+        raise
+    return parse_prlinks(response.content)
+
+
+def _clean(value: object) -> str | None:
+    if value is None:
+        return None
+    text = str(value).strip()
+    return text or None
+
+
+def _unquote(text: str) -> str:
+    from urllib.parse import unquote
+
+    return unquote(text)

@@ -1,0 +1,259 @@
+"""Stage 1: PubMed search → one manifest record per PMID with its metadata.
+
+esearch runs on NCBI's history server (``usehistory=y``) and is paged with
+WebEnv/query_key/retstart, so every hit is collected, not only the first page. Metadata
+comes from esummary (POSTed, because GET URLs with hundreds of ids get HTTP 414), PMCIDs
+from the ID Converter, and open-access status from a second esearch restricted to the
+PMC open-access subset (one paged query instead of one request per article).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from Bio import Entrez
+
+from histofetch.http import NetClient, NetConfig
+from histofetch.manifest import Manifest, Record
+from histofetch.resolve import ServiceError, pmids_to_pmcids
+from histofetch.stage import StageSummary
+
+#: PubMed's own filter for articles in the PMC open-access subset.
+OA_FILTER = '"pubmed pmc open access"[filter]'
+#: esearch will not page past the first 10,000 PubMed hits (retstart + retmax <= 10000).
+ESEARCH_LIMIT = 10_000
+ESUMMARY_BATCH = 200
+
+
+@dataclass
+class SearchResult:
+    count: int
+    pmids: list[str] = field(default_factory=list)
+    webenv: str | None = None
+    query_key: str | None = None
+    translation: str | None = None
+
+
+def _eutil(net: NetConfig, name: str) -> str:
+    return net.eutils_url.rstrip("/") + f"/{name}.fcgi"
+
+
+def parse_esearch(body: bytes) -> dict[str, Any]:
+    """An esearch XML answer as a dict (Biopython's parser; ``<ERROR>`` raises)."""
+    try:
+        return Entrez.read(io.BytesIO(body))
+    except RuntimeError as exc:
+        raise ServiceError(f"esearch: {exc}") from None
+    except Exception as exc:  # old/unknown DTD (Biopython refuses), HTML, truncated XML
+        bio_error = exc
+    # Fallback: plain XML reading of the few elements we use.
+    try:
+        root = ET.fromstring(body)
+    except ET.ParseError:
+        raise ServiceError(
+            f"esearch: unreadable answer ({type(bio_error).__name__}: not esearch XML)"
+        ) from None
+    if root.tag != "eSearchResult":
+        raise ServiceError(f"esearch: unexpected answer <{root.tag}>")
+    error = root.findtext("ERROR")
+    if error:
+        raise ServiceError(f"esearch: {error.strip()}")
+    return {
+        "Count": root.findtext("Count", "0"),
+        "IdList": [e.text for e in root.iterfind("IdList/Id") if e.text],
+        "WebEnv": root.findtext("WebEnv"),
+        "QueryKey": root.findtext("QueryKey"),
+        "QueryTranslation": root.findtext("QueryTranslation"),
+    }
+
+
+def esearch_all(
+    client: NetClient,
+    term: str,
+    *,
+    max_results: int | None = None,
+    mindate: str | None = None,
+    maxdate: str | None = None,
+    page_size: int = 1000,
+) -> SearchResult:
+    """All PMIDs matching ``term`` (up to ``max_results``), paging via the history server."""
+    url = _eutil(client.config, "esearch")
+    params: dict[str, Any] = {"db": "pubmed", "term": term, "usehistory": "y", "retmode": "xml"}
+    if mindate or maxdate:
+        params.update(datetype="pdat", mindate=mindate or "1800", maxdate=maxdate or "3000")
+    first = parse_esearch(client.ncbi("POST", url, {**params, "retmax": page_size}).content)
+    result = SearchResult(
+        count=int(first.get("Count", 0)),
+        pmids=[str(i) for i in first.get("IdList", [])],
+        webenv=first.get("WebEnv"),
+        query_key=first.get("QueryKey"),
+        translation=first.get("QueryTranslation"),
+    )
+    seen = set(result.pmids)
+    wanted = min(result.count, ESEARCH_LIMIT)
+    if max_results is not None:
+        wanted = min(wanted, max_results)
+    while len(result.pmids) < wanted:
+        page_params = {
+            "db": "pubmed",
+            "WebEnv": result.webenv,
+            "query_key": result.query_key,
+            "retstart": len(result.pmids),
+            "retmax": min(page_size, wanted - len(result.pmids)),
+            "usehistory": "y",
+            "retmode": "xml",
+        }
+        if not result.webenv:  # no history server answer: page the plain query instead
+            page_params.update(params)
+            page_params.pop("WebEnv")
+            page_params.pop("query_key")
+        page = parse_esearch(client.ncbi("POST", url, page_params).content)
+        ids = [str(i) for i in page.get("IdList", [])]
+        if not ids:
+            break
+        fresh = [i for i in ids if i not in seen]
+        if not fresh:  # the server keeps answering the same page: stop, do not loop
+            break
+        seen.update(fresh)
+        result.pmids.extend(fresh)
+    del result.pmids[wanted:]
+    return result
+
+
+def parse_esummary_json(body: bytes) -> dict[str, dict[str, Any]]:
+    """uid → {title, journal, year, doi, pmcid, pmid} from esummary ``retmode=json``.
+
+    Handles both PubMed (``articleids`` with ``pubmed``/``pmc``) and PMC (``pmid``/
+    ``pmcid``) summaries.
+    """
+    try:
+        data = json.loads(body.decode("utf-8", errors="replace"))
+    except ValueError:
+        raise ServiceError("esummary: not JSON (an HTML error page?)") from None
+    if "error" in data:
+        raise ServiceError(f"esummary: {data['error']}")
+    result = data.get("result")
+    if not isinstance(result, dict):
+        msgs = data.get("esummaryresult") or ["no result"]
+        raise ServiceError(f"esummary: {'; '.join(map(str, msgs))}")
+    out: dict[str, dict[str, Any]] = {}
+    for uid in result.get("uids", []):
+        doc = result.get(uid) or {}
+        if doc.get("error"):
+            continue
+        ids = {a.get("idtype"): str(a.get("value", "")) for a in doc.get("articleids", [])}
+        pmcid = ids.get("pmc") or ids.get("pmcid") or ""
+        match = re.search(r"PMC\d+", pmcid)
+        out[str(uid)] = {
+            "title": (doc.get("title") or "").strip() or None,
+            "journal": doc.get("fulljournalname") or doc.get("source") or None,
+            "year": _year(doc.get("pubdate") or doc.get("sortpubdate") or doc.get("sortdate")),
+            "doi": ids.get("doi") or None,
+            "pmcid": match.group(0) if match else None,
+            "pmid": ids.get("pubmed") or ids.get("pmid") or None,
+        }
+    return out
+
+
+def esummary(client: NetClient, pmids: list[str]) -> dict[str, dict[str, Any]]:
+    """Metadata for many PMIDs, POSTed in batches (a long GET URL fails with HTTP 414)."""
+    url = _eutil(client.config, "esummary")
+    out: dict[str, dict[str, Any]] = {}
+    for start in range(0, len(pmids), ESUMMARY_BATCH):
+        batch = pmids[start : start + ESUMMARY_BATCH]
+        params = {"db": "pubmed", "id": ",".join(batch), "retmode": "json", "version": "2.0"}
+        out.update(parse_esummary_json(client.ncbi("POST", url, params).content))
+    return out
+
+
+def _year(text: object) -> int | None:
+    match = re.search(r"\b(1[89]\d\d|20\d\d)\b", str(text or ""))
+    return int(match.group(1)) if match else None
+
+
+def run_search(
+    run_dir: Path,
+    query: str,
+    *,
+    max_results: int | None = None,
+    mindate: str | None = None,
+    maxdate: str | None = None,
+    open_access_only: bool = False,
+    net: NetConfig,
+    page_size: int = 1000,
+) -> StageSummary:
+    """Search PubMed and add one ``searched`` record per PMID to the run's manifest.
+
+    Re-running is safe: records are keyed ``pmid:<PMID>``, existing ones keep their
+    progress (only still-empty metadata fields are filled in) and nothing is duplicated.
+    """
+    run_dir = Path(run_dir)
+    manifest = Manifest.load(run_dir, create=True)
+    summary = StageSummary("searched")
+    term = f"({query}) AND {OA_FILTER}" if open_access_only else query
+    with NetClient(net) as client:
+        found = esearch_all(
+            client,
+            term,
+            max_results=max_results,
+            mindate=mindate,
+            maxdate=maxdate,
+            page_size=page_size,
+        )
+        new = [p for p in found.pmids if f"pmid:{p}" not in manifest.records]
+        meta = esummary(client, new) if new else {}
+        ids = pmids_to_pmcids(client, new) if new else {}
+        if open_access_only:
+            oa = set(found.pmids)
+        elif new:
+            oa = set(
+                esearch_all(
+                    client,
+                    f"({query}) AND {OA_FILTER}",
+                    mindate=mindate,
+                    maxdate=maxdate,
+                    page_size=5000,
+                ).pmids
+            )
+        else:
+            oa = set()
+    if found.count > ESEARCH_LIMIT and (max_results is None or max_results > ESEARCH_LIMIT):
+        summary.reasons[
+            f"PubMed returns only the first {ESEARCH_LIMIT} of {found.count} hits; "
+            "narrow the query with --mindate/--maxdate"
+        ] += 1
+    manifest.query = manifest.query or query
+    for pmid in found.pmids:
+        rid = f"pmid:{pmid}"
+        if rid in manifest.records:
+            summary.skipped += 1
+            continue
+        m = meta.get(pmid, {})
+        idrow = ids.get(pmid)
+        manifest.add_record(
+            Record(
+                id=rid,
+                query=query,
+                pmid=pmid,
+                pmcid=(idrow.pmcid if idrow and idrow.pmcid else m.get("pmcid")),
+                doi=m.get("doi") or (idrow.doi if idrow else None),
+                title=m.get("title"),
+                journal=m.get("journal"),
+                year=m.get("year"),
+                open_access=pmid in oa,
+                stage="searched",
+            )
+        )
+        summary.done += 1
+    if query != manifest.query:
+        manifest.header_extra.setdefault("queries", [])
+        if query not in manifest.header_extra["queries"]:
+            manifest.header_extra["queries"].append(query)
+    manifest.save()
+    return summary

@@ -1,0 +1,85 @@
+"""ID Converter, OA service and elink parsing: recorded real answers, then the local server."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import shared_path
+from ncbi_server import Article, FakeNcbi, ncbi_fixture  # noqa: F401 (fixture)
+
+from histofetch.http import NetClient
+from histofetch.resolve import (
+    ServiceError,
+    oa_lookup,
+    parse_idconv,
+    parse_oa,
+    parse_prlinks,
+    pmids_to_pmcids,
+    publisher_links,
+)
+
+
+def _fixture(name: str) -> bytes:
+    return shared_path("fixtures", "ncbi", name).read_bytes()
+
+
+def test_recorded_idconv_json_and_xml() -> None:
+    (row,) = parse_idconv(_fixture("idconv_json_doi_ok.json"))
+    assert (row.pmid, row.pmcid, row.doi) == ("20495566", "PMC2883744", "10.1038/ng.590")
+    (row,) = parse_idconv(_fixture("idconv_xml_PMC3479421_versions.xml"))
+    assert (row.pmid, row.pmcid) == ("22676651", "PMC3479421")
+
+
+def test_recorded_idconv_error_is_decoded() -> None:
+    with pytest.raises(ServiceError, match="ID type 'doi' mismatch for '28371833'"):
+        parse_idconv(_fixture("idconv_json_error_idtype_mismatch_http404.json"))
+
+
+def test_recorded_oa_answers() -> None:
+    rec = parse_oa(_fixture("oa_fcgi_PMC7906746_record_tgz_only.xml"), "PMC7906746")
+    assert rec.open_access and rec.license is None  # license="none" means unknown
+    assert rec.links == {
+        "tgz": "ftp://ftp.ncbi.nlm.nih.gov/pub/pmc/oa_package/f1/69/PMC7906746.tar.gz"
+    }
+    rec = parse_oa(_fixture("oa_fcgi_PMC8550608_error_idIsNotOpenAccess.xml"), "PMC8550608")
+    assert not rec.open_access and rec.error_code == "idIsNotOpenAccess"
+    assert "not Open Access" in (rec.error or "")
+
+
+def test_recorded_prlinks() -> None:
+    assert parse_prlinks(_fixture("elink_prlinks_xml.xml")) == [
+        "https://academic.oup.com/brain/article-lookup/doi/10.1093/brain/123.1.171"
+    ]
+
+
+def test_oa_garbage_is_a_service_error() -> None:
+    with pytest.raises(ServiceError, match="not XML"):
+        parse_oa(b"<html><body>Service unavailable", "PMC1")
+
+
+def test_idconv_batches_of_200_against_server(ncbi: FakeNcbi) -> None:
+    pmids = [str(100 + i) for i in range(450)]
+    for i, pmid in enumerate(pmids):
+        ncbi.add_article(Article(pmid, pmcid=f"PMC{i}" if i % 3 == 0 else None, doi=f"10.1/{i}"))
+    with NetClient(ncbi.config()) as client:
+        rows = pmids_to_pmcids(client, pmids)
+    assert len(rows) == 150 and rows["100"].pmcid == "PMC0" and rows["103"].doi == "10.1/3"
+    calls = ncbi.requests_to("/idconv/")
+    assert [len(c.params["ids"].split(",")) for c in calls] == [200, 200, 50]
+    assert all(c.params["idtype"] == "pmid" and c.params["tool"] == "histofetch" for c in calls)
+
+
+def test_idconv_replays_recorded_answer(ncbi: FakeNcbi) -> None:
+    ncbi.idconv_bodies["20495566"] = _fixture("idconv_json_doi_ok.json")
+    with NetClient(ncbi.config()) as client:
+        rows = pmids_to_pmcids(client, ["20495566"])
+    assert rows["20495566"].pmcid == "PMC2883744"
+
+
+def test_oa_and_prlinks_against_server(ncbi: FakeNcbi) -> None:
+    ncbi.oa["PMC7906746"] = _fixture("oa_fcgi_PMC7906746_record_tgz_only.xml")
+    ncbi.prlinks["42"] = ["https://publisher.example/a/42"]
+    with NetClient(ncbi.config()) as client:
+        assert "tgz" in oa_lookup(client, "PMC7906746").links
+        assert oa_lookup(client, "PMC1").error_code == "idDoesNotExist"
+        assert publisher_links(client, "42") == ["https://publisher.example/a/42"]
+        assert publisher_links(client, "43") == []

@@ -1,0 +1,163 @@
+"""Search stage against the local E-utilities server (recorded answers replayed where present)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import ncbi_server
+import pytest
+from conftest import shared_path
+from ncbi_server import Article, FakeNcbi, ncbi_fixture  # noqa: F401 (fixture)
+
+from histofetch.manifest import Manifest
+from histofetch.resolve import ServiceError
+from histofetch.search import OA_FILTER, parse_esearch, parse_esummary_json, run_search
+
+QUERY = "lymph node metastasis breast cancer"
+
+
+def _populate(ncbi: FakeNcbi, n: int, *, oa_every: int = 3) -> list[str]:
+    pmids = [str(30000000 + i) for i in range(n)]
+    for i, pmid in enumerate(pmids):
+        ncbi.add_article(
+            Article(
+                pmid,
+                title=f"Article {i}",
+                year=2000 + i % 20,
+                doi=f"10.1000/test.{i}",
+                pmcid=f"PMC{900000 + i}" if i % 2 == 0 else None,
+            )
+        )
+    ncbi.searches[QUERY] = pmids
+    ncbi.searches[f"({QUERY}) AND {OA_FILTER}"] = pmids[::oa_every]
+    return pmids
+
+
+def test_search_pages_through_all_results(ncbi: FakeNcbi, tmp_path: Path) -> None:
+    pmids = _populate(ncbi, 250)
+    summary = run_search(tmp_path, QUERY, net=ncbi.config(), page_size=100)
+    assert summary.done == 250 and summary.failed == 0
+
+    manifest = Manifest.load(tmp_path)
+    assert manifest.query == QUERY
+    assert list(manifest.records) == [f"pmid:{p}" for p in pmids]
+    rec = manifest.records[f"pmid:{pmids[4]}"]
+    assert (rec.title, rec.journal, rec.year, rec.doi) == (
+        "Article 4",
+        "J Test Pathol",
+        2004,
+        "10.1000/test.4",
+    )
+    assert rec.pmcid == "PMC900004" and rec.stage == "searched" and rec.query == QUERY
+    assert manifest.records[f"pmid:{pmids[1]}"].pmcid is None
+    assert [r.open_access for r in list(manifest.records.values())[:4]] == [
+        True,
+        False,
+        False,
+        True,
+    ]
+
+    # paging used the history server: later pages carry WebEnv/query_key and retstart
+    main = [
+        h
+        for h in ncbi.requests_to("/eutils/esearch.fcgi")
+        if h.params.get("term") == QUERY or ("WebEnv" in h.params and "term" not in h.params)
+    ]
+    assert [h.params.get("retstart", "0") for h in main][:3] == ["0", "100", "200"]
+    assert main[0].params["usehistory"] == "y"
+    assert all("WebEnv" in h.params and h.params["query_key"] == "1" for h in main[1:3])
+    # esummary is POSTed (a GET with 200 ids is an HTTP 414 at NCBI), in batches
+    summaries = ncbi.requests_to("/eutils/esummary.fcgi")
+    assert summaries and all(h.method == "POST" for h in summaries)
+    assert sum(len(h.params["id"].split(",")) for h in summaries) == 250
+    assert all(h.params["tool"] == "histofetch" for h in ncbi.log)
+
+
+def test_search_again_adds_nothing_twice(ncbi: FakeNcbi, tmp_path: Path) -> None:
+    _populate(ncbi, 30)
+    run_search(tmp_path, QUERY, net=ncbi.config(), page_size=10)
+    first = Manifest.load(tmp_path).path.read_text()
+    again = run_search(tmp_path, QUERY, net=ncbi.config(), page_size=10)
+    assert (again.done, again.skipped) == (0, 30)
+    lines = Manifest.load(tmp_path).path.read_text().splitlines()
+    assert len(lines) == 31 and "\n".join(lines) + "\n" == first
+    # no metadata requests for records the run already has
+    assert len(ncbi.requests_to("/eutils/esummary.fcgi")) == 1  # the first run only
+
+
+def test_max_results_and_dates(ncbi: FakeNcbi, tmp_path: Path) -> None:
+    _populate(ncbi, 50)
+    summary = run_search(
+        tmp_path,
+        QUERY,
+        max_results=15,
+        mindate="2010",
+        maxdate="2020/12",
+        net=ncbi.config(),
+        page_size=10,
+    )
+    assert summary.done == 15
+    first = ncbi.requests_to("/eutils/esearch.fcgi")[0].params
+    assert (first["datetype"], first["mindate"], first["maxdate"]) == ("pdat", "2010", "2020/12")
+    assert len(Manifest.load(tmp_path).records) == 15
+
+
+def test_open_access_only_uses_the_pmc_oa_filter(ncbi: FakeNcbi, tmp_path: Path) -> None:
+    _populate(ncbi, 12)
+    summary = run_search(tmp_path, QUERY, open_access_only=True, net=ncbi.config())
+    assert summary.done == 4
+    manifest = Manifest.load(tmp_path)
+    assert all(r.open_access for r in manifest.records.values())
+    assert ncbi.requests_to("/eutils/esearch.fcgi")[0].params["term"].endswith(OA_FILTER)
+
+
+def test_no_hits_is_an_empty_run_not_an_error(ncbi: FakeNcbi, tmp_path: Path) -> None:
+    summary = run_search(tmp_path, "abcXYZ nothing", net=ncbi.config())
+    assert (summary.done, summary.failed) == (0, 0)
+    assert Manifest.load(tmp_path).records == {}
+
+
+def test_search_replays_recorded_esearch_page(ncbi: FakeNcbi, tmp_path: Path) -> None:
+    """The real esearch answer (usehistory=y, 42249 hits) as page 1, then history paging."""
+    body = shared_path("fixtures", "ncbi", "esearch_pubmed_cancer_usehistory.xml").read_bytes()
+    recorded = [str(i) for i in parse_esearch(body)["IdList"]]
+    term = "cancer"
+    ncbi.first_page_body[term] = body
+    ncbi.searches[term] = recorded + [str(20000000 + i) for i in range(100)]
+    ncbi_server.RECORDED_WEBENV["MCID_6927d6e7fee3e90f880ec190"] = term
+    summary = run_search(tmp_path, term, max_results=150, net=ncbi.config(), page_size=100)
+    assert summary.done == 150
+    ids = [r.pmid for r in Manifest.load(tmp_path).records.values()]
+    assert ids[:100] == recorded and ids[0] == "41297076" and ids[100] == "20000000"
+    page2 = ncbi.requests_to("/eutils/esearch.fcgi")[1].params
+    assert page2["WebEnv"] == "MCID_6927d6e7fee3e90f880ec190"
+    assert (page2["retstart"], page2["retmax"]) == ("100", "50")
+
+
+def test_recorded_esearch_error_answers() -> None:
+    nothing = shared_path("fixtures", "ncbi", "esearch_protein_notfound_errorlist.xml")
+    assert parse_esearch(nothing.read_bytes())["Count"] == "0"
+    bad_db = shared_path("fixtures", "ncbi", "eutilsjson_esearch_invalid_db.xml")
+    with pytest.raises(ServiceError, match="Invalid db name"):
+        parse_esearch(bad_db.read_bytes())
+    html = shared_path("fixtures", "ncbi", "esummary_pmc_http414_uri_too_long.html")
+    with pytest.raises(ServiceError):
+        parse_esearch(html.read_bytes())
+
+
+def test_recorded_esummary_json() -> None:
+    body = shared_path("fixtures", "ncbi", "esummary_pmc_v2_json_200ids.json").read_bytes()
+    docs = parse_esummary_json(body)
+    assert len(docs) == 200
+    doc = docs["7771231"]
+    assert doc["pmid"] == "33328347" and doc["pmcid"] == "PMC7771231"
+    assert doc["doi"] == "10.1128/mSphere.00562-20" and doc["year"] == 2020
+    assert doc["journal"] == "mSphere"
+    assert doc["title"].startswith("Nasal Tissue Extraction")
+
+
+def test_esummary_error_answer_is_a_clear_error() -> None:
+    with pytest.raises(ServiceError, match="esummary: Neither"):
+        parse_esummary_json(b'{"error": "Neither query_key nor id specified"}')
+    with pytest.raises(ServiceError, match="not JSON"):
+        parse_esummary_json(b"<html>Submitted URI too large!</html>")
