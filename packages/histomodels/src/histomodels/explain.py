@@ -17,11 +17,35 @@ from histomodels.preprocess import IMAGENET_MEAN, IMAGENET_STD, to_input
 
 
 def last_conv(model: nn.Module) -> nn.Module:
-    """The last convolution in the model (Grad-CAM's usual target layer)."""
+    """The last convolution in the model."""
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
     if not convs:
         raise ValueError(f"{type(model).__name__} has no Conv2d layer for Grad-CAM")
     return convs[-1]
+
+
+def last_feature_layer(model: nn.Module, x: torch.Tensor) -> nn.Module:
+    """The module that last produced a spatial feature map (``[N, C, h, w]``, h, w > 1)
+    in a forward pass: the activated output of the final conv block for any CNN, found
+    without per-architecture code. (Hooking the last Conv2d itself would see the map
+    before its norm and activation, where the gradient-weighted sum is often all negative.)
+    """
+    order: list[nn.Module] = []
+
+    def rec(m: nn.Module, _i: tuple, out: object) -> None:
+        if isinstance(out, torch.Tensor) and out.ndim == 4 and min(out.shape[-2:]) > 1:
+            order.append(m)
+
+    handles = [m.register_forward_hook(rec) for m in model.modules() if m is not model]
+    try:
+        with torch.no_grad():
+            model(x[:1])
+    finally:
+        for h in handles:
+            h.remove()
+    if not order:
+        return last_conv(model)
+    return order[-1]
 
 
 def grad_cam(
@@ -31,25 +55,29 @@ def grad_cam(
     mean: tuple[float, ...] = IMAGENET_MEAN,
     std: tuple[float, ...] = IMAGENET_STD,
     layer: nn.Module | None = None,
+    sign: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Heatmaps in [0, 1], shape [N, H, W], for the tumour logit of uint8 NHWC patches."""
+    """Heatmaps in [0, 1], shape [N, H, W], of the evidence for the tumour logit (or, where
+    ``sign`` is -1, for "normal", i.e. the negated logit) in uint8 NHWC patches."""
     model = model.eval()
-    layer = layer or last_conv(model)
+    x = to_input(images, mean, std, channels_last=False)
+    layer = layer or last_feature_layer(model, x)
     store: dict[str, torch.Tensor] = {}
 
     def fwd(_m: nn.Module, _i: tuple, out: torch.Tensor) -> None:
         store["act"] = out
         out.register_hook(lambda g: store.__setitem__("grad", g))
 
+    s = torch.ones(len(x)) if sign is None else torch.as_tensor(sign, dtype=torch.float32)
     handle = layer.register_forward_hook(fwd)
     try:
         with torch.enable_grad():
-            x = to_input(images, mean, std, channels_last=False).requires_grad_(True)
-            logit = model(x).reshape(len(x), -1)[:, 0]
+            logit = model(x.requires_grad_(True)).reshape(len(x), -1)[:, 0]
             model.zero_grad(set_to_none=True)
-            logit.sum().backward()
+            (logit * s).sum().backward()
     finally:
         handle.remove()
+        model.zero_grad(set_to_none=True)
     act, grad = store["act"].detach(), store["grad"].detach()
     weights = grad.mean(dim=(2, 3), keepdim=True)
     cam = F.relu((weights * act).sum(1, keepdim=True))
@@ -93,12 +121,15 @@ def error_gallery(
     chosen = np.concatenate([fp, fn]).astype(int)
     panels: list[np.ndarray] = []
     titles: list[str] = []
+    cam_of = {"FP": "tumour evidence", "FN": "normal evidence"}
     if len(chosen):
-        cams = grad_cam(model, images[chosen], mean=mean, std=std)
+        # FPs: what looked like tumour; FNs: what made the model call it normal.
+        sign = np.where(np.arange(len(chosen)) < len(fp), 1.0, -1.0)
+        cams = grad_cam(model, images[chosen], mean=mean, std=std, sign=sign)
         for j, i in enumerate(chosen):
             kind = "FP" if j < len(fp) else "FN"
             panels += [images[i], overlay(images[i], cams[j])]
-            titles += [f"{kind} p={probs[i]:.2f}\n{ids[i][:18]}", "Grad-CAM"]
+            titles += [f"{kind} p={probs[i]:.2f}\n{ids[i][:18]}", f"Grad-CAM ({cam_of[kind]})"]
     image_grid(
         panels,
         titles,

@@ -66,7 +66,7 @@ def _batches(images: np.ndarray | Iterable[np.ndarray], batch_size: int) -> Iter
         yield from images
 
 
-@torch.inference_mode()
+@torch.no_grad()
 def predict_logits(
     model: nn.Module,
     images: np.ndarray | Iterable[np.ndarray],
@@ -80,7 +80,11 @@ def predict_logits(
     progress: Callable[[int], None] | None = None,
 ) -> np.ndarray:
     """Logits (float32 [N]) for uint8 ``[N, H, W, 3]`` patches (an array, or an iterable of
-    batches so callers can stream tiles). TTA averages the logits of the 8 dihedral views."""
+    batches so callers can stream tiles). TTA averages the logits of the 8 dihedral views.
+
+    Runs under ``no_grad`` rather than ``inference_mode``: converting the model to
+    channels_last inside inference mode would turn its weights into inference tensors
+    that Grad-CAM (which needs autograd) could no longer use."""
     device = torch.device(device)
     prec = resolve_precision(precision, device)
     model = model.to(device).eval()

@@ -194,4 +194,5 @@ def image_grid(
         axes[0, 0].text(0.5, 0.5, "(none)", ha="center", va="center")
     if title:
         fig.suptitle(title, fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1, 0.97) if title else None)
     return save_figure(fig, path)

@@ -1,1 +1,310 @@
-"""Placeholder: commands are added here by the owning module."""
+"""CLI commands after training: ``eval``, ``label``, ``report``, ``export``, ``predict``.
+
+Thin wrappers: parse options, show progress, turn known input errors into one line on
+stderr and exit status 1. The work lives in the library modules named in each command.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from histomodels.cli import app
+
+
+def _fail(msg: str) -> None:
+    typer.echo(f"error: {msg}", err=True)
+    raise typer.Exit(1)
+
+
+@contextlib.contextmanager
+def _errors() -> Iterator[None]:
+    """Known bad-input errors → ``error: <file>: <problem>`` and exit 1 (no traceback)."""
+    from histofetch.manifest import ManifestError
+    from histomodels.checkpoint import CheckpointError
+
+    try:
+        yield
+    except (CheckpointError, ManifestError, ValueError, OSError) as exc:
+        _fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+
+
+def _threads() -> None:
+    """Inference on CPU: use the cores we have (torch's default may oversubscribe)."""
+    import os
+
+    import torch
+
+    if "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(max(1, min(torch.get_num_threads(), os.cpu_count() or 1)))
+
+
+@contextlib.contextmanager
+def _progress() -> Iterator[Callable[[str, int], Callable[[int], None]]]:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    with Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        transient=True,
+        disable=not sys.stderr.isatty(),
+    ) as bar:
+
+        def start(desc: str, total: int) -> Callable[[int], None]:
+            task = bar.add_task(desc, total=total)
+            return lambda n: bar.advance(task, n)
+
+        yield start
+
+
+@app.command("eval")
+def eval_cmd(
+    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint file (best.pt).")],
+    data: Annotated[
+        str | None, typer.Option("--data", help="Test patches (any supported dataset path).")
+    ] = None,
+    manifest: Annotated[
+        Path | None,
+        typer.Option("--manifest", help="histofetch run folder: external literature set."),
+    ] = None,
+    val: Annotated[
+        str | None,
+        typer.Option("--val", help="Validation patches: fit temperature and threshold here."),
+    ] = None,
+    out: Annotated[Path, typer.Option("--out", help="Output folder.")] = Path("eval"),
+    tta: Annotated[bool, typer.Option("--tta", help="Average the 8 dihedral views.")] = False,
+    sensitivity: Annotated[
+        float | None,
+        typer.Option("--sensitivity", help="Operating point at this sensitivity (needs --val)."),
+    ] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 256,
+    bootstrap: Annotated[int, typer.Option("--bootstrap", min=0, help="Resamples for CIs.")] = 1000,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    precision: Annotated[
+        str, typer.Option("--precision", help="fp32 | bf16 | auto (bf16 where the CPU has it).")
+    ] = "fp32",
+    top_k: Annotated[int, typer.Option("--top-k", min=1, help="Manifest: mean of top-k.")] = 5,
+    no_store: Annotated[
+        bool, typer.Option("--no-store-temperature", help="Do not write T into the checkpoint.")
+    ] = False,
+) -> None:
+    """Metrics with 95% CIs, calibration, plots and an error gallery (or, with --manifest,
+    image-level scores on mined literature figures)."""
+    if (data is None) == (manifest is None):
+        _fail("give exactly one of --data PATH or --manifest RUN_DIR")
+    _threads()
+    with _errors(), _progress() as progress:
+        if manifest is not None:
+            from histomodels.external import evaluate_manifest
+
+            result = evaluate_manifest(
+                checkpoint,
+                manifest,
+                out,
+                batch_size=batch_size,
+                tta=tta,
+                top_k=top_k,
+                precision=precision,
+                n_bootstrap=bootstrap,
+                seed=seed,
+                progress=progress,
+            )
+            _print_external(result, out)
+            return
+        from histomodels.evaluate import evaluate_checkpoint
+
+        result = evaluate_checkpoint(
+            checkpoint,
+            data,
+            out,
+            val=val,
+            tta=tta,
+            batch_size=batch_size,
+            sensitivity=sensitivity,
+            n_bootstrap=bootstrap,
+            seed=seed,
+            precision=precision,
+            store_temperature=not no_store,
+            progress=progress,
+        )
+    _print_metrics(result, out)
+
+
+def _fmt(v: object) -> str:
+    return f"{v:.4f}" if isinstance(v, float) else str(v)
+
+
+def _print_metrics(result: dict, out: Path) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    if "roc_auc" not in result:
+        console.print(result.get("note", "no metrics"))
+        console.print(f"predictions written to {out / 'predictions.csv'}")
+        return
+    table = Table(title=f"{result.get('model')} on {result.get('data')} (n={result.get('n')})")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    table.add_column("95% CI", justify="right")
+    ci = result.get("ci", {})
+    for key in (
+        "roc_auc",
+        "pr_auc",
+        "accuracy",
+        "balanced_accuracy",
+        "recall",
+        "specificity",
+        "precision",
+        "f1",
+        "brier",
+        "ece",
+    ):
+        lo_hi = ci.get(key)
+        table.add_row(
+            key,
+            _fmt(result.get(key)),
+            f"{lo_hi[0]:.4f}-{lo_hi[1]:.4f}" if lo_hi and None not in lo_hi else "",
+        )
+    console.print(table)
+    console.print(
+        f"threshold {result['threshold']:.4f} ({result['threshold_source']}); "
+        f"temperature {result['temperature']:.3f}; tta={result['tta']}"
+    )
+    console.print(f"wrote {out}/metrics.json, predictions.csv and plots")
+
+
+def _print_external(result: dict, out: Path) -> None:
+    typer.echo(
+        f"{result['n_images']} figure(s), {result['n_tiles']} tissue tile(s) scored; "
+        f"labelled figures: {result['n_labelled']}"
+    )
+    if result.get("image_metrics"):
+        for agg, m in result["image_metrics"].items():
+            typer.echo(
+                f"  {agg}: ROC AUC {_fmt(m.get('roc_auc'))}, accuracy {_fmt(m.get('accuracy'))}"
+            )
+    typer.echo(f"wrote {out}/metrics.json, image_scores.csv, heatmaps/ and contact_sheet.png")
+
+
+@app.command("export")
+def export_cmd(
+    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint file.")],
+    out: Annotated[Path, typer.Option("--out", help="Output file (.onnx / .pt).")],
+    fmt: Annotated[str, typer.Option("--format", help="onnx | torchscript")] = "onnx",
+    exporter: Annotated[
+        str, typer.Option("--exporter", help="ONNX exporter: dynamo (default) | legacy")
+    ] = "dynamo",
+    tolerance: Annotated[
+        float, typer.Option("--tolerance", help="Fail if the parity diff exceeds this.")
+    ] = 1e-3,
+) -> None:
+    """Export to ONNX (dynamic batch axis, runs in ONNX Runtime) or TorchScript, then check
+    parity against PyTorch on random input."""
+    with _errors():
+        from histomodels.export import export_checkpoint
+
+        res = export_checkpoint(checkpoint, fmt, out, exporter=exporter)
+    typer.echo(f"wrote {res['path']} ({res['format']}, {res['bytes']} bytes)")
+    typer.echo(f"max abs diff {res['max_abs_diff']:.3g}")
+    if res["max_abs_diff"] > tolerance:
+        _fail(f"{out}: parity check failed (max abs diff {res['max_abs_diff']:.3g} > {tolerance})")
+
+
+@app.command("predict")
+def predict_cmd(
+    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint file.")],
+    paths: Annotated[list[Path], typer.Argument(help="Image files or folders.")],
+    out: Annotated[Path, typer.Option("--out", help="CSV to write.")] = Path("predictions.csv"),
+    stride: Annotated[
+        int | None, typer.Option("--tile-stride", min=1, help="Tile step in px (default 96).")
+    ] = None,
+    heatmaps: Annotated[
+        Path | None, typer.Option("--heatmaps", help="Heatmap folder (default: beside CSV).")
+    ] = None,
+    tta: Annotated[bool, typer.Option("--tta")] = False,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 256,
+    precision: Annotated[str, typer.Option("--precision", help="auto | fp32 | bf16")] = "auto",
+) -> None:
+    """One CSV row per 96 px patch with its tumour probability; large images are tiled and
+    get a heatmap PNG."""
+    _threads()
+    with _errors():
+        from histomodels.predict import predict_paths
+
+        res = predict_paths(
+            checkpoint,
+            paths,
+            out,
+            stride=stride,
+            heatmap_dir=heatmaps,
+            tta=tta,
+            batch_size=batch_size,
+            precision=precision,
+        )
+    typer.echo(f"{res['rows']} patch(es) from {res['files']} file(s) → {res['csv']}")
+    if res["heatmaps"]:
+        typer.echo(f"{len(res['heatmaps'])} heatmap(s) in {Path(res['heatmaps'][0]).parent}")
+
+
+@app.command("label")
+def label_cmd(
+    manifest: Annotated[Path, typer.Option("--manifest", help="histofetch run folder.")],
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="IMAGE_ID=LABEL (repeatable).")
+    ] = None,
+    from_csv: Annotated[
+        Path | None, typer.Option("--from-csv", help="CSV with image_id,label columns.")
+    ] = None,
+    relabel: Annotated[
+        bool, typer.Option("--relabel", help="Also ask about labelled ones.")
+    ] = False,
+    show: Annotated[
+        bool, typer.Option("--list", help="List figures and labels, change nothing.")
+    ] = False,
+) -> None:
+    """Label kept figures: metastasis / no_metastasis / not_usable (stored in the manifest)."""
+    from histofetch.manifest import Manifest
+    from histomodels.label import apply_labels, label_interactively, parse_set, read_label_csv
+
+    with _errors():
+        m = Manifest.load(manifest)
+        if show:
+            for img in m.kept_images():
+                typer.echo(f"{img.id}\t{img.label or '-'}\t{img.path}")
+            return
+        if set_ or from_csv:
+            labels = parse_set(set_ or [])
+            if from_csv:
+                labels |= read_label_csv(from_csv)
+            changed = apply_labels(m, labels)
+            typer.echo(f"{changed} label(s) changed in {m.path}")
+            return
+        counts = label_interactively(
+            m,
+            lambda q: typer.prompt(q, default="s", show_default=False),
+            typer.echo,
+            relabel=relabel,
+        )
+    typer.echo("labelled: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+
+
+@app.command("report")
+def report_cmd(
+    runs: Annotated[list[Path], typer.Argument(help="Training run and/or eval folders.")],
+    out: Annotated[Path, typer.Option("--out", help="Output folder.")] = Path("report"),
+    title: Annotated[str | None, typer.Option("--title")] = None,
+) -> None:
+    """One self-contained HTML page (and Markdown) for one run or several side by side."""
+    with _errors():
+        from histomodels.report import build_report
+
+        res = build_report(runs, out, title=title)
+    typer.echo(f"wrote {res['html']} and {res['markdown']}")

@@ -1,0 +1,143 @@
+"""Labelling mined figures by hand (``histomodels label``): labels live in the manifest.
+
+A person looks at each kept figure and answers metastasis / no metastasis / not usable;
+every answer is saved at once (atomic manifest save), so quitting or a crash loses
+nothing. Labels can also be set non-interactively (``--set ID=LABEL``, ``--from-csv``).
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+from histofetch.manifest import IMAGE_LABELS, Image, Manifest
+
+#: Short answers accepted at the prompt and in CSVs, mapped to the stored label.
+ALIASES = {
+    "m": "metastasis",
+    "metastasis": "metastasis",
+    "tumour": "metastasis",
+    "tumor": "metastasis",
+    "1": "metastasis",
+    "n": "no_metastasis",
+    "no": "no_metastasis",
+    "no_metastasis": "no_metastasis",
+    "no metastasis": "no_metastasis",
+    "normal": "no_metastasis",
+    "0": "no_metastasis",
+    "u": "not_usable",
+    "x": "not_usable",
+    "not_usable": "not_usable",
+    "not usable": "not_usable",
+    "none": None,
+    "clear": None,
+}
+
+
+class LabelError(ValueError):
+    """A bad label, unknown image id or unreadable label file (message names which)."""
+
+
+def normalise_label(text: str, where: str = "") -> str | None:
+    """``"m"``/``"metastasis"`` … → a stored label (``None`` = clear the label)."""
+    key = text.strip().lower().replace("-", "_")
+    if key.replace("_", " ") in ALIASES:
+        key = key.replace("_", " ")
+    if key not in ALIASES:
+        allowed = ", ".join((*IMAGE_LABELS, "clear"))
+        raise LabelError(f"{where}{text!r} is not a label; use one of {allowed}")
+    return ALIASES[key]
+
+
+def apply_labels(manifest: Manifest, labels: Mapping[str, str | None]) -> int:
+    """Set labels (all validated first, then saved once). Returns how many changed."""
+    unknown = [i for i in labels if i not in manifest.images]
+    if unknown:
+        raise LabelError(f"{manifest.path}: no image with id {unknown[0]!r} in this manifest")
+    changed = 0
+    for image_id, label in labels.items():
+        if label is not None and label not in IMAGE_LABELS:
+            raise LabelError(f"{label!r} is not a label; use one of {', '.join(IMAGE_LABELS)}")
+        img = manifest.images[image_id]
+        changed += img.label != label
+        img.label = label
+    if changed:
+        manifest.save()
+    return changed
+
+
+def parse_set(items: list[str]) -> dict[str, str | None]:
+    """``["img1=metastasis", "img2=n"]`` → ``{id: label}``."""
+    out: dict[str, str | None] = {}
+    for item in items:
+        image_id, sep, text = item.rpartition("=")
+        if not sep or not image_id:
+            raise LabelError(f"--set {item!r}: expected IMAGE_ID=LABEL")
+        out[image_id] = normalise_label(text, f"--set {item!r}: ")
+    return out
+
+
+def read_label_csv(path: str | Path) -> dict[str, str | None]:
+    """CSV with columns ``image_id`` (or ``id``) and ``label``."""
+    path = Path(path)
+    try:
+        with path.open(newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            cols = reader.fieldnames or []
+            id_col = "image_id" if "image_id" in cols else "id" if "id" in cols else None
+            if id_col is None or "label" not in cols:
+                raise LabelError(f"{path}: needs columns image_id (or id) and label, has {cols}")
+            return {
+                row[id_col]: normalise_label(row["label"] or "", f"{path}:{n}: ")
+                for n, row in enumerate(reader, start=2)
+            }
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise LabelError(f"{path}: cannot read label CSV ({exc})") from None
+
+
+def to_label(images: list[Image]) -> list[Image]:
+    return [i for i in images if i.label is None]
+
+
+def label_interactively(
+    manifest: Manifest,
+    ask: Callable[[str], str],
+    say: Callable[[str], None],
+    *,
+    relabel: bool = False,
+) -> dict[str, int]:
+    """Prompt for each kept figure (unlabelled ones unless ``relabel``); ``s`` skips,
+    ``q`` quits. Saves after every answer. Returns counts per label."""
+    images = manifest.kept_images() if relabel else to_label(manifest.kept_images())
+    counts = {label: 0 for label in IMAGE_LABELS} | {"skipped": 0}
+    say(f"{len(images)} figure(s) to label in {manifest.run_dir}")
+    for n, img in enumerate(images, start=1):
+        path = manifest.resolve(img.path)
+        caption = (img.caption or "").replace("\n", " ")[:200]
+        say(f"[{n}/{len(images)}] {img.id}  {img.width}x{img.height}  {path}")
+        if path is not None:
+            say(f"  open: {path.resolve().as_uri()}")
+        if caption:
+            say(f"  caption: {caption}")
+        if img.label:
+            say(f"  current label: {img.label}")
+        while True:
+            answer = ask("[m]etastasis / [n]o metastasis / [u] not usable / [s]kip / [q]uit")
+            key = answer.strip().lower()
+            if key in ("q", "quit"):
+                say("stopped; labels so far are saved")
+                return counts
+            if key in ("s", "skip", ""):
+                counts["skipped"] += 1
+                break
+            try:
+                label = normalise_label(key)
+            except LabelError as exc:
+                say(str(exc))
+                continue
+            apply_labels(manifest, {img.id: label})
+            if label:
+                counts[label] += 1
+            break
+    return counts

@@ -1,0 +1,207 @@
+"""``histomodels predict``: probabilities for image files, folders, or large images tiled
+into patches at the model's input size (96 px).
+
+Every input is checked before any inference runs (readable, a sane size, not a
+decompression bomb), so a bad file stops the run with one line naming it and no CSV is
+left half-written (the CSV is written once, atomically, at the end).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import warnings
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".bmp"}
+#: Refuse images above this many pixels (a 20k x 20k figure is far beyond any PDF figure;
+#: whole-slide images need a WSI reader, not this command).
+MAX_PIXELS = 200_000_000
+
+
+class PredictInputError(ValueError):
+    """An input that cannot be used; the message names the file."""
+
+
+@dataclass
+class Tiles:
+    """Patches cut from one image on a regular grid, with their top-left coordinates."""
+
+    patches: np.ndarray  # uint8 [N, size, size, 3]
+    xy: np.ndarray  # int [N, 2]
+    tissue: np.ndarray  # float [N], fraction of tissue pixels
+    size: int
+
+
+def tissue_fraction(patches: np.ndarray) -> np.ndarray:
+    """Share of pixels that look like stained tissue (not white glass / black border):
+    HSV-style saturation above 0.07 and not near-black, as in common WSI tissue masks."""
+    x = patches.astype(np.float32) / 255.0
+    mx, mn = x.max(-1), x.min(-1)
+    sat = (mx - mn) / np.maximum(mx, 1e-6)
+    tissue = (sat > 0.07) & (mx > 0.15)
+    return tissue.reshape(len(patches), -1).mean(1)
+
+
+def tile_image(image: np.ndarray, size: int = 96, stride: int | None = None) -> Tiles:
+    """Cut ``image`` (uint8 HxWx3) into ``size`` patches every ``stride`` px (default:
+    non-overlapping). Pixels beyond the last full tile are not covered."""
+    stride = stride or size
+    if stride < 1:
+        raise ValueError(f"tile stride must be >= 1, got {stride}")
+    h, w = image.shape[:2]
+    if h < size or w < size:
+        raise ValueError(f"image is {w}x{h}, smaller than one {size}px patch")
+    ys, xs = range(0, h - size + 1, stride), range(0, w - size + 1, stride)
+    xy = np.array([(x, y) for y in ys for x in xs], dtype=np.int64)
+    view = np.lib.stride_tricks.sliding_window_view(image, (size, size, 3))[::stride, ::stride, 0]
+    patches = np.ascontiguousarray(view.reshape(-1, size, size, 3))
+    return Tiles(patches, xy, tissue_fraction(patches), size)
+
+
+def read_rgb(path: Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Decode an image to uint8 RGB, refusing bombs and unreadable files with one line."""
+    from PIL import Image
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        old = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = max_pixels
+        try:
+            with Image.open(path) as im:
+                w, h = im.size
+                if w * h > max_pixels:
+                    raise PredictInputError(
+                        f"{path}: {w}x{h} pixels exceeds the limit of {max_pixels} "
+                        "(possible decompression bomb)"
+                    )
+                return np.asarray(im.convert("RGB"))
+        except PredictInputError:
+            raise
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise PredictInputError(
+                f"{path}: refused, possible decompression bomb ({exc})"
+            ) from None
+        except Exception as exc:
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise PredictInputError(f"{path}: cannot read image ({reason})") from None
+        finally:
+            Image.MAX_IMAGE_PIXELS = old
+
+
+def collect_inputs(paths: Iterable[str | Path]) -> list[Path]:
+    """Files as given, folders walked recursively for image files (sorted)."""
+    files: list[Path] = []
+    for raw in paths:
+        p = Path(raw)
+        if p.is_dir():
+            found = sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise PredictInputError(f"{p}: folder holds no image files")
+            files += found
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise PredictInputError(f"{p}: no such file or folder")
+    return files
+
+
+def check_inputs(files: list[Path], size: int, max_pixels: int = MAX_PIXELS) -> None:
+    """Cheap header-only pass so a bad file fails the run before any work is done."""
+    from PIL import Image
+
+    for f in files:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                with Image.open(f) as im:
+                    w, h = im.size
+        except Exception as exc:
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise PredictInputError(f"{f}: cannot read image ({reason})") from None
+        if w * h > max_pixels:
+            raise PredictInputError(
+                f"{f}: {w}x{h} pixels exceeds the limit of {max_pixels} "
+                "(possible decompression bomb)"
+            )
+        if w < size or h < size:
+            raise PredictInputError(f"{f}: {w}x{h} is smaller than one {size}px patch")
+
+
+def predict_paths(
+    checkpoint: str | Path,
+    paths: Iterable[str | Path],
+    out_csv: str | Path,
+    *,
+    stride: int | None = None,
+    heatmap_dir: str | Path | None = None,
+    batch_size: int = 256,
+    tta: bool = False,
+    precision: str = "auto",
+    max_pixels: int = MAX_PIXELS,
+    progress: Callable[[Path], None] | None = None,
+) -> dict[str, object]:
+    """Write one CSV row per patch (path, x, y, size, tissue_fraction, probability) and a
+    heatmap PNG per image larger than one patch. Returns a summary dict."""
+    from histofetch.manifest import atomic_write_text
+    from histomodels.checkpoint import load_model
+    from histomodels.inference import norm_of, predict_logits, sigmoid
+
+    files = collect_inputs(paths)
+    model, ckpt = load_model(checkpoint)
+    size = int(ckpt.get("input_size", 96))
+    check_inputs(files, size, max_pixels)
+    mean, std = norm_of(ckpt)
+    temperature = float(ckpt.get("temperature", 1.0) or 1.0)
+    out_csv = Path(out_csv)
+    heat_dir = Path(heatmap_dir) if heatmap_dir else out_csv.with_name(out_csv.stem + "_heatmaps")
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["path", "x", "y", "size", "tissue_fraction", "probability"])
+    n_rows, heatmaps = 0, []
+    for f in files:
+        img = read_rgb(f, max_pixels)
+        tiles = tile_image(img, size, stride)
+        logits = predict_logits(
+            model,
+            tiles.patches,
+            mean=mean,
+            std=std,
+            batch_size=batch_size,
+            tta=tta,
+            precision=precision,
+        )
+        probs = sigmoid(logits, temperature)
+        for (x, y), t, p in zip(tiles.xy, tiles.tissue, probs, strict=True):
+            w.writerow([str(f), int(x), int(y), size, f"{t:.3f}", f"{p:.6f}"])
+        n_rows += len(probs)
+        if len(probs) > 1:
+            from histomodels.plots import overlay_heatmap
+
+            target = heat_dir / f"{_stem(f, files)}.png"
+            overlay_heatmap(
+                img,
+                [
+                    (int(x), int(y), size, float(p))
+                    for (x, y), p in zip(tiles.xy, probs, strict=True)
+                ],
+                target,
+                title=f"{f.name}: max {probs.max():.2f}, mean {probs.mean():.2f}",
+            )
+            heatmaps.append(str(target))
+        if progress:
+            progress(f)
+    out_csv.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out_csv, buf.getvalue())
+    return {"files": len(files), "rows": n_rows, "csv": str(out_csv), "heatmaps": heatmaps}
+
+
+def _stem(f: Path, files: list[Path]) -> str:
+    """A heatmap file name unique among the inputs (parent folder added on clashes)."""
+    if sum(g.stem == f.stem for g in files) > 1:
+        return f"{f.parent.name}_{f.stem}"
+    return f.stem

@@ -1,0 +1,33 @@
+"""Small real fixtures shared by the evaluation-side tests: a tiny CNN trained for a few
+steps on procedural PCam-like patches (``histomodels.synthetic``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from histomodels.checkpoint import make_checkpoint, save_checkpoint
+from histomodels.models import create_model
+from histomodels.preprocess import to_input
+from histomodels.synthetic import make_patches
+
+TINY_CNN = {"depth": 2, "blocks": 1, "width": 8, "dropout": 0.0}
+
+
+def train_tiny(path: Path, steps: int = 60, seed: int = 0) -> Path:
+    """A tiny cnn checkpoint that has learnt something (a few seconds on one CPU core)."""
+    torch.manual_seed(seed)
+    model = create_model("cnn", **TINY_CNN)
+    x_np, y_np = make_patches(256, seed=seed + 100)
+    x, y = to_input(x_np), torch.as_tensor(y_np, dtype=torch.float32)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    model.train()
+    for step in range(steps):
+        idx = torch.arange(step * 32, step * 32 + 32) % len(x)
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(model(x[idx])[:, 0], y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    return save_checkpoint(path, make_checkpoint(model, "cnn", TINY_CNN))
