@@ -1,0 +1,213 @@
+"""Bayesian optimisation of the scratch CNN with Ax (BoTorch behind it).
+
+Search space: learning rate and weight decay (log scale), width, depth, dropout, batch
+size, augmentation strength. Every trial is a short training run with a time budget whose
+objective is the best validation AUC. After each trial the Ax experiment is saved to
+``DIR/ax_experiment.json`` (atomically), the trial table to ``DIR/trials.json``/``.csv`` and
+the best configuration so far to ``DIR/best_config.json``, so a killed tune resumes where
+it stopped and ``histomodels train --config DIR/best_config.json`` reproduces the winner.
+
+Note: trials are short, so the optimiser favours settings that learn fast; the winning
+config is a good starting point for a longer run, not a guarantee for it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from histomodels.config import TrainConfig
+from histomodels.train import load_split, train
+
+OBJECTIVE = "val_auc"
+EXPERIMENT_FILE = "ax_experiment.json"
+#: Keys of the trial that are not part of a reusable training config.
+_RUN_ONLY = ("data", "val", "time_budget", "progress", "threads", "device", "epochs", "patience")
+
+
+def search_space():
+    """The Ax parameters (kept small: 7 knobs that matter most for a 96 px CNN)."""
+    from ax.api.configs import ChoiceParameterConfig, RangeParameterConfig
+
+    return [
+        RangeParameterConfig(name="lr", bounds=(3e-4, 1e-2), parameter_type="float", scaling="log"),
+        RangeParameterConfig(
+            name="weight_decay", bounds=(1e-4, 0.2), parameter_type="float", scaling="log"
+        ),
+        ChoiceParameterConfig(
+            name="width", values=[16, 24, 32, 48, 64], parameter_type="int", is_ordered=True
+        ),
+        RangeParameterConfig(name="depth", bounds=(3, 5), parameter_type="int"),
+        RangeParameterConfig(name="dropout", bounds=(0.0, 0.5), parameter_type="float"),
+        ChoiceParameterConfig(
+            name="batch_size", values=[64, 128, 256], parameter_type="int", is_ordered=True
+        ),
+        RangeParameterConfig(name="aug_strength", bounds=(0.0, 1.5), parameter_type="float"),
+    ]
+
+
+def trial_config(params: dict[str, Any], base: TrainConfig) -> TrainConfig:
+    """A training config for one Ax parameterisation."""
+    return base.replace(
+        model="cnn",
+        model_config={
+            **base.model_config,
+            "width": int(params["width"]),
+            "depth": int(params["depth"]),
+            "dropout": float(params["dropout"]),
+        },
+        lr=float(params["lr"]),
+        weight_decay=float(params["weight_decay"]),
+        batch_size=int(params["batch_size"]),
+        aug_strength=float(params["aug_strength"]),
+    )
+
+
+def _atomic_json(path: Path, obj: Any) -> None:
+    from histofetch.manifest import atomic_write_text
+
+    atomic_write_text(path, json.dumps(obj, indent=2, default=str))
+
+
+def _save_client(client, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    client.save_to_json_file(str(tmp))
+    os.replace(tmp, path)
+
+
+def tune(
+    data: Any,
+    val: Any,
+    out: str | Path,
+    *,
+    trials: int = 20,
+    trial_minutes: float = 2.0,
+    sobol_trials: int | None = None,
+    seed: int = 0,
+    threads: int | None = None,
+    quiet: bool = False,
+    base: TrainConfig | None = None,
+) -> dict[str, Any]:
+    """Run (or resume) the optimisation; returns the best trial record."""
+    from ax.api.client import Client
+
+    _quiet_ax()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    exp_path = out / EXPERIMENT_FILE
+    records_path = out / "trials.json"
+    base = (base or TrainConfig()).replace(
+        epochs=100,
+        patience=100,
+        time_budget=float(trial_minutes),
+        progress=False,
+        seed=seed,
+        threads=threads,
+    )
+    # decode once for all trials
+    x_train, y_train = load_split(data, "train")
+    x_val, y_val = load_split(val, "validation")
+    train_arrays = (x_train.numpy(), y_train.numpy().astype("int64"))
+    val_arrays = (x_val.numpy(), y_val.numpy().astype("int64"))
+
+    records: list[dict[str, Any]] = []
+    if exp_path.is_file():
+        client = Client.load_from_json_file(str(exp_path))
+        if records_path.is_file():
+            records = json.loads(records_path.read_text())
+        # trials that were running when the previous tune was killed
+        done = {r["trial"] for r in records}
+        for idx, trial in client._experiment.trials.items():
+            if idx not in done and not trial.status.is_terminal:
+                client.mark_trial_failed(idx, failed_reason="interrupted (tune was killed)")
+        _save_client(client, exp_path)
+    else:
+        client = Client(random_seed=seed)
+        client.configure_experiment(parameters=search_space(), name="histomodels_cnn_tune")
+        client.configure_optimization(objective=OBJECTIVE)
+        n_init = sobol_trials if sobol_trials is not None else max(2, min(5, trials // 3))
+        client.configure_generation_strategy(
+            method="fast", initialization_budget=n_init, initialization_random_seed=seed
+        )
+        _save_client(client, exp_path)
+    _quiet_ax()
+
+    while len([r for r in records if r.get("status") == "completed"]) < trials:
+        ((idx, params),) = client.get_next_trials(max_trials=1).items()
+        _save_client(client, exp_path)  # the trial is recorded as running
+        cfg = trial_config(dict(params), base)
+        t0 = time.perf_counter()
+        record: dict[str, Any] = {"trial": idx, "params": dict(params)}
+        try:
+            result = train(
+                cfg, out / "trials" / f"{idx:03d}", train_data=train_arrays, val_data=val_arrays
+            )
+        except (RuntimeError, ValueError) as exc:  # e.g. out of memory for a huge config
+            client.mark_trial_failed(idx, failed_reason=str(exc)[:200])
+            record.update(status="failed", error=str(exc).splitlines()[0])
+        else:
+            auc = float(result.best_metrics["val_auc"])
+            client.complete_trial(idx, raw_data={OBJECTIVE: auc})
+            record.update(
+                status="completed",
+                val_auc=auc,
+                val_accuracy=float(result.best_metrics["val_accuracy"]),
+                epochs=result.epochs_run,
+                best_epoch=result.best_epoch,
+                train_patches_per_s=round(result.train_patches_per_s, 1),
+                config={k: v for k, v in cfg.to_dict().items() if k not in _RUN_ONLY},
+            )
+        record["seconds"] = round(time.perf_counter() - t0, 1)
+        records.append(record)
+        _save_client(client, exp_path)
+        _atomic_json(records_path, records)
+        _write_table(out / "trials.csv", records)
+        best = _best(records)
+        if best:
+            _atomic_json(
+                out / "best_config.json",
+                {"val_auc": best["val_auc"], "trial": best["trial"], "config": best["config"]},
+            )
+        if not quiet:
+            from rich.console import Console
+
+            auc_s = f"{record['val_auc']:.4f}" if "val_auc" in record else record["status"]
+            Console(stderr=True).print(
+                f"trial {idx}: val AUC {auc_s} ({record['seconds']:.0f} s) "
+                f"{json.dumps(record['params'], default=str)}"
+            )
+    best = _best(records)
+    if best is None:
+        raise RuntimeError(f"{out}: no trial completed")
+    return best
+
+
+def _quiet_ax() -> None:
+    """Ax logs every trial at INFO on its own handlers; we print our own one-line summary."""
+    for name in list(logging.root.manager.loggerDict):
+        if name == "ax" or name.startswith("ax."):
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def _best(records: list[dict[str, Any]]) -> dict[str, Any] | None:
+    done = [r for r in records if r.get("status") == "completed"]
+    return max(done, key=lambda r: r["val_auc"]) if done else None
+
+
+def _write_table(path: Path, records: list[dict[str, Any]]) -> None:
+    from histofetch.manifest import atomic_write_text
+
+    keys = ["trial", "status", "val_auc", "val_accuracy", "epochs", "seconds"]
+    pkeys = sorted({k for r in records for k in r["params"]})
+    lines = [",".join(keys + pkeys)]
+    for r in records:
+        lines.append(
+            ",".join(
+                [str(r.get(k, "")) for k in keys] + [str(r["params"].get(k, "")) for k in pkeys]
+            )
+        )
+    atomic_write_text(path, "\n".join(lines) + "\n")
