@@ -31,3 +31,18 @@ def train_tiny(path: Path, steps: int = 60, seed: int = 0) -> Path:
         opt.step()
     model.eval()
     return save_checkpoint(path, make_checkpoint(model, "cnn", TINY_CNN))
+
+
+_CACHE: dict[str, Path] = {}
+
+
+def tiny_checkpoint(tmp_path: Path) -> Path:
+    """A private copy (tests may rewrite it) of one tiny checkpoint trained once per run."""
+    import shutil
+    import tempfile
+
+    if "ckpt" not in _CACHE:
+        _CACHE["ckpt"] = train_tiny(Path(tempfile.mkdtemp(prefix="histo-eval-")) / "tiny.pt")
+    dest = tmp_path / "tiny.pt"
+    shutil.copy(_CACHE["ckpt"], dest)
+    return dest

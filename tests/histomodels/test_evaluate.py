@@ -1,0 +1,160 @@
+"""End-to-end evaluation of a really trained tiny CNN: files, numbers, calibration, CLI."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from _evalkit import tiny_checkpoint
+from sklearn import metrics as skm
+from typer.testing import CliRunner
+
+from histomodels.checkpoint import load_model, read_checkpoint
+from histomodels.cli import app
+from histomodels.data import ArrayDataset
+from histomodels.evaluate import evaluate_checkpoint
+from histomodels.inference import predict_logits
+from histomodels.synthetic import make_patches
+
+torch.set_num_threads(1)
+FILES = (
+    "metrics.json",
+    "predictions.csv",
+    "roc.png",
+    "pr.png",
+    "confusion.png",
+    "reliability.png",
+    "errors_gradcam.png",
+)
+
+
+def _ds(n: int, seed: int, name: str) -> ArrayDataset:
+    x, y = make_patches(n, seed=seed)
+    return ArrayDataset(x, y, ids=[f"{name}{i}" for i in range(n)], source=name)
+
+
+def test_evaluate_with_validation(tmp_path: Path) -> None:
+    ckpt = tiny_checkpoint(tmp_path)
+    out = tmp_path / "ev"
+    res = evaluate_checkpoint(ckpt, _ds(160, 1, "t"), out, val=_ds(160, 2, "v"), n_bootstrap=200)
+    for f in FILES:
+        assert (out / f).stat().st_size > 0, f
+    saved = json.loads((out / "metrics.json").read_text())
+    for key in (
+        "roc_auc",
+        "accuracy",
+        "balanced_accuracy",
+        "recall",
+        "specificity",
+        "precision",
+        "f1",
+        "pr_auc",
+        "brier",
+        "ece",
+        "threshold",
+        "ci",
+    ):
+        assert key in saved, key
+    assert "validation" in saved["threshold_source"]
+    # numbers agree with sklearn on the written predictions at the written threshold
+    rows = list(csv.DictReader((out / "predictions.csv").open()))
+    y = np.array([int(r["label"]) for r in rows])
+    p = np.array([float(r["probability"]) for r in rows])
+    assert saved["roc_auc"] == pytest.approx(skm.roc_auc_score(y, p), abs=1e-4)
+    assert saved["f1"] == pytest.approx(skm.f1_score(y, p >= saved["threshold"]), abs=1e-3)
+    assert saved["roc_auc"] > 0.6  # the tiny model learnt something real
+    lo, hi = saved["ci"]["roc_auc"]
+    assert lo < saved["roc_auc"] < hi
+    # the fitted temperature went into the checkpoint and lowered validation NLL
+    assert read_checkpoint(ckpt)["temperature"] == pytest.approx(res["temperature"])
+    assert res["temperature"] != 1.0
+    assert res["validation"]["nll_after"] <= res["validation"]["nll_before"] + 1e-9
+
+
+def test_evaluate_without_validation_says_threshold_is_default(tmp_path: Path) -> None:
+    ckpt = tiny_checkpoint(tmp_path)
+    res = evaluate_checkpoint(ckpt, _ds(64, 3, "t"), tmp_path / "ev", n_bootstrap=50, gallery=False)
+    assert res["threshold"] == 0.5 and "no validation" in res["threshold_source"]
+    with pytest.raises(ValueError, match="needs --val"):
+        evaluate_checkpoint(ckpt, _ds(8, 3, "t"), tmp_path / "e2", sensitivity=0.9)
+
+
+def test_unlabelled_data_gives_predictions_only(tmp_path: Path) -> None:
+    ckpt = tiny_checkpoint(tmp_path)
+    x, _ = make_patches(12, seed=4)
+    res = evaluate_checkpoint(ckpt, ArrayDataset(x), tmp_path / "ev")
+    assert "roc_auc" not in res and "no labels" in res["note"]
+    assert len((tmp_path / "ev" / "predictions.csv").read_text().splitlines()) == 13
+
+
+def test_tta_is_rotation_invariant(tmp_path: Path) -> None:
+    model, _ = load_model(tiny_checkpoint(tmp_path))
+    x, _ = make_patches(6, seed=5)
+    plain = predict_logits(model, x)
+    tta = predict_logits(model, x, tta=True)
+    tta_rot = predict_logits(model, np.ascontiguousarray(np.rot90(x, 1, axes=(1, 2))), tta=True)
+    np.testing.assert_allclose(tta, tta_rot, atol=1e-4)
+    assert not np.allclose(plain, tta, atol=1e-4)
+    bf16 = predict_logits(model, x, precision="bf16")
+    np.testing.assert_allclose(plain, bf16, atol=0.1)
+
+
+def test_cli_eval_end_to_end(tmp_path: Path) -> None:
+    pytest.importorskip("histomodels.data.readers", reason="dataset readers not installed")
+    from histomodels.synthetic import write_h5
+
+    ckpt = tiny_checkpoint(tmp_path)
+    test_h5 = write_h5(tmp_path / "test.h5", 96, seed=7)
+    val_h5 = write_h5(tmp_path / "val.h5", 96, seed=8)
+    out = tmp_path / "out"
+    r = CliRunner().invoke(
+        app,
+        [
+            "eval",
+            str(ckpt),
+            "--data",
+            str(test_h5),
+            "--val",
+            str(val_h5),
+            "--out",
+            str(out),
+            "--bootstrap",
+            "100",
+            "--sensitivity",
+            "0.9",
+            "--tta",
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    for f in FILES:
+        assert (out / f).exists(), f
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["tta"] is True and "sensitivity>=0.9" in m["threshold_source"]
+    assert "roc_auc" in r.output
+
+
+def test_cli_bad_checkpoints_fail_cleanly(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(np.random.default_rng(0).bytes(2048))
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    evil = tmp_path / "evil.pt"
+    torch.save({"format": "histomodels.checkpoint", "x": Evil()}, evil)  # pickles code
+    assert b"print" in evil.read_bytes()  # the code payload really is in the file
+    runner = CliRunner()
+    for bad in (junk, evil, tmp_path / "missing.pt"):
+        r = runner.invoke(app, ["export", str(bad), "--out", str(tmp_path / "m.onnx")])
+        assert r.exit_code == 1, r.output
+        assert "error:" in r.output and str(bad) in r.output
+        assert "Traceback" not in r.output and "pwned" not in r.output
+        assert len(r.output.strip().splitlines()) == 1
+    assert not (tmp_path / "m.onnx").exists()
+    r = runner.invoke(app, ["eval", str(junk), "--data", str(tmp_path)])
+    assert r.exit_code == 1 and "junk.pt" in r.output
