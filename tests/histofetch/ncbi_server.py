@@ -331,7 +331,7 @@ def ncbi_fixture() -> Iterator[FakeNcbi]:
     app = FakeNcbi()
     server.app = app
     app.base = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     try:
         yield app
