@@ -219,7 +219,7 @@ def _render(
     keep = rng.random(len(b)) < _sample(lam_field, b, y, x)
     b, y, x = b[keep], y[keep], x[keep]
     m = len(b)
-    r = rng.uniform(2.7, 3.9, m)
+    r = rng.uniform(2.4, 3.4, m)
     nuc.add(
         b=b,
         y=y,

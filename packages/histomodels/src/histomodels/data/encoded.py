@@ -1,0 +1,167 @@
+"""HDF5 files of encoded image bytes: the compact layout of ``../shared/data/pcam_real/dev``.
+
+Datasets: ``encoded`` (vlen uint8: a JPEG/WebP/PNG file per row), ``y`` (uint8 [N]),
+optional ``patch_id`` (str) and ``stored_codec``. Patches are decoded on demand; use
+:func:`histomodels.data.cache.materialise` to decode once into memory.
+
+A ``manifest.csv`` beside the file (columns ``file``, ``row``, ``origin_split``...) lets
+you keep only rows of some origin splits, e.g. ``origin_split=("kaggle_train", "pcam_train")``.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from histomodels.data.base import DatasetError, PatchDataset
+from histomodels.data.images import decode_image
+
+
+def _as_set(value: str | Iterable[str]) -> set[str]:
+    if isinstance(value, str):
+        return {v.strip() for v in value.split(",") if v.strip()}
+    return {str(v) for v in value}
+
+
+def rows_of_origin(path: Path, origin_split: str | Iterable[str]) -> np.ndarray:
+    """Row numbers of ``path`` whose ``origin_split`` (in ``manifest.csv`` beside it) matches."""
+    wanted = _as_set(origin_split)
+    manifest = path.parent / "manifest.csv"
+    if not manifest.exists():
+        raise DatasetError(f"{path}: origin_split filter needs {manifest}, which is absent")
+    rows: list[int] = []
+    seen: set[str] = set()
+    with manifest.open(newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        missing = {"file", "row", "origin_split"} - set(reader.fieldnames or [])
+        if missing:
+            raise DatasetError(f"{manifest}: missing column(s) {sorted(missing)}")
+        for lineno, rec in enumerate(reader, start=2):
+            if rec["file"] != path.name:
+                continue
+            seen.add(rec["origin_split"])
+            if rec["origin_split"] in wanted:
+                try:
+                    rows.append(int(rec["row"]))
+                except ValueError:
+                    raise DatasetError(
+                        f"{manifest}:{lineno}: row {rec['row']!r} is not an integer"
+                    ) from None
+    if not rows:
+        raise DatasetError(
+            f"{path}: no rows with origin_split in {sorted(wanted)} (present: {sorted(seen)})"
+        )
+    return np.array(sorted(rows), dtype=np.int64)
+
+
+class EncodedH5Dataset(PatchDataset):
+    """Encoded-bytes HDF5 reader; ``rows`` restricts it to a subset of rows."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        origin_split: str | Iterable[str] | None = None,
+        patch_size: int | None = 96,
+    ) -> None:
+        self.path = path
+        self.source = f"encoded:{path}"
+        self.size = None if patch_size is None else (patch_size, patch_size)
+        self._file: h5py.File | None = None
+        try:
+            with h5py.File(path, "r") as f:
+                for key in ("encoded", "y"):
+                    if key not in f:
+                        raise DatasetError(f"{path}: no {key!r} dataset (found {sorted(f.keys())})")
+                n = f["encoded"].shape[0]
+                y = np.asarray(f["y"][()])
+                ids = (
+                    [s.decode() if isinstance(s, bytes) else str(s) for s in f["patch_id"][()]]
+                    if "patch_id" in f
+                    else [f"{path.stem}_{i}" for i in range(n)]
+                )
+        except OSError as exc:
+            raise DatasetError(f"{path}: not a readable HDF5 file ({exc})") from None
+        if y.size != n:
+            raise DatasetError(f"{path}: {n} encoded patches but {y.size} labels in 'y'")
+        y = y.reshape(n).astype(np.int64)
+        bad = np.flatnonzero((y != 0) & (y != 1))
+        if len(bad):
+            raise DatasetError(f"{path}: row {bad[0]}: label {y[bad[0]]} is not 0/1")
+        if len(ids) != n:
+            raise DatasetError(f"{path}: {n} encoded patches but {len(ids)} patch_id values")
+        self.rows = (
+            np.arange(n, dtype=np.int64)
+            if origin_split is None
+            else rows_of_origin(path, origin_split)
+        )
+        if len(self.rows) and self.rows[-1] >= n:
+            raise DatasetError(
+                f"{path}: manifest.csv names row {self.rows[-1]} but the file has {n}"
+            )
+        self._labels = y[self.rows]
+        self._ids = [ids[r] for r in self.rows]
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_file"] = None
+        return state
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, int, str]:
+        if not -len(self) <= index < len(self):
+            raise IndexError(index)
+        index %= len(self)
+        if self._file is None:
+            self._file = h5py.File(self.path, "r")
+        row = int(self.rows[index])
+        data = self._file["encoded"][row]
+        img = decode_image(data.tobytes(), f"{self.path} row {row}", size=self.size)
+        return img, int(self._labels[index]), self._ids[index]
+
+    def labels(self) -> np.ndarray:
+        return self._labels
+
+    def ids(self) -> list[str]:
+        return list(self._ids)
+
+    def load_all(self) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        """Read all bytes in one go, decode on a small thread pool (PIL releases the GIL)."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        from rich.progress import Progress
+
+        with h5py.File(self.path, "r") as f:
+            encoded = f["encoded"][()]
+        n = len(self.rows)
+        if n == 0:
+            raise DatasetError(f"{self.path}: no patches")
+
+        def work(i: int) -> np.ndarray:
+            row = int(self.rows[i])
+            return decode_image(encoded[row].tobytes(), f"{self.path} row {row}", size=self.size)
+
+        first = work(0)
+        images = np.empty((n, *first.shape), dtype=np.uint8)
+        images[0] = first
+        with (
+            ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool,
+            Progress(transient=True) as progress,
+        ):
+            task = progress.add_task(f"decoding {self.path.name}", total=n)
+            for i, img in enumerate(pool.map(work, range(1, n), chunksize=256), start=1):
+                if img.shape != first.shape:
+                    raise DatasetError(
+                        f"{self.path} row {self.rows[i]}: shape {img.shape}, expected {first.shape}"
+                    )
+                images[i] = img
+                if i % 1024 == 0:
+                    progress.update(task, completed=i)
+        return images, self._labels, list(self._ids)

@@ -1,0 +1,87 @@
+"""The Kaggle "Histopathologic Cancer Detection" release: ``train_labels.csv`` + ``train/<id>.tif``.
+
+The CSV is checked whole when the dataset is opened (header, 0/1 labels, duplicate ids,
+a ``.tif`` for every id) so errors name the CSV line up front; images are decoded on demand.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+
+from histomodels.data.base import DatasetError, PatchDataset
+from histomodels.data.images import decode_image
+
+LABELS_CSV = "train_labels.csv"
+
+
+def is_kaggle_folder(path: Path) -> bool:
+    return (path / LABELS_CSV).is_file()
+
+
+class KaggleDataset(PatchDataset):
+    """Kaggle folder reader. ``images`` defaults to ``<folder>/train``."""
+
+    def __init__(
+        self, folder: Path, *, images: Path | None = None, patch_size: int | None = 96
+    ) -> None:
+        self.folder = folder
+        self.csv_path = folder / LABELS_CSV
+        self.image_dir = images or folder / "train"
+        self.source = f"kaggle:{folder}"
+        self.size = None if patch_size is None else (patch_size, patch_size)
+        if not self.image_dir.is_dir():
+            raise DatasetError(
+                f"{folder}: no image folder {self.image_dir.name}/ beside {LABELS_CSV}"
+            )
+        ids: list[str] = []
+        labels: list[int] = []
+        seen: dict[str, int] = {}
+        with self.csv_path.open(newline="", encoding="utf-8") as fh:
+            reader = csv.reader(fh)
+            header = next(reader, None)
+            if header is None or [h.strip() for h in header[:2]] != ["id", "label"]:
+                raise DatasetError(f"{self.csv_path}:1: expected header 'id,label', got {header}")
+            for lineno, row in enumerate(reader, start=2):
+                if not row:
+                    continue
+                where = f"{self.csv_path}:{lineno}"
+                if len(row) < 2:
+                    raise DatasetError(f"{where}: expected 'id,label', got {row}")
+                pid, label = row[0].strip(), row[1].strip()
+                if label not in ("0", "1"):
+                    raise DatasetError(f"{where}: label {label!r} for id {pid} is not 0/1")
+                if pid in seen:
+                    raise DatasetError(f"{where}: id {pid} repeats line {seen[pid]}")
+                seen[pid] = lineno
+                ids.append(pid)
+                labels.append(int(label))
+        if not ids:
+            raise DatasetError(f"{self.csv_path}: no rows")
+        present = {p.stem for p in self.image_dir.glob("*.tif")}
+        for pid in ids:
+            if pid not in present:
+                raise DatasetError(
+                    f"{self.csv_path}:{seen[pid]}: id {pid} has no image "
+                    f"{self.image_dir / (pid + '.tif')}"
+                )
+        self._ids = ids
+        self._labels = np.array(labels, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, int, str]:
+        if not -len(self) <= index < len(self):
+            raise IndexError(index)
+        pid = self._ids[index]
+        path = self.image_dir / f"{pid}.tif"
+        return decode_image(path, str(path), size=self.size), int(self._labels[index]), pid
+
+    def labels(self) -> np.ndarray:
+        return self._labels
+
+    def ids(self) -> list[str]:
+        return list(self._ids)

@@ -1,0 +1,101 @@
+"""Detect a dataset's format from what is on disk and open it.
+
+- ``*_x.h5`` / ``*_y.h5`` (``.gz`` too): PCam pair (``pcam.PCamDataset``)
+- folder with ``camelyonpatch_*_x.h5[.gz]``: PCam, choose ``split=train|valid|test``
+- ``.h5`` with ``encoded`` + ``y``: ``encoded.EncodedH5Dataset`` (``origin_split=`` filter)
+- ``.h5`` with ``x`` + ``y``: PCam layout in one file
+- folder with ``train_labels.csv`` (or that file): ``kaggle.KaggleDataset``
+- folder with ``manifest.jsonl`` (or that file): ``manifest_tiles.ManifestTileDataset``
+- folder of class folders, or of images: ``folders.FolderDataset``
+
+Options (keyword arguments) apply to some formats only; passing one a format does not
+take is an error rather than silently ignored.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import h5py
+
+from histomodels.data.base import DatasetError, PatchDataset
+from histomodels.data.encoded import EncodedH5Dataset
+from histomodels.data.folders import FolderDataset, is_image_folder
+from histomodels.data.kaggle import LABELS_CSV, KaggleDataset
+from histomodels.data.pcam import PCamDataset, find_split, pair_of
+
+H5_SUFFIXES = (".h5", ".hdf5", ".h5.gz", ".hdf5.gz")
+
+
+def _take(kw: dict[str, Any], allowed: set[str], fmt: str, path: Path) -> dict[str, Any]:
+    extra = set(kw) - allowed
+    if extra:
+        raise DatasetError(
+            f"{path}: option(s) {sorted(extra)} do not apply to {fmt} data "
+            f"(it takes {sorted(allowed) or 'no options'})"
+        )
+    return kw
+
+
+def _h5_keys(path: Path) -> set[str]:
+    try:
+        with h5py.File(path, "r") as f:
+            return set(f.keys())
+    except OSError as exc:
+        raise DatasetError(f"{path}: not a readable HDF5 file ({exc})") from None
+
+
+def _open_h5(path: Path, kw: dict[str, Any]) -> PatchDataset:
+    name = path.name.lower()
+    pair_name = "_x.h5" in name or "_y.h5" in name
+    if name.endswith(".gz"):
+        if not pair_name:
+            raise DatasetError(f"{path}: gzipped HDF5 is only read as a PCam *_x/_y.h5.gz pair")
+        _take(kw, set(), "PCam HDF5", path)
+        return PCamDataset(*pair_of(path))
+    keys = _h5_keys(path)
+    if "encoded" in keys:
+        return EncodedH5Dataset(path, **_take(kw, {"origin_split", "patch_size"}, "encoded", path))
+    if {"x", "y"} <= keys:
+        _take(kw, set(), "PCam HDF5", path)
+        return PCamDataset(path, None)
+    if pair_name and keys & {"x", "y"}:
+        _take(kw, set(), "PCam HDF5", path)
+        return PCamDataset(*pair_of(path))
+    raise DatasetError(
+        f"{path}: HDF5 without a known layout (datasets {sorted(keys)}; expected "
+        "'encoded'+'y', or 'x'+'y', or a PCam *_x.h5/*_y.h5 pair)"
+    )
+
+
+def open_path(path: Path, **kw: Any) -> PatchDataset:
+    """Open ``path`` with the reader its contents call for (see the module table)."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise DatasetError(f"{path}: no such file or folder")
+    if path.is_file():
+        if path.name.lower().endswith(H5_SUFFIXES):
+            return _open_h5(path, kw)
+        if path.name == LABELS_CSV:
+            return KaggleDataset(path.parent, **_take(kw, {"patch_size"}, "Kaggle", path))
+        if path.name == "manifest.jsonl":
+            return open_path(path.parent, **kw)
+        raise DatasetError(f"{path}: not a dataset file (.h5, {LABELS_CSV}, manifest.jsonl)")
+    if (path / "manifest.jsonl").is_file():
+        from histomodels.data.manifest_tiles import ManifestTileDataset
+
+        opts = _take(kw, {"scale", "min_tissue"}, "histofetch run", path)
+        return ManifestTileDataset(path, **opts)
+    if (path / LABELS_CSV).is_file():
+        return KaggleDataset(path, **_take(kw, {"patch_size"}, "Kaggle", path))
+    if any(path.glob("camelyonpatch_level_2_split_*_x.h5*")):
+        split = _take(kw, {"split"}, "PCam folder", path).get("split")
+        x = find_split(path, split)
+        return PCamDataset(*pair_of(x))
+    if is_image_folder(path):
+        return FolderDataset(path, **_take(kw, {"patch_size"}, "image folder", path))
+    raise DatasetError(
+        f"{path}: no dataset recognised (expected PCam .h5 files, {LABELS_CSV} + train/, "
+        "class folders of images, or a histofetch manifest.jsonl)"
+    )
