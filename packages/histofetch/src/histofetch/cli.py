@@ -27,16 +27,134 @@ def fail(message: str, code: int = 1) -> None:
     raise typer.Exit(code)
 
 
+# -- network stages (search, download) and the whole pipeline (run) ------------------------
+MaxOpt = typer.Option(None, "--max", min=1, help="Keep at most this many hits.")
+ApiKeyOpt = typer.Option(
+    None, "--api-key", envvar="NCBI_API_KEY", help="NCBI API key (10 requests/s instead of 3)."
+)
+EmailOpt = typer.Option(
+    None, "--email", envvar="NCBI_EMAIL", help="Your e-mail, sent to NCBI as asked."
+)
+MinDateOpt = typer.Option(None, "--mindate", help="Publication date from (YYYY[/MM[/DD]]).")
+MaxDateOpt = typer.Option(None, "--maxdate", help="Publication date to (YYYY[/MM[/DD]]).")
+OaOnlyOpt = typer.Option(
+    False, "--open-access-only", help="Only articles in the PMC open-access subset."
+)
+RetryOpt = typer.Option(False, "--retry-failed", help="Try records that failed before again.")
+
+
+def _net(api_key: str | None, email: str | None):  # -> NetConfig
+    from histofetch.http import NetConfig
+
+    try:
+        net = NetConfig()
+    except ValueError as exc:  # a malformed HISTOFETCH_* environment variable
+        fail(str(exc))
+    net.api_key = api_key or None
+    net.email = email or None
+    return net
+
+
+def _network_errors() -> tuple[type[BaseException], ...]:
+    from histofetch.http import NetError
+    from histofetch.resolve import ServiceError
+
+    return (NetError, ServiceError, ManifestError, OSError)
+
+
 @app.command()
-def search(query: str, run: Path = RunOpt) -> None:
+def search(
+    query: str = typer.Argument(..., help="PubMed query, e.g. 'lymph node metastasis'."),
+    run: Path = RunOpt,
+    max_results: int = MaxOpt,
+    api_key: str = ApiKeyOpt,
+    email: str = EmailOpt,
+    mindate: str = MinDateOpt,
+    maxdate: str = MaxDateOpt,
+    open_access_only: bool = OaOnlyOpt,
+) -> None:
     """Search PubMed and record every hit (title, journal, year, DOI, PMCID, OA status)."""
-    fail("search is not implemented yet")
+    from histofetch.search import run_search
+
+    net = _net(api_key, email)
+    try:
+        summary = run_search(
+            run,
+            query,
+            max_results=max_results,
+            mindate=mindate,
+            maxdate=maxdate,
+            open_access_only=open_access_only,
+            net=net,
+        )
+    except _network_errors() as exc:
+        fail(f"search failed: {exc}")
+    print(summary.line())
 
 
 @app.command()
-def download(run: Path = RunOpt) -> None:
+def download(
+    run: Path = RunOpt,
+    retry_failed: bool = RetryOpt,
+    api_key: str = ApiKeyOpt,
+    email: str = EmailOpt,
+) -> None:
     """Fetch one PDF per record: PMC open access, then Europe PMC, then pubmed2pdf."""
-    fail("download is not implemented yet")
+    from histofetch.download import run_download
+
+    net = _net(api_key, email)
+    try:
+        summary = run_download(run, net=net, retry_failed=retry_failed, progress=True)
+    except _network_errors() as exc:
+        fail(f"download failed: {exc}")
+    print(summary.line())
+
+
+@app.command("run")
+def run_all(
+    query: str = typer.Argument(..., help="PubMed query."),
+    run: Path = RunOpt,
+    max_results: int = MaxOpt,
+    api_key: str = ApiKeyOpt,
+    email: str = EmailOpt,
+    mindate: str = MinDateOpt,
+    maxdate: str = MaxDateOpt,
+    open_access_only: bool = OaOnlyOpt,
+    retry_failed: bool = RetryOpt,
+    purple: float = typer.Option(0.3, help="Filter threshold (see `histofetch filter`)."),
+) -> None:
+    """search → download → extract → filter; re-running continues where it stopped."""
+    from histofetch.download import run_download
+    from histofetch.extract import run_extract
+    from histofetch.filter import run_filter
+    from histofetch.search import run_search, search_key
+
+    net = _net(api_key, email)
+    try:
+        manifest = Manifest.load(run, create=True)
+        wanted = search_key(query, max_results, mindate, maxdate, open_access_only)
+        done = {
+            k: v for k, v in manifest.header_extra.get("last_search", {}).items() if k in wanted
+        }
+        if done == wanted and manifest.records:
+            print(f"searched: already done ({len(manifest.records)} records)")
+        else:
+            print(
+                run_search(
+                    run,
+                    query,
+                    max_results=max_results,
+                    mindate=mindate,
+                    maxdate=maxdate,
+                    open_access_only=open_access_only,
+                    net=net,
+                ).line()
+            )
+        print(run_download(run, net=net, retry_failed=retry_failed, progress=True).line())
+        print(run_extract(run, None, progress=True).line())
+        print(run_filter(run, purple=purple, progress=True).line())
+    except _network_errors() as exc:
+        fail(f"run stopped (re-run to continue): {exc}")
 
 
 @app.command()

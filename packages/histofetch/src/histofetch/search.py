@@ -177,6 +177,23 @@ def _year(text: object) -> int | None:
     return int(match.group(1)) if match else None
 
 
+def search_key(
+    query: str,
+    max_results: int | None,
+    mindate: str | None,
+    maxdate: str | None,
+    open_access_only: bool,
+) -> dict[str, Any]:
+    """The parameters that define a search (stored in the manifest header)."""
+    return {
+        "query": query,
+        "max_results": max_results,
+        "mindate": mindate,
+        "maxdate": maxdate,
+        "open_access_only": open_access_only,
+    }
+
+
 def run_search(
     run_dir: Path,
     query: str,
@@ -251,6 +268,10 @@ def run_search(
             )
         )
         summary.done += 1
+    # What was searched, so `histofetch run` can skip a search it already completed.
+    manifest.header_extra["last_search"] = search_key(
+        query, max_results, mindate, maxdate, open_access_only
+    ) | {"count": found.count, "records": len(found.pmids)}
     if query != manifest.query:
         manifest.header_extra.setdefault("queries", [])
         if query not in manifest.header_extra["queries"]:
