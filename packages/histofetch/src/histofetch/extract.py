@@ -129,8 +129,13 @@ def extract_record(manifest: Manifest, rec: Record, *, min_size: int = 32) -> No
     ]:
         del manifest.images[key]
     package_rows = len(manifest.images_of(rec.id))
-    for key in ("refused_images", "pdfplumber_images", "pdfplumber_error", "pdfplumber_repaired",
-                "count_mismatch"):
+    for key in (
+        "refused_images",
+        "pdfplumber_images",
+        "pdfplumber_error",
+        "pdfplumber_repaired",
+        "count_mismatch",
+    ):
         rec.extra.pop(key, None)
     if not rec.pdf_path:
         if package_rows:  # download kept only the OA package's figures: nothing to extract
@@ -244,9 +249,7 @@ def extract_images(
             except Exception as exc:  # one undecodable image must not lose the others
                 refused.append(f"p{pno} xref {xref}: cannot decode ({exc})")
                 continue
-            digest = hashlib.sha256(
-                rgb.tobytes() + str(rgb.shape).encode()
-            ).hexdigest()
+            digest = hashlib.sha256(rgb.tobytes() + str(rgb.shape).encode()).hexdigest()
             if digest in by_pixels:
                 by_pixels[digest]["extra"].setdefault("also_at", []).append(place)
                 by_xref[xref] = by_pixels[digest]
@@ -342,9 +345,7 @@ def _caption_blocks(page: pymupdf.Page) -> list[tuple[pymupdf.Rect, str]]:
     return out
 
 
-def find_caption(
-    captions: list[tuple[pymupdf.Rect, str]], bbox: list[float] | None
-) -> str | None:
+def find_caption(captions: list[tuple[pymupdf.Rect, str]], bbox: list[float] | None) -> str | None:
     """The "Fig./Figure" block nearest below the image (else nearest above), same columns."""
     if not captions:
         return None
