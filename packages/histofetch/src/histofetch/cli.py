@@ -23,7 +23,7 @@ RunOpt = typer.Option(Path("runs/default"), "--run", "-r", help="Run folder (hol
 
 def fail(message: str, code: int = 1) -> None:
     """One clear line on stderr and a non-zero exit."""
-    console.print(f"[red]error:[/red] {message}", highlight=False)
+    console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -161,37 +161,77 @@ def run_all(
 def extract(
     paths: list[Path] = typer.Argument(None, help="Local PDFs/folders; default: the run's PDFs."),
     run: Path = RunOpt,
+    min_size: int = typer.Option(32, "--min-size", min=1, help="Drop images smaller (px)."),
 ) -> None:
-    """Extract every embedded raster image of every PDF."""
-    fail("extract is not implemented yet")
+    """Extract every embedded raster image of every PDF (PNG + manifest rows)."""
+    from histofetch.extract import ExtractError, run_extract
+    from histofetch.manifest import MANIFEST_NAME
+
+    if not paths and not (run / MANIFEST_NAME).exists():
+        fail(f"{run}: no manifest here; give PDF files/folders or run `histofetch download`")
+    try:
+        summary = run_extract(run, list(paths or []), min_size=min_size, progress=True)
+    except (ExtractError, ManifestError, OSError) as exc:
+        fail(str(exc))
+    print(summary.line())
 
 
 @app.command("filter")
 def filter_(
     run: Path = RunOpt,
-    purple: float = typer.Option(0.3, help="Keep images with at least this purple-pixel ratio."),
+    purple: float = typer.Option(
+        0.3, min=0.0, max=1.0, help="Min share of H&E-coloured pixels in the tissue region."
+    ),
+    min_he: float = typer.Option(
+        None, "--min-he", min=0.0, max=1.0, help="Min H&E (HED) score [0.5]."
+    ),
+    min_tissue: float = typer.Option(
+        None, "--min-tissue", min=0.0, max=1.0, help="Min tissue share of the image [0.02]."
+    ),
+    min_blocks: int = typer.Option(None, "--min-blocks", min=1, help="Min tissue blocks [2]."),
+    max_dark: float = typer.Option(
+        None, "--max-dark", min=0.0, max=1.0, help="Max dark-pixel share [0.2]."
+    ),
+    rescore: bool = typer.Option(False, "--rescore", help="Re-read and re-score every image."),
+    sheet: bool = typer.Option(True, "--sheet/--no-sheet", help="Write sheets/*.png."),
 ) -> None:
-    """Score every image for H&E and keep the tissue images."""
-    fail("filter is not implemented yet")
+    """Score every image for H&E once, then keep the tissue images (thresholds re-applied)."""
+    from histofetch.filter import run_filter
+
+    try:
+        summary = run_filter(
+            run,
+            purple=purple,
+            progress=True,
+            sheet=sheet,
+            rescore=rescore,
+            min_he=min_he,
+            min_tissue=min_tissue,
+            min_blocks=min_blocks,
+            max_dark=max_dark,
+        )
+    except (ManifestError, OSError) as exc:
+        fail(str(exc))
+    print(summary.line())
+    from histofetch.status import run_status
+
+    info = run_status(run)
+    print(f"kept {info['kept']} of {info['scored']} scored images; sheets in {run / 'sheets'}")
 
 
 @app.command()
-def status(run: Path = RunOpt, as_json: bool = typer.Option(False, "--json")) -> None:
+def status(
+    run: Path = RunOpt,
+    as_json: bool = typer.Option(False, "--json", help="One JSON object on stdout."),
+) -> None:
     """Counts per stage and per failure reason."""
+    from histofetch.status import format_status, run_status
+
     try:
-        manifest = Manifest.load(run)
+        info = run_status(run)
     except ManifestError as exc:
         fail(str(exc))
-    kept = manifest.kept_images()
-    info = {
-        "records": len(manifest.records),
-        "pdfs": sum(1 for r in manifest.records.values() if r.pdf_path),
-        "images": len(manifest.images),
-        "kept": len(kept),
-        "failed": sum(1 for r in manifest.records.values() if r.status == "failed"),
-        "kept_images": [i.path for i in kept],
-    }
-    print(json.dumps(info, indent=2) if as_json else info)
+    print(json.dumps(info, indent=2) if as_json else format_status(info))
 
 
 if __name__ == "__main__":

@@ -124,10 +124,10 @@ def decide(img: Image, limits: Thresholds) -> None:
     elif blocks < limits.min_blocks or tissue < limits.min_tissue:
         reason = f"tissue region too small ({blocks} blocks, {tissue:.2f})"
     elif dark > limits.max_dark:
-        reason = f"dark image ({dark:.2f} > {limits.max_dark:g}): fluorescence or colour map"
+        reason = f"dark image, fluorescence or colour map ({dark:.2f} > {limits.max_dark:g})"
     elif purple < limits.purple:
-        reason = f"purple ratio {purple:.2f} < {limits.purple:g}"
+        reason = f"purple ratio too low ({purple:.2f} < {limits.purple:g})"
     elif he < limits.min_he:
-        reason = f"H&E score {he:.2f} < {limits.min_he:g}"
+        reason = f"H&E score too low ({he:.2f} < {limits.min_he:g})"
     img.kept = reason is None
     img.filter_reason = reason

@@ -1,0 +1,65 @@
+"""What a run folder holds: counts per stage and per failure reason (``histofetch status``)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from histofetch.manifest import STAGES, Manifest
+
+
+def run_status(run_dir: Path) -> dict[str, Any]:
+    """A JSON-ready summary of the run's manifest (raises ManifestError on a bad one).
+
+    ``kept_images`` are paths relative to the run folder (absolute when outside it).
+    """
+    manifest = Manifest.load(Path(run_dir))
+    records = list(manifest.records.values())
+    images = list(manifest.images.values())
+    kept = manifest.kept_images()
+    stages = Counter(r.stage for r in records if r.status == "ok")
+    failed = [r for r in records if r.status == "failed"]
+    return {
+        "run": str(run_dir),
+        "query": manifest.query,
+        "records": len(records),
+        "pdfs": sum(1 for r in records if r.pdf_path),
+        "images": len(images),
+        "scored": sum(1 for i in images if i.kept is not None),
+        "kept": len(kept),
+        "rejected": sum(1 for i in images if i.kept is False),
+        "failed": len(failed),
+        "failed_images": sum(1 for i in images if i.status == "failed"),
+        "stages": {s: stages.get(s, 0) for s in STAGES},
+        "failed_by_stage": dict(Counter(r.failed_stage or "?" for r in failed)),
+        "failure_reasons": dict(Counter(reason_key(r.reason) for r in failed).most_common()),
+        "reject_reasons": dict(
+            Counter(reason_key(i.filter_reason) for i in images if i.kept is False).most_common()
+        ),
+        "kept_images": [i.path for i in kept],
+    }
+
+
+def reason_key(reason: str | None) -> str:
+    """Group reasons that differ only in file names or numbers: the text before the colon."""
+    if not reason:
+        return "unknown"
+    return reason.split(":", 1)[0].split("(", 1)[0].strip()[:80]
+
+
+def format_status(info: dict[str, Any]) -> str:
+    """Plain-text report of :func:`run_status` for people."""
+    lines = [
+        f"run {info['run']}" + (f"  (query: {info['query']})" if info.get("query") else ""),
+        f"records {info['records']}  pdfs {info['pdfs']}  images {info['images']}  "
+        f"kept {info['kept']}  rejected {info['rejected']}  failed {info['failed']}",
+        "stage reached (ok records): " + ", ".join(f"{k} {v}" for k, v in info["stages"].items()),
+    ]
+    if info["failure_reasons"]:
+        lines.append("failed records by reason:")
+        lines += [f"  {n:5d}  {r}" for r, n in info["failure_reasons"].items()]
+    if info["reject_reasons"]:
+        lines.append("rejected images by reason:")
+        lines += [f"  {n:5d}  {r}" for r, n in info["reject_reasons"].items()]
+    return "\n".join(lines)
