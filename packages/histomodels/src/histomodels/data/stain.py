@@ -1,0 +1,112 @@
+"""Macenko stain normalisation (Macenko et al., ISBI 2009), numpy only.
+
+Optional pre-processing: estimate each image's haematoxylin and eosin optical-density
+vectors from the extreme angles of its tissue pixels in the plane of the two main
+OD directions, unmix the concentrations, rescale them to the target's 99th percentiles
+and remix with the target's stain vectors. Fit on one well-stained reference image
+(``fit``), then ``transform`` patches; an image with too little tissue to estimate its
+stains (e.g. a blank 96 px patch) is returned unchanged and counted in ``n_skipped``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+#: Reference H&E vectors (columns) and max concentrations used by common Macenko code.
+REF_STAINS = np.array([[0.5626, 0.2159], [0.7201, 0.8012], [0.4062, 0.5581]])
+REF_MAX_C = np.array([1.9705, 1.0308])
+
+
+class StainError(ValueError):
+    """The image has too little stained tissue to estimate its stain vectors."""
+
+
+def _od(rgb: np.ndarray, io: float) -> np.ndarray:
+    return -np.log((rgb.reshape(-1, 3).astype(np.float64) + 1) / io)
+
+
+def stain_vectors(
+    rgb: np.ndarray,
+    *,
+    io: float = 240.0,
+    beta: float = 0.15,
+    alpha: float = 1.0,
+    min_pixels: int = 64,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(stains [3, 2] with H then E as unit columns, max concentrations [2])``."""
+    od = _od(rgb, io)
+    tissue = od[np.all(od > beta, axis=1)]
+    if len(tissue) < min_pixels:
+        raise StainError(f"only {len(tissue)} stained pixels (need {min_pixels})")
+    _, vecs = np.linalg.eigh(np.cov(tissue.T))
+    plane = vecs[:, 1:3]  # the two largest eigenvectors
+    if plane[0, 0] < 0:  # fix signs so both point into positive OD
+        plane[:, 0] *= -1
+    if plane[0, 1] < 0:
+        plane[:, 1] *= -1
+    proj = tissue @ plane
+    phi = np.arctan2(proj[:, 1], proj[:, 0])
+    lo, hi = np.percentile(phi, [alpha, 100 - alpha])
+    v1 = plane @ np.array([np.cos(lo), np.sin(lo)])
+    v2 = plane @ np.array([np.cos(hi), np.sin(hi)])
+    # Haematoxylin absorbs more red than eosin: its OD vector has the larger R component.
+    stains = np.stack([v1, v2] if v1[0] > v2[0] else [v2, v1], axis=1)
+    stains = stains * np.sign(stains.sum(0, keepdims=True))
+    stains /= np.linalg.norm(stains, axis=0, keepdims=True)
+    conc = np.linalg.lstsq(stains, od.T, rcond=None)[0]
+    return stains, np.percentile(conc, 99, axis=1)
+
+
+@dataclass
+class MacenkoNormalizer:
+    """Map images onto a target's stain appearance. Default target: the common reference."""
+
+    stains: np.ndarray = field(default_factory=lambda: REF_STAINS.copy())
+    max_c: np.ndarray = field(default_factory=lambda: REF_MAX_C.copy())
+    io: float = 240.0
+    n_skipped: int = 0
+
+    def fit(self, target: np.ndarray) -> MacenkoNormalizer:
+        """Estimate the target's stain vectors and concentration scale (uint8 [H, W, 3])."""
+        self.stains, self.max_c = stain_vectors(_check(target), io=self.io)
+        return self
+
+    def transform_one(self, rgb: np.ndarray) -> np.ndarray:
+        rgb = _check(rgb)
+        try:
+            src, src_max = stain_vectors(rgb, io=self.io)
+        except StainError:
+            self.n_skipped += 1
+            return rgb.copy()
+        od = _od(rgb, self.io)
+        conc = np.linalg.lstsq(src, od.T, rcond=None)[0]
+        conc *= (self.max_c / np.maximum(src_max, 1e-6))[:, None]
+        out = self.io * np.exp(-(self.stains @ conc))
+        return np.clip(out.T.reshape(rgb.shape), 0, 255).round().astype(np.uint8)
+
+    def transform(self, images: np.ndarray) -> np.ndarray:
+        """uint8 ``[H, W, 3]`` or ``[N, H, W, 3]`` → the same, normalised."""
+        images = np.asarray(images)
+        if images.ndim == 3:
+            return self.transform_one(images)
+        return np.stack([self.transform_one(im) for im in images])
+
+    def save(self, path: str | Path) -> None:
+        data = {"stains": self.stains.tolist(), "max_c": self.max_c.tolist(), "io": self.io}
+        Path(path).write_text(json.dumps(data, indent=2))
+
+    @classmethod
+    def load(cls, path: str | Path) -> MacenkoNormalizer:
+        data = json.loads(Path(path).read_text())
+        return cls(np.array(data["stains"]), np.array(data["max_c"]), float(data["io"]))
+
+
+def _check(rgb: np.ndarray) -> np.ndarray:
+    rgb = np.asarray(rgb)
+    if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise ValueError(f"expected a uint8 [H, W, 3] image, got {rgb.dtype} {rgb.shape}")
+    return rgb
