@@ -71,7 +71,7 @@ def test_search_then_download_via_cli(ncbi: FakeNcbi, tmp_path: Path) -> None:
     sources = {r.pmid: r.pdf_source for r in manifest.records.values()}
     assert sources == {"101": "pmc-oa-package", "102": "pmc-oa", "103": None}
     assert [i.source for i in manifest.images.values()] == ["package"]
-    assert manifest.records["pmid:103"].reason.startswith("no PDF link")
+    assert manifest.records["pmid:103"].reason.startswith("no PMCID: pmc-oa/europepmc")
     assert all(h.params.get("email") == "tests@example.org" for h in ncbi.log if "eutils" in h.path)
 
 

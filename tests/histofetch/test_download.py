@@ -172,7 +172,9 @@ def test_no_pmcid_no_publisher_link(ncbi: FakeNcbi, tmp_path: Path) -> None:
     summary = run_download(tmp_path, net=ncbi.config(), progress=False)
     assert summary.failed == 1
     rec = Manifest.load(tmp_path).records["pmid:4"]
-    assert "PubMed lists no publisher link" in rec.reason and "record has no PMCID" in rec.reason
+    assert rec.reason.startswith("no PMCID: pmc-oa/europepmc: record has no PMCID")
+    assert "pubmed2pdf: PubMed lists no publisher link" in rec.reason
+    assert summary.reasons == {"no PMCID": 1}
 
 
 def test_hostile_package_is_refused_and_run_goes_on(ncbi: FakeNcbi, tmp_path: Path) -> None:

@@ -93,7 +93,14 @@ class Attempts:
     def reason(self) -> str:
         # The most actionable category wins: something was fetched but was not a PDF,
         # then network trouble (retry later), then "not available" kinds.
-        order = ("not a PDF", "bad package", "network", "not open access", "no PDF link")
+        order = (
+            "not a PDF",
+            "bad package",
+            "network",
+            "not open access",
+            "no PMCID",
+            "no PDF link",
+        )
         cats = [c for c in order if c in self.categories] or self.categories or ["no PDF"]
         return f"{cats[0]}: " + "; ".join(self.notes)
 
@@ -141,14 +148,14 @@ class Downloader:
 
     def __call__(self, rec: Record) -> None:
         attempts = Attempts()
+        if not rec.pmcid:
+            attempts.add("pmc-oa/europepmc", "no PMCID", "record has no PMCID (not in PMC)")
         data = self._pmc_oa(rec, attempts) if rec.pmcid else None
         if data is None and rec.pmcid:
             data = self._europepmc(rec, attempts)
         if data is None and rec.pmid:
             data = self._publisher(rec, attempts)
         if data is None:
-            if not rec.pmcid:
-                attempts.add("pmc-oa/europepmc", "no PMCID", "record has no PMCID")
             if self.manifest.images_of(rec.id):
                 # The OA package gave figures but no route gave a PDF: keep the record
                 # going (extract and filter work on the package figures).
