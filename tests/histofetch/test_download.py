@@ -262,3 +262,47 @@ def test_pubmed2pdf_finders_on_publisher_markup() -> None:
     fm = b'<a href="/doi/pdf/10.1/x">PDF</a>'
     assert find_pdf_link(base, fm) == "https://pub.example/doi/pdf/10.1/x"
     assert find_pdf_link(base, b"<html><body>nothing</body></html>") is None
+
+
+def test_sigkill_mid_download_then_resume_equals_uninterrupted(
+    ncbi: FakeNcbi, tmp_path: Path
+) -> None:
+    import os
+    import shutil
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    records = []
+    for n in range(41, 45):
+        ncbi.oa[f"PMC{n}"] = oa_record(f"PMC{n}", {"pdf": FTP + f"{n}.pdf"})
+        ncbi.files[f"/ftp/pub/pmc/{n}.pdf"] = (200, "application/pdf", make_pdf(str(n)))
+        records.append(_rec(str(n), f"PMC{n}"))
+    killed, clean = tmp_path / "killed", tmp_path / "clean"
+    _run(killed, *records)
+    shutil.copytree(killed, clean)
+    run_download(clean, net=ncbi.config(), progress=False)
+
+    ncbi.inject("/ftp/pub/pmc/43.pdf", ("sleep", 30))  # the third PDF hangs...
+    seen = len(ncbi.requests_to("/ftp/pub/pmc/43.pdf"))  # the clean run's request
+    env = {**os.environ, **ncbi.env(), "HISTOFETCH_TIMEOUT": "60"}
+    cmd = [sys.executable, "-m", "histofetch.cli", "download", "--run", str(killed)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while len(ncbi.requests_to("/ftp/pub/pmc/43.pdf")) == seen:
+            assert time.monotonic() < deadline, "subprocess never reached record 3"
+            time.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGKILL)  # ...and the process is killed while waiting
+        proc.wait()
+    partial = Manifest.load(killed)
+    assert [r.stage for r in partial.records.values()] == ["downloaded"] * 2 + ["searched"] * 2
+
+    run_download(killed, net=ncbi.config(), progress=False)
+    got = (killed / "manifest.jsonl").read_text()
+    assert got == (clean / "manifest.jsonl").read_text().replace(str(clean), str(killed))
+    assert sorted(p.name for p in (killed / "pdfs").iterdir()) == [
+        f"pmid_{n}.pdf" for n in range(41, 45)
+    ]
