@@ -1,0 +1,223 @@
+"""Training: outputs, early stopping, time budget, resume after SIGKILL, fine-tuning, CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from typer.testing import CliRunner
+
+from histomodels.checkpoint import load_model, read_checkpoint
+from histomodels.cli import app
+from histomodels.config import ConfigError, TrainConfig, read_config_file, resolve_config
+from histomodels.data.base import DatasetError
+from histomodels.synthetic import make_patches, write_h5
+from histomodels.train import dihedral, train
+
+TINY = {"width": 8, "depth": 2, "blocks": 1}
+CLI = [sys.executable, "-c", "from histomodels.cli import app; app()"]
+
+
+@pytest.fixture(scope="module")
+def arrays():
+    return make_patches(64, seed=0), make_patches(48, seed=1)
+
+
+def _cfg(**kw):
+    base = dict(model="cnn", model_config=TINY, epochs=2, batch_size=16, progress=False, threads=1)
+    return TrainConfig(**{**base, **kw})
+
+
+def test_training_writes_a_complete_run(arrays, tmp_path):
+    (xt, yt), (xv, yv) = arrays
+    res = train(_cfg(), tmp_path / "run", train_data=(xt, yt), val_data=(xv, yv))
+    run = tmp_path / "run"
+    for name in ("best.pt", "last.pt", "history.csv", "history.json", "learning_curve.png"):
+        assert (run / name).is_file(), name
+    history = json.loads((run / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2] and res.stop_reason == "epochs"
+    assert (run / "history.csv").read_text().count("\n") == 3
+    assert all(0.0 <= h["val_auc"] <= 1.0 and h["train_loss"] > 0 for h in history)
+    # config.json is the full resolved config and reproduces the run's settings
+    cfg = resolve_config(run / "config.json")
+    assert cfg.model_config == TINY and cfg.batch_size == 16
+    # best.pt is a plain dict; load_model rebuilds the network from it
+    best = torch.load(run / "best.pt", weights_only=True)
+    assert best["epoch"] == res.best_epoch
+    assert best["metrics"]["val_auc"] == pytest.approx(res.best_metrics["val_auc"])
+    model, _ = load_model(run / "best.pt")
+    with torch.no_grad():
+        assert model(torch.randn(2, 3, 96, 96)).shape == (2, 1)
+    last = read_checkpoint(run / "last.pt")
+    assert {"optimizer", "scheduler", "history", "rng"} <= set(last)
+
+
+def test_same_seed_same_result(arrays, tmp_path):
+    (xt, yt), (xv, yv) = arrays
+    cfg = _cfg(epochs=1, bf16=False)
+    a = train(cfg, tmp_path / "a", train_data=(xt, yt), val_data=(xv, yv))
+    b = train(cfg, tmp_path / "b", train_data=(xt, yt), val_data=(xv, yv))
+    assert a.history[0]["train_loss"] == b.history[0]["train_loss"]
+    assert a.best_metrics["val_auc"] == b.best_metrics["val_auc"]
+
+
+def test_early_stopping_on_flat_auc(arrays, tmp_path):
+    (xt, yt), (xv, yv) = arrays
+    # lr ~ 0 and no normalisation layers: the network never changes, AUC never improves
+    cfg = _cfg(
+        model_config={**TINY, "norm": "none"}, lr=1e-12, epochs=20, patience=2, warmup_epochs=0
+    )
+    res = train(cfg, tmp_path / "r", train_data=(xt, yt), val_data=(xv, yv))
+    assert res.stop_reason == "early"
+    assert [h["epoch"] for h in res.history] == [1, 2, 3] and res.best_epoch == 1
+
+
+def test_time_budget_stops_cleanly_and_keeps_best(arrays, tmp_path):
+    (xt, yt), (xv, yv) = arrays
+    t0 = time.perf_counter()
+    res = train(
+        _cfg(epochs=50, time_budget=0.002), tmp_path / "r", train_data=(xt, yt), val_data=(xv, yv)
+    )
+    assert res.stop_reason == "budget" and len(res.history) == 1
+    assert time.perf_counter() - t0 < 30
+    load_model(tmp_path / "r" / "best.pt")
+
+
+def test_bad_labels_and_one_class_validation_are_clear_errors(arrays, tmp_path):
+    (xt, yt), (xv, yv) = arrays
+    bad = yt.copy()
+    bad[3] = 2
+    with pytest.raises(DatasetError, match="labels other than 0/1"):
+        train(_cfg(), tmp_path / "r", train_data=(xt, bad), val_data=(xv, yv))
+    with pytest.raises(DatasetError, match="one class"):
+        train(_cfg(), tmp_path / "r", train_data=(xt, yt), val_data=(xv, np.zeros_like(yv)))
+    assert not (tmp_path / "r" / "best.pt").exists()
+
+
+def test_dihedral_gives_the_8_symmetries():
+    x = torch.arange(2 * 2 * 3, dtype=torch.uint8).view(1, 2, 2, 3).repeat(400, 1, 1, 1)
+    out = dihedral(x, torch.Generator().manual_seed(0))
+    assert len({tuple(o.flatten().tolist()) for o in out}) == 8
+    assert out.dtype == torch.uint8 and out.shape == x.shape
+
+
+def test_finetune_warmup_freezes_backbone_then_unfreezes(arrays, tmp_path):
+    (xt, yt), (xv, yv) = arrays
+    ref = torchvision.models.mobilenet_v3_small(weights=None)
+    wpath = tmp_path / "imagenet_like.pth"
+    torch.save(ref.state_dict(), wpath)
+    cfg = _cfg(
+        model="mobilenet_v3_small",
+        model_config={},
+        weights=str(wpath),
+        freeze_epochs=1,
+        backbone_lr_mult=0.1,
+        epochs=1,
+        lr=1e-3,
+    )
+    res = train(cfg, tmp_path / "ft", train_data=(xt, yt), val_data=(xv, yv))
+    assert res.history[0]["frozen_backbone"] is True
+    model, ckpt = load_model(tmp_path / "ft" / "last.pt")
+    assert ckpt["model_config"] == {}  # the weights file is not needed to reload
+    trained = model.state_dict()
+    for k, v in ref.state_dict().items():
+        if k.startswith("features.") and k.endswith(".weight"):
+            torch.testing.assert_close(trained[k], v, msg=k)  # frozen during warm-up
+    assert not torch.equal(trained["classifier.0.weight"], ref.state_dict()["classifier.0.weight"])
+    # second epoch: unfrozen, backbone moves
+    res = train(
+        cfg.replace(epochs=2), tmp_path / "ft", resume=True, train_data=(xt, yt), val_data=(xv, yv)
+    )
+    assert [h["frozen_backbone"] for h in res.history] == [True, False]
+    moved = load_model(tmp_path / "ft" / "last.pt")[0].state_dict()
+    assert not torch.equal(moved["features.0.0.weight"], ref.state_dict()["features.0.0.weight"])
+
+
+@pytest.fixture(scope="module")
+def h5_files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("data")
+    return write_h5(d / "train.h5", 64, seed=0), write_h5(d / "val.h5", 48, seed=1)
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_continues_from_saved_epoch(h5_files, tmp_path):
+    train_h5, val_h5 = h5_files
+    run = tmp_path / "run"
+    args = [
+        *CLI,
+        "train", "--data", str(train_h5), "--val", str(val_h5), "--out", str(run),
+        "--model-config", json.dumps(TINY), "--epochs", "40", "--patience", "40",
+        "--batch-size", "16", "--threads", "1", "--quiet",
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if (run / "last.pt").exists():
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.stderr.read().decode()
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    saved = read_checkpoint(run / "last.pt")
+    k = saved["epoch"]
+    assert 1 <= k < 40
+    before = json.loads((run / "history.json").read_text())
+    r = subprocess.run(
+        [*args, "--resume", "--epochs", str(k + 2)], env=env, capture_output=True, text=True
+    )
+    assert r.returncode == 0, r.stderr
+    after = json.loads((run / "history.json").read_text())
+    assert [h["epoch"] for h in after] == list(range(1, k + 3))
+    assert after[:k] == before[:k]
+    assert read_checkpoint(run / "last.pt")["epoch"] == k + 2
+
+
+def test_cli_config_file_and_overrides(h5_files, tmp_path):
+    train_h5, val_h5 = h5_files
+    conf = tmp_path / "c.json"
+    conf.write_text(json.dumps({"model_config": TINY, "batch_size": 16, "lr": 0.004}))
+    r = CliRunner().invoke(
+        app,
+        ["train", "--data", str(train_h5), "--val", str(val_h5), "--out", str(tmp_path / "r"),
+         "--config", str(conf), "--epochs", "1", "--lr", "0.003", "--threads", "1", "--quiet"],
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert "best val AUC" in r.stdout
+    used = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert used["lr"] == 0.003 and used["batch_size"] == 16 and used["model_config"] == TINY
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--data", "/nonexistent/train.h5"], "/nonexistent/train.h5: train data not found"),
+        (["--schedule", "linear"], "schedule must be cosine, plateau or constant"),
+        (["--model", "resnet9000"], "unknown model 'resnet9000'"),
+    ],
+)
+def test_cli_bad_input_is_one_line_and_exit_1(h5_files, tmp_path, extra, message):
+    train_h5, val_h5 = h5_files
+    args = ["train", "--data", str(train_h5), "--val", str(val_h5), "--out", str(tmp_path / "r")]
+    r = CliRunner().invoke(app, args + extra + ["--epochs", "1", "--quiet"])
+    assert r.exit_code == 1
+    assert r.stderr.strip().splitlines() == [f"error: {r.stderr.strip()[7:]}"]
+    assert message in r.stderr
+    assert not (tmp_path / "r" / "best.pt").exists()
+
+
+def test_config_files_reject_unknown_keys(tmp_path):
+    p = tmp_path / "c.json"
+    p.write_text(json.dumps({"learning_rate": 0.1}))
+    with pytest.raises(ConfigError, match="unknown config keys learning_rate"):
+        resolve_config(p)
+    p.write_text(json.dumps({"val_auc": 0.9, "config": {"lr": 0.1}}))  # tune's layout
+    assert read_config_file(p) == {"lr": 0.1}
