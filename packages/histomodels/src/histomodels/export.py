@@ -90,7 +90,9 @@ def _run_exported(fmt: str, path: Path, x: torch.Tensor) -> np.ndarray:
         opts.intra_op_num_threads = max(1, torch.get_num_threads())
         sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         return sess.run(None, {"input": x.contiguous().numpy()})[0]
-    loaded = torch.jit.load(str(path), map_location="cpu")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # jit is deprecated, still supported
+        loaded = torch.jit.load(str(path), map_location="cpu")
     with torch.inference_mode():
         return loaded(x).numpy()
 
@@ -136,7 +138,9 @@ def export_checkpoint(
                 scripted = torch.jit.trace(net, example, check_trace=False)
             scripted = torch.jit.freeze(scripted)
             extra = {"histomodels.json": json.dumps(meta)}
-            torch.jit.save(scripted, str(tmp), _extra_files=extra)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)
+                torch.jit.save(scripted, str(tmp), _extra_files=extra)
         with torch.inference_mode():
             ref = torch.cat([net(example), net(other)]).numpy()
         got = np.concatenate([_run_exported(fmt, tmp, example), _run_exported(fmt, tmp, other)])

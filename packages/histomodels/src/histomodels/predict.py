@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".bmp"}
-#: Refuse images above this many pixels (a 20k x 20k figure is far beyond any PDF figure;
-#: whole-slide images need a WSI reader, not this command).
-MAX_PIXELS = 200_000_000
+#: Refuse images above this many pixels (8k x 8k: far beyond any figure or exported
+#: region; whole-slide images need a WSI reader, not this command). ``--max-pixels``.
+MAX_PIXELS = 64_000_000
 
 
 class PredictInputError(ValueError):
@@ -59,7 +59,7 @@ def tile_image(image: np.ndarray, size: int = 96, stride: int | None = None) -> 
     ys, xs = range(0, h - size + 1, stride), range(0, w - size + 1, stride)
     xy = np.array([(x, y) for y in ys for x in xs], dtype=np.int64)
     view = np.lib.stride_tricks.sliding_window_view(image, (size, size, 3))[::stride, ::stride, 0]
-    patches = np.ascontiguousarray(view.reshape(-1, size, size, 3))
+    patches = view.reshape(-1, size, size, 3).copy()  # writable, contiguous
     return Tiles(patches, xy, tissue_fraction(patches), size)
 
 
@@ -79,7 +79,7 @@ def read_rgb(path: Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
                         f"{path}: {w}x{h} pixels exceeds the limit of {max_pixels} "
                         "(possible decompression bomb)"
                     )
-                return np.asarray(im.convert("RGB"))
+                return np.array(im.convert("RGB"))
         except PredictInputError:
             raise
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:

@@ -232,6 +232,9 @@ def predict_cmd(
     tta: Annotated[bool, typer.Option("--tta")] = False,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 256,
     precision: Annotated[str, typer.Option("--precision", help="auto | fp32 | bf16")] = "auto",
+    max_pixels: Annotated[
+        int, typer.Option("--max-pixels", min=1, help="Refuse larger images (bomb guard).")
+    ] = 64_000_000,
 ) -> None:
     """One CSV row per 96 px patch with its tumour probability; large images are tiled and
     get a heatmap PNG."""
@@ -248,6 +251,7 @@ def predict_cmd(
             tta=tta,
             batch_size=batch_size,
             precision=precision,
+            max_pixels=max_pixels,
         )
     typer.echo(f"{res['rows']} patch(es) from {res['files']} file(s) → {res['csv']}")
     if res["heatmaps"]:

@@ -1,0 +1,66 @@
+"""Exported models run outside PyTorch and match it (ONNX Runtime, TorchScript)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from _evalkit import tiny_checkpoint
+from typer.testing import CliRunner
+
+from histomodels.checkpoint import load_model
+from histomodels.cli import app
+from histomodels.export import export_checkpoint
+from histomodels.inference import predict_logits
+from histomodels.preprocess import to_input
+from histomodels.synthetic import make_patches
+
+torch.set_num_threads(1)
+
+
+@pytest.mark.parametrize("exporter", ["dynamo", "legacy"])
+def test_onnx_runs_in_onnxruntime_with_dynamic_batch(tmp_path: Path, exporter: str) -> None:
+    import onnx
+    import onnxruntime as ort
+
+    ckpt = tiny_checkpoint(tmp_path)
+    res = export_checkpoint(ckpt, "onnx", tmp_path / "m.onnx", exporter=exporter)
+    assert res["max_abs_diff"] < 1e-4
+    meta = {p.key: p.value for p in onnx.load(str(tmp_path / "m.onnx")).metadata_props}
+    assert meta["histomodels.model"] == "cnn" and "temperature" in meta["histomodels.output"]
+    # real patches, batch sizes never seen at export time
+    model, _ = load_model(ckpt)
+    sess = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    for n in (1, 13):
+        x, _ = make_patches(n, seed=n)
+        got = sess.run(None, {"input": to_input(x, channels_last=False).numpy()})[0]
+        assert got.shape == (n,)
+        np.testing.assert_allclose(got, predict_logits(model, x), atol=1e-4)
+
+
+def test_torchscript_parity(tmp_path: Path) -> None:
+    ckpt = tiny_checkpoint(tmp_path)
+    res = export_checkpoint(ckpt, "torchscript", tmp_path / "m.pt")
+    assert res["max_abs_diff"] < 1e-4
+    loaded = torch.jit.load(str(tmp_path / "m.pt"))
+    x, _ = make_patches(3, seed=1)
+    model, _ = load_model(ckpt)
+    np.testing.assert_allclose(
+        loaded(to_input(x)).detach().numpy(), predict_logits(model, x), atol=1e-4
+    )
+
+
+def test_cli_export_prints_parity(tmp_path: Path) -> None:
+    ckpt = tiny_checkpoint(tmp_path)
+    r = CliRunner().invoke(
+        app, ["export", str(ckpt), "--format", "torchscript", "--out", str(tmp_path / "m.pt")]
+    )
+    assert r.exit_code == 0, r.output
+    diff = float(r.output.split("max abs diff ")[1].split()[0])
+    assert diff < 1e-4
+    r = CliRunner().invoke(
+        app, ["export", str(ckpt), "--format", "tflite", "--out", str(tmp_path / "m.x")]
+    )
+    assert r.exit_code == 1 and "unknown export format" in r.output

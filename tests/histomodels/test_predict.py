@@ -1,0 +1,100 @@
+"""predict on files, folders and large images; hostile inputs fail with one clear line."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from _evalkit import tiny_checkpoint
+from PIL import Image
+from typer.testing import CliRunner
+
+from histomodels.checkpoint import load_model
+from histomodels.cli import app
+from histomodels.inference import predict_logits, sigmoid
+from histomodels.predict import PredictInputError, read_rgb, tile_image, tissue_fraction
+from histomodels.synthetic import make_figure, make_patches
+
+torch.set_num_threads(1)
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    return list(csv.DictReader(path.open()))
+
+
+def test_tiling_grid_and_tissue() -> None:
+    img = np.full((200, 300, 3), 255, np.uint8)
+    img[:96, :96] = (150, 60, 140)  # one tissue tile, the rest is white glass
+    t = tile_image(img, 96)
+    assert t.patches.shape == (2 * 3, 96, 96, 3)
+    assert t.xy.tolist() == [[0, 0], [96, 0], [192, 0], [0, 96], [96, 96], [192, 96]]
+    np.testing.assert_array_equal(t.patches[4], img[96:192, 96:192])
+    assert t.tissue[0] == 1.0 and t.tissue[1:].max() == 0.0
+    assert len(tile_image(img, 96, stride=48).xy) == 3 * 5
+    assert tissue_fraction(np.zeros((1, 8, 8, 3), np.uint8))[0] == 0.0  # black border
+
+
+def test_predict_files_folder_and_large_image(tmp_path: Path) -> None:
+    ckpt = tiny_checkpoint(tmp_path)
+    patches, _ = make_patches(3, seed=2)
+    folder = tmp_path / "patches"
+    folder.mkdir()
+    for i, p in enumerate(patches):
+        Image.fromarray(p).save(folder / f"p{i}.png")
+    big = tmp_path / "figure.png"
+    Image.fromarray(make_figure(3, 4, seed=1)).save(big)
+    out = tmp_path / "pred.csv"
+    r = CliRunner().invoke(app, ["predict", str(ckpt), str(folder), str(big), "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    rows = _rows(out)
+    assert len(rows) == 3 + 12
+    assert {r["path"] for r in rows[:3]} == {str(folder / f"p{i}.png") for i in range(3)}
+    # the CSV holds exactly what the model says for those patches (T = 1 here)
+    model, _ = load_model(ckpt)
+    expect = sigmoid(predict_logits(model, patches, precision="auto"))
+    got = np.array([float(r["probability"]) for r in rows[:3]])
+    np.testing.assert_allclose(got, expect, atol=1e-5)
+    assert (tmp_path / "pred_heatmaps" / "figure.png").stat().st_size > 0
+    assert not (tmp_path / "pred_heatmaps" / "p0.png").exists()  # single patches: no heatmap
+    big_rows = [r for r in rows if r["path"] == str(big)]
+    assert {(int(r["x"]), int(r["y"])) for r in big_rows} == {
+        (x, y) for x in (0, 96, 192, 288) for y in (0, 96, 192)
+    }
+
+
+def test_hostile_inputs(tmp_path: Path) -> None:
+    ckpt = tiny_checkpoint(tmp_path)
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 20)
+    small = tmp_path / "small.png"
+    Image.new("RGB", (40, 40), "white").save(small)
+    bomb = tmp_path / "bomb.png"
+    Image.new("1", (9000, 9000)).save(bomb)  # 81 Mpx in a few KB
+    runner = CliRunner()
+    out = tmp_path / "o.csv"
+    for f, why in (
+        (bad, "cannot read image"),
+        (small, "smaller than"),
+        (bomb, "decompression bomb"),
+        (tmp_path / "nope.png", "no such file"),
+    ):
+        r = runner.invoke(app, ["predict", str(ckpt), str(f), "--out", str(out)])
+        assert r.exit_code == 1, r.output
+        assert r.output.startswith("error: ") and str(f) in r.output and why in r.output
+        assert len(r.output.strip().splitlines()) == 1
+        assert not out.exists()
+    with pytest.raises(PredictInputError, match="decompression bomb"):
+        read_rgb(bomb, max_pixels=10_000_000)
+
+
+def test_max_pixels_option(tmp_path: Path) -> None:
+    ckpt = tiny_checkpoint(tmp_path)
+    img = tmp_path / "wide.png"
+    Image.fromarray(make_figure(2, 3, seed=0)).save(img)
+    args = ["predict", str(ckpt), str(img), "--out", str(tmp_path / "o.csv")]
+    r = CliRunner().invoke(app, [*args, "--max-pixels", "10000"])
+    assert r.exit_code == 1 and "exceeds the limit of 10000" in r.output
+    assert CliRunner().invoke(app, args).exit_code == 0
