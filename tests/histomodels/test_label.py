@@ -1,0 +1,112 @@
+"""Labelling mined figures: interactive prompt, --set, --from-csv; labels land in the manifest."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from histofetch.manifest import Image, Manifest, Record
+from histomodels.cli import app
+from histomodels.label import LabelError, normalise_label
+
+
+def _run(tmp_path: Path, n: int = 3) -> Path:
+    m = Manifest(run_dir=tmp_path / "run", query="lymph node metastasis")
+    m.add_record(Record(id="pmid:1", title="A paper", stage="filtered"))
+    for i in range(n):
+        m.add_image(
+            Image(
+                id=f"img{i}",
+                record_id="pmid:1",
+                path=f"images/img{i}.png",
+                sha256="0" * 64,
+                width=400,
+                height=300,
+                kept=True,
+                caption=f"Figure {i}. H&E, metastatic carcinoma.",
+            )
+        )
+    m.add_image(
+        Image(
+            id="dropped",
+            record_id="pmid:1",
+            path="images/d.png",
+            sha256="1" * 64,
+            width=10,
+            height=10,
+            kept=False,
+        )
+    )
+    m.save()
+    return m.run_dir
+
+
+def test_interactive_labelling_saves_each_answer(tmp_path: Path) -> None:
+    run = _run(tmp_path)
+    # img0: bad answer then "m"; img1: "n"; img2: quit (stays unlabelled)
+    r = CliRunner().invoke(app, ["label", "--manifest", str(run)], input="maybe\nm\nn\nq\n")
+    assert r.exit_code == 0, r.output
+    assert "3 figure(s) to label" in r.output and "not a label" in r.output
+    assert "caption: Figure 0." in r.output
+    labels = {i.id: i.label for i in Manifest.load(run).images.values()}
+    assert labels == {"img0": "metastasis", "img1": "no_metastasis", "img2": None, "dropped": None}
+    # a second session asks only about what is still unlabelled
+    r = CliRunner().invoke(app, ["label", "--manifest", str(run)], input="u\n")
+    assert "1 figure(s) to label" in r.output
+    assert Manifest.load(run).images["img2"].label == "not_usable"
+
+
+def test_set_and_csv(tmp_path: Path) -> None:
+    run = _run(tmp_path)
+    runner = CliRunner()
+    r = runner.invoke(
+        app,
+        [
+            "label",
+            "--manifest",
+            str(run),
+            "--set",
+            "img0=metastasis",
+            "--set",
+            "img1=no metastasis",
+        ],
+    )
+    assert r.exit_code == 0 and "2 label(s) changed" in r.output
+    csv_path = tmp_path / "labels.csv"
+    csv_path.write_text("image_id,label\nimg2,not_usable\nimg0,clear\n")
+    r = runner.invoke(app, ["label", "--manifest", str(run), "--from-csv", str(csv_path)])
+    assert r.exit_code == 0, r.output
+    images = Manifest.load(run).images
+    assert (images["img0"].label, images["img1"].label, images["img2"].label) == (
+        None,
+        "no_metastasis",
+        "not_usable",
+    )
+    r = runner.invoke(app, ["label", "--manifest", str(run), "--list"])
+    assert "img1\tno_metastasis" in r.output and "dropped" not in r.output
+
+
+def test_bad_labels_change_nothing(tmp_path: Path) -> None:
+    run = _run(tmp_path)
+    before = (run / "manifest.jsonl").read_bytes()
+    runner = CliRunner()
+    for args in (["--set", "img0=cancer"], ["--set", "nosuch=metastasis"], ["--set", "img0"]):
+        r = runner.invoke(app, ["label", "--manifest", str(run), *args])
+        assert r.exit_code == 1 and r.output.startswith("error: "), r.output
+    bad_csv = tmp_path / "b.csv"
+    bad_csv.write_text("name,value\nimg0,m\n")
+    r = runner.invoke(app, ["label", "--manifest", str(run), "--from-csv", str(bad_csv)])
+    assert r.exit_code == 1 and str(bad_csv) in r.output
+    assert (run / "manifest.jsonl").read_bytes() == before
+    r = runner.invoke(app, ["label", "--manifest", str(tmp_path / "empty")])
+    assert r.exit_code == 1 and "no manifest" in r.output
+
+
+def test_normalise_label() -> None:
+    assert normalise_label("M") == "metastasis"
+    assert normalise_label("no-metastasis") == "no_metastasis"
+    assert normalise_label("clear") is None
+    with pytest.raises(LabelError, match="not a label"):
+        normalise_label("benign-ish")
