@@ -1,1 +1,108 @@
-"""Placeholder: commands are added here by the owning module."""
+"""``histomodels data download`` and ``histomodels data info`` (wrappers over histomodels.data)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from histomodels.cli import data_app
+
+
+def _fail(msg: str) -> None:
+    typer.echo(f"error: {msg}", err=True)
+    raise typer.Exit(1)
+
+
+def _read_checksums(path: Path) -> dict[str, str]:
+    """``md5sum``-format lines: ``<md5>  <file name>``."""
+    sums = {}
+    for lineno, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        parts = line.split()
+        if len(parts) != 2 or len(parts[0]) != 32:
+            _fail(f"{path}:{lineno}: expected '<md5>  <file name>', got {line!r}")
+        sums[parts[1].lstrip("*")] = parts[0].lower()
+    return sums
+
+
+@data_app.command("download")
+def download(
+    dataset: Annotated[str, typer.Argument(help="Dataset to fetch: pcam.")],
+    dest: Annotated[Path, typer.Option(help="Folder to download into.")],
+    split: Annotated[
+        list[str] | None, typer.Option(help="Split(s): train, valid, test [all]. Repeatable.")
+    ] = None,
+    gunzip: Annotated[bool, typer.Option(help="Also decompress .h5.gz to .h5.")] = False,
+    meta: Annotated[bool, typer.Option(help="Also fetch the *_meta.csv files.")] = True,
+    url_template: Annotated[
+        str | None,
+        typer.Option(help="Mirror URL with {name}; also env HISTOMODELS_PCAM_URL [Zenodo]."),
+    ] = None,
+    checksums: Annotated[
+        Path | None, typer.Option(help="md5sum-format file replacing the built-in checksums.")
+    ] = None,
+    retries: Annotated[int, typer.Option(help="Reconnect attempts per file.")] = 5,
+) -> None:
+    """Download the real PatchCamelyon files (resumable, MD5-verified)."""
+    from histomodels.data.base import DatasetError
+    from histomodels.data.download import download_pcam
+
+    if dataset.lower() != "pcam":
+        _fail(f"unknown dataset {dataset!r}; available: pcam")
+    sums = _read_checksums(checksums) if checksums else None
+    try:
+        results = download_pcam(
+            dest,
+            tuple(split or ("train", "valid", "test")),
+            url_template=url_template,
+            meta=meta,
+            gunzip=gunzip,
+            checksums=sums,
+            retries=retries,
+        )
+    except DatasetError as exc:
+        _fail(str(exc))
+    for r in results:
+        typer.echo(f"{r.status:10s} {r.path}")
+
+
+@data_app.command("info")
+def info(
+    path: Annotated[Path, typer.Argument(help="Any dataset path histomodels can read.")],
+    sheet: Annotated[Path | None, typer.Option(help="Write a contact-sheet PNG here.")] = None,
+    per_class: Annotated[int, typer.Option(help="Patches per class on the sheet.")] = 8,
+    split: Annotated[str | None, typer.Option(help="PCam folder: train, valid or test.")] = None,
+    origin_split: Annotated[
+        str | None, typer.Option(help="Encoded HDF5: keep these origin splits (comma list).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+) -> None:
+    """Counts, label balance and (optionally) a contact sheet of sample patches."""
+    from histomodels.data.base import DatasetError, open_dataset
+    from histomodels.data.info import contact_sheet, describe
+
+    kw = {k: v for k, v in (("split", split), ("origin_split", origin_split)) if v is not None}
+    try:
+        ds = open_dataset(path, **kw)
+        summary = describe(ds)
+        if sheet is not None:
+            contact_sheet(ds, sheet, per_class=per_class)
+            summary["sheet"] = str(sheet)
+    except DatasetError as exc:
+        _fail(str(exc))
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2))
+        return
+    typer.echo(f"{summary['source']} ({summary['reader']})")
+    typer.echo(f"  patches: {summary['n']}  shape: {summary['patch_shape']}")
+    for label, count in summary["counts"].items():
+        name = {"0": "normal (0)", "1": "tumour (1)", "-1": "unlabelled"}[label]
+        typer.echo(f"  {name:12s} {count:8d}  ({count / summary['n']:.1%})")
+    if "figures" in summary:
+        typer.echo(f"  figures: {summary['figures']}")
+    if sheet is not None:
+        typer.echo(f"  contact sheet: {sheet}")
