@@ -180,3 +180,13 @@ def test_ftp_links_become_https_and_follow_the_mirror(ncbi: FakeNcbi) -> None:
     with NetClient(ncbi.config()) as client:
         body, _ = client.get_bytes(url)
     assert body == b"package"
+
+
+def test_bad_urls_fail_at_once_without_retries() -> None:
+    with NetClient(NetConfig(max_retries=3, backoff=5)) as client:
+        start = time.monotonic()
+        with pytest.raises(NetError, match="unsupported URL scheme 'file'"):
+            client.get_bytes("file:///etc/passwd")
+        with pytest.raises(NetError, match="unsupported URL scheme 'javascript'"):
+            client.get_bytes("javascript:void(0)")
+        assert time.monotonic() - start < 1

@@ -161,3 +161,12 @@ def test_esummary_error_answer_is_a_clear_error() -> None:
         parse_esummary_json(b'{"error": "Neither query_key nor id specified"}')
     with pytest.raises(ServiceError, match="not JSON"):
         parse_esummary_json(b"<html>Submitted URI too large!</html>")
+
+
+def test_idconv_outage_falls_back_to_esummary_pmcids(ncbi: FakeNcbi, tmp_path: Path) -> None:
+    _populate(ncbi, 4)
+    ncbi.inject("/idconv/", *[(500, {}, b"down")] * 10)
+    summary = run_search(tmp_path, QUERY, net=ncbi.config(max_retries=1))
+    assert summary.done == 4
+    assert any(r.startswith("idconv unavailable") for r in summary.reasons)
+    assert Manifest.load(tmp_path).records["pmid:30000000"].pmcid == "PMC900000"

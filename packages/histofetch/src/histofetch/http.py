@@ -236,6 +236,12 @@ class NetClient:
         listed in ``ok_statuses``, which are returned to the caller.
         """
         cfg = self.config
+        try:
+            scheme = httpx.URL(url).scheme
+        except (httpx.InvalidURL, ValueError, TypeError) as exc:
+            raise NetError(f"invalid URL {_short(str(url))!r} ({exc})", url=str(url)) from None
+        if scheme not in ("http", "https"):
+            raise NetError(f"unsupported URL scheme {scheme!r}: {_short(url)}", url=url)
         last: str = ""
         for attempt in range(cfg.max_retries + 1):
             self._limiter_for(url, ncbi).acquire()

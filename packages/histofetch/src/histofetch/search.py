@@ -19,7 +19,7 @@ from typing import Any
 
 from Bio import Entrez
 
-from histofetch.http import NetClient, NetConfig
+from histofetch.http import NetClient, NetConfig, NetError
 from histofetch.manifest import Manifest, Record
 from histofetch.resolve import ServiceError, pmids_to_pmcids
 from histofetch.stage import StageSummary
@@ -225,7 +225,11 @@ def run_search(
         )
         new = [p for p in found.pmids if f"pmid:{p}" not in manifest.records]
         meta = esummary(client, new) if new else {}
-        ids = pmids_to_pmcids(client, new) if new else {}
+        try:
+            ids = pmids_to_pmcids(client, new) if new else {}
+        except (ServiceError, NetError) as exc:  # esummary's PMCIDs still stand
+            ids = {}
+            summary.reasons[f"idconv unavailable, PMCIDs from esummary only ({exc})"] += 1
         if open_access_only:
             oa = set(found.pmids)
         elif new:
