@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from histomodels.data.transforms import dihedral_views
 from histomodels.preprocess import IMAGENET_MEAN, IMAGENET_STD, to_input
 
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -39,17 +40,6 @@ def resolve_precision(precision: str, device: torch.device | str = "cpu") -> str
     if torch.device(device).type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
     return "bf16" if cpu_has_fast_bf16() else "fp32"
-
-
-def dihedral_views(x: torch.Tensor) -> list[torch.Tensor]:
-    """The 8 rotations/reflections of an NCHW batch (the symmetry group of a square patch;
-    histology has no canonical orientation)."""
-    views = []
-    for flip in (False, True):
-        base = torch.flip(x, dims=(3,)) if flip else x
-        for k in range(4):
-            views.append(torch.rot90(base, k, dims=(2, 3)) if k else base)
-    return views
 
 
 def norm_of(ckpt: dict | None) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -95,7 +85,7 @@ def predict_logits(
         if len(batch) == 0:
             continue
         x = to_input(batch, mean, std, channels_last=True, device=device)
-        views = dihedral_views(x) if tta else [x]
+        views = dihedral_views(x, "NCHW") if tta else [x]
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=prec == "bf16"):
             logits = torch.stack([model(v).float().reshape(len(batch), -1)[:, 0] for v in views])
         out.append(logits.mean(0).cpu().numpy())
