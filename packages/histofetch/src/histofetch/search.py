@@ -18,10 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from Bio import Entrez
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from histofetch.http import NetClient, NetConfig, NetError
 from histofetch.manifest import Manifest, Record
-from histofetch.resolve import ServiceError, pmids_to_pmcids
+from histofetch.resolve import IdRow, ServiceError, pmids_to_pmcids
 from histofetch.stage import StageSummary
 
 #: PubMed's own filter for articles in the PMC open-access subset.
@@ -204,11 +205,12 @@ def run_search(
     open_access_only: bool = False,
     net: NetConfig,
     page_size: int = 1000,
+    progress: bool = True,
 ) -> StageSummary:
     """Search PubMed and add one ``searched`` record per PMID to the run's manifest.
 
-    Re-running is safe: records are keyed ``pmid:<PMID>``, existing ones keep their
-    progress (only still-empty metadata fields are filled in) and nothing is duplicated.
+    Re-running is safe: records are keyed ``pmid:<PMID>``; existing records are left as
+    they are (progress and metadata) and only new PMIDs are added and looked up.
     """
     run_dir = Path(run_dir)
     manifest = Manifest.load(run_dir, create=True)
@@ -224,12 +226,25 @@ def run_search(
             page_size=page_size,
         )
         new = [p for p in found.pmids if f"pmid:{p}" not in manifest.records]
-        meta = esummary(client, new) if new else {}
-        try:
-            ids = pmids_to_pmcids(client, new) if new else {}
-        except (ServiceError, NetError) as exc:  # esummary's PMCIDs still stand
-            ids = {}
-            summary.reasons[f"idconv unavailable, PMCIDs from esummary only ({exc})"] += 1
+        meta: dict[str, dict[str, Any]] = {}
+        ids: dict[str, IdRow] = {}
+        batches = [new[i : i + ESUMMARY_BATCH] for i in range(0, len(new), ESUMMARY_BATCH)]
+        with Progress(
+            TextColumn("[bold]search metadata"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            disable=not progress,
+            transient=True,
+        ) as bar:
+            task = bar.add_task("metadata", total=len(batches))
+            for batch in batches:
+                meta.update(esummary(client, batch))
+                try:
+                    ids.update(pmids_to_pmcids(client, batch))
+                except (ServiceError, NetError) as exc:  # esummary's PMCIDs still stand
+                    summary.reasons[f"idconv unavailable, PMCIDs from esummary only ({exc})"] += 1
+                bar.advance(task)
         if open_access_only:
             oa = set(found.pmids)
         elif new:
