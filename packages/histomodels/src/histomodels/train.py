@@ -536,6 +536,7 @@ def train(
                     input_size=int(x_train.shape[1]),
                     normalization={"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
                     train_config=_json_safe(cfg.to_dict()),
+                    world_size=info.world_size,
                 )
                 if improved:
                     save_checkpoint(

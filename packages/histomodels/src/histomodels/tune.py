@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -79,7 +80,17 @@ def _save_client(client, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def tune(
+def tune(*args: Any, **kwargs: Any) -> dict[str, Any]:
+    """Run (or resume) the optimisation; returns the best trial record (see ``_tune``)."""
+    with warnings.catch_warnings():
+        # Ax 1.3 on pandas 3 emits deprecation warnings on every call; nothing a user can act on
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", module=r"(ax|pandas|botorch|gpytorch|linear_operator)\b")
+        return _tune(*args, **kwargs)
+
+
+def _tune(
     data: Any,
     val: Any,
     out: str | Path,
