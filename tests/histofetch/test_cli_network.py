@@ -123,3 +123,12 @@ def test_real_entry_point_in_a_subprocess(ncbi: FakeNcbi, tmp_path: Path) -> Non
     assert ncbi.requests_to("/eutils/esearch.fcgi")[0].params["api_key"] == "KEY123"
     header = json.loads(Manifest.load(tmp_path).path.read_text().splitlines()[0])
     assert header["query"] == QUERY and header["last_search"]["count"] == 3
+
+
+def test_help_of_network_commands_renders() -> None:
+    runner = CliRunner()
+    for command in ("search", "download", "run"):
+        result = runner.invoke(app, [command, "--help"])
+        assert result.exit_code == 0, result.output
+        assert "--run" in result.output
+    assert "--mindate" in runner.invoke(app, ["search", "--help"]).output

@@ -35,8 +35,8 @@ ApiKeyOpt = typer.Option(
 EmailOpt = typer.Option(
     None, "--email", envvar="NCBI_EMAIL", help="Your e-mail, sent to NCBI as asked."
 )
-MinDateOpt = typer.Option(None, "--mindate", help="Publication date from (YYYY[/MM[/DD]]).")
-MaxDateOpt = typer.Option(None, "--maxdate", help="Publication date to (YYYY[/MM[/DD]]).")
+MinDateOpt = typer.Option(None, "--mindate", help="Published from: YYYY, YYYY/MM or YYYY/MM/DD.")
+MaxDateOpt = typer.Option(None, "--maxdate", help="Published until: YYYY, YYYY/MM or YYYY/MM/DD.")
 OaOnlyOpt = typer.Option(
     False, "--open-access-only", help="Only articles in the PMC open-access subset."
 )
