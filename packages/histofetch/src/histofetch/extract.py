@@ -234,9 +234,10 @@ def extract_images(
             rects = _rects(page, xref)
             bbox = rects[0] if rects else None
             place = {"page": pno, "bbox": bbox}
+            more = [{"page": pno, "bbox": r} for r in rects[1:]]  # drawn again on this page
             if xref in by_xref:
-                by_xref[xref]["extra"].setdefault("also_at", []).append(place)
-                info["duplicates"] += 1
+                by_xref[xref]["extra"].setdefault("also_at", []).extend([place, *more])
+                info["duplicates"] += 1 + len(more)
                 continue
             if min(width, height) < min_size:
                 info["small_dropped"] += 1
@@ -251,11 +252,12 @@ def extract_images(
                 continue
             digest = hashlib.sha256(rgb.tobytes() + str(rgb.shape).encode()).hexdigest()
             if digest in by_pixels:
-                by_pixels[digest]["extra"].setdefault("also_at", []).append(place)
+                by_pixels[digest]["extra"].setdefault("also_at", []).extend([place, *more])
                 by_xref[xref] = by_pixels[digest]
-                info["duplicates"] += 1
+                info["duplicates"] += 1 + len(more)
                 continue
             n_on_page += 1
+            info["duplicates"] += len(more)
             item = {
                 "rgb": rgb,
                 "page": pno,
@@ -264,11 +266,14 @@ def extract_images(
                 "width": int(rgb.shape[1]),
                 "height": int(rgb.shape[0]),
                 "caption": find_caption(captions, bbox),
-                "extra": {"xref": xref, "pixel_sha256": digest},
+                "extra": {
+                    "xref": xref,
+                    "pixel_sha256": digest,
+                    **({"also_at": more} if more else {}),
+                },
             }
             by_xref[xref] = by_pixels[digest] = item
             images.append(item)
-        # more placements of the same xref on this page (drawn twice): counted above
     if refused:
         info["refused_images"] = refused
     return images, info
@@ -346,7 +351,11 @@ def _caption_blocks(page: pymupdf.Page) -> list[tuple[pymupdf.Rect, str]]:
 
 
 def find_caption(captions: list[tuple[pymupdf.Rect, str]], bbox: list[float] | None) -> str | None:
-    """The "Fig./Figure" block nearest below the image (else nearest above), same columns."""
+    """The "Fig./Figure" block for an image on the page.
+
+    Nearest below it in the same columns, else nearest above, else a caption beside it
+    (overlapping rows), else the page's only caption; None when nothing fits.
+    """
     if not captions:
         return None
     if bbox is None:
@@ -362,7 +371,15 @@ def find_caption(captions: list[tuple[pymupdf.Rect, str]], bbox: list[float] | N
     above = [(img.y0 - r.y1, t) for r, t in captions if r.y1 <= img.y0 + 2 and overlaps(r)]
     if above:
         return min(above)[1]
-    return None
+    # side captions (journals that set the legend in a column beside the figure)
+    side = [
+        (min(abs(r.x0 - img.x1), abs(img.x0 - r.x1)), t)
+        for r, t in captions
+        if min(r.y1, img.y1) - max(r.y0, img.y0) > 0
+    ]
+    if side:
+        return min(side)[1]
+    return captions[0][1] if len(captions) == 1 else None
 
 
 # ---------------------------------------------------------------------------------------------

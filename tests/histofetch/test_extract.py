@@ -1,0 +1,239 @@
+"""Extraction: pixel-exact images from PDFs built here, failures that do not stop the run,
+and the real PDFs in ../shared (skipped with a reason when absent)."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import pymupdf
+import pytest
+from conftest import shared_path
+from pdf_factory import (
+    build_image_pdf,
+    build_known_pdf,
+    he_like,
+    png_bytes,
+    write_corrupt,
+    write_encrypted,
+    write_truncated,
+)
+
+from histofetch.extract import ExtractError, run_extract
+from histofetch.manifest import Image, Manifest
+
+
+def _pixels(manifest: Manifest, img: Image) -> np.ndarray:
+    return np.asarray(PIL.Image.open(manifest.resolve(img.path)))
+
+
+def test_every_image_kind_is_extracted_pixel_exact(tmp_path: Path) -> None:
+    expected = build_known_pdf(tmp_path / "known.pdf")
+    summary = run_extract(tmp_path / "run", [tmp_path / "known.pdf"], progress=False)
+    assert (summary.done, summary.failed) == (1, 0)
+    manifest = Manifest.load(tmp_path / "run")
+    (rec,) = manifest.records.values()
+    images = manifest.images_of(rec.id)
+    # Page 1: rgb, alpha, grey (icon dropped, rgb repeated); page 2: cmyk, indexed, 16-bit
+    # (the second xref with the rgb pixels is a duplicate); page 3: rgb again.
+    order = ["rgb", "alpha", "grey", "cmyk", "indexed", "deep"]
+    assert [(i.page, i.id.rsplit("/", 1)[1]) for i in images] == [
+        (1, "p001_001"), (1, "p001_002"), (1, "p001_003"),
+        (2, "p002_001"), (2, "p002_002"), (2, "p002_003"),
+    ]  # fmt: skip
+    for label, img in zip(order, images, strict=True):
+        got = _pixels(manifest, img)
+        assert got.shape == expected[label].shape, label
+        assert np.array_equal(got, expected[label]), f"{label} pixels differ"
+        assert (img.width, img.height) == (got.shape[1], got.shape[0])
+        data = manifest.resolve(img.path).read_bytes()
+        assert img.sha256 == hashlib.sha256(data).hexdigest()
+        assert img.source == "pdf" and img.path.startswith("images/")
+    rgb = images[0]
+    assert rgb.bbox == [50.0, 50.0, 210.0, 178.0]
+    assert rgb.caption == "Figure 1: A known RGB test image."
+    assert {(p["page"], tuple(p["bbox"])) for p in rgb.extra["also_at"]} == {
+        (1, (50.0, 500.0, 210.0, 628.0)),  # same xref drawn twice on page 1
+        (2, (50.0, 300.0, 210.0, 428.0)),  # another xref with the same pixels
+        (3, (50.0, 50.0, 210.0, 178.0)),  # same xref on page 3
+    }
+    assert rec.stage == "extracted" and rec.n_images == 6
+    assert rec.extra["small_dropped"] == 1
+    assert rec.extra["pdfplumber_images"] == rec.extra["pymupdf_images"] == 9
+    assert rec.extra["count_mismatch"] is False
+
+
+def test_soft_mask_transparent_pixels_become_white(tmp_path: Path) -> None:
+    expected = build_known_pdf(tmp_path / "known.pdf")
+    run_extract(tmp_path / "run", [tmp_path / "known.pdf"], progress=False)
+    manifest = Manifest.load(tmp_path / "run")
+    alpha = _pixels(manifest, manifest.images_of(next(iter(manifest.records)))[1])
+    assert (alpha[:8] == 255).all()  # rows with alpha 0 in the SMask
+    assert np.array_equal(alpha, expected["alpha"])
+
+
+def test_min_size_drops_icons(tmp_path: Path) -> None:
+    build_known_pdf(tmp_path / "known.pdf")
+    run_extract(tmp_path / "run", [tmp_path / "known.pdf"], min_size=45, progress=False)
+    manifest = Manifest.load(tmp_path / "run")
+    sizes = sorted(min(i.width, i.height) for i in manifest.images.values())
+    assert sizes and min(sizes) >= 45
+
+
+def test_broken_pdfs_fail_with_a_reason_and_the_run_goes_on(tmp_path: Path) -> None:
+    good = build_image_pdf(tmp_path / "good.pdf", [he_like(seed=1)], caption="Fig. 1. H&E.")
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    write_encrypted(bad / "encrypted.pdf")
+    write_truncated(good, bad / "truncated.pdf")
+    write_corrupt(bad / "corrupt.pdf")
+    (bad / "page.pdf").write_text("<html><body>Access denied</body></html>")
+    (bad / "empty.pdf").write_bytes(b"")
+    summary = run_extract(tmp_path / "run", [good, bad], progress=False)
+    assert (summary.done, summary.failed) == (1, 5)
+    manifest = Manifest.load(tmp_path / "run")
+    reasons = {
+        Path(r.pdf_path).name: r.reason for r in manifest.records.values() if r.status == "failed"
+    }
+    assert reasons["encrypted.pdf"].startswith("encrypted PDF, needs a password")
+    assert reasons["truncated.pdf"].startswith("truncated PDF")
+    assert reasons["corrupt.pdf"].startswith("corrupt PDF")
+    assert reasons["page.pdf"].startswith("not a PDF")
+    assert reasons["empty.pdf"].startswith("empty file")
+    assert all(r.failed_stage == "extracted" for r in manifest.records.values() if r.reason)
+    (img,) = manifest.images.values()
+    assert img.caption == "Fig. 1. H&E."
+    assert not list((tmp_path / "run").rglob("*.tmp"))  # no half-written files
+
+
+def test_missing_pdf_file_fails_its_record(tmp_path: Path) -> None:
+    pdf = build_image_pdf(tmp_path / "gone.pdf", [he_like()])
+    run_dir = tmp_path / "run"
+    manifest = Manifest.load(run_dir, create=True)
+    from histofetch.extract import ingest_local
+
+    ingest_local(manifest, [pdf])
+    manifest.save()
+    pdf.unlink()
+    summary = run_extract(run_dir, progress=False)
+    assert summary.failed == 1
+    (rec,) = Manifest.load(run_dir).records.values()
+    assert rec.reason.startswith("PDF file missing")
+
+
+def test_bad_input_paths_raise_one_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ExtractError, match="no such file or folder"):
+        run_extract(tmp_path / "run", [tmp_path / "nope.pdf"], progress=False)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ExtractError, match=r"holds no \.pdf files"):
+        run_extract(tmp_path / "run", [tmp_path / "empty"], progress=False)
+
+
+def test_ingesting_the_same_pdf_twice_adds_one_record(tmp_path: Path) -> None:
+    pdf = build_image_pdf(tmp_path / "a.pdf", [he_like(seed=2), he_like(seed=3)])
+    copy = tmp_path / "copy.pdf"
+    copy.write_bytes(pdf.read_bytes())
+    run_extract(tmp_path / "run", [pdf], progress=False)
+    first = Manifest.load(tmp_path / "run").path.read_text()
+    summary = run_extract(tmp_path / "run", [pdf, copy], progress=False)
+    assert (summary.done, summary.skipped) == (0, 1)
+    assert Manifest.load(tmp_path / "run").path.read_text() == first
+    (rec,) = Manifest.load(tmp_path / "run").records.values()
+    assert rec.id.startswith("local:") and rec.pdf_source == "local"
+    assert rec.pdf_sha256 == hashlib.sha256(pdf.read_bytes()).hexdigest()
+
+
+def test_reextract_keeps_package_figures_and_does_not_duplicate(tmp_path: Path) -> None:
+    pdf = build_image_pdf(tmp_path / "a.pdf", [he_like(seed=4), he_like(seed=5)])
+    run_dir = tmp_path / "run"
+    run_extract(run_dir, [pdf], progress=False)
+    manifest = Manifest.load(run_dir)
+    (rec,) = manifest.records.values()
+    manifest.add_image(
+        Image(
+            id=f"{rec.id}/pkg_fig1",
+            record_id=rec.id,
+            path="images/pkg/fig1.jpg",
+            sha256="0" * 64,
+            width=900,
+            height=700,
+            source="package",
+        )
+    )
+    rec.stage = "downloaded"  # e.g. a user asked for a fresh extraction
+    manifest.save()
+    run_extract(run_dir, progress=False)
+    again = Manifest.load(run_dir)
+    sources = sorted(i.source for i in again.images.values())
+    assert sources == ["package", "pdf", "pdf"]
+    assert again.records[rec.id].n_images == 3
+
+
+def test_images_over_the_pixel_limit_are_refused_undecoded(tmp_path: Path) -> None:
+    doc = pymupdf.open()
+    page = doc.new_page()
+    xref = page.insert_image(pymupdf.Rect(40, 40, 136, 136), stream=png_bytes(he_like()))
+    page.insert_image(pymupdf.Rect(200, 40, 296, 136), stream=png_bytes(he_like(seed=9)))
+    # A decompression bomb: declares 100000 x 100000 pixels (10 gigapixels).
+    doc.xref_set_key(xref, "Width", "100000")
+    doc.xref_set_key(xref, "Height", "100000")
+    doc.save(tmp_path / "bomb.pdf")
+    summary = run_extract(tmp_path / "run", [tmp_path / "bomb.pdf"], progress=False)
+    assert summary.done == 1
+    manifest = Manifest.load(tmp_path / "run")
+    (rec,) = manifest.records.values()
+    assert len(manifest.images) == 1
+    (refused,) = rec.extra["refused_images"]
+    assert "100000x100000 px exceeds the pixel limit" in refused
+
+
+# -- real PDFs -----------------------------------------------------------------------------
+
+
+@pytest.mark.realdata
+def test_konrad_gerlach_report_all_113_patches_found(tmp_path: Path) -> None:
+    pdf = shared_path("data", "pdfs", "konrad-gerlach_report.pdf")
+    run_extract(tmp_path / "run", [pdf], progress=False)
+    manifest = Manifest.load(tmp_path / "run")
+    (rec,) = manifest.records.values()
+    patches = [i for i in manifest.images.values() if (i.width, i.height) == (96, 96)]
+    placements = sum(1 + len(i.extra.get("also_at", [])) for i in patches)
+    assert placements == 113  # every embedded 96x96 image, on pages 3-9
+    assert len(patches) == 96  # 17 are the same dataset patch shown in two figures
+    assert {i.page for i in patches} == set(range(3, 10))
+    assert rec.extra["pdfplumber_images"] == rec.extra["pymupdf_images"] == 114
+    # soft masks are opaque here: the PNG must equal the PDF's own RGB samples
+    doc = pymupdf.open(pdf)
+    first = min(patches, key=lambda i: (i.page, i.id))
+    raw = pymupdf.Pixmap(doc, first.extra["xref"])
+    assert np.array_equal(
+        _pixels(manifest, first), np.frombuffer(raw.samples, np.uint8).reshape(96, 96, 3)
+    )
+    captions = {i.caption.split(":")[0] for i in patches if i.caption}
+    assert {"Figure 1", "Figure 2", "Figure 10", "Figure 13"} <= captions
+
+
+@pytest.mark.realdata
+def test_fixture_pdfs_extract_or_fail_as_provenance_says(tmp_path: Path) -> None:
+    folder = shared_path("fixtures", "pdfs")
+    summary = run_extract(tmp_path / "run", [folder], progress=False)
+    manifest = Manifest.load(tmp_path / "run")
+    by_name = {Path(r.pdf_path).name: r for r in manifest.records.values()}
+    assert summary.failed == 1
+    enc = by_name["bad_pdfplumber_encrypted_password_example.pdf"]
+    assert enc.status == "failed" and enc.reason.startswith("encrypted PDF")
+    malformed = by_name["bad_pdfplumber_malformed_issue932.pdf"]
+    assert malformed.status == "ok" and "pdfplumber_images" in malformed.extra
+    for name in ("neg_datta2010_jtmo_4_1_review_no_images.pdf",
+                 "neg_drageset2015_peerj_1120_no_images.pdf"):  # fmt: skip
+        assert by_name[name].status == "ok" and by_name[name].n_images == 0
+    soler = by_name["neg_soler2014_plosone_0107412_charts_photos.pdf"]
+    assert soler.n_images == 4
+    li = by_name["pos_li2022_science_abi9591_HE_lung_PAS_kidney.pdf"]
+    lung = [
+        i for i in manifest.images_of(li.id) if i.page == 11 and (i.width, i.height) == (565, 567)
+    ]
+    assert len(lung) == 1 and lung[0].caption.startswith("Fig. 6")
+    assert all(not r.extra.get("count_mismatch") for r in manifest.records.values())
