@@ -81,8 +81,8 @@ class NetConfig:
     #: Largest body accepted from any URL (PDFs and OA packages included).
     max_bytes: int = 300 * 1024 * 1024
     user_agent: str = (
-        f"histofetch/{_VERSION} (+https://github.com/histofetch; literature mining for "
-        "histology figures)"
+        f"histofetch/{_VERSION} (literature mining for histology figures; "
+        f"python-httpx/{httpx.__version__})"
     )
 
     @property
