@@ -142,18 +142,21 @@ def curves_plot(history: list[dict], path: Path, title: str = "Training") -> Pat
 
 def overlay_heatmap(
     image: np.ndarray,
-    tiles: Sequence[tuple[int, int, int, float]],
+    boxes: Sequence[tuple[float, float, float, float, float]],
     path: Path,
     title: str = "",
 ) -> Path:
-    """Tile probabilities (x, y, size, prob) drawn over the image; untiled = background."""
+    """Tile probabilities ``(x0, y0, x1, y1, prob)`` (image pixels) drawn over the image;
+    overlapping tiles are averaged, pixels in no tile (background) stay uncoloured."""
     h, w = image.shape[:2]
     heat = np.full((h, w), np.nan, dtype=np.float32)
     count = np.zeros((h, w), dtype=np.float32)
     acc = np.zeros((h, w), dtype=np.float32)
-    for x, y, s, prob in tiles:
-        acc[y : y + s, x : x + s] += prob
-        count[y : y + s, x : x + s] += 1
+    for x0, y0, x1, y1, prob in boxes:
+        ya, yb, xa, xb = (int(np.rint(v)) for v in (y0, y1, x0, x1))
+        sl = (slice(max(ya, 0), yb), slice(max(xa, 0), xb))
+        acc[sl] += prob
+        count[sl] += 1
     seen = count > 0
     heat[seen] = acc[seen] / count[seen]
     scale = 6.0 / max(h, w)

@@ -186,7 +186,7 @@ def predict_paths(
             overlay_heatmap(
                 img,
                 [
-                    (int(x), int(y), size, float(p))
+                    (int(x), int(y), int(x) + size, int(y) + size, float(p))
                     for (x, y), p in zip(tiles.xy, probs, strict=True)
                 ],
                 target,
