@@ -1,0 +1,298 @@
+"""open_dataset on every supported layout, real samples included; bad input fails clearly."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import pickle
+import shutil
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from conftest import shared_path
+from PIL import Image
+
+from histomodels.data import ArrayDataset, DatasetError, open_dataset
+from histomodels.data.cache import materialise
+from histomodels.data.encoded import EncodedH5Dataset
+from histomodels.data.folders import FolderDataset
+from histomodels.data.kaggle import KaggleDataset
+from histomodels.data.pcam import PCamDataset
+from histomodels.synthetic import make_patches
+
+PCAM = "camelyonpatch_level_2_split_{}_{}.h5"
+
+
+def _write_pcam(folder: Path, split: str, x: np.ndarray, y: np.ndarray, gz: bool = False) -> Path:
+    """A PCam-format pair exactly as the official files lay it out."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for xy, data in (("x", x), ("y", y.reshape(-1, 1, 1, 1).astype(np.uint8))):
+        path = folder / PCAM.format(split, xy)
+        with h5py.File(path, "w") as f:
+            chunks = (min(8, len(data)), *data.shape[1:])
+            f.create_dataset(xy, data=data, chunks=chunks, compression="gzip")
+        if gz:
+            with path.open("rb") as src, gzip.open(str(path) + ".gz", "wb") as dst:
+                shutil.copyfileobj(src, dst)
+            path.unlink()
+            path = Path(str(path) + ".gz")
+        paths.append(path)
+    return paths[0]
+
+
+@pytest.fixture(scope="module")
+def patches() -> tuple[np.ndarray, np.ndarray]:
+    return make_patches(24, seed=11)
+
+
+# --- official PCam HDF5 -----------------------------------------------------------------
+
+
+def test_real_pcam_sample_pair_from_either_file() -> None:
+    folder = shared_path("data", "pcam_real", "pcam_format_sample")
+    x_path = folder / "pcam_real_sample_x.h5"
+    for p in (x_path, folder / "pcam_real_sample_y.h5"):
+        ds = open_dataset(p)
+        assert isinstance(ds, PCamDataset) and len(ds) == 400
+        assert ds.labels().sum() == 200
+    with h5py.File(x_path) as f:
+        raw = f["x"][5]
+    img, label, pid = ds[5]
+    assert np.array_equal(img, raw)
+    meta = list(csv.DictReader((folder / "pcam_real_sample_meta.csv").open()))
+    assert pid == meta[5]["patch_id"] and label == int(meta[5]["label"])
+    images, labels, ids = ds.load_all()
+    assert images.shape == (400, 96, 96, 3) and np.array_equal(images[5], raw)
+    assert labels[5] == label and ids[5] == pid
+
+
+def test_kaggle_sample_matches_pcam_sample_pixels() -> None:
+    """The Kaggle TIFFs are a subset of the PCam-format sample: same ids, same pixels."""
+    kaggle = open_dataset(shared_path("data", "pcam_real", "kaggle_format_sample"))
+    pcam = open_dataset(
+        shared_path("data", "pcam_real", "pcam_format_sample", "pcam_real_sample_x.h5")
+    )
+    assert isinstance(kaggle, KaggleDataset) and len(kaggle) == 200
+    assert kaggle.labels().sum() == 100
+    where = {pid: i for i, pid in enumerate(pcam.ids())}
+    for i in (0, 57, 199):
+        img, label, pid = kaggle[i]
+        img2, label2, _ = pcam[where[pid]]
+        assert np.array_equal(img, img2) and label == label2
+
+
+def test_pcam_folder_split_and_gzip(tmp_path: Path, patches) -> None:
+    x, y = patches
+    _write_pcam(tmp_path, "valid", x[:10], y[:10], gz=True)
+    _write_pcam(tmp_path, "test", x[10:], y[10:])
+    with pytest.raises(DatasetError, match="split="):
+        open_dataset(tmp_path)
+    ds = open_dataset(tmp_path, split="valid")
+    assert len(ds) == 10 and np.array_equal(ds[3][0], x[3]) and ds[3][1] == y[3]
+    assert (tmp_path / PCAM.format("valid", "x")).exists()  # decompressed once, beside it
+    assert len(open_dataset(tmp_path, split="test")) == 14
+    with pytest.raises(DatasetError, match=r"no camelyonpatch_level_2_split_train_x\.h5"):
+        open_dataset(tmp_path, split="train")
+    # DataLoader workers get a pickled copy: the open HDF5 handle must not travel
+    clone = pickle.loads(pickle.dumps(ds))
+    assert np.array_equal(clone[9][0], x[9])
+
+
+def test_pcam_bad_inputs(tmp_path: Path, patches) -> None:
+    x, y = patches
+    bad = y.copy()
+    bad[7] = 2
+    xp = _write_pcam(tmp_path / "labels", "valid", x, bad)
+    with pytest.raises(DatasetError, match=r"_y\.h5: row 7: label 2 is not 0/1"):
+        open_dataset(xp)
+    xp = _write_pcam(tmp_path / "short", "valid", x, y[:5])
+    with pytest.raises(DatasetError, match=r"expected \[24\] labels"):
+        open_dataset(xp)
+    xp = _write_pcam(tmp_path / "gray", "valid", x[..., 0], y)
+    with pytest.raises(DatasetError, match=r"expected uint8 \[N, H, W, 3\]"):
+        open_dataset(xp)
+    lonely = tmp_path / "lonely" / PCAM.format("test", "x")
+    lonely.parent.mkdir()
+    shutil.copy(tmp_path / "short" / PCAM.format("valid", "x"), lonely)
+    with pytest.raises(DatasetError, match="no matching"):
+        open_dataset(lonely)
+    corrupt = tmp_path / "corrupt"
+    _write_pcam(corrupt, "valid", x, y, gz=True)
+    gz = corrupt / (PCAM.format("valid", "x") + ".gz")
+    gz.write_bytes(gz.read_bytes()[:200])
+    with pytest.raises(DatasetError, match="corrupt gzip"):
+        open_dataset(gz)
+    assert not list(corrupt.glob("*.part"))
+    notes = tmp_path / "notes.h5"
+    notes.write_text("not hdf5")
+    with pytest.raises(DatasetError, match="not a readable HDF5"):
+        open_dataset(notes)
+    with h5py.File(tmp_path / "other.h5", "w") as f:
+        f["images"] = np.zeros((2, 2))
+    with pytest.raises(DatasetError, match="without a known layout"):
+        open_dataset(tmp_path / "other.h5")
+
+
+def test_gzip_beside_read_only_data_goes_to_cache(tmp_path: Path, patches, monkeypatch) -> None:
+    import os
+
+    x, y = patches
+    src = tmp_path / "ro"
+    xp = _write_pcam(src, "valid", x, y, gz=True)
+    src.chmod(0o555)
+    try:
+        if os.access(src, os.W_OK):
+            pytest.skip("running as root: cannot make a read-only folder")
+        monkeypatch.setenv("HISTOMODELS_CACHE", str(tmp_path / "cache"))
+        ds = open_dataset(xp)
+        assert len(ds) == 24 and ds.x_path.parent == tmp_path / "cache"
+    finally:
+        src.chmod(0o755)
+
+
+# --- encoded HDF5 -------------------------------------------------------------------------
+
+
+def test_real_encoded_dev_files_and_origin_filter() -> None:
+    dev = shared_path("data", "pcam_real", "dev")
+    valid = open_dataset(dev / "valid.h5")
+    assert isinstance(valid, EncodedH5Dataset) and len(valid) == 2907
+    assert valid.labels().sum() == 1407
+    train = open_dataset(dev / "train.h5", origin_split=("kaggle_train", "pcam_train"))
+    # manifest.csv: 5,117 kaggle_train + 2,484 pcam_train (+1 "unknown" row left out)
+    assert len(train) == 7601
+    rows = {r["patch_id"]: r for r in csv.DictReader((dev / "manifest.csv").open())}
+    for i in (0, 4000, 7600):
+        img, label, pid = train[i]
+        assert img.shape == (96, 96, 3) and img.dtype == np.uint8
+        assert rows[pid]["origin_split"] in ("kaggle_train", "pcam_train")
+        assert int(rows[pid]["label"]) == label
+    with pytest.raises(DatasetError, match=r"present: .*pcam_valid"):
+        open_dataset(dev / "valid.h5", origin_split="kaggle_train")
+
+
+def test_encoded_bad_rows(tmp_path: Path, patches) -> None:
+    x = patches[0]
+    path = tmp_path / "enc.h5"
+
+    with h5py.File(path, "w") as f:
+        enc = f.create_dataset("encoded", (3,), dtype=h5py.vlen_dtype(np.uint8))
+        buf = io.BytesIO()
+        Image.fromarray(x[0]).save(buf, format="PNG")
+        enc[0] = np.frombuffer(buf.getvalue(), np.uint8)
+        enc[1] = np.frombuffer(b"garbage bytes", np.uint8)
+        buf = io.BytesIO()
+        Image.fromarray(x[0][..., 0]).save(buf, format="PNG")
+        enc[2] = np.frombuffer(buf.getvalue(), np.uint8)
+        f["y"] = np.array([0, 1, 1], np.uint8)
+    ds = open_dataset(path)
+    assert np.array_equal(ds[0][0], x[0])
+    with pytest.raises(DatasetError, match=r"enc\.h5 row 1: cannot decode"):
+        ds[1]
+    with pytest.raises(DatasetError, match=r"enc\.h5 row 2: image mode L, expected RGB"):
+        ds[2]
+    with pytest.raises(DatasetError, match=r"row 1: cannot decode"):
+        materialise(ds)  # decoding everything up front surfaces it before training
+    with pytest.raises(DatasetError, match=r"needs .*manifest\.csv"):
+        open_dataset(path, origin_split="pcam_train")
+    with pytest.raises(DatasetError, match=r"option\(s\) \['split'\] do not apply"):
+        open_dataset(path, split="valid")
+
+
+# --- Kaggle --------------------------------------------------------------------------------
+
+
+def _kaggle(root: Path, x: np.ndarray, labels: list[str]) -> Path:
+    (root / "train").mkdir(parents=True)
+    with (root / "train_labels.csv").open("w") as fh:
+        fh.write("id,label\n")
+        for i, label in enumerate(labels):
+            fh.write(f"p{i:03d},{label}\n")
+            Image.fromarray(x[i]).save(root / "train" / f"p{i:03d}.tif")
+    return root
+
+
+def test_kaggle_folder(tmp_path: Path, patches) -> None:
+    x, y = patches
+    root = _kaggle(tmp_path / "k", x, [str(v) for v in y[:6]])
+    ds = open_dataset(root)
+    assert len(ds) == 6 and ds.ids()[2] == "p002" and np.array_equal(ds[2][0], x[2])
+    assert len(open_dataset(root / "train_labels.csv")) == 6
+    Image.fromarray(x[1][..., 0]).save(root / "train" / "p001.tif")  # grayscale
+    with pytest.raises(DatasetError, match=r"p001\.tif: image mode L, expected RGB"):
+        ds[1]
+    (root / "train" / "p003.tif").write_bytes(b"II*\x00 truncated")
+    with pytest.raises(DatasetError, match=r"p003\.tif: cannot decode"):
+        ds[3]
+    Image.fromarray(x[4][:64, :64]).save(root / "train" / "p004.tif")
+    with pytest.raises(DatasetError, match=r"p004\.tif: image is 64x64 px, expected 96x96"):
+        ds[4]
+
+
+def test_kaggle_bad_csv(tmp_path: Path, patches) -> None:
+    x, _ = patches
+    root = _kaggle(tmp_path / "a", x, ["0", "1", "yes"])
+    with pytest.raises(DatasetError, match=r"train_labels\.csv:4: label 'yes' for id p002"):
+        open_dataset(root)
+    root = _kaggle(tmp_path / "b", x, ["0", "1"])
+    (root / "train" / "p001.tif").unlink()
+    with pytest.raises(DatasetError, match=r"train_labels\.csv:3: id p001 has no image"):
+        open_dataset(root)
+    root = _kaggle(tmp_path / "c", x, ["0"])
+    (root / "train_labels.csv").write_text("image,target\np000,0\n")
+    with pytest.raises(DatasetError, match="expected header 'id,label'"):
+        open_dataset(root)
+
+
+# --- class folders ---------------------------------------------------------------------------
+
+
+def test_class_folders(tmp_path: Path, patches) -> None:
+    x, _ = patches
+    for name, idx in (("normal", (0, 1)), ("tumor", (2,))):
+        (tmp_path / "named" / name).mkdir(parents=True)
+        for i in idx:
+            Image.fromarray(x[i]).save(tmp_path / "named" / name / f"{i}.png")
+    ds = open_dataset(tmp_path / "named")
+    assert isinstance(ds, FolderDataset)
+    assert ds.labels().tolist() == [0, 0, 1] and ds.ids()[2] == "tumor/2.png"
+    assert np.array_equal(ds[2][0], x[2])
+    (tmp_path / "flat").mkdir()
+    Image.fromarray(x[5]).save(tmp_path / "flat" / "a.jpg")
+    assert open_dataset(tmp_path / "flat").labels().tolist() == [-1]
+    (tmp_path / "named" / "tumr").mkdir()
+    Image.fromarray(x[3]).save(tmp_path / "named" / "tumr" / "3.png")
+    with pytest.raises(DatasetError, match=r"class folder\(s\) \['tumr'\] not understood"):
+        open_dataset(tmp_path / "named")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DatasetError, match="no dataset recognised"):
+        open_dataset(tmp_path / "empty")
+    with pytest.raises(DatasetError, match="no such file"):
+        open_dataset(tmp_path / "absent")
+
+
+def test_real_camelyon16_class_folders() -> None:
+    root = shared_path("data", "camelyon16_tiles_didsr")
+    ds = open_dataset(root, patch_size=None)
+    assert len(ds) == 89 and ds.labels().sum() == 44
+    assert ds[0][0].shape == (256, 256, 3)
+    with pytest.raises(DatasetError, match="256x256 px, expected 96x96"):
+        open_dataset(root)[0]
+
+
+# --- decode-once cache ----------------------------------------------------------------------
+
+
+def test_materialise(tmp_path: Path, patches) -> None:
+    x, y = patches
+    lazy = open_dataset(_write_pcam(tmp_path, "valid", x, y))
+    cached = materialise(lazy)
+    assert isinstance(cached, ArrayDataset) and cached.images.shape == x.shape
+    assert np.array_equal(cached.images, x) and np.array_equal(cached.labels(), y)
+    assert cached.ids() == lazy.ids()
+    assert materialise(lazy, max_bytes=1000) is lazy  # does not fit: stays lazy
+    assert materialise(cached) is cached
