@@ -73,6 +73,10 @@ def test_search_then_download_via_cli(ncbi: FakeNcbi, tmp_path: Path) -> None:
     assert [i.source for i in manifest.images.values()] == ["package"]
     assert manifest.records["pmid:103"].reason.startswith("no PMCID: pmc-oa/europepmc")
     assert all(h.params.get("email") == "tests@example.org" for h in ncbi.log if "eutils" in h.path)
+    status = runner.invoke(app, ["status", "--run", str(run), "--json"])
+    info = json.loads(status.stdout)
+    assert (info["records"], info["pdfs"], info["failed"]) == (3, 2, 1)
+    assert info["failure_reasons"] == {"no PMCID": 1}
 
 
 def test_run_does_all_stages_and_resumes(ncbi: FakeNcbi, tmp_path: Path) -> None:
