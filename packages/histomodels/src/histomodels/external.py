@@ -1,0 +1,242 @@
+"""``histomodels eval --manifest RUN``: the external literature test set.
+
+Every kept figure of a histofetch run is resized to approximately PCam scale and cut into
+96 px tissue tiles by :class:`histomodels.data.manifest_tiles.ManifestTileDataset` (scale
+from the measured nucleus diameter; see that module). Each tile is scored, and tile scores
+are aggregated to one score per figure in two ways:
+
+* ``max``: the most suspicious tile (the usual multiple-instance rule: one metastatic
+  region makes the figure positive), sensitive to a single false-positive tile;
+* ``topk_mean``: the mean of the ``k`` highest tiles, a little more robust to one outlier.
+
+Figures a person labelled (``histomodels label``) give image-level metrics; all figures
+get a score distribution, a heatmap overlay each, and a contact sheet ranked by score.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from histofetch.manifest import atomic_write_text, record_slug
+
+AGGREGATIONS = ("max", "topk_mean")
+
+
+def aggregate(probs: np.ndarray, top_k: int) -> dict[str, float]:
+    """Image-level scores from one figure's tile probabilities."""
+    if len(probs) == 0:
+        return {"max": float("nan"), "topk_mean": float("nan")}
+    top = np.sort(probs)[::-1][: max(1, top_k)]
+    return {"max": float(top[0]), "topk_mean": float(top.mean())}
+
+
+def _distribution(scores: np.ndarray) -> dict[str, float]:
+    s = scores[np.isfinite(scores)]
+    if len(s) == 0:
+        return {"n": 0}
+    q = np.percentile(s, [5, 25, 50, 75, 95])
+    return {
+        "n": len(s),
+        "mean": float(s.mean()),
+        "std": float(s.std()),
+        "min": float(s.min()),
+        "p5": float(q[0]),
+        "p25": float(q[1]),
+        "median": float(q[2]),
+        "p75": float(q[3]),
+        "p95": float(q[4]),
+        "max": float(s.max()),
+        "fraction_above_0.5": float((s >= 0.5).mean()),
+    }
+
+
+def _thumb(rgb: np.ndarray, size: int = 256) -> np.ndarray:
+    from PIL import Image
+
+    im = Image.fromarray(rgb)
+    im.thumbnail((size, size))
+    canvas = Image.new("RGB", (size, size), "white")
+    canvas.paste(im, ((size - im.width) // 2, (size - im.height) // 2))
+    return np.asarray(canvas)
+
+
+def evaluate_manifest(
+    checkpoint: str | Path,
+    run_dir: str | Path,
+    out: str | Path,
+    *,
+    top_k: int = 5,
+    scale: float | None = None,
+    min_tissue: float = 0.5,
+    batch_size: int = 256,
+    tta: bool = False,
+    precision: str = "fp32",
+    threshold: float = 0.5,
+    n_bootstrap: int = 1000,
+    seed: int = 0,
+    max_heatmaps: int = 200,
+    progress: Callable[[str, int], Callable[[int], None] | None] | None = None,
+) -> dict[str, Any]:
+    """Score every kept figure; write metrics.json, image_scores.csv, tile_predictions.csv,
+    score_hist_<agg>.png, heatmaps/<image>.png and contact_sheet.png into ``out``."""
+    from histomodels import plots
+    from histomodels.checkpoint import load_model
+    from histomodels.data.images import decode_image
+    from histomodels.data.manifest_tiles import ManifestTileDataset
+    from histomodels.evaluate import write_json
+    from histomodels.inference import norm_of, predict_logits, sigmoid
+    from histomodels.metrics import summarize
+
+    out = Path(out)
+    model, ckpt = load_model(checkpoint)
+    mean, std = norm_of(ckpt)
+    temperature = float(ckpt.get("temperature", 1.0) or 1.0)
+    ds = ManifestTileDataset(Path(run_dir), scale=scale, min_tissue=min_tissue)
+    images = ds.load_all()[0]
+    cb = progress("tiles", len(images)) if progress else None
+    logits = predict_logits(
+        model,
+        images,
+        mean=mean,
+        std=std,
+        batch_size=batch_size,
+        tta=tta,
+        precision=precision,
+        progress=cb,
+    )
+    probs = sigmoid(logits, temperature)
+
+    by_image: dict[str, list[int]] = {i: [] for i in ds.figures}
+    for n, tile in enumerate(ds.tiles):
+        by_image[tile.image_id].append(n)
+    rows = []
+    for image_id, fig in ds.figures.items():
+        p = probs[by_image[image_id]]
+        rows.append({"image_id": image_id, **fig, **aggregate(p, top_k)})
+    rows.sort(key=lambda r: -np.nan_to_num(r["max"], nan=-1.0))
+
+    out.mkdir(parents=True, exist_ok=True)
+    cols = [
+        "image_id",
+        "record_id",
+        "label",
+        "max",
+        "topk_mean",
+        "n_tiles",
+        "scale",
+        "scale_source",
+        "width",
+        "height",
+        "path",
+    ]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, cols, extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write_text(out / "image_scores.csv", buf.getvalue())
+    buf = io.StringIO()
+    tw = csv.writer(buf, lineterminator="\n")
+    tw.writerow(["id", "image_id", "row", "col", "x0", "y0", "x1", "y1", "tissue", "probability"])
+    for t, p in zip(ds.tiles, probs, strict=True):
+        tw.writerow(
+            [
+                t.id,
+                t.image_id,
+                t.row,
+                t.col,
+                *(f"{v:.1f}" for v in t.box),
+                f"{t.tissue:.3f}",
+                f"{p:.6f}",
+            ]
+        )
+    atomic_write_text(out / "tile_predictions.csv", buf.getvalue())
+
+    result: dict[str, Any] = {
+        "checkpoint": str(checkpoint),
+        "model": ckpt.get("model"),
+        "manifest": str(run_dir),
+        "n_images": len(rows),
+        "n_tiles": len(ds.tiles),
+        "n_images_without_tissue": sum(r["n_tiles"] == 0 for r in rows),
+        "top_k": top_k,
+        "temperature": temperature,
+        "tta": tta,
+        "scale": "given" if scale is not None else "estimated from nucleus diameter",
+        "aggregations": {
+            "max": "highest tile probability",
+            "topk_mean": f"mean of the {top_k} highest tile probabilities",
+        },
+    }
+    labels = np.array([r["label"] for r in rows])
+    labelled = np.isin(labels, (0, 1)) & np.isfinite([r["max"] for r in rows])
+    result["n_labelled"] = int(labelled.sum())
+    result["score_distribution"] = {}
+    for agg in AGGREGATIONS:
+        scores = np.array([r[agg] for r in rows], dtype=float)
+        result["score_distribution"][agg] = _distribution(scores)
+        plots.histogram_plot(
+            scores[np.isfinite(scores)],
+            out / f"score_hist_{agg}.png",
+            title=f"Figure scores ({agg}, n={int(np.isfinite(scores).sum())})",
+            xlabel="image-level tumour probability",
+        )
+    if labelled.any():
+        y = labels[labelled]
+        metrics = {}
+        for agg in AGGREGATIONS:
+            s = np.array([r[agg] for r in rows], dtype=float)[labelled]
+            if len(np.unique(y)) == 2:
+                metrics[agg] = summarize(y, s, threshold, n_resamples=n_bootstrap, seed=seed)
+            else:
+                metrics[agg] = {
+                    "n": len(y),
+                    "accuracy": float(((s >= threshold) == y).mean()),
+                    "note": "only one class labelled: AUC undefined",
+                }
+        result["image_metrics"] = metrics
+        result["threshold"] = threshold
+        if len(np.unique(y)) == 2:
+            sc = np.array([r["max"] for r in rows], dtype=float)[labelled]
+            plots.roc_plot(y, sc, out / "roc.png", threshold)
+            plots.pr_plot(y, sc, out / "pr.png")
+    else:
+        result["note"] = (
+            "no labelled figures: score distribution only "
+            "(label figures with `histomodels label --manifest RUN`)"
+        )
+
+    # Heatmaps (most suspicious first) and a ranked contact sheet.
+    thumbs, titles = [], []
+    heat_dir = out / "heatmaps"
+    names = {0: "no_metastasis", 1: "metastasis", -1: "unlabelled"}
+    for rank, r in enumerate(rows):
+        rgb = decode_image(Path(r["path"]), f"{r['path']}", convert=True)
+        if rank < max_heatmaps and r["n_tiles"]:
+            boxes = [(*ds.tiles[n].box, float(probs[n])) for n in by_image[r["image_id"]]]
+            plots.overlay_heatmap(
+                rgb,
+                boxes,
+                heat_dir / f"{record_slug(r['image_id'])}.png",
+                title=f"{r['image_id']} ({names[r['label']]}): max {r['max']:.2f}, "
+                f"top-{top_k} mean {r['topk_mean']:.2f}, scale x{r['scale']:.2f}",
+            )
+        if rank < 60:
+            thumbs.append(_thumb(rgb))
+            score = "no tissue" if not r["n_tiles"] else f"{r['max']:.2f}"
+            titles.append(f"#{rank + 1} {score} {names[r['label']]}\n{r['image_id'][:28]}")
+    plots.image_grid(
+        thumbs,
+        titles,
+        out / "contact_sheet.png",
+        cols=6,
+        title="Figures ranked by image score (max tile probability)",
+    )
+    result["heatmaps"] = str(heat_dir)
+    write_json(out / "metrics.json", result)
+    return result

@@ -1,0 +1,111 @@
+"""The external literature set: figures of a histofetch run → tiles → image-level scores."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from _evalkit import tiny_checkpoint
+from PIL import Image as PILImage
+from typer.testing import CliRunner
+
+from histofetch.manifest import Image, Manifest, Record
+from histomodels.cli import app
+from histomodels.external import aggregate
+from histomodels.synthetic import make_figure
+
+torch.set_num_threads(1)
+
+
+def _run(tmp_path: Path, labels: list[str | None]) -> Path:
+    """A run folder with SYNTHETIC figures at PCam scale, with white margins (background)."""
+    run = tmp_path / "run"
+    m = Manifest(run_dir=run, query="synthetic")
+    m.add_record(Record(id="pmid:1", stage="filtered"))
+    for i, label in enumerate(labels):
+        fig = np.full((3 * 96 + 80, 4 * 96 + 80, 3), 255, np.uint8)
+        fig[40:-40, 40:-40] = make_figure(3, 4, seed=i, tumour=label != "no_metastasis")
+        rel = f"images/fig{i}.png"
+        (run / "images").mkdir(parents=True, exist_ok=True)
+        PILImage.fromarray(fig).save(run / rel)
+        m.add_image(
+            Image(
+                id=f"pmid:1/fig{i}",
+                record_id="pmid:1",
+                path=rel,
+                sha256="0" * 64,
+                width=fig.shape[1],
+                height=fig.shape[0],
+                kept=True,
+                label=label,
+            )
+        )
+    m.save()
+    return run
+
+
+def test_aggregate() -> None:
+    p = np.array([0.1, 0.9, 0.5, 0.3])
+    assert aggregate(p, 2) == pytest.approx({"max": 0.9, "topk_mean": 0.7})
+    assert aggregate(p, 10)["topk_mean"] == pytest.approx(p.mean())
+    assert np.isnan(aggregate(np.array([]), 3)["max"])
+
+
+def test_unlabelled_run_gives_distribution_heatmaps_and_contact_sheet(tmp_path: Path) -> None:
+    ckpt = tiny_checkpoint(tmp_path)
+    run = _run(tmp_path, [None, None, None])
+    out = tmp_path / "ext"
+    r = CliRunner().invoke(
+        app, ["eval", str(ckpt), "--manifest", str(run), "--out", str(out), "--top-k", "3"]
+    )
+    assert r.exit_code == 0, r.output
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["n_images"] == 3 and m["n_labelled"] == 0 and "image_metrics" not in m
+    assert m["score_distribution"]["max"]["n"] == 3
+    assert 0.0 <= m["score_distribution"]["max"]["min"] <= m["score_distribution"]["max"]["max"]
+    rows = list(csv.DictReader((out / "image_scores.csv").open()))
+    assert [float(r["max"]) for r in rows] == sorted((float(r["max"]) for r in rows), reverse=True)
+    for r in rows:
+        assert float(r["topk_mean"]) <= float(r["max"])
+        assert int(r["n_tiles"]) >= 1 and r["scale_source"] in ("estimated", "default")
+    tiles = list(csv.DictReader((out / "tile_predictions.csv").open()))
+    assert len(tiles) == m["n_tiles"] == sum(int(r["n_tiles"]) for r in rows)
+    # the image max is the max of that image's tile predictions
+    first = rows[0]["image_id"]
+    assert float(rows[0]["max"]) == pytest.approx(
+        max(float(t["probability"]) for t in tiles if t["image_id"] == first), abs=1e-5
+    )
+    assert len(list((out / "heatmaps").glob("*.png"))) == 3
+    assert (out / "contact_sheet.png").stat().st_size > 0
+    assert (out / "score_hist_max.png").stat().st_size > 0
+
+
+def test_labelled_run_gives_image_metrics(tmp_path: Path) -> None:
+    ckpt = tiny_checkpoint(tmp_path)
+    run = _run(
+        tmp_path, ["metastasis", "no_metastasis", "metastasis", "no_metastasis", "not_usable"]
+    )
+    out = tmp_path / "ext"
+    r = CliRunner().invoke(
+        app, ["eval", str(ckpt), "--manifest", str(run), "--out", str(out), "--bootstrap", "50"]
+    )
+    assert r.exit_code == 0, r.output
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["n_images"] == 4  # not_usable is left out
+    assert m["n_labelled"] == 4
+    for agg in ("max", "topk_mean"):
+        assert 0.0 <= m["image_metrics"][agg]["roc_auc"] <= 1.0
+        assert "ci" in m["image_metrics"][agg]
+    assert (out / "roc.png").exists()
+
+
+def test_bad_manifest(tmp_path: Path) -> None:
+    ckpt = tiny_checkpoint(tmp_path)
+    r = CliRunner().invoke(app, ["eval", str(ckpt), "--manifest", str(tmp_path / "nope")])
+    assert r.exit_code == 1 and "no manifest" in r.output
+    r = CliRunner().invoke(app, ["eval", str(ckpt)])
+    assert r.exit_code == 1 and "exactly one of" in r.output
