@@ -306,3 +306,22 @@ def test_sigkill_mid_download_then_resume_equals_uninterrupted(
     assert sorted(p.name for p in (killed / "pdfs").iterdir()) == [
         f"pmid_{n}.pdf" for n in range(41, 45)
     ]
+
+
+def test_figures_only_package_keeps_the_record_going(ncbi: FakeNcbi, tmp_path: Path) -> None:
+    from histofetch.extract import run_extract
+
+    package = make_tgz([("P/gr1.jpg", image_bytes("JPEG", (50, 40), (200, 120, 200)), "file")])
+    ncbi.oa["PMC51"] = oa_record("PMC51", {"tgz": FTP + "51.tar.gz"})
+    ncbi.files["/ftp/pub/pmc/51.tar.gz"] = (200, "x", package)
+    _run(tmp_path, _rec("51", "PMC51"))  # Europe PMC 404s, no publisher link
+    summary = run_download(tmp_path, net=ncbi.config(), progress=False)
+    assert (summary.done, summary.failed) == (1, 0)
+    rec = Manifest.load(tmp_path).records["pmid:51"]
+    assert rec.pdf_path is None and rec.stage == "downloaded"
+    assert rec.extra["pdf_missing"].startswith("no PDF link: pmc-oa-package: package holds no")
+    run_extract(tmp_path, progress=False)  # the extract stage accepts figure-only records
+    manifest = Manifest.load(tmp_path)
+    rec = manifest.records["pmid:51"]
+    assert rec.stage == "extracted" and rec.n_images == 1
+    assert [i.width for i in manifest.images_of(rec.id)] == [50]

@@ -156,7 +156,7 @@ class Downloader:
         if data is None and rec.pmid:
             data = self._publisher(rec, attempts)
         if data is None:
-            if self.manifest.images_of(rec.id):
+            if any(i.source == "package" for i in self.manifest.images_of(rec.id)):
                 # The OA package gave figures but no route gave a PDF: keep the record
                 # going (extract and filter work on the package figures).
                 rec.extra["pdf_missing"] = attempts.reason()
