@@ -53,7 +53,7 @@ class Tile:
 
 
 def nucleus_diameter(rgb: np.ndarray) -> float:
-    """Typical nucleus diameter in pixels (scale-space LoG peak on haematoxylin)."""
+    """Typical nucleus diameter in pixels (scale-space LoG peak on haematoxylin); 0 if none."""
     from scipy import ndimage as ndi
     from skimage.color import rgb2hed
 
@@ -66,6 +66,8 @@ def nucleus_diameter(rgb: np.ndarray) -> float:
     haem = rgb2hed(rgb)[..., 0].astype(np.float32)
     sigmas = 2.0 ** np.arange(0.25, 4.01, 0.25)
     resp = np.array([np.percentile(-(s * s) * ndi.gaussian_laplace(haem, s), 97) for s in sigmas])
+    if not np.max(resp) > 1e-3:  # no haematoxylin blobs to measure (blank or unstained)
+        return 0.0
     i = int(np.argmax(resp))
     off = 0.0
     if 0 < i < len(sigmas) - 1:
