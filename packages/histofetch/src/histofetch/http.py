@@ -176,6 +176,7 @@ class NetClient:
 
     def __init__(self, config: NetConfig | None = None) -> None:
         self.config = config or NetConfig()
+        self.config.max_retries = max(0, int(self.config.max_retries))
         self._client = httpx.Client(
             timeout=httpx.Timeout(self.config.timeout),
             follow_redirects=True,
