@@ -50,6 +50,10 @@ OFF_S = 0.25
 # heatmaps reach H ≈ 0.2–0.8 (dark pixels), magenta fluorophores E ≈ 0.9.
 HED_MAX_H, HED_MAX_E, HED_MAX_D = 0.25, 0.25, 0.15
 
+#: The plain purple-pixel rule (hue 250–345°, S > 0.12, 0.25 < V < 0.97) used to stage the
+#: fixtures; recorded for comparison only: it keeps heatmaps and fluorescence.
+NAIVE_PURPLE = (250.0, 345.0, 0.12, 0.25, 0.97)
+
 # Block rule
 MIN_FG = 0.4
 MIN_HE_HUE = 0.5
@@ -72,6 +76,8 @@ class ColourScores:
     blocks: int
     purple_ratio_image: float  # the naive whole-image share of H&E-coloured pixels
     dark_fraction: float
+    detail: float  # median pixel-scale brightness step in the tissue blocks
+    naive_purple: float  # plain HSV purple count over the whole image (NAIVE_PURPLE rule)
 
     def as_dict(self) -> dict[str, Any]:
         return {k: round(v, 4) if isinstance(v, float) else v for k, v in asdict(self).items()}
@@ -102,6 +108,11 @@ def pixel_classes(rgb: np.ndarray) -> dict[str, np.ndarray]:
         "dark": v < DARK_V,
         "off": off,
         "hed_ok": hed_ok,
+        "naive_purple": (h >= NAIVE_PURPLE[0])
+        & (h <= NAIVE_PURPLE[1])
+        & (s > NAIVE_PURPLE[2])
+        & (v > NAIVE_PURPLE[3])
+        & (v < NAIVE_PURPLE[4]),
         "s": s,
         "v": v,
     }
@@ -112,9 +123,21 @@ def block_size(shape: tuple[int, ...]) -> int:
     return 16 if min(shape[:2]) < 200 else 24
 
 
-def tissue_mask(rgb: np.ndarray, px: dict[str, np.ndarray], bs: int) -> tuple[np.ndarray, int, int]:
-    """Pixels of blocks that pass the H&E block rule; also (tissue blocks, all blocks)."""
+def tissue_mask(
+    rgb: np.ndarray, px: dict[str, np.ndarray], bs: int
+) -> tuple[np.ndarray, int, int, float]:
+    """Pixels of blocks that pass the H&E block rule; (mask, tissue blocks, blocks, detail).
+
+    ``detail`` is the median over tissue blocks of the mean absolute brightness step between
+    neighbouring pixels: stained tissue is grainy at pixel scale, a colour map of a smooth
+    field (saliency, Grad-CAM, density maps) is not.
+    """
     height, width = px["v"].shape
+    v = px["v"]
+    grad = np.zeros_like(v)
+    grad[:, 1:] += np.abs(np.diff(v, axis=1))
+    grad[1:, :] += np.abs(np.diff(v, axis=0))
+    details: list[float] = []
     mask = np.zeros((height, width), dtype=bool)
     n_blocks = n_tissue = 0
     for y in range(0, max(height - bs + 1, 1), bs):
@@ -139,13 +162,14 @@ def tissue_mask(rgb: np.ndarray, px: dict[str, np.ndarray], bs: int) -> tuple[np
                 continue
             mask[sl] = True
             n_tissue += 1
-    return mask, n_tissue, n_blocks
+            details.append(float(grad[sl].mean()))
+    return mask, n_tissue, n_blocks, float(np.median(details)) if details else 0.0
 
 
 def score_rgb(rgb: np.ndarray) -> ColourScores:
     """All colour measures of one uint8 RGB image."""
     px = pixel_classes(rgb)
-    region, n_tissue, n_blocks = tissue_mask(rgb, px, block_size(rgb.shape))
+    region, n_tissue, n_blocks, detail = tissue_mask(rgb, px, block_size(rgb.shape))
     stained = px["stained"]
     where = (region & stained) if n_tissue else stained  # no tissue region: whole image
     n_where = max(int(where.sum()), 1)
@@ -157,6 +181,8 @@ def score_rgb(rgb: np.ndarray) -> ColourScores:
         blocks=n_blocks,
         purple_ratio_image=float(px["he_colour"].mean()),
         dark_fraction=float(px["dark"].mean()),
+        detail=detail,
+        naive_purple=float(px["naive_purple"].mean()),
     )
 
 

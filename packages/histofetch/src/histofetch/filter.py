@@ -6,7 +6,8 @@ re-applied to *all* images on every run, so ``filter --purple 0.5`` after ``--pu
 simply re-decides. Decision rule (documented with its measurements in docs/histofetch.md)::
 
     kept = tissue_blocks >= min_blocks and tissue_fraction >= min_tissue
-           and dark_fraction <= max_dark and purple_ratio >= purple and he_score >= min_he
+           and dark_fraction <= max_dark and detail >= min_detail
+           and purple_ratio >= purple and he_score >= min_he
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from histofetch.manifest import Image, Manifest, Record
 from histofetch.stage import StageSummary, run_per_record
 
 #: Bump when colour.py changes what the scores mean; older scores are then recomputed.
-SCORER_VERSION = 1
+SCORER_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,7 @@ class Thresholds:
     min_tissue: float = 0.02  # share of the image's blocks that are tissue
     min_blocks: int = 2  # tissue blocks needed (one block can be chance in a big figure)
     max_dark: float = 0.2  # dark-pixel share: fluorescence/heatmaps/black matrices sit on black
+    min_detail: float = 0.045  # pixel-scale grain of the tissue blocks; smooth colour maps lack it
 
     @classmethod
     def from_kwargs(cls, purple: float, **kw: Any) -> Thresholds:
@@ -117,6 +119,7 @@ def decide(img: Image, limits: Thresholds) -> None:
     colour = img.extra.get("colour", {})
     blocks = int(colour.get("tissue_blocks", 0))
     dark = float(colour.get("dark_fraction", 0.0))
+    detail = float(colour.get("detail", 0.0))
     tissue, purple, he = img.tissue_fraction or 0.0, img.purple_ratio or 0.0, img.he_score or 0.0
     reason = None
     if blocks == 0:
@@ -125,6 +128,8 @@ def decide(img: Image, limits: Thresholds) -> None:
         reason = f"tissue region too small ({blocks} blocks, {tissue:.2f})"
     elif dark > limits.max_dark:
         reason = f"dark image, fluorescence or colour map ({dark:.2f} > {limits.max_dark:g})"
+    elif detail < limits.min_detail:
+        reason = f"smooth colour gradient, not tissue grain ({detail:.3f} < {limits.min_detail:g})"
     elif purple < limits.purple:
         reason = f"purple ratio too low ({purple:.2f} < {limits.purple:g})"
     elif he < limits.min_he:
