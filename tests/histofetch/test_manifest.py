@@ -1,0 +1,154 @@
+"""The manifest: round trip, stable order, atomic writes, and bad files named by file:line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from histofetch.manifest import (
+    MANIFEST_NAME,
+    SCHEMA_NAME,
+    SCHEMA_VERSION,
+    Image,
+    Manifest,
+    ManifestError,
+    Record,
+    atomic_write_text,
+    iter_rows,
+    record_slug,
+)
+
+
+def _sample(run_dir: Path) -> Manifest:
+    m = Manifest.load(run_dir, create=True)
+    m.query = "lymph node metastasis"
+    m.header_extra["last_search"] = {"max": 5}
+    rec = m.add_record(
+        Record(
+            id="pmid:1", pmid="1", title="T", year=2020, stage="extracted", pdf_path="pdfs/1.pdf"
+        )
+    )
+    m.add_record(Record(id="pmid:2", pmid="2"))
+    m.records["pmid:2"].fail("downloaded", "HTTP 404: not found\nsecond line")
+    m.add_image(Image(id="pmid:1/p002_001", record_id=rec.id, path="images/pmid_1/p002_001.png",
+                      sha256="a" * 64, width=96, height=96, page=2, bbox=[1.0, 2.0, 3.0, 4.0],
+                      purple_ratio=0.5, he_score=0.6, tissue_fraction=0.7, kept=True))  # fmt: skip
+    m.add_image(Image(id="pmid:1/fig1", record_id=rec.id, path="images/pmid_1/fig1.jpg",
+                      sha256="b" * 64, width=900, height=700, source="package"))  # fmt: skip
+    m.add_image(Image(id="pmid:1/p001_001", record_id=rec.id, path="images/pmid_1/p001_001.png",
+                      sha256="c" * 64, width=50, height=40, page=1, kept=False))  # fmt: skip
+    return m
+
+
+def test_round_trip_keeps_every_field(tmp_path: Path) -> None:
+    m = _sample(tmp_path)
+    m.save()
+    again = Manifest.load(tmp_path)
+    assert again.query == m.query and again.header_extra == m.header_extra
+    assert again.records == m.records and again.images == m.images
+    assert again.records["pmid:2"].reason == "HTTP 404: not found"  # one line only
+    again.save()
+    assert (tmp_path / MANIFEST_NAME).read_text() == m.path.read_text()  # byte-stable
+
+
+def test_rows_are_records_then_their_images_pdf_first_by_page(tmp_path: Path) -> None:
+    lines = _sample(tmp_path).save().read_text().splitlines()
+    header = json.loads(lines[0])
+    assert (header["kind"], header["schema"], header["version"]) == (
+        "header", SCHEMA_NAME, SCHEMA_VERSION,
+    )  # fmt: skip
+    ids = [json.loads(line)["id"] for line in lines[1:]]
+    assert ids == ["pmid:1", "pmid:1/p001_001", "pmid:1/p002_001", "pmid:1/fig1", "pmid:2"]
+    assert [r["id"] for r in iter_rows(tmp_path)] == ids
+
+
+def test_kept_images_resolve_and_relative(tmp_path: Path) -> None:
+    m = _sample(tmp_path)
+    assert [i.id for i in m.kept_images()] == ["pmid:1/p002_001"]
+    assert m.resolve("images/x.png") == tmp_path / "images/x.png"
+    assert m.resolve("/abs/x.png") == Path("/abs/x.png") and m.resolve(None) is None
+    assert m.relative(tmp_path / "images" / "x.png") == "images/x.png"
+    outside = tmp_path.parent / "elsewhere.pdf"
+    assert m.relative(outside) == str(outside.resolve())
+
+
+def test_add_record_twice_does_not_duplicate(tmp_path: Path) -> None:
+    m = _sample(tmp_path)
+    m.add_record(Record(id="pmid:1", pmid="1", title="new title"))
+    assert len(m.records) == 2 and m.records["pmid:1"].title == "new title"
+    m.drop_images_of("pmid:1")
+    assert m.images_of("pmid:1") == []
+
+
+def test_unknown_fields_from_a_newer_minor_version_are_kept(tmp_path: Path) -> None:
+    m = _sample(tmp_path)
+    m.save()
+    lines = m.path.read_text().splitlines()
+    row = json.loads(lines[1])
+    row["future_field"] = 42
+    lines[1] = json.dumps(row)
+    m.path.write_text("\n".join(lines) + "\n")
+    assert Manifest.load(tmp_path).records["pmid:1"].extra["future_field"] == 42
+
+
+@pytest.mark.parametrize(
+    ("line_no", "text", "message"),
+    [
+        (2, "{not json", "not valid JSON"),
+        (2, "[1, 2]", "expected a JSON object"),
+        (3, '{"kind": "banana", "id": "x"}', "unknown row kind 'banana'"),
+        (2, '{"kind": "record"}', "missing 1 required positional argument: 'id'"),
+        (1, '{"kind": "header", "schema": "other"}', "not a histofetch.manifest header"),
+        (1, '{"kind": "header", "schema": "histofetch.manifest", "version": 99}', "newer"),
+    ],
+)
+def test_bad_lines_raise_manifest_error_naming_file_and_line(
+    tmp_path: Path, line_no: int, text: str, message: str
+) -> None:
+    path = _sample(tmp_path).save()
+    lines = path.read_text().splitlines()
+    lines[line_no - 1] = text
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ManifestError) as err:
+        Manifest.load(tmp_path)
+    assert str(err.value).startswith(f"{path}:{line_no}: ")
+    assert message in str(err.value)
+
+
+def test_missing_and_empty_manifest(tmp_path: Path) -> None:
+    with pytest.raises(ManifestError, match="no manifest here"):
+        Manifest.load(tmp_path)
+    assert Manifest.load(tmp_path, create=True).records == {}
+    (tmp_path / MANIFEST_NAME).write_text("")
+    with pytest.raises(ManifestError, match="empty file"):
+        Manifest.load(tmp_path)
+
+
+def test_atomic_write_replaces_whole_file_and_leaves_no_temp(tmp_path: Path) -> None:
+    target = tmp_path / "sub" / "f.txt"
+    atomic_write_text(target, "old")
+    atomic_write_text(target, "new")
+    assert target.read_text() == "new"
+    assert [p.name for p in target.parent.iterdir()] == ["f.txt"]
+    assert target.stat().st_mode & 0o644 == 0o644  # readable like a normal file
+
+
+def test_failed_write_keeps_the_old_file(tmp_path: Path) -> None:
+    m = _sample(tmp_path)
+    m.save()
+    before = m.path.read_text()
+    m.records["pmid:1"].extra["bad"] = object()  # not JSON-serialisable
+    with pytest.raises(TypeError):
+        m.save()
+    assert m.path.read_text() == before
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_record_slug_is_filesystem_safe() -> None:
+    assert record_slug("pmid:123") == "pmid_123"
+    assert record_slug("doi:10.1/ab c") == "doi_10.1_ab_c"
+    assert record_slug("../../etc") == "etc"
+    assert record_slug("...") == "record"
+    assert len(record_slug("x" * 500)) == 120

@@ -1,0 +1,78 @@
+"""run_per_record: which records a stage takes, failures, and saving after each record."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from histofetch.manifest import Manifest, Record
+from histofetch.stage import StageFailure, StageSummary, run_per_record
+
+
+def _manifest(tmp_path: Path) -> Manifest:
+    m = Manifest.load(tmp_path, create=True)
+    m.add_record(Record(id="a", stage="downloaded"))
+    m.add_record(Record(id="b", stage="downloaded"))
+    m.add_record(Record(id="c", stage="extracted"))  # already done
+    m.add_record(Record(id="d", stage="searched"))  # not ready for extract
+    m.add_record(Record(id="e", stage="downloaded"))
+    m.records["e"].fail("extracted", "corrupt PDF")
+    return m
+
+
+def test_only_records_at_the_previous_stage_are_worked(tmp_path: Path) -> None:
+    m = _manifest(tmp_path)
+    seen: list[str] = []
+    summary = run_per_record(m, "extracted", lambda r: seen.append(r.id), progress=False)
+    assert seen == ["a", "b"]
+    assert (summary.done, summary.skipped, summary.failed) == (2, 2, 0)
+    assert m.records["a"].stage == "extracted" and m.records["d"].stage == "searched"
+
+
+def test_failures_are_recorded_with_reason_and_the_run_goes_on(tmp_path: Path) -> None:
+    m = _manifest(tmp_path)
+
+    def work(rec: Record) -> None:
+        if rec.id == "a":
+            raise StageFailure("encrypted PDF: needs a password\ntraceback noise")
+        if rec.id == "b":
+            raise ZeroDivisionError("boom")
+
+    summary = run_per_record(m, "extracted", work, progress=False)
+    assert summary.failed == 2 and summary.reasons["encrypted PDF"] == 1
+    a = Manifest.load(tmp_path).records["a"]
+    assert (a.status, a.failed_stage, a.reason) == (
+        "failed", "extracted", "encrypted PDF: needs a password",
+    )  # fmt: skip
+    assert a.stage == "downloaded"
+    assert "failed" in summary.line()
+
+
+def test_retry_failed_takes_failed_records_of_this_stage_again(tmp_path: Path) -> None:
+    m = _manifest(tmp_path)
+    seen: list[str] = []
+    run_per_record(m, "extracted", lambda r: seen.append(r.id), progress=False, retry_failed=True)
+    assert seen == ["a", "b", "e"]
+    assert m.records["e"].status == "ok" and m.records["e"].reason is None
+
+
+def test_manifest_is_saved_after_each_record(tmp_path: Path) -> None:
+    m = _manifest(tmp_path)
+    m.save()
+
+    def work(rec: Record) -> None:
+        if rec.id == "b":  # by now "a" must already be on disk
+            assert Manifest.load(tmp_path).records["a"].stage == "extracted"
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_per_record(m, "extracted", work, progress=False)
+    on_disk = Manifest.load(tmp_path)
+    assert on_disk.records["a"].stage == "extracted"
+    assert on_disk.records["b"].stage == "downloaded" and on_disk.records["b"].status == "ok"
+
+
+def test_summary_line() -> None:
+    s = StageSummary("filtered", done=3, skipped=1)
+    assert s.line() == "filtered: 3 done, 1 already done, 0 failed"
