@@ -1,0 +1,55 @@
+"""``data info``: counts, balance and a contact sheet, from the library and the CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from conftest import shared_path
+from PIL import Image
+from typer.testing import CliRunner
+
+from histomodels.cli import app
+from histomodels.data import ArrayDataset, open_dataset
+from histomodels.data.info import contact_sheet, describe
+from histomodels.synthetic import make_patches, write_h5
+
+
+def test_describe_and_sheet(tmp_path: Path) -> None:
+    x, y = make_patches(30, seed=1, positive_fraction=0.2)
+    labels = y.copy()
+    labels[:3] = -1
+    ds = ArrayDataset(x, labels, source="array:test")
+    info = describe(ds)
+    assert info["n"] == 30 and info["patch_shape"] == [96, 96, 3]
+    assert sum(info["counts"].values()) == 30 and info["counts"]["-1"] == 3
+    assert info["positive_fraction"] == (labels == 1).sum() / 27
+    out = contact_sheet(ds, tmp_path / "sheets" / "sheet.png", per_class=4)
+    with Image.open(out) as im:
+        assert im.width > 300 and im.height > 200
+        rgb = np.asarray(im.convert("RGB"))
+    assert rgb.std() > 10  # not blank: patches were drawn
+    assert [p.name for p in out.parent.iterdir()] == ["sheet.png"]  # no temp file left
+
+
+def test_cli_info_json_and_sheet(tmp_path: Path) -> None:
+    path = write_h5(tmp_path / "s.h5", 16, seed=2)
+    sheet = tmp_path / "sheet.png"
+    result = CliRunner().invoke(app, ["data", "info", str(path), "--json", "--sheet", str(sheet)])
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.output)
+    assert info["reader"] == "EncodedH5Dataset" and info["counts"] == {"0": 8, "1": 8}
+    assert sheet.exists()
+    result = CliRunner().invoke(app, ["data", "info", str(tmp_path / "absent.h5")])
+    assert result.exit_code == 1 and "no such file" in result.output
+
+
+def test_cli_info_real_dev_train_with_origin_filter() -> None:
+    path = shared_path("data", "pcam_real", "dev", "train.h5")
+    result = CliRunner().invoke(
+        app, ["data", "info", str(path), "--origin-split", "kaggle_train,pcam_train"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "patches: 7601" in result.output and "tumour (1)       3220" in result.output
+    assert len(open_dataset(path)) == 7602  # without the filter: every row
