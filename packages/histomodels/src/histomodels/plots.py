@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -134,6 +135,7 @@ def curves_plot(history: list[dict], path: Path, title: str = "Training") -> Pat
         for k in group:
             ax.plot(x, [row.get(k, np.nan) for row in history], "o-", ms=3, label=k)
         ax.set(xlabel="epoch", ylabel=label)
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         if group:
             ax.legend(fontsize=7)
     fig.suptitle(title)

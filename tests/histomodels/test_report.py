@@ -1,0 +1,93 @@
+"""Reports: one self-contained HTML (+ Markdown) with metrics, CIs, curves and images."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import shutil
+from pathlib import Path
+
+import torch
+from _evalkit import tiny_checkpoint
+from typer.testing import CliRunner
+
+from histomodels.cli import app
+from histomodels.data import ArrayDataset
+from histomodels.evaluate import evaluate_checkpoint
+from histomodels.synthetic import make_patches
+from histomodels.train import write_history
+
+torch.set_num_threads(1)
+
+
+def _runs(tmp_path: Path) -> tuple[Path, Path]:
+    run = tmp_path / "run_a"
+    run.mkdir()
+    shutil.copy(tiny_checkpoint(tmp_path), run / "best.pt")
+    (run / "config.json").write_text(json.dumps({"model": "cnn", "data": "train.h5"}))
+    history = [
+        {
+            "epoch": e,
+            "train_loss": 0.7 - 0.1 * e,
+            "val_loss": 0.72 - 0.08 * e,
+            "val_auc": 0.6 + 0.1 * e,
+            "val_accuracy": 0.55 + 0.08 * e,
+            "lr": 1e-3,
+        }
+        for e in (1, 2, 3)
+    ]
+    write_history(run, history)
+    x, y = make_patches(96, seed=11)
+    xv, yv = make_patches(96, seed=12)
+    evaluate_checkpoint(
+        run / "best.pt",
+        ArrayDataset(x, y, source="synthetic-test"),
+        run / "eval",
+        val=ArrayDataset(xv, yv, source="synthetic-val"),
+        n_bootstrap=100,
+    )
+    other = tmp_path / "eval_tta"
+    evaluate_checkpoint(
+        run / "best.pt",
+        ArrayDataset(x, y, source="synthetic-test"),
+        other,
+        tta=True,
+        n_bootstrap=100,
+        gallery=False,
+    )
+    return run, other
+
+
+def test_report_single_and_comparison(tmp_path: Path) -> None:
+    run, other = _runs(tmp_path)
+    out = tmp_path / "report"
+    r = CliRunner().invoke(app, ["report", str(run), str(other), "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    page = (out / "report.html").read_text()
+    metrics = json.loads((run / "eval" / "metrics.json").read_text())
+    # the numbers in the table are the ones eval wrote, with their intervals
+    lo, hi = metrics["ci"]["roc_auc"]
+    assert f"{metrics['roc_auc']:.4f} [{lo:.3f}, {hi:.3f}]" in page
+    assert "run_a/eval" in page and "eval_tta" in page
+    assert "Training curves" in page and "ROC comparison" in page
+    # self-contained: every image is embedded and decodes as PNG, no external references
+    imgs = re.findall(r"src='data:image/png;base64,([^']+)'", page)
+    assert len(imgs) >= 8
+    for b in imgs:
+        assert base64.b64decode(b)[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not re.search(r"src=['\"](?!data:)", page)
+    md = (out / "report.md").read_text()
+    assert "| ROC AUC" in md
+    for link in re.findall(r"\]\((assets/[^)]+)\)", md):
+        assert (out / link).is_file()
+
+
+def test_report_bad_inputs(tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    r = CliRunner().invoke(app, ["report", str(empty), "--out", str(tmp_path / "o")])
+    assert r.exit_code == 1 and "nothing to report" in r.output
+    (empty / "metrics.json").write_text("{not json")
+    r = CliRunner().invoke(app, ["report", str(empty), "--out", str(tmp_path / "o")])
+    assert r.exit_code == 1 and "metrics.json" in r.output
