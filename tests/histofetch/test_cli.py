@@ -1,0 +1,94 @@
+"""`histofetch extract / filter / status` through the Typer app (CliRunner)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from pdf_factory import build_image_pdf, he_like, write_encrypted
+from typer.testing import CliRunner
+
+from histofetch.cli import app
+
+runner = CliRunner()
+
+
+def _error_line(result) -> str:
+    lines = [ln for ln in result.output.splitlines() if ln.strip()]
+    assert len(lines) == 1, result.output  # one clear line, no traceback
+    return lines[0]
+
+
+@pytest.fixture
+def pdfs(tmp_path: Path) -> Path:
+    folder = tmp_path / "pdfs"
+    folder.mkdir()
+    build_image_pdf(folder / "a.pdf", [he_like(seed=1), he_like(seed=2)], caption="Fig. 1. H&E")
+    write_encrypted(folder / "locked.pdf")
+    return folder
+
+
+def test_extract_filter_status_end_to_end(tmp_path: Path, pdfs: Path) -> None:
+    run = tmp_path / "run"
+    result = runner.invoke(app, ["extract", "--run", str(run), str(pdfs)])
+    assert result.exit_code == 0, result.output
+    assert "extracted: 1 done, 0 already done, 1 failed" in result.output
+    result = runner.invoke(app, ["filter", "--run", str(run), "--purple", "0.3"])
+    assert result.exit_code == 0, result.output
+    assert "kept 2 of 2 scored images" in result.output
+    assert (run / "sheets" / "kept.png").is_file() and (run / "sheets" / "rejected.png").is_file()
+
+    result = runner.invoke(app, ["status", "--run", str(run), "--json"])
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.stdout)
+    assert {k: info[k] for k in ("records", "pdfs", "images", "kept", "failed")} == {
+        "records": 2, "pdfs": 2, "images": 2, "kept": 2, "failed": 1,
+    }  # fmt: skip
+    assert info["failure_reasons"] == {"encrypted PDF, needs a password": 1}
+    assert all((run / p).is_file() and not Path(p).is_absolute() for p in info["kept_images"])
+
+    result = runner.invoke(app, ["status", "--run", str(run)])
+    assert result.exit_code == 0
+    assert "kept 2" in result.output and "encrypted PDF, needs a password" in result.output
+
+    # stricter threshold: re-decided from stored scores
+    result = runner.invoke(app, ["filter", "--run", str(run), "--purple", "0.999", "--no-sheet"])
+    assert result.exit_code == 0 and "kept 0 of 2" in result.output
+
+
+def test_extract_missing_path_is_one_clear_error(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["extract", "--run", str(tmp_path / "run"), "nope.pdf"])
+    assert result.exit_code == 1
+    assert _error_line(result) == "error: nope.pdf: no such file or folder"
+    assert not (tmp_path / "run" / "manifest.jsonl").exists()
+
+
+def test_extract_without_paths_needs_a_run(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["extract", "--run", str(tmp_path / "none")])
+    assert result.exit_code == 1
+    assert "no manifest here" in _error_line(result)
+
+
+@pytest.mark.parametrize("command", ["filter", "status"])
+def test_commands_on_a_missing_run_fail_clearly(tmp_path: Path, command: str) -> None:
+    result = runner.invoke(app, [command, "--run", str(tmp_path / "none")])
+    assert result.exit_code == 1
+    assert "manifest.jsonl: no manifest here" in _error_line(result)
+
+
+def test_corrupt_manifest_names_file_and_line(tmp_path: Path, pdfs: Path) -> None:
+    run = tmp_path / "run"
+    runner.invoke(app, ["extract", "--run", str(run), str(pdfs / "a.pdf")])
+    manifest = run / "manifest.jsonl"
+    manifest.write_text(manifest.read_text() + "{broken\n")
+    for command in ("status", "filter"):
+        result = runner.invoke(app, [command, "--run", str(run)])
+        assert result.exit_code == 1
+        line = _error_line(result)
+        assert f"{manifest}:5: not valid JSON" in line  # header, record, 2 images
+
+
+def test_out_of_range_threshold_is_rejected(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["filter", "--run", str(tmp_path), "--purple", "1.5"])
+    assert result.exit_code == 2
