@@ -37,7 +37,17 @@ class PatchDataset(ABC):
         return [self[i][2] for i in range(len(self))]
 
     def load_all(self) -> tuple[np.ndarray, np.ndarray, list[str]]:
-        """Decode everything once: ``(uint8 [N, H, W, 3], int64 [N], ids)``."""
+        """Decode everything once: ``(uint8 [N, H, W, 3], int64 [N], ids)``.
+
+        Files are decoded on a small thread pool (image codecs release the GIL) with a
+        progress bar; the first bad patch raises :class:`DatasetError` here, in the main
+        process, instead of deep inside a DataLoader worker.
+        """
+        import os
+        from concurrent.futures import ThreadPoolExecutor
+
+        from rich.progress import Progress
+
         n = len(self)
         if n == 0:
             raise DatasetError(f"{self.source or 'dataset'}: no patches")
@@ -45,14 +55,19 @@ class PatchDataset(ABC):
         images = np.empty((n, *first.shape), dtype=np.uint8)
         labels = np.empty(n, dtype=np.int64)
         ids: list[str] = []
-        for i in range(n):
-            img, label, pid = self[i]
-            if img.shape != first.shape:
-                raise DatasetError(
-                    f"{self.source}: patch {pid!r} has shape {img.shape}, expected {first.shape}"
-                )
-            images[i], labels[i] = img, label
-            ids.append(pid)
+        workers = min(4, os.cpu_count() or 1)
+        with ThreadPoolExecutor(workers) as pool, Progress(transient=True) as progress:
+            task = progress.add_task(f"decoding {self.source or 'dataset'}", total=n)
+            for i, (img, label, pid) in enumerate(pool.map(self.__getitem__, range(n))):
+                if img.shape != first.shape:
+                    raise DatasetError(
+                        f"{self.source}: patch {pid!r} has shape {img.shape}, "
+                        f"expected {first.shape}"
+                    )
+                images[i], labels[i] = img, label
+                ids.append(pid)
+                if i % 256 == 0:
+                    progress.update(task, completed=i)
         return images, labels, ids
 
 

@@ -41,9 +41,7 @@ def decoded_bytes(ds: PatchDataset) -> int:
     return len(ds) * int(np.prod(ds[0][0].shape))
 
 
-def materialise(
-    ds: PatchDataset, max_bytes: int | None = None, *, quiet: bool = False
-) -> PatchDataset:
+def materialise(ds: PatchDataset, max_bytes: int | None = None) -> PatchDataset:
     """Decoded in-memory copy of ``ds`` if it fits ``max_bytes``, else ``ds`` itself."""
     if isinstance(ds, ArrayDataset):
         return ds
@@ -52,30 +50,5 @@ def materialise(
         return ds
     if len(ds) == 0:
         raise DatasetError(f"{ds.source or 'dataset'}: no patches")
-    if type(ds).load_all is not PatchDataset.load_all:  # reader has a fast bulk path
-        images, labels, ids = ds.load_all()
-    else:
-        images, labels, ids = _decode_all(ds, quiet)
+    images, labels, ids = ds.load_all()  # each reader's fastest bulk path
     return ArrayDataset(images, labels, ids, source=ds.source)
-
-
-def _decode_all(ds: PatchDataset, quiet: bool) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    from rich.progress import Progress
-
-    n = len(ds)
-    first = ds[0][0]
-    images = np.empty((n, *first.shape), dtype=np.uint8)
-    labels = np.asarray(ds.labels(), dtype=np.int64)
-    ids = ds.ids()
-    with Progress(transient=True, disable=quiet) as progress:
-        task = progress.add_task(f"decoding {ds.source}", total=n)
-        for i in range(n):
-            img = ds[i][0]
-            if img.shape != first.shape:
-                raise DatasetError(
-                    f"{ds.source}: patch {ids[i]!r} has shape {img.shape}, expected {first.shape}"
-                )
-            images[i] = img
-            if i % 512 == 0:
-                progress.update(task, completed=i)
-    return images, labels, ids
