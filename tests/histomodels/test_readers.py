@@ -271,6 +271,10 @@ def test_class_folders(tmp_path: Path, patches) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(DatasetError, match="no dataset recognised"):
         open_dataset(tmp_path / "empty")
+    (tmp_path / "h5s").mkdir()
+    (tmp_path / "h5s" / "train.h5").write_bytes(b"")
+    with pytest.raises(DatasetError, match=r"holds HDF5 files \['train\.h5'\]; pass one"):
+        open_dataset(tmp_path / "h5s")
     with pytest.raises(DatasetError, match="no such file"):
         open_dataset(tmp_path / "absent")
 

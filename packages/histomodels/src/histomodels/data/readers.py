@@ -95,6 +95,9 @@ def open_path(path: Path, **kw: Any) -> PatchDataset:
         return PCamDataset(*pair_of(x))
     if is_image_folder(path):
         return FolderDataset(path, **_take(kw, {"patch_size"}, "image folder", path))
+    h5s = sorted(p.name for p in path.iterdir() if p.name.lower().endswith(H5_SUFFIXES))
+    if h5s:
+        raise DatasetError(f"{path}: holds HDF5 files {h5s[:5]}; pass one of them")
     raise DatasetError(
         f"{path}: no dataset recognised (expected PCam .h5 files, {LABELS_CSV} + train/, "
         "class folders of images, or a histofetch manifest.jsonl)"
