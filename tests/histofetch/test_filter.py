@@ -253,3 +253,19 @@ def test_real_he_tiles_are_kept() -> None:
 
     kept = [_decision(load_rgb(p)).kept for p in paths]
     assert len(paths) >= 15 and all(kept)
+
+
+def test_images_scored_by_an_older_scorer_are_scored_again(tmp_path: Path) -> None:
+    from histofetch.filter import SCORER_VERSION
+
+    run_dir = _scored_run(tmp_path)
+    run_filter(run_dir, progress=False, sheet=False)
+    manifest = Manifest.load(run_dir)
+    stale = manifest.images_of(next(iter(manifest.records)))[2]
+    stale.extra["colour"]["scorer"] = SCORER_VERSION - 1
+    manifest.save()
+    summary = run_filter(run_dir, progress=False, sheet=False)
+    assert summary.done == 1  # the record is taken again for its one stale image
+    again = Manifest.load(run_dir)
+    assert again.images[stale.id].extra["colour"]["scorer"] == SCORER_VERSION
+    assert len(again.kept_images()) == 2

@@ -64,9 +64,13 @@ def run_filter(
     if rescore:
         for img in manifest.images.values():
             img.extra.pop("colour", None)
-        for rec in manifest.records.values():
-            if rec.stage == "filtered":
-                rec.stage = "extracted"
+    for rec in manifest.records.values():
+        # Filtered before, but with images scored by an older scorer (or added since, e.g.
+        # OA package figures): take the record again; its scored images are not re-read.
+        if rec.stage == "filtered" and any(
+            i.status == "ok" and not _is_scored(i) for i in manifest.images_of(rec.id)
+        ):
+            rec.stage = "extracted"
 
     def work(rec: Record) -> None:
         for img in manifest.images_of(rec.id):
