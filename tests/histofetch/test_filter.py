@@ -62,7 +62,8 @@ def composite_figure() -> np.ndarray:
 
 
 def _decision(rgb: np.ndarray, **kw) -> Image:
-    img = Image(id="x", record_id="r", path="x.png", sha256="", width=0, height=0)
+    h, w = rgb.shape[:2]
+    img = Image(id="x", record_id="r", path="x.png", sha256="", width=w, height=h)
     store_scores(img, score_rgb(rgb))
     decide(img, Thresholds(**kw))
     return img
@@ -87,6 +88,12 @@ def test_magenta_fluorescence_is_rejected_though_a_naive_count_keeps_it() -> Non
     assert not img.kept
     assert img.extra["colour"]["tissue_blocks"] == 0
     assert img.extra["colour"]["naive_purple"] > 0.1
+
+
+def test_tiny_crops_are_not_judged() -> None:
+    img = _decision(he_like(60, 60))
+    assert not img.kept and img.filter_reason == "too small to judge (60x60 px < 64)"
+    assert _decision(he_like(60, 60), min_side=32).kept
 
 
 def test_flat_charts_and_greyscale_tissue_are_rejected() -> None:
@@ -232,8 +239,8 @@ def test_fixture_pdfs_end_as_provenance_says(real_run: Manifest) -> None:
     fish = [i for i in cote.values() if i.page == 12 and (i.width, i.height) == (201, 201)]
     assert fish and not any(i.kept for i in fish)
     assert any(i.extra["colour"]["naive_purple"] > 0.7 for i in fish)
-    # known miss (documented): one 60x60 pink-noise FISH tile on p.6 passes the filter
-    assert sum(i.kept for i in cote.values()) <= 1
+    assert not any(i.kept for i in cote.values())
+    assert cote["p006_002"].filter_reason.startswith("too small to judge")  # 60x60 pink noise
     soler = _by_pdf(real_run, "neg_soler2014_plosone_0107412_charts_photos.pdf")
     assert soler and not any(i.kept for i in soler.values())
     sinan = _by_pdf(real_run, "sinanbertan_report.pdf")

@@ -192,6 +192,9 @@ def filter_(
     max_dark: float = typer.Option(
         None, "--max-dark", min=0.0, max=1.0, help="Max dark-pixel share [0.2]."
     ),
+    min_side: int = typer.Option(
+        None, "--min-side", min=1, help="Smaller images are not judged (px) [64]."
+    ),
     rescore: bool = typer.Option(False, "--rescore", help="Re-read and re-score every image."),
     sheet: bool = typer.Option(True, "--sheet/--no-sheet", help="Write sheets/*.png."),
 ) -> None:
@@ -209,6 +212,7 @@ def filter_(
             min_tissue=min_tissue,
             min_blocks=min_blocks,
             max_dark=max_dark,
+            min_side=min_side,
         )
     except (ManifestError, OSError) as exc:
         fail(str(exc))

@@ -5,7 +5,8 @@ and ``extra["colour"]``), so an image already scored is never re-read; the thres
 re-applied to *all* images on every run, so ``filter --purple 0.5`` after ``--purple 0.3``
 simply re-decides. Decision rule (documented with its measurements in docs/histofetch.md)::
 
-    kept = tissue_blocks >= min_blocks and tissue_fraction >= min_tissue
+    kept = min(width, height) >= min_side
+           and tissue_blocks >= min_blocks and tissue_fraction >= min_tissue
            and dark_fraction <= max_dark and detail >= min_detail
            and purple_ratio >= purple and he_score >= min_he
 """
@@ -34,6 +35,7 @@ class Thresholds:
     min_blocks: int = 2  # tissue blocks needed (one block can be chance in a big figure)
     max_dark: float = 0.2  # dark-pixel share: fluorescence/heatmaps/black matrices sit on black
     min_detail: float = 0.045  # pixel-scale grain of the tissue blocks; smooth colour maps lack it
+    min_side: int = 64  # px; smaller crops are too small to judge by colour (< one PCam tile)
 
     @classmethod
     def from_kwargs(cls, purple: float, **kw: Any) -> Thresholds:
@@ -126,7 +128,9 @@ def decide(img: Image, limits: Thresholds) -> None:
     detail = float(colour.get("detail", 0.0))
     tissue, purple, he = img.tissue_fraction or 0.0, img.purple_ratio or 0.0, img.he_score or 0.0
     reason = None
-    if blocks == 0:
+    if min(img.width, img.height) < limits.min_side:
+        reason = f"too small to judge ({img.width}x{img.height} px < {limits.min_side})"
+    elif blocks == 0:
         reason = "no H&E-like tissue blocks"
     elif blocks < limits.min_blocks or tissue < limits.min_tissue:
         reason = f"tissue region too small ({blocks} blocks, {tissue:.2f})"
