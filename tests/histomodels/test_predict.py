@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from histomodels.checkpoint import load_model
 from histomodels.cli import app
-from histomodels.inference import predict_logits, sigmoid
+from histomodels.inference import predict_logits, resolve_precision, sigmoid
 from histomodels.predict import PredictInputError, read_rgb, tile_image, tissue_fraction
 from histomodels.synthetic import make_figure, make_patches
 
@@ -54,7 +54,8 @@ def test_predict_files_folder_and_large_image(tmp_path: Path) -> None:
     assert {r["path"] for r in rows[:3]} == {str(folder / f"p{i}.png") for i in range(3)}
     # the CSV holds exactly what the model says for those patches (T = 1 here)
     model, _ = load_model(ckpt)
-    expect = sigmoid(predict_logits(model, patches, precision="auto"))
+    prec = resolve_precision("auto", "cpu", "cnn")  # what predict uses for this model
+    expect = sigmoid(predict_logits(model, patches, precision=prec))
     got = np.array([float(r["probability"]) for r in rows[:3]])
     np.testing.assert_allclose(got, expect, atol=1e-5)
     assert (tmp_path / "pred_heatmaps" / "figure.png").stat().st_size > 0

@@ -20,7 +20,7 @@ import numpy as np
 
 from histofetch.manifest import atomic_write_text
 from histomodels.checkpoint import load_model, read_checkpoint, save_checkpoint
-from histomodels.inference import norm_of, predict_logits, sigmoid
+from histomodels.inference import norm_of, predict_logits, resolve_precision, sigmoid
 
 PLOTS = ("roc.png", "pr.png", "confusion.png", "reliability.png")
 
@@ -84,6 +84,7 @@ def evaluate_checkpoint(
     out = Path(out)
     model, ckpt = load_model(checkpoint)
     mean, std = norm_of(ckpt)
+    precision = resolve_precision(precision, "cpu", ckpt.get("model"))
 
     def infer(images: np.ndarray, desc: str) -> np.ndarray:
         cb = progress(desc, len(images)) if progress else None

@@ -90,12 +90,13 @@ def evaluate_manifest(
     from histomodels.data.images import decode_image
     from histomodels.data.manifest_tiles import ManifestTileDataset
     from histomodels.evaluate import write_json
-    from histomodels.inference import norm_of, predict_logits, sigmoid
+    from histomodels.inference import norm_of, predict_logits, resolve_precision, sigmoid
     from histomodels.metrics import summarize
 
     out = Path(out)
     model, ckpt = load_model(checkpoint)
     mean, std = norm_of(ckpt)
+    precision = resolve_precision(precision, "cpu", ckpt.get("model"))
     temperature = float(ckpt.get("temperature", 1.0) or 1.0)
     ds = ManifestTileDataset(Path(run_dir), scale=scale, min_tissue=min_tissue)
     images = ds.load_all()[0]

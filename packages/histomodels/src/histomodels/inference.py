@@ -32,14 +32,19 @@ def cpu_has_fast_bf16() -> bool:
     return any(f in flags for f in ("avx512_bf16", "amx_bf16"))
 
 
-def resolve_precision(precision: str, device: torch.device | str = "cpu") -> str:
+def resolve_precision(
+    precision: str, device: torch.device | str = "cpu", model_name: str | None = None
+) -> str:
+    """``auto`` → bf16 on GPUs that have it; on CPU only for the plain-conv ``cnn`` and only
+    with native bf16 instructions (bf16 slows depthwise-conv nets such as MobileNet and
+    EfficientNet on CPU, see :mod:`histomodels.device`)."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if precision != "auto":
         return precision
     if torch.device(device).type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    return "bf16" if cpu_has_fast_bf16() else "fp32"
+    return "bf16" if cpu_has_fast_bf16() and model_name == "cnn" else "fp32"
 
 
 def norm_of(ckpt: dict | None) -> tuple[tuple[float, ...], tuple[float, ...]]:

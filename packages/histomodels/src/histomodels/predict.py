@@ -149,13 +149,14 @@ def predict_paths(
     heatmap PNG per image larger than one patch. Returns a summary dict."""
     from histofetch.manifest import atomic_write_text
     from histomodels.checkpoint import load_model
-    from histomodels.inference import norm_of, predict_logits, sigmoid
+    from histomodels.inference import norm_of, predict_logits, resolve_precision, sigmoid
 
     files = collect_inputs(paths)
     model, ckpt = load_model(checkpoint)
     size = int(ckpt.get("input_size", 96))
     check_inputs(files, size, max_pixels)
     mean, std = norm_of(ckpt)
+    precision = resolve_precision(precision, "cpu", ckpt.get("model"))
     temperature = float(ckpt.get("temperature", 1.0) or 1.0)
     out_csv = Path(out_csv)
     heat_dir = Path(heatmap_dir) if heatmap_dir else out_csv.with_name(out_csv.stem + "_heatmaps")
