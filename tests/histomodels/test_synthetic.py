@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 
 from histomodels.data import open_dataset
 from histomodels.synthetic import make_figure, make_patches, write_h5
@@ -38,10 +40,10 @@ def test_edge_cases() -> None:
 
 def test_fast_enough() -> None:
     make_patches(64)  # warm-up
-    t = time.perf_counter()
+    t = time.process_time()  # CPU time: other jobs on a shared machine matter less
     make_patches(1024, seed=1)
-    rate = 1024 / (time.perf_counter() - t)
-    # >= 1,000/s on an idle core; the bound leaves room for a shared, busy machine
+    rate = 1024 / (time.process_time() - t)
+    # ~1,000/s of CPU on this 2-core machine; the bound leaves room for a busy machine
     assert rate > 300, f"{rate:.0f} patches/s"
 
 
@@ -58,7 +60,8 @@ def test_label_lives_in_the_centre_and_is_not_trivial() -> None:
     xt, yt, xv, yv = x[:1200], y[:1200], x[1200:], y[1200:]
 
     def auc(features) -> float:
-        clf = LogisticRegression(max_iter=2000, C=0.1).fit(features(xt), yt)
+        clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=500, C=0.1))
+        clf.fit(features(xt), yt)
         return roc_auc_score(yv, clf.decision_function(features(xv)))
 
     centre = auc(lambda a: _pool(a, 32, 64))
