@@ -99,3 +99,19 @@ def test_max_pixels_option(tmp_path: Path) -> None:
     r = CliRunner().invoke(app, [*args, "--max-pixels", "10000"])
     assert r.exit_code == 1 and "exceeds the limit of 10000" in r.output
     assert CliRunner().invoke(app, args).exit_code == 0
+
+
+def test_scale_resizes_before_tiling(tmp_path: Path) -> None:
+    ckpt = tiny_checkpoint(tmp_path)
+    img = tmp_path / "x40.png"
+    Image.fromarray(make_figure(4, 4, seed=3)).save(img)  # 384 px → 192 px at 0.5
+    out = tmp_path / "o.csv"
+    r = CliRunner().invoke(
+        app, ["predict", str(ckpt), str(img), "--scale", "0.5", "--out", str(out)]
+    )
+    assert r.exit_code == 0, r.output
+    assert len(_rows(out)) == 4
+    r = CliRunner().invoke(
+        app, ["predict", str(ckpt), str(img), "--scale", "0.2", "--out", str(out)]
+    )
+    assert r.exit_code == 1 and "smaller than one 96px patch" in r.output

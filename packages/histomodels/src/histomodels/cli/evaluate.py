@@ -226,6 +226,10 @@ def predict_cmd(
     stride: Annotated[
         int | None, typer.Option("--tile-stride", min=1, help="Tile step in px (default 96).")
     ] = None,
+    scale: Annotated[
+        float,
+        typer.Option("--scale", help="Resize first (0.25 for 40x images; PCam is ~10x)."),
+    ] = 1.0,
     heatmaps: Annotated[
         Path | None, typer.Option("--heatmaps", help="Heatmap folder (default: beside CSV).")
     ] = None,
@@ -247,6 +251,7 @@ def predict_cmd(
             paths,
             out,
             stride=stride,
+            scale=scale,
             heatmap_dir=heatmaps,
             tta=tta,
             batch_size=batch_size,
