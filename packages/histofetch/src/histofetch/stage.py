@@ -12,9 +12,12 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from histofetch.manifest import STAGES, Manifest, Record
+
+_PROGRESS_CONSOLE = Console(stderr=True)
 
 
 @dataclass
@@ -68,6 +71,7 @@ def run_per_record(
         TimeRemainingColumn(),
         disable=not progress,
         transient=True,
+        console=_PROGRESS_CONSOLE,  # stderr: stdout stays clean for summary lines and JSON
     ) as bar:
         task = bar.add_task(stage, total=len(todo))
         for rec in todo:
