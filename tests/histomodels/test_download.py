@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from histomodels.cli import app
 from histomodels.data import open_dataset
-from histomodels.data.download import DownloadError, download_file, pcam_names
+from histomodels.data.download import DownloadError, download_file, download_pcam, pcam_names
 from histomodels.synthetic import make_patches
 
 
@@ -199,3 +199,15 @@ def test_names_and_bad_split() -> None:
         pcam_names(["dev"])
     result = CliRunner().invoke(app, ["data", "download", "mnist", "--dest", "x"])
     assert result.exit_code == 1 and "unknown dataset" in result.output
+
+
+def test_mirror_from_environment(tmp_path: Path, server: Server, monkeypatch) -> None:
+    x, y = make_patches(4, seed=6)
+    server.files.update(_pcam_gz(x, y))
+    monkeypatch.setenv("HISTOMODELS_PCAM_URL", server.url + "/{name}")
+    sums = {n: _md5(d) for n, d in server.files.items()}
+    results = download_pcam(tmp_path, ["valid"], checksums=sums, quiet=True)
+    assert [r.status for r in results] == ["downloaded"] * 3
+    assert {name for name, _ in server.requests} == set(server.files)
+    again = download_pcam(tmp_path, ["valid"], checksums=sums, quiet=True)
+    assert [r.status for r in again] == ["present"] * 3
