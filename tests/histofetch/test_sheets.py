@@ -48,7 +48,7 @@ def test_tile_label_prints_scores_and_reason() -> None:
         he_score=None,
         filter_reason="dark image",
     )
-    assert tile_label(img) == ["p003_002", "p0.50 h- t-", "dark image"]
+    assert tile_label(img) == ["1/p003_002", "p0.50 h- t-", "dark image"]
 
 
 def test_sheet_has_one_tile_per_image_with_the_image_in_it(tmp_path: Path) -> None:

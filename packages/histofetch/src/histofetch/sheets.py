@@ -19,13 +19,15 @@ MAX_TILES = 400  # a sheet wider than this is unreadable anyway; the rest is cou
 
 
 def tile_label(img: Image) -> list[str]:
-    """Up to three short lines: id tail, scores, and the filter reason if rejected."""
+    """Up to three short lines: article/image, scores (p = purple ratio, h = H&E score,
+    t = tissue fraction), and the filter reason if rejected."""
 
     def f(v: float | None) -> str:
         return "-" if v is None else f"{v:.2f}"
 
+    record_tag = img.record_id.rsplit(":", 1)[-1][-8:]  # pmid / hash tail: which article
     lines = [
-        img.id.rsplit("/", 1)[-1][:22],
+        f"{record_tag}/{img.id.rsplit('/', 1)[-1]}"[:22],
         f"p{f(img.purple_ratio)} h{f(img.he_score)} t{f(img.tissue_fraction)}",
     ]
     if img.filter_reason:
