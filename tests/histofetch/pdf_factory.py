@@ -232,3 +232,13 @@ def write_truncated(source: Path, path: Path, keep: float = 0.6) -> Path:
 def write_corrupt(path: Path) -> Path:
     path.write_bytes(b"%PDF-1.7\n1 0 obj << /Type /Catalog /Pages 9 0 R >>\ngarbage\n%%EOF\n")
     return path
+
+
+def write_broken_xref(source: Path, path: Path) -> Path:
+    """Object streams + a ``startxref`` pointing at garbage: pdfminer finds no /Root (it
+    cannot scan inside object streams), MuPDF repairs it."""
+    with pymupdf.open(source) as doc:
+        data = doc.tobytes(use_objstms=1, garbage=1)
+    cut = data.rfind(b"startxref")
+    path.write_bytes(data[:cut] + b"startxref\n12\n%%EOF\n")
+    return path

@@ -16,6 +16,7 @@ from pdf_factory import (
     build_known_pdf,
     he_like,
     png_bytes,
+    write_broken_xref,
     write_corrupt,
     write_encrypted,
     write_truncated,
@@ -63,6 +64,18 @@ def test_every_image_kind_is_extracted_pixel_exact(tmp_path: Path) -> None:
     assert rec.extra["small_dropped"] == 1
     assert rec.extra["pdfplumber_images"] == rec.extra["pymupdf_images"] == 9
     assert rec.extra["count_mismatch"] is False
+
+
+def test_pdfplumber_cross_check_uses_a_repaired_copy_when_it_cannot_parse(tmp_path: Path) -> None:
+    build_known_pdf(tmp_path / "known.pdf")
+    broken = write_broken_xref(tmp_path / "known.pdf", tmp_path / "broken.pdf")
+    summary = run_extract(tmp_path / "run", [broken], progress=False)
+    assert summary.done == 1
+    manifest = Manifest.load(tmp_path / "run")
+    (rec,) = manifest.records.values()
+    assert rec.extra["pdfplumber_repaired"] is True
+    assert rec.extra["pdfplumber_images"] == rec.extra["pymupdf_images"] == 9
+    assert len(manifest.images) == 6
 
 
 def test_soft_mask_transparent_pixels_become_white(tmp_path: Path) -> None:
