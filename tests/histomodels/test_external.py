@@ -91,7 +91,19 @@ def test_labelled_run_gives_image_metrics(tmp_path: Path) -> None:
     )
     out = tmp_path / "ext"
     r = CliRunner().invoke(
-        app, ["eval", str(ckpt), "--manifest", str(run), "--out", str(out), "--bootstrap", "50"]
+        app,
+        [
+            "eval",
+            str(ckpt),
+            "--manifest",
+            str(run),
+            "--out",
+            str(out),
+            "--bootstrap",
+            "50",
+            "--scale",
+            "1",
+        ],
     )
     assert r.exit_code == 0, r.output
     m = json.loads((out / "metrics.json").read_text())
@@ -101,6 +113,10 @@ def test_labelled_run_gives_image_metrics(tmp_path: Path) -> None:
         assert 0.0 <= m["image_metrics"][agg]["roc_auc"] <= 1.0
         assert "ci" in m["image_metrics"][agg]
     assert (out / "roc.png").exists()
+    # at the given scale the centred grid is exactly the 3x4 tissue area inside the margins
+    rows = list(csv.DictReader((out / "image_scores.csv").open()))
+    assert {r["scale_source"] for r in rows} == {"given"}
+    assert all(10 <= int(r["n_tiles"]) <= 12 for r in rows)
 
 
 def test_bad_manifest(tmp_path: Path) -> None:

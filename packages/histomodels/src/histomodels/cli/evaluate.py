@@ -88,9 +88,20 @@ def eval_cmd(
     bootstrap: Annotated[int, typer.Option("--bootstrap", min=0, help="Resamples for CIs.")] = 1000,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     precision: Annotated[
-        str, typer.Option("--precision", help="fp32 | bf16 | auto (bf16 where the CPU has it).")
+        str, typer.Option("--precision", help="fp32 | bf16 | auto (bf16 for cnn on CPUs with it).")
     ] = "fp32",
     top_k: Annotated[int, typer.Option("--top-k", min=1, help="Manifest: mean of top-k.")] = 5,
+    fig_scale: Annotated[
+        float | None,
+        typer.Option(
+            "--scale",
+            help="Manifest: resize factor to PCam scale (default: "
+            "estimated per figure from nucleus size).",
+        ),
+    ] = None,
+    min_tissue: Annotated[
+        float, typer.Option("--min-tissue", help="Manifest: skip tiles with less tissue.")
+    ] = 0.5,
     no_store: Annotated[
         bool, typer.Option("--no-store-temperature", help="Do not write T into the checkpoint.")
     ] = False,
@@ -111,6 +122,8 @@ def eval_cmd(
                 batch_size=batch_size,
                 tta=tta,
                 top_k=top_k,
+                scale=fig_scale,
+                min_tissue=min_tissue,
                 precision=precision,
                 n_bootstrap=bootstrap,
                 seed=seed,
