@@ -276,3 +276,42 @@ def test_images_scored_by_an_older_scorer_are_scored_again(tmp_path: Path) -> No
     again = Manifest.load(run_dir)
     assert again.images[stale.id].extra["colour"]["scorer"] == SCORER_VERSION
     assert len(again.kept_images()) == 2
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    """A PNG that declares ``width`` x ``height`` pixels but holds no pixel data."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(kind + data) & 0xFFFFFFFF
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
+
+
+def test_decompression_bomb_image_fails_its_row_without_decoding(tmp_path: Path) -> None:
+    run_dir = _scored_run(tmp_path)
+    manifest = Manifest.load(run_dir)
+    rec_id = next(iter(manifest.records))
+    bomb = run_dir / "images" / "package" / "bomb.png"
+    bomb.parent.mkdir(parents=True)
+    bomb.write_bytes(_png_header_only(100_000, 100_000))  # 10 gigapixels declared
+    manifest.add_image(
+        Image(
+            id=f"{rec_id}/bomb",
+            record_id=rec_id,
+            path="images/package/bomb.png",
+            sha256="",
+            width=100_000,
+            height=100_000,
+            source="package",
+        )
+    )
+    manifest.save()
+    summary = run_filter(run_dir, progress=False, sheet=False)
+    assert summary.failed == 0
+    row = Manifest.load(run_dir).images[f"{rec_id}/bomb"]
+    assert row.status == "failed" and "exceeds limit" in row.reason
+    assert row.kept is False

@@ -36,6 +36,9 @@ from skimage.color import rgb2hed, rgb2hsv
 
 #: Images are scored at most this large (longest side), which keeps scoring fast.
 WORK_SIDE = 768
+#: Image files above this many pixels (e.g. hostile OA package figures) are not decoded:
+#: PIL raises DecompressionBombError beyond twice this, and the row is marked failed.
+PIL.Image.MAX_IMAGE_PIXELS = min(PIL.Image.MAX_IMAGE_PIXELS or 64_000_000, 64_000_000)
 
 # Pixel classes (HSV with hue in degrees, S and V in 0..1)
 HE_HUE_FROM, HE_HUE_TO = 250.0, 15.0  # pink → purple arc, wrapping through 0°
@@ -86,6 +89,7 @@ class ColourScores:
 def load_rgb(path: str | Path, work_side: int = WORK_SIDE) -> np.ndarray:
     """Read an image as uint8 RGB, shrunk so its longest side is at most ``work_side``."""
     with PIL.Image.open(path) as im:
+        im.draft("RGB", (work_side, work_side))  # JPEG: decode at reduced size, much faster
         im = im.convert("RGB")
         if max(im.size) > work_side:
             im.thumbnail((work_side, work_side), PIL.Image.BILINEAR)
