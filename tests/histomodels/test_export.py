@@ -18,6 +18,7 @@ from histomodels.preprocess import to_input
 from histomodels.synthetic import make_patches
 
 torch.set_num_threads(1)
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")
 
 
 @pytest.mark.parametrize("exporter", ["dynamo", "legacy"])

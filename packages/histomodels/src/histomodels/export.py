@@ -134,12 +134,12 @@ def export_checkpoint(
         if fmt == "onnx":
             _export_onnx(net, example, tmp, meta, exporter)
         else:
-            with torch.inference_mode(False), torch.no_grad():
-                scripted = torch.jit.trace(net, example, check_trace=False)
-            scripted = torch.jit.freeze(scripted)
             extra = {"histomodels.json": json.dumps(meta)}
-            with warnings.catch_warnings():
+            with warnings.catch_warnings():  # jit is deprecated in torch 2.14, still works
                 warnings.simplefilter("ignore", FutureWarning)
+                with torch.no_grad():
+                    scripted = torch.jit.trace(net, example, check_trace=False)
+                scripted = torch.jit.freeze(scripted)
                 torch.jit.save(scripted, str(tmp), _extra_files=extra)
         with torch.inference_mode():
             ref = torch.cat([net(example), net(other)]).numpy()
