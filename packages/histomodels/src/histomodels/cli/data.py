@@ -34,13 +34,14 @@ def download(
     dataset: Annotated[str, typer.Argument(help="Dataset to fetch: pcam.")],
     dest: Annotated[Path, typer.Option(help="Folder to download into.")],
     split: Annotated[
-        list[str] | None, typer.Option(help="Split(s): train, valid, test [all]. Repeatable.")
+        list[str] | None,
+        typer.Option(help="Split(s): train, valid, test (default: all). Repeatable."),
     ] = None,
     gunzip: Annotated[bool, typer.Option(help="Also decompress .h5.gz to .h5.")] = False,
     meta: Annotated[bool, typer.Option(help="Also fetch the *_meta.csv files.")] = True,
     url_template: Annotated[
         str | None,
-        typer.Option(help="Mirror URL with {name}; also env HISTOMODELS_PCAM_URL [Zenodo]."),
+        typer.Option(help="Mirror URL with {name} (default: Zenodo); or env HISTOMODELS_PCAM_URL."),
     ] = None,
     checksums: Annotated[
         Path | None, typer.Option(help="md5sum-format file replacing the built-in checksums.")
