@@ -169,7 +169,7 @@ def evaluate_checkpoint(
 
             result["gallery"] = error_gallery(
                 model,
-                images[labelled],
+                images if labelled.all() else images[labelled],
                 y,
                 p,
                 [ids[i] for i in np.flatnonzero(labelled)],

@@ -184,6 +184,7 @@ def image_grid(
     cols: int = 6,
     title: str = "",
     cell: float = 1.9,
+    dpi: int = 80,
 ) -> Path:
     """A contact sheet / gallery of equally sized panels."""
     n = max(len(images), 1)
@@ -193,11 +194,11 @@ def image_grid(
     for ax in axes.ravel():
         ax.axis("off")
     for ax, img, t in zip(axes.ravel(), images, titles, strict=False):
-        ax.imshow(img)
+        ax.imshow(img, interpolation="nearest")
         ax.set_title(t, fontsize=7)
     if not images:
         axes[0, 0].text(0.5, 0.5, "(none)", ha="center", va="center")
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout(rect=(0, 0, 1, 0.97) if title else None)
-    return save_figure(fig, path)
+    return save_figure(fig, path, dpi=dpi)
