@@ -222,9 +222,14 @@ def test_kaggle_folder(tmp_path: Path, patches) -> None:
     ds = open_dataset(root)
     assert len(ds) == 6 and ds.ids()[2] == "p002" and np.array_equal(ds[2][0], x[2])
     assert len(open_dataset(root / "train_labels.csv")) == 6
+    images, labels, ids = ds.load_all()  # thread-pool decoding keeps order
+    assert np.array_equal(images, x[:6]) and labels.tolist() == y[:6].tolist()
+    assert ids == [f"p{i:03d}" for i in range(6)]
     Image.fromarray(x[1][..., 0]).save(root / "train" / "p001.tif")  # grayscale
     with pytest.raises(DatasetError, match=r"p001\.tif: image mode L, expected RGB"):
         ds[1]
+    with pytest.raises(DatasetError, match=r"p001\.tif: image mode L"):
+        ds.load_all()  # surfaces in the main process, before any DataLoader
     (root / "train" / "p003.tif").write_bytes(b"II*\x00 truncated")
     with pytest.raises(DatasetError, match=r"p003\.tif: cannot decode"):
         ds[3]
