@@ -129,25 +129,27 @@ def eval_cmd(
                 seed=seed,
                 progress=progress,
             )
-            _print_external(result, out)
-            return
-        from histomodels.evaluate import evaluate_checkpoint
+        else:
+            from histomodels.evaluate import evaluate_checkpoint
 
-        result = evaluate_checkpoint(
-            checkpoint,
-            data,
-            out,
-            val=val,
-            tta=tta,
-            batch_size=batch_size,
-            sensitivity=sensitivity,
-            n_bootstrap=bootstrap,
-            seed=seed,
-            precision=precision,
-            store_temperature=not no_store,
-            progress=progress,
-        )
-    _print_metrics(result, out)
+            result = evaluate_checkpoint(
+                checkpoint,
+                data,
+                out,
+                val=val,
+                tta=tta,
+                batch_size=batch_size,
+                sensitivity=sensitivity,
+                n_bootstrap=bootstrap,
+                seed=seed,
+                precision=precision,
+                store_temperature=not no_store,
+                progress=progress,
+            )
+    if manifest is not None:
+        _print_external(result, out)
+    else:
+        _print_metrics(result, out)
 
 
 def _fmt(v: object) -> str:
