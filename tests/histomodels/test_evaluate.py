@@ -134,7 +134,25 @@ def test_cli_eval_end_to_end(tmp_path: Path) -> None:
         assert (out / f).exists(), f
     m = json.loads((out / "metrics.json").read_text())
     assert m["tta"] is True and "sensitivity>=0.9" in m["threshold_source"]
-    assert "roc_auc" in r.output
+    assert "roc_auc" in r.output and "warning" not in m
+    # fitting threshold and temperature on the test set itself is flagged
+    r = CliRunner().invoke(
+        app,
+        [
+            "eval",
+            str(ckpt),
+            "--data",
+            str(test_h5),
+            "--val",
+            str(test_h5),
+            "--out",
+            str(out),
+            "--bootstrap",
+            "0",
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    assert "optimistic" in json.loads((out / "metrics.json").read_text())["warning"]
 
 
 def test_cli_bad_checkpoints_fail_cleanly(tmp_path: Path) -> None:
@@ -158,3 +176,21 @@ def test_cli_bad_checkpoints_fail_cleanly(tmp_path: Path) -> None:
     assert not (tmp_path / "m.onnx").exists()
     r = runner.invoke(app, ["eval", str(junk), "--data", str(tmp_path)])
     assert r.exit_code == 1 and "junk.pt" in r.output
+
+
+@pytest.mark.realdata
+def test_cli_eval_on_real_pcam_pair(tmp_path: Path) -> None:
+    """The real PCam-format HDF5 pair (400 patches, 200/200) through the whole command."""
+    from conftest import shared_path
+
+    x_h5 = shared_path("data", "pcam_real", "pcam_format_sample", "pcam_real_sample_x.h5")
+    ckpt = tiny_checkpoint(tmp_path)
+    out = tmp_path / "real"
+    r = CliRunner().invoke(
+        app, ["eval", str(ckpt), "--data", str(x_h5), "--out", str(out), "--bootstrap", "100"]
+    )
+    assert r.exit_code == 0, r.output
+    m = json.loads((out / "metrics.json").read_text())
+    assert (m["n"], m["n_positive"]) == (400, 200)
+    assert 0.0 <= m["ci"]["roc_auc"][0] <= m["roc_auc"] <= m["ci"]["roc_auc"][1] <= 1.0
+    assert len((out / "predictions.csv").read_text().splitlines()) == 401

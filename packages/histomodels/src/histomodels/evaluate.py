@@ -109,6 +109,16 @@ def evaluate_checkpoint(
     }
     temperature = float(ckpt.get("temperature", 1.0) or 1.0)
     threshold, threshold_source = 0.5, "default 0.5 (no validation set given)"
+    if (
+        val is not None
+        and isinstance(val, (str, Path))
+        and isinstance(data, (str, Path))
+        and Path(val).resolve() == Path(data).resolve()
+    ):
+        result["warning"] = (
+            "validation and test data are the same: temperature and threshold were fitted on "
+            "the test set, so threshold-dependent metrics and calibration are optimistic"
+        )
     if val is not None:
         v_images, v_labels, _, v_source = _load(val)
         if not np.isin(v_labels, (0, 1)).all():

@@ -193,6 +193,8 @@ def _print_metrics(result: dict, out: Path) -> None:
         f"threshold {result['threshold']:.4f} ({result['threshold_source']}); "
         f"temperature {result['temperature']:.3f}; tta={result['tta']}"
     )
+    if result.get("warning"):
+        console.print(f"[yellow]warning:[/yellow] {result['warning']}")
     console.print(f"wrote {out}/metrics.json, predictions.csv and plots")
 
 
