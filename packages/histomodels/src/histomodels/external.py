@@ -57,10 +57,14 @@ def _distribution(scores: np.ndarray) -> dict[str, float]:
 
 
 def _thumb(rgb: np.ndarray, size: int = 256) -> np.ndarray:
+    """Fit into a white ``size`` square; small figures are enlarged (nearest neighbour, so
+    a 96 px patch stays recognisable), large ones reduced."""
     from PIL import Image
 
     im = Image.fromarray(rgb)
-    im.thumbnail((size, size))
+    f = min(size / im.width, size / im.height)
+    new = (max(1, round(im.width * f)), max(1, round(im.height * f)))
+    im = im.resize(new, Image.NEAREST if f > 1 else Image.LANCZOS)
     canvas = Image.new("RGB", (size, size), "white")
     canvas.paste(im, ((size - im.width) // 2, (size - im.height) // 2))
     return np.asarray(canvas)
@@ -229,8 +233,9 @@ def evaluate_manifest(
             )
         if rank < 60:
             thumbs.append(_thumb(rgb))
-            score = "no tissue" if not r["n_tiles"] else f"{r['max']:.2f}"
-            titles.append(f"#{rank + 1} {score} {names[r['label']]}\n{r['image_id'][:28]}")
+            score = "no tiles" if not r["n_tiles"] else f"{r['max']:.2f}"
+            short = r["image_id"] if len(r["image_id"]) <= 28 else "…" + r["image_id"][-27:]
+            titles.append(f"#{rank + 1} {score} {names[r['label']]}\n{short}")
     plots.image_grid(
         thumbs,
         titles,

@@ -30,6 +30,8 @@ def _errors() -> Iterator[None]:
 
     try:
         yield
+    except BrokenPipeError:  # output piped into `head` and closed: not an error
+        raise typer.Exit(0) from None
     except (CheckpointError, ManifestError, ValueError, OSError) as exc:
         _fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
 
