@@ -82,8 +82,14 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle errors, truncated zip, unsafe globals ...
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path}: not a loadable checkpoint ({first})") from None
+        text = str(exc).strip()
+        if "Weights only load failed" in text:
+            # torch suggests weights_only=False here; for an untrusted file that is the wrong
+            # advice, so say what the file holds instead.
+            why = "it holds Python objects or code, not just tensors; refused (weights_only)"
+        else:
+            why = text.splitlines()[0] if text else type(exc).__name__
+        raise CheckpointError(f"{path}: not a loadable checkpoint ({why})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a histomodels checkpoint (missing format tag)")
     if int(ckpt.get("version", 0)) > VERSION:
