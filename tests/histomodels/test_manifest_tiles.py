@@ -135,3 +135,15 @@ def test_real_pcam_patches_read_at_scale_one() -> None:
     mosaic = x.reshape(5, 8, 96, 96, 3).swapaxes(1, 2).reshape(480, 768, 3)
     assert 3.5 < nucleus_diameter(mosaic) < 5.5
     assert 0.8 < estimate_scale(mosaic)[0] < 1.25
+
+
+def test_patch_sized_figures_become_one_tile_each(tmp_path: Path) -> None:
+    from histomodels.synthetic import make_patches
+
+    x, _ = make_patches(2, seed=3)
+    small = np.asarray(PILImage.fromarray(x[1]).resize((80, 80)))
+    run = _run(tmp_path, {"a": (x[0], "metastasis"), "b": (small, None)})
+    ds = ManifestTileDataset(run, min_tissue=0.0)
+    assert {k: f["scale_source"] for k, f in ds.figures.items()} == {"a": "patch", "b": "patch"}
+    assert [f["n_tiles"] for f in ds.figures.values()] == [1, 1]
+    assert np.array_equal(ds.images[[t.image_id for t in ds.tiles].index("a")], x[0])
