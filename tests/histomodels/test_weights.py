@@ -102,6 +102,9 @@ def test_lite0_imagenet_weights_are_real_imagenet_weights():
     model = create_model("efficientnet_lite0", weights="lite0-imagenet")
     torch.testing.assert_close(model.conv_stem.weight, shipped["_conv_stem.weight"])
     assert model.bn2.running_var.mean() > 1.5  # trained BN statistics, not init (1.0)
+    # the fresh 1-logit head starts near zero (timm's default init gave logits of +-50)
+    with torch.no_grad():
+        assert model.eval()(torch.randn(4, 3, 96, 96)).abs().max() < 3
     # 2) with the ImageNet head, the architecture recognises a cat photo as a cat
     full = timm.create_model("tf_efficientnet_lite0", num_classes=1000).eval()
     load_by_order(full, shipped, "lite0", skip_head=False)

