@@ -3,7 +3,9 @@
 Plain conv-norm-ReLU stages with max-pooling, then global average pooling and one logit.
 Plain 3x3 convolutions (no depthwise convs) run well with channels_last + bf16 autocast
 on CPU, which is what makes training from scratch in minutes on two cores feasible.
-Default: 4 stages of 2 convs, widths 32-64-128-256 (~1.2 M parameters), batch norm.
+Default: 4 stages of 1 conv, widths 32-64-128-256 (0.39 M parameters), batch norm: ~260
+patches/s training on 2 idle cores with bf16 (``blocks=2`` doubles the convs and is ~2.7x
+slower), so a 20-minute budget buys ~35 epochs of 7.6k patches.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ class PatchCNN(nn.Module):
     def __init__(
         self,
         depth: int = 4,
-        blocks: int = 2,
+        blocks: int = 1,
         width: int = 32,
         max_width: int = 512,
         dropout: float = 0.2,
@@ -89,7 +91,7 @@ def cnn(
     pretrained: bool = False,
     weights: str | None = None,
     depth: int = 4,
-    blocks: int = 2,
+    blocks: int = 1,
     width: int = 32,
     max_width: int = 512,
     dropout: float = 0.2,
