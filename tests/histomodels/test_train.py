@@ -20,7 +20,7 @@ from histomodels.cli import app
 from histomodels.config import ConfigError, TrainConfig, read_config_file, resolve_config
 from histomodels.data.base import DatasetError
 from histomodels.synthetic import make_patches, write_h5
-from histomodels.train import dihedral, train
+from histomodels.train import LRSchedule, dihedral, train
 
 TINY = {"width": 8, "depth": 2, "blocks": 1}
 CLI = [sys.executable, "-c", "from histomodels.cli import app; app()"]
@@ -78,6 +78,21 @@ def test_early_stopping_on_flat_auc(arrays, tmp_path):
     res = train(cfg, tmp_path / "r", train_data=(xt, yt), val_data=(xv, yv))
     assert res.stop_reason == "early"
     assert [h["epoch"] for h in res.history] == [1, 2, 3] and res.best_epoch == 1
+    # resuming a run that stopped early does not train on
+    again = train(cfg, tmp_path / "r", resume=True, train_data=(xt, yt), val_data=(xv, yv))
+    assert again.stop_reason == "early" and len(again.history) == 3
+
+
+def test_plateau_schedule_cuts_the_lr_after_flat_epochs():
+    sched = LRSchedule(TrainConfig(schedule="plateau", patience=6, warmup_epochs=0), 10)
+    for auc in (0.80, 0.85, 0.85, 0.85, 0.85):
+        sched.epoch_end(auc)
+    assert sched.factor() == pytest.approx(0.3)  # 3 flat epochs > patience // 3 = 2
+    cos = LRSchedule(TrainConfig(schedule="cosine", epochs=10, warmup_epochs=1), 10)
+    assert cos.factor() == pytest.approx(0.1)  # first warm-up step
+    cos.step_count = 10
+    assert cos.factor() == pytest.approx(1.0)
+    assert cos.factor(time_fraction=1.0) == pytest.approx(0.01)  # budget spent: annealed
 
 
 def test_time_budget_stops_cleanly_and_keeps_best(arrays, tmp_path):

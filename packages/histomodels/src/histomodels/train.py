@@ -417,9 +417,17 @@ def train(
     total_train_patches, total_train_seconds = 0, 0.0
     epoch = start_epoch
     progress = _progress(console, cfg, info)
+    last_epoch = cfg.epochs
+    if state is not None:  # a resumed run that had already stopped stays stopped
+        if start_epoch - best_epoch >= cfg.patience:
+            stop_reason, last_epoch = "early", start_epoch
+        elif elapsed_before >= budget_s:
+            stop_reason, last_epoch = "budget", start_epoch
+        if start_epoch >= last_epoch:
+            _log(console, info, f"{run_dir}: already finished ({stop_reason}); nothing to do")
 
     with progress:
-        for epoch in range(start_epoch + 1, cfg.epochs + 1):
+        for epoch in range(start_epoch + 1, last_epoch + 1):
             now_frozen = epoch <= cfg.freeze_epochs
             if now_frozen != frozen:
                 frozen = now_frozen
