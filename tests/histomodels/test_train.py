@@ -236,3 +236,22 @@ def test_config_files_reject_unknown_keys(tmp_path):
         resolve_config(p)
     p.write_text(json.dumps({"val_auc": 0.9, "config": {"lr": 0.1}}))  # tune's layout
     assert read_config_file(p) == {"lr": 0.1}
+
+
+def test_cli_finetune_wires_its_defaults(h5_files, tmp_path):
+    train_h5, val_h5 = h5_files
+    wpath = tmp_path / "tv.pth"
+    torch.save(torchvision.models.mobilenet_v3_small(weights=None).state_dict(), wpath)
+    out = tmp_path / "ft"
+    r = CliRunner().invoke(
+        app,
+        ["finetune", "--model", "mobilenet_v3_small", "--weights", str(wpath), "--input-size",
+         "64", "--data", str(train_h5), "--val", str(val_h5), "--out", str(out), "--epochs", "1",
+         "--batch-size", "32", "--threads", "1", "--quiet"],
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    used = json.loads((out / "config.json").read_text())
+    assert used["freeze_epochs"] == 1 and used["backbone_lr_mult"] == 0.3 and used["lr"] == 1e-3
+    assert used["model_config"] == {"input_size": 64}
+    model, ckpt = load_model(out / "best.pt")
+    assert ckpt["model_config"] == {"input_size": 64} and model.size == 64
