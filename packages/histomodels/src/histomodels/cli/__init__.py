@@ -13,10 +13,17 @@ app = typer.Typer(
 data_app = typer.Typer(help="Download and inspect datasets.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
+
+def fail(msg: str) -> None:
+    """One ``error: …`` line on stderr and exit code 1 (the CLI's answer to bad input)."""
+    typer.echo(f"error: {msg}", err=True)
+    raise typer.Exit(1)
+
+
 # Each module adds its commands to ``app`` / ``data_app`` when imported.
 from histomodels.cli import data as _data  # noqa: E402,F401
 from histomodels.cli import demo as _demo  # noqa: E402,F401
 from histomodels.cli import evaluate as _evaluate  # noqa: E402,F401
 from histomodels.cli import train as _train  # noqa: E402,F401
 
-__all__ = ["app", "data_app"]
+__all__ = ["app", "data_app", "fail"]

@@ -15,11 +15,7 @@ from typing import Annotated
 import typer
 
 from histomodels.cli import app
-
-
-def _fail(msg: str) -> None:
-    typer.echo(f"error: {msg}", err=True)
-    raise typer.Exit(1)
+from histomodels.cli import fail as _fail
 
 
 @contextlib.contextmanager
