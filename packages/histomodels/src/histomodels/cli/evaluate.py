@@ -168,18 +168,9 @@ def _print_metrics(result: dict, out: Path) -> None:
     table.add_column("value", justify="right")
     table.add_column("95% CI", justify="right")
     ci = result.get("ci", {})
-    for key in (
-        "roc_auc",
-        "pr_auc",
-        "accuracy",
-        "balanced_accuracy",
-        "recall",
-        "specificity",
-        "precision",
-        "f1",
-        "brier",
-        "ece",
-    ):
+    from histomodels.metrics import METRIC_KEYS
+
+    for key in METRIC_KEYS:
         lo_hi = ci.get(key)
         table.add_row(
             key,
