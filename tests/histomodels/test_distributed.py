@@ -36,7 +36,7 @@ def test_torchrun_two_processes_gloo(tmp_path):
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
         str(script), "train", "--data", str(train_h5), "--val", str(val_h5), "--out", str(run),
         "--model-config", json.dumps({"width": 8, "depth": 2, "blocks": 1}),
-        "--epochs", "1", "--batch-size", "8", "--threads", "1", "--quiet",
+        "--epochs", "1", "--batch-size", "8", "--threads", "1", "--device", "cpu", "--quiet",
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)

@@ -1,6 +1,6 @@
 """DistributedDataParallel support that switches itself on under ``torchrun``.
 
-``torchrun --nproc_per_node N -m histomodels.cli train ...`` sets RANK/WORLD_SIZE; then
+``torchrun --nproc_per_node N -m histomodels train ...`` sets RANK/WORLD_SIZE; then
 each process trains on its own shard of every epoch's permutation, gradients are
 averaged by DDP (gloo on CPU, nccl on GPU), validation predictions are gathered, and
 only rank 0 writes files. Without those variables everything here is a no-op.

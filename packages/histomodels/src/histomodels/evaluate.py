@@ -17,9 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from histofetch.manifest import atomic_write_text
 from histomodels.checkpoint import load_model, read_checkpoint, save_checkpoint
+from histomodels.device import pick_device
 from histomodels.inference import norm_of, predict_logits, resolve_precision, sigmoid
 
 PLOTS = ("roc.png", "pr.png", "confusion.png", "reliability.png")
@@ -71,20 +73,23 @@ def evaluate_checkpoint(
     n_bootstrap: int = 1000,
     seed: int = 0,
     precision: str = "fp32",
+    device: str | torch.device | None = None,
     store_temperature: bool = True,
     gallery: bool = True,
     progress: Callable[[str, int], Callable[[int], None] | None] | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``checkpoint`` on ``data`` and write metrics.json, predictions.csv and PNGs
-    to ``out``. Returns the metrics dict. ``progress(desc, total)`` may return a callback
-    that receives the number of patches done per batch."""
+    to ``out``. Returns the metrics dict. ``device`` defaults to CUDA when available.
+    ``progress(desc, total)`` may return a callback that receives the number of patches done
+    per batch."""
     from histomodels.calibration import fit_temperature, nll
     from histomodels.metrics import binary_metrics, choose_threshold, summarize
 
     out = Path(out)
-    model, ckpt = load_model(checkpoint)
+    device = pick_device(device)
+    model, ckpt = load_model(checkpoint, device)
     mean, std = norm_of(ckpt)
-    precision = resolve_precision(precision, "cpu", ckpt.get("model"))
+    precision = resolve_precision(precision, device, ckpt.get("model"))
 
     def infer(images: np.ndarray, desc: str) -> np.ndarray:
         cb = progress(desc, len(images)) if progress else None
@@ -96,6 +101,7 @@ def evaluate_checkpoint(
             batch_size=batch_size,
             tta=tta,
             precision=precision,
+            device=device,
             progress=cb,
         )
 

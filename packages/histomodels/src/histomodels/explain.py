@@ -60,7 +60,8 @@ def grad_cam(
     """Heatmaps in [0, 1], shape [N, H, W], of the evidence for the tumour logit (or, where
     ``sign`` is -1, for "normal", i.e. the negated logit) in uint8 NHWC patches."""
     model = model.eval()
-    x = to_input(images, mean, std, channels_last=False)
+    device = next(model.parameters()).device
+    x = to_input(images, mean, std, channels_last=False, device=device)
     layer = layer or last_feature_layer(model, x)
     store: dict[str, torch.Tensor] = {}
 
@@ -69,6 +70,7 @@ def grad_cam(
         out.register_hook(lambda g: store.__setitem__("grad", g))
 
     s = torch.ones(len(x)) if sign is None else torch.as_tensor(sign, dtype=torch.float32)
+    s = s.to(device)
     handle = layer.register_forward_hook(fwd)
     try:
         with torch.enable_grad():
@@ -84,7 +86,7 @@ def grad_cam(
     cam = F.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
     flat = cam.flatten(1)
     lo, hi = flat.min(1).values[:, None, None], flat.max(1).values[:, None, None]
-    return ((cam - lo) / (hi - lo).clamp_min(1e-8)).numpy()
+    return ((cam - lo) / (hi - lo).clamp_min(1e-8)).cpu().numpy()
 
 
 def overlay(image: np.ndarray, cam: np.ndarray, alpha: float = 0.45) -> np.ndarray:

@@ -81,6 +81,7 @@ def evaluate_manifest(
     batch_size: int = 256,
     tta: bool = False,
     precision: str = "fp32",
+    device: str | None = None,
     threshold: float = 0.5,
     n_bootstrap: int = 1000,
     seed: int = 0,
@@ -93,14 +94,16 @@ def evaluate_manifest(
     from histomodels.checkpoint import load_model
     from histomodels.data.images import decode_image
     from histomodels.data.manifest_tiles import ManifestTileDataset
+    from histomodels.device import pick_device
     from histomodels.evaluate import write_json
     from histomodels.inference import norm_of, predict_logits, resolve_precision, sigmoid
     from histomodels.metrics import summarize
 
     out = Path(out)
-    model, ckpt = load_model(checkpoint)
+    device = pick_device(device)
+    model, ckpt = load_model(checkpoint, device)
     mean, std = norm_of(ckpt)
-    precision = resolve_precision(precision, "cpu", ckpt.get("model"))
+    precision = resolve_precision(precision, device, ckpt.get("model"))
     temperature = float(ckpt.get("temperature", 1.0) or 1.0)
     ds = ManifestTileDataset(Path(run_dir), scale=scale, min_tissue=min_tissue)
     images = ds.load_all()[0]
@@ -113,6 +116,7 @@ def evaluate_manifest(
         batch_size=batch_size,
         tta=tta,
         precision=precision,
+        device=device,
         progress=cb,
     )
     probs = sigmoid(logits, temperature)

@@ -143,6 +143,7 @@ def predict_paths(
     batch_size: int = 256,
     tta: bool = False,
     precision: str = "auto",
+    device: str | None = None,
     max_pixels: int = MAX_PIXELS,
     progress: Callable[[Path], None] | None = None,
 ) -> dict[str, object]:
@@ -153,16 +154,18 @@ def predict_paths(
     (PCam is ~10x, ~0.97 um/px: use 0.25 for 40x tiles); x/y are then in resized pixels."""
     from histofetch.manifest import atomic_write_text
     from histomodels.checkpoint import load_model
+    from histomodels.device import pick_device
     from histomodels.inference import norm_of, predict_logits, resolve_precision, sigmoid
 
     if not 0 < scale <= 16:
         raise ValueError(f"scale must be in (0, 16], got {scale}")
     files = collect_inputs(paths)
-    model, ckpt = load_model(checkpoint)
+    device = pick_device(device)
+    model, ckpt = load_model(checkpoint, device)
     size = int(ckpt.get("input_size", 96))
     check_inputs(files, size, max_pixels)
     mean, std = norm_of(ckpt)
-    precision = resolve_precision(precision, "cpu", ckpt.get("model"))
+    precision = resolve_precision(precision, device, ckpt.get("model"))
     temperature = float(ckpt.get("temperature", 1.0) or 1.0)
     out_csv = Path(out_csv)
     heat_dir = Path(heatmap_dir) if heatmap_dir else out_csv.with_name(out_csv.stem + "_heatmaps")
@@ -183,6 +186,7 @@ def predict_paths(
             batch_size=batch_size,
             tta=tta,
             precision=precision,
+            device=device,
         )
         probs = sigmoid(logits, temperature)
         for (x, y), t, p in zip(tiles.xy, tiles.tissue, probs, strict=True):

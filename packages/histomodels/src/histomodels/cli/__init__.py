@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
+
+# Shared by every command that runs a model.
+Device = Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 [auto: CUDA if available].")]
 
 app = typer.Typer(
     name="histomodels",
@@ -26,4 +31,4 @@ from histomodels.cli import demo as _demo  # noqa: E402,F401
 from histomodels.cli import evaluate as _evaluate  # noqa: E402,F401
 from histomodels.cli import train as _train  # noqa: E402,F401
 
-__all__ = ["app", "data_app", "fail"]
+__all__ = ["Device", "app", "data_app", "fail"]

@@ -14,7 +14,7 @@ from typing import Annotated
 
 import typer
 
-from histomodels.cli import app
+from histomodels.cli import Device, app
 from histomodels.cli import fail as _fail
 
 
@@ -103,6 +103,7 @@ def eval_cmd(
     no_store: Annotated[
         bool, typer.Option("--no-store-temperature", help="Do not write T into the checkpoint.")
     ] = False,
+    device: Device = None,
 ) -> None:
     """Metrics with 95% CIs, calibration, plots and an error gallery (or, with --manifest,
     image-level scores on mined literature figures)."""
@@ -123,6 +124,7 @@ def eval_cmd(
                 scale=fig_scale,
                 min_tissue=min_tissue,
                 precision=precision,
+                device=device,
                 n_bootstrap=bootstrap,
                 seed=seed,
                 progress=progress,
@@ -141,6 +143,7 @@ def eval_cmd(
                 n_bootstrap=bootstrap,
                 seed=seed,
                 precision=precision,
+                device=device,
                 store_temperature=not no_store,
                 progress=progress,
             )
@@ -245,6 +248,7 @@ def predict_cmd(
     max_pixels: Annotated[
         int, typer.Option("--max-pixels", min=1, help="Refuse larger images (bomb guard).")
     ] = 64_000_000,
+    device: Device = None,
 ) -> None:
     """One CSV row per 96 px patch with its tumour probability; large images are tiled and
     get a heatmap PNG."""
@@ -262,6 +266,7 @@ def predict_cmd(
             tta=tta,
             batch_size=batch_size,
             precision=precision,
+            device=device,
             max_pixels=max_pixels,
         )
     typer.echo(f"{res['rows']} patch(es) from {res['files']} file(s) → {res['csv']}")

@@ -15,7 +15,7 @@ from typing import Annotated
 
 import typer
 
-from histomodels.cli import app
+from histomodels.cli import Device, app
 from histomodels.cli import fail as _fail
 
 
@@ -50,7 +50,6 @@ Bf16 = Annotated[
 ]
 ChannelsLast = Annotated[bool | None, typer.Option("--channels-last/--no-channels-last")]
 Threads = Annotated[int | None, typer.Option(help="torch intra-op threads.")]
-Device = Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 [auto].")]
 Resume = Annotated[bool, typer.Option("--resume", help="Continue from RUN/last.pt.")]
 ModelConfig = Annotated[
     str | None, typer.Option(help='Model kwargs as JSON, e.g. \'{"width": 48, "depth": 4}\'.')
