@@ -28,6 +28,8 @@ from histomodels import distributed as D
 from histomodels.checkpoint import make_checkpoint, read_checkpoint, save_checkpoint
 from histomodels.config import TrainConfig, validate
 from histomodels.data.base import ArrayDataset, DatasetError, PatchDataset, open_dataset
+from histomodels.data.blocks import BlockImages
+from histomodels.data.cache import decoded_bytes, default_budget
 from histomodels.device import autocast, pick_device, set_threads, use_bf16
 from histomodels.models import create_model
 from histomodels.models.weights import split_parameters
@@ -71,9 +73,15 @@ class TrainResult:
 DataSpec = PatchDataset | str | Path | tuple
 
 
-def load_split(spec: DataSpec, role: str) -> tuple[torch.Tensor, torch.Tensor]:
+def load_split(
+    spec: DataSpec, role: str, *, stream: bool = True
+) -> tuple[torch.Tensor | BlockImages, torch.Tensor]:
     """Decode a dataset once: ``(uint8 [N, H, W, 3] tensor, float labels [N])``.
 
+    A dataset whose decoded size exceeds the in-memory cache budget
+    (:func:`histomodels.data.cache.default_budget`: ``HISTOMODELS_CACHE_BYTES`` or half the
+    free memory) is not decoded: with ``stream`` its images come back as a
+    :class:`~histomodels.data.blocks.BlockImages` read in contiguous blocks during training.
     Labels must all be 0 or 1 (a patch without a label cannot be trained or validated on).
     """
     if isinstance(spec, tuple):
@@ -83,24 +91,28 @@ def load_split(spec: DataSpec, role: str) -> tuple[torch.Tensor, torch.Tensor]:
         if not path.exists():
             raise DatasetError(f"{path}: {role} data not found")
         spec = open_dataset(path)
-    images, labels, ids = spec.load_all()
-    labels = np.asarray(labels)
     name = getattr(spec, "source", "") or role
+    if stream and not isinstance(spec, ArrayDataset) and decoded_bytes(spec) > default_budget():
+        images: Any = BlockImages(spec)
+        labels = np.asarray(spec.labels())
+    else:
+        images, labels, _ = spec.load_all()
+        images = np.asarray(images)
+        if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
+            raise DatasetError(
+                f"{name}: expected uint8 [N, H, W, 3], got {images.dtype} {images.shape}"
+            )
+        images = torch.from_numpy(np.ascontiguousarray(images))
+    labels = np.asarray(labels)
     bad = np.flatnonzero((labels != 0) & (labels != 1))
     if len(bad):
         i = int(bad[0])
+        ids = spec.ids()
         raise DatasetError(
             f"{name}: {len(bad)} {role} patches have labels other than 0/1, e.g. "
             f"{ids[i] if i < len(ids) else i!r} has {labels[i]}"
         )
-    images = np.asarray(images)
-    if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
-        raise DatasetError(
-            f"{name}: expected uint8 [N, H, W, 3], got {images.dtype} {images.shape}"
-        )
-    return torch.from_numpy(np.ascontiguousarray(images)), torch.from_numpy(
-        labels.astype(np.float32)
-    )
+    return images, torch.from_numpy(labels.astype(np.float32))
 
 
 # ------------------------------------------------------------------------ augmentation
@@ -345,6 +357,14 @@ def train(
     x_val, y_val = load_split(
         val_data if val_data is not None else _need(cfg.val, "validation"), "validation"
     )
+    for role, x in (("train", x_train), ("validation", x_val)):
+        if isinstance(x, BlockImages):
+            _log(
+                console,
+                info,
+                f"{role} data ({x.ds.source}) is larger than the in-memory cache budget: "
+                f"streaming it in blocks of {x.block} patches (HISTOMODELS_CACHE_BYTES to change)",
+            )
     if len(torch.unique(y_val)) < 2:
         raise DatasetError("validation data holds one class only; AUC is undefined")
     if len(x_train) < cfg.batch_size * info.world_size:
@@ -434,7 +454,12 @@ def train(
                 net = wrapped(frozen)
                 _log(console, info, "unfreezing the backbone")
             gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
-            order = D.shard(torch.randperm(n_train, generator=gen), info)
+            perm = (
+                x_train.order(gen)
+                if isinstance(x_train, BlockImages)
+                else torch.randperm(n_train, generator=gen)
+            )
+            order = D.shard(perm, info)
             augment = make_augment(cfg, seed * 100_003 + epoch * 31 + info.rank)
             net.train()
             n_batches = max(1, len(order) // cfg.batch_size)
@@ -500,7 +525,7 @@ def train(
             vidx = D.shard(torch.arange(len(x_val)), info, drop_tail=False)
             logits = predict_logits(
                 model,
-                x_val[vidx],
+                x_val[vidx] if info.enabled else x_val,
                 device,
                 batch_size=cfg.eval_batch_size,
                 bf16=bf16,

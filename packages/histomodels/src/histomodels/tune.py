@@ -120,8 +120,8 @@ def _tune(
         threads=threads,
     )
     # decode once for all trials
-    x_train, y_train = load_split(data, "train")
-    x_val, y_val = load_split(val, "validation")
+    x_train, y_train = load_split(data, "train", stream=False)
+    x_val, y_val = load_split(val, "validation", stream=False)
     train_arrays = (x_train.numpy(), y_train.numpy().astype("int64"))
     val_arrays = (x_val.numpy(), y_val.numpy().astype("int64"))
 

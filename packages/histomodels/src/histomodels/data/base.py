@@ -36,6 +36,22 @@ class PatchDataset(ABC):
     def ids(self) -> list[str]:
         return [self[i][2] for i in range(len(self))]
 
+    def read_range(self, start: int, stop: int) -> np.ndarray:
+        """Images ``start:stop`` as uint8 ``[n, H, W, 3]`` (readers override this with one
+        sequential read; used to stream data too large to decode into memory)."""
+        import os
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(min(4, os.cpu_count() or 1)) as pool:
+            items = list(pool.map(self.__getitem__, range(start, stop)))
+        shapes = {np.shape(img) for img, _, _ in items}
+        if len(shapes) > 1:
+            odd = next(pid for img, _, pid in items if np.shape(img) != np.shape(items[0][0]))
+            raise DatasetError(
+                f"{self.source}: patch {odd!r} differs in shape from the others {sorted(shapes)}"
+            )
+        return np.stack([np.asarray(img) for img, _, _ in items])
+
     def load_all(self) -> tuple[np.ndarray, np.ndarray, list[str]]:
         """Decode everything once: ``(uint8 [N, H, W, 3], int64 [N], ids)``.
 
@@ -107,6 +123,9 @@ class ArrayDataset(PatchDataset):
 
     def ids(self) -> list[str]:
         return list(self._ids)
+
+    def read_range(self, start: int, stop: int) -> np.ndarray:
+        return self.images[start:stop]
 
     def load_all(self) -> tuple[np.ndarray, np.ndarray, list[str]]:
         return self.images, self._labels, list(self._ids)

@@ -182,6 +182,9 @@ class PCamDataset(PatchDataset):
     def labels(self) -> np.ndarray:
         return self._labels
 
+    def read_range(self, start: int, stop: int) -> np.ndarray:
+        return np.asarray(self._x()[start:stop])
+
     def ids(self) -> list[str]:
         return list(self._ids)
 
