@@ -17,12 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from histofetch.manifest import atomic_write_text
-from histomodels.checkpoint import load_model, read_checkpoint, save_checkpoint
-from histomodels.device import pick_device
-from histomodels.inference import norm_of, predict_logits, resolve_precision, sigmoid
+from histomodels.checkpoint import read_checkpoint, save_checkpoint
+from histomodels.inference import Predictor, sigmoid
 
 PLOTS = ("roc.png", "pr.png", "confusion.png", "reliability.png")
 
@@ -73,7 +71,7 @@ def evaluate_checkpoint(
     n_bootstrap: int = 1000,
     seed: int = 0,
     precision: str = "fp32",
-    device: str | torch.device | None = None,
+    device: str | None = None,
     store_temperature: bool = True,
     gallery: bool = True,
     progress: Callable[[str, int], Callable[[int], None] | None] | None = None,
@@ -86,24 +84,12 @@ def evaluate_checkpoint(
     from histomodels.metrics import binary_metrics, choose_threshold, summarize
 
     out = Path(out)
-    device = pick_device(device)
-    model, ckpt = load_model(checkpoint, device)
-    mean, std = norm_of(ckpt)
-    precision = resolve_precision(precision, device, ckpt.get("model"))
+    pred = Predictor.load(checkpoint, device=device, precision=precision)
+    ckpt = pred.ckpt
 
     def infer(images: np.ndarray, desc: str) -> np.ndarray:
         cb = progress(desc, len(images)) if progress else None
-        return predict_logits(
-            model,
-            images,
-            mean=mean,
-            std=std,
-            batch_size=batch_size,
-            tta=tta,
-            precision=precision,
-            device=device,
-            progress=cb,
-        )
+        return pred.logits(images, batch_size=batch_size, tta=tta, progress=cb)
 
     images, labels, ids, source = _load(data)
     result: dict[str, Any] = {
@@ -111,9 +97,9 @@ def evaluate_checkpoint(
         "model": ckpt.get("model"),
         "data": source,
         "tta": bool(tta),
-        "precision": precision,
+        "precision": pred.precision,
     }
-    temperature = float(ckpt.get("temperature", 1.0) or 1.0)
+    temperature = pred.temperature
     threshold, threshold_source = 0.5, "default 0.5 (no validation set given)"
     if (
         val is not None
@@ -184,15 +170,15 @@ def evaluate_checkpoint(
             from histomodels.explain import error_gallery
 
             result["gallery"] = error_gallery(
-                model,
+                pred.model,
                 images if labelled.all() else images[labelled],
                 y,
                 p,
                 [ids[i] for i in np.flatnonzero(labelled)],
                 threshold,
                 out / "errors_gradcam.png",
-                mean=mean,
-                std=std,
+                mean=pred.mean,
+                std=pred.std,
             )
     else:
         result["note"] = "only one class present: ROC/PR plots and AUC are undefined"

@@ -91,34 +91,19 @@ def evaluate_manifest(
     """Score every kept figure; write metrics.json, image_scores.csv, tile_predictions.csv,
     score_hist_<agg>.png, heatmaps/<image>.png and contact_sheet.png into ``out``."""
     from histomodels import plots
-    from histomodels.checkpoint import load_model
     from histomodels.data.images import decode_image
     from histomodels.data.manifest_tiles import ManifestTileDataset
-    from histomodels.device import pick_device
     from histomodels.evaluate import write_json
-    from histomodels.inference import norm_of, predict_logits, resolve_precision, sigmoid
+    from histomodels.inference import Predictor, sigmoid
     from histomodels.metrics import summarize
 
     out = Path(out)
-    device = pick_device(device)
-    model, ckpt = load_model(checkpoint, device)
-    mean, std = norm_of(ckpt)
-    precision = resolve_precision(precision, device, ckpt.get("model"))
-    temperature = float(ckpt.get("temperature", 1.0) or 1.0)
+    pred = Predictor.load(checkpoint, device=device, precision=precision)
+    ckpt, temperature = pred.ckpt, pred.temperature
     ds = ManifestTileDataset(Path(run_dir), scale=scale, min_tissue=min_tissue)
     images = ds.load_all()[0]
     cb = progress("tiles", len(images)) if progress else None
-    logits = predict_logits(
-        model,
-        images,
-        mean=mean,
-        std=std,
-        batch_size=batch_size,
-        tta=tta,
-        precision=precision,
-        device=device,
-        progress=cb,
-    )
+    logits = pred.logits(images, batch_size=batch_size, tta=tta, progress=cb)
     probs = sigmoid(logits, temperature)
 
     by_image: dict[str, list[int]] = {i: [] for i in ds.figures}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -103,3 +104,59 @@ def sigmoid(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     """Calibrated probability ``sigmoid(logit / T)``."""
     z = np.asarray(logits, dtype=np.float64) / float(temperature)
     return 1.0 / (1.0 + np.exp(-z))
+
+
+@dataclass
+class Predictor:
+    """A checkpoint loaded for inference with everything scoring needs: its normalisation,
+    precision, device and fitted temperature (eval, predict and the manifest share it)."""
+
+    model: nn.Module
+    ckpt: dict
+    device: torch.device
+    precision: str
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    temperature: float
+
+    @classmethod
+    def load(
+        cls, checkpoint: str | Path, *, device: str | None = None, precision: str = "auto"
+    ) -> Predictor:
+        """Load ``checkpoint`` (``weights_only``) onto ``device`` (default: CUDA if any)."""
+        from histomodels.checkpoint import load_model
+        from histomodels.device import pick_device
+
+        dev = pick_device(device)
+        model, ckpt = load_model(checkpoint, dev)
+        mean, std = norm_of(ckpt)
+        return cls(
+            model=model,
+            ckpt=ckpt,
+            device=dev,
+            precision=resolve_precision(precision, dev, ckpt.get("model")),
+            mean=mean,
+            std=std,
+            temperature=float(ckpt.get("temperature", 1.0) or 1.0),
+        )
+
+    def logits(
+        self,
+        images: np.ndarray | Iterable[np.ndarray],
+        *,
+        batch_size: int = 256,
+        tta: bool = False,
+        progress: Callable[[int], None] | None = None,
+    ) -> np.ndarray:
+        """Raw logits (see :func:`predict_logits`)."""
+        return predict_logits(
+            self.model,
+            images,
+            mean=self.mean,
+            std=self.std,
+            batch_size=batch_size,
+            tta=tta,
+            precision=self.precision,
+            device=self.device,
+            progress=progress,
+        )

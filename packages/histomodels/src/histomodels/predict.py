@@ -153,20 +153,14 @@ def predict_paths(
     ``scale`` resizes each image first so it matches the model's training magnification
     (PCam is ~10x, ~0.97 um/px: use 0.25 for 40x tiles); x/y are then in resized pixels."""
     from histofetch.manifest import atomic_write_text
-    from histomodels.checkpoint import load_model
-    from histomodels.device import pick_device
-    from histomodels.inference import norm_of, predict_logits, resolve_precision, sigmoid
+    from histomodels.inference import Predictor, sigmoid
 
     if not 0 < scale <= 16:
         raise ValueError(f"scale must be in (0, 16], got {scale}")
     files = collect_inputs(paths)
-    device = pick_device(device)
-    model, ckpt = load_model(checkpoint, device)
-    size = int(ckpt.get("input_size", 96))
+    pred = Predictor.load(checkpoint, device=device, precision=precision)
+    size = int(pred.ckpt.get("input_size", 96))
     check_inputs(files, size, max_pixels)
-    mean, std = norm_of(ckpt)
-    precision = resolve_precision(precision, device, ckpt.get("model"))
-    temperature = float(ckpt.get("temperature", 1.0) or 1.0)
     out_csv = Path(out_csv)
     heat_dir = Path(heatmap_dir) if heatmap_dir else out_csv.with_name(out_csv.stem + "_heatmaps")
     buf = io.StringIO()
@@ -178,17 +172,8 @@ def predict_paths(
         if scale != 1.0:
             img = _resize(img, scale, f, size)
         tiles = tile_image(img, size, stride)
-        logits = predict_logits(
-            model,
-            tiles.patches,
-            mean=mean,
-            std=std,
-            batch_size=batch_size,
-            tta=tta,
-            precision=precision,
-            device=device,
-        )
-        probs = sigmoid(logits, temperature)
+        logits = pred.logits(tiles.patches, batch_size=batch_size, tta=tta)
+        probs = sigmoid(logits, pred.temperature)
         for (x, y), t, p in zip(tiles.xy, tiles.tissue, probs, strict=True):
             w.writerow([str(f), int(x), int(y), size, f"{t:.3f}", f"{p:.6f}"])
         n_rows += len(probs)

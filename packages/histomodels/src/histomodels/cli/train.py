@@ -58,6 +58,7 @@ Quiet = Annotated[bool, typer.Option("--quiet", help="No progress bar or per-epo
 
 
 def _run(resume: bool, config: Path | None, quiet: bool, out: Path, base=None, **options) -> None:
+    """Resolve defaults < ``base`` < config file < command-line options, then train."""
     from rich.console import Console
 
     from histomodels.config import resolve_config
@@ -109,31 +110,7 @@ def train_cmd(
     quiet: Quiet = False,
 ) -> None:
     """Train a model (default: the scratch CNN) with early stopping on validation AUC."""
-    _run(
-        resume,
-        config,
-        quiet,
-        out,
-        model=model,
-        data=data,
-        val=val,
-        epochs=epochs,
-        patience=patience,
-        time_budget=time_budget,
-        batch_size=batch_size,
-        lr=lr,
-        weight_decay=weight_decay,
-        schedule=schedule,
-        aug_strength=aug_strength,
-        model_config=model_config,
-        weights=weights,
-        seed=seed,
-        compile=compile,
-        bf16=bf16,
-        channels_last=channels_last,
-        threads=threads,
-        device=device,
-    )
+    _run(**locals())  # every option maps by name onto _run / TrainConfig
 
 
 #: What ``finetune`` changes from the training defaults (a config file or options win).
@@ -187,40 +164,16 @@ def finetune_cmd(
     quiet: Quiet = False,
 ) -> None:
     """Fine-tune a pretrained backbone: head-only warm-up, then all layers at a lower LR."""
+    options = dict(locals())  # first: every option, by name
     from histomodels.config import TrainConfig
 
+    options["freeze_epochs"] = options.pop("warmup_epochs")
+    input_size = options.pop("input_size")
     if input_size and input_size != 96:
         mc = json.loads(model_config) if model_config else {}
         mc["input_size"] = input_size
-        model_config = json.dumps(mc)
-    _run(
-        resume,
-        config,
-        quiet,
-        out,
-        base=TrainConfig(**FINETUNE_DEFAULTS),
-        model=model,
-        weights=weights,
-        freeze_epochs=warmup_epochs,
-        backbone_lr_mult=backbone_lr_mult,
-        model_config=model_config,
-        data=data,
-        val=val,
-        epochs=epochs,
-        patience=patience,
-        time_budget=time_budget,
-        batch_size=batch_size,
-        lr=lr,
-        weight_decay=weight_decay,
-        schedule=schedule,
-        aug_strength=aug_strength,
-        seed=seed,
-        compile=compile,
-        bf16=bf16,
-        channels_last=channels_last,
-        threads=threads,
-        device=device,
-    )
+        options["model_config"] = json.dumps(mc)
+    _run(base=TrainConfig(**FINETUNE_DEFAULTS), **options)
 
 
 @app.command("tune")
