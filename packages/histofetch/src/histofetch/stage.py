@@ -69,7 +69,7 @@ def run_per_record(
         BarColumn(),
         MofNCompleteColumn(),
         TimeRemainingColumn(),
-        disable=not progress,
+        disable=not progress or not _PROGRESS_CONSOLE.is_terminal,
         transient=True,
         console=_PROGRESS_CONSOLE,  # stderr: stdout stays clean for summary lines and JSON
     ) as bar:

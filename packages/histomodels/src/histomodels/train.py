@@ -660,6 +660,7 @@ def _progress(console, cfg: TrainConfig, info: D.DistInfo):
         TimeRemainingColumn(),
         console=console,
         transient=True,
+        disable=not console.is_terminal,  # batch logs: per-epoch lines only
     )
 
 

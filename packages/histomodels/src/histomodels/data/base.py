@@ -62,7 +62,7 @@ class PatchDataset(ABC):
         import os
         from concurrent.futures import ThreadPoolExecutor
 
-        from rich.progress import Progress
+        from histomodels.progress import transient_progress
 
         n = len(self)
         if n == 0:
@@ -72,7 +72,7 @@ class PatchDataset(ABC):
         labels = np.empty(n, dtype=np.int64)
         ids: list[str] = []
         workers = min(4, os.cpu_count() or 1)
-        with ThreadPoolExecutor(workers) as pool, Progress(transient=True) as progress:
+        with ThreadPoolExecutor(workers) as pool, transient_progress() as progress:
             task = progress.add_task(f"decoding {self.source or 'dataset'}", total=n)
             for i, (img, label, pid) in enumerate(pool.map(self.__getitem__, range(n))):
                 if img.shape != first.shape:

@@ -136,7 +136,7 @@ class EncodedH5Dataset(PatchDataset):
         """Read all bytes in one go, decode on a small thread pool (PIL releases the GIL)."""
         from concurrent.futures import ThreadPoolExecutor
 
-        from rich.progress import Progress
+        from histomodels.progress import transient_progress
 
         with h5py.File(self.path, "r") as f:
             encoded = f["encoded"][()]
@@ -153,7 +153,7 @@ class EncodedH5Dataset(PatchDataset):
         images[0] = first
         with (
             ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool,
-            Progress(transient=True) as progress,
+            transient_progress() as progress,
         ):
             task = progress.add_task(f"decoding {self.path.name}", total=n)
             for i, img in enumerate(pool.map(work, range(1, n), chunksize=256), start=1):

@@ -149,9 +149,8 @@ class ManifestTileDataset(ArrayDataset):
     def __init__(
         self, run_dir: Path, *, scale: float | None = None, min_tissue: float = 0.5
     ) -> None:
-        from rich.progress import Progress
-
         from histofetch.manifest import Manifest, ManifestError
+        from histomodels.progress import transient_progress
 
         try:
             manifest = Manifest.load(run_dir)
@@ -165,7 +164,7 @@ class ManifestTileDataset(ArrayDataset):
         self.figures: dict[str, dict] = {}
         chunks: list[np.ndarray] = []
         images = sorted(manifest.kept_images(), key=lambda i: i.id)
-        with Progress(transient=True) as progress:
+        with transient_progress() as progress:
             task = progress.add_task("tiling figures", total=len(images))
             for img in images:
                 progress.advance(task)

@@ -39,13 +39,13 @@ def gunzip_once(path: Path, *, quiet: bool = False) -> Path:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(target.name + ".part")
-    from rich.progress import Progress
+    from histomodels.progress import transient_progress
 
     try:
         with (
             gzip.open(path, "rb") as src,
             open(tmp, "wb") as dst,
-            Progress(transient=True, disable=quiet) as progress,
+            transient_progress(quiet) as progress,
         ):
             task = progress.add_task(f"gunzip {path.name}", total=path.stat().st_size)
             raw = src.fileobj  # type: ignore[attr-defined]
@@ -190,13 +190,13 @@ class PCamDataset(PatchDataset):
 
     def load_all(self) -> tuple[np.ndarray, np.ndarray, list[str]]:
         """Read everything in large sequential blocks (fast even for gzip-chunked files)."""
-        from rich.progress import Progress
+        from histomodels.progress import transient_progress
 
         n = len(self)
         out = np.empty(self.shape, dtype=np.uint8)
         x = self._x()
         block = max(1, (x.chunks[0] if x.chunks else 1024) * 32)
-        with Progress(transient=True) as progress:
+        with transient_progress() as progress:
             task = progress.add_task(f"reading {self.x_path.name}", total=n)
             for start in range(0, n, block):
                 stop = min(n, start + block)
