@@ -57,3 +57,44 @@ def test_blank_patches_pass_through_and_are_counted() -> None:
         MacenkoNormalizer().fit(blank)
     with pytest.raises(ValueError, match="uint8"):
         norm.transform(blank.astype(np.float32))
+
+
+def test_bad_stain_settings_are_named(tmp_path) -> None:
+    from histomodels.config import ConfigError, resolve_config
+    from histomodels.data.stain import stain_normalizer
+
+    bad = tmp_path / "stain.json"
+    bad.write_text('{"stains": [[1, 2]], "max_c": [1, 2]}')
+    with pytest.raises(StainError, match=r"stain\.json: expected stains 3x2"):
+        stain_normalizer(str(bad))
+    with pytest.raises(StainError, match="'macenko' or a stain JSON"):
+        stain_normalizer(str(tmp_path / "missing.json"))
+    with pytest.raises(ConfigError, match="stain_norm must be 'macenko'"):
+        resolve_config(stain_norm="macenko-ish")
+
+
+def test_training_with_stain_norm_is_applied_again_at_inference(tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from histomodels.cli import app
+    from histomodels.data import open_dataset
+    from histomodels.inference import Predictor, predict_logits
+    from histomodels.synthetic import write_h5
+
+    train_h5, val_h5 = write_h5(tmp_path / "t.h5", 48, seed=0), write_h5(tmp_path / "v.h5", 32, 1)
+    out = tmp_path / "run"
+    r = CliRunner().invoke(
+        app,
+        ["train", "--data", str(train_h5), "--val", str(val_h5), "--out", str(out),
+         "--stain-norm", "macenko", "--model-config", '{"width": 8, "depth": 2}',
+         "--epochs", "1", "--threads", "1", "--quiet"],
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    pred = Predictor.load(out / "best.pt", device="cpu", precision="fp32")
+    assert pred.ckpt["stain"]["method"] == "macenko" and pred.stain is not None
+    images = open_dataset(val_h5).load_all()[0][:16]
+    normalised = MacenkoNormalizer().transform(images)
+    assert not np.array_equal(normalised, images)
+    expected = predict_logits(pred.model, normalised, precision="fp32")
+    assert np.allclose(pred.logits(images), expected, atol=1e-5)
+    assert not np.allclose(pred.logits(images, prepared=True), expected, atol=1e-3)

@@ -217,6 +217,7 @@ def test_cli_config_file_and_overrides(h5_files, tmp_path):
         (["--data", "/nonexistent/train.h5"], "/nonexistent/train.h5: train data not found"),
         (["--schedule", "linear"], "schedule must be cosine, plateau or constant"),
         (["--model", "resnet9000"], "unknown model 'resnet9000'"),
+        (["--stain-norm", "nope.json"], "stain_norm must be 'macenko' or a stain JSON file"),
     ],
 )
 def test_cli_bad_input_is_one_line_and_exit_1(h5_files, tmp_path, extra, message):

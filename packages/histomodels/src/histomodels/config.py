@@ -47,6 +47,9 @@ class TrainConfig:
     # augmentation
     aug_strength: float = 1.0  # 0 disables augmentation
     hed_jitter: bool = True  # HED stain jitter inside the augmentation
+    #: None, "macenko" (common reference target) or a stain JSON (MacenkoNormalizer.save);
+    #: applied to every patch before training and, from the checkpoint, at inference
+    stain_norm: str | None = None
     # runtime
     seed: int = 0
     bf16: bool | None = None  # None = auto (on for plain CNNs on CPU; AMP on CUDA)
@@ -101,6 +104,10 @@ def validate(cfg: TrainConfig, source: str = "config") -> TrainConfig:
         raise ConfigError(f"{source}: lr must be > 0")
     if cfg.time_budget is not None and cfg.time_budget <= 0:
         raise ConfigError(f"{source}: time_budget (minutes) must be > 0")
+    if cfg.stain_norm not in (None, "macenko") and not Path(cfg.stain_norm).is_file():
+        raise ConfigError(
+            f"{source}: stain_norm must be 'macenko' or a stain JSON file, got {cfg.stain_norm!r}"
+        )
     return cfg
 
 

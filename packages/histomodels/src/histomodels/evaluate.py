@@ -87,11 +87,12 @@ def evaluate_checkpoint(
     pred = Predictor.load(checkpoint, device=device, precision=precision)
     ckpt = pred.ckpt
 
-    def infer(images: np.ndarray, desc: str) -> np.ndarray:
+    def infer(images: np.ndarray, desc: str, prepared: bool = False) -> np.ndarray:
         cb = progress(desc, len(images)) if progress else None
-        return pred.logits(images, batch_size=batch_size, tta=tta, progress=cb)
+        return pred.logits(images, batch_size=batch_size, tta=tta, progress=cb, prepared=prepared)
 
     images, labels, ids, source = _load(data)
+    images = pred.prepare(images)  # as the model sees them (the error gallery shows these)
     result: dict[str, Any] = {
         "checkpoint": str(checkpoint),
         "model": ckpt.get("model"),
@@ -134,7 +135,7 @@ def evaluate_checkpoint(
         raise ValueError("--sensitivity needs --val: the operating point is chosen on validation")
     result.update(temperature=temperature, threshold_source=threshold_source)
 
-    logits = infer(images, "test")
+    logits = infer(images, "test", prepared=True)
     probs = sigmoid(logits, temperature)
     out.mkdir(parents=True, exist_ok=True)
     write_predictions(out / "predictions.csv", ids, labels, probs)

@@ -129,6 +129,9 @@ def export_checkpoint(
         "histomodels.temperature": str(float(ckpt.get("temperature", 1.0))),
         "histomodels.output": "logit per patch; probability = sigmoid(logit / temperature)",
     }
+    if ckpt.get("stain"):  # not part of the graph: callers must normalise patches first
+        meta["histomodels.stain"] = json.dumps(ckpt["stain"])
+        meta["histomodels.input"] += " after Macenko stain normalisation (histomodels.stain)"
     tmp = _tmp_beside(out)
     try:
         if fmt == "onnx":
@@ -157,4 +160,5 @@ def export_checkpoint(
         "max_abs_diff": diff,
         "parity_batches": [len(example), len(other)],
         "bytes": out.stat().st_size,
+        "stain": ckpt.get("stain"),
     }

@@ -11,6 +11,7 @@ import functools
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -118,6 +119,8 @@ class Predictor:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     temperature: float
+    #: stain normaliser the model was trained with (from the checkpoint), applied first
+    stain: Any = None
 
     @classmethod
     def load(
@@ -130,6 +133,11 @@ class Predictor:
         dev = pick_device(device)
         model, ckpt = load_model(checkpoint, dev)
         mean, std = norm_of(ckpt)
+        stain = None
+        if ckpt.get("stain"):
+            from histomodels.data.stain import MacenkoNormalizer
+
+            stain = MacenkoNormalizer.from_dict(ckpt["stain"], f"{checkpoint}: stain")
         return cls(
             model=model,
             ckpt=ckpt,
@@ -138,7 +146,12 @@ class Predictor:
             mean=mean,
             std=std,
             temperature=float(ckpt.get("temperature", 1.0) or 1.0),
+            stain=stain,
         )
+
+    def prepare(self, images: np.ndarray) -> np.ndarray:
+        """The patches as the model sees them (stain-normalised when it was trained so)."""
+        return images if self.stain is None else self.stain.transform(images)
 
     def logits(
         self,
@@ -147,8 +160,15 @@ class Predictor:
         batch_size: int = 256,
         tta: bool = False,
         progress: Callable[[int], None] | None = None,
+        prepared: bool = False,
     ) -> np.ndarray:
-        """Raw logits (see :func:`predict_logits`)."""
+        """Raw logits (see :func:`predict_logits`); ``prepared``: already :meth:`prepare`d."""
+        if not prepared and self.stain is not None:
+            images = (
+                self.prepare(images)
+                if isinstance(images, np.ndarray)
+                else (self.prepare(b) for b in images)
+            )
         return predict_logits(
             self.model,
             images,

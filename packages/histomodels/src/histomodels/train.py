@@ -30,6 +30,7 @@ from histomodels.config import TrainConfig, validate
 from histomodels.data.base import ArrayDataset, DatasetError, PatchDataset, open_dataset
 from histomodels.data.blocks import BlockImages
 from histomodels.data.cache import decoded_bytes, default_budget
+from histomodels.data.stain import stain_normalizer
 from histomodels.device import autocast, pick_device, set_threads, use_bf16
 from histomodels.models import create_model
 from histomodels.models.weights import split_parameters
@@ -357,6 +358,16 @@ def train(
     x_val, y_val = load_split(
         val_data if val_data is not None else _need(cfg.val, "validation"), "validation"
     )
+    stain = stain_normalizer(cfg.stain_norm) if cfg.stain_norm else None
+    if stain is not None:
+        _log(console, info, f"stain normalisation ({cfg.stain_norm}) of train and validation")
+        x_train, x_val = (
+            x if isinstance(x, BlockImages) else torch.from_numpy(stain.transform(x.numpy()))
+            for x in (x_train, x_val)
+        )
+        for x in (x_train, x_val):
+            if isinstance(x, BlockImages):
+                x.transform = stain.transform  # applied to each block as it is read
     for role, x in (("train", x_train), ("validation", x_val)):
         if isinstance(x, BlockImages):
             _log(
@@ -570,6 +581,7 @@ def train(
                     normalization={"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
                     train_config=_json_safe(cfg.to_dict()),
                     world_size=info.world_size,
+                    stain=stain.to_dict() if stain is not None else None,
                 )
                 if improved:
                     save_checkpoint(

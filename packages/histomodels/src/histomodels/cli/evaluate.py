@@ -223,6 +223,11 @@ def export_cmd(
         res = export_checkpoint(checkpoint, fmt, out, exporter=exporter)
     typer.echo(f"wrote {res['path']} ({res['format']}, {res['bytes']} bytes)")
     typer.echo(f"max abs diff {res['max_abs_diff']:.3g}")
+    if res.get("stain"):
+        typer.echo(
+            "note: the model was trained on Macenko-normalised patches; normalise inputs first "
+            "(settings in the file's metadata, key histomodels.stain)"
+        )
     if res["max_abs_diff"] > tolerance:
         _fail(f"{out}: parity check failed (max abs diff {res['max_abs_diff']:.3g} > {tolerance})")
 

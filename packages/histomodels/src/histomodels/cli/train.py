@@ -43,6 +43,12 @@ Lr = Annotated[float | None, typer.Option(help="Peak learning rate (AdamW).")]
 Wd = Annotated[float | None, typer.Option(help="AdamW weight decay.")]
 Schedule = Annotated[str | None, typer.Option(help="cosine | plateau | constant.")]
 Aug = Annotated[float | None, typer.Option(help="Augmentation strength (0 = off).")]
+StainNorm = Annotated[
+    str | None,
+    typer.Option(
+        help="Macenko stain normalisation: 'macenko' or a stain JSON file (default none)."
+    ),
+]
 Seed = Annotated[int | None, typer.Option(help="Random seed.")]
 Compile = Annotated[bool | None, typer.Option("--compile/--no-compile", help="torch.compile.")]
 Bf16 = Annotated[
@@ -98,6 +104,7 @@ def train_cmd(
     weight_decay: Wd = None,
     schedule: Schedule = None,
     aug_strength: Aug = None,
+    stain_norm: StainNorm = None,
     model_config: ModelConfig = None,
     weights: Annotated[str | None, typer.Option(help="Initial weights: PATH or source.")] = None,
     seed: Seed = None,
@@ -153,6 +160,7 @@ def finetune_cmd(
     weight_decay: Wd = None,
     schedule: Schedule = None,
     aug_strength: Aug = None,
+    stain_norm: StainNorm = None,
     model_config: ModelConfig = None,
     seed: Seed = None,
     compile: Compile = None,

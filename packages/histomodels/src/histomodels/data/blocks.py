@@ -12,6 +12,7 @@ blocks (default 8 + 1 blocks of 2,048 PCam patches ≈ 250 MB).
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -26,12 +27,19 @@ class BlockImages:
     return a uint8 torch tensor), which is all the trainer needs of its image array.
     """
 
-    def __init__(self, ds: PatchDataset, block: int = 2048, window: int = 8) -> None:
+    def __init__(
+        self,
+        ds: PatchDataset,
+        block: int = 2048,
+        window: int = 8,
+        transform: Callable[[np.ndarray], np.ndarray] | None = None,
+    ) -> None:
         if block < 1 or window < 1:
             raise ValueError(f"block and window must be >= 1 (got {block}, {window})")
         if len(ds) == 0:
             raise DatasetError(f"{ds.source or 'dataset'}: no patches")
         self.ds, self.block, self.window = ds, int(block), int(window)
+        self.transform = transform  # uint8 [n, H, W, 3] -> same, per block read (e.g. stain)
         first = np.asarray(ds[0][0])
         self.shape = (len(ds), *first.shape)
         if first.dtype != np.uint8 or first.ndim != 3 or first.shape[-1] != 3:
@@ -57,6 +65,8 @@ class BlockImages:
                 f"{list(data.shape)}, expected uint8 {[stop - start, *self.shape[1:]]}"
             )
         self.reads += 1
+        if self.transform is not None:
+            data = self.transform(data)
         self._cache[b] = data
         while len(self._cache) > self.window + 1:
             self._cache.popitem(last=False)

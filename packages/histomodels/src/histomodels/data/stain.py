@@ -22,7 +22,7 @@ REF_MAX_C = np.array([1.9705, 1.0308])
 
 
 class StainError(ValueError):
-    """The image has too little stained tissue to estimate its stain vectors."""
+    """Too little stained tissue to estimate stain vectors, or unusable stain settings."""
 
 
 def _od(rgb: np.ndarray, io: float) -> np.ndarray:
@@ -95,14 +95,48 @@ class MacenkoNormalizer:
             return self.transform_one(images)
         return np.stack([self.transform_one(im) for im in images])
 
+    def to_dict(self) -> dict:
+        """Plain lists and floats (JSON, and safe inside a ``weights_only`` checkpoint)."""
+        return {
+            "method": "macenko",
+            "stains": self.stains.tolist(),
+            "max_c": self.max_c.tolist(),
+            "io": float(self.io),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "stain settings") -> MacenkoNormalizer:
+        try:
+            stains, max_c = np.array(data["stains"], float), np.array(data["max_c"], float)
+            io = float(data.get("io", 240.0))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise StainError(f"{source}: not Macenko stain settings ({exc!r})") from None
+        if stains.shape != (3, 2) or max_c.shape != (2,) or not np.isfinite(stains).all():
+            raise StainError(f"{source}: expected stains 3x2 and max_c of 2 finite numbers")
+        return cls(stains, max_c, io)
+
     def save(self, path: str | Path) -> None:
-        data = {"stains": self.stains.tolist(), "max_c": self.max_c.tolist(), "io": self.io}
-        Path(path).write_text(json.dumps(data, indent=2))
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2))
 
     @classmethod
     def load(cls, path: str | Path) -> MacenkoNormalizer:
-        data = json.loads(Path(path).read_text())
-        return cls(np.array(data["stains"]), np.array(data["max_c"]), float(data["io"]))
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise StainError(f"{path}: cannot read stain settings ({exc})") from None
+        if not isinstance(data, dict):
+            raise StainError(f"{path}: expected a JSON object of stain settings")
+        return cls.from_dict(data, str(path))
+
+
+def stain_normalizer(spec: str) -> MacenkoNormalizer:
+    """``"macenko"`` (the common reference target) or a JSON file written by
+    :meth:`MacenkoNormalizer.save` (a target fitted on your own reference image)."""
+    if spec == "macenko":
+        return MacenkoNormalizer()
+    if not Path(spec).is_file():
+        raise StainError(f"{spec}: stain normalisation is 'macenko' or a stain JSON file")
+    return MacenkoNormalizer.load(spec)
 
 
 def _check(rgb: np.ndarray) -> np.ndarray:
