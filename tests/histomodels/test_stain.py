@@ -98,3 +98,22 @@ def test_training_with_stain_norm_is_applied_again_at_inference(tmp_path) -> Non
     expected = predict_logits(pred.model, normalised, precision="fp32")
     assert np.allclose(pred.logits(images), expected, atol=1e-5)
     assert not np.allclose(pred.logits(images, prepared=True), expected, atol=1e-3)
+
+
+def test_cli_fits_a_stain_file_from_a_reference_image(tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from histomodels.cli import app
+    from histomodels.data.stain import stain_normalizer
+
+    ref = tmp_path / "ref.png"
+    Image.fromarray(make_figure(2, 2, seed=4)).save(ref)
+    out = tmp_path / "stain.json"
+    r = CliRunner().invoke(app, ["data", "stain", str(ref), "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    fitted = stain_normalizer(str(out))
+    assert np.allclose(fitted.stains, MacenkoNormalizer().fit(make_figure(2, 2, seed=4)).stains)
+    blank = tmp_path / "blank.png"
+    Image.fromarray(np.full((64, 64, 3), 250, np.uint8)).save(blank)
+    r = CliRunner().invoke(app, ["data", "stain", str(blank), "--out", str(tmp_path / "b.json")])
+    assert r.exit_code == 1 and "blank.png" in r.stderr and not (tmp_path / "b.json").exists()

@@ -103,3 +103,21 @@ def info(
         typer.echo(f"  figures: {summary['figures']}")
     if sheet is not None:
         typer.echo(f"  contact sheet: {sheet}")
+
+
+@data_app.command("stain")
+def stain(
+    reference: Annotated[Path, typer.Argument(help="A well-stained H&E reference image.")],
+    out: Annotated[Path, typer.Option("--out", help="Stain JSON to write.")],
+) -> None:
+    """Fit Macenko stain settings on a reference image, for `train --stain-norm FILE`."""
+    from histomodels.data.stain import MacenkoNormalizer, StainError
+    from histomodels.predict import PredictInputError, read_rgb
+
+    try:
+        norm = MacenkoNormalizer().fit(read_rgb(reference))
+    except (PredictInputError, StainError, ValueError) as exc:
+        _fail(f"{reference}: {exc}" if str(reference) not in str(exc) else str(exc))
+    norm.save(out)
+    typer.echo(f"wrote {out}: haematoxylin {norm.stains[:, 0].round(3).tolist()}, "
+               f"eosin {norm.stains[:, 1].round(3).tolist()}")  # fmt: skip

@@ -116,7 +116,10 @@ class MacenkoNormalizer:
         return cls(stains, max_c, io)
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2))
+        """Write the settings as JSON (atomically: a temp file, then a rename)."""
+        from histofetch.manifest import atomic_write_text
+
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2))
 
     @classmethod
     def load(cls, path: str | Path) -> MacenkoNormalizer:
