@@ -282,14 +282,14 @@ def main(argv: list[str] | None = None) -> int:
         )
 
     print()
-    head = f"{'run':<10} {'at':<7} {'AUC':>6} {'acc':>6} {'bal.acc':>7} {'recall':>6} {'spec':>6} "
+    head = f"{'run':<15} {'at':<7} {'AUC':>6} {'acc':>6} {'bal.acc':>7} {'recall':>6} {'spec':>6} "
     print(head + f"{'train p/s':>9} {'infer p/s':>9}  epochs")
     for r in rows:
         for key in ("val", "val_tta") if "val_tta" in r else ("val",):
             label = r["name"] + (" +TTA" if key == "val_tta" else "")
             for m in (r[key], r[key]["at_select_threshold"]):
                 print(
-                    f"{label:<10} {m['threshold']:<7.3f} {m['auc']:6.4f} {m['accuracy']:6.4f} "
+                    f"{label:<15} {m['threshold']:<7.3f} {m['auc']:6.4f} {m['accuracy']:6.4f} "
                     f"{m['balanced_accuracy']:7.4f} {m['recall']:6.4f} {m['specificity']:6.4f} "
                     f"{r['train_patches_per_s']:9.0f} {r[key]['inference_patches_per_s']:9.0f}  "
                     f"{r['epochs_run']}"
