@@ -69,22 +69,20 @@ def run_configs(args) -> dict:
 
 
 def predict(model, images, *, bf16: bool, tta: bool, batch_size: int = 256):
-    """Probabilities (mean logit over the 8 dihedral views with ``tta``) and patches/s."""
-    import torch
+    """Probabilities (mean logit over the 8 dihedral views with ``tta``, as ``eval --tta``)
+    and patches/s, through the library's inference path."""
+    from histomodels.inference import predict_logits, sigmoid
 
-    from histomodels.train import predict_logits
-
-    views = range(8 if tta else 1)
     t0 = time.perf_counter()
-    logits = 0
-    for k in views:
-        x = images if k == 0 else torch.rot90(images.flip(2) if k & 4 else images, k & 3, (1, 2))
-        logits = logits + predict_logits(
-            model, x.contiguous(), torch.device("cpu"), batch_size=batch_size, bf16=bf16
-        )
+    logits = predict_logits(
+        model,
+        images.numpy(),
+        batch_size=batch_size,
+        tta=tta,
+        precision="bf16" if bf16 else "fp32",
+    )
     seconds = time.perf_counter() - t0
-    prob = torch.sigmoid(logits / len(views)).numpy()
-    return prob, len(images) * len(views) / seconds
+    return sigmoid(logits), len(images) * (8 if tta else 1) / seconds
 
 
 def scores(labels, prob, threshold: float) -> dict:

@@ -111,24 +111,12 @@ def test_cli_eval_end_to_end(tmp_path: Path) -> None:
     test_h5 = write_h5(tmp_path / "test.h5", 96, seed=7)
     val_h5 = write_h5(tmp_path / "val.h5", 96, seed=8)
     out = tmp_path / "out"
-    r = CliRunner().invoke(
-        app,
-        [
-            "eval",
-            str(ckpt),
-            "--data",
-            str(test_h5),
-            "--val",
-            str(val_h5),
-            "--out",
-            str(out),
-            "--bootstrap",
-            "100",
-            "--sensitivity",
-            "0.9",
-            "--tta",
-        ],
-    )
+
+    def run_eval(val: Path, *extra: str):
+        args = ["eval", str(ckpt), "--data", str(test_h5), "--val", str(val), "--out", str(out)]
+        return CliRunner().invoke(app, [*args, *extra])
+
+    r = run_eval(val_h5, "--bootstrap", "100", "--sensitivity", "0.9", "--tta")
     assert r.exit_code == 0, r.output
     for f in FILES:
         assert (out / f).exists(), f
@@ -136,21 +124,7 @@ def test_cli_eval_end_to_end(tmp_path: Path) -> None:
     assert m["tta"] is True and "sensitivity>=0.9" in m["threshold_source"]
     assert "roc_auc" in r.output and "warning" not in m
     # fitting threshold and temperature on the test set itself is flagged
-    r = CliRunner().invoke(
-        app,
-        [
-            "eval",
-            str(ckpt),
-            "--data",
-            str(test_h5),
-            "--val",
-            str(test_h5),
-            "--out",
-            str(out),
-            "--bootstrap",
-            "0",
-        ],
-    )
+    r = run_eval(test_h5, "--bootstrap", "0")
     assert r.exit_code == 0, r.output
     assert "optimistic" in json.loads((out / "metrics.json").read_text())["warning"]
 

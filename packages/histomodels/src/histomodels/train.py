@@ -361,13 +361,14 @@ def train(
     stain = stain_normalizer(cfg.stain_norm) if cfg.stain_norm else None
     if stain is not None:
         _log(console, info, f"stain normalisation ({cfg.stain_norm}) of train and validation")
-        x_train, x_val = (
-            x if isinstance(x, BlockImages) else torch.from_numpy(stain.transform(x.numpy()))
-            for x in (x_train, x_val)
-        )
-        for x in (x_train, x_val):
+
+        def normalise(x: torch.Tensor | BlockImages) -> torch.Tensor | BlockImages:
             if isinstance(x, BlockImages):
                 x.transform = stain.transform  # applied to each block as it is read
+                return x
+            return torch.from_numpy(stain.transform(x.numpy()))
+
+        x_train, x_val = normalise(x_train), normalise(x_val)
     for role, x in (("train", x_train), ("validation", x_val)):
         if isinstance(x, BlockImages):
             _log(
