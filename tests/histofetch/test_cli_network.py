@@ -19,8 +19,8 @@ from ncbi_server import (
 )
 from typer.testing import CliRunner
 
+from histocore.manifest import Manifest
 from histofetch.cli import app
-from histofetch.manifest import Manifest
 from histofetch.search import OA_FILTER
 
 QUERY = "lymph node metastasis breast cancer"

@@ -19,9 +19,9 @@ from ncbi_server import (
 )
 from PIL import Image as PILImage
 
+from histocore.manifest import Manifest, Record
 from histofetch.archive import ArchiveLimits
 from histofetch.download import check_pdf, find_pdf_link, run_download
-from histofetch.manifest import Manifest, Record
 
 HTML = b"<!DOCTYPE html><html><head><title>Sign in</title></head><body>Login</body></html>"
 FTP = "ftp://ftp.ncbi.nlm.nih.gov/pub/pmc/"

@@ -22,8 +22,8 @@ from pdf_factory import (
     write_truncated,
 )
 
+from histocore.manifest import Image, Manifest
 from histofetch.extract import ExtractError, run_extract
-from histofetch.manifest import Image, Manifest
 
 
 def _pixels(manifest: Manifest, img: Image) -> np.ndarray:

@@ -11,10 +11,10 @@ import pytest
 from conftest import shared_path
 from pdf_factory import build_image_pdf, he_like
 
+from histocore.manifest import Image, Manifest
 from histofetch.colour import score_rgb
 from histofetch.extract import run_extract
 from histofetch.filter import Thresholds, decide, run_filter, store_scores
-from histofetch.manifest import Image, Manifest
 
 
 def _smooth_field(h: int = 96, w: int = 96, seed: int = 0) -> np.ndarray:

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from pdf_factory import build_image_pdf, he_like
 
+from histocore.manifest import MANIFEST_NAME
 from histofetch.extract import run_extract
 from histofetch.filter import run_filter
-from histofetch.manifest import MANIFEST_NAME
 
 N_PDFS = 8
 

@@ -9,7 +9,7 @@ import pytest
 from conftest import shared_path
 from ncbi_server import Article, FakeNcbi, ncbi_fixture  # noqa: F401 (fixture)
 
-from histofetch.manifest import Manifest
+from histocore.manifest import Manifest
 from histofetch.resolve import ServiceError
 from histofetch.search import OA_FILTER, parse_esearch, parse_esummary_json, run_search
 

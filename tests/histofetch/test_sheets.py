@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import PIL.Image
 
-from histofetch.manifest import Image, Manifest
+from histocore.manifest import Image, Manifest
 from histofetch.sheets import TILE, contact_sheet, tile_label, write_filter_sheets, write_sheet
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from histofetch.manifest import Manifest, Record
+from histocore.manifest import Manifest, Record
 from histofetch.stage import StageFailure, StageSummary, run_per_record
 
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from histofetch.manifest import Manifest
+from histocore.manifest import Manifest
 from histomodels.demo import run_demo
 
 

@@ -13,7 +13,7 @@ from _evalkit import tiny_checkpoint
 from PIL import Image as PILImage
 from typer.testing import CliRunner
 
-from histofetch.manifest import Image, Manifest, Record
+from histocore.manifest import Image, Manifest, Record
 from histomodels.cli import app
 from histomodels.external import aggregate
 from histomodels.synthetic import make_figure

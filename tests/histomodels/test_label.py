@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from histofetch.manifest import Image, Manifest, Record
+from histocore.manifest import Image, Manifest, Record
 from histomodels.cli import app
 from histomodels.label import LabelError, normalise_label
 

@@ -9,7 +9,7 @@ import pytest
 from conftest import shared_path
 from PIL import Image as PILImage
 
-from histofetch.manifest import Image, Manifest, Record
+from histocore.manifest import Image, Manifest, Record
 from histomodels.data import DatasetError, open_dataset
 from histomodels.data.manifest_tiles import (
     ManifestTileDataset,

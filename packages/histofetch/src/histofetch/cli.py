@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from histofetch.manifest import Manifest, ManifestError
+from histocore.manifest import Manifest, ManifestError
 
 app = typer.Typer(
     name="histofetch",
@@ -164,8 +164,8 @@ def extract(
     min_size: int = typer.Option(32, "--min-size", min=1, help="Drop images smaller (px)."),
 ) -> None:
     """Extract every embedded raster image of every PDF (PNG + manifest rows)."""
+    from histocore.manifest import MANIFEST_NAME
     from histofetch.extract import ExtractError, run_extract
-    from histofetch.manifest import MANIFEST_NAME
 
     if not paths and not (run / MANIFEST_NAME).exists():
         fail(f"{run}: no manifest here; give PDF files/folders or run `histofetch download`")

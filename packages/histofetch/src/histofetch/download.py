@@ -26,6 +26,8 @@ from urllib.parse import urljoin
 
 import pymupdf
 
+from histocore.io import atomic_write_bytes, record_slug
+from histocore.manifest import Image, Manifest, Record
 from histofetch.archive import (
     ArchiveError,
     ArchiveLimits,
@@ -36,7 +38,6 @@ from histofetch.archive import (
     read_tar,
 )
 from histofetch.http import NetClient, NetConfig, NetError
-from histofetch.manifest import Image, Manifest, Record, atomic_write_bytes, record_slug
 from histofetch.resolve import ServiceError, oa_lookup, publisher_links
 from histofetch.stage import StageFailure, StageSummary, run_per_record
 

@@ -29,13 +29,8 @@ import numpy as np
 import PIL.Image
 import pymupdf
 
-from histofetch.manifest import (
-    Image,
-    Manifest,
-    Record,
-    atomic_write_bytes,
-    record_slug,
-)
+from histocore.io import atomic_write_bytes, record_slug
+from histocore.manifest import Image, Manifest, Record
 from histofetch.stage import StageFailure, StageSummary, run_per_record
 
 #: Refuse (do not decode) embedded images with more pixels than this (about 8000 × 8000).

@@ -17,8 +17,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from histocore.manifest import Image, Manifest, Record
 from histofetch.colour import ColourScores, score_image
-from histofetch.manifest import Image, Manifest, Record
 from histofetch.stage import StageSummary, run_per_record
 
 #: Bump when colour.py changes what the scores mean; older scores are then recomputed.

@@ -20,8 +20,8 @@ from typing import Any
 from Bio import Entrez
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from histocore.manifest import Manifest, Record
 from histofetch.http import NetClient, NetConfig, NetError
-from histofetch.manifest import Manifest, Record
 from histofetch.resolve import IdRow, ServiceError, pmids_to_pmcids
 from histofetch.stage import StageSummary
 

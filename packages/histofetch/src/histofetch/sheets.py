@@ -10,7 +10,8 @@ from pathlib import Path
 import PIL.Image
 from PIL import ImageDraw, ImageFont
 
-from histofetch.manifest import Image, Manifest, atomic_write_bytes
+from histocore.io import atomic_write_bytes
+from histocore.manifest import Image, Manifest
 
 TILE = 128
 LABEL_LINES = 3

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from histofetch.manifest import STAGES, Manifest, Record
+from histocore.manifest import STAGES, Manifest, Record
 
 _PROGRESS_CONSOLE = Console(stderr=True)
 

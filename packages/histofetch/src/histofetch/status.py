@@ -6,7 +6,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from histofetch.manifest import STAGES, Manifest
+from histocore.manifest import STAGES, Manifest
 
 
 def run_status(run_dir: Path) -> dict[str, Any]:

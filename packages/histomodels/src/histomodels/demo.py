@@ -13,7 +13,13 @@ from typing import Any
 
 import numpy as np
 
-from histofetch.manifest import Manifest, atomic_write_text
+from histocore.io import atomic_write_text
+from histocore.manifest import Manifest
+
+
+class DemoError(RuntimeError):
+    """The demo cannot run here (a missing optional package); the message says why."""
+
 
 #: Which figure of the synthetic article shows what (page = figure number).
 FIGURES = {
@@ -99,8 +105,13 @@ def run_demo(out: Path, *, minutes: float = 2.0, seed: int = 0, n_train: int = 3
     """Run the demo into ``out`` and return the summary that is also written to JSON."""
     from rich.console import Console
 
-    from histofetch.extract import run_extract
-    from histofetch.filter import run_filter
+    try:  # the demo mines its own article: histofetch is the demo extra, not a dependency
+        from histofetch.extract import run_extract
+        from histofetch.filter import run_filter
+    except ImportError as exc:
+        raise DemoError(
+            f"the demo needs histofetch ({exc.name} is missing): pip install 'histomodels[demo]'"
+        ) from None
     from histomodels.config import TrainConfig
     from histomodels.evaluate import evaluate_checkpoint
     from histomodels.synthetic import write_h5

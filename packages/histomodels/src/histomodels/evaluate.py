@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from histofetch.manifest import atomic_write_text
+from histocore.io import atomic_write_text
 from histomodels.checkpoint import read_checkpoint, save_checkpoint
 from histomodels.inference import Predictor, sigmoid
 

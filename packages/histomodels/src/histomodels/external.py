@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from histofetch.manifest import atomic_write_text, record_slug
+from histocore.io import atomic_write_text, record_slug
 
 AGGREGATIONS = ("max", "topk_mean")
 

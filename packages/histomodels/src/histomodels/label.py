@@ -11,7 +11,7 @@ import csv
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from histofetch.manifest import IMAGE_LABELS, Image, Manifest
+from histocore.manifest import IMAGE_LABELS, Image, Manifest
 
 #: Short answers accepted at the prompt and in CSVs, mapped to the stored label.
 ALIASES = {

@@ -14,7 +14,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from sklearn import metrics as skm
 
-from histofetch.manifest import atomic_write_bytes
+from histocore.io import atomic_write_bytes
 
 
 def save_figure(fig: plt.Figure, path: str | Path, dpi: int = 110) -> Path:

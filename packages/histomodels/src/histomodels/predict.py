@@ -152,7 +152,7 @@ def predict_paths(
 
     ``scale`` resizes each image first so it matches the model's training magnification
     (PCam is ~10x, ~0.97 um/px: use 0.25 for 40x tiles); x/y are then in resized pixels."""
-    from histofetch.manifest import atomic_write_text
+    from histocore.io import atomic_write_text
     from histomodels.inference import Predictor, sigmoid
 
     if not 0 < scale <= 16:

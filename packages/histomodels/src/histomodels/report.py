@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from histofetch.manifest import atomic_write_text
+from histocore.io import atomic_write_text
 
 METRIC_ROWS = (
     ("roc_auc", "ROC AUC"),

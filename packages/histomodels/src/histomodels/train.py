@@ -266,7 +266,7 @@ def val_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
 
 def write_history(run_dir: Path, history: list[dict[str, Any]]) -> None:
     """history.csv, history.json and learning_curve.png (each written atomically)."""
-    from histofetch.manifest import atomic_write_text
+    from histocore.io import atomic_write_text
 
     atomic_write_text(run_dir / "history.json", json.dumps(history, indent=1))
     lines = [",".join(HISTORY_FIELDS)]
@@ -424,7 +424,7 @@ def train(
     n_train = len(x_train)
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        from histofetch.manifest import atomic_write_text
+        from histocore.io import atomic_write_text
 
         atomic_write_text(run_dir / "config.json", json.dumps(_json_safe(cfg.to_dict()), indent=2))
 

@@ -69,7 +69,7 @@ def trial_config(params: dict[str, Any], base: TrainConfig) -> TrainConfig:
 
 
 def _atomic_json(path: Path, obj: Any) -> None:
-    from histofetch.manifest import atomic_write_text
+    from histocore.io import atomic_write_text
 
     atomic_write_text(path, json.dumps(obj, indent=2, default=str))
 
@@ -210,7 +210,7 @@ def _best(records: list[dict[str, Any]]) -> dict[str, Any] | None:
 
 
 def _write_table(path: Path, records: list[dict[str, Any]]) -> None:
-    from histofetch.manifest import atomic_write_text
+    from histocore.io import atomic_write_text
 
     keys = ["trial", "status", "val_auc", "val_accuracy", "epochs", "seconds"]
     pkeys = sorted({k for r in records for k in r["params"]})

@@ -19,6 +19,10 @@ def demo(
     n_train: int = typer.Option(3000, help="Synthetic training patches."),
 ) -> None:
     """SYNTHETIC patches → PDF → histofetch extract/filter → train → eval → report."""
-    from histomodels.demo import run_demo
+    from histomodels.cli import fail
+    from histomodels.demo import DemoError, run_demo
 
-    run_demo(out, minutes=minutes, seed=seed, n_train=n_train)
+    try:
+        run_demo(out, minutes=minutes, seed=seed, n_train=n_train)
+    except DemoError as exc:
+        fail(str(exc))

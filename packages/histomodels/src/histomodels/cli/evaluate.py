@@ -21,7 +21,7 @@ from histomodels.cli import fail as _fail
 @contextlib.contextmanager
 def _errors() -> Iterator[None]:
     """Known bad-input errors → ``error: <file>: <problem>`` and exit 1 (no traceback)."""
-    from histofetch.manifest import ManifestError
+    from histocore.manifest import ManifestError
     from histomodels.checkpoint import CheckpointError
 
     try:
@@ -296,7 +296,7 @@ def label_cmd(
     ] = False,
 ) -> None:
     """Label kept figures: metastasis / no_metastasis / not_usable (stored in the manifest)."""
-    from histofetch.manifest import Manifest
+    from histocore.manifest import Manifest
     from histomodels.label import apply_labels, label_interactively, parse_set, read_label_csv
 
     with _errors():

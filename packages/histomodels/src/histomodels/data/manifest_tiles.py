@@ -149,7 +149,7 @@ class ManifestTileDataset(ArrayDataset):
     def __init__(
         self, run_dir: Path, *, scale: float | None = None, min_tissue: float = 0.5
     ) -> None:
-        from histofetch.manifest import Manifest, ManifestError
+        from histocore.manifest import Manifest, ManifestError
         from histomodels.progress import transient_progress
 
         try:

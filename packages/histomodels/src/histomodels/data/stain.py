@@ -117,7 +117,7 @@ class MacenkoNormalizer:
 
     def save(self, path: str | Path) -> None:
         """Write the settings as JSON (atomically: a temp file, then a rename)."""
-        from histofetch.manifest import atomic_write_text
+        from histocore.io import atomic_write_text
 
         atomic_write_text(path, json.dumps(self.to_dict(), indent=2))
 

@@ -11,13 +11,12 @@ manifest, never half of one. The schema is documented in ``docs/manifest.md``; b
 from __future__ import annotations
 
 import json
-import os
-import re
-import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
+
+from histocore.io import atomic_write_text
 
 SCHEMA_NAME = "histofetch.manifest"
 SCHEMA_VERSION = 1
@@ -236,47 +235,5 @@ class Manifest:
             return str(path.resolve())
 
 
-def record_slug(record_id: str) -> str:
-    """A file-system-safe folder/file stem for a record id (``pmid:123`` → ``pmid_123``)."""
-    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", record_id).strip("._")
-    return slug[:120] or "record"
-
-
 def _image_order(img: Image) -> tuple[Any, ...]:
     return (img.source != "pdf", img.page or 0, img.id)
-
-
-def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _current_umask()
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so readers see the old file or the new one, never half."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the usual file mode
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def iter_rows(path: str | Path) -> Iterable[dict[str, Any]]:
-    """Raw rows of a manifest file (header excluded), for tools that want plain dicts."""
-    manifest = Manifest.load(Path(path).parent if Path(path).is_file() else path)
-    return list(manifest.rows())

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from histofetch.manifest import (
+from histocore.io import atomic_write_text, record_slug
+from histocore.manifest import (
     MANIFEST_NAME,
     SCHEMA_NAME,
     SCHEMA_VERSION,
@@ -15,9 +16,6 @@ from histofetch.manifest import (
     Manifest,
     ManifestError,
     Record,
-    atomic_write_text,
-    iter_rows,
-    record_slug,
 )
 
 
@@ -61,7 +59,7 @@ def test_rows_are_records_then_their_images_pdf_first_by_page(tmp_path: Path) ->
     )  # fmt: skip
     ids = [json.loads(line)["id"] for line in lines[1:]]
     assert ids == ["pmid:1", "pmid:1/p001_001", "pmid:1/p002_001", "pmid:1/fig1", "pmid:2"]
-    assert [r["id"] for r in iter_rows(tmp_path)] == ids
+    assert [r["id"] for r in Manifest.load(tmp_path).rows()] == ids
 
 
 def test_kept_images_resolve_and_relative(tmp_path: Path) -> None:

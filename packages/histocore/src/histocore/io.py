@@ -1,0 +1,56 @@
+"""Atomic file writes and file-system-safe names, used by every writer in both packages.
+
+A write that matters goes to a uniquely named temp file in the target's folder, is
+fsynced, then renamed over the target: readers see the old file or the new one, never
+half of one, and two writers never share a temp file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+
+def record_slug(record_id: str) -> str:
+    """A file-system-safe folder/file stem for a record id (``pmid:123`` → ``pmid_123``)."""
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", record_id).strip("._")
+    return slug[:120] or "record"
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so readers see the old file or the new one, never half."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the usual file mode
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | Path, obj: Any, *, indent: int | None = 2) -> None:
+    """Write ``obj`` as JSON (sorted keys, trailing newline) atomically."""
+    atomic_write_text(path, json.dumps(obj, indent=indent, sort_keys=True) + "\n")

@@ -1,0 +1,50 @@
+"""histocore.io: atomic writes never leave half a file or a stray temp file behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from histocore.io import atomic_write_bytes, atomic_write_json, atomic_write_text, record_slug
+
+
+def test_atomic_write_replaces_whole_file_and_keeps_usual_mode(tmp_path: Path) -> None:
+    target = tmp_path / "sub" / "out.txt"
+    atomic_write_text(target, "old")
+    atomic_write_text(target, "new text")
+    assert target.read_text() == "new text"
+    mode = stat.S_IMODE(target.stat().st_mode)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert mode == 0o666 & ~umask
+    assert [p.name for p in target.parent.iterdir()] == ["out.txt"]
+
+
+def test_failed_write_leaves_old_file_and_no_temp(tmp_path: Path) -> None:
+    target = tmp_path / "out.bin"
+    atomic_write_bytes(target, b"old")
+
+    with pytest.raises(TypeError):
+        atomic_write_bytes(target, "not bytes")  # type: ignore[arg-type]
+    assert target.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.bin"]
+
+
+def test_atomic_write_json_is_sorted_with_newline(tmp_path: Path) -> None:
+    target = tmp_path / "x.json"
+    atomic_write_json(target, {"b": 1, "a": [1, 2]})
+    text = target.read_text()
+    assert text.endswith("\n") and text.index('"a"') < text.index('"b"')
+    assert json.loads(text) == {"a": [1, 2], "b": 1}
+
+
+@pytest.mark.parametrize(
+    ("record_id", "slug"),
+    [("pmid:123", "pmid_123"), ("../../etc/passwd", "etc_passwd"), ("...", "record")],
+)
+def test_record_slug_is_file_system_safe(record_id: str, slug: str) -> None:
+    assert record_slug(record_id) == slug
