@@ -12,7 +12,7 @@ from conftest import shared_path
 from pdf_factory import build_image_pdf, he_like
 
 from histocore.manifest import Image, Manifest
-from histofetch.colour import score_rgb
+from histofetch.decide.colour import score_rgb
 from histofetch.extract import run_extract
 from histofetch.filter import Thresholds, decide, run_filter, store_scores
 
@@ -256,7 +256,7 @@ def test_real_he_tiles_are_kept() -> None:
     paths = sorted(shared_path("data", "camelyon16_tiles_didsr").rglob("*.webp"))[::6]
     paths += sorted(shared_path("data", "camelyon17_centre_tiles").glob("*.jpeg"))
     paths += [shared_path("data", "external_he_images", "tiatoolbox_target_image.png")]
-    from histofetch.colour import load_rgb
+    from histofetch.decide.colour import load_rgb
 
     kept = [_decision(load_rgb(p)).kept for p in paths]
     assert len(paths) >= 15 and all(kept)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from histocore.manifest import Image, Manifest, Record
-from histofetch.colour import ColourScores, score_image
+from histofetch.decide.colour import ColourScores, score_image
 from histofetch.stage import StageSummary, run_per_record
 
 #: Bump when colour.py changes what the scores mean; older scores are then recomputed.

@@ -1,0 +1,98 @@
+"""Figure captions split into their panels: "(A) … (B) …", "A, …; B, …", "(C–E) …".
+
+One splitter for every caption reader (the H&E decision's stain evidence and the caption
+weak labels), so both agree on which words belong to which panel.
+
+:func:`split_panels` returns a :class:`PanelText` per caption: ``shared`` is the text that
+applies to every panel (the title before the first panel marker, and sentences a caption
+sets after the panel list without a marker are not separable, so they stay with the last
+panel), and ``panels`` maps each panel letter (upper case) to its own text. A marker that
+names a range or a list ("(A–C)", "(D,E)", "(F and G)") gives the same text to each letter.
+
+Markers are only believed in order: the letters found must start at A (or continue the
+last letter seen) so that "(n = 5)", "(P < 0.05)", "vitamin (A)" or "(HE)" are not
+mistaken for panels, and a caption needs two panel letters to be split. Captions are
+untrusted input: the length is capped (:data:`MAX_CAPTION_CHARS`).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+#: Longer captions are cut here before parsing (hostile input; real legends are < 3,000).
+MAX_CAPTION_CHARS = 20_000
+
+_LETTER = r"[A-Za-z]"
+_RANGE = rf"{_LETTER}(?:\s*(?:[-–—]|,|and|&|to)\s*{_LETTER})*"
+#: "(A)", "(a–c)", "(D, E)", "(F and G)" anywhere; "A," / "A." / "A:" / "A)" only after a
+#: sentence end or the caption's start ("A, H&E of …; B, CK19 …").
+_MARKER = re.compile(
+    rf"\((?P<paren>{_RANGE})\)"
+    rf"|(?:(?<=^)|(?<=[.;:]\s)|(?<=[.;:]))\s*(?P<bare>{_RANGE})\s*[,.:)]\s",
+)
+_FIGURE_PREFIX = re.compile(
+    r"^\s*(?:fig(?:ure)?\.?|supplementary\s+fig(?:ure)?\.?)\s*[A-Z]?\d+[A-Za-z]?\s*[:.|\-–—)]?\s*",
+    re.IGNORECASE,
+)
+
+
+@dataclass
+class PanelText:
+    """A caption cut into the text shared by all panels and each panel's own text."""
+
+    shared: str
+    panels: dict[str, str] = field(default_factory=dict)
+
+    def text_for(self, letter: str | None) -> str:
+        """The words that describe panel ``letter`` (its own text after the shared text);
+        the whole caption when the letter is unknown or not in the caption."""
+        if letter and letter.upper() in self.panels:
+            return f"{self.shared} {self.panels[letter.upper()]}".strip()
+        return " ".join([self.shared, *self.panels.values()]).strip()
+
+
+def _letters(spec: str) -> list[str]:
+    """ "A–C" → [A, B, C]; "D, E" → [D, E]; "F and G" → [F, G] (upper case)."""
+    parts = re.findall(_LETTER, re.sub(r"\b(?:and|to)\b", " ", spec))
+    letters = [p.upper() for p in parts]
+    if len(letters) == 2 and re.search(r"[-–—]|\bto\b", spec):
+        lo, hi = ord(letters[0]), ord(letters[1])
+        if lo < hi <= lo + 12:
+            return [chr(c) for c in range(lo, hi + 1)]
+    return letters
+
+
+def split_panels(caption: str | None) -> PanelText:
+    """Split ``caption`` into per-panel texts (see the module docstring for the rules)."""
+    if not caption:
+        return PanelText(shared="")
+    text = " ".join(caption[:MAX_CAPTION_CHARS].split())
+    text = _FIGURE_PREFIX.sub("", text, count=1)
+    markers: list[tuple[int, int, list[str]]] = []
+    expected = "A"  # the next letter a believable marker may start with
+    seen: set[str] = set()
+    for m in _MARKER.finditer(text):
+        spec = m.group("paren") or m.group("bare")
+        letters = _letters(spec)
+        if not letters or any(len(x) != 1 for x in letters):
+            continue
+        first = letters[0]
+        # accept the next letter, or a repeat/back-reference of letters already seen
+        # ("(A) … (B) … as in (A)") only as part of the running text, not as a new marker
+        if first != expected and not (first in seen and set(letters) <= seen):
+            continue
+        if first in seen:
+            continue  # a reference back to an earlier panel stays in the running text
+        markers.append((m.start(), m.end(), letters))
+        seen.update(letters)
+        expected = chr(ord(max(letters)) + 1)
+    if len(seen) < 2:  # one "(A)" alone is a parenthesis ("vitamin (A)"), not a panel list
+        return PanelText(shared=text)
+    out = PanelText(shared=text[: markers[0][0]].strip())
+    for k, (_, end, letters) in enumerate(markers):
+        stop = markers[k + 1][0] if k + 1 < len(markers) else len(text)
+        body = text[end:stop].strip(" ;,")
+        for letter in letters:
+            out.panels[letter] = f"{out.panels.get(letter, '')} {body}".strip()
+    return out

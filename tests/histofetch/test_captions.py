@@ -1,0 +1,58 @@
+"""Caption panel splitting: "(A) … (B) …", bare "A, …; B, …", ranges, and false markers."""
+
+from __future__ import annotations
+
+from histofetch.captions import MAX_CAPTION_CHARS, split_panels
+
+LI_STYLE = (
+    "Figure 6. KIR+ cells in lung. (A) H&E staining of lung sections (n = 5). (B) Ki-67 IHC. "
+    "(C–E) PAS staining of kidney; (F and G) quantification, P < 0.05."
+)
+
+
+def test_parenthesised_panels_ranges_and_lists() -> None:
+    parts = split_panels(LI_STYLE)
+    assert parts.shared == "KIR+ cells in lung."
+    assert parts.panels["A"] == "H&E staining of lung sections (n = 5)."
+    assert parts.panels["B"] == "Ki-67 IHC."
+    assert parts.panels["C"] == parts.panels["D"] == parts.panels["E"] == "PAS staining of kidney"
+    assert parts.panels["F"] == parts.panels["G"] == "quantification, P < 0.05."
+    assert parts.text_for("b") == "KIR+ cells in lung. Ki-67 IHC."
+
+
+def test_bare_letters_after_sentence_ends() -> None:
+    parts = split_panels("Fig. 2: A, H&E of the node; B, CK19 immunohistochemistry. C. Bar chart.")
+    assert parts.panels == {
+        "A": "H&E of the node",
+        "B": "CK19 immunohistochemistry.",
+        "C": "Bar chart.",
+    }
+
+
+def test_lower_case_letters_and_back_references_stay_in_the_text() -> None:
+    parts = split_panels("(a) H&E (b) IHC for ER as in (a)")
+    assert parts.panels == {"A": "H&E", "B": "IHC for ER as in (a)"}
+
+
+def test_parentheses_that_are_not_panels_do_not_split() -> None:
+    assert split_panels("Figure 1. Vitamin (A) levels (HE) in mice.").panels == {}
+    one = split_panels("Figure 3 Lymph node with metastasis (H&E, x200).")
+    assert one.panels == {} and one.shared == "Lymph node with metastasis (H&E, x200)."
+    # letters out of order are not a panel list: "(B)" before any "(A)"
+    assert split_panels("Cells (B) and (C) are shown").panels == {}
+
+
+def test_unknown_letter_or_no_caption_gives_the_whole_text() -> None:
+    assert split_panels(None).panels == {} and split_panels("").shared == ""
+    parts = split_panels("(A) H&E. (B) PAS.")
+    assert parts.text_for("Z") == "H&E. PAS."
+    assert parts.text_for(None) == "H&E. PAS."
+
+
+def test_hostile_captions_are_capped_and_fast() -> None:
+    import time
+
+    start = time.perf_counter()
+    parts = split_panels("(A) " + "(a-" * 50_000 + " x" * 100_000)
+    assert time.perf_counter() - start < 2.0
+    assert len(parts.shared) + sum(map(len, parts.panels.values())) <= MAX_CAPTION_CHARS
