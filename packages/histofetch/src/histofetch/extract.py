@@ -22,6 +22,8 @@ from __future__ import annotations
 import hashlib
 import io
 import re
+import stat
+import time
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +36,14 @@ from histocore.manifest import Image, Manifest, Record
 from histofetch.stage import StageFailure, StageSummary, run_per_record
 
 #: Refuse (do not decode) embedded images with more pixels than this (about 8000 × 8000).
+#: Checked on the declared size of the image *and* of its soft mask / mask before decoding.
 MAX_IMAGE_PIXELS = 64_000_000
 PIL.Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
+#: Most resource dictionaries one page's object walk may visit (forms nested in forms).
+MAX_WALK_NODES = 10_000
+#: Seconds one PDF may spend decoding images before the record fails (a hostile file
+#: must fail its record, and be recorded as failed, rather than hang every re-run).
+PDF_TIME_BUDGET_S = 300.0
 
 #: A caption block starts with "Fig. 3", "Figure 3:", "FIGURE 3." ...
 CAPTION_RE = re.compile(r"^\s*(fig\.?|figure)\s*[A-Z]?\d+[A-Za-z]?\s*[:.|\-–—)]", re.IGNORECASE)
@@ -91,6 +99,8 @@ def ingest_local(manifest: Manifest, paths: list[Path]) -> list[Record]:
             if not found:
                 raise ExtractError(f"{path}: folder holds no .pdf files")
             files += found
+        elif not stat.S_ISREG(path.stat().st_mode):  # a FIFO or /dev/zero would hang hashing
+            raise ExtractError(f"{path}: not a regular file")
         else:
             files.append(path)
     added = []
@@ -139,13 +149,16 @@ def extract_record(manifest: Manifest, rec: Record, *, min_size: int = 32) -> No
         raise StageFailure("no PDF to extract (record has no pdf_path)")
     pdf = manifest.resolve(rec.pdf_path)
     assert pdf is not None
-    if not pdf.is_file():
+    if not pdf.exists():
         raise StageFailure(f"PDF file missing: {pdf}")
+    if not stat.S_ISREG(pdf.stat().st_mode):
+        raise StageFailure(f"not a regular file: {pdf}")
     data = pdf.read_bytes()
     check_pdf_bytes(data, pdf)
     doc = open_pdf(data, pdf)
     try:
-        images, info = extract_images(doc, min_size=min_size)
+        check_page_objects(doc, pdf)
+        images, info = extract_images(doc, min_size=min_size, where=pdf)
     finally:
         doc.close()
     out_dir = manifest.run_dir / "images" / record_slug(rec.id)
@@ -203,8 +216,74 @@ def open_pdf(data: bytes, path: Path) -> pymupdf.Document:
     return doc
 
 
+#: ``1 0 R`` style references inside a PDF dictionary or array, as PyMuPDF prints them.
+_REF_RE = re.compile(r"(\d+) 0 R")
+
+
+def check_page_objects(doc: pymupdf.Document, path: Path) -> None:
+    """Refuse a repaired PDF whose pages name objects that are absent (a cut-off file).
+
+    A half file with ``%%EOF`` appended passes the tail check and PyMuPDF silently repairs
+    it into fewer images; the page tree still names the lost objects, which we detect.
+    """
+    if not doc.is_repaired:
+        return
+    n = doc.xref_length()
+    for page in doc:
+        refs = [page.xref]
+        try:
+            for key in ("Contents", "Resources", "Resources/XObject"):
+                refs += [int(m) for m in _REF_RE.findall(doc.xref_get_key(page.xref, key)[1])]
+            lost = [r for r in refs if not 0 < r < n or doc.xref_object(r).strip() == "null"]
+        except Exception:  # PyMuPDF raises on objects it cannot load (broken object streams)
+            lost = refs
+        if lost:
+            raise StageFailure(
+                f"truncated PDF (page {page.number + 1} names missing object {lost[0]}): {path}"
+            )
+
+
+def declared_pixels(doc: pymupdf.Document, xref: int) -> tuple[int, int]:
+    """Width and height an image XObject declares (JPX: its codestream's, which MuPDF uses)."""
+
+    def number(key: str) -> int:
+        kind, value = doc.xref_get_key(xref, key)
+        try:
+            return int(float(value)) if kind == "int" or kind == "real" else 0
+        except ValueError:
+            return 0
+
+    width, height = number("Width"), number("Height")
+    if "JPXDecode" in doc.xref_get_key(xref, "Filter")[1]:
+        raw = doc.xref_stream_raw(xref) or b""
+        siz = raw.find(b"\xff\x51", 0, 4096)  # SIZ marker: Lsiz Rsiz Xsiz Ysiz XOsiz YOsiz
+        if siz >= 0 and len(raw) >= siz + 20:
+            width = max(width, int.from_bytes(raw[siz + 6 : siz + 10], "big"))
+            height = max(height, int.from_bytes(raw[siz + 10 : siz + 14], "big"))
+    return width, height
+
+
+def oversized_parts(doc: pymupdf.Document, xref: int, smask: int = 0) -> str | None:
+    """Why an image (with its /SMask or /Mask image) is over the pixel limit, else None."""
+    parts = [("image", xref)]
+    if smask:
+        parts.append(("soft mask", smask))
+    kind, value = doc.xref_get_key(xref, "Mask")
+    if kind == "xref":
+        parts.append(("mask", int(value.split()[0])))
+    for what, ref in parts:
+        width, height = declared_pixels(doc, ref)
+        if width * height > MAX_IMAGE_PIXELS or width < 0 or height < 0:
+            return f"{what} {width}x{height} px exceeds the pixel limit"
+    return None
+
+
 def extract_images(
-    doc: pymupdf.Document, *, min_size: int = 32
+    doc: pymupdf.Document,
+    *,
+    min_size: int = 32,
+    where: Path | str = "PDF",
+    budget_s: float | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """All distinct raster images of ``doc`` as dicts with an ``rgb`` uint8 array.
 
@@ -217,7 +296,10 @@ def extract_images(
     images: list[dict[str, Any]] = []
     info: dict[str, Any] = {"pymupdf_images": 0, "duplicates": 0, "small_dropped": 0}
     refused: list[str] = []
+    deadline = time.monotonic() + (PDF_TIME_BUDGET_S if budget_s is None else budget_s)
     for page in doc:
+        if time.monotonic() > deadline:
+            raise StageFailure(f"over the time budget, stopped at page {page.number + 1}: {where}")
         pno = page.number + 1
         captions = _caption_blocks(page)
         n_on_page = 0
@@ -239,8 +321,10 @@ def extract_images(
             if min(width, height) < min_size:
                 info["small_dropped"] += 1
                 continue
-            if width * height > MAX_IMAGE_PIXELS:
-                refused.append(f"p{pno} xref {xref}: {width}x{height} px exceeds the pixel limit")
+            too_big = oversized_parts(doc, xref, smask)
+            if width * height > MAX_IMAGE_PIXELS or too_big:
+                why = too_big or f"{width}x{height} px exceeds the pixel limit"
+                refused.append(f"p{pno} xref {xref}: {why}")
                 continue
             try:
                 rgb = decode_rgb(doc, xref, smask)
@@ -384,13 +468,18 @@ def find_caption(captions: list[tuple[pymupdf.Rect, str]], bbox: list[float] | N
 # ---------------------------------------------------------------------------------------------
 
 
+class WalkBudgetExceeded(RuntimeError):
+    """An object walk visited more nodes than :data:`MAX_WALK_NODES` (a hostile file)."""
+
+
 def pdfplumber_count(data: bytes) -> dict[str, Any]:
     """Image XObjects per page as pdfplumber's parser (pdfminer) sees them, summed.
 
     This walks each page's resources (and nested form XObjects) instead of
     ``page.images``, which lays out every character and takes minutes on long articles.
     Files pdfplumber cannot parse are retried on a copy PyMuPDF rewrote (pdfplumber's own
-    ``repair=True`` needs ghostscript, which is often absent).
+    ``repair=True`` needs ghostscript, which is often absent). A walk over its work budget
+    gives ``pdfplumber_error`` at once (a repaired copy would hold the same object graph).
     """
     import pdfplumber
 
@@ -400,6 +489,8 @@ def pdfplumber_count(data: bytes) -> dict[str, Any]:
 
     try:
         return {"pdfplumber_images": count(data)}
+    except WalkBudgetExceeded as exc:
+        return {"pdfplumber_error": str(exc)}
     except Exception as first:
         try:
             with pymupdf.open(stream=data, filetype="pdf") as doc:
@@ -410,14 +501,26 @@ def pdfplumber_count(data: bytes) -> dict[str, Any]:
 
 
 def _count_xobject_images(resources: Any, depth: int = 0) -> int:
-    """Distinct image XObjects reachable from a resource dict (forms followed, 8 deep)."""
+    """Distinct image XObjects reachable from a resource dict (forms followed, 8 deep).
+
+    Each form is walked once (a visited set keyed by object id), and the walk stops with
+    :class:`WalkBudgetExceeded` after :data:`MAX_WALK_NODES` resource dictionaries, so a
+    small file of forms linking to forms cannot make the work grow exponentially.
+    """
     from pdfminer.pdftypes import resolve1
 
     seen: set[int] = set()
+    visited: set[int] = set()
+    budget = [MAX_WALK_NODES]
 
     def walk(res: Any, level: int) -> None:
-        res = resolve1(res) or {}
-        xobjects = resolve1(res.get("XObject")) or {}
+        budget[0] -= 1
+        if budget[0] < 0:
+            raise WalkBudgetExceeded(f"object walk over {MAX_WALK_NODES} resource dictionaries")
+        res = resolve1(res)
+        xobjects = resolve1(res.get("XObject")) if isinstance(res, dict) else None
+        if not isinstance(xobjects, dict):
+            return
         for ref in xobjects.values():
             obj = resolve1(ref)
             key = getattr(ref, "objid", id(obj))
@@ -425,7 +528,8 @@ def _count_xobject_images(resources: Any, depth: int = 0) -> int:
             subtype = getattr(resolve1(attrs.get("Subtype")), "name", None)
             if subtype == "Image":
                 seen.add(key)
-            elif subtype == "Form" and level < 8:
+            elif subtype == "Form" and level < 8 and key not in visited:
+                visited.add(key)
                 walk(attrs.get("Resources"), level + 1)
 
     walk(resources, depth)

@@ -1,0 +1,351 @@
+"""Build the hostile-input corpus at test time (nothing binary is committed).
+
+Each builder writes one file (or folder) that attacks one parser and returns its path.
+:func:`build_corpus` writes them all into a folder; ``python tests/abuse/make_corpus.py DIR``
+does the same from the command line so a person can look at the files.
+
+The PDFs are written by hand (:func:`raw_pdf`) so every byte is under our control:
+PyMuPDF would repair or normalise exactly what the attack relies on.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import sys
+import tarfile
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+# ---------------------------------------------------------------------------------------------
+# Raw PDF writing
+# ---------------------------------------------------------------------------------------------
+
+
+def raw_pdf(objects: list[bytes]) -> bytes:
+    """A PDF whose object ``i + 1`` is ``objects[i]`` (object 1 is the catalog), valid xref."""
+    out = io.BytesIO()
+    out.write(b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n")
+    offsets = []
+    for num, body in enumerate(objects, start=1):
+        offsets.append(out.tell())
+        out.write(b"%d 0 obj\n" % num + body + b"\nendobj\n")
+    xref = out.tell()
+    out.write(b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1))
+    for off in offsets:
+        out.write(b"%010d 00000 n \n" % off)
+    out.write(b"trailer\n<< /Size %d /Root 1 0 R >>\n" % (len(objects) + 1))
+    out.write(b"startxref\n%d\n%%%%EOF\n" % xref)
+    return out.getvalue()
+
+
+def stream(dictionary: bytes, data: bytes) -> bytes:
+    return b"<< " + dictionary + b" /Length %d >>\nstream\n" % len(data) + data + b"\nendstream"
+
+
+def _page_tree(page_resources: bytes, contents: bytes = b"") -> list[bytes]:
+    """Objects 1-4: catalog, pages, one page, its content stream."""
+    return [
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 300 300] /Resources "
+        + page_resources
+        + b" /Contents 4 0 R >>",
+        stream(b"", contents),
+    ]
+
+
+def nested_forms_pdf(depth: int = 8, links: int = 10) -> bytes:
+    """Form XObjects nested ``depth`` deep, each naming the next ``links`` times.
+
+    An object walk that does not remember visited objects does ``links ** depth`` work
+    (10**8 here) for a file of under 2 KB; the bottom form holds one real image.
+    """
+    first = 5  # object number of the level-0 form
+    image = first + depth
+
+    def xobjects(target: int) -> bytes:
+        return (
+            b"<< /XObject << "
+            + b" ".join(b"/F%d %d 0 R" % (i, target) for i in range(links))
+            + b" >> >>"
+        )
+
+    objects = _page_tree(xobjects(first))
+    for level in range(depth):
+        child = first + level + 1
+        res = xobjects(child) if level < depth - 1 else b"<< /XObject << /Im0 %d 0 R >> >>" % image
+        objects.append(
+            stream(b"/Type /XObject /Subtype /Form /BBox [0 0 1 1] /Resources " + res, b"")
+        )
+    pixels = zlib.compress(np.full((40, 40, 3), 200, np.uint8).tobytes())
+    objects.append(
+        stream(
+            b"/Type /XObject /Subtype /Image /Width 40 /Height 40 /ColorSpace /DeviceRGB "
+            b"/BitsPerComponent 8 /Filter /FlateDecode",
+            pixels,
+        )
+    )
+    return raw_pdf(objects)
+
+
+def _zeros_flate(n: int) -> bytes:
+    """``n`` zero bytes, Flate-compressed in chunks (never ``n`` bytes in memory)."""
+    comp = zlib.compressobj(9)
+    chunk = bytes(1 << 20)
+    parts = []
+    for _ in range(n // len(chunk)):
+        parts.append(comp.compress(chunk))
+    parts.append(comp.compress(bytes(n % len(chunk))))
+    parts.append(comp.flush())
+    return b"".join(parts)
+
+
+def mask_bomb_pdf(side: int = 9000, key: bytes = b"/SMask") -> bytes:
+    """A 100x100 RGB image whose soft mask (or ``/Mask``) declares ``side`` x ``side`` pixels."""
+    pixels = zlib.compress(np.full((100, 100, 3), 120, np.uint8).tobytes())
+    image = stream(
+        b"/Type /XObject /Subtype /Image /Width 100 /Height 100 /ColorSpace /DeviceRGB "
+        b"/BitsPerComponent 8 /Filter /FlateDecode " + key + b" 6 0 R",
+        pixels,
+    )
+    mask = stream(
+        b"/Type /XObject /Subtype /Image /Width %d /Height %d /ColorSpace /DeviceGray "
+        b"/BitsPerComponent 8 /Filter /FlateDecode" % (side, side),
+        _zeros_flate(side * side),
+    )
+    objects = _page_tree(b"<< /XObject << /Im0 5 0 R >> >>", b"q 200 0 0 200 50 50 cm /Im0 Do Q")
+    return raw_pdf([*objects, image, mask])
+
+
+def image_pdf(n_pages: int = 3, side: int = 64) -> bytes:
+    """A valid PDF with one distinct RGB image per page (used for truncation cases)."""
+    rng = np.random.default_rng(0)
+    objects = [b"<< /Type /Catalog /Pages 2 0 R >>", b""]
+    kids = []
+    for _ in range(n_pages):
+        page, content, img = len(objects) + 1, len(objects) + 2, len(objects) + 3
+        kids.append(page)
+        objects.append(
+            b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 300 300] "
+            b"/Resources << /XObject << /Im0 %d 0 R >> >> /Contents %d 0 R >>" % (img, content)
+        )
+        objects.append(stream(b"", b"q 200 0 0 200 50 50 cm /Im0 Do Q"))
+        pixels = rng.integers(0, 256, (side, side, 3), dtype=np.uint8).tobytes()
+        objects.append(
+            stream(
+                b"/Type /XObject /Subtype /Image /Width %d /Height %d /ColorSpace /DeviceRGB "
+                b"/BitsPerComponent 8" % (side, side),
+                pixels,
+            )
+        )
+    objects[1] = b"<< /Type /Pages /Kids [%s] /Count %d >>" % (
+        b" ".join(b"%d 0 R" % k for k in kids),
+        n_pages,
+    )
+    return raw_pdf(objects)
+
+
+def half_pdf_with_eof() -> bytes:
+    """The first half of a valid PDF with ``%%EOF`` appended (passes a naive tail check)."""
+    data = image_pdf()
+    return data[: len(data) // 2] + b"\n%%EOF\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# Archives
+# ---------------------------------------------------------------------------------------------
+
+
+def _tar_bytes(build: Callable[[tarfile.TarFile], None], fmt: int) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz", format=fmt) as tar:
+        build(tar)
+    return buf.getvalue()
+
+
+def pax_header_tar(payload: int = 50_000_000) -> bytes:
+    """A gzipped tar whose first header is a pax extended header of ``payload`` bytes."""
+    body = b" comment=" + b"x" * payload + b"\n"
+    length = len(body)
+    while len(str(length)) + len(body) != length:  # a pax record's length counts itself
+        length = len(str(length)) + len(body)
+    return _raw_tar_gz(b"pax", str(length).encode() + body, tarfile.XHDTYPE, b"fig1.png")
+
+
+def gnu_longname_tar(name_len: int = 50_000_000, name: bytes | None = None) -> bytes:
+    """A gzipped tar with a GNU ``././@LongLink`` name of ``name_len`` bytes (or ``name``)."""
+    body = (name if name is not None else b"a" * name_len) + b"\0"
+    return _raw_tar_gz(b"././@LongLink", body, tarfile.GNUTYPE_LONGNAME, then_member=None)
+
+
+def _raw_tar_gz(hname: bytes, payload: bytes, htype: bytes, then_member: bytes | None) -> bytes:
+    """Header block of type ``htype`` carrying ``payload``, then one small regular file."""
+    raw = io.BytesIO()
+    info = tarfile.TarInfo(hname.decode())
+    info.size, info.type = len(payload), htype
+    raw.write(info.tobuf(format=tarfile.USTAR_FORMAT) if htype != tarfile.GNUTYPE_LONGNAME else
+              info.tobuf(format=tarfile.GNU_FORMAT))  # fmt: skip
+    raw.write(payload)
+    raw.write(b"\0" * (-len(payload) % 512))
+    member = tarfile.TarInfo((then_member or b"placeholder.txt").decode())
+    member.size = 3
+    raw.write(member.tobuf(format=tarfile.USTAR_FORMAT))
+    raw.write(b"abc" + b"\0" * 509)
+    raw.write(b"\0" * 1024)
+    return gzip.compress(raw.getvalue(), compresslevel=9)
+
+
+# ---------------------------------------------------------------------------------------------
+# HDF5 and gzip
+# ---------------------------------------------------------------------------------------------
+
+
+def pcam_h5(
+    path: Path,
+    n: int = 8,
+    side: int = 96,
+    labels: np.ndarray | None = None,
+    y_dtype: str = "uint8",
+) -> Path:
+    """A one-file PCam layout (``x`` + ``y``)."""
+    import h5py
+
+    rng = np.random.default_rng(0)
+    with h5py.File(path, "w") as f:
+        f["x"] = rng.integers(0, 256, (n, side, side, 3), dtype=np.uint8)
+        f["y"] = (np.arange(n) % 2 if labels is None else labels).astype(y_dtype)
+    return path
+
+
+def h5_declaring(path: Path, n: int = 200_000) -> Path:
+    """A tiny file whose ``x`` declares ``n`` 96x96x3 patches (chunked, almost nothing stored)."""
+    import h5py
+
+    with h5py.File(path, "w") as f:
+        f.create_dataset("x", shape=(n, 96, 96, 3), dtype=np.uint8, chunks=(1, 96, 96, 3))
+        f.create_dataset("y", data=(np.arange(n) % 2).astype(np.uint8))
+    return path
+
+
+def h5_external(path: Path, target: Path) -> Path:
+    """``x`` stored externally in ``target`` (any local file), ``y`` inside."""
+    import h5py
+
+    n = max(1, target.stat().st_size // (96 * 96 * 3))
+    with h5py.File(path, "w") as f:
+        f.create_dataset(
+            "x", shape=(n, 96, 96, 3), dtype=np.uint8, external=[(str(target), 0, n * 96 * 96 * 3)]
+        )
+        f["y"] = np.zeros(n, np.uint8)
+    return path
+
+
+def h5_external_link(path: Path, target: Path) -> Path:
+    """``x`` is an external link into another HDF5 file."""
+    import h5py
+
+    pcam_h5(target)
+    with h5py.File(path, "w") as f:
+        f["x"] = h5py.ExternalLink(str(target), "/x")
+        f["y"] = np.zeros(8, np.uint8)
+    return path
+
+
+def h5_groups(path: Path) -> Path:
+    """``x`` and ``y`` are groups, not datasets."""
+    import h5py
+
+    with h5py.File(path, "w") as f:
+        f.create_group("x")
+        f.create_group("y")
+    return path
+
+
+def corrupt_gzip(path: Path) -> Path:
+    """A ``.h5.gz`` whose deflate stream is damaged in the middle."""
+    buf = io.BytesIO()
+    pcam_h5(path.with_suffix(".tmp.h5"))
+    data = gzip.compress(path.with_suffix(".tmp.h5").read_bytes())
+    path.with_suffix(".tmp.h5").unlink()
+    buf.write(data[:200] + bytes(b ^ 0x55 for b in data[200:400]) + data[400:])
+    path.write_bytes(buf.getvalue())
+    return path
+
+
+def gzip_bomb(path: Path, size: int = 300_000_000) -> Path:
+    """A small ``.gz`` that expands to ``size`` zero bytes (written in chunks)."""
+    chunk = bytes(1 << 20)
+    with gzip.open(path, "wb", compresslevel=9) as fh:
+        for _ in range(size // len(chunk)):
+            fh.write(chunk)
+        fh.write(bytes(size % len(chunk)))
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints and manifests
+# ---------------------------------------------------------------------------------------------
+
+
+def checkpoint_dict(**overrides: object) -> dict:
+    """A valid histomodels checkpoint dict for the tiny default CNN, with overrides."""
+    from histomodels.checkpoint import make_checkpoint
+    from histomodels.models import create_model
+
+    model = create_model("cnn")
+    ckpt = make_checkpoint(model, "cnn", {})
+    for key, value in overrides.items():
+        if value is _DELETE:
+            ckpt.pop(key, None)
+        else:
+            ckpt[key] = value
+    return ckpt
+
+
+_DELETE = object()
+DELETE = _DELETE
+
+
+def manifest_lines(rows: list[dict]) -> str:
+    header = {"kind": "header", "schema": "histofetch.manifest", "version": 1, "query": None}
+    return "\n".join(json.dumps(r) for r in [header, *rows]) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# The whole corpus
+# ---------------------------------------------------------------------------------------------
+
+
+def build_pdfs(out: Path) -> dict[str, Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    files = {
+        "nested_forms.pdf": nested_forms_pdf(),
+        "smask_bomb.pdf": mask_bomb_pdf(),
+        "mask_bomb.pdf": mask_bomb_pdf(key=b"/Mask"),
+        "half_with_eof.pdf": half_pdf_with_eof(),
+        "empty.pdf": b"",
+        "html.pdf": b"<html><body>Access denied</body></html>",
+    }
+    paths = {}
+    for name, data in files.items():
+        (out / name).write_bytes(data)
+        paths[name] = out / name
+    return paths
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 1:
+        print("usage: make_corpus.py DIR", file=sys.stderr)
+        return 2
+    for name, path in build_pdfs(Path(argv[0]) / "pdf").items():
+        print(f"{name}: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

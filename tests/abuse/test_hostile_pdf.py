@@ -1,0 +1,98 @@
+"""Hostile PDFs through ``histofetch extract``: no hang, no bomb, no silent truncation."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+from make_corpus import half_pdf_with_eof, image_pdf, mask_bomb_pdf, nested_forms_pdf
+
+from histocore.manifest import Manifest
+from histofetch.extract import ExtractError, run_extract
+
+
+def _only_record(run: Path):
+    (rec,) = Manifest.load(run).records.values()
+    return rec
+
+
+@pytest.mark.timeout(60)
+def test_nested_forms_pdf_finishes_fast_and_is_recorded(tmp_path: Path) -> None:
+    pdf = tmp_path / "nested.pdf"
+    pdf.write_bytes(nested_forms_pdf(depth=8, links=10))
+    assert pdf.stat().st_size < 15_000
+    start = time.monotonic()
+    summary = run_extract(tmp_path / "run", [pdf], progress=False)
+    assert time.monotonic() - start < 10
+    assert summary.done == 1
+    rec = _only_record(tmp_path / "run")
+    assert rec.stage == "extracted"
+    # the one real image at the bottom of the forms is found by both parsers
+    assert rec.extra["pdfplumber_images"] == 1
+
+
+@pytest.mark.parametrize("key", [b"/SMask", b"/Mask"])
+def test_mask_over_the_pixel_limit_is_refused_before_decoding(tmp_path: Path, key: bytes) -> None:
+    pdf = tmp_path / "bomb.pdf"
+    pdf.write_bytes(mask_bomb_pdf(side=9000, key=key))
+    run_extract(tmp_path / "run", [pdf], progress=False)
+    rec = _only_record(tmp_path / "run")
+    (refused,) = rec.extra["refused_images"]
+    assert "mask 9000x9000 px exceeds the pixel limit" in refused
+    assert not Manifest.load(tmp_path / "run").images
+
+
+def test_half_pdf_ending_in_eof_fails_as_truncated(tmp_path: Path) -> None:
+    good, half = tmp_path / "good.pdf", tmp_path / "half.pdf"
+    good.write_bytes(image_pdf())
+    half.write_bytes(half_pdf_with_eof())
+    assert half.read_bytes().rstrip().endswith(b"%%EOF")
+    summary = run_extract(tmp_path / "run", [good, half], progress=False)
+    assert (summary.done, summary.failed) == (1, 1)
+    manifest = Manifest.load(tmp_path / "run")
+    failed = [r for r in manifest.records.values() if r.status == "failed"]
+    assert failed[0].reason.startswith("truncated PDF")
+    assert str(half) in failed[0].reason
+    assert len(manifest.images) == 3  # the good file's three pages
+
+
+@pytest.mark.timeout(30)
+def test_fifo_and_device_are_refused_before_hashing(tmp_path: Path) -> None:
+    fifo = tmp_path / "paper.pdf"
+    os.mkfifo(fifo)
+    with pytest.raises(ExtractError, match="not a regular file"):
+        run_extract(tmp_path / "run", [fifo], progress=False)
+    with pytest.raises(ExtractError, match="/dev/zero: not a regular file"):
+        run_extract(tmp_path / "run", [Path("/dev/zero")], progress=False)
+    assert not (tmp_path / "run" / "manifest.jsonl").exists()
+
+
+@pytest.mark.timeout(30)
+def test_a_record_whose_pdf_became_a_fifo_fails_instead_of_hanging(tmp_path: Path) -> None:
+    pdf = tmp_path / "paper.pdf"
+    pdf.write_bytes(image_pdf(n_pages=1))
+    manifest = Manifest.load(tmp_path / "run", create=True)
+    from histofetch.extract import ingest_local
+
+    ingest_local(manifest, [pdf])
+    manifest.save()
+    pdf.unlink()
+    os.mkfifo(pdf)
+    summary = run_extract(tmp_path / "run", progress=False)
+    assert summary.failed == 1
+    assert _only_record(tmp_path / "run").reason == f"not a regular file: {pdf}"
+
+
+def test_time_budget_fails_the_record(tmp_path: Path) -> None:
+    import pymupdf
+
+    from histofetch.extract import extract_images
+    from histofetch.stage import StageFailure
+
+    with (
+        pymupdf.open(stream=image_pdf(), filetype="pdf") as doc,
+        pytest.raises(StageFailure, match=r"over the time budget.*x\.pdf"),
+    ):
+        extract_images(doc, where="x.pdf", budget_s=-1)
