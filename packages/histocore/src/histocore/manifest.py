@@ -24,8 +24,10 @@ MANIFEST_NAME = "manifest.jsonl"
 
 #: How far a record has got. Stages skip records already at or past their own stage.
 STAGES = ("searched", "downloaded", "extracted", "filtered")
-#: Labels a person can give an image (``histomodels label``).
+#: Labels a person can give an image (``histomodels label``, ``histofetch review``).
 IMAGE_LABELS = ("metastasis", "no_metastasis", "not_usable")
+#: Caption-derived weak labels (``Image.weak_label``).
+WEAK_LABELS = ("metastasis", "no_metastasis", "abstain")
 
 
 class ManifestError(ValueError):
@@ -86,6 +88,24 @@ class Image:
     kept: bool | None = None
     filter_reason: str | None = None
     label: str | None = None
+    # -- weak labels, review and leakage (issue 15) --------------------------------------
+    #: Caption-derived label: metastasis / no_metastasis / abstain (histofetch.labels).
+    weak_label: str | None = None
+    #: Spans of ``caption`` behind it: ``{"kind", "start", "end", "text"}`` each.
+    weak_label_evidence: list[dict[str, Any]] | None = None
+    #: What the caption says the image shows: lymph_node / breast / other / unknown.
+    site: str | None = None
+    #: Version of the caption rules that wrote the three fields above.
+    weak_label_rules: str | None = None
+    #: Who set ``label`` (review page / ``histomodels label``) and when (UTC, ISO 8601).
+    label_by: str | None = None
+    label_at: str | None = None
+    #: Leakage flags: "camelyon" (CAMELYON/PCam-derived paper), "near_duplicate:<id>",
+    #: "training_duplicate" (perceptual hash matches a training patch).
+    leakage: list[str] | None = None
+    #: 64-bit perceptual hash (dHash, hex) for near-duplicate checks.
+    phash: str | None = None
+    # -- end issue 15 ---------------------------------------------------------------------
     status: str = "ok"
     reason: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)

@@ -63,12 +63,16 @@ def _letters(spec: str) -> list[str]:
     return letters
 
 
-def split_panels(caption: str | None) -> PanelText:
-    """Split ``caption`` into per-panel texts (see the module docstring for the rules)."""
-    if not caption:
-        return PanelText(shared="")
-    text = " ".join(caption[:MAX_CAPTION_CHARS].split())
-    text = _FIGURE_PREFIX.sub("", text, count=1)
+def normalise(caption: str | None) -> str:
+    """The caption as the splitter reads it: capped, whitespace runs collapsed to one space.
+
+    Evidence offsets (``Image.weak_label_evidence``) index this text.
+    """
+    return " ".join((caption or "")[:MAX_CAPTION_CHARS].split())
+
+
+def _panel_markers(text: str) -> list[tuple[int, int, list[str]]]:
+    """Believable panel markers ``(start, end, letters)`` in order (see the module doc)."""
     markers: list[tuple[int, int, list[str]]] = []
     expected = "A"  # the next letter a believable marker may start with
     seen: set[str] = set()
@@ -88,6 +92,17 @@ def split_panels(caption: str | None) -> PanelText:
         seen.update(letters)
         expected = chr(ord(max(letters)) + 1)
     if len(seen) < 2:  # one "(A)" alone is a parenthesis ("vitamin (A)"), not a panel list
+        return []
+    return markers
+
+
+def split_panels(caption: str | None) -> PanelText:
+    """Split ``caption`` into per-panel texts (see the module docstring for the rules)."""
+    if not caption:
+        return PanelText(shared="")
+    text = _FIGURE_PREFIX.sub("", normalise(caption), count=1)
+    markers = _panel_markers(text)
+    if not markers:
         return PanelText(shared=text)
     out = PanelText(shared=text[: markers[0][0]].strip())
     for k, (_, end, letters) in enumerate(markers):
@@ -96,3 +111,23 @@ def split_panels(caption: str | None) -> PanelText:
         for letter in letters:
             out.panels[letter] = f"{out.panels.get(letter, '')} {body}".strip()
     return out
+
+
+def panel_spans(caption: str | None) -> tuple[str, list[tuple[tuple[str, ...], int, int]]]:
+    """The same split as offsets: ``(text, [(letters, start, end), ...])``.
+
+    ``text`` is :func:`normalise`'s caption (figure prefix kept); the first span is the
+    shared text (``letters == ()``), then one span per marker in order, so a reader can
+    point at words of the caption (the weak-label evidence) and know their panel.
+    """
+    text = normalise(caption)
+    prefix = _FIGURE_PREFIX.match(text)
+    skip = prefix.end() if prefix else 0
+    markers = [(a + skip, b + skip, ls) for a, b, ls in _panel_markers(text[skip:])]
+    spans: list[tuple[tuple[str, ...], int, int]] = [
+        ((), 0, markers[0][0] if markers else len(text))
+    ]
+    for k, (_, end, letters) in enumerate(markers):
+        stop = markers[k + 1][0] if k + 1 < len(markers) else len(text)
+        spans.append((tuple(letters), end, stop))
+    return text, spans

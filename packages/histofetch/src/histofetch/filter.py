@@ -19,6 +19,7 @@ from typing import Any
 
 from histocore.manifest import Image, Manifest, Record
 from histofetch.decide.colour import ColourScores, score_image
+from histofetch.labels import RULES_VERSION, label_manifest
 from histofetch.stage import StageSummary, run_per_record
 
 #: Bump when colour.py changes what the scores mean; older scores are then recomputed.
@@ -88,6 +89,8 @@ def run_filter(
         if img.status == "ok" and _is_scored(img):
             decide(img, limits)
     manifest.header_extra["filter_thresholds"] = vars(limits) | {"scorer": SCORER_VERSION}
+    # Caption weak labels + leakage flags of the images kept now (re-labelled every run).
+    manifest.header_extra["weak_labels"] = label_manifest(manifest) | {"rules": RULES_VERSION}
     manifest.save()
     if sheet:
         from histofetch.sheets import write_filter_sheets
