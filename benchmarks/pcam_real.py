@@ -48,8 +48,8 @@ VAL_ORIGINS = ("pcam_valid",)
 
 def run_configs(args) -> dict:
     """The benchmark's named runs (each a TrainConfig)."""
-    from histomodels.cli.train import FINETUNE_DEFAULTS
     from histomodels.config import TrainConfig, resolve_config
+    from histomodels.training.presets import FINETUNE_DEFAULTS
 
     common = dict(
         time_budget=args.budget,
@@ -166,11 +166,12 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     import torch
+    from rich.console import Console
 
     from histomodels.checkpoint import load_model
     from histomodels.data import open_dataset
     from histomodels.device import use_bf16
-    from histomodels.train import load_split, train
+    from histomodels.training import load_split, train
 
     torch.set_num_threads(args.threads)
     names = [n.strip() for n in args.runs.split(",") if n.strip()]
@@ -224,11 +225,14 @@ def main(argv: list[str] | None = None) -> int:
     val_arrays = (x_sel.numpy(), y_sel.numpy().astype("int64"))
 
     args.results.mkdir(parents=True, exist_ok=True)
+    console = None if args.quiet else Console(stderr=True)
     rows = []
     for name in names:
         cfg = configs[name]
         t_run = time.perf_counter()
-        res = train(cfg, args.work / name, train_data=train_arrays, val_data=val_arrays)
+        res = train(
+            cfg, args.work / name, train_data=train_arrays, val_data=val_arrays, console=console
+        )
         wall = time.perf_counter() - t_run
         model, _ = load_model(args.work / name / "best.pt")
         bf16 = use_bf16(cfg.model, torch.device("cpu"), cfg.bf16)

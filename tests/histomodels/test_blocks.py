@@ -15,7 +15,7 @@ from histomodels.data import open_dataset
 from histomodels.data.base import DatasetError, PatchDataset
 from histomodels.data.blocks import BlockImages
 from histomodels.synthetic import write_h5
-from histomodels.train import load_split, train
+from histomodels.training import load_split, train
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from histomodels.cli import app
 from histomodels.data import ArrayDataset
 from histomodels.evaluate import evaluate_checkpoint
 from histomodels.synthetic import make_patches
-from histomodels.train import write_history
+from histomodels.training.callbacks import write_history
 
 torch.set_num_threads(1)
 

@@ -20,7 +20,8 @@ from histomodels.cli import app
 from histomodels.config import ConfigError, TrainConfig, read_config_file, resolve_config
 from histomodels.data.base import DatasetError
 from histomodels.synthetic import make_patches, write_h5
-from histomodels.train import LRSchedule, dihedral, train
+from histomodels.training import train
+from histomodels.training.schedule import LRSchedule
 
 TINY = {"width": 8, "depth": 2, "blocks": 1}
 CLI = [sys.executable, "-c", "from histomodels.cli import app; app()"]
@@ -115,13 +116,6 @@ def test_bad_labels_and_one_class_validation_are_clear_errors(arrays, tmp_path):
     with pytest.raises(DatasetError, match="one class"):
         train(_cfg(), tmp_path / "r", train_data=(xt, yt), val_data=(xv, np.zeros_like(yv)))
     assert not (tmp_path / "r" / "best.pt").exists()
-
-
-def test_dihedral_gives_the_8_symmetries():
-    x = torch.arange(2 * 2 * 3, dtype=torch.uint8).view(1, 2, 2, 3).repeat(400, 1, 1, 1)
-    out = dihedral(x, torch.Generator().manual_seed(0))
-    assert len({tuple(o.flatten().tolist()) for o in out}) == 8
-    assert out.dtype == torch.uint8 and out.shape == x.shape
 
 
 def test_finetune_warmup_freezes_backbone_then_unfreezes(arrays, tmp_path):
@@ -256,3 +250,41 @@ def test_cli_finetune_wires_its_defaults(h5_files, tmp_path):
     assert used["model_config"] == {"input_size": 64}
     model, ckpt = load_model(out / "best.pt")
     assert ckpt["model_config"] == {"input_size": 64} and model.size == 64
+
+
+def test_ema_weights_are_the_ones_validated_and_saved(arrays, tmp_path):
+    from histomodels.inference import predict_logits
+
+    (xt, yt), (xv, yv) = arrays
+    cfg = _cfg(ema=0.9, bf16=False, schedule="constant", epochs=2)
+    res = train(cfg, tmp_path / "r", train_data=(xt, yt), val_data=(xv, yv))
+    last = read_checkpoint(tmp_path / "r" / "last.pt")
+    ema, raw = last["state_dict"], last["train_state_dict"]
+    assert any(not torch.equal(ema[k], raw[k]) for k in ema if ema[k].is_floating_point())
+
+    def val_loss(state_dict):
+        model, _ = load_model(tmp_path / "r" / "last.pt")
+        model.load_state_dict(state_dict)
+        logits = torch.from_numpy(predict_logits(model, xv))
+        target = torch.from_numpy(yv.astype(np.float32))
+        return torch.nn.functional.binary_cross_entropy_with_logits(logits, target).item()
+
+    # the recorded validation loss is that of the averaged weights, not of the trained ones
+    assert val_loss(ema) == pytest.approx(res.history[-1]["val_loss"], abs=2e-5)
+    assert abs(val_loss(raw) - res.history[-1]["val_loss"]) > 1e-4
+    best = read_checkpoint(tmp_path / "r" / "best.pt")
+    assert "train_state_dict" not in best and best["train_config"]["ema"] == 0.9
+    # resuming keeps the average: one epoch + resume == two epochs in one go
+    train(cfg.replace(epochs=1), tmp_path / "s", train_data=(xt, yt), val_data=(xv, yv))
+    again = train(cfg, tmp_path / "s", resume=True, train_data=(xt, yt), val_data=(xv, yv))
+    timing = {"epoch_seconds", "elapsed_seconds", "train_patches_per_s", "val_patches_per_s"}
+    strip = [{k: v for k, v in h.items() if k not in timing} for h in res.history]
+    assert [{k: v for k, v in h.items() if k not in timing} for h in again.history] == strip
+
+
+def test_history_is_on_disk_before_the_checkpoint_that_names_it():
+    from histomodels.training import default_callbacks
+
+    names = [type(c).__name__ for c in default_callbacks(TrainConfig(time_budget=1, ema=0.99))]
+    assert names.index("History") < names.index("Checkpoints")  # a kill between the two
+    assert names.index("TimeBudget") < names.index("EarlyStopping")  # budget reason first

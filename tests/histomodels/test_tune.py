@@ -8,7 +8,7 @@ import pytest
 
 from histomodels.config import TrainConfig, resolve_config
 from histomodels.synthetic import make_patches
-from histomodels.train import train
+from histomodels.training import train
 from histomodels.tune import tune
 
 

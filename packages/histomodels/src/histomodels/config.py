@@ -41,6 +41,9 @@ class TrainConfig:
     min_lr_ratio: float = 0.01
     label_smoothing: float = 0.0
     grad_clip: float | None = 2.0
+    #: exponential moving average of the weights (timm ModelEmaV3 decay, e.g. 0.999); the
+    #: averaged weights are the ones validated and saved. None = off
+    ema: float | None = None
     # fine-tuning
     freeze_epochs: int = 0  # epochs with a frozen backbone (head only)
     backbone_lr_mult: float = 1.0
@@ -102,6 +105,8 @@ def validate(cfg: TrainConfig, source: str = "config") -> TrainConfig:
             raise ConfigError(f"{source}: {name} must be >= 1")
     if cfg.lr <= 0:
         raise ConfigError(f"{source}: lr must be > 0")
+    if cfg.ema is not None and not 0 < cfg.ema < 1:
+        raise ConfigError(f"{source}: ema (decay) must be between 0 and 1, e.g. 0.999")
     if cfg.time_budget is not None and cfg.time_budget <= 0:
         raise ConfigError(f"{source}: time_budget (minutes) must be > 0")
     if cfg.stain_norm not in (None, "macenko") and not Path(cfg.stain_norm).is_file():

@@ -115,7 +115,7 @@ def run_demo(out: Path, *, minutes: float = 2.0, seed: int = 0, n_train: int = 3
     from histomodels.config import TrainConfig
     from histomodels.evaluate import evaluate_checkpoint
     from histomodels.synthetic import write_h5
-    from histomodels.train import train
+    from histomodels.training import train
 
     console = Console(stderr=True)
     out = Path(out)
@@ -160,7 +160,7 @@ def run_demo(out: Path, *, minutes: float = 2.0, seed: int = 0, n_train: int = 3
         seed=seed,
     )
     run_dir = out / "run_cnn"
-    result = train(cfg, run_dir)
+    result = train(cfg, run_dir, console=console)
 
     console.rule("[bold]5/6 evaluate: held-out synthetic patches and the literature manifest")
     metrics = evaluate_checkpoint(

@@ -46,6 +46,14 @@ def autocast(device: torch.device, enabled: bool):
     return torch.autocast(device_type=device.type, dtype=amp_dtype(device))
 
 
+def grad_scaler(device: torch.device, amp: bool) -> torch.amp.GradScaler | None:
+    """A loss scaler only for fp16 autocast on CUDA (bf16 needs none)."""
+    if not (amp and device.type == "cuda") or torch.cuda.is_bf16_supported():
+        return None
+    scaler = torch.amp.GradScaler("cuda")
+    return scaler if scaler.is_enabled() else None
+
+
 def set_threads(threads: int | None) -> None:
     """Limit intra-op threads (use the core count you actually have; see docs)."""
     if threads:

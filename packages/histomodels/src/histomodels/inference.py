@@ -75,9 +75,14 @@ def predict_logits(
     precision: str = "fp32",
     device: torch.device | str = "cpu",
     progress: Callable[[int], None] | None = None,
+    channels_last: bool | None = None,
 ) -> np.ndarray:
     """Logits (float32 [N]) for uint8 ``[N, H, W, 3]`` patches (an array, or an iterable of
     batches so callers can stream tiles). TTA averages the logits of the 8 dihedral views.
+
+    ``channels_last``: None (default) converts the model to channels_last on CPU, where it
+    is faster; True/False is the training loop's setting, which must not change the memory
+    format of the model it is still training.
 
     Runs under ``no_grad`` rather than ``inference_mode``: converting the model to
     channels_last inside inference mode would turn its weights into inference tensors
@@ -85,13 +90,13 @@ def predict_logits(
     device = torch.device(device)
     prec = resolve_precision(precision, device)
     model = model.to(device).eval()
-    if device.type == "cpu":
-        model = model.to(memory_format=torch.channels_last)
+    if channels_last or (channels_last is None and device.type == "cpu"):
+        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     out: list[np.ndarray] = []
     for batch in _batches(images, batch_size):
         if len(batch) == 0:
             continue
-        x = to_input(batch, mean, std, channels_last=True, device=device)
+        x = to_input(batch, mean, std, channels_last=channels_last is not False, device=device)
         views = dihedral_views(x, "NCHW") if tta else [x]
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=prec == "bf16"):
             logits = torch.stack([model(v).float().reshape(len(batch), -1)[:, 0] for v in views])

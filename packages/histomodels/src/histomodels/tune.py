@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from histomodels.config import TrainConfig
-from histomodels.train import load_split, train
+from histomodels.training import load_split, train
 
 OBJECTIVE = "val_auc"
 EXPERIMENT_FILE = "ax_experiment.json"

@@ -1,4 +1,5 @@
-"""CLI commands ``train``, ``finetune`` and ``tune`` (thin wrappers over train.py / tune.py).
+"""CLI commands ``train``, ``finetune`` and ``tune`` (thin wrappers over histomodels.training
+and histomodels.tune).
 
 Options left out fall back to ``--config FILE`` and then to the defaults in
 :class:`histomodels.config.TrainConfig`; the resolved config lands in ``RUN/config.json``.
@@ -11,7 +12,7 @@ import contextlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -22,7 +23,7 @@ from histomodels.cli import fail as _fail
 @contextlib.contextmanager
 def _errors() -> Iterator[None]:
     from histomodels.checkpoint import CheckpointError
-    from histomodels.train import TrainingError
+    from histomodels.training import TrainingError
 
     try:
         yield
@@ -61,25 +62,43 @@ ModelConfig = Annotated[
     str | None, typer.Option(help='Model kwargs as JSON, e.g. \'{"width": 48, "depth": 4}\'.')
 ]
 Quiet = Annotated[bool, typer.Option("--quiet", help="No progress bar or per-epoch lines.")]
+Ema = Annotated[
+    float | None,
+    typer.Option(
+        metavar="DECAY",
+        help="Validate and save an exponential moving average of the weights (e.g. 0.999).",
+    ),
+]
+LabelSmoothing = Annotated[
+    float | None, typer.Option(help="Pull targets toward 0.5 by this much (0 = off).")
+]
 
 
-def _run(resume: bool, config: Path | None, quiet: bool, out: Path, base=None, **options) -> None:
-    """Resolve defaults < ``base`` < config file < command-line options, then train."""
+def _run(
+    out: Path,
+    options: dict[str, Any],
+    *,
+    config: Path | None,
+    resume: bool,
+    quiet: bool,
+    base: dict[str, Any] | None = None,
+) -> None:
+    """Resolve defaults < ``base`` preset < config file < ``options`` (None = not given),
+    then train into ``out``."""
     from rich.console import Console
 
-    from histomodels.config import resolve_config
-    from histomodels.train import train
+    from histomodels.config import ConfigError, TrainConfig, resolve_config
+    from histomodels.training import train
 
     with _errors():
-        mc = options.pop("model_config")
-        if mc is not None:
+        options = dict(options, progress=False if quiet else None)
+        mc = options.get("model_config")
+        if isinstance(mc, str):
             try:
                 options["model_config"] = json.loads(mc)
             except json.JSONDecodeError as exc:
-                raise ValueError(f"--model-config is not valid JSON ({exc})") from None
-        if quiet:
-            options["progress"] = False
-        cfg = resolve_config(config, base=base, **options)
+                raise ConfigError(f"--model-config is not valid JSON ({exc})") from None
+        cfg = resolve_config(config, base=TrainConfig(**base) if base else None, **options)
         result = train(cfg, out, resume=resume, console=None if quiet else Console(stderr=True))
     m = result.best_metrics
     if m:
@@ -104,6 +123,8 @@ def train_cmd(
     weight_decay: Wd = None,
     schedule: Schedule = None,
     aug_strength: Aug = None,
+    label_smoothing: LabelSmoothing = None,
+    ema: Ema = None,
     stain_norm: StainNorm = None,
     model_config: ModelConfig = None,
     weights: Annotated[str | None, typer.Option(help="Initial weights: PATH or source.")] = None,
@@ -117,19 +138,31 @@ def train_cmd(
     quiet: Quiet = False,
 ) -> None:
     """Train a model (default: the scratch CNN) with early stopping on validation AUC."""
-    _run(**locals())  # every option maps by name onto _run / TrainConfig
-
-
-#: What ``finetune`` changes from the training defaults (a config file or options win).
-FINETUNE_DEFAULTS = dict(
-    model="efficientnet_lite0",
-    weights="imagenet",
-    freeze_epochs=1,
-    backbone_lr_mult=0.3,
-    lr=1e-3,
-    weight_decay=0.01,
-    patience=6,
-)
+    options = dict(
+        model=model,
+        data=data,
+        val=val,
+        epochs=epochs,
+        patience=patience,
+        time_budget=time_budget,
+        batch_size=batch_size,
+        lr=lr,
+        weight_decay=weight_decay,
+        schedule=schedule,
+        aug_strength=aug_strength,
+        label_smoothing=label_smoothing,
+        ema=ema,
+        stain_norm=stain_norm,
+        model_config=model_config,
+        weights=weights,
+        seed=seed,
+        compile=compile,
+        bf16=bf16,
+        channels_last=channels_last,
+        threads=threads,
+        device=device,
+    )
+    _run(out, options, config=config, resume=resume, quiet=quiet)
 
 
 @app.command("finetune")
@@ -160,6 +193,8 @@ def finetune_cmd(
     weight_decay: Wd = None,
     schedule: Schedule = None,
     aug_strength: Aug = None,
+    label_smoothing: LabelSmoothing = None,
+    ema: Ema = None,
     stain_norm: StainNorm = None,
     model_config: ModelConfig = None,
     seed: Seed = None,
@@ -172,16 +207,38 @@ def finetune_cmd(
     quiet: Quiet = False,
 ) -> None:
     """Fine-tune a pretrained backbone: head-only warm-up, then all layers at a lower LR."""
-    options = dict(locals())  # first: every option, by name
-    from histomodels.config import TrainConfig
+    from histomodels.training.presets import FINETUNE_DEFAULTS
 
-    options["freeze_epochs"] = options.pop("warmup_epochs")
-    input_size = options.pop("input_size")
     if input_size and input_size != 96:
         mc = json.loads(model_config) if model_config else {}
-        mc["input_size"] = input_size
-        options["model_config"] = json.dumps(mc)
-    _run(base=TrainConfig(**FINETUNE_DEFAULTS), **options)
+        model_config = json.dumps({**mc, "input_size": input_size})
+    options = dict(
+        model=model,
+        weights=weights,
+        freeze_epochs=warmup_epochs,
+        backbone_lr_mult=backbone_lr_mult,
+        data=data,
+        val=val,
+        epochs=epochs,
+        patience=patience,
+        time_budget=time_budget,
+        batch_size=batch_size,
+        lr=lr,
+        weight_decay=weight_decay,
+        schedule=schedule,
+        aug_strength=aug_strength,
+        label_smoothing=label_smoothing,
+        ema=ema,
+        stain_norm=stain_norm,
+        model_config=model_config,
+        seed=seed,
+        compile=compile,
+        bf16=bf16,
+        channels_last=channels_last,
+        threads=threads,
+        device=device,
+    )
+    _run(out, options, config=config, resume=resume, quiet=quiet, base=FINETUNE_DEFAULTS)
 
 
 @app.command("tune")

@@ -1,0 +1,262 @@
+"""Trainer callbacks: everything around the loop that is not the loop.
+
+A callback overrides any of the :class:`Callback` hooks. The defaults
+(:func:`default_callbacks`) give a run its time budget, early stopping, ``history.json`` /
+``history.csv``, ``learning_curve.png``, ``best.pt`` / ``last.pt``, per-epoch lines, the
+progress bar and, with ``ema``, an exponential moving average of the weights. New training
+levers (gradient accumulation, mixup, SWA, ...) are new callbacks, not edits of the loop.
+
+Hook order per epoch: ``on_epoch_start`` → ``on_step_end`` after every optimizer step
+(return True to end the epoch early) → ``on_validate_end`` (all ranks) → ``should_stop``
+and ``on_epoch_end`` (rank 0 only; in list order, so history is on disk before
+``last.pt`` names it).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from histomodels import distributed as D
+from histomodels.config import TrainConfig
+
+if TYPE_CHECKING:
+    from histomodels.training.result import TrainResult
+    from histomodels.training.trainer import Trainer
+
+HISTORY_FIELDS = (
+    "epoch",
+    "train_loss",
+    "val_loss",
+    "val_auc",
+    "val_accuracy",
+    "lr",
+    "epoch_seconds",
+    "elapsed_seconds",
+    "train_patches_per_s",
+    "val_patches_per_s",
+    "frozen_backbone",
+)
+
+
+class Callback:
+    """No-op hooks; subclasses override what they need."""
+
+    def setup(self, trainer: Trainer) -> None:
+        """Model, optimizer and any resumed state are ready; the loop has not started."""
+
+    def resume_stop(self, trainer: Trainer) -> str | None:
+        """On resume: the reason the saved run had already stopped, if any."""
+        return None
+
+    def on_epoch_start(self, trainer: Trainer, epoch: int) -> None: ...
+
+    def on_step_end(self, trainer: Trainer) -> bool | None:
+        """After each optimizer step; True ends the epoch (then it is validated)."""
+        return None
+
+    def on_validate_end(self, trainer: Trainer) -> None: ...
+
+    def should_stop(self, trainer: Trainer) -> str | None:
+        """Rank 0, after validation: a stop reason, or None to go on."""
+        return None
+
+    def on_epoch_end(
+        self, trainer: Trainer, row: dict[str, Any], improved: bool, stop: str | None
+    ) -> None:
+        """Rank 0: the epoch's history ``row`` is recorded; write what it needs."""
+
+    def on_fit_end(self, trainer: Trainer, result: TrainResult) -> None: ...
+
+    def close(self, trainer: Trainer) -> None:
+        """Always called (all ranks), also when training fails."""
+
+
+class TimeBudget(Callback):
+    """Stop when the next validation would overrun ``minutes`` (training + validation)."""
+
+    def __init__(self, minutes: float) -> None:
+        self.budget_s = minutes * 60.0
+        self.reserve = 0.0
+        self.hit = False
+
+    def setup(self, trainer: Trainer) -> None:
+        self.reserve = len(trainer.x_val) / 500.0  # a first guess of validation seconds
+
+    def resume_stop(self, trainer: Trainer) -> str | None:
+        return "budget" if trainer.elapsed_before >= self.budget_s else None
+
+    def on_epoch_start(self, trainer: Trainer, epoch: int) -> None:
+        self.hit = False
+
+    def on_step_end(self, trainer: Trainer) -> bool:
+        self.hit = D.any_flag(trainer.elapsed() + self.reserve >= self.budget_s, trainer.info)
+        return self.hit
+
+    def on_validate_end(self, trainer: Trainer) -> None:
+        self.reserve = trainer.val_seconds * 1.2 + 1.0  # measured now
+
+    def should_stop(self, trainer: Trainer) -> str | None:
+        over = trainer.epoch_elapsed + self.reserve >= self.budget_s
+        return "budget" if self.hit or over else None
+
+
+class EarlyStopping(Callback):
+    """Stop after ``patience`` epochs without a better validation AUC."""
+
+    def __init__(self, patience: int) -> None:
+        self.patience = patience
+
+    def resume_stop(self, trainer: Trainer) -> str | None:
+        return self.should_stop(trainer)
+
+    def should_stop(self, trainer: Trainer) -> str | None:
+        return "early" if trainer.epoch - trainer.best_epoch >= self.patience else None
+
+
+class History(Callback):
+    """``history.json`` and ``history.csv`` (one row per epoch, written atomically)."""
+
+    def on_epoch_end(self, trainer, row, improved, stop) -> None:
+        write_history(trainer.run_dir, trainer.history)
+
+
+def write_history(run_dir: Path, history: list[dict[str, Any]]) -> None:
+    """history.json and history.csv (the columns of :data:`HISTORY_FIELDS`)."""
+    from histocore.io import atomic_write_text
+
+    atomic_write_text(run_dir / "history.json", json.dumps(history, indent=1))
+    lines = [",".join(HISTORY_FIELDS)]
+    for row in history:
+        lines.append(",".join(str(row.get(k, "")) for k in HISTORY_FIELDS))
+    atomic_write_text(run_dir / "history.csv", "\n".join(lines) + "\n")
+
+
+class Curves(Callback):
+    """``learning_curve.png``: losses, validation AUC and accuracy per epoch."""
+
+    KEYS = ("epoch", "train_loss", "val_loss", "val_auc", "val_accuracy")
+
+    def on_epoch_end(self, trainer, row, improved, stop) -> None:
+        from histomodels.plots import curves_plot
+
+        rows = [{k: r[k] for k in self.KEYS if k in r} for r in trainer.history]
+        curves_plot(rows, trainer.run_dir / "learning_curve.png", title=trainer.cfg.model)
+
+
+class Checkpoints(Callback):
+    """``best.pt`` when validation AUC improves; ``last.pt`` (resumable) every epoch."""
+
+    def on_epoch_end(self, trainer, row, improved, stop) -> None:
+        if improved:
+            trainer.save(trainer.run_dir / "best.pt")
+        trainer.save(trainer.run_dir / "last.pt", resumable=True, finished=stop or "")
+
+
+class EpochLog(Callback):
+    """One line per epoch (and a last one) through :meth:`Trainer.say`."""
+
+    def on_epoch_end(self, trainer, row, improved, stop) -> None:
+        trainer.say(
+            f"epoch {row['epoch']:3d}  loss {row['train_loss']:.4f}"
+            f"  val_loss {row['val_loss']:.4f}"
+            f"  val_auc {row['val_auc']:.4f}  acc {row['val_accuracy']:.4f}"
+            f"  lr {row['lr']:.2g}  {row['train_patches_per_s']:.0f} p/s"
+            f"{'  *' if improved else ''}"
+        )
+
+    def on_fit_end(self, trainer, result) -> None:
+        trainer.say(
+            f"stopped ({result.stop_reason}); best val AUC {trainer.best_auc:.4f} at epoch "
+            f"{result.best_epoch} → {trainer.run_dir / 'best.pt'}"
+        )
+
+
+class ProgressBar(Callback):
+    """A transient rich bar per epoch on rank 0 (batch logs get per-epoch lines only)."""
+
+    def __init__(self, console: Any) -> None:
+        self.console = console
+        self.progress: Any = None
+        self.task: Any = None
+
+    def setup(self, trainer: Trainer) -> None:
+        if not trainer.info.is_main:
+            return
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+        )
+
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            console=self.console,
+            transient=True,
+            disable=not self.console.is_terminal,
+        )
+        self.progress.start()
+
+    def on_epoch_start(self, trainer: Trainer, epoch: int) -> None:
+        if self.progress is not None:
+            total = trainer.batches_per_epoch
+            self.task = self.progress.add_task(f"epoch {epoch}/{trainer.cfg.epochs}", total=total)
+
+    def on_step_end(self, trainer: Trainer) -> None:
+        if self.task is not None:
+            loss = trainer.loss_sum / max(trainer.seen, 1)
+            desc = f"epoch {trainer.current_epoch}/{trainer.cfg.epochs} loss {loss:.3f}"
+            self.progress.update(self.task, advance=1, description=desc)
+
+    def on_validate_end(self, trainer: Trainer) -> None:
+        if self.task is not None:
+            self.progress.remove_task(self.task)
+            self.task = None
+
+    def close(self, trainer: Trainer) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+
+
+class EMA(Callback):
+    """Exponential moving average of the weights (timm ``ModelEmaV3``, decay warm-up on).
+
+    With it, validation, early stopping, ``best.pt`` and ``last.pt`` use the averaged
+    weights; ``last.pt`` also keeps the raw weights (``train_state_dict``) to resume from.
+    """
+
+    def __init__(self, decay: float) -> None:
+        self.decay = decay
+        self.ema: Any = None
+
+    def setup(self, trainer: Trainer) -> None:
+        from timm.utils import ModelEmaV3
+
+        self.ema = ModelEmaV3(trainer.model, decay=self.decay, use_warmup=True)
+        state = trainer.state
+        if state is not None and "train_state_dict" in state:  # resumed: state_dict is EMA
+            self.ema.module.load_state_dict(state["state_dict"])
+        trainer.eval_model = self.ema.module
+
+    def on_step_end(self, trainer: Trainer) -> None:
+        self.ema.update(trainer.model, step=trainer.schedule.step_count)
+
+
+def default_callbacks(cfg: TrainConfig, console: Any = None) -> list[Callback]:
+    """The callbacks every run gets, in order (stop reasons: budget before early)."""
+    cbs: list[Callback] = []
+    if cfg.ema:
+        cbs.append(EMA(cfg.ema))
+    if cfg.time_budget:
+        cbs.append(TimeBudget(cfg.time_budget))
+    cbs += [EarlyStopping(cfg.patience), History(), Curves(), Checkpoints(), EpochLog()]
+    if console is not None and cfg.progress:
+        cbs.append(ProgressBar(console))
+    return cbs

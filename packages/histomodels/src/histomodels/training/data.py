@@ -1,0 +1,132 @@
+"""Training data: each split decoded once (or streamed in blocks), checked, stain-normalised.
+
+Datasets are decoded into uint8 arrays (random reads of gzip-chunked HDF5 starve the
+trainer); batches are augmented as uint8 and normalised on the fly.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from histomodels.config import TrainConfig
+from histomodels.data.base import ArrayDataset, DatasetError, PatchDataset, open_dataset
+from histomodels.data.blocks import BlockImages
+from histomodels.data.cache import decoded_bytes, default_budget
+from histomodels.data.stain import stain_normalizer
+from histomodels.training.result import TrainingError
+
+log = logging.getLogger(__name__)
+
+#: A dataset, a path to one, or an ``(images, labels)`` pair of arrays.
+DataSpec = PatchDataset | str | Path | tuple
+#: Decoded uint8 ``[N, H, W, 3]`` images, or a streamed stand-in with the same indexing.
+Images = torch.Tensor | BlockImages
+
+
+def load_split(spec: DataSpec, role: str, *, stream: bool = True) -> tuple[Images, torch.Tensor]:
+    """Decode a dataset once: ``(uint8 [N, H, W, 3] tensor, float labels [N])``.
+
+    A dataset whose decoded size exceeds the in-memory cache budget
+    (:func:`histomodels.data.cache.default_budget`: ``HISTOMODELS_CACHE_BYTES`` or half the
+    free memory) is not decoded: with ``stream`` its images come back as a
+    :class:`~histomodels.data.blocks.BlockImages` read in contiguous blocks during training.
+    Labels must all be 0 or 1 (a patch without a label cannot be trained or validated on).
+    """
+    if isinstance(spec, tuple):
+        spec = ArrayDataset(spec[0], spec[1], source=f"{role} arrays")
+    if isinstance(spec, (str, Path)):
+        path = Path(spec)
+        if not path.exists():
+            raise DatasetError(f"{path}: {role} data not found")
+        spec = open_dataset(path)
+    name = getattr(spec, "source", "") or role
+    images: Any
+    if stream and not isinstance(spec, ArrayDataset) and decoded_bytes(spec) > default_budget():
+        images = BlockImages(spec)
+        labels = np.asarray(spec.labels())
+    else:
+        images, labels, _ = spec.load_all()
+        images = np.asarray(images)
+        if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
+            raise DatasetError(
+                f"{name}: expected uint8 [N, H, W, 3], got {images.dtype} {images.shape}"
+            )
+        images = torch.from_numpy(np.ascontiguousarray(images))
+    labels = np.asarray(labels)
+    _check_labels(spec, name, role, labels)
+    return images, torch.from_numpy(labels.astype(np.float32))
+
+
+def _check_labels(spec: PatchDataset, name: str, role: str, labels: np.ndarray) -> None:
+    bad = np.flatnonzero((labels != 0) & (labels != 1))
+    if len(bad):
+        i = int(bad[0])
+        ids = spec.ids()
+        raise DatasetError(
+            f"{name}: {len(bad)} {role} patches have labels other than 0/1, e.g. "
+            f"{ids[i] if i < len(ids) else i!r} has {labels[i]}"
+        )
+
+
+def normalise_stain(images: Images, stain: Any) -> Images:
+    """Apply a stain normaliser to a split (to each block as it is read, when streamed)."""
+    if isinstance(images, BlockImages):
+        images.transform = stain.transform
+        return images
+    return torch.from_numpy(stain.transform(images.numpy()))
+
+
+def prepare_splits(
+    cfg: TrainConfig,
+    train_data: DataSpec | None,
+    val_data: DataSpec | None,
+    say: Callable[[str], None] = log.info,
+) -> tuple[tuple[Images, torch.Tensor], tuple[Images, torch.Tensor], Any]:
+    """Load train and validation data, stain-normalise both when configured, and check that
+    validation holds both classes. Returns ``((x, y) train, (x, y) val, stain normaliser)``;
+    ``say`` receives the notes a user should see (stain normalisation, streaming)."""
+    x_train, y_train = load_split(_given(train_data, cfg.data, "train"), "train")
+    x_val, y_val = load_split(_given(val_data, cfg.val, "validation"), "validation")
+    stain = stain_normalizer(cfg.stain_norm) if cfg.stain_norm else None
+    if stain is not None:
+        say(f"stain normalisation ({cfg.stain_norm}) of train and validation")
+        x_train, x_val = normalise_stain(x_train, stain), normalise_stain(x_val, stain)
+    for role, x in (("train", x_train), ("validation", x_val)):
+        if isinstance(x, BlockImages):
+            say(
+                f"{role} data ({x.ds.source}) is larger than the in-memory cache budget: "
+                f"streaming it in blocks of {x.block} patches (HISTOMODELS_CACHE_BYTES to change)"
+            )
+    if len(torch.unique(y_val)) < 2:
+        raise DatasetError("validation data holds one class only; AUC is undefined")
+    return (x_train, y_train), (x_val, y_val), stain
+
+
+def _given(data: DataSpec | None, path: str | None, role: str) -> DataSpec:
+    if data is not None:
+        return data
+    if not path:
+        raise TrainingError(f"no {role} data given")
+    return path
+
+
+def make_augment(cfg: TrainConfig, seed: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The histology augmentation (dihedral flips, colour, HED jitter) for one epoch/rank."""
+    if cfg.aug_strength <= 0:
+        return lambda b: b
+    from histomodels.data.transforms import Augment
+
+    return Augment(strength=cfg.aug_strength, hed_jitter=cfg.hed_jitter, seed=seed)
+
+
+def epoch_order(x_train: Images, gen: torch.Generator) -> torch.Tensor:
+    """An epoch's permutation (block-wise for streamed data)."""
+    if isinstance(x_train, BlockImages):
+        return x_train.order(gen)
+    return torch.randperm(len(x_train), generator=gen)

@@ -1,0 +1,35 @@
+"""What a training run reports back, and the error it raises when it cannot run."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class TrainingError(RuntimeError):
+    """Training cannot start or continue; the message says why."""
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    best_epoch: int
+    best_metrics: dict[str, float]
+    epochs_run: int
+    stop_reason: str  # early | budget | epochs
+    history: list[dict[str, Any]] = field(default_factory=list)
+    train_patches_per_s: float = 0.0
+    val_patches_per_s: float = 0.0
+    train_seconds: float = 0.0
+
+
+@dataclass
+class EpochStats:
+    """One epoch's training pass (before validation)."""
+
+    loss: float
+    seen: int
+    seconds: float
+    lr: float
+    budget_hit: bool = False

@@ -1,0 +1,80 @@
+"""What a run saves (checkpoint contents) and what ``--resume`` reads back."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from histomodels.checkpoint import make_checkpoint, read_checkpoint
+from histomodels.config import TrainConfig, validate
+from histomodels.preprocess import IMAGENET_MEAN, IMAGENET_STD
+from histomodels.training.result import TrainingError
+
+if TYPE_CHECKING:
+    from histomodels.training.trainer import Trainer
+
+#: Settings a resumed run takes from the new config; everything else comes from ``last.pt``.
+RESUME_OVERRIDES = ("epochs", "patience", "time_budget", "progress", "threads", "device")
+
+
+def resume_state(cfg: TrainConfig, run_dir: Path) -> tuple[TrainConfig, dict[str, Any]]:
+    """The saved config (with ``cfg``'s :data:`RESUME_OVERRIDES`) and ``last.pt``'s state."""
+    last = run_dir / "last.pt"
+    if not last.is_file():
+        raise TrainingError(f"{last}: nothing to resume (no last.pt in the run folder)")
+    state = read_checkpoint(last)
+    saved = TrainConfig(**state["train_config"])
+    keep = {k: getattr(cfg, k) for k in RESUME_OVERRIDES}
+    return validate(saved.replace(**keep)), state
+
+
+def checkpoint(trainer: Trainer, *, resumable: bool = False, finished: str = "") -> dict[str, Any]:
+    """The checkpoint of ``trainer.eval_model`` after the last epoch; ``resumable`` adds the
+    optimizer, schedule, history, best-so-far, elapsed time, RNG and, when the evaluated
+    weights are not the trained ones (EMA), the trained ones as ``train_state_dict``."""
+    t, cfg = trainer, trainer.cfg
+    extra: dict[str, Any] = {}
+    if resumable:
+        extra = dict(
+            optimizer=t.optimizer.state_dict(),
+            scheduler=t.schedule.state_dict(),
+            history=t.history,
+            best_auc=t.best_auc,
+            best_epoch=t.best_epoch,
+            best_metrics=t.best_metrics,
+            elapsed_seconds=t.epoch_elapsed,
+            rng=torch.get_rng_state(),
+            finished=finished,
+        )
+        if t.eval_model is not t.model:
+            extra["train_state_dict"] = {
+                k: v.detach().cpu() for k, v in t.model.state_dict().items()
+            }
+    return make_checkpoint(
+        t.eval_model,
+        cfg.model,
+        dict(cfg.model_config),
+        metrics=t.last_metrics,
+        epoch=t.epoch,
+        input_size=int(t.x_train.shape[1]),
+        normalization={"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
+        train_config=json_safe(cfg.to_dict()),
+        world_size=t.info.world_size,
+        stain=t.stain.to_dict() if t.stain is not None else None,
+        **extra,
+    )
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def json_safe(obj: Any) -> Any:
+    return json.loads(json.dumps(obj, default=str))

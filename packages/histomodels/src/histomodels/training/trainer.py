@@ -1,0 +1,408 @@
+"""The training loop as a :class:`Trainer`: :meth:`~Trainer.setup` once, then per epoch
+:meth:`~Trainer.fit_epoch` and :meth:`~Trainer.validate`, with callbacks
+(:mod:`histomodels.training.callbacks`) for everything around them.
+
+Each epoch writes the history and then ``last.pt`` (everything needed to resume: weights,
+optimizer, schedule, history, RNG, elapsed time), so every ``last.pt`` on disk has its
+history beside it; ``best.pt`` when validation AUC improves. A time budget stops cleanly,
+reserving time for the final validation. Under ``torchrun`` the same code runs
+DistributedDataParallel (see :mod:`histomodels.distributed`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from histomodels import distributed as D
+from histomodels.checkpoint import save_checkpoint
+from histomodels.config import TrainConfig, validate
+from histomodels.device import amp_dtype, autocast, grad_scaler, pick_device, set_threads, use_bf16
+from histomodels.inference import predict_logits
+from histomodels.metrics import binary_metrics
+from histomodels.models import create_model
+from histomodels.preprocess import to_input
+from histomodels.training.callbacks import Callback, default_callbacks
+from histomodels.training.data import DataSpec, epoch_order, make_augment, prepare_splits
+from histomodels.training.result import EpochStats, TrainResult
+from histomodels.training.schedule import LRSchedule, param_groups, set_backbone_frozen
+from histomodels.training.state import (
+    checkpoint,
+    json_safe,
+    resume_state,
+    seed_everything,
+)
+
+log = logging.getLogger(__name__)
+
+
+class Trainer:
+    """Train ``cfg.model`` on ``train_data`` (or ``cfg.data``) into the run folder ``out``.
+
+    ``callbacks`` are added after :func:`~histomodels.training.callbacks.default_callbacks`;
+    ``console`` (a rich console) shows a progress bar and the per-epoch lines, which
+    otherwise go to the ``histomodels.training`` logger only.
+    """
+
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        out: str | Path,
+        *,
+        train_data: DataSpec | None = None,
+        val_data: DataSpec | None = None,
+        resume: bool = False,
+        callbacks: Sequence[Callback] = (),
+        console: Any = None,
+    ) -> None:
+        self.cfg = validate(cfg)
+        self.run_dir = Path(out)
+        self.resume, self.console = resume, console
+        self.extra_callbacks = list(callbacks)
+        self.callbacks: list[Callback] = []
+        self._data = (train_data, val_data)
+        self.info = D.DistInfo()
+        self.state: dict[str, Any] | None = None
+        self.history: list[dict[str, Any]] = []
+        self.epoch = self.current_epoch = self.best_epoch = 0
+        self.best_auc = -1.0
+        self.best_metrics: dict[str, float] = {}
+        self.last_metrics: dict[str, float] = {}
+        self.stop_reason = "epochs"
+        self.elapsed_before = self.epoch_elapsed = self.val_seconds = 0.0
+        self.t_start = time.perf_counter()
+        self.loss_sum, self.seen, self.batches_per_epoch = 0.0, 0, 0
+        self.train_patches, self.train_seconds = 0, 0.0
+        self.frozen = False
+        self._ready = False
+
+    # ------------------------------------------------------------------------- setup
+
+    def setup(self) -> None:
+        """Resolve resume, device and precision; load data; build model and optimizer."""
+        if self.resume:
+            self.cfg, self.state = resume_state(self.cfg, self.run_dir)
+        self.device = pick_device(self.cfg.device)
+        self.info = D.init_distributed(self.device)
+        set_threads(self.cfg.threads)
+        self.bf16 = use_bf16(self.cfg.model, self.device, self.cfg.bf16)
+        seed_everything(int(self.cfg.seed))
+        (self.x_train, self.y_train), (self.x_val, self.y_val), self.stain = prepare_splits(
+            self.cfg, *self._data, say=self.say
+        )
+        per_rank = len(self.x_train) // self.info.world_size
+        if per_rank < self.cfg.batch_size:
+            self.cfg = self.cfg.replace(batch_size=max(1, per_rank))
+        self._setup_model()
+        self._setup_optimizer()
+        if self.state is not None:
+            self._restore(self.state)
+        self.callbacks = [*default_callbacks(self.cfg, self.console), *self.extra_callbacks]
+        if self.info.is_main:
+            from histocore.io import atomic_write_text
+
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            text = json.dumps(json_safe(self.cfg.to_dict()), indent=2)
+            atomic_write_text(self.run_dir / "config.json", text)
+        for cb in self.callbacks:
+            cb.setup(self)
+        self._ready = True
+
+    def _setup_model(self) -> None:
+        cfg = self.cfg
+        if self.state is None:  # from the weights source on a fresh run, from last.pt on resume
+            model = create_model(cfg.model, weights=cfg.weights, **cfg.model_config)
+        else:
+            model = create_model(cfg.model, pretrained=False, **cfg.model_config)
+            model.load_state_dict(self.state.get("train_state_dict") or self.state["state_dict"])
+        model.to(self.device)
+        if cfg.channels_last:
+            model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        self.model: nn.Module = model
+        #: the weights validated and saved (callbacks such as EMA replace it)
+        self.eval_model: nn.Module = model
+        self.net: nn.Module = model
+
+    def _setup_optimizer(self) -> None:
+        cfg = self.cfg
+        self.optimizer = torch.optim.AdamW(
+            param_groups(self.model, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay
+        )
+        n = len(D.shard(torch.arange(len(self.x_train)), self.info))
+        self.schedule = LRSchedule(cfg, max(1, n // cfg.batch_size))
+        self.scaler = grad_scaler(self.device, self.bf16)
+        self.loss_fn = nn.BCEWithLogitsLoss()
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["scheduler"])
+        self.history = list(state.get("history", []))
+        self.epoch = int(state["epoch"])
+        self.best_auc = float(state.get("best_auc", -1.0))
+        self.best_epoch = int(state.get("best_epoch", 0))
+        self.best_metrics = dict(state.get("best_metrics", {}))
+        self.elapsed_before = float(state.get("elapsed_seconds", 0.0))
+        if "rng" in state:
+            torch.set_rng_state(state["rng"])
+        self.say(f"resuming {self.run_dir} after epoch {self.epoch}")
+
+    # --------------------------------------------------------------------------- loop
+
+    def fit(self) -> TrainResult:
+        """Train until the epochs run out or a callback stops it; returns the summary."""
+        if not self._ready:
+            self.setup()
+        last_epoch = self._last_epoch()
+        try:
+            self.net = self._wrap(self.epoch < self.cfg.freeze_epochs)
+            self.t_start = time.perf_counter()
+            for epoch in range(self.epoch + 1, last_epoch + 1):
+                if (epoch <= self.cfg.freeze_epochs) != self.frozen:
+                    self.net = self._wrap(not self.frozen)
+                    self.say("unfreezing the backbone")
+                stats = self.fit_epoch(epoch)
+                metrics = self.validate()
+                stop = self._end_epoch(epoch, stats, metrics) if metrics is not None else None
+                stop, auc = D.broadcast((stop, self.last_metrics.get("val_auc")), self.info)
+                if not self.info.is_main:  # ranks keep the same plateau schedule as rank 0
+                    self.epoch = epoch
+                    self.schedule.epoch_end(auc)
+                if stop:
+                    self.stop_reason = stop
+                    break
+        finally:
+            for cb in self.callbacks:
+                cb.close(self)
+        return self._finish()
+
+    def _last_epoch(self) -> int:
+        """``cfg.epochs``, or the saved epoch when a resumed run had already stopped."""
+        if self.state is None:
+            return self.cfg.epochs
+        for cb in self.callbacks:
+            reason = cb.resume_stop(self)
+            if reason:
+                self.stop_reason = reason
+                break
+        last = self.epoch if self.stop_reason != "epochs" else self.cfg.epochs
+        if self.epoch >= last:
+            self.say(f"{self.run_dir}: already finished ({self.stop_reason}); nothing to do")
+        return last
+
+    def _wrap(self, frozen: bool) -> nn.Module:
+        """The module the optimizer steps through: DDP and/or torch.compile around the model."""
+        if self.cfg.freeze_epochs > 0:
+            set_backbone_frozen(self.model, frozen)
+        self.frozen = frozen
+        net: nn.Module = self.model
+        if self.info.enabled:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            net = DDP(self.model, device_ids=ids)
+        if self.cfg.compile:
+            net = torch.compile(net)  # type: ignore[assignment]
+        return net
+
+    def fit_epoch(self, epoch: int) -> EpochStats:
+        """One pass over this rank's shard of a fresh permutation of the training data."""
+        cfg, info, seed = self.cfg, self.info, int(self.cfg.seed)
+        self.current_epoch = epoch
+        gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
+        order = D.shard(epoch_order(self.x_train, gen), info)
+        augment = make_augment(cfg, seed * 100_003 + epoch * 31 + info.rank)
+        self.net.train()
+        self.batches_per_epoch = max(1, len(order) // cfg.batch_size)
+        self.loss_sum, self.seen = 0.0, 0
+        for cb in self.callbacks:
+            cb.on_epoch_start(self, epoch)
+        t0, factor, cut = time.perf_counter(), 1.0, False
+        for b in range(self.batches_per_epoch):
+            idx = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
+            factor = self.train_step(augment(self.x_train[idx]), self.y_train[idx])
+            if any([cb.on_step_end(self) for cb in self.callbacks]):  # every hook runs
+                cut = True
+                break
+        seconds = time.perf_counter() - t0
+        self.train_patches += self.seen * info.world_size
+        self.train_seconds += seconds
+        loss = self.loss_sum / max(self.seen, 1)
+        return EpochStats(loss, self.seen, seconds, cfg.lr * factor, budget_hit=cut)
+
+    def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> float:
+        """One optimizer step on uint8 NHWC ``images``; returns the LR factor it used."""
+        cfg = self.cfg
+        x = to_input(images, channels_last=cfg.channels_last, device=self.device)
+        y = labels.to(self.device)
+        if cfg.label_smoothing:
+            y = y * (1 - cfg.label_smoothing) + 0.5 * cfg.label_smoothing
+        factor = self.schedule.factor(self.time_fraction())
+        for g in self.optimizer.param_groups:
+            g["lr"] = cfg.lr * g.get("lr_mult", 1.0) * factor
+        with autocast(self.device, self.bf16):
+            logits = self.net(x).float().flatten()
+        loss = self.loss_fn(logits, y)
+        self._backward_and_step(loss)
+        self.schedule.step_count += 1
+        self.loss_sum += float(loss.detach()) * len(labels)
+        self.seen += len(labels)
+        return factor
+
+    def _backward_and_step(self, loss: torch.Tensor) -> None:
+        opt, scaler = self.optimizer, self.scaler
+        opt.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.unscale_(opt)
+        else:
+            loss.backward()
+        if self.cfg.grad_clip:
+            params = [p for p in self.model.parameters() if p.grad is not None]
+            nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
+        if scaler is not None:
+            scaler.step(opt)
+            scaler.update()
+        else:
+            opt.step()
+
+    def validate(self) -> dict[str, float] | None:
+        """Score ``eval_model`` on the validation split through :mod:`histomodels.inference`:
+        each rank predicts its shard, rank 0 scores the gathered whole (others get None)."""
+        t0 = time.perf_counter()
+        vidx = D.shard(torch.arange(len(self.x_val)), self.info, drop_tail=False)
+        precision = "bf16" if self.bf16 and amp_dtype(self.device) == torch.bfloat16 else "fp32"
+        logits = predict_logits(
+            self.eval_model,
+            self._val_batches(vidx),
+            precision=precision,
+            device=self.device,
+            channels_last=self.cfg.channels_last,
+        )
+        all_logits = D.gather_cat(torch.from_numpy(logits), self.info)
+        order = D.gather_cat(vidx, self.info)
+        self.val_seconds = time.perf_counter() - t0
+        for cb in self.callbacks:
+            cb.on_validate_end(self)
+        return val_metrics(all_logits, self.y_val[order]) if self.info.is_main else None
+
+    def _val_batches(self, vidx: torch.Tensor) -> Iterator[torch.Tensor]:
+        bs = self.cfg.eval_batch_size
+        for i in range(0, len(vidx), bs):
+            yield self.x_val[vidx[i : i + bs]] if self.info.enabled else self.x_val[i : i + bs]
+
+    def _end_epoch(self, epoch: int, stats: EpochStats, m: dict[str, float]) -> str | None:
+        """Rank 0: record the epoch, ask the callbacks whether to stop, let them write."""
+        self.schedule.epoch_end(m["val_auc"])
+        self.epoch, self.last_metrics = epoch, m
+        self.epoch_elapsed = self.elapsed()
+        row = {
+            "epoch": epoch,
+            "train_loss": round(stats.loss, 5),
+            "val_loss": round(m["val_loss"], 5),
+            "val_auc": round(m["val_auc"], 5),
+            "val_accuracy": round(m["val_accuracy"], 5),
+            "lr": float(f"{stats.lr:.3g}"),
+            "epoch_seconds": round(stats.seconds + self.val_seconds, 2),
+            "elapsed_seconds": round(self.epoch_elapsed, 2),
+            "train_patches_per_s": round(self._rate(stats.seen, stats.seconds), 1),
+            "val_patches_per_s": round(self.val_rate, 1),
+            "frozen_backbone": self.frozen,
+        }
+        self.history.append(row)
+        improved = m["val_auc"] > self.best_auc
+        if improved:
+            self.best_auc, self.best_epoch, self.best_metrics = m["val_auc"], epoch, m
+        stop = next((r for cb in self.callbacks if (r := cb.should_stop(self))), None)
+        if stop is None and epoch >= self.cfg.epochs:
+            stop = "epochs"
+        for cb in self.callbacks:
+            cb.on_epoch_end(self, row, improved, stop)
+        return stop
+
+    def _finish(self) -> TrainResult:
+        result = TrainResult(
+            run_dir=self.run_dir,
+            best_epoch=self.best_epoch,
+            best_metrics=self.best_metrics,
+            epochs_run=len(self.history) if self.info.is_main else self.epoch,
+            stop_reason=self.stop_reason,
+            history=self.history,
+            train_patches_per_s=self.train_patches / max(self.train_seconds, 1e-9),
+            val_patches_per_s=self.val_rate,
+            train_seconds=self.train_seconds,
+        )
+        if self.info.is_main:
+            for cb in self.callbacks:
+                cb.on_fit_end(self, result)
+        D.barrier(self.info)
+        return result
+
+    # ------------------------------------------------------------------------ helpers
+
+    def save(self, path: Path, *, resumable: bool = False, finished: str = "") -> Path:
+        """Write ``eval_model`` as a checkpoint; ``resumable`` adds what ``--resume`` needs."""
+        return save_checkpoint(path, checkpoint(self, resumable=resumable, finished=finished))
+
+    def say(self, msg: str) -> None:
+        """A line for the user (rank 0): logged, and printed when there is a console."""
+        if not self.info.is_main:
+            return
+        log.info(msg)
+        if self.console is not None:
+            self.console.print(msg)
+
+    def elapsed(self) -> float:
+        """Seconds of this run so far, including those before a resume."""
+        return self.elapsed_before + time.perf_counter() - self.t_start
+
+    def time_fraction(self) -> float:
+        return self.elapsed() / (self.cfg.time_budget * 60.0) if self.cfg.time_budget else 0.0
+
+    @property
+    def val_rate(self) -> float:
+        return len(self.x_val) / max(self.val_seconds, 1e-9) if self.val_seconds else 0.0
+
+    def _rate(self, seen: int, seconds: float) -> float:
+        return seen * self.info.world_size / max(seconds, 1e-9)
+
+
+def train(
+    cfg: TrainConfig,
+    out: str | Path,
+    *,
+    resume: bool = False,
+    train_data: DataSpec | None = None,
+    val_data: DataSpec | None = None,
+    console: Any = None,
+    callbacks: Sequence[Callback] = (),
+) -> TrainResult:
+    """Train ``cfg.model`` on ``train_data`` (or ``cfg.data``) and write the run to ``out``.
+
+    ``resume=True`` continues from ``out/last.pt`` (its saved config wins over ``cfg``
+    except for :data:`RESUME_OVERRIDES`).
+    """
+    trainer = Trainer(
+        cfg,
+        out,
+        train_data=train_data,
+        val_data=val_data,
+        resume=resume,
+        callbacks=callbacks,
+        console=console,
+    )
+    return trainer.fit()
+
+
+def val_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    """Validation BCE loss, ROC AUC and accuracy at 0.5 (:mod:`histomodels.metrics`)."""
+    m = binary_metrics(labels.numpy(), torch.sigmoid(logits).numpy(), threshold=0.5)
+    loss = F.binary_cross_entropy_with_logits(logits, labels).item()
+    return {"val_loss": float(loss), "val_auc": m["roc_auc"], "val_accuracy": m["accuracy"]}
