@@ -1,5 +1,6 @@
-"""A real HTTP server on 127.0.0.1 that plays NCBI E-utilities, idconv, the PMC OA service,
-the NCBI FTP site, Europe PMC and publisher pages, for the network tests.
+"""A real HTTP server on 127.0.0.1 that plays NCBI E-utilities, idconv, the PMC Cloud
+Service bucket (``s3_server.FakeBucket`` under ``/pmc-oa-opendata/``), Europe PMC (REST
+and web site) and publisher pages, for the network tests.
 
 Responses are hand-built in the services' formats, or the recorded real bodies from
 ``../shared/fixtures/ncbi`` when a test asks for them. Every request is logged (time,
@@ -21,6 +22,8 @@ from urllib.parse import parse_qs, urlsplit
 from xml.sax.saxutils import escape
 
 import pytest
+from s3_server import PREFIX as BUCKET_PATH
+from s3_server import FakeBucket
 
 from histofetch.http import NetConfig
 
@@ -42,6 +45,7 @@ class Article:
     year: int = 2021
     doi: str | None = None
     pmcid: str | None = None
+    retracted: bool = False
 
 
 @dataclass
@@ -54,9 +58,9 @@ class FakeNcbi:
     searches: dict[str, list[str]] = field(default_factory=dict)
     #: Raw bodies for the first esearch page of a term (replays a recorded answer).
     first_page_body: dict[str, bytes] = field(default_factory=dict)
-    #: PMCID → oa.fcgi body.
-    oa: dict[str, bytes] = field(default_factory=dict)
-    #: path → (status, content type, body) for plain files (FTP, Europe PMC, publishers).
+    #: The PMC Cloud Service bucket.
+    bucket: FakeBucket = field(default_factory=FakeBucket)
+    #: path → (status, content type, body) for plain files (Europe PMC, publishers).
     files: dict[str, tuple[int, str, bytes]] = field(default_factory=dict)
     #: PMID → publisher URLs listed by elink prlinks.
     prlinks: dict[str, list[str]] = field(default_factory=dict)
@@ -72,15 +76,17 @@ class FakeNcbi:
         values: dict[str, Any] = dict(
             eutils_url=f"{self.base}/eutils/",
             idconv_url=f"{self.base}/idconv/",
-            oa_url=f"{self.base}/oa/oa.fcgi",
-            europepmc_url=f"{self.base}/europepmc/",
-            ncbi_ftp_url=f"{self.base}/ftp/",
+            pmc_cloud_url=f"{self.base}{BUCKET_PATH}",
+            europepmc_url=f"{self.base}/europepmc/rest/",
+            europepmc_render_url=f"{self.base}/europepmc/",
             api_key=None,
             email="tests@example.org",
             timeout=2.0,
             max_retries=3,
             backoff=0.01,
             ncbi_rate=1000.0,
+            pmc_cloud_rate=1000.0,
+            europepmc_rate=1000.0,
             other_rate=1000.0,
         )
         values.update(overrides)
@@ -91,9 +97,11 @@ class FakeNcbi:
         return {
             "HISTOFETCH_EUTILS_URL": f"{self.base}/eutils/",
             "HISTOFETCH_IDCONV_URL": f"{self.base}/idconv/",
-            "HISTOFETCH_OA_URL": f"{self.base}/oa/oa.fcgi",
-            "HISTOFETCH_EUROPEPMC_URL": f"{self.base}/europepmc/",
-            "HISTOFETCH_NCBI_FTP_URL": f"{self.base}/ftp/",
+            "HISTOFETCH_PMC_CLOUD_URL": f"{self.base}{BUCKET_PATH}",
+            "HISTOFETCH_EUROPEPMC_URL": f"{self.base}/europepmc/rest/",
+            "HISTOFETCH_EUROPEPMC_RENDER_URL": f"{self.base}/europepmc/",
+            "HISTOFETCH_PMC_CLOUD_RATE": "1000",
+            "HISTOFETCH_EUROPEPMC_RATE": "1000",
             "HISTOFETCH_BACKOFF": "0.01",
             "HISTOFETCH_TIMEOUT": "5",
             "NCBI_EMAIL": "tests@example.org",
@@ -132,11 +140,8 @@ class FakeNcbi:
             return 200, {"Content-Type": "text/xml"}, b"<eInfoResult/>"
         if path == "/idconv/":
             return self.idconv(params)
-        if path == "/oa/oa.fcgi":
-            body = self.oa.get(params.get("id", ""))
-            if body is None:
-                body = oa_error(params.get("id", ""), "idDoesNotExist", "unknown id")
-            return 200, {"Content-Type": "text/xml"}, body
+        if path.startswith(BUCKET_PATH):
+            return self.bucket.answer(path[len(BUCKET_PATH) :], params)
         if path in self.files:
             status, ctype, body = self.files[path]
             return status, {"Content-Type": ctype}, body
@@ -173,6 +178,8 @@ class FakeNcbi:
         if not ids:
             return 200, JSON, b'{"error": "Neither query_key nor id specified"}'
         result: dict[str, Any] = {"uids": ids}
+        if params.get("db") == "pmc":
+            return self.esummary_pmc(ids, result)
         for pmid in ids:
             art = self.articles.get(pmid)
             if art is None:
@@ -191,7 +198,33 @@ class FakeNcbi:
                 "fulljournalname": art.journal,
                 "title": art.title,
                 "articleids": aids,
+                "pubtype": ["Journal Article"]
+                + (["Retracted Publication"] if art.retracted else []),
                 "sortpubdate": f"{art.year}/03/04 00:00",
+            }
+        data = {"header": {"type": "esummary", "version": "0.3"}, "result": result}
+        return 200, JSON, json.dumps(data).encode()
+
+    def esummary_pmc(self, uids: list[str], result: dict[str, Any]) -> tuple[int, dict, bytes]:
+        """``db=pmc`` summaries: uids are PMC numbers; ids in the recorded PMC v2 shape."""
+        by_pmc = {a.pmcid: a for a in self.articles.values() if a.pmcid}
+        for uid in uids:
+            art = by_pmc.get(f"PMC{uid}")
+            if art is None:
+                result[uid] = {"uid": uid, "error": "cannot get document summary"}
+                continue
+            aids = [{"idtype": "pmid", "value": art.pmid}] if art.pmid else []
+            if art.doi:
+                aids.append({"idtype": "doi", "value": art.doi})
+            aids.append({"idtype": "pmcid", "value": art.pmcid})
+            result[uid] = {
+                "uid": uid,
+                "pubdate": f"{art.year} Dec 16",
+                "source": art.journal[:10],
+                "title": art.title,
+                "articleids": aids,
+                "fulljournalname": art.journal,
+                "sortdate": f"{art.year}/12/16 00:00",
             }
         data = {"header": {"type": "esummary", "version": "0.3"}, "result": result}
         return 200, JSON, json.dumps(data).encode()
@@ -247,28 +280,6 @@ def _webenv_term(webenv: str, query_key: str) -> str | None:
 
 #: WebEnvs that appear in recorded first pages → the term they stand for in the tests.
 RECORDED_WEBENV: dict[str, str] = {}
-
-
-def oa_record(pmcid: str, links: dict[str, str], license_: str = "CC BY") -> bytes:
-    """An oa.fcgi answer in the service's format (see the recorded oa_fcgi_*.xml)."""
-    link_xml = "".join(
-        f'<link format="{fmt}" updated="2024-01-01 00:00:00" href="{escape(href)}" />'
-        for fmt, href in links.items()
-    )
-    return (
-        f'<OA><responseDate>2026-01-02 10:45:39</responseDate><request id="{pmcid}">'
-        f"https://www.ncbi.nlm.nih.gov/pmc/utils/oa/oa.fcgi?id={pmcid}</request>"
-        f'<records returned-count="1" total-count="1"><record id="{pmcid}" citation="x" '
-        f'license="{license_}" retracted="no">{link_xml}</record></records></OA>'
-    ).encode()
-
-
-def oa_error(pmcid: str, code: str, message: str) -> bytes:
-    return (
-        "<OA><responseDate>2026-01-02 10:45:24</responseDate><request>"
-        f"https://www.ncbi.nlm.nih.gov/pmc/utils/oa/oa.fcgi?id={pmcid}</request>"
-        f'<error code="{code}">{escape(message)}</error></OA>'
-    ).encode()
 
 
 class _Handler(BaseHTTPRequestHandler):

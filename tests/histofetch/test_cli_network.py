@@ -13,10 +13,9 @@ from ncbi_server import (
     Article,
     FakeNcbi,
     image_bytes,
-    make_tgz,
     ncbi_fixture,  # noqa: F401 (fixture)
-    oa_record,
 )
+from s3_server import he_jpeg, real_jats
 from typer.testing import CliRunner
 
 from histocore.manifest import Manifest
@@ -24,7 +23,6 @@ from histofetch.cli import app
 from histofetch.search import OA_FILTER
 
 QUERY = "lymph node metastasis breast cancer"
-FTP = "ftp://ftp.ncbi.nlm.nih.gov/pub/pmc/"
 
 
 def _pdf_with_image() -> bytes:
@@ -40,21 +38,14 @@ def _pdf_with_image() -> bytes:
 
 
 def _serve_three(ncbi: FakeNcbi) -> None:
-    ncbi.add_article(Article("101", title="Package paper", pmcid="PMC101", doi="10.1/101"))
+    ncbi.add_article(Article("101", title="Cloud paper", pmcid="PMC101", doi="10.1/101"))
     ncbi.add_article(Article("102", title="PDF paper", pmcid="PMC102"))
     ncbi.add_article(Article("103", title="Paywalled paper"))
     ncbi.searches[QUERY] = ["101", "102", "103"]
     ncbi.searches[f"({QUERY}) AND {OA_FILTER}"] = ["101", "102"]
-    package = make_tgz(
-        [
-            ("PMC101/main.pdf", _pdf_with_image(), "file"),
-            ("PMC101/gr1.jpg", image_bytes("JPEG", (80, 60), (170, 80, 170)), "file"),
-        ]
-    )
-    ncbi.oa["PMC101"] = oa_record("PMC101", {"tgz": FTP + "101.tar.gz"})
-    ncbi.files["/ftp/pub/pmc/101.tar.gz"] = (200, "application/gzip", package)
-    ncbi.oa["PMC102"] = oa_record("PMC102", {"pdf": FTP + "102.pdf"})
-    ncbi.files["/ftp/pub/pmc/102.pdf"] = (200, "application/pdf", _pdf_with_image())
+    media = {"mds52601.jpg": he_jpeg(0), "mds52602.jpg": he_jpeg(1)}
+    ncbi.bucket.add_version("PMC101", 1, jats=real_jats(), media=media, pdf=_pdf_with_image())
+    ncbi.files["/europepmc/articles/PMC102"] = (200, "application/pdf", _pdf_with_image())
 
 
 def test_search_then_download_via_cli(ncbi: FakeNcbi, tmp_path: Path) -> None:
@@ -68,10 +59,10 @@ def test_search_then_download_via_cli(ncbi: FakeNcbi, tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "downloaded: 2 done, 0 already done, 1 failed" in result.output
     manifest = Manifest.load(run)
-    sources = {r.pmid: r.pdf_source for r in manifest.records.values()}
-    assert sources == {"101": "pmc-oa-package", "102": "pmc-oa", "103": None}
-    assert [i.source for i in manifest.images.values()] == ["package"]
-    assert manifest.records["pmid:103"].reason.startswith("no PMCID: pmc-oa/europepmc")
+    routes = {r.pmid: r.route for r in manifest.records.values()}
+    assert routes == {"101": "pmc-cloud", "102": "europepmc-pdf", "103": None}
+    assert [i.source for i in manifest.images.values()] == ["jats", "jats"]
+    assert manifest.records["pmid:103"].reason.startswith("no PMCID: pmc-cloud/europepmc")
     assert all(h.params.get("email") == "tests@example.org" for h in ncbi.log if "eutils" in h.path)
     status = runner.invoke(app, ["status", "--run", str(run), "--json"])
     info = json.loads(status.stdout)

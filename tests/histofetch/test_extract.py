@@ -158,7 +158,7 @@ def test_ingesting_the_same_pdf_twice_adds_one_record(tmp_path: Path) -> None:
     assert rec.pdf_sha256 == hashlib.sha256(pdf.read_bytes()).hexdigest()
 
 
-def test_reextract_keeps_package_figures_and_does_not_duplicate(tmp_path: Path) -> None:
+def test_jats_figures_are_kept_and_the_pdf_is_not_extracted_again(tmp_path: Path) -> None:
     pdf = build_image_pdf(tmp_path / "a.pdf", [he_like(seed=4), he_like(seed=5)])
     run_dir = tmp_path / "run"
     run_extract(run_dir, [pdf], progress=False)
@@ -166,22 +166,23 @@ def test_reextract_keeps_package_figures_and_does_not_duplicate(tmp_path: Path) 
     (rec,) = manifest.records.values()
     manifest.add_image(
         Image(
-            id=f"{rec.id}/pkg_fig1",
+            id=f"{rec.id}/fig_fig1",
             record_id=rec.id,
-            path="images/pkg/fig1.jpg",
+            path="images/x/fig_fig1.png",
             sha256="0" * 64,
             width=900,
             height=700,
-            source="package",
+            source="jats",
+            figure_id="F1",
         )
     )
     rec.stage = "downloaded"  # e.g. a user asked for a fresh extraction
     manifest.save()
     run_extract(run_dir, progress=False)
     again = Manifest.load(run_dir)
-    sources = sorted(i.source for i in again.images.values())
-    assert sources == ["package", "pdf", "pdf"]
-    assert again.records[rec.id].n_images == 3
+    # The JATS figure stays; the PDF's copies of the figures are not taken a second time.
+    assert [i.source for i in again.images.values()] == ["jats"]
+    assert again.records[rec.id].n_images == 1
 
 
 def test_images_over_the_pixel_limit_are_refused_undecoded(tmp_path: Path) -> None:

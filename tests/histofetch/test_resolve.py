@@ -9,9 +9,7 @@ from ncbi_server import Article, FakeNcbi, ncbi_fixture  # noqa: F401 (fixture)
 from histofetch.http import NetClient
 from histofetch.resolve import (
     ServiceError,
-    oa_lookup,
     parse_idconv,
-    parse_oa,
     parse_prlinks,
     pmids_to_pmcids,
     publisher_links,
@@ -34,26 +32,10 @@ def test_recorded_idconv_error_is_decoded() -> None:
         parse_idconv(_fixture("idconv_json_error_idtype_mismatch_http404.json"))
 
 
-def test_recorded_oa_answers() -> None:
-    rec = parse_oa(_fixture("oa_fcgi_PMC7906746_record_tgz_only.xml"), "PMC7906746")
-    assert rec.open_access and rec.license is None  # license="none" means unknown
-    assert rec.links == {
-        "tgz": "ftp://ftp.ncbi.nlm.nih.gov/pub/pmc/oa_package/f1/69/PMC7906746.tar.gz"
-    }
-    rec = parse_oa(_fixture("oa_fcgi_PMC8550608_error_idIsNotOpenAccess.xml"), "PMC8550608")
-    assert not rec.open_access and rec.error_code == "idIsNotOpenAccess"
-    assert "not Open Access" in (rec.error or "")
-
-
 def test_recorded_prlinks() -> None:
     assert parse_prlinks(_fixture("elink_prlinks_xml.xml")) == [
         "https://academic.oup.com/brain/article-lookup/doi/10.1093/brain/123.1.171"
     ]
-
-
-def test_oa_garbage_is_a_service_error() -> None:
-    with pytest.raises(ServiceError, match="not XML"):
-        parse_oa(b"<html><body>Service unavailable", "PMC1")
 
 
 def test_idconv_batches_of_200_against_server(ncbi: FakeNcbi) -> None:
@@ -75,11 +57,8 @@ def test_idconv_replays_recorded_answer(ncbi: FakeNcbi) -> None:
     assert rows["20495566"].pmcid == "PMC2883744"
 
 
-def test_oa_and_prlinks_against_server(ncbi: FakeNcbi) -> None:
-    ncbi.oa["PMC7906746"] = _fixture("oa_fcgi_PMC7906746_record_tgz_only.xml")
+def test_prlinks_against_server(ncbi: FakeNcbi) -> None:
     ncbi.prlinks["42"] = ["https://publisher.example/a/42"]
     with NetClient(ncbi.config()) as client:
-        assert "tgz" in oa_lookup(client, "PMC7906746").links
-        assert oa_lookup(client, "PMC1").error_code == "idDoesNotExist"
         assert publisher_links(client, "42") == ["https://publisher.example/a/42"]
         assert publisher_links(client, "43") == []

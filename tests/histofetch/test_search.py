@@ -11,7 +11,13 @@ from ncbi_server import Article, FakeNcbi, ncbi_fixture  # noqa: F401 (fixture)
 
 from histocore.manifest import Manifest
 from histofetch.resolve import ServiceError
-from histofetch.search import OA_FILTER, parse_esearch, parse_esummary_json, run_search
+from histofetch.search import (
+    OA_FILTER,
+    PMC_OA_FILTER,
+    parse_esearch,
+    parse_esummary_json,
+    run_search,
+)
 
 QUERY = "lymph node metastasis breast cancer"
 
@@ -109,6 +115,37 @@ def test_open_access_only_uses_the_pmc_oa_filter(ncbi: FakeNcbi, tmp_path: Path)
     manifest = Manifest.load(tmp_path)
     assert all(r.open_access for r in manifest.records.values())
     assert ncbi.requests_to("/eutils/esearch.fcgi")[0].params["term"].endswith(OA_FILTER)
+
+
+def test_db_pmc_searches_the_open_access_subset(ncbi: FakeNcbi, tmp_path: Path) -> None:
+    ncbi.add_article(Article("33328347", title="With PMID", pmcid="PMC7771231", doi="10.1/a"))
+    ncbi.add_article(Article("", title="No PMID", pmcid="PMC7771232"))
+    ncbi.searches[f"({QUERY}) AND {PMC_OA_FILTER}"] = ["7771231", "7771232"]
+    summary = run_search(tmp_path, QUERY, net=ncbi.config(), db="pmc")
+    assert summary.done == 2
+    first = ncbi.requests_to("/eutils/esearch.fcgi")[0].params
+    assert (first["db"], first["term"]) == ("pmc", f"({QUERY}) AND open_access[Filter]")
+    assert ncbi.requests_to("/eutils/esummary.fcgi")[0].params["db"] == "pmc"
+    manifest = Manifest.load(tmp_path)
+    ids = {r.id: (r.pmid, r.pmcid, r.open_access) for r in manifest.records.values()}
+    assert ids == {
+        "pmid:33328347": ("33328347", "PMC7771231", True),
+        "pmcid:PMC7771232": (None, "PMC7771232", True),
+    }
+    assert manifest.header_extra["last_search"]["db"] == "pmc"
+    again = run_search(tmp_path, QUERY, net=ncbi.config(), db="pmc")
+    assert (again.done, again.skipped) == (0, 2)
+    with pytest.raises(ValueError, match="unknown database"):
+        run_search(tmp_path, QUERY, net=ncbi.config(), db="embase")
+
+
+def test_retracted_publication_is_flagged(ncbi: FakeNcbi, tmp_path: Path) -> None:
+    ncbi.add_article(Article("1", pmcid="PMC1", retracted=True))
+    ncbi.add_article(Article("2", pmcid="PMC2"))
+    ncbi.searches[QUERY] = ["1", "2"]
+    run_search(tmp_path, QUERY, net=ncbi.config())
+    records = Manifest.load(tmp_path).records
+    assert (records["pmid:1"].is_retracted, records["pmid:2"].is_retracted) == (True, None)
 
 
 def test_no_hits_is_an_empty_run_not_an_error(ncbi: FakeNcbi, tmp_path: Path) -> None:

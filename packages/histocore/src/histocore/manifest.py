@@ -48,6 +48,15 @@ class Record:
     year: int | None = None
     license: str | None = None
     open_access: bool | None = None
+    # -- article files (PMC Cloud Service, Europe PMC; issue 9) -------------------------
+    #: The route that gave the article's files: "pmc-cloud", "europepmc", or a PDF route.
+    route: str | None = None
+    #: PMC article version taken from the PMC Cloud Service (``PMCn.<version>``).
+    pmc_version: int | None = None
+    is_retracted: bool | None = None
+    is_manuscript: bool | None = None
+    citation: str | None = None
+    # -- end issue 9 ---------------------------------------------------------------------
     pdf_path: str | None = None
     pdf_sha256: str | None = None
     pdf_source: str | None = None
@@ -70,7 +79,7 @@ class Record:
 
 @dataclass
 class Image:
-    """One raster image taken from a record's PDF (or its OA package)."""
+    """One raster image: a figure file named by the article's JATS, or one taken from its PDF."""
 
     id: str
     record_id: str
@@ -82,6 +91,10 @@ class Image:
     bbox: list[float] | None = None
     source: str = "pdf"
     caption: str | None = None
+    # -- figures from JATS (issue 9): the <fig> this file belongs to ----------------------
+    figure_id: str | None = None
+    figure_label: str | None = None
+    # -- end issue 9 ---------------------------------------------------------------------
     purple_ratio: float | None = None
     he_score: float | None = None
     tissue_fraction: float | None = None

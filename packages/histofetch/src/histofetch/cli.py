@@ -41,6 +41,35 @@ OaOnlyOpt = typer.Option(
     False, "--open-access-only", help="Only articles in the PMC open-access subset."
 )
 RetryOpt = typer.Option(False, "--retry-failed", help="Try records that failed before again.")
+DbOpt = typer.Option(
+    "pubmed", "--db", help="Search PubMed, or PMC's open-access subset (every hit in the bucket)."
+)
+LicenceOpt = typer.Option(
+    "any",
+    "--licence",
+    help="Keep articles whose licence allows this reuse: commercial (CC0, CC BY, BY-SA, "
+    "BY-ND), noncommercial (also the NC licences) or any (TDM and unknown too).",
+)
+RetractedOpt = typer.Option(
+    False, "--include-retracted", help="Keep retracted articles (skipped by default)."
+)
+
+
+def _policy(licence: str, include_retracted: bool):  # -> Policy
+    from histofetch.licence import POLICIES
+    from histofetch.sources import Policy
+
+    if licence not in POLICIES:
+        fail(f"--licence {licence!r}: choose one of {', '.join(POLICIES)}")
+    return Policy(licence=licence, include_retracted=include_retracted)
+
+
+def _db(db: str) -> str:
+    from histofetch.search import DATABASES
+
+    if db not in DATABASES:
+        fail(f"--db {db!r}: choose one of {', '.join(DATABASES)}")
+    return db
 
 
 def _net(api_key: str | None, email: str | None):  # -> NetConfig
@@ -72,8 +101,9 @@ def search(
     mindate: str = MinDateOpt,
     maxdate: str = MaxDateOpt,
     open_access_only: bool = OaOnlyOpt,
+    db: str = DbOpt,
 ) -> None:
-    """Search PubMed and record every hit (title, journal, year, DOI, PMCID, OA status)."""
+    """Search PubMed (or PMC) and record every hit (title, journal, year, DOI, PMCID, OA)."""
     from histofetch.search import run_search
 
     net = _net(api_key, email)
@@ -86,6 +116,7 @@ def search(
             maxdate=maxdate,
             open_access_only=open_access_only,
             net=net,
+            db=_db(db),
         )
     except _network_errors() as exc:
         fail(f"search failed: {exc}")
@@ -98,13 +129,18 @@ def download(
     retry_failed: bool = RetryOpt,
     api_key: str = ApiKeyOpt,
     email: str = EmailOpt,
+    licence: str = LicenceOpt,
+    include_retracted: bool = RetractedOpt,
 ) -> None:
-    """Fetch one PDF per record: PMC open access, then Europe PMC, then pubmed2pdf."""
+    """Fetch article files: PMC Cloud Service figures, Europe PMC, then PDFs."""
     from histofetch.download import run_download
 
     net = _net(api_key, email)
+    policy = _policy(licence, include_retracted)
     try:
-        summary = run_download(run, net=net, retry_failed=retry_failed, progress=True)
+        summary = run_download(
+            run, net=net, retry_failed=retry_failed, progress=True, policy=policy
+        )
     except _network_errors() as exc:
         fail(f"download failed: {exc}")
     print(summary.line())
@@ -122,6 +158,9 @@ def run_all(
     open_access_only: bool = OaOnlyOpt,
     retry_failed: bool = RetryOpt,
     purple: float = typer.Option(0.3, help="Filter threshold (see `histofetch filter`)."),
+    db: str = DbOpt,
+    licence: str = LicenceOpt,
+    include_retracted: bool = RetractedOpt,
 ) -> None:
     """search → download → extract → filter; re-running continues where it stopped."""
     from histofetch.download import run_download
@@ -130,9 +169,11 @@ def run_all(
     from histofetch.search import run_search, search_key
 
     net = _net(api_key, email)
+    policy = _policy(licence, include_retracted)
+    db = _db(db)
     try:
         manifest = Manifest.load(run, create=True)
-        wanted = search_key(query, max_results, mindate, maxdate, open_access_only)
+        wanted = search_key(query, max_results, mindate, maxdate, open_access_only, db)
         done = {
             k: v for k, v in manifest.header_extra.get("last_search", {}).items() if k in wanted
         }
@@ -148,9 +189,13 @@ def run_all(
                     maxdate=maxdate,
                     open_access_only=open_access_only,
                     net=net,
+                    db=db,
                 ).line()
             )
-        print(run_download(run, net=net, retry_failed=retry_failed, progress=True).line())
+        downloaded = run_download(
+            run, net=net, retry_failed=retry_failed, progress=True, policy=policy
+        )
+        print(downloaded.line())
         print(run_extract(run, None, progress=True).line())
         print(run_filter(run, purple=purple, progress=True).line())
     except _network_errors() as exc:
@@ -228,7 +273,7 @@ def status(
     run: Path = RunOpt,
     as_json: bool = typer.Option(False, "--json", help="One JSON object on stdout."),
 ) -> None:
-    """Counts per stage and per failure reason."""
+    """Counts per stage, route, licence and failure reason."""
     from histofetch.status import format_status, run_status
 
     try:

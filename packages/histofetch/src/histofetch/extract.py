@@ -13,8 +13,9 @@ Decisions (documented in docs/histofetch.md):
   more than :data:`MAX_IMAGE_PIXELS` declared pixels are refused without being decoded
   (decompression bombs) and listed in the record's ``extra["refused_images"]``.
 * Corrupt, truncated and encrypted PDFs fail the record with a one-line reason; the run goes on.
-* Rows with ``source == "package"`` (figures from an OA tarball, added by ``download``) are
-  kept untouched when a record is (re)extracted.
+* Rows with another source (``"jats"``: figure files named by the article's JATS, added by
+  ``download``) are kept untouched, and a record that has them is not extracted from its
+  PDF at all: each figure appears once, at the resolution it was published.
 """
 
 from __future__ import annotations
@@ -128,7 +129,7 @@ def ingest_local(manifest: Manifest, paths: list[Path]) -> list[Record]:
 
 def extract_record(manifest: Manifest, rec: Record, *, min_size: int = 32) -> None:
     """Extract one record's PDF into images/<slug>/ and replace its ``source="pdf"`` rows."""
-    # Forget earlier PDF rows of this record (a re-extract); package figures stay.
+    # Forget earlier PDF rows of this record (a re-extract); JATS figures stay.
     for key in [
         k for k, i in manifest.images.items() if i.record_id == rec.id and i.source == "pdf"
     ]:
@@ -142,10 +143,10 @@ def extract_record(manifest: Manifest, rec: Record, *, min_size: int = 32) -> No
         "count_mismatch",
     ):
         rec.extra.pop(key, None)
+    if package_rows:  # download kept the JATS figure files: the PDF would repeat them
+        rec.n_images = package_rows
+        return
     if not rec.pdf_path:
-        if package_rows:  # download kept only the OA package's figures: nothing to extract
-            rec.n_images = package_rows
-            return
         raise StageFailure("no PDF to extract (record has no pdf_path)")
     pdf = manifest.resolve(rec.pdf_path)
     assert pdf is not None

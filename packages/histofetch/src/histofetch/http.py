@@ -1,10 +1,12 @@
 """The one HTTP client every network stage uses: rate limits, retries, identification.
 
 NCBI asks E-utilities users for at most 3 requests/s (10/s with an API key), a ``tool``
-and ``email`` on every call, and backing off on HTTP 429. :class:`NetClient` does all of
-that in one place so the stages never talk to ``httpx`` directly. Base URLs come from
-:class:`NetConfig`, whose defaults are the live services and which environment
-variables (``HISTOFETCH_*_URL``) override, so tests point the whole tool at a local server.
+and ``email`` on every call, and backing off on HTTP 429; S3 answers overload with
+``503 SlowDown``. :class:`NetClient` does all of that in one place (one sliding-window
+limiter per host, one retry loop) so the stages never talk to ``httpx`` directly. Base
+URLs and rates come from :class:`NetConfig`, whose defaults are the live services and
+which environment variables (``HISTOFETCH_*``) override, so tests point the whole tool
+at a local server.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import random
 import threading
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,10 +29,12 @@ EUTILS_URL = "https://eutils.ncbi.nlm.nih.gov/entrez/eutils/"
 #: The current PMC ID Converter API (the old www.ncbi.nlm.nih.gov/pmc/utils/idconv/v1.0/
 #: address redirects here).
 IDCONV_URL = "https://pmc.ncbi.nlm.nih.gov/tools/idconv/api/v1/articles/"
-OA_URL = "https://www.ncbi.nlm.nih.gov/pmc/utils/oa/oa.fcgi"
-EUROPEPMC_URL = "https://europepmc.org/"
-#: Where the OA service's ``ftp://ftp.ncbi.nlm.nih.gov/...`` package/PDF links are fetched.
-NCBI_FTP_URL = "https://ftp.ncbi.nlm.nih.gov/"
+#: The PMC Cloud Service: the world-readable S3 bucket that replaced oa.fcgi in 2026.
+PMC_CLOUD_URL = "https://pmc-oa-opendata.s3.amazonaws.com/"
+#: Europe PMC's REST API (fullTextXML, supplementaryFiles).
+EUROPEPMC_URL = "https://www.ebi.ac.uk/europepmc/webservices/rest/"
+#: Europe PMC's web site (``/articles/PMCxxxx?pdf=render``).
+EUROPEPMC_RENDER_URL = "https://europepmc.org/"
 
 #: HTTP statuses worth retrying: rate limited, or a transient server/gateway problem.
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
@@ -59,11 +63,15 @@ class NetConfig:
 
     eutils_url: str = field(default_factory=lambda: _env("HISTOFETCH_EUTILS_URL", EUTILS_URL))
     idconv_url: str = field(default_factory=lambda: _env("HISTOFETCH_IDCONV_URL", IDCONV_URL))
-    oa_url: str = field(default_factory=lambda: _env("HISTOFETCH_OA_URL", OA_URL))
+    pmc_cloud_url: str = field(
+        default_factory=lambda: _env("HISTOFETCH_PMC_CLOUD_URL", PMC_CLOUD_URL)
+    )
     europepmc_url: str = field(
         default_factory=lambda: _env("HISTOFETCH_EUROPEPMC_URL", EUROPEPMC_URL)
     )
-    ncbi_ftp_url: str = field(default_factory=lambda: _env("HISTOFETCH_NCBI_FTP_URL", NCBI_FTP_URL))
+    europepmc_render_url: str = field(
+        default_factory=lambda: _env("HISTOFETCH_EUROPEPMC_RENDER_URL", EUROPEPMC_RENDER_URL)
+    )
     api_key: str | None = field(default_factory=lambda: _env("NCBI_API_KEY", None))
     email: str | None = field(default_factory=lambda: _env("NCBI_EMAIL", None))
     tool: str = "histofetch"
@@ -76,7 +84,15 @@ class NetConfig:
     max_backoff: float = 60.0
     #: NCBI requests per second; ``None`` means NCBI's limit (3, or 10 with an API key).
     ncbi_rate: float | None = None
-    #: Requests per second to any one non-NCBI host (Europe PMC, publishers).
+    #: Requests per second to the PMC Cloud Service bucket.
+    pmc_cloud_rate: float = field(
+        default_factory=lambda: _env_float("HISTOFETCH_PMC_CLOUD_RATE", 10.0)
+    )
+    #: Requests per second to each Europe PMC host (REST API, web site).
+    europepmc_rate: float = field(
+        default_factory=lambda: _env_float("HISTOFETCH_EUROPEPMC_RATE", 5.0)
+    )
+    #: Requests per second to any other host (publishers).
     other_rate: float = 5.0
     #: Largest body accepted from any URL (PDFs and OA packages included).
     max_bytes: int = 300 * 1024 * 1024
@@ -111,14 +127,25 @@ class NetError(Exception):
 
 
 class RateLimiter:
-    """At most ``rate`` request starts in any sliding one-second window (thread-safe).
+    """At most ``rate`` request starts in any sliding window of one second (thread-safe).
 
-    A sliding window (rather than a fixed interval) lets short bursts through while
-    still guaranteeing NCBI's "no more than N requests per second" in every window.
+    The start times of the last ``rate`` requests are kept; a new request waits until the
+    oldest of them is more than ``window + margin`` ago. Unlike a token bucket that starts
+    full, no burst can put more than ``rate`` starts in *any* one-second span, which is how
+    NCBI counts; the margin absorbs jitter between our clock and the server's arrivals.
+    ``clock`` and ``sleep`` are injectable so tests can check the schedule exactly.
     """
 
-    def __init__(self, rate: float, *, window: float = 1.0, margin: float = 0.02) -> None:
-        if rate <= 0:
+    def __init__(
+        self,
+        rate: float,
+        *,
+        window: float = 1.0,
+        margin: float = 0.05,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        if not rate > 0:
             raise ValueError("rate must be positive")
         self.window = window
         self.margin = margin
@@ -126,25 +153,27 @@ class RateLimiter:
         # A fractional rate (e.g. 0.5/s) becomes 1 request per window/rate seconds.
         if rate < 1:
             self.window = window / rate
+        self._clock = clock
+        self._sleep = sleep
         self._starts: deque[float] = deque(maxlen=self.burst)
         self._lock = threading.Lock()
 
-    def acquire(self) -> None:
+    def acquire(self) -> float:
+        """Wait for a free slot; returns the start time recorded for this request."""
         with self._lock:
-            while True:
-                now = time.monotonic()
-                if len(self._starts) < self.burst:
-                    break
-                wait = self._starts[0] + self.window + self.margin - now
+            while len(self._starts) == self.burst:
+                wait = self._starts[0] + self.window + self.margin - self._clock()
                 if wait <= 0:
                     break
-                time.sleep(wait)
-            self._starts.append(time.monotonic())
+                self._sleep(wait)
+            now = self._clock()
+            self._starts.append(now)
+            return now
 
 
 def ftp_to_https(url: str) -> str:
-    """NCBI's OA service still names ``ftp://ftp.ncbi.nlm.nih.gov/...``; the same files
-    are served over HTTPS, which works through proxies and with httpx."""
+    """Old NCBI links name ``ftp://ftp.ncbi.nlm.nih.gov/...``; the same files are served
+    over HTTPS, which works through proxies and with httpx."""
     if url.startswith("ftp://"):
         return "https://" + url[len("ftp://") :]
     return url
@@ -215,8 +244,6 @@ class NetClient:
     ) -> tuple[bytes, httpx.Response]:
         """GET a body (size-capped), following redirects, with retries."""
         url = ftp_to_https(url)
-        if url.startswith(NCBI_FTP_URL) and self.config.ncbi_ftp_url != NCBI_FTP_URL:
-            url = self.config.ncbi_ftp_url.rstrip("/") + "/" + url[len(NCBI_FTP_URL) :]
         response = self.request("GET", url, params=params, ncbi=ncbi)
         return response.content, response
 
@@ -301,5 +328,20 @@ class NetClient:
         host = httpx.URL(url).host
         with self._lock:
             if host not in self._host_limiters:
-                self._host_limiters[host] = RateLimiter(self.config.other_rate)
+                self._host_limiters[host] = RateLimiter(self._rate_for(host))
             return self._host_limiters[host]
+
+    def _rate_for(self, host: str) -> float:
+        """The configured rate of the service on ``host`` (the bucket, Europe PMC, other)."""
+        cfg = self.config
+        for base, rate in (
+            (cfg.pmc_cloud_url, cfg.pmc_cloud_rate),
+            (cfg.europepmc_url, cfg.europepmc_rate),
+            (cfg.europepmc_render_url, cfg.europepmc_rate),
+        ):
+            try:
+                if httpx.URL(base).host == host:
+                    return rate
+            except (httpx.InvalidURL, ValueError, TypeError):
+                continue
+        return cfg.other_rate

@@ -1,4 +1,4 @@
-"""Identifier look-ups and the parsers for NCBI's answers (idconv, OA service, elink).
+"""Identifier look-ups and the parsers for NCBI's answers (idconv, elink prlinks).
 
 Parsers take the response bytes exactly as the services send them (the recorded
 responses in ``../shared/fixtures/ncbi`` are replayed in the tests), so a change in a
@@ -11,7 +11,7 @@ import io
 import json
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from Bio import Entrez
 
@@ -75,52 +75,6 @@ def pmids_to_pmcids(client: NetClient, pmids: Iterable[str]) -> dict[str, IdRow]
             if row.pmid:
                 out[row.pmid] = row
     return out
-
-
-# -- PMC OA web service -------------------------------------------------------------------
-@dataclass
-class OaRecord:
-    """What oa.fcgi says about one PMCID."""
-
-    pmcid: str
-    open_access: bool
-    license: str | None = None
-    links: dict[str, str] = field(default_factory=dict)  # format ("pdf"/"tgz") → URL
-    error_code: str | None = None
-    error: str | None = None
-
-
-def parse_oa(body: bytes, pmcid: str) -> OaRecord:
-    """Parse an oa.fcgi answer: a ``<record>`` with ``<link format=...>`` or an ``<error>``."""
-    try:
-        root = ET.fromstring(body)
-    except ET.ParseError as exc:
-        raise ServiceError(f"oa.fcgi: not XML ({exc})") from None
-    err = root.find("error")
-    if err is not None:
-        return OaRecord(
-            pmcid, False, error_code=err.get("code"), error=(err.text or "").strip() or None
-        )
-    rec = root.find("records/record")
-    if rec is None:
-        raise ServiceError("oa.fcgi: answer has neither <record> nor <error>")
-    links = {
-        link.get("format", ""): link.get("href", "")
-        for link in rec.findall("link")
-        if link.get("href")
-    }
-    license_ = rec.get("license")
-    return OaRecord(
-        rec.get("id") or pmcid,
-        True,
-        license=None if license_ in (None, "", "none") else license_,
-        links=links,
-    )
-
-
-def oa_lookup(client: NetClient, pmcid: str) -> OaRecord:
-    response = client.ncbi("GET", client.config.oa_url, {"id": pmcid})
-    return parse_oa(response.content, pmcid)
 
 
 # -- elink prlinks (publisher full-text links) -----------------------------------------

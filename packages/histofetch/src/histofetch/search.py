@@ -1,10 +1,12 @@
-"""Stage 1: PubMed search → one manifest record per PMID with its metadata.
+"""Stage 1: PubMed (or PMC) search → one manifest record per article with its metadata.
 
 esearch runs on NCBI's history server (``usehistory=y``) and is paged with
 WebEnv/query_key/retstart, so every hit is collected, not only the first page. Metadata
 comes from esummary (POSTed, because GET URLs with hundreds of ids get HTTP 414), PMCIDs
 from the ID Converter, and open-access status from a second esearch restricted to the
 PMC open-access subset (one paged query instead of one request per article).
+``db="pmc"`` searches PMC itself with ``open_access[Filter]``, so every hit is in the
+PMC Cloud Service; its esummary names PMID and PMCID directly.
 """
 
 from __future__ import annotations
@@ -27,6 +29,10 @@ from histofetch.stage import StageSummary
 
 #: PubMed's own filter for articles in the PMC open-access subset.
 OA_FILTER = '"pubmed pmc open access"[filter]'
+#: PMC's filter for its open-access subset (the articles in the PMC Cloud Service).
+PMC_OA_FILTER = "open_access[Filter]"
+#: Databases ``search`` can query.
+DATABASES = ("pubmed", "pmc")
 #: esearch will not page past the first 10,000 PubMed hits (retstart + retmax <= 10000).
 ESEARCH_LIMIT = 10_000
 ESUMMARY_BATCH = 200
@@ -82,10 +88,11 @@ def esearch_all(
     mindate: str | None = None,
     maxdate: str | None = None,
     page_size: int = 1000,
+    db: str = "pubmed",
 ) -> SearchResult:
-    """All PMIDs matching ``term`` (up to ``max_results``), paging via the history server."""
+    """All ids matching ``term`` (up to ``max_results``), paging via the history server."""
     url = _eutil(client.config, "esearch")
-    params: dict[str, Any] = {"db": "pubmed", "term": term, "usehistory": "y", "retmode": "xml"}
+    params: dict[str, Any] = {"db": db, "term": term, "usehistory": "y", "retmode": "xml"}
     if mindate or maxdate:
         params.update(datetype="pdat", mindate=mindate or "1800", maxdate=maxdate or "3000")
     first = parse_esearch(client.ncbi("POST", url, {**params, "retmax": page_size}).content)
@@ -102,7 +109,7 @@ def esearch_all(
         wanted = min(wanted, max_results)
     while len(result.pmids) < wanted:
         page_params = {
-            "db": "pubmed",
+            "db": db,
             "WebEnv": result.webenv,
             "query_key": result.query_key,
             "retstart": len(result.pmids),
@@ -158,17 +165,18 @@ def parse_esummary_json(body: bytes) -> dict[str, dict[str, Any]]:
             "doi": ids.get("doi") or None,
             "pmcid": match.group(0) if match else None,
             "pmid": ids.get("pubmed") or ids.get("pmid") or None,
+            "retracted": "Retracted Publication" in (doc.get("pubtype") or []),
         }
     return out
 
 
-def esummary(client: NetClient, pmids: list[str]) -> dict[str, dict[str, Any]]:
-    """Metadata for many PMIDs, POSTed in batches (a long GET URL fails with HTTP 414)."""
+def esummary(client: NetClient, pmids: list[str], db: str = "pubmed") -> dict[str, dict[str, Any]]:
+    """Metadata for many ids, POSTed in batches (a long GET URL fails with HTTP 414)."""
     url = _eutil(client.config, "esummary")
     out: dict[str, dict[str, Any]] = {}
     for start in range(0, len(pmids), ESUMMARY_BATCH):
         batch = pmids[start : start + ESUMMARY_BATCH]
-        params = {"db": "pubmed", "id": ",".join(batch), "retmode": "json", "version": "2.0"}
+        params = {"db": db, "id": ",".join(batch), "retmode": "json", "version": "2.0"}
         out.update(parse_esummary_json(client.ncbi("POST", url, params).content))
     return out
 
@@ -184,9 +192,11 @@ def search_key(
     mindate: str | None,
     maxdate: str | None,
     open_access_only: bool,
+    db: str = "pubmed",
 ) -> dict[str, Any]:
     """The parameters that define a search (stored in the manifest header)."""
     return {
+        "db": db,
         "query": query,
         "max_results": max_results,
         "mindate": mindate,
@@ -206,15 +216,28 @@ def run_search(
     net: NetConfig,
     page_size: int = 1000,
     progress: bool = True,
+    db: str = "pubmed",
 ) -> StageSummary:
-    """Search PubMed and add one ``searched`` record per PMID to the run's manifest.
+    """Search PubMed (or PMC) and add one ``searched`` record per hit to the run's manifest.
 
-    Re-running is safe: records are keyed ``pmid:<PMID>``; existing records are left as
-    they are (progress and metadata) and only new PMIDs are added and looked up.
+    Re-running is safe: records are keyed ``pmid:<PMID>`` (``pmcid:<PMCID>`` for a PMC
+    article without a PMID); existing records are left as they are (progress and
+    metadata) and only new PMIDs are added and looked up.
     """
+    if db not in DATABASES:
+        raise ValueError(f"unknown database {db!r} (choose from {', '.join(DATABASES)})")
     run_dir = Path(run_dir)
     manifest = Manifest.load(run_dir, create=True)
     summary = StageSummary("searched")
+    if db == "pmc":
+        found = _search_pmc(manifest, query, summary, net, max_results, mindate, maxdate)
+        _remember(
+            manifest,
+            query,
+            found,
+            search_key(query, max_results, mindate, maxdate, open_access_only, db),
+        )
+        return summary
     term = f"({query}) AND {OA_FILTER}" if open_access_only else query
     with NetClient(net) as client:
         found = esearch_all(
@@ -283,17 +306,67 @@ def run_search(
                 journal=m.get("journal"),
                 year=m.get("year"),
                 open_access=pmid in oa,
+                is_retracted=m.get("retracted") or None,
                 stage="searched",
             )
         )
         summary.done += 1
-    # What was searched, so `histofetch run` can skip a search it already completed.
-    manifest.header_extra["last_search"] = search_key(
-        query, max_results, mindate, maxdate, open_access_only
-    ) | {"count": found.count, "records": len(found.pmids)}
+    key = search_key(query, max_results, mindate, maxdate, open_access_only, db)
+    _remember(manifest, query, found, key)
+    return summary
+
+
+def _search_pmc(
+    manifest: Manifest,
+    query: str,
+    summary: StageSummary,
+    net: NetConfig,
+    max_results: int | None,
+    mindate: str | None,
+    maxdate: str | None,
+) -> SearchResult:
+    """PMC's open-access subset: esearch ``db=pmc`` + esummary (PMID, PMCID, DOI)."""
+    with NetClient(net) as client:
+        found = esearch_all(
+            client,
+            f"({query}) AND {PMC_OA_FILTER}",
+            max_results=max_results,
+            mindate=mindate,
+            maxdate=maxdate,
+            db="pmc",
+        )
+        meta = esummary(client, found.pmids, db="pmc")
+    manifest.query = manifest.query or query
+    for uid in found.pmids:
+        m = meta.get(uid, {})
+        pmcid = m.get("pmcid") or f"PMC{uid}"
+        rid = f"pmid:{m['pmid']}" if m.get("pmid") else f"pmcid:{pmcid}"
+        if rid in manifest.records:
+            summary.skipped += 1
+            continue
+        manifest.add_record(
+            Record(
+                id=rid,
+                query=query,
+                pmid=m.get("pmid"),
+                pmcid=pmcid,
+                doi=m.get("doi"),
+                title=m.get("title"),
+                journal=m.get("journal"),
+                year=m.get("year"),
+                open_access=True,
+                stage="searched",
+            )
+        )
+        summary.done += 1
+    return found
+
+
+def _remember(manifest: Manifest, query: str, found: SearchResult, key: dict[str, Any]) -> None:
+    """Store what was searched (so `histofetch run` can skip a search already done)."""
+    manifest.header_extra["last_search"] = key | {"count": found.count, "records": len(found.pmids)}
     if query != manifest.query:
         manifest.header_extra.setdefault("queries", [])
         if query not in manifest.header_extra["queries"]:
             manifest.header_extra["queries"].append(query)
     manifest.save()
-    return summary

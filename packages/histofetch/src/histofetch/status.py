@@ -20,6 +20,11 @@ def run_status(run_dir: Path) -> dict[str, Any]:
     kept = manifest.kept_images()
     stages = Counter(r.stage for r in records if r.status == "ok")
     failed = [r for r in records if r.status == "failed"]
+
+    def licence_of(record_id: str) -> str:
+        rec = manifest.records.get(record_id)
+        return (rec.license if rec else None) or "unknown"
+
     return {
         "run": str(run_dir),
         "query": manifest.query,
@@ -37,6 +42,13 @@ def run_status(run_dir: Path) -> dict[str, Any]:
         "reject_reasons": dict(
             Counter(reason_key(i.filter_reason) for i in images if i.kept is False).most_common()
         ),
+        # Where article files came from, and under which licence (issue 9).
+        "routes": dict(Counter(r.route or "none" for r in records).most_common()),
+        "images_by_source": dict(Counter(i.source for i in images).most_common()),
+        "records_by_licence": dict(Counter(r.license or "unknown" for r in records).most_common()),
+        "figures_by_licence": dict(Counter(licence_of(i.record_id) for i in images).most_common()),
+        "failed_files": sum(len(r.extra.get("failed_files", [])) for r in records),
+        "retracted": sum(1 for r in records if r.is_retracted),
         "kept_images": [i.path for i in kept],
     }
 
@@ -56,6 +68,15 @@ def format_status(info: dict[str, Any]) -> str:
         f"kept {info['kept']}  rejected {info['rejected']}  failed {info['failed']}",
         "stage reached (ok records): " + ", ".join(f"{k} {v}" for k, v in info["stages"].items()),
     ]
+    if info.get("routes"):
+        lines.append("records by route: " + _pairs(info["routes"]))
+        lines.append("images by source: " + _pairs(info["images_by_source"]))
+        lines.append("records by licence: " + _pairs(info["records_by_licence"]))
+        lines.append("images by licence: " + _pairs(info["figures_by_licence"]))
+    if info.get("failed_files"):
+        lines.append(
+            f"files named but not kept (MD5, missing, undecodable): {info['failed_files']}"
+        )
     if info["failure_reasons"]:
         lines.append("failed records by reason:")
         lines += [f"  {n:5d}  {r}" for r, n in info["failure_reasons"].items()]
@@ -63,3 +84,7 @@ def format_status(info: dict[str, Any]) -> str:
         lines.append("rejected images by reason:")
         lines += [f"  {n:5d}  {r}" for r, n in info["reject_reasons"].items()]
     return "\n".join(lines)
+
+
+def _pairs(counts: dict[str, int]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in counts.items()) or "-"

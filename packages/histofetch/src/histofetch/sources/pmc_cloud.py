@@ -1,0 +1,237 @@
+"""Route ``pmc-cloud``: the PMC Cloud Service, the S3 bucket ``pmc-oa-opendata``.
+
+Since NCBI retired oa.fcgi and the FTP packages (2026), the bucket is where PMC's
+open-access articles are: one key prefix per article version (``PMC123.2/``) with the
+JATS XML, a metadata JSON (licence, retraction, manuscript flag, the MD5 of every file),
+the PDF when the licence allows, and the figure files as published. Everything is read
+with plain unsigned GETs through :class:`~histofetch.http.NetClient` (the bucket's rate
+limit, retries on ``503 SlowDown``). Pitfalls handled here: a missing PMCID answers 200
+with ``KeyCount`` 0 (not 404), the listing echoes the request's own prefix, listings are
+paged with continuation tokens, and versions have no documented order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from histofetch.http import NetClient, NetError
+from histofetch.jats import JatsError, match_href, parse_xml, read_article
+from histofetch.licence import normalise
+from histofetch.sources import ArticleFiles, FigureFile, Miss, Policy
+
+log = logging.getLogger(__name__)
+
+ROUTE = "pmc-cloud"
+S3_NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
+#: Most listing pages followed for one prefix (1,000 keys each).
+MAX_PAGES = 50
+_VERSION_PREFIX = re.compile(r"^(PMC\d+)\.(\d+)/$")
+_MD5 = re.compile(r"^[0-9a-f]{32}$")
+
+
+@dataclass
+class Listing:
+    """Keys (with their ETags) and common prefixes under one prefix, all pages joined."""
+
+    keys: dict[str, str | None] = field(default_factory=dict)
+    prefixes: list[str] = field(default_factory=list)
+
+
+def _url(client: NetClient, key: str = "") -> str:
+    return client.config.pmc_cloud_url.rstrip("/") + "/" + key
+
+
+def parse_listing(body: bytes) -> tuple[Listing, str | None]:
+    """One ListObjectsV2 page → its keys/prefixes and the next continuation token."""
+    try:
+        root = parse_xml(body, max_bytes=16 * 1024 * 1024)
+    except JatsError as exc:
+        raise Miss("network", f"bucket listing unreadable ({exc})") from None
+    if root.tag != f"{S3_NS}ListBucketResult":
+        raise Miss("network", f"bucket answered <{root.tag}>, not an S3 ListBucketResult")
+    page = Listing()
+    for item in root.iterfind(f"{S3_NS}Contents"):
+        key = item.findtext(f"{S3_NS}Key")
+        if key:
+            etag = (item.findtext(f"{S3_NS}ETag") or "").strip('" ').lower() or None
+            page.keys[key] = etag
+    for item in root.iterfind(f"{S3_NS}CommonPrefixes"):
+        prefix = item.findtext(f"{S3_NS}Prefix")
+        if prefix:
+            page.prefixes.append(prefix)
+    truncated = (root.findtext(f"{S3_NS}IsTruncated") or "").strip().lower() == "true"
+    token = root.findtext(f"{S3_NS}NextContinuationToken") if truncated else None
+    if truncated and not token:
+        raise Miss("network", "bucket listing is truncated but gives no continuation token")
+    return page, token
+
+
+def list_prefix(client: NetClient, prefix: str, *, delimiter: str | None = None) -> Listing:
+    """Every key/common prefix under ``prefix`` (ListObjectsV2, following continuation)."""
+    out = Listing()
+    params: dict[str, str] = {"list-type": "2", "prefix": prefix}
+    if delimiter:
+        params["delimiter"] = delimiter
+    for _ in range(MAX_PAGES):
+        body, _response = client.get_bytes(_url(client), params=params)
+        page, token = parse_listing(body)
+        out.keys.update(page.keys)
+        out.prefixes += [p for p in page.prefixes if p not in out.prefixes]
+        if token is None:
+            return out
+        params["continuation-token"] = token
+    raise Miss("network", f"bucket listing of {prefix!r} longer than {MAX_PAGES} pages")
+
+
+def versions(client: NetClient, pmcid: str) -> list[int]:
+    """The article's version numbers in the bucket, highest first (empty: not there)."""
+    listing = list_prefix(client, f"{pmcid}.", delimiter="/")
+    found = set()
+    for prefix in listing.prefixes:  # the listing also echoes the request's own prefix
+        match = _VERSION_PREFIX.match(prefix)
+        if match and match.group(1) == pmcid:
+            found.add(int(match.group(2)))
+    return sorted(found, reverse=True)
+
+
+def s3_key(uri: str) -> tuple[str, str | None]:
+    """``s3://pmc-oa-opendata/<key>?md5=<hex>`` → (key, md5)."""
+    parts = urlsplit(uri)
+    if parts.scheme != "s3" or not parts.path.strip("/"):
+        raise ValueError(f"not an s3:// object URI: {uri[:120]!r}")
+    md5 = (parse_qs(parts.query).get("md5") or [None])[-1]
+    md5 = md5.lower() if md5 and _MD5.match(md5.lower()) else None
+    return parts.path.lstrip("/"), md5
+
+
+def get_object(client: NetClient, key: str, md5: str | None) -> bytes:
+    """An object's bytes, checked against its MD5 (one re-download on a mismatch)."""
+    if ".." in key.split("/") or key.startswith("/"):
+        raise Miss("bad file", f"refusing object key {key[:120]!r}")
+    for attempt in (1, 2):
+        body, _ = client.get_bytes(_url(client, key))
+        if md5 is None or hashlib.md5(body).hexdigest() == md5:
+            return body
+        log.warning("MD5 mismatch for %s (attempt %d)", key, attempt)
+    raise Miss("checksum", f"MD5 mismatch for {key} (expected {md5}, twice)")
+
+
+def read_metadata(client: NetClient, pmcid: str, version: int) -> dict[str, Any]:
+    name = f"{pmcid}.{version}"
+    body, _ = client.get_bytes(_url(client, f"{name}/{name}.json"))
+    try:
+        meta = json.loads(body)
+    except ValueError:
+        raise Miss("network", f"metadata {name}.json is not JSON") from None
+    if not isinstance(meta, dict):
+        raise Miss("network", f"metadata {name}.json is not a JSON object")
+    return meta
+
+
+def choose_version(metas: dict[int, dict[str, Any]]) -> int | None:
+    """Highest open-access version that is not an author manuscript, else highest OA."""
+    oa = sorted((v for v, m in metas.items() if m.get("is_pmc_openaccess") is True), reverse=True)
+    published = [v for v in oa if not metas[v].get("is_manuscript")]
+    return (published or oa or [None])[0]
+
+
+class PmcCloud:
+    """The route: versions → metadata → policy → JATS → figure files (+ PDF)."""
+
+    name = ROUTE
+
+    def __init__(self, client: NetClient, policy: Policy) -> None:
+        self.client = client
+        self.policy = policy
+
+    def __call__(self, pmcid: str) -> ArticleFiles:
+        try:
+            return self._fetch(pmcid)
+        except NetError as exc:
+            raise Miss("network", str(exc)) from None
+
+    def _fetch(self, pmcid: str) -> ArticleFiles:
+        found = versions(self.client, pmcid)
+        if not found:
+            raise Miss("not in bucket", f"{pmcid} is not in the PMC Cloud Service (KeyCount 0)")
+        metas: dict[int, dict[str, Any]] = {}
+        for version in found:  # highest first; stop at a published OA version
+            metas[version] = read_metadata(self.client, pmcid, version)
+            meta = metas[version]
+            if meta.get("is_pmc_openaccess") is True and not meta.get("is_manuscript"):
+                break
+        chosen = choose_version(metas)
+        if chosen is None:
+            top = metas[found[0]]
+            raise Miss(
+                "not open access",
+                f"{pmcid}: no open-access version in the bucket (versions "
+                f"{', '.join(map(str, sorted(found)))}; licence {top.get('license_code')})",
+            )
+        meta = metas[chosen]
+        files = ArticleFiles(
+            route=ROUTE,
+            licence=normalise(meta.get("license_code")),
+            open_access=True,
+            is_retracted=bool(meta.get("is_retracted")),
+            is_manuscript=bool(meta.get("is_manuscript")),
+            citation=str(meta["citation"])[:500] if meta.get("citation") else None,
+            version=chosen,
+        )
+        self.policy.check(files)
+        self._article_files(pmcid, chosen, meta, files)
+        return files
+
+    def _article_files(self, pmcid: str, version: int, meta: dict, files: ArticleFiles) -> None:
+        name = f"{pmcid}.{version}"
+        if not meta.get("xml_url"):
+            raise Miss("no JATS", f"{name}.json names no xml_url")
+        xml_key, xml_md5 = s3_key(str(meta["xml_url"]))
+        try:
+            article = read_article(get_object(self.client, xml_key, xml_md5))
+        except JatsError as exc:
+            raise Miss("bad file", f"{xml_key}: {exc}") from None
+        if files.licence is None:
+            files.licence = article.licence
+        media: dict[str, str | None] = {}
+        for uri in meta.get("media_urls") or []:
+            try:
+                key, md5 = s3_key(str(uri))
+            except ValueError:
+                continue
+            media[key] = md5
+        wanted = [(fig, href) for fig in article.figures for href in fig.hrefs]
+        if wanted and not media:  # a JSON without media_urls: list the version's objects
+            listing = list_prefix(self.client, f"{name}/")
+            media = {k: (e if e and _MD5.match(e) else None) for k, e in listing.keys.items()}
+        for fig, href in wanted:
+            key = match_href(href, list(media))
+            if key is None:
+                files.failures.append(f"{fig.label or fig.id}: no file for href {href!r}")
+                continue
+            try:
+                data = get_object(self.client, key, media[key])
+            except (Miss, NetError) as exc:
+                _file_failure(files, f"{fig.label or fig.id}", exc)
+                continue
+            files.figures.append(FigureFile(fig, href, key, data, media[key]))
+        if meta.get("pdf_url"):
+            pdf_key, pdf_md5 = s3_key(str(meta["pdf_url"]))
+            try:
+                files.pdf = get_object(self.client, pdf_key, pdf_md5)
+            except (Miss, NetError) as exc:
+                _file_failure(files, "PDF", exc)
+
+
+def _file_failure(files: ArticleFiles, what: str, exc: Exception) -> None:
+    """Record a file that is not kept; network trouble other than 403/404 stops the route
+    (the record fails and ``--retry-failed`` fetches it again)."""
+    if isinstance(exc, NetError) and exc.status not in (403, 404):
+        raise exc
+    files.failures.append(f"{what}: {exc}")

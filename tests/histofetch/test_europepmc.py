@@ -1,0 +1,115 @@
+"""Route europepmc: fullTextXML captions + the inline-image ZIP, read under archive limits."""
+
+from __future__ import annotations
+
+import io
+import stat
+import zipfile
+from pathlib import Path
+
+import pytest
+from ncbi_server import FakeNcbi, make_pdf, ncbi_fixture  # noqa: F401 (fixture)
+from s3_server import he_jpeg, real_jats
+
+from histocore.manifest import Manifest, Record
+from histofetch.archive import ArchiveError, ArchiveLimits
+from histofetch.download import run_download
+from histofetch.sources import Policy
+from histofetch.sources.europepmc import read_zip
+
+REST = "/europepmc/rest/PMC77"
+
+
+def _zip(members: list[tuple[str, bytes]], *, symlink: str | None = None) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for name, data in members:
+            zf.writestr(name, data)
+        if symlink:
+            info = zipfile.ZipInfo(symlink)
+            info.external_attr = (stat.S_IFLNK | 0o777) << 16
+            zf.writestr(info, "/etc/passwd")
+    return buf.getvalue()
+
+
+def _serve(ncbi: FakeNcbi, zip_body: bytes) -> None:
+    ncbi.files[f"{REST}/fullTextXML"] = (200, "application/xml", real_jats())
+    ncbi.files[f"{REST}/supplementaryFiles"] = (200, "application/zip", zip_body)
+
+
+def _download(ncbi: FakeNcbi, tmp_path: Path, **kw) -> Manifest:
+    manifest = Manifest.load(tmp_path, create=True)
+    manifest.add_record(Record(id="pmid:77", pmid="77", pmcid="PMC77"))
+    manifest.save()
+    run_download(tmp_path, net=ncbi.config(), progress=False, **kw)
+    return Manifest.load(tmp_path)
+
+
+def test_figures_and_captions_from_europepmc(ncbi: FakeNcbi, tmp_path: Path) -> None:
+    _serve(
+        ncbi, _zip([("mds52601.jpg", he_jpeg(3)), ("mds52602.jpg", he_jpeg(4)), ("s1.xlsx", b"x")])
+    )
+    manifest = _download(ncbi, tmp_path)
+    rec = manifest.records["pmid:77"]
+    assert (rec.route, rec.license, rec.pdf_path, rec.status) == (
+        "europepmc",
+        "CC BY-NC",
+        None,
+        "ok",
+    )
+    images = manifest.images_of(rec.id)
+    assert [(i.source, i.figure_label, i.extra["file"]) for i in images] == [
+        ("jats", "Figure 1.", "mds52601.jpg"),
+        ("jats", "Figure 2.", "mds52602.jpg"),
+    ]
+    assert images[0].caption.startswith("Deprivation inequalities")
+    params = ncbi.requests_to(f"{REST}/supplementaryFiles")[0].params
+    assert params == {"includeInlineImage": "true"}
+    assert ncbi.requests_to("/pmc-oa-opendata/")  # the bucket was asked first
+
+
+def test_hostile_zip_is_refused_and_the_pdf_route_follows(ncbi: FakeNcbi, tmp_path: Path) -> None:
+    _serve(ncbi, _zip([("mds52601.jpg", he_jpeg(3)), ("../../escape.jpg", he_jpeg(4))]))
+    ncbi.files["/europepmc/articles/PMC77"] = (200, "application/pdf", make_pdf())
+    rec = _download(ncbi, tmp_path).records["pmid:77"]
+    assert rec.route == "europepmc-pdf"
+    assert not (tmp_path.parent / "escape.jpg").exists()
+
+
+def test_licence_refused_before_the_zip_is_fetched(ncbi: FakeNcbi, tmp_path: Path) -> None:
+    _serve(ncbi, _zip([("mds52601.jpg", he_jpeg(3))]))
+    rec = _download(ncbi, tmp_path, policy=Policy("commercial")).records["pmid:77"]
+    assert rec.reason == "licence: europepmc: CC BY-NC is not allowed by --licence commercial"
+    assert rec.license == "CC BY-NC"
+    assert not ncbi.requests_to(f"{REST}/supplementaryFiles")
+
+
+def test_read_zip_limits_and_names() -> None:
+    ok = _zip([("a/fig1.jpg", b"1"), ("a/s1.txt", b"22")])
+    assert read_zip(ok) == {"a/fig1.jpg": b"1", "a/s1.txt": b"22"}
+    for members, symlink, match in [
+        ([("/etc/x.jpg", b"1")], None, "absolute path"),
+        ([("a/../../x.jpg", b"1")], None, r"'\.\.' in path"),
+        ([("C:/x.jpg", b"1")], None, "absolute path"),
+        ([("a.jpg", b"1")], "link.jpg", "symbolic link"),
+    ]:
+        with pytest.raises(ArchiveError, match=match):
+            read_zip(_zip(members, symlink=symlink))
+    limits = ArchiveLimits(max_members=2, max_member_bytes=100, max_total_bytes=150)
+    with pytest.raises(ArchiveError, match="too many members"):
+        read_zip(_zip([(f"{i}.txt", b"x") for i in range(3)]), limits)
+    with pytest.raises(ArchiveError, match="too large"):
+        read_zip(_zip([("big.bin", b"0" * 101)]), limits)
+    with pytest.raises(ArchiveError, match="unpacked size"):
+        read_zip(_zip([("a.bin", b"0" * 80), ("b.bin", b"0" * 80)]), limits)
+    with pytest.raises(ArchiveError, match="not a readable ZIP"):
+        read_zip(b"PK\x03\x04 broken")
+
+
+def test_zip_whose_header_lies_about_its_size() -> None:
+    data = bytearray(_zip([("a.bin", b"0" * 5000)]))
+    # Shrink the declared size in the central directory: reading must not trust it.
+    central = data.rfind(b"PK\x01\x02")
+    data[central + 24 : central + 28] = (10).to_bytes(4, "little")
+    with pytest.raises(ArchiveError):
+        read_zip(bytes(data))

@@ -1,0 +1,98 @@
+"""JATS figures, captions and licences from the real files in ../shared/fixtures/jats, and
+hostile XML refused."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import shared_path
+from s3_server import FALLBACK_JATS
+
+from histofetch.jats import JatsError, match_href, parse_xml, read_article
+from histofetch.licence import allowed, normalise
+
+
+def test_pmc_nxml_figures_without_extensions() -> None:
+    data = shared_path("fixtures", "jats", "pmc_mds526_annonc_breast_stage.nxml").read_bytes()
+    article = read_article(data)
+    assert article.licence == "CC BY-NC"
+    assert [(f.id, f.label, f.hrefs) for f in article.figures] == [
+        ("MDS526F1", "Figure 1.", ["mds52601"]),
+        ("MDS526F2", "Figure 2.", ["mds52602"]),
+    ]
+    assert article.figures[1].caption.startswith("Age inequalities in advanced stage")
+    assert "≥65" in article.figures[1].caption  # numeric character references decoded
+
+
+def test_plos_jats_with_undeclared_html_entities() -> None:
+    data = shared_path("fixtures", "jats", "plos_ppat.0020025.xml").read_bytes()
+    assert b"&rsqb;" in data  # the entity expat does not know
+    article = read_article(data)
+    assert article.licence == "CC BY" and len(article.figures) == 9
+    fig7 = article.figures[6]
+    assert fig7.label == "Figure 7"
+    assert fig7.hrefs == ["info:doi/10.1371/journal.ppat.0020025.g007"]
+    assert "H&E" in fig7.caption
+    # The caption title and paragraphs are separate blocks, not glued together.
+    assert article.figures[0].caption.startswith("XMRV Detection by DNA Microarrays and RT-PCR (A)")
+
+
+def test_public_domain_licence_and_the_fallback_jats() -> None:
+    data = shared_path("fixtures", "jats", "pmc_ehp-116-1694.nxml").read_bytes()
+    assert read_article(data).licence == "public domain"
+    fallback = read_article(FALLBACK_JATS)
+    assert fallback.licence == "CC BY-NC" and len(fallback.figures) == 2
+
+
+def test_hostile_xml_is_refused() -> None:
+    bomb = (
+        b'<?xml version="1.0"?><!DOCTYPE a [<!ENTITY x "xxxxxxxxxx">'
+        b'<!ENTITY y "&x;&x;&x;&x;&x;&x;&x;&x;&x;&x;">]><article>&y;</article>'
+    )
+    with pytest.raises(JatsError, match="refused"):
+        parse_xml(bomb)
+    external = (
+        b'<?xml version="1.0"?><!DOCTYPE a [<!ENTITY e SYSTEM "file:///etc/passwd">]>'
+        b"<article>&e;</article>"
+    )
+    with pytest.raises(JatsError, match="refused"):
+        parse_xml(external)
+    with pytest.raises(JatsError, match="too large"):
+        parse_xml(b"<article/>" + b" " * 200, max_bytes=100)
+    with pytest.raises(JatsError, match="not well-formed"):
+        parse_xml(b"<article><fig></article>")
+
+
+def test_hrefs_resolve_to_files() -> None:
+    names = ["P.1/mds52601.gif", "P.1/mds52601.jpg", "P.1/mds52601.tif", "P.1/PMC1.1.pdf"]
+    assert match_href("mds52601", names) == "P.1/mds52601.tif"  # full size first
+    assert match_href("mds52601.gif", names) == "P.1/mds52601.gif"  # an explicit extension
+    assert match_href("mds52602", names) is None
+    plos = ["P.1/journal.ppat.0020025.g007.jpg"]
+    assert match_href("info:doi/10.1371/journal.ppat.0020025.g007", plos) == plos[0]
+    assert match_href("PMC1.1", names) is None  # the PDF is not a figure
+
+
+@pytest.mark.parametrize(
+    ("given", "code"),
+    [
+        ("CC BY", "CC BY"),
+        ("cc by-nc-nd", "CC BY-NC-ND"),
+        ("CC0", "CC0"),
+        ("TDM", "TDM"),
+        ("http://creativecommons.org/licenses/by-sa/4.0/", "CC BY-SA"),
+        ("https://creativecommons.org/publicdomain/zero/1.0/", "CC0"),
+        ("This article is distributed under the Creative Commons Attribution License", "CC BY"),
+        ("none", None),
+        (None, None),
+    ],
+)
+def test_licence_codes(given: str | None, code: str | None) -> None:
+    assert normalise(given) == code
+
+
+def test_licence_policy() -> None:
+    assert allowed("CC BY", "commercial") and allowed("CC0", "commercial")
+    assert not allowed("CC BY-NC", "commercial") and allowed("CC BY-NC", "noncommercial")
+    for policy in ("commercial", "noncommercial"):
+        assert not allowed("TDM", policy) and not allowed(None, policy)
+    assert allowed("TDM", "any") and allowed(None, "any")

@@ -1,0 +1,281 @@
+"""Route pmc-cloud against an S3-like bucket on 127.0.0.1 built from the recorded bodies,
+real JATS and real H&E tile bytes: versions, metadata, policy, figures, MD5, paging."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+from ncbi_server import FakeNcbi, make_pdf, ncbi_fixture  # noqa: F401 (fixture)
+from PIL import Image as PILImage
+from s3_server import he_jpeg, real_jats, recorded_listing, slow_down
+
+from histocore.manifest import Manifest, Record
+from histofetch.download import run_download
+from histofetch.extract import run_extract
+from histofetch.http import NetClient
+from histofetch.sources import Miss, Policy
+from histofetch.sources.pmc_cloud import choose_version, parse_listing, s3_key, versions
+
+LIST = "/pmc-oa-opendata/"
+PMCID = "PMC3574550"
+FIGS = {"mds52601.jpg": he_jpeg(0), "mds52602.jpg": he_jpeg(1)}
+
+
+def _run(tmp_path: Path, *records: Record) -> Manifest:
+    manifest = Manifest.load(tmp_path, create=True)
+    for rec in records:
+        manifest.add_record(rec)
+    manifest.save()
+    return manifest
+
+
+def _rec(pmid: str, pmcid: str | None = None) -> Record:
+    return Record(id=f"pmid:{pmid}", pmid=pmid, pmcid=pmcid, stage="searched")
+
+
+def _download(ncbi: FakeNcbi, tmp_path: Path, *records: Record, **kw) -> Manifest:
+    _run(tmp_path, *records)
+    run_download(tmp_path, net=ncbi.config(), progress=False, **kw)
+    return Manifest.load(tmp_path)
+
+
+# -- listings: the recorded bodies and the fake answer the same ----------------------------
+@pytest.mark.parametrize(
+    ("name", "pmcid", "want"),
+    [
+        ("list_versions_missing.xml", "PMC99999999999", []),
+        ("list_versions_single.xml", "PMC12855588", [1]),
+        ("list_versions_two.xml", "PMC11370360", [2, 1]),
+    ],
+)
+def test_recorded_version_listings_and_the_fake_agree(
+    ncbi: FakeNcbi, name: str, pmcid: str, want: list[int]
+) -> None:
+    for v in want:
+        ncbi.bucket.add_version(pmcid, v, jats=real_jats())
+    with NetClient(ncbi.config()) as client:
+        assert versions(client, pmcid) == want
+    body = recorded_listing(name)
+    if body is None:
+        pytest.skip("recorded listings absent (../shared/fixtures/pmc_cloud)")
+    page, token = parse_listing(body)
+    assert token is None and not page.keys
+    assert [p for p in page.prefixes] == [f"{pmcid}.{v}/" for v in sorted(want)]
+    fake = ncbi.bucket.answer("", {"list-type": "2", "prefix": f"{pmcid}.", "delimiter": "/"})[2]
+    assert parse_listing(fake)[0] == page
+    assert (b"<KeyCount>0</KeyCount>" in fake) == (not want)
+
+
+def test_listing_in_another_namespace_is_refused() -> None:
+    with pytest.raises(Miss, match="not an S3 ListBucketResult"):
+        parse_listing(b"<ListBucketResult><KeyCount>0</KeyCount></ListBucketResult>")
+
+
+def test_s3_uri_and_version_choice() -> None:
+    assert s3_key(
+        "s3://pmc-oa-opendata/PMC1.1/PMC1.1.xml?md5=99210445a56f3315af7e95797556bd6b"
+    ) == (
+        "PMC1.1/PMC1.1.xml",
+        "99210445a56f3315af7e95797556bd6b",
+    )
+    oa, ms = {"is_pmc_openaccess": True}, {"is_pmc_openaccess": True, "is_manuscript": True}
+    closed = {"is_pmc_openaccess": False}
+    assert choose_version({1: oa, 2: ms}) == 1  # published beats a newer manuscript
+    assert choose_version({1: ms, 2: ms}) == 2
+    assert choose_version({1: oa, 2: oa, 3: closed}) == 2
+    assert choose_version({1: closed}) is None
+
+
+# -- the route end to end through the download stage ---------------------------------------
+def test_single_version_gives_figures_with_captions_licence_and_pdf(
+    ncbi: FakeNcbi, tmp_path: Path
+) -> None:
+    pdf = make_pdf("cloud pdf")
+    doc = ncbi.bucket.add_version(
+        PMCID, 1, jats=real_jats(), media=FIGS, pdf=pdf, citation="Ann Oncol. 2013;24(3):843"
+    )
+    manifest = _download(ncbi, tmp_path, _rec("23149571", PMCID))
+    rec = manifest.records["pmid:23149571"]
+    assert (rec.stage, rec.route, rec.pdf_source, rec.pmc_version) == (
+        "downloaded",
+        "pmc-cloud",
+        "pmc-cloud",
+        1,
+    )
+    assert rec.license == "CC BY" == doc["license_code"]
+    assert (rec.is_retracted, rec.is_manuscript, rec.open_access) == (False, False, True)
+    assert rec.citation == "Ann Oncol. 2013;24(3):843"
+    assert (tmp_path / rec.pdf_path).read_bytes() == pdf
+    images = manifest.images_of(rec.id)
+    assert [(i.source, i.figure_id, i.figure_label) for i in images] == [
+        ("jats", "MDS526F1", "Figure 1."),
+        ("jats", "MDS526F2", "Figure 2."),
+    ]
+    assert images[0].caption.startswith("Deprivation inequalities in advanced stage")
+    assert images[0].extra["md5"] == hashlib.md5(FIGS["mds52601.jpg"]).hexdigest()
+    with PILImage.open(tmp_path / images[0].path) as im:
+        assert im.format == "PNG" and im.size == (256, 256) == (images[0].width, images[0].height)
+    # Figures came from JATS: extract does not take the PDF's images a second time.
+    run_extract(tmp_path, progress=False)
+    again = Manifest.load(tmp_path)
+    assert again.records[rec.id].n_images == 2 and len(again.images_of(rec.id)) == 2
+
+
+def test_two_versions_take_the_highest_published(ncbi: FakeNcbi, tmp_path: Path) -> None:
+    ncbi.bucket.add_version(PMCID, 1, jats=real_jats(), media=FIGS)
+    ncbi.bucket.add_version(PMCID, 2, jats=real_jats(), media=FIGS, license_code="CC BY-NC")
+    ncbi.bucket.add_version(PMCID, 3, jats=real_jats(), media=FIGS, is_manuscript=True)
+    rec = _download(ncbi, tmp_path, _rec("1", PMCID)).records["pmid:1"]
+    assert (rec.pmc_version, rec.license, rec.is_manuscript) == (2, "CC BY-NC", False)
+    fetched = {r.path for r in ncbi.log}
+    assert f"{LIST}{PMCID}.2/mds52601.jpg" in fetched
+    assert f"{LIST}{PMCID}.1/{PMCID}.1.json" not in fetched  # no need to read older versions
+
+
+def test_manuscript_only_article_takes_the_manuscript(ncbi: FakeNcbi, tmp_path: Path) -> None:
+    ncbi.bucket.add_version(PMCID, 1, jats=real_jats(), media=FIGS, is_manuscript=True)
+    ncbi.bucket.add_version(
+        PMCID, 2, jats=real_jats(), media=FIGS, is_manuscript=True, license_code="TDM"
+    )
+    rec = _download(ncbi, tmp_path, _rec("1", PMCID)).records["pmid:1"]
+    assert (rec.pmc_version, rec.is_manuscript, rec.license, rec.route) == (
+        2,
+        True,
+        "TDM",
+        "pmc-cloud",
+    )
+
+
+def test_tdm_is_not_a_reuse_licence(ncbi: FakeNcbi, tmp_path: Path) -> None:
+    ncbi.bucket.add_version(PMCID, 1, jats=real_jats(), media=FIGS, license_code="TDM")
+    ncbi.files[f"/europepmc/articles/{PMCID}"] = (200, "application/pdf", make_pdf())
+    manifest = _download(ncbi, tmp_path, _rec("1", PMCID), policy=Policy(licence="noncommercial"))
+    rec = manifest.records["pmid:1"]
+    assert rec.status == "failed" and rec.license == "TDM"
+    assert rec.reason == "licence: pmc-cloud: TDM is not allowed by --licence noncommercial"
+    assert manifest.images_of(rec.id) == [] and rec.pdf_path is None
+    assert not any(r.path.endswith(".jpg") for r in ncbi.log)  # refused before any download
+
+
+def test_licence_policy_commercial(ncbi: FakeNcbi, tmp_path: Path) -> None:
+    ncbi.bucket.add_version("PMC1", 1, jats=real_jats(), media=FIGS, license_code="CC BY-NC-ND")
+    ncbi.bucket.add_version("PMC2", 1, jats=real_jats(), media=FIGS, license_code="CC0")
+    policy = Policy(licence="commercial")
+    manifest = _download(ncbi, tmp_path, _rec("1", "PMC1"), _rec("2", "PMC2"), policy=policy)
+    assert manifest.records["pmid:1"].reason.startswith("licence: pmc-cloud: CC BY-NC-ND")
+    assert manifest.records["pmid:2"].route == "pmc-cloud"
+
+
+def test_not_open_access_falls_back_with_the_reason(ncbi: FakeNcbi, tmp_path: Path) -> None:
+    ncbi.bucket.add_version(PMCID, 1, jats=real_jats(), is_pmc_openaccess=False, license_code=None)
+    pdf = make_pdf("render")
+    ncbi.files[f"/europepmc/articles/{PMCID}"] = (200, "application/pdf", pdf)
+    rec = _download(ncbi, tmp_path, _rec("1", PMCID)).records["pmid:1"]
+    assert (rec.route, rec.pdf_source, rec.status) == ("europepmc-pdf", "europepmc-pdf", "ok")
+    fetched = {r.path for r in ncbi.log}
+    assert f"{LIST}{PMCID}.1/{PMCID}.1.xml" not in fetched
+
+
+def test_retracted_is_skipped_unless_included(ncbi: FakeNcbi, tmp_path: Path) -> None:
+    ncbi.bucket.add_version(PMCID, 1, jats=real_jats(), media=FIGS, is_retracted=True)
+    rec = _download(ncbi, tmp_path / "a", _rec("1", PMCID)).records["pmid:1"]
+    assert rec.status == "failed" and rec.is_retracted is True
+    assert rec.reason.startswith("retracted: pmc-cloud: the article is retracted")
+    kept = _download(ncbi, tmp_path / "b", _rec("1", PMCID), policy=Policy(include_retracted=True))
+    assert kept.records["pmid:1"].route == "pmc-cloud" and len(kept.images) == 2
+
+
+def test_missing_pmcid_falls_back_route_by_route(ncbi: FakeNcbi, tmp_path: Path) -> None:
+    manifest = _download(ncbi, tmp_path, _rec("1", "PMC99999999999"))
+    rec = manifest.records["pmid:1"]
+    assert rec.status == "failed"
+    assert rec.reason.startswith("not in bucket: pmc-cloud: PMC99999999999 is not in the PMC")
+    for route in (
+        "europepmc: Europe PMC has no full text",
+        "europepmc-pdf: HTTP 404",
+        "pubmed2pdf",
+    ):
+        assert route in rec.reason
+
+
+def test_md5_mismatch_keeps_nothing_of_that_file(ncbi: FakeNcbi, tmp_path: Path) -> None:
+    ncbi.bucket.add_version(
+        PMCID, 1, jats=real_jats(), media=FIGS, pdf=make_pdf(), wrong_md5=("mds52602.jpg",)
+    )
+    manifest = _download(ncbi, tmp_path, _rec("1", PMCID))
+    rec = manifest.records["pmid:1"]
+    assert [i.figure_label for i in manifest.images_of(rec.id)] == ["Figure 1."]
+    assert len(rec.extra["failed_files"]) == 1
+    assert "checksum: MD5 mismatch for PMC3574550.1/mds52602.jpg" in rec.extra["failed_files"][0]
+    assert not list((tmp_path / "images").rglob("*mds52602*"))
+    assert len(ncbi.requests_to(f"{LIST}{PMCID}.1/mds52602.jpg")) == 2  # one re-download
+
+
+def test_version_without_pdf_keeps_figures_only(ncbi: FakeNcbi, tmp_path: Path) -> None:
+    ncbi.bucket.add_version(PMCID, 1, jats=real_jats(), media=FIGS, pdf=None)
+    manifest = _download(ncbi, tmp_path, _rec("1", PMCID))
+    rec = manifest.records["pmid:1"]
+    assert rec.route == "pmc-cloud" and rec.pdf_path is None and len(manifest.images) == 2
+    assert not any("europepmc" in r.path for r in ncbi.log)  # no PDF hunt elsewhere
+    run_extract(tmp_path, progress=False)
+    assert Manifest.load(tmp_path).records[rec.id].stage == "extracted"
+
+
+def test_href_without_extension_prefers_full_size_over_thumbnail(
+    ncbi: FakeNcbi, tmp_path: Path
+) -> None:
+    small = he_jpeg(0, size=32)
+    media = {"mds52601.gif": small, "mds52601.jpg": he_jpeg(0), "mds52602.png": he_jpeg(1)}
+    ncbi.bucket.add_version(PMCID, 1, jats=real_jats(), media=media)
+    manifest = _download(ncbi, tmp_path, _rec("1", PMCID))
+    files = [i.extra["file"] for i in manifest.images_of("pmid:1")]
+    assert files == [f"{PMCID}.1/mds52601.jpg", f"{PMCID}.1/mds52602.png"]
+
+
+def test_figure_with_two_graphics_gives_two_rows(ncbi: FakeNcbi, tmp_path: Path) -> None:
+    jats = real_jats().replace(
+        b'<graphic xlink:href="mds52601"/>',
+        b'<graphic xlink:href="mds52601"/><graphic xlink:href="mds52601b.jpg"/>',
+    )
+    media = {**FIGS, "mds52601b.jpg": he_jpeg(2)}
+    ncbi.bucket.add_version(PMCID, 1, jats=jats, media=media)
+    images = _download(ncbi, tmp_path, _rec("1", PMCID)).images_of("pmid:1")
+    assert [(i.figure_id, i.extra["href"]) for i in images] == [
+        ("MDS526F1", "mds52601"),
+        ("MDS526F1", "mds52601b.jpg"),
+        ("MDS526F2", "mds52602"),
+    ]
+    assert images[0].caption == images[1].caption
+
+
+def test_truncated_listings_are_followed(ncbi: FakeNcbi, tmp_path: Path) -> None:
+    ncbi.bucket.page_limit = 1  # every listing page holds one key or prefix
+    ncbi.bucket.add_version(PMCID, 1, jats=real_jats(), media=FIGS, is_manuscript=True)
+    ncbi.bucket.add_version(PMCID, 2, jats=real_jats(), media=FIGS, list_media=False)
+    manifest = _download(ncbi, tmp_path, _rec("1", PMCID))
+    assert manifest.records["pmid:1"].pmc_version == 2 and len(manifest.images) == 2
+    pages = [r.params for r in ncbi.requests_to(LIST)]
+    assert sum(1 for p in pages if p["prefix"] == f"{PMCID}.") == 2  # two version pages
+    listed = [p for p in pages if p["prefix"] == f"{PMCID}.2/"]  # 5 objects, 1 per page
+    assert len(listed) == 5 and all("continuation-token" in p for p in listed[1:])
+
+
+def test_slow_down_and_500_are_retried(ncbi: FakeNcbi, tmp_path: Path) -> None:
+    ncbi.bucket.add_version(PMCID, 1, jats=real_jats(), media=FIGS)
+    ncbi.inject(LIST, slow_down(), slow_down())
+    ncbi.inject(f"{LIST}{PMCID}.1/mds52601.jpg", (500, {}, b"internal error"))
+    manifest = _download(ncbi, tmp_path, _rec("1", PMCID))
+    assert len(manifest.images) == 2
+    assert len(ncbi.requests_to(f"{LIST}{PMCID}.1/mds52601.jpg")) == 2
+
+
+def test_missing_object_is_a_file_failure_not_a_crash(ncbi: FakeNcbi, tmp_path: Path) -> None:
+    ncbi.bucket.add_version(PMCID, 1, jats=real_jats(), media=FIGS)
+    del ncbi.bucket.objects[f"{PMCID}.1/mds52602.jpg"]  # listed in the JSON, gone (NoSuchKey)
+    manifest = _download(ncbi, tmp_path, _rec("1", PMCID))
+    rec = manifest.records["pmid:1"]
+    assert len(manifest.images) == 1 and "HTTP 404" in rec.extra["failed_files"][0]
+    status, _, body = ncbi.bucket.answer(f"{PMCID}.1/mds52602.jpg", {})
+    assert status == 404 and b"<Code>NoSuchKey</Code>" in body
