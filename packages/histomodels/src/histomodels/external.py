@@ -86,16 +86,23 @@ def evaluate_manifest(
     n_bootstrap: int = 1000,
     seed: int = 0,
     max_heatmaps: int = 200,
+    include_leaky: bool = False,
     progress: Callable[[str, int], Callable[[int], None] | None] | None = None,
 ) -> dict[str, Any]:
     """Score every kept figure; write metrics.json, image_scores.csv, tile_predictions.csv,
-    score_hist_<agg>.png, heatmaps/<image>.png and contact_sheet.png into ``out``."""
+    score_hist_<agg>.png, heatmaps/<image>.png, contact_sheet.png and errors_sheet.png.
+
+    Metrics are image-level, on reviewed labels and on caption weak labels, with the
+    weak-label noise rate; figures flagged for leakage are left out unless
+    ``include_leaky``.
+    """
+    from histocore.manifest import Manifest
     from histomodels import plots
     from histomodels.data.images import decode_image
     from histomodels.data.manifest_tiles import ManifestTileDataset
     from histomodels.evaluate import write_json
+    from histomodels.external_labels import label_tables, targets
     from histomodels.inference import Predictor, sigmoid
-    from histomodels.metrics import summarize
 
     out = Path(out)
     pred = Predictor.load(checkpoint, device=device, precision=precision)
@@ -105,6 +112,8 @@ def evaluate_manifest(
     cb = progress("tiles", len(images)) if progress else None
     logits = pred.logits(images, batch_size=batch_size, tta=tta, progress=cb)
     probs = sigmoid(logits, temperature)
+    manifest = Manifest.load(Path(run_dir))
+    truth = targets(manifest)
 
     by_image: dict[str, list[int]] = {i: [] for i in ds.figures}
     for n, tile in enumerate(ds.tiles):
@@ -112,7 +121,16 @@ def evaluate_manifest(
     rows = []
     for image_id, fig in ds.figures.items():
         p = probs[by_image[image_id]]
-        rows.append({"image_id": image_id, **fig, **aggregate(p, top_k)})
+        t = truth.get(image_id, {})
+        rows.append(
+            {
+                "image_id": image_id,
+                **fig,
+                **aggregate(p, top_k),
+                "weak_label": _NAMES[t["weak"]] if t.get("weak") is not None else "",
+                "leakage": t.get("leakage") or "",
+            }
+        )
     rows.sort(key=lambda r: -np.nan_to_num(r["max"], nan=-1.0))
 
     out.mkdir(parents=True, exist_ok=True)
@@ -120,6 +138,8 @@ def evaluate_manifest(
         "image_id",
         "record_id",
         "label",
+        "weak_label",
+        "leakage",
         "max",
         "topk_mean",
         "n_tiles",
@@ -167,48 +187,57 @@ def evaluate_manifest(
             "topk_mean": f"mean of the {top_k} highest tile probabilities",
         },
     }
-    labels = np.array([r["label"] for r in rows])
-    labelled = np.isin(labels, (0, 1)) & np.isfinite([r["max"] for r in rows])
-    result["n_labelled"] = int(labelled.sum())
-    result["score_distribution"] = {}
+    used = [r for r in rows if include_leaky or not r["leakage"]]
+    result["include_leaky"] = include_leaky
+    result["n_excluded_leakage"] = len(rows) - len(used)
     for agg in AGGREGATIONS:
         scores = np.array([r[agg] for r in rows], dtype=float)
-        result["score_distribution"][agg] = _distribution(scores)
         plots.histogram_plot(
             scores[np.isfinite(scores)],
             out / f"score_hist_{agg}.png",
             title=f"Figure scores ({agg}, n={int(np.isfinite(scores).sum())})",
             xlabel="image-level tumour probability",
         )
-    if labelled.any():
-        y = labels[labelled]
-        metrics = {}
-        for agg in AGGREGATIONS:
-            s = np.array([r[agg] for r in rows], dtype=float)[labelled]
-            if len(np.unique(y)) == 2:
-                metrics[agg] = summarize(y, s, threshold, n_resamples=n_bootstrap, seed=seed)
-            else:
-                metrics[agg] = {
-                    "n": len(y),
-                    "accuracy": float(((s >= threshold) == y).mean()),
-                    "note": "only one class labelled: AUC undefined",
-                }
-        result["image_metrics"] = metrics
-        result["threshold"] = threshold
-        if len(np.unique(y)) == 2:
-            sc = np.array([r["max"] for r in rows], dtype=float)[labelled]
-            plots.roc_plot(y, sc, out / "roc.png", threshold)
-            plots.pr_plot(y, sc, out / "pr.png")
-    else:
+    result["score_distribution"] = {
+        agg: _distribution(np.array([r[agg] for r in used], dtype=float)) for agg in AGGREGATIONS
+    }
+    reviewed = _label_metrics(used, "label", threshold, n_bootstrap, seed)
+    weak = _label_metrics(
+        [r | {"weak": WEAK_CODES.get(r["weak_label"], -1)} for r in used],
+        "weak",
+        threshold,
+        n_bootstrap,
+        seed,
+    )
+    result["n_labelled"] = reviewed["n"]
+    result["threshold"] = threshold
+    result["external"] = {
+        "reviewed": reviewed,
+        "weak": weak,
+        "agreement": label_tables(
+            manifest, include_leaky=include_leaky, n_bootstrap=n_bootstrap, seed=seed
+        ),
+        "aggregations": AGGREGATIONS,
+    }
+    if reviewed.get("metrics"):
+        result["image_metrics"] = reviewed["metrics"]
+    if reviewed["n"] == 0 and weak["n"] == 0:
         result["note"] = (
             "no labelled figures: score distribution only "
-            "(label figures with `histomodels label --manifest RUN`)"
+            "(confirm labels with `histofetch review --run RUN`)"
         )
+    labelled = [r for r in used if r["label"] in (0, 1) and np.isfinite(r["max"])]
+    y = np.array([r["label"] for r in labelled])
+    if len(np.unique(y)) == 2:
+        sc = np.array([r["max"] for r in labelled], dtype=float)
+        plots.roc_plot(y, sc, out / "roc.png", threshold)
+        plots.pr_plot(y, sc, out / "pr.png")
+    _errors_sheet(used, threshold, out / "errors_sheet.png")
 
     # Heatmaps (most suspicious first) and a ranked contact sheet.
     thumbs, titles = [], []
     heat_dir = out / "heatmaps"
-    names = {0: "no_metastasis", 1: "metastasis", -1: "unlabelled"}
+    names = {**_NAMES, -1: "unlabelled"}
     for rank, r in enumerate(rows):
         rgb = decode_image(Path(r["path"]), f"{r['path']}", convert=True)
         if rank < max_heatmaps and r["n_tiles"]:
@@ -235,3 +264,64 @@ def evaluate_manifest(
     result["heatmaps"] = str(heat_dir)
     write_json(out / "metrics.json", result)
     return result
+
+
+_NAMES = {0: "no_metastasis", 1: "metastasis"}
+WEAK_CODES = {"metastasis": 1, "no_metastasis": 0}
+
+
+def _label_metrics(
+    rows: list[dict[str, Any]], key: str, threshold: float, n_bootstrap: int, seed: int
+) -> dict[str, Any]:
+    """Image-level metrics (both aggregations, bootstrap CIs) on the rows labelled in ``key``."""
+    from histomodels.metrics import summarize
+
+    labelled = [r for r in rows if r[key] in (0, 1) and np.isfinite(r["max"])]
+    y = np.array([r[key] for r in labelled], dtype=np.int64)
+    out: dict[str, Any] = {"n": len(y), "n_positive": int(y.sum())}
+    if not len(y):
+        return out
+    metrics = {}
+    for agg in AGGREGATIONS:
+        s = np.array([r[agg] for r in labelled], dtype=float)
+        if len(np.unique(y)) == 2:
+            metrics[agg] = summarize(y, s, threshold, n_resamples=n_bootstrap, seed=seed)
+        else:
+            metrics[agg] = {
+                "n": len(y),
+                "accuracy": float(((s >= threshold) == y).mean()),
+                "note": "only one class labelled: AUC undefined",
+            }
+    out["metrics"] = metrics
+    return out
+
+
+def _errors_sheet(rows: list[dict[str, Any]], threshold: float, path: Path, n: int = 24) -> None:
+    """Contact sheet of the most confident errors (max score vs the reviewed label, or the
+    weak label where no person reviewed the figure)."""
+    from histomodels import plots
+    from histomodels.data.images import decode_image
+
+    errors = []
+    for r in rows:
+        if not np.isfinite(r["max"]):
+            continue
+        if r["label"] in (0, 1):
+            y, source = r["label"], "reviewed"
+        elif r["weak_label"] in WEAK_CODES:
+            y, source = WEAK_CODES[r["weak_label"]], "weak"
+        else:
+            continue
+        if (r["max"] >= threshold) != bool(y):
+            errors.append((abs(r["max"] - y), y, source, r))
+    errors.sort(key=lambda e: -e[0])
+    if not errors:
+        return
+    thumbs, titles = [], []
+    for _conf, y, source, r in errors[:n]:
+        thumbs.append(_thumb(decode_image(Path(r["path"]), r["path"], convert=True)))
+        short = r["image_id"] if len(r["image_id"]) <= 28 else "…" + r["image_id"][-27:]
+        titles.append(f"{_NAMES[y]} ({source}) score {r['max']:.2f}\n{short}")
+    plots.image_grid(
+        thumbs, titles, path, cols=6, title="Most confident errors (max tile probability)"
+    )

@@ -45,6 +45,7 @@ EVAL_PLOTS = (
     ("reliability.png", "Reliability"),
     ("errors_gradcam.png", "Most confident errors with Grad-CAM"),
     ("score_hist_max.png", "Figure score distribution"),
+    ("errors_sheet.png", "External test set: most confident errors"),
     ("contact_sheet.png", "Figures ranked by score"),
 )
 
@@ -211,6 +212,51 @@ def _metric_rows(cols: list[tuple[str, Evaluation]]) -> list[tuple[str, list[str
     return rows
 
 
+def _external_tables(name: str, m: dict[str, Any]) -> list[tuple[str, list[str], list]]:
+    """The "external test set" tables of one manifest evaluation: ``(title, head, rows)``."""
+    ext = m.get("external")
+    if not ext:
+        return []
+    tables = []
+    aggs = list(ext.get("aggregations", ("max", "topk_mean")))
+    for kind, what in (("reviewed", "reviewed labels"), ("weak", "caption weak labels")):
+        block = ext.get(kind, {})
+        metrics = block.get("metrics") or {}
+        head = ["", *(f"{a} (n={block.get('n', 0)})" for a in aggs)]
+        rows = []
+        for key, label in METRIC_ROWS:
+            cells = [_metric_cell(metrics.get(a, {}), key) for a in aggs]
+            if any(c != "n/a" for c in cells):
+                rows.append((label, cells))
+        if rows:
+            tables.append((f"{name}: model on {what}", head, rows))
+    agree = ext.get("agreement") or {}
+    conf = agree.get("confusion") or {}
+    if conf:
+        cols = list(next(iter(conf.values())).keys())
+        head = ["weak label ↓ / reviewed label →", *cols]
+        rows = [(w, [str(c.get(k, 0)) for k in cols]) for w, c in conf.items()]
+        rate, ci = agree.get("noise_rate"), agree.get("noise_rate_ci") or [None, None]
+        rows.append(
+            (
+                "weak-label noise rate",
+                [
+                    f"{_fmt(rate, 3)} [{_fmt(ci[0], 3)}, {_fmt(ci[1], 3)}] "
+                    f"on {agree.get('n_both', 0)} figures",
+                    *[""] * (len(cols) - 1),
+                ],
+            )
+        )
+        rows.append(
+            (
+                "left out for leakage",
+                [str(agree.get("n_excluded_leakage", 0)), *[""] * (len(cols) - 1)],
+            )
+        )
+        tables.append((f"{name}: weak vs reviewed labels", head, rows))
+    return tables
+
+
 def _roc_overlay(cols: list[tuple[str, Evaluation]], path: Path) -> Path | None:
     """All evaluations' ROC curves in one plot, from their predictions.csv."""
     from sklearn.metrics import roc_auc_score, roc_curve
@@ -354,6 +400,20 @@ def build_report(
             md += ["### ROC comparison", ""]
             add_img(roc, "ROC curves of all evaluations")
             h.append("</div>")
+    external = [t for label, ev in cols for t in _external_tables(label, ev.metrics)]
+    if external:
+        note = (
+            "Image-level metrics on the mined literature figures (external test set), both "
+            "aggregation rules, point estimate [95% bootstrap interval]; figures flagged for "
+            "leakage (CAMELYON/PCam papers, near-duplicates) are left out unless "
+            "eval ran with --include-leaky. The noise rate is the share of figures whose "
+            "caption weak label differs from the label a person confirmed."
+        )
+        h.append(f"<h2>External test set</h2><p class='note'>{html.escape(note)}</p>")
+        md += ["## External test set", "", note, ""]
+        for t_title, head, rows in external:
+            h.append(f"<h3>{html.escape(t_title)}</h3>" + _html_table(head, rows))
+            md += [f"### {t_title}", "", _md_table(head, rows), ""]
     curves = [r for r in runs if r.curve_png]
     if curves:
         h.append("<h2>Training curves</h2><div class='grid'>")

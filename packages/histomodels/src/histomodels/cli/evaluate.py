@@ -103,6 +103,14 @@ def eval_cmd(
     no_store: Annotated[
         bool, typer.Option("--no-store-temperature", help="Do not write T into the checkpoint.")
     ] = False,
+    include_leaky: Annotated[
+        bool,
+        typer.Option(
+            "--include-leaky",
+            help="Manifest: also count figures flagged for leakage (CAMELYON/PCam papers, "
+            "near-duplicates).",
+        ),
+    ] = False,
     device: Device = None,
 ) -> None:
     """Metrics with 95% CIs, calibration, plots and an error gallery (or, with --manifest,
@@ -127,6 +135,7 @@ def eval_cmd(
                 device=device,
                 n_bootstrap=bootstrap,
                 seed=seed,
+                include_leaky=include_leaky,
                 progress=progress,
             )
         else:
@@ -193,13 +202,28 @@ def _print_metrics(result: dict, out: Path) -> None:
 def _print_external(result: dict, out: Path) -> None:
     typer.echo(
         f"{result['n_images']} figure(s), {result['n_tiles']} tissue tile(s) scored; "
-        f"labelled figures: {result['n_labelled']}"
+        f"left out for leakage: {result['n_excluded_leakage']}"
     )
-    if result.get("image_metrics"):
-        for agg, m in result["image_metrics"].items():
+    ext = result.get("external", {})
+    for kind in ("reviewed", "weak"):
+        block = ext.get(kind, {})
+        typer.echo(f"{kind} labels: {block.get('n', 0)} figure(s)")
+        for agg, m in (block.get("metrics") or {}).items():
+            ci = (m.get("ci") or {}).get("roc_auc")
+            ci_text = f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
             typer.echo(
-                f"  {agg}: ROC AUC {_fmt(m.get('roc_auc'))}, accuracy {_fmt(m.get('accuracy'))}"
+                f"  {agg}: ROC AUC {_fmt(m.get('roc_auc'))}{ci_text}, "
+                f"accuracy {_fmt(m.get('accuracy'))}"
             )
+    agree = ext.get("agreement", {})
+    if agree.get("n_both"):
+        lo, hi = agree["noise_rate_ci"]
+        typer.echo(
+            f"weak-label noise rate {agree['noise_rate']:.3f} [{lo:.3f}, {hi:.3f}] "
+            f"on {agree['n_both']} figure(s) with both labels"
+        )
+    if result.get("note"):
+        typer.echo(result["note"])
     typer.echo(f"wrote {out}/metrics.json, image_scores.csv, heatmaps/ and contact_sheet.png")
 
 

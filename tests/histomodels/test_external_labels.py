@@ -1,0 +1,156 @@
+"""External metrics on reviewed and weak labels, the weak-label noise rate, leakage exclusion."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from _evalkit import tiny_checkpoint
+from PIL import Image as PILImage
+from sklearn import metrics as skm
+from typer.testing import CliRunner
+
+from histocore.manifest import Image, Manifest, Record
+from histomodels.cli import app
+from histomodels.external_labels import label_tables, leakage_exclusions
+from histomodels.synthetic import make_figure
+
+torch.set_num_threads(1)
+
+# (reviewed label, weak label, leakage flags) per figure
+FIGURES = [
+    ("metastasis", "metastasis", None),
+    ("metastasis", "no_metastasis", None),  # weak label wrong
+    ("no_metastasis", "no_metastasis", None),
+    ("no_metastasis", "metastasis", None),  # weak label wrong
+    ("metastasis", "abstain", None),
+    ("no_metastasis", "abstain", None),
+    (None, "metastasis", None),
+    (None, "no_metastasis", None),
+    ("not_usable", "metastasis", None),
+    (None, "abstain", None),
+    ("metastasis", "metastasis", ["camelyon"]),  # leakage: left out by default
+    ("no_metastasis", "no_metastasis", ["near_duplicate:fig02"]),  # a reprint of fig02
+]
+
+
+def _manifest(run: Path, with_files: bool) -> Manifest:
+    m = Manifest(run_dir=run, query="synthetic")
+    m.add_record(Record(id="pmid:1", stage="filtered"))
+    for i, (label, weak, leak) in enumerate(FIGURES):
+        rel = f"images/fig{i:02d}.png"
+        w = h = 200
+        if with_files:
+            fig = np.full((3 * 96 + 80, 3 * 96 + 80, 3), 255, np.uint8)
+            tumour = (label or weak) == "metastasis"
+            fig[40:-40, 40:-40] = make_figure(3, 3, seed=i, tumour=tumour)
+            (run / "images").mkdir(parents=True, exist_ok=True)
+            PILImage.fromarray(fig).save(run / rel)
+            h, w = fig.shape[:2]
+        m.add_image(
+            Image(
+                id=f"fig{i:02d}",
+                record_id="pmid:1",
+                path=rel,
+                sha256="0" * 64,
+                width=w,
+                height=h,
+                kept=True,
+                label=label,
+                weak_label=weak,
+                leakage=leak,
+            )
+        )
+    m.save()
+    return m
+
+
+def test_label_tables_count_the_noise_rate(tmp_path: Path) -> None:
+    m = _manifest(tmp_path / "run", with_files=False)
+    t = label_tables(m, n_bootstrap=200)
+    assert t["n_excluded_leakage"] == 2
+    assert set(t["excluded"]) == {"fig10", "fig11"}
+    c = t["confusion"]
+    assert c["metastasis"] == {
+        "metastasis": 1, "no_metastasis": 1, "not_usable": 1, "unreviewed": 1
+    }  # fmt: skip
+    assert c["no_metastasis"] == {
+        "metastasis": 1, "no_metastasis": 1, "not_usable": 0, "unreviewed": 1
+    }  # fmt: skip
+    assert c["abstain"] == {"metastasis": 1, "no_metastasis": 1, "not_usable": 0, "unreviewed": 1}
+    assert t["n_both"] == 4 and t["noise_rate"] == pytest.approx(0.5)
+    lo, hi = t["noise_rate_ci"]
+    assert 0.0 <= lo <= 0.5 <= hi <= 1.0
+    assert t["weak_metastasis_precision"] == pytest.approx(0.5)
+    assert t["weak_labelled_but_not_usable"] == 1
+    every = label_tables(m, include_leaky=True, n_bootstrap=0)
+    assert every["n_both"] == 6 and every["noise_rate"] == pytest.approx(2 / 6)
+
+
+def test_near_duplicates_keep_the_first_of_a_pair(tmp_path: Path) -> None:
+    m = _manifest(tmp_path / "run", with_files=False)
+    m.images["fig02"].leakage = ["near_duplicate:fig11"]
+    assert leakage_exclusions(m.kept_images()) == {
+        "fig10": "camelyon",
+        "fig11": "near-duplicate of fig02",
+    }
+
+
+def _rows(out: Path) -> list[dict[str, str]]:
+    return list(csv.DictReader((out / "image_scores.csv").open()))
+
+
+def test_eval_reports_reviewed_and_weak_metrics_exact_against_sklearn(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    _manifest(run, with_files=True)
+    ckpt = tiny_checkpoint(tmp_path)
+    out = tmp_path / "ext"
+    args = ["eval", str(ckpt), "--manifest", str(run), "--bootstrap", "100", "--scale", "1"]
+    r = CliRunner().invoke(app, [*args, "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert "weak-label noise rate 0.500" in r.output
+    m = json.loads((out / "metrics.json").read_text())
+    ext = m["external"]
+    rows = _rows(out)
+    assert m["n_excluded_leakage"] == 2
+    used = [x for x in rows if not x["leakage"]]
+    codes = {"metastasis": 1, "no_metastasis": 0}
+    for kind, key in (("reviewed", "label"), ("weak", "weak_label")):
+        lab = [x for x in used if x[key] in ("0", "1", "metastasis", "no_metastasis")]
+        y = np.array([int(x[key]) if x[key] in "01" else codes[x[key]] for x in lab])
+        assert ext[kind]["n"] == len(y) == 6
+        for agg in ("max", "topk_mean"):
+            s = np.array([float(x[agg]) for x in lab])
+            got = ext[kind]["metrics"][agg]
+            assert got["roc_auc"] == pytest.approx(skm.roc_auc_score(y, s), abs=1e-12)
+            assert got["pr_auc"] == pytest.approx(skm.average_precision_score(y, s), abs=1e-12)
+            pred = (s >= 0.5).astype(int)
+            assert got["accuracy"] == pytest.approx(skm.accuracy_score(y, pred), abs=1e-12)
+            assert got["f1"] == pytest.approx(
+                skm.f1_score(y, pred, zero_division=np.nan), abs=1e-12, nan_ok=True
+            )
+            assert got["ci"]["roc_auc"][0] <= got["ci"]["roc_auc"][1]
+    assert m["image_metrics"] == ext["reviewed"]["metrics"]  # what `report` reads
+    assert ext["agreement"]["noise_rate"] == pytest.approx(0.5)
+    assert m["score_distribution"]["max"]["n"] == 9  # usable (not not_usable), non-leaky
+    # with the flag, the leaky figures count
+    out2 = tmp_path / "ext2"
+    r = CliRunner().invoke(app, [*args, "--out", str(out2), "--include-leaky"])
+    assert r.exit_code == 0, r.output
+    m2 = json.loads((out2 / "metrics.json").read_text())
+    assert m2["n_excluded_leakage"] == 0 and m2["external"]["reviewed"]["n"] == 8
+    # the HTML report gains an "external test set" section with these tables
+    rep = tmp_path / "report"
+    r = CliRunner().invoke(app, ["report", str(out), "--out", str(rep)])
+    assert r.exit_code == 0, r.output
+    page = (rep / "report.html").read_text()
+    assert "External test set" in page and "weak-label noise rate" in page
+    assert "model on caption weak labels" in page and "topk_mean (n=6)" in page
+    md = (rep / "report.md").read_text()
+    assert "| weak-label noise rate | 0.500 [" in md
+    if (out / "errors_sheet.png").exists():
+        assert "most confident errors" in page
