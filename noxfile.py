@@ -1,4 +1,4 @@
-"""Developer sessions: ``nox -s demo``, ``nox -s tests``, ``nox -s lint``, ``nox -s fmt``.
+"""Developer sessions: ``nox -s demo``, ``tests``, ``lint``, ``check`` (pyright), ``fmt``.
 
 All sessions share one virtual environment, ``.venv`` at the repository root, so PyTorch
 (several GB) is installed once. It is (re)installed only when a pyproject or this file
@@ -21,9 +21,10 @@ STAMP = VENV / ".histo-install-stamp"
 PACKAGES = [
     "-e", "packages/histocore",
     "-e", "packages/histofetch",
-    "-e", "packages/histomodels[lite0,demo]",
+    "-e", "packages/histomodels[lite0,demo,yaml]",
 ]  # fmt: skip
-DEV = ["pytest>=8", "pytest-timeout>=2.3", "ruff==0.17.6"]
+# pyright[nodejs] brings its own Node.js as a wheel, so `check` needs no apt package.
+DEV = ["pytest>=8", "pytest-timeout>=2.3", "ruff==0.17.6", "pyright[nodejs]==1.1.414"]
 # PyTorch wheels: the CPU/GPU build pip resolves; the pins match what the project is tested on.
 TORCH = ["torch>=2.2,<=2.14.1", "torchvision>=0.17,<=0.29.1"]
 
@@ -80,6 +81,13 @@ def lint(session: nox.Session) -> None:
     _install(session)
     _run(session, str(BIN / "ruff"), "check", ".")
     _run(session, str(BIN / "ruff"), "format", "--check", ".")
+
+
+@nox.session
+def check(session: nox.Session) -> None:
+    """Static type check of packages/*/src with pyright (settings: pyrightconfig.json)."""
+    _install(session)
+    _run(session, str(BIN / "pyright"), *session.posargs)
 
 
 @nox.session

@@ -288,3 +288,37 @@ def test_history_is_on_disk_before_the_checkpoint_that_names_it():
     names = [type(c).__name__ for c in default_callbacks(TrainConfig(time_budget=1, ema=0.99))]
     assert names.index("History") < names.index("Checkpoints")  # a kill between the two
     assert names.index("TimeBudget") < names.index("EarlyStopping")  # budget reason first
+
+
+def test_yaml_config_file(tmp_path):
+    pytest.importorskip("yaml")
+    p = tmp_path / "c.yaml"
+    p.write_text("model_config: {width: 8, depth: 2}\nbatch_size: 16\nlr: 4e-3\nema: 0.99\n")
+    cfg = resolve_config(p, lr=None, epochs=3)
+    assert (cfg.lr, cfg.batch_size, cfg.ema, cfg.epochs) == (0.004, 16, 0.99, 3)
+    assert cfg.model_config == {"width": 8, "depth": 2}
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("lr: fast\n", "lr: Input should be a valid number"),
+        ("epoch: 3\n", "unknown config keys epoch (did you mean epochs?)"),
+        ("schedule: linear\n", "schedule must be cosine, plateau or constant"),
+        ("batch_size: 2.5\n", "batch_size: Input should be a valid integer"),
+        ("ema: 1.5\n", "ema (decay) must be between 0 and 1"),
+        ("- lr\n", "expected a mapping of config keys"),
+        ("lr: [\n", "not valid YAML"),
+    ],
+)
+def test_cli_bad_config_file_is_one_line(h5_files, tmp_path, text, message):
+    pytest.importorskip("yaml")
+    train_h5, val_h5 = h5_files
+    p = tmp_path / "c.yaml"
+    p.write_text(text)
+    args = ["train", "--data", str(train_h5), "--val", str(val_h5), "--out", str(tmp_path / "r")]
+    r = CliRunner().invoke(app, [*args, "--config", str(p), "--epochs", "1", "--quiet"])
+    assert r.exit_code == 1
+    assert r.stderr.strip().splitlines() == [f"error: {p}: {r.stderr.strip()[9 + len(str(p)) :]}"]
+    assert message in r.stderr
+    assert not (tmp_path / "r").exists()

@@ -1,24 +1,34 @@
-"""The training configuration: one dataclass, written whole to ``RUN/config.json``.
+"""The training configuration: one typed dataclass, written whole to ``RUN/config.json``.
 
-Precedence: dataclass defaults < ``--config FILE`` (JSON, or YAML when PyYAML is
-installed) < options given on the command line. ``histomodels tune`` writes a
-``best_config.json`` in this format, so ``train --config best_config.json`` reproduces it.
+Precedence: dataclass defaults < ``--config FILE`` (JSON, or YAML with the ``yaml`` extra:
+``pip install 'histomodels[yaml]'``) < options given on the command line. ``histomodels
+tune`` writes a ``best_config.json`` in this format, so ``train --config best_config.json``
+reproduces it. Every value is checked when a config is built (pydantic): a wrong type, an
+unknown choice or an out-of-range number is a :class:`ConfigError` naming the file and key.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import ConfigDict, ValidationError, field_validator
+from pydantic.dataclasses import dataclass
 
 
 class ConfigError(ValueError):
     """A config file or value that cannot be used; the message names it."""
 
 
-@dataclass
+Schedule = Literal["cosine", "plateau", "constant"]
+SCHEDULES = ("cosine", "plateau", "constant")
+
+
+@dataclass(config=ConfigDict(extra="forbid"))
 class TrainConfig:
     # what to train
     model: str = "cnn"
@@ -36,7 +46,7 @@ class TrainConfig:
     eval_batch_size: int = 256
     lr: float = 2e-3
     weight_decay: float = 0.05
-    schedule: str = "cosine"  # cosine | plateau | constant
+    schedule: Schedule = "cosine"
     warmup_epochs: float = 1.0  # linear LR warm-up (epochs, fractional ok)
     min_lr_ratio: float = 0.01
     label_smoothing: float = 0.0
@@ -62,6 +72,13 @@ class TrainConfig:
     device: str | None = None  # None = cuda when available, else cpu
     progress: bool = True
 
+    @field_validator("schedule", mode="before")
+    @classmethod
+    def _known_schedule(cls, v: Any) -> Any:
+        if v not in SCHEDULES:
+            raise ValueError("schedule must be cosine, plateau or constant")
+        return v
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -72,13 +89,30 @@ class TrainConfig:
 FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
 
 
+def build(data: dict[str, Any], source: str = "config") -> TrainConfig:
+    """A checked :class:`TrainConfig` from a mapping; the first problem as a ConfigError."""
+    unknown = sorted(set(data) - FIELDS)
+    if unknown:
+        hints = [difflib.get_close_matches(k, FIELDS, n=1) for k in unknown]
+        said = ", ".join(
+            f"{k} (did you mean {h[0]}?)" if h else k for k, h in zip(unknown, hints, strict=True)
+        )
+        raise ConfigError(f"{source}: unknown config keys {said}")
+    try:
+        cfg = TrainConfig(**data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = ".".join(str(p) for p in err["loc"]) or "config"
+        msg = err["msg"].removeprefix("Value error, ")
+        where = "" if msg.startswith(key) else f"{key}: "
+        raise ConfigError(f"{source}: {where}{msg} (got {err.get('input')!r})") from None
+    return validate(cfg, source)
+
+
 def merge(
     config: TrainConfig, changes: dict[str, Any], source: str = "options", skip_none: bool = True
 ) -> TrainConfig:
     """Return ``config`` updated with ``changes`` (None = not given when ``skip_none``)."""
-    unknown = sorted(set(changes) - FIELDS)
-    if unknown:
-        raise ConfigError(f"{source}: unknown config keys {', '.join(unknown)}")
     data = config.to_dict()
     new_model = changes.get("model")
     if new_model is not None and new_model != data["model"]:
@@ -91,24 +125,27 @@ def merge(
                 raise ConfigError(f"{source}: model_config must be a mapping")
             value = {**data["model_config"], **value}
         data[key] = value
-    try:
-        return validate(TrainConfig(**data), source)
-    except TypeError as exc:
-        raise ConfigError(f"{source}: {exc}") from None
+    return build(data, source)
 
 
 def validate(cfg: TrainConfig, source: str = "config") -> TrainConfig:
-    if cfg.schedule not in ("cosine", "plateau", "constant"):
-        raise ConfigError(f"{source}: schedule must be cosine, plateau or constant")
+    """Range checks the types alone do not express (each a one-line ConfigError)."""
     for name in ("epochs", "batch_size", "eval_batch_size"):
         if int(getattr(cfg, name)) < 1:
             raise ConfigError(f"{source}: {name} must be >= 1")
-    if cfg.lr <= 0:
-        raise ConfigError(f"{source}: lr must be > 0")
+    for name in ("patience", "freeze_epochs", "warmup_epochs", "weight_decay", "aug_strength"):
+        if getattr(cfg, name) < 0:
+            raise ConfigError(f"{source}: {name} must be >= 0")
+    if cfg.lr <= 0 or cfg.backbone_lr_mult < 0:
+        raise ConfigError(f"{source}: lr must be > 0 and backbone_lr_mult >= 0")
+    if not 0 <= cfg.min_lr_ratio <= 1 or not 0 <= cfg.label_smoothing < 1:
+        raise ConfigError(f"{source}: min_lr_ratio must be in [0, 1], label_smoothing in [0, 1)")
     if cfg.ema is not None and not 0 < cfg.ema < 1:
         raise ConfigError(f"{source}: ema (decay) must be between 0 and 1, e.g. 0.999")
     if cfg.time_budget is not None and cfg.time_budget <= 0:
         raise ConfigError(f"{source}: time_budget (minutes) must be > 0")
+    if cfg.threads is not None and cfg.threads < 1:
+        raise ConfigError(f"{source}: threads must be >= 1")
     if cfg.stain_norm not in (None, "macenko") and not Path(cfg.stain_norm).is_file():
         raise ConfigError(
             f"{source}: stain_norm must be 'macenko' or a stain JSON file, got {cfg.stain_norm!r}"
@@ -121,16 +158,12 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: no such config file")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read ({exc})") from None
     if path.suffix.lower() in (".yaml", ".yml"):
-        try:
-            import yaml
-        except ImportError:
-            raise ConfigError(f"{path}: YAML configs need PyYAML; use JSON instead") from None
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+        data = _parse_yaml(path, text)
     else:
         try:
             data = json.loads(text)
@@ -142,6 +175,20 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     if "config" in data and isinstance(data["config"], dict):
         data = data["config"]
     return data
+
+
+def _parse_yaml(path: Path, text: str) -> Any:
+    try:
+        import yaml
+    except ImportError:
+        raise ConfigError(
+            f"{path}: YAML configs need PyYAML: pip install 'histomodels[yaml]' (or use JSON)"
+        ) from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        why = " ".join(str(exc).split())
+        raise ConfigError(f"{path}: not valid YAML ({why})") from None
 
 
 def resolve_config(

@@ -55,7 +55,11 @@ def norm_of(ckpt: dict | None) -> tuple[tuple[float, ...], tuple[float, ...]]:
     return tuple(norm.get("mean", IMAGENET_MEAN)), tuple(norm.get("std", IMAGENET_STD))
 
 
-def _batches(images: np.ndarray | Iterable[np.ndarray], batch_size: int) -> Iterator[np.ndarray]:
+#: uint8 ``[N, H, W, 3]`` patches, or an iterable of such batches (arrays or tensors)
+Patches = np.ndarray | Iterable[np.ndarray] | Iterable[torch.Tensor]
+
+
+def _batches(images: Patches, batch_size: int) -> Iterator[np.ndarray | torch.Tensor]:
     if isinstance(images, np.ndarray):
         for i in range(0, len(images), batch_size):
             yield images[i : i + batch_size]
@@ -66,7 +70,7 @@ def _batches(images: np.ndarray | Iterable[np.ndarray], batch_size: int) -> Iter
 @torch.no_grad()
 def predict_logits(
     model: nn.Module,
-    images: np.ndarray | Iterable[np.ndarray],
+    images: Patches,
     *,
     mean: tuple[float, ...] = IMAGENET_MEAN,
     std: tuple[float, ...] = IMAGENET_STD,

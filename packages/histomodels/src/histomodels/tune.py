@@ -122,8 +122,8 @@ def _tune(
     # decode once for all trials
     x_train, y_train = load_split(data, "train", stream=False)
     x_val, y_val = load_split(val, "validation", stream=False)
-    train_arrays = (x_train.numpy(), y_train.numpy().astype("int64"))
-    val_arrays = (x_val.numpy(), y_val.numpy().astype("int64"))
+    train_arrays = (x_train[:].numpy(), y_train.numpy().astype("int64"))  # [:]: as a tensor
+    val_arrays = (x_val[:].numpy(), y_val.numpy().astype("int64"))
 
     records: list[dict[str, Any]] = []
     if exp_path.is_file():
