@@ -107,7 +107,7 @@ def test_licence_policy_refuses_pdfs_of_unknown_licence(ncbi: FakeNcbi, tmp_path
     assert not ncbi.requests_to("/europepmc/articles/PMC5")
 
 
-def test_network_failure_then_retry_failed(ncbi: FakeNcbi, tmp_path: Path) -> None:
+def test_network_failure_is_retried_by_the_next_run(ncbi: FakeNcbi, tmp_path: Path) -> None:
     _cloud(ncbi, "PMC2")
     ncbi.inject(LIST, *[(503, {}, b"down")] * 3)
     ncbi.inject("/europepmc/rest/PMC2/fullTextXML", *[(502, {}, b"bad gateway")] * 3)
@@ -115,14 +115,14 @@ def test_network_failure_then_retry_failed(ncbi: FakeNcbi, tmp_path: Path) -> No
     net = ncbi.config(max_retries=2)
     first = run_download(tmp_path, net=net, progress=False)
     assert first.failed == 1
-    reason = Manifest.load(tmp_path).records["pmid:2"].reason
-    assert reason.startswith("network: pmc-cloud: HTTP 503"), reason
-    again = run_download(tmp_path, net=net, progress=False)
-    assert (again.done, again.skipped) == (0, 1)  # failed records wait for --retry-failed
-    retried = run_download(tmp_path, net=net, progress=False, retry_failed=True)
-    assert retried.done == 1
+    rec = Manifest.load(tmp_path).records["pmid:2"]
+    assert rec.reason.startswith("network: pmc-cloud: HTTP 503"), rec.reason
+    assert rec.transient is True
+    again = run_download(tmp_path, net=net, progress=False)  # no --retry-failed needed
+    assert again.done == 1
     rec = Manifest.load(tmp_path).records["pmid:2"]
     assert rec.status == "ok" and rec.reason is None and rec.route == "pmc-cloud"
+    assert rec.transient is None
 
 
 def test_download_resumes_without_refetching(ncbi: FakeNcbi, tmp_path: Path) -> None:

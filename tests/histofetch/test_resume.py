@@ -1,11 +1,13 @@
-"""Kill `histofetch extract` / `filter` with SIGKILL mid-run, re-run, and compare with an
-uninterrupted run: the final manifests must be identical (no lost or duplicated rows)."""
+"""Kill `histofetch extract` / `filter` with SIGKILL at random points, re-run, and compare
+with an uninterrupted run: the final manifests must be identical (no lost or duplicated rows)."""
 
 from __future__ import annotations
 
 import json
 import os
+import random
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -15,6 +17,7 @@ import pytest
 from pdf_factory import build_image_pdf, he_like
 
 from histocore.manifest import MANIFEST_NAME
+from histocore.store import STORE_NAME
 from histofetch.extract import run_extract
 from histofetch.filter import run_filter
 
@@ -26,29 +29,38 @@ def _cli(*args: str) -> list[str]:
 
 
 def _stage_counts(run: Path, stage: str) -> int:
-    try:
-        lines = (run / MANIFEST_NAME).read_text().splitlines()[1:]
-    except (FileNotFoundError, IndexError):
+    """Records committed at ``stage``, read from the run store as another process would."""
+    if not (run / STORE_NAME).exists():
         return 0
-    rows = [json.loads(line) for line in lines if line]
-    return sum(1 for r in rows if r.get("kind") == "record" and r.get("stage") == stage)
+    try:
+        with sqlite3.connect(run / STORE_NAME, timeout=30) as db:
+            query = "SELECT COUNT(*) FROM records WHERE stage = ? AND status = 'ok'"
+            return int(db.execute(query, (stage,)).fetchone()[0])
+    except sqlite3.OperationalError:  # the store is being created
+        return 0
 
 
-def _kill_until_done(args: list[str], run: Path, stage: str, total: int, max_kills: int = 2) -> int:
-    """Start ``args`` again and again, SIGKILLing it once some (not all) records reached
-    ``stage`` (at most ``max_kills`` times); returns how many kills hit a half-done stage.
-    The last start runs to the end."""
+def _kill_until_done(
+    args: list[str], run: Path, stage: str, total: int, rng: random.Random, max_kills: int = 3
+) -> int:
+    """Start ``args`` again and again, SIGKILLing it at a random point: once a random number
+    of records (not all) reached ``stage``, after a further random delay (at most
+    ``max_kills`` times); returns how many kills hit a half-done stage. The last start runs
+    to the end."""
     env = dict(os.environ, OMP_NUM_THREADS="1")
     partial_kills = 0
     for _attempt in range(30):
         proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         before = _stage_counts(run, stage)
+        target = rng.randint(before + 1, total - 1) if before + 1 < total else total
+        delay = rng.uniform(0.0, 0.05)
         while proc.poll() is None:
             done = _stage_counts(run, stage)
-            if partial_kills < max_kills and before < done < total:
+            if partial_kills < max_kills and target <= done < total:
+                time.sleep(delay)
                 proc.send_signal(signal.SIGKILL)
                 proc.wait()
-                partial_kills += 1
+                partial_kills += _stage_counts(run, stage) < total
                 break
             time.sleep(0.005)
         else:
@@ -71,10 +83,10 @@ def test_sigkill_mid_run_then_resume_equals_uninterrupted_run(tmp_path: Path) ->
     run_filter(reference, progress=False)
 
     killed = tmp_path / "killed"
-    kills = _kill_until_done(
-        _cli("extract", "--run", str(killed), str(pdf_dir)), killed, "extracted", N_PDFS
-    )
-    kills += _kill_until_done(_cli("filter", "--run", str(killed)), killed, "filtered", N_PDFS)
+    rng = random.Random(13)
+    extract = _cli("extract", "--run", str(killed), str(pdf_dir))
+    kills = _kill_until_done(extract, killed, "extracted", N_PDFS, rng)
+    kills += _kill_until_done(_cli("filter", "--run", str(killed)), killed, "filtered", N_PDFS, rng)
     assert kills >= 2  # both stages were really interrupted half-way
 
     got = (killed / MANIFEST_NAME).read_text().splitlines()

@@ -1,25 +1,37 @@
-"""The run manifest: the one file format shared by histofetch and histomodels.
+"""The run manifest: the schema shared by histofetch and histomodels, and its API.
 
-A run folder holds ``manifest.jsonl``: line 1 is a header object, every other line is
-one row, either an article (``kind == "record"``) or an image taken from it
-(``kind == "image"``). Rows are keyed by ``id``; the file is always rewritten whole via
-a temp file and ``os.replace`` so a kill at any moment leaves either the old or the new
-manifest, never half of one. The schema is documented in ``docs/manifest.md``; bump
-``SCHEMA_VERSION`` on any incompatible change.
+A run's rows live in its store, ``RUN/run.sqlite`` (:mod:`histocore.store`), which every
+writer commits to in short transactions; ``RUN/manifest.jsonl`` is the interchange export
+of the same rows: line 1 is a header object, every other line one row, either an article
+(``kind == "record"``) or an image taken from it (``kind == "image"``), keyed by ``id``.
+:class:`Manifest` loads a run into memory (migrating a folder that has only a JSONL
+manifest), commits changes (:meth:`Manifest.save`, or one record at a time with
+:meth:`Manifest.commit_record`) and writes the export atomically. The schema is documented
+in ``docs/manifest.md``; bump ``SCHEMA_VERSION`` on any incompatible change.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field, fields
+import logging
+import os
+import uuid
+from collections.abc import Iterable, Iterator, MutableMapping
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from histocore.io import atomic_write_text
+from histocore.errors import ManifestError
+from histocore.image_table import ImageTable
+from histocore.jsonl import file_fingerprint, fingerprint_matches, read_jsonl, write_jsonl
+from histocore.store import STORE_NAME, Change, Delta, RunStore, dumps
+
+log = logging.getLogger(__name__)
 
 SCHEMA_NAME = "histofetch.manifest"
-SCHEMA_VERSION = 1
+#: 2: rows live in ``run.sqlite``; records gained ``transient``. Version-1 files are read
+#: (and migrated into a store) unchanged.
+SCHEMA_VERSION = 2
 MANIFEST_NAME = "manifest.jsonl"
 
 #: How far a record has got. Stages skip records already at or past their own stage.
@@ -28,10 +40,6 @@ STAGES = ("searched", "downloaded", "extracted", "filtered")
 IMAGE_LABELS = ("metastasis", "no_metastasis", "not_usable")
 #: Caption-derived weak labels (``Image.weak_label``).
 WEAK_LABELS = ("metastasis", "no_metastasis", "abstain")
-
-
-class ManifestError(ValueError):
-    """A manifest file that cannot be read; the message names the file and line."""
 
 
 @dataclass
@@ -64,13 +72,20 @@ class Record:
     status: str = "ok"
     reason: str | None = None
     failed_stage: str | None = None
+    # -- run store (issue 13): failed for a passing reason (network, disk full, busy):
+    #: the next run of the stage retries it without ``--retry-failed``.
+    transient: bool | None = None
+    # -- end run store ---------------------------------------------------------------------
     n_images: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     kind: str = "record"
 
-    def fail(self, stage: str, reason: str) -> None:
-        """Mark this record failed at ``stage`` with a one-line reason."""
-        self.status, self.failed_stage, self.reason = "failed", stage, reason.splitlines()[0][:500]
+    def fail(self, stage: str, reason: str, *, transient: bool = False) -> None:
+        """Mark this record failed at ``stage`` with a one-line reason; ``transient`` when
+        the cause may pass (the next run retries it)."""
+        self.status, self.failed_stage = "failed", stage
+        self.reason = (reason.splitlines() or [""])[0][:500]
+        self.transient = transient
 
     def reached(self, stage: str) -> bool:
         """True if the record has completed ``stage`` (or a later one)."""
@@ -125,112 +140,313 @@ class Image:
     kind: str = "image"
 
 
+_FIELDS: dict[type, tuple[str, ...]] = {}
+
+
+def _names(cls: type) -> tuple[str, ...]:
+    if cls not in _FIELDS:
+        _FIELDS[cls] = tuple(f.name for f in fields(cls))
+    return _FIELDS[cls]
+
+
+def row_of(obj: Record | Image) -> dict[str, Any]:
+    """A row as a dict (what ``dataclasses.asdict`` gives, without its deep copy)."""
+    return {name: getattr(obj, name) for name in _names(type(obj))}
+
+
 def _from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
-    names = {f.name for f in fields(cls)}
+    names = set(_names(cls))
     known = {k: v for k, v in data.items() if k in names}
     unknown = {k: v for k, v in data.items() if k not in names}
     if unknown:  # keep fields written by a newer minor version instead of dropping them
-        known.setdefault("extra", {}).update(unknown)
+        extra = known.get("extra")
+        known["extra"] = {**(extra if isinstance(extra, dict) else {}), **unknown}
     try:
         return cls(**known)
     except TypeError as exc:
         raise ManifestError(f"{where}: {exc}") from None
 
 
+def _record(data: str, where: str) -> Record:
+    return _from_dict(Record, json.loads(data), where)
+
+
+def _image(data: str, where: str) -> Image:
+    return _from_dict(Image, json.loads(data), where)
+
+
 @dataclass
 class Manifest:
-    """In-memory manifest of a run folder; ``save()`` writes it atomically."""
+    """A run in memory, backed by its store (``run.sqlite``).
+
+    Stages and tools change ``records``/``images`` and then either commit one record at a
+    time (:meth:`commit_record`: the record row plus its image rows, one transaction) or
+    everything that changed (:meth:`save`, which also writes ``manifest.jsonl``). Only the
+    fields a process changed are written, so processes working on one run keep each
+    other's rows. A folder holding only a ``manifest.jsonl`` (version 1 or 2) gets a store
+    on first use.
+    """
 
     run_dir: Path
     query: str | None = None
     records: dict[str, Record] = field(default_factory=dict)
-    images: dict[str, Image] = field(default_factory=dict)
+    images: MutableMapping[str, Image] = field(default_factory=ImageTable)
     header_extra: dict[str, Any] = field(default_factory=dict)
+    # what the store held when last read or written, to commit only real changes
+    _store: RunStore | None = field(default=None, repr=False, compare=False)
+    _seen_rec: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
+    _seen_img: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
+    _seen_head: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
+    _owner: str = field(default_factory=lambda: uuid.uuid4().hex, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self.run_dir = Path(self.run_dir)
+        if not isinstance(self.images, ImageTable):
+            self.images = ImageTable(dict(self.images).items())
 
     @property
     def path(self) -> Path:
         return self.run_dir / MANIFEST_NAME
 
+    @property
+    def store_path(self) -> Path:
+        return self.run_dir / STORE_NAME
+
+    # -- loading -------------------------------------------------------------------------
     @classmethod
     def load(cls, run_dir: str | Path, *, create: bool = False) -> Manifest:
-        """Read ``run_dir/manifest.jsonl``; with ``create`` an absent one is a new, empty run."""
-        run_dir = Path(run_dir)
-        path = run_dir / MANIFEST_NAME
-        if not path.exists():
-            if create:
-                return cls(run_dir=run_dir)
+        """Load a run folder; with ``create`` a folder without a run is a new, empty run.
+
+        The store is read when there is one. A ``manifest.jsonl`` changed by someone else
+        since the store last wrote it is imported into the store (the edit wins); a folder
+        with only a ``manifest.jsonl`` is migrated into a new store (left as it is when the
+        folder is read-only).
+        """
+        manifest = cls(run_dir=Path(run_dir))
+        path, writable = manifest.path, os.access(manifest.run_dir, os.W_OK)
+        if manifest.store_path.is_file():
+            manifest._store = RunStore(manifest.run_dir)
+            if not manifest._store.readonly:
+                manifest._import_if_edited()
+            manifest._read_store()
+        elif path.exists():
+            if not writable:
+                return read_jsonl(path, cls(run_dir=manifest.run_dir))
+            manifest._store = RunStore(manifest.run_dir, create=True)
+            manifest._import_if_edited()
+            manifest._read_store()
+        elif not create:
             raise ManifestError(f"{path}: no manifest here (is this a histofetch run folder?)")
-        manifest = cls(run_dir=run_dir)
-        with path.open(encoding="utf-8") as fh:
-            lines = fh.read().splitlines()
-        if not lines:
-            raise ManifestError(f"{path}: empty file, expected a header line")
-        for lineno, line in enumerate(lines, start=1):
-            where = f"{path}:{lineno}"
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ManifestError(f"{where}: not valid JSON ({exc.msg})") from None
-            if not isinstance(obj, dict):
-                raise ManifestError(f"{where}: expected a JSON object")
-            if lineno == 1:
-                manifest._read_header(obj, where)
-                continue
-            kind = obj.get("kind")
-            if kind == "record":
-                rec = _from_dict(Record, obj, where)
-                manifest.records[rec.id] = rec
-            elif kind == "image":
-                img = _from_dict(Image, obj, where)
-                manifest.images[img.id] = img
-            else:
-                raise ManifestError(f"{where}: unknown row kind {kind!r}")
         return manifest
 
-    def _read_header(self, obj: dict[str, Any], where: str) -> None:
-        if obj.get("schema") != SCHEMA_NAME:
-            raise ManifestError(f"{where}: not a {SCHEMA_NAME} header")
-        version = obj.get("version")
-        if not isinstance(version, int) or version > SCHEMA_VERSION:
-            raise ManifestError(
-                f"{where}: schema version {version!r} is newer than this reader "
-                f"({SCHEMA_VERSION}); upgrade histofetch"
+    def _read_store(self) -> None:
+        store = self._db()
+        where = str(self.store_path)
+        with store.read():
+            head = store.header()
+            self.query = head.pop("query", None)
+            self.header_extra = head
+            self._seen_head = {k: dumps(v) for k, v in self._header_items().items()}
+            self.records, self._seen_rec = {}, {}
+            for data in store.record_data():
+                rec = _record(data, where)
+                self.records[rec.id], self._seen_rec[rec.id] = rec, data
+            table, self._seen_img = ImageTable(), {}
+            for data in store.image_data():
+                img = _image(data, where)
+                table[img.id], self._seen_img[img.id] = img, data
+            self.images = table
+
+    def _import_if_edited(self) -> None:
+        """Import ``manifest.jsonl`` into the store unless the store itself wrote it."""
+        store = self._db()
+        if fingerprint_matches(self.path, store.meta("export")):
+            return
+        with store.write():  # re-check under the write lock: an export may just have landed
+            if fingerprint_matches(self.path, store.meta("export")):
+                return
+            parsed = read_jsonl(self.path, Manifest(run_dir=self.run_dir))
+            had_rows = store.count("records") + store.count("images")
+            store.replace_all(
+                parsed._header_items(),
+                (row_of(r) for r in parsed.records.values()),
+                (row_of(i) for i in parsed.images.values()),
             )
-        self.query = obj.get("query")
-        self.header_extra = {
-            k: v for k, v in obj.items() if k not in {"kind", "schema", "version", "query"}
-        }
+            store.set_meta("export", json.dumps(file_fingerprint(self.path)))
+        if had_rows:
+            log.warning("%s was changed outside the run store; imported it", self.path)
+
+    def _db(self) -> RunStore:
+        if self._store is None:
+            self._store = RunStore(self.run_dir, create=True)
+        return self._store
+
+    def close(self) -> None:
+        """Close the store connection (also closed when the object is collected)."""
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+
+    # -- header --------------------------------------------------------------------------
+    def _header_items(self) -> dict[str, Any]:
+        return {"query": self.query, **self.header_extra}
 
     def header(self) -> dict[str, Any]:
-        return {
-            "kind": "header",
-            "schema": SCHEMA_NAME,
-            "version": SCHEMA_VERSION,
-            "query": self.query,
-            **self.header_extra,
-        }
+        return {"kind": "header", "schema": SCHEMA_NAME, "version": SCHEMA_VERSION}.__or__(
+            {"query": self.query, **self.header_extra}
+        )
 
     def rows(self) -> Iterator[dict[str, Any]]:
-        """Rows in a stable order: records as added, each followed by its images."""
-        by_record: dict[str, list[Image]] = {}
-        for img in self.images.values():
-            by_record.setdefault(img.record_id, []).append(img)
+        """The in-memory rows in export order: records as added, each followed by its images."""
+        done: set[str] = set()
         for rec in self.records.values():
-            yield asdict(rec)
-            for img in sorted(by_record.pop(rec.id, []), key=_image_order):
-                yield asdict(img)
-        for orphans in by_record.values():  # images whose record row is missing
-            for img in sorted(orphans, key=_image_order):
-                yield asdict(img)
+            done.add(rec.id)
+            yield row_of(rec)
+            for img in self.images_of(rec.id):
+                yield row_of(img)
+        orphans = [i for i in self.images.values() if i.record_id not in done]
+        for img in sorted(orphans, key=lambda i: (i.record_id, *_image_order(i))):
+            yield row_of(img)
 
+    # -- committing ----------------------------------------------------------------------
     def save(self) -> Path:
-        """Write the whole manifest via temp file + rename (atomic on POSIX)."""
-        lines = [json.dumps(self.header(), sort_keys=True)]
-        lines += [json.dumps(row, sort_keys=True) for row in self.rows()]
-        atomic_write_text(self.path, "\n".join(lines) + "\n")
-        return self.path
+        """Commit every change since the last load/commit (one transaction), then write
+        ``manifest.jsonl`` from the store. Returns the JSONL path."""
+        self.commit()
+        return self.export()
 
-    # -- convenience -----------------------------------------------------------------
+    def commit(self) -> None:
+        """Commit every row (and header key) this process changed, in one transaction."""
+        delta = self._header_delta()
+        for rid, rec in self.records.items():
+            change = _change(rec, self._seen_rec.get(rid), new=True)
+            if change:
+                delta.records.append(change)
+        for iid, img in self.images.items():
+            change = _change(img, self._seen_img.get(iid), new=True)
+            if change:
+                delta.images.append(change)
+        delta.deleted_records = set(self._seen_rec) - set(self.records)
+        delta.deleted_images = set(self._seen_img) - set(self.images)
+        self._apply(delta)
+
+    def commit_record(self, record_id: str, *, release: bool = True) -> None:
+        """Commit one record and its image rows as one transaction: the record row, and its
+        stored image rows replaced by the ones in memory (fields changed here only)."""
+        delta = Delta()
+        rec = self.records.get(record_id)
+        if rec is not None:
+            change = _change(rec, self._seen_rec.get(record_id))
+            if change:
+                delta.records.append(change)
+        mine = self.images_of(record_id)
+        for img in mine:
+            change = _change(img, self._seen_img.get(img.id))
+            if change:
+                delta.images.append(change)
+        delta.replace_images_of[record_id] = {i.id for i in mine}
+        if release:
+            delta.release.add(record_id)
+        self._apply(delta)
+
+    def update_image(self, image_id: str, **values: Any) -> Image:
+        """Change some fields of one image and commit just those (e.g. a label)."""
+        img = self.images[image_id]
+        for key, value in values.items():
+            if key not in _names(Image) or key in ("id", "record_id", "kind"):
+                raise ValueError(f"Image has no settable field {key!r}")
+            setattr(img, key, value)
+        change = _change(img, self._seen_img.get(image_id))
+        if change:
+            self._apply(Delta(images=[change]))
+        return img
+
+    def _header_delta(self) -> Delta:
+        delta = Delta()
+        now = {k: dumps(v) for k, v in self._header_items().items()}
+        delta.header_set = {k: json.loads(v) for k, v in now.items() if self._seen_head.get(k) != v}
+        delta.header_del = set(self._seen_head) - set(now)
+        return delta
+
+    def _apply(self, delta: Delta) -> None:
+        if not delta:
+            return
+        store = self._db()
+        merged = store.apply(delta, owner=self._owner)
+        for change in delta.records:
+            self._seen_rec[change.row["id"]] = self._adopt(
+                self.records.get(change.row["id"]), merged.get(("records", change.row["id"]))
+            ) or dumps(change.row)
+        for change in delta.images:
+            self._seen_img[change.row["id"]] = self._adopt(
+                self.images.get(change.row["id"]), merged.get(("images", change.row["id"]))
+            ) or dumps(change.row)
+        for rid in delta.deleted_records:
+            self._seen_rec.pop(rid, None)
+        for iid in delta.deleted_images:
+            self._seen_img.pop(iid, None)
+        for key, value in delta.header_set.items():
+            self._seen_head[key] = dumps(value)
+        for key in delta.header_del:
+            self._seen_head.pop(key, None)
+
+    @staticmethod
+    def _adopt(obj: Record | Image | None, row: dict[str, Any] | None) -> str | None:
+        """Take over the values another writer stored for a row we changed too."""
+        if obj is None or row is None:
+            return None
+        for key in _names(type(obj)):
+            if key in row:
+                setattr(obj, key, row[key])
+        return dumps(row)
+
+    # -- per-record work (run_per_record) ----------------------------------------------
+    def claim(self, record_id: str, stage: str) -> bool:
+        """Take a record for ``stage`` unless another live process works on it; refreshes
+        the record and its images from the store. False: skip it."""
+        claim = self._db().claim(record_id, stage, self._owner)
+        if not claim.taken:
+            return False
+        if claim.record is None:  # not committed yet (a row this process just added)
+            return True
+        where = str(self.store_path)
+        rec = _record(claim.record, where)
+        self.records[record_id] = rec
+        self._seen_rec[record_id] = claim.record
+        for img in self.images_of(record_id):
+            del self.images[img.id]
+            self._seen_img.pop(img.id, None)
+        for data in claim.images:
+            img = _image(data, where)
+            self.images[img.id], self._seen_img[img.id] = img, data
+        return True
+
+    def release(self, record_ids: Iterable[str]) -> None:
+        """Give up claims without committing (e.g. on Ctrl-C)."""
+        self._db().release(record_ids, self._owner)
+
+    def revert_images_of(self, record_id: str) -> None:
+        """Forget in-memory changes to a record's images (after a failed step)."""
+        for img in self.images_of(record_id):
+            del self.images[img.id]
+        for iid, data in self._seen_img.items():
+            if json.loads(data).get("record_id") == record_id:
+                self.images[iid] = _image(data, str(self.store_path))
+
+    # -- export --------------------------------------------------------------------------
+    def export(self, path: str | Path | None = None) -> Path:
+        """Write the store's rows as JSON Lines (default ``manifest.jsonl``), atomically and
+        in a byte-stable order. The store is locked while the file is written, so the
+        export is one consistent state."""
+        target = Path(path) if path is not None else self.path
+        store = self._db()
+        with store.write():
+            fingerprint = write_jsonl(store, target)
+            if target == self.path:
+                store.set_meta("export", json.dumps(fingerprint))
+        return target
+
+    # -- convenience -----------------------------------------------------------------------
     def add_record(self, record: Record) -> Record:
         """Insert or replace a record (keyed by id, so re-adding never duplicates)."""
         self.records[record.id] = record
@@ -241,13 +457,13 @@ class Manifest:
         return image
 
     def images_of(self, record_id: str) -> list[Image]:
-        return sorted(
-            (i for i in self.images.values() if i.record_id == record_id), key=_image_order
-        )
+        if not isinstance(self.images, ImageTable):  # someone assigned a plain dict
+            self.images = ImageTable(dict(self.images).items())
+        return sorted(self.images.of(record_id), key=_image_order)
 
     def drop_images_of(self, record_id: str) -> None:
-        for key in [k for k, i in self.images.items() if i.record_id == record_id]:
-            del self.images[key]
+        for img in self.images_of(record_id):
+            del self.images[img.id]
 
     def kept_images(self) -> list[Image]:
         return [i for i in self.images.values() if i.kept and i.status == "ok"]
@@ -266,6 +482,18 @@ class Manifest:
             return path.resolve().relative_to(self.run_dir.resolve()).as_posix()
         except ValueError:
             return str(path.resolve())
+
+
+def _change(obj: Record | Image, seen: str | None, *, new: bool = False) -> Change | None:
+    """What to write for one row: nothing if unchanged, the fields changed since ``seen``,
+    or the whole row (``new``: insert only if no other writer added it first)."""
+    row = row_of(obj)
+    if seen is None:
+        return Change(row, new=new)
+    if dumps(row) == seen:
+        return None
+    before = json.loads(seen)
+    return Change(row, patch={k: v for k, v in row.items() if before.get(k, ...) != v})
 
 
 def _image_order(img: Image) -> tuple[Any, ...]:

@@ -130,10 +130,9 @@ def ingest_local(manifest: Manifest, paths: list[Path]) -> list[Record]:
 def extract_record(manifest: Manifest, rec: Record, *, min_size: int = 32) -> None:
     """Extract one record's PDF into images/<slug>/ and replace its ``source="pdf"`` rows."""
     # Forget earlier PDF rows of this record (a re-extract); JATS figures stay.
-    for key in [
-        k for k, i in manifest.images.items() if i.record_id == rec.id and i.source == "pdf"
-    ]:
-        del manifest.images[key]
+    for img in manifest.images_of(rec.id):
+        if img.source == "pdf":
+            del manifest.images[img.id]
     package_rows = len(manifest.images_of(rec.id))
     for key in (
         "refused_images",

@@ -74,6 +74,7 @@ def run_filter(
             i.status == "ok" and not _is_scored(i) for i in manifest.images_of(rec.id)
         ):
             rec.stage = "extracted"
+    manifest.commit()  # the stage claims records as the store holds them
 
     def work(rec: Record) -> None:
         for img in manifest.images_of(rec.id):

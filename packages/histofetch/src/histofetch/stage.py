@@ -1,23 +1,71 @@
 """The one place where resumability lives: walk the records a stage has not done yet.
 
 Every per-record stage (download, extract, filter) calls :func:`run_per_record` with a
-function that does the work for one record. Records already past the stage, or failed
-earlier, are skipped; after each record the manifest is saved atomically, so a run killed
-at any moment resumes exactly where it stopped, without lost or duplicated rows.
+function that does the work for one record. For each record it:
+
+1. claims the record in the run store (``Manifest.claim``): a record another live process
+   is working on is left to it, and one that process finished since we loaded is skipped;
+2. runs ``work(record)``, which changes the record and its images in memory;
+3. commits the record's new stage and its image rows as **one transaction**
+   (``Manifest.commit_record``), or, when ``work`` raised, the failure with its images as
+   they were before (no partial image rows).
+
+A kill at any moment loses at most the record in flight, which is redone on the next run.
+Failures for a passing reason (network, disk full, database busy) are marked ``transient``
+and retried on the next run by themselves; ``retry_failed`` retries every failure of the
+stage. At the end of the stage ``manifest.jsonl`` is exported from the store.
 """
 
 from __future__ import annotations
 
+import errno
+import sqlite3
+import sys
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeRemainingColumn,
+)
+from rich.text import Text
 
 from histocore.manifest import STAGES, Manifest, Record
 
 _PROGRESS_CONSOLE = Console(stderr=True)
+
+#: Failure reasons whose category (text before the first colon) is worth a retry.
+TRANSIENT_CATEGORIES = frozenset({"network"})
+#: OS errors that may pass: full disk or quota, I/O and resource hiccups, network trouble.
+TRANSIENT_ERRNOS = frozenset(
+    {
+        errno.ENOSPC,
+        errno.EDQUOT,
+        errno.EIO,
+        errno.EAGAIN,
+        errno.EBUSY,
+        errno.EINTR,
+        errno.EMFILE,
+        errno.ENFILE,
+        errno.ENOMEM,
+        errno.ETIMEDOUT,
+        errno.ECONNRESET,
+        errno.ECONNREFUSED,
+        errno.ECONNABORTED,
+        errno.ENETUNREACH,
+        errno.EHOSTUNREACH,
+    }
+)
+#: Seconds between progress lines when stderr is not a terminal (batch jobs).
+LOG_EVERY_S = 30.0
 
 
 @dataclass
@@ -28,17 +76,57 @@ class StageSummary:
     done: int = 0
     skipped: int = 0
     failed: int = 0
+    #: records left to another process that was working on them
+    elsewhere: int = 0
     reasons: Counter[str] = field(default_factory=Counter)
 
     def line(self) -> str:
         text = f"{self.stage}: {self.done} done, {self.skipped} already done, {self.failed} failed"
+        if self.elsewhere:
+            text += f", {self.elsewhere} being done by another process"
         if self.reasons:
             text += " (" + ", ".join(f"{r}: {n}" for r, n in self.reasons.most_common(5)) + ")"
         return text
 
 
 class StageFailure(Exception):
-    """Raised by a per-record step for an expected failure; the message is the reason."""
+    """Raised by a per-record step for an expected failure; the message is the reason.
+    ``transient=True`` says the cause may pass (the next run retries the record)."""
+
+    def __init__(self, reason: str, *, transient: bool | None = None) -> None:
+        super().__init__(reason)
+        self.transient = transient
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Would trying the same record again later plausibly succeed?"""
+    flag = getattr(exc, "transient", None)
+    if isinstance(flag, bool):
+        return flag
+    if isinstance(exc, StageFailure):
+        return _reason_key(str(exc)).strip() in TRANSIENT_CATEGORIES
+    if isinstance(exc, (TimeoutError, ConnectionError, sqlite3.OperationalError)):
+        return True
+    if isinstance(exc, OSError):
+        return exc.errno in TRANSIENT_ERRNOS
+    status = getattr(exc, "status", ...)  # histofetch.http.NetError
+    if status is not ... and type(exc).__name__ == "NetError":
+        return status is None or status in (408, 429, 500, 502, 503, 504)
+    return type(exc).__module__.startswith("httpx") and "Transport" in _mro_names(exc)
+
+
+def _mro_names(exc: BaseException) -> str:
+    return " ".join(cls.__name__ for cls in type(exc).__mro__)
+
+
+def _wanted(rec: Record, stage: str, retry_failed: bool) -> bool:
+    """Does ``stage`` take this record now?"""
+    if rec.status == "failed":
+        if rec.failed_stage != stage or not (retry_failed or rec.transient):
+            return False
+    elif rec.reached(stage):
+        return False
+    return rec.reached(STAGES[STAGES.index(stage) - 1])
 
 
 def run_per_record(
@@ -51,47 +139,120 @@ def run_per_record(
 ) -> StageSummary:
     """Run ``work(record)`` for every record that has reached the previous stage only.
 
-    ``work`` mutates the record (and adds images to the manifest); on return the record is
-    marked as having reached ``stage``. A :class:`StageFailure` (or any ``Exception``)
-    marks the record failed with a one-line reason and the run goes on.
+    ``work`` mutates the record (and its images in the manifest); on return the record is
+    marked as having reached ``stage`` and committed with its images in one transaction.
+    A :class:`StageFailure` (or any ``Exception``) marks the record failed with a one-line
+    reason and the run goes on. Rows added to ``manifest`` before the call should be
+    committed first (``manifest.commit()``).
     """
-    previous = STAGES[STAGES.index(stage) - 1]
     summary = StageSummary(stage)
-    todo: list[Record] = []
+    todo: list[str] = []
     for rec in manifest.records.values():
-        retry = retry_failed and rec.failed_stage == stage
-        if (rec.status == "failed" and not retry) or rec.reached(stage):
+        if _wanted(rec, stage, retry_failed):
+            todo.append(rec.id)
+        elif rec.status == "failed" or rec.reached(stage):
             summary.skipped += 1
-        elif rec.reached(previous):
-            todo.append(rec)
-    with Progress(
-        TextColumn(f"[bold]{stage}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        disable=not progress or not _PROGRESS_CONSOLE.is_terminal,
-        transient=True,
-        console=_PROGRESS_CONSOLE,  # stderr: stdout stays clean for summary lines and JSON
-    ) as bar:
-        task = bar.add_task(stage, total=len(todo))
-        for rec in todo:
-            rec.status, rec.reason, rec.failed_stage = "ok", None, None
-            try:
-                work(rec)
-            except KeyboardInterrupt:
-                raise
-            except Exception as exc:  # one bad record must not stop the run
-                reason = str(exc) or type(exc).__name__
-                rec.fail(stage, reason)
-                summary.failed += 1
-                summary.reasons[_reason_key(reason)] += 1
-            else:
-                rec.stage = stage
-                summary.done += 1
-            manifest.save()
-            bar.advance(task)
+    with _progress(stage, len(todo), progress) as advance:
+        for rid in todo:
+            if not manifest.claim(rid, stage):
+                summary.elsewhere += 1
+                advance()
+                continue
+            rec = manifest.records[rid]  # as the store holds it now
+            if not _wanted(rec, stage, retry_failed):
+                manifest.release([rid])
+                summary.skipped += 1
+                advance()
+                continue
+            _do_one(manifest, rec, stage, work, summary)
+            advance()
     manifest.save()
     return summary
+
+
+def _do_one(
+    manifest: Manifest,
+    rec: Record,
+    stage: str,
+    work: Callable[[Record], None],
+    summary: StageSummary,
+) -> None:
+    rec.status, rec.reason, rec.failed_stage, rec.transient = "ok", None, None, None
+    try:
+        work(rec)
+    except Exception as exc:  # one bad record must not stop the run
+        reason = str(exc) or type(exc).__name__
+        manifest.revert_images_of(rec.id)  # no partial image rows of a failed record
+        rec.fail(stage, reason, transient=is_transient(exc))
+        summary.failed += 1
+        summary.reasons[_reason_key(reason)] += 1
+    except BaseException:  # Ctrl-C: leave the record as the store has it, free it
+        manifest.release([rec.id])
+        raise
+    else:
+        rec.stage = stage
+        summary.done += 1
+    manifest.commit_record(rec.id)
+
+
+class RateColumn(ProgressColumn):
+    """Records per second, for the progress bar."""
+
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text(f"{speed:.1f} rec/s" if speed else "- rec/s")
+
+
+class _progress:
+    """A transient bar on a terminal; in batch jobs a line every :data:`LOG_EVERY_S`
+    seconds (records done, rate, ETA). Yields ``advance()``."""
+
+    def __init__(self, stage: str, total: int, enabled: bool) -> None:
+        self.stage, self.total, self.enabled = stage, total, enabled and total > 0
+        self.done, self.start, self.last = 0, time.monotonic(), time.monotonic()
+        self.bar = Progress(
+            TextColumn(f"[bold]{stage}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            RateColumn(),
+            TimeRemainingColumn(),
+            disable=not self.enabled or not _PROGRESS_CONSOLE.is_terminal,
+            transient=True,
+            console=_PROGRESS_CONSOLE,  # stderr: stdout stays clean for summaries and JSON
+        )
+
+    def __enter__(self) -> Callable[[], None]:
+        self.bar.__enter__()
+        task = self.bar.add_task(self.stage, total=self.total)
+
+        def advance() -> None:
+            self.bar.advance(task)
+            self.done += 1
+            now = time.monotonic()
+            if self.enabled and self.bar.disable and now - self.last >= LOG_EVERY_S:
+                self.last = now
+                print(self.line(now), file=sys.stderr, flush=True)
+
+        return advance
+
+    def line(self, now: float) -> str:
+        rate = self.done / max(now - self.start, 1e-9)
+        eta = (self.total - self.done) / rate if rate else float("inf")
+        return (
+            f"{self.stage}: {self.done}/{self.total} records, {rate:.2f} rec/s, "
+            f"ETA {_duration(eta)}"
+        )
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.__exit__(*exc)
+
+
+def _duration(seconds: float) -> str:
+    if seconds == float("inf"):
+        return "?"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
 
 
 def _reason_key(reason: str) -> str:

@@ -1,0 +1,171 @@
+"""``manifest.jsonl``, the run's interchange file: read it, and write it from the store.
+
+The file is JSON Lines, UTF-8: a header object, then records in the order they were first
+added, each followed by its images (PDF images by page, then the others), images whose
+record is missing last; keys sorted in every line. Written from the store through a temp
+file, ``fsync`` and ``os.replace``, so it is always one whole, consistent state.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from histocore.errors import ManifestError
+from histocore.store import RunStore, dumps
+
+if TYPE_CHECKING:
+    from histocore.manifest import Manifest
+
+
+def read_jsonl(path: Path, manifest: Manifest) -> Manifest:
+    """Parse a ``manifest.jsonl`` (any version up to ours) into ``manifest``."""
+    from histocore.manifest import Image, Record, _from_dict
+
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise ManifestError(f"{path}: not UTF-8 text ({exc.reason})") from None
+    if not lines:
+        raise ManifestError(f"{path}: empty file, expected a header line")
+    for lineno, line in enumerate(lines, start=1):
+        where = f"{path}:{lineno}"
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ManifestError(f"{where}: not valid JSON ({exc.msg})") from None
+        if not isinstance(obj, dict):
+            raise ManifestError(f"{where}: expected a JSON object")
+        if lineno == 1:
+            _read_header(manifest, obj, where)
+            continue
+        kind = obj.get("kind")
+        if kind == "record":
+            rec = _from_dict(Record, obj, where)
+            manifest.records[rec.id] = rec
+        elif kind == "image":
+            img = _from_dict(Image, obj, where)
+            manifest.images[img.id] = img
+        else:
+            raise ManifestError(f"{where}: unknown row kind {kind!r}")
+    return manifest
+
+
+def _read_header(manifest: Manifest, obj: dict[str, Any], where: str) -> None:
+    from histocore.manifest import SCHEMA_NAME, SCHEMA_VERSION
+
+    if obj.get("schema") != SCHEMA_NAME:
+        raise ManifestError(f"{where}: not a {SCHEMA_NAME} header")
+    version = obj.get("version")
+    if not isinstance(version, int) or version > SCHEMA_VERSION:
+        raise ManifestError(
+            f"{where}: schema version {version!r} is newer than this reader "
+            f"(reads up to {SCHEMA_VERSION}); upgrade histocore"
+        )
+    manifest.query = obj.get("query")
+    manifest.header_extra = {
+        k: v for k, v in obj.items() if k not in {"kind", "schema", "version", "query"}
+    }
+
+
+def file_fingerprint(path: Path) -> dict[str, Any] | None:
+    try:
+        st = path.stat()
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    except FileNotFoundError:
+        return None
+    return {"ino": st.st_ino, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digest}
+
+
+def fingerprint_matches(path: Path, recorded: str | None) -> bool:
+    """Is ``path`` absent, or the file the store last wrote (same inode/size/mtime, or
+    failing that the same bytes)?"""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return True
+    if recorded is None:
+        return False
+    want = json.loads(recorded) or {}
+    if (st.st_ino, st.st_size, st.st_mtime_ns) == (
+        want.get("ino"), want.get("size"), want.get("mtime_ns"),
+    ):  # fmt: skip
+        return True
+    if st.st_size != want.get("size"):
+        return False
+    return hashlib.sha256(path.read_bytes()).hexdigest() == want.get("sha256")
+
+
+def export_lines(store: RunStore) -> Iterator[str]:
+    """The lines of ``manifest.jsonl`` for what ``store`` holds now (call in a transaction).
+
+    Rows stored by an older writer are normalised through the current dataclasses (new
+    fields get their defaults, unknown keys move to ``extra``), exactly as a load and save
+    would write them.
+    """
+    from histocore.manifest import SCHEMA_NAME, SCHEMA_VERSION, Image, Record
+
+    head = store.header()
+    header = {"kind": "header", "schema": SCHEMA_NAME, "version": SCHEMA_VERSION}
+    yield dumps(header | {"query": head.pop("query", None)} | head)
+    images = _normalised(store.image_data(), Image, store)
+    pending = next(images, None)
+    for line, _ in _normalised(store.record_data(), Record, store):
+        yield line
+        rec_id = json.loads(line)["id"]
+        while pending is not None and pending[1] == rec_id:
+            yield pending[0]
+            pending = next(images, None)
+    while pending is not None:  # images without a record row
+        yield pending[0]
+        pending = next(images, None)
+
+
+def _normalised(rows: Iterator[str], cls: type, store: RunStore) -> Iterator[tuple[str, Any]]:
+    from histocore.manifest import _from_dict, _names, row_of
+
+    names = set(_names(cls))
+    for data in rows:
+        obj = json.loads(data)
+        if obj.keys() != names:
+            obj = row_of(_from_dict(cls, obj, str(store.path)))
+            data = dumps(obj)
+        yield data, obj.get("record_id")
+
+
+def write_jsonl(store: RunStore, path: Path) -> dict[str, Any]:
+    """Write the store's rows to ``path`` atomically; returns the file's fingerprint."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    digest = hashlib.sha256()
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            for line in export_lines(store):
+                data = (line + "\n").encode("utf-8")
+                digest.update(data)
+                fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
+        st = os.stat(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return {
+        "ino": st.st_ino,
+        "size": st.st_size,
+        "mtime_ns": st.st_mtime_ns,
+        "sha256": digest.hexdigest(),
+    }
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -1,0 +1,392 @@
+"""The run store: ``RUN/run.sqlite``, where every writer of a run folder commits its rows.
+
+One SQLite database per run folder (standard library ``sqlite3``, WAL journal, a long busy
+timeout, short ``BEGIN IMMEDIATE`` transactions), so any number of processes can read and
+write one run at once: histofetch stages, the review page, ``histomodels label``.
+
+Tables (schema documented in docs/manifest.md):
+
+* ``header(key, value)``: the manifest header (``query`` and every other header key), JSON values;
+* ``records(seq, id, stage, status, failed_stage, pmid, pmcid, data)`` and
+  ``images(id, record_id, sha256, source, page, status, kept, label, data)``: ``data`` is the
+  whole row as JSON (exactly the line the JSONL export holds), the other columns are indexed
+  copies of the keys queries need. New dataclass fields therefore need no migration: they
+  live in ``data``; only a key that must be *queried* needs a column.
+* ``claims(record_id, stage, owner, host, pid, since)``: which process works on a record now;
+* ``store_meta(key, value)``: the store's own format version and the fingerprint of the
+  last ``manifest.jsonl`` written from it.
+
+This module knows rows as dicts only; :mod:`histocore.manifest` maps them to dataclasses.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from histocore.errors import ManifestError
+
+STORE_NAME = "run.sqlite"
+STORE_FORMAT = "histofetch.runstore"
+STORE_VERSION = 1
+#: Seconds a writer waits for another's transaction before "database is locked".
+BUSY_TIMEOUT_S = 120.0
+#: A claim by a process on another host counts as abandoned after this many seconds.
+CLAIM_LEASE_S = 3600.0
+
+RECORD_COLUMNS = ("stage", "status", "failed_stage", "pmid", "pmcid")
+IMAGE_COLUMNS = ("record_id", "sha256", "source", "page", "status", "kept", "label")
+
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS store_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS header (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS records (seq INTEGER PRIMARY KEY AUTOINCREMENT,"
+    " id TEXT NOT NULL UNIQUE, stage TEXT, status TEXT, failed_stage TEXT, pmid TEXT,"
+    " pmcid TEXT, data TEXT NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS records_stage ON records(stage, status)",
+    "CREATE INDEX IF NOT EXISTS records_pmcid ON records(pmcid)",
+    "CREATE TABLE IF NOT EXISTS images (id TEXT PRIMARY KEY, record_id TEXT NOT NULL,"
+    " sha256 TEXT, source TEXT, page INTEGER, status TEXT, kept INTEGER, label TEXT,"
+    " data TEXT NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS images_record ON images(record_id)",
+    "CREATE INDEX IF NOT EXISTS images_sha256 ON images(sha256)",
+    "CREATE TABLE IF NOT EXISTS claims (record_id TEXT PRIMARY KEY, stage TEXT,"
+    " owner TEXT NOT NULL, host TEXT, pid INTEGER, since REAL)",
+)
+
+#: Export order: records as added, each followed by its images (PDF images by page, then
+#: the others), images whose record is missing last.
+_IMAGES_IN_ORDER = (
+    "SELECT i.data FROM images i LEFT JOIN records r ON r.id = i.record_id"
+    " ORDER BY r.seq IS NULL, r.seq, i.record_id, i.source IS NOT 'pdf',"
+    " COALESCE(i.page, 0), i.id"
+)
+
+
+def dumps(row: dict[str, Any]) -> str:
+    """A row as stored and exported: compact key-sorted JSON (one JSONL line)."""
+    return json.dumps(row, sort_keys=True)
+
+
+def _column(value: Any) -> Any:
+    """An indexed copy of a row value, as SQLite can bind it."""
+    if value is None or isinstance(value, (str, int, float)):
+        return value  # bool is an int
+    return json.dumps(value, sort_keys=True)
+
+
+@dataclass
+class Change:
+    """One row to write: the full row; or, with ``patch``, only the fields this writer
+    changed, merged onto the stored row (concurrent writers of other fields keep theirs);
+    or, with ``new``, a row this writer added, inserted only if no other writer did first."""
+
+    row: dict[str, Any]
+    patch: dict[str, Any] | None = None
+    new: bool = False
+
+
+@dataclass
+class Delta:
+    """Everything one transaction writes."""
+
+    header_set: dict[str, Any] = field(default_factory=dict)
+    header_del: set[str] = field(default_factory=set)
+    records: list[Change] = field(default_factory=list)
+    images: list[Change] = field(default_factory=list)
+    deleted_records: set[str] = field(default_factory=set)
+    deleted_images: set[str] = field(default_factory=set)
+    #: ``{record id: image ids}``: that record's stored image rows not listed are deleted.
+    replace_images_of: dict[str, set[str]] = field(default_factory=dict)
+    #: Claims (record ids) this owner gives up in the same transaction.
+    release: set[str] = field(default_factory=set)
+
+    def __bool__(self) -> bool:
+        return any(
+            (self.header_set, self.header_del, self.records, self.images, self.deleted_records)
+        ) or bool(self.deleted_images or self.replace_images_of or self.release)
+
+
+@dataclass
+class Claim:
+    """The answer to :meth:`RunStore.claim`: taken or not, and the record's rows now."""
+
+    taken: bool
+    record: str | None
+    images: list[str]
+    holder: str | None = None
+
+
+class RunStore:
+    """An open connection to ``run_dir/run.sqlite`` (created with ``create=True``)."""
+
+    def __init__(self, run_dir: str | Path, *, create: bool = False) -> None:
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir / STORE_NAME
+        if not create and not self.path.is_file():
+            raise ManifestError(f"{self.path}: no run store here")
+        if create:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        exists = self.path.is_file()
+        self.readonly = exists and not (
+            os.access(self.path, os.W_OK) and os.access(self.run_dir, os.W_OK)
+        )
+        try:
+            if self.readonly:
+                self._open_readonly()
+                return
+            self.db = sqlite3.connect(
+                self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
+            )
+            self.db.execute("PRAGMA journal_mode=WAL")
+            # WAL + NORMAL: a commit survives a killed process (kill -9); only a power cut
+            # can lose the last commits, never consistency.
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self._init_schema()
+        except sqlite3.DatabaseError as exc:
+            raise ManifestError(f"{self.path}: not a usable run store ({exc})") from None
+
+    def _open_readonly(self) -> None:
+        """A store in a folder we may not write: read it as an immutable file."""
+        wal = self.path.with_name(self.path.name + "-wal")
+        if wal.is_file() and wal.stat().st_size:
+            raise ManifestError(
+                f"{self.path}: read-only run folder with unfinished commits in {wal.name}; "
+                "open it once with write access"
+            )
+        uri = "file:" + quote(str(self.path.resolve())) + "?mode=ro&immutable=1"
+        self.db = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+        self._check_format()
+
+    def _init_schema(self) -> None:
+        have = self.db.execute(
+            "SELECT name FROM sqlite_master WHERE type='table' AND name='store_meta'"
+        ).fetchone()
+        if have:
+            self._check_format()
+            return
+        with self.write():
+            for statement in _SCHEMA:
+                self.db.execute(statement)
+            self.db.execute(
+                "INSERT OR IGNORE INTO store_meta VALUES ('format', ?), ('version', ?)",
+                (STORE_FORMAT, str(STORE_VERSION)),
+            )
+        self._check_format()
+
+    def _check_format(self) -> None:
+        meta = dict(self.db.execute("SELECT key, value FROM store_meta").fetchall())
+        if meta.get("format") != STORE_FORMAT:
+            raise ManifestError(f"{self.path}: not a {STORE_FORMAT} database")
+        version = meta.get("version", "")
+        if not version.isdigit() or int(version) > STORE_VERSION:
+            raise ManifestError(
+                f"{self.path}: run store version {version!r} is newer than this reader "
+                f"(reads up to {STORE_VERSION}); upgrade histocore"
+            )
+
+    def close(self) -> None:
+        self.db.close()
+
+    # -- transactions --------------------------------------------------------------------
+    @contextmanager
+    def write(self) -> Iterator[sqlite3.Connection]:
+        """One short write transaction (``BEGIN IMMEDIATE``: waits for other writers)."""
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.db
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    @contextmanager
+    def read(self) -> Iterator[sqlite3.Connection]:
+        """A consistent snapshot for several SELECTs (WAL readers never block writers)."""
+        self.db.execute("BEGIN")
+        try:
+            yield self.db
+        finally:
+            self.db.execute("COMMIT")
+
+    # -- reading -------------------------------------------------------------------------
+    def header(self) -> dict[str, Any]:
+        return {k: json.loads(v) for k, v in self.db.execute("SELECT key, value FROM header")}
+
+    def record_data(self) -> Iterator[str]:
+        """Every record row (JSON) in the order records were first added."""
+        for (data,) in self.db.execute("SELECT data FROM records ORDER BY seq"):
+            yield data
+
+    def image_data(self) -> Iterator[str]:
+        """Every image row (JSON) in export order."""
+        for (data,) in self.db.execute(_IMAGES_IN_ORDER):
+            yield data
+
+    def rows_of(self, record_id: str) -> tuple[str | None, list[str]]:
+        """One record's row and its image rows, as stored now."""
+        rec = self.db.execute("SELECT data FROM records WHERE id = ?", (record_id,)).fetchone()
+        imgs = self.db.execute(
+            "SELECT data FROM images WHERE record_id = ? ORDER BY id", (record_id,)
+        ).fetchall()
+        return (rec[0] if rec else None), [d for (d,) in imgs]
+
+    def count(self, table: str, where: str = "", args: tuple[Any, ...] = ()) -> int:
+        assert table in ("records", "images", "claims")
+        sql = f"SELECT COUNT(*) FROM {table}" + (f" WHERE {where}" if where else "")
+        return int(self.db.execute(sql, args).fetchone()[0])
+
+    def meta(self, key: str) -> str | None:
+        row = self.db.execute("SELECT value FROM store_meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        """Set a store_meta key; call inside :meth:`write`."""
+        self.db.execute("INSERT OR REPLACE INTO store_meta VALUES (?, ?)", (key, value))
+
+    # -- writing -------------------------------------------------------------------------
+    def apply(
+        self, delta: Delta, owner: str | None = None
+    ) -> dict[tuple[str, str], dict[str, Any]]:
+        """Write ``delta`` in one transaction. Returns the rows stored differently from the
+        rows given (merged with other writers' values), keyed ``(table, id)``."""
+        merged: dict[tuple[str, str], dict[str, Any]] = {}
+        with self.write() as db:
+            for key, value in delta.header_set.items():
+                db.execute("INSERT OR REPLACE INTO header VALUES (?, ?)", (key, dumps(value)))
+            for key in delta.header_del:
+                db.execute("DELETE FROM header WHERE key = ?", (key,))
+            for change in delta.records:
+                self._put_record(db, self._merge(db, "records", change, merged))
+            for rid in delta.deleted_records:
+                db.execute("DELETE FROM records WHERE id = ?", (rid,))
+            for change in delta.images:
+                self._put_image(db, self._merge(db, "images", change, merged))
+            for rid, keep in delta.replace_images_of.items():
+                stored = db.execute("SELECT id FROM images WHERE record_id = ?", (rid,))
+                delta.deleted_images |= {i for (i,) in stored.fetchall() if i not in keep}
+            for iid in delta.deleted_images:
+                db.execute("DELETE FROM images WHERE id = ?", (iid,))
+            if delta.release and owner:
+                db.executemany(
+                    "DELETE FROM claims WHERE record_id = ? AND owner = ?",
+                    [(rid, owner) for rid in delta.release],
+                )
+        return merged
+
+    @staticmethod
+    def _merge(
+        db: sqlite3.Connection,
+        table: str,
+        change: Change,
+        merged: dict[tuple[str, str], dict[str, Any]],
+    ) -> dict[str, Any]:
+        if change.patch is None and not change.new:
+            return change.row
+        found = db.execute(f"SELECT data FROM {table} WHERE id = ?", (change.row["id"],))
+        stored = found.fetchone()
+        if stored is None:
+            return change.row
+        row = json.loads(stored[0])
+        if change.patch is not None:
+            row |= change.patch
+        if row != change.row:
+            merged[(table, str(row["id"]))] = row
+        return row
+
+    @staticmethod
+    def _put_record(db: sqlite3.Connection, row: dict[str, Any]) -> None:
+        cols = [_column(row.get(c)) for c in RECORD_COLUMNS]
+        db.execute(
+            "INSERT INTO records (id, stage, status, failed_stage, pmid, pmcid, data)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET stage=excluded.stage,"
+            " status=excluded.status, failed_stage=excluded.failed_stage,"
+            " pmid=excluded.pmid, pmcid=excluded.pmcid, data=excluded.data",
+            (str(row["id"]), *cols, dumps(row)),
+        )
+
+    @staticmethod
+    def _put_image(db: sqlite3.Connection, row: dict[str, Any]) -> None:
+        cols = [_column(row.get(c)) for c in IMAGE_COLUMNS]
+        cols[0] = str(row.get("record_id"))
+        db.execute(
+            "INSERT OR REPLACE INTO images (id, record_id, sha256, source, page, status, kept,"
+            " label, data) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (str(row["id"]), *cols, dumps(row)),
+        )
+
+    def replace_all(
+        self,
+        header: dict[str, Any],
+        records: Iterable[dict[str, Any]],
+        images: Iterable[dict[str, Any]],
+    ) -> None:
+        """Make the store hold exactly these rows (migration, re-import); call in :meth:`write`."""
+        db = self.db
+        for table in ("header", "records", "images"):
+            db.execute(f"DELETE FROM {table}")
+        db.execute("DELETE FROM sqlite_sequence WHERE name = 'records'")
+        for key, value in header.items():
+            db.execute("INSERT INTO header VALUES (?, ?)", (key, dumps(value)))
+        for row in records:
+            self._put_record(db, row)
+        for row in images:
+            self._put_image(db, row)
+
+    # -- claims: one process works on a record at a time ---------------------------------
+    def claim(self, record_id: str, stage: str, owner: str) -> Claim:
+        """Take ``record_id`` for ``stage`` unless a live process holds it; in the same
+        transaction read the record's rows as they are now (another process may have
+        finished it since this one loaded the run)."""
+        with self.write() as db:
+            held = db.execute(
+                "SELECT owner, host, pid, since FROM claims WHERE record_id = ?", (record_id,)
+            ).fetchone()
+            if held and held[0] != owner and _alive(held[1], held[2], held[3]):
+                return Claim(False, None, [], holder=f"{held[1]}:{held[2]}")
+            db.execute(
+                "INSERT OR REPLACE INTO claims VALUES (?, ?, ?, ?, ?, ?)",
+                (record_id, stage, owner, socket.gethostname(), os.getpid(), time.time()),
+            )
+            rec, imgs = self.rows_of(record_id)
+        return Claim(True, rec, imgs)
+
+    def release(self, record_ids: Iterable[str], owner: str) -> None:
+        with self.write() as db:
+            db.executemany(
+                "DELETE FROM claims WHERE record_id = ? AND owner = ?",
+                [(rid, owner) for rid in record_ids],
+            )
+
+
+def _alive(host: str | None, pid: int | None, since: float | None) -> bool:
+    """Is the process that made a claim still running? (Same host: ask the kernel; another
+    host: trust the claim for :data:`CLAIM_LEASE_S`.)"""
+    if host != socket.gethostname():
+        return since is not None and time.time() - since < CLAIM_LEASE_S
+    if not pid or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # a live process of another user
+        return True
+    return not _is_zombie(pid)
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[:1] == ["Z"]

@@ -1,0 +1,197 @@
+"""The run store behind Manifest: migration, export, field-level merges, claims, schema growth."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from histocore.manifest import (
+    MANIFEST_NAME,
+    SCHEMA_VERSION,
+    Image,
+    Manifest,
+    ManifestError,
+    Record,
+)
+from histocore.store import STORE_NAME, RunStore, dumps
+
+V1 = Path(__file__).parent / "data" / "manifest_v1.jsonl"
+
+
+def _v1_run(tmp_path: Path) -> Path:
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(V1, run / MANIFEST_NAME)
+    return run
+
+
+def _rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_version_1_manifest_is_migrated_on_first_use(tmp_path: Path) -> None:
+    """A v1 file written by the code before the store: same rows after migration, the
+    file untouched until the next save, then written as version 2 with the new field."""
+    run = _v1_run(tmp_path)
+    m = Manifest.load(run)
+    assert (run / STORE_NAME).is_file()
+    assert (run / MANIFEST_NAME).read_bytes() == V1.read_bytes()  # reading changes no file
+    old = _rows(V1)
+    assert [r["id"] for r in old[1:]] == [r["id"] for r in m.rows()]
+    assert sum(r["kind"] == "record" for r in old) == len(m.records) == 3
+    assert m.header_extra["filter_thresholds"] == old[0]["filter_thresholds"]
+    labelled = [i for i in m.images.values() if i.label == "metastasis"]
+    assert len(labelled) == 1
+    failed = [r for r in m.records.values() if r.status == "failed"]
+    assert len(failed) == 1 and failed[0].transient is None  # v1 knew no transient failures
+
+    m.save()
+    new = _rows(run / MANIFEST_NAME)
+    assert new[0]["version"] == SCHEMA_VERSION == 2
+    for before, after in zip(old[1:], new[1:], strict=True):
+        if before["kind"] == "record":
+            assert after.pop("transient") is None
+        assert after == before
+    again = Manifest.load(run)  # from the store now, same rows
+    assert list(again.rows()) == list(m.rows())
+
+
+def test_export_is_byte_stable_and_ordered(tmp_path: Path) -> None:
+    run = _v1_run(tmp_path)
+    first = Manifest.load(run).save().read_bytes()
+    Manifest.load(run).save()
+    assert (run / MANIFEST_NAME).read_bytes() == first
+    m = Manifest.load(run)
+    m.add_image(Image(id="orphan/x", record_id="gone", path="x.png", sha256="0", width=1, height=1))
+    m.add_record(Record(id="pmid:9"))
+    m.add_image(Image(id="pmid:9/pkg", record_id="pmid:9", path="p.png", sha256="1", width=1,
+                      height=1, source="package"))  # fmt: skip
+    m.add_image(Image(id="pmid:9/p002", record_id="pmid:9", path="q.png", sha256="2", width=1,
+                      height=1, page=2))  # fmt: skip
+    ids = [r["id"] for r in _rows(m.save())[1:]]
+    assert ids[-4:] == ["pmid:9", "pmid:9/p002", "pmid:9/pkg", "orphan/x"]
+    assert ids == [r["id"] for r in m.rows()]
+
+
+def test_two_writers_keep_each_others_fields(tmp_path: Path) -> None:
+    """A labeller and a filter holding the same run in memory change different fields of one
+    image: both changes survive, whatever order they commit in."""
+    run = _v1_run(tmp_path)
+    labeller, filterer = Manifest.load(run), Manifest.load(run)
+    image_id = next(iter(labeller.images))
+    labeller.update_image(image_id, label="not_usable")
+    filterer.images[image_id].kept = False
+    filterer.images[image_id].filter_reason = "test"
+    filterer.header_extra["note"] = "x"
+    filterer.save()
+    assert filterer.images[image_id].label == "not_usable"  # took the other writer's value
+    img = Manifest.load(run).images[image_id]
+    assert (img.label, img.kept, img.filter_reason) == ("not_usable", False, "test")
+    assert Manifest.load(run).header_extra["note"] == "x"
+
+
+def test_rows_added_by_two_writers_are_kept_once(tmp_path: Path) -> None:
+    a, b = Manifest.load(tmp_path, create=True), Manifest.load(tmp_path, create=True)
+    a.add_record(Record(id="r1", stage="extracted"))
+    a.save()
+    b.add_record(Record(id="r1"))  # added again by a writer that had not seen it: a's stands
+    b.add_record(Record(id="r2"))
+    b.save()
+    got = Manifest.load(tmp_path)
+    assert list(got.records) == ["r1", "r2"] and got.records["r1"].stage == "extracted"
+    assert b.records["r1"].stage == "extracted"
+
+
+def test_commit_record_replaces_that_records_images_only(tmp_path: Path) -> None:
+    m = Manifest.load(tmp_path, create=True)
+    for rid in ("a", "b"):
+        m.add_record(Record(id=rid))
+        for n in range(3):
+            m.add_image(Image(id=f"{rid}/{n}", record_id=rid, path="x", sha256="s", width=1,
+                              height=1, page=n))  # fmt: skip
+    m.save()
+    m.drop_images_of("a")
+    m.add_image(Image(id="a/new", record_id="a", path="y", sha256="t", width=2, height=2))
+    m.records["a"].stage = "downloaded"
+    m.drop_images_of("b")  # not committed: only record a is
+    m.commit_record("a")
+    got = Manifest.load(tmp_path)
+    assert [i.id for i in got.images_of("a")] == ["a/new"]
+    assert len(got.images_of("b")) == 3 and got.records["a"].stage == "downloaded"
+
+
+def test_new_and_unknown_fields_need_no_store_migration(tmp_path: Path) -> None:
+    """Rows written before a field existed load with its default; fields this code does not
+    know (a newer writer's) are kept in extra, and exports write the current fields."""
+    store = RunStore(tmp_path, create=True)
+    old = {"id": "r1", "kind": "record", "stage": "searched", "status": "ok"}  # no new fields
+    newer = {"id": "r1/i", "kind": "image", "record_id": "r1", "path": "p", "sha256": "s",
+             "width": 1, "height": 1, "panel_of": "fig1"}  # fmt: skip
+    with store.write() as db:
+        db.execute("INSERT INTO records (id, stage, status, data) VALUES ('r1', 'searched',"
+                   " 'ok', ?)", (dumps(old),))  # fmt: skip
+        db.execute("INSERT INTO images (id, record_id, data) VALUES ('r1/i', 'r1', ?)",
+                   (dumps(newer),))  # fmt: skip
+    store.close()
+    m = Manifest.load(tmp_path)
+    assert m.records["r1"].transient is None and m.records["r1"].pmcid is None
+    assert m.images["r1/i"].extra == {"panel_of": "fig1"}
+    rows = _rows(m.export())
+    assert set(rows[1]) == {f for f in Record.__dataclass_fields__}
+    assert rows[2]["extra"] == {"panel_of": "fig1"} and "panel_of" not in rows[2]
+
+
+def test_jsonl_edited_by_hand_is_imported_and_bad_edits_named(tmp_path: Path) -> None:
+    run = _v1_run(tmp_path)
+    path = Manifest.load(run).save()
+    rows = _rows(path)
+    rows[1]["title"] = "edited by hand"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert next(iter(Manifest.load(run).records.values())).title == "edited by hand"
+    path.write_text(path.read_text() + "{broken\n")
+    with pytest.raises(ManifestError, match=rf"{MANIFEST_NAME}:{len(rows) + 1}: not valid JSON"):
+        Manifest.load(run)
+
+
+def test_store_ahead_of_its_export_is_not_overwritten(tmp_path: Path) -> None:
+    """Per-record commits land in the store before the stage's export: loading must not
+    take the older JSONL for an edit."""
+    run = _v1_run(tmp_path)
+    m = Manifest.load(run)
+    m.save()
+    rid = next(iter(m.records))
+    m.records[rid].title = "newer"
+    m.commit_record(rid)
+    assert Manifest.load(run).records[rid].title == "newer"
+
+
+def test_claims_keep_a_record_to_one_live_process(tmp_path: Path) -> None:
+    m = Manifest.load(tmp_path, create=True)
+    m.add_record(Record(id="r", stage="downloaded"))
+    m.save()
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        with sqlite3.connect(tmp_path / STORE_NAME) as db:
+            db.execute("INSERT INTO claims VALUES ('r', 'extracted', 'x', ?, ?, 0)",
+                       (__import__("socket").gethostname(), other.pid))  # fmt: skip
+        assert not Manifest.load(tmp_path).claim("r", "extracted")
+    finally:
+        other.kill()
+        other.wait()
+    again = Manifest.load(tmp_path)
+    assert again.claim("r", "extracted")  # the holder is dead: taken over
+    again.records["r"].stage = "extracted"
+    again.commit_record("r")
+    assert RunStore(tmp_path).count("claims") == 0
+
+
+def test_not_a_store_is_one_clear_error(tmp_path: Path) -> None:
+    (tmp_path / STORE_NAME).write_bytes(b"not sqlite at all" * 100)
+    with pytest.raises(ManifestError, match=f"{STORE_NAME}: not a usable run store"):
+        Manifest.load(tmp_path)
