@@ -76,3 +76,42 @@ def test_manifest_is_saved_after_each_record(tmp_path: Path) -> None:
 def test_summary_line() -> None:
     s = StageSummary("filtered", done=3, skipped=1)
     assert s.line() == "filtered: 3 done, 1 already done, 0 failed"
+
+
+def test_disk_full_is_transient_leaves_no_partial_rows_and_is_retried(tmp_path: Path) -> None:
+    import errno
+
+    from histocore.manifest import Image
+
+    m = _manifest(tmp_path)
+    m.save()
+    full = {"on": True}
+
+    def work(rec: Record) -> None:
+        m.add_image(Image(id=f"{rec.id}/1", record_id=rec.id, path="x.png", sha256="s",
+                          width=1, height=1))  # fmt: skip
+        if full["on"] and rec.id == "b":
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    first = run_per_record(m, "extracted", work, progress=False)
+    assert (first.done, first.failed) == (1, 1)
+    b = Manifest.load(tmp_path).records["b"]
+    assert (b.status, b.transient, b.stage) == ("failed", True, "downloaded")
+    assert Manifest.load(tmp_path).images_of("b") == []  # the half-done row is gone
+    full["on"] = False
+    m2 = Manifest.load(tmp_path)
+    m2_seen: list[str] = []
+    again = run_per_record(m2, "extracted", lambda r: m2_seen.append(r.id), progress=False)
+    assert m2_seen == ["b"] and again.done == 1  # "e" (not transient) waits for --retry-failed
+    assert Manifest.load(tmp_path).records["b"].status == "ok"
+
+
+def test_a_record_taken_by_another_process_is_left_to_it(tmp_path: Path) -> None:
+    m = _manifest(tmp_path)
+    m.save()
+    other = Manifest.load(tmp_path)
+    assert other.claim("a", "extracted")  # another worker holds "a" (this process is alive)
+    seen: list[str] = []
+    summary = run_per_record(m, "extracted", lambda r: seen.append(r.id), progress=False)
+    assert seen == ["b"] and summary.elsewhere == 1
+    assert "1 being done by another process" in summary.line()

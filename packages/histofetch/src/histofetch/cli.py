@@ -207,6 +207,7 @@ def extract(
     paths: list[Path] = typer.Argument(None, help="Local PDFs/folders; default: the run's PDFs."),
     run: Path = RunOpt,
     min_size: int = typer.Option(32, "--min-size", min=1, help="Drop images smaller (px)."),
+    retry_failed: bool = RetryOpt,
 ) -> None:
     """Extract every embedded raster image of every PDF (PNG + manifest rows)."""
     from histocore.manifest import MANIFEST_NAME
@@ -215,7 +216,9 @@ def extract(
     if not paths and not (run / MANIFEST_NAME).exists():
         fail(f"{run}: no manifest here; give PDF files/folders or run `histofetch download`")
     try:
-        summary = run_extract(run, list(paths or []), min_size=min_size, progress=True)
+        summary = run_extract(
+            run, list(paths or []), min_size=min_size, progress=True, retry_failed=retry_failed
+        )
     except (ExtractError, ManifestError, OSError) as exc:
         fail(str(exc))
     print(summary.line())
@@ -242,6 +245,7 @@ def filter_(
     ),
     rescore: bool = typer.Option(False, "--rescore", help="Re-read and re-score every image."),
     sheet: bool = typer.Option(True, "--sheet/--no-sheet", help="Write sheets/*.png."),
+    retry_failed: bool = RetryOpt,
 ) -> None:
     """Score every image for H&E once, then keep the tissue images (thresholds re-applied)."""
     from histofetch.filter import run_filter
@@ -253,6 +257,7 @@ def filter_(
             progress=True,
             sheet=sheet,
             rescore=rescore,
+            retry_failed=retry_failed,
             min_he=min_he,
             min_tissue=min_tissue,
             min_blocks=min_blocks,
@@ -281,6 +286,28 @@ def status(
     except ManifestError as exc:
         fail(str(exc))
     print(json.dumps(info, indent=2) if as_json else format_status(info))
+
+
+@app.command()
+def export(
+    run: Path = RunOpt,
+    fmt: str = typer.Option("jsonl", "--format", "-f", help="jsonl, csv or parquet (pyarrow)."),
+    out: Path = typer.Option(
+        None, "--out", "-o", help="Output file [RUN/manifest.jsonl, RUN/export.csv|parquet]."
+    ),
+) -> None:
+    """Write the run's rows from its store: the manifest (JSONL), CSV or Parquet."""
+    from histocore.export import FORMATS, export_run
+
+    if fmt not in FORMATS:
+        fail(f"--format {fmt!r}: use one of {', '.join(FORMATS)}")
+    try:
+        path = export_run(run, fmt, out)
+    except ImportError as exc:
+        fail(str(exc))
+    except (ManifestError, OSError) as exc:
+        fail(str(exc))
+    print(f"exported {run} → {path}")
 
 
 if __name__ == "__main__":

@@ -67,6 +67,7 @@ def run_extract(
     *,
     min_size: int = 32,
     progress: bool = True,
+    retry_failed: bool = False,
 ) -> StageSummary:
     """Extract images of the run's downloaded PDFs; with ``paths``, ingest local PDFs first.
 
@@ -83,7 +84,7 @@ def run_extract(
     def work(rec: Record) -> None:
         extract_record(manifest, rec, min_size=min_size)
 
-    return run_per_record(manifest, "extracted", work, progress=progress)
+    return run_per_record(manifest, "extracted", work, progress=progress, retry_failed=retry_failed)
 
 
 def ingest_local(manifest: Manifest, paths: list[Path]) -> list[Record]:

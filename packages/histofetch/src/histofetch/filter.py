@@ -55,6 +55,7 @@ def run_filter(
     progress: bool = True,
     sheet: bool = True,
     rescore: bool = False,
+    retry_failed: bool = False,
     **thresholds: Any,
 ) -> StageSummary:
     """Score unscored images of extracted records, then re-decide every image.
@@ -84,7 +85,9 @@ def run_filter(
                 score_row(manifest, img)
             decide(img, limits)
 
-    summary = run_per_record(manifest, "filtered", work, progress=progress)
+    summary = run_per_record(
+        manifest, "filtered", work, progress=progress, retry_failed=retry_failed
+    )
     # Re-apply the thresholds to every scored image (records filtered in earlier runs too).
     for img in manifest.images.values():
         if img.status == "ok" and _is_scored(img):

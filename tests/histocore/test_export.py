@@ -1,0 +1,60 @@
+"""histofetch export: the run's rows as JSONL, CSV and Parquet, in the manifest's order."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+from histocore.export import columns, export_run
+from histocore.manifest import MANIFEST_NAME
+
+V1 = Path(__file__).parent / "data" / "manifest_v1.jsonl"
+
+
+@pytest.fixture
+def run(tmp_path: Path) -> Path:
+    (tmp_path / "run").mkdir()
+    shutil.copy(V1, tmp_path / "run" / MANIFEST_NAME)
+    return tmp_path / "run"
+
+
+def test_jsonl_export_to_another_file_equals_the_manifest(run: Path, tmp_path: Path) -> None:
+    out = export_run(run, "jsonl", tmp_path / "copy.jsonl")
+    assert out.read_bytes() == export_run(run).read_bytes()
+    assert json.loads(out.read_text().splitlines()[0])["version"] == 2
+
+
+def test_csv_holds_every_row_in_order_with_nested_values_as_json(run: Path) -> None:
+    rows = [json.loads(line) for line in export_run(run).read_text().splitlines()[1:]]
+    with export_run(run, "csv").open(newline="") as fh:
+        table = list(csv.DictReader(fh))
+    assert list(table[0]) == columns()
+    assert [(r["kind"], r["id"]) for r in table] == [(r["kind"], r["id"]) for r in rows]
+    image = next(r for r in rows if r["kind"] == "image")
+    cells = next(r for r in table if r["id"] == image["id"])
+    assert json.loads(cells["extra"]) == image["extra"] and cells["width"] == str(image["width"])
+
+
+def test_parquet_without_pyarrow_says_what_to_install(run: Path, monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "pyarrow", None)  # as if it were not installed
+    with pytest.raises(ImportError, match="pip install pyarrow"):
+        export_run(run, "parquet")
+    assert not (run / "export.parquet").exists()
+
+
+def test_parquet_round_trips_the_rows(run: Path) -> None:
+    pq = pytest.importorskip("pyarrow.parquet", reason="pyarrow not installed")
+    table = pq.read_table(export_run(run, "parquet")).to_pylist()
+    rows = [json.loads(line) for line in (run / MANIFEST_NAME).read_text().splitlines()[1:]]
+    assert [r["id"] for r in table] == [r["id"] for r in rows]
+    assert table[1]["width"] == rows[1]["width"]
+
+
+def test_unknown_format_is_refused(run: Path) -> None:
+    with pytest.raises(ValueError, match="unknown export format 'xml'"):
+        export_run(run, "xml")
