@@ -7,6 +7,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+from dataclasses import MISSING, fields
 from pathlib import Path
 
 import pytest
@@ -29,6 +30,10 @@ def _v1_run(tmp_path: Path) -> Path:
     run.mkdir()
     shutil.copy(V1, run / MANIFEST_NAME)
     return run
+
+
+def _defaults(cls: type) -> dict:
+    return {f.name: None if f.default is MISSING else f.default for f in fields(cls)}
 
 
 def _rows(path: Path) -> list[dict]:
@@ -54,10 +59,13 @@ def test_version_1_manifest_is_migrated_on_first_use(tmp_path: Path) -> None:
     m.save()
     new = _rows(run / MANIFEST_NAME)
     assert new[0]["version"] == SCHEMA_VERSION == 2
+    defaults = {"record": _defaults(Record), "image": _defaults(Image)}
     for before, after in zip(old[1:], new[1:], strict=True):
         if before["kind"] == "record":
-            assert after.pop("transient") is None
-        assert after == before
+            assert after["transient"] is None
+        assert {k: after[k] for k in before} == before  # every v1 value kept
+        added = set(after) - set(before)  # fields v1 did not have: their defaults
+        assert {k: after[k] for k in added} == {k: defaults[before["kind"]][k] for k in added}
     again = Manifest.load(run)  # from the store now, same rows
     assert list(again.rows()) == list(m.rows())
 
