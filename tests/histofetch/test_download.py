@@ -195,7 +195,7 @@ def test_sigkill_mid_download_then_resume_equals_uninterrupted(
     ncbi.inject(hang, ("sleep", 30))  # the third article's second figure hangs...
     seen = len(ncbi.requests_to(hang))  # the clean run's request
     env = {**os.environ, **ncbi.env(), "HISTOFETCH_TIMEOUT": "60"}
-    cmd = [sys.executable, "-m", "histofetch.cli", "download", "--run", str(killed)]
+    cmd = [sys.executable, "-m", "histofetch.cli", "download", "--run", str(killed), "--jobs", "1"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 60

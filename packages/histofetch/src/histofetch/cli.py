@@ -41,6 +41,12 @@ OaOnlyOpt = typer.Option(
     False, "--open-access-only", help="Only articles in the PMC open-access subset."
 )
 RetryOpt = typer.Option(False, "--retry-failed", help="Try records that failed before again.")
+JobsOpt = typer.Option(
+    1, "--jobs", "-j", min=1, help="Worker processes (extract, filter): records done at once."
+)
+NetJobsOpt = typer.Option(
+    4, "--jobs", "-j", min=1, help="Records downloaded at once (each host keeps its own rate)."
+)
 DbOpt = typer.Option(
     "pubmed", "--db", help="Search PubMed, or PMC's open-access subset (every hit in the bucket)."
 )
@@ -131,6 +137,7 @@ def download(
     email: str = EmailOpt,
     licence: str = LicenceOpt,
     include_retracted: bool = RetractedOpt,
+    jobs: int = NetJobsOpt,
 ) -> None:
     """Fetch article files: PMC Cloud Service figures, Europe PMC, then PDFs."""
     from histofetch.download import run_download
@@ -139,7 +146,7 @@ def download(
     policy = _policy(licence, include_retracted)
     try:
         summary = run_download(
-            run, net=net, retry_failed=retry_failed, progress=True, policy=policy
+            run, net=net, retry_failed=retry_failed, progress=True, policy=policy, jobs=jobs
         )
     except _network_errors() as exc:
         fail(f"download failed: {exc}")
@@ -161,6 +168,12 @@ def run_all(
     db: str = DbOpt,
     licence: str = LicenceOpt,
     include_retracted: bool = RetractedOpt,
+    jobs: int = typer.Option(
+        1, "--jobs", "-j", min=1, help="Worker processes for extract and filter."
+    ),
+    net_jobs: int = typer.Option(
+        4, "--net-jobs", min=1, help="Records downloaded at once (each host keeps its rate)."
+    ),
 ) -> None:
     """search → download → extract → filter; re-running continues where it stopped."""
     from histofetch.download import run_download
@@ -193,11 +206,15 @@ def run_all(
                 ).line()
             )
         downloaded = run_download(
-            run, net=net, retry_failed=retry_failed, progress=True, policy=policy
+            run, net=net, retry_failed=retry_failed, progress=True, policy=policy, jobs=net_jobs
         )
         print(downloaded.line())
-        print(run_extract(run, None, progress=True).line())
-        print(run_filter(run, purple=purple, progress=True).line())
+        extracted = run_extract(run, None, progress=True, retry_failed=retry_failed, jobs=jobs)
+        print(extracted.line())
+        filtered = run_filter(
+            run, purple=purple, progress=True, retry_failed=retry_failed, jobs=jobs
+        )
+        print(filtered.line())
     except _network_errors() as exc:
         fail(f"run stopped (re-run to continue): {exc}")
 
@@ -208,16 +225,22 @@ def extract(
     run: Path = RunOpt,
     min_size: int = typer.Option(32, "--min-size", min=1, help="Drop images smaller (px)."),
     retry_failed: bool = RetryOpt,
+    jobs: int = JobsOpt,
 ) -> None:
     """Extract every embedded raster image of every PDF (PNG + manifest rows)."""
-    from histocore.manifest import MANIFEST_NAME
+    from histocore.manifest import MANIFEST_NAME, STORE_NAME
     from histofetch.extract import ExtractError, run_extract
 
-    if not paths and not (run / MANIFEST_NAME).exists():
+    if not paths and not any((run / name).exists() for name in (MANIFEST_NAME, STORE_NAME)):
         fail(f"{run}: no manifest here; give PDF files/folders or run `histofetch download`")
     try:
         summary = run_extract(
-            run, list(paths or []), min_size=min_size, progress=True, retry_failed=retry_failed
+            run,
+            list(paths or []),
+            min_size=min_size,
+            progress=True,
+            retry_failed=retry_failed,
+            jobs=jobs,
         )
     except (ExtractError, ManifestError, OSError) as exc:
         fail(str(exc))
@@ -246,6 +269,7 @@ def filter_(
     rescore: bool = typer.Option(False, "--rescore", help="Re-read and re-score every image."),
     sheet: bool = typer.Option(True, "--sheet/--no-sheet", help="Write sheets/*.png."),
     retry_failed: bool = RetryOpt,
+    jobs: int = JobsOpt,
 ) -> None:
     """Score every image for H&E once, then keep the tissue images (thresholds re-applied)."""
     from histofetch.filter import run_filter
@@ -258,6 +282,7 @@ def filter_(
             sheet=sheet,
             rescore=rescore,
             retry_failed=retry_failed,
+            jobs=jobs,
             min_he=min_he,
             min_tissue=min_tissue,
             min_blocks=min_blocks,

@@ -30,7 +30,7 @@ from histofetch.sources import ArticleFiles, Miss, Policy
 from histofetch.sources.europepmc import EuropePmc
 from histofetch.sources.pdf_routes import EuropePmcPdf, NotAPdf, Publisher, check_pdf
 from histofetch.sources.pmc_cloud import PmcCloud
-from histofetch.stage import StageFailure, StageSummary, run_per_record
+from histofetch.stage import StageFailure, StageSummary, run_records
 
 #: Categories, most actionable first: the first one present names a record's failure.
 CATEGORY_ORDER = (
@@ -218,11 +218,22 @@ def run_download(
     progress: bool = True,
     limits: ArchiveLimits | None = None,
     policy: Policy | None = None,
+    jobs: int = 1,
 ) -> StageSummary:
     """Fetch the article files of every searched record not yet downloaded (resumable)."""
     manifest = Manifest.load(run_dir)
-    with NetClient(net) as client:
-        work = Downloader(manifest, client, limits, policy)
-        return run_per_record(
-            manifest, "downloaded", work, progress=progress, retry_failed=retry_failed
+    with NetClient(net) as client:  # thread-safe; one rate limiter per host
+
+        def work(mini: Manifest, rec: Record) -> None:
+            Downloader(mini, client, limits, policy)(rec)
+
+        # Threads: records from different hosts download at once, each host at its rate.
+        return run_records(
+            manifest,
+            "downloaded",
+            work,
+            jobs=jobs,
+            threads=True,
+            progress=progress,
+            retry_failed=retry_failed,
         )

@@ -20,6 +20,7 @@ Decisions (documented in docs/histofetch.md):
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import re
@@ -34,7 +35,7 @@ import pymupdf
 
 from histocore.io import atomic_write_bytes, record_slug
 from histocore.manifest import Image, Manifest, Record
-from histofetch.stage import StageFailure, StageSummary, run_per_record
+from histofetch.stage import StageFailure, StageSummary, run_records
 
 #: Refuse (do not decode) embedded images with more pixels than this (about 8000 × 8000).
 #: Checked on the declared size of the image *and* of its soft mask / mask before decoding.
@@ -68,6 +69,7 @@ def run_extract(
     min_size: int = 32,
     progress: bool = True,
     retry_failed: bool = False,
+    jobs: int = 1,
 ) -> StageSummary:
     """Extract images of the run's downloaded PDFs; with ``paths``, ingest local PDFs first.
 
@@ -81,10 +83,10 @@ def run_extract(
         ingest_local(manifest, paths)
         manifest.save()
 
-    def work(rec: Record) -> None:
-        extract_record(manifest, rec, min_size=min_size)
-
-    return run_per_record(manifest, "extracted", work, progress=progress, retry_failed=retry_failed)
+    work = functools.partial(extract_record, min_size=min_size)  # picklable for --jobs
+    return run_records(
+        manifest, "extracted", work, jobs=jobs, progress=progress, retry_failed=retry_failed
+    )
 
 
 def ingest_local(manifest: Manifest, paths: list[Path]) -> list[Record]:

@@ -13,6 +13,7 @@ simply re-decides. Decision rule (documented with its measurements in docs/histo
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from typing import Any
 from histocore.manifest import Image, Manifest, Record
 from histofetch.decide.colour import ColourScores, score_image
 from histofetch.labels import RULES_VERSION, label_manifest
-from histofetch.stage import StageSummary, run_per_record
+from histofetch.stage import StageSummary, run_records
 
 #: Bump when colour.py changes what the scores mean; older scores are then recomputed.
 SCORER_VERSION = 3
@@ -56,6 +57,7 @@ def run_filter(
     sheet: bool = True,
     rescore: bool = False,
     retry_failed: bool = False,
+    jobs: int = 1,
     **thresholds: Any,
 ) -> StageSummary:
     """Score unscored images of extracted records, then re-decide every image.
@@ -77,16 +79,14 @@ def run_filter(
             rec.stage = "extracted"
     manifest.commit()  # the stage claims records as the store holds them
 
-    def work(rec: Record) -> None:
-        for img in manifest.images_of(rec.id):
-            if img.status != "ok":
-                continue
-            if not _is_scored(img):
-                score_row(manifest, img)
-            decide(img, limits)
-
-    summary = run_per_record(
-        manifest, "filtered", work, progress=progress, retry_failed=retry_failed
+    summary = run_records(
+        manifest,
+        "filtered",
+        functools.partial(filter_record, limits=limits),  # picklable for --jobs
+        jobs=jobs,
+        progress=progress,
+        retry_failed=retry_failed,
+        export=False,  # saved below, once the thresholds are re-applied everywhere
     )
     # Re-apply the thresholds to every scored image (records filtered in earlier runs too).
     for img in manifest.images.values():
@@ -101,6 +101,16 @@ def run_filter(
 
         write_filter_sheets(manifest)
     return summary
+
+
+def filter_record(manifest: Manifest, rec: Record, *, limits: Thresholds) -> None:
+    """Score the record's unscored images (each file read once) and decide each image."""
+    for img in manifest.images_of(rec.id):
+        if img.status != "ok":
+            continue
+        if not _is_scored(img):
+            score_row(manifest, img)
+        decide(img, limits)
 
 
 def _is_scored(img: Image) -> bool:

@@ -129,6 +129,46 @@ def _wanted(rec: Record, stage: str, retry_failed: bool) -> bool:
     return rec.reached(STAGES[STAGES.index(stage) - 1])
 
 
+class _Stage:
+    """Which records a stage takes, and what it commits for each (shared by the runners)."""
+
+    def __init__(self, manifest: Manifest, stage: str, retry_failed: bool) -> None:
+        self.manifest, self.stage, self.retry_failed = manifest, stage, retry_failed
+        self.summary = StageSummary(stage)
+        self.todo: list[str] = []
+        for rec in manifest.records.values():
+            if _wanted(rec, stage, retry_failed):
+                self.todo.append(rec.id)
+            elif rec.status == "failed" or rec.reached(stage):
+                self.summary.skipped += 1
+
+    def take(self, rid: str) -> Record | None:
+        """Claim a record; None when another process has it or it no longer needs this stage."""
+        if not self.manifest.claim(rid, self.stage):
+            self.summary.elsewhere += 1
+            return None
+        rec = self.manifest.records[rid]  # as the store holds it now
+        if not _wanted(rec, self.stage, self.retry_failed):
+            self.manifest.release([rid])
+            self.summary.skipped += 1
+            return None
+        rec.status, rec.reason, rec.failed_stage, rec.transient = "ok", None, None, None
+        return rec
+
+    def finish(self, rec: Record, failure: tuple[str, bool] | None) -> None:
+        """Commit the record: its new stage and images, or ``(reason, transient)``."""
+        if failure is None:
+            rec.stage = self.stage
+            self.summary.done += 1
+        else:
+            reason, transient = failure
+            self.manifest.revert_images_of(rec.id)  # no partial image rows of a failed record
+            rec.fail(self.stage, reason, transient=transient)
+            self.summary.failed += 1
+            self.summary.reasons[_reason_key(reason)] += 1
+        self.manifest.commit_record(rec.id)
+
+
 def run_per_record(
     manifest: Manifest,
     stage: str,
@@ -136,6 +176,7 @@ def run_per_record(
     *,
     progress: bool = True,
     retry_failed: bool = False,
+    export: bool = True,
 ) -> StageSummary:
     """Run ``work(record)`` for every record that has reached the previous stage only.
 
@@ -143,56 +184,63 @@ def run_per_record(
     marked as having reached ``stage`` and committed with its images in one transaction.
     A :class:`StageFailure` (or any ``Exception``) marks the record failed with a one-line
     reason and the run goes on. Rows added to ``manifest`` before the call should be
-    committed first (``manifest.commit()``).
+    committed first (``manifest.commit()``). At the end ``manifest.jsonl`` is written
+    (``export=False``: only committed). See :func:`run_records` for parallel work.
     """
-    summary = StageSummary(stage)
-    todo: list[str] = []
-    for rec in manifest.records.values():
-        if _wanted(rec, stage, retry_failed):
-            todo.append(rec.id)
-        elif rec.status == "failed" or rec.reached(stage):
-            summary.skipped += 1
-    with _progress(stage, len(todo), progress) as advance:
-        for rid in todo:
-            if not manifest.claim(rid, stage):
-                summary.elsewhere += 1
-                advance()
-                continue
-            rec = manifest.records[rid]  # as the store holds it now
-            if not _wanted(rec, stage, retry_failed):
-                manifest.release([rid])
-                summary.skipped += 1
-                advance()
-                continue
-            _do_one(manifest, rec, stage, work, summary)
+    runner = _Stage(manifest, stage, retry_failed)
+    with _progress(stage, len(runner.todo), progress) as advance:
+        for rid in runner.todo:
+            rec = runner.take(rid)
+            if rec is not None:
+                try:
+                    work(rec)
+                except Exception as exc:  # one bad record must not stop the run
+                    runner.finish(rec, (str(exc) or type(exc).__name__, is_transient(exc)))
+                except BaseException:  # Ctrl-C: leave the record as the store has it, free it
+                    manifest.release([rid])
+                    raise
+                else:
+                    runner.finish(rec, None)
             advance()
-    manifest.save()
-    return summary
+    manifest.save() if export else manifest.commit()
+    return runner.summary
 
 
-def _do_one(
+def run_records(
     manifest: Manifest,
-    rec: Record,
     stage: str,
-    work: Callable[[Record], None],
-    summary: StageSummary,
-) -> None:
-    rec.status, rec.reason, rec.failed_stage, rec.transient = "ok", None, None, None
-    try:
-        work(rec)
-    except Exception as exc:  # one bad record must not stop the run
-        reason = str(exc) or type(exc).__name__
-        manifest.revert_images_of(rec.id)  # no partial image rows of a failed record
-        rec.fail(stage, reason, transient=is_transient(exc))
-        summary.failed += 1
-        summary.reasons[_reason_key(reason)] += 1
-    except BaseException:  # Ctrl-C: leave the record as the store has it, free it
-        manifest.release([rec.id])
-        raise
-    else:
-        rec.stage = stage
-        summary.done += 1
-    manifest.commit_record(rec.id)
+    work: Callable[[Manifest, Record], None],
+    *,
+    jobs: int = 1,
+    threads: bool = False,
+    progress: bool = True,
+    retry_failed: bool = False,
+    export: bool = True,
+) -> StageSummary:
+    """:func:`run_per_record` with ``work(manifest, record)`` run by ``jobs`` workers.
+
+    Each worker gets a copy of the record and its images in a manifest of their own and
+    returns them; this process claims, merges and commits, one record per transaction, so
+    the store has one writer per process. ``threads`` runs workers as threads (network-bound
+    work: downloads from several hosts at once); otherwise as processes, and ``work`` must
+    then be picklable (a module-level function or a ``functools.partial`` of one).
+    """
+    if jobs <= 1:
+        return run_per_record(
+            manifest,
+            stage,
+            lambda rec: work(manifest, rec),
+            progress=progress,
+            retry_failed=retry_failed,
+            export=export,
+        )
+    from histofetch.pool import run_pooled
+
+    runner = _Stage(manifest, stage, retry_failed)
+    with _progress(stage, len(runner.todo), progress) as advance:
+        run_pooled(runner, work, jobs=jobs, threads=threads, advance=advance)
+    manifest.save() if export else manifest.commit()
+    return runner.summary
 
 
 class RateColumn(ProgressColumn):
