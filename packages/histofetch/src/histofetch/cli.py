@@ -44,6 +44,9 @@ RetryOpt = typer.Option(False, "--retry-failed", help="Try records that failed b
 JobsOpt = typer.Option(
     1, "--jobs", "-j", min=1, help="Worker processes (extract, filter): records done at once."
 )
+ShardOpt = typer.Option(
+    None, "--shard", help="Keep shard K of N of the hits (K/N, e.g. 1/4): one job per shard."
+)
 NetJobsOpt = typer.Option(
     4, "--jobs", "-j", min=1, help="Records downloaded at once (each host keeps its own rate)."
 )
@@ -78,6 +81,17 @@ def _db(db: str) -> str:
     return db
 
 
+def _shard(text: str | None) -> tuple[int, int] | None:
+    from histofetch.shard import parse_shard
+
+    if text is None:
+        return None
+    try:
+        return parse_shard(text)
+    except ValueError as exc:
+        fail(str(exc))
+
+
 def _net(api_key: str | None, email: str | None):  # -> NetConfig
     from histofetch.http import NetConfig
 
@@ -108,11 +122,13 @@ def search(
     maxdate: str = MaxDateOpt,
     open_access_only: bool = OaOnlyOpt,
     db: str = DbOpt,
+    shard: str = ShardOpt,
 ) -> None:
     """Search PubMed (or PMC) and record every hit (title, journal, year, DOI, PMCID, OA)."""
     from histofetch.search import run_search
 
     net = _net(api_key, email)
+    parts = _shard(shard)
     try:
         summary = run_search(
             run,
@@ -123,6 +139,7 @@ def search(
             open_access_only=open_access_only,
             net=net,
             db=_db(db),
+            shard=parts,
         )
     except _network_errors() as exc:
         fail(f"search failed: {exc}")
@@ -174,6 +191,7 @@ def run_all(
     net_jobs: int = typer.Option(
         4, "--net-jobs", min=1, help="Records downloaded at once (each host keeps its rate)."
     ),
+    shard: str = ShardOpt,
 ) -> None:
     """search → download → extract → filter; re-running continues where it stopped."""
     from histofetch.download import run_download
@@ -186,7 +204,10 @@ def run_all(
     db = _db(db)
     try:
         manifest = Manifest.load(run, create=True)
+        parts = _shard(shard)
         wanted = search_key(query, max_results, mindate, maxdate, open_access_only, db)
+        if parts is not None:
+            wanted["shard"] = f"{parts[0]}/{parts[1]}"
         done = {
             k: v for k, v in manifest.header_extra.get("last_search", {}).items() if k in wanted
         }
@@ -203,6 +224,7 @@ def run_all(
                     open_access_only=open_access_only,
                     net=net,
                     db=db,
+                    shard=parts,
                 ).line()
             )
         downloaded = run_download(
@@ -311,6 +333,21 @@ def status(
     except ManifestError as exc:
         fail(str(exc))
     print(json.dumps(info, indent=2) if as_json else format_status(info))
+
+
+@app.command()
+def merge(
+    runs: list[Path] = typer.Argument(..., help="Run folders to merge (e.g. the shards)."),
+    out: Path = typer.Option(..., "--out", "-o", help="The merged run folder."),
+) -> None:
+    """Join run folders into one: records deduplicated by id and PMCID, images by sha256."""
+    from histofetch.merge import merge_runs
+
+    try:
+        summary = merge_runs(list(runs), out)
+    except (ManifestError, OSError) as exc:
+        fail(str(exc))
+    print(summary.line())
 
 
 @app.command()

@@ -25,6 +25,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from histocore.manifest import Manifest, Record
 from histofetch.http import NetClient, NetConfig, NetError
 from histofetch.resolve import IdRow, ServiceError, pmids_to_pmcids
+from histofetch.shard import in_shard
 from histofetch.stage import StageSummary
 
 #: PubMed's own filter for articles in the PMC open-access subset.
@@ -217,8 +218,11 @@ def run_search(
     page_size: int = 1000,
     progress: bool = True,
     db: str = "pubmed",
+    shard: tuple[int, int] | None = None,
 ) -> StageSummary:
     """Search PubMed (or PMC) and add one ``searched`` record per hit to the run's manifest.
+
+    ``shard=(K, N)`` keeps only the hits of shard K of N (:mod:`histofetch.shard`).
 
     Re-running is safe: records are keyed ``pmid:<PMID>`` (``pmcid:<PMCID>`` for a PMC
     article without a PMID); existing records are left as they are (progress and
@@ -229,14 +233,12 @@ def run_search(
     run_dir = Path(run_dir)
     manifest = Manifest.load(run_dir, create=True)
     summary = StageSummary("searched")
+    key = search_key(query, max_results, mindate, maxdate, open_access_only, db)
+    if shard is not None:
+        key["shard"] = f"{shard[0]}/{shard[1]}"
     if db == "pmc":
-        found = _search_pmc(manifest, query, summary, net, max_results, mindate, maxdate)
-        _remember(
-            manifest,
-            query,
-            found,
-            search_key(query, max_results, mindate, maxdate, open_access_only, db),
-        )
+        found = _search_pmc(manifest, query, summary, net, max_results, mindate, maxdate, shard)
+        _remember(manifest, query, found, key)
         return summary
     term = f"({query}) AND {OA_FILTER}" if open_access_only else query
     with NetClient(net) as client:
@@ -248,6 +250,7 @@ def run_search(
             maxdate=maxdate,
             page_size=page_size,
         )
+        found.pmids = [p for p in found.pmids if in_shard(f"pmid:{p}", shard)]
         new = [p for p in found.pmids if f"pmid:{p}" not in manifest.records]
         meta: dict[str, dict[str, Any]] = {}
         ids: dict[str, IdRow] = {}
@@ -311,7 +314,6 @@ def run_search(
             )
         )
         summary.done += 1
-    key = search_key(query, max_results, mindate, maxdate, open_access_only, db)
     _remember(manifest, query, found, key)
     return summary
 
@@ -324,6 +326,7 @@ def _search_pmc(
     max_results: int | None,
     mindate: str | None,
     maxdate: str | None,
+    shard: tuple[int, int] | None = None,
 ) -> SearchResult:
     """PMC's open-access subset: esearch ``db=pmc`` + esummary (PMID, PMCID, DOI)."""
     with NetClient(net) as client:
@@ -335,6 +338,7 @@ def _search_pmc(
             maxdate=maxdate,
             db="pmc",
         )
+        found.pmids = [u for u in found.pmids if in_shard(f"PMC{u}", shard)]
         meta = esummary(client, found.pmids, db="pmc")
     manifest.query = manifest.query or query
     for uid in found.pmids:

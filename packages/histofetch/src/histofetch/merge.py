@@ -1,0 +1,117 @@
+"""``histofetch merge RUN... --out RUN``: join run folders (e.g. shards) into one run.
+
+* Records are keyed by id; a record present in several runs is taken once, from the run
+  where it got furthest (an ``ok`` record at a later stage wins, ties go to the first run).
+* Records with the same PMCID under different ids (an article found by PubMed in one run
+  and by PMC in another) are one article: the first is kept.
+* An image whose sha256 is already in the merged run (the same figure in two articles, or
+  twice in one) is not added again; the record notes it in ``extra["merge_duplicates"]``.
+* Files the rows name inside a source run (PDFs, images) are hard-linked into the output
+  (copied across file systems) under the same relative path, so the merged run stands
+  alone; files outside the source run (local PDFs) keep their absolute paths.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from histocore.manifest import STAGES, Manifest, ManifestError, Record
+
+
+@dataclass
+class MergeSummary:
+    runs: int = 0
+    records: int = 0
+    images: int = 0
+    duplicate_records: int = 0
+    duplicate_images: int = 0
+    per_run: dict[str, int] = field(default_factory=dict)
+
+    def line(self) -> str:
+        return (
+            f"merged {self.runs} runs: {self.records} records, {self.images} images "
+            f"({self.duplicate_records} duplicate records, {self.duplicate_images} duplicate "
+            "images left out)"
+        )
+
+
+def _rank(rec: Record) -> tuple[int, int]:
+    stage = STAGES.index(rec.stage) if rec.stage in STAGES else -1
+    return (rec.status == "ok", stage)
+
+
+def merge_runs(sources: list[Path], out: Path) -> MergeSummary:
+    """Merge ``sources`` into ``out`` (created, or added to). Raises ManifestError."""
+    out = Path(out)
+    resolved = {Path(s).resolve() for s in sources}
+    if out.resolve() in resolved:
+        raise ManifestError(f"{out}: the output cannot also be an input")
+    loaded = [Manifest.load(Path(s)) for s in sources]
+    merged = Manifest.load(out, create=True)
+    summary = MergeSummary(runs=len(loaded))
+    best: dict[str, tuple[Record, Manifest]] = {}
+    for run in loaded:  # the furthest copy of each record id
+        for rec in run.records.values():
+            if rec.id not in best or _rank(rec) > _rank(best[rec.id][0]):
+                best[rec.id] = (rec, run)
+    pmcids = {r.pmcid: r.id for r in merged.records.values() if r.pmcid}
+    hashes = {i.sha256: i.id for i in merged.images.values()}
+    for rid, (rec, run) in best.items():
+        if rid in merged.records or (rec.pmcid and pmcids.get(rec.pmcid, rid) != rid):
+            summary.duplicate_records += 1
+            continue
+        if rec.pmcid:
+            pmcids[rec.pmcid] = rid
+        rec = replace(rec, extra=dict(rec.extra))
+        rec.pdf_path = _bring(run, merged, rec.pdf_path)
+        dropped: dict[str, str] = {}
+        for img in run.images_of(rid):
+            if img.sha256 in hashes:
+                dropped[img.id] = hashes[img.sha256]
+                continue
+            hashes[img.sha256] = img.id
+            merged.add_image(replace(img, path=_bring(run, merged, img.path) or img.path))
+            summary.images += 1
+        if dropped:
+            rec.extra["merge_duplicates"] = dropped
+            summary.duplicate_images += len(dropped)
+        merged.add_record(rec)
+        summary.records += 1
+        summary.per_run[str(run.run_dir)] = summary.per_run.get(str(run.run_dir), 0) + 1
+    summary.duplicate_records += sum(len(r.records) for r in loaded) - len(best)
+    _merge_header(merged, loaded)
+    merged.save()
+    return summary
+
+
+def _merge_header(merged: Manifest, loaded: list[Manifest]) -> None:
+    queries = list(merged.header_extra.get("queries", []))
+    for run in loaded:
+        merged.query = merged.query or run.query
+        for query in [run.query, *run.header_extra.get("queries", [])]:
+            if query and query != merged.query and query not in queries:
+                queries.append(query)
+    if queries:
+        merged.header_extra["queries"] = queries
+    sources = list(merged.header_extra.get("merged_from", []))
+    merged.header_extra["merged_from"] = sources + [str(r.run_dir.resolve()) for r in loaded]
+
+
+def _bring(run: Manifest, merged: Manifest, rel: str | None) -> str | None:
+    """Link (or copy) a file named by a source run into the merged run; the new path."""
+    if rel is None or Path(rel).is_absolute():
+        return rel
+    src = run.resolve(rel)
+    dst = merged.run_dir / rel
+    if src is None or not src.is_file():
+        return rel  # named but missing in the source: the row says so, as it did there
+    if not dst.exists():
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(src, dst)
+        except OSError:  # another file system, or links not allowed
+            shutil.copy2(src, dst)
+    return rel

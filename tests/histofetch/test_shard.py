@@ -1,0 +1,100 @@
+"""search --shard K/N splits the hits stably and completely; merge joins the shard runs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from ncbi_server import Article, FakeNcbi, ncbi_fixture  # noqa: F401 (fixture)
+from pdf_factory import build_image_pdf, he_like
+from typer.testing import CliRunner
+
+from histocore.manifest import MANIFEST_NAME, Manifest, Record
+from histofetch.cli import app
+from histofetch.extract import run_extract
+from histofetch.merge import merge_runs
+from histofetch.search import run_search
+from histofetch.shard import parse_shard, shard_of
+
+QUERY = "sentinel node"
+runner = CliRunner()
+
+
+def test_parse_shard() -> None:
+    assert parse_shard("2/8") == (2, 8) and parse_shard(" 1 / 1 ") == (1, 1)
+    for bad in ("0/4", "5/4", "x", "1/0", "", "1/2/3"):
+        with pytest.raises(ValueError, match="--shard"):
+            parse_shard(bad)
+
+
+def test_every_key_in_exactly_one_shard_and_shards_balanced() -> None:
+    keys = [f"pmid:{30000000 + i}" for i in range(4000)]
+    shards = [shard_of(k, 4) for k in keys]
+    assert set(shards) == {1, 2, 3, 4}
+    assert all(800 < shards.count(k) < 1200 for k in (1, 2, 3, 4))
+    assert shards == [shard_of(k, 4) for k in keys]  # the same answer every time
+
+
+def test_shards_of_a_search_partition_its_hits_and_merge_back(
+    ncbi: FakeNcbi, tmp_path: Path
+) -> None:
+    pmids = [str(31000000 + i) for i in range(40)]
+    for i, pmid in enumerate(pmids):
+        ncbi.add_article(Article(pmid, title=f"A{i}", pmcid=f"PMC{800000 + i}"))
+    ncbi.searches[QUERY] = pmids
+    whole = tmp_path / "whole"
+    run_search(whole, QUERY, net=ncbi.config(), progress=False)
+    shard_runs = []
+    for k in (1, 2, 3):
+        run = tmp_path / f"shard{k}"
+        result = runner.invoke(
+            app, ["search", QUERY, "--run", str(run), "--shard", f"{k}/3"], env=ncbi.env()
+        )
+        assert result.exit_code == 0, result.output
+        shard_runs.append(run)
+    parts = [set(Manifest.load(r).records) for r in shard_runs]
+    assert all(parts) and sum(len(p) for p in parts) == 40  # disjoint, nothing lost
+    assert set().union(*parts) == set(Manifest.load(whole).records)
+    header = json.loads((shard_runs[0] / MANIFEST_NAME).read_text().splitlines()[0])
+    assert header["last_search"]["shard"] == "1/3"
+
+    result = runner.invoke(app, ["merge", *map(str, shard_runs), "--out", str(tmp_path / "m")])
+    assert result.exit_code == 0, result.output
+    assert "merged 3 runs: 40 records" in result.output
+    merged = Manifest.load(tmp_path / "m")
+    assert set(merged.records) == set(Manifest.load(whole).records)
+    assert merged.query == QUERY
+
+
+def test_bad_shard_is_one_line_error(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["search", QUERY, "--run", str(tmp_path), "--shard", "5/4"])
+    assert result.exit_code == 1 and "error: --shard '5/4'" in result.output
+
+
+def test_merge_dedupes_records_by_id_and_pmcid_and_images_by_sha256(tmp_path: Path) -> None:
+    pdfs = tmp_path / "pdfs"
+    pdfs.mkdir()
+    shared_figure = he_like(128, 128, seed=7)
+    build_image_pdf(pdfs / "a.pdf", [shared_figure, he_like(100, 100, seed=1)], caption="Fig. 1")
+    build_image_pdf(pdfs / "b.pdf", [shared_figure], caption="Fig. 2")  # same figure again
+    one, two = tmp_path / "one", tmp_path / "two"
+    run_extract(one, [pdfs / "a.pdf"], progress=False)
+    run_extract(two, [pdfs / "a.pdf", pdfs / "b.pdf"], progress=False)  # a.pdf in both
+    for run, rid in ((one, "pmid:1"), (two, "pmcid:PMC5")):  # one article, two ids
+        m = Manifest.load(run)
+        m.add_record(Record(id=rid, pmcid="PMC5", pmid="1" if rid == "pmid:1" else None))
+        m.save()
+
+    summary = merge_runs([one, two], tmp_path / "merged")
+    merged = Manifest.load(tmp_path / "merged")
+    assert set(merged.records) == set(Manifest.load(two).records) - {"pmcid:PMC5"} | {"pmid:1"}
+    assert (summary.records, summary.duplicate_records) == (3, 2)
+    b = next(r for r in merged.records.values() if r.title == "b")
+    assert merged.images_of(b.id) == [] and len(b.extra["merge_duplicates"]) == 1
+    assert summary.duplicate_images == 1 and len(merged.images) == 2
+    for img in merged.images.values():  # files came along: the merged run stands alone
+        path = merged.resolve(img.path)
+        assert path is not None and path.is_file() and tmp_path / "merged" in path.parents
+    again = runner.invoke(app, ["merge", str(one), "--out", str(one)])
+    assert again.exit_code == 1 and "cannot also be an input" in again.output
