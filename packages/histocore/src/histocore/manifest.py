@@ -426,12 +426,15 @@ class Manifest:
         self._db().release(record_ids, self._owner)
 
     def revert_images_of(self, record_id: str) -> None:
-        """Forget in-memory changes to a record's images (after a failed step)."""
+        """Forget in-memory changes to a record's images: take them as the store holds them
+        (after a failed step; the record is claimed, so nobody else changed them)."""
         for img in self.images_of(record_id):
             del self.images[img.id]
-        for iid, data in self._seen_img.items():
-            if json.loads(data).get("record_id") == record_id:
-                self.images[iid] = _image(data, str(self.store_path))
+            self._seen_img.pop(img.id, None)
+        _, stored = self._db().rows_of(record_id)
+        for data in stored:
+            img = _image(data, str(self.store_path))
+            self.images[img.id], self._seen_img[img.id] = img, data
 
     # -- export --------------------------------------------------------------------------
     def export(self, path: str | Path | None = None) -> Path:
