@@ -24,7 +24,14 @@ PACKAGES = [
     "-e", "packages/histomodels[lite0,demo,yaml]",
 ]  # fmt: skip
 # pyright[nodejs] brings its own Node.js as a wheel, so `check` needs no apt package.
-DEV = ["pytest>=8", "pytest-timeout>=2.3", "ruff==0.17.6", "pyright[nodejs]==1.1.414"]
+# selenium drives Debian's chromium in the review page's browser test (.ci/run installs it).
+DEV = [
+    "pytest>=8",
+    "pytest-timeout>=2.3",
+    "ruff==0.17.6",
+    "pyright[nodejs]==1.1.414",
+    "selenium>=4.20",
+]
 # PyTorch wheels: the CPU/GPU build pip resolves; the pins match what the project is tested on.
 TORCH = ["torch>=2.2,<=2.14.1", "torchvision>=0.17,<=0.29.1"]
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -318,6 +319,49 @@ def filter_(
 
     info = run_status(run)
     print(f"kept {info['kept']} of {info['scored']} scored images; sheets in {run / 'sheets'}")
+
+
+@app.command()
+def review(
+    run: Annotated[
+        Path, typer.Option("--run", "-r", help="Run folder (holds the manifest).")
+    ] = Path("runs/default"),
+    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="0 = a free port.")] = 0,
+    host: Annotated[
+        str, typer.Option("--host", help="Interface to bind (only this machine by default).")
+    ] = "127.0.0.1",
+    no_browser: Annotated[
+        bool, typer.Option("--no-browser", help="Do not open a browser tab.")
+    ] = False,
+    reviewer: Annotated[
+        str | None, typer.Option("--reviewer", help="Name stored with each answer [user name].")
+    ] = None,
+    scores: Annotated[
+        Path | None,
+        typer.Option("--scores", help="A `histomodels eval --manifest` output: scores, heatmaps."),
+    ] = None,
+) -> None:
+    """Confirm or correct labels in the browser: one figure at a time, keyboard first
+    (m / n / u, arrows, z undo); every answer is saved into the manifest at once."""
+    from histofetch.review.data import ReviewError
+    from histofetch.review.server import serve
+
+    try:
+        serve(
+            run,
+            host=host,
+            port=port,
+            reviewer=reviewer,
+            scores=scores,
+            open_browser=not no_browser,
+            announce=lambda line: console.print(line, highlight=False, soft_wrap=True),
+        )
+    except ReviewError as exc:
+        fail(str(exc))
+    except OSError as exc:  # port in use, cannot bind
+        fail(f"{host}:{port}: cannot serve ({exc.strerror or exc})")
+    except KeyboardInterrupt:
+        pass
 
 
 @app.command()

@@ -1,0 +1,231 @@
+"""The review page: a Starlette app (Jinja2 templates, plain JS, local assets only).
+
+Routes: ``/`` (the page), ``/api/items`` (filtered list + progress), ``/api/item/{id}``
+(one figure), ``POST /api/label`` (save one answer), ``/image/{id}`` and ``/heatmap/{id}``
+(the figure file and its eval heatmap), ``/static/…``. Nothing is fetched from outside:
+no CDN, no fonts, no analytics. Every value from the manifest reaches the page escaped
+(Jinja2 autoescape, ``textContent`` in JS); the caption's highlight markup is built on the
+server from escaped pieces (:func:`histofetch.review.data.caption_html`).
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.templating import Jinja2Templates
+
+from histocore.manifest import MANIFEST_NAME, Manifest
+from histofetch.review.data import (
+    ReviewError,
+    Scores,
+    item,
+    load_run,
+    matches,
+    ordered,
+    progress,
+    save_answer,
+)
+
+HERE = Path(__file__).parent
+#: Security headers on every response: no framing, no sniffing, only our own scripts.
+HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+        "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+
+
+class SecurityHeaders:
+    """ASGI middleware: :data:`HEADERS` on every HTTP response."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                have = {k.lower() for k, _ in message.get("headers", [])}
+                extra = [
+                    (k.lower().encode(), v.encode())
+                    for k, v in HEADERS.items()
+                    if k.lower().encode() not in have
+                ]
+                message = {**message, "headers": [*message.get("headers", []), *extra]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+class RunState:
+    """The run folder, its manifest re-read whenever the file changes on disk."""
+
+    def __init__(self, run_dir: Path, scores: Scores | None, reviewer: str) -> None:
+        self.run_dir, self.scores, self.reviewer = run_dir, scores, reviewer
+        self._lock = threading.Lock()
+        self._stamp: tuple[int, int] | None = None
+        self._manifest: Manifest | None = None
+
+    def manifest(self) -> Manifest:
+        path = self.run_dir / MANIFEST_NAME
+        with self._lock:
+            try:
+                st = path.stat()
+            except OSError:
+                msg = f"{path}: no manifest here (is this a histofetch run folder?)"
+                raise ReviewError(msg) from None
+            stamp = (st.st_mtime_ns, st.st_size)
+            if self._manifest is None or stamp != self._stamp:
+                self._manifest, self._stamp = load_run(self.run_dir), stamp
+            return self._manifest
+
+    def remember(self, manifest: Manifest) -> None:
+        """After our own save: keep the fresh manifest (no re-read)."""
+        path = self.run_dir / MANIFEST_NAME
+        with self._lock:
+            st = path.stat()
+            self._manifest, self._stamp = manifest, (st.st_mtime_ns, st.st_size)
+
+
+def create_app(
+    run_dir: str | Path,
+    *,
+    scores: str | Path | None = None,
+    reviewer: str,
+    hosts: tuple[str, ...] = ("127.0.0.1", "localhost", "testserver"),
+) -> Starlette:
+    """The ASGI app for one run folder (``scores``: a ``histomodels eval --manifest`` folder)."""
+    state = RunState(Path(run_dir), Scores.load(scores) if scores else None, reviewer)
+    templates = Jinja2Templates(directory=str(HERE / "templates"))
+
+    def error_page(request: Request, exc: ReviewError, status: int = 500) -> Response:
+        if request.url.path.startswith("/api/"):
+            return JSONResponse({"error": str(exc)}, status_code=status)
+        return templates.TemplateResponse(
+            request, "error.html", {"message": str(exc), "run": str(state.run_dir)}, status
+        )
+
+    async def page(request: Request) -> Response:
+        try:
+            manifest = state.manifest()
+        except ReviewError as exc:
+            return error_page(request, exc)
+        records = [
+            {"id": r.id, "title": (r.title or r.id)[:90]}
+            for r in manifest.records.values()
+            if any(i.kept and i.status == "ok" for i in manifest.images_of(r.id))
+        ]
+        context: dict[str, Any] = {
+            "run": str(state.run_dir),
+            "reviewer": state.reviewer,
+            "records": records,
+            "has_scores": state.scores is not None,
+            "progress": progress(manifest),
+        }
+        return templates.TemplateResponse(request, "index.html", context)
+
+    async def items(request: Request) -> Response:
+        try:
+            manifest = state.manifest()
+        except ReviewError as exc:
+            return error_page(request, exc)
+        query = dict(request.query_params)
+        rows = [
+            {"id": i.id, "label": i.label, "weak_label": i.weak_label}
+            for i in ordered(manifest)
+            if matches(i, state.scores, query)
+        ]
+        return JSONResponse({"items": rows, "progress": progress(manifest)})
+
+    async def one(request: Request) -> Response:
+        try:
+            manifest = state.manifest()
+        except ReviewError as exc:
+            return error_page(request, exc)
+        img = manifest.images.get(request.path_params["image_id"])
+        if img is None or not (img.kept and img.status == "ok"):
+            return JSONResponse({"error": "no such kept figure"}, status_code=404)
+        return JSONResponse(item(manifest, img, state.scores))
+
+    def _label(body: Any) -> tuple[str, str | None, str]:
+        if not isinstance(body, dict) or not isinstance(body.get("id"), str):
+            raise ReviewError("expected a JSON object with id, label and reviewer")
+        label = body.get("label")
+        if label is not None and not isinstance(label, str):
+            raise ReviewError("label must be a string or null")
+        reviewer = body.get("reviewer") or state.reviewer
+        return body["id"], label, str(reviewer)
+
+    def answer_sync(body: Any) -> dict[str, Any]:
+        image_id, label, reviewer = _label(body)
+        manifest, img = save_answer(state.run_dir, image_id, label, reviewer)
+        state.remember(manifest)
+        return {"item": item(manifest, img, state.scores), "progress": progress(manifest)}
+
+    async def answer(request: Request) -> Response:
+        from starlette.concurrency import run_in_threadpool
+
+        if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
+            # a cross-site form cannot send this type without a CORS preflight we never allow
+            return JSONResponse({"error": "send application/json"}, status_code=415)
+        try:
+            body = await request.json()
+        except ValueError:
+            return JSONResponse({"error": "request body is not JSON"}, status_code=400)
+        try:
+            return JSONResponse(await run_in_threadpool(answer_sync, body))
+        except ReviewError as exc:
+            return error_page(request, exc, 400)
+
+    def _file(path: Path | None) -> Response:
+        if path is None or not path.is_file():
+            return JSONResponse({"error": "file not found"}, status_code=404)
+        return FileResponse(path)
+
+    async def image(request: Request) -> Response:
+        try:
+            manifest = state.manifest()
+        except ReviewError as exc:
+            return error_page(request, exc)
+        img = manifest.images.get(request.path_params["image_id"])
+        if img is None or not (img.kept and img.status == "ok"):  # only the run's figures
+            return JSONResponse({"error": "no such kept figure"}, status_code=404)
+        return _file(manifest.resolve(img.path))
+
+    async def heatmap(request: Request) -> Response:
+        scores = state.scores
+        return _file(scores.heatmap(request.path_params["image_id"]) if scores else None)
+
+    app = Starlette(
+        middleware=[
+            Middleware(TrustedHostMiddleware, allowed_hosts=list(hosts)),
+            Middleware(SecurityHeaders),
+        ],
+        routes=[
+            Route("/", page),
+            Route("/api/items", items),
+            Route("/api/item/{image_id:path}", one),
+            Route("/api/label", answer, methods=["POST"]),
+            Route("/image/{image_id:path}", image),
+            Route("/heatmap/{image_id:path}", heatmap),
+            Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
+        ],
+    )
+
+    return app

@@ -1,0 +1,235 @@
+"""What the review page shows and saves: kept figures, their labels, one answer at a time.
+
+Every answer is written at once: under a file lock (``RUN/.review.lock``) the manifest is
+read fresh from disk, the one image row is changed (``label``, ``label_by``, ``label_at``)
+and the manifest is saved atomically (temp file + rename), then the answer is appended to
+``RUN/review_log.jsonl``. Two tabs, or two reviewers, on one run therefore never lose an
+answer: each save starts from what the other one saved.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import threading
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock
+from markupsafe import Markup, escape
+
+from histocore.io import record_slug
+from histocore.manifest import IMAGE_LABELS, MANIFEST_NAME, Image, Manifest, ManifestError, Record
+from histofetch.captions import normalise
+
+LOCK_NAME = ".review.lock"
+LOG_NAME = "review_log.jsonl"
+_THREAD_LOCK = threading.Lock()  # FileLock guards processes; this guards our own threads
+
+
+class ReviewError(ValueError):
+    """A run folder, scores folder or answer the review page cannot use (names which)."""
+
+
+@dataclass
+class Scores:
+    """A ``histomodels eval --manifest`` output: image scores and heatmap overlays."""
+
+    folder: Path
+    by_image: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, folder: str | Path) -> Scores:
+        folder = Path(folder)
+        path = folder / "image_scores.csv"
+        if not path.is_file():
+            raise ReviewError(
+                f"{path}: no image_scores.csv (give a histomodels eval --manifest output)"
+            )
+        out = cls(folder)
+        try:
+            with path.open(newline="", encoding="utf-8") as fh:
+                for row in csv.DictReader(fh):
+                    out.by_image[row["image_id"]] = {
+                        k: float(row[k]) for k in ("max", "topk_mean") if row.get(k)
+                    }
+        except (KeyError, ValueError, csv.Error, UnicodeDecodeError) as exc:
+            raise ReviewError(f"{path}: not an image_scores.csv ({exc})") from None
+        return out
+
+    def heatmap(self, image_id: str) -> Path | None:
+        path = self.folder / "heatmaps" / f"{record_slug(image_id)}.png"
+        return path if path.is_file() else None
+
+
+def load_run(run_dir: str | Path) -> Manifest:
+    """The run's manifest, or a :class:`ReviewError` that says what is wrong with the folder."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise ReviewError(f"{run_dir}: not a folder (give a histofetch run folder)")
+    try:
+        manifest = Manifest.load(run_dir)
+    except (ManifestError, OSError, UnicodeDecodeError) as exc:
+        raise ReviewError(str(exc).splitlines()[0]) from None
+    if not manifest.kept_images():
+        raise ReviewError(
+            f"{run_dir / MANIFEST_NAME}: no kept figures to review (run histofetch filter first)"
+        )
+    return manifest
+
+
+def article_link(rec: Record | None) -> str | None:
+    """Where a reader can open the article: PMC, DOI or PubMed (https only)."""
+    if rec is None:
+        return None
+    if rec.pmcid:
+        return f"https://pmc.ncbi.nlm.nih.gov/articles/{escape(rec.pmcid)}/"
+    if rec.doi:
+        return f"https://doi.org/{escape(rec.doi)}"
+    if rec.pmid:
+        return f"https://pubmed.ncbi.nlm.nih.gov/{escape(rec.pmid)}/"
+    return None
+
+
+def caption_html(img: Image) -> Markup:
+    """The caption, escaped, with the weak-label evidence spans in ``<mark>`` elements."""
+    text = normalise(img.caption)
+    spans = sorted(
+        (e for e in img.weak_label_evidence or [] if _valid_span(e, len(text))),
+        key=lambda e: (e["start"], -e["end"]),
+    )
+    out, at = [], 0
+    for e in spans:
+        if e["start"] < at:  # overlapping spans: keep the first
+            continue
+        out.append(escape(text[at : e["start"]]))
+        kind = str(e.get("kind", "evidence")).replace("_", "-")
+        out.append(
+            Markup('<mark class="ev ev-{}" title="{}">{}</mark>').format(
+                kind, kind.replace("-", " "), text[e["start"] : e["end"]]
+            )
+        )
+        at = e["end"]
+    out.append(escape(text[at:]))
+    return Markup("").join(out)
+
+
+def _valid_span(e: Any, n: int) -> bool:
+    return (
+        isinstance(e, dict)
+        and isinstance(e.get("start"), int)
+        and isinstance(e.get("end"), int)
+        and 0 <= e["start"] < e["end"] <= n
+    )
+
+
+def item(manifest: Manifest, img: Image, scores: Scores | None) -> dict[str, Any]:
+    """Everything the page shows about one figure (strings are escaped by the page)."""
+    rec = manifest.records.get(img.record_id)
+    score = scores.by_image.get(img.id) if scores else None
+    return {
+        "id": img.id,
+        "record_id": img.record_id,
+        "width": img.width,
+        "height": img.height,
+        "panel": getattr(img, "panel", None) or img.extra.get("panel"),
+        "caption_html": str(caption_html(img)),
+        "has_caption": bool(img.caption),
+        "weak_label": img.weak_label,
+        "site": img.site,
+        "rules": img.weak_label_rules,
+        "label": img.label,
+        "label_by": img.label_by,
+        "label_at": img.label_at,
+        "leakage": img.leakage or [],
+        "score": score,
+        "heatmap": bool(scores and scores.heatmap(img.id)),
+        "article": {
+            "title": rec.title if rec else None,
+            "journal": rec.journal if rec else None,
+            "year": rec.year if rec else None,
+            "license": rec.license if rec else None,
+            "link": article_link(rec),
+            "ids": " · ".join(x for x in (rec.pmcid, rec.pmid and f"PMID {rec.pmid}") if x)
+            if rec
+            else "",
+        },
+    }
+
+
+def ordered(manifest: Manifest) -> list[Image]:
+    """Kept figures in reading order: article by article, figure by figure."""
+    order = {rid: n for n, rid in enumerate(manifest.records)}
+    kept = manifest.kept_images()
+    return sorted(kept, key=lambda i: (order.get(i.record_id, len(order)), i.page or 0, i.id))
+
+
+def model_says(score: dict[str, float] | None, threshold: float = 0.5) -> str | None:
+    if not score or "max" not in score:
+        return None
+    return "metastasis" if score["max"] >= threshold else "no_metastasis"
+
+
+def matches(img: Image, scores: Scores | None, query: dict[str, str]) -> bool:
+    """The page's filters: ``status``, ``disagree``, ``record``, ``weak``, ``label``."""
+    status = query.get("status", "all")
+    if status == "unreviewed" and img.label is not None:
+        return False
+    if status == "reviewed" and img.label is None:
+        return False
+    disagree = query.get("disagree")
+    weak = img.weak_label if img.weak_label in ("metastasis", "no_metastasis") else None
+    if disagree == "model":
+        said = model_says(scores.by_image.get(img.id) if scores else None)
+        if weak is None or said in (None, weak):
+            return False
+    if disagree == "review" and (weak is None or img.label in (None, weak)):
+        return False
+    if query.get("record") and img.record_id != query["record"]:
+        return False
+    if query.get("weak") and (img.weak_label or "") != query["weak"]:
+        return False
+    label = query.get("label")
+    return not (label and (img.label or "unreviewed") != label)
+
+
+def progress(manifest: Manifest) -> dict[str, int]:
+    kept = manifest.kept_images()
+    counts = {name: sum(i.label == name for i in kept) for name in IMAGE_LABELS}
+    return {"total": len(kept), "reviewed": sum(counts.values()), **counts}
+
+
+def save_answer(
+    run_dir: Path, image_id: str, label: str | None, reviewer: str
+) -> tuple[Manifest, Image]:
+    """Set one figure's label (``None`` clears it, for undo) atomically; returns the fresh
+    manifest and row."""
+    if label is not None and label not in IMAGE_LABELS:
+        raise ReviewError(f"{label!r} is not a label; use one of {', '.join(IMAGE_LABELS)}")
+    reviewer = " ".join(str(reviewer).split())[:80] or "anonymous"
+    with _THREAD_LOCK, FileLock(str(run_dir / LOCK_NAME), timeout=30):
+        manifest = load_run(run_dir)
+        img = manifest.images.get(image_id)
+        if img is None or not (img.kept and img.status == "ok"):
+            raise ReviewError(f"{manifest.path}: no kept figure with id {image_id!r}")
+        stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        previous = img.label
+        img.label = label
+        img.label_by, img.label_at = (reviewer, stamp) if label is not None else (None, None)
+        manifest.save()
+        entry = {
+            "image_id": image_id,
+            "label": label,
+            "previous": previous,
+            "reviewer": reviewer,
+            "at": stamp,
+            "weak_label": img.weak_label,
+        }
+        with open(run_dir / LOG_NAME, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(entry, sort_keys=True) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+    return manifest, img

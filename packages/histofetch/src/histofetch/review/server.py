@@ -1,0 +1,73 @@
+"""Serve the review page with uvicorn on 127.0.0.1 (a free port by default)."""
+
+from __future__ import annotations
+
+import getpass
+import logging
+import socket
+import threading
+import webbrowser
+from pathlib import Path
+
+import uvicorn
+
+from histofetch.review.app import create_app
+from histofetch.review.data import Scores, load_run
+
+log = logging.getLogger(__name__)
+
+
+def default_reviewer() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:  # no user name in this environment (containers)
+        return "reviewer"
+
+
+def build_server(
+    run_dir: Path,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    reviewer: str | None = None,
+    scores: Path | None = None,
+) -> tuple[uvicorn.Server, socket.socket]:
+    """A configured server and its bound socket (so port 0 gives a known free port).
+
+    Raises :class:`histofetch.review.data.ReviewError` for a bad run or scores folder.
+    """
+    load_run(run_dir)  # fail now, with one line, rather than on the first page view
+    if scores is not None:
+        Scores.load(scores)
+    hosts = ("127.0.0.1", "localhost", host)
+    app = create_app(run_dir, scores=scores, reviewer=reviewer or default_reviewer(), hosts=hosts)
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
+    return uvicorn.Server(config), sock
+
+
+def url_of(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    host = f"[{host}]" if ":" in host else host
+    return f"http://{host}:{port}/"
+
+
+def serve(
+    run_dir: Path,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    reviewer: str | None = None,
+    scores: Path | None = None,
+    open_browser: bool = True,
+    announce=print,
+) -> None:
+    """Run the review page until Ctrl-C."""
+    server, sock = build_server(run_dir, host=host, port=port, reviewer=reviewer, scores=scores)
+    url = url_of(sock)
+    announce(f"review page for {run_dir}: {url}  (Ctrl-C to stop; every answer is saved at once)")
+    if open_browser:
+        threading.Timer(0.5, webbrowser.open, args=(url,)).start()
+    server.run(sockets=[sock])

@@ -1,0 +1,236 @@
+// histofetch review: one figure at a time, keyboard first. No framework, no network but
+// this server. Manifest values are set with textContent; only the caption's highlight
+// markup comes as HTML, built on the server from escaped pieces.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const LABEL_TEXT = {
+  metastasis: "metastasis",
+  no_metastasis: "no metastasis",
+  not_usable: "not usable",
+  abstain: "abstain",
+};
+const state = {
+  items: [],     // [{id, label, weak_label}] matching the filters
+  index: 0,
+  current: null, // the full item shown
+  undo: [],      // [{id, previous}] answers of this tab, newest last
+  zoom: 0,       // 0 = fit, else a scale factor
+  heat: false,
+};
+
+function filters() {
+  const q = new URLSearchParams();
+  for (const [key, id] of [["status", "f-status"], ["disagree", "f-disagree"],
+    ["record", "f-record"], ["weak", "f-weak"], ["label", "f-label"]]) {
+    const v = $(id).value;
+    if (v) q.set(key, v);
+  }
+  return q;
+}
+
+function say(text, isError) {
+  const el = $("status");
+  el.textContent = text;
+  el.classList.toggle("error", Boolean(isError));
+}
+
+async function api(path, options) {
+  const response = await fetch(path, options);
+  let body = null;
+  try { body = await response.json(); } catch (e) { body = null; }
+  if (!response.ok) {
+    throw new Error((body && body.error) || `${response.status} ${response.statusText}`);
+  }
+  return body;
+}
+
+function showProgress(p) {
+  const pct = p.total ? (100 * p.reviewed) / p.total : 0;
+  $("progress-fill").style.width = `${pct.toFixed(1)}%`;
+  $("progress-text").textContent =
+    `${p.reviewed} / ${p.total} reviewed · ${p.metastasis} m · ${p.no_metastasis} n · ${p.not_usable} u`;
+}
+
+async function loadList(keepId) {
+  const body = await api(`/api/items?${filters().toString()}`);
+  state.items = body.items;
+  showProgress(body.progress);
+  const at = keepId ? state.items.findIndex((x) => x.id === keepId) : -1;
+  state.index = at >= 0 ? at : Math.min(state.index, Math.max(0, state.items.length - 1));
+  await show();
+}
+
+function pill(el, value) {
+  el.textContent = value ? (LABEL_TEXT[value] || value) : "not reviewed";
+  el.className = `pill pill-${value || "none"}`;
+}
+
+async function show() {
+  const empty = state.items.length === 0;
+  $("empty").hidden = !empty;
+  $("stage").hidden = empty;
+  $("position").textContent = empty ? "0 / 0" : `${state.index + 1} / ${state.items.length}`;
+  if (empty) { state.current = null; return; }
+  const id = state.items[state.index].id;
+  const it = await api(`/api/item/${encodeURIComponent(id)}`);
+  state.current = it;
+  state.heat = false;
+  const img = $("figure");
+  img.src = `/image/${encodeURIComponent(id)}`;
+  img.alt = `figure ${id}`;
+  $("figure-id").textContent = it.panel ? `${id} (panel ${it.panel})` : id;
+  pill($("label"), it.label);
+  $("label-by").textContent = it.label_by ? `by ${it.label_by}, ${it.label_at}` : "";
+  pill($("weak-label"), it.weak_label);
+  $("rules").textContent = it.rules || "";
+  $("site").textContent = (it.site || "unknown").replace("_", " ");
+  $("caption").innerHTML = it.has_caption ? it.caption_html : "<em>no caption</em>";
+  $("leakage").textContent = it.leakage.length ? it.leakage.join(", ") : "none";
+  $("leakage").classList.toggle("warn", it.leakage.length > 0);
+  if (it.score) {
+    const m = it.score.max, k = it.score.topk_mean;
+    $("score").textContent = `max ${m.toFixed(3)} · top-k mean ${k.toFixed(3)} → ${m >= 0.5 ? "metastasis" : "no metastasis"}`;
+  }
+  $("toggle-heat").hidden = !it.heatmap;
+  const a = it.article;
+  const link = $("article-title");
+  link.textContent = a.title || it.record_id;
+  if (a.link) link.href = a.link; else link.removeAttribute("href");
+  $("article-meta").textContent = [a.journal, a.year, a.license ? `licence ${a.license}` : "licence unknown", a.ids]
+    .filter(Boolean).join(" · ");
+  for (const b of document.querySelectorAll(".key")) {
+    b.classList.toggle("chosen", b.dataset.label === it.label);
+  }
+  applyZoom();
+}
+
+function applyZoom() {
+  const img = $("figure");
+  const it = state.current;
+  if (!it) return;
+  if (state.zoom === 0) {
+    img.classList.add("fit");
+    img.style.width = "";
+    $("zoom-level").textContent = "fit";
+  } else {
+    img.classList.remove("fit");
+    img.style.width = `${Math.round(it.width * state.zoom)}px`;
+    $("zoom-level").textContent = `${Math.round(state.zoom * 100)}%`;
+  }
+}
+
+function zoomBy(factor) {
+  const img = $("figure");
+  const base = state.zoom === 0 ? img.clientWidth / Math.max(1, state.current.width) : state.zoom;
+  state.zoom = Math.min(16, Math.max(0.05, base * factor));
+  applyZoom();
+}
+
+async function answer(label) {
+  const it = state.current;
+  if (!it) return;
+  const reviewer = $("reviewer").value.trim();
+  try {
+    const body = await api("/api/label", {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ id: it.id, label, reviewer }),
+    });
+    state.undo.push({ id: it.id, previous: it.label });
+    showProgress(body.progress);
+    say(`saved ${it.id}: ${label ? LABEL_TEXT[label] : "cleared"}`);
+    const row = state.items[state.index];
+    row.label = label;
+    if ($("f-status").value === "unreviewed" && label) {
+      state.items.splice(state.index, 1);  // answered: leaves the "unreviewed" list
+      if (state.index >= state.items.length) state.index = Math.max(0, state.items.length - 1);
+    } else if (state.index < state.items.length - 1) {
+      state.index += 1;
+    }
+    await show();
+  } catch (e) {
+    say(`not saved: ${e.message}`, true);
+  }
+}
+
+async function undo() {
+  const last = state.undo.pop();
+  if (!last) { say("nothing to undo"); return; }
+  try {
+    const body = await api("/api/label", {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ id: last.id, label: last.previous, reviewer: $("reviewer").value.trim() }),
+    });
+    showProgress(body.progress);
+    say(`undone: ${last.id} is ${last.previous ? LABEL_TEXT[last.previous] : "not reviewed"} again`);
+    await loadList(null);
+    const at = state.items.findIndex((x) => x.id === last.id);
+    if (at < 0) {  // not in this filter's list any more: go back to everything
+      $("f-status").value = "all";
+      await loadList(last.id);
+    } else {
+      state.index = at;
+      await show();
+    }
+  } catch (e) {
+    state.undo.push(last);
+    say(`undo failed: ${e.message}`, true);
+  }
+}
+
+function move(step) {
+  if (!state.items.length) return;
+  state.index = Math.min(state.items.length - 1, Math.max(0, state.index + step));
+  show().catch((e) => say(e.message, true));
+}
+
+function toggleHeat() {
+  const it = state.current;
+  if (!it || !it.heatmap) return;
+  state.heat = !state.heat;
+  $("figure").src = state.heat ? `/heatmap/${encodeURIComponent(it.id)}` : `/image/${encodeURIComponent(it.id)}`;
+  $("toggle-heat").classList.toggle("chosen", state.heat);
+}
+
+document.addEventListener("keydown", (ev) => {
+  if (ev.target instanceof HTMLInputElement || ev.target instanceof HTMLSelectElement) {
+    if (ev.key === "Escape") ev.target.blur();
+    return;
+  }
+  if (ev.ctrlKey || ev.metaKey || ev.altKey) return;
+  const keys = {
+    m: () => answer("metastasis"),
+    n: () => answer("no_metastasis"),
+    u: () => answer("not_usable"),
+    z: () => undo(),
+    ArrowRight: () => move(1),
+    ArrowLeft: () => move(-1),
+    "+": () => zoomBy(1.25),
+    "=": () => zoomBy(1.25),
+    "-": () => zoomBy(0.8),
+    "0": () => { state.zoom = 0; applyZoom(); },
+    "1": () => { state.zoom = 1; applyZoom(); },
+    h: () => toggleHeat(),
+  };
+  const act = keys[ev.key];
+  if (act) { ev.preventDefault(); act(); }
+});
+
+for (const b of document.querySelectorAll(".key")) {
+  b.addEventListener("click", () => answer(b.dataset.label));
+}
+$("zoom-in").addEventListener("click", () => zoomBy(1.25));
+$("zoom-out").addEventListener("click", () => zoomBy(0.8));
+$("zoom-fit").addEventListener("click", () => { state.zoom = 0; applyZoom(); });
+$("zoom-full").addEventListener("click", () => { state.zoom = 1; applyZoom(); });
+$("toggle-heat").addEventListener("click", toggleHeat);
+$("figure").addEventListener("dblclick", () => { state.zoom = state.zoom === 0 ? 1 : 0; applyZoom(); });
+for (const id of ["f-status", "f-disagree", "f-record", "f-weak", "f-label"]) {
+  $(id).addEventListener("change", () => { state.index = 0; loadList(null).catch((e) => say(e.message, true)); });
+}
+const savedName = window.localStorage.getItem("histofetch-reviewer");
+if (savedName && !$("reviewer").value) $("reviewer").value = savedName;
+$("reviewer").addEventListener("change", () => window.localStorage.setItem("histofetch-reviewer", $("reviewer").value));
+loadList(null).catch((e) => say(`cannot load figures: ${e.message}`, true));

@@ -1,0 +1,134 @@
+"""The review page's server side: filters, atomic answers from many tabs, errors, escaping."""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from review_kit import make_run, make_scores
+from starlette.testclient import TestClient
+from typer.testing import CliRunner
+
+from histocore.manifest import Manifest
+from histofetch.cli import app as cli
+from histofetch.review.app import create_app
+from histofetch.review.data import LOG_NAME, ReviewError, Scores, save_answer
+
+
+@pytest.fixture(scope="module")
+def kit(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("review")
+    run = make_run(root)
+    return run, make_scores(run, root)
+
+
+def _client(run: Path, scores: Path | None = None) -> TestClient:
+    return TestClient(create_app(run, scores=scores, reviewer="rev"))
+
+
+def _post(client: TestClient, image_id: str, label: str | None, reviewer: str = "ann"):
+    return client.post("/api/label", json={"id": image_id, "label": label, "reviewer": reviewer})
+
+
+def _copy(run: Path, tmp_path: Path) -> Path:
+    import shutil
+
+    return Path(shutil.copytree(run, tmp_path / "run"))
+
+
+def test_page_lists_filters_and_shows_one_figure(kit: tuple[Path, Path]) -> None:
+    run, scores = kit
+    c = _client(run, scores)
+    page = c.get("/")
+    assert page.status_code == 200 and "histofetch review" in page.text
+    assert "Sentinel nodes &lt;b&gt;in&lt;/b&gt; breast cancer" in page.text  # escaped title
+    assert "https://" not in page.text.replace("https://pmc", "")  # no CDN, no outside asset
+    assert page.headers["content-security-policy"].startswith("default-src 'self'")
+    ids = [x["id"] for x in c.get("/api/items?status=all").json()["items"]]
+    assert ids == ["pmid:1/fig1", "pmid:1/fig2", "pmid:2/fig1", "pmid:2/fig2"]
+    assert [x["id"] for x in c.get("/api/items?record=pmid:2").json()["items"]] == ids[2:]
+    weak = c.get("/api/items?weak=no_metastasis").json()["items"]
+    assert [x["id"] for x in weak] == ["pmid:1/fig2"]
+    model = c.get("/api/items?disagree=model").json()["items"]
+    assert [x["id"] for x in model] == ["pmid:1/fig2"]  # weak negative, model 0.8
+    it = c.get("/api/item/pmid:2/fig1").json()
+    assert it["weak_label"] == "metastasis" and it["site"] == "lymph_node"
+    assert it["article"]["link"] == "https://doi.org/10.1/x"
+    assert it["score"] == {"max": 0.7, "topk_mean": pytest.approx(0.65)} and it["heatmap"]
+    hostile = c.get("/api/item/pmid:2/fig2").json()["caption_html"]
+    assert "<img" not in hostile and "<script" not in hostile and "&lt;script&gt;" in hostile
+    assert c.get("/image/pmid:1/fig1").headers["content-type"] == "image/png"
+    assert c.get("/heatmap/pmid:1/fig1").status_code == 200
+    assert c.get("/image/nope").status_code == 404
+    assert c.get("/image/..%2F..%2Fetc%2Fpasswd").status_code == 404
+    assert c.get("/static/review.js").status_code == 200
+
+
+def test_answers_are_saved_at_once_with_reviewer_and_time(
+    kit: tuple[Path, Path], tmp_path: Path
+) -> None:
+    run = _copy(kit[0], tmp_path)
+    c = _client(run)
+    r = _post(c, "pmid:1/fig1", "metastasis")
+    assert r.status_code == 200 and r.json()["progress"]["reviewed"] == 1
+    img = Manifest.load(run).images["pmid:1/fig1"]
+    assert (img.label, img.label_by) == ("metastasis", "ann") and img.label_at.endswith("+00:00")
+    r = _post(c, "pmid:1/fig1", None)  # undo
+    img = Manifest.load(run).images["pmid:1/fig1"]
+    assert img.label is None and img.label_by is None
+    log = [json.loads(x) for x in (run / LOG_NAME).read_text().splitlines()]
+    assert [(e["label"], e["previous"]) for e in log] == [
+        ("metastasis", None),
+        (None, "metastasis"),
+    ]
+    # bad answers change nothing
+    before = (run / "manifest.jsonl").read_bytes()
+    assert _post(c, "pmid:1/fig1", "cancer").status_code == 400
+    assert _post(c, "nosuch", "metastasis").status_code == 400
+    assert c.post("/api/label", content=b"{bad").status_code == 415
+    plain = c.post("/api/label", content=b"[1]", headers={"content-type": "application/json"})
+    assert plain.status_code == 400
+    assert (run / "manifest.jsonl").read_bytes() == before
+
+
+def test_two_tabs_never_lose_an_answer(kit: tuple[Path, Path], tmp_path: Path) -> None:
+    """Many answers at once from two clients (two tabs) and a second server process's API."""
+    run = _copy(kit[0], tmp_path)
+    tab1, tab2 = _client(run), _client(run)
+    ids = ["pmid:1/fig1", "pmid:1/fig2", "pmid:2/fig1", "pmid:2/fig2"]
+    jobs = [(tab1 if n % 2 else tab2, ids[n % 4], "metastasis") for n in range(24)]
+    jobs += [(tab1, ids[1], "no_metastasis")]
+    with ThreadPoolExecutor(8) as pool:
+        codes = list(pool.map(lambda j: _post(*j).status_code, jobs[:-1]))
+    assert codes == [200] * 24
+    _post(*jobs[-1])
+    save_answer(run, ids[3], "not_usable", "bob")  # a second process would do exactly this
+    labels = {k: i.label for k, i in Manifest.load(run).images.items()}
+    want = ["metastasis", "no_metastasis", "metastasis", "not_usable"]
+    assert labels == dict(zip(ids, want, strict=True))
+    assert len((run / LOG_NAME).read_text().splitlines()) == 26
+
+
+def test_bad_run_folder_gets_an_error_page_and_the_cli_one_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "manifest.jsonl").write_text('{"schema": "other"}\n')
+    page = _client(bad).get("/")
+    assert page.status_code == 500 and "Cannot open this run" in page.text
+    assert "not a histofetch.manifest header" in page.text
+    api = _client(bad).get("/api/items")
+    assert api.status_code == 500 and "header" in api.json()["error"]
+    for run in (bad, tmp_path / "missing"):
+        r = CliRunner().invoke(cli, ["review", "--run", str(run), "--no-browser"])
+        assert r.exit_code == 1 and r.output.startswith("error: ") and "Traceback" not in r.output
+        assert len(r.output.strip().splitlines()) == 1
+    with pytest.raises(ReviewError, match=r"image_scores\.csv"):
+        Scores.load(tmp_path)
+
+
+def test_unknown_host_is_refused(kit: tuple[Path, Path]) -> None:
+    """DNS rebinding: a page on another site that resolves to 127.0.0.1 gets nothing."""
+    c = TestClient(create_app(kit[0], reviewer="rev"), base_url="http://evil.example")
+    assert c.get("/api/items").status_code == 400

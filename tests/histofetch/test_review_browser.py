@@ -1,0 +1,154 @@
+"""The review page in a real headless browser (Debian chromium + chromedriver, Selenium).
+
+Labels figures with the keyboard, undoes one, reloads, checks the manifest, and keeps a
+screenshot under ``tests/artifacts/`` (ignored by git). Skips with the reason when
+chromium or chromedriver is absent; ``.ci/run`` installs both with apt.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from review_kit import make_run, make_scores
+
+from histocore.manifest import Manifest
+from histofetch.review.server import build_server, url_of
+
+ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+DRIVER = shutil.which("chromedriver")
+FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    "--window-size=1400,900",
+)
+
+pytestmark = pytest.mark.skipif(
+    not (CHROMIUM and DRIVER),
+    reason="needs Debian's chromium and chromium-driver (apt-get install chromium "
+    "chromium-driver; .ci/run installs them)",
+)
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    run = make_run(tmp_path)
+    scores = make_scores(run, tmp_path)
+    server, sock = build_server(run, port=0, reviewer="tester", scores=scores)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert server.started, "uvicorn did not start"
+    yield url_of(sock), run
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+@pytest.fixture
+def browser() -> Iterator[object]:
+    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in FLAGS:
+        options.add_argument(flag)
+    profile = tempfile.mkdtemp(prefix="histofetch-chromium-")
+    options.add_argument(f"--user-data-dir={profile}")
+    driver = webdriver.Chrome(service=Service(executable_path=DRIVER), options=options)
+    driver.set_page_load_timeout(30)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+def _wait(driver, condition, timeout: float = 10.0):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(driver, timeout).until(condition)
+
+
+def _text(driver, element_id: str) -> str:
+    return driver.find_element("id", element_id).text
+
+
+def _press(driver, key: str, expect_status: str) -> None:
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    ActionChains(driver).send_keys(key).perform()
+    _wait(driver, lambda d: expect_status in _text(d, "status"))
+
+
+def test_keyboard_review_survives_a_reload(served: tuple[str, Path], browser) -> None:
+    url, run = served
+    d = browser
+    d.get(url)
+    _wait(d, lambda d: _text(d, "figure-id") == "pmid:1/fig1")
+    assert "Metastatic carcinoma" in d.find_element("css selector", "mark.ev-metastasis").text
+    assert _text(d, "weak-label") == "metastasis"
+    assert "max 0.900" in _text(d, "score")
+    assert _text(d, "progress-text").startswith("0 / 4 reviewed")
+    _press(d, "m", "saved pmid:1/fig1: metastasis")
+    _wait(d, lambda d: _text(d, "figure-id") == "pmid:1/fig2")
+    _press(d, "n", "saved pmid:1/fig2: no metastasis")
+    _wait(d, lambda d: _text(d, "figure-id") == "pmid:2/fig1")
+    _press(d, "u", "saved pmid:2/fig1: not usable")
+    _press(d, "z", "undone: pmid:2/fig1")  # the "u" was a slip
+    _wait(d, lambda d: _text(d, "figure-id") == "pmid:2/fig1")
+    _press(d, "m", "saved pmid:2/fig1: metastasis")
+    # the hostile caption is shown as text: no element, no script ran
+    _wait(d, lambda d: _text(d, "figure-id") == "pmid:2/fig2")
+    assert "<img src=x" in _text(d, "caption") and "<script>" in _text(d, "caption")
+    assert not d.find_elements("css selector", "#caption img, #caption script")
+    assert d.title == "histofetch review"
+    assert _text(d, "progress-text").startswith("3 / 4 reviewed")
+    ARTIFACTS.mkdir(exist_ok=True)
+    # reload: answers are in the manifest, the page shows them
+    d.refresh()
+    _wait(d, lambda d: _text(d, "progress-text").startswith("3 / 4 reviewed"))
+    _wait(d, lambda d: _text(d, "figure-id") == "pmid:2/fig2")  # the only unreviewed one
+    from selenium.webdriver.support.ui import Select
+
+    Select(d.find_element("id", "f-status")).select_by_value("all")
+    _wait(d, lambda d: _text(d, "figure-id") == "pmid:1/fig1")
+    assert _text(d, "label") == "metastasis" and "by tester" in _text(d, "label-by")
+    d.save_screenshot(str(ARTIFACTS / "review_page.png"))
+    images = Manifest.load(run).images
+    assert {k: i.label for k, i in images.items()} == {
+        "pmid:1/fig1": "metastasis",
+        "pmid:1/fig2": "no_metastasis",
+        "pmid:2/fig1": "metastasis",
+        "pmid:2/fig2": None,
+    }
+    assert images["pmid:1/fig1"].label_by == "tester" and images["pmid:1/fig1"].label_at
+    # the disagreement filter: weak label "no metastasis" vs the model's 0.8
+    Select(d.find_element("id", "f-disagree")).select_by_value("model")
+    _wait(d, lambda d: _text(d, "position") == "1 / 1")
+    assert _text(d, "figure-id") == "pmid:1/fig2"
+    assert (ARTIFACTS / "review_page.png").stat().st_size > 10_000
+
+
+def test_bad_run_gets_an_error_page(served: tuple[str, Path], browser) -> None:
+    url, run = served
+    (run / "manifest.jsonl").write_text("{not json\n")
+    browser.get(url)
+    _wait(browser, lambda d: d.find_elements("id", "error-message"))
+    assert "not valid JSON" in _text(browser, "error-message")
+    assert browser.title.startswith("histofetch review: cannot open")
