@@ -104,7 +104,7 @@ def test_two_tabs_never_lose_an_answer(kit: tuple[Path, Path], tmp_path: Path) -
         codes = list(pool.map(lambda j: _post(*j).status_code, jobs[:-1]))
     assert codes == [200] * 24
     _post(*jobs[-1])
-    save_answer(run, ids[3], "not_usable", "bob")  # a second process would do exactly this
+    save_answer(Manifest.load(run), ids[3], "not_usable", "bob")  # as another process would
     labels = {k: i.label for k, i in Manifest.load(run).images.items()}
     want = ["metastasis", "no_metastasis", "metastasis", "not_usable"]
     assert labels == dict(zip(ids, want, strict=True))

@@ -140,8 +140,7 @@ def test_keyboard_review_survives_a_reload(served: tuple[str, Path], browser) ->
     assert images["pmid:1/fig1"].label_by == "tester" and images["pmid:1/fig1"].label_at
     # the disagreement filter: weak label "no metastasis" vs the model's 0.8
     Select(d.find_element("id", "f-disagree")).select_by_value("model")
-    _wait(d, lambda d: _text(d, "position") == "1 / 1")
-    assert _text(d, "figure-id") == "pmid:1/fig2"
+    _wait(d, lambda d: (_text(d, "position"), _text(d, "figure-id")) == ("1 / 1", "pmid:1/fig2"))
     assert (ARTIFACTS / "review_page.png").stat().st_size > 10_000
 
 

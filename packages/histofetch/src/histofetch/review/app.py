@@ -24,6 +24,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
 from histocore.manifest import MANIFEST_NAME, Manifest
+from histocore.store import STORE_NAME
 from histofetch.review.data import (
     ReviewError,
     Scores,
@@ -74,33 +75,41 @@ class SecurityHeaders:
 
 
 class RunState:
-    """The run folder, its manifest re-read whenever the file changes on disk."""
+    """The run folder; its manifest is re-read whenever another process writes the run
+    (the store files or the JSONL export change on disk)."""
+
+    WATCH = (MANIFEST_NAME, STORE_NAME, f"{STORE_NAME}-wal")
 
     def __init__(self, run_dir: Path, scores: Scores | None, reviewer: str) -> None:
         self.run_dir, self.scores, self.reviewer = run_dir, scores, reviewer
         self._lock = threading.Lock()
-        self._stamp: tuple[int, int] | None = None
+        self._stamp: tuple | None = None
         self._manifest: Manifest | None = None
 
-    def manifest(self) -> Manifest:
-        path = self.run_dir / MANIFEST_NAME
-        with self._lock:
+    def _disk(self) -> tuple:
+        out = []
+        for name in self.WATCH:
             try:
-                st = path.stat()
+                st = (self.run_dir / name).stat()
+                out.append((name, st.st_mtime_ns, st.st_size))
             except OSError:
-                msg = f"{path}: no manifest here (is this a histofetch run folder?)"
-                raise ReviewError(msg) from None
-            stamp = (st.st_mtime_ns, st.st_size)
+                out.append((name, None, None))
+        return tuple(out)
+
+    def manifest(self) -> Manifest:
+        with self._lock:
+            stamp = self._disk()
             if self._manifest is None or stamp != self._stamp:
+                if self._manifest is not None:
+                    self._manifest.close()
+                self._manifest = None
                 self._manifest, self._stamp = load_run(self.run_dir), stamp
             return self._manifest
 
-    def remember(self, manifest: Manifest) -> None:
-        """After our own save: keep the fresh manifest (no re-read)."""
-        path = self.run_dir / MANIFEST_NAME
+    def saved(self) -> None:
+        """After our own answer: the files changed, the in-memory manifest is current."""
         with self._lock:
-            st = path.stat()
-            self._manifest, self._stamp = manifest, (st.st_mtime_ns, st.st_size)
+            self._stamp = self._disk()
 
 
 def create_app(
@@ -174,8 +183,9 @@ def create_app(
 
     def answer_sync(body: Any) -> dict[str, Any]:
         image_id, label, reviewer = _label(body)
-        manifest, img = save_answer(state.run_dir, image_id, label, reviewer)
-        state.remember(manifest)
+        manifest = state.manifest()
+        img = save_answer(manifest, image_id, label, reviewer)
+        state.saved()
         return {"item": item(manifest, img, state.scores), "progress": progress(manifest)}
 
     async def answer(request: Request) -> Response:

@@ -1,10 +1,11 @@
 """What the review page shows and saves: kept figures, their labels, one answer at a time.
 
-Every answer is written at once: under a file lock (``RUN/.review.lock``) the manifest is
-read fresh from disk, the one image row is changed (``label``, ``label_by``, ``label_at``)
-and the manifest is saved atomically (temp file + rename), then the answer is appended to
-``RUN/review_log.jsonl``. Two tabs, or two reviewers, on one run therefore never lose an
-answer: each save starts from what the other one saved.
+Every answer is written at once as one transaction of the run store
+(:meth:`histocore.manifest.Manifest.update_image`: ``label``, ``label_by``, ``label_at`` of
+one image row, field-level, so other writers' fields and rows are kept), then appended to
+``RUN/review_log.jsonl``. Two tabs, two reviewers or a stage running at the same time on
+one run therefore never lose an answer. ``manifest.jsonl`` (the export) is rewritten when
+the server stops.
 """
 
 from __future__ import annotations
@@ -12,22 +13,21 @@ from __future__ import annotations
 import csv
 import json
 import os
+import sqlite3
 import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from filelock import FileLock
 from markupsafe import Markup, escape
 
 from histocore.io import record_slug
 from histocore.manifest import IMAGE_LABELS, MANIFEST_NAME, Image, Manifest, ManifestError, Record
 from histofetch.captions import normalise
 
-LOCK_NAME = ".review.lock"
 LOG_NAME = "review_log.jsonl"
-_THREAD_LOCK = threading.Lock()  # FileLock guards processes; this guards our own threads
+_THREAD_LOCK = threading.Lock()  # the store guards processes; this, our own threads' Manifest
 
 
 class ReviewError(ValueError):
@@ -202,24 +202,23 @@ def progress(manifest: Manifest) -> dict[str, int]:
     return {"total": len(kept), "reviewed": sum(counts.values()), **counts}
 
 
-def save_answer(
-    run_dir: Path, image_id: str, label: str | None, reviewer: str
-) -> tuple[Manifest, Image]:
-    """Set one figure's label (``None`` clears it, for undo) atomically; returns the fresh
-    manifest and row."""
+def save_answer(manifest: Manifest, image_id: str, label: str | None, reviewer: str) -> Image:
+    """Set one figure's label (``None`` clears it, for undo) as one store transaction and
+    log it; returns the row."""
     if label is not None and label not in IMAGE_LABELS:
         raise ReviewError(f"{label!r} is not a label; use one of {', '.join(IMAGE_LABELS)}")
     reviewer = " ".join(str(reviewer).split())[:80] or "anonymous"
-    with _THREAD_LOCK, FileLock(str(run_dir / LOCK_NAME), timeout=30):
-        manifest = load_run(run_dir)
+    with _THREAD_LOCK:
         img = manifest.images.get(image_id)
         if img is None or not (img.kept and img.status == "ok"):
             raise ReviewError(f"{manifest.path}: no kept figure with id {image_id!r}")
         stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
         previous = img.label
-        img.label = label
-        img.label_by, img.label_at = (reviewer, stamp) if label is not None else (None, None)
-        manifest.save()
+        by, at = (reviewer, stamp) if label is not None else (None, None)
+        try:
+            manifest.update_image(image_id, label=label, label_by=by, label_at=at)
+        except (ManifestError, OSError, sqlite3.Error) as exc:
+            raise ReviewError(f"{manifest.store_path}: answer not saved ({exc})") from None
         entry = {
             "image_id": image_id,
             "label": label,
@@ -228,8 +227,8 @@ def save_answer(
             "at": stamp,
             "weak_label": img.weak_label,
         }
-        with open(run_dir / LOG_NAME, "a", encoding="utf-8") as fh:
+        with open(manifest.run_dir / LOG_NAME, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(entry, sort_keys=True) + "\n")
             fh.flush()
             os.fsync(fh.fileno())
-    return manifest, img
+    return img

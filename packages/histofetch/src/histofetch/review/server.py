@@ -11,6 +11,7 @@ from pathlib import Path
 
 import uvicorn
 
+from histocore.manifest import Manifest
 from histofetch.review.app import create_app
 from histofetch.review.data import Scores, load_run
 
@@ -70,4 +71,7 @@ def serve(
     announce(f"review page for {run_dir}: {url}  (Ctrl-C to stop; every answer is saved at once)")
     if open_browser:
         threading.Timer(0.5, webbrowser.open, args=(url,)).start()
-    server.run(sockets=[sock])
+    try:
+        server.run(sockets=[sock])
+    finally:  # the answers are in the store already; refresh the JSONL export once
+        Manifest.load(run_dir).export()
