@@ -127,3 +127,88 @@ def test_help_of_network_commands_renders() -> None:
         assert result.exit_code == 0, result.output
         assert "--run" in result.output
     assert "--mindate" in runner.invoke(app, ["search", "--help"]).output
+
+
+def _serve_routes(ncbi: FakeNcbi) -> None:
+    """One article per route, and two that every route misses (retracted, nowhere)."""
+    import io
+    import zipfile
+
+    arts = [
+        Article("1", title="Sentinel node metastases", pmcid="PMC101"),
+        Article("2", title="Two versions", pmcid="PMC102"),
+        Article("3", title="Europe PMC only", pmcid="PMC103"),
+        Article("4", title="PDF render only", pmcid="PMC104"),
+        Article("5", title="Publisher only"),
+        Article("6", title="Nowhere", pmcid="PMC106"),
+        Article("7", title="Retracted", pmcid="PMC107"),
+    ]
+    for art in arts:
+        ncbi.add_article(art)
+    ncbi.searches[QUERY] = [a.pmid for a in arts]
+    ncbi.searches[f"({QUERY}) AND {OA_FILTER}"] = ["1", "2", "3", "7"]
+    tiles = {"mds52601.jpg": he_jpeg(0), "mds52602.jpg": he_jpeg(1)}
+    bucket = ncbi.bucket
+    bucket.add_version("PMC101", 1, jats=real_jats(), media=tiles, pdf=_pdf_with_image())
+    bucket.add_version("PMC102", 1, jats=real_jats(), media=tiles, license_code="CC BY-NC-ND")
+    bucket.add_version("PMC102", 2, jats=real_jats(), media=tiles, is_manuscript=True)
+    bucket.add_version("PMC107", 1, jats=real_jats(), media=tiles, is_retracted=True)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for name, data in tiles.items():
+            zf.writestr(name, data)
+    rest = "/europepmc/rest/PMC103"
+    ncbi.files[f"{rest}/fullTextXML"] = (200, "application/xml", real_jats())
+    ncbi.files[f"{rest}/supplementaryFiles"] = (200, "application/zip", buf.getvalue())
+    ncbi.files["/europepmc/articles/PMC104"] = (200, "application/pdf", _pdf_with_image())
+    ncbi.prlinks["5"] = [f"{ncbi.base}/publisher/5"]
+    ncbi.files["/publisher/5"] = (200, "application/pdf", _pdf_with_image())
+
+
+def test_run_lymph_node_query_routes_captions_licences(ncbi: FakeNcbi, tmp_path: Path) -> None:
+    _serve_routes(ncbi)
+    runner = CliRunner()
+    run = tmp_path / "lnm"
+    result = runner.invoke(app, ["run", QUERY, "--run", str(run)], env=ncbi.env())
+    assert result.exit_code == 0, result.output
+    assert "downloaded: 5 done, 0 already done, 2 failed" in result.output
+    manifest = Manifest.load(run)
+    recs = {r.pmid: r for r in manifest.records.values()}
+    assert {p: r.route for p, r in recs.items()} == {
+        "1": "pmc-cloud",
+        "2": "pmc-cloud",
+        "3": "europepmc",
+        "4": "europepmc-pdf",
+        "5": "pubmed2pdf",
+        "6": None,
+        "7": None,
+    }
+    assert (recs["2"].pmc_version, recs["2"].license) == (1, "CC BY-NC-ND")
+    assert recs["3"].license == "CC BY-NC"  # from the JATS <license>
+    assert recs["6"].reason.startswith("not in bucket: pmc-cloud: PMC106 is not in the PMC")
+    for miss in ("europepmc: Europe PMC has no full text", "europepmc-pdf: HTTP 404", "pubmed2pdf"):
+        assert miss in recs["6"].reason
+    assert recs["7"].reason.startswith("retracted: pmc-cloud")
+    # Figures come from JATS with captions; the cloud PDF of PMC101 is not mined again.
+    jats = [i for i in manifest.images.values() if i.source == "jats"]
+    assert len(jats) == 6 and all(i.caption and i.figure_label for i in jats)
+    assert {i.record_id for i in manifest.images.values() if i.source == "pdf"} == {
+        "pmid:4",
+        "pmid:5",
+    }
+    assert sum(1 for i in jats if i.kept) >= 4  # real H&E tiles pass the filter
+    status = runner.invoke(app, ["status", "--run", str(run), "--json"])
+    info = json.loads(status.stdout)
+    assert info["routes"] == {
+        "pmc-cloud": 2,
+        "none": 2,
+        "europepmc": 1,
+        "europepmc-pdf": 1,
+        "pubmed2pdf": 1,
+    }
+    assert info["figures_by_licence"]["CC BY"] == 2
+    assert info["figures_by_licence"]["CC BY-NC-ND"] == 2
+    assert info["figures_by_licence"]["CC BY-NC"] == 2
+    assert info["failure_reasons"] == {"not in bucket": 1, "retracted": 1}
+    text = runner.invoke(app, ["status", "--run", str(run)]).stdout
+    assert "records by route: pmc-cloud 2" in text and "images by licence: " in text

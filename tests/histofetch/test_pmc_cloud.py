@@ -279,3 +279,11 @@ def test_missing_object_is_a_file_failure_not_a_crash(ncbi: FakeNcbi, tmp_path: 
     assert len(manifest.images) == 1 and "HTTP 404" in rec.extra["failed_files"][0]
     status, _, body = ncbi.bucket.answer(f"{PMCID}.1/mds52602.jpg", {})
     assert status == 404 and b"<Code>NoSuchKey</Code>" in body
+
+
+def test_version_without_metadata_json_is_passed_over(ncbi: FakeNcbi, tmp_path: Path) -> None:
+    ncbi.bucket.add_version(PMCID, 1, jats=real_jats(), media=FIGS)
+    ncbi.bucket.add_version(PMCID, 2, jats=real_jats(), media=FIGS)
+    del ncbi.bucket.objects[f"{PMCID}.2/{PMCID}.2.json"]  # NoSuchKey
+    rec = _download(ncbi, tmp_path, _rec("1", PMCID)).records["pmid:1"]
+    assert (rec.route, rec.pmc_version) == ("pmc-cloud", 1)

@@ -123,8 +123,15 @@ def get_object(client: NetClient, key: str, md5: str | None) -> bytes:
 
 
 def read_metadata(client: NetClient, pmcid: str, version: int) -> dict[str, Any]:
+    """A version's metadata JSON (``{}`` when the version has none: ``NoSuchKey``)."""
     name = f"{pmcid}.{version}"
-    body, _ = client.get_bytes(_url(client, f"{name}/{name}.json"))
+    try:
+        body, _ = client.get_bytes(_url(client, f"{name}/{name}.json"))
+    except NetError as exc:
+        if exc.status == 404:
+            log.warning("%s has no metadata JSON", name)
+            return {}
+        raise
     try:
         meta = json.loads(body)
     except ValueError:
