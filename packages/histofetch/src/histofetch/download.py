@@ -26,7 +26,7 @@ from histocore.manifest import Image, Manifest, Record
 from histofetch.archive import ArchiveError, ArchiveLimits, decode_image
 from histofetch.http import NetClient, NetConfig
 from histofetch.licence import allowed
-from histofetch.sources import ArticleFiles, Miss, Policy
+from histofetch.sources import ArticleFiles, Miss, Policy, Route
 from histofetch.sources.europepmc import EuropePmc
 from histofetch.sources.pdf_routes import EuropePmcPdf, NotAPdf, Publisher, check_pdf
 from histofetch.sources.pmc_cloud import PmcCloud
@@ -80,12 +80,12 @@ class Downloader:
         self.manifest = manifest
         self.limits = limits or ArchiveLimits()
         self.policy = policy or Policy()
-        self.figure_routes = (
+        self.figure_routes: tuple[Route, ...] = (
             PmcCloud(client, self.policy),
             EuropePmc(client, self.policy, self.limits),
         )
-        self.pdf_by_pmcid = EuropePmcPdf(client)
-        self.pdf_by_pmid = Publisher(client)
+        self.pdf_by_pmcid: Route = EuropePmcPdf(client)
+        self.pdf_by_pmid: Route = Publisher(client)
 
     def __call__(self, rec: Record) -> None:
         # A retry starts clean: rows and fields an earlier attempt of this stage wrote go.
@@ -97,7 +97,7 @@ class Downloader:
                 "retracted: the article is marked retracted (--include-retracted keeps it)"
             )
         attempts = Attempts()
-        routes: list[tuple[object, str]] = []
+        routes: list[tuple[Route, str]] = []
         if rec.pmcid:
             routes += [(route, rec.pmcid) for route in self.figure_routes]
             routes.append((self.pdf_by_pmcid, rec.pmcid))
@@ -106,7 +106,7 @@ class Downloader:
         if rec.pmid:
             routes.append((self.pdf_by_pmid, rec.pmid))
         for route, key in routes:
-            name = route.name  # type: ignore[attr-defined]
+            name = route.name
             if route in (self.pdf_by_pmcid, self.pdf_by_pmid) and not allowed(
                 rec.license, self.policy.licence
             ):
@@ -117,7 +117,7 @@ class Downloader:
                 )
                 break
             try:
-                files = route(key)  # type: ignore[operator]
+                files = route(key)
             except Miss as miss:
                 attempts.add(name, miss.category, miss.detail)
                 if miss.files is not None:

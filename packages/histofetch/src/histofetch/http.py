@@ -40,9 +40,12 @@ EUROPEPMC_RENDER_URL = "https://europepmc.org/"
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 
 
-def _env(name: str, default: str | None) -> str | None:
-    value = os.environ.get(name)
-    return value if value else default
+def _env(name: str, default: str) -> str:
+    return os.environ.get(name) or default
+
+
+def _env_opt(name: str) -> str | None:
+    return os.environ.get(name) or None
 
 
 def _env_float(name: str, default: float) -> float:
@@ -72,8 +75,8 @@ class NetConfig:
     europepmc_render_url: str = field(
         default_factory=lambda: _env("HISTOFETCH_EUROPEPMC_RENDER_URL", EUROPEPMC_RENDER_URL)
     )
-    api_key: str | None = field(default_factory=lambda: _env("NCBI_API_KEY", None))
-    email: str | None = field(default_factory=lambda: _env("NCBI_EMAIL", None))
+    api_key: str | None = field(default_factory=lambda: _env_opt("NCBI_API_KEY"))
+    email: str | None = field(default_factory=lambda: _env_opt("NCBI_EMAIL"))
     tool: str = "histofetch"
     #: Seconds for connect/read/write/pool each.
     timeout: float = field(default_factory=lambda: _env_float("HISTOFETCH_TIMEOUT", 30.0))
@@ -284,7 +287,7 @@ class NetClient:
                 status = response.status_code
                 if status < 400 or status in ok_statuses:
                     return response
-                last = f"HTTP {status} from {_short(response.url)}"
+                last = f"HTTP {status} from {_short(str(response.url))}"
                 if status not in RETRY_STATUSES:
                     raise NetError(last, status=status, url=str(response.url))
                 delay = _retry_after(response)
@@ -292,7 +295,7 @@ class NetClient:
                 break
             if delay is None:
                 delay = cfg.backoff * (2**attempt) * (1 + 0.1 * random.random())
-            time.sleep(min(delay, cfg.max_backoff))
+            time.sleep(min(delay or 0.0, cfg.max_backoff))
         raise NetError(f"{last} (gave up after {cfg.max_retries + 1} attempts)", url=url)
 
     def _send(self, method: str, url: str, **kw: Any) -> httpx.Response:

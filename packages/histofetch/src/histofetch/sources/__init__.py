@@ -10,6 +10,7 @@ page via pubmed2pdf's finders).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from histofetch.jats import Figure
 from histofetch.licence import allowed
@@ -59,6 +60,14 @@ class ArticleFiles:
     version: int | None = None
     #: One line per file that was named but not kept (missing, MD5 mismatch, too large).
     failures: list[str] = field(default_factory=list)
+
+
+class Route(Protocol):
+    """A route: ``route(key)`` with a PMCID (or a PMID for ``pubmed2pdf``)."""
+
+    name: str
+
+    def __call__(self, key: str, /) -> ArticleFiles: ...
 
 
 @dataclass(frozen=True)
