@@ -18,6 +18,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, unquote
 from xml.sax.saxutils import escape
 
 from conftest import SHARED
@@ -65,7 +66,7 @@ def slow_down() -> tuple[int, dict[str, str], bytes]:
 
 
 def _s3_uri(key: str, data: bytes) -> str:
-    return f"s3://{BUCKET}/{key}?md5={hashlib.md5(data).hexdigest()}"
+    return f"s3://{BUCKET}/{quote(key)}?md5={hashlib.md5(data).hexdigest()}"
 
 
 @dataclass
@@ -96,7 +97,9 @@ class FakeBucket:
         """
         name = f"{pmcid}.{version}"
         doc = recorded_metadata()
-        doc.update(pmcid=pmcid, version=version, pdf_url=None, media_urls=[])
+        # The recorded shape, this article's identity (the recorded ids belong to another).
+        doc.update(pmcid=pmcid, version=version, pdf_url=None, media_urls=[], pmid=None, doi=None)
+        doc.update(title=f"Article {name}", citation=f"Test J. 2026;{version}:1")
         files: dict[str, bytes] = {}
         if jats is not None:
             files[f"{name}.xml"] = jats
@@ -128,6 +131,7 @@ class FakeBucket:
 
     # -- the S3 API -----------------------------------------------------------------------
     def answer(self, key: str, params: dict[str, str]) -> tuple[int, dict, bytes]:
+        key = unquote(key)
         if key == "":
             if params.get("list-type") != "2":
                 return 400, XML, _error("InvalidArgument", "only ListObjectsV2 is played here")

@@ -14,27 +14,17 @@ from pathlib import Path
 import pymupdf
 import pytest
 from ncbi_server import FakeNcbi, image_bytes, make_pdf, ncbi_fixture  # noqa: F401 (fixture)
+from run_factory import make_run as _run
+from run_factory import searched as _rec
 from s3_server import he_jpeg, real_jats
 
-from histocore.manifest import Manifest, Record
+from histocore.manifest import Manifest
 from histofetch.archive import ArchiveLimits
 from histofetch.download import run_download
 from histofetch.sources.pdf_routes import check_pdf, find_pdf_link
 
 HTML = b"<!DOCTYPE html><html><head><title>Sign in</title></head><body>Login</body></html>"
 LIST = "/pmc-oa-opendata/"
-
-
-def _run(tmp_path: Path, *records: Record) -> Manifest:
-    manifest = Manifest.load(tmp_path, create=True)
-    for rec in records:
-        manifest.add_record(rec)
-    manifest.save()
-    return manifest
-
-
-def _rec(pmid: str, pmcid: str | None = None) -> Record:
-    return Record(id=f"pmid:{pmid}", pmid=pmid, pmcid=pmcid, stage="searched")
 
 
 def _cloud(ncbi: FakeNcbi, pmcid: str, n: int = 0, **kw) -> None:

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 from ncbi_server import FakeNcbi, make_pdf, ncbi_fixture  # noqa: F401 (fixture)
+from run_factory import make_run, searched
 from s3_server import he_jpeg, real_jats
 
-from histocore.manifest import Manifest, Record
+from histocore.manifest import Manifest
 from histofetch.archive import ArchiveError, ArchiveLimits
 from histofetch.download import run_download
 from histofetch.sources import Policy
@@ -38,9 +39,7 @@ def _serve(ncbi: FakeNcbi, zip_body: bytes) -> None:
 
 
 def _download(ncbi: FakeNcbi, tmp_path: Path, **kw) -> Manifest:
-    manifest = Manifest.load(tmp_path, create=True)
-    manifest.add_record(Record(id="pmid:77", pmid="77", pmcid="PMC77"))
-    manifest.save()
+    make_run(tmp_path, searched("77", "PMC77"))
     run_download(tmp_path, net=ncbi.config(), progress=False, **kw)
     return Manifest.load(tmp_path)
 

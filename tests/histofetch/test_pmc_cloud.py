@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 from ncbi_server import FakeNcbi, make_pdf, ncbi_fixture  # noqa: F401 (fixture)
 from PIL import Image as PILImage
+from run_factory import make_run as _run
+from run_factory import searched as _rec
 from s3_server import he_jpeg, real_jats, recorded_listing, slow_down
 
 from histocore.manifest import Manifest, Record
@@ -21,18 +23,6 @@ from histofetch.sources.pmc_cloud import choose_version, parse_listing, s3_key, 
 LIST = "/pmc-oa-opendata/"
 PMCID = "PMC3574550"
 FIGS = {"mds52601.jpg": he_jpeg(0), "mds52602.jpg": he_jpeg(1)}
-
-
-def _run(tmp_path: Path, *records: Record) -> Manifest:
-    manifest = Manifest.load(tmp_path, create=True)
-    for rec in records:
-        manifest.add_record(rec)
-    manifest.save()
-    return manifest
-
-
-def _rec(pmid: str, pmcid: str | None = None) -> Record:
-    return Record(id=f"pmid:{pmid}", pmid=pmid, pmcid=pmcid, stage="searched")
 
 
 def _download(ncbi: FakeNcbi, tmp_path: Path, *records: Record, **kw) -> Manifest:
@@ -287,3 +277,22 @@ def test_version_without_metadata_json_is_passed_over(ncbi: FakeNcbi, tmp_path: 
     del ncbi.bucket.objects[f"{PMCID}.2/{PMCID}.2.json"]  # NoSuchKey
     rec = _download(ncbi, tmp_path, _rec("1", PMCID)).records["pmid:1"]
     assert (rec.route, rec.pmc_version) == ("pmc-cloud", 1)
+
+
+def test_file_names_with_spaces_are_fetched(ncbi: FakeNcbi, tmp_path: Path) -> None:
+    jats = real_jats().replace(b'xlink:href="mds52601"', b'xlink:href="Figure 1 (H&amp;E)"')
+    media = {"Figure 1 (H&E).jpg": he_jpeg(0), "mds52602.jpg": he_jpeg(1)}
+    ncbi.bucket.add_version(PMCID, 1, jats=jats, media=media)
+    images = _download(ncbi, tmp_path, _rec("1", PMCID)).images_of("pmid:1")
+    assert [i.extra["file"] for i in images] == [
+        f"{PMCID}.1/Figure 1 (H&E).jpg",
+        f"{PMCID}.1/mds52602.jpg",
+    ]
+    assert any("%20" in r.path or " " in r.path for r in ncbi.log)
+
+
+def test_bucket_json_fills_missing_identifiers(ncbi: FakeNcbi, tmp_path: Path) -> None:
+    ncbi.bucket.add_version(PMCID, 1, jats=real_jats(), media=FIGS, pmid=23149571, doi="10.1/x")
+    rec = Record(id=f"pmcid:{PMCID}", pmcid=PMCID, title="Kept title", stage="searched")
+    got = _download(ncbi, tmp_path, rec).records[rec.id]
+    assert (got.pmid, got.doi, got.title) == ("23149571", "10.1/x", "Kept title")

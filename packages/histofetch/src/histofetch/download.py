@@ -146,6 +146,9 @@ class Downloader:
                 setattr(rec, name, value)
         if files.version is not None:
             rec.pmc_version = files.version
+        for name, value in files.ids.items():  # e.g. a `search --db pmc` hit without a PMID
+            if getattr(rec, name) is None:
+                setattr(rec, name, value)
 
     def _keep(self, rec: Record, files: ArticleFiles) -> bool:
         """Save the route's figures and PDF; True if anything was kept."""

@@ -18,7 +18,7 @@ import logging
 import re
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 from histofetch.http import NetClient, NetError
 from histofetch.jats import JatsError, match_href, parse_xml, read_article
@@ -44,7 +44,8 @@ class Listing:
 
 
 def _url(client: NetClient, key: str = "") -> str:
-    return client.config.pmc_cloud_url.rstrip("/") + "/" + key
+    """The HTTPS URL of an object (its key percent-encoded: file names may hold spaces)."""
+    return client.config.pmc_cloud_url.rstrip("/") + "/" + quote(key, safe="/")
 
 
 def parse_listing(body: bytes) -> tuple[Listing, str | None]:
@@ -107,7 +108,7 @@ def s3_key(uri: str) -> tuple[str, str | None]:
         raise ValueError(f"not an s3:// object URI: {uri[:120]!r}")
     md5 = (parse_qs(parts.query).get("md5") or [None])[-1]
     md5 = md5.lower() if md5 and _MD5.match(md5.lower()) else None
-    return parts.path.lstrip("/"), md5
+    return unquote(parts.path.lstrip("/")), md5
 
 
 def get_object(client: NetClient, key: str, md5: str | None) -> bytes:
@@ -190,6 +191,7 @@ class PmcCloud:
             is_manuscript=bool(meta.get("is_manuscript")),
             citation=str(meta["citation"])[:500] if meta.get("citation") else None,
             version=chosen,
+            ids={k: str(meta[k]) for k in ("pmid", "doi", "title") if meta.get(k)},
         )
         self.policy.check(files)
         self._article_files(pmcid, chosen, meta, files)
