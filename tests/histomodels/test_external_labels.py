@@ -154,3 +154,50 @@ def test_eval_reports_reviewed_and_weak_metrics_exact_against_sklearn(tmp_path: 
     assert "| weak-label noise rate | 0.500 [" in md
     if (out / "errors_sheet.png").exists():
         assert "most confident errors" in page
+
+
+def test_nearest_hamming_distance() -> None:
+    from histomodels.leakage import nearest
+
+    ref = np.array([0b1111, 0xFFFF_FFFF_FFFF_FFFF], dtype=np.uint64)
+    q = np.array([0b1111, 0b0111, 0, 0xFFFF_FFFF_FFFF_FFF0], dtype=np.uint64)
+    assert nearest(q, ref).tolist() == [0, 1, 4, 4]
+    assert nearest(q, np.empty(0, np.uint64)).tolist() == [64] * 4
+
+
+def test_figures_reprinting_training_patches_are_left_out(tmp_path: Path) -> None:
+    """A paper showing PCam examples: its patch-sized figure is a training patch."""
+    train = tmp_path / "train"
+    patches = [make_figure(1, 1, seed=100 + k, tumour=k % 2 == 1) for k in range(6)]
+    for k, p in enumerate(patches):
+        (train / str(k % 2)).mkdir(parents=True, exist_ok=True)
+        PILImage.fromarray(p).save(train / str(k % 2) / f"p{k}.png")
+    run = tmp_path / "run"
+    m = Manifest(run_dir=run)
+    m.add_record(Record(id="pmid:9", stage="filtered"))
+    (run / "images").mkdir(parents=True)
+    figures = {
+        "reprint": patches[3],  # the same patch, re-encoded as JPEG by the journal
+        "own": make_figure(2, 2, seed=7, tumour=True),
+    }
+    for name, rgb in figures.items():
+        rel = f"images/{name}.jpg" if name == "reprint" else f"images/{name}.png"
+        PILImage.fromarray(rgb).save(run / rel, **({"quality": 90} if name == "reprint" else {}))
+        h, w = rgb.shape[:2]
+        m.add_image(Image(id=name, record_id="pmid:9", path=rel, sha256="0", width=w, height=h,
+                          kept=True, label="metastasis", weak_label="metastasis"))  # fmt: skip
+    m.save()
+    ckpt = tiny_checkpoint(tmp_path)
+    out = tmp_path / "ext"
+    args = ["eval", str(ckpt), "--manifest", str(run), "--scale", "1", "--bootstrap", "0"]
+    r = CliRunner().invoke(app, [*args, "--out", str(out), "--train-data", str(train)])
+    assert r.exit_code == 0, r.output
+    res = json.loads((out / "metrics.json").read_text())
+    assert list(res["training_duplicates"]) == ["reprint"]
+    assert res["training_duplicates"]["reprint"] <= 4
+    assert {x["image_id"]: x["leakage"] for x in _rows(out)} == {
+        "reprint": "training_duplicate",
+        "own": "",
+    }
+    assert res["n_excluded_leakage"] == 1 and res["external"]["reviewed"]["n"] == 1
+    assert res["external"]["agreement"]["excluded"] == {"reprint": "training_duplicate"}

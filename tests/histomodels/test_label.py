@@ -55,7 +55,8 @@ def test_interactive_labelling_saves_each_answer(tmp_path: Path) -> None:
     # a second session asks only about what is still unlabelled
     r = CliRunner().invoke(app, ["label", "--manifest", str(run)], input="u\n")
     assert "1 figure(s) to label" in r.output
-    assert Manifest.load(run).images["img2"].label == "not_usable"
+    img2 = Manifest.load(run).images["img2"]
+    assert img2.label == "not_usable" and img2.label_by and img2.label_at.endswith("+00:00")
 
 
 def test_set_and_csv(tmp_path: Path) -> None:

@@ -87,6 +87,7 @@ def evaluate_manifest(
     seed: int = 0,
     max_heatmaps: int = 200,
     include_leaky: bool = False,
+    train_data: str | Path | None = None,
     progress: Callable[[str, int], Callable[[int], None] | None] | None = None,
 ) -> dict[str, Any]:
     """Score every kept figure; write metrics.json, image_scores.csv, tile_predictions.csv,
@@ -94,7 +95,8 @@ def evaluate_manifest(
 
     Metrics are image-level, on reviewed labels and on caption weak labels, with the
     weak-label noise rate; figures flagged for leakage are left out unless
-    ``include_leaky``.
+    ``include_leaky``; with ``train_data`` (the training patches), figures whose tiles
+    reprint a training patch are flagged ``training_duplicate`` (:mod:`histomodels.leakage`).
     """
     from histocore.manifest import Manifest
     from histomodels import plots
@@ -114,6 +116,14 @@ def evaluate_manifest(
     probs = sigmoid(logits, temperature)
     manifest = Manifest.load(Path(run_dir))
     truth = targets(manifest)
+    train_dups: dict[str, int] = {}
+    if train_data is not None:
+        from histomodels.data.base import open_dataset
+        from histomodels.leakage import training_duplicates
+
+        train_dups = training_duplicates(
+            images, [t.image_id for t in ds.tiles], open_dataset(train_data), progress=progress
+        )
 
     by_image: dict[str, list[int]] = {i: [] for i in ds.figures}
     for n, tile in enumerate(ds.tiles):
@@ -128,7 +138,8 @@ def evaluate_manifest(
                 **fig,
                 **aggregate(p, top_k),
                 "weak_label": _NAMES[t["weak"]] if t.get("weak") is not None else "",
-                "leakage": t.get("leakage") or "",
+                "leakage": t.get("leakage")
+                or ("training_duplicate" if image_id in train_dups else ""),
             }
         )
     rows.sort(key=lambda r: -np.nan_to_num(r["max"], nan=-1.0))
@@ -190,6 +201,9 @@ def evaluate_manifest(
     used = [r for r in rows if include_leaky or not r["leakage"]]
     result["include_leaky"] = include_leaky
     result["n_excluded_leakage"] = len(rows) - len(used)
+    if train_data is not None:
+        result["train_data"] = str(train_data)
+        result["training_duplicates"] = train_dups
     for agg in AGGREGATIONS:
         scores = np.array([r[agg] for r in rows], dtype=float)
         plots.histogram_plot(
@@ -215,7 +229,11 @@ def evaluate_manifest(
         "reviewed": reviewed,
         "weak": weak,
         "agreement": label_tables(
-            manifest, include_leaky=include_leaky, n_bootstrap=n_bootstrap, seed=seed
+            manifest,
+            include_leaky=include_leaky,
+            n_bootstrap=n_bootstrap,
+            seed=seed,
+            extra_excluded=dict.fromkeys(train_dups, "training_duplicate"),
         ),
         "aggregations": AGGREGATIONS,
     }

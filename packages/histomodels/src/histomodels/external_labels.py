@@ -72,10 +72,14 @@ def label_tables(
     include_leaky: bool = False,
     n_bootstrap: int = 1000,
     seed: int = 0,
+    extra_excluded: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Counts of weak × reviewed labels on kept figures, and the weak-label noise rate."""
+    """Counts of weak × reviewed labels on kept figures, and the weak-label noise rate.
+
+    ``extra_excluded``: more leaky figures (id → reason), e.g. training-patch reprints.
+    """
     kept = manifest.kept_images()
-    excluded = {} if include_leaky else leakage_exclusions(kept)
+    excluded = {} if include_leaky else leakage_exclusions(kept) | (extra_excluded or {})
     used = [i for i in kept if i.id not in excluded]
     table = {w: dict.fromkeys(REVIEW_COLS, 0) for w in WEAK_ROWS}
     for img in used:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 from collections.abc import Callable, Mapping
+from datetime import datetime, timezone
 from pathlib import Path
 
 from histocore.manifest import IMAGE_LABELS, Image, Manifest
@@ -50,18 +51,33 @@ def normalise_label(text: str, where: str = "") -> str | None:
     return ALIASES[key]
 
 
+def _reviewer() -> str:
+    """Who gives the labels (stored as ``label_by``, like the review page's name)."""
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except Exception:  # no user name in this environment (containers)
+        return "histomodels label"
+
+
 def apply_labels(manifest: Manifest, labels: Mapping[str, str | None]) -> int:
     """Set labels (all validated first, then saved once). Returns how many changed."""
     unknown = [i for i in labels if i not in manifest.images]
     if unknown:
         raise LabelError(f"{manifest.path}: no image with id {unknown[0]!r} in this manifest")
     changed = 0
-    for image_id, label in labels.items():
+    for label in labels.values():
         if label is not None and label not in IMAGE_LABELS:
             raise LabelError(f"{label!r} is not a label; use one of {', '.join(IMAGE_LABELS)}")
+    who, when = _reviewer(), datetime.now(timezone.utc).isoformat(timespec="seconds")
+    for image_id, label in labels.items():
         img = manifest.images[image_id]
-        changed += img.label != label
+        if img.label == label:
+            continue
+        changed += 1
         img.label = label
+        img.label_by, img.label_at = (who, when) if label is not None else (None, None)
     if changed:
         manifest.save()
     return changed

@@ -111,6 +111,14 @@ def eval_cmd(
             "near-duplicates).",
         ),
     ] = False,
+    train_data: Annotated[
+        str | None,
+        typer.Option(
+            "--train-data",
+            help="Manifest: the training patches; figures reprinting one are flagged "
+            "training_duplicate (left out unless --include-leaky).",
+        ),
+    ] = None,
     device: Device = None,
 ) -> None:
     """Metrics with 95% CIs, calibration, plots and an error gallery (or, with --manifest,
@@ -136,6 +144,7 @@ def eval_cmd(
                 n_bootstrap=bootstrap,
                 seed=seed,
                 include_leaky=include_leaky,
+                train_data=train_data,
                 progress=progress,
             )
         else:
