@@ -101,6 +101,7 @@ def test_network_failure_is_retried_by_the_next_run(ncbi: FakeNcbi, tmp_path: Pa
     _cloud(ncbi, "PMC2")
     ncbi.inject(LIST, *[(503, {}, b"down")] * 3)
     ncbi.inject("/europepmc/rest/PMC2/fullTextXML", *[(502, {}, b"bad gateway")] * 3)
+    ncbi.files["/europepmc/articles/PMC2"] = (200, "application/pdf", make_pdf())
     _run(tmp_path, _rec("2", "PMC2"))
     net = ncbi.config(max_retries=2)
     first = run_download(tmp_path, net=net, progress=False)
@@ -108,6 +109,9 @@ def test_network_failure_is_retried_by_the_next_run(ncbi: FakeNcbi, tmp_path: Pa
     rec = Manifest.load(tmp_path).records["pmid:2"]
     assert rec.reason.startswith("network: pmc-cloud: HTTP 503"), rec.reason
     assert rec.transient is True
+    # No PDF is taken while the figures are only out of reach for now.
+    assert "europepmc-pdf: not tried while a figure route has network trouble" in rec.reason
+    assert not ncbi.requests_to("/europepmc/articles/PMC2")
     again = run_download(tmp_path, net=net, progress=False)  # no --retry-failed needed
     assert again.done == 1
     rec = Manifest.load(tmp_path).records["pmid:2"]

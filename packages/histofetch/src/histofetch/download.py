@@ -105,21 +105,17 @@ class Downloader:
             attempts.add("pmc-cloud/europepmc", "no PMCID", "record has no PMCID (not in PMC)")
         if rec.pmid:
             routes.append((self.pdf_by_pmid, rec.pmid))
+        figure_trouble = False
         for route, key in routes:
             name = route.name
-            if route in (self.pdf_by_pmcid, self.pdf_by_pmid) and not allowed(
-                rec.license, self.policy.licence
-            ):
-                attempts.add(
-                    name,
-                    "licence",
-                    f"licence unknown, not allowed by --licence {self.policy.licence}",
-                )
+            is_pdf_route = route in (self.pdf_by_pmcid, self.pdf_by_pmid)
+            if is_pdf_route and not self._pdf_route_allowed(rec, name, attempts, figure_trouble):
                 break
             try:
                 files = route(key)
             except Miss as miss:
                 attempts.add(name, miss.category, miss.detail)
+                figure_trouble |= miss.category == "network" and not is_pdf_route
                 if miss.files is not None:
                     self._note(rec, miss.files)
                 if miss.final:
@@ -133,6 +129,20 @@ class Downloader:
                 detail += " (" + "; ".join(files.failures[:5]) + ")"
             attempts.add(name, "no figures", detail)
         raise StageFailure(attempts.reason())
+
+    def _pdf_route_allowed(
+        self, rec: Record, name: str, attempts: Attempts, figure_trouble: bool
+    ) -> bool:
+        """A PDF route waits while a figure route had network trouble (its figures are
+        better, and a ``network`` failure is retried), and needs a licence the policy takes."""
+        if figure_trouble:
+            attempts.add(name, "network", "not tried while a figure route has network trouble")
+            return False
+        if not allowed(rec.license, self.policy.licence):
+            detail = f"licence {rec.license or 'unknown'}, not allowed by --licence "
+            attempts.add(name, "licence", detail + self.policy.licence)
+            return False
+        return True
 
     # -- what a route learnt ---------------------------------------------------------------
     @staticmethod
