@@ -45,8 +45,8 @@ def test_version_1_manifest_is_migrated_on_first_use(tmp_path: Path) -> None:
     file untouched until the next save, then written as version 2 with the new field."""
     run = _v1_run(tmp_path)
     m = Manifest.load(run)
-    assert (run / STORE_NAME).is_file()
-    assert (run / MANIFEST_NAME).read_bytes() == V1.read_bytes()  # reading changes no file
+    assert sorted(p.name for p in run.iterdir()) == [MANIFEST_NAME]  # reading writes nothing
+    assert (run / MANIFEST_NAME).read_bytes() == V1.read_bytes()
     old = _rows(V1)
     assert [r["id"] for r in old[1:]] == [r["id"] for r in m.rows()]
     assert sum(r["kind"] == "record" for r in old) == len(m.records) == 3
@@ -56,7 +56,8 @@ def test_version_1_manifest_is_migrated_on_first_use(tmp_path: Path) -> None:
     failed = [r for r in m.records.values() if r.status == "failed"]
     assert len(failed) == 1 and failed[0].transient is None  # v1 knew no transient failures
 
-    m.save()
+    m.save()  # the first write creates the store from the v1 rows
+    assert (run / STORE_NAME).is_file()
     new = _rows(run / MANIFEST_NAME)
     assert new[0]["version"] == SCHEMA_VERSION == 2
     defaults = {"record": _defaults(Record), "image": _defaults(Image)}

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import uuid
 from collections.abc import Iterable, Iterator, MutableMapping
 from dataclasses import dataclass, field, fields
@@ -198,6 +197,7 @@ class Manifest:
     _seen_img: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
     _seen_head: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
     _owner: str = field(default_factory=lambda: uuid.uuid4().hex, repr=False, compare=False)
+    _migrate: bool = field(default=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.run_dir = Path(self.run_dir)
@@ -217,24 +217,24 @@ class Manifest:
     def load(cls, run_dir: str | Path, *, create: bool = False) -> Manifest:
         """Load a run folder; with ``create`` a folder without a run is a new, empty run.
 
-        The store is read when there is one. A ``manifest.jsonl`` changed by someone else
-        since the store last wrote it is imported into the store (the edit wins); a folder
-        with only a ``manifest.jsonl`` is migrated into a new store (left as it is when the
-        folder is read-only).
+        The store is read when there is one; a ``manifest.jsonl`` changed by someone else
+        since the store last wrote it is imported into the store first (the edit wins). A
+        folder with only a ``manifest.jsonl`` (version 1 or 2) is read from it, and gets a
+        store holding those rows on its first commit: reading never writes.
         """
         manifest = cls(run_dir=Path(run_dir))
-        path, writable = manifest.path, os.access(manifest.run_dir, os.W_OK)
+        path = manifest.path
         if manifest.store_path.is_file():
             manifest._store = RunStore(manifest.run_dir)
             if not manifest._store.readonly:
                 manifest._import_if_edited()
             manifest._read_store()
         elif path.exists():
-            if not writable:
-                return read_jsonl(path, cls(run_dir=manifest.run_dir))
-            manifest._store = RunStore(manifest.run_dir, create=True)
-            manifest._import_if_edited()
-            manifest._read_store()
+            read_jsonl(path, manifest)
+            manifest._seen_head = {k: dumps(v) for k, v in manifest._header_items().items()}
+            manifest._seen_rec = {k: dumps(row_of(r)) for k, r in manifest.records.items()}
+            manifest._seen_img = {k: dumps(row_of(i)) for k, i in manifest.images.items()}
+            manifest._migrate = True
         elif not create:
             raise ManifestError(f"{path}: no manifest here (is this a histofetch run folder?)")
         return manifest
@@ -278,8 +278,24 @@ class Manifest:
 
     def _db(self) -> RunStore:
         if self._store is None:
-            self._store = RunStore(self.run_dir, create=True)
+            store = RunStore(self.run_dir, create=True)
+            if self._migrate:
+                self._migrate_into(store)
+            self._store = store
         return self._store
+
+    def _migrate_into(self, store: RunStore) -> None:
+        """Put the rows read from ``manifest.jsonl`` into a new store (unless another
+        process did first), remembering the file as the store's own export."""
+        with store.write():
+            if store.count("records") or store.count("images") or store.meta("export"):
+                return
+            store.replace_all(
+                {k: json.loads(v) for k, v in self._seen_head.items()},
+                (json.loads(v) for v in self._seen_rec.values()),
+                (json.loads(v) for v in self._seen_img.values()),
+            )
+            store.set_meta("export", json.dumps(file_fingerprint(self.path)))
 
     def close(self) -> None:
         """Close the store connection (also closed when the object is collected)."""
@@ -376,11 +392,11 @@ class Manifest:
         for change in delta.records:
             self._seen_rec[change.row["id"]] = self._adopt(
                 self.records.get(change.row["id"]), merged.get(("records", change.row["id"]))
-            ) or dumps(change.row)
+            ) or (change.text or dumps(change.row))
         for change in delta.images:
             self._seen_img[change.row["id"]] = self._adopt(
                 self.images.get(change.row["id"]), merged.get(("images", change.row["id"]))
-            ) or dumps(change.row)
+            ) or (change.text or dumps(change.row))
         for rid in delta.deleted_records:
             self._seen_rec.pop(rid, None)
         for iid in delta.deleted_images:
@@ -402,23 +418,26 @@ class Manifest:
 
     # -- per-record work (run_per_record) ----------------------------------------------
     def claim(self, record_id: str, stage: str) -> bool:
-        """Take a record for ``stage`` unless another live process works on it; refreshes
-        the record and its images from the store. False: skip it."""
+        """Take a record for ``stage`` unless another live process works on it; rows another
+        writer changed since this process read them are refreshed from the store (rows it
+        did not change are kept as they are here). False: skip it."""
         claim = self._db().claim(record_id, stage, self._owner)
         if not claim.taken:
             return False
         if claim.record is None:  # not committed yet (a row this process just added)
             return True
         where = str(self.store_path)
-        rec = _record(claim.record, where)
-        self.records[record_id] = rec
-        self._seen_rec[record_id] = claim.record
+        if claim.record != self._seen_rec.get(record_id):
+            self.records[record_id] = _record(claim.record, where)
+            self._seen_rec[record_id] = claim.record
+        stored = dict(claim.images)
         for img in self.images_of(record_id):
-            del self.images[img.id]
-            self._seen_img.pop(img.id, None)
-        for data in claim.images:
-            img = _image(data, where)
-            self.images[img.id], self._seen_img[img.id] = img, data
+            if img.id not in stored:
+                del self.images[img.id]
+                self._seen_img.pop(img.id, None)
+        for iid, data in stored.items():  # rows changed by another writer since we read them
+            if data != self._seen_img.get(iid) or iid not in self.images:
+                self.images[iid], self._seen_img[iid] = _image(data, where), data
         return True
 
     def release(self, record_ids: Iterable[str]) -> None:
@@ -432,7 +451,7 @@ class Manifest:
             del self.images[img.id]
             self._seen_img.pop(img.id, None)
         _, stored = self._db().rows_of(record_id)
-        for data in stored:
+        for _id, data in stored:
             img = _image(data, str(self.store_path))
             self.images[img.id], self._seen_img[img.id] = img, data
 
@@ -491,12 +510,14 @@ def _change(obj: Record | Image, seen: str | None, *, new: bool = False) -> Chan
     """What to write for one row: nothing if unchanged, the fields changed since ``seen``,
     or the whole row (``new``: insert only if no other writer added it first)."""
     row = row_of(obj)
+    text = dumps(row)
     if seen is None:
-        return Change(row, new=new)
-    if dumps(row) == seen:
+        return Change(row, new=new, text=text)
+    if text == seen:
         return None
     before = json.loads(seen)
-    return Change(row, patch={k: v for k, v in row.items() if before.get(k, ...) != v})
+    patch = {k: v for k, v in row.items() if before.get(k, ...) != v}
+    return Change(row, patch=patch, text=text, base=seen)
 
 
 def _image_order(img: Image) -> tuple[Any, ...]:

@@ -93,6 +93,10 @@ class Change:
     row: dict[str, Any]
     patch: dict[str, Any] | None = None
     new: bool = False
+    #: ``row`` serialised (saves a second ``dumps``), and the stored text ``patch`` was
+    #: taken against: when the store still holds that text nobody else changed the row.
+    text: str | None = None
+    base: str | None = None
 
 
 @dataclass
@@ -122,7 +126,7 @@ class Claim:
 
     taken: bool
     record: str | None
-    images: list[str]
+    images: list[tuple[str, str]]
     holder: str | None = None
 
 
@@ -232,13 +236,13 @@ class RunStore:
         for (data,) in self.db.execute(_IMAGES_IN_ORDER):
             yield data
 
-    def rows_of(self, record_id: str) -> tuple[str | None, list[str]]:
-        """One record's row and its image rows, as stored now."""
+    def rows_of(self, record_id: str) -> tuple[str | None, list[tuple[str, str]]]:
+        """One record's row and its image rows ``(id, data)``, as stored now."""
         rec = self.db.execute("SELECT data FROM records WHERE id = ?", (record_id,)).fetchone()
         imgs = self.db.execute(
-            "SELECT data FROM images WHERE record_id = ? ORDER BY id", (record_id,)
+            "SELECT id, data FROM images WHERE record_id = ? ORDER BY id", (record_id,)
         ).fetchall()
-        return (rec[0] if rec else None), [d for (d,) in imgs]
+        return (rec[0] if rec else None), imgs
 
     def count(self, table: str, where: str = "", args: tuple[Any, ...] = ()) -> int:
         assert table in ("records", "images", "claims")
@@ -266,11 +270,15 @@ class RunStore:
             for key in delta.header_del:
                 db.execute("DELETE FROM header WHERE key = ?", (key,))
             for change in delta.records:
-                self._put_record(db, self._merge(db, "records", change, merged))
+                stored = self._stored(db, "records", change)
+                self._put_record(db, *self._merge("records", change, stored, merged))
             for rid in delta.deleted_records:
                 db.execute("DELETE FROM records WHERE id = ?", (rid,))
-            for change in delta.images:
-                self._put_image(db, self._merge(db, "images", change, merged))
+            current = self._images_now(db, delta.images)
+            rows = [
+                self._merge("images", c, current.get(c.row["id"]), merged) for c in delta.images
+            ]
+            db.executemany(_PUT_IMAGE, [_image_params(row, text) for row, text in rows])
             for rid, keep in delta.replace_images_of.items():
                 stored = db.execute("SELECT id FROM images WHERE record_id = ?", (rid,))
                 delta.deleted_images |= {i for (i,) in stored.fetchall() if i not in keep}
@@ -284,45 +292,59 @@ class RunStore:
         return merged
 
     @staticmethod
-    def _merge(
-        db: sqlite3.Connection,
-        table: str,
-        change: Change,
-        merged: dict[tuple[str, str], dict[str, Any]],
-    ) -> dict[str, Any]:
+    def _stored(db: sqlite3.Connection, table: str, change: Change) -> str | None:
         if change.patch is None and not change.new:
-            return change.row
+            return None
         found = db.execute(f"SELECT data FROM {table} WHERE id = ?", (change.row["id"],))
-        stored = found.fetchone()
-        if stored is None:
-            return change.row
-        row = json.loads(stored[0])
-        if change.patch is not None:
-            row |= change.patch
-        if row != change.row:
-            merged[(table, str(row["id"]))] = row
-        return row
+        row = found.fetchone()
+        return row[0] if row else None
 
     @staticmethod
-    def _put_record(db: sqlite3.Connection, row: dict[str, Any]) -> None:
+    def _images_now(db: sqlite3.Connection, changes: list[Change]) -> dict[str, str]:
+        """Stored text of the image rows that ``patch``/``new`` changes merge onto (one
+        indexed query per record)."""
+        record_ids = {str(c.row.get("record_id")) for c in changes if c.patch is not None or c.new}
+        now: dict[str, str] = {}
+        for rid in record_ids:
+            found = db.execute("SELECT id, data FROM images WHERE record_id = ?", (rid,))
+            now.update(found.fetchall())
+        return now
+
+    @staticmethod
+    def _merge(
+        table: str,
+        change: Change,
+        stored: str | None,
+        merged: dict[tuple[str, str], dict[str, Any]],
+    ) -> tuple[dict[str, Any], str]:
+        """The row to store for ``change`` given the stored text now, and its JSON."""
+        text = change.text or dumps(change.row)
+        if stored is None or (change.patch is None and not change.new):
+            return change.row, text
+        if change.patch is not None and stored == change.base:
+            return change.row, text  # nobody else changed it since we read it
+        row = json.loads(stored)
+        if change.patch is not None:
+            row |= change.patch
+        if row == change.row:
+            return change.row, text
+        merged[(table, str(row["id"]))] = row
+        return row, dumps(row)
+
+    @staticmethod
+    def _put_record(db: sqlite3.Connection, row: dict[str, Any], text: str | None = None) -> None:
         cols = [_column(row.get(c)) for c in RECORD_COLUMNS]
         db.execute(
             "INSERT INTO records (id, stage, status, failed_stage, pmid, pmcid, data)"
             " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET stage=excluded.stage,"
             " status=excluded.status, failed_stage=excluded.failed_stage,"
             " pmid=excluded.pmid, pmcid=excluded.pmcid, data=excluded.data",
-            (str(row["id"]), *cols, dumps(row)),
+            (str(row["id"]), *cols, text or dumps(row)),
         )
 
     @staticmethod
     def _put_image(db: sqlite3.Connection, row: dict[str, Any]) -> None:
-        cols = [_column(row.get(c)) for c in IMAGE_COLUMNS]
-        cols[0] = str(row.get("record_id"))
-        db.execute(
-            "INSERT OR REPLACE INTO images (id, record_id, sha256, source, page, status, kept,"
-            " label, data) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (str(row["id"]), *cols, dumps(row)),
-        )
+        db.execute(_PUT_IMAGE, _image_params(row, dumps(row)))
 
     def replace_all(
         self,
@@ -366,6 +388,18 @@ class RunStore:
                 "DELETE FROM claims WHERE record_id = ? AND owner = ?",
                 [(rid, owner) for rid in record_ids],
             )
+
+
+_PUT_IMAGE = (
+    "INSERT OR REPLACE INTO images (id, record_id, sha256, source, page, status, kept,"
+    " label, data) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+def _image_params(row: dict[str, Any], text: str) -> tuple[Any, ...]:
+    cols = [_column(row.get(c)) for c in IMAGE_COLUMNS]
+    cols[0] = str(row.get("record_id"))
+    return (str(row["id"]), *cols, text)
 
 
 def _alive(host: str | None, pid: int | None, since: float | None) -> bool:
