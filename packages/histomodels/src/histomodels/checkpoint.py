@@ -1,6 +1,7 @@
 """Checkpoints are plain dicts, so ``torch.load(weights_only=True)`` can open them.
 
-Keys: ``format``, ``version``, ``model`` (registry name), ``model_config`` (kwargs for
+Keys: ``format``, ``version``, ``model`` (registry name; ``ensemble`` for
+:mod:`histomodels.ensemble`), ``model_config`` (kwargs for
 :func:`~histomodels.models.create_model`), ``state_dict``, ``normalization`` (mean/std),
 ``input_size``, ``train_config``, ``metrics``, ``epoch``, ``temperature`` (for
 calibrated probabilities; 1.0 until fitted), and optionally ``optimizer``/``scheduler``
@@ -74,10 +75,25 @@ def save_checkpoint(path: str | Path, checkpoint: dict[str, Any]) -> Path:
     return path
 
 
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load and validate a checkpoint dict with ``weights_only=True`` (no code runs)."""
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A run folder stands for its ``best.pt``; anything else is returned as given."""
     path = Path(path)
+    if path.is_dir() and (path / "best.pt").is_file():
+        return path / "best.pt"
+    return path
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load and validate a checkpoint dict with ``weights_only=True`` (no code runs).
+
+    ``path`` may also be a run folder (its ``best.pt``) or the name of a model shipped in
+    :mod:`histomodels.pretrained` (e.g. ``pcam-cnn``) when no such file exists."""
+    path = resolve_checkpoint(path)
     if not path.is_file():
+        from histomodels import pretrained
+
+        if pretrained.is_pretrained(path):
+            return pretrained.checkpoint_dict(str(path))
         raise CheckpointError(f"{path}: no such checkpoint file")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)

@@ -28,6 +28,7 @@ def fail(msg: str) -> None:
 # Each module adds its commands to ``app`` / ``data_app`` when imported.
 from histomodels.cli import data as _data  # noqa: E402,F401
 from histomodels.cli import demo as _demo  # noqa: E402,F401
+from histomodels.cli import ensemble as _ensemble  # noqa: E402,F401
 from histomodels.cli import evaluate as _evaluate  # noqa: E402,F401
 from histomodels.cli import train as _train  # noqa: E402,F401
 

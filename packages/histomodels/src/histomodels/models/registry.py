@@ -23,7 +23,7 @@ def register_model(name: str, *, prefix: bool = False) -> Callable:
 
 def _load_builtin() -> None:
     # Importing the modules runs their @register_model decorators.
-    from histomodels.models import cnn, timm_zoo, torchvision_zoo  # noqa: F401
+    from histomodels.models import cnn, ensemble, timm_zoo, torchvision_zoo  # noqa: F401
 
 
 def list_models() -> list[str]:

@@ -1,0 +1,33 @@
+"""CLI command ``ensemble``: several trained models as one checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from histomodels.cli import app, fail
+
+
+@app.command("ensemble")
+def ensemble_cmd(
+    sources: Annotated[
+        list[str],
+        typer.Argument(help="Two or more checkpoints, run folders (best.pt) or shipped names."),
+    ],
+    out: Annotated[Path, typer.Option("--out", help="Run folder (→ best.pt) or a .pt file.")],
+    tta: Annotated[
+        bool, typer.Option("--tta", help="Average the 8 dihedral views inside the model.")
+    ] = False,
+) -> None:
+    """Average the members' calibrated logits (each keeps its own normalisation, input size
+    and temperature); eval, predict and export then take OUT like any checkpoint."""
+    from histomodels.checkpoint import CheckpointError
+    from histomodels.ensemble import write_ensemble
+
+    try:
+        path = write_ensemble(sources, out, tta=tta)
+    except (CheckpointError, ValueError, OSError) as exc:
+        fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+    typer.echo(f"wrote {path}: ensemble of {len(sources)} model(s){' with TTA' if tta else ''}")

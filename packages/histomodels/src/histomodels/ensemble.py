@@ -1,0 +1,92 @@
+"""``histomodels ensemble``: combine trained models into one checkpoint.
+
+The result is an ordinary histomodels checkpoint (a plain dict, ``weights_only``-loadable)
+whose ``model`` is ``"ensemble"`` (:mod:`histomodels.models.ensemble`): ``model_config``
+lists one member per source with its architecture, normalisation, input size and
+temperature, and ``state_dict`` holds every member's weights under ``members.<i>.net.``.
+So ``eval``, ``predict``, ``export`` and :class:`histomodels.inference.Predictor` load it
+like any checkpoint. Its own temperature starts at 1.0 (the members' temperatures are
+applied inside); ``eval --val`` fits one for the averaged logit.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from histomodels.checkpoint import FORMAT, VERSION, CheckpointError, read_checkpoint
+from histomodels.inference import norm_of
+
+#: the ensemble takes RGB in [0, 1]; each member normalises its own input
+IDENTITY_NORM = {"mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0]}
+
+
+def member_spec(ckpt: dict[str, Any], source: str) -> dict[str, Any]:
+    """What the ensemble needs to rebuild and feed one member."""
+    mean, std = norm_of(ckpt)
+    return {
+        "model": ckpt["model"],
+        "model_config": dict(ckpt.get("model_config", {})),
+        "mean": [float(v) for v in mean],
+        "std": [float(v) for v in std],
+        "input_size": int(ckpt.get("input_size", 96)),
+        "temperature": float(ckpt.get("temperature", 1.0) or 1.0),
+        "stain": ckpt.get("stain"),
+        "source": source,
+    }
+
+
+def build_ensemble(sources: list[str | Path], *, tta: bool = False) -> dict[str, Any]:
+    """The ensemble checkpoint dict of ``sources`` (checkpoint files, run folders holding
+    ``best.pt``, or shipped model names such as ``pcam-cnn``).
+
+    Members must agree on stain normalisation (it runs on the patches before the graph);
+    a mix raises :class:`~histomodels.checkpoint.CheckpointError`.
+    """
+    from histomodels.models import create_model
+
+    if len(sources) < 2:
+        raise CheckpointError("an ensemble needs at least two models")
+    members, state = [], {}
+    for i, src in enumerate(sources):
+        ckpt = read_checkpoint(src)
+        spec = member_spec(ckpt, str(src))
+        members.append(spec)
+        for k, v in ckpt["state_dict"].items():
+            state[f"members.{i}.net.{k}"] = v
+    stains = {repr(m["stain"]) for m in members}
+    if len(stains) > 1:
+        raise CheckpointError(
+            f"{sources[0]}: members use different stain normalisation; an ensemble needs "
+            "one (train the members with the same --stain-norm)"
+        )
+    config = {"members": members, "tta": bool(tta)}
+    model = create_model("ensemble", **config)  # checks that every member's weights fit
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{sources[0]}: member weights do not fit: {exc}") from None
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "model": "ensemble",
+        "model_config": config,
+        "state_dict": state,
+        "normalization": dict(IDENTITY_NORM),
+        "input_size": members[0]["input_size"],
+        "train_config": {},
+        "metrics": {},
+        "epoch": 0,
+        "temperature": 1.0,
+        "stain": members[0]["stain"],
+        "ensemble_of": [str(s) for s in sources],
+    }
+
+
+def write_ensemble(sources: list[str | Path], out: str | Path, *, tta: bool = False) -> Path:
+    """Build and save the ensemble: ``out`` is a ``.pt`` file or a run folder (→ ``best.pt``)."""
+    from histomodels.checkpoint import save_checkpoint
+
+    out = Path(out)
+    path = out if out.suffix == ".pt" else out / "best.pt"
+    return save_checkpoint(path, build_ensemble(sources, tta=tta))

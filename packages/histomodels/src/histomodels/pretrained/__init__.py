@@ -1,0 +1,82 @@
+"""Models shipped inside the package: safetensors weights + a JSON sidecar per name.
+
+``pcam-cnn`` is the default scratch CNN trained on the PCam (CC0) dev training patches by
+``benchmarks/build_pcam_cnn.py`` (model card: ``docs/model_card_pcam_cnn.md``). A
+pretrained name works wherever a checkpoint path does: :func:`checkpoint_dict` turns the
+pair into the same plain dict ``histomodels.checkpoint`` reads, so eval, predict and export
+need no special case. Loading runs no code (safetensors + JSON).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+
+
+class PretrainedError(ValueError):
+    """A shipped model that is missing or damaged; the message names it."""
+
+
+def available() -> list[str]:
+    """Names of the shipped models (those with both weights and sidecar)."""
+    return sorted(p.stem for p in HERE.glob("*.safetensors") if p.with_suffix(".json").is_file())
+
+
+def is_pretrained(name: str | Path) -> bool:
+    """True when ``name`` is a shipped model's name (not a path on disk)."""
+    return str(name) in available()
+
+
+def save_pretrained(path: Path, state_dict: dict[str, torch.Tensor]) -> Path:
+    """Write ``state_dict`` as safetensors atomically (same bytes for the same tensors)."""
+    from safetensors.torch import save
+
+    from histocore.io import atomic_write_bytes
+
+    tensors = {k: v.detach().cpu().contiguous() for k, v in sorted(state_dict.items())}
+    atomic_write_bytes(Path(path), save(tensors))
+    return Path(path)
+
+
+def sidecar(name: str) -> dict[str, Any]:
+    """The JSON sidecar of a shipped model (config, normalisation, temperature, threshold)."""
+    path = HERE / f"{name}.json"
+    if not path.is_file():
+        known = ", ".join(available()) or "none"
+        raise PretrainedError(f"{name}: no such pretrained model (shipped: {known})")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def checkpoint_dict(name: str) -> dict[str, Any]:
+    """The shipped model as a histomodels checkpoint dict (see ``histomodels.checkpoint``)."""
+    from safetensors.torch import load
+
+    from histomodels.checkpoint import FORMAT, VERSION
+
+    meta = sidecar(name)
+    data = (HERE / f"{name}.safetensors").read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    if meta.get("weights_sha256") and digest != meta["weights_sha256"]:
+        raise PretrainedError(f"{name}: weights do not match the sidecar's sha256 (damaged)")
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "model": meta["model"],
+        "model_config": dict(meta.get("model_config", {})),
+        "state_dict": load(data),
+        "normalization": meta["normalization"],
+        "input_size": int(meta.get("input_size", 96)),
+        "train_config": dict(meta.get("train_config", {})),
+        "metrics": {},
+        "epoch": int(meta.get("epoch", 0)),
+        "temperature": float(meta.get("temperature", 1.0)),
+        "threshold": float(meta["threshold"]) if "threshold" in meta else None,
+        "threshold_rule": meta.get("threshold_rule"),
+        "pretrained": name,
+    }

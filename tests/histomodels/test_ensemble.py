@@ -1,0 +1,114 @@
+"""Ensembles are ordinary checkpoints: built from runs, averaged per member, exported."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from _evalkit import train_tiny
+from typer.testing import CliRunner
+
+from histomodels.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
+from histomodels.cli import app
+from histomodels.ensemble import build_ensemble, write_ensemble
+from histomodels.export import export_checkpoint
+from histomodels.inference import Predictor
+from histomodels.synthetic import make_patches
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def members(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """Two tiny CNNs trained differently; the second with its own normalisation and a
+    fitted-looking temperature, saved as a run folder (best.pt inside)."""
+    root = tmp_path_factory.mktemp("members")
+    a = train_tiny(root / "a.pt", seed=0)
+    b_path = train_tiny(root / "b_tmp.pt", seed=1)
+    ckpt = read_checkpoint(b_path)
+    ckpt["normalization"] = {"mean": [0.6, 0.4, 0.7], "std": [0.2, 0.25, 0.15]}
+    ckpt["temperature"] = 1.7
+    run = root / "run_b"
+    save_checkpoint(run / "best.pt", ckpt)
+    return [a, run]
+
+
+def _member_logits(sources: list[Path], x: np.ndarray, tta: bool) -> np.ndarray:
+    out = []
+    for src in sources:
+        p = Predictor.load(src, device="cpu", precision="fp32")
+        out.append(p.logits(x, tta=tta) / p.temperature)
+    return np.mean(out, axis=0)
+
+
+@pytest.mark.parametrize("tta", [False, True])
+def test_ensemble_averages_calibrated_member_logits(
+    members: list[Path], tmp_path: Path, tta: bool
+) -> None:
+    path = write_ensemble(members, tmp_path / "ens", tta=tta)
+    assert path == tmp_path / "ens" / "best.pt"
+    raw = torch.load(path, weights_only=True)  # a plain dict: no code runs on load
+    assert raw["model"] == "ensemble" and len(raw["model_config"]["members"]) == 2
+    specs = raw["model_config"]["members"]
+    assert specs[1]["mean"] == [0.6, 0.4, 0.7] and specs[1]["temperature"] == 1.7
+    x, _ = make_patches(24, seed=5)
+    pred = Predictor.load(tmp_path / "ens", device="cpu", precision="fp32")  # run folder
+    got = pred.logits(x)  # TTA is inside the ensemble when it was built with it
+    np.testing.assert_allclose(got, _member_logits(members, x, tta), atol=1e-4)
+    # and the ensemble differs from either member alone
+    alone = Predictor.load(members[0], device="cpu", precision="fp32").logits(x)
+    assert np.abs(got - alone).max() > 1e-3
+
+
+def test_ensemble_onnx_export_matches_eager(members: list[Path], tmp_path: Path) -> None:
+    import onnxruntime as ort
+
+    ens = write_ensemble(members, tmp_path / "ens.pt", tta=True)
+    res = export_checkpoint(ens, "onnx", tmp_path / "ens.onnx")
+    assert res["max_abs_diff"] < 1e-4 and res["model"] == "ensemble"
+    x, _ = make_patches(7, seed=9)
+    sess = ort.InferenceSession(str(tmp_path / "ens.onnx"), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {"input": (x.astype(np.float32) / 255).transpose(0, 3, 1, 2)})[0]
+    np.testing.assert_allclose(got, _member_logits(members, x, True), atol=1e-4)
+
+
+def test_ensemble_refuses_bad_members(members: list[Path], tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match="at least two"):
+        build_ensemble(members[:1])
+    with pytest.raises(CheckpointError, match="no such checkpoint"):
+        build_ensemble([members[0], tmp_path / "missing.pt"])
+    stained = read_checkpoint(members[0])
+    stained["stain"] = {"stains": [[0.65, 0.07], [0.70, 0.99], [0.29, 0.11]], "max_c": [1.9, 1.0]}
+    save_checkpoint(tmp_path / "stained.pt", stained)
+    with pytest.raises(CheckpointError, match="stain"):
+        build_ensemble([members[0], tmp_path / "stained.pt"])
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_ensemble_then_eval_predict(members: list[Path], tmp_path: Path) -> None:
+    from PIL import Image
+
+    from histomodels.synthetic import write_h5
+
+    runner = CliRunner()
+    r = runner.invoke(app, ["ensemble", *map(str, members), "--out", str(tmp_path / "ens")])
+    assert r.exit_code == 0, r.output
+    x, _ = make_patches(1, seed=3)
+    Image.fromarray(x[0]).save(tmp_path / "p.png")
+    r = runner.invoke(app, ["predict", str(tmp_path / "ens"), str(tmp_path / "p.png"),
+                            "--out", str(tmp_path / "pred.csv")])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert "1 patch(es)" in r.output
+    test_h5, val_h5 = (
+        write_h5(tmp_path / "t.h5", 64, seed=7),
+        write_h5(tmp_path / "v.h5", 64, seed=8),
+    )
+    args = ["eval", str(tmp_path / "ens"), "--data", str(test_h5), "--val", str(val_h5)]
+    r = runner.invoke(app, [*args, "--out", str(tmp_path / "ev"), "--bootstrap", "50"])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "ev" / "metrics.json").is_file()
+    r = runner.invoke(app, ["ensemble", str(members[0]), "--out", str(tmp_path / "one")])
+    assert r.exit_code == 1 and "error:" in r.output and "at least two" in r.output
+    assert not (tmp_path / "one").exists()
