@@ -113,6 +113,11 @@ def test_labelled_run_gives_image_metrics(tmp_path: Path) -> None:
         assert 0.0 <= m["image_metrics"][agg]["roc_auc"] <= 1.0
         assert "ci" in m["image_metrics"][agg]
     assert (out / "roc.png").exists()
+    # calibration is checked on the external set too
+    assert (out / "reliability.png").exists()
+    cal = m["calibration"]["topk_mean"]
+    assert cal["fraction_positive"] == 0.5 and 0.0 <= cal["ece"] <= 1.0
+    assert cal["brier"] == pytest.approx(m["image_metrics"]["topk_mean"]["brier"])
     # at the given scale the centred grid is exactly the 3x4 tissue area inside the margins
     rows = list(csv.DictReader((out / "image_scores.csv").open()))
     assert {r["scale_source"] for r in rows} == {"given"}

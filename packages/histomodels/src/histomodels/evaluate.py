@@ -19,10 +19,10 @@ from typing import Any
 import numpy as np
 
 from histocore.io import atomic_write_text
-from histomodels.checkpoint import read_checkpoint, save_checkpoint
+from histomodels.checkpoint import read_checkpoint, resolve_checkpoint, save_checkpoint
 from histomodels.inference import Predictor, sigmoid
 
-PLOTS = ("roc.png", "pr.png", "confusion.png", "reliability.png")
+PLOTS = ("roc.png", "pr.png", "confusion.png", "reliability.png", "threshold.png")
 
 
 def _load(data: Any) -> tuple[np.ndarray, np.ndarray, list[str], str]:
@@ -68,6 +68,7 @@ def evaluate_checkpoint(
     tta: bool = False,
     batch_size: int = 256,
     sensitivity: float | None = None,
+    threshold_rule: str = "sensitivity",
     n_bootstrap: int = 1000,
     seed: int = 0,
     precision: str = "fp32",
@@ -79,9 +80,26 @@ def evaluate_checkpoint(
     """Evaluate ``checkpoint`` on ``data`` and write metrics.json, predictions.csv and PNGs
     to ``out``. Returns the metrics dict. ``device`` defaults to CUDA when available.
     ``progress(desc, total)`` may return a callback that receives the number of patches done
-    per batch."""
+    per batch.
+
+    With ``val``, the operating point is chosen there by ``threshold_rule``: ``sensitivity``
+    (the screening default: the highest threshold keeping ``sensitivity``, 0.9 unless given,
+    on validation) or ``youden``. Without it, a threshold shipped with the model (pretrained
+    models) is used, else 0.5."""
     from histomodels.calibration import fit_temperature, nll
-    from histomodels.metrics import binary_metrics, choose_threshold, summarize
+    from histomodels.metrics import (
+        DEFAULT_SENSITIVITY,
+        THRESHOLD_RULES,
+        binary_metrics,
+        choose_threshold,
+        summarize,
+        threshold_sweep,
+    )
+
+    if threshold_rule not in THRESHOLD_RULES:
+        raise ValueError(f"threshold rule must be one of {', '.join(THRESHOLD_RULES)}")
+    if threshold_rule == "youden" and sensitivity is not None:
+        raise ValueError("--sensitivity goes with --threshold-rule sensitivity, not youden")
 
     out = Path(out)
     pred = Predictor.load(checkpoint, device=device, precision=precision)
@@ -102,6 +120,12 @@ def evaluate_checkpoint(
     }
     temperature = pred.temperature
     threshold, threshold_source = 0.5, "default 0.5 (no validation set given)"
+    if ckpt.get("threshold") is not None:  # shipped with a pretrained model
+        threshold = float(ckpt["threshold"])
+        threshold_source = (
+            f"shipped with the model ({ckpt.get('threshold_rule') or 'rule not recorded'} "
+            "on its own validation data; no validation set given)"
+        )
     if (
         val is not None
         and isinstance(val, (str, Path))
@@ -118,7 +142,8 @@ def evaluate_checkpoint(
             raise ValueError(f"{v_source}: validation data must be fully labelled (0/1)")
         v_logits = infer(v_images, "validation")
         temperature = fit_temperature(v_logits, v_labels)
-        threshold, how = choose_threshold(v_labels, sigmoid(v_logits, temperature), sensitivity)
+        target = (sensitivity or DEFAULT_SENSITIVITY) if threshold_rule == "sensitivity" else None
+        threshold, how = choose_threshold(v_labels, sigmoid(v_logits, temperature), target)
         threshold_source = f"{how} on validation ({v_source}, n={len(v_labels)})"
         result["validation"] = {
             "data": v_source,
@@ -126,11 +151,12 @@ def evaluate_checkpoint(
             "nll_before": nll(v_logits, v_labels),
             "nll_after": nll(v_logits, v_labels, temperature),
         }
-        if store_temperature:
-            raw = read_checkpoint(checkpoint)
+        target = resolve_checkpoint(checkpoint)
+        if store_temperature and target.is_file():  # not a shipped (pretrained) model
+            raw = read_checkpoint(target)
             raw["temperature"] = temperature
             raw.setdefault("metrics", {})["temperature_fitted_on"] = v_source
-            save_checkpoint(checkpoint, raw)
+            save_checkpoint(target, raw)
     elif sensitivity is not None:
         raise ValueError("--sensitivity needs --val: the operating point is chosen on validation")
     result.update(temperature=temperature, threshold_source=threshold_source)
@@ -148,6 +174,7 @@ def evaluate_checkpoint(
     y, p = labels[labelled], probs[labelled]
     result.update(summarize(y, p, threshold, n_resamples=n_bootstrap, seed=seed))
     result["at_0.5"] = {k: v for k, v in binary_metrics(y, p, 0.5).items() if k != "ci"}
+    result["threshold_sweep"] = threshold_sweep(y, p)
     raw_p = sigmoid(logits[labelled])
     result["uncalibrated"] = {
         k: binary_metrics(y, raw_p, threshold)[k] for k in ("brier", "ece")
@@ -167,6 +194,7 @@ def evaluate_checkpoint(
             threshold,
         )
         plots.reliability_plot(y, p, out / "reliability.png")
+        plots.threshold_plot(y, p, out / "threshold.png", threshold)
         if gallery:
             from histomodels.explain import error_gallery
 

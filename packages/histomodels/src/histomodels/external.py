@@ -28,6 +28,25 @@ from histocore.io import atomic_write_text, record_slug
 AGGREGATIONS = ("max", "topk_mean")
 
 
+def _calibration(y: np.ndarray, rows: list[dict]) -> dict[str, Any]:
+    """ECE, Brier, mean probability vs fraction positive per image aggregation (reviewed
+    labels)."""
+    from histomodels.metrics import binary_metrics
+
+    out: dict[str, Any] = {}
+    for agg in AGGREGATIONS:
+        s = np.array([r[agg] for r in rows], dtype=float)
+        m = binary_metrics(y, s)
+        out[agg] = {
+            "ece": m["ece"],
+            "brier": m["brier"],
+            "mean_probability": float(s.mean()),
+            "fraction_positive": float(y.mean()),
+        }
+    out["note"] = "reliability.png shows topk_mean; max over tiles is biased upwards by design"
+    return out
+
+
 def aggregate(probs: np.ndarray, top_k: int) -> dict[str, float]:
     """Image-level scores from one figure's tile probabilities."""
     if len(probs) == 0:
@@ -250,6 +269,10 @@ def evaluate_manifest(
         sc = np.array([r["max"] for r in labelled], dtype=float)
         plots.roc_plot(y, sc, out / "roc.png", threshold)
         plots.pr_plot(y, sc, out / "pr.png")
+        # calibration on the external set: do image probabilities mean what they say?
+        result["calibration"] = _calibration(y, labelled)
+        topk = np.array([r["topk_mean"] for r in labelled], dtype=float)
+        plots.reliability_plot(y, topk, out / "reliability.png")
     _errors_sheet(used, threshold, out / "errors_sheet.png")
 
     # Heatmaps (most suspicious first) and a ranked contact sheet.

@@ -110,6 +110,28 @@ def choose_threshold(
     return float(thr[i]), f"sensitivity>={sensitivity:g}"
 
 
+#: thresholds of the sweep table (plus the chosen operating point)
+SWEEP_THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(1, 20))
+#: the screening default: the highest threshold that keeps this sensitivity on validation
+DEFAULT_SENSITIVITY = 0.9
+THRESHOLD_RULES = ("sensitivity", "youden")
+
+
+def threshold_sweep(
+    labels: np.ndarray, probs: np.ndarray, thresholds: tuple[float, ...] = SWEEP_THRESHOLDS
+) -> list[dict[str, float]]:
+    """Recall, specificity, precision and accuracy at each threshold (one row each): how
+    the operating point trades missed tumours against false alarms on this data."""
+    y, p = _check(labels, probs)
+    rows = []
+    for t in sorted(set(float(t) for t in thresholds)):
+        m = binary_metrics(y, p, t)
+        rows.append(
+            {k: m[k] for k in ("threshold", "recall", "specificity", "precision", "accuracy")}
+        )
+    return rows
+
+
 # -- bootstrap -------------------------------------------------------------------------------
 
 

@@ -110,6 +110,23 @@ def reliability_plot(y: np.ndarray, p: np.ndarray, path: Path, n_bins: int = 15)
     return save_figure(fig, path)
 
 
+def threshold_plot(y: np.ndarray, p: np.ndarray, path: Path, threshold: float) -> Path:
+    """Recall (sensitivity) and specificity against the threshold, the chosen one marked."""
+    t = np.linspace(0, 1, 201)
+    pos, neg = p[y == 1], p[y == 0]
+    recall = [(pos >= x).mean() if len(pos) else np.nan for x in t]
+    spec = [(neg < x).mean() if len(neg) else np.nan for x in t]
+    fig, ax = plt.subplots(figsize=(4.8, 3.4))
+    ax.plot(t, recall, label="recall (sensitivity)")
+    ax.plot(t, spec, label="specificity")
+    ax.axvline(threshold, color="k", ls=":", lw=1, label=f"chosen {threshold:.3f}")
+    ax.set(
+        xlabel="threshold", ylabel="rate", title="Operating point on the test set", ylim=(0, 1.02)
+    )
+    ax.legend(loc="lower center")
+    return save_figure(fig, path)
+
+
 def histogram_plot(scores: np.ndarray, path: Path, title: str, xlabel: str) -> Path:
     fig, ax = plt.subplots(figsize=(4.6, 3.2))
     ax.hist(scores, bins=20, range=(0, 1), color="C0", edgecolor="white")

@@ -38,11 +38,13 @@ METRIC_ROWS = (
     ("ece", "ECE (lower is better)"),
     ("threshold", "threshold"),
 )
+SWEEP_KEYS = ("recall", "specificity", "precision", "accuracy")
 EVAL_PLOTS = (
     ("roc.png", "ROC"),
     ("pr.png", "Precision-recall"),
     ("confusion.png", "Confusion matrix"),
     ("reliability.png", "Reliability"),
+    ("threshold.png", "Recall and specificity vs threshold"),
     ("errors_gradcam.png", "Most confident errors with Grad-CAM"),
     ("score_hist_max.png", "Figure score distribution"),
     ("errors_sheet.png", "External test set: most confident errors"),
@@ -394,6 +396,15 @@ def build_report(
                     f"{html.escape(str(ev.metrics['note']))}</p>"
                 )
                 md += [f"*{label}: {ev.metrics['note']}*", ""]
+        for label, ev in cols:  # how recall and specificity move with the threshold
+            sweep = ev.metrics.get("threshold_sweep")
+            if not sweep:
+                continue
+            rows = [(_fmt(r["threshold"], 3), [_fmt(r[k], 3) for k in SWEEP_KEYS]) for r in sweep]
+            head = ["threshold", *SWEEP_KEYS]
+            h.append(f"<h3>{html.escape(label)}: metrics by threshold</h3>")
+            h.append(_html_table(head, rows))
+            md += [f"### {label}: metrics by threshold", "", _md_table(head, rows), ""]
         roc = _roc_overlay(cols, assets / "roc_all.png") if len(cols) > 1 else None
         if roc:
             h.append("<h3>ROC comparison</h3><div class='grid'>")

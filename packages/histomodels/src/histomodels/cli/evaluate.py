@@ -78,9 +78,19 @@ def eval_cmd(
     ] = None,
     out: Annotated[Path, typer.Option("--out", help="Output folder.")] = Path("eval"),
     tta: Annotated[bool, typer.Option("--tta", help="Average the 8 dihedral views.")] = False,
+    threshold_rule: Annotated[
+        str,
+        typer.Option(
+            "--threshold-rule",
+            help="With --val: 'sensitivity' (screening default: highest threshold keeping "
+            "--sensitivity on validation) or 'youden' (max sensitivity + specificity - 1).",
+        ),
+    ] = "sensitivity",
     sensitivity: Annotated[
         float | None,
-        typer.Option("--sensitivity", help="Operating point at this sensitivity (needs --val)."),
+        typer.Option(
+            "--sensitivity", help="Target sensitivity for the rule 'sensitivity' [default 0.9]."
+        ),
     ] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 256,
     bootstrap: Annotated[int, typer.Option("--bootstrap", min=0, help="Resamples for CIs.")] = 1000,
@@ -158,6 +168,7 @@ def eval_cmd(
                 tta=tta,
                 batch_size=batch_size,
                 sensitivity=sensitivity,
+                threshold_rule=threshold_rule,
                 n_bootstrap=bootstrap,
                 seed=seed,
                 precision=precision,
@@ -203,6 +214,14 @@ def _print_metrics(result: dict, out: Path) -> None:
         f"threshold {result['threshold']:.4f} ({result['threshold_source']}); "
         f"temperature {result['temperature']:.3f}; tta={result['tta']}"
     )
+    sweep = [r for r in result.get("threshold_sweep", []) if round(r["threshold"] * 10, 6) % 1 == 0]
+    if sweep:
+        console.print(
+            "recall / specificity by threshold: "
+            + ", ".join(
+                f"{r['threshold']:.1f}: {r['recall']:.2f}/{r['specificity']:.2f}" for r in sweep
+            )
+        )
     if result.get("warning"):
         console.print(f"[yellow]warning:[/yellow] {result['warning']}")
     console.print(f"wrote {out}/metrics.json, predictions.csv and plots")

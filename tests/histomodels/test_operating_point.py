@@ -1,0 +1,83 @@
+"""The operating point: chosen on validation for a target sensitivity (the screening
+default) or by Youden's J, and shown moving with the threshold on the test set."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from _evalkit import tiny_checkpoint
+from sklearn import metrics as skm
+
+from histomodels.data.base import ArrayDataset
+from histomodels.evaluate import evaluate_checkpoint
+from histomodels.inference import Predictor, sigmoid
+from histomodels.metrics import threshold_sweep
+from histomodels.report import build_report
+from histomodels.synthetic import make_patches
+
+torch.set_num_threads(1)
+
+
+def _ds(n: int, seed: int, name: str) -> ArrayDataset:
+    x, y = make_patches(n, seed=seed)
+    return ArrayDataset(x, y, ids=[f"{name}{i}" for i in range(n)], source=name)
+
+
+def test_threshold_sweep_matches_sklearn_and_moves_one_way() -> None:
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 300)
+    p = np.clip(y * 0.3 + rng.random(300) * 0.7, 0, 1)
+    rows = threshold_sweep(y, p)
+    assert [r["threshold"] for r in rows] == sorted(r["threshold"] for r in rows)
+    assert len(rows) == 19 and rows[0]["threshold"] == 0.05 and rows[-1]["threshold"] == 0.95
+    recall = [r["recall"] for r in rows]
+    spec = [r["specificity"] for r in rows]
+    assert all(a >= b for a, b in itertools.pairwise(recall))
+    assert all(a <= b for a, b in itertools.pairwise(spec))
+    mid = rows[9]  # 0.5
+    assert mid["recall"] == pytest.approx(skm.recall_score(y, p >= 0.5))
+    assert mid["accuracy"] == pytest.approx(skm.accuracy_score(y, p >= 0.5))
+
+
+def test_default_rule_keeps_target_sensitivity_on_validation(tmp_path: Path) -> None:
+    ckpt = tiny_checkpoint(tmp_path)
+    val = _ds(160, 2, "v")
+    res = evaluate_checkpoint(
+        ckpt, _ds(120, 1, "t"), tmp_path / "ev", val=val, n_bootstrap=0, gallery=False
+    )
+    assert "sensitivity>=0.9" in res["threshold_source"]
+    # on validation, the chosen threshold keeps >= 90 % of the tumours
+    pred = Predictor.load(ckpt, device="cpu", precision="fp32")
+    x, y, _ = val.load_all()
+    p_val = sigmoid(pred.logits(x), res["temperature"])
+    assert (p_val[np.asarray(y) == 1] >= res["threshold"]).mean() >= 0.9
+    # the sweep table and its plot are written for the test set
+    saved = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert len(saved["threshold_sweep"]) == 19
+    assert (tmp_path / "ev" / "threshold.png").stat().st_size > 0
+    # Youden stays available and, for the same data, picks its own point
+    you = evaluate_checkpoint(
+        ckpt,
+        _ds(120, 1, "t"),
+        tmp_path / "ev_y",
+        val=val,
+        threshold_rule="youden",
+        n_bootstrap=0,
+        gallery=False,
+        store_temperature=False,
+    )
+    assert you["threshold_source"].startswith("youden")
+    with pytest.raises(ValueError, match="threshold rule"):
+        evaluate_checkpoint(ckpt, val, tmp_path / "x", val=val, threshold_rule="best")
+    with pytest.raises(ValueError, match="youden"):
+        evaluate_checkpoint(
+            ckpt, val, tmp_path / "x", val=val, threshold_rule="youden", sensitivity=0.8
+        )
+    # the report shows the table beside the plot
+    html = Path(build_report([tmp_path / "ev"], tmp_path / "rep")["html"]).read_text()
+    assert "metrics by threshold" in html and "Recall and specificity vs threshold" in html
