@@ -17,10 +17,17 @@ reports AUC, accuracy, balanced accuracy, recall (sensitivity), specificity at t
 0.5 and at the threshold chosen on the "select" half (Youden's J, or ``--sensitivity S``),
 train and inference patches/s, and writes ``RESULTS/<name>.json``.
 
-Protocol: pcam_valid is split into two stratified halves (fixed seed). Early stopping selects
-the checkpoint on the "select" half; every number is reported on the "report" half, which
-selection never saw. The halves may share slides (the shared data has no slide ids), but
-neither shares slides with training. PCam's test split is not in the shared data.
+Protocols (``--protocol``):
+- ``unseen-slides`` (default): fit on ``train.h5`` minus a stratified 15 % "select" part
+  (seed 1234). "select" chooses the epoch (early stopping) and the threshold; it comes
+  from the same PCam-train slide pool as the fitted patches, so selection is slightly
+  optimistic, but every reported number is on all of PCam *valid*: slides that were never
+  trained or selected on. Results: ``RESULTS/<name>_unseen_slides.json``.
+- ``valid-halves`` (the first protocol, kept so old results can be reproduced): fit on all of
+  ``train.h5``, select on one stratified half of PCam valid, report on the other. The halves
+  are patches of the *same slides* (no slide ids in the data), so the report half is not
+  unseen slides and its figures are optimistic. Results: ``RESULTS/<name>.json``.
+PCam's test split is not in the shared data.
 
 Usage (the full benchmark: ~20 minutes per run on 2 idle cores)::
 
@@ -41,9 +48,84 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 HERE = Path(__file__).resolve().parent
-DEFAULT_DATA = HERE.parent.parent / "shared" / "data" / "pcam_real" / "dev"
+SHARED = Path(os.environ.get("HISTO_SHARED") or HERE.parent.parent / "shared")
+DEFAULT_DATA = SHARED / "data" / "pcam_real" / "dev"
 TRAIN_ORIGINS = ("kaggle_train", "pcam_train")
 VAL_ORIGINS = ("pcam_valid",)
+
+
+#: share of train.h5 held out (stratified, seeded) to choose the epoch and the threshold
+SELECT_FRACTION = 0.15
+SPLIT_SEED = 1234
+
+
+def stratified_split(y, fraction: float, seed: int = SPLIT_SEED):
+    """Sorted index tensors ``(rest, part)``: ``part`` holds ``fraction`` of each class,
+    drawn with a fixed seed (the same rows on every machine)."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    rest, part = [], []
+    for cls in (0, 1):
+        idx = torch.nonzero(y == cls).flatten()
+        idx = idx[torch.randperm(len(idx), generator=g)]
+        k = int(len(idx) * fraction)  # floor: the old halves split is this with 0.5
+        part.append(idx[:k])
+        rest.append(idx[k:])
+    return torch.cat(rest).sort().values, torch.cat(part).sort().values
+
+
+PROTOCOLS = ("unseen-slides", "valid-halves")
+#: result file suffix per protocol (the first protocol's files keep their names)
+RESULT_SUFFIX = {"unseen-slides": "_unseen_slides", "valid-halves": ""}
+PROTOCOL_TEXT = {
+    "unseen-slides": "fit on train.h5 (PCam-train slides) minus a stratified 15% 'select' part "
+    "(seed 1234; same slide pool as fit): early stopping and the threshold on 'select'; every "
+    "number on all of PCam valid (slides never trained or selected on), at threshold 0.5 and at "
+    "the threshold chosen on 'select' (at_select_threshold)",
+    "valid-halves": "pcam_valid split in halves (stratified, seed 1234): early stopping on "
+    "'select', metrics on 'report' at threshold 0.5 and at the threshold chosen on 'select' "
+    "(at_select_threshold); the halves share slides, so the report half is not unseen slides",
+}
+
+
+def dev_splits(data_dir: Path, protocol: str = "unseen-slides", limit: int | None = None) -> dict:
+    """The benchmark's splits as ``{name: (uint8 images, float labels)}``.
+
+    ``unseen-slides`` (default): ``fit`` = train.h5 (PCam-train slides) minus a stratified
+    15 % ``select`` part (same slide pool as ``fit``: it chooses the epoch and the
+    threshold), ``report`` = all of PCam valid (slides never trained or selected on).
+    ``valid-halves`` (the first protocol, kept to reproduce old results): ``fit`` = all of
+    train.h5, ``select``/``report`` = stratified halves of PCam valid, which share slides.
+    """
+    from histomodels.data import open_dataset
+    from histomodels.training import load_split
+
+    train_h5, val_h5 = data_dir / "train.h5", data_dir / "valid.h5"
+    for f in (train_h5, val_h5):
+        if not f.is_file():
+            raise FileNotFoundError(
+                f"{f}: not found (the shared real data lives beside the checkout)"
+            )
+    x_tr, y_tr = load_split(open_dataset(train_h5, origin_split=TRAIN_ORIGINS), "train")
+    x_va, y_va = load_split(open_dataset(val_h5, origin_split=VAL_ORIGINS), "validation")
+    if limit:
+        x_tr, y_tr, x_va, y_va = x_tr[:limit], y_tr[:limit], x_va[:limit], y_va[:limit]
+    if protocol == "unseen-slides":
+        fit, sel = stratified_split(y_tr, SELECT_FRACTION)
+        return {
+            "fit": (x_tr[fit], y_tr[fit]),
+            "select": (x_tr[sel], y_tr[sel]),
+            "report": (x_va, y_va),
+        }
+    if protocol == "valid-halves":
+        rep, sel = stratified_split(y_va, 0.5)
+        return {
+            "fit": (x_tr, y_tr),
+            "select": (x_va[sel], y_va[sel]),
+            "report": (x_va[rep], y_va[rep]),
+        }
+    raise ValueError(f"unknown protocol {protocol!r}")
 
 
 def run_configs(args) -> dict:
@@ -129,7 +211,7 @@ def write_splits(folder: Path, **splits) -> None:
         out = folder / f"{name}.h5"
         tmp = out.with_name(f".{out.name}.tmp")
         with h5py.File(tmp, "w") as f:
-            f.create_dataset("x", data=x.numpy(), chunks=(64, 96, 96, 3))
+            f.create_dataset("x", data=x.numpy(), chunks=(max(1, min(64, len(x))), *x.shape[1:]))
             f.create_dataset("y", data=y.numpy().astype("uint8").reshape(-1, 1, 1, 1))
         os.replace(tmp, out)
         print(f"{out}: {len(y)} patches ({int(y.sum())} positive)")
@@ -162,6 +244,14 @@ def main(argv: list[str] | None = None) -> int:
         help="write DIR/{train,select,report}.h5 (PCam layout: x, y) for `histomodels tune` "
         "and `eval`, then exit",
     )
+    p.add_argument(
+        "--protocol",
+        choices=PROTOCOLS,
+        default="unseen-slides",
+        help="unseen-slides: fit on train.h5 minus a 15%% select part, report on all of PCam "
+        "valid (other slides); valid-halves: the first protocol (select/report halves of PCam "
+        "valid, which share slides), results named <run>.json as before",
+    )
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
 
@@ -169,9 +259,8 @@ def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
 
     from histomodels.checkpoint import load_model
-    from histomodels.data import open_dataset
     from histomodels.device import use_bf16
-    from histomodels.training import load_split, train
+    from histomodels.training import train
 
     torch.set_num_threads(args.threads)
     names = [n.strip() for n in args.runs.split(",") if n.strip()]
@@ -182,40 +271,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: unknown runs {unknown}{hint}", file=sys.stderr)
         return 1
     train_h5, val_h5 = args.data_dir / "train.h5", args.data_dir / "valid.h5"
-    for f in (train_h5, val_h5):
-        if not f.is_file():
-            print(f"error: {f}: not found (the shared real data lives beside the checkout)",
-                  file=sys.stderr)  # fmt: skip
-            return 1
-
     t0 = time.perf_counter()
-    x_tr, y_tr = load_split(open_dataset(train_h5, origin_split=TRAIN_ORIGINS), "train")
-    x_va, y_va = load_split(open_dataset(val_h5, origin_split=VAL_ORIGINS), "validation")
-    if args.limit:
-        x_tr, y_tr, x_va, y_va = (
-            x_tr[: args.limit],
-            y_tr[: args.limit],
-            x_va[: args.limit],
-            y_va[: args.limit],
-        )
-    decode_s = time.perf_counter() - t0
+    try:
+        splits = dev_splits(args.data_dir, args.protocol, limit=args.limit)
+    except FileNotFoundError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    (x_tr, y_tr), (x_sel, y_sel), (x_rep, y_rep) = (splits[k] for k in ("fit", "select", "report"))
+    sel, rep = y_sel, y_rep  # for the counts below
     print(
-        f"data: train {len(x_tr)} ({int(y_tr.sum())} positive), val {len(x_va)} "
-        f"({int(y_va.sum())} positive), decoded in {decode_s:.1f} s; "
-        f"{torch.get_num_threads()} threads, budget {args.budget} min per run"
+        f"data ({args.protocol}): fit {len(x_tr)} ({int(y_tr.sum())} positive), select "
+        f"{len(y_sel)}, report {len(y_rep)} ({int(y_rep.sum())} positive), decoded in "
+        f"{time.perf_counter() - t0:.1f} s; {torch.get_num_threads()} threads, budget "
+        f"{args.budget} min per run"
     )
-    # Honest protocol: early stopping picks the checkpoint on one half of pcam_valid
-    # ("select"); the numbers are reported on the other half ("report"), never seen before.
-    g = torch.Generator().manual_seed(1234)
-    sel_idx, rep_idx = [], []
-    for cls in (0, 1):
-        idx = torch.nonzero(y_va == cls).flatten()
-        idx = idx[torch.randperm(len(idx), generator=g)]
-        sel_idx.append(idx[: len(idx) // 2])
-        rep_idx.append(idx[len(idx) // 2 :])
-    sel, rep = torch.cat(sel_idx).sort().values, torch.cat(rep_idx).sort().values
-    x_sel, y_sel, x_rep, y_rep = x_va[sel], y_va[sel], x_va[rep], y_va[rep]
-    print(f"pcam_valid split: select {len(sel)} (early stopping), report {len(rep)} (metrics)")
     if args.write_splits:
         write_splits(
             args.write_splits, train=(x_tr, y_tr), select=(x_sel, y_sel), report=(x_rep, y_rep)
@@ -245,6 +314,7 @@ def main(argv: list[str] | None = None) -> int:
             "data": {
                 "train": f"{train_h5} origin_split in {list(TRAIN_ORIGINS)}",
                 "val": f"{val_h5} origin_split in {list(VAL_ORIGINS)}",
+                "protocol": args.protocol,
                 "n_train": len(x_tr),
                 "n_val_select": len(sel),
                 "n_val_report": len(rep),
@@ -265,15 +335,13 @@ def main(argv: list[str] | None = None) -> int:
                 "cpu": platform.processor() or platform.machine(),
                 "cpu_count": os.cpu_count(),
             },
-            "protocol": "pcam_valid split in halves (stratified, seed 1234): early stopping "
-            "on 'select', metrics on 'report' at threshold 0.5 and at the threshold chosen "
-            "on 'select' (at_select_threshold)",
+            "protocol": PROTOCOL_TEXT[args.protocol],
         }
         if args.tta:
             record["val_tta"] = evaluate(
                 model, *halves, bf16=bf16, tta=True, sensitivity=args.sensitivity
             )
-        out = args.results / f"{name}.json"
+        out = args.results / f"{name}{RESULT_SUFFIX[args.protocol]}.json"
         tmp = out.with_name(f".{out.name}.tmp")
         tmp.write_text(json.dumps(record, indent=1, default=str))
         os.replace(tmp, out)
@@ -297,10 +365,11 @@ def main(argv: list[str] | None = None) -> int:
                     f"{r['epochs_run']}"
                 )
     rule = rows[0]["val"]["at_select_threshold"]["rule"] if rows else ""
-    print(
-        "(metrics on the 'report' half of pcam_valid, unseen during selection; 'at' = threshold: "
-        f"0.5, then the one chosen on 'select' by {rule})"
-    )
+    where = {
+        "unseen-slides": "all of PCam valid (slides never trained or selected on)",
+        "valid-halves": "the 'report' half of PCam valid (shares slides with 'select')",
+    }[args.protocol]
+    print(f"(metrics on {where}; 'at' = threshold: 0.5, then the one chosen on 'select' by {rule})")
     return 0
 
 
