@@ -19,7 +19,7 @@ VENV = ROOT / ".venv"
 BIN = VENV / "bin"
 STAMP = VENV / ".histo-install-stamp"
 PACKAGES = [
-    "-e", "packages/histocore",
+    "-e", "packages/histocore[parquet]",
     "-e", "packages/histofetch",
     "-e", "packages/histomodels[lite0,demo,yaml]",
 ]  # fmt: skip

@@ -53,7 +53,7 @@ def export_run(run_dir: str | Path, fmt: str = "jsonl", out: str | Path | None =
         raise ValueError(f"unknown export format {fmt!r}; use one of {', '.join(FORMATS)}")
     if fmt == "parquet":
         try:
-            import pyarrow  # noqa: F401
+            import pyarrow  # noqa: F401  # pyright: ignore[reportMissingImports]
         except ImportError:
             raise ImportError(
                 "Parquet export needs pyarrow: pip install pyarrow (or use --format csv)"
@@ -82,8 +82,8 @@ def _write_csv(target: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def _write_parquet(target: Path, rows: list[dict[str, Any]]) -> None:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+    import pyarrow as pa  # pyright: ignore[reportMissingImports]
+    import pyarrow.parquet as pq  # pyright: ignore[reportMissingImports]
 
     arrays = {}
     for col in columns():

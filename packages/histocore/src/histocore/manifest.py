@@ -13,19 +13,17 @@ in ``docs/manifest.md``; bump ``SCHEMA_VERSION`` on any incompatible change.
 from __future__ import annotations
 
 import json
-import logging
 import uuid
-from collections.abc import Iterable, Iterator, MutableMapping
+from collections.abc import Iterator, MutableMapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from histocore.errors import ManifestError
 from histocore.image_table import ImageTable
-from histocore.jsonl import file_fingerprint, fingerprint_matches, read_jsonl, write_jsonl
-from histocore.store import STORE_NAME, Change, Delta, RunStore, dumps
-
-log = logging.getLogger(__name__)
+from histocore.jsonl import read_jsonl, write_jsonl
+from histocore.store import Delta, RunStore, dumps
+from histocore.sync import StoreSync, change_of
 
 SCHEMA_NAME = "histofetch.manifest"
 #: 2: rows live in ``run.sqlite``; records gained ``transient``. Version-1 files are read
@@ -175,7 +173,7 @@ def _image(data: str, where: str) -> Image:
 
 
 @dataclass
-class Manifest:
+class Manifest(StoreSync):
     """A run in memory, backed by its store (``run.sqlite``).
 
     Stages and tools change ``records``/``images`` and then either commit one record at a
@@ -204,14 +202,6 @@ class Manifest:
         if not isinstance(self.images, ImageTable):
             self.images = ImageTable(dict(self.images).items())
 
-    @property
-    def path(self) -> Path:
-        return self.run_dir / MANIFEST_NAME
-
-    @property
-    def store_path(self) -> Path:
-        return self.run_dir / STORE_NAME
-
     # -- loading -------------------------------------------------------------------------
     @classmethod
     def load(cls, run_dir: str | Path, *, create: bool = False) -> Manifest:
@@ -238,70 +228,6 @@ class Manifest:
         elif not create:
             raise ManifestError(f"{path}: no manifest here (is this a histofetch run folder?)")
         return manifest
-
-    def _read_store(self) -> None:
-        store = self._db()
-        where = str(self.store_path)
-        with store.read():
-            head = store.header()
-            self.query = head.pop("query", None)
-            self.header_extra = head
-            self._seen_head = {k: dumps(v) for k, v in self._header_items().items()}
-            self.records, self._seen_rec = {}, {}
-            for data in store.record_data():
-                rec = _record(data, where)
-                self.records[rec.id], self._seen_rec[rec.id] = rec, data
-            table, self._seen_img = ImageTable(), {}
-            for data in store.image_data():
-                img = _image(data, where)
-                table[img.id], self._seen_img[img.id] = img, data
-            self.images = table
-
-    def _import_if_edited(self) -> None:
-        """Import ``manifest.jsonl`` into the store unless the store itself wrote it."""
-        store = self._db()
-        if fingerprint_matches(self.path, store.meta("export")):
-            return
-        with store.write():  # re-check under the write lock: an export may just have landed
-            if fingerprint_matches(self.path, store.meta("export")):
-                return
-            parsed = read_jsonl(self.path, Manifest(run_dir=self.run_dir))
-            had_rows = store.count("records") + store.count("images")
-            store.replace_all(
-                parsed._header_items(),
-                (row_of(r) for r in parsed.records.values()),
-                (row_of(i) for i in parsed.images.values()),
-            )
-            store.set_meta("export", json.dumps(file_fingerprint(self.path)))
-        if had_rows:
-            log.warning("%s was changed outside the run store; imported it", self.path)
-
-    def _db(self) -> RunStore:
-        if self._store is None:
-            store = RunStore(self.run_dir, create=True)
-            if self._migrate:
-                self._migrate_into(store)
-            self._store = store
-        return self._store
-
-    def _migrate_into(self, store: RunStore) -> None:
-        """Put the rows read from ``manifest.jsonl`` into a new store (unless another
-        process did first), remembering the file as the store's own export."""
-        with store.write():
-            if store.count("records") or store.count("images") or store.meta("export"):
-                return
-            store.replace_all(
-                {k: json.loads(v) for k, v in self._seen_head.items()},
-                (json.loads(v) for v in self._seen_rec.values()),
-                (json.loads(v) for v in self._seen_img.values()),
-            )
-            store.set_meta("export", json.dumps(file_fingerprint(self.path)))
-
-    def close(self) -> None:
-        """Close the store connection (also closed when the object is collected)."""
-        if self._store is not None:
-            self._store.close()
-            self._store = None
 
     # -- header --------------------------------------------------------------------------
     def _header_items(self) -> dict[str, Any]:
@@ -335,11 +261,11 @@ class Manifest:
         """Commit every row (and header key) this process changed, in one transaction."""
         delta = self._header_delta()
         for rid, rec in self.records.items():
-            change = _change(rec, self._seen_rec.get(rid), new=True)
+            change = change_of(rec, self._seen_rec.get(rid), new=True)
             if change:
                 delta.records.append(change)
         for iid, img in self.images.items():
-            change = _change(img, self._seen_img.get(iid), new=True)
+            change = change_of(img, self._seen_img.get(iid), new=True)
             if change:
                 delta.images.append(change)
         delta.deleted_records = set(self._seen_rec) - set(self.records)
@@ -352,12 +278,12 @@ class Manifest:
         delta = Delta()
         rec = self.records.get(record_id)
         if rec is not None:
-            change = _change(rec, self._seen_rec.get(record_id))
+            change = change_of(rec, self._seen_rec.get(record_id))
             if change:
                 delta.records.append(change)
         mine = self.images_of(record_id)
         for img in mine:
-            change = _change(img, self._seen_img.get(img.id))
+            change = change_of(img, self._seen_img.get(img.id))
             if change:
                 delta.images.append(change)
         delta.replace_images_of[record_id] = {i.id for i in mine}
@@ -372,88 +298,10 @@ class Manifest:
             if key not in _names(Image) or key in ("id", "record_id", "kind"):
                 raise ValueError(f"Image has no settable field {key!r}")
             setattr(img, key, value)
-        change = _change(img, self._seen_img.get(image_id))
+        change = change_of(img, self._seen_img.get(image_id))
         if change:
             self._apply(Delta(images=[change]))
         return img
-
-    def _header_delta(self) -> Delta:
-        delta = Delta()
-        now = {k: dumps(v) for k, v in self._header_items().items()}
-        delta.header_set = {k: json.loads(v) for k, v in now.items() if self._seen_head.get(k) != v}
-        delta.header_del = set(self._seen_head) - set(now)
-        return delta
-
-    def _apply(self, delta: Delta) -> None:
-        if not delta:
-            return
-        store = self._db()
-        merged = store.apply(delta, owner=self._owner)
-        for change in delta.records:
-            self._seen_rec[change.row["id"]] = self._adopt(
-                self.records.get(change.row["id"]), merged.get(("records", change.row["id"]))
-            ) or (change.text or dumps(change.row))
-        for change in delta.images:
-            self._seen_img[change.row["id"]] = self._adopt(
-                self.images.get(change.row["id"]), merged.get(("images", change.row["id"]))
-            ) or (change.text or dumps(change.row))
-        for rid in delta.deleted_records:
-            self._seen_rec.pop(rid, None)
-        for iid in delta.deleted_images:
-            self._seen_img.pop(iid, None)
-        for key, value in delta.header_set.items():
-            self._seen_head[key] = dumps(value)
-        for key in delta.header_del:
-            self._seen_head.pop(key, None)
-
-    @staticmethod
-    def _adopt(obj: Record | Image | None, row: dict[str, Any] | None) -> str | None:
-        """Take over the values another writer stored for a row we changed too."""
-        if obj is None or row is None:
-            return None
-        for key in _names(type(obj)):
-            if key in row:
-                setattr(obj, key, row[key])
-        return dumps(row)
-
-    # -- per-record work (run_per_record) ----------------------------------------------
-    def claim(self, record_id: str, stage: str) -> bool:
-        """Take a record for ``stage`` unless another live process works on it; rows another
-        writer changed since this process read them are refreshed from the store (rows it
-        did not change are kept as they are here). False: skip it."""
-        claim = self._db().claim(record_id, stage, self._owner)
-        if not claim.taken:
-            return False
-        if claim.record is None:  # not committed yet (a row this process just added)
-            return True
-        where = str(self.store_path)
-        if claim.record != self._seen_rec.get(record_id):
-            self.records[record_id] = _record(claim.record, where)
-            self._seen_rec[record_id] = claim.record
-        stored = dict(claim.images)
-        for img in self.images_of(record_id):
-            if img.id not in stored:
-                del self.images[img.id]
-                self._seen_img.pop(img.id, None)
-        for iid, data in stored.items():  # rows changed by another writer since we read them
-            if data != self._seen_img.get(iid) or iid not in self.images:
-                self.images[iid], self._seen_img[iid] = _image(data, where), data
-        return True
-
-    def release(self, record_ids: Iterable[str]) -> None:
-        """Give up claims without committing (e.g. on Ctrl-C)."""
-        self._db().release(record_ids, self._owner)
-
-    def revert_images_of(self, record_id: str) -> None:
-        """Forget in-memory changes to a record's images: take them as the store holds them
-        (after a failed step; the record is claimed, so nobody else changed them)."""
-        for img in self.images_of(record_id):
-            del self.images[img.id]
-            self._seen_img.pop(img.id, None)
-        _, stored = self._db().rows_of(record_id)
-        for _id, data in stored:
-            img = _image(data, str(self.store_path))
-            self.images[img.id], self._seen_img[img.id] = img, data
 
     # -- export --------------------------------------------------------------------------
     def export(self, path: str | Path | None = None) -> Path:
@@ -504,20 +352,6 @@ class Manifest:
             return path.resolve().relative_to(self.run_dir.resolve()).as_posix()
         except ValueError:
             return str(path.resolve())
-
-
-def _change(obj: Record | Image, seen: str | None, *, new: bool = False) -> Change | None:
-    """What to write for one row: nothing if unchanged, the fields changed since ``seen``,
-    or the whole row (``new``: insert only if no other writer added it first)."""
-    row = row_of(obj)
-    text = dumps(row)
-    if seen is None:
-        return Change(row, new=new, text=text)
-    if text == seen:
-        return None
-    before = json.loads(seen)
-    patch = {k: v for k, v in row.items() if before.get(k, ...) != v}
-    return Change(row, patch=patch, text=text, base=seen)
 
 
 def _image_order(img: Image) -> tuple[Any, ...]:

@@ -1,0 +1,226 @@
+"""How :class:`histocore.manifest.Manifest` stays in step with the run store.
+
+Everything a ``Manifest`` does with ``run.sqlite`` lives here: reading it (and importing a
+``manifest.jsonl`` edited by someone else, or migrating a JSONL-only folder on the first
+commit), turning in-memory changes into field-level :class:`~histocore.store.Delta`\\ s,
+applying them and adopting other writers' values, and the claims of per-record stages.
+The ``_seen_*`` maps hold each row's JSON as this process last read or wrote it: a row
+whose JSON differs now was changed here, and only its changed fields are written.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from histocore.image_table import ImageTable
+from histocore.jsonl import file_fingerprint, fingerprint_matches, read_jsonl
+from histocore.store import STORE_NAME, Change, Delta, RunStore, dumps
+
+if TYPE_CHECKING:
+    from histocore.manifest import Image, Record
+
+log = logging.getLogger("histocore.manifest")
+
+
+class StoreSync:
+    """The store side of ``Manifest`` (a base class; the fields live on ``Manifest``)."""
+
+    run_dir: Path
+    query: str | None
+    records: dict[str, Record]
+    images: Any
+    header_extra: dict[str, Any]
+    _store: RunStore | None
+    _seen_rec: dict[str, str]
+    _seen_img: dict[str, str]
+    _seen_head: dict[str, str]
+    _owner: str
+    _migrate: bool
+
+    @property
+    def path(self) -> Path:
+        """The run's ``manifest.jsonl``."""
+        from histocore.manifest import MANIFEST_NAME
+
+        return self.run_dir / MANIFEST_NAME
+
+    @property
+    def store_path(self) -> Path:
+        return self.run_dir / STORE_NAME
+
+    def _header_items(self) -> dict[str, Any]:
+        return {"query": self.query, **self.header_extra}
+
+    def images_of(self, record_id: str) -> list[Image]:
+        raise NotImplementedError
+
+    def _read_store(self) -> None:
+        from histocore.manifest import _image, _record
+
+        store = self._db()
+        where = str(self.store_path)
+        with store.read():
+            head = store.header()
+            self.query = head.pop("query", None)
+            self.header_extra = head
+            self._seen_head = {k: dumps(v) for k, v in self._header_items().items()}
+            self.records, self._seen_rec = {}, {}
+            for data in store.record_data():
+                rec = _record(data, where)
+                self.records[rec.id], self._seen_rec[rec.id] = rec, data
+            table, self._seen_img = ImageTable(), {}
+            for data in store.image_data():
+                img = _image(data, where)
+                table[img.id], self._seen_img[img.id] = img, data
+            self.images = table
+
+    def _import_if_edited(self) -> None:
+        """Import ``manifest.jsonl`` into the store unless the store itself wrote it."""
+        store = self._db()
+        if fingerprint_matches(self.path, store.meta("export")):
+            return
+        with store.write():  # re-check under the write lock: an export may just have landed
+            if fingerprint_matches(self.path, store.meta("export")):
+                return
+            from histocore.manifest import Manifest, row_of
+
+            parsed = read_jsonl(self.path, Manifest(run_dir=self.run_dir))
+            had_rows = store.count("records") + store.count("images")
+            store.replace_all(
+                parsed._header_items(),
+                (row_of(r) for r in parsed.records.values()),
+                (row_of(i) for i in parsed.images.values()),
+            )
+            store.set_meta("export", json.dumps(file_fingerprint(self.path)))
+        if had_rows:
+            log.warning("%s was changed outside the run store; imported it", self.path)
+
+    def _db(self) -> RunStore:
+        if self._store is None:
+            store = RunStore(self.run_dir, create=True)
+            if self._migrate:
+                self._migrate_into(store)
+            self._store = store
+        return self._store
+
+    def _migrate_into(self, store: RunStore) -> None:
+        """Put the rows read from ``manifest.jsonl`` into a new store (unless another
+        process did first), remembering the file as the store's own export."""
+        with store.write():
+            if store.count("records") or store.count("images") or store.meta("export"):
+                return
+            store.replace_all(
+                {k: json.loads(v) for k, v in self._seen_head.items()},
+                (json.loads(v) for v in self._seen_rec.values()),
+                (json.loads(v) for v in self._seen_img.values()),
+            )
+            store.set_meta("export", json.dumps(file_fingerprint(self.path)))
+
+    def close(self) -> None:
+        """Close the store connection (also closed when the object is collected)."""
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+
+    def _header_delta(self) -> Delta:
+        delta = Delta()
+        now = {k: dumps(v) for k, v in self._header_items().items()}
+        delta.header_set = {k: json.loads(v) for k, v in now.items() if self._seen_head.get(k) != v}
+        delta.header_del = set(self._seen_head) - set(now)
+        return delta
+
+    def _apply(self, delta: Delta) -> None:
+        if not delta:
+            return
+        store = self._db()
+        merged = store.apply(delta, owner=self._owner)
+        for change in delta.records:
+            self._seen_rec[change.row["id"]] = self._adopt(
+                self.records.get(change.row["id"]), merged.get(("records", change.row["id"]))
+            ) or (change.text or dumps(change.row))
+        for change in delta.images:
+            self._seen_img[change.row["id"]] = self._adopt(
+                self.images.get(change.row["id"]), merged.get(("images", change.row["id"]))
+            ) or (change.text or dumps(change.row))
+        for rid in delta.deleted_records:
+            self._seen_rec.pop(rid, None)
+        for iid in delta.deleted_images:
+            self._seen_img.pop(iid, None)
+        for key, value in delta.header_set.items():
+            self._seen_head[key] = dumps(value)
+        for key in delta.header_del:
+            self._seen_head.pop(key, None)
+
+    @staticmethod
+    def _adopt(obj: Record | Image | None, row: dict[str, Any] | None) -> str | None:
+        """Take over the values another writer stored for a row we changed too."""
+        from histocore.manifest import _names
+
+        if obj is None or row is None:
+            return None
+        for key in _names(type(obj)):
+            if key in row:
+                setattr(obj, key, row[key])
+        return dumps(row)
+
+    def claim(self, record_id: str, stage: str) -> bool:
+        """Take a record for ``stage`` unless another live process works on it; rows another
+        writer changed since this process read them are refreshed from the store (rows it
+        did not change are kept as they are here). False: skip it."""
+        from histocore.manifest import _image, _record
+
+        claim = self._db().claim(record_id, stage, self._owner)
+        if not claim.taken:
+            return False
+        if claim.record is None:  # not committed yet (a row this process just added)
+            return True
+        where = str(self.store_path)
+        if claim.record != self._seen_rec.get(record_id):
+            self.records[record_id] = _record(claim.record, where)
+            self._seen_rec[record_id] = claim.record
+        stored = dict(claim.images)
+        for img in self.images_of(record_id):
+            if img.id not in stored:
+                del self.images[img.id]
+                self._seen_img.pop(img.id, None)
+        for iid, data in stored.items():  # rows changed by another writer since we read them
+            if data != self._seen_img.get(iid) or iid not in self.images:
+                self.images[iid], self._seen_img[iid] = _image(data, where), data
+        return True
+
+    def release(self, record_ids: Iterable[str]) -> None:
+        """Give up claims without committing (e.g. on Ctrl-C)."""
+        self._db().release(record_ids, self._owner)
+
+    def revert_images_of(self, record_id: str) -> None:
+        """Forget in-memory changes to a record's images: take them as the store holds them
+        (after a failed step; the record is claimed, so nobody else changed them)."""
+        for img in self.images_of(record_id):
+            del self.images[img.id]
+            self._seen_img.pop(img.id, None)
+        from histocore.manifest import _image
+
+        _, stored = self._db().rows_of(record_id)
+        for _id, data in stored:
+            img = _image(data, str(self.store_path))
+            self.images[img.id], self._seen_img[img.id] = img, data
+
+
+def change_of(obj: Record | Image, seen: str | None, *, new: bool = False) -> Change | None:
+    """What to write for one row: nothing if unchanged, the fields changed since ``seen``,
+    or the whole row (``new``: insert only if no other writer added it first)."""
+    from histocore.manifest import row_of
+
+    row = row_of(obj)
+    text = dumps(row)
+    if seen is None:
+        return Change(row, new=new, text=text)
+    if text == seen:
+        return None
+    before = json.loads(seen)
+    patch = {k: v for k, v in row.items() if before.get(k, ...) != v}
+    return Change(row, patch=patch, text=text, base=seen)
