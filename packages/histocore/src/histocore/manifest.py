@@ -22,6 +22,7 @@ from typing import Any
 from histocore.errors import ManifestError
 from histocore.image_table import ImageTable
 from histocore.jsonl import read_jsonl, write_jsonl
+from histocore.store import STORE_NAME as STORE_NAME  # re-exported: the run store's file
 from histocore.store import Delta, RunStore, dumps
 from histocore.sync import StoreSync, change_of
 
