@@ -39,7 +39,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 PRETRAINED = HERE.parent / "packages" / "histomodels" / "src" / "histomodels" / "pretrained"
 NAME = "pcam-cnn"
-EPOCHS = 36
+EPOCHS = 20
 THREADS = 2
 SEED = 0
 SENSITIVITY = 0.9

@@ -86,6 +86,19 @@ Image.fromarray(x.reshape(10, 10, 96, 96, 3).transpose(0, 2, 1, 3, 4).reshape(96
 hm predict "$W/cnn/best.pt" "$W/mosaic.png" --out "$W/pred.csv" --device "$DEV"
 check $? predict
 
+step "ensemble (cuda-trained cnn + the shipped pcam-cnn, in-graph TTA): eval, predict, onnx"
+hm ensemble "$W/cnn" pcam-cnn --tta --out "$W/ens"
+check $? "ensemble"
+hm eval "$W/ens" --data "$W/val.h5" --val "$W/train.h5" --out "$W/ens_eval" --device "$DEV" \
+    --bootstrap 100 --threshold-rule sensitivity --sensitivity 0.9
+check $? "eval ensemble"
+hm predict "$W/ens" "$W/mosaic.png" --out "$W/ens_pred.csv" --device "$DEV"
+check $? "predict ensemble"
+hm export "$W/ens/best.pt" --format onnx --out "$W/ens.onnx"
+check $? "export ensemble onnx"
+hm predict --model pcam-cnn "$W/mosaic.png" --out "$W/pcam_cnn_pred.csv" --device "$DEV"
+check $? "predict --model pcam-cnn"
+
 step "DDP over NCCL: torchrun, 1 process on 1 GPU"
 python3 -m torch.distributed.run --standalone --nproc_per_node 1 -m histomodels train \
     --model cnn --data "$W/train.h5" --val "$W/val.h5" --out "$W/ddp" --epochs 2 --quiet

@@ -24,6 +24,10 @@ def test_demo_runs_whole_flow_and_filter_keeps_only_the_he_figures(tmp_path):
     assert (tmp_path / "run_cnn" / "best.pt").is_file()
     assert (tmp_path / "run_cnn" / "literature_eval" / "image_scores.csv").is_file()
     assert (tmp_path / "report" / "report.html").stat().st_size > 10_000
+    # the shipped pcam-cnn ran next to the synthetic run, on the same data, untrained here
+    shipped = summary["pretrained_pcam_cnn"]
+    assert 0.0 <= shipped["test"]["roc_auc"] <= 1.0 and "shipped" in shipped["threshold_source"]
+    assert (tmp_path / "pcam_cnn" / "literature_eval" / "image_scores.csv").is_file()
     assert json.loads((tmp_path / "summary.json").read_text()) == json.loads(
         json.dumps(summary, default=str)
     )

@@ -62,9 +62,38 @@ def _progress() -> Iterator[Callable[[str, int], Callable[[int], None]]]:
         yield start
 
 
+#: ``--model``: a shipped model by name (histomodels.pretrained) instead of a checkpoint
+ModelOption = Annotated[
+    str | None,
+    typer.Option(
+        "--model",
+        help="A model shipped with histomodels (e.g. pcam-cnn; no training, offline) "
+        "instead of a checkpoint.",
+    ),
+]
+
+
+def _model_source(checkpoint: Path | None, model: str | None) -> str | Path:
+    """The checkpoint argument or the ``--model`` name (exactly one of them)."""
+    if (checkpoint is None) == (model is None):
+        _fail("give a checkpoint (file or run folder) or --model NAME, not both")
+    if model is not None:
+        from histomodels import pretrained
+
+        if not pretrained.is_pretrained(model):
+            known = ", ".join(pretrained.available()) or "none"
+            _fail(f"{model}: no such shipped model (shipped: {known})")
+        return model
+    return checkpoint  # type: ignore[return-value]
+
+
 @app.command("eval")
 def eval_cmd(
-    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint file (best.pt).")],
+    checkpoint: Annotated[
+        Path | None,
+        typer.Argument(help="Checkpoint file, run folder (best.pt) or ensemble; or --model."),
+    ] = None,
+    model: ModelOption = None,
     data: Annotated[
         str | None, typer.Option("--data", help="Test patches (any supported dataset path).")
     ] = None,
@@ -135,6 +164,7 @@ def eval_cmd(
     image-level scores on mined literature figures)."""
     if (data is None) == (manifest is None):
         _fail("give exactly one of --data PATH or --manifest RUN_DIR")
+    checkpoint = _model_source(checkpoint, model)  # type: ignore[assignment]
     _threads()
     with _errors(), _progress() as progress:
         if manifest is not None:
@@ -286,8 +316,15 @@ def export_cmd(
 
 @app.command("predict")
 def predict_cmd(
-    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint file.")],
-    paths: Annotated[list[Path], typer.Argument(help="Image files or folders.")],
+    paths: Annotated[
+        list[Path],
+        typer.Argument(
+            help="CHECKPOINT (file, run folder or ensemble) then image files or folders; "
+            "with --model, image files or folders only.",
+            metavar="[CHECKPOINT] IMAGES...",
+        ),
+    ],
+    model: ModelOption = None,
     out: Annotated[Path, typer.Option("--out", help="CSV to write.")] = Path("predictions.csv"),
     stride: Annotated[
         int | None, typer.Option("--tile-stride", min=1, help="Tile step in px (default 96).")
@@ -313,6 +350,11 @@ def predict_cmd(
     with _errors():
         from histomodels.predict import predict_paths
 
+        checkpoint = _model_source(None if model else paths[0], model)
+        if model is None:
+            paths = paths[1:]
+        if not paths:
+            _fail("no image files or folders given")
         res = predict_paths(
             checkpoint,
             paths,

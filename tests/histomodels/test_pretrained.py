@@ -1,0 +1,122 @@
+"""The shipped pcam-cnn works right after install: no training, no network."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import shared_path
+from typer.testing import CliRunner
+
+from histomodels import pretrained
+from histomodels.checkpoint import load_model, read_checkpoint
+from histomodels.cli import app
+from histomodels.inference import Predictor
+from histomodels.synthetic import make_patches, write_h5
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture
+def offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any attempt to open a network connection fails the test."""
+
+    def refuse(*_a: object, **_k: object) -> None:
+        raise AssertionError("the shipped model must work without network access")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+
+
+def test_pcam_cnn_is_shipped_small_and_intact() -> None:
+    assert "pcam-cnn" in pretrained.available()
+    weights = pretrained.HERE / "pcam-cnn.safetensors"
+    assert 100_000 < weights.stat().st_size < 1_000_000  # ~0.4 MB
+    meta = pretrained.sidecar("pcam-cnn")
+    assert hashlib.sha256(weights.read_bytes()).hexdigest() == meta["weights_sha256"]
+    for key in ("model_config", "normalization", "temperature", "threshold", "threshold_rule"):
+        assert key in meta, key
+    assert 0 < meta["threshold"] < 1 and meta["temperature"] > 0
+    model, ckpt = load_model("pcam-cnn")
+    assert ckpt["model"] == "cnn" and ckpt["pretrained"] == "pcam-cnn"
+    assert sum(p.numel() for p in model.parameters()) > 50_000
+
+
+def test_saving_the_shipped_weights_is_byte_stable(tmp_path: Path) -> None:
+    ckpt = read_checkpoint("pcam-cnn")
+    out = pretrained.save_pretrained(tmp_path / "again.safetensors", ckpt["state_dict"])
+    assert out.read_bytes() == (pretrained.HERE / "pcam-cnn.safetensors").read_bytes()
+
+
+def test_damaged_or_unknown_pretrained_is_one_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("pcam-cnn.safetensors", "pcam-cnn.json"):
+        shutil.copy(pretrained.HERE / name, tmp_path / name)
+    data = bytearray((tmp_path / "pcam-cnn.safetensors").read_bytes())
+    data[-5] ^= 0xFF
+    (tmp_path / "pcam-cnn.safetensors").write_bytes(bytes(data))
+    monkeypatch.setattr(pretrained, "HERE", tmp_path)
+    with pytest.raises(pretrained.PretrainedError, match="sha256"):
+        pretrained.checkpoint_dict("pcam-cnn")
+    with pytest.raises(pretrained.PretrainedError, match="no such pretrained model"):
+        pretrained.sidecar("nope")
+
+
+def test_cli_predict_and_eval_with_the_shipped_model(tmp_path: Path, offline: None) -> None:
+    from PIL import Image
+
+    x, _ = make_patches(2, seed=1)
+    for i in range(2):
+        Image.fromarray(x[i]).save(tmp_path / f"p{i}.png")
+    runner = CliRunner()
+    r = runner.invoke(
+        app,
+        ["predict", "--model", "pcam-cnn", str(tmp_path / "p0.png"), str(tmp_path / "p1.png"),
+         "--out", str(tmp_path / "pred.csv")],
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert "2 patch(es) from 2 file(s)" in r.output
+    test_h5 = write_h5(tmp_path / "t.h5", 48, seed=3)
+    r = runner.invoke(
+        app,
+        ["eval", "--model", "pcam-cnn", "--data", str(test_h5), "--out", str(tmp_path / "ev"),
+         "--bootstrap", "20"],
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    m = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert m["threshold"] == pytest.approx(pretrained.sidecar("pcam-cnn")["threshold"])
+    assert "shipped with the model" in m["threshold_source"]
+    assert not (Path.cwd() / "pcam-cnn").exists()  # eval never writes a file named after it
+
+
+def test_shipped_model_separates_real_pcam_patches() -> None:
+    """On real PCam-format patches (a dev sample: some of these may be training patches,
+    so this is a sanity check that the weights load right, not a benchmark)."""
+    import h5py
+
+    x_h5 = shared_path("data", "pcam_real", "pcam_format_sample", "pcam_real_sample_x.h5")
+    y_h5 = x_h5.with_name("pcam_real_sample_y.h5")
+    with h5py.File(x_h5) as fx, h5py.File(y_h5) as fy:
+        x, y = fx["x"][:200], fy["y"][:200].reshape(-1)
+    from sklearn.metrics import roc_auc_score
+
+    p = Predictor.load("pcam-cnn", device="cpu", precision="fp32").logits(np.asarray(x))
+    assert roc_auc_score(y, p) > 0.85
+
+
+def test_cli_model_option_errors_are_one_line(tmp_path: Path) -> None:
+    runner = CliRunner()
+    test_h5 = write_h5(tmp_path / "t.h5", 16, seed=3)
+    r = runner.invoke(app, ["eval", "--model", "nope", "--data", str(test_h5)])
+    assert r.exit_code == 1 and "error: nope: no such shipped model" in r.output
+    r = runner.invoke(app, ["eval", str(tmp_path / "x.pt"), "--model", "pcam-cnn", "--data", "t"])
+    assert r.exit_code == 1 and "not both" in r.output
+    r = runner.invoke(app, ["predict", "--model", "pcam-cnn", "--out", str(tmp_path / "p.csv")])
+    assert r.exit_code != 0 and not (tmp_path / "p.csv").exists()
