@@ -1,7 +1,8 @@
 """Safe reading of untrusted PMC open-access packages (``.tar.gz``) and their figures.
 
 Nothing from an archive is ever written to disk under a name the archive chose: members
-are validated (no absolute paths, no ``..``, no links or devices, size and count limits)
+are validated (no absolute paths, no ``..``, no empty names, no links or devices, size and
+count limits, pax/GNU long-name headers over 64 KB refused before they are read)
 and read into memory; the caller decides where the results go. Any hostile member makes
 the whole package unusable (:class:`ArchiveError`) — a package that tries path traversal
 is not trusted for its other files either. Figures are decoded with an explicit pixel
@@ -26,6 +27,33 @@ class ArchiveError(ValueError):
     """An archive that is unreadable or breaks a safety rule; the message says which."""
 
 
+#: Largest pax / GNU long-name header payload read (real ones hold a path: a few hundred bytes).
+MAX_HEADER_PAYLOAD = 64 * 1024
+
+
+class _BoundedTarInfo(tarfile.TarInfo):
+    """``TarInfo`` that refuses pax and GNU long-name/long-link payloads over a small limit.
+
+    ``tarfile`` reads such a payload whole, before any member check could run, so a 1.5 MB
+    package could make it read 1.5 GB. These hooks run first (``tarfile.open(tarinfo=...)``).
+    """
+
+    def _check_payload(self) -> None:
+        if self.size > MAX_HEADER_PAYLOAD:
+            kind = "pax" if self.type in (tarfile.XHDTYPE, tarfile.XGLTYPE) else "GNU long-name"
+            raise ArchiveError(
+                f"{kind} header of {self.size} bytes (over the {MAX_HEADER_PAYLOAD}-byte limit)"
+            )
+
+    def _proc_pax(self, tarfile: tarfile.TarFile) -> tarfile.TarInfo:  # type: ignore[override]
+        self._check_payload()
+        return super()._proc_pax(tarfile)  # type: ignore[misc]
+
+    def _proc_gnulong(self, tarfile: tarfile.TarFile) -> tarfile.TarInfo:  # type: ignore[override]
+        self._check_payload()
+        return super()._proc_gnulong(tarfile)  # type: ignore[misc]
+
+
 @dataclass(frozen=True)
 class ArchiveLimits:
     max_members: int = 2000
@@ -38,6 +66,8 @@ class ArchiveLimits:
 def _check_member(member: tarfile.TarInfo, limits: ArchiveLimits) -> None:
     name = member.name
     path = PurePosixPath(name)
+    if not name.strip() or "\0" in name:
+        raise ArchiveError(f"unsafe member {name!r}: empty name")
     if name.startswith(("/", "\\")) or path.is_absolute() or (len(name) > 1 and name[1] == ":"):
         raise ArchiveError(f"unsafe member {name!r}: absolute path")
     if ".." in path.parts or ".." in name.replace("\\", "/").split("/"):
@@ -61,7 +91,7 @@ def read_tar(data: bytes, limits: ArchiveLimits | None = None) -> dict[str, byte
     files: dict[str, bytes] = {}
     total = 0
     try:
-        with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as tar:
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:*", tarinfo=_BoundedTarInfo) as tar:
             members = []
             for member in tar:  # iterate lazily so a huge member list stops early
                 if len(members) >= limits.max_members:
