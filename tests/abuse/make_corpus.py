@@ -267,13 +267,12 @@ def h5_groups(path: Path) -> Path:
 
 
 def corrupt_gzip(path: Path) -> Path:
-    """A ``.h5.gz`` whose deflate stream is damaged in the middle."""
-    buf = io.BytesIO()
-    pcam_h5(path.with_suffix(".tmp.h5"))
-    data = gzip.compress(path.with_suffix(".tmp.h5").read_bytes())
-    path.with_suffix(".tmp.h5").unlink()
-    buf.write(data[:200] + bytes(b ^ 0x55 for b in data[200:400]) + data[400:])
-    path.write_bytes(buf.getvalue())
+    """A ``.h5.gz`` whose deflate stream is invalid 100 bytes in (``zlib.error``, not CRC)."""
+    tmp = path.with_name(path.name + ".src.h5")
+    pcam_h5(tmp)
+    data = gzip.compress(tmp.read_bytes())
+    tmp.unlink()
+    path.write_bytes(data[:100] + b"\xff" * 16 + data[116:])
     return path
 
 

@@ -17,6 +17,32 @@ class DatasetError(ValueError):
     """Bad input data; the message names the file (and row) and the problem."""
 
 
+def binary_labels(y: np.ndarray, where: str) -> np.ndarray:
+    """``y`` as int64 0/1 labels, refusing anything else (0.5, NaN, 2, b"x") with one line.
+
+    A plain ``astype(int64)`` would turn 0.5 and 0.9 into 0 and train on all-negative data.
+    """
+    y = np.asarray(y)
+    if y.dtype.kind not in "biuf":
+        raise DatasetError(f"{where}: labels are {y.dtype}, expected integers 0/1")
+    flat = y.reshape(-1)
+    bad = np.flatnonzero((flat != 0) & (flat != 1))  # NaN compares unequal: bad too
+    if len(bad):
+        raise DatasetError(
+            f"{where}: row {bad[0]}: label {flat[bad[0]].item():g} is not 0/1 ({len(bad)} bad rows)"
+        )
+    return flat.astype(np.int64)
+
+
+def check_patch_shape(shape: tuple[int, ...], size: int | None, where: str) -> None:
+    """Refuse patches that are not ``size`` x ``size`` RGB (None: any size at least 8 px)."""
+    h, w = shape[-3], shape[-2]
+    if size is not None and (h, w) != (size, size):
+        raise DatasetError(f"{where}: patches are {w}x{h} px, expected {size}x{size}")
+    if min(h, w) < 8:
+        raise DatasetError(f"{where}: patches are {w}x{h} px, too small to be a patch")
+
+
 class PatchDataset(ABC):
     """Random access to labelled RGB patches."""
 
@@ -62,12 +88,14 @@ class PatchDataset(ABC):
         import os
         from concurrent.futures import ThreadPoolExecutor
 
+        from histomodels.data.cache import require_memory
         from histomodels.progress import transient_progress
 
         n = len(self)
         if n == 0:
             raise DatasetError(f"{self.source or 'dataset'}: no patches")
         first = self[0][0]
+        require_memory(n * first.nbytes, self.source or "dataset")
         images = np.empty((n, *first.shape), dtype=np.uint8)
         labels = np.empty(n, dtype=np.int64)
         ids: list[str] = []

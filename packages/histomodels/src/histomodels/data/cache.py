@@ -28,6 +28,46 @@ def available_memory() -> int:
     return 4 << 30
 
 
+def _address_space_left() -> int | None:
+    """Bytes of address space left under ``RLIMIT_AS`` (None when unlimited or unknown)."""
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_AS)[0]
+        if soft == resource.RLIM_INFINITY:
+            return None
+        with open("/proc/self/status") as fh:
+            used = next(int(line.split()[1]) * 1024 for line in fh if line.startswith("VmSize:"))
+        return max(0, soft - used)
+    except (ImportError, OSError, StopIteration, ValueError):
+        return None
+
+
+def memory_budget() -> int:
+    """Largest single allocation allowed for decoded data, in bytes.
+
+    ``HISTOMODELS_MEMORY_BUDGET`` when set, else 80% of the memory available now (and of
+    the address space left under ``ulimit -v``), so a file that declares more patches than
+    the machine can hold is refused with a message instead of a MemoryError or the OOM killer.
+    """
+    env = os.environ.get("HISTOMODELS_MEMORY_BUDGET")
+    if env:
+        return int(float(env))
+    room = available_memory()
+    left = _address_space_left()
+    return int(0.8 * (room if left is None else min(room, left)))
+
+
+def require_memory(nbytes: int, where: str, what: str = "decoded patches") -> None:
+    """Raise :class:`DatasetError` naming ``where`` and the budget if ``nbytes`` is over it."""
+    budget = memory_budget()
+    if nbytes > budget:
+        raise DatasetError(
+            f"{where}: {what} need {nbytes / 1e9:.2f} GB of memory, over the budget of "
+            f"{budget / 1e9:.2f} GB (set HISTOMODELS_MEMORY_BUDGET=<bytes> to change it)"
+        )
+
+
 def default_budget() -> int:
     """Memory a decoded cache may take: ``HISTOMODELS_CACHE_BYTES`` or half of what is free."""
     env = os.environ.get("HISTOMODELS_CACHE_BYTES")

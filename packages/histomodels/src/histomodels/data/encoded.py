@@ -18,7 +18,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from histomodels.data.base import DatasetError, PatchDataset
+from histomodels.data.base import DatasetError, PatchDataset, binary_labels
+from histomodels.data.h5safe import dataset, open_h5
 from histomodels.data.images import decode_image
 
 
@@ -36,8 +37,14 @@ def rows_of_origin(path: Path, origin_split: str | Iterable[str]) -> np.ndarray:
         raise DatasetError(f"{path}: origin_split filter needs {manifest}, which is absent")
     rows: list[int] = []
     seen: set[str] = set()
-    with manifest.open(newline="", encoding="utf-8") as fh:
-        reader = csv.DictReader(fh)
+    with manifest.open(newline="", encoding="utf-8-sig", errors="strict") as fh:
+        try:
+            text = fh.read()
+        except UnicodeDecodeError as exc:
+            raise DatasetError(
+                f"{manifest}: not UTF-8 text ({exc.reason} at byte {exc.start})"
+            ) from None
+        reader = csv.DictReader(text.splitlines())
         missing = {"file", "row", "origin_split"} - set(reader.fieldnames or [])
         if missing:
             raise DatasetError(f"{manifest}: missing column(s) {sorted(missing)}")
@@ -59,6 +66,14 @@ def rows_of_origin(path: Path, origin_split: str | Iterable[str]) -> np.ndarray:
     return np.array(sorted(rows), dtype=np.int64)
 
 
+def _text_ids(ds: h5py.Dataset, path: Path) -> list[str]:
+    """``patch_id`` values as text (bytes must be UTF-8)."""
+    try:
+        return [s.decode() if isinstance(s, bytes) else str(s) for s in ds[()]]
+    except UnicodeDecodeError as exc:
+        raise DatasetError(f"{path}: 'patch_id' is not UTF-8 text ({exc.reason})") from None
+
+
 class EncodedH5Dataset(PatchDataset):
     """Encoded-bytes HDF5 reader; ``rows`` restricts it to a subset of rows."""
 
@@ -73,26 +88,25 @@ class EncodedH5Dataset(PatchDataset):
         self.source = f"encoded:{path}"
         self.size = None if patch_size is None else (patch_size, patch_size)
         self._file: h5py.File | None = None
-        try:
-            with h5py.File(path, "r") as f:
-                for key in ("encoded", "y"):
-                    if key not in f:
-                        raise DatasetError(f"{path}: no {key!r} dataset (found {sorted(f.keys())})")
-                n = f["encoded"].shape[0]
-                y = np.asarray(f["y"][()])
-                ids = (
-                    [s.decode() if isinstance(s, bytes) else str(s) for s in f["patch_id"][()]]
-                    if "patch_id" in f
-                    else [f"{path.stem}_{i}" for i in range(n)]
+        with open_h5(path) as f:
+            enc = dataset(f, "encoded", path)
+            if h5py.check_vlen_dtype(enc.dtype) != np.dtype(np.uint8) or enc.ndim != 1:
+                raise DatasetError(
+                    f"{path}: 'encoded' is {enc.dtype} {list(enc.shape)}, expected [N] of "
+                    "variable-length uint8 (one image file per row)"
                 )
-        except OSError as exc:
-            raise DatasetError(f"{path}: not a readable HDF5 file ({exc})") from None
-        if y.size != n:
-            raise DatasetError(f"{path}: {n} encoded patches but {y.size} labels in 'y'")
-        y = y.reshape(n).astype(np.int64)
-        bad = np.flatnonzero((y != 0) & (y != 1))
-        if len(bad):
-            raise DatasetError(f"{path}: row {bad[0]}: label {y[bad[0]]} is not 0/1")
+            n = enc.shape[0]
+            if n == 0:
+                raise DatasetError(f"{path}: 'encoded' holds no patches")
+            y_ds = dataset(f, "y", path)
+            if y_ds.size != n:
+                raise DatasetError(f"{path}: {n} encoded patches but {y_ds.size} labels in 'y'")
+            y = binary_labels(y_ds[()], f"{path} 'y'")
+            ids = (
+                _text_ids(dataset(f, "patch_id", path), path)
+                if "patch_id" in f
+                else [f"{path.stem}_{i}" for i in range(n)]
+            )
         if len(ids) != n:
             raise DatasetError(f"{path}: {n} encoded patches but {len(ids)} patch_id values")
         self.rows = (
@@ -120,7 +134,7 @@ class EncodedH5Dataset(PatchDataset):
             raise IndexError(index)
         index %= len(self)
         if self._file is None:
-            self._file = h5py.File(self.path, "r")
+            self._file = open_h5(self.path)
         row = int(self.rows[index])
         data = self._file["encoded"][row]
         img = decode_image(data.tobytes(), f"{self.path} row {row}", size=self.size)
@@ -136,19 +150,23 @@ class EncodedH5Dataset(PatchDataset):
         """Read all bytes in one go, decode on a small thread pool (PIL releases the GIL)."""
         from concurrent.futures import ThreadPoolExecutor
 
+        from histomodels.data.cache import require_memory
         from histomodels.progress import transient_progress
 
-        with h5py.File(self.path, "r") as f:
-            encoded = f["encoded"][()]
         n = len(self.rows)
         if n == 0:
             raise DatasetError(f"{self.path}: no patches")
+        with open_h5(self.path) as f:
+            enc = dataset(f, "encoded", self.path)
+            require_memory(enc.id.get_storage_size(), str(self.path), "encoded bytes")
+            encoded = enc[()]
 
         def work(i: int) -> np.ndarray:
             row = int(self.rows[i])
             return decode_image(encoded[row].tobytes(), f"{self.path} row {row}", size=self.size)
 
         first = work(0)
+        require_memory(n * first.nbytes, str(self.path))
         images = np.empty((n, *first.shape), dtype=np.uint8)
         images[0] = first
         with (

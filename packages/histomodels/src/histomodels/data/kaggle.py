@@ -7,6 +7,7 @@ a ``.tif`` for every id) so errors name the CSV line up front; images are decode
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
 
 import numpy as np
@@ -39,25 +40,30 @@ class KaggleDataset(PatchDataset):
         ids: list[str] = []
         labels: list[int] = []
         seen: dict[str, int] = {}
-        with self.csv_path.open(newline="", encoding="utf-8") as fh:
-            reader = csv.reader(fh)
-            header = next(reader, None)
-            if header is None or [h.strip() for h in header[:2]] != ["id", "label"]:
-                raise DatasetError(f"{self.csv_path}:1: expected header 'id,label', got {header}")
-            for lineno, row in enumerate(reader, start=2):
-                if not row:
-                    continue
-                where = f"{self.csv_path}:{lineno}"
-                if len(row) < 2:
-                    raise DatasetError(f"{where}: expected 'id,label', got {row}")
-                pid, label = row[0].strip(), row[1].strip()
-                if label not in ("0", "1"):
-                    raise DatasetError(f"{where}: label {label!r} for id {pid} is not 0/1")
-                if pid in seen:
-                    raise DatasetError(f"{where}: id {pid} repeats line {seen[pid]}")
-                seen[pid] = lineno
-                ids.append(pid)
-                labels.append(int(label))
+        try:  # utf-8-sig: a BOM written by Excel is not part of the 'id' header
+            text = self.csv_path.read_text(encoding="utf-8-sig")
+        except UnicodeDecodeError as exc:
+            raise DatasetError(
+                f"{self.csv_path}: not UTF-8 text ({exc.reason} at byte {exc.start})"
+            ) from None
+        reader = csv.reader(io.StringIO(text, newline=""))
+        header = next(reader, None)
+        if header is None or [h.strip() for h in header[:2]] != ["id", "label"]:
+            raise DatasetError(f"{self.csv_path}:1: expected header 'id,label', got {header}")
+        for lineno, row in enumerate(reader, start=2):
+            if not row:
+                continue
+            where = f"{self.csv_path}:{lineno}"
+            if len(row) < 2:
+                raise DatasetError(f"{where}: expected 'id,label', got {row}")
+            pid, label = row[0].strip(), row[1].strip()
+            if label not in ("0", "1"):
+                raise DatasetError(f"{where}: label {label!r} for id {pid} is not 0/1")
+            if pid in seen:
+                raise DatasetError(f"{where}: id {pid} repeats line {seen[pid]}")
+            seen[pid] = lineno
+            ids.append(pid)
+            labels.append(int(label))
         if not ids:
             raise DatasetError(f"{self.csv_path}: no rows")
         present = {p.stem for p in self.image_dir.glob("*.tif")}

@@ -13,12 +13,14 @@ from __future__ import annotations
 import csv
 import gzip
 import os
+import stat
 from pathlib import Path
 
 import h5py
 import numpy as np
 
-from histomodels.data.base import DatasetError, PatchDataset
+from histomodels.data.base import DatasetError, PatchDataset, binary_labels, check_patch_shape
+from histomodels.data.h5safe import check_stored, dataset, open_h5
 
 SPLITS = ("train", "valid", "test")
 OFFICIAL = "camelyonpatch_level_2_split_{split}_{xy}.h5"
@@ -29,8 +31,29 @@ def cache_dir() -> Path:
     return Path(os.environ.get("HISTOMODELS_CACHE", Path.home() / ".cache" / "histomodels"))
 
 
+#: A gzip member may expand to at most this many times its size (PCam's x files: ~3.5x,
+#: its y files ~100x), and never past :data:`GUNZIP_MAX_BYTES`; small files get 64 MB.
+GUNZIP_MAX_RATIO = 200
+GUNZIP_MIN_CAP = 64 * 1024 * 1024
+GUNZIP_MAX_BYTES = 16 * 1024**3
+
+
+def gunzip_cap(compressed: int) -> int:
+    """Most bytes a ``compressed``-byte gzip file may expand to (see the constants)."""
+    return min(GUNZIP_MAX_BYTES, max(GUNZIP_MIN_CAP, GUNZIP_MAX_RATIO * compressed))
+
+
 def gunzip_once(path: Path, *, quiet: bool = False) -> Path:
-    """Decompress ``x.h5.gz`` once to ``x.h5`` (temp file + rename) and return the plain path."""
+    """Decompress ``x.h5.gz`` once to ``x.h5`` (temp file + rename) and return the plain path.
+
+    The output is capped (:func:`gunzip_cap`); on any failure the ``.part`` file is removed.
+    A corrupt stream and a full disk give different one-line :class:`DatasetError` messages.
+    """
+    import errno
+    import zlib
+
+    if not stat.S_ISREG(path.stat().st_mode):
+        raise DatasetError(f"{path}: not a regular file")
     target = path.with_suffix("")  # drop .gz
     if not os.access(path.parent, os.W_OK):
         st = path.stat()
@@ -39,8 +62,10 @@ def gunzip_once(path: Path, *, quiet: bool = False) -> Path:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(target.name + ".part")
+    cap = gunzip_cap(path.stat().st_size)
     from histomodels.progress import transient_progress
 
+    written = 0
     try:
         with (
             gzip.open(path, "rb") as src,
@@ -49,12 +74,31 @@ def gunzip_once(path: Path, *, quiet: bool = False) -> Path:
         ):
             task = progress.add_task(f"gunzip {path.name}", total=path.stat().st_size)
             raw = src.fileobj  # type: ignore[attr-defined]
-            while chunk := src.read(1 << 22):
-                dst.write(chunk)
+            while True:
+                try:
+                    chunk = src.read(1 << 22)
+                except (OSError, EOFError, zlib.error) as exc:
+                    raise DatasetError(f"{path}: corrupt gzip file ({exc})") from None
+                if not chunk:
+                    break
+                written += len(chunk)
+                if written > cap:
+                    raise DatasetError(
+                        f"{path}: expands past {cap} bytes ({cap // max(1, path.stat().st_size)}x "
+                        "its size); refused as a possible gzip bomb"
+                    )
+                try:
+                    dst.write(chunk)
+                except OSError as exc:
+                    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                        raise DatasetError(
+                            f"{path}: disk full while writing {tmp} ({written >> 20} MB written)"
+                        ) from None
+                    raise DatasetError(f"{path}: cannot write {tmp} ({exc})") from None
                 progress.update(task, completed=raw.tell())
-    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+    except BaseException:
         tmp.unlink(missing_ok=True)
-        raise DatasetError(f"{path}: corrupt gzip file ({exc})") from None
+        raise
     tmp.replace(target)
     return target
 
@@ -101,13 +145,17 @@ def find_split(folder: Path, split: str | None) -> Path:
 class PCamDataset(PatchDataset):
     """Lazy reader for a PCam x/y pair (or one file holding both ``x`` and ``y``)."""
 
-    def __init__(self, x_path: Path, y_path: Path | None = None) -> None:
+    def __init__(
+        self, x_path: Path, y_path: Path | None = None, *, patch_size: int | None = 96
+    ) -> None:
         self.x_path = gunzip_once(x_path) if x_path.suffix == ".gz" else x_path
         if y_path is not None and y_path.suffix == ".gz":
             y_path = gunzip_once(y_path)
         self.y_path = y_path or self.x_path
         self.source = f"pcam:{x_path}"
+        self.patch_size = patch_size
         self._file: h5py.File | None = None
+        self._xds: h5py.Dataset | None = None
         x_shape = self._check_x()
         self.shape = x_shape
         self._labels = self._read_labels(x_shape[0])
@@ -116,56 +164,51 @@ class PCamDataset(PatchDataset):
     # h5py handles cannot be pickled: open lazily, per process (DataLoader workers).
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        state["_file"] = None
+        state["_file"] = state["_xds"] = None
         return state
 
     def _x(self) -> h5py.Dataset:
         if self._file is None:
-            self._file = h5py.File(self.x_path, "r")
-        return self._file["x"]
+            self._file = open_h5(self.x_path)
+            self._xds = dataset(self._file, "x", self.x_path)
+        return self._xds
 
     def _check_x(self) -> tuple[int, ...]:
-        try:
-            with h5py.File(self.x_path, "r") as f:
-                if "x" not in f:
-                    raise DatasetError(f"{self.x_path}: no 'x' dataset (found {sorted(f.keys())})")
-                x = f["x"]
-                shape, dtype = x.shape, x.dtype
-        except OSError as exc:
-            raise DatasetError(f"{self.x_path}: not a readable HDF5 file ({exc})") from None
-        if len(shape) != 4 or shape[3] != 3 or dtype != np.uint8:
-            raise DatasetError(
-                f"{self.x_path}: 'x' is {dtype} {list(shape)}, expected uint8 [N, H, W, 3]"
-            )
+        with open_h5(self.x_path) as f:
+            x = dataset(f, "x", self.x_path)
+            shape, dtype = x.shape, x.dtype
+            if len(shape) != 4 or shape[3] != 3 or dtype != np.uint8:
+                raise DatasetError(
+                    f"{self.x_path}: 'x' is {dtype} {list(shape)}, expected uint8 [N, H, W, 3]"
+                )
+            if shape[0] == 0:
+                raise DatasetError(f"{self.x_path}: 'x' holds no patches")
+            check_patch_shape(shape, self.patch_size, str(self.x_path))
+            check_stored(x, self.x_path, "x")
         return shape
 
     def _read_labels(self, n: int) -> np.ndarray:
-        try:
-            with h5py.File(self.y_path, "r") as f:
-                if "y" not in f:
-                    raise DatasetError(f"{self.y_path}: no 'y' dataset (found {sorted(f.keys())})")
-                y = np.asarray(f["y"][()])
-        except OSError as exc:
-            raise DatasetError(f"{self.y_path}: not a readable HDF5 file ({exc})") from None
-        if y.ndim == 0 or y.shape[0] != n or y.size != n:
-            raise DatasetError(
-                f"{self.y_path}: 'y' has shape {list(y.shape)}, expected [{n}] labels"
-            )
-        y = y.reshape(n).astype(np.int64)
-        bad = np.flatnonzero((y != 0) & (y != 1))
-        if len(bad):
-            raise DatasetError(
-                f"{self.y_path}: row {bad[0]}: label {y[bad[0]]} is not 0/1 ({len(bad)} bad rows)"
-            )
-        return y
+        with open_h5(self.y_path) as f:
+            ds = dataset(f, "y", self.y_path)
+            if ds.size != n or not ds.shape or ds.shape[0] != n:
+                raise DatasetError(
+                    f"{self.y_path}: 'y' has shape {list(ds.shape)}, expected [{n}] labels"
+                )
+            y = np.asarray(ds[()])
+        return binary_labels(y, str(self.y_path))
 
     @staticmethod
     def _read_ids(x_path: Path, n: int) -> list[str]:
         stem = x_path.name.split("_x.h5")[0] if "_x.h5" in x_path.name else x_path.stem
         meta = x_path.with_name(stem + "_meta.csv")
-        if meta.exists():
-            with meta.open(newline="") as fh:
-                rows = list(csv.DictReader(fh))
+        if meta.is_file():
+            try:
+                with meta.open(newline="", encoding="utf-8-sig") as fh:
+                    rows = list(csv.DictReader(fh))
+            except UnicodeDecodeError as exc:
+                raise DatasetError(
+                    f"{meta}: not UTF-8 text ({exc.reason} at byte {exc.start})"
+                ) from None
             if len(rows) == n and rows and "patch_id" in rows[0]:
                 return [r["patch_id"] for r in rows]
         return [f"{stem}_{i}" for i in range(n)]
@@ -190,9 +233,11 @@ class PCamDataset(PatchDataset):
 
     def load_all(self) -> tuple[np.ndarray, np.ndarray, list[str]]:
         """Read everything in large sequential blocks (fast even for gzip-chunked files)."""
+        from histomodels.data.cache import require_memory
         from histomodels.progress import transient_progress
 
         n = len(self)
+        require_memory(int(np.prod(self.shape, dtype=np.int64)), str(self.x_path))
         out = np.empty(self.shape, dtype=np.uint8)
         x = self._x()
         block = max(1, (x.chunks[0] if x.chunks else 1024) * 32)

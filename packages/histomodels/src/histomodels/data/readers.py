@@ -17,11 +17,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import h5py
-
 from histomodels.data.base import DatasetError, PatchDataset
 from histomodels.data.encoded import EncodedH5Dataset
 from histomodels.data.folders import FolderDataset, is_image_folder
+from histomodels.data.h5safe import open_h5
 from histomodels.data.kaggle import LABELS_CSV, KaggleDataset
 from histomodels.data.pcam import PCamDataset, find_split, pair_of
 
@@ -39,11 +38,8 @@ def _take(kw: dict[str, Any], allowed: set[str], fmt: str, path: Path) -> dict[s
 
 
 def _h5_keys(path: Path) -> set[str]:
-    try:
-        with h5py.File(path, "r") as f:
-            return set(f.keys())
-    except OSError as exc:
-        raise DatasetError(f"{path}: not a readable HDF5 file ({exc})") from None
+    with open_h5(path) as f:
+        return set(f.keys())
 
 
 def _open_h5(path: Path, kw: dict[str, Any]) -> PatchDataset:
@@ -52,17 +48,14 @@ def _open_h5(path: Path, kw: dict[str, Any]) -> PatchDataset:
     if name.endswith(".gz"):
         if not pair_name:
             raise DatasetError(f"{path}: gzipped HDF5 is only read as a PCam *_x/_y.h5.gz pair")
-        _take(kw, set(), "PCam HDF5", path)
-        return PCamDataset(*pair_of(path))
+        return PCamDataset(*pair_of(path), **_take(kw, {"patch_size"}, "PCam HDF5", path))
     keys = _h5_keys(path)
     if "encoded" in keys:
         return EncodedH5Dataset(path, **_take(kw, {"origin_split", "patch_size"}, "encoded", path))
     if {"x", "y"} <= keys:
-        _take(kw, set(), "PCam HDF5", path)
-        return PCamDataset(path, None)
+        return PCamDataset(path, None, **_take(kw, {"patch_size"}, "PCam HDF5", path))
     if pair_name and keys & {"x", "y"}:
-        _take(kw, set(), "PCam HDF5", path)
-        return PCamDataset(*pair_of(path))
+        return PCamDataset(*pair_of(path), **_take(kw, {"patch_size"}, "PCam HDF5", path))
     raise DatasetError(
         f"{path}: HDF5 without a known layout (datasets {sorted(keys)}; expected "
         "'encoded'+'y', or 'x'+'y', or a PCam *_x.h5/*_y.h5 pair)"
@@ -74,6 +67,8 @@ def open_path(path: Path, **kw: Any) -> PatchDataset:
     path = Path(path).expanduser()
     if not path.exists():
         raise DatasetError(f"{path}: no such file or folder")
+    if not path.is_dir() and not path.is_file():  # a FIFO or device would hang the reader
+        raise DatasetError(f"{path}: not a regular file or folder")
     if path.is_file():
         if path.name.lower().endswith(H5_SUFFIXES):
             return _open_h5(path, kw)
@@ -90,9 +85,9 @@ def open_path(path: Path, **kw: Any) -> PatchDataset:
     if (path / LABELS_CSV).is_file():
         return KaggleDataset(path, **_take(kw, {"patch_size"}, "Kaggle", path))
     if any(path.glob("camelyonpatch_level_2_split_*_x.h5*")):
-        split = _take(kw, {"split"}, "PCam folder", path).get("split")
-        x = find_split(path, split)
-        return PCamDataset(*pair_of(x))
+        opts = _take(kw, {"split", "patch_size"}, "PCam folder", path)
+        x = find_split(path, opts.pop("split", None))
+        return PCamDataset(*pair_of(x), **opts)
     if is_image_folder(path):
         return FolderDataset(path, **_take(kw, {"patch_size"}, "image folder", path))
     h5s = sorted(p.name for p in path.iterdir() if p.name.lower().endswith(H5_SUFFIXES))

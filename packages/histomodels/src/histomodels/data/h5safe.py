@@ -1,0 +1,72 @@
+"""Opening untrusted HDF5 files: only plain datasets stored inside the file are read.
+
+HDF5 can make a dataset read bytes from any local file (external storage, virtual
+datasets) or follow a link into another file (external links). A dataset file from the
+internet must not draw ``/etc/passwd`` into a contact sheet, so :func:`dataset` refuses
+all of these, and groups where a dataset is expected, with one :class:`DatasetError`
+naming the file. :func:`check_stored` refuses a dataset that declares more patches than
+it stores (a 200 KB file declaring 200,000 patches would otherwise be read as zeros).
+"""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from histomodels.data.base import DatasetError
+
+
+def open_h5(path: Path) -> h5py.File:
+    """Open ``path`` read-only; a non-regular or unreadable file is a :class:`DatasetError`."""
+    try:
+        if not stat.S_ISREG(path.stat().st_mode):
+            raise DatasetError(f"{path}: not a regular file")
+        return h5py.File(path, "r")
+    except OSError as exc:
+        raise DatasetError(f"{path}: not a readable HDF5 file ({exc})") from None
+
+
+def dataset(f: h5py.File, key: str, path: Path) -> h5py.Dataset:
+    """``f[key]`` if it is a dataset stored in this file; else a one-line :class:`DatasetError`."""
+    link = f.get(key, getlink=True)
+    if link is None:
+        raise DatasetError(f"{path}: no {key!r} dataset (found {sorted(f.keys())})")
+    if not isinstance(link, h5py.HardLink):
+        raise DatasetError(
+            f"{path}: {key!r} is a {type(link).__name__}; links are refused "
+            "(an HDF5 link can point into any other file)"
+        )
+    obj = f[key]
+    if not isinstance(obj, h5py.Dataset):
+        raise DatasetError(f"{path}: {key!r} is a group, not a dataset")
+    if obj.external:
+        raise DatasetError(
+            f"{path}: {key!r} is stored in external file(s) such as {obj.external[0][0]!r}; "
+            "refused (it could read any local file)"
+        )
+    if obj.is_virtual:
+        raise DatasetError(f"{path}: {key!r} is a virtual dataset mapping other files; refused")
+    return obj
+
+
+def check_stored(ds: h5py.Dataset, path: Path, key: str) -> None:
+    """Refuse a dataset whose declared elements are not all stored in the file."""
+    declared = int(np.prod(ds.shape, dtype=np.int64)) * ds.dtype.itemsize
+    if declared == 0:
+        return
+    if ds.chunks is None:
+        stored = ds.id.get_storage_size()
+        ok = stored >= declared
+    else:
+        per_axis = [-(-n // c) for n, c in zip(ds.shape, ds.chunks, strict=True)]
+        expected = int(np.prod(per_axis, dtype=np.int64))
+        stored = ds.id.get_num_chunks()
+        ok = stored >= expected
+    if not ok:
+        raise DatasetError(
+            f"{path}: {key!r} declares {list(ds.shape)} ({declared / 1e9:.2f} GB) but the file "
+            f"stores only part of it ({ds.id.get_storage_size()} bytes); truncated or forged"
+        )

@@ -1,0 +1,167 @@
+"""Hostile and broken datasets: every reader refuses them with one DatasetError naming the file."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from make_corpus import (
+    corrupt_gzip,
+    gzip_bomb,
+    h5_declaring,
+    h5_external,
+    h5_external_link,
+    h5_groups,
+    pcam_h5,
+)
+
+from histomodels.data.base import DatasetError, open_dataset
+
+
+def _encoded_h5(path: Path, labels: np.ndarray) -> Path:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((96, 96, 3), np.uint8)).save(buf, format="PNG")
+    with h5py.File(path, "w") as f:
+        enc = f.create_dataset("encoded", (len(labels),), dtype=h5py.vlen_dtype(np.uint8))
+        for i in range(len(labels)):
+            enc[i] = np.frombuffer(buf.getvalue(), np.uint8)
+        f["y"] = labels
+    return path
+
+
+@pytest.mark.parametrize("value", [0.5, 0.9, np.nan, 2.0, -1.0])
+def test_fractional_or_out_of_range_pcam_labels_are_errors(tmp_path: Path, value: float) -> None:
+    path = pcam_h5(tmp_path / "d.h5", labels=np.array([0, 1, value, 0]), n=4, y_dtype="float32")
+    with pytest.raises(DatasetError, match=r"d\.h5: row 2: label .* is not 0/1"):
+        open_dataset(path)
+
+
+def test_fractional_encoded_labels_are_errors(tmp_path: Path) -> None:
+    path = _encoded_h5(tmp_path / "enc.h5", np.array([0.0, 0.9, 1.0]))
+    with pytest.raises(DatasetError, match=r"enc\.h5 'y': row 1: label .*0\.9.* is not 0/1"):
+        open_dataset(path)
+
+
+def test_integer_float_labels_still_work(tmp_path: Path) -> None:
+    ds = open_dataset(pcam_h5(tmp_path / "d.h5", n=4, labels=np.array([0, 1, 1, 0]), y_dtype="f4"))
+    assert ds.labels().tolist() == [0, 1, 1, 0]
+
+
+def test_byte_string_labels_are_an_error(tmp_path: Path) -> None:
+    path = pcam_h5(tmp_path / "d.h5", n=2, labels=np.array([b"x", b"y"]), y_dtype="S1")
+    with pytest.raises(DatasetError, match=r"d\.h5: labels are \|S1, expected integers 0/1"):
+        open_dataset(path)
+
+
+@pytest.mark.parametrize("side", [64, 1])
+def test_pcam_patch_size_is_checked(tmp_path: Path, side: int) -> None:
+    path = pcam_h5(tmp_path / "d.h5", n=4, side=side)
+    with pytest.raises(DatasetError, match=f"patches are {side}x{side} px, expected 96x96"):
+        open_dataset(path)
+
+
+def test_zero_patch_dataset_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(DatasetError, match=r"d\.h5: 'x' holds no patches"):
+        open_dataset(pcam_h5(tmp_path / "d.h5", n=0))
+    with pytest.raises(DatasetError, match=r"enc\.h5: 'encoded' holds no patches"):
+        open_dataset(_encoded_h5(tmp_path / "enc.h5", np.zeros(0, np.uint8)))
+
+
+def test_groups_instead_of_datasets(tmp_path: Path) -> None:
+    with pytest.raises(DatasetError, match=r"g\.h5: 'x' is a group, not a dataset"):
+        open_dataset(h5_groups(tmp_path / "g.h5"))
+
+
+def test_external_storage_is_refused(tmp_path: Path) -> None:
+    secret = tmp_path / "secret.bin"
+    secret.write_bytes(os.urandom(96 * 96 * 3 * 2))
+    with pytest.raises(DatasetError, match=r"ext\.h5: 'x' is stored in external file"):
+        open_dataset(h5_external(tmp_path / "ext.h5", secret))
+
+
+def test_external_link_is_refused(tmp_path: Path) -> None:
+    path = h5_external_link(tmp_path / "link.h5", tmp_path / "other.h5")
+    with pytest.raises(DatasetError, match=r"link\.h5: 'x' is a ExternalLink; links are refused"):
+        open_dataset(path)
+
+
+def test_file_declaring_more_patches_than_it_stores(tmp_path: Path) -> None:
+    path = h5_declaring(tmp_path / "big.h5", n=200_000)
+    assert path.stat().st_size < 1_000_000
+    with pytest.raises(DatasetError, match=r"big\.h5: 'x' declares \[200000, 96, 96, 3\]"):
+        open_dataset(path)
+
+
+def test_memory_budget_refuses_before_allocating(tmp_path: Path, monkeypatch) -> None:
+    ds = open_dataset(pcam_h5(tmp_path / "d.h5", n=16))
+    monkeypatch.setenv("HISTOMODELS_MEMORY_BUDGET", "100000")
+    with pytest.raises(DatasetError, match=r"d\.h5: .* over the budget of 0\.00 GB"):
+        ds.load_all()
+
+
+def _pair(tmp_path: Path, x_gz: Path) -> Path:
+    pcam_h5(tmp_path / "s_y.h5")
+    return x_gz
+
+
+def test_corrupt_gzip_is_one_error_and_leaves_no_part_file(tmp_path: Path) -> None:
+    x = corrupt_gzip(tmp_path / "s_x.h5.gz")
+    with pytest.raises(DatasetError, match=r"s_x\.h5\.gz: corrupt gzip file"):
+        open_dataset(_pair(tmp_path, x))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s_x.h5.gz", "s_y.h5"]
+
+
+def test_gzip_bomb_is_capped_and_cleaned_up(tmp_path: Path) -> None:
+    x = gzip_bomb(tmp_path / "s_x.h5.gz", size=200_000_000)
+    assert x.stat().st_size < 1_000_000
+    with pytest.raises(DatasetError, match=r"s_x\.h5\.gz: expands past 67108864 bytes"):
+        open_dataset(_pair(tmp_path, x))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s_x.h5.gz", "s_y.h5"]
+
+
+def test_disk_full_is_reported_as_disk_full(tmp_path: Path) -> None:
+    import gzip
+
+    pcam_h5(tmp_path / "plain.h5")
+    x = tmp_path / "s_x.h5.gz"
+    x.write_bytes(gzip.compress((tmp_path / "plain.h5").read_bytes()))
+    (tmp_path / "s_x.h5.part").symlink_to("/dev/full")  # every write: ENOSPC
+    with pytest.raises(DatasetError, match=r"s_x\.h5\.gz: disk full while writing"):
+        open_dataset(_pair(tmp_path, x))
+    assert not (tmp_path / "s_x.h5.part").exists()
+    assert not (tmp_path / "s_x.h5").exists()
+
+
+def _kaggle(tmp_path: Path, csv_bytes: bytes) -> Path:
+    from PIL import Image
+
+    (tmp_path / "train").mkdir()
+    for pid in ("a", "b"):
+        Image.fromarray(np.zeros((96, 96, 3), np.uint8)).save(tmp_path / "train" / f"{pid}.tif")
+    (tmp_path / "train_labels.csv").write_bytes(csv_bytes)
+    return tmp_path
+
+
+def test_kaggle_csv_with_utf8_bom_is_accepted(tmp_path: Path) -> None:
+    ds = open_dataset(_kaggle(tmp_path, b"\xef\xbb\xbfid,label\na,0\nb,1\n"))
+    assert ds.labels().tolist() == [0, 1]
+
+
+def test_kaggle_latin1_csv_is_one_error(tmp_path: Path) -> None:
+    with pytest.raises(DatasetError, match=r"train_labels\.csv: not UTF-8 text"):
+        open_dataset(_kaggle(tmp_path, b"id,label\na,0\nb,1\n# caf\xe9\n"))
+
+
+@pytest.mark.timeout(30)
+def test_fifo_dataset_path_is_refused(tmp_path: Path) -> None:
+    fifo = tmp_path / "d.h5"
+    os.mkfifo(fifo)
+    with pytest.raises(DatasetError, match=r"d\.h5: not a regular file"):
+        open_dataset(fifo)
