@@ -10,6 +10,7 @@ state and ``history`` for resuming.
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -94,23 +95,90 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
 
         if pretrained.is_pretrained(path):
             return pretrained.checkpoint_dict(str(path))
+        if path.exists():  # a FIFO or device would hang torch.load
+            raise CheckpointError(f"{path}: not a regular file")
         raise CheckpointError(f"{path}: no such checkpoint file")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle errors, truncated zip, unsafe globals ...
-        text = str(exc).strip()
-        if "Weights only load failed" in text:
-            # torch suggests weights_only=False here; for an untrusted file that is the wrong
-            # advice, so say what the file holds instead.
-            why = "it holds Python objects or code, not just tensors; refused (weights_only)"
-        else:
-            why = text.splitlines()[0] if text else type(exc).__name__
+        from histomodels.models.weights import torch_load_reason
+
+        why = torch_load_reason(exc)
         raise CheckpointError(f"{path}: not a loadable checkpoint ({why})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a histomodels checkpoint (missing format tag)")
-    if int(ckpt.get("version", 0)) > VERSION:
-        raise CheckpointError(f"{path}: checkpoint version {ckpt['version']} is too new")
+    check_checkpoint(ckpt, path)
     return ckpt
+
+
+def _scalar(value: Any) -> bool:
+    return value is None or isinstance(value, bool | int | float | str)
+
+
+def _numbers(value: Any, n: int) -> bool:
+    return (
+        isinstance(value, list | tuple)
+        and len(value) == n
+        and all(isinstance(v, int | float) and not isinstance(v, bool) for v in value)
+        and all(math.isfinite(v) for v in value)
+    )
+
+
+def check_checkpoint(ckpt: dict[str, Any], path: str | Path) -> None:
+    """Schema check at load: one :class:`CheckpointError` naming the file and the field.
+
+    ``model_config`` may only hold architecture keys the registry model accepts
+    (:func:`~histomodels.models.registry.config_keys`), as plain values, so a checkpoint
+    cannot make a builder load another file or reach the model hub.
+    """
+    from histomodels.models.registry import config_keys
+
+    def bad(field: str, problem: str) -> CheckpointError:
+        return CheckpointError(f"{path}: checkpoint field {field!r} {problem}")
+
+    version = ckpt.get("version", 0)
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise bad("version", f"is {version!r}, expected an integer")
+    if version > VERSION:
+        raise CheckpointError(
+            f"{path}: checkpoint version {version} is newer than this reader ({VERSION}); "
+            "upgrade histomodels"
+        )
+    name = ckpt.get("model")
+    if not isinstance(name, str) or not name:
+        raise bad("model", f"is {type(name).__name__}, expected a model name")
+    try:
+        allowed = config_keys(name)
+    except ValueError:
+        raise bad("model", f"names unknown model {name!r}") from None
+    cfg = ckpt.get("model_config", {})
+    if not isinstance(cfg, dict):
+        raise bad("model_config", f"is {type(cfg).__name__}, expected a mapping")
+    for key, value in cfg.items():
+        if not isinstance(key, str) or key not in allowed:
+            raise bad("model_config", f"has key {key!r}, which {name} does not accept")
+        ok = _scalar(value) or (isinstance(value, list | tuple) and all(map(_scalar, value)))
+        if not ok:
+            raise bad("model_config", f"value of {key!r} is {type(value).__name__}, not plain")
+    sd = ckpt.get("state_dict")
+    if not isinstance(sd, dict) or not sd:
+        raise bad("state_dict", f"is {type(sd).__name__}, expected a dict of tensors")
+    if not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in sd.items()):
+        raise bad("state_dict", "holds something other than name -> tensor")
+    norm = ckpt.get("normalization", {"mean": [0, 0, 0], "std": [1, 1, 1]})
+    if not (
+        isinstance(norm, dict)
+        and _numbers(norm.get("mean"), 3)
+        and _numbers(norm.get("std"), 3)
+        and all(s > 0 for s in norm["std"])
+    ):
+        raise bad("normalization", "must be {'mean': [3 numbers], 'std': [3 positive numbers]}")
+    size = ckpt.get("input_size", 96)
+    if not isinstance(size, int) or isinstance(size, bool) or not 8 <= size <= 4096:
+        raise bad("input_size", f"is {size!r}, expected an integer in [8, 4096]")
+    temp = ckpt.get("temperature", 1.0)
+    if not isinstance(temp, int | float) or isinstance(temp, bool) or not 0 < temp < math.inf:
+        raise bad("temperature", f"is {temp!r}, expected a positive number")
 
 
 def load_model(
@@ -120,7 +188,10 @@ def load_model(
     from histomodels.models import create_model
 
     ckpt = read_checkpoint(path)
-    model = create_model(ckpt["model"], pretrained=False, **ckpt.get("model_config", {}))
+    try:
+        model = create_model(ckpt["model"], pretrained=False, **ckpt.get("model_config", {}))
+    except (TypeError, ValueError) as exc:  # values of the right keys but unusable
+        raise CheckpointError(f"{path}: cannot build model {ckpt['model']!r} ({exc})") from None
     try:
         model.load_state_dict(ckpt["state_dict"])
     except RuntimeError as exc:

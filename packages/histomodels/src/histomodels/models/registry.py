@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -41,3 +42,34 @@ def create_model(name: str, **cfg: Any) -> nn.Module:
         return _PREFIXES[head](rest, **cfg)
     known = ", ".join(list_models() + [f"{p}/<name>" for p in _PREFIXES])
     raise ValueError(f"unknown model {name!r}; known: {known}")
+
+
+#: Keyword arguments a checkpoint may pass to ``timm.create_model`` for ``timm/<name>``:
+#: architecture shape only. Anything else (``pretrained_cfg_overlay``, ``checkpoint_path``,
+#: ``pretrained``...) could make timm read another file or go to the hub.
+TIMM_CONFIG_KEYS = frozenset(
+    {
+        "input_size", "img_size", "patch_size", "embed_dim", "depth", "num_heads",
+        "mlp_ratio", "init_values", "reg_tokens", "no_embed_class", "class_token",
+        "global_pool", "dynamic_img_size", "qkv_bias", "drop_rate", "drop_path_rate",
+    }
+)  # fmt: skip
+#: Builder arguments that fetch weights: never taken from a file.
+_WEIGHT_KEYS = frozenset({"pretrained", "weights"})
+
+
+def config_keys(name: str) -> frozenset[str]:
+    """Architecture keyword arguments model ``name`` accepts from a checkpoint's config."""
+    _load_builtin()
+    if name in _REGISTRY:
+        params = inspect.signature(_REGISTRY[name]).parameters.values()
+        named = {p.name for p in params if p.kind is not inspect.Parameter.VAR_KEYWORD}
+        return frozenset(named - _WEIGHT_KEYS)
+    head, _, rest = name.partition("/")
+    if rest and head == "timm":
+        return TIMM_CONFIG_KEYS
+    if rest and head in _PREFIXES:
+        params = list(inspect.signature(_PREFIXES[head]).parameters.values())[1:]
+        named = {p.name for p in params if p.kind is not inspect.Parameter.VAR_KEYWORD}
+        return frozenset(named - _WEIGHT_KEYS)
+    raise ValueError(f"unknown model {name!r}")

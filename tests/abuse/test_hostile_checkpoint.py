@@ -1,0 +1,89 @@
+"""Hostile checkpoints and weights files: one CheckpointError / WeightsError naming the file."""
+
+from __future__ import annotations
+
+import collections
+from pathlib import Path
+
+import pytest
+import torch
+from make_corpus import DELETE, checkpoint_dict
+
+from histomodels.checkpoint import CheckpointError, load_model, read_checkpoint
+from histomodels.models.weights import WeightsError, read_state_dict
+
+
+def _save(tmp_path: Path, **overrides: object) -> Path:
+    path = tmp_path / "best.pt"
+    torch.save(checkpoint_dict(**overrides), path)
+    return path
+
+
+CASES = {
+    "missing model": ({"model": DELETE}, "'model' is NoneType"),
+    "integer model": ({"model": 3}, "'model' is int"),
+    "unknown model": ({"model": "nope"}, "unknown model 'nope'"),
+    "list model_config": ({"model_config": [1, 2]}, "'model_config' is list"),
+    "weights in model_config": ({"model_config": {"weights": "/etc/passwd"}}, "key 'weights'"),
+    "unknown config key": ({"model_config": {"depth": 4, "evil": 1}}, "key 'evil'"),
+    "nested config value": ({"model_config": {"depth": {"a": 1}}}, "value of 'depth' is dict"),
+    "missing state_dict": ({"state_dict": DELETE}, "'state_dict' is NoneType"),
+    "list state_dict": ({"state_dict": [1]}, "'state_dict' is list"),
+    "string tensors": ({"state_dict": {"a": "b"}}, "name -> tensor"),
+    "normalization list": ({"normalization": [0.5, 0.5]}, "'normalization' must be"),
+    "normalization short": ({"normalization": {"mean": [0.5], "std": [1, 1, 1]}}, "must be"),
+    "normalization zero std": ({"normalization": {"mean": [0] * 3, "std": [0] * 3}}, "must be"),
+    "normalization strings": ({"normalization": {"mean": ["a"] * 3, "std": [1] * 3}}, "must be"),
+    "input_size string": ({"input_size": "96"}, "'input_size' is '96'"),
+    "negative temperature": ({"temperature": -1.0}, "'temperature' is -1.0"),
+    "version string": ({"version": "1"}, "'version' is '1'"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_malformed_checkpoint_is_one_error_naming_the_file(tmp_path: Path, case: str) -> None:
+    overrides, message = CASES[case]
+    path = _save(tmp_path, **overrides)
+    with pytest.raises(CheckpointError) as err:
+        load_model(path)
+    text = str(err.value)
+    assert text.startswith(f"{path}: ") and message in text and "\n" not in text
+
+
+def test_newer_version_message_reads_correctly(tmp_path: Path) -> None:
+    path = _save(tmp_path, version=2)
+    with pytest.raises(CheckpointError, match=r"version 2 is newer than this reader \(1\)"):
+        read_checkpoint(path)
+
+
+def test_timm_config_cannot_load_another_file_or_reach_the_hub(tmp_path: Path) -> None:
+    other = tmp_path / "other.pth"
+    torch.save({"x": torch.zeros(1)}, other)
+    for evil in (
+        {"checkpoint_path": str(other)},
+        {"pretrained_cfg_overlay": {"file": str(other)}},
+        {"pretrained": True},
+    ):
+        path = _save(tmp_path, model="timm/resnet18", model_config=evil)
+        with pytest.raises(CheckpointError, match="which timm/resnet18 does not accept"):
+            load_model(path)
+
+
+def test_valid_checkpoint_still_loads(tmp_path: Path) -> None:
+    model, ckpt = load_model(_save(tmp_path, model_config={"width": 16}))
+    assert ckpt["model"] == "cnn" and not model.training
+
+
+class Evil:
+    """A class torch's weights_only unpickler does not allow."""
+
+
+def test_pickled_objects_are_refused_without_torch_advice(tmp_path: Path) -> None:
+    path = tmp_path / "evil.pt"
+    torch.save({"state_dict": collections.OrderedDict(), "obj": Evil()}, path)
+    for fn, error in ((read_state_dict, WeightsError), (read_checkpoint, CheckpointError)):
+        with pytest.raises(error) as err:
+            fn(path)
+        text = str(err.value)
+        assert "weights_only=False" not in text and "refused (weights_only)" in text
+        assert text.startswith(str(path)) and "\n" not in text
