@@ -62,9 +62,11 @@ def _read_header(manifest: Manifest, obj: dict[str, Any], where: str) -> None:
     if obj.get("schema") != SCHEMA_NAME:
         raise ManifestError(f"{where}: not a {SCHEMA_NAME} header")
     version = obj.get("version")
-    if not isinstance(version, int) or version > SCHEMA_VERSION:
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise ManifestError(f"{where}: schema version {version!r} is not a positive integer")
+    if version > SCHEMA_VERSION:
         raise ManifestError(
-            f"{where}: schema version {version!r} is newer than this reader "
+            f"{where}: schema version {version} is newer than this reader "
             f"(reads up to {SCHEMA_VERSION}); upgrade histocore"
         )
     manifest.query = obj.get("query")

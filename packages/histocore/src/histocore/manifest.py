@@ -152,7 +152,52 @@ def row_of(obj: Record | Image) -> dict[str, Any]:
     return {name: getattr(obj, name) for name in _names(type(obj))}
 
 
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return _is_int(v) or isinstance(v, float)
+
+
+#: Type checks for the field annotations used above (fields with other annotations are
+#: not checked here; add a line when adding a field of a new type).
+_TYPE_CHECKS: dict[str, Any] = {
+    "str": lambda v: isinstance(v, str),
+    "int": _is_int,
+    "bool": lambda v: isinstance(v, bool),
+    "float": _is_number,
+    "list[float]": lambda v: isinstance(v, list) and all(map(_is_number, v)),
+    "dict[str, Any]": lambda v: isinstance(v, dict),
+}
+
+
+def _check_row(cls: type, row: dict[str, Any], where: str) -> None:
+    """Schema check of one row: field types, stage and label values (ManifestError)."""
+    for f in fields(cls):
+        if f.name not in row:
+            continue
+        value = row[f.name]
+        kinds = [k.strip() for k in str(f.type).split("|")]
+        optional = "None" in kinds
+        checks = [_TYPE_CHECKS[k] for k in kinds if k in _TYPE_CHECKS]
+        if len(checks) != len(kinds) - optional:  # an annotation we do not know: skip
+            continue
+        if value is None and optional:
+            continue
+        if not any(check(value) for check in checks):
+            raise ManifestError(
+                f"{where}: field {f.name!r} is {json.dumps(value)[:60]}, expected {f.type}"
+            )
+    if cls is Record and row.get("stage", "searched") not in STAGES:
+        raise ManifestError(f"{where}: stage {row['stage']!r} is not one of {', '.join(STAGES)}")
+    label = row.get("label")
+    if cls is Image and label is not None and label not in IMAGE_LABELS:
+        raise ManifestError(f"{where}: label {label!r} is not one of {', '.join(IMAGE_LABELS)}")
+
+
 def _from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
+    _check_row(cls, data, where)
     names = set(_names(cls))
     known = {k: v for k, v in data.items() if k in names}
     unknown = {k: v for k, v in data.items() if k not in names}
