@@ -54,3 +54,12 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 def atomic_write_json(path: str | Path, obj: Any, *, indent: int | None = 2) -> None:
     """Write ``obj`` as JSON (sorted keys, trailing newline) atomically."""
     atomic_write_text(path, json.dumps(obj, indent=indent, sort_keys=True) + "\n")
+
+
+def one_line(message: str) -> str:
+    """``message`` with control characters escaped (``\\n``, ``\\x1b``...).
+
+    Every CLI prints errors through this, so a newline or terminal escape inside a file
+    name cannot forge a second ``error:`` line or recolour the terminal.
+    """
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)

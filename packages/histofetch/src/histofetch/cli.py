@@ -24,7 +24,11 @@ RunOpt = typer.Option(Path("runs/default"), "--run", "-r", help="Run folder (hol
 
 def fail(message: str, code: int = 1) -> None:
     """One clear line on stderr and a non-zero exit."""
-    console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    from rich.markup import escape
+
+    from histocore.io import one_line
+
+    console.print(f"[red]error:[/red] {escape(one_line(message))}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 

@@ -167,6 +167,7 @@ class Downloader:
         for stale in out_dir.glob(".*.tmp"):  # temp files of a run killed mid-write
             stale.unlink(missing_ok=True)
         seen: set[str] = set()
+        stems: set[str] = set()
         for ff in files.figures:
             try:
                 rgb = decode_image(ff.data, ff.name, self.limits.max_image_pixels)
@@ -180,7 +181,12 @@ class Downloader:
             if digest in seen:
                 continue
             seen.add(digest)
-            stem = record_slug(PurePosixPath(ff.name).stem)
+            stem = base = record_slug(PurePosixPath(ff.name).stem)
+            n = 1
+            while stem in stems:  # a/fig1.jpg and b/fig1.jpg: do not overwrite one another
+                n += 1
+                stem = f"{base}_{n}"
+            stems.add(stem)
             path = out_dir / f"fig_{stem}.png"
             atomic_write_bytes(path, png)
             extra = {"file": ff.name, "href": ff.href, "route": files.route}

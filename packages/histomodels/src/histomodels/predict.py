@@ -110,9 +110,22 @@ def collect_inputs(paths: Iterable[str | Path]) -> list[Path]:
     return files
 
 
-def check_inputs(files: list[Path], size: int, max_pixels: int = MAX_PIXELS) -> None:
-    """Cheap header-only pass so a bad file fails the run before any work is done."""
+def check_inputs(
+    files: list[Path],
+    size: int,
+    max_pixels: int = MAX_PIXELS,
+    *,
+    scale: float = 1.0,
+    stride: int | None = None,
+) -> None:
+    """Cheap header-only pass so a bad file fails the run before any work is done.
+
+    Sizes are checked after ``scale`` (``--scale 16`` makes 256x more pixels) and the
+    tiles at ``stride`` must fit the memory budget (``--tile-stride 1`` makes ~size² more).
+    """
     from PIL import Image
+
+    from histomodels.data.cache import require_memory
 
     for f in files:
         try:
@@ -130,6 +143,18 @@ def check_inputs(files: list[Path], size: int, max_pixels: int = MAX_PIXELS) -> 
             )
         if w < size or h < size:
             raise PredictInputError(f"{f}: {w}x{h} is smaller than one {size}px patch")
+        sw, sh = round(w * scale), round(h * scale)
+        if sw * sh > max_pixels:
+            raise PredictInputError(
+                f"{f}: {w}x{h} at scale {scale} is {sw}x{sh} pixels, over the limit of {max_pixels}"
+            )
+        step = stride or size
+        if step < 1:
+            raise PredictInputError(f"tile stride must be >= 1, got {step}")
+        if sw >= size and sh >= size:
+            n = ((sh - size) // step + 1) * ((sw - size) // step + 1)
+            # uint8 patches + their float32 copy for the tissue fraction
+            require_memory(n * size * size * 3 * 5, str(f), f"{n} tiles at stride {step}")
 
 
 def predict_paths(
@@ -160,7 +185,7 @@ def predict_paths(
     files = collect_inputs(paths)
     pred = Predictor.load(checkpoint, device=device, precision=precision)
     size = int(pred.ckpt.get("input_size", 96))
-    check_inputs(files, size, max_pixels)
+    check_inputs(files, size, max_pixels, scale=scale, stride=stride)
     out_csv = Path(out_csv)
     heat_dir = Path(heatmap_dir) if heatmap_dir else out_csv.with_name(out_csv.stem + "_heatmaps")
     buf = io.StringIO()

@@ -79,6 +79,22 @@ def _read_json(path: Path) -> Any:
         raise ValueError(f"{path}: cannot read JSON ({exc})") from None
 
 
+def _check_history(history: Any, path: Path) -> list[dict[str, Any]]:
+    """``history.json`` must be a list of objects whose plotted values are numbers."""
+    if not isinstance(history, list) or not all(isinstance(r, dict) for r in history):
+        raise ValueError(f"{path}: expected a JSON list of per-epoch objects")
+
+    def number(v: Any) -> bool:
+        return isinstance(v, int | float) and not isinstance(v, bool)
+
+    numeric = {k for row in history for k, v in row.items() if number(v)}
+    for i, row in enumerate(history):
+        for k in numeric | {"epoch"}:
+            if k in row and row[k] is not None and not number(row[k]):
+                raise ValueError(f"{path}: entry {i}: {k!r} is {row[k]!r}, expected a number")
+    return history
+
+
 def _evaluation(folder: Path) -> Evaluation | None:
     f = folder / "metrics.json"
     if not f.is_file():
@@ -97,8 +113,10 @@ def load_run(path: Path, work: Path) -> Run:
     run = Run(name=path.resolve().name, path=path)
     if (path / "config.json").is_file():
         run.config = _read_json(path / "config.json")
+        if not isinstance(run.config, dict):
+            raise ValueError(f"{path / 'config.json'}: expected a JSON object")
     if (path / "history.json").is_file():
-        run.history = _read_json(path / "history.json")
+        run.history = _check_history(_read_json(path / "history.json"), path / "history.json")
     ckpt = path / "best.pt"
     if ckpt.is_file():
         from histomodels.checkpoint import read_checkpoint

@@ -21,7 +21,9 @@ app.add_typer(data_app, name="data")
 
 def fail(msg: str) -> None:
     """One ``error: …`` line on stderr and exit code 1 (the CLI's answer to bad input)."""
-    typer.echo(f"error: {msg}", err=True)
+    from histocore.io import one_line
+
+    typer.echo(f"error: {one_line(msg)}", err=True)
     raise typer.Exit(1)
 
 
