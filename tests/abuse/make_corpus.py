@@ -105,8 +105,11 @@ def _zeros_flate(n: int) -> bytes:
     return b"".join(parts)
 
 
-def mask_bomb_pdf(side: int = 9000, key: bytes = b"/SMask") -> bytes:
-    """A 100x100 RGB image whose soft mask (or ``/Mask``) declares ``side`` x ``side`` pixels."""
+def mask_bomb_pdf(side: int = 9000, key: bytes = b"/SMask", stored: int | None = None) -> bytes:
+    """A 100x100 RGB image whose soft mask (or ``/Mask``) declares ``side`` x ``side`` pixels.
+
+    ``stored``: bytes of mask data actually written (default all; a decoder pads the rest).
+    """
     pixels = zlib.compress(np.full((100, 100, 3), 120, np.uint8).tobytes())
     image = stream(
         b"/Type /XObject /Subtype /Image /Width 100 /Height 100 /ColorSpace /DeviceRGB "
@@ -116,7 +119,7 @@ def mask_bomb_pdf(side: int = 9000, key: bytes = b"/SMask") -> bytes:
     mask = stream(
         b"/Type /XObject /Subtype /Image /Width %d /Height %d /ColorSpace /DeviceGray "
         b"/BitsPerComponent 8 /Filter /FlateDecode" % (side, side),
-        _zeros_flate(side * side),
+        _zeros_flate(side * side if stored is None else stored),
     )
     objects = _page_tree(b"<< /XObject << /Im0 5 0 R >> >>", b"q 200 0 0 200 50 50 cm /Im0 Do Q")
     return raw_pdf([*objects, image, mask])
@@ -324,8 +327,8 @@ def build_pdfs(out: Path) -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
     files = {
         "nested_forms.pdf": nested_forms_pdf(),
-        "smask_bomb.pdf": mask_bomb_pdf(),
-        "mask_bomb.pdf": mask_bomb_pdf(key=b"/Mask"),
+        "smask_bomb.pdf": mask_bomb_pdf(side=30000, stored=1 << 20),
+        "mask_bomb.pdf": mask_bomb_pdf(side=30000, key=b"/Mask", stored=1 << 20),
         "half_with_eof.pdf": half_pdf_with_eof(),
         "empty.pdf": b"",
         "html.pdf": b"<html><body>Access denied</body></html>",
@@ -337,12 +340,167 @@ def build_pdfs(out: Path) -> dict[str, Path]:
     return paths
 
 
+def png_declaring(width: int, height: int) -> bytes:
+    """A PNG whose header declares ``width`` x ``height`` but holds almost no data."""
+    import struct
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        crc = zlib.crc32(kind + body) & 0xFFFFFFFF
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", crc)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    idat = zlib.compress(b"\0" * 1024)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def build_data(out: Path) -> dict[str, Path]:
+    """Hostile datasets (HDF5, gzip, CSV) plus one good one, ``good.h5``."""
+    import h5py
+
+    out.mkdir(parents=True, exist_ok=True)
+    p: dict[str, Path] = {"good.h5": pcam_h5(out / "good.h5", n=16)}
+    p["labels_half.h5"] = pcam_h5(
+        out / "labels_half.h5", n=4, labels=np.array([0, 0.5, 0.9, 1]), y_dtype="f4"
+    )
+    p["labels_bytes.h5"] = pcam_h5(
+        out / "labels_bytes.h5", n=2, labels=np.array([b"x", b"y"]), y_dtype="S1"
+    )
+    p["patch64.h5"] = pcam_h5(out / "patch64.h5", n=4, side=64)
+    p["patch1.h5"] = pcam_h5(out / "patch1.h5", n=4, side=1)
+    p["empty.h5"] = pcam_h5(out / "empty.h5", n=0)
+    p["groups.h5"] = h5_groups(out / "groups.h5")
+    secret = out / "secret.bin"
+    secret.write_bytes(b"private bytes of another local file " * 2000)
+    p["external.h5"] = h5_external(out / "external.h5", secret)
+    p["extlink.h5"] = h5_external_link(out / "extlink.h5", out / "linked_target.h5")
+    p["declares_200k.h5"] = h5_declaring(out / "declares_200k.h5")
+    p["not_hdf5.h5"] = out / "not_hdf5.h5"
+    p["not_hdf5.h5"].write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 100)
+    for kind in ("corrupt", "bomb"):
+        folder = out / f"gz_{kind}"
+        folder.mkdir()
+        pcam_h5(folder / "s_y.h5")
+        x = folder / "s_x.h5.gz"
+        corrupt_gzip(x) if kind == "corrupt" else gzip_bomb(x, size=200_000_000)
+        p[f"gz_{kind}"] = x
+    for name, body in (
+        ("kaggle_latin1", b"id,label\na,0\n# caf\xe9\n"),
+        ("kaggle_half", b"id,label\na,0.5\n"),
+    ):
+        folder = out / name
+        (folder / "train").mkdir(parents=True)
+        from PIL import Image
+
+        Image.fromarray(np.zeros((96, 96, 3), np.uint8)).save(folder / "train" / "a.tif")
+        (folder / "train_labels.csv").write_bytes(body)
+        p[name] = folder / "train_labels.csv"
+    forged = out / "x\nerror: forged.h5"
+    forged.write_bytes(b"not hdf5")
+    p["newline_name"] = forged
+    with h5py.File(out / "enc_half.h5", "w") as f:
+        enc = f.create_dataset("encoded", (2,), dtype=h5py.vlen_dtype(np.uint8))
+        enc[0] = enc[1] = np.frombuffer(png_declaring(96, 96), np.uint8)
+        f["y"] = np.array([0.5, 1.0])
+    p["enc_half.h5"] = out / "enc_half.h5"
+    return p
+
+
+def build_checkpoints(out: Path) -> dict[str, Path]:
+    """A good checkpoint and malformed ones (schema breaks, hostile model_config, pickles)."""
+    import torch
+
+    out.mkdir(parents=True, exist_ok=True)
+    variants: dict[str, dict] = {
+        "good.pt": {},
+        "no_model.pt": {"model": DELETE},
+        "model_int.pt": {"model": 3},
+        "config_list.pt": {"model_config": [1]},
+        "config_weights.pt": {"model_config": {"weights": "/etc/passwd"}},
+        "timm_overlay.pt": {
+            "model": "timm/resnet18",
+            "model_config": {"pretrained_cfg_overlay": {"file": "/etc/passwd"}},
+        },
+        "no_state_dict.pt": {"state_dict": DELETE},
+        "norm_list.pt": {"normalization": [0.5, 0.5]},
+        "norm_strings.pt": {"normalization": {"mean": ["a"] * 3, "std": [1] * 3}},
+        "version_2.pt": {"version": 2},
+    }
+    paths = {}
+    for name, overrides in variants.items():
+        torch.save(checkpoint_dict(**overrides), out / name)
+        paths[name] = out / name
+    (out / "truncated.pt").write_bytes((out / "good.pt").read_bytes()[:5000])
+    paths["truncated.pt"] = out / "truncated.pt"
+    return paths
+
+
+def build_images(out: Path) -> dict[str, Path]:
+    from PIL import Image
+
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"bomb.png": out / "bomb.png", "tile.png": out / "tile.png"}
+    paths["bomb.png"].write_bytes(png_declaring(100_000, 100_000))
+    Image.fromarray(np.full((600, 600, 3), 128, np.uint8)).save(paths["tile.png"])
+    paths["text.png"] = out / "text.png"
+    paths["text.png"].write_text("not an image")
+    return paths
+
+
+def build_runs(out: Path) -> dict[str, Path]:
+    """Training-run folders (for ``report``) and histofetch run folders with bad manifests."""
+    record = {"kind": "record", "id": "r1", "stage": "filtered"}
+    image = {
+        "kind": "image",
+        "id": "r1/a",
+        "record_id": "r1",
+        "path": "images/a.png",
+        "sha256": "0" * 64,
+        "width": 96,
+        "height": 96,
+    }
+    runs = {
+        "bad_stage": [{**record, "stage": "exploded"}],
+        "list_label": [record, {**image, "label": ["metastasis"]}],
+        "int_path": [record, {**image, "path": 7}],
+        "kept_string": [record, {**image, "kept": "false"}],
+    }
+    paths = {}
+    for name, rows in runs.items():
+        (out / name).mkdir(parents=True)
+        (out / name / "manifest.jsonl").write_text(manifest_lines(rows))
+        paths[name] = out / name
+    (out / "newer").mkdir()
+    header = {"kind": "header", "schema": "histofetch.manifest", "version": 2}
+    (out / "newer" / "manifest.jsonl").write_text(json.dumps(header) + "\n")
+    paths["newer"] = out / "newer"
+    for name, history in (("history_dict", {"epoch": 1}), ("history_str", [{"loss": "x"}])):
+        (out / name).mkdir()
+        (out / name / "history.json").write_text(json.dumps(history))
+        paths[name] = out / name
+    return paths
+
+
+def build_corpus(root: Path) -> dict[str, Path]:
+    """Every hostile input, by name (``pdf/…``, ``data/…``, ``ckpt/…``, ``img/…``, ``run/…``)."""
+    corpus: dict[str, Path] = {}
+    for prefix, build in (
+        ("pdf", build_pdfs),
+        ("data", build_data),
+        ("ckpt", build_checkpoints),
+        ("img", build_images),
+        ("run", build_runs),
+    ):
+        for name, path in build(root / prefix).items():
+            corpus[f"{prefix}/{name}"] = path
+    return corpus
+
+
 def main(argv: list[str]) -> int:
     if len(argv) != 1:
         print("usage: make_corpus.py DIR", file=sys.stderr)
         return 2
-    for name, path in build_pdfs(Path(argv[0]) / "pdf").items():
-        print(f"{name}: {path}")
+    for name, path in build_corpus(Path(argv[0])).items():
+        print(f"{name}: {path!s}")
     return 0
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -93,3 +94,39 @@ def test_one_line_escapes_control_characters() -> None:
     assert one_line("a.pdf\nerror: forged") == "a.pdf\\nerror: forged"
     assert one_line("x\x1b[31mred\r") == "x\\x1b[31mred\\r"
     assert one_line("plain ünïcode") == "plain ünïcode"
+
+
+def _make_immutable(*paths: Path) -> bool:
+    """Read-only even for root (``chattr +i``); False where the file system cannot."""
+    import subprocess
+
+    return subprocess.run(["chattr", "+i", *map(str, paths)], capture_output=True).returncode == 0
+
+
+def test_eval_val_works_on_a_read_only_checkpoint(tmp_path: Path) -> None:
+    import subprocess
+
+    from make_corpus import pcam_h5
+
+    from histomodels.evaluate import evaluate_checkpoint
+
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    ckpt = _checkpoint(folder)
+    before = ckpt.read_bytes()
+    data = pcam_h5(tmp_path / "d.h5", n=16)
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        ckpt.chmod(0o444)
+    elif not _make_immutable(ckpt, folder):
+        pytest.skip("running as root where chattr +i is not supported: nothing is read-only")
+    try:
+        result = evaluate_checkpoint(
+            ckpt, data, tmp_path / "out", val=data, n_bootstrap=10, gallery=False
+        )
+    finally:
+        subprocess.run(["chattr", "-i", str(ckpt), str(folder)], capture_output=True)
+        folder.chmod(0o755)
+    assert "read-only" in result["temperature_stored"]
+    assert ckpt.read_bytes() == before
+    assert (tmp_path / "out" / "metrics.json").is_file()

