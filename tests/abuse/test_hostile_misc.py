@@ -77,17 +77,42 @@ def _png_bytes(value: int) -> bytes:
     return buf.getvalue()
 
 
-def test_package_figures_with_the_same_stem_are_both_kept(tmp_path: Path) -> None:
+def test_figures_with_the_same_file_stem_are_both_kept(tmp_path: Path) -> None:
     from histofetch.download import Downloader
+    from histofetch.jats import Figure
+    from histofetch.sources import ArticleFiles, FigureFile
 
     manifest = Manifest.load(tmp_path, create=True)
     rec = manifest.add_record(Record(id="PMC1", pmcid="PMC1", stage="searched"))
-    files = {"a/fig1.png": _png_bytes(10), "b/fig1.png": _png_bytes(200)}
-    Downloader(manifest, client=None)._keep_figures(rec, files)  # type: ignore[arg-type]
+    files = ArticleFiles(
+        route="pmc-cloud",
+        figures=[
+            FigureFile(
+                Figure("F1", "Figure 1", "H&E."), "a/fig1.png", "a/fig1.png", _png_bytes(10)
+            ),
+            FigureFile(
+                Figure("F2", "Figure 2", "H&E."), "b/fig1.png", "b/fig1.png", _png_bytes(200)
+            ),
+        ],
+    )
+    Downloader(manifest, client=None)._keep(rec, files)  # type: ignore[arg-type]
     rows = manifest.images_of("PMC1")
-    assert sorted(i.extra["package_member"] for i in rows) == ["a/fig1.png", "b/fig1.png"]
+    assert sorted(i.extra["file"] for i in rows) == ["a/fig1.png", "b/fig1.png"]
     pixels = {int(np.asarray(Image.open(manifest.resolve(i.path)))[0, 0, 0]) for i in rows}
     assert pixels == {10, 200}
+
+
+def test_zip_member_with_an_empty_name_is_refused() -> None:
+    import zipfile
+
+    from histofetch.archive import ArchiveError
+    from histofetch.sources.europepmc import read_zip
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr(" ", b"abc")  # blank: zipfile itself cannot write an empty name
+    with pytest.raises(ArchiveError, match="empty name"):
+        read_zip(buf.getvalue())
 
 
 def test_one_line_escapes_control_characters() -> None:

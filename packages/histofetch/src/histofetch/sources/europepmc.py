@@ -25,6 +25,8 @@ ROUTE = "europepmc"
 
 def _check_name(name: str) -> None:
     path = PurePosixPath(name.replace("\\", "/"))
+    if not name.strip() or "\0" in name:
+        raise ArchiveError(f"unsafe member {name!r}: empty name")
     if name.startswith(("/", "\\")) or path.is_absolute() or (len(name) > 1 and name[1] == ":"):
         raise ArchiveError(f"unsafe member {name!r}: absolute path")
     if ".." in path.parts:
