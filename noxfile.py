@@ -31,6 +31,7 @@ DEV = [
     "ruff==0.17.6",
     "pyright[nodejs]==1.1.414",
     "selenium>=4.20",
+    "hypothesis>=6.100",  # tests/abuse/test_fuzz_parsers.py
 ]
 # PyTorch wheels: the CPU/GPU build pip resolves; the pins match what the project is tested on.
 TORCH = ["torch>=2.2,<=2.14.1", "torchvision>=0.17,<=0.29.1"]

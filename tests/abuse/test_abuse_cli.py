@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import resource
 import subprocess
 import sys
@@ -268,7 +269,7 @@ def _run(case: Case, corpus: dict[str, Path], case_dir: Path) -> Result:
     case_dir.mkdir(parents=True)
     (case_dir / "home").mkdir()
     subs = {k: str(v) for k, v in corpus.items()} | {"out": str(case_dir / "out")}
-    args = [a.format(**subs) if "{" in a else a for a in case.args]
+    args = [re.sub(r"\{([^{}]+)\}", lambda m: subs[m.group(1)], a) for a in case.args]
     env = {
         **os.environ,
         "HOME": str(case_dir / "home"),

@@ -78,6 +78,8 @@ def parse_xml(data: bytes, *, max_bytes: int = MAX_JATS_BYTES) -> ET.Element:
         raise JatsError(f"XML refused ({type(exc).__name__}: entity or DTD declarations)") from None
     except ET.ParseError as exc:
         raise JatsError(f"not well-formed XML ({exc})") from None
+    except LookupError as exc:  # <?xml encoding="U-TF-8"?>: expat asks codecs, which refuses
+        raise JatsError(f"XML in an unknown encoding ({exc})") from None
 
 
 def _local(tag: object) -> str:
