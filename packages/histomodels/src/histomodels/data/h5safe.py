@@ -36,7 +36,7 @@ def dataset(f: h5py.File, key: str, path: Path) -> h5py.Dataset:
         raise DatasetError(f"{path}: no {key!r} dataset (found {sorted(f.keys())})")
     if not isinstance(link, h5py.HardLink):
         raise DatasetError(
-            f"{path}: {key!r} is a {type(link).__name__}; links are refused "
+            f"{path}: {key!r} is a link ({type(link).__name__}); links are refused "
             "(an HDF5 link can point into any other file)"
         )
     obj = f[key]
