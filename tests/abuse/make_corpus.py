@@ -470,7 +470,9 @@ def build_runs(out: Path) -> dict[str, Path]:
         (out / name / "manifest.jsonl").write_text(manifest_lines(rows))
         paths[name] = out / name
     (out / "newer").mkdir()
-    header = {"kind": "header", "schema": "histofetch.manifest", "version": 2}
+    from histocore.manifest import SCHEMA_VERSION
+
+    header = {"kind": "header", "schema": "histofetch.manifest", "version": SCHEMA_VERSION + 1}
     (out / "newer" / "manifest.jsonl").write_text(json.dumps(header) + "\n")
     paths["newer"] = out / "newer"
     for name, history in (("history_dict", {"epoch": 1}), ("history_str", [{"loss": "x"}])):

@@ -88,7 +88,9 @@ def test_external_storage_is_refused(tmp_path: Path) -> None:
 
 def test_external_link_is_refused(tmp_path: Path) -> None:
     path = h5_external_link(tmp_path / "link.h5", tmp_path / "other.h5")
-    with pytest.raises(DatasetError, match=r"link\.h5: 'x' is a link \(ExternalLink\); links are refused"):
+    with pytest.raises(
+        DatasetError, match=r"link\.h5: 'x' is a link \(ExternalLink\); links are refused"
+    ):
         open_dataset(path)
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from make_corpus import manifest_lines
 
-from histocore.manifest import Manifest, ManifestError
+from histocore.manifest import SCHEMA_VERSION, Manifest, ManifestError
 
 RECORD = {"kind": "record", "id": "r1", "stage": "filtered", "pdf_path": "a.pdf"}
 IMAGE = {
@@ -61,10 +61,13 @@ def test_valid_rows_still_load(tmp_path: Path) -> None:
     assert [i.id for i in manifest.kept_images()] == ["r1/p001_001"]
 
 
+NEXT = SCHEMA_VERSION + 1
+
+
 @pytest.mark.parametrize(
     ("version", "message"),
     [
-        (2, "schema version 2 is newer than this reader (1)"),
+        (NEXT, f"schema version {NEXT} is newer than this reader (reads up to {SCHEMA_VERSION})"),
         ("1", "schema version '1' is not a positive integer"),
     ],
 )
@@ -74,3 +77,10 @@ def test_schema_version_messages_read_correctly(tmp_path: Path, version, message
     with pytest.raises(ManifestError) as err:
         Manifest.load(tmp_path)
     assert message in str(err.value)
+
+
+def test_a_manifest_failing_its_check_leaves_no_store_behind(tmp_path: Path) -> None:
+    (tmp_path / "manifest.jsonl").write_text(manifest_lines([{**RECORD, "stage": "exploded"}]))
+    with pytest.raises(ManifestError):
+        Manifest.load(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["manifest.jsonl"]
