@@ -125,9 +125,9 @@ def mask_bomb_pdf(side: int = 9000, key: bytes = b"/SMask", stored: int | None =
     return raw_pdf([*objects, image, mask])
 
 
-def image_pdf(n_pages: int = 3, side: int = 64) -> bytes:
-    """A valid PDF with one distinct RGB image per page (used for truncation cases)."""
-    rng = np.random.default_rng(0)
+def image_pdf(n_pages: int = 3, side: int = 64, seed: int = 0) -> bytes:
+    """A valid PDF with one distinct random RGB image per page (incompressible pixels)."""
+    rng = np.random.default_rng(seed)
     objects = [b"<< /Type /Catalog /Pages 2 0 R >>", b""]
     kids = []
     for _ in range(n_pages):

@@ -366,3 +366,84 @@ def test_corpus_is_unchanged(abuse) -> None:
     added = sorted(set(after) - set(before))
     changed = sorted(k for k in before if after.get(k) != before[k])
     assert not added and not changed, f"added {added[:5]}, changed {changed[:5]}"
+
+
+# -- the run store's guarantees under abuse (issue items 5 and 6) --------------------------
+
+
+def _fetch(args: list[str], **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", FETCH, *args], capture_output=True, text=True, timeout=600, **kw
+    )
+
+
+def _check_images(run: Path, n_records: int, per_record: int) -> None:
+    import hashlib
+
+    from histocore.manifest import Manifest
+
+    manifest = Manifest.load(run)
+    assert len(manifest.records) == n_records
+    assert all(r.status == "ok" and r.stage == "extracted" for r in manifest.records.values())
+    assert len(manifest.images) == n_records * per_record
+    for img in manifest.images.values():  # every row's file is there, whole
+        assert hashlib.sha256(manifest.resolve(img.path).read_bytes()).hexdigest() == img.sha256
+    assert not [p for p in run.rglob("*") if p.name.endswith((".tmp", ".part"))]
+
+
+def test_two_extract_runs_on_one_folder_keep_every_record(tmp_path: Path) -> None:
+    from make_corpus import image_pdf
+
+    for group in ("a", "b"):
+        (tmp_path / group).mkdir()
+        for i in range(12):
+            seed = 100 * (group == "b") + i
+            (tmp_path / group / f"{i}.pdf").write_bytes(image_pdf(n_pages=1, side=48, seed=seed))
+    run = tmp_path / "run"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", FETCH, "extract", str(tmp_path / g), "--run", str(run)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for g in ("a", "b")
+    ]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    _check_images(run, n_records=24, per_record=1)
+
+
+def test_disk_full_mid_record_is_transient_and_redone(tmp_path: Path) -> None:
+    """A full disk (a 200 KB tmpfs over images/, in a private mount namespace) fails the
+    record as transient with no partial rows; the next run redoes it."""
+    import shlex
+
+    from make_corpus import image_pdf
+
+    from histocore.manifest import Manifest
+
+    pdf = tmp_path / "paper.pdf"
+    pdf.write_bytes(image_pdf(n_pages=4, side=200, seed=7))  # ~120 KB of PNG per page
+    run = tmp_path / "run"
+    (run / "images").mkdir(parents=True)
+    script = (
+        f"mount -t tmpfs -o size=200k tmpfs {shlex.quote(str(run / 'images'))} || exit 99; "
+        + shlex.join([sys.executable, "-c", FETCH, "extract", str(pdf), "--run", str(run)])
+    )
+    try:
+        full = subprocess.run(
+            ["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True, timeout=600
+        )
+    except FileNotFoundError:
+        pytest.skip("unshare(1) is not installed: cannot simulate a full disk")
+    if full.returncode == 99 or "unshare failed" in full.stderr:
+        pytest.skip(f"no private mount namespace here ({full.stderr.strip()[:120]})")
+    assert full.returncode == 0 and "Traceback" not in full.stderr, full.stderr
+    (rec,) = Manifest.load(run).records.values()
+    assert rec.status == "failed" and rec.transient is True, rec
+    assert "No space left on device" in (rec.reason or "")
+    assert Manifest.load(run).images_of(rec.id) == []  # no half-done image rows
+    again = _fetch(["extract", "--run", str(run)])
+    assert again.returncode == 0, again.stderr
+    _check_images(run, n_records=1, per_record=4)
