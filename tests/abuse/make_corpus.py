@@ -475,7 +475,10 @@ def build_runs(out: Path) -> dict[str, Path]:
     header = {"kind": "header", "schema": "histofetch.manifest", "version": SCHEMA_VERSION + 1}
     (out / "newer" / "manifest.jsonl").write_text(json.dumps(header) + "\n")
     paths["newer"] = out / "newer"
-    for name, history in (("history_dict", {"epoch": 1}), ("history_str", [{"loss": "x"}])):
+    for name, history in (
+        ("history_dict", {"epoch": 1}),
+        ("history_str", [{"epoch": 1, "train_loss": "x"}]),
+    ):
         (out / name).mkdir()
         (out / name / "history.json").write_text(json.dumps(history))
         paths[name] = out / name

@@ -24,6 +24,7 @@ from histocore.manifest import Manifest, Record
         ([1, 2], "expected a JSON list of per-epoch objects"),
         ([{"epoch": 1, "loss": 0.5}, {"epoch": 2, "loss": "x"}], "entry 1: 'loss' is 'x'"),
         ([{"epoch": "one", "loss": 0.5}], "entry 0: 'epoch' is 'one'"),
+        ([{"epoch": 1, "train_loss": "x"}], "entry 0: 'train_loss' is 'x'"),
     ],
 )
 def test_report_on_history_of_the_wrong_type(tmp_path: Path, history, message: str) -> None:

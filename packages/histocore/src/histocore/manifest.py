@@ -174,6 +174,7 @@ _TYPE_CHECKS: dict[str, Any] = {
 
 def _check_row(cls: type, row: dict[str, Any], where: str) -> None:
     """Schema check of one row: field types, stage and label values (ManifestError)."""
+    where = f"{where}: {row.get('kind', 'row')} {row.get('id')}"
     for f in fields(cls):
         if f.name not in row:
             continue

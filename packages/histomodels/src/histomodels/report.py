@@ -80,16 +80,19 @@ def _read_json(path: Path) -> Any:
 
 
 def _check_history(history: Any, path: Path) -> list[dict[str, Any]]:
-    """``history.json`` must be a list of objects whose plotted values are numbers."""
+    """``history.json`` must be a list of objects whose plotted values (the trainer's
+    ``HISTORY_FIELDS`` and any key numeric in some epoch) are numbers."""
     if not isinstance(history, list) or not all(isinstance(r, dict) for r in history):
         raise ValueError(f"{path}: expected a JSON list of per-epoch objects")
 
     def number(v: Any) -> bool:
         return isinstance(v, int | float) and not isinstance(v, bool)
 
-    numeric = {k for row in history for k, v in row.items() if number(v)}
+    from histomodels.training.callbacks import HISTORY_FIELDS
+
+    numeric = {k for row in history for k, v in row.items() if number(v)} | set(HISTORY_FIELDS)
     for i, row in enumerate(history):
-        for k in numeric | {"epoch"}:
+        for k in numeric:
             if k in row and row[k] is not None and not number(row[k]):
                 raise ValueError(f"{path}: entry {i}: {k!r} is {row[k]!r}, expected a number")
     return history
