@@ -87,3 +87,15 @@ def test_pickled_objects_are_refused_without_torch_advice(tmp_path: Path) -> Non
         text = str(err.value)
         assert "weights_only=False" not in text and "refused (weights_only)" in text
         assert text.startswith(str(path)) and "\n" not in text
+
+
+def test_ensemble_member_config_is_checked_too(tmp_path: Path) -> None:
+    from histomodels.checkpoint import check_checkpoint
+
+    member = {"model": "cnn", "model_config": {"weights": "/etc/passwd"}, "mean": [0] * 3,
+              "std": [1] * 3, "input_size": 96, "temperature": 1.0}  # fmt: skip
+    ckpt = checkpoint_dict(model="ensemble", model_config={"members": [member], "tta": False})
+    with pytest.raises(CheckpointError, match=r"'members\[0\]\.model_config' has key 'weights'"):
+        check_checkpoint(ckpt, tmp_path / "ens.pt")
+    member["model_config"] = {"width": 16}
+    check_checkpoint(ckpt, tmp_path / "ens.pt")  # a plain member is accepted

@@ -124,6 +124,43 @@ def _numbers(value: Any, n: int) -> bool:
     )
 
 
+def _check_model(name: Any, cfg: Any, bad: Any, member: str = "") -> None:
+    """``model`` names a registry model and ``model_config`` holds only keys it accepts.
+
+    An ensemble's config holds member specs (``model``, ``model_config``, ``mean``,
+    ``std``, ``input_size``, ``temperature``), each checked the same way.
+    """
+    from histomodels.models.registry import config_keys
+
+    where = f"{member}model" if member else "model"
+    if not isinstance(name, str) or not name:
+        raise bad(where, f"is {type(name).__name__}, expected a model name")
+    try:
+        allowed = config_keys(name)
+    except ValueError:
+        raise bad(where, f"names unknown model {name!r}") from None
+    where += "_config"
+    if not isinstance(cfg, dict):
+        raise bad(where, f"is {type(cfg).__name__}, expected a mapping")
+    if name == "ensemble" and not member:
+        members = cfg.get("members")
+        if not isinstance(members, list) or not members or set(cfg) - {"members", "tta"}:
+            raise bad(where, "must be {'members': [member specs], 'tta': bool}")
+        for i, spec in enumerate(members):
+            if not isinstance(spec, dict):
+                raise bad(f"members[{i}]", f"is {type(spec).__name__}, expected a mapping")
+            _check_model(spec.get("model"), spec.get("model_config", {}), bad, f"members[{i}].")
+            if not (_numbers(spec.get("mean"), 3) and _numbers(spec.get("std"), 3)):
+                raise bad(f"members[{i}]", "needs 'mean' and 'std' of 3 numbers each")
+        return
+    for key, value in cfg.items():
+        if not isinstance(key, str) or key not in allowed:
+            raise bad(where, f"has key {key!r}, which {name} does not accept")
+        ok = _scalar(value) or (isinstance(value, list | tuple) and all(map(_scalar, value)))
+        if not ok:
+            raise bad(where, f"value of {key!r} is {type(value).__name__}, not plain")
+
+
 def check_checkpoint(ckpt: dict[str, Any], path: str | Path) -> None:
     """Schema check at load: one :class:`CheckpointError` naming the file and the field.
 
@@ -131,7 +168,6 @@ def check_checkpoint(ckpt: dict[str, Any], path: str | Path) -> None:
     (:func:`~histomodels.models.registry.config_keys`), as plain values, so a checkpoint
     cannot make a builder load another file or reach the model hub.
     """
-    from histomodels.models.registry import config_keys
 
     def bad(field: str, problem: str) -> CheckpointError:
         return CheckpointError(f"{path}: checkpoint field {field!r} {problem}")
@@ -144,22 +180,7 @@ def check_checkpoint(ckpt: dict[str, Any], path: str | Path) -> None:
             f"{path}: checkpoint version {version} is newer than this reader ({VERSION}); "
             "upgrade histomodels"
         )
-    name = ckpt.get("model")
-    if not isinstance(name, str) or not name:
-        raise bad("model", f"is {type(name).__name__}, expected a model name")
-    try:
-        allowed = config_keys(name)
-    except ValueError:
-        raise bad("model", f"names unknown model {name!r}") from None
-    cfg = ckpt.get("model_config", {})
-    if not isinstance(cfg, dict):
-        raise bad("model_config", f"is {type(cfg).__name__}, expected a mapping")
-    for key, value in cfg.items():
-        if not isinstance(key, str) or key not in allowed:
-            raise bad("model_config", f"has key {key!r}, which {name} does not accept")
-        ok = _scalar(value) or (isinstance(value, list | tuple) and all(map(_scalar, value)))
-        if not ok:
-            raise bad("model_config", f"value of {key!r} is {type(value).__name__}, not plain")
+    _check_model(ckpt.get("model"), ckpt.get("model_config", {}), bad)
     sd = ckpt.get("state_dict")
     if not isinstance(sd, dict) or not sd:
         raise bad("state_dict", f"is {type(sd).__name__}, expected a dict of tensors")
