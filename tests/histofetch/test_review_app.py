@@ -128,6 +128,19 @@ def test_bad_run_folder_gets_an_error_page_and_the_cli_one_line(tmp_path: Path) 
         Scores.load(tmp_path)
 
 
+def test_only_image_files_inside_the_run_are_served(kit: tuple[Path, Path], tmp_path: Path) -> None:
+    run = _copy(kit[0], tmp_path)
+    secret = tmp_path / "secret.png"
+    secret.write_bytes(b"not for the page")
+    m = Manifest.load(run)
+    m.update_image("pmid:1/fig1", path=str(secret))  # a hostile manifest row
+    m.update_image("pmid:1/fig2", path="manifest.jsonl")
+    c = _client(run)
+    assert c.get("/image/pmid:1/fig1").status_code == 404
+    assert c.get("/image/pmid:1/fig2").status_code == 404
+    assert c.get("/image/pmid:2/fig1").status_code == 200
+
+
 def test_unknown_host_is_refused(kit: tuple[Path, Path]) -> None:
     """DNS rebinding: a page on another site that resolves to 127.0.0.1 gets nothing."""
     c = TestClient(create_app(kit[0], reviewer="rev"), base_url="http://evil.example")

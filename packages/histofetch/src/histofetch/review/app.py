@@ -37,6 +37,7 @@ from histofetch.review.data import (
 )
 
 HERE = Path(__file__).parent
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".webp", ".tif", ".tiff", ".bmp")
 #: Security headers on every response: no framing, no sniffing, only our own scripts.
 HEADERS = {
     "Content-Security-Policy": (
@@ -82,7 +83,9 @@ class RunState:
 
     def __init__(self, run_dir: Path, scores: Scores | None, reviewer: str) -> None:
         self.run_dir, self.scores, self.reviewer = run_dir, scores, reviewer
-        self._lock = threading.Lock()
+        #: Serialises reloads and answers: a manifest (one store connection) is never
+        #: replaced while another thread writes through it.
+        self.lock = threading.RLock()
         self._stamp: tuple | None = None
         self._manifest: Manifest | None = None
 
@@ -97,18 +100,17 @@ class RunState:
         return tuple(out)
 
     def manifest(self) -> Manifest:
-        with self._lock:
+        with self.lock:
             stamp = self._disk()
             if self._manifest is None or stamp != self._stamp:
-                if self._manifest is not None:
-                    self._manifest.close()
+                # the old one is not closed here: a request may still read it (GC closes it)
                 self._manifest = None
                 self._manifest, self._stamp = load_run(self.run_dir), stamp
             return self._manifest
 
     def saved(self) -> None:
         """After our own answer: the files changed, the in-memory manifest is current."""
-        with self._lock:
+        with self.lock:
             self._stamp = self._disk()
 
 
@@ -183,10 +185,11 @@ def create_app(
 
     def answer_sync(body: Any) -> dict[str, Any]:
         image_id, label, reviewer = _label(body)
-        manifest = state.manifest()
-        img = save_answer(manifest, image_id, label, reviewer)
-        state.saved()
-        return {"item": item(manifest, img, state.scores), "progress": progress(manifest)}
+        with state.lock:
+            manifest = state.manifest()
+            img = save_answer(manifest, image_id, label, reviewer)
+            state.saved()
+            return {"item": item(manifest, img, state.scores), "progress": progress(manifest)}
 
     async def answer(request: Request) -> Response:
         from starlette.concurrency import run_in_threadpool
@@ -216,7 +219,14 @@ def create_app(
         img = manifest.images.get(request.path_params["image_id"])
         if img is None or not (img.kept and img.status == "ok"):  # only the run's figures
             return JSONResponse({"error": "no such kept figure"}, status_code=404)
-        return _file(manifest.resolve(img.path))
+        path = manifest.resolve(img.path)
+        root = state.run_dir.resolve()
+        # a manifest is untrusted: serve only image files inside the run folder
+        if path is None or root not in path.resolve().parents:
+            return JSONResponse({"error": "figure file outside the run folder"}, status_code=404)
+        if path.suffix.lower() not in IMAGE_SUFFIXES:
+            return JSONResponse({"error": "not an image file"}, status_code=404)
+        return _file(path)
 
     async def heatmap(request: Request) -> Response:
         scores = state.scores
