@@ -142,6 +142,21 @@ def test_keyboard_review_survives_a_reload(served: tuple[str, Path], browser) ->
     Select(d.find_element("id", "f-disagree")).select_by_value("model")
     _wait(d, lambda d: (_text(d, "position"), _text(d, "figure-id")) == ("1 / 1", "pmid:1/fig2"))
     assert (ARTIFACTS / "review_page.png").stat().st_size > 10_000
+    # a second tab answers the last figure while the first answers its own: both are kept
+    first = d.current_window_handle
+    d.switch_to.new_window("tab")
+    d.get(url)
+    _wait(d, lambda d: _text(d, "figure-id") == "pmid:2/fig2")
+    _press(d, "u", "saved pmid:2/fig2: not usable")
+    d.switch_to.window(first)
+    _press(d, "m", "saved pmid:1/fig2: metastasis")  # the first tab changes its mind
+    labels = {k: i.label for k, i in Manifest.load(run).images.items()}
+    assert labels == {
+        "pmid:1/fig1": "metastasis",
+        "pmid:1/fig2": "metastasis",
+        "pmid:2/fig1": "metastasis",
+        "pmid:2/fig2": "not_usable",
+    }
 
 
 def test_bad_run_gets_an_error_page(served: tuple[str, Path], browser) -> None:

@@ -228,7 +228,11 @@ $("zoom-full").addEventListener("click", () => { state.zoom = 1; applyZoom(); })
 $("toggle-heat").addEventListener("click", toggleHeat);
 $("figure").addEventListener("dblclick", () => { state.zoom = state.zoom === 0 ? 1 : 0; applyZoom(); });
 for (const id of ["f-status", "f-disagree", "f-record", "f-weak", "f-label"]) {
-  $(id).addEventListener("change", () => { state.index = 0; loadList(null).catch((e) => say(e.message, true)); });
+  $(id).addEventListener("change", () => {
+    $(id).blur();  // keys answer again right after a filter change
+    state.index = 0;
+    loadList(null).catch((e) => say(e.message, true));
+  });
 }
 const savedName = window.localStorage.getItem("histofetch-reviewer");
 if (savedName && !$("reviewer").value) $("reviewer").value = savedName;
