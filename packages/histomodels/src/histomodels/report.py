@@ -437,9 +437,9 @@ def build_report(
         note = (
             "Image-level metrics on the mined literature figures (external test set), both "
             "aggregation rules, point estimate [95% bootstrap interval]; figures flagged for "
-            "leakage (CAMELYON/PCam papers, near-duplicates) are left out unless "
-            "eval ran with --include-leaky. The noise rate is the share of figures whose "
-            "caption weak label differs from the label a person confirmed."
+            "leakage (CAMELYON/PCam papers, near-duplicates, training-patch reprints) are "
+            "left out unless eval ran with --include-leaky. The noise rate is the share of "
+            "figures whose caption weak label differs from the label a person confirmed."
         )
         h.append(f"<h2>External test set</h2><p class='note'>{html.escape(note)}</p>")
         md += ["## External test set", "", note, ""]
