@@ -29,6 +29,10 @@ WEAK_ROWS = ("metastasis", "no_metastasis", "abstain", "none")
 REVIEW_COLS = ("metastasis", "no_metastasis", "not_usable", "unreviewed")
 
 
+def _code(codes: dict[str, int], label: str | None) -> int | None:
+    return codes.get(label) if label is not None else None
+
+
 def leakage_reason(img: Image, excluded_ids: set[str] | None = None) -> str | None:
     """Why this figure must not count as external (``None``: it may).
 
@@ -87,7 +91,7 @@ def label_tables(
         r = img.label if img.label in REVIEW_COLS else "unreviewed"
         table[w][r] += 1
     both = [i for i in used if i.weak_label in WEAK and i.label in REVIEWED]
-    wrong = np.array([WEAK[i.weak_label] != REVIEWED[i.label] for i in both], dtype=float)
+    wrong = np.array([_code(WEAK, i.weak_label) != _code(REVIEWED, i.label) for i in both], float)
     reviewed = [i for i in used if i.label in REVIEWED]
     out: dict[str, Any] = {
         "confusion": table,
@@ -112,11 +116,11 @@ def label_tables(
         ),
     }
     for name, value in (("metastasis", 1), ("no_metastasis", 0)):
-        said = [i for i in both if WEAK[i.weak_label] == value]
+        said = [i for i in both if _code(WEAK, i.weak_label) == value]
         if said:
-            out[f"weak_{name}_precision"] = sum(REVIEWED[i.label] == value for i in said) / len(
-                said
-            )
+            out[f"weak_{name}_precision"] = sum(
+                _code(REVIEWED, i.label) == value for i in said
+            ) / len(said)
     not_usable = [i for i in used if i.weak_label in WEAK and i.label == "not_usable"]
     out["weak_labelled_but_not_usable"] = len(not_usable)
     return out
