@@ -92,3 +92,12 @@ def test_corrupt_manifest_names_file_and_line(tmp_path: Path, pdfs: Path) -> Non
 def test_out_of_range_threshold_is_rejected(tmp_path: Path) -> None:
     result = runner.invoke(app, ["filter", "--run", str(tmp_path), "--purple", "1.5"])
     assert result.exit_code == 2
+
+
+def test_a_newline_in_a_file_name_cannot_forge_a_second_error_line(tmp_path: Path) -> None:
+    forged = "nope.pdf\nerror: everything is fine"
+    result = runner.invoke(app, ["extract", "--run", str(tmp_path / "run"), forged])
+    assert result.exit_code == 1
+    assert (
+        _error_line(result) == "error: nope.pdf\\nerror: everything is fine: no such file or folder"
+    )

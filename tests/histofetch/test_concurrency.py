@@ -58,7 +58,7 @@ def sets(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict[str
     root = tmp_path_factory.mktemp("pdfs")
     a, b = _pdfs(root / "a", 0), _pdfs(root / "b", 1000)
     reference = root / "reference"
-    run_extract(reference, [a, b], progress=False)
+    run_extract(reference, [a, b])
     return a, b, _by_id(_rows(reference))
 
 

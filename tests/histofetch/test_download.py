@@ -36,7 +36,7 @@ def _cloud(ncbi: FakeNcbi, pmcid: str, n: int = 0, **kw) -> None:
 def test_europepmc_render_when_no_figure_route_has_it(ncbi: FakeNcbi, tmp_path: Path) -> None:
     ncbi.files["/europepmc/articles/PMC8550608"] = (200, "application/pdf", make_pdf())
     _run(tmp_path, _rec("7", "PMC8550608"))
-    run_download(tmp_path, net=ncbi.config(), progress=False)
+    run_download(tmp_path, net=ncbi.config())
     rec = Manifest.load(tmp_path).records["pmid:7"]
     assert (rec.route, rec.pdf_source, rec.status) == ("europepmc-pdf", "europepmc-pdf", "ok")
     assert ncbi.requests_to("/europepmc/articles/PMC8550608")[0].params == {"pdf": "render"}
@@ -54,7 +54,7 @@ def test_publisher_page_route(ncbi: FakeNcbi, tmp_path: Path) -> None:
     pdf = make_pdf("publisher pdf")
     ncbi.files["/content/9/article.pdf"] = (200, "application/pdf", pdf)
     _run(tmp_path, _rec("9", "PMC9"))
-    run_download(tmp_path, net=ncbi.config(), progress=False)
+    run_download(tmp_path, net=ncbi.config())
     rec = Manifest.load(tmp_path).records["pmid:9"]
     assert rec.pdf_source == "pubmed2pdf" and (tmp_path / rec.pdf_path).read_bytes() == pdf
     assert ncbi.requests_to("/eutils/elink.fcgi")[0].params["cmd"] == "prlinks"
@@ -65,7 +65,7 @@ def test_html_everywhere_is_a_failure_never_a_pdf(ncbi: FakeNcbi, tmp_path: Path
     ncbi.prlinks["3"] = [f"{ncbi.base}/publisher/3"]
     ncbi.files["/publisher/3"] = (200, "text/html", HTML)
     _run(tmp_path, _rec("3", "PMC3"))
-    summary = run_download(tmp_path, net=ncbi.config(), progress=False)
+    summary = run_download(tmp_path, net=ncbi.config())
     assert summary.failed == 1 and summary.reasons == {"not a PDF": 1}
     rec = Manifest.load(tmp_path).records["pmid:3"]
     assert rec.status == "failed" and rec.failed_stage == "downloaded"
@@ -77,7 +77,7 @@ def test_html_everywhere_is_a_failure_never_a_pdf(ncbi: FakeNcbi, tmp_path: Path
 
 def test_no_pmcid_no_publisher_link(ncbi: FakeNcbi, tmp_path: Path) -> None:
     _run(tmp_path, _rec("4"))
-    summary = run_download(tmp_path, net=ncbi.config(), progress=False)
+    summary = run_download(tmp_path, net=ncbi.config())
     assert summary.failed == 1
     rec = Manifest.load(tmp_path).records["pmid:4"]
     assert rec.reason.startswith("no PMCID: pmc-cloud/europepmc: record has no PMCID")
@@ -91,7 +91,7 @@ def test_licence_policy_refuses_pdfs_of_unknown_licence(ncbi: FakeNcbi, tmp_path
 
     ncbi.files["/europepmc/articles/PMC5"] = (200, "application/pdf", make_pdf())
     _run(tmp_path, _rec("5", "PMC5"))
-    run_download(tmp_path, net=ncbi.config(), progress=False, policy=Policy("commercial"))
+    run_download(tmp_path, net=ncbi.config(), policy=Policy("commercial"))
     rec = Manifest.load(tmp_path).records["pmid:5"]
     assert rec.reason.startswith("licence: ") and "europepmc-pdf: licence unknown" in rec.reason
     assert not ncbi.requests_to("/europepmc/articles/PMC5")
@@ -104,7 +104,7 @@ def test_network_failure_is_retried_by_the_next_run(ncbi: FakeNcbi, tmp_path: Pa
     ncbi.files["/europepmc/articles/PMC2"] = (200, "application/pdf", make_pdf())
     _run(tmp_path, _rec("2", "PMC2"))
     net = ncbi.config(max_retries=2)
-    first = run_download(tmp_path, net=net, progress=False)
+    first = run_download(tmp_path, net=net)
     assert first.failed == 1
     rec = Manifest.load(tmp_path).records["pmid:2"]
     assert rec.reason.startswith("network: pmc-cloud: HTTP 503"), rec.reason
@@ -112,7 +112,7 @@ def test_network_failure_is_retried_by_the_next_run(ncbi: FakeNcbi, tmp_path: Pa
     # No PDF is taken while the figures are only out of reach for now.
     assert "europepmc-pdf: not tried while a figure route has network trouble" in rec.reason
     assert not ncbi.requests_to("/europepmc/articles/PMC2")
-    again = run_download(tmp_path, net=net, progress=False)  # no --retry-failed needed
+    again = run_download(tmp_path, net=net)  # no --retry-failed needed
     assert again.done == 1
     rec = Manifest.load(tmp_path).records["pmid:2"]
     assert rec.status == "ok" and rec.reason is None and rec.route == "pmc-cloud"
@@ -123,9 +123,9 @@ def test_download_resumes_without_refetching(ncbi: FakeNcbi, tmp_path: Path) -> 
     for n in (21, 22):
         _cloud(ncbi, f"PMC{n}", n)
     _run(tmp_path, _rec("21", "PMC21"), _rec("22", "PMC22"))
-    run_download(tmp_path, net=ncbi.config(), progress=False)
+    run_download(tmp_path, net=ncbi.config())
     before = len(ncbi.log)
-    summary = run_download(tmp_path, net=ncbi.config(), progress=False)
+    summary = run_download(tmp_path, net=ncbi.config())
     assert (summary.done, summary.skipped) == (0, 2) and len(ncbi.log) == before
 
 
@@ -137,7 +137,7 @@ def test_figure_over_pixel_limit_is_refused(ncbi: FakeNcbi, tmp_path: Path) -> N
     ncbi.bucket.add_version("PMC31", 1, jats=real_jats(), media=media)
     _run(tmp_path, _rec("31", "PMC31"))
     limits = ArchiveLimits(max_image_pixels=10_000)
-    run_download(tmp_path, net=ncbi.config(), progress=False, limits=limits)
+    run_download(tmp_path, net=ncbi.config(), limits=limits)
     manifest = Manifest.load(tmp_path)
     rec = manifest.records["pmid:31"]
     assert [Path(i.path).name for i in manifest.images_of(rec.id)] == ["fig_mds52602.png"]
@@ -183,7 +183,7 @@ def test_sigkill_mid_download_then_resume_equals_uninterrupted(
     killed, clean = tmp_path / "killed", tmp_path / "clean"
     _run(killed, *records)
     shutil.copytree(killed, clean)
-    run_download(clean, net=ncbi.config(), progress=False)
+    run_download(clean, net=ncbi.config())
 
     hang = f"{LIST}PMC43.1/mds52602.jpg"
     ncbi.inject(hang, ("sleep", 30))  # the third article's second figure hangs...
@@ -203,7 +203,7 @@ def test_sigkill_mid_download_then_resume_equals_uninterrupted(
     assert [r.stage for r in partial.records.values()] == ["downloaded"] * 2 + ["searched"] * 2
     assert len(partial.images) == 4  # the killed record's first figure left no row
 
-    run_download(killed, net=ncbi.config(), progress=False)
+    run_download(killed, net=ncbi.config())
     got = (killed / "manifest.jsonl").read_text()
     assert got == (clean / "manifest.jsonl").read_text()
     assert len([r for r in _cloud_rows(killed) if r["kind"] == "image"]) == 8
@@ -218,13 +218,12 @@ def test_retracted_at_search_is_skipped_before_any_request(ncbi: FakeNcbi, tmp_p
     rec = _rec("8", "PMC8")
     rec.is_retracted = True  # PubMed's "Retracted Publication" publication type
     _run(tmp_path, rec)
-    summary = run_download(tmp_path, net=ncbi.config(), progress=False)
+    summary = run_download(tmp_path, net=ncbi.config())
     assert summary.reasons == {"retracted": 1} and ncbi.log == []
     _cloud(ncbi, "PMC8")
     kept = run_download(
         tmp_path,
         net=ncbi.config(),
-        progress=False,
         retry_failed=True,
         policy=Policy(include_retracted=True),
     )

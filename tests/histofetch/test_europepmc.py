@@ -40,7 +40,7 @@ def _serve(ncbi: FakeNcbi, zip_body: bytes) -> None:
 
 def _download(ncbi: FakeNcbi, tmp_path: Path, **kw) -> Manifest:
     make_run(tmp_path, searched("77", "PMC77"))
-    run_download(tmp_path, net=ncbi.config(), progress=False, **kw)
+    run_download(tmp_path, net=ncbi.config(), **kw)
     return Manifest.load(tmp_path)
 
 

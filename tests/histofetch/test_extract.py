@@ -32,7 +32,7 @@ def _pixels(manifest: Manifest, img: Image) -> np.ndarray:
 
 def test_every_image_kind_is_extracted_pixel_exact(tmp_path: Path) -> None:
     expected = build_known_pdf(tmp_path / "known.pdf")
-    summary = run_extract(tmp_path / "run", [tmp_path / "known.pdf"], progress=False)
+    summary = run_extract(tmp_path / "run", [tmp_path / "known.pdf"])
     assert (summary.done, summary.failed) == (1, 0)
     manifest = Manifest.load(tmp_path / "run")
     (rec,) = manifest.records.values()
@@ -69,7 +69,7 @@ def test_every_image_kind_is_extracted_pixel_exact(tmp_path: Path) -> None:
 def test_pdfplumber_cross_check_uses_a_repaired_copy_when_it_cannot_parse(tmp_path: Path) -> None:
     build_known_pdf(tmp_path / "known.pdf")
     broken = write_broken_xref(tmp_path / "known.pdf", tmp_path / "broken.pdf")
-    summary = run_extract(tmp_path / "run", [broken], progress=False)
+    summary = run_extract(tmp_path / "run", [broken])
     assert summary.done == 1
     manifest = Manifest.load(tmp_path / "run")
     (rec,) = manifest.records.values()
@@ -80,7 +80,7 @@ def test_pdfplumber_cross_check_uses_a_repaired_copy_when_it_cannot_parse(tmp_pa
 
 def test_soft_mask_transparent_pixels_become_white(tmp_path: Path) -> None:
     expected = build_known_pdf(tmp_path / "known.pdf")
-    run_extract(tmp_path / "run", [tmp_path / "known.pdf"], progress=False)
+    run_extract(tmp_path / "run", [tmp_path / "known.pdf"])
     manifest = Manifest.load(tmp_path / "run")
     alpha = _pixels(manifest, manifest.images_of(next(iter(manifest.records)))[1])
     assert (alpha[:8] == 255).all()  # rows with alpha 0 in the SMask
@@ -89,7 +89,7 @@ def test_soft_mask_transparent_pixels_become_white(tmp_path: Path) -> None:
 
 def test_min_size_drops_icons(tmp_path: Path) -> None:
     build_known_pdf(tmp_path / "known.pdf")
-    run_extract(tmp_path / "run", [tmp_path / "known.pdf"], min_size=45, progress=False)
+    run_extract(tmp_path / "run", [tmp_path / "known.pdf"], min_size=45)
     manifest = Manifest.load(tmp_path / "run")
     sizes = sorted(min(i.width, i.height) for i in manifest.images.values())
     assert sizes and min(sizes) >= 45
@@ -104,7 +104,7 @@ def test_broken_pdfs_fail_with_a_reason_and_the_run_goes_on(tmp_path: Path) -> N
     write_corrupt(bad / "corrupt.pdf")
     (bad / "page.pdf").write_text("<html><body>Access denied</body></html>")
     (bad / "empty.pdf").write_bytes(b"")
-    summary = run_extract(tmp_path / "run", [good, bad], progress=False)
+    summary = run_extract(tmp_path / "run", [good, bad])
     assert (summary.done, summary.failed) == (1, 5)
     manifest = Manifest.load(tmp_path / "run")
     reasons = {
@@ -130,7 +130,7 @@ def test_missing_pdf_file_fails_its_record(tmp_path: Path) -> None:
     ingest_local(manifest, [pdf])
     manifest.save()
     pdf.unlink()
-    summary = run_extract(run_dir, progress=False)
+    summary = run_extract(run_dir)
     assert summary.failed == 1
     (rec,) = Manifest.load(run_dir).records.values()
     assert rec.reason.startswith("PDF file missing")
@@ -138,19 +138,19 @@ def test_missing_pdf_file_fails_its_record(tmp_path: Path) -> None:
 
 def test_bad_input_paths_raise_one_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ExtractError, match="no such file or folder"):
-        run_extract(tmp_path / "run", [tmp_path / "nope.pdf"], progress=False)
+        run_extract(tmp_path / "run", [tmp_path / "nope.pdf"])
     (tmp_path / "empty").mkdir()
     with pytest.raises(ExtractError, match=r"holds no \.pdf files"):
-        run_extract(tmp_path / "run", [tmp_path / "empty"], progress=False)
+        run_extract(tmp_path / "run", [tmp_path / "empty"])
 
 
 def test_ingesting_the_same_pdf_twice_adds_one_record(tmp_path: Path) -> None:
     pdf = build_image_pdf(tmp_path / "a.pdf", [he_like(seed=2), he_like(seed=3)])
     copy = tmp_path / "copy.pdf"
     copy.write_bytes(pdf.read_bytes())
-    run_extract(tmp_path / "run", [pdf], progress=False)
+    run_extract(tmp_path / "run", [pdf])
     first = Manifest.load(tmp_path / "run").path.read_text()
-    summary = run_extract(tmp_path / "run", [pdf, copy], progress=False)
+    summary = run_extract(tmp_path / "run", [pdf, copy])
     assert (summary.done, summary.skipped) == (0, 1)
     assert Manifest.load(tmp_path / "run").path.read_text() == first
     (rec,) = Manifest.load(tmp_path / "run").records.values()
@@ -161,7 +161,7 @@ def test_ingesting_the_same_pdf_twice_adds_one_record(tmp_path: Path) -> None:
 def test_jats_figures_are_kept_and_the_pdf_is_not_extracted_again(tmp_path: Path) -> None:
     pdf = build_image_pdf(tmp_path / "a.pdf", [he_like(seed=4), he_like(seed=5)])
     run_dir = tmp_path / "run"
-    run_extract(run_dir, [pdf], progress=False)
+    run_extract(run_dir, [pdf])
     manifest = Manifest.load(run_dir)
     (rec,) = manifest.records.values()
     manifest.add_image(
@@ -178,7 +178,7 @@ def test_jats_figures_are_kept_and_the_pdf_is_not_extracted_again(tmp_path: Path
     )
     rec.stage = "downloaded"  # e.g. a user asked for a fresh extraction
     manifest.save()
-    run_extract(run_dir, progress=False)
+    run_extract(run_dir)
     again = Manifest.load(run_dir)
     # The JATS figure stays; the PDF's copies of the figures are not taken a second time.
     assert [i.source for i in again.images.values()] == ["jats"]
@@ -194,7 +194,7 @@ def test_images_over_the_pixel_limit_are_refused_undecoded(tmp_path: Path) -> No
     doc.xref_set_key(xref, "Width", "100000")
     doc.xref_set_key(xref, "Height", "100000")
     doc.save(tmp_path / "bomb.pdf")
-    summary = run_extract(tmp_path / "run", [tmp_path / "bomb.pdf"], progress=False)
+    summary = run_extract(tmp_path / "run", [tmp_path / "bomb.pdf"])
     assert summary.done == 1
     manifest = Manifest.load(tmp_path / "run")
     (rec,) = manifest.records.values()
@@ -209,7 +209,7 @@ def test_images_over_the_pixel_limit_are_refused_undecoded(tmp_path: Path) -> No
 @pytest.mark.realdata
 def test_konrad_gerlach_report_all_113_patches_found(tmp_path: Path) -> None:
     pdf = shared_path("data", "pdfs", "konrad-gerlach_report.pdf")
-    run_extract(tmp_path / "run", [pdf], progress=False)
+    run_extract(tmp_path / "run", [pdf])
     manifest = Manifest.load(tmp_path / "run")
     (rec,) = manifest.records.values()
     patches = [i for i in manifest.images.values() if (i.width, i.height) == (96, 96)]
@@ -232,7 +232,7 @@ def test_konrad_gerlach_report_all_113_patches_found(tmp_path: Path) -> None:
 @pytest.mark.realdata
 def test_fixture_pdfs_extract_or_fail_as_provenance_says(tmp_path: Path) -> None:
     folder = shared_path("fixtures", "pdfs")
-    summary = run_extract(tmp_path / "run", [folder], progress=False)
+    summary = run_extract(tmp_path / "run", [folder])
     manifest = Manifest.load(tmp_path / "run")
     by_name = {Path(r.pdf_path).name: r for r in manifest.records.values()}
     assert summary.failed == 1

@@ -114,13 +114,13 @@ def _scored_run(tmp_path: Path) -> Path:
     images = [he_like(seed=1), he_like(seed=2), colour_map("inferno"), magenta_fluorescence()]
     pdf = build_image_pdf(tmp_path / "mix.pdf", images, caption="Figure 1: mixed.")
     run_dir = tmp_path / "run"
-    run_extract(run_dir, [pdf], progress=False)
+    run_extract(run_dir, [pdf])
     return run_dir
 
 
 def test_run_filter_scores_keeps_and_writes_sheets(tmp_path: Path) -> None:
     run_dir = _scored_run(tmp_path)
-    summary = run_filter(run_dir, progress=False)
+    summary = run_filter(run_dir)
     assert (summary.done, summary.failed) == (1, 0)
     manifest = Manifest.load(run_dir)
     kept = {i.page for i in manifest.images.values() if i.kept}
@@ -137,24 +137,24 @@ def test_run_filter_scores_keeps_and_writes_sheets(tmp_path: Path) -> None:
 
 def test_thresholds_are_reapplied_without_rereading_images(tmp_path: Path) -> None:
     run_dir = _scored_run(tmp_path)
-    run_filter(run_dir, progress=False, sheet=False)
+    run_filter(run_dir, sheet=False)
     for png in (run_dir / "images").rglob("*.png"):
         png.unlink()  # scores live in the manifest; a re-read would now fail
-    summary = run_filter(run_dir, purple=0.999, progress=False, sheet=False)
+    summary = run_filter(run_dir, purple=0.999, sheet=False)
     assert summary.skipped == 1 and summary.failed == 0
     manifest = Manifest.load(run_dir)
     assert not manifest.kept_images()
     assert all(i.status == "ok" for i in manifest.images.values())
     reasons = {i.filter_reason.split(" (")[0] for i in manifest.images.values()}
     assert "purple ratio too low" in reasons
-    run_filter(run_dir, purple=0.3, min_he=0.5, progress=False, sheet=False)
+    run_filter(run_dir, purple=0.3, min_he=0.5, sheet=False)
     assert len(Manifest.load(run_dir).kept_images()) == 2
 
 
 def test_unknown_threshold_is_an_error(tmp_path: Path) -> None:
     run_dir = _scored_run(tmp_path)
     with pytest.raises(ValueError, match="unknown filter threshold"):
-        run_filter(run_dir, progress=False, purpl=0.4)
+        run_filter(run_dir, purpl=0.4)
 
 
 def test_unreadable_image_fails_only_its_row(tmp_path: Path) -> None:
@@ -162,7 +162,7 @@ def test_unreadable_image_fails_only_its_row(tmp_path: Path) -> None:
     manifest = Manifest.load(run_dir)
     first = manifest.images_of(next(iter(manifest.records)))[0]
     manifest.resolve(first.path).write_bytes(b"not a png")
-    summary = run_filter(run_dir, progress=False, sheet=False)
+    summary = run_filter(run_dir, sheet=False)
     assert summary.failed == 0
     again = Manifest.load(run_dir)
     bad = again.images[first.id]
@@ -197,8 +197,8 @@ def real_run(tmp_path_factory: pytest.TempPathFactory) -> Manifest:
         shared_path("fixtures", "pdfs"),
     ]
     run_dir = tmp_path_factory.mktemp("real") / "run"
-    run_extract(run_dir, pdfs, progress=False)
-    run_filter(run_dir, progress=False)
+    run_extract(run_dir, pdfs)
+    run_filter(run_dir)
     return Manifest.load(run_dir)
 
 
@@ -280,12 +280,12 @@ def test_images_scored_by_an_older_scorer_are_scored_again(tmp_path: Path) -> No
     from histofetch.filter import SCORER_VERSION
 
     run_dir = _scored_run(tmp_path)
-    run_filter(run_dir, progress=False, sheet=False)
+    run_filter(run_dir, sheet=False)
     manifest = Manifest.load(run_dir)
     stale = manifest.images_of(next(iter(manifest.records)))[2]
     stale.extra["colour"]["scorer"] = SCORER_VERSION - 1
     manifest.save()
-    summary = run_filter(run_dir, progress=False, sheet=False)
+    summary = run_filter(run_dir, sheet=False)
     assert summary.done == 1  # the record is taken again for its one stale image
     again = Manifest.load(run_dir)
     assert again.images[stale.id].extra["colour"]["scorer"] == SCORER_VERSION
@@ -324,7 +324,7 @@ def test_decompression_bomb_image_fails_its_row_without_decoding(tmp_path: Path)
         )
     )
     manifest.save()
-    summary = run_filter(run_dir, progress=False, sheet=False)
+    summary = run_filter(run_dir, sheet=False)
     assert summary.failed == 0
     row = Manifest.load(run_dir).images[f"{rec_id}/bomb"]
     assert row.status == "failed" and "exceeds limit" in row.reason

@@ -27,7 +27,7 @@ FIGS = {"mds52601.jpg": he_jpeg(0), "mds52602.jpg": he_jpeg(1)}
 
 def _download(ncbi: FakeNcbi, tmp_path: Path, *records: Record, **kw) -> Manifest:
     _run(tmp_path, *records)
-    run_download(tmp_path, net=ncbi.config(), progress=False, **kw)
+    run_download(tmp_path, net=ncbi.config(), **kw)
     return Manifest.load(tmp_path)
 
 
@@ -108,7 +108,7 @@ def test_single_version_gives_figures_with_captions_licence_and_pdf(
     with PILImage.open(tmp_path / images[0].path) as im:
         assert im.format == "PNG" and im.size == (256, 256) == (images[0].width, images[0].height)
     # Figures came from JATS: extract does not take the PDF's images a second time.
-    run_extract(tmp_path, progress=False)
+    run_extract(tmp_path)
     again = Manifest.load(tmp_path)
     assert again.records[rec.id].n_images == 2 and len(again.images_of(rec.id)) == 2
 
@@ -209,7 +209,7 @@ def test_version_without_pdf_keeps_figures_only(ncbi: FakeNcbi, tmp_path: Path) 
     rec = manifest.records["pmid:1"]
     assert rec.route == "pmc-cloud" and rec.pdf_path is None and len(manifest.images) == 2
     assert not any("europepmc" in r.path for r in ncbi.log)  # no PDF hunt elsewhere
-    run_extract(tmp_path, progress=False)
+    run_extract(tmp_path)
     assert Manifest.load(tmp_path).records[rec.id].stage == "extracted"
 
 

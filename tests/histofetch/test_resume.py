@@ -79,8 +79,8 @@ def test_sigkill_mid_run_then_resume_equals_uninterrupted_run(tmp_path: Path) ->
         build_image_pdf(pdf_dir / f"paper{k}.pdf", images, caption=f"Figure {k}: H&E")
 
     reference = tmp_path / "reference"
-    run_extract(reference, [pdf_dir], progress=False)
-    run_filter(reference, progress=False)
+    run_extract(reference, [pdf_dir])
+    run_filter(reference)
 
     killed = tmp_path / "killed"
     rng = random.Random(13)

@@ -24,7 +24,7 @@ def _manifest(tmp_path: Path) -> Manifest:
 def test_only_records_at_the_previous_stage_are_worked(tmp_path: Path) -> None:
     m = _manifest(tmp_path)
     seen: list[str] = []
-    summary = run_per_record(m, "extracted", lambda r: seen.append(r.id), progress=False)
+    summary = run_per_record(m, "extracted", lambda r: seen.append(r.id))
     assert seen == ["a", "b"]
     assert (summary.done, summary.skipped, summary.failed) == (2, 2, 0)
     assert m.records["a"].stage == "extracted" and m.records["d"].stage == "searched"
@@ -39,7 +39,7 @@ def test_failures_are_recorded_with_reason_and_the_run_goes_on(tmp_path: Path) -
         if rec.id == "b":
             raise ZeroDivisionError("boom")
 
-    summary = run_per_record(m, "extracted", work, progress=False)
+    summary = run_per_record(m, "extracted", work)
     assert summary.failed == 2 and summary.reasons["encrypted PDF"] == 1
     a = Manifest.load(tmp_path).records["a"]
     assert (a.status, a.failed_stage, a.reason) == (
@@ -52,7 +52,7 @@ def test_failures_are_recorded_with_reason_and_the_run_goes_on(tmp_path: Path) -
 def test_retry_failed_takes_failed_records_of_this_stage_again(tmp_path: Path) -> None:
     m = _manifest(tmp_path)
     seen: list[str] = []
-    run_per_record(m, "extracted", lambda r: seen.append(r.id), progress=False, retry_failed=True)
+    run_per_record(m, "extracted", lambda r: seen.append(r.id), retry_failed=True)
     assert seen == ["a", "b", "e"]
     assert m.records["e"].status == "ok" and m.records["e"].reason is None
 
@@ -67,7 +67,7 @@ def test_manifest_is_saved_after_each_record(tmp_path: Path) -> None:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        run_per_record(m, "extracted", work, progress=False)
+        run_per_record(m, "extracted", work)
     on_disk = Manifest.load(tmp_path)
     assert on_disk.records["a"].stage == "extracted"
     assert on_disk.records["b"].stage == "downloaded" and on_disk.records["b"].status == "ok"
@@ -93,7 +93,7 @@ def test_disk_full_is_transient_leaves_no_partial_rows_and_is_retried(tmp_path: 
         if full["on"] and rec.id == "b":
             raise OSError(errno.ENOSPC, "No space left on device")
 
-    first = run_per_record(m, "extracted", work, progress=False)
+    first = run_per_record(m, "extracted", work)
     assert (first.done, first.failed) == (1, 1)
     b = Manifest.load(tmp_path).records["b"]
     assert (b.status, b.transient, b.stage) == ("failed", True, "downloaded")
@@ -101,7 +101,7 @@ def test_disk_full_is_transient_leaves_no_partial_rows_and_is_retried(tmp_path: 
     full["on"] = False
     m2 = Manifest.load(tmp_path)
     m2_seen: list[str] = []
-    again = run_per_record(m2, "extracted", lambda r: m2_seen.append(r.id), progress=False)
+    again = run_per_record(m2, "extracted", lambda r: m2_seen.append(r.id))
     assert m2_seen == ["b"] and again.done == 1  # "e" (not transient) waits for --retry-failed
     assert Manifest.load(tmp_path).records["b"].status == "ok"
 
@@ -112,6 +112,6 @@ def test_a_record_taken_by_another_process_is_left_to_it(tmp_path: Path) -> None
     other = Manifest.load(tmp_path)
     assert other.claim("a", "extracted")  # another worker holds "a" (this process is alive)
     seen: list[str] = []
-    summary = run_per_record(m, "extracted", lambda r: seen.append(r.id), progress=False)
+    summary = run_per_record(m, "extracted", lambda r: seen.append(r.id))
     assert seen == ["b"] and summary.elsewhere == 1
     assert "1 being done by another process" in summary.line()

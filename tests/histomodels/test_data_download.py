@@ -206,8 +206,8 @@ def test_mirror_from_environment(tmp_path: Path, server: Server, monkeypatch) ->
     server.files.update(_pcam_gz(x, y))
     monkeypatch.setenv("HISTOMODELS_PCAM_URL", server.url + "/{name}")
     sums = {n: _md5(d) for n, d in server.files.items()}
-    results = download_pcam(tmp_path, ["valid"], checksums=sums, quiet=True)
+    results = download_pcam(tmp_path, ["valid"], checksums=sums)
     assert [r.status for r in results] == ["downloaded"] * 3
     assert {name for name, _ in server.requests} == set(server.files)
-    again = download_pcam(tmp_path, ["valid"], checksums=sums, quiet=True)
+    again = download_pcam(tmp_path, ["valid"], checksums=sums)
     assert [r.status for r in again] == ["present"] * 3

@@ -1,7 +1,10 @@
-"""The small shared core of histofetch and histomodels (standard library only).
+"""The small shared core of histofetch and histomodels.
 
-- :mod:`histocore.io`: atomic file writes and file-system-safe names.
 - :mod:`histocore.manifest`: the run manifest schema (records, images, labels vocabulary).
+- :mod:`histocore.io`: atomic file writes and file-system-safe names.
+- :mod:`histocore.errors`: ``DomainError``, the base of every error a user can cause.
+- :mod:`histocore.progress`: how libraries report progress (shown only if a CLI asks).
+- :mod:`histocore.cli`: what both command lines share (error line, error context, bars).
 """
 
 __version__ = "0.1.0"

@@ -19,11 +19,13 @@ from pathlib import PurePosixPath
 
 from PIL import Image as PILImage
 
+from histocore.errors import DomainError
+
 #: Extensions of figure files in PMC packages, best first (``.gif`` are thumbnails).
 FIGURE_EXTS = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".gif")
 
 
-class ArchiveError(ValueError):
+class ArchiveError(DomainError, ValueError):
     """An archive that is unreadable or breaks a safety rule; the message says which."""
 
 

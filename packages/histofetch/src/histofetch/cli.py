@@ -1,15 +1,20 @@
-"""``histofetch`` command line: each command wires one stage; the stages hold the logic."""
+"""``histofetch`` command line: each command wires one stage; the stages hold the logic.
+
+Bad input and failed services end in one ``error: …`` line and exit 1
+(:func:`histocore.cli.errors`); progress bars go to stderr, summaries to stdout.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
-from histocore.manifest import Manifest, ManifestError
+from histocore.cli import errors, fail, progress
+from histocore.manifest import MANIFEST_NAME, STORE_NAME
 
 app = typer.Typer(
     name="histofetch",
@@ -17,56 +22,56 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-console = Console(stderr=True)
 
-RunOpt = typer.Option(Path("runs/default"), "--run", "-r", help="Run folder (holds the manifest).")
-
-
-def fail(message: str, code: int = 1) -> None:
-    """One clear line on stderr and a non-zero exit."""
-    from rich.markup import escape
-
-    from histocore.io import one_line
-
-    console.print(f"[red]error:[/red] {escape(one_line(message))}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
-
-
-# -- network stages (search, download) and the whole pipeline (run) ------------------------
-MaxOpt = typer.Option(None, "--max", min=1, help="Keep at most this many hits.")
-ApiKeyOpt = typer.Option(
-    None, "--api-key", envvar="NCBI_API_KEY", help="NCBI API key (10 requests/s instead of 3)."
-)
-EmailOpt = typer.Option(
-    None, "--email", envvar="NCBI_EMAIL", help="Your e-mail, sent to NCBI as asked."
-)
-MinDateOpt = typer.Option(None, "--mindate", help="Published from: YYYY, YYYY/MM or YYYY/MM/DD.")
-MaxDateOpt = typer.Option(None, "--maxdate", help="Published until: YYYY, YYYY/MM or YYYY/MM/DD.")
-OaOnlyOpt = typer.Option(
-    False, "--open-access-only", help="Only articles in the PMC open-access subset."
-)
-RetryOpt = typer.Option(False, "--retry-failed", help="Try records that failed before again.")
-JobsOpt = typer.Option(
-    1, "--jobs", "-j", min=1, help="Worker processes (extract, filter): records done at once."
-)
-ShardOpt = typer.Option(
-    None, "--shard", help="Keep shard K of N of the hits (K/N, e.g. 1/4): one job per shard."
-)
-NetJobsOpt = typer.Option(
-    4, "--jobs", "-j", min=1, help="Records downloaded at once (each host keeps its own rate)."
-)
-DbOpt = typer.Option(
-    "pubmed", "--db", help="Search PubMed, or PMC's open-access subset (every hit in the bucket)."
-)
-LicenceOpt = typer.Option(
-    "any",
-    "--licence",
-    help="Keep articles whose licence allows this reuse: commercial (CC0, CC BY, BY-SA, "
-    "BY-ND), noncommercial (also the NC licences) or any (TDM and unknown too).",
-)
-RetractedOpt = typer.Option(
-    False, "--include-retracted", help="Keep retracted articles (skipped by default)."
-)
+Run = Annotated[Path, typer.Option("--run", "-r", help="Run folder (holds the manifest).")]
+RUN_DEFAULT = Path("runs/default")
+Query = Annotated[str, typer.Argument(help="PubMed query, e.g. 'lymph node metastasis'.")]
+Max = Annotated[int | None, typer.Option("--max", min=1, help="Keep at most this many hits.")]
+ApiKey = Annotated[
+    str | None,
+    typer.Option(envvar="NCBI_API_KEY", help="NCBI API key (10 requests/s instead of 3)."),
+]
+Email = Annotated[
+    str | None, typer.Option(envvar="NCBI_EMAIL", help="Your e-mail, sent to NCBI as asked.")
+]
+MinDate = Annotated[str | None, typer.Option(help="Published from: YYYY, YYYY/MM or YYYY/MM/DD.")]
+MaxDate = Annotated[str | None, typer.Option(help="Published until: YYYY, YYYY/MM or YYYY/MM/DD.")]
+OaOnly = Annotated[
+    bool, typer.Option("--open-access-only", help="Only articles in the PMC open-access subset.")
+]
+Retry = Annotated[
+    bool, typer.Option("--retry-failed", help="Try records that failed before again.")
+]
+Db = Annotated[
+    str, typer.Option(help="Search PubMed, or PMC's open-access subset (every hit in the bucket).")
+]
+Licence = Annotated[
+    str,
+    typer.Option(
+        help="Keep articles whose licence allows this reuse: commercial (CC0, CC BY, BY-SA, "
+        "BY-ND), noncommercial (also the NC licences) or any (TDM and unknown too)."
+    ),
+]
+Retracted = Annotated[
+    bool, typer.Option("--include-retracted", help="Keep retracted articles (skipped by default).")
+]
+Jobs = Annotated[
+    int,
+    typer.Option(
+        "--jobs", "-j", min=1, help="Worker processes (extract, filter): records at once."
+    ),
+]
+NetJobs = Annotated[
+    int,
+    typer.Option(
+        "--jobs", "-j", min=1, help="Records downloaded at once (each host keeps its own rate)."
+    ),
+]
+Shard = Annotated[
+    str | None,
+    typer.Option(help="Keep shard K of N of the hits (K/N, e.g. 1/4): one job per shard."),
+]
+Fraction = dict(min=0.0, max=1.0)
 
 
 def _policy(licence: str, include_retracted: bool):  # -> Policy
@@ -89,52 +94,39 @@ def _db(db: str) -> str:
 def _shard(text: str | None) -> tuple[int, int] | None:
     from histofetch.shard import parse_shard
 
-    if text is None:
-        return None
-    try:
-        return parse_shard(text)
-    except ValueError as exc:
-        fail(str(exc))
+    with errors():
+        return None if text is None else parse_shard(text)
 
 
 def _net(api_key: str | None, email: str | None):  # -> NetConfig
     from histofetch.http import NetConfig
 
-    try:
-        net = NetConfig()
-    except ValueError as exc:  # a malformed HISTOFETCH_* environment variable
-        fail(str(exc))
+    with errors():
+        net = NetConfig()  # reads HISTOFETCH_* overrides from the environment
     net.api_key = api_key or None
     net.email = email or None
     return net
 
 
-def _network_errors() -> tuple[type[BaseException], ...]:
-    from histofetch.http import NetError
-    from histofetch.resolve import ServiceError
-
-    return (NetError, ServiceError, ManifestError, OSError)
-
-
 @app.command()
 def search(
-    query: str = typer.Argument(..., help="PubMed query, e.g. 'lymph node metastasis'."),
-    run: Path = RunOpt,
-    max_results: int = MaxOpt,
-    api_key: str = ApiKeyOpt,
-    email: str = EmailOpt,
-    mindate: str = MinDateOpt,
-    maxdate: str = MaxDateOpt,
-    open_access_only: bool = OaOnlyOpt,
-    db: str = DbOpt,
-    shard: str = ShardOpt,
+    query: Query,
+    run: Run = RUN_DEFAULT,
+    max_results: Max = None,
+    api_key: ApiKey = None,
+    email: Email = None,
+    mindate: MinDate = None,
+    maxdate: MaxDate = None,
+    open_access_only: OaOnly = False,
+    db: Db = "pubmed",
+    shard: Shard = None,
 ) -> None:
     """Search PubMed (or PMC) and record every hit (title, journal, year, DOI, PMCID, OA)."""
     from histofetch.search import run_search
 
     net = _net(api_key, email)
     parts = _shard(shard)
-    try:
+    with errors(prefix="search failed: "), progress():
         summary = run_search(
             run,
             query,
@@ -146,166 +138,146 @@ def search(
             db=_db(db),
             shard=parts,
         )
-    except _network_errors() as exc:
-        fail(f"search failed: {exc}")
     print(summary.line())
 
 
 @app.command()
 def download(
-    run: Path = RunOpt,
-    retry_failed: bool = RetryOpt,
-    api_key: str = ApiKeyOpt,
-    email: str = EmailOpt,
-    licence: str = LicenceOpt,
-    include_retracted: bool = RetractedOpt,
-    jobs: int = NetJobsOpt,
+    run: Run = RUN_DEFAULT,
+    retry_failed: Retry = False,
+    api_key: ApiKey = None,
+    email: Email = None,
+    licence: Licence = "any",
+    include_retracted: Retracted = False,
+    jobs: NetJobs = 4,
 ) -> None:
     """Fetch article files: PMC Cloud Service figures, Europe PMC, then PDFs."""
     from histofetch.download import run_download
 
     net = _net(api_key, email)
     policy = _policy(licence, include_retracted)
-    try:
-        summary = run_download(
-            run, net=net, retry_failed=retry_failed, progress=True, policy=policy, jobs=jobs
-        )
-    except _network_errors() as exc:
-        fail(f"download failed: {exc}")
+    with errors(prefix="download failed: "), progress():
+        summary = run_download(run, net=net, retry_failed=retry_failed, policy=policy, jobs=jobs)
     print(summary.line())
 
 
 @app.command("run")
 def run_all(
-    query: str = typer.Argument(..., help="PubMed query."),
-    run: Path = RunOpt,
-    max_results: int = MaxOpt,
-    api_key: str = ApiKeyOpt,
-    email: str = EmailOpt,
-    mindate: str = MinDateOpt,
-    maxdate: str = MaxDateOpt,
-    open_access_only: bool = OaOnlyOpt,
-    retry_failed: bool = RetryOpt,
-    purple: float = typer.Option(0.3, help="Filter threshold (see `histofetch filter`)."),
-    db: str = DbOpt,
-    licence: str = LicenceOpt,
-    include_retracted: bool = RetractedOpt,
-    jobs: int = typer.Option(
-        1, "--jobs", "-j", min=1, help="Worker processes for extract and filter."
-    ),
-    net_jobs: int = typer.Option(
-        4, "--net-jobs", min=1, help="Records downloaded at once (each host keeps its rate)."
-    ),
-    shard: str = ShardOpt,
+    query: Query,
+    run: Run = RUN_DEFAULT,
+    max_results: Max = None,
+    api_key: ApiKey = None,
+    email: Email = None,
+    mindate: MinDate = None,
+    maxdate: MaxDate = None,
+    open_access_only: OaOnly = False,
+    retry_failed: Retry = False,
+    purple: Annotated[
+        float, typer.Option(help="Filter threshold (see `histofetch filter`).")
+    ] = 0.3,
+    db: Db = "pubmed",
+    licence: Licence = "any",
+    include_retracted: Retracted = False,
+    jobs: Annotated[
+        int, typer.Option("--jobs", "-j", min=1, help="Worker processes for extract and filter.")
+    ] = 1,
+    net_jobs: Annotated[
+        int,
+        typer.Option(min=1, help="Records downloaded at once (each host keeps its rate)."),
+    ] = 4,
+    shard: Shard = None,
 ) -> None:
     """search → download → extract → filter; re-running continues where it stopped."""
-    from histofetch.download import run_download
-    from histofetch.extract import run_extract
-    from histofetch.filter import run_filter
-    from histofetch.search import run_search, search_key
+    from histofetch.pipeline import run_pipeline
 
     net = _net(api_key, email)
     policy = _policy(licence, include_retracted)
     db = _db(db)
-    try:
-        manifest = Manifest.load(run, create=True)
-        parts = _shard(shard)
-        wanted = search_key(query, max_results, mindate, maxdate, open_access_only, db)
-        if parts is not None:
-            wanted["shard"] = f"{parts[0]}/{parts[1]}"
-        done = {
-            k: v for k, v in manifest.header_extra.get("last_search", {}).items() if k in wanted
-        }
-        if done == wanted and manifest.records:
-            print(f"searched: already done ({len(manifest.records)} records)")
-        else:
-            print(
-                run_search(
-                    run,
-                    query,
-                    max_results=max_results,
-                    mindate=mindate,
-                    maxdate=maxdate,
-                    open_access_only=open_access_only,
-                    net=net,
-                    db=db,
-                    shard=parts,
-                ).line()
-            )
-        downloaded = run_download(
-            run, net=net, retry_failed=retry_failed, progress=True, policy=policy, jobs=net_jobs
-        )
-        print(downloaded.line())
-        extracted = run_extract(run, None, progress=True, retry_failed=retry_failed, jobs=jobs)
-        print(extracted.line())
-        filtered = run_filter(
-            run, purple=purple, progress=True, retry_failed=retry_failed, jobs=jobs
-        )
-        print(filtered.line())
-    except _network_errors() as exc:
-        fail(f"run stopped (re-run to continue): {exc}")
+    parts = _shard(shard)
+    with errors(prefix="run stopped (re-run to continue): "), progress():
+        for summary in run_pipeline(
+            run,
+            query,
+            net=net,
+            max_results=max_results,
+            mindate=mindate,
+            maxdate=maxdate,
+            open_access_only=open_access_only,
+            retry_failed=retry_failed,
+            purple=purple,
+            db=db,
+            policy=policy,
+            shard=parts,
+            jobs=jobs,
+            net_jobs=net_jobs,
+        ):
+            print(summary.line(), flush=True)
 
 
 @app.command()
 def extract(
-    paths: list[Path] = typer.Argument(None, help="Local PDFs/folders; default: the run's PDFs."),
-    run: Path = RunOpt,
-    min_size: int = typer.Option(32, "--min-size", min=1, help="Drop images smaller (px)."),
-    retry_failed: bool = RetryOpt,
-    jobs: int = JobsOpt,
+    paths: Annotated[
+        list[Path] | None,
+        typer.Argument(help="Local PDFs/folders; default: the run's PDFs."),
+    ] = None,
+    run: Run = RUN_DEFAULT,
+    min_size: Annotated[
+        int, typer.Option("--min-size", min=1, help="Drop images smaller (px).")
+    ] = 32,
+    retry_failed: Retry = False,
+    jobs: Jobs = 1,
 ) -> None:
     """Extract every embedded raster image of every PDF (PNG + manifest rows)."""
-    from histocore.manifest import MANIFEST_NAME, STORE_NAME
-    from histofetch.extract import ExtractError, run_extract
+    from histofetch.extract import run_extract
 
     if not paths and not any((run / name).exists() for name in (MANIFEST_NAME, STORE_NAME)):
         fail(f"{run}: no manifest here; give PDF files/folders or run `histofetch download`")
-    try:
+    with errors(), progress():
         summary = run_extract(
-            run,
-            list(paths or []),
-            min_size=min_size,
-            progress=True,
-            retry_failed=retry_failed,
-            jobs=jobs,
+            run, list(paths or []), min_size=min_size, retry_failed=retry_failed, jobs=jobs
         )
-    except (ExtractError, ManifestError, OSError) as exc:
-        fail(str(exc))
     print(summary.line())
 
 
 @app.command("filter")
 def filter_(
-    run: Path = RunOpt,
-    purple: float = typer.Option(
-        0.3, min=0.0, max=1.0, help="Min share of H&E-coloured pixels in the tissue region."
-    ),
-    min_he: float = typer.Option(
-        None, "--min-he", min=0.0, max=1.0, help="Min H&E (HED) score [0.5]."
-    ),
-    min_tissue: float = typer.Option(
-        None, "--min-tissue", min=0.0, max=1.0, help="Min tissue share of the image [0.02]."
-    ),
-    min_blocks: int = typer.Option(None, "--min-blocks", min=1, help="Min tissue blocks [2]."),
-    max_dark: float = typer.Option(
-        None, "--max-dark", min=0.0, max=1.0, help="Max dark-pixel share [0.2]."
-    ),
-    min_side: int = typer.Option(
-        None, "--min-side", min=1, help="Smaller images are not judged (px) [64]."
-    ),
-    rescore: bool = typer.Option(False, "--rescore", help="Re-read and re-score every image."),
-    sheet: bool = typer.Option(True, "--sheet/--no-sheet", help="Write sheets/*.png."),
-    retry_failed: bool = RetryOpt,
-    jobs: int = JobsOpt,
+    run: Run = RUN_DEFAULT,
+    purple: Annotated[
+        float,
+        typer.Option(**Fraction, help="Min share of H&E-coloured pixels in the tissue region."),
+    ] = 0.3,
+    min_he: Annotated[
+        float | None, typer.Option("--min-he", **Fraction, help="Min H&E (HED) score [0.5].")
+    ] = None,
+    min_tissue: Annotated[
+        float | None,
+        typer.Option("--min-tissue", **Fraction, help="Min tissue share of the image [0.02]."),
+    ] = None,
+    min_blocks: Annotated[
+        int | None, typer.Option("--min-blocks", min=1, help="Min tissue blocks [2].")
+    ] = None,
+    max_dark: Annotated[
+        float | None, typer.Option("--max-dark", **Fraction, help="Max dark-pixel share [0.2].")
+    ] = None,
+    min_side: Annotated[
+        int | None,
+        typer.Option("--min-side", min=1, help="Smaller images are not judged (px) [64]."),
+    ] = None,
+    rescore: Annotated[
+        bool, typer.Option("--rescore", help="Re-read and re-score every image.")
+    ] = False,
+    sheet: Annotated[bool, typer.Option("--sheet/--no-sheet", help="Write sheets/*.png.")] = True,
+    retry_failed: Retry = False,
+    jobs: Jobs = 1,
 ) -> None:
     """Score every image for H&E once, then keep the tissue images (thresholds re-applied)."""
     from histofetch.filter import run_filter
+    from histofetch.status import run_status
 
-    try:
+    with errors(), progress():
         summary = run_filter(
             run,
             purple=purple,
-            progress=True,
             sheet=sheet,
             rescore=rescore,
             retry_failed=retry_failed,
@@ -316,20 +288,14 @@ def filter_(
             max_dark=max_dark,
             min_side=min_side,
         )
-    except (ManifestError, OSError) as exc:
-        fail(str(exc))
+        info = run_status(run)
     print(summary.line())
-    from histofetch.status import run_status
-
-    info = run_status(run)
     print(f"kept {info['kept']} of {info['scored']} scored images; sheets in {run / 'sheets'}")
 
 
 @app.command()
 def review(
-    run: Annotated[
-        Path, typer.Option("--run", "-r", help="Run folder (holds the manifest).")
-    ] = Path("runs/default"),
+    run: Run = RUN_DEFAULT,
     port: Annotated[int, typer.Option("--port", min=0, max=65535, help="0 = a free port.")] = 0,
     host: Annotated[
         str, typer.Option("--host", help="Interface to bind (only this machine by default).")
@@ -347,76 +313,69 @@ def review(
 ) -> None:
     """Confirm or correct labels in the browser: one figure at a time, keyboard first
     (m / n / u, arrows, z undo); every answer is saved into the manifest at once."""
-    from histofetch.review.data import ReviewError
     from histofetch.review.server import serve
 
-    try:
-        serve(
-            run,
-            host=host,
-            port=port,
-            reviewer=reviewer,
-            scores=scores,
-            open_browser=not no_browser,
-            announce=lambda line: console.print(line, highlight=False, soft_wrap=True),
-        )
-    except ReviewError as exc:
-        fail(str(exc))
-    except OSError as exc:  # port in use, cannot bind
-        fail(f"{host}:{port}: cannot serve ({exc.strerror or exc})")
-    except KeyboardInterrupt:
-        pass
+    with errors(), contextlib.suppress(KeyboardInterrupt):
+        try:
+            serve(
+                run,
+                host=host,
+                port=port,
+                reviewer=reviewer,
+                scores=scores,
+                open_browser=not no_browser,
+                announce=lambda line: typer.echo(line, err=True),
+            )
+        except OSError as exc:  # port in use, cannot bind
+            fail(f"{host}:{port}: cannot serve ({exc.strerror or exc})")
 
 
 @app.command()
 def status(
-    run: Path = RunOpt,
-    as_json: bool = typer.Option(False, "--json", help="One JSON object on stdout."),
+    run: Run = RUN_DEFAULT,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object on stdout.")] = False,
 ) -> None:
     """Counts per stage, route, licence and failure reason."""
     from histofetch.status import format_status, run_status
 
-    try:
+    with errors():
         info = run_status(run)
-    except ManifestError as exc:
-        fail(str(exc))
     print(json.dumps(info, indent=2) if as_json else format_status(info))
 
 
 @app.command()
 def merge(
-    runs: list[Path] = typer.Argument(..., help="Run folders to merge (e.g. the shards)."),
-    out: Path = typer.Option(..., "--out", "-o", help="The merged run folder."),
+    runs: Annotated[list[Path], typer.Argument(help="Run folders to merge (e.g. the shards).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The merged run folder.")],
 ) -> None:
     """Join run folders into one: records deduplicated by id and PMCID, images by sha256."""
     from histofetch.merge import merge_runs
 
-    try:
+    with errors():
         summary = merge_runs(list(runs), out)
-    except (ManifestError, OSError) as exc:
-        fail(str(exc))
     print(summary.line())
 
 
 @app.command()
 def export(
-    run: Path = RunOpt,
-    fmt: str = typer.Option("jsonl", "--format", "-f", help="jsonl, csv or parquet (pyarrow)."),
-    out: Path = typer.Option(
-        None, "--out", "-o", help="Output file [RUN/manifest.jsonl, RUN/export.csv|parquet]."
-    ),
+    run: Run = RUN_DEFAULT,
+    fmt: Annotated[
+        str, typer.Option("--format", "-f", help="jsonl, csv or parquet (pyarrow).")
+    ] = "jsonl",
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out", "-o", help="Output file [RUN/manifest.jsonl, RUN/export.csv|parquet]."
+        ),
+    ] = None,
 ) -> None:
     """Write the run's rows from its store: the manifest (JSONL), CSV or Parquet."""
     from histocore.export import FORMATS, export_run
 
     if fmt not in FORMATS:
         fail(f"--format {fmt!r}: use one of {', '.join(FORMATS)}")
-    try:
+    with errors(ImportError):  # parquet without pyarrow: the message says what to install
         path = export_run(run, fmt, out)
-    except ImportError as exc:
-        fail(str(exc))
-    except (ManifestError, OSError) as exc:
-        fail(str(exc))
     print(f"exported {run} → {path}")
 
 

@@ -234,7 +234,6 @@ def run_download(
     *,
     net: NetConfig,
     retry_failed: bool = False,
-    progress: bool = True,
     limits: ArchiveLimits | None = None,
     policy: Policy | None = None,
     jobs: int = 1,
@@ -253,6 +252,5 @@ def run_download(
             work,
             jobs=jobs,
             threads=True,
-            progress=progress,
             retry_failed=retry_failed,
         )

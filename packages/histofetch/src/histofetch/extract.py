@@ -33,6 +33,7 @@ import numpy as np
 import PIL.Image
 import pymupdf
 
+from histocore.errors import DomainError
 from histocore.io import atomic_write_bytes, record_slug
 from histocore.manifest import Image, Manifest, Record
 from histofetch.stage import StageFailure, StageSummary, run_records
@@ -53,7 +54,7 @@ CAPTION_RE = re.compile(r"^\s*(fig\.?|figure)\s*[A-Z]?\d+[A-Za-z]?\s*[:.|\-â€“â€
 PDF_SUFFIXES = {".pdf"}
 
 
-class ExtractError(ValueError):
+class ExtractError(DomainError, ValueError):
     """Bad input to the extract stage (a path that does not exist, a folder without PDFs)."""
 
 
@@ -67,7 +68,6 @@ def run_extract(
     paths: list[Path] | None = None,
     *,
     min_size: int = 32,
-    progress: bool = True,
     retry_failed: bool = False,
     jobs: int = 1,
 ) -> StageSummary:
@@ -84,9 +84,7 @@ def run_extract(
         manifest.save()
 
     work = functools.partial(extract_record, min_size=min_size)  # picklable for --jobs
-    return run_records(
-        manifest, "extracted", work, jobs=jobs, progress=progress, retry_failed=retry_failed
-    )
+    return run_records(manifest, "extracted", work, jobs=jobs, retry_failed=retry_failed)
 
 
 def ingest_local(manifest: Manifest, paths: list[Path]) -> list[Record]:

@@ -53,7 +53,6 @@ def run_filter(
     run_dir: Path,
     *,
     purple: float = 0.3,
-    progress: bool = True,
     sheet: bool = True,
     rescore: bool = False,
     retry_failed: bool = False,
@@ -84,7 +83,6 @@ def run_filter(
         "filtered",
         functools.partial(filter_record, limits=limits),  # picklable for --jobs
         jobs=jobs,
-        progress=progress,
         retry_failed=retry_failed,
         export=False,  # saved below, once the thresholds are re-applied everywhere
     )

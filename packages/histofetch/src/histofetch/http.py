@@ -23,6 +23,7 @@ from typing import Any
 
 import httpx
 
+from histocore.errors import DomainError, UsageError
 from histofetch import __version__ as _VERSION
 
 EUTILS_URL = "https://eutils.ncbi.nlm.nih.gov/entrez/eutils/"
@@ -53,7 +54,7 @@ def _env_float(name: str, default: float) -> float:
     try:
         return float(value) if value else default
     except ValueError:
-        raise ValueError(f"environment variable {name}={value!r} is not a number") from None
+        raise UsageError(f"environment variable {name}={value!r} is not a number") from None
 
 
 @dataclass
@@ -120,7 +121,7 @@ class NetConfig:
         return params
 
 
-class NetError(Exception):
+class NetError(DomainError):
     """A request that failed for good (after retries); the message is one line."""
 
     def __init__(self, message: str, *, status: int | None = None, url: str = "") -> None:

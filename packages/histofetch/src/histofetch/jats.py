@@ -19,6 +19,7 @@ from pathlib import PurePosixPath
 import defusedxml.ElementTree as SafeET
 from defusedxml import DefusedXmlException
 
+from histocore.errors import DomainError
 from histofetch.licence import normalise
 
 #: Largest JATS file parsed (the biggest real articles are a few MB).
@@ -32,7 +33,7 @@ _XML_ENTITIES = frozenset({"amp", "lt", "gt", "quot", "apos"})
 _NAMED_ENTITY = re.compile(rb"&([A-Za-z][A-Za-z0-9]{1,31});")
 
 
-class JatsError(ValueError):
+class JatsError(DomainError, ValueError):
     """XML that is too large, malformed or hostile; the message says which."""
 
 

@@ -15,13 +15,14 @@ from dataclasses import dataclass
 
 from Bio import Entrez
 
+from histocore.errors import DomainError
 from histofetch.http import NetClient, NetError
 
 #: The ID Converter accepts at most 200 ids per request.
 IDCONV_BATCH = 200
 
 
-class ServiceError(Exception):
+class ServiceError(DomainError):
     """A service answered, but with an error document instead of data."""
 
 

@@ -20,9 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from Bio import Entrez
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from histocore.errors import UsageError
 from histocore.manifest import Manifest, Record
+from histocore.progress import task
 from histofetch.http import NetClient, NetConfig, NetError
 from histofetch.resolve import IdRow, ServiceError, pmids_to_pmcids
 from histofetch.shard import in_shard
@@ -216,7 +217,6 @@ def run_search(
     open_access_only: bool = False,
     net: NetConfig,
     page_size: int = 1000,
-    progress: bool = True,
     db: str = "pubmed",
     shard: tuple[int, int] | None = None,
 ) -> StageSummary:
@@ -229,7 +229,7 @@ def run_search(
     metadata) and only new PMIDs are added and looked up.
     """
     if db not in DATABASES:
-        raise ValueError(f"unknown database {db!r} (choose from {', '.join(DATABASES)})")
+        raise UsageError(f"unknown database {db!r} (choose from {', '.join(DATABASES)})")
     run_dir = Path(run_dir)
     manifest = Manifest.load(run_dir, create=True)
     summary = StageSummary("searched")
@@ -255,22 +255,14 @@ def run_search(
         meta: dict[str, dict[str, Any]] = {}
         ids: dict[str, IdRow] = {}
         batches = [new[i : i + ESUMMARY_BATCH] for i in range(0, len(new), ESUMMARY_BATCH)]
-        with Progress(
-            TextColumn("[bold]search metadata"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeRemainingColumn(),
-            disable=not progress,
-            transient=True,
-        ) as bar:
-            task = bar.add_task("metadata", total=len(batches))
+        with task("search metadata", len(batches)) as shown:
             for batch in batches:
                 meta.update(esummary(client, batch))
                 try:
                     ids.update(pmids_to_pmcids(client, batch))
                 except (ServiceError, NetError) as exc:  # esummary's PMCIDs still stand
                     summary.reasons[f"idconv unavailable, PMCIDs from esummary only ({exc})"] += 1
-                bar.advance(task)
+                shown.advance()
         if open_access_only:
             oa = set(found.pmids)
         elif new:

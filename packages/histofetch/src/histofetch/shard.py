@@ -13,6 +13,8 @@ from __future__ import annotations
 import hashlib
 import re
 
+from histocore.errors import UsageError
+
 _SHARD = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$")
 
 
@@ -20,10 +22,10 @@ def parse_shard(text: str) -> tuple[int, int]:
     """``"2/8"`` → ``(2, 8)``; K is 1-based. ValueError with the problem otherwise."""
     match = _SHARD.match(text or "")
     if not match:
-        raise ValueError(f"--shard {text!r}: expected K/N, e.g. 1/4")
+        raise UsageError(f"--shard {text!r}: expected K/N, e.g. 1/4")
     k, n = int(match[1]), int(match[2])
     if not 1 <= k <= n:
-        raise ValueError(f"--shard {text!r}: K must be between 1 and N")
+        raise UsageError(f"--shard {text!r}: K must be between 1 and N")
     return k, n
 
 

@@ -20,28 +20,12 @@ from __future__ import annotations
 
 import errno
 import sqlite3
-import sys
-import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
-
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    ProgressColumn,
-    Task,
-    TextColumn,
-    TimeRemainingColumn,
-)
-from rich.text import Text
 
 from histocore.manifest import STAGES, Manifest, Record
-
-_PROGRESS_CONSOLE = Console(stderr=True)
+from histocore.progress import task
 
 #: Failure reasons whose category (text before the first colon) is worth a retry.
 TRANSIENT_CATEGORIES = frozenset({"network"})
@@ -65,8 +49,6 @@ TRANSIENT_ERRNOS = frozenset(
         errno.EHOSTUNREACH,
     }
 )
-#: Seconds between progress lines when stderr is not a terminal (batch jobs).
-LOG_EVERY_S = 30.0
 
 
 @dataclass
@@ -175,7 +157,6 @@ def run_per_record(
     stage: str,
     work: Callable[[Record], None],
     *,
-    progress: bool = True,
     retry_failed: bool = False,
     export: bool = True,
 ) -> StageSummary:
@@ -189,7 +170,7 @@ def run_per_record(
     (``export=False``: only committed). See :func:`run_records` for parallel work.
     """
     runner = _Stage(manifest, stage, retry_failed)
-    with _progress(stage, len(runner.todo), progress) as advance:
+    with task(stage, len(runner.todo)) as shown:
         for rid in runner.todo:
             rec = runner.take(rid)
             if rec is not None:
@@ -202,7 +183,7 @@ def run_per_record(
                     raise
                 else:
                     runner.finish(rec, None)
-            advance()
+            shown.advance()
     manifest.save() if export else manifest.commit()
     return runner.summary
 
@@ -214,7 +195,6 @@ def run_records(
     *,
     jobs: int = 1,
     threads: bool = False,
-    progress: bool = True,
     retry_failed: bool = False,
     export: bool = True,
 ) -> StageSummary:
@@ -231,77 +211,16 @@ def run_records(
             manifest,
             stage,
             lambda rec: work(manifest, rec),
-            progress=progress,
             retry_failed=retry_failed,
             export=export,
         )
     from histofetch.pool import run_pooled
 
     runner = _Stage(manifest, stage, retry_failed)
-    with _progress(stage, len(runner.todo), progress) as advance:
-        run_pooled(runner, work, jobs=jobs, threads=threads, advance=advance)
+    with task(stage, len(runner.todo)) as shown:
+        run_pooled(runner, work, jobs=jobs, threads=threads, advance=shown.advance)
     manifest.save() if export else manifest.commit()
     return runner.summary
-
-
-class RateColumn(ProgressColumn):
-    """Records per second, for the progress bar."""
-
-    def render(self, task: Task) -> Text:
-        speed = task.finished_speed or task.speed
-        return Text(f"{speed:.1f} rec/s" if speed else "- rec/s")
-
-
-class _progress:
-    """A transient bar on a terminal; in batch jobs a line every :data:`LOG_EVERY_S`
-    seconds (records done, rate, ETA). Yields ``advance()``."""
-
-    def __init__(self, stage: str, total: int, enabled: bool) -> None:
-        self.stage, self.total, self.enabled = stage, total, enabled and total > 0
-        self.done, self.start, self.last = 0, time.monotonic(), time.monotonic()
-        self.bar = Progress(
-            TextColumn(f"[bold]{stage}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            RateColumn(),
-            TimeRemainingColumn(),
-            disable=not self.enabled or not _PROGRESS_CONSOLE.is_terminal,
-            transient=True,
-            console=_PROGRESS_CONSOLE,  # stderr: stdout stays clean for summaries and JSON
-        )
-
-    def __enter__(self) -> Callable[[], None]:
-        self.bar.__enter__()
-        task = self.bar.add_task(self.stage, total=self.total)
-
-        def advance() -> None:
-            self.bar.advance(task)
-            self.done += 1
-            now = time.monotonic()
-            if self.enabled and self.bar.disable and now - self.last >= LOG_EVERY_S:
-                self.last = now
-                print(self.line(now), file=sys.stderr, flush=True)
-
-        return advance
-
-    def line(self, now: float) -> str:
-        rate = self.done / max(now - self.start, 1e-9)
-        eta = (self.total - self.done) / rate if rate else float("inf")
-        return (
-            f"{self.stage}: {self.done}/{self.total} records, {rate:.2f} rec/s, "
-            f"ETA {_duration(eta)}"
-        )
-
-    def __exit__(self, *exc: Any) -> None:
-        self.bar.__exit__(*exc)
-
-
-def _duration(seconds: float) -> str:
-    if seconds == float("inf"):
-        return "?"
-    minutes, secs = divmod(int(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
 
 
 def _reason_key(reason: str) -> str:

@@ -10,6 +10,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from histocore.errors import DomainError
+
+
+class CalibrationError(DomainError, ValueError):
+    """Validation data that cannot fit a temperature."""
+
 
 def nll(logits: np.ndarray, labels: np.ndarray, temperature: float = 1.0) -> float:
     z = torch.as_tensor(np.asarray(logits, np.float64)) / temperature
@@ -21,7 +27,7 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray, max_iter: int = 200)
     """T > 0 minimising the binary NLL of ``logits / T`` (LBFGS on log T)."""
     y_np = np.asarray(labels)
     if len(y_np) == 0 or not np.isin(y_np, (0, 1)).all():
-        raise ValueError("temperature scaling needs 0/1 labels for every validation patch")
+        raise CalibrationError("temperature scaling needs 0/1 labels for every validation patch")
     z = torch.as_tensor(np.asarray(logits, np.float64))
     y = torch.as_tensor(y_np.astype(np.float64))
     log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)
@@ -36,5 +42,5 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray, max_iter: int = 200)
     opt.step(closure)
     t = float(log_t.detach().exp())
     if not np.isfinite(t):
-        raise ValueError("temperature fit diverged (are the validation logits finite?)")
+        raise CalibrationError("temperature fit diverged (are the validation logits finite?)")
     return float(np.clip(t, 1e-2, 1e2))

@@ -19,13 +19,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from histocore.errors import DomainError
 from histomodels.preprocess import IMAGENET_MEAN, IMAGENET_STD
 
 FORMAT = "histomodels.checkpoint"
 VERSION = 1
 
 
-class CheckpointError(ValueError):
+class CheckpointError(DomainError, ValueError):
     """A checkpoint file that cannot be used; the message names the file."""
 
 

@@ -19,8 +19,10 @@ from typing import Any, Literal
 from pydantic import ConfigDict, ValidationError, field_validator
 from pydantic.dataclasses import dataclass
 
+from histocore.errors import DomainError
 
-class ConfigError(ValueError):
+
+class ConfigError(DomainError, ValueError):
     """A config file or value that cannot be used; the message names it."""
 
 

@@ -13,11 +13,12 @@ from typing import Any
 
 import numpy as np
 
+from histocore.errors import DomainError
 from histocore.io import atomic_write_text
 from histocore.manifest import Manifest
 
 
-class DemoError(RuntimeError):
+class DemoError(DomainError, RuntimeError):
     """The demo cannot run here (a missing optional package); the message says why."""
 
 

@@ -12,14 +12,16 @@ import csv
 import io
 import json
 import math
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from histocore.errors import UsageError
 from histocore.io import atomic_write_text
+from histocore.progress import task
 from histomodels.checkpoint import read_checkpoint, resolve_checkpoint, save_checkpoint
+from histomodels.data.base import DatasetError
 from histomodels.inference import Predictor, sigmoid
 
 PLOTS = ("roc.png", "pr.png", "confusion.png", "reliability.png", "threshold.png")
@@ -75,12 +77,9 @@ def evaluate_checkpoint(
     device: str | None = None,
     store_temperature: bool = True,
     gallery: bool = True,
-    progress: Callable[[str, int], Callable[[int], None] | None] | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``checkpoint`` on ``data`` and write metrics.json, predictions.csv and PNGs
     to ``out``. Returns the metrics dict. ``device`` defaults to CUDA when available.
-    ``progress(desc, total)`` may return a callback that receives the number of patches done
-    per batch.
 
     With ``val``, the operating point is chosen there by ``threshold_rule``: ``sensitivity``
     (the screening default: the highest threshold keeping ``sensitivity``, 0.9 unless given,
@@ -106,8 +105,10 @@ def evaluate_checkpoint(
     ckpt = pred.ckpt
 
     def infer(images: np.ndarray, desc: str, prepared: bool = False) -> np.ndarray:
-        cb = progress(desc, len(images)) if progress else None
-        return pred.logits(images, batch_size=batch_size, tta=tta, progress=cb, prepared=prepared)
+        with task(desc, len(images)) as shown:
+            return pred.logits(
+                images, batch_size=batch_size, tta=tta, progress=shown.advance, prepared=prepared
+            )
 
     images, labels, ids, source = _load(data)
     images = pred.prepare(images)  # as the model sees them (the error gallery shows these)
@@ -139,7 +140,7 @@ def evaluate_checkpoint(
     if val is not None:
         v_images, v_labels, _, v_source = _load(val)
         if not np.isin(v_labels, (0, 1)).all():
-            raise ValueError(f"{v_source}: validation data must be fully labelled (0/1)")
+            raise DatasetError(f"{v_source}: validation data must be fully labelled (0/1)")
         v_logits = infer(v_images, "validation")
         temperature = fit_temperature(v_logits, v_labels)
         target = (sensitivity or DEFAULT_SENSITIVITY) if threshold_rule == "sensitivity" else None
@@ -155,7 +156,7 @@ def evaluate_checkpoint(
         if store_temperature and target.is_file():  # not a shipped (pretrained) model
             result["temperature_stored"] = _store_temperature(target, temperature, v_source)
     elif sensitivity is not None:
-        raise ValueError("--sensitivity needs --val: the operating point is chosen on validation")
+        raise UsageError("--sensitivity needs --val: the operating point is chosen on validation")
     result.update(temperature=temperature, threshold_source=threshold_source)
 
     logits = infer(images, "test", prepared=True)

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from histocore.errors import UsageError
 from histomodels.checkpoint import load_model
 from histomodels.inference import norm_of
 
@@ -73,7 +74,7 @@ def _export_onnx(
                 **common,
             )
         else:
-            raise ValueError(f"unknown ONNX exporter {exporter!r}; use dynamo or legacy")
+            raise UsageError(f"unknown ONNX exporter {exporter!r}; use dynamo or legacy")
     proto = onnx.load(str(tmp))
     for k, v in meta.items():
         entry = proto.metadata_props.add()
@@ -112,7 +113,7 @@ def export_checkpoint(
     batch of another size for the dynamic axis) and reports the largest logit difference.
     """
     if fmt not in FORMATS:
-        raise ValueError(f"unknown export format {fmt!r}; use one of {', '.join(FORMATS)}")
+        raise UsageError(f"unknown export format {fmt!r}; use one of {', '.join(FORMATS)}")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     model, ckpt = load_model(checkpoint)

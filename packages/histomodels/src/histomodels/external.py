@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from histocore.io import atomic_write_text, record_slug
+from histocore.progress import task
 
 AGGREGATIONS = ("max", "topk_mean")
 
@@ -107,7 +107,6 @@ def evaluate_manifest(
     max_heatmaps: int = 200,
     include_leaky: bool = False,
     train_data: str | Path | None = None,
-    progress: Callable[[str, int], Callable[[int], None] | None] | None = None,
 ) -> dict[str, Any]:
     """Score every kept figure; write metrics.json, image_scores.csv, tile_predictions.csv,
     score_hist_<agg>.png, heatmaps/<image>.png, contact_sheet.png and errors_sheet.png.
@@ -130,8 +129,8 @@ def evaluate_manifest(
     ckpt, temperature = pred.ckpt, pred.temperature
     ds = ManifestTileDataset(Path(run_dir), scale=scale, min_tissue=min_tissue)
     images = ds.load_all()[0]
-    cb = progress("tiles", len(images)) if progress else None
-    logits = pred.logits(images, batch_size=batch_size, tta=tta, progress=cb)
+    with task("scoring tiles", len(images)) as shown:
+        logits = pred.logits(images, batch_size=batch_size, tta=tta, progress=shown.advance)
     probs = sigmoid(logits, temperature)
     manifest = Manifest.load(Path(run_dir))
     truth = targets(manifest)
@@ -141,7 +140,7 @@ def evaluate_manifest(
         from histomodels.leakage import training_duplicates
 
         train_dups = training_duplicates(
-            images, [t.image_id for t in ds.tiles], open_dataset(train_data), progress=progress
+            images, [t.image_id for t in ds.tiles], open_dataset(train_data)
         )
 
     by_image: dict[str, list[int]] = {i: [] for i in ds.figures}

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from histocore.errors import UsageError
 from histomodels.data.transforms import dihedral_views
 from histomodels.preprocess import IMAGENET_MEAN, IMAGENET_STD, to_input
 
@@ -41,7 +42,7 @@ def resolve_precision(
     with native bf16 instructions (bf16 slows depthwise-conv nets such as MobileNet and
     EfficientNet on CPU, see :mod:`histomodels.device`)."""
     if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        raise UsageError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if precision != "auto":
         return precision
     if torch.device(device).type == "cuda":

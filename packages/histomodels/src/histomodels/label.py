@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 
+from histocore.errors import DomainError
 from histocore.manifest import IMAGE_LABELS, Image, Manifest
 
 #: Short answers accepted at the prompt and in CSVs, mapped to the stored label.
@@ -36,7 +37,7 @@ ALIASES = {
 }
 
 
-class LabelError(ValueError):
+class LabelError(DomainError, ValueError):
     """A bad label, unknown image id or unreadable label file (message names which)."""
 
 

@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from histocore.progress import task
 from histomodels.data.base import PatchDataset
 
 #: Hamming distance (of 64 bits) at or under which a tile counts as a training patch.
@@ -64,12 +65,11 @@ def training_duplicates(
     train: PatchDataset,
     *,
     max_distance: int = MAX_DISTANCE,
-    progress: Callable[[str, int], Callable[[int], None] | None] | None = None,
 ) -> dict[str, int]:
     """Figure id → smallest tile-to-training-patch distance, for figures at or under
     ``max_distance``."""
-    cb = progress("hashing training patches", len(train)) if progress else None
-    reference = hash_dataset(train, cb)
+    with task("hashing training patches", len(train)) as shown:
+        reference = hash_dataset(train, shown.advance)
     distance = nearest(hash_array(tile_images), reference)
     out: dict[str, int] = {}
     for image_id, d in zip(tile_image_ids, distance, strict=True):

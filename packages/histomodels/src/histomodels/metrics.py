@@ -13,6 +13,13 @@ from typing import Any
 import numpy as np
 from sklearn import metrics as skm
 
+from histocore.errors import UsageError
+
+
+class MetricsError(UsageError):
+    """Predictions or labels that cannot be scored (one class only, unlabelled patches)."""
+
+
 #: Keys written to ``metrics.json`` (``threshold`` is the operating point they were taken at).
 METRIC_KEYS = (
     "roc_auc",
@@ -35,9 +42,9 @@ def _check(labels: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarra
     if y.shape != p.shape:
         raise ValueError(f"{len(y)} labels but {len(p)} probabilities")
     if len(y) == 0:
-        raise ValueError("no predictions to score")
+        raise MetricsError("no predictions to score")
     if not np.isin(y, (0, 1)).all():
-        raise ValueError("labels must be 0/1 (unlabelled patches cannot be scored)")
+        raise MetricsError("labels must be 0/1 (unlabelled patches cannot be scored)")
     return y, p
 
 
@@ -97,7 +104,7 @@ def choose_threshold(
     ``sensitivity`` (so specificity is as high as that sensitivity allows)."""
     y, p = _check(labels, probs)
     if len(np.unique(y)) < 2:
-        raise ValueError("validation data needs both classes to choose a threshold")
+        raise MetricsError("validation data needs both classes to choose a threshold")
     fpr, tpr, thr = skm.roc_curve(y, p, drop_intermediate=False)
     finite = np.isfinite(thr)
     fpr, tpr, thr = fpr[finite], tpr[finite], thr[finite]
@@ -105,7 +112,7 @@ def choose_threshold(
         i = int(np.argmax(tpr - fpr))
         return float(thr[i]), "youden"
     if not 0 < sensitivity <= 1:
-        raise ValueError(f"sensitivity must be in (0, 1], got {sensitivity}")
+        raise UsageError(f"sensitivity must be in (0, 1], got {sensitivity}")
     i = int(np.argmax(tpr >= sensitivity - 1e-12))  # thresholds are descending
     return float(thr[i]), f"sensitivity>={sensitivity:g}"
 

@@ -11,11 +11,14 @@ from __future__ import annotations
 import csv
 import io
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from histocore.errors import DomainError, UsageError
+from histocore.progress import task
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".bmp"}
 #: Refuse images above this many pixels (8k x 8k: far beyond any figure or exported
@@ -23,7 +26,7 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".bmp"}
 MAX_PIXELS = 64_000_000
 
 
-class PredictInputError(ValueError):
+class PredictInputError(DomainError, ValueError):
     """An input that cannot be used; the message names the file."""
 
 
@@ -52,10 +55,10 @@ def tile_image(image: np.ndarray, size: int = 96, stride: int | None = None) -> 
     non-overlapping). Pixels beyond the last full tile are not covered."""
     stride = stride or size
     if stride < 1:
-        raise ValueError(f"tile stride must be >= 1, got {stride}")
+        raise UsageError(f"tile stride must be >= 1, got {stride}")
     h, w = image.shape[:2]
     if h < size or w < size:
-        raise ValueError(f"image is {w}x{h}, smaller than one {size}px patch")
+        raise PredictInputError(f"image is {w}x{h}, smaller than one {size}px patch")
     ys, xs = range(0, h - size + 1, stride), range(0, w - size + 1, stride)
     xy = np.array([(x, y) for y in ys for x in xs], dtype=np.int64)
     view = np.lib.stride_tricks.sliding_window_view(image, (size, size, 3))[::stride, ::stride, 0]
@@ -157,6 +160,17 @@ def check_inputs(
             require_memory(n * size * size * 3 * 5, str(f), f"{n} tiles at stride {step}")
 
 
+def _heatmap(img: np.ndarray, tiles: Tiles, probs: np.ndarray, size: int, target: Path,
+             title: str) -> None:  # fmt: skip
+    from histomodels.plots import overlay_heatmap
+
+    boxes = [
+        (int(x), int(y), int(x) + size, int(y) + size, float(p))
+        for (x, y), p in zip(tiles.xy, probs, strict=True)
+    ]
+    overlay_heatmap(img, boxes, target, title=title)
+
+
 def predict_paths(
     checkpoint: str | Path,
     paths: Iterable[str | Path],
@@ -170,7 +184,6 @@ def predict_paths(
     precision: str = "auto",
     device: str | None = None,
     max_pixels: int = MAX_PIXELS,
-    progress: Callable[[Path], None] | None = None,
 ) -> dict[str, object]:
     """Write one CSV row per patch (path, x, y, size, tissue_fraction, probability) and a
     heatmap PNG per image larger than one patch. Returns a summary dict.
@@ -181,7 +194,7 @@ def predict_paths(
     from histomodels.inference import Predictor, sigmoid
 
     if not 0 < scale <= 16:
-        raise ValueError(f"scale must be in (0, 16], got {scale}")
+        raise UsageError(f"scale must be in (0, 16], got {scale}")
     files = collect_inputs(paths)
     pred = Predictor.load(checkpoint, device=device, precision=precision)
     size = int(pred.ckpt.get("input_size", 96))
@@ -192,32 +205,23 @@ def predict_paths(
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["path", "x", "y", "size", "tissue_fraction", "probability"])
     n_rows, heatmaps = 0, []
-    for f in files:
-        img = read_rgb(f, max_pixels)
-        if scale != 1.0:
-            img = _resize(img, scale, f, size)
-        tiles = tile_image(img, size, stride)
-        logits = pred.logits(tiles.patches, batch_size=batch_size, tta=tta)
-        probs = sigmoid(logits, pred.temperature)
-        for (x, y), t, p in zip(tiles.xy, tiles.tissue, probs, strict=True):
-            w.writerow([str(f), int(x), int(y), size, f"{t:.3f}", f"{p:.6f}"])
-        n_rows += len(probs)
-        if len(probs) > 1:
-            from histomodels.plots import overlay_heatmap
-
-            target = heat_dir / f"{_stem(f, files)}.png"
-            overlay_heatmap(
-                img,
-                [
-                    (int(x), int(y), int(x) + size, int(y) + size, float(p))
-                    for (x, y), p in zip(tiles.xy, probs, strict=True)
-                ],
-                target,
-                title=f"{f.name}: max {probs.max():.2f}, mean {probs.mean():.2f}",
-            )
-            heatmaps.append(str(target))
-        if progress:
-            progress(f)
+    with task("predicting", len(files)) as shown:
+        for f in files:
+            img = read_rgb(f, max_pixels)
+            if scale != 1.0:
+                img = _resize(img, scale, f, size)
+            tiles = tile_image(img, size, stride)
+            logits = pred.logits(tiles.patches, batch_size=batch_size, tta=tta)
+            probs = sigmoid(logits, pred.temperature)
+            for (x, y), t, p in zip(tiles.xy, tiles.tissue, probs, strict=True):
+                w.writerow([str(f), int(x), int(y), size, f"{t:.3f}", f"{p:.6f}"])
+            n_rows += len(probs)
+            if len(probs) > 1:
+                target = heat_dir / f"{_stem(f, files)}.png"
+                _heatmap(img, tiles, probs, size, target, f"{f.name}: max {probs.max():.2f}, "
+                         f"mean {probs.mean():.2f}")  # fmt: skip
+                heatmaps.append(str(target))
+            shown.advance()
     out_csv.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out_csv, buf.getvalue())
     return {"files": len(files), "rows": n_rows, "csv": str(out_csv), "heatmaps": heatmaps}

@@ -23,7 +23,13 @@ from typing import Any
 
 import numpy as np
 
+from histocore.errors import DomainError
 from histocore.io import atomic_write_text
+
+
+class ReportError(DomainError, ValueError):
+    """A run or eval folder the report cannot read."""
+
 
 METRIC_ROWS = (
     ("roc_auc", "ROC AUC"),
@@ -76,7 +82,7 @@ def _read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{path}: cannot read JSON ({exc})") from None
+        raise ReportError(f"{path}: cannot read JSON ({exc})") from None
 
 
 def _check_history(history: Any, path: Path) -> list[dict[str, Any]]:
@@ -104,7 +110,7 @@ def _evaluation(folder: Path) -> Evaluation | None:
         return None
     metrics = _read_json(f)
     if not isinstance(metrics, dict):
-        raise ValueError(f"{f}: expected a JSON object")
+        raise ReportError(f"{f}: expected a JSON object")
     plots = [(folder / name, title) for name, title in EVAL_PLOTS if (folder / name).is_file()]
     return Evaluation(folder, metrics, plots)
 
@@ -112,7 +118,7 @@ def _evaluation(folder: Path) -> Evaluation | None:
 def load_run(path: Path, work: Path) -> Run:
     """Collect a run's files; ``work`` receives generated PNGs (training curves)."""
     if not path.is_dir():
-        raise ValueError(f"{path}: not a folder (give a training run or an eval output folder)")
+        raise ReportError(f"{path}: not a folder (give a training run or an eval output folder)")
     run = Run(name=path.resolve().name, path=path)
     if (path / "config.json").is_file():
         run.config = _read_json(path / "config.json")
@@ -137,7 +143,7 @@ def load_run(path: Path, work: Path) -> Run:
         if ev:
             run.evals.append(ev)
     if not (run.config or run.history or run.checkpoint or run.evals):
-        raise ValueError(
+        raise ReportError(
             f"{path}: nothing to report (no config.json, history.json, best.pt or metrics.json)"
         )
     if run.history:
@@ -352,7 +358,7 @@ def build_report(
 ) -> dict[str, Any]:
     """Write ``out/report.html`` (self-contained) and ``out/report.md`` (+ ``out/assets``)."""
     if not paths:
-        raise ValueError("give at least one run or eval folder")
+        raise ReportError("give at least one run or eval folder")
     out = Path(out)
     assets = out / "assets"
     if assets.exists():

@@ -21,8 +21,14 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from histocore.errors import DomainError
 from histomodels.config import TrainConfig
 from histomodels.training import load_split, train
+
+
+class TuneError(DomainError, RuntimeError):
+    """A search that could not finish one trial."""
+
 
 OBJECTIVE = "val_auc"
 EXPERIMENT_FILE = "ax_experiment.json"
@@ -193,7 +199,7 @@ def _tune(
             )
     best = _best(records)
     if best is None:
-        raise RuntimeError(f"{out}: no trial completed")
+        raise TuneError(f"{out}: no trial completed")
     return best
 
 

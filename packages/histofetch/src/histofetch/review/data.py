@@ -22,6 +22,7 @@ from typing import Any
 
 from markupsafe import Markup, escape
 
+from histocore.errors import DomainError
 from histocore.io import record_slug
 from histocore.manifest import IMAGE_LABELS, MANIFEST_NAME, Image, Manifest, ManifestError, Record
 from histofetch.captions import normalise
@@ -30,7 +31,7 @@ LOG_NAME = "review_log.jsonl"
 _THREAD_LOCK = threading.Lock()  # the store guards processes; this, our own threads' Manifest
 
 
-class ReviewError(ValueError):
+class ReviewError(DomainError, ValueError):
     """A run folder, scores folder or answer the review page cannot use (names which)."""
 
 

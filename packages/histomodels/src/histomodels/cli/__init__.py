@@ -1,13 +1,14 @@
-"""``histomodels`` command line: thin Typer wrappers over the library."""
+"""``histomodels`` command line: thin Typer wrappers over the library.
+
+Each module holds the commands of one area (``data``, ``train``, ``evaluate``, ``demo``);
+this module only assembles them into one app.
+"""
 
 from __future__ import annotations
 
-from typing import Annotated
-
 import typer
 
-# Shared by every command that runs a model.
-Device = Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 [auto: CUDA if available].")]
+from histomodels.cli import data, demo, ensemble, evaluate, train
 
 app = typer.Typer(
     name="histomodels",
@@ -18,20 +19,18 @@ app = typer.Typer(
 data_app = typer.Typer(help="Download and inspect datasets.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
+data_app.command("download")(data.download)
+data_app.command("info")(data.info)
+data_app.command("stain")(data.stain)
+app.command("train")(train.train_cmd)
+app.command("finetune")(train.finetune_cmd)
+app.command("tune")(train.tune_cmd)
+app.command("eval")(evaluate.eval_cmd)
+app.command("label")(evaluate.label_cmd)
+app.command("report")(evaluate.report_cmd)
+app.command("export")(evaluate.export_cmd)
+app.command("predict")(evaluate.predict_cmd)
+app.command("ensemble")(ensemble.ensemble_cmd)
+app.command("demo")(demo.demo)
 
-def fail(msg: str) -> None:
-    """One ``error: …`` line on stderr and exit code 1 (the CLI's answer to bad input)."""
-    from histocore.io import one_line
-
-    typer.echo(f"error: {one_line(msg)}", err=True)
-    raise typer.Exit(1)
-
-
-# Each module adds its commands to ``app`` / ``data_app`` when imported.
-from histomodels.cli import data as _data  # noqa: E402,F401
-from histomodels.cli import demo as _demo  # noqa: E402,F401
-from histomodels.cli import ensemble as _ensemble  # noqa: E402,F401
-from histomodels.cli import evaluate as _evaluate  # noqa: E402,F401
-from histomodels.cli import train as _train  # noqa: E402,F401
-
-__all__ = ["Device", "app", "data_app", "fail"]
+__all__ = ["app"]

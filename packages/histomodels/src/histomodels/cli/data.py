@@ -1,4 +1,4 @@
-"""``histomodels data download`` and ``histomodels data info`` (wrappers over histomodels.data)."""
+"""``histomodels data download | info | stain``: thin wrappers over :mod:`histomodels.data`."""
 
 from __future__ import annotations
 
@@ -8,24 +8,9 @@ from typing import Annotated
 
 import typer
 
-from histomodels.cli import data_app
-from histomodels.cli import fail as _fail
+from histomodels.cli._common import errors, fail, progress
 
 
-def _read_checksums(path: Path) -> dict[str, str]:
-    """``md5sum``-format lines: ``<md5>  <file name>``."""
-    sums = {}
-    for lineno, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        parts = line.split()
-        if len(parts) != 2 or len(parts[0]) != 32:
-            _fail(f"{path}:{lineno}: expected '<md5>  <file name>', got {line!r}")
-        sums[parts[1].lstrip("*")] = parts[0].lower()
-    return sums
-
-
-@data_app.command("download")
 def download(
     dataset: Annotated[str, typer.Argument(help="Dataset to fetch: pcam.")],
     dest: Annotated[Path, typer.Option(help="Folder to download into.")],
@@ -45,13 +30,12 @@ def download(
     retries: Annotated[int, typer.Option(help="Reconnect attempts per file.")] = 5,
 ) -> None:
     """Download the real PatchCamelyon files (resumable, MD5-verified)."""
-    from histomodels.data.base import DatasetError
-    from histomodels.data.download import download_pcam
+    from histomodels.data.download import download_pcam, read_checksums
 
     if dataset.lower() != "pcam":
-        _fail(f"unknown dataset {dataset!r}; available: pcam")
-    sums = _read_checksums(checksums) if checksums else None
-    try:
+        fail(f"unknown dataset {dataset!r}; available: pcam")
+    with errors(), progress():
+        sums = read_checksums(checksums) if checksums else None
         results = download_pcam(
             dest,
             tuple(split or ("train", "valid", "test")),
@@ -61,13 +45,10 @@ def download(
             checksums=sums,
             retries=retries,
         )
-    except DatasetError as exc:
-        _fail(str(exc))
     for r in results:
         typer.echo(f"{r.status:10s} {r.path}")
 
 
-@data_app.command("info")
 def info(
     path: Annotated[Path, typer.Argument(help="Any dataset path histomodels can read.")],
     sheet: Annotated[Path | None, typer.Option(help="Write a contact-sheet PNG here.")] = None,
@@ -79,18 +60,16 @@ def info(
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
     """Counts, label balance and (optionally) a contact sheet of sample patches."""
-    from histomodels.data.base import DatasetError, open_dataset
+    from histomodels.data.base import open_dataset
     from histomodels.data.info import contact_sheet, describe
 
     kw = {k: v for k, v in (("split", split), ("origin_split", origin_split)) if v is not None}
-    try:
+    with errors(), progress():
         ds = open_dataset(path, **kw)
         summary = describe(ds)
         if sheet is not None:
             contact_sheet(ds, sheet, per_class=per_class)
             summary["sheet"] = str(sheet)
-    except DatasetError as exc:
-        _fail(str(exc))
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
         return
@@ -105,19 +84,20 @@ def info(
         typer.echo(f"  contact sheet: {sheet}")
 
 
-@data_app.command("stain")
 def stain(
     reference: Annotated[Path, typer.Argument(help="A well-stained H&E reference image.")],
     out: Annotated[Path, typer.Option("--out", help="Stain JSON to write.")],
 ) -> None:
     """Fit Macenko stain settings on a reference image, for `train --stain-norm FILE`."""
     from histomodels.data.stain import MacenkoNormalizer, StainError
-    from histomodels.predict import PredictInputError, read_rgb
+    from histomodels.predict import read_rgb
 
-    try:
-        norm = MacenkoNormalizer().fit(read_rgb(reference))
-    except (PredictInputError, StainError, ValueError) as exc:
-        _fail(f"{reference}: {exc}" if str(reference) not in str(exc) else str(exc))
-    norm.save(out)
+    with errors():
+        image = read_rgb(reference)
+        try:
+            norm = MacenkoNormalizer().fit(image)
+        except StainError as exc:  # the fit's message does not name the file
+            raise StainError(f"{reference}: {exc}") from None
+        norm.save(out)
     typer.echo(f"wrote {out}: haematoxylin {norm.stains[:, 0].round(3).tolist()}, "
                f"eosin {norm.stains[:, 1].round(3).tolist()}")  # fmt: skip

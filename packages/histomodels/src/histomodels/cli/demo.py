@@ -3,26 +3,23 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
-from histomodels.cli import app
+from histomodels.cli._common import errors
 
 
-@app.command()
 def demo(
-    out: Path = typer.Option(
-        Path("demo_out"), "--out", help="Folder for everything the demo writes."
-    ),
-    minutes: float = typer.Option(2.0, help="Training time budget in minutes."),
-    seed: int = typer.Option(0, help="Seed for data and training."),
-    n_train: int = typer.Option(3000, help="Synthetic training patches."),
+    out: Annotated[
+        Path, typer.Option("--out", help="Folder for everything the demo writes.")
+    ] = Path("demo_out"),
+    minutes: Annotated[float, typer.Option(help="Training time budget in minutes.")] = 2.0,
+    seed: Annotated[int, typer.Option(help="Seed for data and training.")] = 0,
+    n_train: Annotated[int, typer.Option(help="Synthetic training patches.")] = 3000,
 ) -> None:
     """SYNTHETIC patches → PDF → histofetch extract/filter → train → eval → report."""
-    from histomodels.cli import fail
-    from histomodels.demo import DemoError, run_demo
+    from histomodels.demo import run_demo
 
-    try:
+    with errors():
         run_demo(out, minutes=minutes, seed=seed, n_train=n_train)
-    except DemoError as exc:
-        fail(str(exc))

@@ -7,10 +7,9 @@ from typing import Annotated
 
 import typer
 
-from histomodels.cli import app, fail
+from histomodels.cli._common import errors
 
 
-@app.command("ensemble")
 def ensemble_cmd(
     sources: Annotated[
         list[str],
@@ -23,11 +22,8 @@ def ensemble_cmd(
 ) -> None:
     """Average the members' calibrated logits (each keeps its own normalisation, input size
     and temperature); eval, predict and export then take OUT like any checkpoint."""
-    from histomodels.checkpoint import CheckpointError
     from histomodels.ensemble import write_ensemble
 
-    try:
+    with errors():
         path = write_ensemble(sources, out, tta=tta)
-    except (CheckpointError, ValueError, OSError) as exc:
-        fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
     typer.echo(f"wrote {path}: ensemble of {len(sources)} model(s){' with TTA' if tta else ''}")

@@ -6,61 +6,12 @@ stderr and exit status 1. The work lives in the library modules named in each co
 
 from __future__ import annotations
 
-import contextlib
-import sys
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from histomodels.cli import Device, app
-from histomodels.cli import fail as _fail
-
-
-@contextlib.contextmanager
-def _errors() -> Iterator[None]:
-    """Known bad-input errors → ``error: <file>: <problem>`` and exit 1 (no traceback)."""
-    from histocore.manifest import ManifestError
-    from histomodels.checkpoint import CheckpointError
-
-    try:
-        yield
-    except BrokenPipeError:  # output piped into `head` and closed: not an error
-        raise typer.Exit(0) from None
-    except (CheckpointError, ManifestError, ValueError, OSError) as exc:
-        _fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-
-
-def _threads() -> None:
-    """Inference on CPU: use the cores we have (torch's default may oversubscribe)."""
-    import os
-
-    import torch
-
-    if "OMP_NUM_THREADS" not in os.environ:
-        torch.set_num_threads(max(1, min(torch.get_num_threads(), os.cpu_count() or 1)))
-
-
-@contextlib.contextmanager
-def _progress() -> Iterator[Callable[[str, int], Callable[[int], None]]]:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
-
-    with Progress(
-        "[progress.description]{task.description}",
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        transient=True,
-        disable=not sys.stderr.isatty(),
-    ) as bar:
-
-        def start(desc: str, total: int) -> Callable[[int], None]:
-            task = bar.add_task(desc, total=total)
-            return lambda n: bar.advance(task, n)
-
-        yield start
-
+from histomodels.cli._common import Device, errors, fail, progress, use_cpu_cores
 
 #: ``--model``: a shipped model by name (histomodels.pretrained) instead of a checkpoint
 ModelOption = Annotated[
@@ -76,18 +27,17 @@ ModelOption = Annotated[
 def _model_source(checkpoint: Path | None, model: str | None) -> str | Path:
     """The checkpoint argument or the ``--model`` name (exactly one of them)."""
     if (checkpoint is None) == (model is None):
-        _fail("give a checkpoint (file or run folder) or --model NAME, not both")
+        fail("give a checkpoint (file or run folder) or --model NAME, not both")
     if model is not None:
         from histomodels import pretrained
 
         if not pretrained.is_pretrained(model):
             known = ", ".join(pretrained.available()) or "none"
-            _fail(f"{model}: no such shipped model (shipped: {known})")
+            fail(f"{model}: no such shipped model (shipped: {known})")
         return model
     return checkpoint  # type: ignore[return-value]
 
 
-@app.command("eval")
 def eval_cmd(
     checkpoint: Annotated[
         Path | None,
@@ -163,10 +113,10 @@ def eval_cmd(
     """Metrics with 95% CIs, calibration, plots and an error gallery (or, with --manifest,
     image-level scores on mined literature figures)."""
     if (data is None) == (manifest is None):
-        _fail("give exactly one of --data PATH or --manifest RUN_DIR")
+        fail("give exactly one of --data PATH or --manifest RUN_DIR")
     checkpoint = _model_source(checkpoint, model)  # type: ignore[assignment]
-    _threads()
-    with _errors(), _progress() as progress:
+    use_cpu_cores()
+    with errors(), progress():
         if manifest is not None:
             from histomodels.external import evaluate_manifest
 
@@ -185,7 +135,6 @@ def eval_cmd(
                 seed=seed,
                 include_leaky=include_leaky,
                 train_data=train_data,
-                progress=progress,
             )
         else:
             from histomodels.evaluate import evaluate_checkpoint
@@ -204,7 +153,6 @@ def eval_cmd(
                 precision=precision,
                 device=device,
                 store_temperature=not no_store,
-                progress=progress,
             )
     if manifest is not None:
         _print_external(result, out)
@@ -285,7 +233,6 @@ def _print_external(result: dict, out: Path) -> None:
     typer.echo(f"wrote {out}/metrics.json, image_scores.csv, heatmaps/ and contact_sheet.png")
 
 
-@app.command("export")
 def export_cmd(
     checkpoint: Annotated[Path, typer.Argument(help="Checkpoint file.")],
     out: Annotated[Path, typer.Option("--out", help="Output file (.onnx / .pt).")],
@@ -299,7 +246,7 @@ def export_cmd(
 ) -> None:
     """Export to ONNX (dynamic batch axis, runs in ONNX Runtime) or TorchScript, then check
     parity against PyTorch on random input."""
-    with _errors():
+    with errors():
         from histomodels.export import export_checkpoint
 
         res = export_checkpoint(checkpoint, fmt, out, exporter=exporter)
@@ -311,10 +258,9 @@ def export_cmd(
             "(settings in the file's metadata, key histomodels.stain)"
         )
     if res["max_abs_diff"] > tolerance:
-        _fail(f"{out}: parity check failed (max abs diff {res['max_abs_diff']:.3g} > {tolerance})")
+        fail(f"{out}: parity check failed (max abs diff {res['max_abs_diff']:.3g} > {tolerance})")
 
 
-@app.command("predict")
 def predict_cmd(
     paths: Annotated[
         list[Path],
@@ -346,15 +292,15 @@ def predict_cmd(
 ) -> None:
     """One CSV row per 96 px patch with its tumour probability; large images are tiled and
     get a heatmap PNG."""
-    _threads()
-    with _errors():
+    use_cpu_cores()
+    with errors(), progress():
         from histomodels.predict import predict_paths
 
         checkpoint = _model_source(None if model else paths[0], model)
         if model is None:
             paths = paths[1:]
         if not paths:
-            _fail("no image files or folders given")
+            fail("no image files or folders given")
         res = predict_paths(
             checkpoint,
             paths,
@@ -373,7 +319,6 @@ def predict_cmd(
         typer.echo(f"{len(res['heatmaps'])} heatmap(s) in {Path(res['heatmaps'][0]).parent}")
 
 
-@app.command("label")
 def label_cmd(
     manifest: Annotated[Path, typer.Option("--manifest", help="histofetch run folder.")],
     set_: Annotated[
@@ -393,7 +338,7 @@ def label_cmd(
     from histocore.manifest import Manifest
     from histomodels.label import apply_labels, label_interactively, parse_set, read_label_csv
 
-    with _errors():
+    with errors():
         m = Manifest.load(manifest)
         if show:
             for img in m.kept_images():
@@ -415,14 +360,13 @@ def label_cmd(
     typer.echo("labelled: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
 
 
-@app.command("report")
 def report_cmd(
     runs: Annotated[list[Path], typer.Argument(help="Training run and/or eval folders.")],
     out: Annotated[Path, typer.Option("--out", help="Output folder.")] = Path("report"),
     title: Annotated[str | None, typer.Option("--title")] = None,
 ) -> None:
     """One self-contained HTML page (and Markdown) for one run or several side by side."""
-    with _errors():
+    with errors():
         from histomodels.report import build_report
 
         res = build_report(runs, out, title=title)

@@ -8,28 +8,13 @@ Known bad input (missing files, bad labels, bad config) → one ``error:`` line,
 
 from __future__ import annotations
 
-import contextlib
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from histomodels.cli import Device, app
-from histomodels.cli import fail as _fail
-
-
-@contextlib.contextmanager
-def _errors() -> Iterator[None]:
-    from histomodels.checkpoint import CheckpointError
-    from histomodels.training import TrainingError
-
-    try:
-        yield
-    except (CheckpointError, TrainingError, ValueError, OSError, KeyError) as exc:
-        _fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-
+from histomodels.cli._common import Device, errors
 
 Model = Annotated[str | None, typer.Option(help="Registry name, e.g. cnn, timm/<name>.")]
 Data = Annotated[str | None, typer.Option(help="Training data: .h5, Kaggle folder, class tree.")]
@@ -88,9 +73,9 @@ def _run(
     from rich.console import Console
 
     from histomodels.config import ConfigError, TrainConfig, resolve_config
-    from histomodels.training import train
+    from histomodels.training import TrainingError, train
 
-    with _errors():
+    with errors(TrainingError):
         options = dict(options, progress=False if quiet else None)
         mc = options.get("model_config")
         if isinstance(mc, str):
@@ -108,7 +93,6 @@ def _run(
         )
 
 
-@app.command("train")
 def train_cmd(
     out: Out,
     model: Model = None,
@@ -165,7 +149,6 @@ def train_cmd(
     _run(out, options, config=config, resume=resume, quiet=quiet)
 
 
-@app.command("finetune")
 def finetune_cmd(
     out: Out,
     model: Annotated[str | None, typer.Option(help="Backbone [efficientnet_lite0].")] = None,
@@ -241,7 +224,6 @@ def finetune_cmd(
     _run(out, options, config=config, resume=resume, quiet=quiet, base=FINETUNE_DEFAULTS)
 
 
-@app.command("tune")
 def tune_cmd(
     data: Annotated[str, typer.Option(help="Training data.")],
     val: Annotated[str, typer.Option(help="Validation data (the objective is its AUC).")],
@@ -254,9 +236,10 @@ def tune_cmd(
     quiet: Quiet = False,
 ) -> None:
     """Bayesian optimisation (Ax/BoTorch) of the scratch CNN's hyper-parameters."""
+    from histomodels.training import TrainingError
     from histomodels.tune import tune
 
-    with _errors():
+    with errors(TrainingError):
         best = tune(
             data,
             val,

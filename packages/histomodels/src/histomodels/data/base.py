@@ -12,8 +12,11 @@ from pathlib import Path
 
 import numpy as np
 
+from histocore.errors import DomainError
+from histocore.progress import task
 
-class DatasetError(ValueError):
+
+class DatasetError(DomainError, ValueError):
     """Bad input data; the message names the file (and row) and the problem."""
 
 
@@ -81,15 +84,14 @@ class PatchDataset(ABC):
     def load_all(self) -> tuple[np.ndarray, np.ndarray, list[str]]:
         """Decode everything once: ``(uint8 [N, H, W, 3], int64 [N], ids)``.
 
-        Files are decoded on a small thread pool (image codecs release the GIL) with a
-        progress bar; the first bad patch raises :class:`DatasetError` here, in the main
-        process, instead of deep inside a DataLoader worker.
+        Files are decoded on a small thread pool (image codecs release the GIL), reporting
+        progress (:mod:`histocore.progress`); the first bad patch raises
+        :class:`DatasetError` here, in the main process, not deep inside a DataLoader worker.
         """
         import os
         from concurrent.futures import ThreadPoolExecutor
 
         from histomodels.data.cache import require_memory
-        from histomodels.progress import transient_progress
 
         n = len(self)
         if n == 0:
@@ -100,8 +102,10 @@ class PatchDataset(ABC):
         labels = np.empty(n, dtype=np.int64)
         ids: list[str] = []
         workers = min(4, os.cpu_count() or 1)
-        with ThreadPoolExecutor(workers) as pool, transient_progress() as progress:
-            task = progress.add_task(f"decoding {self.source or 'dataset'}", total=n)
+        with (
+            ThreadPoolExecutor(workers) as pool,
+            task(f"decoding {self.source or 'dataset'}", n) as shown,
+        ):
             for i, (img, label, pid) in enumerate(pool.map(self.__getitem__, range(n))):
                 if img.shape != first.shape:
                     raise DatasetError(
@@ -111,7 +115,7 @@ class PatchDataset(ABC):
                 images[i], labels[i] = img, label
                 ids.append(pid)
                 if i % 256 == 0:
-                    progress.update(task, completed=i)
+                    shown.update(completed=i)
         return images, labels, ids
 
 

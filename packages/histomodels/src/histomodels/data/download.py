@@ -2,9 +2,9 @@
 
 Resumable (an ``X.part`` file grows with HTTP ``Range`` requests, across dropped connections
 and separate runs), verified (MD5 per file; a mismatch removes the bad file and fails
-loudly), with a rich progress bar, and optionally gunzipped. The URL template can be
-pointed at a mirror with ``--url-template`` or ``HISTOMODELS_PCAM_URL`` (``{name}`` is
-replaced by the file name); tests use a server on 127.0.0.1.
+loudly), reporting progress (:mod:`histocore.progress`), and optionally gunzipped. The
+URL template can be pointed at a mirror with ``--url-template`` or ``HISTOMODELS_PCAM_URL``
+(``{name}`` is replaced by the file name); tests use a server on 127.0.0.1.
 
 Checksums are those of the ``.h5.gz`` files *as named on Zenodo and Google Drive* (the
 same values torchvision uses). The table in the PCam GitHub README lists the valid and test
@@ -21,7 +21,9 @@ from pathlib import Path
 
 import httpx
 
+from histocore.progress import Task, task
 from histomodels.data.base import DatasetError
+from histomodels.data.pcam import gunzip_once
 
 RECORD = "https://zenodo.org/records/2546921"
 DEFAULT_URL = RECORD + "/files/{name}?download=1"
@@ -61,6 +63,23 @@ def md5_of(path: Path, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
+def read_checksums(path: Path) -> dict[str, str]:
+    """File name → MD5 from ``md5sum``-format lines (``<md5>  <file name>``)."""
+    sums = {}
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DownloadError(f"{path}: cannot read checksums ({exc})") from None
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        parts = line.split()
+        if len(parts) != 2 or len(parts[0]) != 32:
+            raise DownloadError(f"{path}:{lineno}: expected '<md5>  <file name>', got {line!r}")
+        sums[parts[1].lstrip("*")] = parts[0].lower()
+    return sums
+
+
 def pcam_names(splits: tuple[str, ...] | list[str] = SPLITS, meta: bool = True) -> list[str]:
     for s in splits:
         if s not in SPLITS:
@@ -76,7 +95,7 @@ def download_file(
     *,
     client: httpx.Client | None = None,
     retries: int = 5,
-    progress=None,
+    progress: Task | None = None,
     backoff: float = 1.0,
 ) -> FileResult:
     """Fetch ``url`` to ``dest`` via ``dest.part`` with resume, retries and MD5 check."""
@@ -89,7 +108,7 @@ def download_file(
     own = client is None
     client = client or httpx.Client(follow_redirects=True, timeout=httpx.Timeout(60, connect=20))
     fetched, resumed, attempt = 0, part.exists() and part.stat().st_size > 0, 0
-    task = progress.add_task(dest.name, total=None) if progress is not None else None
+    progress = progress or Task()
     try:
         while True:
             offset = part.stat().st_size if part.exists() else 0
@@ -104,16 +123,14 @@ def download_file(
                         offset = 0  # server ignored Range: start over
                     length = resp.headers.get("Content-Length")
                     total = offset + int(length) if length is not None else None
-                    if task is not None:
-                        progress.update(task, total=total, completed=offset)
+                    progress.update(total=total, completed=offset)
                     with part.open("r+b" if offset else "wb") as fh:
                         fh.seek(offset)
                         fh.truncate()
                         for chunk in resp.iter_bytes(1 << 20):
                             fh.write(chunk)
                             fetched += len(chunk)
-                            if task is not None:
-                                progress.advance(task, len(chunk))
+                            progress.advance(len(chunk))
                     if total is not None and part.stat().st_size < total:
                         raise httpx.ReadError("connection closed before the end of the file")
                 break
@@ -150,46 +167,25 @@ def download_pcam(
     gunzip: bool = False,
     checksums: dict[str, str] | None = None,
     retries: int = 5,
-    quiet: bool = False,
 ) -> list[FileResult]:
     """Download (and verify, optionally gunzip) the PCam files for ``splits`` into ``dest``."""
-    from rich.progress import (
-        BarColumn,
-        DownloadColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-        TransferSpeedColumn,
-    )
-
-    from histomodels.data.pcam import gunzip_once
-
     template = url_template or os.environ.get(URL_ENV) or DEFAULT_URL
     if "{name}" not in template:
         raise DownloadError(f"URL template {template!r} has no {{name}} placeholder")
     sums = PCAM_FILES if checksums is None else checksums
     results = []
-    with (
-        httpx.Client(follow_redirects=True, timeout=httpx.Timeout(60, connect=20)) as client,
-        Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            DownloadColumn(),
-            TransferSpeedColumn(),
-            TimeRemainingColumn(),
-            disable=quiet,
-        ) as progress,
-    ):
+    with httpx.Client(follow_redirects=True, timeout=httpx.Timeout(60, connect=20)) as client:
         for name in pcam_names(splits, meta):
-            res = download_file(
-                template.format(name=name),
-                dest / name,
-                sums.get(name),
-                client=client,
-                retries=retries,
-                progress=progress,
-            )
+            with task(name, unit="bytes") as shown:
+                res = download_file(
+                    template.format(name=name),
+                    dest / name,
+                    sums.get(name),
+                    client=client,
+                    retries=retries,
+                    progress=shown,
+                )
             results.append(res)
             if gunzip and name.endswith(".gz"):
-                gunzip_once(res.path, quiet=quiet)
+                gunzip_once(res.path)
     return results

@@ -18,6 +18,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from histocore.progress import task
 from histomodels.data.base import DatasetError, PatchDataset, binary_labels
 from histomodels.data.h5safe import dataset, open_h5
 from histomodels.data.images import decode_image
@@ -151,7 +152,6 @@ class EncodedH5Dataset(PatchDataset):
         from concurrent.futures import ThreadPoolExecutor
 
         from histomodels.data.cache import require_memory
-        from histomodels.progress import transient_progress
 
         n = len(self.rows)
         if n == 0:
@@ -171,9 +171,8 @@ class EncodedH5Dataset(PatchDataset):
         images[0] = first
         with (
             ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool,
-            transient_progress() as progress,
+            task(f"decoding {self.path.name}", n) as shown,
         ):
-            task = progress.add_task(f"decoding {self.path.name}", total=n)
             for i, img in enumerate(pool.map(work, range(1, n), chunksize=256), start=1):
                 if img.shape != first.shape:
                     raise DatasetError(
@@ -181,5 +180,5 @@ class EncodedH5Dataset(PatchDataset):
                     )
                 images[i] = img
                 if i % 1024 == 0:
-                    progress.update(task, completed=i)
+                    shown.update(completed=i)
         return images, self._labels, list(self._ids)

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from histomodels.data.base import PatchDataset
+from histomodels.data.base import DatasetError, PatchDataset
 
 CLASS_NAMES = {0: "0 normal", 1: "1 tumour", -1: "unlabelled"}
 
@@ -43,7 +43,7 @@ def contact_sheet(ds: PatchDataset, out: str | Path, per_class: int = 8, seed: i
     rng = np.random.default_rng(seed)
     classes = [c for c in (0, 1, -1) if np.any(labels == c)]
     if not classes:
-        raise ValueError(f"{ds.source}: no patches to show")
+        raise DatasetError(f"{ds.source}: no patches to show")
     fig, axes = plt.subplots(
         len(classes), per_class, figsize=(1.3 * per_class, 1.5 * len(classes)), squeeze=False
     )

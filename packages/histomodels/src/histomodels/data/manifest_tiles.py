@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image as PILImage
 
+from histocore.progress import task
 from histomodels.data.base import ArrayDataset, DatasetError
 from histomodels.data.images import decode_image
 
@@ -150,7 +151,6 @@ class ManifestTileDataset(ArrayDataset):
         self, run_dir: Path, *, scale: float | None = None, min_tissue: float = 0.5
     ) -> None:
         from histocore.manifest import Manifest, ManifestError
-        from histomodels.progress import transient_progress
 
         try:
             manifest = Manifest.load(run_dir)
@@ -164,10 +164,9 @@ class ManifestTileDataset(ArrayDataset):
         self.figures: dict[str, dict] = {}
         chunks: list[np.ndarray] = []
         images = sorted(manifest.kept_images(), key=lambda i: i.id)
-        with transient_progress() as progress:
-            task = progress.add_task("tiling figures", total=len(images))
+        with task("tiling figures", len(images)) as shown:
             for img in images:
-                progress.advance(task)
+                shown.advance()
                 where = f"{manifest.path}: image {img.id}"
                 if img.label == "not_usable":
                     continue

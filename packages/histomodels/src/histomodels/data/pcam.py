@@ -19,6 +19,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from histocore.progress import task
 from histomodels.data.base import DatasetError, PatchDataset, binary_labels, check_patch_shape
 from histomodels.data.h5safe import check_stored, dataset, open_h5
 
@@ -43,7 +44,7 @@ def gunzip_cap(compressed: int) -> int:
     return min(GUNZIP_MAX_BYTES, max(GUNZIP_MIN_CAP, GUNZIP_MAX_RATIO * compressed))
 
 
-def gunzip_once(path: Path, *, quiet: bool = False) -> Path:
+def gunzip_once(path: Path) -> Path:
     """Decompress ``x.h5.gz`` once to ``x.h5`` (temp file + rename) and return the plain path.
 
     The output is capped (:func:`gunzip_cap`); on any failure the ``.part`` file is removed.
@@ -63,16 +64,14 @@ def gunzip_once(path: Path, *, quiet: bool = False) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(target.name + ".part")
     cap = gunzip_cap(path.stat().st_size)
-    from histomodels.progress import transient_progress
 
     written = 0
     try:
         with (
             gzip.open(path, "rb") as src,
             open(tmp, "wb") as dst,
-            transient_progress(quiet) as progress,
+            task(f"gunzip {path.name}", path.stat().st_size, unit="bytes") as shown,
         ):
-            task = progress.add_task(f"gunzip {path.name}", total=path.stat().st_size)
             raw = src.fileobj  # type: ignore[attr-defined]
             while True:
                 try:
@@ -95,7 +94,7 @@ def gunzip_once(path: Path, *, quiet: bool = False) -> Path:
                             f"{path}: disk full while writing {tmp} ({written >> 20} MB written)"
                         ) from None
                     raise DatasetError(f"{path}: cannot write {tmp} ({exc})") from None
-                progress.update(task, completed=raw.tell())
+                shown.update(completed=raw.tell())
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -234,17 +233,15 @@ class PCamDataset(PatchDataset):
     def load_all(self) -> tuple[np.ndarray, np.ndarray, list[str]]:
         """Read everything in large sequential blocks (fast even for gzip-chunked files)."""
         from histomodels.data.cache import require_memory
-        from histomodels.progress import transient_progress
 
         n = len(self)
         require_memory(int(np.prod(self.shape, dtype=np.int64)), str(self.x_path))
         out = np.empty(self.shape, dtype=np.uint8)
         x = self._x()
         block = max(1, (x.chunks[0] if x.chunks else 1024) * 32)
-        with transient_progress() as progress:
-            task = progress.add_task(f"reading {self.x_path.name}", total=n)
+        with task(f"reading {self.x_path.name}", n) as shown:
             for start in range(0, n, block):
                 stop = min(n, start + block)
                 x.read_direct(out, np.s_[start:stop], np.s_[start:stop])
-                progress.update(task, completed=stop)
+                shown.update(completed=stop)
         return out, self._labels, list(self._ids)

@@ -16,12 +16,14 @@ from pathlib import Path
 
 import numpy as np
 
+from histocore.errors import DomainError
+
 #: Reference H&E vectors (columns) and max concentrations used by common Macenko code.
 REF_STAINS = np.array([[0.5626, 0.2159], [0.7201, 0.8012], [0.4062, 0.5581]])
 REF_MAX_C = np.array([1.9705, 1.0308])
 
 
-class StainError(ValueError):
+class StainError(DomainError, ValueError):
     """Too little stained tissue to estimate stain vectors, or unusable stain settings."""
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from histocore.errors import UsageError
 from histomodels.models.registry import register_model
 
 NORMS = ("batch", "group", "none")
@@ -25,7 +26,7 @@ def _norm(kind: str, channels: int) -> nn.Module:
         return nn.GroupNorm(min(8, channels), channels)
     if kind == "none":
         return nn.Identity()
-    raise ValueError(f"unknown normalisation {kind!r}; use one of {', '.join(NORMS)}")
+    raise UsageError(f"unknown normalisation {kind!r}; use one of {', '.join(NORMS)}")
 
 
 class ConvBlock(nn.Sequential):
@@ -54,11 +55,11 @@ class PatchCNN(nn.Module):
     ) -> None:
         super().__init__()
         if depth < 1 or blocks < 1 or width < 1:
-            raise ValueError(
+            raise UsageError(
                 f"cnn needs depth, blocks, width >= 1 (got {depth}, {blocks}, {width})"
             )
         if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"cnn dropout must be in [0, 1), got {dropout}")
+            raise UsageError(f"cnn dropout must be in [0, 1), got {dropout}")
         _norm(norm, 8)  # validate early with a clear message
         layers: list[nn.Module] = []
         cin = in_chans
@@ -100,7 +101,7 @@ def cnn(
 ) -> nn.Module:
     """The scratch CNN; ``weights`` may name a local file (state dict or checkpoint)."""
     if pretrained:
-        raise ValueError("cnn has no pretrained weights; pass weights=PATH to load a file")
+        raise UsageError("cnn has no pretrained weights; pass weights=PATH to load a file")
     model = PatchCNN(
         depth=int(depth),
         blocks=int(blocks),

@@ -8,6 +8,13 @@ from typing import Any
 
 from torch import nn
 
+from histocore.errors import DomainError
+
+
+class ModelError(DomainError, ValueError):
+    """An unknown model name."""
+
+
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 _PREFIXES: dict[str, Callable[..., nn.Module]] = {}
 
@@ -41,7 +48,7 @@ def create_model(name: str, **cfg: Any) -> nn.Module:
     if rest and head in _PREFIXES:
         return _PREFIXES[head](rest, **cfg)
     known = ", ".join(list_models() + [f"{p}/<name>" for p in _PREFIXES])
-    raise ValueError(f"unknown model {name!r}; known: {known}")
+    raise ModelError(f"unknown model {name!r}; known: {known}")
 
 
 #: Keyword arguments a checkpoint may pass to ``timm.create_model`` for ``timm/<name>``:
@@ -72,4 +79,4 @@ def config_keys(name: str) -> frozenset[str]:
         params = list(inspect.signature(_PREFIXES[head]).parameters.values())[1:]
         named = {p.name for p in params if p.kind is not inspect.Parameter.VAR_KEYWORD}
         return frozenset(named - _WEIGHT_KEYS)
-    raise ValueError(f"unknown model {name!r}")
+    raise ModelError(f"unknown model {name!r}")

@@ -17,8 +17,9 @@ from typing import Any
 
 from torch import nn
 
-from histomodels.models.registry import register_model
+from histomodels.models.registry import ModelError, register_model
 from histomodels.models.torchvision_zoo import IMAGENET_NAMES, maybe_resize
+from histomodels.models.weights import WeightsError
 
 LITE0_SOURCE = "lite0-imagenet"
 
@@ -30,16 +31,16 @@ def _timm_create(name: str, pretrained: bool, **kwargs: Any) -> nn.Module:
         model = timm.create_model(name, pretrained=pretrained, num_classes=1, **kwargs)
     except RuntimeError as exc:
         if "Unknown model" in str(exc):
-            raise ValueError(f"unknown timm model {name!r} (see timm.list_models())") from None
+            raise ModelError(f"unknown timm model {name!r} (see timm.list_models())") from None
         if pretrained:
-            raise RuntimeError(
+            raise WeightsError(
                 f"timm/{name}: could not get pretrained weights ({str(exc).splitlines()[0]}); "
                 "when offline pass weights=PATH to a local file"
             ) from None
         raise
     except Exception as exc:
         if pretrained:
-            raise RuntimeError(
+            raise WeightsError(
                 f"timm/{name}: could not get pretrained weights ({type(exc).__name__}: "
                 f"{str(exc).splitlines()[0] if str(exc) else ''}); when offline pass "
                 "weights=PATH to a local file"

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from histomodels.models.registry import register_model
+from histomodels.models.weights import WeightsError
 
 ARCHS = (
     "mobilenet_v2",
@@ -56,7 +57,7 @@ def _torchvision(
         try:
             model = torchvision.models.get_model(arch, weights="DEFAULT")
         except Exception as exc:
-            raise RuntimeError(
+            raise WeightsError(
                 f"{arch}: could not get torchvision ImageNet weights ({type(exc).__name__}: "
                 f"{str(exc).splitlines()[0] if str(exc) else ''}); when offline pass "
                 f"weights=PATH to a local file"

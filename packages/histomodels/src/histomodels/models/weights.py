@@ -16,11 +16,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from histocore.errors import DomainError
+
 _WRAPPER_KEYS = ("state_dict", "model", "model_state", "model_state_dict", "model_ema", "module")
 _PREFIXES = ("module.", "_orig_mod.", "model.")
 
 
-class WeightsError(ValueError):
+class WeightsError(DomainError, ValueError):
     """A weights file that cannot be used for the model; the message names the file."""
 
 

@@ -1,0 +1,184 @@
+"""What both command lines share: one error line, one error context, one progress display.
+
+- :func:`fail` prints ``error: <message>`` on stderr and exits 1.
+- :func:`errors` turns domain errors (:class:`~histocore.errors.DomainError`) and
+  ``OSError`` into that one line; every other exception is a bug and keeps its traceback.
+- :func:`progress` shows the :func:`histocore.progress.task` reports of the library code
+  it wraps as transient rich bars on stderr; when stderr is not a terminal (batch jobs) a
+  task that runs longer than :data:`LOG_EVERY_S` prints a plain line (done, rate, ETA)
+  that often instead, and short work prints nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import time
+from collections.abc import Iterator
+from typing import NoReturn
+
+from rich.console import Console
+from rich.filesize import decimal
+from rich.progress import (
+    BarColumn,
+    Progress,
+    ProgressColumn,
+    TextColumn,
+    TimeRemainingColumn,
+)
+from rich.progress import Task as RichTask
+from rich.text import Text
+
+from histocore.errors import DomainError
+from histocore.io import one_line
+from histocore.progress import Task, Unit, reporting
+
+#: Seconds between progress lines when stderr is not a terminal (batch jobs).
+LOG_EVERY_S = 30.0
+
+
+def fail(message: str) -> NoReturn:
+    """One ``error: …`` line on stderr and exit status 1: the CLIs' answer to bad input."""
+    sys.stdout.flush()
+    sys.stderr.write(f"error: {one_line(message)}\n")
+    sys.stderr.flush()
+    raise SystemExit(1)
+
+
+def describe(exc: BaseException) -> str:
+    """``<file>: <problem>`` for an OSError, else the domain error's own message."""
+    if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
+        return f"{exc.filename}: {exc.strerror.lower()}"
+    return str(exc) or type(exc).__name__
+
+
+@contextlib.contextmanager
+def errors(*also: type[BaseException], prefix: str = "") -> Iterator[None]:
+    """Domain errors and ``OSError`` (plus any ``also``) → one error line and exit 1.
+
+    ``prefix`` says what stopped (``"search failed: "``) before the error's own message."""
+    try:
+        yield
+    except BrokenPipeError:  # output piped into `head` and closed: not an error
+        raise SystemExit(0) from None
+    except (DomainError, OSError, *also) as exc:
+        fail(prefix + describe(exc))
+
+
+class _Count(ProgressColumn):
+    """``12/40`` for items, ``1.2/4.0 GB`` for bytes."""
+
+    def render(self, task: RichTask) -> Text:
+        done, total = int(task.completed), task.total
+        if task.fields.get("unit") == "bytes":
+            text = decimal(done) + (f"/{decimal(int(total))}" if total is not None else "")
+        else:
+            text = f"{done}/{int(total)}" if total is not None else str(done)
+        return Text(text, style="progress.download")
+
+
+class _Rate(ProgressColumn):
+    """Units per second (``12.3 /s`` or ``4.5 MB/s``)."""
+
+    def render(self, task: RichTask) -> Text:
+        speed = task.finished_speed or task.speed
+        if not speed:
+            return Text("- /s")
+        if task.fields.get("unit") == "bytes":
+            return Text(f"{decimal(int(speed))}/s")
+        return Text(f"{speed:.1f} /s")
+
+
+class _RichTask(Task):
+    def __init__(self, bar: Progress, task_id) -> None:
+        self._bar, self._id = bar, task_id
+
+    def advance(self, n: int = 1) -> None:
+        self._bar.advance(self._id, n)
+
+    def update(self, *, completed: int | None = None, total: int | None = None) -> None:
+        if total is not None:
+            self._bar.update(self._id, total=total)
+        if completed is not None:
+            self._bar.update(self._id, completed=completed)
+
+
+class _LogTask(Task):
+    """Batch jobs: a line on stderr at most every :data:`LOG_EVERY_S` seconds."""
+
+    def __init__(self, description: str, total: int | None, unit: Unit) -> None:
+        self.description, self.total, self.unit = description, total, unit
+        self.done, self.start = 0, time.monotonic()
+        self.last = self.start
+
+    def advance(self, n: int = 1) -> None:
+        self.done += n
+        self._maybe_log()
+
+    def update(self, *, completed: int | None = None, total: int | None = None) -> None:
+        if total is not None:
+            self.total = total
+        if completed is not None:
+            self.done = completed
+        self._maybe_log()
+
+    def _maybe_log(self) -> None:
+        now = time.monotonic()
+        if now - self.last >= LOG_EVERY_S:
+            self.last = now
+            sys.stderr.write(one_line(self.line(now)) + "\n")
+            sys.stderr.flush()
+
+    def line(self, now: float) -> str:
+        rate = self.done / max(now - self.start, 1e-9)
+        size = decimal if self.unit == "bytes" else str
+        text = f"{self.description}: {size(self.done)}"
+        if self.total is not None:
+            eta = (self.total - self.done) / rate if rate else float("inf")
+            text += f"/{size(self.total)}, ETA {_duration(eta)}"
+        return text + (f", {decimal(int(rate))}/s" if self.unit == "bytes" else f", {rate:.2f}/s")
+
+
+def _duration(seconds: float) -> str:
+    if seconds == float("inf"):
+        return "?"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+
+
+@contextlib.contextmanager
+def _log_display(description: str, total: int | None, unit: Unit) -> Iterator[Task]:
+    yield _LogTask(description, total, unit)
+
+
+@contextlib.contextmanager
+def progress(enabled: bool = True) -> Iterator[None]:
+    """Show the progress of the library work inside this block on stderr: transient bars on
+    a terminal, a line every :data:`LOG_EVERY_S` seconds of a long task otherwise (batch
+    logs get no control codes and no blank lines). ``enabled=False`` shows nothing."""
+    console = Console(stderr=True)
+    if not enabled or not console.is_terminal:
+        with reporting(_log_display if enabled else None):
+            yield
+        return
+    bar = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        _Count(),
+        _Rate(),
+        TimeRemainingColumn(),
+        transient=True,
+        console=console,
+    )
+
+    @contextlib.contextmanager
+    def display(description: str, total: int | None, unit: Unit) -> Iterator[Task]:
+        task_id = bar.add_task(description, total=total, unit=unit)
+        try:
+            yield _RichTask(bar, task_id)
+        finally:
+            bar.remove_task(task_id)
+
+    with bar, reporting(display):
+        yield

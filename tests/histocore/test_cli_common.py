@@ -1,0 +1,68 @@
+"""histocore.cli: one error line for domain errors, tracebacks for bugs, one progress display."""
+
+from __future__ import annotations
+
+import pytest
+
+from histocore.cli import errors, fail, progress
+from histocore.errors import DomainError, UsageError
+from histocore.manifest import ManifestError
+from histocore.progress import Task, task
+
+
+def test_fail_is_one_line_even_for_a_file_name_with_newlines(capsys) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        fail("evil\nerror: forged.pdf\r: no such file")
+    assert exit_.value.code == 1
+    err = capsys.readouterr().err
+    assert err.splitlines() == ["error: evil\\nerror: forged.pdf\\r: no such file"]
+
+
+def test_domain_errors_and_os_errors_become_one_line(tmp_path, capsys) -> None:
+    for exc, line in (
+        (ManifestError("run/manifest.jsonl: line 3 is not JSON"), "run/manifest.jsonl: line 3"),
+        (UsageError("precision must be fp32"), "precision must be fp32"),
+        (FileNotFoundError(2, "No such file or directory", "x.pt"), "x.pt: no such file"),
+    ):
+        with pytest.raises(SystemExit) as exit_, errors():
+            raise exc
+        assert exit_.value.code == 1
+        err = capsys.readouterr().err
+        assert len(err.splitlines()) == 1 and err.startswith("error: ") and line in err
+    with pytest.raises(SystemExit), errors(prefix="search failed: "):
+        raise DomainError("connection failed")
+    assert capsys.readouterr().err == "error: search failed: connection failed\n"
+
+
+def test_programmer_bugs_keep_their_traceback(capsys) -> None:
+    for bug in (KeyError("k"), ValueError("bad"), TypeError("t"), ZeroDivisionError()):
+        with pytest.raises(type(bug)), errors():
+            raise bug
+    assert capsys.readouterr().err == ""
+
+
+def test_progress_is_silent_off_a_terminal_and_shown_on_one(monkeypatch, capsys) -> None:
+    monkeypatch.setenv("TTY_COMPATIBLE", "0")
+    with progress(), task("decoding", 3) as shown:
+        shown.advance()  # short work off a terminal: nothing at all
+    assert capsys.readouterr() == ("", "")
+    monkeypatch.setenv("TTY_COMPATIBLE", "1")
+    with progress(), task("decoding patches", 3) as shown:
+        assert type(shown) is not Task
+        shown.advance(3)
+    out, err = capsys.readouterr()
+    assert out == "" and "decoding patches" in err  # bars go to stderr only
+    with progress(enabled=False), task("quiet", 1) as shown:
+        assert type(shown) is Task
+
+
+def test_batch_jobs_get_a_plain_line_every_interval(monkeypatch, capsys) -> None:
+    import histocore.cli
+
+    monkeypatch.setenv("TTY_COMPATIBLE", "0")
+    monkeypatch.setattr(histocore.cli, "LOG_EVERY_S", 0.0)  # every advance is "long enough"
+    with progress(), task("downloaded", 4) as shown:
+        shown.advance(2)
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith("downloaded: 2/4, ETA ") and err.count("\n") == 1
+    assert "\x1b" not in err  # no control codes in a log

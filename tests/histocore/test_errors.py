@@ -1,0 +1,36 @@
+"""histocore.errors: every package's domain errors share one base the CLIs catch."""
+
+from __future__ import annotations
+
+import pytest
+
+from histocore.errors import DomainError, UsageError
+from histocore.manifest import ManifestError
+from histofetch.archive import ArchiveError
+from histofetch.extract import ExtractError
+from histofetch.http import NetError
+from histofetch.resolve import ServiceError
+from histomodels.checkpoint import CheckpointError
+from histomodels.data.base import DatasetError
+from histomodels.data.download import DownloadError
+from histomodels.models.registry import ModelError
+from histomodels.models.weights import WeightsError
+from histomodels.predict import PredictInputError
+
+
+@pytest.mark.parametrize(
+    "cls",
+    [ManifestError, ArchiveError, ExtractError, NetError, ServiceError, CheckpointError,
+     DatasetError, DownloadError, ModelError, WeightsError, PredictInputError, UsageError],
+)  # fmt: skip
+def test_domain_errors_share_the_base_and_keep_their_old_one(cls) -> None:
+    assert issubclass(cls, DomainError)
+    if cls not in (NetError, ServiceError):
+        assert issubclass(cls, ValueError)  # callers catching ValueError still do
+
+
+def test_create_model_unknown_name_is_a_domain_error() -> None:
+    from histomodels.models.registry import create_model
+
+    with pytest.raises(DomainError, match="unknown model 'resnet9000'"):
+        create_model("resnet9000")
