@@ -24,7 +24,7 @@ def test_nested_forms_pdf_finishes_fast_and_is_recorded(tmp_path: Path) -> None:
     pdf.write_bytes(nested_forms_pdf(depth=8, links=10))
     assert pdf.stat().st_size < 15_000
     start = time.monotonic()
-    summary = run_extract(tmp_path / "run", [pdf], progress=False)
+    summary = run_extract(tmp_path / "run", [pdf])
     assert time.monotonic() - start < 10
     assert summary.done == 1
     rec = _only_record(tmp_path / "run")
@@ -37,7 +37,7 @@ def test_nested_forms_pdf_finishes_fast_and_is_recorded(tmp_path: Path) -> None:
 def test_mask_over_the_pixel_limit_is_refused_before_decoding(tmp_path: Path, key: bytes) -> None:
     pdf = tmp_path / "bomb.pdf"
     pdf.write_bytes(mask_bomb_pdf(side=9000, key=key))
-    run_extract(tmp_path / "run", [pdf], progress=False)
+    run_extract(tmp_path / "run", [pdf])
     rec = _only_record(tmp_path / "run")
     (refused,) = rec.extra["refused_images"]
     assert "mask 9000x9000 px exceeds the pixel limit" in refused
@@ -49,7 +49,7 @@ def test_half_pdf_ending_in_eof_fails_as_truncated(tmp_path: Path) -> None:
     good.write_bytes(image_pdf())
     half.write_bytes(half_pdf_with_eof())
     assert half.read_bytes().rstrip().endswith(b"%%EOF")
-    summary = run_extract(tmp_path / "run", [good, half], progress=False)
+    summary = run_extract(tmp_path / "run", [good, half])
     assert (summary.done, summary.failed) == (1, 1)
     manifest = Manifest.load(tmp_path / "run")
     failed = [r for r in manifest.records.values() if r.status == "failed"]
@@ -63,9 +63,9 @@ def test_fifo_and_device_are_refused_before_hashing(tmp_path: Path) -> None:
     fifo = tmp_path / "paper.pdf"
     os.mkfifo(fifo)
     with pytest.raises(ExtractError, match="not a regular file"):
-        run_extract(tmp_path / "run", [fifo], progress=False)
+        run_extract(tmp_path / "run", [fifo])
     with pytest.raises(ExtractError, match="/dev/zero: not a regular file"):
-        run_extract(tmp_path / "run", [Path("/dev/zero")], progress=False)
+        run_extract(tmp_path / "run", [Path("/dev/zero")])
     assert not (tmp_path / "run" / "manifest.jsonl").exists()
 
 
@@ -80,7 +80,7 @@ def test_a_record_whose_pdf_became_a_fifo_fails_instead_of_hanging(tmp_path: Pat
     manifest.save()
     pdf.unlink()
     os.mkfifo(pdf)
-    summary = run_extract(tmp_path / "run", progress=False)
+    summary = run_extract(tmp_path / "run")
     assert summary.failed == 1
     assert _only_record(tmp_path / "run").reason == f"not a regular file: {pdf}"
 

@@ -194,7 +194,7 @@ def test_filter_writes_weak_labels_and_relabels(tmp_path: Path) -> None:
             "cam": "CAMELYON16 lymph node slide with metastasis.",
         },
     )
-    run_filter(run, progress=False, sheet=False)
+    run_filter(run, sheet=False)
     m = Manifest.load(run)
     assert all(i.kept for i in m.images.values())
     assert {k: i.weak_label for k, i in m.images.items()} == {
@@ -215,5 +215,5 @@ def test_filter_writes_weak_labels_and_relabels(tmp_path: Path) -> None:
     # re-running re-labels from the (changed) caption
     m.images["none"].caption = "Lymph node with micrometastasis."
     m.save()
-    run_filter(run, progress=False, sheet=False)
+    run_filter(run, sheet=False)
     assert Manifest.load(run).images["none"].weak_label == "metastasis"
