@@ -41,7 +41,7 @@ def make_run(root: Path, *, size: int = 300) -> Path:
                   width=size + 40 * n, height=size, caption=caption)
         )  # fmt: skip
     m.save()
-    run_filter(run, progress=False, sheet=False)
+    run_filter(run, sheet=False)
     return run
 
 

@@ -33,9 +33,9 @@ def test_extract_and_filter_with_two_workers_equal_one(tmp_path: Path, pdfs: Pat
     runs = {}
     for jobs in (1, 2):
         run = tmp_path / "run" / str(jobs)
-        run_extract(run, [pdfs], progress=False, jobs=jobs)
+        run_extract(run, [pdfs], jobs=jobs)
         extracted = (run / MANIFEST_NAME).read_text()
-        summary = run_filter(run, progress=False, sheet=False, jobs=jobs)
+        summary = run_filter(run, sheet=False, jobs=jobs)
         assert (summary.done, summary.failed) == (6, 0)
         runs[jobs] = (extracted, (run / MANIFEST_NAME).read_text())
         images = sorted(p.relative_to(run).as_posix() for p in (run / "images").rglob("*"))
@@ -59,12 +59,12 @@ def test_downloads_run_side_by_side_and_equal_one_at_a_time(ncbi: FakeNcbi, tmp_
         m.add_record(Record(id=f"pmid:{n}", pmid=str(n), pmcid=f"PMC{n}"))
     m.save()
     shutil.copytree(one, three)
-    run_download(one, net=ncbi.config(), progress=False)
+    run_download(one, net=ncbi.config())
 
     hang = f"{LIST}PMC61.1/mds52601.jpg"  # the first record's figure is slow...
     ncbi.inject(hang, ("sleep", 4.0))
     seen = len(ncbi.log)
-    summary = run_download(three, net=ncbi.config(), progress=False, jobs=3)
+    summary = run_download(three, net=ncbi.config(), jobs=3)
     assert summary.done == 3
     slow = ncbi.requests_to(hang)[-1].time
     others = [r for r in ncbi.log[seen:] if "PMC62" in r.path or "PMC63" in r.path]

@@ -44,7 +44,7 @@ def test_shards_of_a_search_partition_its_hits_and_merge_back(
         ncbi.add_article(Article(pmid, title=f"A{i}", pmcid=f"PMC{800000 + i}"))
     ncbi.searches[QUERY] = pmids
     whole = tmp_path / "whole"
-    run_search(whole, QUERY, net=ncbi.config(), progress=False)
+    run_search(whole, QUERY, net=ncbi.config())
     shard_runs = []
     for k in (1, 2, 3):
         run = tmp_path / f"shard{k}"
@@ -79,8 +79,8 @@ def test_merge_dedupes_records_by_id_and_pmcid_and_images_by_sha256(tmp_path: Pa
     build_image_pdf(pdfs / "a.pdf", [shared_figure, he_like(100, 100, seed=1)], caption="Fig. 1")
     build_image_pdf(pdfs / "b.pdf", [shared_figure], caption="Fig. 2")  # same figure again
     one, two = tmp_path / "one", tmp_path / "two"
-    run_extract(one, [pdfs / "a.pdf"], progress=False)
-    run_extract(two, [pdfs / "a.pdf", pdfs / "b.pdf"], progress=False)  # a.pdf in both
+    run_extract(one, [pdfs / "a.pdf"])
+    run_extract(two, [pdfs / "a.pdf", pdfs / "b.pdf"])  # a.pdf in both
     for run, rid in ((one, "pmid:1"), (two, "pmcid:PMC5")):  # one article, two ids
         m = Manifest.load(run)
         m.add_record(Record(id=rid, pmcid="PMC5", pmid="1" if rid == "pmid:1" else None))
