@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from histocore.errors import ManifestError
+from histocore.errors import ManifestError, UsageError
 from histocore.io import atomic_write_bytes, atomic_write_text
 from histocore.jsonl import export_lines
 from histocore.manifest import Image, Manifest, Record, _names
@@ -50,7 +50,7 @@ def export_run(run_dir: str | Path, fmt: str = "jsonl", out: str | Path | None =
     run's own ``manifest.jsonl``). Raises ManifestError on a bad run, ValueError on a bad
     format, ImportError (with advice) when Parquet needs pyarrow."""
     if fmt not in FORMATS:
-        raise ValueError(f"unknown export format {fmt!r}; use one of {', '.join(FORMATS)}")
+        raise UsageError(f"unknown export format {fmt!r}; use one of {', '.join(FORMATS)}")
     if fmt == "parquet":
         try:
             import pyarrow  # noqa: F401  # pyright: ignore[reportMissingImports]

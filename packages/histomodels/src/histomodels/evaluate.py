@@ -96,9 +96,9 @@ def evaluate_checkpoint(
     )
 
     if threshold_rule not in THRESHOLD_RULES:
-        raise ValueError(f"threshold rule must be one of {', '.join(THRESHOLD_RULES)}")
+        raise UsageError(f"threshold rule must be one of {', '.join(THRESHOLD_RULES)}")
     if threshold_rule == "youden" and sensitivity is not None:
-        raise ValueError("--sensitivity goes with --threshold-rule sensitivity, not youden")
+        raise UsageError("--sensitivity goes with --threshold-rule sensitivity, not youden")
 
     out = Path(out)
     pred = Predictor.load(checkpoint, device=device, precision=precision)

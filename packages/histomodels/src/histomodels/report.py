@@ -89,7 +89,7 @@ def _check_history(history: Any, path: Path) -> list[dict[str, Any]]:
     """``history.json`` must be a list of objects whose plotted values (the trainer's
     ``HISTORY_FIELDS`` and any key numeric in some epoch) are numbers."""
     if not isinstance(history, list) or not all(isinstance(r, dict) for r in history):
-        raise ValueError(f"{path}: expected a JSON list of per-epoch objects")
+        raise ReportError(f"{path}: expected a JSON list of per-epoch objects")
 
     def number(v: Any) -> bool:
         return isinstance(v, int | float) and not isinstance(v, bool)
@@ -100,7 +100,7 @@ def _check_history(history: Any, path: Path) -> list[dict[str, Any]]:
     for i, row in enumerate(history):
         for k in numeric:
             if k in row and row[k] is not None and not number(row[k]):
-                raise ValueError(f"{path}: entry {i}: {k!r} is {row[k]!r}, expected a number")
+                raise ReportError(f"{path}: entry {i}: {k!r} is {row[k]!r}, expected a number")
     return history
 
 
@@ -123,7 +123,7 @@ def load_run(path: Path, work: Path) -> Run:
     if (path / "config.json").is_file():
         run.config = _read_json(path / "config.json")
         if not isinstance(run.config, dict):
-            raise ValueError(f"{path / 'config.json'}: expected a JSON object")
+            raise ReportError(f"{path / 'config.json'}: expected a JSON object")
     if (path / "history.json").is_file():
         run.history = _check_history(_read_json(path / "history.json"), path / "history.json")
     ckpt = path / "best.pt"
