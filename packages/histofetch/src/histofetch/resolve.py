@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from Bio import Entrez
 
 from histocore.errors import DomainError
-from histofetch.http import NetClient, NetError
+from histofetch.http import NetClient
 
 #: The ID Converter accepts at most 200 ids per request.
 IDCONV_BATCH = 200
@@ -97,10 +97,7 @@ def parse_prlinks(body: bytes) -> list[str]:
 
 def publisher_links(client: NetClient, pmid: str) -> list[str]:
     params = {"dbfrom": "pubmed", "id": pmid, "cmd": "prlinks", "retmode": "xml"}
-    try:
-        response = client.ncbi("GET", client.config.eutils_url.rstrip("/") + "/elink.fcgi", params)
-    except NetError:
-        raise
+    response = client.ncbi("GET", client.config.eutils_url.rstrip("/") + "/elink.fcgi", params)
     return parse_prlinks(response.content)
 
 

@@ -24,8 +24,6 @@ from histomodels.checkpoint import read_checkpoint, resolve_checkpoint, save_che
 from histomodels.data.base import DatasetError
 from histomodels.inference import Predictor, sigmoid
 
-PLOTS = ("roc.png", "pr.png", "confusion.png", "reliability.png", "threshold.png")
-
 
 def _load(data: Any) -> tuple[np.ndarray, np.ndarray, list[str], str]:
     """A path (any supported dataset format) or a PatchDataset → arrays."""

@@ -18,10 +18,6 @@ from histomodels.data.images import decode_image
 LABELS_CSV = "train_labels.csv"
 
 
-def is_kaggle_folder(path: Path) -> bool:
-    return (path / LABELS_CSV).is_file()
-
-
 class KaggleDataset(PatchDataset):
     """Kaggle folder reader. ``images`` defaults to ``<folder>/train``."""
 
