@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from histocore.image_table import ImageTable
-from histocore.jsonl import file_fingerprint, fingerprint_matches, read_jsonl
+from histocore.jsonl import bulk, file_fingerprint, fingerprint_matches, read_jsonl
 from histocore.store import STORE_NAME, Change, Delta, RunStore, dumps
 
 if TYPE_CHECKING:
@@ -63,7 +63,7 @@ class StoreSync:
 
         store = self._db()
         where = str(self.store_path)
-        with store.read():
+        with store.read(), bulk():
             head = store.header()
             self.query = head.pop("query", None)
             self.header_extra = head
