@@ -111,6 +111,11 @@ def test_a_record_taken_by_another_process_is_left_to_it(tmp_path: Path) -> None
     m.save()
     other = Manifest.load(tmp_path)
     assert other.claim("a", "extracted")  # another worker holds "a" (this process is alive)
+    from histofetch.status import format_status, run_status
+
+    info = run_status(tmp_path)
+    assert info["in_progress"] == {"extracted": 1}
+    assert "being worked on by running processes: extracted 1" in format_status(info)
     seen: list[str] = []
     summary = run_per_record(m, "extracted", lambda r: seen.append(r.id))
     assert seen == ["b"] and summary.elsewhere == 1

@@ -382,6 +382,11 @@ class RunStore:
             rec, imgs = self.rows_of(record_id)
         return Claim(True, rec, imgs)
 
+    def live_claims(self) -> list[tuple[str, str]]:
+        """``(record_id, stage)`` of the records live processes are working on now."""
+        rows = self.db.execute("SELECT record_id, stage, host, pid, since FROM claims")
+        return [(rid, stage) for rid, stage, host, pid, since in rows if _alive(host, pid, since)]
+
     def release(self, record_ids: Iterable[str], owner: str) -> None:
         with self.write() as db:
             db.executemany(

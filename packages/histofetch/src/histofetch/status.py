@@ -49,8 +49,17 @@ def run_status(run_dir: Path) -> dict[str, Any]:
         "figures_by_licence": dict(Counter(licence_of(i.record_id) for i in images).most_common()),
         "failed_files": sum(len(r.extra.get("failed_files", [])) for r in records),
         "retracted": sum(1 for r in records if r.is_retracted),
+        # Records other live processes are working on now (run store claims; issue 13).
+        "in_progress": _in_progress(manifest),
+        "transient_failures": sum(1 for r in failed if r.transient),
         "kept_images": [i.path for i in kept],
     }
+
+
+def _in_progress(manifest: Manifest) -> dict[str, int]:
+    if not manifest.store_path.is_file():
+        return {}
+    return dict(Counter(stage for _, stage in manifest._db().live_claims()))
 
 
 def reason_key(reason: str | None) -> str:
@@ -68,6 +77,12 @@ def format_status(info: dict[str, Any]) -> str:
         f"kept {info['kept']}  rejected {info['rejected']}  failed {info['failed']}",
         "stage reached (ok records): " + ", ".join(f"{k} {v}" for k, v in info["stages"].items()),
     ]
+    if info.get("in_progress"):
+        lines.append("being worked on by running processes: " + _pairs(info["in_progress"]))
+    if info.get("transient_failures"):
+        lines.append(
+            f"{info['transient_failures']} failed for a passing reason: the next run retries them"
+        )
     if info.get("routes"):
         lines.append("records by route: " + _pairs(info["routes"]))
         lines.append("images by source: " + _pairs(info["images_by_source"]))
