@@ -129,7 +129,7 @@ def one_size(articles: int, images: int, root: Path) -> dict[str, Any]:
         commits_cpu: list[float] = []
         _timed_commits(m, commits, commits_cpu)
         cpu0 = time.process_time()
-        summary = run_per_record(m, stage, make_work(m), progress=False)
+        summary = run_per_record(m, stage, make_work(m))
         total, cpu = time.perf_counter() - t0, time.process_time() - cpu0
         assert summary.done == articles, summary.line()
         out[stage] = {
