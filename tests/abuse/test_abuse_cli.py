@@ -249,6 +249,7 @@ class Result:
     stderr: str
     maxrss: int
     seconds: float
+    cpu: float
     case_dir: Path
     args: list[str] = field(default_factory=list)
 
@@ -308,6 +309,7 @@ def _run(case: Case, corpus: dict[str, Path], case_dir: Path) -> Result:
         (case_dir / "stderr").read_text(errors="replace"),
         usage.ru_maxrss * 1024,
         time.monotonic() - start,
+        usage.ru_utime + usage.ru_stime,
         case_dir,
         args,
     )
@@ -327,6 +329,11 @@ def abuse(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Result], 
         }
         results = {name: f.result() for name, f in futures.items()}
     after = _snapshot(root / "corpus")
+    summary = {  # for sizing the caps: wall and CPU seconds, peak RSS per case
+        name: {"s": round(r.seconds, 1), "cpu": round(r.cpu, 1), "rss_mb": r.maxrss >> 20}
+        for name, r in results.items()
+    }
+    (root / "summary.json").write_text(json.dumps(summary, indent=1))
     return results, root, before, after  # type: ignore[return-value]
 
 
