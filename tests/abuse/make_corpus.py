@@ -505,7 +505,7 @@ def main(argv: list[str]) -> int:
         print("usage: make_corpus.py DIR", file=sys.stderr)
         return 2
     for name, path in build_corpus(Path(argv[0])).items():
-        print(f"{name}: {path!s}")
+        print(f"{name}: {str(path)!r}")
     return 0
 
 

@@ -87,7 +87,7 @@ def _read_json(path: Path) -> Any:
 
 def _check_history(history: Any, path: Path) -> list[dict[str, Any]]:
     """``history.json`` must be a list of objects whose plotted values (the trainer's
-    ``HISTORY_FIELDS`` and any key numeric in some epoch) are numbers."""
+    ``HISTORY_FIELDS`` and any key numeric in some epoch) are numbers (or flags)."""
     if not isinstance(history, list) or not all(isinstance(r, dict) for r in history):
         raise ReportError(f"{path}: expected a JSON list of per-epoch objects")
 
@@ -99,7 +99,7 @@ def _check_history(history: Any, path: Path) -> list[dict[str, Any]]:
     numeric = {k for row in history for k, v in row.items() if number(v)} | set(HISTORY_FIELDS)
     for i, row in enumerate(history):
         for k in numeric:
-            if k in row and row[k] is not None and not number(row[k]):
+            if k in row and row[k] is not None and not isinstance(row[k], int | float):
                 raise ReportError(f"{path}: entry {i}: {k!r} is {row[k]!r}, expected a number")
     return history
 
