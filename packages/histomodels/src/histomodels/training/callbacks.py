@@ -6,7 +6,8 @@ A callback overrides any of the :class:`Callback` hooks. The defaults
 progress bar and, with ``ema``, an exponential moving average of the weights. New training
 levers (gradient accumulation, mixup, SWA, ...) are new callbacks, not edits of the loop.
 
-Hook order per epoch: ``on_epoch_start`` → ``on_step_end`` after every optimizer step
+Hook order per epoch: ``on_epoch_start`` → ``on_batch`` (may change a batch's input and
+targets) and ``on_step_end`` after every optimizer step
 (return True to end the epoch early) → ``on_validate_end`` (all ranks) → ``should_stop``
 and ``on_epoch_end`` (rank 0 only; in list order, so history is on disk before
 ``last.pt`` names it).
@@ -17,6 +18,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import torch
 
 from histomodels import distributed as D
 from histomodels.config import TrainConfig
@@ -51,6 +54,13 @@ class Callback:
         return None
 
     def on_epoch_start(self, trainer: Trainer, epoch: int) -> None: ...
+
+    def on_batch(
+        self, trainer: Trainer, x: torch.Tensor, y: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Model input and float targets of a training batch, before the forward pass
+        (where mixup, cut-outs or label smoothing change them)."""
+        return x, y
 
     def on_step_end(self, trainer: Trainer) -> bool | None:
         """After each optimizer step; True ends the epoch (then it is validated)."""
@@ -225,6 +235,16 @@ class ProgressBar(Callback):
             self.progress = None
 
 
+class LabelSmoothing(Callback):
+    """Pull training targets toward 0.5: ``y (1 - amount) + amount / 2``."""
+
+    def __init__(self, amount: float) -> None:
+        self.amount = amount
+
+    def on_batch(self, trainer, x, y) -> tuple[torch.Tensor, torch.Tensor]:
+        return x, y * (1 - self.amount) + 0.5 * self.amount
+
+
 class EMA(Callback):
     """Exponential moving average of the weights (timm ``ModelEmaV3``, decay warm-up on).
 
@@ -252,6 +272,8 @@ class EMA(Callback):
 def default_callbacks(cfg: TrainConfig, console: Any = None) -> list[Callback]:
     """The callbacks every run gets, in order (stop reasons: budget before early)."""
     cbs: list[Callback] = []
+    if cfg.label_smoothing:
+        cbs.append(LabelSmoothing(cfg.label_smoothing))
     if cfg.ema:
         cbs.append(EMA(cfg.ema))
     if cfg.time_budget:

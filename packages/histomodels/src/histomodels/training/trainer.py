@@ -242,8 +242,8 @@ class Trainer:
         cfg = self.cfg
         x = to_input(images, channels_last=cfg.channels_last, device=self.device)
         y = labels.to(self.device)
-        if cfg.label_smoothing:
-            y = y * (1 - cfg.label_smoothing) + 0.5 * cfg.label_smoothing
+        for cb in self.callbacks:
+            x, y = cb.on_batch(self, x, y)
         factor = self.schedule.factor(self.time_fraction())
         for g in self.optimizer.param_groups:
             g["lr"] = cfg.lr * g.get("lr_mult", 1.0) * factor
