@@ -48,7 +48,7 @@ def _export_onnx(
 ) -> None:
     import onnx
 
-    common = {"input_names": ["input"], "output_names": ["logit"]}
+    common: dict[str, Any] = {"input_names": ["input"], "output_names": ["logit"]}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if exporter == "dynamo":  # torch.export-based: the default exporter since torch 2.9
@@ -90,7 +90,7 @@ def _run_exported(fmt: str, path: Path, x: torch.Tensor) -> np.ndarray:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = max(1, torch.get_num_threads())
         sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-        return sess.run(None, {"input": x.contiguous().numpy()})[0]
+        return np.asarray(sess.run(None, {"input": x.contiguous().numpy()})[0])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # jit is deprecated, still supported
         loaded = torch.jit.load(str(path), map_location="cpu")

@@ -83,7 +83,7 @@ def _thumb(rgb: np.ndarray, size: int = 256) -> np.ndarray:
     im = Image.fromarray(rgb)
     f = min(size / im.width, size / im.height)
     new = (max(1, round(im.width * f)), max(1, round(im.height * f)))
-    im = im.resize(new, Image.NEAREST if f > 1 else Image.LANCZOS)
+    im = im.resize(new, Image.Resampling.NEAREST if f > 1 else Image.Resampling.LANCZOS)
     canvas = Image.new("RGB", (size, size), "white")
     canvas.paste(im, ((size - im.width) // 2, (size - im.height) // 2))
     return np.asarray(canvas)

@@ -81,10 +81,10 @@ def binary_metrics(
         "pr_auc": float(skm.average_precision_score(y, p)) if y.any() else nan,
         "accuracy": float(skm.accuracy_score(y, pred)),
         "balanced_accuracy": float(skm.balanced_accuracy_score(y, pred)) if both else nan,
-        "recall": float(skm.recall_score(y, pred, zero_division=np.nan)),
+        "recall": float(skm.recall_score(y, pred, zero_division=np.nan)),  # type: ignore[arg-type]
         "specificity": float(tn / (tn + fp)) if (tn + fp) else nan,
-        "precision": float(skm.precision_score(y, pred, zero_division=np.nan)),
-        "f1": float(skm.f1_score(y, pred, zero_division=np.nan)),
+        "precision": float(skm.precision_score(y, pred, zero_division=np.nan)),  # type: ignore[arg-type]
+        "f1": float(skm.f1_score(y, pred, zero_division=np.nan)),  # type: ignore[arg-type]
         "brier": float(skm.brier_score_loss(y, p, pos_label=1)),
         "ece": expected_calibration_error(y, p),
         "threshold": float(threshold),

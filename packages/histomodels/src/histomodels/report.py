@@ -16,6 +16,7 @@ import csv
 import html
 import json
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -354,7 +355,7 @@ def _md_table(head: list[str], rows: list[tuple[str, list[str]]]) -> str:
 
 
 def build_report(
-    paths: list[str | Path], out: str | Path, *, title: str | None = None
+    paths: Sequence[str | Path], out: str | Path, *, title: str | None = None
 ) -> dict[str, Any]:
     """Write ``out/report.html`` (self-contained) and ``out/report.md`` (+ ``out/assets``)."""
     if not paths:
@@ -457,7 +458,8 @@ def build_report(
         h.append("<h2>Training curves</h2><div class='grid'>")
         md += ["## Training curves", ""]
         for r in curves:
-            add_img(r.curve_png, f"{r.name}: loss and validation metrics per epoch")
+            if r.curve_png is not None:
+                add_img(r.curve_png, f"{r.name}: loss and validation metrics per epoch")
         h.append("</div>")
     for _, plot_title in EVAL_PLOTS:
         have = [(label, p) for label, ev in cols for p, t in ev.plots if t == plot_title]

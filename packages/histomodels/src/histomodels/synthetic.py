@@ -60,8 +60,8 @@ class _Nuclei:
     def __init__(self) -> None:
         self.cols: dict[str, list[np.ndarray]] = {}
 
-    def add(self, **cols: np.ndarray) -> None:
-        n = len(cols["b"])
+    def add(self, **cols: np.ndarray | float) -> None:
+        n = np.size(cols["b"])
         for key in ("b", "y", "x", "rx", "ry", "theta", "core", "rim", "nucleolus", "irreg"):
             val = cols.get(key, 0.0)
             self.cols.setdefault(key, []).append(np.broadcast_to(np.asarray(val), (n,)).copy())
@@ -157,6 +157,7 @@ def _splat(
     d = d.reshape(n, ph, pw)[:, pad : pad + h, pad : pad + w].astype(np.float32)
     if not want_mask:
         return d, None
+    assert mask is not None  # want_mask
     k = np.bincount(flat, weights=mask.ravel(), minlength=size)
     return d, k.reshape(n, ph, pw)[:, pad : pad + h, pad : pad + w].astype(np.float32)
 
@@ -328,6 +329,7 @@ def _render(
     nd, _ = _splat(rng, nuc.arrays(), n, h, w, 5, bank=256)
     od_, _ = _splat(rng, other.arrays(), n, h, w, 9)
     td, tmask = _splat(rng, tum.arrays(), n, h, w, 10, want_mask=True)
+    assert tmask is not None  # want_mask=True
     nd = nd + od_
     # Tumour nuclei replace (not add to) the tissue under them, so they stay pale.
     under = np.clip(tmask, 0, 1)

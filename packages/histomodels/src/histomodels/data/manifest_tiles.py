@@ -67,7 +67,7 @@ def nucleus_diameter(rgb: np.ndarray) -> float:
         factor *= 2
     if factor > 1:
         h, w = rgb.shape[0] // factor, rgb.shape[1] // factor
-        rgb = np.asarray(PILImage.fromarray(rgb).resize((w, h), PILImage.BOX))
+        rgb = np.asarray(PILImage.fromarray(rgb).resize((w, h), PILImage.Resampling.BOX))
     haem = rgb2hed(rgb)[..., 0].astype(np.float32)
     sigmas = 2.0 ** np.arange(0.25, 4.01, 0.25)
     resp = np.array([np.percentile(-(s * s) * ndi.gaussian_laplace(haem, s), 97) for s in sigmas])
@@ -124,7 +124,7 @@ def tile_figure(
         if (nh, nw) == (h, w)
         else np.asarray(
             PILImage.fromarray(rgb).resize(
-                (nw, nh), PILImage.LANCZOS if scale > 1 else PILImage.BOX
+                (nw, nh), PILImage.Resampling.LANCZOS if scale > 1 else PILImage.Resampling.BOX
             )
         )
     )

@@ -56,7 +56,8 @@ def _small_head_init(model: nn.Module) -> None:
     timm's EfficientNet init draws a 1-output head from U(-1, 1) (scaled by fan-out = 1), which
     gives logits of +-50 on pretrained features and wrecks the first epochs of fine-tuning.
     """
-    head = model.get_classifier() if hasattr(model, "get_classifier") else None
+    get_classifier = getattr(model, "get_classifier", None)
+    head = get_classifier() if callable(get_classifier) else None
     if isinstance(head, nn.Linear) and head.out_features == 1:
         nn.init.normal_(head.weight, std=0.01)
         nn.init.zeros_(head.bias)

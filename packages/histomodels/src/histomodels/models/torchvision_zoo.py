@@ -37,7 +37,7 @@ class InputResize(nn.Module):
             x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
         return self.inner(x)
 
-    def get_classifier(self) -> nn.Module:
+    def get_classifier(self) -> nn.Module | None:
         from histomodels.models.weights import head_module
 
         return head_module(self.inner)
@@ -64,10 +64,13 @@ def _torchvision(
             ) from None
     else:
         model = torchvision.models.get_model(arch, weights=None)
-    last = model.classifier[-1]
-    model.classifier[-1] = nn.Linear(last.in_features, 1)
+    classifier = model.classifier
+    assert isinstance(classifier, nn.Sequential), f"{arch}: no classifier Sequential"
+    last = classifier[-1]
+    assert isinstance(last, nn.Linear), f"{arch}: the classifier does not end in a Linear"
+    classifier[-1] = nn.Linear(last.in_features, 1)
     if dropout is not None:
-        for m in model.classifier:
+        for m in classifier:
             if isinstance(m, nn.Dropout):
                 m.p = float(dropout)
     if weights and not use_imagenet:

@@ -74,7 +74,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             if _is_state_dict(obj.get(key)):
                 obj = obj[key]
                 break
-    if not _is_state_dict(obj):
+    if not isinstance(obj, dict) or not _is_state_dict(obj):
         raise WeightsError(f"{path}: holds no state dict (a dict of tensors)")
     return dict(obj)
 
@@ -93,8 +93,9 @@ def head_module(model: nn.Module) -> nn.Module | None:
     """The classifier module (timm's ``get_classifier`` convention, else common names)."""
     model = getattr(model, "module", model)
     model = getattr(model, "inner", model)
-    if hasattr(model, "get_classifier"):
-        head = model.get_classifier()
+    get_classifier = getattr(model, "get_classifier", None)
+    if callable(get_classifier):
+        head = get_classifier()
         if isinstance(head, nn.Module):
             return head
     for name in ("classifier", "head", "fc"):
