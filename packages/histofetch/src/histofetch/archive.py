@@ -169,11 +169,8 @@ def figure_captions(files: dict[str, bytes]) -> dict[str, str]:
         except ET.ParseError:
             continue
         for fig in root.iter("fig"):
-            label = (
-                " ".join("".join(fig.find("label").itertext()).split())
-                if fig.find("label") is not None
-                else ""
-            )
+            label_el = fig.find("label")
+            label = " ".join("".join(label_el.itertext()).split()) if label_el is not None else ""
             cap_el = fig.find("caption")
             cap = " ".join("".join(cap_el.itertext()).split()) if cap_el is not None else ""
             text = " ".join(t for t in (label, cap) if t)

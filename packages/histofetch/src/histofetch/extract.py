@@ -240,7 +240,8 @@ def check_page_objects(doc: pymupdf.Document, path: Path) -> None:
             lost = refs
         if lost:
             raise StageFailure(
-                f"truncated PDF (page {page.number + 1} names missing object {lost[0]}): {path}"
+                f"truncated PDF (page {(page.number or 0) + 1} names missing object {lost[0]}): "
+                f"{path}"
             )
 
 
@@ -299,9 +300,9 @@ def extract_images(
     refused: list[str] = []
     deadline = time.monotonic() + (PDF_TIME_BUDGET_S if budget_s is None else budget_s)
     for page in doc:
+        pno = (page.number or 0) + 1  # pymupdf types number as optional; pages have one
         if time.monotonic() > deadline:
-            raise StageFailure(f"over the time budget, stopped at page {page.number + 1}: {where}")
-        pno = page.number + 1
+            raise StageFailure(f"over the time budget, stopped at page {pno}: {where}")
         captions = _caption_blocks(page)
         n_on_page = 0
         seen_here: set[int] = set()
@@ -380,7 +381,8 @@ def decode_rgb(doc: pymupdf.Document, xref: int, smask: int = 0) -> np.ndarray:
         arr = _pix_array(pix)
         alpha = arr[..., -1]
         pix = pymupdf.Pixmap(pix, 0)  # drop alpha
-    if pix.colorspace.n != 3 or pix.colorspace.name not in ("DeviceRGB",):
+    cs = pix.colorspace
+    if cs is None or cs.n != 3 or cs.name not in ("DeviceRGB",):
         pix = pymupdf.Pixmap(pymupdf.csRGB, pix)
     rgb = _pix_array(pix)[..., :3]
     if smask:
@@ -390,7 +392,9 @@ def decode_rgb(doc: pymupdf.Document, xref: int, smask: int = 0) -> np.ndarray:
         m = _pix_array(mask)[..., 0]
         if m.shape != rgb.shape[:2]:
             m = np.asarray(
-                PIL.Image.fromarray(m).resize((rgb.shape[1], rgb.shape[0]), PIL.Image.BILINEAR)
+                PIL.Image.fromarray(m).resize(
+                    (rgb.shape[1], rgb.shape[0]), PIL.Image.Resampling.BILINEAR
+                )
             )
         alpha = m if alpha is None else np.minimum(alpha, m)
     if alpha is not None and alpha.min() < 255:

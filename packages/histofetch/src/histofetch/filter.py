@@ -120,6 +120,8 @@ def score_row(manifest: Manifest, img: Image) -> None:
     """Read one image file and store its colour scores; an unreadable file fails the row."""
     path = manifest.resolve(img.path)
     try:
+        if path is None:
+            raise FileNotFoundError("the manifest names no file")
         scores = score_image(path)
     except Exception as exc:  # missing/corrupt PNG: mark this image, keep the run going
         img.status, img.reason = "failed", f"cannot read image {path}: {exc}".splitlines()[0]

@@ -12,6 +12,7 @@ import json
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from Bio import Entrez
 
@@ -82,7 +83,7 @@ def pmids_to_pmcids(client: NetClient, pmids: Iterable[str]) -> dict[str, IdRow]
 def parse_prlinks(body: bytes) -> list[str]:
     """Publisher URLs from ``elink.fcgi?cmd=prlinks`` (XML), best first."""
     try:
-        result = Entrez.read(io.BytesIO(body))
+        result: Any = Entrez.read(io.BytesIO(body))
     except RuntimeError as exc:  # Biopython raises on <ERROR> elements
         raise ServiceError(f"elink: {exc}") from None
     urls: list[str] = []

@@ -56,7 +56,8 @@ def _eutil(net: NetConfig, name: str) -> str:
 def parse_esearch(body: bytes) -> dict[str, Any]:
     """An esearch XML answer as a dict (Biopython's parser; ``<ERROR>`` raises)."""
     try:
-        return Entrez.read(io.BytesIO(body))
+        result: Any = Entrez.read(io.BytesIO(body))
+        return result
     except RuntimeError as exc:
         raise ServiceError(f"esearch: {exc}") from None
     except Exception as exc:  # old/unknown DTD (Biopython refuses), HTML, truncated XML

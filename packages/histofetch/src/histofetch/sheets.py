@@ -61,6 +61,8 @@ def contact_sheet(
         draw.rectangle([x, y, x + tile - 1, y + tile - 1], fill=(200, 200, 200))
         path = manifest.resolve(img.path)
         try:
+            if path is None:
+                raise FileNotFoundError("the manifest names no file")
             with PIL.Image.open(path) as im:
                 im = im.convert("RGB")
                 im.thumbnail((tile, tile))

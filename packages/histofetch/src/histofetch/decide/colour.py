@@ -92,7 +92,7 @@ def load_rgb(path: str | Path, work_side: int = WORK_SIDE) -> np.ndarray:
         im.draft("RGB", (work_side, work_side))  # JPEG: decode at reduced size, much faster
         im = im.convert("RGB")
         if max(im.size) > work_side:
-            im.thumbnail((work_side, work_side), PIL.Image.BILINEAR)
+            im.thumbnail((work_side, work_side), PIL.Image.Resampling.BILINEAR)
         return np.asarray(im)
 
 

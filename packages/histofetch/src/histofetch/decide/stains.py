@@ -182,8 +182,9 @@ def evidence(caption: str | None, letter: str | None = None) -> StainEvidence:
     if not caption or not caption.strip():
         return StainEvidence()
     parts = split_panels(caption)
-    use_panel = bool(letter) and letter.upper() in parts.panels
+    upper = (letter or "").upper()
+    use_panel = bool(upper) and upper in parts.panels
     text = parts.text_for(letter if use_panel else None)
     kinds, markers = stains_in(text)
-    source = f"caption panel {letter.upper()}" if use_panel else "caption"
+    source = f"caption panel {upper}" if use_panel else "caption"
     return StainEvidence(kinds=kinds, markers=markers, verdict=verdict_of(kinds), source=source)
