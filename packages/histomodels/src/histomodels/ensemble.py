@@ -11,6 +11,7 @@ applied inside); ``eval --val`` fits one for the averaged logit.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,7 @@ def member_spec(ckpt: dict[str, Any], source: str) -> dict[str, Any]:
     }
 
 
-def build_ensemble(sources: list[str | Path], *, tta: bool = False) -> dict[str, Any]:
+def build_ensemble(sources: Sequence[str | Path], *, tta: bool = False) -> dict[str, Any]:
     """The ensemble checkpoint dict of ``sources`` (checkpoint files, run folders holding
     ``best.pt``, or shipped model names such as ``pcam-cnn``).
 
@@ -83,7 +84,7 @@ def build_ensemble(sources: list[str | Path], *, tta: bool = False) -> dict[str,
     }
 
 
-def write_ensemble(sources: list[str | Path], out: str | Path, *, tta: bool = False) -> Path:
+def write_ensemble(sources: Sequence[str | Path], out: str | Path, *, tta: bool = False) -> Path:
     """Build and save the ensemble: ``out`` is a ``.pt`` file or a run folder (→ ``best.pt``)."""
     from histomodels.checkpoint import save_checkpoint
 

@@ -14,6 +14,7 @@ import csv
 import os
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
@@ -137,7 +138,8 @@ class EncodedH5Dataset(PatchDataset):
         if self._file is None:
             self._file = open_h5(self.path)
         row = int(self.rows[index])
-        data = self._file["encoded"][row]
+        enc: Any = self._file["encoded"]  # checked to be a stored dataset when opened
+        data = enc[row]
         img = decode_image(data.tobytes(), f"{self.path} row {row}", size=self.size)
         return img, int(self._labels[index]), self._ids[index]
 

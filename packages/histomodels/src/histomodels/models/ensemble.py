@@ -25,6 +25,9 @@ MEMBER_KEYS = ("model", "model_config", "mean", "std", "input_size", "temperatur
 class Member(nn.Module):
     """One model with its own preprocessing (normalisation, size) and temperature."""
 
+    mean: torch.Tensor  # buffers, registered in __init__
+    std: torch.Tensor
+
     def __init__(self, spec: dict[str, Any]) -> None:
         super().__init__()
         missing = [k for k in MEMBER_KEYS if k not in spec]
