@@ -23,8 +23,8 @@ import numpy as np
 
 from histocore.manifest import Image, Manifest
 
-WEAK: dict[str | None, int] = {"metastasis": 1, "no_metastasis": 0}
-REVIEWED: dict[str | None, int] = {"metastasis": 1, "no_metastasis": 0}
+WEAK = {"metastasis": 1, "no_metastasis": 0}
+REVIEWED = {"metastasis": 1, "no_metastasis": 0}
 WEAK_ROWS = ("metastasis", "no_metastasis", "abstain", "none")
 REVIEW_COLS = ("metastasis", "no_metastasis", "not_usable", "unreviewed")
 
@@ -85,9 +85,7 @@ def label_tables(
     kept = manifest.kept_images()
     excluded = {} if include_leaky else leakage_exclusions(kept) | (extra_excluded or {})
     used = [i for i in kept if i.id not in excluded]
-    table: dict[str | None, dict[str | None, int]] = {
-        w: dict.fromkeys(REVIEW_COLS, 0) for w in WEAK_ROWS
-    }
+    table = {w: dict.fromkeys(REVIEW_COLS, 0) for w in WEAK_ROWS}
     for img in used:
         w = img.weak_label if img.weak_label in WEAK_ROWS else "none"
         r = img.label if img.label in REVIEW_COLS else "unreviewed"
