@@ -10,9 +10,8 @@ state and ``history`` for resuming.
 
 from __future__ import annotations
 
+import io
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ import torch
 from torch import nn
 
 from histocore.errors import DomainError
+from histocore.io import atomic_write_bytes
 from histomodels.preprocess import IMAGENET_MEAN, IMAGENET_STD
 
 FORMAT = "histomodels.checkpoint"
@@ -65,15 +65,9 @@ def make_checkpoint(
 def save_checkpoint(path: str | Path, checkpoint: dict[str, Any]) -> Path:
     """Atomic save: a kill mid-write never leaves a truncated ``best.pt``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(checkpoint, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    buf = io.BytesIO()
+    torch.save(checkpoint, buf)
+    atomic_write_bytes(path, buf.getvalue())
     return path
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from histocore.errors import DomainError
-from histocore.io import atomic_write_text
+from histocore.io import atomic_write_bytes, atomic_write_text
 from histocore.manifest import Manifest
 
 
@@ -94,11 +94,9 @@ def build_article(path: Path, seed: int = 0) -> Path:
         rect = pymupdf.Rect(60, 100, 535, 420)
         page.insert_image(rect, stream=images[page_no], keep_proportion=True)
         page.insert_textbox(pymupdf.Rect(60, 430, 535, 480), caption, fontsize=10)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".part")
-    doc.save(tmp)
+    data = doc.tobytes()
     doc.close()
-    tmp.replace(path)
+    atomic_write_bytes(path, data)
     return path
 
 

@@ -98,6 +98,7 @@ def _check_history(history: Any, path: Path) -> list[dict[str, Any]]:
     from histomodels.training.callbacks import HISTORY_FIELDS
 
     numeric = {k for row in history for k, v in row.items() if number(v)} | set(HISTORY_FIELDS)
+    numeric -= {"frozen_backbone"}  # the trainer's one flag field: true/false, not plotted
     for i, row in enumerate(history):
         for k in numeric:
             if k in row and row[k] is not None and not isinstance(row[k], int | float):

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 import warnings
 from pathlib import Path
@@ -81,9 +80,17 @@ def _atomic_json(path: Path, obj: Any) -> None:
 
 
 def _save_client(client, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    client.save_to_json_file(str(tmp))
-    os.replace(tmp, path)
+    import tempfile
+
+    from histocore.io import atomic_write_bytes
+
+    # Ax writes the file itself (public API only): into a private temp folder, then the
+    # bytes go to ``path`` atomically (unique temp name, fsync), never half a snapshot.
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=".ax-") as folder:
+        tmp = Path(folder) / path.name
+        client.save_to_json_file(str(tmp))
+        atomic_write_bytes(path, tmp.read_bytes())
 
 
 def tune(*args: Any, **kwargs: Any) -> dict[str, Any]:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from histocore.io import atomic_write_bytes
 from histomodels.data.base import DatasetError, PatchDataset
 
 CLASS_NAMES = {0: "0 normal", 1: "1 tumour", -1: "unlabelled"}
@@ -68,9 +70,8 @@ def contact_sheet(ds: PatchDataset, out: str | Path, per_class: int = 8, seed: i
         )
     fig.suptitle(f"{Path(ds.source.split(':', 1)[-1]).name}: {len(ds)} patches", fontsize=9)
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.stem + ".part.png")
-    fig.savefig(tmp, dpi=150)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=150)
     plt.close(fig)
-    tmp.replace(out)
+    atomic_write_bytes(out, buf.getvalue())
     return out
