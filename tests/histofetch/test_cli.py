@@ -37,7 +37,8 @@ def test_extract_filter_status_end_to_end(tmp_path: Path, pdfs: Path) -> None:
     result = runner.invoke(app, ["filter", "--run", str(run), "--purple", "0.3"])
     assert result.exit_code == 0, result.output
     assert "kept 2 of 2 scored images" in result.output
-    assert (run / "sheets" / "kept.png").is_file() and (run / "sheets" / "rejected.png").is_file()
+    assert (run / "sheets" / "kept-001.jpg").is_file()
+    assert (run / "sheets" / "closest-rejected.jpg").is_file()
 
     result = runner.invoke(app, ["status", "--run", str(run), "--json"])
     assert result.exit_code == 0, result.output
@@ -53,7 +54,7 @@ def test_extract_filter_status_end_to_end(tmp_path: Path, pdfs: Path) -> None:
     assert "kept 2" in result.output and "encrypted PDF, needs a password" in result.output
 
     # stricter threshold: re-decided from stored scores
-    result = runner.invoke(app, ["filter", "--run", str(run), "--purple", "0.999", "--no-sheet"])
+    result = runner.invoke(app, ["filter", "--run", str(run), "--min-side", "5000", "--no-sheet"])
     assert result.exit_code == 0 and "kept 0 of 2" in result.output
 
 

@@ -1,4 +1,5 @@
-"""Contact sheets: a grid with one labelled tile per image, written atomically as PNG."""
+"""Contact sheets: article names not hashes, scores and the full reason on each tile,
+paging, closest calls first, size limits, and broken files."""
 
 from __future__ import annotations
 
@@ -7,21 +8,32 @@ from pathlib import Path
 import numpy as np
 import PIL.Image
 
-from histocore.manifest import Image, Manifest
-from histofetch.sheets import TILE, contact_sheet, tile_label, write_filter_sheets, write_sheet
+from histocore.manifest import Image, Manifest, Record
+from histofetch.sheets import (
+    PER_SHEET,
+    TILE,
+    article_name,
+    contact_sheet,
+    encode_sheet,
+    tile_label,
+    write_filter_sheets,
+    write_sheet,
+)
 
 
-def _run(tmp_path: Path, n: int) -> Manifest:
+def _run(tmp_path: Path, n: int, size: int = 40) -> Manifest:
     m = Manifest.load(tmp_path, create=True)
+    m.add_record(Record(id="pmid:123", pmid="123", title="A paper"))
     for k in range(n):
         rel = f"images/r/p001_{k:03d}.png"
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
-        colour = (200, 80 + k * 10, 180) if k % 2 == 0 else (10, 10, 10)
-        PIL.Image.new("RGB", (60 + 10 * k, 40), colour).save(tmp_path / rel)
+        colour = (200, 80 + k % 100, 180) if k % 2 == 0 else (10, 10, 10)
+        PIL.Image.new("RGB", (60 + k % 50, size), colour).save(tmp_path / rel)
+        kept = k % 2 == 0
         m.add_image(
             Image(
-                id=f"r/p001_{k:03d}",
-                record_id="r",
+                id=f"pmid:123/p001_{k:03d}",
+                record_id="pmid:123",
                 path=rel,
                 sha256="",
                 width=1,
@@ -29,16 +41,25 @@ def _run(tmp_path: Path, n: int) -> Manifest:
                 purple_ratio=0.5,
                 he_score=0.25,
                 tissue_fraction=0.125,
-                kept=k % 2 == 0,
-                filter_reason=None if k % 2 == 0 else "dark image",
+                p_he=0.9 if kept else 0.1,
+                kept=kept,
+                filter_reason=None if kept else "not H&E by the classifier: p(H&E) 0.10 < 0.50",
+                extra={"decision": {"note": "classifier p(H&E) 0.90", "margin": (k % 7) / 10}},
             )
         )
     return m
 
 
-def test_tile_label_prints_scores_and_reason() -> None:
+def test_article_names_are_what_a_person_recognises() -> None:
+    assert article_name(Record(id="pmid:1", pmid="1"), "pmid:1") == "PMID 1"
+    assert article_name(Record(id="pmc:PMC9", pmcid="PMC9"), "pmc:PMC9") == "PMC9"
+    rec = Record(id="local:0123456789abcdef", title="konrad-gerlach_report")
+    assert article_name(rec, rec.id) == "konrad-gerlach_report"
+
+
+def test_tile_label_shows_scores_caption_and_the_full_reason() -> None:
     img = Image(
-        id="pmid:1/p003_002",
+        id="pmid:1/p003_002_panel02",
         record_id="pmid:1",
         path="x",
         sha256="",
@@ -46,17 +67,25 @@ def test_tile_label_prints_scores_and_reason() -> None:
         height=1,
         purple_ratio=0.5,
         he_score=None,
-        filter_reason="dark image",
+        p_he=0.12,
+        panel_letter="B",
+        kept=False,
+        filter_reason="caption says not H&E: caption panel B names IHC (CK19); p(H&E) 0.12",
+        extra={"stains": {"said": "caption panel B names IHC (CK19)"}},
     )
-    assert tile_label(img) == ["1/p003_002", "p0.50 h- t-", "dark image"]
+    lines = tile_label(img, "PMID 1")
+    assert lines[:4] == ["PMID 1", "p003_002_panel02 (B)", "H&E p 0.12 pur 0.50", "hed - tis -"]
+    text = " ".join(lines[4:])
+    assert "caption panel B names IHC (CK19)" in text
+    assert "REJECTED: caption says not H&E: caption panel B names IHC (CK19); p(H&E) 0.12" in text
 
 
 def test_sheet_has_one_tile_per_image_with_the_image_in_it(tmp_path: Path) -> None:
     m = _run(tmp_path, 5)
     sheet = contact_sheet(m, list(m.images.values()), "all", columns=3)
-    assert sheet.size == (3 * (TILE + 4) + 4, 22 + 2 * (TILE + 3 * 11 + 4))
+    assert sheet.width == 3 * (TILE + 6) + 6
     arr = np.asarray(sheet)
-    centre = arr[22 + TILE // 2, 4 + TILE // 2]  # first tile shows image 0 (pink)
+    centre = arr[22 + TILE // 2, 6 + TILE // 2]  # first tile shows image 0 (pink)
     assert tuple(centre) == (200, 80, 180)
 
 
@@ -67,16 +96,36 @@ def test_missing_image_file_gives_a_grey_tile_not_a_crash(tmp_path: Path) -> Non
     assert PIL.Image.open(path).format == "PNG"
 
 
-def test_filter_sheets_split_kept_and_rejected(tmp_path: Path) -> None:
-    m = _run(tmp_path, 4)
+def test_filter_sheets_are_paged_sorted_and_small(tmp_path: Path) -> None:
+    n = 2 * PER_SHEET + 10  # 205 kept → two kept pages, 205 rejected → two pages
+    m = _run(tmp_path, n, size=120)
     paths = write_filter_sheets(m)
-    assert set(paths) == {"kept", "rejected"}
+    assert set(paths) == {
+        "kept-001", "kept-002", "rejected-001", "rejected-002", "closest-kept", "closest-rejected"
+    }  # fmt: skip
     for p in paths.values():
-        assert p.parent == tmp_path / "sheets" and PIL.Image.open(p).format == "PNG"
+        assert p.suffix == ".jpg" and p.stat().st_size < 2_000_000
+        assert PIL.Image.open(p).format == "JPEG"
+    # closest calls (smallest margin) first: margin 0 tiles are k % 7 == 0 → p001_000
+    first = PIL.Image.open(paths["closest-kept"])
+    assert first.height < PIL.Image.open(paths["kept-001"]).height
     assert not list((tmp_path / "sheets").glob("*.tmp"))
+    # a second run with fewer images removes the stale pages
+    for key in [k for k in m.images if int(k[-3:]) >= 20]:
+        del m.images[key]
+    paths = write_filter_sheets(m)
+    assert sorted(p.name for p in (tmp_path / "sheets").iterdir()) == sorted(
+        p.name for p in paths.values()
+    )
 
 
-def test_empty_sheet_is_still_a_valid_png(tmp_path: Path) -> None:
+def test_sheets_are_reencoded_under_the_size_limit() -> None:
+    noise = np.random.default_rng(0).integers(0, 255, (1500, 1500, 3)).astype(np.uint8)
+    data = encode_sheet(PIL.Image.fromarray(noise), max_bytes=400_000)
+    assert len(data) <= 400_000
+
+
+def test_empty_sheet_is_still_a_valid_image(tmp_path: Path) -> None:
     m = Manifest.load(tmp_path, create=True)
     path = write_sheet(m, [], tmp_path / "empty.png", "nothing")
     assert PIL.Image.open(path).size[0] > 0

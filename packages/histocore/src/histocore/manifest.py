@@ -113,6 +113,15 @@ class Image:
     tissue_fraction: float | None = None
     kept: bool | None = None
     filter_reason: str | None = None
+    # -- panels and the learned H&E check (histofetch panels.py, decide/) --------------
+    # A compound figure split into panels keeps its row; each panel gets its own row
+    # (source "panel") naming the figure, the pixel box in it and the letter when read.
+    p_he: float | None = None  # the shipped CNN's H&E probability (decide/classifier.py)
+    parent_id: str | None = None  # panel rows: the figure's image id
+    panel_bbox: list[int] | None = None  # panel rows: (x0, y0, x1, y1) px in the figure
+    panel_letter: str | None = None  # "A", "B", … when read (OCR) or matched to the caption
+    n_panels: int | None = None  # figure rows: panels split off (0: a single panel)
+    # -- end panels --------------------------------------------------------------------
     label: str | None = None
     # -- weak labels, review and leakage (issue 15) --------------------------------------
     #: Caption-derived label: metastasis / no_metastasis / abstain (histofetch.labels).
@@ -383,7 +392,14 @@ class Manifest(StoreSync):
             del self.images[img.id]
 
     def kept_images(self) -> list[Image]:
-        return [i for i in self.images.values() if i.kept and i.status == "ok"]
+        """Kept images to use downstream: a split figure is represented by its kept panels."""
+        return [i for i in self.images.values() if i.kept and i.status == "ok" and not i.n_panels]
+
+    def panels_of(self, image_id: str) -> list[Image]:
+        """The panel rows split from figure ``image_id``, in reading order."""
+        return sorted(
+            (i for i in self.images.values() if i.parent_id == image_id), key=lambda i: i.id
+        )
 
     def resolve(self, rel: str | None) -> Path | None:
         """Absolute path of a file the manifest names relative to the run folder."""

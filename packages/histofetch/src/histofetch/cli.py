@@ -266,14 +266,31 @@ def filter_(
     rescore: Annotated[
         bool, typer.Option("--rescore", help="Re-read and re-score every image.")
     ] = False,
-    sheet: Annotated[bool, typer.Option("--sheet/--no-sheet", help="Write sheets/*.png.")] = True,
+    sheet: Annotated[bool, typer.Option("--sheet/--no-sheet", help="Write sheets/*.jpg.")] = True,
+    panels: Annotated[
+        bool, typer.Option("--panels/--no-panels", help="Split compound figures into panels.")
+    ] = True,
+    explain_id: Annotated[
+        str | None,
+        typer.Option("--explain", metavar="ID", help="Print every signal behind one decision."),
+    ] = None,
     retry_failed: Retry = False,
     jobs: Jobs = 1,
 ) -> None:
-    """Score every image for H&E once, then keep the tissue images (thresholds re-applied)."""
-    from histofetch.filter import run_filter
+    """Split figures into panels, score each image once (colour, CNN, caption), keep H&E."""
+    from histocore.manifest import Manifest
+    from histofetch.filter import explain, run_filter
     from histofetch.status import run_status
 
+    if explain_id:
+        with errors():
+            manifest = Manifest.load(run)
+            try:
+                text = explain(manifest, explain_id)
+            except KeyError as exc:
+                fail(f"{run}: {exc.args[0]}")
+        print(text)
+        return
     with errors(), progress():
         summary = run_filter(
             run,
@@ -287,6 +304,7 @@ def filter_(
             min_blocks=min_blocks,
             max_dark=max_dark,
             min_side=min_side,
+            panels=panels,
         )
         info = run_status(run)
     print(summary.line())

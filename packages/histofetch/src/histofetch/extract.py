@@ -432,7 +432,7 @@ def _caption_blocks(page: pymupdf.Page) -> list[tuple[pymupdf.Rect, str]]:
     for block in page.get_text("blocks"):
         text = " ".join(str(block[4]).split())
         if block[6] == 0 and CAPTION_RE.match(text):
-            out.append((pymupdf.Rect(block[:4]), text[:1000]))
+            out.append((pymupdf.Rect(block[:4]), text[:4000]))
     return out
 
 

@@ -1,52 +1,47 @@
-"""Filter stage: score every image once (colour.py), then apply the H&E decision rule.
+"""Filter stage: split figures into panels, score every image once, then decide H&E.
 
-Scores are stored on the Image rows (``purple_ratio``, ``he_score``, ``tissue_fraction``
-and ``extra["colour"]``), so an image already scored is never re-read; the thresholds are
-re-applied to *all* images on every run, so ``filter --purple 0.5`` after ``--purple 0.3``
-simply re-decides. Decision rule (documented with its measurements in docs/histofetch.md)::
+Per image (read once; scores are stored, so an image already scored is never re-read):
 
-    kept = min(width, height) >= min_side
-           and tissue_blocks >= min_blocks and tissue_fraction >= min_tissue
-           and dark_fraction <= max_dark and detail >= min_detail
-           and purple_ratio >= purple and he_score >= min_he
+* colour scores (decide/colour.py) on the row (``purple_ratio``, ``he_score``,
+  ``tissue_fraction``, ``extra.colour``);
+* the shipped CNN's H&E probability (decide/classifier.py) in ``p_he`` and
+  ``extra.classifier``;
+* panels (panels.py): a compound figure gets one row per panel (``source="panel"``,
+  ``parent_id``, ``panel_bbox``, ``panel_letter``), each scored the same way.
+
+Then every row is decided again on every run (thresholds can change without re-reading):
+caption evidence (decide/stains.py) is read from ``caption`` for the panel's letter, and
+decide/rules.py gives ``kept`` and the full ``filter_reason``. A figure split into panels
+is kept when one of its panels is (its reason lists its panels' reasons otherwise).
 """
 
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, fields
+import hashlib
+import logging
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import PIL.Image
+
+from histocore.io import atomic_write_bytes
 from histocore.manifest import Image, Manifest, Record
-from histofetch.decide.colour import ColourScores, score_image
+from histofetch.decide import rules
+from histofetch.decide.classifier import classify_rgb
+from histofetch.decide.colour import ColourScores, score_image, score_rgb
+from histofetch.decide.stains import evidence
 from histofetch.labels import RULES_VERSION, label_manifest
 from histofetch.stage import StageSummary, run_records
 
-#: Bump when colour.py changes what the scores mean; older scores are then recomputed.
-SCORER_VERSION = 3
+log = logging.getLogger(__name__)
 
-
-@dataclass(frozen=True)
-class Thresholds:
-    """Image-level thresholds (re-applied every run; no image is re-read to change them)."""
-
-    purple: float = 0.3  # H&E-coloured share of the tissue region's stained pixels
-    min_he: float = 0.5  # share of those pixels with H&E-range HED optical densities
-    min_tissue: float = 0.02  # share of the image's blocks that are tissue
-    min_blocks: int = 2  # tissue blocks needed (one block can be chance in a big figure)
-    max_dark: float = 0.2  # dark-pixel share: fluorescence/heatmaps/black matrices sit on black
-    min_detail: float = 0.045  # pixel-scale grain of the tissue blocks; smooth colour maps lack it
-    min_side: int = 64  # px; smaller crops are too small to judge by colour (< one PCam tile)
-
-    @classmethod
-    def from_kwargs(cls, purple: float, **kw: Any) -> Thresholds:
-        names = {f.name for f in fields(cls)}
-        unknown = set(kw) - names
-        if unknown:
-            raise ValueError(f"unknown filter threshold(s): {', '.join(sorted(unknown))}")
-        values = {k: v for k, v in kw.items() if v is not None}
-        return cls(purple=purple, **values)
+#: Bump when scoring changes what the stored scores mean; older rows are then rescored.
+SCORER_VERSION = 4
+#: Figures are read at most this large (longest side) for panels and the classifier.
+PANEL_SIDE = 2048
+Thresholds = rules.Thresholds  # re-exported: the CLI and callers name it from here
 
 
 def run_filter(
@@ -57,23 +52,24 @@ def run_filter(
     rescore: bool = False,
     retry_failed: bool = False,
     jobs: int = 1,
+    panels: bool = True,
     **thresholds: Any,
 ) -> StageSummary:
     """Score unscored images of extracted records, then re-decide every image.
 
-    ``thresholds`` are the other fields of :class:`Thresholds` (``min_he``, ``min_tissue``,
-    ``min_blocks``). ``rescore`` recomputes scores even for images already scored.
+    ``thresholds`` are the other fields of :class:`Thresholds`. ``rescore`` recomputes
+    scores (and panels) even for images already scored; ``panels=False`` does not split.
     """
     limits = Thresholds.from_kwargs(purple, **thresholds)
     manifest = Manifest.load(Path(run_dir))
     if rescore:
-        for img in manifest.images.values():
+        for img in list(manifest.images.values()):
             img.extra.pop("colour", None)
     for rec in manifest.records.values():
         # Filtered before, but with images scored by an older scorer (or added since, e.g.
         # OA package figures): take the record again; its scored images are not re-read.
         if rec.stage == "filtered" and any(
-            i.status == "ok" and not _is_scored(i) for i in manifest.images_of(rec.id)
+            i.status == "ok" and not _is_scored(i) for i in _figures(manifest, rec.id)
         ):
             rec.stage = "extracted"
     manifest.commit()  # the stage claims records as the store holds them
@@ -81,15 +77,14 @@ def run_filter(
     summary = run_records(
         manifest,
         "filtered",
-        functools.partial(filter_record, limits=limits),  # picklable for --jobs
+        functools.partial(filter_record, limits=limits, panels=panels),  # picklable: --jobs
         jobs=jobs,
         retry_failed=retry_failed,
         export=False,  # saved below, once the thresholds are re-applied everywhere
     )
-    # Re-apply the thresholds to every scored image (records filtered in earlier runs too).
-    for img in manifest.images.values():
-        if img.status == "ok" and _is_scored(img):
-            decide(img, limits)
+    # Re-decide every scored image (records filtered in earlier runs too).
+    for rec_id in {i.record_id for i in manifest.images.values()}:
+        decide_record(manifest, rec_id, limits)
     manifest.header_extra["filter_thresholds"] = vars(limits) | {"scorer": SCORER_VERSION}
     # Caption weak labels + leakage flags of the images kept now (re-labelled every run).
     manifest.header_extra["weak_labels"] = label_manifest(manifest) | {"rules": RULES_VERSION}
@@ -101,14 +96,17 @@ def run_filter(
     return summary
 
 
-def filter_record(manifest: Manifest, rec: Record, *, limits: Thresholds) -> None:
-    """Score the record's unscored images (each file read once) and decide each image."""
-    for img in manifest.images_of(rec.id):
-        if img.status != "ok":
-            continue
-        if not _is_scored(img):
-            score_row(manifest, img)
-        decide(img, limits)
+def filter_record(manifest: Manifest, rec: Record, *, limits: Thresholds, panels: bool) -> None:
+    """Score the record's unscored figures (each file read once, panels cut) and decide."""
+    for img in _figures(manifest, rec.id):
+        if img.status == "ok" and not _is_scored(img):
+            score_row(manifest, img, split=panels)
+    decide_record(manifest, rec.id, limits)
+
+
+def _figures(manifest: Manifest, record_id: str) -> list[Image]:
+    """The record's images as extracted/downloaded (not the panel rows split from them)."""
+    return [i for i in manifest.images_of(record_id) if i.source != "panel"]
 
 
 def _is_scored(img: Image) -> bool:
@@ -116,18 +114,41 @@ def _is_scored(img: Image) -> bool:
     return isinstance(colour, dict) and colour.get("scorer") == SCORER_VERSION
 
 
-def score_row(manifest: Manifest, img: Image) -> None:
-    """Read one image file and store its colour scores; an unreadable file fails the row."""
+# -- scoring (reads pixels) ----------------------------------------------------------------
+def score_row(manifest: Manifest, img: Image, *, split: bool = True) -> None:
+    """Read one image file, store its scores and (re)make its panel rows.
+
+    An unreadable file fails the row (and keeps the run going).
+    """
     path = manifest.resolve(img.path)
+    for old in manifest.panels_of(img.id):
+        del manifest.images[old.id]
+    img.n_panels = None
     try:
         if path is None:
             raise FileNotFoundError("the manifest names no file")
         scores = score_image(path)
-    except Exception as exc:  # missing/corrupt PNG: mark this image, keep the run going
+        rgb, scale = _load(path)
+    except Exception as exc:  # missing/corrupt PNG, decompression bomb: this row only
         img.status, img.reason = "failed", f"cannot read image {path}: {exc}".splitlines()[0]
         img.kept, img.filter_reason = False, "unreadable image"
         return
     store_scores(img, scores)
+    store_classifier(img, rgb)
+    img.n_panels = 0
+    if split:
+        add_panels(manifest, img, rgb, scale)
+
+
+def _load(path: Path | None) -> tuple[np.ndarray, float]:
+    """RGB at most PANEL_SIDE px long, and the factor from it back to file pixels."""
+    with PIL.Image.open(path) as im:
+        full = im.size
+        im.draft("RGB", (PANEL_SIDE, PANEL_SIDE))
+        im = im.convert("RGB")
+        if max(im.size) > PANEL_SIDE:
+            im.thumbnail((PANEL_SIDE, PANEL_SIDE), PIL.Image.BILINEAR)
+        return np.asarray(im), full[0] / im.size[0]
 
 
 def store_scores(img: Image, scores: ColourScores) -> None:
@@ -137,27 +158,155 @@ def store_scores(img: Image, scores: ColourScores) -> None:
     img.extra["colour"] = scores.as_dict() | {"scorer": SCORER_VERSION}
 
 
+def store_classifier(img: Image, rgb: np.ndarray) -> None:
+    result = classify_rgb(rgb)
+    img.p_he = round(result.p_he, 4)
+    img.extra["classifier"] = result.as_dict()
+
+
+def add_panels(manifest: Manifest, img: Image, rgb: np.ndarray, scale: float) -> list[Image]:
+    """Split ``img`` into panels (panels.py) and add a scored row per panel."""
+    from histofetch.extract import encode_png
+    from histofetch.panels import find_panels
+
+    found = find_panels(rgb)
+    out_dir = manifest.resolve(img.path).parent
+    stem = Path(img.path).stem
+    rows = []
+    for panel in found:
+        x0, y0, x1, y1 = panel.bbox
+        crop = np.ascontiguousarray(rgb[y0:y1, x0:x1])
+        png = encode_png(crop)
+        name = f"{stem}_panel{panel.order + 1:02d}.png"
+        atomic_write_bytes(out_dir / name, png)
+        row = Image(
+            id=f"{img.id}_panel{panel.order + 1:02d}",
+            record_id=img.record_id,
+            path=manifest.relative(out_dir / name),
+            sha256=hashlib.sha256(png).hexdigest(),
+            width=crop.shape[1],
+            height=crop.shape[0],
+            page=img.page,
+            bbox=img.bbox,
+            source="panel",
+            caption=img.caption,
+            parent_id=img.id,
+            panel_bbox=[round(v * scale) for v in panel.bbox],
+            panel_letter=panel.letter,
+        )
+        store_scores(row, score_rgb(_shrink(crop)))
+        store_classifier(row, crop)
+        rows.append(manifest.add_image(row))
+    img.n_panels = len(rows)
+    return rows
+
+
+def _shrink(rgb: np.ndarray, side: int = 768) -> np.ndarray:
+    """The size decide/colour.py scores at (as load_rgb does for files)."""
+    if max(rgb.shape[:2]) <= side:
+        return rgb
+    im = PIL.Image.fromarray(rgb)
+    im.thumbnail((side, side), PIL.Image.BILINEAR)
+    return np.asarray(im)
+
+
+# -- deciding (no pixels read) ------------------------------------------------------------------
+def store_evidence(img: Image) -> None:
+    """Caption stain evidence for this row's panel letter (or the whole caption)."""
+    ev = evidence(img.caption, img.panel_letter)
+    img.extra["stains"] = ev.as_dict() | {"said": ev.describe()}
+
+
+def decide_record(manifest: Manifest, record_id: str, limits: Thresholds, **signals: bool) -> None:
+    """Decide every scored row of a record; a split figure follows its panels."""
+    for img in _figures(manifest, record_id):
+        if img.status != "ok" or not _is_scored(img):
+            continue
+        decide_image(manifest, img, limits, **signals)
+
+
+def decide_image(manifest: Manifest, img: Image, limits: Thresholds, **signals: bool) -> None:
+    """Decide one figure (and its panels, when it was split)."""
+    store_evidence(img)
+    whole = rules.apply(img, limits, **signals)
+    panels = manifest.panels_of(img.id) if img.n_panels else []
+    if not panels:
+        return
+    for p in panels:
+        store_evidence(p)
+        rules.apply(p, limits, **signals)
+    kept = [p for p in panels if p.kept]
+    name = lambda p: p.panel_letter or p.id.rsplit("_", 1)[-1]  # noqa: E731
+    img.extra["decision"]["whole_figure"] = {"kept": whole.kept, "reason": whole.reason}
+    if kept:
+        img.kept, img.filter_reason = True, None
+        img.extra["decision"]["note"] = "kept for its H&E panels: " + ", ".join(map(name, kept))
+        img.extra["decision"]["margin"] = max(p.extra["decision"]["margin"] for p in kept)
+    else:
+        details = "; ".join(f"{name(p)}: {p.filter_reason}" for p in panels)
+        img.kept = False
+        img.filter_reason = f"no H&E panel among {len(panels)}: {details}"
+        img.extra["decision"]["note"] = img.filter_reason
+        img.extra["decision"]["margin"] = max(p.extra["decision"]["margin"] for p in panels)
+
+
 def decide(img: Image, limits: Thresholds) -> None:
-    """Set ``kept`` and, when rejected, ``filter_reason`` (the first test that failed)."""
+    """Decide one row on its stored scores alone (no panels): kept and filter_reason."""
+    store_evidence(img)
+    rules.apply(img, limits)
+
+
+# -- explain --------------------------------------------------------------------------------------
+def explain(manifest: Manifest, image_id: str) -> str:
+    """Every signal behind one row's decision, as text a person can read (``--explain``).
+
+    ``image_id`` is the full id or its unique tail (``p011_003``, ``p011_003_panel02``).
+    Raises KeyError with the candidates when it names no row or several.
+    """
+    img = manifest.images.get(image_id)
+    if img is None:
+        hits = [i for i in manifest.images.values() if i.id.endswith("/" + image_id)]
+        if len(hits) != 1:
+            some = ", ".join(i.id for i in hits[:5]) or "none"
+            raise KeyError(f"{image_id!r} names {len(hits)} images (matches: {some})")
+        img = hits[0]
+    rec = manifest.records.get(img.record_id)
     colour = img.extra.get("colour", {})
-    blocks = int(colour.get("tissue_blocks", 0))
-    dark = float(colour.get("dark_fraction", 0.0))
-    detail = float(colour.get("detail", 0.0))
-    tissue, purple, he = img.tissue_fraction or 0.0, img.purple_ratio or 0.0, img.he_score or 0.0
-    reason = None
-    if min(img.width, img.height) < limits.min_side:
-        reason = f"too small to judge ({img.width}x{img.height} px < {limits.min_side})"
-    elif blocks == 0:
-        reason = "no H&E-like tissue blocks"
-    elif blocks < limits.min_blocks or tissue < limits.min_tissue:
-        reason = f"tissue region too small ({blocks} blocks, {tissue:.2f})"
-    elif dark > limits.max_dark:
-        reason = f"dark image, fluorescence or colour map ({dark:.2f} > {limits.max_dark:g})"
-    elif detail < limits.min_detail:
-        reason = f"smooth colour gradient, not tissue grain ({detail:.3f} < {limits.min_detail:g})"
-    elif purple < limits.purple:
-        reason = f"purple ratio too low ({purple:.2f} < {limits.purple:g})"
-    elif he < limits.min_he:
-        reason = f"H&E score too low ({he:.2f} < {limits.min_he:g})"
-    img.kept = reason is None
-    img.filter_reason = reason
+    clf = img.extra.get("classifier", {})
+    stains = img.extra.get("stains", {})
+    decision = img.extra.get("decision", {})
+    lines = [
+        f"image     {img.id}",
+        f"article   {(rec.title or rec.pmid or rec.id) if rec else img.record_id}",
+        f"file      {img.path} ({img.width}x{img.height} px, page {img.page})",
+    ]
+    if img.parent_id:
+        lines.append(f"panel of  {img.parent_id}, box {img.panel_bbox}, letter {img.panel_letter}")
+    if img.n_panels:
+        lines.append(
+            f"panels    {img.n_panels}: "
+            + ", ".join(p.id.rsplit("/", 1)[-1] for p in manifest.panels_of(img.id))
+        )
+    lines += [
+        f"decision  {'KEPT' if img.kept else 'REJECTED'}"
+        + ("" if img.kept else f": {img.filter_reason}"),
+        f"          {decision.get('note', '')} (margin {decision.get('margin', 'n/a')})",
+        f"classifier p(H&E) {img.p_he} over {clf.get('tiles', '?')} tiles "
+        f"(min {clf.get('p_he_min', '?')}, max {clf.get('p_he_max', '?')}); "
+        f"classes {clf.get('probs', {})}",
+        f"colour    purple {img.purple_ratio}, HED {img.he_score}, tissue {img.tissue_fraction}, "
+        + ", ".join(
+            f"{k} {v}"
+            for k, v in colour.items()
+            if k not in {"purple_ratio", "he_score", "tissue_fraction", "scorer"}
+        ),
+        f"caption   {stains.get('said', 'no caption')} (verdict {stains.get('verdict')})",
+    ]
+    if "whole_figure" in decision:
+        whole = decision["whole_figure"]
+        lines.append(
+            f"whole fig {'kept' if whole['kept'] else 'rejected: ' + str(whole['reason'])}"
+        )
+    if img.caption:
+        lines.append(f"caption   text: {img.caption[:400]}")
+    return "\n".join(lines)

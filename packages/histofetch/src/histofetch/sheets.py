@@ -1,9 +1,24 @@
-"""Contact sheets: one PNG grid of image tiles with their scores, so a person can check
-the H&E filter's decisions at a glance (``sheets/kept.png``, ``sheets/rejected.png``)."""
+"""Contact sheets: JPEG grids of image tiles with the article, the scores and the full reason.
+
+``filter`` writes, in ``RUN/sheets/``:
+
+* ``kept-001.jpg``, ``kept-002.jpg``, … and ``rejected-001.jpg``, … — every decided
+  image and panel (a figure split into panels is shown as its panels), sorted by distance
+  to the decision boundary (closest calls first), at most :data:`PER_SHEET` tiles a sheet;
+* ``closest-kept.jpg`` / ``closest-rejected.jpg`` — the :data:`CLOSEST` calls nearest the
+  boundary in each direction, the first place to look for mistakes.
+
+Each tile shows the image (aspect kept) and, under it: the article (PMID, PMCID or a short
+title, never a hash), the image/panel name, ``H&E p`` (classifier), ``pur``/``hed``/``tis``
+(colour scores), what the caption says, and the decision's full note or reason, wrapped.
+Sheets are JPEG, re-encoded at lower quality (then shrunk) if one would exceed
+:data:`MAX_BYTES`.
+"""
 
 from __future__ import annotations
 
 import io
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -11,29 +26,50 @@ import PIL.Image
 from PIL import ImageDraw, ImageFont
 
 from histocore.io import atomic_write_bytes
-from histocore.manifest import Image, Manifest
+from histocore.manifest import Image, Manifest, Record
 
-TILE = 128
-LABEL_LINES = 3
+TILE = 160
 LINE_H = 11
-MAX_TILES = 400  # a sheet wider than this is unreadable anyway; the rest is counted
+LABEL_LINES = 11
+CHARS = 30  # characters per label line at TILE px with PIL's default font
+PER_SHEET = 200
+CLOSEST = 60
+MAX_BYTES = 2_000_000
+COLUMNS = 10
 
 
-def tile_label(img: Image) -> list[str]:
-    """Up to three short lines: article/image, scores (p = purple ratio, h = H&E score,
-    t = tissue fraction), and the filter reason if rejected."""
+def article_name(rec: Record | None, record_id: str) -> str:
+    """A short name a person recognises: PMID, PMCID, else the title (file stem) cut short."""
+    if rec is not None:
+        if rec.pmid:
+            return f"PMID {rec.pmid}"
+        if rec.pmcid:
+            return rec.pmcid
+        if rec.title:
+            return rec.title[:28]
+    return record_id.rsplit(":", 1)[-1][:12]
+
+
+def tile_label(img: Image, article: str = "") -> list[str]:
+    """The lines under a tile: article, image name, scores, caption evidence, reason."""
 
     def f(v: float | None) -> str:
         return "-" if v is None else f"{v:.2f}"
 
-    record_tag = img.record_id.rsplit(":", 1)[-1][-8:]  # pmid / hash tail: which article
-    lines = [
-        f"{record_tag}/{img.id.rsplit('/', 1)[-1]}"[:22],
-        f"p{f(img.purple_ratio)} h{f(img.he_score)} t{f(img.tissue_fraction)}",
-    ]
-    if img.filter_reason:
-        lines.append(img.filter_reason[:22])
-    return lines
+    name = img.id.rsplit("/", 1)[-1]
+    if img.panel_letter:
+        name += f" ({img.panel_letter})"
+    lines = [article[:CHARS] if article else "", name[:CHARS]]
+    lines.append(f"H&E p {f(img.p_he)} pur {f(img.purple_ratio)}")
+    lines.append(f"hed {f(img.he_score)} tis {f(img.tissue_fraction)}")
+    said = img.extra.get("stains", {}).get("said")
+    if said and said != "no caption":
+        lines += textwrap.wrap(said, CHARS)[:2]
+    decision = img.extra.get("decision", {})
+    text = img.filter_reason or decision.get("note") or ""
+    prefix = "KEPT: " if img.kept else "REJECTED: "
+    lines += textwrap.wrap(prefix + text, CHARS)
+    return [x for x in lines if x][:LABEL_LINES]
 
 
 def contact_sheet(
@@ -41,22 +77,21 @@ def contact_sheet(
     images: Sequence[Image],
     title: str,
     *,
-    columns: int = 10,
+    columns: int = COLUMNS,
     tile: int = TILE,
 ) -> PIL.Image.Image:
     """A grid of thumbnails (aspect kept, on grey) with ``tile_label`` text under each."""
-    shown = list(images)[:MAX_TILES]
+    shown = list(images)[:PER_SHEET]
     font = ImageFont.load_default()
     cols = max(1, min(columns, len(shown) or 1))
     rows = max(1, -(-len(shown) // cols))
-    cell_h = tile + LABEL_LINES * LINE_H + 4
+    cell_h = tile + LABEL_LINES * LINE_H + 8
     head = 22
-    sheet = PIL.Image.new("RGB", (cols * (tile + 4) + 4, head + rows * cell_h), "white")
+    sheet = PIL.Image.new("RGB", (cols * (tile + 6) + 6, head + rows * cell_h), "white")
     draw = ImageDraw.Draw(sheet)
-    extra = f" (first {len(shown)} of {len(images)})" if len(images) > len(shown) else ""
-    draw.text((4, 4), f"{title}: {len(images)} images{extra}", fill="black", font=font)
+    draw.text((4, 4), title, fill="black", font=font)
     for k, img in enumerate(shown):
-        x = 4 + (k % cols) * (tile + 4)
+        x = 6 + (k % cols) * (tile + 6)
         y = head + (k // cols) * cell_h
         draw.rectangle([x, y, x + tile - 1, y + tile - 1], fill=(200, 200, 200))
         path = manifest.resolve(img.path)
@@ -64,33 +99,89 @@ def contact_sheet(
             if path is None:
                 raise FileNotFoundError("the manifest names no file")
             with PIL.Image.open(path) as im:
+                im.draft("RGB", (tile, tile))
                 im = im.convert("RGB")
                 im.thumbnail((tile, tile))
                 sheet.paste(im, (x + (tile - im.width) // 2, y + (tile - im.height) // 2))
         except Exception:  # a missing/broken file is shown as an empty grey tile
             draw.text((x + 4, y + tile // 2), "unreadable", fill="red", font=font)
-        for j, line in enumerate(tile_label(img)[:LABEL_LINES]):
-            draw.text((x, y + tile + 2 + j * LINE_H), line, fill="black", font=font)
+        colour = (0, 110, 0) if img.kept else (170, 0, 0)
+        article = article_name(manifest.records.get(img.record_id), img.record_id)
+        for j, line in enumerate(tile_label(img, article)):
+            draw.text(
+                (x, y + tile + 2 + j * LINE_H), line, fill="black" if j < 4 else colour, font=font
+            )
     return sheet
+
+
+def encode_sheet(sheet: PIL.Image.Image, max_bytes: int = MAX_BYTES) -> bytes:
+    """JPEG bytes under ``max_bytes``: quality lowered step by step, then the sheet shrunk."""
+    data = b""
+    while True:
+        for quality in (85, 70, 55, 40):
+            buf = io.BytesIO()
+            sheet.save(buf, format="JPEG", quality=quality, optimize=True)
+            data = buf.getvalue()
+            if len(data) <= max_bytes:
+                return data
+        if min(sheet.size) < 64:
+            return data
+        sheet = sheet.resize((sheet.width * 3 // 4, sheet.height * 3 // 4), PIL.Image.LANCZOS)
 
 
 def write_sheet(
     manifest: Manifest, images: Sequence[Image], path: Path, title: str, **kw: int
 ) -> Path:
-    """Render ``contact_sheet`` and write it as PNG atomically."""
-    buf = io.BytesIO()
-    contact_sheet(manifest, images, title, **kw).save(buf, format="PNG")
-    atomic_write_bytes(path, buf.getvalue())
+    """Render ``contact_sheet`` and write it atomically (JPEG for .jpg, else PNG)."""
+    sheet = contact_sheet(manifest, images, title, **kw)
+    if path.suffix.lower() in {".jpg", ".jpeg"}:
+        data = encode_sheet(sheet)
+    else:
+        buf = io.BytesIO()
+        sheet.save(buf, format="PNG")
+        data = buf.getvalue()
+    atomic_write_bytes(path, data)
     return path
 
 
+def shown_rows(manifest: Manifest) -> list[Image]:
+    """Decided rows a person should see: images, and panels instead of split figures."""
+    return [
+        i
+        for i in manifest.images.values()
+        if i.kept is not None and i.status == "ok" and not i.n_panels
+    ]
+
+
+def _margin(img: Image) -> float:
+    return abs(float(img.extra.get("decision", {}).get("margin", 0.0)))
+
+
 def write_filter_sheets(manifest: Manifest) -> dict[str, Path]:
-    """``sheets/kept.png`` and ``sheets/rejected.png`` for the run's scored images."""
-    scored = [i for i in manifest.images.values() if i.kept is not None and i.status == "ok"]
-    kept = sorted((i for i in scored if i.kept), key=lambda i: i.id)
-    rejected = sorted((i for i in scored if not i.kept), key=lambda i: i.id)
+    """Paged kept/rejected sheets sorted by closeness to the boundary, and the closest calls."""
     out = manifest.run_dir / "sheets"
-    return {
-        "kept": write_sheet(manifest, kept, out / "kept.png", "kept (H&E)"),
-        "rejected": write_sheet(manifest, rejected, out / "rejected.png", "rejected"),
-    }
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in [*out.glob("kept*.*"), *out.glob("rejected*.*"), *out.glob("closest-*.*")]:
+        stale.unlink()
+    rows = shown_rows(manifest)
+    written: dict[str, Path] = {}
+    for kind, keep in (("kept", True), ("rejected", False)):
+        group = sorted((i for i in rows if bool(i.kept) == keep), key=lambda i: (_margin(i), i.id))
+        pages = max(1, -(-len(group) // PER_SHEET))
+        for page in range(pages):
+            part = group[page * PER_SHEET : (page + 1) * PER_SHEET]
+            first = page * PER_SHEET + 1
+            title = (
+                f"{kind}: {len(group)} images/panels, closest to the boundary first "
+                f"(sheet {page + 1} of {pages}: {first}-{first + len(part) - 1})"
+            )
+            name = f"{kind}-{page + 1:03d}"
+            written[name] = write_sheet(manifest, part, out / f"{name}.jpg", title)
+        closest = group[:CLOSEST]
+        written[f"closest-{kind}"] = write_sheet(
+            manifest,
+            closest,
+            out / f"closest-{kind}.jpg",
+            f"closest calls, {kind}: the {len(closest)} {kind} images nearest the boundary",
+        )
+    return written

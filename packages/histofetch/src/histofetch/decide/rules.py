@@ -1,0 +1,156 @@
+"""The one H&E decision: classifier probability + colour scores + caption evidence.
+
+Inputs stored on each image/panel row by the filter: ``extra.colour`` (decide/colour.py),
+``p_he`` and ``extra.classifier`` (decide/classifier.py), ``extra.stains``
+(decide/stains.py). The rule, applied in this order (the first that decides gives the
+reason; every reason reads "<what>: <numbers>"):
+
+1. **Too small**: shorter side < ``min_side`` → reject.
+2. **No tissue**: no block passes the colour block rule (flat charts, text, greyscale,
+   fluorescence on black) → reject. The colour block rule is the hard gate: the CNN sees
+   tiles only and is never asked about an image without a single tissue-like block.
+3. **Caption against** (the caption names IHC/PAS/IF/… for this panel, or for the whole
+   figure when the panel's letter is unknown, and no H&E): reject unless the classifier is
+   nearly certain (``p_he ≥ p_against``, 0.98) *and* the colour rule passes.
+4. **Classifier**: ``p_he`` must reach ``p_keep`` (0.25), or ``p_caption`` (0.1) when the
+   caption names H&E for this panel/figure (set on the classifier's validation sources:
+   recall ≥ 0.9 and ≥ 0.98 there).
+5. **Colour**: the strict colour rule (decide/colour.py thresholds) must pass, or, for its
+   *soft* tests only (tissue region size, dark share, detail, purple ratio, HED score:
+   what blur, black padding, low magnification and red-brown staining trip), the classifier
+   may override it when ``p_he ≥ p_override`` (0.85; 0.5 with H&E named in the caption).
+
+Signals can be switched off (``use_classifier``, ``use_text``) to measure what each adds:
+with both off this is exactly the colour-only rule of earlier releases.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any
+
+from histocore.manifest import Image
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Decision thresholds (re-applied every run; no image is re-read to change them)."""
+
+    purple: float = 0.3  # H&E-coloured share of the tissue region's stained pixels
+    min_he: float = 0.5  # share of those pixels with H&E-range HED optical densities
+    min_tissue: float = 0.02  # share of the image's blocks that are tissue
+    min_blocks: int = 2  # tissue blocks needed (one block can be chance in a big figure)
+    max_dark: float = 0.2  # dark-pixel share: fluorescence/heatmaps/black matrices sit on black
+    min_detail: float = 0.045  # pixel-scale grain of the tissue blocks; smooth colour maps lack it
+    min_side: int = 64  # px; smaller crops are too small to judge (< one PCam tile)
+    # p_keep: the highest threshold keeping recall ≥ 0.9 on the classifier's held-out
+    # validation sources (benchmarks/results/he_classifier.json, operating_points); the
+    # caption bar is the one that keeps ≥ 0.98 there. Never set on the evaluation papers.
+    p_keep: float = 0.25  # classifier H&E probability needed
+    p_caption: float = 0.1  # … when the caption names H&E for this image/panel
+    p_override: float = 0.85  # classifier probability that overrides a soft colour test
+    p_override_caption: float = 0.5  # … when the caption names H&E
+    p_against: float = 0.98  # probability that keeps an image the caption says is not H&E
+
+    @classmethod
+    def from_kwargs(cls, purple: float, **kw: Any) -> Thresholds:
+        names = {f.name for f in fields(cls)}
+        unknown = set(kw) - names
+        if unknown:
+            raise ValueError(f"unknown filter threshold(s): {', '.join(sorted(unknown))}")
+        values = {k: v for k, v in kw.items() if v is not None}
+        return cls(purple=purple, **values)
+
+
+@dataclass
+class Decision:
+    kept: bool
+    reason: str | None  # None when kept
+    note: str  # why it was kept (or the same as reason), for --explain and the sheets
+    margin: float  # signed distance to the boundary (>0 kept), for sorting sheets
+
+
+def colour_test(img: Image, limits: Thresholds) -> tuple[str | None, bool]:
+    """(reason the colour rule rejects, whether that test is a hard one) or (None, False)."""
+    colour = img.extra.get("colour", {})
+    blocks = int(colour.get("tissue_blocks", 0))
+    dark = float(colour.get("dark_fraction", 0.0))
+    detail = float(colour.get("detail", 0.0))
+    tissue, purple, he = img.tissue_fraction or 0.0, img.purple_ratio or 0.0, img.he_score or 0.0
+    if min(img.width, img.height) < limits.min_side:
+        return f"too small to judge ({img.width}x{img.height} px < {limits.min_side})", True
+    if blocks == 0:
+        return "no H&E-like tissue blocks", True
+    if blocks < limits.min_blocks or tissue < limits.min_tissue:
+        return f"tissue region too small ({blocks} blocks, {tissue:.2f})", False
+    if dark > limits.max_dark:
+        return f"dark image, fluorescence or colour map ({dark:.2f} > {limits.max_dark:g})", False
+    if detail < limits.min_detail:
+        return (
+            f"smooth colour gradient, not tissue grain ({detail:.3f} < {limits.min_detail:g})",
+            False,
+        )
+    if purple < limits.purple:
+        return f"purple ratio too low ({purple:.2f} < {limits.purple:g})", False
+    if he < limits.min_he:
+        return f"H&E score too low ({he:.2f} < {limits.min_he:g})", False
+    return None, False
+
+
+def _looks_like(img: Image) -> str:
+    probs = img.extra.get("classifier", {}).get("probs", {})
+    others = {k: v for k, v in probs.items() if k != "he"}
+    if not others:
+        return ""
+    best = max(others, key=others.get)
+    return f", looks like {best} ({others[best]:.2f})"
+
+
+def decide(
+    img: Image, limits: Thresholds, *, use_classifier: bool = True, use_text: bool = True
+) -> Decision:
+    """Apply the rule in the module docstring to one scored row (no pixels are read)."""
+    colour_reason, hard = colour_test(img, limits)
+    p = img.p_he if use_classifier else None
+    stains = img.extra.get("stains", {}) if use_text else {}
+    verdict = stains.get("verdict")
+    said = stains.get("said", "")
+    if colour_reason and (hard or p is None):
+        margin = -1.0 if hard else -0.5 + (0.5 * p if p is not None else 0.0)
+        return Decision(False, colour_reason, colour_reason, margin)
+    if p is None:  # colour only (+ text): the caption can only veto
+        if verdict == "against":
+            reason = f"caption says not H&E: {said}"
+            return Decision(False, reason, reason, -0.25)
+        note = "colour rule passes" + (f"; {said}" if verdict == "for" else "")
+        return Decision(True, None, note, 0.25)
+    probs = f"p(H&E) {p:.2f}"
+    if verdict == "against":
+        if p >= limits.p_against and not colour_reason:
+            return Decision(
+                True, None, f"kept despite the caption ({said}): {probs}", p - limits.p_against
+            )
+        reason = f"caption says not H&E: {said}; {probs}{_looks_like(img)}"
+        return Decision(False, reason, reason, min(p - limits.p_against, -0.01))
+    need = limits.p_caption if verdict == "for" else limits.p_keep
+    if p < need:
+        why = f" (caption names H&E, needs {need:.2f})" if verdict == "for" else f" < {need:.2f}"
+        reason = f"not H&E by the classifier: {probs}{why}{_looks_like(img)}"
+        return Decision(False, reason, reason, p - need)
+    if colour_reason:
+        override = limits.p_override_caption if verdict == "for" else limits.p_override
+        if p < override:
+            reason = f"{colour_reason}; classifier {probs} < {override:.2f} to override"
+            return Decision(False, reason, reason, p - override)
+        note = f"classifier {probs} overrides the colour test ({colour_reason})"
+        return Decision(True, None, note, p - override)
+    note = f"classifier {probs}, colour rule passes" + (f"; {said}" if verdict == "for" else "")
+    return Decision(True, None, note, p - need)
+
+
+def apply(img: Image, limits: Thresholds, **signals: bool) -> Decision:
+    """Decide and store ``kept``/``filter_reason`` (and the margin/note in ``extra``)."""
+    d = decide(img, limits, **signals)
+    img.kept, img.filter_reason = d.kept, d.reason
+    img.extra["decision"] = {"note": d.note, "margin": round(d.margin, 4)}
+    return d

@@ -1,0 +1,87 @@
+"""The H&E decision on real papers it was never fitted on, against labels given by eye.
+
+Labels (tests/histofetch/data/he_eval_labels.tsv, keyed by image sha256): every image of
+the konrad-gerlach report and of the article PDFs in ../shared/fixtures/pdfs, and the
+panels split from them. docs/benchmarks.md reports the numbers; this test fails when the
+default decision falls below what was measured minus a small margin.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import shared_path
+
+from histocore.manifest import Manifest
+from histofetch.decide.evaluate import MODES, evaluate, read_labels
+from histofetch.extract import run_extract
+from histofetch.filter import run_filter
+
+LABELS = Path(__file__).parent / "data" / "he_eval_labels.tsv"
+DEFAULT = "colour + classifier + text (default)"
+#: Measured (docs/benchmarks.md: figures 1.000 / 0.595, panels 0.727 / 0.667) minus 0.03.
+FLOORS = {"figures": (0.97, 0.565), "panels": (0.697, 0.637)}
+
+
+def test_labels_file_is_well_formed() -> None:
+    labels = read_labels(LABELS)
+    assert len(labels) >= 300
+    assert set(labels.values()) == {"he", "not_he"}
+
+
+@pytest.fixture(scope="module")
+def scores(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    pdfs = [
+        shared_path("data", "pdfs", "konrad-gerlach_report.pdf"),
+        shared_path("fixtures", "pdfs"),
+    ]
+    run_dir = tmp_path_factory.mktemp("he-eval") / "run"
+    run_extract(run_dir, pdfs, progress=False)
+    run_filter(run_dir, progress=False, sheet=False)
+    manifest = Manifest.load(run_dir)
+    labels = read_labels(LABELS)
+    missing = [i.id for i in manifest.images.values() if i.sha256 not in labels]
+    return {"result": evaluate(manifest, labels), "missing": missing, "manifest": manifest}
+
+
+def _by_pdf(manifest: Manifest, name: str) -> dict:
+    (rec,) = [r for r in manifest.records.values() if Path(r.pdf_path).name == name]
+    return {i.id.rsplit("/", 1)[1]: i for i in manifest.images_of(rec.id)}
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_every_image_and_panel_is_labelled(scores: dict) -> None:
+    assert scores["missing"] == []  # a changed splitter or extractor needs new labels
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_default_decision_stays_above_the_measured_floor(scores: dict) -> None:
+    result = scores["result"]
+    assert set(result) == set(MODES)
+    for unit, (precision, recall) in FLOORS.items():
+        s = result[DEFAULT][unit]
+        assert s["precision"] >= precision and s["recall"] >= recall, (unit, s)
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_hard_negatives_stay_rejected(scores: dict) -> None:
+    m = scores["manifest"]
+    cote = _by_pdf(m, "hardneg_cote2023_elife91357_magenta_RNA_FISH.pdf")
+    fish = [i for i in cote.values() if i.page == 12 and (i.width, i.height) == (201, 201)]
+    assert fish and any(i.extra["colour"]["naive_purple"] > 0.7 for i in fish)
+    assert not any(i.kept for i in cote.values())  # magenta RNA-FISH, plots
+    soler = _by_pdf(m, "neg_soler2014_plosone_0107412_charts_photos.pdf")
+    assert soler and not any(i.kept for i in soler.values())
+    li = _by_pdf(m, "pos_li2022_science_abi9591_HE_lung_PAS_kidney.pdf")
+    assert not li["p008_004"].kept  # the purple/yellow scRNA-seq heatmap
+    konrad = _by_pdf(m, "konrad-gerlach_report.pdf")
+    inferno = [
+        i for k, i in konrad.items() if k.startswith("p007_") and k not in {"p007_002", "p007_007"}
+    ]
+    assert len(inferno) >= 15 and not any(i.kept for i in inferno)  # saliency maps
+    failed = [Path(r.pdf_path).name for r in m.records.values() if r.status == "failed"]
+    assert failed == ["bad_pdfplumber_encrypted_password_example.pdf"]

@@ -1,0 +1,85 @@
+"""The one H&E decision: each rule, in order, with the reason it gives."""
+
+from __future__ import annotations
+
+from histocore.manifest import Image
+from histofetch.decide.rules import Thresholds, apply, decide
+
+GOOD_COLOUR = {"tissue_blocks": 30, "dark_fraction": 0.0, "detail": 0.08}
+
+
+def row(p_he: float | None = 0.9, verdict: str | None = None, said: str = "", **colour) -> Image:
+    img = Image(id="r/p001_001", record_id="r", path="x.png", sha256="", width=300, height=300)
+    img.purple_ratio, img.he_score, img.tissue_fraction = 0.9, 0.9, 0.5
+    img.extra["colour"] = GOOD_COLOUR | colour
+    img.p_he = p_he
+    img.extra["classifier"] = {"probs": {"he": p_he or 0.0, "ihc": 0.7, "pas": 0.1}}
+    img.extra["stains"] = {"verdict": verdict, "said": said}
+    return img
+
+
+T = Thresholds()
+
+
+def test_confident_he_with_good_colour_is_kept() -> None:
+    d = decide(row(0.9), T)
+    assert d.kept and d.reason is None and d.note == "classifier p(H&E) 0.90, colour rule passes"
+    assert abs(d.margin - 0.65) < 1e-9
+
+
+def test_hard_colour_failures_reject_whatever_the_classifier_says() -> None:
+    d = decide(row(0.99, tissue_blocks=0), T)
+    assert not d.kept and d.reason == "no H&E-like tissue blocks"
+    small = row(0.99)
+    small.width = 50
+    assert decide(small, T).reason == "too small to judge (300x50 px < 64)".replace(
+        "300x50", "50x300"
+    )
+
+
+def test_classifier_rejects_with_what_it_looks_like() -> None:
+    d = decide(row(0.2), T)
+    assert not d.kept
+    assert d.reason == "not H&E by the classifier: p(H&E) 0.20 < 0.25, looks like ihc (0.70)"
+
+
+def test_caption_naming_he_lowers_the_bar() -> None:
+    said = "caption panel A names H&E"
+    d = decide(row(0.15, "for", said), T)
+    assert d.kept and d.note.endswith(said)
+    assert not decide(row(0.05, "for", said), T).kept
+
+
+def test_caption_against_rejects_unless_the_classifier_is_nearly_certain() -> None:
+    said = "caption panel B names IHC (Ki-67)"
+    d = decide(row(0.9, "against", said), T)
+    assert not d.kept
+    assert d.reason == f"caption says not H&E: {said}; p(H&E) 0.90, looks like ihc (0.70)"
+    assert decide(row(0.99, "against", said), T).kept
+    assert not decide(row(0.99, "against", said, dark_fraction=0.5), T).kept
+
+
+def test_soft_colour_failure_is_overridden_only_by_a_confident_classifier() -> None:
+    padded = dict(dark_fraction=0.3)  # black padding around a patch
+    d = decide(row(0.95, **padded), T)
+    assert d.kept and d.note.startswith("classifier p(H&E) 0.95 overrides the colour test (dark")
+    d = decide(row(0.7, **padded), T)
+    assert not d.kept and d.reason.endswith("classifier p(H&E) 0.70 < 0.85 to override")
+    assert decide(row(0.7, "for", "caption names H&E", **padded), T).kept
+
+
+def test_signals_can_be_switched_off_to_measure_them() -> None:
+    # colour only: the earlier rule (classifier and caption ignored)
+    assert decide(row(0.1, "against", "x"), T, use_classifier=False, use_text=False).kept
+    assert not decide(row(0.95, dark_fraction=0.3), T, use_classifier=False).kept
+    # colour + text: the caption can veto
+    assert not decide(row(0.9, "against", "x"), T, use_classifier=False).kept
+    # no classifier score stored: colour decides
+    assert decide(row(None), T).kept
+
+
+def test_apply_stores_the_decision_on_the_row() -> None:
+    img = row(0.15)
+    apply(img, T)
+    assert img.kept is False and img.filter_reason.startswith("not H&E by the classifier")
+    assert img.extra["decision"]["margin"] == -0.1
