@@ -274,13 +274,19 @@ def grid_figure_rgb() -> np.ndarray:
     return fig
 
 
-def test_compound_figures_are_decided_by_their_panels(tmp_path: Path) -> None:
+def _grid_run(tmp_path: Path) -> Path:
+    """A filtered run of one PDF holding the 2×2 compound figure."""
     pdf = build_image_pdf(
         tmp_path / "grid.pdf", [grid_figure_rgb()], caption="Figure 2. H&E and a heatmap."
     )
     run_dir = tmp_path / "run"
     run_extract(run_dir, [pdf], progress=False)
     run_filter(run_dir, progress=False, sheet=False)
+    return run_dir
+
+
+def test_compound_figures_are_decided_by_their_panels(tmp_path: Path) -> None:
+    run_dir = _grid_run(tmp_path)
     m = Manifest.load(run_dir)
     (figure,) = [i for i in m.images.values() if i.source == "pdf"]
     panels = m.panels_of(figure.id)
@@ -308,12 +314,7 @@ def test_explain_prints_every_signal(tmp_path: Path) -> None:
 
     from histofetch.cli import app
 
-    pdf = build_image_pdf(
-        tmp_path / "grid.pdf", [grid_figure_rgb()], caption="Figure 2. H&E and a heatmap."
-    )
-    run_dir = tmp_path / "run"
-    run_extract(run_dir, [pdf], progress=False)
-    run_filter(run_dir, progress=False, sheet=False)
+    run_dir = _grid_run(tmp_path)
     result = CliRunner().invoke(
         app, ["filter", "--run", str(run_dir), "--explain", "p001_001_panel03"]
     )
