@@ -176,20 +176,6 @@ def test_unreadable_image_fails_only_its_row(tmp_path: Path) -> None:
 
 
 @pytest.mark.realdata
-@pytest.mark.slow
-def test_fixture_pdf_figures_get_weak_labels_from_their_captions(real_run: Manifest) -> None:
-    """No fixture PDF shows a lymph node (lung metastasis, kidney, PCam patches in a student
-    report): every kept figure gets a weak label, and it is abstain (weak-labels.md)."""
-    kept = real_run.kept_images()
-    assert kept and all(i.weak_label_rules for i in kept)
-    assert {i.weak_label for i in kept} == {"abstain"}
-    bawaneh = _by_pdf(real_run, "pos_bawaneh2022_cancers14_4849_TNBC_HE_lung_metastasis.pdf")
-    lung = [i for i in bawaneh.values() if i.kept and "lung metastasis" in (i.caption or "")]
-    assert lung and all(i.site == "other" for i in lung)  # a metastasis, but not in a node
-    assert all(i.weak_label is None for i in real_run.images.values() if not i.kept)
-
-
-@pytest.mark.realdata
 def test_real_he_tiles_are_kept() -> None:
     paths = sorted(shared_path("data", "camelyon16_tiles_didsr").rglob("*.webp"))[::6]
     paths += sorted(shared_path("data", "camelyon17_centre_tiles").glob("*.jpeg"))

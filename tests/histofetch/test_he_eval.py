@@ -85,3 +85,18 @@ def test_hard_negatives_stay_rejected(scores: dict) -> None:
     assert len(inferno) >= 15 and not any(i.kept for i in inferno)  # saliency maps
     failed = [Path(r.pdf_path).name for r in m.records.values() if r.status == "failed"]
     assert failed == ["bad_pdfplumber_encrypted_password_example.pdf"]
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_fixture_pdf_figures_get_weak_labels_from_their_captions(scores: dict) -> None:
+    """No fixture PDF shows a lymph node (lung metastasis, kidney, PCam patches in a student
+    report): every kept figure gets a weak label, and it is abstain (weak-labels.md)."""
+    m = scores["manifest"]
+    kept = m.kept_images()
+    assert kept and all(i.weak_label_rules for i in kept)
+    assert {i.weak_label for i in kept} == {"abstain"}
+    bawaneh = _by_pdf(m, "pos_bawaneh2022_cancers14_4849_TNBC_HE_lung_metastasis.pdf")
+    lung = [i for i in bawaneh.values() if i.kept and "lung metastasis" in (i.caption or "")]
+    assert lung and all(i.site == "other" for i in lung)  # a metastasis, but not in a node
+    assert all(i.weak_label is None for i in m.images.values() if not i.kept)
