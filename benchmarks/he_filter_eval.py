@@ -35,8 +35,8 @@ EVAL_PDFS = ("data/pdfs/konrad-gerlach_report.pdf", "fixtures/pdfs")
 
 def run_eval(shared: Path, run_dir: Path, *, sheets: bool = False) -> dict:
     """Extract + filter the evaluation PDFs into ``run_dir`` and score every mode."""
-    run_extract(run_dir, [shared / p for p in EVAL_PDFS], progress=False)
-    run_filter(run_dir, progress=False, sheet=sheets)
+    run_extract(run_dir, [shared / p for p in EVAL_PDFS])
+    run_filter(run_dir, sheet=sheets)
     manifest = Manifest.load(run_dir)
     labels = read_labels(LABELS)
     result = evaluate(manifest, labels)

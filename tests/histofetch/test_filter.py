@@ -266,8 +266,8 @@ def _grid_run(tmp_path: Path) -> Path:
         tmp_path / "grid.pdf", [grid_figure_rgb()], caption="Figure 2. H&E and a heatmap."
     )
     run_dir = tmp_path / "run"
-    run_extract(run_dir, [pdf], progress=False)
-    run_filter(run_dir, progress=False, sheet=False)
+    run_extract(run_dir, [pdf])
+    run_filter(run_dir, sheet=False)
     return run_dir
 
 
@@ -291,7 +291,7 @@ def test_compound_figures_are_decided_by_their_panels(tmp_path: Path) -> None:
     # downstream sees the kept panels, never the split figure itself
     assert {i.id for i in m.kept_images()} == {p.id for p in panels if p.kept}
     # rescoring replaces the panel rows instead of adding more
-    run_filter(run_dir, progress=False, sheet=False, rescore=True)
+    run_filter(run_dir, sheet=False, rescore=True)
     assert len(Manifest.load(run_dir).panels_of(figure.id)) == 4
 
 

@@ -37,8 +37,8 @@ def scores(tmp_path_factory: pytest.TempPathFactory) -> dict:
         shared_path("fixtures", "pdfs"),
     ]
     run_dir = tmp_path_factory.mktemp("he-eval") / "run"
-    run_extract(run_dir, pdfs, progress=False)
-    run_filter(run_dir, progress=False, sheet=False)
+    run_extract(run_dir, pdfs)
+    run_filter(run_dir, sheet=False)
     manifest = Manifest.load(run_dir)
     labels = read_labels(LABELS)
     missing = [i.id for i in manifest.images.values() if i.sha256 not in labels]
