@@ -251,3 +251,18 @@ def test_fixture_pdfs_extract_or_fail_as_provenance_says(tmp_path: Path) -> None
     ]
     assert len(lung) == 1 and lung[0].caption.startswith("Fig. 6")
     assert all(not r.extra.get("count_mismatch") for r in manifest.records.values())
+
+
+def test_only_errors_raised_inside_mupdf_count_as_bad_input() -> None:
+    from histofetch.extract import _raised_in_mupdf
+
+    try:
+        pymupdf.open(stream=b"not a pdf at all", filetype="pdf")
+    except Exception as exc:
+        assert _raised_in_mupdf(exc)
+    else:
+        raise AssertionError("MuPDF opened garbage")
+    try:
+        raise ValueError("a bug of ours")
+    except ValueError as exc:
+        assert not _raised_in_mupdf(exc)

@@ -280,6 +280,19 @@ def oversized_parts(doc: pymupdf.Document, xref: int, smask: int = 0) -> str | N
     return None
 
 
+def _raised_in_mupdf(exc: BaseException) -> bool:
+    """True when the innermost frame of ``exc`` is PyMuPDF's own code.
+
+    MuPDF answers a broken PDF with many exception types (its ``FzError*``, RuntimeError,
+    ValueError, even TypeError from its warning path); those are bad input, while the same
+    types raised by our own code stay programmer bugs with their traceback.
+    """
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and str(tb.tb_frame.f_globals.get("__name__", "")).startswith("pymupdf")
+
+
 def extract_images(
     doc: pymupdf.Document,
     *,
@@ -290,9 +303,26 @@ def extract_images(
     """All distinct raster images of ``doc`` as dicts with an ``rgb`` uint8 array.
 
     Returns the images and counts for the record (``pymupdf_images``: image XObjects per
-    page, summed,
-    ``duplicates``, ``small_dropped``, ``refused_images``).
+    page, summed, ``duplicates``, ``small_dropped``, ``refused_images``). MuPDF failing on
+    a broken file (a page it cannot load, a mangled resource tree) is a
+    :class:`StageFailure` naming the file.
     """
+    try:
+        return _extract_images(doc, min_size=min_size, where=where, budget_s=budget_s)
+    except Exception as exc:
+        if not _raised_in_mupdf(exc):
+            raise
+        raise StageFailure(f"{where}: MuPDF cannot read it ({exc})") from None
+
+
+def _extract_images(
+    doc: pymupdf.Document,
+    *,
+    min_size: int = 32,
+    where: Path | str = "PDF",
+    budget_s: float | None = None,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """:func:`extract_images` without the guard for MuPDF's own errors."""
     by_xref: dict[int, dict[str, Any]] = {}
     by_pixels: dict[str, dict[str, Any]] = {}
     images: list[dict[str, Any]] = []
