@@ -79,7 +79,7 @@ def browser() -> Iterator[object]:
         shutil.rmtree(profile, ignore_errors=True)
 
 
-def _wait(driver, condition, timeout: float = 10.0):
+def _wait(driver, condition, timeout: float = 30.0):  # generous: CI machines can be loaded
     from selenium.webdriver.support.ui import WebDriverWait
 
     return WebDriverWait(driver, timeout).until(condition)
