@@ -71,7 +71,6 @@ Shard = Annotated[
     str | None,
     typer.Option(help="Keep shard K of N of the hits (K/N, e.g. 1/4): one job per shard."),
 ]
-Fraction = dict(min=0.0, max=1.0)
 
 
 def _policy(licence: str, include_retracted: bool):  # -> Policy
@@ -244,20 +243,25 @@ def filter_(
     run: Run = RUN_DEFAULT,
     purple: Annotated[
         float,
-        typer.Option(**Fraction, help="Min share of H&E-coloured pixels in the tissue region."),
+        typer.Option(
+            min=0.0, max=1.0, help="Min share of H&E-coloured pixels in the tissue region."
+        ),
     ] = 0.3,
     min_he: Annotated[
-        float | None, typer.Option("--min-he", **Fraction, help="Min H&E (HED) score [0.5].")
+        float | None, typer.Option("--min-he", min=0.0, max=1.0, help="Min H&E (HED) score [0.5].")
     ] = None,
     min_tissue: Annotated[
         float | None,
-        typer.Option("--min-tissue", **Fraction, help="Min tissue share of the image [0.02]."),
+        typer.Option(
+            "--min-tissue", min=0.0, max=1.0, help="Min tissue share of the image [0.02]."
+        ),
     ] = None,
     min_blocks: Annotated[
         int | None, typer.Option("--min-blocks", min=1, help="Min tissue blocks [2].")
     ] = None,
     max_dark: Annotated[
-        float | None, typer.Option("--max-dark", **Fraction, help="Max dark-pixel share [0.2].")
+        float | None,
+        typer.Option("--max-dark", min=0.0, max=1.0, help="Max dark-pixel share [0.2]."),
     ] = None,
     min_side: Annotated[
         int | None,

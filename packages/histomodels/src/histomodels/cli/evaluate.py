@@ -114,14 +114,14 @@ def eval_cmd(
     image-level scores on mined literature figures)."""
     if (data is None) == (manifest is None):
         fail("give exactly one of --data PATH or --manifest RUN_DIR")
-    checkpoint = _model_source(checkpoint, model)  # type: ignore[assignment]
+    source = _model_source(checkpoint, model)
     use_cpu_cores()
     with errors(), progress():
         if manifest is not None:
             from histomodels.external import evaluate_manifest
 
             result = evaluate_manifest(
-                checkpoint,
+                source,
                 manifest,
                 out,
                 batch_size=batch_size,
@@ -140,7 +140,7 @@ def eval_cmd(
             from histomodels.evaluate import evaluate_checkpoint
 
             result = evaluate_checkpoint(
-                checkpoint,
+                source,
                 data,
                 out,
                 val=val,
