@@ -14,6 +14,7 @@ import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -184,7 +185,7 @@ def predict_paths(
     precision: str = "auto",
     device: str | None = None,
     max_pixels: int = MAX_PIXELS,
-) -> dict[str, object]:
+) -> dict[str, Any]:
     """Write one CSV row per patch (path, x, y, size, tissue_fraction, probability) and a
     heatmap PNG per image larger than one patch. Returns a summary dict.
 
@@ -234,7 +235,7 @@ def _resize(img: np.ndarray, scale: float, f: Path, size: int) -> np.ndarray:
     nh, nw = round(h * scale), round(w * scale)
     if nh < size or nw < size:
         raise PredictInputError(f"{f}: {w}x{h} at scale {scale} is smaller than one {size}px patch")
-    resample = Image.BOX if scale < 1 else Image.LANCZOS
+    resample = Image.Resampling.BOX if scale < 1 else Image.Resampling.LANCZOS
     return np.array(Image.fromarray(img).resize((nw, nh), resample))
 
 

@@ -15,6 +15,7 @@ import gzip
 import os
 import stat
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
@@ -72,7 +73,7 @@ def gunzip_once(path: Path) -> Path:
             open(tmp, "wb") as dst,
             task(f"gunzip {path.name}", path.stat().st_size, unit="bytes") as shown,
         ):
-            raw = src.fileobj  # type: ignore[attr-defined]
+            raw: Any = src.fileobj  # type: ignore[attr-defined]
             while True:
                 try:
                     chunk = src.read(1 << 22)
@@ -167,7 +168,7 @@ class PCamDataset(PatchDataset):
         return state
 
     def _x(self) -> h5py.Dataset:
-        if self._file is None:
+        if self._file is None or self._xds is None:
             self._file = open_h5(self.x_path)
             self._xds = dataset(self._file, "x", self.x_path)
         return self._xds
