@@ -142,12 +142,14 @@ def score_row(manifest: Manifest, img: Image, *, split: bool = True) -> None:
 
 def _load(path: Path | None) -> tuple[np.ndarray, float]:
     """RGB at most PANEL_SIDE px long, and the factor from it back to file pixels."""
+    if path is None:
+        raise FileNotFoundError("the manifest names no file")
     with PIL.Image.open(path) as im:
         full = im.size
         im.draft("RGB", (PANEL_SIDE, PANEL_SIDE))
         im = im.convert("RGB")
         if max(im.size) > PANEL_SIDE:
-            im.thumbnail((PANEL_SIDE, PANEL_SIDE), PIL.Image.BILINEAR)
+            im.thumbnail((PANEL_SIDE, PANEL_SIDE), PIL.Image.Resampling.BILINEAR)
         return np.asarray(im), full[0] / im.size[0]
 
 
@@ -170,7 +172,9 @@ def add_panels(manifest: Manifest, img: Image, rgb: np.ndarray, scale: float) ->
     from histofetch.panels import find_panels
 
     found = find_panels(rgb)
-    out_dir = manifest.resolve(img.path).parent
+    src = manifest.resolve(img.path)
+    assert src is not None, "a scored image has a file"
+    out_dir = src.parent
     stem = Path(img.path).stem
     rows = []
     for panel in found:
@@ -206,7 +210,7 @@ def _shrink(rgb: np.ndarray, side: int = 768) -> np.ndarray:
     if max(rgb.shape[:2]) <= side:
         return rgb
     im = PIL.Image.fromarray(rgb)
-    im.thumbnail((side, side), PIL.Image.BILINEAR)
+    im.thumbnail((side, side), PIL.Image.Resampling.BILINEAR)
     return np.asarray(im)
 
 

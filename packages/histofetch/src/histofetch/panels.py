@@ -168,7 +168,7 @@ def find_panels(rgb: np.ndarray, *, min_side: int = 64, min_gap: int | None = No
 
         scale = max(h, w) / WORK_SIDE
         size = (max(1, round(w / scale)), max(1, round(h / scale)))
-        work = np.asarray(PIL.Image.fromarray(rgb).resize(size, PIL.Image.BILINEAR))
+        work = np.asarray(PIL.Image.fromarray(rgb).resize(size, PIL.Image.Resampling.BILINEAR))
     wh, ww = work.shape[:2]
     gap = min_gap if min_gap is not None else max(2, round(0.005 * max(wh, ww)))
     boxes: list[tuple[int, int, int, int]] = []

@@ -126,7 +126,9 @@ def encode_sheet(sheet: PIL.Image.Image, max_bytes: int = MAX_BYTES) -> bytes:
                 return data
         if min(sheet.size) < 64:
             return data
-        sheet = sheet.resize((sheet.width * 3 // 4, sheet.height * 3 // 4), PIL.Image.LANCZOS)
+        sheet = sheet.resize(
+            (sheet.width * 3 // 4, sheet.height * 3 // 4), PIL.Image.Resampling.LANCZOS
+        )
 
 
 def write_sheet(

@@ -77,7 +77,7 @@ def resize_for_tiles(rgb: np.ndarray) -> np.ndarray:
         return rgb
     scale = target / short
     size = (max(TILE, round(w * scale)), max(TILE, round(h * scale)))
-    return np.asarray(PIL.Image.fromarray(rgb).resize(size, PIL.Image.BILINEAR))
+    return np.asarray(PIL.Image.fromarray(rgb).resize(size, PIL.Image.Resampling.BILINEAR))
 
 
 def grid_tiles(rgb: np.ndarray, grid: int = GRID) -> np.ndarray:

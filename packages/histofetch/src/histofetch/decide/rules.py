@@ -102,7 +102,7 @@ def _looks_like(img: Image) -> str:
     others = {k: v for k, v in probs.items() if k != "he"}
     if not others:
         return ""
-    best = max(others, key=others.get)
+    best = max(others, key=lambda k: others[k])
     return f", looks like {best} ({others[best]:.2f})"
 
 
