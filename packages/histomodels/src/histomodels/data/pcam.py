@@ -95,7 +95,7 @@ def gunzip_once(path: Path) -> Path:
                             f"{path}: disk full while writing {tmp} ({written >> 20} MB written)"
                         ) from None
                     raise DatasetError(f"{path}: cannot write {tmp} ({exc})") from None
-                shown.update(completed=raw.tell())
+                shown.update(completed=raw.tell())  # type: ignore[union-attr]
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
