@@ -134,28 +134,45 @@ def histogram_plot(scores: np.ndarray, path: Path, title: str, xlabel: str) -> P
     return save_figure(fig, path)
 
 
-def curves_plot(history: list[dict], path: Path, title: str = "Training") -> Path:
-    """Loss and validation metric curves from a training ``history.json`` (list of epochs)."""
+def curve_groups(history: list[dict]) -> dict[str, list[str]]:
+    """History columns by panel: losses, 0–1 metrics (AUC, accuracy, …) and timing (seconds).
+
+    Flags (booleans such as ``frozen_backbone``) and bookkeeping (epoch, step, lr) are not
+    curves; seconds never share an axis with a metric bounded by 1.
+    """
     keys = sorted(
         {
             k
             for row in history
             for k, v in row.items()
-            if isinstance(v, (int, float)) and k not in ("epoch", "step", "lr", "time")
+            if isinstance(v, (int, float))
+            and not isinstance(v, bool)
+            and k not in ("epoch", "step", "lr", "time")
         }
     )
-    losses = [k for k in keys if "loss" in k]
-    others = [k for k in keys if k not in losses and not k.endswith("_s")]
+    timing = [k for k in keys if k.endswith(("seconds", "_s")) or "time" in k]
+    losses = [k for k in keys if "loss" in k and k not in timing]
+    metrics = [k for k in keys if k not in timing and k not in losses]
+    return {"loss": losses, "metric (0–1)": metrics, "seconds": timing}
+
+
+def curves_plot(history: list[dict], path: Path, title: str = "Training") -> Path:
+    """Training curves from a ``history.json`` (list of epochs): one panel for the losses,
+    one for the validation metrics on a 0–1 axis, one for timing."""
+    groups = {name: keys for name, keys in curve_groups(history).items() if keys}
     x = [row.get("epoch", i + 1) for i, row in enumerate(history)]
-    fig, axes = plt.subplots(1, 2, figsize=(8.4, 3.2))
-    for ax, group, label in ((axes[0], losses, "loss"), (axes[1], others, "metric")):
-        for k in group:
+    fig, axes = plt.subplots(1, max(len(groups), 1), figsize=(3.6 * max(len(groups), 1), 3.2))
+    axes = np.atleast_1d(axes)
+    for ax, (label, keys) in zip(axes, groups.items(), strict=False):
+        for k in keys:
             ax.plot(x, [row.get(k, np.nan) for row in history], "o-", ms=3, label=k)
         ax.set(xlabel="epoch", ylabel=label)
+        if label.startswith("metric"):
+            ax.set_ylim(0, 1.02)
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
-        if group:
-            ax.legend(fontsize=7)
+        ax.legend(fontsize=7)
     fig.suptitle(title)
+    fig.tight_layout()
     return save_figure(fig, path)
 
 
