@@ -13,11 +13,12 @@ from _evalkit import tiny_checkpoint
 from sklearn import metrics as skm
 from typer.testing import CliRunner
 
+from histomodels.calibration import calibration_path
 from histomodels.checkpoint import load_model, read_checkpoint
 from histomodels.cli import app
 from histomodels.data import ArrayDataset
 from histomodels.evaluate import evaluate_checkpoint
-from histomodels.inference import predict_logits
+from histomodels.inference import Predictor, predict_logits
 from histomodels.synthetic import make_patches
 
 torch.set_num_threads(1)
@@ -39,6 +40,7 @@ def _ds(n: int, seed: int, name: str) -> ArrayDataset:
 
 def test_evaluate_with_validation(tmp_path: Path) -> None:
     ckpt = tiny_checkpoint(tmp_path)
+    ckpt_bytes = ckpt.read_bytes()
     out = tmp_path / "ev"
     res = evaluate_checkpoint(ckpt, _ds(160, 1, "t"), out, val=_ds(160, 2, "v"), n_bootstrap=200)
     for f in FILES:
@@ -69,9 +71,12 @@ def test_evaluate_with_validation(tmp_path: Path) -> None:
     assert saved["roc_auc"] > 0.6  # the tiny model learnt something real
     lo, hi = saved["ci"]["roc_auc"]
     assert lo < saved["roc_auc"] < hi
-    # the fitted temperature went into the checkpoint and lowered validation NLL
-    assert read_checkpoint(ckpt)["temperature"] == pytest.approx(res["temperature"])
+    # the fitted temperature lowered validation NLL and went beside the checkpoint, which
+    # eval leaves byte for byte as it was; inference picks the sidecar up
     assert res["temperature"] != 1.0
+    assert ckpt.read_bytes() == ckpt_bytes
+    assert res["temperature_stored"] == str(calibration_path(ckpt))
+    assert Predictor.load(ckpt).temperature == pytest.approx(res["temperature"])
     assert res["validation"]["nll_after"] <= res["validation"]["nll_before"] + 1e-9
 
 
@@ -168,3 +173,26 @@ def test_cli_eval_on_real_pcam_pair(tmp_path: Path) -> None:
     assert (m["n"], m["n_positive"]) == (400, 200)
     assert 0.0 <= m["ci"]["roc_auc"][0] <= m["roc_auc"] <= m["ci"]["roc_auc"][1] <= 1.0
     assert len((out / "predictions.csv").read_text().splitlines()) == 401
+
+
+def test_temperature_goes_into_the_checkpoint_only_on_request(tmp_path: Path) -> None:
+    ckpt = tiny_checkpoint(tmp_path)
+    val = _ds(96, 5, "v")
+    res = evaluate_checkpoint(
+        ckpt, val, tmp_path / "ev", val=val, n_bootstrap=0, gallery=False,
+        store_temperature="checkpoint",
+    )  # fmt: skip
+    assert res["temperature_stored"] is True
+    assert read_checkpoint(ckpt)["temperature"] == pytest.approx(res["temperature"])
+    assert not calibration_path(ckpt).exists()
+
+
+def test_a_sidecar_of_another_checkpoint_is_ignored(tmp_path: Path) -> None:
+    ckpt = tiny_checkpoint(tmp_path)
+    val = _ds(96, 6, "v")
+    res = evaluate_checkpoint(ckpt, val, tmp_path / "ev", val=val, n_bootstrap=0, gallery=False)
+    assert Predictor.load(ckpt).temperature == pytest.approx(res["temperature"])
+    raw = read_checkpoint(ckpt)
+    raw["temperature"] = 1.5  # the file changes (say, retrained): the old T no longer applies
+    torch.save(raw, ckpt)
+    assert Predictor.load(ckpt).temperature == pytest.approx(1.5)

@@ -69,7 +69,7 @@ def test_default_rule_keeps_target_sensitivity_on_validation(tmp_path: Path) -> 
         threshold_rule="youden",
         n_bootstrap=0,
         gallery=False,
-        store_temperature=False,
+        store_temperature="none",
     )
     assert you["threshold_source"].startswith("youden")
     with pytest.raises(ValueError, match="threshold rule"):

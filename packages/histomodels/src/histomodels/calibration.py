@@ -1,16 +1,26 @@
 """Temperature scaling (Guo et al. 2017): one scalar T fitted on validation logits.
 
 Dividing logits by T leaves the ranking (and so ROC AUC) unchanged but makes the
-probabilities honest; T is stored in the checkpoint under ``temperature``.
+probabilities honest. ``histomodels eval --val`` writes T to a sidecar beside the
+checkpoint (``best.calibration.json`` for ``best.pt``, keyed by the checkpoint's sha256 so a
+retrained model never picks up a stale T); inference prefers it over the checkpoint's own
+``temperature``. Only ``--store-temperature checkpoint`` rewrites the checkpoint.
 """
 
 from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from histocore.errors import DomainError
+from histocore.io import atomic_write_json
 
 
 class CalibrationError(DomainError, ValueError):
@@ -44,3 +54,59 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray, max_iter: int = 200)
     if not np.isfinite(t):
         raise CalibrationError("temperature fit diverged (are the validation logits finite?)")
     return float(np.clip(t, 1e-2, 1e2))
+
+
+def calibration_path(checkpoint: str | Path) -> Path:
+    """Where the sidecar of ``checkpoint`` lives: ``best.pt`` → ``best.calibration.json``."""
+    path = Path(checkpoint)
+    return path.with_name(f"{path.stem}.calibration.json")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_calibration(checkpoint: str | Path, temperature: float, source: str) -> str:
+    """Write the sidecar beside ``checkpoint``; returns its path, or why it was not written."""
+    path = Path(checkpoint)
+    side = calibration_path(path)
+    if not os.access(path.parent, os.W_OK) or (side.exists() and not os.access(side, os.W_OK)):
+        return f"{path.parent} is read-only; temperature used for these metrics but not stored"
+    record = {"checkpoint_sha256": _sha256(path), "temperature": temperature, "fitted_on": source}
+    try:
+        atomic_write_json(side, record)
+    except OSError as exc:  # read-only file system, immutable folder
+        return f"{side}: temperature not stored, read-only? ({exc.strerror or exc})"
+    return str(side)
+
+
+def read_calibration(checkpoint: str | Path) -> dict[str, Any] | None:
+    """The sidecar's record when it belongs to this very checkpoint, else None."""
+    path = Path(checkpoint)
+    side = calibration_path(path)
+    if not (path.is_file() and side.is_file()):
+        return None
+    try:
+        record = json.loads(side.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CalibrationError(f"{side}: not a calibration file ({exc})") from None
+    temperature = record.get("temperature") if isinstance(record, dict) else None
+    if not isinstance(temperature, (int, float)) or isinstance(temperature, bool):
+        raise CalibrationError(f"{side}: 'temperature' must be a number")
+    if not 0 < float(temperature) < 1e3:
+        raise CalibrationError(f"{side}: temperature {temperature} is out of range")
+    if record.get("checkpoint_sha256") != _sha256(path):
+        return None  # fitted on another version of the checkpoint: ignore it
+    return record
+
+
+def effective_temperature(checkpoint: str | Path, ckpt: dict[str, Any]) -> float:
+    """T for inference: the sidecar's when it belongs to this file, else the checkpoint's."""
+    record = read_calibration(checkpoint)
+    if record is not None:
+        return float(record["temperature"])
+    return float(ckpt.get("temperature", 1.0) or 1.0)

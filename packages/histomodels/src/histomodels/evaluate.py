@@ -73,7 +73,7 @@ def evaluate_checkpoint(
     seed: int = 0,
     precision: str = "fp32",
     device: str | None = None,
-    store_temperature: bool = True,
+    store_temperature: str = "beside",
     gallery: bool = True,
 ) -> dict[str, Any]:
     """Evaluate ``checkpoint`` on ``data`` and write metrics.json, predictions.csv and PNGs
@@ -151,8 +151,8 @@ def evaluate_checkpoint(
             "nll_after": nll(v_logits, v_labels, temperature),
         }
         target = resolve_checkpoint(checkpoint)
-        if store_temperature and target.is_file():  # not a shipped (pretrained) model
-            result["temperature_stored"] = _store_temperature(target, temperature, v_source)
+        if target.is_file():  # not a shipped (pretrained) model
+            result["temperature_stored"] = _store(store_temperature, target, temperature, v_source)
     elif sensitivity is not None:
         raise UsageError("--sensitivity needs --val: the operating point is chosen on validation")
     result.update(temperature=temperature, threshold_source=threshold_source)
@@ -211,8 +211,25 @@ def evaluate_checkpoint(
     return result
 
 
+#: Where ``eval --val`` keeps the fitted temperature.
+STORE_TEMPERATURE = ("beside", "checkpoint", "none")
+
+
+def _store(where: str, checkpoint: Path, temperature: float, source: str) -> bool | str:
+    """Keep T ``beside`` the checkpoint (default), ``checkpoint`` (rewrite it) or ``none``."""
+    from histomodels.calibration import write_calibration
+
+    if where not in STORE_TEMPERATURE:
+        raise UsageError(f"--store-temperature must be one of {', '.join(STORE_TEMPERATURE)}")
+    if where == "none":
+        return False
+    if where == "beside":
+        return write_calibration(checkpoint, temperature, source)
+    return _store_temperature(checkpoint, temperature, source)
+
+
 def _store_temperature(checkpoint: str | Path, temperature: float, source: str) -> bool | str:
-    """Write the fitted temperature into the checkpoint; a read-only one is left as it is.
+    """Rewrite the checkpoint with the fitted temperature; a read-only one is left as it is.
 
     Returns True, or the reason it was not stored (the metrics still use the temperature).
     """

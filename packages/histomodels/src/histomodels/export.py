@@ -20,7 +20,8 @@ import torch
 from torch import nn
 
 from histocore.errors import UsageError
-from histomodels.checkpoint import load_model
+from histomodels.calibration import effective_temperature
+from histomodels.checkpoint import load_model, resolve_checkpoint
 from histomodels.inference import norm_of
 
 FORMATS = ("onnx", "torchscript")
@@ -127,7 +128,7 @@ def export_checkpoint(
         "histomodels.model": str(ckpt.get("model")),
         "histomodels.input": f"float32 [N, 3, {size}, {size}], RGB/255 normalised by mean/std",
         "histomodels.normalization": json.dumps({"mean": mean, "std": std}),
-        "histomodels.temperature": str(float(ckpt.get("temperature", 1.0))),
+        "histomodels.temperature": str(effective_temperature(resolve_checkpoint(checkpoint), ckpt)),
         "histomodels.output": "logit per patch; probability = sigmoid(logit / temperature)",
     }
     if ckpt.get("stain"):  # not part of the graph: callers must normalise patches first

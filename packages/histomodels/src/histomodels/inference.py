@@ -137,11 +137,13 @@ class Predictor:
         cls, checkpoint: str | Path, *, device: str | None = None, precision: str = "auto"
     ) -> Predictor:
         """Load ``checkpoint`` (``weights_only``) onto ``device`` (default: CUDA if any)."""
-        from histomodels.checkpoint import load_model
+        from histomodels.calibration import effective_temperature
+        from histomodels.checkpoint import load_model, resolve_checkpoint
         from histomodels.device import pick_device
 
         dev = pick_device(device)
         model, ckpt = load_model(checkpoint, dev)
+        temperature = effective_temperature(resolve_checkpoint(checkpoint), ckpt)
         mean, std = norm_of(ckpt)
         stain = None
         if ckpt.get("stain"):
@@ -155,7 +157,7 @@ class Predictor:
             precision=resolve_precision(precision, dev, ckpt.get("model")),
             mean=mean,
             std=std,
-            temperature=float(ckpt.get("temperature", 1.0) or 1.0),
+            temperature=temperature,
             stain=stain,
         )
 

@@ -89,8 +89,16 @@ def eval_cmd(
     min_tissue: Annotated[
         float, typer.Option("--min-tissue", help="Manifest: skip tiles with less tissue.")
     ] = 0.5,
+    store_temperature: Annotated[
+        str,
+        typer.Option(
+            "--store-temperature",
+            help="Where eval --val keeps the fitted T: beside (CKPT_STEM.calibration.json, "
+            "used by predict/eval/export), checkpoint (rewrite it) or none.",
+        ),
+    ] = "beside",
     no_store: Annotated[
-        bool, typer.Option("--no-store-temperature", help="Do not write T into the checkpoint.")
+        bool, typer.Option("--no-store-temperature", help="Same as --store-temperature none.")
     ] = False,
     include_leaky: Annotated[
         bool,
@@ -152,7 +160,7 @@ def eval_cmd(
                 seed=seed,
                 precision=precision,
                 device=device,
-                store_temperature=not no_store,
+                store_temperature="none" if no_store else store_temperature,
             )
     if manifest is not None:
         _print_external(result, out)
