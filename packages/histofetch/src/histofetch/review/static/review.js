@@ -164,7 +164,6 @@ async function undo() {
       body: JSON.stringify({ id: last.id, label: last.previous, reviewer: $("reviewer").value.trim() }),
     });
     showProgress(body.progress);
-    say(`undone: ${last.id} is ${last.previous ? LABEL_TEXT[last.previous] : "not reviewed"} again`);
     await loadList(null);
     const at = state.items.findIndex((x) => x.id === last.id);
     if (at < 0) {  // not in this filter's list any more: go back to everything
@@ -174,16 +173,18 @@ async function undo() {
       state.index = at;
       await show();
     }
+    // said only once the page shows the figure again, so the next key answers that one
+    say(`undone: ${last.id} is ${last.previous ? LABEL_TEXT[last.previous] : "not reviewed"} again`);
   } catch (e) {
     state.undo.push(last);
     say(`undo failed: ${e.message}`, true);
   }
 }
 
-function move(step) {
+async function move(step) {
   if (!state.items.length) return;
   state.index = Math.min(state.items.length - 1, Math.max(0, state.index + step));
-  show().catch((e) => say(e.message, true));
+  await show();
 }
 
 function toggleHeat() {
@@ -194,6 +195,13 @@ function toggleHeat() {
   $("toggle-heat").classList.toggle("chosen", state.heat);
 }
 
+// Answers, undo and moves run one after another: a key pressed while the previous action
+// is still loading the next figure waits for it, so it can never answer the wrong figure.
+let queue = Promise.resolve();
+function enqueue(action) {
+  queue = queue.then(action).catch((e) => say(e.message, true));
+}
+
 document.addEventListener("keydown", (ev) => {
   if (ev.target instanceof HTMLInputElement || ev.target instanceof HTMLSelectElement) {
     if (ev.key === "Escape") ev.target.blur();
@@ -201,12 +209,12 @@ document.addEventListener("keydown", (ev) => {
   }
   if (ev.ctrlKey || ev.metaKey || ev.altKey) return;
   const keys = {
-    m: () => answer("metastasis"),
-    n: () => answer("no_metastasis"),
-    u: () => answer("not_usable"),
-    z: () => undo(),
-    ArrowRight: () => move(1),
-    ArrowLeft: () => move(-1),
+    m: () => enqueue(() => answer("metastasis")),
+    n: () => enqueue(() => answer("no_metastasis")),
+    u: () => enqueue(() => answer("not_usable")),
+    z: () => enqueue(() => undo()),
+    ArrowRight: () => enqueue(() => move(1)),
+    ArrowLeft: () => enqueue(() => move(-1)),
     "+": () => zoomBy(1.25),
     "=": () => zoomBy(1.25),
     "-": () => zoomBy(0.8),
@@ -219,7 +227,7 @@ document.addEventListener("keydown", (ev) => {
 });
 
 for (const b of document.querySelectorAll(".key")) {
-  b.addEventListener("click", () => answer(b.dataset.label));
+  b.addEventListener("click", () => enqueue(() => answer(b.dataset.label)));
 }
 $("zoom-in").addEventListener("click", () => zoomBy(1.25));
 $("zoom-out").addEventListener("click", () => zoomBy(0.8));
