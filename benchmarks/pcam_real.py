@@ -134,7 +134,7 @@ def run_configs(args) -> dict:
     from histomodels.training.presets import FINETUNE_DEFAULTS
 
     common = dict(
-        time_budget=args.budget,
+        time_budget=args.budget or None,
         epochs=args.epochs,
         patience=args.patience,
         seed=args.seed,
@@ -147,7 +147,24 @@ def run_configs(args) -> dict:
     }
     if args.tuned_config:
         runs["cnn_tuned"] = resolve_config(args.tuned_config, **common)
+    overrides = parse_overrides(args.set)
+    if overrides:  # a recipe lever measured on its own: the same runs with these config keys
+        runs = {n: c.replace(**overrides) for n, c in runs.items()}
     return runs
+
+
+def parse_overrides(items: list[str] | None) -> dict:
+    """``KEY=VALUE`` pairs (VALUE read as JSON when it parses, else as a string)."""
+    out: dict = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"error: --set {item!r}: expected KEY=VALUE")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
 
 
 def predict(model, images, *, bf16: bool, tta: bool, batch_size: int = 256):
@@ -220,7 +237,9 @@ def write_splits(folder: Path, **splits) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
-    p.add_argument("--budget", type=float, default=20.0, help="minutes of training per run")
+    p.add_argument(
+        "--budget", type=float, default=20.0, help="minutes of training per run (0: none)"
+    )
     p.add_argument("--runs", default="cnn,lite0", help="comma-separated: cnn, cnn_tuned, lite0")
     p.add_argument("--tuned-config", type=Path, help="best_config.json from histomodels tune")
     p.add_argument("--epochs", type=int, default=100, help="upper bound; the budget decides")
@@ -252,6 +271,14 @@ def main(argv: list[str] | None = None) -> int:
         "valid (other slides); valid-halves: the first protocol (select/report halves of PCam "
         "valid, which share slides), results named <run>.json as before",
     )
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override a TrainConfig key in every run (repeatable; VALUE as JSON), e.g. "
+        "--set ema=0.999 --set label_smoothing=0.1",
+    )
+    p.add_argument("--tag", default="", help="suffix for the result file names, e.g. _ema")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
 
@@ -300,10 +327,14 @@ def main(argv: list[str] | None = None) -> int:
         cfg = configs[name]
         t_run = time.perf_counter()
         res = train(
-            cfg, args.work / name, train_data=train_arrays, val_data=val_arrays, console=console
+            cfg,
+            args.work / f"{name}{args.tag}",
+            train_data=train_arrays,
+            val_data=val_arrays,
+            console=console,
         )
         wall = time.perf_counter() - t_run
-        model, _ = load_model(args.work / name / "best.pt")
+        model, _ = load_model(args.work / f"{name}{args.tag}" / "best.pt")
         bf16 = use_bf16(cfg.model, torch.device("cpu"), cfg.bf16)
         halves = ((x_sel, y_sel), (x_rep, y_rep))
         metrics = evaluate(model, *halves, bf16=bf16, tta=False, sensitivity=args.sensitivity)
@@ -341,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
             record["val_tta"] = evaluate(
                 model, *halves, bf16=bf16, tta=True, sensitivity=args.sensitivity
             )
-        out = args.results / f"{name}{RESULT_SUFFIX[args.protocol]}.json"
+        out = args.results / f"{name}{RESULT_SUFFIX[args.protocol]}{args.tag}.json"
         tmp = out.with_name(f".{out.name}.tmp")
         tmp.write_text(json.dumps(record, indent=1, default=str))
         os.replace(tmp, out)
