@@ -62,6 +62,11 @@ class TrainConfig:
     # augmentation
     aug_strength: float = 1.0  # 0 disables augmentation
     hed_jitter: bool = True  # HED stain jitter inside the augmentation
+    # recipe levers (issue 11): each off by default, measured one by one
+    #: probability per patch of 1-3 mean-filled rectangles outside the central 32x32
+    cutout: float = 0.0
+    #: mixup within a batch: the Beta(alpha, alpha) alpha (e.g. 0.2-0.4); 0 = off
+    mixup: float = 0.0
     #: None, "macenko" (common reference target) or a stain JSON (MacenkoNormalizer.save);
     #: applied to every patch before training and, from the checkpoint, at inference
     stain_norm: str | None = None
@@ -144,6 +149,10 @@ def validate(cfg: TrainConfig, source: str = "config") -> TrainConfig:
         raise ConfigError(f"{source}: min_lr_ratio must be in [0, 1], label_smoothing in [0, 1)")
     if cfg.ema is not None and not 0 < cfg.ema < 1:
         raise ConfigError(f"{source}: ema (decay) must be between 0 and 1, e.g. 0.999")
+    if not 0 <= cfg.cutout <= 1:
+        raise ConfigError(f"{source}: cutout must be a probability in [0, 1]")
+    if cfg.mixup < 0:
+        raise ConfigError(f"{source}: mixup (the Beta alpha) must be >= 0 (0 = off)")
     if cfg.time_budget is not None and cfg.time_budget <= 0:
         raise ConfigError(f"{source}: time_budget (minutes) must be > 0")
     if cfg.threads is not None and cfg.threads < 1:

@@ -58,6 +58,19 @@ LabelSmoothing = Annotated[
     float | None, typer.Option(help="Pull targets toward 0.5 by this much (0 = off).")
 ]
 
+Cutout = Annotated[
+    float | None,
+    typer.Option(
+        metavar="P",
+        help="Probability per patch of 1-3 mean-filled rectangles outside the central 32x32.",
+    ),
+]
+
+Mixup = Annotated[
+    float | None,
+    typer.Option(metavar="ALPHA", help="mixup within a batch, Beta(ALPHA, ALPHA) (0 = off)."),
+]
+
 
 def _run(
     out: Path,
@@ -109,6 +122,8 @@ def train_cmd(
     aug_strength: Aug = None,
     label_smoothing: LabelSmoothing = None,
     ema: Ema = None,
+    cutout: Cutout = None,
+    mixup: Mixup = None,
     stain_norm: StainNorm = None,
     model_config: ModelConfig = None,
     weights: Annotated[str | None, typer.Option(help="Initial weights: PATH or source.")] = None,
@@ -136,6 +151,8 @@ def train_cmd(
         aug_strength=aug_strength,
         label_smoothing=label_smoothing,
         ema=ema,
+        cutout=cutout,
+        mixup=mixup,
         stain_norm=stain_norm,
         model_config=model_config,
         weights=weights,
@@ -178,6 +195,8 @@ def finetune_cmd(
     aug_strength: Aug = None,
     label_smoothing: LabelSmoothing = None,
     ema: Ema = None,
+    cutout: Cutout = None,
+    mixup: Mixup = None,
     stain_norm: StainNorm = None,
     model_config: ModelConfig = None,
     seed: Seed = None,
@@ -212,6 +231,8 @@ def finetune_cmd(
         aug_strength=aug_strength,
         label_smoothing=label_smoothing,
         ema=ema,
+        cutout=cutout,
+        mixup=mixup,
         stain_norm=stain_norm,
         model_config=model_config,
         seed=seed,

@@ -72,17 +72,36 @@ class Augment:
     ``strength`` scales every random change (0 = identity, 1 = defaults, up to ~2 sensible);
     dihedral views are drawn whenever ``strength > 0``. ``seed`` makes the stream
     repeatable (a private generator); ``None`` uses torch's global RNG.
+
+    The optional levers below are off at 0 and independent of ``strength``:
+    ``cutout`` is the probability that a patch gets 1-3 rectangles filled with its mean
+    colour, never inside the central third (the label region; :func:`cutout_mask`).
     """
 
-    def __init__(self, strength: float = 1.0, hed_jitter: bool = True, seed: int | None = None):
+    def __init__(
+        self,
+        strength: float = 1.0,
+        hed_jitter: bool = True,
+        seed: int | None = None,
+        *,
+        cutout: float = 0.0,
+    ):
         if strength < 0:
             raise ValueError(f"strength must be >= 0, got {strength}")
+        if not 0 <= cutout <= 1:
+            raise ValueError(f"cutout must be a probability in [0, 1], got {cutout}")
         self.strength = float(strength)
         self.hed_jitter = hed_jitter
+        self.cutout = float(cutout)
         self.generator = None if seed is None else torch.Generator().manual_seed(seed)
 
     def __repr__(self) -> str:
-        return f"Augment(strength={self.strength}, hed_jitter={self.hed_jitter})"
+        levers = f", cutout={self.cutout}" if self.cutout else ""
+        return f"Augment(strength={self.strength}, hed_jitter={self.hed_jitter}{levers})"
+
+    @property
+    def identity(self) -> bool:
+        return self.strength == 0 and not self.cutout
 
     def _rand(self, *shape: int) -> torch.Tensor:
         return torch.rand(*shape, generator=self.generator)
@@ -92,8 +111,17 @@ class Augment:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         _check(x)
-        if self.strength == 0 or x.shape[0] == 0:
+        if self.identity or x.shape[0] == 0:
             return x.clone()
+        y = self._base(x) if self.strength > 0 else x.float().div_(255.0)
+        if self.cutout:
+            mask = cutout_mask(x.shape[0], x.shape[1], x.shape[2], self.cutout, self.generator)
+            mask = mask.to(x.device)[..., None]
+            y = torch.where(mask, y.mean((1, 2), keepdim=True), y)
+        return y.clamp_(0, 1).mul_(255).round_().to(torch.uint8)
+
+    def _base(self, x: torch.Tensor) -> torch.Tensor:
+        """Dihedral view, HED jitter, colour and blur: float RGB in [0, 1] (may overshoot)."""
         s, n, dev = self.strength, x.shape[0], x.device
         # 1. one of the 8 dihedral views per sample (flips only for non-square images)
         square = x.shape[1] == x.shape[2]
@@ -137,4 +165,35 @@ class Augment:
             sub = y[blur].permute(0, 3, 1, 2)
             sub = F.conv2d(F.pad(sub, (1, 1, 1, 1), mode="replicate"), kernel, groups=3)
             y[blur] = sub.permute(0, 2, 3, 1)
-        return y.clamp_(0, 1).mul_(255).round_().to(torch.uint8)
+        return y
+
+
+def centre_box(size: int) -> tuple[int, int]:
+    """``(start, stop)`` of the central third of a side: 32-64 of 96, PCam's label region."""
+    side = size // 3
+    start = (size - side) // 2
+    return start, start + side
+
+
+def cutout_mask(
+    n: int, h: int, w: int, p: float, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """bool ``[n, h, w]``: with probability ``p`` per patch, 1-3 random rectangles (sides
+    h/8 to h/3) minus the central third box (:func:`centre_box`), which stays False."""
+    rand = lambda *shape: torch.rand(*shape, generator=generator)  # noqa: E731
+    k = 3
+    hit = rand(n) < p
+    count = 1 + (rand(n) * k).long().clamp_max(k - 1)  # 1..3 rectangles
+    active = hit[:, None] & (torch.arange(k)[None] < count[:, None])  # [n, k]
+    lo_h, hi_h, lo_w, hi_w = h // 8, max(h // 3, h // 8 + 1), w // 8, max(w // 3, w // 8 + 1)
+    rh = lo_h + (rand(n, k) * (hi_h - lo_h + 1)).long()
+    rw = lo_w + (rand(n, k) * (hi_w - lo_w + 1)).long()
+    y0 = (rand(n, k) * (h - rh + 1)).long()
+    x0 = (rand(n, k) * (w - rw + 1)).long()
+    rows, cols = torch.arange(h).view(1, 1, h), torch.arange(w).view(1, 1, w)
+    in_r = (rows >= y0[..., None]) & (rows < (y0 + rh)[..., None]) & active[..., None]
+    in_c = (cols >= x0[..., None]) & (cols < (x0 + rw)[..., None])
+    mask = (in_r[..., :, None] & in_c[..., None, :]).any(1)  # [n, h, w]
+    (r0, r1), (c0, c1) = centre_box(h), centre_box(w)
+    mask[:, r0:r1, c0:c1] = False
+    return mask

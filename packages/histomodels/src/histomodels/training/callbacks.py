@@ -274,6 +274,10 @@ def default_callbacks(cfg: TrainConfig, console: Any = None) -> list[Callback]:
     cbs: list[Callback] = []
     if cfg.label_smoothing:
         cbs.append(LabelSmoothing(cfg.label_smoothing))
+    if cfg.mixup:
+        from histomodels.training.levers import Mixup
+
+        cbs.append(Mixup(cfg.mixup))
     if cfg.ema:
         cbs.append(EMA(cfg.ema))
     if cfg.time_budget:

@@ -117,12 +117,14 @@ def _given(data: DataSpec | None, path: str | None, role: str) -> DataSpec:
 
 
 def make_augment(cfg: TrainConfig, seed: int) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The histology augmentation (dihedral flips, colour, HED jitter) for one epoch/rank."""
-    if cfg.aug_strength <= 0:
-        return lambda b: b
+    """The histology augmentation (dihedral flips, colour, HED jitter, and the optional
+    levers: cut-out) for one epoch/rank."""
     from histomodels.data.transforms import Augment
 
-    return Augment(strength=cfg.aug_strength, hed_jitter=cfg.hed_jitter, seed=seed)
+    aug = Augment(
+        strength=cfg.aug_strength, hed_jitter=cfg.hed_jitter, seed=seed, cutout=cfg.cutout
+    )
+    return (lambda b: b) if aug.identity else aug
 
 
 def epoch_order(x_train: Images, gen: torch.Generator) -> torch.Tensor:
