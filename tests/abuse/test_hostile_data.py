@@ -18,7 +18,7 @@ from make_corpus import (
     pcam_h5,
 )
 
-from histomodels.data.base import DatasetError, open_dataset
+from histomodels.data import DatasetError, open_dataset
 
 
 def _encoded_h5(path: Path, labels: np.ndarray) -> Path:

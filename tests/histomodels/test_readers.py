@@ -16,7 +16,6 @@ from conftest import shared_path
 from PIL import Image
 
 from histomodels.data import ArrayDataset, DatasetError, open_dataset
-from histomodels.data.cache import materialise
 from histomodels.data.encoded import EncodedH5Dataset
 from histomodels.data.folders import FolderDataset
 from histomodels.data.kaggle import KaggleDataset
@@ -196,7 +195,7 @@ def test_encoded_bad_rows(tmp_path: Path, patches) -> None:
     with pytest.raises(DatasetError, match=r"enc\.h5 row 2: image mode L, expected RGB"):
         ds[2]
     with pytest.raises(DatasetError, match=r"row 1: cannot decode"):
-        materialise(ds)  # decoding everything up front surfaces it before training
+        ds.load_all()  # decoding everything up front surfaces it before training
     with pytest.raises(DatasetError, match=r"needs .*manifest\.csv"):
         open_dataset(path, origin_split="pcam_train")
     with pytest.raises(DatasetError, match=r"option\(s\) \['split'\] do not apply"):
@@ -296,12 +295,12 @@ def test_real_camelyon16_class_folders() -> None:
 # --- decode-once cache ----------------------------------------------------------------------
 
 
-def test_materialise(tmp_path: Path, patches) -> None:
+def test_load_all_decodes_once_into_arrays(tmp_path: Path, patches) -> None:
     x, y = patches
     lazy = open_dataset(_write_pcam(tmp_path, "valid", x, y))
-    cached = materialise(lazy)
-    assert isinstance(cached, ArrayDataset) and cached.images.shape == x.shape
-    assert np.array_equal(cached.images, x) and np.array_equal(cached.labels(), y)
-    assert cached.ids() == lazy.ids()
-    assert materialise(lazy, max_bytes=1000) is lazy  # does not fit: stays lazy
-    assert materialise(cached) is cached
+    images, labels, ids = lazy.load_all()
+    assert images.dtype == np.uint8 and images.shape == x.shape
+    assert np.array_equal(images, x) and np.array_equal(labels, y)
+    assert ids == lazy.ids()
+    cached = ArrayDataset(images, labels, ids)
+    assert cached.load_all()[0] is images  # in memory already: no copy

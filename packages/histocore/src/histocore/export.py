@@ -18,7 +18,8 @@ from typing import Any
 from histocore.errors import ManifestError, UsageError
 from histocore.io import atomic_write_bytes, atomic_write_text
 from histocore.jsonl import export_lines
-from histocore.manifest import Image, Manifest, Record, _names
+from histocore.manifest import Image, Manifest, Record
+from histocore.schema import _names
 
 FORMATS = ("jsonl", "csv", "parquet")
 SUFFIXES = {"jsonl": ".jsonl", "csv": ".csv", "parquet": ".parquet"}

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from histocore.errors import ManifestError
 from histocore.io import _UMASK
+from histocore.schema import SCHEMA_NAME, SCHEMA_VERSION, Image, Record, _from_dict, _names, row_of
 from histocore.store import RunStore, dumps
 
 if TYPE_CHECKING:
@@ -53,8 +54,6 @@ def read_jsonl(path: Path, manifest: Manifest) -> Manifest:
 
 
 def _read_lines(path: Path, lines: list[str], manifest: Manifest) -> None:
-    from histocore.manifest import Image, Record, _from_dict
-
     for lineno, line in enumerate(lines, start=1):
         where = f"{path}:{lineno}"
         try:
@@ -78,8 +77,6 @@ def _read_lines(path: Path, lines: list[str], manifest: Manifest) -> None:
 
 
 def _read_header(manifest: Manifest, obj: dict[str, Any], where: str) -> None:
-    from histocore.manifest import SCHEMA_NAME, SCHEMA_VERSION
-
     if obj.get("schema") != SCHEMA_NAME:
         raise ManifestError(f"{where}: not a {SCHEMA_NAME} header")
     version = obj.get("version")
@@ -131,8 +128,6 @@ def export_lines(store: RunStore) -> Iterator[str]:
     fields get their defaults, unknown keys move to ``extra``), exactly as a load and save
     would write them.
     """
-    from histocore.manifest import SCHEMA_NAME, SCHEMA_VERSION, Image, Record
-
     head = store.header()
     header = {"kind": "header", "schema": SCHEMA_NAME, "version": SCHEMA_VERSION}
     yield dumps(header | {"query": head.pop("query", None)} | head)
@@ -150,8 +145,6 @@ def export_lines(store: RunStore) -> Iterator[str]:
 
 
 def _normalised(rows: Iterator[str], cls: type, store: RunStore) -> Iterator[tuple[str, Any]]:
-    from histocore.manifest import _from_dict, _names, row_of
-
     names = set(_names(cls))
     for data in rows:
         obj = json.loads(data)

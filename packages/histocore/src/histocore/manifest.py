@@ -15,217 +15,25 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterator, MutableMapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from histocore.errors import ManifestError
 from histocore.image_table import ImageTable
 from histocore.jsonl import read_jsonl, write_jsonl
+from histocore.schema import IMAGE_LABELS as IMAGE_LABELS
+from histocore.schema import MANIFEST_NAME as MANIFEST_NAME
+from histocore.schema import SCHEMA_NAME as SCHEMA_NAME
+from histocore.schema import SCHEMA_VERSION as SCHEMA_VERSION
+from histocore.schema import STAGES as STAGES
+from histocore.schema import WEAK_LABELS as WEAK_LABELS
+from histocore.schema import Image as Image
+from histocore.schema import Record as Record
+from histocore.schema import _names, row_of
 from histocore.store import STORE_NAME as STORE_NAME  # re-exported: the run store's file
 from histocore.store import Delta, RunStore, dumps
 from histocore.sync import StoreSync, change_of
-
-SCHEMA_NAME = "histofetch.manifest"
-#: 2: rows live in ``run.sqlite``; records gained ``transient``. Version-1 files are read
-#: (and migrated into a store) unchanged.
-SCHEMA_VERSION = 2
-MANIFEST_NAME = "manifest.jsonl"
-
-#: How far a record has got. Stages skip records already at or past their own stage.
-STAGES = ("searched", "downloaded", "extracted", "filtered")
-#: Labels a person can give an image (``histomodels label``, ``histofetch review``).
-IMAGE_LABELS = ("metastasis", "no_metastasis", "not_usable")
-#: Caption-derived weak labels (``Image.weak_label``).
-WEAK_LABELS = ("metastasis", "no_metastasis", "abstain")
-
-
-@dataclass
-class Record:
-    """One article: where it came from, where its PDF is, how far it got."""
-
-    id: str
-    query: str | None = None
-    pmid: str | None = None
-    pmcid: str | None = None
-    doi: str | None = None
-    title: str | None = None
-    journal: str | None = None
-    year: int | None = None
-    license: str | None = None
-    open_access: bool | None = None
-    # -- article files (PMC Cloud Service, Europe PMC; issue 9) -------------------------
-    #: The route that gave the article's files: "pmc-cloud", "europepmc", or a PDF route.
-    route: str | None = None
-    #: PMC article version taken from the PMC Cloud Service (``PMCn.<version>``).
-    pmc_version: int | None = None
-    is_retracted: bool | None = None
-    is_manuscript: bool | None = None
-    citation: str | None = None
-    # -- end issue 9 ---------------------------------------------------------------------
-    pdf_path: str | None = None
-    pdf_sha256: str | None = None
-    pdf_source: str | None = None
-    stage: str = "searched"
-    status: str = "ok"
-    reason: str | None = None
-    failed_stage: str | None = None
-    # -- run store (issue 13): failed for a passing reason (network, disk full, busy):
-    #: the next run of the stage retries it without ``--retry-failed``.
-    transient: bool | None = None
-    # -- end run store ---------------------------------------------------------------------
-    n_images: int | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-    kind: str = "record"
-
-    def fail(self, stage: str, reason: str, *, transient: bool = False) -> None:
-        """Mark this record failed at ``stage`` with a one-line reason; ``transient`` when
-        the cause may pass (the next run retries it)."""
-        self.status, self.failed_stage = "failed", stage
-        self.reason = (reason.splitlines() or [""])[0][:500]
-        self.transient = transient
-
-    def reached(self, stage: str) -> bool:
-        """True if the record has completed ``stage`` (or a later one)."""
-        return STAGES.index(self.stage) >= STAGES.index(stage)
-
-
-@dataclass
-class Image:
-    """One raster image: a figure file named by the article's JATS, or one taken from its PDF."""
-
-    id: str
-    record_id: str
-    path: str
-    sha256: str
-    width: int
-    height: int
-    page: int | None = None
-    bbox: list[float] | None = None
-    source: str = "pdf"
-    caption: str | None = None
-    # -- figures from JATS (issue 9): the <fig> this file belongs to ----------------------
-    figure_id: str | None = None
-    figure_label: str | None = None
-    # -- end issue 9 ---------------------------------------------------------------------
-    purple_ratio: float | None = None
-    he_score: float | None = None
-    tissue_fraction: float | None = None
-    kept: bool | None = None
-    filter_reason: str | None = None
-    # -- panels and the learned H&E check (histofetch panels.py, decide/) --------------
-    # A compound figure split into panels keeps its row; each panel gets its own row
-    # (source "panel") naming the figure, the pixel box in it and the letter when read.
-    p_he: float | None = None  # the shipped CNN's H&E probability (decide/classifier.py)
-    parent_id: str | None = None  # panel rows: the figure's image id
-    panel_bbox: list[int] | None = None  # panel rows: (x0, y0, x1, y1) px in the figure
-    panel_letter: str | None = None  # "A", "B", … when read (OCR) or matched to the caption
-    n_panels: int | None = None  # figure rows: panels split off (0: a single panel)
-    # -- end panels --------------------------------------------------------------------
-    label: str | None = None
-    # -- weak labels, review and leakage (issue 15) --------------------------------------
-    #: Caption-derived label: metastasis / no_metastasis / abstain (histofetch.labels).
-    weak_label: str | None = None
-    #: Spans of ``caption`` behind it: ``{"kind", "start", "end", "text"}`` each.
-    weak_label_evidence: list[dict[str, Any]] | None = None
-    #: What the caption says the image shows: lymph_node / breast / other / unknown.
-    site: str | None = None
-    #: Version of the caption rules that wrote the three fields above.
-    weak_label_rules: str | None = None
-    #: Who set ``label`` (review page / ``histomodels label``) and when (UTC, ISO 8601).
-    label_by: str | None = None
-    label_at: str | None = None
-    #: Leakage flags: "camelyon" (CAMELYON/PCam-derived paper), "near_duplicate:<id>",
-    #: "training_duplicate" (perceptual hash matches a training patch).
-    leakage: list[str] | None = None
-    #: 64-bit perceptual hash (dHash, hex) for near-duplicate checks.
-    phash: str | None = None
-    # -- end issue 15 ---------------------------------------------------------------------
-    status: str = "ok"
-    reason: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-    kind: str = "image"
-
-
-_FIELDS: dict[type, tuple[str, ...]] = {}
-
-
-def _names(cls: type) -> tuple[str, ...]:
-    if cls not in _FIELDS:
-        _FIELDS[cls] = tuple(f.name for f in fields(cls))
-    return _FIELDS[cls]
-
-
-def row_of(obj: Record | Image) -> dict[str, Any]:
-    """A row as a dict (what ``dataclasses.asdict`` gives, without its deep copy)."""
-    return {name: getattr(obj, name) for name in _names(type(obj))}
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_number(v: Any) -> bool:
-    return _is_int(v) or isinstance(v, float)
-
-
-#: Type checks for the field annotations used above (fields with other annotations are
-#: not checked here; add a line when adding a field of a new type).
-_TYPE_CHECKS: dict[str, Any] = {
-    "str": lambda v: isinstance(v, str),
-    "int": _is_int,
-    "bool": lambda v: isinstance(v, bool),
-    "float": _is_number,
-    "list[float]": lambda v: isinstance(v, list) and all(map(_is_number, v)),
-    "dict[str, Any]": lambda v: isinstance(v, dict),
-}
-
-
-def _check_row(cls: type, row: dict[str, Any], where: str) -> None:
-    """Schema check of one row: field types, stage and label values (ManifestError)."""
-    where = f"{where}: {row.get('kind', 'row')} {row.get('id')}"
-    for f in fields(cls):
-        if f.name not in row:
-            continue
-        value = row[f.name]
-        kinds = [k.strip() for k in str(f.type).split("|")]
-        optional = "None" in kinds
-        checks = [_TYPE_CHECKS[k] for k in kinds if k in _TYPE_CHECKS]
-        if len(checks) != len(kinds) - optional:  # an annotation we do not know: skip
-            continue
-        if value is None and optional:
-            continue
-        if not any(check(value) for check in checks):
-            raise ManifestError(
-                f"{where}: field {f.name!r} is {json.dumps(value)[:60]}, expected {f.type}"
-            )
-    if cls is Record and row.get("stage", "searched") not in STAGES:
-        raise ManifestError(f"{where}: stage {row['stage']!r} is not one of {', '.join(STAGES)}")
-    label = row.get("label")
-    if cls is Image and label is not None and label not in IMAGE_LABELS:
-        raise ManifestError(f"{where}: label {label!r} is not one of {', '.join(IMAGE_LABELS)}")
-
-
-def _from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
-    _check_row(cls, data, where)
-    names = set(_names(cls))
-    known = {k: v for k, v in data.items() if k in names}
-    unknown = {k: v for k, v in data.items() if k not in names}
-    if unknown:  # keep fields written by a newer minor version instead of dropping them
-        extra = known.get("extra")
-        known["extra"] = {**(extra if isinstance(extra, dict) else {}), **unknown}
-    try:
-        return cls(**known)
-    except TypeError as exc:
-        raise ManifestError(f"{where}: {exc}") from None
-
-
-def _record(data: str, where: str) -> Record:
-    return _from_dict(Record, json.loads(data), where)
-
-
-def _image(data: str, where: str) -> Image:
-    return _from_dict(Image, json.loads(data), where)
 
 
 @dataclass
@@ -284,6 +92,9 @@ class Manifest(StoreSync):
         elif not create:
             raise ManifestError(f"{path}: no manifest here (is this a histofetch run folder?)")
         return manifest
+
+    def _empty(self) -> Manifest:
+        return Manifest(run_dir=self.run_dir)
 
     # -- header --------------------------------------------------------------------------
     def _header_items(self) -> dict[str, Any]:

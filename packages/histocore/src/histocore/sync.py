@@ -18,10 +18,11 @@ from typing import TYPE_CHECKING, Any
 
 from histocore.image_table import ImageTable
 from histocore.jsonl import bulk, file_fingerprint, fingerprint_matches, read_jsonl
+from histocore.schema import MANIFEST_NAME, Image, Record, _image, _names, _record, row_of
 from histocore.store import STORE_NAME, Change, Delta, RunStore, dumps
 
 if TYPE_CHECKING:
-    from histocore.manifest import Image, Record
+    from histocore.manifest import Manifest
 
 log = logging.getLogger("histocore.manifest")
 
@@ -44,8 +45,6 @@ class StoreSync:
     @property
     def path(self) -> Path:
         """The run's ``manifest.jsonl``."""
-        from histocore.manifest import MANIFEST_NAME
-
         return self.run_dir / MANIFEST_NAME
 
     @property
@@ -58,9 +57,11 @@ class StoreSync:
     def images_of(self, record_id: str) -> list[Image]:
         raise NotImplementedError
 
-    def _read_store(self) -> None:
-        from histocore.manifest import _image, _record
+    def _empty(self) -> Manifest:
+        """A new, empty manifest of the same run (to parse an edited export into)."""
+        raise NotImplementedError
 
+    def _read_store(self) -> None:
         store = self._db()
         where = str(self.store_path)
         with store.read(), bulk():
@@ -86,9 +87,7 @@ class StoreSync:
         with store.write():  # re-check under the write lock: an export may just have landed
             if fingerprint_matches(self.path, store.meta("export")):
                 return
-            from histocore.manifest import Manifest, row_of
-
-            parsed = read_jsonl(self.path, Manifest(run_dir=self.run_dir))
+            parsed = read_jsonl(self.path, self._empty())
             had_rows = store.count("records") + store.count("images")
             store.replace_all(
                 parsed._header_items(),
@@ -158,8 +157,6 @@ class StoreSync:
     @staticmethod
     def _adopt(obj: Record | Image | None, row: dict[str, Any] | None) -> str | None:
         """Take over the values another writer stored for a row we changed too."""
-        from histocore.manifest import _names
-
         if obj is None or row is None:
             return None
         for key in _names(type(obj)):
@@ -171,8 +168,6 @@ class StoreSync:
         """Take a record for ``stage`` unless another live process works on it; rows another
         writer changed since this process read them are refreshed from the store (rows it
         did not change are kept as they are here). False: skip it."""
-        from histocore.manifest import _image, _record
-
         claim = self._db().claim(record_id, stage, self._owner)
         if not claim.taken:
             return False
@@ -202,8 +197,6 @@ class StoreSync:
         for img in self.images_of(record_id):
             del self.images[img.id]
             self._seen_img.pop(img.id, None)
-        from histocore.manifest import _image
-
         _, stored = self._db().rows_of(record_id)
         for _id, data in stored:
             img = _image(data, str(self.store_path))
@@ -213,8 +206,6 @@ class StoreSync:
 def change_of(obj: Record | Image, seen: str | None, *, new: bool = False) -> Change | None:
     """What to write for one row: nothing if unchanged, the fields changed since ``seen``,
     or the whole row (``new``: insert only if no other writer added it first)."""
-    from histocore.manifest import row_of
-
     row = row_of(obj)
     text = dumps(row)
     if seen is None:

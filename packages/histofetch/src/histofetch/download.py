@@ -26,11 +26,12 @@ from histocore.manifest import Image, Manifest, Record
 from histofetch.archive import ArchiveError, ArchiveLimits, decode_image
 from histofetch.http import NetClient, NetConfig
 from histofetch.licence import allowed
+from histofetch.pool import run_records
 from histofetch.sources import ArticleFiles, Miss, Policy, Route
 from histofetch.sources.europepmc import EuropePmc
 from histofetch.sources.pdf_routes import EuropePmcPdf, NotAPdf, Publisher, check_pdf
 from histofetch.sources.pmc_cloud import PmcCloud
-from histofetch.stage import StageFailure, StageSummary, run_records
+from histofetch.stage import StageFailure, StageSummary
 
 #: Categories, most actionable first: the first one present names a record's failure.
 CATEGORY_ORDER = (

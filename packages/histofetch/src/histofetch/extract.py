@@ -36,7 +36,8 @@ import pymupdf
 from histocore.errors import DomainError
 from histocore.io import atomic_write_bytes, record_slug
 from histocore.manifest import Image, Manifest, Record
-from histofetch.stage import StageFailure, StageSummary, run_records
+from histofetch.pool import run_records
+from histofetch.stage import StageFailure, StageSummary
 
 #: Refuse (do not decode) embedded images with more pixels than this (about 8000 × 8000).
 #: Checked on the declared size of the image *and* of its soft mask / mask before decoding.

@@ -33,7 +33,8 @@ from histofetch.decide.classifier import classify_rgb
 from histofetch.decide.colour import ColourScores, score_image, score_rgb
 from histofetch.decide.stains import evidence
 from histofetch.labels import RULES_VERSION, label_manifest
-from histofetch.stage import StageSummary, run_records
+from histofetch.pool import run_records
+from histofetch.stage import StageSummary
 
 log = logging.getLogger(__name__)
 

@@ -4,6 +4,8 @@ A worker receives one record and its image rows, runs the stage's ``work`` on a 
 of its own holding just those, and sends them back; the parent (:mod:`histofetch.stage`)
 claims each record before it is sent and commits it when it comes back. Workers never
 open the run store, so a run has one writer per process however many workers it uses.
+:func:`run_records` is what the stages call: :func:`histofetch.stage.run_per_record` for one
+job, a pool for more.
 """
 
 from __future__ import annotations
@@ -20,23 +22,52 @@ from concurrent.futures import (
     wait,
 )
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from histocore.manifest import Image, Manifest, Record
-
-if TYPE_CHECKING:
-    from histofetch.stage import _Stage
+from histocore.progress import task
+from histofetch.stage import StageSummary, _Stage, is_transient, run_per_record
 
 #: (record after the work, its images or None on failure, (reason, transient) or None)
 Result = tuple[Record, list[Image] | None, tuple[str, bool] | None]
+
+
+def run_records(
+    manifest: Manifest,
+    stage: str,
+    work: Callable[[Manifest, Record], None],
+    *,
+    jobs: int = 1,
+    threads: bool = False,
+    retry_failed: bool = False,
+    export: bool = True,
+) -> StageSummary:
+    """:func:`run_per_record` with ``work(manifest, record)`` run by ``jobs`` workers.
+
+    Each worker gets a copy of the record and its images in a manifest of their own and
+    returns them; this process claims, merges and commits, one record per transaction, so
+    the store has one writer per process. ``threads`` runs workers as threads (network-bound
+    work: downloads from several hosts at once); otherwise as processes, and ``work`` must
+    then be picklable (a module-level function or a ``functools.partial`` of one).
+    """
+    if jobs <= 1:
+        return run_per_record(
+            manifest,
+            stage,
+            lambda rec: work(manifest, rec),
+            retry_failed=retry_failed,
+            export=export,
+        )
+    runner = _Stage(manifest, stage, retry_failed)
+    with task(stage, len(runner.todo)) as shown:
+        run_pooled(runner, work, jobs=jobs, threads=threads, advance=shown.advance)
+    manifest.save() if export else manifest.commit()
+    return runner.summary
 
 
 def work_on_copy(
     work: Callable[[Manifest, Record], None], run_dir: Path, rec: Record, images: list[Image]
 ) -> Result:
     """Run ``work`` on one record in a manifest holding only it (in a worker)."""
-    from histofetch.stage import is_transient
-
     mini = Manifest(run_dir=run_dir)
     mini.records[rec.id] = rec
     for img in images:

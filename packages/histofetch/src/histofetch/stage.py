@@ -167,7 +167,8 @@ def run_per_record(
     A :class:`StageFailure` (or any ``Exception``) marks the record failed with a one-line
     reason and the run goes on. Rows added to ``manifest`` before the call should be
     committed first (``manifest.commit()``). At the end ``manifest.jsonl`` is written
-    (``export=False``: only committed). See :func:`run_records` for parallel work.
+    (``export=False``: only committed). See :func:`histofetch.pool.run_records` for
+    parallel work.
     """
     runner = _Stage(manifest, stage, retry_failed)
     with task(stage, len(runner.todo)) as shown:
@@ -184,41 +185,6 @@ def run_per_record(
                 else:
                     runner.finish(rec, None)
             shown.advance()
-    manifest.save() if export else manifest.commit()
-    return runner.summary
-
-
-def run_records(
-    manifest: Manifest,
-    stage: str,
-    work: Callable[[Manifest, Record], None],
-    *,
-    jobs: int = 1,
-    threads: bool = False,
-    retry_failed: bool = False,
-    export: bool = True,
-) -> StageSummary:
-    """:func:`run_per_record` with ``work(manifest, record)`` run by ``jobs`` workers.
-
-    Each worker gets a copy of the record and its images in a manifest of their own and
-    returns them; this process claims, merges and commits, one record per transaction, so
-    the store has one writer per process. ``threads`` runs workers as threads (network-bound
-    work: downloads from several hosts at once); otherwise as processes, and ``work`` must
-    then be picklable (a module-level function or a ``functools.partial`` of one).
-    """
-    if jobs <= 1:
-        return run_per_record(
-            manifest,
-            stage,
-            lambda rec: work(manifest, rec),
-            retry_failed=retry_failed,
-            export=export,
-        )
-    from histofetch.pool import run_pooled
-
-    runner = _Stage(manifest, stage, retry_failed)
-    with task(stage, len(runner.todo)) as shown:
-        run_pooled(runner, work, jobs=jobs, threads=threads, advance=shown.advance)
     manifest.save() if export else manifest.commit()
     return runner.summary
 

@@ -20,6 +20,7 @@ from torch import nn
 
 from histocore.errors import DomainError
 from histocore.io import atomic_write_bytes
+from histomodels import pretrained
 from histomodels.preprocess import IMAGENET_MEAN, IMAGENET_STD
 
 FORMAT = "histomodels.checkpoint"
@@ -86,10 +87,8 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     :mod:`histomodels.pretrained` (e.g. ``pcam-cnn``) when no such file exists."""
     path = resolve_checkpoint(path)
     if not path.is_file():
-        from histomodels import pretrained
-
         if pretrained.is_pretrained(path):
-            return pretrained.checkpoint_dict(str(path))
+            return {"format": FORMAT, "version": VERSION, **pretrained.checkpoint_dict(str(path))}
         if path.exists():  # a FIFO or device would hang torch.load
             raise CheckpointError(f"{path}: not a regular file")
         raise CheckpointError(f"{path}: no such checkpoint file")

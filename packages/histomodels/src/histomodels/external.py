@@ -136,7 +136,7 @@ def evaluate_manifest(
     truth = targets(manifest)
     train_dups: dict[str, int] = {}
     if train_data is not None:
-        from histomodels.data.base import open_dataset
+        from histomodels.data import open_dataset
         from histomodels.leakage import training_duplicates
 
         train_dups = training_duplicates(

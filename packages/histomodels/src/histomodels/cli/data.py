@@ -60,7 +60,7 @@ def info(
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
     """Counts, label balance and (optionally) a contact sheet of sample patches."""
-    from histomodels.data.base import open_dataset
+    from histomodels.data import open_dataset
     from histomodels.data.info import contact_sheet, describe
 
     kw = {k: v for k, v in (("split", split), ("origin_split", origin_split)) if v is not None}

@@ -7,17 +7,15 @@ string that names the patch in reports and ``predictions.csv``.
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
-from pathlib import Path
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from histocore.errors import DomainError
 from histocore.progress import task
-
-
-class DatasetError(DomainError, ValueError):
-    """Bad input data; the message names the file (and row) and the problem."""
+from histomodels.data.cache import require_memory
+from histomodels.data.errors import DatasetError as DatasetError  # re-exported
 
 
 def binary_labels(y: np.ndarray, where: str) -> np.ndarray:
@@ -68,9 +66,6 @@ class PatchDataset(ABC):
     def read_range(self, start: int, stop: int) -> np.ndarray:
         """Images ``start:stop`` as uint8 ``[n, H, W, 3]`` (readers override this with one
         sequential read; used to stream data too large to decode into memory)."""
-        import os
-        from concurrent.futures import ThreadPoolExecutor
-
         with ThreadPoolExecutor(min(4, os.cpu_count() or 1)) as pool:
             items = list(pool.map(self.__getitem__, range(start, stop)))
         shapes = {np.shape(img) for img, _, _ in items}
@@ -88,11 +83,6 @@ class PatchDataset(ABC):
         progress (:mod:`histocore.progress`); the first bad patch raises
         :class:`DatasetError` here, in the main process, not deep inside a DataLoader worker.
         """
-        import os
-        from concurrent.futures import ThreadPoolExecutor
-
-        from histomodels.data.cache import require_memory
-
         n = len(self)
         if n == 0:
             raise DatasetError(f"{self.source or 'dataset'}: no patches")
@@ -161,14 +151,3 @@ class ArrayDataset(PatchDataset):
 
     def load_all(self) -> tuple[np.ndarray, np.ndarray, list[str]]:
         return self.images, self._labels, list(self._ids)
-
-
-def open_dataset(path: str | Path, **kwargs: object) -> PatchDataset:
-    """Open any supported dataset path; the format is detected from what is on disk.
-
-    Implemented in :mod:`histomodels.data.readers` (PCam HDF5 pairs, encoded HDF5, Kaggle
-    folders, class-per-folder trees, histofetch run folders).
-    """
-    from histomodels.data.readers import open_path
-
-    return open_path(Path(path), **kwargs)

@@ -1,19 +1,23 @@
-"""Decode once: materialise a dataset as uint8 arrays in memory when it fits.
+"""Memory budgets for decoded data: how much may be decoded into memory at once.
 
 Decoding JPEG/WebP/TIFF per sample, or reading gzip-chunked HDF5 at random, cannot keep
 two training cores fed (~100 patches/s); a uint8 array in memory serves thousands per
-second. :func:`materialise` decodes everything once (with a progress bar) and returns an
-:class:`~histomodels.data.base.ArrayDataset`; when the data would not fit it returns the
-lazy dataset unchanged.
+second, so readers decode everything once (``PatchDataset.load_all``) when it fits
+:func:`default_budget`, and refuse (:func:`require_memory`) a file that declares more
+patches than the machine can hold.
 """
 
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from histomodels.data.base import ArrayDataset, DatasetError, PatchDataset
+from histomodels.data.errors import DatasetError
+
+if TYPE_CHECKING:
+    from histomodels.data.base import PatchDataset
 
 
 def available_memory() -> int:
@@ -79,16 +83,3 @@ def decoded_bytes(ds: PatchDataset) -> int:
     if len(ds) == 0:
         return 0
     return len(ds) * int(np.prod(ds[0][0].shape))
-
-
-def materialise(ds: PatchDataset, max_bytes: int | None = None) -> PatchDataset:
-    """Decoded in-memory copy of ``ds`` if it fits ``max_bytes``, else ``ds`` itself."""
-    if isinstance(ds, ArrayDataset):
-        return ds
-    budget = default_budget() if max_bytes is None else max_bytes
-    if decoded_bytes(ds) > budget:
-        return ds
-    if len(ds) == 0:
-        raise DatasetError(f"{ds.source or 'dataset'}: no patches")
-    images, labels, ids = ds.load_all()  # each reader's fastest bulk path
-    return ArrayDataset(images, labels, ids, source=ds.source)

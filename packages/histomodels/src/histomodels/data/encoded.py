@@ -2,7 +2,7 @@
 
 Datasets: ``encoded`` (vlen uint8: a JPEG/WebP/PNG file per row), ``y`` (uint8 [N]),
 optional ``patch_id`` (str) and ``stored_codec``. Patches are decoded on demand; use
-:func:`histomodels.data.cache.materialise` to decode once into memory.
+``load_all`` to decode once into memory.
 
 A ``manifest.csv`` beside the file (columns ``file``, ``row``, ``origin_split``...) lets
 you keep only rows of some origin splits, e.g. ``origin_split=("kaggle_train", "pcam_train")``.
@@ -21,6 +21,7 @@ import numpy as np
 
 from histocore.progress import task
 from histomodels.data.base import DatasetError, PatchDataset, binary_labels
+from histomodels.data.cache import require_memory
 from histomodels.data.h5safe import dataset, open_h5
 from histomodels.data.images import decode_image
 
@@ -152,8 +153,6 @@ class EncodedH5Dataset(PatchDataset):
     def load_all(self) -> tuple[np.ndarray, np.ndarray, list[str]]:
         """Read all bytes in one go, decode on a small thread pool (PIL releases the GIL)."""
         from concurrent.futures import ThreadPoolExecutor
-
-        from histomodels.data.cache import require_memory
 
         n = len(self.rows)
         if n == 0:

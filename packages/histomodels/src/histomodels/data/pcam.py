@@ -22,6 +22,7 @@ import numpy as np
 
 from histocore.progress import task
 from histomodels.data.base import DatasetError, PatchDataset, binary_labels, check_patch_shape
+from histomodels.data.cache import require_memory
 from histomodels.data.h5safe import check_stored, dataset, open_h5
 
 SPLITS = ("train", "valid", "test")
@@ -233,7 +234,6 @@ class PCamDataset(PatchDataset):
 
     def load_all(self) -> tuple[np.ndarray, np.ndarray, list[str]]:
         """Read everything in large sequential blocks (fast even for gzip-chunked files)."""
-        from histomodels.data.cache import require_memory
 
         n = len(self)
         require_memory(int(np.prod(self.shape, dtype=np.int64)), str(self.x_path))

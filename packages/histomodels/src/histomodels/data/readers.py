@@ -22,6 +22,7 @@ from histomodels.data.encoded import EncodedH5Dataset
 from histomodels.data.folders import FolderDataset, is_image_folder
 from histomodels.data.h5safe import open_h5
 from histomodels.data.kaggle import LABELS_CSV, KaggleDataset
+from histomodels.data.manifest_tiles import ManifestTileDataset
 from histomodels.data.pcam import PCamDataset, find_split, pair_of
 
 H5_SUFFIXES = (".h5", ".hdf5", ".h5.gz", ".hdf5.gz")
@@ -62,8 +63,9 @@ def _open_h5(path: Path, kw: dict[str, Any]) -> PatchDataset:
     )
 
 
-def open_path(path: Path, **kw: Any) -> PatchDataset:
-    """Open ``path`` with the reader its contents call for (see the module table)."""
+def open_dataset(path: str | Path, **kw: Any) -> PatchDataset:
+    """Open any supported dataset path with the reader its contents call for (the format
+    is detected from what is on disk; see the module table)."""
     path = Path(path).expanduser()
     if not path.exists():
         raise DatasetError(f"{path}: no such file or folder")
@@ -75,11 +77,9 @@ def open_path(path: Path, **kw: Any) -> PatchDataset:
         if path.name == LABELS_CSV:
             return KaggleDataset(path.parent, **_take(kw, {"patch_size"}, "Kaggle", path))
         if path.name == "manifest.jsonl":
-            return open_path(path.parent, **kw)
+            return open_dataset(path.parent, **kw)
         raise DatasetError(f"{path}: not a dataset file (.h5, {LABELS_CSV}, manifest.jsonl)")
     if (path / "manifest.jsonl").is_file():
-        from histomodels.data.manifest_tiles import ManifestTileDataset
-
         opts = _take(kw, {"scale", "min_tissue"}, "histofetch run", path)
         return ManifestTileDataset(path, **opts)
     if (path / LABELS_CSV).is_file():

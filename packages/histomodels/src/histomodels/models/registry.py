@@ -1,4 +1,10 @@
-"""timm-style registry: ``@register_model`` on a builder, ``create_model(name, **cfg)``."""
+"""timm-style registry: ``@register_model`` on a builder, ``create_model(name, **cfg)``.
+
+This module holds only the table and its lookups; the zoo modules (``cnn``, ``timm_zoo``,
+``torchvision_zoo``, ``ensemble``) import it to register their builders, and the package's
+``__init__`` imports the zoo, so the table is full whenever ``histomodels.models`` (or any
+module in it) has been imported.
+"""
 
 from __future__ import annotations
 
@@ -29,19 +35,12 @@ def register_model(name: str, *, prefix: bool = False) -> Callable:
     return deco
 
 
-def _load_builtin() -> None:
-    # Importing the modules runs their @register_model decorators.
-    from histomodels.models import cnn, ensemble, timm_zoo, torchvision_zoo  # noqa: F401
-
-
 def list_models() -> list[str]:
-    _load_builtin()
     return sorted(_REGISTRY)
 
 
 def create_model(name: str, **cfg: Any) -> nn.Module:
     """Build a registered model with a single-logit head."""
-    _load_builtin()
     if name in _REGISTRY:
         return _REGISTRY[name](**cfg)
     head, _, rest = name.partition("/")
@@ -67,7 +66,6 @@ _WEIGHT_KEYS = frozenset({"pretrained", "weights"})
 
 def config_keys(name: str) -> frozenset[str]:
     """Architecture keyword arguments model ``name`` accepts from a checkpoint's config."""
-    _load_builtin()
     if name in _REGISTRY:
         params = inspect.signature(_REGISTRY[name]).parameters.values()
         named = {p.name for p in params if p.kind is not inspect.Parameter.VAR_KEYWORD}

@@ -3,8 +3,9 @@
 ``pcam-cnn`` is the default scratch CNN trained on the PCam (CC0) dev training patches by
 ``benchmarks/build_pcam_cnn.py`` (model card: ``docs/model_card_pcam_cnn.md``). A
 pretrained name works wherever a checkpoint path does: :func:`checkpoint_dict` turns the
-pair into the same plain dict ``histomodels.checkpoint`` reads, so eval, predict and export
-need no special case. Loading runs no code (safetensors + JSON).
+pair into the fields of the plain dict ``histomodels.checkpoint`` reads (which stamps its
+format and version on them), so eval, predict and export need no special case. Loading
+runs no code (safetensors + JSON).
 """
 
 from __future__ import annotations
@@ -54,10 +55,9 @@ def sidecar(name: str) -> dict[str, Any]:
 
 
 def checkpoint_dict(name: str) -> dict[str, Any]:
-    """The shipped model as a histomodels checkpoint dict (see ``histomodels.checkpoint``)."""
+    """The shipped model as the fields of a histomodels checkpoint dict, all but ``format``
+    and ``version`` (``histomodels.checkpoint.read_checkpoint`` adds those)."""
     from safetensors.torch import load
-
-    from histomodels.checkpoint import FORMAT, VERSION
 
     meta = sidecar(name)
     data = (HERE / f"{name}.safetensors").read_bytes()
@@ -65,8 +65,6 @@ def checkpoint_dict(name: str) -> dict[str, Any]:
     if meta.get("weights_sha256") and digest != meta["weights_sha256"]:
         raise PretrainedError(f"{name}: weights do not match the sidecar's sha256 (damaged)")
     return {
-        "format": FORMAT,
-        "version": VERSION,
         "model": meta["model"],
         "model_config": dict(meta.get("model_config", {})),
         "state_dict": load(data),

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from histomodels.config import TrainConfig
-from histomodels.data.base import ArrayDataset, DatasetError, PatchDataset, open_dataset
+from histomodels.data import ArrayDataset, DatasetError, PatchDataset, open_dataset
 from histomodels.data.blocks import BlockImages
 from histomodels.data.cache import decoded_bytes, default_budget
 from histomodels.data.stain import stain_normalizer
