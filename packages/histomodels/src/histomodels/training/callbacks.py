@@ -1,6 +1,6 @@
 """Trainer callbacks: everything around the loop that is not the loop.
 
-A callback overrides any of the :class:`Callback` hooks. The defaults
+A callback overrides any of the :class:`~histomodels.training.base.Callback` hooks. The defaults
 (:func:`default_callbacks`) give a run its time budget, early stopping, ``history.json`` /
 ``history.csv``, ``learning_curve.png``, ``best.pt`` / ``last.pt``, per-epoch lines, the
 progress bar and, with ``ema``, an exponential moving average of the weights. New training
@@ -23,9 +23,10 @@ import torch
 
 from histomodels import distributed as D
 from histomodels.config import TrainConfig
+from histomodels.training.base import Callback as Callback  # re-exported
+from histomodels.training.levers import Mixup
 
 if TYPE_CHECKING:
-    from histomodels.training.result import TrainResult
     from histomodels.training.trainer import Trainer
 
 HISTORY_FIELDS = (
@@ -41,46 +42,6 @@ HISTORY_FIELDS = (
     "val_patches_per_s",
     "frozen_backbone",
 )
-
-
-class Callback:
-    """No-op hooks; subclasses override what they need."""
-
-    def setup(self, trainer: Trainer) -> None:
-        """Model, optimizer and any resumed state are ready; the loop has not started."""
-
-    def resume_stop(self, trainer: Trainer) -> str | None:
-        """On resume: the reason the saved run had already stopped, if any."""
-        return None
-
-    def on_epoch_start(self, trainer: Trainer, epoch: int) -> None: ...
-
-    def on_batch(
-        self, trainer: Trainer, x: torch.Tensor, y: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Model input and float targets of a training batch, before the forward pass
-        (where mixup, cut-outs or label smoothing change them)."""
-        return x, y
-
-    def on_step_end(self, trainer: Trainer) -> bool | None:
-        """After each optimizer step; True ends the epoch (then it is validated)."""
-        return None
-
-    def on_validate_end(self, trainer: Trainer) -> None: ...
-
-    def should_stop(self, trainer: Trainer) -> str | None:
-        """Rank 0, after validation: a stop reason, or None to go on."""
-        return None
-
-    def on_epoch_end(
-        self, trainer: Trainer, row: dict[str, Any], improved: bool, stop: str | None
-    ) -> None:
-        """Rank 0: the epoch's history ``row`` is recorded; write what it needs."""
-
-    def on_fit_end(self, trainer: Trainer, result: TrainResult) -> None: ...
-
-    def close(self, trainer: Trainer) -> None:
-        """Always called (all ranks), also when training fails."""
 
 
 class TimeBudget(Callback):
@@ -275,8 +236,6 @@ def default_callbacks(cfg: TrainConfig, console: Any = None) -> list[Callback]:
     if cfg.label_smoothing:
         cbs.append(LabelSmoothing(cfg.label_smoothing))
     if cfg.mixup:
-        from histomodels.training.levers import Mixup
-
         cbs.append(Mixup(cfg.mixup))
     if cfg.ema:
         cbs.append(EMA(cfg.ema))

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from histomodels.training.callbacks import Callback
+from histomodels.training.base import Callback
 
 if TYPE_CHECKING:
     from histomodels.training.trainer import Trainer
