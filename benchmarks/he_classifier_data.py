@@ -1,0 +1,214 @@
+"""The tiles histofetch's H&E classifier trains and validates on (train_he_classifier.py).
+
+Real images from ``../shared`` (``$HISTO_SHARED``): PCam patches (a random draw plus the
+darkest), Camelyon16/17 tiles, the TIAToolbox target, ``stain_types/`` (all five classes),
+the sinanbertan report's figures and text pages, page renders of the image-less fixture
+PDFs; each real H&E tile spawns a hard negative made by physics and, half of the time, a
+harder positive, and each H&E source gives low-magnification tiles
+(he_classifier_material.py); drawn charts and colour fields are added. Validation is held
+out by source (:data:`VAL_SOURCES`, and everything made from them).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import sys
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "packages" / "histofetch" / "src"))
+from histofetch.decide import classifier as C  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import he_classifier_material as M  # noqa: E402
+
+CLASSES = ["he", "ihc", "pas", "fluor", "cyto", "graphic"]
+STAIN_CLASS = {
+    "he_other": "he",
+    "ihc": "ihc",
+    "pas_special": "pas",
+    "if": "fluor",
+    "cytology_gross_other": "cyto",
+}
+#: Held out for validation: whole sources, never seen in training.
+VAL_SOURCES = {
+    "petebankhead/2022-qupath-cell-detection",
+    "Borda/BIRL",
+    "camelyon17",
+    "zeeshannisar/resource-effecient-multi-stain-kidney-glomeruli-segmentation",
+    "CellProfiler/examples",
+    "MathWorks-Teaching-Resources/Biosciences-Image-Processing",
+    "pages:neg_drageset",
+}
+T = C.TILE
+assert M.T == T
+#: PCam patches used (2 crops each): enough to learn from, few enough that one dataset's
+#: scanner and stain do not stand for all of H&E; plus the darkest ones (pigment, dense
+#: nuclei, under-exposure), which a random draw rarely holds.
+PCAM_IMAGES = 600
+PCAM_DARK = 150
+#: Hard negatives made from each real H&E tile, by kind (he_classifier_material.py).
+NEGATIVES = {"ihc": 0.35, "pas": 0.2, "fluor": 0.15, "overlay": 0.3}
+#: Share of real H&E tiles that also give a harder positive (blur, annotations, pigment…).
+HARDER_SHARE = 0.5
+#: Low-magnification tiles per real H&E source image (PCam: one per third patch).
+LOWMAG_PER_IMAGE = 2
+
+
+# -- real sources ---------------------------------------------------------------------------
+def load_rgb(path: Path) -> np.ndarray:
+    with PIL.Image.open(path) as im:
+        im.draft("RGB", (1024, 1024))
+        im = im.convert("RGB")
+        im.thumbnail((1024, 1024))
+        return np.asarray(im)
+
+
+def real_sources(shared: Path, rng: np.random.Generator) -> list[tuple[str, str, np.ndarray]]:
+    """(class, source, image) for every real image used."""
+    import h5py
+
+    out: list[tuple[str, str, np.ndarray]] = []
+    with h5py.File(shared / "data/pcam_real/dev/train.h5", "r") as fh:
+        blobs = fh["encoded"][:]  # encoded PNG/JPEG bytes per patch
+    patches = []
+    for blob in blobs:
+        with PIL.Image.open(io.BytesIO(bytes(blob))) as im:
+            patches.append(np.asarray(im.convert("RGB")))
+    idx = set(rng.choice(len(patches), size=min(PCAM_IMAGES, len(patches)), replace=False).tolist())
+    # the darkest others (a mean under 70 is a black frame, not tissue)
+    brightness = np.array([p.mean() for p in patches])
+    dark = [i for i in np.argsort(brightness) if brightness[i] >= 70 and i not in idx]
+    idx |= set(dark[:PCAM_DARK])
+    out += [("he", "pcam", patches[i]) for i in sorted(idx)]
+    for p in sorted((shared / "data/camelyon16_tiles_didsr").rglob("*.webp")):
+        out.append(("he", "camelyon16", load_rgb(p)))
+    for p in sorted((shared / "data/camelyon17_centre_tiles").glob("*.jpeg")):
+        out.append(("he", "camelyon17", load_rgb(p)))
+    out.append(
+        (
+            "he",
+            "tiatoolbox",
+            load_rgb(shared / "data/external_he_images/tiatoolbox_target_image.png"),
+        )
+    )
+    base = shared / "data/stain_types"
+    with (base / "labels.csv").open() as fh:
+        for row in csv.DictReader(fh):
+            out.append(
+                (STAIN_CLASS[row["class"]], row["source_repo"], load_rgb(base / row["file"]))
+            )
+    out += pdf_sources(shared)
+    return out
+
+
+def pdf_sources(shared: Path) -> list[tuple[str, str, np.ndarray]]:
+    """The sinanbertan report's figures (labelled here by eye) and text-page renders."""
+    import pymupdf
+
+    out: list[tuple[str, str, np.ndarray]] = []
+    sinan = shared / "data/pdfs/sinanbertan_report.pdf"
+    he_pages = {26, 42}  # its two H&E sample grids (looked at; every other figure is not H&E)
+    with pymupdf.open(sinan) as doc:
+        for page in doc:
+            for entry in page.get_images(full=True):
+                pix = pymupdf.Pixmap(doc, entry[0])
+                if pix.colorspace is None or min(pix.width, pix.height) < 64:
+                    continue
+                if pix.colorspace.n != 3 or pix.alpha:
+                    pix = pymupdf.Pixmap(pymupdf.csRGB, pix)
+                rgb = np.asarray(PIL.Image.open(io.BytesIO(pix.tobytes("png"))).convert("RGB"))
+                cls = "he" if page.number + 1 in he_pages else "graphic"
+                out.append((cls, "sinanbertan", rgb))
+            if page.number % 4 == 0:  # text pages and page layouts
+                out.append(("graphic", "pages:sinanbertan", _page(page)))
+    for name in (
+        "neg_datta2010_jtmo_4_1_review_no_images.pdf",
+        "neg_drageset2015_peerj_1120_no_images.pdf",
+    ):
+        with pymupdf.open(shared / "fixtures/pdfs" / name) as doc:
+            for page in doc:
+                out.append(("graphic", f"pages:{name[:12]}", _page(page)))
+    return out
+
+
+def _page(page) -> np.ndarray:
+    pix = page.get_pixmap(dpi=40)
+    return np.asarray(PIL.Image.open(io.BytesIO(pix.tobytes("png"))).convert("RGB"))
+
+
+# -- crops ------------------------------------------------------------------------------------
+def random_crop(
+    rgb: np.ndarray, rng: np.random.Generator, min_content: float = 0.3
+) -> np.ndarray | None:
+    """A TILE crop at a random scale (shorter side 64…320 px, as inference sees images)."""
+    h, w = rgb.shape[:2]
+    short = min(h, w)
+    target = float(np.exp(rng.uniform(np.log(T), np.log(max(T, min(short * 1.5, 320))))))
+    scale = target / short
+    side = min(h, w, max(1, round(T / scale)))  # the source window that becomes one tile
+    for _ in range(6):
+        y = rng.integers(0, h - side + 1)
+        x = rng.integers(0, w - side + 1)
+        window = PIL.Image.fromarray(np.ascontiguousarray(rgb[y : y + side, x : x + side]))
+        tile = np.asarray(window.resize((T, T), PIL.Image.Resampling.BILINEAR))
+        if C.content_fraction(tile[None])[0] >= min_content:
+            if rng.random() < 0.5:
+                tile = tile[:, ::-1]
+            return np.ascontiguousarray(np.rot90(tile, rng.integers(4)))
+    return None
+
+
+# -- dataset ----------------------------------------------------------------------------------
+def build(
+    shared: Path, seed: int, per_image: int
+) -> dict[str, tuple[np.ndarray, np.ndarray, list[str]]]:
+    """{"train"|"val": (tiles uint8 N×T×T×3, labels N, derivation names)}."""
+    rng = np.random.default_rng(seed)
+    sources = real_sources(shared, rng)
+    split: dict[str, list[tuple[np.ndarray, int, str]]] = {"train": [], "val": []}
+    he = CLASSES.index("he")
+    for k, (cls, source, rgb) in enumerate(sources):
+        part = "val" if source in VAL_SOURCES else "train"
+        rows = split[part]
+        n = 2 if source == "pcam" else per_image
+        for _ in range(n):
+            tile = random_crop(rgb, rng)
+            if tile is None:
+                continue
+            rows.append((tile, CLASSES.index(cls), f"real:{cls}"))
+            if cls != "he":
+                continue
+            # each real H&E tile spawns one hard negative, and half of them a harder positive
+            kind = str(rng.choice(list(NEGATIVES), p=list(NEGATIVES.values())))
+            label = "graphic" if kind == "overlay" else kind
+            make = {"ihc": M.to_ihc, "pas": M.to_pas, "fluor": M.to_fluor, "overlay": M.overlay}
+            rows.append((make[kind](tile, rng), CLASSES.index(label), f"made:{kind}"))
+            if rng.random() < HARDER_SHARE:
+                kind = str(rng.choice(list(M.HARDER), p=list(M.HARDER.values())))
+                rows.append((M.harder_he(tile, rng, kind), he, f"made:he-{kind}"))
+        # whole sources shrunk onto white: slide thumbnails and low-power panels
+        if cls == "he" and (source != "pcam" or k % 3 == 0):
+            for _ in range(1 if source == "pcam" else LOWMAG_PER_IMAGE):
+                rows.append((M.low_magnification(rgb, rng), he, "made:he-lowmag"))
+    for part, n in (("train", 500), ("val", 120)):
+        for chart in M.charts(rng, n // 5):
+            for _ in range(3):
+                tile = random_crop(chart, rng, min_content=0.1)
+                if tile is not None:
+                    split[part].append((tile, CLASSES.index("graphic"), "drawn:chart"))
+        for _ in range(n // 2):
+            split[part].append((M.colour_field(rng), CLASSES.index("graphic"), "drawn:field"))
+    out = {}
+    for part, rows in split.items():
+        order = rng.permutation(len(rows))
+        out[part] = (
+            np.stack([rows[i][0] for i in order]),
+            np.array([rows[i][1] for i in order]),
+            [rows[i][2] for i in order],
+        )
+    return out

@@ -1,0 +1,116 @@
+"""The H&E classifier's training material (benchmarks/he_classifier_material.py) and how the
+training script sets the rule's thresholds (benchmarks/train_he_classifier.py): shapes,
+determinism, and that each made image has the physics it claims."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pdf_factory import he_like
+from skimage.color import rgb2hed
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+import he_classifier_material as M
+
+TILE = he_like(M.T, M.T, seed=3)
+MAKERS = {
+    "ihc": M.to_ihc,
+    "pas": M.to_pas,
+    "fluor": M.to_fluor,
+    "overlay": M.overlay,
+    "harder": M.harder_he,
+    "annotate": M.annotate,
+    "pigment": M.pigment,
+    "lowmag": M.low_magnification,
+}
+
+
+def _rng(seed: int = 0) -> np.random.Generator:
+    return np.random.default_rng(seed)
+
+
+@pytest.mark.parametrize("name", sorted(MAKERS))
+def test_every_generator_gives_a_tile_and_is_deterministic(name: str) -> None:
+    make = MAKERS[name]
+    src = he_like(200, 160, seed=1) if name == "lowmag" else TILE
+    outs = [make(src, _rng(seed)) for seed in (0, 0, 1, 2, 3)]
+    for out in outs:
+        assert out.shape == (M.T, M.T, 3) and out.dtype == np.uint8
+    np.testing.assert_array_equal(outs[0], outs[1])
+    assert any(not np.array_equal(outs[0], o) for o in outs[2:])  # the seed matters
+
+
+@pytest.mark.parametrize("kind", sorted(M.HARDER))
+def test_each_kind_of_harder_he_changes_the_tile(kind: str) -> None:
+    out = M.harder_he(TILE, _rng(5), kind)
+    assert out.shape == TILE.shape and not np.array_equal(out, TILE)
+    with pytest.raises(ValueError, match="unknown kind"):
+        M.harder_he(TILE, _rng(), "sepia")
+
+
+def test_annotations_are_sparse_marks_on_the_tissue() -> None:
+    changed = []
+    for seed in range(20):
+        out = M.annotate(TILE, _rng(seed)).astype(int)
+        # the 2x round trip blurs slightly; a mark is a clear change
+        changed.append(float((np.abs(out - TILE).max(-1) > 60).mean()))
+    assert max(changed) < 0.45 and np.median(changed) < 0.2  # tissue stays visible
+    assert min(changed) > 0.0  # every call draws something
+
+
+def test_faint_ihc_removes_the_eosin_and_adds_a_little_dab() -> None:
+    before = np.clip(rgb2hed(TILE), 0, None)
+    for seed in range(5):
+        after = np.clip(rgb2hed(M.to_ihc(TILE, _rng(seed), "faint")), 0, None)
+        assert after[..., 1].mean() < 0.35 * before[..., 1].mean()  # no eosin counterstain
+        dab_area = float((after[..., 2] > 0.03).mean())
+        assert 0.0 < dab_area < 0.3  # a faint, small DAB share
+    with pytest.raises(ValueError, match="unknown IHC mode"):
+        M.to_ihc(TILE, _rng(), "silver")
+
+
+def test_pigment_adds_dark_granules_and_keeps_the_rest() -> None:
+    for seed in range(6):
+        out = M.pigment(TILE, _rng(seed)).astype(int)
+        darker = (TILE.astype(int).sum(-1) - out.sum(-1)) > 45
+        assert 0.005 < darker.mean() < 0.6
+        assert (out.sum(-1) > TILE.astype(int).sum(-1) + 30).mean() < 0.01  # nothing paler
+
+
+def test_low_magnification_puts_small_tissue_on_white() -> None:
+    src = he_like(300, 300, seed=2)
+    for seed in range(6):
+        out = M.low_magnification(src, _rng(seed))
+        background = (out.min(-1) >= 235).mean()
+        assert 0.2 < background < 0.99  # a white slide with tissue on it
+
+
+def test_charts_and_fields_are_drawn() -> None:
+    (chart,) = M.charts(_rng(), 1)
+    assert chart.ndim == 3 and min(chart.shape[:2]) >= 100
+    field = M.colour_field(_rng())
+    assert field.shape == (M.T, M.T, 3) and np.array_equal(field, M.colour_field(_rng()))
+
+
+def test_thresholds_follow_the_validation_targets() -> None:
+    import train_he_classifier as tr
+
+    rng = _rng(7)
+    he = np.r_[np.ones(300, bool), np.zeros(700, bool)]
+    p_he = np.where(he, rng.beta(6, 1.5, he.size), rng.beta(1, 8, he.size))
+    points = tr.operating_points(p_he, he)
+    chosen = tr.choose_thresholds(points)
+    for name, (metric, target) in tr.TARGETS.items():
+        t = chosen[name]
+        assert t in tr.GRID
+        if metric == "recall":  # the highest threshold that still keeps the recall
+            assert points[str(t)]["recall"] >= target
+            higher = [g for g in tr.GRID if g > t]
+            assert not higher or points[str(higher[0])]["recall"] < target
+        else:  # the lowest threshold that reaches the precision
+            assert points[str(t)]["precision"] >= target
+    assert chosen["p_override"] >= chosen["p_keep"]
+    assert chosen["p_caption"] <= chosen["p_keep"]
