@@ -67,6 +67,10 @@ class TrainConfig:
     cutout: float = 0.0
     #: mixup within a batch: the Beta(alpha, alpha) alpha (e.g. 0.2-0.4); 0 = off
     mixup: float = 0.0
+    #: probability per patch of a RandStainNA-style random LAB stain template (fit at setup)
+    randstain: float = 0.0
+    #: probability per patch of a JPEG re-encode (quality 30-90) or a Gaussian blur (0.1-1.0)
+    jpeg_blur: float = 0.0
     #: None, "macenko" (common reference target) or a stain JSON (MacenkoNormalizer.save);
     #: applied to every patch before training and, from the checkpoint, at inference
     stain_norm: str | None = None
@@ -149,8 +153,9 @@ def validate(cfg: TrainConfig, source: str = "config") -> TrainConfig:
         raise ConfigError(f"{source}: min_lr_ratio must be in [0, 1], label_smoothing in [0, 1)")
     if cfg.ema is not None and not 0 < cfg.ema < 1:
         raise ConfigError(f"{source}: ema (decay) must be between 0 and 1, e.g. 0.999")
-    if not 0 <= cfg.cutout <= 1:
-        raise ConfigError(f"{source}: cutout must be a probability in [0, 1]")
+    for name in ("cutout", "randstain", "jpeg_blur"):
+        if not 0 <= getattr(cfg, name) <= 1:
+            raise ConfigError(f"{source}: {name} must be a probability in [0, 1]")
     if cfg.mixup < 0:
         raise ConfigError(f"{source}: mixup (the Beta alpha) must be >= 0 (0 = off)")
     if cfg.time_budget is not None and cfg.time_budget <= 0:

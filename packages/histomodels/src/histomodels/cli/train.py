@@ -71,6 +71,20 @@ Mixup = Annotated[
     typer.Option(metavar="ALPHA", help="mixup within a batch, Beta(ALPHA, ALPHA) (0 = off)."),
 ]
 
+RandStain = Annotated[
+    float | None,
+    typer.Option(
+        metavar="P",
+        help="Probability per patch of a random LAB stain template (RandStainNA style).",
+    ),
+]
+JpegBlur = Annotated[
+    float | None,
+    typer.Option(
+        metavar="P", help="Probability per patch of a JPEG re-encode (q 30-90) or a blur."
+    ),
+]
+
 
 def _run(
     out: Path,
@@ -124,6 +138,8 @@ def train_cmd(
     ema: Ema = None,
     cutout: Cutout = None,
     mixup: Mixup = None,
+    randstain: RandStain = None,
+    jpeg_blur: JpegBlur = None,
     stain_norm: StainNorm = None,
     model_config: ModelConfig = None,
     weights: Annotated[str | None, typer.Option(help="Initial weights: PATH or source.")] = None,
@@ -153,6 +169,8 @@ def train_cmd(
         ema=ema,
         cutout=cutout,
         mixup=mixup,
+        randstain=randstain,
+        jpeg_blur=jpeg_blur,
         stain_norm=stain_norm,
         model_config=model_config,
         weights=weights,
@@ -197,6 +215,8 @@ def finetune_cmd(
     ema: Ema = None,
     cutout: Cutout = None,
     mixup: Mixup = None,
+    randstain: RandStain = None,
+    jpeg_blur: JpegBlur = None,
     stain_norm: StainNorm = None,
     model_config: ModelConfig = None,
     seed: Seed = None,
@@ -233,6 +253,8 @@ def finetune_cmd(
         ema=ema,
         cutout=cutout,
         mixup=mixup,
+        randstain=randstain,
+        jpeg_blur=jpeg_blur,
         stain_norm=stain_norm,
         model_config=model_config,
         seed=seed,

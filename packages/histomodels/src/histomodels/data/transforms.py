@@ -10,8 +10,13 @@ All ops are vectorised over the batch and run on the batch's device.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from histomodels.data.randstain import LabStats
 
 # Ruifrok & Johnston stain matrix as in scikit-image (rows: H, E, DAB optical densities).
 RGB_FROM_HED = torch.tensor(
@@ -74,7 +79,11 @@ class Augment:
     repeatable (a private generator); ``None`` uses torch's global RNG.
 
     The optional levers below are off at 0 and independent of ``strength``:
-    ``cutout`` is the probability that a patch gets 1-3 rectangles filled with its mean
+    ``randstain`` is the probability that a patch is normalised to a random LAB template
+    drawn from ``stain_stats`` (:mod:`histomodels.data.randstain`; fitted on the batch itself
+    when not given), before the colour jitter; ``jpeg_blur`` the probability of a JPEG
+    re-encode (quality 30-90) or, as often, a Gaussian blur (sigma 0.1-1.0), after it;
+    ``cutout`` the probability that a patch gets 1-3 rectangles filled with its mean
     colour, never inside the central third (the label region; :func:`cutout_mask`).
     """
 
@@ -85,23 +94,36 @@ class Augment:
         seed: int | None = None,
         *,
         cutout: float = 0.0,
+        randstain: float = 0.0,
+        jpeg_blur: float = 0.0,
+        stain_stats: LabStats | None = None,
     ):
         if strength < 0:
             raise ValueError(f"strength must be >= 0, got {strength}")
-        if not 0 <= cutout <= 1:
-            raise ValueError(f"cutout must be a probability in [0, 1], got {cutout}")
+        for name, p in (("cutout", cutout), ("randstain", randstain), ("jpeg_blur", jpeg_blur)):
+            if not 0 <= p <= 1:
+                raise ValueError(f"{name} must be a probability in [0, 1], got {p}")
         self.strength = float(strength)
         self.hed_jitter = hed_jitter
-        self.cutout = float(cutout)
+        self.cutout, self.randstain, self.jpeg_blur = (
+            float(cutout),
+            float(randstain),
+            float(jpeg_blur),
+        )
+        self.stain_stats = stain_stats
         self.generator = None if seed is None else torch.Generator().manual_seed(seed)
 
     def __repr__(self) -> str:
-        levers = f", cutout={self.cutout}" if self.cutout else ""
+        levers = "".join(
+            f", {k}={getattr(self, k)}"
+            for k in ("randstain", "jpeg_blur", "cutout")
+            if getattr(self, k)
+        )
         return f"Augment(strength={self.strength}, hed_jitter={self.hed_jitter}{levers})"
 
     @property
     def identity(self) -> bool:
-        return self.strength == 0 and not self.cutout
+        return self.strength == 0 and not (self.cutout or self.randstain or self.jpeg_blur)
 
     def _rand(self, *shape: int) -> torch.Tensor:
         return torch.rand(*shape, generator=self.generator)
@@ -113,16 +135,22 @@ class Augment:
         _check(x)
         if self.identity or x.shape[0] == 0:
             return x.clone()
-        y = self._base(x) if self.strength > 0 else x.float().div_(255.0)
+        y = self._geometry(x) if self.strength > 0 else x.float().div_(255.0)
+        if self.randstain:
+            y = self._randstain(y)
+        if self.strength > 0:
+            y = self._colour(y)
+        if self.jpeg_blur:
+            y = self._jpeg_blur(y)
         if self.cutout:
             mask = cutout_mask(x.shape[0], x.shape[1], x.shape[2], self.cutout, self.generator)
             mask = mask.to(x.device)[..., None]
             y = torch.where(mask, y.mean((1, 2), keepdim=True), y)
         return y.clamp_(0, 1).mul_(255).round_().to(torch.uint8)
 
-    def _base(self, x: torch.Tensor) -> torch.Tensor:
-        """Dihedral view, HED jitter, colour and blur: float RGB in [0, 1] (may overshoot)."""
-        s, n, dev = self.strength, x.shape[0], x.device
+    def _geometry(self, x: torch.Tensor) -> torch.Tensor:
+        """One of the 8 dihedral views per sample, as float RGB in [0, 1]."""
+        n, dev = x.shape[0], x.device
         # 1. one of the 8 dihedral views per sample (flips only for non-square images)
         square = x.shape[1] == x.shape[2]
         views = torch.randint(0, 8 if square else 4, (n,), generator=self.generator)
@@ -133,7 +161,11 @@ class Augment:
             idx = (views == k).nonzero().flatten().to(dev)
             if len(idx):
                 out[idx] = _dihedral(x[idx], k, (1, 2))
-        y = out.float().div_(255.0)
+        return out.float().div_(255.0)
+
+    def _colour(self, y: torch.Tensor) -> torch.Tensor:
+        """HED jitter, colour and slight blur of float RGB (the result may overshoot [0, 1])."""
+        s, n, dev = self.strength, y.shape[0], y.device
         # 2. HED stain jitter: scale and shift each stain's concentration per sample
         if self.hed_jitter:
             # hed' = hed * alpha + beta is linear in log-RGB, so the whole round trip
@@ -166,6 +198,59 @@ class Augment:
             sub = F.conv2d(F.pad(sub, (1, 1, 1, 1), mode="replicate"), kernel, groups=3)
             y[blur] = sub.permute(0, 2, 3, 1)
         return y
+
+    def _randstain(self, y: torch.Tensor) -> torch.Tensor:
+        from histomodels.data.randstain import fit_lab_stats, randstain
+
+        pick = (self._rand(y.shape[0]) < self.randstain).nonzero().flatten().to(y.device)
+        if len(pick):
+            stats = self.stain_stats
+            if stats is None:
+                stats = fit_lab_stats(y.clamp(0, 1).mul(255).round().to(torch.uint8))
+            y[pick] = randstain(y[pick], stats, self.generator)
+        return y
+
+    def _jpeg_blur(self, y: torch.Tensor) -> torch.Tensor:
+        n = y.shape[0]
+        pick, jpeg = self._rand(n) < self.jpeg_blur, self._rand(n) < 0.5
+        quality = 30 + (self._rand(n) * 61).long().clamp_max(60)
+        sigma = 0.1 + self._rand(n) * 0.9
+        blur = (pick & ~jpeg).nonzero().flatten()
+        if len(blur):
+            y[blur.to(y.device)] = gaussian_blur(y[blur.to(y.device)], sigma[blur])
+        for i in (pick & jpeg).nonzero().flatten().tolist():
+            y[i] = jpeg_roundtrip(y[i], int(quality[i]))
+        return y
+
+
+def gaussian_blur(y: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Blur each float ``[H, W, 3]`` image of ``y`` ``[n, H, W, 3]`` with its own ``sigma``
+    (a separable 7-tap Gaussian, reflected edges)."""
+    n, h, w, c = y.shape
+    t = torch.arange(-3, 4, dtype=y.dtype, device=y.device)
+    k = torch.exp(-(t[None] ** 2) / (2 * sigma.to(y)[:, None] ** 2))
+    k = (k / k.sum(1, keepdim=True)).repeat_interleave(c, 0)  # [n*c, 7]
+    x = y.permute(0, 3, 1, 2).reshape(1, n * c, h, w)
+    x = F.conv2d(F.pad(x, (3, 3, 0, 0), mode="reflect"), k.view(n * c, 1, 1, 7), groups=n * c)
+    x = F.conv2d(F.pad(x, (0, 0, 3, 3), mode="reflect"), k.view(n * c, 1, 7, 1), groups=n * c)
+    return x.view(n, c, h, w).permute(0, 2, 3, 1)
+
+
+def jpeg_roundtrip(img: torch.Tensor, quality: int) -> torch.Tensor:
+    """Encode a float RGB ``[H, W, 3]`` image as JPEG at ``quality`` (Pillow, 4:2:0 chroma
+    subsampling as scanners' JPEG/JPEG 2000 tiles have) and decode it again."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    u8 = img.clamp(0, 1).mul(255).round().to(torch.uint8).cpu().numpy()
+    buf = io.BytesIO()
+    Image.fromarray(u8).save(buf, format="JPEG", quality=int(quality))
+    buf.seek(0)
+    with Image.open(buf) as im:
+        back = np.asarray(im.convert("RGB"))
+    return torch.from_numpy(back.copy()).to(img).div_(255.0)
 
 
 def centre_box(size: int) -> tuple[int, int]:

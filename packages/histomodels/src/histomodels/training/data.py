@@ -6,6 +6,7 @@ trainer); batches are augmented as uint8 and normalised on the fly.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -116,15 +117,40 @@ def _given(data: DataSpec | None, path: str | None, role: str) -> DataSpec:
     return path
 
 
-def make_augment(cfg: TrainConfig, seed: int) -> Callable[[torch.Tensor], torch.Tensor]:
+def make_augment(
+    cfg: TrainConfig, seed: int, stain_stats: Any = None
+) -> Callable[[torch.Tensor], torch.Tensor]:
     """The histology augmentation (dihedral flips, colour, HED jitter, and the optional
-    levers: cut-out) for one epoch/rank."""
+    levers: RandStainNA-style stain templates drawn from ``stain_stats``, JPEG/blur, cut-out)
+    for one epoch/rank."""
     from histomodels.data.transforms import Augment
 
     aug = Augment(
-        strength=cfg.aug_strength, hed_jitter=cfg.hed_jitter, seed=seed, cutout=cfg.cutout
+        strength=cfg.aug_strength,
+        hed_jitter=cfg.hed_jitter,
+        seed=seed,
+        cutout=cfg.cutout,
+        randstain=cfg.randstain,
+        jpeg_blur=cfg.jpeg_blur,
+        stain_stats=stain_stats,
     )
     return (lambda b: b) if aug.identity else aug
+
+
+def fit_stain_stats(cfg: TrainConfig, x_train: Images, run_dir: Path | None) -> Any:
+    """With ``randstain``: the LAB template distribution of the training patches
+    (:func:`histomodels.data.randstain.fit_lab_stats` on up to 2,048 of them, after any
+    stain normalisation), also written to ``run_dir/randstain.json``; else None."""
+    if not cfg.randstain:
+        return None
+    from histocore.io import atomic_write_text
+    from histomodels.data.randstain import fit_lab_stats, fit_sample
+
+    stats = fit_lab_stats(fit_sample(x_train))
+    if run_dir is not None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run_dir / "randstain.json", json.dumps(stats.to_dict(), indent=1))
+    return stats
 
 
 def epoch_order(x_train: Images, gen: torch.Generator) -> torch.Tensor:

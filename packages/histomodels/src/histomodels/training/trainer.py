@@ -31,7 +31,13 @@ from histomodels.metrics import binary_metrics
 from histomodels.models import create_model
 from histomodels.preprocess import to_input
 from histomodels.training.callbacks import Callback, default_callbacks
-from histomodels.training.data import DataSpec, epoch_order, make_augment, prepare_splits
+from histomodels.training.data import (
+    DataSpec,
+    epoch_order,
+    fit_stain_stats,
+    make_augment,
+    prepare_splits,
+)
 from histomodels.training.result import EpochStats, TrainResult
 from histomodels.training.schedule import LRSchedule, param_groups, set_backbone_frozen
 from histomodels.training.state import (
@@ -82,6 +88,7 @@ class Trainer:
         self.loss_sum, self.seen, self.batches_per_epoch = 0.0, 0, 0
         self.train_patches, self.train_seconds = 0, 0.0
         self.frozen = False
+        self.stain_stats: Any = None  # randstain's template distribution (fit at setup)
         self._ready = False
 
     # ------------------------------------------------------------------------- setup
@@ -98,6 +105,8 @@ class Trainer:
         (self.x_train, self.y_train), (self.x_val, self.y_val), self.stain = prepare_splits(
             self.cfg, *self._data, say=self.say
         )
+        main_dir = self.run_dir if self.info.is_main else None
+        self.stain_stats = fit_stain_stats(self.cfg, self.x_train, main_dir)
         per_rank = len(self.x_train) // self.info.world_size
         if per_rank < self.cfg.batch_size:
             self.cfg = self.cfg.replace(batch_size=max(1, per_rank))
@@ -218,7 +227,7 @@ class Trainer:
         self.current_epoch = epoch
         gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
         order = D.shard(epoch_order(self.x_train, gen), info)
-        augment = make_augment(cfg, seed * 100_003 + epoch * 31 + info.rank)
+        augment = make_augment(cfg, seed * 100_003 + epoch * 31 + info.rank, self.stain_stats)
         self.net.train()
         self.batches_per_epoch = max(1, len(order) // cfg.batch_size)
         self.loss_sum, self.seen = 0.0, 0
