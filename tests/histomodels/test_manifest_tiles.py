@@ -147,3 +147,24 @@ def test_patch_sized_figures_become_one_tile_each(tmp_path: Path) -> None:
     assert {k: f["scale_source"] for k, f in ds.figures.items()} == {"a": "patch", "b": "patch"}
     assert [f["n_tiles"] for f in ds.figures.values()] == [1, 1]
     assert np.array_equal(ds.images[[t.image_id for t in ds.tiles].index("a")], x[0])
+
+
+@pytest.mark.parametrize("scale", [1.0, 0.5, 1.5])
+def test_predict_and_eval_manifest_keep_the_same_tiles(tmp_path: Path, scale: float) -> None:
+    """`histomodels predict --scale s` and `eval --manifest` (scale s) cut one figure alike."""
+    from histomodels.predict import image_tiles, read_rgb
+
+    fig = np.full((530, 430, 3), 255, np.uint8)  # white margins that fit no whole tile
+    fig[20:308, 37:421] = make_figure(3, 4, seed=4)
+    run = _run(tmp_path, {"fig": (fig, "metastasis")})
+    path = run / "images" / "fig.png"
+    ds = ManifestTileDataset(run, scale=scale, min_tissue=0.5)
+    boxes = [t.box for t in ds.tiles]
+    _, tiles = image_tiles(read_rgb(path), path, scale=scale)
+    keep = tiles.tissue >= 0.5
+    assert 0 < keep.sum() < len(tiles.xy)  # some background tiles to leave out
+    assert boxes == [
+        (x / scale, y / scale, (x + 96) / scale, (y + 96) / scale) for x, y in tiles.xy[keep]
+    ]
+    np.testing.assert_array_equal(ds.images, tiles.patches[keep])
+    np.testing.assert_allclose([t.tissue for t in ds.tiles], tiles.tissue[keep])

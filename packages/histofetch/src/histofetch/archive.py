@@ -20,6 +20,7 @@ from pathlib import PurePosixPath
 from PIL import Image as PILImage
 
 from histocore.errors import DomainError
+from histocore.imaging import ImageError, ImageTooLarge, read_rgb
 
 #: Extensions of figure files in PMC packages, best first (``.gif`` are thumbnails).
 FIGURE_EXTS = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".gif")
@@ -119,25 +120,18 @@ def read_tar(data: bytes, limits: ArchiveLimits | None = None) -> dict[str, byte
 
 
 def decode_image(data: bytes, name: str, max_pixels: int) -> PILImage.Image:
-    """Decode one figure to RGB, refusing images over ``max_pixels`` before expanding."""
+    """Decode one figure to RGB (transparency onto white), refusing images over
+    ``max_pixels`` from their header, before anything is expanded."""
     try:
-        with PILImage.open(io.BytesIO(data)) as img:
-            width, height = img.size
-            if width * height > max_pixels:
-                raise ArchiveError(
-                    f"figure {name!r} is {width}x{height} px, over the {max_pixels} px limit"
-                )
-            img.load()
-            if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-                rgba = img.convert("RGBA")
-                background = PILImage.new("RGB", rgba.size, (255, 255, 255))
-                background.paste(rgba, mask=rgba.getchannel("A"))
-                return background
-            return img.convert("RGB")
-    except ArchiveError:
-        raise
-    except (OSError, ValueError, PILImage.DecompressionBombError) as exc:
-        raise ArchiveError(f"figure {name!r} cannot be decoded ({exc})") from None
+        rgb = read_rgb(data, max_pixels=max_pixels, what=f"figure {name!r}")
+    except ImageTooLarge as exc:
+        whose = "" if exc.limit == max_pixels else " (Pillow's PIL.Image.MAX_IMAGE_PIXELS × 2)"
+        raise ArchiveError(
+            f"figure {name!r} is {exc.declared} px, over the {exc.limit} px limit{whose}"
+        ) from None
+    except ImageError as exc:
+        raise ArchiveError(f"figure {name!r} cannot be decoded ({exc.reason})") from None
+    return PILImage.fromarray(rgb)
 
 
 def pick_figures(names: list[str]) -> list[str]:

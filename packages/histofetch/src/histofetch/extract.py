@@ -40,9 +40,9 @@ from histofetch.pool import run_records
 from histofetch.stage import StageFailure, StageSummary
 
 #: Refuse (do not decode) embedded images with more pixels than this (about 8000 × 8000).
-#: Checked on the declared size of the image *and* of its soft mask / mask before decoding.
+#: Checked on the declared size of the image *and* of its soft mask / mask before decoding
+#: (PyMuPDF decodes them; PIL's global limit is left alone).
 MAX_IMAGE_PIXELS = 64_000_000
-PIL.Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
 #: Most resource dictionaries one page's object walk may visit (forms nested in forms).
 MAX_WALK_NODES = 10_000
 #: Seconds one PDF may spend decoding images before the record fails (a hostile file

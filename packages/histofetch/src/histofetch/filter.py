@@ -26,11 +26,12 @@ from typing import Any
 import numpy as np
 import PIL.Image
 
+from histocore.imaging import open_image
 from histocore.io import atomic_write_bytes
 from histocore.manifest import Image, Manifest, Record
 from histofetch.decide import rules
 from histofetch.decide.classifier import classify_rgb
-from histofetch.decide.colour import ColourScores, score_image, score_rgb
+from histofetch.decide.colour import MAX_PIXELS, ColourScores, score_image, score_rgb
 from histofetch.decide.stains import evidence
 from histofetch.labels import RULES_VERSION, label_manifest
 from histofetch.pool import run_records
@@ -145,7 +146,7 @@ def _load(path: Path | None) -> tuple[np.ndarray, float]:
     """RGB at most PANEL_SIDE px long, and the factor from it back to file pixels."""
     if path is None:
         raise FileNotFoundError("the manifest names no file")
-    with PIL.Image.open(path) as im:
+    with open_image(path, max_pixels=MAX_PIXELS) as im:
         full = im.size
         im.draft("RGB", (PANEL_SIDE, PANEL_SIDE))
         im = im.convert("RGB")

@@ -27,10 +27,12 @@ HASH_SIZE = 8  # dHash of an 8x9 grey thumbnail → 64 bits
 def image_hash(path: str) -> str | None:
     """Hex dHash of an image file; ``None`` when it cannot be read."""
     import imagehash
-    from PIL import Image as PILImage
+
+    from histocore.imaging import open_image
+    from histofetch.decide.colour import MAX_PIXELS
 
     try:
-        with PILImage.open(path) as im:
+        with open_image(path, max_pixels=MAX_PIXELS) as im:
             return str(imagehash.dhash(im.convert("RGB"), hash_size=HASH_SIZE))
     except Exception as exc:  # unreadable/corrupt file: no hash, no flag (filter failed it)
         log.warning("cannot hash %s: %s", path, exc)

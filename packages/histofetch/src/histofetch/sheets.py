@@ -25,8 +25,10 @@ from pathlib import Path
 import PIL.Image
 from PIL import ImageDraw, ImageFont
 
+from histocore.imaging import open_image
 from histocore.io import atomic_write_bytes
 from histocore.manifest import Image, Manifest, Record
+from histofetch.decide.colour import MAX_PIXELS
 
 TILE = 160
 LINE_H = 11
@@ -98,7 +100,7 @@ def contact_sheet(
         try:
             if path is None:
                 raise FileNotFoundError("the manifest names no file")
-            with PIL.Image.open(path) as im:
+            with open_image(path, max_pixels=MAX_PIXELS) as im:
                 im.draft("RGB", (tile, tile))
                 im = im.convert("RGB")
                 im.thumbnail((tile, tile))

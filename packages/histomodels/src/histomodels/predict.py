@@ -10,20 +10,22 @@ from __future__ import annotations
 
 import csv
 import io
-import warnings
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from histocore import imaging
 from histocore.errors import DomainError, UsageError
+from histocore.imaging import Tiles, rescale, tile
+from histocore.imaging import tissue_fraction as tissue_fraction  # the one tissue test
 from histocore.progress import task
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".bmp"}
 #: Refuse images above this many pixels (8k x 8k: far beyond any figure or exported
-#: region; whole-slide images need a WSI reader, not this command). ``--max-pixels``.
+#: region; whole-slide images need a WSI reader, not this command). ``--max-pixels``,
+#: checked per call on the declared size (PIL's global limit is left alone).
 MAX_PIXELS = 64_000_000
 
 
@@ -31,70 +33,36 @@ class PredictInputError(DomainError, ValueError):
     """An input that cannot be used; the message names the file."""
 
 
-@dataclass
-class Tiles:
-    """Patches cut from one image on a regular grid, with their top-left coordinates."""
-
-    patches: np.ndarray  # uint8 [N, size, size, 3]
-    xy: np.ndarray  # int [N, 2]
-    tissue: np.ndarray  # float [N], fraction of tissue pixels
-    size: int
-
-
-def tissue_fraction(patches: np.ndarray) -> np.ndarray:
-    """Share of pixels that look like stained tissue (not white glass / black border):
-    HSV-style saturation above 0.07 and not near-black, as in common WSI tissue masks."""
-    x = patches.astype(np.float32) / 255.0
-    mx, mn = x.max(-1), x.min(-1)
-    sat = (mx - mn) / np.maximum(mx, 1e-6)
-    tissue = (sat > 0.07) & (mx > 0.15)
-    return tissue.reshape(len(patches), -1).mean(1)
-
-
 def tile_image(image: np.ndarray, size: int = 96, stride: int | None = None) -> Tiles:
     """Cut ``image`` (uint8 HxWx3) into ``size`` patches every ``stride`` px (default:
-    non-overlapping). Pixels beyond the last full tile are not covered."""
+    non-overlapping) with :func:`histocore.imaging.tile`, the tiler ``eval --manifest`` uses
+    too. Every tile is kept (``tissue`` says how much tissue each holds)."""
     stride = stride or size
     if stride < 1:
         raise UsageError(f"tile stride must be >= 1, got {stride}")
     h, w = image.shape[:2]
     if h < size or w < size:
         raise PredictInputError(f"image is {w}x{h}, smaller than one {size}px patch")
-    ys, xs = range(0, h - size + 1, stride), range(0, w - size + 1, stride)
-    xy = np.array([(x, y) for y in ys for x in xs], dtype=np.int64)
-    view = np.lib.stride_tricks.sliding_window_view(image, (size, size, 3))[::stride, ::stride, 0]
-    patches = view.reshape(-1, size, size, 3).copy()  # writable, contiguous
-    return Tiles(patches, xy, tissue_fraction(patches), size)
+    return tile(image, size, stride)
+
+
+def image_tiles(
+    image: np.ndarray, where: Path, *, size: int = 96, scale: float = 1.0, stride: int | None = None
+) -> tuple[np.ndarray, Tiles]:
+    """The image resized by ``scale`` (as ``--scale`` does) and its tiles (x/y in its pixels)."""
+    if scale != 1.0:
+        image = _resize(image, scale, where, size)
+    return image, tile_image(image, size, stride)
 
 
 def read_rgb(path: Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Decode an image to uint8 RGB, refusing bombs and unreadable files with one line."""
-    from PIL import Image
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        old = Image.MAX_IMAGE_PIXELS
-        Image.MAX_IMAGE_PIXELS = max_pixels
-        try:
-            with Image.open(path) as im:
-                w, h = im.size
-                if w * h > max_pixels:
-                    raise PredictInputError(
-                        f"{path}: {w}x{h} pixels exceeds the limit of {max_pixels} "
-                        "(possible decompression bomb)"
-                    )
-                return np.array(im.convert("RGB"))
-        except PredictInputError:
-            raise
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-            raise PredictInputError(
-                f"{path}: refused, possible decompression bomb ({exc})"
-            ) from None
-        except Exception as exc:
-            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise PredictInputError(f"{path}: cannot read image ({reason})") from None
-        finally:
-            Image.MAX_IMAGE_PIXELS = old
+    try:
+        return imaging.read_rgb(path, max_pixels=max_pixels, what=str(path))
+    except imaging.ImageTooLarge as exc:
+        raise PredictInputError(str(exc)) from None
+    except imaging.ImageError as exc:
+        raise PredictInputError(f"{path}: cannot read image ({exc.reason})") from None
 
 
 def collect_inputs(paths: Iterable[str | Path]) -> list[Path]:
@@ -127,24 +95,16 @@ def check_inputs(
     Sizes are checked after ``scale`` (``--scale 16`` makes 256x more pixels) and the
     tiles at ``stride`` must fit the memory budget (``--tile-stride 1`` makes ~size² more).
     """
-    from PIL import Image
-
     from histomodels.data.cache import require_memory
 
     for f in files:
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                with Image.open(f) as im:
-                    w, h = im.size
-        except Exception as exc:
-            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise PredictInputError(f"{f}: cannot read image ({reason})") from None
-        if w * h > max_pixels:
-            raise PredictInputError(
-                f"{f}: {w}x{h} pixels exceeds the limit of {max_pixels} "
-                "(possible decompression bomb)"
-            )
+            with imaging.open_image(f, max_pixels=max_pixels, what=str(f)) as im:
+                w, h = im.size
+        except imaging.ImageTooLarge as exc:
+            raise PredictInputError(str(exc)) from None
+        except imaging.ImageError as exc:
+            raise PredictInputError(f"{f}: cannot read image ({exc.reason})") from None
         if w < size or h < size:
             raise PredictInputError(f"{f}: {w}x{h} is smaller than one {size}px patch")
         sw, sh = round(w * scale), round(h * scale)
@@ -208,10 +168,8 @@ def predict_paths(
     n_rows, heatmaps = 0, []
     with task("predicting", len(files)) as shown:
         for f in files:
-            img = read_rgb(f, max_pixels)
-            if scale != 1.0:
-                img = _resize(img, scale, f, size)
-            tiles = tile_image(img, size, stride)
+            img, tiles = image_tiles(read_rgb(f, max_pixels), f, size=size, scale=scale,
+                                     stride=stride)  # fmt: skip
             logits = pred.logits(tiles.patches, batch_size=batch_size, tta=tta)
             probs = sigmoid(logits, pred.temperature)
             for (x, y), t, p in zip(tiles.xy, tiles.tissue, probs, strict=True):
@@ -229,14 +187,10 @@ def predict_paths(
 
 
 def _resize(img: np.ndarray, scale: float, f: Path, size: int) -> np.ndarray:
-    from PIL import Image
-
     h, w = img.shape[:2]
-    nh, nw = round(h * scale), round(w * scale)
-    if nh < size or nw < size:
+    if round(h * scale) < size or round(w * scale) < size:
         raise PredictInputError(f"{f}: {w}x{h} at scale {scale} is smaller than one {size}px patch")
-    resample = Image.Resampling.BOX if scale < 1 else Image.Resampling.LANCZOS
-    return np.array(Image.fromarray(img).resize((nw, nh), resample))
+    return rescale(img, scale)
 
 
 def _stem(f: Path, files: list[Path]) -> str:

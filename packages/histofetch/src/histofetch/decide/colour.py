@@ -31,14 +31,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import PIL.Image
 from skimage.color import rgb2hed, rgb2hsv
+
+from histocore.imaging import ImageTooLarge, read_rgb
 
 #: Images are scored at most this large (longest side), which keeps scoring fast.
 WORK_SIDE = 768
-#: Image files above this many pixels (e.g. hostile OA package figures) are not decoded:
-#: PIL raises DecompressionBombError beyond twice this, and the row is marked failed.
-PIL.Image.MAX_IMAGE_PIXELS = min(PIL.Image.MAX_IMAGE_PIXELS or 64_000_000, 64_000_000)
+#: Image files declaring more pixels than this (e.g. hostile OA package figures) are not
+#: decoded and the row is marked failed (the effective limit before the per-call check:
+#: twice the 64 MP that used to be PIL's global). Readers of figure files share it.
+MAX_PIXELS = 128_000_000
 
 # Pixel classes (HSV with hue in degrees, S and V in 0..1)
 HE_HUE_FROM, HE_HUE_TO = 250.0, 15.0  # pink → purple arc, wrapping through 0°
@@ -87,13 +89,15 @@ class ColourScores:
 
 
 def load_rgb(path: str | Path, work_side: int = WORK_SIDE) -> np.ndarray:
-    """Read an image as uint8 RGB, shrunk so its longest side is at most ``work_side``."""
-    with PIL.Image.open(path) as im:
-        im.draft("RGB", (work_side, work_side))  # JPEG: decode at reduced size, much faster
-        im = im.convert("RGB")
-        if max(im.size) > work_side:
-            im.thumbnail((work_side, work_side), PIL.Image.Resampling.BILINEAR)
-        return np.asarray(im)
+    """Read an image as uint8 RGB, shrunk so its longest side is at most ``work_side``
+    (JPEG decodes at reduced size). Raises :class:`~histocore.imaging.ImageError`."""
+    try:
+        return read_rgb(path, max_pixels=MAX_PIXELS, max_side=work_side)
+    except ImageTooLarge as exc:  # the wording the filter has always recorded
+        raise ImageTooLarge(
+            exc.what, exc.limit, exc.size, exc.pixels,
+            f"image of {exc.declared} pixels exceeds limit of {exc.limit} (decompression bomb?)",
+        ) from None  # fmt: skip
 
 
 def pixel_classes(rgb: np.ndarray) -> dict[str, np.ndarray]:

@@ -11,8 +11,10 @@ When the measurement is implausible the figure is used at scale 1 (``scale_sourc
 Figures that are themselves patch-sized (every side 64-160 px, as when a paper shows PCam
 examples) are taken as one patch: resized so the short side is 96 (``scale_source`` "patch").
 
-Tiles are a non-overlapping grid centred on the resized figure; tiles whose tissue fraction
-(not white, not black) is below ``min_tissue`` are skipped. Ids are
+Tiles are a non-overlapping grid from the top-left corner of the resized figure (the tiler
+and tissue test of :mod:`histocore.imaging`, shared with ``histomodels predict``); tiles whose
+tissue fraction (saturated, not black: not white glass, grey ink or borders) is below
+``min_tissue`` are skipped. Ids are
 ``<image_id>#r<row>c<col>``; :attr:`ManifestTileDataset.tiles` gives each tile's parent image,
 grid position and box in the original figure's pixels (for image-level scores and heatmaps).
 
@@ -28,6 +30,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image as PILImage
 
+from histocore.imaging import rescale, tile
+from histocore.imaging import tissue_fraction as tissue_fraction  # the one tissue test
 from histocore.progress import task
 from histomodels.data.base import ArrayDataset, DatasetError
 from histomodels.data.images import decode_image
@@ -104,44 +108,20 @@ def figure_scale(rgb: np.ndarray) -> tuple[float, str]:
     return estimate_scale(rgb)
 
 
-def tissue_fraction(tiles: np.ndarray) -> np.ndarray:
-    """Fraction of each tile's pixels that are stained tissue (not white, not black)."""
-    t = tiles.astype(np.int16)
-    sat = t.max(-1) - t.min(-1)
-    mean = t.mean(-1)
-    tissue = ((mean < 220) | (sat > 25)) & (mean > 30)
-    return tissue.reshape(len(tiles), -1).mean(1)
-
-
 def tile_figure(
     rgb: np.ndarray, scale: float, min_tissue: float = 0.5
 ) -> tuple[np.ndarray, list[tuple[int, int, tuple[float, float, float, float], float]]]:
-    """Resize by ``scale``, cut tissue tiles: ``(uint8 [T,96,96,3], [(row, col, box, tissue)])``."""
-    h, w = rgb.shape[:2]
-    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
-    img = (
-        rgb
-        if (nh, nw) == (h, w)
-        else np.asarray(
-            PILImage.fromarray(rgb).resize(
-                (nw, nh), PILImage.Resampling.LANCZOS if scale > 1 else PILImage.Resampling.BOX
-            )
-        )
-    )
-    rows, cols = nh // TILE, nw // TILE
-    if rows == 0 or cols == 0:
-        return np.empty((0, TILE, TILE, 3), np.uint8), []
-    oy, ox = (nh - rows * TILE) // 2, (nw - cols * TILE) // 2
-    grid = img[oy : oy + rows * TILE, ox : ox + cols * TILE]
-    tiles = grid.reshape(rows, TILE, cols, TILE, 3).swapaxes(1, 2).reshape(-1, TILE, TILE, 3)
-    frac = tissue_fraction(tiles)
-    keep = np.flatnonzero(frac >= min_tissue)
+    """Resize by ``scale``, cut tissue tiles: ``(uint8 [T,96,96,3], [(row, col, box, tissue)])``.
+
+    Resizing, grid and tissue test are :mod:`histocore.imaging`'s, as in ``histomodels
+    predict --scale``, so both keep the same tiles of a figure.
+    """
+    tiles = tile(rescale(rgb, scale), TILE, min_tissue=min_tissue)
     info = []
-    for k in keep:
-        r, c = divmod(int(k), cols)
-        x0, y0 = (ox + c * TILE) / scale, (oy + r * TILE) / scale
-        info.append((r, c, (x0, y0, x0 + TILE / scale, y0 + TILE / scale), float(frac[k])))
-    return np.ascontiguousarray(tiles[keep]), info
+    for (r, c), (x, y, _, _), frac in zip(tiles.grid, tiles.boxes, tiles.tissue, strict=True):
+        x0, y0 = x / scale, y / scale
+        info.append((int(r), int(c), (x0, y0, x0 + TILE / scale, y0 + TILE / scale), float(frac)))
+    return tiles.patches, info
 
 
 class ManifestTileDataset(ArrayDataset):

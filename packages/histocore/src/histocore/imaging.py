@@ -1,0 +1,274 @@
+"""Reading untrusted image files under an explicit pixel limit, and cutting images into tiles.
+
+Pixel limits. Every reader names its own limit per call (``max_pixels``); the size an image
+*declares* in its header is compared with it before any pixel is decoded, so a small file
+declaring gigapixels (a decompression bomb) costs nothing. ``PIL.Image.MAX_IMAGE_PIXELS`` is
+never changed: Pillow's warning above it is silenced inside these calls (our own check
+decides), and Pillow's process-wide refusal above twice it stays a ceiling that no per-call
+limit can lift (an application that needs larger images raises Pillow's setting itself; the
+error then says so, it is never silent). A file that is missing, truncated, corrupt or not
+an image raises one :class:`ImageError` whose one-line message names the file.
+
+Tiles. :func:`tile` is the one tiler (``histomodels predict`` and the manifest tile dataset
+behind ``histomodels eval --manifest`` both use it, so they keep the same tiles of a figure):
+a grid anchored at the top-left corner, every ``stride`` px; pixels beyond the last full
+tile are not covered. :func:`tissue_fraction` is the one tissue test for tiles: the share of
+pixels with HSV saturation above 0.07 that are not near-black (value above 0.15), as in
+common whole-slide tissue masks; white glass, grey chart ink and black borders are not tissue.
+(histofetch's H&E filter judges blocks with its own, stricter H&E colour rule, and its
+shipped classifier keeps the input grid it was trained on; neither is a tissue test.)
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+
+from histocore.errors import DomainError
+
+#: What can be read: a path, or the encoded bytes of a file.
+Source = str | Path | bytes
+
+_BOMB_PIXELS = re.compile(r"\((\d+) pixels\)")
+
+
+class ImageError(DomainError, ValueError):
+    """An image file that cannot be used (unreadable, truncated, not an image, too large)."""
+
+    def __init__(self, what: str, problem: str, reason: str | None = None) -> None:
+        super().__init__(f"{what}: {problem}")
+        self.what, self.problem = what, problem
+        #: The decoder's own one-line reason, for callers that word the problem themselves.
+        self.reason = reason or problem
+
+
+class ImageTooLarge(ImageError):
+    """An image declaring more pixels than the limit; nothing of it was decoded."""
+
+    def __init__(
+        self,
+        what: str,
+        limit: int,
+        size: tuple[int, int] | None,
+        pixels: int | None,
+        problem: str | None = None,
+    ) -> None:
+        self.limit, self.size = limit, size
+        self.pixels = size[0] * size[1] if size else pixels
+        #: ``"WxH"`` when the header was read, else ``"N"`` (Pillow refused it first).
+        self.declared = f"{size[0]}x{size[1]}" if size else str(pixels or "too many")
+        super().__init__(
+            what,
+            problem
+            or f"{self.declared} pixels exceeds the limit of {limit} (possible decompression bomb)",
+        )
+
+
+def pil_ceiling() -> int | None:
+    """Pillow's process-wide refusal threshold (twice ``PIL.Image.MAX_IMAGE_PIXELS``), if any."""
+    limit = PIL.Image.MAX_IMAGE_PIXELS
+    return None if limit is None else 2 * limit
+
+
+def _name(source: Source, what: str | None) -> str:
+    if what is not None:
+        return what
+    return "image" if isinstance(source, bytes) else str(source)
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0].strip() if str(exc).strip() else ""
+    return text or type(exc).__name__
+
+
+def _raised_in_pil(exc: BaseException) -> bool:
+    """True when the innermost Python frame of ``exc`` is Pillow's (bad input, not our bug)."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and str(tb.tb_frame.f_globals.get("__name__", "")).startswith("PIL")
+
+
+def _bad_input(exc: BaseException) -> bool:
+    """Exceptions that mean the file is broken or hostile (the others are programmer bugs)."""
+    import struct
+    import zlib
+
+    broken = (OSError, SyntaxError, EOFError, ValueError, struct.error, zlib.error)
+    return isinstance(exc, broken) or _raised_in_pil(exc)
+
+
+def _refused(name: str, max_pixels: int, exc: PIL.Image.DecompressionBombError) -> ImageTooLarge:
+    """Pillow's own ceiling refused the header: say which limit it was."""
+    found = _BOMB_PIXELS.search(str(exc))
+    pixels = int(found.group(1)) if found else None
+    ceiling = pil_ceiling()
+    if pixels is not None and pixels <= max_pixels and ceiling is not None:
+        why = (
+            f"{pixels} pixels is within the limit of {max_pixels} but over Pillow's "
+            f"process-wide limit of {ceiling} (raise PIL.Image.MAX_IMAGE_PIXELS to read it)"
+        )
+        return ImageTooLarge(name, ceiling, None, pixels, why)
+    return ImageTooLarge(name, max_pixels, None, pixels)
+
+
+@contextmanager
+def open_image(
+    source: Source, *, max_pixels: int, what: str | None = None
+) -> Iterator[PIL.Image.Image]:
+    """Open ``source`` lazily after checking its declared size against ``max_pixels``.
+
+    Nothing is decoded yet: use the image inside the ``with`` block (``draft``, ``convert``,
+    ``thumbnail``...); errors raised there are the caller's (use :func:`read_rgb` to have
+    decoding errors mapped too). ``what`` names the file in messages (default: the path).
+    Raises :class:`ImageTooLarge` or :class:`ImageError`.
+    """
+    name = _name(source, what)
+    fp = io.BytesIO(source) if isinstance(source, bytes) else source
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", PIL.Image.DecompressionBombWarning)
+            im = PIL.Image.open(fp)
+    except PIL.Image.DecompressionBombError as exc:
+        raise _refused(name, max_pixels, exc) from None
+    except FileNotFoundError:
+        raise ImageError(name, "file not found") from None
+    except IsADirectoryError:
+        raise ImageError(name, "is a folder, not an image file") from None
+    except Exception as exc:
+        if not _bad_input(exc):
+            raise
+        raise ImageError(name, f"cannot decode image ({_reason(exc)})", _reason(exc)) from None
+    with im:
+        width, height = im.size
+        if width <= 0 or height <= 0 or width * height > max_pixels:
+            raise ImageTooLarge(name, max_pixels, (width, height), None)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", PIL.Image.DecompressionBombWarning)
+            yield im
+
+
+def read_rgb(
+    source: Source,
+    *,
+    max_pixels: int,
+    what: str | None = None,
+    max_side: int | None = None,
+    rgb_only: bool = False,
+) -> np.ndarray:
+    """Decode ``source`` to uint8 RGB ``[H, W, 3]`` under ``max_pixels`` (declared size).
+
+    Transparency is composited onto white (what a reader sees on a page). ``max_side``
+    shrinks the image so its longest side is at most that (JPEG decodes at reduced size,
+    then bilinear). ``rgb_only`` refuses any mode but RGB (patch datasets). Raises
+    :class:`ImageTooLarge` or :class:`ImageError` naming the file.
+    """
+    name = _name(source, what)
+    with open_image(source, max_pixels=max_pixels, what=name) as im:
+        if rgb_only and im.mode != "RGB":
+            raise ImageError(name, f"image mode {im.mode}, expected RGB")
+        try:
+            return _decode(im, max_side)
+        except PIL.Image.DecompressionBombError as exc:  # a later frame or tile over Pillow's
+            raise _refused(name, max_pixels, exc) from None
+        except Exception as exc:
+            if not _bad_input(exc):
+                raise
+            reason = _reason(exc)
+            raise ImageError(name, f"cannot decode image ({reason})", reason) from None
+
+
+def _decode(im: PIL.Image.Image, max_side: int | None) -> np.ndarray:
+    if max_side is not None:
+        im.draft("RGB", (max_side, max_side))
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        rgba = im.convert("RGBA")
+        white = PIL.Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        im = PIL.Image.alpha_composite(white, rgba)
+    if im.mode != "RGB" or max_side is not None:
+        im = im.convert("RGB")  # loaded and detached: thumbnail must not re-draft the file
+    if max_side is not None and max(im.size) > max_side:
+        im.thumbnail((max_side, max_side), PIL.Image.Resampling.BILINEAR)
+    return np.asarray(im, dtype=np.uint8)
+
+
+def rescale(image: np.ndarray, scale: float) -> np.ndarray:
+    """Resize uint8 ``[H, W, 3]`` by ``scale`` (sides rounded, at least 1 px): box filter
+    when shrinking, Lanczos when enlarging; the same array when the size does not change."""
+    h, w = image.shape[:2]
+    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    if (nh, nw) == (h, w):
+        return image
+    resample = PIL.Image.Resampling.BOX if scale < 1 else PIL.Image.Resampling.LANCZOS
+    return np.asarray(PIL.Image.fromarray(image).resize((nw, nh), resample))
+
+
+def tissue_fraction(patches: np.ndarray) -> np.ndarray:
+    """Share of each patch's pixels that look like stained tissue, ``float [N]``.
+
+    ``patches`` is uint8 ``[N, H, W, 3]``. A pixel is tissue when its HSV saturation is above
+    0.07 and its value above 0.15 (not white glass, not grey ink, not a black border).
+    """
+    x = patches.astype(np.float32) / 255.0
+    mx, mn = x.max(-1), x.min(-1)
+    sat = (mx - mn) / np.maximum(mx, 1e-6)
+    tissue = (sat > 0.07) & (mx > 0.15)
+    return tissue.reshape(len(patches), -1).mean(1)
+
+
+@dataclass
+class Tiles:
+    """Square tiles cut from one image, with where they came from."""
+
+    patches: np.ndarray  # uint8 [N, size, size, 3]
+    boxes: np.ndarray  # int64 [N, 4]: x0, y0, x1, y1 in the image's pixels
+    tissue: np.ndarray  # float [N]: tissue_fraction of each tile
+    size: int
+    stride: int
+
+    @property
+    def xy(self) -> np.ndarray:
+        """Top-left corners ``int64 [N, 2]`` (x, y)."""
+        return self.boxes[:, :2]
+
+    @property
+    def grid(self) -> np.ndarray:
+        """Row and column of each tile on the stride grid, ``int64 [N, 2]``."""
+        return self.boxes[:, [1, 0]] // self.stride
+
+
+def tile(
+    image: np.ndarray, size: int = 96, stride: int | None = None, min_tissue: float = 0.0
+) -> Tiles:
+    """Cut uint8 ``[H, W, 3]`` into ``size`` px tiles every ``stride`` px (default ``size``:
+    non-overlapping), from the top-left corner, in row-major order; pixels beyond the last
+    full tile are not covered. Tiles whose :func:`tissue_fraction` is below ``min_tissue``
+    are left out. An image smaller than one tile gives no tiles."""
+    stride = stride or size
+    if size < 1 or stride < 1:
+        raise ValueError(f"tile size and stride must be >= 1, got {size} and {stride}")
+    h, w = image.shape[:2]
+    if h < size or w < size:
+        empty = np.empty((0, 4), np.int64)
+        return Tiles(np.empty((0, size, size, 3), np.uint8), empty, np.empty(0), size, stride)
+    ys, xs = np.arange(0, h - size + 1, stride), np.arange(0, w - size + 1, stride)
+    view = np.lib.stride_tricks.sliding_window_view(image, (size, size, 3))[::stride, ::stride, 0]
+    patches = view.reshape(-1, size, size, 3)  # a copy: the window view is not contiguous
+    tissue = tissue_fraction(patches)
+    yy, xx = np.meshgrid(ys, xs, indexing="ij")
+    x0, y0 = xx.ravel(), yy.ravel()
+    if min_tissue > 0:
+        keep = np.flatnonzero(tissue >= min_tissue)
+        patches, tissue, x0, y0 = patches[keep], tissue[keep], x0[keep], y0[keep]
+    boxes = np.stack([x0, y0, x0 + size, y0 + size], axis=1).astype(np.int64)
+    if not (patches.flags.writeable and patches.flags.c_contiguous):
+        patches = patches.copy()  # a reshape that could stay a read-only window view
+    return Tiles(patches, boxes, tissue, size, stride)

@@ -1,0 +1,191 @@
+"""histocore.imaging: per-call pixel limits (no PIL global), hostile files, one tiler."""
+
+from __future__ import annotations
+
+import io
+import struct
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import pytest
+
+from histocore.errors import DomainError
+from histocore.imaging import (
+    ImageError,
+    ImageTooLarge,
+    open_image,
+    read_rgb,
+    rescale,
+    tile,
+    tissue_fraction,
+)
+
+
+def png_declaring(width: int, height: int) -> bytes:
+    """A PNG header declaring ``width`` x ``height`` RGB pixels and (almost) no data."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        crc = zlib.crc32(kind + body) & 0xFFFFFFFF
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", crc)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    idat = zlib.compress(b"\0" * 64)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def png_bytes(rgb: np.ndarray, mode: str | None = None) -> bytes:
+    buf = io.BytesIO()
+    PIL.Image.fromarray(rgb, mode).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_limit_is_per_call_whatever_was_imported_first() -> None:
+    """Importing every reader leaves PIL's global alone; each reader applies its own limit."""
+    code = """
+import PIL.Image
+before = PIL.Image.MAX_IMAGE_PIXELS
+import histofetch.extract, histofetch.decide.colour, histofetch.archive, histofetch.filter
+import histomodels.data.images, histomodels.predict, histomodels.data.manifest_tiles
+assert PIL.Image.MAX_IMAGE_PIXELS == before, PIL.Image.MAX_IMAGE_PIXELS
+from histocore.imaging import ImageTooLarge
+from histofetch.archive import ArchiveError, decode_image as archive_decode
+from histofetch.decide.colour import load_rgb
+from histomodels.data.images import decode_image
+from histomodels.data.base import DatasetError
+import sys
+png = sys.stdin.buffer.read()  # declares 12000 x 12000 = 144 MP
+try:
+    decode_image(png, "fig")
+    raise SystemExit("histomodels read a 144 MP image over its 64 MP limit")
+except DatasetError as exc:
+    assert "exceeds the limit of 64000000" in str(exc), exc
+try:
+    archive_decode(png, "fig.png", 99_000_000)
+    raise SystemExit("the archive read a 144 MP image over a 99 MP limit")
+except ArchiveError as exc:
+    assert "over the 99000000 px limit" in str(exc), exc
+try:  # under the 400 MP archive limit (once capped at 128 MP): only the empty data fails
+    archive_decode(png, "fig.png", 400_000_000)
+except ArchiveError as exc:
+    assert "cannot be decoded" in str(exc), exc
+assert PIL.Image.MAX_IMAGE_PIXELS == before
+print("ok")
+"""
+    for first in ("histomodels.data.images", "histofetch.extract"):
+        src = f"import {first}\n" + code
+        run = subprocess.run(
+            [sys.executable, "-c", src],
+            input=png_declaring(12_000, 12_000),
+            capture_output=True,
+            timeout=120,
+        )
+        assert run.returncode == 0 and run.stdout.strip() == b"ok", run.stderr.decode()[-2000:]
+
+
+def test_bomb_is_refused_from_its_header(tmp_path: Path) -> None:
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(png_declaring(30_000, 30_000))  # 900 MP in ~100 bytes
+    assert bomb.stat().st_size < 200
+    before = PIL.Image.MAX_IMAGE_PIXELS
+    with pytest.raises(ImageTooLarge) as info:
+        read_rgb(bomb, max_pixels=64_000_000)
+    err = info.value
+    assert isinstance(err, DomainError) and err.limit == 64_000_000
+    assert str(err).startswith(f"{bomb}: ") and "decompression bomb" in str(err)
+    assert "\n" not in str(err)
+    # a limit above Pillow's own ceiling cannot be granted: said, never silent
+    with pytest.raises(ImageTooLarge, match="process-wide limit"):
+        read_rgb(bomb, max_pixels=1_000_000_000)
+    assert before == PIL.Image.MAX_IMAGE_PIXELS
+
+
+def test_limit_on_the_declared_size(tmp_path: Path) -> None:
+    rgb = np.full((100, 120, 3), 7, np.uint8)
+    data = png_bytes(rgb)
+    with pytest.raises(ImageTooLarge, match=r"fig: 120x100 pixels exceeds the limit of 11999"):
+        read_rgb(data, max_pixels=11_999, what="fig")
+    assert read_rgb(data, max_pixels=12_000).shape == (100, 120, 3)
+    with open_image(data, max_pixels=12_000) as im:  # header only, nothing decoded yet
+        assert im.size == (120, 100)
+    with pytest.raises(ImageTooLarge), open_image(data, max_pixels=100):
+        pass
+
+
+def test_truncated_corrupt_and_missing_files(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    good = png_bytes(rng.integers(0, 255, (200, 200, 3), dtype=np.uint8))
+    cut = tmp_path / "cut.png"
+    cut.write_bytes(good[: len(good) // 2])
+    with pytest.raises(ImageError, match=r"cut\.png: cannot decode image \(") as info:
+        read_rgb(cut, max_pixels=10**6)
+    assert "\n" not in str(info.value)
+    buf = io.BytesIO()
+    PIL.Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(buf, "JPEG")
+    with pytest.raises(ImageError, match="cannot decode image"):
+        read_rgb(buf.getvalue()[:300], max_pixels=10**6, what="cut.jpg")
+    junk = tmp_path / "junk.png"
+    junk.write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 20)
+    with pytest.raises(ImageError, match=r"junk\.png: cannot decode image"):
+        read_rgb(junk, max_pixels=10**6)
+    with pytest.raises(ImageError, match=r"nope\.png: file not found"):
+        read_rgb(tmp_path / "nope.png", max_pixels=10**6)
+    with pytest.raises(ImageError, match="not an image file"):
+        read_rgb(tmp_path, max_pixels=10**6)
+
+
+def test_modes_transparency_and_shrinking() -> None:
+    rgba = np.zeros((4, 4, 4), np.uint8)
+    rgba[..., 0] = 255  # fully transparent red: white on a page
+    assert (read_rgb(png_bytes(rgba, "RGBA"), max_pixels=100) == 255).all()
+    grey = png_bytes(np.full((4, 4), 77, np.uint8), "L")
+    assert (read_rgb(grey, max_pixels=100) == 77).all()
+    with pytest.raises(ImageError, match="image mode L, expected RGB"):
+        read_rgb(grey, max_pixels=100, rgb_only=True)
+    big = png_bytes(np.full((300, 600, 3), 90, np.uint8))
+    assert read_rgb(big, max_pixels=10**6, max_side=200).shape == (100, 200, 3)
+
+
+def test_tiles_cover_the_image_from_the_top_left() -> None:
+    img = np.full((250, 400, 3), 255, np.uint8)
+    img[96:192, 192:288] = (150, 60, 140)  # one tissue tile
+    t = tile(img, 96)
+    assert t.boxes.tolist() == [
+        [x, y, x + 96, y + 96] for y in (0, 96) for x in (0, 96, 192, 288)
+    ]  # 250 % 96 and 400 % 96 px at the bottom and right are not covered
+    assert t.grid.tolist() == [[r, c] for r in (0, 1) for c in range(4)]
+    for (x0, y0, x1, y1), patch in zip(t.boxes, t.patches, strict=True):
+        np.testing.assert_array_equal(patch, img[y0:y1, x0:x1])
+    assert t.tissue.tolist() == [0, 0, 0, 0, 0, 0, 1, 0]
+    kept = tile(img, 96, min_tissue=0.5)
+    assert kept.boxes.tolist() == [[192, 96, 288, 192]] and kept.grid.tolist() == [[1, 2]]
+    half = tile(img, 96, stride=48)
+    assert len(half.boxes) == 4 * 7 and half.boxes[1].tolist() == [48, 0, 144, 96]
+    none = tile(img[:50], 96)  # smaller than one tile
+    assert none.boxes.shape == (0, 4) and none.patches.shape == (0, 96, 96, 3)
+    with pytest.raises(ValueError, match="stride"):
+        tile(img, 96, stride=-1)
+
+
+def test_tissue_test_ignores_glass_ink_and_borders() -> None:
+    patches = np.stack(
+        [
+            np.full((8, 8, 3), (200, 120, 180), np.uint8),  # eosin / haematoxylin pink
+            np.full((8, 8, 3), 250, np.uint8),  # white glass
+            np.full((8, 8, 3), 128, np.uint8),  # grey chart ink
+            np.zeros((8, 8, 3), np.uint8),  # black border
+        ]
+    )
+    assert tissue_fraction(patches).tolist() == [1.0, 0.0, 0.0, 0.0]
+
+
+def test_rescale_is_box_down_lanczos_up() -> None:
+    img = np.arange(16 * 16 * 3, dtype=np.uint8).reshape(16, 16, 3)
+    assert rescale(img, 1.0) is img
+    down = rescale(img, 0.5)
+    want = PIL.Image.fromarray(img).resize((8, 8), PIL.Image.Resampling.BOX)
+    np.testing.assert_array_equal(down, np.asarray(want))
+    assert rescale(img, 2.5).shape == (40, 40, 3) and rescale(img, 0.01).shape == (1, 1, 3)
