@@ -170,6 +170,23 @@ def test_tiles_cover_the_image_from_the_top_left() -> None:
         tile(img, 96, stride=-1)
 
 
+def test_grid_follows_where_tissue_starts() -> None:
+    """A figure's white margin does not cut every tile: the grid phase follows the tissue."""
+    img = np.full((30 + 2 * 96 + 50, 40 + 3 * 96 + 20, 3), 255, np.uint8)
+    img[30:222, 40:328] = (150, 60, 140)
+    img[5, 5] = (200, 0, 0)  # a stray coloured pixel (a panel letter) does not move the grid
+    t = tile(img, 96)
+    assert t.origin == (40, 30)
+    assert t.boxes[0].tolist() == [40, 30, 136, 126] and t.grid.tolist() == [
+        [r, c] for r in (0, 1) for c in range(3)
+    ]
+    assert t.tissue.tolist() == [1.0] * 6  # every tile is all tissue
+    corner = tile(img, 96, origin=(0, 0))
+    assert corner.boxes[0].tolist() == [0, 0, 96, 96] and (corner.tissue == 1.0).sum() == 2
+    overlap = tile(img, 96, stride=48)
+    assert overlap.origin == (40 % 48, 30 % 48) and overlap.boxes[0].tolist()[:2] == [40, 30]
+
+
 def test_tissue_test_ignores_glass_ink_and_borders() -> None:
     patches = np.stack(
         [

@@ -11,10 +11,12 @@ an image raises one :class:`ImageError` whose one-line message names the file.
 
 Tiles. :func:`tile` is the one tiler (``histomodels predict`` and the manifest tile dataset
 behind ``histomodels eval --manifest`` both use it, so they keep the same tiles of a figure):
-a grid anchored at the top-left corner, every ``stride`` px; pixels beyond the last full
-tile are not covered. :func:`tissue_fraction` is the one tissue test for tiles: the share of
-pixels with HSV saturation above 0.07 that are not near-black (value above 0.15), as in
-common whole-slide tissue masks; white glass, grey chart ink and black borders are not tissue.
+a grid every ``stride`` px whose phase follows where tissue starts (a figure's white margin
+does not cut every tile; tissue at the corner gives the plain grid from ``(0, 0)``); pixels
+beyond the last full tile are not covered. :func:`tissue_fraction` is the one tissue test
+for tiles: the share of pixels with HSV saturation above 0.07 that are not near-black (value
+above 0.15), as in common whole-slide tissue masks; white glass, grey chart ink and black
+borders are not tissue.
 (histofetch's H&E filter judges blocks with its own, stricter H&E colour rule, and its
 shipped classifier keeps the input grid it was trained on; neither is a tissue test.)
 """
@@ -233,6 +235,7 @@ class Tiles:
     tissue: np.ndarray  # float [N]: tissue_fraction of each tile
     size: int
     stride: int
+    origin: tuple[int, int] = (0, 0)  # x, y where the grid starts
 
     @property
     def xy(self) -> np.ndarray:
@@ -242,25 +245,67 @@ class Tiles:
     @property
     def grid(self) -> np.ndarray:
         """Row and column of each tile on the stride grid, ``int64 [N, 2]``."""
-        return self.boxes[:, [1, 0]] // self.stride
+        return (self.boxes[:, [1, 0]] - np.array(self.origin[::-1])) // self.stride
+
+
+#: A row or column with at least this share of tissue pixels is where tissue starts.
+TISSUE_EDGE_SHARE = 0.05
+
+
+def tissue_origin(image: np.ndarray, stride: int) -> tuple[int, int]:
+    """Grid phase ``(x, y)``: where tissue starts, modulo ``stride``; ``(0, 0)`` without tissue.
+
+    Tissue starts at the first column (row) in which at least :data:`TISSUE_EDGE_SHARE` of
+    the pixels pass the :func:`tissue_fraction` test, so a figure's white margin does not
+    cut every tile at its edge. Computed in row bands to keep memory small.
+    """
+    h, w = image.shape[:2]
+    rows, cols = np.zeros(h, np.int64), np.zeros(w, np.int64)
+    for y in range(0, h, 512):
+        band = image[y : y + 512]
+        mx, mn = band.max(-1).astype(np.int32), band.min(-1).astype(np.int32)
+        tissue = (mx > 38) & ((mx - mn) * 100 > 7 * mx)  # sat > 0.07, value > 0.15
+        rows[y : y + len(band)] = tissue.sum(1)
+        cols += tissue.sum(0)
+    ys, xs = (
+        np.flatnonzero(rows >= TISSUE_EDGE_SHARE * w),
+        np.flatnonzero(cols >= TISSUE_EDGE_SHARE * h),
+    )
+    if not len(ys) or not len(xs):
+        return 0, 0
+    return int(xs[0]) % stride, int(ys[0]) % stride
 
 
 def tile(
-    image: np.ndarray, size: int = 96, stride: int | None = None, min_tissue: float = 0.0
+    image: np.ndarray,
+    size: int = 96,
+    stride: int | None = None,
+    min_tissue: float = 0.0,
+    *,
+    origin: tuple[int, int] | None = None,
 ) -> Tiles:
     """Cut uint8 ``[H, W, 3]`` into ``size`` px tiles every ``stride`` px (default ``size``:
-    non-overlapping), from the top-left corner, in row-major order; pixels beyond the last
-    full tile are not covered. Tiles whose :func:`tissue_fraction` is below ``min_tissue``
-    are left out. An image smaller than one tile gives no tiles."""
+    non-overlapping), in row-major order.
+
+    The grid starts at ``origin`` (x, y), by default :func:`tissue_origin`: where tissue
+    starts, modulo the stride (``(0, 0)`` for an image with tissue at its corner or none);
+    pixels before it and beyond the last full tile are not covered. Tiles whose
+    :func:`tissue_fraction` is below ``min_tissue`` are left out. An image smaller than one
+    tile gives no tiles.
+    """
     stride = stride or size
     if size < 1 or stride < 1:
         raise ValueError(f"tile size and stride must be >= 1, got {size} and {stride}")
     h, w = image.shape[:2]
+    ox, oy = tissue_origin(image, stride) if origin is None else origin
+    if h - oy < size or w - ox < size:
+        ox, oy = 0, 0  # too little room after the margin: the plain grid, if it fits
     if h < size or w < size:
         empty = np.empty((0, 4), np.int64)
         return Tiles(np.empty((0, size, size, 3), np.uint8), empty, np.empty(0), size, stride)
-    ys, xs = np.arange(0, h - size + 1, stride), np.arange(0, w - size + 1, stride)
-    view = np.lib.stride_tricks.sliding_window_view(image, (size, size, 3))[::stride, ::stride, 0]
+    ys, xs = np.arange(oy, h - size + 1, stride), np.arange(ox, w - size + 1, stride)
+    window = np.lib.stride_tricks.sliding_window_view(image[oy:, ox:], (size, size, 3))
+    view = window[::stride, ::stride, 0]
     patches = view.reshape(-1, size, size, 3)  # a copy: the window view is not contiguous
     tissue = tissue_fraction(patches)
     yy, xx = np.meshgrid(ys, xs, indexing="ij")
@@ -271,4 +316,4 @@ def tile(
     boxes = np.stack([x0, y0, x0 + size, y0 + size], axis=1).astype(np.int64)
     if not (patches.flags.writeable and patches.flags.c_contiguous):
         patches = patches.copy()  # a reshape that could stay a read-only window view
-    return Tiles(patches, boxes, tissue, size, stride)
+    return Tiles(patches, boxes, tissue, size, stride, (int(ox), int(oy)))

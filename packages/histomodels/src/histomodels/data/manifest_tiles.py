@@ -11,8 +11,8 @@ When the measurement is implausible the figure is used at scale 1 (``scale_sourc
 Figures that are themselves patch-sized (every side 64-160 px, as when a paper shows PCam
 examples) are taken as one patch: resized so the short side is 96 (``scale_source`` "patch").
 
-Tiles are a non-overlapping grid from the top-left corner of the resized figure (the tiler
-and tissue test of :mod:`histocore.imaging`, shared with ``histomodels predict``); tiles whose
+Tiles are a non-overlapping grid on the resized figure, starting where tissue starts (the
+tiler and tissue test of :mod:`histocore.imaging`, shared with ``histomodels predict``); tiles whose
 tissue fraction (saturated, not black: not white glass, grey ink or borders) is below
 ``min_tissue`` are skipped. Ids are
 ``<image_id>#r<row>c<col>``; :attr:`ManifestTileDataset.tiles` gives each tile's parent image,
