@@ -49,6 +49,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--paths", default=",".join(PATHS))
+    ap.add_argument(
+        "--model-config",
+        type=json.loads,
+        default={},
+        help='architecture kwargs (JSON) for every model, e.g. \'{"centre": "branch"}\'',
+    )
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--patches", type=int, default=2048, help="patches per timed repeat")
     ap.add_argument("--batch-size", type=int, default=256)
@@ -84,7 +90,7 @@ def main() -> None:
         return n_batches * args.batch_size / best
 
     for name in args.models.split(","):
-        model = create_model(name, pretrained=False).eval()
+        model = create_model(name, pretrained=False, **args.model_config).eval()
         net = _Logit(model).eval()
         for path in args.paths.split(","):
             row = {"model": name, "path": path}
@@ -92,7 +98,9 @@ def main() -> None:
                 if path == "onnxruntime":
                     import onnxruntime as ort
 
-                    ck = save_checkpoint(tmp / f"{name}.pt", make_checkpoint(model, name))
+                    ck = save_checkpoint(
+                        tmp / f"{name}.pt", make_checkpoint(model, name, args.model_config)
+                    )
                     export_checkpoint(ck, "onnx", tmp / f"{name}.onnx")
                     opts = ort.SessionOptions()
                     opts.intra_op_num_threads = args.threads
@@ -139,6 +147,7 @@ def main() -> None:
             best[r["model"]] = r
     summary = {
         "threads": args.threads,
+        "model_config": args.model_config,
         "batch_size": args.batch_size,
         "patches_per_repeat": n_batches * args.batch_size,
         "repeats": args.repeats,
