@@ -71,6 +71,11 @@ class TrainConfig:
     randstain: float = 0.0
     #: probability per patch of a JPEG re-encode (quality 30-90) or a Gaussian blur (0.1-1.0)
     jpeg_blur: float = 0.0
+    #: distillation: a teacher checkpoint / run folder / shipped model scored once (8-view
+    #: TTA) on the un-augmented training patches; loss (1-w) BCE(y) + w T^2 BCE(teacher at T)
+    teacher: str | None = None
+    distill_weight: float = 0.5
+    distill_temperature: float = 2.0
     #: None, "macenko" (common reference target) or a stain JSON (MacenkoNormalizer.save);
     #: applied to every patch before training and, from the checkpoint, at inference
     stain_norm: str | None = None
@@ -158,6 +163,13 @@ def validate(cfg: TrainConfig, source: str = "config") -> TrainConfig:
             raise ConfigError(f"{source}: {name} must be a probability in [0, 1]")
     if cfg.mixup < 0:
         raise ConfigError(f"{source}: mixup (the Beta alpha) must be >= 0 (0 = off)")
+    if not 0 <= cfg.distill_weight <= 1 or cfg.distill_temperature <= 0:
+        raise ConfigError(f"{source}: distill_weight must be in [0, 1], distill_temperature > 0")
+    if cfg.teacher is not None and not _loadable(cfg.teacher):
+        raise ConfigError(
+            f"{source}: teacher must be a checkpoint, a run folder with best.pt or a shipped "
+            f"model name, got {cfg.teacher!r}"
+        )
     if cfg.time_budget is not None and cfg.time_budget <= 0:
         raise ConfigError(f"{source}: time_budget (minutes) must be > 0")
     if cfg.threads is not None and cfg.threads < 1:
@@ -167,6 +179,13 @@ def validate(cfg: TrainConfig, source: str = "config") -> TrainConfig:
             f"{source}: stain_norm must be 'macenko' or a stain JSON file, got {cfg.stain_norm!r}"
         )
     return cfg
+
+
+def _loadable(spec: str) -> bool:
+    from histomodels import pretrained
+
+    path = Path(spec)
+    return path.is_file() or (path / "best.pt").is_file() or pretrained.is_pretrained(spec)
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:

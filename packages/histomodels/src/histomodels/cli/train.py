@@ -85,6 +85,20 @@ JpegBlur = Annotated[
     ),
 ]
 
+Teacher = Annotated[
+    str | None,
+    typer.Option(
+        metavar="CKPT",
+        help="Distil from this checkpoint / run folder (offline 8-view TTA soft targets).",
+    ),
+]
+DistillWeight = Annotated[
+    float | None, typer.Option(metavar="W", help="Weight of the teacher's term, 0-1 [0.5].")
+]
+DistillTemperature = Annotated[
+    float | None, typer.Option(metavar="T", help="Distillation temperature [2].")
+]
+
 
 def _run(
     out: Path,
@@ -140,6 +154,9 @@ def train_cmd(
     mixup: Mixup = None,
     randstain: RandStain = None,
     jpeg_blur: JpegBlur = None,
+    teacher: Teacher = None,
+    distill_weight: DistillWeight = None,
+    distill_temperature: DistillTemperature = None,
     stain_norm: StainNorm = None,
     model_config: ModelConfig = None,
     weights: Annotated[str | None, typer.Option(help="Initial weights: PATH or source.")] = None,
@@ -171,6 +188,9 @@ def train_cmd(
         mixup=mixup,
         randstain=randstain,
         jpeg_blur=jpeg_blur,
+        teacher=teacher,
+        distill_weight=distill_weight,
+        distill_temperature=distill_temperature,
         stain_norm=stain_norm,
         model_config=model_config,
         weights=weights,
@@ -217,6 +237,9 @@ def finetune_cmd(
     mixup: Mixup = None,
     randstain: RandStain = None,
     jpeg_blur: JpegBlur = None,
+    teacher: Teacher = None,
+    distill_weight: DistillWeight = None,
+    distill_temperature: DistillTemperature = None,
     stain_norm: StainNorm = None,
     model_config: ModelConfig = None,
     seed: Seed = None,
@@ -255,6 +278,9 @@ def finetune_cmd(
         mixup=mixup,
         randstain=randstain,
         jpeg_blur=jpeg_blur,
+        teacher=teacher,
+        distill_weight=distill_weight,
+        distill_temperature=distill_temperature,
         stain_norm=stain_norm,
         model_config=model_config,
         seed=seed,

@@ -203,6 +203,8 @@ class LabelSmoothing(Callback):
         self.amount = amount
 
     def on_batch(self, trainer, x, y) -> tuple[torch.Tensor, torch.Tensor]:
+        if y.ndim == 2:  # distillation: (label, teacher probability); smooth the label only
+            return x, torch.cat([y[:, :1] * (1 - self.amount) + 0.5 * self.amount, y[:, 1:]], 1)
         return x, y * (1 - self.amount) + 0.5 * self.amount
 
 

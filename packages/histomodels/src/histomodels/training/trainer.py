@@ -107,6 +107,12 @@ class Trainer:
         )
         main_dir = self.run_dir if self.info.is_main else None
         self.stain_stats = fit_stain_stats(self.cfg, self.x_train, main_dir)
+        if self.cfg.teacher:  # [N, 2] targets: label, teacher probability (training/distill.py)
+            from histomodels.training.distill import distill_targets
+
+            self.y_train = distill_targets(
+                self.cfg, self.x_train, self.y_train, main_dir, device=self.device, say=self.say
+            )
         per_rank = len(self.x_train) // self.info.world_size
         if per_rank < self.cfg.batch_size:
             self.cfg = self.cfg.replace(batch_size=max(1, per_rank))
@@ -148,7 +154,11 @@ class Trainer:
         n = len(D.shard(torch.arange(len(self.x_train)), self.info))
         self.schedule = LRSchedule(cfg, max(1, n // cfg.batch_size))
         self.scaler = grad_scaler(self.device, self.bf16)
-        self.loss_fn = nn.BCEWithLogitsLoss()
+        self.loss_fn: nn.Module = nn.BCEWithLogitsLoss()
+        if cfg.teacher:
+            from histomodels.training.distill import DistillLoss
+
+            self.loss_fn = DistillLoss(cfg.distill_weight, cfg.distill_temperature)
 
     def _restore(self, state: dict[str, Any]) -> None:
         self.optimizer.load_state_dict(state["optimizer"])

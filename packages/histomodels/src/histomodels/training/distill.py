@@ -1,0 +1,143 @@
+"""Knowledge distillation from a teacher checkpoint with offline, TTA-averaged soft targets.
+
+Cheapest correct form on a CPU: at setup the teacher (any checkpoint, run folder or shipped
+model ``histomodels`` can load, e.g. a fine-tuned EfficientNet-Lite0 ``best.pt`` or an
+ensemble) scores every *un-augmented* training patch once, averaging the logits of the 8
+dihedral views (:mod:`histomodels.inference`, the path eval uses, with the teacher's own
+normalisation and stain settings). The logits are cached in ``RUN/teacher_logits.npz``,
+keyed by a hash of the training patches and of the teacher file, so a resumed run (or a
+rerun on the same data) does not score them again.
+
+The training targets then carry two columns, the label and the teacher's probability
+``sigmoid(teacher / T)``; mixup mixes both, label smoothing touches only the label, and
+:class:`DistillLoss` is ``(1 - w) BCE(student, y) + w T^2 BCE(student / T, teacher prob)``.
+Because the soft targets come from un-augmented patches, they describe the patch, not the
+particular augmented view the student sees.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+CACHE_NAME = "teacher_logits.npz"
+#: the cache's format: bump when what is cached changes meaning
+CACHE_VERSION = "tta8-v1"
+
+
+class DistillLoss(nn.Module):
+    """BCE-with-logits on ``[n, 2]`` targets (label, teacher probability at ``T``)."""
+
+    def __init__(self, weight: float, temperature: float) -> None:
+        super().__init__()
+        self.weight, self.temperature = float(weight), float(temperature)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        t = self.temperature
+        hard = F.binary_cross_entropy_with_logits(logits, target[:, 0])
+        soft = F.binary_cross_entropy_with_logits(logits / t, target[:, 1])
+        return (1 - self.weight) * hard + self.weight * t * t * soft
+
+
+def _file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def data_digest(images: Any, chunk: int = 2048) -> str:
+    """sha256 of uint8 patches ``[N, H, W, 3]`` (a tensor or a streamed BlockImages)."""
+    digest = hashlib.sha256(str(tuple(images.shape)).encode())
+    for i in range(0, len(images), chunk):
+        part = (
+            images[i : i + chunk]
+            if isinstance(images, torch.Tensor)
+            else images[torch.arange(i, min(i + chunk, len(images)))]
+        )
+        digest.update(np.ascontiguousarray(part.numpy()).tobytes())
+    return digest.hexdigest()
+
+
+def teacher_digest(teacher: str) -> str:
+    """What identifies the teacher: its checkpoint file's sha256, or a shipped model's name."""
+    from histomodels.checkpoint import resolve_checkpoint
+
+    path = resolve_checkpoint(teacher)
+    return _file_digest(path) if path.is_file() else f"pretrained:{teacher}"
+
+
+def teacher_logits(
+    teacher: str,
+    images: Any,
+    run_dir: Path | None,
+    *,
+    device: torch.device | str = "cpu",
+    batch_size: int = 256,
+    say: Callable[[str], None] = log.info,
+) -> np.ndarray:
+    """The teacher's 8-view TTA logits for ``images``, from ``run_dir``'s cache when it
+    matches (same patches, same teacher), else computed and cached there."""
+    from histomodels.inference import Predictor
+
+    key = f"{CACHE_VERSION}:{data_digest(images)}:{teacher_digest(teacher)}"
+    cache = run_dir / CACHE_NAME if run_dir is not None else None
+    if cache is not None and cache.is_file():
+        try:
+            with np.load(cache, allow_pickle=False) as z:
+                if str(z["key"]) == key and len(z["logits"]) == len(images):
+                    say(f"teacher soft targets: reusing {cache}")
+                    return z["logits"].astype(np.float32)
+        except (OSError, ValueError, KeyError):
+            pass  # unreadable or another layout: compute again
+    say(f"teacher soft targets: scoring {len(images)} training patches with {teacher} (8-view TTA)")
+    pred = Predictor.load(teacher, device=str(device))
+
+    def batches():
+        for i in range(0, len(images), batch_size):
+            part = (
+                images[i : i + batch_size]
+                if isinstance(images, torch.Tensor)
+                else images[torch.arange(i, min(i + batch_size, len(images)))]
+            )
+            yield part.numpy()
+
+    logits = pred.logits(batches(), tta=True).astype(np.float32)
+    if cache is not None:
+        from histocore.io import atomic_write_bytes
+
+        buf = io.BytesIO()
+        np.savez(buf, key=np.array(key), logits=logits)
+        run_dir.mkdir(parents=True, exist_ok=True)  # type: ignore[union-attr]
+        atomic_write_bytes(cache, buf.getvalue())
+    return logits
+
+
+def distill_targets(
+    cfg: Any,
+    images: Any,
+    labels: torch.Tensor,
+    run_dir: Path | None,
+    *,
+    device: torch.device | str = "cpu",
+    say: Callable[[str], None] = log.info,
+) -> torch.Tensor:
+    """``[N, 2]`` training targets: the labels and the teacher's probabilities at
+    ``cfg.distill_temperature``."""
+    logits = teacher_logits(
+        cfg.teacher, images, run_dir, device=device, batch_size=cfg.eval_batch_size, say=say
+    )
+    soft = torch.sigmoid(torch.from_numpy(logits) / cfg.distill_temperature)
+    return torch.stack([labels.float(), soft.float()], 1)

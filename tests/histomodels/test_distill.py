@@ -1,0 +1,123 @@
+"""Distillation (``teacher``, ``distill_weight``, ``distill_temperature``; issue 11): offline
+8-view TTA soft targets from a teacher checkpoint, cached in the run folder, and the loss."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from histomodels.checkpoint import read_checkpoint
+from histomodels.config import ConfigError, TrainConfig, validate
+from histomodels.inference import Predictor
+from histomodels.synthetic import make_patches
+from histomodels.training import train
+from histomodels.training.callbacks import LabelSmoothing
+from histomodels.training.distill import CACHE_NAME, DistillLoss, distill_targets
+
+torch.set_num_threads(1)
+TINY = {"width": 8, "depth": 2}
+
+
+def _cfg(**kw) -> TrainConfig:
+    base = dict(model_config=TINY, epochs=1, batch_size=16, progress=False, threads=1, bf16=False)
+    return TrainConfig(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def data():
+    return make_patches(48, seed=0), make_patches(32, seed=1)
+
+
+@pytest.fixture(scope="module")
+def teacher(data, tmp_path_factory):
+    """A tiny teacher trained in the test: a few patches, one epoch."""
+    (xt, yt), (xv, yv) = data
+    run = tmp_path_factory.mktemp("teacher") / "run"
+    train(_cfg(seed=7), run, train_data=(xt, yt), val_data=(xv, yv))
+    return run / "best.pt"
+
+
+def test_distill_loss_is_the_weighted_sum_of_hard_and_soft_terms() -> None:
+    logits = torch.tensor([2.0, -1.0, 0.5])
+    target = torch.tensor([[1.0, 0.8], [0.0, 0.3], [1.0, 0.5]])
+    hard = F.binary_cross_entropy_with_logits(logits, target[:, 0])
+    assert torch.isclose(DistillLoss(0.0, 2.0)(logits, target), hard)
+    soft = F.binary_cross_entropy_with_logits(logits / 2, target[:, 1])
+    assert torch.isclose(DistillLoss(1.0, 2.0)(logits, target), 4 * soft)
+    assert torch.isclose(DistillLoss(0.25, 2.0)(logits, target), 0.75 * hard + 0.25 * 4 * soft)
+
+
+def test_label_smoothing_leaves_the_teacher_column_alone() -> None:
+    y = torch.tensor([[1.0, 0.9], [0.0, 0.2]])
+    _, out = LabelSmoothing(0.2).on_batch(None, torch.zeros(2), y)
+    assert torch.allclose(out, torch.tensor([[0.9, 0.9], [0.1, 0.2]]))
+
+
+def test_soft_targets_are_the_teachers_tta_probabilities_and_are_cached(data, teacher, tmp_path):
+    (xt, yt), _ = data
+    cfg = _cfg(teacher=str(teacher), distill_temperature=2.0)
+    said: list[str] = []
+    run = tmp_path / "run"
+    y = distill_targets(
+        cfg, torch.from_numpy(xt), torch.from_numpy(yt).float(), run, say=said.append
+    )
+    assert y.shape == (len(xt), 2) and torch.equal(y[:, 0], torch.from_numpy(yt).float())
+    want = Predictor.load(teacher, device="cpu").logits(xt, tta=True)
+    np.testing.assert_allclose(y[:, 1].numpy(), 1 / (1 + np.exp(-want / 2.0)), atol=1e-5)
+    assert (run / CACHE_NAME).is_file() and "scoring 48 training patches" in said[-1]
+    # the same patches and teacher: the cache answers; other patches: scored again
+    again = distill_targets(
+        cfg, torch.from_numpy(xt), torch.from_numpy(yt).float(), run, say=said.append
+    )
+    assert "reusing" in said[-1] and torch.equal(again, y)
+    other = torch.from_numpy(xt).flip(1).contiguous()
+    distill_targets(cfg, other, torch.from_numpy(yt).float(), run, say=said.append)
+    assert "scoring" in said[-1]
+
+
+def test_training_with_a_teacher_reuses_the_cache_on_resume(data, teacher, tmp_path, caplog):
+    (xt, yt), (xv, yv) = data
+    run = tmp_path / "student"
+    cfg = _cfg(teacher=str(teacher), distill_weight=0.7, mixup=0.4, label_smoothing=0.1)
+    res = train(cfg, run, train_data=(xt, yt), val_data=(xv, yv))
+    assert np.isfinite(res.history[0]["train_loss"]) and res.history[0]["train_loss"] > 0
+    cache = run / CACHE_NAME
+    stamp = os.stat(cache).st_mtime_ns
+    conf = read_checkpoint(run / "best.pt")["train_config"]
+    assert conf["teacher"] == str(teacher) and conf["distill_weight"] == 0.7
+    with caplog.at_level(logging.INFO):
+        res2 = train(
+            cfg.replace(epochs=2), run, train_data=(xt, yt), val_data=(xv, yv), resume=True
+        )
+    assert [h["epoch"] for h in res2.history] == [1, 2]
+    assert any("teacher soft targets: reusing" in r.getMessage() for r in caplog.records)
+    assert os.stat(cache).st_mtime_ns == stamp
+
+
+def test_distillation_settings_are_checked(teacher) -> None:
+    assert TrainConfig().teacher is None
+    with pytest.raises(ConfigError, match="teacher must be a checkpoint"):
+        validate(TrainConfig(teacher="/nonexistent/best.pt"))
+    with pytest.raises(ConfigError, match="distill_weight must be in"):
+        validate(TrainConfig(teacher=str(teacher), distill_weight=1.5))
+    with pytest.raises(ConfigError, match="distill_temperature > 0"):
+        validate(TrainConfig(distill_temperature=0))
+    assert validate(TrainConfig(teacher=str(teacher.parent))).teacher == str(teacher.parent)
+
+
+def test_cli_teacher_option_bad_path_is_one_line(tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from histomodels.cli import app
+
+    r = CliRunner().invoke(
+        app, ["train", "--data", "x.h5", "--val", "y.h5", "--out", str(tmp_path / "r"),
+              "--teacher", str(tmp_path / "missing.pt"), "--quiet"],
+    )  # fmt: skip
+    assert r.exit_code == 1 and len(r.stderr.strip().splitlines()) == 1
+    assert "teacher must be a checkpoint" in r.stderr
