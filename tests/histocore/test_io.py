@@ -48,3 +48,15 @@ def test_atomic_write_json_is_sorted_with_newline(tmp_path: Path) -> None:
 )
 def test_record_slug_is_file_system_safe(record_id: str, slug: str) -> None:
     assert record_slug(record_id) == slug
+
+
+def test_file_sha256_reads_in_blocks(tmp_path) -> None:
+    import hashlib
+
+    from histocore.io import file_sha256
+
+    data = bytes(range(256)) * 5000  # over one 1 MiB block
+    (tmp_path / "f").write_bytes(data)
+    assert file_sha256(tmp_path / "f") == hashlib.sha256(data).hexdigest()
+    (tmp_path / "e").write_bytes(b"")
+    assert file_sha256(str(tmp_path / "e")) == hashlib.sha256(b"").hexdigest()

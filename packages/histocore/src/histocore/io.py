@@ -1,4 +1,4 @@
-"""Atomic file writes and file-system-safe names, used by every writer in both packages.
+"""Atomic file writes, file-system-safe names and file digests, used in every package.
 
 A write that matters goes to a uniquely named temp file in the target's folder, is
 fsynced, then renamed over the target: readers see the old file or the new one, never
@@ -7,6 +7,7 @@ half of one, and two writers never share a temp file.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -19,6 +20,15 @@ def record_slug(record_id: str) -> str:
     """A file-system-safe folder/file stem for a record id (``pmid:123`` → ``pmid_123``)."""
     slug = re.sub(r"[^A-Za-z0-9._-]+", "_", record_id).strip("._")
     return slug[:120] or "record"
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex sha256 of a file's bytes, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _current_umask() -> int:

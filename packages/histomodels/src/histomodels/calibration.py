@@ -9,7 +9,6 @@ retrained model never picks up a stale T); inference prefers it over the checkpo
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -20,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from histocore.errors import DomainError
-from histocore.io import atomic_write_json
+from histocore.io import atomic_write_json, file_sha256
 
 
 class CalibrationError(DomainError, ValueError):
@@ -62,21 +61,14 @@ def calibration_path(checkpoint: str | Path) -> Path:
     return path.with_name(f"{path.stem}.calibration.json")
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def write_calibration(checkpoint: str | Path, temperature: float, source: str) -> str:
     """Write the sidecar beside ``checkpoint``; returns its path, or why it was not written."""
     path = Path(checkpoint)
     side = calibration_path(path)
     if not os.access(path.parent, os.W_OK) or (side.exists() and not os.access(side, os.W_OK)):
         return f"{path.parent} is read-only; temperature used for these metrics but not stored"
-    record = {"checkpoint_sha256": _sha256(path), "temperature": temperature, "fitted_on": source}
+    digest = file_sha256(path)
+    record = {"checkpoint_sha256": digest, "temperature": temperature, "fitted_on": source}
     try:
         atomic_write_json(side, record)
     except OSError as exc:  # read-only file system, immutable folder
@@ -99,7 +91,7 @@ def read_calibration(checkpoint: str | Path) -> dict[str, Any] | None:
         raise CalibrationError(f"{side}: 'temperature' must be a number")
     if not 0 < float(temperature) < 1e3:
         raise CalibrationError(f"{side}: temperature {temperature} is out of range")
-    if record.get("checkpoint_sha256") != _sha256(path):
+    if record.get("checkpoint_sha256") != file_sha256(path):
         return None  # fitted on another version of the checkpoint: ignore it
     return record
 

@@ -50,14 +50,6 @@ class DistillLoss(nn.Module):
         return (1 - self.weight) * hard + self.weight * t * t * soft
 
 
-def _file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def data_digest(images: Any, chunk: int = 2048) -> str:
     """sha256 of uint8 patches ``[N, H, W, 3]`` (a tensor or a streamed BlockImages)."""
     digest = hashlib.sha256(str(tuple(images.shape)).encode())
@@ -73,10 +65,11 @@ def data_digest(images: Any, chunk: int = 2048) -> str:
 
 def teacher_digest(teacher: str) -> str:
     """What identifies the teacher: its checkpoint file's sha256, or a shipped model's name."""
+    from histocore.io import file_sha256
     from histomodels.checkpoint import resolve_checkpoint
 
     path = resolve_checkpoint(teacher)
-    return _file_digest(path) if path.is_file() else f"pretrained:{teacher}"
+    return file_sha256(path) if path.is_file() else f"pretrained:{teacher}"
 
 
 def teacher_logits(
