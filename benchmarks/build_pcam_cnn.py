@@ -56,8 +56,8 @@ def build(
     import numpy as np
     import torch
     from pcam_real import SELECT_FRACTION, SPLIT_SEED, TRAIN_ORIGINS, VAL_ORIGINS, dev_splits
-    from rich.console import Console
 
+    from histocore.cli import setup_logging
     from histocore.io import atomic_write_text
     from histomodels.calibration import fit_temperature
     from histomodels.config import TrainConfig
@@ -87,13 +87,14 @@ def build(
         threads=THREADS,
         progress=False,  # the sidecar's train_config is the same however it is run
     )
+    if not quiet:
+        setup_logging()  # one line per epoch on stderr
     t_train = time.perf_counter()
     res = train(
         cfg,
         work,
         train_data=(x_fit.numpy(), y_fit.numpy().astype("int64")),
         val_data=(x_sel.numpy(), y_sel.numpy().astype("int64")),
-        console=None if quiet else Console(stderr=True),  # one line per epoch
     )
     train_s = time.perf_counter() - t_train
 

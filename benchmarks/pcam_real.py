@@ -283,8 +283,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     import torch
-    from rich.console import Console
 
+    from histocore.cli import setup_logging
     from histomodels.checkpoint import load_model
     from histomodels.device import use_bf16
     from histomodels.training import train
@@ -321,7 +321,8 @@ def main(argv: list[str] | None = None) -> int:
     val_arrays = (x_sel.numpy(), y_sel.numpy().astype("int64"))
 
     args.results.mkdir(parents=True, exist_ok=True)
-    console = None if args.quiet else Console(stderr=True)
+    if not args.quiet:
+        setup_logging()  # the trainer's per-epoch lines on stderr
     rows = []
     for name in names:
         cfg = configs[name]
@@ -331,7 +332,6 @@ def main(argv: list[str] | None = None) -> int:
             args.work / f"{name}{args.tag}",
             train_data=train_arrays,
             val_data=val_arrays,
-            console=console,
         )
         wall = time.perf_counter() - t_run
         model, _ = load_model(args.work / f"{name}{args.tag}" / "best.pt")

@@ -66,3 +66,42 @@ def test_batch_jobs_get_a_plain_line_every_interval(monkeypatch, capsys) -> None
     out, err = capsys.readouterr()
     assert out == "" and err.startswith("downloaded: 2/4, ETA ") and err.count("\n") == 1
     assert "\x1b" not in err  # no control codes in a log
+
+
+@pytest.fixture
+def fresh_logging():
+    import logging
+
+    from histocore.cli import PACKAGES
+
+    saved = {n: (logging.getLogger(n).handlers[:], logging.getLogger(n).level) for n in PACKAGES}
+    yield
+    for name, (handlers, level) in saved.items():
+        logging.getLogger(name).handlers[:] = handlers
+        logging.getLogger(name).setLevel(level)
+
+
+def test_setup_logging_shows_library_records_on_stderr(capsys, fresh_logging) -> None:
+    import logging
+
+    from histocore.cli import setup_logging
+
+    log = logging.getLogger("histofetch.some_stage")
+    setup_logging()
+    setup_logging()  # a second call replaces the first: no line twice
+    log.info("3 records done")
+    log.warning("MD5 mismatch for %s", "PMC1/fig1.jpg")
+    log.debug("not shown by default")
+    logging.getLogger("elsewhere").warning("not ours")  # other libraries keep their own setup
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.splitlines() == [
+        "3 records done",
+        "warning: MD5 mismatch for PMC1/fig1.jpg",
+    ]
+    setup_logging(verbose=True)
+    log.debug("cache hit")
+    assert capsys.readouterr().err == "debug: histofetch.some_stage: cache hit\n"
+    setup_logging(logging.WARNING)
+    log.info("hidden when quiet")
+    assert capsys.readouterr().err == ""

@@ -60,3 +60,39 @@ def test_file_sha256_reads_in_blocks(tmp_path) -> None:
     assert file_sha256(tmp_path / "f") == hashlib.sha256(data).hexdigest()
     (tmp_path / "e").write_bytes(b"")
     assert file_sha256(str(tmp_path / "e")) == hashlib.sha256(b"").hexdigest()
+
+
+def test_json_safe_gives_plain_strict_json_values() -> None:
+    import json
+    import math
+    from pathlib import PurePosixPath
+
+    import numpy as np
+
+    from histocore.io import json_safe
+
+    obj = {
+        "auc": np.float32(0.5),
+        "n": np.int64(3),
+        "flag": np.bool_(True),
+        "nan": float("nan"),
+        "inf": np.float64(math.inf),
+        "curve": np.array([0.0, 1.0]),
+        "pair": (1, "a"),
+        "path": PurePosixPath("runs/a"),
+        "nested": {"none": None},
+    }
+    out = json_safe(obj)
+    assert out == {
+        "auc": 0.5,
+        "n": 3,
+        "flag": True,
+        "nan": None,
+        "inf": None,
+        "curve": [0.0, 1.0],
+        "pair": [1, "a"],
+        "path": "runs/a",
+        "nested": {"none": None},
+    }
+    assert type(out["n"]) is int and type(out["flag"]) is bool
+    json.dumps(out, allow_nan=False)  # strict JSON

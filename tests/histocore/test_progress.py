@@ -14,7 +14,7 @@ class Recorder(Task):
     def advance(self, n: int = 1) -> None:
         self.events.append((self.description, "advance", n))
 
-    def update(self, *, completed=None, total=None) -> None:
+    def update(self, *, completed=None, total=None, description="") -> None:
         self.events.append((self.description, "update", completed, total))
 
 

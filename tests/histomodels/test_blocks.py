@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import io
+import logging
 
 import h5py
 import numpy as np
 import pytest
 import torch
-from rich.console import Console
 
 from histomodels.config import TrainConfig
 from histomodels.data import open_dataset
@@ -88,11 +87,10 @@ def test_load_split_streams_only_above_the_cache_budget(pcam_h5, monkeypatch):
     assert isinstance(load_split(path, "train", stream=False)[0], torch.Tensor)
 
 
-def test_training_streams_data_larger_than_the_cache(tmp_path, monkeypatch):
+def test_training_streams_data_larger_than_the_cache(tmp_path, monkeypatch, caplog):
     train_h5 = write_h5(tmp_path / "train.h5", 96, seed=0)
     val_h5 = write_h5(tmp_path / "val.h5", 48, seed=1)
     monkeypatch.setenv("HISTOMODELS_CACHE_BYTES", "1")
-    log = io.StringIO()
     cfg = TrainConfig(
         model="cnn",
         model_config={"width": 8, "depth": 2},
@@ -103,8 +101,9 @@ def test_training_streams_data_larger_than_the_cache(tmp_path, monkeypatch):
         threads=1,
         progress=False,
     )
-    res = train(cfg, tmp_path / "run", console=Console(file=log, width=200))
-    assert "train data" in log.getvalue() and "streaming it in blocks" in log.getvalue()
-    assert "validation data" in log.getvalue()
+    with caplog.at_level(logging.INFO, logger="histomodels.training"):
+        res = train(cfg, tmp_path / "run")
+    assert "train data" in caplog.text and "streaming it in blocks" in caplog.text
+    assert "validation data" in caplog.text
     assert res.epochs_run == 2 and (tmp_path / "run" / "best.pt").is_file()
     assert 0.0 <= res.history[-1]["val_auc"] <= 1.0

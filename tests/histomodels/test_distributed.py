@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from histomodels.checkpoint import load_model
-from histomodels.distributed import DistInfo, shard
+from histomodels.distributed import DistInfo, cleanup, init_distributed, shard
 from histomodels.synthetic import write_h5
 
 
@@ -25,12 +25,52 @@ def test_shards_cover_the_data_once():
     assert torch.equal(shard(idx, DistInfo()), idx)
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_cleanup_destroys_only_the_process_group_it_created(monkeypatch):
+    """A one-process gloo group: the caller's own group is used and left alone; one that
+    init_distributed created is destroyed by cleanup (the trainer calls it in a finally)."""
+    import torch.distributed as dist
+
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1
+    )
+    try:
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        monkeypatch.setenv("RANK", "0")
+        info = init_distributed(torch.device("cpu"))  # joins nothing: a group exists
+        assert info.enabled and info.rank == 0 and not info.owns_group
+        cleanup(info)
+        assert dist.is_initialized()  # the caller's group survives
+        cleanup(DistInfo(world_size=2, owns_group=True))
+        assert not dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    cleanup(DistInfo(world_size=2, owns_group=True))  # nothing left to destroy: no error
+
+
 @pytest.mark.slow
 def test_torchrun_two_processes_gloo(tmp_path):
     train_h5 = write_h5(tmp_path / "train.h5", 64, seed=0)
     val_h5 = write_h5(tmp_path / "val.h5", 40, seed=1)
     script = tmp_path / "hm.py"
-    script.write_text("from histomodels.cli import app\napp()\n")
+    script.write_text(
+        "import sys\n"
+        "import torch.distributed as dist\n"
+        "from histomodels.cli import app\n"
+        "try:\n"
+        "    app()\n"
+        "finally:  # the trainer destroyed the process group it joined\n"
+        "    alive = dist.is_initialized()\n"
+        "    print('group alive' if alive else 'group destroyed', file=sys.stderr)\n"
+    )
     run = tmp_path / "run"
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
@@ -42,6 +82,7 @@ def test_torchrun_two_processes_gloo(tmp_path):
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.count("best val AUC") == 1  # only rank 0 reports
+    assert r.stderr.count("group destroyed") == 2 and "group alive" not in r.stderr
     history = json.loads((run / "history.json").read_text())
     assert len(history) == 1
     # 64 patches / 2 ranks / batch 8 = 4 steps per rank; every patch seen once per epoch

@@ -111,3 +111,31 @@ def test_normalise_label() -> None:
     assert normalise_label("clear") is None
     with pytest.raises(LabelError, match="not a label"):
         normalise_label("benign-ish")
+
+
+def test_each_answer_is_committed_before_the_next_question(tmp_path: Path) -> None:
+    """One store transaction per answer (another process sees it at once); Ctrl-C keeps
+    every answer given and still exports manifest.jsonl."""
+    import json
+
+    from histomodels.label import label_interactively
+
+    run = _run(tmp_path)
+    seen: list[dict] = []
+    answers = iter(["m", "n"])
+
+    def ask(_: str) -> str:
+        seen.append({i.id: i.label for i in Manifest.load(run).images.values()})
+        answer = next(answers, None)
+        if answer is None:
+            raise KeyboardInterrupt
+        return answer
+
+    with pytest.raises(KeyboardInterrupt):
+        label_interactively(Manifest.load(run), ask, lambda _: None)
+    assert [s["img0"] for s in seen] == [None, "metastasis", "metastasis"]
+    assert seen[2]["img1"] == "no_metastasis"
+    rows = [json.loads(line) for line in (run / "manifest.jsonl").read_text().splitlines()]
+    exported = {r["id"]: r.get("label") for r in rows if r.get("kind") == "image"}
+    assert exported["img0"] == "metastasis" and exported["img1"] == "no_metastasis"
+    assert exported["img2"] is None

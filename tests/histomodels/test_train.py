@@ -322,3 +322,38 @@ def test_cli_bad_config_file_is_one_line(h5_files, tmp_path, text, message):
     assert r.stderr.strip().splitlines() == [f"error: {p}: {r.stderr.strip()[9 + len(str(p)) :]}"]
     assert message in r.stderr
     assert not (tmp_path / "r").exists()
+
+
+def test_epoch_progress_and_lines_go_to_the_shared_display_and_logging(arrays, tmp_path, caplog):
+    """Libraries never print: each epoch is a histocore.progress task, each line a log record."""
+    import contextlib
+    import logging
+
+    from histocore.progress import Task, reporting
+
+    (xt, yt), (xv, yv) = arrays
+    events: list = []
+
+    class Recorder(Task):
+        def __init__(self, description: str) -> None:
+            self.description = description
+
+        def advance(self, n: int = 1) -> None:
+            events.append((self.description, "advance", n))
+
+        def update(self, *, completed=None, total=None, description="") -> None:
+            if description:
+                self.description = description
+
+    @contextlib.contextmanager
+    def display(description, total, unit):
+        events.append((description, "start", total))
+        yield Recorder(description)
+
+    with caplog.at_level(logging.INFO, logger="histomodels"), reporting(display):
+        train(_cfg(progress=True), tmp_path / "run", train_data=(xt, yt), val_data=(xv, yv))
+    starts = [e for e in events if e[0].startswith("epoch") and e[1] == "start"]
+    assert starts == [("epoch 1/2", "start", 4), ("epoch 2/2", "start", 4)]  # 64 / 16 batches
+    steps = [e for e in events if e[1] == "advance" and e[0].startswith("epoch 2/2")]
+    assert len(steps) == 4 and steps[-1][0].startswith("epoch 2/2 loss ")  # the running loss
+    assert "epoch   2  loss" in caplog.text and "best val AUC" in caplog.text

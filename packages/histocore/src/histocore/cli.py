@@ -1,4 +1,5 @@
-"""What both command lines share: one error line, one error context, one progress display.
+"""What both command lines share: one error line, one error context, one progress display,
+one logging setup.
 
 - :func:`fail` prints ``error: <message>`` on stderr and exits 1.
 - :func:`errors` turns domain errors (:class:`~histocore.errors.DomainError`) and
@@ -7,11 +8,15 @@
   it wraps as transient rich bars on stderr; when stderr is not a terminal (batch jobs) a
   task that runs longer than :data:`LOG_EVERY_S` prints a plain line (done, rate, ETA)
   that often instead, and short work prints nothing.
+- :func:`setup_logging` sends the libraries' ``logging`` records (the packages log, never
+  print) to stderr: information as plain lines, ``warning: …`` for warnings; ``-v`` adds
+  debug lines. Each CLI calls it once, before its command runs.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import sys
 import time
 from collections.abc import Iterator
@@ -35,6 +40,8 @@ from histocore.progress import Task, Unit, reporting
 
 #: Seconds between progress lines when stderr is not a terminal (batch jobs).
 LOG_EVERY_S = 30.0
+#: The loggers a CLI shows: those of our three packages (their modules use ``__name__``).
+PACKAGES = ("histocore", "histofetch", "histomodels")
 
 
 def fail(message: str) -> NoReturn:
@@ -63,6 +70,42 @@ def errors(*also: type[BaseException], prefix: str = "") -> Iterator[None]:
         raise SystemExit(0) from None
     except (DomainError, OSError, *also) as exc:
         fail(prefix + describe(exc))
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to ``sys.stderr`` as it is when a record comes (a live progress display
+    redirects it to print above its bars, and test runners swap it)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr
+        super().emit(record)
+
+
+class _Formatter(logging.Formatter):
+    """``message`` for information, ``warning: message`` (``error: …``) above it,
+    ``debug: logger: message`` below it."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        if record.levelno >= logging.WARNING:
+            return f"{record.levelname.lower()}: {text}"
+        if record.levelno < logging.INFO:
+            return f"debug: {record.name}: {text}"
+        return text
+
+
+def setup_logging(level: int = logging.INFO, *, verbose: bool = False) -> None:
+    """Show our packages' log records of ``level`` and above on stderr (``verbose``: debug
+    too). Calling it again replaces the earlier setup (one handler per package logger)."""
+    level = logging.DEBUG if verbose else level
+    for name in PACKAGES:
+        logger = logging.getLogger(name)
+        for old in [h for h in logger.handlers if isinstance(h, _StderrHandler)]:
+            logger.removeHandler(old)
+        handler = _StderrHandler(sys.stderr)
+        handler.setFormatter(_Formatter("%(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(level)
 
 
 class _Count(ProgressColumn):
@@ -96,11 +139,15 @@ class _RichTask(Task):
     def advance(self, n: int = 1) -> None:
         self._bar.advance(self._id, n)
 
-    def update(self, *, completed: int | None = None, total: int | None = None) -> None:
+    def update(
+        self, *, completed: int | None = None, total: int | None = None, description: str = ""
+    ) -> None:
         if total is not None:
             self._bar.update(self._id, total=total)
         if completed is not None:
             self._bar.update(self._id, completed=completed)
+        if description:
+            self._bar.update(self._id, description=description)
 
 
 class _LogTask(Task):
@@ -115,11 +162,15 @@ class _LogTask(Task):
         self.done += n
         self._maybe_log()
 
-    def update(self, *, completed: int | None = None, total: int | None = None) -> None:
+    def update(
+        self, *, completed: int | None = None, total: int | None = None, description: str = ""
+    ) -> None:
         if total is not None:
             self.total = total
         if completed is not None:
             self.done = completed
+        if description:
+            self.description = description
         self._maybe_log()
 
     def _maybe_log(self) -> None:

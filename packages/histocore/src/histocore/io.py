@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 import tempfile
@@ -59,6 +60,30 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def json_safe(obj: Any) -> Any:
+    """``obj`` as plain JSON values: dicts, lists and tuples recursively, NumPy/PyTorch
+    scalars and arrays as numbers and lists (``.item()``, ``.tolist()``), NaN and ±inf as
+    ``None`` (strict JSON has neither), anything else not JSON (paths, enums) as ``str``."""
+    if isinstance(obj, dict):
+        return {
+            k if isinstance(k, (str, int, float, bool)) else str(k): json_safe(v)
+            for k, v in obj.items()
+        }
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if obj is None or isinstance(obj, (str, bool)):
+        return obj
+    if isinstance(obj, int):
+        return int(obj)
+    if isinstance(obj, float):
+        return float(obj) if math.isfinite(obj) else None
+    if getattr(obj, "ndim", None) == 0 and callable(getattr(obj, "item", None)):
+        return json_safe(obj.item())
+    if callable(getattr(obj, "tolist", None)):
+        return json_safe(obj.tolist())
+    return str(obj)
 
 
 def atomic_write_json(path: str | Path, obj: Any, *, indent: int | None = 2) -> None:

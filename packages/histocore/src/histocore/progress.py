@@ -23,8 +23,11 @@ class Task:
     def advance(self, n: int = 1) -> None:
         """``n`` more units done."""
 
-    def update(self, *, completed: int | None = None, total: int | None = None) -> None:
-        """Set the units done so far and/or the total (e.g. once a download's size is known)."""
+    def update(
+        self, *, completed: int | None = None, total: int | None = None, description: str = ""
+    ) -> None:
+        """Set the units done so far, the total (e.g. once a download's size is known) and/or
+        the description (e.g. a running loss)."""
 
 
 #: A display: ``(description, total, unit)`` → a context manager yielding a :class:`Task`.

@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from histocore.cli import errors, fail, progress
+from histocore.cli import errors, fail, progress, setup_logging
 from histocore.manifest import MANIFEST_NAME, STORE_NAME
 
 app = typer.Typer(
@@ -71,6 +71,16 @@ Shard = Annotated[
     str | None,
     typer.Option(help="Keep shard K of N of the hits (K/N, e.g. 1/4): one job per shard."),
 ]
+
+Verbose = Annotated[
+    bool, typer.Option("--verbose", "-v", help="Also show the library's debug lines (stderr).")
+]
+
+
+@app.callback()
+def _main(verbose: Verbose = False) -> None:
+    """Mine PubMed/PMC for H&E figures: search → download → extract → filter → manifest."""
+    setup_logging(verbose=verbose)
 
 
 def _policy(licence: str, include_retracted: bool):  # -> Policy

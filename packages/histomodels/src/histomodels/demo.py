@@ -159,7 +159,7 @@ def run_demo(out: Path, *, minutes: float = 2.0, seed: int = 0, n_train: int = 3
         seed=seed,
     )
     run_dir = out / "run_cnn"
-    result = train(cfg, run_dir, console=console)
+    result = train(cfg, run_dir)  # per-epoch lines: the histomodels.training logger
 
     console.rule("[bold]5/6 evaluate: held-out synthetic patches and the literature manifest")
     metrics = evaluate_checkpoint(

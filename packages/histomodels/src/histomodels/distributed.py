@@ -3,7 +3,9 @@
 ``torchrun --nproc_per_node N -m histomodels train ...`` sets RANK/WORLD_SIZE; then
 each process trains on its own shard of every epoch's permutation, gradients are
 averaged by DDP (gloo on CPU, nccl on GPU), validation predictions are gathered, and
-only rank 0 writes files. Without those variables everything here is a no-op.
+only rank 0 writes files. Without those variables everything here is a no-op. The
+trainer destroys the process group it joined when training ends (:func:`cleanup`), so a
+process can train again or exit cleanly.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ class DistInfo:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    #: this process created the process group (and so destroys it in :func:`cleanup`)
+    owns_group: bool = False
 
     @property
     def enabled(self) -> bool:
@@ -38,12 +42,13 @@ def init_distributed(device: torch.device) -> DistInfo:
         return DistInfo()
     rank = int(os.environ["RANK"])
     local = int(os.environ.get("LOCAL_RANK", rank))
-    if not dist.is_initialized():
+    owns = not dist.is_initialized()  # a caller's own group is used, and left to it
+    if owns:
         backend = "nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":
             torch.cuda.set_device(device)
         dist.init_process_group(backend=backend)
-    return DistInfo(rank=rank, world_size=world, local_rank=local)
+    return DistInfo(rank=rank, world_size=world, local_rank=local, owns_group=owns)
 
 
 def shard(indices: torch.Tensor, info: DistInfo, *, drop_tail: bool = True) -> torch.Tensor:
@@ -91,5 +96,6 @@ def barrier(info: DistInfo) -> None:
 
 
 def cleanup(info: DistInfo) -> None:
-    if info.enabled and dist.is_initialized():
+    """Destroy the process group :func:`init_distributed` created (not a caller's own)."""
+    if info.owns_group and dist.is_initialized():
         dist.destroy_process_group()

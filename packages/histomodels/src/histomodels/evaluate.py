@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import csv
 import io
-import json
-import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from histocore.errors import UsageError
-from histocore.io import atomic_write_text
+from histocore.io import atomic_write_json, atomic_write_text, json_safe
 from histocore.progress import task
 from histomodels.checkpoint import read_checkpoint, resolve_checkpoint, save_checkpoint
 from histomodels.data.base import DatasetError
@@ -34,20 +32,9 @@ def _load(data: Any) -> tuple[np.ndarray, np.ndarray, list[str], str]:
     return images, np.asarray(labels, np.int64), list(ids), str(getattr(ds, "source", data))
 
 
-def _json_safe(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, (np.floating, float)):
-        return None if not math.isfinite(float(obj)) else float(obj)
-    if isinstance(obj, np.integer):
-        return int(obj)
-    return obj
-
-
 def write_json(path: Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(_json_safe(obj), indent=2, sort_keys=True) + "\n")
+    """``metrics.json``: NumPy numbers as plain ones, NaN as null (:func:`json_safe`)."""
+    atomic_write_json(path, json_safe(obj))
 
 
 def write_predictions(path: Path, ids: list[str], labels: np.ndarray, probs: np.ndarray) -> None:

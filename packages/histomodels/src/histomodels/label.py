@@ -1,8 +1,10 @@
 """Labelling mined figures by hand (``histomodels label``): labels live in the manifest.
 
 A person looks at each kept figure and answers metastasis / no metastasis / not usable;
-every answer is saved at once (atomic manifest save), so quitting or a crash loses
-nothing. Labels can also be set non-interactively (``--set ID=LABEL``, ``--from-csv``).
+every answer is committed at once, as one transaction of the run store that writes just
+that image's label fields (:meth:`~histocore.manifest.Manifest.update_image`, as the
+review page does), so quitting or a crash loses nothing; ``manifest.jsonl`` is exported
+when labelling ends. Labels can also be set non-interactively (``--set ID=LABEL``, ``--from-csv``).
 """
 
 from __future__ import annotations
@@ -63,7 +65,8 @@ def _reviewer() -> str:
 
 
 def apply_labels(manifest: Manifest, labels: Mapping[str, str | None]) -> int:
-    """Set labels (all validated first, then saved once). Returns how many changed."""
+    """Set labels (all validated first, then saved once, with the export). Returns how
+    many changed."""
     unknown = [i for i in labels if i not in manifest.images]
     if unknown:
         raise LabelError(f"{manifest.path}: no image with id {unknown[0]!r} in this manifest")
@@ -82,6 +85,13 @@ def apply_labels(manifest: Manifest, labels: Mapping[str, str | None]) -> int:
     if changed:
         manifest.save()
     return changed
+
+
+def label_one(manifest: Manifest, image_id: str, label: str | None) -> None:
+    """Commit one answer: the image's label fields, in one store transaction."""
+    who, when = _reviewer(), datetime.now(timezone.utc).isoformat(timespec="seconds")
+    by, at = (who, when) if label is not None else (None, None)
+    manifest.update_image(image_id, label=label, label_by=by, label_at=at)
 
 
 def parse_set(items: list[str]) -> dict[str, str | None]:
@@ -125,36 +135,54 @@ def label_interactively(
     relabel: bool = False,
 ) -> dict[str, int]:
     """Prompt for each kept figure (unlabelled ones unless ``relabel``); ``s`` skips,
-    ``q`` quits. Saves after every answer. Returns counts per label."""
+    ``q`` quits. Commits every answer at once; exports ``manifest.jsonl`` at the end
+    (also after Ctrl-C). Returns counts per label."""
     images = manifest.kept_images() if relabel else to_label(manifest.kept_images())
     counts = {label: 0 for label in IMAGE_LABELS} | {"skipped": 0}
+    answered: list[str] = []
     say(f"{len(images)} figure(s) to label in {manifest.run_dir}")
-    for n, img in enumerate(images, start=1):
-        path = manifest.resolve(img.path)
-        caption = (img.caption or "").replace("\n", " ")[:200]
-        say(f"[{n}/{len(images)}] {img.id}  {img.width}x{img.height}  {path}")
-        if path is not None:
-            say(f"  open: {path.resolve().as_uri()}")
-        if caption:
-            say(f"  caption: {caption}")
-        if img.label:
-            say(f"  current label: {img.label}")
-        while True:
-            answer = ask("[m]etastasis / [n]o metastasis / [u] not usable / [s]kip / [q]uit")
-            key = answer.strip().lower()
-            if key in ("q", "quit"):
+    try:
+        for n, img in enumerate(images, start=1):
+            _show(manifest, img, f"[{n}/{len(images)}]", say)
+            label = _answer(ask, say)
+            if label == "quit":
                 say("stopped; labels so far are saved")
-                return counts
-            if key in ("s", "skip", ""):
-                counts["skipped"] += 1
                 break
-            try:
-                label = normalise_label(key)
-            except LabelError as exc:
-                say(str(exc))
+            if label == "skip":
+                counts["skipped"] += 1
                 continue
-            apply_labels(manifest, {img.id: label})
+            label_one(manifest, img.id, label)
+            answered.append(img.id)
             if label:
                 counts[label] += 1
-            break
+    finally:
+        if answered:
+            manifest.export()
     return counts
+
+
+def _show(manifest: Manifest, img: Image, where: str, say: Callable[[str], None]) -> None:
+    path = manifest.resolve(img.path)
+    caption = (img.caption or "").replace("\n", " ")[:200]
+    say(f"{where} {img.id}  {img.width}x{img.height}  {path}")
+    if path is not None:
+        say(f"  open: {path.resolve().as_uri()}")
+    if caption:
+        say(f"  caption: {caption}")
+    if img.label:
+        say(f"  current label: {img.label}")
+
+
+def _answer(ask: Callable[[str], str], say: Callable[[str], None]) -> str | None:
+    """A stored label (None = clear it), or ``"skip"`` / ``"quit"``."""
+    while True:
+        key = ask("[m]etastasis / [n]o metastasis / [u] not usable / [s]kip / [q]uit")
+        key = key.strip().lower()
+        if key in ("q", "quit"):
+            return "quit"
+        if key in ("s", "skip", ""):
+            return "skip"
+        try:
+            return normalise_label(key)
+        except LabelError as exc:
+            say(str(exc))

@@ -24,6 +24,8 @@ from histocore.errors import DomainError
 from histomodels.config import TrainConfig
 from histomodels.training import load_split, train
 
+log = logging.getLogger(__name__)
+
 
 class TuneError(DomainError, RuntimeError):
     """A search that could not finish one trial."""
@@ -197,12 +199,13 @@ def _tune(
                 {"val_auc": best["val_auc"], "trial": best["trial"], "config": best["config"]},
             )
         if not quiet:
-            from rich.console import Console
-
             auc_s = f"{record['val_auc']:.4f}" if "val_auc" in record else record["status"]
-            Console(stderr=True).print(
-                f"trial {idx}: val AUC {auc_s} ({record['seconds']:.0f} s) "
-                f"{json.dumps(record['params'], default=str)}"
+            log.info(
+                "trial %d: val AUC %s (%.0f s) %s",
+                idx,
+                auc_s,
+                record["seconds"],
+                json.dumps(record["params"], default=str),
             )
     best = _best(records)
     if best is None:

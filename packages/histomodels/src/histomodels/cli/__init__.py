@@ -6,9 +6,12 @@ this module only assembles them into one app.
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
 
 from histomodels.cli import data, demo, ensemble, evaluate, train
+from histomodels.cli._common import setup_logging
 
 app = typer.Typer(
     name="histomodels",
@@ -16,6 +19,18 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
+
+
+@app.callback()
+def _main(
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Also show the library's debug lines (stderr).")
+    ] = False,
+) -> None:
+    """Train, tune, fine-tune, evaluate and ship models for 96x96 H&E patches (PCam)."""
+    setup_logging(verbose=verbose)
+
+
 data_app = typer.Typer(help="Download and inspect datasets.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 

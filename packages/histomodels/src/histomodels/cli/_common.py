@@ -1,6 +1,6 @@
 """What every ``histomodels`` command shares: options, the error line, progress, threads.
 
-``fail``, ``errors`` and ``progress`` are the ones both command lines use
+``fail``, ``errors``, ``progress`` and ``setup_logging`` are the ones both command lines use
 (:mod:`histocore.cli`); command modules import them from here and never from
 ``histomodels.cli`` itself, so the package's ``__init__`` can assemble the app from them.
 """
@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from histocore.cli import errors, fail, progress
+from histocore.cli import errors, fail, progress, setup_logging
 
 #: Shared by every command that runs a model.
 Device = Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 [auto: CUDA if available].")]
@@ -26,4 +26,4 @@ def use_cpu_cores() -> None:
         torch.set_num_threads(max(1, min(torch.get_num_threads(), os.cpu_count() or 1)))
 
 
-__all__ = ["Device", "errors", "fail", "progress", "use_cpu_cores"]
+__all__ = ["Device", "errors", "fail", "progress", "setup_logging", "use_cpu_cores"]

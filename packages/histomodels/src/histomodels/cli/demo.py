@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from histomodels.cli._common import errors
+from histomodels.cli._common import errors, progress
 
 
 def demo(
@@ -21,5 +21,5 @@ def demo(
     """SYNTHETIC patches → PDF → histofetch extract/filter → train → eval → report."""
     from histomodels.demo import run_demo
 
-    with errors():
+    with errors(), progress():
         run_demo(out, minutes=minutes, seed=seed, n_train=n_train)

@@ -9,12 +9,13 @@ Known bad input (missing files, bad labels, bad config) → one ``error:`` line,
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from histomodels.cli._common import Device, errors
+from histomodels.cli._common import Device, errors, progress, setup_logging
 
 Model = Annotated[str | None, typer.Option(help="Registry name, e.g. cnn, timm/<name>.")]
 Data = Annotated[str | None, typer.Option(help="Training data: .h5, Kaggle folder, class tree.")]
@@ -111,12 +112,12 @@ def _run(
 ) -> None:
     """Resolve defaults < ``base`` preset < config file < ``options`` (None = not given),
     then train into ``out``."""
-    from rich.console import Console
-
     from histomodels.config import ConfigError, TrainConfig, resolve_config
     from histomodels.training import TrainingError, train
 
-    with errors(TrainingError):
+    if quiet:
+        setup_logging(logging.WARNING)
+    with errors(TrainingError), progress(enabled=not quiet):
         options = dict(options, progress=False if quiet else None)
         mc = options.get("model_config")
         if isinstance(mc, str):
@@ -125,7 +126,7 @@ def _run(
             except json.JSONDecodeError as exc:
                 raise ConfigError(f"--model-config is not valid JSON ({exc})") from None
         cfg = resolve_config(config, base=TrainConfig(**base) if base else None, **options)
-        result = train(cfg, out, resume=resume, console=None if quiet else Console(stderr=True))
+        result = train(cfg, out, resume=resume)
     m = result.best_metrics
     if m:
         typer.echo(
@@ -308,6 +309,8 @@ def tune_cmd(
     from histomodels.training import TrainingError
     from histomodels.tune import tune
 
+    # one line per trial (histomodels.tune), not the trials' per-epoch lines
+    logging.getLogger("histomodels.training").setLevel(logging.WARNING)
     with errors(TrainingError):
         best = tune(
             data,

@@ -15,12 +15,14 @@ and ``on_epoch_end`` (rank 0 only; in list order, so history is on disk before
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
+from histocore.progress import Task, task
 from histomodels import distributed as D
 from histomodels.config import TrainConfig
 from histomodels.training.base import Callback as Callback  # re-exported
@@ -145,55 +147,31 @@ class EpochLog(Callback):
 
 
 class ProgressBar(Callback):
-    """A transient rich bar per epoch on rank 0 (batch logs get per-epoch lines only)."""
+    """Each epoch's batches as a :func:`histocore.progress.task` on rank 0 (shown on stderr
+    when a CLI wraps training in :func:`histocore.cli.progress`; silent otherwise)."""
 
-    def __init__(self, console: Any) -> None:
-        self.console = console
-        self.progress: Any = None
-        self.task: Any = None
-
-    def setup(self, trainer: Trainer) -> None:
-        if not trainer.info.is_main:
-            return
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeRemainingColumn,
-        )
-
-        self.progress = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeRemainingColumn(),
-            console=self.console,
-            transient=True,
-            disable=not self.console.is_terminal,
-        )
-        self.progress.start()
+    def __init__(self) -> None:
+        self.stack = contextlib.ExitStack()
+        self.task: Task | None = None
 
     def on_epoch_start(self, trainer: Trainer, epoch: int) -> None:
-        if self.progress is not None:
-            total = trainer.batches_per_epoch
-            self.task = self.progress.add_task(f"epoch {epoch}/{trainer.cfg.epochs}", total=total)
+        if trainer.info.is_main:
+            desc = f"epoch {epoch}/{trainer.cfg.epochs}"
+            self.task = self.stack.enter_context(task(desc, trainer.batches_per_epoch))
 
     def on_step_end(self, trainer: Trainer) -> None:
         if self.task is not None:
             loss = trainer.loss_sum / max(trainer.seen, 1)
             desc = f"epoch {trainer.current_epoch}/{trainer.cfg.epochs} loss {loss:.3f}"
-            self.progress.update(self.task, advance=1, description=desc)
+            self.task.advance()
+            self.task.update(description=desc)
 
     def on_validate_end(self, trainer: Trainer) -> None:
-        if self.task is not None:
-            self.progress.remove_task(self.task)
-            self.task = None
+        self.close(trainer)
 
     def close(self, trainer: Trainer) -> None:
-        if self.progress is not None:
-            self.progress.stop()
-            self.progress = None
+        self.task = None
+        self.stack.close()
 
 
 class LabelSmoothing(Callback):
@@ -232,7 +210,7 @@ class EMA(Callback):
         self.ema.update(trainer.model, step=trainer.schedule.step_count)
 
 
-def default_callbacks(cfg: TrainConfig, console: Any = None) -> list[Callback]:
+def default_callbacks(cfg: TrainConfig) -> list[Callback]:
     """The callbacks every run gets, in order (stop reasons: budget before early)."""
     cbs: list[Callback] = []
     if cfg.label_smoothing:
@@ -244,6 +222,6 @@ def default_callbacks(cfg: TrainConfig, console: Any = None) -> list[Callback]:
     if cfg.time_budget:
         cbs.append(TimeBudget(cfg.time_budget))
     cbs += [EarlyStopping(cfg.patience), History(), Curves(), Checkpoints(), EpochLog()]
-    if console is not None and cfg.progress:
-        cbs.append(ProgressBar(console))
+    if cfg.progress:
+        cbs.append(ProgressBar())
     return cbs

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -10,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from histocore.io import json_safe
 from histomodels.checkpoint import make_checkpoint, read_checkpoint
 from histomodels.config import TrainConfig, validate
 from histomodels.preprocess import IMAGENET_MEAN, IMAGENET_STD
@@ -74,7 +74,3 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def json_safe(obj: Any) -> Any:
-    return json.loads(json.dumps(obj, default=str))

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from histocore.io import json_safe
 from histomodels import distributed as D
 from histomodels.checkpoint import save_checkpoint
 from histomodels.config import TrainConfig, validate
@@ -42,7 +43,6 @@ from histomodels.training.result import EpochStats, TrainResult
 from histomodels.training.schedule import LRSchedule, param_groups, set_backbone_frozen
 from histomodels.training.state import (
     checkpoint,
-    json_safe,
     resume_state,
     seed_everything,
 )
@@ -53,9 +53,10 @@ log = logging.getLogger(__name__)
 class Trainer:
     """Train ``cfg.model`` on ``train_data`` (or ``cfg.data``) into the run folder ``out``.
 
-    ``callbacks`` are added after :func:`~histomodels.training.callbacks.default_callbacks`;
-    ``console`` (a rich console) shows a progress bar and the per-epoch lines, which
-    otherwise go to the ``histomodels.training`` logger only.
+    ``callbacks`` are added after :func:`~histomodels.training.callbacks.default_callbacks`.
+    The per-epoch lines go to the ``histomodels.training.trainer`` logger (a CLI shows them,
+    :func:`histocore.cli.setup_logging`) and the progress of each epoch to
+    :func:`histocore.progress.task` (shown inside :func:`histocore.cli.progress`).
     """
 
     def __init__(
@@ -67,11 +68,10 @@ class Trainer:
         val_data: DataSpec | None = None,
         resume: bool = False,
         callbacks: Sequence[Callback] = (),
-        console: Any = None,
     ) -> None:
         self.cfg = validate(cfg)
         self.run_dir = Path(out)
-        self.resume, self.console = resume, console
+        self.resume = resume
         self.extra_callbacks = list(callbacks)
         self.callbacks: list[Callback] = []
         self._data = (train_data, val_data)
@@ -120,7 +120,7 @@ class Trainer:
         self._setup_optimizer()
         if self.state is not None:
             self._restore(self.state)
-        self.callbacks = [*default_callbacks(self.cfg, self.console), *self.extra_callbacks]
+        self.callbacks = [*default_callbacks(self.cfg), *self.extra_callbacks]
         if self.info.is_main:
             from histocore.io import atomic_write_text
 
@@ -176,9 +176,16 @@ class Trainer:
     # --------------------------------------------------------------------------- loop
 
     def fit(self) -> TrainResult:
-        """Train until the epochs run out or a callback stops it; returns the summary."""
-        if not self._ready:
-            self.setup()
+        """Train until the epochs run out or a callback stops it; returns the summary.
+        The process group joined under torchrun is destroyed at the end, also on failure."""
+        try:
+            if not self._ready:
+                self.setup()
+            return self._fit()
+        finally:
+            D.cleanup(self.info)
+
+    def _fit(self) -> TrainResult:
         last_epoch = self._last_epoch()
         try:
             self.net = self._wrap(self.epoch < self.cfg.freeze_epochs)
@@ -371,12 +378,9 @@ class Trainer:
         return save_checkpoint(path, checkpoint(self, resumable=resumable, finished=finished))
 
     def say(self, msg: str) -> None:
-        """A line for the user (rank 0): logged, and printed when there is a console."""
-        if not self.info.is_main:
-            return
-        log.info(msg)
-        if self.console is not None:
-            self.console.print(msg)
+        """A line for the user (rank 0), logged at INFO."""
+        if self.info.is_main:
+            log.info(msg)
 
     def elapsed(self) -> float:
         """Seconds of this run so far, including those before a resume."""
@@ -400,7 +404,6 @@ def train(
     resume: bool = False,
     train_data: DataSpec | None = None,
     val_data: DataSpec | None = None,
-    console: Any = None,
     callbacks: Sequence[Callback] = (),
 ) -> TrainResult:
     """Train ``cfg.model`` on ``train_data`` (or ``cfg.data``) and write the run to ``out``.
@@ -415,7 +418,6 @@ def train(
         val_data=val_data,
         resume=resume,
         callbacks=callbacks,
-        console=console,
     )
     return trainer.fit()
 
