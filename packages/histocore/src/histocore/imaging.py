@@ -151,7 +151,9 @@ def open_image(
         raise ImageError(name, f"cannot decode image ({_reason(exc)})", _reason(exc)) from None
     with im:
         width, height = im.size
-        if width <= 0 or height <= 0 or width * height > max_pixels:
+        if width <= 0 or height <= 0:
+            raise ImageError(name, f"cannot decode image (declares a size of {width}x{height})")
+        if width * height > max_pixels:
             raise ImageTooLarge(name, max_pixels, (width, height), None)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", PIL.Image.DecompressionBombWarning)
