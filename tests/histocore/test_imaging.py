@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import io
-import struct
 import subprocess
 import sys
-import zlib
 from pathlib import Path
 
 import numpy as np
 import PIL.Image
 import pytest
+from abuse.make_corpus import png_declaring  # a PNG header declaring W x H, no data
 
 from histocore.errors import DomainError
 from histocore.imaging import (
@@ -23,18 +22,6 @@ from histocore.imaging import (
     tile,
     tissue_fraction,
 )
-
-
-def png_declaring(width: int, height: int) -> bytes:
-    """A PNG header declaring ``width`` x ``height`` RGB pixels and (almost) no data."""
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        crc = zlib.crc32(kind + body) & 0xFFFFFFFF
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", crc)
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    idat = zlib.compress(b"\0" * 64)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
 
 
 def png_bytes(rgb: np.ndarray, mode: str | None = None) -> bytes:
