@@ -130,8 +130,7 @@ def dev_splits(data_dir: Path, protocol: str = "unseen-slides", limit: int | Non
 
 def run_configs(args) -> dict:
     """The benchmark's named runs (each a TrainConfig)."""
-    from histomodels.config import TrainConfig, resolve_config
-    from histomodels.training.presets import FINETUNE_DEFAULTS
+    from histomodels.config import FINETUNE_DEFAULTS, TrainConfig, resolve_config
 
     common = dict(
         time_budget=args.budget or None,

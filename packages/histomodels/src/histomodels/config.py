@@ -104,6 +104,19 @@ class TrainConfig:
 
 FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
 
+#: What ``histomodels finetune`` changes from the training defaults (a config file or
+#: options win): a named preset, kept here with the config so the CLI needs no PyTorch to
+#: read it.
+FINETUNE_DEFAULTS: dict[str, Any] = dict(
+    model="efficientnet_lite0",
+    weights="imagenet",
+    freeze_epochs=1,
+    backbone_lr_mult=0.3,
+    lr=1e-3,
+    weight_decay=0.01,
+    patience=6,
+)
+
 
 def build(data: dict[str, Any], source: str = "config") -> TrainConfig:
     """A checked :class:`TrainConfig` from a mapping; the first problem as a ConfigError."""

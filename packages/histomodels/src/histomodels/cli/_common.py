@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -18,6 +19,18 @@ from histocore.cli import errors, fail, progress, setup_logging
 Device = Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 [auto: CUDA if available].")]
 
 
+def require_paths(*paths: str | Path | None, role: str | None = None) -> None:
+    """Fail at once when an input path given on the command line does not exist, before
+    PyTorch is imported (seconds): the line the library would give later (``role``: the
+    trainer's ``<path>: <role> data not found``; else ``<path>: no such file or folder``)."""
+    for raw in paths:
+        if raw is None:
+            continue
+        path = Path(raw) if role else Path(raw).expanduser()
+        if not path.exists():
+            fail(f"{path}: {role} data not found" if role else f"{path}: no such file or folder")
+
+
 def use_cpu_cores() -> None:
     """Inference on CPU: use the cores we have (torch's default may oversubscribe)."""
     import torch
@@ -26,4 +39,12 @@ def use_cpu_cores() -> None:
         torch.set_num_threads(max(1, min(torch.get_num_threads(), os.cpu_count() or 1)))
 
 
-__all__ = ["Device", "errors", "fail", "progress", "setup_logging", "use_cpu_cores"]
+__all__ = [
+    "Device",
+    "errors",
+    "fail",
+    "progress",
+    "require_paths",
+    "setup_logging",
+    "use_cpu_cores",
+]

@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from histomodels.cli._common import Device, errors, fail, progress, use_cpu_cores
+from histomodels.cli._common import Device, errors, fail, progress, require_paths, use_cpu_cores
 
 #: ``--model``: a shipped model by name (histomodels.pretrained) instead of a checkpoint
 ModelOption = Annotated[
@@ -123,6 +123,7 @@ def eval_cmd(
     if (data is None) == (manifest is None):
         fail("give exactly one of --data PATH or --manifest RUN_DIR")
     source = _model_source(checkpoint, model)
+    require_paths(data, val, train_data)
     use_cpu_cores()
     with errors(), progress():
         if manifest is not None:
@@ -300,15 +301,16 @@ def predict_cmd(
 ) -> None:
     """One CSV row per 96 px patch with its tumour probability; large images are tiled and
     get a heatmap PNG."""
+    checkpoint = _model_source(None if model else paths[0], model)
+    if model is None:
+        paths = paths[1:]
+    if not paths:
+        fail("no image files or folders given")
+    require_paths(*paths)
     use_cpu_cores()
     with errors(), progress():
         from histomodels.predict import predict_paths
 
-        checkpoint = _model_source(None if model else paths[0], model)
-        if model is None:
-            paths = paths[1:]
-        if not paths:
-            fail("no image files or folders given")
         res = predict_paths(
             checkpoint,
             paths,

@@ -15,7 +15,7 @@ from typing import Annotated, Any
 
 import typer
 
-from histomodels.cli._common import Device, errors, progress, setup_logging
+from histomodels.cli._common import Device, errors, progress, require_paths, setup_logging
 
 Model = Annotated[str | None, typer.Option(help="Registry name, e.g. cnn, timm/<name>.")]
 Data = Annotated[str | None, typer.Option(help="Training data: .h5, Kaggle folder, class tree.")]
@@ -113,11 +113,10 @@ def _run(
     """Resolve defaults < ``base`` preset < config file < ``options`` (None = not given),
     then train into ``out``."""
     from histomodels.config import ConfigError, TrainConfig, resolve_config
-    from histomodels.training import TrainingError, train
 
     if quiet:
         setup_logging(logging.WARNING)
-    with errors(TrainingError), progress(enabled=not quiet):
+    with errors():
         options = dict(options, progress=False if quiet else None)
         mc = options.get("model_config")
         if isinstance(mc, str):
@@ -126,6 +125,12 @@ def _run(
             except json.JSONDecodeError as exc:
                 raise ConfigError(f"--model-config is not valid JSON ({exc})") from None
         cfg = resolve_config(config, base=TrainConfig(**base) if base else None, **options)
+    if not resume:  # a missing data path fails before PyTorch is imported
+        require_paths(cfg.data, role="train")
+        require_paths(cfg.val, role="validation")
+    from histomodels.training import TrainingError, train
+
+    with errors(TrainingError), progress(enabled=not quiet):
         result = train(cfg, out, resume=resume)
     m = result.best_metrics
     if m:
@@ -253,7 +258,7 @@ def finetune_cmd(
     quiet: Quiet = False,
 ) -> None:
     """Fine-tune a pretrained backbone: head-only warm-up, then all layers at a lower LR."""
-    from histomodels.training.presets import FINETUNE_DEFAULTS
+    from histomodels.config import FINETUNE_DEFAULTS
 
     if input_size and input_size != 96:
         mc = json.loads(model_config) if model_config else {}
@@ -306,6 +311,8 @@ def tune_cmd(
     quiet: Quiet = False,
 ) -> None:
     """Bayesian optimisation (Ax/BoTorch) of the scratch CNN's hyper-parameters."""
+    require_paths(data, role="train")
+    require_paths(val, role="validation")
     from histomodels.training import TrainingError
     from histomodels.tune import tune
 

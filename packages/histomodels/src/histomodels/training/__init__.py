@@ -1,12 +1,12 @@
-"""Training: a :class:`Trainer` with callbacks, its data loading, LR schedule and presets.
+"""Training: a :class:`Trainer` with callbacks, its data loading and LR schedule.
 
 ``train(cfg, out, ...)`` is the one-call entry; :class:`Trainer` and
 :mod:`~histomodels.training.callbacks` are for changing what happens around the loop.
 """
 
+from histomodels.config import FINETUNE_DEFAULTS
 from histomodels.training.callbacks import HISTORY_FIELDS, Callback, default_callbacks
 from histomodels.training.data import DataSpec, load_split
-from histomodels.training.presets import FINETUNE_DEFAULTS
 from histomodels.training.result import TrainingError, TrainResult
 from histomodels.training.trainer import Trainer, train
 

@@ -1,0 +1,64 @@
+"""The histomodels CLI answers --help and bad input paths without importing PyTorch.
+
+Importing torch (and timm, Ax) takes seconds and most of a GB; a typo in a path should
+fail in well under a second with the same one line the library gives later. Each case runs
+in a fresh interpreter, which then reports which heavy modules got imported.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+HEAVY = ("torch", "timm", "ax", "torchvision")
+CODE = f"""
+import json, sys
+from typer.testing import CliRunner
+from histomodels.cli import app
+r = CliRunner().invoke(app, sys.argv[1:])
+lines = r.output.strip().splitlines()
+heavy = sorted(m for m in {HEAVY!r} if m in sys.modules)
+print(json.dumps([r.exit_code, lines[-1] if lines else "", heavy]))
+"""
+MISSING = "{missing}: no such file or folder"
+NO_TRAIN = "{missing}: train data not found"
+TRAIN_ARGS = ["--data", "{missing}", "--val", "{missing}", "--out", "{run}"]
+
+
+def _run(*args: str) -> tuple[int, str, list[str]]:
+    out = subprocess.run(
+        [sys.executable, "-c", CODE, *args], capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    code, last, heavy = json.loads(out.stdout.strip().splitlines()[-1])
+    return code, last, heavy
+
+
+def test_help_imports_no_heavy_module() -> None:
+    code, _, heavy = _run("--help")
+    assert code == 0 and heavy == []
+
+
+@pytest.mark.parametrize(
+    ("command", "message"),
+    [
+        (["eval", "--model", "pcam-cnn", "--data", "{missing}"], MISSING),
+        (["predict", "model.pt", "{missing}"], MISSING),
+        (["train", *TRAIN_ARGS], NO_TRAIN),
+        (["finetune", *TRAIN_ARGS], NO_TRAIN),
+        (["tune", *TRAIN_ARGS], NO_TRAIN),
+    ],
+)
+def test_a_missing_input_path_fails_before_pytorch_is_imported(
+    tmp_path: Path, command: list[str], message: str
+) -> None:
+    names = {"missing": str(tmp_path / "nope.h5"), "run": str(tmp_path / "run")}
+    code, last, heavy = _run(*(arg.format(**names) for arg in command))
+    assert code == 1
+    assert last == "error: " + message.format(**names)
+    assert heavy == []
+    assert not (tmp_path / "run").exists()
