@@ -55,8 +55,9 @@ def sweep(manifest: Manifest, labels: dict[str, str]) -> dict:
 
     figures = [i for i in manifest.images.values() if i.source != "panel" and i.status == "ok"]
     out = {}
+    default = Thresholds()
     for p_keep in (0.05, 0.1, 0.15, 0.25, 0.5):
-        limits = Thresholds(p_keep=p_keep, p_caption=min(0.1, p_keep))
+        limits = Thresholds(p_keep=p_keep, p_caption=min(default.p_caption, p_keep))
         for img in figures:
             decide_image(manifest, img, limits)
         s = score(figures, labels)

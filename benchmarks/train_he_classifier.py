@@ -254,6 +254,27 @@ def stain_type_errors(shared: Path, tensors: dict[str, np.ndarray], p_keep: floa
     }
 
 
+def save_safetensors(tensors: dict[str, np.ndarray], path: Path, metadata: dict[str, str]) -> None:
+    """Write float32 tensors as safetensors with a byte-stable header (sorted keys): the
+    library's writer orders the metadata as a hash map does, so two identical trainings
+    gave different files."""
+    header: dict[str, object] = {"__metadata__": dict(sorted(metadata.items()))}
+    offset, blobs = 0, []
+    for name in sorted(tensors):
+        blob = np.ascontiguousarray(tensors[name], dtype="<f4").tobytes()
+        shape = list(tensors[name].shape)
+        header[name] = {
+            "dtype": "F32",
+            "shape": shape,
+            "data_offsets": [offset, offset + len(blob)],
+        }
+        offset += len(blob)
+        blobs.append(blob)
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # the data starts 8-byte aligned
+    path.write_bytes(len(text).to_bytes(8, "little") + text + b"".join(blobs))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument(
@@ -272,7 +293,6 @@ def main() -> None:
     ap.add_argument("--results", type=Path, default=ROOT / "benchmarks/results/he_classifier.json")
     args = ap.parse_args()
     import torch
-    from safetensors.numpy import save_file
 
     torch.set_num_threads(args.threads)
     t0 = time.time()
@@ -307,9 +327,9 @@ def main() -> None:
         "seconds": round(time.time() - t0),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    save_file(
+    save_safetensors(
         tensors,
-        str(args.out),
+        args.out,
         metadata={
             "classes": json.dumps(CLASSES),
             "tile": str(C.TILE),

@@ -114,3 +114,27 @@ def test_thresholds_follow_the_validation_targets() -> None:
             assert points[str(t)]["precision"] >= target
     assert chosen["p_override"] >= chosen["p_keep"]
     assert chosen["p_caption"] <= chosen["p_keep"]
+
+
+def test_weights_file_is_byte_stable_and_loads(tmp_path: Path) -> None:
+    import train_he_classifier as tr
+    from safetensors.numpy import load_file
+
+    from histofetch.decide import classifier as C
+
+    rng = _rng(3)
+    widths = [3, 16, 32, 64, 64]
+    tensors = {"fc.weight": rng.normal(size=(6, 128)).astype(np.float32)}
+    tensors["fc.bias"] = rng.normal(size=6).astype(np.float32)
+    for name, a, b in zip(C.CONV_LAYERS, widths, widths[1:], strict=False):
+        tensors[f"{name}.weight"] = rng.normal(size=(b, a, 3, 3)).astype(np.float32)
+        tensors[f"{name}.bias"] = rng.normal(size=b).astype(np.float32)
+    meta = {"seed": "0", "classes": '["he", "ihc", "pas", "fluor", "cyto", "graphic"]'}
+    one, two = tmp_path / "one.safetensors", tmp_path / "two.safetensors"
+    tr.save_safetensors(tensors, one, meta)
+    tr.save_safetensors(dict(reversed(tensors.items())), two, dict(reversed(meta.items())))
+    assert one.read_bytes() == two.read_bytes()
+    back = load_file(str(one))
+    assert all(np.array_equal(back[k], v) for k, v in tensors.items())
+    loaded, classes = C.load_weights(one)
+    assert classes[0] == "he" and set(loaded) == set(tensors)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 from histocore.manifest import Image
 from histofetch.decide.rules import Thresholds, apply, decide
 
@@ -18,7 +21,21 @@ def row(p_he: float | None = 0.9, verdict: str | None = None, said: str = "", **
     return img
 
 
-T = Thresholds()
+#: Fixed thresholds, so these tests check the rule, not the shipped numbers (which the
+#: training script sets; test_defaults_are_the_ones_the_training_script_chose checks them).
+T = Thresholds(p_keep=0.25, p_caption=0.1, p_override=0.85, p_override_caption=0.5)
+RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "he_classifier.json"
+
+
+def test_defaults_are_the_ones_the_training_script_chose() -> None:
+    """The classifier thresholds are set on its validation tiles by the training script,
+    not by hand and not on the evaluation papers."""
+    chosen = json.loads(RESULTS.read_text())["thresholds"]
+    defaults = Thresholds()
+    assert set(chosen) == {"p_keep", "p_caption", "p_override", "p_override_caption"}
+    for name, value in chosen.items():
+        assert getattr(defaults, name) == value, name
+    assert defaults.p_caption <= defaults.p_keep <= defaults.p_override
 
 
 def test_confident_he_with_good_colour_is_kept() -> None:
