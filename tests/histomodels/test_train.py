@@ -357,3 +357,17 @@ def test_epoch_progress_and_lines_go_to_the_shared_display_and_logging(arrays, t
     steps = [e for e in events if e[1] == "advance" and e[0].startswith("epoch 2/2")]
     assert len(steps) == 4 and steps[-1][0].startswith("epoch 2/2 loss ")  # the running loss
     assert "epoch   2  loss" in caplog.text and "best val AUC" in caplog.text
+
+
+def test_every_train_and_finetune_option_is_a_config_key():
+    """The commands pass their options to TrainConfig by name, so a misnamed option would be
+    dropped silently: each parameter is a TrainConfig key or one the command itself uses."""
+    import inspect
+
+    from histomodels.cli.train import finetune_cmd, train_cmd
+    from histomodels.config import FIELDS
+
+    own = {"ctx", "out", "config", "resume", "quiet"}
+    for command, extra in ((train_cmd, set()), (finetune_cmd, {"input_size"})):
+        names = set(inspect.signature(command).parameters)
+        assert names - FIELDS == own | extra, command.__name__

@@ -309,7 +309,7 @@ def extract_images(
     :class:`StageFailure` naming the file.
     """
     try:
-        return _extract_images(doc, min_size=min_size, where=where, budget_s=budget_s)
+        return _extract_images(doc, min_size, where, budget_s)
     except Exception as exc:
         if not _raised_in_mupdf(exc):
             raise
@@ -317,11 +317,7 @@ def extract_images(
 
 
 def _extract_images(
-    doc: pymupdf.Document,
-    *,
-    min_size: int = 32,
-    where: Path | str = "PDF",
-    budget_s: float | None = None,
+    doc: pymupdf.Document, min_size: int, where: Path | str, budget_s: float | None
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """:func:`extract_images` without the guard for MuPDF's own errors."""
     by_xref: dict[int, dict[str, Any]] = {}

@@ -23,7 +23,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
-from histocore.manifest import MANIFEST_NAME, Manifest
+from histocore.manifest import MANIFEST_NAME, Image, Manifest
 from histocore.store import STORE_NAME
 from histofetch.review.data import (
     ReviewError,
@@ -164,7 +164,9 @@ def create_app(
         ]
         return JSONResponse({"items": rows, "progress": progress(manifest)})
 
-    async def one(request: Request) -> Response:
+    def kept_figure(request: Request) -> tuple[Manifest, Image] | Response:
+        """The manifest and the kept figure the path names, or the response saying why not
+        (only the run's kept figures are served)."""
         try:
             manifest = state.manifest()
         except ReviewError as exc:
@@ -172,6 +174,13 @@ def create_app(
         img = manifest.images.get(request.path_params["image_id"])
         if img is None or not (img.kept and img.status == "ok"):
             return JSONResponse({"error": "no such kept figure"}, status_code=404)
+        return manifest, img
+
+    async def one(request: Request) -> Response:
+        found = kept_figure(request)
+        if isinstance(found, Response):
+            return found
+        manifest, img = found
         return JSONResponse(item(manifest, img, state.scores))
 
     def _label(body: Any) -> tuple[str, str | None, str]:
@@ -212,13 +221,10 @@ def create_app(
         return FileResponse(path)
 
     async def image(request: Request) -> Response:
-        try:
-            manifest = state.manifest()
-        except ReviewError as exc:
-            return error_page(request, exc)
-        img = manifest.images.get(request.path_params["image_id"])
-        if img is None or not (img.kept and img.status == "ok"):  # only the run's figures
-            return JSONResponse({"error": "no such kept figure"}, status_code=404)
+        found = kept_figure(request)
+        if isinstance(found, Response):
+            return found
+        manifest, img = found
         path = manifest.resolve(img.path)
         root = state.run_dir.resolve()
         # a manifest is untrusted: serve only image files inside the run folder

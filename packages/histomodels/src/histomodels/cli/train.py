@@ -140,7 +140,16 @@ def _run(
         )
 
 
+def _options(ctx: typer.Context) -> dict[str, Any]:
+    """The command's options named like :class:`~histomodels.config.TrainConfig` keys, by
+    name (a ``None`` was not given: the config file or the defaults decide)."""
+    from histomodels.config import FIELDS
+
+    return {name: value for name, value in ctx.params.items() if name in FIELDS}
+
+
 def train_cmd(
+    ctx: typer.Context,
     out: Out,
     model: Model = None,
     data: Data = None,
@@ -176,49 +185,19 @@ def train_cmd(
     quiet: Quiet = False,
 ) -> None:
     """Train a model (default: the scratch CNN) with early stopping on validation AUC."""
-    options = dict(
-        model=model,
-        data=data,
-        val=val,
-        epochs=epochs,
-        patience=patience,
-        time_budget=time_budget,
-        batch_size=batch_size,
-        lr=lr,
-        weight_decay=weight_decay,
-        schedule=schedule,
-        aug_strength=aug_strength,
-        label_smoothing=label_smoothing,
-        ema=ema,
-        cutout=cutout,
-        mixup=mixup,
-        randstain=randstain,
-        jpeg_blur=jpeg_blur,
-        teacher=teacher,
-        distill_weight=distill_weight,
-        distill_temperature=distill_temperature,
-        stain_norm=stain_norm,
-        model_config=model_config,
-        weights=weights,
-        seed=seed,
-        compile=compile,
-        bf16=bf16,
-        channels_last=channels_last,
-        threads=threads,
-        device=device,
-    )
-    _run(out, options, config=config, resume=resume, quiet=quiet)
+    _run(out, _options(ctx), config=config, resume=resume, quiet=quiet)
 
 
 def finetune_cmd(
+    ctx: typer.Context,
     out: Out,
     model: Annotated[str | None, typer.Option(help="Backbone [efficientnet_lite0].")] = None,
     weights: Annotated[
         str | None,
         typer.Option(help="imagenet | lite0-imagenet | PATH (state dict / checkpoint) [imagenet]."),
     ] = None,
-    warmup_epochs: Annotated[
-        int | None, typer.Option(help="Epochs training the head only [1].")
+    freeze_epochs: Annotated[
+        int | None, typer.Option("--warmup-epochs", help="Epochs training the head only [1].")
     ] = None,
     backbone_lr_mult: Annotated[
         float | None, typer.Option(help="Backbone LR = lr x this [0.3].")
@@ -260,42 +239,10 @@ def finetune_cmd(
     """Fine-tune a pretrained backbone: head-only warm-up, then all layers at a lower LR."""
     from histomodels.config import FINETUNE_DEFAULTS
 
+    options = _options(ctx)
     if input_size and input_size != 96:
         mc = json.loads(model_config) if model_config else {}
-        model_config = json.dumps({**mc, "input_size": input_size})
-    options = dict(
-        model=model,
-        weights=weights,
-        freeze_epochs=warmup_epochs,
-        backbone_lr_mult=backbone_lr_mult,
-        data=data,
-        val=val,
-        epochs=epochs,
-        patience=patience,
-        time_budget=time_budget,
-        batch_size=batch_size,
-        lr=lr,
-        weight_decay=weight_decay,
-        schedule=schedule,
-        aug_strength=aug_strength,
-        label_smoothing=label_smoothing,
-        ema=ema,
-        cutout=cutout,
-        mixup=mixup,
-        randstain=randstain,
-        jpeg_blur=jpeg_blur,
-        teacher=teacher,
-        distill_weight=distill_weight,
-        distill_temperature=distill_temperature,
-        stain_norm=stain_norm,
-        model_config=model_config,
-        seed=seed,
-        compile=compile,
-        bf16=bf16,
-        channels_last=channels_last,
-        threads=threads,
-        device=device,
-    )
+        options["model_config"] = json.dumps({**mc, "input_size": input_size})
     _run(out, options, config=config, resume=resume, quiet=quiet, base=FINETUNE_DEFAULTS)
 
 
