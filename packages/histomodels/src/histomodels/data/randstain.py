@@ -22,43 +22,57 @@ import torch
 _XYZ_FROM_RGB = torch.tensor(
     [[0.412453, 0.357580, 0.180423], [0.212671, 0.715160, 0.072169], [0.019334, 0.119193, 0.950227]]
 )
-_RGB_FROM_XYZ = torch.linalg.inv(_XYZ_FROM_RGB)
 _WHITE = torch.tensor([0.95047, 1.0, 1.08883])
 _EPS = 0.008856
 #: patches used to fit the template distribution (evenly spaced over the training set)
 FIT_PATCHES = 2048
 
 
-#: XYZ/white from linear RGB, and LAB from f(XYZ/white) (right-multiplied, ``[..., 3] @ M``)
-_XYZN_FROM_RGB = (_XYZ_FROM_RGB / _WHITE[:, None]).T.contiguous()
+#: XYZ/white from linear RGB, LAB from f(XYZ/white), and their inverses (left-multiplied on
+#: planar ``[..., 3, P]`` pixels: a 3x3 matrix times a wide matrix is fast, a [P, 3] @ [3, 3]
+#: product is not)
+_XYZN_FROM_RGB = _XYZ_FROM_RGB / _WHITE[:, None]
 _RGB_FROM_XYZN = torch.linalg.inv(_XYZN_FROM_RGB)
-_LAB_FROM_F = torch.tensor([[0.0, 500.0, 0.0], [116.0, -500.0, 200.0], [0.0, 0.0, -200.0]])
+_LAB_FROM_F = torch.tensor([[0.0, 116.0, 0.0], [500.0, -500.0, 0.0], [0.0, 200.0, -200.0]])
 _F_FROM_LAB = torch.linalg.inv(_LAB_FROM_F)
-_L_OFFSET = torch.tensor([-16.0, 0.0, 0.0])
+_L_OFFSET = torch.tensor([-16.0, 0.0, 0.0]).view(3, 1)
+
+
+def _planar_rgb2lab(rgb: torch.Tensor) -> torch.Tensor:
+    """``[..., 3, P]`` float sRGB in [0, 1] → LAB, same layout."""
+    lin = torch.where(rgb > 0.04045, rgb.add(0.055).div_(1.055).pow_(2.4), rgb / 12.92)
+    xyz = torch.matmul(_XYZN_FROM_RGB.to(rgb), lin)
+    f = torch.where(xyz > _EPS, xyz.clamp_min(_EPS).pow_(1 / 3), xyz * 7.787 + 16 / 116)
+    return torch.matmul(_LAB_FROM_F.to(rgb), f).add_(_L_OFFSET.to(rgb))
+
+
+def _planar_lab2rgb(lab: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`_planar_rgb2lab`: float sRGB clipped to [0, 1]."""
+    f = torch.matmul(_F_FROM_LAB.to(lab), lab - _L_OFFSET.to(lab))
+    f3 = f * f * f
+    xyz = torch.where(f3 > _EPS, f3, (f - 16 / 116) / 7.787)
+    lin = torch.matmul(_RGB_FROM_XYZN.to(lab), xyz).clamp_min_(0)
+    rgb = torch.where(lin > 0.0031308, lin.pow(1 / 2.4).mul_(1.055).sub_(0.055), lin * 12.92)
+    return rgb.clamp_(0, 1)
 
 
 def rgb2lab(rgb: torch.Tensor) -> torch.Tensor:
     """float sRGB in [0, 1], ``[..., 3]`` → CIE LAB (L in [0, 100])."""
-    lin = torch.where(rgb > 0.04045, rgb.add(0.055).div_(1.055).pow_(2.4), rgb / 12.92)
-    xyz = lin.reshape(-1, 3) @ _XYZN_FROM_RGB.to(rgb)
-    f = torch.where(xyz > _EPS, xyz.clamp_min(_EPS).pow_(1 / 3), xyz * 7.787 + 16 / 116)
-    return (f @ _LAB_FROM_F.to(rgb)).add_(_L_OFFSET.to(rgb)).view(rgb.shape)
+    flat = rgb.reshape(-1, 3).T
+    return _planar_rgb2lab(flat).T.reshape(rgb.shape)
 
 
 def lab2rgb(lab: torch.Tensor) -> torch.Tensor:
     """Inverse of :func:`rgb2lab`: float sRGB clipped to [0, 1]."""
-    f = (lab.reshape(-1, 3) - _L_OFFSET.to(lab)) @ _F_FROM_LAB.to(lab)
-    f3 = f * f * f
-    xyz = torch.where(f3 > _EPS, f3, (f - 16 / 116) / 7.787)
-    lin = (xyz @ _RGB_FROM_XYZN.to(lab)).clamp_min_(0)
-    rgb = torch.where(lin > 0.0031308, lin.pow(1 / 2.4).mul_(1.055).sub_(0.055), lin * 12.92)
-    return rgb.clamp_(0, 1).view(lab.shape)
+    flat = lab.reshape(-1, 3).T
+    return _planar_lab2rgb(flat).T.reshape(lab.shape)
 
 
 def _moments(lab: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-patch channel means and standard deviations of ``[N, H, W, 3]``: two ``[N, 3]``."""
-    flat = lab.flatten(1, 2)
-    return flat.mean(1), flat.std(1, correction=0)
+    """Per-patch channel means and standard deviations of planar ``[N, 3, P]``: two ``[N, 3]``."""
+    mean = lab.mean(2)
+    var = (lab * lab).mean(2) - mean * mean
+    return mean, var.clamp_min(0).sqrt()
 
 
 @dataclass(frozen=True)
@@ -83,7 +97,8 @@ def fit_lab_stats(images: torch.Tensor) -> LabStats:
         raise ValueError(f"expected a non-empty [N, H, W, 3] batch, got {tuple(images.shape)}")
     means, stds = [], []
     for i in range(0, len(images), 256):
-        m, s = _moments(rgb2lab(images[i : i + 256].float() / 255.0))
+        part = images[i : i + 256].float().div_(255.0)
+        m, s = _moments(_planar_rgb2lab(part.flatten(1, 2).transpose(1, 2)))
         means.append(m)
         stds.append(s)
     m, s = torch.cat(means), torch.cat(stds)
@@ -111,7 +126,7 @@ def randstain(y: torch.Tensor, stats: LabStats, generator: torch.Generator | Non
     """Normalise each float RGB patch of ``y`` ``[n, H, W, 3]`` (in [0, 1]) to a random LAB
     template drawn from ``stats``; returns float RGB in [0, 1]."""
     n = y.shape[0]
-    lab = rgb2lab(y.clamp(0, 1))
+    lab = _planar_rgb2lab(y.clamp(0, 1).flatten(1, 2).transpose(1, 2))  # [n, 3, P]
     mean, std = _moments(lab)
     z = torch.randn(2, n, 3, generator=generator).to(y)
 
@@ -122,6 +137,6 @@ def randstain(y: torch.Tensor, stats: LabStats, generator: torch.Generator | Non
     # a template std is positive: at least a tenth of the typical one
     tgt_std = (v(stats.std_mean) + z[1] * v(stats.std_std)).clamp_min(0.1 * v(stats.std_mean))
     scale = tgt_std / std.clamp_min(1e-3)
-    out = (lab - mean[:, None, None]) * scale[:, None, None] + tgt_mean[:, None, None]
-    out[..., 0].clamp_(0, 100)
-    return lab2rgb(out)
+    out = (lab - mean[..., None]).mul_(scale[..., None]).add_(tgt_mean[..., None])
+    out[:, 0].clamp_(0, 100)
+    return _planar_lab2rgb(out).transpose(1, 2).reshape(y.shape)
