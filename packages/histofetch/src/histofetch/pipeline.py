@@ -63,9 +63,7 @@ def run_pipeline(
     """
     run_dir = Path(run_dir)
     manifest = Manifest.load(run_dir, create=True)
-    key = search_key(query, max_results, mindate, maxdate, open_access_only, db)
-    if shard is not None:
-        key["shard"] = f"{shard[0]}/{shard[1]}"
+    key = search_key(query, max_results, mindate, maxdate, open_access_only, db, shard)
     if search_done(manifest, key):
         yield SkippedStage("searched", f"already done ({len(manifest.records)} records)")
     else:

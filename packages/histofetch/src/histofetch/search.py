@@ -196,9 +196,11 @@ def search_key(
     maxdate: str | None,
     open_access_only: bool,
     db: str = "pubmed",
+    shard: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
-    """The parameters that define a search (stored in the manifest header)."""
-    return {
+    """The parameters that define a search (stored in the manifest header); a shard adds
+    ``"shard": "K/N"``."""
+    key: dict[str, Any] = {
         "db": db,
         "query": query,
         "max_results": max_results,
@@ -206,6 +208,9 @@ def search_key(
         "maxdate": maxdate,
         "open_access_only": open_access_only,
     }
+    if shard is not None:
+        key["shard"] = f"{shard[0]}/{shard[1]}"
+    return key
 
 
 def run_search(
@@ -234,9 +239,7 @@ def run_search(
     run_dir = Path(run_dir)
     manifest = Manifest.load(run_dir, create=True)
     summary = StageSummary("searched")
-    key = search_key(query, max_results, mindate, maxdate, open_access_only, db)
-    if shard is not None:
-        key["shard"] = f"{shard[0]}/{shard[1]}"
+    key = search_key(query, max_results, mindate, maxdate, open_access_only, db, shard)
     if db == "pmc":
         found = _search_pmc(manifest, query, summary, net, max_results, mindate, maxdate, shard)
         _remember(manifest, query, found, key)
