@@ -34,7 +34,7 @@ import PIL.Image
 import pymupdf
 
 from histocore.errors import DomainError
-from histocore.io import atomic_write_bytes, record_slug
+from histocore.io import atomic_write_bytes, file_sha256, record_slug
 from histocore.manifest import Image, Manifest, Record
 from histofetch.pool import run_records
 from histofetch.stage import StageFailure, StageSummary
@@ -108,7 +108,7 @@ def ingest_local(manifest: Manifest, paths: list[Path]) -> list[Record]:
             files.append(path)
     added = []
     for path in files:
-        digest = _sha256_file(path)
+        digest = file_sha256(path)
         rec_id = f"local:{digest[:16]}"
         if rec_id in manifest.records:  # the same bytes ingested before: keep its progress
             continue
@@ -566,11 +566,3 @@ def _count_xobject_images(resources: Any, depth: int = 0) -> int:
 
     walk(resources, depth)
     return len(seen)
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
