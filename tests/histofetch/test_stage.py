@@ -120,3 +120,16 @@ def test_a_record_taken_by_another_process_is_left_to_it(tmp_path: Path) -> None
     summary = run_per_record(m, "extracted", lambda r: seen.append(r.id))
     assert seen == ["b"] and summary.elsewhere == 1
     assert "1 being done by another process" in summary.line()
+
+
+def test_summary_counts_reasons_as_status_does(tmp_path: Path) -> None:
+    from histofetch.status import run_status
+
+    m = _manifest(tmp_path)
+
+    def work(rec: Record) -> None:
+        raise StageFailure(f"not a PDF (no %PDF- header): /runs/{rec.id}.pdf")
+
+    summary = run_per_record(m, "extracted", work)
+    assert dict(summary.reasons) == {"not a PDF": 2}
+    assert run_status(tmp_path)["failure_reasons"] == {"not a PDF": 2, "corrupt PDF": 1}

@@ -87,7 +87,7 @@ def is_transient(exc: BaseException) -> bool:
     if isinstance(flag, bool):
         return flag
     if isinstance(exc, StageFailure):
-        return _reason_key(str(exc)).strip() in TRANSIENT_CATEGORIES
+        return reason_key(str(exc)) in TRANSIENT_CATEGORIES
     if isinstance(exc, (TimeoutError, ConnectionError, sqlite3.OperationalError)):
         return True
     if isinstance(exc, OSError):
@@ -148,7 +148,7 @@ class _Stage:
             self.manifest.revert_images_of(rec.id)  # no partial image rows of a failed record
             rec.fail(self.stage, reason, transient=transient)
             self.summary.failed += 1
-            self.summary.reasons[_reason_key(reason)] += 1
+            self.summary.reasons[reason_key(reason)] += 1
         self.manifest.commit_record(rec.id)
 
 
@@ -189,5 +189,9 @@ def run_per_record(
     return runner.summary
 
 
-def _reason_key(reason: str) -> str:
-    return reason.split(":", 1)[0][:60]
+def reason_key(reason: str | None) -> str:
+    """Group reasons that differ only in file names or numbers: the text before the colon
+    (and before any parenthesised detail). Stage summaries and ``histofetch status`` count by it."""
+    if not reason:
+        return "unknown"
+    return reason.split(":", 1)[0].split("(", 1)[0].strip()[:80]

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from histocore.manifest import STAGES, Manifest
+from histofetch.stage import reason_key
 
 
 def run_status(run_dir: Path) -> dict[str, Any]:
@@ -60,13 +61,6 @@ def _in_progress(manifest: Manifest) -> dict[str, int]:
     if not manifest.store_path.is_file():
         return {}
     return dict(Counter(stage for _, stage in manifest._db().live_claims()))
-
-
-def reason_key(reason: str | None) -> str:
-    """Group reasons that differ only in file names or numbers: the text before the colon."""
-    if not reason:
-        return "unknown"
-    return reason.split(":", 1)[0].split("(", 1)[0].strip()[:80]
 
 
 def format_status(info: dict[str, Any]) -> str:
