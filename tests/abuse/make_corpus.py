@@ -14,9 +14,7 @@ import gzip
 import io
 import json
 import sys
-import tarfile
 import zlib
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -157,50 +155,6 @@ def half_pdf_with_eof() -> bytes:
     """The first half of a valid PDF with ``%%EOF`` appended (passes a naive tail check)."""
     data = image_pdf()
     return data[: len(data) // 2] + b"\n%%EOF\n"
-
-
-# ---------------------------------------------------------------------------------------------
-# Archives
-# ---------------------------------------------------------------------------------------------
-
-
-def _tar_bytes(build: Callable[[tarfile.TarFile], None], fmt: int) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz", format=fmt) as tar:
-        build(tar)
-    return buf.getvalue()
-
-
-def pax_header_tar(payload: int = 50_000_000) -> bytes:
-    """A gzipped tar whose first header is a pax extended header of ``payload`` bytes."""
-    body = b" comment=" + b"x" * payload + b"\n"
-    length = len(body)
-    while len(str(length)) + len(body) != length:  # a pax record's length counts itself
-        length = len(str(length)) + len(body)
-    return _raw_tar_gz(b"pax", str(length).encode() + body, tarfile.XHDTYPE, b"fig1.png")
-
-
-def gnu_longname_tar(name_len: int = 50_000_000, name: bytes | None = None) -> bytes:
-    """A gzipped tar with a GNU ``././@LongLink`` name of ``name_len`` bytes (or ``name``)."""
-    body = (name if name is not None else b"a" * name_len) + b"\0"
-    return _raw_tar_gz(b"././@LongLink", body, tarfile.GNUTYPE_LONGNAME, then_member=None)
-
-
-def _raw_tar_gz(hname: bytes, payload: bytes, htype: bytes, then_member: bytes | None) -> bytes:
-    """Header block of type ``htype`` carrying ``payload``, then one small regular file."""
-    raw = io.BytesIO()
-    info = tarfile.TarInfo(hname.decode())
-    info.size, info.type = len(payload), htype
-    raw.write(info.tobuf(format=tarfile.USTAR_FORMAT) if htype != tarfile.GNUTYPE_LONGNAME else
-              info.tobuf(format=tarfile.GNU_FORMAT))  # fmt: skip
-    raw.write(payload)
-    raw.write(b"\0" * (-len(payload) % 512))
-    member = tarfile.TarInfo((then_member or b"placeholder.txt").decode())
-    member.size = 3
-    raw.write(member.tobuf(format=tarfile.USTAR_FORMAT))
-    raw.write(b"abc" + b"\0" * 509)
-    raw.write(b"\0" * 1024)
-    return gzip.compress(raw.getvalue(), compresslevel=9)
 
 
 # ---------------------------------------------------------------------------------------------

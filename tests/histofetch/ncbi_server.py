@@ -365,31 +365,6 @@ def make_pdf(text: str = "A test article", pages: int = 1) -> bytes:
     return data
 
 
-def make_tgz(members: list[tuple[str, bytes | None, str]]) -> bytes:
-    """A tar.gz from ``(name, data, kind)``; kind is file, dir, symlink, hardlink, chr."""
-    import io
-    import tarfile
-
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        for name, data, kind in members:
-            info = tarfile.TarInfo(name)
-            if kind == "file":
-                info.size = len(data or b"")
-                tar.addfile(info, io.BytesIO(data or b""))
-                continue
-            info.type = {
-                "dir": tarfile.DIRTYPE,
-                "symlink": tarfile.SYMTYPE,
-                "hardlink": tarfile.LNKTYPE,
-                "chr": tarfile.CHRTYPE,
-            }[kind]
-            if kind in ("symlink", "hardlink"):
-                info.linkname = (data or b"/etc/passwd").decode()
-            tar.addfile(info)
-    return buf.getvalue()
-
-
 def image_bytes(fmt: str, size: tuple[int, int], colour: tuple[int, ...], mode: str = "RGB"):
     """An encoded image of one colour (PIL), for package figures."""
     import io

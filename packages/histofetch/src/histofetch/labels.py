@@ -109,9 +109,6 @@ class Reading:
     site: str = "unknown"
     evidence: list[dict[str, Any]] = field(default_factory=list)
 
-    def to_row(self) -> dict[str, Any]:
-        return {"weak_label": self.label, "site": self.site, "evidence": self.evidence}
-
 
 def _span(kind: str, caption: str, start: int, end: int, **extra: Any) -> dict[str, Any]:
     return {"kind": kind, "start": start, "end": end, "text": caption[start:end], **extra}
