@@ -57,6 +57,36 @@ NEGATIVES = {"ihc": 0.35, "pas": 0.2, "fluor": 0.15, "overlay": 0.3}
 HARDER_SHARE = 0.5
 #: Low-magnification tiles per real H&E source image (PCam: one per third patch).
 LOWMAG_PER_IMAGE = 2
+#: Real pigment: PCam train patches whose 99th percentile of DAB optical density reaches
+#: this (deposits in lymph node, looked at: 11 of 7,602 patches once :data:`EVAL_TWINS` are
+#: left out, one golden-brown and ten black/anthracotic) are all used, with more crops …
+PIGMENT_P99 = 0.165
+PIGMENT_CROPS = 20
+#: … and their pigment is pasted onto this share of the other real H&E training tiles
+#: (he_classifier_material.transfer_pigment): drawn granules alone do not look real.
+REAL_PIGMENT_SHARE = 0.15
+#: PCam train patches that are also images of the evaluation PDFs (or within the twin
+#: distance of one, e.g. near-blank patches; the konrad-gerlach report shows two of them
+#: as sample patches, one pigmented): never used, so that the evaluation stays
+#: on unseen images. Found by :func:`eval_twins` (tests/histofetch/test_he_material.py
+#: checks this list against it when ``../shared`` is there).
+EVAL_TWINS = frozenset(
+    {
+        "532314e354dad684a2cb340050bd1360e1f6a258",
+        "611262c918ef86bab28de2e953edbb25a11f85f0",
+        "96974eeef9a45bdc6335734620d6c60620a633f0",
+        "b1b00669e7d74011a8fdcb6314259435d972aa96",
+        "bb1a2d8a5f431e4ad4fd32f75e1bf52670078961",
+        "d6b7ff3cdd55cac2a03a5a440ccad715318353da",
+        "e5d32f02cd8d88cc53e1fe511483ebdf3681537b",
+        "pcam_train_0003227",
+        "pcam_train_0006310",
+        "pcam_train_0007808",
+        "pcam_train_0013616",
+    }
+)
+#: The evaluation PDFs (as benchmarks/he_filter_eval.py reads them).
+EVAL_PDFS = ("data/pdfs/konrad-gerlach_report.pdf", "fixtures/pdfs")
 
 
 # -- real sources ---------------------------------------------------------------------------
@@ -70,21 +100,18 @@ def load_rgb(path: Path) -> np.ndarray:
 
 def real_sources(shared: Path, rng: np.random.Generator) -> list[tuple[str, str, np.ndarray]]:
     """(class, source, image) for every real image used."""
-    import h5py
-
     out: list[tuple[str, str, np.ndarray]] = []
-    with h5py.File(shared / "data/pcam_real/dev/train.h5", "r") as fh:
-        blobs = fh["encoded"][:]  # encoded PNG/JPEG bytes per patch
-    patches = []
-    for blob in blobs:
-        with PIL.Image.open(io.BytesIO(bytes(blob))) as im:
-            patches.append(np.asarray(im.convert("RGB")))
+    ids, patches = pcam_train(shared)
     idx = set(rng.choice(len(patches), size=min(PCAM_IMAGES, len(patches)), replace=False).tolist())
     # the darkest others (a mean under 70 is a black frame, not tissue)
     brightness = np.array([p.mean() for p in patches])
-    dark = [i for i in np.argsort(brightness) if brightness[i] >= 70 and i not in idx]
+    brightness[[i for i, pid in enumerate(ids) if pid in EVAL_TWINS]] = 0  # never used
+    pigmented = set(pigmented_patches(patches, brightness))
+    idx = {i for i in idx if brightness[i] > 0} - pigmented
+    dark = [i for i in np.argsort(brightness) if brightness[i] >= 70 and i not in idx | pigmented]
     idx |= set(dark[:PCAM_DARK])
     out += [("he", "pcam", patches[i]) for i in sorted(idx)]
+    out += [("he", "pcam-pigment", patches[i]) for i in sorted(pigmented)]
     for p in sorted((shared / "data/camelyon16_tiles_didsr").rglob("*.webp")):
         out.append(("he", "camelyon16", load_rgb(p)))
     for p in sorted((shared / "data/camelyon17_centre_tiles").glob("*.jpeg")):
@@ -104,6 +131,63 @@ def real_sources(shared: Path, rng: np.random.Generator) -> list[tuple[str, str,
             )
     out += pdf_sources(shared)
     return out
+
+
+def pcam_train(shared: Path) -> tuple[list[str], list[np.ndarray]]:
+    """Patch ids and RGB arrays of PCam ``dev/train.h5``."""
+    import h5py
+
+    with h5py.File(shared / "data/pcam_real/dev/train.h5", "r") as fh:
+        blobs = fh["encoded"][:]  # encoded PNG/JPEG bytes per patch
+        ids = [v.decode() if isinstance(v, bytes) else str(v) for v in fh["patch_id"][:]]
+    patches = []
+    for blob in blobs:
+        with PIL.Image.open(io.BytesIO(bytes(blob))) as im:
+            patches.append(np.asarray(im.convert("RGB")))
+    return ids, patches
+
+
+def eval_twins(shared: Path, max_diff: float = 7.0) -> set[str]:
+    """Ids of the PCam train patches that an evaluation PDF embeds (mean absolute
+    difference under ``max_diff`` of 255 after resizing the embedded image to 96 px;
+    re-encoded twins differ by 4–6, the next closest patches by more than 10)."""
+    import pymupdf
+
+    ids, patches = pcam_train(shared)
+    stack = np.stack(patches).astype(np.float32)
+    # a cheap first pass on 24 px means of 4×4 blocks, then the full comparison
+    coarse = stack.reshape(len(stack), 24, 4, 24, 4, 3).mean(axis=(2, 4))
+    found: set[str] = set()
+    pdfs = [shared / EVAL_PDFS[0], *sorted((shared / EVAL_PDFS[1]).glob("*.pdf"))]
+    for pdf in pdfs:
+        with pymupdf.open(pdf) as doc:
+            if doc.needs_pass:
+                continue
+            for page in doc:
+                for entry in page.get_images(full=True):
+                    pix = pymupdf.Pixmap(doc, entry[0])
+                    if pix.colorspace is None or not 32 <= min(pix.width, pix.height) <= 400:
+                        continue
+                    if pix.colorspace.n != 3 or pix.alpha:
+                        pix = pymupdf.Pixmap(pymupdf.csRGB, pix)
+                    with PIL.Image.open(io.BytesIO(pix.tobytes("png"))) as im:
+                        small = np.asarray(im.convert("RGB").resize((96, 96)), np.float32)
+                    near = small.reshape(24, 4, 24, 4, 3).mean(axis=(1, 3))
+                    near = np.flatnonzero(np.abs(coarse - near).mean(axis=(1, 2, 3)) < max_diff)
+                    diff = np.abs(stack[near] - small).mean(axis=(1, 2, 3))
+                    found |= {ids[i] for i in near[diff < max_diff]}
+    return found
+
+
+def pigmented_patches(patches: list[np.ndarray], brightness: np.ndarray) -> list[int]:
+    """Indices of the patches with real pigment (:data:`PIGMENT_P99`; not black frames)."""
+    from skimage.color import rgb2hed
+
+    return [
+        i
+        for i, rgb in enumerate(patches)
+        if brightness[i] >= 70 and np.percentile(rgb2hed(rgb)[..., 2], 99) >= PIGMENT_P99
+    ]
 
 
 def pdf_sources(shared: Path) -> list[tuple[str, str, np.ndarray]]:
@@ -166,43 +250,54 @@ def random_crop(
 # -- dataset ----------------------------------------------------------------------------------
 def build(
     shared: Path, seed: int, per_image: int
-) -> dict[str, tuple[np.ndarray, np.ndarray, list[str]]]:
-    """{"train"|"val": (tiles uint8 N×T×T×3, labels N, derivation names)}."""
+) -> dict[str, tuple[np.ndarray, np.ndarray, list[str], list[str]]]:
+    """{"train"|"val": (tiles uint8 N×T×T×3, labels N, derivation names, groups)}; a group
+    names the source image and derivation of a tile, so that validation can score images
+    as the decision does (the mean H&E probability of an image's tiles)."""
     rng = np.random.default_rng(seed)
     sources = real_sources(shared, rng)
-    split: dict[str, list[tuple[np.ndarray, int, str]]] = {"train": [], "val": []}
+    donors = [rgb for _, source, rgb in sources if source == "pcam-pigment"]
+    split: dict[str, list[tuple[np.ndarray, int, str, str]]] = {"train": [], "val": []}
     he = CLASSES.index("he")
+    make = {"ihc": M.to_ihc, "pas": M.to_pas, "fluor": M.to_fluor, "overlay": M.overlay}
     for k, (cls, source, rgb) in enumerate(sources):
         part = "val" if source in VAL_SOURCES else "train"
         rows = split[part]
-        n = 2 if source == "pcam" else per_image
+        n = {"pcam": 2, "pcam-pigment": PIGMENT_CROPS}.get(source, per_image)
         for _ in range(n):
             tile = random_crop(rgb, rng)
             if tile is None:
                 continue
-            rows.append((tile, CLASSES.index(cls), f"real:{cls}"))
+            rows.append((tile, CLASSES.index(cls), f"real:{cls}", f"{k}"))
             if cls != "he":
                 continue
             # each real H&E tile spawns one hard negative, and half of them a harder positive
             kind = str(rng.choice(list(NEGATIVES), p=list(NEGATIVES.values())))
             label = "graphic" if kind == "overlay" else kind
-            make = {"ihc": M.to_ihc, "pas": M.to_pas, "fluor": M.to_fluor, "overlay": M.overlay}
-            rows.append((make[kind](tile, rng), CLASSES.index(label), f"made:{kind}"))
+            rows.append(
+                (make[kind](tile, rng), CLASSES.index(label), f"made:{kind}", f"{k}:{kind}")
+            )
             if rng.random() < HARDER_SHARE:
                 kind = str(rng.choice(list(M.HARDER), p=list(M.HARDER.values())))
-                rows.append((M.harder_he(tile, rng, kind), he, f"made:he-{kind}"))
+                rows.append((M.harder_he(tile, rng, kind), he, f"made:he-{kind}", f"{k}:{kind}"))
+            if part == "train" and donors and rng.random() < REAL_PIGMENT_SHARE:
+                donor = random_crop(donors[int(rng.integers(len(donors)))], rng, min_content=0.0)
+                if donor is not None:
+                    made = M.transfer_pigment(tile, donor, rng)
+                    rows.append((made, he, "made:he-realpigment", f"{k}:realpigment"))
         # whole sources shrunk onto white: slide thumbnails and low-power panels
         if cls == "he" and (source != "pcam" or k % 3 == 0):
             for _ in range(1 if source == "pcam" else LOWMAG_PER_IMAGE):
-                rows.append((M.low_magnification(rgb, rng), he, "made:he-lowmag"))
+                rows.append((M.low_magnification(rgb, rng), he, "made:he-lowmag", f"{k}:lowmag"))
     for part, n in (("train", 500), ("val", 120)):
-        for chart in M.charts(rng, n // 5):
+        for j, chart in enumerate(M.charts(rng, n // 5)):
             for _ in range(3):
                 tile = random_crop(chart, rng, min_content=0.1)
                 if tile is not None:
-                    split[part].append((tile, CLASSES.index("graphic"), "drawn:chart"))
-        for _ in range(n // 2):
-            split[part].append((M.colour_field(rng), CLASSES.index("graphic"), "drawn:field"))
+                    split[part].append((tile, CLASSES.index("graphic"), "drawn:chart", f"c{j}"))
+        for j in range(n // 2):
+            field = M.colour_field(rng)
+            split[part].append((field, CLASSES.index("graphic"), "drawn:field", f"f{j}"))
     out = {}
     for part, rows in split.items():
         order = rng.permutation(len(rows))
@@ -210,5 +305,6 @@ def build(
             np.stack([rows[i][0] for i in order]),
             np.array([rows[i][1] for i in order]),
             [rows[i][2] for i in order],
+            [rows[i][3] for i in order],
         )
     return out

@@ -212,6 +212,35 @@ def pigment(tile: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return u8(out)
 
 
+#: DAB optical density (skimage ``rgb2hed``) above which a pixel of real H&E counts as
+#: pigment (brown haemosiderin/melanin or black carbon absorb blue light, as DAB does).
+PIGMENT_OD = 0.12
+
+
+def pigment_mask(rgb: np.ndarray) -> np.ndarray:
+    """Pixels of real pigment in H&E: high DAB optical density, or near-black."""
+    dab = rgb2hed(rgb)[..., 2]
+    return (dab > PIGMENT_OD) | (rgb.max(axis=-1) < 60)
+
+
+def transfer_pigment(tile: np.ndarray, donor: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Real pigment on other H&E: the pigment pixels of ``donor`` (a crop of real pigmented
+    H&E, same size), flipped/rotated, pasted over ``tile`` with a softened edge; the tile is
+    returned unchanged when the donor crop holds no pigment."""
+    donor = np.rot90(donor[:, ::-1] if rng.random() < 0.5 else donor, int(rng.integers(4)))
+    mask = pigment_mask(donor).astype(np.float32)
+    if mask.mean() < 0.005:
+        return tile
+    soft = (
+        np.asarray(
+            PIL.Image.fromarray(u8(mask)).filter(ImageFilter.GaussianBlur(0.6)), dtype=np.float32
+        )[..., None]
+        / 255.0
+    )
+    soft = np.maximum(soft, mask[..., None])
+    return u8((tile / 255.0) * (1 - soft) + (donor / 255.0) * soft)
+
+
 #: Kinds of :func:`harder_he` and how often each is drawn.
 HARDER = {
     "blur": 0.12,

@@ -12,20 +12,23 @@ FISH, greyscale fluorescence), ``cyto`` (cytology, blood smears, gross photos), 
 Material (he_classifier_data.py, he_classifier_material.py; sizes in the model card
 ``histofetch/pretrained/he_classifier.md`` and ``benchmarks/results/he_classifier.json``):
 
-* real: PCam patches (a random 600 and the 150 darkest), Camelyon16 tiles, Camelyon17
-  centre tiles, the TIAToolbox target, ``stain_types/`` (all five classes), the sinanbertan
-  report's figures and text pages, text pages of the image-less fixture PDFs;
+* real: PCam patches (a random 600, the 150 darkest and the 11 with pigment), Camelyon16
+  tiles, Camelyon17 centre tiles, the TIAToolbox target, ``stain_types/`` (all five
+  classes), the sinanbertan report's figures and text pages, text pages of the image-less
+  fixture PDFs;
 * made from real H&E by physics: IHC (HED deconvolution: eosin → DAB, nuclear DAB, and a
   haematoxylin-only counterstain with faint DAB), PAS-like (eosin → magenta + dark-magenta
   membranes), fluorescence, alpha-blended heatmaps/masks/filled contour maps;
 * drawn: colour-mapped scalar fields and matplotlib UMAP/scatter/bar charts in pink and
   purple palettes;
 * H&E made harder (stays ``he``): blur, colour shift, black padding, JPEG, drawn
-  annotations (boxes, arrows, scale bars, panel letters, text), brown/black pigment,
+  annotations (boxes, arrows, scale bars, panel letters, text), drawn brown/black pigment,
+  real pigment (the deposits of the 11 pigmented PCam train patches pasted onto other H&E),
   dark haematoxylin-heavy scans, and low magnification (sources shrunk onto white).
 
 The rule's classifier thresholds (``p_keep``, ``p_caption``, ``p_override``,
-``p_override_caption`` of decide/rules.py) are chosen on the validation tiles by fixed
+``p_override_caption`` of decide/rules.py) are chosen on the validation images (the mean
+H&E probability of each held-out image's tiles, as the decision scores an image) by fixed
 targets (:data:`TARGETS`) and written to the results JSON; rules.py's defaults must equal
 them (tests/histofetch/test_rules.py checks).
 
@@ -121,7 +124,7 @@ def train(data, epochs: int, seed: int):
     import torch
 
     torch.manual_seed(seed)
-    x, y, _ = data["train"]
+    x, y = data["train"][:2]
     xt = torch.from_numpy(x).permute(0, 3, 1, 2).float()
     yt = torch.from_numpy(y).long()
     counts = np.bincount(y, minlength=len(CLASSES))
@@ -157,7 +160,7 @@ def train(data, epochs: int, seed: int):
     return model
 
 
-#: How decide/rules.py's classifier thresholds are set, on the validation tiles only (never
+#: How decide/rules.py's classifier thresholds are set, on the validation images only (never
 #: on the evaluation papers): a veto must keep the given recall of held-out H&E (below it
 #: the classifier is confident the image is not H&E); an override of a failed soft colour
 #: test must reach the given precision.
@@ -170,17 +173,37 @@ TARGETS = {
 GRID = [round(float(t), 2) for t in np.arange(0.02, 0.99, 0.02)]
 
 
+def per_image(p_he: np.ndarray, he: np.ndarray, groups: list[str]) -> tuple[np.ndarray, ...]:
+    """Mean H&E probability and label per group (one source image and derivation), as the
+    decision scores an image: the mean over its tiles."""
+    keys = sorted(set(groups))
+    index = {g: i for i, g in enumerate(keys)}
+    at = np.array([index[g] for g in groups])
+    n = np.bincount(at, minlength=len(keys))
+    return np.bincount(at, weights=p_he, minlength=len(keys)) / n, np.bincount(
+        at, weights=he, minlength=len(keys)
+    ) / n >= 0.5
+
+
 def report(tensors: dict[str, np.ndarray], data) -> dict:
-    """Per-class accuracy, the rule's thresholds (:data:`TARGETS`) and binary H&E
-    precision/recall at ``p_keep``, per class and per derivation, on the held-out sources."""
-    x, y, names = data["val"]
+    """Per-class accuracy, the rule's thresholds (:data:`TARGETS`, chosen per image: the
+    mean over each validation image's tiles) and binary H&E precision/recall at
+    ``p_keep``, per class and per derivation, on the held-out sources."""
+    x, y, names, groups = data["val"]
     logits = np.concatenate([C.forward(tensors, x[i : i + 256]) for i in range(0, len(x), 256)])
     pred = logits.argmax(1)
     p_he = C.softmax(logits)[:, 0]
     he = y == 0
-    points = operating_points(p_he, he)
+    p_img, he_img = per_image(p_he, he, groups)
+    points = operating_points(p_img, he_img)
     thresholds = choose_thresholds(points)
-    out: dict = {"val_tiles": len(x), "thresholds": thresholds, "per_class": {}}
+    out: dict = {
+        "val_tiles": len(x),
+        "val_images": len(p_img),
+        "val_he_images": int(he_img.sum()),
+        "thresholds": thresholds,
+        "per_class": {},
+    }
     called = p_he >= thresholds["p_keep"]
     for k, cls in enumerate(CLASSES):
         m = y == k
@@ -197,14 +220,19 @@ def report(tensors: dict[str, np.ndarray], data) -> dict:
             "called_he_at_p_keep": round(float(called[m].mean()), 4),
             "correct_he_call": round(float((called[m] == he[m]).mean()), 4),
         }
+    tile_points = operating_points(p_he, he)
     out["he_precision_at_p_keep"] = points[str(thresholds["p_keep"])]["precision"]
     out["he_recall_at_p_keep"] = points[str(thresholds["p_keep"])]["recall"]
+    out["tile_he_precision_at_p_keep"] = tile_points[str(thresholds["p_keep"])]["precision"]
+    out["tile_he_recall_at_p_keep"] = tile_points[str(thresholds["p_keep"])]["recall"]
     out["operating_points"] = points
+    out["tile_operating_points"] = tile_points
     return out
 
 
 def operating_points(p_he: np.ndarray, he: np.ndarray) -> dict[str, dict[str, float]]:
-    """Precision/recall of ``p_he ≥ t`` on the validation tiles for every ``t`` of GRID."""
+    """Precision/recall of ``p_he ≥ t`` on validation images or tiles, for every ``t`` of
+    GRID."""
     points = {}
     for t in GRID:
         called = p_he >= t
@@ -298,14 +326,18 @@ def main() -> None:
     t0 = time.time()
     if args.cache and args.cache.exists():
         with np.load(args.cache, allow_pickle=False) as z:
-            data = {p: (z[f"{p}_x"], z[f"{p}_y"], list(z[f"{p}_names"])) for p in ("train", "val")}
+            data = {
+                p: tuple(z[f"{p}_{key}"] for key in ("x", "y"))
+                + tuple(list(z[f"{p}_{key}"]) for key in ("names", "groups"))
+                for p in ("train", "val")
+            }
     else:
         data = build(args.shared, args.seed, args.per_image)
         if args.cache:
             arrays = {
                 f"{part}_{key}": np.asarray(value)
                 for part, d in data.items()
-                for key, value in zip(("x", "y", "names"), d, strict=True)
+                for key, value in zip(("x", "y", "names", "groups"), d, strict=True)
             }
             np.savez(args.cache, **arrays)
     sizes = {p: {c: int((d[1] == k).sum()) for k, c in enumerate(CLASSES)} for p, d in data.items()}

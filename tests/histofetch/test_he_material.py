@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import shared_path
 from pdf_factory import he_like
 from skimage.color import rgb2hed
 
@@ -80,6 +81,37 @@ def test_pigment_adds_dark_granules_and_keeps_the_rest() -> None:
         assert (out.sum(-1) > TILE.astype(int).sum(-1) + 30).mean() < 0.01  # nothing paler
 
 
+def _donor() -> np.ndarray:
+    """An H&E tile with a brown (DAB-like) deposit and a black one, as real pigment is."""
+    donor = TILE.copy()
+    donor[10:25, 10:30] = (150, 95, 30)  # golden brown
+    donor[40:50, 35:55] = (20, 15, 20)  # carbon
+    return donor
+
+
+def test_pigment_mask_finds_brown_and_black_deposits_not_the_stain() -> None:
+    mask = M.pigment_mask(_donor())
+    assert mask[10:25, 10:30].all() and mask[40:50, 35:55].all()
+    assert M.pigment_mask(TILE).mean() < 0.01  # plain H&E is not pigment
+
+
+def test_transfer_pigment_pastes_only_the_deposits() -> None:
+    other = he_like(M.T, M.T, seed=8)
+    out = M.transfer_pigment(other, _donor(), _rng(1))
+    changed = np.abs(out.astype(int) - other.astype(int)).sum(-1) > 30
+    assert 0.08 < changed.mean() < 0.2  # the two deposits (~12 % of the tile), rotated
+    assert np.array_equal(M.transfer_pigment(other, TILE, _rng(1)), other)  # no pigment
+
+
+def test_groups_score_an_image_by_the_mean_of_its_tiles() -> None:
+    import train_he_classifier as tr
+
+    p_he = np.array([0.9, 0.1, 0.2, 0.4, 0.0])
+    he = np.array([True, True, False, False, False])
+    p_img, he_img = tr.per_image(p_he, he, ["a", "a", "b", "b", "c"])
+    assert np.allclose(p_img, [0.5, 0.3, 0.0]) and he_img.tolist() == [True, False, False]
+
+
 def test_low_magnification_puts_small_tissue_on_white() -> None:
     src = he_like(300, 300, seed=2)
     for seed in range(6):
@@ -138,3 +170,15 @@ def test_weights_file_is_byte_stable_and_loads(tmp_path: Path) -> None:
     assert all(np.array_equal(back[k], v) for k, v in tensors.items())
     loaded, classes = C.load_weights(one)
     assert classes[0] == "he" and set(loaded) == set(tensors)
+
+
+def test_no_training_patch_is_an_image_of_the_evaluation_pdfs() -> None:
+    """The evaluation papers embed a few PCam train patches; the training material must
+    leave out exactly what the twin search finds (so a new twin fails here)."""
+    import he_classifier_data as D
+
+    shared_path("data", "pcam_real", "dev", "train.h5")
+    shared_path("data", "pdfs", "konrad-gerlach_report.pdf")
+    found = D.eval_twins(shared_path())
+    assert {"pcam_train_0006310", "pcam_train_0013616"} <= found  # konrad's sample patches
+    assert found == D.EVAL_TWINS
