@@ -17,7 +17,13 @@ from typer.testing import CliRunner
 
 from histomodels.checkpoint import load_model, read_checkpoint
 from histomodels.cli import app
-from histomodels.config import ConfigError, TrainConfig, read_config_file, resolve_config
+from histomodels.config import (
+    RECIPE_MODEL_DEFAULTS,
+    ConfigError,
+    TrainConfig,
+    read_config_file,
+    resolve_config,
+)
 from histomodels.data.base import DatasetError
 from histomodels.synthetic import make_patches, write_h5
 from histomodels.training import train
@@ -49,7 +55,9 @@ def test_training_writes_a_complete_run(arrays, tmp_path):
     assert all(0.0 <= h["val_auc"] <= 1.0 and h["train_loss"] > 0 for h in history)
     # config.json is the full resolved config and reproduces the run's settings
     cfg = resolve_config(run / "config.json")
-    assert cfg.model_config == TINY and cfg.batch_size == 16
+    # ... with the recipe's architecture defaults written out (centre pooling for the cnn)
+    assert cfg.model_config == {**RECIPE_MODEL_DEFAULTS["cnn"], **TINY} and cfg.batch_size == 16
+    assert cfg.model_config["centre"] == "pool"
     # best.pt is a plain dict; load_model rebuilds the network from it
     best = torch.load(run / "best.pt", weights_only=True)
     assert best["epoch"] == res.best_epoch
@@ -202,7 +210,8 @@ def test_cli_config_file_and_overrides(h5_files, tmp_path):
     assert r.exit_code == 0, r.output
     assert "best val AUC" in r.stdout
     used = json.loads((tmp_path / "r" / "config.json").read_text())
-    assert used["lr"] == 0.003 and used["batch_size"] == 16 and used["model_config"] == TINY
+    assert used["lr"] == 0.003 and used["batch_size"] == 16
+    assert used["model_config"] == {**RECIPE_MODEL_DEFAULTS["cnn"], **TINY}
 
 
 @pytest.mark.parametrize(
@@ -296,7 +305,7 @@ def test_yaml_config_file(tmp_path):
     p.write_text("model_config: {width: 8, depth: 2}\nbatch_size: 16\nlr: 4e-3\nema: 0.99\n")
     cfg = resolve_config(p, lr=None, epochs=3)
     assert (cfg.lr, cfg.batch_size, cfg.ema, cfg.epochs) == (0.004, 16, 0.99, 3)
-    assert cfg.model_config == {"width": 8, "depth": 2}
+    assert cfg.model_config == {"centre": "pool", "width": 8, "depth": 2}
 
 
 @pytest.mark.parametrize(

@@ -29,6 +29,12 @@ class ConfigError(DomainError, ValueError):
 Schedule = Literal["cosine", "plateau", "constant"]
 SCHEDULES = ("cosine", "plateau", "constant")
 
+#: Architecture keys the training recipe sets for a model unless ``model_config`` names them
+#: (measured one lever at a time on unseen slides: docs/benchmarks.md, "Recipe levers").
+#: They are written into ``model_config`` and so into every checkpoint; the registry's own
+#: defaults stay as they were, so older checkpoints (without the key) load unchanged.
+RECIPE_MODEL_DEFAULTS: dict[str, dict[str, Any]] = {"cnn": {"centre": "pool"}}
+
 
 @dataclass(config=ConfigDict(extra="forbid"))
 class TrainConfig:
@@ -94,6 +100,10 @@ class TrainConfig:
         if v not in SCHEDULES:
             raise ValueError("schedule must be cosine, plateau or constant")
         return v
+
+    def __post_init__(self) -> None:
+        for key, value in RECIPE_MODEL_DEFAULTS.get(self.model, {}).items():
+            self.model_config.setdefault(key, value)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
