@@ -4,6 +4,12 @@ and the real PDFs in ../shared (skipped with a reason when absent)."""
 from __future__ import annotations
 
 import hashlib
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +22,7 @@ from pdf_factory import (
     build_known_pdf,
     he_like,
     png_bytes,
+    random_rgb,
     write_broken_xref,
     write_corrupt,
     write_encrypted,
@@ -23,7 +30,10 @@ from pdf_factory import (
 )
 
 from histocore.manifest import Image, Manifest
+from histocore.store import STORE_NAME
 from histofetch.extract import ExtractError, run_extract
+from histofetch.stage import UNFINISHED_KEY
+from histofetch.status import format_status, run_status
 
 
 def _pixels(manifest: Manifest, img: Image) -> np.ndarray:
@@ -266,3 +276,61 @@ def test_only_errors_raised_inside_mupdf_count_as_bad_input() -> None:
         raise ValueError("a bug of ours")
     except ValueError as exc:
         assert not _raised_in_mupdf(exc)
+
+
+def _run_cli(*args: str) -> subprocess.Popen[bytes]:
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "histofetch.cli", *args]
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def _kill_once_claimed(run: Path, pdf: Path) -> None:
+    """Start `histofetch extract` and SIGKILL it once its attempt at the PDF has started (the
+    claim is in the store) and before it committed: what a user does to a hung MuPDF."""
+    proc = _run_cli("extract", "--run", str(run), str(pdf))
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and time.monotonic() < deadline:
+        try:
+            with sqlite3.connect(run / STORE_NAME, timeout=30) as db:
+                sql = "SELECT COUNT(*) FROM claims WHERE pid = ?"
+                claimed = db.execute(sql, (proc.pid,)).fetchone()[0]
+        except sqlite3.OperationalError:  # the store is being created
+            claimed = 0
+        if claimed:
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.002)
+    proc.communicate()
+    assert proc.returncode == -signal.SIGKILL, "extract ended before its attempt was killed"
+
+
+def test_a_pdf_whose_attempts_die_is_skipped_then_retried_on_request(tmp_path: Path) -> None:
+    # a PDF read for a second or so: 6 noise images of 800 x 800 px
+    pdf = build_image_pdf(tmp_path / "slow.pdf", [random_rgb(800, 800, k) for k in range(6)])
+    run = tmp_path / "run"
+    _kill_once_claimed(run, pdf)
+    rec_id = next(iter(Manifest.load(run).records))
+    assert run_status(run)["unfinished"] == {"extracted": 1}
+    assert "attempts whose process died" in format_status(run_status(run))
+    _kill_once_claimed(run, pdf)  # one death is retried (a random kill resumes): killed again
+    assert Manifest.load(run).records[rec_id].extra[UNFINISHED_KEY] == 1
+
+    skip = _run_cli("extract", "--run", str(run))
+    out, err = skip.communicate(timeout=300)
+    assert skip.returncode == 0, err.decode()
+    warnings = [line for line in err.decode().splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "2 attempts" in warnings[0] and "--retry-failed" in warnings[0]
+    assert "0 done" in out.decode() and "unfinished attempts: 1" in out.decode()
+    rec = Manifest.load(run).records[rec_id]
+    assert (rec.status, rec.failed_stage, rec.stage) == ("failed", "extracted", "downloaded")
+    assert rec.reason is not None and rec.reason.startswith("unfinished attempts")
+    assert Manifest.load(run).images_of(rec_id) == []  # nothing half written
+    info = run_status(run)
+    assert info["failure_reasons"] == {"unfinished attempts": 1} and info["unfinished"] == {}
+    assert run_extract(run).skipped == 1  # a plain re-run leaves it failed, without warning
+
+    retried = run_extract(run, retry_failed=True)
+    assert (retried.done, retried.failed) == (1, 0)
+    rec = Manifest.load(run).records[rec_id]
+    assert rec.status == "ok" and rec.stage == "extracted" and rec.n_images == 6
+    assert UNFINISHED_KEY not in rec.extra

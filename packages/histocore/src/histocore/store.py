@@ -387,6 +387,18 @@ class RunStore:
         rows = self.db.execute("SELECT record_id, stage, host, pid, since FROM claims")
         return [(rid, stage) for rid, stage, host, pid, since in rows if _alive(host, pid, since)]
 
+    def abandoned_claims(self, record_id: str | None = None) -> list[tuple[str, str]]:
+        """``(record_id, stage)`` of claims whose process died before it committed the
+        record (killed, crashed, or hung and then killed): an attempt started, never ended."""
+        sql = "SELECT record_id, stage, host, pid, since FROM claims"
+        args: tuple[Any, ...] = ()
+        if record_id is not None:
+            sql, args = sql + " WHERE record_id = ?", (record_id,)
+        rows = self.db.execute(sql, args).fetchall()
+        return [
+            (rid, stage) for rid, stage, host, pid, since in rows if not _alive(host, pid, since)
+        ]
+
     def release(self, record_ids: Iterable[str], owner: str) -> None:
         with self.write() as db:
             db.executemany(

@@ -85,7 +85,10 @@ def run_extract(
         manifest.save()
 
     work = functools.partial(extract_record, min_size=min_size)  # picklable for --jobs
-    return run_records(manifest, "extracted", work, jobs=jobs, retry_failed=retry_failed)
+    # guard_attempts: a PDF whose reading hung or killed the process is not retried forever
+    return run_records(
+        manifest, "extracted", work, jobs=jobs, retry_failed=retry_failed, guard_attempts=True
+    )
 
 
 def ingest_local(manifest: Manifest, paths: list[Path]) -> list[Record]:

@@ -40,6 +40,7 @@ def run_records(
     threads: bool = False,
     retry_failed: bool = False,
     export: bool = True,
+    guard_attempts: bool = False,
 ) -> StageSummary:
     """:func:`run_per_record` with ``work(manifest, record)`` run by ``jobs`` workers.
 
@@ -48,6 +49,8 @@ def run_records(
     the store has one writer per process. ``threads`` runs workers as threads (network-bound
     work: downloads from several hosts at once); otherwise as processes, and ``work`` must
     then be picklable (a module-level function or a ``functools.partial`` of one).
+    ``guard_attempts``: see :mod:`histofetch.stage` (then only ``jobs`` records are claimed
+    at a time, each on a worker, so a claim left behind names a record really being read).
     """
     if jobs <= 1:
         return run_per_record(
@@ -56,8 +59,9 @@ def run_records(
             lambda rec: work(manifest, rec),
             retry_failed=retry_failed,
             export=export,
+            guard_attempts=guard_attempts,
         )
-    runner = _Stage(manifest, stage, retry_failed)
+    runner = _Stage(manifest, stage, retry_failed, guard_attempts)
     with task(stage, len(runner.todo)) as shown:
         run_pooled(runner, work, jobs=jobs, threads=threads, advance=shown.advance)
     manifest.save() if export else manifest.commit()
@@ -94,14 +98,16 @@ def run_pooled(
     threads: bool,
     advance: Callable[[], None],
 ) -> None:
-    """Feed the runner's records to ``jobs`` workers, at most ``2 * jobs`` in flight."""
+    """Feed the runner's records to ``jobs`` workers, at most ``2 * jobs`` in flight
+    (``jobs`` when the runner guards attempts)."""
     manifest = runner.manifest
+    limit = jobs if runner.guard_attempts else 2 * jobs
     pending = iter(runner.todo)
     flying: dict[Future[Result], str] = {}
     with _executor(jobs, threads) as pool:
         try:
             while True:
-                while len(flying) < 2 * jobs:
+                while len(flying) < limit:
                     rid = next(pending, None)
                     if rid is None:
                         break

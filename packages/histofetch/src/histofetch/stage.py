@@ -14,11 +14,20 @@ A kill at any moment loses at most the record in flight, which is redone on the 
 Failures for a passing reason (network, disk full, database busy) are marked ``transient``
 and retried on the next run by themselves; ``retry_failed`` retries every failure of the
 stage. At the end of the stage ``manifest.jsonl`` is exported from the store.
+
+Stages that parse hostile files (extract: MuPDF on untrusted PDFs) pass ``guard_attempts``:
+the claim taken before the work starts is the *attempt started* marker. A claim left by a
+process that died (killed while hung, crashed, OOM-killed) says the attempt never ended; the
+record's ``extra["unfinished_attempts"]`` counts such deaths since its last finished attempt.
+One death is retried (a run killed at a random moment resumes as if uninterrupted); at
+:data:`MAX_UNFINISHED_ATTEMPTS` the record fails with reason ``unfinished attempts`` and one
+``warning:`` line instead of hanging every re-run; ``retry_failed`` tries it anyway.
 """
 
 from __future__ import annotations
 
 import errno
+import logging
 import sqlite3
 from collections import Counter
 from collections.abc import Callable
@@ -26,6 +35,14 @@ from dataclasses import dataclass, field
 
 from histocore.manifest import STAGES, Manifest, Record
 from histocore.progress import task
+
+log = logging.getLogger(__name__)
+
+#: Attempts at a record whose process died before they ended, after which a guarded stage
+#: skips the record (a file that hangs or kills its reader) until ``--retry-failed``.
+MAX_UNFINISHED_ATTEMPTS = 2
+#: ``Record.extra`` key counting those attempts (removed when an attempt ends).
+UNFINISHED_KEY = "unfinished_attempts"
 
 #: Failure reasons whose category (text before the first colon) is worth a retry.
 TRANSIENT_CATEGORIES = frozenset({"network"})
@@ -115,8 +132,11 @@ def _wanted(rec: Record, stage: str, retry_failed: bool) -> bool:
 class _Stage:
     """Which records a stage takes, and what it commits for each (shared by the runners)."""
 
-    def __init__(self, manifest: Manifest, stage: str, retry_failed: bool) -> None:
+    def __init__(
+        self, manifest: Manifest, stage: str, retry_failed: bool, guard_attempts: bool = False
+    ) -> None:
         self.manifest, self.stage, self.retry_failed = manifest, stage, retry_failed
+        self.guard_attempts = guard_attempts
         self.summary = StageSummary(stage)
         self.todo: list[str] = []
         for rec in manifest.records.values():
@@ -126,7 +146,11 @@ class _Stage:
                 self.summary.skipped += 1
 
     def take(self, rid: str) -> Record | None:
-        """Claim a record; None when another process has it or it no longer needs this stage."""
+        """Claim a record; None when another process has it, it no longer needs this stage,
+        or (``guard_attempts``) its earlier attempts died too often."""
+        died = self.guard_attempts and (rid, self.stage) in self.manifest._db().abandoned_claims(
+            rid
+        )
         if not self.manifest.claim(rid, self.stage):
             self.summary.elsewhere += 1
             return None
@@ -135,11 +159,39 @@ class _Stage:
             self.manifest.release([rid])
             self.summary.skipped += 1
             return None
+        if died and not self._after_death(rec):
+            return None
         rec.status, rec.reason, rec.failed_stage, rec.transient = "ok", None, None, None
         return rec
 
+    def _after_death(self, rec: Record) -> bool:
+        """Count one more unfinished attempt (committed before the next one starts); False
+        when that makes too many and the record was failed instead."""
+        n = int(rec.extra.get(UNFINISHED_KEY, 0)) + 1
+        rec.extra[UNFINISHED_KEY] = n
+        if n < MAX_UNFINISHED_ATTEMPTS or self.retry_failed:
+            self.manifest.commit_record(rec.id, release=False)
+            return True
+        what = rec.pdf_path or rec.id
+        log.warning(
+            "%s: skipped: %d attempts to reach stage %s were killed or hung before they "
+            "finished; --retry-failed tries again",
+            what, n, self.stage,
+        )  # fmt: skip
+        rec.fail(
+            self.stage,
+            f"unfinished attempts: {n} attempts were killed or hung before they finished "
+            f"(--retry-failed tries again): {what}",
+            transient=False,
+        )
+        self.summary.failed += 1
+        self.summary.reasons[reason_key(rec.reason)] += 1
+        self.manifest.commit_record(rec.id)
+        return False
+
     def finish(self, rec: Record, failure: tuple[str, bool] | None) -> None:
         """Commit the record: its new stage and images, or ``(reason, transient)``."""
+        rec.extra.pop(UNFINISHED_KEY, None)  # this attempt ended
         if failure is None:
             rec.stage = self.stage
             self.summary.done += 1
@@ -159,6 +211,7 @@ def run_per_record(
     *,
     retry_failed: bool = False,
     export: bool = True,
+    guard_attempts: bool = False,
 ) -> StageSummary:
     """Run ``work(record)`` for every record that has reached the previous stage only.
 
@@ -170,7 +223,7 @@ def run_per_record(
     (``export=False``: only committed). See :func:`histofetch.pool.run_records` for
     parallel work.
     """
-    runner = _Stage(manifest, stage, retry_failed)
+    runner = _Stage(manifest, stage, retry_failed, guard_attempts)
     with task(stage, len(runner.todo)) as shown:
         for rid in runner.todo:
             rec = runner.take(rid)

@@ -52,6 +52,8 @@ def run_status(run_dir: Path) -> dict[str, Any]:
         "retracted": sum(1 for r in records if r.is_retracted),
         # Records other live processes are working on now (run store claims; issue 13).
         "in_progress": _in_progress(manifest),
+        # Attempts started but never ended: their process died (killed, hung then killed).
+        "unfinished": _unfinished(manifest),
         "transient_failures": sum(1 for r in failed if r.transient),
         "kept_images": [i.path for i in kept],
     }
@@ -61,6 +63,12 @@ def _in_progress(manifest: Manifest) -> dict[str, int]:
     if not manifest.store_path.is_file():
         return {}
     return dict(Counter(stage for _, stage in manifest._db().live_claims()))
+
+
+def _unfinished(manifest: Manifest) -> dict[str, int]:
+    if not manifest.store_path.is_file():
+        return {}
+    return dict(Counter(stage for _, stage in manifest._db().abandoned_claims()))
 
 
 def format_status(info: dict[str, Any]) -> str:
@@ -73,6 +81,12 @@ def format_status(info: dict[str, Any]) -> str:
     ]
     if info.get("in_progress"):
         lines.append("being worked on by running processes: " + _pairs(info["in_progress"]))
+    if info.get("unfinished"):
+        lines.append(
+            "attempts whose process died before they ended (killed, or hung and killed): "
+            + _pairs(info["unfinished"])
+            + "; guarded stages retry such a record once, then skip it"
+        )
     if info.get("transient_failures"):
         lines.append(
             f"{info['transient_failures']} failed for a passing reason: the next run retries them"
