@@ -228,3 +228,85 @@ def test_retracted_at_search_is_skipped_before_any_request(ncbi: FakeNcbi, tmp_p
         policy=Policy(include_retracted=True),
     )
     assert kept.done == 1 and Manifest.load(tmp_path).records["pmid:8"].route == "pmc-cloud"
+
+
+SAME_STEM_JATS = b"""<?xml version="1.0" encoding="UTF-8"?>
+<article xmlns:xlink="http://www.w3.org/1999/xlink"><front><article-meta>
+<title-group><article-title>Figures with one stem</article-title></title-group>
+<permissions><license xlink:href="https://creativecommons.org/licenses/by/4.0/"/></permissions>
+</article-meta></front><body>
+<fig id="F1"><label>Figure 1</label><caption><p>Grid of H&amp;E panels.</p></caption>
+<graphic xlink:href="fig1.tif"/></fig>
+<fig id="F2"><label>Figure 2</label><caption><p>Same stem, JPEG.</p></caption>
+<graphic xlink:href="fig1.jpg"/></fig>
+<fig id="F3"><label>Figure 3</label><caption><p>Same stem but for case.</p></caption>
+<graphic xlink:href="Fig1.png"/></fig>
+<fig id="F4"><label>Figure 4</label><caption><p>Named like a panel of figure 1.</p></caption>
+<graphic xlink:href="fig1_panel01.png"/></fig>
+<fig id="F5"><label>Figure 5</label><caption><p>Figure 1 again.</p></caption>
+<graphic xlink:href="fig1.tif"/></fig>
+</body></article>"""
+
+
+def test_figure_files_with_one_stem_keep_distinct_ids_and_files(
+    ncbi: FakeNcbi, tmp_path: Path
+) -> None:
+    import io
+
+    import numpy as np
+    from PIL import Image
+    from test_panels import grid_figure
+
+    from histofetch.extract import run_extract
+    from histofetch.filter import run_filter
+
+    def encoded(rgb: np.ndarray, fmt: str) -> bytes:
+        buf = io.BytesIO()
+        Image.fromarray(rgb).save(buf, format=fmt)
+        return buf.getvalue()
+
+    pixels = {  # file -> the RGB its row must show
+        "fig1.tif": grid_figure(),
+        "fig1.jpg": np.asarray(Image.open(io.BytesIO(he_jpeg(1))).convert("RGB")),
+        "Fig1.png": np.full((120, 150, 3), (200, 90, 160), np.uint8),
+        "fig1_panel01.png": np.full((130, 140, 3), (120, 40, 90), np.uint8),
+    }
+    media = {
+        "fig1.tif": encoded(pixels["fig1.tif"], "TIFF"),
+        "fig1.jpg": he_jpeg(1),
+        "Fig1.png": encoded(pixels["Fig1.png"], "PNG"),
+        "fig1_panel01.png": encoded(pixels["fig1_panel01.png"], "PNG"),
+    }
+    ncbi.bucket.add_version("PMC9", 1, jats=SAME_STEM_JATS, media=media)
+    _run(tmp_path, _rec("9", "PMC9"))
+    run_download(tmp_path, net=ncbi.config())
+
+    manifest = Manifest.load(tmp_path)
+    rows = manifest.images_of("pmid:9")
+    assert sorted(i.id for i in rows) == [
+        "pmid:9/fig_Fig1_3",
+        "pmid:9/fig_fig1",
+        "pmid:9/fig_fig1-panel01",
+        "pmid:9/fig_fig1_2",
+    ]
+    assert len({i.path.lower() for i in rows}) == 4  # distinct files on case-blind disks too
+    for img in rows:
+        shown = np.asarray(Image.open(manifest.resolve(img.path)))
+        assert np.array_equal(shown, pixels[img.extra["href"]]), img.id
+    first = manifest.images["pmid:9/fig_fig1"]
+    assert first.figure_id == "F1"
+    assert first.extra["also_figures"] == [
+        {"figure_id": "F5", "figure_label": "Figure 5", "file": "PMC9.1/fig1.tif"}
+    ]
+
+    # filter cuts figure 1 into panels fig_fig1_panel01..: none may replace figure 4's row
+    run_extract(tmp_path)
+    run_filter(tmp_path)
+    manifest = Manifest.load(tmp_path)
+    panels = manifest.panels_of("pmid:9/fig_fig1")
+    assert len(panels) == 4
+    assert len(manifest.images_of("pmid:9")) == 8
+    fig4 = manifest.images["pmid:9/fig_fig1-panel01"]
+    assert (fig4.source, fig4.figure_id) == ("jats", "F4")
+    shown = np.asarray(Image.open(manifest.resolve(fig4.path)))
+    assert np.array_equal(shown, pixels["fig1_panel01.png"])

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import re
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -164,51 +165,7 @@ class Downloader:
     def _keep(self, rec: Record, files: ArticleFiles) -> bool:
         """Save the route's figures and PDF; True if anything was kept."""
         failures = list(files.failures)
-        out_dir = self.manifest.run_dir / "images" / record_slug(rec.id)
-        for stale in out_dir.glob(".*.tmp"):  # temp files of a run killed mid-write
-            stale.unlink(missing_ok=True)
-        seen: set[str] = set()
-        stems: set[str] = set()
-        for ff in files.figures:
-            try:
-                rgb = decode_image(ff.data, ff.name, self.limits.max_image_pixels)
-            except ArchiveError as exc:
-                failures.append(f"{ff.figure.label or ff.figure.id}: {exc}")
-                continue
-            buf = io.BytesIO()
-            rgb.save(buf, format="PNG")
-            png = buf.getvalue()
-            digest = hashlib.sha256(png).hexdigest()
-            if digest in seen:
-                continue
-            seen.add(digest)
-            stem = base = record_slug(PurePosixPath(ff.name).stem)
-            n = 1
-            while stem in stems:  # a/fig1.jpg and b/fig1.jpg: do not overwrite one another
-                n += 1
-                stem = f"{base}_{n}"
-            stems.add(stem)
-            path = out_dir / f"fig_{stem}.png"
-            atomic_write_bytes(path, png)
-            extra = {"file": ff.name, "href": ff.href, "route": files.route}
-            if ff.md5:
-                extra["md5"] = ff.md5
-            self.manifest.add_image(
-                Image(
-                    id=f"{rec.id}/fig_{stem}",
-                    record_id=rec.id,
-                    path=self.manifest.relative(path),
-                    sha256=digest,
-                    width=rgb.width,
-                    height=rgb.height,
-                    page=None,
-                    source="jats",
-                    caption=ff.figure.caption,
-                    figure_id=ff.figure.id,
-                    figure_label=ff.figure.label,
-                    extra=extra,
-                )
-            )
+        kept_figures = self._keep_figures(rec, files, failures)
         kept_pdf = False
         if files.pdf is not None:
             try:
@@ -224,10 +181,83 @@ class Downloader:
                 kept_pdf = True
         if failures:
             rec.extra["failed_files"] = failures[:50]
-        if seen or kept_pdf:
+        if kept_figures or kept_pdf:
             rec.route = files.route
             return True
         return False
+
+    def _keep_figures(self, rec: Record, files: ArticleFiles, failures: list[str]) -> bool:
+        """One ``source="jats"`` row and PNG per distinct figure file; True if any was kept.
+
+        A file named by several ``<fig>`` elements (or two files with the same pixels) is
+        kept once, the other figures listed in its ``extra["also_figures"]``.
+        """
+        out_dir = self.manifest.run_dir / "images" / record_slug(rec.id)
+        for stale in out_dir.glob(".*.tmp"):  # temp files of a run killed mid-write
+            stale.unlink(missing_ok=True)
+        by_digest: dict[str, Image] = {}
+        taken: set[str] = set()
+        for ff in files.figures:
+            try:
+                rgb = decode_image(ff.data, ff.name, self.limits.max_image_pixels)
+            except ArchiveError as exc:
+                failures.append(f"{ff.figure.label or ff.figure.id}: {exc}")
+                continue
+            buf = io.BytesIO()
+            rgb.save(buf, format="PNG")
+            png = buf.getvalue()
+            digest = hashlib.sha256(png).hexdigest()
+            if digest in by_digest:
+                also = {"figure_id": ff.figure.id, "figure_label": ff.figure.label}
+                by_digest[digest].extra.setdefault("also_figures", []).append(
+                    also | {"file": ff.name}
+                )
+                continue
+            stem = figure_stem(ff.name, taken)
+            path = out_dir / f"fig_{stem}.png"
+            atomic_write_bytes(path, png)
+            extra = {"file": ff.name, "href": ff.href, "route": files.route}
+            if ff.md5:
+                extra["md5"] = ff.md5
+            by_digest[digest] = self.manifest.add_image(
+                Image(
+                    id=f"{rec.id}/fig_{stem}",
+                    record_id=rec.id,
+                    path=self.manifest.relative(path),
+                    sha256=digest,
+                    width=rgb.width,
+                    height=rgb.height,
+                    page=None,
+                    source="jats",
+                    caption=ff.figure.caption,
+                    figure_id=ff.figure.id,
+                    figure_label=ff.figure.label,
+                    extra=extra,
+                )
+            )
+        return bool(by_digest)
+
+
+#: How ``filter`` names a panel cut from figure ``<stem>`` (``<stem>_panel01``).
+_PANEL_NAME = re.compile(r"_(panel\d+)$", re.IGNORECASE)
+
+
+def figure_stem(name: str, taken: set[str]) -> str:
+    """The PNG stem (and image id part) of figure file ``name``, unique in its record.
+
+    Unique ignoring case (``Fig1.png`` and ``fig1.tif`` are one file on macOS and Windows
+    disks): the first file of a stem keeps it, the next get ``_2``, ``_3``… in JATS order.
+    A stem ending like a panel's (``fig1_panel01``) becomes ``fig1-panel01`` so that the
+    panels ``filter`` cuts from ``fig1`` cannot overwrite it. ``taken`` holds the stems
+    given so far (lower case) and is updated.
+    """
+    base = _PANEL_NAME.sub(r"-\1", record_slug(PurePosixPath(name).stem))
+    stem, n = base, 1
+    while stem.lower() in taken:  # a/fig1.jpg and b/fig1.tif: not one another's file
+        n += 1
+        stem = f"{base}_{n}"
+    taken.add(stem.lower())
+    return stem
 
 
 def run_download(
