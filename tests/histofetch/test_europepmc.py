@@ -112,3 +112,49 @@ def test_zip_whose_header_lies_about_its_size() -> None:
     data[central + 24 : central + 28] = (10).to_bytes(4, "little")
     with pytest.raises(ArchiveError):
         read_zip(bytes(data))
+
+
+def _damaged_zips() -> dict[str, bytes]:
+    """The ways a ZIP arrives broken, each with the words its refusal must carry."""
+    good = _zip([("fig1.jpg", b"abc" * 2000)])
+    deflated = io.BytesIO()
+    with zipfile.ZipFile(deflated, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("fig1.jpg", b"abc" * 2000)
+    body = 30 + len("fig1.jpg")  # where the member's data starts (no extra field)
+    crc = bytearray(good)
+    crc[body + 100] ^= 0xFF  # a flipped byte in stored data: only the CRC-32 sees it
+    stream = bytearray(deflated.getvalue())
+    stream[body] = 0x07  # deflate block type 3 (reserved): zlib refuses the stream
+    method = bytearray(good)  # compression method 9 (Deflate64), which zipfile cannot read
+    method[8:10] = (9).to_bytes(2, "little")
+    central = method.rfind(b"PK\x01\x02")
+    method[central + 10 : central + 12] = (9).to_bytes(2, "little")
+    return {
+        "CRC-32": bytes(crc),
+        "corrupt data": bytes(stream),
+        "compression method": bytes(method),
+        "truncated": good[: len(good) - 30],
+    }
+
+
+@pytest.mark.parametrize("what", ["CRC-32", "corrupt data", "compression method", "truncated"])
+def test_a_damaged_zip_is_refused_whole(what: str) -> None:
+    with pytest.raises(ArchiveError, match=what):
+        read_zip(_damaged_zips()[what])
+
+
+def test_a_corrupt_zip_is_a_recorded_miss_and_the_pdf_route_follows(
+    ncbi: FakeNcbi, tmp_path: Path
+) -> None:
+    good = _zip([("mds52601.jpg", he_jpeg(3)), ("mds52602.jpg", he_jpeg(4))])
+    body = 30 + len("mds52601.jpg")
+    damaged = bytearray(good)
+    damaged[body + 500] ^= 0xFF  # inside the first JPEG: the ZIP still opens, its CRC fails
+    _serve(ncbi, bytes(damaged))
+    ncbi.files["/europepmc/articles/PMC77"] = (200, "application/pdf", make_pdf())
+    manifest = _download(ncbi, tmp_path)
+    rec = manifest.records["pmid:77"]
+    assert (rec.status, rec.route) == ("ok", "europepmc-pdf")
+    assert manifest.images_of(rec.id) == []  # no figure of the damaged ZIP kept
+    (miss,) = [m for m in rec.extra["route_misses"] if m.startswith("europepmc:")]
+    assert "supplementaryFiles of PMC77" in miss and "CRC-32" in miss and "\n" not in miss

@@ -94,6 +94,7 @@ class Downloader:
         self.manifest.drop_images_of(rec.id)
         rec.route = rec.pdf_path = rec.pdf_sha256 = rec.pdf_source = None
         rec.extra.pop("failed_files", None)
+        rec.extra.pop("route_misses", None)
         if rec.is_retracted and not self.policy.include_retracted:
             raise StageFailure(
                 "retracted: the article is marked retracted (--include-retracted keeps it)"
@@ -125,6 +126,8 @@ class Downloader:
                 continue
             self._note(rec, files)
             if self._keep(rec, files):
+                if attempts.notes:  # why the better routes gave nothing (a corrupt ZIP...)
+                    rec.extra["route_misses"] = attempts.notes[:10]
                 return
             detail = "no figure files and no PDF"
             if files.failures:

@@ -5,14 +5,17 @@ the PMC Cloud Service does not have.
 ``GET {rest}/{PMCID}/supplementaryFiles?includeInlineImage=true`` gives one ZIP with the
 supplementary files and the figure images. The ZIP is untrusted: it is read in memory
 under the same limits and name checks as every archive (:class:`ArchiveLimits`), and
-one bad member refuses the whole ZIP.
+one bad member refuses the whole ZIP. Europe PMC publishes no checksum for it, so every
+member's CRC-32 is verified instead (a damaged or truncated ZIP is a ``bad package`` miss).
 """
 
 from __future__ import annotations
 
 import io
+import lzma
 import stat
 import zipfile
+import zlib
 from pathlib import PurePosixPath
 
 from histofetch.archive import ArchiveError, ArchiveLimits
@@ -34,42 +37,74 @@ def _check_name(name: str) -> None:
 
 
 def read_zip(data: bytes, limits: ArchiveLimits | None = None) -> dict[str, bytes]:
-    """Regular files of a ZIP as ``{name: bytes}``, after validating every member."""
+    """Regular files of a ZIP as ``{name: bytes}``, after validating every member.
+
+    Europe PMC gives no checksum for the ZIP, so its own integrity is the check: every
+    member is read whole, which verifies its CRC-32, before anything is returned, and a
+    truncated file, a corrupt compressed stream, a CRC mismatch or a compression method
+    Python cannot read refuses the whole ZIP (:class:`ArchiveError`), as unsafe names,
+    links, encryption and sizes over ``limits`` do.
+    """
     limits = limits or ArchiveLimits()
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as zf:
             infos = zf.infolist()
-            if len(infos) > limits.max_members:
-                raise ArchiveError(f"too many members ({len(infos)} > {limits.max_members})")
-            total = 0
-            for info in infos:
-                _check_name(info.filename)
-                if stat.S_ISLNK(info.external_attr >> 16):
-                    raise ArchiveError(f"unsafe member {info.filename!r}: symbolic link")
-                if info.flag_bits & 0x1:
-                    raise ArchiveError(f"member {info.filename!r} is encrypted")
-                if info.file_size > limits.max_member_bytes:
-                    raise ArchiveError(
-                        f"member {info.filename!r} too large "
-                        f"({info.file_size} bytes > {limits.max_member_bytes})"
-                    )
-                total += info.file_size
-                if total > limits.max_total_bytes:
-                    raise ArchiveError(f"unpacked size over {limits.max_total_bytes} bytes")
+            _check_members(infos, limits)
             files: dict[str, bytes] = {}
             for info in infos:
-                if info.is_dir():
-                    continue
-                with zf.open(info) as fh:  # read no more than declared (lying headers)
-                    body = fh.read(info.file_size + 1)
-                if len(body) != info.file_size:
-                    raise ArchiveError(f"member {info.filename!r} does not match its size")
-                files[info.filename] = body
+                if not info.is_dir():
+                    files[info.filename] = _read_member(zf, info)
             return files
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError) as exc:
+    except zipfile.BadZipFile as exc:
+        if "CRC" in str(exc):
+            raise ArchiveError(f"not a readable ZIP: corrupt, {exc}") from None
+        if data[:4] == b"PK\x03\x04" and b"PK\x05\x06" not in data[-65_557:]:
+            raise ArchiveError("not a readable ZIP: truncated (no end-of-archive record)") from None
+        raise ArchiveError(f"not a readable ZIP (BadZipFile: {exc})") from None
+    except (zipfile.LargeZipFile, EOFError, OSError, ValueError) as exc:
         if isinstance(exc, ArchiveError):
             raise
         raise ArchiveError(f"not a readable ZIP ({type(exc).__name__}: {exc})") from None
+
+
+def _check_members(infos: list[zipfile.ZipInfo], limits: ArchiveLimits) -> None:
+    """Names, kinds and declared sizes of every member, before any is read."""
+    if len(infos) > limits.max_members:
+        raise ArchiveError(f"too many members ({len(infos)} > {limits.max_members})")
+    total = 0
+    for info in infos:
+        _check_name(info.filename)
+        if stat.S_ISLNK(info.external_attr >> 16):
+            raise ArchiveError(f"unsafe member {info.filename!r}: symbolic link")
+        if info.flag_bits & 0x1:
+            raise ArchiveError(f"member {info.filename!r} is encrypted")
+        if info.file_size > limits.max_member_bytes:
+            raise ArchiveError(
+                f"member {info.filename!r} too large "
+                f"({info.file_size} bytes > {limits.max_member_bytes})"
+            )
+        total += info.file_size
+        if total > limits.max_total_bytes:
+            raise ArchiveError(f"unpacked size over {limits.max_total_bytes} bytes")
+
+
+def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:
+    """One member's bytes, read to its end so that zipfile checks its CRC-32; no more than
+    its declared size is decompressed (lying headers)."""
+    try:
+        with zf.open(info) as fh:
+            body = fh.read(info.file_size + 1)
+    except NotImplementedError:  # Deflate64, PPMd, AES...: zipfile's only word for them
+        raise ArchiveError(
+            f"member {info.filename!r}: compression method {info.compress_type} not supported"
+        ) from None
+    except (zlib.error, lzma.LZMAError) as exc:
+        raise ArchiveError(
+            f"not a readable ZIP: member {info.filename!r} holds corrupt data ({exc})"
+        ) from None
+    if len(body) != info.file_size:
+        raise ArchiveError(f"member {info.filename!r} does not match its size")
+    return body
 
 
 class EuropePmc:
