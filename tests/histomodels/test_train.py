@@ -15,7 +15,7 @@ import torch
 import torchvision
 from typer.testing import CliRunner
 
-from histomodels.checkpoint import load_model, read_checkpoint
+from histomodels.checkpoint import load_model, read_checkpoint, save_checkpoint
 from histomodels.cli import app
 from histomodels.config import (
     RECIPE_MODEL_DEFAULTS,
@@ -380,3 +380,21 @@ def test_every_train_and_finetune_option_is_a_config_key():
     for command, extra in ((train_cmd, set()), (finetune_cmd, {"input_size"})):
         names = set(inspect.signature(command).parameters)
         assert names - FIELDS == own | extra, command.__name__
+
+
+def test_resuming_a_run_from_before_a_recipe_default_keeps_its_network(arrays, tmp_path):
+    """A last.pt written before centre pooling became the cnn default (no 'centre' key in
+    its model_config or train_config) resumes as the plain network it holds."""
+    (xt, yt), (xv, yv) = arrays
+    run = tmp_path / "old"
+    cfg = _cfg(model_config={**TINY, "centre": "none"}, epochs=1)
+    train(cfg, run, train_data=(xt, yt), val_data=(xv, yv))
+    state = read_checkpoint(run / "last.pt")
+    del state["model_config"]["centre"], state["train_config"]["model_config"]["centre"]
+    save_checkpoint(run / "last.pt", state)
+    res = train(_cfg(epochs=2), run, resume=True, train_data=(xt, yt), val_data=(xv, yv))
+    assert [h["epoch"] for h in res.history] == [1, 2]
+    best = read_checkpoint(run / "last.pt")
+    assert best["model_config"]["centre"] == "none"
+    assert not any("centre" in k for k in best["state_dict"])
+    assert json.loads((run / "config.json").read_text())["model_config"]["centre"] == "none"
