@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 
@@ -121,3 +122,35 @@ def test_cli_teacher_option_bad_path_is_one_line(tmp_path) -> None:
     )  # fmt: skip
     assert r.exit_code == 1 and len(r.stderr.strip().splitlines()) == 1
     assert "teacher must be a checkpoint" in r.stderr
+
+
+def test_a_rebuilt_shipped_teacher_is_scored_again(data, tmp_path, monkeypatch) -> None:
+    """A shipped model named as teacher is keyed by its weights, not its name: after the
+    shipped file changes (a rebuild), the cached soft targets are not reused."""
+    import json
+    import shutil
+
+    from histomodels import pretrained
+
+    (xt, yt), _ = data
+    shipped = tmp_path / "shipped"
+    shipped.mkdir()
+    for suffix in (".safetensors", ".json"):
+        shutil.copy(pretrained.HERE / f"pcam-cnn{suffix}", shipped / f"pcam-cnn{suffix}")
+    monkeypatch.setattr(pretrained, "HERE", shipped)
+    cfg, run, said = _cfg(teacher="pcam-cnn"), tmp_path / "run", []
+    x, y = torch.from_numpy(xt), torch.from_numpy(yt).float()
+    first = distill_targets(cfg, x, y, run, say=said.append)
+    assert "scoring" in said[-1]
+    distill_targets(cfg, x, y, run, say=said.append)
+    assert "reusing" in said[-1]
+    # the shipped weights are rebuilt (here: every tensor halved), the sidecar follows
+    state = pretrained.checkpoint_dict("pcam-cnn")["state_dict"]
+    weights = pretrained.save_pretrained(
+        shipped / "pcam-cnn.safetensors", {k: v / 2 for k, v in state.items()}
+    )
+    meta = json.loads((shipped / "pcam-cnn.json").read_text())
+    meta["weights_sha256"] = hashlib.sha256(weights.read_bytes()).hexdigest()
+    (shipped / "pcam-cnn.json").write_text(json.dumps(meta))
+    again = distill_targets(cfg, x, y, run, say=said.append)
+    assert "scoring" in said[-1] and not torch.equal(again, first)

@@ -64,12 +64,17 @@ def data_digest(images: Any, chunk: int = 2048) -> str:
 
 
 def teacher_digest(teacher: str) -> str:
-    """What identifies the teacher: its checkpoint file's sha256, or a shipped model's name."""
+    """What identifies the teacher: its checkpoint file's sha256, or for a shipped model its
+    name and the sha256 of its weights and sidecar (a rebuilt model is another teacher)."""
     from histocore.io import file_sha256
+    from histomodels import pretrained
     from histomodels.checkpoint import resolve_checkpoint
 
     path = resolve_checkpoint(teacher)
-    return file_sha256(path) if path.is_file() else f"pretrained:{teacher}"
+    if path.is_file():
+        return file_sha256(path)
+    files = (pretrained.HERE / f"{teacher}{suffix}" for suffix in (".safetensors", ".json"))
+    return f"pretrained:{teacher}:" + ":".join(file_sha256(f) for f in files)
 
 
 def teacher_logits(
