@@ -112,3 +112,23 @@ def test_cli_ensemble_then_eval_predict(members: list[Path], tmp_path: Path) -> 
     r = runner.invoke(app, ["ensemble", str(members[0]), "--out", str(tmp_path / "one")])
     assert r.exit_code == 1 and "error:" in r.output and "at least two" in r.output
     assert not (tmp_path / "one").exists()
+
+
+def test_members_keep_the_temperature_eval_stored_beside_them(
+    members: list[Path], tmp_path: Path
+) -> None:
+    """``eval --val`` keeps a fitted temperature in a sidecar (best.calibration.json), not
+    in the checkpoint; the ensemble takes each member's as predict would."""
+    import shutil
+
+    from histomodels.calibration import write_calibration
+
+    member = shutil.copy(members[0], tmp_path / "a.pt")
+    assert write_calibration(member, 2.5, "val.h5") == str(tmp_path / "a.calibration.json")
+    assert Predictor.load(member, device="cpu").temperature == 2.5
+    raw = build_ensemble([member, members[1]])
+    assert [m["temperature"] for m in raw["model_config"]["members"]] == [2.5, 1.7]
+    x, _ = make_patches(8, seed=4)
+    save_checkpoint(tmp_path / "ens.pt", raw)
+    got = Predictor.load(tmp_path / "ens.pt", device="cpu", precision="fp32").logits(x)
+    np.testing.assert_allclose(got, _member_logits([member, members[1]], x, False), atol=1e-4)

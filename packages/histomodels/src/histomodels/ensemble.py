@@ -23,7 +23,11 @@ IDENTITY_NORM = {"mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0]}
 
 
 def member_spec(ckpt: dict[str, Any], source: str) -> dict[str, Any]:
-    """What the ensemble needs to rebuild and feed one member."""
+    """What the ensemble needs to rebuild and feed one member; its temperature is the one
+    inference uses (a calibration sidecar's beside the file, else the checkpoint's)."""
+    from histomodels.calibration import effective_temperature
+    from histomodels.checkpoint import resolve_checkpoint
+
     mean, std = norm_of(ckpt)
     return {
         "model": ckpt["model"],
@@ -31,7 +35,7 @@ def member_spec(ckpt: dict[str, Any], source: str) -> dict[str, Any]:
         "mean": [float(v) for v in mean],
         "std": [float(v) for v in std],
         "input_size": int(ckpt.get("input_size", 96)),
-        "temperature": float(ckpt.get("temperature", 1.0) or 1.0),
+        "temperature": effective_temperature(resolve_checkpoint(source), ckpt),
         "stain": ckpt.get("stain"),
         "source": source,
     }
