@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 from histomodels.cli import app
 from histomodels.data import ArrayDataset
 from histomodels.evaluate import evaluate_checkpoint
+from histomodels.report import load_run
 from histomodels.synthetic import make_patches
 from histomodels.training.callbacks import write_history
 
@@ -70,6 +71,9 @@ def test_report_single_and_comparison(tmp_path: Path) -> None:
     lo, hi = metrics["ci"]["roc_auc"]
     assert f"{metrics['roc_auc']:.4f} [{lo:.3f}, {hi:.3f}]" in page
     assert "run_a/eval" in page and "eval_tta" in page
+    # the run's temperature is the one eval --val fitted and stored beside best.pt
+    assert (run / "best.calibration.json").is_file()
+    assert load_run(run, tmp_path).checkpoint["temperature"] == metrics["temperature"] != 1.0
     assert "Training curves" in page and "ROC comparison" in page
     # self-contained: every image is embedded and decodes as PNG, no external references
     imgs = re.findall(r"src='data:image/png;base64,([^']+)'", page)

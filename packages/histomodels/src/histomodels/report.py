@@ -130,13 +130,14 @@ def load_run(path: Path, work: Path) -> Run:
         run.history = _check_history(_read_json(path / "history.json"), path / "history.json")
     ckpt = path / "best.pt"
     if ckpt.is_file():
+        from histomodels.calibration import effective_temperature
         from histomodels.checkpoint import read_checkpoint
 
         raw = read_checkpoint(ckpt)
         run.checkpoint = {
-            k: raw.get(k)
-            for k in ("model", "model_config", "epoch", "metrics", "temperature", "input_size")
+            k: raw.get(k) for k in ("model", "model_config", "epoch", "metrics", "input_size")
         }
+        run.checkpoint["temperature"] = effective_temperature(ckpt, raw)  # as predict uses
     own = _evaluation(path)
     if own:
         run.evals.append(own)
