@@ -398,3 +398,16 @@ def test_resuming_a_run_from_before_a_recipe_default_keeps_its_network(arrays, t
     assert best["model_config"]["centre"] == "none"
     assert not any("centre" in k for k in best["state_dict"])
     assert json.loads((run / "config.json").read_text())["model_config"]["centre"] == "none"
+
+
+def test_pre_recipe_values_are_what_the_builders_build_without_the_key():
+    import inspect
+
+    from histomodels.config import PRE_RECIPE_MODEL_CONFIG
+    from histomodels.models.registry import _REGISTRY
+
+    assert set(PRE_RECIPE_MODEL_CONFIG) == set(RECIPE_MODEL_DEFAULTS)
+    for model, keys in PRE_RECIPE_MODEL_CONFIG.items():
+        assert set(keys) == set(RECIPE_MODEL_DEFAULTS[model])
+        params = inspect.signature(_REGISTRY[model]).parameters
+        assert keys == {k: params[k].default for k in keys}

@@ -34,6 +34,16 @@ SCHEDULES = ("cosine", "plateau", "constant")
 #: They are written into ``model_config`` and so into every checkpoint; the registry's own
 #: defaults stay as they were, so older checkpoints (without the key) load unchanged.
 RECIPE_MODEL_DEFAULTS: dict[str, dict[str, Any]] = {"cnn": {"centre": "pool"}}
+#: What each of those keys was before the recipe set it (the builder's own default): a run,
+#: checkpoint or tune result written without the key built this (``--resume`` pins it).
+PRE_RECIPE_MODEL_CONFIG: dict[str, dict[str, Any]] = {"cnn": {"centre": "none"}}
+
+
+def pin_pre_recipe(model: str, model_config: dict[str, Any]) -> dict[str, Any]:
+    """``model_config`` with every :data:`RECIPE_MODEL_DEFAULTS` key it lacks set to its
+    :data:`PRE_RECIPE_MODEL_CONFIG` value: the network a config written before the recipe
+    default existed described."""
+    return {**PRE_RECIPE_MODEL_CONFIG.get(model, {}), **model_config}
 
 
 @dataclass(config=ConfigDict(extra="forbid"))
@@ -231,7 +241,11 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: expected a mapping of config keys")
     # tune's best_config.json nests the training keys under "config"
     if "config" in data and isinstance(data["config"], dict):
-        data = data["config"]
+        tuned, data = "trial" in data, data["config"]
+        arch = data.get("model_config", {})
+        if tuned and isinstance(arch, dict):  # the network the trial trained, also from a
+            # tune that predates a recipe default (its configs lack the key)
+            data = {**data, "model_config": pin_pre_recipe(str(data.get("model", "cnn")), arch)}
     return data
 
 

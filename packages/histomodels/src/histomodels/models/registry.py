@@ -64,16 +64,6 @@ TIMM_CONFIG_KEYS = frozenset(
 _WEIGHT_KEYS = frozenset({"pretrained", "weights"})
 
 
-def config_default(name: str, key: str) -> Any:
-    """What model ``name`` builds when its config leaves ``key`` out (the builder's default;
-    ``inspect.Parameter.empty`` when it has none)."""
-    builder = _REGISTRY.get(name) or _PREFIXES.get(name.partition("/")[0])
-    if builder is None:
-        raise ModelError(f"unknown model {name!r}")
-    param = inspect.signature(builder).parameters.get(key)
-    return inspect.Parameter.empty if param is None else param.default
-
-
 def config_keys(name: str) -> frozenset[str]:
     """Architecture keyword arguments model ``name`` accepts from a checkpoint's config."""
     if name in _REGISTRY:

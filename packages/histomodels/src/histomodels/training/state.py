@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import random
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -12,7 +11,7 @@ import torch
 
 from histocore.io import json_safe
 from histomodels.checkpoint import make_checkpoint, read_checkpoint
-from histomodels.config import RECIPE_MODEL_DEFAULTS, TrainConfig, validate
+from histomodels.config import TrainConfig, pin_pre_recipe, validate
 from histomodels.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from histomodels.training.result import TrainingError
 
@@ -35,20 +34,13 @@ def resume_state(cfg: TrainConfig, run_dir: Path) -> tuple[TrainConfig, dict[str
 
 
 def pinned_architecture(state: dict[str, Any]) -> dict[str, Any]:
-    """``state``'s train config with the network ``state`` holds: its ``model_config``, and
-    every :data:`~histomodels.config.RECIPE_MODEL_DEFAULTS` key it lacks set to what the
-    model built without it, so a recipe default added after the run began (centre pooling)
-    does not change the network being resumed."""
-    from histomodels.models.registry import config_default
-
+    """``state``'s train config with the network ``state`` holds: its ``model_config``, any
+    recipe key it lacks pinned by :func:`~histomodels.config.pin_pre_recipe`, so a recipe
+    default added after the run began (centre pooling) does not change the network."""
     saved = dict(state["train_config"])
     model = saved.get("model") or state["model"]
     arch = dict(state.get("model_config", saved.get("model_config") or {}))
-    for key in RECIPE_MODEL_DEFAULTS.get(model, {}):
-        default = config_default(model, key)
-        if key not in arch and default is not inspect.Parameter.empty:
-            arch[key] = default
-    return {**saved, "model_config": arch}
+    return {**saved, "model_config": pin_pre_recipe(model, arch)}
 
 
 def checkpoint(trainer: Trainer, *, resumable: bool = False, finished: str = "") -> dict[str, Any]:
