@@ -9,7 +9,12 @@ import pytest
 from histomodels.config import TrainConfig, resolve_config
 from histomodels.synthetic import make_patches
 from histomodels.training import train
-from histomodels.tune import tune
+from histomodels.tune import EXPERIMENT_FILE, SPACE, search_space, trial_config, tune
+
+#: an Ax parameterisation of the search space before the recipe levers (7 dimensions)
+OLD_PARAMS = dict(
+    lr=1e-3, weight_decay=1e-3, width=24, depth=3, dropout=0.2, batch_size=64, aug_strength=0.5
+)
 
 
 @pytest.mark.slow
@@ -34,5 +39,65 @@ def test_tune_resumes_and_writes_a_config_train_accepts(tmp_path):
     params = next(r["params"] for r in records if r["trial"] == saved["trial"])
     assert cfg.lr == pytest.approx(params["lr"]) and cfg.batch_size == params["batch_size"]
     assert cfg.model_config["width"] == params["width"]
+    assert cfg.model_config["centre"] == params["centre"] and cfg.cutout == params["cutout"]
+    assert cfg.mixup == params["mixup"] and cfg.ema == (params["ema"] or None)
     res = train(cfg, tmp_path / "run", train_data=data, val_data=val)
     assert res.history and (tmp_path / "run" / "best.pt").is_file()
+
+
+def test_every_dimension_reaches_the_trial_config():
+    levers = dict(
+        centre="branch", cutout=0.3, mixup=0.2, randstain=0.1, jpeg_blur=0.25,
+        label_smoothing=0.05, ema=0.999,
+    )  # fmt: skip
+    params = {**OLD_PARAMS, **levers}
+    assert set(params) == {name for name, _, _ in SPACE}
+    assert [p.name for p in search_space()] == [name for name, _, _ in SPACE]
+    cfg = trial_config(params, TrainConfig(model_config={"blocks": 1}))
+    assert cfg.model_config == {"centre": "branch", "blocks": 1, "width": 24, "depth": 3,
+                                "dropout": 0.2}  # fmt: skip
+    assert (cfg.lr, cfg.weight_decay, cfg.batch_size, cfg.aug_strength) == (1e-3, 1e-3, 64, 0.5)
+    for key, value in levers.items():
+        if key != "centre":
+            assert getattr(cfg, key) == value, key
+    # ema 0 is off, whatever the base config says
+    assert trial_config({**params, "ema": 0.0}, TrainConfig(ema=0.99)).ema is None
+    for name, kind, bounds in SPACE:  # every bound is a value the config accepts
+        if kind != "choice":
+            for edge in bounds:
+                trial_config({**params, name: edge}, TrainConfig())
+
+
+def test_an_older_experiment_keeps_the_network_its_trials_trained(tmp_path):
+    """Parameters an older tune's space lacks take that tune's values: centre none (not
+    the new pooling default) and the levers of the base config; its best_config.json (no
+    centre key) reproduces the trial's network."""
+    cfg = trial_config(OLD_PARAMS, TrainConfig(cutout=0.1))
+    assert cfg.model_config["centre"] == "none" and cfg.cutout == 0.1 and cfg.ema is None
+    old = {"val_auc": 0.9, "trial": 3,
+           "config": {"model": "cnn", "model_config": {"width": 24}, "lr": 1e-3}}  # fmt: skip
+    (tmp_path / "best_config.json").write_text(json.dumps(old))
+    cfg = resolve_config(tmp_path / "best_config.json")
+    assert cfg.model_config == {"centre": "none", "width": 24} and cfg.lr == 1e-3
+    # a plain config file without the key gets the recipe default
+    (tmp_path / "plain.json").write_text(json.dumps(old["config"]))
+    assert resolve_config(tmp_path / "plain.json").model_config["centre"] == "pool"
+
+
+@pytest.mark.slow
+def test_tune_resumes_an_experiment_saved_with_the_older_space(tmp_path):
+    from ax.api.client import Client
+
+    data, val = make_patches(32, seed=0), make_patches(24, seed=1)
+    out = tmp_path / "tune"
+    out.mkdir()
+    client = Client(random_seed=0)
+    client.configure_experiment(parameters=search_space()[: len(OLD_PARAMS)], name="old")
+    client.configure_optimization(objective="val_auc")
+    client.configure_generation_strategy(method="fast", initialization_budget=3)
+    client.save_to_json_file(str(out / EXPERIMENT_FILE))
+    base = TrainConfig(eval_batch_size=64, threads=1, model_config={"blocks": 1})
+    tune(data, val, out, trials=1, trial_minutes=0.02, quiet=True, base=base)
+    (record,) = json.loads((out / "trials.json").read_text())
+    assert record["status"] == "completed" and set(record["params"]) == set(OLD_PARAMS)
+    assert record["config"]["model_config"]["centre"] == "none"

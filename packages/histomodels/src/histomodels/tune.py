@@ -1,7 +1,11 @@
 """Bayesian optimisation of the scratch CNN with Ax (BoTorch behind it).
 
-Search space: learning rate and weight decay (log scale), width, depth, dropout, batch
-size, augmentation strength. Every trial is a short training run with a time budget whose
+Search space (:data:`SPACE`): learning rate and weight decay (log scale), width, depth,
+dropout, batch size, augmentation strength, the centre variant (``none``/``pool``/``branch``)
+and the recipe levers (cut-out, mixup, RandStain, JPEG/blur, label smoothing, EMA; each can
+be 0 = off). An experiment saved by an older tune keeps its own, smaller space: a parameter
+it lacks takes the value that tune used (centre ``none``, levers as in the base config).
+Every trial is a short training run with a time budget whose
 objective is the best validation AUC. After each trial the Ax experiment is saved to
 ``DIR/ax_experiment.json`` (atomically), the trial table to ``DIR/trials.json``/``.csv`` and
 the best configuration so far to ``DIR/best_config.json``, so a killed tune resumes where
@@ -37,42 +41,75 @@ EXPERIMENT_FILE = "ax_experiment.json"
 _RUN_ONLY = ("data", "val", "time_budget", "progress", "threads", "device", "epochs", "patience")
 
 
+#: The searched dimensions: ``(name, kind, bounds or values, extra)``; ``kind`` is
+#: ``log``/``float``/``int`` ranges or a ``choice`` (ordered when its values are numbers).
+SPACE: tuple[tuple[str, str, tuple[Any, ...]], ...] = (
+    ("lr", "log", (3e-4, 1e-2)),
+    ("weight_decay", "log", (1e-4, 0.2)),
+    ("width", "choice", (16, 24, 32, 48, 64)),
+    ("depth", "int", (3, 5)),
+    ("dropout", "float", (0.0, 0.5)),
+    ("batch_size", "choice", (64, 128, 256)),
+    ("aug_strength", "float", (0.0, 1.5)),
+    ("centre", "choice", ("none", "pool", "branch")),  # model_config["centre"]
+    ("cutout", "float", (0.0, 0.5)),  # probability per patch
+    ("mixup", "float", (0.0, 0.4)),  # Beta alpha
+    ("randstain", "float", (0.0, 0.5)),  # probability per patch
+    ("jpeg_blur", "float", (0.0, 0.5)),  # probability per patch
+    ("label_smoothing", "float", (0.0, 0.2)),
+    ("ema", "choice", (0.0, 0.99, 0.999)),  # decay; 0 = off
+)
+#: Architecture keys among them (the rest are TrainConfig keys).
+_ARCH = ("width", "depth", "dropout", "centre")
+#: What a parameter missing from an older experiment's space means (else the base config).
+_BEFORE = {"centre": "none"}
+
+
 def search_space():
-    """The Ax parameters (kept small: 7 knobs that matter most for a 96 px CNN)."""
+    """The Ax parameters of :data:`SPACE`."""
     from ax.api.configs import ChoiceParameterConfig, RangeParameterConfig
 
-    return [
-        RangeParameterConfig(name="lr", bounds=(3e-4, 1e-2), parameter_type="float", scaling="log"),
-        RangeParameterConfig(
-            name="weight_decay", bounds=(1e-4, 0.2), parameter_type="float", scaling="log"
-        ),
-        ChoiceParameterConfig(
-            name="width", values=[16, 24, 32, 48, 64], parameter_type="int", is_ordered=True
-        ),
-        RangeParameterConfig(name="depth", bounds=(3, 5), parameter_type="int"),
-        RangeParameterConfig(name="dropout", bounds=(0.0, 0.5), parameter_type="float"),
-        ChoiceParameterConfig(
-            name="batch_size", values=[64, 128, 256], parameter_type="int", is_ordered=True
-        ),
-        RangeParameterConfig(name="aug_strength", bounds=(0.0, 1.5), parameter_type="float"),
-    ]
+    params = []
+    for name, kind, values in SPACE:
+        if kind == "choice":
+            numeric = not isinstance(values[0], str)
+            ptype = "str" if not numeric else "int" if isinstance(values[0], int) else "float"
+            params.append(
+                ChoiceParameterConfig(
+                    name=name, values=list(values), parameter_type=ptype, is_ordered=numeric
+                )
+            )
+        else:
+            ptype = "int" if kind == "int" else "float"
+            scaling = "log" if kind == "log" else "linear"
+            params.append(
+                RangeParameterConfig(
+                    name=name, bounds=values, parameter_type=ptype, scaling=scaling
+                )
+            )
+    return params
 
 
 def trial_config(params: dict[str, Any], base: TrainConfig) -> TrainConfig:
-    """A training config for one Ax parameterisation."""
-    return base.replace(
-        model="cnn",
-        model_config={
-            **base.model_config,
-            "width": int(params["width"]),
-            "depth": int(params["depth"]),
-            "dropout": float(params["dropout"]),
-        },
-        lr=float(params["lr"]),
-        weight_decay=float(params["weight_decay"]),
-        batch_size=int(params["batch_size"]),
-        aug_strength=float(params["aug_strength"]),
-    )
+    """A training config for one Ax parameterisation (of :data:`SPACE` or an older one)."""
+    from histomodels.config import merge
+
+    params = {**_BEFORE, **params}
+    kinds = {name: (kind, values) for name, kind, values in SPACE}
+
+    def value(name: str) -> Any:
+        kind, values = kinds[name]
+        raw = params[name]
+        if kind == "choice":
+            return type(values[0])(raw)
+        return int(raw) if kind == "int" else float(raw)
+
+    arch = {k: value(k) for k in _ARCH if k in params}
+    changes: dict[str, Any] = {k: value(k) for k in kinds if k in params and k not in _ARCH}
+    if "ema" in changes:
+        changes["ema"] = changes["ema"] or None  # 0 = off
+    changes.update(model="cnn", model_config={**base.model_config, **arch})
+    return merge(base, changes, "tune", skip_none=False)
 
 
 def _atomic_json(path: Path, obj: Any) -> None:
