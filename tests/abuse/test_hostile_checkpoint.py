@@ -99,3 +99,23 @@ def test_ensemble_member_config_is_checked_too(tmp_path: Path) -> None:
         check_checkpoint(ckpt, tmp_path / "ens.pt")
     member["model_config"] = {"width": 16}
     check_checkpoint(ckpt, tmp_path / "ens.pt")  # a plain member is accepted
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("input_size", 10**6, r"members\[0\]' needs an integer 'input_size' in \[8, 4096\]"),
+        ("input_size", "96", r"members\[0\]' needs an integer 'input_size'"),
+        ("std", [1, 0, 1], r"members\[0\]' needs 'mean' and 'std' of 3 numbers each"),
+        ("temperature", float("nan"), r"members\[0\]' needs a positive 'temperature'"),
+        ("temperature", True, r"members\[0\]' needs a positive 'temperature'"),
+    ],
+)
+def test_ensemble_member_sizes_and_scales_are_checked(tmp_path, field, value, message) -> None:
+    """A member's input size is what the ensemble resizes every patch to: a hostile one
+    would allocate gigabytes at inference; a zero std or a NaN temperature gives garbage."""
+    member = {"model": "cnn", "model_config": {}, "mean": [0] * 3, "std": [1] * 3,
+              "input_size": 96, "temperature": 1.0, field: value}  # fmt: skip
+    path = _save(tmp_path, model="ensemble", model_config={"members": [member], "tta": False})
+    with pytest.raises(CheckpointError, match=message):
+        read_checkpoint(path)

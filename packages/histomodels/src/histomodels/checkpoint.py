@@ -144,8 +144,7 @@ def _check_model(name: Any, cfg: Any, bad: Any, member: str = "") -> None:
             if not isinstance(spec, dict):
                 raise bad(f"members[{i}]", f"is {type(spec).__name__}, expected a mapping")
             _check_model(spec.get("model"), spec.get("model_config", {}), bad, f"members[{i}].")
-            if not (_numbers(spec.get("mean"), 3) and _numbers(spec.get("std"), 3)):
-                raise bad(f"members[{i}]", "needs 'mean' and 'std' of 3 numbers each")
+            _check_member(spec, bad, f"members[{i}]")
         return
     for key, value in cfg.items():
         if not isinstance(key, str) or key not in allowed:
@@ -153,6 +152,23 @@ def _check_model(name: Any, cfg: Any, bad: Any, member: str = "") -> None:
         ok = _scalar(value) or (isinstance(value, list | tuple) and all(map(_scalar, value)))
         if not ok:
             raise bad(where, f"value of {key!r} is {type(value).__name__}, not plain")
+
+
+def _size_ok(size: Any) -> bool:
+    return isinstance(size, int) and not isinstance(size, bool) and 8 <= size <= 4096
+
+
+def _check_member(spec: dict[str, Any], bad: Any, where: str) -> None:
+    """An ensemble member's preprocessing: every patch is resized to its ``input_size`` (a
+    hostile size would allocate gigabytes), normalised by its std and divided by its T."""
+    std = spec.get("std")
+    if not (_numbers(spec.get("mean"), 3) and _numbers(std, 3) and all(s > 0 for s in std)):
+        raise bad(where, "needs 'mean' and 'std' of 3 numbers each (std positive)")
+    if not _size_ok(spec.get("input_size")):
+        raise bad(where, "needs an integer 'input_size' in [8, 4096]")
+    temp = spec.get("temperature")
+    if not (_numbers([temp], 1) and temp > 0):
+        raise bad(where, "needs a positive 'temperature'")
 
 
 def check_checkpoint(ckpt: dict[str, Any], path: str | Path) -> None:
@@ -189,7 +205,7 @@ def check_checkpoint(ckpt: dict[str, Any], path: str | Path) -> None:
     ):
         raise bad("normalization", "must be {'mean': [3 numbers], 'std': [3 positive numbers]}")
     size = ckpt.get("input_size", 96)
-    if not isinstance(size, int) or isinstance(size, bool) or not 8 <= size <= 4096:
+    if not _size_ok(size):
         raise bad("input_size", f"is {size!r}, expected an integer in [8, 4096]")
     temp = ckpt.get("temperature", 1.0)
     if not isinstance(temp, int | float) or isinstance(temp, bool) or not 0 < temp < math.inf:
