@@ -154,3 +154,20 @@ def test_a_rebuilt_shipped_teacher_is_scored_again(data, tmp_path, monkeypatch) 
     (shipped / "pcam-cnn.json").write_text(json.dumps(meta))
     again = distill_targets(cfg, x, y, run, say=said.append)
     assert "scoring" in said[-1] and not torch.equal(again, first)
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"PK\x03\x04 not a zip", b""],
+    ids=["broken zip", "empty"],
+)
+def test_a_damaged_cache_is_scored_again(data, teacher, tmp_path, content) -> None:
+    (xt, yt), _ = data
+    run, said = tmp_path / "run", []
+    run.mkdir()
+    (run / CACHE_NAME).write_bytes(content)
+    x, y = torch.from_numpy(xt), torch.from_numpy(yt).float()
+    distill_targets(_cfg(teacher=str(teacher)), x, y, run, say=said.append)
+    assert "scoring" in said[-1]
+    distill_targets(_cfg(teacher=str(teacher)), x, y, run, say=said.append)
+    assert "reusing" in said[-1]

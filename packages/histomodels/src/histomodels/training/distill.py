@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -98,8 +99,8 @@ def teacher_logits(
                 if str(z["key"]) == key and len(z["logits"]) == len(images):
                     say(f"teacher soft targets: reusing {cache}")
                     return z["logits"].astype(np.float32)
-        except (OSError, ValueError, KeyError):
-            pass  # unreadable or another layout: compute again
+        except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile):
+            pass  # unreadable, truncated or another layout: compute again
     say(f"teacher soft targets: scoring {len(images)} training patches with {teacher} (8-view TTA)")
     pred = Predictor.load(teacher, device=str(device))
 
