@@ -257,7 +257,9 @@ def tune_cmd(
     threads: Threads = None,
     quiet: Quiet = False,
 ) -> None:
-    """Bayesian optimisation (Ax/BoTorch) of the scratch CNN's hyper-parameters."""
+    """Bayesian optimisation (Ax/BoTorch) of the scratch CNN: lr, weight decay, width, depth,
+    dropout, batch size, augmentation, centre variant and the recipe levers (cut-out, mixup,
+    RandStain, JPEG/blur, label smoothing, EMA); the space is histomodels.tune.SPACE."""
     require_paths(data, role="train")
     require_paths(val, role="validation")
     from histomodels.training import TrainingError
