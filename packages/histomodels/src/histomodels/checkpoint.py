@@ -161,12 +161,12 @@ def _size_ok(size: Any) -> bool:
 def _check_member(spec: dict[str, Any], bad: Any, where: str) -> None:
     """An ensemble member's preprocessing: every patch is resized to its ``input_size`` (a
     hostile size would allocate gigabytes), normalised by its std and divided by its T."""
-    std = spec.get("std")
+    std: Any = spec.get("std")
     if not (_numbers(spec.get("mean"), 3) and _numbers(std, 3) and all(s > 0 for s in std)):
         raise bad(where, "needs 'mean' and 'std' of 3 numbers each (std positive)")
     if not _size_ok(spec.get("input_size")):
         raise bad(where, "needs an integer 'input_size' in [8, 4096]")
-    temp = spec.get("temperature")
+    temp: Any = spec.get("temperature")
     if not (_numbers([temp], 1) and temp > 0):
         raise bad(where, "needs a positive 'temperature'")
 
