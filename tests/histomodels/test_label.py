@@ -139,3 +139,24 @@ def test_each_answer_is_committed_before_the_next_question(tmp_path: Path) -> No
     exported = {r["id"]: r.get("label") for r in rows if r.get("kind") == "image"}
     assert exported["img0"] == "metastasis" and exported["img1"] == "no_metastasis"
     assert exported["img2"] is None
+
+
+def test_hostile_captions_and_ids_cannot_drive_the_terminal(tmp_path: Path) -> None:
+    """A caption or id mined from a paper is printed with its control characters escaped:
+    no terminal escape (clear screen, window title, colour) reaches the person labelling."""
+    m = Manifest(run_dir=tmp_path / "run", query="q")
+    m.add_record(Record(id="pmid:1", title="A paper", stage="filtered"))
+    m.add_image(
+        Image(id="evil\x1b[31m", record_id="pmid:1", path="images/e\x1b[2J.png",
+              sha256="0" * 64, width=400, height=300, kept=True,
+              caption="Figure 1.\x1b]0;pwned\x07\x1b[2J H&E\r\nerror: forged")
+    )  # fmt: skip
+    m.save()
+    for args, answers in ((["label"], "q\n"), (["label", "--list"], "")):
+        r = CliRunner().invoke(app, [*args, "--manifest", str(m.run_dir)], input=answers)
+        assert r.exit_code == 0, r.output
+        assert "\x1b" not in r.output and "\x07" not in r.output and "\r" not in r.output
+        assert "evil\\x1b[31m" in r.output
+        assert "\nerror: forged" not in r.output
+        if "--list" not in args:
+            assert "caption: Figure 1.\\x1b]0;pwned\\x07\\x1b[2J H&E error: forged" in r.output

@@ -15,6 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from histocore.errors import DomainError
+from histocore.io import one_line
 from histocore.manifest import IMAGE_LABELS, Image, Manifest
 
 #: Short answers accepted at the prompt and in CSVs, mapped to the stored label.
@@ -162,15 +163,26 @@ def label_interactively(
 
 
 def _show(manifest: Manifest, img: Image, where: str, say: Callable[[str], None]) -> None:
+    """The figure's lines; what came from a paper (caption, ids, paths) is untrusted, so its
+    control characters are escaped (:func:`~histocore.io.one_line`), never sent to the
+    terminal."""
     path = manifest.resolve(img.path)
-    caption = (img.caption or "").replace("\n", " ")[:200]
-    say(f"{where} {img.id}  {img.width}x{img.height}  {path}")
+    caption = one_line(" ".join((img.caption or "").split())[:200])
+    say(one_line(f"{where} {img.id}  {img.width}x{img.height}  {path}"))
     if path is not None:
-        say(f"  open: {path.resolve().as_uri()}")
+        say(one_line(f"  open: {path.resolve().as_uri()}"))
     if caption:
         say(f"  caption: {caption}")
     if img.label:
-        say(f"  current label: {img.label}")
+        say(one_line(f"  current label: {img.label}"))
+
+
+def listing(manifest: Manifest) -> list[str]:
+    """``id<TAB>label<TAB>path`` per kept figure (``histomodels label --list``), escaped."""
+    return [
+        "\t".join(one_line(str(v)) for v in (i.id, i.label or "-", i.path))
+        for i in manifest.kept_images()
+    ]
 
 
 def _answer(ask: Callable[[str], str], say: Callable[[str], None]) -> str | None:

@@ -346,13 +346,19 @@ def label_cmd(
 ) -> None:
     """Label kept figures: metastasis / no_metastasis / not_usable (stored in the manifest)."""
     from histocore.manifest import Manifest
-    from histomodels.label import apply_labels, label_interactively, parse_set, read_label_csv
+    from histomodels.label import (
+        apply_labels,
+        label_interactively,
+        listing,
+        parse_set,
+        read_label_csv,
+    )
 
     with errors():
         m = Manifest.load(manifest)
         if show:
-            for img in m.kept_images():
-                typer.echo(f"{img.id}\t{img.label or '-'}\t{img.path}")
+            for line in listing(m):
+                typer.echo(line)
             return
         if set_ or from_csv:
             labels = parse_set(set_ or [])
