@@ -315,3 +315,21 @@ def test_explain_prints_every_signal(tmp_path: Path) -> None:
         assert word in result.output
     result = CliRunner().invoke(app, ["filter", "--run", str(run_dir), "--explain", "nope"])
     assert result.exit_code == 1 and "'nope' names 0 images" in result.output
+
+
+def test_explain_escapes_what_came_from_the_paper(tmp_path: Path) -> None:
+    """--explain prints the article title and caption: control characters in them are
+    escaped, one explanation line stays one terminal line."""
+    from histocore.manifest import Record
+    from histofetch.filter import explain
+
+    m = Manifest(run_dir=tmp_path / "run", query="q")
+    m.add_record(Record(id="pmid:1", title="T\x1b]0;pwned\x07itle", stage="filtered"))
+    m.add_image(Image(id="pmid:1/p001_001", record_id="pmid:1", path="images/a.png",
+                      sha256="0" * 64, width=96, height=96, kept=False,
+                      caption="H&E\x1b[2J\nerror: forged"))  # fmt: skip
+    text = explain(m, "p001_001")
+    assert not any(c in text for c in "\x1b\x07\r")
+    assert "article   T\\x1b]0;pwned\\x07itle" in text
+    assert "caption   text: H&E\\x1b[2J\\nerror: forged" in text
+    assert not any(line.startswith("error:") for line in text.splitlines())

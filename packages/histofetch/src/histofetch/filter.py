@@ -27,7 +27,7 @@ import numpy as np
 import PIL.Image
 
 from histocore.imaging import open_image
-from histocore.io import atomic_write_bytes
+from histocore.io import atomic_write_bytes, one_line
 from histocore.manifest import Image, Manifest, Record
 from histofetch.decide import rules
 from histofetch.decide.classifier import classify_rgb
@@ -315,4 +315,5 @@ def explain(manifest: Manifest, image_id: str) -> str:
         )
     if img.caption:
         lines.append(f"caption   text: {img.caption[:400]}")
-    return "\n".join(lines)
+    # titles and captions come from the paper: their control characters are escaped
+    return "\n".join(one_line(line) for line in lines)
