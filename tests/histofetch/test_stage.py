@@ -133,3 +133,19 @@ def test_summary_counts_reasons_as_status_does(tmp_path: Path) -> None:
     summary = run_per_record(m, "extracted", work)
     assert dict(summary.reasons) == {"not a PDF": 2}
     assert run_status(tmp_path)["failure_reasons"] == {"not a PDF": 2, "corrupt PDF": 1}
+
+
+def test_summary_and_status_escape_control_characters(tmp_path: Path) -> None:
+    """Failure reasons can carry what a server or file said: the printed summary line and
+    status report escape control characters (no terminal escape, no forged line)."""
+    from histofetch.status import format_status, run_status
+
+    m = _manifest(tmp_path)
+
+    def work(rec: Record) -> None:
+        raise StageFailure("server said \x1b[2J\x1b]0;pwned\x07\rerror: forged: detail")
+
+    summary = run_per_record(m, "extracted", work)
+    for text in (summary.line(), format_status(run_status(tmp_path))):
+        assert not any(c in text for c in "\x1b\x07\r")
+        assert "server said \\x1b[2J" in text

@@ -33,6 +33,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from histocore.io import one_line
 from histocore.manifest import STAGES, Manifest, Record
 from histocore.progress import task
 
@@ -86,7 +87,7 @@ class StageSummary:
             text += f", {self.elsewhere} being done by another process"
         if self.reasons:
             text += " (" + ", ".join(f"{r}: {n}" for r, n in self.reasons.most_common(5)) + ")"
-        return text
+        return one_line(text)  # reasons may quote a server or a file: no control characters
 
 
 class StageFailure(Exception):

@@ -6,6 +6,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from histocore.io import one_line
 from histocore.manifest import STAGES, Manifest
 from histofetch.stage import reason_key
 
@@ -106,7 +107,8 @@ def format_status(info: dict[str, Any]) -> str:
     if info["reject_reasons"]:
         lines.append("rejected images by reason:")
         lines += [f"  {n:5d}  {r}" for r, n in info["reject_reasons"].items()]
-    return "\n".join(lines)
+    # reasons, licences and the query come from servers, files and users: escaped
+    return "\n".join(one_line(line) for line in lines)
 
 
 def _pairs(counts: dict[str, int]) -> str:
