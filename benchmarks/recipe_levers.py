@@ -44,7 +44,7 @@ LEVERS: dict[str, dict] = {
     "randstain": {"randstain": 0.5},
     "cutout": {"cutout": 0.5},
     "mixup": {"mixup": 0.2},
-    "jpegblur": {"jpeg_blur": 0.3},
+    "jpegblur": {"jpeg_blur": 0.5},
     "label_smoothing": {"label_smoothing": 0.1},
     "centre_branch": {"model_config": {"centre": "branch"}},
     "centre_pool": {"model_config": {"centre": "pool"}},
@@ -122,7 +122,7 @@ def table(args: argparse.Namespace) -> int:
     images, y = x_rep.numpy(), y_rep.numpy().astype(int)
     p_base = _probs(args.baseline, images)
     rows = []
-    for lever in LEVERS:
+    for lever in args.levers:
         ckpt = args.work / f"cnn{tag(lever, args.epochs)}" / "best.pt"
         if not ckpt.exists():
             continue
@@ -147,7 +147,7 @@ def table(args: argparse.Namespace) -> int:
             f"[{r['delta_ci'][0]:+.4f}, {r['delta_ci'][1]:+.4f}] | {r.get('accuracy', '')} | "
             f"{r.get('recall', '')} | {r.get('best_epoch', '')} |"
         )
-    out = args.results / f"recipe_levers_e{args.epochs}.json"
+    out = args.results / f"recipe_levers_e{args.epochs}{args.out_tag}.json"
     doc = {"baseline": str(args.baseline), "epochs": args.epochs, "rows": rows}
     atomic_write_text(out, json.dumps(doc, indent=1) + "\n")
     print(f"→ {out}", file=sys.stderr)
@@ -167,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", type=Path, default=HERE / "runs")
     p.add_argument("--results", type=Path, default=HERE / "results")
     p.add_argument("--force", action="store_true", help="retrain levers already done")
+    p.add_argument("--out-tag", default="", help="table: suffix for the result file name")
     args = p.parse_args(argv)
     args.levers = [x.strip() for x in args.levers.split(",") if x.strip()]
     unknown = sorted(set(args.levers) - set(LEVERS))
