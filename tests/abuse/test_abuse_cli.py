@@ -8,7 +8,10 @@ output folder all inside it) with ``RLIMIT_AS`` set in the child. Each case asse
 * no traceback;
 * no half-written output (``*.part``, ``*.tmp``) anywhere in the case folder;
 * nothing written outside the case folder (the corpus is unchanged);
-* peak memory (``ru_maxrss`` of the child) under :data:`RSS_CAP`.
+* peak memory (``ru_maxrss`` of the child) under :data:`RSS_CAP`, measured by a small
+  launcher process (:data:`LAUNCHER`), never from pytest itself: Linux starts a child's
+  ``ru_maxrss`` at the resident size of the process that forked it, so measured from a
+  pytest process grown by earlier tests every case would carry pytest's own memory.
 
 All cases share one corpus (a module fixture) and run on a small thread pool of
 subprocesses, so the suite takes about a minute on 2 cores.
@@ -20,6 +23,7 @@ import json
 import os
 import re
 import resource
+import signal
 import subprocess
 import sys
 import time
@@ -38,6 +42,21 @@ AS_CAP = 6 << 30
 RSS_CAP = {"histofetch": 1_000_000_000, "histomodels": 2_000_000_000}
 #: Wall-clock cap per case (seconds).
 TIME_CAP = 240
+
+#: Runs ``argv`` (after the result file) as its child and writes "exit code, peak RSS
+#: (KiB), CPU seconds" of that child to the result file. Being small, it adds ~10 MB at most
+#: to the child's ``ru_maxrss`` (a child starts at its parent's resident size).
+LAUNCHER = """
+import os, sys
+result, argv = sys.argv[1], sys.argv[2:]
+pid = os.fork()
+if pid == 0:
+    os.execv(argv[0], argv)
+_, status, usage = os.wait4(pid, 0)
+code = os.waitstatus_to_exitcode(status)
+with open(result, "w") as fh:
+    fh.write(f"{code} {usage.ru_maxrss} {usage.ru_utime + usage.ru_stime}")
+"""
 
 FETCH = "import sys; from histofetch.cli import app; sys.argv[0] = 'histofetch'; app()"
 MODELS = "import sys; from histomodels.cli import app; sys.argv[0] = 'histomodels'; app()"
@@ -282,35 +301,37 @@ def _run(case: Case, corpus: dict[str, Path], case_dir: Path) -> Result:
         "COLUMNS": "200",
         "NO_COLOR": "1",
     }
+    measured = case_dir / "home" / "rusage"
     with (case_dir / "stdout").open("w") as out, (case_dir / "stderr").open("w") as err:
         start = time.monotonic()
         proc = subprocess.Popen(
-            [sys.executable, "-c", case.code, *args],
+            [sys.executable, "-c", LAUNCHER, str(measured), sys.executable, "-c", case.code, *args],
             cwd=case_dir,
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=err,
-            preexec_fn=_limit_memory,
+            preexec_fn=_limit_memory,  # inherited by the launcher's child
+            start_new_session=True,  # one process group: the time cap kills both
         )
-        deadline = start + TIME_CAP
-        while True:
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-            if pid:
-                break
-            if time.monotonic() > deadline:
-                proc.kill()
-                pid, status, usage = os.wait4(proc.pid, 0)
-                break
-            time.sleep(0.05)
-        proc.returncode = os.waitstatus_to_exitcode(status)
+        try:
+            proc.wait(timeout=TIME_CAP)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    seconds = time.monotonic() - start
+    if measured.is_file():
+        code, kib, cpu = measured.read_text().split()
+        measured.unlink()
+    else:  # killed at the time cap before the child ended
+        code, kib, cpu = str(proc.returncode), "0", "0"
     return Result(
-        proc.returncode,
+        int(code),
         (case_dir / "stdout").read_text(errors="replace"),
         (case_dir / "stderr").read_text(errors="replace"),
-        usage.ru_maxrss * 1024,
-        time.monotonic() - start,
-        usage.ru_utime + usage.ru_stime,
+        int(kib) * 1024,
+        seconds,
+        float(cpu),
         case_dir,
         args,
     )
@@ -456,3 +477,14 @@ def test_disk_full_mid_record_is_transient_and_redone(tmp_path: Path) -> None:
     again = _fetch(["extract", "--run", str(run)])
     assert again.returncode == 0, again.stderr
     _check_images(run, n_records=1, per_record=4)
+
+
+def test_peak_memory_is_the_childs_even_when_pytest_is_large(tmp_path: Path) -> None:
+    # pytest after heavy tests holds > 1 GB; a fork of it starts at that size in ru_maxrss
+    ballast = bytearray(RSS_CAP["histofetch"] + (100 << 20))
+    ballast[:: 1 << 12] = b"\x01" * len(ballast[:: 1 << 12])  # make every page resident
+    small = Case([], "ok", code="import sys; sys.exit(3)")
+    res = _run(small, {}, tmp_path / "case")
+    assert ballast[1 << 12] == 1  # (held until the child ended)
+    assert res.returncode == 3
+    assert res.maxrss < 200 << 20, f"{res.maxrss >> 20} MB measured for an idle interpreter"
