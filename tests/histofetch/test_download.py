@@ -202,6 +202,7 @@ def test_sigkill_mid_download_then_resume_equals_uninterrupted(
     partial = Manifest.load(killed)
     assert [r.stage for r in partial.records.values()] == ["downloaded"] * 2 + ["searched"] * 2
     assert len(partial.images) == 4  # the killed record's first figure left no row
+    partial.close()  # a reader left open would keep run.sqlite-wal/-shm in the folder
 
     run_download(killed, net=ncbi.config())
     got = (killed / "manifest.jsonl").read_text()
@@ -210,6 +211,7 @@ def test_sigkill_mid_download_then_resume_equals_uninterrupted(
     files = sorted(p.relative_to(killed).as_posix() for p in killed.rglob("*") if p.is_file())
     want = sorted(p.relative_to(clean).as_posix() for p in clean.rglob("*") if p.is_file())
     assert files == want  # no stray temp files or half-written figures
+    assert "run.sqlite" in want and not [f for f in want if f.startswith("run.sqlite-")]
 
 
 def test_retracted_at_search_is_skipped_before_any_request(ncbi: FakeNcbi, tmp_path: Path) -> None:

@@ -3,6 +3,7 @@ and the real PDFs in ../shared (skipped with a reason when absent)."""
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import os
 import signal
@@ -334,3 +335,25 @@ def test_a_pdf_whose_attempts_die_is_skipped_then_retried_on_request(tmp_path: P
     rec = Manifest.load(run).records[rec_id]
     assert rec.status == "ok" and rec.stage == "extracted" and rec.n_images == 6
     assert UNFINISHED_KEY not in rec.extra
+
+
+def test_finished_stages_leave_no_sqlite_side_files(tmp_path: Path) -> None:
+    """A stage closes its store: the WAL is folded into run.sqlite and ``-wal``/``-shm``
+    are gone, so the folder can be copied as it is or shared read-only."""
+    from histofetch.filter import run_filter
+
+    pdf = build_image_pdf(tmp_path / "a.pdf", [he_like(128, 128, seed=1)], caption="Figure 1")
+    run = tmp_path / "run"
+    gc.disable()  # without it a store left open might still be closed by the collector
+    try:
+        for stage in (lambda: run_extract(run, [pdf]), lambda: run_filter(run, sheet=False)):
+            stage()
+            assert not [p.name for p in run.iterdir() if p.name.startswith(STORE_NAME + "-")]
+        run_status(run)
+        assert not [p.name for p in run.iterdir() if p.name.startswith(STORE_NAME + "-")]
+    finally:
+        gc.enable()
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    (copy / STORE_NAME).write_bytes((run / STORE_NAME).read_bytes())  # the store file alone
+    assert Manifest.load(copy).records.keys() == Manifest.load(run).records.keys() != set()

@@ -14,7 +14,7 @@ import json
 import logging
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 
 from histocore.image_table import ImageTable
 from histocore.jsonl import bulk, file_fingerprint, fingerprint_matches, read_jsonl
@@ -120,10 +120,19 @@ class StoreSync:
             store.set_meta("export", json.dumps(file_fingerprint(self.path)))
 
     def close(self) -> None:
-        """Close the store connection (also closed when the object is collected)."""
+        """Close the store connection (also closed when the object is collected). The last
+        connection to close folds the WAL into ``run.sqlite`` and removes ``run.sqlite-wal``
+        and ``-shm``, so the folder can be copied or shared read-only. Using the manifest
+        again reopens the store."""
         if self._store is not None:
             self._store.close()
             self._store = None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def _header_delta(self) -> Delta:
         delta = Delta()

@@ -274,7 +274,7 @@ def run_download(
 ) -> StageSummary:
     """Fetch the article files of every searched record not yet downloaded (resumable)."""
     manifest = Manifest.load(run_dir)
-    with NetClient(net) as client:  # thread-safe; one rate limiter per host
+    with manifest, NetClient(net) as client:  # thread-safe; one rate limiter per host
 
         def work(mini: Manifest, rec: Record) -> None:
             Downloader(mini, client, limits, policy)(rec)

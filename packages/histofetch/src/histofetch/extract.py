@@ -79,16 +79,16 @@ def run_extract(
     file twice never duplicates it. Resumable: records already extracted are skipped.
     """
     run_dir = Path(run_dir)
-    manifest = Manifest.load(run_dir, create=True)
-    if paths:
-        ingest_local(manifest, paths)
-        manifest.save()
+    with Manifest.load(run_dir, create=True) as manifest:  # closed: no -wal file left behind
+        if paths:
+            ingest_local(manifest, paths)
+            manifest.save()
 
-    work = functools.partial(extract_record, min_size=min_size)  # picklable for --jobs
-    # guard_attempts: a PDF whose reading hung or killed the process is not retried forever
-    return run_records(
-        manifest, "extracted", work, jobs=jobs, retry_failed=retry_failed, guard_attempts=True
-    )
+        work = functools.partial(extract_record, min_size=min_size)  # picklable for --jobs
+        # guard_attempts: a PDF whose reading hung or killed the process is not retried forever
+        return run_records(
+            manifest, "extracted", work, jobs=jobs, retry_failed=retry_failed, guard_attempts=True
+        )
 
 
 def ingest_local(manifest: Manifest, paths: list[Path]) -> list[Record]:

@@ -95,6 +95,7 @@ def run_filter(
         from histofetch.sheets import write_filter_sheets
 
         write_filter_sheets(manifest)
+    manifest.close()  # no -wal file left behind
     return summary
 
 

@@ -62,9 +62,10 @@ def run_pipeline(
     again continues where it stopped.
     """
     run_dir = Path(run_dir)
-    manifest = Manifest.load(run_dir, create=True)
-    key = search_key(query, max_results, mindate, maxdate, open_access_only, db, shard)
-    if search_done(manifest, key):
+    with Manifest.load(run_dir, create=True) as manifest:
+        key = search_key(query, max_results, mindate, maxdate, open_access_only, db, shard)
+        done = search_done(manifest, key)
+    if done:
         yield SkippedStage("searched", f"already done ({len(manifest.records)} records)")
     else:
         yield run_search(

@@ -363,10 +363,12 @@ def _search_pmc(
 
 
 def _remember(manifest: Manifest, query: str, found: SearchResult, key: dict[str, Any]) -> None:
-    """Store what was searched (so `histofetch run` can skip a search already done)."""
+    """Store what was searched (so `histofetch run` can skip a search already done), and
+    close the store (the search's last step: no ``-wal`` file left behind)."""
     manifest.header_extra["last_search"] = key | {"count": found.count, "records": len(found.pmids)}
     if query != manifest.query:
         manifest.header_extra.setdefault("queries", [])
         if query not in manifest.header_extra["queries"]:
             manifest.header_extra["queries"].append(query)
     manifest.save()
+    manifest.close()

@@ -16,7 +16,11 @@ def run_status(run_dir: Path) -> dict[str, Any]:
 
     ``kept_images`` are paths relative to the run folder (absolute when outside it).
     """
-    manifest = Manifest.load(Path(run_dir))
+    with Manifest.load(Path(run_dir)) as manifest:
+        return _status(manifest, run_dir)
+
+
+def _status(manifest: Manifest, run_dir: Path) -> dict[str, Any]:
     records = list(manifest.records.values())
     images = list(manifest.images.values())
     kept = manifest.kept_images()
