@@ -132,3 +132,17 @@ def test_members_keep_the_temperature_eval_stored_beside_them(
     save_checkpoint(tmp_path / "ens.pt", raw)
     got = Predictor.load(tmp_path / "ens.pt", device="cpu", precision="fp32").logits(x)
     np.testing.assert_allclose(got, _member_logits([member, members[1]], x, False), atol=1e-4)
+
+
+def test_an_ensemble_is_not_a_member(members: list[Path], tmp_path: Path) -> None:
+    """A nested ensemble would be written but refused at load (its member specs are not
+    plain config values): it is refused when building, naming the source, and nothing is
+    written."""
+    inner = write_ensemble(members, tmp_path / "inner.pt")
+    with pytest.raises(CheckpointError, match=r"inner\.pt: .*ensemble.*its members"):
+        write_ensemble([inner, members[0]], tmp_path / "outer.pt")
+    assert not (tmp_path / "outer.pt").exists()
+    r = CliRunner().invoke(app, ["ensemble", str(inner), str(members[0]), "--out",
+                                 str(tmp_path / "outer")])  # fmt: skip
+    assert r.exit_code == 1 and r.output.startswith("error: ") and "its members" in r.output
+    assert not (tmp_path / "outer").exists()

@@ -55,6 +55,10 @@ def build_ensemble(sources: Sequence[str | Path], *, tta: bool = False) -> dict[
     members, state = [], {}
     for i, src in enumerate(sources):
         ckpt = read_checkpoint(src)
+        if ckpt["model"] == "ensemble":  # its member specs are not plain config values
+            raise CheckpointError(
+                f"{src}: is an ensemble; an ensemble cannot be a member (list its members)"
+            )
         spec = member_spec(ckpt, str(src))
         members.append(spec)
         for k, v in ckpt["state_dict"].items():
