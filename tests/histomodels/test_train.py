@@ -221,6 +221,9 @@ def test_cli_config_file_and_overrides(h5_files, tmp_path):
         (["--schedule", "linear"], "schedule must be cosine, plateau or constant"),
         (["--model", "resnet9000"], "unknown model 'resnet9000'"),
         (["--stain-norm", "nope.json"], "stain_norm must be 'macenko' or a stain JSON file"),
+        (["--model-config", '{"bogus": 1}'], "model_config key 'bogus', which cnn does not"),
+        (["--model-config", '{"width": "x"}'], "model_config: cannot build 'cnn' (invalid"),
+        (["--model-config", '{"weights": "/etc/passwd"}'], "key 'weights', which cnn does not"),
     ],
 )
 def test_cli_bad_input_is_one_line_and_exit_1(h5_files, tmp_path, extra, message):

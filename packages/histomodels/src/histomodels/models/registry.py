@@ -78,3 +78,15 @@ def config_keys(name: str) -> frozenset[str]:
         named = {p.name for p in params if p.kind is not inspect.Parameter.VAR_KEYWORD}
         return frozenset(named - _WEIGHT_KEYS)
     raise ModelError(f"unknown model {name!r}")
+
+
+def check_config(name: str, config: dict[str, Any]) -> None:
+    """Refuse a ``model_config`` key model ``name`` does not accept (:func:`config_keys`):
+    a model trained with it could not be built again from its checkpoint."""
+    allowed = config_keys(name)
+    for key in config:
+        if key not in allowed:
+            takes = ", ".join(sorted(allowed)) or "none"
+            raise ModelError(
+                f"model_config key {key!r}, which {name} does not accept (it takes: {takes})"
+            )

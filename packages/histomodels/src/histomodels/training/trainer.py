@@ -22,14 +22,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from histocore.errors import DomainError
 from histocore.io import json_safe
 from histomodels import distributed as D
 from histomodels.checkpoint import save_checkpoint
-from histomodels.config import TrainConfig, validate
+from histomodels.config import ConfigError, TrainConfig, validate
 from histomodels.device import amp_dtype, autocast, grad_scaler, pick_device, set_threads, use_bf16
 from histomodels.inference import predict_logits
 from histomodels.metrics import binary_metrics
 from histomodels.models import create_model
+from histomodels.models.registry import check_config
 from histomodels.preprocess import to_input
 from histomodels.training.callbacks import Callback, default_callbacks
 from histomodels.training.data import (
@@ -97,6 +99,7 @@ class Trainer:
         """Resolve resume, device and precision; load data; build model and optimizer."""
         if self.resume:
             self.cfg, self.state = resume_state(self.cfg, self.run_dir)
+        check_config(self.cfg.model, self.cfg.model_config)  # before any data is decoded
         self.device = pick_device(self.cfg.device)
         self.info = D.init_distributed(self.device)
         set_threads(self.cfg.threads)
@@ -133,10 +136,16 @@ class Trainer:
 
     def _setup_model(self) -> None:
         cfg = self.cfg
-        if self.state is None:  # from the weights source on a fresh run, from last.pt on resume
-            model = create_model(cfg.model, weights=cfg.weights, **cfg.model_config)
-        else:
-            model = create_model(cfg.model, pretrained=False, **cfg.model_config)
+        try:  # from the weights source on a fresh run, from last.pt on resume
+            if self.state is None:
+                model = create_model(cfg.model, weights=cfg.weights, **cfg.model_config)
+            else:
+                model = create_model(cfg.model, pretrained=False, **cfg.model_config)
+        except DomainError:
+            raise
+        except (TypeError, ValueError) as exc:  # accepted keys, unusable values
+            raise ConfigError(f"model_config: cannot build {cfg.model!r} ({exc})") from None
+        if self.state is not None:
             model.load_state_dict(self.state.get("train_state_dict") or self.state["state_dict"])
         model.to(self.device)
         if cfg.channels_last:
