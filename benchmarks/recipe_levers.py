@@ -51,6 +51,8 @@ LEVERS: dict[str, dict] = {
     # teacher: EfficientNet-Lite0 fine-tuned on the same fit split, 6 fixed epochs
     # (`pcam_real.py --runs lite0 --budget 0 --epochs 6 --tag _e6`); offline TTA soft targets
     "distill": {"teacher": str(HERE / "runs" / "lite0_e6" / "best.pt")},
+    # teacher: `histomodels ensemble` of the undistilled 60-epoch pcam-cnn and lite0_e6
+    "distill_ensemble": {"teacher": str(HERE / "runs" / "ens_pcamcnn60_lite0" / "best.pt")},
 }
 
 
