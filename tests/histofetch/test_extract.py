@@ -285,9 +285,10 @@ def _run_cli(*args: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
-def _kill_once_claimed(run: Path, pdf: Path) -> None:
-    """Start `histofetch extract` and SIGKILL it once its attempt at the PDF has started (the
-    claim is in the store) and before it committed: what a user does to a hung MuPDF."""
+def _kill_once_claimed(run: Path, pdf: Path, deaths_before: int = 0) -> None:
+    """Start `histofetch extract` and SIGKILL it once its attempt at the PDF has started and
+    before it committed: what a user does to a hung MuPDF. Started means claimed, and, after
+    earlier deaths, the death count committed (the attempt commits it before it works)."""
     proc = _run_cli("extract", "--run", str(run), str(pdf))
     deadline = time.monotonic() + 120
     while proc.poll() is None and time.monotonic() < deadline:
@@ -295,6 +296,9 @@ def _kill_once_claimed(run: Path, pdf: Path) -> None:
             with sqlite3.connect(run / STORE_NAME, timeout=30) as db:
                 sql = "SELECT COUNT(*) FROM claims WHERE pid = ?"
                 claimed = db.execute(sql, (proc.pid,)).fetchone()[0]
+                if claimed and deaths_before:
+                    (data,) = db.execute("SELECT data FROM records").fetchone()
+                    claimed = f'"{UNFINISHED_KEY}": {deaths_before}' in data
         except sqlite3.OperationalError:  # the store is being created
             claimed = 0
         if claimed:
@@ -313,7 +317,7 @@ def test_a_pdf_whose_attempts_die_is_skipped_then_retried_on_request(tmp_path: P
     rec_id = next(iter(Manifest.load(run).records))
     assert run_status(run)["unfinished"] == {"extracted": 1}
     assert "attempts whose process died" in format_status(run_status(run))
-    _kill_once_claimed(run, pdf)  # one death is retried (a random kill resumes): killed again
+    _kill_once_claimed(run, pdf, 1)  # one death is retried (a random kill resumes): killed again
     assert Manifest.load(run).records[rec_id].extra[UNFINISHED_KEY] == 1
 
     skip = _run_cli("extract", "--run", str(run))
