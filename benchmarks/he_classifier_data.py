@@ -25,6 +25,7 @@ from histofetch.decide import classifier as C  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import he_classifier_material as M  # noqa: E402
+import he_classifier_special as S  # noqa: E402
 
 CLASSES = ["he", "ihc", "pas", "fluor", "cyto", "graphic"]
 STAIN_CLASS = {
@@ -65,6 +66,12 @@ PIGMENT_CROPS = 20
 #: … and their pigment is pasted onto this share of the other real H&E training tiles
 #: (he_classifier_material.transfer_pigment): drawn granules alone do not look real.
 REAL_PIGMENT_SHARE = 0.15
+#: Share of real H&E training tiles that also give an explicit pair from the same tile:
+#: pigment granules over the kept eosin (``he``) and pale DAB in place of the eosin
+#: (``ihc``, the weak or faint mode) — the difference the classifier must learn.
+PAIR_SHARE = 0.25
+#: Low-power compound tiles (he_classifier_material.composite) per split.
+COMPOSITES = {"train": 400, "val": 60}
 #: PCam train patches that are also images of the evaluation PDFs (or within the twin
 #: distance of one, e.g. near-blank patches; the konrad-gerlach report shows two of them
 #: as sample patches, one pigmented): never used, so that the evaluation stays
@@ -259,7 +266,7 @@ def build(
     donors = [rgb for _, source, rgb in sources if source == "pcam-pigment"]
     split: dict[str, list[tuple[np.ndarray, int, str, str]]] = {"train": [], "val": []}
     he = CLASSES.index("he")
-    make = {"ihc": M.to_ihc, "pas": M.to_pas, "fluor": M.to_fluor, "overlay": M.overlay}
+    make = {"ihc": M.to_ihc, "pas": S.to_special, "fluor": M.to_fluor, "overlay": M.overlay}
     for k, (cls, source, rgb) in enumerate(sources):
         part = "val" if source in VAL_SOURCES else "train"
         rows = split[part]
@@ -280,6 +287,11 @@ def build(
             if rng.random() < HARDER_SHARE:
                 kind = str(rng.choice(list(M.HARDER), p=list(M.HARDER.values())))
                 rows.append((M.harder_he(tile, rng, kind), he, f"made:he-{kind}", f"{k}:{kind}"))
+            if rng.random() < PAIR_SHARE:
+                rows.append((M.pigment(tile, rng), he, "made:he-pigment-pair", f"{k}:pair-he"))
+                mode = "weak" if rng.random() < 0.6 else "faint"
+                ihc = CLASSES.index("ihc")
+                rows.append((M.to_ihc(tile, rng, mode), ihc, "made:ihc-pair", f"{k}:pair-ihc"))
             if part == "train" and donors and rng.random() < REAL_PIGMENT_SHARE:
                 donor = random_crop(donors[int(rng.integers(len(donors)))], rng, min_content=0.0)
                 if donor is not None:
@@ -289,6 +301,16 @@ def build(
         if cls == "he" and (source != "pcam" or k % 3 == 0):
             for _ in range(1 if source == "pcam" else LOWMAG_PER_IMAGE):
                 rows.append((M.low_magnification(rgb, rng), he, "made:he-lowmag", f"{k}:lowmag"))
+    for part, n in COMPOSITES.items():  # compound figures at low power, gutters included
+        pieces = [
+            rgb
+            for cls, source, rgb in sources
+            if cls == "he"
+            and not source.startswith("pcam")
+            and (source in VAL_SOURCES) == (part == "val")
+        ]
+        for j in range(n):
+            split[part].append((M.composite(pieces, rng), he, "made:he-composite", f"m{j}"))
     for part, n in (("train", 500), ("val", 120)):
         for j, chart in enumerate(M.charts(rng, n // 5)):
             for _ in range(3):

@@ -9,9 +9,11 @@ Used by ``benchmarks/train_he_classifier.py``; every function takes a seeded
 * Drawn negatives: :func:`colour_field` (colour-mapped scalar fields), :func:`charts`.
 * Harder positives (still H&E): :func:`harder_he` — blur, colour shift, black padding,
   JPEG, drawn annotations (:func:`annotate`: boxes, arrows, scale bars, panel letters,
-  text), brown/black pigment (:func:`pigment`), dark haematoxylin-heavy scans — and
+  text), pigment granules by physics (he_classifier_pigment.pigment), dark
+  haematoxylin-heavy scans — and
   :func:`low_magnification` (whole sources shrunk onto white, as slide thumbnails and
-  low-power panels look).
+  low-power panels look) and :func:`composite` (low-power panels of several sources in a
+  grid with gutters, as a compound figure that was not split looks).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import io
 
 import numpy as np
 import PIL.Image
+from he_classifier_pigment import pigment
 from PIL import ImageDraw, ImageFilter, ImageFont
 from skimage.color import hed2rgb, rgb2hed
 
@@ -44,13 +47,15 @@ def u8(x: np.ndarray) -> np.ndarray:
 
 
 # -- hard negatives from real H&E ------------------------------------------------------------
-IHC_MODES = {"cytoplasm": 0.35, "nuclear": 0.3, "faint": 0.35}
+IHC_MODES = {"cytoplasm": 0.3, "nuclear": 0.25, "faint": 0.25, "weak": 0.2}
 
 
 def to_ihc(tile: np.ndarray, rng: np.random.Generator, mode: str | None = None) -> np.ndarray:
     """IHC from H&E by HED deconvolution: eosin → DAB, nuclear DAB, or (``faint``) the
-    haematoxylin counterstain alone with a little DAB in a few cells — IHC whose brown
-    share is below any colour check, which only the missing eosin gives away."""
+    haematoxylin counterstain alone with a little DAB in a few cells, or (``weak``) a pale
+    diffuse cytoplasmic DAB where the eosin was — IHC whose brown share is below any
+    colour check, which only the missing eosin gives away (pigment in H&E keeps it:
+    he_classifier_pigment.py)."""
     hed = rgb2hed(tile)
     new = hed.copy()
     if mode is None:
@@ -71,6 +76,11 @@ def to_ihc(tile: np.ndarray, rng: np.random.Generator, mode: str | None = None) 
         new[..., 0] = hed[..., 0] * rng.uniform(0.7, 1.3)
         new[..., 1] = hed[..., 1] * rng.uniform(0.0, 0.08)
         new[..., 2] = dab * (hed[..., 0] + hed[..., 1]) * rng.uniform(0.3, 1.2)
+    elif mode == "weak":  # pale tan cytoplasm: weak DAB replaces the eosin everywhere
+        patchy = 0.5 + smooth(tile.shape[:2], rng, cells=int(rng.integers(3, 8)))
+        new[..., 0] = hed[..., 0] * rng.uniform(0.6, 1.2)
+        new[..., 1] = hed[..., 1] * rng.uniform(0.0, 0.1)
+        new[..., 2] = np.clip(hed[..., 1], 0, None) * patchy * rng.uniform(0.3, 0.9)
     else:
         raise ValueError(f"unknown IHC mode: {mode}")
     return u8(hed2rgb(new))
@@ -192,26 +202,6 @@ def annotate(tile: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.asarray(up.resize((T, T), PIL.Image.Resampling.BILINEAR))
 
 
-def pigment(tile: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Pigment in H&E (lymph nodes: anthracosis, haemosiderin, melanin): granular brown or
-    black granules in clumps over 5–60 % of the tile, eosin and haematoxylin kept."""
-    hed = rgb2hed(tile)
-    clumps = smooth(tile.shape[:2], rng, cells=int(rng.integers(8, 20)))
-    region = clumps > np.quantile(clumps, 1 - rng.uniform(0.05, 0.6))
-    grain = np.asarray(
-        PIL.Image.fromarray(u8(rng.random(tile.shape[:2]))).filter(ImageFilter.GaussianBlur(0.8))
-    ).astype(np.float32)
-    grain = (grain - grain.mean()) / max(float(grain.std()), 1e-6)
-    deposit = region & (grain > rng.uniform(-0.5, 0.8))  # granules, not solid blobs
-    amount = deposit * np.clip(0.6 + 0.4 * grain, 0.2, 1.5) * rng.uniform(0.2, 0.8)
-    if rng.random() < 0.6:  # golden-brown to brown: absorbs blue most (DAB-like OD)
-        hed[..., 2] += amount
-        out = hed2rgb(hed)
-    else:  # black/grey-black carbon: neutral density on top of the stain
-        out = hed2rgb(hed) * np.exp(-amount * 2.5)[..., None]
-    return u8(out)
-
-
 #: DAB optical density (skimage ``rgb2hed``) above which a pixel of real H&E counts as
 #: pigment (brown haemosiderin/melanin or black carbon absorb blue light, as DAB does).
 PIGMENT_OD = 0.12
@@ -306,6 +296,28 @@ def low_magnification(rgb: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         oy, ox = int(rng.integers(0, T - size + 1)), int(rng.integers(0, T - size + 1))
         region = canvas[oy : oy + size, ox : ox + size]
         region[inside] = piece[inside]
+    return canvas
+
+
+def composite(pieces: list[np.ndarray], rng: np.random.Generator) -> np.ndarray:
+    """A compound figure at low power: 2–4 cells separated by white (or black) gutters of
+    1–4 px, each filled by a real H&E source (one of ``pieces``) shrunk 4–16× onto it."""
+    gutter = int(rng.integers(1, 5))
+    colour = 0 if rng.random() < 0.15 else int(rng.integers(235, 256))
+    canvas = np.full((T, T, 3), colour, np.uint8)
+    rows, cols = [(1, 2), (2, 1), (2, 2), (1, 3)][int(rng.integers(4))]
+    ch, cw = (T - (rows - 1) * gutter) // rows, (T - (cols - 1) * gutter) // cols
+    for r in range(rows):
+        for c in range(cols):
+            src = pieces[int(rng.integers(len(pieces)))]
+            h, w = src.shape[:2]
+            factor = float(rng.uniform(4, 16))
+            sh, sw = min(h, round(ch * factor)), min(w, round(cw * factor))
+            y, x = int(rng.integers(0, h - sh + 1)), int(rng.integers(0, w - sw + 1))
+            piece = PIL.Image.fromarray(np.ascontiguousarray(src[y : y + sh, x : x + sw]))
+            cell = np.asarray(piece.resize((cw, ch), PIL.Image.Resampling.LANCZOS))
+            y0, x0 = r * (ch + gutter), c * (cw + gutter)
+            canvas[y0 : y0 + ch, x0 : x0 + cw] = cell
     return canvas
 
 

@@ -16,15 +16,20 @@ Material (he_classifier_data.py, he_classifier_material.py; sizes in the model c
   tiles, Camelyon17 centre tiles, the TIAToolbox target, ``stain_types/`` (all five
   classes), the sinanbertan report's figures and text pages, text pages of the image-less
   fixture PDFs;
-* made from real H&E by physics: IHC (HED deconvolution: eosin → DAB, nuclear DAB, and a
-  haematoxylin-only counterstain with faint DAB), PAS-like (eosin → magenta + dark-magenta
-  membranes), fluorescence, alpha-blended heatmaps/masks/filled contour maps;
+* made from real H&E by physics: IHC (HED deconvolution: eosin → DAB, nuclear DAB, a
+  haematoxylin-only counterstain with faint DAB, and weak diffuse DAB in place of the
+  eosin), special stains (PAS-like: eosin → magenta + dark-magenta membranes; Jones
+  silver, Masson trichrome, picrosirius red), fluorescence, alpha-blended
+  heatmaps/masks/filled contour maps;
 * drawn: colour-mapped scalar fields and matplotlib UMAP/scatter/bar charts in pink and
   purple palettes;
 * H&E made harder (stays ``he``): blur, colour shift, black padding, JPEG, drawn
-  annotations (boxes, arrows, scale bars, panel letters, text), drawn brown/black pigment,
-  real pigment (the deposits of the 11 pigmented PCam train patches pasted onto other H&E),
-  dark haematoxylin-heavy scans, and low magnification (sources shrunk onto white).
+  annotations (boxes, arrows, scale bars, panel letters, text), pigment granules by
+  physics (haemosiderin, formalin pigment, melanin, carbon over the kept eosin; a quarter
+  of the real H&E tiles also give an explicit pair: pigment → ``he``, pale DAB in place of
+  the eosin → ``ihc``), real pigment (the deposits of the 11 pigmented PCam train patches
+  pasted onto other H&E), dark haematoxylin-heavy scans, low magnification (sources shrunk
+  onto white) and low-power compound tiles (cells of several sources with gutters).
 
 The rule's classifier thresholds (``p_keep``, ``p_caption``, ``p_override``,
 ``p_override_caption`` of decide/rules.py) are chosen on the validation images (the mean
@@ -308,7 +313,7 @@ def main() -> None:
     ap.add_argument(
         "--shared", type=Path, default=Path(os.environ.get("HISTO_SHARED", ROOT.parent / "shared"))
     )
-    ap.add_argument("--epochs", type=int, default=7)
+    ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--per-image", type=int, default=10, help="Crops per real image (PCam: 2).")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--cache", type=Path, default=None, help="Keep built tiles here (.npz); reuse.")

@@ -8,13 +8,17 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import PIL.Image
 import pytest
 from conftest import shared_path
 from pdf_factory import he_like
-from skimage.color import rgb2hed
+from PIL import ImageFilter
+from skimage.color import hed2rgb, rgb2hed
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 import he_classifier_material as M
+import he_classifier_pigment as P
+import he_classifier_special as S
 
 TILE = he_like(M.T, M.T, seed=3)
 MAKERS = {
@@ -79,6 +83,81 @@ def test_pigment_adds_dark_granules_and_keeps_the_rest() -> None:
         darker = (TILE.astype(int).sum(-1) - out.sum(-1)) > 45
         assert 0.005 < darker.mean() < 0.6
         assert (out.sum(-1) > TILE.astype(int).sum(-1) + 30).mean() < 0.01  # nothing paler
+
+
+@pytest.mark.parametrize("kind", sorted(P.KINDS))
+def test_pigment_lies_over_the_stain_as_granules_of_its_colour(kind: str) -> None:
+    out = P.pigment(TILE, _rng(3), kind).astype(float)
+    loss = TILE.astype(float) - out  # light the granules absorb, per channel
+    granule = loss.sum(-1) > 45
+    assert 0.002 < granule.mean() < 0.5  # sparse granules, not a wash over the tile
+    assert (loss.sum(-1) < -30).mean() < 0.01  # absorbers only: nothing paler
+    # the eosin and haematoxylin away from the granules are untouched
+    far = ~np.asarray(
+        PIL.Image.fromarray(granule.astype(np.uint8) * 255).filter(ImageFilter.MaxFilter(5))
+    ).astype(bool)
+    assert np.abs(loss[far]).mean() < 6
+    blue_over_red = loss[granule, 2].mean() / max(loss[granule, 0].mean(), 1e-6)
+    if kind == "haemosiderin":  # golden-brown: blue light absorbed most
+        assert blue_over_red > 1.3
+    with pytest.raises(ValueError, match="square"):
+        P.pigment(TILE[:40], _rng(), kind)
+
+
+def test_weak_ihc_puts_pale_dab_where_the_eosin_was() -> None:
+    # a stained section made in HED space: haematoxylin nuclei in eosin-stained cytoplasm
+    yy, xx = np.mgrid[: M.T, : M.T]
+    nuclei = ((yy % 16 - 8) ** 2 + (xx % 16 - 8) ** 2) < 20
+    hed = np.zeros((M.T, M.T, 3))
+    hed[..., 0] = np.where(nuclei, 0.5, 0.02)
+    hed[..., 1] = np.where(nuclei, 0.05, 0.25)
+    tile = (hed2rgb(hed) * 255).round().astype(np.uint8)
+    before = np.clip(rgb2hed(tile), 0, None)
+    for seed in range(4):
+        after = np.clip(rgb2hed(M.to_ihc(tile, _rng(seed), "weak")), 0, None)
+        assert after[..., 1].mean() < 0.35 * before[..., 1].mean()  # eosin gone
+        dab = after[..., 2] - before[..., 2]
+        assert dab[~nuclei].mean() > 2 * max(dab[nuclei].mean(), 0.01)  # where eosin was
+        assert 0.02 < dab[~nuclei].mean() < before[~nuclei, 1].mean()  # and pale
+
+
+def test_composite_is_a_grid_of_tissue_with_gutters() -> None:
+    pieces = [he_like(300, 260, seed=s) for s in (4, 5)]
+    for seed in range(6):
+        out = M.composite(pieces, _rng(seed)).astype(int)
+        assert out.shape == (M.T, M.T, 3)
+        spread = lambda a: np.ptp(a, axis=1).max(-1)  # noqa: E731
+        uniform = (spread(out) < 8).any() or (spread(out.transpose(1, 0, 2)) < 8).any()
+        assert uniform  # a gutter row or column crosses the figure
+        assert (out.min(-1) < 200).mean() > 0.6  # and tissue fills the cells
+    assert np.array_equal(M.composite(pieces, _rng(1)), M.composite(pieces, _rng(1)))
+
+
+@pytest.mark.parametrize("kind", sorted(S.SPECIAL))
+def test_special_stains_are_deterministic_tiles_without_eosin_pink(kind: str) -> None:
+    outs = [S.to_special(TILE, _rng(seed), kind) for seed in (0, 0, 1)]
+    assert all(o.shape == TILE.shape and o.dtype == np.uint8 for o in outs)
+    np.testing.assert_array_equal(outs[0], outs[1])
+    assert not np.array_equal(outs[0], outs[2])
+    with pytest.raises(ValueError, match="unknown special stain"):
+        S.to_special(TILE, _rng(), "gram")
+
+
+def test_silver_draws_dark_membranes_and_trichrome_splits_red_from_blue() -> None:
+    yy = np.mgrid[: M.T, : M.T][0]
+    hed = np.zeros((M.T, M.T, 3))
+    hed[..., 1] = np.where((yy // 16) % 2 == 0, 0.25, 0.0)  # bands of eosin-stained tissue
+    tile = (hed2rgb(hed) * 255).round().astype(np.uint8)
+    silver = S.to_silver(tile, _rng(2)).astype(int).sum(-1)
+    edges = (yy % 16 == 0) | (yy % 16 == 15)
+    assert silver[edges].mean() < silver[~edges].mean() - 40  # black along the band edges
+    tri = S.to_trichrome(tile, _rng(3)).astype(int)
+    tissue = (yy // 16) % 2 == 0
+    red = tri[..., 0] - tri[..., 2] > 20
+    blue_or_green = tri[..., 0] < tri[..., 1:].max(-1) - 20
+    assert red[tissue].any() and blue_or_green[tissue].any()  # cytoplasm and collagen
+    inner = (yy % 16 > 2) & (yy % 16 < 13)  # away from the edges the smoothing spreads
+    assert not (red | blue_or_green)[~tissue & inner].any()  # nothing where no tissue is
 
 
 def _donor() -> np.ndarray:
