@@ -1,6 +1,7 @@
 """The scratch CNN's centre-focused variants (``model_config={"centre": ...}``, issue 11):
 a branch on the central crop, or attention pooling with a centre prior. ``"none"`` is the
-network the shipped pcam-cnn is (tests/histomodels/test_pretrained.py loads it)."""
+builder's default (checkpoints without the key); the shipped pcam-cnn is ``"pool"``
+(tests/histomodels/test_pretrained.py loads it)."""
 
 from __future__ import annotations
 

@@ -9,7 +9,9 @@ lower and trained/inferred ~2-3x slower). ~550 patches/s training and ~1,500 inf
 idle cores with bf16 + channels_last, so a 20-minute budget buys ~80 epochs of 7.6k patches.
 
 ``centre`` makes the network look harder at the central 32x32 that PCam's label is about
-(issue 11; default ``"none"``, the network above, which the shipped ``pcam-cnn`` is):
+(issue 11; the builder's default is ``"none"``, the network above, so a checkpoint without
+the key loads as before; training defaults to ``"pool"``, ``config.RECIPE_MODEL_DEFAULTS``,
+which the shipped ``pcam-cnn`` uses):
 ``"branch"`` adds a small conv path (widths w/2, w, 2w) on the central half-size crop
 (48x48 of 96) whose pooled features join the global ones before the head; ``"pool"`` adds
 attention pooling of the last feature map, a learned 1x1-conv score plus a Gaussian
