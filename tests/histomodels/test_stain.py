@@ -117,3 +117,23 @@ def test_cli_fits_a_stain_file_from_a_reference_image(tmp_path) -> None:
     Image.fromarray(np.full((64, 64, 3), 250, np.uint8)).save(blank)
     r = CliRunner().invoke(app, ["data", "stain", str(blank), "--out", str(tmp_path / "b.json")])
     assert r.exit_code == 1 and "blank.png" in r.stderr and not (tmp_path / "b.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (b"\xff\xfe\x00 binary", "cannot read stain settings"),
+        (b'{"stains": [[0.65, 0.07], [0.7, 0.99], [0.29, 0.11]], "max_c": [0, 1]}', "max_c"),
+        (b'{"stains": [[0.65, 0.07], [0.7, 0.99], [0.29, 0.11]], "max_c": [NaN, 1]}', "max_c"),
+        (b'{"stains": [[0.65, 0.07], [0.7, 0.99], [0.29, 0.11]], "max_c": [1, 1], "io": -5}', "io"),
+    ],
+    ids=["binary", "zero max_c", "nan max_c", "negative io"],
+)
+def test_hostile_stain_settings_are_one_error(tmp_path, text, message) -> None:
+    """A stain file (or a checkpoint's stain dict) that would divide by zero or take the log
+    of a negative number is refused, not turned into NaN patches; a binary file is named."""
+    bad = tmp_path / "stain.json"
+    bad.write_bytes(text)
+    with pytest.raises(StainError, match=message) as err:
+        MacenkoNormalizer.load(bad)
+    assert str(err.value).startswith(str(bad))

@@ -115,6 +115,10 @@ class MacenkoNormalizer:
             raise StainError(f"{source}: not Macenko stain settings ({exc!r})") from None
         if stains.shape != (3, 2) or max_c.shape != (2,) or not np.isfinite(stains).all():
             raise StainError(f"{source}: expected stains 3x2 and max_c of 2 finite numbers")
+        if not (np.isfinite(max_c).all() and (max_c > 0).all()):
+            raise StainError(f"{source}: max_c must be 2 positive finite numbers")
+        if not (np.isfinite(io) and 0 < io <= 1000):  # background light; 240 typical
+            raise StainError(f"{source}: io must be a positive intensity, got {io}")
         return cls(stains, max_c, io)
 
     def save(self, path: str | Path) -> None:
@@ -127,7 +131,7 @@ class MacenkoNormalizer:
     def load(cls, path: str | Path) -> MacenkoNormalizer:
         try:
             data = json.loads(Path(path).read_text())
-        except (OSError, json.JSONDecodeError) as exc:
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise StainError(f"{path}: cannot read stain settings ({exc})") from None
         if not isinstance(data, dict):
             raise StainError(f"{path}: expected a JSON object of stain settings")
