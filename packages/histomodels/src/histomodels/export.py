@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from histocore.errors import UsageError
+from histocore.errors import DomainError, UsageError
 from histomodels.calibration import effective_temperature
 from histomodels.checkpoint import load_model, resolve_checkpoint
 from histomodels.inference import norm_of
@@ -99,6 +99,10 @@ def _run_exported(fmt: str, path: Path, x: torch.Tensor) -> np.ndarray:
         return loaded(x).numpy()
 
 
+class ParityError(DomainError, RuntimeError):
+    """The exported model's logits differ from PyTorch's by more than the tolerance."""
+
+
 def export_checkpoint(
     checkpoint: str | Path,
     fmt: str,
@@ -107,11 +111,14 @@ def export_checkpoint(
     exporter: str = "dynamo",
     parity_batch: int = 4,
     seed: int = 0,
+    tolerance: float | None = None,
 ) -> dict[str, Any]:
     """Write ``out`` atomically and return ``{"path", "format", "max_abs_diff", ...}``.
 
     The parity check runs PyTorch and the exported model on the same random batch (and a
     batch of another size for the dynamic axis) and reports the largest logit difference.
+    With ``tolerance``, a larger difference raises :class:`ParityError` and ``out`` is left
+    as it was (the export is checked before it replaces anything).
     """
     if fmt not in FORMATS:
         raise UsageError(f"unknown export format {fmt!r}; use one of {', '.join(FORMATS)}")
@@ -150,6 +157,11 @@ def export_checkpoint(
             ref = torch.cat([net(example), net(other)]).numpy()
         got = np.concatenate([_run_exported(fmt, tmp, example), _run_exported(fmt, tmp, other)])
         diff = float(np.abs(ref - got).max())
+        if tolerance is not None and not diff <= tolerance:
+            raise ParityError(
+                f"{out}: parity check failed (max abs diff {diff:.3g} > {tolerance}); "
+                "nothing written"
+            )
         os.replace(tmp, out)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -258,7 +258,7 @@ def export_cmd(
     with errors():
         from histomodels.export import export_checkpoint
 
-        res = export_checkpoint(checkpoint, fmt, out, exporter=exporter)
+        res = export_checkpoint(checkpoint, fmt, out, exporter=exporter, tolerance=tolerance)
     typer.echo(f"wrote {res['path']} ({res['format']}, {res['bytes']} bytes)")
     typer.echo(f"max abs diff {res['max_abs_diff']:.3g}")
     if res.get("stain"):
@@ -266,8 +266,6 @@ def export_cmd(
             "note: the model was trained on Macenko-normalised patches; normalise inputs first "
             "(settings in the file's metadata, key histomodels.stain)"
         )
-    if res["max_abs_diff"] > tolerance:
-        fail(f"{out}: parity check failed (max abs diff {res['max_abs_diff']:.3g} > {tolerance})")
 
 
 def predict_cmd(
