@@ -115,3 +115,23 @@ def test_scale_resizes_before_tiling(tmp_path: Path) -> None:
         app, ["predict", str(ckpt), str(img), "--scale", "0.2", "--out", str(out)]
     )
     assert r.exit_code == 1 and "smaller than one 96px patch" in r.output
+
+
+def test_a_file_failing_mid_run_leaves_no_heatmaps_and_no_csv(tmp_path: Path) -> None:
+    """A file whose header passes the up-front check but whose pixels do not decode stops the
+    run with one error line, after an earlier file's heatmap was drawn: nothing stays."""
+    ckpt = tiny_checkpoint(tmp_path)
+    good = tmp_path / "a_good.png"
+    Image.fromarray(make_figure(2, 2, seed=3)).save(good)
+    full = tmp_path / "full.png"
+    Image.fromarray(make_figure(2, 2, seed=4)).save(full)
+    cut = tmp_path / "b_cut.png"
+    cut.write_bytes(full.read_bytes()[: full.stat().st_size // 2])  # header fine, data cut
+    out = tmp_path / "pred.csv"
+    r = CliRunner().invoke(app, ["predict", str(ckpt), str(good), str(cut), "--out", str(out)])
+    assert r.exit_code == 1, r.output
+    assert r.output.startswith("error: ") and str(cut) in r.output
+    assert "Traceback" not in r.output
+    assert not out.exists()
+    heat = tmp_path / "pred_heatmaps"
+    assert not heat.exists() or not any(heat.iterdir())

@@ -12,9 +12,12 @@ import csv
 import io
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from histomodels.inference import Predictor
 
 from histocore import imaging
 from histocore.errors import DomainError, UsageError
@@ -152,7 +155,7 @@ def predict_paths(
     ``scale`` resizes each image first so it matches the model's training magnification
     (PCam is ~10x, ~0.97 um/px: use 0.25 for 40x tiles); x/y are then in resized pixels."""
     from histocore.io import atomic_write_text
-    from histomodels.inference import Predictor, sigmoid
+    from histomodels.inference import Predictor
 
     if not 0 < scale <= 16:
         raise UsageError(f"scale must be in (0, 16], got {scale}")
@@ -166,6 +169,38 @@ def predict_paths(
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["path", "x", "y", "size", "tissue_fraction", "probability"])
     n_rows, heatmaps = 0, []
+    try:
+        n_rows = _predict_files(pred, files, w, heat_dir, heatmaps, size=size, scale=scale,
+                                stride=stride, max_pixels=max_pixels, batch_size=batch_size,
+                                tta=tta)  # fmt: skip
+        out_csv.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out_csv, buf.getvalue())
+    except BaseException:  # nothing half written: the heatmaps of this run go with the CSV
+        for h in heatmaps:
+            Path(h).unlink(missing_ok=True)
+        raise
+    return {"files": len(files), "rows": n_rows, "csv": str(out_csv), "heatmaps": heatmaps}
+
+
+def _predict_files(
+    pred: Predictor,
+    files: list[Path],
+    w: Any,
+    heat_dir: Path,
+    heatmaps: list[str],
+    *,
+    size: int,
+    scale: float,
+    stride: int | None,
+    max_pixels: int,
+    batch_size: int,
+    tta: bool,
+) -> int:
+    """Score every file's tiles into the CSV writer ``w``; heatmap paths go to ``heatmaps``
+    as they are written. Returns the number of rows."""
+    from histomodels.inference import sigmoid
+
+    n_rows = 0
     with task("predicting", len(files)) as shown:
         for f in files:
             img, tiles = image_tiles(read_rgb(f, max_pixels), f, size=size, scale=scale,
@@ -181,9 +216,7 @@ def predict_paths(
                          f"mean {probs.mean():.2f}")  # fmt: skip
                 heatmaps.append(str(target))
             shown.advance()
-    out_csv.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out_csv, buf.getvalue())
-    return {"files": len(files), "rows": n_rows, "csv": str(out_csv), "heatmaps": heatmaps}
+    return n_rows
 
 
 def _resize(img: np.ndarray, scale: float, f: Path, size: int) -> np.ndarray:
