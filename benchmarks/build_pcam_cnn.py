@@ -46,6 +46,8 @@ EPOCHS = 60
 #: distillation teacher: EfficientNet-Lite0 (offline ImageNet weights) fine-tuned for this
 #: many fixed epochs on the same fit/select split first; 0 = no teacher
 TEACHER_EPOCHS = 6
+#: the student's JPEG re-compression / blur augmentation (``TrainConfig.jpeg_blur``)
+JPEG_BLUR = 0.0
 THREADS = 2
 SEED = 0
 SENSITIVITY = 0.9
@@ -96,6 +98,7 @@ def build(
     limit: int | None,
     quiet: bool,
     teacher_epochs: int = 0,
+    jpeg_blur: float = 0.0,
 ) -> dict:
     """Train (after the teacher, if any), calibrate, choose the threshold, score on PCam
     valid; write the artefact."""
@@ -135,6 +138,7 @@ def build(
     cfg = TrainConfig(
         model="cnn",
         teacher=str(teacher["checkpoint"]) if teacher else None,
+        jpeg_blur=jpeg_blur,
         epochs=epochs,
         patience=epochs + 1,  # fixed epochs: no early stop
         time_budget=None,
@@ -229,6 +233,7 @@ def main(argv: list[str] | None = None) -> int:
         default=TEACHER_EPOCHS,
         help="fine-tune a Lite0 teacher for N epochs first and distil from it (0: none)",
     )
+    p.add_argument("--jpeg-blur", type=float, default=JPEG_BLUR, help="student's jpeg_blur")
     p.add_argument("--limit", type=int, help="only the first N patches of each file (checks)")
     p.add_argument("--results", type=Path, default=HERE / "results" / "pcam_cnn_build.json")
     p.add_argument(
@@ -273,6 +278,7 @@ def main(argv: list[str] | None = None) -> int:
         limit=args.limit,
         quiet=args.quiet,
         teacher_epochs=args.teacher_epochs,
+        jpeg_blur=args.jpeg_blur,
     )
     info["wall_seconds"] = round(time.perf_counter() - t0, 1)
     info["environment"] = {
