@@ -59,21 +59,18 @@ def sha256(path: Path) -> str:
 
 def train_teacher(work: Path, fit, select, *, epochs: int) -> dict:
     """Fine-tune the Lite0 teacher (fixed epochs, deterministic) on the student's splits."""
+    from pcam_real import lite0_config
+
     from histocore.io import file_sha256
-    from histomodels.config import FINETUNE_DEFAULTS, TrainConfig
     from histomodels.training import train
 
-    cfg = TrainConfig(
-        **{
-            **FINETUNE_DEFAULTS,
-            "weights": "lite0-imagenet",
-            "epochs": epochs,
-            "patience": epochs + 1,
-            "time_budget": None,
-            "seed": SEED,
-            "threads": THREADS,
-            "progress": False,
-        }
+    cfg = lite0_config(
+        epochs=epochs,
+        patience=epochs + 1,
+        time_budget=None,
+        seed=SEED,
+        threads=THREADS,
+        progress=False,
     )
     t0 = time.perf_counter()
     res = train(cfg, work, train_data=fit, val_data=select)

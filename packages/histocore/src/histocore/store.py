@@ -384,20 +384,20 @@ class RunStore:
 
     def live_claims(self) -> list[tuple[str, str]]:
         """``(record_id, stage)`` of the records live processes are working on now."""
-        rows = self.db.execute("SELECT record_id, stage, host, pid, since FROM claims")
-        return [(rid, stage) for rid, stage, host, pid, since in rows if _alive(host, pid, since)]
+        return self._claims(alive=True)
 
     def abandoned_claims(self, record_id: str | None = None) -> list[tuple[str, str]]:
         """``(record_id, stage)`` of claims whose process died before it committed the
         record (killed, crashed, or hung and then killed): an attempt started, never ended."""
+        return self._claims(alive=False, record_id=record_id)
+
+    def _claims(self, *, alive: bool, record_id: str | None = None) -> list[tuple[str, str]]:
         sql = "SELECT record_id, stage, host, pid, since FROM claims"
         args: tuple[Any, ...] = ()
         if record_id is not None:
             sql, args = sql + " WHERE record_id = ?", (record_id,)
         rows = self.db.execute(sql, args).fetchall()
-        return [
-            (rid, stage) for rid, stage, host, pid, since in rows if not _alive(host, pid, since)
-        ]
+        return [(rid, st) for rid, st, *proc in rows if _alive(*proc) == alive]
 
     def release(self, record_ids: Iterable[str], owner: str) -> None:
         with self.write() as db:
