@@ -9,7 +9,16 @@ import pytest
 from histomodels.config import TrainConfig, resolve_config
 from histomodels.synthetic import make_patches
 from histomodels.training import train
-from histomodels.tune import EXPERIMENT_FILE, SPACE, search_space, trial_config, tune
+from histomodels.tune import (
+    EXPERIMENT_FILE,
+    MAX_FAILED_IN_A_ROW,
+    SPACE,
+    TuneError,
+    search_space,
+    trial_config,
+    trial_failure,
+    tune,
+)
 
 #: an Ax parameterisation of the search space before the recipe levers (7 dimensions)
 OLD_PARAMS = dict(
@@ -101,3 +110,78 @@ def test_tune_resumes_an_experiment_saved_with_the_older_space(tmp_path):
     (record,) = json.loads((out / "trials.json").read_text())
     assert record["status"] == "completed" and set(record["params"]) == set(OLD_PARAMS)
     assert record["config"]["model_config"]["centre"] == "none"
+
+
+def _raised(fn):
+    try:
+        fn()
+    except Exception as exc:  # the test inspects whatever was raised
+        return exc
+    raise AssertionError("nothing raised")
+
+
+def test_only_domain_errors_and_out_of_memory_fail_a_trial():
+    import torch
+
+    from histomodels.models import create_model
+
+    cpu_oom = _raised(lambda: torch.empty(2**50, dtype=torch.uint8))  # the real allocator
+    assert type(cpu_oom) is RuntimeError and trial_failure(cpu_oom).startswith("[enforce fail")
+    cuda_oom = torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+    assert trial_failure(cuda_oom) == "CUDA out of memory. Tried to allocate 20.00 GiB"
+    bad_norm = _raised(lambda: create_model("cnn", norm="bogus"))  # a domain error
+    assert "bogus" in trial_failure(bad_norm)
+    # programmer bugs: a shape mismatch, a wrong type, a bad value outside our error classes
+    assert trial_failure(_raised(lambda: torch.nn.Linear(3, 1)(torch.zeros(2, 4)))) == ""
+    assert trial_failure(_raised(lambda: torch.zeros(2).view(3))) == ""
+    assert trial_failure(_raised(lambda: int("x"))) == ""
+
+
+TINY = TrainConfig(eval_batch_size=64, threads=1, model_config={"blocks": 1})
+
+
+@pytest.fixture
+def tiny_data():
+    return make_patches(32, seed=0), make_patches(24, seed=1)
+
+
+def _conv_raising(monkeypatch, make_error):
+    """Every convolution in the trials raises what ``make_error`` raises (torch's layer)."""
+    import torch
+
+    monkeypatch.setattr(torch.nn.Conv2d, "forward", lambda self, x: make_error())
+
+
+def test_out_of_memory_fails_the_trial_and_repeated_failures_stop_the_tune(
+    tmp_path, tiny_data, monkeypatch
+):
+    import torch
+
+    _conv_raising(monkeypatch, lambda: torch.empty(2**50, dtype=torch.uint8))
+    out = tmp_path / "tune"
+    with pytest.raises(TuneError, match=r"trials in a row failed.*DefaultCPUAllocator"):
+        tune(*tiny_data, out, trials=2, trial_minutes=0.02, quiet=True, base=TINY)
+    records = json.loads((out / "trials.json").read_text())
+    assert len(records) == MAX_FAILED_IN_A_ROW
+    assert all(r["status"] == "failed" and "can't allocate" in r["error"] for r in records)
+
+
+def test_a_bad_base_config_fails_trials_with_its_message(tmp_path, tiny_data):
+    base = TINY.replace(model_config={"blocks": 1, "norm": "bogus"})
+    with pytest.raises(TuneError, match="bogus"):
+        tune(*tiny_data, tmp_path, trials=1, trial_minutes=0.02, quiet=True, base=base)
+    records = json.loads((tmp_path / "trials.json").read_text())
+    assert [r["status"] for r in records] == ["failed"] * MAX_FAILED_IN_A_ROW
+
+
+def test_a_programmer_bug_in_a_trial_propagates_with_its_traceback(
+    tmp_path, tiny_data, monkeypatch
+):
+    import torch
+
+    _conv_raising(monkeypatch, lambda: torch.nn.Linear(3, 1)(torch.zeros(2, 4)))
+    with pytest.raises(RuntimeError, match="shapes cannot be multiplied") as info:
+        tune(*tiny_data, tmp_path, trials=1, trial_minutes=0.02, quiet=True, base=TINY)
+    assert not isinstance(info.value, TuneError)
+    assert any(e.name == "fit_epoch" for e in info.traceback)  # where it happened
+    assert not (tmp_path / "trials.json").exists()  # not recorded as a failed trial

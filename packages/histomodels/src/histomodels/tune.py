@@ -10,6 +10,9 @@ objective is the best validation AUC. After each trial the Ax experiment is save
 ``DIR/ax_experiment.json`` (atomically), the trial table to ``DIR/trials.json``/``.csv`` and
 the best configuration so far to ``DIR/best_config.json``, so a killed tune resumes where
 it stopped and ``histomodels train --config DIR/best_config.json`` reproduces the winner.
+A trial that runs out of memory or raises a domain error (an unusable config) is recorded
+as failed (:func:`trial_failure`); :data:`MAX_FAILED_IN_A_ROW` of them in a row stop the
+tune; any other exception is a bug and propagates with its traceback.
 
 Note: trials are short, so the optimiser favours settings that learn fast; the winning
 config is a good starting point for a longer run, not a guarantee for it.
@@ -26,7 +29,7 @@ from typing import Any
 
 from histocore.errors import DomainError
 from histomodels.config import TrainConfig
-from histomodels.training import load_split, train
+from histomodels.training import TrainingError, load_split, train
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +39,9 @@ class TuneError(DomainError, RuntimeError):
 
 
 OBJECTIVE = "val_auc"
+#: Consecutive failed trials after which a tune stops (the same error every time is most
+#: likely the base config or the data, not the sampled point; a later call resumes).
+MAX_FAILED_IN_A_ROW = 5
 EXPERIMENT_FILE = "ax_experiment.json"
 #: Keys of the trial that are not part of a reusable training config.
 _RUN_ONLY = ("data", "val", "time_budget", "progress", "threads", "device", "epochs", "patience")
@@ -110,6 +116,32 @@ def trial_config(params: dict[str, Any], base: TrainConfig) -> TrainConfig:
         changes["ema"] = changes["ema"] or None  # 0 = off
     changes.update(model="cnn", model_config={**base.model_config, **arch})
     return merge(base, changes, "tune", skip_none=False)
+
+
+def out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is an allocation failure: ``torch.OutOfMemoryError`` (CUDA, MPS) or
+    the plain ``RuntimeError`` the CPU allocator raises."""
+    import torch
+
+    if isinstance(exc, torch.OutOfMemoryError | MemoryError):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and any(m in text for m in _OOM_MESSAGES)
+
+
+#: What PyTorch's allocators say when memory runs out (CPU: ``DefaultCPUAllocator: can't
+#: allocate memory``; backends without their own error class: ``out of memory``).
+_OOM_MESSAGES = ("DefaultCPUAllocator", "can't allocate memory", "out of memory")
+
+
+def trial_failure(exc: BaseException) -> str:
+    """The one-line reason a trial failed with ``exc`` when it counts as a failed trial (a
+    domain error such as an unusable sampled config, or running out of memory); ``""`` for
+    anything else, a programmer bug the tune must not hide."""
+    if not (isinstance(exc, DomainError | TrainingError) or out_of_memory(exc)):
+        return ""
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
 
 
 def _atomic_json(path: Path, obj: Any) -> None:
@@ -199,31 +231,18 @@ def _tune(
         _save_client(client, exp_path)
     _quiet_ax()
 
+    failed_in_a_row = 0
     while len([r for r in records if r.get("status") == "completed"]) < trials:
+        if failed_in_a_row >= MAX_FAILED_IN_A_ROW:
+            raise TuneError(
+                f"{out}: {failed_in_a_row} trials in a row failed (last: "
+                f"{records[-1]['error']}); see {records_path}"
+            )
         ((idx, params),) = client.get_next_trials(max_trials=1).items()
         _save_client(client, exp_path)  # the trial is recorded as running
-        cfg = trial_config(dict(params), base)
         t0 = time.perf_counter()
-        record: dict[str, Any] = {"trial": idx, "params": dict(params)}
-        try:
-            result = train(
-                cfg, out / "trials" / f"{idx:03d}", train_data=train_arrays, val_data=val_arrays
-            )
-        except (RuntimeError, ValueError) as exc:  # e.g. out of memory for a huge config
-            client.mark_trial_failed(idx, failed_reason=str(exc)[:200])
-            record.update(status="failed", error=str(exc).splitlines()[0])
-        else:
-            auc = float(result.best_metrics["val_auc"])
-            client.complete_trial(idx, raw_data={OBJECTIVE: auc})
-            record.update(
-                status="completed",
-                val_auc=auc,
-                val_accuracy=float(result.best_metrics["val_accuracy"]),
-                epochs=result.epochs_run,
-                best_epoch=result.best_epoch,
-                train_patches_per_s=round(result.train_patches_per_s, 1),
-                config={k: v for k, v in cfg.to_dict().items() if k not in _RUN_ONLY},
-            )
+        record = _run_trial(client, idx, dict(params), base, out, (train_arrays, val_arrays))
+        failed_in_a_row = failed_in_a_row + 1 if record["status"] == "failed" else 0
         record["seconds"] = round(time.perf_counter() - t0, 1)
         records.append(record)
         _save_client(client, exp_path)
@@ -235,8 +254,10 @@ def _tune(
                 out / "best_config.json",
                 {"val_auc": best["val_auc"], "trial": best["trial"], "config": best["config"]},
             )
-        if not quiet:
-            auc_s = f"{record['val_auc']:.4f}" if "val_auc" in record else record["status"]
+        if not quiet and record["status"] == "failed":
+            log.warning("trial %d failed: %s", idx, record["error"])
+        elif not quiet:
+            auc_s = f"{record['val_auc']:.4f}"
             log.info(
                 "trial %d: val AUC %s (%.0f s) %s",
                 idx,
@@ -248,6 +269,36 @@ def _tune(
     if best is None:
         raise TuneError(f"{out}: no trial completed")
     return best
+
+
+def _run_trial(
+    client, idx: int, params: dict[str, Any], base: TrainConfig, out: Path, data: tuple
+) -> dict[str, Any]:
+    """Train trial ``idx`` and report it to Ax; returns its record (completed or failed).
+    Only :func:`trial_failure` errors fail a trial; anything else propagates."""
+    cfg = trial_config(params, base)
+    record: dict[str, Any] = {"trial": idx, "params": params}
+    try:
+        result = train(cfg, out / "trials" / f"{idx:03d}", train_data=data[0], val_data=data[1])
+    except Exception as exc:
+        reason = trial_failure(exc)
+        if not reason:
+            raise  # a programmer bug: keep its traceback
+        client.mark_trial_failed(idx, failed_reason=str(exc)[:200])
+        record.update(status="failed", error=reason)
+        return record
+    auc = float(result.best_metrics["val_auc"])
+    client.complete_trial(idx, raw_data={OBJECTIVE: auc})
+    record.update(
+        status="completed",
+        val_auc=auc,
+        val_accuracy=float(result.best_metrics["val_accuracy"]),
+        epochs=result.epochs_run,
+        best_epoch=result.best_epoch,
+        train_patches_per_s=round(result.train_patches_per_s, 1),
+        config={k: v for k, v in cfg.to_dict().items() if k not in _RUN_ONLY},
+    )
+    return record
 
 
 def _quiet_ax() -> None:
