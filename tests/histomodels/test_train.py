@@ -25,6 +25,7 @@ from histomodels.config import (
     resolve_config,
 )
 from histomodels.data.base import DatasetError
+from histomodels.models.registry import ModelError
 from histomodels.synthetic import make_patches, write_h5
 from histomodels.training import train
 from histomodels.training.schedule import LRSchedule
@@ -222,7 +223,9 @@ def test_cli_config_file_and_overrides(h5_files, tmp_path):
         (["--model", "resnet9000"], "unknown model 'resnet9000'"),
         (["--stain-norm", "nope.json"], "stain_norm must be 'macenko' or a stain JSON file"),
         (["--model-config", '{"bogus": 1}'], "model_config key 'bogus', which cnn does not"),
-        (["--model-config", '{"width": "x"}'], "model_config: cannot build 'cnn' (invalid"),
+        (["--model-config", '{"width": "x"}'], "model_config 'width' is 'x'; cnn takes int"),
+        (["--model-config", '{"width": null}'], "model_config 'width' is None; cnn takes int"),
+        (["--model-config", '{"width": 0}'], "cnn needs depth, blocks, width >= 1"),
         (["--model-config", '{"weights": "/etc/passwd"}'], "key 'weights', which cnn does not"),
     ],
 )
@@ -234,6 +237,37 @@ def test_cli_bad_input_is_one_line_and_exit_1(h5_files, tmp_path, extra, message
     assert r.stderr.strip().splitlines() == [f"error: {r.stderr.strip()[7:]}"]
     assert message in r.stderr
     assert not (tmp_path / "r" / "best.pt").exists()
+
+
+@pytest.fixture
+def buggy_model(monkeypatch):
+    """A registered model whose code has a bug: it calls a layer with a missing argument."""
+    from torch import nn
+
+    from histomodels.models import registry
+
+    def buggy(pretrained: bool = False, weights: str | None = None, width: int = 8) -> nn.Module:
+        return nn.Linear(width)  # type: ignore[call-arg]  # the bug: no out_features
+
+    monkeypatch.setitem(registry._REGISTRY, "buggy", buggy)
+    return "buggy"
+
+
+def test_a_type_error_inside_model_code_keeps_its_traceback(arrays, tmp_path, buggy_model):
+    with pytest.raises(TypeError, match="out_features") as info:
+        train(_cfg(model=buggy_model, model_config={}), tmp_path / "r", train_data=arrays[0],
+              val_data=arrays[1])  # fmt: skip
+    assert info.traceback[-1].name == "buggy"  # the line with the bug, not a config error
+    # the user's mistakes with the same model stay one-line errors, before anything is built
+    for model_config, message in [
+        ({"depth": 2}, "model_config key 'depth', which buggy does not accept (it takes: width)"),
+        ({"width": "8"}, "model_config 'width' is '8'; buggy takes int"),
+    ]:
+        with pytest.raises(ModelError) as err:
+            train(_cfg(model=buggy_model, model_config=model_config), tmp_path / "r2",
+                  train_data=arrays[0], val_data=arrays[1])  # fmt: skip
+        assert str(err.value) == message
+    assert not (tmp_path / "r2").exists()
 
 
 def test_config_files_reject_unknown_keys(tmp_path):

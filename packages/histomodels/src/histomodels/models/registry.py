@@ -9,6 +9,8 @@ module in it) has been imported.
 from __future__ import annotations
 
 import inspect
+import types
+import typing
 from collections.abc import Callable
 from typing import Any
 
@@ -82,7 +84,9 @@ def config_keys(name: str) -> frozenset[str]:
 
 def check_config(name: str, config: dict[str, Any]) -> None:
     """Refuse a ``model_config`` key model ``name`` does not accept (:func:`config_keys`):
-    a model trained with it could not be built again from its checkpoint."""
+    a model trained with it could not be built again from its checkpoint; then a value of
+    the wrong type for its builder's parameter, or a required parameter left out, so that a
+    ``TypeError`` while building is a bug in the model code, never the user's config."""
     allowed = config_keys(name)
     for key in config:
         if key not in allowed:
@@ -90,3 +94,81 @@ def check_config(name: str, config: dict[str, Any]) -> None:
             raise ModelError(
                 f"model_config key {key!r}, which {name} does not accept (it takes: {takes})"
             )
+    expected = _expected_types(name)
+    for key, value in config.items():
+        if key in expected and not _fits(value, expected[key]):
+            raise ModelError(
+                f"model_config {key!r} is {value!r}; {name} takes {_describe(expected[key])}"
+            )
+    fn, head = _builder(name)
+    try:
+        inspect.signature(fn).bind(*head, **config)
+    except TypeError as exc:  # a required parameter left out
+        raise ModelError(f"model_config for {name}: {exc}") from None
+
+
+#: The types of the ``timm/<name>`` architecture keys (:data:`TIMM_CONFIG_KEYS`).
+_TIMM_TYPES: dict[str, Any] = {
+    "input_size": int, "img_size": int | list[int], "patch_size": int, "embed_dim": int,
+    "depth": int, "num_heads": int, "mlp_ratio": float, "init_values": float | None,
+    "reg_tokens": int, "no_embed_class": bool, "class_token": bool, "global_pool": str,
+    "dynamic_img_size": bool, "qkv_bias": bool, "drop_rate": float, "drop_path_rate": float,
+}  # fmt: skip
+
+
+def _builder(name: str) -> tuple[Callable[..., nn.Module], tuple[str, ...]]:
+    """The builder of ``name`` and the positional arguments :func:`create_model` gives it."""
+    if name in _REGISTRY:
+        return _REGISTRY[name], ()
+    head, _, rest = name.partition("/")
+    return _PREFIXES[head], (rest,)
+
+
+def _expected_types(name: str) -> dict[str, Any]:
+    """Parameter → annotation of the builder of ``name`` (and the timm keys for timm/)."""
+    fn, _ = _builder(name)
+    types = {}
+    for p in inspect.signature(fn).parameters.values():
+        annotation = p.annotation
+        if isinstance(annotation, str):  # postponed: the builder module's own names
+            try:
+                annotation = eval(annotation, getattr(fn, "__globals__", {}))
+            except (NameError, AttributeError, SyntaxError, TypeError):
+                continue  # a name it imports only for type checkers: not judged
+        if annotation is not p.empty:
+            types[p.name] = annotation
+    if name.startswith("timm/"):
+        types = {**_TIMM_TYPES, **types}
+    return types
+
+
+def _fits(value: Any, annotation: Any) -> bool:
+    """Whether a config value (a JSON value) fits a builder's parameter annotation; an
+    annotation this does not know (a class, ``Any``) accepts anything."""
+    origin = typing.get_origin(annotation)
+    if origin in (types.UnionType, typing.Union):
+        return any(_fits(value, a) for a in typing.get_args(annotation))
+    if annotation is None or annotation is type(None):
+        return value is None
+    if annotation is bool:
+        return isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if annotation is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if annotation is str:
+        return isinstance(value, str)
+    if origin in (list, tuple) or annotation in (list, tuple):
+        args = typing.get_args(annotation)[:1]
+        return isinstance(value, list | tuple) and all(_fits(v, args[0]) for v in value if args)
+    if origin is dict or annotation is dict:
+        return isinstance(value, dict)
+    return True
+
+
+def _describe(annotation: Any) -> str:
+    if typing.get_origin(annotation) in (types.UnionType, typing.Union):
+        return " or ".join(_describe(a) for a in typing.get_args(annotation))
+    if annotation is None or annotation is type(None):
+        return "null"
+    return getattr(annotation, "__name__", str(annotation))

@@ -143,8 +143,10 @@ class Trainer:
                 model = create_model(cfg.model, pretrained=False, **cfg.model_config)
         except DomainError:
             raise
-        except (TypeError, ValueError) as exc:  # accepted keys, unusable values
+        except ValueError as exc:  # accepted keys and types, unusable values
             raise ConfigError(f"model_config: cannot build {cfg.model!r} ({exc})") from None
+        # no TypeError here: check_config has matched the keys and value types against the
+        # builder's signature, so one raised while building is a bug in the model code
         if self.state is not None:
             model.load_state_dict(self.state.get("train_state_dict") or self.state["state_dict"])
         model.to(self.device)
