@@ -18,7 +18,12 @@ from histomodels.inference import Predictor
 from histomodels.synthetic import make_patches
 from histomodels.training import train
 from histomodels.training.callbacks import LabelSmoothing
-from histomodels.training.distill import CACHE_NAME, DistillLoss, distill_targets
+from histomodels.training.distill import (
+    CACHE_NAME,
+    DistillLoss,
+    distill_targets,
+    teacher_logits,
+)
 
 torch.set_num_threads(1)
 TINY = {"width": 8, "depth": 2}
@@ -171,3 +176,22 @@ def test_a_damaged_cache_is_scored_again(data, teacher, tmp_path, content) -> No
     assert "scoring" in said[-1]
     distill_targets(_cfg(teacher=str(teacher)), x, y, run, say=said.append)
     assert "reusing" in said[-1]
+
+
+def test_targets_cached_at_one_precision_are_not_reused_at_another(data, teacher, tmp_path):
+    """bf16 autocast moves the teacher's logits: a cache made with it (e.g. on a GPU, or a
+    CPU with native bf16, where ``auto`` picks it) is not the fp32 teacher's, and back."""
+    (xt, _), _ = data
+    x, run, said = torch.from_numpy(xt), tmp_path / "run", []
+    fp32 = teacher_logits(str(teacher), x, run, precision="fp32", say=said.append)
+    assert said[-1].endswith("(8-view TTA, fp32 on cpu)")
+    with np.load(run / CACHE_NAME) as z:
+        assert str(z["key"]).endswith(":fp32:cpu")
+    bf16 = teacher_logits(str(teacher), x, run, precision="bf16", say=said.append)
+    assert "scoring" in said[-1] and "bf16 on cpu" in said[-1]
+    assert not np.array_equal(bf16, fp32)  # what a reused cache would have returned
+    np.testing.assert_allclose(bf16, fp32, atol=0.1)  # the same teacher, at bf16's precision
+    again = teacher_logits(str(teacher), x, run, precision="bf16", say=said.append)
+    assert "reusing" in said[-1] and np.array_equal(again, bf16)
+    teacher_logits(str(teacher), x, run, precision="fp32", say=said.append)
+    assert "scoring" in said[-1]

@@ -5,8 +5,10 @@ model ``histomodels`` can load, e.g. a fine-tuned EfficientNet-Lite0 ``best.pt``
 ensemble) scores every *un-augmented* training patch once, averaging the logits of the 8
 dihedral views (:mod:`histomodels.inference`, the path eval uses, with the teacher's own
 normalisation and stain settings). The logits are cached in ``RUN/teacher_logits.npz``,
-keyed by a hash of the training patches and of the teacher file, so a resumed run (or a
-rerun on the same data) does not score them again.
+keyed by a hash of the training patches and of the teacher file and by the precision
+(bf16 autocast or fp32) and device type the teacher ran with, so a resumed run (or a rerun
+on the same data and hardware) does not score them again, and one moved to a GPU, or to a
+CPU with other bf16 support, does not reuse targets computed at another precision.
 
 The training targets then carry two columns, the label and the teacher's probability
 ``sigmoid(teacher / T)``; mixup mixes both, label smoothing touches only the label, and
@@ -85,13 +87,24 @@ def teacher_logits(
     *,
     device: torch.device | str = "cpu",
     batch_size: int = 256,
+    precision: str = "auto",
     say: Callable[[str], None] = log.info,
 ) -> np.ndarray:
     """The teacher's 8-view TTA logits for ``images``, from ``run_dir``'s cache when it
-    matches (same patches, same teacher), else computed and cached there."""
+    matches (same patches, same teacher, same resolved precision and device type), else
+    computed and cached there."""
     from histomodels.inference import Predictor
 
-    key = f"{CACHE_VERSION}:{data_digest(images)}:{teacher_digest(teacher)}"
+    pred = Predictor.load(teacher, device=str(device), precision=precision)
+    key = ":".join(
+        [
+            CACHE_VERSION,
+            data_digest(images),
+            teacher_digest(teacher),
+            pred.precision,  # bf16 autocast or fp32, as "auto" resolved on this machine
+            pred.device.type,
+        ]
+    )
     cache = run_dir / CACHE_NAME if run_dir is not None else None
     if cache is not None and cache.is_file():
         try:
@@ -101,8 +114,10 @@ def teacher_logits(
                     return z["logits"].astype(np.float32)
         except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile):
             pass  # unreadable, truncated or another layout: compute again
-    say(f"teacher soft targets: scoring {len(images)} training patches with {teacher} (8-view TTA)")
-    pred = Predictor.load(teacher, device=str(device))
+    say(
+        f"teacher soft targets: scoring {len(images)} training patches with {teacher} "
+        f"(8-view TTA, {pred.precision} on {pred.device.type})"
+    )
 
     def batches():
         for i in range(0, len(images), batch_size):
