@@ -24,10 +24,10 @@ import torch
 from torch import nn
 
 from histocore.errors import UsageError
+from histomodels.models.centre import CENTRES, CentrePool
 from histomodels.models.registry import register_model
 
 NORMS = ("batch", "group", "none")
-CENTRES = ("none", "branch", "pool")
 
 
 def _norm(kind: str, channels: int) -> nn.Module:
@@ -69,29 +69,6 @@ class CentreBranch(nn.Module):
         h, w = x.shape[-2], x.shape[-1]
         top, left = h // 4, w // 4
         return self.net(x[:, :, top : top + h // 2, left : left + w // 2])
-
-
-class CentrePool(nn.Module):
-    """Attention pooling with a centre prior: ``softmax(score(f) - r^2 / (2 sigma^2))``
-    over the positions of a feature map, ``r`` the distance to the centre in [-1, 1] units and
-    ``sigma`` learned (starting at 1/3, the label region's half-width)."""
-
-    def __init__(self, channels: int) -> None:
-        super().__init__()
-        self.score = nn.Conv2d(channels, 1, 1)
-        nn.init.zeros_(self.score.weight)
-        self.log_sigma = nn.Parameter(torch.tensor(-1.0986))  # log(1/3)
-        self.num_features = channels
-
-    def forward(self, f: torch.Tensor) -> torch.Tensor:
-        h, w = f.shape[-2], f.shape[-1]
-        ys = torch.linspace(-1.0, 1.0, h, device=f.device, dtype=f.dtype)
-        xs = torch.linspace(-1.0, 1.0, w, device=f.device, dtype=f.dtype)
-        r2 = ys.view(h, 1) ** 2 + xs.view(1, w) ** 2
-        prior = -r2 / (2 * torch.exp(2 * self.log_sigma).to(f.dtype))
-        logits = (self.score(f) + prior).flatten(1)  # [n, h*w]
-        attn = torch.softmax(logits.float(), dim=1).to(f.dtype)
-        return torch.einsum("nk,nck->nc", attn, f.flatten(2))
 
 
 class PatchCNN(nn.Module):

