@@ -333,3 +333,25 @@ def test_explain_escapes_what_came_from_the_paper(tmp_path: Path) -> None:
     assert "article   T\\x1b]0;pwned\\x07itle" in text
     assert "caption   text: H&E\\x1b[2J\\nerror: forged" in text
     assert not any(line.startswith("error:") for line in text.splitlines())
+
+
+def test_a_filter_that_fails_midway_closes_its_store(tmp_path: Path) -> None:
+    """The store is closed on the way out of a failing filter too: here the contact sheets
+    cannot be written (``sheets`` is a file), after the scores were committed."""
+    import gc
+
+    from histocore.store import STORE_NAME
+
+    pdf = build_image_pdf(tmp_path / "a.pdf", [he_like(128, 128, seed=1)], caption="Figure 1")
+    run = tmp_path / "run"
+    run_extract(run, [pdf])
+    (run / "sheets").write_text("not a folder")
+    gc.disable()  # a store left open must not be closed by the collector meanwhile
+    try:
+        with pytest.raises(OSError) as info:
+            run_filter(run, sheet=True)
+        assert not [p.name for p in run.iterdir() if p.name.startswith(STORE_NAME + "-")]
+        assert info.traceback  # (still holding the failed call's frames)
+    finally:
+        gc.enable()
+    assert all(i.kept is not None for i in Manifest.load(run).images.values())  # committed

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from pathlib import Path
 
 import ncbi_server
@@ -207,3 +208,22 @@ def test_idconv_outage_falls_back_to_esummary_pmcids(ncbi: FakeNcbi, tmp_path: P
     assert summary.done == 4
     assert any(r.startswith("idconv unavailable") for r in summary.reasons)
     assert Manifest.load(tmp_path).records["pmid:30000000"].pmcid == "PMC900000"
+
+
+def test_a_search_that_fails_midway_closes_its_store(ncbi: FakeNcbi, tmp_path: Path) -> None:
+    """The store is closed on the way out of a failing search too (no ``-wal``/``-shm``
+    beside ``run.sqlite`` while the error, and the frames it holds, are still alive)."""
+    from histocore.store import STORE_NAME
+    from histofetch.http import NetError
+
+    _populate(ncbi, 4)
+    assert run_search(tmp_path, QUERY, max_results=2, net=ncbi.config()).done == 2
+    ncbi.inject("/eutils/esummary.fcgi", *[(500, {}, b"down")] * 10)
+    gc.disable()  # a store left open must not be closed by the collector meanwhile
+    try:
+        with pytest.raises(NetError) as info:  # the next two PMIDs' metadata: no answer
+            run_search(tmp_path, QUERY, net=ncbi.config(max_retries=1))
+        assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(STORE_NAME + "-")]
+        assert info.traceback  # (still holding the failed call's frames)
+    finally:
+        gc.enable()

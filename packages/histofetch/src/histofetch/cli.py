@@ -297,8 +297,7 @@ def filter_(
     from histofetch.status import run_status
 
     if explain_id:
-        with errors():
-            manifest = Manifest.load(run)
+        with errors(), Manifest.load(run) as manifest:
             try:
                 text = explain(manifest, explain_id)
             except KeyError as exc:

@@ -63,39 +63,39 @@ def run_filter(
     scores (and panels) even for images already scored; ``panels=False`` does not split.
     """
     limits = Thresholds.from_kwargs(purple, **thresholds)
-    manifest = Manifest.load(Path(run_dir))
-    if rescore:
-        for img in list(manifest.images.values()):
-            img.extra.pop("colour", None)
-    for rec in manifest.records.values():
-        # Filtered before, but with images scored by an older scorer (or added since, e.g.
-        # OA package figures): take the record again; its scored images are not re-read.
-        if rec.stage == "filtered" and any(
-            i.status == "ok" and not _is_scored(i) for i in _figures(manifest, rec.id)
-        ):
-            rec.stage = "extracted"
-    manifest.commit()  # the stage claims records as the store holds them
+    # closed on the way out, also when a step raises: no -wal file left behind
+    with Manifest.load(Path(run_dir)) as manifest:
+        if rescore:
+            for img in list(manifest.images.values()):
+                img.extra.pop("colour", None)
+        for rec in manifest.records.values():
+            # Filtered before, but with images scored by an older scorer (or added since, e.g.
+            # OA package figures): take the record again; its scored images are not re-read.
+            if rec.stage == "filtered" and any(
+                i.status == "ok" and not _is_scored(i) for i in _figures(manifest, rec.id)
+            ):
+                rec.stage = "extracted"
+        manifest.commit()  # the stage claims records as the store holds them
 
-    summary = run_records(
-        manifest,
-        "filtered",
-        functools.partial(filter_record, limits=limits, panels=panels),  # picklable: --jobs
-        jobs=jobs,
-        retry_failed=retry_failed,
-        export=False,  # saved below, once the thresholds are re-applied everywhere
-    )
-    # Re-decide every scored image (records filtered in earlier runs too).
-    for rec_id in {i.record_id for i in manifest.images.values()}:
-        decide_record(manifest, rec_id, limits)
-    manifest.header_extra["filter_thresholds"] = vars(limits) | {"scorer": SCORER_VERSION}
-    # Caption weak labels + leakage flags of the images kept now (re-labelled every run).
-    manifest.header_extra["weak_labels"] = label_manifest(manifest) | {"rules": RULES_VERSION}
-    manifest.save()
-    if sheet:
-        from histofetch.sheets import write_filter_sheets
+        summary = run_records(
+            manifest,
+            "filtered",
+            functools.partial(filter_record, limits=limits, panels=panels),  # picklable: --jobs
+            jobs=jobs,
+            retry_failed=retry_failed,
+            export=False,  # saved below, once the thresholds are re-applied everywhere
+        )
+        # Re-decide every scored image (records filtered in earlier runs too).
+        for rec_id in {i.record_id for i in manifest.images.values()}:
+            decide_record(manifest, rec_id, limits)
+        manifest.header_extra["filter_thresholds"] = vars(limits) | {"scorer": SCORER_VERSION}
+        # Caption weak labels + leakage flags of the images kept now (re-labelled every run).
+        manifest.header_extra["weak_labels"] = label_manifest(manifest) | {"rules": RULES_VERSION}
+        manifest.save()
+        if sheet:
+            from histofetch.sheets import write_filter_sheets
 
-        write_filter_sheets(manifest)
-    manifest.close()  # no -wal file left behind
+            write_filter_sheets(manifest)
     return summary
 
 

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from dataclasses import dataclass, field, replace
@@ -49,8 +50,13 @@ def merge_runs(sources: list[Path], out: Path) -> MergeSummary:
     resolved = {Path(s).resolve() for s in sources}
     if out.resolve() in resolved:
         raise ManifestError(f"{out}: the output cannot also be an input")
-    loaded = [Manifest.load(Path(s)) for s in sources]
-    merged = Manifest.load(out, create=True)
+    with contextlib.ExitStack() as stores:  # every store closed, also on an error
+        loaded = [stores.enter_context(Manifest.load(Path(s))) for s in sources]
+        merged = stores.enter_context(Manifest.load(out, create=True))
+        return _merge(loaded, merged)
+
+
+def _merge(loaded: list[Manifest], merged: Manifest) -> MergeSummary:
     summary = MergeSummary(runs=len(loaded))
     best: dict[str, tuple[Record, Manifest]] = {}
     for run in loaded:  # the furthest copy of each record id

@@ -236,14 +236,35 @@ def run_search(
     """
     if db not in DATABASES:
         raise UsageError(f"unknown database {db!r} (choose from {', '.join(DATABASES)})")
-    run_dir = Path(run_dir)
-    manifest = Manifest.load(run_dir, create=True)
     summary = StageSummary("searched")
     key = search_key(query, max_results, mindate, maxdate, open_access_only, db, shard)
-    if db == "pmc":
-        found = _search_pmc(manifest, query, summary, net, max_results, mindate, maxdate, shard)
+    # closed on the way out, also when a request fails: no -wal file left behind
+    with Manifest.load(Path(run_dir), create=True) as manifest:
+        if db == "pmc":
+            found = _search_pmc(manifest, query, summary, net, max_results, mindate, maxdate, shard)
+        else:
+            found = _search_pubmed(
+                manifest, query, summary, net, max_results, mindate, maxdate, shard,
+                open_access_only=open_access_only, page_size=page_size,
+            )  # fmt: skip
         _remember(manifest, query, found, key)
-        return summary
+    return summary
+
+
+def _search_pubmed(
+    manifest: Manifest,
+    query: str,
+    summary: StageSummary,
+    net: NetConfig,
+    max_results: int | None,
+    mindate: str | None,
+    maxdate: str | None,
+    shard: tuple[int, int] | None,
+    *,
+    open_access_only: bool,
+    page_size: int,
+) -> SearchResult:
+    """PubMed: esearch, esummary + idconv for the new PMIDs, and which are open access."""
     term = f"({query}) AND {OA_FILTER}" if open_access_only else query
     with NetClient(net) as client:
         found = esearch_all(
@@ -310,8 +331,7 @@ def run_search(
             )
         )
         summary.done += 1
-    _remember(manifest, query, found, key)
-    return summary
+    return found
 
 
 def _search_pmc(
@@ -363,12 +383,10 @@ def _search_pmc(
 
 
 def _remember(manifest: Manifest, query: str, found: SearchResult, key: dict[str, Any]) -> None:
-    """Store what was searched (so `histofetch run` can skip a search already done), and
-    close the store (the search's last step: no ``-wal`` file left behind)."""
+    """Store what was searched (so `histofetch run` can skip a search already done)."""
     manifest.header_extra["last_search"] = key | {"count": found.count, "records": len(found.pmids)}
     if query != manifest.query:
         manifest.header_extra.setdefault("queries", [])
         if query not in manifest.header_extra["queries"]:
             manifest.header_extra["queries"].append(query)
     manifest.save()
-    manifest.close()

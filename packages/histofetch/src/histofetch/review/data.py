@@ -76,6 +76,7 @@ def load_run(run_dir: str | Path) -> Manifest:
     except (ManifestError, OSError, UnicodeDecodeError) as exc:
         raise ReviewError(str(exc).splitlines()[0]) from None
     if not manifest.kept_images():
+        manifest.close()
         raise ReviewError(
             f"{run_dir / MANIFEST_NAME}: no kept figures to review (run histofetch filter first)"
         )

@@ -74,4 +74,5 @@ def serve(
     try:
         server.run(sockets=[sock])
     finally:  # the answers are in the store already; refresh the JSONL export once
-        Manifest.load(run_dir).export()
+        with Manifest.load(run_dir) as manifest:
+            manifest.export()
