@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -16,9 +17,9 @@ from pathlib import Path
 import pytest
 from pdf_factory import build_image_pdf, he_like
 
-from histocore.manifest import MANIFEST_NAME
+from histocore.manifest import MANIFEST_NAME, Manifest
 from histocore.store import STORE_NAME
-from histofetch.extract import run_extract
+from histofetch.extract import ingest_local, run_extract
 from histofetch.filter import run_filter
 
 N_PDFS = 8
@@ -96,3 +97,57 @@ def test_sigkill_mid_run_then_resume_equals_uninterrupted_run(tmp_path: Path) ->
     assert got == want
     pngs = sorted(p.relative_to(killed) for p in (killed / "images").rglob("*"))
     assert pngs == sorted(p.relative_to(reference) for p in (reference / "images").rglob("*"))
+
+
+def _record_stage(run: Path) -> str | None:
+    with sqlite3.connect(run / STORE_NAME, timeout=30) as db:
+        row = db.execute("SELECT stage FROM records").fetchone()
+    return row[0] if row else None
+
+
+@pytest.mark.slow
+def test_pngs_of_a_killed_attempt_are_removed_when_the_record_is_redone(tmp_path: Path) -> None:
+    """SIGKILL after extract wrote a record's PNGs but before it committed them: the redo
+    (here keeping fewer images, --min-size 64) removes the PNGs no row names, in that
+    record's image folder only."""
+    sizes = [192 if k % 2 == 0 else 48 for k in range(24)]
+    pdf = build_image_pdf(
+        tmp_path / "paper.pdf", [he_like(s, s, seed=k) for k, s in enumerate(sizes)], "Fig. 1"
+    )
+    run = tmp_path / "run"
+    with Manifest.load(run, create=True) as manifest:  # the record, at "downloaded"
+        ingest_local(manifest, [pdf])
+        manifest.save()
+    images = run / "images"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    for _attempt in range(5):  # kill while PNGs are on disk and the record not committed
+        proc = subprocess.Popen(
+            _cli("extract", "--run", str(run)), env=env,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        while proc.poll() is None and len(list(images.rglob("*.png"))) < len(sizes):
+            time.sleep(0.002)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        if len(list(images.rglob("*.png"))) == len(sizes) and _record_stage(run) == "downloaded":
+            break
+        shutil.rmtree(images, ignore_errors=True)  # it committed first: again
+        with sqlite3.connect(run / STORE_NAME) as db:
+            db.execute("UPDATE records SET stage = 'downloaded'")
+    else:
+        raise AssertionError("never killed between writing the PNGs and committing them")
+    (folder,) = images.iterdir()
+    (run / "notes.png").write_bytes(b"a user's file")  # outside the record's folder
+    (folder / "README.txt").write_text("not an image")  # not a PNG
+    (images / "other").mkdir()
+    (images / "other" / "x.png").write_bytes(b"another folder")  # no record being redone
+    before = {p.name for p in folder.glob("*.png")}
+
+    assert run_extract(run, min_size=64).done == 1
+    manifest = Manifest.load(run)
+    named = {str(manifest.resolve(i.path)) for i in manifest.images.values()}
+    assert len(named) == 12 and {Path(p).name for p in named} < before  # the 48 px went
+    assert {str(p) for p in folder.glob("*.png")} == named
+    assert not list(folder.glob(".*.tmp"))
+    assert (run / "notes.png").is_file() and (folder / "README.txt").is_file()
+    assert (images / "other" / "x.png").is_file()

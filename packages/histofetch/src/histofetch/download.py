@@ -196,8 +196,6 @@ class Downloader:
         kept once, the other figures listed in its ``extra["also_figures"]``.
         """
         out_dir = self.manifest.run_dir / "images" / record_slug(rec.id)
-        for stale in out_dir.glob(".*.tmp"):  # temp files of a run killed mid-write
-            stale.unlink(missing_ok=True)
         by_digest: dict[str, Image] = {}
         taken: set[str] = set()
         for ff in files.figures:

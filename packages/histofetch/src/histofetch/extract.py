@@ -167,8 +167,6 @@ def extract_record(manifest: Manifest, rec: Record, *, min_size: int = 32) -> No
     finally:
         doc.close()
     out_dir = manifest.run_dir / "images" / record_slug(rec.id)
-    for stale in out_dir.glob(".*.tmp"):  # temp files of a run killed mid-write
-        stale.unlink(missing_ok=True)
     for item in images:
         png = encode_png(item.pop("rgb"))
         name = f"p{item['page']:03d}_{item['n']:03d}.png"

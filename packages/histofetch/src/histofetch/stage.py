@@ -10,7 +10,10 @@ function that does the work for one record. For each record it:
    (``Manifest.commit_record``), or, when ``work`` raised, the failure with its images as
    they were before (no partial image rows).
 
-A kill at any moment loses at most the record in flight, which is redone on the next run.
+A kill at any moment loses at most the record in flight, which is redone on the next run;
+the image files that attempt wrote without committing (PNGs under the record's own
+``images/<slug>/`` that no row names, and temp files) are removed when the record is taken
+again (:func:`remove_orphan_images`), so they do not pile up in the run folder.
 Failures for a passing reason (network, disk full, database busy) are marked ``transient``
 and retried on the next run by themselves; ``retry_failed`` retries every failure of the
 stage. At the end of the stage ``manifest.jsonl`` is exported from the store.
@@ -33,7 +36,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from histocore.io import one_line
+from histocore.io import one_line, record_slug
 from histocore.manifest import STAGES, Manifest, Record
 from histocore.progress import task
 
@@ -162,6 +165,7 @@ class _Stage:
             return None
         if died and not self._after_death(rec):
             return None
+        remove_orphan_images(self.manifest, rid)  # ours now: what a killed attempt left
         rec.status, rec.reason, rec.failed_stage, rec.transient = "ok", None, None, None
         return rec
 
@@ -203,6 +207,36 @@ class _Stage:
             self.summary.failed += 1
             self.summary.reasons[reason_key(reason)] += 1
         self.manifest.commit_record(rec.id)
+
+
+def remove_orphan_images(manifest: Manifest, record_id: str) -> int:
+    """Delete the files an attempt at ``record_id`` wrote but never committed: PNGs in the
+    record's own image folder ``RUN/images/<slug>/`` that none of its rows names, and temp
+    files of :func:`histocore.io.atomic_write_bytes` there. Nothing else is touched (other
+    file types, links, sub-folders, other records' folders, anything outside the run).
+    Call it only while holding the record's claim. Returns how many files went."""
+    images = manifest.run_dir / "images"
+    folder = images / record_slug(record_id)
+    if folder.is_symlink() or not folder.is_dir():
+        return 0
+    if not folder.resolve().is_relative_to(images.resolve()):
+        return 0
+    named = {
+        path.resolve()
+        for img in manifest.images_of(record_id)
+        if (path := manifest.resolve(img.path)) is not None
+    }
+    removed = 0
+    for path in folder.iterdir():
+        temp = path.name.startswith(".") and path.name.endswith(".tmp")
+        if not (temp or path.suffix == ".png") or path.is_symlink() or not path.is_file():
+            continue
+        if temp or path.resolve() not in named:
+            path.unlink(missing_ok=True)
+            removed += 1
+    if removed:
+        log.info("%s: removed %d image files an interrupted attempt left", folder, removed)
+    return removed
 
 
 def run_per_record(
