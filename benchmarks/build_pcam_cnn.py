@@ -46,6 +46,8 @@ EPOCHS = 60
 #: distillation teacher: EfficientNet-Lite0 (offline ImageNet weights) fine-tuned for this
 #: many fixed epochs on the same fit/select split first; 0 = no teacher
 TEACHER_EPOCHS = 6
+#: the teacher sees the patches resized to this size inside the model (None: 96 px)
+TEACHER_INPUT_SIZE: int | None = None
 #: the student's JPEG re-compression / blur augmentation (``TrainConfig.jpeg_blur``)
 JPEG_BLUR = 0.5
 THREADS = 2
@@ -57,7 +59,7 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def train_teacher(work: Path, fit, select, *, epochs: int) -> dict:
+def train_teacher(work: Path, fit, select, *, epochs: int, input_size: int | None = None) -> dict:
     """Fine-tune the Lite0 teacher (fixed epochs, deterministic) on the student's splits."""
     from pcam_real import lite0_config
 
@@ -65,6 +67,7 @@ def train_teacher(work: Path, fit, select, *, epochs: int) -> dict:
     from histomodels.training import train
 
     cfg = lite0_config(
+        model_config={"input_size": input_size} if input_size else {},
         epochs=epochs,
         patience=epochs + 1,
         time_budget=None,
@@ -79,6 +82,7 @@ def train_teacher(work: Path, fit, select, *, epochs: int) -> dict:
         "checkpoint": best,
         "model": cfg.model,
         "epochs": epochs,
+        "input_size": input_size or 96,
         "best_epoch": res.best_epoch,
         "train_seconds": round(time.perf_counter() - t0, 1),
         "checkpoint_sha256": file_sha256(best),
@@ -95,6 +99,7 @@ def build(
     limit: int | None,
     quiet: bool,
     teacher_epochs: int = 0,
+    teacher_input_size: int | None = None,
     jpeg_blur: float = 0.0,
 ) -> dict:
     """Train (after the teacher, if any), calibrate, choose the threshold, score on PCam
@@ -130,7 +135,9 @@ def build(
     select = (x_sel.numpy(), y_sel.numpy().astype("int64"))
     teacher = None
     if teacher_epochs:
-        teacher = train_teacher(work / "teacher", fit, select, epochs=teacher_epochs)
+        teacher = train_teacher(
+            work / "teacher", fit, select, epochs=teacher_epochs, input_size=teacher_input_size
+        )
         print(f"teacher: {teacher['train_seconds'] / 60:.1f} min", file=sys.stderr)
     cfg = TrainConfig(
         model="cnn",
@@ -230,6 +237,12 @@ def main(argv: list[str] | None = None) -> int:
         default=TEACHER_EPOCHS,
         help="fine-tune a Lite0 teacher for N epochs first and distil from it (0: none)",
     )
+    p.add_argument(
+        "--teacher-input-size",
+        type=int,
+        default=TEACHER_INPUT_SIZE,
+        help="resize the patches to this size inside the teacher (default: 96, no resize)",
+    )
     p.add_argument("--jpeg-blur", type=float, default=JPEG_BLUR, help="student's jpeg_blur")
     p.add_argument("--limit", type=int, help="only the first N patches of each file (checks)")
     p.add_argument("--results", type=Path, default=HERE / "results" / "pcam_cnn_build.json")
@@ -259,6 +272,7 @@ def main(argv: list[str] | None = None) -> int:
                 limit=limit,
                 quiet=True,
                 teacher_epochs=min(args.teacher_epochs, 1),
+                teacher_input_size=args.teacher_input_size,
             )
             digests.append(sha256(folder / f"{NAME}.safetensors"))
             print(f"build {i}: sha256 {digests[-1]} ({time.perf_counter() - t0:.0f} s)")
@@ -275,6 +289,7 @@ def main(argv: list[str] | None = None) -> int:
         limit=args.limit,
         quiet=args.quiet,
         teacher_epochs=args.teacher_epochs,
+        teacher_input_size=args.teacher_input_size,
         jpeg_blur=args.jpeg_blur,
     )
     info["wall_seconds"] = round(time.perf_counter() - t0, 1)
