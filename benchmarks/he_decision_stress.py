@@ -1,0 +1,401 @@
+"""Stress set for histofetch's H&E decision: per-kind keep rates on training-side material.
+
+    nice -n 10 python benchmarks/he_decision_stress.py [--shared ../shared] [--seed 0]
+
+The evaluation papers (docs/benchmarks.md) only report; a change to the decision rule is
+chosen here instead. Real H&E from ``../shared`` (PCam train patches without the
+evaluation twins, Camelyon16/17 tiles, ``stain_types/he_other``) is turned into the kinds
+of H&E the colour rule used to reject (issue 14): low-power slide thumbnails, small
+patches on black or white padding, Gaussian blur, augmentation-style colour shifts, and
+red-brown (eosin-heavy, brownish) staining. Negatives: the non-H&E classes of
+``stain_types`` (IHC, PAS/special, fluorescence, cytology), look-alikes made from real
+H&E by the classifier's material scripts (IHC, special stains, fluorescence, heatmap
+overlays), drawn colour fields and pink/purple charts, and the same transforms applied
+to IHC/PAS (so that a rule relaxed for padded or blurred H&E is seen admitting padded or
+blurred IHC). Every image goes through what ``histofetch filter`` does to one figure:
+colour scores, the shipped classifier, panels, then ``decide/rules.py`` without a caption.
+
+Prints keep rates per kind, split by whether the source was held out from the
+classifier's training (``held_out``: its validation sources), and writes
+``benchmarks/results/he_decision_stress.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import PIL.Image
+from PIL import ImageFilter
+from skimage.color import hed2rgb, hsv2rgb, rgb2hed, rgb2hsv
+
+ROOT = Path(__file__).resolve().parents[1]
+for pkg in ("histocore", "histofetch"):
+    sys.path.insert(0, str(ROOT / "packages" / pkg / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import he_classifier_data as D  # noqa: E402
+import he_classifier_material as M  # noqa: E402
+import he_classifier_special as S  # noqa: E402
+
+from histocore.manifest import Image  # noqa: E402
+from histofetch.decide import rules  # noqa: E402
+from histofetch.decide.classifier import classify_rgb  # noqa: E402
+from histofetch.decide.colour import score_rgb  # noqa: E402
+from histofetch.filter import _shrink  # noqa: E402
+from histofetch.panels import find_panels  # noqa: E402
+
+#: H&E kinds (what the decision should keep) and what each is made of.
+HE_KINDS = ("he:clean", "he:thumb", "he:pad-black", "he:pad-white", "he:blur", "he:colour",
+            "he:red-brown")  # fmt: skip
+#: Transforms also applied to IHC/PAS, so that a relaxation is seen on both sides.
+TRANSFORMS = ("thumb", "pad-black", "pad-white", "blur", "colour", "red-brown")
+#: Colour maps of the drawn scalar fields (feature and likelihood maps).
+FIELD_CMAPS = ["magma", "inferno", "plasma", "RdPu", "PuRd", "BuPu", "jet", "viridis", "cool",
+               "spring"]  # fmt: skip
+
+
+@dataclass
+class Item:
+    kind: str  # "he:blur", "real:ihc", "made:pas", "neg:blur", …
+    he: bool
+    held_out: bool  # the source is one the classifier never trained on
+    rgb: np.ndarray
+
+
+# -- sources ---------------------------------------------------------------------------------
+def _rgb(path: Path, side: int = 2048) -> np.ndarray:
+    return D.load_rgb(path) if side <= 1024 else np.asarray(PIL.Image.open(path).convert("RGB"))
+
+
+def sources(shared: Path, rng: np.random.Generator) -> dict[str, list[tuple[bool, np.ndarray]]]:
+    """Pools of (held_out, image): "he" (small and mid-sized H&E), "he_large" (2048 px
+    Camelyon17 tiles), and one per non-H&E ``stain_types`` class."""
+    ids, patches = D.pcam_train(shared)
+    ok = [i for i, pid in enumerate(ids) if pid not in D.EVAL_TWINS and patches[i].mean() >= 70]
+    pools: dict[str, list[tuple[bool, np.ndarray]]] = defaultdict(list)
+    for i in rng.choice(ok, size=120, replace=False):
+        pools["pcam"].append((False, patches[int(i)]))
+    for p in sorted((shared / "data/camelyon16_tiles_didsr").rglob("*.webp")):
+        pools["he"].append((False, _rgb(p, 256)))
+    for p in sorted((shared / "data/camelyon17_centre_tiles").glob("*.jpeg")):
+        pools["he_large"].append((True, _rgb(p)))
+    base = shared / "data/stain_types"
+    with (base / "labels.csv").open() as fh:
+        for row in csv.DictReader(fh):
+            held = row["source_repo"] in D.VAL_SOURCES
+            name = "he" if row["class"] == "he_other" else row["class"]
+            pools[name].append((held, _rgb(base / row["file"], 512)))
+    return pools
+
+
+# -- transforms (each keeps the stain; sizes as figures embed them) ---------------------------
+def _resize(rgb: np.ndarray, size: tuple[int, int], resample=PIL.Image.Resampling.LANCZOS):
+    return np.asarray(PIL.Image.fromarray(np.ascontiguousarray(rgb)).resize(size, resample))
+
+
+def _window(rgb: np.ndarray, rng: np.random.Generator, lo: float, hi: float) -> np.ndarray:
+    h, w = rgb.shape[:2]
+    side = max(32, int(min(h, w) * rng.uniform(lo, hi)))
+    y, x = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
+    return rgb[y : y + side, x : x + side]
+
+
+def thumb(rgb: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A low-power view: the image shrunk 3–16× (anti-aliased), whole or as 1–3 pieces
+    with irregular outlines on a white slide background."""
+    h, w = rgb.shape[:2]
+    factor = rng.uniform(3, 16) if min(h, w) >= 1024 else rng.uniform(2, 4)
+    small = _resize(rgb, (max(24, round(w / factor)), max(24, round(h / factor))))
+    if rng.random() < 0.5 or min(small.shape[:2]) < 48:
+        out = small
+    else:  # pieces on a slide
+        side = int(min(small.shape[:2]) * rng.uniform(1.2, 1.8))
+        canvas = np.full((side, side, 3), int(rng.integers(235, 256)), np.uint8)
+        for _ in range(int(rng.integers(1, 4))):
+            piece = _window(small, rng, 0.4, 0.9)
+            size = piece.shape[0]
+            shape = M.smooth((size, size), rng, cells=4)
+            yy, xx = np.mgrid[:size, :size] / max(size - 1, 1) - 0.5
+            inside = (shape - np.hypot(yy, xx) * rng.uniform(0.8, 1.4)) > rng.uniform(-0.2, 0.1)
+            oy, ox = (int(rng.integers(0, side - size + 1)) for _ in range(2))
+            canvas[oy : oy + size, ox : ox + size][inside] = piece[inside]
+        out = canvas
+    return out if min(out.shape[:2]) >= 64 else _resize(out, (max(64, out.shape[1]), 64))
+
+
+def pad(rgb: np.ndarray, rng: np.random.Generator, value: int) -> np.ndarray:
+    """A small patch (64–128 px) on uniform padding: all round, or on one or two sides."""
+    side = int(rng.integers(64, 129))
+    small = _resize(_window(rgb, rng, 0.5, 1.0), (side, side))
+    k = [int(rng.integers(4, 48)) for _ in range(4)]  # top, bottom, left, right
+    if rng.random() < 0.4:  # only some sides padded (a patch pasted into a grid cell)
+        k = [v if rng.random() < 0.5 else 0 for v in k]
+    out = np.full((side + k[0] + k[1], side + k[2] + k[3], 3), value, np.uint8)
+    out[k[0] : k[0] + side, k[2] : k[2] + side] = small
+    return out
+
+
+def blur(rgb: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    side = int(rng.choice([96, 128, 192, 256]))
+    im = PIL.Image.fromarray(_resize(_window(rgb, rng, 0.5, 1.0), (side, side)))
+    return np.asarray(im.filter(ImageFilter.GaussianBlur(rng.uniform(1.0, 3.5))))
+
+
+def colour(rgb: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Augmentation-figure colour: hue rotation, saturation, brightness/contrast, gamma,
+    or HED jitter (one or two of them)."""
+    side = int(rng.choice([96, 128, 192, 256]))
+    out = _resize(_window(rgb, rng, 0.5, 1.0), (side, side)).astype(np.float64) / 255
+    for op in rng.choice(["hue", "sat", "bc", "gamma", "hed"], size=int(rng.integers(1, 3)),
+                         replace=False):  # fmt: skip
+        if op in {"hue", "sat"}:
+            hsv = rgb2hsv(out)
+            if op == "hue":
+                hsv[..., 0] = (hsv[..., 0] + rng.choice([-1, 1]) * rng.uniform(0.02, 0.1)) % 1
+            else:
+                hsv[..., 1] = np.clip(hsv[..., 1] * rng.uniform(0.5, 1.6), 0, 1)
+            out = hsv2rgb(hsv)
+        elif op == "bc":
+            out = (out - 0.5) * rng.uniform(0.7, 1.3) + 0.5 + rng.uniform(-0.12, 0.12)
+        elif op == "gamma":
+            out = np.clip(out, 0, 1) ** rng.uniform(0.6, 1.6)
+        else:
+            hed = rgb2hed(M.u8(out))
+            hed = hed * rng.uniform(0.7, 1.3, 3) + rng.uniform(-0.02, 0.02, 3)
+            out = hed2rgb(hed)
+    return M.u8(out)
+
+
+def red_brown(rgb: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Eosin-heavy, brownish H&E: more eosin, less haematoxylin, a little brown (DAB-like)
+    density where the tissue is, and a warm white balance."""
+    side = int(rng.choice([96, 128, 192, 256]))
+    tile = _resize(_window(rgb, rng, 0.5, 1.0), (side, side))
+    hed = rgb2hed(tile)
+    tissue = np.clip(hed[..., 0] + hed[..., 1], 0, None)
+    hed[..., 1] *= rng.uniform(1.2, 2.2)
+    hed[..., 0] *= rng.uniform(0.6, 1.0)
+    hed[..., 2] += tissue * rng.uniform(0.1, 0.5)
+    out = hed2rgb(hed) * np.array([1.0, rng.uniform(0.9, 1.0), rng.uniform(0.75, 0.95)])
+    return M.u8(out)
+
+
+def transform(name: str, rgb: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    if name == "thumb":
+        return thumb(rgb, rng)
+    if name in {"pad-black", "pad-white"}:
+        return pad(rgb, rng, 0 if name == "pad-black" else int(rng.integers(240, 256)))
+    return {"blur": blur, "colour": colour, "red-brown": red_brown}[name](rgb, rng)
+
+
+# -- the set ---------------------------------------------------------------------------------
+def build(shared: Path, seed: int, per_kind: int = 60) -> list[Item]:
+    rng = np.random.default_rng(seed)
+    pools = sources(shared, rng)
+    items: list[Item] = []
+    he_small = pools["he"] + pools["pcam"]
+    large = pools["he_large"]
+
+    def pick(pool: list[tuple[bool, np.ndarray]]) -> tuple[bool, np.ndarray]:
+        return pool[int(rng.integers(len(pool)))]
+
+    def crop_large() -> tuple[bool, np.ndarray]:
+        held, rgb = pick(large)
+        win = _window(rgb, rng, 0.12, 0.5)
+        side = int(rng.integers(192, 513))
+        return held, _resize(win, (side, side))
+
+    for held, rgb in pools["he"]:
+        items.append(Item("he:clean", True, held, rgb))
+    for held, rgb in pools["pcam"][:40]:
+        items.append(Item("he:clean", True, held, rgb))
+    for _ in range(30):
+        items.append(Item("he:clean", True, *crop_large()))
+    for name in TRANSFORMS:
+        for j in range(per_kind):
+            if name == "thumb" and j % 2 == 0:
+                held, rgb = pick(large)
+                rgb = _window(rgb, rng, 0.5, 1.0)
+            else:
+                held, rgb = pick(he_small) if j % 3 else crop_large()
+            items.append(Item(f"he:{name}", True, held, transform(name, rgb, rng)))
+    # negatives: real look-alikes, as they are
+    for cls in ("ihc", "pas_special", "if", "cytology_gross_other"):
+        for held, rgb in pools[cls]:
+            items.append(Item(f"real:{cls}", False, held, rgb))
+    # made from real H&E (the classifier's material generators), at figure sizes
+    made = {
+        "ihc": M.to_ihc,
+        "special": S.to_special,
+        "fluor": M.to_fluor,
+        "overlay": M.overlay,
+    }
+    made_rgbs: list[tuple[bool, np.ndarray]] = []
+    for name, fn in made.items():
+        for j in range(per_kind if name in {"ihc", "special"} else per_kind // 2):
+            held, rgb = pick(he_small) if j % 2 else crop_large()
+            side = int(rng.choice([96, 128, 192, 256]))
+            out = fn(_resize(_window(rgb, rng, 0.5, 1.0), (side, side)), rng)
+            items.append(Item(f"made:{name}", False, held, out))
+            if name in {"ihc", "special"}:
+                made_rgbs.append((held, out))
+    for _ in range(per_kind // 2):
+        side = int(rng.integers(96, 257))
+        field = M.smooth((side, side), rng, cells=int(rng.integers(2, 10)))
+        cmap = matplotlib.colormaps[rng.choice(FIELD_CMAPS)]
+        noisy = np.clip(field + rng.normal(0, rng.uniform(0, 0.08), field.shape), 0, 1)
+        items.append(Item("drawn:field", False, False, M.u8(cmap(noisy)[..., :3])))
+    for chart in M.charts(rng, per_kind // 2):
+        items.append(Item("drawn:chart", False, False, chart))
+    # the same transforms on IHC/PAS (real and made): these must stay rejected
+    look_alikes = pools["ihc"] + pools["pas_special"] + made_rgbs
+    for name in TRANSFORMS:
+        for _ in range(per_kind // 2):
+            held, rgb = pick(look_alikes)
+            items.append(Item(f"neg:{name}", False, held, transform(name, rgb, rng)))
+    return items
+
+
+# -- scoring and deciding ----------------------------------------------------------------------
+def measure(item: Item) -> dict:
+    """What the filter stores for one figure (and its panels, when it splits)."""
+
+    def one(rgb: np.ndarray) -> dict:
+        clf = classify_rgb(rgb)
+        return {
+            "colour": score_rgb(_shrink(rgb)).as_dict(),
+            "p_he": round(clf.p_he, 4),
+            "probs": {k: round(v, 4) for k, v in clf.probs.items()},
+            "width": int(rgb.shape[1]),
+            "height": int(rgb.shape[0]),
+        }
+
+    row = one(item.rgb)
+    boxes = find_panels(item.rgb)
+    row["panels"] = [one(item.rgb[y0:y1, x0:x1]) for x0, y0, x1, y1 in (p.bbox for p in boxes)]
+    return {"kind": item.kind, "he": item.he, "held_out": item.held_out, **row}
+
+
+def as_image(m: dict) -> Image:
+    img = Image(id="stress", record_id="s", path="x.png", sha256="", width=m["width"],
+                height=m["height"])  # fmt: skip
+    c = m["colour"]
+    img.purple_ratio, img.he_score = c["purple_ratio"], c["he_score"]
+    img.tissue_fraction = c["tissue_fraction"]
+    img.extra["colour"] = c
+    img.p_he = m["p_he"]
+    img.extra["classifier"] = {"probs": m["probs"]}
+    return img
+
+
+def decide(m: dict, limits: rules.Thresholds) -> tuple[bool, str | None]:
+    """The figure is kept when it is (unsplit) or when one of its panels is."""
+    units = m["panels"] or [m]
+    out = [rules.decide(as_image(u), limits) for u in units]
+    kept = [d for d in out if d.kept]
+    return (True, None) if kept else (False, out[0].reason)
+
+
+def reason_kind(reason: str | None) -> str:
+    if reason is None:
+        return "kept"
+    for key in ("too small", "no H&E-like", "tissue region", "dark image", "dark padding",
+                "smooth colour",
+                "purple ratio", "H&E score", "not H&E by the classifier", "caption"):  # fmt: skip
+        if key in reason:
+            return key
+    return reason[:30]
+
+
+def report(measured: list[dict], limits: rules.Thresholds) -> dict:
+    table: dict[str, dict] = {}
+    for m in measured:
+        kept, reason = decide(m, limits)
+        for held in ("all", "held_out" if m["held_out"] else "train_side"):
+            row = table.setdefault(m["kind"], {}).setdefault(
+                held, {"n": 0, "kept": 0, "reasons": defaultdict(int)}
+            )
+            row["n"] += 1
+            row["kept"] += kept
+            row["reasons"][reason_kind(reason)] += 0 if kept else 1
+    for rows in table.values():
+        for row in rows.values():
+            row["keep_rate"] = round(row["kept"] / row["n"], 3)
+            row["reasons"] = dict(sorted(row["reasons"].items(), key=lambda kv: -kv[1]))
+    he = [m for m in measured if m["he"]]
+    neg = [m for m in measured if not m["he"]]
+    tp = sum(decide(m, limits)[0] for m in he)
+    fp = sum(decide(m, limits)[0] for m in neg)
+    return {
+        "kinds": table,
+        "he_kept": tp,
+        "he": len(he),
+        "negatives_kept": fp,
+        "negatives": len(neg),
+        "recall": round(tp / len(he), 4),
+        "false_keep_rate": round(fp / len(neg), 4),
+    }
+
+
+def print_report(name: str, rep: dict) -> None:
+    print(f"\n== {name}: H&E kept {rep['he_kept']}/{rep['he']} (recall {rep['recall']:.3f}); "
+          f"negatives kept {rep['negatives_kept']}/{rep['negatives']} "
+          f"({rep['false_keep_rate']:.3f})")  # fmt: skip
+    print(f"{'kind':28s} {'n':>4s} {'keep':>6s} {'held-out':>9s} {'train':>7s}  rejections")
+    for kind, rows in sorted(
+        rep["kinds"].items(), key=lambda kv: (not kv[0].startswith("he"), kv[0])
+    ):
+        a = rows["all"]
+        h = rows.get("held_out", {}).get("keep_rate")
+        t = rows.get("train_side", {}).get("keep_rate")
+        fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
+        top = ", ".join(f"{k} {v}" for k, v in list(a["reasons"].items())[:3] if v)
+        print(f"{kind:28s} {a['n']:4d} {a['keep_rate']:6.2f} {fmt(h):>9s} {fmt(t):>7s}  {top}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    default_shared = Path(os.environ.get("HISTO_SHARED", ROOT.parent / "shared"))
+    ap.add_argument("--shared", type=Path, default=default_shared)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--per-kind", type=int, default=60)
+    ap.add_argument("--cache", type=Path, default=None, help="Reuse/keep the measured scores.")
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/he_decision_stress.json")
+    args = ap.parse_args()
+    t0 = time.time()
+    if args.cache and args.cache.exists():
+        measured = json.loads(args.cache.read_text())
+    else:
+        items = build(args.shared, args.seed, args.per_kind)
+        print(f"{len(items)} stress images built in {time.time() - t0:.0f} s", file=sys.stderr)
+        measured = []
+        for k, item in enumerate(items):
+            measured.append(measure(item))
+            if k % 200 == 0:
+                print(f"  measured {k}/{len(items)}", file=sys.stderr)
+        if args.cache:
+            args.cache.write_text(json.dumps(measured))
+    limits = rules.Thresholds()
+    # the decision before the graded override (round 3): every soft miss needs p_override
+    before = rules.Thresholds(p_near=limits.p_override)
+    result = {"before (round 3)": report(measured, before), "default": report(measured, limits)}
+    for name, rep in result.items():
+        print_report(name, rep)
+    result |= {"thresholds": vars(limits), "seed": args.seed, "images": len(measured),
+               "seconds": round(time.time() - t0)}  # fmt: skip
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
