@@ -41,12 +41,6 @@ def run_eval(shared: Path, run_dir: Path, *, sheets: bool = False) -> dict:
     labels = read_labels(LABELS)
     result = evaluate(manifest, labels)
     result["_sweep_p_keep"] = sweep(manifest, labels)
-    # the decision before the graded override (issue 14, round 4): every soft colour miss
-    # needs the full p_override, as in rounds 1-3 (report only)
-    from histofetch.decide.rules import Thresholds
-
-    before = evaluate(manifest, labels, Thresholds(p_near=Thresholds().p_override))
-    result["_before_graded_override"] = before["colour + classifier + text (default)"]
     rows = [i for i in manifest.images.values() if i.status == "ok"]
     result["_unlabelled"] = sorted(i.id for i in rows if i.sha256 not in labels)
     return result
@@ -98,8 +92,6 @@ def main() -> None:
                 f"{s['precision']:6.3f} {s['recall']:6.3f}"
             )
     print("p_keep sweep (figures, report only):", json.dumps(result["_sweep_p_keep"]))
-    print("default decision without the graded override:",
-          json.dumps(result["_before_graded_override"]))  # fmt: skip
     print(f"unlabelled rows: {len(result['_unlabelled'])}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")

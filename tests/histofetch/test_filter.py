@@ -12,7 +12,7 @@ from conftest import shared_path
 from pdf_factory import build_image_pdf, he_like
 
 from histocore.manifest import Image, Manifest
-from histofetch.decide.colour import inner_box, score_rgb
+from histofetch.decide.colour import score_rgb
 from histofetch.extract import run_extract
 from histofetch.filter import Thresholds, decide, run_filter, store_scores
 
@@ -100,50 +100,6 @@ def test_flat_charts_and_greyscale_tissue_are_rejected() -> None:
     assert not _decision(bar_chart()).kept
     grey = np.repeat(he_like().mean(axis=2, keepdims=True).astype(np.uint8), 3, axis=2)
     assert not _decision(grey).kept
-
-
-def test_black_padding_is_measured_apart_from_a_dark_background() -> None:
-    """Round 4 of issue 14: the dark share inside uniform borders (``dark_inner``) tells
-    a small patch on black padding from fluorescence or a heatmap on black."""
-    patch = he_like(96, 96, seed=3)
-    padded = np.zeros((96 + 30 + 10, 96 + 40, 3), np.uint8)  # uneven padding, all sides
-    padded[30:126, 25:121] = patch
-    assert inner_box(padded) == (30, 126, 25, 121)
-    scores = score_rgb(padded)
-    assert scores.dark_fraction > 0.3 and scores.dark_inner < 0.02
-    # one-sided white padding is cropped too (it just is not dark)
-    white = np.full((96, 140, 3), 255, np.uint8)
-    white[:, :96] = patch
-    assert inner_box(white) == (0, 96, 0, 96)
-    # fluorescence: bright spots on a noisy black field, with a black frame: still dark
-    rng = np.random.default_rng(0)
-    fluo = np.zeros((160, 160, 3), np.uint8)
-    inner = rng.integers(0, 30, (120, 120, 3)).astype(np.uint8)
-    for _ in range(25):
-        y, x = rng.integers(5, 110, 2)
-        inner[y : y + 8, x : x + 8] = (230, 60, 200)
-    fluo[20:140, 20:140] = inner
-    s = score_rgb(fluo)
-    assert s.dark_inner > 0.5 and s.dark_fraction > s.dark_inner
-    # no padding at all: the whole image
-    assert inner_box(patch) == (0, 96, 0, 96)
-    assert score_rgb(patch).dark_inner == score_rgb(patch).dark_fraction
-
-
-def test_padded_he_patch_is_kept_when_the_classifier_agrees() -> None:
-    """Black padding trips the dark rule; with ``dark_inner`` it is a near miss that a
-    classifier probability of ``p_near`` overrides (not the full ``p_override``)."""
-    padded = np.zeros((150, 150, 3), np.uint8)
-    padded[27:123, 27:123] = he_like(96, 96, seed=1)
-    img = Image(id="x", record_id="r", path="x.png", sha256="", width=150, height=150)
-    store_scores(img, score_rgb(padded))
-    img.p_he = 0.6
-    decide(img, Thresholds())
-    assert img.kept, img.filter_reason
-    assert "dark padding" in img.extra["decision"]["note"]
-    img.p_he = 0.4
-    decide(img, Thresholds())
-    assert not img.kept and img.filter_reason.startswith("dark padding")
 
 
 def test_composite_figure_is_kept_on_its_tissue_region() -> None:

@@ -85,50 +85,6 @@ def test_soft_colour_failure_is_overridden_only_by_a_confident_classifier() -> N
     assert decide(row(0.7, "for", "caption names H&E", **padded), T).kept
 
 
-def test_override_is_graded_by_how_far_the_colour_test_misses() -> None:
-    """Round 4: a soft test missed just under its threshold needs only ``p_near``; the
-    bar rises linearly to ``p_override`` at a miss of ``near`` (half the threshold)."""
-    t = Thresholds(p_keep=0.25, p_caption=0.1, p_override=0.85, p_override_caption=0.85,
-                   p_near=0.5, near=0.5, min_detail=0.04)  # fmt: skip
-    just_under = row(0.55, detail=0.039)  # misses by 2.5 % of the threshold: bar 0.52
-    d = decide(just_under, t)
-    assert d.kept and "overrides the colour test (smooth colour gradient" in d.note
-    halfway = dict(detail=0.03)  # misses by 25 %: half way, bar 0.675
-    assert not decide(row(0.66, **halfway), t).kept
-    assert decide(row(0.69, **halfway), t).kept
-    d = decide(row(0.84, detail=0.015), t)  # misses by more than half: the full override
-    assert not d.kept and d.reason.endswith("classifier p(H&E) 0.84 < 0.85 to override")
-    # purple ratio and HED score are graded the same way
-    low_purple = row(0.56)
-    low_purple.purple_ratio = 0.28  # 0.02 under 0.3: bar 0.5 + 0.35 * 0.133 = 0.547
-    assert decide(low_purple, t).kept
-    low_purple.purple_ratio = 0.1
-    assert not decide(low_purple, t).kept
-    low_he = row(0.6)
-    low_he.he_score = 0.45  # bar 0.57
-    assert decide(low_he, t).kept
-    low_he.p_he = 0.55
-    assert not decide(low_he, t).kept
-    # a tissue region too small is never a near miss
-    assert not decide(row(0.84, tissue_blocks=1), t).kept
-    # the veto still comes first: a near miss below p_keep is rejected by the classifier
-    d = decide(row(0.2, detail=0.039), Thresholds(p_keep=0.25, p_near=0.1, min_detail=0.04))
-    assert not d.kept and d.reason.startswith("not H&E by the classifier")
-
-
-def test_dark_padding_is_a_near_miss_a_dark_background_is_not() -> None:
-    padded = dict(dark_fraction=0.45, dark_inner=0.01)  # black padding around a patch
-    d = decide(row(0.6, **padded), T)
-    assert d.kept and "dark padding (0.45 > 0.2, 0.01 inside)" in d.note
-    d = decide(row(0.45, **padded), T)
-    assert not d.kept and d.reason.startswith("dark padding")
-    fluo = dict(dark_fraction=0.45, dark_inner=0.4)  # dark inside too: the full override
-    d = decide(row(0.8, **fluo), T)
-    assert not d.kept and d.reason.startswith("dark image, fluorescence or colour map")
-    # without the classifier nothing overrides: the colour-only rule is unchanged
-    assert not decide(row(0.99, **padded), T, use_classifier=False).kept
-
-
 def test_signals_can_be_switched_off_to_measure_them() -> None:
     # colour only: the earlier rule (classifier and caption ignored)
     assert decide(row(0.1, "against", "x"), T, use_classifier=False, use_text=False).kept

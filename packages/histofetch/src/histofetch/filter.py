@@ -40,7 +40,7 @@ from histofetch.stage import StageSummary
 log = logging.getLogger(__name__)
 
 #: Bump when scoring changes what the stored scores mean; older rows are then rescored.
-SCORER_VERSION = 5  # 5: dark_inner (issue 14, round 4)
+SCORER_VERSION = 4
 #: Figures are read at most this large (longest side) for panels and the classifier.
 PANEL_SIDE = 2048
 Thresholds = rules.Thresholds  # re-exported: the CLI and callers name it from here

@@ -55,10 +55,6 @@ OFF_S = 0.25
 # heatmaps reach H ≈ 0.2–0.8 (dark pixels), magenta fluorophores E ≈ 0.9.
 HED_MAX_H, HED_MAX_E, HED_MAX_D = 0.25, 0.25, 0.15
 
-#: Padding: a border row/column is uniform when this share of its pixels lies within
-#: PAD_TOL RGB levels of its median colour (JPEG ringing stays inside).
-PAD_SHARE, PAD_TOL = 0.98, 24
-
 #: The plain purple-pixel rule (hue 250–345°, S > 0.12, 0.25 < V < 0.97) used to stage the
 #: fixtures; recorded for comparison only: it keeps heatmaps and fluorescence.
 NAIVE_PURPLE = (250.0, 345.0, 0.12, 0.25, 0.97)
@@ -85,9 +81,6 @@ class ColourScores:
     blocks: int
     purple_ratio_image: float  # the naive whole-image share of H&E-coloured pixels
     dark_fraction: float
-    # issue 14, round 4: the dark share inside uniform borders (black padding around a
-    # small patch is not the dark background of fluorescence or a heatmap)
-    dark_inner: float
     detail: float  # median pixel-scale brightness step in the tissue blocks
     naive_purple: float  # plain HSV purple count over the whole image (NAIVE_PURPLE rule)
 
@@ -181,37 +174,10 @@ def tissue_mask(
     return mask, n_tissue, n_blocks, float(np.median(details)) if details else 0.0
 
 
-def inner_box(rgb: np.ndarray) -> tuple[int, int, int, int]:
-    """(y0, y1, x0, x1) of the image inside its uniform border rows and columns (padding
-    of any colour); the whole image when nothing is left inside."""
-    px = rgb.astype(np.int16)
-
-    def uniform(line: np.ndarray) -> bool:
-        dev = np.abs(line - np.median(line, axis=0)).max(axis=1)
-        return bool((dev <= PAD_TOL).mean() >= PAD_SHARE)
-
-    h, w = rgb.shape[:2]
-    y0, y1, x0, x1 = 0, h, 0, w
-    while y0 < y1 and uniform(px[y0, x0:x1]):
-        y0 += 1
-    while y1 > y0 and uniform(px[y1 - 1, x0:x1]):
-        y1 -= 1
-    if y1 - y0 < 8:  # uniform all over (a blank image): nothing is padding
-        return 0, h, 0, w
-    while x0 < x1 and uniform(px[y0:y1, x0]):
-        x0 += 1
-    while x1 > x0 and uniform(px[y0:y1, x1 - 1]):
-        x1 -= 1
-    if y1 - y0 < 8 or x1 - x0 < 8:
-        return 0, h, 0, w
-    return y0, y1, x0, x1
-
-
 def score_rgb(rgb: np.ndarray) -> ColourScores:
     """All colour measures of one uint8 RGB image."""
     px = pixel_classes(rgb)
     region, n_tissue, n_blocks, detail = tissue_mask(rgb, px, block_size(rgb.shape))
-    y0, y1, x0, x1 = inner_box(rgb)
     stained = px["stained"]
     where = (region & stained) if n_tissue else stained  # no tissue region: whole image
     n_where = max(int(where.sum()), 1)
@@ -223,7 +189,6 @@ def score_rgb(rgb: np.ndarray) -> ColourScores:
         blocks=n_blocks,
         purple_ratio_image=float(px["he_colour"].mean()),
         dark_fraction=float(px["dark"].mean()),
-        dark_inner=float(px["dark"][y0:y1, x0:x1].mean()),
         detail=detail,
         naive_purple=float(px["naive_purple"].mean()),
     )

@@ -19,15 +19,7 @@ reason; every reason reads "<what>: <numbers>"):
    *soft* tests only (tissue region size, dark share, detail, purple ratio, HED score:
    what blur, black padding, low magnification and red-brown staining trip), the classifier
    may override it when ``p_he ≥ p_override`` (``p_override_caption`` with H&E named in
-   the caption). The override is graded by how far the test misses (issue 14, round 4):
-   a near miss needs only ``p_near``, rising linearly to the full override when the
-   score misses by ``near`` (a share of its threshold) or more — detail, purple ratio
-   and HED score; a dark share that is uniform padding (``dark_inner``, the dark share
-   inside uniform borders, within ``max_dark``) counts as a near miss; other dark
-   images and a too-small tissue region need the full override. ``p_near`` and
-   ``near`` were chosen on the stress set of ``benchmarks/he_decision_stress.py``
-   (training-side H&E made blurred, padded, low-power, colour-shifted; IHC/PAS and
-   drawn look-alikes), never on the evaluation papers.
+   the caption).
 
 The four classifier thresholds are not tuned here: ``benchmarks/train_he_classifier.py``
 chooses them on the classifier's held-out validation images (each scored, as here, by the
@@ -70,9 +62,6 @@ class Thresholds:
     p_override: float = 0.78  # classifier probability that overrides a soft colour test
     p_override_caption: float = 0.78  # … when the caption names H&E
     p_against: float = 0.98  # probability that keeps an image the caption says is not H&E
-    # Graded override (issue 14, round 4; chosen on benchmarks/he_decision_stress.py):
-    p_near: float = 0.5  # overrides a soft colour test that is only just missed
-    near: float = 0.5  # a miss by this share of the threshold (or more) needs p_override
 
     @classmethod
     def from_kwargs(cls, purple: float, **kw: Any) -> Thresholds:
@@ -92,47 +81,31 @@ class Decision:
     margin: float  # signed distance to the boundary (>0 kept), for sorting sheets
 
 
-def colour_test(img: Image, limits: Thresholds) -> tuple[str | None, bool, float]:
-    """(reason the colour rule rejects, whether that test is a hard one, how far it misses:
-    0 just under the threshold … 1 by ``limits.near`` of it or more) or (None, False, 0)."""
+def colour_test(img: Image, limits: Thresholds) -> tuple[str | None, bool]:
+    """(reason the colour rule rejects, whether that test is a hard one) or (None, False)."""
     colour = img.extra.get("colour", {})
     blocks = int(colour.get("tissue_blocks", 0))
     dark = float(colour.get("dark_fraction", 0.0))
-    dark_inner = float(colour.get("dark_inner", dark))  # rows scored before round 4: dark
     detail = float(colour.get("detail", 0.0))
     tissue, purple, he = img.tissue_fraction or 0.0, img.purple_ratio or 0.0, img.he_score or 0.0
-
-    def miss(value: float, threshold: float) -> float:
-        return min(max((threshold - value) / (threshold * limits.near), 0.0), 1.0)
-
     if min(img.width, img.height) < limits.min_side:
-        return f"too small to judge ({img.width}x{img.height} px < {limits.min_side})", True, 1.0
+        return f"too small to judge ({img.width}x{img.height} px < {limits.min_side})", True
     if blocks == 0:
-        return "no H&E-like tissue blocks", True, 1.0
+        return "no H&E-like tissue blocks", True
     if blocks < limits.min_blocks or tissue < limits.min_tissue:
-        return f"tissue region too small ({blocks} blocks, {tissue:.2f})", False, 1.0
+        return f"tissue region too small ({blocks} blocks, {tissue:.2f})", False
     if dark > limits.max_dark:
-        if dark_inner <= limits.max_dark:
-            why = f"dark padding ({dark:.2f} > {limits.max_dark:g}, {dark_inner:.2f} inside)"
-            return why, False, 0.0
-        why = f"dark image, fluorescence or colour map ({dark:.2f} > {limits.max_dark:g})"
-        return why, False, 1.0
+        return f"dark image, fluorescence or colour map ({dark:.2f} > {limits.max_dark:g})", False
     if detail < limits.min_detail:
-        why = f"smooth colour gradient, not tissue grain ({detail:.3f} < {limits.min_detail:g})"
-        return why, False, miss(detail, limits.min_detail)
+        return (
+            f"smooth colour gradient, not tissue grain ({detail:.3f} < {limits.min_detail:g})",
+            False,
+        )
     if purple < limits.purple:
-        why = f"purple ratio too low ({purple:.2f} < {limits.purple:g})"
-        return why, False, miss(purple, limits.purple)
+        return f"purple ratio too low ({purple:.2f} < {limits.purple:g})", False
     if he < limits.min_he:
-        return f"H&E score too low ({he:.2f} < {limits.min_he:g})", False, miss(he, limits.min_he)
-    return None, False, 0.0
-
-
-def override_bar(limits: Thresholds, shortfall: float, caption_for: bool) -> float:
-    """The p(H&E) that overrides a soft colour test missed by ``shortfall`` (0…1)."""
-    full = limits.p_override_caption if caption_for else limits.p_override
-    low = min(limits.p_near, full)
-    return low + (full - low) * shortfall
+        return f"H&E score too low ({he:.2f} < {limits.min_he:g})", False
+    return None, False
 
 
 def _looks_like(img: Image) -> str:
@@ -148,7 +121,7 @@ def decide(
     img: Image, limits: Thresholds, *, use_classifier: bool = True, use_text: bool = True
 ) -> Decision:
     """Apply the rule in the module docstring to one scored row (no pixels are read)."""
-    colour_reason, hard, shortfall = colour_test(img, limits)
+    colour_reason, hard = colour_test(img, limits)
     p = img.p_he if use_classifier else None
     stains = img.extra.get("stains", {}) if use_text else {}
     verdict = stains.get("verdict")
@@ -176,7 +149,7 @@ def decide(
         reason = f"not H&E by the classifier: {probs}{why}{_looks_like(img)}"
         return Decision(False, reason, reason, p - need)
     if colour_reason:
-        override = max(override_bar(limits, shortfall, verdict == "for"), need)
+        override = limits.p_override_caption if verdict == "for" else limits.p_override
         if p < override:
             reason = f"{colour_reason}; classifier {probs} < {override:.2f} to override"
             return Decision(False, reason, reason, p - override)
