@@ -7,10 +7,12 @@ Per image (read once; scores are stored, so an image already scored is never re-
 * the shipped CNN's H&E probability (decide/classifier.py) in ``p_he`` and
   ``extra.classifier``;
 * panels (panels.py): a compound figure gets one row per panel (``source="panel"``,
-  ``parent_id``, ``panel_bbox``, ``panel_letter``), each scored the same way.
+  ``parent_id``, ``panel_bbox``, ``panel_letter``), each scored the same way; the letter
+  printed at each panel's corner is read by panel_letters.py (Tesseract, when installed).
 
 Then every row is decided again on every run (thresholds can change without re-reading):
-caption evidence (decide/stains.py) is read from ``caption`` for the panel's letter, and
+caption evidence (decide/stains.py) is read from ``caption`` for the panel's letter (its own
+"(B) …" part and the shared title; the whole caption when no letter was read), and
 decide/rules.py gives ``kept`` and the full ``filter_reason``. A figure split into panels
 is kept when one of its panels is (its reason lists its panels' reasons otherwise).
 """
@@ -40,7 +42,7 @@ from histofetch.stage import StageSummary
 log = logging.getLogger(__name__)
 
 #: Bump when scoring changes what the stored scores mean; older rows are then rescored.
-SCORER_VERSION = 4
+SCORER_VERSION = 5  # 5: panel letters read (panel_letters.py)
 #: Figures are read at most this large (longest side) for panels and the classifier.
 PANEL_SIDE = 2048
 Thresholds = rules.Thresholds  # re-exported: the CLI and callers name it from here
@@ -172,9 +174,11 @@ def store_classifier(img: Image, rgb: np.ndarray) -> None:
 def add_panels(manifest: Manifest, img: Image, rgb: np.ndarray, scale: float) -> list[Image]:
     """Split ``img`` into panels (panels.py) and add a scored row per panel."""
     from histofetch.extract import encode_png
+    from histofetch.panel_letters import read_letters
     from histofetch.panels import find_panels
 
     found = find_panels(rgb)
+    read_letters(rgb, found)  # sets Panel.letter where one can be read (None otherwise)
     src = manifest.resolve(img.path)
     assert src is not None, "a scored image has a file"
     out_dir = src.parent
@@ -218,9 +222,14 @@ def _shrink(rgb: np.ndarray, side: int = 768) -> np.ndarray:
 
 
 # -- deciding (no pixels read) ------------------------------------------------------------------
+#: Read a lettered panel's own part of the caption ("(B) …" + the shared title) rather than
+#: the whole caption (docs/benchmarks.md "Panel letters" measured it before it was on).
+PANEL_EVIDENCE = True
+
+
 def store_evidence(img: Image) -> None:
     """Caption stain evidence for this row's panel letter (or the whole caption)."""
-    ev = evidence(img.caption, img.panel_letter)
+    ev = evidence(img.caption, img.panel_letter if PANEL_EVIDENCE else None)
     img.extra["stains"] = ev.as_dict() | {"said": ev.describe()}
 
 

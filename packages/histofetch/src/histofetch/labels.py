@@ -264,7 +264,7 @@ def leakage_flags(caption: str | None, title: str | None) -> list[str]:
 
 
 def _panel_letter(img: Image) -> str | None:
-    letter = getattr(img, "panel", None) or img.extra.get("panel")
+    letter = img.panel_letter or img.extra.get("panel")
     return letter if isinstance(letter, str) and len(letter) == 1 else None
 
 

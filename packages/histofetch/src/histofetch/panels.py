@@ -19,12 +19,11 @@ A figure that yields fewer than two panels is not a composite (``[]``). Tissue w
 white gaps at low magnification may be cut into islands; each island is still judged on
 its own, so the decision is unchanged.
 
-Panel letters are not read: Tesseract (Debian's ``tesseract-ocr`` 5.3 with
-``pytesseract``) installs cleanly, but on the real composites tried it found none of the
-letters (they sit in the gutters, above or left of the panel, among other labels) at about
-2 s a panel; matching panels to caption letters by reading order pairs the wrong ones
-when a PDF stores one figure as several images. So ``letter`` stays None and the decision
-reads the whole caption for every panel of a figure (decide/stains.py).
+Panel letters are read by panel_letters.py, not here: Tesseract on whole gutters found
+none of the real letters (they sit among other labels) at ~2 s a panel, so that module
+first finds one glyph-sized blob at each panel's corner and reads only it, then drops a
+figure's letters unless they form a believable sequence. A panel with a letter reads its
+own part of the caption ("(B) …"); one without reads the whole caption (decide/stains.py).
 """
 
 from __future__ import annotations
@@ -50,7 +49,7 @@ class Panel:
 
     bbox: tuple[int, int, int, int]
     order: int
-    letter: str | None = None  # set by callers that know it (none do yet, see above)
+    letter: str | None = None  # set by panel_letters.read_letters when one can be read
 
     @property
     def width(self) -> int:

@@ -15,6 +15,12 @@ The decision (``rules.py``) uses them as:
 * nothing: no caption, a caption naming no stain, only ``plot`` words, or both kinds for
   the same panel (a figure "H&E (A) and CK19 (B)" whose panels cannot be told apart).
 
+Which text a row reads: a panel whose letter was read (panel_letters.py) and that the
+caption names ("(B) …", "(C–E) …") reads its own part plus the shared title before the
+first marker; a panel without a letter, a letter the caption does not name, and a whole
+figure read the whole caption. So "(A) H&E … (B) CK19 IHC …" gives panel A "for" and
+panel B "against", where the whole caption gives no verdict to either.
+
 Negated mentions ("no H&E", "H&E not shown") are rare in legends and are not special-cased.
 """
 

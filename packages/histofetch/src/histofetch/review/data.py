@@ -137,7 +137,7 @@ def item(manifest: Manifest, img: Image, scores: Scores | None) -> dict[str, Any
         "record_id": img.record_id,
         "width": img.width,
         "height": img.height,
-        "panel": getattr(img, "panel", None) or img.extra.get("panel"),
+        "panel": img.panel_letter or img.extra.get("panel"),
         "caption_html": str(caption_html(img)),
         "has_caption": bool(img.caption),
         "weak_label": img.weak_label,
