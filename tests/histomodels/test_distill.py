@@ -96,7 +96,8 @@ def test_training_with_a_teacher_reuses_the_cache_on_resume(data, teacher, tmp_p
     stamp = os.stat(cache).st_mtime_ns
     conf = read_checkpoint(run / "best.pt")["train_config"]
     assert conf["teacher"] == str(teacher) and conf["distill_weight"] == 0.7
-    with caplog.at_level(logging.INFO):
+    # the package logger's level too: a CLI test run before may have set it to WARNING
+    with caplog.at_level(logging.INFO, logger="histomodels"):
         res2 = train(
             cfg.replace(epochs=2), run, train_data=(xt, yt), val_data=(xv, yv), resume=True
         )
