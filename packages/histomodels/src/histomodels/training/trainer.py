@@ -22,15 +22,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from histocore.errors import DomainError
 from histocore.io import json_safe
 from histomodels import distributed as D
 from histomodels.checkpoint import save_checkpoint
-from histomodels.config import ConfigError, TrainConfig, validate
+from histomodels.config import TrainConfig, validate
 from histomodels.device import amp_dtype, autocast, grad_scaler, pick_device, set_threads, use_bf16
 from histomodels.inference import predict_logits
 from histomodels.metrics import binary_metrics
-from histomodels.models import create_model
 from histomodels.models.registry import check_config
 from histomodels.preprocess import to_input
 from histomodels.training.callbacks import Callback, default_callbacks
@@ -41,13 +39,10 @@ from histomodels.training.data import (
     make_augment,
     prepare_splits,
 )
+from histomodels.training.network import build_model, wrap_model
 from histomodels.training.result import EpochStats, TrainResult
-from histomodels.training.schedule import LRSchedule, param_groups, set_backbone_frozen
-from histomodels.training.state import (
-    checkpoint,
-    resume_state,
-    seed_everything,
-)
+from histomodels.training.schedule import LRSchedule, param_groups
+from histomodels.training.state import checkpoint, resume_state, seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -135,23 +130,7 @@ class Trainer:
         self._ready = True
 
     def _setup_model(self) -> None:
-        cfg = self.cfg
-        try:  # from the weights source on a fresh run, from last.pt on resume
-            if self.state is None:
-                model = create_model(cfg.model, weights=cfg.weights, **cfg.model_config)
-            else:
-                model = create_model(cfg.model, pretrained=False, **cfg.model_config)
-        except DomainError:
-            raise
-        except ValueError as exc:  # accepted keys and types, unusable values
-            raise ConfigError(f"model_config: cannot build {cfg.model!r} ({exc})") from None
-        # no TypeError here: check_config has matched the keys and value types against the
-        # builder's signature, so one raised while building is a bug in the model code
-        if self.state is not None:
-            model.load_state_dict(self.state.get("train_state_dict") or self.state["state_dict"])
-        model.to(self.device)
-        if cfg.channels_last:
-            model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        model = build_model(self.cfg, self.device, self.state)
         self.model: nn.Module = model
         #: the weights validated and saved (callbacks such as EMA replace it)
         self.eval_model: nn.Module = model
@@ -235,19 +214,9 @@ class Trainer:
         return last
 
     def _wrap(self, frozen: bool) -> nn.Module:
-        """The module the optimizer steps through: DDP and/or torch.compile around the model."""
-        if self.cfg.freeze_epochs > 0:
-            set_backbone_frozen(self.model, frozen)
+        """The module the optimizer steps through (:func:`.network.wrap_model`)."""
         self.frozen = frozen
-        net: nn.Module = self.model
-        if self.info.enabled:
-            from torch.nn.parallel import DistributedDataParallel as DDP
-
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            net = DDP(self.model, device_ids=ids)
-        if self.cfg.compile:
-            net = torch.compile(net)  # type: ignore[assignment]
-        return net
+        return wrap_model(self.model, self.cfg, self.info, self.device, frozen=frozen)
 
     def fit_epoch(self, epoch: int) -> EpochStats:
         """One pass over this rank's shard of a fresh permutation of the training data."""

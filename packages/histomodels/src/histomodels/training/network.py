@@ -1,0 +1,58 @@
+"""The network a run trains: built from the model registry (from the weights source on a
+fresh run, from ``last.pt`` on resume) and wrapped for the optimizer step (backbone
+freezing, DistributedDataParallel, ``torch.compile``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from histocore.errors import DomainError
+from histomodels import distributed as D
+from histomodels.config import ConfigError, TrainConfig
+from histomodels.models import create_model
+from histomodels.training.schedule import set_backbone_frozen
+
+
+def build_model(
+    cfg: TrainConfig, device: torch.device, state: dict[str, Any] | None = None
+) -> nn.Module:
+    """``cfg.model`` on ``device``: with the weights of ``cfg.weights``, or of ``state`` (a
+    resumed ``last.pt``). Call :func:`~histomodels.models.registry.check_config` first."""
+    try:
+        if state is None:
+            model = create_model(cfg.model, weights=cfg.weights, **cfg.model_config)
+        else:
+            model = create_model(cfg.model, pretrained=False, **cfg.model_config)
+    except DomainError:
+        raise
+    except ValueError as exc:  # accepted keys and types, unusable values
+        raise ConfigError(f"model_config: cannot build {cfg.model!r} ({exc})") from None
+    # no TypeError here: check_config has matched the keys and value types against the
+    # builder's signature, so one raised while building is a bug in the model code
+    if state is not None:
+        model.load_state_dict(state.get("train_state_dict") or state["state_dict"])
+    model.to(device)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    return model
+
+
+def wrap_model(
+    model: nn.Module, cfg: TrainConfig, info: D.DistInfo, device: torch.device, *, frozen: bool
+) -> nn.Module:
+    """The module the optimizer steps through: DDP and/or torch.compile around ``model``
+    (whose backbone is frozen or unfrozen first when ``cfg.freeze_epochs`` is set)."""
+    if cfg.freeze_epochs > 0:
+        set_backbone_frozen(model, frozen)
+    net: nn.Module = model
+    if info.enabled:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        ids = [device.index] if device.type == "cuda" else None
+        net = DDP(model, device_ids=ids)
+    if cfg.compile:
+        net = torch.compile(net)  # type: ignore[assignment]
+    return net
