@@ -21,7 +21,12 @@ from histomodels.synthetic import make_figure
 
 def _run(tmp_path: Path, figures: dict[str, tuple[np.ndarray, str | None]]) -> Path:
     """A run folder whose kept images are ``figures`` (id → (rgb, label))."""
-    m = Manifest.load(tmp_path, create=True)
+    with Manifest.load(tmp_path, create=True) as m:
+        _add_figures(m, tmp_path, figures)
+    return tmp_path
+
+
+def _add_figures(m: Manifest, tmp_path: Path, figures: dict) -> None:
     m.add_record(Record(id="pmid:1", stage="filtered"))
     (tmp_path / "images").mkdir(parents=True)
     for image_id, (rgb, label) in figures.items():
@@ -51,7 +56,6 @@ def _run(tmp_path: Path, figures: dict[str, tuple[np.ndarray, str | None]]) -> P
         )
     )
     m.save()
-    return tmp_path
 
 
 def test_tiles_labels_and_boxes(tmp_path: Path) -> None:
@@ -95,11 +99,14 @@ def test_tiles_labels_and_boxes(tmp_path: Path) -> None:
 def test_missing_image_and_bad_label(tmp_path: Path) -> None:
     run = _run(tmp_path / "a", {"fig": (make_figure(1, 1), "metastasis")})
     (run / "images" / "fig.png").unlink()
-    with pytest.raises(DatasetError, match=r"manifest\.jsonl: image fig: image file .* not found"):
+    with pytest.raises(DatasetError, match=r"image fig: image file .* not found") as failed:
         open_dataset(run)
+    # the error (and its traceback's frames) still held, the run store is closed already
+    assert failed.value and not list(run.glob("run.sqlite-*"))
     run = _run(tmp_path / "b", {"fig": (make_figure(1, 1), "maybe")})
-    with pytest.raises(DatasetError, match="image fig: label 'maybe'"):
-        open_dataset(run)
+    with pytest.raises(DatasetError, match="image fig: label 'maybe'") as failed:
+        open_dataset(run)  # refused by the store's reader: Manifest.load closes it
+    assert failed.value and not list(run.glob("run.sqlite-*"))
     run = _run(tmp_path / "c", {"fig": (np.full((300, 300, 3), 255, np.uint8), None)})
     with pytest.raises(DatasetError, match="no tissue tiles"):
         open_dataset(run, scale=1.0)

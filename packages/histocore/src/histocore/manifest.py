@@ -80,9 +80,13 @@ class Manifest(StoreSync):
         path = manifest.path
         if manifest.store_path.is_file():
             manifest._store = RunStore(manifest.run_dir)
-            if not manifest._store.readonly:
-                manifest._import_if_edited()
-            manifest._read_store()
+            try:
+                if not manifest._store.readonly:
+                    manifest._import_if_edited()
+                manifest._read_store()
+            except BaseException:  # a bad row: close, so no -wal/-shm outlive the error
+                manifest.close()
+                raise
         elif path.exists():
             read_jsonl(path, manifest)
             manifest._seen_head = {k: dumps(v) for k, v in manifest._header_items().items()}

@@ -136,14 +136,14 @@ def run_demo(out: Path, *, minutes: float = 2.0, seed: int = 0, n_train: int = 3
     fetch_run = out / "fetch_run"
     console.print(run_extract(fetch_run, [pdf]).line())
     console.print(run_filter(fetch_run, purple=0.3).line())
-    manifest = Manifest.load(fetch_run)
-    # We made the article, so we know each figure's truth: label it as a person would.
-    for img in manifest.images.values():
-        label = FIGURES.get(img.page or 0, (None, ""))[0]
-        if img.kept and label:
-            img.label = label
-    manifest.save()
-    kept = manifest.kept_images()
+    with Manifest.load(fetch_run) as manifest:
+        # We made the article, so we know each figure's truth: label it as a person would.
+        for img in manifest.images.values():
+            label = FIGURES.get(img.page or 0, (None, ""))[0]
+            if img.kept and label:
+                img.label = label
+        manifest.save()
+        kept = manifest.kept_images()
     console.print(
         f"kept {len(kept)} of {len(manifest.images)} images: pages {[i.page for i in kept]}"
     )

@@ -132,8 +132,8 @@ def evaluate_manifest(
     with task("scoring tiles", len(images)) as shown:
         logits = pred.logits(images, batch_size=batch_size, tta=tta, progress=shown.advance)
     probs = sigmoid(logits, temperature)
-    manifest = Manifest.load(Path(run_dir))
-    truth = targets(manifest)
+    with Manifest.load(Path(run_dir)) as manifest:
+        truth = targets(manifest)
     train_dups: dict[str, int] = {}
     if train_data is not None:
         from histomodels.data import open_dataset

@@ -352,8 +352,7 @@ def label_cmd(
         read_label_csv,
     )
 
-    with errors():
-        m = Manifest.load(manifest)
+    with errors(), Manifest.load(manifest) as m:
         if show:
             for line in listing(m):
                 typer.echo(line)

@@ -132,18 +132,18 @@ class ManifestTileDataset(ArrayDataset):
     ) -> None:
         from histocore.manifest import Manifest, ManifestError
 
-        try:
-            manifest = Manifest.load(run_dir)
-        except ManifestError as exc:
-            raise DatasetError(str(exc)) from None
         if scale is not None and not 0 < scale <= 16:
             raise DatasetError(f"{run_dir}: scale {scale} out of range (0, 16]")
+        try:
+            with Manifest.load(run_dir) as manifest:  # what follows needs only memory
+                images = sorted(manifest.kept_images(), key=lambda i: i.id)
+        except ManifestError as exc:
+            raise DatasetError(str(exc)) from None
         self.run_dir = run_dir
         self.tiles: list[Tile] = []
         #: image id -> dict(path, label, scale, scale_source, n_tiles, width, height)
         self.figures: dict[str, dict] = {}
         chunks: list[np.ndarray] = []
-        images = sorted(manifest.kept_images(), key=lambda i: i.id)
         with task("tiling figures", len(images)) as shown:
             for img in images:
                 shown.advance()
