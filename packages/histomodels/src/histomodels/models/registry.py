@@ -127,7 +127,7 @@ def _builder(name: str) -> tuple[Callable[..., nn.Module], tuple[str, ...]]:
 def _expected_types(name: str) -> dict[str, Any]:
     """Parameter → annotation of the builder of ``name`` (and the timm keys for timm/)."""
     fn, _ = _builder(name)
-    types = {}
+    found: dict[str, Any] = {}
     for p in inspect.signature(fn).parameters.values():
         annotation = p.annotation
         if isinstance(annotation, str):  # postponed: the builder module's own names
@@ -136,10 +136,10 @@ def _expected_types(name: str) -> dict[str, Any]:
             except (NameError, AttributeError, SyntaxError, TypeError):
                 continue  # a name it imports only for type checkers: not judged
         if annotation is not p.empty:
-            types[p.name] = annotation
+            found[p.name] = annotation
     if name.startswith("timm/"):
-        types = {**_TIMM_TYPES, **types}
-    return types
+        found = {**_TIMM_TYPES, **found}
+    return found
 
 
 def _fits(value: Any, annotation: Any) -> bool:
