@@ -185,3 +185,117 @@ def test_a_programmer_bug_in_a_trial_propagates_with_its_traceback(
     assert not isinstance(info.value, TuneError)
     assert any(e.name == "fit_epoch" for e in info.traceback)  # where it happened
     assert not (tmp_path / "trials.json").exists()  # not recorded as a failed trial
+
+
+# --- pins, fixed-length trials, a base config, one teacher scoring per tune (issue 11) ---
+
+
+def test_pins_are_checked_against_the_space_and_typed():
+    from histomodels.tune_space import parse_fixed
+
+    assert parse_fixed(["width=16", "centre=pool", "ema=0", "depth=4", "lr=1e-3"]) == {
+        "width": 16, "centre": "pool", "ema": 0.0, "depth": 4, "lr": 1e-3,
+    }  # fmt: skip
+    assert type(parse_fixed(["width=16.0"])["width"]) is int
+    for bad, message in [
+        ("colour=red", "not a dimension"),
+        ("width=20", "not one of 16, 24"),
+        ("centre=middle", "not one of none, pool, branch"),
+        ("lr=0.5", r"outside the search bounds \[0.0003, 0.01\]"),
+        ("depth=3.5", "not an integer"),
+        ("dropout=nan", "not a number"),
+        ("width", "expected NAME=VALUE"),
+        ("=16", "expected NAME=VALUE"),
+    ]:
+        with pytest.raises(TuneError, match=message):
+            parse_fixed([bad])
+    with pytest.raises(TuneError, match="nothing is left"):
+        parse_fixed([f"{name}={bounds[0]}" for name, _, bounds in SPACE])
+
+
+def test_pinned_dimensions_leave_the_search_and_reach_every_trial():
+    fixed = {"width": 16, "centre": "pool"}
+    names = [p.name for p in search_space(fixed)]
+    assert "width" not in names and "centre" not in names and len(names) == len(SPACE) - 2
+    params = {k: v for k, v in OLD_PARAMS.items() if k != "width"}
+    cfg = trial_config(params, TrainConfig(), fixed)
+    assert cfg.model_config["width"] == 16 and cfg.model_config["centre"] == "pool"
+
+
+def test_trial_length_is_epochs_or_minutes_not_both():
+    from histomodels.tune_space import trial_limit
+
+    assert trial_limit(None, None) == {"minutes": 2.0}
+    assert trial_limit(0.5, None) == {"minutes": 0.5}
+    assert trial_limit(None, 8) == {"epochs": 8}
+    with pytest.raises(TuneError, match="not both"):
+        trial_limit(1.0, 8)
+    with pytest.raises(TuneError, match=">= 1"):
+        trial_limit(None, 0)
+
+
+@pytest.mark.slow
+def test_fixed_epoch_trials_with_pins_and_a_teacher_scored_once(tmp_path, tiny_data, caplog):
+    """Every trial runs the same epochs (no clock), keeps the pins and says so; the teacher
+    scores the training patches once for the whole tune; a resume with other pins or another
+    base config is refused, with the same ones it continues."""
+    import logging
+
+    teacher = tmp_path / "teacher"
+    train(TINY.replace(epochs=1, progress=False), teacher, train_data=tiny_data[0],
+          val_data=tiny_data[1])  # fmt: skip
+    base = TINY.replace(teacher=str(teacher / "best.pt"), distill_weight=0.5, jpeg_blur=0.5)
+    out = tmp_path / "tune"
+    fixed = ["width=16", "centre=pool"]
+    kw = dict(trial_epochs=2, sobol_trials=5, quiet=True, base=base, fixed=fixed)
+    with caplog.at_level(logging.INFO, logger="histomodels.training"):
+        tune(*tiny_data, out, trials=2, **kw)
+    said = [r.getMessage() for r in caplog.records]
+    assert sum("teacher soft targets: scoring" in m for m in said) == 1
+    assert sum("teacher soft targets: reusing" in m for m in said) == 1
+    assert (out / "teacher_logits.npz").is_file()
+    records = json.loads((out / "trials.json").read_text())
+    for r in records:
+        assert r["status"] == "completed" and r["epochs"] == 2
+        assert r["limit"] == {"epochs": 2} and r["fixed"] == {"width": 16, "centre": "pool"}
+        assert "width" not in r["params"] and r["config"]["model_config"]["width"] == 16
+        assert r["config"]["teacher"] == base.teacher and r["config"]["distill_weight"] == 0.5
+        ran = json.loads((out / "trials" / f"{r['trial']:03d}" / "config.json").read_text())
+        assert ran["time_budget"] is None and ran["epochs"] == 2
+    assert "limit" in (out / "trials.csv").read_text().splitlines()[0]
+    with pytest.raises(TuneError, match=r"pins .*width.*resuming would mix"):
+        tune(*tiny_data, out, trials=3, **{**kw, "fixed": ["width=24"]})
+    with pytest.raises(TuneError, match="base config differs in distill_weight"):
+        tune(*tiny_data, out, trials=3, **{**kw, "base": base.replace(distill_weight=0.7)})
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="histomodels.training"):
+        tune(*tiny_data, out, trials=3, **kw)  # the same settings: one more trial
+    assert len(json.loads((out / "trials.json").read_text())) == 3
+    assert not any("scoring" in r.getMessage() for r in caplog.records)
+
+
+def test_cli_rejects_bad_pins_lengths_and_config_files(tmp_path):
+    from typer.testing import CliRunner
+
+    from histomodels.cli import app
+
+    data = tmp_path / "d.h5"
+    data.write_bytes(b"")
+    bad_json = tmp_path / "bad.json"
+    bad_json.write_text("{not json")
+    unknown = tmp_path / "unknown.json"
+    unknown.write_text(json.dumps({"lr": 1e-3, "colour": "red"}))
+    args = ["tune", "--data", str(data), "--val", str(data), "--out", str(tmp_path / "t")]
+    for extra, message in [
+        (["--fix", "width=20"], "width=20: not one of"),
+        (["--fix", "colour=red"], "colour: not a dimension"),
+        (["--trial-epochs", "4", "--trial-minutes", "1"], "not both"),
+        (["--config", str(tmp_path / "missing.json")], "missing.json"),
+        (["--config", str(bad_json)], "bad.json"),
+        (["--config", str(unknown)], "colour"),
+    ]:
+        res = CliRunner().invoke(app, [*args, *extra])
+        assert res.exit_code == 1, (extra, res.output)
+        lines = res.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
+    assert not (tmp_path / "t").exists()

@@ -5,11 +5,21 @@ dropout, batch size, augmentation strength, the centre variant (``none``/``pool`
 and the recipe levers (cut-out, mixup, RandStain, JPEG/blur, label smoothing, EMA; each can
 be 0 = off). An experiment saved by an older tune keeps its own, smaller space: a parameter
 it lacks takes the value that tune used (centre ``none``, levers as in the base config).
-Every trial is a short training run with a time budget whose
-objective is the best validation AUC. After each trial the Ax experiment is saved to
-``DIR/ax_experiment.json`` (atomically), the trial table to ``DIR/trials.json``/``.csv`` and
-the best configuration so far to ``DIR/best_config.json``, so a killed tune resumes where
-it stopped and ``histomodels train --config DIR/best_config.json`` reproduces the winner.
+Every trial is a short training run, of a fixed number of epochs (``trial_epochs``: trials
+stay comparable on cores shared with other work) or else of a time budget
+(``trial_minutes``), whose objective is the best validation AUC; each trial record says
+which (``limit``). ``fixed`` pins dimensions to one value (:func:`parse_fixed`; e.g. width 16
+to keep the CNN's ONNX throughput); they leave the Ax search space, and an experiment
+resumes only with the pins and base config it started with (``DIR/tune.json``). With a
+``teacher`` in the base config, the teacher's soft targets are scored once per tune: the
+first trial's ``teacher_logits.npz`` (:mod:`histomodels.training.distill`, keyed by data,
+teacher, precision and device) is kept in ``DIR`` and linked into every later trial's
+folder, where the trainer reuses it when its key matches.
+
+After each trial the Ax experiment is saved to ``DIR/ax_experiment.json`` (atomically),
+the trial table to ``DIR/trials.json``/``.csv`` and the best configuration so far to
+``DIR/best_config.json``, so a killed tune resumes where it stopped and
+``histomodels train --config DIR/best_config.json`` reproduces the winner.
 A trial that runs out of memory or raises a domain error (an unusable config) is recorded
 as failed (:func:`trial_failure`); :data:`MAX_FAILED_IN_A_ROW` of them in a row stop the
 tune; any other exception is a bug and propagates with its traceback.
@@ -30,12 +40,30 @@ from typing import Any
 from histocore.errors import DomainError
 from histomodels.config import TrainConfig
 from histomodels.training import TrainingError, load_split, train
+from histomodels.training.distill import CACHE_NAME
+from histomodels.tune_space import (
+    _RUN_ONLY,
+    DEFAULT_TRIAL_MINUTES,
+    SPACE,
+    TuneError,
+    parse_fixed,
+    search_space,
+    trial_config,
+    trial_limit,
+)
 
 log = logging.getLogger(__name__)
 
-
-class TuneError(DomainError, RuntimeError):
-    """A search that could not finish one trial."""
+__all__ = [
+    "DEFAULT_TRIAL_MINUTES",
+    "SPACE",
+    "TuneError",
+    "parse_fixed",
+    "search_space",
+    "trial_config",
+    "trial_limit",
+    "tune",
+]
 
 
 OBJECTIVE = "val_auc"
@@ -43,79 +71,8 @@ OBJECTIVE = "val_auc"
 #: likely the base config or the data, not the sampled point; a later call resumes).
 MAX_FAILED_IN_A_ROW = 5
 EXPERIMENT_FILE = "ax_experiment.json"
-#: Keys of the trial that are not part of a reusable training config.
-_RUN_ONLY = ("data", "val", "time_budget", "progress", "threads", "device", "epochs", "patience")
-
-
-#: The searched dimensions: ``(name, kind, bounds or values, extra)``; ``kind`` is
-#: ``log``/``float``/``int`` ranges or a ``choice`` (ordered when its values are numbers).
-SPACE: tuple[tuple[str, str, tuple[Any, ...]], ...] = (
-    ("lr", "log", (3e-4, 1e-2)),
-    ("weight_decay", "log", (1e-4, 0.2)),
-    ("width", "choice", (16, 24, 32, 48, 64)),
-    ("depth", "int", (3, 5)),
-    ("dropout", "float", (0.0, 0.5)),
-    ("batch_size", "choice", (64, 128, 256)),
-    ("aug_strength", "float", (0.0, 1.5)),
-    ("centre", "choice", ("none", "pool", "branch")),  # model_config["centre"]
-    ("cutout", "float", (0.0, 0.5)),  # probability per patch
-    ("mixup", "float", (0.0, 0.4)),  # Beta alpha
-    ("randstain", "float", (0.0, 0.5)),  # probability per patch
-    ("jpeg_blur", "float", (0.0, 0.5)),  # probability per patch
-    ("label_smoothing", "float", (0.0, 0.2)),
-    ("ema", "choice", (0.0, 0.99, 0.999)),  # decay; 0 = off
-)
-#: Architecture keys among them (the rest are TrainConfig keys).
-_ARCH = ("width", "depth", "dropout", "centre")
-#: What a parameter missing from an older experiment's space means (else the base config).
-_BEFORE = {"centre": "none"}
-
-
-def search_space():
-    """The Ax parameters of :data:`SPACE`."""
-    from ax.api.configs import ChoiceParameterConfig, RangeParameterConfig
-
-    params = []
-    for name, kind, values in SPACE:
-        if kind == "choice":
-            numeric = not isinstance(values[0], str)
-            ptype = "str" if not numeric else "int" if isinstance(values[0], int) else "float"
-            params.append(
-                ChoiceParameterConfig(
-                    name=name, values=list(values), parameter_type=ptype, is_ordered=numeric
-                )
-            )
-        else:
-            ptype = "int" if kind == "int" else "float"
-            scaling = "log" if kind == "log" else "linear"
-            params.append(
-                RangeParameterConfig(
-                    name=name, bounds=values, parameter_type=ptype, scaling=scaling
-                )
-            )
-    return params
-
-
-def trial_config(params: dict[str, Any], base: TrainConfig) -> TrainConfig:
-    """A training config for one Ax parameterisation (of :data:`SPACE` or an older one)."""
-    from histomodels.config import merge
-
-    params = {**_BEFORE, **params}
-    kinds = {name: (kind, values) for name, kind, values in SPACE}
-
-    def value(name: str) -> Any:
-        kind, values = kinds[name]
-        raw = params[name]
-        if kind == "choice":
-            return type(values[0])(raw)
-        return int(raw) if kind == "int" else float(raw)
-
-    arch = {k: value(k) for k in _ARCH if k in params}
-    changes: dict[str, Any] = {k: value(k) for k in kinds if k in params and k not in _ARCH}
-    if "ema" in changes:
-        changes["ema"] = changes["ema"] or None  # 0 = off
-    changes.update(model="cnn", model_config={**base.model_config, **arch})
-    return merge(base, changes, "tune", skip_none=False)
+#: What an experiment was started with (pins, base config): a resume must match it.
+SETTINGS_FILE = "tune.json"
 
 
 def out_of_memory(exc: BaseException) -> bool:
@@ -180,29 +137,34 @@ def _tune(
     out: str | Path,
     *,
     trials: int = 20,
-    trial_minutes: float = 2.0,
+    trial_minutes: float | None = None,
+    trial_epochs: int | None = None,
     sobol_trials: int | None = None,
-    seed: int = 0,
+    seed: int | None = None,
     threads: int | None = None,
     quiet: bool = False,
     base: TrainConfig | None = None,
+    fixed: dict[str, Any] | list[str] | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) the optimisation; returns the best trial record."""
     from ax.api.client import Client
 
     _quiet_ax()
     out = Path(out)
+    limit = trial_limit(trial_minutes, trial_epochs)
+    pins = parse_fixed(fixed or {})
+    base = base or TrainConfig()
+    seed = base.seed if seed is None else seed
+    run = dict(progress=False, seed=seed, threads=base.threads if threads is None else threads)
+    if "epochs" in limit:  # a fixed length: no early stop, no clock
+        run.update(epochs=limit["epochs"], patience=limit["epochs"] + 1, time_budget=None)
+    else:
+        run.update(epochs=100, patience=100, time_budget=limit["minutes"])
+    base = base.replace(**run)
+    settings = {"fixed": pins, "base": _reusable(base)}
     out.mkdir(parents=True, exist_ok=True)
     exp_path = out / EXPERIMENT_FILE
     records_path = out / "trials.json"
-    base = (base or TrainConfig()).replace(
-        epochs=100,
-        patience=100,
-        time_budget=float(trial_minutes),
-        progress=False,
-        seed=seed,
-        threads=threads,
-    )
     # decode once for all trials
     x_train, y_train = load_split(data, "train", stream=False)
     x_val, y_val = load_split(val, "validation", stream=False)
@@ -211,6 +173,7 @@ def _tune(
 
     records: list[dict[str, Any]] = []
     if exp_path.is_file():
+        _check_settings(out, settings)
         client = Client.load_from_json_file(str(exp_path))
         if records_path.is_file():
             records = json.loads(records_path.read_text())
@@ -222,13 +185,14 @@ def _tune(
         _save_client(client, exp_path)
     else:
         client = Client(random_seed=seed)
-        client.configure_experiment(parameters=search_space(), name="histomodels_cnn_tune")
+        client.configure_experiment(parameters=search_space(pins), name="histomodels_cnn_tune")
         client.configure_optimization(objective=OBJECTIVE)
         n_init = sobol_trials if sobol_trials is not None else max(2, min(5, trials // 3))
         client.configure_generation_strategy(
             method="fast", initialization_budget=n_init, initialization_random_seed=seed
         )
         _save_client(client, exp_path)
+    _atomic_json(out / SETTINGS_FILE, settings)
     _quiet_ax()
 
     failed_in_a_row = 0
@@ -241,7 +205,9 @@ def _tune(
         ((idx, params),) = client.get_next_trials(max_trials=1).items()
         _save_client(client, exp_path)  # the trial is recorded as running
         t0 = time.perf_counter()
-        record = _run_trial(client, idx, dict(params), base, out, (train_arrays, val_arrays))
+        cfg = trial_config(dict(params), base, pins)
+        record = _run_trial(client, idx, dict(params), cfg, out, (train_arrays, val_arrays))
+        record.update(fixed=pins, limit=limit)
         failed_in_a_row = failed_in_a_row + 1 if record["status"] == "failed" else 0
         record["seconds"] = round(time.perf_counter() - t0, 1)
         records.append(record)
@@ -257,11 +223,11 @@ def _tune(
         if not quiet and record["status"] == "failed":
             log.warning("trial %d failed: %s", idx, record["error"])
         elif not quiet:
-            auc_s = f"{record['val_auc']:.4f}"
             log.info(
-                "trial %d: val AUC %s (%.0f s) %s",
+                "trial %d: val AUC %.4f (%d epochs, %.0f s) %s",
                 idx,
-                auc_s,
+                record["val_auc"],
+                record["epochs"],
                 record["seconds"],
                 json.dumps(record["params"], default=str),
             )
@@ -271,15 +237,46 @@ def _tune(
     return best
 
 
+def _reusable(cfg: TrainConfig) -> dict[str, Any]:
+    """``cfg`` as JSON, less the keys that only say how one run runs."""
+    return json.loads(
+        json.dumps({k: v for k, v in cfg.to_dict().items() if k not in _RUN_ONLY}, default=str)
+    )
+
+
+def _check_settings(out: Path, settings: dict[str, Any]) -> None:
+    """Refuse to resume an experiment with other pins or another base config (its trials
+    would mix two searches). An experiment saved before pins existed had none."""
+    path = out / SETTINGS_FILE
+    before = json.loads(path.read_text()) if path.is_file() else {"fixed": {}}
+    if before.get("fixed", {}) != settings["fixed"]:
+        raise TuneError(
+            f"{out}: this experiment pins {before.get('fixed') or 'nothing'}, not "
+            f"{settings['fixed'] or 'nothing'}; resuming would mix two searches "
+            "(use another folder)"
+        )
+    if "base" in before and before["base"] != settings["base"]:
+        changed = sorted(
+            k for k in {*before["base"], *settings["base"]}
+            if before["base"].get(k) != settings["base"].get(k)
+        )  # fmt: skip
+        raise TuneError(
+            f"{out}: this experiment's base config differs in {', '.join(changed)}; "
+            "resuming would mix two searches (use another folder)"
+        )
+
+
 def _run_trial(
-    client, idx: int, params: dict[str, Any], base: TrainConfig, out: Path, data: tuple
+    client, idx: int, params: dict[str, Any], cfg: TrainConfig, out: Path, data: tuple
 ) -> dict[str, Any]:
     """Train trial ``idx`` and report it to Ax; returns its record (completed or failed).
     Only :func:`trial_failure` errors fail a trial; anything else propagates."""
-    cfg = trial_config(params, base)
     record: dict[str, Any] = {"trial": idx, "params": params}
+    run_dir = out / "trials" / f"{idx:03d}"
+    if cfg.teacher:
+        _share(out / CACHE_NAME, run_dir / CACHE_NAME)
     try:
-        result = train(cfg, out / "trials" / f"{idx:03d}", train_data=data[0], val_data=data[1])
+        result = train(cfg, run_dir, train_data=data[0], val_data=data[1])
     except Exception as exc:
         reason = trial_failure(exc)
         if not reason:
@@ -287,6 +284,9 @@ def _run_trial(
         client.mark_trial_failed(idx, failed_reason=str(exc)[:200])
         record.update(status="failed", error=reason)
         return record
+    finally:
+        if cfg.teacher and not (out / CACHE_NAME).is_file():
+            _share(run_dir / CACHE_NAME, out / CACHE_NAME)  # the first scoring serves all
     auc = float(result.best_metrics["val_auc"])
     client.complete_trial(idx, raw_data={OBJECTIVE: auc})
     record.update(
@@ -299,6 +299,21 @@ def _run_trial(
         config={k: v for k, v in cfg.to_dict().items() if k not in _RUN_ONLY},
     )
     return record
+
+
+def _share(src: Path, dst: Path) -> None:
+    """Hard-link (else copy) ``src`` to ``dst`` when ``src`` exists."""
+    import os
+    import shutil
+
+    if not src.is_file():
+        return
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    dst.unlink(missing_ok=True)
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
 
 
 def _quiet_ax() -> None:
@@ -317,12 +332,13 @@ def _write_table(path: Path, records: list[dict[str, Any]]) -> None:
     from histocore.io import atomic_write_text
 
     keys = ["trial", "status", "val_auc", "val_accuracy", "epochs", "seconds"]
-    pkeys = sorted({k for r in records for k in r["params"]})
-    lines = [",".join(keys + pkeys)]
+    pkeys = sorted({k for r in records for k in (*r["params"], *r.get("fixed", {}))})
+    lines = [",".join([*keys, "limit", *pkeys])]
     for r in records:
+        params = {**r.get("fixed", {}), **r["params"]}
+        limit = ";".join(f"{k}={v}" for k, v in r.get("limit", {}).items())
         lines.append(
-            ",".join(
-                [str(r.get(k, "")) for k in keys] + [str(r["params"].get(k, "")) for k in pkeys]
-            )
-        )
+            ",".join([str(r.get(k, "")) for k in keys] + [limit]
+                     + [str(params.get(k, "")) for k in pkeys])
+        )  # fmt: skip
     atomic_write_text(path, "\n".join(lines) + "\n")

@@ -251,7 +251,30 @@ def tune_cmd(
     val: Annotated[str, typer.Option(help="Validation data (the objective is its AUC).")],
     out: Annotated[Path, typer.Option(help="Folder: experiment JSON, trials, best_config.json.")],
     trials: Annotated[int, typer.Option(help="Total trials (including earlier ones).")] = 20,
-    trial_minutes: Annotated[float, typer.Option(help="Time budget per trial.")] = 2.0,
+    trial_minutes: Annotated[
+        float | None, typer.Option(help="Time budget per trial [2; not with --trial-epochs].")
+    ] = None,
+    trial_epochs: Annotated[
+        int | None,
+        typer.Option(
+            help="Fixed epochs per trial instead of a time budget (comparable trials on "
+            "shared cores; not with --trial-minutes)."
+        ),
+    ] = None,
+    fix: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--fix",
+            metavar="NAME=VALUE",
+            help="Pin a dimension of the search, e.g. --fix width=16 --fix centre=pool.",
+        ),
+    ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config", help="Base config of every trial (as for train --config), e.g. a teacher."
+        ),
+    ] = None,
     sobol_trials: Annotated[int | None, typer.Option(help="Quasi-random trials first.")] = None,
     seed: Seed = None,
     threads: Threads = None,
@@ -260,6 +283,13 @@ def tune_cmd(
     """Bayesian optimisation (Ax/BoTorch) of the scratch CNN: lr, weight decay, width, depth,
     dropout, batch size, augmentation, centre variant and the recipe levers (cut-out, mixup,
     RandStain, JPEG/blur, label smoothing, EMA); the space is histomodels.tune.SPACE."""
+    from histomodels.config import resolve_config
+    from histomodels.tune_space import parse_fixed, trial_limit
+
+    with errors():  # bad options or config file: one line, before any data is read
+        base = resolve_config(config)
+        fixed = parse_fixed(fix or [])
+        trial_limit(trial_minutes, trial_epochs)
     require_paths(data, role="train")
     require_paths(val, role="validation")
     from histomodels.training import TrainingError
@@ -274,10 +304,13 @@ def tune_cmd(
             out,
             trials=trials,
             trial_minutes=trial_minutes,
+            trial_epochs=trial_epochs,
             sobol_trials=sobol_trials,
-            seed=seed or 0,
+            seed=seed,
             threads=threads,
             quiet=quiet,
+            base=base,
+            fixed=fixed,
         )
     typer.echo(
         f"best val AUC {best['val_auc']:.4f} (trial {best['trial']}); "
