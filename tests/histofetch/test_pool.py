@@ -3,7 +3,13 @@ worker, the parent committing each record."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -11,7 +17,7 @@ from ncbi_server import FakeNcbi, ncbi_fixture  # noqa: F401 (fixture)
 from pdf_factory import build_image_pdf, he_like, random_rgb
 from s3_server import he_jpeg, real_jats
 
-from histocore.manifest import MANIFEST_NAME, Manifest, Record
+from histocore.manifest import MANIFEST_NAME, STORE_NAME, Manifest, Record
 from histofetch.download import run_download
 from histofetch.extract import run_extract
 from histofetch.filter import run_filter
@@ -74,3 +80,54 @@ def test_downloads_run_side_by_side_and_equal_one_at_a_time(ncbi: FakeNcbi, tmp_
     assert max(r.time for r in others) < slow + 3.9
     got = (three / MANIFEST_NAME).read_text().replace(str(three), str(one))
     assert got == (one / MANIFEST_NAME).read_text()
+
+
+def _claims(run: Path) -> list[tuple[str, ...]]:
+    try:
+        with sqlite3.connect(run / STORE_NAME, timeout=30) as db:
+            return db.execute("SELECT record_id, stage FROM claims").fetchall()
+    except sqlite3.OperationalError:  # the store is being created
+        return []
+
+
+def _group_ended(pgid: int, within_s: float = 20.0) -> bool:
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.3])
+def test_ctrl_c_while_workers_start_stops_once_without_tracebacks(
+    tmp_path: Path, pdfs: Path, delay: float
+) -> None:
+    """A terminal sends Ctrl-C to the whole foreground group: the parent and its workers.
+    The parent answers it once (one line, exit 130, no claim left); the workers, which are
+    still starting (importing), print nothing and do not outlive it."""
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "histofetch.cli", "extract", "--run", str(run), "--jobs", "2"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(
+        [*cmd, str(pdfs)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        start_new_session=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not _claims(run) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.002)  # the first record claimed: its worker is being started
+    assert proc.poll() is None, "extract ended before its workers started"
+    time.sleep(delay)
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err.decode()
+    assert err.decode().splitlines() == ["interrupted"], err.decode()
+    assert out == b""
+    assert _claims(run) == []  # records in flight are redone by the next run...
+    assert _group_ended(proc.pid), "a worker outlived the command"
+    again = subprocess.run([*cmd, str(pdfs)], env=env, capture_output=True, timeout=300)
+    assert again.returncode == 0, again.stderr.decode()
+    assert "6 done" in again.stdout.decode() and "1 failed" in again.stdout.decode()
+    assert "Traceback" not in again.stderr.decode()

@@ -3,7 +3,8 @@ one logging setup.
 
 - :func:`fail` prints ``error: <message>`` on stderr and exits 1.
 - :func:`errors` turns domain errors (:class:`~histocore.errors.DomainError`) and
-  ``OSError`` into that one line; every other exception is a bug and keeps its traceback.
+  ``OSError`` into that one line, and Ctrl-C into one ``interrupted`` line (exit 130);
+  every other exception is a bug and keeps its traceback.
 - :func:`progress` shows the :func:`histocore.progress.task` reports of the library code
   it wraps as transient rich bars on stderr; when stderr is not a terminal (batch jobs) a
   task that runs longer than :data:`LOG_EVERY_S` prints a plain line (done, rate, ETA)
@@ -61,11 +62,17 @@ def describe(exc: BaseException) -> str:
 
 @contextlib.contextmanager
 def errors(*also: type[BaseException], prefix: str = "") -> Iterator[None]:
-    """Domain errors and ``OSError`` (plus any ``also``) → one error line and exit 1.
+    """Domain errors and ``OSError`` (plus any ``also``) → one error line and exit 1;
+    Ctrl-C → one ``interrupted`` line and exit 130 (what shells report for SIGINT).
 
     ``prefix`` says what stopped (``"search failed: "``) before the error's own message."""
     try:
         yield
+    except KeyboardInterrupt:
+        sys.stdout.flush()
+        sys.stderr.write("interrupted\n")
+        sys.stderr.flush()
+        raise SystemExit(130) from None
     except BrokenPipeError:  # output piped into `head` and closed: not an error
         raise SystemExit(0) from None
     except (DomainError, OSError, *also) as exc:

@@ -10,9 +10,12 @@ job, a pool for more.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import multiprocessing
-from collections.abc import Callable
+import signal
+import threading
+from collections.abc import Callable, Iterator
 from concurrent.futures import (
     FIRST_COMPLETED,
     Executor,
@@ -87,7 +90,69 @@ def _executor(jobs: int, threads: bool) -> Executor:
     if threads:
         return ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="histofetch")
     # spawn: workers start clean (no copy of the parent's SQLite connection or threads)
-    return ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"))
+    return ProcessPoolExecutor(
+        max_workers=jobs,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_ignore_ctrl_c,
+    )
+
+
+def _ignore_ctrl_c() -> None:
+    """Worker initializer: SIGINT is the parent's to answer (see :func:`_workers_deaf`)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@contextlib.contextmanager
+def _workers_deaf(threads: bool) -> Iterator[None]:
+    """Worker processes started in this block never see SIGINT. A terminal sends Ctrl-C to
+    the whole foreground group; it is this process's to answer (it ends the workers), not
+    theirs to print tracebacks for. They start with SIGINT blocked (a child inherits the
+    signal mask of the thread that starts it) and their initializer then ignores it, so no
+    moment of their start-up (imports included) takes it. A Ctrl-C pressed meanwhile is
+    held back and raised here when the block ends, never half-way through starting one
+    (a worker whose parent stopped before sending it its work would print a traceback)."""
+    if threads:
+        yield
+        return
+    pressed: list[int] = []
+    handler = None
+    if threading.current_thread() is threading.main_thread():
+        handler = signal.signal(signal.SIGINT, lambda sig, _frame: pressed.append(sig))
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        if handler is not None:
+            signal.signal(signal.SIGINT, handler)
+        if pressed:
+            signal.raise_signal(signal.SIGINT)
+
+
+@contextlib.contextmanager
+def _second_ctrl_c_ignored() -> Iterator[None]:
+    """Cleaning up after a Ctrl-C: another one pressed meanwhile must not cut it short."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, handler)
+
+
+def _stop(pool: Executor) -> None:
+    """Give up the work not done yet and end the workers now (Ctrl-C, a dead worker)."""
+    workers = list((getattr(pool, "_processes", None) or {}).values())  # Python <= 3.13
+    pool.shutdown(wait=False, cancel_futures=True)
+    terminate = getattr(pool, "terminate_workers", None)  # Python 3.14+
+    if terminate is not None:
+        terminate()
+    for proc in workers:
+        proc.terminate()
+    for proc in workers:
+        proc.join(timeout=10)
 
 
 def run_pooled(
@@ -99,39 +164,49 @@ def run_pooled(
     advance: Callable[[], None],
 ) -> None:
     """Feed the runner's records to ``jobs`` workers, at most ``2 * jobs`` in flight
-    (``jobs`` when the runner guards attempts)."""
+    (``jobs`` when the runner guards attempts). However it ends (Ctrl-C, a dead worker), no
+    claim of a record this call took and did not commit is left behind."""
     manifest = runner.manifest
     limit = jobs if runner.guard_attempts else 2 * jobs
     pending = iter(runner.todo)
     flying: dict[Future[Result], str] = {}
-    with _executor(jobs, threads) as pool:
-        try:
-            while True:
-                while len(flying) < limit:
-                    rid = next(pending, None)
-                    if rid is None:
-                        break
-                    rec = runner.take(rid)
-                    if rec is None:
-                        advance()
-                        continue
-                    images = manifest.images_of(rid)
-                    if threads:  # a thread would otherwise change the parent's objects
-                        rec, images = copy.deepcopy(rec), copy.deepcopy(images)
-                    future = pool.submit(work_on_copy, work, manifest.run_dir, rec, images)
-                    flying[future] = rid
-                if not flying:
-                    return
-                finished, _ = wait(flying, return_when=FIRST_COMPLETED)
-                for future in finished:
-                    rid = flying.pop(future)
-                    _adopt(runner, rid, future.result())
+    held: set[str] = set()  # claimed (or being claimed) and not committed
+    with _workers_deaf(threads):
+        pool = _executor(jobs, threads)
+    try:
+        while True:
+            while len(flying) < limit:
+                rid = next(pending, None)
+                if rid is None:
+                    break
+                held.add(rid)
+                rec = runner.take(rid)
+                if rec is None:
+                    held.discard(rid)
                     advance()
-        except BaseException:  # Ctrl-C, a dead worker: records in flight are redone next run
-            manifest.release(flying.values())
-            for future in flying:
-                future.cancel()
-            raise
+                    continue
+                images = manifest.images_of(rid)
+                if threads:  # a thread would otherwise change the parent's objects
+                    rec, images = copy.deepcopy(rec), copy.deepcopy(images)
+                with _workers_deaf(threads):  # a submit may start a worker
+                    future = pool.submit(work_on_copy, work, manifest.run_dir, rec, images)
+                flying[future] = rid
+            if not flying:
+                break
+            finished, _ = wait(flying, return_when=FIRST_COMPLETED)
+            for future in finished:
+                rid = flying.pop(future)
+                _adopt(runner, rid, future.result())
+                held.discard(rid)
+                advance()
+    except BaseException:  # Ctrl-C, a dead worker: records in flight are redone next run
+        with _second_ctrl_c_ignored():
+            try:
+                _stop(pool)
+            finally:
+                manifest.release(held)
+        raise
+    pool.shutdown()
 
 
 def _adopt(runner: _Stage, rid: str, result: Result) -> None:
