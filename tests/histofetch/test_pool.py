@@ -3,6 +3,7 @@ worker, the parent committing each record."""
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import signal
@@ -15,12 +16,15 @@ from pathlib import Path
 import pytest
 from ncbi_server import FakeNcbi, ncbi_fixture  # noqa: F401 (fixture)
 from pdf_factory import build_image_pdf, he_like, random_rgb
+from pool_work import die_reading
 from s3_server import he_jpeg, real_jats
 
 from histocore.manifest import MANIFEST_NAME, STORE_NAME, Manifest, Record
 from histofetch.download import run_download
 from histofetch.extract import run_extract
 from histofetch.filter import run_filter
+from histofetch.pool import WorkerDied, run_records
+from histofetch.stage import UNFINISHED_KEY, StageSummary
 
 LIST = "/pmc-oa-opendata/"
 
@@ -131,3 +135,103 @@ def test_ctrl_c_while_workers_start_stops_once_without_tracebacks(
     assert again.returncode == 0, again.stderr.decode()
     assert "6 done" in again.stdout.decode() and "1 failed" in again.stdout.decode()
     assert "Traceback" not in again.stderr.decode()
+
+
+def _workers_of(pid: int) -> list[int]:
+    """The spawned worker processes of ``pid`` (not multiprocessing's resource tracker)."""
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return []
+    workers = []
+    for child in children:
+        try:
+            cmd = Path(f"/proc/{child}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"spawn_main" in cmd:
+            workers.append(int(child))
+    return workers
+
+
+def _extracted(run: Path) -> int:
+    try:
+        with sqlite3.connect(run / STORE_NAME, timeout=30) as db:
+            rows = db.execute("SELECT data FROM records").fetchall()
+    except sqlite3.OperationalError:
+        return 0
+    return sum('"stage": "extracted"' in data for (data,) in rows)
+
+
+def test_a_worker_killed_mid_run_is_one_error_line_and_the_rerun_finishes(
+    tmp_path: Path,
+) -> None:
+    """The OOM killer (or a crash in MuPDF) takes a worker: one error line, exit 1, no
+    claim left; the records it had count one attempt that died, and the rerun reads them."""
+    folder = tmp_path / "pdfs"
+    folder.mkdir()
+    for k in range(6):  # each read for a second or so: 4 noise images of 800 x 800 px
+        build_image_pdf(
+            folder / f"slow{k}.pdf", [random_rgb(800, 800, 10 * k + j) for j in range(4)]
+        )
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "histofetch.cli", "extract", "--run", str(run), "--jobs", "2"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(
+        [*cmd, str(folder)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    deadline = time.monotonic() + 180
+    while not _extracted(run) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)  # one record back: the workers are up and reading the next ones
+    workers = _workers_of(proc.pid)
+    assert workers and proc.poll() is None, "extract ended before a worker could be killed"
+    os.kill(workers[0], signal.SIGKILL)
+    _, err = proc.communicate(timeout=180)
+    assert proc.returncode == 1, err.decode()
+    lines = err.decode().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err.decode()
+    assert "worker process died" in lines[0] and "run the command again" in lines[0]
+    assert _claims(run) == []
+    m = Manifest.load(run)
+    died = [r.id for r in m.records.values() if r.extra.get(UNFINISHED_KEY) == 1]
+    assert 1 <= len(died) <= 2 and all(rid in lines[0] for rid in died)
+    assert all(m.records[rid].stage == "downloaded" for rid in died)
+
+    again = subprocess.run(cmd, env=env, capture_output=True, timeout=300)
+    assert again.returncode == 0, again.stderr.decode()
+    m = Manifest.load(run)
+    assert [r.stage for r in m.records.values()] == ["extracted"] * 6
+    assert not any(UNFINISHED_KEY in r.extra for r in m.records.values())
+    assert len(m.images) == 24
+
+
+def test_a_record_that_kills_its_reader_is_read_alone_then_skipped(tmp_path: Path) -> None:
+    """The records in flight when a worker died are read one at a time by the next run, so
+    the one that kills its reader is found (its second death) and the others finish."""
+    run = tmp_path / "run"
+    m = Manifest.load(run, create=True)
+    for k in range(4):
+        m.add_record(Record(id=f"r{k}", stage="downloaded"))
+    m.save()
+    work = functools.partial(die_reading, victim="r1")
+
+    def extract() -> StageSummary:
+        return run_records(Manifest.load(run), "extracted", work, jobs=2, guard_attempts=True)
+
+    with pytest.raises(WorkerDied, match="r1"):  # r0 and r1 in flight
+        extract()
+    m = Manifest.load(run)
+    assert m.records["r1"].extra[UNFINISHED_KEY] == 1 and _claims(run) == []
+    assert m.records["r2"].stage == m.records["r3"].stage == "downloaded"  # not taken yet
+    with pytest.raises(WorkerDied, match=r"while reading r1;"):  # alone: its own death
+        extract()
+    m = Manifest.load(run)
+    assert m.records["r1"].status == "failed"
+    assert (m.records["r1"].reason or "").startswith("unfinished attempts: 2 attempts")
+    assert m.records["r0"].stage == "extracted"  # read alone after r1's first death
+    summary = extract()
+    assert (summary.done, summary.failed, summary.skipped) == (2, 0, 2)
+    m = Manifest.load(run)
+    assert [r.stage for r in m.records.values()] == ["extracted", "downloaded"] + ["extracted"] * 2
+    assert [r.extra.get(UNFINISHED_KEY) for r in m.records.values()] == [None, 2, None, None]
+    assert _claims(run) == []

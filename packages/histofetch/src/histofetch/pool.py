@@ -24,11 +24,13 @@ from concurrent.futures import (
     ThreadPoolExecutor,
     wait,
 )
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
+from histocore.errors import DomainError
 from histocore.manifest import Image, Manifest, Record
 from histocore.progress import task
-from histofetch.stage import StageSummary, _Stage, is_transient, run_per_record
+from histofetch.stage import UNFINISHED_KEY, StageSummary, _Stage, is_transient, run_per_record
 
 #: (record after the work, its images or None on failure, (reason, transient) or None)
 Result = tuple[Record, list[Image] | None, tuple[str, bool] | None]
@@ -155,6 +157,10 @@ def _stop(pool: Executor) -> None:
         proc.join(timeout=10)
 
 
+class WorkerDied(DomainError):
+    """A worker process died (killed, crashed, out of memory) with records in flight."""
+
+
 def run_pooled(
     runner: _Stage,
     work: Callable[[Manifest, Record], None],
@@ -165,48 +171,109 @@ def run_pooled(
 ) -> None:
     """Feed the runner's records to ``jobs`` workers, at most ``2 * jobs`` in flight
     (``jobs`` when the runner guards attempts). However it ends (Ctrl-C, a dead worker), no
-    claim of a record this call took and did not commit is left behind."""
+    claim of a record this call took and did not commit is left behind.
+
+    A worker that dies ends the pool (:class:`WorkerDied`). When the runner guards attempts,
+    each record then in flight counts one attempt killed before it finished, and a record
+    with such an attempt (a suspect) is read with no other record in flight: the death of
+    its worker is then its own, and its second one fails it as with one job."""
     manifest = runner.manifest
-    limit = jobs if runner.guard_attempts else 2 * jobs
-    pending = iter(runner.todo)
-    flying: dict[Future[Result], str] = {}
-    held: set[str] = set()  # claimed (or being claimed) and not committed
+    feed = _Feed(runner, work, threads, advance)
     with _workers_deaf(threads):
         pool = _executor(jobs, threads)
     try:
+        suspects, others = _suspects_first(runner)
+        feed.run(pool, suspects, 1)
+        feed.run(pool, others, jobs if runner.guard_attempts else 2 * jobs)
+    except BaseException as exc:  # Ctrl-C, a dead worker: records in flight are redone next run
+        with _second_ctrl_c_ignored():
+            try:
+                _stop(pool)
+                if isinstance(exc, BrokenProcessPool) and runner.guard_attempts:
+                    for rid in sorted(feed.sent):  # their attempts were killed unfinished
+                        runner._after_death(manifest.records[rid])
+            finally:
+                manifest.release(feed.held)
+        if isinstance(exc, BrokenProcessPool):
+            raise WorkerDied(_died(runner, sorted(feed.sent))) from None
+        raise
+    pool.shutdown()
+
+
+def _died(runner: _Stage, sent: list[str]) -> str:
+    named = ", ".join(sent[:5]) + (f" and {len(sent) - 5} more" if len(sent) > 5 else "")
+    then = (
+        "they are read one at a time by the next run, and a record whose reader dies twice "
+        "is skipped until --retry-failed"
+        if runner.guard_attempts
+        else "the next run tries them again"
+    )
+    return (
+        f"{runner.manifest.run_dir}: {runner.stage}: a worker process died (killed, crashed "
+        f"or out of memory) while reading {named or 'nothing'}; run the command again: {then}"
+    )
+
+
+def _suspects_first(runner: _Stage) -> tuple[list[str], list[str]]:
+    """The records an earlier attempt of which was killed unfinished (guarded stages),
+    and the others."""
+    if not runner.guard_attempts:
+        return [], list(runner.todo)
+    died = {rid for rid, _ in runner.manifest._db().abandoned_claims()}
+    records = runner.manifest.records
+    suspect = [rid in died or bool(records[rid].extra.get(UNFINISHED_KEY)) for rid in runner.todo]
+    return (
+        [rid for rid, s in zip(runner.todo, suspect, strict=True) if s],
+        [rid for rid, s in zip(runner.todo, suspect, strict=True) if not s],
+    )
+
+
+class _Feed:
+    """Claims records, sends them to the pool, commits what comes back."""
+
+    def __init__(
+        self,
+        runner: _Stage,
+        work: Callable[[Manifest, Record], None],
+        threads: bool,
+        advance: Callable[[], None],
+    ) -> None:
+        self.runner, self.work, self.threads, self.advance = runner, work, threads, advance
+        self.held: set[str] = set()  # claimed (or being claimed) and not committed
+        self.sent: set[str] = set()  # of those, the ones on a worker
+
+    def run(self, pool: Executor, rids: list[str], limit: int) -> None:
+        """Work through ``rids`` with at most ``limit`` of them in flight."""
+        manifest = self.runner.manifest
+        pending = iter(rids)
+        flying: dict[Future[Result], str] = {}
         while True:
             while len(flying) < limit:
                 rid = next(pending, None)
                 if rid is None:
                     break
-                held.add(rid)
-                rec = runner.take(rid)
+                self.held.add(rid)
+                rec = self.runner.take(rid)
                 if rec is None:
-                    held.discard(rid)
-                    advance()
+                    self.held.discard(rid)
+                    self.advance()
                     continue
                 images = manifest.images_of(rid)
-                if threads:  # a thread would otherwise change the parent's objects
+                if self.threads:  # a thread would otherwise change the parent's objects
                     rec, images = copy.deepcopy(rec), copy.deepcopy(images)
-                with _workers_deaf(threads):  # a submit may start a worker
-                    future = pool.submit(work_on_copy, work, manifest.run_dir, rec, images)
+                with _workers_deaf(self.threads):  # a submit may start a worker
+                    future = pool.submit(work_on_copy, self.work, manifest.run_dir, rec, images)
                 flying[future] = rid
+                self.sent.add(rid)
             if not flying:
-                break
+                return
             finished, _ = wait(flying, return_when=FIRST_COMPLETED)
             for future in finished:
                 rid = flying.pop(future)
-                _adopt(runner, rid, future.result())
-                held.discard(rid)
-                advance()
-    except BaseException:  # Ctrl-C, a dead worker: records in flight are redone next run
-        with _second_ctrl_c_ignored():
-            try:
-                _stop(pool)
-            finally:
-                manifest.release(held)
-        raise
-    pool.shutdown()
+                _adopt(self.runner, rid, future.result())
+                self.held.discard(rid)
+                self.sent.discard(rid)
+                self.advance()
 
 
 def _adopt(runner: _Stage, rid: str, result: Result) -> None:
