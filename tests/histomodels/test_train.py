@@ -182,7 +182,7 @@ def test_resume_after_sigkill_continues_from_saved_epoch(h5_files, tmp_path):
         if (run / "last.pt").exists():
             break
         time.sleep(0.05)
-    assert proc.poll() is None, proc.stderr.read().decode()
+    assert proc.poll() is None, proc.communicate()[1].decode()
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     saved = read_checkpoint(run / "last.pt")
