@@ -146,3 +146,44 @@ def test_an_ensemble_is_not_a_member(members: list[Path], tmp_path: Path) -> Non
                                  str(tmp_path / "outer")])  # fmt: skip
     assert r.exit_code == 1 and r.output.startswith("error: ") and "its members" in r.output
     assert not (tmp_path / "outer").exists()
+
+
+def test_an_ensemble_folder_moved_without_its_members_predicts_the_same(
+    members: list[Path], tmp_path: Path
+) -> None:
+    """An ensemble holds its members' weights and preprocessing: moved to another place (or
+    machine) with the members gone, it loads and predicts the same, calibration included
+    (the sidecar ``eval --val`` writes moves with the folder; it is keyed by sha256)."""
+    import shutil
+
+    from PIL import Image
+
+    from histomodels.synthetic import write_h5
+
+    here, there = tmp_path / "machine_a", tmp_path / "machine_b"
+    local = [Path(shutil.copytree(members[1], here / "run_b")), Path(shutil.copy(members[0], here))]
+    runner = CliRunner()
+    r = runner.invoke(app, ["ensemble", *map(str, local), "--out", str(here / "ens")])
+    assert r.exit_code == 0, r.output
+    test_h5, val_h5 = write_h5(here / "t.h5", 64, seed=7), write_h5(here / "v.h5", 64, seed=8)
+    args = ["eval", str(here / "ens"), "--data", str(test_h5), "--val", str(val_h5)]
+    r = runner.invoke(app, [*args, "--out", str(here / "ev"), "--bootstrap", "20"])
+    assert r.exit_code == 0, r.output
+    assert (here / "ens" / "best.calibration.json").is_file()
+    x, _ = make_patches(6, seed=11)
+    (tmp_path / "patches").mkdir()
+    for i, patch in enumerate(x):
+        Image.fromarray(patch).save(tmp_path / "patches" / f"p{i}.png")
+
+    def predict(ens: Path, out: Path) -> str:
+        r = runner.invoke(app, ["predict", str(ens), str(tmp_path / "patches"), "--out", str(out)])
+        assert r.exit_code == 0, r.output
+        return out.read_text().replace(str(ens), "ENS")
+
+    before = predict(here / "ens", tmp_path / "before.csv")
+    there.mkdir()
+    moved = Path(shutil.move(str(here / "ens"), there / "ensemble"))
+    shutil.rmtree(here)  # the members (and the data they were checked on) are gone
+    assert predict(moved, tmp_path / "after.csv") == before
+    temperature = Predictor.load(moved, device="cpu").temperature
+    assert temperature != 1.0  # the fitted one, from the sidecar that moved with it
