@@ -219,7 +219,9 @@ def _portable(train_config: dict) -> dict:
     are in the sidecar's ``teacher``)."""
     cfg = dict(train_config)
     if cfg.get("teacher"):
-        cfg["teacher"] = "WORK/teacher/best.pt (the build's Lite0 teacher, see 'teacher')"
+        from histomodels.pretrained import BUILD_TEACHER
+
+        cfg["teacher"] = BUILD_TEACHER
     return cfg
 
 

@@ -120,3 +120,37 @@ def test_cli_model_option_errors_are_one_line(tmp_path: Path) -> None:
     assert r.exit_code == 1 and "not both" in r.output
     r = runner.invoke(app, ["predict", "--model", "pcam-cnn", "--out", str(tmp_path / "p.csv")])
     assert r.exit_code != 0 and not (tmp_path / "p.csv").exists()
+
+
+@pytest.mark.parametrize("command", ["train", "tune"])
+def test_the_shipped_recipe_as_a_config_says_to_rebuild_its_teacher(
+    tmp_path: Path, command: str
+) -> None:
+    """The sidecar's ``train_config`` names the build's teacher by a placeholder (the teacher
+    is not shipped): given as ``--config``, it is refused with one line that says how to get
+    a teacher, before any data is read."""
+    import subprocess
+    import sys
+
+    sidecar = json.loads((pretrained.HERE / "pcam-cnn.json").read_text())
+    assert sidecar["train_config"]["teacher"] == pretrained.BUILD_TEACHER
+    cfg = tmp_path / "recipe.json"
+    cfg.write_text(json.dumps(sidecar["train_config"]))
+    data = write_h5(tmp_path / "t.h5", 16, seed=1)
+    args = {
+        "train": ["train", "--data", str(data), "--val", str(data), "--out", str(tmp_path / "r")],
+        "tune": ["tune", "--data", str(data), "--val", str(data), "--out", str(tmp_path / "r")],
+    }[command]
+    cmd = [sys.executable, "-c", "from histomodels.cli import app; app()", *args]
+    cmd += ["--config", str(cfg)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1, r.stderr
+    lines = r.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {cfg}: teacher"), r.stderr
+    assert "benchmarks/build_pcam_cnn.py" in lines[0] and "--teacher" in lines[0]
+    assert not (tmp_path / "r").exists()
+    if command == "train":  # --teacher replaces the placeholder: the recipe then trains
+        again = [*cmd, "--teacher", "pcam-cnn", "--epochs", "1", "--threads", "1", "--quiet"]
+        r = subprocess.run(again, capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stderr
+        assert json.loads((tmp_path / "r" / "config.json").read_text())["teacher"] == "pcam-cnn"

@@ -199,6 +199,14 @@ def validate(cfg: TrainConfig, source: str = "config") -> TrainConfig:
     if not 0 <= cfg.distill_weight <= 1 or cfg.distill_temperature <= 0:
         raise ConfigError(f"{source}: distill_weight must be in [0, 1], distill_temperature > 0")
     if cfg.teacher is not None and not _loadable(cfg.teacher):
+        from histomodels.pretrained import BUILD_TEACHER
+
+        if cfg.teacher == BUILD_TEACHER:  # the shipped pcam-cnn's recipe, taken as a config
+            raise ConfigError(
+                f"{source}: teacher is the placeholder of the shipped pcam-cnn recipe: its "
+                "teacher is not shipped; rebuild it with benchmarks/build_pcam_cnn.py (it "
+                "trains the teacher first), or give your own checkpoint with --teacher"
+            )
         raise ConfigError(
             f"{source}: teacher must be a checkpoint, a run folder with best.pt or a shipped "
             f"model name, got {cfg.teacher!r}"
@@ -269,5 +277,8 @@ def resolve_config(
     """Defaults < config file < explicit options (None means 'not given')."""
     cfg = validate(base or TrainConfig())
     if config_file:
-        cfg = merge(cfg, read_config_file(config_file), str(config_file), skip_none=False)
+        data = read_config_file(config_file)
+        if options.get("teacher") is not None:  # --teacher replaces the file's before it is
+            data = {**data, "teacher": options["teacher"]}  # checked (e.g. a placeholder)
+        cfg = merge(cfg, data, str(config_file), skip_none=False)
     return merge(cfg, options)

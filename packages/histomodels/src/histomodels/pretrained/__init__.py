@@ -20,6 +20,9 @@ if TYPE_CHECKING:
 
 
 HERE = Path(__file__).resolve().parent
+#: What ``pcam-cnn``'s ``train_config.teacher`` holds: the teacher its build trained is not
+#: shipped (its sha256 and recipe are in the sidecar's ``teacher``), so this names no file.
+BUILD_TEACHER = "WORK/teacher/best.pt (the build's Lite0 teacher, see 'teacher')"
 
 
 class PretrainedError(ValueError):
