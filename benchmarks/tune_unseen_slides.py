@@ -6,7 +6,9 @@ of the winner with the shipped ``pcam-cnn`` on PCam valid.
     histomodels tune --data SPLITS/train.h5 --val SPLITS/select.h5 --out TUNE \\
         --config BASE.json --trial-epochs 8 --fix width=16 --fix centre=pool \\
         --trials 20 --sobol-trials 8 --threads 2
-    python benchmarks/tune_unseen_slides.py record TUNE --tag _e8
+    histomodels train --config BASE.json --data SPLITS/train.h5 --val SPLITS/select.h5 \
+        --out REF --epochs 8 --patience 9 --threads 2                # the base alone
+    python benchmarks/tune_unseen_slides.py record TUNE --reference REF --tag _e8
     python benchmarks/tune_unseen_slides.py sets TUNE                 # --set KEY=JSON ...
     python benchmarks/pcam_real.py --runs cnn --budget 0 --epochs 60 --patience 1000 \\
         --threads 2 --seed 0 $(... sets TUNE) --tag _e60_tuned
@@ -55,6 +57,17 @@ def record(args: argparse.Namespace) -> int:
         "best": best,
         "trials": rows,
     }
+    if args.reference:  # the base config trained the same way, outside the tune
+        hist = json.loads((args.reference / "history.json").read_text())
+        top = max(hist, key=lambda h: h["val_auc"])
+        doc["reference"] = {
+            "run": str(args.reference),
+            "what": "the base config alone, same epochs, data and seed (histomodels train)",
+            "val_auc": top["val_auc"],
+            "val_accuracy": top["val_accuracy"],
+            "epochs": len(hist),
+        }
+        print(f"reference (base config): select AUC {top['val_auc']:.4f}", file=sys.stderr)
     out = args.results / f"tune_unseen_slides{args.tag}.json"
     atomic_write_text(out, json.dumps(doc, indent=1, default=str) + "\n")
     names = sorted({k for r in rows for k in r["params"]})
@@ -128,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = p.add_subparsers(dest="action", required=True)
     r = sub.add_parser("record", help="tune folder → results JSON + table")
     r.add_argument("tune", type=Path)
+    r.add_argument("--reference", type=Path, help="run folder of the base config alone")
     s = sub.add_parser("sets", help="the winner as pcam_real.py --set options")
     s.add_argument("tune", type=Path)
     q = sub.add_parser("pair", help="paired Δ AUC against the shipped model on PCam valid")
