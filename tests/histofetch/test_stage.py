@@ -149,3 +149,42 @@ def test_summary_and_status_escape_control_characters(tmp_path: Path) -> None:
     for text in (summary.line(), format_status(run_status(tmp_path))):
         assert not any(c in text for c in "\x1b\x07\r")
         assert "server said \\x1b[2J" in text
+
+
+def test_ctrl_c_while_a_record_is_being_taken_leaves_no_claim(tmp_path: Path) -> None:
+    """Taking a record claims it, then clears what a killed attempt left (here 20,000 stray
+    PNGs: a second or more). A real Ctrl-C then must not leave the claim behind: extract
+    would count it next time as an attempt that died reading the PDF."""
+    import os
+    import signal
+    import sqlite3
+    import subprocess
+    import sys
+    import time
+
+    from pdf_factory import build_image_pdf, random_rgb
+
+    from histocore.io import record_slug
+    from histocore.manifest import STORE_NAME
+
+    pdf = build_image_pdf(tmp_path / "a.pdf", [random_rgb(64, 64, 0)])
+    run = tmp_path / "run"
+    m = Manifest.load(run, create=True)
+    m.add_record(Record(id="pmid:1", stage="downloaded", pdf_path=str(pdf)))
+    m.save()
+    stray = run / "images" / record_slug("pmid:1")
+    stray.mkdir(parents=True)
+    for k in range(8000):
+        (stray / f"p{k}.png").touch()
+    cmd = [sys.executable, "-m", "histofetch.cli", "extract", "--run", str(run)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while len(os.listdir(stray)) == 8000 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)  # claimed, and clearing the strays: the record is being taken
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    left = len(os.listdir(stray))
+    assert 0 < left < 8000, "the Ctrl-C did not land while the record was being taken"
+    assert proc.returncode == 130 and err.decode().splitlines() == ["interrupted"], err.decode()
+    with sqlite3.connect(run / STORE_NAME) as db:
+        assert db.execute("SELECT * FROM claims").fetchall() == []

@@ -261,7 +261,11 @@ def run_per_record(
     runner = _Stage(manifest, stage, retry_failed, guard_attempts)
     with task(stage, len(runner.todo)) as shown:
         for rid in runner.todo:
-            rec = runner.take(rid)
+            try:
+                rec = runner.take(rid)
+            except BaseException:  # Ctrl-C while clearing a killed attempt's files: free it
+                manifest.release([rid])
+                raise
             if rec is not None:
                 try:
                     work(rec)
