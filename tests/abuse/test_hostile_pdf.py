@@ -53,6 +53,7 @@ def test_half_pdf_ending_in_eof_fails_as_truncated(tmp_path: Path) -> None:
     assert (summary.done, summary.failed) == (1, 1)
     manifest = Manifest.load(tmp_path / "run")
     failed = [r for r in manifest.records.values() if r.status == "failed"]
+    assert failed[0].reason is not None
     assert failed[0].reason.startswith("truncated PDF")
     assert str(half) in failed[0].reason
     assert len(manifest.images) == 3  # the good file's three pages

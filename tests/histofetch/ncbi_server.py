@@ -213,7 +213,9 @@ class FakeNcbi:
             if art is None:
                 result[uid] = {"uid": uid, "error": "cannot get document summary"}
                 continue
-            aids = [{"idtype": "pmid", "value": art.pmid}] if art.pmid else []
+            aids: list[dict[str, str | None]] = (
+                [{"idtype": "pmid", "value": art.pmid}] if art.pmid else []
+            )
             if art.doi:
                 aids.append({"idtype": "doi", "value": art.doi})
             aids.append({"idtype": "pmcid", "value": art.pmcid})
@@ -283,9 +285,9 @@ RECORDED_WEBENV: dict[str, str] = {}
 
 
 class _Handler(BaseHTTPRequestHandler):
-    server: _Server
+    server: _Server  # pyright: ignore[reportIncompatibleVariableOverride]  # only _Server serves it
 
-    def log_message(self, *args: Any) -> None:  # keep pytest output clean
+    def log_message(self, format: str, *args: Any) -> None:  # keep pytest output clean
         pass
 
     def _serve(self, method: str) -> None:
@@ -365,7 +367,7 @@ def make_pdf(text: str = "A test article", pages: int = 1) -> bytes:
     return data
 
 
-def image_bytes(fmt: str, size: tuple[int, int], colour: tuple[int, ...], mode: str = "RGB"):
+def image_bytes(fmt: str, size: tuple[int, int], colour: int | tuple[int, ...], mode: str = "RGB"):
     """An encoded image of one colour (PIL), for package figures."""
     import io
 

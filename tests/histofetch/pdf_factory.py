@@ -28,7 +28,9 @@ def he_like(h: int = 96, w: int = 96, seed: int = 0) -> np.ndarray:
     yy, xx = np.mgrid[:h, :w]
     small = rng.random((max(2, h // 6), max(2, w // 6)))
     field = np.asarray(
-        PIL.Image.fromarray((small * 255).astype(np.uint8)).resize((w, h), PIL.Image.BICUBIC)
+        PIL.Image.fromarray((small * 255).astype(np.uint8)).resize(
+            (w, h), PIL.Image.Resampling.BICUBIC
+        )
     )
     img = np.empty((h, w, 3), np.float32)
     img[...] = np.array([236, 170, 205]) - (field[..., None] / 255.0) * np.array([30, 60, 40])
@@ -87,7 +89,9 @@ def _draw_xobject(doc: pymupdf.Document, page: pymupdf.Page, xref: int, rect: py
     contents = page.get_contents()
     if contents:
         cx = contents[-1]
-        doc.update_stream(cx, doc.xref_stream(cx) + b"\n" + ops)
+        stream = doc.xref_stream(cx)
+        assert stream is not None  # a page's contents xref is a stream
+        doc.update_stream(cx, stream + b"\n" + ops)
     else:
         cx = doc.get_new_xref()
         doc.update_object(cx, "<<>>")
@@ -231,7 +235,7 @@ def write_encrypted(path: Path) -> Path:
     doc = pymupdf.open()
     page = doc.new_page()
     page.insert_image(pymupdf.Rect(40, 40, 136, 136), stream=png_bytes(he_like()))
-    doc.save(path, encryption=pymupdf.PDF_ENCRYPT_AES_256, user_pw="user", owner_pw="owner")
+    doc.save(path, encryption=pymupdf.mupdf.PDF_ENCRYPT_AES_256, user_pw="user", owner_pw="owner")
     doc.close()
     return path
 

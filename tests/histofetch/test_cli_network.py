@@ -62,6 +62,7 @@ def test_search_then_download_via_cli(ncbi: FakeNcbi, tmp_path: Path) -> None:
     routes = {r.pmid: r.route for r in manifest.records.values()}
     assert routes == {"101": "pmc-cloud", "102": "europepmc-pdf", "103": None}
     assert [i.source for i in manifest.images.values()] == ["jats", "jats"]
+    assert manifest.records["pmid:103"].reason is not None
     assert manifest.records["pmid:103"].reason.startswith("no PMCID: pmc-cloud/europepmc")
     assert all(h.params.get("email") == "tests@example.org" for h in ncbi.log if "eutils" in h.path)
     status = runner.invoke(app, ["status", "--run", str(run), "--json"])
@@ -185,9 +186,11 @@ def test_run_lymph_node_query_routes_captions_licences(ncbi: FakeNcbi, tmp_path:
     }
     assert (recs["2"].pmc_version, recs["2"].license) == (1, "CC BY-NC-ND")
     assert recs["3"].license == "CC BY-NC"  # from the JATS <license>
+    assert recs["6"].reason is not None
     assert recs["6"].reason.startswith("not in bucket: pmc-cloud: PMC106 is not in the PMC")
     for miss in ("europepmc: Europe PMC has no full text", "europepmc-pdf: HTTP 404", "pubmed2pdf"):
         assert miss in recs["6"].reason
+    assert recs["7"].reason is not None
     assert recs["7"].reason.startswith("retracted: pmc-cloud")
     # Figures come from JATS with captions; the cloud PDF of PMC101 is not mined again.
     jats = [i for i in manifest.images.values() if i.source == "jats"]

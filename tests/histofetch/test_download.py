@@ -56,6 +56,7 @@ def test_publisher_page_route(ncbi: FakeNcbi, tmp_path: Path) -> None:
     _run(tmp_path, _rec("9", "PMC9"))
     run_download(tmp_path, net=ncbi.config())
     rec = Manifest.load(tmp_path).records["pmid:9"]
+    assert rec.pdf_path is not None
     assert rec.pdf_source == "pubmed2pdf" and (tmp_path / rec.pdf_path).read_bytes() == pdf
     assert ncbi.requests_to("/eutils/elink.fcgi")[0].params["cmd"] == "prlinks"
 
@@ -69,6 +70,7 @@ def test_html_everywhere_is_a_failure_never_a_pdf(ncbi: FakeNcbi, tmp_path: Path
     assert summary.failed == 1 and summary.reasons == {"not a PDF": 1}
     rec = Manifest.load(tmp_path).records["pmid:3"]
     assert rec.status == "failed" and rec.failed_stage == "downloaded"
+    assert rec.reason is not None
     assert rec.reason.startswith("not a PDF: pmc-cloud: PMC3 is not in the PMC Cloud Service")
     assert "europepmc-pdf: got an HTML/XML page, not a PDF" in rec.reason
     assert "pubmed2pdf: no PDF link" in rec.reason
@@ -80,6 +82,7 @@ def test_no_pmcid_no_publisher_link(ncbi: FakeNcbi, tmp_path: Path) -> None:
     summary = run_download(tmp_path, net=ncbi.config())
     assert summary.failed == 1
     rec = Manifest.load(tmp_path).records["pmid:4"]
+    assert rec.reason is not None
     assert rec.reason.startswith("no PMCID: pmc-cloud/europepmc: record has no PMCID")
     assert "pubmed2pdf: PubMed lists no publisher link" in rec.reason
     assert summary.reasons == {"no PMCID": 1}
@@ -93,6 +96,7 @@ def test_licence_policy_refuses_pdfs_of_unknown_licence(ncbi: FakeNcbi, tmp_path
     _run(tmp_path, _rec("5", "PMC5"))
     run_download(tmp_path, net=ncbi.config(), policy=Policy("commercial"))
     rec = Manifest.load(tmp_path).records["pmid:5"]
+    assert rec.reason is not None
     assert rec.reason.startswith("licence: ") and "europepmc-pdf: licence unknown" in rec.reason
     assert not ncbi.requests_to("/europepmc/articles/PMC5")
 
@@ -107,6 +111,7 @@ def test_network_failure_is_retried_by_the_next_run(ncbi: FakeNcbi, tmp_path: Pa
     first = run_download(tmp_path, net=net)
     assert first.failed == 1
     rec = Manifest.load(tmp_path).records["pmid:2"]
+    assert rec.reason is not None
     assert rec.reason.startswith("network: pmc-cloud: HTTP 503"), rec.reason
     assert rec.transient is True
     # No PDF is taken while the figures are only out of reach for now.

@@ -61,6 +61,7 @@ def test_figures_and_captions_from_europepmc(ncbi: FakeNcbi, tmp_path: Path) -> 
         ("jats", "Figure 1.", "mds52601.jpg"),
         ("jats", "Figure 2.", "mds52602.jpg"),
     ]
+    assert images[0].caption is not None
     assert images[0].caption.startswith("Deprivation inequalities")
     params = ncbi.requests_to(f"{REST}/supplementaryFiles")[0].params
     assert params == {"includeInlineImage": "true"}

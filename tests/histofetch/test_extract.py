@@ -119,12 +119,19 @@ def test_broken_pdfs_fail_with_a_reason_and_the_run_goes_on(tmp_path: Path) -> N
     assert (summary.done, summary.failed) == (1, 5)
     manifest = Manifest.load(tmp_path / "run")
     reasons = {
-        Path(r.pdf_path).name: r.reason for r in manifest.records.values() if r.status == "failed"
+        Path(r.pdf_path or "").name: r.reason
+        for r in manifest.records.values()
+        if r.status == "failed"
     }
+    assert reasons["encrypted.pdf"] is not None
     assert reasons["encrypted.pdf"].startswith("encrypted PDF, needs a password")
+    assert reasons["truncated.pdf"] is not None
     assert reasons["truncated.pdf"].startswith("truncated PDF")
+    assert reasons["corrupt.pdf"] is not None
     assert reasons["corrupt.pdf"].startswith("corrupt PDF")
+    assert reasons["page.pdf"] is not None
     assert reasons["page.pdf"].startswith("not a PDF")
+    assert reasons["empty.pdf"] is not None
     assert reasons["empty.pdf"].startswith("empty file")
     assert all(r.failed_stage == "extracted" for r in manifest.records.values() if r.reason)
     (img,) = manifest.images.values()
@@ -144,6 +151,7 @@ def test_missing_pdf_file_fails_its_record(tmp_path: Path) -> None:
     summary = run_extract(run_dir)
     assert summary.failed == 1
     (rec,) = Manifest.load(run_dir).records.values()
+    assert rec.reason is not None
     assert rec.reason.startswith("PDF file missing")
 
 
@@ -245,9 +253,10 @@ def test_fixture_pdfs_extract_or_fail_as_provenance_says(tmp_path: Path) -> None
     folder = shared_path("fixtures", "pdfs")
     summary = run_extract(tmp_path / "run", [folder])
     manifest = Manifest.load(tmp_path / "run")
-    by_name = {Path(r.pdf_path).name: r for r in manifest.records.values()}
+    by_name = {Path(r.pdf_path or "").name: r for r in manifest.records.values()}
     assert summary.failed == 1
     enc = by_name["bad_pdfplumber_encrypted_password_example.pdf"]
+    assert enc.reason is not None
     assert enc.status == "failed" and enc.reason.startswith("encrypted PDF")
     malformed = by_name["bad_pdfplumber_malformed_issue932.pdf"]
     assert malformed.status == "ok" and "pdfplumber_images" in malformed.extra
@@ -260,6 +269,7 @@ def test_fixture_pdfs_extract_or_fail_as_provenance_says(tmp_path: Path) -> None
     lung = [
         i for i in manifest.images_of(li.id) if i.page == 11 and (i.width, i.height) == (565, 567)
     ]
+    assert lung[0].caption is not None
     assert len(lung) == 1 and lung[0].caption.startswith("Fig. 6")
     assert all(not r.extra.get("count_mismatch") for r in manifest.records.values())
 

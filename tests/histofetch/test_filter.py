@@ -73,6 +73,9 @@ def _decision(rgb: np.ndarray, **kw) -> Image:
 def test_he_like_tissue_is_kept(seed: int) -> None:
     img = _decision(he_like(seed=seed))
     assert img.kept, img.filter_reason
+    assert img.tissue_fraction is not None
+    assert img.purple_ratio is not None
+    assert img.he_score is not None
     assert img.tissue_fraction > 0.9 and img.purple_ratio > 0.9 and img.he_score > 0.9
 
 
@@ -107,6 +110,7 @@ def test_composite_figure_is_kept_on_its_tissue_region() -> None:
     colour = img.extra["colour"]
     assert img.kept, img.filter_reason
     assert colour["purple_ratio_image"] < 0.3  # a whole-image count would reject it
+    assert img.tissue_fraction is not None
     assert 0.05 < img.tissue_fraction < 0.4
 
 
@@ -146,7 +150,7 @@ def test_thresholds_are_reapplied_without_rereading_images(tmp_path: Path) -> No
     manifest = Manifest.load(run_dir)
     assert not manifest.kept_images()
     assert all(i.status == "ok" for i in manifest.images.values())
-    reasons = {i.filter_reason.split(" (")[0] for i in manifest.images.values()}
+    reasons = {(i.filter_reason or "").split(" (")[0] for i in manifest.images.values()}
     assert reasons == {"too small to judge"}
     run_filter(run_dir, purple=0.3, min_he=0.5, sheet=False)
     assert len(Manifest.load(run_dir).kept_images()) == 2
@@ -167,6 +171,7 @@ def test_unreadable_image_fails_only_its_row(tmp_path: Path) -> None:
     assert summary.failed == 0
     again = Manifest.load(run_dir)
     bad = again.images[first.id]
+    assert bad.reason is not None
     assert bad.status == "failed" and bad.reason.startswith("cannot read image")
     assert len(again.kept_images()) == 1
 
@@ -237,6 +242,7 @@ def test_decompression_bomb_image_fails_its_row_without_decoding(tmp_path: Path)
     summary = run_filter(run_dir, sheet=False)
     assert summary.failed == 0
     row = Manifest.load(run_dir).images[f"{rec_id}/bomb"]
+    assert row.reason is not None
     assert row.status == "failed" and "exceeds limit" in row.reason
     assert row.kept is False
 
@@ -287,6 +293,7 @@ def test_compound_figures_are_decided_by_their_panels(tmp_path: Path) -> None:
     assert not heat.kept and not spots.kept
     assert figure.kept == any(p.kept for p in panels)
     if not figure.kept:
+        assert figure.filter_reason is not None
         assert figure.filter_reason.startswith("no H&E panel among 4: ")
     # downstream sees the kept panels, never the split figure itself
     assert {i.id for i in m.kept_images()} == {p.id for p in panels if p.kept}

@@ -19,6 +19,7 @@ def test_pmc_nxml_figures_without_extensions() -> None:
         ("MDS526F1", "Figure 1.", ["mds52601"]),
         ("MDS526F2", "Figure 2.", ["mds52602"]),
     ]
+    assert article.figures[1].caption is not None
     assert article.figures[1].caption.startswith("Age inequalities in advanced stage")
     assert "≥65" in article.figures[1].caption  # numeric character references decoded
 
@@ -31,8 +32,10 @@ def test_plos_jats_with_undeclared_html_entities() -> None:
     fig7 = article.figures[6]
     assert fig7.label == "Figure 7"
     assert fig7.hrefs == ["info:doi/10.1371/journal.ppat.0020025.g007"]
+    assert fig7.caption is not None
     assert "H&E" in fig7.caption
     # The caption title and paragraphs are separate blocks, not glued together.
+    assert article.figures[0].caption is not None
     assert article.figures[0].caption.startswith("XMRV Detection by DNA Microarrays and RT-PCR (A)")
 
 

@@ -77,7 +77,7 @@ def test_run_review_eval(ncbi: FakeNcbi, tmp_path: Path) -> None:
     assert r.exit_code == 0, r.output
     m = Manifest.load(run)
     kept = {i.id.rsplit("_", 1)[-1]: i for i in m.kept_images()}
-    weak = {k[-4:]: i.weak_label for k, i in kept.items()}
+    weak = {k[-4:]: i.weak_label or "" for k, i in kept.items()}
     assert len(kept) == 5, [(i.id, i.filter_reason) for i in m.images.values()]
     assert sorted(weak.values()) == sorted(
         ["metastasis", "metastasis", "no_metastasis", "no_metastasis", "abstain"]
@@ -86,6 +86,7 @@ def test_run_review_eval(ncbi: FakeNcbi, tmp_path: Path) -> None:
     client = TestClient(create_app(run, reviewer="pathologist"))
     truth = {"metastasis": "metastasis", "no_metastasis": "no_metastasis", "abstain": None}
     for img in m.kept_images():
+        assert img.weak_label is not None
         label = truth[img.weak_label]
         if "Reactive" in (img.caption or ""):
             label = "metastasis"

@@ -39,7 +39,10 @@ def test_reprinted_figure_is_flagged_across_articles_only(tmp_path: Path) -> Non
     assert m.images["a1"].leakage == ["near_duplicate:b1"]
     assert m.images["b1"].leakage == ["near_duplicate:a1"]
     assert m.images["b2"].leakage is None and m.images["a2"].leakage is None
+    assert m.images["a1"].phash is not None
+    assert m.images["b1"].phash is not None
     assert hamming(m.images["a1"].phash, m.images["b1"].phash) <= 6
+    assert m.images["b2"].phash is not None
     assert hamming(m.images["a1"].phash, m.images["b2"].phash) > 6
     # flags are recomputed, not accumulated: drop the reprint and they go
     m.images["b1"].kept = False

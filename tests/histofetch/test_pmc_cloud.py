@@ -97,12 +97,14 @@ def test_single_version_gives_figures_with_captions_licence_and_pdf(
     assert rec.license == "CC BY" == doc["license_code"]
     assert (rec.is_retracted, rec.is_manuscript, rec.open_access) == (False, False, True)
     assert rec.citation == "Ann Oncol. 2013;24(3):843"
+    assert rec.pdf_path is not None
     assert (tmp_path / rec.pdf_path).read_bytes() == pdf
     images = manifest.images_of(rec.id)
     assert [(i.source, i.figure_id, i.figure_label) for i in images] == [
         ("jats", "MDS526F1", "Figure 1."),
         ("jats", "MDS526F2", "Figure 2."),
     ]
+    assert images[0].caption is not None
     assert images[0].caption.startswith("Deprivation inequalities in advanced stage")
     assert images[0].extra["md5"] == hashlib.md5(FIGS["mds52601.jpg"]).hexdigest()
     with PILImage.open(tmp_path / images[0].path) as im:
@@ -154,6 +156,7 @@ def test_licence_policy_commercial(ncbi: FakeNcbi, tmp_path: Path) -> None:
     ncbi.bucket.add_version("PMC2", 1, jats=real_jats(), media=FIGS, license_code="CC0")
     policy = Policy(licence="commercial")
     manifest = _download(ncbi, tmp_path, _rec("1", "PMC1"), _rec("2", "PMC2"), policy=policy)
+    assert manifest.records["pmid:1"].reason is not None
     assert manifest.records["pmid:1"].reason.startswith("licence: pmc-cloud: CC BY-NC-ND")
     assert manifest.records["pmid:2"].route == "pmc-cloud"
 
@@ -172,6 +175,7 @@ def test_retracted_is_skipped_unless_included(ncbi: FakeNcbi, tmp_path: Path) ->
     ncbi.bucket.add_version(PMCID, 1, jats=real_jats(), media=FIGS, is_retracted=True)
     rec = _download(ncbi, tmp_path / "a", _rec("1", PMCID)).records["pmid:1"]
     assert rec.status == "failed" and rec.is_retracted is True
+    assert rec.reason is not None
     assert rec.reason.startswith("retracted: pmc-cloud: the article is retracted")
     kept = _download(ncbi, tmp_path / "b", _rec("1", PMCID), policy=Policy(include_retracted=True))
     assert kept.records["pmid:1"].route == "pmc-cloud" and len(kept.images) == 2
@@ -181,6 +185,7 @@ def test_missing_pmcid_falls_back_route_by_route(ncbi: FakeNcbi, tmp_path: Path)
     manifest = _download(ncbi, tmp_path, _rec("1", "PMC99999999999"))
     rec = manifest.records["pmid:1"]
     assert rec.status == "failed"
+    assert rec.reason is not None
     assert rec.reason.startswith("not in bucket: pmc-cloud: PMC99999999999 is not in the PMC")
     for route in (
         "europepmc: Europe PMC has no full text",

@@ -52,6 +52,7 @@ def _kill_until_done(
     partial_kills = 0
     for _attempt in range(30):
         proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        assert proc.stderr is not None  # PIPE was asked for
         before = _stage_counts(run, stage)
         target = rng.randint(before + 1, total - 1) if before + 1 < total else total
         delay = rng.uniform(0.0, 0.05)

@@ -74,6 +74,7 @@ def test_answers_are_saved_at_once_with_reviewer_and_time(
     r = _post(c, "pmid:1/fig1", "metastasis")
     assert r.status_code == 200 and r.json()["progress"]["reviewed"] == 1
     img = Manifest.load(run).images["pmid:1/fig1"]
+    assert img.label_at is not None
     assert (img.label, img.label_by) == ("metastasis", "ann") and img.label_at.endswith("+00:00")
     r = _post(c, "pmid:1/fig1", None)  # undo
     img = Manifest.load(run).images["pmid:1/fig1"]

@@ -77,12 +77,13 @@ def test_caption_against_rejects_unless_the_classifier_is_nearly_certain() -> No
 
 
 def test_soft_colour_failure_is_overridden_only_by_a_confident_classifier() -> None:
-    padded = dict(dark_fraction=0.3)  # black padding around a patch
-    d = decide(row(0.95, **padded), T)
+    dark = 0.3  # dark_fraction: black padding around a patch
+    d = decide(row(0.95, dark_fraction=dark), T)
     assert d.kept and d.note.startswith("classifier p(H&E) 0.95 overrides the colour test (dark")
-    d = decide(row(0.7, **padded), T)
+    d = decide(row(0.7, dark_fraction=dark), T)
+    assert d.reason is not None
     assert not d.kept and d.reason.endswith("classifier p(H&E) 0.70 < 0.85 to override")
-    assert decide(row(0.7, "for", "caption names H&E", **padded), T).kept
+    assert decide(row(0.7, "for", "caption names H&E", dark_fraction=dark), T).kept
 
 
 def test_signals_can_be_switched_off_to_measure_them() -> None:
@@ -98,5 +99,6 @@ def test_signals_can_be_switched_off_to_measure_them() -> None:
 def test_apply_stores_the_decision_on_the_row() -> None:
     img = row(0.15)
     apply(img, T)
+    assert img.filter_reason is not None
     assert img.kept is False and img.filter_reason.startswith("not H&E by the classifier")
     assert img.extra["decision"]["margin"] == -0.1

@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Iterator, MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 from histocore.errors import ManifestError
 from histocore.image_table import ImageTable
@@ -216,6 +216,12 @@ class Manifest(StoreSync):
             (i for i in self.images.values() if i.parent_id == image_id), key=lambda i: i.id
         )
 
+    @overload
+    def resolve(self, rel: str) -> Path: ...
+    @overload
+    def resolve(self, rel: None) -> None: ...
+    @overload
+    def resolve(self, rel: str | None) -> Path | None: ...
     def resolve(self, rel: str | None) -> Path | None:
         """Absolute path of a file the manifest names relative to the run folder."""
         if rel is None:
