@@ -21,7 +21,10 @@ classifier's training (``held_out``: its validation sources), and writes
 with other thresholds (a candidate, side by side); ``--cache FILE`` keeps the measured
 scores, so that candidates are compared without reading the images again. Round 4 of
 issue 14 (docs/benchmarks.md) chose a graded override here:
-``results/he_decision_stress_round4.json``.
+``results/he_decision_stress_round4.json``. Round 5 added patches as ML reports embed them
+(he_stress_embeddings.py: matplotlib axes and grids, upscaled, shrunk, JPEG, boxes, frames,
+text, beside a saliency map) and chose decide/scale.py here; ``--native off`` measures the
+decision as it was before (``--kinds he:up-,neg:up-`` measures some kinds only).
 """
 
 from __future__ import annotations
@@ -50,12 +53,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import he_classifier_data as D  # noqa: E402
 import he_classifier_material as M  # noqa: E402
 import he_classifier_special as S  # noqa: E402
+import he_stress_embeddings as E  # noqa: E402
+from he_stress_report import parse_set, print_report, report  # noqa: E402
 
-from histocore.manifest import Image  # noqa: E402
-from histofetch.decide import rules  # noqa: E402
-from histofetch.decide.classifier import classify_rgb  # noqa: E402
-from histofetch.decide.colour import score_rgb  # noqa: E402
-from histofetch.filter import _shrink  # noqa: E402
+from histofetch.decide import rules, scale  # noqa: E402
+from histofetch.filter import _shrink, classifier_of, colour_of  # noqa: E402
 from histofetch.panels import find_panels  # noqa: E402
 
 #: H&E kinds (what the decision should keep) and what each is made of.
@@ -267,6 +269,35 @@ def build(shared: Path, seed: int, per_kind: int = 60) -> list[Item]:
         for _ in range(per_kind // 2):
             held, rgb = pick(look_alikes)
             items.append(Item(f"neg:{name}", False, held, transform(name, rgb, rng)))
+    items += embedded(pools, look_alikes, rng, per_kind)
+    return items
+
+
+def embedded(pools: dict, look_alikes: list, rng: np.random.Generator, per_kind: int) -> list:
+    """Round 5: patches as ML reports embed them (he_stress_embeddings.py), H&E from PCam
+    train (twins out) and Camelyon16 tiles, negatives from real and made IHC/PAS."""
+    items: list[Item] = []
+    for name in E.EMBEDDINGS:
+        for he, n, pool in ((True, per_kind, pools["pcam"] + pools["he"][:89]),
+                            (False, per_kind // 2, look_alikes)):  # fmt: skip
+            for _ in range(n):
+                held = [False]
+
+                def patch(pool=pool, held=held) -> np.ndarray:
+                    for _ in range(8):  # a window with tissue in it, as reports pick
+                        src_held, rgb = pool[int(rng.integers(len(pool)))]
+                        if rgb.shape[:2] != (E.SIDE, E.SIDE):
+                            rgb = _resize(_window(rgb, rng, 0.4, 1.0), (E.SIDE, E.SIDE))
+                        if E.content(rgb) >= 0.5:
+                            break
+                    held[0] |= src_held
+                    return rgb
+
+                def field() -> np.ndarray:
+                    return M.smooth((E.SIDE, E.SIDE), rng, cells=int(rng.integers(2, 6)))
+
+                rgb = E.embed(name, patch, field, rng)
+                items.append(Item(f"{'he' if he else 'neg'}:{name}", he, held[0], rgb))
     return items
 
 
@@ -275,9 +306,10 @@ def measure(item: Item) -> dict:
     """What the filter stores for one figure (and its panels, when it splits)."""
 
     def one(rgb: np.ndarray) -> dict:
-        clf = classify_rgb(rgb)
+        clf = classifier_of(rgb)
+        colour, factor = colour_of(_shrink(rgb))
         return {
-            "colour": score_rgb(_shrink(rgb)).as_dict(),
+            "colour": colour.as_dict() | {"native_factor": factor},
             "p_he": round(clf.p_he, 4),
             "probs": {k: round(v, 4) for k, v in clf.probs.items()},
             "width": int(rgb.shape[1]),
@@ -290,108 +322,31 @@ def measure(item: Item) -> dict:
     return {"kind": item.kind, "he": item.he, "held_out": item.held_out, **row}
 
 
-def as_image(m: dict) -> Image:
-    img = Image(id="stress", record_id="s", path="x.png", sha256="", width=m["width"],
-                height=m["height"])  # fmt: skip
-    c = m["colour"]
-    img.purple_ratio, img.he_score = c["purple_ratio"], c["he_score"]
-    img.tissue_fraction = c["tissue_fraction"]
-    img.extra["colour"] = c
-    img.p_he = m["p_he"]
-    img.extra["classifier"] = {"probs": m["probs"]}
-    return img
-
-
-def decide(m: dict, limits: rules.Thresholds) -> tuple[bool, str | None]:
-    """The figure is kept when it is (unsplit) or when one of its panels is."""
-    units = m["panels"] or [m]
-    out = [rules.decide(as_image(u), limits) for u in units]
-    kept = [d for d in out if d.kept]
-    return (True, None) if kept else (False, out[0].reason)
-
-
-def reason_kind(reason: str | None) -> str:
-    if reason is None:
-        return "kept"
-    for key in ("too small", "no H&E-like", "tissue region", "dark image", "smooth colour",
-                "purple ratio", "H&E score", "not H&E by the classifier", "caption"):  # fmt: skip
-        if key in reason:
-            return key
-    return reason[:30]
-
-
-def report(measured: list[dict], limits: rules.Thresholds) -> dict:
-    table: dict[str, dict] = {}
-    for m in measured:
-        kept, reason = decide(m, limits)
-        for held in ("all", "held_out" if m["held_out"] else "train_side"):
-            row = table.setdefault(m["kind"], {}).setdefault(
-                held, {"n": 0, "kept": 0, "reasons": defaultdict(int)}
-            )
-            row["n"] += 1
-            row["kept"] += kept
-            row["reasons"][reason_kind(reason)] += 0 if kept else 1
-    for rows in table.values():
-        for row in rows.values():
-            row["keep_rate"] = round(row["kept"] / row["n"], 3)
-            row["reasons"] = dict(sorted(row["reasons"].items(), key=lambda kv: -kv[1]))
-    he = [m for m in measured if m["he"]]
-    neg = [m for m in measured if not m["he"]]
-    tp = sum(decide(m, limits)[0] for m in he)
-    fp = sum(decide(m, limits)[0] for m in neg)
-    return {
-        "kinds": table,
-        "he_kept": tp,
-        "he": len(he),
-        "negatives_kept": fp,
-        "negatives": len(neg),
-        "recall": round(tp / len(he), 4),
-        "false_keep_rate": round(fp / len(neg), 4),
-    }
-
-
-def print_report(name: str, rep: dict) -> None:
-    print(f"\n== {name}: H&E kept {rep['he_kept']}/{rep['he']} (recall {rep['recall']:.3f}); "
-          f"negatives kept {rep['negatives_kept']}/{rep['negatives']} "
-          f"({rep['false_keep_rate']:.3f})")  # fmt: skip
-    print(f"{'kind':28s} {'n':>4s} {'keep':>6s} {'held-out':>9s} {'train':>7s}  rejections")
-    for kind, rows in sorted(
-        rep["kinds"].items(), key=lambda kv: (not kv[0].startswith("he"), kv[0])
-    ):
-        a = rows["all"]
-        h = rows.get("held_out", {}).get("keep_rate")
-        t = rows.get("train_side", {}).get("keep_rate")
-        fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
-        top = ", ".join(f"{k} {v}" for k, v in list(a["reasons"].items())[:3] if v)
-        print(f"{kind:28s} {a['n']:4d} {a['keep_rate']:6.2f} {fmt(h):>9s} {fmt(t):>7s}  {top}")
-
-
-def parse_set(pairs: list[str]) -> dict[str, float]:
-    """``["p_override=0.6", …]`` → {"p_override": 0.6, …}."""
-    out = {}
-    for pair in pairs:
-        name, _, value = pair.partition("=")
-        out[name] = float(value)
-    return out
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     default_shared = Path(os.environ.get("HISTO_SHARED", ROOT.parent / "shared"))
     ap.add_argument("--shared", type=Path, default=default_shared)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--per-kind", type=int, default=60)
+    ap.add_argument("--kinds", default="", help="Measure only kinds starting with these "
+                    "(comma-separated, e.g. 'he:up-,neg:up-').")  # fmt: skip
+    ap.add_argument("--native", choices=("all", "blocky", "off"), default=scale.MODE,
+                    help="Which upscaling decide/scale.py undoes before scoring ('off': as "
+                    "before round 5).")  # fmt: skip
     ap.add_argument("--cache", type=Path, default=None, help="Reuse/keep the measured scores.")
     ap.add_argument("--set", nargs="*", default=[], metavar="NAME=VALUE",
                     help="Also decide with these rules.Thresholds changed.")  # fmt: skip
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/he_decision_stress.json")
     args = ap.parse_args()
     t0 = time.time()
+    scale.MODE = args.native
     cached = bool(args.cache and args.cache.exists())
     if cached:
         measured = json.loads(args.cache.read_text())
     else:
         items = build(args.shared, args.seed, args.per_kind)
+        if args.kinds:
+            items = [i for i in items if i.kind.startswith(tuple(args.kinds.split(",")))]
         print(f"{len(items)} stress images built in {time.time() - t0:.0f} s", file=sys.stderr)
         measured = []
         for k, item in enumerate(items):

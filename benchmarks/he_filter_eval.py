@@ -43,7 +43,22 @@ def run_eval(shared: Path, run_dir: Path, *, sheets: bool = False) -> dict:
     result["_sweep_p_keep"] = sweep(manifest, labels)
     rows = [i for i in manifest.images.values() if i.status == "ok"]
     result["_unlabelled"] = sorted(i.id for i in rows if i.sha256 not in labels)
+    result["_before_native_scale"] = before_native_scale(run_dir, labels)
     return result
+
+
+def before_native_scale(run_dir: Path, labels: dict[str, str]) -> dict:
+    """The same run rescored with upscaling left as it is (decide/scale.py off, as before
+    round 5 of issue 14), so the effect of undoing it is read on one run (report only)."""
+    from histofetch.decide import scale
+
+    mode, scale.MODE = scale.MODE, "off"
+    try:
+        run_filter(run_dir, sheet=False, rescore=True)
+    finally:
+        scale.MODE = mode
+    with Manifest.load(run_dir) as manifest:
+        return evaluate(manifest, labels)
 
 
 def sweep(manifest: Manifest, labels: dict[str, str]) -> dict:

@@ -2,6 +2,8 @@
 
 Per image (read once; scores are stored, so an image already scored is never re-read):
 
+* upscaling undone first (decide/scale.py: a patch drawn 2–4× larger is scored at the
+  pixel scale it holds; the factor is stored as ``extra.colour.native_factor``);
 * colour scores (decide/colour.py) on the row (``purple_ratio``, ``he_score``,
   ``tissue_fraction``, ``extra.colour``);
 * the shipped CNN's H&E probability (decide/classifier.py) in ``p_he`` and
@@ -32,8 +34,9 @@ from histocore.imaging import open_image
 from histocore.io import atomic_write_bytes, one_line
 from histocore.manifest import Image, Manifest, Record
 from histofetch.decide import rules
-from histofetch.decide.classifier import classify_rgb
-from histofetch.decide.colour import MAX_PIXELS, ColourScores, score_image, score_rgb
+from histofetch.decide.classifier import ClassifierScores, classify_rgb
+from histofetch.decide.colour import MAX_PIXELS, ColourScores, load_rgb, score_rgb
+from histofetch.decide.scale import to_native
 from histofetch.decide.stains import evidence
 from histofetch.labels import RULES_VERSION, label_manifest
 from histofetch.pool import run_records
@@ -42,7 +45,7 @@ from histofetch.stage import StageSummary
 log = logging.getLogger(__name__)
 
 #: Bump when scoring changes what the stored scores mean; older rows are then rescored.
-SCORER_VERSION = 5  # 5: panel letters read (panel_letters.py)
+SCORER_VERSION = 6  # 5: panel letters read (panel_letters.py); 6: upscaling undone (scale.py)
 #: Figures are read at most this large (longest side) for panels and the classifier.
 PANEL_SIDE = 2048
 Thresholds = rules.Thresholds  # re-exported: the CLI and callers name it from here
@@ -132,13 +135,13 @@ def score_row(manifest: Manifest, img: Image, *, split: bool = True) -> None:
     try:
         if path is None:
             raise FileNotFoundError("the manifest names no file")
-        scores = score_image(path)
+        scores, factor = colour_of(load_rgb(path))
         rgb, scale = _load(path)
     except Exception as exc:  # missing/corrupt PNG, decompression bomb: this row only
         img.status, img.reason = "failed", f"cannot read image {path}: {exc}".splitlines()[0]
         img.kept, img.filter_reason = False, "unreadable image"
         return
-    store_scores(img, scores)
+    store_scores(img, scores, factor)
     store_classifier(img, rgb)
     img.n_panels = 0
     if split:
@@ -158,15 +161,26 @@ def _load(path: Path | None) -> tuple[np.ndarray, float]:
         return np.asarray(im), full[0] / im.size[0]
 
 
-def store_scores(img: Image, scores: ColourScores) -> None:
+def colour_of(rgb: np.ndarray) -> tuple[ColourScores, float]:
+    """Colour scores of ``rgb`` at its native pixel scale, and the upscaling factor undone."""
+    native, factor = to_native(rgb)
+    return score_rgb(native), factor
+
+
+def classifier_of(rgb: np.ndarray) -> ClassifierScores:
+    """The classifier's scores of ``rgb`` at its native pixel scale (decide/scale.py)."""
+    return classify_rgb(to_native(rgb)[0])
+
+
+def store_scores(img: Image, scores: ColourScores, factor: float = 1.0) -> None:
     img.purple_ratio = round(scores.purple_ratio, 4)
     img.he_score = round(scores.he_score, 4)
     img.tissue_fraction = round(scores.tissue_fraction, 4)
-    img.extra["colour"] = scores.as_dict() | {"scorer": SCORER_VERSION}
+    img.extra["colour"] = scores.as_dict() | {"scorer": SCORER_VERSION, "native_factor": factor}
 
 
 def store_classifier(img: Image, rgb: np.ndarray) -> None:
-    result = classify_rgb(rgb)
+    result = classifier_of(rgb)
     img.p_he = round(result.p_he, 4)
     img.extra["classifier"] = result.as_dict()
 
@@ -205,7 +219,7 @@ def add_panels(manifest: Manifest, img: Image, rgb: np.ndarray, scale: float) ->
             panel_bbox=[round(v * scale) for v in panel.bbox],
             panel_letter=panel.letter,
         )
-        store_scores(row, score_rgb(_shrink(crop)))
+        store_scores(row, *colour_of(_shrink(crop)))
         store_classifier(row, crop)
         rows.append(manifest.add_image(row))
     img.n_panels = len(rows)
