@@ -53,7 +53,7 @@ def test_centre_variants_round_trip_and_export_to_onnx(centre, tmp_path) -> None
     res = export_checkpoint(path, "onnx", tmp_path / "m.onnx", exporter="legacy")
     assert res["max_abs_diff"] < 1e-4
     sess = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
-    out = sess.run(None, {"input": x[:2].numpy()})[0]
+    out = np.asarray(sess.run(None, {"input": x[:2].numpy()})[0])
     assert out.shape == (2,)
     np.testing.assert_allclose(out, y[:2, 0].numpy(), atol=1e-4)
 

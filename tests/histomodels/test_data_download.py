@@ -32,7 +32,7 @@ class Server:
         server = self
 
         class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args) -> None:
+            def log_message(self, format: str, *args: object) -> None:
                 pass
 
             def do_GET(self) -> None:
@@ -102,6 +102,7 @@ def test_resume_after_dropped_connection(tmp_path: Path, server: Server) -> None
     assert not (tmp_path / "big.bin.part").exists()
     assert len(server.requests) == 2
     first, second = server.requests
+    assert second[1] is not None
     assert first[1] is None and second[1].startswith("bytes=")
     resumed_at = int(second[1].split("=")[1].rstrip("-"))
     assert 0 < resumed_at <= 1_200_000

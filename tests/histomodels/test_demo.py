@@ -15,7 +15,7 @@ def test_demo_runs_whole_flow_and_filter_keeps_only_the_he_figures(tmp_path):
     summary = run_demo(tmp_path, minutes=0.15, n_train=256)
 
     manifest = Manifest.load(tmp_path / "fetch_run")
-    kept = sorted(i.page for i in manifest.kept_images())
+    kept = sorted(i.page or 0 for i in manifest.kept_images())
     assert kept == [1, 2]  # the two H&E figures; the heatmap and the bar chart are rejected
     assert {i.label for i in manifest.kept_images()} == {"metastasis", "no_metastasis"}
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +36,7 @@ def members(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     return [a, run]
 
 
-def _member_logits(sources: list[Path], x: np.ndarray, tta: bool) -> np.ndarray:
+def _member_logits(sources: Sequence[Path | str], x: np.ndarray, tta: bool) -> np.ndarray:
     out = []
     for src in sources:
         p = Predictor.load(src, device="cpu", precision="fp32")
@@ -70,7 +71,9 @@ def test_ensemble_onnx_export_matches_eager(members: list[Path], tmp_path: Path)
     assert res["max_abs_diff"] < 1e-4 and res["model"] == "ensemble"
     x, _ = make_patches(7, seed=9)
     sess = ort.InferenceSession(str(tmp_path / "ens.onnx"), providers=["CPUExecutionProvider"])
-    got = sess.run(None, {"input": (x.astype(np.float32) / 255).transpose(0, 3, 1, 2)})[0]
+    got = np.asarray(
+        sess.run(None, {"input": (x.astype(np.float32) / 255).transpose(0, 3, 1, 2)})[0]
+    )
     np.testing.assert_allclose(got, _member_logits(members, x, True), atol=1e-4)
 
 

@@ -19,6 +19,7 @@ def _red_detector() -> nn.Module:
     conv = nn.Conv2d(3, 2, 3, padding=1)
     with torch.no_grad():
         conv.weight.zero_()
+        assert conv.bias is not None
         conv.bias.zero_()
         conv.weight[0, 0, 1, 1] = 1.0
     head = nn.Linear(2, 1)

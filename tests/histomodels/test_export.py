@@ -36,7 +36,7 @@ def test_onnx_runs_in_onnxruntime_with_dynamic_batch(tmp_path: Path, exporter: s
     sess = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
     for n in (1, 13):
         x, _ = make_patches(n, seed=n)
-        got = sess.run(None, {"input": to_input(x, channels_last=False).numpy()})[0]
+        got = np.asarray(sess.run(None, {"input": to_input(x, channels_last=False).numpy()})[0])
         assert got.shape == (n,)
         np.testing.assert_allclose(got, predict_logits(model, x), atol=1e-4)
 

@@ -131,7 +131,10 @@ def test_eval_reports_reviewed_and_weak_metrics_exact_against_sklearn(tmp_path: 
             pred = (s >= 0.5).astype(int)
             assert got["accuracy"] == pytest.approx(skm.accuracy_score(y, pred), abs=1e-12)
             assert got["f1"] == pytest.approx(
-                skm.f1_score(y, pred, zero_division=np.nan), abs=1e-12, nan_ok=True
+                # sklearn documents zero_division=np.nan; its hints say str
+                skm.f1_score(y, pred, zero_division=np.nan),  # pyright: ignore[reportArgumentType]
+                abs=1e-12,
+                nan_ok=True,
             )
             assert got["ci"]["roc_auc"][0] <= got["ci"]["roc_auc"][1]
     assert m["image_metrics"] == ext["reviewed"]["metrics"]  # what `report` reads
@@ -182,7 +185,10 @@ def test_figures_reprinting_training_patches_are_left_out(tmp_path: Path) -> Non
     }
     for name, rgb in figures.items():
         rel = f"images/{name}.jpg" if name == "reprint" else f"images/{name}.png"
-        PILImage.fromarray(rgb).save(run / rel, **({"quality": 90} if name == "reprint" else {}))
+        if name == "reprint":
+            PILImage.fromarray(rgb).save(run / rel, quality=90)
+        else:
+            PILImage.fromarray(rgb).save(run / rel)
         h, w = rgb.shape[:2]
         m.add_image(Image(id=name, record_id="pmid:9", path=rel, sha256="0", width=w, height=h,
                           kept=True, label="metastasis", weak_label="metastasis"))  # fmt: skip

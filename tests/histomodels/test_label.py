@@ -56,6 +56,7 @@ def test_interactive_labelling_saves_each_answer(tmp_path: Path) -> None:
     r = CliRunner().invoke(app, ["label", "--manifest", str(run)], input="u\n")
     assert "1 figure(s) to label" in r.output
     img2 = Manifest.load(run).images["img2"]
+    assert img2.label_at is not None
     assert img2.label == "not_usable" and img2.label_by and img2.label_at.endswith("+00:00")
 
 

@@ -11,6 +11,7 @@ from PIL import Image as PILImage
 
 from histocore.manifest import MANIFEST_NAME, STORE_NAME, Image, Manifest, Record
 from histomodels.data import open_dataset
+from histomodels.data.manifest_tiles import ManifestTileDataset
 from histomodels.synthetic import make_figure
 
 
@@ -34,6 +35,8 @@ def test_export_only_folder_reads_like_the_store(tmp_path: Path) -> None:
     shutil.copy(run / MANIFEST_NAME, copy / MANIFEST_NAME)
     shutil.copytree(run / "images", copy / "images")
     from_store, from_jsonl = open_dataset(run, scale=1.0), open_dataset(copy, scale=1.0)
+    assert isinstance(from_store, ManifestTileDataset)
+    assert isinstance(from_jsonl, ManifestTileDataset)
     assert from_store.ids() == from_jsonl.ids() and len(from_store.ids()) > 0
     assert [t.label for t in from_store.tiles] == [t.label for t in from_jsonl.tiles]
     assert {t.label for t in from_jsonl.tiles if t.image_id == "f2"} == {1}

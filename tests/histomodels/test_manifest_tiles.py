@@ -92,6 +92,7 @@ def test_tiles_labels_and_boxes(tmp_path: Path) -> None:
     assert ds.figures["fig-a"]["n_tiles"] == 6
     # half scale: the 288x288 figure becomes 144 px: one 96 px tile, box twice as large
     half = open_dataset(run, scale=0.5)
+    assert isinstance(half, ManifestTileDataset)
     t = next(t for t in half.tiles if t.image_id == "fig-a")
     assert t.box[2] - t.box[0] == pytest.approx(192)
 
@@ -116,7 +117,7 @@ def test_scale_estimate_follows_magnification() -> None:
     fig = make_figure(4, 4, seed=5)
     s1, src = estimate_scale(fig)
     assert src == "estimated" and 0.5 < s1 < 1.3  # synthetic nuclei are ~PCam-sized
-    big = np.asarray(PILImage.fromarray(fig).resize((768, 768), PILImage.BICUBIC))
+    big = np.asarray(PILImage.fromarray(fig).resize((768, 768), PILImage.Resampling.BICUBIC))
     s2, _ = estimate_scale(big)
     assert s2 / s1 == pytest.approx(0.5, rel=0.25)  # twice the magnification, half the scale
     blank = np.full((200, 200, 3), 240, np.uint8)  # no nuclei at all: fall back to 1
@@ -138,7 +139,9 @@ def test_real_pcam_patches_read_at_scale_one() -> None:
 
     path = shared_path("data", "pcam_real", "pcam_format_sample", "pcam_real_sample_x.h5")
     with h5py.File(path) as f:
-        x = f["x"][:40]
+        dset = f["x"]
+        assert isinstance(dset, h5py.Dataset)
+        x = dset[:40]
     mosaic = x.reshape(5, 8, 96, 96, 3).swapaxes(1, 2).reshape(480, 768, 3)
     assert 3.5 < nucleus_diameter(mosaic) < 5.5
     assert 0.8 < estimate_scale(mosaic)[0] < 1.25

@@ -62,7 +62,9 @@ def test_timm_prefix_model_with_kwargs_round_trips(tmp_path):
 def test_resized_input_is_part_of_the_model(tmp_path):
     model = create_model("mobilenet_v3_small", input_size=128).eval()
     seen = []
-    model.inner.register_forward_pre_hook(lambda m, a: seen.append(tuple(a[0].shape[-2:])))
+    inner = model.inner
+    assert isinstance(inner, torch.nn.Module)
+    inner.register_forward_pre_hook(lambda m, a: seen.append(tuple(a[0].shape[-2:])))
     with torch.no_grad():
         model(torch.randn(1, 3, 96, 96))
     assert seen == [(128, 128)]

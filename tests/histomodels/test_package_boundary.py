@@ -31,11 +31,12 @@ def _offenders(src: Path = SRC) -> list[str]:
             if isinstance(node, ast.FunctionDef) and (rel, node.name) in ALLOWED:
                 allowed_nodes |= {id(n) for n in _nested_imports(node)}
         for node in ast.walk(tree):
-            names = []
             if isinstance(node, ast.Import):
                 names = [a.name for a in node.names]
             elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
                 names = [node.module]
+            else:
+                continue
             hit = any(n == "histofetch" or n.startswith("histofetch.") for n in names)
             if hit and id(node) not in allowed_nodes:
                 bad.append(f"{rel}:{node.lineno}")

@@ -104,7 +104,9 @@ def test_shipped_model_separates_real_pcam_patches() -> None:
     x_h5 = shared_path("data", "pcam_real", "pcam_format_sample", "pcam_real_sample_x.h5")
     y_h5 = x_h5.with_name("pcam_real_sample_y.h5")
     with h5py.File(x_h5) as fx, h5py.File(y_h5) as fy:
-        x, y = fx["x"][:200], fy["y"][:200].reshape(-1)
+        dx, dy = fx["x"], fy["y"]
+        assert isinstance(dx, h5py.Dataset) and isinstance(dy, h5py.Dataset)
+        x, y = dx[:200], dy[:200].reshape(-1)
     from sklearn.metrics import roc_auc_score
 
     p = Predictor.load("pcam-cnn", device="cpu", precision="fp32").logits(np.asarray(x))

@@ -59,7 +59,9 @@ def test_real_pcam_sample_pair_from_either_file() -> None:
         assert isinstance(ds, PCamDataset) and len(ds) == 400
         assert ds.labels().sum() == 200
     with h5py.File(x_path) as f:
-        raw = f["x"][5]
+        dset = f["x"]
+        assert isinstance(dset, h5py.Dataset)
+        raw = dset[5]
     img, label, pid = ds[5]
     assert np.array_equal(img, raw)
     meta = list(csv.DictReader((folder / "pcam_real_sample_meta.csv").open()))
@@ -148,6 +150,7 @@ def test_gzip_beside_read_only_data_goes_to_cache(tmp_path: Path, patches, monke
             pytest.skip("running as root: cannot make a read-only folder")
         monkeypatch.setenv("HISTOMODELS_CACHE", str(tmp_path / "cache"))
         ds = open_dataset(xp)
+        assert isinstance(ds, PCamDataset)
         assert len(ds) == 24 and ds.x_path.parent == tmp_path / "cache"
     finally:
         src.chmod(0o755)

@@ -4,6 +4,7 @@ JPEG re-encoding / Gaussian blur (``jpeg_blur``), each off by default."""
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import numpy as np
 import pytest
@@ -64,7 +65,12 @@ def test_randstain_moves_each_patch_to_its_template(batch) -> None:
 
 def test_augment_randstain_and_jpeg_blur_keep_dtype_and_are_repeatable(batch) -> None:
     stats = fit_lab_stats(batch)
-    for kw in ({"randstain": 1.0, "stain_stats": stats}, {"randstain": 1.0}, {"jpeg_blur": 1.0}):
+    levers: list[dict[str, Any]] = [
+        {"randstain": 1.0, "stain_stats": stats},
+        {"randstain": 1.0},
+        {"jpeg_blur": 1.0},
+    ]
+    for kw in levers:
         a = Augment(0.0, seed=1, **kw)(batch)
         assert a.shape == batch.shape and a.dtype == torch.uint8
         assert torch.equal(a, Augment(0.0, seed=1, **kw)(batch)), kw

@@ -47,7 +47,9 @@ def test_torchvision_weights_file_loads_backbone_and_drops_imagenet_head(tmp_pat
     torch.save(obj, path)
     model = create_model("mobilenet_v3_small", weights=str(path))
     assert _same_backbone(model, sd) > 100
-    assert model.classifier[-1].out_features == 1
+    head = model.classifier
+    assert isinstance(head, torch.nn.Sequential)
+    assert head[-1].out_features == 1
 
 
 def test_own_checkpoint_as_weights_keeps_the_head(tmp_path):
@@ -100,15 +102,18 @@ def test_lite0_imagenet_weights_are_real_imagenet_weights():
     shipped = read_state_dict(lite0_weights_path())
     # 1) the registry model carries the shipped backbone tensors
     model = create_model("efficientnet_lite0", weights="lite0-imagenet")
-    torch.testing.assert_close(model.conv_stem.weight, shipped["_conv_stem.weight"])
-    assert model.bn2.running_var.mean() > 1.5  # trained BN statistics, not init (1.0)
+    stem, bn2 = model.conv_stem, model.bn2
+    assert isinstance(stem, torch.nn.Conv2d) and isinstance(bn2, torch.nn.BatchNorm2d)
+    assert bn2.running_var is not None
+    torch.testing.assert_close(stem.weight, shipped["_conv_stem.weight"])
+    assert bn2.running_var.mean() > 1.5  # trained BN statistics, not init (1.0)
     # the fresh 1-logit head starts near zero (timm's default init gave logits of +-50)
     with torch.no_grad():
         assert model.eval()(torch.randn(4, 3, 96, 96)).abs().max() < 3
     # 2) with the ImageNet head, the architecture recognises a cat photo as a cat
     full = timm.create_model("tf_efficientnet_lite0", num_classes=1000).eval()
     load_by_order(full, shipped, "lite0", skip_head=False)
-    img = transform.resize(data.chelsea(), (224, 224), anti_aliasing=True).astype(np.float32)
+    img = np.asarray(transform.resize(data.chelsea(), (224, 224), anti_aliasing=True), np.float32)
     x = (torch.from_numpy(img).permute(2, 0, 1)[None] - 0.5) / 0.5
     with torch.no_grad():
         top = full(x).softmax(1)[0]
