@@ -50,7 +50,7 @@ def scores(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 
 def _by_pdf(manifest: Manifest, name: str) -> dict:
-    (rec,) = [r for r in manifest.records.values() if Path(r.pdf_path).name == name]
+    (rec,) = [r for r in manifest.records.values() if Path(r.pdf_path or "").name == name]
     return {i.id.rsplit("/", 1)[1]: i for i in manifest.images_of(rec.id)}
 
 
