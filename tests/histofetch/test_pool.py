@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from ncbi_server import FakeNcbi, ncbi_fixture  # noqa: F401 (fixture)
 from pdf_factory import build_image_pdf, he_like, random_rgb
-from pool_work import die_reading
+from pool_work import default_sigint, die_reading
 from s3_server import he_jpeg, real_jats
 
 from histocore.manifest import MANIFEST_NAME, STORE_NAME, Manifest, Record
@@ -117,7 +117,7 @@ def test_ctrl_c_while_workers_start_stops_once_without_tracebacks(
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.Popen(
         [*cmd, str(pdfs)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        start_new_session=True,
+        start_new_session=True, preexec_fn=default_sigint,
     )  # fmt: skip
     deadline = time.monotonic() + 120
     while not _claims(run) and proc.poll() is None and time.monotonic() < deadline:

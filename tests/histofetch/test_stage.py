@@ -163,6 +163,7 @@ def test_ctrl_c_while_a_record_is_being_taken_leaves_no_claim(tmp_path: Path) ->
     import time
 
     from pdf_factory import build_image_pdf, random_rgb
+    from pool_work import default_sigint
 
     from histocore.io import record_slug
     from histocore.manifest import STORE_NAME
@@ -177,7 +178,9 @@ def test_ctrl_c_while_a_record_is_being_taken_leaves_no_claim(tmp_path: Path) ->
     for k in range(8000):
         (stray / f"p{k}.png").touch()
     cmd = [sys.executable, "-m", "histofetch.cli", "extract", "--run", str(run)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=default_sigint
+    )
     deadline = time.monotonic() + 120
     while len(os.listdir(stray)) == 8000 and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.005)  # claimed, and clearing the strays: the record is being taken
