@@ -211,6 +211,8 @@ def test_pins_are_checked_against_the_space_and_typed():
             parse_fixed([bad])
     with pytest.raises(TuneError, match="nothing is left"):
         parse_fixed([f"{name}={bounds[0]}" for name, _, bounds in SPACE])
+    with pytest.raises(TuneError, match="given twice"):
+        parse_fixed(["width=16", "width=24"])
 
 
 def test_pinned_dimensions_leave_the_search_and_reach_every_trial():
@@ -232,6 +234,9 @@ def test_trial_length_is_epochs_or_minutes_not_both():
         trial_limit(1.0, 8)
     with pytest.raises(TuneError, match=">= 1"):
         trial_limit(None, 0)
+    for minutes in (float("inf"), float("nan"), 0.0):
+        with pytest.raises(TuneError, match="finite number > 0"):
+            trial_limit(minutes, None)
 
 
 @pytest.mark.slow

@@ -161,10 +161,13 @@ def _tune(
     else:
         run.update(epochs=100, patience=100, time_budget=limit["minutes"])
     base = base.replace(**run)
-    settings = {"fixed": pins, "base": _reusable(base)}
+    settings = {"fixed": pins, "base": _reusable(base), "limit": limit}
     out.mkdir(parents=True, exist_ok=True)
     exp_path = out / EXPERIMENT_FILE
     records_path = out / "trials.json"
+    if exp_path.is_file():  # refuse a mixed resume before decoding anything
+        _check_settings(out, settings)
+    _atomic_json(out / SETTINGS_FILE, settings)  # before the experiment: a new one needs it
     # decode once for all trials
     x_train, y_train = load_split(data, "train", stream=False)
     x_val, y_val = load_split(val, "validation", stream=False)
@@ -173,7 +176,6 @@ def _tune(
 
     records: list[dict[str, Any]] = []
     if exp_path.is_file():
-        _check_settings(out, settings)
         client = Client.load_from_json_file(str(exp_path))
         if records_path.is_file():
             records = json.loads(records_path.read_text())
@@ -192,7 +194,6 @@ def _tune(
             method="fast", initialization_budget=n_init, initialization_random_seed=seed
         )
         _save_client(client, exp_path)
-    _atomic_json(out / SETTINGS_FILE, settings)
     _quiet_ax()
 
     failed_in_a_row = 0
@@ -263,6 +264,11 @@ def _check_settings(out: Path, settings: dict[str, Any]) -> None:
         raise TuneError(
             f"{out}: this experiment's base config differs in {', '.join(changed)}; "
             "resuming would mix two searches (use another folder)"
+        )
+    if "limit" in before and before["limit"] != settings["limit"]:
+        raise TuneError(
+            f"{out}: this experiment's trials ran for {before['limit']}, not "
+            f"{settings['limit']}; resuming would mix two searches (use another folder)"
         )
 
 

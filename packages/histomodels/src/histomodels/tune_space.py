@@ -8,6 +8,7 @@ parameterisation plus the pins into a :class:`~histomodels.config.TrainConfig`.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from histocore.errors import DomainError
@@ -23,7 +24,7 @@ DEFAULT_TRIAL_MINUTES = 2.0
 #: Keys of the trial that are not part of a reusable training config.
 _RUN_ONLY = ("data", "val", "time_budget", "progress", "threads", "device", "epochs", "patience")
 
-#: The searched dimensions: ``(name, kind, bounds or values, extra)``; ``kind`` is
+#: The searched dimensions: ``(name, kind, bounds or values)``; ``kind`` is
 #: ``log``/``float``/``int`` ranges or a ``choice`` (ordered when its values are numbers).
 SPACE: tuple[tuple[str, str, tuple[Any, ...]], ...] = (
     ("lr", "log", (3e-4, 1e-2)),
@@ -57,6 +58,8 @@ def parse_fixed(items: list[str] | dict[str, Any]) -> dict[str, Any]:
     for name, raw in pairs:
         if name not in kinds:
             raise TuneError(f"--fix {name}: not a dimension of the search ({', '.join(kinds)})")
+        if name in fixed:
+            raise TuneError(f"--fix {name}: given twice")
         kind, values = kinds[name]
         fixed[name] = _pin_value(name, kind, values, raw)
     if len(fixed) == len(SPACE):
@@ -159,6 +162,6 @@ def trial_limit(minutes: float | None, epochs: int | None) -> dict[str, Any]:
             raise TuneError(f"trial epochs must be a whole number >= 1, not {epochs}")
         return {"epochs": int(epochs)}
     minutes = DEFAULT_TRIAL_MINUTES if minutes is None else float(minutes)
-    if not minutes > 0:
-        raise TuneError(f"trial minutes must be > 0, not {minutes}")
+    if not (math.isfinite(minutes) and minutes > 0):
+        raise TuneError(f"trial minutes must be a finite number > 0, not {minutes}")
     return {"minutes": minutes}

@@ -15,7 +15,7 @@ from typing import Annotated, Any
 
 import typer
 
-from histomodels.cli._common import Device, errors, progress, require_paths, setup_logging
+from histomodels.cli._common import Device, errors, fail, progress, require_paths, setup_logging
 
 Model = Annotated[str | None, typer.Option(help="Registry name, e.g. cnn, timm/<name>.")]
 Data = Annotated[str | None, typer.Option(help="Training data: .h5, Kaggle folder, class tree.")]
@@ -290,6 +290,8 @@ def tune_cmd(
         base = resolve_config(config)
         fixed = parse_fixed(fix or [])
         trial_limit(trial_minutes, trial_epochs)
+        if trials < 1 or (sobol_trials is not None and sobol_trials < 0):
+            fail("--trials must be >= 1 and --sobol-trials >= 0")
     require_paths(data, role="train")
     require_paths(val, role="validation")
     from histomodels.training import TrainingError
