@@ -156,8 +156,12 @@ class RunStore:
             # can lose the last commits, never consistency.
             self.db.execute("PRAGMA synchronous=NORMAL")
             self._init_schema()
-        except sqlite3.DatabaseError as exc:
-            raise ManifestError(f"{self.path}: not a usable run store ({exc})") from None
+        except BaseException as exc:
+            if getattr(self, "db", None) is not None:
+                self.db.close()  # no -wal/-shm left behind by a store we refuse
+            if isinstance(exc, sqlite3.DatabaseError):
+                raise ManifestError(f"{self.path}: not a usable run store ({exc})") from None
+            raise
 
     def _open_readonly(self) -> None:
         """A store in a folder we may not write: read it as an immutable file."""

@@ -305,7 +305,10 @@ def read_glyphs(glyphs: Sequence[np.ndarray | None]) -> list[str | None]:
             paths[k] = Path(tmp) / f"g{k:03d}.png"
             PIL.Image.fromarray(np.asarray(glyphs[k])).save(paths[k])
         for psm in (10, 8):
-            for k, letter in _tesseract(paths, psm, Path(tmp)).items():
+            read = _tesseract(paths, psm, Path(tmp))
+            if read is None:  # failed or timed out: a second mode would too
+                break
+            for k, letter in read.items():
                 out[k] = letter
             paths = {k: p for k, p in paths.items() if out[k] is None}
             if not paths:
@@ -313,8 +316,10 @@ def read_glyphs(glyphs: Sequence[np.ndarray | None]) -> list[str | None]:
     return out
 
 
-def _tesseract(paths: dict[int, Path], psm: int, tmp: Path) -> dict[int, str]:
-    """Letters read at ``paths`` (key → glyph file) by one Tesseract process."""
+def _tesseract(paths: dict[int, Path], psm: int, tmp: Path) -> dict[int, str] | None:
+    """Letters read at ``paths`` (key → glyph file) by one Tesseract process (None when it
+    failed; its output is parsed defensively: a page or confidence that makes no sense is
+    skipped)."""
     import pytesseract
 
     keys = list(paths)
@@ -327,14 +332,18 @@ def _tesseract(paths: dict[int, Path], psm: int, tmp: Path) -> dict[int, str]:
         )
     except (RuntimeError, OSError, pytesseract.TesseractError) as exc:
         log.warning("panel letters not read: tesseract failed: %s", exc)
-        return {}
+        return None
     best: dict[int, tuple[float, str | None]] = {}
     for page, text, conf in zip(data["page_num"], data["text"], data["conf"], strict=True):
-        if not str(text).strip():
+        try:
+            page, conf = int(page), float(conf)
+        except (TypeError, ValueError):
             continue
-        k = keys[int(page) - 1]
-        if float(conf) > best.get(k, (-1.0, None))[0]:
-            best[k] = (float(conf), _fold(str(text)) if float(conf) >= MIN_CONF else None)
+        if not str(text).strip() or not 1 <= page <= len(keys):
+            continue
+        k = keys[page - 1]
+        if conf > best.get(k, (-1.0, None))[0]:
+            best[k] = (conf, _fold(str(text)) if conf >= MIN_CONF else None)
     return {k: letter for k, (_, letter) in best.items() if letter}
 
 

@@ -179,8 +179,7 @@ def run_pooled(
     its worker is then its own, and its second one fails it as with one job."""
     manifest = runner.manifest
     feed = _Feed(runner, work, threads, advance)
-    with _workers_deaf(threads):
-        pool = _executor(jobs, threads)
+    pool = _executor(jobs, threads)  # workers start at submit (deaf to Ctrl-C there)
     try:
         suspects, others = _suspects_first(runner)
         feed.run(pool, suspects, 1)
@@ -219,7 +218,7 @@ def _suspects_first(runner: _Stage) -> tuple[list[str], list[str]]:
     and the others."""
     if not runner.guard_attempts:
         return [], list(runner.todo)
-    died = {rid for rid, _ in runner.manifest._db().abandoned_claims()}
+    died = {rid for rid, st in runner.manifest._db().abandoned_claims() if st == runner.stage}
     records = runner.manifest.records
     suspect = [rid in died or bool(records[rid].extra.get(UNFINISHED_KEY)) for rid in runner.todo]
     return (
