@@ -54,6 +54,7 @@ import he_classifier_data as D  # noqa: E402
 import he_classifier_material as M  # noqa: E402
 import he_classifier_special as S  # noqa: E402
 import he_stress_embeddings as E  # noqa: E402
+from he_stress_embeddings import _resize  # noqa: E402
 from he_stress_report import parse_set, print_report, report  # noqa: E402
 
 from histofetch.decide import rules, scale  # noqa: E402
@@ -105,10 +106,6 @@ def sources(shared: Path, rng: np.random.Generator) -> dict[str, list[tuple[bool
 
 
 # -- transforms (each keeps the stain; sizes as figures embed them) ---------------------------
-def _resize(rgb: np.ndarray, size: tuple[int, int], resample=PIL.Image.Resampling.LANCZOS):
-    return np.asarray(PIL.Image.fromarray(np.ascontiguousarray(rgb)).resize(size, resample))
-
-
 def _window(rgb: np.ndarray, rng: np.random.Generator, lo: float, hi: float) -> np.ndarray:
     h, w = rgb.shape[:2]
     side = max(32, int(min(h, w) * rng.uniform(lo, hi)))
