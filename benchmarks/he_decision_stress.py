@@ -56,6 +56,7 @@ import he_classifier_special as S  # noqa: E402
 import he_stress_embeddings as E  # noqa: E402
 from he_stress_embeddings import _resize  # noqa: E402
 from he_stress_report import parse_set, print_report, report  # noqa: E402
+from he_stress_small import small_items  # noqa: E402
 
 from histofetch.decide import rules, scale  # noqa: E402
 from histofetch.filter import _shrink, classifier_of, colour_of  # noqa: E402
@@ -243,15 +244,15 @@ def build(shared: Path, seed: int, per_kind: int = 60) -> list[Item]:
         "fluor": M.to_fluor,
         "overlay": M.overlay,
     }
-    made_rgbs: list[tuple[bool, np.ndarray]] = []
+    made_rgbs: dict[str, list[tuple[bool, np.ndarray]]] = {"ihc": [], "special": []}
     for name, fn in made.items():
         for j in range(per_kind if name in {"ihc", "special"} else per_kind // 2):
             held, rgb = pick(he_small) if j % 2 else crop_large()
             side = int(rng.choice([96, 128, 192, 256]))
             out = fn(_resize(_window(rgb, rng, 0.5, 1.0), (side, side)), rng)
             items.append(Item(f"made:{name}", False, held, out))
-            if name in {"ihc", "special"}:
-                made_rgbs.append((held, out))
+            if name in made_rgbs:
+                made_rgbs[name].append((held, out))
     for _ in range(per_kind // 2):
         side = int(rng.integers(96, 257))
         field = M.smooth((side, side), rng, cells=int(rng.integers(2, 10)))
@@ -261,12 +262,13 @@ def build(shared: Path, seed: int, per_kind: int = 60) -> list[Item]:
     for chart in M.charts(rng, per_kind // 2):
         items.append(Item("drawn:chart", False, False, chart))
     # the same transforms on IHC/PAS (real and made): these must stay rejected
-    look_alikes = pools["ihc"] + pools["pas_special"] + made_rgbs
+    look_alikes = pools["ihc"] + pools["pas_special"] + made_rgbs["ihc"] + made_rgbs["special"]
     for name in TRANSFORMS:
         for _ in range(per_kind // 2):
             held, rgb = pick(look_alikes)
             items.append(Item(f"neg:{name}", False, held, transform(name, rgb, rng)))
     items += embedded(pools, look_alikes, rng, per_kind)
+    items += [Item(*t) for t in small_items(pools, made_rgbs, rng, per_kind)]  # round 6
     return items
 
 

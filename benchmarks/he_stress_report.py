@@ -36,7 +36,7 @@ def decide(m: dict, limits: rules.Thresholds) -> tuple[bool, str | None]:
 def reason_kind(reason: str | None) -> str:
     if reason is None:
         return "kept"
-    for key in ("too small", "no H&E-like", "tissue region", "dark image", "smooth colour",
+    for key in ("too small to judge", "no H&E-like", "tissue region", "dark image", "smooth colour",
                 "purple ratio", "H&E score", "not H&E by the classifier", "caption"):  # fmt: skip
         if key in reason:
             return key
