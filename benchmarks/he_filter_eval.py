@@ -43,22 +43,23 @@ def run_eval(shared: Path, run_dir: Path, *, sheets: bool = False) -> dict:
     result["_sweep_p_keep"] = sweep(manifest, labels)
     rows = [i for i in manifest.images.values() if i.status == "ok"]
     result["_unlabelled"] = sorted(i.id for i in rows if i.sha256 not in labels)
-    result["_before_native_scale"] = before_native_scale(run_dir, labels)
+    result["_before_small_images"] = before_small_images(manifest, labels)
     return result
 
 
-def before_native_scale(run_dir: Path, labels: dict[str, str]) -> dict:
-    """The same run rescored with upscaling left as it is (decide/scale.py off, as before
-    round 5 of issue 14), so the effect of undoing it is read on one run (report only)."""
-    from histofetch.decide import scale
+def before_small_images(manifest: Manifest, labels: dict[str, str]) -> dict:
+    """The same run re-decided as before round 6 of issue 14 (``min_side`` 64: images under
+    64 px not judged), so the effect of judging 32–63 px images is read on one run (report
+    only; no image is re-read). Round 5 compared ``scale.MODE = "off"`` the same way
+    (results/he_filter_eval_round5.json, ``_before_native_scale``)."""
+    from histofetch.decide.rules import Thresholds
+    from histofetch.filter import decide_image
 
-    mode, scale.MODE = scale.MODE, "off"
-    try:
-        run_filter(run_dir, sheet=False, rescore=True)
-    finally:
-        scale.MODE = mode
-    with Manifest.load(run_dir) as manifest:
-        return evaluate(manifest, labels)
+    result = evaluate(manifest, labels, Thresholds(min_side=64))
+    for img in manifest.images.values():  # evaluate() leaves the limits it was given
+        if img.source != "panel" and img.status == "ok" and img.extra.get("colour"):
+            decide_image(manifest, img, Thresholds())
+    return result
 
 
 def sweep(manifest: Manifest, labels: dict[str, str]) -> dict:
