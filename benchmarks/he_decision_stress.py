@@ -59,7 +59,7 @@ from he_stress_report import parse_set, print_report, report  # noqa: E402
 from he_stress_small import small_items  # noqa: E402
 
 from histofetch.decide import rules, scale  # noqa: E402
-from histofetch.filter import _shrink, classifier_of, colour_of  # noqa: E402
+from histofetch.filter import score_pixels  # noqa: E402
 from histofetch.panels import find_panels  # noqa: E402
 
 #: H&E kinds (what the decision should keep) and what each is made of.
@@ -305,10 +305,10 @@ def measure(item: Item) -> dict:
     """What the filter stores for one figure (and its panels, when it splits)."""
 
     def one(rgb: np.ndarray) -> dict:
-        clf = classifier_of(rgb)
-        colour, factor = colour_of(_shrink(rgb))
+        scores = score_pixels(rgb)  # as the filter scores a row: one factor for both
+        clf = scores.classifier
         return {
-            "colour": colour.as_dict() | {"native_factor": factor},
+            "colour": scores.colour.as_dict() | {"native_factor": scores.factor},
             "p_he": round(clf.p_he, 4),
             "probs": {k: round(v, 4) for k, v in clf.probs.items()},
             "width": int(rgb.shape[1]),

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import traceback
+from pathlib import Path
+
 import numpy as np
 import PIL.Image
 import pytest
 from pdf_factory import he_like
 
-from histocore.manifest import Image
+from histocore.manifest import Image, Manifest, Record
 from histofetch.decide import rules, scale
+from histofetch.decide.classifier import classify_rgb
+from histofetch.decide.colour import score_rgb
 from histofetch.decide.scale import native_factor, to_native
-from histofetch.filter import classifier_of, colour_of, store_classifier, store_scores
+from histofetch.filter import run_filter, score_pixels, store_pixels
 
 R = PIL.Image.Resampling
 
@@ -72,19 +77,51 @@ def test_an_upscaled_patch_is_scored_as_the_patch() -> None:
     detail test, which an upscale fails, passes as it does for the patch."""
     rgb = he_like(seed=3)
     up = _up(rgb, 3, R.NEAREST)
-    (native, f1), (upscaled, f3) = colour_of(rgb), colour_of(up)
-    assert (f1, f3) == (1.0, 3.0)
-    assert upscaled.detail == pytest.approx(native.detail)
-    assert classifier_of(up).p_he == pytest.approx(classifier_of(rgb).p_he, abs=1e-6)
+    native, upscaled = score_pixels(rgb), score_pixels(up)
+    assert (native.factor, upscaled.factor) == (1.0, 3.0)
+    assert upscaled.colour.detail == pytest.approx(native.colour.detail)
+    assert upscaled.classifier.p_he == pytest.approx(native.classifier.p_he, abs=1e-6)
     img = Image(id="x", record_id="r", path="x.png", sha256="", width=288, height=288)
-    store_scores(img, upscaled, f3)
-    store_classifier(img, up)
+    store_pixels(img, up)
     assert img.extra["colour"]["native_factor"] == 3.0
     assert rules.decide(img, rules.Thresholds()).kept
     with_shipped = scale.MODE
     try:
         scale.MODE = "off"  # scored as before round 5: the grain is a third
-        smooth, _ = colour_of(up)
+        smooth = score_pixels(up).colour
     finally:
         scale.MODE = with_shipped
-    assert smooth.detail < native.detail / 2
+    assert smooth.detail < native.colour.detail / 2
+
+
+def test_a_figure_is_read_once_and_scored_at_one_native_scale(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 300 px patch drawn 3× (900 px, more than the colour rule's 768 px): the file is
+    decoded once to score it, and colour and classifier both judge the 300 px patch (the
+    factor found once, on the pixels read; a 768 px copy of the upscale finds 2)."""
+    patch = he_like(300, 300, seed=1)
+    run = tmp_path / "run"
+    (run / "images").mkdir(parents=True)
+    PIL.Image.fromarray(_up(patch, 3, R.NEAREST)).save(run / "images" / "up.png")
+    m = Manifest.load(run, create=True)
+    m.add_record(Record(id="r", stage="extracted"))
+    m.add_image(Image(id="r/up", record_id="r", path="images/up.png", sha256="", width=900,
+                      height=900, source="package"))  # fmt: skip
+    m.save()
+    opened: list[object] = []
+    real_open = PIL.Image.open
+
+    def counting_open(fp, *args, **kwargs):  # PIL's own open, counted while scoring
+        if any(frame.name == "score_row" for frame in traceback.extract_stack()):
+            opened.append(fp)
+        return real_open(fp, *args, **kwargs)
+
+    monkeypatch.setattr(PIL.Image, "open", counting_open)
+    run_filter(run, sheet=False, panels=False)
+    monkeypatch.undo()
+    assert [Path(str(fp)).name for fp in opened] == ["up.png"]
+    row = Manifest.load(run).images["r/up"]
+    assert row.extra["colour"]["native_factor"] == 3.0
+    assert row.extra["colour"]["detail"] == round(score_rgb(patch).detail, 4)
+    assert row.p_he == round(classify_rgb(patch).p_he, 4)

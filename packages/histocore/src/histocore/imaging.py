@@ -175,12 +175,27 @@ def read_rgb(
     then bilinear). ``rgb_only`` refuses any mode but RGB (patch datasets). Raises
     :class:`ImageTooLarge` or :class:`ImageError` naming the file.
     """
+    return read_rgb_sized(
+        source, max_pixels=max_pixels, what=what, max_side=max_side, rgb_only=rgb_only
+    )[0]
+
+
+def read_rgb_sized(
+    source: Source,
+    *,
+    max_pixels: int,
+    what: str | None = None,
+    max_side: int | None = None,
+    rgb_only: bool = False,
+) -> tuple[np.ndarray, tuple[int, int]]:
+    """:func:`read_rgb`, and the ``(width, height)`` of the file (before ``max_side``)."""
     name = _name(source, what)
     with open_image(source, max_pixels=max_pixels, what=name) as im:
         if rgb_only and im.mode != "RGB":
             raise ImageError(name, f"image mode {im.mode}, expected RGB")
+        size = im.size
         try:
-            return _decode(im, max_side)
+            return _decode(im, max_side), size
         except PIL.Image.DecompressionBombError as exc:  # a later frame or tile over Pillow's
             raise _refused(name, max_pixels, exc) from None
         except Exception as exc:

@@ -3,7 +3,9 @@
 Per image (read once; scores are stored, so an image already scored is never re-read):
 
 * upscaling undone first (decide/scale.py: a patch drawn 2–4× larger is scored at the
-  pixel scale it holds; the factor is stored as ``extra.colour.native_factor``);
+  pixel scale it holds). The factor is found once, on the copy read for the classifier
+  (at most :data:`PANEL_SIDE` px), and both signals see that native copy (colour at most
+  ``WORK_SIDE`` px); it is stored as ``extra.colour.native_factor`` (1.0: not upscaled);
 * colour scores (decide/colour.py) on the row (``purple_ratio``, ``he_score``,
   ``tissue_fraction``, ``extra.colour``);
 * the shipped CNN's H&E probability (decide/classifier.py) in ``p_he`` and
@@ -24,18 +26,18 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import PIL.Image
 
-from histocore.imaging import open_image
 from histocore.io import atomic_write_bytes, one_line
 from histocore.manifest import Image, Manifest, Record
 from histofetch.decide import rules
 from histofetch.decide.classifier import ClassifierScores, classify_rgb
-from histofetch.decide.colour import MAX_PIXELS, ColourScores, load_rgb, score_rgb
+from histofetch.decide.colour import WORK_SIDE, ColourScores, load_rgb_sized, score_rgb
 from histofetch.decide.scale import to_native
 from histofetch.decide.stains import evidence
 from histofetch.labels import RULES_VERSION, label_manifest
@@ -45,7 +47,7 @@ from histofetch.stage import StageSummary
 log = logging.getLogger(__name__)
 
 #: Bump when scoring changes what the stored scores mean; older rows are then rescored.
-SCORER_VERSION = 6  # 5: panel letters read (panel_letters.py); 6: upscaling undone (scale.py)
+SCORER_VERSION = 7  # 5: panel letters; 6: upscaling undone (scale.py); 7: one decode, one factor
 #: Figures are read at most this large (longest side) for panels and the classifier.
 PANEL_SIDE = 2048
 Thresholds = rules.Thresholds  # re-exported: the CLI and callers name it from here
@@ -133,43 +135,49 @@ def score_row(manifest: Manifest, img: Image, *, split: bool = True) -> None:
         del manifest.images[old.id]
     img.n_panels = None
     try:
-        if path is None:
-            raise FileNotFoundError("the manifest names no file")
-        scores, factor = colour_of(load_rgb(path))
         rgb, scale = _load(path)
     except Exception as exc:  # missing/corrupt PNG, decompression bomb: this row only
         img.status, img.reason = "failed", f"cannot read image {path}: {exc}".splitlines()[0]
         img.kept, img.filter_reason = False, "unreadable image"
         return
-    store_scores(img, scores, factor)
-    store_classifier(img, rgb)
+    store_pixels(img, rgb)
     img.n_panels = 0
     if split:
         add_panels(manifest, img, rgb, scale)
 
 
 def _load(path: Path | None) -> tuple[np.ndarray, float]:
-    """RGB at most PANEL_SIDE px long, and the factor from it back to file pixels."""
+    """RGB at most PANEL_SIDE px long (transparency on white, as colour.load_rgb reads), and
+    the factor from it back to file pixels."""
     if path is None:
         raise FileNotFoundError("the manifest names no file")
-    with open_image(path, max_pixels=MAX_PIXELS) as im:
-        full = im.size
-        im.draft("RGB", (PANEL_SIDE, PANEL_SIDE))
-        im = im.convert("RGB")
-        if max(im.size) > PANEL_SIDE:
-            im.thumbnail((PANEL_SIDE, PANEL_SIDE), PIL.Image.Resampling.BILINEAR)
-        return np.asarray(im), full[0] / im.size[0]
+    rgb, (width, _) = load_rgb_sized(path, PANEL_SIDE)
+    return rgb, width / rgb.shape[1]
 
 
-def colour_of(rgb: np.ndarray) -> tuple[ColourScores, float]:
-    """Colour scores of ``rgb`` at its native pixel scale, and the upscaling factor undone."""
+@dataclass(frozen=True)
+class PixelScores:
+    """Both signals of one image, judged at its native pixel scale (one factor for both)."""
+
+    colour: ColourScores
+    classifier: ClassifierScores
+    factor: float  # the upscaling undone, in pixels of the array scored (1.0: none)
+
+
+def score_pixels(rgb: np.ndarray) -> PixelScores:
+    """Undo ``rgb``'s upscaling once (decide/scale.py), then score the native copy: the
+    classifier as it is, the colour rule at most ``WORK_SIDE`` px (as decide/colour.py reads)."""
     native, factor = to_native(rgb)
-    return score_rgb(native), factor
+    return PixelScores(score_rgb(_shrink(native)), classify_rgb(native), factor)
 
 
-def classifier_of(rgb: np.ndarray) -> ClassifierScores:
-    """The classifier's scores of ``rgb`` at its native pixel scale (decide/scale.py)."""
-    return classify_rgb(to_native(rgb)[0])
+def store_pixels(img: Image, rgb: np.ndarray) -> PixelScores:
+    """Score ``rgb`` (:func:`score_pixels`) and store both signals on ``img``."""
+    scores = score_pixels(rgb)
+    store_scores(img, scores.colour, scores.factor)
+    img.p_he = round(scores.classifier.p_he, 4)
+    img.extra["classifier"] = scores.classifier.as_dict()
+    return scores
 
 
 def store_scores(img: Image, scores: ColourScores, factor: float = 1.0) -> None:
@@ -177,12 +185,6 @@ def store_scores(img: Image, scores: ColourScores, factor: float = 1.0) -> None:
     img.he_score = round(scores.he_score, 4)
     img.tissue_fraction = round(scores.tissue_fraction, 4)
     img.extra["colour"] = scores.as_dict() | {"scorer": SCORER_VERSION, "native_factor": factor}
-
-
-def store_classifier(img: Image, rgb: np.ndarray) -> None:
-    result = classifier_of(rgb)
-    img.p_he = round(result.p_he, 4)
-    img.extra["classifier"] = result.as_dict()
 
 
 def add_panels(manifest: Manifest, img: Image, rgb: np.ndarray, scale: float) -> list[Image]:
@@ -219,14 +221,13 @@ def add_panels(manifest: Manifest, img: Image, rgb: np.ndarray, scale: float) ->
             panel_bbox=[round(v * scale) for v in panel.bbox],
             panel_letter=panel.letter,
         )
-        store_scores(row, *colour_of(_shrink(crop)))
-        store_classifier(row, crop)
+        store_pixels(row, crop)
         rows.append(manifest.add_image(row))
     img.n_panels = len(rows)
     return rows
 
 
-def _shrink(rgb: np.ndarray, side: int = 768) -> np.ndarray:
+def _shrink(rgb: np.ndarray, side: int = WORK_SIDE) -> np.ndarray:
     """The size decide/colour.py scores at (as load_rgb does for files)."""
     if max(rgb.shape[:2]) <= side:
         return rgb

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 from skimage.color import rgb2hed, rgb2hsv
 
-from histocore.imaging import ImageTooLarge, read_rgb
+from histocore.imaging import ImageTooLarge, read_rgb_sized
 
 #: Images are scored at most this large (longest side), which keeps scoring fast.
 WORK_SIDE = 768
@@ -91,8 +91,13 @@ class ColourScores:
 def load_rgb(path: str | Path, work_side: int = WORK_SIDE) -> np.ndarray:
     """Read an image as uint8 RGB, shrunk so its longest side is at most ``work_side``
     (JPEG decodes at reduced size). Raises :class:`~histocore.imaging.ImageError`."""
+    return load_rgb_sized(path, work_side)[0]
+
+
+def load_rgb_sized(path: str | Path, work_side: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """:func:`load_rgb`, and the file's ``(width, height)`` (before shrinking)."""
     try:
-        return read_rgb(path, max_pixels=MAX_PIXELS, max_side=work_side)
+        return read_rgb_sized(path, max_pixels=MAX_PIXELS, max_side=work_side)
     except ImageTooLarge as exc:  # the wording the filter has always recorded
         raise ImageTooLarge(
             exc.what, exc.limit, exc.size, exc.pixels,
