@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from pathlib import Path
 
 from histocore.manifest import Manifest, Record
 
@@ -25,3 +26,25 @@ def default_sigint() -> None:
     children inherit that, and Python then never raises KeyboardInterrupt — right for a
     user's background job, but the test means a foreground terminal's Ctrl-C."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def finish_while_another_dies(manifest: Manifest, rec: Record, *, folder: str) -> None:
+    """``good`` ends once the parent is busy (it wrote ``go``); ``victim`` then kills its
+    worker (after ``good``'s result is on its way back); the others end at once."""
+    marks = Path(folder)
+    if rec.id == "good":
+        _wait_for(marks / "go")
+        (marks / "good-done").touch()
+    elif rec.id == "victim":
+        _wait_for(marks / "good-done")
+        time.sleep(0.5)  # good's result is sent back meanwhile
+        (marks / "victim-dying").touch()
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _wait_for(path: Path, within_s: float = 60.0) -> None:
+    deadline = time.monotonic() + within_s
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path} never appeared")
+        time.sleep(0.01)

@@ -16,15 +16,15 @@ from pathlib import Path
 import pytest
 from ncbi_server import FakeNcbi, ncbi_fixture  # noqa: F401 (fixture)
 from pdf_factory import build_image_pdf, he_like, random_rgb
-from pool_work import default_sigint, die_reading
+from pool_work import default_sigint, die_reading, finish_while_another_dies
 from s3_server import he_jpeg, real_jats
 
 from histocore.manifest import MANIFEST_NAME, STORE_NAME, Manifest, Record
 from histofetch.download import run_download
 from histofetch.extract import run_extract
 from histofetch.filter import run_filter
-from histofetch.pool import WorkerDied, run_records
-from histofetch.stage import UNFINISHED_KEY, StageSummary
+from histofetch.pool import WorkerDied, run_pooled, run_records
+from histofetch.stage import UNFINISHED_KEY, StageSummary, _Stage
 
 LIST = "/pmc-oa-opendata/"
 
@@ -234,4 +234,40 @@ def test_a_record_that_kills_its_reader_is_read_alone_then_skipped(tmp_path: Pat
     m = Manifest.load(run)
     assert [r.stage for r in m.records.values()] == ["extracted", "downloaded"] + ["extracted"] * 2
     assert [r.extra.get(UNFINISHED_KEY) for r in m.records.values()] == [None, 2, None, None]
+    assert _claims(run) == []
+
+
+def test_results_back_before_a_worker_died_are_kept(tmp_path: Path) -> None:
+    """A record whose worker finished while another worker died is stored as done; only the
+    record whose worker died counts an attempt that never ended (and is named)."""
+    run = tmp_path / "run"
+    m = Manifest.load(run, create=True)
+    for rid in ("first", "good", "victim", "last"):
+        m.add_record(Record(id=rid, stage="downloaded"))
+    m.save()
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    calls = []
+
+    def advance() -> None:  # the parent, busy after "first": "good" ends, "victim" dies
+        calls.append(1)
+        if len(calls) == 1:
+            (marks / "go").touch()
+            deadline = time.monotonic() + 60
+            while not (marks / "victim-dying").exists() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            time.sleep(1.0)  # the pool sees the death
+
+    runner = _Stage(Manifest.load(run), "extracted", False, guard_attempts=True)
+    work = functools.partial(finish_while_another_dies, folder=str(marks))
+    with pytest.raises(WorkerDied, match=r"while reading victim;"):
+        run_pooled(runner, work, jobs=3, threads=False, advance=advance)
+    m = Manifest.load(run)
+    stages = {rid: (r.stage, r.extra.get(UNFINISHED_KEY)) for rid, r in m.records.items()}
+    assert stages == {
+        "first": ("extracted", None),
+        "good": ("extracted", None),  # its result came back: kept, not a suspect
+        "victim": ("downloaded", 1),
+        "last": ("downloaded", None),  # taken, never sent
+    }
     assert _claims(run) == []

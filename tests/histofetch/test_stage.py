@@ -191,3 +191,47 @@ def test_ctrl_c_while_a_record_is_being_taken_leaves_no_claim(tmp_path: Path) ->
     assert proc.returncode == 130 and err.decode().splitlines() == ["interrupted"], err.decode()
     with sqlite3.connect(run / STORE_NAME) as db:
         assert db.execute("SELECT * FROM claims").fetchall() == []
+
+
+def test_a_take_interrupted_by_ctrl_c_releases_its_claim_for_any_caller(tmp_path: Path) -> None:
+    """The runner's own take frees the claim when a real SIGINT lands while it clears what
+    a killed attempt left, so a caller that does nothing about it leaves no claim either."""
+    import os
+    import signal
+    import sqlite3
+    import threading
+    import time
+
+    from histocore.io import record_slug
+    from histocore.manifest import STORE_NAME
+    from histofetch.stage import _Stage
+
+    run = tmp_path / "run"
+    m = Manifest.load(run, create=True)
+    m.add_record(Record(id="pmid:1", stage="downloaded"))
+    m.save()
+    stray = run / "images" / record_slug("pmid:1")
+    stray.mkdir(parents=True)
+    for k in range(8000):
+        (stray / f"p{k}.png").touch()
+
+    def press_ctrl_c() -> None:  # once clearing has begun: the record is being taken
+        deadline = time.monotonic() + 60
+        while len(os.listdir(stray)) == 8000 and time.monotonic() < deadline:
+            time.sleep(0.002)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    runner = _Stage(Manifest.load(run), "extracted", retry_failed=False)
+    presser = threading.Thread(target=press_ctrl_c)
+    handler = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            presser.start()
+            runner.take("pmid:1")
+            time.sleep(30)  # a Ctrl-C that came after the take lands here (and fails below)
+    finally:
+        presser.join()
+        signal.signal(signal.SIGINT, handler)
+    assert 0 < len(os.listdir(stray)) < 8000, "the Ctrl-C did not land while taking"
+    with sqlite3.connect(run / STORE_NAME) as db:
+        assert db.execute("SELECT * FROM claims").fetchall() == []

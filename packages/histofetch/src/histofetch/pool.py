@@ -173,8 +173,9 @@ def run_pooled(
     (``jobs`` when the runner guards attempts). However it ends (Ctrl-C, a dead worker), no
     claim of a record this call took and did not commit is left behind.
 
-    A worker that dies ends the pool (:class:`WorkerDied`). When the runner guards attempts,
-    each record then in flight counts one attempt killed before it finished, and a record
+    A worker that dies ends the pool (:class:`WorkerDied`); the records whose results came
+    back before it died are committed. When the runner guards attempts, each record then
+    still in flight counts one attempt killed before it finished, and a record
     with such an attempt (a suspect) is read with no other record in flight: the death of
     its worker is then its own, and its second one fails it as with one job."""
     manifest = runner.manifest
@@ -188,9 +189,11 @@ def run_pooled(
         with _second_ctrl_c_ignored():
             try:
                 _stop(pool)
-                if isinstance(exc, BrokenProcessPool) and runner.guard_attempts:
-                    for rid in sorted(feed.sent):  # their attempts were killed unfinished
-                        runner._after_death(manifest.records[rid])
+                if isinstance(exc, BrokenProcessPool):
+                    feed.adopt_finished()  # records that came back before the death are kept
+                    if runner.guard_attempts:
+                        for rid in sorted(feed.sent):  # their attempts were killed unfinished
+                            runner._after_death(manifest.records[rid])
             finally:
                 manifest.release(feed.held)
         if isinstance(exc, BrokenProcessPool):
@@ -240,12 +243,13 @@ class _Feed:
         self.runner, self.work, self.threads, self.advance = runner, work, threads, advance
         self.held: set[str] = set()  # claimed (or being claimed) and not committed
         self.sent: set[str] = set()  # of those, the ones on a worker
+        self.flying: dict[Future[Result], str] = {}  # what the workers have, by record
 
     def run(self, pool: Executor, rids: list[str], limit: int) -> None:
         """Work through ``rids`` with at most ``limit`` of them in flight."""
         manifest = self.runner.manifest
         pending = iter(rids)
-        flying: dict[Future[Result], str] = {}
+        flying = self.flying
         while True:
             while len(flying) < limit:
                 rid = next(pending, None)
@@ -266,13 +270,26 @@ class _Feed:
                 self.sent.add(rid)
             if not flying:
                 return
-            finished, _ = wait(flying, return_when=FIRST_COMPLETED)
-            for future in finished:
-                rid = flying.pop(future)
-                _adopt(self.runner, rid, future.result())
-                self.held.discard(rid)
-                self.sent.discard(rid)
-                self.advance()
+            wait(flying, return_when=FIRST_COMPLETED)
+            error = self.adopt_finished()
+            if error is not None:  # a dead worker (the others' results are kept) or a bug
+                raise error
+
+    def adopt_finished(self) -> BaseException | None:
+        """Commit every record whose result is back; the first error of those that ended
+        without one (they stay in flight: a dead worker's records are suspects)."""
+        error = None
+        for future in [f for f in self.flying if f.done() and not f.cancelled()]:
+            failed = future.exception()
+            if failed is not None:
+                error = error or failed
+                continue
+            rid = self.flying.pop(future)
+            _adopt(self.runner, rid, future.result())
+            self.held.discard(rid)
+            self.sent.discard(rid)
+            self.advance()
+        return error
 
 
 def _adopt(runner: _Stage, rid: str, result: Result) -> None:

@@ -151,7 +151,15 @@ class _Stage:
 
     def take(self, rid: str) -> Record | None:
         """Claim a record; None when another process has it, it no longer needs this stage,
-        or (``guard_attempts``) its earlier attempts died too often."""
+        or (``guard_attempts``) its earlier attempts died too often. Interrupted while
+        taking it (Ctrl-C while clearing a killed attempt's files), it holds no claim."""
+        try:
+            return self._take(rid)
+        except BaseException:  # the claim must not outlive the take (release is ours only)
+            self.manifest.release([rid])
+            raise
+
+    def _take(self, rid: str) -> Record | None:
         died = self.guard_attempts and (rid, self.stage) in self.manifest._db().abandoned_claims(
             rid
         )
@@ -261,11 +269,7 @@ def run_per_record(
     runner = _Stage(manifest, stage, retry_failed, guard_attempts)
     with task(stage, len(runner.todo)) as shown:
         for rid in runner.todo:
-            try:
-                rec = runner.take(rid)
-            except BaseException:  # Ctrl-C while clearing a killed attempt's files: free it
-                manifest.release([rid])
-                raise
+            rec = runner.take(rid)  # interrupted, it leaves no claim
             if rec is not None:
                 try:
                     work(rec)
