@@ -59,8 +59,17 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def train_teacher(work: Path, fit, select, *, epochs: int, input_size: int | None = None) -> dict:
-    """Fine-tune the Lite0 teacher (fixed epochs, deterministic) on the student's splits."""
+def train_teacher(
+    work: Path,
+    fit,
+    select,
+    *,
+    epochs: int,
+    input_size: int | None = None,
+    threads: int = THREADS,
+) -> dict:
+    """Fine-tune the Lite0 teacher (fixed epochs, deterministic on CPU) on the student's
+    splits."""
     from pcam_real import lite0_config
 
     from histocore.io import file_sha256
@@ -72,7 +81,7 @@ def train_teacher(work: Path, fit, select, *, epochs: int, input_size: int | Non
         patience=epochs + 1,
         time_budget=None,
         seed=SEED,
-        threads=THREADS,
+        threads=threads,
         progress=False,
     )
     t0 = time.perf_counter()
@@ -86,57 +95,37 @@ def train_teacher(work: Path, fit, select, *, epochs: int, input_size: int | Non
         "best_epoch": res.best_epoch,
         "train_seconds": round(time.perf_counter() - t0, 1),
         "checkpoint_sha256": file_sha256(best),
-        "recipe": "FINETUNE_DEFAULTS + weights lite0-imagenet, fixed epochs, seed 0, 2 threads",
+        "recipe": f"FINETUNE_DEFAULTS + weights lite0-imagenet, fixed epochs, seed 0, {threads} "
+        "threads",
     }
 
 
-def build(
-    data_dir: Path,
-    out: Path,
+def train_recipe(
+    fit,
+    select,
     work: Path,
     *,
     epochs: int,
-    limit: int | None,
-    quiet: bool,
     teacher_epochs: int = 0,
     teacher_input_size: int | None = None,
     jpeg_blur: float = 0.0,
-) -> dict:
-    """Train (after the teacher, if any), calibrate, choose the threshold, score on PCam
-    valid; write the artefact."""
-    import numpy as np
-    import torch
-    from pcam_real import SELECT_FRACTION, SPLIT_SEED, TRAIN_ORIGINS, VAL_ORIGINS, dev_splits
-
-    from histocore.cli import setup_logging
-    from histocore.io import atomic_write_text
-    from histomodels.calibration import fit_temperature
+    threads: int = THREADS,
+) -> tuple[dict | None, object, float]:
+    """The shipped recipe on ``fit``/``select`` arrays: the Lite0 teacher (if
+    ``teacher_epochs``), then the distilled scratch CNN in ``work``. Trains on CUDA when it
+    is there (``TrainConfig.device`` None). Returns (teacher info, TrainResult, seconds)."""
     from histomodels.config import TrainConfig
-    from histomodels.inference import Predictor
-    from histomodels.metrics import choose_threshold, summarize
-    from histomodels.pretrained import save_pretrained
     from histomodels.training import train
 
-    torch.use_deterministic_algorithms(True)
-    torch.set_num_threads(THREADS)
-    t0 = time.perf_counter()
-    splits = dev_splits(data_dir, "unseen-slides", limit=limit)
-    (x_fit, y_fit), (x_sel, y_sel), (x_rep, y_rep) = (
-        splits[k] for k in ("fit", "select", "report")
-    )
-    print(
-        f"data: fit {len(y_fit)}, select {len(y_sel)} (train.h5), report {len(y_rep)} "
-        f"(PCam valid) decoded in {time.perf_counter() - t0:.0f} s",
-        file=sys.stderr,
-    )
-    if not quiet:
-        setup_logging()  # one line per epoch on stderr
-    fit = (x_fit.numpy(), y_fit.numpy().astype("int64"))
-    select = (x_sel.numpy(), y_sel.numpy().astype("int64"))
     teacher = None
     if teacher_epochs:
         teacher = train_teacher(
-            work / "teacher", fit, select, epochs=teacher_epochs, input_size=teacher_input_size
+            work / "teacher",
+            fit,
+            select,
+            epochs=teacher_epochs,
+            input_size=teacher_input_size,
+            threads=threads,
         )
         print(f"teacher: {teacher['train_seconds'] / 60:.1f} min", file=sys.stderr)
     cfg = TrainConfig(
@@ -147,14 +136,26 @@ def build(
         patience=epochs + 1,  # fixed epochs: no early stop
         time_budget=None,
         seed=SEED,
-        threads=THREADS,
+        threads=threads,
         progress=False,  # the sidecar's train_config is the same however it is run
     )
     t_train = time.perf_counter()
     res = train(cfg, work, train_data=fit, val_data=select)
-    train_s = time.perf_counter() - t_train
+    return teacher, res, time.perf_counter() - t_train
 
-    pred = Predictor.load(work / "best.pt", device="cpu", precision="fp32")
+
+def score_checkpoint(checkpoint: Path, splits: dict) -> tuple[object, dict, dict]:
+    """Calibrate on ``select`` (temperature), choose the operating point there
+    (sensitivity >= ``SENSITIVITY``; Youden's J alongside) and score all of ``report``
+    (PCam valid), on CPU in fp32. Returns (predictor, metrics, chosen values)."""
+    import numpy as np
+
+    from histomodels.calibration import fit_temperature
+    from histomodels.inference import Predictor
+    from histomodels.metrics import choose_threshold, summarize
+
+    (x_sel, y_sel), (x_rep, y_rep) = splits["select"], splits["report"]
+    pred = Predictor.load(checkpoint, device="cpu", precision="fp32")
     sel_logits = pred.logits(x_sel.numpy())
     temperature = fit_temperature(sel_logits, y_sel.numpy())
     p_sel = 1 / (1 + np.exp(-sel_logits.astype(np.float64) / temperature))
@@ -172,6 +173,64 @@ def build(
         "at_0.5": summarize(y, p_rep, 0.5),
         "tta_at_threshold": summarize(y, p_rep_tta, threshold),
     }
+    chosen = {
+        "temperature": temperature,
+        "threshold": threshold,
+        "threshold_rule": rule,
+        "youden_threshold": youden,
+    }
+    return pred, metrics, chosen
+
+
+def build(
+    data_dir: Path,
+    out: Path,
+    work: Path,
+    *,
+    epochs: int,
+    limit: int | None,
+    quiet: bool,
+    teacher_epochs: int = 0,
+    teacher_input_size: int | None = None,
+    jpeg_blur: float = 0.0,
+) -> dict:
+    """Train (after the teacher, if any), calibrate, choose the threshold, score on PCam
+    valid; write the artefact."""
+    import torch
+    from pcam_real import SELECT_FRACTION, SPLIT_SEED, TRAIN_ORIGINS, VAL_ORIGINS, dev_splits
+
+    from histocore.cli import setup_logging
+    from histocore.io import atomic_write_text
+    from histomodels.pretrained import save_pretrained
+
+    torch.use_deterministic_algorithms(True)
+    torch.set_num_threads(THREADS)
+    t0 = time.perf_counter()
+    splits = dev_splits(data_dir, "unseen-slides", limit=limit)
+    (x_fit, y_fit), (x_sel, y_sel), (_, y_rep) = (splits[k] for k in ("fit", "select", "report"))
+    print(
+        f"data: fit {len(y_fit)}, select {len(y_sel)} (train.h5), report {len(y_rep)} "
+        f"(PCam valid) decoded in {time.perf_counter() - t0:.0f} s",
+        file=sys.stderr,
+    )
+    if not quiet:
+        setup_logging()  # one line per epoch on stderr
+    fit = (x_fit.numpy(), y_fit.numpy().astype("int64"))
+    select = (x_sel.numpy(), y_sel.numpy().astype("int64"))
+    teacher, res, train_s = train_recipe(
+        fit,
+        select,
+        work,
+        epochs=epochs,
+        teacher_epochs=teacher_epochs,
+        teacher_input_size=teacher_input_size,
+        jpeg_blur=jpeg_blur,
+    )
+    pred, metrics, chosen = score_checkpoint(work / "best.pt", splits)
+    temperature, threshold, rule, youden = (
+        chosen[k] for k in ("temperature", "threshold", "threshold_rule", "youden_threshold")
+    )
+    y = y_rep.numpy()
     sidecar = {
         "name": NAME,
         "model": "cnn",

@@ -12,7 +12,7 @@ OUT=${1:-${OUT:-benchmarks/runs/gpu_check}}
 mkdir -p "$OUT"
 W=$(mktemp -d)
 DEV=${DEVICE:-cuda}
-export PYTHONPATH="packages/histofetch/src:packages/histomodels/src${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONPATH="packages/histocore/src:packages/histofetch/src:packages/histomodels/src${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1 MPLBACKEND=Agg
 hm() { python3 -m histomodels "$@"; }
 step() { echo; echo "=== $* ($(date +%T))"; }
@@ -111,10 +111,22 @@ python3 -m torch.distributed.run --standalone --nproc_per_node 1 -m histomodels 
 check $? "torchrun nccl"
 
 step "histomodels tests on this machine (CUDA visible: trainers pick cuda)"
-[ -n "${SKIP_TESTS:-}" ] && echo skipped || python3 -m pytest -q -p no:cacheprovider tests/histomodels \
-    --ignore tests/histomodels/test_tune.py --ignore tests/histomodels/test_demo.py \
-    2>&1 | tee "$OUT/pytest.log" | tail -40
-check "${PIPESTATUS[0]}" pytest
+# pytest-xdist spreads the files over workers when it is installed; a test whose optional
+# package is missing here (imagehash: the leakage guard) is deselected, and said so.
+PYTEST_ARGS=(-q -p no:cacheprovider tests/histomodels --ignore tests/histomodels/test_tune.py
+    --ignore tests/histomodels/test_demo.py -rfE)
+python3 -c "import xdist" 2>/dev/null && PYTEST_ARGS+=(-n "${TEST_WORKERS:-8}" --dist loadfile)
+if ! python3 -c "import imagehash" 2>/dev/null; then
+    echo "imagehash is not installed: the leakage-guard test is deselected"
+    PYTEST_ARGS+=(--deselect
+        tests/histomodels/test_external_labels.py::test_figures_reprinting_training_patches_are_left_out)
+fi
+if [ -n "${SKIP_TESTS:-}" ]; then
+    echo skipped
+else
+    timeout "${TEST_TIMEOUT:-900}" python3 -m pytest "${PYTEST_ARGS[@]}" 2>&1 | tee "$OUT/pytest.log" | tail -40
+    check "${PIPESTATUS[0]}" pytest
+fi
 
 step "done: $fails failed step(s)"
 rm -rf "$W"
