@@ -290,6 +290,8 @@ def test_cli_rejects_bad_pins_lengths_and_config_files(tmp_path):
     bad_json.write_text("{not json")
     unknown = tmp_path / "unknown.json"
     unknown.write_text(json.dumps({"lr": 1e-3, "colour": "red"}))
+    backbone = tmp_path / "backbone.json"
+    backbone.write_text(json.dumps({"model": "resnet18", "lr": 1e-3}))
     args = ["tune", "--data", str(data), "--val", str(data), "--out", str(tmp_path / "t")]
     for extra, message in [
         (["--fix", "width=20"], "width=20: not one of"),
@@ -298,9 +300,19 @@ def test_cli_rejects_bad_pins_lengths_and_config_files(tmp_path):
         (["--config", str(tmp_path / "missing.json")], "missing.json"),
         (["--config", str(bad_json)], "bad.json"),
         (["--config", str(unknown)], "colour"),
+        (["--config", str(backbone)], "backbone.json: model 'resnet18' cannot be tuned"),
     ]:
         res = CliRunner().invoke(app, [*args, *extra])
         assert res.exit_code == 1, (extra, res.output)
         lines = res.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
+    assert not (tmp_path / "t").exists()
+
+
+def test_a_base_config_of_another_model_is_refused_not_turned_into_a_cnn(tmp_path, tiny_data):
+    """A library caller passing a backbone's config gets a TuneError before any trial."""
+    with pytest.raises(TuneError, match="model 'timm/resnet18' cannot be tuned"):
+        train_set, val_set = tiny_data
+        tune(train_set, val_set, tmp_path / "t", trials=1, trial_epochs=1,
+             base=TrainConfig(model="timm/resnet18"))  # fmt: skip
     assert not (tmp_path / "t").exists()

@@ -46,6 +46,7 @@ from histomodels.tune_space import (
     DEFAULT_TRIAL_MINUTES,
     SPACE,
     TuneError,
+    check_base,
     parse_fixed,
     search_space,
     trial_config,
@@ -154,6 +155,7 @@ def _tune(
     limit = trial_limit(trial_minutes, trial_epochs)
     pins = parse_fixed(fixed or {})
     base = base or TrainConfig()
+    check_base(base)
     seed = base.seed if seed is None else seed
     run = dict(progress=False, seed=seed, threads=base.threads if threads is None else threads)
     if "epochs" in limit:  # a fixed length: no early stop, no clock

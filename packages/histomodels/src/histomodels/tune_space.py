@@ -48,6 +48,21 @@ _ARCH = ("width", "depth", "dropout", "centre")
 _BEFORE = {"centre": "none"}
 
 
+#: The models the search space is made for (its architecture dimensions are theirs).
+MODELS = ("cnn",)
+
+
+def check_base(base: TrainConfig, where: str = "base config") -> None:
+    """Refuse a base config whose model the space does not search: its trials would
+    silently train the scratch CNN instead. ``where`` names the config in the message."""
+    if base.model not in MODELS:
+        raise TuneError(
+            f"{where}: model {base.model!r} cannot be tuned: the search space is the scratch "
+            f"CNN's ({', '.join(MODELS)}; width, depth, centre...); use a config with model "
+            f"'cnn' (or none), or train {base.model!r} with histomodels finetune/train"
+        )
+
+
 def parse_fixed(items: list[str] | dict[str, Any]) -> dict[str, Any]:
     """Pins ``NAME=VALUE`` (or a dict) checked against :data:`SPACE`: a known dimension and
     a value inside its bounds or among its choices, converted to the dimension's type.

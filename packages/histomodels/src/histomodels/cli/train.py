@@ -284,10 +284,11 @@ def tune_cmd(
     dropout, batch size, augmentation, centre variant and the recipe levers (cut-out, mixup,
     RandStain, JPEG/blur, label smoothing, EMA); the space is histomodels.tune.SPACE."""
     from histomodels.config import resolve_config
-    from histomodels.tune_space import parse_fixed, trial_limit
+    from histomodels.tune_space import check_base, parse_fixed, trial_limit
 
     with errors():  # bad options or config file: one line, before any data is read
         base = resolve_config(config)
+        check_base(base, str(config))
         fixed = parse_fixed(fix or [])
         trial_limit(trial_minutes, trial_epochs)
         if trials < 1 or (sobol_trials is not None and sobol_trials < 0):
