@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -23,7 +24,12 @@ def test_demo_runs_whole_flow_and_filter_keeps_only_the_he_figures(tmp_path):
     assert 0.0 <= metrics["roc_auc"] <= 1.0
     assert (tmp_path / "run_cnn" / "best.pt").is_file()
     assert (tmp_path / "run_cnn" / "literature_eval" / "image_scores.csv").is_file()
-    assert (tmp_path / "report" / "report.html").stat().st_size > 10_000
+    page = (tmp_path / "report" / "report.html").read_text()
+    assert len(page) > 10_000
+    # every column says whose it is: the run just trained and the shipped pcam-cnn
+    heads = set(re.findall(r"<th>([^<]*)</th>", page))
+    assert {"run_cnn/eval", "run_cnn/literature_eval"} <= heads
+    assert {"pcam-cnn/eval", "pcam-cnn/literature_eval"} <= heads and "eval" not in heads
     # the shipped pcam-cnn ran next to the synthetic run, on the same data, untrained here
     shipped = summary["pretrained_pcam_cnn"]
     assert 0.0 <= shipped["test"]["roc_auc"] <= 1.0 and "shipped" in shipped["threshold_source"]

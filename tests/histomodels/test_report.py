@@ -71,6 +71,8 @@ def test_report_single_and_comparison(tmp_path: Path) -> None:
     lo, hi = metrics["ci"]["roc_auc"]
     assert f"{metrics['roc_auc']:.4f} [{lo:.3f}, {hi:.3f}]" in page
     assert "run_a/eval" in page and "eval_tta" in page
+    # an eval folder given alone is named after the model it evaluated, not only its folder
+    assert "<th>run_a/eval_tta</th>" in page
     # the run's temperature is the one eval --val fitted and stored beside best.pt
     assert (run / "best.calibration.json").is_file()
     assert load_run(run, tmp_path).checkpoint["temperature"] == metrics["temperature"] != 1.0

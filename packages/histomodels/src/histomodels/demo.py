@@ -221,7 +221,8 @@ def _shipped(test: Path, run: Path, out: Path, console: Any) -> dict:
         "test": {k: m.get(k) for k in ("roc_auc", "accuracy", "recall", "specificity")},
         "threshold_source": m.get("threshold_source"),
         "literature": _external("pcam-cnn", run, out / "literature_eval"),
-        "folders": [out / "eval"],
+        # report columns pcam-cnn/eval and pcam-cnn/literature_eval (named by the model)
+        "folders": [out / "eval", out / "literature_eval"],
     }
     return summary
 

@@ -3,8 +3,10 @@ several side by side.
 
 Inputs are folders: a training run (``config.json``, ``history.json``, ``best.pt``), an
 eval folder (``metrics.json`` + PNGs from ``histomodels eval``), or a training run with
-eval folders inside it (one level down). Everything is read from what those commands
-wrote; nothing is recomputed except the combined ROC curve, from ``predictions.csv``.
+eval folders inside it (one level down). A run is named after its folder; an eval folder
+given alone after the model it evaluated and its folder (``pcam-cnn/eval``). Everything is
+read from what those commands wrote; nothing is recomputed except the combined ROC curve,
+from ``predictions.csv``.
 Images are base64-embedded in the HTML so the single file can be mailed or archived; the
 Markdown page links copies of them in ``assets/``.
 """
@@ -117,6 +119,21 @@ def _evaluation(folder: Path) -> Evaluation | None:
     return Evaluation(folder, metrics, plots)
 
 
+#: Checkpoint files named in metrics.json (a run's model is then its folder's name).
+_CHECKPOINT_SUFFIXES = (".pt", ".pth", ".onnx", ".safetensors")
+
+
+def _evaluated_model(metrics: dict[str, Any]) -> str | None:
+    """What an eval folder evaluated, from its metrics.json ``checkpoint``: a shipped
+    model's name (``pcam-cnn``), or the run folder of a checkpoint file or folder."""
+    checkpoint = metrics.get("checkpoint")
+    if not isinstance(checkpoint, str) or not checkpoint.strip():
+        return None
+    where = Path(checkpoint.strip())
+    name = where.parent.name if where.suffix.lower() in _CHECKPOINT_SUFFIXES else where.name
+    return name or None
+
+
 def load_run(path: Path, work: Path) -> Run:
     """Collect a run's files; ``work`` receives generated PNGs (training curves)."""
     if not path.is_dir():
@@ -141,6 +158,9 @@ def load_run(path: Path, work: Path) -> Run:
     own = _evaluation(path)
     if own:
         run.evals.append(own)
+        model = _evaluated_model(own.metrics)
+        if model and not (run.config or run.history or run.checkpoint):
+            run.name = f"{model}/{run.name}"  # an eval folder alone: say whose it is
     for sub in sorted(p for p in path.iterdir() if p.is_dir()):
         ev = _evaluation(sub)
         if ev:
