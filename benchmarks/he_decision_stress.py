@@ -19,7 +19,8 @@ Prints keep rates per kind, split by whether the source was held out from the
 classifier's training (``held_out``: its validation sources), and writes
 ``benchmarks/results/he_decision_stress.json``. ``--set p_override=0.6 …`` also decides
 with other thresholds (a candidate, side by side); ``--cache FILE`` keeps the measured
-scores, so that candidates are compared without reading the images again. Round 4 of
+scores, so that candidates are compared without reading the images again (with the
+settings they were measured with: a cache of other settings is refused). Round 4 of
 issue 14 (docs/benchmarks.md) chose a graded override here:
 ``results/he_decision_stress_round4.json``. Round 5 added patches as ML reports embed them
 (he_stress_embeddings.py: matplotlib axes and grids, upscaled, shrunk, JPEG, boxes, frames,
@@ -321,6 +322,57 @@ def measure(item: Item) -> dict:
     return {"kind": item.kind, "he": item.he, "held_out": item.held_out, **row}
 
 
+# -- the cache of measured scores ------------------------------------------------------------
+class CacheMismatch(Exception):
+    """A ``--cache`` file measured with other settings (or by an older version of this
+    script, which did not record them): its scores are not this run's."""
+
+
+def cache_settings(args: argparse.Namespace) -> dict:
+    """What the measured scores depend on: the stress set (data, seed, size, kinds), the
+    upscaling mode and the filter's scorer version."""
+    from histofetch.filter import SCORER_VERSION
+
+    return {
+        "shared": str(Path(args.shared).resolve()),
+        "seed": args.seed,
+        "per_kind": args.per_kind,
+        "kinds": args.kinds,
+        "native": args.native,
+        "scorer": SCORER_VERSION,
+    }
+
+
+def load_cache(path: Path, settings: dict) -> list[dict] | None:
+    """The scores cached in ``path`` for exactly ``settings``; None when there is no file.
+    Raises :class:`CacheMismatch` naming what differs."""
+    if not path.exists():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CacheMismatch(f"{path}: not a readable cache ({exc})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("measured"), list):
+        raise CacheMismatch(
+            f"{path}: a cache without its settings (written before they were recorded); "
+            "delete it or give another --cache file"
+        )
+    had = data.get("settings") if isinstance(data.get("settings"), dict) else {}
+    differ = [f"{k} {had.get(k)!r} (now {v!r})" for k, v in settings.items() if had.get(k) != v]
+    if differ:
+        raise CacheMismatch(
+            f"{path}: measured with other settings: {', '.join(differ)}; delete it or give "
+            "another --cache file"
+        )
+    return data["measured"]
+
+
+def save_cache(path: Path, settings: dict, measured: list[dict]) -> None:
+    from histocore.io import atomic_write_text
+
+    atomic_write_text(path, json.dumps({"settings": settings, "measured": measured}))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     default_shared = Path(os.environ.get("HISTO_SHARED", ROOT.parent / "shared"))
@@ -332,17 +384,21 @@ def main() -> None:
     ap.add_argument("--native", choices=("all", "blocky", "off"), default=scale.MODE,
                     help="Which upscaling decide/scale.py undoes before scoring ('off': as "
                     "before round 5).")  # fmt: skip
-    ap.add_argument("--cache", type=Path, default=None, help="Reuse/keep the measured scores.")
+    ap.add_argument("--cache", type=Path, default=None, help="Reuse/keep the measured scores "
+                    "(refused when measured with other settings).")  # fmt: skip
     ap.add_argument("--set", nargs="*", default=[], metavar="NAME=VALUE",
                     help="Also decide with these rules.Thresholds changed.")  # fmt: skip
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/he_decision_stress.json")
     args = ap.parse_args()
     t0 = time.time()
     scale.MODE = args.native
-    cached = bool(args.cache and args.cache.exists())
-    if cached:
-        measured = json.loads(args.cache.read_text())
-    else:
+    settings = cache_settings(args)
+    try:
+        measured = load_cache(args.cache, settings) if args.cache else None
+    except CacheMismatch as exc:
+        sys.exit(f"error: {exc}")
+    cached = measured is not None
+    if measured is None:
         items = build(args.shared, args.seed, args.per_kind)
         if args.kinds:
             items = [i for i in items if i.kind.startswith(tuple(args.kinds.split(",")))]
@@ -353,7 +409,7 @@ def main() -> None:
             if k % 200 == 0:
                 print(f"  measured {k}/{len(items)}", file=sys.stderr)
         if args.cache:
-            args.cache.write_text(json.dumps(measured))
+            save_cache(args.cache, settings, measured)
     limits = rules.Thresholds()
     result = {"default": report(measured, limits)}
     if args.set:  # a candidate: the shipped rule with other thresholds, side by side
