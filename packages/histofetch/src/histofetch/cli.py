@@ -275,7 +275,7 @@ def filter_(
     ] = None,
     min_side: Annotated[
         int | None,
-        typer.Option("--min-side", min=1, help="Smaller images are not judged (px) [32]."),
+        typer.Option("--min-side", min=1, help="Smaller images are not judged (px) [64]."),
     ] = None,
     rescore: Annotated[
         bool, typer.Option("--rescore", help="Re-read and re-score every image.")

@@ -5,8 +5,7 @@ Inputs stored on each image/panel row by the filter: ``extra.colour`` (decide/co
 (decide/stains.py). The rule, applied in this order (the first that decides gives the
 reason; every reason reads "<what>: <numbers>"):
 
-1. **Too small**: shorter side < ``min_side`` → reject; without the classifier (the
-   colour-only rule of earlier releases) shorter side < ``small_side``.
+1. **Too small**: shorter side < ``min_side`` → reject.
 2. **No tissue**: no block passes the colour block rule (flat charts, text, greyscale,
    fluorescence on black) → reject. The colour block rule is the hard gate: the CNN sees
    tiles only and is never asked about an image without a single tissue-like block.
@@ -15,9 +14,7 @@ reason; every reason reads "<what>: <numbers>"):
    nearly certain (``p_he ≥ p_against``, 0.98) *and* the colour rule passes.
 4. **Classifier veto**: the classifier rejects only when it is confident the image is not
    H&E: ``p_he`` below ``p_keep``, or below ``p_caption`` when the caption names H&E for
-   this panel/figure (strong text evidence outweighs a weak "no"). A **small image**
-   (shorter side under ``small_side``: one classifier tile, at most 15 colour blocks)
-   needs ``p_small`` at least, caption or not.
+   this panel/figure (strong text evidence outweighs a weak "no").
 5. **Colour**: the strict colour rule (decide/colour.py thresholds) must pass, or, for its
    *soft* tests only (tissue region size, dark share, detail, purple ratio, HED score:
    what blur, black padding, low magnification and red-brown staining trip), the classifier
@@ -31,10 +28,6 @@ recall ≥ 0.95 (``p_keep``) or ≥ 0.98 (``p_caption``) of held-out H&E; an ove
 precision ≥ 0.98 (``p_override``) or ≥ 0.95 (``p_override_caption``) — and writes them to
 ``benchmarks/results/he_classifier.json`` (``thresholds``), which the defaults below copy
 (tests/histofetch/test_rules.py checks they agree). The evaluation papers never set them.
-``min_side``, ``small_side`` and ``p_small`` were chosen on the stress set
-(benchmarks/he_decision_stress.py with he_stress_small.py; docs/benchmarks.md "Sixth
-round"): ``p_small`` is the highest bar of a grid that keeps as many small H&E images as
-the plain veto.
 
 Signals can be switched off (``use_classifier``, ``use_text``) to measure what each adds:
 with both off this is exactly the colour-only rule of earlier releases.
@@ -58,11 +51,7 @@ class Thresholds:
     min_blocks: int = 2  # tissue blocks needed (one block can be chance in a big figure)
     max_dark: float = 0.2  # dark-pixel share: fluorescence/heatmaps/black matrices sit on black
     min_detail: float = 0.045  # pixel-scale grain of the tissue blocks; smooth colour maps lack it
-    # Small images (issue 14, sixth round; chosen on the stress set, docs/benchmarks.md):
-    # extract keeps images from 32 px; under small_side only the classifier judges them.
-    min_side: int = 32  # px; smaller crops are too small to judge (half a PCam patch)
-    small_side: int = 64  # px; under it: one classifier tile, no colour-only decision …
-    p_small: float = 0.2  # … and the veto needs p(H&E) >= p_small
+    min_side: int = 64  # px; smaller crops are too small to judge (< one PCam tile)
     # Classifier thresholds: chosen by benchmarks/train_he_classifier.py on the classifier's
     # held-out validation images (TARGETS there; benchmarks/results/he_classifier.json,
     # "thresholds"), never on the evaluation papers. A veto keeps recall >= 0.95 (0.98);
@@ -92,20 +81,15 @@ class Decision:
     margin: float  # signed distance to the boundary (>0 kept), for sorting sheets
 
 
-def colour_test(
-    img: Image, limits: Thresholds, *, with_classifier: bool = True
-) -> tuple[str | None, bool]:
+def colour_test(img: Image, limits: Thresholds) -> tuple[str | None, bool]:
     """(reason the colour rule rejects, whether that test is a hard one) or (None, False)."""
     colour = img.extra.get("colour", {})
     blocks = int(colour.get("tissue_blocks", 0))
     dark = float(colour.get("dark_fraction", 0.0))
     detail = float(colour.get("detail", 0.0))
     tissue, purple, he = img.tissue_fraction or 0.0, img.purple_ratio or 0.0, img.he_score or 0.0
-    side, size = min(img.width, img.height), f"{img.width}x{img.height} px"
-    if side < limits.min_side:
-        return f"too small to judge ({size} < {limits.min_side})", True
-    if not with_classifier and side < limits.small_side:
-        return f"too small to judge by colour alone ({size} < {limits.small_side})", True
+    if min(img.width, img.height) < limits.min_side:
+        return f"too small to judge ({img.width}x{img.height} px < {limits.min_side})", True
     if blocks == 0:
         return "no H&E-like tissue blocks", True
     if blocks < limits.min_blocks or tissue < limits.min_tissue:
@@ -137,8 +121,8 @@ def decide(
     img: Image, limits: Thresholds, *, use_classifier: bool = True, use_text: bool = True
 ) -> Decision:
     """Apply the rule in the module docstring to one scored row (no pixels are read)."""
+    colour_reason, hard = colour_test(img, limits)
     p = img.p_he if use_classifier else None
-    colour_reason, hard = colour_test(img, limits, with_classifier=p is not None)
     stains = img.extra.get("stains", {}) if use_text else {}
     verdict = stains.get("verdict")
     said = stains.get("said", "")
@@ -160,13 +144,8 @@ def decide(
         reason = f"caption says not H&E: {said}; {probs}{_looks_like(img)}"
         return Decision(False, reason, reason, min(p - limits.p_against, -0.01))
     need = limits.p_caption if verdict == "for" else limits.p_keep
-    small = min(img.width, img.height) < limits.small_side
-    if small:
-        need = max(need, limits.p_small)
     if p < need:
         why = f" (caption names H&E, needs {need:.2f})" if verdict == "for" else f" < {need:.2f}"
-        if small:
-            why = f" < {need:.2f} for an image under {limits.small_side} px"
         reason = f"not H&E by the classifier: {probs}{why}{_looks_like(img)}"
         return Decision(False, reason, reason, p - need)
     if colour_reason:
