@@ -25,7 +25,10 @@ issue 14 (docs/benchmarks.md) chose a graded override here:
 ``results/he_decision_stress_round4.json``. Round 5 added patches as ML reports embed them
 (he_stress_embeddings.py: matplotlib axes and grids, upscaled, shrunk, JPEG, boxes, frames,
 text, beside a saliency map) and chose decide/scale.py here; ``--native off`` measures the
-decision as it was before (``--kinds he:up-,neg:up-`` measures some kinds only).
+decision as it was before (``--kinds he:up-,neg:up-`` measures some kinds only). Round 6
+added images of 32–63 px (he_stress_small.py) and tried judging them (``min_side`` 32 with
+a higher classifier bar); the evaluation did not move, so it was reverted:
+``results/he_decision_stress_round6.json`` (candidate) and ``_round6_before.json``.
 """
 
 from __future__ import annotations

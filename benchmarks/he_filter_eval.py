@@ -7,7 +7,10 @@ Extracts every image of the konrad-gerlach report and the article PDFs in
 colour, classifier, caption), then re-decides the run with signals switched off
 (decide/evaluate.py MODES) and scores each against ``tests/histofetch/data/
 he_eval_labels.tsv``. Prints a table and writes ``benchmarks/results/he_filter_eval.json``.
-Report only: nothing here feeds back into a threshold.
+Report only: nothing here feeds back into a threshold. A round that tries a decision
+change also scores the shipped decision on the same run (rounds 5 and 6 of issue 14:
+``_before_native_scale`` and ``_before_small_images`` in their results files; the code is
+in their commits, 924e30e and fecc73e).
 """
 
 from __future__ import annotations
@@ -43,22 +46,6 @@ def run_eval(shared: Path, run_dir: Path, *, sheets: bool = False) -> dict:
     result["_sweep_p_keep"] = sweep(manifest, labels)
     rows = [i for i in manifest.images.values() if i.status == "ok"]
     result["_unlabelled"] = sorted(i.id for i in rows if i.sha256 not in labels)
-    result["_before_small_images"] = before_small_images(manifest, labels)
-    return result
-
-
-def before_small_images(manifest: Manifest, labels: dict[str, str]) -> dict:
-    """The same run re-decided as before round 6 of issue 14 (``min_side`` 64: images under
-    64 px not judged), so the effect of judging 32–63 px images is read on one run (report
-    only; no image is re-read). Round 5 compared ``scale.MODE = "off"`` the same way
-    (results/he_filter_eval_round5.json, ``_before_native_scale``)."""
-    from histofetch.decide.rules import Thresholds
-    from histofetch.filter import decide_image
-
-    result = evaluate(manifest, labels, Thresholds(min_side=64))
-    for img in manifest.images.values():  # evaluate() leaves the limits it was given
-        if img.source != "panel" and img.status == "ok" and img.extra.get("colour"):
-            decide_image(manifest, img, Thresholds())
     return result
 
 
