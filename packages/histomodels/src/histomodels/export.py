@@ -9,6 +9,7 @@ deployment can reproduce :mod:`histomodels.inference` exactly.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 import warnings
@@ -25,6 +26,11 @@ from histomodels.checkpoint import load_model, resolve_checkpoint
 from histomodels.inference import norm_of
 
 FORMATS = ("onnx", "torchscript")
+#: ``auto``: the dynamo exporter, and the TorchScript-based one if dynamo fails on this
+#: torch build (e.g. torch 2.11 on a scalar times a 0-d parameter)
+EXPORTERS = ("auto", "dynamo", "legacy")
+
+log = logging.getLogger(__name__)
 
 
 class _Logit(nn.Module):
@@ -44,11 +50,41 @@ def _tmp_beside(path: Path) -> Path:
     return Path(tmp)
 
 
-def _export_onnx(
-    net: nn.Module, example: torch.Tensor, tmp: Path, meta: dict[str, str], exporter: str
-) -> None:
+def export_onnx(
+    net: nn.Module, example: torch.Tensor, path: Path, meta: dict[str, str], exporter: str
+) -> str:
+    """Write ``net`` (traced on ``example``) to ONNX at ``path`` with ``meta`` in its
+    metadata; returns the exporter that wrote it (``auto`` falls back to ``legacy`` when the
+    dynamo exporter fails, and logs why)."""
     import onnx
 
+    if exporter not in EXPORTERS:
+        raise UsageError(f"unknown ONNX exporter {exporter!r}; use {', '.join(EXPORTERS)}")
+    used = "dynamo" if exporter == "auto" else exporter
+    try:
+        _onnx_export(net, example, path, used)
+    except Exception as exc:  # torch.onnx raises many kinds (ConversionError, torch.export's)
+        if exporter != "auto":
+            raise
+        log.warning(
+            "the dynamo ONNX exporter failed on this model with torch %s (%s: %s); "
+            "using the TorchScript-based exporter",
+            torch.__version__,
+            type(exc).__name__,
+            str(exc).splitlines()[0][:200] if str(exc) else "",
+        )
+        used = "legacy"
+        _onnx_export(net, example, path, used)
+    proto = onnx.load(str(path))
+    for k, v in meta.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = k, v
+    onnx.checker.check_model(proto)
+    onnx.save(proto, str(path))
+    return used
+
+
+def _onnx_export(net: nn.Module, example: torch.Tensor, path: Path, exporter: str) -> None:
     common: dict[str, Any] = {"input_names": ["input"], "output_names": ["logit"]}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -57,31 +93,23 @@ def _export_onnx(
             torch.onnx.export(
                 net,
                 (example,),
-                str(tmp),
+                str(path),
                 dynamic_shapes=({0: batch},),
                 dynamo=True,
                 external_data=False,
                 verbose=False,
                 **common,
             )
-        elif exporter == "legacy":  # TorchScript-based exporter (older torch, odd models)
+        else:  # legacy: the TorchScript-based exporter (older torch, odd models)
             torch.onnx.export(
                 net,
                 (example,),
-                str(tmp),
+                str(path),
                 dynamo=False,
                 opset_version=17,
                 dynamic_axes={"input": {0: "batch"}, "logit": {0: "batch"}},
                 **common,
             )
-        else:
-            raise UsageError(f"unknown ONNX exporter {exporter!r}; use dynamo or legacy")
-    proto = onnx.load(str(tmp))
-    for k, v in meta.items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = k, v
-    onnx.checker.check_model(proto)
-    onnx.save(proto, str(tmp))
 
 
 def _run_exported(fmt: str, path: Path, x: torch.Tensor) -> np.ndarray:
@@ -108,7 +136,7 @@ def export_checkpoint(
     fmt: str,
     out: str | Path,
     *,
-    exporter: str = "dynamo",
+    exporter: str = "auto",
     parity_batch: int = 4,
     seed: int = 0,
     tolerance: float | None = None,
@@ -144,7 +172,7 @@ def export_checkpoint(
     tmp = _tmp_beside(out)
     try:
         if fmt == "onnx":
-            _export_onnx(net, example, tmp, meta, exporter)
+            exporter = export_onnx(net, example, tmp, meta, exporter)
         else:
             extra = {"histomodels.json": json.dumps(meta)}
             with warnings.catch_warnings():  # jit is deprecated in torch 2.14, still works

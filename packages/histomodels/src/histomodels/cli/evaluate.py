@@ -247,8 +247,12 @@ def export_cmd(
     out: Annotated[Path, typer.Option("--out", help="Output file (.onnx / .pt).")],
     fmt: Annotated[str, typer.Option("--format", help="onnx | torchscript")] = "onnx",
     exporter: Annotated[
-        str, typer.Option("--exporter", help="ONNX exporter: dynamo (default) | legacy")
-    ] = "dynamo",
+        str,
+        typer.Option(
+            "--exporter",
+            help="ONNX exporter: auto (dynamo, else the TorchScript-based one) | dynamo | legacy",
+        ),
+    ] = "auto",
     tolerance: Annotated[
         float, typer.Option("--tolerance", help="Fail if the parity diff exceeds this.")
     ] = 1e-3,
@@ -259,7 +263,8 @@ def export_cmd(
         from histomodels.export import export_checkpoint
 
         res = export_checkpoint(checkpoint, fmt, out, exporter=exporter, tolerance=tolerance)
-    typer.echo(f"wrote {res['path']} ({res['format']}, {res['bytes']} bytes)")
+    via = f" via {res['exporter']}" if res["format"] == "onnx" else ""
+    typer.echo(f"wrote {res['path']} ({res['format']}{via}, {res['bytes']} bytes)")
     typer.echo(f"max abs diff {res['max_abs_diff']:.3g}")
     if res.get("stain"):
         typer.echo(

@@ -33,7 +33,10 @@ class CentrePool(nn.Module):
         ys = torch.linspace(-1.0, 1.0, h, device=f.device, dtype=f.dtype)
         xs = torch.linspace(-1.0, 1.0, w, device=f.device, dtype=f.dtype)
         r2 = ys.view(h, 1) ** 2 + xs.view(1, w) ** 2
-        prior = -r2 / (2 * torch.exp(2 * self.log_sigma).to(f.dtype))
+        # -r^2 / (2 sigma^2), written without a Python scalar times the 0-d parameter: the
+        # dynamo ONNX exporter of torch 2.11 fails on that (prim.device != aten.mul)
+        inv_two_var = torch.exp(-(self.log_sigma + self.log_sigma)).to(f.dtype) / 2
+        prior = -r2 * inv_two_var
         logits = (self.score(f) + prior).flatten(1)  # [n, h*w]
         attn = torch.softmax(logits.float(), dim=1).to(f.dtype)
         return torch.einsum("nk,nck->nc", attn, f.flatten(2))
