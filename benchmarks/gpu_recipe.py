@@ -81,15 +81,16 @@ def pack(data_dir: Path, out: Path, part_mb: float) -> dict:
     return info
 
 
-def load_parts(parts: Path) -> tuple[object, object, list[str]]:
-    """Decode the parts that are here, in order: (uint8 images, float labels, names)."""
+def load_parts(parts: Path, only: list[str] | None = None) -> tuple[object, object, list[str]]:
+    """Decode the parts that are here (of ``only``, if given), in order: (uint8 images,
+    float labels, names)."""
     import torch
 
     from histomodels.data import open_dataset
     from histomodels.training import load_split
 
     xs, ys, names = [], [], []
-    for name in PARTS:
+    for name in only or PARTS:
         f = parts / name / f"train_{name}.h5"
         if f.is_file():
             x, y = load_split(open_dataset(f), "train")
@@ -236,13 +237,20 @@ def device(
     return 0
 
 
-def score(run: Path, data_dir: Path, results: Path) -> dict:
-    """Score the student (and the teacher) that came back, as the CPU build is scored."""
+def score(run: Path, data_dir: Path, parts: Path, results: Path) -> dict:
+    """Score the student (and the teacher) that came back as the CPU build is scored, with
+    the select split the device run used (rebuilt from the same parts) and all of PCam
+    valid as the report."""
+    import numpy as np
     from build_pcam_cnn import score_checkpoint
-    from pcam_real import dev_splits
+    from pcam_real import dev_splits, stratified_split
 
-    splits = dev_splits(data_dir, "unseen-slides")
     recipe = json.loads((run / "recipe.json").read_text())
+    x, y, names = load_parts(parts, only=recipe["parts"])
+    fit_i, sel_i = stratified_split(y, 0.15)
+    if len(fit_i) != recipe["fit"] or int(np.asarray(y[fit_i]).sum()) != recipe["fit_labels_sum"]:
+        raise SystemExit(f"{parts}: parts {names} do not rebuild the run's fit split")
+    splits = {"select": (x[sel_i], y[sel_i]), "report": dev_splits(data_dir)["report"]}
     out = {"device": recipe, "full_size": None}
     if (run / "full_size.json").is_file():
         out["full_size"] = json.loads((run / "full_size.json").read_text())
@@ -254,7 +262,8 @@ def score(run: Path, data_dir: Path, results: Path) -> dict:
     cpu = json.loads(
         (HERE.parent / "packages/histomodels/src/histomodels/pretrained/pcam-cnn.json").read_text()
     )
-    out["cpu_build"] = cpu["metrics_pcam_valid"]
+    out["shipped_cpu_build"] = cpu["metrics_pcam_valid"]
+    results.parent.mkdir(parents=True, exist_ok=True)
     results.write_text(json.dumps(out, indent=1, default=str) + "\n")
     return out
 
@@ -282,6 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     s = sub.add_parser("score")
     s.add_argument("run", type=Path)
     s.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
+    s.add_argument("--parts", type=Path, default=HERE.parent / ".gpudata")
     s.add_argument("--results", type=Path, default=HERE / "results" / "gpu_recipe.json")
     args = p.parse_args(argv)
     if args.cmd == "pack":
@@ -300,8 +310,8 @@ def main(argv: list[str] | None = None) -> int:
             teacher_epochs=args.teacher_epochs,
             limit=args.limit,
         )
-    res = score(args.run, args.data_dir, args.results)
-    for name in ("cpu_build", "student", "teacher"):
+    res = score(args.run, args.data_dir, args.parts, args.results)
+    for name in ("shipped_cpu_build", "student", "teacher"):
         m = res.get(name)
         m = m["metrics_pcam_valid"] if m and "metrics_pcam_valid" in m else m
         if m:
