@@ -59,6 +59,7 @@ import he_classifier_material as M  # noqa: E402
 import he_classifier_special as S  # noqa: E402
 import he_stress_embeddings as E  # noqa: E402
 from he_stress_embeddings import _resize  # noqa: E402
+from he_stress_embeddings import window as _window  # noqa: E402
 from he_stress_report import parse_set, print_report, report  # noqa: E402
 from he_stress_small import small_items  # noqa: E402
 
@@ -111,13 +112,6 @@ def sources(shared: Path, rng: np.random.Generator) -> dict[str, list[tuple[bool
 
 
 # -- transforms (each keeps the stain; sizes as figures embed them) ---------------------------
-def _window(rgb: np.ndarray, rng: np.random.Generator, lo: float, hi: float) -> np.ndarray:
-    h, w = rgb.shape[:2]
-    side = max(32, int(min(h, w) * rng.uniform(lo, hi)))
-    y, x = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
-    return rgb[y : y + side, x : x + side]
-
-
 def thumb(rgb: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """A low-power view: the image shrunk 3–16× (anti-aliased), whole or as 1–3 pieces
     with irregular outlines on a white slide background."""

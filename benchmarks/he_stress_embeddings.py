@@ -42,6 +42,17 @@ def _resize(rgb: np.ndarray, size: tuple[int, int], resample=PIL.Image.Resamplin
     return np.asarray(PIL.Image.fromarray(np.ascontiguousarray(rgb)).resize(size, resample))
 
 
+def window(
+    rgb: np.ndarray, rng: np.random.Generator, lo: float, hi: float, min_side: int = 32
+) -> np.ndarray:
+    """A random square crop whose side is ``lo``–``hi`` of the shorter side (at least
+    ``min_side``)."""
+    h, w = rgb.shape[:2]
+    side = max(min_side, int(min(h, w) * rng.uniform(lo, hi)))
+    y, x = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
+    return rgb[y : y + side, x : x + side]
+
+
 def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
     try:
         return ImageFont.load_default(size=size)

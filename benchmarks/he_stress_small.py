@@ -32,6 +32,7 @@ import matplotlib
 import numpy as np
 import PIL.Image
 from he_stress_embeddings import _font, _resize
+from he_stress_embeddings import window as _window
 from PIL import ImageDraw
 
 #: Shorter side of the small images (px), inclusive.
@@ -70,10 +71,7 @@ def shrink(rgb: np.ndarray, rng: np.random.Generator, keep_aspect: bool = True) 
 
 
 def window(rgb: np.ndarray, rng: np.random.Generator, lo: float, hi: float) -> np.ndarray:
-    h, w = rgb.shape[:2]
-    side = max(8, int(min(h, w) * rng.uniform(lo, hi)))
-    y, x = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
-    return rgb[y : y + side, x : x + side]
+    return _window(rgb, rng, lo, hi, min_side=8)
 
 
 def jpeg(rgb: np.ndarray, rng: np.random.Generator) -> np.ndarray:
