@@ -16,7 +16,9 @@ per call, byte for byte; the machine keeps the first part while it stays warm. T
     inference at that size. ``recipe``: with both parts there, the same splits as the CPU
     build (``pcam_real.dev_splits``: fit / stratified 15 % select), the Lite0 teacher for 6
     epochs and the distilled student for 60 (``build_pcam_cnn.train_recipe``) on CUDA;
-    brings back both checkpoints (0.4 and 14 MB).
+    brings back both checkpoints (0.4 and 14 MB). ``--synthetic [N]``: the full-size step
+    on N SYNTHETIC patches (default 8,192) instead of the parts, so a throughput check
+    carries no data; ``--prefetch on|off`` pins ``TrainConfig.prefetch`` (default auto).
 ``score`` (here)
     Scores what came back exactly as the CPU build is scored
     (``build_pcam_cnn.score_checkpoint``: temperature and threshold on select, all of PCam
@@ -102,9 +104,12 @@ def load_parts(parts: Path, only: list[str] | None = None) -> tuple[object, obje
     return torch.cat(xs), torch.cat(ys), names
 
 
-def full_size(x, y, out: Path, *, size: int, minutes: float, threads: int) -> dict:
+def full_size(
+    x, y, out: Path, *, size: int, minutes: float, threads: int, prefetch: bool | None = None
+) -> dict:
     """One epoch of the student recipe over ``size`` patches (``x`` repeated), cut at
-    ``minutes``; then inference over the same patches."""
+    ``minutes``; then inference over the same patches. ``prefetch``: ``TrainConfig.prefetch``
+    (None = auto: on for CUDA)."""
     import numpy as np
     import torch
 
@@ -126,6 +131,7 @@ def full_size(x, y, out: Path, *, size: int, minutes: float, threads: int) -> di
         time_budget=minutes,
         threads=threads,
         progress=False,
+        prefetch=prefetch,
     )
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
@@ -149,6 +155,7 @@ def full_size(x, y, out: Path, *, size: int, minutes: float, threads: int) -> di
         "inference": f"{pred.precision} on {pred.device.type}, batch 1024",
         "logits_finite": bool(np.isfinite(logits).all()),
         "config": {"model": "cnn", "jpeg_blur": 0.5, "batch_size": cfg.batch_size},
+        "prefetch": "auto" if prefetch is None else prefetch,
     }
 
 
@@ -164,9 +171,13 @@ def device(
     epochs: int | None = None,
     teacher_epochs: int | None = None,
     limit: int | None = None,
+    synthetic: int = 0,
+    prefetch: bool | None = None,
 ) -> int:
     """Run ``steps`` on this (GPU) machine; run folders go to ``work``, what comes back
-    (JSON, the two checkpoints) to ``out``."""
+    (JSON, the two checkpoints) to ``out``. ``synthetic``: that many SYNTHETIC patches
+    (:func:`histomodels.synthetic.make_patches`) instead of the parts, for the full-size
+    step only (a throughput check that carries no data)."""
     import numpy as np
     import torch
     from build_pcam_cnn import EPOCHS, JPEG_BLUR, TEACHER_EPOCHS, train_recipe
@@ -183,7 +194,15 @@ def device(
         "cpu_threads": threads,
     }
     t0 = time.perf_counter()
-    x, y, names = load_parts(parts)
+    if synthetic:
+        if "recipe" in steps:
+            raise SystemExit("--synthetic measures the full-size step only (--steps full-size)")
+        from histomodels.synthetic import make_patches
+
+        xs, ys = make_patches(synthetic, seed=0)
+        x, y, names = torch.from_numpy(xs), torch.from_numpy(ys).float(), ["synthetic"]
+    else:
+        x, y, names = load_parts(parts)
     if limit:  # dry runs
         x, y = x[:limit], y[:limit]
     print(f"parts {names}: {len(x)} patches decoded in {time.perf_counter() - t0:.0f} s")
@@ -191,8 +210,10 @@ def device(
         res = {
             "environment": env,
             "parts": names,
-            **full_size(x, y, work, size=size, minutes=minutes, threads=threads),
+            **full_size(x, y, work, size=size, minutes=minutes, threads=threads, prefetch=prefetch),
         }
+        if synthetic:  # the patches are not real: say so in the figures that come back
+            res["distinct_synthetic_patches"] = res.pop("distinct_real_patches")
         (out / "full_size.json").write_text(json.dumps(res, indent=1) + "\n")
         print(json.dumps(res, indent=1))
     if "recipe" in steps:
@@ -288,6 +309,15 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--epochs", type=int, help="student epochs (dry runs; default: the build's)")
     d.add_argument("--teacher-epochs", type=int, help="(dry runs; default: the build's)")
     d.add_argument("--limit", type=int, help="first N decoded patches only (dry runs)")
+    d.add_argument(
+        "--synthetic",
+        type=int,
+        nargs="?",
+        const=8192,
+        default=0,
+        help="full-size step on N SYNTHETIC patches (default 8192) instead of the parts",
+    )
+    d.add_argument("--prefetch", choices=("auto", "on", "off"), default="auto")
     s = sub.add_parser("score")
     s.add_argument("run", type=Path)
     s.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
@@ -309,6 +339,8 @@ def main(argv: list[str] | None = None) -> int:
             epochs=args.epochs,
             teacher_epochs=args.teacher_epochs,
             limit=args.limit,
+            synthetic=args.synthetic,
+            prefetch={"auto": None, "on": True, "off": False}[args.prefetch],
         )
     res = score(args.run, args.data_dir, args.parts, args.results)
     for name in ("shipped_cpu_build", "student", "teacher"):

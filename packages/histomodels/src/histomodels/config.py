@@ -101,6 +101,9 @@ class TrainConfig:
     channels_last: bool = True
     compile: bool = False
     threads: int | None = None
+    #: make the next batch (index, augmentation, pinned copy) in a background thread while
+    #: one trains; the same weights either way. None = auto (training/prefetch.py)
+    prefetch: bool | None = None
     device: str | None = None  # None = cuda when available, else cpu
     progress: bool = True
 

@@ -43,6 +43,13 @@ Bf16 = Annotated[
 ]
 ChannelsLast = Annotated[bool | None, typer.Option("--channels-last/--no-channels-last")]
 Threads = Annotated[int | None, typer.Option(help="torch intra-op threads.")]
+Prefetch = Annotated[
+    bool | None,
+    typer.Option(
+        "--prefetch/--no-prefetch",
+        help="Make the next batch in a background thread (same weights) [auto: on for CUDA].",
+    ),
+]
 Resume = Annotated[bool, typer.Option("--resume", help="Continue from RUN/last.pt.")]
 ModelConfig = Annotated[
     str | None, typer.Option(help='Model kwargs as JSON, e.g. \'{"width": 48, "depth": 4}\'.')
@@ -180,6 +187,7 @@ def train_cmd(
     bf16: Bf16 = None,
     channels_last: ChannelsLast = None,
     threads: Threads = None,
+    prefetch: Prefetch = None,
     device: Device = None,
     resume: Resume = False,
     quiet: Quiet = False,
@@ -232,6 +240,7 @@ def finetune_cmd(
     bf16: Bf16 = None,
     channels_last: ChannelsLast = None,
     threads: Threads = None,
+    prefetch: Prefetch = None,
     device: Device = None,
     resume: Resume = False,
     quiet: Quiet = False,

@@ -19,7 +19,15 @@ if TYPE_CHECKING:
     from histomodels.training.trainer import Trainer
 
 #: Settings a resumed run takes from the new config; everything else comes from ``last.pt``.
-RESUME_OVERRIDES = ("epochs", "patience", "time_budget", "progress", "threads", "device")
+RESUME_OVERRIDES = (
+    "epochs",
+    "patience",
+    "time_budget",
+    "progress",
+    "threads",
+    "device",
+    "prefetch",
+)
 
 
 def resume_state(cfg: TrainConfig, run_dir: Path) -> tuple[TrainConfig, dict[str, Any]]:

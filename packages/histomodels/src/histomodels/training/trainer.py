@@ -40,6 +40,7 @@ from histomodels.training.data import (
     prepare_splits,
 )
 from histomodels.training.network import build_model, wrap_model
+from histomodels.training.prefetch import Prefetcher, pin, use_prefetch
 from histomodels.training.result import EpochStats, TrainResult
 from histomodels.training.schedule import LRSchedule, param_groups
 from histomodels.training.state import checkpoint, resume_state, seed_everything
@@ -85,6 +86,7 @@ class Trainer:
         self.loss_sum, self.seen, self.batches_per_epoch = 0.0, 0, 0
         self.train_patches, self.train_seconds = 0, 0.0
         self.frozen = False
+        self.prefetch = False  # batches made in a background thread (setup: use_prefetch)
         self.stain_stats: Any = None  # randstain's template distribution (fit at setup)
         self._ready = False
 
@@ -96,6 +98,7 @@ class Trainer:
             self.cfg, self.state = resume_state(self.cfg, self.run_dir)
         check_config(self.cfg.model, self.cfg.model_config)  # before any data is decoded
         self.device = pick_device(self.cfg.device)
+        self.prefetch = use_prefetch(self.cfg.prefetch, self.device)
         self.info = D.init_distributed(self.device)
         set_threads(self.cfg.threads)
         self.bf16 = use_bf16(self.cfg.model, self.device, self.cfg.bf16)
@@ -230,13 +233,23 @@ class Trainer:
         self.loss_sum, self.seen = 0.0, 0
         for cb in self.callbacks:
             cb.on_epoch_start(self, epoch)
-        t0, factor, cut = time.perf_counter(), 1.0, False
-        for b in range(self.batches_per_epoch):
+        pinned = self.prefetch and self.device.type == "cuda"
+
+        def make(b: int) -> tuple[torch.Tensor, torch.Tensor]:
             idx = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
-            factor = self.train_step(augment(self.x_train[idx]), self.y_train[idx])
-            if any([cb.on_step_end(self) for cb in self.callbacks]):  # every hook runs
-                cut = True
-                break
+            batch = (augment(self.x_train[idx]), self.y_train[idx])
+            return pin(*batch) if pinned else batch  # type: ignore[return-value]
+
+        t0, factor, cut = time.perf_counter(), 1.0, False
+        batches = Prefetcher(
+            make, self.batches_per_epoch, enabled=self.prefetch, device=self.device
+        )
+        with batches:  # prefetch: batch b + 1 is made in a thread while batch b trains
+            for images, labels in batches:
+                factor = self.train_step(images, labels)
+                if any([cb.on_step_end(self) for cb in self.callbacks]):  # every hook runs
+                    cut = True
+                    break
         seconds = time.perf_counter() - t0
         self.train_patches += self.seen * info.world_size
         self.train_seconds += seconds
@@ -247,7 +260,7 @@ class Trainer:
         """One optimizer step on uint8 NHWC ``images``; returns the LR factor it used."""
         cfg = self.cfg
         x = to_input(images, channels_last=cfg.channels_last, device=self.device)
-        y = labels.to(self.device)
+        y = labels.to(self.device, non_blocking=True)
         for cb in self.callbacks:
             x, y = cb.on_batch(self, x, y)
         factor = self.schedule.factor(self.time_fraction())
