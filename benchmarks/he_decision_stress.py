@@ -325,9 +325,44 @@ class CacheMismatch(Exception):
     script, which did not record them): its scores are not this run's."""
 
 
+#: The helper modules the stress set is made with (hashed whole into ``stress_set``).
+BUILDER_MODULES = ("he_stress_small.py", "he_stress_embeddings.py", "he_classifier_data.py",
+                   "he_classifier_material.py", "he_classifier_special.py")  # fmt: skip
+
+
+def stress_set_version() -> str:
+    """sha256 (16 hex) of what builds and measures the stress set: this script's builders
+    and ``measure``, their constants, and the helper modules they use. Any edit to them
+    makes older caches refused (a comment too: refusing is cheap, stale scores are not)."""
+    import hashlib
+    import inspect
+
+    own = (_rgb, sources, thumb, pad, blur, colour, red_brown, transform, build, embedded,
+           measure)  # fmt: skip
+    digest = hashlib.sha256(repr((HE_KINDS, TRANSFORMS, FIELD_CMAPS)).encode())
+    for fn in own:
+        digest.update(inspect.getsource(fn).encode())
+    here = Path(__file__).resolve().parent
+    for name in BUILDER_MODULES:
+        digest.update((here / name).read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def weights_sha256() -> str:
+    """sha256 of the shipped H&E classifier's weights (what ``p_he`` is computed with)."""
+    from importlib import resources
+
+    from histocore.io import file_sha256
+    from histofetch.decide.classifier import WEIGHTS_NAME
+
+    with resources.as_file(resources.files("histofetch") / "pretrained" / WEIGHTS_NAME) as path:
+        return file_sha256(path)
+
+
 def cache_settings(args: argparse.Namespace) -> dict:
-    """What the measured scores depend on: the stress set (data, seed, size, kinds), the
-    upscaling mode and the filter's scorer version."""
+    """What the measured scores depend on: the stress set (data, seed, size, kinds, the
+    version of the code that builds it), the upscaling mode, the filter's scorer version
+    and the classifier's weights."""
     from histofetch.filter import SCORER_VERSION
 
     return {
@@ -337,6 +372,8 @@ def cache_settings(args: argparse.Namespace) -> dict:
         "kinds": args.kinds,
         "native": args.native,
         "scorer": SCORER_VERSION,
+        "stress_set": stress_set_version(),
+        "weights": weights_sha256(),
     }
 
 

@@ -17,24 +17,37 @@ def _run(*args: str) -> subprocess.CompletedProcess:
     )
 
 
+def _stress():
+    sys.path.insert(0, str(SCRIPT.parent))
+    import he_decision_stress as stress
+
+    return stress
+
+
 def test_a_cache_of_other_settings_is_refused_before_anything_is_measured(
     tmp_path: Path,
 ) -> None:
+    import argparse
+
     cache, out = tmp_path / "cache.json", tmp_path / "out.json"
     row = {"kind": "he:clean", "he": True, "held_out": False}
     shared = str(tmp_path.resolve())
-    settings = {"shared": shared, "seed": 0, "per_kind": 60, "kinds": "", "native": "all"}
-    from histofetch.filter import SCORER_VERSION
-
-    cache.write_text(json.dumps({"settings": settings | {"scorer": SCORER_VERSION},
-                                 "measured": [row]}))  # fmt: skip
-    before = cache.read_text()
-    for args, differs in [
-        (["--native", "off"], "native 'all' (now 'off')"),
-        (["--seed", "1"], "seed 0 (now 1)"),
-        (["--kinds", "he:up-"], "kinds '' (now 'he:up-')"),
-    ]:
-        res = _run("--shared", shared, "--cache", str(cache), "--out", str(out), *args)
+    args = argparse.Namespace(shared=tmp_path, seed=0, per_kind=60, kinds="", native="all")
+    settings = _stress().cache_settings(args)
+    weights, version = settings["weights"], settings["stress_set"]
+    assert len(weights) == 64 and len(version) == 16
+    for had, argv, differs in [
+        (settings, ["--native", "off"], "native 'all' (now 'off')"),
+        (settings, ["--seed", "1"], "seed 0 (now 1)"),
+        (settings, ["--kinds", "he:up-"], "kinds '' (now 'he:up-')"),
+        # other classifier weights, or an older version of the code building the set
+        (settings | {"weights": "0" * 64}, [], f"weights '{'0' * 64}' (now '{weights}')"),
+        (settings | {"stress_set": "old"}, [], f"stress_set 'old' (now '{version}')"),
+    ]:  # fmt: skip
+        cache.write_text(json.dumps({"settings": had, "measured": [row]}))
+        before = cache.read_text()
+        res = _run("--shared", shared, "--native", "all", "--cache", str(cache), "--out",
+                   str(out), *argv)  # fmt: skip
         lines = res.stderr.strip().splitlines()
         assert res.returncode == 1 and len(lines) == 1, res.stderr
         assert lines[0].startswith(f"error: {cache}: measured with other settings: ")
@@ -46,12 +59,41 @@ def test_a_cache_of_other_settings_is_refused_before_anything_is_measured(
     assert res.returncode == 1 and "without its settings" in res.stderr and not out.exists()
 
 
+def _version_of(folder: Path) -> str:
+    code = "import he_decision_stress as s; print(s.stress_set_version())"
+    res = subprocess.run([sys.executable, "-c", code], cwd=folder, capture_output=True,
+                         text=True, timeout=300, check=True)  # fmt: skip
+    return res.stdout.strip()
+
+
+def test_the_stress_set_version_follows_the_code_that_builds_the_set(tmp_path: Path) -> None:
+    """Editing a builder (here or in a helper module) changes the version; editing the
+    report or the command line does not."""
+    import shutil
+
+    def copy(name: str, edit: tuple[str, str, str] | None = None) -> Path:
+        folder = tmp_path / name
+        shutil.copytree(SCRIPT.parent, folder, ignore=shutil.ignore_patterns("results"))
+        if edit:
+            path = folder / edit[0]
+            text = path.read_text()
+            assert edit[1] in text
+            path.write_text(text.replace(edit[1], edit[2], 1))
+        return folder
+
+    base = _version_of(copy("base"))
+    assert base == _stress().stress_set_version()
+    assert _version_of(copy("small", ("he_stress_small.py", "\n", "\n# edited\n"))) != base
+    build = ("he_decision_stress.py", "    items: list[Item] = []", "    items: list[Item] = []  #")
+    assert _version_of(copy("build", build)) != base
+    cli = ("he_decision_stress.py", "    t0 = time.time()", "    t0 = time.time()  # edited")
+    assert _version_of(copy("cli", cli)) == base
+
+
 def test_a_cache_of_the_same_settings_is_reused(tmp_path: Path) -> None:
     import argparse
 
-    sys.path.insert(0, str(SCRIPT.parent))
-    import he_decision_stress as stress
-
+    stress = _stress()
     args = argparse.Namespace(shared=tmp_path, seed=3, per_kind=5, kinds="", native="off")
     settings = stress.cache_settings(args)
     cache = tmp_path / "cache.json"
