@@ -94,3 +94,19 @@ def test_training_a_centre_variant(tmp_path) -> None:
     model, ckpt = load_model(tmp_path / "r" / "best.pt")
     assert ckpt["model_config"]["centre"] == "pool" and res.best_epoch == 1
     assert isinstance(model.centre, CentrePool)
+
+
+def test_pool_prior_is_minus_r2_over_two_sigma2() -> None:
+    # the prior is written to suit torch 2.11's dynamo ONNX exporter; it must still be
+    # softmax(score - r^2 / (2 sigma^2)) as the docstring (and the shipped weights) say
+    pool = CentrePool(4).eval()
+    with torch.no_grad():
+        pool.log_sigma.fill_(-0.7)
+        pool.score.weight.normal_()
+    f = torch.randn(2, 4, 5, 7)
+    ys, xs = torch.linspace(-1, 1, 5), torch.linspace(-1, 1, 7)
+    r2 = ys.view(5, 1) ** 2 + xs.view(1, 7) ** 2
+    prior = -r2 / (2 * torch.exp(torch.tensor(2 * -0.7)))
+    attn = torch.softmax((pool.score(f) + prior).flatten(1), dim=1)
+    with torch.no_grad():
+        torch.testing.assert_close(pool(f), torch.einsum("nk,nck->nc", attn, f.flatten(2)))

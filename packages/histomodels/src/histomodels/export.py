@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import tempfile
 import warnings
 from pathlib import Path
@@ -54,27 +55,38 @@ def export_onnx(
     net: nn.Module, example: torch.Tensor, path: Path, meta: dict[str, str], exporter: str
 ) -> str:
     """Write ``net`` (traced on ``example``) to ONNX at ``path`` with ``meta`` in its
-    metadata; returns the exporter that wrote it (``auto`` falls back to ``legacy`` when the
-    dynamo exporter fails, and logs why)."""
+    metadata; returns the exporter that wrote it.
+
+    ``auto`` falls back to ``legacy`` when the dynamo exporter fails, and logs why; but if the
+    legacy trace warns that the graph depends on the example (a branch on a tensor's value,
+    a tensor turned into a Python number), the trace would not be faithful for other inputs,
+    so :class:`ExportError` is raised instead."""
     import onnx
 
-    if exporter not in EXPORTERS:
-        raise UsageError(f"unknown ONNX exporter {exporter!r}; use {', '.join(EXPORTERS)}")
+    check_exporter(exporter)
     used = "dynamo" if exporter == "auto" else exporter
     try:
-        _onnx_export(net, example, path, used)
+        traced = _onnx_export(net, example, path, used)
     except Exception as exc:  # torch.onnx raises many kinds (ConversionError, torch.export's)
         if exporter != "auto":
             raise
+        why = f"{type(exc).__name__}: {_first_line(exc)}"
         log.warning(
-            "the dynamo ONNX exporter failed on this model with torch %s (%s: %s); "
+            "the dynamo ONNX exporter failed on this model with torch %s (%s); "
             "using the TorchScript-based exporter",
             torch.__version__,
-            type(exc).__name__,
-            str(exc).splitlines()[0][:200] if str(exc) else "",
+            why,
         )
         used = "legacy"
-        _onnx_export(net, example, path, used)
+        traced = _onnx_export(net, example, path, used)
+        if traced:
+            raise ExportError(
+                f"the dynamo ONNX exporter failed ({why}) and the TorchScript-based trace "
+                f"depends on the example input ({_first_line(traced[0].message)}), so it would not "
+                "be faithful; nothing written"
+            ) from None
+    if traced:
+        log.warning("the trace depends on the example input: %s", _first_line(traced[0].message))
     proto = onnx.load(str(path))
     for k, v in meta.items():
         entry = proto.metadata_props.add()
@@ -84,10 +96,26 @@ def export_onnx(
     return used
 
 
-def _onnx_export(net: nn.Module, example: torch.Tensor, path: Path, exporter: str) -> None:
+def check_exporter(exporter: str) -> None:
+    if exporter not in EXPORTERS:
+        raise UsageError(f"unknown ONNX exporter {exporter!r}; use {', '.join(EXPORTERS)}")
+
+
+def _first_line(exc: BaseException | str) -> str:
+    """The first line of an error without terminal colour codes (torch.onnx adds them)."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()
+    return text.splitlines()[0][:200] if text else ""
+
+
+def _onnx_export(
+    net: nn.Module, example: torch.Tensor, path: Path, exporter: str
+) -> list[warnings.WarningMessage]:
+    """One exporter's run; returns the TracerWarnings of a legacy trace (other warnings are
+    torch's deprecation and exporter chatter, silenced)."""
     common: dict[str, Any] = {"input_names": ["input"], "output_names": ["logit"]}
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("ignore")
+        warnings.simplefilter("always", torch.jit.TracerWarning)
         if exporter == "dynamo":  # torch.export-based: the default exporter since torch 2.9
             batch = torch.export.Dim("batch", min=1, max=65536)
             torch.onnx.export(
@@ -110,6 +138,7 @@ def _onnx_export(net: nn.Module, example: torch.Tensor, path: Path, exporter: st
                 dynamic_axes={"input": {0: "batch"}, "logit": {0: "batch"}},
                 **common,
             )
+    return [w for w in caught if issubclass(w.category, torch.jit.TracerWarning)]
 
 
 def _run_exported(fmt: str, path: Path, x: torch.Tensor) -> np.ndarray:
@@ -125,6 +154,10 @@ def _run_exported(fmt: str, path: Path, x: torch.Tensor) -> np.ndarray:
         loaded = torch.jit.load(str(path), map_location="cpu")
     with torch.inference_mode():
         return loaded(x).numpy()
+
+
+class ExportError(DomainError, RuntimeError):
+    """No exporter can write this model faithfully with the installed torch."""
 
 
 class ParityError(DomainError, RuntimeError):
@@ -150,6 +183,7 @@ def export_checkpoint(
     """
     if fmt not in FORMATS:
         raise UsageError(f"unknown export format {fmt!r}; use one of {', '.join(FORMATS)}")
+    check_exporter(exporter)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     model, ckpt = load_model(checkpoint)
