@@ -123,3 +123,32 @@ def test_training_with_stain_levers_writes_its_template_distribution(tmp_path) -
     assert TrainConfig().randstain == 0 and TrainConfig().jpeg_blur == 0
     with pytest.raises(ConfigError, match="jpeg_blur must be a probability"):
         validate(TrainConfig(jpeg_blur=2.0))
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_jpeg_roundtrips_of_a_batch_are_each_images_own_roundtrip(batch, threads) -> None:
+    """The batched re-encode (conversions once, codec calls spread over threads) gives each
+    image exactly what Pillow gives for that image alone at its quality."""
+    import io
+
+    from PIL import Image
+
+    from histomodels.data.transforms import jpeg_roundtrips
+
+    y = batch.float().div(255.0).mul(1.1).sub(0.05)  # off the uint8 grid, a little outside [0, 1]
+    quality = [30 + 4 * i for i in range(len(y))]
+    expected = []
+    for img, q in zip(y, quality, strict=True):
+        buf = io.BytesIO()
+        u8 = img.clamp(0, 1).mul(255).round().to(torch.uint8).numpy()
+        Image.fromarray(u8).save(buf, format="JPEG", quality=q)
+        back = np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
+        expected.append(torch.from_numpy(back.copy()).float().div(255.0))
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        got = jpeg_roundtrips(y, quality)
+    finally:
+        torch.set_num_threads(before)
+    assert got.dtype == y.dtype and torch.equal(got, torch.stack(expected))
+    assert torch.equal(jpeg_roundtrip(y[3], quality[3]), expected[3])

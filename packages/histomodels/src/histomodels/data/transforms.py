@@ -10,7 +10,8 @@ All ops are vectorised over the batch and run on the batch's device.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -218,8 +219,10 @@ class Augment:
         blur = (pick & ~jpeg).nonzero().flatten()
         if len(blur):
             y[blur.to(y.device)] = gaussian_blur(y[blur.to(y.device)], sigma[blur])
-        for i in (pick & jpeg).nonzero().flatten().tolist():
-            y[i] = jpeg_roundtrip(y[i], int(quality[i]))
+        enc = (pick & jpeg).nonzero().flatten()
+        if len(enc):
+            d = enc.to(y.device)
+            y[d] = jpeg_roundtrips(y[d], quality[enc].tolist())
         return y
 
 
@@ -239,18 +242,41 @@ def gaussian_blur(y: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
 def jpeg_roundtrip(img: torch.Tensor, quality: int) -> torch.Tensor:
     """Encode a float RGB ``[H, W, 3]`` image as JPEG at ``quality`` (Pillow, 4:2:0 chroma
     subsampling as scanners' JPEG/JPEG 2000 tiles have) and decode it again."""
+    return jpeg_roundtrips(img[None], [quality])[0]
+
+
+def jpeg_roundtrips(y: torch.Tensor, quality: Sequence[int]) -> torch.Tensor:
+    """:func:`jpeg_roundtrip` of each float ``[H, W, 3]`` image of ``y`` at its ``quality``:
+    the float/uint8 conversions are done once for the batch (elementwise, so the values are
+    those of one image at a time), and the codec calls, which release the GIL, are spread
+    over up to ``torch.get_num_threads()`` threads (joined before returning)."""
+    import numpy as np
+
+    u8 = y.clamp(0, 1).mul(255).round().to(torch.uint8).cpu().numpy()
+    q = [int(v) for v in quality]
+    workers = min(len(u8) // 4, torch.get_num_threads(), 8)
+    if workers > 1:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(workers, thread_name_prefix="histomodels-jpeg") as pool:
+            back = list(pool.map(_jpeg_u8, u8, q))
+    else:
+        back = [_jpeg_u8(img, v) for img, v in zip(u8, q, strict=True)]
+    return torch.from_numpy(np.stack(back)).to(y).div_(255.0)
+
+
+def _jpeg_u8(u8: Any, quality: int) -> Any:
+    """uint8 ``[H, W, 3]`` array → JPEG at ``quality`` → decoded uint8 array (Pillow)."""
     import io
 
     import numpy as np
     from PIL import Image
 
-    u8 = img.clamp(0, 1).mul(255).round().to(torch.uint8).cpu().numpy()
     buf = io.BytesIO()
-    Image.fromarray(u8).save(buf, format="JPEG", quality=int(quality))
+    Image.fromarray(u8).save(buf, format="JPEG", quality=quality)
     buf.seek(0)
     with Image.open(buf) as im:
-        back = np.asarray(im.convert("RGB"))
-    return torch.from_numpy(back.copy()).to(img).div_(255.0)
+        return np.asarray(im.convert("RGB"))
 
 
 def centre_box(size: int) -> tuple[int, int]:
