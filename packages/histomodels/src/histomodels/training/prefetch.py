@@ -30,8 +30,9 @@ class Prefetcher(Generic[T]):
     """Iterate ``make(0), ..., make(n - 1)``, making the next item in a background thread
     (``enabled``) or inline (not ``enabled``, the same items in the same order).
 
-    ``device``: a CUDA device is made current in the worker (so pinned memory belongs to
-    it). Use as a context manager; iterate once.
+    ``device``: a CUDA device is made current in the worker, as in the caller (a new thread
+    would start on device 0, creating a context there under ``torchrun``). Use as a context
+    manager; iterate once.
     """
 
     def __init__(
@@ -42,6 +43,8 @@ class Prefetcher(Generic[T]):
         enabled: bool = True,
         device: torch.device | None = None,
     ) -> None:
+        if device is not None and device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())  # the caller's
         self.make, self.n, self.enabled, self.device = make, int(n), enabled, device
         self._pool: ThreadPoolExecutor | None = None
         self._next: Future[T] | None = None
