@@ -16,7 +16,13 @@ from pathlib import Path
 import pytest
 from ncbi_server import FakeNcbi, ncbi_fixture  # noqa: F401 (fixture)
 from pdf_factory import build_image_pdf, he_like, random_rgb
-from pool_work import default_sigint, die_reading, finish_while_another_dies
+from pool_work import (
+    default_sigint,
+    die_reading,
+    finish_while_another_dies,
+    pool_broken,
+    result_back,
+)
 from s3_server import he_jpeg, real_jats
 
 from histocore.manifest import MANIFEST_NAME, STORE_NAME, Manifest, Record
@@ -253,10 +259,9 @@ def test_results_back_before_a_worker_died_are_kept(tmp_path: Path) -> None:
         calls.append(1)
         if len(calls) == 1:
             (marks / "go").touch()
-            deadline = time.monotonic() + 60
-            while not (marks / "victim-dying").exists() and time.monotonic() < deadline:
-                time.sleep(0.01)
-            time.sleep(1.0)  # the pool sees the death
+            result_back("good")  # the pool holds good's result...
+            (marks / "kill").touch()
+            pool_broken()  # ...when it sees victim's worker die
 
     runner = _Stage(Manifest.load(run), "extracted", False, guard_attempts=True)
     work = functools.partial(finish_while_another_dies, folder=str(marks))
@@ -269,5 +274,47 @@ def test_results_back_before_a_worker_died_are_kept(tmp_path: Path) -> None:
         "good": ("extracted", None),  # its result came back: kept, not a suspect
         "victim": ("downloaded", 1),
         "last": ("downloaded", None),  # taken, never sent
+    }
+    assert _claims(run) == []
+
+
+def test_ctrl_c_keeps_the_results_already_back(tmp_path: Path) -> None:
+    """Ctrl-C while the parent is busy: a record whose result the pool already holds is
+    committed; the one still on a worker is released for the next run. One ``interrupted``
+    line, exit 130, no worker left."""
+    run = tmp_path / "run"
+    m = Manifest.load(run, create=True)
+    for rid in ("first", "good", "slow"):
+        m.add_record(Record(id=rid, stage="downloaded"))
+    m.save()
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    here = str(Path(__file__).resolve().parent)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [here, env.get("PYTHONPATH")]))
+    code = "import sys, pool_work; pool_work.interrupted_after_a_result(*sys.argv[1:])"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, str(run), str(marks)], env=env, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, start_new_session=True, preexec_fn=default_sigint,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 180
+        while not (marks / "ready").exists() and proc.poll() is None:
+            assert time.monotonic() < deadline, "the child never got good's result"
+            time.sleep(0.01)
+        assert proc.poll() is None, proc.communicate()[1].decode()
+        os.killpg(proc.pid, signal.SIGINT)  # a terminal's Ctrl-C: parent and workers
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, err.decode()
+    assert err.decode().splitlines() == ["interrupted"] and out == b""
+    assert _group_ended(proc.pid), "a worker outlived the command"
+    m = Manifest.load(run)
+    assert {rid: r.stage for rid, r in m.records.items()} == {
+        "first": "extracted",
+        "good": "extracted",  # its result was back: kept
+        "slow": "downloaded",  # in flight: redone by the next run
     }
     assert _claims(run) == []

@@ -173,11 +173,14 @@ def run_pooled(
     (``jobs`` when the runner guards attempts). However it ends (Ctrl-C, a dead worker), no
     claim of a record this call took and did not commit is left behind.
 
-    A worker that dies ends the pool (:class:`WorkerDied`); the records whose results came
-    back before it died are committed. When the runner guards attempts, each record then
-    still in flight counts one attempt killed before it finished, and a record
-    with such an attempt (a suspect) is read with no other record in flight: the death of
-    its worker is then its own, and its second one fails it as with one job."""
+    Ended by Ctrl-C or by a worker that dies (then :class:`WorkerDied`), it still commits
+    the records whose results the pool had received; a result still in the pipe from a
+    worker when one died is lost (the executor marks its future broken) and that record
+    is redone by the next run, like the records still on a worker. When the runner guards
+    attempts, each record in flight when a worker died counts one attempt killed before it
+    finished, and a record with such an attempt (a suspect) is read with no other record in
+    flight: the death of its worker is then its own, and its second one fails it as with
+    one job."""
     manifest = runner.manifest
     feed = _Feed(runner, work, threads, advance)
     pool = _executor(jobs, threads)  # workers start at submit (deaf to Ctrl-C there)
@@ -189,11 +192,11 @@ def run_pooled(
         with _second_ctrl_c_ignored():
             try:
                 _stop(pool)
-                if isinstance(exc, BrokenProcessPool):
-                    feed.adopt_finished()  # records that came back before the death are kept
-                    if runner.guard_attempts:
-                        for rid in sorted(feed.sent):  # their attempts were killed unfinished
-                            runner._after_death(manifest.records[rid])
+                if isinstance(exc, (BrokenProcessPool, KeyboardInterrupt)):
+                    feed.adopt_finished()  # results the pool had received are kept
+                if isinstance(exc, BrokenProcessPool) and runner.guard_attempts:
+                    for rid in sorted(feed.sent):  # their attempts were killed unfinished
+                        runner._after_death(manifest.records[rid])
             finally:
                 manifest.release(feed.held)
         if isinstance(exc, BrokenProcessPool):
