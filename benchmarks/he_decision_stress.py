@@ -61,7 +61,7 @@ import he_stress_embeddings as E  # noqa: E402
 from he_stress_embeddings import _resize  # noqa: E402
 from he_stress_embeddings import window as _window  # noqa: E402
 from he_stress_report import parse_set, print_report, report  # noqa: E402
-from he_stress_small import small_items  # noqa: E402
+from he_stress_small import EmptyPool, check_pools, small_items  # noqa: E402
 
 from histofetch.decide import rules, scale  # noqa: E402
 from histofetch.filter import score_pixels  # noqa: E402
@@ -202,8 +202,10 @@ def transform(name: str, rgb: np.ndarray, rng: np.random.Generator) -> np.ndarra
 
 # -- the set ---------------------------------------------------------------------------------
 def build(shared: Path, seed: int, per_kind: int = 60) -> list[Item]:
+    """The stress set; :class:`EmptyPool` when ``shared`` lacks the images of a pool."""
     rng = np.random.default_rng(seed)
     pools = sources(shared, rng)
+    check_pools(pools)
     items: list[Item] = []
     he_small = pools["he"] + pools["pcam"]
     large = pools["he_large"]
@@ -433,7 +435,10 @@ def main() -> None:
         sys.exit(f"error: {exc}")
     cached = measured is not None
     if measured is None:
-        items = build(args.shared, args.seed, args.per_kind)
+        try:
+            items = build(args.shared, args.seed, args.per_kind)
+        except EmptyPool as exc:
+            sys.exit(f"error: {Path(args.shared) / exc.folder}: {exc.problem}")
         if args.kinds:
             items = [i for i in items if i.kind.startswith(tuple(args.kinds.split(",")))]
         print(f"{len(items)} stress images built in {time.time() - t0:.0f} s", file=sys.stderr)

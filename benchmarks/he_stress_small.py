@@ -50,6 +50,37 @@ NEG_KINDS = ("ihc", "pas", "ihc-made", "special-made", "cytology", "if", "fish",
 Pool = list[tuple[bool, np.ndarray]]
 Item = tuple[str, bool, bool, np.ndarray]
 
+#: Where each pool's images come from, under ``--shared`` (named when a pool is empty).
+POOL_FOLDERS = {
+    "pcam": "data/pcam_real/dev/train.h5",
+    "he": "data/camelyon16_tiles_didsr",  # and stain_types he_other
+    "he_large": "data/camelyon17_centre_tiles",
+    "ihc": "data/stain_types",
+    "pas_special": "data/stain_types",
+    "cytology_gross_other": "data/stain_types",
+    "if": "data/stain_types",
+}
+
+
+class EmptyPool(ValueError):
+    """A pool the stress set draws from holds no image (data missing under ``--shared``)."""
+
+    def __init__(self, pool: str, what: str = "images") -> None:
+        self.folder = POOL_FOLDERS.get(pool, "data")
+        self.problem = f"no {what} for the stress set's {pool!r} pool"
+        super().__init__(f"{self.folder}: {self.problem}")
+
+
+def check_pools(pools: dict[str, Pool]) -> None:
+    """Raise :class:`EmptyPool` for the first pool of :data:`POOL_FOLDERS` with no image
+    (for ``if``: none from a training-side source), before anything is made from them."""
+    for name in POOL_FOLDERS:
+        if name == "if":
+            if not any(not held for held, _ in pools.get(name, [])):
+                raise EmptyPool(name, "training-side images (held-out sources excluded)")
+        elif not pools.get(name):
+            raise EmptyPool(name)
+
 
 def small_size(rng: np.random.Generator, aspect: float = 1.0) -> tuple[int, int]:
     """(width, height) with the shorter side in :data:`SMALL`; ``aspect`` = width / height,
@@ -242,11 +273,15 @@ def small_items(
 ) -> list[Item]:
     """H&E and negatives at 32–63 px (module docstring); ``per_kind`` H&E images per H&E
     kind, two thirds as many per negative kind. ``made`` holds the "ihc" and "special"
-    images made from real H&E (he_decision_stress.py makes them)."""
+    images made from real H&E (he_decision_stress.py makes them). An empty pool raises
+    :class:`EmptyPool` before anything is made."""
     items: list[Item] = []
+    if per_kind <= 0:
+        return items
+    check_pools(pools)
+    if_train = [(held, rgb) for held, rgb in pools["if"] if not held]  # training-side only
     he_small = pools["pcam"] + pools["he"]
     large = pools["he_large"]
-    if_train = [(held, rgb) for held, rgb in pools["if"] if not held]  # training-side only
 
     def pick(pool: Pool) -> tuple[bool, np.ndarray]:
         return pool[int(rng.integers(len(pool)))]
