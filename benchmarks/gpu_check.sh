@@ -124,7 +124,7 @@ fi
 if [ -n "${SKIP_TESTS:-}" ]; then
     echo skipped
 else
-    timeout "${TEST_TIMEOUT:-900}" python3 -m pytest "${PYTEST_ARGS[@]}" 2>&1 | tee "$OUT/pytest.log" | tail -40
+    timeout "${TEST_TIMEOUT:-400}" python3 -m pytest "${PYTEST_ARGS[@]}" 2>&1 | tee "$OUT/pytest.log" | tail -40
     check "${PIPESTATUS[0]}" pytest
 fi
 

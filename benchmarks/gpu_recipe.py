@@ -180,8 +180,14 @@ def device(
     step only (a throughput check that carries no data)."""
     import numpy as np
     import torch
-    from build_pcam_cnn import EPOCHS, JPEG_BLUR, TEACHER_EPOCHS, train_recipe
-    from pcam_real import stratified_split
+    from build_pcam_cnn import (
+        EPOCHS,
+        JPEG_BLUR,
+        TEACHER_EPOCHS,
+        TEACHER_INPUT_SIZE,
+        train_recipe,
+    )
+    from pcam_real import SELECT_FRACTION, stratified_split
 
     from histocore.cli import setup_logging
 
@@ -222,7 +228,7 @@ def device(
                 f"recipe: only parts {names} are here (the machine was not kept warm); "
                 "training on them anyway, NOT the full dev data"
             )
-        fit_i, sel_i = stratified_split(y, 0.15)
+        fit_i, sel_i = stratified_split(y, SELECT_FRACTION)
         fit = (x[fit_i].numpy(), y[fit_i].numpy().astype("int64"))
         sel = (x[sel_i].numpy(), y[sel_i].numpy().astype("int64"))
         t1 = time.perf_counter()
@@ -232,6 +238,7 @@ def device(
             work / "recipe",
             epochs=epochs or EPOCHS,
             teacher_epochs=TEACHER_EPOCHS if teacher_epochs is None else teacher_epochs,
+            teacher_input_size=TEACHER_INPUT_SIZE,
             jpeg_blur=JPEG_BLUR,
             threads=threads,
         )
@@ -258,34 +265,61 @@ def device(
     return 0
 
 
-def score(run: Path, data_dir: Path, parts: Path, results: Path) -> dict:
-    """Score the student (and the teacher) that came back as the CPU build is scored, with
-    the select split the device run used (rebuilt from the same parts) and all of PCam
-    valid as the report."""
+def score(
+    run: Path,
+    data_dir: Path,
+    parts: Path,
+    results: Path,
+    *,
+    reference: Path | None = None,
+    full_size_json: Path | None = None,
+) -> dict:
+    """Score the student and teacher of ``run`` (and of a ``reference`` run of the same
+    script elsewhere, e.g. on CPU) as the CPU build is scored: temperature and threshold on
+    the select split each run used (rebuilt from the same parts), all of PCam valid as the
+    report. Writes ``results``."""
+    from pcam_real import VAL_ORIGINS
+
+    from histomodels.data import open_dataset
+    from histomodels.training import load_split
+
+    report = load_split(open_dataset(data_dir / "valid.h5", origin_split=VAL_ORIGINS), "report")
+    out: dict = {"device": _score_run(run, parts, report)}
+    if reference is not None:
+        out["reference"] = _score_run(reference, parts, report)
+    out["full_size"] = json.loads(full_size_json.read_text()) if full_size_json else None
+    cpu = json.loads(
+        (HERE.parent / "packages/histomodels/src/histomodels/pretrained/pcam-cnn.json").read_text()
+    )
+    out["shipped_cpu_build"] = cpu["metrics_pcam_valid"]
+    used = out["device"]["recipe"]
+    out["note"] = (
+        f"trained on parts {used['parts']} of {list(PARTS)} ({used['fit']} fit, "
+        f"{used['select']} select); scored on CPU in fp32; temperature and threshold on each "
+        f"run's own select; report: all {len(report[1])} PCam valid patches"
+    )
+    results.parent.mkdir(parents=True, exist_ok=True)
+    results.write_text(json.dumps(out, indent=1, default=str) + "\n")
+    return out
+
+
+def _score_run(run: Path, parts: Path, report) -> dict:
     import numpy as np
     from build_pcam_cnn import score_checkpoint
-    from pcam_real import dev_splits, stratified_split
+    from pcam_real import SELECT_FRACTION, stratified_split
 
     recipe = json.loads((run / "recipe.json").read_text())
     x, y, names = load_parts(parts, only=recipe["parts"])
-    fit_i, sel_i = stratified_split(y, 0.15)
+    fit_i, sel_i = stratified_split(y, SELECT_FRACTION)
     if len(fit_i) != recipe["fit"] or int(np.asarray(y[fit_i]).sum()) != recipe["fit_labels_sum"]:
-        raise SystemExit(f"{parts}: parts {names} do not rebuild the run's fit split")
-    splits = {"select": (x[sel_i], y[sel_i]), "report": dev_splits(data_dir)["report"]}
-    out = {"device": recipe, "full_size": None}
-    if (run / "full_size.json").is_file():
-        out["full_size"] = json.loads((run / "full_size.json").read_text())
+        raise SystemExit(f"{parts}: parts {names} do not rebuild the fit split of {run}")
+    splits = {"select": (x[sel_i], y[sel_i]), "report": report}
+    out: dict = {"run": str(run), "recipe": recipe}
     for name in ("student", "teacher"):
         ckpt = run / f"{name}.pt"
         if ckpt.is_file():
             _, metrics, chosen = score_checkpoint(ckpt, splits)
             out[name] = {"metrics_pcam_valid": metrics, **{k: chosen[k] for k in chosen}}
-    cpu = json.loads(
-        (HERE.parent / "packages/histomodels/src/histomodels/pretrained/pcam-cnn.json").read_text()
-    )
-    out["shipped_cpu_build"] = cpu["metrics_pcam_valid"]
-    results.parent.mkdir(parents=True, exist_ok=True)
-    results.write_text(json.dumps(out, indent=1, default=str) + "\n")
     return out
 
 
@@ -323,6 +357,8 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
     s.add_argument("--parts", type=Path, default=HERE.parent / ".gpudata")
     s.add_argument("--results", type=Path, default=HERE / "results" / "gpu_recipe.json")
+    s.add_argument("--reference", type=Path, help="a run of the same script elsewhere (CPU)")
+    s.add_argument("--full-size", type=Path, help="the device's full_size.json to include")
     args = p.parse_args(argv)
     if args.cmd == "pack":
         print(json.dumps(pack(args.data_dir, args.out, args.part_mb), indent=1))
@@ -342,16 +378,25 @@ def main(argv: list[str] | None = None) -> int:
             synthetic=args.synthetic,
             prefetch={"auto": None, "on": True, "off": False}[args.prefetch],
         )
-    res = score(args.run, args.data_dir, args.parts, args.results)
-    for name in ("shipped_cpu_build", "student", "teacher"):
-        m = res.get(name)
-        m = m["metrics_pcam_valid"] if m and "metrics_pcam_valid" in m else m
-        if m:
-            t = m["at_threshold"]
-            print(
-                f"{name}: PCam valid AUC {t['roc_auc']:.4f} acc {t['accuracy']:.3f} "
-                f"recall {t['recall']:.3f}"
-            )
+    res = score(
+        args.run,
+        args.data_dir,
+        args.parts,
+        args.results,
+        reference=args.reference,
+        full_size_json=args.full_size,
+    )
+    rows = [("shipped_cpu_build", res["shipped_cpu_build"])]
+    for run in ("device", "reference"):
+        for name in ("student", "teacher"):
+            if name in res.get(run, {}):
+                rows.append((f"{run} {name}", res[run][name]["metrics_pcam_valid"]))
+    for label, m in rows:
+        t = m["at_threshold"]
+        print(
+            f"{label}: PCam valid AUC {t['roc_auc']:.4f} acc {t['accuracy']:.3f} "
+            f"recall {t['recall']:.3f}"
+        )
     return 0
 
 
