@@ -91,9 +91,11 @@ class Prefetcher(Generic[T]):
             return self.make(b)
 
 
-def pin(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """``tensors`` in page-locked memory (for ``non_blocking`` copies to a CUDA device)."""
-    return tuple(t.pin_memory() for t in tensors)
+def pin(
+    images: torch.Tensor, labels: torch.Tensor, on: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch in page-locked memory when ``on`` (for ``non_blocking`` copies to CUDA)."""
+    return (images.pin_memory(), labels.pin_memory()) if on else (images, labels)
 
 
 def use_prefetch(requested: bool | None, device: torch.device) -> bool:

@@ -237,14 +237,11 @@ class Trainer:
 
         def make(b: int) -> tuple[torch.Tensor, torch.Tensor]:
             idx = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
-            batch = (augment(self.x_train[idx]), self.y_train[idx])
-            return pin(*batch) if pinned else batch  # type: ignore[return-value]
+            return pin(augment(self.x_train[idx]), self.y_train[idx], pinned)
 
         t0, factor, cut = time.perf_counter(), 1.0, False
-        batches = Prefetcher(
-            make, self.batches_per_epoch, enabled=self.prefetch, device=self.device
-        )
-        with batches:  # prefetch: batch b + 1 is made in a thread while batch b trains
+        n, on = self.batches_per_epoch, self.prefetch
+        with Prefetcher(make, n, enabled=on, device=self.device) as batches:  # b+1 while b trains
             for images, labels in batches:
                 factor = self.train_step(images, labels)
                 if any([cb.on_step_end(self) for cb in self.callbacks]):  # every hook runs
