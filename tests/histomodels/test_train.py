@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -103,6 +104,17 @@ def test_plateau_schedule_cuts_the_lr_after_flat_epochs():
     cos.step_count = 10
     assert cos.factor() == pytest.approx(1.0)
     assert cos.factor(time_fraction=1.0) == pytest.approx(0.01)  # budget spent: annealed
+
+
+def test_a_one_step_cosine_span_is_not_reported_as_a_warning(caplog):
+    # one epoch of one batch, all warm-up: timm's "will have no effect" is right but noise;
+    # its logger keeps its own level afterwards
+    timm_log = logging.getLogger("timm.scheduler.cosine_lr")
+    level = timm_log.level
+    with caplog.at_level(logging.WARNING):
+        one = LRSchedule(TrainConfig(schedule="cosine", epochs=1, warmup_epochs=1), 2)
+    assert "no effect" not in caplog.text and timm_log.level == level
+    assert one.factor() == pytest.approx(0.5)  # the schedule itself is unchanged
 
 
 def test_time_budget_stops_cleanly_and_keeps_best(arrays, tmp_path):

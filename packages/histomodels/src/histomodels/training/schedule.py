@@ -8,6 +8,7 @@ reaches the peak on the last warm-up step, and a resumable reduce-on-plateau.
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any
 
@@ -65,9 +66,17 @@ class LRSchedule:
         self._span = max(1, self.total - self.warmup)
         # timm's cosine on a unit learning rate: its value is the factor
         self._unit = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
-        self._cosine = CosineLRScheduler(
-            self._unit, t_initial=self._span, lr_min=cfg.min_lr_ratio, t_in_epochs=False
-        )
+        # a span of one step (e.g. one epoch, all warm-up) makes timm warn that the cosine
+        # "will have no effect", which is right and harmless; keep it off the user's screen
+        timm_log = logging.getLogger("timm.scheduler.cosine_lr")
+        level = timm_log.level
+        timm_log.setLevel(logging.ERROR if self._span == 1 else level)
+        try:
+            self._cosine = CosineLRScheduler(
+                self._unit, t_initial=self._span, lr_min=cfg.min_lr_ratio, t_in_epochs=False
+            )
+        finally:
+            timm_log.setLevel(level)
 
     def factor(self, time_fraction: float = 0.0) -> float:
         """The factor for the next step; ``time_fraction``: share of the time budget used."""
