@@ -166,3 +166,46 @@ def test_bad_run_gets_an_error_page(served: tuple[str, Path], browser) -> None:
     _wait(browser, lambda d: d.find_elements("id", "error-message"))
     assert "not valid JSON" in _text(browser, "error-message")
     assert browser.title.startswith("histofetch review: cannot open")
+
+
+def test_all_reviewed_says_so_and_shows_all_in_one_click(served: tuple[str, Path], browser) -> None:
+    from selenium.webdriver.support.ui import Select
+
+    from histofetch.review.data import save_answer
+
+    url, run = served
+    answers = {"pmid:1/fig1": "metastasis", "pmid:1/fig2": "no_metastasis",
+               "pmid:2/fig1": "metastasis"}  # fmt: skip
+    with Manifest.load(run) as m:
+        for image_id, label in answers.items():
+            save_answer(m, image_id, label, "earlier")
+    d = browser
+    d.get(url)
+    _wait(d, lambda d: _text(d, "figure-id") == "pmid:2/fig2")  # the one left
+    assert not d.find_element("id", "empty").is_displayed()
+    _press(d, "u", "saved pmid:2/fig2: not usable")  # the last answer of the run
+    _wait(d, lambda d: d.find_element("id", "empty").is_displayed())
+    assert _text(d, "empty-text") == "All 4 figures of this run are reviewed."
+    assert _text(d, "empty-detail") == "2 metastasis · 1 no metastasis · 1 not usable"
+    assert "Nothing matches" not in _text(d, "empty")
+    assert not d.find_element("id", "stage").is_displayed()
+    assert not d.find_element("id", "figure-id").is_displayed()  # no stale facts beside it
+    ARTIFACTS.mkdir(exist_ok=True)
+    d.save_screenshot(str(ARTIFACTS / "review_all_reviewed.png"))
+    # a fresh load of the finished run says the same
+    d.refresh()
+    _wait(d, lambda d: _text(d, "empty-text") == "All 4 figures of this run are reviewed.")
+    d.find_element("id", "empty-action").click()
+    _wait(d, lambda d: _text(d, "figure-id") == "pmid:1/fig1")
+    assert Select(d.find_element("id", "f-status")).first_selected_option.text == "all"
+    assert _text(d, "position") == "1 / 4" and not d.find_element("id", "empty").is_displayed()
+    assert d.find_element("id", "figure-id").is_displayed()
+    # filters that match nothing keep saying so, with the click that clears them
+    Select(d.find_element("id", "f-label")).select_by_value("unreviewed")
+    _wait(d, lambda d: _text(d, "empty-text") == "Nothing matches these filters.")
+    assert _text(d, "empty-detail") == "4 figures in this run; unreviewed: none."
+    assert _text(d, "empty-action") == "clear filters"
+    d.save_screenshot(str(ARTIFACTS / "review_no_match.png"))
+    d.find_element("id", "empty-action").click()
+    _wait(d, lambda d: _text(d, "position") == "1 / 4")
+    assert Select(d.find_element("id", "f-label")).first_selected_option.text == "any"

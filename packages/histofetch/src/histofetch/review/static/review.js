@@ -17,7 +17,9 @@ const state = {
   undo: [],      // [{id, previous}] answers of this tab, newest last
   zoom: 0,       // 0 = fit, else a scale factor
   heat: false,
+  progress: null, // the run's counts, as the server last sent them
 };
+const FILTER_IDS = ["f-status", "f-disagree", "f-record", "f-weak", "f-label"];
 
 function filters() {
   const q = new URLSearchParams();
@@ -46,6 +48,7 @@ async function api(path, options) {
 }
 
 function showProgress(p) {
+  state.progress = p;
   const pct = p.total ? (100 * p.reviewed) / p.total : 0;
   $("progress-fill").style.width = `${pct.toFixed(1)}%`;
   $("progress-text").textContent =
@@ -66,12 +69,54 @@ function pill(el, value) {
   el.className = `pill pill-${value || "none"}`;
 }
 
+function plural(n, word) {
+  return `${n} ${word}${n === 1 ? "" : "s"}`;
+}
+
+// What an empty list means: every figure reviewed (the default view's end), or filters
+// that match nothing; each with the one click that shows figures again.
+function explainEmpty() {
+  const p = state.progress;
+  const action = $("empty-action");
+  const allDone = p && p.total > 0 && p.reviewed === p.total;
+  if (allDone && $("f-status").value === "unreviewed") {
+    $("empty-text").textContent = p.total === 1
+      ? "The 1 figure of this run is reviewed."
+      : `All ${p.total} figures of this run are reviewed.`;
+    $("empty-detail").textContent =
+      `${p.metastasis} metastasis · ${p.no_metastasis} no metastasis · ${p.not_usable} not usable`;
+    action.textContent = `show all ${plural(p.total, "figure")}`;
+    action.dataset.action = "all";
+  } else {
+    const rest = p && p.total > p.reviewed ? `${p.total - p.reviewed} of ${p.total}` : "none";
+    $("empty-text").textContent = "Nothing matches these filters.";
+    $("empty-detail").textContent = p
+      ? `${plural(p.total, "figure")} in this run; unreviewed: ${rest}.`
+      : "";
+    action.textContent = "clear filters";
+    action.dataset.action = "clear";
+  }
+  action.hidden = false;
+}
+
+function emptyAction() {
+  if ($("empty-action").dataset.action === "all") {
+    $("f-status").value = "all";
+  } else {
+    for (const id of FILTER_IDS) $(id).value = "";
+    $("f-status").value = "all";
+  }
+  state.index = 0;
+  enqueue(() => loadList(null));
+}
+
 async function show() {
   const empty = state.items.length === 0;
   $("empty").hidden = !empty;
   $("stage").hidden = empty;
+  document.body.classList.toggle("nothing-shown", empty);  // no stale figure facts beside it
   $("position").textContent = empty ? "0 / 0" : `${state.index + 1} / ${state.items.length}`;
-  if (empty) { state.current = null; return; }
+  if (empty) { state.current = null; explainEmpty(); return; }
   const id = state.items[state.index].id;
   const it = await api(`/api/item/${encodeURIComponent(id)}`);
   state.current = it;
@@ -235,7 +280,8 @@ $("zoom-fit").addEventListener("click", () => { state.zoom = 0; applyZoom(); });
 $("zoom-full").addEventListener("click", () => { state.zoom = 1; applyZoom(); });
 $("toggle-heat").addEventListener("click", toggleHeat);
 $("figure").addEventListener("dblclick", () => { state.zoom = state.zoom === 0 ? 1 : 0; applyZoom(); });
-for (const id of ["f-status", "f-disagree", "f-record", "f-weak", "f-label"]) {
+$("empty-action").addEventListener("click", emptyAction);
+for (const id of FILTER_IDS) {
   $(id).addEventListener("change", () => {
     $(id).blur();  // keys answer again right after a filter change
     state.index = 0;
