@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 
 import matplotlib
@@ -15,6 +17,7 @@ from histocore.manifest import Image, Manifest
 from histofetch.decide.colour import score_rgb
 from histofetch.extract import run_extract
 from histofetch.filter import Thresholds, decide, run_filter, store_scores
+from histofetch.leakage import image_hash
 
 
 def _smooth_field(h: int = 96, w: int = 96, seed: int = 0) -> np.ndarray:
@@ -362,3 +365,43 @@ def test_a_filter_that_fails_midway_closes_its_store(tmp_path: Path) -> None:
     finally:
         gc.enable()
     assert all(i.kept is not None for i in Manifest.load(run).images.values())  # committed
+
+
+_READS: list[str] | None = None  # paths opened for reading while a test listens
+
+
+def _count_reads(event: str, args: tuple) -> None:
+    if _READS is not None and event == "open" and isinstance(args[0], (str, Path)):
+        mode, flags = args[1], args[2]
+        reading = "r" in mode if isinstance(mode, str) else (flags & os.O_ACCMODE) == os.O_RDONLY
+        if reading and "+" not in (mode or ""):
+            _READS.append(str(Path(args[0]).resolve()))
+
+
+sys.addaudithook(_count_reads)  # the interpreter's own open events: nothing of ours replaced
+
+
+def test_filter_reads_each_figure_once_and_hashes_that_copy(tmp_path: Path) -> None:
+    global _READS
+    pdf = build_image_pdf(
+        tmp_path / "mix.pdf",
+        [grid_figure_rgb(), he_like(seed=1), he_like(seed=2)],
+        caption="Figure 2. H&E and a heatmap.",
+    )
+    run_dir = tmp_path / "run"
+    run_extract(run_dir, [pdf])
+    _READS = []
+    try:
+        run_filter(run_dir, sheet=False)
+        reads = [p for p in _READS if p.endswith(".png")]
+    finally:
+        _READS = None
+    m = Manifest.load(run_dir)
+    figures = [i for i in m.images.values() if i.source != "panel"]
+    panels = [i for i in m.images.values() if i.source == "panel"]
+    assert len(figures) == 3 and len(panels) == 4 and m.kept_images()
+    files = [str(m.resolve(i.path).resolve()) for i in figures]  # type: ignore[union-attr]
+    assert sorted(reads) == sorted(files)  # each figure read once, no panel read back
+    for img in [*figures, *panels]:  # the hash is the file's, as leakage.image_hash reads it
+        assert img.phash is not None and img.phash == image_hash(str(m.resolve(img.path)))
+    assert len({i.phash for i in figures}) == 3

@@ -10,6 +10,7 @@ Per image (read once; scores are stored, so an image already scored is never re-
   ``tissue_fraction``, ``extra.colour``);
 * the shipped CNN's H&E probability (decide/classifier.py) in ``p_he`` and
   ``extra.classifier``;
+* the near-duplicate hash (leakage.py) in ``phash``, from the same decoded copy;
 * panels (panels.py): a compound figure gets one row per panel (``source="panel"``,
   ``parent_id``, ``panel_bbox``, ``panel_letter``), each scored the same way; the letter
   printed at each panel's corner is read by panel_letters.py (Tesseract, when installed).
@@ -41,6 +42,7 @@ from histofetch.decide.colour import WORK_SIDE, ColourScores, load_rgb_sized, sc
 from histofetch.decide.scale import to_native
 from histofetch.decide.stains import evidence
 from histofetch.labels import RULES_VERSION, label_manifest
+from histofetch.leakage import rgb_hash
 from histofetch.pool import run_records
 from histofetch.stage import StageSummary
 
@@ -172,8 +174,10 @@ def score_pixels(rgb: np.ndarray) -> PixelScores:
 
 
 def store_pixels(img: Image, rgb: np.ndarray) -> PixelScores:
-    """Score ``rgb`` (:func:`score_pixels`) and store both signals on ``img``."""
+    """Score ``rgb`` (:func:`score_pixels`) and store both signals on ``img``, and its
+    near-duplicate hash (leakage.py) from the same copy: the file is not read again."""
     scores = score_pixels(rgb)
+    img.phash = rgb_hash(rgb)
     store_scores(img, scores.colour, scores.factor)
     img.p_he = round(scores.classifier.p_he, 4)
     img.extra["classifier"] = scores.classifier.as_dict()

@@ -3,7 +3,8 @@
 The same micrograph often appears in several papers (a review reprints it, a group reuses
 it). Counted twice, it inflates the external test set; if it is a CAMELYON/PCam image it
 leaks training data into the test. Every kept image gets a 64-bit difference hash
-(``imagehash.dhash``, stored as hex in ``Image.phash``, computed once); two kept images of
+(``imagehash.dhash``, stored as hex in ``Image.phash``; ``filter`` computes it from the copy
+it already decoded for scoring, so the file is read once); two kept images of
 *different* articles within :data:`MAX_DISTANCE` bits are both flagged
 ``near_duplicate:<other image id>`` in ``Image.leakage``. Within one article, a panel and
 its figure overlap by design and are not flagged. ``histomodels eval --manifest
@@ -15,6 +16,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 
+import numpy as np
+import PIL.Image
+
 from histocore.manifest import Image, Manifest
 
 log = logging.getLogger(__name__)
@@ -24,16 +28,22 @@ MAX_DISTANCE = 6
 HASH_SIZE = 8  # dHash of an 8x9 grey thumbnail → 64 bits
 
 
-def image_hash(path: str) -> str | None:
-    """Hex dHash of an image file; ``None`` when it cannot be read."""
+def rgb_hash(rgb: np.ndarray) -> str:
+    """Hex dHash of a decoded RGB image (uint8 ``[H, W, 3]``)."""
     import imagehash
 
-    from histocore.imaging import open_image
-    from histofetch.decide.colour import MAX_PIXELS
+    return str(imagehash.dhash(PIL.Image.fromarray(rgb), hash_size=HASH_SIZE))
+
+
+def image_hash(path: str) -> str | None:
+    """Hex dHash of an image file, read as ``filter`` reads it for scoring (transparency on
+    white, at most ``filter.PANEL_SIDE`` px), so it matches the hash ``filter`` stores;
+    ``None`` when it cannot be read."""
+    from histofetch.decide.colour import load_rgb_sized
+    from histofetch.filter import PANEL_SIDE
 
     try:
-        with open_image(path, max_pixels=MAX_PIXELS) as im:
-            return str(imagehash.dhash(im.convert("RGB"), hash_size=HASH_SIZE))
+        return rgb_hash(load_rgb_sized(path, PANEL_SIDE)[0])
     except Exception as exc:  # unreadable/corrupt file: no hash, no flag (filter failed it)
         log.warning("cannot hash %s: %s", path, exc)
         return None
@@ -44,7 +54,8 @@ def hamming(a: str, b: str) -> int:
 
 
 def hash_images(manifest: Manifest, images: Iterable[Image]) -> None:
-    """Store ``phash`` on every given image that lacks one."""
+    """Store ``phash`` on every given image that lacks one (rows ``filter`` scored have it;
+    this reads the file only for rows from elsewhere)."""
     for img in images:
         if img.phash is None:
             path = manifest.resolve(img.path)
