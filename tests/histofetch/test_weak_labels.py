@@ -93,6 +93,20 @@ def test_panels_are_read_from_their_own_text() -> None:
     assert any(e["text"] == "metastasis" for e in b.evidence)
 
 
+def test_a_stored_label_follows_the_panel_letter_stored_beside_it() -> None:
+    """The label is read from the row's own caption and panel letter under one rule set:
+    reading letters (scorer 5) changed the input, not the rules, so no RULES_VERSION bump."""
+    from histofetch.labels import label_image
+
+    row = Image("r/f1_panel03", "r", "x.png", "0" * 64, 10, 10, caption=PANELS, kept=True)
+    label_image(row)  # no letter read: the whole caption
+    assert (row.weak_label, row.weak_label_rules) == ("metastasis", RULES_VERSION)
+    row.panel_letter = "C"  # its letter read: its own part
+    label_image(row)
+    assert (row.weak_label, row.weak_label_rules) == ("no_metastasis", RULES_VERSION)
+    assert row.weak_label == read_caption(row.caption, row.panel_letter).label
+
+
 def test_shared_title_gives_the_panels_their_site_and_finding() -> None:
     cap = "Sentinel lymph node. (A) Isolated tumour cells, H&E. (B) Cytokeratin stain."
     assert read_caption(cap, "A").label == "metastasis"

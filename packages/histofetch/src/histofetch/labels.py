@@ -37,7 +37,10 @@ from histocore.manifest import WEAK_LABELS, Image, Manifest
 from histofetch.captions import normalise, panel_spans
 from histofetch.negation import Assertion, assertion
 
-#: Bump when a rule changes what a caption is read as (stored on every row).
+#: Bump when a rule changes what a caption is read as (stored on every row). A row's label
+#: is read from its own ``caption`` and ``panel_letter`` (both stored beside it), so reading
+#: panel letters (filter's scorer 5) changed an input, not the rules; ``filter`` re-labels
+#: every kept row on every run, so no row keeps a label its stored fields do not give.
 RULES_VERSION = "caption-rules-1"
 
 SITES = ("lymph_node", "breast", "other", "unknown")
