@@ -25,6 +25,17 @@ def _up(rgb: np.ndarray, factor: float, how: R) -> np.ndarray:
     return np.asarray(PIL.Image.fromarray(rgb).resize((round(w * factor), round(h * factor)), how))
 
 
+def test_stain_is_what_the_colour_rule_counts_as_neither_grey_nor_dark() -> None:
+    from histofetch.decide import colour
+
+    assert (scale.CHROMA_S, scale.CHROMA_V) == (colour.ACHROMATIC_S, colour.DARK_V) == (0.08, 0.25)
+    # value = max/255, saturation = (max - min)/max: each pixel just inside or outside a limit
+    pixels = np.array(
+        [[[200, 186, 200], [200, 182, 200], [62, 0, 62], [66, 0, 66], [255, 255, 255]]], np.uint8
+    )  # s 0.07, s 0.09, v 0.243, v 0.259, white
+    assert scale._chromatic(pixels).tolist() == [[False, True, False, True, False]]
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_native_tissue_is_left_as_it_is(seed: int) -> None:
     for side in (96, 256):

@@ -29,6 +29,8 @@ from __future__ import annotations
 import numpy as np
 import PIL.Image
 
+from histofetch.decide.colour import ACHROMATIC_S, DARK_V
+
 #: Upscaling factors tried, largest first.
 FACTORS = (4.0, 3.0, 2.0, 1.5)
 #: Mean absolute change (0..1) of chromatic pixels after shrinking and enlarging back.
@@ -42,8 +44,9 @@ MIN_SIDE = 64
 #: The factor is found on a copy at most this large (longest side), for speed.
 PROBE_SIDE = 768
 #: Chromatic pixels: saturation at least this and value above this (text, axes, white
-#: background and black padding are not stain and are sharp at any scale).
-CHROMA_S, CHROMA_V = 0.08, 0.25
+#: background and black padding are not stain and are sharp at any scale): the colour
+#: rule's own limits for grey (achromatic) and dark pixels, so both see the same stain.
+CHROMA_S, CHROMA_V = ACHROMATIC_S, DARK_V
 
 _R = PIL.Image.Resampling
 
