@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision
+from _hostile_h5 import truncated_png_h5
 from typer.testing import CliRunner
 
 from histomodels.checkpoint import load_model, read_checkpoint, save_checkpoint
@@ -249,6 +250,51 @@ def test_cli_bad_input_is_one_line_and_exit_1(h5_files, tmp_path, extra, message
     assert r.stderr.strip().splitlines() == [f"error: {r.stderr.strip()[7:]}"]
     assert message in r.stderr
     assert not (tmp_path / "r" / "best.pt").exists()
+
+
+def _fails_on_row_100(runner_args, monkeypatch):
+    """Run the CLI streaming the data (the truncated row is met during the first epoch)."""
+    monkeypatch.setenv("HISTOMODELS_CACHE_BYTES", "1")
+    r = CliRunner().invoke(app, runner_args)
+    assert r.exit_code == 1, r.output
+    assert r.stderr.strip().splitlines() == [
+        f"error: {runner_args[runner_args.index('--data') + 1]} row 100: cannot decode image "
+        "(image file is truncated)"
+    ]
+
+
+@pytest.mark.parametrize("command", ["train", "finetune"])
+def test_a_fresh_run_failing_on_bad_data_leaves_no_run_folder(
+    h5_files, tmp_path, monkeypatch, command
+):
+    """Nothing half written: the new run folder goes; a folder that was there keeps only
+    what it held (no config.json that looks like a run)."""
+    bad = truncated_png_h5(tmp_path / "bad.h5")
+    args = [command, "--data", str(bad), "--val", str(h5_files[1]), "--epochs", "1",
+            "--batch-size", "16", "--threads", "1", "--quiet"]  # fmt: skip
+    if command == "train":  # finetune: its default, Lite0 from the offline ImageNet weights
+        args += ["--model-config", json.dumps(TINY)]
+    _fails_on_row_100([*args, "--out", str(tmp_path / "new" / "run")], monkeypatch)
+    assert not (tmp_path / "new" / "run").exists()
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    (kept / "notes.txt").write_text("mine")
+    _fails_on_row_100([*args, "--out", str(kept)], monkeypatch)
+    assert [p.name for p in kept.iterdir()] == ["notes.txt"]
+
+
+def test_a_resumable_run_failing_on_bad_data_is_left_as_it_was(h5_files, tmp_path, monkeypatch):
+    data = tmp_path / "train.h5"
+    data.write_bytes(h5_files[0].read_bytes())
+    run = tmp_path / "run"
+    args = ["train", "--data", str(data), "--val", str(h5_files[1]), "--out", str(run),
+            "--model-config", json.dumps(TINY), "--epochs", "1", "--batch-size", "16",
+            "--threads", "1", "--quiet"]  # fmt: skip
+    assert CliRunner().invoke(app, args).exit_code == 0
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    truncated_png_h5(data)  # the data the run trains on is damaged since
+    _fails_on_row_100([*args, "--resume", "--epochs", "2"], monkeypatch)
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 
@@ -307,6 +308,33 @@ def test_cli_rejects_bad_pins_lengths_and_config_files(tmp_path):
         lines = res.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
     assert not (tmp_path / "t").exists()
+
+
+def test_cli_bad_training_data_is_one_line_and_leaves_no_tune_folder(tmp_path):
+    """The data is decoded before the tune writes anything: no ``tune.json`` that a later
+    tune in that folder would have to match."""
+    from _hostile_h5 import truncated_png_h5
+    from typer.testing import CliRunner
+
+    from histomodels.cli import app
+    from histomodels.synthetic import write_h5
+
+    bad = truncated_png_h5(tmp_path / "bad.h5")
+    val = write_h5(tmp_path / "val.h5", 24, seed=1)
+    out = tmp_path / "t"
+    args = ["tune", "--data", str(bad), "--val", str(val), "--out", str(out), "--trials", "1",
+            "--trial-epochs", "1", "--quiet"]  # fmt: skip
+    trainer_log = logging.getLogger("histomodels.training")
+    level = trainer_log.level
+    try:
+        res = CliRunner().invoke(app, args)
+    finally:  # the command quietens the trainer's logger for the process; not for later tests
+        trainer_log.setLevel(level)
+    assert res.exit_code == 1, res.output
+    assert res.stderr.strip().splitlines() == [
+        f"error: {bad} row 100: cannot decode image (image file is truncated)"
+    ]
+    assert not out.exists()
 
 
 def test_a_base_config_of_another_model_is_refused_not_turned_into_a_cnn(tmp_path, tiny_data):

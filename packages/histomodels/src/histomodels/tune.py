@@ -164,17 +164,17 @@ def _tune(
         run.update(epochs=100, patience=100, time_budget=limit["minutes"])
     base = base.replace(**run)
     settings = {"fixed": pins, "base": _reusable(base), "limit": limit}
-    out.mkdir(parents=True, exist_ok=True)
     exp_path = out / EXPERIMENT_FILE
     records_path = out / "trials.json"
     if exp_path.is_file():  # refuse a mixed resume before decoding anything
         _check_settings(out, settings)
-    _atomic_json(out / SETTINGS_FILE, settings)  # before the experiment: a new one needs it
-    # decode once for all trials
+    # decode once for all trials, before anything is written: bad data leaves no folder
     x_train, y_train = load_split(data, "train", stream=False)
     x_val, y_val = load_split(val, "validation", stream=False)
     train_arrays = (x_train[:].numpy(), y_train.numpy().astype("int64"))  # [:]: as a tensor
     val_arrays = (x_val[:].numpy(), y_val.numpy().astype("int64"))
+    out.mkdir(parents=True, exist_ok=True)
+    _atomic_json(out / SETTINGS_FILE, settings)  # before the experiment: a new one needs it
 
     records: list[dict[str, Any]] = []
     if exp_path.is_file():

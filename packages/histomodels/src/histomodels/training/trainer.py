@@ -42,6 +42,7 @@ from histomodels.training.data import (
 from histomodels.training.network import build_model, wrap_model
 from histomodels.training.prefetch import Prefetcher, pin, use_prefetch
 from histomodels.training.result import EpochStats, TrainResult
+from histomodels.training.run_folder import RunFolder
 from histomodels.training.schedule import LRSchedule, param_groups
 from histomodels.training.state import checkpoint, resume_state, seed_everything
 
@@ -70,6 +71,7 @@ class Trainer:
         self.cfg = validate(cfg)
         self.run_dir = Path(out)
         self.resume = resume
+        self.folder = RunFolder(self.run_dir)  # undone if the run fails before a checkpoint
         self.extra_callbacks = list(callbacks)
         self.callbacks: list[Callback] = []
         self._data = (train_data, val_data)
@@ -170,11 +172,17 @@ class Trainer:
 
     def fit(self) -> TrainResult:
         """Train until the epochs run out or a callback stops it; returns the summary.
-        The process group joined under torchrun is destroyed at the end, also on failure."""
+        The process group joined under torchrun is destroyed at the end, also on failure; a
+        run that fails before its first checkpoint leaves its run folder as it was
+        (:meth:`.RunFolder.discard`)."""
         try:
             if not self._ready:
                 self.setup()
             return self._fit()
+        except BaseException:
+            if self.info.is_main:
+                self.folder.discard()
+            raise
         finally:
             D.cleanup(self.info)
 
@@ -365,7 +373,9 @@ class Trainer:
 
     def save(self, path: Path, *, resumable: bool = False, finished: str = "") -> Path:
         """Write ``eval_model`` as a checkpoint; ``resumable`` adds what ``--resume`` needs."""
-        return save_checkpoint(path, checkpoint(self, resumable=resumable, finished=finished))
+        written = save_checkpoint(path, checkpoint(self, resumable=resumable, finished=finished))
+        self.folder.checkpointed = True
+        return written
 
     def say(self, msg: str) -> None:
         """A line for the user (rank 0), logged at INFO."""
