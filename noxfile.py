@@ -93,7 +93,7 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def check(session: nox.Session) -> None:
-    """Static type check of packages/*/src and tests/ (pyright; settings: pyrightconfig.json)."""
+    """Static type check of packages/*/src, tests/ and benchmarks/ (pyright; pyrightconfig.json)."""
     _install(session)
     _run(session, str(BIN / "pyright"), *session.posargs)
 

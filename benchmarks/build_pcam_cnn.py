@@ -35,6 +35,11 @@ import platform
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from histomodels.inference import Predictor
+    from histomodels.training.result import TrainResult
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
@@ -110,7 +115,7 @@ def train_recipe(
     teacher_input_size: int | None = None,
     jpeg_blur: float = 0.0,
     threads: int = THREADS,
-) -> tuple[dict | None, object, float]:
+) -> tuple[dict | None, TrainResult, float]:
     """The shipped recipe on ``fit``/``select`` arrays: the Lite0 teacher (if
     ``teacher_epochs``), then the distilled scratch CNN in ``work``. Trains on CUDA when it
     is there (``TrainConfig.device`` None). Returns (teacher info, TrainResult, seconds)."""
@@ -144,7 +149,7 @@ def train_recipe(
     return teacher, res, time.perf_counter() - t_train
 
 
-def score_checkpoint(checkpoint: Path, splits: dict) -> tuple[object, dict, dict]:
+def score_checkpoint(checkpoint: Path, splits: dict) -> tuple[Predictor, dict, dict]:
     """Calibrate on ``select`` (temperature), choose the operating point there
     (sensitivity >= ``SENSITIVITY``; Youden's J alongside) and score all of ``report``
     (PCam valid), on CPU in fp32. Returns (predictor, metrics, chosen values)."""
@@ -287,7 +292,7 @@ def _portable(train_config: dict) -> dict:
 def main(argv: list[str] | None = None) -> int:
     from pcam_real import DEFAULT_DATA
 
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
     p.add_argument("--out", type=Path, default=PRETRAINED, help="folder for the weights + sidecar")
     p.add_argument("--work", type=Path, default=HERE / "runs" / NAME, help="training run folder")

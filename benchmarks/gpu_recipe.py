@@ -35,6 +35,10 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
@@ -53,17 +57,19 @@ def pack(data_dir: Path, out: Path, part_mb: float) -> dict:
     from pcam_real import TRAIN_ORIGINS
 
     from histomodels.data.encoded import rows_of_origin
+    from histomodels.data.h5safe import dataset
 
     src = data_dir / "train.h5"
     rows = rows_of_origin(src, TRAIN_ORIGINS)
     with h5py.File(src, "r") as f:
-        enc = [np.asarray(f["encoded"][int(r)], dtype=np.uint8) for r in rows]
-        y = np.asarray(f["y"][:])[rows]
-        ids = np.asarray(f["patch_id"][:])[rows]
-        codec = np.asarray(f["stored_codec"][:])[rows]
+        encoded = dataset(f, "encoded", src)
+        enc = [np.asarray(encoded[int(r)], dtype=np.uint8) for r in rows]
+        y = np.asarray(dataset(f, "y", src)[:])[rows]
+        ids = np.asarray(dataset(f, "patch_id", src)[:])[rows]
+        codec = np.asarray(dataset(f, "stored_codec", src)[:])[rows]
     sizes = np.cumsum([len(e) for e in enc])
     cut = int(np.searchsorted(sizes, part_mb * 1e6))
-    info = {"rows": len(rows), "bytes": int(sizes[-1]), "cut": cut}
+    info: dict[str, object] = {"rows": len(rows), "bytes": int(sizes[-1]), "cut": cut}
     for name, part in zip(PARTS, (slice(0, cut), slice(cut, None)), strict=True):
         folder = out / name
         folder.mkdir(parents=True, exist_ok=True)
@@ -83,7 +89,9 @@ def pack(data_dir: Path, out: Path, part_mb: float) -> dict:
     return info
 
 
-def load_parts(parts: Path, only: list[str] | None = None) -> tuple[object, object, list[str]]:
+def load_parts(
+    parts: Path, only: list[str] | None = None
+) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """Decode the parts that are here (of ``only``, if given), in order: (uint8 images,
     float labels, names)."""
     import torch
@@ -326,7 +334,7 @@ def _score_run(run: Path, parts: Path, report) -> dict:
 def main(argv: list[str] | None = None) -> int:
     from pcam_real import DEFAULT_DATA
 
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     a = sub.add_parser("pack")
     a.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)

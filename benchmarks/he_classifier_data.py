@@ -144,9 +144,14 @@ def pcam_train(shared: Path) -> tuple[list[str], list[np.ndarray]]:
     """Patch ids and RGB arrays of PCam ``dev/train.h5``."""
     import h5py
 
-    with h5py.File(shared / "data/pcam_real/dev/train.h5", "r") as fh:
-        blobs = fh["encoded"][:]  # encoded PNG/JPEG bytes per patch
-        ids = [v.decode() if isinstance(v, bytes) else str(v) for v in fh["patch_id"][:]]
+    from histomodels.data.h5safe import dataset
+
+    src = shared / "data/pcam_real/dev/train.h5"
+    with h5py.File(src, "r") as fh:
+        blobs = dataset(fh, "encoded", src)[:]  # encoded PNG/JPEG bytes per patch
+        ids = [
+            v.decode() if isinstance(v, bytes) else str(v) for v in dataset(fh, "patch_id", src)[:]
+        ]
     patches = []
     for blob in blobs:
         with PIL.Image.open(io.BytesIO(bytes(blob))) as im:
@@ -205,7 +210,7 @@ def pdf_sources(shared: Path) -> list[tuple[str, str, np.ndarray]]:
     sinan = shared / "data/pdfs/sinanbertan_report.pdf"
     he_pages = {26, 42}  # its two H&E sample grids (looked at; every other figure is not H&E)
     with pymupdf.open(sinan) as doc:
-        for page in doc:
+        for number, page in enumerate(doc.pages()):
             for entry in page.get_images(full=True):
                 pix = pymupdf.Pixmap(doc, entry[0])
                 if pix.colorspace is None or min(pix.width, pix.height) < 64:
@@ -213,9 +218,9 @@ def pdf_sources(shared: Path) -> list[tuple[str, str, np.ndarray]]:
                 if pix.colorspace.n != 3 or pix.alpha:
                     pix = pymupdf.Pixmap(pymupdf.csRGB, pix)
                 rgb = np.asarray(PIL.Image.open(io.BytesIO(pix.tobytes("png"))).convert("RGB"))
-                cls = "he" if page.number + 1 in he_pages else "graphic"
+                cls = "he" if number + 1 in he_pages else "graphic"
                 out.append((cls, "sinanbertan", rgb))
-            if page.number % 4 == 0:  # text pages and page layouts
+            if number % 4 == 0:  # text pages and page layouts
                 out.append(("graphic", "pages:sinanbertan", _page(page)))
     for name in (
         "neg_datta2010_jtmo_4_1_review_no_images.pdf",
@@ -250,7 +255,7 @@ def random_crop(
         if C.content_fraction(tile[None])[0] >= min_content:
             if rng.random() < 0.5:
                 tile = tile[:, ::-1]
-            return np.ascontiguousarray(np.rot90(tile, rng.integers(4)))
+            return np.ascontiguousarray(np.rot90(tile, int(rng.integers(4))))
     return None
 
 

@@ -282,13 +282,18 @@ def embedded(pools: dict, look_alikes: list, rng: np.random.Generator, per_kind:
             for _ in range(n):
                 held = [False]
 
-                def patch(pool=pool, held=held) -> np.ndarray:
-                    for _ in range(8):  # a window with tissue in it, as reports pick
-                        src_held, rgb = pool[int(rng.integers(len(pool)))]
-                        if rgb.shape[:2] != (E.SIDE, E.SIDE):
-                            rgb = _resize(_window(rgb, rng, 0.4, 1.0), (E.SIDE, E.SIDE))
+                def draw(pool=pool) -> tuple[bool, np.ndarray]:
+                    src_held, rgb = pool[int(rng.integers(len(pool)))]
+                    if rgb.shape[:2] != (E.SIDE, E.SIDE):
+                        rgb = _resize(_window(rgb, rng, 0.4, 1.0), (E.SIDE, E.SIDE))
+                    return src_held, rgb
+
+                def patch(held=held, draw=draw) -> np.ndarray:
+                    src_held, rgb = draw()
+                    for _ in range(7):  # up to 8 draws for a window with tissue, as reports pick
                         if E.content(rgb) >= 0.5:
                             break
+                        src_held, rgb = draw()
                     held[0] |= src_held
                     return rgb
 
@@ -393,7 +398,8 @@ def load_cache(path: Path, settings: dict) -> list[dict] | None:
             f"{path}: a cache without its settings (written before they were recorded); "
             "delete it or give another --cache file"
         )
-    had = data.get("settings") if isinstance(data.get("settings"), dict) else {}
+    recorded = data.get("settings")
+    had = recorded if isinstance(recorded, dict) else {}
     differ = [f"{k} {had.get(k)!r} (now {v!r})" for k, v in settings.items() if had.get(k) != v]
     if differ:
         raise CacheMismatch(
@@ -410,7 +416,7 @@ def save_cache(path: Path, settings: dict, measured: list[dict]) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     default_shared = Path(os.environ.get("HISTO_SHARED", ROOT.parent / "shared"))
     ap.add_argument("--shared", type=Path, default=default_shared)
     ap.add_argument("--seed", type=int, default=0)

@@ -22,6 +22,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 for pkg in ("histocore", "histofetch"):
@@ -42,7 +43,7 @@ def run_eval(shared: Path, run_dir: Path, *, sheets: bool = False) -> dict:
     run_filter(run_dir, sheet=sheets)
     manifest = Manifest.load(run_dir)
     labels = read_labels(LABELS)
-    result = evaluate(manifest, labels)
+    result: dict[str, Any] = dict(evaluate(manifest, labels))
     result["_sweep_p_keep"] = sweep(manifest, labels)
     rows = [i for i in manifest.images.values() if i.status == "ok"]
     result["_unlabelled"] = sorted(i.id for i in rows if i.sha256 not in labels)
@@ -71,7 +72,7 @@ def sweep(manifest: Manifest, labels: dict[str, str]) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     default_shared = Path(os.environ.get("HISTO_SHARED", ROOT.parent / "shared"))
     ap.add_argument("--shared", type=Path, default=default_shared)
     ap.add_argument("--run", type=Path, default=None, help="Run folder (default: a temp dir).")

@@ -46,7 +46,7 @@ MODELS = ("cnn", "mobilenet_v3_small", "efficientnet_b0")
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--paths", default=",".join(PATHS))
     ap.add_argument(

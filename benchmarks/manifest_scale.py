@@ -156,7 +156,7 @@ def one_size(articles: int, images: int, root: Path) -> dict[str, Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--articles", default="1000,10000", help="Comma-separated sizes.")
     parser.add_argument("--images", type=int, default=30, help="Images per article.")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/manifest_scale.json"))

@@ -44,6 +44,7 @@ import platform
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
@@ -132,7 +133,7 @@ def run_configs(args) -> dict:
     """The benchmark's named runs (each a TrainConfig)."""
     from histomodels.config import TrainConfig, resolve_config
 
-    common = dict(
+    common: dict[str, Any] = dict(
         time_budget=args.budget or None,
         epochs=args.epochs,
         patience=args.patience,
@@ -241,7 +242,7 @@ def write_splits(folder: Path, **splits) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
     p.add_argument(
         "--budget", type=float, default=20.0, help="minutes of training per run (0: none)"

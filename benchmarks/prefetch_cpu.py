@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from histomodels.synthetic import make_patches
 
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     p.add_argument("--patches", type=int, default=3072)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=os.cpu_count() or 2)

@@ -159,7 +159,7 @@ def table(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     from pcam_real import DEFAULT_DATA
 
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     p.add_argument("action", choices=("run", "table"))
     p.add_argument("--levers", default=",".join(LEVERS), help="comma-separated names")
     p.add_argument("--epochs", type=int, default=20)

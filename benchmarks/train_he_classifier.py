@@ -309,7 +309,7 @@ def save_safetensors(tensors: dict[str, np.ndarray], path: Path, metadata: dict[
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     ap.add_argument(
         "--shared", type=Path, default=Path(os.environ.get("HISTO_SHARED", ROOT.parent / "shared"))
     )
@@ -344,7 +344,7 @@ def main() -> None:
                 for part, d in data.items()
                 for key, value in zip(("x", "y", "names", "groups"), d, strict=True)
             }
-            np.savez(args.cache, **arrays)
+            np.savez(args.cache, allow_pickle=False, **arrays)  # as it is loaded
     sizes = {p: {c: int((d[1] == k).sum()) for k, c in enumerate(CLASSES)} for p, d in data.items()}
     print(f"data: {json.dumps(sizes)} ({time.time() - t0:.0f}s)", file=sys.stderr)
     model = train(data, args.epochs, args.seed)

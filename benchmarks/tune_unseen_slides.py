@@ -137,7 +137,7 @@ def pair(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     from pcam_real import DEFAULT_DATA
 
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     sub = p.add_subparsers(dest="action", required=True)
     r = sub.add_parser("record", help="tune folder → results JSON + table")
     r.add_argument("tune", type=Path)
