@@ -79,6 +79,8 @@ def test_same_seed_same_result(arrays, tmp_path):
     b = train(cfg, tmp_path / "b", train_data=(xt, yt), val_data=(xv, yv))
     assert a.history[0]["train_loss"] == b.history[0]["train_loss"]
     assert a.best_metrics["val_auc"] == b.best_metrics["val_auc"]
+    wa, wb = (read_checkpoint(tmp_path / r / "last.pt")["state_dict"] for r in "ab")
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)  # bit for bit
 
 
 def test_early_stopping_on_flat_auc(arrays, tmp_path):

@@ -1,6 +1,8 @@
 """The training loop as a :class:`Trainer`: :meth:`~Trainer.setup` once, then per epoch
-:meth:`~Trainer.fit_epoch` and :meth:`~Trainer.validate`, with callbacks
-(:mod:`histomodels.training.callbacks`) for everything around them.
+:meth:`~Trainer.fit_epoch` and :meth:`~Trainer.validate` (their passes are in
+:mod:`histomodels.training.epoch`), with callbacks (:mod:`histomodels.training.callbacks`)
+for everything around them. The trainer itself is the run's bookkeeping: setup, resume,
+the per-epoch record, stop decisions, checkpoints and the run folder.
 
 Each epoch writes the history and then ``last.pt`` (everything needed to resume: weights,
 optimizer, schedule, history, RNG, elapsed time), so every ``last.pt`` on disk has its
@@ -14,33 +16,24 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from histocore.io import json_safe
 from histomodels import distributed as D
 from histomodels.checkpoint import save_checkpoint
 from histomodels.config import TrainConfig, validate
-from histomodels.device import amp_dtype, autocast, grad_scaler, pick_device, set_threads, use_bf16
-from histomodels.inference import predict_logits
-from histomodels.metrics import binary_metrics
+from histomodels.device import grad_scaler, pick_device, set_threads, use_bf16
 from histomodels.models.registry import check_config
-from histomodels.preprocess import to_input
+from histomodels.training import epoch as E
 from histomodels.training.callbacks import Callback, default_callbacks
-from histomodels.training.data import (
-    DataSpec,
-    epoch_order,
-    fit_stain_stats,
-    make_augment,
-    prepare_splits,
-)
+from histomodels.training.data import DataSpec, fit_stain_stats, prepare_splits
 from histomodels.training.network import build_model, wrap_model
-from histomodels.training.prefetch import Prefetcher, pin, use_prefetch
+from histomodels.training.prefetch import use_prefetch
 from histomodels.training.result import EpochStats, TrainResult
 from histomodels.training.run_folder import RunFolder
 from histomodels.training.schedule import LRSchedule, param_groups
@@ -231,96 +224,15 @@ class Trainer:
 
     def fit_epoch(self, epoch: int) -> EpochStats:
         """One pass over this rank's shard of a fresh permutation of the training data."""
-        cfg, info, seed = self.cfg, self.info, int(self.cfg.seed)
-        self.current_epoch = epoch
-        gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
-        order = D.shard(epoch_order(self.x_train, gen), info)
-        augment = make_augment(cfg, seed * 100_003 + epoch * 31 + info.rank, self.stain_stats)
-        self.net.train()
-        self.batches_per_epoch = max(1, len(order) // cfg.batch_size)
-        self.loss_sum, self.seen = 0.0, 0
-        for cb in self.callbacks:
-            cb.on_epoch_start(self, epoch)
-        pinned = self.prefetch and self.device.type == "cuda"
-
-        def make(b: int) -> tuple[torch.Tensor, torch.Tensor]:
-            idx = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
-            return pin(augment(self.x_train[idx]), self.y_train[idx], pinned)
-
-        t0, factor, cut = time.perf_counter(), 1.0, False
-        n, on = self.batches_per_epoch, self.prefetch
-        with Prefetcher(make, n, enabled=on, device=self.device) as batches:  # b+1 while b trains
-            for images, labels in batches:
-                factor = self.train_step(images, labels)
-                if any([cb.on_step_end(self) for cb in self.callbacks]):  # every hook runs
-                    cut = True
-                    break
-        seconds = time.perf_counter() - t0
-        self.train_patches += self.seen * info.world_size
-        self.train_seconds += seconds
-        loss = self.loss_sum / max(self.seen, 1)
-        return EpochStats(loss, self.seen, seconds, cfg.lr * factor, budget_hit=cut)
+        return E.fit_epoch(self, epoch)
 
     def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> float:
         """One optimizer step on uint8 NHWC ``images``; returns the LR factor it used."""
-        cfg = self.cfg
-        x = to_input(images, channels_last=cfg.channels_last, device=self.device)
-        y = labels.to(self.device, non_blocking=True)
-        for cb in self.callbacks:
-            x, y = cb.on_batch(self, x, y)
-        factor = self.schedule.factor(self.time_fraction())
-        for g in self.optimizer.param_groups:
-            g["lr"] = cfg.lr * g.get("lr_mult", 1.0) * factor
-        with autocast(self.device, self.bf16):
-            logits = self.net(x).float().flatten()
-        loss = self.loss_fn(logits, y)
-        self._backward_and_step(loss)
-        self.schedule.step_count += 1
-        self.loss_sum += float(loss.detach()) * len(labels)
-        self.seen += len(labels)
-        return factor
-
-    def _backward_and_step(self, loss: torch.Tensor) -> None:
-        opt, scaler = self.optimizer, self.scaler
-        opt.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.unscale_(opt)
-        else:
-            loss.backward()
-        if self.cfg.grad_clip:
-            params = [p for p in self.model.parameters() if p.grad is not None]
-            nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
-        if scaler is not None:
-            scaler.step(opt)
-            scaler.update()
-        else:
-            opt.step()
+        return E.train_step(self, images, labels)
 
     def validate(self) -> dict[str, float] | None:
-        """Score ``eval_model`` on the validation split through :mod:`histomodels.inference`:
-        each rank predicts its shard, rank 0 scores the gathered whole (others get None)."""
-        t0 = time.perf_counter()
-        vidx = D.shard(torch.arange(len(self.x_val)), self.info, drop_tail=False)
-        precision = "bf16" if self.bf16 and amp_dtype(self.device) == torch.bfloat16 else "fp32"
-        logits = predict_logits(
-            self.eval_model,
-            self._val_batches(vidx),
-            precision=precision,
-            device=self.device,
-            channels_last=self.cfg.channels_last,
-        )
-        all_logits = D.gather_cat(torch.from_numpy(logits), self.info)
-        order = D.gather_cat(vidx, self.info)
-        self.val_seconds = time.perf_counter() - t0
-        for cb in self.callbacks:
-            cb.on_validate_end(self)
-        return val_metrics(all_logits, self.y_val[order]) if self.info.is_main else None
-
-    def _val_batches(self, vidx: torch.Tensor) -> Iterator[torch.Tensor]:
-        bs = self.cfg.eval_batch_size
-        for i in range(0, len(vidx), bs):
-            yield self.x_val[vidx[i : i + bs]] if self.info.enabled else self.x_val[i : i + bs]
+        """Score ``eval_model`` on the validation split (rank 0 gets the metrics)."""
+        return E.validate(self)
 
     def _end_epoch(self, epoch: int, stats: EpochStats, m: dict[str, float]) -> str | None:
         """Rank 0: record the epoch, ask the callbacks whether to stop, let them write."""
@@ -420,10 +332,3 @@ def train(
         callbacks=callbacks,
     )
     return trainer.fit()
-
-
-def val_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
-    """Validation BCE loss, ROC AUC and accuracy at 0.5 (:mod:`histomodels.metrics`)."""
-    m = binary_metrics(labels.numpy(), torch.sigmoid(logits).numpy(), threshold=0.5)
-    loss = F.binary_cross_entropy_with_logits(logits, labels).item()
-    return {"val_loss": float(loss), "val_auc": m["roc_auc"], "val_accuracy": m["accuracy"]}
