@@ -332,9 +332,10 @@ def test_a_pdf_whose_attempts_die_is_skipped_then_retried_on_request(tmp_path: P
 
     skip = _run_cli("extract", "--run", str(run))
     out, err = skip.communicate(timeout=300)
-    assert skip.returncode == 0, err.decode()
-    warnings = [line for line in err.decode().splitlines() if line.startswith("warning:")]
+    assert skip.returncode == 1, err.decode()  # the summary, then one error line naming it
+    *warnings, last = err.decode().splitlines()
     assert len(warnings) == 1 and "2 attempts" in warnings[0] and "--retry-failed" in warnings[0]
+    assert last.startswith("error: ") and "1 record failed" in last and rec_id in last
     assert "0 done" in out.decode() and "unfinished attempts: 1" in out.decode()
     rec = Manifest.load(run).records[rec_id]
     assert (rec.status, rec.failed_stage, rec.stage) == ("failed", "extracted", "downloaded")

@@ -9,12 +9,15 @@ from __future__ import annotations
 import contextlib
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from histocore.cli import errors, fail, progress, setup_logging
 from histocore.manifest import MANIFEST_NAME, STORE_NAME
+
+if TYPE_CHECKING:
+    from histofetch.stage import StageSummary
 
 app = typer.Typer(
     name="histofetch",
@@ -198,11 +201,13 @@ def run_all(
 ) -> None:
     """search → download → extract → filter; re-running continues where it stopped."""
     from histofetch.pipeline import run_pipeline
+    from histofetch.stage import StageSummary
 
     net = _net(api_key, email)
     policy = _policy(licence, include_retracted)
     db = _db(db)
     parts = _shard(shard)
+    summaries: list[StageSummary] = []
     with errors(prefix="run stopped (re-run to continue): "), progress():
         for summary in run_pipeline(
             run,
@@ -221,6 +226,9 @@ def run_all(
             net_jobs=net_jobs,
         ):
             print(summary.line(), flush=True)
+            if isinstance(summary, StageSummary):
+                summaries.append(summary)
+    _fail_on_killers(run, *summaries)
 
 
 @app.command()
@@ -246,6 +254,7 @@ def extract(
             run, list(paths or []), min_size=min_size, retry_failed=retry_failed, jobs=jobs
         )
     print(summary.line())
+    _fail_on_killers(run, summary)
 
 
 @app.command("filter")
@@ -322,6 +331,24 @@ def filter_(
         info = run_status(run)
     print(summary.line())
     print(f"kept {info['kept']} of {info['scored']} scored images; sheets in {run / 'sheets'}")
+    _fail_on_killers(run, summary)
+
+
+def _fail_on_killers(run: Path, *summaries: StageSummary) -> None:
+    """Exit 1 with one line when records failed because reading them killed the process
+    (the summary is printed first; the other records are done)."""
+    from histofetch.stage import MAX_UNFINISHED_ATTEMPTS
+
+    for summary in summaries:
+        if summary.killers:
+            n, ids = len(summary.killers), summary.killers
+            named = ", ".join(ids[:5]) + (f" and {n - 5} more" if n > 5 else "")
+            fail(
+                f"{run}: {summary.stage}: {n} record{'s' if n > 1 else ''} failed: "
+                f"{MAX_UNFINISHED_ATTEMPTS} attempts at reading {named} killed the process "
+                "(crash, out of memory or killed); the others are done; --retry-failed "
+                "tries again"
+            )
 
 
 @app.command()

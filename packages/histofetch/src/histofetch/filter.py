@@ -93,6 +93,7 @@ def run_filter(
             jobs=jobs,
             retry_failed=retry_failed,
             export=False,  # saved below, once the thresholds are re-applied everywhere
+            guard_attempts=True,  # an image that kills its decoder fails its record, once
         )
         # Re-decide every scored image (records filtered in earlier runs too).
         for rec_id in {i.record_id for i in manifest.images.values()}:

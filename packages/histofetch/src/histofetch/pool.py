@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import logging
 import multiprocessing
 import signal
 import threading
+from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import (
     FIRST_COMPLETED,
@@ -25,12 +27,15 @@ from concurrent.futures import (
     wait,
 )
 from concurrent.futures.process import BrokenProcessPool
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 
 from histocore.errors import DomainError
 from histocore.manifest import Image, Manifest, Record
 from histocore.progress import task
 from histofetch.stage import UNFINISHED_KEY, StageSummary, _Stage, is_transient, run_per_record
+
+log = logging.getLogger(__name__)
 
 #: (record after the work, its images or None on failure, (reason, transient) or None)
 Result = tuple[Record, list[Image] | None, tuple[str, bool] | None]
@@ -144,13 +149,12 @@ def _second_ctrl_c_ignored() -> Iterator[None]:
         signal.signal(signal.SIGINT, handler)
 
 
-def _stop(pool: Executor) -> None:
-    """Give up the work not done yet and end the workers now (Ctrl-C, a dead worker)."""
-    workers = list((getattr(pool, "_processes", None) or {}).values())  # Python <= 3.13
+def _stop(pool: Executor, before: set[BaseProcess]) -> None:
+    """Give up the work not done yet and end the workers now (Ctrl-C, a dead worker). The
+    workers are this process's children started since ``before`` was taken, as the public
+    :func:`multiprocessing.active_children` lists them (the pool starts them from here)."""
+    workers = [p for p in multiprocessing.active_children() if p not in before]
     pool.shutdown(wait=False, cancel_futures=True)
-    terminate = getattr(pool, "terminate_workers", None)  # Python 3.14+
-    if terminate is not None:
-        terminate()
     for proc in workers:
         proc.terminate()
     for proc in workers:
@@ -173,40 +177,78 @@ def run_pooled(
     (``jobs`` when the runner guards attempts). However it ends (Ctrl-C, a dead worker), no
     claim of a record this call took and did not commit is left behind.
 
-    Ended by Ctrl-C or by a worker that dies (then :class:`WorkerDied`), it still commits
-    the records whose results the pool had received; a result still in the pipe from a
-    worker when one died is lost (the executor marks its future broken) and that record
-    is redone by the next run, like the records still on a worker. When the runner guards
-    attempts, each record in flight when a worker died counts one attempt killed before it
-    finished, and a record with such an attempt (a suspect) is read with no other record in
-    flight: the death of its worker is then its own, and its second one fails it as with
-    one job."""
+    A worker that dies (a decoder crash, the OOM killer) breaks the pool. The records whose
+    results the pool had received are committed; a result still in the pipe is lost with
+    the pool and its record is read again. When the runner guards attempts, each record
+    still in flight counts one attempt killed before it finished, and the run goes on in a
+    fresh pool that reads those records (suspects) one at a time first: the death of its
+    worker is then that record's own, and its second death in this call (or the
+    :data:`~histofetch.stage.MAX_UNFINISHED_ATTEMPTS`-th in all) fails it with reason
+    ``unfinished attempts`` (listed in ``summary.killers``) while the others finish.
+    Without the guard, or when no record was on the dead worker, :class:`WorkerDied` ends
+    the call. Ended by Ctrl-C, it still commits the results the pool had received."""
     manifest = runner.manifest
     feed = _Feed(runner, work, threads, advance)
-    pool = _executor(jobs, threads)  # workers start at submit (deaf to Ctrl-C there)
-    try:
-        suspects, others = _suspects_first(runner)
-        feed.run(pool, suspects, 1)
-        feed.run(pool, others, jobs if runner.guard_attempts else 2 * jobs)
-    except BaseException as exc:  # Ctrl-C, a dead worker: records in flight are redone next run
-        with _second_ctrl_c_ignored():
-            try:
-                _stop(pool)
-                if isinstance(exc, (BrokenProcessPool, KeyboardInterrupt)):
-                    feed.adopt_finished()  # results the pool had received are kept
-                if isinstance(exc, BrokenProcessPool) and runner.guard_attempts:
-                    for rid in sorted(feed.sent):  # their attempts were killed unfinished
-                        runner._after_death(manifest.records[rid])
-            finally:
-                manifest.release(feed.held)
-        if isinstance(exc, BrokenProcessPool):
-            raise WorkerDied(_died(runner, sorted(feed.sent))) from None
-        raise
-    pool.shutdown()
+    deaths: Counter[str] = Counter()  # attempts of this call that died with their worker
+    while True:
+        before = set(multiprocessing.active_children())
+        pool = _executor(jobs, threads)  # workers start at submit (deaf to Ctrl-C there)
+        try:
+            suspects, others = _suspects_first(runner, feed.left())
+            feed.run(pool, suspects, 1)
+            feed.run(pool, others, jobs if runner.guard_attempts else 2 * jobs)
+        except BaseException as exc:  # Ctrl-C, a dead worker
+            dead = isinstance(exc, BrokenProcessPool)
+            go_on = dead and runner.guard_attempts and bool(feed.sent)
+            with _second_ctrl_c_ignored():
+                try:
+                    _stop(pool, before)
+                    if dead or isinstance(exc, KeyboardInterrupt):
+                        feed.adopt_finished()  # results the pool had received are kept
+                    if go_on:
+                        _count_deaths(feed, deaths)
+                finally:
+                    manifest.release(feed.held)
+            if go_on:
+                feed.restart()
+                continue
+            if dead:
+                raise WorkerDied(_died(runner, sorted(feed.sent))) from None
+            raise
+        pool.shutdown()
+        return
+
+
+def _count_deaths(feed: _Feed, deaths: Counter[str]) -> None:
+    """The records on a worker when one died: one more attempt each that never ended."""
+    runner = feed.runner
+    sent = sorted(feed.sent)
+    records = runner.manifest.records
+    deaths.update(sent)
+    again = [
+        rid
+        for rid in sent
+        if not runner.too_many_deaths(
+            int(records[rid].extra.get(UNFINISHED_KEY, 0)) + 1, deaths[rid]
+        )
+    ]
+    log.warning(
+        "%s: %s: a worker process died (crashed, out of memory or killed) while reading %s%s",
+        runner.manifest.run_dir, runner.stage, _named(sent),
+        f"; reading {_named(again)} again, one at a time" if again else "",
+    )  # fmt: skip
+    for rid in sent:
+        if not runner._after_death(records[rid], deaths[rid]):
+            feed.finished.add(rid)  # failed (and committed): not read again
+            feed.advance()
+
+
+def _named(rids: list[str]) -> str:
+    return ", ".join(rids[:5]) + (f" and {len(rids) - 5} more" if len(rids) > 5 else "")
 
 
 def _died(runner: _Stage, sent: list[str]) -> str:
-    named = ", ".join(sent[:5]) + (f" and {len(sent) - 5} more" if len(sent) > 5 else "")
+    named = _named(sent)
     then = (
         "they are read one at a time by the next run, and a record whose reader dies twice "
         "is skipped until --retry-failed"
@@ -219,17 +261,17 @@ def _died(runner: _Stage, sent: list[str]) -> str:
     )
 
 
-def _suspects_first(runner: _Stage) -> tuple[list[str], list[str]]:
-    """The records an earlier attempt of which was killed unfinished (guarded stages),
-    and the others."""
+def _suspects_first(runner: _Stage, todo: list[str]) -> tuple[list[str], list[str]]:
+    """Of ``todo``, the records an earlier attempt of which was killed unfinished (guarded
+    stages), and the others."""
     if not runner.guard_attempts:
-        return [], list(runner.todo)
+        return [], list(todo)
     died = {rid for rid, st in runner.manifest._db().abandoned_claims() if st == runner.stage}
     records = runner.manifest.records
-    suspect = [rid in died or bool(records[rid].extra.get(UNFINISHED_KEY)) for rid in runner.todo]
+    suspect = [rid in died or bool(records[rid].extra.get(UNFINISHED_KEY)) for rid in todo]
     return (
-        [rid for rid, s in zip(runner.todo, suspect, strict=True) if s],
-        [rid for rid, s in zip(runner.todo, suspect, strict=True) if not s],
+        [rid for rid, s in zip(todo, suspect, strict=True) if s],
+        [rid for rid, s in zip(todo, suspect, strict=True) if not s],
     )
 
 
@@ -247,6 +289,15 @@ class _Feed:
         self.held: set[str] = set()  # claimed (or being claimed) and not committed
         self.sent: set[str] = set()  # of those, the ones on a worker
         self.flying: dict[Future[Result], str] = {}  # what the workers have, by record
+        self.finished: set[str] = set()  # committed, failed or left: not taken again
+
+    def left(self) -> list[str]:
+        """The runner's records not finished yet, in order."""
+        return [rid for rid in self.runner.todo if rid not in self.finished]
+
+    def restart(self) -> None:
+        """Forget a broken pool's work (its claims released, its deaths counted)."""
+        self.held, self.sent, self.flying = set(), set(), {}
 
     def run(self, pool: Executor, rids: list[str], limit: int) -> None:
         """Work through ``rids`` with at most ``limit`` of them in flight."""
@@ -262,6 +313,7 @@ class _Feed:
                 rec = self.runner.take(rid)
                 if rec is None:
                     self.held.discard(rid)
+                    self.finished.add(rid)
                     self.advance()
                     continue
                 images = manifest.images_of(rid)
@@ -291,6 +343,7 @@ class _Feed:
             _adopt(self.runner, rid, future.result())
             self.held.discard(rid)
             self.sent.discard(rid)
+            self.finished.add(rid)
             self.advance()
         return error
 

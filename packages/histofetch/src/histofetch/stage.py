@@ -24,7 +24,10 @@ process that died (killed while hung, crashed, OOM-killed) says the attempt neve
 record's ``extra["unfinished_attempts"]`` counts such deaths since its last finished attempt.
 One death is retried (a run killed at a random moment resumes as if uninterrupted); at
 :data:`MAX_UNFINISHED_ATTEMPTS` the record fails with reason ``unfinished attempts`` and one
-``warning:`` line instead of hanging every re-run; ``retry_failed`` tries it anyway.
+``warning:`` line instead of hanging every re-run (listed in ``StageSummary.killers``: the
+CLI ends with one error line, exit 1); ``retry_failed`` tries it anyway. With a pool, a
+worker's death is seen at once and its records are read again in the same run
+(:func:`histofetch.pool.run_pooled`).
 """
 
 from __future__ import annotations
@@ -82,6 +85,8 @@ class StageSummary:
     failed: int = 0
     #: records left to another process that was working on them
     elsewhere: int = 0
+    #: records failed now because attempts at them killed their process (``guard_attempts``)
+    killers: list[str] = field(default_factory=list)
     reasons: Counter[str] = field(default_factory=Counter)
 
     def line(self) -> str:
@@ -177,12 +182,21 @@ class _Stage:
         rec.status, rec.reason, rec.failed_stage, rec.transient = "ok", None, None, None
         return rec
 
-    def _after_death(self, rec: Record) -> bool:
+    def too_many_deaths(self, n: int, deaths_here: int) -> bool:
+        """Is a record whose attempts died ``n`` times in all, ``deaths_here`` of them in
+        this invocation, failed rather than tried again?"""
+        return deaths_here >= MAX_UNFINISHED_ATTEMPTS or (
+            n >= MAX_UNFINISHED_ATTEMPTS and not self.retry_failed
+        )
+
+    def _after_death(self, rec: Record, deaths_here: int = 0) -> bool:
         """Count one more unfinished attempt (committed before the next one starts); False
-        when that makes too many and the record was failed instead."""
+        when that makes too many and the record was failed instead. ``deaths_here``: the
+        attempts that died in this invocation (its worker died), which fail the record at
+        :data:`MAX_UNFINISHED_ATTEMPTS` even with ``retry_failed``."""
         n = int(rec.extra.get(UNFINISHED_KEY, 0)) + 1
         rec.extra[UNFINISHED_KEY] = n
-        if n < MAX_UNFINISHED_ATTEMPTS or self.retry_failed:
+        if not self.too_many_deaths(n, deaths_here):
             self.manifest.commit_record(rec.id, release=False)
             return True
         what = rec.pdf_path or rec.id
@@ -199,6 +213,7 @@ class _Stage:
         )
         self.summary.failed += 1
         self.summary.reasons[reason_key(rec.reason)] += 1
+        self.summary.killers.append(rec.id)
         self.manifest.commit_record(rec.id)
         return False
 
