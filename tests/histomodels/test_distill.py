@@ -180,6 +180,41 @@ def test_a_damaged_cache_is_scored_again(data, teacher, tmp_path, content) -> No
     assert "reusing" in said[-1]
 
 
+@pytest.mark.parametrize("damage", ["truncated", "flipped byte", "short logits"])
+def test_a_damaged_real_cache_is_named_scored_again_and_replaced(
+    data, teacher, tmp_path, caplog, damage
+) -> None:
+    """A cache written by a real scoring, then cut short (a copy that stopped half-way), one
+    byte of its logits flipped (the zip's CRC-32 catches it), or rewritten under the right
+    key with too few logits: a warning names the file, the teacher scores again, and the
+    file is replaced by a whole one that the next call reuses."""
+    (xt, _), _ = data
+    x, run, said = torch.from_numpy(xt), tmp_path / "run", []
+    good = teacher_logits(str(teacher), x, run, say=said.append)
+    cache = run / CACHE_NAME
+    raw = cache.read_bytes()
+    if damage == "truncated":
+        cache.write_bytes(raw[: len(raw) // 2])
+    elif damage == "flipped byte":
+        at = raw.index(good.tobytes()[:16]) + 8  # inside the stored logits
+        cache.write_bytes(raw[:at] + bytes([raw[at] ^ 0xFF]) + raw[at + 1 :])
+    else:
+        with np.load(cache) as z:
+            key = str(z["key"])
+        np.savez(cache, key=np.array(key), logits=good[:-3])
+    with caplog.at_level(logging.WARNING, logger="histomodels.training.distill"):
+        again = teacher_logits(str(teacher), x, run, say=said.append)
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warned) == 1 and f"{cache}: damaged teacher cache" in warned[0], warned
+    if damage == "flipped byte":
+        assert "CRC" in warned[0]
+    assert "scoring" in said[-1] and np.array_equal(again, good)
+    with np.load(cache) as z:  # replaced by a whole file
+        assert np.array_equal(z["logits"], good)
+    teacher_logits(str(teacher), x, run, say=said.append)
+    assert "reusing" in said[-1]
+
+
 def test_targets_cached_at_one_precision_are_not_reused_at_another(data, teacher, tmp_path):
     """bf16 autocast moves the teacher's logits: a cache made with it (e.g. on a GPU, or a
     CPU with native bf16, where ``auto`` picks it) is not the fp32 teacher's, and back."""

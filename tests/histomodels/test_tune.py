@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 
+import numpy as np
 import pytest
 
 from histomodels.config import TrainConfig, resolve_config
@@ -278,6 +279,23 @@ def test_fixed_epoch_trials_with_pins_and_a_teacher_scored_once(tmp_path, tiny_d
         tune(*tiny_data, out, trials=3, **kw)  # the same settings: one more trial
     assert len(json.loads((out / "trials.json").read_text())) == 3
     assert not any("scoring" in r.getMessage() for r in caplog.records)
+    # the shared scoring cut short (a disk that filled up, a copy that stopped): the next
+    # trial names it, scores again, and its scoring replaces the shared file for the rest
+    shared = out / "teacher_logits.npz"
+    raw = shared.read_bytes()
+    shared.write_bytes(raw[: len(raw) // 2])
+    for total, scorings in [(4, 1), (5, 0)]:
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="histomodels"):
+            tune(*tiny_data, out, trials=total, **kw)
+        said = [r.getMessage() for r in caplog.records]
+        assert sum("teacher soft targets: scoring" in m for m in said) == scorings, said
+        assert sum("damaged teacher cache" in m for m in said) == scorings
+    import io
+
+    with np.load(shared) as z, np.load(io.BytesIO(raw)) as before:
+        assert len(z["logits"]) == len(tiny_data[0][0])  # whole again
+        assert np.array_equal(z["logits"], before["logits"])  # the same teacher and data
 
 
 def test_cli_rejects_bad_pins_lengths_and_config_files(tmp_path):

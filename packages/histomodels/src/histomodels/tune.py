@@ -293,8 +293,8 @@ def _run_trial(
         record.update(status="failed", error=reason)
         return record
     finally:
-        if cfg.teacher and not (out / CACHE_NAME).is_file():
-            _share(run_dir / CACHE_NAME, out / CACHE_NAME)  # the first scoring serves all
+        if cfg.teacher:  # the first scoring serves all; one that replaced a damaged file too
+            _keep_scoring(run_dir / CACHE_NAME, out / CACHE_NAME, idx)
     auc = float(result.best_metrics["val_auc"])
     client.complete_trial(idx, raw_data={OBJECTIVE: auc})
     record.update(
@@ -310,18 +310,36 @@ def _run_trial(
 
 
 def _share(src: Path, dst: Path) -> None:
-    """Hard-link (else copy) ``src`` to ``dst`` when ``src`` exists."""
+    """Hard-link (else copy) ``src`` to ``dst`` when ``src`` exists, atomically: ``dst`` is
+    the old file or the new one, never half of one."""
     import os
     import shutil
 
     if not src.is_file():
         return
     dst.parent.mkdir(parents=True, exist_ok=True)
-    dst.unlink(missing_ok=True)
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
     try:
-        os.link(src, dst)
+        os.link(src, tmp)
     except OSError:
-        shutil.copyfile(src, dst)
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
+def _keep_scoring(trial_cache: Path, shared: Path, idx: int) -> None:
+    """Make the trial's teacher cache the tune's shared one when the trial wrote its own:
+    the first scoring, or a new one after the shared file was damaged (the trainer warned
+    and scored again) or scored for another key."""
+    import os
+
+    if not trial_cache.is_file():
+        return
+    if shared.is_file() and os.path.samefile(trial_cache, shared):
+        return  # the trial reused the shared scoring
+    if shared.is_file():
+        log.warning("%s: replaced by trial %d's teacher scoring", shared, idx)
+    _share(trial_cache, shared)
 
 
 def _quiet_ax() -> None:

@@ -107,13 +107,10 @@ def teacher_logits(
     )
     cache = run_dir / CACHE_NAME if run_dir is not None else None
     if cache is not None and cache.is_file():
-        try:
-            with np.load(cache, allow_pickle=False) as z:
-                if str(z["key"]) == key and len(z["logits"]) == len(images):
-                    say(f"teacher soft targets: reusing {cache}")
-                    return z["logits"].astype(np.float32)
-        except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile):
-            pass  # unreadable, truncated or another layout: compute again
+        cached = read_cache(cache, key, len(images))
+        if cached is not None:
+            say(f"teacher soft targets: reusing {cache}")
+            return cached
     say(
         f"teacher soft targets: scoring {len(images)} training patches with {teacher} "
         f"(8-view TTA, {pred.precision} on {pred.device.type})"
@@ -137,6 +134,33 @@ def teacher_logits(
         run_dir.mkdir(parents=True, exist_ok=True)  # type: ignore[union-attr]
         atomic_write_bytes(cache, buf.getvalue())
     return logits
+
+
+def read_cache(cache: Path, key: str, n: int) -> np.ndarray | None:
+    """``cache``'s logits when it holds ``n`` of them for ``key``; None for another key (a
+    change of data, teacher, precision or device: scored again), and None with a warning
+    for a damaged file: truncated or corrupt (the zip's CRC-32 is checked as the logits are
+    read), another layout, or logits that are not ``n`` finite floats. The scoring that
+    follows replaces the file atomically."""
+    try:
+        with np.load(cache, allow_pickle=False) as z:
+            if str(z["key"]) != key:
+                return None
+            logits = z["logits"]
+    except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as exc:
+        problem = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        log.warning("%s: damaged teacher cache (%s); scoring again", cache, problem)
+        return None
+    if logits.shape != (n,) or logits.dtype.kind != "f" or not np.isfinite(logits).all():
+        log.warning(
+            "%s: damaged teacher cache (logits %s %s for %d patches, or not finite); scoring again",
+            cache,
+            logits.dtype,
+            tuple(logits.shape),
+            n,
+        )
+        return None
+    return logits.astype(np.float32)
 
 
 def distill_targets(
