@@ -8,7 +8,8 @@ normalisation and stain settings). The logits are cached in ``RUN/teacher_logits
 keyed by a hash of the training patches and of the teacher file and by the precision
 (bf16 autocast or fp32) and device type the teacher ran with, so a resumed run (or a rerun
 on the same data and hardware) does not score them again, and one moved to a GPU, or to a
-CPU with other bf16 support, does not reuse targets computed at another precision.
+CPU with other bf16 support, does not reuse targets computed at another precision. Under
+``torchrun`` rank 0 alone scores (or reads the cache) and broadcasts the logits.
 
 The training targets then carry two columns, the label and the teacher's probability
 ``sigmoid(teacher / T)``; mixup mixes both, label smoothing touches only the label, and
@@ -31,6 +32,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from histomodels.distributed import DistInfo, broadcast
 
 log = logging.getLogger(__name__)
 
@@ -171,11 +174,18 @@ def distill_targets(
     *,
     device: torch.device | str = "cpu",
     say: Callable[[str], None] = log.info,
+    info: DistInfo | None = None,
 ) -> torch.Tensor:
     """``[N, 2]`` training targets: the labels and the teacher's probabilities at
-    ``cfg.distill_temperature``."""
-    logits = teacher_logits(
-        cfg.teacher, images, run_dir, device=device, batch_size=cfg.eval_batch_size, say=say
-    )
+    ``cfg.distill_temperature``. Under ``torchrun`` (``info``) only rank 0 scores the teacher
+    (or reads the cache) and the other ranks receive its logits: they wait in the broadcast
+    (the process group's timeout applies: 10 min on NCCL, 30 on gloo by default)."""
+    info = info or DistInfo()
+    logits = None
+    if info.is_main:
+        logits = teacher_logits(
+            cfg.teacher, images, run_dir, device=device, batch_size=cfg.eval_batch_size, say=say
+        )
+    logits = broadcast(logits, info)
     soft = torch.sigmoid(torch.from_numpy(logits) / cfg.distill_temperature)
     return torch.stack([labels.float(), soft.float()], 1)

@@ -107,7 +107,13 @@ class Trainer:
             from histomodels.training.distill import distill_targets
 
             self.y_train = distill_targets(
-                self.cfg, self.x_train, self.y_train, main_dir, device=self.device, say=self.say
+                self.cfg,
+                self.x_train,
+                self.y_train,
+                main_dir,
+                device=self.device,
+                say=self.say,
+                info=self.info,  # rank 0 scores, the others receive its logits
             )
         per_rank = len(self.x_train) // self.info.world_size
         if per_rank < self.cfg.batch_size:
