@@ -3,14 +3,14 @@ and the child set-up of the Ctrl-C tests."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
-import gc
+import logging
 import os
 import signal
+import threading
 import time
-from collections.abc import Callable
-from concurrent.futures import Future
-from concurrent.futures.process import BrokenProcessPool
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from histocore.manifest import Manifest, Record
@@ -54,26 +54,71 @@ def finish_then_hang(manifest: Manifest, rec: Record, *, folder: str) -> None:
         _wait_for(marks / "never", within_s=600)
 
 
+class _PoolLog(logging.Handler):
+    """What ``histofetch.pool`` says of each record's future as it ends (its DEBUG line
+    per outcome: ``result``, ``broken``, ...), kept for :func:`result_back` and
+    :func:`pool_broken`. Lines above DEBUG go on to the parent loggers as usual."""
+
+    def __init__(self, logger: logging.Logger) -> None:
+        super().__init__(logging.DEBUG)
+        self.logger = logger
+        self.seen: list[tuple[str, str]] = []  # (record id, outcome), in order
+        self.changed = threading.Condition()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        outcome = getattr(record, "outcome", None)
+        if outcome is None:  # not an outcome line: where it would have gone
+            if record.levelno > logging.DEBUG and self.logger.parent is not None:
+                self.logger.parent.handle(record)
+            return
+        with self.changed:
+            self.seen.append((getattr(record, "record_id", ""), outcome))
+            self.changed.notify_all()
+
+    def wait(self, ready: Callable[[list[tuple[str, str]]], bool], what: str) -> None:
+        with self.changed:
+            if not self.changed.wait_for(lambda: ready(self.seen), timeout=120):
+                raise TimeoutError(f"{what} never came (the pool said {self.seen})")
+
+
+_watching: list[_PoolLog] = []
+
+
+@contextlib.contextmanager
+def watching_pool() -> Iterator[None]:
+    """Within the block, :func:`result_back` and :func:`pool_broken` can wait on the pool
+    of this process: its outcome lines are seen here (and not shown)."""
+    logger = logging.getLogger("histofetch.pool")
+    level, propagate = logger.level, logger.propagate
+    handler = _PoolLog(logger)
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    logger.propagate = False  # the handler passes on what is not an outcome line
+    _watching.append(handler)
+    try:
+        yield
+    finally:
+        _watching.remove(handler)
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        logger.propagate = propagate
+
+
+def _watch() -> _PoolLog:
+    if not _watching:
+        raise RuntimeError("wait on the pool inside watching_pool(), started before the event")
+    return _watching[-1]
+
+
 def result_back(rid: str) -> None:
     """Wait until the pool in this process has received ``rid``'s result (its future is
     done), whoever is slow: the marker a worker writes comes before its result is sent."""
-
-    def back(f: Future) -> bool:
-        if not f.done() or f.cancelled() or f.exception() is not None:
-            return False
-        result = f.result()
-        return isinstance(result, tuple) and isinstance(result[0], Record) and result[0].id == rid
-
-    _wait_until(lambda: any(back(f) for f in _futures()), f"{rid}'s result")
+    _watch().wait(lambda seen: (rid, "result") in seen, f"{rid}'s result")
 
 
 def pool_broken() -> None:
     """Wait until the pool in this process has seen a worker die (a future broken)."""
-
-    def broken(f: Future) -> bool:
-        return f.done() and not f.cancelled() and isinstance(f.exception(), BrokenProcessPool)
-
-    _wait_until(lambda: any(broken(f) for f in _futures()), "a broken pool")
+    _watch().wait(lambda seen: any(o == "broken" for _, o in seen), "a broken pool")
 
 
 def interrupted_after_a_result(run: str, folder: str) -> None:
@@ -90,8 +135,9 @@ def interrupted_after_a_result(run: str, folder: str) -> None:
     def advance() -> None:
         calls.append(1)
         if len(calls) == 1:  # "first" committed
-            (marks / "go").touch()
-            result_back("good")
+            with watching_pool():
+                (marks / "go").touch()
+                result_back("good")
             (marks / "ready").touch()
             _wait_for(marks / "never", within_s=600)  # Ctrl-C comes here
 
@@ -99,11 +145,6 @@ def interrupted_after_a_result(run: str, folder: str) -> None:
     work = functools.partial(finish_then_hang, folder=folder)
     with errors():
         run_pooled(runner, work, jobs=3, threads=False, advance=advance)
-
-
-def _futures() -> list[Future]:
-    # type(), not isinstance(): that reads __class__, which some module proxies warn about
-    return [obj for obj in gc.get_objects() if issubclass(type(obj), Future)]
 
 
 def _wait_until(ready: Callable[[], bool], what: str, within_s: float = 120.0) -> None:

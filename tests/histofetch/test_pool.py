@@ -23,6 +23,7 @@ from pool_work import (
     finish_while_another_dies,
     pool_broken,
     result_back,
+    watching_pool,
 )
 from s3_server import he_jpeg, real_jats
 
@@ -273,10 +274,11 @@ def test_results_back_before_a_worker_died_are_kept(tmp_path: Path) -> None:
     def advance() -> None:  # the parent, busy after "first": "good" ends, "victim" dies
         calls.append(1)
         if len(calls) == 1:
-            (marks / "go").touch()
-            result_back("good")  # the pool holds good's result...
-            (marks / "kill").touch()
-            pool_broken()  # ...when it sees victim's worker die
+            with watching_pool():  # before "go": good's result cannot come back unseen
+                (marks / "go").touch()
+                result_back("good")  # the pool holds good's result...
+                (marks / "kill").touch()
+                pool_broken()  # ...when it sees victim's worker die
 
     runner = _Stage(Manifest.load(run), "extracted", False, guard_attempts=True)
     work = functools.partial(finish_while_another_dies, folder=str(marks))

@@ -322,6 +322,7 @@ class _Feed:
                 with _workers_deaf(self.threads):  # a submit may start a worker
                     future = pool.submit(work_on_copy, self.work, manifest.run_dir, rec, images)
                 flying[future] = rid
+                future.add_done_callback(lambda f, rid=rid: _log_outcome(rid, f))
                 self.sent.add(rid)
             if not flying:
                 return
@@ -358,3 +359,20 @@ def _adopt(runner: _Stage, rid: str, result: Result) -> None:
         for img in images:
             manifest.add_image(img)
     runner.finish(rec, failure)
+
+
+def _log_outcome(rid: str, future: Future[Result]) -> None:
+    """Done-callback of a record's future (run on the executor's thread as the pool learns
+    the outcome): one DEBUG line, ``result`` when its result is back, ``broken`` when its
+    worker died before sending it, ``cancelled`` or ``error`` otherwise. The record id and
+    outcome are also the log record's ``record_id`` and ``outcome`` attributes."""
+    if not log.isEnabledFor(logging.DEBUG):
+        return
+    if future.cancelled():
+        outcome = "cancelled"
+    else:
+        exc = future.exception()
+        outcome = (
+            "result" if exc is None else "broken" if isinstance(exc, BrokenProcessPool) else "error"
+        )
+    log.debug("%s: %s from the pool", rid, outcome, extra={"record_id": rid, "outcome": outcome})
