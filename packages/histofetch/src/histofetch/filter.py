@@ -38,7 +38,13 @@ from histocore.io import atomic_write_bytes, one_line
 from histocore.manifest import Image, Manifest, Record
 from histofetch.decide import rules
 from histofetch.decide.classifier import ClassifierScores, classify_rgb
-from histofetch.decide.colour import WORK_SIDE, ColourScores, load_rgb_sized, score_rgb
+from histofetch.decide.colour import (
+    PANEL_SIDE,  # re-exported: callers name it from here
+    WORK_SIDE,
+    ColourScores,
+    load_rgb_sized,
+    score_rgb,
+)
 from histofetch.decide.scale import to_native
 from histofetch.decide.stains import evidence
 from histofetch.labels import RULES_VERSION, label_manifest
@@ -50,8 +56,6 @@ log = logging.getLogger(__name__)
 
 #: Bump when scoring changes what the stored scores mean; older rows are then rescored.
 SCORER_VERSION = 7  # 5: panel letters; 6: upscaling undone (scale.py); 7: one decode, one factor
-#: Figures are read at most this large (longest side) for panels and the classifier.
-PANEL_SIDE = 2048
 Thresholds = rules.Thresholds  # re-exported: the CLI and callers name it from here
 
 

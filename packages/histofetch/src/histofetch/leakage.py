@@ -37,10 +37,9 @@ def rgb_hash(rgb: np.ndarray) -> str:
 
 def image_hash(path: str) -> str | None:
     """Hex dHash of an image file, read as ``filter`` reads it for scoring (transparency on
-    white, at most ``filter.PANEL_SIDE`` px), so it matches the hash ``filter`` stores;
+    white, at most ``PANEL_SIDE`` px), so it matches the hash ``filter`` stores;
     ``None`` when it cannot be read."""
-    from histofetch.decide.colour import load_rgb_sized
-    from histofetch.filter import PANEL_SIDE
+    from histofetch.decide.colour import PANEL_SIDE, load_rgb_sized
 
     try:
         return rgb_hash(load_rgb_sized(path, PANEL_SIDE)[0])
