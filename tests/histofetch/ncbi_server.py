@@ -67,6 +67,10 @@ class FakeNcbi:
     #: idconv bodies to replay for a given ``ids`` value.
     idconv_bodies: dict[str, bytes] = field(default_factory=dict)
     faults: dict[str, list[tuple[Any, ...]]] = field(default_factory=lambda: defaultdict(list))
+    #: path → seconds: the next GET of it sends its headers and 1,000 of 1,000,000 bytes,
+    #: then nothing for that long (a server gone silent mid-body); ``stalled`` lists them
+    stalls: dict[str, float] = field(default_factory=dict)
+    stalled: list[str] = field(default_factory=list)
     log: list[Logged] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -308,6 +312,11 @@ class _Handler(BaseHTTPRequestHandler):
                     {k.lower(): v for k, v in self.headers.items()},
                 )
             )
+        with app.lock:
+            stall = app.stalls.pop(parts.path, None)
+        if stall is not None:
+            self._stall(parts.path, stall)
+            return
         if len(self.path) > 4000:  # what NCBI's Apache does with long GET URLs
             status, headers, body = 414, {"Content-Type": "text/html"}, URI_TOO_LONG
         else:
@@ -321,6 +330,20 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(body)
         except (BrokenPipeError, ConnectionResetError):  # client gave up (timeout test)
             pass
+
+    def _stall(self, path: str, seconds: float) -> None:
+        try:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.send_header("Content-Length", "1000000")
+            self.end_headers()
+            self.wfile.write(b"\0" * 1000)
+            self.wfile.flush()
+        except (BrokenPipeError, ConnectionResetError):
+            return
+        with self.server.app.lock:
+            self.server.app.stalled.append(path)
+        time.sleep(seconds)
 
     def do_GET(self) -> None:
         self._serve("GET")

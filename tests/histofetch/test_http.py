@@ -11,6 +11,7 @@ from histofetch.http import (
     EUTILS_URL,
     IDCONV_URL,
     PMC_CLOUD_URL,
+    Cancelled,
     NetClient,
     NetConfig,
     NetError,
@@ -37,6 +38,41 @@ def test_retry_after_on_429_is_honoured(ncbi: FakeNcbi) -> None:
     # the client waited the server's 1 s, not its own 0.01 s backoff
     assert hits[1].time - hits[0].time >= 0.95
     assert elapsed >= 0.95
+
+
+def test_cancel_ends_a_wait_for_retry_after_and_every_later_request(ncbi: FakeNcbi) -> None:
+    """A thread waiting out a server's Retry-After (60 s) stops as soon as the client is
+    cancelled (Ctrl-C on download --jobs); later requests do not start."""
+    import threading
+
+    ncbi.inject(EINFO, (503, {"Retry-After": "60"}, b"busy"))
+    client = NetClient(ncbi.config())
+    ended: list[tuple[BaseException | None, float]] = []
+
+    def fetch() -> None:
+        try:
+            client.ncbi("GET", ncbi.base + EINFO)
+        except BaseException as exc:  # Cancelled is a BaseException, like KeyboardInterrupt
+            ended.append((exc, time.monotonic()))
+        else:
+            ended.append((None, time.monotonic()))
+
+    thread = threading.Thread(target=fetch)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not ncbi.requests_to(EINFO):  # the 503 is answered: the thread now waits 60 s
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    time.sleep(0.2)
+    cancelled = time.monotonic()
+    client.cancel()
+    thread.join(10)
+    assert not thread.is_alive() and isinstance(ended[0][0], Cancelled)
+    assert ended[0][1] - cancelled < 2
+    with pytest.raises(Cancelled):
+        client.ncbi("GET", ncbi.base + EINFO)
+    assert len(ncbi.requests_to(EINFO)) == 1
+    client.close()
 
 
 def test_500_then_success(ncbi: FakeNcbi) -> None:

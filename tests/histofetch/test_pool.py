@@ -403,3 +403,49 @@ def test_filter_jobs_fails_an_image_that_kills_its_decoder_and_finishes_the_rest
     again = subprocess.run(cmd, capture_output=True, env=env, timeout=600)
     assert again.returncode == 0, again.stderr.decode()
     assert "filtered: 0 done, 4 already done, 0 failed" in again.stdout.decode()
+
+
+def test_ctrl_c_stops_running_downloads_at_once(ncbi: FakeNcbi, tmp_path: Path) -> None:
+    """``download --jobs 2`` with both downloads mid-body on a server gone silent (the
+    server says when both have their first bytes) and a third waiting: Ctrl-C ends the
+    command at once (one ``interrupted`` line, exit 130), not when the reads time out
+    (60 s here); nothing is committed, no claim or temp file is left, and a re-run
+    downloads all three."""
+    run = tmp_path / "run"
+    m = Manifest.load(run, create=True)
+    for n in (61, 62, 63):
+        _cloud(ncbi, f"PMC{n}", n)
+        m.add_record(Record(id=f"pmid:{n}", pmid=str(n), pmcid=f"PMC{n}"))
+    m.save()
+    before = Manifest.load(run).records
+    for n in (61, 62):
+        ncbi.stalls[f"{LIST}PMC{n}.1/mds52601.jpg"] = 90.0
+    env = {**os.environ, **ncbi.env(), "HISTOFETCH_TIMEOUT": "60", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "histofetch.cli", "download", "--run", str(run), "--jobs", "2"]
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=default_sigint
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while len(ncbi.stalled) < 2 and proc.poll() is None:
+            assert time.monotonic() < deadline, "the two downloads never started"
+            time.sleep(0.01)
+        assert proc.poll() is None, proc.communicate()[1].decode()
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+        took = time.monotonic() - sent
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err.decode()
+    assert err.decode().splitlines() == ["interrupted"] and out == b""
+    assert took < 20, f"Ctrl-C took {took:.1f} s: it waited for the running downloads"
+    assert _claims(run) == []
+    after = Manifest.load(run)
+    assert {k: r.stage for k, r in after.records.items()} == {k: r.stage for k, r in before.items()}
+    assert after.images == {}
+    assert not [p for p in run.rglob("*") if p.name.endswith(".tmp")]
+    again = subprocess.run(cmd, env=env, capture_output=True, timeout=300)
+    assert again.returncode == 0, again.stderr.decode()
+    assert "downloaded: 3 done" in again.stdout.decode()

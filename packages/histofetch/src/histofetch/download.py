@@ -285,4 +285,5 @@ def run_download(
             jobs=jobs,
             threads=True,
             retry_failed=retry_failed,
+            cancel=client.cancel,  # Ctrl-C: running downloads stop, nothing is committed
         )

@@ -130,6 +130,12 @@ class NetError(DomainError):
         self.url = url
 
 
+class Cancelled(BaseException):
+    """The client was cancelled (Ctrl-C on ``download --jobs``): the request stops. A
+    ``BaseException`` like ``KeyboardInterrupt``: no route or stage takes it for a failure
+    of the record (nothing is committed for a cancelled record)."""
+
+
 class RateLimiter:
     """At most ``rate`` request starts in any sliding window of one second (thread-safe).
 
@@ -215,13 +221,30 @@ class NetClient:
             follow_redirects=True,
             headers={"User-Agent": self.config.user_agent},
         )
-        self._ncbi_limiter = RateLimiter(self.config.effective_ncbi_rate)
+        self._cancelled = threading.Event()
+        self._ncbi_limiter = RateLimiter(self.config.effective_ncbi_rate, sleep=self._pause)
         self._host_limiters: dict[str, RateLimiter] = {}
         self._lock = threading.Lock()
 
     # -- lifecycle ---------------------------------------------------------------------
     def close(self) -> None:
         self._client.close()
+
+    def cancel(self) -> None:
+        """Stop every request of every thread, now and later: waits for a rate limit or a
+        retry end at once and a body being read stops at its next chunk, each raising
+        :class:`Cancelled`. (A read blocked on a silent server ends at its timeout; the
+        pool does not wait for it.)"""
+        self._cancelled.set()
+
+    def _pause(self, seconds: float) -> None:
+        """Sleep, unless cancelled meanwhile (then :class:`Cancelled`)."""
+        if self._cancelled.wait(max(0.0, seconds)):
+            raise Cancelled("cancelled")
+
+    def _check(self) -> None:
+        if self._cancelled.is_set():
+            raise Cancelled("cancelled")
 
     def __enter__(self) -> NetClient:
         return self
@@ -276,6 +299,7 @@ class NetClient:
             raise NetError(f"unsupported URL scheme {scheme!r}: {_short(url)}", url=url)
         last: str = ""
         for attempt in range(cfg.max_retries + 1):
+            self._check()
             self._limiter_for(url, ncbi).acquire()
             delay: float | None = None
             try:
@@ -296,7 +320,7 @@ class NetClient:
                 break
             if delay is None:
                 delay = cfg.backoff * (2**attempt) * (1 + 0.1 * random.random())
-            time.sleep(min(delay or 0.0, cfg.max_backoff))
+            self._pause(min(delay or 0.0, cfg.max_backoff))
         raise NetError(f"{last} (gave up after {cfg.max_retries + 1} attempts)", url=url)
 
     def _send(self, method: str, url: str, **kw: Any) -> httpx.Response:
@@ -314,6 +338,7 @@ class NetClient:
             chunks: list[bytes] = []
             total = 0
             for chunk in response.iter_bytes():
+                self._check()
                 total += len(chunk)
                 if total > self.config.max_bytes:
                     raise NetError(
@@ -332,7 +357,7 @@ class NetClient:
         host = httpx.URL(url).host
         with self._lock:
             if host not in self._host_limiters:
-                self._host_limiters[host] = RateLimiter(self._rate_for(host))
+                self._host_limiters[host] = RateLimiter(self._rate_for(host), sleep=self._pause)
             return self._host_limiters[host]
 
     def _rate_for(self, host: str) -> float:

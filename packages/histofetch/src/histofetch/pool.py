@@ -23,7 +23,6 @@ from concurrent.futures import (
     Executor,
     Future,
     ProcessPoolExecutor,
-    ThreadPoolExecutor,
     wait,
 )
 from concurrent.futures.process import BrokenProcessPool
@@ -34,6 +33,7 @@ from histocore.errors import DomainError
 from histocore.manifest import Image, Manifest, Record
 from histocore.progress import task
 from histofetch.stage import UNFINISHED_KEY, StageSummary, _Stage, is_transient, run_per_record
+from histofetch.thread_pool import CANCEL_GRACE_S, DaemonThreadPool
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,7 @@ def run_records(
     retry_failed: bool = False,
     export: bool = True,
     guard_attempts: bool = False,
+    cancel: Callable[[], None] | None = None,
 ) -> StageSummary:
     """:func:`run_per_record` with ``work(manifest, record)`` run by ``jobs`` workers.
 
@@ -61,6 +62,8 @@ def run_records(
     then be picklable (a module-level function or a ``functools.partial`` of one).
     ``guard_attempts``: see :mod:`histofetch.stage` (then only ``jobs`` records are claimed
     at a time, each on a worker, so a claim left behind names a record really being read).
+    ``cancel``: what stops the threads' work at once (the network client's ``cancel``),
+    called when the run is interrupted.
     """
     if jobs <= 1:
         return run_per_record(
@@ -73,7 +76,7 @@ def run_records(
         )
     runner = _Stage(manifest, stage, retry_failed, guard_attempts)
     with task(stage, len(runner.todo)) as shown:
-        run_pooled(runner, work, jobs=jobs, threads=threads, advance=shown.advance)
+        run_pooled(runner, work, jobs=jobs, threads=threads, advance=shown.advance, cancel=cancel)
     manifest.save() if export else manifest.commit()
     return runner.summary
 
@@ -95,7 +98,7 @@ def work_on_copy(
 
 def _executor(jobs: int, threads: bool) -> Executor:
     if threads:
-        return ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="histofetch")
+        return DaemonThreadPool(jobs)
     # spawn: workers start clean (no copy of the parent's SQLite connection or threads)
     return ProcessPoolExecutor(
         max_workers=jobs,
@@ -152,9 +155,12 @@ def _second_ctrl_c_ignored() -> Iterator[None]:
 def _stop(pool: Executor, before: set[BaseProcess]) -> None:
     """Give up the work not done yet and end the workers now (Ctrl-C, a dead worker). The
     workers are this process's children started since ``before`` was taken, as the public
-    :func:`multiprocessing.active_children` lists them (the pool starts them from here)."""
-    workers = [p for p in multiprocessing.active_children() if p not in before]
+    :func:`multiprocessing.active_children` lists them (the pool starts them from here).
+    Threads are not ended here (see :func:`run_pooled`'s ``cancel``)."""
     pool.shutdown(wait=False, cancel_futures=True)
+    if isinstance(pool, DaemonThreadPool):
+        return
+    workers = [p for p in multiprocessing.active_children() if p not in before]
     for proc in workers:
         proc.terminate()
     for proc in workers:
@@ -172,6 +178,7 @@ def run_pooled(
     jobs: int,
     threads: bool,
     advance: Callable[[], None],
+    cancel: Callable[[], None] | None = None,
 ) -> None:
     """Feed the runner's records to ``jobs`` workers, at most ``2 * jobs`` in flight
     (``jobs`` when the runner guards attempts). However it ends (Ctrl-C, a dead worker), no
@@ -186,7 +193,9 @@ def run_pooled(
     :data:`~histofetch.stage.MAX_UNFINISHED_ATTEMPTS`-th in all) fails it with reason
     ``unfinished attempts`` (listed in ``summary.killers``) while the others finish.
     Without the guard, or when no record was on the dead worker, :class:`WorkerDied` ends
-    the call. Ended by Ctrl-C, it still commits the results the pool had received."""
+    the call. Ended by Ctrl-C, it still commits the results the pool had received; then
+    worker processes are ended, and worker threads are told to stop (``cancel``) and given
+    :data:`CANCEL_GRACE_S` at most: what they had not returned is not committed."""
     manifest = runner.manifest
     feed = _Feed(runner, work, threads, advance)
     deaths: Counter[str] = Counter()  # attempts of this call that died with their worker
@@ -205,6 +214,10 @@ def run_pooled(
                     _stop(pool, before)
                     if dead or isinstance(exc, KeyboardInterrupt):
                         feed.adopt_finished()  # results the pool had received are kept
+                    if isinstance(pool, DaemonThreadPool):  # downloads running: stop them now
+                        if cancel is not None:
+                            cancel()
+                        pool.join(CANCEL_GRACE_S)
                     if go_on:
                         _count_deaths(feed, deaths)
                 finally:
