@@ -14,7 +14,11 @@ output folder all inside it) with ``RLIMIT_AS`` set in the child. Each case asse
   pytest process grown by earlier tests every case would carry pytest's own memory.
 
 All cases share one corpus (a module fixture) and run on a small thread pool of
-subprocesses, so the suite takes about a minute on 2 cores.
+subprocesses. The histomodels cases are forked from a server that has imported torch and
+the other heavy libraries once (:mod:`case_server`; a case still imports histomodels
+itself), so the corpus runs in about 30 s on 2 cores instead of 2-3 minutes;
+:func:`test_a_forked_case_is_what_a_new_process_does` checks that a forked case sees what a
+new process sees.
 """
 
 from __future__ import annotations
@@ -27,12 +31,13 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from case_server import CaseServer
 from make_corpus import build_corpus
 
 #: Address-space cap per child: torch maps ~3 GB of virtual memory just to import.
@@ -286,26 +291,61 @@ def _snapshot(root: Path) -> dict[str, tuple[int, int]]:
     }
 
 
-def _run(case: Case, corpus: dict[str, Path], case_dir: Path) -> Result:
+#: What every case's environment holds besides its own folders (the fork server's too).
+CASE_ENV = {
+    "OMP_NUM_THREADS": "1",
+    "OPENBLAS_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+    "COLUMNS": "200",
+    "NO_COLOR": "1",
+}
+
+
+def _run(
+    case: Case, corpus: dict[str, Path], case_dir: Path, server: CaseServer | None = None
+) -> Result:
+    """Run one case in ``case_dir``: a new process through :data:`LAUNCHER`, or forked by
+    ``server`` (:mod:`case_server`; torch and the like already imported)."""
     case_dir.mkdir(parents=True)
     (case_dir / "home").mkdir()
     subs = {k: str(v) for k, v in corpus.items()} | {"out": str(case_dir / "out")}
     args = [re.sub(r"\{([^{}]+)\}", lambda m: subs[m.group(1)], a) for a in case.args]
     env = {
         **os.environ,
+        **CASE_ENV,
         "HOME": str(case_dir / "home"),
-        "OMP_NUM_THREADS": "1",
-        "OPENBLAS_NUM_THREADS": "1",
-        "MKL_NUM_THREADS": "1",
         "HISTOMODELS_CACHE": str(case_dir / "home" / "cache"),
-        "COLUMNS": "200",
-        "NO_COLOR": "1",
     }
     measured = case_dir / "home" / "rusage"
+    start = time.monotonic()
+    if server is not None:
+        server.run(case.code, args, cwd=case_dir, env=env, stdout=case_dir / "stdout",
+                   stderr=case_dir / "stderr", result=measured, as_cap=AS_CAP,
+                   time_cap=TIME_CAP)  # fmt: skip
+    else:
+        _launch(case.code, args, case_dir, env, measured)
+    seconds = time.monotonic() - start
+    if measured.is_file():
+        code, kib, cpu = measured.read_text().split()
+        measured.unlink()
+    else:  # killed at the time cap before the child ended
+        code, kib, cpu = "-9", "0", "0"
+    return Result(
+        int(code),
+        (case_dir / "stdout").read_text(errors="replace"),
+        (case_dir / "stderr").read_text(errors="replace"),
+        int(kib) * 1024,
+        seconds,
+        float(cpu),
+        case_dir,
+        args,
+    )
+
+
+def _launch(code: str, args: list[str], case_dir: Path, env: dict, measured: Path) -> None:
     with (case_dir / "stdout").open("w") as out, (case_dir / "stderr").open("w") as err:
-        start = time.monotonic()
         proc = subprocess.Popen(
-            [sys.executable, "-c", LAUNCHER, str(measured), sys.executable, "-c", case.code, *args],
+            [sys.executable, "-c", LAUNCHER, str(measured), sys.executable, "-c", code, *args],
             cwd=case_dir,
             env=env,
             stdin=subprocess.DEVNULL,
@@ -319,26 +359,23 @@ def _run(case: Case, corpus: dict[str, Path], case_dir: Path) -> Result:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-    seconds = time.monotonic() - start
-    if measured.is_file():
-        code, kib, cpu = measured.read_text().split()
-        measured.unlink()
-    else:  # killed at the time cap before the child ended
-        code, kib, cpu = str(proc.returncode), "0", "0"
-    return Result(
-        int(code),
-        (case_dir / "stdout").read_text(errors="replace"),
-        (case_dir / "stderr").read_text(errors="replace"),
-        int(kib) * 1024,
-        seconds,
-        float(cpu),
-        case_dir,
-        args,
-    )
 
 
 @pytest.fixture(scope="module")
-def abuse(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Result], Path]:
+def case_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CaseServer]:
+    """The fork server of the histomodels cases (its own HOME, the cases' environment)."""
+    home = tmp_path_factory.mktemp("server_home")
+    server = CaseServer({**os.environ, **CASE_ENV, "HOME": str(home)})
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture(scope="module")
+def abuse(
+    tmp_path_factory: pytest.TempPathFactory, case_server: CaseServer
+) -> tuple[dict[str, Result], Path]:
     """Build the corpus once, run every case on a small pool, return results by name."""
     root = tmp_path_factory.mktemp("abuse")
     corpus = build_corpus(root / "corpus")
@@ -346,7 +383,13 @@ def abuse(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Result], 
     workers = max(2, min(4, os.cpu_count() or 2))
     with ThreadPoolExecutor(workers) as pool:
         futures = {
-            name: pool.submit(_run, case, corpus, root / "cases" / f"{i:02d}")
+            name: pool.submit(
+                _run,
+                case,
+                corpus,
+                root / "cases" / f"{i:02d}",
+                None if case.code == FETCH else case_server,  # histofetch starts in ~1 s
+            )
             for i, (name, case) in enumerate(CASES.items())
         }
         results = {name: f.result() for name, f in futures.items()}
@@ -488,3 +531,42 @@ def test_peak_memory_is_the_childs_even_when_pytest_is_large(tmp_path: Path) -> 
     assert ballast[1 << 12] == 1  # (held until the child ended)
     assert res.returncode == 3
     assert res.maxrss < 200 << 20, f"{res.maxrss >> 20} MB measured for an idle interpreter"
+
+
+def test_a_forked_case_is_what_a_new_process_does(
+    abuse, case_server: CaseServer, tmp_path: Path
+) -> None:
+    """The fork server (:mod:`case_server`) gives a case what ``python -c`` gives it: exit
+    codes, tracebacks, ``sys.exit("text")``, atexit output, argv, working folder, HOME and
+    stdin; and a real case's error line is the same either way."""
+    _results, root, _before, _after = abuse
+    corpus = {k: root / "corpus" / k for k in ("ckpt/version_2.pt", "data/good.h5")}
+    assert all(p.is_file() for p in corpus.values())
+    probes = {
+        "exit text": Case(["a b", "c"], "ok", code="import sys, atexit; atexit.register("
+                          "lambda: print('bye')); print(sys.argv); sys.exit('no')"),
+        "traceback": Case([], "ok", code="def f():\n    raise ValueError('x')\nf()"),
+        "where": Case(["{out}"], "ok", code="import os, sys; print(os.getcwd(), "
+                      "os.environ['HOME'], repr(sys.stdin.read()), __name__)"),
+        "thread": Case([], "ok", code="import threading, time; threading.Thread(target=lambda:"
+                       " (time.sleep(0.5), print('late'))).start()"),
+        "real": Case(_eval("ckpt/version_2.pt"), names="version_2.pt"),
+    }  # fmt: skip
+
+    def seen(res: Result) -> tuple[int, str, str]:
+        case_dir = str(res.case_dir)
+        return (res.returncode, res.stdout.replace(case_dir, "CASE"),
+                res.stderr.replace(case_dir, "CASE"))  # fmt: skip
+
+    forked: dict[str, tuple[int, str, str]] = {}
+    for name, case in probes.items():
+        new = _run(case, corpus, tmp_path / "new" / name)
+        res = _run(case, corpus, tmp_path / "forked" / name, case_server)
+        forked[name] = seen(res)
+        assert seen(new) == forked[name], name
+        assert res.maxrss > 0 and res.cpu > 0
+    assert forked["exit text"] == (1, "['-c', 'a b', 'c']\nbye\n", "no\n")
+    assert forked["traceback"][0] == 1 and forked["traceback"][2].endswith("ValueError: x\n")
+    assert forked["where"] == (0, "CASE CASE/home '' __main__\n", "")
+    assert forked["thread"] == (0, "late\n", "")
+    assert forked["real"][0] == 1 and "checkpoint version 2" in forked["real"][2]
