@@ -61,7 +61,7 @@ import he_stress_embeddings as E  # noqa: E402
 from he_stress_embeddings import _resize  # noqa: E402
 from he_stress_embeddings import window as _window  # noqa: E402
 from he_stress_report import parse_set, print_report, report  # noqa: E402
-from he_stress_small import EmptyPool, check_pools, small_items  # noqa: E402
+from he_stress_small import POOL_FOLDERS, EmptyPool, check_pools, small_items  # noqa: E402
 
 from histofetch.decide import rules, scale  # noqa: E402
 from histofetch.filter import score_pixels  # noqa: E402
@@ -90,19 +90,47 @@ def _rgb(path: Path, side: int = 2048) -> np.ndarray:
     return D.load_rgb(path) if side <= 1024 else np.asarray(PIL.Image.open(path).convert("RGB"))
 
 
+#: PCam training patches the stress set draws (usable ones: bright, no evaluation twin).
+PCAM_PATCHES = 120
+
+
+def _pcam_patches(shared: Path) -> tuple[list[np.ndarray], list[int]]:
+    """PCam ``train.h5``'s patches and the indices of the usable ones; :class:`EmptyPool`
+    (one error line) when the file is missing, unreadable or has too few."""
+    from histomodels.data.errors import DatasetError
+
+    src = shared / POOL_FOLDERS["pcam"]
+    if not src.is_file():
+        raise EmptyPool("pcam", problem="no such file (the stress set's 'pcam' pool)")
+    try:
+        ids, patches = D.pcam_train(shared)
+    except (OSError, DatasetError, ValueError) as exc:  # truncated or not HDF5, bad rows
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise EmptyPool("pcam", problem=f"cannot read it ({reason})") from None
+    ok = [i for i, pid in enumerate(ids) if pid not in D.EVAL_TWINS and patches[i].mean() >= 70]
+    if len(ok) < PCAM_PATCHES:
+        raise EmptyPool(
+            "pcam",
+            problem=f"{len(ok)} usable patches (bright, not in an evaluation PDF); the stress "
+            f"set draws {PCAM_PATCHES}",
+        )
+    return patches, ok
+
+
 def sources(shared: Path, rng: np.random.Generator) -> dict[str, list[tuple[bool, np.ndarray]]]:
     """Pools of (held_out, image): "he" (small and mid-sized H&E), "he_large" (2048 px
     Camelyon17 tiles), and one per non-H&E ``stain_types`` class."""
-    ids, patches = D.pcam_train(shared)
-    ok = [i for i, pid in enumerate(ids) if pid not in D.EVAL_TWINS and patches[i].mean() >= 70]
+    patches, ok = _pcam_patches(shared)
     pools: dict[str, list[tuple[bool, np.ndarray]]] = defaultdict(list)
-    for i in rng.choice(ok, size=120, replace=False):
+    for i in rng.choice(ok, size=PCAM_PATCHES, replace=False):
         pools["pcam"].append((False, patches[int(i)]))
     for p in sorted((shared / "data/camelyon16_tiles_didsr").rglob("*.webp")):
         pools["he"].append((False, _rgb(p, 256)))
     for p in sorted((shared / "data/camelyon17_centre_tiles").glob("*.jpeg")):
         pools["he_large"].append((True, _rgb(p)))
     base = shared / "data/stain_types"
+    if not (base / "labels.csv").is_file():
+        raise EmptyPool("ihc", problem="no labels.csv (the look-alike pools are listed there)")
     with (base / "labels.csv").open() as fh:
         for row in csv.DictReader(fh):
             held = row["source_repo"] in D.VAL_SOURCES
@@ -344,9 +372,9 @@ def stress_set_version() -> str:
     import hashlib
     import inspect
 
-    own = (_rgb, sources, thumb, pad, blur, colour, red_brown, transform, build, embedded,
-           measure)  # fmt: skip
-    digest = hashlib.sha256(repr((HE_KINDS, TRANSFORMS, FIELD_CMAPS)).encode())
+    own = (_rgb, _pcam_patches, sources, thumb, pad, blur, colour, red_brown, transform, build,
+           embedded, measure)  # fmt: skip
+    digest = hashlib.sha256(repr((HE_KINDS, TRANSFORMS, FIELD_CMAPS, PCAM_PATCHES)).encode())
     for fn in own:
         digest.update(inspect.getsource(fn).encode())
     here = Path(__file__).resolve().parent

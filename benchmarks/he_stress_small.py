@@ -65,9 +65,9 @@ POOL_FOLDERS = {
 class EmptyPool(ValueError):
     """A pool the stress set draws from holds no image (data missing under ``--shared``)."""
 
-    def __init__(self, pool: str, what: str = "images") -> None:
+    def __init__(self, pool: str, what: str = "images", *, problem: str | None = None) -> None:
         self.folder = POOL_FOLDERS.get(pool, "data")
-        self.problem = f"no {what} for the stress set's {pool!r} pool"
+        self.problem = problem or f"no {what} for the stress set's {pool!r} pool"
         super().__init__(f"{self.folder}: {self.problem}")
 
 

@@ -102,3 +102,42 @@ def test_a_cache_of_the_same_settings_is_reused(tmp_path: Path) -> None:
     stress.save_cache(cache, settings, rows)
     assert stress.load_cache(cache, settings) == rows
     assert stress.load_cache(cache, stress.cache_settings(args)) == rows  # same args again
+
+
+def test_missing_unreadable_or_short_pcam_data_is_one_error_line(tmp_path: Path) -> None:
+    """The stress set draws 120 PCam training patches: a missing ``train.h5``, one that is
+    not HDF5, or one with fewer usable patches ends in one ``error:`` line, exit 1, no
+    output file, before anything is built."""
+    import io
+
+    import h5py
+    import numpy as np
+    import PIL.Image
+
+    out = tmp_path / "out.json"
+    h5 = tmp_path / "data/pcam_real/dev/train.h5"
+    res = _run("--shared", str(tmp_path), "--out", str(out))
+    assert res.returncode == 1 and res.stderr.splitlines() == [
+        f"error: {h5}: no such file (the stress set's 'pcam' pool)"
+    ], res.stderr
+    h5.parent.mkdir(parents=True)
+    h5.write_bytes(b"not an HDF5 file at all")
+    res = _run("--shared", str(tmp_path), "--out", str(out))
+    lines = res.stderr.splitlines()
+    assert res.returncode == 1 and len(lines) == 1, res.stderr
+    assert lines[0].startswith(f"error: {h5}: cannot read it (")
+    h5.unlink()
+    rng = np.random.default_rng(0)
+    with h5py.File(h5, "w") as fh:
+        blobs = fh.create_dataset("encoded", (5,), dtype=h5py.vlen_dtype(np.uint8))
+        for k in range(5):
+            buf = io.BytesIO()
+            PIL.Image.fromarray(rng.integers(90, 250, (96, 96, 3), dtype=np.uint8)).save(buf, "PNG")
+            blobs[k] = np.frombuffer(buf.getvalue(), np.uint8)
+        fh.create_dataset("patch_id", data=[f"p{k}".encode() for k in range(5)])
+    res = _run("--shared", str(tmp_path), "--out", str(out))
+    assert res.returncode == 1 and res.stderr.splitlines() == [
+        f"error: {h5}: 5 usable patches (bright, not in an evaluation PDF); the stress set "
+        "draws 120"
+    ], res.stderr
+    assert not out.exists()
