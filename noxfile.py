@@ -1,9 +1,9 @@
 """Developer sessions: ``nox -s demo``, ``tests``, ``lint``, ``check`` (pyright), ``fmt``,
 ``export_compat`` (the export tests on torch 2.11, in a venv of their own).
 
-All sessions but ``export_compat`` share one virtual environment, ``.venv`` at the repository root, so PyTorch
-(several GB) is installed once. It is (re)installed only when a pyproject or this file
-changes, so a second run starts in seconds.
+All sessions but ``export_compat`` share one virtual environment, ``.venv`` at the
+repository root, so PyTorch (several GB) is installed once. It is (re)installed only when a
+pyproject or this file changes, so a second run starts in seconds.
 """
 
 from __future__ import annotations
@@ -124,7 +124,7 @@ COMPAT_VENV = ROOT / ".venv-torch211"
 @nox.session
 def export_compat(session: nox.Session) -> None:
     """The ONNX/TorchScript export tests on torch 2.11 in their own venv (.venv-torch211;
-    about 5 GB with torch's CUDA libraries, ~2.5 min to install, ~25 s to run)."""
+    about 5 GB with torch's CUDA libraries; ~3 min on a fresh clone, ~25 s of it the tests)."""
     bin_ = COMPAT_VENV / "bin"
     stamp = COMPAT_VENV / ".histo-install-stamp"
     digest = hashlib.sha256(" ".join(EXPORT_COMPAT).encode())
