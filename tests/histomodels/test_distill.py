@@ -107,6 +107,29 @@ def test_training_with_a_teacher_reuses_the_cache_on_resume(data, teacher, tmp_p
     assert os.stat(cache).st_mtime_ns == stamp
 
 
+def test_a_run_stopped_before_its_first_checkpoint_keeps_only_the_soft_targets(
+    data, teacher, tmp_path, caplog
+):
+    """Ctrl-C during the first epoch: nothing that looks like a run is left, but the
+    teacher's scoring (hours on a large set) stays for the rerun, which reuses it."""
+    from histomodels.training import Callback
+
+    class CtrlC(Callback):
+        def on_epoch_start(self, trainer, epoch):
+            raise KeyboardInterrupt
+
+    (xt, yt), (xv, yv) = data
+    run = tmp_path / "student"
+    cfg = _cfg(teacher=str(teacher), randstain=0.5)  # randstain.json is written at setup
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, run, train_data=(xt, yt), val_data=(xv, yv), callbacks=[CtrlC()])
+    assert [p.name for p in run.iterdir()] == [CACHE_NAME]
+    with caplog.at_level(logging.INFO, logger="histomodels"):
+        train(cfg, run, train_data=(xt, yt), val_data=(xv, yv))
+    assert any("teacher soft targets: reusing" in r.getMessage() for r in caplog.records)
+    assert (run / "last.pt").is_file() and (run / "config.json").is_file()
+
+
 def test_distillation_settings_are_checked(teacher) -> None:
     assert TrainConfig().teacher is None
     with pytest.raises(ConfigError, match="teacher must be a checkpoint"):

@@ -3,9 +3,11 @@ before its first checkpoint leaves behind (nothing: the folder as it was).
 
 A run that fails before it wrote a checkpoint (bad input, a bug, Ctrl-C) has nothing new to
 resume from: :meth:`RunFolder.discard` removes the folder when the run created it, else the
-entries the run added (``randstain.json``, ``teacher_logits.npz``, ``history.*``...) and
-puts back the ``config.json`` it rewrote, so a folder that existed before the command, such
-as a resumable run, is left as it was. Once this run's checkpoint is on disk, it all stays.
+entries the run added (``config.json``, ``randstain.json``, ``history.*``...) and puts back
+the ``config.json`` it rewrote, so a folder that existed before the command, such as a
+resumable run, is left as it was. The teacher's soft targets (:data:`KEPT`) stay, in a
+folder of their own if need be, for the rerun to reuse. Once this run's checkpoint is on
+disk, it all stays.
 """
 
 from __future__ import annotations
@@ -18,6 +20,9 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 CONFIG_NAME = "config.json"
+#: What stays even then: the teacher's soft targets (hours of scoring on a large set), valid
+#: by their key for a rerun into the same folder; alone they do not look like a run.
+KEPT = frozenset({"teacher_logits.npz"})
 
 
 class RunFolder:
@@ -42,11 +47,12 @@ class RunFolder:
 
         if self.checkpointed or not self.path.is_dir():
             return
-        if self.before is None:
+        names = set(os.listdir(self.path))
+        if self.before is None and not names & KEPT:
             shutil.rmtree(self.path, ignore_errors=True)
             log.debug("removed %s: the run failed before its first checkpoint", self.path)
             return
-        for name in sorted(set(os.listdir(self.path)) - self.before):
+        for name in sorted(names - (self.before or frozenset()) - KEPT):
             entry = self.path / name
             if entry.is_dir() and not entry.is_symlink():
                 shutil.rmtree(entry, ignore_errors=True)
