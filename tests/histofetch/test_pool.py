@@ -208,16 +208,21 @@ def test_a_worker_killed_mid_run_is_a_warning_and_the_run_finishes(tmp_path: Pat
     assert len(m.images) == 24
 
 
+def _downloaded(run: Path, ids: list[str]) -> Path:
+    """A run folder holding records ``ids``, downloaded and nothing more."""
+    m = Manifest.load(run, create=True)
+    for rid in ids:
+        m.add_record(Record(id=rid, stage="downloaded"))
+    m.save()
+    return run
+
+
 def test_a_record_that_kills_its_reader_is_read_alone_then_failed(tmp_path: Path) -> None:
     """The records in flight when a worker died are read again one at a time in a fresh
     pool, so the one that kills its reader is found (its second death) and failed, and the
     others finish, all in one call. Later calls skip it; --retry-failed tries it again, at
     most twice more."""
-    run = tmp_path / "run"
-    m = Manifest.load(run, create=True)
-    for k in range(4):
-        m.add_record(Record(id=f"r{k}", stage="downloaded"))
-    m.save()
+    run = _downloaded(tmp_path / "run", [f"r{k}" for k in range(4)])
     work = functools.partial(die_reading, victim="r1")
 
     def extract(retry_failed: bool = False) -> StageSummary:
@@ -246,11 +251,7 @@ def test_a_record_that_kills_its_reader_is_read_alone_then_failed(tmp_path: Path
 def test_without_the_guard_a_dead_worker_ends_the_call(tmp_path: Path) -> None:
     """A stage that does not guard attempts cannot tell which record killed its worker:
     one WorkerDied naming the records in flight, no claim left."""
-    run = tmp_path / "run"
-    m = Manifest.load(run, create=True)
-    for k in range(2):
-        m.add_record(Record(id=f"r{k}", stage="downloaded"))
-    m.save()
+    run = _downloaded(tmp_path / "run", [f"r{k}" for k in range(2)])
     work = functools.partial(die_reading, victim="r1")
     with pytest.raises(WorkerDied, match=r"while reading r[01]"):
         run_records(Manifest.load(run), "extracted", work, jobs=2)
@@ -262,11 +263,7 @@ def test_results_back_before_a_worker_died_are_kept(tmp_path: Path) -> None:
     """A record whose worker finished while another worker died is stored as done; only the
     record whose worker died counts an attempt that never ended (read again alone, it dies
     again and is failed), and the record taken but never sent is read in the fresh pool."""
-    run = tmp_path / "run"
-    m = Manifest.load(run, create=True)
-    for rid in ("first", "good", "victim", "last"):
-        m.add_record(Record(id=rid, stage="downloaded"))
-    m.save()
+    run = _downloaded(tmp_path / "run", ["first", "good", "victim", "last"])
     marks = tmp_path / "marks"
     marks.mkdir()
     calls = []
@@ -300,11 +297,7 @@ def test_ctrl_c_keeps_the_results_already_back(tmp_path: Path) -> None:
     """Ctrl-C while the parent is busy: a record whose result the pool already holds is
     committed; the one still on a worker is released for the next run. One ``interrupted``
     line, exit 130, no worker left."""
-    run = tmp_path / "run"
-    m = Manifest.load(run, create=True)
-    for rid in ("first", "good", "slow"):
-        m.add_record(Record(id=rid, stage="downloaded"))
-    m.save()
+    run = _downloaded(tmp_path / "run", ["first", "good", "slow"])
     marks = tmp_path / "marks"
     marks.mkdir()
     here = str(Path(__file__).resolve().parent)
