@@ -29,6 +29,8 @@ decision as it was before (``--kinds he:up-,neg:up-`` measures some kinds only).
 added images of 32–63 px (he_stress_small.py) and tried judging them (``min_side`` 32 with
 a higher classifier bar); the evaluation did not move, so it was reverted:
 ``results/he_decision_stress_round6.json`` (candidate) and ``_round6_before.json``.
+``--grid NAME=V1,V2,…`` counts what one threshold keeps at each value (round 6's
+``p_small`` grid: ``results/he_decision_stress_round6_p_small*.json``).
 """
 
 from __future__ import annotations
@@ -60,7 +62,7 @@ import he_classifier_special as S  # noqa: E402
 import he_stress_embeddings as E  # noqa: E402
 from he_stress_embeddings import _resize  # noqa: E402
 from he_stress_embeddings import window as _window  # noqa: E402
-from he_stress_report import parse_set, print_report, report  # noqa: E402
+from he_stress_report import grid, parse_grid, parse_set, print_report, report  # noqa: E402
 from he_stress_small import POOL_FOLDERS, EmptyPool, check_pools, small_items  # noqa: E402
 
 from histofetch.decide import rules, scale  # noqa: E402
@@ -458,8 +460,18 @@ def main() -> None:
                     "(refused when measured with other settings).")  # fmt: skip
     ap.add_argument("--set", nargs="*", default=[], metavar="NAME=VALUE",
                     help="Also decide with these rules.Thresholds changed.")  # fmt: skip
+    ap.add_argument("--grid", default="", metavar="NAME=V1,V2,…",
+                    help="Also count H&E and negatives kept with one rules.Thresholds "
+                    "value at each of these (the others shipped), e.g. "
+                    "'p_keep=0.02,0.04,0.1'.")  # fmt: skip
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/he_decision_stress.json")
     args = ap.parse_args()
+    try:
+        grid_of = parse_grid(args.grid) if args.grid else None
+        if grid_of:
+            rules.Thresholds.from_kwargs(**(vars(rules.Thresholds()) | {grid_of[0]: 0}))
+    except ValueError as exc:
+        sys.exit(f"error: --grid {args.grid}: {exc}")
     t0 = time.time()
     scale.MODE = args.native
     settings = cache_settings(args)
@@ -490,7 +502,14 @@ def main() -> None:
         result["candidate"] = report(measured, candidate) | {"thresholds": vars(candidate)}
     for name, rep in result.items():
         print_report(name, rep)
+    if grid_of:  # one threshold swept on the same measured images
+        result["grid"] = grid(measured, limits, *grid_of)
+        print(f"\n== grid of {grid_of[0]} (H&E kept of {result['grid']['he']} / negatives "
+              f"kept of {result['grid']['negatives']}):")  # fmt: skip
+        for point in result["grid"]["points"]:
+            print(f"  {point[grid_of[0]]:g}: {point['he_kept']} / {point['negatives_kept']}")
     result |= {"thresholds": vars(limits), "seed": args.seed, "images": len(measured)}
+    result |= {"kinds": args.kinds} if args.kinds else {}
     if not cached:
         result["seconds"] = round(time.time() - t0)  # measuring, not re-deciding
     args.out.parent.mkdir(parents=True, exist_ok=True)

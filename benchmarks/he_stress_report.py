@@ -96,3 +96,25 @@ def parse_set(pairs: list[str]) -> dict[str, float]:
         name, _, value = pair.partition("=")
         out[name] = float(value)
     return out
+
+
+def grid(measured: list[dict], limits: rules.Thresholds, name: str, values: list[float]) -> dict:
+    """H&E and negatives kept with threshold ``name`` at each of ``values`` (the others as
+    ``limits``), on these measured images: a re-decision, nothing is read again."""
+    he = sum(m["he"] for m in measured)
+    points = []
+    for value in values:
+        at = rules.Thresholds.from_kwargs(**(vars(limits) | {name: value}))
+        kept = [decide(m, at)[0] for m in measured]
+        points.append({
+            name: value,
+            "he_kept": sum(k for k, m in zip(kept, measured, strict=True) if m["he"]),
+            "negatives_kept": sum(k for k, m in zip(kept, measured, strict=True) if not m["he"]),
+        })  # fmt: skip
+    return {"name": name, "he": he, "negatives": len(measured) - he, "points": points}
+
+
+def parse_grid(text: str) -> tuple[str, list[float]]:
+    """``"p_keep=0.04,0.1"`` → ("p_keep", [0.04, 0.1])."""
+    name, _, values = text.partition("=")
+    return name, [float(v) for v in values.split(",") if v]

@@ -141,3 +141,40 @@ def test_missing_unreadable_or_short_pcam_data_is_one_error_line(tmp_path: Path)
         "draws 120"
     ], res.stderr
     assert not out.exists()
+
+
+def test_grid_counts_what_each_value_of_one_threshold_keeps(tmp_path: Path) -> None:
+    """``--grid`` re-decides the cached scores at each value: the shipped value gives the
+    default report's counts, a stricter classifier veto never keeps more; a name that is
+    not a threshold is one error line."""
+    import argparse
+
+    from pdf_factory import he_like, random_rgb
+
+    from histofetch.decide import scale
+
+    stress = _stress()
+    images = [(True, he_like(160, 160, seed=k)) for k in range(3)]
+    images += [(False, random_rgb(160, 160, seed=k)) for k in range(2)]
+    rows = [stress.measure(stress.Item("he:clean" if he else "neg:blur", he, False, rgb))
+            for he, rgb in images]  # fmt: skip
+    args = argparse.Namespace(shared=tmp_path, seed=0, per_kind=60, kinds="", native=scale.MODE)
+    cache, out = tmp_path / "cache.json", tmp_path / "out.json"
+    stress.save_cache(cache, stress.cache_settings(args), rows)
+    common = ["--shared", str(tmp_path.resolve()), "--cache", str(cache), "--out", str(out)]
+    res = _run(*common, "--grid", "p_keep=0,0.04,0.5,1")
+    assert res.returncode == 0, res.stderr
+    result = json.loads(out.read_text())
+    grid = result["grid"]
+    assert (grid["name"], grid["he"], grid["negatives"]) == ("p_keep", 3, 2)
+    kept = {p["p_keep"]: (p["he_kept"], p["negatives_kept"]) for p in grid["points"]}
+    default = result["default"]
+    assert result["thresholds"]["p_keep"] == 0.04
+    assert kept[0.04] == (default["he_kept"], default["negatives_kept"])
+    for looser, stricter in ((0, 0.04), (0.04, 0.5), (0.5, 1)):
+        assert all(a >= b for a, b in zip(kept[looser], kept[stricter], strict=True))
+    assert kept[1] != kept[0]  # the sweep moves something on these images
+    res = _run(*common, "--grid", "no_such=1")
+    assert res.returncode == 1 and res.stderr.strip().splitlines() == [
+        "error: --grid no_such=1: unknown filter threshold(s): no_such"
+    ]
