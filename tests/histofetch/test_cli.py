@@ -36,7 +36,7 @@ def test_extract_filter_status_end_to_end(tmp_path: Path, pdfs: Path) -> None:
     assert "extracted: 1 done, 0 already done, 1 failed" in result.output
     result = runner.invoke(app, ["filter", "--run", str(run), "--purple", "0.3"])
     assert result.exit_code == 0, result.output
-    assert "kept 2 of 2 scored images" in result.output
+    assert f"kept 2 of 2 scored images; sheets in {run / 'sheets'}" in result.output
     assert (run / "sheets" / "kept-001.jpg").is_file()
     assert (run / "sheets" / "closest-rejected.jpg").is_file()
 
@@ -56,6 +56,7 @@ def test_extract_filter_status_end_to_end(tmp_path: Path, pdfs: Path) -> None:
     # stricter threshold: re-decided from stored scores
     result = runner.invoke(app, ["filter", "--run", str(run), "--min-side", "5000", "--no-sheet"])
     assert result.exit_code == 0 and "kept 0 of 2" in result.output
+    assert "sheets in" not in result.output  # --no-sheet names no sheets
 
 
 def test_extract_missing_path_is_one_clear_error(tmp_path: Path) -> None:

@@ -330,7 +330,8 @@ def filter_(
         )
         info = run_status(run)
     print(summary.line())
-    print(f"kept {info['kept']} of {info['scored']} scored images; sheets in {run / 'sheets'}")
+    where = f"; sheets in {run / 'sheets'}" if sheet else ""
+    print(f"kept {info['kept']} of {info['scored']} scored images{where}")
     _fail_on_killers(run, summary)
 
 
