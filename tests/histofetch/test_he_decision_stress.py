@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "he_decision_stress.py"
 
 
@@ -24,8 +26,20 @@ def _stress():
     return stress
 
 
+def _exit_of_main(monkeypatch: pytest.MonkeyPatch, *argv: str) -> object:
+    """The script's ``main()`` run in this process (the subprocess runs check the command
+    end to end; this checks more cases without starting the script each time): the code
+    of the SystemExit it ends with (its one-line message, when it is refused)."""
+    stress = _stress()
+    monkeypatch.setattr(sys, "argv", [str(SCRIPT), *argv])
+    monkeypatch.setattr(stress.scale, "MODE", stress.scale.MODE)  # main() sets it
+    with pytest.raises(SystemExit) as ended:
+        stress.main()
+    return ended.value.code
+
+
 def test_a_cache_of_other_settings_is_refused_before_anything_is_measured(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     import argparse
 
@@ -46,17 +60,23 @@ def test_a_cache_of_other_settings_is_refused_before_anything_is_measured(
     ]:  # fmt: skip
         cache.write_text(json.dumps({"settings": had, "measured": [row]}))
         before = cache.read_text()
-        res = _run("--shared", shared, "--native", "all", "--cache", str(cache), "--out",
-                   str(out), *argv)  # fmt: skip
-        lines = res.stderr.strip().splitlines()
-        assert res.returncode == 1 and len(lines) == 1, res.stderr
+        command = ["--shared", shared, "--native", "all", "--cache", str(cache), "--out",
+                   str(out), *argv]  # fmt: skip
+        if argv == ["--native", "off"]:  # the command itself: one line on stderr, exit 1
+            res = _run(*command)
+            lines = res.stderr.strip().splitlines()
+            assert res.returncode == 1 and len(lines) == 1, res.stderr
+        else:  # the same main() in this process: the message it exits with (exit 1)
+            lines = [str(_exit_of_main(monkeypatch, *command))]
+            assert "\n" not in lines[0] and capsys.readouterr().err == ""
         assert lines[0].startswith(f"error: {cache}: measured with other settings: ")
         assert differs in lines[0]
         assert not out.exists() and cache.read_text() == before
 
     cache.write_text(json.dumps([row]))  # written before settings were recorded
-    res = _run("--shared", shared, "--cache", str(cache), "--out", str(out))
-    assert res.returncode == 1 and "without its settings" in res.stderr and not out.exists()
+    message = _exit_of_main(monkeypatch, "--shared", shared, "--cache", str(cache), "--out",
+                            str(out))  # fmt: skip
+    assert isinstance(message, str) and "without its settings" in message and not out.exists()
 
 
 def _version_of(folder: Path) -> str:
