@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -88,6 +90,10 @@ def test_shipped_model_exports_with_the_dynamo_exporter(tmp_path: Path) -> None:
     # exporter and the centre prior) needs torch 2.11: see the prior test in test_cnn_centre
     res = export_checkpoint("pcam-cnn", "onnx", tmp_path / "pcam.onnx")
     assert res["exporter"] == "dynamo" and res["max_abs_diff"] < 1e-4
+    # written under a mkstemp name (0600), the export must still get a plain file's mode
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE((tmp_path / "pcam.onnx").stat().st_mode) == 0o666 & ~umask
 
 
 class _DataDependent(torch.nn.Module):

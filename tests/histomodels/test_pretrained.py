@@ -122,6 +122,22 @@ def test_cli_model_option_errors_are_one_line(tmp_path: Path) -> None:
     assert r.exit_code == 1 and "not both" in r.output
     r = runner.invoke(app, ["predict", "--model", "pcam-cnn", "--out", str(tmp_path / "p.csv")])
     assert r.exit_code != 0 and not (tmp_path / "p.csv").exists()
+    r = runner.invoke(app, ["export", "--out", str(tmp_path / "m.onnx")])
+    assert r.exit_code == 1 and "--model NAME (e.g. --model pcam-cnn)" in r.output
+
+
+def test_export_takes_the_shipped_model_as_model_option_like_eval_and_predict(
+    tmp_path: Path,
+) -> None:
+    """``export --model pcam-cnn`` works as ``eval``/``predict --model`` do (a new user tries
+    it first) and writes the same graph as ``export pcam-cnn``."""
+    args = ["--format", "torchscript", "--out"]
+    r = CliRunner().invoke(app, ["export", "--model", "pcam-cnn", *args, str(tmp_path / "a.pt")])
+    assert r.exit_code == 0, r.output
+    assert "max abs diff" in r.output and (tmp_path / "a.pt").stat().st_size > 100_000
+    r = CliRunner().invoke(app, ["export", "--model", "nope", *args, str(tmp_path / "b.pt")])
+    assert r.exit_code == 1 and "error: nope: no such shipped model" in r.output
+    assert not (tmp_path / "b.pt").exists()
 
 
 @pytest.mark.parametrize("command", ["train", "tune"])

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from histocore.errors import DomainError, UsageError
+from histocore.io import usual_file_mode
 from histomodels.calibration import effective_temperature
 from histomodels.checkpoint import load_model, resolve_checkpoint
 from histomodels.inference import norm_of
@@ -224,6 +225,7 @@ def export_checkpoint(
                 f"{out}: parity check failed (max abs diff {diff:.3g} > {tolerance}); "
                 "nothing written"
             )
+        os.chmod(tmp, usual_file_mode())  # mkstemp made it 0600, readable by its owner only
         os.replace(tmp, out)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -26,8 +26,10 @@ ModelOption = Annotated[
 
 def _model_source(checkpoint: Path | None, model: str | None) -> str | Path:
     """The checkpoint argument or the ``--model`` name (exactly one of them)."""
-    if (checkpoint is None) == (model is None):
+    if checkpoint is not None and model is not None:
         fail("give a checkpoint (file or run folder) or --model NAME, not both")
+    if checkpoint is None and model is None:
+        fail("give a checkpoint (file or run folder) or --model NAME (e.g. --model pcam-cnn)")
     if model is not None:
         from histomodels import pretrained
 
@@ -243,7 +245,12 @@ def _print_external(result: dict, out: Path) -> None:
 
 
 def export_cmd(
-    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint file.")],
+    checkpoint: Annotated[
+        Path | None,
+        typer.Argument(help="Checkpoint file, run folder (best.pt) or ensemble; or --model."),
+    ] = None,
+    *,
+    model: ModelOption = None,
     out: Annotated[Path, typer.Option("--out", help="Output file (.onnx / .pt).")],
     fmt: Annotated[str, typer.Option("--format", help="onnx | torchscript")] = "onnx",
     exporter: Annotated[
@@ -262,7 +269,8 @@ def export_cmd(
     with errors():
         from histomodels.export import export_checkpoint
 
-        res = export_checkpoint(checkpoint, fmt, out, exporter=exporter, tolerance=tolerance)
+        source = _model_source(checkpoint, model)
+        res = export_checkpoint(source, fmt, out, exporter=exporter, tolerance=tolerance)
     via = f" via {res['exporter']}" if res["format"] == "onnx" else ""
     typer.echo(f"wrote {res['path']} ({res['format']}{via}, {res['bytes']} bytes)")
     typer.echo(f"max abs diff {res['max_abs_diff']:.3g}")
