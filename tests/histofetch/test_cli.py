@@ -34,6 +34,13 @@ def test_extract_filter_status_end_to_end(tmp_path: Path, pdfs: Path) -> None:
     result = runner.invoke(app, ["extract", "--run", str(run), str(pdfs)])
     assert result.exit_code == 0, result.output
     assert "extracted: 1 done, 0 already done, 1 failed" in result.output
+    # the failed count has a name: the file the user gave, with its reason
+    assert f"warning: {(pdfs / 'locked.pdf').resolve()}: encrypted PDF, needs a password\n" in (
+        result.output
+    )
+    again = runner.invoke(app, ["extract", "--run", str(run), str(pdfs)])
+    assert "1 already done, 0 failed, 1 failed before" in again.output
+    assert again.output.count("warning: ") == 1
     result = runner.invoke(app, ["filter", "--run", str(run), "--purple", "0.3"])
     assert result.exit_code == 0, result.output
     assert f"kept 2 of 2 scored images; sheets in {run / 'sheets'}" in result.output

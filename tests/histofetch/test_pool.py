@@ -241,7 +241,8 @@ def test_a_record_that_kills_its_reader_is_read_alone_then_failed(tmp_path: Path
     assert [r.extra.get(UNFINISHED_KEY) for r in m.records.values()] == [None, 2, None, None]
     assert _claims(run) == []
     summary = extract()
-    assert (summary.done, summary.failed, summary.skipped, summary.killers) == (0, 0, 4, [])
+    assert (summary.done, summary.failed, summary.skipped, summary.killers) == (0, 0, 3, [])
+    assert summary.failed_before == 1
     summary = extract(retry_failed=True)  # tried again: two more deaths in this call, then failed
     assert (summary.done, summary.failed, summary.killers) == (0, 1, ["r1"])
     assert Manifest.load(run).records["r1"].extra[UNFINISHED_KEY] == 4
@@ -395,7 +396,7 @@ def test_filter_jobs_fails_an_image_that_kills_its_decoder_and_finishes_the_rest
     assert _claims(run) == []
     again = subprocess.run(cmd, capture_output=True, env=env, timeout=600)
     assert again.returncode == 0, again.stderr.decode()
-    assert "filtered: 0 done, 4 already done, 0 failed" in again.stdout.decode()
+    assert "filtered: 0 done, 3 already done, 0 failed, 1 failed before" in again.stdout.decode()
 
 
 def test_ctrl_c_stops_running_downloads_at_once(ncbi: FakeNcbi, tmp_path: Path) -> None:

@@ -26,7 +26,13 @@ def test_only_records_at_the_previous_stage_are_worked(tmp_path: Path) -> None:
     seen: list[str] = []
     summary = run_per_record(m, "extracted", lambda r: seen.append(r.id))
     assert seen == ["a", "b"]
-    assert (summary.done, summary.skipped, summary.failed) == (2, 2, 0)
+    assert (summary.done, summary.skipped, summary.failed) == (2, 1, 0)
+    # the failed record and the one not downloaded yet are not "already done"
+    assert (summary.failed_before, summary.waiting) == (1, 1)
+    assert summary.line() == (
+        "extracted: 2 done, 1 already done, 0 failed, "
+        "1 failed before (histofetch status says why), 1 not downloaded yet"
+    )
     assert m.records["a"].stage == "extracted" and m.records["d"].stage == "searched"
 
 

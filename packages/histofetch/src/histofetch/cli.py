@@ -254,7 +254,37 @@ def extract(
             run, list(paths or []), min_size=min_size, retry_failed=retry_failed, jobs=jobs
         )
     print(summary.line())
+    if paths:
+        _warn_failed_local(run, paths)
     _fail_on_killers(run, summary)
+
+
+def _warn_failed_local(run: Path, paths: list[Path], most: int = 10) -> None:
+    """One ``warning: <pdf>: <reason>`` line per PDF named on the command line (or found in
+    a named folder) whose extraction failed, so the summary's count has names; the run
+    went on with the others, as for downloaded PDFs."""
+    from histocore.io import one_line
+    from histocore.manifest import Manifest
+
+    named: set[Path] = set()
+    for path in paths:
+        if path.is_dir():
+            named.update(p.resolve() for p in path.rglob("*") if p.suffix.lower() == ".pdf")
+        else:
+            named.add(path.resolve())
+    with Manifest.load(run) as manifest:
+        bad = [
+            (shown, rec.reason or "failed")
+            for rec in manifest.records.values()
+            if rec.status == "failed" and rec.failed_stage == "extracted" and rec.pdf_path
+            for shown in [manifest.resolve(rec.pdf_path)]
+            if shown.resolve() in named
+        ]
+    for shown, reason in bad[:most]:
+        reason = reason.removesuffix(f": {shown}")  # the reason may end with the path
+        typer.echo(f"warning: {one_line(f'{shown}: {reason}')}", err=True)
+    if len(bad) > most:
+        typer.echo(f"warning: and {len(bad) - most} more failed PDFs (histofetch status)", err=True)
 
 
 @app.command("filter")

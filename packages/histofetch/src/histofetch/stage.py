@@ -88,9 +88,19 @@ class StageSummary:
     #: records failed now because attempts at them killed their process (``guard_attempts``)
     killers: list[str] = field(default_factory=list)
     reasons: Counter[str] = field(default_factory=Counter)
+    #: records that failed in an earlier invocation (this stage or one before) and were not
+    #: taken again (``histofetch status`` says why; ``--retry-failed`` retries this stage's)
+    failed_before: int = 0
+    #: records that have not reached the stage before this one (e.g. filter before extract)
+    waiting: int = 0
 
     def line(self) -> str:
         text = f"{self.stage}: {self.done} done, {self.skipped} already done, {self.failed} failed"
+        if self.failed_before:
+            text += f", {self.failed_before} failed before (histofetch status says why)"
+        if self.waiting:
+            before = STAGES[max(0, STAGES.index(self.stage) - 1)]
+            text += f", {self.waiting} not {before} yet"
         if self.elsewhere:
             text += f", {self.elsewhere} being done by another process"
         if self.reasons:
@@ -151,8 +161,12 @@ class _Stage:
         for rec in manifest.records.values():
             if _wanted(rec, stage, retry_failed):
                 self.todo.append(rec.id)
-            elif rec.status == "failed" or rec.reached(stage):
+            elif rec.status == "failed":
+                self.summary.failed_before += 1
+            elif rec.reached(stage):
                 self.summary.skipped += 1
+            else:
+                self.summary.waiting += 1
 
     def take(self, rid: str) -> Record | None:
         """Claim a record; None when another process has it, it no longer needs this stage,
