@@ -88,7 +88,8 @@ def test_run_does_all_stages_and_resumes(ncbi: FakeNcbi, tmp_path: Path) -> None
     again = runner.invoke(app, args, env=ncbi.env())
     assert again.exit_code == 0, again.output
     assert "searched: already done (3 records)" in again.output
-    assert "downloaded: 0 done, 3 already done" in again.output
+    # the record whose download failed is not "already done"
+    assert "downloaded: 0 done, 2 already done, 0 failed, 1 failed before" in again.output
     assert len(ncbi.log) == n_requests  # nothing fetched again
     assert Manifest.load(run).path.read_text() == before
 

@@ -343,7 +343,7 @@ def test_a_pdf_whose_attempts_die_is_skipped_then_retried_on_request(tmp_path: P
     assert Manifest.load(run).images_of(rec_id) == []  # nothing half written
     info = run_status(run)
     assert info["failure_reasons"] == {"unfinished attempts": 1} and info["unfinished"] == {}
-    assert run_extract(run).skipped == 1  # a plain re-run leaves it failed, without warning
+    assert run_extract(run).failed_before == 1  # a plain re-run leaves it failed, no warning
 
     retried = run_extract(run, retry_failed=True)
     assert (retried.done, retried.failed) == (1, 0)
