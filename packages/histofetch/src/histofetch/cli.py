@@ -393,7 +393,7 @@ def review(
         bool, typer.Option("--no-browser", help="Do not open a browser tab.")
     ] = False,
     reviewer: Annotated[
-        str | None, typer.Option("--reviewer", help="Name stored with each answer [user name].")
+        str | None, typer.Option("--reviewer", help="Name stored with each answer \\[user name].")
     ] = None,
     scores: Annotated[
         Path | None,

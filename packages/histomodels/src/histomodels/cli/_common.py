@@ -16,7 +16,7 @@ import typer
 from histocore.cli import errors, fail, progress, setup_logging
 
 #: Shared by every command that runs a model.
-Device = Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 [auto: CUDA if available].")]
+Device = Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 \\[auto: CUDA if available].")]
 
 
 def require_paths(*paths: str | Path | None, role: str | None = None) -> None:

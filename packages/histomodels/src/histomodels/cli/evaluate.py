@@ -70,7 +70,7 @@ def eval_cmd(
     sensitivity: Annotated[
         float | None,
         typer.Option(
-            "--sensitivity", help="Target sensitivity for the rule 'sensitivity' [default 0.9]."
+            "--sensitivity", help="Target sensitivity for the rule 'sensitivity' \\[default 0.9]."
         ),
     ] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 256,

@@ -39,7 +39,7 @@ StainNorm = Annotated[
 Seed = Annotated[int | None, typer.Option(help="Random seed.")]
 Compile = Annotated[bool | None, typer.Option("--compile/--no-compile", help="torch.compile.")]
 Bf16 = Annotated[
-    bool | None, typer.Option("--bf16/--no-bf16", help="Autocast [auto: CNN on CPU, AMP on GPU].")
+    bool | None, typer.Option("--bf16/--no-bf16", help="Autocast \\[auto: CNN on CPU, AMP on GPU].")
 ]
 ChannelsLast = Annotated[bool | None, typer.Option("--channels-last/--no-channels-last")]
 Threads = Annotated[int | None, typer.Option(help="torch intra-op threads.")]
@@ -47,7 +47,7 @@ Prefetch = Annotated[
     bool | None,
     typer.Option(
         "--prefetch/--no-prefetch",
-        help="Make the next batch in a background thread (same weights) [auto: on for CUDA].",
+        help="Make the next batch in a background thread (same weights) \\[auto: on for CUDA].",
     ),
 ]
 Resume = Annotated[bool, typer.Option("--resume", help="Continue from RUN/last.pt.")]
@@ -199,10 +199,12 @@ def train_cmd(
 def finetune_cmd(
     ctx: typer.Context,
     out: Out,
-    model: Annotated[str | None, typer.Option(help="Backbone [efficientnet_lite0].")] = None,
+    model: Annotated[str | None, typer.Option(help="Backbone \\[efficientnet_lite0].")] = None,
     weights: Annotated[
         str | None,
-        typer.Option(help="imagenet | lite0-imagenet | PATH (state dict / checkpoint) [imagenet]."),
+        typer.Option(
+            help="imagenet | lite0-imagenet | PATH (state dict / checkpoint) \\[imagenet]."
+        ),
     ] = None,
     freeze_epochs: Annotated[
         int | None, typer.Option("--warmup-epochs", help="Epochs training the head only [1].")

@@ -1,0 +1,45 @@
+"""Help texts survive Typer's rich markup: a ``[word ...]`` in a help string is a Rich tag
+and vanishes from ``--help`` unless escaped (``\\[auto: ...]``)."""
+
+from __future__ import annotations
+
+import re
+
+import click
+import pytest
+import typer
+from typer.testing import CliRunner
+
+#: what Rich reads as a markup tag (rich.markup.RE_TAGS): "[" then a letter, #, / or @
+_TAG = re.compile(r"(?<!\\)\[([a-z#/@][^\[]*?)\]")
+
+
+def _commands(cmd: click.Command, path: tuple[str, ...] = ()):
+    yield path, cmd
+    if isinstance(cmd, click.Group):
+        for name, sub in cmd.commands.items():
+            yield from _commands(sub, (*path, name))
+
+
+def _apps() -> list[tuple[str, typer.Typer]]:
+    from histofetch.cli import app as fetch_app
+    from histomodels.cli import app as models_app
+
+    return [("histofetch", fetch_app), ("histomodels", models_app)]
+
+
+@pytest.mark.parametrize("name", ["histofetch", "histomodels"])
+def test_no_help_text_holds_an_unescaped_rich_tag(name: str) -> None:
+    app = dict(_apps())[name]
+    found = []
+    for path, cmd in _commands(typer.main.get_command(app)):
+        texts = [cmd.help or ""] + [getattr(p, "help", None) or "" for p in cmd.params]
+        found += [(" ".join(path), m.group(0)) for t in texts for m in _TAG.finditer(t)]
+    assert not found, f"escape as \\[...] or the text disappears from --help: {found}"
+
+
+def test_escaped_defaults_are_shown_in_help() -> None:
+    from histomodels.cli import app
+
+    out = CliRunner().invoke(app, ["train", "--help"], env={"COLUMNS": "200"}).output
+    assert "[auto: CUDA if available]" in out and "[auto: CNN on CPU, AMP on GPU]" in out
