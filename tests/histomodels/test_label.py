@@ -60,6 +60,17 @@ def test_interactive_labelling_saves_each_answer(tmp_path: Path) -> None:
     assert img2.label == "not_usable" and img2.label_by and img2.label_at.endswith("+00:00")
 
 
+def test_the_end_of_the_input_quits_and_keeps_the_answers(tmp_path: Path) -> None:
+    """Answers piped from a file that runs out (or Ctrl-D) end the session like ``q``:
+    exit 0 and the answers given are saved (it said "Aborted." and exited 1)."""
+    run = _run(tmp_path)
+    r = CliRunner().invoke(app, ["label", "--manifest", str(run)], input="m\n")
+    assert r.exit_code == 0, r.output
+    assert "stopped; labels so far are saved" in r.output and "Aborted" not in r.output
+    assert Manifest.load(run).images["img0"].label == "metastasis"
+    assert Manifest.load(run).images["img1"].label is None
+
+
 def test_set_and_csv(tmp_path: Path) -> None:
     run = _run(tmp_path)
     runner = CliRunner()

@@ -377,13 +377,21 @@ def label_cmd(
             changed = apply_labels(m, labels)
             typer.echo(f"{changed} label(s) changed in {m.path}")
             return
-        counts = label_interactively(
-            m,
-            lambda q: typer.prompt(q, default="s", show_default=False),
-            typer.echo,
-            relabel=relabel,
-        )
+        counts = label_interactively(m, _ask, typer.echo, relabel=relabel)
     typer.echo("labelled: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+
+
+def _ask(question: str) -> str:
+    """One answer line from stdin; the end of the input (Ctrl-D, a piped file that ran out)
+    quits like ``q`` (the labels so far are saved), Ctrl-C stays an interruption."""
+    import sys
+
+    typer.echo(f"{question}: ", nl=False)
+    line = sys.stdin.readline()
+    if not line:
+        typer.echo("")
+        return "q"
+    return line
 
 
 def report_cmd(
