@@ -4,8 +4,9 @@ and vanishes from ``--help`` unless escaped (``\\[auto: ...]``)."""
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from typing import Any
 
-import click
 import pytest
 import typer
 from typer.testing import CliRunner
@@ -14,9 +15,10 @@ from typer.testing import CliRunner
 _TAG = re.compile(r"(?<!\\)\[([a-z#/@][^\[]*?)\]")
 
 
-def _commands(cmd: click.Command, path: tuple[str, ...] = ()):
+def _commands(cmd: Any, path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], Any]]:
+    """Every command under ``cmd`` (a click command or group, as Typer builds it)."""
     yield path, cmd
-    if isinstance(cmd, click.Group):
+    if hasattr(cmd, "commands"):
         for name, sub in cmd.commands.items():
             yield from _commands(sub, (*path, name))
 
