@@ -277,7 +277,7 @@ def test_a_fresh_run_failing_on_bad_data_leaves_no_run_folder(
     if command == "train":  # finetune: its default, Lite0 from the offline ImageNet weights
         args += ["--model-config", json.dumps(TINY)]
     _fails_on_row_100([*args, "--out", str(tmp_path / "new" / "run")], monkeypatch)
-    assert not (tmp_path / "new" / "run").exists()
+    assert not (tmp_path / "new").exists()  # the folders the command made, parents too
     kept = tmp_path / "kept"
     kept.mkdir()
     (kept / "notes.txt").write_text("mine")
@@ -297,6 +297,30 @@ def test_a_resumable_run_failing_on_bad_data_is_left_as_it_was(h5_files, tmp_pat
     truncated_png_h5(data)  # the data the run trains on is damaged since
     _fails_on_row_100([*args, "--resume", "--epochs", "2"], monkeypatch)
     assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+
+
+def test_a_failed_run_removes_only_what_a_run_writes(arrays, tmp_path):
+    """Files another program makes in ``--out`` while the run goes on are not the run's: a
+    run that fails before its first checkpoint removes its own files only."""
+    from histomodels.training.base import Callback
+
+    class OtherProgram(Callback):  # writes beside the run, then the user presses Ctrl-C
+        def on_epoch_start(self, trainer, epoch):
+            (trainer.run_dir / "paper_draft.tex").write_text("mine")
+            (trainer.run_dir / "data").mkdir()
+            (trainer.run_dir / "config.json.bak").write_text("mine")
+            raise KeyboardInterrupt
+
+    (xt, yt), (xv, yv) = arrays
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    for out in (mine, tmp_path / "made"):
+        with pytest.raises(KeyboardInterrupt):
+            train(_cfg(), out, train_data=(xt, yt), val_data=(xv, yv), callbacks=[OtherProgram()])
+        others = {"paper_draft.tex", "data", "config.json.bak"}
+        left = others | {"notes.txt"} if out == mine else others
+        assert {p.name for p in out.iterdir()} == left  # config.json and the rest are gone
 
 
 @pytest.fixture

@@ -2,27 +2,48 @@
 before its first checkpoint leaves behind (nothing: the folder as it was).
 
 A run that fails before it wrote a checkpoint (bad input, a bug, Ctrl-C) has nothing new to
-resume from: :meth:`RunFolder.discard` removes the folder when the run created it, else the
-entries the run added (``config.json``, ``randstain.json``, ``history.*``...) and puts back
-the ``config.json`` it rewrote, so a folder that existed before the command, such as a
-resumable run, is left as it was. The teacher's soft targets (:data:`KEPT`) stay, in a
-folder of their own if need be, for the rerun to reuse. Once this run's checkpoint is on
-disk, it all stays.
+resume from: :meth:`RunFolder.discard` removes the files a run writes (:data:`WRITTEN`, and
+the temporary files of their atomic writes) that were not there before, puts back the
+``config.json`` it rewrote, and removes the folders the command created once they are
+empty. Only those names are touched: anything else in the folder (another program's files,
+even ones made while the run was going) stays, so ``--out`` may point at a folder of your
+own. The teacher's soft targets (:data:`KEPT`) stay, in a folder of their own if need be,
+for the rerun to reuse. Once this run's checkpoint is on disk, it all stays.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import shutil
+import re
 from pathlib import Path
 
 log = logging.getLogger(__name__)
 
 CONFIG_NAME = "config.json"
+#: What a run writes into its folder (histomodels.training): all a failed run may remove.
+WRITTEN = frozenset(
+    {
+        CONFIG_NAME,
+        "randstain.json",
+        "history.json",
+        "history.csv",
+        "learning_curve.png",
+        "best.pt",
+        "last.pt",
+    }
+)
 #: What stays even then: the teacher's soft targets (hours of scoring on a large set), valid
 #: by their key for a rerun into the same folder; alone they do not look like a run.
 KEPT = frozenset({"teacher_logits.npz"})
+#: histocore.io's temporary file for an atomic write of NAME: ``.NAME.<random>.tmp``
+_TEMP = re.compile(r"^\.(?P<name>.+)\.[^.]+\.tmp$")
+
+
+def _written(name: str) -> bool:
+    """A file a run writes, or the temporary file of its atomic write."""
+    temp = _TEMP.match(name)
+    return name in WRITTEN or bool(temp and temp["name"] in WRITTEN | KEPT)
 
 
 class RunFolder:
@@ -33,10 +54,17 @@ class RunFolder:
         #: the names in the folder before the run (None: the run creates the folder)
         self.before: frozenset[str] | None = None
         self.config_before: bytes | None = None
+        #: the folders the run will create, deepest first (``path`` and missing parents)
+        self.created: list[Path] = []
         if path.is_dir():
             self.before = frozenset(os.listdir(path))
             config = path / CONFIG_NAME
             self.config_before = config.read_bytes() if config.is_file() else None
+        else:
+            folder = path.absolute()
+            while not folder.exists() and folder != folder.parent:
+                self.created.append(folder)
+                folder = folder.parent
         #: a checkpoint of this run is on disk (from then on the folder is the run's)
         self.checkpointed = False
 
@@ -47,19 +75,19 @@ class RunFolder:
 
         if self.checkpointed or not self.path.is_dir():
             return
-        names = set(os.listdir(self.path))
-        if self.before is None and not names & KEPT:
-            shutil.rmtree(self.path, ignore_errors=True)
-            log.debug("removed %s: the run failed before its first checkpoint", self.path)
-            return
-        for name in sorted(names - (self.before or frozenset()) - KEPT):
+        before = self.before or frozenset()
+        for name in sorted(set(os.listdir(self.path)) - before):
             entry = self.path / name
-            if entry.is_dir() and not entry.is_symlink():
-                shutil.rmtree(entry, ignore_errors=True)
-            else:
+            if _written(name) and (entry.is_symlink() or not entry.is_dir()):
                 entry.unlink(missing_ok=True)
-            log.debug("removed %s: the run failed before its first checkpoint", entry)
+                log.debug("removed %s: the run failed before its first checkpoint", entry)
         config = self.path / CONFIG_NAME
-        before = self.config_before
-        if before is not None and config.is_file() and config.read_bytes() != before:
-            atomic_write_bytes(config, before)
+        old = self.config_before
+        if old is not None and config.is_file() and config.read_bytes() != old:
+            atomic_write_bytes(config, old)
+        for folder in self.created:  # deepest first; a folder that holds anything stays
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+            log.debug("removed %s: the run failed before its first checkpoint", folder)
