@@ -134,9 +134,11 @@ def export_compat(session: nox.Session) -> None:
         session.run(sys.executable, "-m", "venv", str(COMPAT_VENV), external=True)
     if not (stamp.exists() and stamp.read_text() == digest.hexdigest()):
         pip = [str(bin_ / "python"), "-m", "pip", "install", "--disable-pip-version-check"]
-        session.run(*pip, *EXPORT_COMPAT, external=True)
+        no_cache = {"PIP_NO_CACHE_DIR": "1"}  # ~5 GB of wheels not kept twice on a CI disk
+        session.run(*pip, *EXPORT_COMPAT, external=True, env=no_cache)
         session.run(*pip, "-e", "packages/histocore", "-e", "packages/histomodels",
-                    *EXPORT_COMPAT, "pytest>=8", "pytest-timeout>=2.3", external=True)  # fmt: skip
+                    *EXPORT_COMPAT, "pytest>=8", "pytest-timeout>=2.3", external=True,
+                    env=no_cache)  # fmt: skip
         stamp.write_text(digest.hexdigest())
     session.run(
         str(bin_ / "python"), "-c", "import torch; assert torch.__version__.startswith('2.11.')",
