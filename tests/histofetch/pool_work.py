@@ -24,6 +24,16 @@ def die_reading(manifest: Manifest, rec: Record, *, victim: str) -> None:
     time.sleep(0.3)
 
 
+def crash_reading_any(manifest: Manifest, rec: Record) -> None:
+    """Crash the worker on every record (a native library that segfaults on this machine,
+    whatever it reads): exit 139 at once, no exception, no cleanup."""
+    os._exit(139)
+
+
+def read_fine(manifest: Manifest, rec: Record) -> None:
+    """Read any record without trouble (the same run on a healthy machine)."""
+
+
 def default_sigint() -> None:
     """``preexec_fn`` of a child that a test sends Ctrl-C: SIGINT back to its default.
 

@@ -18,10 +18,12 @@ import pytest
 from ncbi_server import FakeNcbi, ncbi_fixture  # noqa: F401 (fixture)
 from pdf_factory import build_image_pdf, he_like, random_rgb
 from pool_work import (
+    crash_reading_any,
     default_sigint,
     die_reading,
     finish_while_another_dies,
     pool_broken,
+    read_fine,
     result_back,
     watching_pool,
 )
@@ -31,7 +33,7 @@ from histocore.manifest import MANIFEST_NAME, STORE_NAME, Image, Manifest, Recor
 from histofetch.download import run_download
 from histofetch.extract import run_extract
 from histofetch.filter import run_filter
-from histofetch.pool import WorkerDied, run_pooled, run_records
+from histofetch.pool import DEATHS_IN_A_ROW, WorkerDied, run_pooled, run_records
 from histofetch.stage import UNFINISHED_KEY, StageSummary, _Stage
 
 LIST = "/pmc-oa-opendata/"
@@ -247,6 +249,36 @@ def test_a_record_that_kills_its_reader_is_read_alone_then_failed(tmp_path: Path
     assert (summary.done, summary.failed, summary.killers) == (0, 1, ["r1"])
     assert Manifest.load(run).records["r1"].extra[UNFINISHED_KEY] == 4
     assert _claims(run) == []
+
+
+def test_a_worker_that_dies_on_every_record_stops_the_call_and_fails_none(
+    tmp_path: Path,
+) -> None:
+    """The machine, not the records, kills every worker (a native library that crashes
+    here, too little memory for one worker): once DEATHS_IN_A_ROW records in a row have
+    died read alone, WorkerDied ends the call instead of failing every record of the run.
+    No record is failed or claimed, the ones never read are untouched, and a run on a
+    healthy machine finishes them all."""
+    ids = [f"r{k}" for k in range(8)]
+    run = _downloaded(tmp_path / "run", ids)
+    with pytest.raises(WorkerDied, match=r"each read alone.*none was failed") as died:
+        run_records(Manifest.load(run), "extracted", crash_reading_any, jobs=2,
+                    guard_attempts=True)  # fmt: skip
+    assert "this machine" in str(died.value)
+    m = Manifest.load(run)
+    assert [r.status for r in m.records.values()] == ["ok"] * 8
+    assert [r.stage for r in m.records.values()] == ["downloaded"] * 8
+    dead = {
+        rid: r.extra[UNFINISHED_KEY] for rid, r in m.records.items() if UNFINISHED_KEY in r.extra
+    }
+    assert len(dead) <= DEATHS_IN_A_ROW + 2 and "r7" not in dead, dead  # stopped early
+    assert _claims(run) == []
+    summary = run_records(Manifest.load(run), "extracted", read_fine, jobs=2,
+                          guard_attempts=True)  # fmt: skip
+    assert (summary.done, summary.failed, summary.killers) == (8, 0, [])
+    m = Manifest.load(run)
+    assert [r.stage for r in m.records.values()] == ["extracted"] * 8
+    assert not any(UNFINISHED_KEY in r.extra for r in m.records.values())
 
 
 def test_without_the_guard_a_dead_worker_ends_the_call(tmp_path: Path) -> None:

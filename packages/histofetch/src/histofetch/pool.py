@@ -37,6 +37,10 @@ from histofetch.thread_pool import CANCEL_GRACE_S, DaemonThreadPool
 
 log = logging.getLogger(__name__)
 
+#: Records in a row whose worker died while each was read alone, with no result back in
+#: between, that stop the call: the cause is then this machine, not the records.
+DEATHS_IN_A_ROW = 3
+
 #: (record after the work, its images or None on failure, (reason, transient) or None)
 Result = tuple[Record, list[Image] | None, tuple[str, bool] | None]
 
@@ -191,14 +195,36 @@ def run_pooled(
     fresh pool that reads those records (suspects) one at a time first: the death of its
     worker is then that record's own, and its second death in this call (or the
     :data:`~histofetch.stage.MAX_UNFINISHED_ATTEMPTS`-th in all) fails it with reason
-    ``unfinished attempts`` (listed in ``summary.killers``) while the others finish.
-    Without the guard, or when no record was on the dead worker, :class:`WorkerDied` ends
-    the call. Ended by Ctrl-C, it still commits the results the pool had received; then
-    worker processes are ended, and worker threads are told to stop (``cancel``) and given
-    :data:`CANCEL_GRACE_S` at most: what they had not returned is not committed."""
+    ``unfinished attempts`` (listed in ``summary.killers``) while the others finish. That
+    failure waits for a result back from another record (or the end of the call): when
+    :data:`DEATHS_IN_A_ROW` records in a row kill the worker reading each alone, the cause
+    is the machine (a native library that crashes here, less memory than one worker needs,
+    a broken install), and :class:`WorkerDied` ends the call leaving them to the next run
+    (their dead attempts counted, none failed). Without the guard, or when no record was on
+    the dead worker, :class:`WorkerDied` ends the call too. Ended by Ctrl-C, it still
+    commits the results the pool had received; then worker processes are ended, and worker
+    threads are told to stop (``cancel``) and given :data:`CANCEL_GRACE_S` at most: what
+    they had not returned is not committed."""
     manifest = runner.manifest
     feed = _Feed(runner, work, threads, advance)
     deaths: Counter[str] = Counter()  # attempts of this call that died with their worker
+    try:
+        _run_pools(runner, feed, deaths, jobs, threads, cancel)
+        feed.confirm()  # the call ends: those whose readers died are failed
+    finally:
+        manifest.release(feed.deferred)  # left to the next run (Ctrl-C, WorkerDied)
+
+
+def _run_pools(
+    runner: _Stage,
+    feed: _Feed,
+    deaths: Counter[str],
+    jobs: int,
+    threads: bool,
+    cancel: Callable[[], None] | None,
+) -> None:
+    """:func:`run_pooled`'s loop: a pool, and a fresh one after each death it goes on from."""
+    manifest = runner.manifest
     while True:
         before = set(multiprocessing.active_children())
         pool = _executor(jobs, threads)  # workers start at submit (deaf to Ctrl-C there)
@@ -222,6 +248,8 @@ def run_pooled(
                         _count_deaths(feed, deaths)
                 finally:
                     manifest.release(feed.held)
+            if go_on and len(feed.alone_deaths) >= DEATHS_IN_A_ROW:
+                raise WorkerDied(_machine_kills(runner, feed.alone_deaths)) from None
             if go_on:
                 feed.restart()
                 continue
@@ -233,11 +261,16 @@ def run_pooled(
 
 
 def _count_deaths(feed: _Feed, deaths: Counter[str]) -> None:
-    """The records on a worker when one died: one more attempt each that never ended."""
+    """The records on a worker when one died: one more attempt each that never ended. A
+    record read alone that this makes too many is failed only once another record's result
+    comes back (:meth:`_Feed.confirm`): until then it keeps its claim, counted."""
     runner = feed.runner
     sent = sorted(feed.sent)
     records = runner.manifest.records
     deaths.update(sent)
+    alone = len(sent) == 1
+    if alone:
+        feed.alone_deaths += sent
     again = [
         rid
         for rid in sent
@@ -251,9 +284,17 @@ def _count_deaths(feed: _Feed, deaths: Counter[str]) -> None:
         f"; reading {_named(again)} again, one at a time" if again else "",
     )  # fmt: skip
     for rid in sent:
-        if not runner._after_death(records[rid], deaths[rid]):
-            feed.finished.add(rid)  # failed (and committed): not read again
-            feed.advance()
+        rec = records[rid]
+        n = int(rec.extra.get(UNFINISHED_KEY, 0)) + 1
+        if alone and runner.too_many_deaths(n, deaths[rid]):
+            rec.extra[UNFINISHED_KEY] = n
+            runner.manifest.commit_record(rid, release=False)
+            feed.held.discard(rid)
+            feed.deferred.append(rid)
+        elif runner._after_death(rec, deaths[rid]):
+            continue  # read again
+        feed.finished.add(rid)  # failed, or to be failed: not read again
+        feed.advance()
 
 
 def _named(rids: list[str]) -> str:
@@ -271,6 +312,16 @@ def _died(runner: _Stage, sent: list[str]) -> str:
     return (
         f"{runner.manifest.run_dir}: {runner.stage}: a worker process died (killed, crashed "
         f"or out of memory) while reading {named or 'nothing'}; run the command again: {then}"
+    )
+
+
+def _machine_kills(runner: _Stage, rids: list[str]) -> str:
+    return (
+        f"{runner.manifest.run_dir}: {runner.stage}: a worker process died (killed, crashed or "
+        f"out of memory) reading each of {_named(rids)}, each read alone, with no record read "
+        "in between: the cause is this machine or installation (a native library that "
+        "crashes here, less memory than one worker needs), not the records; none was failed, "
+        "the next run reads them again"
     )
 
 
@@ -303,6 +354,10 @@ class _Feed:
         self.sent: set[str] = set()  # of those, the ones on a worker
         self.flying: dict[Future[Result], str] = {}  # what the workers have, by record
         self.finished: set[str] = set()  # committed, failed or left: not taken again
+        #: read alone, their worker died once too often: failed at the next result back
+        self.deferred: list[str] = []
+        #: records whose worker died while each was read alone, since the last result back
+        self.alone_deaths: list[str] = []
 
     def left(self) -> list[str]:
         """The runner's records not finished yet, in order."""
@@ -354,12 +409,20 @@ class _Feed:
                 error = error or failed
                 continue
             rid = self.flying.pop(future)
+            self.confirm()  # a worker lived through a record: the deaths were the records'
             _adopt(self.runner, rid, future.result())
             self.held.discard(rid)
             self.sent.discard(rid)
             self.finished.add(rid)
             self.advance()
         return error
+
+    def confirm(self) -> None:
+        """Fail the records whose reader died too often (their claims held until now)."""
+        records = self.runner.manifest.records
+        while self.deferred:
+            self.runner.fail_killer(records[self.deferred.pop(0)])
+        self.alone_deaths = []
 
 
 def _adopt(runner: _Stage, rid: str, result: Result) -> None:

@@ -213,6 +213,13 @@ class _Stage:
         if not self.too_many_deaths(n, deaths_here):
             self.manifest.commit_record(rec.id, release=False)
             return True
+        self.fail_killer(rec)
+        return False
+
+    def fail_killer(self, rec: Record) -> None:
+        """Fail a record whose attempts died too often (``unfinished attempts``, counted in
+        ``rec.extra``), with one warning line; commit it and release its claim."""
+        n = int(rec.extra.get(UNFINISHED_KEY, 0))
         what = rec.pdf_path or rec.id
         log.warning(
             "%s: skipped: %d attempts to reach stage %s were killed or hung before they "
@@ -229,7 +236,6 @@ class _Stage:
         self.summary.reasons[reason_key(rec.reason)] += 1
         self.summary.killers.append(rec.id)
         self.manifest.commit_record(rec.id)
-        return False
 
     def finish(self, rec: Record, failure: tuple[str, bool] | None) -> None:
         """Commit the record: its new stage and images, or ``(reason, transient)``."""
