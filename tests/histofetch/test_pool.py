@@ -4,13 +4,16 @@ worker, the parent committing each record."""
 from __future__ import annotations
 
 import functools
+import multiprocessing
 import os
 import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 
 import PIL.Image
@@ -279,6 +282,36 @@ def test_a_worker_that_dies_on_every_record_stops_the_call_and_fails_none(
     m = Manifest.load(run)
     assert [r.stage for r in m.records.values()] == ["extracted"] * 8
     assert not any(UNFINISHED_KEY in r.extra for r in m.records.values())
+
+
+def test_a_dead_worker_ends_only_its_pools_processes(tmp_path: Path) -> None:
+    """A library caller's other thread starts a process of its own while the pool runs (a
+    second pool, say): when a worker dies and the pool's workers are ended, that process
+    is left running."""
+    run = _downloaded(tmp_path / "run", ["a", "b", "c", "victim"])
+    bystanders: list[BaseProcess] = []
+
+    def start_elsewhere() -> None:
+        proc = multiprocessing.get_context("spawn").Process(target=time.sleep, args=(120,))
+        proc.start()
+        bystanders.append(proc)
+
+    def advance() -> None:  # "a" is back; the workers read on; "victim" dies later
+        if not bystanders:
+            other = threading.Thread(target=start_elsewhere)
+            other.start()
+            other.join()
+
+    runner = _Stage(Manifest.load(run), "extracted", False, guard_attempts=True)
+    work = functools.partial(die_reading, victim="victim")
+    try:
+        run_pooled(runner, work, jobs=2, threads=False, advance=advance)
+        assert runner.summary.killers == ["victim"]
+        assert bystanders and bystanders[0].is_alive(), "the pool ended another's process"
+    finally:
+        for proc in bystanders:
+            proc.terminate()
+            proc.join(10)
 
 
 def test_without_the_guard_a_dead_worker_ends_the_call(tmp_path: Path) -> None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
-import multiprocessing
 import signal
 import threading
 from collections import Counter
@@ -26,6 +25,7 @@ from concurrent.futures import (
     wait,
 )
 from concurrent.futures.process import BrokenProcessPool
+from multiprocessing.context import SpawnContext, SpawnProcess
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 
@@ -100,15 +100,42 @@ def work_on_copy(
     return rec, mini.images_of(rec.id), None
 
 
+#: Per thread: the list the pool being fed from it records its workers in as they start.
+_starting = threading.local()
+
+
+class _Worker(SpawnProcess):
+    """A pool's worker process (spawned: it starts clean, with no copy of the parent's SQLite
+    connection or threads); as it starts it records itself in :func:`_recording`'s list of
+    the starting thread (a pool starts its workers in the thread that submits to it)."""
+
+    def start(self) -> None:
+        workers = getattr(_starting, "workers", None)
+        if workers is not None:
+            workers.append(self)
+        super().start()
+
+
+class _Context(SpawnContext):
+    Process = _Worker
+
+
+@contextlib.contextmanager
+def _recording(workers: list[BaseProcess]) -> Iterator[None]:
+    """Worker processes started from this thread in this block are added to ``workers``:
+    the pool's own, for :func:`_stop` to end, and no other child of this process (a pool
+    another thread feeds, say)."""
+    _starting.workers = workers
+    try:
+        yield
+    finally:
+        _starting.workers = None
+
+
 def _executor(jobs: int, threads: bool) -> Executor:
     if threads:
         return DaemonThreadPool(jobs)
-    # spawn: workers start clean (no copy of the parent's SQLite connection or threads)
-    return ProcessPoolExecutor(
-        max_workers=jobs,
-        mp_context=multiprocessing.get_context("spawn"),
-        initializer=_ignore_ctrl_c,
-    )
+    return ProcessPoolExecutor(max_workers=jobs, mp_context=_Context(), initializer=_ignore_ctrl_c)
 
 
 def _ignore_ctrl_c() -> None:
@@ -156,15 +183,14 @@ def _second_ctrl_c_ignored() -> Iterator[None]:
         signal.signal(signal.SIGINT, handler)
 
 
-def _stop(pool: Executor, before: set[BaseProcess]) -> None:
-    """Give up the work not done yet and end the workers now (Ctrl-C, a dead worker). The
-    workers are this process's children started since ``before`` was taken, as the public
-    :func:`multiprocessing.active_children` lists them (the pool starts them from here).
-    Threads are not ended here (see :func:`run_pooled`'s ``cancel``)."""
+def _stop(pool: Executor, workers: list[BaseProcess]) -> None:
+    """Give up the work not done yet and end the workers now (Ctrl-C, a dead worker): the
+    processes the pool started (see :func:`_recording`). Threads are not ended here (see
+    :func:`run_pooled`'s ``cancel``)."""
     pool.shutdown(wait=False, cancel_futures=True)
     if isinstance(pool, DaemonThreadPool):
         return
-    workers = [p for p in multiprocessing.active_children() if p not in before]
+    workers = [p for p in workers if p.pid is not None]
     for proc in workers:
         proc.terminate()
     for proc in workers:
@@ -226,18 +252,19 @@ def _run_pools(
     """:func:`run_pooled`'s loop: a pool, and a fresh one after each death it goes on from."""
     manifest = runner.manifest
     while True:
-        before = set(multiprocessing.active_children())
+        workers: list[BaseProcess] = []
         pool = _executor(jobs, threads)  # workers start at submit (deaf to Ctrl-C there)
         try:
             suspects, others = _suspects_first(runner, feed.left())
-            feed.run(pool, suspects, 1)
-            feed.run(pool, others, jobs if runner.guard_attempts else 2 * jobs)
+            with _recording(workers):
+                feed.run(pool, suspects, 1)
+                feed.run(pool, others, jobs if runner.guard_attempts else 2 * jobs)
         except BaseException as exc:  # Ctrl-C, a dead worker
             dead = isinstance(exc, BrokenProcessPool)
             go_on = dead and runner.guard_attempts and bool(feed.sent)
             with _second_ctrl_c_ignored():
                 try:
-                    _stop(pool, before)
+                    _stop(pool, workers)
                     if dead or isinstance(exc, KeyboardInterrupt):
                         feed.adopt_finished()  # results the pool had received are kept
                     if isinstance(pool, DaemonThreadPool):  # downloads running: stop them now
