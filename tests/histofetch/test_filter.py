@@ -368,17 +368,25 @@ def test_a_filter_that_fails_midway_closes_its_store(tmp_path: Path) -> None:
 
 
 _READS: list[str] | None = None  # paths opened for reading while a test listens
+_HOOKED = False  # audit hooks cannot be removed: installed once, by the first test listening
 
 
 def _count_reads(event: str, args: tuple) -> None:
-    if _READS is not None and event == "open" and isinstance(args[0], (str, Path)):
+    if _READS is None:  # no test listening: nothing to do for the rest of the session
+        return
+    if event == "open" and isinstance(args[0], (str, Path)):
         mode, flags = args[1], args[2]
         reading = "r" in mode if isinstance(mode, str) else (flags & os.O_ACCMODE) == os.O_RDONLY
         if reading and "+" not in (mode or ""):
             _READS.append(str(Path(args[0]).resolve()))
 
 
-sys.addaudithook(_count_reads)  # the interpreter's own open events: nothing of ours replaced
+def _listen_to_reads() -> None:
+    """Hear the interpreter's own open events (nothing of ours replaced) from now on."""
+    global _HOOKED
+    if not _HOOKED:
+        sys.addaudithook(_count_reads)
+        _HOOKED = True
 
 
 def test_filter_reads_each_figure_once_and_hashes_that_copy(tmp_path: Path) -> None:
@@ -390,6 +398,7 @@ def test_filter_reads_each_figure_once_and_hashes_that_copy(tmp_path: Path) -> N
     )
     run_dir = tmp_path / "run"
     run_extract(run_dir, [pdf])
+    _listen_to_reads()
     _READS = []
     try:
         run_filter(run_dir, sheet=False)
