@@ -13,15 +13,44 @@ import os
 
 import torch
 
+from histocore.errors import UsageError
+
 
 def pick_device(requested: str | None = None) -> torch.device:
-    """``requested`` if given, else the local CUDA device (per rank under torchrun), else CPU."""
+    """``requested`` if given, else the local CUDA device (per rank under torchrun), else CPU.
+
+    A requested device this machine does not have (``cuda`` without a GPU, ``cuda:3`` with
+    two, a misspelt name) is a :class:`~histocore.errors.UsageError` naming it, not
+    PyTorch's driver error when the first tensor moves there."""
     if requested:
-        return torch.device(requested)
+        return _checked(requested)
     if torch.cuda.is_available():
         local = int(os.environ.get("LOCAL_RANK", "0"))
         return torch.device("cuda", local % torch.cuda.device_count())
     return torch.device("cpu")
+
+
+def _checked(requested: str) -> torch.device:
+    try:
+        device = torch.device(requested)
+    except RuntimeError:
+        raise UsageError(
+            f"--device {requested!r}: not a device name (cpu, cuda, cuda:1, mps)"
+        ) from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError(
+                f"--device {requested}: no CUDA GPU is usable here (torch "
+                f"{torch.__version__}); leave --device out to use the CPU"
+            )
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UsageError(
+                f"--device {requested}: this machine has {torch.cuda.device_count()} CUDA "
+                "device(s), numbered from 0"
+            )
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise UsageError(f"--device {requested}: Apple MPS is not available here")
+    return device
 
 
 def use_bf16(model_name: str, device: torch.device, requested: bool | None) -> bool:
