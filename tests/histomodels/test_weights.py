@@ -79,6 +79,11 @@ def test_wrong_weights_file_names_the_file(tmp_path):
     junk.write_bytes(b"not a zip file at all")
     with pytest.raises(WeightsError, match=r"junk\.pth: not a loadable weights file"):
         create_model("mobilenet_v3_small", weights=str(junk))
+    # a text file named .pt: the unpickler's KeyError(<opcode>) was shown as "(105)"
+    text = tmp_path / "notes.pt"
+    text.write_bytes(b"hi\n")
+    with pytest.raises(WeightsError, match=r"notes\.pt: .*\(not a torch\.save file: its bytes"):
+        create_model("cnn", weights=str(text))
     with pytest.raises(WeightsError, match="no such weights file"):
         create_model("cnn", weights=str(tmp_path / "missing.pt"))
 

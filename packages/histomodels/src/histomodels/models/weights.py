@@ -35,6 +35,8 @@ def torch_load_reason(exc: BaseException) -> str:
     text = str(exc).strip()
     if "Weights only load failed" in text or "weights_only" in text:
         return "it holds Python objects or code, not just tensors; refused (weights_only)"
+    if isinstance(exc, KeyError) or text.isdigit():  # the unpickler met an unknown opcode
+        return "not a torch.save file: its bytes are neither a zip archive nor a pickle"
     return text.splitlines()[0] if text else type(exc).__name__
 
 
