@@ -300,6 +300,13 @@ def test_compound_figures_are_decided_by_their_panels(tmp_path: Path) -> None:
         assert figure.filter_reason.startswith("no H&E panel among 4: ")
     # downstream sees the kept panels, never the split figure itself
     assert {i.id for i in m.kept_images()} == {p.id for p in panels if p.kept}
+    # status counts them so: kept (panels) + rejected + split figures kept = scored
+    from histofetch.status import format_status, run_status
+
+    info = run_status(run_dir)
+    assert info["split_kept"] == int(bool(figure.kept))
+    assert info["kept"] + info["rejected"] + info["split_kept"] == info["scored"] == 5
+    assert ("+1 split figure counted by" in format_status(info)) == bool(figure.kept)
     # rescoring replaces the panel rows instead of adding more
     run_filter(run_dir, sheet=False, rescore=True)
     assert len(Manifest.load(run_dir).panels_of(figure.id)) == 4

@@ -333,7 +333,7 @@ def filter_(
     """Split figures into panels, score each image once (colour, CNN, caption), keep H&E."""
     from histocore.manifest import Manifest
     from histofetch.filter import explain, run_filter
-    from histofetch.status import run_status
+    from histofetch.status import run_status, split_note
 
     if explain_id:
         with errors(), Manifest.load(run) as manifest:
@@ -361,7 +361,7 @@ def filter_(
         info = run_status(run)
     print(summary.line())
     where = f"; sheets in {run / 'sheets'}" if sheet else ""
-    print(f"kept {info['kept']} of {info['scored']} scored images{where}")
+    print(f"kept {info['kept']} of {info['scored']} scored images{split_note(info)[1:]}{where}")
     _fail_on_killers(run, summary)
 
 

@@ -39,6 +39,9 @@ def _status(manifest: Manifest, run_dir: Path) -> dict[str, Any]:
         "images": len(images),
         "scored": sum(1 for i in images if i.kept is not None),
         "kept": len(kept),
+        # Kept figures split into panels: "kept" counts their kept panels instead, so
+        # kept + rejected + split_kept = scored.
+        "split_kept": sum(1 for i in images if i.kept) - sum(1 for i in kept if i.kept),
         "rejected": sum(1 for i in images if i.kept is False),
         "failed": len(failed),
         "failed_images": sum(1 for i in images if i.status == "failed"),
@@ -76,12 +79,19 @@ def _unfinished(manifest: Manifest) -> dict[str, int]:
     return dict(Counter(stage for _, stage in manifest._db().abandoned_claims()))
 
 
+def split_note(info: dict[str, Any]) -> str:
+    """Why kept + rejected falls short of the scored images, when it does."""
+    n = info.get("split_kept", 0)
+    return f"  (+{n} split figure{'s' if n != 1 else ''} counted by their kept panels)" if n else ""
+
+
 def format_status(info: dict[str, Any]) -> str:
     """Plain-text report of :func:`run_status` for people."""
     lines = [
         f"run {info['run']}" + (f"  (query: {info['query']})" if info.get("query") else ""),
         f"records {info['records']}  pdfs {info['pdfs']}  images {info['images']}  "
-        f"kept {info['kept']}  rejected {info['rejected']}  failed {info['failed']}",
+        f"kept {info['kept']}  rejected {info['rejected']}  failed {info['failed']}"
+        + split_note(info),
         "stage reached (ok records): " + ", ".join(f"{k} {v}" for k, v in info["stages"].items()),
     ]
     if info.get("in_progress"):
