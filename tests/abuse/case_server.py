@@ -5,9 +5,12 @@ spends ~3-4 CPU seconds importing torch, torchvision, timm and scikit-learn befo
 its hostile file; across forty cases that was most of the abuse suite's time.
 :class:`CaseServer` starts one interpreter that imports those third-party libraries
 (:data:`PRELOAD`; none of ours: every case still imports histomodels itself, as a new
-process does; nor any that reads ``HOME`` when imported) and forks it per case. The child
-does what ``python -c`` would: a new session, its own working directory, environment,
-``RLIMIT_AS``, standard streams and ``sys.argv``; runs CODE as ``__main__``, prints an
+process does) and forks it per case. The child does what ``python -c`` would: a new
+session, its own working directory, environment, ``RLIMIT_AS``, standard streams and
+``sys.argv``; the module-level paths the preloaded libraries derived from the server's
+``HOME`` when imported (``huggingface_hub.constants.HF_HOME``, ``HF_HUB_CACHE``,
+``HF_TOKEN_PATH``… through timm, torchvision's dataset folder, ``site.USER_SITE``) re-pointed
+at the case's ``HOME``, as a new process computes them; runs CODE as ``__main__``, prints an
 uncaught exception's traceback, then does the interpreter's exit work (non-daemon threads,
 atexit handlers, flushed streams). The server reaps it with ``wait4`` and writes "exit
 code, peak RSS (KiB), CPU seconds" as the launcher of ``test_abuse_cli.py`` does; the
@@ -28,7 +31,11 @@ import time
 from pathlib import Path
 
 #: Third-party modules the server imports before it forks (never histomodels/histofetch).
-#: matplotlib is left out: it reads its configuration folder from ``HOME`` when imported.
+#: Some derive paths from ``HOME`` when imported (huggingface_hub through timm, torchvision):
+#: each child re-points those at its own ``HOME`` (``HOMED`` in :data:`SERVER`); values
+#: derived from other variables (``HF_HOME``, ``TORCH_HOME``, ``XDG_CACHE_HOME``) are not, so
+#: cases must not set those. matplotlib is left out: it reads its configuration folder from
+#: ``HOME`` into objects, not plain strings.
 PRELOAD = ("torch", "torchvision", "timm", "numpy", "h5py", "PIL.Image", "scipy",
            "sklearn.metrics", "typer", "rich", "pydantic")  # fmt: skip
 
@@ -36,6 +43,18 @@ SERVER = r"""
 import importlib, json, os, select, sys, types
 for name in sys.argv[1].split(","):
     importlib.import_module(name)
+
+# (module namespace, name, rest of the path after HOME) of every module-level string the
+# preloaded libraries derived from this process's HOME: a child re-points them at its own
+SERVER_HOME = os.path.expanduser("~").rstrip(os.sep)
+HOMED = [
+    (mod.__dict__, key, value[len(SERVER_HOME):])
+    for name, mod in list(sys.modules.items()) if name not in ("__main__", "__mp_main__")
+    and isinstance(getattr(mod, "__dict__", None), dict)
+    for key, value in list(mod.__dict__.items())
+    if SERVER_HOME and isinstance(value, str)
+    and (value == SERVER_HOME or value.startswith(SERVER_HOME + os.sep))
+]
 
 
 def child(req):
@@ -50,6 +69,9 @@ def child(req):
         os.close(fd)
     os.environ.clear()
     os.environ.update(req["env"])
+    home = os.environ.get("HOME", "").rstrip(os.sep)
+    for names, key, rest in HOMED if home else ():
+        names[key] = home + rest
     sys.argv = ["-c", *req["args"]]
     main = types.ModuleType("__main__")
     sys.modules["__main__"] = main

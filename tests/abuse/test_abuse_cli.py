@@ -537,8 +537,9 @@ def test_a_forked_case_is_what_a_new_process_does(
     abuse, case_server: CaseServer, tmp_path: Path
 ) -> None:
     """The fork server (:mod:`case_server`) gives a case what ``python -c`` gives it: exit
-    codes, tracebacks, ``sys.exit("text")``, atexit output, argv, working folder, HOME and
-    stdin; and a real case's error line is the same either way."""
+    codes, tracebacks, ``sys.exit("text")``, atexit output, argv, working folder, HOME (and
+    the paths huggingface_hub and torchvision derive from it) and stdin; and a real case's
+    error line is the same either way."""
     _results, root, _before, _after = abuse
     corpus = {k: root / "corpus" / k for k in ("ckpt/version_2.pt", "data/good.h5")}
     assert all(p.is_file() for p in corpus.values())
@@ -550,6 +551,9 @@ def test_a_forked_case_is_what_a_new_process_does(
                       "os.environ['HOME'], repr(sys.stdin.read()), __name__)"),
         "thread": Case([], "ok", code="import threading, time; threading.Thread(target=lambda:"
                        " (time.sleep(0.5), print('late'))).start()"),
+        "homes": Case([], "ok", code="from huggingface_hub import constants as c; import "
+                      "torchvision._internally_replaced_utils as t; print(c.HF_HOME, "
+                      "c.HF_HUB_CACHE, c.HF_TOKEN_PATH, c.HF_XET_CACHE, t._HOME)"),
         "real": Case(_eval("ckpt/version_2.pt"), names="version_2.pt"),
     }  # fmt: skip
 
@@ -569,4 +573,6 @@ def test_a_forked_case_is_what_a_new_process_does(
     assert forked["traceback"][0] == 1 and forked["traceback"][2].endswith("ValueError: x\n")
     assert forked["where"] == (0, "CASE CASE/home '' __main__\n", "")
     assert forked["thread"] == (0, "late\n", "")
+    homes = forked["homes"][1].split()
+    assert len(homes) == 5 and all(h.startswith("CASE/home/") for h in homes), forked["homes"]
     assert forked["real"][0] == 1 and "checkpoint version 2" in forked["real"][2]
