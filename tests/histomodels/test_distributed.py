@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
 from histomodels.checkpoint import load_model
-from histomodels.distributed import DistInfo, cleanup, init_distributed, shard
+from histomodels.distributed import DistInfo, cleanup, init_distributed, shard, span
 from histomodels.synthetic import write_h5
 
 
@@ -23,6 +25,9 @@ def test_shards_cover_the_data_once():
     full = [shard(idx, DistInfo(rank=r, world_size=3), drop_tail=False) for r in range(3)]
     assert sorted(torch.cat(full).tolist()) == list(range(11))
     assert torch.equal(shard(idx, DistInfo()), idx)
+    blocks = [span(11, DistInfo(rank=r, world_size=3)) for r in range(3)]
+    assert blocks == [(0, 3), (3, 7), (7, 11)]  # contiguous, in rank order, sizes 3-4
+    assert span(11, DistInfo()) == (0, 11) and span(1, DistInfo(rank=1, world_size=2)) == (0, 1)
 
 
 def _free_port() -> int:
@@ -56,26 +61,33 @@ def test_cleanup_destroys_only_the_process_group_it_created(monkeypatch):
     cleanup(DistInfo(world_size=2, owns_group=True))  # nothing left to destroy: no error
 
 
-#: The CLI as each rank runs it, with a spy that says which rank scored the teacher and
-#: which targets each rank trained on (the real functions still do the work).
+#: The CLI as each rank runs it, with a spy that says how many patches each rank scored with
+#: the teacher and saves the targets each rank trained on (the real functions do the work).
 RANK_SCRIPT = """
-import hashlib, os, sys
-import torch.distributed as dist
+import os, sys
+import torch, torch.distributed as dist
 import histomodels.inference as inference
 import histomodels.training.distill as distill
 from histomodels.cli import app
 
-rank = os.environ["RANK"]
+rank, spy = os.environ["RANK"], os.environ["SPY_DIR"]
 scores = inference.Predictor.logits
-def spy_scores(self, *args, **kwargs):
-    print(f"rank {rank} scores the teacher", file=sys.stderr)
-    return scores(self, *args, **kwargs)
+def spy_scores(self, images, *args, **kwargs):
+    seen = []
+    def counted(batches):
+        for b in batches:
+            seen.append(len(b))
+            yield b
+    out = scores(self, counted(images), *args, **kwargs)
+    print(f"rank {rank} scored {sum(seen)} patches", file=sys.stderr)
+    return out
 inference.Predictor.logits = spy_scores
 targets = distill.distill_targets
-def spy_targets(*args, **kwargs):
-    out = targets(*args, **kwargs)
-    digest = hashlib.sha256(out.numpy().tobytes()).hexdigest()
-    print(f"rank {rank} targets {digest}", file=sys.stderr)
+def spy_targets(cfg, images, *args, **kwargs):
+    out = targets(cfg, images, *args, **kwargs)
+    torch.save(out, os.path.join(spy, f"targets{rank}.pt"))
+    x = images if isinstance(images, torch.Tensor) else images[torch.arange(len(images))]
+    torch.save(x, os.path.join(spy, f"images{rank}.pt"))
     return out
 distill.distill_targets = spy_targets
 try:
@@ -86,13 +98,27 @@ finally:  # the trainer destroyed the process group it joined
 """
 
 
+def _torchrun(script, args, tmp_path, *extra):
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+        *extra, str(script), *args,
+    ]  # fmt: skip
+    env = {
+        **os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE",
+        "SPY_DIR": str(tmp_path),
+    }  # fmt: skip
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+
+
 @pytest.mark.slow
 def test_torchrun_two_processes_gloo(tmp_path):
-    """Two ranks train one run, distilled from a teacher: rank 0 alone scores the teacher
-    (and writes the cache), rank 1 trains on the same soft targets it received."""
+    """Two ranks train one run, distilled from a teacher: each rank scores half the patches,
+    both train on the same soft targets (those of one process scoring them all, to float
+    rounding), rank 0 alone writes the cache, and a rerun reuses it without scoring."""
     from histomodels.config import TrainConfig
     from histomodels.synthetic import make_patches
     from histomodels.training import train
+    from histomodels.training.distill import teacher_logits
 
     train_h5 = write_h5(tmp_path / "train.h5", 64, seed=0)
     val_h5 = write_h5(tmp_path / "val.h5", 40, seed=1)
@@ -102,22 +128,34 @@ def test_torchrun_two_processes_gloo(tmp_path):
     train(cfg, teacher, train_data=make_patches(32, seed=2), val_data=make_patches(24, seed=3))
     script = tmp_path / "hm.py"
     script.write_text(RANK_SCRIPT)
+
+    def run_into(run):
+        args = [
+            "train", "--data", str(train_h5), "--val", str(val_h5), "--out", str(run),
+            "--model-config", json.dumps(tiny), "--epochs", "1", "--batch-size", "8",
+            "--threads", "1", "--device", "cpu", "--quiet", "--teacher", str(teacher / "best.pt"),
+        ]  # fmt: skip
+        r = _torchrun(script, args, tmp_path)
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert r.stderr.count("group destroyed") == 2 and "group alive" not in r.stderr
+        got = [torch.load(tmp_path / f"targets{k}.pt") for k in range(2)]
+        assert torch.equal(got[0], got[1])  # the same soft targets on both ranks
+        return r, got[0]
+
     run = tmp_path / "run"
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-        str(script), "train", "--data", str(train_h5), "--val", str(val_h5), "--out", str(run),
-        "--model-config", json.dumps({"width": 8, "depth": 2, "blocks": 1}),
-        "--epochs", "1", "--batch-size", "8", "--threads", "1", "--device", "cpu", "--quiet",
-        "--teacher", str(teacher / "best.pt"),
-    ]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
-    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
-    assert r.returncode == 0, r.stderr[-3000:]
+    r, targets = run_into(run)
     assert r.stdout.count("best val AUC") == 1  # only rank 0 reports
-    assert r.stderr.count("group destroyed") == 2 and "group alive" not in r.stderr
-    assert r.stderr.count("scores the teacher") == 1 and "rank 0 scores the teacher" in r.stderr
-    digests = {line.split()[-1] for line in r.stderr.splitlines() if " targets " in line}
-    assert r.stderr.count(" targets ") == 2 and len(digests) == 1  # the same soft targets
+    assert "rank 0 scored 32 patches" in r.stderr and "rank 1 scored 32 patches" in r.stderr
+    assert r.stderr.count(" scored ") == 2
+    # one process scoring every patch: the same per-patch TTA, other batches (fp32 or bf16
+    # autocast as "auto" picks, the same in both), so equal to float rounding
+    images = torch.load(tmp_path / "images0.pt")
+    assert torch.equal(images, torch.load(tmp_path / "images1.pt")) and len(images) == 64
+    alone = teacher_logits(str(teacher / "best.pt"), images, None)
+    cached = np.load(run / "teacher_logits.npz")["logits"]
+    assert np.allclose(cached, alone, rtol=1e-4, atol=1e-4), np.abs(cached - alone).max()
+    soft = torch.sigmoid(torch.from_numpy(cached) / 2.0)  # distill_temperature T = 2
+    assert torch.equal(targets[:, 1], soft)  # the targets are the cached (gathered) logits
     history = json.loads((run / "history.json").read_text())
     assert len(history) == 1
     # 64 patches / 2 ranks / batch 8 = 4 steps per rank; every patch seen once per epoch
@@ -129,3 +167,40 @@ def test_torchrun_two_processes_gloo(tmp_path):
         "best.pt", "config.json", "history.csv", "history.json", "last.pt", "learning_curve.png",
         "teacher_logits.npz",
     ]  # fmt: skip
+    # a rerun into a folder holding the soft targets (as a failed run leaves them) reuses
+    # them on every rank: nobody scores, the cache is not rewritten
+    rerun = tmp_path / "rerun"
+    rerun.mkdir()
+    shutil.copy2(run / "teacher_logits.npz", rerun)
+    written = (rerun / "teacher_logits.npz").stat().st_mtime_ns
+    r, again = run_into(rerun)
+    assert " scored " not in r.stderr, r.stderr[-3000:]
+    assert torch.equal(again, targets)
+    assert (rerun / "teacher_logits.npz").stat().st_mtime_ns == written
+
+
+@pytest.mark.slow
+def test_torchrun_bad_teacher_is_one_line_on_every_rank(tmp_path):
+    """A corrupt --teacher fails on every rank alike, before any collective: each rank's
+    stderr (torchrun's per-rank log) is the one error line, no traceback from our code."""
+    train_h5 = write_h5(tmp_path / "train.h5", 16, seed=0)
+    val_h5 = write_h5(tmp_path / "val.h5", 8, seed=1)
+    bad = tmp_path / "teacher.pt"
+    bad.write_bytes(b"PK\x03\x04 not a checkpoint" * 100)
+    args = [
+        "train", "--data", str(train_h5), "--val", str(val_h5), "--out", str(tmp_path / "run"),
+        "--epochs", "1", "--threads", "1", "--device", "cpu", "--quiet", "--teacher", str(bad),
+    ]  # fmt: skip
+    logs = tmp_path / "logs"
+    # torchrun stops the other ranks once it sees one fail; polling every 2 s (not 0.1)
+    # lets each rank finish on its own, so what each one prints can be read
+    extra = ["--log-dir", str(logs), "--redirects", "3", "--monitor-interval", "2", "-m"]
+    r = _torchrun("histomodels", args, tmp_path, *extra)
+    assert r.returncode != 0
+    assert not (tmp_path / "run").exists()  # nothing half written
+    per_rank = sorted(logs.rglob("stderr.log"), key=lambda p: p.parent.name)
+    assert [p.parent.name for p in per_rank] == ["0", "1"]
+    for log in per_rank:
+        lines = log.read_text().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"error: {bad}: "), lines
+        assert "Traceback" not in log.read_text()

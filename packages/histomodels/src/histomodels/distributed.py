@@ -63,6 +63,13 @@ def shard(indices: torch.Tensor, info: DistInfo, *, drop_tail: bool = True) -> t
     return indices[:n][info.rank :: info.world_size]
 
 
+def span(n: int, info: DistInfo) -> tuple[int, int]:
+    """This rank's contiguous block ``[lo, hi)`` of ``range(n)``: every index in exactly one
+    rank's block, the blocks in rank order (so :func:`gather_cat` of per-block results is
+    in the original order) and their sizes within one of each other."""
+    return n * info.rank // info.world_size, n * (info.rank + 1) // info.world_size
+
+
 def any_flag(flag: bool, info: DistInfo) -> bool:
     """True on every rank when any rank's ``flag`` is true (keeps budget stops in step)."""
     if not info.enabled:

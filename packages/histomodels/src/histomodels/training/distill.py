@@ -9,7 +9,10 @@ keyed by a hash of the training patches and of the teacher file and by the preci
 (bf16 autocast or fp32) and device type the teacher ran with, so a resumed run (or a rerun
 on the same data and hardware) does not score them again, and one moved to a GPU, or to a
 CPU with other bf16 support, does not reuse targets computed at another precision. Under
-``torchrun`` rank 0 alone scores (or reads the cache) and broadcasts the logits.
+``torchrun`` every rank loads the teacher and reads the cache itself; when it must score,
+each rank scores its own contiguous block of the patches (the same per-patch TTA), the
+logits are gathered in the original order on every rank and rank 0 writes the cache, so no
+rank waits in a collective longer than the slowest block takes.
 
 The training targets then carry two columns, the label and the teacher's probability
 ``sigmoid(teacher / T)``; mixup mixes both, label smoothing touches only the label, and
@@ -33,7 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from histomodels.distributed import DistInfo, broadcast
+from histomodels import distributed as D
+from histomodels.distributed import DistInfo
 
 log = logging.getLogger(__name__)
 
@@ -92,12 +96,20 @@ def teacher_logits(
     batch_size: int = 256,
     precision: str = "auto",
     say: Callable[[str], None] = log.info,
+    info: DistInfo | None = None,
 ) -> np.ndarray:
     """The teacher's 8-view TTA logits for ``images``, from ``run_dir``'s cache when it
     matches (same patches, same teacher, same resolved precision and device type), else
-    computed and cached there."""
+    computed and cached there.
+
+    Under ``torchrun`` (``info``) every rank loads the teacher (a bad teacher fails on every
+    rank alike, before any collective) and reads the cache itself; a rank that has no valid
+    copy (another node's disk) takes rank 0's. Without one anywhere, each rank scores its
+    block of the patches (:func:`histomodels.distributed.span`), every rank receives all the
+    logits in order, and rank 0 writes the cache."""
     from histomodels.inference import Predictor
 
+    info = info or DistInfo()
     pred = Predictor.load(teacher, device=str(device), precision=precision)
     key = ":".join(
         [
@@ -109,27 +121,32 @@ def teacher_logits(
         ]
     )
     cache = run_dir / CACHE_NAME if run_dir is not None else None
+    cached = None
     if cache is not None and cache.is_file():
-        cached = read_cache(cache, key, len(images))
-        if cached is not None:
-            say(f"teacher soft targets: reusing {cache}")
-            return cached
+        cached = read_cache(cache, key, len(images), warn=info.is_main)
+    if D.any_flag(cached is None, info):  # short: every rank only hashed and read
+        cached = D.broadcast(cached, info)  # rank 0's copy, or None: score
+    if cached is not None:
+        say(f"teacher soft targets: reusing {cache}")
+        return cached
+    shared = f", split over {info.world_size} processes" if info.enabled else ""
     say(
         f"teacher soft targets: scoring {len(images)} training patches with {teacher} "
-        f"(8-view TTA, {pred.precision} on {pred.device.type})"
+        f"(8-view TTA, {pred.precision} on {pred.device.type}{shared})"
     )
+    lo, hi = D.span(len(images), info)
 
     def batches():
-        for i in range(0, len(images), batch_size):
-            part = (
-                images[i : i + batch_size]
-                if isinstance(images, torch.Tensor)
-                else images[torch.arange(i, min(i + batch_size, len(images)))]
-            )
+        for i in range(lo, hi, batch_size):
+            j = min(i + batch_size, hi)
+            part = images[i:j] if isinstance(images, torch.Tensor) else images[torch.arange(i, j)]
             yield part.numpy()
 
-    logits = pred.logits(batches(), tta=True).astype(np.float32)
-    if cache is not None:
+    mine = pred.logits(batches(), tta=True).astype(np.float32)
+    logits = D.gather_cat(torch.from_numpy(mine), info).numpy()
+    if len(logits) != len(images):  # a programmer error: the blocks must tile the patches
+        raise RuntimeError(f"gathered {len(logits)} teacher logits for {len(images)} patches")
+    if cache is not None and info.is_main:
         from histocore.io import atomic_write_bytes
 
         buf = io.BytesIO()
@@ -139,12 +156,13 @@ def teacher_logits(
     return logits
 
 
-def read_cache(cache: Path, key: str, n: int) -> np.ndarray | None:
+def read_cache(cache: Path, key: str, n: int, *, warn: bool = True) -> np.ndarray | None:
     """``cache``'s logits when it holds ``n`` of them for ``key``; None for another key (a
     change of data, teacher, precision or device: scored again), and None with a warning
     for a damaged file: truncated or corrupt (the zip's CRC-32 is checked as the logits are
     read), another layout, or logits that are not ``n`` finite floats. The scoring that
-    follows replaces the file atomically."""
+    follows replaces the file atomically. ``warn=False``: no warning (a rank other than 0).
+    """
     try:
         with np.load(cache, allow_pickle=False) as z:
             if str(z["key"]) != key:
@@ -152,18 +170,13 @@ def read_cache(cache: Path, key: str, n: int) -> np.ndarray | None:
             logits = z["logits"]
     except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as exc:
         problem = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    else:
+        if logits.shape == (n,) and logits.dtype.kind == "f" and np.isfinite(logits).all():
+            return logits.astype(np.float32)
+        problem = f"logits {logits.dtype} {tuple(logits.shape)} for {n} patches, or not finite"
+    if warn:
         log.warning("%s: damaged teacher cache (%s); scoring again", cache, problem)
-        return None
-    if logits.shape != (n,) or logits.dtype.kind != "f" or not np.isfinite(logits).all():
-        log.warning(
-            "%s: damaged teacher cache (logits %s %s for %d patches, or not finite); scoring again",
-            cache,
-            logits.dtype,
-            tuple(logits.shape),
-            n,
-        )
-        return None
-    return logits.astype(np.float32)
+    return None
 
 
 def distill_targets(
@@ -177,15 +190,16 @@ def distill_targets(
     info: DistInfo | None = None,
 ) -> torch.Tensor:
     """``[N, 2]`` training targets: the labels and the teacher's probabilities at
-    ``cfg.distill_temperature``. Under ``torchrun`` (``info``) only rank 0 scores the teacher
-    (or reads the cache) and the other ranks receive its logits: they wait in the broadcast
-    (the process group's timeout applies: 10 min on NCCL, 30 on gloo by default)."""
-    info = info or DistInfo()
-    logits = None
-    if info.is_main:
-        logits = teacher_logits(
-            cfg.teacher, images, run_dir, device=device, batch_size=cfg.eval_batch_size, say=say
-        )
-    logits = broadcast(logits, info)
+    ``cfg.distill_temperature``, the same on every rank under ``torchrun`` (``info``: the
+    ranks score their blocks of the patches, see :func:`teacher_logits`)."""
+    logits = teacher_logits(
+        cfg.teacher,
+        images,
+        run_dir,
+        device=device,
+        batch_size=cfg.eval_batch_size,
+        say=say,
+        info=info,
+    )
     soft = torch.sigmoid(torch.from_numpy(logits) / cfg.distill_temperature)
     return torch.stack([labels.float(), soft.float()], 1)

@@ -110,10 +110,10 @@ class Trainer:
                 self.cfg,
                 self.x_train,
                 self.y_train,
-                main_dir,
+                self.run_dir,  # every rank reads the cache; rank 0 alone writes it
                 device=self.device,
                 say=self.say,
-                info=self.info,  # rank 0 scores, the others receive its logits
+                info=self.info,  # each rank scores its block of the patches
             )
         per_rank = len(self.x_train) // self.info.world_size
         if per_rank < self.cfg.batch_size:
