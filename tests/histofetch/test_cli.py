@@ -79,6 +79,16 @@ def test_extract_without_paths_needs_a_run(tmp_path: Path) -> None:
     assert "no manifest here" in _error_line(result)
 
 
+@pytest.mark.parametrize("command", ["extract", "filter", "status"])
+def test_a_file_given_as_the_run_folder_is_a_usage_error(tmp_path: Path, command: str) -> None:
+    """It was 'error: x.png: file exists' (from creating the folder) or a missing manifest."""
+    (tmp_path / "x.png").write_bytes(b"not a folder")
+    result = runner.invoke(app, [command, "--run", str(tmp_path / "x.png")])
+    words = " ".join(result.output.replace("│", " ").split())  # the box wraps long paths
+    assert result.exit_code == 2 and "is a file" in words, result.output
+    assert (tmp_path / "x.png").read_bytes() == b"not a folder"
+
+
 @pytest.mark.parametrize("command", ["filter", "status"])
 def test_commands_on_a_missing_run_fail_clearly(tmp_path: Path, command: str) -> None:
     result = runner.invoke(app, [command, "--run", str(tmp_path / "none")])

@@ -26,7 +26,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-Run = Annotated[Path, typer.Option("--run", "-r", help="Run folder (holds the manifest).")]
+Run = Annotated[
+    Path, typer.Option("--run", "-r", file_okay=False, help="Run folder (holds the manifest).")
+]
 RUN_DEFAULT = Path("runs/default")
 Query = Annotated[str, typer.Argument(help="PubMed query, e.g. 'lymph node metastasis'.")]
 Max = Annotated[int | None, typer.Option("--max", min=1, help="Keep at most this many hits.")]
