@@ -128,6 +128,8 @@ def test_cli_eval_end_to_end(tmp_path: Path) -> None:
     m = json.loads((out / "metrics.json").read_text())
     assert m["tta"] is True and "sensitivity>=0.9" in m["threshold_source"]
     assert "roc_auc" in r.output and "warning" not in m
+    # the first line names what was evaluated on what, whole (not a wrapped table title)
+    assert r.output.splitlines()[0] == f"{ckpt} ({m['model']}) on {m['data']} (n={m['n']})"
     # fitting threshold and temperature on the test set itself is flagged
     r = run_eval(test_h5, "--bootstrap", "0")
     assert r.exit_code == 0, r.output

@@ -184,7 +184,11 @@ def _print_metrics(result: dict, out: Path) -> None:
         console.print(result.get("note", "no metrics"))
         console.print(f"predictions written to {out / 'predictions.csv'}")
         return
-    table = Table(title=f"{result.get('model')} on {result.get('data')} (n={result.get('n')})")
+    name, model = result.get("checkpoint"), result.get("model")
+    shown = f"{name} ({model})" if name and str(name) != model else model
+    # a plain line, not the table's title: that is centred and wrapped to the table's width
+    console.print(f"{shown} on {result.get('data')} (n={result.get('n')})", soft_wrap=True)
+    table = Table()
     table.add_column("metric")
     table.add_column("value", justify="right")
     table.add_column("95% CI", justify="right")
