@@ -285,6 +285,25 @@ def test_a_fresh_run_failing_on_bad_data_leaves_no_run_folder(
     assert [p.name for p in kept.iterdir()] == ["notes.txt"]
 
 
+def test_a_trained_run_is_not_replaced_unasked(h5_files, tmp_path):
+    run = tmp_path / "run"
+    args = ["train", "--data", str(h5_files[0]), "--val", str(h5_files[1]), "--out", str(run),
+            "--model-config", json.dumps(TINY), "--epochs", "1", "--batch-size", "16",
+            "--threads", "1", "--quiet"]  # fmt: skip
+    assert CliRunner().invoke(app, args).exit_code == 0
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    r = CliRunner().invoke(app, [*args, "--seed", "7"])
+    assert r.exit_code == 1
+    assert r.stderr.strip() == (
+        f"error: {run}: holds a trained run (last.pt); --resume continues it, --overwrite "
+        "trains anew over it, or choose another --out"
+    )
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before  # nothing touched
+    r = CliRunner().invoke(app, [*args, "--seed", "7", "--overwrite"])
+    assert r.exit_code == 0, r.output
+    assert (run / "best.pt").read_bytes() != before["best.pt"]  # trained anew, seed 7
+
+
 def test_a_resumable_run_failing_on_bad_data_is_left_as_it_was(h5_files, tmp_path, monkeypatch):
     data = tmp_path / "train.h5"
     data.write_bytes(h5_files[0].read_bytes())
@@ -497,7 +516,7 @@ def test_every_train_and_finetune_option_is_a_config_key():
     from histomodels.cli.train import finetune_cmd, train_cmd
     from histomodels.config import FIELDS
 
-    own = {"ctx", "out", "config", "resume", "quiet"}
+    own = {"ctx", "out", "config", "resume", "overwrite", "quiet"}
     for command, extra in ((train_cmd, set()), (finetune_cmd, {"input_size"})):
         names = set(inspect.signature(command).parameters)
         assert names - FIELDS == own | extra, command.__name__

@@ -51,6 +51,9 @@ Prefetch = Annotated[
     ),
 ]
 Resume = Annotated[bool, typer.Option("--resume", help="Continue from RUN/last.pt.")]
+Overwrite = Annotated[
+    bool, typer.Option("--overwrite", help="Train anew into a folder that holds a run.")
+]
 ModelConfig = Annotated[
     str | None, typer.Option(help='Model kwargs as JSON, e.g. \'{"width": 48, "depth": 4}\'.')
 ]
@@ -115,12 +118,19 @@ def _run(
     config: Path | None,
     resume: bool,
     quiet: bool,
+    overwrite: bool = False,
     base: dict[str, Any] | None = None,
 ) -> None:
     """Resolve defaults < ``base`` preset < config file < ``options`` (None = not given),
     then train into ``out``."""
     from histomodels.config import ConfigError, TrainConfig, resolve_config
 
+    held = [name for name in ("last.pt", "best.pt") if (out / name).is_file()]
+    if held and not resume and not overwrite:  # a trained run is not replaced unasked
+        fail(
+            f"{out}: holds a trained run ({held[0]}); --resume continues it, --overwrite "
+            "trains anew over it, or choose another --out"
+        )
     if quiet:
         setup_logging(logging.WARNING)
     with errors():
@@ -190,10 +200,11 @@ def train_cmd(
     prefetch: Prefetch = None,
     device: Device = None,
     resume: Resume = False,
+    overwrite: Overwrite = False,
     quiet: Quiet = False,
 ) -> None:
     """Train a model (default: the scratch CNN) with early stopping on validation AUC."""
-    _run(out, _options(ctx), config=config, resume=resume, quiet=quiet)
+    _run(out, _options(ctx), config=config, resume=resume, quiet=quiet, overwrite=overwrite)
 
 
 def finetune_cmd(
@@ -245,6 +256,7 @@ def finetune_cmd(
     prefetch: Prefetch = None,
     device: Device = None,
     resume: Resume = False,
+    overwrite: Overwrite = False,
     quiet: Quiet = False,
 ) -> None:
     """Fine-tune a pretrained backbone: head-only warm-up, then all layers at a lower LR."""
@@ -254,7 +266,8 @@ def finetune_cmd(
     if input_size and input_size != 96:
         mc = json.loads(model_config) if model_config else {}
         options["model_config"] = json.dumps({**mc, "input_size": input_size})
-    _run(out, options, config=config, resume=resume, quiet=quiet, base=FINETUNE_DEFAULTS)
+    _run(out, options, config=config, resume=resume, quiet=quiet, overwrite=overwrite,
+         base=FINETUNE_DEFAULTS)  # fmt: skip
 
 
 def tune_cmd(
