@@ -24,6 +24,13 @@ def die_reading(manifest: Manifest, rec: Record, *, victim: str) -> None:
     time.sleep(0.3)
 
 
+def die_reading_each(manifest: Manifest, rec: Record, *, victims: tuple[str, ...]) -> None:
+    """:func:`die_reading` for several records (a run with a few crashing PDFs)."""
+    if rec.id in victims:
+        os.kill(os.getpid(), signal.SIGKILL)
+    time.sleep(0.3)
+
+
 def crash_reading_any(manifest: Manifest, rec: Record) -> None:
     """Crash the worker on every record (a native library that segfaults on this machine,
     whatever it reads): exit 139 at once, no exception, no cleanup."""

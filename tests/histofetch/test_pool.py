@@ -24,6 +24,7 @@ from pool_work import (
     crash_reading_any,
     default_sigint,
     die_reading,
+    die_reading_each,
     finish_while_another_dies,
     pool_broken,
     read_fine,
@@ -282,6 +283,25 @@ def test_a_worker_that_dies_on_every_record_stops_the_call_and_fails_none(
     m = Manifest.load(run)
     assert [r.stage for r in m.records.values()] == ["extracted"] * 8
     assert not any(UNFINISHED_KEY in r.extra for r in m.records.values())
+
+
+def test_records_that_kill_their_reader_in_a_row_are_failed_when_another_comes_back(
+    tmp_path: Path,
+) -> None:
+    """Three crashing records next to each other are the records, not the machine: a record
+    no worker died on, read alone, comes back, so they are failed and the rest finish (a
+    rerun does not stop on them again)."""
+    ids = ["k1", "k2", "k3", "g0", "g1", "g2", "g3"]
+    run = _downloaded(tmp_path / "run", ids)
+    work = functools.partial(die_reading_each, victims=("k1", "k2", "k3"))
+    summary = run_records(Manifest.load(run), "extracted", work, jobs=2, guard_attempts=True)
+    assert (summary.done, sorted(summary.killers)) == (4, ["k1", "k2", "k3"])
+    m = Manifest.load(run)
+    assert [m.records[rid].stage for rid in ids[3:]] == ["extracted"] * 4
+    assert [m.records[rid].status for rid in ids[:3]] == ["failed"] * 3
+    assert _claims(run) == []
+    again = run_records(Manifest.load(run), "extracted", work, jobs=2, guard_attempts=True)
+    assert (again.done, again.failed, again.failed_before) == (0, 0, 3)
 
 
 def test_a_dead_worker_ends_only_its_pools_processes(tmp_path: Path) -> None:

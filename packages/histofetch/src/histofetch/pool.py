@@ -223,11 +223,14 @@ def run_pooled(
     :data:`~histofetch.stage.MAX_UNFINISHED_ATTEMPTS`-th in all) fails it with reason
     ``unfinished attempts`` (listed in ``summary.killers``) while the others finish. That
     failure waits for a result back from another record (or the end of the call): when
-    :data:`DEATHS_IN_A_ROW` records in a row kill the worker reading each alone, the cause
-    is the machine (a native library that crashes here, less memory than one worker needs,
-    a broken install), and :class:`WorkerDied` ends the call leaving them to the next run
-    (their dead attempts counted, none failed). Without the guard, or when no record was on
-    the dead worker, :class:`WorkerDied` ends the call too. Ended by Ctrl-C, it still
+    :data:`DEATHS_IN_A_ROW` different records in a row kill the worker reading each alone,
+    one record no worker died on is read alone next. If it comes back, the deaths were the
+    records' and they are failed; if its worker dies too, the cause is the machine (a native
+    library that crashes here, less memory than one worker needs, a broken install), and
+    :class:`WorkerDied` ends the call leaving them to the next run (their dead attempts
+    counted, none failed). With no such record left, they are failed at the end. Without
+    the guard, or when no record was on the dead worker, :class:`WorkerDied` ends the call
+    too. Ended by Ctrl-C, it still
     commits the results the pool had received; then worker processes are ended, and worker
     threads are told to stop (``cancel``) and given :data:`CANCEL_GRACE_S` at most: what
     they had not returned is not committed."""
@@ -254,14 +257,19 @@ def _run_pools(
     while True:
         workers: list[BaseProcess] = []
         pool = _executor(jobs, threads)  # workers start at submit (deaf to Ctrl-C there)
+        probe: list[str] = []
         try:
             suspects, others = _suspects_first(runner, feed.left())
+            if len(feed.alone_deaths) >= DEATHS_IN_A_ROW:  # the machine, or those records?
+                probe = others[:1]  # a record never killed, read alone first, tells
             with _recording(workers):
+                feed.run(pool, probe, 1)  # back: the deaths were the records' (confirm)
                 feed.run(pool, suspects, 1)
-                feed.run(pool, others, jobs if runner.guard_attempts else 2 * jobs)
+                feed.run(pool, others[len(probe) :], jobs if runner.guard_attempts else 2 * jobs)
         except BaseException as exc:  # Ctrl-C, a dead worker
             dead = isinstance(exc, BrokenProcessPool)
             go_on = dead and runner.guard_attempts and bool(feed.sent)
+            probe_died = go_on and bool(probe) and feed.sent == set(probe)
             with _second_ctrl_c_ignored():
                 try:
                     _stop(pool, workers)
@@ -275,7 +283,7 @@ def _run_pools(
                         _count_deaths(feed, deaths)
                 finally:
                     manifest.release(feed.held)
-            if go_on and len(feed.alone_deaths) >= DEATHS_IN_A_ROW:
+            if probe_died:
                 raise WorkerDied(_machine_kills(runner, feed.alone_deaths)) from None
             if go_on:
                 feed.restart()
@@ -296,7 +304,7 @@ def _count_deaths(feed: _Feed, deaths: Counter[str]) -> None:
     records = runner.manifest.records
     deaths.update(sent)
     alone = len(sent) == 1
-    if alone:
+    if alone and sent[0] not in feed.alone_deaths:  # each record once
         feed.alone_deaths += sent
     again = [
         rid
