@@ -48,6 +48,10 @@ def test_a_device_this_machine_lacks_is_one_usage_error() -> None:
     n = torch.cuda.device_count() if torch.cuda.is_available() else 0
     with pytest.raises(UsageError, match="no CUDA GPU" if n == 0 else "numbered from 0"):
         pick_device(f"cuda:{n}")
+    for other in ("xla", "meta"):  # names torch knows, devices histomodels does not run on
+        with pytest.raises(UsageError, match="runs on cpu, cuda or mps"):
+            pick_device(other)
+    assert pick_device("cpu") == torch.device("cpu")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")

@@ -50,6 +50,8 @@ def _checked(requested: str) -> torch.device:
             )
     elif device.type == "mps" and not torch.backends.mps.is_available():
         raise UsageError(f"--device {requested}: Apple MPS is not available here")
+    elif device.type not in ("cpu", "cuda", "mps"):  # xla, meta, xpu...: not run here
+        raise UsageError(f"--device {requested}: histomodels runs on cpu, cuda or mps")
     return device
 
 
