@@ -285,6 +285,25 @@ def test_a_fresh_run_failing_on_bad_data_leaves_no_run_folder(
     assert [p.name for p in kept.iterdir()] == ["notes.txt"]
 
 
+def test_a_failed_run_puts_back_the_earlier_runs_files(tmp_path):
+    """``--overwrite`` over a run, failing after it rewrote the history but before its first
+    checkpoint: the earlier run's files are as they were, not mixed with the new run's."""
+    from histomodels.training.run_folder import RunFolder
+
+    run = tmp_path / "run"
+    run.mkdir()
+    old = {"history.json": b"old", "config.json": b"old config", "best.pt": b"old weights"}
+    for name, data in old.items():
+        (run / name).write_bytes(data)
+    folder = RunFolder(run)
+    (run / "history.json").write_text("new")
+    (run / "config.json").unlink()
+    (run / "learning_curve.png").write_bytes(b"new curve")
+    (run / "mine.csv").write_text("mine")
+    folder.discard()
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == {**old, "mine.csv": b"mine"}
+
+
 def test_a_trained_run_is_not_replaced_unasked(h5_files, tmp_path):
     run = tmp_path / "run"
     args = ["train", "--data", str(h5_files[0]), "--val", str(h5_files[1]), "--out", str(run),
@@ -299,6 +318,12 @@ def test_a_trained_run_is_not_replaced_unasked(h5_files, tmp_path):
         "trains anew over it, or choose another --out"
     )
     assert {p.name: p.read_bytes() for p in run.iterdir()} == before  # nothing touched
+    (run / "last.pt").rename(tmp_path / "last.pt")  # best.pt alone: not resumable
+    r = CliRunner().invoke(app, [*args, "--seed", "7"])
+    assert r.stderr.strip() == (
+        f"error: {run}: holds a trained run (best.pt); --overwrite trains anew over it, or "
+        "choose another --out"
+    )
     r = CliRunner().invoke(app, [*args, "--seed", "7", "--overwrite"])
     assert r.exit_code == 0, r.output
     assert (run / "best.pt").read_bytes() != before["best.pt"]  # trained anew, seed 7

@@ -127,9 +127,10 @@ def _run(
 
     held = [name for name in ("last.pt", "best.pt") if (out / name).is_file()]
     if held and not resume and not overwrite:  # a trained run is not replaced unasked
+        resumable = "--resume continues it, " if "last.pt" in held else ""
         fail(
-            f"{out}: holds a trained run ({held[0]}); --resume continues it, --overwrite "
-            "trains anew over it, or choose another --out"
+            f"{out}: holds a trained run ({held[0]}); {resumable}--overwrite trains anew "
+            "over it, or choose another --out"
         )
     if quiet:
         setup_logging(logging.WARNING)

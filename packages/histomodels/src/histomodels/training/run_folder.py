@@ -3,8 +3,9 @@ before its first checkpoint leaves behind (nothing: the folder as it was).
 
 A run that fails before it wrote a checkpoint (bad input, a bug, Ctrl-C) has nothing new to
 resume from: :meth:`RunFolder.discard` removes the files a run writes (:data:`WRITTEN`, and
-the temporary files of their atomic writes) that were not there before, puts back the
-``config.json`` it rewrote, and removes the folders the command created once they are
+the temporary files of their atomic writes) that were not there before, puts back those
+that were (an earlier run's config, history, curve; not its checkpoints, which a run writes
+only at its first checkpoint), and removes the folders the command created once they are
 empty. Only those names are touched: anything else in the folder (another program's files,
 even ones made while the run was going) stays, so ``--out`` may point at a folder of your
 own. The teacher's soft targets (:data:`KEPT`) stay, in a folder of their own if need be,
@@ -33,6 +34,8 @@ WRITTEN = frozenset(
         "last.pt",
     }
 )
+#: Written last, and from then on the folder is the new run's: never put back.
+CHECKPOINTS = frozenset({"best.pt", "last.pt"})
 #: What stays even then: the teacher's soft targets (hours of scoring on a large set), valid
 #: by their key for a rerun into the same folder; alone they do not look like a run.
 KEPT = frozenset({"teacher_logits.npz"})
@@ -53,13 +56,16 @@ class RunFolder:
         self.path = path
         #: the names in the folder before the run (None: the run creates the folder)
         self.before: frozenset[str] | None = None
-        self.config_before: bytes | None = None
+        #: the small run files there before (config, history, curve...): put back if changed
+        self.saved: dict[str, bytes] = {}
         #: the folders the run will create, deepest first (``path`` and missing parents)
         self.created: list[Path] = []
         if path.is_dir():
             self.before = frozenset(os.listdir(path))
-            config = path / CONFIG_NAME
-            self.config_before = config.read_bytes() if config.is_file() else None
+            for name in sorted(self.before & (WRITTEN - CHECKPOINTS)):
+                entry = path / name
+                if entry.is_file() and not entry.is_symlink():
+                    self.saved[name] = entry.read_bytes()
         else:
             folder = path.absolute()
             while not folder.exists() and folder != folder.parent:
@@ -81,10 +87,10 @@ class RunFolder:
             if _written(name) and (entry.is_symlink() or not entry.is_dir()):
                 entry.unlink(missing_ok=True)
                 log.debug("removed %s: the run failed before its first checkpoint", entry)
-        config = self.path / CONFIG_NAME
-        old = self.config_before
-        if old is not None and config.is_file() and config.read_bytes() != old:
-            atomic_write_bytes(config, old)
+        for name, old in self.saved.items():  # an earlier run's files, as they were
+            entry = self.path / name
+            if not entry.is_file() or entry.read_bytes() != old:
+                atomic_write_bytes(entry, old)
         for folder in self.created:  # deepest first; a folder that holds anything stays
             try:
                 folder.rmdir()
