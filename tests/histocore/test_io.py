@@ -9,7 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from histocore.io import atomic_write_bytes, atomic_write_json, atomic_write_text, record_slug
+from histocore.io import (
+    atomic_temp_target,
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    record_slug,
+    temp_beside,
+)
 
 
 def test_atomic_write_replaces_whole_file_and_keeps_usual_mode(tmp_path: Path) -> None:
@@ -96,3 +103,13 @@ def test_json_safe_gives_plain_strict_json_values() -> None:
     }
     assert type(out["n"]) is int and type(out["flag"]) is bool
     json.dumps(out, allow_nan=False)  # strict JSON
+
+
+def test_temp_beside_is_named_as_atomic_writes_name_theirs(tmp_path: Path) -> None:
+    target = tmp_path / "best.pt"
+    tmp = temp_beside(target)
+    assert tmp.parent == tmp_path and tmp.is_file() and tmp.read_bytes() == b""
+    assert atomic_temp_target(tmp.name) == "best.pt"
+    assert temp_beside(target) != tmp  # each call its own file
+    for name in ("best.pt", ".best.pt", "best.pt.tmp", ".tmp"):
+        assert atomic_temp_target(name) is None

@@ -47,11 +47,33 @@ def usual_file_mode() -> int:
     return 0o666 & ~_UMASK
 
 
+#: The temp file of an atomic write of NAME: ``.NAME.<random>.tmp`` beside it.
+_ATOMIC_TEMP = re.compile(r"^\.(?P<name>.+)\.[^.]+\.tmp$")
+
+
+def _mkstemp_beside(path: Path) -> tuple[int, str]:
+    return tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+
+
+def temp_beside(path: str | Path) -> Path:
+    """A new empty temp file beside ``path``, named as an atomic write of ``path`` names its
+    own (for a writer that must hand a file name to a library, then rename it over ``path``)."""
+    fd, tmp = _mkstemp_beside(Path(path))
+    os.close(fd)
+    return Path(tmp)
+
+
+def atomic_temp_target(name: str) -> str | None:
+    """The file name an atomic write's temp file ``name`` stands for, else None."""
+    match = _ATOMIC_TEMP.match(name)
+    return match["name"] if match else None
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so readers see the old file or the new one, never half."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = _mkstemp_beside(path)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)

@@ -12,7 +12,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ import torch
 from torch import nn
 
 from histocore.errors import DomainError, UsageError
-from histocore.io import usual_file_mode
+from histocore.io import temp_beside, usual_file_mode
 from histomodels.calibration import effective_temperature
 from histomodels.checkpoint import load_model, resolve_checkpoint
 from histomodels.inference import norm_of
@@ -44,12 +43,6 @@ class _Logit(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x).reshape(x.shape[0], -1)[:, 0]
-
-
-def _tmp_beside(path: Path) -> Path:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    return Path(tmp)
 
 
 def export_onnx(
@@ -204,7 +197,7 @@ def export_checkpoint(
     if ckpt.get("stain"):  # not part of the graph: callers must normalise patches first
         meta["histomodels.stain"] = json.dumps(ckpt["stain"])
         meta["histomodels.input"] += " after Macenko stain normalisation (histomodels.stain)"
-    tmp = _tmp_beside(out)
+    tmp = temp_beside(out)
     try:
         if fmt == "onnx":
             exporter = export_onnx(net, example, tmp, meta, exporter)

@@ -315,11 +315,13 @@ def _share(src: Path, dst: Path) -> None:
     import os
     import shutil
 
+    from histocore.io import temp_beside
+
     if not src.is_file():
         return
     dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
-    tmp.unlink(missing_ok=True)
+    tmp = temp_beside(dst)  # named as atomic writes name theirs
+    tmp.unlink()
     try:
         os.link(src, tmp)
     except OSError:

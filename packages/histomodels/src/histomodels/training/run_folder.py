@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -39,14 +38,13 @@ CHECKPOINTS = frozenset({"best.pt", "last.pt"})
 #: What stays even then: the teacher's soft targets (hours of scoring on a large set), valid
 #: by their key for a rerun into the same folder; alone they do not look like a run.
 KEPT = frozenset({"teacher_logits.npz"})
-#: histocore.io's temporary file for an atomic write of NAME: ``.NAME.<random>.tmp``
-_TEMP = re.compile(r"^\.(?P<name>.+)\.[^.]+\.tmp$")
 
 
 def _written(name: str) -> bool:
     """A file a run writes, or the temporary file of its atomic write."""
-    temp = _TEMP.match(name)
-    return name in WRITTEN or bool(temp and temp["name"] in WRITTEN | KEPT)
+    from histocore.io import atomic_temp_target
+
+    return name in WRITTEN or atomic_temp_target(name) in WRITTEN | KEPT
 
 
 class RunFolder:
