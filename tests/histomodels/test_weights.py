@@ -84,6 +84,9 @@ def test_wrong_weights_file_names_the_file(tmp_path):
     text.write_bytes(b"hi\n")
     with pytest.raises(WeightsError, match=r"notes\.pt: .*\(not a torch\.save file: its bytes"):
         create_model("cnn", weights=str(text))
+    text.write_bytes(b"garbage")  # 'g' is no pickle opcode: not "holds Python objects"
+    with pytest.raises(WeightsError, match=r"notes\.pt: .*\(not a torch\.save file: its bytes"):
+        create_model("cnn", weights=str(text))
     with pytest.raises(WeightsError, match="no such weights file"):
         create_model("cnn", weights=str(tmp_path / "missing.pt"))
 

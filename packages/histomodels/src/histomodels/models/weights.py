@@ -33,6 +33,8 @@ def torch_load_reason(exc: BaseException) -> str:
     for an untrusted file that is the wrong advice, so say what the file holds instead.
     """
     text = str(exc).strip()
+    if "Unsupported operand" in text:  # the weights-only unpickler met a byte, not an opcode
+        return "not a torch.save file: its bytes are neither a zip archive nor a pickle"
     if "Weights only load failed" in text or "weights_only" in text:
         return "it holds Python objects or code, not just tensors; refused (weights_only)"
     if isinstance(exc, KeyError) or text.isdigit():  # the unpickler met an unknown opcode
