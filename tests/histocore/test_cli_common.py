@@ -105,3 +105,18 @@ def test_setup_logging_shows_library_records_on_stderr(capsys, fresh_logging) ->
     setup_logging(logging.WARNING)
     log.info("hidden when quiet")
     assert capsys.readouterr().err == ""
+
+
+def test_log_level_quietens_a_logger_for_its_block_only() -> None:
+    import logging
+
+    from histocore.cli import log_level
+
+    log = logging.getLogger("histocore.test_log_level")
+    log.setLevel(logging.DEBUG)
+    with log_level(log.name, logging.WARNING):
+        assert not log.isEnabledFor(logging.INFO)
+    assert log.level == logging.DEBUG
+    with pytest.raises(DomainError), log_level(log.name, logging.ERROR):
+        raise DomainError("bad input")  # the command failed: the level still comes back
+    assert log.level == logging.DEBUG

@@ -11,7 +11,8 @@ one logging setup.
   that often instead, and short work prints nothing.
 - :func:`setup_logging` sends the libraries' ``logging`` records (the packages log, never
   print) to stderr: information as plain lines, ``warning: …`` for warnings; ``-v`` adds
-  debug lines. Each CLI calls it once, before its command runs.
+  debug lines. Each CLI calls it once, before its command runs; :func:`log_level` quietens
+  one logger for one block and puts its level back.
 """
 
 from __future__ import annotations
@@ -113,6 +114,20 @@ def setup_logging(level: int = logging.INFO, *, verbose: bool = False) -> None:
         handler.setFormatter(_Formatter("%(message)s"))
         logger.addHandler(handler)
         logger.setLevel(level)
+
+
+@contextlib.contextmanager
+def log_level(name: str, level: int) -> Iterator[None]:
+    """Logger ``name`` at ``level`` inside the block only, then at the level it had: a
+    command quietens a library's lines without changing them for the rest of the process
+    (library callers, later commands in the same interpreter)."""
+    logger = logging.getLogger(name)
+    before = logger.level
+    logger.setLevel(level)
+    try:
+        yield
+    finally:
+        logger.setLevel(before)
 
 
 class _Count(ProgressColumn):

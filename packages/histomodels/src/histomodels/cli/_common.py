@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from histocore.cli import errors, fail, progress, setup_logging
+from histocore.cli import errors, fail, log_level, progress, setup_logging
 
 #: Shared by every command that runs a model.
 Device = Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 \\[auto: CUDA if available].")]
@@ -43,6 +43,7 @@ __all__ = [
     "Device",
     "errors",
     "fail",
+    "log_level",
     "progress",
     "require_paths",
     "setup_logging",

@@ -15,7 +15,15 @@ from typing import Annotated, Any
 
 import typer
 
-from histomodels.cli._common import Device, errors, fail, progress, require_paths, setup_logging
+from histomodels.cli._common import (
+    Device,
+    errors,
+    fail,
+    log_level,
+    progress,
+    require_paths,
+    setup_logging,
+)
 
 Model = Annotated[str | None, typer.Option(help="Registry name, e.g. cnn, timm/<name>.")]
 Data = Annotated[str | None, typer.Option(help="Training data: .h5, Kaggle folder, class tree.")]
@@ -324,8 +332,7 @@ def tune_cmd(
     from histomodels.tune import tune
 
     # one line per trial (histomodels.tune), not the trials' per-epoch lines
-    logging.getLogger("histomodels.training").setLevel(logging.WARNING)
-    with errors(TrainingError):
+    with errors(TrainingError), log_level("histomodels.training", logging.WARNING):
         best = tune(
             data,
             val,
