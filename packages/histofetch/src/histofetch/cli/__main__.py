@@ -1,0 +1,5 @@
+"""``python -m histofetch.cli``: the ``histofetch`` command."""
+
+from histofetch.cli import app
+
+app()

@@ -1,0 +1,154 @@
+"""What every ``histofetch`` command shares: options, their checks, the error line, progress.
+
+``fail``, ``errors``, ``progress`` and ``setup_logging`` are the ones both command lines use
+(:mod:`histocore.cli`); command modules import them from here and never from
+``histofetch.cli`` itself, so the package's ``__init__`` can assemble the app from them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from histocore.cli import errors, fail, progress, setup_logging
+
+if TYPE_CHECKING:
+    from histofetch.stage import StageSummary
+
+Run = Annotated[
+    Path, typer.Option("--run", "-r", file_okay=False, help="Run folder (holds the manifest).")
+]
+RUN_DEFAULT = Path("runs/default")
+Query = Annotated[str, typer.Argument(help="PubMed query, e.g. 'lymph node metastasis'.")]
+Max = Annotated[int | None, typer.Option("--max", min=1, help="Keep at most this many hits.")]
+ApiKey = Annotated[
+    str | None,
+    typer.Option(envvar="NCBI_API_KEY", help="NCBI API key (10 requests/s instead of 3)."),
+]
+Email = Annotated[
+    str | None, typer.Option(envvar="NCBI_EMAIL", help="Your e-mail, sent to NCBI as asked.")
+]
+MinDate = Annotated[str | None, typer.Option(help="Published from: YYYY, YYYY/MM or YYYY/MM/DD.")]
+MaxDate = Annotated[str | None, typer.Option(help="Published until: YYYY, YYYY/MM or YYYY/MM/DD.")]
+OaOnly = Annotated[
+    bool, typer.Option("--open-access-only", help="Only articles in the PMC open-access subset.")
+]
+Retry = Annotated[
+    bool, typer.Option("--retry-failed", help="Try records that failed before again.")
+]
+Db = Annotated[
+    str, typer.Option(help="Search PubMed, or PMC's open-access subset (every hit in the bucket).")
+]
+Licence = Annotated[
+    str,
+    typer.Option(
+        help="Keep articles whose licence allows this reuse: commercial (CC0, CC BY, BY-SA, "
+        "BY-ND), noncommercial (also the NC licences) or any (TDM and unknown too)."
+    ),
+]
+Retracted = Annotated[
+    bool, typer.Option("--include-retracted", help="Keep retracted articles (skipped by default).")
+]
+Jobs = Annotated[
+    int,
+    typer.Option(
+        "--jobs", "-j", min=1, help="Worker processes (extract, filter): records at once."
+    ),
+]
+NetJobs = Annotated[
+    int,
+    typer.Option(
+        "--jobs", "-j", min=1, help="Records downloaded at once (each host keeps its own rate)."
+    ),
+]
+Shard = Annotated[
+    str | None,
+    typer.Option(help="Keep shard K of N of the hits (K/N, e.g. 1/4): one job per shard."),
+]
+
+Verbose = Annotated[
+    bool, typer.Option("--verbose", "-v", help="Also show the library's debug lines (stderr).")
+]
+
+
+def licence_policy(licence: str, include_retracted: bool):  # -> Policy
+    from histofetch.licence import POLICIES
+    from histofetch.sources import Policy
+
+    if licence not in POLICIES:
+        fail(f"--licence {licence!r}: choose one of {', '.join(POLICIES)}")
+    return Policy(licence=licence, include_retracted=include_retracted)
+
+
+def check_db(db: str) -> str:
+    from histofetch.search import DATABASES
+
+    if db not in DATABASES:
+        fail(f"--db {db!r}: choose one of {', '.join(DATABASES)}")
+    return db
+
+
+def shard_parts(text: str | None) -> tuple[int, int] | None:
+    from histofetch.shard import parse_shard
+
+    with errors():
+        return None if text is None else parse_shard(text)
+
+
+def net_config(api_key: str | None, email: str | None):  # -> NetConfig
+    from histofetch.http import NetConfig
+
+    with errors():
+        net = NetConfig()  # reads HISTOFETCH_* overrides from the environment
+    net.api_key = api_key or None
+    net.email = email or None
+    return net
+
+
+def fail_on_killers(run: Path, *summaries: StageSummary) -> None:
+    """Exit 1 with one line when records failed because reading them killed the process
+    (the summary is printed first; the other records are done)."""
+    from histofetch.stage import MAX_UNFINISHED_ATTEMPTS
+
+    for summary in summaries:
+        if summary.killers:
+            n, ids = len(summary.killers), summary.killers
+            named = ", ".join(ids[:5]) + (f" and {n - 5} more" if n > 5 else "")
+            fail(
+                f"{run}: {summary.stage}: {n} record{'s' if n > 1 else ''} failed: "
+                f"{MAX_UNFINISHED_ATTEMPTS} attempts at reading {named} killed the process "
+                "(crash, out of memory or killed); the others are done; --retry-failed "
+                "tries again"
+            )
+
+
+__all__ = [
+    "RUN_DEFAULT",
+    "ApiKey",
+    "Db",
+    "Email",
+    "Jobs",
+    "Licence",
+    "Max",
+    "MaxDate",
+    "MinDate",
+    "NetJobs",
+    "OaOnly",
+    "Query",
+    "Retracted",
+    "Retry",
+    "Run",
+    "Shard",
+    "Verbose",
+    "check_db",
+    "errors",
+    "fail",
+    "fail_on_killers",
+    "licence_policy",
+    "net_config",
+    "progress",
+    "setup_logging",
+    "shard_parts",
+]

@@ -1,0 +1,140 @@
+"""``histofetch search``, ``download`` and ``run``: the commands that go to the network."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from histofetch.cli._common import (
+    RUN_DEFAULT,
+    ApiKey,
+    Db,
+    Email,
+    Licence,
+    Max,
+    MaxDate,
+    MinDate,
+    NetJobs,
+    OaOnly,
+    Query,
+    Retracted,
+    Retry,
+    Run,
+    Shard,
+    check_db,
+    errors,
+    fail_on_killers,
+    licence_policy,
+    net_config,
+    progress,
+    shard_parts,
+)
+
+
+def search(
+    query: Query,
+    run: Run = RUN_DEFAULT,
+    max_results: Max = None,
+    api_key: ApiKey = None,
+    email: Email = None,
+    mindate: MinDate = None,
+    maxdate: MaxDate = None,
+    open_access_only: OaOnly = False,
+    db: Db = "pubmed",
+    shard: Shard = None,
+) -> None:
+    """Search PubMed (or PMC) and record every hit (title, journal, year, DOI, PMCID, OA)."""
+    from histofetch.search import run_search
+
+    net = net_config(api_key, email)
+    parts = shard_parts(shard)
+    with errors(prefix="search failed: "), progress():
+        summary = run_search(
+            run,
+            query,
+            max_results=max_results,
+            mindate=mindate,
+            maxdate=maxdate,
+            open_access_only=open_access_only,
+            net=net,
+            db=check_db(db),
+            shard=parts,
+        )
+    print(summary.line())
+
+
+def download(
+    run: Run = RUN_DEFAULT,
+    retry_failed: Retry = False,
+    api_key: ApiKey = None,
+    email: Email = None,
+    licence: Licence = "any",
+    include_retracted: Retracted = False,
+    jobs: NetJobs = 4,
+) -> None:
+    """Fetch article files: PMC Cloud Service figures, Europe PMC, then PDFs."""
+    from histofetch.download import run_download
+
+    net = net_config(api_key, email)
+    policy = licence_policy(licence, include_retracted)
+    with errors(prefix="download failed: "), progress():
+        summary = run_download(run, net=net, retry_failed=retry_failed, policy=policy, jobs=jobs)
+    print(summary.line())
+
+
+def run_all(
+    query: Query,
+    run: Run = RUN_DEFAULT,
+    max_results: Max = None,
+    api_key: ApiKey = None,
+    email: Email = None,
+    mindate: MinDate = None,
+    maxdate: MaxDate = None,
+    open_access_only: OaOnly = False,
+    retry_failed: Retry = False,
+    purple: Annotated[
+        float, typer.Option(help="Filter threshold (see `histofetch filter`).")
+    ] = 0.3,
+    db: Db = "pubmed",
+    licence: Licence = "any",
+    include_retracted: Retracted = False,
+    jobs: Annotated[
+        int, typer.Option("--jobs", "-j", min=1, help="Worker processes for extract and filter.")
+    ] = 1,
+    net_jobs: Annotated[
+        int,
+        typer.Option(min=1, help="Records downloaded at once (each host keeps its rate)."),
+    ] = 4,
+    shard: Shard = None,
+) -> None:
+    """search → download → extract → filter; re-running continues where it stopped."""
+    from histofetch.pipeline import run_pipeline
+    from histofetch.stage import StageSummary
+
+    net = net_config(api_key, email)
+    policy = licence_policy(licence, include_retracted)
+    db = check_db(db)
+    parts = shard_parts(shard)
+    summaries: list[StageSummary] = []
+    with errors(prefix="run stopped (re-run to continue): "), progress():
+        for summary in run_pipeline(
+            run,
+            query,
+            net=net,
+            max_results=max_results,
+            mindate=mindate,
+            maxdate=maxdate,
+            open_access_only=open_access_only,
+            retry_failed=retry_failed,
+            purple=purple,
+            db=db,
+            policy=policy,
+            shard=parts,
+            jobs=jobs,
+            net_jobs=net_jobs,
+        ):
+            print(summary.line(), flush=True)
+            if isinstance(summary, StageSummary):
+                summaries.append(summary)
+    fail_on_killers(run, *summaries)

@@ -1,0 +1,152 @@
+"""``histofetch extract`` and ``filter``: PDFs to images, images to kept H&E panels."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from histocore.manifest import MANIFEST_NAME, STORE_NAME
+from histofetch.cli._common import (
+    RUN_DEFAULT,
+    Jobs,
+    Retry,
+    Run,
+    errors,
+    fail,
+    fail_on_killers,
+    progress,
+)
+
+
+def extract(
+    paths: Annotated[
+        list[Path] | None,
+        typer.Argument(help="Local PDFs/folders; default: the run's PDFs."),
+    ] = None,
+    run: Run = RUN_DEFAULT,
+    min_size: Annotated[
+        int, typer.Option("--min-size", min=1, help="Drop images smaller (px).")
+    ] = 32,
+    retry_failed: Retry = False,
+    jobs: Jobs = 1,
+) -> None:
+    """Extract every embedded raster image of every PDF (PNG + manifest rows)."""
+    from histofetch.extract import run_extract
+
+    if not paths and not any((run / name).exists() for name in (MANIFEST_NAME, STORE_NAME)):
+        fail(f"{run}: no manifest here; give PDF files/folders or run `histofetch download`")
+    with errors(), progress():
+        summary = run_extract(
+            run, list(paths or []), min_size=min_size, retry_failed=retry_failed, jobs=jobs
+        )
+    print(summary.line())
+    if paths:
+        _warn_failed_local(run, paths)
+    fail_on_killers(run, summary)
+
+
+def _warn_failed_local(run: Path, paths: list[Path], most: int = 10) -> None:
+    """One ``warning: <pdf>: <reason>`` line per PDF named on the command line (or found in
+    a named folder) whose extraction failed, so the summary's count has names; the run
+    went on with the others, as for downloaded PDFs."""
+    from histocore.io import one_line
+    from histocore.manifest import Manifest
+
+    named: set[Path] = set()
+    for path in paths:
+        if path.is_dir():
+            named.update(p.resolve() for p in path.rglob("*") if p.suffix.lower() == ".pdf")
+        else:
+            named.add(path.resolve())
+    with Manifest.load(run) as manifest:
+        bad = [
+            (shown, rec.reason or "failed")
+            for rec in manifest.records.values()
+            if rec.status == "failed" and rec.failed_stage == "extracted" and rec.pdf_path
+            for shown in [manifest.resolve(rec.pdf_path)]
+            if shown.resolve() in named
+        ]
+    for shown, reason in bad[:most]:
+        reason = reason.removesuffix(f": {shown}")  # the reason may end with the path
+        typer.echo(f"warning: {one_line(f'{shown}: {reason}')}", err=True)
+    if len(bad) > most:
+        typer.echo(f"warning: and {len(bad) - most} more failed PDFs (histofetch status)", err=True)
+
+
+def filter_(
+    run: Run = RUN_DEFAULT,
+    purple: Annotated[
+        float,
+        typer.Option(
+            min=0.0, max=1.0, help="Min share of H&E-coloured pixels in the tissue region."
+        ),
+    ] = 0.3,
+    min_he: Annotated[
+        float | None, typer.Option("--min-he", min=0.0, max=1.0, help="Min H&E (HED) score [0.5].")
+    ] = None,
+    min_tissue: Annotated[
+        float | None,
+        typer.Option(
+            "--min-tissue", min=0.0, max=1.0, help="Min tissue share of the image [0.02]."
+        ),
+    ] = None,
+    min_blocks: Annotated[
+        int | None, typer.Option("--min-blocks", min=1, help="Min tissue blocks [2].")
+    ] = None,
+    max_dark: Annotated[
+        float | None,
+        typer.Option("--max-dark", min=0.0, max=1.0, help="Max dark-pixel share [0.2]."),
+    ] = None,
+    min_side: Annotated[
+        int | None,
+        typer.Option("--min-side", min=1, help="Smaller images are not judged (px) [64]."),
+    ] = None,
+    rescore: Annotated[
+        bool, typer.Option("--rescore", help="Re-read and re-score every image.")
+    ] = False,
+    sheet: Annotated[bool, typer.Option("--sheet/--no-sheet", help="Write sheets/*.jpg.")] = True,
+    panels: Annotated[
+        bool, typer.Option("--panels/--no-panels", help="Split compound figures into panels.")
+    ] = True,
+    explain_id: Annotated[
+        str | None,
+        typer.Option("--explain", metavar="ID", help="Print every signal behind one decision."),
+    ] = None,
+    retry_failed: Retry = False,
+    jobs: Jobs = 1,
+) -> None:
+    """Split figures into panels, score each image once (colour, CNN, caption), keep H&E."""
+    from histocore.manifest import Manifest
+    from histofetch.filter import explain, run_filter
+    from histofetch.status import run_status, split_note
+
+    if explain_id:
+        with errors(), Manifest.load(run) as manifest:
+            try:
+                text = explain(manifest, explain_id)
+            except KeyError as exc:
+                fail(f"{run}: {exc.args[0]}")
+        print(text)
+        return
+    with errors(), progress():
+        summary = run_filter(
+            run,
+            purple=purple,
+            sheet=sheet,
+            rescore=rescore,
+            retry_failed=retry_failed,
+            jobs=jobs,
+            min_he=min_he,
+            min_tissue=min_tissue,
+            min_blocks=min_blocks,
+            max_dark=max_dark,
+            min_side=min_side,
+            panels=panels,
+        )
+        info = run_status(run)
+    print(summary.line())
+    where = f"; sheets in {run / 'sheets'}" if sheet else ""
+    print(f"kept {info['kept']} of {info['scored']} scored images{split_note(info)[1:]}{where}")
+    fail_on_killers(run, summary)

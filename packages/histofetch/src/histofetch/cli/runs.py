@@ -1,0 +1,94 @@
+"""``histofetch review``, ``status``, ``merge`` and ``export``: what is done with a run folder."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from histofetch.cli._common import RUN_DEFAULT, Run, errors, fail
+
+
+def review(
+    run: Run = RUN_DEFAULT,
+    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="0 = a free port.")] = 0,
+    host: Annotated[
+        str, typer.Option("--host", help="Interface to bind (only this machine by default).")
+    ] = "127.0.0.1",
+    no_browser: Annotated[
+        bool, typer.Option("--no-browser", help="Do not open a browser tab.")
+    ] = False,
+    reviewer: Annotated[
+        str | None, typer.Option("--reviewer", help="Name stored with each answer \\[user name].")
+    ] = None,
+    scores: Annotated[
+        Path | None,
+        typer.Option("--scores", help="A `histomodels eval --manifest` output: scores, heatmaps."),
+    ] = None,
+) -> None:
+    """Confirm or correct labels in the browser: one figure at a time, keyboard first
+    (m / n / u, arrows, z undo); every answer is saved into the manifest at once."""
+    from histofetch.review.server import serve
+
+    with errors(), contextlib.suppress(KeyboardInterrupt):
+        try:
+            serve(
+                run,
+                host=host,
+                port=port,
+                reviewer=reviewer,
+                scores=scores,
+                open_browser=not no_browser,
+                announce=lambda line: typer.echo(line, err=True),
+            )
+        except OSError as exc:  # port in use, cannot bind
+            fail(f"{host}:{port}: cannot serve ({exc.strerror or exc})")
+
+
+def status(
+    run: Run = RUN_DEFAULT,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object on stdout.")] = False,
+) -> None:
+    """Counts per stage, route, licence and failure reason."""
+    from histofetch.status import format_status, run_status
+
+    with errors():
+        info = run_status(run)
+    print(json.dumps(info, indent=2) if as_json else format_status(info))
+
+
+def merge(
+    runs: Annotated[list[Path], typer.Argument(help="Run folders to merge (e.g. the shards).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The merged run folder.")],
+) -> None:
+    """Join run folders into one: records deduplicated by id and PMCID, images by sha256."""
+    from histofetch.merge import merge_runs
+
+    with errors():
+        summary = merge_runs(list(runs), out)
+    print(summary.line())
+
+
+def export(
+    run: Run = RUN_DEFAULT,
+    fmt: Annotated[
+        str, typer.Option("--format", "-f", help="jsonl, csv or parquet (pyarrow).")
+    ] = "jsonl",
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out", "-o", help="Output file [RUN/manifest.jsonl, RUN/export.csv|parquet]."
+        ),
+    ] = None,
+) -> None:
+    """Write the run's rows from its store: the manifest (JSONL), CSV or Parquet."""
+    from histocore.export import FORMATS, export_run
+
+    if fmt not in FORMATS:
+        fail(f"--format {fmt!r}: use one of {', '.join(FORMATS)}")
+    with errors(ImportError):  # parquet without pyarrow: the message says what to install
+        path = export_run(run, fmt, out)
+    print(f"exported {run} → {path}")
