@@ -456,6 +456,7 @@ def _check_images(run: Path, n_records: int, per_record: int) -> None:
     from histocore.manifest import Manifest
 
     manifest = Manifest.load(run)
+    manifest.close()  # read; no open store (run.sqlite-wal/-shm) left for the collector
     assert len(manifest.records) == n_records
     assert all(r.status == "ok" and r.stage == "extracted" for r in manifest.records.values())
     assert len(manifest.images) == n_records * per_record

@@ -14,7 +14,8 @@ from histofetch.extract import ExtractError, run_extract
 
 
 def _only_record(run: Path):
-    (rec,) = Manifest.load(run).records.values()
+    with Manifest.load(run) as manifest:
+        (rec,) = manifest.records.values()
     return rec
 
 

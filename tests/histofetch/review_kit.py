@@ -20,7 +20,8 @@ CAPTIONS = {
 
 
 def make_run(root: Path, *, size: int = 300) -> Path:
-    """Four kept figures in two articles, weak-labelled by ``histofetch filter``."""
+    """Four kept figures in two articles, weak-labelled by ``histofetch filter`` (the store
+    closed: an open connection leaves run.sqlite-wal/-shm until the collector runs)."""
     run = root / "run"
     m = Manifest(run_dir=run, query="lymph node metastasis")
     title = "Sentinel nodes <b>in</b> breast cancer"  # markup in a title must stay text
@@ -41,6 +42,7 @@ def make_run(root: Path, *, size: int = 300) -> Path:
                   width=size + 40 * n, height=size, caption=caption)
         )  # fmt: skip
     m.save()
+    m.close()
     run_filter(run, sheet=False)
     return run
 

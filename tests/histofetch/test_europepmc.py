@@ -41,7 +41,8 @@ def _serve(ncbi: FakeNcbi, zip_body: bytes) -> None:
 def _download(ncbi: FakeNcbi, tmp_path: Path, **kw) -> Manifest:
     make_run(tmp_path, searched("77", "PMC77"))
     run_download(tmp_path, net=ncbi.config(), **kw)
-    return Manifest.load(tmp_path)
+    with Manifest.load(tmp_path) as manifest:  # read, then closed (no -wal/-shm left open)
+        return manifest
 
 
 def test_figures_and_captions_from_europepmc(ncbi: FakeNcbi, tmp_path: Path) -> None:

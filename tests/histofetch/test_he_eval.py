@@ -44,6 +44,7 @@ def scores(tmp_path_factory: pytest.TempPathFactory) -> dict:
     run_extract(run_dir, pdfs)
     run_filter(run_dir, sheet=False)
     manifest = Manifest.load(run_dir)
+    manifest.close()  # read; no open store (run.sqlite-wal/-shm) left for the collector
     labels = read_labels(LABELS)
     missing = [i.id for i in manifest.images.values() if i.sha256 not in labels]
     return {"result": evaluate(manifest, labels), "missing": missing, "manifest": manifest}

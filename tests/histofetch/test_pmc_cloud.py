@@ -28,7 +28,8 @@ FIGS = {"mds52601.jpg": he_jpeg(0), "mds52602.jpg": he_jpeg(1)}
 def _download(ncbi: FakeNcbi, tmp_path: Path, *records: Record, **kw) -> Manifest:
     _run(tmp_path, *records)
     run_download(tmp_path, net=ncbi.config(), **kw)
-    return Manifest.load(tmp_path)
+    with Manifest.load(tmp_path) as manifest:  # read, then closed (no -wal/-shm left open)
+        return manifest
 
 
 # -- listings: the recorded bodies and the fake answer the same ----------------------------

@@ -215,11 +215,11 @@ def test_a_worker_killed_mid_run_is_a_warning_and_the_run_finishes(tmp_path: Pat
 
 
 def _downloaded(run: Path, ids: list[str]) -> Path:
-    """A run folder holding records ``ids``, downloaded and nothing more."""
-    m = Manifest.load(run, create=True)
-    for rid in ids:
-        m.add_record(Record(id=rid, stage="downloaded"))
-    m.save()
+    """A run folder holding records ``ids``, downloaded and nothing more (store closed)."""
+    with Manifest.load(run, create=True) as m:
+        for rid in ids:
+            m.add_record(Record(id=rid, stage="downloaded"))
+        m.save()
     return run
 
 

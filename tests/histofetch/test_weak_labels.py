@@ -195,6 +195,7 @@ def _run_with_captions(tmp_path: Path, captions: dict[str, str]) -> Path:
             )
         )
     m.save()
+    m.close()  # no open store (run.sqlite-wal/-shm) left for the collector
     return run
 
 

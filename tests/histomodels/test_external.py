@@ -45,6 +45,7 @@ def _run(tmp_path: Path, labels: list[str | None]) -> Path:
             )
         )
     m.save()
+    m.close()  # no open store (run.sqlite-wal/-shm) left for the collector
     return run
 
 

@@ -66,6 +66,7 @@ def _manifest(run: Path, with_files: bool) -> Manifest:
             )
         )
     m.save()
+    m.close()  # still readable; no open store (run.sqlite-wal/-shm) left for the collector
     return m
 
 

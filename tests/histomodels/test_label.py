@@ -40,6 +40,7 @@ def _run(tmp_path: Path, n: int = 3) -> Path:
         )
     )
     m.save()
+    m.close()  # no open store (run.sqlite-wal/-shm) left for the collector
     return m.run_dir
 
 
