@@ -37,8 +37,9 @@ from histocore.manifest import MANIFEST_NAME, STORE_NAME, Image, Manifest, Recor
 from histofetch.download import run_download
 from histofetch.extract import run_extract
 from histofetch.filter import run_filter
-from histofetch.pool import DEATHS_IN_A_ROW, WorkerDied, run_pooled, run_records
+from histofetch.pool import run_pooled, run_records
 from histofetch.stage import UNFINISHED_KEY, StageSummary, _Stage
+from histofetch.worker_deaths import DEATHS_IN_A_ROW, WorkerDied
 
 LIST = "/pmc-oa-opendata/"
 
@@ -433,6 +434,36 @@ Image.register_open("KILLER", _KillsItsReader, lambda head: head[:16] == b"KILLS
 """
 
 
+def _filter_with_killers(
+    tmp_path: Path, n: int, killers: set[int]
+) -> tuple[Path, list[str], dict[str, str]]:
+    """A run of ``n`` extracted records, one figure each; the figures of ``killers`` kill
+    the process that decodes them (:data:`KILLER_PLUGIN`). Returns the run, the
+    ``filter --jobs 2`` command line and the environment it needs (store closed)."""
+    run = tmp_path / "run"
+    with Manifest.load(run, create=True) as m:  # closed: no -wal/-shm left open
+        for k in range(n):
+            rid = f"pmid:{k}"
+            m.add_record(Record(id=rid, stage="extracted"))
+            rel = f"images/{k}.png"
+            (run / "images").mkdir(parents=True, exist_ok=True)
+            if k in killers:
+                (run / rel).write_bytes(b"KILLS-ITS-READER" + bytes(64))
+            else:
+                PIL.Image.fromarray(he_like(160, 160, seed=k)).save(run / rel)
+            m.add_image(Image(id=f"{rid}/fig1", record_id=rid, path=rel, sha256="0", width=160,
+                              height=160, caption="Figure 1. H&E of a lymph node."))  # fmt: skip
+        m.save()
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(KILLER_PLUGIN)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env["PYTHONPATH"] = os.pathsep.join([str(hook), *sys.path])
+    cmd = [sys.executable, "-m", "histofetch.cli", "filter", "--run", str(run), "--jobs", "2",
+           "--no-sheet", "--no-panels"]  # fmt: skip
+    return run, cmd, env
+
+
 def test_filter_jobs_fails_an_image_that_kills_its_decoder_and_finishes_the_rest(
     tmp_path: Path,
 ) -> None:
@@ -441,27 +472,7 @@ def test_filter_jobs_fails_an_image_that_kills_its_decoder_and_finishes_the_rest
     it opens that file): that record is read again alone, dies again and is failed; the
     others are scored; the summary is printed and one error line ends it with exit 1.
     A second run skips the failed record and exits 0."""
-    run = tmp_path / "run"
-    m = Manifest.load(run, create=True)
-    for k in range(4):
-        rid = f"pmid:{k}"
-        m.add_record(Record(id=rid, stage="extracted"))
-        rel = f"images/{k}.png"
-        (run / "images").mkdir(parents=True, exist_ok=True)
-        if k == 2:
-            (run / rel).write_bytes(b"KILLS-ITS-READER" + bytes(64))
-        else:
-            PIL.Image.fromarray(he_like(160, 160, seed=k)).save(run / rel)
-        m.add_image(Image(id=f"{rid}/fig1", record_id=rid, path=rel, sha256="0", width=160,
-                          height=160, caption="Figure 1. H&E of a lymph node."))  # fmt: skip
-    m.save()
-    hook = tmp_path / "hook"
-    hook.mkdir()
-    (hook / "sitecustomize.py").write_text(KILLER_PLUGIN)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    env["PYTHONPATH"] = os.pathsep.join([str(hook), *sys.path])
-    cmd = [sys.executable, "-m", "histofetch.cli", "filter", "--run", str(run), "--jobs", "2",
-           "--no-sheet", "--no-panels"]  # fmt: skip
+    run, cmd, env = _filter_with_killers(tmp_path, 4, killers={2})
     proc = subprocess.run(cmd, capture_output=True, env=env, timeout=600)
     err = proc.stderr.decode()
     assert proc.returncode == 1, err

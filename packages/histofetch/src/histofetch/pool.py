@@ -10,36 +10,36 @@ job, a pool for more.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import logging
-import signal
-import threading
 from collections import Counter
-from collections.abc import Callable, Iterator
-from concurrent.futures import (
-    FIRST_COMPLETED,
-    Executor,
-    Future,
-    ProcessPoolExecutor,
-    wait,
-)
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Executor, Future, wait
 from concurrent.futures.process import BrokenProcessPool
-from multiprocessing.context import SpawnContext, SpawnProcess
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 
-from histocore.errors import DomainError
 from histocore.manifest import Image, Manifest, Record
 from histocore.progress import task
-from histofetch.stage import UNFINISHED_KEY, StageSummary, _Stage, is_transient, run_per_record
+from histofetch.stage import StageSummary, _Stage, is_transient, run_per_record
 from histofetch.thread_pool import CANCEL_GRACE_S, DaemonThreadPool
+from histofetch.worker_deaths import (
+    DEATHS_IN_A_ROW,
+    WorkerDied,
+    count_deaths,
+    died,
+    machine_kills,
+    suspects_first,
+)
+from histofetch.worker_processes import (
+    executor,
+    recording,
+    second_ctrl_c_ignored,
+    stop_workers,
+    workers_deaf,
+)
 
 log = logging.getLogger(__name__)
-
-#: Records in a row whose worker died while each was read alone, with no result back in
-#: between, that stop the call: the cause is then this machine, not the records.
-DEATHS_IN_A_ROW = 3
 
 #: (record after the work, its images or None on failure, (reason, transient) or None)
 Result = tuple[Record, list[Image] | None, tuple[str, bool] | None]
@@ -100,107 +100,6 @@ def work_on_copy(
     return rec, mini.images_of(rec.id), None
 
 
-#: Per thread: the list the pool being fed from it records its workers in as they start.
-_starting = threading.local()
-
-
-class _Worker(SpawnProcess):
-    """A pool's worker process (spawned: it starts clean, with no copy of the parent's SQLite
-    connection or threads); as it starts it records itself in :func:`_recording`'s list of
-    the starting thread (a pool starts its workers in the thread that submits to it)."""
-
-    def start(self) -> None:
-        workers = getattr(_starting, "workers", None)
-        if workers is not None:
-            workers.append(self)
-        super().start()
-
-
-class _Context(SpawnContext):
-    Process = _Worker
-
-
-@contextlib.contextmanager
-def _recording(workers: list[BaseProcess]) -> Iterator[None]:
-    """Worker processes started from this thread in this block are added to ``workers``:
-    the pool's own, for :func:`_stop` to end, and no other child of this process (a pool
-    another thread feeds, say)."""
-    _starting.workers = workers
-    try:
-        yield
-    finally:
-        _starting.workers = None
-
-
-def _executor(jobs: int, threads: bool) -> Executor:
-    if threads:
-        return DaemonThreadPool(jobs)
-    return ProcessPoolExecutor(max_workers=jobs, mp_context=_Context(), initializer=_ignore_ctrl_c)
-
-
-def _ignore_ctrl_c() -> None:
-    """Worker initializer: SIGINT is the parent's to answer (see :func:`_workers_deaf`)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
-@contextlib.contextmanager
-def _workers_deaf(threads: bool) -> Iterator[None]:
-    """Worker processes started in this block never see SIGINT. A terminal sends Ctrl-C to
-    the whole foreground group; it is this process's to answer (it ends the workers), not
-    theirs to print tracebacks for. They start with SIGINT blocked (a child inherits the
-    signal mask of the thread that starts it) and their initializer then ignores it, so no
-    moment of their start-up (imports included) takes it. A Ctrl-C pressed meanwhile is
-    held back and raised here when the block ends, never half-way through starting one
-    (a worker whose parent stopped before sending it its work would print a traceback)."""
-    if threads:
-        yield
-        return
-    pressed: list[int] = []
-    handler = None
-    if threading.current_thread() is threading.main_thread():
-        handler = signal.signal(signal.SIGINT, lambda sig, _frame: pressed.append(sig))
-    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-        if handler is not None:
-            signal.signal(signal.SIGINT, handler)
-        if pressed:
-            signal.raise_signal(signal.SIGINT)
-
-
-@contextlib.contextmanager
-def _second_ctrl_c_ignored() -> Iterator[None]:
-    """Cleaning up after a Ctrl-C: another one pressed meanwhile must not cut it short."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, handler)
-
-
-def _stop(pool: Executor, workers: list[BaseProcess]) -> None:
-    """Give up the work not done yet and end the workers now (Ctrl-C, a dead worker): the
-    processes the pool started (see :func:`_recording`). Threads are not ended here (see
-    :func:`run_pooled`'s ``cancel``)."""
-    pool.shutdown(wait=False, cancel_futures=True)
-    if isinstance(pool, DaemonThreadPool):
-        return
-    workers = [p for p in workers if p.pid is not None]
-    for proc in workers:
-        proc.terminate()
-    for proc in workers:
-        proc.join(timeout=10)
-
-
-class WorkerDied(DomainError):
-    """A worker process died (killed, crashed, out of memory) with records in flight."""
-
-
 def run_pooled(
     runner: _Stage,
     work: Callable[[Manifest, Record], None],
@@ -230,10 +129,10 @@ def run_pooled(
     :class:`WorkerDied` ends the call leaving them to the next run (their dead attempts
     counted, none failed). With no such record left, they are failed at the end. Without
     the guard, or when no record was on the dead worker, :class:`WorkerDied` ends the call
-    too. Ended by Ctrl-C, it still
-    commits the results the pool had received; then worker processes are ended, and worker
-    threads are told to stop (``cancel``) and given :data:`CANCEL_GRACE_S` at most: what
-    they had not returned is not committed."""
+    too (see :mod:`histofetch.worker_deaths`). Ended by Ctrl-C, it still commits the
+    results the pool had received; then worker processes are ended, and worker threads are
+    told to stop (``cancel``) and given :data:`CANCEL_GRACE_S` at most: what they had not
+    returned is not committed."""
     manifest = runner.manifest
     feed = _Feed(runner, work, threads, advance)
     deaths: Counter[str] = Counter()  # attempts of this call that died with their worker
@@ -256,13 +155,13 @@ def _run_pools(
     manifest = runner.manifest
     while True:
         workers: list[BaseProcess] = []
-        pool = _executor(jobs, threads)  # workers start at submit (deaf to Ctrl-C there)
+        pool = executor(jobs, threads)  # workers start at submit (deaf to Ctrl-C there)
         probe: list[str] = []
         try:
-            suspects, others = _suspects_first(runner, feed.left())
+            suspects, others = suspects_first(runner, feed.left())
             if len(feed.alone_deaths) >= DEATHS_IN_A_ROW:  # the machine, or those records?
                 probe = others[:1]  # a record never killed, read alone first, tells
-            with _recording(workers):
+            with recording(workers):
                 feed.run(pool, probe, 1)  # back: the deaths were the records' (confirm)
                 feed.run(pool, suspects, 1)
                 feed.run(pool, others[len(probe) :], jobs if runner.guard_attempts else 2 * jobs)
@@ -270,9 +169,9 @@ def _run_pools(
             dead = isinstance(exc, BrokenProcessPool)
             go_on = dead and runner.guard_attempts and bool(feed.sent)
             probe_died = go_on and bool(probe) and feed.sent == set(probe)
-            with _second_ctrl_c_ignored():
+            with second_ctrl_c_ignored():
                 try:
-                    _stop(pool, workers)
+                    stop_workers(pool, workers)
                     if dead or isinstance(exc, KeyboardInterrupt):
                         feed.adopt_finished()  # results the pool had received are kept
                     if isinstance(pool, DaemonThreadPool):  # downloads running: stop them now
@@ -280,98 +179,19 @@ def _run_pools(
                             cancel()
                         pool.join(CANCEL_GRACE_S)
                     if go_on:
-                        _count_deaths(feed, deaths)
+                        count_deaths(feed, deaths)
                 finally:
                     manifest.release(feed.held)
             if probe_died:
-                raise WorkerDied(_machine_kills(runner, feed.alone_deaths)) from None
+                raise WorkerDied(machine_kills(runner, feed.alone_deaths)) from None
             if go_on:
                 feed.restart()
                 continue
             if dead:
-                raise WorkerDied(_died(runner, sorted(feed.sent))) from None
+                raise WorkerDied(died(runner, sorted(feed.sent))) from None
             raise
         pool.shutdown()
         return
-
-
-def _count_deaths(feed: _Feed, deaths: Counter[str]) -> None:
-    """The records on a worker when one died: one more attempt each that never ended. A
-    record read alone that this makes too many is failed only once another record's result
-    comes back (:meth:`_Feed.confirm`): until then it keeps its claim, counted."""
-    runner = feed.runner
-    sent = sorted(feed.sent)
-    records = runner.manifest.records
-    deaths.update(sent)
-    alone = len(sent) == 1
-    if alone and sent[0] not in feed.alone_deaths:  # each record once
-        feed.alone_deaths += sent
-    again = [
-        rid
-        for rid in sent
-        if not runner.too_many_deaths(
-            int(records[rid].extra.get(UNFINISHED_KEY, 0)) + 1, deaths[rid]
-        )
-    ]
-    log.warning(
-        "%s: %s: a worker process died (crashed, out of memory or killed) while reading %s%s",
-        runner.manifest.run_dir, runner.stage, _named(sent),
-        f"; reading {_named(again)} again, one at a time" if again else "",
-    )  # fmt: skip
-    for rid in sent:
-        rec = records[rid]
-        n = int(rec.extra.get(UNFINISHED_KEY, 0)) + 1
-        if alone and runner.too_many_deaths(n, deaths[rid]):
-            rec.extra[UNFINISHED_KEY] = n
-            runner.manifest.commit_record(rid, release=False)
-            feed.held.discard(rid)
-            feed.deferred.append(rid)
-        elif runner._after_death(rec, deaths[rid]):
-            continue  # read again
-        feed.finished.add(rid)  # failed, or to be failed: not read again
-        feed.advance()
-
-
-def _named(rids: list[str]) -> str:
-    return ", ".join(rids[:5]) + (f" and {len(rids) - 5} more" if len(rids) > 5 else "")
-
-
-def _died(runner: _Stage, sent: list[str]) -> str:
-    named = _named(sent)
-    then = (
-        "they are read one at a time by the next run, and a record whose reader dies twice "
-        "is skipped until --retry-failed"
-        if runner.guard_attempts
-        else "the next run tries them again"
-    )
-    return (
-        f"{runner.manifest.run_dir}: {runner.stage}: a worker process died (killed, crashed "
-        f"or out of memory) while reading {named or 'nothing'}; run the command again: {then}"
-    )
-
-
-def _machine_kills(runner: _Stage, rids: list[str]) -> str:
-    return (
-        f"{runner.manifest.run_dir}: {runner.stage}: a worker process died (killed, crashed or "
-        f"out of memory) reading each of {_named(rids)}, each read alone, with no record read "
-        "in between: the cause is this machine or installation (a native library that "
-        "crashes here, less memory than one worker needs), not the records; none was failed, "
-        "the next run reads them again"
-    )
-
-
-def _suspects_first(runner: _Stage, todo: list[str]) -> tuple[list[str], list[str]]:
-    """Of ``todo``, the records an earlier attempt of which was killed unfinished (guarded
-    stages), and the others."""
-    if not runner.guard_attempts:
-        return [], list(todo)
-    died = {rid for rid, st in runner.manifest._db().abandoned_claims() if st == runner.stage}
-    records = runner.manifest.records
-    suspect = [rid in died or bool(records[rid].extra.get(UNFINISHED_KEY)) for rid in todo]
-    return (
-        [rid for rid, s in zip(todo, suspect, strict=True) if s],
-        [rid for rid, s in zip(todo, suspect, strict=True) if not s],
-    )
 
 
 class _Feed:
@@ -422,7 +242,7 @@ class _Feed:
                 images = manifest.images_of(rid)
                 if self.threads:  # a thread would otherwise change the parent's objects
                     rec, images = copy.deepcopy(rec), copy.deepcopy(images)
-                with _workers_deaf(self.threads):  # a submit may start a worker
+                with workers_deaf(self.threads):  # a submit may start a worker
                     future = pool.submit(work_on_copy, self.work, manifest.run_dir, rec, images)
                 flying[future] = rid
                 future.add_done_callback(lambda f, rid=rid: _log_outcome(rid, f))

@@ -1,0 +1,115 @@
+"""The worker processes of a pool (``--jobs N``): started, told apart, ended, deaf to Ctrl-C.
+
+Workers are spawned (they start clean: no copy of the parent's SQLite connection or
+threads); each pool records the processes it starts, so it ends its own and no other child
+of this process; a Ctrl-C is the parent's to answer, never the workers'.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from collections.abc import Iterator
+from concurrent.futures import Executor, ProcessPoolExecutor
+from multiprocessing.context import SpawnContext, SpawnProcess
+from multiprocessing.process import BaseProcess
+
+from histofetch.thread_pool import DaemonThreadPool
+
+#: Per thread: the list the pool being fed from it records its workers in as they start.
+_starting = threading.local()
+
+
+class _Worker(SpawnProcess):
+    """A pool's worker process (spawned: it starts clean, with no copy of the parent's SQLite
+    connection or threads); as it starts it records itself in :func:`recording`'s list of
+    the starting thread (a pool starts its workers in the thread that submits to it)."""
+
+    def start(self) -> None:
+        workers = getattr(_starting, "workers", None)
+        if workers is not None:
+            workers.append(self)
+        super().start()
+
+
+class _Context(SpawnContext):
+    Process = _Worker
+
+
+@contextlib.contextmanager
+def recording(workers: list[BaseProcess]) -> Iterator[None]:
+    """Worker processes started from this thread in this block are added to ``workers``:
+    the pool's own, for :func:`stop_workers` to end, and no other child of this process (a pool
+    another thread feeds, say)."""
+    _starting.workers = workers
+    try:
+        yield
+    finally:
+        _starting.workers = None
+
+
+def executor(jobs: int, threads: bool) -> Executor:
+    """A pool of ``jobs`` workers: daemon threads (``threads``) or spawned processes."""
+    if threads:
+        return DaemonThreadPool(jobs)
+    return ProcessPoolExecutor(max_workers=jobs, mp_context=_Context(), initializer=_ignore_ctrl_c)
+
+
+def _ignore_ctrl_c() -> None:
+    """Worker initializer: SIGINT is the parent's to answer (see :func:`workers_deaf`)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@contextlib.contextmanager
+def workers_deaf(threads: bool) -> Iterator[None]:
+    """Worker processes started in this block never see SIGINT. A terminal sends Ctrl-C to
+    the whole foreground group; it is this process's to answer (it ends the workers), not
+    theirs to print tracebacks for. They start with SIGINT blocked (a child inherits the
+    signal mask of the thread that starts it) and their initializer then ignores it, so no
+    moment of their start-up (imports included) takes it. A Ctrl-C pressed meanwhile is
+    held back and raised here when the block ends, never half-way through starting one
+    (a worker whose parent stopped before sending it its work would print a traceback)."""
+    if threads:
+        yield
+        return
+    pressed: list[int] = []
+    handler = None
+    if threading.current_thread() is threading.main_thread():
+        handler = signal.signal(signal.SIGINT, lambda sig, _frame: pressed.append(sig))
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        if handler is not None:
+            signal.signal(signal.SIGINT, handler)
+        if pressed:
+            signal.raise_signal(signal.SIGINT)
+
+
+@contextlib.contextmanager
+def second_ctrl_c_ignored() -> Iterator[None]:
+    """Cleaning up after a Ctrl-C: another one pressed meanwhile must not cut it short."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, handler)
+
+
+def stop_workers(pool: Executor, workers: list[BaseProcess]) -> None:
+    """Give up the work not done yet and end the workers now (Ctrl-C, a dead worker): the
+    processes the pool started (see :func:`recording`). Threads are not ended here (see
+    :func:`histofetch.pool.run_pooled`'s ``cancel``)."""
+    pool.shutdown(wait=False, cancel_futures=True)
+    if isinstance(pool, DaemonThreadPool):
+        return
+    workers = [p for p in workers if p.pid is not None]
+    for proc in workers:
+        proc.terminate()
+    for proc in workers:
+        proc.join(timeout=10)
