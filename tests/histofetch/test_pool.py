@@ -4,8 +4,10 @@ worker, the parent committing each record."""
 from __future__ import annotations
 
 import functools
+import logging
 import multiprocessing
 import os
+import re
 import shutil
 import signal
 import sqlite3
@@ -287,16 +289,25 @@ def test_a_worker_that_dies_on_every_record_stops_the_call_and_fails_none(
 
 
 def test_records_that_kill_their_reader_in_a_row_are_failed_when_another_comes_back(
-    tmp_path: Path,
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Three crashing records next to each other are the records, not the machine: a record
     no worker died on, read alone, comes back, so they are failed and the rest finish (a
-    rerun does not stop on them again)."""
+    rerun does not stop on them again). The deaths are two warnings, not one each: the
+    first at once, the ones after it together when a result comes back."""
     ids = ["k1", "k2", "k3", "g0", "g1", "g2", "g3"]
     run = _downloaded(tmp_path / "run", ids)
     work = functools.partial(die_reading_each, victims=("k1", "k2", "k3"))
-    summary = run_records(Manifest.load(run), "extracted", work, jobs=2, guard_attempts=True)
+    with caplog.at_level(logging.WARNING, logger="histofetch"):
+        summary = run_records(Manifest.load(run), "extracted", work, jobs=2,
+                              guard_attempts=True)  # fmt: skip
     assert (summary.done, sorted(summary.killers)) == (4, ["k1", "k2", "k3"])
+    said = [r.getMessage() for r in caplog.records if r.name == "histofetch.worker_deaths"]
+    assert "while reading k1, k2; reading k1, k2 again, one at a time" in said[0], said
+    told = [re.search(r": (\d+) more worker process(?:es)? died", line) for line in said]
+    deaths = sum(int(m.group(1)) if m else 1 for m in told)
+    assert deaths == 5 and len(said) <= 4 and any(told), said  # k1+k2, k1, k2, k3+?, k3
+    assert all(rid in " ".join(said) for rid in ("k1", "k2", "k3")), said
     m = Manifest.load(run)
     assert [m.records[rid].stage for rid in ids[3:]] == ["extracted"] * 4
     assert [m.records[rid].status for rid in ids[:3]] == ["failed"] * 3
@@ -493,6 +504,28 @@ def test_filter_jobs_fails_an_image_that_kills_its_decoder_and_finishes_the_rest
     again = subprocess.run(cmd, capture_output=True, env=env, timeout=600)
     assert again.returncode == 0, again.stderr.decode()
     assert "filtered: 0 done, 3 already done, 0 failed, 1 failed before" in again.stdout.decode()
+
+
+def test_workers_dying_on_every_record_print_one_warning_then_the_error(
+    tmp_path: Path,
+) -> None:
+    """``filter --jobs 2`` where every figure kills its decoder (as a native library that
+    crashes on this machine would): the command stops with one error line naming the
+    records, after ONE warning that a worker died (not a line per death); nothing failed."""
+    run, cmd, env = _filter_with_killers(tmp_path, 8, killers=set(range(8)))
+    proc = subprocess.run(cmd, capture_output=True, env=env, timeout=600)
+    err = proc.stderr.decode()
+    assert proc.returncode == 1, err
+    assert "Traceback" not in err
+    lines = err.splitlines()
+    assert len(lines) == 2, err
+    warning, error = lines
+    assert warning.startswith("warning: ") and "worker process died" in warning, err
+    assert error.startswith("error: ") and "not the records" in error, err
+    assert "pmid:0" in error and "none was failed" in error, err
+    m = Manifest.load(run)
+    assert [r.status for r in m.records.values()] == ["ok"] * 8
+    assert _claims(run) == []
 
 
 def test_ctrl_c_stops_running_downloads_at_once(ncbi: FakeNcbi, tmp_path: Path) -> None:

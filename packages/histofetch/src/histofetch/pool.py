@@ -29,6 +29,7 @@ from histofetch.worker_deaths import (
     count_deaths,
     died,
     machine_kills,
+    report_deaths,
     suspects_first,
 )
 from histofetch.worker_processes import (
@@ -129,10 +130,11 @@ def run_pooled(
     :class:`WorkerDied` ends the call leaving them to the next run (their dead attempts
     counted, none failed). With no such record left, they are failed at the end. Without
     the guard, or when no record was on the dead worker, :class:`WorkerDied` ends the call
-    too (see :mod:`histofetch.worker_deaths`). Ended by Ctrl-C, it still commits the
-    results the pool had received; then worker processes are ended, and worker threads are
-    told to stop (``cancel``) and given :data:`CANCEL_GRACE_S` at most: what they had not
-    returned is not committed."""
+    too. The first death since a result came back is a warning at once, the ones after it
+    one warning when a result comes back (see :mod:`histofetch.worker_deaths`). Ended by
+    Ctrl-C, it still commits the results the pool had received; then worker processes are
+    ended, and worker threads are told to stop (``cancel``) and given
+    :data:`CANCEL_GRACE_S` at most: what they had not returned is not committed."""
     manifest = runner.manifest
     feed = _Feed(runner, work, threads, advance)
     deaths: Counter[str] = Counter()  # attempts of this call that died with their worker
@@ -141,6 +143,7 @@ def run_pooled(
         feed.confirm()  # the call ends: those whose readers died are failed
     finally:
         manifest.release(feed.deferred)  # left to the next run (Ctrl-C, WorkerDied)
+        report_deaths(feed)  # deaths not said yet (none after the machine's WorkerDied)
 
 
 def _run_pools(
@@ -183,7 +186,7 @@ def _run_pools(
                 finally:
                     manifest.release(feed.held)
             if probe_died:
-                raise WorkerDied(machine_kills(runner, feed.alone_deaths)) from None
+                raise WorkerDied(machine_kills(feed)) from None
             if go_on:
                 feed.restart()
                 continue
@@ -213,6 +216,8 @@ class _Feed:
         self.deferred: list[str] = []
         #: records whose worker died while each was read alone, since the last result back
         self.alone_deaths: list[str] = []
+        #: the records on each worker that died since the last result back, in order
+        self.deaths_in_a_row: list[list[str]] = []
 
     def left(self) -> list[str]:
         """The runner's records not finished yet, in order."""
@@ -274,6 +279,7 @@ class _Feed:
 
     def confirm(self) -> None:
         """Fail the records whose reader died too often (their claims held until now)."""
+        report_deaths(self)  # the deaths not said yet, before the failures they lead to
         records = self.runner.manifest.records
         while self.deferred:
             self.runner.fail_killer(records[self.deferred.pop(0)])

@@ -6,7 +6,8 @@ read again one at a time, so the death of a worker reading one alone is that rec
 one that dies too often is failed. The breaker: when :data:`DEATHS_IN_A_ROW` records in a
 row kill the worker reading each alone, one record no worker died on is read alone next
 (the probe); if its worker dies too, the cause is the machine and :class:`WorkerDied` ends
-the call.
+the call. The first death since a result came back is one warning at once; the deaths that
+follow it are one summary warning when a result comes back (or in the error line).
 """
 
 from __future__ import annotations
@@ -52,11 +53,13 @@ def count_deaths(feed: _Feed, deaths: Counter[str]) -> None:
             int(records[rid].extra.get(UNFINISHED_KEY, 0)) + 1, deaths[rid]
         )
     ]
-    log.warning(
-        "%s: %s: a worker process died %s while reading %s%s",
-        runner.manifest.run_dir, runner.stage, _DIED, named(sent),
-        f"; reading {named(again)} again, one at a time" if again else "",
-    )  # fmt: skip
+    feed.deaths_in_a_row.append(sent)
+    if len(feed.deaths_in_a_row) == 1:  # the first since a result came back: said at once
+        log.warning(
+            "%s: %s: a worker process died %s while reading %s%s",
+            runner.manifest.run_dir, runner.stage, _DIED, named(sent),
+            f"; reading {named(again)} again, one at a time" if again else "",
+        )  # fmt: skip
     for rid in sent:
         rec = records[rid]
         n = int(rec.extra.get(UNFINISHED_KEY, 0)) + 1
@@ -69,6 +72,20 @@ def count_deaths(feed: _Feed, deaths: Counter[str]) -> None:
             continue  # read again
         feed.finished.add(rid)  # failed, or to be failed: not read again
         feed.advance()
+
+
+def report_deaths(feed: _Feed) -> None:
+    """One warning for the deaths after the first since the last result came back (the
+    first was said at once), then start counting anew."""
+    later, feed.deaths_in_a_row = feed.deaths_in_a_row[1:], []
+    if not later:
+        return
+    rids = list(dict.fromkeys(rid for sent in later for rid in sent))
+    log.warning(
+        "%s: %s: %d more worker process%s died %s while reading %s",
+        feed.runner.manifest.run_dir, feed.runner.stage, len(later),
+        "es" if len(later) > 1 else "", _DIED, named(rids),
+    )  # fmt: skip
 
 
 def named(rids: list[str]) -> str:
@@ -91,14 +108,17 @@ def died(runner: _Stage, sent: list[str]) -> str:
     )
 
 
-def machine_kills(runner: _Stage, rids: list[str]) -> str:
-    """:class:`WorkerDied`'s message when the probe died too: the deaths are the machine's."""
+def machine_kills(feed: _Feed) -> str:
+    """:class:`WorkerDied`'s message when the probe died too: the deaths since the last
+    result back are the machine's (they are said here, not in a warning)."""
+    runner, n = feed.runner, len(feed.deaths_in_a_row)
+    feed.deaths_in_a_row = []
     return (
-        f"{runner.manifest.run_dir}: {runner.stage}: a worker process died (killed, crashed or "
-        f"out of memory) reading each of {named(rids)}, each read alone, with no record read "
-        "in between: the cause is this machine or installation (a native library that "
-        "crashes here, less memory than one worker needs), not the records; none was failed, "
-        "the next run reads them again"
+        f"{runner.manifest.run_dir}: {runner.stage}: worker processes died {n} times in a row "
+        f"(killed, crashed or out of memory), reading each of {named(feed.alone_deaths)}, "
+        "each read alone, with no record read in between: the cause is this machine or "
+        "installation (a native library that crashes here, less memory than one worker "
+        "needs), not the records; none was failed, the next run reads them again"
     )
 
 
