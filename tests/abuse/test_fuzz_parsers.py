@@ -203,13 +203,9 @@ def test_s3_listing_xml(edit) -> None:
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(base=st.sampled_from(["images", "nested"]), edit=edits)
 def test_pdf_bytes_mutated_from_fixtures(base: str, edit) -> None:
-    from histofetch.extract import (
-        check_page_objects,
-        check_pdf_bytes,
-        extract_images,
-        open_pdf,
-        pdfplumber_count,
-    )
+    from histofetch.pdf_checks import check_page_objects, check_pdf_bytes, open_pdf
+    from histofetch.pdf_crosscheck import pdfplumber_count
+    from histofetch.pdf_images import extract_images
     from histofetch.stage import StageFailure
 
     data = _mutate(image_pdf(n_pages=2, side=40) if base == "images" else nested_forms_pdf(), edit)

@@ -90,7 +90,7 @@ def test_a_record_whose_pdf_became_a_fifo_fails_instead_of_hanging(tmp_path: Pat
 def test_time_budget_fails_the_record(tmp_path: Path) -> None:
     import pymupdf
 
-    from histofetch.extract import extract_images
+    from histofetch.pdf_images import extract_images
     from histofetch.stage import StageFailure
 
     with (

@@ -275,7 +275,7 @@ def test_fixture_pdfs_extract_or_fail_as_provenance_says(tmp_path: Path) -> None
 
 
 def test_only_errors_raised_inside_mupdf_count_as_bad_input() -> None:
-    from histofetch.extract import _raised_in_mupdf
+    from histofetch.pdf_images import _raised_in_mupdf
 
     try:
         pymupdf.open(stream=b"not a pdf at all", filetype="pdf")

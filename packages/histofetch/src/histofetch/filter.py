@@ -198,9 +198,9 @@ def store_scores(img: Image, scores: ColourScores, factor: float = 1.0) -> None:
 
 def add_panels(manifest: Manifest, img: Image, rgb: np.ndarray, scale: float) -> list[Image]:
     """Split ``img`` into panels (panels.py) and add a scored row per panel."""
-    from histofetch.extract import encode_png
     from histofetch.panel_letters import read_letters
     from histofetch.panels import find_panels
+    from histofetch.pdf_images import encode_png
 
     found = find_panels(rgb)
     read_letters(rgb, found)  # sets Panel.letter where one can be read (None otherwise)

@@ -1,0 +1,68 @@
+"""A PDF's bytes checked and opened: what PyMuPDF's silent repair would hide, said plainly.
+
+Empty, headerless, truncated (no ``%%EOF``, or a repaired file whose pages name objects
+that are gone), corrupt and encrypted PDFs each fail their record with a one-line reason
+(:class:`~histofetch.stage.StageFailure`) before any image is decoded.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pymupdf
+
+from histofetch.stage import StageFailure
+
+
+def check_pdf_bytes(data: bytes, path: Path) -> None:
+    """Cheap structural checks PyMuPDF's silent repair would hide."""
+    if not data:
+        raise StageFailure(f"empty file, not a PDF: {path}")
+    if not data[:1024].lstrip().startswith(b"%PDF-"):
+        raise StageFailure(f"not a PDF (no %PDF- header): {path}")
+    if b"%%EOF" not in data[-2048:]:
+        raise StageFailure(f"truncated PDF (no %%EOF at end of file): {path}")
+
+
+def open_pdf(data: bytes, path: Path) -> pymupdf.Document:
+    """Open PDF bytes or raise StageFailure with the reason (corrupt, encrypted, empty)."""
+    try:
+        doc = pymupdf.open(stream=data, filetype="pdf")
+    except Exception as exc:  # pymupdf raises its own FileDataError, RuntimeError, ...
+        raise StageFailure(f"corrupt PDF, cannot open: {path}: {exc}") from None
+    if doc.needs_pass:
+        doc.close()
+        raise StageFailure(f"encrypted PDF, needs a password: {path}")
+    if doc.page_count == 0:
+        doc.close()
+        raise StageFailure(f"corrupt PDF, no pages: {path}")
+    return doc
+
+
+#: ``1 0 R`` style references inside a PDF dictionary or array, as PyMuPDF prints them.
+_REF_RE = re.compile(r"(\d+) 0 R")
+
+
+def check_page_objects(doc: pymupdf.Document, path: Path) -> None:
+    """Refuse a repaired PDF whose pages name objects that are absent (a cut-off file).
+
+    A half file with ``%%EOF`` appended passes the tail check and PyMuPDF silently repairs
+    it into fewer images; the page tree still names the lost objects, which we detect.
+    """
+    if not doc.is_repaired:
+        return
+    n = doc.xref_length()
+    for page in doc:
+        refs = [page.xref]
+        try:
+            for key in ("Contents", "Resources", "Resources/XObject"):
+                refs += [int(m) for m in _REF_RE.findall(doc.xref_get_key(page.xref, key)[1])]
+            lost = [r for r in refs if not 0 < r < n or doc.xref_object(r).strip() == "null"]
+        except Exception:  # PyMuPDF raises on objects it cannot load (broken object streams)
+            lost = refs
+        if lost:
+            raise StageFailure(
+                f"truncated PDF (page {(page.number or 0) + 1} names missing object {lost[0]}): "
+                f"{path}"
+            )
