@@ -6,16 +6,49 @@ averaged by DDP (gloo on CPU, nccl on GPU), validation predictions are gathered,
 only rank 0 writes files. Without those variables everything here is a no-op. The
 trainer destroys the process group it joined when training ends (:func:`cleanup`), so a
 process can train again or exit cleanly.
+
+Ranks may also be started by hand (``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``,
+``MASTER_PORT`` and optionally ``LOCAL_RANK`` in each one's environment); rank 0 then hosts
+the rendezvous store. One rank's failure stops every rank promptly, whoever launched them:
+
+- before joining (bad options, a missing file on one node): :func:`report_early_failure`
+  posts it to the rendezvous store, where :func:`init_distributed` of the others reads it
+  (they would otherwise wait in the join for the process-group timeout, 30 minutes);
+- after joining: everything a rank can fail at between two collectives runs in
+  :func:`together`, which ends with every rank agreeing (one small all-reduce) whether any
+  failed; then the failed rank raises its own error and the others :class:`RankFailed`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import torch
 import torch.distributed as dist
+
+from histocore.errors import DomainError
+
+log = logging.getLogger(__name__)
+
+#: how long ranks wait for each other to join (torch's default process-group timeout)
+JOIN_TIMEOUT = timedelta(minutes=30)
+#: how long a rank that failed before joining waits to tell the others (then it exits)
+REPORT_WAIT = timedelta(seconds=60)
+
+
+class RankFailed(DomainError, RuntimeError):
+    """Another rank failed (its own error line says why): this one stops too."""
+
+
+class DistError(DomainError, ValueError):
+    """The environment does not describe a usable process group."""
 
 
 @dataclass(frozen=True)
@@ -35,20 +68,179 @@ class DistInfo:
         return self.rank == 0
 
 
+def _env() -> tuple[int, int] | None:
+    """(rank, world size) from the environment; None for a single process."""
+    world = os.environ.get("WORLD_SIZE", "1")
+    try:
+        if int(world) <= 1:
+            return None
+        return int(os.environ["RANK"]), int(world)
+    except (KeyError, ValueError):
+        raise DistError(
+            f"WORLD_SIZE={world} needs RANK (0 to WORLD_SIZE - 1) as well: start the ranks "
+            "with torchrun, or set RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT in each"
+        ) from None
+
+
 def init_distributed(device: torch.device) -> DistInfo:
-    """Join the process group torchrun describes (no-op for a single process)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
+    """Join the process group that torchrun (or RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT set
+    by hand) describes; a no-op for a single process. Raises :class:`RankFailed` when
+    another rank failed before joining (:func:`report_early_failure`)."""
+    env = _env()
+    if env is None:
         return DistInfo()
-    rank = int(os.environ["RANK"])
+    rank, world = env
     local = int(os.environ.get("LOCAL_RANK", rank))
     owns = not dist.is_initialized()  # a caller's own group is used, and left to it
     if owns:
+        store = _start(rank, world, failure=None)
         backend = "nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        dist.init_process_group(backend=backend)
+        prefixed = dist.PrefixStore("default_pg", store)  # as init_process_group's own
+        dist.init_process_group(backend=backend, store=prefixed, rank=rank, world_size=world)
     return DistInfo(rank=rank, world_size=world, local_rank=local, owns_group=owns)
+
+
+_started = False  # this process has posted its start status (joined, or reported failure)
+_joins = 0  # process groups this process joined (each join has its own store keys)
+
+
+def _store(rank: int, world: int, timeout: timedelta) -> dist.Store:
+    """The rendezvous store: torchrun's agent store, else one rank 0 hosts (not waiting in
+    C++ for the others, so the join below stays interruptible)."""
+    try:
+        addr, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
+    except (KeyError, ValueError):
+        raise DistError(
+            "MASTER_ADDR and MASTER_PORT (rank 0's address and a free port) must be set in "
+            "every rank's environment when ranks are started by hand"
+        ) from None
+    return dist.TCPStore(
+        addr, port, world, is_master=_hosts_store(rank), timeout=timeout,
+        wait_for_workers=False, multi_tenant=True,
+    )  # fmt: skip
+
+
+def _hosts_store(rank: int) -> bool:
+    """Rank 0 hosts the store, unless torchrun's agent does."""
+    return rank == 0 and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True"
+
+
+def _start(rank: int, world: int, failure: str | None) -> dist.Store:
+    """Post this rank's start status (None: ready) to the rendezvous store and read every
+    rank's; raise :class:`RankFailed` when one failed. Every rank waits until all have read
+    them, so rank 0 (which may host the store) does not leave before the others know."""
+    global _started, _joins
+    _started, _joins = True, _joins + 1
+    timeout = JOIN_TIMEOUT if failure is None else REPORT_WAIT
+    store = _store(rank, world, timeout)
+    run = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")  # torchrun's store outlives a try
+    box = dist.PrefixStore(f"histomodels/start/{run}/{_joins}", store)
+    box.set(str(rank), failure or "")
+    keys = [str(r) for r in range(world)]
+    _wait(lambda: box.check(keys), timeout, f"all {world} ranks did not join")
+    failed = [(r, box.get(str(r)).decode()) for r in range(world)]
+    box.add("read", 1)
+    if _hosts_store(rank):  # the store leaves with this process: not before all have read
+        _wait(lambda: int(box.add("read", 0)) >= world, timeout, "a rank left while joining")
+    failed = [(r, why) for r, why in failed if why and r != rank]
+    if failed and failure is None:
+        r, why = failed[0]
+        raise RankFailed(f"rank {r} of {world} failed before joining the process group: {why}")
+    return store
+
+
+def _wait(done: Callable[[], bool], timeout: timedelta, problem: str) -> None:
+    """Poll ``done`` (in Python, so Ctrl-C stops the wait) until ``timeout``."""
+    deadline = time.monotonic() + timeout.total_seconds()
+    while not done():
+        if time.monotonic() > deadline:
+            raise DistError(
+                f"{problem} within {timeout}: start every rank with the same WORLD_SIZE, "
+                "MASTER_ADDR and MASTER_PORT (and each its own RANK)"
+            )
+        time.sleep(0.05)
+
+
+def report_early_failure(exc: BaseException) -> None:
+    """Tell the other ranks that this one fails with ``exc`` before joining the process
+    group (so they stop instead of waiting for it), and wait until they have read it; a
+    no-op for a single process or a clean exit, or once this process joined or reported."""
+    if isinstance(exc, SystemExit) and exc.code in (0, None):
+        return
+    if _started or dist.is_initialized():
+        return
+    try:
+        env = _env()
+    except DistError:
+        return
+    if env is None:
+        return
+    why = "see its own error line" if isinstance(exc, SystemExit) else _describe(exc)
+    try:
+        _start(*env, failure=why)
+    except (DomainError, RuntimeError) as err:  # the store is gone or never came: give up
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        log.warning("could not tell the other ranks that this one failed (%s)", first)
+
+
+@contextlib.contextmanager
+def failing_early() -> Iterator[None]:
+    """Run a rank's start (options, config, file checks) and report a failure in it to the
+    other ranks (:func:`report_early_failure`); the failure itself goes on unchanged."""
+    try:
+        yield
+    except BaseException as exc:
+        report_early_failure(exc)
+        raise
+
+
+def _describe(exc: BaseException) -> str:
+    """A failure as the other ranks report it: a domain error's message, a bug's type."""
+    from histocore.cli import describe
+    from histomodels.training.result import TrainingError
+
+    if isinstance(exc, DomainError | OSError | TrainingError):
+        return describe(exc)
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted"
+    return f"{type(exc).__name__} (a bug: see its traceback)"
+
+
+@contextlib.contextmanager
+def together(info: DistInfo) -> Iterator[None]:
+    """Run the block on every rank, then agree whether it failed on any: a rank whose block
+    raised re-raises its error, every other rank raises :class:`RankFailed` naming the
+    first that failed. One small all-reduce when all went well. The block must not hold a
+    collective itself (a failed rank would not reach it)."""
+    try:
+        yield
+    except Exception as exc:
+        _settle(exc, info)
+        raise
+    _settle(None, info)
+
+
+def _settle(error: BaseException | None, info: DistInfo) -> None:
+    if not info.enabled:
+        return
+    flag = torch.tensor([0.0 if error is None else 1.0], device=_device())
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    if flag.item() == 0:
+        return
+    parts: list[Any] = [None] * info.world_size
+    dist.all_gather_object(parts, None if error is None else _describe(error))
+    if error is None:
+        rank, why = next((r, w) for r, w in enumerate(parts) if w is not None)
+        raise RankFailed(f"rank {rank} of {info.world_size} failed: {why}")
+
+
+def _device() -> torch.device:
+    """Where a collective's tensors live: the current GPU under NCCL, else the CPU."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 def shard(indices: torch.Tensor, info: DistInfo, *, drop_tail: bool = True) -> torch.Tensor:
@@ -74,7 +266,7 @@ def any_flag(flag: bool, info: DistInfo) -> bool:
     """True on every rank when any rank's ``flag`` is true (keeps budget stops in step)."""
     if not info.enabled:
         return bool(flag)
-    t = torch.tensor([1.0 if flag else 0.0])
+    t = torch.tensor([1.0 if flag else 0.0], device=_device())
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item() > 0)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -131,6 +132,27 @@ def _run(
 ) -> None:
     """Resolve defaults < ``base`` preset < config file < ``options`` (None = not given),
     then train into ``out``."""
+    try:
+        _train(out, options, config=config, resume=resume, quiet=quiet, overwrite=overwrite,
+               base=base)  # fmt: skip
+    except BaseException as exc:
+        if os.environ.get("WORLD_SIZE", "1") not in ("", "0", "1"):  # torchrun, or by hand
+            from histomodels.distributed import report_early_failure
+
+            report_early_failure(exc)  # one that fails before joining tells the others
+        raise
+
+
+def _train(
+    out: Path,
+    options: dict[str, Any],
+    *,
+    config: Path | None,
+    resume: bool,
+    quiet: bool,
+    overwrite: bool,
+    base: dict[str, Any] | None,
+) -> None:
     from histomodels.config import ConfigError, TrainConfig, resolve_config
 
     held = [name for name in ("last.pt", "best.pt") if (out / name).is_file()]

@@ -102,28 +102,29 @@ def teacher_logits(
     matches (same patches, same teacher, same resolved precision and device type), else
     computed and cached there.
 
-    Under ``torchrun`` (``info``) every rank loads the teacher (a bad teacher fails on every
-    rank alike, before any collective) and reads the cache itself; a rank that has no valid
-    copy (another node's disk) takes rank 0's. Without one anywhere, each rank scores its
-    block of the patches (:func:`histomodels.distributed.span`), every rank receives all the
-    logits in order, and rank 0 writes the cache."""
+    Under ``torchrun`` (``info``) every rank loads the teacher and reads the cache itself
+    (a teacher that fails on any rank stops them all: :func:`.distributed.together`); a
+    rank that has no valid copy (another node's disk) takes rank 0's. Without one anywhere,
+    each rank scores its block of the patches (:func:`histomodels.distributed.span`), every
+    rank receives all the logits in order, and rank 0 writes the cache."""
     from histomodels.inference import Predictor
 
     info = info or DistInfo()
-    pred = Predictor.load(teacher, device=str(device), precision=precision)
-    key = ":".join(
-        [
-            CACHE_VERSION,
-            data_digest(images),
-            teacher_digest(teacher),
-            pred.precision,  # bf16 autocast or fp32, as "auto" resolved on this machine
-            pred.device.type,
-        ]
-    )
     cache = run_dir / CACHE_NAME if run_dir is not None else None
-    cached = None
-    if cache is not None and cache.is_file():
-        cached = read_cache(cache, key, len(images), warn=info.is_main)
+    with D.together(info):  # a teacher or cache that fails on one rank stops every rank
+        pred = Predictor.load(teacher, device=str(device), precision=precision)
+        key = ":".join(
+            [
+                CACHE_VERSION,
+                data_digest(images),
+                teacher_digest(teacher),
+                pred.precision,  # bf16 autocast or fp32, as "auto" resolved on this machine
+                pred.device.type,
+            ]
+        )
+        cached = None
+        if cache is not None and cache.is_file():
+            cached = read_cache(cache, key, len(images), warn=info.is_main)
     if D.any_flag(cached is None, info):  # short: every rank only hashed and read
         cached = D.broadcast(cached, info)  # rank 0's copy, or None: score
     if cached is not None:
@@ -142,17 +143,19 @@ def teacher_logits(
             part = images[i:j] if isinstance(images, torch.Tensor) else images[torch.arange(i, j)]
             yield part.numpy()
 
-    mine = pred.logits(batches(), tta=True).astype(np.float32)
+    with D.together(info):  # a rank that fails on its block stops all before the gather
+        mine = pred.logits(batches(), tta=True).astype(np.float32)
     logits = D.gather_cat(torch.from_numpy(mine), info).numpy()
     if len(logits) != len(images):  # a programmer error: the blocks must tile the patches
         raise RuntimeError(f"gathered {len(logits)} teacher logits for {len(images)} patches")
-    if cache is not None and info.is_main:
-        from histocore.io import atomic_write_bytes
+    with D.together(info):  # rank 0 failing to write the cache stops the others too
+        if cache is not None and info.is_main:
+            from histocore.io import atomic_write_bytes
 
-        buf = io.BytesIO()
-        np.savez(buf, key=np.array(key), logits=logits)
-        run_dir.mkdir(parents=True, exist_ok=True)  # type: ignore[union-attr]
-        atomic_write_bytes(cache, buf.getvalue())
+            buf = io.BytesIO()
+            np.savez(buf, key=np.array(key), logits=logits)
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(cache, buf.getvalue())
     return logits
 
 

@@ -110,13 +110,14 @@ def validate(t: Trainer) -> dict[str, float] | None:
     t0 = time.perf_counter()
     vidx = D.shard(torch.arange(len(t.x_val)), t.info, drop_tail=False)
     precision = "bf16" if t.bf16 and amp_dtype(t.device) == torch.bfloat16 else "fp32"
-    logits = predict_logits(
-        t.eval_model,
-        _val_batches(t, vidx),
-        precision=precision,
-        device=t.device,
-        channels_last=t.cfg.channels_last,
-    )
+    with D.together(t.info):  # a rank that fails on its shard stops all before the gather
+        logits = predict_logits(
+            t.eval_model,
+            _val_batches(t, vidx),
+            precision=precision,
+            device=t.device,
+            channels_last=t.cfg.channels_last,
+        )
     all_logits = D.gather_cat(torch.from_numpy(logits), t.info)
     order = D.gather_cat(vidx, t.info)
     t.val_seconds = time.perf_counter() - t0

@@ -89,20 +89,22 @@ class Trainer:
 
     def setup(self) -> None:
         """Resolve resume, device and precision; load data; build model and optimizer."""
-        if self.resume:
-            self.cfg, self.state = resume_state(self.cfg, self.run_dir)
-        check_config(self.cfg.model, self.cfg.model_config)  # before any data is decoded
-        self.device = pick_device(self.cfg.device)
-        self.prefetch = use_prefetch(self.cfg.prefetch, self.device)
+        with D.failing_early():  # ranks waiting for this one to join learn that it failed
+            if self.resume:
+                self.cfg, self.state = resume_state(self.cfg, self.run_dir)
+            check_config(self.cfg.model, self.cfg.model_config)  # before any data is decoded
+            self.device = pick_device(self.cfg.device)
+            self.prefetch = use_prefetch(self.cfg.prefetch, self.device)
         self.info = D.init_distributed(self.device)
-        set_threads(self.cfg.threads)
-        self.bf16 = use_bf16(self.cfg.model, self.device, self.cfg.bf16)
-        seed_everything(int(self.cfg.seed))
-        (self.x_train, self.y_train), (self.x_val, self.y_val), self.stain = prepare_splits(
-            self.cfg, *self._data, say=self.say
-        )
-        main_dir = self.run_dir if self.info.is_main else None
-        self.stain_stats = fit_stain_stats(self.cfg, self.x_train, main_dir)
+        with D.together(self.info):  # data one rank cannot read stops every rank
+            set_threads(self.cfg.threads)
+            self.bf16 = use_bf16(self.cfg.model, self.device, self.cfg.bf16)
+            seed_everything(int(self.cfg.seed))
+            (self.x_train, self.y_train), (self.x_val, self.y_val), self.stain = prepare_splits(
+                self.cfg, *self._data, say=self.say
+            )
+            main_dir = self.run_dir if self.info.is_main else None
+            self.stain_stats = fit_stain_stats(self.cfg, self.x_train, main_dir)
         if self.cfg.teacher:  # [N, 2] targets: label, teacher probability (training/distill.py)
             from histomodels.training.distill import distill_targets
 
@@ -115,6 +117,12 @@ class Trainer:
                 say=self.say,
                 info=self.info,  # each rank scores its block of the patches
             )
+        with D.together(self.info):  # e.g. rank 0 unable to write the run folder
+            self._setup_rest()
+        self._ready = True
+
+    def _setup_rest(self) -> None:
+        """Model, optimizer, resumed state, callbacks and ``config.json`` (rank 0)."""
         per_rank = len(self.x_train) // self.info.world_size
         if per_rank < self.cfg.batch_size:
             self.cfg = self.cfg.replace(batch_size=max(1, per_rank))
@@ -131,7 +139,6 @@ class Trainer:
             atomic_write_text(self.run_dir / "config.json", text)
         for cb in self.callbacks:
             cb.setup(self)
-        self._ready = True
 
     def _setup_model(self) -> None:
         model = build_model(self.cfg, self.device, self.state)
@@ -196,7 +203,10 @@ class Trainer:
                     self.say("unfreezing the backbone")
                 stats = self.fit_epoch(epoch)
                 metrics = self.validate()
-                stop = self._end_epoch(epoch, stats, metrics) if metrics is not None else None
+                stop = None
+                with D.together(self.info):  # rank 0 failing to write stops all ranks
+                    if metrics is not None:  # rank 0
+                        stop = self._end_epoch(epoch, stats, metrics)
                 stop, auc = D.broadcast((stop, self.last_metrics.get("val_auc")), self.info)
                 if not self.info.is_main:  # ranks keep the same plateau schedule as rank 0
                     self.epoch = epoch
@@ -281,10 +291,10 @@ class Trainer:
             val_patches_per_s=self.val_rate,
             train_seconds=self.train_seconds,
         )
-        if self.info.is_main:
-            for cb in self.callbacks:
-                cb.on_fit_end(self, result)
-        D.barrier(self.info)
+        with D.together(self.info):  # also the barrier: every rank waits for rank 0's files
+            if self.info.is_main:
+                for cb in self.callbacks:
+                    cb.on_fit_end(self, result)
         return result
 
     # ------------------------------------------------------------------------ helpers
