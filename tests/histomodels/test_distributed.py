@@ -204,3 +204,143 @@ def test_torchrun_bad_teacher_is_one_line_on_every_rank(tmp_path):
         lines = log.read_text().splitlines()
         assert len(lines) == 1 and lines[0].startswith(f"error: {bad}: "), lines
         assert "Traceback" not in log.read_text()
+
+
+def test_ranks_started_by_hand_need_rank_and_the_masters_address(monkeypatch):
+    """WORLD_SIZE without RANK, or without MASTER_ADDR/MASTER_PORT: one clear error that
+    says what to set (not a KeyError, nor torch's rendezvous traceback)."""
+    from histomodels.distributed import DistError
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.delenv("RANK", raising=False)
+    with pytest.raises(DistError, match="needs RANK"):
+        init_distributed(torch.device("cpu"))
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.delenv("MASTER_ADDR", raising=False)
+    with pytest.raises(DistError, match="MASTER_ADDR and MASTER_PORT"):
+        init_distributed(torch.device("cpu"))
+
+
+def _by_hand(tmp_path, args, *, timeout=120):
+    """Two ranks of ``histomodels ARGS`` started by hand (RANK, WORLD_SIZE, MASTER_ADDR,
+    MASTER_PORT; no torchrun), rank k in its own folder ``node<k>`` as if on its own node's
+    disk. Returns [(exit code, stderr, seconds to exit)] per rank; a rank still running
+    after ``timeout`` s is killed and fails the test (it would have waited 30 minutes)."""
+    import time
+
+    port = _free_port()
+    procs, t0 = [], time.monotonic()
+    for rank in range(2):
+        env = {
+            **os.environ, "RANK": str(rank), "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE",
+        }  # fmt: skip
+        cmd = [sys.executable, "-m", "histomodels", *args]
+        node = tmp_path / f"node{rank}"
+        pipe = subprocess.PIPE
+        procs.append(subprocess.Popen(cmd, cwd=node, env=env, text=True, stdout=pipe, stderr=pipe))
+    done = []
+    try:
+        for proc in procs:
+            left = max(1.0, timeout - (time.monotonic() - t0))
+            _, err = proc.communicate(timeout=left)
+            done.append((proc.returncode, err, time.monotonic() - t0))
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"rank {len(done)} still running after {timeout} s: {done}")
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    return done
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """Synthetic data and a teacher trained on it, shared by the by-hand tests."""
+    from histomodels.config import TrainConfig
+    from histomodels.synthetic import make_patches
+    from histomodels.training import train
+
+    where = tmp_path_factory.mktemp("trained")
+    write_h5(where / "train.h5", 16, seed=0)
+    write_h5(where / "val.h5", 8, seed=1)
+    cfg = TrainConfig(model_config=TINY, epochs=1, batch_size=8, progress=False, threads=1)
+    train(
+        cfg, where / "teacher", train_data=make_patches(16, seed=2),
+        val_data=make_patches(8, seed=3),
+    )  # fmt: skip
+    return where
+
+
+def _two_nodes(trained, tmp_path):
+    """A folder per rank and the command line both run (``--teacher`` is relative: each
+    rank's own copy, in its folder)."""
+    for rank in range(2):
+        (tmp_path / f"node{rank}").mkdir()
+    return [
+        "train", "--data", str(trained / "train.h5"), "--val", str(trained / "val.h5"),
+        "--out", str(tmp_path / "run"), "--model-config", json.dumps(TINY), "--epochs", "1",
+        "--batch-size", "8", "--threads", "1", "--device", "cpu", "--quiet",
+        "--teacher", "teacher.pt",
+    ]  # fmt: skip
+
+
+TINY = {"width": 8, "depth": 2, "blocks": 1}
+
+
+def _one_line_each(done, failed, problem):
+    """Every rank exits 1 with one error line: the failed rank names the problem, the
+    others name the failed rank."""
+    for rank, (code, err, _) in enumerate(done):
+        lines = err.splitlines()
+        assert code == 1 and len(lines) == 1, (rank, err[-3000:])
+        if rank == failed:
+            assert lines[0].startswith("error: ") and problem in lines[0], lines
+        else:
+            assert lines[0].startswith(f"error: rank {failed} of 2 failed"), lines
+    assert abs(done[0][2] - done[1][2]) < 30  # the other rank did not wait for a timeout
+
+
+@pytest.mark.slow
+def test_by_hand_a_teacher_missing_on_one_node_stops_both_ranks(trained, tmp_path):
+    """Rank 1 fails before joining (its --teacher is not on its disk): rank 0, waiting for
+    it in the join, learns it from the rendezvous store and stops (it used to wait there
+    for the 30-minute process-group timeout); nothing is written."""
+    args = _two_nodes(trained, tmp_path)
+    shutil.copy2(trained / "teacher" / "best.pt", tmp_path / "node0" / "teacher.pt")
+    done = _by_hand(tmp_path, args)
+    _one_line_each(done, failed=1, problem="teacher must be a checkpoint")
+    assert "before joining" in done[0][1]
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_by_hand_a_teacher_only_rank_0_cannot_load_stops_both_ranks(trained, tmp_path):
+    """Rank 0's copy of the teacher is truncated: it fails loading it after the ranks
+    joined, and both stop before the next collective with one error line each, no
+    traceback, no soft-target cache, no run folder (rank 1 used to die in the gloo
+    collective with a traceback)."""
+    args = _two_nodes(trained, tmp_path)
+    good = (trained / "teacher" / "best.pt").read_bytes()
+    (tmp_path / "node0" / "teacher.pt").write_bytes(good[: len(good) // 2])
+    (tmp_path / "node1" / "teacher.pt").write_bytes(good)
+    done = _by_hand(tmp_path, args)
+    _one_line_each(done, failed=0, problem="teacher.pt: not a loadable checkpoint")
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_by_hand_training_data_only_rank_1_cannot_read_stops_both_ranks(trained, tmp_path):
+    """Rank 1's copy of the training data is truncated: it fails reading it after the
+    ranks joined, rank 0 (which read its own copy) stops too instead of scoring."""
+    args = _two_nodes(trained, tmp_path)
+    args[args.index("--data") + 1] = "train.h5"  # each rank's own copy
+    data = (trained / "train.h5").read_bytes()
+    (tmp_path / "node0" / "train.h5").write_bytes(data)
+    (tmp_path / "node1" / "train.h5").write_bytes(data[: len(data) // 3])
+    for rank in range(2):
+        shutil.copy2(trained / "teacher" / "best.pt", tmp_path / f"node{rank}" / "teacher.pt")
+    done = _by_hand(tmp_path, args)
+    _one_line_each(done, failed=1, problem="train.h5")
+    assert not (tmp_path / "run").exists()
