@@ -28,7 +28,7 @@ from histocore.manifest import Manifest, Record
     ],
 )
 def test_report_on_history_of_the_wrong_type(tmp_path: Path, history, message: str) -> None:
-    from histomodels.report import load_run
+    from histomodels.report_inputs import load_run
 
     run = tmp_path / "run"
     run.mkdir()

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from histomodels.cli import app
 from histomodels.data import ArrayDataset
 from histomodels.evaluate import evaluate_checkpoint
-from histomodels.report import load_run
+from histomodels.report_inputs import load_run
 from histomodels.synthetic import make_patches
 from histomodels.training.callbacks import write_history
 

@@ -1,0 +1,153 @@
+"""What ``histomodels report`` reads: a run or eval folder as a :class:`Run`, checked.
+
+A training run (``config.json``, ``history.json``, ``best.pt``), an eval folder
+(``metrics.json`` + the PNGs of ``histomodels eval``), or a run with eval folders one level
+down; anything unreadable or of the wrong shape is a :class:`ReportError` naming the file.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from histocore.errors import DomainError
+
+
+class ReportError(DomainError, ValueError):
+    """A run or eval folder the report cannot read."""
+
+
+EVAL_PLOTS = (
+    ("roc.png", "ROC"),
+    ("pr.png", "Precision-recall"),
+    ("confusion.png", "Confusion matrix"),
+    ("reliability.png", "Reliability"),
+    ("threshold.png", "Recall and specificity vs threshold"),
+    ("errors_gradcam.png", "Most confident errors with Grad-CAM"),
+    ("score_hist_max.png", "Figure score distribution"),
+    ("errors_sheet.png", "External test set: most confident errors"),
+    ("contact_sheet.png", "Figures ranked by score"),
+)
+
+
+@dataclass
+class Evaluation:
+    """One eval folder: its metrics and the plots found in it."""
+
+    path: Path
+    metrics: dict[str, Any]
+    plots: list[tuple[Path, str]] = field(default_factory=list)
+
+
+@dataclass
+class Run:
+    """What the report knows about one input folder."""
+
+    name: str
+    path: Path
+    config: dict[str, Any] = field(default_factory=dict)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    checkpoint: dict[str, Any] = field(default_factory=dict)
+    evals: list[Evaluation] = field(default_factory=list)
+    curve_png: Path | None = None
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ReportError(f"{path}: cannot read JSON ({exc})") from None
+
+
+def _check_history(history: Any, path: Path) -> list[dict[str, Any]]:
+    """``history.json`` must be a list of objects whose plotted values (the trainer's
+    ``HISTORY_FIELDS`` and any key numeric in some epoch) are numbers (or flags)."""
+    if not isinstance(history, list) or not all(isinstance(r, dict) for r in history):
+        raise ReportError(f"{path}: expected a JSON list of per-epoch objects")
+
+    def number(v: Any) -> bool:
+        return isinstance(v, int | float) and not isinstance(v, bool)
+
+    from histomodels.training.callbacks import HISTORY_FIELDS
+
+    numeric = {k for row in history for k, v in row.items() if number(v)} | set(HISTORY_FIELDS)
+    numeric -= {"frozen_backbone"}  # the trainer's one flag field: true/false, not plotted
+    for i, row in enumerate(history):
+        for k in numeric:
+            if k in row and row[k] is not None and not isinstance(row[k], int | float):
+                raise ReportError(f"{path}: entry {i}: {k!r} is {row[k]!r}, expected a number")
+    return history
+
+
+def _evaluation(folder: Path) -> Evaluation | None:
+    f = folder / "metrics.json"
+    if not f.is_file():
+        return None
+    metrics = _read_json(f)
+    if not isinstance(metrics, dict):
+        raise ReportError(f"{f}: expected a JSON object")
+    plots = [(folder / name, title) for name, title in EVAL_PLOTS if (folder / name).is_file()]
+    return Evaluation(folder, metrics, plots)
+
+
+#: Checkpoint files named in metrics.json (a run's model is then its folder's name).
+_CHECKPOINT_SUFFIXES = (".pt", ".pth", ".onnx", ".safetensors")
+
+
+def _evaluated_model(metrics: dict[str, Any]) -> str | None:
+    """What an eval folder evaluated, from its metrics.json ``checkpoint``: a shipped
+    model's name (``pcam-cnn``), or the run folder of a checkpoint file or folder."""
+    checkpoint = metrics.get("checkpoint")
+    if not isinstance(checkpoint, str) or not checkpoint.strip():
+        return None
+    where = Path(checkpoint.strip())
+    name = where.parent.name if where.suffix.lower() in _CHECKPOINT_SUFFIXES else where.name
+    return name or None
+
+
+def load_run(path: Path, work: Path) -> Run:
+    """Collect a run's files; ``work`` receives generated PNGs (training curves)."""
+    if not path.is_dir():
+        raise ReportError(f"{path}: not a folder (give a training run or an eval output folder)")
+    run = Run(name=path.resolve().name, path=path)
+    if (path / "config.json").is_file():
+        run.config = _read_json(path / "config.json")
+        if not isinstance(run.config, dict):
+            raise ReportError(f"{path / 'config.json'}: expected a JSON object")
+    if (path / "history.json").is_file():
+        run.history = _check_history(_read_json(path / "history.json"), path / "history.json")
+    ckpt = path / "best.pt"
+    if ckpt.is_file():
+        from histomodels.calibration import effective_temperature
+        from histomodels.checkpoint import read_checkpoint
+
+        raw = read_checkpoint(ckpt)
+        run.checkpoint = {
+            k: raw.get(k) for k in ("model", "model_config", "epoch", "metrics", "input_size")
+        }
+        run.checkpoint["temperature"] = effective_temperature(ckpt, raw)  # as predict uses
+    own = _evaluation(path)
+    if own:
+        run.evals.append(own)
+        model = _evaluated_model(own.metrics)
+        if model and not (run.config or run.history or run.checkpoint):
+            run.name = f"{model}/{run.name}"  # an eval folder alone: say whose it is
+    for sub in sorted(p for p in path.iterdir() if p.is_dir()):
+        ev = _evaluation(sub)
+        if ev:
+            run.evals.append(ev)
+    if not (run.config or run.history or run.checkpoint or run.evals):
+        raise ReportError(
+            f"{path}: nothing to report (no config.json, history.json, best.pt or metrics.json)"
+        )
+    if run.history:
+        from histomodels.plots import curves_plot
+
+        run.curve_png = curves_plot(
+            run.history,
+            work / f"curves_{len(list(work.glob('curves_*')))}.png",
+            title=f"{run.name}: training curves",
+        )
+    return run
