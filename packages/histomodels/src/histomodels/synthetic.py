@@ -24,165 +24,14 @@ from pathlib import Path
 
 import numpy as np
 
+from histomodels.synthetic_paint import Nuclei, jittered_grid, low_freq, sample, splat, unit
+
 PATCH = 96
 CENTRE = (32, 64)  # the central 32x32 region, [32, 64) on both axes
 
 # Optical-density stain vectors (Macenko's reference H&E matrix, unit length).
 _H_REF = np.array([0.5626, 0.7201, 0.4062])
 _E_REF = np.array([0.2159, 0.8012, 0.5581])
-
-
-def _unit(v: np.ndarray) -> np.ndarray:
-    return v / np.linalg.norm(v, axis=-1, keepdims=True)
-
-
-def _interp_matrix(out: int, coarse: int) -> np.ndarray:
-    """Linear-interpolation matrix [out, coarse] (upsampling coarse noise smoothly)."""
-    pos = np.linspace(0, coarse - 1, out)
-    lo = np.clip(np.floor(pos).astype(int), 0, coarse - 2)
-    frac = pos - lo
-    m = np.zeros((out, coarse), dtype=np.float32)
-    m[np.arange(out), lo] = 1 - frac
-    m[np.arange(out), lo + 1] = frac
-    return m
-
-
-def _low_freq(rng: np.random.Generator, n: int, h: int, w: int, cell: float) -> np.ndarray:
-    """Smooth noise [n, h, w] with features about ``cell`` pixels wide, roughly N(0, 0.5)."""
-    gh, gw = max(2, int(h / cell) + 2), max(2, int(w / cell) + 2)
-    g = rng.standard_normal((n, gh, gw)).astype(np.float32)
-    return _interp_matrix(h, gh) @ g @ _interp_matrix(w, gw).T
-
-
-class _Nuclei:
-    """Columns of a batch of ellipses to splat (one entry per nucleus or cell body)."""
-
-    def __init__(self) -> None:
-        self.cols: dict[str, list[np.ndarray]] = {}
-
-    def add(self, **cols: np.ndarray | float) -> None:
-        n = np.size(cols["b"])
-        for key in ("b", "y", "x", "rx", "ry", "theta", "core", "rim", "nucleolus", "irreg"):
-            val = cols.get(key, 0.0)
-            self.cols.setdefault(key, []).append(np.broadcast_to(np.asarray(val), (n,)).copy())
-
-    def arrays(self) -> dict[str, np.ndarray]:
-        return {k: np.concatenate(v) for k, v in self.cols.items()} if self.cols else {}
-
-
-def _stamps(
-    rng: np.random.Generator, nuc: dict[str, np.ndarray], half: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Per nucleus, a ``(2*half+1)^2`` window of ``(density, coverage mask)``.
-
-    The window is anchored at ``floor(y), floor(x)``; the sub-pixel part of the centre is
-    rendered inside it.
-    """
-    m = len(nuc["y"])
-    off = np.arange(-half, half + 1, dtype=np.float32)
-    fy = (nuc["y"] - np.floor(nuc["y"])).astype(np.float32)
-    fx = (nuc["x"] - np.floor(nuc["x"])).astype(np.float32)
-    dy = (off[None, :] - fy[:, None])[:, :, None]
-    dx = (off[None, :] - fx[:, None])[:, None, :]
-    c = np.cos(nuc["theta"]).astype(np.float32)[:, None, None]
-    s = np.sin(nuc["theta"]).astype(np.float32)[:, None, None]
-    u = dx * c + dy * s
-    v = -dx * s + dy * c
-    rx = nuc["rx"].astype(np.float32)[:, None, None]
-    ry = nuc["ry"].astype(np.float32)[:, None, None]
-    r = np.sqrt((u / rx) ** 2 + (v / ry) ** 2)
-    irreg = nuc["irreg"].astype(np.float32)[:, None, None]
-    if np.any(irreg > 0):
-        # Pleomorphic outline: radius modulated by a random 2-4 lobe harmonic.
-        lobes = rng.integers(2, 5, m).astype(np.float32)[:, None, None]
-        phase = rng.uniform(0, 2 * np.pi, m).astype(np.float32)[:, None, None]
-        r = r / (1 + irreg * np.cos(lobes * np.arctan2(v, u) + phase))
-    rmean = np.sqrt(rx * ry)
-    mask = np.clip((1 - r) * rmean / 0.9 + 0.5, 0, 1)
-    core = nuc["core"].astype(np.float32)[:, None, None]
-    rim = nuc["rim"].astype(np.float32)[:, None, None]
-    density = core + rim * np.clip((r - 0.55) / 0.35, 0, 1)
-    nucleolus = nuc["nucleolus"].astype(np.float32)[:, None, None]
-    if np.any(nucleolus > 0):
-        oy = (rng.uniform(-0.3, 0.3, m) * nuc["ry"]).astype(np.float32)[:, None, None]
-        ox = (rng.uniform(-0.3, 0.3, m) * nuc["rx"]).astype(np.float32)[:, None, None]
-        density = density + nucleolus * np.exp(-((u - ox) ** 2 + (v - oy) ** 2) / 1.6)
-    # Chromatin texture: multiplicative pixel noise.
-    texture = 0.62 + 0.76 * rng.random(mask.shape, dtype=np.float32)
-    return mask * density * texture, mask
-
-
-def _splat(
-    rng: np.random.Generator,
-    nuc: dict[str, np.ndarray],
-    n: int,
-    h: int,
-    w: int,
-    half: int,
-    want_mask: bool = False,
-    bank: int = 0,
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """Render nuclei into ``(density [n,h,w], coverage mask [n,h,w])`` with one bincount.
-
-    With ``bank`` > 0 only that many nuclei are rendered exactly and every nucleus gets a
-    random one of those stamps: much faster for the thousands of look-alike lymphocytes
-    (all drawn from one distribution). Not used for tumour nuclei, whose exact outline
-    decides the label.
-    """
-    if nuc:  # nuclei whose window cannot reach the image are dropped (never clamped)
-        inside = (nuc["y"] > -half) & (nuc["y"] < h - 1 + half)
-        inside &= (nuc["x"] > -half) & (nuc["x"] < w - 1 + half)
-        nuc = {k: v[inside] for k, v in nuc.items()}
-    m = len(nuc["b"]) if nuc else 0
-    if m == 0:
-        z = np.zeros((n, h, w), dtype=np.float32)
-        return z, z.copy()
-    if bank and m > bank:
-        chosen = rng.choice(m, bank, replace=False)
-        proto = {k: v[chosen] for k, v in nuc.items()}
-        dens, mask = _stamps(rng, proto, half)
-        pick = rng.integers(0, bank, m)
-        dens, mask = dens[pick], (mask[pick] if want_mask else None)
-    else:
-        dens, mask = _stamps(rng, nuc, half)
-    pad = 2 * half + 2
-    ph, pw = h + 2 * pad, w + 2 * pad
-    iy = np.floor(nuc["y"]).astype(np.int64)
-    ix = np.floor(nuc["x"]).astype(np.int64)
-    base = (nuc["b"].astype(np.int64) * ph + iy + pad - half) * pw + ix + pad - half
-    win = np.arange(2 * half + 1)
-    flat = (base[:, None] + (win[:, None] * pw + win[None, :]).ravel()[None, :]).ravel()
-    size = n * ph * pw
-    d = np.bincount(flat, weights=dens.ravel(), minlength=size)
-    d = d.reshape(n, ph, pw)[:, pad : pad + h, pad : pad + w].astype(np.float32)
-    if not want_mask:
-        return d, None
-    assert mask is not None  # want_mask
-    k = np.bincount(flat, weights=mask.ravel(), minlength=size)
-    return d, k.reshape(n, ph, pw)[:, pad : pad + h, pad : pad + w].astype(np.float32)
-
-
-def _jittered_grid(
-    rng: np.random.Generator, n: int, h: int, w: int, spacing: float, jitter: float
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Candidate cell positions (b, y, x): a jittered grid, so cells pack without piling up."""
-    gy = np.arange(spacing / 2 - spacing, h + spacing, spacing)
-    gx = np.arange(spacing / 2 - spacing, w + spacing, spacing)
-    yy, xx = np.meshgrid(gy, gx, indexing="ij")
-    m = yy.size
-    b = np.repeat(np.arange(n), m)
-    y = np.tile(yy.ravel(), n) + rng.uniform(-jitter, jitter, n * m)
-    x = np.tile(xx.ravel(), n) + rng.uniform(-jitter, jitter, n * m)
-    # Shift the grid per image so grid lines do not line up across patches.
-    b_off = rng.uniform(0, spacing, (n, 2))
-    return b, y + b_off[b, 0], x + b_off[b, 1]
-
-
-def _sample(field: np.ndarray, b: np.ndarray, y: np.ndarray, x: np.ndarray) -> np.ndarray:
-    h, w = field.shape[1:]
-    iy = np.clip(np.round(y).astype(int), 0, h - 1)
-    ix = np.clip(np.round(x).astype(int), 0, w - 1)
-    return field[b, iy, ix]
 
 
 def _render(
@@ -207,7 +56,7 @@ def _render(
     yy, xx = np.mgrid[0:h, 0:w].astype(f32)
 
     # --- tissue layout -------------------------------------------------------------------
-    fat_noise = _low_freq(rng, n, h, w, 30)
+    fat_noise = low_freq(rng, n, h, w, 30)
     fat_thr = np.where(kind == 1, 0.05, np.where(kind == 2, 0.45, 0.9)).astype(f32)
     fat_thr = fat_thr + rng.normal(0, 0.15, n).astype(f32)
     fat_d = fat_noise - fat_thr[:, None, None]
@@ -215,7 +64,7 @@ def _render(
     fat_edge = np.clip(1 - np.abs(fat_d) * 25, 0, 1)
 
     tumour_field = np.zeros((n, h, w), f32)
-    edge_noise = 1 + 0.35 * _low_freq(rng, n, h, w, 25)
+    edge_noise = 1 + 0.35 * low_freq(rng, n, h, w, 25)
     for k in range(clusters.shape[1]):
         cy, cx, rad = (clusters[:, k, i].astype(f32)[:, None, None] for i in range(3))
         dist = np.sqrt((yy - cy) ** 2 + (xx - cx) ** 2)
@@ -226,28 +75,28 @@ def _render(
     # Eosin: stroma with wavy collagen fibres; lymphoid areas are less pink.
     theta = rng.uniform(0, np.pi, n).astype(f32)[:, None, None]
     lam = rng.uniform(4, 9, n).astype(f32)[:, None, None]
-    warp = 6 * _low_freq(rng, n, h, w, 20)
+    warp = 6 * low_freq(rng, n, h, w, 20)
     phase = (xx * np.cos(theta) + yy * np.sin(theta) + warp) * (2 * np.pi / lam)
     fibres = 0.5 + 0.5 * np.sin(phase)
     lymph_bg = np.where(kind == 1, 0.3, 1.0).astype(f32)[:, None, None]
     e_base = rng.uniform(0.35, 0.75, n).astype(f32)[:, None, None]
-    eosin = e_base * (0.75 + 0.35 * fibres * (1 - 0.6 * lymph_bg)) + 0.1 * _low_freq(
+    eosin = e_base * (0.75 + 0.35 * fibres * (1 - 0.6 * lymph_bg)) + 0.1 * low_freq(
         rng, n, h, w, 12
     )
     eosin = eosin * (1 - fat) + 0.55 * fat_edge + 0.35 * tumour_field
     haem = (0.08 + 0.12 * lymph_bg) * (1 - fat) + 0.12 * tumour_field
 
     # --- nuclei ---------------------------------------------------------------------------
-    nuc = _Nuclei()  # lymphocytes
-    other = _Nuclei()  # histiocytes and fibroblasts
-    tum = _Nuclei()
+    nuc = Nuclei()  # lymphocytes
+    other = Nuclei()  # histiocytes and fibroblasts
+    tum = Nuclei()
 
     # Lymphocytes: small dense round nuclei on a jittered grid, thinned by local density.
     density = np.where(kind == 0, 0.8, np.where(kind == 1, 0.12, 0.45)).astype(f32)
-    lam_field = density[:, None, None] * (1 + 0.6 * _low_freq(rng, n, h, w, 28))
+    lam_field = density[:, None, None] * (1 + 0.6 * low_freq(rng, n, h, w, 28))
     lam_field = np.clip(lam_field, 0, 0.95) * (1 - fat) * (1 - 0.85 * tumour_field)
-    b, y, x = _jittered_grid(rng, n, h, w, 7.2, 1.8)
-    keep = rng.random(len(b)) < _sample(lam_field, b, y, x)
+    b, y, x = jittered_grid(rng, n, h, w, 7.2, 1.8)
+    keep = rng.random(len(b)) < sample(lam_field, b, y, x)
     b, y, x = b[keep], y[keep], x[keep]
     m = len(b)
     r = rng.uniform(2.4, 3.4, m)
@@ -271,7 +120,7 @@ def _render(
         b = np.repeat(np.arange(n), count)
         m = len(b)
         y, x = rng.uniform(0, h, m), rng.uniform(0, w, m)
-        ok = _sample(fat, b, y, x) < 0.5
+        ok = sample(fat, b, y, x) < 0.5
         b, y, x, m = b[ok], y[ok], x[ok], int(ok.sum())
         other.add(
             b=b,
@@ -285,8 +134,8 @@ def _render(
         )
 
     # Tumour cells: large, pleomorphic, vesicular nuclei with a nucleolus, plus cytoplasm.
-    b, y, x = _jittered_grid(rng, n, h, w, 12.5, 3.0)
-    keep = rng.random(len(b)) < 0.95 * _sample(tumour_field, b, y, x)
+    b, y, x = jittered_grid(rng, n, h, w, 12.5, 3.0)
+    keep = rng.random(len(b)) < 0.95 * sample(tumour_field, b, y, x)
     b, y, x = b[keep], y[keep], x[keep]
     m = len(b)
     rx = rng.uniform(4.8, 7.8, m)
@@ -326,9 +175,9 @@ def _render(
     )
 
     # --- compose ----------------------------------------------------------------------------
-    nd, _ = _splat(rng, nuc.arrays(), n, h, w, 5, bank=256)
-    od_, _ = _splat(rng, other.arrays(), n, h, w, 9)
-    td, tmask = _splat(rng, tum.arrays(), n, h, w, 10, want_mask=True)
+    nd, _ = splat(rng, nuc.arrays(), n, h, w, 5, bank=256)
+    od_, _ = splat(rng, other.arrays(), n, h, w, 9)
+    td, tmask = splat(rng, tum.arrays(), n, h, w, 10, want_mask=True)
     assert tmask is not None  # want_mask=True
     nd = nd + od_
     # Tumour nuclei replace (not add to) the tissue under them, so they stay pale.
@@ -336,8 +185,8 @@ def _render(
     eosin = eosin * (1 - 0.6 * under)
     haem = haem * (1 - 0.5 * under) + np.minimum(nd, 3.2) + np.minimum(td, 3.0)
 
-    h_vec = _unit(_H_REF + rng.normal(0, 0.06, (n, 3))).astype(f32)
-    e_vec = _unit(_E_REF + rng.normal(0, 0.06, (n, 3))).astype(f32)
+    h_vec = unit(_H_REF + rng.normal(0, 0.06, (n, 3))).astype(f32)
+    e_vec = unit(_E_REF + rng.normal(0, 0.06, (n, 3))).astype(f32)
     h_scale = rng.uniform(0.75, 1.2, n).astype(f32)[:, None, None, None]
     e_scale = rng.uniform(0.7, 1.25, n).astype(f32)[:, None, None, None]
     od = haem[..., None] * (h_scale * h_vec[:, None, None, :])
