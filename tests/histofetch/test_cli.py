@@ -108,9 +108,77 @@ def test_corrupt_manifest_names_file_and_line(tmp_path: Path, pdfs: Path) -> Non
         assert f"{manifest}:5: not valid JSON" in line  # header, record, 2 images
 
 
-def test_out_of_range_threshold_is_rejected(tmp_path: Path) -> None:
-    result = runner.invoke(app, ["filter", "--run", str(tmp_path), "--purple", "1.5"])
-    assert result.exit_code == 2
+#: a malformed option value → (arguments, the option, what the user is told); the choices
+#: come from histofetch.choices / histocore.export, the ranges from the options themselves
+MALFORMED = {
+    "search --db": (["search", "q", "--db", "pubmedd"], "--db", "'pubmedd' is not one of"),
+    "run --db": (["run", "q", "--db", "PMC"], "--db", "'PMC' is not one of 'pubmed', 'pmc'"),
+    "download --licence": (["download", "--licence", "cc"], "--licence", "'cc' is not one of"),
+    "run --licence": (["run", "q", "--licence", "cc-by"], "--licence", "'cc-by' is not one"),
+    "export --format": (["export", "-f", "jsnl"], "--format", "'jsnl' is not one of 'jsonl'"),
+    "search --shard": (["search", "q", "--shard", "5/4"], "--shard", "K must be between 1 and N"),
+    "run --shard": (["run", "q", "--shard", "half"], "--shard", "expected K/N, e.g. 1/4"),
+    "filter --purple": (["filter", "--purple", "1.5"], "--purple", "less than or equal to 1"),
+    "run --purple": (["run", "q", "--purple", "-0.1"], "--purple", "greater than or equal to 0"),
+    "download --jobs": (["download", "--jobs", "0"], "--jobs", "greater than or equal to 1"),
+}
+
+
+def _said(result) -> str:
+    """stderr with rich's box and line breaks taken out."""
+    return " ".join(result.stderr.replace("│", " ").split())
+
+
+@pytest.mark.parametrize("case", MALFORMED)
+def test_a_malformed_option_value_is_a_usage_error(tmp_path: Path, case: str) -> None:
+    """Exit 2 with click's usage message naming the option (as docs/histofetch.md says),
+    before anything is read, written or fetched; no traceback."""
+    args, option, said = MALFORMED[case]
+    run = tmp_path / "run"
+    result = runner.invoke(app, [*args, "--run", str(run)])
+    assert result.exit_code == 2, result.output
+    assert f"Invalid value for '{option}'" in _said(result) and said in _said(result)
+    assert "Traceback" not in result.output and not run.exists()
+
+
+def test_the_licence_choices_are_the_policies() -> None:
+    from typing import get_args
+
+    from histofetch.choices import LicencePolicy
+    from histofetch.licence import POLICIES
+
+    assert get_args(LicencePolicy) == tuple(POLICIES)
+
+
+def test_valid_option_values_pass_and_help_lists_the_choices(tmp_path: Path) -> None:
+    from run_factory import make_run, searched
+
+    run = make_run(tmp_path / "run", searched("1", "PMC1"))
+    for fmt in ("jsonl", "csv"):
+        result = runner.invoke(app, ["export", "--run", str(run), "-f", fmt])
+        assert result.exit_code == 0, result.output
+    assert len((run / "export.csv").read_text().splitlines()) == 2  # header, the record
+    # the other choices pass the options: each command then stops on the broken run
+    # folder (exit 1, one line naming its manifest) before any request is made
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "manifest.jsonl").write_text("{not json\n")
+    for args in (
+        ["download", "--licence", "noncommercial", "-j", "1"],
+        ["search", "q", "--db", "pmc", "--shard", "2/2"],
+        ["run", "q", "--db", "pubmed", "--licence", "commercial", "--purple", "1"],
+    ):
+        result = runner.invoke(app, [*args, "--run", str(broken)])
+        assert result.exit_code == 1, (args, result.output)
+        assert "manifest.jsonl:1: not valid JSON" in _error_line(result), result.output
+    shown = {
+        "search": "<pubmed|pmc>",
+        "download": "<any|commercial|noncommercial>",
+        "export": "<jsonl|csv|parquet>",
+    }
+    for command, choices in shown.items():
+        result = runner.invoke(app, [command, "--help"], env={"COLUMNS": "200"})
+        assert result.exit_code == 0 and choices in result.output, result.output
 
 
 def test_a_newline_in_a_file_name_cannot_forge_a_second_error_line(tmp_path: Path) -> None:

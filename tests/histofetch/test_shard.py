@@ -67,9 +67,9 @@ def test_shards_of_a_search_partition_its_hits_and_merge_back(
     assert merged.query == QUERY
 
 
-def test_bad_shard_is_one_line_error(tmp_path: Path) -> None:
+def test_bad_shard_is_a_usage_error(tmp_path: Path) -> None:
     result = runner.invoke(app, ["search", QUERY, "--run", str(tmp_path), "--shard", "5/4"])
-    assert result.exit_code == 1 and "error: --shard '5/4'" in result.output
+    assert result.exit_code == 2 and "Invalid value for '--shard'" in result.output
 
 
 def test_merge_dedupes_records_by_id_and_pmcid_and_images_by_sha256(tmp_path: Path) -> None:

@@ -199,7 +199,7 @@ def test_names_and_bad_split() -> None:
     with pytest.raises(DownloadError, match="unknown PCam split 'dev'"):
         pcam_names(["dev"])
     result = CliRunner().invoke(app, ["data", "download", "mnist", "--dest", "x"])
-    assert result.exit_code == 1 and "unknown dataset" in result.output
+    assert result.exit_code == 2 and "Value error, 'mnist' is not one of 'pcam'" in result.output
 
 
 def test_mirror_from_environment(tmp_path: Path, server: Server, monkeypatch) -> None:

@@ -66,7 +66,7 @@ def test_cli_export_prints_parity(tmp_path: Path) -> None:
     r = CliRunner().invoke(
         app, ["export", str(ckpt), "--format", "tflite", "--out", str(tmp_path / "m.x")]
     )
-    assert r.exit_code == 1 and "unknown export format" in r.output
+    assert r.exit_code == 2 and "Invalid value for '--format': Value error, 'tflite'" in r.output
 
 
 def test_cli_export_parity_failure_leaves_nothing_written(tmp_path: Path) -> None:
@@ -142,4 +142,4 @@ def test_unknown_exporter_is_refused_before_anything_is_loaded(tmp_path: Path) -
     r = CliRunner().invoke(
         app, ["export", str(tmp_path / "missing.pt"), "--exporter", "nope", "--out", "x.onnx"]
     )
-    assert r.exit_code == 1 and "unknown ONNX exporter 'nope'" in r.output
+    assert r.exit_code == 2 and "Invalid value for '--exporter': Value error, 'nope'" in r.output

@@ -117,7 +117,7 @@ def test_cli_model_option_errors_are_one_line(tmp_path: Path) -> None:
     runner = CliRunner()
     test_h5 = write_h5(tmp_path / "t.h5", 16, seed=3)
     r = runner.invoke(app, ["eval", "--model", "nope", "--data", str(test_h5)])
-    assert r.exit_code == 1 and "error: nope: no such shipped model" in r.output
+    assert r.exit_code == 2 and "Invalid value for '--model': 'nope' is not a" in r.output
     r = runner.invoke(app, ["eval", str(tmp_path / "x.pt"), "--model", "pcam-cnn", "--data", "t"])
     assert r.exit_code == 1 and "not both" in r.output
     r = runner.invoke(app, ["predict", "--model", "pcam-cnn", "--out", str(tmp_path / "p.csv")])
@@ -136,7 +136,7 @@ def test_export_takes_the_shipped_model_as_model_option_like_eval_and_predict(
     assert r.exit_code == 0, r.output
     assert "max abs diff" in r.output and (tmp_path / "a.pt").stat().st_size > 100_000
     r = CliRunner().invoke(app, ["export", "--model", "nope", *args, str(tmp_path / "b.pt")])
-    assert r.exit_code == 1 and "error: nope: no such shipped model" in r.output
+    assert r.exit_code == 2 and "Invalid value for '--model': 'nope' is not a" in r.output
     assert not (tmp_path / "b.pt").exists()
 
 

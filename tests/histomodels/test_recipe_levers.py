@@ -153,4 +153,4 @@ def test_cli_flags_reach_the_run_config(tmp_path):
         app, ["train", "--data", str(train_h5), "--val", str(val_h5), "--out", str(out / "x"),
               "--cutout", "2", "--quiet"],
     )  # fmt: skip
-    assert r.exit_code == 1 and "cutout must be a probability" in r.stderr
+    assert r.exit_code == 2 and "Invalid value for '--cutout'" in r.stderr

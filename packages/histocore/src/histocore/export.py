@@ -13,7 +13,7 @@ import io
 import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 from histocore.errors import ManifestError, UsageError
 from histocore.io import atomic_write_bytes, atomic_write_text
@@ -21,7 +21,9 @@ from histocore.jsonl import export_lines
 from histocore.manifest import Image, Manifest, Record
 from histocore.schema import _names
 
-FORMATS = ("jsonl", "csv", "parquet")
+#: ``histofetch export --format``
+ExportFormat = Literal["jsonl", "csv", "parquet"]
+FORMATS: tuple[str, ...] = get_args(ExportFormat)
 SUFFIXES = {"jsonl": ".jsonl", "csv": ".csv", "parquet": ".parquet"}
 
 

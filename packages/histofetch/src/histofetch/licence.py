@@ -15,7 +15,8 @@ import re
 COMMERCIAL = frozenset({"CC0", "CC BY", "CC BY-SA", "CC BY-ND", "public domain"})
 #: Licences that allow at least non-commercial reuse.
 NONCOMMERCIAL = COMMERCIAL | frozenset({"CC BY-NC", "CC BY-NC-SA", "CC BY-NC-ND"})
-#: ``--licence`` choices → the licences each accepts (``None``: anything, unknown too).
+#: ``--licence`` choices (:data:`histofetch.choices.LicencePolicy`) → the licences each
+#: accepts (``None``: anything, unknown too).
 POLICIES: dict[str, frozenset[str] | None] = {
     "any": None,
     "commercial": COMMERCIAL,

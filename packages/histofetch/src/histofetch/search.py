@@ -17,13 +17,14 @@ import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from Bio import Entrez
 
 from histocore.errors import UsageError
 from histocore.manifest import Manifest, Record
 from histocore.progress import task
+from histofetch.choices import Database
 from histofetch.http import NetClient, NetConfig, NetError
 from histofetch.resolve import IdRow, ServiceError, pmids_to_pmcids
 from histofetch.shard import in_shard
@@ -34,7 +35,7 @@ OA_FILTER = '"pubmed pmc open access"[filter]'
 #: PMC's filter for its open-access subset (the articles in the PMC Cloud Service).
 PMC_OA_FILTER = "open_access[Filter]"
 #: Databases ``search`` can query.
-DATABASES = ("pubmed", "pmc")
+DATABASES: tuple[str, ...] = get_args(Database)
 #: esearch will not page past the first 10,000 PubMed hits (retstart + retmax <= 10000).
 ESEARCH_LIMIT = 10_000
 ESUMMARY_BATCH = 200

@@ -14,20 +14,18 @@ import difflib
 import json
 from dataclasses import field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import ConfigDict, ValidationError, field_validator
 from pydantic.dataclasses import dataclass
 
 from histocore.errors import DomainError
+from histomodels.choices import SCHEDULES, Schedule
 
 
 class ConfigError(DomainError, ValueError):
     """A config file or value that cannot be used; the message names it."""
 
-
-Schedule = Literal["cosine", "plateau", "constant"]
-SCHEDULES = ("cosine", "plateau", "constant")
 
 #: Architecture keys the training recipe sets for a model unless ``model_config`` names them
 #: (measured one lever at a time on unseen slides: docs/benchmarks.md, "Recipe levers").

@@ -19,6 +19,7 @@ from histocore.errors import UsageError
 from histocore.io import atomic_write_json, atomic_write_text, json_safe
 from histocore.progress import task
 from histomodels.checkpoint import read_checkpoint, resolve_checkpoint, save_checkpoint
+from histomodels.choices import STORE_TEMPERATURE, THRESHOLD_RULES
 from histomodels.data.base import DatasetError
 from histomodels.inference import Predictor, sigmoid
 
@@ -73,7 +74,6 @@ def evaluate_checkpoint(
     from histomodels.calibration import fit_temperature, nll
     from histomodels.metrics import (
         DEFAULT_SENSITIVITY,
-        THRESHOLD_RULES,
         binary_metrics,
         choose_threshold,
         summarize,
@@ -196,10 +196,6 @@ def evaluate_checkpoint(
         result["note"] = "only one class present: ROC/PR plots and AUC are undefined"
     write_json(out / "metrics.json", result)
     return result
-
-
-#: Where ``eval --val`` keeps the fitted temperature.
-STORE_TEMPERATURE = ("beside", "checkpoint", "none")
 
 
 def _store(where: str, checkpoint: Path, temperature: float, source: str) -> bool | str:

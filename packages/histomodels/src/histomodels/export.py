@@ -24,12 +24,10 @@ from histocore.errors import DomainError, UsageError
 from histocore.io import temp_beside, usual_file_mode
 from histomodels.calibration import effective_temperature
 from histomodels.checkpoint import load_model, resolve_checkpoint
+from histomodels.choices import EXPORT_FORMATS, EXPORTERS
 from histomodels.inference import norm_of
 
-FORMATS = ("onnx", "torchscript")
-#: ``auto``: the dynamo exporter, and the TorchScript-based one if dynamo fails on this
-#: torch build (e.g. torch 2.11 on a scalar times a 0-d parameter)
-EXPORTERS = ("auto", "dynamo", "legacy")
+FORMATS = EXPORT_FORMATS
 
 log = logging.getLogger(__name__)
 

@@ -18,10 +18,9 @@ import torch
 from torch import nn
 
 from histocore.errors import UsageError
+from histomodels.choices import PRECISIONS
 from histomodels.data.transforms import dihedral_views
 from histomodels.preprocess import IMAGENET_MEAN, IMAGENET_STD, to_input
-
-PRECISIONS = ("auto", "fp32", "bf16")
 
 
 @functools.cache

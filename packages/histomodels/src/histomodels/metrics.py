@@ -121,7 +121,6 @@ def choose_threshold(
 SWEEP_THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(1, 20))
 #: the screening default: the highest threshold that keeps this sensitivity on validation
 DEFAULT_SENSITIVITY = 0.9
-THRESHOLD_RULES = ("sensitivity", "youden")
 
 
 def threshold_sweep(

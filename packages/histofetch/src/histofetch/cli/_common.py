@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from histocore.cli import errors, fail, progress, setup_logging
+from histocore.errors import UsageError
+from histofetch.choices import Database, LicencePolicy
 
 if TYPE_CHECKING:
     from histofetch.stage import StageSummary
@@ -39,10 +41,11 @@ Retry = Annotated[
     bool, typer.Option("--retry-failed", help="Try records that failed before again.")
 ]
 Db = Annotated[
-    str, typer.Option(help="Search PubMed, or PMC's open-access subset (every hit in the bucket).")
+    Database,
+    typer.Option(help="Search PubMed, or PMC's open-access subset (every hit in the bucket)."),
 ]
 Licence = Annotated[
-    str,
+    LicencePolicy,
     typer.Option(
         help="Keep articles whose licence allows this reuse: commercial (CC0, CC BY, BY-SA, "
         "BY-ND), noncommercial (also the NC licences) or any (TDM and unknown too)."
@@ -63,9 +66,26 @@ NetJobs = Annotated[
         "--jobs", "-j", min=1, help="Records downloaded at once (each host keeps its own rate)."
     ),
 ]
+
+
+def _check_shard(text: str | None) -> str | None:
+    """``--shard`` callback: not ``K/N`` with 1 <= K <= N is a usage error (exit 2)."""
+    from histofetch.shard import parse_shard
+
+    if text is not None:
+        try:
+            parse_shard(text)
+        except UsageError as exc:
+            raise typer.BadParameter(str(exc).removeprefix(f"--shard {text!r}: ")) from None
+    return text
+
+
 Shard = Annotated[
     str | None,
-    typer.Option(help="Keep shard K of N of the hits (K/N, e.g. 1/4): one job per shard."),
+    typer.Option(
+        callback=_check_shard,
+        help="Keep shard K of N of the hits (K/N, e.g. 1/4): one job per shard.",
+    ),
 ]
 
 Verbose = Annotated[
@@ -74,20 +94,9 @@ Verbose = Annotated[
 
 
 def licence_policy(licence: str, include_retracted: bool):  # -> Policy
-    from histofetch.licence import POLICIES
     from histofetch.sources import Policy
 
-    if licence not in POLICIES:
-        fail(f"--licence {licence!r}: choose one of {', '.join(POLICIES)}")
     return Policy(licence=licence, include_retracted=include_retracted)
-
-
-def check_db(db: str) -> str:
-    from histofetch.search import DATABASES
-
-    if db not in DATABASES:
-        fail(f"--db {db!r}: choose one of {', '.join(DATABASES)}")
-    return db
 
 
 def shard_parts(text: str | None) -> tuple[int, int] | None:
@@ -142,7 +151,6 @@ __all__ = [
     "Run",
     "Shard",
     "Verbose",
-    "check_db",
     "errors",
     "fail",
     "fail_on_killers",

@@ -22,7 +22,6 @@ from histofetch.cli._common import (
     Retry,
     Run,
     Shard,
-    check_db,
     errors,
     fail_on_killers,
     licence_policy,
@@ -58,7 +57,7 @@ def search(
             maxdate=maxdate,
             open_access_only=open_access_only,
             net=net,
-            db=check_db(db),
+            db=db,
             shard=parts,
         )
     print(summary.line())
@@ -94,7 +93,8 @@ def run_all(
     open_access_only: OaOnly = False,
     retry_failed: Retry = False,
     purple: Annotated[
-        float, typer.Option(help="Filter threshold (see `histofetch filter`).")
+        float,
+        typer.Option(min=0.0, max=1.0, help="Filter threshold (see `histofetch filter`)."),
     ] = 0.3,
     db: Db = "pubmed",
     licence: Licence = "any",
@@ -114,7 +114,6 @@ def run_all(
 
     net = net_config(api_key, email)
     policy = licence_policy(licence, include_retracted)
-    db = check_db(db)
     parts = shard_parts(shard)
     summaries: list[StageSummary] = []
     with errors(prefix="run stopped (re-run to continue): "), progress():

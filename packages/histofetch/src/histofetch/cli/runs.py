@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 
+from histocore.export import ExportFormat
 from histofetch.cli._common import RUN_DEFAULT, Run, errors, fail
 
 
@@ -75,7 +76,7 @@ def merge(
 def export(
     run: Run = RUN_DEFAULT,
     fmt: Annotated[
-        str, typer.Option("--format", "-f", help="jsonl, csv or parquet (pyarrow).")
+        ExportFormat, typer.Option("--format", "-f", help="File format (parquet needs pyarrow).")
     ] = "jsonl",
     out: Annotated[
         Path | None,
@@ -85,10 +86,8 @@ def export(
     ] = None,
 ) -> None:
     """Write the run's rows from its store: the manifest (JSONL), CSV or Parquet."""
-    from histocore.export import FORMATS, export_run
+    from histocore.export import export_run
 
-    if fmt not in FORMATS:
-        fail(f"--format {fmt!r}: use one of {', '.join(FORMATS)}")
     with errors(ImportError):  # parquet without pyarrow: the message says what to install
         path = export_run(run, fmt, out)
     print(f"exported {run} → {path}")

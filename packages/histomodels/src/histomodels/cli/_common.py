@@ -7,9 +7,11 @@
 
 from __future__ import annotations
 
+import math
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 import typer
 
@@ -17,6 +19,46 @@ from histocore.cli import errors, fail, log_level, progress, setup_logging
 
 #: Shared by every command that runs a model.
 Device = Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 \\[auto: CUDA if available].")]
+
+
+N = TypeVar("N", int, float)
+
+
+def in_range(
+    low: float = -math.inf,
+    high: float = math.inf,
+    *,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> Callable[[N | None], N | None]:
+    """An option callback for a range Typer's closed ``min``/``max`` cannot say (``> 0``,
+    ``(0, 1]``): a value outside it (or NaN) is a usage error, exit 2, like theirs."""
+    shown = (
+        f"x {'>' if low_open else '>='} {low:g}"
+        if high == math.inf
+        else f"{low:g}{' <' if low_open else ' <='} x{' <' if high_open else ' <='} {high:g}"
+    )
+
+    def check(value: N | None) -> N | None:
+        if value is None:
+            return None
+        above = value > low if low_open else value >= low
+        below = value < high if high_open else value <= high
+        if not (above and below):  # NaN fails both
+            raise typer.BadParameter(f"{value:g} is not in the range {shown}.")
+        return value
+
+    return check
+
+
+def shipped_model(name: str | None) -> str | None:
+    """``--model`` callback: a name that is not a shipped model is a usage error (exit 2)."""
+    from histomodels import pretrained
+
+    if name is not None and not pretrained.is_pretrained(name):
+        known = ", ".join(pretrained.available()) or "none"
+        raise typer.BadParameter(f"{name!r} is not a shipped model (shipped: {known}).")
+    return name
 
 
 def require_paths(*paths: str | Path | None, role: str | None = None) -> None:
@@ -43,9 +85,11 @@ __all__ = [
     "Device",
     "errors",
     "fail",
+    "in_range",
     "log_level",
     "progress",
     "require_paths",
     "setup_logging",
+    "shipped_model",
     "use_cpu_cores",
 ]

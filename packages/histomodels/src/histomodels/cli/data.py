@@ -3,20 +3,31 @@
 from __future__ import annotations
 
 import json
+from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from histomodels.cli._common import errors, fail, progress
+from histomodels.choices import PCAM_SPLITS, Dataset, PcamSplit
+from histomodels.cli._common import errors, progress
+
+
+class SplitName(str, Enum):
+    """``--split`` of ``data download``: :data:`~histomodels.choices.PCAM_SPLITS` as an Enum
+    (the option repeats, and Typer takes no list of a ``Literal``)."""
+
+    train = "train"
+    valid = "valid"
+    test = "test"
 
 
 def download(
-    dataset: Annotated[str, typer.Argument(help="Dataset to fetch: pcam.")],
+    dataset: Annotated[Dataset, typer.Argument(case_sensitive=False, help="Dataset to fetch.")],
     dest: Annotated[Path, typer.Option(help="Folder to download into.")],
     split: Annotated[
-        list[str] | None,
-        typer.Option(help="Split(s): train, valid, test (default: all). Repeatable."),
+        list[SplitName] | None,
+        typer.Option(help="Split(s) (default: all). Repeatable."),
     ] = None,
     gunzip: Annotated[bool, typer.Option(help="Also decompress .h5.gz to .h5.")] = False,
     meta: Annotated[bool, typer.Option(help="Also fetch the *_meta.csv files.")] = True,
@@ -27,18 +38,16 @@ def download(
     checksums: Annotated[
         Path | None, typer.Option(help="md5sum-format file replacing the built-in checksums.")
     ] = None,
-    retries: Annotated[int, typer.Option(help="Reconnect attempts per file.")] = 5,
+    retries: Annotated[int, typer.Option(min=0, help="Reconnect attempts per file.")] = 5,
 ) -> None:
     """Download the real PatchCamelyon files (resumable, MD5-verified)."""
     from histomodels.data.download import download_pcam, read_checksums
 
-    if dataset.lower() != "pcam":
-        fail(f"unknown dataset {dataset!r}; available: pcam")
     with errors(), progress():
         sums = read_checksums(checksums) if checksums else None
         results = download_pcam(
             dest,
-            tuple(split or ("train", "valid", "test")),
+            tuple(s.value for s in split) if split else PCAM_SPLITS,
             url_template=url_template,
             meta=meta,
             gunzip=gunzip,
@@ -52,8 +61,8 @@ def download(
 def info(
     path: Annotated[Path, typer.Argument(help="Any dataset path histomodels can read.")],
     sheet: Annotated[Path | None, typer.Option(help="Write a contact-sheet PNG here.")] = None,
-    per_class: Annotated[int, typer.Option(help="Patches per class on the sheet.")] = 8,
-    split: Annotated[str | None, typer.Option(help="PCam folder: train, valid or test.")] = None,
+    per_class: Annotated[int, typer.Option(min=1, help="Patches per class on the sheet.")] = 8,
+    split: Annotated[PcamSplit | None, typer.Option(help="PCam folder: which split.")] = None,
     origin_split: Annotated[
         str | None, typer.Option(help="Encoded HDF5: keep these origin splits (comma list).")
     ] = None,

@@ -7,14 +7,17 @@ from typing import Annotated
 
 import typer
 
-from histomodels.cli._common import errors, progress
+from histomodels.cli._common import errors, in_range, progress
 
 
 def demo(
     out: Annotated[
         Path, typer.Option("--out", help="Folder for everything the demo writes.")
     ] = Path("demo_out"),
-    minutes: Annotated[float, typer.Option(help="Training time budget in minutes.")] = 2.0,
+    minutes: Annotated[
+        float,
+        typer.Option(callback=in_range(0, low_open=True), help="Training time budget in minutes."),
+    ] = 2.0,
     seed: Annotated[int, typer.Option(help="Seed for data and training.")] = 0,
     n_train: Annotated[int, typer.Option(help="Synthetic training patches.")] = 3000,
 ) -> None:

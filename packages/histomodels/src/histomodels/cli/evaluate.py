@@ -11,13 +11,24 @@ from typing import Annotated
 
 import typer
 
-from histomodels.cli._common import Device, errors, fail, progress, require_paths, use_cpu_cores
+from histomodels.choices import Exporter, ExportFormat, Precision, StoreTemperature, ThresholdRule
+from histomodels.cli._common import (
+    Device,
+    errors,
+    fail,
+    in_range,
+    progress,
+    require_paths,
+    shipped_model,
+    use_cpu_cores,
+)
 
 #: ``--model``: a shipped model by name (histomodels.pretrained) instead of a checkpoint
 ModelOption = Annotated[
     str | None,
     typer.Option(
         "--model",
+        callback=shipped_model,
         help="A model shipped with histomodels (e.g. pcam-cnn; no training, offline) "
         "instead of a checkpoint.",
     ),
@@ -30,14 +41,7 @@ def _model_source(checkpoint: Path | None, model: str | None) -> str | Path:
         fail("give a checkpoint (file or run folder) or --model NAME, not both")
     if checkpoint is None and model is None:
         fail("give a checkpoint (file or run folder) or --model NAME (e.g. --model pcam-cnn)")
-    if model is not None:
-        from histomodels import pretrained
-
-        if not pretrained.is_pretrained(model):
-            known = ", ".join(pretrained.available()) or "none"
-            fail(f"{model}: no such shipped model (shipped: {known})")
-        return model
-    return checkpoint  # type: ignore[return-value]
+    return model if model is not None else checkpoint  # type: ignore[return-value]
 
 
 def eval_cmd(
@@ -60,7 +64,7 @@ def eval_cmd(
     out: Annotated[Path, typer.Option("--out", help="Output folder.")] = Path("eval"),
     tta: Annotated[bool, typer.Option("--tta", help="Average the 8 dihedral views.")] = False,
     threshold_rule: Annotated[
-        str,
+        ThresholdRule,
         typer.Option(
             "--threshold-rule",
             help="With --val: 'sensitivity' (screening default: highest threshold keeping "
@@ -70,29 +74,35 @@ def eval_cmd(
     sensitivity: Annotated[
         float | None,
         typer.Option(
-            "--sensitivity", help="Target sensitivity for the rule 'sensitivity' \\[default 0.9]."
+            "--sensitivity",
+            callback=in_range(0, 1, low_open=True),
+            help="Target sensitivity for the rule 'sensitivity', in (0, 1] \\[default 0.9].",
         ),
     ] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 256,
     bootstrap: Annotated[int, typer.Option("--bootstrap", min=0, help="Resamples for CIs.")] = 1000,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     precision: Annotated[
-        str, typer.Option("--precision", help="fp32 | bf16 | auto (bf16 for cnn on CPUs with it).")
+        Precision, typer.Option("--precision", help="auto: bf16 for cnn on CPUs with it.")
     ] = "fp32",
     top_k: Annotated[int, typer.Option("--top-k", min=1, help="Manifest: mean of top-k.")] = 5,
     fig_scale: Annotated[
         float | None,
         typer.Option(
             "--scale",
-            help="Manifest: resize factor to PCam scale (default: "
+            callback=in_range(0, 16, low_open=True),
+            help="Manifest: resize factor to PCam scale, in (0, 16] (default: "
             "estimated per figure from nucleus size).",
         ),
     ] = None,
     min_tissue: Annotated[
-        float, typer.Option("--min-tissue", help="Manifest: skip tiles with less tissue.")
+        float,
+        typer.Option(
+            "--min-tissue", min=0.0, max=1.0, help="Manifest: skip tiles with less tissue."
+        ),
     ] = 0.5,
     store_temperature: Annotated[
-        str,
+        StoreTemperature,
         typer.Option(
             "--store-temperature",
             help="Where eval --val keeps the fitted T: beside (CKPT_STEM.calibration.json, "
@@ -256,12 +266,12 @@ def export_cmd(
     *,
     model: ModelOption = None,
     out: Annotated[Path, typer.Option("--out", help="Output file (.onnx / .pt).")],
-    fmt: Annotated[str, typer.Option("--format", help="onnx | torchscript")] = "onnx",
+    fmt: Annotated[ExportFormat, typer.Option("--format", help="File format.")] = "onnx",
     exporter: Annotated[
-        str,
+        Exporter,
         typer.Option(
             "--exporter",
-            help="ONNX exporter: auto (dynamo, else the TorchScript-based one) | dynamo | legacy",
+            help="ONNX exporter: auto = dynamo, else the TorchScript-based one (legacy).",
         ),
     ] = "auto",
     tolerance: Annotated[
@@ -301,14 +311,20 @@ def predict_cmd(
     ] = None,
     scale: Annotated[
         float,
-        typer.Option("--scale", help="Resize first (0.25 for 40x images; PCam is ~10x)."),
+        typer.Option(
+            "--scale",
+            callback=in_range(0, 16, low_open=True),
+            help="Resize first, in (0, 16] (0.25 for 40x images; PCam is ~10x).",
+        ),
     ] = 1.0,
     heatmaps: Annotated[
         Path | None, typer.Option("--heatmaps", help="Heatmap folder (default: beside CSV).")
     ] = None,
     tta: Annotated[bool, typer.Option("--tta")] = False,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 256,
-    precision: Annotated[str, typer.Option("--precision", help="auto | fp32 | bf16")] = "auto",
+    precision: Annotated[
+        Precision, typer.Option("--precision", help="auto: bf16 for cnn on CPUs with it.")
+    ] = "auto",
     max_pixels: Annotated[
         int, typer.Option("--max-pixels", min=1, help="Refuse larger images (bomb guard).")
     ] = 64_000_000,

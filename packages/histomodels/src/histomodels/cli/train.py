@@ -16,29 +16,42 @@ from typing import Annotated, Any
 
 import typer
 
+from histomodels.choices import Schedule as ScheduleName
 from histomodels.cli._common import (
     Device,
     errors,
     fail,
+    in_range,
     log_level,
     progress,
     require_paths,
     setup_logging,
 )
 
+#: callback of the options that must be > 0
+POSITIVE = in_range(0, low_open=True)
+
 Model = Annotated[str | None, typer.Option(help="Registry name, e.g. cnn, timm/<name>.")]
 Data = Annotated[str | None, typer.Option(help="Training data: .h5, Kaggle folder, class tree.")]
 Val = Annotated[str | None, typer.Option(help="Validation data (early stopping on its AUC).")]
 Out = Annotated[Path, typer.Option(help="Run folder: best.pt, last.pt, history, config.json.")]
-Epochs = Annotated[int | None, typer.Option(help="Maximum epochs [50].")]
-Patience = Annotated[int | None, typer.Option(help="Epochs without val-AUC gain before stop.")]
-Budget = Annotated[float | None, typer.Option(help="Stop after this many minutes, keep best.")]
+Epochs = Annotated[int | None, typer.Option(min=1, help="Maximum epochs [50].")]
+Patience = Annotated[
+    int | None, typer.Option(min=0, help="Epochs without val-AUC gain before stop.")
+]
+Budget = Annotated[
+    float | None,
+    typer.Option(callback=POSITIVE, help="Stop after this many minutes, keep best."),
+]
 ConfigFile = Annotated[Path | None, typer.Option("--config", help="JSON/YAML config file.")]
-BatchSize = Annotated[int | None, typer.Option(help="Batch size per process [128].")]
-Lr = Annotated[float | None, typer.Option(help="Peak learning rate (AdamW).")]
-Wd = Annotated[float | None, typer.Option(help="AdamW weight decay.")]
-Schedule = Annotated[str | None, typer.Option(help="cosine | plateau | constant.")]
-Aug = Annotated[float | None, typer.Option(help="Augmentation strength (0 = off).")]
+BatchSize = Annotated[int | None, typer.Option(min=1, help="Batch size per process [128].")]
+Lr = Annotated[
+    float | None,
+    typer.Option(callback=POSITIVE, help="Peak learning rate (AdamW)."),
+]
+Wd = Annotated[float | None, typer.Option(min=0.0, help="AdamW weight decay.")]
+Schedule = Annotated[ScheduleName | None, typer.Option(help="Learning-rate schedule \\[cosine].")]
+Aug = Annotated[float | None, typer.Option(min=0.0, help="Augmentation strength (0 = off).")]
 StainNorm = Annotated[
     str | None,
     typer.Option(
@@ -51,7 +64,7 @@ Bf16 = Annotated[
     bool | None, typer.Option("--bf16/--no-bf16", help="Autocast \\[auto: CNN on CPU, AMP on GPU].")
 ]
 ChannelsLast = Annotated[bool | None, typer.Option("--channels-last/--no-channels-last")]
-Threads = Annotated[int | None, typer.Option(help="torch intra-op threads.")]
+Threads = Annotated[int | None, typer.Option(min=1, help="torch intra-op threads.")]
 Prefetch = Annotated[
     bool | None,
     typer.Option(
@@ -71,37 +84,51 @@ Ema = Annotated[
     float | None,
     typer.Option(
         metavar="DECAY",
+        callback=in_range(0, 1, low_open=True, high_open=True),
         help="Validate and save an exponential moving average of the weights (e.g. 0.999).",
     ),
 ]
 LabelSmoothing = Annotated[
-    float | None, typer.Option(help="Pull targets toward 0.5 by this much (0 = off).")
+    float | None,
+    typer.Option(
+        callback=in_range(0, 1, high_open=True),
+        help="Pull targets toward 0.5 by this much, in [0, 1) (0 = off).",
+    ),
 ]
 
 Cutout = Annotated[
     float | None,
     typer.Option(
         metavar="P",
+        min=0.0,
+        max=1.0,
         help="Probability per patch of 1-3 mean-filled rectangles outside the central 32x32.",
     ),
 ]
 
 Mixup = Annotated[
     float | None,
-    typer.Option(metavar="ALPHA", help="mixup within a batch, Beta(ALPHA, ALPHA) (0 = off)."),
+    typer.Option(
+        metavar="ALPHA", min=0.0, help="mixup within a batch, Beta(ALPHA, ALPHA) (0 = off)."
+    ),
 ]
 
 RandStain = Annotated[
     float | None,
     typer.Option(
         metavar="P",
+        min=0.0,
+        max=1.0,
         help="Probability per patch of a random LAB stain template (RandStainNA style).",
     ),
 ]
 JpegBlur = Annotated[
     float | None,
     typer.Option(
-        metavar="P", help="Probability per patch of a JPEG re-encode (q 30-90) or a blur."
+        metavar="P",
+        min=0.0,
+        max=1.0,
+        help="Probability per patch of a JPEG re-encode (q 30-90) or a blur.",
     ),
 ]
 
@@ -113,10 +140,12 @@ Teacher = Annotated[
     ),
 ]
 DistillWeight = Annotated[
-    float | None, typer.Option(metavar="W", help="Weight of the teacher's term, 0-1 [0.5].")
+    float | None,
+    typer.Option(metavar="W", min=0.0, max=1.0, help="Weight of the teacher's term [0.5]."),
 ]
 DistillTemperature = Annotated[
-    float | None, typer.Option(metavar="T", help="Distillation temperature [2].")
+    float | None,
+    typer.Option(metavar="T", callback=POSITIVE, help="Distillation temperature [2]."),
 ]
 
 
@@ -249,10 +278,11 @@ def finetune_cmd(
         ),
     ] = None,
     freeze_epochs: Annotated[
-        int | None, typer.Option("--warmup-epochs", help="Epochs training the head only [1].")
+        int | None,
+        typer.Option("--warmup-epochs", min=0, help="Epochs training the head only [1]."),
     ] = None,
     backbone_lr_mult: Annotated[
-        float | None, typer.Option(help="Backbone LR = lr x this [0.3].")
+        float | None, typer.Option(min=0.0, help="Backbone LR = lr x this [0.3].")
     ] = None,
     input_size: Annotated[
         int | None, typer.Option(help="Resize patches inside the model (96 = native).")
@@ -264,7 +294,10 @@ def finetune_cmd(
     time_budget: Budget = None,
     config: ConfigFile = None,
     batch_size: BatchSize = None,
-    lr: Annotated[float | None, typer.Option(help="Head learning rate (AdamW) [1e-3].")] = None,
+    lr: Annotated[
+        float | None,
+        typer.Option(callback=POSITIVE, help="Head learning rate (AdamW) [1e-3]."),
+    ] = None,
     weight_decay: Wd = None,
     schedule: Schedule = None,
     aug_strength: Aug = None,
@@ -305,15 +338,20 @@ def tune_cmd(
     data: Annotated[str, typer.Option(help="Training data.")],
     val: Annotated[str, typer.Option(help="Validation data (the objective is its AUC).")],
     out: Annotated[Path, typer.Option(help="Folder: experiment JSON, trials, best_config.json.")],
-    trials: Annotated[int, typer.Option(help="Total trials (including earlier ones).")] = 20,
+    trials: Annotated[int, typer.Option(min=1, help="Total trials (including earlier ones).")] = 20,
     trial_minutes: Annotated[
-        float | None, typer.Option(help="Time budget per trial [2; not with --trial-epochs].")
+        float | None,
+        typer.Option(
+            callback=POSITIVE,
+            help="Time budget per trial [2; not with --trial-epochs].",
+        ),
     ] = None,
     trial_epochs: Annotated[
         int | None,
         typer.Option(
+            min=1,
             help="Fixed epochs per trial instead of a time budget (comparable trials on "
-            "shared cores; not with --trial-minutes)."
+            "shared cores; not with --trial-minutes).",
         ),
     ] = None,
     fix: Annotated[
@@ -330,7 +368,9 @@ def tune_cmd(
             "--config", help="Base config of every trial (as for train --config), e.g. a teacher."
         ),
     ] = None,
-    sobol_trials: Annotated[int | None, typer.Option(help="Quasi-random trials first.")] = None,
+    sobol_trials: Annotated[
+        int | None, typer.Option(min=0, help="Quasi-random trials first.")
+    ] = None,
     seed: Seed = None,
     threads: Threads = None,
     quiet: Quiet = False,
@@ -346,8 +386,6 @@ def tune_cmd(
         check_base(base, str(config))
         fixed = parse_fixed(fix or [])
         trial_limit(trial_minutes, trial_epochs)
-        if trials < 1 or (sobol_trials is not None and sobol_trials < 0):
-            fail("--trials must be >= 1 and --sobol-trials >= 0")
     require_paths(data, role="train")
     require_paths(val, role="validation")
     from histomodels.training import TrainingError

@@ -22,6 +22,7 @@ from pathlib import Path
 import httpx
 
 from histocore.progress import Task, task
+from histomodels.choices import PCAM_SPLITS
 from histomodels.data.base import DatasetError
 from histomodels.data.pcam import gunzip_once
 
@@ -41,7 +42,7 @@ PCAM_FILES: dict[str, str] = {
     "camelyonpatch_level_2_split_valid_meta.csv": "67589e00a4a37ec317f2d1932c7502ca",
     "camelyonpatch_level_2_split_test_meta.csv": "3455fd69135b66734e1008f3af684566",
 }
-SPLITS = ("train", "valid", "test")
+SPLITS = PCAM_SPLITS
 
 
 class DownloadError(DatasetError):

@@ -21,11 +21,12 @@ import h5py
 import numpy as np
 
 from histocore.progress import task
+from histomodels.choices import PCAM_SPLITS
 from histomodels.data.base import DatasetError, PatchDataset, binary_labels, check_patch_shape
 from histomodels.data.cache import require_memory
 from histomodels.data.h5safe import check_stored, dataset, open_h5
 
-SPLITS = ("train", "valid", "test")
+SPLITS = PCAM_SPLITS
 OFFICIAL = "camelyonpatch_level_2_split_{split}_{xy}.h5"
 
 

@@ -1,0 +1,159 @@
+"""A malformed option value is a usage error: exit 2 with click's message naming the
+option, before any file is read or PyTorch is imported; valid values pass; ``--help`` lists
+the choices (histomodels.choices) and ranges."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from histomodels.cli import app
+
+DATA = ["--data", "{missing}", "--val", "{missing}", "--out", "{out}"]
+EVAL = ["eval", "--model", "pcam-cnn", "--data", "{missing}"]
+PREDICT = ["predict", "model.pt", "{missing}"]
+EXPORT = ["export", "{missing}", "--out", "{out}/m.onnx"]
+
+#: case → (arguments, the option named, what the user is told)
+MALFORMED = {
+    "eval --threshold-rule": ([*EVAL, "--threshold-rule", "youdn"], "--threshold-rule", "'youdn'"),
+    "eval --precision": ([*EVAL, "--precision", "fp16"], "--precision", "'fp16' is not one of"),
+    "eval --store-temperature": ([*EVAL, "--store-temperature", "x"], "--store-temperature", "x"),
+    "eval --sensitivity 0": ([*EVAL, "--sensitivity", "0"], "--sensitivity", "0 < x <= 1"),
+    "eval --sensitivity 1.5": ([*EVAL, "--sensitivity", "1.5"], "--sensitivity", "0 < x <= 1"),
+    "eval --scale": (
+        ["eval", "--model", "pcam-cnn", "--manifest", "r", "--scale", "0"],
+        "--scale",
+        "0 < x <= 16",
+    ),
+    "eval --min-tissue": ([*EVAL, "--min-tissue", "2"], "--min-tissue", "less than or equal"),
+    "eval --model": (["eval", "--model", "nope", "--data", "t.h5"], "--model", "'nope' is not a"),
+    "predict --precision": ([*PREDICT, "--precision", "half"], "--precision", "'half'"),
+    "predict --scale": ([*PREDICT, "--scale", "17"], "--scale", "0 < x <= 16"),
+    "predict --scale nan": ([*PREDICT, "--scale", "nan"], "--scale", "nan is not in the range"),
+    "export --format": ([*EXPORT, "--format", "tflite"], "--format", "'tflite' is not one of"),
+    "export --exporter": ([*EXPORT, "--exporter", "nope"], "--exporter", "'nope' is not one"),
+    "train --schedule": (["train", *DATA, "--schedule", "linear"], "--schedule", "'linear'"),
+    "train --epochs": (["train", *DATA, "--epochs", "0"], "--epochs", "greater than"),
+    "train --batch-size": (["train", *DATA, "--batch-size", "0"], "--batch-size", "greater"),
+    "train --lr": (["train", *DATA, "--lr", "0"], "--lr", "x > 0"),
+    "train --ema": (["train", *DATA, "--ema", "1"], "--ema", "0 < x < 1"),
+    "train --label-smoothing": (
+        ["train", *DATA, "--label-smoothing", "1"],
+        "--label-smoothing",
+        "0 <= x < 1",
+    ),
+    "train --cutout": (["train", *DATA, "--cutout", "1.5"], "--cutout", "less than or equal"),
+    "train --mixup": (["train", *DATA, "--mixup", "-1"], "--mixup", "greater than or equal"),
+    "train --distill-weight": (
+        ["train", *DATA, "--distill-weight", "2"],
+        "--distill-weight",
+        "less than or equal",
+    ),
+    "train --distill-temperature": (
+        ["train", *DATA, "--distill-temperature", "0"],
+        "--distill-temperature",
+        "x > 0",
+    ),
+    "train --time-budget": (["train", *DATA, "--time-budget", "0"], "--time-budget", "x > 0"),
+    "train --threads": (["train", *DATA, "--threads", "0"], "--threads", "greater than"),
+    "finetune --warmup-epochs": (
+        ["finetune", *DATA, "--warmup-epochs", "-1"],
+        "--warmup-epochs",
+        "greater than",
+    ),
+    "tune --trials": (["tune", *DATA, "--trials", "0"], "--trials", "greater than or equal to 1"),
+    "tune --sobol-trials": (["tune", *DATA, "--sobol-trials", "-1"], "--sobol-trials", "greater"),
+    "tune --trial-minutes": (["tune", *DATA, "--trial-minutes", "0"], "--trial-minutes", "x > 0"),
+    "tune --trial-epochs": (["tune", *DATA, "--trial-epochs", "0"], "--trial-epochs", "greater"),
+    "data download dataset": (
+        ["data", "download", "mnist", "--dest", "{out}"],
+        "'{pcam}'",
+        "'mnist' is not one of 'pcam'",
+    ),
+    "data download --split": (
+        ["data", "download", "pcam", "--dest", "{out}", "--split", "dev"],
+        "--split",
+        "'dev' is not one of 'train', 'valid', 'test'",
+    ),
+    "data download --retries": (
+        ["data", "download", "pcam", "--dest", "{out}", "--retries", "-1"],
+        "--retries",
+        "greater than",
+    ),
+    "data info --split": (["data", "info", "{missing}", "--split", "dev"], "--split", "'dev'"),
+    "data info --per-class": (
+        ["data", "info", "{missing}", "--per-class", "0"],
+        "--per-class",
+        "greater than",
+    ),
+    "demo --minutes": (["demo", "--out", "{out}", "--minutes", "0"], "--minutes", "x > 0"),
+}
+
+
+def _args(args: list[str], tmp_path: Path) -> list[str]:
+    names = {"missing": str(tmp_path / "nope.h5"), "out": str(tmp_path / "out"), "pcam": "{pcam}"}
+    return [arg.format(**names) for arg in args]
+
+
+def _said(result) -> str:
+    """stderr with rich's box and line breaks taken out."""
+    return " ".join(result.stderr.replace("│", " ").split())
+
+
+@pytest.mark.parametrize("case", MALFORMED)
+def test_a_malformed_option_value_is_a_usage_error(tmp_path: Path, case: str) -> None:
+    args, option, said = MALFORMED[case]
+    result = CliRunner().invoke(app, _args(args, tmp_path))
+    assert result.exit_code == 2, result.output
+    if option.startswith("--"):
+        assert f"Invalid value for '{option}'" in _said(result), result.stderr
+    else:  # the argument
+        assert "Invalid value for" in _said(result), result.stderr
+    assert said in _said(result), result.stderr
+    assert "Traceback" not in result.output and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ([*EVAL, "--threshold-rule", "youden", "--precision", "bf16", "--store-temperature",
+          "none", "--sensitivity", "1", "--min-tissue", "0"], "nope.h5: no such file or folder"),
+        ([*PREDICT, "--precision", "fp32", "--scale", "16"], "nope.h5: no such file or folder"),
+        (["train", *DATA, "--schedule", "plateau", "--ema", "0.999", "--label-smoothing", "0",
+          "--cutout", "1", "--mixup", "0", "--lr", "1e-9", "--epochs", "1", "--threads", "1"],
+         "nope.h5: train data not found"),
+        (["tune", *DATA, "--trials", "1", "--sobol-trials", "0", "--trial-epochs", "1"],
+         "nope.h5: train data not found"),
+        (["data", "info", "{missing}", "--split", "valid", "--per-class", "1"], "nope.h5"),
+    ],
+)  # fmt: skip
+def test_valid_option_values_pass_to_the_command(tmp_path: Path, args, message) -> None:
+    """Each command then stops on the missing input (exit 1, one line), not on an option."""
+    result = CliRunner().invoke(app, _args(args, tmp_path))
+    assert result.exit_code == 1, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
+
+
+def test_the_choices_are_the_librarys() -> None:
+    from histomodels.choices import PCAM_SPLITS
+    from histomodels.cli.data import SplitName
+
+    assert tuple(s.value for s in SplitName) == PCAM_SPLITS
+
+
+def test_help_lists_the_choices() -> None:
+    shown = {
+        "eval": ["<sensitivity|youden>", "<auto|fp32|bf16>", "<beside|checkpoint|none>"],
+        "export": ["<onnx|torchscript>", "<auto|dynamo|legacy>"],
+        "train": ["<cosine|plateau|constant>", "[x>=1]"],
+        "tune": ["[x>=1]", "[x>=0]"],
+    }
+    for command, choices in shown.items():
+        result = CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "200"})
+        assert result.exit_code == 0, result.output
+        for text in choices:
+            assert text in result.output, (command, text)
