@@ -36,7 +36,7 @@ from rich.progress import (
 from rich.progress import Task as RichTask
 from rich.text import Text
 
-from histocore.errors import DomainError
+from histocore.errors import DomainError, describe
 from histocore.io import one_line
 from histocore.progress import Task, Unit, reporting
 
@@ -52,13 +52,6 @@ def fail(message: str) -> NoReturn:
     sys.stderr.write(f"error: {one_line(message)}\n")
     sys.stderr.flush()
     raise SystemExit(1)
-
-
-def describe(exc: BaseException) -> str:
-    """``<file>: <problem>`` for an OSError, else the domain error's own message."""
-    if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
-        return f"{exc.filename}: {exc.strerror.lower()}"
-    return str(exc) or type(exc).__name__
 
 
 @contextlib.contextmanager

@@ -9,6 +9,14 @@ usually next to the built-in they always were (``ValueError``, ``RuntimeError``)
 from __future__ import annotations
 
 
+def describe(exc: BaseException) -> str:
+    """``<file>: <problem>`` for an OSError, else the domain error's own message (what the
+    ``error:`` line says; libraries use it too, e.g. to tell other ranks why one failed)."""
+    if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
+        return f"{exc.filename}: {exc.strerror.lower()}"
+    return str(exc) or type(exc).__name__
+
+
 class DomainError(Exception):
     """Bad input or an unavailable service; the message names the file and the problem."""
 

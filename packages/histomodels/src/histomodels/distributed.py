@@ -198,7 +198,7 @@ def failing_early() -> Iterator[None]:
 
 def _describe(exc: BaseException) -> str:
     """A failure as the other ranks report it: a domain error's message, a bug's type."""
-    from histocore.cli import describe
+    from histocore.errors import describe
     from histomodels.training.result import TrainingError
 
     if isinstance(exc, DomainError | OSError | TrainingError):
