@@ -221,7 +221,7 @@ def test_ranks_started_by_hand_need_rank_and_the_masters_address(monkeypatch):
         init_distributed(torch.device("cpu"))
 
 
-def _by_hand(tmp_path, args, *, timeout=120):
+def _by_hand(tmp_path, args, *, timeout=120, **env_vars):
     """Two ranks of ``histomodels ARGS`` started by hand (RANK, WORLD_SIZE, MASTER_ADDR,
     MASTER_PORT; no torchrun), rank k in its own folder ``node<k>`` as if on its own node's
     disk. Returns [(exit code, stderr, seconds to exit)] per rank; a rank still running
@@ -234,6 +234,7 @@ def _by_hand(tmp_path, args, *, timeout=120):
         env = {
             **os.environ, "RANK": str(rank), "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
             "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE",
+            **env_vars,
         }  # fmt: skip
         cmd = [sys.executable, "-m", "histomodels", *args]
         node = tmp_path / f"node{rank}"
@@ -343,4 +344,25 @@ def test_by_hand_training_data_only_rank_1_cannot_read_stops_both_ranks(trained,
         shutil.copy2(trained / "teacher" / "best.pt", tmp_path / f"node{rank}" / "teacher.pt")
     done = _by_hand(tmp_path, args)
     _one_line_each(done, failed=1, problem="train.h5")
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_by_hand_a_batch_only_rank_1_cannot_read_stops_both_ranks(trained, tmp_path):
+    """The training data is streamed (a cache budget of 1 byte) and rank 1's copy has
+    damaged patches after the first: rank 1 fails at its first batch, mid-epoch, and rank
+    0 stops with it instead of dying in DDP's next collective with a traceback."""
+    import h5py
+    import numpy as np
+
+    args = _two_nodes(trained, tmp_path)
+    args[args.index("--data") + 1] = "train.h5"  # each rank's own copy
+    del args[args.index("--teacher") :]  # a teacher would read every patch at setup
+    shutil.copy2(trained / "train.h5", tmp_path / "node0" / "train.h5")
+    shutil.copy2(trained / "train.h5", tmp_path / "node1" / "train.h5")
+    with h5py.File(tmp_path / "node1" / "train.h5", "r+") as f:
+        for i in range(1, len(f["encoded"])):
+            f["encoded"][i] = np.frombuffer(b"\x89PNG\r\n\x1a\n" + b"damaged" * 9, np.uint8)
+    done = _by_hand(tmp_path, args, HISTOMODELS_CACHE_BYTES="1")
+    _one_line_each(done, failed=1, problem="train.h5 row")
     assert not (tmp_path / "run").exists()

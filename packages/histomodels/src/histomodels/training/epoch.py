@@ -53,7 +53,10 @@ def fit_epoch(t: Trainer, epoch: int) -> EpochStats:
     t0, factor, cut = time.perf_counter(), 1.0, False
     n, on = t.batches_per_epoch, t.prefetch
     with Prefetcher(make, n, enabled=on, device=t.device) as batches:  # b+1 while b trains
-        for images, labels in batches:
+        it = iter(batches)
+        for _ in range(n):
+            with D.together(info):  # a batch one rank cannot read (streamed) stops them all
+                images, labels = next(it)
             factor = t.train_step(images, labels)
             if any([cb.on_step_end(t) for cb in t.callbacks]):  # every hook runs
                 cut = True
