@@ -361,8 +361,10 @@ def test_by_hand_a_batch_only_rank_1_cannot_read_stops_both_ranks(trained, tmp_p
     shutil.copy2(trained / "train.h5", tmp_path / "node0" / "train.h5")
     shutil.copy2(trained / "train.h5", tmp_path / "node1" / "train.h5")
     with h5py.File(tmp_path / "node1" / "train.h5", "r+") as f:
-        for i in range(1, len(f["encoded"])):
-            f["encoded"][i] = np.frombuffer(b"\x89PNG\r\n\x1a\n" + b"damaged" * 9, np.uint8)
+        encoded = f["encoded"]
+        assert isinstance(encoded, h5py.Dataset)
+        for i in range(1, len(encoded)):
+            encoded[i] = np.frombuffer(b"\x89PNG\r\n\x1a\n" + b"damaged" * 9, np.uint8)
     done = _by_hand(tmp_path, args, HISTOMODELS_CACHE_BYTES="1")
     _one_line_each(done, failed=1, problem="train.h5 row")
     assert not (tmp_path / "run").exists()
