@@ -291,9 +291,10 @@ def test_a_worker_that_dies_on_every_record_stops_the_call_and_fails_none(
 def test_records_that_kill_their_reader_in_a_row_are_failed_when_another_comes_back(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Three crashing records next to each other are the records, not the machine: a record
-    no worker died on, read alone, comes back, so they are failed and the rest finish (a
-    rerun does not stop on them again). The deaths are two warnings, not one each: the
+    """Three crashing records next to each other are the records, not the machine: the
+    canary (here the stage names none: a bare record through the same work) comes back in a
+    fresh worker, so they are failed and the rest finish (a rerun does not stop on them
+    again). The deaths are two warnings, not one each: the
     first at once, the ones after it together when a result comes back."""
     ids = ["k1", "k2", "k3", "g0", "g1", "g2", "g3"]
     run = _downloaded(tmp_path / "run", ids)
@@ -441,7 +442,11 @@ class _KillsItsReader(ImageFile.ImageFile):
         os._exit(70)  # a decoder that segfaults: the process is gone, no exception
 
 
-Image.register_open("KILLER", _KillsItsReader, lambda head: head[:16] == b"KILLS-ITS-READER")
+def _kills(head):  # a file made to kill, or any file on a machine whose decoders all crash
+    return head[:16] == b"KILLS-ITS-READER" or "HISTOFETCH_TEST_DECODERS_CRASH" in os.environ
+
+
+Image.register_open("KILLER", _KillsItsReader, _kills)  # before Pillow's own: tried first
 """
 
 
@@ -506,14 +511,48 @@ def test_filter_jobs_fails_an_image_that_kills_its_decoder_and_finishes_the_rest
     assert "filtered: 0 done, 3 already done, 0 failed, 1 failed before" in again.stdout.decode()
 
 
+def test_filter_jobs_fails_killer_images_in_a_row_and_finishes_the_rest(
+    tmp_path: Path,
+) -> None:
+    """``filter --jobs 2`` on 8 records whose figures 1-4 each kill their decoder: more
+    records in a row than :data:`DEATHS_IN_A_ROW` die read alone, so the canary (a small
+    image of filter's own, decoded and scored in a fresh worker) decides, comes back, and
+    the four are failed while the others are scored, with exit 1; a rerun skips them and
+    exits 0. (Before the canary the next record read alone decided: a fifth killer blamed
+    the machine, and every rerun stopped the same way.)"""
+    run, cmd, env = _filter_with_killers(tmp_path, 8, killers={1, 2, 3, 4})
+    proc = subprocess.run(cmd, capture_output=True, env=env, timeout=600)
+    err = proc.stderr.decode()
+    assert proc.returncode == 1, err
+    assert "Traceback" not in err and "not the records" not in err, err
+    *warnings, last = err.splitlines()
+    assert last.startswith("error: ") and "4 records failed" in last, err
+    assert all(w.startswith("warning: ") for w in warnings), err
+    assert "filtered: 4 done, 0 already done, 4 failed (unfinished attempts: 4)" in (
+        proc.stdout.decode()
+    )
+    m = Manifest.load(run)
+    assert [m.records[f"pmid:{k}"].status for k in range(8)] == (
+        ["ok"] + ["failed"] * 4 + ["ok"] * 3
+    )
+    assert all(m.images[f"pmid:{k}/fig1"].p_he is not None for k in (0, 5, 6, 7))
+    assert _claims(run) == []
+    again = subprocess.run(cmd, capture_output=True, env=env, timeout=600)
+    assert again.returncode == 0, again.stderr.decode()
+    assert "filtered: 0 done, 4 already done, 0 failed, 4 failed before" in again.stdout.decode()
+
+
 def test_workers_dying_on_every_record_print_one_warning_then_the_error(
     tmp_path: Path,
 ) -> None:
-    """``filter --jobs 2`` where every figure kills its decoder (as a native library that
-    crashes on this machine would): the command stops with one error line naming the
-    records, after ONE warning that a worker died (not a line per death); nothing failed."""
-    run, cmd, env = _filter_with_killers(tmp_path, 8, killers=set(range(8)))
-    proc = subprocess.run(cmd, capture_output=True, env=env, timeout=600)
+    """``filter --jobs 2`` on a machine whose image decoder crashes on everything (a test
+    Pillow plugin that kills the process on any file, as a native library that crashes
+    here would): the canary dies too, so the command stops with one error line naming the
+    records, after ONE warning that a worker died (not a line per death); nothing failed,
+    and the same run on a healthy machine scores them all."""
+    run, cmd, env = _filter_with_killers(tmp_path, 8, killers=set())
+    crashing = env | {"HISTOFETCH_TEST_DECODERS_CRASH": "1"}
+    proc = subprocess.run(cmd, capture_output=True, env=crashing, timeout=600)
     err = proc.stderr.decode()
     assert proc.returncode == 1, err
     assert "Traceback" not in err
@@ -522,10 +561,13 @@ def test_workers_dying_on_every_record_print_one_warning_then_the_error(
     warning, error = lines
     assert warning.startswith("warning: ") and "worker process died" in warning, err
     assert error.startswith("error: ") and "not the records" in error, err
-    assert "pmid:0" in error and "none was failed" in error, err
+    assert "pmid:0" in error and "none was failed" in error and "known-good" in error, err
     m = Manifest.load(run)
     assert [r.status for r in m.records.values()] == ["ok"] * 8
     assert _claims(run) == []
+    healthy = subprocess.run(cmd, capture_output=True, env=env, timeout=600)
+    assert healthy.returncode == 0, healthy.stderr.decode()
+    assert "filtered: 8 done, 0 already done, 0 failed" in healthy.stdout.decode()
 
 
 def test_ctrl_c_stops_running_downloads_at_once(ncbi: FakeNcbi, tmp_path: Path) -> None:

@@ -33,6 +33,7 @@ from pathlib import Path
 from histocore.errors import DomainError
 from histocore.io import atomic_write_bytes, file_sha256, record_slug
 from histocore.manifest import Image, Manifest, Record
+from histofetch.canary import pdf_canary
 from histofetch.pdf_checks import check_page_objects, check_pdf_bytes, open_pdf
 from histofetch.pdf_crosscheck import pdfplumber_count
 from histofetch.pdf_images import encode_png, extract_images
@@ -74,8 +75,9 @@ def run_extract(
         work = functools.partial(extract_record, min_size=min_size)  # picklable for --jobs
         # guard_attempts: a PDF whose reading hung or killed the process is not retried forever
         return run_records(
-            manifest, "extracted", work, jobs=jobs, retry_failed=retry_failed, guard_attempts=True
-        )
+            manifest, "extracted", work, jobs=jobs, retry_failed=retry_failed,
+            guard_attempts=True, canary=pdf_canary,  # a broken machine told from bad PDFs
+        )  # fmt: skip
 
 
 def ingest_local(manifest: Manifest, paths: list[Path]) -> list[Record]:

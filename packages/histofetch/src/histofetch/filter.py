@@ -36,6 +36,7 @@ import PIL.Image
 
 from histocore.io import atomic_write_bytes, one_line
 from histocore.manifest import Image, Manifest, Record
+from histofetch.canary import image_canary
 from histofetch.decide import rules
 from histofetch.decide.classifier import ClassifierScores, classify_rgb
 from histofetch.decide.colour import (
@@ -98,6 +99,7 @@ def run_filter(
             retry_failed=retry_failed,
             export=False,  # saved below, once the thresholds are re-applied everywhere
             guard_attempts=True,  # an image that kills its decoder fails its record, once
+            canary=image_canary,  # tells a machine that kills every decoder from such images
         )
         # Re-decide every scored image (records filtered in earlier runs too).
         for rec_id in {i.record_id for i in manifest.images.values()}:

@@ -17,11 +17,11 @@ from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, wait
 from concurrent.futures.process import BrokenProcessPool
 from multiprocessing.process import BaseProcess
-from pathlib import Path
 
-from histocore.manifest import Image, Manifest, Record
+from histocore.manifest import Manifest, Record
 from histocore.progress import task
-from histofetch.stage import StageSummary, _Stage, is_transient, run_per_record
+from histofetch.canary import Canary, bare_canary, canary_lives
+from histofetch.stage import StageSummary, _Stage, run_per_record
 from histofetch.thread_pool import CANCEL_GRACE_S, DaemonThreadPool
 from histofetch.worker_deaths import (
     DEATHS_IN_A_ROW,
@@ -33,17 +33,16 @@ from histofetch.worker_deaths import (
     suspects_first,
 )
 from histofetch.worker_processes import (
+    Result,
     executor,
     recording,
     second_ctrl_c_ignored,
     stop_workers,
+    work_on_copy,
     workers_deaf,
 )
 
 log = logging.getLogger(__name__)
-
-#: (record after the work, its images or None on failure, (reason, transient) or None)
-Result = tuple[Record, list[Image] | None, tuple[str, bool] | None]
 
 
 def run_records(
@@ -57,6 +56,7 @@ def run_records(
     export: bool = True,
     guard_attempts: bool = False,
     cancel: Callable[[], None] | None = None,
+    canary: Canary = bare_canary,
 ) -> StageSummary:
     """:func:`run_per_record` with ``work(manifest, record)`` run by ``jobs`` workers.
 
@@ -68,7 +68,9 @@ def run_records(
     ``guard_attempts``: see :mod:`histofetch.stage` (then only ``jobs`` records are claimed
     at a time, each on a worker, so a claim left behind names a record really being read).
     ``cancel``: what stops the threads' work at once (the network client's ``cancel``),
-    called when the run is interrupted.
+    called when the run is interrupted. ``canary``: what builds the stage's known-good
+    input that tells a broken machine from records that kill their reader
+    (:mod:`histofetch.canary`).
     """
     if jobs <= 1:
         return run_per_record(
@@ -81,24 +83,10 @@ def run_records(
         )
     runner = _Stage(manifest, stage, retry_failed, guard_attempts)
     with task(stage, len(runner.todo)) as shown:
-        run_pooled(runner, work, jobs=jobs, threads=threads, advance=shown.advance, cancel=cancel)
+        run_pooled(runner, work, jobs=jobs, threads=threads, advance=shown.advance,
+                   cancel=cancel, canary=canary)  # fmt: skip
     manifest.save() if export else manifest.commit()
     return runner.summary
-
-
-def work_on_copy(
-    work: Callable[[Manifest, Record], None], run_dir: Path, rec: Record, images: list[Image]
-) -> Result:
-    """Run ``work`` on one record in a manifest holding only it (in a worker)."""
-    mini = Manifest(run_dir=run_dir)
-    mini.records[rec.id] = rec
-    for img in images:
-        mini.images[img.id] = img
-    try:
-        work(mini, rec)
-    except Exception as exc:  # the parent records it, like run_per_record does
-        return rec, None, (str(exc) or type(exc).__name__, is_transient(exc))
-    return rec, mini.images_of(rec.id), None
 
 
 def run_pooled(
@@ -109,6 +97,7 @@ def run_pooled(
     threads: bool,
     advance: Callable[[], None],
     cancel: Callable[[], None] | None = None,
+    canary: Canary = bare_canary,
 ) -> None:
     """Feed the runner's records to ``jobs`` workers, at most ``2 * jobs`` in flight
     (``jobs`` when the runner guards attempts). However it ends (Ctrl-C, a dead worker), no
@@ -124,22 +113,24 @@ def run_pooled(
     ``unfinished attempts`` (listed in ``summary.killers``) while the others finish. That
     failure waits for a result back from another record (or the end of the call): when
     :data:`DEATHS_IN_A_ROW` different records in a row kill the worker reading each alone,
-    one record no worker died on is read alone next. If it comes back, the deaths were the
-    records' and they are failed; if its worker dies too, the cause is the machine (a native
-    library that crashes here, less memory than one worker needs, a broken install), and
+    a fresh worker runs ``work`` on the stage's ``canary``, a known-good input that is none
+    of the run's records (:mod:`histofetch.canary`). If it comes back, the deaths were the
+    records': those that died too often are failed and the run goes on (the others are read
+    again, alone); if its worker dies too, the cause is the machine (a native library that
+    crashes here, less memory than one worker needs, a broken install), and
     :class:`WorkerDied` ends the call leaving them to the next run (their dead attempts
-    counted, none failed). With no such record left, they are failed at the end. Without
-    the guard, or when no record was on the dead worker, :class:`WorkerDied` ends the call
-    too. The first death since a result came back is a warning at once, the ones after it
-    one warning when a result comes back (see :mod:`histofetch.worker_deaths`). Ended by
-    Ctrl-C, it still commits the results the pool had received; then worker processes are
-    ended, and worker threads are told to stop (``cancel``) and given
-    :data:`CANCEL_GRACE_S` at most: what they had not returned is not committed."""
+    counted, none failed). Without the guard, or when no record was on the dead worker,
+    :class:`WorkerDied` ends the call too. The first death since a result came back is a
+    warning at once, the ones after it one warning when a result comes back (see
+    :mod:`histofetch.worker_deaths`). Ended by Ctrl-C, it still commits the results the
+    pool had received; then worker processes are ended, and worker threads are told to stop
+    (``cancel``) and given :data:`CANCEL_GRACE_S` at most: what they had not returned is
+    not committed."""
     manifest = runner.manifest
     feed = _Feed(runner, work, threads, advance)
     deaths: Counter[str] = Counter()  # attempts of this call that died with their worker
     try:
-        _run_pools(runner, feed, deaths, jobs, threads, cancel)
+        _run_pools(runner, feed, deaths, jobs, threads, cancel, canary)
         feed.confirm()  # the call ends: those whose readers died are failed
     finally:
         manifest.release(feed.deferred)  # left to the next run (Ctrl-C, WorkerDied)
@@ -153,25 +144,25 @@ def _run_pools(
     jobs: int,
     threads: bool,
     cancel: Callable[[], None] | None,
+    canary: Canary,
 ) -> None:
     """:func:`run_pooled`'s loop: a pool, and a fresh one after each death it goes on from."""
     manifest = runner.manifest
     while True:
+        if len(feed.alone_deaths) >= DEATHS_IN_A_ROW:  # the machine, or those records?
+            if not canary_lives(feed.work, canary):  # a known-good input killed it too
+                raise WorkerDied(machine_kills(feed))
+            feed.confirm()  # the worker lived: the deaths were the records'
         workers: list[BaseProcess] = []
         pool = executor(jobs, threads)  # workers start at submit (deaf to Ctrl-C there)
-        probe: list[str] = []
         try:
             suspects, others = suspects_first(runner, feed.left())
-            if len(feed.alone_deaths) >= DEATHS_IN_A_ROW:  # the machine, or those records?
-                probe = others[:1]  # a record never killed, read alone first, tells
             with recording(workers):
-                feed.run(pool, probe, 1)  # back: the deaths were the records' (confirm)
                 feed.run(pool, suspects, 1)
-                feed.run(pool, others[len(probe) :], jobs if runner.guard_attempts else 2 * jobs)
+                feed.run(pool, others, jobs if runner.guard_attempts else 2 * jobs)
         except BaseException as exc:  # Ctrl-C, a dead worker
             dead = isinstance(exc, BrokenProcessPool)
             go_on = dead and runner.guard_attempts and bool(feed.sent)
-            probe_died = go_on and bool(probe) and feed.sent == set(probe)
             with second_ctrl_c_ignored():
                 try:
                     stop_workers(pool, workers)
@@ -185,8 +176,6 @@ def _run_pools(
                         count_deaths(feed, deaths)
                 finally:
                     manifest.release(feed.held)
-            if probe_died:
-                raise WorkerDied(machine_kills(feed)) from None
             if go_on:
                 feed.restart()
                 continue

@@ -4,10 +4,12 @@ When a worker dies (a decoder crash, the OOM killer) every record on it counts o
 that never ended (:mod:`histofetch.stage` guards attempts). Those records (suspects) are
 read again one at a time, so the death of a worker reading one alone is that record's own;
 one that dies too often is failed. The breaker: when :data:`DEATHS_IN_A_ROW` records in a
-row kill the worker reading each alone, one record no worker died on is read alone next
-(the probe); if its worker dies too, the cause is the machine and :class:`WorkerDied` ends
-the call. The first death since a result came back is one warning at once; the deaths that
-follow it are one summary warning when a result comes back (or in the error line).
+row kill the worker reading each alone, a fresh worker runs the stage's canary, a known-good
+input that is none of the run's records (:mod:`histofetch.canary`); if its worker dies
+too, the cause is the machine and :class:`WorkerDied` ends the call; if it comes back, the
+deaths were the records' (those that died too often are failed). The first death since a
+result came back is one warning at once; the deaths that follow it are one summary warning
+when a result comes back (or in the error line).
 """
 
 from __future__ import annotations
@@ -109,16 +111,17 @@ def died(runner: _Stage, sent: list[str]) -> str:
 
 
 def machine_kills(feed: _Feed) -> str:
-    """:class:`WorkerDied`'s message when the probe died too: the deaths since the last
+    """:class:`WorkerDied`'s message when the canary died too: the deaths since the last
     result back are the machine's (they are said here, not in a warning)."""
-    runner, n = feed.runner, len(feed.deaths_in_a_row)
+    runner, n = feed.runner, len(feed.deaths_in_a_row) + 1
     feed.deaths_in_a_row = []
     return (
         f"{runner.manifest.run_dir}: {runner.stage}: worker processes died {n} times in a row "
         f"(killed, crashed or out of memory), reading each of {named(feed.alone_deaths)}, "
-        "each read alone, with no record read in between: the cause is this machine or "
-        "installation (a native library that crashes here, less memory than one worker "
-        "needs), not the records; none was failed, the next run reads them again"
+        "each read alone, then a small known-good input built for the check: the cause is "
+        "this machine or installation (a native library that crashes here, less memory "
+        "than one worker needs), not the records; none was failed, the next run reads them "
+        "again"
     )
 
 

@@ -1,4 +1,5 @@
-"""The worker processes of a pool (``--jobs N``): started, told apart, ended, deaf to Ctrl-C.
+"""The worker processes of a pool (``--jobs N``): started, told apart, ended, deaf to Ctrl-C,
+and what each runs (:func:`work_on_copy`).
 
 Workers are spawned (they start clean: no copy of the parent's SQLite connection or
 threads); each pool records the processes it starts, so it ends its own and no other child
@@ -10,12 +11,18 @@ from __future__ import annotations
 import contextlib
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, ProcessPoolExecutor
 from multiprocessing.context import SpawnContext, SpawnProcess
 from multiprocessing.process import BaseProcess
+from pathlib import Path
 
+from histocore.manifest import Image, Manifest, Record
+from histofetch.stage import is_transient
 from histofetch.thread_pool import DaemonThreadPool
+
+#: (record after the work, its images or None on failure, (reason, transient) or None)
+Result = tuple[Record, list[Image] | None, tuple[str, bool] | None]
 
 #: Per thread: the list the pool being fed from it records its workers in as they start.
 _starting = threading.local()
@@ -113,3 +120,18 @@ def stop_workers(pool: Executor, workers: list[BaseProcess]) -> None:
         proc.terminate()
     for proc in workers:
         proc.join(timeout=10)
+
+
+def work_on_copy(
+    work: Callable[[Manifest, Record], None], run_dir: Path, rec: Record, images: list[Image]
+) -> Result:
+    """Run ``work`` on one record in a manifest holding only it (in a worker)."""
+    mini = Manifest(run_dir=run_dir)
+    mini.records[rec.id] = rec
+    for img in images:
+        mini.images[img.id] = img
+    try:
+        work(mini, rec)
+    except Exception as exc:  # the parent records it, like run_per_record does
+        return rec, None, (str(exc) or type(exc).__name__, is_transient(exc))
+    return rec, mini.images_of(rec.id), None

@@ -1,0 +1,125 @@
+"""The pool's canary (``--jobs N``): is this machine killing workers, or are the records?
+
+When records in a row kill the worker reading each alone (:mod:`histofetch.worker_deaths`),
+a fresh worker runs the stage's own work on a tiny known-good input that does not come
+from the run: a small PDF for extract (:func:`pdf_canary`: PyMuPDF opens it, decodes its
+image, pdfplumber counts it), a small image for filter (:func:`image_canary`: decoded,
+scored by both signals, cut into panels). Its inputs are built inside that worker, in a
+folder of its own, so the parent never loads a library that might crash it. If the worker
+comes back (whatever its result), the machine can do the work and the deaths were the
+records'; if it dies too, the machine is to blame.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import tempfile
+from collections.abc import Callable
+from concurrent.futures.process import BrokenProcessPool
+from multiprocessing.process import BaseProcess
+from pathlib import Path
+
+import numpy as np
+
+from histocore.manifest import Image, Manifest, Record
+from histofetch.worker_processes import (
+    executor,
+    recording,
+    stop_workers,
+    work_on_copy,
+    workers_deaf,
+)
+
+log = logging.getLogger(__name__)
+
+#: What builds a canary's inputs in a folder (in the worker): the record and its images.
+Canary = Callable[[Path], tuple[Record, list[Image]]]
+#: One record's work, as :func:`histofetch.pool.run_records` takes it.
+Work = Callable[[Manifest, Record], None]
+
+CANARY_ID = "canary"
+
+
+def bare_canary(folder: Path) -> tuple[Record, list[Image]]:
+    """The canary of a stage that names none: a record with no files (the work itself is
+    run, and whatever it loads)."""
+    return Record(id=CANARY_ID), []
+
+
+def _tissue(side: int = 96) -> np.ndarray:
+    """Pink field with purple dots, ``side`` px square (a fixed H&E-like picture)."""
+    rng = np.random.default_rng(0)
+    rgb = np.empty((side, side, 3), np.uint8)
+    rgb[...] = (230, 160, 200)
+    yy, xx = np.mgrid[:side, :side]
+    for cy, cx in rng.integers(4, side - 4, (side // 4, 2)):
+        rgb[(yy - cy) ** 2 + (xx - cx) ** 2 <= 9] = (90, 50, 140)
+    return rgb
+
+
+def _png(rgb: np.ndarray) -> bytes:
+    import PIL.Image  # in the worker: the library the canary exercises
+
+    buf = io.BytesIO()
+    PIL.Image.fromarray(rgb).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def image_canary(folder: Path) -> tuple[Record, list[Image]]:
+    """filter's canary: an extracted record with one small H&E-like PNG figure."""
+    data = _png(_tissue())
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    (folder / "images" / "canary.png").write_bytes(data)
+    image = Image(
+        id=f"{CANARY_ID}/fig1", record_id=CANARY_ID, path="images/canary.png",
+        sha256=hashlib.sha256(data).hexdigest(), width=96, height=96,
+        caption="Figure 1. H&E of a lymph node.",
+    )  # fmt: skip
+    return Record(id=CANARY_ID, stage="extracted"), [image]
+
+
+def pdf_canary(folder: Path) -> tuple[Record, list[Image]]:
+    """extract's canary: a downloaded record whose one-page PDF (built with PyMuPDF) holds
+    one small image and its caption."""
+    import pymupdf  # in the worker: the library the canary exercises
+
+    doc = pymupdf.open()
+    page = doc.new_page(width=200, height=200)
+    page.insert_image(pymupdf.Rect(20, 20, 116, 116), stream=_png(_tissue()))
+    page.insert_text((20, 140), "Figure 1. H&E of a lymph node.")
+    data = doc.tobytes()
+    doc.close()
+    (folder / "canary.pdf").write_bytes(data)
+    rec = Record(id=CANARY_ID, stage="downloaded", pdf_path="canary.pdf", pdf_source="local")
+    return rec, []
+
+
+def run_canary(work: Work, canary: Canary, folder: str) -> str | None:
+    """In a worker: build the canary's inputs in ``folder`` and run ``work`` on them as on a
+    record (:func:`~histofetch.worker_processes.work_on_copy`). Returns the failure reason,
+    if any."""
+    rec, images = canary(Path(folder))
+    failure = work_on_copy(work, Path(folder), rec, images)[2]
+    return failure[0] if failure else None
+
+
+def canary_lives(work: Work, canary: Canary) -> bool:
+    """Run the canary in a fresh worker process: does that worker come back? (A result
+    that says the work failed counts: the process lived through it.)"""
+    workers: list[BaseProcess] = []
+    pool = executor(1, threads=False)
+    try:
+        with tempfile.TemporaryDirectory(prefix="histofetch-canary-") as folder:
+            with recording(workers), workers_deaf(False):
+                future = pool.submit(run_canary, work, canary, folder)
+            try:
+                failure = future.result()
+            except BrokenProcessPool:
+                log.debug("the canary's worker died")
+                return False
+            log.debug("the canary's worker came back (%s)", failure or "no failure")
+            return True
+    finally:
+        stop_workers(pool, workers)
