@@ -108,10 +108,10 @@ def run_canary(work: Work, canary: Canary, folder: str) -> str | None:
 def canary_lives(work: Work, canary: Canary) -> bool:
     """Run the canary in a fresh worker process: does that worker come back? (A result
     that says the work failed counts: the process lived through it.)"""
-    workers: list[BaseProcess] = []
-    pool = executor(1, threads=False)
-    try:
-        with tempfile.TemporaryDirectory(prefix="histofetch-canary-") as folder:
+    with tempfile.TemporaryDirectory(prefix="histofetch-canary-") as folder:
+        workers: list[BaseProcess] = []
+        pool = executor(1, threads=False)
+        try:  # its worker ended (Ctrl-C too) before its folder is removed
             with recording(workers), workers_deaf(False):
                 future = pool.submit(run_canary, work, canary, folder)
             try:
@@ -121,5 +121,5 @@ def canary_lives(work: Work, canary: Canary) -> bool:
                 return False
             log.debug("the canary's worker came back (%s)", failure or "no failure")
             return True
-    finally:
-        stop_workers(pool, workers)
+        finally:
+            stop_workers(pool, workers)
