@@ -504,7 +504,7 @@ def test_filter_jobs_fails_images_that_kill_their_decoder_and_finishes_the_rest(
     assert all(f"pmid:{i}" in last for i in killers), err
     assert all(w.startswith("warning: ") for w in warnings), err
     failures = [w for w in warnings if ": skipped: 2 attempts" in w]
-    assert len(failures) == k, err  # one line per record failed (deaths: see ed57f32's test)
+    assert len(failures) == k, err  # one line per record failed
     assert f"filtered: {n - k} done, 0 already done, {k} failed (unfinished attempts: {k})" in (
         proc.stdout.decode()
     )
