@@ -122,15 +122,21 @@ def _store(rank: int, world: int, timeout: timedelta) -> dist.Store:
     )  # fmt: skip
 
 
+def _agent_store() -> bool:
+    """torchrun's agent hosts the store (at MASTER_ADDR:MASTER_PORT)."""
+    return os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+
+
 def _hosts_store(rank: int) -> bool:
     """Rank 0 hosts the store, unless torchrun's agent does."""
-    return rank == 0 and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True"
+    return rank == 0 and not _agent_store()
 
 
 def _start(rank: int, world: int, failure: str | None) -> dist.Store:
     """Post this rank's start status (None: ready) to the rendezvous store and read every
-    rank's; raise :class:`RankFailed` when one failed. Every rank waits until all have read
-    them, so rank 0 (which may host the store) does not leave before the others know."""
+    rank's; raise :class:`RankFailed` when one failed. Rank 0 hosting the store, or under
+    torchrun every rank (torchrun stops the others once one exits), waits until all ranks
+    have read them, so none leaves before the others know."""
     global _started, _joins
     _started, _joins = True, _joins + 1
     timeout = JOIN_TIMEOUT if failure is None else REPORT_WAIT
@@ -142,7 +148,7 @@ def _start(rank: int, world: int, failure: str | None) -> dist.Store:
     _wait(lambda: box.check(keys), timeout, f"all {world} ranks did not join")
     failed = [(r, box.get(str(r)).decode()) for r in range(world)]
     box.add("read", 1)
-    if _hosts_store(rank):  # the store leaves with this process: not before all have read
+    if _hosts_store(rank) or _agent_store():  # none leaves before all have read them
         _wait(lambda: int(box.add("read", 0)) >= world, timeout, "a rank left while joining")
     failed = [(r, why) for r, why in failed if why and r != rank]
     if failed and failure is None:
