@@ -221,11 +221,12 @@ def test_ranks_started_by_hand_need_rank_and_the_masters_address(monkeypatch):
         init_distributed(torch.device("cpu"))
 
 
-def _by_hand(tmp_path, args, *, timeout=120, **env_vars):
+def _by_hand(tmp_path, args, *, timeout=120, rank_args=None, **env_vars):
     """Two ranks of ``histomodels ARGS`` started by hand (RANK, WORLD_SIZE, MASTER_ADDR,
     MASTER_PORT; no torchrun), rank k in its own folder ``node<k>`` as if on its own node's
     disk. Returns [(exit code, stderr, seconds to exit)] per rank; a rank still running
-    after ``timeout`` s is killed and fails the test (it would have waited 30 minutes)."""
+    after ``timeout`` s is killed and fails the test (it would have waited 30 minutes).
+    ``rank_args`` {rank: [more args]} gives one rank options of its own."""
     import time
 
     port = _free_port()
@@ -236,7 +237,7 @@ def _by_hand(tmp_path, args, *, timeout=120, **env_vars):
             "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE",
             **env_vars,
         }  # fmt: skip
-        cmd = [sys.executable, "-m", "histomodels", *args]
+        cmd = [sys.executable, "-m", "histomodels", *args, *(rank_args or {}).get(rank, [])]
         node = tmp_path / f"node{rank}"
         pipe = subprocess.PIPE
         procs.append(subprocess.Popen(cmd, cwd=node, env=env, text=True, stdout=pipe, stderr=pipe))
@@ -313,6 +314,24 @@ def test_by_hand_a_teacher_missing_on_one_node_stops_both_ranks(trained, tmp_pat
     done = _by_hand(tmp_path, args)
     _one_line_each(done, failed=1, problem="teacher must be a checkpoint")
     assert "before joining" in done[0][1]
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_by_hand_a_bad_option_on_one_rank_stops_both_ranks(trained, tmp_path):
+    """Rank 1 is given --lr 0: click stops it with a usage error (exit 2) before any of our
+    code runs; it still tells rank 0, which stops at once instead of waiting in the join
+    for the 30-minute timeout; nothing is written."""
+    args = _two_nodes(trained, tmp_path)
+    for rank in range(2):
+        shutil.copy2(trained / "teacher" / "best.pt", tmp_path / f"node{rank}" / "teacher.pt")
+    done = _by_hand(tmp_path, args, rank_args={1: ["--lr", "0"]})
+    (code0, err0, t0), (code1, err1, t1) = done
+    assert code1 == 2 and "Invalid value for '--lr'" in err1 and "Traceback" not in err1, err1
+    lines = err0.splitlines()
+    assert code0 == 1 and len(lines) == 1, err0[-3000:]
+    assert lines[0].startswith("error: rank 1 of 2 failed before joining"), lines
+    assert abs(t0 - t1) < 30  # rank 0 did not wait for a timeout
     assert not (tmp_path / "run").exists()
 
 

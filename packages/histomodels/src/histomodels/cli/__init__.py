@@ -6,14 +6,41 @@ this module only assembles them into one app.
 
 from __future__ import annotations
 
-from typing import Annotated
+import os
+import sys
+from typing import Annotated, Any
 
 import typer
 
 from histomodels.cli import data, demo, ensemble, evaluate, train
 from histomodels.cli._common import setup_logging
 
-app = typer.Typer(
+
+class _App(typer.Typer):
+    """The Typer app; a rank of distributed training that stops at a bad option (click's
+    usage error, before any of our code runs) tells the other ranks, which would otherwise
+    wait for it in the join until the 30-minute timeout."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().__call__(*args, **kwargs)
+        except SystemExit as exc:
+            _tell_other_ranks(exc)
+            raise
+
+
+def _tell_other_ranks(exc: SystemExit) -> None:
+    if exc.code in (0, None) or os.environ.get("WORLD_SIZE", "1") in ("", "0", "1"):
+        return
+    command = next((a for a in sys.argv[1:] if not a.startswith("-")), None)
+    if command not in ("train", "finetune"):  # the commands that join a process group
+        return
+    from histomodels.distributed import report_early_failure
+
+    report_early_failure(exc)  # a no-op when this rank already joined or reported
+
+
+app = _App(
     name="histomodels",
     help="Train, tune, fine-tune, evaluate and ship models for 96x96 H&E patches (PCam).",
     no_args_is_help=True,
