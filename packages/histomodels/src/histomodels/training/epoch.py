@@ -11,6 +11,7 @@ repeatable on the same machine (``tests/histomodels/test_train.py``).
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
@@ -20,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from histomodels import distributed as D
+from histomodels.data.blocks import BlockImages
 from histomodels.device import amp_dtype, autocast
 from histomodels.inference import predict_logits
 from histomodels.metrics import binary_metrics
@@ -52,10 +54,13 @@ def fit_epoch(t: Trainer, epoch: int) -> EpochStats:
 
     t0, factor, cut = time.perf_counter(), 1.0, False
     n, on = t.batches_per_epoch, t.prefetch
+    # A streamed batch one rank cannot read stops every rank (one small all-reduce a step);
+    # patches in memory cannot fail to read, so they skip it (and its host-device sync).
+    streamed = isinstance(t.x_train, BlockImages) and info.enabled
     with Prefetcher(make, n, enabled=on, device=t.device) as batches:  # b+1 while b trains
         it = iter(batches)
         for _ in range(n):
-            with D.together(info):  # a batch one rank cannot read (streamed) stops them all
+            with D.together(info) if streamed else contextlib.nullcontext():
                 images, labels = next(it)
             factor = t.train_step(images, labels)
             if any([cb.on_step_end(t) for cb in t.callbacks]):  # every hook runs
