@@ -54,6 +54,14 @@ LEVERS: dict[str, dict] = {
     # teacher: `histomodels ensemble` of the undistilled 60-epoch pcam-cnn and lite0_e6
     "distill_ensemble": {"teacher": str(HERE / "runs" / "ens_pcamcnn60_lite0" / "best.pt")},
 }
+#: the shipped recipe (build_pcam_cnn.py: its Lite0 teacher, JPEG/blur 0.5), plus one change
+SHIPPED_TEACHER = HERE / "runs" / "pcam-cnn" / "teacher" / "best.pt"
+SHIPPED: dict = {"teacher": str(SHIPPED_TEACHER), "jpeg_blur": 0.5}
+LEVERS |= {
+    "dw08": SHIPPED | {"distill_weight": 0.8},  # more weight on the teacher's soft targets
+    "bs64": SHIPPED | {"batch_size": 64},  # twice the optimiser steps per epoch
+    "stainnorm": SHIPPED | {"stain_norm": "macenko"},  # static Macenko, train and eval
+}
 
 
 def tag(lever: str, epochs: int) -> str:
