@@ -35,22 +35,25 @@ def _run_here(folder: Path, canary: Canary, work: Work) -> Manifest:
 
 
 def test_the_pdf_canary_is_extracted_by_the_extract_work(tmp_path: Path) -> None:
-    """extract's canary is a real PDF: PyMuPDF decodes its image, pdfplumber counts it."""
+    """extract's canary is a real PDF: PyMuPDF decodes its two images (one stored as a
+    JPEG, one as a PNG, the encodings article PDFs mostly hold), pdfplumber counts them."""
     mini = _run_here(tmp_path, pdf_canary, functools.partial(extract_record, min_size=32))
-    (image,) = mini.images_of(CANARY_ID)
-    assert (image.width, image.height, image.page) == (96, 96, 1)
-    assert (tmp_path / image.path).stat().st_size > 0
+    images = mini.images_of(CANARY_ID)
+    assert [(i.width, i.height, i.page) for i in images] == [(96, 96, 1)] * 2
+    assert all((tmp_path / i.path).stat().st_size > 0 for i in images)
     rec = mini.records[CANARY_ID]
-    assert rec.n_images == 1 and rec.extra.get("pdfplumber_images") == 1, rec.extra
+    assert rec.n_images == 2 and rec.extra.get("pdfplumber_images") == 2, rec.extra
 
 
 def test_the_image_canary_is_scored_by_the_filter_work(tmp_path: Path) -> None:
     """filter's canary is a real image: decoded, scored by both signals, hashed."""
     work = functools.partial(filter_record, limits=Thresholds.from_kwargs(0.3), panels=True)
     mini = _run_here(tmp_path, image_canary, work)
-    figure = mini.images[f"{CANARY_ID}/fig1"]
-    assert figure.status == "ok", figure.reason
-    assert figure.p_he is not None and figure.he_score is not None and figure.phash
+    figures = [mini.images[f"{CANARY_ID}/fig{k}"] for k in (1, 2)]  # a JPEG and a PNG
+    assert [f.path.rsplit(".", 1)[1] for f in figures] == ["jpg", "png"]
+    for figure in figures:
+        assert figure.status == "ok", figure.reason
+        assert figure.p_he is not None and figure.he_score is not None and figure.phash
 
 
 def test_a_worker_that_lives_through_the_canary_is_told_from_one_that_dies() -> None:

@@ -452,6 +452,8 @@ class _KillsItsReader(ImageFile.ImageFile):
 
 
 def _kills(head):  # a file made to kill, or any file on a machine whose decoders all crash
+    if head[:3] == b"\\xff\\xd8\\xff" and "HISTOFETCH_TEST_JPEG_DECODER_CRASHES" in os.environ:
+        return True  # a machine whose JPEG decoder alone crashes (a broken libjpeg)
     return head[:16] == b"KILLS-ITS-READER" or "HISTOFETCH_TEST_DECODERS_CRASH" in os.environ
 
 
@@ -460,7 +462,7 @@ Image.register_open("KILLER", _KillsItsReader, _kills)  # before Pillow's own: t
 
 
 def _filter_with_killers(
-    tmp_path: Path, n: int, killers: set[int]
+    tmp_path: Path, n: int, killers: set[int], fmt: str = "png"
 ) -> tuple[Path, list[str], dict[str, str]]:
     """A run of ``n`` extracted records, one figure each; the figures of ``killers`` kill
     the process that decodes them (:data:`KILLER_PLUGIN`). Returns the run, the
@@ -470,7 +472,7 @@ def _filter_with_killers(
         for k in range(n):
             rid = f"pmid:{k}"
             m.add_record(Record(id=rid, stage="extracted"))
-            rel = f"images/{k}.png"
+            rel = f"images/{k}.{fmt}"
             (run / "images").mkdir(parents=True, exist_ok=True)
             if k in killers:
                 (run / rel).write_bytes(b"KILLS-ITS-READER" + bytes(64))
@@ -530,6 +532,24 @@ def test_filter_jobs_fails_images_that_kill_their_decoder_and_finishes_the_rest(
     assert f"filtered: 0 done, {n - k} already done, 0 failed, {k} failed before" in (
         again.stdout.decode()
     )
+
+
+def test_a_machine_whose_jpeg_decoder_crashes_is_blamed_not_the_jpeg_figures(
+    tmp_path: Path,
+) -> None:
+    """Most PMC figures are JPEGs: on a machine whose JPEG decoder alone crashes, every
+    JPEG figure kills its reader, and the canary (a JPEG and a PNG) dies too, so the
+    machine is blamed and no figure is failed (a PNG-only canary lived and failed them
+    all as 'unfinished attempts')."""
+    run, cmd, env = _filter_with_killers(tmp_path, 6, killers=set(), fmt="jpg")
+    broken = env | {"HISTOFETCH_TEST_JPEG_DECODER_CRASHES": "1"}
+    proc = subprocess.run(cmd, capture_output=True, env=broken, timeout=600)
+    err = proc.stderr.decode()
+    assert proc.returncode == 1, err
+    assert "Traceback" not in err
+    assert _said(err)[-1].startswith("error: ") and "none was failed" in err, err
+    with Manifest.load(run) as m:
+        assert [r.status for r in m.records.values()] == ["ok"] * 6
 
 
 def test_workers_dying_on_every_record_print_one_warning_then_the_error(

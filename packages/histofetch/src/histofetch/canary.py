@@ -60,24 +60,37 @@ def _tissue(side: int = 96) -> np.ndarray:
 
 
 def _png(rgb: np.ndarray) -> bytes:
+    return _encoded(rgb, "PNG")
+
+
+def _jpeg(rgb: np.ndarray) -> bytes:
+    return _encoded(rgb, "JPEG")
+
+
+def _encoded(rgb: np.ndarray, fmt: str) -> bytes:
     import PIL.Image  # in the worker: the library the canary exercises
 
     buf = io.BytesIO()
-    PIL.Image.fromarray(rgb).save(buf, format="PNG")
+    PIL.Image.fromarray(rgb).save(buf, format=fmt)
     return buf.getvalue()
 
 
 def image_canary(folder: Path) -> tuple[Record, list[Image]]:
-    """filter's canary: an extracted record with one small H&E-like PNG figure."""
-    data = _png(_tissue())
+    """filter's canary: an extracted record with two small H&E-like figures, a JPEG and a
+    PNG (the formats real figures come in: a machine whose JPEG decoder crashes is broken
+    for most of PMC, not "full of bad records")."""
     (folder / "images").mkdir(parents=True, exist_ok=True)
-    (folder / "images" / "canary.png").write_bytes(data)
-    image = Image(
-        id=f"{CANARY_ID}/fig1", record_id=CANARY_ID, path="images/canary.png",
-        sha256=hashlib.sha256(data).hexdigest(), width=96, height=96,
-        caption="Figure 1. H&E of a lymph node.",
-    )  # fmt: skip
-    return Record(id=CANARY_ID, stage="extracted"), [image]
+    images = []
+    for k, (ext, encode) in enumerate((("jpg", _jpeg), ("png", _png)), start=1):
+        data = encode(_tissue())
+        (folder / "images" / f"canary{k}.{ext}").write_bytes(data)
+        image = Image(
+            id=f"{CANARY_ID}/fig{k}", record_id=CANARY_ID, path=f"images/canary{k}.{ext}",
+            sha256=hashlib.sha256(data).hexdigest(), width=96, height=96,
+            caption=f"Figure {k}. H&E of a lymph node.",
+        )  # fmt: skip
+        images.append(image)
+    return Record(id=CANARY_ID, stage="extracted"), images
 
 
 def pdf_canary(folder: Path) -> tuple[Record, list[Image]]:
@@ -87,7 +100,9 @@ def pdf_canary(folder: Path) -> tuple[Record, list[Image]]:
 
     doc = pymupdf.open()
     page = doc.new_page(width=200, height=200)
-    page.insert_image(pymupdf.Rect(20, 20, 116, 116), stream=_png(_tissue()))
+    # a JPEG (kept as DCT) and a PNG (Flate), the encodings article PDFs mostly hold
+    page.insert_image(pymupdf.Rect(10, 10, 96, 96), stream=_jpeg(_tissue()))
+    page.insert_image(pymupdf.Rect(104, 10, 190, 96), stream=_png(_tissue()))
     page.insert_text((20, 140), "Figure 1. H&E of a lymph node.")
     data = doc.tobytes()
     doc.close()
@@ -100,7 +115,10 @@ def run_canary(work: Work, canary: Canary, folder: str) -> str | None:
     """In a worker: build the canary's inputs in ``folder`` and run ``work`` on them as on a
     record (:func:`~histofetch.worker_processes.work_on_copy`). Returns the failure reason,
     if any."""
-    rec, images = canary(Path(folder))
+    try:  # a canary whose inputs cannot be built still came back: the worker lived
+        rec, images = canary(Path(folder))
+    except Exception as exc:  # logged by the caller, never raised there
+        return f"canary inputs: {type(exc).__name__}: {exc}"
     failure = work_on_copy(work, Path(folder), rec, images)[2]
     return failure[0] if failure else None
 
