@@ -221,12 +221,13 @@ def test_ranks_started_by_hand_need_rank_and_the_masters_address(monkeypatch):
         init_distributed(torch.device("cpu"))
 
 
-def _by_hand(tmp_path, args, *, timeout=120, rank_args=None, **env_vars):
+def _by_hand(tmp_path, args, *, timeout=120, rank_args=None, rank_env=None, **env_vars):
     """Two ranks of ``histomodels ARGS`` started by hand (RANK, WORLD_SIZE, MASTER_ADDR,
     MASTER_PORT; no torchrun), rank k in its own folder ``node<k>`` as if on its own node's
     disk. Returns [(exit code, stderr, seconds to exit)] per rank; a rank still running
     after ``timeout`` s is killed and fails the test (it would have waited 30 minutes).
-    ``rank_args`` {rank: [more args]} gives one rank options of its own."""
+    ``rank_args`` {rank: [more args]} / ``rank_env`` {rank: {VAR: value}} give one rank
+    options or environment of its own."""
     import time
 
     port = _free_port()
@@ -235,7 +236,7 @@ def _by_hand(tmp_path, args, *, timeout=120, rank_args=None, **env_vars):
         env = {
             **os.environ, "RANK": str(rank), "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
             "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE",
-            **env_vars,
+            **env_vars, **(rank_env or {}).get(rank, {}),
         }  # fmt: skip
         cmd = [sys.executable, "-m", "histomodels", *args, *(rank_args or {}).get(rank, [])]
         node = tmp_path / f"node{rank}"
@@ -333,6 +334,19 @@ def test_by_hand_a_bad_option_on_one_rank_stops_both_ranks(trained, tmp_path):
     assert lines[0].startswith("error: rank 1 of 2 failed before joining"), lines
     assert abs(t0 - t1) < 30  # rank 0 did not wait for a timeout
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_by_hand_one_rank_streaming_and_one_in_memory_train_together(trained, tmp_path):
+    """Each rank decides by its own free memory whether to stream its data: rank 0 streams
+    (a 1-byte cache budget), rank 1 holds the patches in memory. They still make the same
+    collectives (a per-batch check on one rank only paired with DDP's gradient all-reduce
+    on the other and hung both) and finish."""
+    args = _two_nodes(trained, tmp_path)
+    args = args[: args.index("--teacher")]  # no teacher needed here
+    done = _by_hand(tmp_path, args, rank_env={0: {"HISTOMODELS_CACHE_BYTES": "1"}})
+    assert [code for code, _, _ in done] == [0, 0], [err[-2000:] for _, err, _ in done]
+    assert (tmp_path / "run" / "best.pt").is_file()
 
 
 @pytest.mark.slow

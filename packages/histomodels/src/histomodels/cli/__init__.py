@@ -35,9 +35,15 @@ def _tell_other_ranks(exc: SystemExit) -> None:
     command = next((a for a in sys.argv[1:] if not a.startswith("-")), None)
     if command not in ("train", "finetune"):  # the commands that join a process group
         return
-    from histomodels.distributed import report_early_failure
+    # no c10d connect-retry dumps on stderr while the store is tried (torch not loaded yet)
+    os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
+    try:
+        from histomodels.distributed import report_early_failure
 
-    report_early_failure(exc)  # a no-op when this rank already joined or reported
+        report_early_failure(exc)  # a no-op when this rank already joined or reported
+    except KeyboardInterrupt:  # Ctrl-C while it waits for the others to read it
+        print("interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
 
 
 app = _App(

@@ -56,7 +56,9 @@ def fit_epoch(t: Trainer, epoch: int) -> EpochStats:
     n, on = t.batches_per_epoch, t.prefetch
     # A streamed batch one rank cannot read stops every rank (one small all-reduce a step);
     # patches in memory cannot fail to read, so they skip it (and its host-device sync).
-    streamed = isinstance(t.x_train, BlockImages) and info.enabled
+    # Ranks agree first: each chose to stream by its own free memory, and a check on some
+    # ranks only would pair with DDP's gradient all-reduce on the others and hang them.
+    streamed = D.any_flag(isinstance(t.x_train, BlockImages), info) and info.enabled
     with Prefetcher(make, n, enabled=on, device=t.device) as batches:  # b+1 while b trains
         it = iter(batches)
         for _ in range(n):
