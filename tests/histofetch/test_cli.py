@@ -121,6 +121,9 @@ MALFORMED = {
     "filter --purple": (["filter", "--purple", "1.5"], "--purple", "less than or equal to 1"),
     "run --purple": (["run", "q", "--purple", "-0.1"], "--purple", "greater than or equal to 0"),
     "download --jobs": (["download", "--jobs", "0"], "--jobs", "greater than or equal to 1"),
+    "search --mindate": (["search", "q", "--mindate", "2020-01"], "--mindate", "not a date as"),
+    "run --maxdate": (["run", "q", "--maxdate", "2021/13"], "--maxdate", "'2021/13' is not a"),
+    "search --maxdate": (["search", "q", "--maxdate", "2021/04/31"], "--maxdate", "not a date"),
 }
 
 

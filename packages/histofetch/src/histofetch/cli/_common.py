@@ -32,8 +32,34 @@ ApiKey = Annotated[
 Email = Annotated[
     str | None, typer.Option(envvar="NCBI_EMAIL", help="Your e-mail, sent to NCBI as asked.")
 ]
-MinDate = Annotated[str | None, typer.Option(help="Published from: YYYY, YYYY/MM or YYYY/MM/DD.")]
-MaxDate = Annotated[str | None, typer.Option(help="Published until: YYYY, YYYY/MM or YYYY/MM/DD.")]
+
+
+def _check_date(text: str | None) -> str | None:
+    """``--mindate``/``--maxdate`` callback: NCBI's date forms YYYY, YYYY/MM or YYYY/MM/DD
+    (a real date); anything else is a usage error (exit 2), not a search NCBI refuses."""
+    import datetime as dt
+    import re
+
+    if text is None:
+        return None
+    m = re.fullmatch(r"(\d{4})(?:/(\d{1,2})(?:/(\d{1,2}))?)?", text.strip())
+    try:
+        if m is None:
+            raise ValueError
+        dt.date(int(m[1]), int(m[2] or 1), int(m[3] or 1))  # month 13, 31 April, ...
+    except ValueError:
+        raise typer.BadParameter(f"{text!r} is not a date as YYYY, YYYY/MM or YYYY/MM/DD") from None
+    return text.strip()
+
+
+MinDate = Annotated[
+    str | None,
+    typer.Option(callback=_check_date, help="Published from: YYYY, YYYY/MM or YYYY/MM/DD."),
+]
+MaxDate = Annotated[
+    str | None,
+    typer.Option(callback=_check_date, help="Published until: YYYY, YYYY/MM or YYYY/MM/DD."),
+]
 OaOnly = Annotated[
     bool, typer.Option("--open-access-only", help="Only articles in the PMC open-access subset.")
 ]
