@@ -13,7 +13,7 @@ from typing import Annotated, Any
 import typer
 
 from histomodels.cli import data, demo, ensemble, evaluate, train
-from histomodels.cli._common import setup_logging
+from histomodels.cli._common import launched_distributed, setup_logging
 
 
 class _App(typer.Typer):
@@ -30,7 +30,7 @@ class _App(typer.Typer):
 
 
 def _tell_other_ranks(exc: SystemExit) -> None:
-    if exc.code in (0, None) or os.environ.get("WORLD_SIZE", "1") in ("", "0", "1"):
+    if exc.code in (0, None) or not launched_distributed():
         return
     command = next((a for a in sys.argv[1:] if not a.startswith("-")), None)
     if command not in ("train", "finetune"):  # the commands that join a process group

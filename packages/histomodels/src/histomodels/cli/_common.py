@@ -73,6 +73,11 @@ def require_paths(*paths: str | Path | None, role: str | None = None) -> None:
             fail(f"{path}: {role} data not found" if role else f"{path}: no such file or folder")
 
 
+def launched_distributed() -> bool:
+    """This process is one rank of several (torchrun, or RANK/WORLD_SIZE set by hand)."""
+    return os.environ.get("WORLD_SIZE", "1") not in ("", "0", "1")
+
+
 def use_cpu_cores() -> None:
     """Inference on CPU: use the cores we have (torch's default may oversubscribe)."""
     import torch
@@ -86,6 +91,7 @@ __all__ = [
     "errors",
     "fail",
     "in_range",
+    "launched_distributed",
     "log_level",
     "progress",
     "require_paths",

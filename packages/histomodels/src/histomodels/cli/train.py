@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -22,6 +21,7 @@ from histomodels.cli._common import (
     errors,
     fail,
     in_range,
+    launched_distributed,
     log_level,
     progress,
     require_paths,
@@ -165,7 +165,7 @@ def _run(
         _train(out, options, config=config, resume=resume, quiet=quiet, overwrite=overwrite,
                base=base)  # fmt: skip
     except BaseException as exc:
-        if os.environ.get("WORLD_SIZE", "1") not in ("", "0", "1"):  # torchrun, or by hand
+        if launched_distributed():
             from histomodels.distributed import report_early_failure
 
             report_early_failure(exc)  # one that fails before joining tells the others
