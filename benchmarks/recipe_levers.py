@@ -61,6 +61,8 @@ LEVERS |= {
     "dw08": SHIPPED | {"distill_weight": 0.8},  # more weight on the teacher's soft targets
     "bs64": SHIPPED | {"batch_size": 64},  # twice the optimiser steps per epoch
     "stainnorm": SHIPPED | {"stain_norm": "macenko"},  # static Macenko, train and eval
+    "aug15": SHIPPED | {"aug_strength": 1.5},  # stronger colour/HED jitter (default 1.0)
+    "randstain_shipped": SHIPPED | {"randstain": 0.5},  # RandStainNA-style, at 60 epochs
 }
 
 
