@@ -87,6 +87,18 @@ def test_report_single_and_comparison(tmp_path: Path) -> None:
     assert "| ROC AUC" in md
     for link in re.findall(r"\]\((assets/[^)]+)\)", md):
         assert (out / link).is_file()
+    # an unreadable input fails before the previous report is touched, leaving nothing behind
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "metrics.json").write_text("[1, 2")
+    r = CliRunner().invoke(app, ["report", str(run), str(tmp_path / "broken"), "--out", str(out)])
+    assert r.exit_code == 1 and "metrics.json" in r.output
+    after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert after == before and sorted(p.name for p in out.iterdir()) == [
+        "assets",
+        "report.html",
+        "report.md",
+    ]
 
 
 def test_report_bad_inputs(tmp_path: Path) -> None:
@@ -97,3 +109,4 @@ def test_report_bad_inputs(tmp_path: Path) -> None:
     (empty / "metrics.json").write_text("{not json")
     r = CliRunner().invoke(app, ["report", str(empty), "--out", str(tmp_path / "o")])
     assert r.exit_code == 1 and "metrics.json" in r.output
+    assert list((tmp_path / "o").iterdir()) == []  # no assets, no half-built pages

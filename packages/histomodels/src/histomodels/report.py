@@ -18,6 +18,7 @@ import base64
 import csv
 import html
 import shutil
+import tempfile
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -240,130 +241,168 @@ def _md_table(head: list[str], rows: list[tuple[str, list[str]]]) -> str:
     return "\n".join(lines)
 
 
-def build_report(
-    paths: Sequence[str | Path], out: str | Path, *, title: str | None = None
-) -> dict[str, Any]:
-    """Write ``out/report.html`` (self-contained) and ``out/report.md`` (+ ``out/assets``)."""
-    if not paths:
-        raise ReportError("give at least one run or eval folder")
-    out = Path(out)
-    assets = out / "assets"
-    if assets.exists():
-        shutil.rmtree(assets)
-    assets.mkdir(parents=True)
-    runs = [load_run(Path(p), assets) for p in paths]
-    cols = _columns(runs)
-    names = [r.name for r in runs]
-    title = title or (
-        "Report: " + names[0] if len(runs) == 1 else "Comparison: " + ", ".join(names)
-    )
-    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+class _Page:
+    """The HTML body and its Markdown twin, written side by side; images go to ``assets``
+    (embedded in the HTML, linked from the Markdown)."""
 
-    h: list[str] = []  # HTML body parts
-    md: list[str] = [f"# {title}", "", f"Generated {stamp} by `histomodels report`.", ""]
-    h.append(
+    def __init__(self, assets: Path) -> None:
+        self.assets = assets
+        self.h: list[str] = []
+        self.md: list[str] = []
+
+    def heading(self, level: int, text: str, note: str | None = None) -> None:
+        self.h.append(f"<h{level}>{html.escape(text)}</h{level}>")
+        self.md += ["#" * level + " " + text, ""]
+        if note:
+            self.note(note)
+
+    def note(self, text: str, md: str | None = None) -> None:
+        self.h.append(f"<p class='note'>{html.escape(text)}</p>")
+        self.md += [text if md is None else md, ""]
+
+    def table(self, head: list[str], rows: list[tuple[str, list[str]]]) -> None:
+        self.h.append(_html_table(head, rows))
+        self.md += [_md_table(head, rows), ""]
+
+    def images(self, title: str, items: list[tuple[Path, str]], level: int = 2) -> None:
+        """A heading over a grid of captioned images."""
+        self.heading(level, title)
+        self.h.append("<div class='grid'>")
+        for path, caption in items:
+            if path.parent.resolve() == self.assets.resolve():  # generated here already
+                copy = path
+            else:
+                copy = self.assets / f"{len(list(self.assets.iterdir()))}_{path.name}"
+                shutil.copyfile(path, copy)
+            self.h.append(
+                f"<figure><img src='{_b64(path)}' alt='{html.escape(caption)}'>"
+                f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+            )
+            self.md += [f"![{caption}](assets/{copy.name})", ""]
+        self.h.append("</div>")
+
+    def html_page(self, title: str) -> str:
+        return (
+            f"<!doctype html><html lang='en'><head><meta charset='utf-8'>"
+            f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body>"
+            + "\n".join(self.h)
+            + "</body></html>\n"
+        )
+
+
+def _header(page: _Page, title: str, runs: list[Run]) -> None:
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    page.h.append(
         f"<h1>{html.escape(title)}</h1><p class='note'>Generated {stamp} by "
         "<code>histomodels report</code> from: "
         + ", ".join(html.escape(str(r.path)) for r in runs)
         + "</p>"
     )
+    page.md += [f"# {title}", "", f"Generated {stamp} by `histomodels report`.", ""]
 
-    def add_img(path: Path, caption: str) -> None:
-        if path.parent.resolve() == assets.resolve():  # generated here already
-            copy = path
-        else:
-            copy = assets / f"{len(list(assets.iterdir()))}_{path.name}"
-            shutil.copyfile(path, copy)
-        h.append(
-            f"<figure><img src='{_b64(path)}' alt='{html.escape(caption)}'>"
-            f"<figcaption>{html.escape(caption)}</figcaption></figure>"
-        )
-        md.append(f"![{caption}](assets/{copy.name})")
-        md.append("")
 
-    ds_rows = _dataset_rows(runs)
-    if ds_rows:
-        h.append("<h2>Runs and data</h2>" + _html_table(["", *names], ds_rows))
-        md += ["## Runs and data", "", _md_table(["", *names], ds_rows), ""]
-    if cols:
-        heads = ["", *[c for c, _ in cols]]
-        ev_rows = _eval_rows(cols)
-        m_rows = _metric_rows(cols)
-        h.append(
-            "<h2>Test metrics</h2><p class='note'>Point estimate [95% percentile-bootstrap "
-            "interval]. Threshold-dependent metrics use the threshold in the last row; for "
-            "literature figures (manifest), image-level metrics of the max-tile score.</p>"
-        )
-        h.append(_html_table(heads, ev_rows + m_rows))
-        md += [
-            "## Test metrics",
-            "",
-            "Point estimate [95% bootstrap interval].",
-            "",
-            _md_table(heads, ev_rows + m_rows),
-            "",
-        ]
-        for label, ev in cols:
-            if "note" in ev.metrics:
-                h.append(
-                    f"<p class='note'>{html.escape(label)}: "
-                    f"{html.escape(str(ev.metrics['note']))}</p>"
-                )
-                md += [f"*{label}: {ev.metrics['note']}*", ""]
-        for label, ev in cols:  # how recall and specificity move with the threshold
-            sweep = ev.metrics.get("threshold_sweep")
-            if not sweep:
-                continue
-            rows = [(_fmt(r["threshold"], 3), [_fmt(r[k], 3) for k in SWEEP_KEYS]) for r in sweep]
-            head = ["threshold", *SWEEP_KEYS]
-            h.append(f"<h3>{html.escape(label)}: metrics by threshold</h3>")
-            h.append(_html_table(head, rows))
-            md += [f"### {label}: metrics by threshold", "", _md_table(head, rows), ""]
-        roc = _roc_overlay(cols, assets / "roc_all.png") if len(cols) > 1 else None
-        if roc:
-            h.append("<h3>ROC comparison</h3><div class='grid'>")
-            md += ["### ROC comparison", ""]
-            add_img(roc, "ROC curves of all evaluations")
-            h.append("</div>")
-    external = [t for label, ev in cols for t in _external_tables(label, ev.metrics)]
-    if external:
-        note = (
-            "Image-level metrics on the mined literature figures (external test set), both "
-            "aggregation rules, point estimate [95% bootstrap interval]; figures flagged for "
-            "leakage (CAMELYON/PCam papers, near-duplicates, training-patch reprints) are "
-            "left out unless eval ran with --include-leaky. The noise rate is the share of "
-            "figures whose caption weak label differs from the label a person confirmed."
-        )
-        h.append(f"<h2>External test set</h2><p class='note'>{html.escape(note)}</p>")
-        md += ["## External test set", "", note, ""]
-        for t_title, head, rows in external:
-            h.append(f"<h3>{html.escape(t_title)}</h3>" + _html_table(head, rows))
-            md += [f"### {t_title}", "", _md_table(head, rows), ""]
-    curves = [r for r in runs if r.curve_png]
-    if curves:
-        h.append("<h2>Training curves</h2><div class='grid'>")
-        md += ["## Training curves", ""]
-        for r in curves:
-            if r.curve_png is not None:
-                add_img(r.curve_png, f"{r.name}: loss and validation metrics per epoch")
-        h.append("</div>")
-    for _, plot_title in EVAL_PLOTS:
-        have = [(label, p) for label, ev in cols for p, t in ev.plots if t == plot_title]
-        if not have:
-            continue
-        h.append(f"<h2>{html.escape(plot_title)}</h2><div class='grid'>")
-        md += [f"## {plot_title}", ""]
-        for label, p in have:
-            add_img(p, f"{label}: {plot_title}")
-        h.append("</div>")
-    page = (
-        f"<!doctype html><html lang='en'><head><meta charset='utf-8'>"
-        f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body>"
-        + "\n".join(h)
-        + "</body></html>\n"
+def _test_metrics(page: _Page, cols: list[tuple[str, Evaluation]]) -> None:
+    """The metrics table, each evaluation's note, its threshold sweep, the ROC overlay."""
+    page.heading(2, "Test metrics")
+    page.note(
+        "Point estimate [95% percentile-bootstrap interval]. Threshold-dependent metrics use "
+        "the threshold in the last row; for literature figures (manifest), image-level "
+        "metrics of the max-tile score.",
+        md="Point estimate [95% bootstrap interval].",
     )
-    atomic_write_text(out / "report.html", page)
-    atomic_write_text(out / "report.md", "\n".join(md) + "\n")
+    page.table(["", *[c for c, _ in cols]], _eval_rows(cols) + _metric_rows(cols))
+    for label, ev in cols:
+        if "note" in ev.metrics:
+            note = f"{label}: {ev.metrics['note']}"
+            page.note(note, md=f"*{note}*")
+    for label, ev in cols:  # how recall and specificity move with the threshold
+        sweep = ev.metrics.get("threshold_sweep")
+        if sweep:
+            page.heading(3, f"{label}: metrics by threshold")
+            rows = [(_fmt(r["threshold"], 3), [_fmt(r[k], 3) for k in SWEEP_KEYS]) for r in sweep]
+            page.table(["threshold", *SWEEP_KEYS], rows)
+    roc = _roc_overlay(cols, page.assets / "roc_all.png") if len(cols) > 1 else None
+    if roc:
+        page.images("ROC comparison", [(roc, "ROC curves of all evaluations")], level=3)
+
+
+EXTERNAL_NOTE = (
+    "Image-level metrics on the mined literature figures (external test set), both "
+    "aggregation rules, point estimate [95% bootstrap interval]; figures flagged for "
+    "leakage (CAMELYON/PCam papers, near-duplicates, training-patch reprints) are "
+    "left out unless eval ran with --include-leaky. The noise rate is the share of "
+    "figures whose caption weak label differs from the label a person confirmed."
+)
+
+
+def _external(page: _Page, cols: list[tuple[str, Evaluation]]) -> None:
+    tables = [t for label, ev in cols for t in _external_tables(label, ev.metrics)]
+    if tables:
+        page.heading(2, "External test set", note=EXTERNAL_NOTE)
+        for t_title, head, rows in tables:
+            page.heading(3, t_title)
+            page.table(head, rows)
+
+
+def _plots(page: _Page, runs: list[Run], cols: list[tuple[str, Evaluation]]) -> None:
+    """Training curves, then each kind of evaluation plot side by side."""
+    curves = [
+        (r.curve_png, f"{r.name}: loss and validation metrics per epoch")
+        for r in runs
+        if r.curve_png is not None
+    ]
+    if curves:
+        page.images("Training curves", curves)
+    for _, plot_title in EVAL_PLOTS:
+        have = [
+            (p, f"{label}: {plot_title}")
+            for label, ev in cols
+            for p, t in ev.plots
+            if t == plot_title
+        ]
+        if have:
+            page.images(plot_title, have)
+
+
+def build_report(
+    paths: Sequence[str | Path], out: str | Path, *, title: str | None = None
+) -> dict[str, Any]:
+    """Write ``out/report.html`` (self-contained) and ``out/report.md`` (+ ``out/assets``).
+
+    The pages are built beside ``out/assets`` and replace it only once every input has been
+    read: an unreadable input leaves a previous report as it was."""
+    if not paths:
+        raise ReportError("give at least one run or eval folder")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".assets-", dir=out))
+    try:
+        runs = [load_run(Path(p), staging) for p in paths]
+        cols = _columns(runs)
+        names = [r.name for r in runs]
+        title = title or (
+            "Report: " + names[0] if len(runs) == 1 else "Comparison: " + ", ".join(names)
+        )
+        page = _Page(staging)
+        _header(page, title, runs)
+        ds_rows = _dataset_rows(runs)
+        if ds_rows:
+            page.heading(2, "Runs and data")
+            page.table(["", *names], ds_rows)
+        if cols:
+            _test_metrics(page, cols)
+        _external(page, cols)
+        _plots(page, runs, cols)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    assets = out / "assets"
+    if assets.exists():
+        shutil.rmtree(assets)
+    staging.chmod(0o755)  # mkdtemp's 0700 would hide the Markdown's images from others
+    staging.rename(assets)
+    atomic_write_text(out / "report.html", page.html_page(title))
+    atomic_write_text(out / "report.md", "\n".join(page.md) + "\n")
     return {
         "html": str(out / "report.html"),
         "markdown": str(out / "report.md"),
