@@ -16,6 +16,15 @@ from pathlib import Path
 from histocore.manifest import Manifest, Record
 
 
+def downloaded_run(run: Path, ids: list[str]) -> Path:
+    """A run folder holding records ``ids``, downloaded and nothing more (store closed)."""
+    with Manifest.load(run, create=True) as m:
+        for rid in ids:
+            m.add_record(Record(id=rid, stage="downloaded"))
+        m.save()
+    return run
+
+
 def die_reading(manifest: Manifest, rec: Record, *, victim: str) -> None:
     """Kill the worker process reading ``victim`` (what a PDF that crashes MuPDF or eats all
     memory does to its reader: SIGKILL, no exception, no cleanup); others take a moment."""
@@ -35,6 +44,17 @@ def crash_reading_any(manifest: Manifest, rec: Record) -> None:
     """Crash the worker on every record (a native library that segfaults on this machine,
     whatever it reads): exit 139 at once, no exception, no cleanup."""
     os._exit(139)
+
+
+def hang_reading(manifest: Manifest, rec: Record, *, victim: str) -> None:
+    """Never end on ``victim`` (a PDF that makes MuPDF loop: no crash, no exception); the
+    others take a moment."""
+    time.sleep(3600 if rec.id == victim else 0.2)
+
+
+def hang_reading_any(manifest: Manifest, rec: Record) -> None:
+    """Never end, whatever the record (a machine where the work cannot finish)."""
+    time.sleep(3600)
 
 
 def read_fine(manifest: Manifest, rec: Record) -> None:

@@ -18,8 +18,8 @@ import time
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 
-import PIL.Image
 import pytest
+from decoder_plugins import filter_run
 from ncbi_server import FakeNcbi, ncbi_fixture  # noqa: F401 (fixture)
 from pdf_factory import build_image_pdf, he_like, random_rgb
 from pool_work import (
@@ -27,6 +27,7 @@ from pool_work import (
     default_sigint,
     die_reading,
     die_reading_each,
+    downloaded_run,
     finish_while_another_dies,
     pool_broken,
     read_fine,
@@ -35,7 +36,7 @@ from pool_work import (
 )
 from s3_server import he_jpeg, real_jats
 
-from histocore.manifest import MANIFEST_NAME, STORE_NAME, Image, Manifest, Record
+from histocore.manifest import MANIFEST_NAME, STORE_NAME, Manifest, Record
 from histofetch.download import run_download
 from histofetch.extract import run_extract
 from histofetch.filter import run_filter
@@ -226,21 +227,12 @@ def test_a_worker_killed_mid_run_is_a_warning_and_the_run_finishes(tmp_path: Pat
     assert len(m.images) == 24
 
 
-def _downloaded(run: Path, ids: list[str]) -> Path:
-    """A run folder holding records ``ids``, downloaded and nothing more (store closed)."""
-    with Manifest.load(run, create=True) as m:
-        for rid in ids:
-            m.add_record(Record(id=rid, stage="downloaded"))
-        m.save()
-    return run
-
-
 def test_a_record_that_kills_its_reader_is_read_alone_then_failed(tmp_path: Path) -> None:
     """The records in flight when a worker died are read again one at a time in a fresh
     pool, so the one that kills its reader is found (its second death) and failed, and the
     others finish, all in one call. Later calls skip it; --retry-failed tries it again, at
     most twice more."""
-    run = _downloaded(tmp_path / "run", [f"r{k}" for k in range(4)])
+    run = downloaded_run(tmp_path / "run", [f"r{k}" for k in range(4)])
     work = functools.partial(die_reading, victim="r1")
 
     def extract(retry_failed: bool = False) -> StageSummary:
@@ -276,7 +268,7 @@ def test_a_worker_that_dies_on_every_record_stops_the_call_and_fails_none(
     No record is failed or claimed, the ones never read are untouched, and a run on a
     healthy machine finishes them all."""
     ids = [f"r{k}" for k in range(8)]
-    run = _downloaded(tmp_path / "run", ids)
+    run = downloaded_run(tmp_path / "run", ids)
     with pytest.raises(WorkerDied, match=r"each read alone.*none was failed") as died:
         run_records(Manifest.load(run), "extracted", crash_reading_any, jobs=2,
                     guard_attempts=True)  # fmt: skip
@@ -306,7 +298,7 @@ def test_records_that_kill_their_reader_in_a_row_are_failed_when_another_comes_b
     again). The deaths are two warnings, not one each: the
     first at once, the ones after it together when a result comes back."""
     ids = ["k1", "k2", "k3", "g0", "g1", "g2", "g3"]
-    run = _downloaded(tmp_path / "run", ids)
+    run = downloaded_run(tmp_path / "run", ids)
     work = functools.partial(die_reading_each, victims=("k1", "k2", "k3"))
     with caplog.at_level(logging.WARNING, logger="histofetch"):
         summary = run_records(Manifest.load(run), "extracted", work, jobs=2,
@@ -330,7 +322,7 @@ def test_a_dead_worker_ends_only_its_pools_processes(tmp_path: Path) -> None:
     """A library caller's other thread starts a process of its own while the pool runs (a
     second pool, say): when a worker dies and the pool's workers are ended, that process
     is left running."""
-    run = _downloaded(tmp_path / "run", ["a", "b", "c", "victim"])
+    run = downloaded_run(tmp_path / "run", ["a", "b", "c", "victim"])
     bystanders: list[BaseProcess] = []
 
     def start_elsewhere() -> None:
@@ -359,7 +351,7 @@ def test_a_dead_worker_ends_only_its_pools_processes(tmp_path: Path) -> None:
 def test_without_the_guard_a_dead_worker_ends_the_call(tmp_path: Path) -> None:
     """A stage that does not guard attempts cannot tell which record killed its worker:
     one WorkerDied naming the records in flight, no claim left."""
-    run = _downloaded(tmp_path / "run", [f"r{k}" for k in range(2)])
+    run = downloaded_run(tmp_path / "run", [f"r{k}" for k in range(2)])
     work = functools.partial(die_reading, victim="r1")
     with pytest.raises(WorkerDied, match=r"while reading r[01]"):
         run_records(Manifest.load(run), "extracted", work, jobs=2)
@@ -371,7 +363,7 @@ def test_results_back_before_a_worker_died_are_kept(tmp_path: Path) -> None:
     """A record whose worker finished while another worker died is stored as done; only the
     record whose worker died counts an attempt that never ended (read again alone, it dies
     again and is failed), and the record taken but never sent is read in the fresh pool."""
-    run = _downloaded(tmp_path / "run", ["first", "good", "victim", "last"])
+    run = downloaded_run(tmp_path / "run", ["first", "good", "victim", "last"])
     marks = tmp_path / "marks"
     marks.mkdir()
     calls = []
@@ -405,7 +397,7 @@ def test_ctrl_c_keeps_the_results_already_back(tmp_path: Path) -> None:
     """Ctrl-C while the parent is busy: a record whose result the pool already holds is
     committed; the one still on a worker is released for the next run. One ``interrupted``
     line, exit 130, no worker left."""
-    run = _downloaded(tmp_path / "run", ["first", "good", "slow"])
+    run = downloaded_run(tmp_path / "run", ["first", "good", "slow"])
     marks = tmp_path / "marks"
     marks.mkdir()
     here = str(Path(__file__).resolve().parent)
@@ -439,58 +431,6 @@ def test_ctrl_c_keeps_the_results_already_back(tmp_path: Path) -> None:
     assert _claims(run) == []
 
 
-KILLER_PLUGIN = """import os
-
-from PIL import Image, ImageFile
-
-
-class _KillsItsReader(ImageFile.ImageFile):
-    format = "KILLER"
-
-    def _open(self):
-        os._exit(70)  # a decoder that segfaults: the process is gone, no exception
-
-
-def _kills(head):  # a file made to kill, or any file on a machine whose decoders all crash
-    if head[:3] == b"\\xff\\xd8\\xff" and "HISTOFETCH_TEST_JPEG_DECODER_CRASHES" in os.environ:
-        return True  # a machine whose JPEG decoder alone crashes (a broken libjpeg)
-    return head[:16] == b"KILLS-ITS-READER" or "HISTOFETCH_TEST_DECODERS_CRASH" in os.environ
-
-
-Image.register_open("KILLER", _KillsItsReader, _kills)  # before Pillow's own: tried first
-"""
-
-
-def _filter_with_killers(
-    tmp_path: Path, n: int, killers: set[int], fmt: str = "png"
-) -> tuple[Path, list[str], dict[str, str]]:
-    """A run of ``n`` extracted records, one figure each; the figures of ``killers`` kill
-    the process that decodes them (:data:`KILLER_PLUGIN`). Returns the run, the
-    ``filter --jobs 2`` command line and the environment it needs (store closed)."""
-    run = tmp_path / "run"
-    with Manifest.load(run, create=True) as m:  # closed: no -wal/-shm left open
-        for k in range(n):
-            rid = f"pmid:{k}"
-            m.add_record(Record(id=rid, stage="extracted"))
-            rel = f"images/{k}.{fmt}"
-            (run / "images").mkdir(parents=True, exist_ok=True)
-            if k in killers:
-                (run / rel).write_bytes(b"KILLS-ITS-READER" + bytes(64))
-            else:
-                PIL.Image.fromarray(he_like(160, 160, seed=k)).save(run / rel)
-            m.add_image(Image(id=f"{rid}/fig1", record_id=rid, path=rel, sha256="0", width=160,
-                              height=160, caption="Figure 1. H&E of a lymph node."))  # fmt: skip
-        m.save()
-    hook = tmp_path / "hook"
-    hook.mkdir()
-    (hook / "sitecustomize.py").write_text(KILLER_PLUGIN)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    env["PYTHONPATH"] = os.pathsep.join([str(hook), *sys.path])
-    cmd = [sys.executable, "-m", "histofetch.cli", "filter", "--run", str(run), "--jobs", "2",
-           "--no-sheet", "--no-panels"]  # fmt: skip
-    return run, cmd, env
-
-
 @pytest.mark.parametrize(("n", "killers"), [(4, {2}), (8, {1, 2, 3, 4})], ids=["one", "four"])
 def test_filter_jobs_fails_images_that_kill_their_decoder_and_finishes_the_rest(
     tmp_path: Path, n: int, killers: set[int]
@@ -504,7 +444,7 @@ def test_filter_jobs_fails_images_that_kill_their_decoder_and_finishes_the_rest(
     in a fresh worker) comes back, so they are the records' fault. (Before the canary the
     next record read alone decided: there a fifth killer blamed the machine, nothing was
     failed, and every rerun stopped the same way.)"""
-    run, cmd, env = _filter_with_killers(tmp_path, n, killers=killers)
+    run, cmd, env = filter_run(tmp_path, n, killers=killers)
     proc = subprocess.run(cmd, capture_output=True, env=env, timeout=600)
     err = proc.stderr.decode()
     assert proc.returncode == 1, err
@@ -541,7 +481,7 @@ def test_a_machine_whose_jpeg_decoder_crashes_is_blamed_not_the_jpeg_figures(
     JPEG figure kills its reader, and the canary (a JPEG and a PNG) dies too, so the
     machine is blamed and no figure is failed (a PNG-only canary lived and failed them
     all as 'unfinished attempts')."""
-    run, cmd, env = _filter_with_killers(tmp_path, 6, killers=set(), fmt="jpg")
+    run, cmd, env = filter_run(tmp_path, 6, killers=set(), fmt="jpg")
     broken = env | {"HISTOFETCH_TEST_JPEG_DECODER_CRASHES": "1"}
     proc = subprocess.run(cmd, capture_output=True, env=broken, timeout=600)
     err = proc.stderr.decode()
@@ -560,7 +500,7 @@ def test_workers_dying_on_every_record_print_one_warning_then_the_error(
     here would): the canary dies too, so the command stops with one error line naming the
     records, after ONE warning that a worker died (not a line per death); nothing failed,
     and the same run on a healthy machine scores them all."""
-    run, cmd, env = _filter_with_killers(tmp_path, 8, killers=set())
+    run, cmd, env = filter_run(tmp_path, 8, killers=set())
     crashing = env | {"HISTOFETCH_TEST_DECODERS_CRASH": "1"}
     proc = subprocess.run(cmd, capture_output=True, env=crashing, timeout=600)
     err = proc.stderr.decode()

@@ -7,7 +7,8 @@ image, pdfplumber counts it), a small image for filter (:func:`image_canary`: de
 scored by both signals, cut into panels). Its inputs are built inside that worker, in a
 folder of its own, so the parent never loads a library that might crash it. If the worker
 comes back (whatever its result), the machine can do the work and the deaths were the
-records'; if it dies too, the machine is to blame.
+records'; if it dies too, or runs past the pool's time limit (``--record-timeout``, counted
+from when the worker starts it, like a record's), the machine is to blame.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ import hashlib
 import io
 import logging
 import tempfile
+import time
 from collections.abc import Callable
+from concurrent.futures import Future, wait
 from concurrent.futures.process import BrokenProcessPool
 from multiprocessing.process import BaseProcess
 from pathlib import Path
@@ -24,9 +27,13 @@ from pathlib import Path
 import numpy as np
 
 from histocore.manifest import Image, Manifest, Record
+from histofetch.record_time import POLL_S
 from histofetch.worker_processes import (
+    Starts,
     executor,
     recording,
+    say_started,
+    start_queue,
     stop_workers,
     work_on_copy,
     workers_deaf,
@@ -115,6 +122,7 @@ def run_canary(work: Work, canary: Canary, folder: str) -> str | None:
     """In a worker: build the canary's inputs in ``folder`` and run ``work`` on them as on a
     record (:func:`~histofetch.worker_processes.work_on_copy`). Returns the failure reason,
     if any."""
+    say_started(CANARY_ID)  # timed from here, inputs included, like a record
     try:  # a canary whose inputs cannot be built still came back: the worker lived
         rec, images = canary(Path(folder))
     except Exception as exc:  # logged by the caller, never raised there
@@ -123,21 +131,39 @@ def run_canary(work: Work, canary: Canary, folder: str) -> str | None:
     return failure[0] if failure else None
 
 
-def canary_lives(work: Work, canary: Canary) -> bool:
+def canary_lives(work: Work, canary: Canary, limit: float | None = None) -> bool:
     """Run the canary in a fresh worker process: does that worker come back? (A result
-    that says the work failed counts: the process lived through it.)"""
+    that says the work failed counts: the process lived through it.) ``limit``: seconds
+    the canary may run once its worker has started it (start-up not counted, as for a
+    record); one that runs longer is a canary that died (its worker is ended)."""
     with tempfile.TemporaryDirectory(prefix="histofetch-canary-") as folder:
         workers: list[BaseProcess] = []
-        pool = executor(1, threads=False)
+        starts = None if limit is None else start_queue()
+        pool = executor(1, threads=False, starts=starts)
         try:  # its worker ended (Ctrl-C too) before its folder is removed
             with recording(workers), workers_deaf(False):
                 future = pool.submit(run_canary, work, canary, folder)
             try:
-                failure = future.result()
+                failure = _result(future, starts, limit)
             except BrokenProcessPool:
                 log.debug("the canary's worker died")
+                return False
+            except TimeoutError:
+                log.debug("the canary ran past %s s: its worker is ended", limit)
                 return False
             log.debug("the canary's worker came back (%s)", failure or "no failure")
             return True
         finally:
             stop_workers(pool, workers)
+
+
+def _result(future: Future[str | None], starts: Starts | None, limit: float | None) -> str | None:
+    """The canary's result; TimeoutError once it has run ``limit`` seconds since its worker
+    said it started (waiting for that start has no limit: start-up is not timed)."""
+    if starts is None or limit is None:
+        return future.result()
+    while starts.empty():
+        if wait([future], timeout=POLL_S).done:
+            return future.result()  # it died (or ended) before it said so
+    started = starts.get()[2]  # (the first thing it says: the canary starts)
+    return future.result(timeout=max(0.0, started + limit - time.monotonic()))

@@ -38,6 +38,7 @@ from histofetch.pdf_checks import check_page_objects, check_pdf_bytes, open_pdf
 from histofetch.pdf_crosscheck import pdfplumber_count
 from histofetch.pdf_images import encode_png, extract_images
 from histofetch.pool import run_records
+from histofetch.record_time import DEFAULT_RECORD_TIMEOUT_S
 from histofetch.stage import StageFailure, StageSummary
 
 PDF_SUFFIXES = {".pdf"}
@@ -59,12 +60,15 @@ def run_extract(
     min_size: int = 32,
     retry_failed: bool = False,
     jobs: int = 1,
+    record_timeout: float | None = DEFAULT_RECORD_TIMEOUT_S,
 ) -> StageSummary:
     """Extract images of the run's downloaded PDFs; with ``paths``, ingest local PDFs first.
 
     ``paths`` may name PDF files or folders (searched recursively for ``*.pdf``). Each local
     PDF becomes a record ``local:<sha256[:16]>`` at stage "downloaded", so ingesting the same
     file twice never duplicates it. Resumable: records already extracted are skipped.
+    ``record_timeout``: seconds one PDF may take in a worker (``jobs`` > 1), see
+    :mod:`histofetch.record_time`.
     """
     run_dir = Path(run_dir)
     with Manifest.load(run_dir, create=True) as manifest:  # closed: no -wal file left behind
@@ -77,6 +81,7 @@ def run_extract(
         return run_records(
             manifest, "extracted", work, jobs=jobs, retry_failed=retry_failed,
             guard_attempts=True, canary=pdf_canary,  # a broken machine told from bad PDFs
+            record_timeout=record_timeout,  # a PDF that makes MuPDF loop is stopped
         )  # fmt: skip
 
 

@@ -51,6 +51,7 @@ from histofetch.decide.stains import evidence
 from histofetch.labels import RULES_VERSION, label_manifest
 from histofetch.leakage import rgb_hash
 from histofetch.pool import run_records
+from histofetch.record_time import DEFAULT_RECORD_TIMEOUT_S
 from histofetch.stage import StageSummary
 
 log = logging.getLogger(__name__)
@@ -69,12 +70,15 @@ def run_filter(
     retry_failed: bool = False,
     jobs: int = 1,
     panels: bool = True,
+    record_timeout: float | None = DEFAULT_RECORD_TIMEOUT_S,
     **thresholds: Any,
 ) -> StageSummary:
     """Score unscored images of extracted records, then re-decide every image.
 
     ``thresholds`` are the other fields of :class:`Thresholds`. ``rescore`` recomputes
     scores (and panels) even for images already scored; ``panels=False`` does not split.
+    ``record_timeout``: seconds one record's figures may take in a worker (``jobs`` > 1),
+    see :mod:`histofetch.record_time`.
     """
     limits = Thresholds.from_kwargs(purple, **thresholds)
     # closed on the way out, also when a step raises: no -wal file left behind
@@ -100,6 +104,7 @@ def run_filter(
             export=False,  # saved below, once the thresholds are re-applied everywhere
             guard_attempts=True,  # an image that kills its decoder fails its record, once
             canary=image_canary,  # tells a machine that kills every decoder from such images
+            record_timeout=record_timeout,  # an image that makes a decoder crawl is stopped
         )
         # Re-decide every scored image (records filtered in earlier runs too).
         for rec_id in {i.record_id for i in manifest.images.values()}:

@@ -17,6 +17,7 @@ from histofetch.download import run_download
 from histofetch.extract import run_extract
 from histofetch.filter import run_filter
 from histofetch.http import NetConfig
+from histofetch.record_time import DEFAULT_RECORD_TIMEOUT_S
 from histofetch.search import run_search, search_key
 from histofetch.sources import Policy
 from histofetch.stage import StageSummary
@@ -55,6 +56,7 @@ def run_pipeline(
     shard: tuple[int, int] | None = None,
     jobs: int = 1,
     net_jobs: int = 4,
+    record_timeout: float | None = DEFAULT_RECORD_TIMEOUT_S,
 ) -> Iterator[StageSummary | SkippedStage]:
     """Run every stage into ``run_dir``, yielding each stage's summary as it finishes.
 
@@ -80,5 +82,8 @@ def run_pipeline(
             shard=shard,
         )
     yield run_download(run_dir, net=net, retry_failed=retry_failed, policy=policy, jobs=net_jobs)
-    yield run_extract(run_dir, None, retry_failed=retry_failed, jobs=jobs)
-    yield run_filter(run_dir, purple=purple, retry_failed=retry_failed, jobs=jobs)
+    limit = record_timeout
+    yield run_extract(run_dir, None, retry_failed=retry_failed, jobs=jobs, record_timeout=limit)
+    yield run_filter(
+        run_dir, purple=purple, retry_failed=retry_failed, jobs=jobs, record_timeout=limit
+    )

@@ -21,6 +21,7 @@ from multiprocessing.process import BaseProcess
 from histocore.manifest import Manifest, Record
 from histocore.progress import task
 from histofetch.canary import Canary, bare_canary, canary_lives
+from histofetch.record_time import RecordClock, count_timeouts, fail_slow
 from histofetch.stage import StageSummary, _Stage, run_per_record
 from histofetch.thread_pool import CANCEL_GRACE_S, DaemonThreadPool
 from histofetch.worker_deaths import (
@@ -37,6 +38,7 @@ from histofetch.worker_processes import (
     executor,
     recording,
     second_ctrl_c_ignored,
+    start_queue,
     stop_workers,
     work_on_copy,
     workers_deaf,
@@ -57,6 +59,7 @@ def run_records(
     guard_attempts: bool = False,
     cancel: Callable[[], None] | None = None,
     canary: Canary = bare_canary,
+    record_timeout: float | None = None,
 ) -> StageSummary:
     """:func:`run_per_record` with ``work(manifest, record)`` run by ``jobs`` workers.
 
@@ -70,7 +73,9 @@ def run_records(
     ``cancel``: what stops the threads' work at once (the network client's ``cancel``),
     called when the run is interrupted. ``canary``: what builds the stage's known-good
     input that tells a broken machine from records that kill their reader
-    (:mod:`histofetch.canary`).
+    (:mod:`histofetch.canary`). ``record_timeout``: seconds one record's work may run in a
+    worker process before its worker is killed (:mod:`histofetch.record_time`); None, or
+    threads, or one job (the work then runs in this process): no limit.
     """
     if jobs <= 1:
         return run_per_record(
@@ -84,7 +89,7 @@ def run_records(
     runner = _Stage(manifest, stage, retry_failed, guard_attempts)
     with task(stage, len(runner.todo)) as shown:
         run_pooled(runner, work, jobs=jobs, threads=threads, advance=shown.advance,
-                   cancel=cancel, canary=canary)  # fmt: skip
+                   cancel=cancel, canary=canary, record_timeout=record_timeout)  # fmt: skip
     manifest.save() if export else manifest.commit()
     return runner.summary
 
@@ -98,6 +103,7 @@ def run_pooled(
     advance: Callable[[], None],
     cancel: Callable[[], None] | None = None,
     canary: Canary = bare_canary,
+    record_timeout: float | None = None,
 ) -> None:
     """Feed the runner's records to ``jobs`` workers, at most ``2 * jobs`` in flight
     (``jobs`` when the runner guards attempts). However it ends (Ctrl-C, a dead worker), no
@@ -116,18 +122,20 @@ def run_pooled(
     a fresh worker runs ``work`` on the stage's ``canary``, a known-good input that is none
     of the run's records (:mod:`histofetch.canary`). If it comes back, the deaths were the
     records': those that died too often are failed and the run goes on (the others are read
-    again, alone); if its worker dies too, the cause is the machine (a native library that
-    crashes here, less memory than one worker needs, a broken install), and
-    :class:`WorkerDied` ends the call leaving them to the next run (their dead attempts
-    counted, none failed). Without the guard, or when no record was on the dead worker,
-    :class:`WorkerDied` ends the call too. The first death since a result came back is a
-    warning at once, the ones after it one warning when a result comes back (see
-    :mod:`histofetch.worker_deaths`). Ended by Ctrl-C, it still commits the results the
-    pool had received; then worker processes are ended, and worker threads are told to stop
-    (``cancel``) and given :data:`CANCEL_GRACE_S` at most: what they had not returned is
-    not committed."""
+    again, alone); if its worker dies too (or runs past ``record_timeout``), the cause is
+    the machine or its installation, and :class:`WorkerDied` ends the call leaving them to
+    the next run (their dead attempts counted, none failed). A record whose work runs past
+    ``record_timeout`` (processes only) has its worker killed: it counts as that record's
+    own death (the others in flight are read again, nothing counted), and its second one
+    fails it with reason ``timed out`` (:mod:`histofetch.record_time`). Without the guard,
+    or when no record was on the dead worker, :class:`WorkerDied` ends the call too. The
+    first death since a result came back is a warning at once, the ones after it one
+    warning when a result comes back (see :mod:`histofetch.worker_deaths`). Ended by
+    Ctrl-C, it still commits the results the pool had received; then worker processes are
+    ended, and worker threads are told to stop (``cancel``) and given
+    :data:`CANCEL_GRACE_S` at most: what they had not returned is not committed."""
     manifest = runner.manifest
-    feed = _Feed(runner, work, threads, advance)
+    feed = _Feed(runner, work, threads, advance, None if threads else record_timeout)
     deaths: Counter[str] = Counter()  # attempts of this call that died with their worker
     try:
         _run_pools(runner, feed, deaths, jobs, threads, cancel, canary)
@@ -150,11 +158,13 @@ def _run_pools(
     manifest = runner.manifest
     while True:
         if len(feed.alone_deaths) >= DEATHS_IN_A_ROW:  # the machine, or those records?
-            if not canary_lives(feed.work, canary):  # a known-good input killed it too
+            if not canary_lives(feed.work, canary, feed.limit):  # a known-good input died too
                 raise WorkerDied(machine_kills(feed))
             feed.confirm()  # the worker lived: the deaths were the records'
         workers: list[BaseProcess] = []
-        pool = executor(jobs, threads)  # workers start at submit (deaf to Ctrl-C there)
+        feed.clock = RecordClock(feed.limit, None if feed.limit is None else start_queue())
+        # workers start at submit (deaf to Ctrl-C there)
+        pool = executor(jobs, threads, feed.clock.starts)
         try:
             suspects, others = suspects_first(runner, feed.left())
             with recording(workers):
@@ -172,8 +182,8 @@ def _run_pools(
                         if cancel is not None:
                             cancel()
                         pool.join(CANCEL_GRACE_S)
-                    if go_on:
-                        count_deaths(feed, deaths)
+                    if go_on:  # killed for time: the slow records only, else all on it
+                        (count_timeouts if feed.clock.overdue else count_deaths)(feed, deaths)
                 finally:
                     manifest.release(feed.held)
             if go_on:
@@ -195,8 +205,11 @@ class _Feed:
         work: Callable[[Manifest, Record], None],
         threads: bool,
         advance: Callable[[], None],
+        limit: float | None = None,
     ) -> None:
         self.runner, self.work, self.threads, self.advance = runner, work, threads, advance
+        self.limit = limit  # seconds a record's work may run (record_time)
+        self.clock = RecordClock(None, None)  # the current pool's
         self.held: set[str] = set()  # claimed (or being claimed) and not committed
         self.sent: set[str] = set()  # of those, the ones on a worker
         self.flying: dict[Future[Result], str] = {}  # what the workers have, by record
@@ -207,6 +220,8 @@ class _Feed:
         self.alone_deaths: list[str] = []
         #: the records on each worker that died since the last result back, in order
         self.deaths_in_a_row: list[list[str]] = []
+        #: attempts of this call killed for running past the limit, by record
+        self.timeouts: Counter[str] = Counter()
 
     def left(self) -> list[str]:
         """The runner's records not finished yet, in order."""
@@ -243,10 +258,15 @@ class _Feed:
                 self.sent.add(rid)
             if not flying:
                 return
-            wait(flying, return_when=FIRST_COMPLETED)
+            wait(flying, self.clock.wait_s(self._running()), FIRST_COMPLETED)
+            self.clock.stop_overdue(self._running())  # the pool then sees a dead worker
             error = self.adopt_finished()
             if error is not None:  # a dead worker (the others' results are kept) or a bug
                 raise error
+
+    def _running(self) -> list[str]:
+        """The records on the workers (or waiting for one), their result not back."""
+        return [rid for future, rid in self.flying.items() if not future.done()]
 
     def adopt_finished(self) -> BaseException | None:
         """Commit every record whose result is back; the first error of those that ended
@@ -258,6 +278,7 @@ class _Feed:
                 error = error or failed
                 continue
             rid = self.flying.pop(future)
+            self.clock.forget(rid)
             self.confirm()  # a worker lived through a record: the deaths were the records'
             _adopt(self.runner, rid, future.result())
             self.held.discard(rid)
@@ -271,7 +292,11 @@ class _Feed:
         report_deaths(self)  # the deaths not said yet, before the failures they lead to
         records = self.runner.manifest.records
         while self.deferred:
-            self.runner.fail_killer(records[self.deferred.pop(0)])
+            rid = self.deferred.pop(0)
+            if self.timeouts[rid]:
+                fail_slow(self.runner, records[rid], self.limit or 0.0, self.timeouts[rid])
+            else:
+                self.runner.fail_killer(records[rid])
         self.alone_deaths = []
 
 

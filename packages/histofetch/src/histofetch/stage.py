@@ -226,15 +226,19 @@ class _Stage:
             "finished; --retry-failed tries again",
             what, n, self.stage,
         )  # fmt: skip
-        rec.fail(
-            self.stage,
+        reason = (
             f"unfinished attempts: {n} attempts were killed or hung before they finished "
-            f"(--retry-failed tries again): {what}",
-            transient=False,
+            f"(--retry-failed tries again): {what}"
         )
-        self.summary.failed += 1
-        self.summary.reasons[reason_key(rec.reason)] += 1
+        self.fail_for_good(rec, reason)
         self.summary.killers.append(rec.id)
+
+    def fail_for_good(self, rec: Record, reason: str) -> None:
+        """Fail a record for a reason that does not pass (``--retry-failed`` tries again):
+        counted in the summary, committed, its claim released."""
+        rec.fail(self.stage, reason, transient=False)
+        self.summary.failed += 1
+        self.summary.reasons[reason_key(reason)] += 1
         self.manifest.commit_record(rec.id)
 
     def finish(self, rec: Record, failure: tuple[str, bool] | None) -> None:

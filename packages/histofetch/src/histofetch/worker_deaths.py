@@ -6,8 +6,10 @@ read again one at a time, so the death of a worker reading one alone is that rec
 one that dies too often is failed. The breaker: when :data:`DEATHS_IN_A_ROW` records in a
 row kill the worker reading each alone, a fresh worker runs the stage's canary, a known-good
 input that is none of the run's records (:mod:`histofetch.canary`); if its worker dies
-too, the cause is the machine and :class:`WorkerDied` ends the call; if it comes back, the
-deaths were the records' (those that died too often are failed). The first death since a
+too (or runs past the time limit), the cause is the machine and :class:`WorkerDied` ends
+the call; if it comes back, the deaths were the records' (those that died too often are
+failed). Workers killed for running past the time limit count like deaths of the slow
+records alone (:mod:`histofetch.record_time`). The first death since a
 result came back is one warning at once; the deaths that follow it are one summary warning
 when a result comes back (or in the error line).
 """
@@ -19,6 +21,7 @@ from collections import Counter
 from typing import TYPE_CHECKING
 
 from histocore.errors import DomainError
+from histofetch.record_time import seconds
 from histofetch.stage import UNFINISHED_KEY, _Stage
 
 if TYPE_CHECKING:
@@ -112,16 +115,19 @@ def died(runner: _Stage, sent: list[str]) -> str:
 
 def machine_kills(feed: _Feed) -> str:
     """:class:`WorkerDied`'s message when the canary died too: the deaths since the last
-    result back are the machine's (they are said here, not in a warning)."""
-    runner, n = feed.runner, len(feed.deaths_in_a_row) + 1
+    result back are the machine's (they are said here, not in a warning). What is known,
+    and only that: records read alone killed their workers, and so did the known-good
+    input (why, a crash, the memory a worker gets, a broken install, cannot be told)."""
+    runner, rids = feed.runner, feed.alone_deaths
     feed.deaths_in_a_row = []
+    how = _DIED
+    if any(feed.timeouts[rid] for rid in rids):  # record_time: workers killed for time too
+        how = f"or ran past the limit of {seconds(feed.limit or 0.0)} (--record-timeout)"
     return (
-        f"{runner.manifest.run_dir}: {runner.stage}: worker processes died {n} times in a row "
-        f"(killed, crashed or out of memory), reading each of {named(feed.alone_deaths)}, "
-        "each read alone, then a small known-good input built for the check: the cause is "
-        "this machine or installation (a native library that crashes here, less memory "
-        "than one worker needs), not the records; none was failed, the next run reads them "
-        "again"
+        f"{runner.manifest.run_dir}: {runner.stage}: worker processes died {how} reading "
+        f"each of {named(rids)}, each read alone, and so did a fresh worker running a small "
+        "known-good input built for the check: the cause is this machine or installation, "
+        "not the records; none was failed, the next run reads them again"
     )
 
 

@@ -9,13 +9,17 @@ of this process; a Ctrl-C is the parent's to answer, never the workers'.
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, ProcessPoolExecutor
 from multiprocessing.context import SpawnContext, SpawnProcess
 from multiprocessing.process import BaseProcess
+from multiprocessing.queues import SimpleQueue
 from pathlib import Path
+from typing import Any
 
 from histocore.manifest import Image, Manifest, Record
 from histofetch.stage import is_transient
@@ -23,6 +27,9 @@ from histofetch.thread_pool import DaemonThreadPool
 
 #: (record after the work, its images or None on failure, (reason, transient) or None)
 Result = tuple[Record, list[Image] | None, tuple[str, bool] | None]
+#: What workers say as they start (or end) a record's work:
+#: ``(record id, pid, time.monotonic(), ended)``.
+Starts = SimpleQueue[Any]
 
 #: Per thread: the list the pool being fed from it records its workers in as they start.
 _starting = threading.local()
@@ -56,16 +63,41 @@ def recording(workers: list[BaseProcess]) -> Iterator[None]:
         _starting.workers = None
 
 
-def executor(jobs: int, threads: bool) -> Executor:
-    """A pool of ``jobs`` workers: daemon threads (``threads``) or spawned processes."""
+#: In a worker process: where it says which record it starts, when (see :func:`start_queue`).
+_starts: Starts | None = None
+
+
+def start_queue() -> Starts:
+    """A queue on which a pool's workers say ``(record id, pid, time.monotonic(), ended)``
+    as they start and end each record's work (the parent times records from there: worker
+    start-up, and a result on its way back, are not counted). ``time.monotonic`` is the
+    system's monotonic clock, the same in every process."""
+    return _Context().SimpleQueue()
+
+
+def executor(jobs: int, threads: bool, starts: Starts | None = None) -> Executor:
+    """A pool of ``jobs`` workers: daemon threads (``threads``) or spawned processes, which
+    tell ``starts`` (:func:`start_queue`) when they start a record, if given."""
     if threads:
         return DaemonThreadPool(jobs)
-    return ProcessPoolExecutor(max_workers=jobs, mp_context=_Context(), initializer=_ignore_ctrl_c)
+    return ProcessPoolExecutor(
+        max_workers=jobs, mp_context=_Context(), initializer=_init_worker, initargs=(starts,)
+    )
 
 
-def _ignore_ctrl_c() -> None:
-    """Worker initializer: SIGINT is the parent's to answer (see :func:`workers_deaf`)."""
+def _init_worker(starts: Starts | None) -> None:
+    """Worker initializer: SIGINT is the parent's to answer (see :func:`workers_deaf`); keep
+    the queue to say on which record's work starts."""
+    global _starts
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _starts = starts
+
+
+def say_started(record_id: str, ended: bool = False) -> None:
+    """In a worker: tell the parent (if it listens) that ``record_id``'s work starts now (or,
+    ``ended``, that it ended: its result is on its way)."""
+    if _starts is not None:
+        _starts.put((record_id, os.getpid(), time.monotonic(), ended))
 
 
 @contextlib.contextmanager
@@ -126,6 +158,7 @@ def work_on_copy(
     work: Callable[[Manifest, Record], None], run_dir: Path, rec: Record, images: list[Image]
 ) -> Result:
     """Run ``work`` on one record in a manifest holding only it (in a worker)."""
+    say_started(rec.id)
     mini = Manifest(run_dir=run_dir)
     mini.records[rec.id] = rec
     for img in images:
@@ -134,4 +167,6 @@ def work_on_copy(
         work(mini, rec)
     except Exception as exc:  # the parent records it, like run_per_record does
         return rec, None, (str(exc) or type(exc).__name__, is_transient(exc))
+    finally:
+        say_started(rec.id, ended=True)  # the time limit stops here
     return rec, mini.images_of(rec.id), None

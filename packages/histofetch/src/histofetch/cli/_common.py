@@ -15,6 +15,7 @@ import typer
 from histocore.cli import errors, fail, progress, setup_logging
 from histocore.errors import UsageError
 from histofetch.choices import Database, LicencePolicy
+from histofetch.record_time import DEFAULT_RECORD_TIMEOUT_S
 
 if TYPE_CHECKING:
     from histofetch.stage import StageSummary
@@ -84,6 +85,20 @@ Jobs = Annotated[
     int,
     typer.Option(
         "--jobs", "-j", min=1, help="Worker processes (extract, filter): records at once."
+    ),
+]
+#: ``--record-timeout`` (extract, filter, run): see :mod:`histofetch.record_time`.
+RecordTimeout = Annotated[
+    float,
+    typer.Option(
+        "--record-timeout",
+        min=1.0,
+        max=86_400.0,
+        envvar="HISTOFETCH_RECORD_TIMEOUT",
+        metavar="SECONDS",
+        help="With --jobs 2+: seconds one record's work may run in a worker (start-up not "
+        "counted) before the worker is stopped; tried once more alone, then the record "
+        "fails as 'timed out'.",
     ),
 ]
 NetJobs = Annotated[
@@ -160,6 +175,7 @@ def fail_on_killers(run: Path, *summaries: StageSummary) -> None:
 
 
 __all__ = [
+    "DEFAULT_RECORD_TIMEOUT_S",
     "RUN_DEFAULT",
     "ApiKey",
     "Db",
@@ -172,6 +188,7 @@ __all__ = [
     "NetJobs",
     "OaOnly",
     "Query",
+    "RecordTimeout",
     "Retracted",
     "Retry",
     "Run",

@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from histofetch.cli._common import (
+    DEFAULT_RECORD_TIMEOUT_S,
     RUN_DEFAULT,
     ApiKey,
     Db,
@@ -18,6 +19,7 @@ from histofetch.cli._common import (
     NetJobs,
     OaOnly,
     Query,
+    RecordTimeout,
     Retracted,
     Retry,
     Run,
@@ -107,6 +109,7 @@ def run_all(
         typer.Option(min=1, help="Records downloaded at once (each host keeps its rate)."),
     ] = 4,
     shard: Shard = None,
+    record_timeout: RecordTimeout = DEFAULT_RECORD_TIMEOUT_S,
 ) -> None:
     """search → download → extract → filter; re-running continues where it stopped."""
     from histofetch.pipeline import run_pipeline
@@ -132,6 +135,7 @@ def run_all(
             shard=parts,
             jobs=jobs,
             net_jobs=net_jobs,
+            record_timeout=record_timeout,
         ):
             print(summary.line(), flush=True)
             if isinstance(summary, StageSummary):

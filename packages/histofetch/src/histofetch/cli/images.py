@@ -9,8 +9,10 @@ import typer
 
 from histocore.manifest import MANIFEST_NAME, STORE_NAME
 from histofetch.cli._common import (
+    DEFAULT_RECORD_TIMEOUT_S,
     RUN_DEFAULT,
     Jobs,
+    RecordTimeout,
     Retry,
     Run,
     errors,
@@ -31,6 +33,7 @@ def extract(
     ] = 32,
     retry_failed: Retry = False,
     jobs: Jobs = 1,
+    record_timeout: RecordTimeout = DEFAULT_RECORD_TIMEOUT_S,
 ) -> None:
     """Extract every embedded raster image of every PDF (PNG + manifest rows)."""
     from histofetch.extract import run_extract
@@ -39,8 +42,9 @@ def extract(
         fail(f"{run}: no manifest here; give PDF files/folders or run `histofetch download`")
     with errors(), progress():
         summary = run_extract(
-            run, list(paths or []), min_size=min_size, retry_failed=retry_failed, jobs=jobs
-        )
+            run, list(paths or []), min_size=min_size, retry_failed=retry_failed, jobs=jobs,
+            record_timeout=record_timeout,
+        )  # fmt: skip
     print(summary.line())
     if paths:
         _warn_failed_local(run, paths)
@@ -116,6 +120,7 @@ def filter_(
     ] = None,
     retry_failed: Retry = False,
     jobs: Jobs = 1,
+    record_timeout: RecordTimeout = DEFAULT_RECORD_TIMEOUT_S,
 ) -> None:
     """Split figures into panels, score each image once (colour, CNN, caption), keep H&E."""
     from histocore.manifest import Manifest
@@ -138,6 +143,7 @@ def filter_(
             rescore=rescore,
             retry_failed=retry_failed,
             jobs=jobs,
+            record_timeout=record_timeout,
             min_he=min_he,
             min_tissue=min_tissue,
             min_blocks=min_blocks,
