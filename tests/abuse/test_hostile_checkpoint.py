@@ -119,3 +119,70 @@ def test_ensemble_member_sizes_and_scales_are_checked(tmp_path, field, value, me
     path = _save(tmp_path, model="ensemble", model_config={"members": [member], "tta": False})
     with pytest.raises(CheckpointError, match=message):
         read_checkpoint(path)
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({"depth": 100_000}, "builds a model far larger than its weights"),
+        ({"blocks": 100_000}, "builds a model far larger than its weights"),
+        ({"width": 300_000, "max_width": 300_000}, "builds a"),  # 3 TB in one layer
+    ],
+)
+def test_model_config_cannot_build_a_giant(tmp_path: Path, config: dict, message: str) -> None:
+    """A 2 KB checkpoint whose config says depth 100000 took 20 GB and 13 minutes before
+    the weights were found not to fit: the build stops once it outgrows the weights."""
+    path = _save(tmp_path, model_config=config)
+    with pytest.raises(CheckpointError) as err:
+        load_model(path)
+    text = str(err.value)
+    assert text.startswith(f"{path}: its model_config") and message in text, text
+    assert "cannot build" not in text and "\n" not in text
+
+
+def test_ensemble_member_config_cannot_build_a_giant(tmp_path: Path) -> None:
+    from histomodels.ensemble import build_ensemble
+
+    good, bomb = tmp_path / "good.pt", tmp_path / "bomb.pt"
+    torch.save(checkpoint_dict(), good)
+    torch.save(checkpoint_dict(model_config={"depth": 100_000}), bomb)
+    with pytest.raises(CheckpointError, match=f"^{bomb}: its model_config builds a model far"):
+        build_ensemble([good, bomb])
+
+
+def test_non_finite_weights_are_refused(tmp_path: Path) -> None:
+    """NaN weights made every score NaN and ``eval`` crashed in scikit-learn."""
+    state = checkpoint_dict()["state_dict"]
+    name = next(k for k, v in state.items() if v.is_floating_point())
+    state[name] = torch.full_like(state[name], float("nan"))
+    path = _save(tmp_path, state_dict=state)
+    with pytest.raises(CheckpointError, match=f"non-finite values .* in '{name}'"):
+        read_checkpoint(path)
+
+
+class Payload:
+    """Runs a command when unpickled (never, here)."""
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.marker),))
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+
+def test_reduce_payload_never_runs_and_torch_warnings_stay_off_stderr(tmp_path, capfd) -> None:
+    """A plain pickle (protocol 4, as ``pickle.dumps`` writes it) with a ``__reduce__``
+    payload: refused, nothing run, and torch's pickle-protocol warning is not printed."""
+    import pickle
+    import warnings
+
+    marker = tmp_path / "PWNED"
+    path = tmp_path / "evil.pt"
+    path.write_bytes(pickle.dumps({"format": "histomodels.checkpoint", "x": Payload(marker)}))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a warning torch emits would fail the test
+        for fn, error in ((read_state_dict, WeightsError), (read_checkpoint, CheckpointError)):
+            with pytest.raises(error, match=f"^{path}: not a loadable"):
+                fn(path)
+    assert not marker.exists()
+    assert capfd.readouterr().err == ""

@@ -167,3 +167,23 @@ def test_fifo_dataset_path_is_refused(tmp_path: Path) -> None:
     os.mkfifo(fifo)
     with pytest.raises(DatasetError, match=r"d\.h5: not a regular file"):
         open_dataset(fifo)
+
+
+def test_corrupt_compressed_chunk_is_one_error_naming_the_file(tmp_path: Path) -> None:
+    """Bytes flipped inside one gzip chunk: h5py's bare ``OSError`` ("filter returned
+    failure during read") reached the user without the file's name."""
+    path = tmp_path / "badchunk.h5"
+    x = np.random.default_rng(0).integers(0, 255, (32, 96, 96, 3), dtype=np.uint8)
+    with h5py.File(path, "w") as f:
+        ds = f.create_dataset("x", data=x, chunks=(8, 96, 96, 3), compression="gzip")
+        f["y"] = np.array([0, 1] * 16, np.uint8)
+        chunk = ds.id.get_chunk_info(1)
+    data = bytearray(path.read_bytes())
+    for k in range(chunk.byte_offset + 10, chunk.byte_offset + 200):
+        data[k] ^= 0x55
+    path.write_bytes(bytes(data))
+    ds = open_dataset(path)  # the header and labels are intact
+    assert ds[0][0].shape == (96, 96, 3)  # chunk 0 reads
+    for read in (lambda: ds[8], ds.load_all):
+        with pytest.raises(DatasetError, match=f"^{path}: 'x' cannot be read .*corrupt file$"):
+            read()

@@ -10,8 +10,11 @@ state and ``history`` for resuming.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -93,7 +96,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
             raise CheckpointError(f"{path}: not a regular file")
         raise CheckpointError(f"{path}: no such checkpoint file")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = torch_load_quiet(path)
     except Exception as exc:  # pickle errors, truncated zip, unsafe globals ...
         from histomodels.models.weights import torch_load_reason
 
@@ -103,6 +106,63 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: not a histomodels checkpoint (missing format tag)")
     check_checkpoint(ckpt, path)
     return ckpt
+
+
+def torch_load_quiet(path: Path) -> Any:
+    """``torch.load(weights_only=True)`` without torch's warnings (a foreign pickle
+    protocol, storage types): a refused file gets one error line, not three."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
+#: Building a model from a checkpoint's config may register at most this many parameter
+#: and buffer elements beyond twice the checkpoint's own (non-persistent buffers, builders
+#: that replace a layer) — and this many tensors beyond twice its count.
+BUILD_SLACK_ELEMENTS = 1 << 24
+BUILD_SLACK_TENSORS = 1024
+
+
+@contextlib.contextmanager
+def build_budget(state_dict: dict[str, torch.Tensor], path: str | Path) -> Iterator[None]:
+    """Build a model from a checkpoint's ``model_config`` inside this block.
+
+    A config is data: ``{"depth": 100000}`` in a 2 KB file would build for minutes and
+    allocate hundreds of GB before the weights could be found not to fit. Every parameter
+    and buffer registered while building is counted (torch's global registration hooks);
+    past twice what the state dict holds, plus slack, the build stops with a
+    :class:`CheckpointError`, before that tensor is initialised."""
+    from torch.nn.modules import module as torch_module
+
+    max_elements = 2 * sum(v.numel() for v in state_dict.values()) + BUILD_SLACK_ELEMENTS
+    max_tensors = 2 * len(state_dict) + BUILD_SLACK_TENSORS
+    seen = [0, 0]
+
+    def count(_module: nn.Module, _name: str, tensor: torch.Tensor | None) -> None:
+        seen[0] += 1
+        seen[1] += tensor.numel() if tensor is not None else 0
+        if seen[0] > max_tensors or seen[1] > max_elements:
+            raise CheckpointError(
+                f"{path}: its model_config builds a model far larger than its weights "
+                f"(over {seen[1]:,} values in {seen[0]:,} tensors; the weights hold "
+                f"{(max_elements - BUILD_SLACK_ELEMENTS) // 2:,}); refused"
+            )
+
+    hooks = (
+        torch_module.register_module_parameter_registration_hook(count),
+        torch_module.register_module_buffer_registration_hook(count),
+    )
+    try:
+        yield
+    except RuntimeError as exc:
+        if "can't allocate memory" not in str(exc):
+            raise
+        raise CheckpointError(  # one layer too large to allocate at all
+            f"{path}: its model_config builds a layer too large to allocate; refused"
+        ) from None
+    finally:
+        for hook in hooks:
+            hook.remove()
 
 
 def _scalar(value: Any) -> bool:
@@ -196,6 +256,9 @@ def check_checkpoint(ckpt: dict[str, Any], path: str | Path) -> None:
         raise bad("state_dict", f"is {type(sd).__name__}, expected a dict of tensors")
     if not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in sd.items()):
         raise bad("state_dict", "holds something other than name -> tensor")
+    for name, tensor in sd.items():  # NaN weights give NaN scores (metrics would crash)
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise bad("state_dict", f"holds non-finite values (NaN or inf) in {name!r}")
     norm = ckpt.get("normalization", {"mean": [0, 0, 0], "std": [1, 1, 1]})
     if not (
         isinstance(norm, dict)
@@ -220,7 +283,10 @@ def load_model(
 
     ckpt = read_checkpoint(path)
     try:
-        model = create_model(ckpt["model"], pretrained=False, **ckpt.get("model_config", {}))
+        with build_budget(ckpt["state_dict"], path):
+            model = create_model(ckpt["model"], pretrained=False, **ckpt.get("model_config", {}))
+    except CheckpointError:
+        raise
     except (TypeError, ValueError) as exc:  # values of the right keys but unusable
         raise CheckpointError(f"{path}: cannot build model {ckpt['model']!r} ({exc})") from None
     try:

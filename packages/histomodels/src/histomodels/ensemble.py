@@ -15,7 +15,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from histomodels.checkpoint import FORMAT, VERSION, CheckpointError, read_checkpoint
+from histomodels.checkpoint import (
+    FORMAT,
+    VERSION,
+    CheckpointError,
+    build_budget,
+    read_checkpoint,
+)
 from histomodels.inference import norm_of
 
 #: the ensemble takes RGB in [0, 1]; each member normalises its own input
@@ -60,6 +66,8 @@ def build_ensemble(sources: Sequence[str | Path], *, tta: bool = False) -> dict[
                 f"{src}: is an ensemble; an ensemble cannot be a member (list its members)"
             )
         spec = member_spec(ckpt, str(src))
+        with build_budget(ckpt["state_dict"], src):  # its config cannot build a giant
+            create_model(spec["model"], pretrained=False, **spec["model_config"])
         members.append(spec)
         for k, v in ckpt["state_dict"].items():
             state[f"members.{i}.net.{k}"] = v

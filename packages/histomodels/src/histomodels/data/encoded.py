@@ -22,7 +22,7 @@ import numpy as np
 from histocore.progress import task
 from histomodels.data.base import DatasetError, PatchDataset, binary_labels
 from histomodels.data.cache import require_memory
-from histomodels.data.h5safe import dataset, open_h5
+from histomodels.data.h5safe import dataset, open_h5, reading
 from histomodels.data.images import decode_image
 
 
@@ -71,8 +71,10 @@ def rows_of_origin(path: Path, origin_split: str | Iterable[str]) -> np.ndarray:
 
 def _text_ids(ds: h5py.Dataset, path: Path) -> list[str]:
     """``patch_id`` values as text (bytes must be UTF-8)."""
+    with reading(path, "patch_id"):
+        raw = ds[()]
     try:
-        return [s.decode() if isinstance(s, bytes) else str(s) for s in ds[()]]
+        return [s.decode() if isinstance(s, bytes) else str(s) for s in raw]
     except UnicodeDecodeError as exc:
         raise DatasetError(f"{path}: 'patch_id' is not UTF-8 text ({exc.reason})") from None
 
@@ -104,7 +106,8 @@ class EncodedH5Dataset(PatchDataset):
             y_ds = dataset(f, "y", path)
             if y_ds.size != n:
                 raise DatasetError(f"{path}: {n} encoded patches but {y_ds.size} labels in 'y'")
-            y = binary_labels(y_ds[()], f"{path} 'y'")
+            with reading(path, "y"):
+                y = binary_labels(y_ds[()], f"{path} 'y'")
             ids = (
                 _text_ids(dataset(f, "patch_id", path), path)
                 if "patch_id" in f
@@ -140,7 +143,8 @@ class EncodedH5Dataset(PatchDataset):
             self._file = open_h5(self.path)
         row = int(self.rows[index])
         enc: Any = self._file["encoded"]  # checked to be a stored dataset when opened
-        data = enc[row]
+        with reading(self.path, "encoded"):
+            data = enc[row]
         img = decode_image(data.tobytes(), f"{self.path} row {row}", size=self.size)
         return img, int(self._labels[index]), self._ids[index]
 
@@ -160,7 +164,8 @@ class EncodedH5Dataset(PatchDataset):
         with open_h5(self.path) as f:
             enc = dataset(f, "encoded", self.path)
             require_memory(enc.id.get_storage_size(), str(self.path), "encoded bytes")
-            encoded = enc[()]
+            with reading(self.path, "encoded"):
+                encoded = enc[()]
 
         def work(i: int) -> np.ndarray:
             row = int(self.rows[i])

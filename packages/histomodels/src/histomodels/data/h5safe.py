@@ -6,17 +6,33 @@ internet must not draw ``/etc/passwd`` into a contact sheet, so :func:`dataset` 
 all of these, and groups where a dataset is expected, with one :class:`DatasetError`
 naming the file. :func:`check_stored` refuses a dataset that declares more patches than
 it stores (a 200 KB file declaring 200,000 patches would otherwise be read as zeros).
+:func:`reading` turns HDF5's read errors (a corrupt compressed chunk, a file cut short)
+into a :class:`DatasetError` naming the file and the dataset.
 """
 
 from __future__ import annotations
 
+import contextlib
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 
 import h5py
 import numpy as np
 
+from histocore.io import one_line
 from histomodels.data.base import DatasetError
+
+
+@contextlib.contextmanager
+def reading(path: Path | str, key: str) -> Iterator[None]:
+    """Read dataset ``key`` of ``path`` inside this block: h5py's ``OSError`` (a chunk
+    whose filter fails, bytes missing) becomes one :class:`DatasetError` naming both."""
+    try:
+        yield
+    except OSError as exc:
+        why = one_line(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        raise DatasetError(f"{path}: {key!r} cannot be read ({why}); corrupt file") from None
 
 
 def open_h5(path: Path) -> h5py.File:

@@ -24,7 +24,7 @@ from histocore.progress import task
 from histomodels.choices import PCAM_SPLITS
 from histomodels.data.base import DatasetError, PatchDataset, binary_labels, check_patch_shape
 from histomodels.data.cache import require_memory
-from histomodels.data.h5safe import check_stored, dataset, open_h5
+from histomodels.data.h5safe import check_stored, dataset, open_h5, reading
 
 SPLITS = PCAM_SPLITS
 OFFICIAL = "camelyonpatch_level_2_split_{split}_{xy}.h5"
@@ -196,7 +196,8 @@ class PCamDataset(PatchDataset):
                 raise DatasetError(
                     f"{self.y_path}: 'y' has shape {list(ds.shape)}, expected [{n}] labels"
                 )
-            y = np.asarray(ds[()])
+            with reading(self.y_path, "y"):
+                y = np.asarray(ds[()])
         return binary_labels(y, str(self.y_path))
 
     @staticmethod
@@ -222,13 +223,16 @@ class PCamDataset(PatchDataset):
         if not -len(self) <= index < len(self):
             raise IndexError(index)
         index %= len(self)
-        return np.asarray(self._x()[index]), int(self._labels[index]), self._ids[index]
+        with reading(self.x_path, "x"):
+            patch = np.asarray(self._x()[index])
+        return patch, int(self._labels[index]), self._ids[index]
 
     def labels(self) -> np.ndarray:
         return self._labels
 
     def read_range(self, start: int, stop: int) -> np.ndarray:
-        return np.asarray(self._x()[start:stop])
+        with reading(self.x_path, "x"):
+            return np.asarray(self._x()[start:stop])
 
     def ids(self) -> list[str]:
         return list(self._ids)
@@ -244,6 +248,7 @@ class PCamDataset(PatchDataset):
         with task(f"reading {self.x_path.name}", n) as shown:
             for start in range(0, n, block):
                 stop = min(n, start + block)
-                x.read_direct(out, np.s_[start:stop], np.s_[start:stop])
+                with reading(self.x_path, "x"):
+                    x.read_direct(out, np.s_[start:stop], np.s_[start:stop])
                 shown.update(completed=stop)
         return out, self._labels, list(self._ids)

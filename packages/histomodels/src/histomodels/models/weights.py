@@ -10,6 +10,7 @@ our 1-logit head; any other mismatch is an error naming the file.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +67,9 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         except Exception as exc:
             raise WeightsError(f"{path}: not a readable safetensors file ({exc})") from None
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # a refused file gets one line, not torch's warning
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise WeightsError(
             f"{path}: not a loadable weights file ({torch_load_reason(exc)})"
