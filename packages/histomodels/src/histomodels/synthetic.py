@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -34,28 +35,22 @@ _H_REF = np.array([0.5626, 0.7201, 0.4062])
 _E_REF = np.array([0.2159, 0.8012, 0.5581])
 
 
-def _render(
-    rng: np.random.Generator,
-    h: int,
-    w: int,
-    clusters: np.ndarray,
-    kind: np.ndarray,
-    keep_out_centre: np.ndarray,
-    forced: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Paint ``n`` images of size h x w.
+class _Tissue(NamedTuple):
+    """The stain concentration maps before nuclei: fat, tumour area, eosin and haematoxylin."""
 
-    clusters: float [n, K, 3] tumour clusters (cy, cx, radius; radius 0 = none).
-    kind: int [n] background type (0 lymphoid, 1 stroma/fat, 2 mixed).
-    keep_out_centre: bool [n], drop tumour cells that could touch the central 32x32.
-    forced: float [n, 2] (y, x) of one extra tumour nucleus per image, NaN for none.
-    Returns ``(uint8 [n,h,w,3], tumour-nucleus coverage [n,h,w])``.
-    """
-    n = len(kind)
+    fat: np.ndarray
+    tumour: np.ndarray
+    eosin: np.ndarray
+    haem: np.ndarray
+
+
+def _layout(
+    rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray, clusters: np.ndarray, kind: np.ndarray
+) -> _Tissue:
+    """Fat spaces, the tumour clusters' area, eosin stroma with wavy collagen fibres (less
+    pink in lymphoid areas) and the background haematoxylin."""
     f32 = np.float32
-    yy, xx = np.mgrid[0:h, 0:w].astype(f32)
-
-    # --- tissue layout -------------------------------------------------------------------
+    n, (h, w) = len(kind), yy.shape
     fat_noise = low_freq(rng, n, h, w, 30)
     fat_thr = np.where(kind == 1, 0.05, np.where(kind == 2, 0.45, 0.9)).astype(f32)
     fat_thr = fat_thr + rng.normal(0, 0.15, n).astype(f32)
@@ -63,16 +58,15 @@ def _render(
     fat = np.clip(fat_d * 9 + 0.5, 0, 1)
     fat_edge = np.clip(1 - np.abs(fat_d) * 25, 0, 1)
 
-    tumour_field = np.zeros((n, h, w), f32)
+    tumour = np.zeros((n, h, w), f32)
     edge_noise = 1 + 0.35 * low_freq(rng, n, h, w, 25)
     for k in range(clusters.shape[1]):
         cy, cx, rad = (clusters[:, k, i].astype(f32)[:, None, None] for i in range(3))
         dist = np.sqrt((yy - cy) ** 2 + (xx - cx) ** 2)
         inside = np.clip((rad * edge_noise - dist) / 5 + 0.5, 0, 1)
-        tumour_field = np.maximum(tumour_field, np.where(rad > 0, inside, 0))
-    fat = fat * (1 - tumour_field)
+        tumour = np.maximum(tumour, np.where(rad > 0, inside, 0))
+    fat = fat * (1 - tumour)
 
-    # Eosin: stroma with wavy collagen fibres; lymphoid areas are less pink.
     theta = rng.uniform(0, np.pi, n).astype(f32)[:, None, None]
     lam = rng.uniform(4, 9, n).astype(f32)[:, None, None]
     warp = 6 * low_freq(rng, n, h, w, 20)
@@ -83,18 +77,19 @@ def _render(
     eosin = e_base * (0.75 + 0.35 * fibres * (1 - 0.6 * lymph_bg)) + 0.1 * low_freq(
         rng, n, h, w, 12
     )
-    eosin = eosin * (1 - fat) + 0.55 * fat_edge + 0.35 * tumour_field
-    haem = (0.08 + 0.12 * lymph_bg) * (1 - fat) + 0.12 * tumour_field
+    eosin = eosin * (1 - fat) + 0.55 * fat_edge + 0.35 * tumour
+    haem = (0.08 + 0.12 * lymph_bg) * (1 - fat) + 0.12 * tumour
+    return _Tissue(fat, tumour, eosin, haem)
 
-    # --- nuclei ---------------------------------------------------------------------------
-    nuc = Nuclei()  # lymphocytes
-    other = Nuclei()  # histiocytes and fibroblasts
-    tum = Nuclei()
 
-    # Lymphocytes: small dense round nuclei on a jittered grid, thinned by local density.
+def _lymphocytes(rng: np.random.Generator, t: _Tissue, kind: np.ndarray) -> Nuclei:
+    """Small dense round nuclei on a jittered grid, thinned by local density."""
+    f32 = np.float32
+    n, h, w = t.fat.shape
+    nuc = Nuclei()
     density = np.where(kind == 0, 0.8, np.where(kind == 1, 0.12, 0.45)).astype(f32)
     lam_field = density[:, None, None] * (1 + 0.6 * low_freq(rng, n, h, w, 28))
-    lam_field = np.clip(lam_field, 0, 0.95) * (1 - fat) * (1 - 0.85 * tumour_field)
+    lam_field = np.clip(lam_field, 0, 0.95) * (1 - t.fat) * (1 - 0.85 * t.tumour)
     b, y, x = jittered_grid(rng, n, h, w, 7.2, 1.8)
     keep = rng.random(len(b)) < sample(lam_field, b, y, x)
     b, y, x = b[keep], y[keep], x[keep]
@@ -110,8 +105,13 @@ def _render(
         core=rng.uniform(1.9, 2.6, m),
         rim=0.2,
     )
+    return nuc
 
-    # Confounders: pale oval histiocyte nuclei and thin dark fibroblast nuclei, any class.
+
+def _confounders(rng: np.random.Generator, t: _Tissue, kind: np.ndarray) -> Nuclei:
+    """Pale oval histiocyte nuclei and thin dark fibroblast nuclei, in either class."""
+    n, h, w = t.fat.shape
+    other = Nuclei()
     for count, rx_rng, ry_rng, core_rng in (
         (rng.poisson(2.0, n), (3.5, 6.0), (2.2, 3.5), (0.7, 1.1)),
         (rng.poisson(np.where(kind == 0, 1.0, 4.0)), (4.5, 8.0), (1.1, 1.8), (1.6, 2.3)),
@@ -120,7 +120,7 @@ def _render(
         b = np.repeat(np.arange(n), count)
         m = len(b)
         y, x = rng.uniform(0, h, m), rng.uniform(0, w, m)
-        ok = sample(fat, b, y, x) < 0.5
+        ok = sample(t.fat, b, y, x) < 0.5
         b, y, x, m = b[ok], y[ok], x[ok], int(ok.sum())
         other.add(
             b=b,
@@ -132,10 +132,17 @@ def _render(
             core=rng.uniform(*core_rng, m),
             rim=0.3,
         )
+    return other
 
-    # Tumour cells: large, pleomorphic, vesicular nuclei with a nucleolus, plus cytoplasm.
+
+def _tumour_cells(
+    rng: np.random.Generator, t: _Tissue, keep_out_centre: np.ndarray, forced: np.ndarray | None
+) -> Nuclei:
+    """Large, pleomorphic, vesicular nuclei with a nucleolus inside the tumour area, none
+    that could touch the centre where ``keep_out_centre``, plus the ``forced`` ones."""
+    n, h, w = t.fat.shape
     b, y, x = jittered_grid(rng, n, h, w, 12.5, 3.0)
-    keep = rng.random(len(b)) < 0.95 * sample(tumour_field, b, y, x)
+    keep = rng.random(len(b)) < 0.95 * sample(t.tumour, b, y, x)
     b, y, x = b[keep], y[keep], x[keep]
     m = len(b)
     rx = rng.uniform(4.8, 7.8, m)
@@ -160,31 +167,27 @@ def _render(
         ry = np.concatenate([ry, frx * rng.uniform(0.7, 1.0, fm)])
         irreg = np.concatenate([irreg, rng.uniform(0.04, 0.12, fm)])
     m = len(b)
-    theta = rng.uniform(0, np.pi, m)
+    tum = Nuclei()
     tum.add(
         b=b,
         y=y,
         x=x,
         rx=rx,
         ry=ry,
-        theta=theta,
+        theta=rng.uniform(0, np.pi, m),
         core=rng.uniform(0.55, 0.95, m),
         rim=rng.uniform(0.5, 0.9, m),
         nucleolus=np.where(rng.random(m) < 0.85, rng.uniform(1.4, 2.4, m), 0.0),
         irreg=irreg,
     )
+    return tum
 
-    # --- compose ----------------------------------------------------------------------------
-    nd, _ = splat(rng, nuc.arrays(), n, h, w, 5, bank=256)
-    od_, _ = splat(rng, other.arrays(), n, h, w, 9)
-    td, tmask = splat(rng, tum.arrays(), n, h, w, 10, want_mask=True)
-    assert tmask is not None  # want_mask=True
-    nd = nd + od_
-    # Tumour nuclei replace (not add to) the tissue under them, so they stay pale.
-    under = np.clip(tmask, 0, 1)
-    eosin = eosin * (1 - 0.6 * under)
-    haem = haem * (1 - 0.5 * under) + np.minimum(nd, 3.2) + np.minimum(td, 3.0)
 
+def _to_rgb(rng: np.random.Generator, haem: np.ndarray, eosin: np.ndarray) -> np.ndarray:
+    """Beer-Lambert with per-image jittered stain vectors and strengths, then a light optical
+    blur on some images and sensor noise on all: uint8 [n, h, w, 3]."""
+    f32 = np.float32
+    n, h, w = haem.shape
     h_vec = unit(_H_REF + rng.normal(0, 0.06, (n, 3))).astype(f32)
     e_vec = unit(_E_REF + rng.normal(0, 0.06, (n, 3))).astype(f32)
     h_scale = rng.uniform(0.75, 1.2, n).astype(f32)[:, None, None, None]
@@ -195,7 +198,6 @@ def _render(
     np.negative(od, out=od)
     rgb = np.exp(od, out=od)
     rgb *= 255
-    # Light optical blur on some images and sensor noise on all.
     blur = np.flatnonzero(rng.random(n) < 0.35)
     if len(blur):
         sub = rgb[blur]
@@ -208,7 +210,41 @@ def _render(
     noise = rng.random((min(n, 16), h, w, 3), dtype=f32) * 8 - 3.5
     rgb += noise[rng.integers(0, len(noise), n)]
     np.clip(rgb, 0, 255, out=rgb)
-    return rgb.astype(np.uint8), tmask
+    return rgb.astype(np.uint8)
+
+
+def _render(
+    rng: np.random.Generator,
+    h: int,
+    w: int,
+    clusters: np.ndarray,
+    kind: np.ndarray,
+    keep_out_centre: np.ndarray,
+    forced: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Paint ``n`` images of size h x w.
+
+    clusters: float [n, K, 3] tumour clusters (cy, cx, radius; radius 0 = none).
+    kind: int [n] background type (0 lymphoid, 1 stroma/fat, 2 mixed).
+    keep_out_centre: bool [n], drop tumour cells that could touch the central 32x32.
+    forced: float [n, 2] (y, x) of one extra tumour nucleus per image, NaN for none.
+    Returns ``(uint8 [n,h,w,3], tumour-nucleus coverage [n,h,w])``.
+    """
+    n = len(kind)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    t = _layout(rng, yy, xx, clusters, kind)
+    lymph = _lymphocytes(rng, t, kind)
+    other = _confounders(rng, t, kind)
+    tum = _tumour_cells(rng, t, keep_out_centre, forced)
+    nd, _ = splat(rng, lymph.arrays(), n, h, w, 5, bank=256)
+    od_, _ = splat(rng, other.arrays(), n, h, w, 9)
+    td, tmask = splat(rng, tum.arrays(), n, h, w, 10, want_mask=True)
+    assert tmask is not None  # want_mask=True
+    # Tumour nuclei replace (not add to) the tissue under them, so they stay pale.
+    under = np.clip(tmask, 0, 1)
+    eosin = t.eosin * (1 - 0.6 * under)
+    haem = t.haem * (1 - 0.5 * under) + np.minimum(nd + od_, 3.2) + np.minimum(td, 3.0)
+    return _to_rgb(rng, haem, eosin), tmask
 
 
 def _patch_plan(
