@@ -1,6 +1,7 @@
 """A malformed option value is a usage error: exit 2 with click's message naming the
-option, before any file is read or PyTorch is imported; valid values pass; ``--help`` lists
-the choices (histomodels.choices) and ranges."""
+option, before any file is read or PyTorch is imported; so are options given together that
+exclude each other; valid values pass; ``--help`` lists the choices (histomodels.choices)
+and ranges."""
 
 from __future__ import annotations
 
@@ -15,6 +16,9 @@ DATA = ["--data", "{missing}", "--val", "{missing}", "--out", "{out}"]
 EVAL = ["eval", "--model", "pcam-cnn", "--data", "{missing}"]
 PREDICT = ["predict", "model.pt", "{missing}"]
 EXPORT = ["export", "{missing}", "--out", "{out}/m.onnx"]
+TUNE = ["tune", *DATA]
+LABEL = ["label", "--manifest", "{out}"]
+DOWNLOAD = ["data", "download", "pcam", "--dest", "{out}"]
 
 #: case → (arguments, the option named, what the user is told)
 MALFORMED = {
@@ -90,10 +94,99 @@ MALFORMED = {
         "greater than",
     ),
     "demo --minutes": (["demo", "--out", "{out}", "--minutes", "0"], "--minutes", "x > 0"),
+    "demo --n-train": (["demo", "--out", "{out}", "--n-train", "0"], "--n-train", "greater"),
+    # the options parsed by the library's own parser (histomodels.tune_space.parse_fixed,
+    # label.parse_set, config.parse_model_config, choices.check_device/check_model/...)
+    "tune --fix unknown name": ([*TUNE, "--fix", "colour=red"], "--fix", "colour: not a dim"),
+    "tune --fix without =": ([*TUNE, "--fix", "width"], "--fix", "'width': expected NAME=VALUE"),
+    "tune --fix not a choice": ([*TUNE, "--fix", "width=20"], "--fix", "width=20: not one of"),
+    "tune --fix out of bounds": ([*TUNE, "--fix", "lr=1"], "--fix", "outside the search bounds"),
+    "tune --fix not a number": ([*TUNE, "--fix", "depth=abc"], "--fix", "not an integer"),
+    "tune --fix twice": (
+        [*TUNE, "--fix", "width=16", "--fix", "width=24"],
+        "--fix",
+        "width: given twice",
+    ),
+    "label --set without =": ([*LABEL, "--set", "img0"], "--set", "expected IMAGE_ID=LABEL"),
+    "label --set unknown label": (
+        [*LABEL, "--set", "img0=cancer"],
+        "--set",
+        "'cancer' is not a label",
+    ),
+    "train --model-config not JSON": (
+        ["train", *DATA, "--model-config", "{{width: 8}}"],
+        "--model-config",
+        "not valid JSON",
+    ),
+    "train --model-config not an object": (
+        ["train", *DATA, "--model-config", "[8, 4]"],
+        "--model-config",
+        "expected a JSON object",
+    ),
+    "finetune --model-config with --input-size": (  # was json.loads' traceback
+        ["finetune", *DATA, "--model-config", "x", "--input-size", "224"],
+        "--model-config",
+        "not valid JSON",
+    ),
+    "finetune --input-size": (["finetune", *DATA, "--input-size", "-5"], "--input-size", "great"),
+    "train --device": (["train", *DATA, "--device", "gpu"], "--device", "'gpu': not a device"),
+    "eval --device": ([*EVAL, "--device", "cuda:x"], "--device", "'cuda:x': not a device"),
+    "predict --device": ([*PREDICT, "--device", "tpu"], "--device", "'tpu': not a device"),
+    "train --model": (["train", *DATA, "--model", "resnet9000"], "--model", "unknown model"),
+    "finetune --model": (["finetune", *DATA, "--model", "timm/"], "--model", "'timm/': unknown"),
+    "data info --origin-split": (
+        ["data", "info", "{missing}", "--origin-split", " , "],
+        "--origin-split",
+        "no split named",
+    ),
+    "export --tolerance": ([*EXPORT, "--tolerance", "-1"], "--tolerance", "x >= 0"),
+    "data download --url-template without {name}": (
+        [*DOWNLOAD, "--url-template", "http://127.0.0.1:9/pcam"],
+        "--url-template",
+        "has no {name} placeholder",
+    ),
+    "data download --url-template with another field": (  # was str.format's KeyError
+        [*DOWNLOAD, "--url-template", "http://127.0.0.1:9/{{split}}/{{name}}"],
+        "--url-template",
+        "has {split}; only {name} is filled in",
+    ),
+    "ensemble of one": (["ensemble", "a.pt", "--out", "{out}"], "sources", "at least two"),
+}
+
+#: options (and arguments) that exclude each other: case → (arguments, both named, told)
+TOGETHER = {
+    "eval checkpoint and --model": (
+        ["eval", "{missing}", "--model", "pcam-cnn", "--data", "{missing}"],
+        "'CHECKPOINT' / '--model'",
+        "not both",
+    ),
+    "eval neither checkpoint nor --model": (
+        ["eval", "--data", "{missing}"],
+        "'CHECKPOINT' / '--model'",
+        "give a checkpoint",
+    ),
+    "export checkpoint and --model": (
+        [*EXPORT, "--model", "pcam-cnn"],
+        "'CHECKPOINT' / '--model'",
+        "not both",
+    ),
+    "export neither": (["export", "--out", "{out}/m.onnx"], "'CHECKPOINT' / '--model'", "give"),
+    "eval --data and --manifest": (
+        [*EVAL, "--manifest", "{out}"],
+        "'--data' / '--manifest'",
+        "exactly one of",
+    ),
+    "eval neither --data nor --manifest": (
+        ["eval", "--model", "pcam-cnn"],
+        "'--data' / '--manifest'",
+        "exactly one of",
+    ),
+    "predict a checkpoint and no images": (["predict", "{missing}"], "'IMAGES...'", "no image"),
 }
 
 
 def _args(args: list[str], tmp_path: Path) -> list[str]:
+    """The arguments with {missing} and {out} filled in (a literal brace is doubled)."""
     names = {"missing": str(tmp_path / "nope.h5"), "out": str(tmp_path / "out"), "pcam": "{pcam}"}
     return [arg.format(**names) for arg in args]
 
@@ -116,6 +209,17 @@ def test_a_malformed_option_value_is_a_usage_error(tmp_path: Path, case: str) ->
     assert "Traceback" not in result.output and not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("case", TOGETHER)
+def test_options_that_exclude_each_other_are_a_usage_error(tmp_path: Path, case: str) -> None:
+    """Exit 2 with click's usage message naming both (they were an ``error:`` line, exit 1)."""
+    args, both, said = TOGETHER[case]
+    result = CliRunner().invoke(app, _args(args, tmp_path))
+    assert result.exit_code == 2, result.output
+    assert f"Invalid value for {both}:" in _said(result) and said in _said(result), result.stderr
+    assert _said(result).startswith("Usage: histomodels "), result.stderr
+    assert "Traceback" not in result.output and not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -127,7 +231,16 @@ def test_a_malformed_option_value_is_a_usage_error(tmp_path: Path, case: str) ->
          "nope.h5: train data not found"),
         (["tune", *DATA, "--trials", "1", "--sobol-trials", "0", "--trial-epochs", "1"],
          "nope.h5: train data not found"),
+        ([*TUNE, "--fix", "width=16.0", "--fix", "centre=pool", "--fix", "ema=0"],
+         "nope.h5: train data not found"),
+        (["train", *DATA, "--model", "timm/resnet18", "--device", "cpu", "--model-config",
+          '{{"input_size": 96}}'], "nope.h5: train data not found"),
+        (["finetune", *DATA, "--model", "mobilenet_v2", "--device", "cuda:0", "--model-config",
+          "{{}}", "--input-size", "128"], "nope.h5: train data not found"),
+        ([*EVAL, "--device", "cpu:0"], "nope.h5: no such file or folder"),
+        ([*LABEL, "--set", "img0=m", "--set", "a=b=clear"], "no manifest here"),
         (["data", "info", "{missing}", "--split", "valid", "--per-class", "1"], "nope.h5"),
+        (["data", "info", "{missing}", "--origin-split", "kaggle_train,pcam_train"], "nope.h5"),
     ],
 )  # fmt: skip
 def test_valid_option_values_pass_to_the_command(tmp_path: Path, args, message) -> None:
@@ -139,10 +252,41 @@ def test_valid_option_values_pass_to_the_command(tmp_path: Path, args, message) 
 
 
 def test_the_choices_are_the_librarys() -> None:
-    from histomodels.choices import PCAM_SPLITS
+    from histomodels.choices import MODEL_PREFIXES, PCAM_SPLITS, TRAINABLE_MODELS
     from histomodels.cli.data import SplitName
+    from histomodels.models import registry
 
     assert tuple(s.value for s in SplitName) == PCAM_SPLITS
+    # the --model check (without PyTorch) knows what the registry builds (an ensemble is
+    # made by `histomodels ensemble`, not trained)
+    assert set(registry.list_models()) - {"ensemble"} == set(TRAINABLE_MODELS)
+    assert set(registry._PREFIXES) == set(MODEL_PREFIXES)
+
+
+def test_the_name_checks_are_the_librarys() -> None:
+    """The CLI's callbacks and the library share these: a library caller gets UsageError."""
+    import torch
+
+    from histocore.errors import UsageError
+    from histomodels.choices import check_device, check_model, origin_splits
+    from histomodels.device import pick_device
+
+    for name in ("cpu", "cpu:0", "cuda", "cuda:1", "mps", "mps:0"):
+        assert torch.device(check_device(name)).type == name.partition(":")[0]
+    for bad in ("gpu", "CUDA", "cuda:", "cuda:-1", "cuda:x", "xla", "meta", "cpu,cuda", ""):
+        with pytest.raises(UsageError, match="not a device histomodels runs on"):
+            check_device(bad)
+        with pytest.raises(UsageError, match="not a device histomodels runs on"):
+            pick_device(bad or "?")
+    assert check_model("timm/convnext_atto") == "timm/convnext_atto"
+    for bad in ("resnet9000", "ensemble", "timm/", "timm/ ", "tv/mobilenet_v2"):
+        with pytest.raises(UsageError, match="unknown model"):
+            check_model(bad)
+    assert origin_splits(" kaggle_train, pcam_train ,") == {"kaggle_train", "pcam_train"}
+    assert origin_splits(["pcam_valid"]) == {"pcam_valid"}
+    for bad in ("", " , ", []):
+        with pytest.raises(UsageError, match="no split named"):
+            origin_splits(bad)
 
 
 def test_help_lists_the_choices() -> None:

@@ -51,8 +51,12 @@ def test_help_imports_no_heavy_module() -> None:
         (["train", *TRAIN_ARGS], NO_TRAIN),
         (["finetune", *TRAIN_ARGS], NO_TRAIN),
         (["tune", *TRAIN_ARGS], NO_TRAIN),
+        # options checked by their callbacks pass on without PyTorch too
+        (["train", *TRAIN_ARGS, "--device", "cuda:1", "--model", "timm/resnet18",
+          "--model-config", '{{"input_size": 96}}'], NO_TRAIN),
+        (["tune", *TRAIN_ARGS, "--fix", "width=16"], NO_TRAIN),
     ],
-)
+)  # fmt: skip
 def test_a_missing_input_path_fails_before_pytorch_is_imported(
     tmp_path: Path, command: list[str], message: str
 ) -> None:
@@ -61,4 +65,26 @@ def test_a_missing_input_path_fails_before_pytorch_is_imported(
     assert code == 1
     assert last == "error: " + message.format(**names)
     assert heavy == []
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["train", *TRAIN_ARGS, "--device", "gpu"],
+        ["train", *TRAIN_ARGS, "--model", "resnet9000"],
+        ["finetune", *TRAIN_ARGS, "--model-config", "[1]"],
+        ["tune", *TRAIN_ARGS, "--fix", "width=17"],
+        ["label", "--manifest", "{run}", "--set", "img0=cancer"],
+        ["data", "info", "{missing}", "--origin-split", ","],
+        ["eval", "{missing}", "--model", "pcam-cnn", "--data", "{missing}"],
+    ],
+)
+def test_a_malformed_option_fails_before_pytorch_is_imported(
+    tmp_path: Path, command: list[str]
+) -> None:
+    """Click's usage error (exit 2), from the library's own check imported alone."""
+    names = {"missing": str(tmp_path / "nope.h5"), "run": str(tmp_path / "run")}
+    code, _, heavy = _run(*(arg.format(**names) for arg in command))
+    assert code == 2 and heavy == []
     assert not (tmp_path / "run").exists()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import re
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -212,3 +213,20 @@ def test_mirror_from_environment(tmp_path: Path, server: Server, monkeypatch) ->
     assert {name for name, _ in server.requests} == set(server.files)
     again = download_pcam(tmp_path, ["valid"], checksums=sums)
     assert [r.status for r in again] == ["present"] * 3
+
+
+def test_the_url_template_fills_in_name_only() -> None:
+    """``--url-template`` and ``HISTOMODELS_PCAM_URL`` share this check (a field other than
+    {name} was str.format's KeyError traceback)."""
+    from histomodels.data.download import check_url_template
+
+    assert check_url_template("https://mirror/{name}?x=1") == "https://mirror/{name}?x=1"
+    for bad, said in [
+        ("https://mirror/pcam", "has no {name} placeholder"),
+        ("https://mirror/{{name}}", "has no {name} placeholder"),
+        ("https://mirror/{split}/{name}", "has {split}; only {name} is filled in"),
+        ("https://mirror/{}", "has {}; only {name}"),
+        ("https://mirror/{name", "expected '}'"),
+    ]:
+        with pytest.raises(DownloadError, match=re.escape(said)):
+            check_url_template(bad)

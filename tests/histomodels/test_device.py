@@ -43,13 +43,13 @@ def test_set_threads_limits_torch_and_none_leaves_it() -> None:
 
 
 def test_a_device_this_machine_lacks_is_one_usage_error() -> None:
-    with pytest.raises(UsageError, match="not a device name"):
+    with pytest.raises(UsageError, match="not a device histomodels runs on"):
         pick_device("cdua")
     n = torch.cuda.device_count() if torch.cuda.is_available() else 0
     with pytest.raises(UsageError, match="no CUDA GPU" if n == 0 else "numbered from 0"):
         pick_device(f"cuda:{n}")
     for other in ("xla", "meta"):  # names torch knows, devices histomodels does not run on
-        with pytest.raises(UsageError, match="runs on cpu, cuda or mps"):
+        with pytest.raises(UsageError, match="not a device histomodels runs on"):
             pick_device(other)
     assert pick_device("cpu") == torch.device("cpu")
 

@@ -130,4 +130,4 @@ def test_bad_manifest(tmp_path: Path) -> None:
     r = CliRunner().invoke(app, ["eval", str(ckpt), "--manifest", str(tmp_path / "nope")])
     assert r.exit_code == 1 and "no manifest" in r.output
     r = CliRunner().invoke(app, ["eval", str(ckpt)])
-    assert r.exit_code == 1 and "exactly one of" in r.output
+    assert r.exit_code == 2 and "exactly one of" in r.output  # a usage error

@@ -106,9 +106,15 @@ def test_bad_labels_change_nothing(tmp_path: Path) -> None:
     run = _run(tmp_path)
     before = (run / "manifest.jsonl").read_bytes()
     runner = CliRunner()
-    for args in (["--set", "img0=cancer"], ["--set", "nosuch=metastasis"], ["--set", "img0"]):
+    # an unknown image is the manifest's to say: one error line, exit 1
+    r = runner.invoke(app, ["label", "--manifest", str(run), "--set", "nosuch=metastasis"])
+    lines = r.stderr.strip().splitlines()
+    assert r.exit_code == 1 and len(lines) == 1, r.output
+    assert lines[0].startswith("error: ") and "no image with id 'nosuch'" in lines[0], lines
+    # a malformed --set (no '=', not a label) is a usage error, before the manifest is read
+    for args in (["--set", "img0=cancer"], ["--set", "img0"]):
         r = runner.invoke(app, ["label", "--manifest", str(run), *args])
-        assert r.exit_code == 1 and r.output.startswith("error: "), r.output
+        assert r.exit_code == 2 and "Invalid value for '--set'" in r.stderr, r.output
     bad_csv = tmp_path / "b.csv"
     bad_csv.write_text("name,value\nimg0,m\n")
     r = runner.invoke(app, ["label", "--manifest", str(run), "--from-csv", str(bad_csv)])

@@ -234,7 +234,6 @@ def test_cli_config_file_and_overrides(h5_files, tmp_path):
     ("extra", "message"),
     [
         (["--data", "/nonexistent/train.h5"], "/nonexistent/train.h5: train data not found"),
-        (["--model", "resnet9000"], "unknown model 'resnet9000'"),
         (["--stain-norm", "nope.json"], "stain_norm must be 'macenko' or a stain JSON file"),
         (["--model-config", '{"bogus": 1}'], "model_config key 'bogus', which cnn does not"),
         (["--model-config", '{"width": "x"}'], "model_config 'width' is 'x'; cnn takes int"),

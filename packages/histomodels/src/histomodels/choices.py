@@ -4,11 +4,18 @@ One place for each set of names, without heavy imports: the library checks value
 the tuples (library callers get a :class:`~histocore.errors.UsageError`), and the CLI
 annotates its options with the ``Literal`` types, so Typer lists the choices in ``--help``
 and a malformed value is a usage error (exit 2) before PyTorch is imported.
+
+The names that are not a fixed list have their syntax checked here, for the same reason:
+:func:`check_device` (``cpu``, ``cuda:1``...), :func:`check_model` (the registry's trainable
+models, ``timm/<name>``) and :func:`origin_splits` (a comma list of names).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Literal, get_args
+
+from histocore.errors import UsageError
 
 Precision = Literal["auto", "fp32", "bf16"]
 ThresholdRule = Literal["sensitivity", "youden"]
@@ -28,3 +35,57 @@ EXPORT_FORMATS: tuple[str, ...] = get_args(ExportFormat)
 EXPORTERS: tuple[str, ...] = get_args(Exporter)
 SCHEDULES: tuple[str, ...] = get_args(Schedule)
 PCAM_SPLITS: tuple[str, ...] = get_args(PcamSplit)
+
+#: Device types histomodels runs on; ``--device`` is one, with an optional ``:N`` (``cuda:1``).
+DEVICE_TYPES = ("cpu", "cuda", "mps")
+
+#: torchvision backbones the registry builds (histomodels.models.torchvision_zoo)
+TORCHVISION_ARCHS = (
+    "mobilenet_v2",
+    "mobilenet_v3_small",
+    "mobilenet_v3_large",
+    "efficientnet_b0",
+    "efficientnet_b1",
+)
+#: The registry's models that ``train``/``finetune --model`` build (its ``ensemble`` is made
+#: by ``histomodels ensemble``, not trained); tests keep it equal to
+#: :func:`histomodels.models.list_models`, which needs PyTorch to list them.
+TRAINABLE_MODELS = ("cnn", "efficientnet_lite0", *TORCHVISION_ARCHS)
+#: ``timm/<name>``: any timm model (timm knows its names once imported)
+MODEL_PREFIXES = ("timm",)
+
+
+def check_device(name: str) -> str:
+    """``name`` if it names a device type histomodels runs on (``cpu``, ``cuda``, ``cuda:1``,
+    ``mps``), else a :class:`UsageError`; whether this machine has it is
+    :func:`histomodels.device.pick_device`'s question."""
+    kind, sep, index = name.partition(":")
+    if kind not in DEVICE_TYPES or (sep and not index.isdecimal()):
+        raise UsageError(
+            f"--device {name!r}: not a device histomodels runs on (cpu, cuda, cuda:N, mps)"
+        )
+    return name
+
+
+def check_model(name: str) -> str:
+    """``name`` if the registry builds it for training, else a :class:`UsageError`."""
+    head, _, rest = name.partition("/")
+    if name in TRAINABLE_MODELS or (head in MODEL_PREFIXES and rest.strip()):
+        return name
+    known = ", ".join((*TRAINABLE_MODELS, *(f"{p}/<name>" for p in MODEL_PREFIXES)))
+    raise UsageError(f"--model {name!r}: unknown model; known: {known}")
+
+
+def origin_splits(value: str | Iterable[str]) -> set[str]:
+    """The origin splits asked for: a comma list (or a sequence) of names, at least one;
+    which names exist is the data's ``manifest.csv``'s to say."""
+    names = (
+        {v.strip() for v in value.split(",") if v.strip()}
+        if isinstance(value, str)
+        else {str(v) for v in value}
+    )
+    if not names:
+        raise UsageError(
+            f"origin_split {value!r}: no split named; give a comma list, e.g. pcam_train"
+        )
+    return names

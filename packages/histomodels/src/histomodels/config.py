@@ -230,6 +230,20 @@ def _loadable(spec: str) -> bool:
     return path.is_file() or (path / "best.pt").is_file() or pretrained.is_pretrained(spec)
 
 
+def parse_model_config(text: str, source: str = "--model-config") -> dict[str, Any]:
+    """Model keyword arguments given as JSON text: a JSON object, else a ConfigError."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{source}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{source}: expected a JSON object of model arguments, e.g. '{{\"width\": 48}}', "
+            f"got {type(data).__name__}"
+        )
+    return data
+
+
 def read_config_file(path: str | Path) -> dict[str, Any]:
     """Read a JSON or YAML mapping of config keys."""
     path = Path(path)

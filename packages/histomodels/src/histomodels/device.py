@@ -14,6 +14,7 @@ import os
 import torch
 
 from histocore.errors import UsageError
+from histomodels.choices import check_device
 
 
 def pick_device(requested: str | None = None) -> torch.device:
@@ -31,12 +32,7 @@ def pick_device(requested: str | None = None) -> torch.device:
 
 
 def _checked(requested: str) -> torch.device:
-    try:
-        device = torch.device(requested)
-    except RuntimeError:
-        raise UsageError(
-            f"--device {requested!r}: not a device name (cpu, cuda, cuda:1, mps)"
-        ) from None
+    device = torch.device(check_device(requested))  # the name's syntax: choices.check_device
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise UsageError(
@@ -50,8 +46,6 @@ def _checked(requested: str) -> torch.device:
             )
     elif device.type == "mps" and not torch.backends.mps.is_available():
         raise UsageError(f"--device {requested}: Apple MPS is not available here")
-    elif device.type not in ("cpu", "cuda", "mps"):  # xla, meta, xpu...: not run here
-        raise UsageError(f"--device {requested}: histomodels runs on cpu, cuda or mps")
     return device
 
 

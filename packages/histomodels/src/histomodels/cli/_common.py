@@ -7,21 +7,58 @@
 
 from __future__ import annotations
 
+import importlib
 import math
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import Annotated, NoReturn, TypeVar
 
 import typer
 
 from histocore.cli import errors, fail, log_level, progress, setup_logging
-
-#: Shared by every command that runs a model.
-Device = Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 \\[auto: CUDA if available].")]
-
+from histocore.errors import DomainError
 
 N = TypeVar("N", int, float)
+T = TypeVar("T")
+
+
+def checked_by(check: str, option: str) -> Callable[[T], T]:
+    """An option callback that runs the library's own check of the option's text
+    (``check``: ``"module:function"``, imported only when the option is given): the
+    library's error is a usage error, exit 2, its message less the leading ``option``
+    (click names the option). One source of truth; library callers keep the library's
+    error."""
+
+    def callback(value: T) -> T:
+        if value is None or value == []:
+            return value
+        module, _, name = check.partition(":")
+        try:
+            getattr(importlib.import_module(module), name)(value)
+        except DomainError as exc:
+            raise typer.BadParameter(str(exc).removeprefix(option).lstrip(": ")) from None
+        return value
+
+    return callback
+
+
+def usage_error(ctx: typer.Context, message: str, *names: str) -> NoReturn:
+    """Click's usage error (exit 2: the usage line, then ``Invalid value for '--a' / '--b':
+    message``) for options and arguments (``names``) that are wrong only together (one of
+    two, not both), which no single option's check sees."""
+    raise typer.BadParameter(message, ctx=ctx, param_hint=list(names))
+
+
+#: Shared by every command that runs a model (the name's syntax here; whether this machine
+#: has that device is the library's question, exit 1).
+Device = Annotated[
+    str | None,
+    typer.Option(
+        callback=checked_by("histomodels.choices:check_device", "--device"),
+        help="cpu, cuda, cuda:1, mps \\[auto: CUDA if available].",
+    ),
+]
 
 
 def in_range(
@@ -88,6 +125,7 @@ def use_cpu_cores() -> None:
 
 __all__ = [
     "Device",
+    "checked_by",
     "errors",
     "fail",
     "in_range",
@@ -97,5 +135,6 @@ __all__ = [
     "require_paths",
     "setup_logging",
     "shipped_model",
+    "usage_error",
     "use_cpu_cores",
 ]

@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from histomodels.choices import PCAM_SPLITS, Dataset, PcamSplit
-from histomodels.cli._common import errors, progress
+from histomodels.cli._common import checked_by, errors, progress
 
 
 class SplitName(str, Enum):
@@ -33,7 +33,10 @@ def download(
     meta: Annotated[bool, typer.Option(help="Also fetch the *_meta.csv files.")] = True,
     url_template: Annotated[
         str | None,
-        typer.Option(help="Mirror URL with {name} (default: Zenodo); or env HISTOMODELS_PCAM_URL."),
+        typer.Option(
+            callback=checked_by("histomodels.data.download:check_url_template", "URL template"),
+            help="Mirror URL with {name} (default: Zenodo); or env HISTOMODELS_PCAM_URL.",
+        ),
     ] = None,
     checksums: Annotated[
         Path | None, typer.Option(help="md5sum-format file replacing the built-in checksums.")
@@ -64,7 +67,11 @@ def info(
     per_class: Annotated[int, typer.Option(min=1, help="Patches per class on the sheet.")] = 8,
     split: Annotated[PcamSplit | None, typer.Option(help="PCam folder: which split.")] = None,
     origin_split: Annotated[
-        str | None, typer.Option(help="Encoded HDF5: keep these origin splits (comma list).")
+        str | None,
+        typer.Option(
+            callback=checked_by("histomodels.choices:origin_splits", "origin_split"),
+            help="Encoded HDF5: keep these origin splits (comma list).",
+        ),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:

@@ -19,7 +19,7 @@ def demo(
         typer.Option(callback=in_range(0, low_open=True), help="Training time budget in minutes."),
     ] = 2.0,
     seed: Annotated[int, typer.Option(help="Seed for data and training.")] = 0,
-    n_train: Annotated[int, typer.Option(help="Synthetic training patches.")] = 3000,
+    n_train: Annotated[int, typer.Option(min=1, help="Synthetic training patches.")] = 3000,
 ) -> None:
     """SYNTHETIC patches → PDF → histofetch extract/filter → train → eval → report."""
     from histomodels.demo import run_demo

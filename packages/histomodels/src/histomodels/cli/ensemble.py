@@ -10,10 +10,20 @@ import typer
 from histomodels.cli._common import errors
 
 
+def _two_or_more(sources: list[str]) -> list[str]:
+    """One source is a usage error (exit 2), as the library's own check says."""
+    if len(sources) < 2:
+        raise typer.BadParameter("an ensemble needs at least two models")
+    return sources
+
+
 def ensemble_cmd(
     sources: Annotated[
         list[str],
-        typer.Argument(help="Two or more checkpoints, run folders (best.pt) or shipped names."),
+        typer.Argument(
+            callback=_two_or_more,
+            help="Two or more checkpoints, run folders (best.pt) or shipped names.",
+        ),
     ],
     out: Annotated[Path, typer.Option("--out", help="Run folder (→ best.pt) or a .pt file.")],
     tta: Annotated[

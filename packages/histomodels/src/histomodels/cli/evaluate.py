@@ -1,7 +1,8 @@
 """CLI commands after training: ``eval``, ``label``, ``report``, ``export``, ``predict``.
 
 Thin wrappers: parse options, show progress, turn known input errors into one line on
-stderr and exit status 1. The work lives in the library modules named in each command.
+stderr and exit status 1 (a malformed option value, or options that exclude each other, is
+click's usage error, exit 2). The work lives in the library modules named in each command.
 """
 
 from __future__ import annotations
@@ -14,12 +15,13 @@ import typer
 from histomodels.choices import Exporter, ExportFormat, Precision, StoreTemperature, ThresholdRule
 from histomodels.cli._common import (
     Device,
+    checked_by,
     errors,
-    fail,
     in_range,
     progress,
     require_paths,
     shipped_model,
+    usage_error,
     use_cpu_cores,
 )
 
@@ -35,16 +37,26 @@ ModelOption = Annotated[
 ]
 
 
-def _model_source(checkpoint: Path | None, model: str | None) -> str | Path:
-    """The checkpoint argument or the ``--model`` name (exactly one of them)."""
+def _model_source(
+    ctx: typer.Context, checkpoint: Path | None, model: str | None, argument: str = "CHECKPOINT"
+) -> str | Path:
+    """The checkpoint argument or the ``--model`` name (exactly one of them, else a usage
+    error, exit 2)."""
     if checkpoint is not None and model is not None:
-        fail("give a checkpoint (file or run folder) or --model NAME, not both")
+        usage_error(
+            ctx, "give a checkpoint (file or run folder) or --model NAME, not both",
+            argument, "--model",
+        )  # fmt: skip
     if checkpoint is None and model is None:
-        fail("give a checkpoint (file or run folder) or --model NAME (e.g. --model pcam-cnn)")
+        usage_error(
+            ctx, "give a checkpoint (file or run folder) or --model NAME (e.g. --model pcam-cnn)",
+            argument, "--model",
+        )  # fmt: skip
     return model if model is not None else checkpoint  # type: ignore[return-value]
 
 
 def eval_cmd(
+    ctx: typer.Context,
     checkpoint: Annotated[
         Path | None,
         typer.Argument(help="Checkpoint file, run folder (best.pt) or ensemble; or --model."),
@@ -133,8 +145,9 @@ def eval_cmd(
     """Metrics with 95% CIs, calibration, plots and an error gallery (or, with --manifest,
     image-level scores on mined literature figures)."""
     if (data is None) == (manifest is None):
-        fail("give exactly one of --data PATH or --manifest RUN_DIR")
-    source = _model_source(checkpoint, model)
+        usage_error(ctx, "give exactly one of --data PATH or --manifest RUN_DIR", "--data",
+                    "--manifest")  # fmt: skip
+    source = _model_source(ctx, checkpoint, model)
     require_paths(data, val, train_data)
     use_cpu_cores()
     with errors(), progress():
@@ -259,6 +272,7 @@ def _print_external(result: dict, out: Path) -> None:
 
 
 def export_cmd(
+    ctx: typer.Context,
     checkpoint: Annotated[
         Path | None,
         typer.Argument(help="Checkpoint file, run folder (best.pt) or ensemble; or --model."),
@@ -275,15 +289,18 @@ def export_cmd(
         ),
     ] = "auto",
     tolerance: Annotated[
-        float, typer.Option("--tolerance", help="Fail if the parity diff exceeds this.")
+        float,
+        typer.Option(
+            "--tolerance", callback=in_range(0), help="Fail if the parity diff exceeds this."
+        ),
     ] = 1e-3,
 ) -> None:
     """Export to ONNX (dynamic batch axis, runs in ONNX Runtime) or TorchScript, then check
     parity against PyTorch on random input."""
+    source = _model_source(ctx, checkpoint, model)
     with errors():
         from histomodels.export import export_checkpoint
 
-        source = _model_source(checkpoint, model)
         res = export_checkpoint(source, fmt, out, exporter=exporter, tolerance=tolerance)
     via = f" via {res['exporter']}" if res["format"] == "onnx" else ""
     typer.echo(f"wrote {res['path']} ({res['format']}{via}, {res['bytes']} bytes)")
@@ -296,6 +313,7 @@ def export_cmd(
 
 
 def predict_cmd(
+    ctx: typer.Context,
     paths: Annotated[
         list[Path],
         typer.Argument(
@@ -332,11 +350,11 @@ def predict_cmd(
 ) -> None:
     """One CSV row per 96 px patch with its tumour probability; large images are tiled and
     get a heatmap PNG."""
-    checkpoint = _model_source(None if model else paths[0], model)
+    checkpoint = _model_source(ctx, None if model else paths[0], model)
     if model is None:
         paths = paths[1:]
     if not paths:
-        fail("no image files or folders given")
+        usage_error(ctx, "no image files or folders given after the checkpoint", "IMAGES...")
     require_paths(*paths)
     use_cpu_cores()
     with errors(), progress():
@@ -363,7 +381,12 @@ def predict_cmd(
 def label_cmd(
     manifest: Annotated[Path, typer.Option("--manifest", help="histofetch run folder.")],
     set_: Annotated[
-        list[str] | None, typer.Option("--set", help="IMAGE_ID=LABEL (repeatable).")
+        list[str] | None,
+        typer.Option(
+            "--set",
+            callback=checked_by("histomodels.label:parse_set", "--set"),
+            help="IMAGE_ID=LABEL (repeatable).",
+        ),
     ] = None,
     from_csv: Annotated[
         Path | None, typer.Option("--from-csv", help="CSV with image_id,label columns.")

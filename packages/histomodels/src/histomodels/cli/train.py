@@ -3,7 +3,9 @@ and histomodels.tune).
 
 Options left out fall back to ``--config FILE`` and then to the defaults in
 :class:`histomodels.config.TrainConfig`; the resolved config lands in ``RUN/config.json``.
-Known bad input (missing files, bad labels, bad config) → one ``error:`` line, exit 1.
+Known bad input (missing files, bad labels, bad config) → one ``error:`` line, exit 1; a
+malformed option value (``--model``, ``--model-config``, ``--fix``...) → click's usage
+error, exit 2, before anything is read.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import typer
 from histomodels.choices import Schedule as ScheduleName
 from histomodels.cli._common import (
     Device,
+    checked_by,
     errors,
     fail,
     in_range,
@@ -31,7 +34,11 @@ from histomodels.cli._common import (
 #: callback of the options that must be > 0
 POSITIVE = in_range(0, low_open=True)
 
-Model = Annotated[str | None, typer.Option(help="Registry name, e.g. cnn, timm/<name>.")]
+#: ``--model`` of train and finetune: a model the registry trains (histomodels.choices)
+CHECK_MODEL = checked_by("histomodels.choices:check_model", "--model")
+Model = Annotated[
+    str | None, typer.Option(callback=CHECK_MODEL, help="Registry name, e.g. cnn, timm/<name>.")
+]
 Data = Annotated[str | None, typer.Option(help="Training data: .h5, Kaggle folder, class tree.")]
 Val = Annotated[str | None, typer.Option(help="Validation data (early stopping on its AUC).")]
 Out = Annotated[Path, typer.Option(help="Run folder: best.pt, last.pt, history, config.json.")]
@@ -77,7 +84,11 @@ Overwrite = Annotated[
     bool, typer.Option("--overwrite", help="Train anew into a folder that holds a run.")
 ]
 ModelConfig = Annotated[
-    str | None, typer.Option(help='Model kwargs as JSON, e.g. \'{"width": 48, "depth": 4}\'.')
+    str | None,
+    typer.Option(
+        callback=checked_by("histomodels.config:parse_model_config", "--model-config"),
+        help='Model kwargs as a JSON object, e.g. \'{"width": 48, "depth": 4}\'.',
+    ),
 ]
 Quiet = Annotated[bool, typer.Option("--quiet", help="No progress bar or per-epoch lines.")]
 Ema = Annotated[
@@ -182,7 +193,7 @@ def _train(
     overwrite: bool,
     base: dict[str, Any] | None,
 ) -> None:
-    from histomodels.config import ConfigError, TrainConfig, resolve_config
+    from histomodels.config import TrainConfig, parse_model_config, resolve_config
 
     held = [name for name in ("last.pt", "best.pt") if (out / name).is_file()]
     if held and not resume and not overwrite:  # a trained run is not replaced unasked
@@ -197,10 +208,7 @@ def _train(
         options = dict(options, progress=False if quiet else None)
         mc = options.get("model_config")
         if isinstance(mc, str):
-            try:
-                options["model_config"] = json.loads(mc)
-            except json.JSONDecodeError as exc:
-                raise ConfigError(f"--model-config is not valid JSON ({exc})") from None
+            options["model_config"] = parse_model_config(mc)
         cfg = resolve_config(config, base=TrainConfig(**base) if base else None, **options)
     if not resume:  # a missing data path fails before PyTorch is imported
         require_paths(cfg.data, role="train")
@@ -270,7 +278,9 @@ def train_cmd(
 def finetune_cmd(
     ctx: typer.Context,
     out: Out,
-    model: Annotated[str | None, typer.Option(help="Backbone \\[efficientnet_lite0].")] = None,
+    model: Annotated[
+        str | None, typer.Option(callback=CHECK_MODEL, help="Backbone \\[efficientnet_lite0].")
+    ] = None,
     weights: Annotated[
         str | None,
         typer.Option(
@@ -285,7 +295,7 @@ def finetune_cmd(
         float | None, typer.Option(min=0.0, help="Backbone LR = lr x this [0.3].")
     ] = None,
     input_size: Annotated[
-        int | None, typer.Option(help="Resize patches inside the model (96 = native).")
+        int | None, typer.Option(min=1, help="Resize patches inside the model (96 = native).")
     ] = None,
     data: Data = None,
     val: Val = None,
@@ -324,11 +334,11 @@ def finetune_cmd(
     quiet: Quiet = False,
 ) -> None:
     """Fine-tune a pretrained backbone: head-only warm-up, then all layers at a lower LR."""
-    from histomodels.config import FINETUNE_DEFAULTS
+    from histomodels.config import FINETUNE_DEFAULTS, parse_model_config
 
     options = _options(ctx)
     if input_size and input_size != 96:
-        mc = json.loads(model_config) if model_config else {}
+        mc = parse_model_config(model_config) if model_config else {}  # checked: an object
         options["model_config"] = json.dumps({**mc, "input_size": input_size})
     _run(out, options, config=config, resume=resume, quiet=quiet, overwrite=overwrite,
          base=FINETUNE_DEFAULTS)  # fmt: skip
@@ -359,6 +369,7 @@ def tune_cmd(
         typer.Option(
             "--fix",
             metavar="NAME=VALUE",
+            callback=checked_by("histomodels.tune_space:parse_fixed", "--fix"),
             help="Pin a dimension of the search, e.g. --fix width=16 --fix centre=pool.",
         ),
     ] = None,

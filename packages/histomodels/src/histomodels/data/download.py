@@ -159,6 +159,22 @@ def download_file(
     return FileResult(dest, "resumed" if resumed else "downloaded", fetched)
 
 
+def check_url_template(template: str) -> str:
+    """``template`` if ``{name}`` is its one placeholder (``str.format`` fills it with each
+    file name), else a :class:`DownloadError`."""
+    import string
+
+    try:
+        fields = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
+    except ValueError as exc:  # a lone "{" or "}"
+        raise DownloadError(f"URL template {template!r}: {exc}") from None
+    if fields != {"name"}:
+        other = ", ".join(sorted(f"{{{f}}}" for f in fields - {"name"}))
+        why = f"has {other}; only {{name}} is filled in" if other else "has no {name} placeholder"
+        raise DownloadError(f"URL template {template!r} {why}")
+    return template
+
+
 def download_pcam(
     dest: Path,
     splits: tuple[str, ...] | list[str] = SPLITS,
@@ -170,9 +186,7 @@ def download_pcam(
     retries: int = 5,
 ) -> list[FileResult]:
     """Download (and verify, optionally gunzip) the PCam files for ``splits`` into ``dest``."""
-    template = url_template or os.environ.get(URL_ENV) or DEFAULT_URL
-    if "{name}" not in template:
-        raise DownloadError(f"URL template {template!r} has no {{name}} placeholder")
+    template = check_url_template(url_template or os.environ.get(URL_ENV) or DEFAULT_URL)
     sums = PCAM_FILES if checksums is None else checksums
     results = []
     with httpx.Client(follow_redirects=True, timeout=httpx.Timeout(60, connect=20)) as client:

@@ -20,21 +20,16 @@ import h5py
 import numpy as np
 
 from histocore.progress import task
+from histomodels.choices import origin_splits
 from histomodels.data.base import DatasetError, PatchDataset, binary_labels
 from histomodels.data.cache import require_memory
 from histomodels.data.h5safe import dataset, open_h5, reading
 from histomodels.data.images import decode_image
 
 
-def _as_set(value: str | Iterable[str]) -> set[str]:
-    if isinstance(value, str):
-        return {v.strip() for v in value.split(",") if v.strip()}
-    return {str(v) for v in value}
-
-
 def rows_of_origin(path: Path, origin_split: str | Iterable[str]) -> np.ndarray:
     """Row numbers of ``path`` whose ``origin_split`` (in ``manifest.csv`` beside it) matches."""
-    wanted = _as_set(origin_split)
+    wanted = origin_splits(origin_split)
     manifest = path.parent / "manifest.csv"
     if not manifest.exists():
         raise DatasetError(f"{path}: origin_split filter needs {manifest}, which is absent")

@@ -11,16 +11,12 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import nn
 
+from histomodels.choices import TORCHVISION_ARCHS
 from histomodels.models.registry import register_model
 from histomodels.models.weights import WeightsError
 
-ARCHS = (
-    "mobilenet_v2",
-    "mobilenet_v3_small",
-    "mobilenet_v3_large",
-    "efficientnet_b0",
-    "efficientnet_b1",
-)
+#: listed with the other trainable models' names in histomodels.choices
+ARCHS = TORCHVISION_ARCHS
 IMAGENET_NAMES = ("imagenet", "default", "DEFAULT")
 
 
