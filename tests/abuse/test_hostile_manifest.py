@@ -84,3 +84,84 @@ def test_a_manifest_failing_its_check_leaves_no_store_behind(tmp_path: Path) -> 
     with pytest.raises(ManifestError):
         Manifest.load(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["manifest.jsonl"]
+
+
+def _escaping_run(tmp_path: Path) -> tuple[Path, Path]:
+    """A run whose image rows name a file outside it three ways (absolute, ``..``, a link
+    pointing out), next to one good figure; and the outside file (a real PNG)."""
+    import numpy as np
+    import PIL.Image
+
+    from histocore.manifest import Image, Record
+
+    secret = tmp_path / "secret" / "private.png"
+    secret.parent.mkdir()
+    rng = np.random.default_rng(0)
+    PIL.Image.fromarray(rng.integers(0, 255, (200, 200, 3), dtype=np.uint8)).save(secret)
+    run = tmp_path / "run"
+    (run / "images").mkdir(parents=True)
+    PIL.Image.fromarray(rng.integers(0, 255, (200, 200, 3), dtype=np.uint8)).save(
+        run / "images" / "good.png"
+    )
+    (run / "images" / "link.png").symlink_to(secret)
+    with Manifest.load(run, create=True) as m:
+        m.add_record(Record(id="r1", stage="extracted"))
+        paths = ["images/good.png", str(secret), "../secret/private.png", "images/link.png"]
+        for n, path in enumerate(paths):
+            m.add_image(Image(id=f"r1/f{n}", record_id="r1", path=path, sha256=str(n),
+                              width=200, height=200, kept=True, status="ok"))  # fmt: skip
+        m.save()
+    return run, secret
+
+
+def test_image_paths_outside_the_run_are_refused(tmp_path: Path) -> None:
+    run, secret = _escaping_run(tmp_path)
+    with Manifest.load(run) as m:
+        assert m.image_file("images/good.png") == (run / "images" / "good.png").resolve()
+        for rel in (str(secret), "../secret/private.png", "images/link.png", "/etc/passwd"):
+            with pytest.raises(ManifestError, match="is outside the run folder"):
+                m.image_file(rel)
+
+
+def test_filter_never_reads_an_image_outside_the_run(tmp_path: Path) -> None:
+    """``filter`` read, scored and kept ``/abs/private.png``, ``../x.png`` and a link
+    pointing out (and would cut panels beside them): each row now fails, the run goes on."""
+    from histofetch.filter import run_filter
+
+    run, secret = _escaping_run(tmp_path)
+    run_filter(run, sheet=False)
+    with Manifest.load(run) as m:
+        rows = {i.id: i for i in m.images.values() if i.parent_id is None}
+    assert rows["r1/f0"].status == "ok" and rows["r1/f0"].reason is None
+    for n in (1, 2, 3):
+        row = rows[f"r1/f{n}"]
+        assert row.status == "failed" and not row.kept, row
+        assert "is outside the run folder" in (row.reason or ""), row.reason
+    assert sorted(p.name for p in secret.parent.iterdir()) == ["private.png"]
+
+
+def test_merge_never_links_a_file_from_outside_the_run(tmp_path: Path) -> None:
+    """A ``../`` path was hard-linked from outside the source run to the same ``../`` place
+    beside the merged folder (a file written outside the output folder)."""
+    from histofetch.merge import merge_runs
+
+    run, _ = _escaping_run(tmp_path)
+    out = tmp_path / "out" / "merged"
+    out.parent.mkdir()
+    merge_runs([run], out)
+    assert sorted(p.name for p in out.parent.iterdir()) == ["merged"]
+    assert not (tmp_path / "out" / "secret").exists()
+    assert sorted(p.name for p in (out / "images").iterdir()) == ["good.png"]
+
+
+def test_eval_manifest_never_reads_an_image_outside_the_run(tmp_path: Path) -> None:
+    from histomodels.data import DatasetError
+    from histomodels.data.manifest_tiles import ManifestTileDataset
+
+    run, _ = _escaping_run(tmp_path)
+    with Manifest.load(run) as m:
+        for img in m.images.values():
+            img.label = "metastasis" if img.id != "r1/f0" else "not_usable"
+        m.save()
+    with pytest.raises(DatasetError, match=r"image r1/f1: image path .* is outside the run folder"):
+        ManifestTileDataset(run)

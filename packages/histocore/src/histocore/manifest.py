@@ -229,6 +229,19 @@ class Manifest(StoreSync):
         p = Path(rel)
         return p if p.is_absolute() else self.run_dir / p
 
+    def image_file(self, rel: str | None) -> Path:
+        """The file an image row names, symlinks resolved, only when it lies inside the run
+        folder. A manifest is untrusted: a row naming ``/etc/passwd``, ``../../x.png`` or a
+        link that points out must not make a reader open (or write beside) another local
+        file, so such a path is a :class:`ManifestError`. (PDF paths may lie outside: a
+        user's local PDFs are recorded with their absolute path.)"""
+        if rel is None:
+            raise ManifestError(f"{self.path}: the image row names no file")
+        path = self.resolve(rel).resolve()
+        if not path.is_relative_to(self.run_dir.resolve()):
+            raise ManifestError(f"{self.path}: image path {rel!r} is outside the run folder")
+        return path
+
     def relative(self, path: str | Path) -> str:
         """Path as stored in the manifest: relative to the run folder when inside it."""
         path = Path(path)

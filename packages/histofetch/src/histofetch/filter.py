@@ -148,8 +148,8 @@ def score_row(manifest: Manifest, img: Image, *, split: bool = True) -> None:
     for old in manifest.panels_of(img.id):
         del manifest.images[old.id]
     img.n_panels = None
-    try:
-        rgb, scale = _load(path)
+    try:  # a path outside the run folder is never read (the manifest is untrusted)
+        rgb, scale = _load(None if path is None else manifest.image_file(img.path))
     except Exception as exc:  # missing/corrupt PNG, decompression bomb: this row only
         img.status, img.reason = "failed", f"cannot read image {path}: {exc}".splitlines()[0]
         img.kept, img.filter_reason = False, "unreadable image"
@@ -211,8 +211,7 @@ def add_panels(manifest: Manifest, img: Image, rgb: np.ndarray, scale: float) ->
 
     found = find_panels(rgb)
     read_letters(rgb, found)  # sets Panel.letter where one can be read (None otherwise)
-    src = manifest.resolve(img.path)
-    assert src is not None, "a scored image has a file"
+    src = manifest.image_file(img.path)  # checked by score_row: panels go beside it
     out_dir = src.parent
     stem = Path(img.path).stem
     rows = []

@@ -19,6 +19,7 @@ from collections.abc import Iterable
 import numpy as np
 import PIL.Image
 
+from histocore.errors import ManifestError
 from histocore.manifest import Image, Manifest
 
 log = logging.getLogger(__name__)
@@ -57,8 +58,11 @@ def hash_images(manifest: Manifest, images: Iterable[Image]) -> None:
     this reads the file only for rows from elsewhere)."""
     for img in images:
         if img.phash is None:
-            path = manifest.resolve(img.path)
-            img.phash = image_hash(str(path)) if path is not None else None
+            try:  # never a file outside the run folder
+                path = manifest.image_file(img.path)
+            except ManifestError:
+                continue
+            img.phash = image_hash(str(path))
 
 
 def flag_near_duplicates(manifest: Manifest, max_distance: int = MAX_DISTANCE) -> int:

@@ -112,7 +112,9 @@ def _bring(run: Manifest, merged: Manifest, rel: str | None) -> str | None:
         return rel
     src = run.resolve(rel)
     dst = merged.run_dir / rel
-    if src is None or not src.is_file():
+    if not src.resolve().is_relative_to(run.run_dir.resolve()):
+        return rel  # '../x', a link pointing out: never read, never linked beside the merge
+    if not src.is_file():
         return rel  # named but missing in the source: the row says so, as it did there
     if not dst.exists():
         dst.parent.mkdir(parents=True, exist_ok=True)

@@ -96,10 +96,8 @@ def contact_sheet(
         x = 6 + (k % cols) * (tile + 6)
         y = head + (k // cols) * cell_h
         draw.rectangle([x, y, x + tile - 1, y + tile - 1], fill=(200, 200, 200))
-        path = manifest.resolve(img.path)
-        try:
-            if path is None:
-                raise FileNotFoundError("the manifest names no file")
+        try:  # a missing file or one outside the run folder: an "unreadable" tile
+            path = manifest.image_file(img.path)
             with open_image(path, max_pixels=MAX_PIXELS) as im:
                 im.draft("RGB", (tile, tile))
                 im = im.convert("RGB")

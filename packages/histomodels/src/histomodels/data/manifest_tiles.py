@@ -156,8 +156,11 @@ class ManifestTileDataset(ArrayDataset):
                         "not_usable"
                     )
                 label = LABELS[img.label]
-                path = manifest.resolve(img.path)
-                if path is None or not path.is_file():
+                try:  # never a file outside the run folder (the manifest is untrusted)
+                    path = manifest.image_file(img.path)
+                except ManifestError as exc:
+                    raise DatasetError(f"{where}: {str(exc).split(': ', 1)[-1]}") from None
+                if not path.is_file():
                     raise DatasetError(f"{where}: image file {path} not found")
                 rgb = decode_image(path, f"{where} ({path})", convert=True)
                 s, source = (scale, "given") if scale is not None else figure_scale(rgb)
