@@ -91,6 +91,9 @@ def test_answers_are_saved_at_once_with_reviewer_and_time(
     assert c.post("/api/label", content=b"{bad").status_code == 415
     plain = c.post("/api/label", content=b"[1]", headers={"content-type": "application/json"})
     assert plain.status_code == 400
+    for reviewer in ({"a": 1}, ["ann"], 7):  # stored as "{'a': 1}" before: never coerced
+        odd = {"id": "pmid:1/fig1", "label": "metastasis", "reviewer": reviewer}
+        assert c.post("/api/label", json=odd).status_code == 400
     assert (run / "manifest.jsonl").read_bytes() == before
 
 

@@ -190,7 +190,9 @@ def create_app(
         if label is not None and not isinstance(label, str):
             raise ReviewError("label must be a string or null")
         reviewer = body.get("reviewer") or state.reviewer
-        return body["id"], label, str(reviewer)
+        if not isinstance(reviewer, str):  # a value off the schema is refused, not str()-ed
+            raise ReviewError("reviewer must be a string")
+        return body["id"], label, reviewer
 
     def answer_sync(body: Any) -> dict[str, Any]:
         image_id, label, reviewer = _label(body)
