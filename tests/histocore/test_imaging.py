@@ -193,3 +193,21 @@ def test_rescale_is_box_down_lanczos_up() -> None:
     want = PIL.Image.fromarray(img).resize((8, 8), PIL.Image.Resampling.BOX)
     np.testing.assert_array_equal(down, np.asarray(want))
     assert rescale(img, 2.5).shape == (40, 40, 3) and rescale(img, 0.01).shape == (1, 1, 3)
+
+
+def test_high_bit_depth_grey_is_scaled_or_refused_never_clipped(tmp_path) -> None:
+    """``convert("RGB")`` clips 16- and 32-bit grey at 255: a 16-bit PNG came out nearly
+    white and was scored as if it were the figure. 16-bit keeps its top 8 bits; 32-bit
+    integer or float grey (no known range) is refused."""
+    from histocore.imaging import ImageError, read_rgb
+
+    values = np.arange(0, 65536, 16, dtype=np.uint16).reshape(64, 64)
+    PIL.Image.fromarray(values).save(tmp_path / "g16.png")  # mode I;16
+    rgb = read_rgb(tmp_path / "g16.png", max_pixels=10**6)
+    assert rgb.dtype == np.uint8 and rgb.shape == (64, 64, 3)
+    assert np.array_equal(rgb[..., 0], (values >> 8).astype(np.uint8))
+    for mode in ("I", "F"):
+        path = tmp_path / f"grey_{mode}.tif"
+        PIL.Image.fromarray(values).convert(mode).save(path)
+        with pytest.raises(ImageError, match=f"^{path}: 32-bit .* grey image .*no 8-bit scale"):
+            read_rgb(path, max_pixels=10**6)

@@ -193,6 +193,12 @@ def read_rgb_sized(
     with open_image(source, max_pixels=max_pixels, what=name) as im:
         if rgb_only and im.mode != "RGB":
             raise ImageError(name, f"image mode {im.mode}, expected RGB")
+        if im.mode in ("I", "F"):  # convert("RGB") would clip every value at 255
+            kind = "float" if im.mode == "F" else "integer"
+            raise ImageError(
+                name,
+                f"32-bit {kind} grey image (mode {im.mode}) has no 8-bit scale; save it as 8-bit",
+            )
         size = im.size
         try:
             return _decode(im, max_side), size
@@ -208,6 +214,8 @@ def read_rgb_sized(
 def _decode(im: PIL.Image.Image, max_side: int | None) -> np.ndarray:
     if max_side is not None:
         im.draft("RGB", (max_side, max_side))
+    if im.mode.startswith("I;16"):  # 16-bit grey: its top 8 bits (convert() clips at 255)
+        im = PIL.Image.fromarray((np.asarray(im).astype(np.uint16) >> 8).astype(np.uint8), "L")
     if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
         rgba = im.convert("RGBA")
         white = PIL.Image.new("RGBA", rgba.size, (255, 255, 255, 255))
