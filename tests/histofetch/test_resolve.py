@@ -62,3 +62,36 @@ def test_prlinks_against_server(ncbi: FakeNcbi) -> None:
     with NetClient(ncbi.config()) as client:
         assert publisher_links(client, "42") == ["https://publisher.example/a/42"]
         assert publisher_links(client, "43") == []
+
+
+_ENTITIES = b"".join(
+    b'<!ENTITY a%d "%s">' % (i, (b"&a%d;" % (i - 1) if i > 1 else b"&a;") * 10)
+    for i in range(1, 10)
+)
+LAUGHS = b'<?xml version="1.0"?><!DOCTYPE r [<!ENTITY a "lol">' + _ENTITIES
+LAUGHS += b"]><pmcids><record pmid='&a9;'/></pmcids>"
+HOSTILE_ANSWERS = {
+    "cut-off XML": b"<pmcids><record pmid='1'",
+    "HTML page": b"<html><body>502 Bad Gateway",
+    "billion laughs": LAUGHS,
+    "external entity": b'<?xml version="1.0"?><!DOCTYPE r [<!ENTITY e SYSTEM "file:///etc/passwd">]>'
+    b"<pmcids><record pmid='&e;'/></pmcids>",
+    "not JSON": b"{status: ok",
+    "JSON list records": b'{"records": [1, 2]}',
+    "JSON records string": b'{"records": "x"}',
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE_ANSWERS))
+def test_hostile_idconv_answer_is_a_service_error(case: str) -> None:
+    """A cut-off or foreign answer raised ``ParseError``/``JSONDecodeError``/``AttributeError``
+    out of ``histofetch search`` (a traceback); now the search notes idconv as unavailable."""
+    with pytest.raises(ServiceError, match=r"^idconv: ") as err:
+        parse_idconv(HOSTILE_ANSWERS[case])
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("body", [b"<html>oops", b"<eLinkResult><LinkSet>", LAUGHS, b"{}"])
+def test_hostile_prlinks_answer_is_a_service_error(body: bytes) -> None:
+    with pytest.raises(ServiceError, match=r"^elink: "):
+        parse_prlinks(body)

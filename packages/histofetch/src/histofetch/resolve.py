@@ -36,12 +36,24 @@ class IdRow:
 
 
 def parse_idconv(body: bytes) -> list[IdRow]:
-    """Rows of an ID Converter answer, JSON (``format=json``) or XML (the default)."""
+    """Rows of an ID Converter answer, JSON (``format=json``) or XML (the default).
+
+    A body that is neither (a cut-off answer, a proxy's error page) or whose JSON has the
+    wrong shape is a :class:`ServiceError`, never a parser's traceback."""
+    try:
+        return _idconv_rows(body)
+    except ET.ParseError as exc:
+        raise ServiceError(f"idconv: unreadable XML answer ({exc})") from None
+    except (ValueError, TypeError, AttributeError) as exc:  # JSON: not JSON, wrong shape
+        raise ServiceError(f"idconv: unreadable JSON answer ({type(exc).__name__})") from None
+
+
+def _idconv_rows(body: bytes) -> list[IdRow]:
     text = body.lstrip()
     if text.startswith(b"{"):
         data = json.loads(body.decode("utf-8", errors="replace"))
         if data.get("status") == "error":
-            raise ServiceError(f"idconv: {_unquote(data.get('message', 'error'))}")
+            raise ServiceError(f"idconv: {_unquote(str(data.get('message', 'error')))}")
         return [
             IdRow(
                 pmid=_clean(r.get("pmid")), pmcid=_clean(r.get("pmcid")), doi=_clean(r.get("doi"))
@@ -86,13 +98,18 @@ def parse_prlinks(body: bytes) -> list[str]:
         result: Any = Entrez.read(io.BytesIO(body))
     except RuntimeError as exc:  # Biopython raises on <ERROR> elements
         raise ServiceError(f"elink: {exc}") from None
+    except ValueError as exc:  # NotXMLError, CorruptedXMLError, ValidationError (HTML, cut off)
+        raise ServiceError(f"elink: unreadable answer ({type(exc).__name__})") from None
     urls: list[str] = []
-    for linkset in result:
-        for idurlset in linkset.get("IdUrlList", {}).get("IdUrlSet", []):
-            for obj in idurlset.get("ObjUrl", []):
-                url = str(obj.get("Url", "")).strip()
-                if url:
-                    urls.append(url)
+    try:
+        for linkset in result:
+            for idurlset in linkset.get("IdUrlList", {}).get("IdUrlSet", []):
+                for obj in idurlset.get("ObjUrl", []):
+                    url = str(obj.get("Url", "")).strip()
+                    if url:
+                        urls.append(url)
+    except (AttributeError, TypeError):  # XML of another shape than eLinkResult
+        raise ServiceError("elink: answer is not an eLinkResult") from None
     return urls
 
 
