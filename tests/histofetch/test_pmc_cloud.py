@@ -302,3 +302,23 @@ def test_bucket_json_fills_missing_identifiers(ncbi: FakeNcbi, tmp_path: Path) -
     rec = Record(id=f"pmcid:{PMCID}", pmcid=PMCID, title="Kept title", stage="searched")
     got = _download(ncbi, tmp_path, rec).records[rec.id]
     assert (got.pmid, got.doi, got.title) == ("23149571", "10.1/x", "Kept title")
+
+
+def test_hostile_metadata_json_urls_are_misses_not_crashes(ncbi: FakeNcbi, tmp_path: Path) -> None:
+    """The version JSON is untrusted: an ``xml_url`` that is not ``s3://`` raised
+    ``ValueError`` and ``media_urls`` of another shape ``TypeError``, each failing the whole
+    record (later routes never tried, no figures kept). Now the first is a route miss, the
+    second is read as "no list" (the version is listed instead), and nothing outside the
+    bucket is fetched."""
+    ncbi.bucket.add_version(PMCID, 1, jats=real_jats(), media=FIGS, xml_url="file:///etc/passwd")
+    rec = _download(ncbi, tmp_path, _rec("1", PMCID)).records["pmid:1"]
+    assert rec.route != "pmc-cloud"
+    assert "xml_url: not an s3:// object URI" in (rec.reason or ""), rec.reason
+    ncbi.bucket.add_version(PMCID, 2, jats=real_jats(), media=FIGS, list_media=False,
+                            media_urls=7, pdf_url="http://127.0.0.1:9/x.pdf")  # fmt: skip
+    manifest = _download(ncbi, tmp_path / "two", _rec("1", PMCID))
+    rec = manifest.records["pmid:1"]
+    assert (rec.route, rec.pmc_version) == ("pmc-cloud", 2)
+    assert len(manifest.images_of("pmid:1")) == 2  # figures found by listing the version
+    assert any("pdf_url: not an s3:// object URI" in f for f in rec.extra["failed_files"])
+    assert not any("127.0.0.1:9" in r.path for r in ncbi.log)

@@ -201,7 +201,10 @@ class PmcCloud:
         name = f"{pmcid}.{version}"
         if not meta.get("xml_url"):
             raise Miss("no JATS", f"{name}.json names no xml_url")
-        xml_key, xml_md5 = s3_key(str(meta["xml_url"]))
+        try:  # the JSON is untrusted: an http:// or file:// URL is not fetched
+            xml_key, xml_md5 = s3_key(str(meta["xml_url"]))
+        except ValueError as exc:
+            raise Miss("bad file", f"{name}.json: xml_url: {exc}") from None
         try:
             article = read_article(get_object(self.client, xml_key, xml_md5))
         except JatsError as exc:
@@ -209,7 +212,8 @@ class PmcCloud:
         if files.licence is None:
             files.licence = article.licence
         media: dict[str, str | None] = {}
-        for uri in meta.get("media_urls") or []:
+        urls = meta.get("media_urls")
+        for uri in urls if isinstance(urls, list) else []:  # another shape: list the objects
             try:
                 key, md5 = s3_key(str(uri))
             except ValueError:
@@ -231,9 +235,11 @@ class PmcCloud:
                 continue
             files.figures.append(FigureFile(fig, href, key, data, media[key]))
         if meta.get("pdf_url"):
-            pdf_key, pdf_md5 = s3_key(str(meta["pdf_url"]))
             try:
+                pdf_key, pdf_md5 = s3_key(str(meta["pdf_url"]))
                 files.pdf = get_object(self.client, pdf_key, pdf_md5)
+            except ValueError as exc:
+                files.failures.append(f"PDF: pdf_url: {exc}")
             except (Miss, NetError) as exc:
                 _file_failure(files, "PDF", exc)
 
