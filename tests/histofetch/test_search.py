@@ -227,3 +227,19 @@ def test_a_search_that_fails_midway_closes_its_store(ncbi: FakeNcbi, tmp_path: P
         assert info.traceback  # (still holding the failed call's frames)
     finally:
         gc.enable()
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"[1, 2]",
+        b'{"result": {"uids": ["1"], "1": ["not", "a", "doc"]}}',
+        b'{"result": {"uids": ["1"], "1": {"articleids": [1]}}}',
+        b'{"result": {"uids": 5}}',
+    ],
+)
+def test_esummary_json_of_another_shape_is_a_service_error(body: bytes) -> None:
+    """JSON that is not an esummary answer raised ``AttributeError``/``TypeError`` out of
+    ``histofetch search`` (a traceback)."""
+    with pytest.raises(ServiceError, match=r"^esummary: JSON of another shape"):
+        parse_esummary_json(body)

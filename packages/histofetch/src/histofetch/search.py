@@ -148,6 +148,13 @@ def parse_esummary_json(body: bytes) -> dict[str, dict[str, Any]]:
         data = json.loads(body.decode("utf-8", errors="replace"))
     except ValueError:
         raise ServiceError("esummary: not JSON (an HTML error page?)") from None
+    try:
+        return _esummary_docs(data)
+    except (AttributeError, TypeError):  # a list where a mapping belongs, and so on
+        raise ServiceError("esummary: JSON of another shape than an esummary answer") from None
+
+
+def _esummary_docs(data: Any) -> dict[str, dict[str, Any]]:
     if "error" in data:
         raise ServiceError(f"esummary: {data['error']}")
     result = data.get("result")
