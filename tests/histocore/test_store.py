@@ -204,3 +204,20 @@ def test_not_a_store_is_one_clear_error(tmp_path: Path) -> None:
     (tmp_path / STORE_NAME).write_bytes(b"not sqlite at all" * 100)
     with pytest.raises(ManifestError, match=f"{STORE_NAME}: not a usable run store"):
         Manifest.load(tmp_path)
+
+
+def test_another_programs_database_is_refused_untouched(tmp_path: Path) -> None:
+    """A ``run.sqlite`` that is another program's database got our tables added (and its
+    journal switched to WAL), and ``status`` reported an empty run, exit 0."""
+    run = tmp_path / "run"
+    run.mkdir()
+    db = sqlite3.connect(run / "run.sqlite")
+    db.execute("CREATE TABLE users (name TEXT)")
+    db.execute("INSERT INTO users VALUES ('ann')")
+    db.commit()
+    db.close()
+    before = (run / "run.sqlite").read_bytes()
+    with pytest.raises(ManifestError, match=r"run\.sqlite: an SQLite database of another program"):
+        Manifest.load(run)
+    assert (run / "run.sqlite").read_bytes() == before
+    assert sorted(p.name for p in run.iterdir()) == ["run.sqlite"]

@@ -151,6 +151,7 @@ class RunStore:
             self.db = sqlite3.connect(
                 self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
             )
+            self._refuse_foreign()  # before any pragma: WAL mode is written to the file
             self.db.execute("PRAGMA journal_mode=WAL")
             # WAL + NORMAL: a commit survives a killed process (kill -9); only a power cut
             # can lose the last commits, never consistency.
@@ -174,6 +175,27 @@ class RunStore:
         uri = "file:" + quote(str(self.path.resolve())) + "?mode=ro&immutable=1"
         self.db = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
         self._check_format()
+
+    def _refuse_foreign(self) -> None:
+        """Another program's database named ``run.sqlite`` is refused untouched (our
+        tables were added to it, and the run read as empty)."""
+        have = self.db.execute(
+            "SELECT name FROM sqlite_master WHERE type='table' AND name='store_meta'"
+        ).fetchone()
+        if have:
+            return
+        tables = [
+            name
+            for (name,) in self.db.execute(
+                "SELECT name FROM sqlite_master WHERE type='table' AND name NOT LIKE 'sqlite_%'"
+            )
+        ]
+        if tables:  # another program's database: never add our tables to it
+            shown = ", ".join(sorted(tables)[:5]) + (", ..." if len(tables) > 5 else "")
+            raise ManifestError(
+                f"{self.path}: an SQLite database of another program (tables: {shown}), "
+                f"not a {STORE_FORMAT} run store"
+            )
 
     def _init_schema(self) -> None:
         have = self.db.execute(
