@@ -165,3 +165,16 @@ def test_eval_manifest_never_reads_an_image_outside_the_run(tmp_path: Path) -> N
         m.save()
     with pytest.raises(DatasetError, match=r"image r1/f1: image path .* is outside the run folder"):
         ManifestTileDataset(run)
+
+
+@pytest.mark.parametrize("kind", ["record", "image"])
+def test_duplicate_ids_are_one_error_naming_both_lines(tmp_path: Path, kind: str) -> None:
+    """Two rows with one id: the later silently replaced the earlier (a label, a path
+    lost without a word)."""
+    rows = [RECORD, IMAGE, {**IMAGE, "path": "images/r1/other.png"}]  # lines 2-4
+    if kind == "record":
+        rows = [RECORD, IMAGE, {**RECORD, "stage": "searched"}]
+    (tmp_path / "manifest.jsonl").write_text(manifest_lines(rows))
+    first = 2 if kind == "record" else 3
+    with pytest.raises(ManifestError, match=rf"jsonl:4: duplicate {kind} id .* line {first}\)"):
+        Manifest.load(tmp_path)

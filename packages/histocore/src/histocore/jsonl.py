@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from histocore.errors import ManifestError
-from histocore.io import _UMASK
+from histocore.io import _UMASK, one_line
 from histocore.schema import SCHEMA_NAME, SCHEMA_VERSION, Image, Record, _from_dict, _names, row_of
 from histocore.store import RunStore, dumps
 
@@ -54,6 +54,7 @@ def read_jsonl(path: Path, manifest: Manifest) -> Manifest:
 
 
 def _read_lines(path: Path, lines: list[str], manifest: Manifest) -> None:
+    first: dict[tuple[str, str], int] = {}  # (kind, id) -> line: a second row is ambiguous
     for lineno, line in enumerate(lines, start=1):
         where = f"{path}:{lineno}"
         try:
@@ -66,6 +67,13 @@ def _read_lines(path: Path, lines: list[str], manifest: Manifest) -> None:
             _read_header(manifest, obj, where)
             continue
         kind = obj.get("kind")
+        key = (str(kind), str(obj.get("id")))
+        if key in first:  # which row is meant? (the later one silently replaced the earlier)
+            raise ManifestError(
+                f"{where}: duplicate {kind} id {one_line(repr(obj.get('id'))[:200])} (first on "
+                f"line {first[key]})"
+            )
+        first[key] = lineno
         if kind == "record":
             rec = _from_dict(Record, obj, where)
             manifest.records[rec.id] = rec
