@@ -149,3 +149,22 @@ def test_unknown_host_is_refused(kit: tuple[Path, Path]) -> None:
     """DNS rebinding: a page on another site that resolves to 127.0.0.1 gets nothing."""
     c = TestClient(create_app(kit[0], reviewer="rev"), base_url="http://evil.example")
     assert c.get("/api/items").status_code == 400
+
+
+def test_heatmap_link_pointing_out_of_the_scores_folder_is_not_served(
+    kit: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """A shared eval folder's ``heatmaps/<id>.png`` may be a symbolic link to any local
+    file: it was served as an image (the figure route already refused such links)."""
+    import shutil
+
+    scores = tmp_path / "eval"
+    shutil.copytree(kit[1], scores)
+    secret = tmp_path / "secret.png"
+    secret.write_bytes((scores / "heatmaps" / "pmid_1_fig2.png").read_bytes())
+    (scores / "heatmaps" / "pmid_1_fig1.png").unlink()
+    (scores / "heatmaps" / "pmid_1_fig1.png").symlink_to(secret)
+    c = _client(kit[0], scores)
+    assert c.get("/heatmap/pmid:1/fig1").status_code == 404
+    assert c.get("/api/item/pmid:1/fig1").json()["heatmap"] is False
+    assert c.get("/heatmap/pmid:1/fig2").status_code == 200  # a plain file inside still is

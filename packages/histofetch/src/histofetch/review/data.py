@@ -62,8 +62,11 @@ class Scores:
         return out
 
     def heatmap(self, image_id: str) -> Path | None:
+        """The overlay PNG, only when it lies inside the scores folder (a shared eval
+        folder's ``heatmaps/x.png`` may be a link to any local file)."""
         path = self.folder / "heatmaps" / f"{record_slug(image_id)}.png"
-        return path if path.is_file() else None
+        inside = path.resolve().is_relative_to(self.folder.resolve())
+        return path if inside and path.is_file() else None
 
 
 def load_run(run_dir: str | Path) -> Manifest:
