@@ -186,3 +186,12 @@ def test_reduce_payload_never_runs_and_torch_warnings_stay_off_stderr(tmp_path, 
                 fn(path)
     assert not marker.exists()
     assert capfd.readouterr().err == ""
+
+
+def test_ensemble_member_that_is_an_ensemble_is_refused_by_name(tmp_path: Path) -> None:
+    """It failed in the builder: ``ensemble() missing 1 required positional argument``."""
+    member = {"model": "ensemble", "model_config": {}, "mean": [0] * 3, "std": [1] * 3,
+              "input_size": 96, "temperature": 1.0}  # fmt: skip
+    path = _save(tmp_path, model="ensemble", model_config={"members": [member], "tta": False})
+    with pytest.raises(CheckpointError, match=r"'members\[0\]\.model' is 'ensemble'; an ensemble"):
+        read_checkpoint(path)

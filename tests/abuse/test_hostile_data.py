@@ -187,3 +187,27 @@ def test_corrupt_compressed_chunk_is_one_error_naming_the_file(tmp_path: Path) -
     for read in (lambda: ds[8], ds.load_all):
         with pytest.raises(DatasetError, match=f"^{path}: 'x' cannot be read .*corrupt file$"):
             read()
+
+
+@pytest.mark.parametrize("command", ["train", "eval"])
+def test_one_class_validation_data_names_the_file(tmp_path: Path, command: str) -> None:
+    """``error: validation data holds one class only`` named no file; ``eval --val`` said
+    so only after inference. Exit 1, one line starting with the file, nothing written."""
+    import torch
+    from make_corpus import checkpoint_dict
+    from typer.testing import CliRunner
+
+    from histomodels.cli import app
+
+    good = pcam_h5(tmp_path / "good.h5", n=8)
+    one = pcam_h5(tmp_path / "one.h5", n=8, labels=np.zeros(8))
+    torch.save(checkpoint_dict(), tmp_path / "best.pt")
+    out = tmp_path / "out"
+    args = {
+        "train": ["train", "--data", str(good), "--val", str(one), "--epochs", "1"],
+        "eval": ["eval", str(tmp_path / "best.pt"), "--data", str(good), "--val", str(one)],
+    }[command]
+    result = CliRunner().invoke(app, [*args, "--out", str(out)])
+    assert result.exit_code == 1, result.output
+    assert result.stderr.startswith(f"error: {one}: validation data holds one class only")
+    assert result.stderr.count("\n") == 1 and not out.exists()

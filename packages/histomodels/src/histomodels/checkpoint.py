@@ -193,6 +193,8 @@ def _check_model(name: Any, cfg: Any, bad: Any, member: str = "") -> None:
         allowed = config_keys(name)
     except ValueError:
         raise bad(where, f"names unknown model {name!r}") from None
+    if member and name == "ensemble":  # its members would be specs in a spec
+        raise bad(where, "is 'ensemble'; an ensemble member cannot itself be an ensemble")
     where += "_config"
     if not isinstance(cfg, dict):
         raise bad(where, f"is {type(cfg).__name__}, expected a mapping")

@@ -126,6 +126,11 @@ def evaluate_checkpoint(
         v_images, v_labels, _, v_source = _load(val)
         if not np.isin(v_labels, (0, 1)).all():
             raise DatasetError(f"{v_source}: validation data must be fully labelled (0/1)")
+        if len(np.unique(v_labels)) < 2:  # checked before inference; the error names the file
+            named = val if isinstance(val, str | Path) else v_source
+            raise DatasetError(
+                f"{named}: validation data holds one class only; a threshold needs both"
+            )
         v_logits = infer(v_images, "validation")
         temperature = fit_temperature(v_logits, v_labels)
         target = (sensitivity or DEFAULT_SENSITIVITY) if threshold_rule == "sensitivity" else None

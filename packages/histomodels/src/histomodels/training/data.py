@@ -105,7 +105,9 @@ def prepare_splits(
                 f"streaming it in blocks of {x.block} patches (HISTOMODELS_CACHE_BYTES to change)"
             )
     if len(torch.unique(y_val)) < 2:
-        raise DatasetError("validation data holds one class only; AUC is undefined")
+        spec = val_data if val_data is not None else cfg.val
+        where = spec if isinstance(spec, str | Path) else getattr(spec, "source", "validation")
+        raise DatasetError(f"{where}: validation data holds one class only; AUC is undefined")
     return (x_train, y_train), (x_val, y_val), stain
 
 
