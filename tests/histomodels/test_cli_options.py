@@ -182,6 +182,11 @@ TOGETHER = {
         "exactly one of",
     ),
     "predict a checkpoint and no images": (["predict", "{missing}"], "'IMAGES...'", "no image"),
+    "tune --trial-minutes and --trial-epochs": (
+        [*TUNE, "--trial-minutes", "1", "--trial-epochs", "4"],
+        "'--trial-minutes' / '--trial-epochs'",
+        "in epochs or in minutes, not both",
+    ),
 }
 
 

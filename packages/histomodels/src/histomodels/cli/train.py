@@ -29,6 +29,7 @@ from histomodels.cli._common import (
     progress,
     require_paths,
     setup_logging,
+    usage_error,
 )
 
 #: callback of the options that must be > 0
@@ -345,6 +346,7 @@ def finetune_cmd(
 
 
 def tune_cmd(
+    ctx: typer.Context,
     data: Annotated[str, typer.Option(help="Training data.")],
     val: Annotated[str, typer.Option(help="Validation data (the objective is its AUC).")],
     out: Annotated[Path, typer.Option(help="Folder: experiment JSON, trials, best_config.json.")],
@@ -390,13 +392,16 @@ def tune_cmd(
     dropout, batch size, augmentation, centre variant and the recipe levers (cut-out, mixup,
     RandStain, JPEG/blur, label smoothing, EMA); the space is histomodels.tune.SPACE."""
     from histomodels.config import resolve_config
-    from histomodels.tune_space import check_base, parse_fixed, trial_limit
+    from histomodels.tune_space import TuneError, check_base, parse_fixed, trial_limit
 
-    with errors():  # bad options or config file: one line, before any data is read
+    try:  # each is in range (its callback): only "not both" is left to say
+        trial_limit(trial_minutes, trial_epochs)
+    except TuneError as exc:
+        usage_error(ctx, str(exc), "--trial-minutes", "--trial-epochs")
+    with errors():  # a bad config file: one line, before any data is read
         base = resolve_config(config)
         check_base(base, str(config))
         fixed = parse_fixed(fix or [])
-        trial_limit(trial_minutes, trial_epochs)
     require_paths(data, role="train")
     require_paths(val, role="validation")
     from histomodels.training import TrainingError
