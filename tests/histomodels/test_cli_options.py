@@ -95,6 +95,11 @@ MALFORMED = {
     ),
     "demo --minutes": (["demo", "--out", "{out}", "--minutes", "0"], "--minutes", "x > 0"),
     "demo --n-train": (["demo", "--out", "{out}", "--n-train", "0"], "--n-train", "greater"),
+    # numpy's seed range (a ValueError traceback after the data was read)
+    "train --seed": (["train", *DATA, "--seed", "-1"], "--seed", "greater than or equal to 0"),
+    "tune --seed": ([*TUNE, "--seed", str(2**32)], "--seed", "less than or equal to 4294967295"),
+    "eval --seed": ([*EVAL, "--seed", "-1"], "--seed", "greater than or equal to 0"),
+    "demo --seed": (["demo", "--out", "{out}", "--seed", "-5"], "--seed", "greater than"),
     # the options parsed by the library's own parser (histomodels.tune_space.parse_fixed,
     # label.parse_set, config.parse_model_config, choices.check_device/check_model/...)
     "tune --fix unknown name": ([*TUNE, "--fix", "colour=red"], "--fix", "colour: not a dim"),
@@ -254,6 +259,20 @@ def test_valid_option_values_pass_to_the_command(tmp_path: Path, args, message) 
     assert result.exit_code == 1, result.output
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
+
+
+def test_a_config_files_bad_seed_is_its_error_line(tmp_path: Path) -> None:
+    """The file's content, not an option: one error line, exit 1 (numpy's ValueError
+    traceback once the data was read)."""
+    config = tmp_path / "c.json"
+    config.write_text('{"seed": -1}')
+    args = _args(["train", *DATA, "--config", str(config)], tmp_path)
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 1, result.output
+    assert result.stderr.strip().splitlines() == [
+        f"error: {config}: seed must be in [0, 4294967295], got -1"
+    ]
+    assert not (tmp_path / "out").exists()
 
 
 def test_the_choices_are_the_librarys() -> None:

@@ -36,6 +36,9 @@ EXPORTERS: tuple[str, ...] = get_args(Exporter)
 SCHEDULES: tuple[str, ...] = get_args(Schedule)
 PCAM_SPLITS: tuple[str, ...] = get_args(PcamSplit)
 
+#: Seeds are numpy's (``np.random.seed``): 0 to 2**32 - 1; another was its ValueError.
+MAX_SEED = 2**32 - 1
+
 #: Device types histomodels runs on; ``--device`` is one, with an optional ``:N`` (``cuda:1``).
 DEVICE_TYPES = ("cpu", "cuda", "mps")
 

@@ -20,7 +20,7 @@ from pydantic import ConfigDict, ValidationError, field_validator
 from pydantic.dataclasses import dataclass
 
 from histocore.errors import DomainError
-from histomodels.choices import SCHEDULES, Schedule
+from histomodels.choices import MAX_SEED, SCHEDULES, Schedule
 
 
 class ConfigError(DomainError, ValueError):
@@ -212,6 +212,8 @@ def validate(cfg: TrainConfig, source: str = "config") -> TrainConfig:
             f"{source}: teacher must be a checkpoint, a run folder with best.pt or a shipped "
             f"model name, got {cfg.teacher!r}"
         )
+    if not 0 <= cfg.seed <= MAX_SEED:
+        raise ConfigError(f"{source}: seed must be in [0, {MAX_SEED}], got {cfg.seed}")
     if cfg.time_budget is not None and cfg.time_budget <= 0:
         raise ConfigError(f"{source}: time_budget (minutes) must be > 0")
     if cfg.threads is not None and cfg.threads < 1:

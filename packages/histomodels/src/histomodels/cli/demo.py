@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from histomodels.choices import MAX_SEED
 from histomodels.cli._common import errors, in_range, progress
 
 
@@ -18,7 +19,7 @@ def demo(
         float,
         typer.Option(callback=in_range(0, low_open=True), help="Training time budget in minutes."),
     ] = 2.0,
-    seed: Annotated[int, typer.Option(help="Seed for data and training.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, max=MAX_SEED, help="Seed for data and training.")] = 0,
     n_train: Annotated[int, typer.Option(min=1, help="Synthetic training patches.")] = 3000,
 ) -> None:
     """SYNTHETIC patches → PDF → histofetch extract/filter → train → eval → report."""

@@ -12,7 +12,14 @@ from typing import Annotated
 
 import typer
 
-from histomodels.choices import Exporter, ExportFormat, Precision, StoreTemperature, ThresholdRule
+from histomodels.choices import (
+    MAX_SEED,
+    Exporter,
+    ExportFormat,
+    Precision,
+    StoreTemperature,
+    ThresholdRule,
+)
 from histomodels.cli._common import (
     Device,
     checked_by,
@@ -93,7 +100,7 @@ def eval_cmd(
     ] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 256,
     bootstrap: Annotated[int, typer.Option("--bootstrap", min=0, help="Resamples for CIs.")] = 1000,
-    seed: Annotated[int, typer.Option("--seed")] = 0,
+    seed: Annotated[int, typer.Option("--seed", min=0, max=MAX_SEED)] = 0,
     precision: Annotated[
         Precision, typer.Option("--precision", help="auto: bf16 for cnn on CPUs with it.")
     ] = "fp32",

@@ -17,6 +17,7 @@ from typing import Annotated, Any
 
 import typer
 
+from histomodels.choices import MAX_SEED
 from histomodels.choices import Schedule as ScheduleName
 from histomodels.cli._common import (
     Device,
@@ -66,7 +67,7 @@ StainNorm = Annotated[
         help="Macenko stain normalisation: 'macenko' or a stain JSON file (default none)."
     ),
 ]
-Seed = Annotated[int | None, typer.Option(help="Random seed.")]
+Seed = Annotated[int | None, typer.Option(min=0, max=MAX_SEED, help="Random seed.")]
 Compile = Annotated[bool | None, typer.Option("--compile/--no-compile", help="torch.compile.")]
 Bf16 = Annotated[
     bool | None, typer.Option("--bf16/--no-bf16", help="Autocast \\[auto: CNN on CPU, AMP on GPU].")
