@@ -150,6 +150,30 @@ def test_ensemble_member_config_cannot_build_a_giant(tmp_path: Path) -> None:
         build_ensemble([good, bomb])
 
 
+def test_views_claiming_more_than_the_file_stores_are_refused(tmp_path: Path) -> None:
+    """A stride-0 view of one stored byte claims 10^13 values: it raised the giant guard's
+    budget (the width-1024 model below was built) and the NaN check tried to allocate 40 TB."""
+    ckpt = checkpoint_dict(model_config={"width": 1024, "max_width": 1024})
+    ckpt["state_dict"]["pad"] = torch.zeros(1, dtype=torch.int8).expand(10**13)
+    path = tmp_path / "views.pt"
+    torch.save(ckpt, path)
+    assert path.stat().st_size < 2_000_000
+    with pytest.raises(CheckpointError, match="'pad' claims more values than the file stores"):
+        load_model(path)
+
+
+def test_giant_budget_counts_shared_storage_once(tmp_path: Path) -> None:
+    """Thousands of slices of one stored tensor must not add up to a budget for a giant."""
+    ckpt = checkpoint_dict(model_config={"width": 1024, "max_width": 1024})
+    big = torch.zeros(100_000)
+    for i in range(2_000):
+        ckpt["state_dict"][f"pad{i}"] = big[: 100_000 - i]
+    path = tmp_path / "slices.pt"
+    torch.save(ckpt, path)
+    with pytest.raises(CheckpointError, match="builds a model far larger than its weights"):
+        load_model(path)
+
+
 def test_non_finite_weights_are_refused(tmp_path: Path) -> None:
     """NaN weights made every score NaN and ``eval`` crashed in scikit-learn."""
     state = checkpoint_dict()["state_dict"]

@@ -123,6 +123,18 @@ BUILD_SLACK_ELEMENTS = 1 << 24
 BUILD_SLACK_TENSORS = 1024
 
 
+def stored_elements(state_dict: dict[str, torch.Tensor]) -> int:
+    """The elements a state dict really stores: each distinct storage counted once, in its
+    tensors' element size. A tensor's shape is only a claim (a stride-0 view of one stored
+    byte can claim 10^10 elements); its storage is what the file holds."""
+    sizes: dict[int, int] = {}
+    for tensor in state_dict.values():
+        storage = tensor.untyped_storage()
+        key = storage.data_ptr()
+        sizes[key] = max(sizes.get(key, 0), storage.nbytes() // max(tensor.element_size(), 1))
+    return sum(sizes.values())
+
+
 @contextlib.contextmanager
 def build_budget(state_dict: dict[str, torch.Tensor], path: str | Path) -> Iterator[None]:
     """Build a model from a checkpoint's ``model_config`` inside this block.
@@ -134,7 +146,7 @@ def build_budget(state_dict: dict[str, torch.Tensor], path: str | Path) -> Itera
     :class:`CheckpointError`, before that tensor is initialised."""
     from torch.nn.modules import module as torch_module
 
-    max_elements = 2 * sum(v.numel() for v in state_dict.values()) + BUILD_SLACK_ELEMENTS
+    max_elements = 2 * stored_elements(state_dict) + BUILD_SLACK_ELEMENTS
     max_tensors = 2 * len(state_dict) + BUILD_SLACK_TENSORS
     seen = [0, 0]
 
@@ -258,6 +270,9 @@ def check_checkpoint(ckpt: dict[str, Any], path: str | Path) -> None:
         raise bad("state_dict", f"is {type(sd).__name__}, expected a dict of tensors")
     if not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in sd.items()):
         raise bad("state_dict", "holds something other than name -> tensor")
+    for name, tensor in sd.items():  # a view claiming more than its storage holds
+        if tensor.numel() * tensor.element_size() > tensor.untyped_storage().nbytes():
+            raise bad("state_dict", f"{name!r} claims more values than the file stores")
     for name, tensor in sd.items():  # NaN weights give NaN scores (metrics would crash)
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             raise bad("state_dict", f"holds non-finite values (NaN or inf) in {name!r}")
