@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import csv
 from collections.abc import Callable, Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from histocore.errors import DomainError
@@ -75,7 +75,7 @@ def apply_labels(manifest: Manifest, labels: Mapping[str, str | None]) -> int:
     for label in labels.values():
         if label is not None and label not in IMAGE_LABELS:
             raise LabelError(f"{label!r} is not a label; use one of {', '.join(IMAGE_LABELS)}")
-    who, when = _reviewer(), datetime.now(timezone.utc).isoformat(timespec="seconds")
+    who, when = _reviewer(), datetime.now(UTC).isoformat(timespec="seconds")
     for image_id, label in labels.items():
         img = manifest.images[image_id]
         if img.label == label:
@@ -90,7 +90,7 @@ def apply_labels(manifest: Manifest, labels: Mapping[str, str | None]) -> int:
 
 def label_one(manifest: Manifest, image_id: str, label: str | None) -> None:
     """Commit one answer: the image's label fields, in one store transaction."""
-    who, when = _reviewer(), datetime.now(timezone.utc).isoformat(timespec="seconds")
+    who, when = _reviewer(), datetime.now(UTC).isoformat(timespec="seconds")
     by, at = (who, when) if label is not None else (None, None)
     manifest.update_image(image_id, label=label, label_by=by, label_at=at)
 

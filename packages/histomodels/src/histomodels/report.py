@@ -20,7 +20,7 @@ import html
 import shutil
 import tempfile
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -291,7 +291,7 @@ class _Page:
 
 
 def _header(page: _Page, title: str, runs: list[Run]) -> None:
-    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     page.h.append(
         f"<h1>{html.escape(title)}</h1><p class='note'>Generated {stamp} by "
         "<code>histomodels report</code> from: "

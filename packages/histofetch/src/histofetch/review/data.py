@@ -16,7 +16,7 @@ import os
 import sqlite3
 import threading
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -217,7 +217,7 @@ def save_answer(manifest: Manifest, image_id: str, label: str | None, reviewer: 
         img = manifest.images.get(image_id)
         if img is None or not (img.kept and img.status == "ok"):
             raise ReviewError(f"{manifest.path}: no kept figure with id {image_id!r}")
-        stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        stamp = datetime.now(UTC).isoformat(timespec="seconds")
         previous = img.label
         by, at = (reviewer, stamp) if label is not None else (None, None)
         try:
