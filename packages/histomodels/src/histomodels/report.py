@@ -17,8 +17,9 @@ from __future__ import annotations
 import base64
 import csv
 import html
+import os
+import secrets
 import shutil
-import tempfile
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -375,7 +376,8 @@ def build_report(
         raise ReportError("give at least one run or eval folder")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".assets-", dir=out))
+    staging = out / f".assets-{os.getpid()}-{secrets.token_hex(4)}"
+    staging.mkdir()  # the user's umask applies, as to the assets folder it becomes
     try:
         runs = [load_run(Path(p), staging) for p in paths]
         cols = _columns(runs)
@@ -399,7 +401,6 @@ def build_report(
     assets = out / "assets"
     if assets.exists():
         shutil.rmtree(assets)
-    staging.chmod(0o755)  # mkdtemp's 0700 would hide the Markdown's images from others
     staging.rename(assets)
     atomic_write_text(out / "report.html", page.html_page(title))
     atomic_write_text(out / "report.md", "\n".join(page.md) + "\n")
