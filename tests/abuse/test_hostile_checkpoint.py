@@ -174,6 +174,27 @@ def test_giant_budget_counts_shared_storage_once(tmp_path: Path) -> None:
         load_model(path)
 
 
+def test_resumed_last_pt_config_cannot_build_a_giant(tmp_path: Path) -> None:
+    """``train --resume`` builds from ``last.pt``'s own config: the same budget applies."""
+    from typer.testing import CliRunner
+
+    from histomodels.cli import app
+    from histomodels.synthetic import write_h5
+
+    data, run = write_h5(tmp_path / "t.h5", 32, seed=0), tmp_path / "run"
+    args = ["train", "--data", str(data), "--val", str(data), "--out", str(run)]
+    tiny = '{"width": 4, "depth": 2}'
+    r = CliRunner().invoke(app, [*args, "--epochs", "1", "--model-config", tiny, "--quiet"])
+    assert r.exit_code == 0, r.output
+    state = torch.load(run / "last.pt", weights_only=True)
+    state["model_config"] = state["train_config"]["model_config"] = {"depth": 100_000}
+    torch.save(state, run / "last.pt")
+    r = CliRunner().invoke(app, [*args, "--resume", "--epochs", "2"])
+    assert r.exit_code == 1, r.output
+    assert f"{run / 'last.pt'}: its model_config builds a model far larger" in r.output
+    assert "Traceback" not in r.output
+
+
 def test_non_finite_weights_are_refused(tmp_path: Path) -> None:
     """NaN weights made every score NaN and ``eval`` crashed in scikit-learn."""
     state = checkpoint_dict()["state_dict"]

@@ -4,6 +4,7 @@ freezing, DistributedDataParallel, ``torch.compile``)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -11,29 +12,40 @@ from torch import nn
 
 from histocore.errors import DomainError
 from histomodels import distributed as D
+from histomodels.checkpoint import CheckpointError, build_budget
 from histomodels.config import ConfigError, TrainConfig
 from histomodels.models import create_model
 from histomodels.training.schedule import set_backbone_frozen
 
 
 def build_model(
-    cfg: TrainConfig, device: torch.device, state: dict[str, Any] | None = None
+    cfg: TrainConfig,
+    device: torch.device,
+    state: dict[str, Any] | None = None,
+    state_path: str | Path = "last.pt",
 ) -> nn.Module:
     """``cfg.model`` on ``device``: with the weights of ``cfg.weights``, or of ``state`` (a
-    resumed ``last.pt``). Call :func:`~histomodels.models.registry.check_config` first."""
+    resumed ``last.pt``, read from ``state_path``). Call
+    :func:`~histomodels.models.registry.check_config` first."""
+    weights = None if state is None else (state.get("train_state_dict") or state["state_dict"])
     try:
-        if state is None:
+        if weights is None:
             model = create_model(cfg.model, weights=cfg.weights, **cfg.model_config)
-        else:
-            model = create_model(cfg.model, pretrained=False, **cfg.model_config)
+        else:  # the config is the file's: it may not build a model far larger than its weights
+            with build_budget(weights, state_path):
+                model = create_model(cfg.model, pretrained=False, **cfg.model_config)
     except DomainError:
         raise
     except ValueError as exc:  # accepted keys and types, unusable values
         raise ConfigError(f"model_config: cannot build {cfg.model!r} ({exc})") from None
     # no TypeError here: check_config has matched the keys and value types against the
     # builder's signature, so one raised while building is a bug in the model code
-    if state is not None:
-        model.load_state_dict(state.get("train_state_dict") or state["state_dict"])
+    if weights is not None:
+        try:
+            model.load_state_dict(weights)
+        except RuntimeError as exc:
+            msg = f"{state_path}: weights do not fit model {cfg.model!r}: {exc}"
+            raise CheckpointError(msg) from None
     model.to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]

@@ -141,7 +141,7 @@ class Trainer:
             cb.setup(self)
 
     def _setup_model(self) -> None:
-        model = build_model(self.cfg, self.device, self.state)
+        model = build_model(self.cfg, self.device, self.state, self.run_dir / "last.pt")
         self.model: nn.Module = model
         #: the weights validated and saved (callbacks such as EMA replace it)
         self.eval_model: nn.Module = model
