@@ -52,6 +52,24 @@ def hang_reading(manifest: Manifest, rec: Record, *, victim: str) -> None:
     time.sleep(3600 if rec.id == victim else 0.2)
 
 
+def crash_then_hang(
+    manifest: Manifest, rec: Record, *, folder: str, victim: str, first: str
+) -> None:
+    """``victim``'s first attempt does ``first`` (``crash``: SIGKILL its worker, ``hang``:
+    never end), its next ones the other; the others take a moment."""
+    if rec.id != victim:
+        time.sleep(0.2)
+        return
+    mark = Path(folder) / "seen"
+    now = "hang" if first == "hang" else "crash"
+    if mark.exists():
+        now = "crash" if now == "hang" else "hang"
+    mark.write_text(now)
+    if now == "crash":
+        os.kill(os.getpid(), signal.SIGKILL)
+    time.sleep(3600)
+
+
 def hang_reading_any(manifest: Manifest, rec: Record) -> None:
     """Never end, whatever the record (a machine where the work cannot finish)."""
     time.sleep(3600)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from decoder_plugins import filter_run
-from pool_work import downloaded_run, hang_reading, hang_reading_any, read_fine
+from pool_work import crash_then_hang, downloaded_run, hang_reading, hang_reading_any, read_fine
 from typer.testing import CliRunner
 
 from histocore.manifest import STORE_NAME, Manifest
@@ -70,6 +70,25 @@ def test_a_record_that_never_ends_is_stopped_retried_once_then_failed(
     again = run_records(Manifest.load(run), "extracted", work, jobs=2, guard_attempts=True,
                         record_timeout=2)  # fmt: skip
     assert (again.done, again.failed, again.failed_before) == (0, 0, 1)  # skipped
+
+
+@pytest.mark.parametrize("first", ["crash", "hang"])
+def test_a_record_that_crashes_once_and_hangs_once_is_a_killer_not_timed_out(
+    tmp_path: Path, first: str
+) -> None:
+    """``v`` kills its worker once and runs past the limit once (either order): it is not
+    "timed out" (one of its deaths was a crash) but a record that killed its worker, listed
+    in ``killers`` (the CLI's exit 1), its reason naming both kinds; the others finish."""
+    run = downloaded_run(tmp_path / "run", ["a", "v", "b", "c"])
+    work = functools.partial(crash_then_hang, folder=str(tmp_path), victim="v", first=first)
+    summary = run_records(Manifest.load(run), "extracted", work, jobs=2, guard_attempts=True,
+                          record_timeout=1.0)  # fmt: skip
+    assert (summary.done, summary.failed, summary.killers) == (3, 1, ["v"])
+    assert summary.reasons == {"unfinished attempts": 1}
+    v = Manifest.load(run).records["v"]
+    assert v.status == "failed" and v.extra[UNFINISHED_KEY] == 2
+    assert "(1 crash, 1 time-out past 1 s)" in (v.reason or ""), v.reason
+    assert _claims(run) == []
 
 
 def test_a_canary_that_hangs_is_a_canary_that_died() -> None:

@@ -21,7 +21,7 @@ from multiprocessing.process import BaseProcess
 from histocore.manifest import Manifest, Record
 from histocore.progress import task
 from histofetch.canary import Canary, bare_canary, canary_lives
-from histofetch.record_time import RecordClock, count_timeouts, fail_slow
+from histofetch.record_time import RecordClock, count_timeouts, death_kinds, fail_slow
 from histofetch.stage import StageSummary, _Stage, run_per_record
 from histofetch.thread_pool import CANCEL_GRACE_S, DaemonThreadPool
 from histofetch.worker_deaths import (
@@ -136,7 +136,7 @@ def run_pooled(
     :data:`CANCEL_GRACE_S` at most: what they had not returned is not committed."""
     manifest = runner.manifest
     feed = _Feed(runner, work, threads, advance, None if threads else record_timeout)
-    deaths: Counter[str] = Counter()  # attempts of this call that died with their worker
+    deaths = feed.deaths
     try:
         _run_pools(runner, feed, deaths, jobs, threads, cancel, canary)
         feed.confirm()  # the call ends: those whose readers died are failed
@@ -220,7 +220,9 @@ class _Feed:
         self.alone_deaths: list[str] = []
         #: the records on each worker that died since the last result back, in order
         self.deaths_in_a_row: list[list[str]] = []
-        #: attempts of this call killed for running past the limit, by record
+        #: attempts of this call that died with their worker (time-outs included), by record
+        self.deaths: Counter[str] = Counter()
+        #: of those, the attempts killed for running past the limit
         self.timeouts: Counter[str] = Counter()
 
     def left(self) -> list[str]:
@@ -288,15 +290,18 @@ class _Feed:
         return error
 
     def confirm(self) -> None:
-        """Fail the records whose reader died too often (their claims held until now)."""
+        """Fail the records whose reader died too often (their claims held until now):
+        ``timed out`` when every attempt of this call that died was stopped for time, else
+        ``unfinished attempts`` (a killer), naming the crashes and time-outs when mixed."""
         report_deaths(self)  # the deaths not said yet, before the failures they lead to
         records = self.runner.manifest.records
         while self.deferred:
             rid = self.deferred.pop(0)
-            if self.timeouts[rid]:
-                fail_slow(self.runner, records[rid], self.limit or 0.0, self.timeouts[rid])
+            slow, crashes = self.timeouts[rid], self.deaths[rid] - self.timeouts[rid]
+            if slow and not crashes:
+                fail_slow(self.runner, records[rid], self.limit or 0.0, slow)
             else:
-                self.runner.fail_killer(records[rid])
+                self.runner.fail_killer(records[rid], death_kinds(crashes, slow, self.limit))
         self.alone_deaths = []
 
 

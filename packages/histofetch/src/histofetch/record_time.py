@@ -145,9 +145,21 @@ def count_timeouts(feed: _Feed, deaths: Counter[str]) -> None:
             feed.advance()
 
 
+def death_kinds(crashes: int, timeouts: int, limit: float | None) -> str:
+    """``1 crash, 1 time-out past 2 s``: how a record's dead attempts of one call died,
+    when some ran past the limit; "" when none did (the plain killer's reason)."""
+    if not timeouts:
+        return ""
+    return (
+        f"{crashes} crash{'es' if crashes != 1 else ''}, {timeouts} time-out"
+        f"{'s' if timeouts != 1 else ''} past {seconds(limit or 0.0)}"
+    )
+
+
 def fail_slow(runner: _Stage, rec: Record, limit: float, times: int) -> None:
-    """Fail a record whose work ran past the limit too often (reason ``timed out``), with
-    one warning line; commit it and release its claim."""
+    """Fail a record whose work ran past the limit too often, every dead attempt of this
+    call a time-out (reason ``timed out``; mixed with crashes it is a killer,
+    :meth:`_Stage.fail_killer`), with one warning line; commit it, release its claim."""
     what = rec.pdf_path or rec.id
     attempts = f"{times} attempt{'s' if times > 1 else ''}"
     log.warning(

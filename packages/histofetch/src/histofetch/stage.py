@@ -216,19 +216,21 @@ class _Stage:
         self.fail_killer(rec)
         return False
 
-    def fail_killer(self, rec: Record) -> None:
+    def fail_killer(self, rec: Record, kinds: str = "") -> None:
         """Fail a record whose attempts died too often (``unfinished attempts``, counted in
-        ``rec.extra``), with one warning line; commit it and release its claim."""
+        ``rec.extra``), with one warning line; commit it and release its claim. ``kinds``:
+        how they died when some ran past the time limit (``1 crash, 1 time-out ...``)."""
         n = int(rec.extra.get(UNFINISHED_KEY, 0))
         what = rec.pdf_path or rec.id
+        how = f" ({kinds})" if kinds else ""
         log.warning(
             "%s: skipped: %d attempts to reach stage %s were killed or hung before they "
-            "finished; --retry-failed tries again",
-            what, n, self.stage,
+            "finished%s; --retry-failed tries again",
+            what, n, self.stage, how,
         )  # fmt: skip
         reason = (
-            f"unfinished attempts: {n} attempts were killed or hung before they finished "
-            f"(--retry-failed tries again): {what}"
+            f"unfinished attempts: {n} attempts were killed or hung before they finished"
+            f"{how} (--retry-failed tries again): {what}"
         )
         self.fail_for_good(rec, reason)
         self.summary.killers.append(rec.id)
