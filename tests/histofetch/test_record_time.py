@@ -158,3 +158,25 @@ def test_record_timeout_out_of_range_is_a_usage_error(tmp_path: Path, command: s
     assert not (tmp_path / "run").exists()
     help_text = " ".join(runner.invoke(app, [command, "--help"]).stdout.split())
     assert f"{DEFAULT_RECORD_TIMEOUT_S}" in help_text.replace("│", "")
+
+
+@pytest.mark.parametrize("command", ["extract", "filter"])
+def test_record_timeout_given_with_one_job_is_one_warning(tmp_path: Path, command: str) -> None:
+    """With one job the work runs in the command's own process, which the limit cannot
+    stop: a limit the user gave (option or HISTOFETCH_RECORD_TIMEOUT) is one warning line
+    saying so, and the command goes on; the default limit, or --jobs 2, says nothing."""
+    run = downloaded_run(tmp_path / "run", [])
+    runner = CliRunner()
+    args = [command, "--run", str(run)]
+    warning = "warning: --record-timeout applies only with --jobs 2 or more"
+    for extra, env in (
+        (["--record-timeout", "5"], {}),
+        (["--jobs", "1"], {"HISTOFETCH_RECORD_TIMEOUT": "5"}),
+    ):
+        result = runner.invoke(app, [*args, *extra], env=env)
+        assert result.exit_code == 0, result.output
+        assert result.stderr.count(warning) == 1, result.stderr
+    for extra in ([], ["--jobs", "2", "--record-timeout", "5"]):
+        result = runner.invoke(app, [*args, *extra], env={"HISTOFETCH_RECORD_TIMEOUT": ""})
+        assert result.exit_code == 0, result.output
+        assert warning not in result.stderr

@@ -157,6 +157,19 @@ def net_config(api_key: str | None, email: str | None):  # -> NetConfig
     return net
 
 
+def warn_limit_unused(ctx: typer.Context, jobs: int) -> None:
+    """One ``warning:`` line when ``--record-timeout`` (or ``HISTOFETCH_RECORD_TIMEOUT``)
+    was given with one job: the work then runs in the command's own process, which the
+    limit cannot stop (:mod:`histofetch.record_time`)."""
+    source = ctx.get_parameter_source("record_timeout")
+    if jobs == 1 and source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT"):
+        typer.echo(
+            "warning: --record-timeout applies only with --jobs 2 or more: with one job the "
+            "work runs in this process, which the limit cannot stop",
+            err=True,
+        )
+
+
 def fail_on_killers(run: Path, *summaries: StageSummary) -> None:
     """Exit 1 with one line when records failed because reading them killed the process
     (the summary is printed first; the other records are done)."""

@@ -30,6 +30,7 @@ from histofetch.cli._common import (
     net_config,
     progress,
     shard_parts,
+    warn_limit_unused,
 )
 
 
@@ -85,6 +86,7 @@ def download(
 
 
 def run_all(
+    ctx: typer.Context,
     query: Query,
     run: Run = RUN_DEFAULT,
     max_results: Max = None,
@@ -119,6 +121,7 @@ def run_all(
     policy = licence_policy(licence, include_retracted)
     parts = shard_parts(shard)
     summaries: list[StageSummary] = []
+    warn_limit_unused(ctx, jobs)
     with errors(prefix="run stopped (re-run to continue): "), progress():
         for summary in run_pipeline(
             run,

@@ -19,10 +19,12 @@ from histofetch.cli._common import (
     fail,
     fail_on_killers,
     progress,
+    warn_limit_unused,
 )
 
 
 def extract(
+    ctx: typer.Context,
     paths: Annotated[
         list[Path] | None,
         typer.Argument(help="Local PDFs/folders; default: the run's PDFs."),
@@ -38,6 +40,7 @@ def extract(
     """Extract every embedded raster image of every PDF (PNG + manifest rows)."""
     from histofetch.extract import run_extract
 
+    warn_limit_unused(ctx, jobs)
     if not paths and not any((run / name).exists() for name in (MANIFEST_NAME, STORE_NAME)):
         fail(f"{run}: no manifest here; give PDF files/folders or run `histofetch download`")
     with errors(), progress():
@@ -80,6 +83,7 @@ def _warn_failed_local(run: Path, paths: list[Path], most: int = 10) -> None:
 
 
 def filter_(
+    ctx: typer.Context,
     run: Run = RUN_DEFAULT,
     purple: Annotated[
         float,
@@ -135,6 +139,7 @@ def filter_(
                 fail(f"{run}: {exc.args[0]}")
         print(text)
         return
+    warn_limit_unused(ctx, jobs)
     with errors(), progress():
         summary = run_filter(
             run,
