@@ -162,20 +162,20 @@ MALFORMED = {
 TOGETHER = {
     "eval checkpoint and --model": (
         ["eval", "{missing}", "--model", "pcam-cnn", "--data", "{missing}"],
-        "'CHECKPOINT' / '--model'",
+        "'checkpoint' / '--model'",
         "not both",
     ),
     "eval neither checkpoint nor --model": (
         ["eval", "--data", "{missing}"],
-        "'CHECKPOINT' / '--model'",
+        "'checkpoint' / '--model'",
         "give a checkpoint",
     ),
     "export checkpoint and --model": (
         [*EXPORT, "--model", "pcam-cnn"],
-        "'CHECKPOINT' / '--model'",
+        "'checkpoint' / '--model'",
         "not both",
     ),
-    "export neither": (["export", "--out", "{out}/m.onnx"], "'CHECKPOINT' / '--model'", "give"),
+    "export neither": (["export", "--out", "{out}/m.onnx"], "'checkpoint' / '--model'", "give"),
     "eval --data and --manifest": (
         [*EVAL, "--manifest", "{out}"],
         "'--data' / '--manifest'",

@@ -44,20 +44,18 @@ ModelOption = Annotated[
 ]
 
 
-def _model_source(
-    ctx: typer.Context, checkpoint: Path | None, model: str | None, argument: str = "CHECKPOINT"
-) -> str | Path:
+def _model_source(ctx: typer.Context, checkpoint: Path | None, model: str | None) -> str | Path:
     """The checkpoint argument or the ``--model`` name (exactly one of them, else a usage
     error, exit 2)."""
     if checkpoint is not None and model is not None:
         usage_error(
             ctx, "give a checkpoint (file or run folder) or --model NAME, not both",
-            argument, "--model",
+            "checkpoint", "--model",
         )  # fmt: skip
     if checkpoint is None and model is None:
         usage_error(
             ctx, "give a checkpoint (file or run folder) or --model NAME (e.g. --model pcam-cnn)",
-            argument, "--model",
+            "checkpoint", "--model",
         )  # fmt: skip
     return model if model is not None else checkpoint  # type: ignore[return-value]
 
