@@ -87,6 +87,42 @@ def test_a_record_whose_pdf_became_a_fifo_fails_instead_of_hanging(tmp_path: Pat
     assert _only_record(tmp_path / "run").reason == f"not a regular file: {pdf}"
 
 
+def _slow_pages(how: str):  # -> a pymupdf.Document subclass
+    """A document whose pages come 0.5 s apart: ``sleep`` (wall time with no CPU spent,
+    what a process starved by other work sees) or ``spin`` (CPU spent in this thread, what
+    a runaway decode costs)."""
+    import pymupdf
+
+    class SlowPages(pymupdf.Document):
+        def __iter__(self):  # type: ignore[override]
+            for number in range(self.page_count):
+                end = time.thread_time() + 0.5
+                if how == "sleep":
+                    time.sleep(0.5)
+                while how == "spin" and time.thread_time() < end:
+                    pass
+                yield self[number]
+
+    return SlowPages
+
+
+def test_time_budget_counts_cpu_time_so_a_starved_process_fails_no_good_pdf() -> None:
+    """The budget is CPU time of the thread doing the work: 4 pages 0.5 s apart in wall
+    time only (a machine loaded by others) pass a 1 s budget; the same 2 s spent on CPU
+    (a decode that runs away) fail it."""
+    from histofetch.pdf_images import extract_images
+    from histofetch.stage import StageFailure
+
+    with _slow_pages("sleep")(stream=image_pdf(n_pages=4), filetype="pdf") as doc:
+        images, _ = extract_images(doc, where="x.pdf", budget_s=1.0)
+    assert len(images) == 4
+    with (
+        _slow_pages("spin")(stream=image_pdf(n_pages=4), filetype="pdf") as doc,
+        pytest.raises(StageFailure, match=r"over the time budget.*x\.pdf"),
+    ):
+        extract_images(doc, where="x.pdf", budget_s=1.0)
+
+
 def test_time_budget_fails_the_record(tmp_path: Path) -> None:
     import pymupdf
 
