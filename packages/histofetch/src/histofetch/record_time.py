@@ -39,9 +39,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 #: Seconds one record's work may run in a worker (``--record-timeout``; worker start-up is
-#: not counted). The real article PDFs of the shared fixtures take 1-31 s per stage on 2
-#: shared cores, and up to 371 s (filter, 34 figures) when the load average reached 10:
-#: about 5 times that, so only work that never ends is stopped.
+#: not counted; wall time). The real article PDFs of the shared fixtures cost 1-31 s per
+#: stage on 2 shared cores; a process starved by higher-priority jobs (nice 10 beside
+#: nice -19, load 10) saw up to 371 s: about 5 times that, so only work that never ends is
+#: stopped.
 DEFAULT_RECORD_TIMEOUT_S = 1800.0
 #: How often the parent looks for news while a record it sent has not started yet.
 POLL_S = 0.25
