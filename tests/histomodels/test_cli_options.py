@@ -297,7 +297,9 @@ def test_the_name_checks_are_the_librarys() -> None:
 
     for name in ("cpu", "cpu:0", "cuda", "cuda:1", "mps", "mps:0"):
         assert torch.device(check_device(name)).type == name.partition(":")[0]
-    for bad in ("gpu", "CUDA", "cuda:", "cuda:-1", "cuda:x", "xla", "meta", "cpu,cuda", ""):
+    bad_names = ("gpu", "CUDA", "cuda:", "cuda:-1", "cuda:x", "xla", "meta", "cpu,cuda", "")
+    # torch refuses these too, with a RuntimeError traceback if they got through
+    for bad in (*bad_names, "cuda:01", "cuda:\u0663", "cuda:99999999999999999999"):
         with pytest.raises(UsageError, match="not a device histomodels runs on"):
             check_device(bad)
         with pytest.raises(UsageError, match="not a device histomodels runs on"):

@@ -63,7 +63,8 @@ def check_device(name: str) -> str:
     ``mps``), else a :class:`UsageError`; whether this machine has it is
     :func:`histomodels.device.pick_device`'s question."""
     kind, sep, index = name.partition(":")
-    if kind not in DEVICE_TYPES or (sep and not index.isdecimal()):
+    index_ok = index.isascii() and index.isdigit() and len(index) <= 4 and str(int(index)) == index
+    if kind not in DEVICE_TYPES or (sep and not index_ok):  # torch takes "cuda:1", not "cuda:01"
         raise UsageError(
             f"--device {name!r}: not a device histomodels runs on (cpu, cuda, cuda:N, mps)"
         )

@@ -32,7 +32,10 @@ def pick_device(requested: str | None = None) -> torch.device:
 
 
 def _checked(requested: str) -> torch.device:
-    device = torch.device(check_device(requested))  # the name's syntax: choices.check_device
+    try:  # the name's syntax: choices.check_device; torch's own parser as the backstop
+        device = torch.device(check_device(requested))
+    except RuntimeError as exc:
+        raise UsageError(f"--device {requested!r}: {exc}") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise UsageError(
