@@ -123,6 +123,47 @@ def test_image_paths_outside_the_run_are_refused(tmp_path: Path) -> None:
                 m.image_file(rel)
 
 
+def test_an_images_folder_linked_to_another_disk_is_still_read(tmp_path: Path) -> None:
+    """``images/`` moved to a bigger disk behind a link is the local user's setup: rows the
+    tool writes there stay ``images/...`` and are read, as are the absolute rows older
+    versions wrote for them; a file link of its own pointing out is still refused."""
+    import numpy as np
+    import PIL.Image
+
+    from histocore.manifest import Image, Record
+    from histofetch.filter import run_filter
+
+    rng = np.random.default_rng(0)
+    run, disk = tmp_path / "run", tmp_path / "bigdisk"
+    (disk / "r1").mkdir(parents=True)
+    run.mkdir()
+    (run / "images").symlink_to(disk, target_is_directory=True)
+    for name in ("a.png", "b.png"):
+        PIL.Image.fromarray(rng.integers(0, 255, (200, 200, 3), dtype=np.uint8)).save(
+            disk / "r1" / name
+        )
+    (tmp_path / "secret.png").write_bytes((disk / "r1" / "a.png").read_bytes())
+    (disk / "r1" / "out.png").symlink_to(tmp_path / "secret.png")
+    with Manifest.load(run, create=True) as m:
+        assert m.relative(run / "images" / "r1" / "a.png") == "images/r1/a.png"
+        m.add_record(Record(id="r1", stage="extracted"))
+        paths = ["images/r1/a.png", str(disk / "r1" / "b.png"), "images/r1/out.png"]
+        for n, path in enumerate(paths):
+            m.add_image(Image(id=f"r1/f{n}", record_id="r1", path=path, sha256=str(n),
+                              width=200, height=200))  # fmt: skip
+        m.save()
+        assert m.image_file(paths[0]) == (disk / "r1" / "a.png").resolve()
+        assert m.image_file(paths[1]) == (disk / "r1" / "b.png").resolve()
+        with pytest.raises(ManifestError, match="is outside the run folder"):
+            m.image_file(paths[2])
+    run_filter(run, sheet=False)
+    with Manifest.load(run) as m:
+        rows = {i.id: i for i in m.images.values() if i.parent_id is None}
+    assert "outside" not in (rows["r1/f0"].reason or "") and rows["r1/f0"].status != "failed"
+    assert "outside" not in (rows["r1/f1"].reason or "") and rows["r1/f1"].status != "failed"
+    assert rows["r1/f2"].status == "failed" and "outside" in (rows["r1/f2"].reason or "")
+
+
 def test_filter_never_reads_an_image_outside_the_run(tmp_path: Path) -> None:
     """``filter`` read, scored and kept ``/abs/private.png``, ``../x.png`` and a link
     pointing out (and would cut panels beside them): each row now fails, the run goes on."""

@@ -13,6 +13,7 @@ in ``docs/manifest.md``; bump ``SCHEMA_VERSION`` on any incompatible change.
 from __future__ import annotations
 
 import json
+import os
 import uuid
 from collections.abc import Iterator, MutableMapping
 from dataclasses import dataclass, field
@@ -232,18 +233,39 @@ class Manifest(StoreSync):
     def image_file(self, rel: str | None) -> Path:
         """The file an image row names, symlinks resolved, only when it lies inside the run
         folder. A manifest is untrusted: a row naming ``/etc/passwd``, ``../../x.png`` or a
-        link that points out must not make a reader open (or write beside) another local
-        file, so such a path is a :class:`ManifestError`. (PDF paths may lie outside: a
-        user's local PDFs are recorded with their absolute path.)"""
+        file link that points out must not make a reader open (or write beside) another
+        local file, so such a path is a :class:`ManifestError`. Folders inside the run that
+        are links (``images/`` moved to a bigger disk) are the local user's and are followed;
+        an absolute row inside such a folder's target is one older versions wrote. (PDF
+        paths may lie outside: a user's local PDFs are recorded with their absolute path.)"""
         if rel is None:
             raise ManifestError(f"{self.path}: the image row names no file")
+        text = Path(rel)
         path = self.resolve(rel).resolve()
-        if not path.is_relative_to(self.run_dir.resolve()):
+        if path.is_relative_to(self.run_dir.resolve()):
+            return path
+        if text.is_absolute():
+            inside = any(path.is_relative_to(target) for target in self._linked_folders())
+        else:  # through linked folders, but no ``..`` and not a file link of its own
+            inside = ".." not in text.parts and not (self.run_dir / text).is_symlink()
+        if not inside:
             raise ManifestError(f"{self.path}: image path {rel!r} is outside the run folder")
         return path
 
+    def _linked_folders(self) -> list[Path]:
+        """The resolved targets of the folder links directly inside the run folder."""
+        try:
+            entries = list(self.run_dir.iterdir())
+        except OSError:
+            return []
+        return [e.resolve() for e in entries if e.is_symlink() and e.is_dir()]
+
     def relative(self, path: str | Path) -> str:
-        """Path as stored in the manifest: relative to the run folder when inside it."""
+        """Path as stored in the manifest: relative to the run folder when inside it (as
+        written, so a file under a linked ``images/`` folder stays ``images/...``)."""
+        given, run = Path(os.path.abspath(path)), Path(os.path.abspath(self.run_dir))
+        if given.is_relative_to(run):
+            return given.relative_to(run).as_posix()
         path = Path(path)
         try:
             return path.resolve().relative_to(self.run_dir.resolve()).as_posix()
