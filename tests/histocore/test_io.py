@@ -16,6 +16,7 @@ from histocore.io import (
     atomic_write_text,
     record_slug,
     temp_beside,
+    unique_stem,
 )
 
 
@@ -113,3 +114,11 @@ def test_temp_beside_is_named_as_atomic_writes_name_theirs(tmp_path: Path) -> No
     assert temp_beside(target) != tmp  # each call its own file
     for name in ("best.pt", ".best.pt", "best.pt.tmp", ".tmp"):
         assert atomic_temp_target(name) is None
+
+
+def test_unique_stem_tells_apart_ids_that_slug_alike() -> None:
+    """``pmid:1/a`` and ``pmid_1/a`` both slug to ``pmid_1_a``: their heatmaps overwrote
+    each other and the review page showed one figure's heatmap on the other."""
+    a, b = unique_stem("pmid:1/a"), unique_stem("pmid_1/a")
+    assert a != b and a.startswith("pmid_1_a-") and b.startswith("pmid_1_a-")
+    assert unique_stem("pmid:1/a") == a and record_slug(a) == a  # stable and file-safe

@@ -7,6 +7,7 @@ from pathlib import Path
 import PIL.Image
 from pdf_factory import he_like
 
+from histocore.io import unique_stem
 from histocore.manifest import Image, Manifest, Record
 from histofetch.filter import run_filter
 
@@ -56,7 +57,7 @@ def make_scores(run: Path, root: Path) -> Path:
         score = (0.9, 0.8, 0.7, 0.4)[n]  # fig2 of pmid:1: weak says negative, model positive
         rows.append(f"{image_id},{image_id.split('/')[0]},-1,,,{score},{score - 0.05}")
         PIL.Image.fromarray(he_like(120, 120, seed=9)).save(
-            out / "heatmaps" / f"{image_id.replace(':', '_').replace('/', '_')}.png"
+            out / "heatmaps" / f"{unique_stem(image_id)}.png"
         )
     (out / "image_scores.csv").write_text("\n".join(rows) + "\n")
     return out

@@ -11,6 +11,7 @@ from review_kit import make_run, make_scores
 from starlette.testclient import TestClient
 from typer.testing import CliRunner
 
+from histocore.io import unique_stem
 from histocore.manifest import Manifest
 from histofetch.cli import app as cli
 from histofetch.review.app import create_app
@@ -161,10 +162,29 @@ def test_heatmap_link_pointing_out_of_the_scores_folder_is_not_served(
     scores = tmp_path / "eval"
     shutil.copytree(kit[1], scores)
     secret = tmp_path / "secret.png"
-    secret.write_bytes((scores / "heatmaps" / "pmid_1_fig2.png").read_bytes())
-    (scores / "heatmaps" / "pmid_1_fig1.png").unlink()
-    (scores / "heatmaps" / "pmid_1_fig1.png").symlink_to(secret)
+    heat = scores / "heatmaps"
+    secret.write_bytes((heat / f"{unique_stem('pmid:1/fig2')}.png").read_bytes())
+    (heat / f"{unique_stem('pmid:1/fig1')}.png").unlink()
+    (heat / f"{unique_stem('pmid:1/fig1')}.png").symlink_to(secret)
     c = _client(kit[0], scores)
     assert c.get("/heatmap/pmid:1/fig1").status_code == 404
     assert c.get("/api/item/pmid:1/fig1").json()["heatmap"] is False
     assert c.get("/heatmap/pmid:1/fig2").status_code == 200  # a plain file inside still is
+
+
+def test_heatmaps_of_older_evals_and_a_linked_heatmaps_folder_are_served(
+    kit: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """Eval folders written before the unique stems name heatmaps by the slug alone; a
+    ``heatmaps/`` folder moved to another disk behind a link is the local user's."""
+    import shutil
+
+    scores, disk = tmp_path / "eval", tmp_path / "bigdisk"
+    shutil.copytree(kit[1], scores)
+    shutil.move(scores / "heatmaps", disk)
+    (disk / f"{unique_stem('pmid:1/fig1')}.png").rename(disk / "pmid_1_fig1.png")
+    (scores / "heatmaps").symlink_to(disk, target_is_directory=True)
+    c = _client(kit[0], scores)
+    for image_id in ("pmid:1/fig1", "pmid:1/fig2"):
+        assert c.get(f"/heatmap/{image_id}").status_code == 200
+        assert c.get(f"/api/item/{image_id}").json()["heatmap"] is True

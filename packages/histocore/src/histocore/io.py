@@ -23,6 +23,12 @@ def record_slug(record_id: str) -> str:
     return slug[:120] or "record"
 
 
+def unique_stem(key: str) -> str:
+    """A file stem for ``key`` that readable slugs alone cannot give: :func:`record_slug`
+    plus 8 hex digits of the key's sha256 (``pmid:1/a`` and ``pmid_1/a`` slug alike)."""
+    return f"{record_slug(key)[:100]}-{hashlib.sha256(key.encode()).hexdigest()[:8]}"
+
+
 def file_sha256(path: str | Path) -> str:
     """Hex sha256 of a file's bytes, read in 1 MiB blocks."""
     digest = hashlib.sha256()

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from histocore.io import atomic_write_text, record_slug
+from histocore.io import atomic_write_text, unique_stem
 from histocore.progress import task
 
 AGGREGATIONS = ("max", "topk_mean")
@@ -109,7 +109,8 @@ def evaluate_manifest(
     train_data: str | Path | None = None,
 ) -> dict[str, Any]:
     """Score every kept figure; write metrics.json, image_scores.csv, tile_predictions.csv,
-    score_hist_<agg>.png, heatmaps/<image>.png, contact_sheet.png and errors_sheet.png.
+    score_hist_<agg>.png, heatmaps/<unique stem of the image id>.png, contact_sheet.png and
+    errors_sheet.png.
 
     Metrics are image-level, on reviewed labels and on caption weak labels, with the
     weak-label noise rate; figures flagged for leakage are left out unless
@@ -285,7 +286,7 @@ def evaluate_manifest(
             plots.overlay_heatmap(
                 rgb,
                 boxes,
-                heat_dir / f"{record_slug(r['image_id'])}.png",
+                heat_dir / f"{unique_stem(r['image_id'])}.png",
                 title=f"{r['image_id']} ({names[r['label']]}): max {r['max']:.2f}, "
                 f"top-{top_k} mean {r['topk_mean']:.2f}, scale x{r['scale']:.2f}",
             )

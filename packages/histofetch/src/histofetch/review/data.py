@@ -23,7 +23,7 @@ from typing import Any
 from markupsafe import Markup, escape
 
 from histocore.errors import DomainError
-from histocore.io import record_slug
+from histocore.io import record_slug, unique_stem
 from histocore.manifest import IMAGE_LABELS, MANIFEST_NAME, Image, Manifest, ManifestError, Record
 from histofetch.captions import normalise
 
@@ -62,11 +62,17 @@ class Scores:
         return out
 
     def heatmap(self, image_id: str) -> Path | None:
-        """The overlay PNG, only when it lies inside the scores folder (a shared eval
-        folder's ``heatmaps/x.png`` may be a link to any local file)."""
-        path = self.folder / "heatmaps" / f"{record_slug(image_id)}.png"
-        inside = path.resolve().is_relative_to(self.folder.resolve())
-        return path if inside and path.is_file() else None
+        """The overlay PNG (``heatmaps/<unique stem>.png``, or the slug alone as eval wrote
+        it before 2026-11-30), not when the file is a link pointing out of the scores
+        folder (a shared eval folder's ``heatmaps/x.png`` may link to any local file); a
+        ``heatmaps/`` folder that is itself a link is the local user's and is followed."""
+        for stem in (unique_stem(image_id), record_slug(image_id)):
+            path = self.folder / "heatmaps" / f"{stem}.png"
+            if path.is_symlink() and not path.resolve().is_relative_to(self.folder.resolve()):
+                return None
+            if path.is_file():
+                return path
+        return None
 
 
 def load_run(run_dir: str | Path) -> Manifest:
