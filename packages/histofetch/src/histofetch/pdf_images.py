@@ -65,7 +65,9 @@ def _extract_images(
     images: list[dict[str, Any]] = []
     info: dict[str, Any] = {"pymupdf_images": 0, "duplicates": 0, "small_dropped": 0}
     refused: list[str] = []
-    # CPU time of this thread: load on the machine does not spend it, a runaway decode does
+    # CPU time of this thread (load on the machine does not spend it), checked before each
+    # page and each image: a PDF of many slow images stops; one decode that never returns is
+    # the worker pool's --record-timeout's to stop
     deadline = time.thread_time() + (PDF_TIME_BUDGET_S if budget_s is None else budget_s)
     for page in doc:
         pno = (page.number or 0) + 1  # pymupdf types number as optional; pages have one
@@ -78,6 +80,8 @@ def _extract_images(
             xref, smask, width, height = entry[0], entry[1], entry[2], entry[3]
             if xref in seen_here:
                 continue
+            if time.thread_time() > deadline:
+                raise StageFailure(f"over the time budget, stopped at page {pno}: {where}")
             seen_here.add(xref)
             info["pymupdf_images"] += 1
             rects = _rects(page, xref)
