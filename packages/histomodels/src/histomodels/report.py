@@ -29,150 +29,15 @@ import numpy as np
 
 from histocore.io import atomic_write_text
 from histomodels.report_inputs import EVAL_PLOTS, Evaluation, ReportError, Run, load_run
-
-METRIC_ROWS = (
-    ("roc_auc", "ROC AUC"),
-    ("pr_auc", "PR AUC (average precision)"),
-    ("accuracy", "accuracy"),
-    ("balanced_accuracy", "balanced accuracy"),
-    ("recall", "sensitivity (recall)"),
-    ("specificity", "specificity"),
-    ("precision", "precision"),
-    ("f1", "F1"),
-    ("brier", "Brier score (lower is better)"),
-    ("ece", "ECE (lower is better)"),
-    ("threshold", "threshold"),
+from histomodels.report_tables import (
+    SWEEP_KEYS,
+    columns,
+    dataset_rows,
+    eval_rows,
+    external_tables,
+    fmt,
+    metric_rows,
 )
-SWEEP_KEYS = ("recall", "specificity", "precision", "accuracy")
-
-
-def _fmt(v: Any, digits: int = 4) -> str:
-    if v is None:
-        return "n/a"
-    if isinstance(v, float):
-        return f"{v:.{digits}f}"
-    return str(v)
-
-
-def _metric_cell(m: dict[str, Any], key: str) -> str:
-    v = m.get(key)
-    ci = (m.get("ci") or {}).get(key)
-    if ci and None not in ci:
-        return f"{_fmt(v)} [{ci[0]:.3f}, {ci[1]:.3f}]"
-    return _fmt(v)
-
-
-def _columns(runs: list[Run]) -> list[tuple[str, Evaluation]]:
-    cols = []
-    for r in runs:
-        for ev in r.evals:
-            label = r.name if ev.path == r.path else f"{r.name}/{ev.path.name}"
-            cols.append((label, ev))
-    return cols
-
-
-def _dataset_rows(runs: list[Run]) -> list[tuple[str, list[str]]]:
-    keys = [
-        (
-            "model",
-            lambda r: (
-                r.checkpoint.get("model")
-                or r.config.get("model")
-                or next((e.metrics.get("model") for e in r.evals), None)
-            ),
-        ),
-        ("training data", lambda r: r.config.get("data") or r.config.get("train")),
-        ("validation data", lambda r: r.config.get("val")),
-        ("epochs run", lambda r: len(r.history) or None),
-        ("best epoch", lambda r: r.checkpoint.get("epoch")),
-        ("temperature", lambda r: r.checkpoint.get("temperature")),
-    ]
-    rows = []
-    for label, get in keys:
-        vals = [get(r) for r in runs]
-        if any(v not in (None, "", [], {}) for v in vals):
-            rows.append((label, [_fmt(v, 3) for v in vals]))
-    return rows
-
-
-def _eval_rows(cols: list[tuple[str, Evaluation]]) -> list[tuple[str, list[str]]]:
-    rows = [
-        (
-            "test data",
-            [str(ev.metrics.get("data") or ev.metrics.get("manifest")) for _, ev in cols],
-        ),
-        (
-            "patches (positive)",
-            [
-                f"{ev.metrics.get('n', ev.metrics.get('n_tiles'))} "
-                f"({ev.metrics.get('n_positive', '-')})"
-                for _, ev in cols
-            ],
-        ),
-        ("threshold chosen by", [str(ev.metrics.get("threshold_source", "-")) for _, ev in cols]),
-        ("test-time augmentation", [str(ev.metrics.get("tta", "-")) for _, ev in cols]),
-        ("temperature", [_fmt(ev.metrics.get("temperature"), 3) for _, ev in cols]),
-    ]
-    return rows
-
-
-def _metric_rows(cols: list[tuple[str, Evaluation]]) -> list[tuple[str, list[str]]]:
-    rows = []
-    for key, label in METRIC_ROWS:
-        cells = []
-        for _, ev in cols:
-            m = ev.metrics
-            if key not in m and "image_metrics" in m:  # literature set: figure level, max
-                m = m["image_metrics"].get("max", {})
-            cells.append(_metric_cell(m, key))
-        if any(c != "n/a" for c in cells):
-            rows.append((label, cells))
-    return rows
-
-
-def _external_tables(name: str, m: dict[str, Any]) -> list[tuple[str, list[str], list]]:
-    """The "external test set" tables of one manifest evaluation: ``(title, head, rows)``."""
-    ext = m.get("external")
-    if not ext:
-        return []
-    tables = []
-    aggs = list(ext.get("aggregations", ("max", "topk_mean")))
-    for kind, what in (("reviewed", "reviewed labels"), ("weak", "caption weak labels")):
-        block = ext.get(kind, {})
-        metrics = block.get("metrics") or {}
-        head = ["", *(f"{a} (n={block.get('n', 0)})" for a in aggs)]
-        rows = []
-        for key, label in METRIC_ROWS:
-            cells = [_metric_cell(metrics.get(a, {}), key) for a in aggs]
-            if any(c != "n/a" for c in cells):
-                rows.append((label, cells))
-        if rows:
-            tables.append((f"{name}: model on {what}", head, rows))
-    agree = ext.get("agreement") or {}
-    conf = agree.get("confusion") or {}
-    if conf:
-        cols = list(next(iter(conf.values())).keys())
-        head = ["weak label ↓ / reviewed label →", *cols]
-        rows = [(w, [str(c.get(k, 0)) for k in cols]) for w, c in conf.items()]
-        rate, ci = agree.get("noise_rate"), agree.get("noise_rate_ci") or [None, None]
-        rows.append(
-            (
-                "weak-label noise rate",
-                [
-                    f"{_fmt(rate, 3)} [{_fmt(ci[0], 3)}, {_fmt(ci[1], 3)}] "
-                    f"on {agree.get('n_both', 0)} figures",
-                    *[""] * (len(cols) - 1),
-                ],
-            )
-        )
-        rows.append(
-            (
-                "left out for leakage",
-                [str(agree.get("n_excluded_leakage", 0)), *[""] * (len(cols) - 1)],
-            )
-        )
-        tables.append((f"{name}: weak vs reviewed labels", head, rows))
-    return tables
 
 
 def _roc_overlay(cols: list[tuple[str, Evaluation]], path: Path) -> Path | None:
@@ -311,7 +176,7 @@ def _test_metrics(page: _Page, cols: list[tuple[str, Evaluation]]) -> None:
         "metrics of the max-tile score.",
         md="Point estimate [95% bootstrap interval].",
     )
-    page.table(["", *[c for c, _ in cols]], _eval_rows(cols) + _metric_rows(cols))
+    page.table(["", *[c for c, _ in cols]], eval_rows(cols) + metric_rows(cols))
     for label, ev in cols:
         if "note" in ev.metrics:
             note = f"{label}: {ev.metrics['note']}"
@@ -320,7 +185,7 @@ def _test_metrics(page: _Page, cols: list[tuple[str, Evaluation]]) -> None:
         sweep = ev.metrics.get("threshold_sweep")
         if sweep:
             page.heading(3, f"{label}: metrics by threshold")
-            rows = [(_fmt(r["threshold"], 3), [_fmt(r[k], 3) for k in SWEEP_KEYS]) for r in sweep]
+            rows = [(fmt(r["threshold"], 3), [fmt(r[k], 3) for k in SWEEP_KEYS]) for r in sweep]
             page.table(["threshold", *SWEEP_KEYS], rows)
     roc = _roc_overlay(cols, page.assets / "roc_all.png") if len(cols) > 1 else None
     if roc:
@@ -337,7 +202,7 @@ EXTERNAL_NOTE = (
 
 
 def _external(page: _Page, cols: list[tuple[str, Evaluation]]) -> None:
-    tables = [t for label, ev in cols for t in _external_tables(label, ev.metrics)]
+    tables = [t for label, ev in cols for t in external_tables(label, ev.metrics)]
     if tables:
         page.heading(2, "External test set", note=EXTERNAL_NOTE)
         for t_title, head, rows in tables:
@@ -380,14 +245,14 @@ def build_report(
     staging.mkdir()  # the user's umask applies, as to the assets folder it becomes
     try:
         runs = [load_run(Path(p), staging) for p in paths]
-        cols = _columns(runs)
+        cols = columns(runs)
         names = [r.name for r in runs]
         title = title or (
             "Report: " + names[0] if len(runs) == 1 else "Comparison: " + ", ".join(names)
         )
         page = _Page(staging)
         _header(page, title, runs)
-        ds_rows = _dataset_rows(runs)
+        ds_rows = dataset_rows(runs)
         if ds_rows:
             page.heading(2, "Runs and data")
             page.table(["", *names], ds_rows)

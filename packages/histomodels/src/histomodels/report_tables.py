@@ -1,0 +1,154 @@
+"""The rows of ``histomodels report``'s tables, from what the run and eval folders hold
+(:mod:`histomodels.report_inputs`): runs and data, evaluation settings, metrics with
+their intervals, and the external (literature) set's tables. :mod:`histomodels.report`
+lays them out as HTML and Markdown."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from histomodels.report_inputs import Evaluation, Run
+
+METRIC_ROWS = (
+    ("roc_auc", "ROC AUC"),
+    ("pr_auc", "PR AUC (average precision)"),
+    ("accuracy", "accuracy"),
+    ("balanced_accuracy", "balanced accuracy"),
+    ("recall", "sensitivity (recall)"),
+    ("specificity", "specificity"),
+    ("precision", "precision"),
+    ("f1", "F1"),
+    ("brier", "Brier score (lower is better)"),
+    ("ece", "ECE (lower is better)"),
+    ("threshold", "threshold"),
+)
+SWEEP_KEYS = ("recall", "specificity", "precision", "accuracy")
+
+
+def fmt(v: Any, digits: int = 4) -> str:
+    if v is None:
+        return "n/a"
+    if isinstance(v, float):
+        return f"{v:.{digits}f}"
+    return str(v)
+
+
+def _metric_cell(m: dict[str, Any], key: str) -> str:
+    v = m.get(key)
+    ci = (m.get("ci") or {}).get(key)
+    if ci and None not in ci:
+        return f"{fmt(v)} [{ci[0]:.3f}, {ci[1]:.3f}]"
+    return fmt(v)
+
+
+def columns(runs: list[Run]) -> list[tuple[str, Evaluation]]:
+    cols = []
+    for r in runs:
+        for ev in r.evals:
+            label = r.name if ev.path == r.path else f"{r.name}/{ev.path.name}"
+            cols.append((label, ev))
+    return cols
+
+
+def dataset_rows(runs: list[Run]) -> list[tuple[str, list[str]]]:
+    keys = [
+        (
+            "model",
+            lambda r: (
+                r.checkpoint.get("model")
+                or r.config.get("model")
+                or next((e.metrics.get("model") for e in r.evals), None)
+            ),
+        ),
+        ("training data", lambda r: r.config.get("data") or r.config.get("train")),
+        ("validation data", lambda r: r.config.get("val")),
+        ("epochs run", lambda r: len(r.history) or None),
+        ("best epoch", lambda r: r.checkpoint.get("epoch")),
+        ("temperature", lambda r: r.checkpoint.get("temperature")),
+    ]
+    rows = []
+    for label, get in keys:
+        vals = [get(r) for r in runs]
+        if any(v not in (None, "", [], {}) for v in vals):
+            rows.append((label, [fmt(v, 3) for v in vals]))
+    return rows
+
+
+def eval_rows(cols: list[tuple[str, Evaluation]]) -> list[tuple[str, list[str]]]:
+    rows = [
+        (
+            "test data",
+            [str(ev.metrics.get("data") or ev.metrics.get("manifest")) for _, ev in cols],
+        ),
+        (
+            "patches (positive)",
+            [
+                f"{ev.metrics.get('n', ev.metrics.get('n_tiles'))} "
+                f"({ev.metrics.get('n_positive', '-')})"
+                for _, ev in cols
+            ],
+        ),
+        ("threshold chosen by", [str(ev.metrics.get("threshold_source", "-")) for _, ev in cols]),
+        ("test-time augmentation", [str(ev.metrics.get("tta", "-")) for _, ev in cols]),
+        ("temperature", [fmt(ev.metrics.get("temperature"), 3) for _, ev in cols]),
+    ]
+    return rows
+
+
+def metric_rows(cols: list[tuple[str, Evaluation]]) -> list[tuple[str, list[str]]]:
+    rows = []
+    for key, label in METRIC_ROWS:
+        cells = []
+        for _, ev in cols:
+            m = ev.metrics
+            if key not in m and "image_metrics" in m:  # literature set: figure level, max
+                m = m["image_metrics"].get("max", {})
+            cells.append(_metric_cell(m, key))
+        if any(c != "n/a" for c in cells):
+            rows.append((label, cells))
+    return rows
+
+
+def external_tables(name: str, m: dict[str, Any]) -> list[tuple[str, list[str], list]]:
+    """The "external test set" tables of one manifest evaluation: ``(title, head, rows)``."""
+    ext = m.get("external")
+    if not ext:
+        return []
+    tables = []
+    aggs = list(ext.get("aggregations", ("max", "topk_mean")))
+    for kind, what in (("reviewed", "reviewed labels"), ("weak", "caption weak labels")):
+        block = ext.get(kind, {})
+        metrics = block.get("metrics") or {}
+        head = ["", *(f"{a} (n={block.get('n', 0)})" for a in aggs)]
+        rows = []
+        for key, label in METRIC_ROWS:
+            cells = [_metric_cell(metrics.get(a, {}), key) for a in aggs]
+            if any(c != "n/a" for c in cells):
+                rows.append((label, cells))
+        if rows:
+            tables.append((f"{name}: model on {what}", head, rows))
+    agree = ext.get("agreement") or {}
+    conf = agree.get("confusion") or {}
+    if conf:
+        cols = list(next(iter(conf.values())).keys())
+        head = ["weak label ↓ / reviewed label →", *cols]
+        rows = [(w, [str(c.get(k, 0)) for k in cols]) for w, c in conf.items()]
+        rate, ci = agree.get("noise_rate"), agree.get("noise_rate_ci") or [None, None]
+        rows.append(
+            (
+                "weak-label noise rate",
+                [
+                    f"{fmt(rate, 3)} [{fmt(ci[0], 3)}, {fmt(ci[1], 3)}] "
+                    f"on {agree.get('n_both', 0)} figures",
+                    *[""] * (len(cols) - 1),
+                ],
+            )
+        )
+        rows.append(
+            (
+                "left out for leakage",
+                [str(agree.get("n_excluded_leakage", 0)), *[""] * (len(cols) - 1)],
+            )
+        )
+        tables.append((f"{name}: weak vs reviewed labels", head, rows))
+    return tables
