@@ -89,6 +89,17 @@ def test_sheet_has_one_tile_per_image_with_the_image_in_it(tmp_path: Path) -> No
     assert tuple(centre) == (200, 80, 180)
 
 
+def test_sixteen_bit_grey_tile_shows_what_the_filter_read(tmp_path: Path) -> None:
+    """A 16-bit grey figure (added by hand) showed as a white tile: convert("RGB") clipped
+    every value at 255, where the filter reads its top 8 bits."""
+    m = _run(tmp_path, 1)
+    grey = np.full((40, 60), 0x8000, dtype=np.uint16)
+    PIL.Image.fromarray(grey).save(tmp_path / "images/r/p001_000.png")
+    assert PIL.Image.open(tmp_path / "images/r/p001_000.png").mode.startswith("I")
+    arr = np.asarray(contact_sheet(m, list(m.images.values()), "all", columns=1))
+    assert tuple(arr[22 + TILE // 2, 6 + TILE // 2]) == (128, 128, 128)
+
+
 def test_missing_image_file_gives_a_grey_tile_not_a_crash(tmp_path: Path) -> None:
     m = _run(tmp_path, 2)
     (tmp_path / "images/r/p001_000.png").unlink()

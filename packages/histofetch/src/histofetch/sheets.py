@@ -25,7 +25,7 @@ from pathlib import Path
 import PIL.Image
 from PIL import ImageDraw, ImageFont
 
-from histocore.imaging import open_image
+from histocore.imaging import read_rgb
 from histocore.io import atomic_write_bytes
 from histocore.manifest import Image, Manifest, Record
 from histofetch.decide.colour import MAX_PIXELS
@@ -97,12 +97,10 @@ def contact_sheet(
         y = head + (k // cols) * cell_h
         draw.rectangle([x, y, x + tile - 1, y + tile - 1], fill=(200, 200, 200))
         try:  # a missing file or one outside the run folder: an "unreadable" tile
-            path = manifest.image_file(img.path)
-            with open_image(path, max_pixels=MAX_PIXELS) as im:
-                im.draft("RGB", (tile, tile))
-                im = im.convert("RGB")
-                im.thumbnail((tile, tile))
-                sheet.paste(im, (x + (tile - im.width) // 2, y + (tile - im.height) // 2))
+            path = manifest.image_file(img.path)  # decoded as the filter read it (16-bit
+            # grey by its top 8 bits, transparency on white), not clipped by convert("RGB")
+            im = PIL.Image.fromarray(read_rgb(path, max_pixels=MAX_PIXELS, max_side=tile))
+            sheet.paste(im, (x + (tile - im.width) // 2, y + (tile - im.height) // 2))
         except Exception:  # a missing/broken file is shown as an empty grey tile
             draw.text((x + 4, y + tile // 2), "unreadable", fill="red", font=font)
         colour = (0, 110, 0) if img.kept else (170, 0, 0)
