@@ -124,6 +124,16 @@ MALFORMED = {
     "search --mindate": (["search", "q", "--mindate", "2020-01"], "--mindate", "not a date as"),
     "run --maxdate": (["run", "q", "--maxdate", "2021/13"], "--maxdate", "'2021/13' is not a"),
     "search --maxdate": (["search", "q", "--maxdate", "2021/04/31"], "--maxdate", "not a date"),
+    "search dates reversed": (
+        ["search", "q", "--mindate", "2022", "--maxdate", "2021/06"],
+        "--mindate",
+        "'2022' is after --maxdate '2021/06'",
+    ),
+    "run dates reversed": (
+        ["run", "q", "--mindate", "2021/05", "--maxdate", "2021/04/30"],
+        "--mindate",
+        "is after --maxdate",
+    ),
 }
 
 

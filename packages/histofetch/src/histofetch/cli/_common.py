@@ -53,6 +53,22 @@ def _check_date(text: str | None) -> str | None:
     return text.strip()
 
 
+def check_date_range(mindate: str | None, maxdate: str | None) -> None:
+    """``--mindate`` after ``--maxdate`` is a usage error (exit 2): NCBI would answer an
+    empty search. Partial dates cover their whole year or month (2021 ≤ 2021/06)."""
+    if not (mindate and maxdate):
+        return
+
+    def parts(text: str, fill: int) -> tuple[int, ...]:
+        nums = [int(p) for p in text.split("/")]
+        return tuple(nums + [fill] * (3 - len(nums)))
+
+    if parts(mindate, 0) > parts(maxdate, 99):
+        raise typer.BadParameter(
+            f"{mindate!r} is after --maxdate {maxdate!r}", param_hint="'--mindate'"
+        )
+
+
 MinDate = Annotated[
     str | None,
     typer.Option(callback=_check_date, help="Published from: YYYY, YYYY/MM or YYYY/MM/DD."),

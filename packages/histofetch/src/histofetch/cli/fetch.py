@@ -24,6 +24,7 @@ from histofetch.cli._common import (
     Retry,
     Run,
     Shard,
+    check_date_range,
     errors,
     fail_on_killers,
     licence_policy,
@@ -48,6 +49,8 @@ def search(
 ) -> None:
     """Search PubMed (or PMC) and record every hit (title, journal, year, DOI, PMCID, OA)."""
     from histofetch.search import run_search
+
+    check_date_range(mindate, maxdate)
 
     net = net_config(api_key, email)
     parts = shard_parts(shard)
@@ -117,6 +120,7 @@ def run_all(
     from histofetch.pipeline import run_pipeline
     from histofetch.stage import StageSummary
 
+    check_date_range(mindate, maxdate)
     net = net_config(api_key, email)
     policy = licence_policy(licence, include_retracted)
     parts = shard_parts(shard)
