@@ -179,18 +179,13 @@ class RunStore:
     def _refuse_foreign(self) -> None:
         """Another program's database named ``run.sqlite`` is refused untouched (our
         tables were added to it, and the run read as empty)."""
-        have = self.db.execute(
-            "SELECT name FROM sqlite_master WHERE type='table' AND name='store_meta'"
-        ).fetchone()
-        if have:
-            return
-        tables = [
+        tables = [  # one read: another process may be creating our schema right now
             name
             for (name,) in self.db.execute(
                 "SELECT name FROM sqlite_master WHERE type='table' AND name NOT LIKE 'sqlite_%'"
             )
         ]
-        if tables:  # another program's database: never add our tables to it
+        if tables and "store_meta" not in tables:  # never add our tables to another's
             shown = ", ".join(sorted(tables)[:5]) + (", ..." if len(tables) > 5 else "")
             raise ManifestError(
                 f"{self.path}: an SQLite database of another program (tables: {shown}), "
