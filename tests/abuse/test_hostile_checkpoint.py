@@ -150,6 +150,30 @@ def test_ensemble_member_config_cannot_build_a_giant(tmp_path: Path) -> None:
         build_ensemble([good, bomb])
 
 
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({"width": 8}, "weights do not fit model 'cnn': "),
+        ({"depth": -1}, "cannot build model 'cnn' (cnn needs depth, blocks, width >= 1"),
+    ],
+)
+def test_ensemble_member_that_does_not_build_or_fit_is_named(tmp_path, config, message) -> None:
+    """Each member is rebuilt as ``load_model`` rebuilds a checkpoint: a second member whose
+    weights do not fit was blamed on the first (``good.pt: member weights do not fit``), one
+    whose config cannot build gave the builder's words without any file."""
+    from histomodels.ensemble import build_ensemble
+
+    good, bad = tmp_path / "good.pt", tmp_path / "bad.pt"
+    torch.save(checkpoint_dict(), good)
+    torch.save(checkpoint_dict(model_config=config), bad)
+    with pytest.raises(CheckpointError) as err:
+        build_ensemble([good, bad])
+    assert str(err.value).startswith(f"{bad}: {message}"), err.value
+    with pytest.raises(CheckpointError) as alone:
+        load_model(bad)
+    assert str(alone.value) == str(err.value)  # one rebuild, one message
+
+
 def test_views_claiming_more_than_the_file_stores_are_refused(tmp_path: Path) -> None:
     """A stride-0 view of one stored byte claims 10^13 values: it raised the giant guard's
     budget (the width-1024 model below was built) and the NaN check tried to allocate 40 TB."""
@@ -193,6 +217,33 @@ def test_resumed_last_pt_config_cannot_build_a_giant(tmp_path: Path) -> None:
     assert r.exit_code == 1, r.output
     assert f"{run / 'last.pt'}: its model_config builds a model far larger" in r.output
     assert "Traceback" not in r.output
+
+
+def test_resumed_last_pt_that_cannot_build_or_fit_names_the_file(tmp_path: Path) -> None:
+    """``train --resume`` rebuilds ``last.pt`` as ``load_model`` rebuilds any checkpoint: an
+    unusable value in its config named no file (``error: cnn needs depth …``)."""
+    from typer.testing import CliRunner
+
+    from histomodels.cli import app
+    from histomodels.synthetic import write_h5
+
+    data, run = write_h5(tmp_path / "t.h5", 32, seed=0), tmp_path / "run"
+    args = ["train", "--data", str(data), "--val", str(data), "--out", str(run)]
+    tiny = '{"width": 4, "depth": 2}'
+    r = CliRunner().invoke(app, [*args, "--epochs", "1", "--model-config", tiny, "--quiet"])
+    assert r.exit_code == 0, r.output
+    saved = torch.load(run / "last.pt", weights_only=True)
+    for config, message in (
+        ({"width": 4, "depth": -1}, "cannot build model 'cnn' (cnn needs depth"),
+        ({"width": 8, "depth": 2}, "weights do not fit model 'cnn': "),
+    ):
+        state = dict(saved, model_config=config)
+        state["train_config"] = dict(saved["train_config"], model_config=config)
+        torch.save(state, run / "last.pt")
+        r = CliRunner().invoke(app, [*args, "--resume", "--epochs", "2"])
+        assert r.exit_code == 1, r.output
+        assert f"error: {run / 'last.pt'}: {message}" in r.output, r.output
+        assert "Traceback" not in r.output
 
 
 def test_non_finite_weights_are_refused(tmp_path: Path) -> None:

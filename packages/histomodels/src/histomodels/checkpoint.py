@@ -292,23 +292,39 @@ def check_checkpoint(ckpt: dict[str, Any], path: str | Path) -> None:
         raise bad("temperature", f"is {temp!r}, expected a positive number")
 
 
+def build_with_weights(
+    name: str, config: dict[str, Any], state_dict: dict[str, torch.Tensor], path: str | Path
+) -> nn.Module:
+    """Registry model ``name`` built from a file's ``config`` and loaded with its
+    ``state_dict`` (on the CPU, in training mode): the one way a checkpoint's (or a
+    resumed ``last.pt``'s) model is rebuilt.
+
+    The build runs under :func:`build_budget`, since a file's config is data. One
+    :class:`CheckpointError` naming ``path`` when the config builds a model far larger than
+    the weights, cannot build at all (unusable values of accepted keys), or the weights do
+    not fit the model built."""
+    from histomodels.models import create_model
+
+    try:
+        with build_budget(state_dict, path):
+            model = create_model(name, pretrained=False, **config)
+    except CheckpointError:
+        raise
+    except (TypeError, ValueError) as exc:  # values of the right keys but unusable
+        raise CheckpointError(f"{path}: cannot build model {name!r} ({exc})") from None
+    try:
+        model.load_state_dict(state_dict)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path}: weights do not fit model {name!r}: {exc}") from None
+    return model
+
+
 def load_model(
     path: str | Path, device: str | torch.device = "cpu"
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the model a checkpoint describes, with its weights, in eval mode."""
-    from histomodels.models import create_model
-
     ckpt = read_checkpoint(path)
-    try:
-        with build_budget(ckpt["state_dict"], path):
-            model = create_model(ckpt["model"], pretrained=False, **ckpt.get("model_config", {}))
-    except CheckpointError:
-        raise
-    except (TypeError, ValueError) as exc:  # values of the right keys but unusable
-        raise CheckpointError(f"{path}: cannot build model {ckpt['model']!r} ({exc})") from None
-    try:
-        model.load_state_dict(ckpt["state_dict"])
-    except RuntimeError as exc:
-        msg = f"{path}: weights do not fit model {ckpt['model']!r}: {exc}"
-        raise CheckpointError(msg) from None
+    model = build_with_weights(
+        ckpt["model"], ckpt.get("model_config", {}), ckpt["state_dict"], path
+    )
     return model.to(device).eval(), ckpt

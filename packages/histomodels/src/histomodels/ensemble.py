@@ -19,7 +19,7 @@ from histomodels.checkpoint import (
     FORMAT,
     VERSION,
     CheckpointError,
-    build_budget,
+    build_with_weights,
     read_checkpoint,
 )
 from histomodels.inference import norm_of
@@ -54,8 +54,6 @@ def build_ensemble(sources: Sequence[str | Path], *, tta: bool = False) -> dict[
     Members must agree on stain normalisation (it runs on the patches before the graph);
     a mix raises :class:`~histomodels.checkpoint.CheckpointError`.
     """
-    from histomodels.models import create_model
-
     if len(sources) < 2:
         raise CheckpointError("an ensemble needs at least two models")
     members, state = [], {}
@@ -66,8 +64,8 @@ def build_ensemble(sources: Sequence[str | Path], *, tta: bool = False) -> dict[
                 f"{src}: is an ensemble; an ensemble cannot be a member (list its members)"
             )
         spec = member_spec(ckpt, str(src))
-        with build_budget(ckpt["state_dict"], src):  # its config cannot build a giant
-            create_model(spec["model"], pretrained=False, **spec["model_config"])
+        # each member alone: its config cannot build a giant, its weights must fit it
+        build_with_weights(spec["model"], spec["model_config"], ckpt["state_dict"], src)
         members.append(spec)
         for k, v in ckpt["state_dict"].items():
             state[f"members.{i}.net.{k}"] = v
@@ -78,11 +76,6 @@ def build_ensemble(sources: Sequence[str | Path], *, tta: bool = False) -> dict[
             "one (train the members with the same --stain-norm)"
         )
     config = {"members": members, "tta": bool(tta)}
-    model = create_model("ensemble", **config)  # checks that every member's weights fit
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:
-        raise CheckpointError(f"{sources[0]}: member weights do not fit: {exc}") from None
     return {
         "format": FORMAT,
         "version": VERSION,

@@ -12,7 +12,7 @@ from torch import nn
 
 from histocore.errors import DomainError
 from histomodels import distributed as D
-from histomodels.checkpoint import CheckpointError, build_budget
+from histomodels.checkpoint import build_with_weights
 from histomodels.config import ConfigError, TrainConfig
 from histomodels.models import create_model
 from histomodels.training.schedule import set_backbone_frozen
@@ -27,25 +27,18 @@ def build_model(
     """``cfg.model`` on ``device``: with the weights of ``cfg.weights``, or of ``state`` (a
     resumed ``last.pt``, read from ``state_path``). Call
     :func:`~histomodels.models.registry.check_config` first."""
-    weights = None if state is None else (state.get("train_state_dict") or state["state_dict"])
-    try:
-        if weights is None:
-            model = create_model(cfg.model, weights=cfg.weights, **cfg.model_config)
-        else:  # the config is the file's: it may not build a model far larger than its weights
-            with build_budget(weights, state_path):
-                model = create_model(cfg.model, pretrained=False, **cfg.model_config)
-    except DomainError:
-        raise
-    except ValueError as exc:  # accepted keys and types, unusable values
-        raise ConfigError(f"model_config: cannot build {cfg.model!r} ({exc})") from None
-    # no TypeError here: check_config has matched the keys and value types against the
-    # builder's signature, so one raised while building is a bug in the model code
-    if weights is not None:
+    if state is not None:  # the config is the file's: the same rebuild as any checkpoint
+        weights = state.get("train_state_dict") or state["state_dict"]
+        model = build_with_weights(cfg.model, cfg.model_config, weights, state_path)
+    else:
         try:
-            model.load_state_dict(weights)
-        except RuntimeError as exc:
-            msg = f"{state_path}: weights do not fit model {cfg.model!r}: {exc}"
-            raise CheckpointError(msg) from None
+            model = create_model(cfg.model, weights=cfg.weights, **cfg.model_config)
+        except DomainError:
+            raise
+        except ValueError as exc:  # accepted keys and types, unusable values
+            raise ConfigError(f"model_config: cannot build {cfg.model!r} ({exc})") from None
+        # no TypeError here: check_config has matched the keys and value types against the
+        # builder's signature, so one raised while building is a bug in the model code
     model.to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
