@@ -152,7 +152,7 @@ class RunStore:
                 self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
             )
             self._refuse_foreign()  # before any pragma: WAL mode is written to the file
-            self.db.execute("PRAGMA journal_mode=WAL")
+            self._journal_to_wal()
             # WAL + NORMAL: a commit survives a killed process (kill -9); only a power cut
             # can lose the last commits, never consistency.
             self.db.execute("PRAGMA synchronous=NORMAL")
@@ -191,6 +191,27 @@ class RunStore:
                 f"{self.path}: an SQLite database of another program (tables: {shown}), "
                 f"not a {STORE_FORMAT} run store"
             )
+
+    def _journal_to_wal(self) -> None:
+        """``PRAGMA journal_mode=WAL``, waiting for other writers as every statement does.
+
+        Switching a new store to WAL upgrades a read transaction to a write one, and SQLite
+        answers SQLITE_BUSY at once there instead of calling the busy handler (waiting
+        could deadlock): a process opening a new store while another one was switching it
+        got "database is locked". Once the file is in WAL mode the switch takes no lock.
+        """
+        deadline = time.monotonic() + BUSY_TIMEOUT_S
+        pause = 0.001
+        while True:
+            try:
+                self.db.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                busy = exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY
+                if not busy or time.monotonic() >= deadline:
+                    raise
+            time.sleep(pause)
+            pause = min(pause * 2, 0.05)
 
     def _init_schema(self) -> None:
         have = self.db.execute(
