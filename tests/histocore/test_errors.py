@@ -34,3 +34,24 @@ def test_create_model_unknown_name_is_a_domain_error() -> None:
 
     with pytest.raises(DomainError, match="unknown model 'resnet9000'"):
         create_model("resnet9000")
+
+
+def test_a_failed_atomic_write_names_the_target_not_its_temp_file(tmp_path) -> None:
+    """``--out`` naming a folder: the rename of the temp file fails; the line names the folder."""
+    from histocore.errors import describe
+    from histocore.io import atomic_write_text
+
+    folder = tmp_path / "results"
+    folder.mkdir()
+    with pytest.raises(IsADirectoryError) as info:
+        atomic_write_text(folder, "a,b\n")
+    assert describe(info.value) == f"{folder}: is a folder, not a file"
+    assert [p.name for p in tmp_path.iterdir()] == ["results"]  # no temp file left
+
+
+def test_other_os_errors_keep_their_own_file_name(tmp_path) -> None:
+    from histocore.errors import describe
+
+    with pytest.raises(FileNotFoundError) as info:
+        (tmp_path / "nope.csv").read_text()
+    assert describe(info.value) == f"{tmp_path / 'nope.csv'}: no such file or directory"

@@ -88,3 +88,30 @@ def test_a_malformed_option_fails_before_pytorch_is_imported(
     code, _, heavy = _run(*(arg.format(**names) for arg in command))
     assert code == 2 and heavy == []
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["predict", "--model", "pcam-cnn", "{image}", "--out", "{folder}"],
+        ["export", "pcam-cnn", "--out", "{folder}"],
+        ["data", "info", "{image}", "--sheet", "{folder}"],
+        ["data", "stain", "{image}", "--out", "{folder}"],
+    ],
+)
+def test_a_file_output_that_is_a_folder_fails_before_pytorch_is_imported(
+    tmp_path: Path, command: list[str]
+) -> None:
+    """Before, the work ran to the end and the rename failed naming a temp file
+    (``error: .../.results.x1y2.tmp: is a directory``)."""
+    folder = tmp_path / "results"
+    folder.mkdir()
+    image = tmp_path / "patch.png"
+    image.write_bytes(b"not read: the output is checked first")
+    names = {"folder": str(folder), "image": str(image)}
+    code, last, heavy = _run(*(arg.format(**names) for arg in command))
+    assert (code, last, heavy) == (1, f"error: {folder}: is a folder, not a file", [])
+    assert list(folder.iterdir()) == [] and sorted(p.name for p in tmp_path.iterdir()) == [
+        "patch.png",
+        "results",
+    ]

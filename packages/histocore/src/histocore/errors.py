@@ -8,13 +8,36 @@ usually next to the built-in they always were (``ValueError``, ``RuntimeError``)
 
 from __future__ import annotations
 
+import os
+
+from histocore.io import atomic_temp_target
+
 
 def describe(exc: BaseException) -> str:
     """``<file>: <problem>`` for an OSError, else the domain error's own message (what the
-    ``error:`` line says; libraries use it too, e.g. to tell other ranks why one failed)."""
+    ``error:`` line says; libraries use it too, e.g. to tell other ranks why one failed).
+
+    An atomic write whose final rename failed names the file the user gave, not its temp
+    file (``out.csv: is a folder, not a file`` when ``--out`` names a folder)."""
     if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
+        target = _renamed_target(exc)
+        if target is not None:
+            if isinstance(exc, IsADirectoryError):
+                return f"{target}: is a folder, not a file"
+            return f"{target}: {exc.strerror.lower()}"
         return f"{exc.filename}: {exc.strerror.lower()}"
     return str(exc) or type(exc).__name__
+
+
+def _renamed_target(exc: OSError) -> str | None:
+    """The target of a failed rename of an atomic write's temp file over it, else None."""
+    src, dst = exc.filename, exc.filename2
+    if not isinstance(src, str | os.PathLike) or not isinstance(dst, str | os.PathLike):
+        return None
+    src_name, dst_name = os.path.basename(os.fspath(src)), os.path.basename(os.fspath(dst))
+    if isinstance(src_name, str) and atomic_temp_target(src_name) == dst_name:
+        return str(os.fspath(dst))
+    return None
 
 
 class DomainError(Exception):

@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from histomodels.choices import PCAM_SPLITS, Dataset, PcamSplit
-from histomodels.cli._common import checked_by, errors, progress
+from histomodels.cli._common import checked_by, errors, progress, require_file_out
 
 
 class SplitName(str, Enum):
@@ -80,6 +80,7 @@ def info(
     from histomodels.data.info import contact_sheet, describe
 
     kw = {k: v for k, v in (("split", split), ("origin_split", origin_split)) if v is not None}
+    require_file_out(sheet)
     with errors(), progress():
         ds = open_dataset(path, **kw)
         summary = describe(ds)
@@ -108,6 +109,7 @@ def stain(
     from histomodels.data.stain import MacenkoNormalizer, StainError
     from histomodels.predict import read_rgb
 
+    require_file_out(out)
     with errors():
         image = read_rgb(reference)
         try:

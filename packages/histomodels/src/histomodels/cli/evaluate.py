@@ -26,6 +26,7 @@ from histomodels.cli._common import (
     errors,
     in_range,
     progress,
+    require_file_out,
     require_paths,
     shipped_model,
     usage_error,
@@ -303,6 +304,7 @@ def export_cmd(
     """Export to ONNX (dynamic batch axis, runs in ONNX Runtime) or TorchScript, then check
     parity against PyTorch on random input."""
     source = _model_source(ctx, checkpoint, model)
+    require_file_out(out)
     with errors():
         from histomodels.export import export_checkpoint
 
@@ -361,6 +363,7 @@ def predict_cmd(
     if not paths:
         usage_error(ctx, "no image files or folders given after the checkpoint", "IMAGES...")
     require_paths(*paths)
+    require_file_out(out)
     use_cpu_cores()
     with errors(), progress():
         from histomodels.predict import predict_paths
