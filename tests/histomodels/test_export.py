@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 from pathlib import Path
@@ -47,7 +48,9 @@ def test_torchscript_parity(tmp_path: Path) -> None:
     ckpt = tiny_checkpoint(tmp_path)
     res = export_checkpoint(ckpt, "torchscript", tmp_path / "m.pt")
     assert res["max_abs_diff"] < 1e-4
-    loaded = torch.jit.load(str(tmp_path / "m.pt"))
+    extra = {"histomodels.json": ""}
+    loaded = torch.jit.load(str(tmp_path / "m.pt"), _extra_files=extra)
+    assert "histomodels.threshold" not in json.loads(extra["histomodels.json"])  # none chosen
     x, _ = make_patches(3, seed=1)
     model, _ = load_model(ckpt)
     np.testing.assert_allclose(
@@ -90,8 +93,17 @@ def test_cli_export_parity_failure_leaves_nothing_written(tmp_path: Path) -> Non
 def test_shipped_model_exports_with_the_dynamo_exporter(tmp_path: Path) -> None:
     # with the torch installed here; the regression it was written for (torch 2.11's dynamo
     # exporter and the centre prior) needs torch 2.11: see the prior test in test_cnn_centre
+    import onnx
+
+    from histomodels.pretrained import checkpoint_dict
+
     res = export_checkpoint("pcam-cnn", "onnx", tmp_path / "pcam.onnx")
     assert res["exporter"] == "dynamo" and res["max_abs_diff"] < 1e-4
+    # the operating point the model card quotes travels with the model (it did not before)
+    meta = {p.key: p.value for p in onnx.load(str(tmp_path / "pcam.onnx")).metadata_props}
+    shipped = checkpoint_dict("pcam-cnn")
+    assert float(meta["histomodels.threshold"]) == shipped["threshold"]
+    assert meta["histomodels.threshold_rule"] == shipped["threshold_rule"]
     # written under a mkstemp name (0600), the export must still get a plain file's mode
     umask = os.umask(0)
     os.umask(umask)

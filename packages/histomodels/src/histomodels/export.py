@@ -192,6 +192,9 @@ def export_checkpoint(
         "histomodels.temperature": str(effective_temperature(resolve_checkpoint(checkpoint), ckpt)),
         "histomodels.output": "logit per patch; probability = sigmoid(logit / temperature)",
     }
+    if ckpt.get("threshold") is not None:  # a shipped model's operating point (model card)
+        meta["histomodels.threshold"] = str(float(ckpt["threshold"]))
+        meta["histomodels.threshold_rule"] = str(ckpt.get("threshold_rule") or "")
     if ckpt.get("stain"):  # not part of the graph: callers must normalise patches first
         meta["histomodels.stain"] = json.dumps(ckpt["stain"])
         meta["histomodels.input"] += " after Macenko stain normalisation (histomodels.stain)"
