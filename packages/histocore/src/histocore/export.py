@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal, get_args
 
+from histocore.csvcells import safe_dict
 from histocore.errors import ManifestError, UsageError
 from histocore.io import atomic_write_bytes, atomic_write_text
 from histocore.jsonl import export_lines
@@ -80,7 +81,7 @@ def _write_csv(target: Path, rows: list[dict[str, Any]]) -> None:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=columns(), extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows(safe_dict(r) for r in rows)  # no cell a spreadsheet would run
     atomic_write_text(target, buf.getvalue())
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from histocore.csvcells import safe_cell
 from histocore.errors import UsageError
 from histocore.io import atomic_write_json, atomic_write_text, json_safe
 from histocore.progress import task
@@ -43,7 +44,7 @@ def write_predictions(path: Path, ids: list[str], labels: np.ndarray, probs: np.
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["id", "label", "probability"])
     for i, y, p in zip(ids, labels, probs, strict=True):
-        w.writerow([i, int(y), f"{p:.6f}"])
+        w.writerow([safe_cell(i), int(y), f"{p:.6f}"])
     atomic_write_text(path, buf.getvalue())
 
 

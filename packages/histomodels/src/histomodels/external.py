@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from histocore.csvcells import safe_cell, safe_dict
 from histocore.io import atomic_write_text, unique_stem
 from histocore.progress import task
 
@@ -182,7 +183,7 @@ def evaluate_manifest(
     buf = io.StringIO()
     w = csv.DictWriter(buf, cols, extrasaction="ignore", lineterminator="\n")
     w.writeheader()
-    w.writerows(rows)
+    w.writerows(safe_dict(r) for r in rows)
     atomic_write_text(out / "image_scores.csv", buf.getvalue())
     buf = io.StringIO()
     tw = csv.writer(buf, lineterminator="\n")
@@ -190,8 +191,8 @@ def evaluate_manifest(
     for t, p in zip(ds.tiles, probs, strict=True):
         tw.writerow(
             [
-                t.id,
-                t.image_id,
+                safe_cell(t.id),
+                safe_cell(t.image_id),
                 t.row,
                 t.col,
                 *(f"{v:.1f}" for v in t.box),

@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 
+from histocore.csvcells import read_cell
 from histocore.errors import DomainError
 from histocore.io import one_line
 from histocore.manifest import IMAGE_LABELS, Image, Manifest
@@ -107,7 +108,8 @@ def parse_set(items: list[str]) -> dict[str, str | None]:
 
 
 def read_label_csv(path: str | Path) -> dict[str, str | None]:
-    """CSV with columns ``image_id`` (or ``id``) and ``label``."""
+    """CSV with columns ``image_id`` (or ``id``) and ``label``; an id as our CSVs write
+    it (``'=x`` for ``=x``, :mod:`histocore.csvcells`) is read as the id itself."""
     path = Path(path)
     try:
         with path.open(newline="", encoding="utf-8") as fh:
@@ -117,7 +119,7 @@ def read_label_csv(path: str | Path) -> dict[str, str | None]:
             if id_col is None or "label" not in cols:
                 raise LabelError(f"{path}: needs columns image_id (or id) and label, has {cols}")
             return {
-                row[id_col]: normalise_label(row["label"] or "", f"{path}:{n}: ")
+                read_cell(row[id_col]): normalise_label(row["label"] or "", f"{path}:{n}: ")
                 for n, row in enumerate(reader, start=2)
             }
     except (OSError, UnicodeDecodeError, csv.Error) as exc:

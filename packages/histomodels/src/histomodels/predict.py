@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from histomodels.inference import Predictor
 
 from histocore import imaging
+from histocore.csvcells import safe_cell
 from histocore.errors import DomainError, UsageError
 from histocore.imaging import Tiles, rescale, tile
 from histocore.imaging import tissue_fraction as tissue_fraction  # the one tissue test
@@ -208,7 +209,7 @@ def _predict_files(
             logits = pred.logits(tiles.patches, batch_size=batch_size, tta=tta)
             probs = sigmoid(logits, pred.temperature)
             for (x, y), t, p in zip(tiles.xy, tiles.tissue, probs, strict=True):
-                w.writerow([str(f), int(x), int(y), size, f"{t:.3f}", f"{p:.6f}"])
+                w.writerow([safe_cell(str(f)), int(x), int(y), size, f"{t:.3f}", f"{p:.6f}"])
             n_rows += len(probs)
             if len(probs) > 1:
                 target = heat_dir / f"{_stem(f, files)}.png"

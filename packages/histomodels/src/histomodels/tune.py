@@ -357,16 +357,22 @@ def _best(records: list[dict[str, Any]]) -> dict[str, Any] | None:
 
 
 def _write_table(path: Path, records: list[dict[str, Any]]) -> None:
+    """``trials.csv``: one row per trial, a column per parameter (quoted as CSV needs, no
+    cell a spreadsheet would run)."""
+    import csv
+    import io
+
+    from histocore.csvcells import safe_row
     from histocore.io import atomic_write_text
 
     keys = ["trial", "status", "val_auc", "val_accuracy", "epochs", "seconds"]
     pkeys = sorted({k for r in records for k in (*r["params"], *r.get("fixed", {}))})
-    lines = [",".join([*keys, "limit", *pkeys])]
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow([*keys, "limit", *pkeys])
     for r in records:
         params = {**r.get("fixed", {}), **r["params"]}
         limit = ";".join(f"{k}={v}" for k, v in r.get("limit", {}).items())
-        lines.append(
-            ",".join([str(r.get(k, "")) for k in keys] + [limit]
-                     + [str(params.get(k, "")) for k in pkeys])
-        )  # fmt: skip
-    atomic_write_text(path, "\n".join(lines) + "\n")
+        cells = [*(r.get(k, "") for k in keys), limit, *(params.get(k, "") for k in pkeys)]
+        w.writerow(safe_row(map(str, cells)))
+    atomic_write_text(path, buf.getvalue())

@@ -22,6 +22,7 @@ from typing import Any
 
 from markupsafe import Markup, escape
 
+from histocore.csvcells import read_cell
 from histocore.errors import DomainError
 from histocore.io import record_slug, unique_stem
 from histocore.manifest import IMAGE_LABELS, MANIFEST_NAME, Image, Manifest, ManifestError, Record
@@ -54,7 +55,7 @@ class Scores:
         try:
             with path.open(newline="", encoding="utf-8") as fh:
                 for row in csv.DictReader(fh):
-                    out.by_image[row["image_id"]] = {
+                    out.by_image[read_cell(row["image_id"])] = {
                         k: float(row[k]) for k in ("max", "topk_mean") if row.get(k)
                     }
         except (KeyError, ValueError, csv.Error, UnicodeDecodeError) as exc:
