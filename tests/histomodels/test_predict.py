@@ -135,3 +135,33 @@ def test_a_file_failing_mid_run_leaves_no_heatmaps_and_no_csv(tmp_path: Path) ->
     assert not out.exists()
     heat = tmp_path / "pred_heatmaps"
     assert not heat.exists() or not any(heat.iterdir())
+
+
+def test_images_at_another_magnification_than_pcam_get_one_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A 40x region scored at --scale 1 came out as tumour nearly everywhere with no word
+    (a Camelyon17 2048 px tile: 0.98-1.00 per tile); the nucleus size now says so once."""
+    from histomodels.predict import predict_paths
+
+    ckpt = tiny_checkpoint(tmp_path)
+    fig = make_figure(4, 4, seed=3)  # drawn at PCam scale
+    Image.fromarray(fig).save(tmp_path / "pcam_scale.png")
+    big = Image.fromarray(fig).resize(
+        (fig.shape[1] * 4, fig.shape[0] * 4), Image.Resampling.BICUBIC
+    )
+    big.save(tmp_path / "x40.png")
+
+    def warnings(path: str, scale: float = 1.0) -> list[str]:
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="histomodels.predict"):
+            predict_paths(ckpt, [tmp_path / path], tmp_path / "p.csv", scale=scale)
+        return [r.getMessage() for r in caplog.records]
+
+    assert warnings("pcam_scale.png") == []
+    (line,) = warnings("x40.png")
+    assert "look" in line and "larger than in PCam patches" in line and "at --scale 1:" in line
+    suggested = float(line.split("try --scale ")[1].split()[0])
+    assert 0.15 <= suggested <= 0.35  # the true factor is 0.25
+    assert warnings("x40.png", scale=0.25) == []
+    assert len(_rows(tmp_path / "p.csv")) == 16  # the CSV is written as before

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,6 +32,11 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".bmp"}
 #: region; whole-slide images need a WSI reader, not this command). ``--max-pixels``,
 #: checked per call on the declared size (PIL's global limit is left alone).
 MAX_PIXELS = 64_000_000
+#: Magnification check: the nucleus size of the first images (a centre crop of each, after
+#: ``--scale``) against PCam's; a median factor outside this band gets one warning.
+SCALE_CHECK_IMAGES, SCALE_CHECK_CROP, SCALE_CHECK_BAND = 8, 256, (0.5, 2.0)
+
+log = logging.getLogger(__name__)
 
 
 class PredictInputError(DomainError, ValueError):
@@ -201,11 +207,13 @@ def _predict_files(
     as they are written. Returns the number of rows."""
     from histomodels.inference import sigmoid
 
-    n_rows = 0
+    n_rows, factors = 0, []
     with task("predicting", len(files)) as shown:
         for f in files:
             img, tiles = image_tiles(read_rgb(f, max_pixels), f, size=size, scale=scale,
                                      stride=stride)  # fmt: skip
+            if len(factors) < SCALE_CHECK_IMAGES:
+                factors += _nucleus_scale(img, size)
             logits = pred.logits(tiles.patches, batch_size=batch_size, tta=tta)
             probs = sigmoid(logits, pred.temperature)
             for (x, y), t, p in zip(tiles.xy, tiles.tissue, probs, strict=True):
@@ -217,7 +225,40 @@ def _predict_files(
                          f"mean {probs.mean():.2f}")  # fmt: skip
                 heatmaps.append(str(target))
             shown.advance()
+    _warn_magnification(factors, scale)
     return n_rows
+
+
+def _nucleus_scale(img: np.ndarray, size: int) -> list[float]:
+    """``[factor to PCam scale]`` measured on a centre crop (``eval --manifest``'s nucleus
+    size estimate), or ``[]`` for patch-sized images and crops without measurable nuclei."""
+    from histomodels.data.manifest_tiles import estimate_scale
+
+    h, w = img.shape[:2]
+    if min(h, w) < 2 * size:  # a patch or two: too few nuclei to measure
+        return []
+    c = min(SCALE_CHECK_CROP, h, w)
+    y, x = (h - c) // 2, (w - c) // 2
+    factor, source = estimate_scale(np.ascontiguousarray(img[y : y + c, x : x + c]))
+    return [factor] if source == "estimated" else []
+
+
+def _warn_magnification(factors: list[float], scale: float) -> None:
+    """One warning when the images' nuclei say they are not at PCam's magnification: the
+    model then scores tissue at a scale it never saw (a 40x tile at ``--scale 1`` comes out
+    as tumour almost everywhere)."""
+    if not factors:
+        return
+    factor = float(np.median(factors))
+    if SCALE_CHECK_BAND[0] <= factor <= SCALE_CHECK_BAND[1]:
+        return
+    log.warning(
+        "the nuclei in %d checked image(s) look %.1fx %s than in PCam patches (~10x, 0.97 "
+        "µm/px) at --scale %g: scores at another magnification are not meaningful; try "
+        "--scale %.2g (a rough estimate from nucleus size, ±30%%)",
+        len(factors), 1 / factor if factor < 1 else factor,
+        "larger" if factor < 1 else "smaller", scale, scale * factor,
+    )  # fmt: skip
 
 
 def _resize(img: np.ndarray, scale: float, f: Path, size: int) -> np.ndarray:
