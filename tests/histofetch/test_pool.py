@@ -18,6 +18,7 @@ import time
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 
+import PIL.Image
 import pytest
 from decoder_plugins import filter_run
 from ncbi_server import FakeNcbi, ncbi_fixture  # noqa: F401 (fixture)
@@ -35,8 +36,9 @@ from pool_work import (
     watching_pool,
 )
 from s3_server import he_jpeg, real_jats
+from test_panel_letters import lettered_figure
 
-from histocore.manifest import MANIFEST_NAME, STORE_NAME, Manifest, Record
+from histocore.manifest import MANIFEST_NAME, STORE_NAME, Image, Manifest, Record
 from histofetch.download import run_download
 from histofetch.extract import run_extract
 from histofetch.filter import run_filter
@@ -564,3 +566,49 @@ def test_ctrl_c_stops_running_downloads_at_once(ncbi: FakeNcbi, tmp_path: Path) 
     again = subprocess.run(cmd, env=env, capture_output=True, timeout=300)
     assert again.returncode == 0, again.stderr.decode()
     assert "downloaded: 3 done" in again.stdout.decode()
+
+
+FAILING_TESSERACT = """#!/bin/sh
+if [ "$1" = "--version" ]; then echo "tesseract 5.3.0"; exit 0; fi
+echo "Error opening data file eng.traineddata" >&2
+exit 1
+"""
+
+
+def test_workers_warnings_read_as_in_one_process(tmp_path: Path) -> None:
+    """A warning logged in a worker process (here: Tesseract installed but failing, so each
+    lettered figure's letters are not read) reached stderr as the bare message, without
+    the ``warning:`` prefix the same warning has with ``--jobs 1``; information lines
+    (``-v``'s debug lines too) were not shown at all."""
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "tesseract").write_text(FAILING_TESSERACT)
+    (fake / "tesseract").chmod(0o755)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env["PATH"] = os.pathsep.join([str(fake), env.get("PATH", "")])
+    env["PYTHONPATH"] = os.pathsep.join(sys.path)
+    said = {}
+    for jobs in (1, 2):
+        run = tmp_path / f"jobs{jobs}"
+        with Manifest.load(run, create=True) as m:
+            (run / "images").mkdir(parents=True)
+            for k in range(2):
+                rid = f"pmid:{k}"
+                m.add_record(Record(id=rid, stage="extracted"))
+                fig = lettered_figure("AB", "DejaVuSans-Bold.ttf", 26, "gutter")
+                PIL.Image.fromarray(fig).save(run / f"images/{k}.png")
+                h, w = fig.shape[:2]
+                m.add_image(
+                    Image(id=f"{rid}/fig1", record_id=rid, path=f"images/{k}.png", sha256="0",
+                          width=w, height=h, caption="Figure 1. H&E of a lymph node.")
+                )  # fmt: skip
+            m.save()
+        cmd = [sys.executable, "-m", "histofetch.cli", "filter", "--run", str(run),
+               "--jobs", str(jobs), "--no-sheet"]  # fmt: skip
+        proc = subprocess.run(cmd, capture_output=True, env=env, timeout=600)
+        err = proc.stderr.decode()
+        assert proc.returncode == 0, err
+        said[jobs] = sorted(_said(err))
+    failed = "warning: panel letters not read: tesseract failed: (1, 'Error opening data file"
+    assert len(said[1]) == 2 and all(line.startswith(failed) for line in said[1]), said[1]
+    assert said[2] == said[1]

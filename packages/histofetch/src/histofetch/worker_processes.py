@@ -3,12 +3,15 @@ and what each runs (:func:`work_on_copy`).
 
 Workers are spawned (they start clean: no copy of the parent's SQLite connection or
 threads); each pool records the processes it starts, so it ends its own and no other child
-of this process; a Ctrl-C is the parent's to answer, never the workers'.
+of this process; a Ctrl-C is the parent's to answer, never the workers'. What workers log
+is sent to the parent and shown by its loggers, at their levels, as if logged there
+(``warning: …`` lines, ``-v``'s debug lines, above the progress bars).
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import threading
@@ -80,17 +83,102 @@ def executor(jobs: int, threads: bool, starts: Starts | None = None) -> Executor
     tell ``starts`` (:func:`start_queue`) when they start a record, if given."""
     if threads:
         return DaemonThreadPool(jobs)
-    return ProcessPoolExecutor(
-        max_workers=jobs, mp_context=_Context(), initializer=_init_worker, initargs=(starts,)
-    )
+    return _ProcessPool(jobs, starts)
 
 
-def _init_worker(starts: Starts | None) -> None:
+class _ProcessPool(ProcessPoolExecutor):
+    """Spawned workers whose log records this process shows (:class:`_LogRelay`)."""
+
+    def __init__(self, jobs: int, starts: Starts | None) -> None:
+        self._logs = _LogRelay()
+        levels = _log_levels()
+        super().__init__(max_workers=jobs, mp_context=_Context(), initializer=_init_worker,
+                         initargs=(starts, self._logs.queue, levels))  # fmt: skip
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        super().shutdown(wait=wait, cancel_futures=cancel_futures)
+        self._logs.stop()  # after the workers' last records (wait) or before they are ended
+
+
+#: How often the relay looks for log records from the workers (seconds).
+_RELAY_POLL_S = 0.05
+
+
+class _LogRelay:
+    """In the parent: a thread that hands each log record the pool's workers send to this
+    process's logger of the same name, which shows it as one of its own (same format, same
+    levels, above the progress bars). A worker writes each record before it sends its
+    result back, so when the pool is shut down every record of the work done is shown."""
+
+    def __init__(self) -> None:
+        self.queue: SimpleQueue[logging.LogRecord] = _Context().SimpleQueue()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._show, name="worker-logs", daemon=True)
+        self._thread.start()
+
+    def _show(self) -> None:
+        while True:
+            try:
+                if self.queue.empty():
+                    if self._stop.is_set():
+                        return  # stopped and nothing left
+                    self._stop.wait(_RELAY_POLL_S)
+                    continue
+                record = self.queue.get()
+            except (EOFError, OSError):  # the pipe is gone: nothing more will come
+                return
+            logger = logging.getLogger(record.name)
+            if logger.isEnabledFor(record.levelno):
+                logger.handle(record)
+
+    def stop(self) -> None:
+        """Show what the workers sent until now, then end the thread. A record a killed
+        worker left half-written could block the thread: it is a daemon, not waited for."""
+        self._stop.set()
+        self._thread.join(timeout=2.0)
+
+
+def _log_levels() -> dict[str, int]:
+    """The levels set on this process's loggers (the root's under ``""``): the workers log
+    at the same ones, so they send exactly the records this process would show."""
+    levels = {"": logging.getLogger().level}
+    for name, logger in list(logging.Logger.manager.loggerDict.items()):
+        if isinstance(logger, logging.Logger) and logger.level != logging.NOTSET:
+            levels[name] = logger.level
+    return levels
+
+
+class _ToParent(logging.Handler):
+    """In a worker: sends each log record to the parent (:class:`_LogRelay`), its message
+    formatted here (arguments and a traceback need not be picklable) and any extra
+    attribute kept if it is a plain value."""
+
+    def __init__(self, queue: SimpleQueue[logging.LogRecord]) -> None:
+        super().__init__()
+        self.queue = queue
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = self.format(record)  # the message, with its traceback if any
+            plain = (str, int, float, bool, type(None))
+            attrs = {k: v for k, v in vars(record).items() if isinstance(v, plain)}
+            attrs.update(msg=text, message=text, args=None, exc_text=None, stack_info=None)
+            self.queue.put(logging.makeLogRecord(attrs))
+        except Exception:
+            self.handleError(record)
+
+
+def _init_worker(
+    starts: Starts | None, logs: SimpleQueue[logging.LogRecord], levels: dict[str, int]
+) -> None:
     """Worker initializer: SIGINT is the parent's to answer (see :func:`workers_deaf`); keep
-    the queue to say on which record's work starts."""
+    the queue to say on which record's work starts; log as the parent does, through it."""
     global _starts
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _starts = starts
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
+    logging.getLogger().addHandler(_ToParent(logs))
 
 
 def say_started(record_id: str, ended: bool = False) -> None:
