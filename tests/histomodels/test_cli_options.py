@@ -187,6 +187,47 @@ TOGETHER = {
         "exactly one of",
     ),
     "predict a checkpoint and no images": (["predict", "{missing}"], "'IMAGES...'", "no image"),
+    # --overwrite was ignored: the run was resumed
+    "train --resume and --overwrite": (
+        ["train", *DATA, "--resume", "--overwrite"],
+        "'--resume' / '--overwrite'",
+        "--resume continues the run, --overwrite trains anew over it; not both",
+    ),
+    "finetune --resume and --overwrite": (
+        ["finetune", *DATA, "--overwrite", "--resume"],
+        "'--resume' / '--overwrite'",
+        "not both",
+    ),
+    # options of --manifest figures were ignored with --data patches
+    **{
+        f"eval --data and {option}": (
+            [*EVAL, option, *value],
+            f"'{option}' / '--data'",
+            f"{option} applies to --manifest figures, not to --data patches",
+        )
+        for option, value in (
+            ("--top-k", ["3"]),
+            ("--scale", ["1"]),
+            ("--min-tissue", ["0.5"]),  # its default, given: still not for --data
+            ("--include-leaky", []),
+            ("--train-data", ["{missing}"]),
+        )
+    },
+    "eval --sensitivity without --val": (
+        [*EVAL, "--sensitivity", "0.9"],
+        "'--sensitivity' / '--val'",
+        "needs --val",
+    ),
+    "eval --manifest --sensitivity without --val": (  # it was ignored
+        ["eval", "--model", "pcam-cnn", "--manifest", "{out}", "--sensitivity", "0.9"],
+        "'--sensitivity' / '--val'",
+        "needs --val",
+    ),
+    "eval --sensitivity with --threshold-rule youden": (
+        [*EVAL, "--val", "{missing}", "--threshold-rule", "youden", "--sensitivity", "0.9"],
+        "'--sensitivity' / '--threshold-rule'",
+        "not youden",
+    ),
     "tune --trial-minutes and --trial-epochs": (
         [*TUNE, "--trial-minutes", "1", "--trial-epochs", "4"],
         "'--trial-minutes' / '--trial-epochs'",
@@ -234,7 +275,10 @@ def test_options_that_exclude_each_other_are_a_usage_error(tmp_path: Path, case:
     ("args", "message"),
     [
         ([*EVAL, "--threshold-rule", "youden", "--precision", "bf16", "--store-temperature",
-          "none", "--sensitivity", "1", "--min-tissue", "0"], "nope.h5: no such file or folder"),
+          "none", "--val", "{missing}"], "nope.h5: no such file or folder"),
+        ([*EVAL, "--val", "{missing}", "--sensitivity", "1"], "nope.h5: no such file or folder"),
+        (["eval", "--model", "pcam-cnn", "--manifest", "{out}", "--min-tissue", "0", "--top-k",
+          "2", "--val", "{missing}", "--sensitivity", "0.8"], "nope.h5: no such file or folder"),
         ([*PREDICT, "--precision", "fp32", "--scale", "16"], "nope.h5: no such file or folder"),
         (["train", *DATA, "--schedule", "plateau", "--ema", "0.999", "--label-smoothing", "0",
           "--cutout", "1", "--mixup", "0", "--lr", "1e-9", "--epochs", "1", "--threads", "1"],

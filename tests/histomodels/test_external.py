@@ -125,6 +125,55 @@ def test_labelled_run_gives_image_metrics(tmp_path: Path) -> None:
     assert all(10 <= int(r["n_tiles"]) <= 12 for r in rows)
 
 
+def test_val_sets_the_figures_threshold_and_the_tiles_temperature(tmp_path: Path) -> None:
+    """``eval --manifest --val`` was accepted and ignored (threshold 0.5, the model's T):
+    now T is fitted and the threshold chosen on the validation patches, as ``eval --data
+    --val`` does, and a figure is called positive when its score reaches that threshold."""
+    from histomodels.calibration import calibration_path
+    from histomodels.evaluate import evaluate_checkpoint
+    from histomodels.synthetic import write_h5
+
+    ckpt = tiny_checkpoint(tmp_path)
+    run = _run(tmp_path, ["metastasis", "no_metastasis", "metastasis", "no_metastasis"])
+    val = write_h5(tmp_path / "val.h5", 128, seed=9)
+    args = ["eval", str(ckpt), "--manifest", str(run), "--bootstrap", "0", "--scale", "1"]
+    r = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "plain")])
+    assert r.exit_code == 0, r.output
+    plain = json.loads((tmp_path / "plain" / "metrics.json").read_text())
+    assert plain["threshold"] == 0.5 and plain["threshold_source"].startswith("default 0.5")
+    out = tmp_path / "fitted"
+    r = CliRunner().invoke(app, [*args, "--out", str(out), "--val", str(val),
+                                 "--threshold-rule", "youden"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    m = json.loads((out / "metrics.json").read_text())
+    # the operating point eval --data --val chooses on the same patches
+    ref = evaluate_checkpoint(ckpt, val, tmp_path / "ref", val=val, threshold_rule="youden",
+                              n_bootstrap=0, store_temperature="none", gallery=False)  # fmt: skip
+    assert m["threshold"] == pytest.approx(ref["threshold"]) != 0.5
+    assert m["temperature"] == pytest.approx(ref["temperature"]) != 1.0
+    assert m["threshold_source"] == ref["threshold_source"] and m["validation"]["n"] == 128
+    assert (
+        m["temperature_stored"] == str(calibration_path(ckpt)) and calibration_path(ckpt).is_file()
+    )
+    assert f"threshold {m['threshold']:.4f} (youden" in r.output
+
+    # tiles read with the fitted T: the same logits as without --val, divided by it
+    def logits(folder: Path) -> np.ndarray:
+        p = np.array([float(t["probability"]) for t in
+                      csv.DictReader((folder / "tile_predictions.csv").open())])  # fmt: skip
+        return np.log(p / (1 - p))
+
+    fitted, raw = logits(out), logits(tmp_path / "plain")
+    mid = (np.abs(raw) < 4) & (np.abs(fitted) < 4)  # where 6 printed decimals keep the logit
+    assert mid.sum() > 10
+    np.testing.assert_allclose(fitted[mid] * m["temperature"], raw[mid], atol=1e-3)
+    # figures called at the fitted threshold
+    rows = [r for r in csv.DictReader((out / "image_scores.csv").open())]
+    y = np.array([r["label"] == "1" for r in rows])
+    called = np.array([float(r["max"]) >= m["threshold"] for r in rows])
+    assert m["image_metrics"]["max"]["accuracy"] == pytest.approx((called == y).mean())
+
+
 def test_bad_manifest(tmp_path: Path) -> None:
     ckpt = tiny_checkpoint(tmp_path)
     r = CliRunner().invoke(app, ["eval", str(ckpt), "--manifest", str(tmp_path / "nope")])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,75 @@ def write_predictions(path: Path, ids: list[str], labels: np.ndarray, probs: np.
     atomic_write_text(path, buf.getvalue())
 
 
+DEFAULT_THRESHOLD_SOURCE = "default 0.5 (no validation set given)"
+
+
+def check_threshold_options(
+    val: Any | None, threshold_rule: str, sensitivity: float | None
+) -> None:
+    """The operating-point options agree (before any model or data is loaded)."""
+    if threshold_rule not in THRESHOLD_RULES:
+        raise UsageError(f"threshold rule must be one of {', '.join(THRESHOLD_RULES)}")
+    if threshold_rule == "youden" and sensitivity is not None:
+        raise UsageError("--sensitivity goes with --threshold-rule sensitivity, not youden")
+    if val is None and sensitivity is not None:
+        raise UsageError("--sensitivity needs --val: the operating point is chosen on validation")
+
+
+def operating_point(
+    pred: Predictor,
+    checkpoint: str | Path,
+    val: Any | None,
+    infer: Callable[[np.ndarray, str], np.ndarray],
+    *,
+    default: tuple[float, str],
+    threshold_rule: str = "sensitivity",
+    sensitivity: float | None = None,
+    store_temperature: str = "beside",
+) -> dict[str, Any]:
+    """The temperature and the threshold that scores are read with, and where they came from
+    (``temperature``, ``threshold``, ``threshold_source``).
+
+    Without ``val``: the model's own temperature and the ``default`` (threshold, source).
+    With ``val`` (labelled PCam-style patches, scored by ``infer(images, description)``):
+    T fitted there by temperature scaling, the threshold chosen there by
+    ``threshold_rule``, ``validation`` (NLL before and after) and ``temperature_stored``
+    (T kept as ``store_temperature`` says, for a checkpoint file)."""
+    from histomodels.calibration import fit_temperature, nll
+    from histomodels.metrics import DEFAULT_SENSITIVITY, choose_threshold
+
+    if val is None:
+        return {"temperature": pred.temperature, "threshold": default[0],
+                "threshold_source": default[1]}  # fmt: skip
+    v_images, v_labels, _, v_source = _load(val)
+    if not np.isin(v_labels, (0, 1)).all():
+        raise DatasetError(f"{v_source}: validation data must be fully labelled (0/1)")
+    if len(np.unique(v_labels)) < 2:  # checked before inference; the error names the file
+        named = val if isinstance(val, str | Path) else v_source
+        raise DatasetError(f"{named}: validation data holds one class only; a threshold needs both")
+    v_logits = infer(v_images, "validation")
+    temperature = fit_temperature(v_logits, v_labels)
+    target = (sensitivity or DEFAULT_SENSITIVITY) if threshold_rule == "sensitivity" else None
+    threshold, how = choose_threshold(v_labels, sigmoid(v_logits, temperature), target)
+    point: dict[str, Any] = {  # in the order metrics.json has always shown them
+        "validation": {
+            "data": v_source,
+            "n": len(v_labels),
+            "nll_before": nll(v_logits, v_labels),
+            "nll_after": nll(v_logits, v_labels, temperature),
+        },
+    }
+    path = resolve_checkpoint(checkpoint)
+    if path.is_file():  # not a shipped (pretrained) model
+        point["temperature_stored"] = _store(store_temperature, path, temperature, v_source)
+    point.update(
+        temperature=temperature,
+        threshold=threshold,
+        threshold_source=f"{how} on validation ({v_source}, n={len(v_labels)})",
+    )
+    return point
+
+
 def evaluate_checkpoint(
     checkpoint: str | Path,
     data: Any,
@@ -72,20 +142,10 @@ def evaluate_checkpoint(
     (the screening default: the highest threshold keeping ``sensitivity``, 0.9 unless given,
     on validation) or ``youden``. Without it, a threshold shipped with the model (pretrained
     models) is used, else 0.5."""
-    from histomodels.calibration import fit_temperature, nll
-    from histomodels.metrics import (
-        DEFAULT_SENSITIVITY,
-        binary_metrics,
-        choose_threshold,
-        summarize,
-        threshold_sweep,
-    )
+    from histomodels.calibration import nll
+    from histomodels.metrics import binary_metrics, summarize, threshold_sweep
 
-    if threshold_rule not in THRESHOLD_RULES:
-        raise UsageError(f"threshold rule must be one of {', '.join(THRESHOLD_RULES)}")
-    if threshold_rule == "youden" and sensitivity is not None:
-        raise UsageError("--sensitivity goes with --threshold-rule sensitivity, not youden")
-
+    check_threshold_options(val, threshold_rule, sensitivity)
     out = Path(out)
     pred = Predictor.load(checkpoint, device=device, precision=precision)
     ckpt = pred.ckpt
@@ -105,8 +165,7 @@ def evaluate_checkpoint(
         "tta": bool(tta),
         "precision": pred.precision,
     }
-    temperature = pred.temperature
-    threshold, threshold_source = 0.5, "default 0.5 (no validation set given)"
+    threshold, threshold_source = 0.5, DEFAULT_THRESHOLD_SOURCE
     if ckpt.get("threshold") is not None:  # shipped with a pretrained model
         threshold = float(ckpt["threshold"])
         threshold_source = (
@@ -123,32 +182,13 @@ def evaluate_checkpoint(
             "validation and test data are the same: temperature and threshold were fitted on "
             "the test set, so threshold-dependent metrics and calibration are optimistic"
         )
-    if val is not None:
-        v_images, v_labels, _, v_source = _load(val)
-        if not np.isin(v_labels, (0, 1)).all():
-            raise DatasetError(f"{v_source}: validation data must be fully labelled (0/1)")
-        if len(np.unique(v_labels)) < 2:  # checked before inference; the error names the file
-            named = val if isinstance(val, str | Path) else v_source
-            raise DatasetError(
-                f"{named}: validation data holds one class only; a threshold needs both"
-            )
-        v_logits = infer(v_images, "validation")
-        temperature = fit_temperature(v_logits, v_labels)
-        target = (sensitivity or DEFAULT_SENSITIVITY) if threshold_rule == "sensitivity" else None
-        threshold, how = choose_threshold(v_labels, sigmoid(v_logits, temperature), target)
-        threshold_source = f"{how} on validation ({v_source}, n={len(v_labels)})"
-        result["validation"] = {
-            "data": v_source,
-            "n": len(v_labels),
-            "nll_before": nll(v_logits, v_labels),
-            "nll_after": nll(v_logits, v_labels, temperature),
-        }
-        target = resolve_checkpoint(checkpoint)
-        if target.is_file():  # not a shipped (pretrained) model
-            result["temperature_stored"] = _store(store_temperature, target, temperature, v_source)
-    elif sensitivity is not None:
-        raise UsageError("--sensitivity needs --val: the operating point is chosen on validation")
-    result.update(temperature=temperature, threshold_source=threshold_source)
+    point = operating_point(
+        pred, checkpoint, val, infer, default=(threshold, threshold_source),
+        threshold_rule=threshold_rule, sensitivity=sensitivity,
+        store_temperature=store_temperature,
+    )  # fmt: skip
+    threshold, temperature = point.pop("threshold"), point["temperature"]
+    result.update(point)
 
     logits = infer(images, "test", prepared=True)
     probs = sigmoid(logits, temperature)

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from histocore.csvcells import safe_cell, safe_dict
+from histocore.errors import UsageError
 from histocore.io import atomic_write_text, unique_stem
 from histocore.progress import task
 
@@ -102,12 +103,16 @@ def evaluate_manifest(
     tta: bool = False,
     precision: str = "fp32",
     device: str | None = None,
-    threshold: float = 0.5,
+    threshold: float | None = None,
     n_bootstrap: int = 1000,
     seed: int = 0,
     max_heatmaps: int = 200,
     include_leaky: bool = False,
     train_data: str | Path | None = None,
+    val: Any | None = None,
+    threshold_rule: str = "sensitivity",
+    sensitivity: float | None = None,
+    store_temperature: str = "beside",
 ) -> dict[str, Any]:
     """Score every kept figure; write metrics.json, image_scores.csv, tile_predictions.csv,
     score_hist_<agg>.png, heatmaps/<unique stem of the image id>.png, contact_sheet.png and
@@ -117,22 +122,48 @@ def evaluate_manifest(
     weak-label noise rate; figures flagged for leakage are left out unless
     ``include_leaky``; with ``train_data`` (the training patches), figures whose tiles
     reprint a training patch are flagged ``training_duplicate`` (:mod:`histomodels.leakage`).
+
+    Tiles are read with the model's temperature and figures with ``threshold`` (0.5 unless
+    given); or, with ``val`` (labelled PCam-style patches), with the temperature fitted and
+    the threshold chosen there, as :func:`histomodels.evaluate.evaluate_checkpoint` does
+    (``threshold_rule``, ``sensitivity``, ``store_temperature``): a figure is called
+    positive when its score (its highest tile, or the top-k mean) reaches the patch
+    threshold.
     """
     from histocore.manifest import Manifest
     from histomodels import plots
     from histomodels.data.images import decode_image
     from histomodels.data.manifest_tiles import ManifestTileDataset
-    from histomodels.evaluate import write_json
+    from histomodels.evaluate import (
+        DEFAULT_THRESHOLD_SOURCE,
+        check_threshold_options,
+        operating_point,
+        write_json,
+    )
     from histomodels.external_labels import label_tables, targets
     from histomodels.inference import Predictor, sigmoid
 
+    check_threshold_options(val, threshold_rule, sensitivity)
+    if val is not None and threshold is not None:
+        raise UsageError("give a threshold or validation data to choose one on, not both")
     out = Path(out)
     pred = Predictor.load(checkpoint, device=device, precision=precision)
-    ckpt, temperature = pred.ckpt, pred.temperature
+    ckpt = pred.ckpt
     ds = ManifestTileDataset(Path(run_dir), scale=scale, min_tissue=min_tissue)
     images = ds.load_all()[0]
-    with task("scoring tiles", len(images)) as shown:
-        logits = pred.logits(images, batch_size=batch_size, tta=tta, progress=shown.advance)
+
+    def infer(patches: np.ndarray, desc: str) -> np.ndarray:
+        with task(desc, len(patches)) as shown:
+            return pred.logits(patches, batch_size=batch_size, tta=tta, progress=shown.advance)
+
+    default = (0.5, DEFAULT_THRESHOLD_SOURCE) if threshold is None else (threshold, "given")
+    point = operating_point(
+        pred, checkpoint, val, infer, default=default, threshold_rule=threshold_rule,
+        sensitivity=sensitivity, store_temperature=store_temperature,
+    )  # fmt: skip
+    cut: float = point.pop("threshold")
+    temperature = point["temperature"]
+    logits = infer(images, "scoring tiles")
     probs = sigmoid(logits, temperature)
     with Manifest.load(Path(run_dir)) as manifest:
         truth = targets(manifest)
@@ -210,7 +241,7 @@ def evaluate_manifest(
         "n_tiles": len(ds.tiles),
         "n_images_without_tissue": sum(r["n_tiles"] == 0 for r in rows),
         "top_k": top_k,
-        "temperature": temperature,
+        **point,  # temperature, threshold_source; with val: validation, temperature_stored
         "tta": tta,
         "scale": "given" if scale is not None else "estimated from nucleus diameter",
         "aggregations": {
@@ -235,16 +266,16 @@ def evaluate_manifest(
     result["score_distribution"] = {
         agg: _distribution(np.array([r[agg] for r in used], dtype=float)) for agg in AGGREGATIONS
     }
-    reviewed = _label_metrics(used, "label", threshold, n_bootstrap, seed)
+    reviewed = _label_metrics(used, "label", cut, n_bootstrap, seed)
     weak = _label_metrics(
         [r | {"weak": WEAK_CODES.get(r["weak_label"], -1)} for r in used],
         "weak",
-        threshold,
+        cut,
         n_bootstrap,
         seed,
     )
     result["n_labelled"] = reviewed["n"]
-    result["threshold"] = threshold
+    result["threshold"] = cut
     result["external"] = {
         "reviewed": reviewed,
         "weak": weak,
@@ -268,13 +299,13 @@ def evaluate_manifest(
     y = np.array([r["label"] for r in labelled])
     if len(np.unique(y)) == 2:
         sc = np.array([r["max"] for r in labelled], dtype=float)
-        plots.roc_plot(y, sc, out / "roc.png", threshold)
+        plots.roc_plot(y, sc, out / "roc.png", cut)
         plots.pr_plot(y, sc, out / "pr.png")
         # calibration on the external set: do image probabilities mean what they say?
         result["calibration"] = _calibration(y, labelled)
         topk = np.array([r["topk_mean"] for r in labelled], dtype=float)
         plots.reliability_plot(y, topk, out / "reliability.png")
-    _errors_sheet(used, threshold, out / "errors_sheet.png")
+    _errors_sheet(used, cut, out / "errors_sheet.png")
 
     # Heatmaps (most suspicious first) and a ranked contact sheet.
     thumbs, titles = [], []

@@ -77,7 +77,11 @@ def eval_cmd(
     ] = None,
     val: Annotated[
         str | None,
-        typer.Option("--val", help="Validation patches: fit temperature and threshold here."),
+        typer.Option(
+            "--val",
+            help="Validation patches: fit temperature and threshold here (with --manifest: "
+            "for the figures' tiles and scores).",
+        ),
     ] = None,
     out: Annotated[Path, typer.Option("--out", help="Output folder.")] = Path("eval"),
     tta: Annotated[bool, typer.Option("--tta", help="Average the 8 dihedral views.")] = False,
@@ -153,6 +157,14 @@ def eval_cmd(
     if (data is None) == (manifest is None):
         usage_error(ctx, "give exactly one of --data PATH or --manifest RUN_DIR", "--data",
                     "--manifest")  # fmt: skip
+    if data is not None:
+        _manifest_only(ctx)
+    if sensitivity is not None and val is None:
+        usage_error(ctx, "needs --val: the operating point is chosen on validation",
+                    "--sensitivity", "--val")  # fmt: skip
+    if sensitivity is not None and threshold_rule == "youden":
+        usage_error(ctx, "--sensitivity goes with --threshold-rule sensitivity, not youden",
+                    "--sensitivity", "--threshold-rule")  # fmt: skip
     source = _model_source(ctx, checkpoint, model)
     require_paths(data, val, train_data)
     use_cpu_cores()
@@ -175,6 +187,10 @@ def eval_cmd(
                 seed=seed,
                 include_leaky=include_leaky,
                 train_data=train_data,
+                val=val,
+                threshold_rule=threshold_rule,
+                sensitivity=sensitivity,
+                store_temperature="none" if no_store else store_temperature,
             )
         else:
             from histomodels.evaluate import evaluate_checkpoint
@@ -198,6 +214,26 @@ def eval_cmd(
         _print_external(result, out)
     else:
         _print_metrics(result, out)
+
+
+#: eval options that only figures of a manifest use (``--data`` patches are not tiled)
+MANIFEST_ONLY = {
+    "top_k": "--top-k",
+    "fig_scale": "--scale",
+    "min_tissue": "--min-tissue",
+    "include_leaky": "--include-leaky",
+    "train_data": "--train-data",
+}
+
+
+def _manifest_only(ctx: typer.Context) -> None:
+    """With ``--data``, an option given that only ``--manifest`` uses is a usage error (it
+    was ignored)."""
+    for name, option in MANIFEST_ONLY.items():
+        source = ctx.get_parameter_source(name)  # typer's own click: compared by name
+        if source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT"):
+            usage_error(ctx, f"{option} applies to --manifest figures, not to --data patches",
+                        option, "--data")  # fmt: skip
 
 
 def _fmt(v: object) -> str:
@@ -272,6 +308,10 @@ def _print_external(result: dict, out: Path) -> None:
             f"weak-label noise rate {agree['noise_rate']:.3f} [{lo:.3f}, {hi:.3f}] "
             f"on {agree['n_both']} figure(s) with both labels"
         )
+    typer.echo(
+        f"threshold {result['threshold']:.4f} ({result['threshold_source']}); "
+        f"temperature {result['temperature']:.3f}"
+    )
     if result.get("note"):
         typer.echo(result["note"])
     typer.echo(f"wrote {out}/metrics.json, image_scores.csv, heatmaps/ and contact_sheet.png")

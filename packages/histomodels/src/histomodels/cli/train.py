@@ -227,6 +227,16 @@ def _train(
         )
 
 
+def _resume_or_overwrite(ctx: typer.Context, resume: bool, overwrite: bool) -> None:
+    """``--resume`` continues the run in ``--out``, ``--overwrite`` trains anew over it:
+    both together is a usage error (``--overwrite`` was ignored: the run was resumed)."""
+    if resume and overwrite:
+        usage_error(
+            ctx, "--resume continues the run, --overwrite trains anew over it; not both",
+            "--resume", "--overwrite",
+        )  # fmt: skip
+
+
 def _options(ctx: typer.Context) -> dict[str, Any]:
     """The command's options named like :class:`~histomodels.config.TrainConfig` keys, by
     name (a ``None`` was not given: the config file or the defaults decide)."""
@@ -274,6 +284,7 @@ def train_cmd(
     quiet: Quiet = False,
 ) -> None:
     """Train a model (default: the scratch CNN) with early stopping on validation AUC."""
+    _resume_or_overwrite(ctx, resume, overwrite)
     _run(out, _options(ctx), config=config, resume=resume, quiet=quiet, overwrite=overwrite)
 
 
@@ -338,6 +349,7 @@ def finetune_cmd(
     """Fine-tune a pretrained backbone: head-only warm-up, then all layers at a lower LR."""
     from histomodels.config import FINETUNE_DEFAULTS, parse_model_config
 
+    _resume_or_overwrite(ctx, resume, overwrite)
     options = _options(ctx)
     if input_size and input_size != 96:
         mc = parse_model_config(model_config) if model_config else {}  # checked: an object
