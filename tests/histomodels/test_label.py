@@ -179,3 +179,33 @@ def test_hostile_captions_and_ids_cannot_drive_the_terminal(tmp_path: Path) -> N
         assert "\nerror: forged" not in r.output
         if "--list" not in args:
             assert "caption: Figure 1.\\x1b]0;pwned\\x07\\x1b[2J H&E error: forged" in r.output
+
+
+def test_figures_whose_file_lies_outside_the_run_are_not_offered_or_linked(
+    tmp_path: Path,
+) -> None:
+    """``Manifest.image_file`` refuses to read a row naming ``/etc/passwd``, ``../x.png`` or
+    a file link pointing out; the prompt printed ``open: file:///etc/passwd`` for them."""
+    secret = tmp_path / "secret.png"
+    secret.write_bytes(b"not yours")
+    run = _run(tmp_path, n=1)
+    (run / "images").mkdir()
+    (run / "images" / "img0.png").write_bytes(b"png")
+    (run / "images" / "link.png").symlink_to(secret)
+    m = Manifest.load(run)
+    for name, path in (("abs", str(secret)), ("up", "../secret.png"), ("link", "images/link.png")):
+        m.add_image(Image(id=name, record_id="pmid:1", path=path, sha256="0" * 64, width=400,
+                          height=300, kept=True))  # fmt: skip
+    m.save()
+    m.close()
+    r = CliRunner().invoke(app, ["label", "--manifest", str(run)], input="m\nm\nm\nm\n")
+    assert r.exit_code == 0, r.output
+    assert "1 figure(s) to label" in r.output
+    assert "3 figure(s) not offered: their file lies outside the run folder (abs, link, up)" in (
+        r.output
+    )
+    assert secret.as_uri() not in r.output and str(secret) not in r.output
+    assert f"open: {(run / 'images' / 'img0.png').resolve().as_uri()}" in r.output
+    labels = {i.id: i.label for i in Manifest.load(run).images.values()}
+    assert labels == {"img0": "metastasis", "dropped": None, "abs": None, "up": None,
+                      "link": None}  # fmt: skip

@@ -17,7 +17,7 @@ from pathlib import Path
 from histocore.csvcells import read_cell
 from histocore.errors import DomainError
 from histocore.io import one_line
-from histocore.manifest import IMAGE_LABELS, Image, Manifest
+from histocore.manifest import IMAGE_LABELS, Image, Manifest, ManifestError
 
 #: Short answers accepted at the prompt and in CSVs, mapped to the stored label.
 ALIASES = {
@@ -139,11 +139,22 @@ def label_interactively(
 ) -> dict[str, int]:
     """Prompt for each kept figure (unlabelled ones unless ``relabel``); ``s`` skips,
     ``q`` quits. Commits every answer at once; exports ``manifest.jsonl`` at the end
-    (also after Ctrl-C). Returns counts per label."""
+    (also after Ctrl-C). Returns counts per label.
+
+    A figure whose file lies outside the run folder (``/etc/passwd``, ``../x.png``, a link
+    pointing out: :meth:`~histocore.manifest.Manifest.image_file` refuses to read it) is
+    not offered, and no link to it is shown; one line says how many were left out."""
     images = manifest.kept_images() if relabel else to_label(manifest.kept_images())
+    outside = [i for i in images if i.path is not None and _file(manifest, i) is None]
+    left_out = {i.id for i in outside}
+    images = [i for i in images if i.id not in left_out]
     counts = {label: 0 for label in IMAGE_LABELS} | {"skipped": 0}
     answered: list[str] = []
     say(f"{len(images)} figure(s) to label in {manifest.run_dir}")
+    if outside:
+        shown = ", ".join(i.id for i in outside[:5]) + (", …" if len(outside) > 5 else "")
+        say(one_line(f"{len(outside)} figure(s) not offered: their file lies outside the run "
+                     f"folder ({shown})"))  # fmt: skip
     try:
         for n, img in enumerate(images, start=1):
             _show(manifest, img, f"[{n}/{len(images)}]", say)
@@ -168,15 +179,24 @@ def _show(manifest: Manifest, img: Image, where: str, say: Callable[[str], None]
     """The figure's lines; what came from a paper (caption, ids, paths) is untrusted, so its
     control characters are escaped (:func:`~histocore.io.one_line`), never sent to the
     terminal."""
-    path = manifest.resolve(img.path)
+    path = _file(manifest, img)
     caption = one_line(" ".join((img.caption or "").split())[:200])
     say(one_line(f"{where} {img.id}  {img.width}x{img.height}  {path}"))
     if path is not None:
-        say(one_line(f"  open: {path.resolve().as_uri()}"))
+        say(one_line(f"  open: {path.as_uri()}"))
     if caption:
         say(f"  caption: {caption}")
     if img.label:
         say(one_line(f"  current label: {img.label}"))
+
+
+def _file(manifest: Manifest, img: Image) -> Path | None:
+    """The figure's file as readers open it (:meth:`Manifest.image_file`: links resolved),
+    or None when the row names none or one outside the run folder."""
+    try:
+        return manifest.image_file(img.path)
+    except ManifestError:
+        return None
 
 
 def listing(manifest: Manifest) -> list[str]:
