@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from _evalkit import tiny_checkpoint
+from PIL import Image
 from sklearn import metrics as skm
 from typer.testing import CliRunner
 
@@ -134,6 +135,32 @@ def test_cli_eval_end_to_end(tmp_path: Path) -> None:
     r = run_eval(test_h5, "--bootstrap", "0")
     assert r.exit_code == 0, r.output
     assert "optimistic" in json.loads((out / "metrics.json").read_text())["warning"]
+
+
+def test_validation_sharing_test_patches_is_flagged_whatever_the_format(tmp_path: Path) -> None:
+    """The Kaggle-format sample in shared/data is a subset of the PCam-format one: as test
+    and validation, threshold and temperature were fitted on the test patches with no word
+    (only the same path was flagged). Patches are matched by their pixels, not ids."""
+    from histomodels.synthetic import write_h5
+
+    ckpt = tiny_checkpoint(tmp_path)
+    test_h5 = write_h5(tmp_path / "test.h5", 60, seed=7)
+    shared, shared_y = make_patches(60, seed=7)  # the same pixels write_h5 stored
+    other, other_y = make_patches(40, seed=9)
+    val = tmp_path / "val"
+    pairs = [*zip(shared[:20], shared_y[:20], strict=True), *zip(other, other_y, strict=True)]
+    for i, (img, y) in enumerate(pairs):
+        (val / str(y)).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img).save(val / str(y) / f"v{i}.png")
+    m = evaluate_checkpoint(ckpt, test_h5, tmp_path / "ev", val=val, n_bootstrap=0)
+    assert m["warning"].startswith("20 of 60 test patches are also in the validation data")
+    assert m["validation"]["test_patches_also_here"] == 20
+    clean = tmp_path / "clean"
+    for i, (img, y) in enumerate(zip(other, other_y, strict=True)):
+        (clean / str(y)).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img).save(clean / str(y) / f"v{i}.png")
+    m = evaluate_checkpoint(ckpt, test_h5, tmp_path / "ev2", val=clean, n_bootstrap=0)
+    assert "warning" not in m and m["validation"]["test_patches_also_here"] == 0
 
 
 def test_cli_bad_checkpoints_fail_cleanly(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ temperature and a 0.5 threshold are used, and ``threshold_source`` says so.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 from collections.abc import Callable
 from pathlib import Path
@@ -33,6 +34,11 @@ def _load(data: Any) -> tuple[np.ndarray, np.ndarray, list[str], str]:
     ds = open_dataset(data) if isinstance(data, (str, Path)) else data
     images, labels, ids = ds.load_all()
     return images, np.asarray(labels, np.int64), list(ids), str(getattr(ds, "source", data))
+
+
+def _digests(images: np.ndarray) -> set[bytes]:
+    """One digest per patch's pixels: the same patch in two datasets, whatever its id."""
+    return {hashlib.blake2b(im.tobytes(), digest_size=16).digest() for im in images}
 
 
 def write_json(path: Path, obj: Any) -> None:
@@ -74,6 +80,7 @@ def operating_point(
     threshold_rule: str = "sensitivity",
     sensitivity: float | None = None,
     store_temperature: str = "beside",
+    test_digests: set[bytes] | None = None,
 ) -> dict[str, Any]:
     """The temperature and the threshold that scores are read with, and where they came from
     (``temperature``, ``threshold``, ``threshold_source``).
@@ -82,7 +89,9 @@ def operating_point(
     With ``val`` (labelled PCam-style patches, scored by ``infer(images, description)``):
     T fitted there by temperature scaling, the threshold chosen there by
     ``threshold_rule``, ``validation`` (NLL before and after) and ``temperature_stored``
-    (T kept as ``store_temperature`` says, for a checkpoint file)."""
+    (T kept as ``store_temperature`` says, for a checkpoint file). With ``test_digests``
+    (:func:`_digests` of the test patches), ``validation.test_patches_also_here`` counts the
+    validation patches with the same pixels as a test patch."""
     from histomodels.calibration import fit_temperature, nll
     from histomodels.metrics import DEFAULT_SENSITIVITY, choose_threshold
 
@@ -95,6 +104,7 @@ def operating_point(
     if len(np.unique(v_labels)) < 2:  # checked before inference; the error names the file
         named = val if isinstance(val, str | Path) else v_source
         raise DatasetError(f"{named}: validation data holds one class only; a threshold needs both")
+    shared = None if test_digests is None else len(test_digests & _digests(v_images))
     v_logits = infer(v_images, "validation")
     temperature = fit_temperature(v_logits, v_labels)
     target = (sensitivity or DEFAULT_SENSITIVITY) if threshold_rule == "sensitivity" else None
@@ -107,6 +117,8 @@ def operating_point(
             "nll_after": nll(v_logits, v_labels, temperature),
         },
     }
+    if shared is not None:
+        point["validation"]["test_patches_also_here"] = shared
     path = resolve_checkpoint(checkpoint)
     if path.is_file():  # not a shipped (pretrained) model
         point["temperature_stored"] = _store(store_temperature, path, temperature, v_source)
@@ -157,6 +169,7 @@ def evaluate_checkpoint(
             )
 
     images, labels, ids, source = _load(data)
+    test_digests = _digests(images) if val is not None else None
     images = pred.prepare(images)  # as the model sees them (the error gallery shows these)
     result: dict[str, Any] = {
         "checkpoint": str(checkpoint),
@@ -185,10 +198,17 @@ def evaluate_checkpoint(
     point = operating_point(
         pred, checkpoint, val, infer, default=(threshold, threshold_source),
         threshold_rule=threshold_rule, sensitivity=sensitivity,
-        store_temperature=store_temperature,
+        store_temperature=store_temperature, test_digests=test_digests,
     )  # fmt: skip
     threshold, temperature = point.pop("threshold"), point["temperature"]
     result.update(point)
+    shared = point.get("validation", {}).get("test_patches_also_here")
+    if shared and "warning" not in result:
+        result["warning"] = (
+            f"{shared} of {len(images)} test patches are also in the validation data "
+            "(identical pixels): temperature and threshold were fitted partly on the test "
+            "set, so threshold-dependent metrics and calibration are optimistic"
+        )
 
     logits = infer(images, "test", prepared=True)
     probs = sigmoid(logits, temperature)
