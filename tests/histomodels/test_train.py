@@ -142,6 +142,24 @@ def test_bad_labels_and_one_class_validation_are_clear_errors(arrays, tmp_path):
     assert not (tmp_path / "r" / "best.pt").exists()
 
 
+def test_validation_patches_that_are_training_patches_get_one_warning(arrays, caplog):
+    """The Kaggle-format sample as --val with the PCam-format sample as --data: all 200
+    validation patches were training patches, and the best epoch was chosen on them with
+    no word. Matched by pixels (here the same arrays under other ids)."""
+    from histomodels.training.data import prepare_splits
+
+    (xt, yt), (xv, yv) = arrays
+    val = (np.concatenate([xv[:40], xt[:8]]), np.concatenate([yv[:40], yt[:8]]))
+    with caplog.at_level(logging.WARNING, logger="histomodels"):
+        prepare_splits(_cfg(), (xt, yt), val)
+    (line,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert line.startswith("8 of 48 validation patches are also in the training data")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="histomodels"):
+        prepare_splits(_cfg(), (xt, yt), (xv, yv))
+    assert not [r for r in caplog.records if r.levelno == logging.WARNING]
+
+
 def test_finetune_warmup_freezes_backbone_then_unfreezes(arrays, tmp_path):
     (xt, yt), (xv, yv) = arrays
     ref = torchvision.models.mobilenet_v3_small(weights=None)

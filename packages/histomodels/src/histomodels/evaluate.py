@@ -9,7 +9,6 @@ temperature and a 0.5 threshold are used, and ``threshold_source`` says so.
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 from collections.abc import Callable
 from pathlib import Path
@@ -23,7 +22,7 @@ from histocore.io import atomic_write_json, atomic_write_text, json_safe
 from histocore.progress import task
 from histomodels.checkpoint import read_checkpoint, resolve_checkpoint, save_checkpoint
 from histomodels.choices import STORE_TEMPERATURE, THRESHOLD_RULES
-from histomodels.data.base import DatasetError
+from histomodels.data.base import DatasetError, pixel_digests
 from histomodels.inference import Predictor, sigmoid
 
 
@@ -34,11 +33,6 @@ def _load(data: Any) -> tuple[np.ndarray, np.ndarray, list[str], str]:
     ds = open_dataset(data) if isinstance(data, (str, Path)) else data
     images, labels, ids = ds.load_all()
     return images, np.asarray(labels, np.int64), list(ids), str(getattr(ds, "source", data))
-
-
-def _digests(images: np.ndarray) -> set[bytes]:
-    """One digest per patch's pixels: the same patch in two datasets, whatever its id."""
-    return {hashlib.blake2b(im.tobytes(), digest_size=16).digest() for im in images}
 
 
 def write_json(path: Path, obj: Any) -> None:
@@ -90,8 +84,8 @@ def operating_point(
     T fitted there by temperature scaling, the threshold chosen there by
     ``threshold_rule``, ``validation`` (NLL before and after) and ``temperature_stored``
     (T kept as ``store_temperature`` says, for a checkpoint file). With ``test_digests``
-    (:func:`_digests` of the test patches), ``validation.test_patches_also_here`` counts the
-    validation patches with the same pixels as a test patch."""
+    (``pixel_digests`` of the test patches), ``validation.test_patches_also_here`` counts
+    the validation patches with the same pixels as a test patch."""
     from histomodels.calibration import fit_temperature, nll
     from histomodels.metrics import DEFAULT_SENSITIVITY, choose_threshold
 
@@ -104,7 +98,7 @@ def operating_point(
     if len(np.unique(v_labels)) < 2:  # checked before inference; the error names the file
         named = val if isinstance(val, str | Path) else v_source
         raise DatasetError(f"{named}: validation data holds one class only; a threshold needs both")
-    shared = None if test_digests is None else len(test_digests & _digests(v_images))
+    shared = None if test_digests is None else len(test_digests & pixel_digests(v_images))
     v_logits = infer(v_images, "validation")
     temperature = fit_temperature(v_logits, v_labels)
     target = (sensitivity or DEFAULT_SENSITIVITY) if threshold_rule == "sensitivity" else None
@@ -169,7 +163,7 @@ def evaluate_checkpoint(
             )
 
     images, labels, ids, source = _load(data)
-    test_digests = _digests(images) if val is not None else None
+    test_digests = pixel_digests(images) if val is not None else None
     images = pred.prepare(images)  # as the model sees them (the error gallery shows these)
     result: dict[str, Any] = {
         "checkpoint": str(checkpoint),

@@ -7,6 +7,7 @@ string that names the patch in reports and ``predictions.csv``.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from abc import ABC, abstractmethod
 from concurrent.futures import ThreadPoolExecutor
@@ -16,6 +17,13 @@ import numpy as np
 from histocore.progress import task
 from histomodels.data.cache import require_memory
 from histomodels.data.errors import DatasetError as DatasetError  # re-exported
+
+
+def pixel_digests(images: np.ndarray) -> set[bytes]:
+    """One digest per patch's pixels (uint8 ``[N, H, W, 3]``): the same patch in two
+    datasets, whatever its format or id (a train/validation/test overlap check)."""
+    return {hashlib.blake2b(np.ascontiguousarray(im).tobytes(), digest_size=16).digest()
+            for im in images}  # fmt: skip
 
 
 def binary_labels(y: np.ndarray, where: str) -> np.ndarray:

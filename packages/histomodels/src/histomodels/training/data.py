@@ -17,6 +17,7 @@ import torch
 
 from histomodels.config import TrainConfig
 from histomodels.data import ArrayDataset, DatasetError, PatchDataset, open_dataset
+from histomodels.data.base import pixel_digests
 from histomodels.data.blocks import BlockImages
 from histomodels.data.cache import decoded_bytes, default_budget
 from histomodels.data.stain import stain_normalizer
@@ -94,6 +95,15 @@ def prepare_splits(
     ``say`` receives the notes a user should see (stain normalisation, streaming)."""
     x_train, y_train = load_split(_given(train_data, cfg.data, "train"), "train")
     x_val, y_val = load_split(_given(val_data, cfg.val, "validation"), "validation")
+    if isinstance(x_train, torch.Tensor) and isinstance(x_val, torch.Tensor):  # not streamed
+        shared = len(pixel_digests(x_train.numpy()) & pixel_digests(x_val.numpy()))
+        if shared:
+            log.warning(
+                "%d of %d validation patches are also in the training data (identical "
+                "pixels): validation AUC, the best epoch and early stopping are then judged "
+                "partly on training patches",
+                shared, len(x_val),
+            )  # fmt: skip
     stain = stain_normalizer(cfg.stain_norm) if cfg.stain_norm else None
     if stain is not None:
         say(f"stain normalisation ({cfg.stain_norm}) of train and validation")
