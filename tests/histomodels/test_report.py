@@ -110,3 +110,22 @@ def test_report_bad_inputs(tmp_path: Path) -> None:
     r = CliRunner().invoke(app, ["report", str(empty), "--out", str(tmp_path / "o")])
     assert r.exit_code == 1 and "metrics.json" in r.output
     assert list((tmp_path / "o").iterdir()) == []  # no assets, no half-built pages
+
+
+def test_an_evaluations_warning_is_in_the_report(tmp_path: Path) -> None:
+    """eval's warning (threshold and temperature fitted on test patches) stayed in
+    metrics.json: the report, the page people read, showed those metrics unflagged."""
+    ckpt = tiny_checkpoint(tmp_path)
+    x, y = make_patches(64, seed=3)
+    test = ArrayDataset(x, y, source="synthetic-test")
+    flagged, clean = tmp_path / "flagged", tmp_path / "clean"
+    evaluate_checkpoint(ckpt, test, flagged, val=test, n_bootstrap=0, gallery=False)
+    evaluate_checkpoint(ckpt, test, clean, n_bootstrap=0, gallery=False)
+    warning = json.loads((flagged / "metrics.json").read_text())["warning"]
+    assert warning.startswith("64 of 64 test patches are also in the validation data")
+    out = tmp_path / "report"
+    r = CliRunner().invoke(app, ["report", str(flagged), str(clean), "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert f"| warning | {warning} | - |" in (out / "report.md").read_text()
+    r = CliRunner().invoke(app, ["report", str(clean), "--out", str(tmp_path / "r2")])
+    assert r.exit_code == 0 and "| warning |" not in (tmp_path / "r2" / "report.md").read_text()

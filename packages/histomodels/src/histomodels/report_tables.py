@@ -92,6 +92,8 @@ def eval_rows(cols: list[tuple[str, Evaluation]]) -> list[tuple[str, list[str]]]
         ("test-time augmentation", [str(ev.metrics.get("tta", "-")) for _, ev in cols]),
         ("temperature", [fmt(ev.metrics.get("temperature"), 3) for _, ev in cols]),
     ]
+    if any(ev.metrics.get("warning") for _, ev in cols):  # e.g. validation = test patches
+        rows.append(("warning", [str(ev.metrics.get("warning") or "-") for _, ev in cols]))
     return rows
 
 
