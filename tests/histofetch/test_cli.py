@@ -79,14 +79,46 @@ def test_extract_without_paths_needs_a_run(tmp_path: Path) -> None:
     assert "no manifest here" in _error_line(result)
 
 
-@pytest.mark.parametrize("command", ["extract", "filter", "status"])
-def test_a_file_given_as_the_run_folder_is_a_usage_error(tmp_path: Path, command: str) -> None:
-    """It was 'error: x.png: file exists' (from creating the folder) or a missing manifest."""
-    (tmp_path / "x.png").write_bytes(b"not a folder")
-    result = runner.invoke(app, [command, "--run", str(tmp_path / "x.png")])
-    words = " ".join(result.output.replace("│", " ").split())  # the box wraps long paths
-    assert result.exit_code == 2 and "is a file" in words, result.output
-    assert (tmp_path / "x.png").read_bytes() == b"not a folder"
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["extract", "--run", "{file}"],
+        ["filter", "--run", "{file}"],
+        ["status", "--run", "{file}"],
+        ["search", "q", "--run", "{file}"],
+        ["export", "--run", "{file}"],
+        ["merge", "{run}", "{run}", "--out", "{file}"],
+    ],
+)
+def test_a_file_given_as_a_run_folder_is_one_error_line(tmp_path: Path, args: list[str]) -> None:
+    """The file system's state, exit 1 as histomodels' ``--out FILE`` and a missing manifest
+    are (it was click's usage error, exit 2; before that 'error: x.png: file exists' from
+    creating the folder, or a missing manifest)."""
+    from run_factory import make_run, searched
+
+    file = tmp_path / "x.png"
+    file.write_bytes(b"not a folder")
+    run = make_run(tmp_path / "run", searched("1", "PMC1"))
+    names = {"file": str(file), "run": str(run)}
+    result = runner.invoke(app, [arg.format(**names) for arg in args])
+    assert result.exit_code == 1, result.output
+    assert _error_line(result) == f"error: {file}: is a file, not a run folder"
+    assert file.read_bytes() == b"not a folder"
+
+
+def test_export_to_a_folder_is_one_error_line_before_the_work(tmp_path: Path) -> None:
+    """Checked before the run is read (histomodels' ``require_file_out``, now shared): the
+    same line came only once the rows were written and the rename failed, and a broken
+    run's error came first."""
+    broken = tmp_path / "run"
+    broken.mkdir()
+    (broken / "manifest.jsonl").write_text("{not json\n")
+    folder = tmp_path / "out.csv"
+    folder.mkdir()
+    result = runner.invoke(app, ["export", "--run", str(broken), "-f", "csv", "--out", str(folder)])
+    assert result.exit_code == 1, result.output
+    assert _error_line(result) == f"error: {folder}: is a folder, not a file"
+    assert list(folder.iterdir()) == []
 
 
 @pytest.mark.parametrize("command", ["filter", "status"])

@@ -115,3 +115,35 @@ def test_a_file_output_that_is_a_folder_fails_before_pytorch_is_imported(
         "patch.png",
         "results",
     ]
+
+
+@pytest.mark.parametrize(
+    ("command", "what"),
+    [
+        (["eval", "--model", "pcam-cnn", "--data", "{image}", "--out", "{file}"], "folder"),
+        (["eval", "--model", "pcam-cnn", "--manifest", "{image}", "--out", "{file}"], "folder"),
+        (["train", "--data", "{image}", "--val", "{image}", "--out", "{file}"], "folder"),
+        (["finetune", "--data", "{image}", "--val", "{image}", "--out", "{file}"], "folder"),
+        (["tune", "--data", "{image}", "--val", "{image}", "--out", "{file}"], "folder"),
+        (["report", "{image}", "--out", "{file}"], "folder"),
+        (["demo", "--out", "{file}"], "folder"),
+        (["data", "download", "pcam", "--dest", "{file}"], "folder"),
+        (["ensemble", "a.pt", "b.pt", "--out", "{file}"],
+         "run folder; a checkpoint file to write ends in .pt"),
+    ],
+)  # fmt: skip
+def test_a_folder_output_that_is_a_file_fails_before_pytorch_is_imported(
+    tmp_path: Path, command: list[str], what: str
+) -> None:
+    """The mirror case, exit 1 as there (and as histofetch's ``--run FILE``): before, the
+    work ran first and creating the folder failed (``error: results: file exists``; the
+    demo after its first step, eval after scoring)."""
+    file = tmp_path / "results"
+    file.write_bytes(b"kept")
+    image = tmp_path / "patch.png"
+    image.write_bytes(b"not read: the output is checked first")
+    names = {"file": str(file), "image": str(image)}
+    code, last, heavy = _run(*(arg.format(**names) for arg in command))
+    assert (code, last, heavy) == (1, f"error: {file}: is a file, not a {what}", [])
+    assert file.read_bytes() == b"kept"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["patch.png", "results"]

@@ -2,6 +2,9 @@
 one logging setup.
 
 - :func:`fail` prints ``error: <message>`` on stderr and exits 1.
+- :func:`require_folder` and :func:`require_file` fail that way, at once, when a path
+  given as a folder names a file or one given as a file names a folder: the file
+  system's state, not a malformed option (that is click's usage error, exit 2).
 - :func:`errors` turns domain errors (:class:`~histocore.errors.DomainError`) and
   ``OSError`` into that one line, and Ctrl-C into one ``interrupted`` line (exit 130);
   every other exception is a bug and keeps its traceback.
@@ -22,6 +25,7 @@ import logging
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import NoReturn
 
 from rich.console import Console
@@ -52,6 +56,25 @@ def fail(message: str) -> NoReturn:
     sys.stderr.write(f"error: {one_line(message)}\n")
     sys.stderr.flush()
     raise SystemExit(1)
+
+
+def require_folder(*paths: str | Path | None, what: str = "folder") -> None:
+    """Fail at once when a folder to read or write (``--out RUN``, ``--run RUN``) names an
+    existing file: creating or reading it would otherwise fail only later, after work."""
+    for raw in paths:
+        if raw is None:
+            continue
+        path = Path(raw).expanduser()
+        if path.exists() and not path.is_dir():
+            fail(f"{raw}: is a file, not a {what}")
+
+
+def require_file(*paths: str | Path | None) -> None:
+    """Fail at once when a file to write (``--out x.csv``) names an existing folder: the
+    write would otherwise fail only after all the work."""
+    for raw in paths:
+        if raw is not None and Path(raw).expanduser().is_dir():
+            fail(f"{raw}: is a folder, not a file")
 
 
 @contextlib.contextmanager

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from histocore.cli import errors, fail, progress, setup_logging
+from histocore.cli import errors, fail, progress, require_file, require_folder, setup_logging
 from histocore.errors import UsageError
 from histofetch.choices import Database, LicencePolicy
 from histofetch.record_time import DEFAULT_RECORD_TIMEOUT_S
@@ -20,8 +20,17 @@ from histofetch.record_time import DEFAULT_RECORD_TIMEOUT_S
 if TYPE_CHECKING:
     from histofetch.stage import StageSummary
 
+
+def _run_folder(path: Path) -> Path:
+    """``--run`` callback: a file given as the run folder is one ``error:`` line, exit 1
+    (the file system's state, as a missing manifest is; not a malformed option)."""
+    require_folder(path, what="run folder")
+    return path
+
+
 Run = Annotated[
-    Path, typer.Option("--run", "-r", file_okay=False, help="Run folder (holds the manifest).")
+    Path,
+    typer.Option("--run", "-r", callback=_run_folder, help="Run folder (holds the manifest)."),
 ]
 RUN_DEFAULT = Path("runs/default")
 Query = Annotated[str, typer.Argument(help="PubMed query, e.g. 'lymph node metastasis'.")]
@@ -229,6 +238,8 @@ __all__ = [
     "licence_policy",
     "net_config",
     "progress",
+    "require_file",
+    "require_folder",
     "setup_logging",
     "shard_parts",
 ]

@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from histocore.export import ExportFormat
-from histofetch.cli._common import RUN_DEFAULT, Run, errors, fail
+from histofetch.cli._common import RUN_DEFAULT, Run, errors, fail, require_file, require_folder
 
 
 def review(
@@ -68,6 +68,7 @@ def merge(
     """Join run folders into one: records deduplicated by id and PMCID, images by sha256."""
     from histofetch.merge import merge_runs
 
+    require_folder(out, what="run folder")
     with errors():
         summary = merge_runs(list(runs), out)
     print(summary.line())
@@ -88,6 +89,7 @@ def export(
     """Write the run's rows from its store: the manifest (JSONL), CSV or Parquet."""
     from histocore.export import export_run
 
+    require_file(out)
     with errors(ImportError):  # parquet without pyarrow: the message says what to install
         path = export_run(run, fmt, out)
     print(f"exported {run} → {path}")

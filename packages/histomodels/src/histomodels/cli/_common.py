@@ -16,7 +16,8 @@ from typing import Annotated, NoReturn, TypeVar
 
 import typer
 
-from histocore.cli import errors, fail, log_level, progress, setup_logging
+from histocore.cli import errors, fail, log_level, progress, require_folder, setup_logging
+from histocore.cli import require_file as require_file_out
 from histocore.errors import DomainError
 
 N = TypeVar("N", int, float)
@@ -110,14 +111,6 @@ def require_paths(*paths: str | Path | None, role: str | None = None) -> None:
             fail(f"{path}: {role} data not found" if role else f"{path}: no such file or folder")
 
 
-def require_file_out(*paths: str | Path | None) -> None:
-    """Fail at once when a file to write (``--out x.csv``) names an existing folder: the
-    write would otherwise fail only after all the work."""
-    for raw in paths:
-        if raw is not None and Path(raw).expanduser().is_dir():
-            fail(f"{raw}: is a folder, not a file")
-
-
 def launched_distributed() -> bool:
     """This process is one rank of several (torchrun, or RANK/WORLD_SIZE set by hand)."""
     return os.environ.get("WORLD_SIZE", "1") not in ("", "0", "1")
@@ -141,6 +134,7 @@ __all__ = [
     "log_level",
     "progress",
     "require_file_out",
+    "require_folder",
     "require_paths",
     "setup_logging",
     "shipped_model",

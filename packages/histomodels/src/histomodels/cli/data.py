@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from histomodels.choices import PCAM_SPLITS, Dataset, PcamSplit
-from histomodels.cli._common import checked_by, errors, progress, require_file_out
+from histomodels.cli._common import checked_by, errors, progress, require_file_out, require_folder
 
 
 class SplitName(str, Enum):
@@ -44,6 +44,7 @@ def download(
     retries: Annotated[int, typer.Option(min=0, help="Reconnect attempts per file.")] = 5,
 ) -> None:
     """Download the real PatchCamelyon files (resumable, MD5-verified)."""
+    require_folder(dest)
     from histomodels.data.download import download_pcam, read_checksums
 
     with errors(), progress():

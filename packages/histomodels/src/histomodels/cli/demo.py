@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from histomodels.choices import MAX_SEED
-from histomodels.cli._common import errors, in_range, progress
+from histomodels.cli._common import errors, in_range, progress, require_folder
 
 
 def demo(
@@ -23,6 +23,7 @@ def demo(
     n_train: Annotated[int, typer.Option(min=1, help="Synthetic training patches.")] = 3000,
 ) -> None:
     """SYNTHETIC patches → PDF → histofetch extract/filter → train → eval → report."""
+    require_folder(out)
     from histomodels.demo import run_demo
 
     with errors(), progress():

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from histomodels.cli._common import errors
+from histomodels.cli._common import errors, require_folder
 
 
 def _two_or_more(sources: list[str]) -> list[str]:
@@ -32,6 +32,8 @@ def ensemble_cmd(
 ) -> None:
     """Average the members' calibrated logits (each keeps its own normalisation, input size
     and temperature); eval, predict and export then take OUT like any checkpoint."""
+    if out.suffix != ".pt":  # a run folder (→ best.pt)
+        require_folder(out, what="run folder; a checkpoint file to write ends in .pt")
     from histomodels.ensemble import write_ensemble
 
     with errors():

@@ -27,6 +27,7 @@ from histomodels.cli._common import (
     in_range,
     progress,
     require_file_out,
+    require_folder,
     require_paths,
     shipped_model,
     usage_error,
@@ -167,6 +168,7 @@ def eval_cmd(
                     "--sensitivity", "--threshold-rule")  # fmt: skip
     source = _model_source(ctx, checkpoint, model)
     require_paths(data, val, train_data)
+    require_folder(out)
     use_cpu_cores()
     with errors(), progress():
         if manifest is not None:
@@ -500,6 +502,7 @@ def report_cmd(
     title: Annotated[str | None, typer.Option("--title")] = None,
 ) -> None:
     """One self-contained HTML page (and Markdown) for one run or several side by side."""
+    require_folder(out)
     with errors():
         from histomodels.report import build_report
 

@@ -28,6 +28,7 @@ from histomodels.cli._common import (
     launched_distributed,
     log_level,
     progress,
+    require_folder,
     require_paths,
     setup_logging,
     usage_error,
@@ -197,6 +198,7 @@ def _train(
 ) -> None:
     from histomodels.config import TrainConfig, parse_model_config, resolve_config
 
+    require_folder(out)
     held = [name for name in ("last.pt", "best.pt") if (out / name).is_file()]
     if held and not resume and not overwrite:  # a trained run is not replaced unasked
         resumable = "--resume continues it, " if "last.pt" in held else ""
@@ -417,6 +419,7 @@ def tune_cmd(
         fixed = parse_fixed(fix or [])
     require_paths(data, role="train")
     require_paths(val, role="validation")
+    require_folder(out)
     from histomodels.training import TrainingError
     from histomodels.tune import tune
 
