@@ -147,3 +147,34 @@ def test_a_folder_output_that_is_a_file_fails_before_pytorch_is_imported(
     assert (code, last, heavy) == (1, f"error: {file}: is a file, not a {what}", [])
     assert file.read_bytes() == b"kept"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["patch.png", "results"]
+
+
+def test_an_image_where_the_checkpoint_goes_is_a_usage_error(tmp_path: Path) -> None:
+    """`histomodels predict a.png b.png` (no checkpoint, no --model) read a.png as a
+    checkpoint: 'a.png: not a loadable checkpoint (not a torch.save file: ...)'."""
+    image = tmp_path / "a.png"
+    image.write_bytes(b"never read")
+    for command in (["predict", str(image), str(image)], ["export", str(image), "--out", "x"]):
+        code, _, heavy = _run(*command)
+        assert code == 2 and heavy == []
+    out = subprocess.run(
+        [sys.executable, "-c", "from histomodels.cli import app; app()", "predict", str(image),
+         str(image)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    said = " ".join(out.stderr.replace("│", " ").split())
+    assert "is an image, not a checkpoint: give the checkpoint first, or --model NAME" in said
+
+
+def test_a_folder_without_best_pt_as_checkpoint_says_so(tmp_path: Path) -> None:
+    """A folder of images (or a histofetch run) given as the checkpoint: 'X: not a regular
+    file' before; now what a run folder holds."""
+    folder = tmp_path / "tiles"
+    folder.mkdir()
+    (folder / "a.png").write_bytes(b"never read")
+    code, last, heavy = _run("predict", str(folder), str(folder / "a.png"))
+    assert (code, heavy) == (1, [])
+    assert (
+        last == f"error: {folder}: a folder without best.pt, so not a run folder; give a "
+        "checkpoint file, a run folder or --model NAME"
+    )

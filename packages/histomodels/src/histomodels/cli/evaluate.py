@@ -24,6 +24,7 @@ from histomodels.cli._common import (
     Device,
     checked_by,
     errors,
+    fail,
     in_range,
     progress,
     require_file_out,
@@ -59,6 +60,17 @@ def _model_source(ctx: typer.Context, checkpoint: Path | None, model: str | None
             ctx, "give a checkpoint (file or run folder) or --model NAME (e.g. --model pcam-cnn)",
             "checkpoint", "--model",
         )  # fmt: skip
+    if checkpoint is not None and model is None:
+        from histomodels.predict import IMAGE_SUFFIXES
+
+        if checkpoint.suffix.lower() in IMAGE_SUFFIXES:  # `predict a.png b.png`, model forgotten
+            usage_error(
+                ctx, f"{checkpoint} is an image, not a checkpoint: give the checkpoint first, "
+                "or --model NAME (e.g. --model pcam-cnn)", "checkpoint", "--model",
+            )  # fmt: skip
+        if checkpoint.is_dir() and not (checkpoint / "best.pt").exists():
+            fail(f"{checkpoint}: a folder without best.pt, so not a run folder; give a "
+                 "checkpoint file, a run folder or --model NAME")  # fmt: skip
     return model if model is not None else checkpoint  # type: ignore[return-value]
 
 
