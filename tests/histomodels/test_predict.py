@@ -187,3 +187,24 @@ def test_no_heatmaps_writes_the_same_csv_and_no_pngs(tmp_path: Path) -> None:
     )
     assert r.exit_code == 2 and "give one of them, not both" in r.output
     assert not (tmp_path / "h").exists()
+
+
+def test_greyscale_images_get_one_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A greyscale file (or grey pixels stored as RGB) was scored as if it were H&E, with
+    no word; now one warning names how many and one of them."""
+    from histomodels.predict import predict_paths
+
+    ckpt = tiny_checkpoint(tmp_path)
+    patches, _ = make_patches(2, seed=4)
+    Image.fromarray(patches[0]).save(tmp_path / "he.png")
+    Image.fromarray(patches[1]).convert("L").save(tmp_path / "grey.png")
+    Image.fromarray(patches[1]).convert("L").convert("RGB").save(tmp_path / "grey_rgb.png")
+    with caplog.at_level("WARNING", logger="histomodels.predict"):
+        predict_paths(ckpt, [tmp_path], tmp_path / "out" / "p.csv")
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert line.startswith(f"2 of 3 image(s) are greyscale (e.g. {tmp_path / 'grey.png'})")
+    assert len(_rows(tmp_path / "out" / "p.csv")) == 3  # still scored
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="histomodels.predict"):
+        predict_paths(ckpt, [tmp_path / "he.png"], tmp_path / "out" / "p.csv")
+    assert caplog.records == []

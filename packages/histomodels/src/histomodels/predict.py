@@ -211,13 +211,15 @@ def _predict_files(
     as they are written. Returns the number of rows."""
     from histomodels.inference import sigmoid
 
-    n_rows, factors = 0, []
+    n_rows, factors, grey = 0, [], []
     with task("predicting", len(files)) as shown:
         for f in files:
             img, tiles = image_tiles(read_rgb(f, max_pixels), f, size=size, scale=scale,
                                      stride=stride)  # fmt: skip
             if len(factors) < SCALE_CHECK_IMAGES:
                 factors += _nucleus_scale(img, size)
+            if _is_grey(img):
+                grey.append(f)
             logits = pred.logits(tiles.patches, batch_size=batch_size, tta=tta)
             probs = sigmoid(logits, pred.temperature)
             for (x, y), t, p in zip(tiles.xy, tiles.tissue, probs, strict=True):
@@ -230,7 +232,20 @@ def _predict_files(
                 heatmaps.append(str(target))
             shown.advance()
     _warn_magnification(factors, scale)
+    if grey:
+        log.warning(
+            "%d of %d image(s) are greyscale (e.g. %s): the model knows colour H&E only, so "
+            "their scores are not meaningful", len(grey), len(files), grey[0],
+        )  # fmt: skip
     return n_rows
+
+
+def _is_grey(img: np.ndarray) -> bool:
+    """No colour at all: a greyscale file, or grey pixels stored as RGB (fluorescence,
+    electron micrographs, a scan without stain)."""
+    return bool(
+        np.array_equal(img[..., 0], img[..., 1]) and np.array_equal(img[..., 1], img[..., 2])
+    )
 
 
 def _nucleus_scale(img: np.ndarray, size: int) -> list[float]:
