@@ -31,24 +31,25 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 
-def recompute_bn(model, images, mean, std, *, batch_size: int = 256):
-    """A copy of ``model`` whose BatchNorm running statistics are the exact (cumulative)
-    mean/variance of its inputs over ``images``; weights untouched."""
+def recompute_bn(model, images, mean, std, *, patches: int | None = None, batch_size: int = 256):
+    """A copy of ``model`` with its BatchNorm statistics recomputed over ``images`` (uint8
+    NHWC; a fixed sample of ``patches`` of them when given), as ``train --precise-bn``
+    does before each validation (:func:`recompute_batchnorm`)."""
     import torch
 
     from histomodels.preprocess import to_input
+    from histomodels.training.precise_bn import recompute_batchnorm
 
+    if patches:
+        gen = torch.Generator().manual_seed(0)
+        images = images[torch.randperm(len(images), generator=gen)[:patches].sort().values]
     model = copy.deepcopy(model)
-    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    if not norms:
+    batches = (
+        to_input(images[i : i + batch_size], mean, std, channels_last=True)
+        for i in range(0, len(images), batch_size)
+    )
+    if not recompute_batchnorm(model, batches):
         raise SystemExit("error: the model has no BatchNorm layer")
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative average over every batch
-        m.train()
-    with torch.no_grad():
-        for i in range(0, len(images), batch_size):
-            model(to_input(images[i : i + batch_size], mean, std, channels_last=True))
     return model.eval()
 
 
@@ -66,6 +67,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--checkpoint", default="pcam-cnn", help="a checkpoint path or shipped name")
     p.add_argument("--data-dir", type=Path, default=pcam_real.DEFAULT_DATA)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument(
+        "--patches",
+        type=int,
+        default=0,
+        help="precise_bn over a fixed sample of this many fit patches (0: all of them)",
+    )
     p.add_argument("--results", type=Path, default=HERE / "results")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -82,8 +89,8 @@ def main(argv: list[str] | None = None) -> int:
 
     base_sel, base_rep = probs(model)
     variants = {
-        "precise_bn": recompute_bn(model, x_fit.numpy(), mean, std),
-        "adabn": recompute_bn(model, x_rep.numpy(), mean, std),
+        "precise_bn": recompute_bn(model, x_fit, mean, std, patches=args.patches),
+        "adabn": recompute_bn(model, x_rep, mean, std),
     }
     base_thr, base_rule = choose_threshold(y_sel, base_sel)
     rows = {
@@ -114,12 +121,14 @@ def main(argv: list[str] | None = None) -> int:
         "checkpoint": str(args.checkpoint),
         "protocol": "unseen-slides: report = all of PCam valid; select = 15% of train.h5",
         "fit_patches": len(x_fit),
+        "precise_bn_patches": args.patches or len(x_fit),
         "report_patches": len(y_rep),
         "results": rows,
         "note": "adabn uses the report images (not labels): transductive",
     }
     name = Path(str(args.checkpoint)).stem
-    path = args.results / f"bn_recompute_{name}.json"
+    suffix = f"_{args.patches}" if args.patches else ""
+    path = args.results / f"bn_recompute_{name}{suffix}.json"
     atomic_write_text(path, json.dumps(out, indent=1) + "\n")
     print(f"wrote {path}")
     return 0

@@ -70,6 +70,9 @@ class TrainConfig:
     #: exponential moving average of the weights (timm ModelEmaV3 decay, e.g. 0.999); the
     #: averaged weights are the ones validated and saved. None = off
     ema: float | None = None
+    #: before each validation, BatchNorm statistics recomputed exactly over this many
+    #: un-augmented training patches (a fixed sample; training/precise_bn.py); 0 = off
+    precise_bn: int = 0
     # fine-tuning
     freeze_epochs: int = 0  # epochs with a frozen backbone (head only)
     backbone_lr_mult: float = 1.0
@@ -183,7 +186,14 @@ def validate(cfg: TrainConfig, source: str = "config") -> TrainConfig:
     for name in ("epochs", "batch_size", "eval_batch_size"):
         if int(getattr(cfg, name)) < 1:
             raise ConfigError(f"{source}: {name} must be >= 1")
-    for name in ("patience", "freeze_epochs", "warmup_epochs", "weight_decay", "aug_strength"):
+    for name in (
+        "patience",
+        "freeze_epochs",
+        "warmup_epochs",
+        "weight_decay",
+        "aug_strength",
+        "precise_bn",
+    ):
         if getattr(cfg, name) < 0:
             raise ConfigError(f"{source}: {name} must be >= 0")
     if cfg.lr <= 0 or cfg.backbone_lr_mult < 0:

@@ -102,6 +102,16 @@ Ema = Annotated[
         help="Validate and save an exponential moving average of the weights (e.g. 0.999).",
     ),
 ]
+PreciseBn = Annotated[
+    int | None,
+    typer.Option(
+        "--precise-bn",
+        metavar="N",
+        min=0,
+        help="Before each validation, recompute BatchNorm statistics over N un-augmented "
+        "training patches (0 = off).",
+    ),
+]
 LabelSmoothing = Annotated[
     float | None,
     typer.Option(
@@ -264,6 +274,7 @@ def train_cmd(
     aug_strength: Aug = None,
     label_smoothing: LabelSmoothing = None,
     ema: Ema = None,
+    precise_bn: PreciseBn = None,
     cutout: Cutout = None,
     mixup: Mixup = None,
     randstain: RandStain = None,
@@ -328,6 +339,7 @@ def finetune_cmd(
     aug_strength: Aug = None,
     label_smoothing: LabelSmoothing = None,
     ema: Ema = None,
+    precise_bn: PreciseBn = None,
     cutout: Cutout = None,
     mixup: Mixup = None,
     randstain: RandStain = None,

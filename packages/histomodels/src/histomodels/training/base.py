@@ -38,6 +38,9 @@ class Callback:
         """After each optimizer step; True ends the epoch (then it is validated)."""
         return None
 
+    def on_validate_start(self, trainer: Trainer) -> None:
+        """Every rank, before ``eval_model`` scores the validation split."""
+
     def on_validate_end(self, trainer: Trainer) -> None: ...
 
     def should_stop(self, trainer: Trainer) -> str | None:

@@ -27,6 +27,7 @@ from histomodels import distributed as D
 from histomodels.config import TrainConfig
 from histomodels.training.base import Callback as Callback  # re-exported
 from histomodels.training.levers import Mixup
+from histomodels.training.precise_bn import PreciseBN
 
 if TYPE_CHECKING:
     from histomodels.training.trainer import Trainer
@@ -219,6 +220,8 @@ def default_callbacks(cfg: TrainConfig) -> list[Callback]:
         cbs.append(Mixup(cfg.mixup))
     if cfg.ema:
         cbs.append(EMA(cfg.ema))
+    if cfg.precise_bn:  # after EMA: it recomputes the statistics of the averaged weights
+        cbs.append(PreciseBN(cfg.precise_bn))
     if cfg.time_budget:
         cbs.append(TimeBudget(cfg.time_budget))
     cbs += [EarlyStopping(cfg.patience), History(), Curves(), Checkpoints(), EpochLog()]
