@@ -197,8 +197,8 @@ def test_rescale_is_box_down_lanczos_up() -> None:
 
 def test_high_bit_depth_grey_is_scaled_or_refused_never_clipped(tmp_path) -> None:
     """``convert("RGB")`` clips 16- and 32-bit grey at 255: a 16-bit PNG came out nearly
-    white and was scored as if it were the figure. 16-bit keeps its top 8 bits; 32-bit
-    integer or float grey (no known range) is refused."""
+    white and was scored as if it were the figure. 16-bit keeps the top 8 of the bits it
+    uses; 32-bit integer or float grey (no known range) is refused."""
     from histocore.imaging import ImageError, read_rgb
 
     values = np.arange(0, 65536, 16, dtype=np.uint16).reshape(64, 64)
@@ -206,6 +206,17 @@ def test_high_bit_depth_grey_is_scaled_or_refused_never_clipped(tmp_path) -> Non
     rgb = read_rgb(tmp_path / "g16.png", max_pixels=10**6)
     assert rgb.dtype == np.uint8 and rgb.shape == (64, 64, 3)
     assert np.array_equal(rgb[..., 0], (values >> 8).astype(np.uint8))
+    # a 12-bit camera image in a 16-bit file (0..4095) spans 0..255, not 0..15 (near-black)
+    twelve = (values >> 4).astype(np.uint16)
+    PIL.Image.fromarray(twelve).save(tmp_path / "g12.png")
+    rgb12 = read_rgb(tmp_path / "g12.png", max_pixels=10**6)[..., 0]
+    assert np.array_equal(rgb12, (twelve >> 4).astype(np.uint8)) and rgb12.max() == 255
+    # 8-bit values in a 16-bit file stay as they are; an all-black one stays black
+    eight = (values >> 8).astype(np.uint16)
+    PIL.Image.fromarray(eight).save(tmp_path / "g8.png")
+    assert np.array_equal(read_rgb(tmp_path / "g8.png", max_pixels=10**6)[..., 0], eight)
+    PIL.Image.fromarray(np.zeros((8, 8), np.uint16)).save(tmp_path / "g0.png")
+    assert read_rgb(tmp_path / "g0.png", max_pixels=10**6).max() == 0
     for mode in ("I", "F"):
         path = tmp_path / f"grey_{mode}.tif"
         PIL.Image.fromarray(values).convert(mode).save(path)

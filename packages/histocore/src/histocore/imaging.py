@@ -214,8 +214,8 @@ def read_rgb_sized(
 def _decode(im: PIL.Image.Image, max_side: int | None) -> np.ndarray:
     if max_side is not None:
         im.draft("RGB", (max_side, max_side))
-    if im.mode.startswith("I;16"):  # 16-bit grey: its top 8 bits (convert() clips at 255)
-        im = PIL.Image.fromarray((np.asarray(im).astype(np.uint16) >> 8).astype(np.uint8), "L")
+    if im.mode.startswith("I;16"):  # 16-bit grey (convert() clips at 255)
+        im = PIL.Image.fromarray(_grey16_to_8(np.asarray(im).astype(np.uint16)), "L")
     if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
         rgba = im.convert("RGBA")
         white = PIL.Image.new("RGBA", rgba.size, (255, 255, 255, 255))
@@ -225,6 +225,16 @@ def _decode(im: PIL.Image.Image, max_side: int | None) -> np.ndarray:
     if max_side is not None and max(im.size) > max_side:
         im.thumbnail((max_side, max_side), PIL.Image.Resampling.BILINEAR)
     return np.asarray(im, dtype=np.uint8)
+
+
+def _grey16_to_8(values: np.ndarray) -> np.ndarray:
+    """16-bit grey as 8 bits: the top 8 of the bits the image uses. Microscope cameras store
+    10-, 12- or 14-bit values in 16-bit files (no header says so): keeping the file's top 8
+    bits made a 12-bit image near-black, so the shift is the bit length of its brightest
+    value minus 8 (a full-range 16-bit image keeps its top byte, 8-bit values stay as
+    they are)."""
+    shift = max(0, int(values.max(initial=0)).bit_length() - 8)
+    return (values >> shift).astype(np.uint8)
 
 
 def rescale(image: np.ndarray, scale: float) -> np.ndarray:
