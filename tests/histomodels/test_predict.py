@@ -208,3 +208,30 @@ def test_greyscale_images_get_one_warning(tmp_path: Path, caplog: pytest.LogCapt
     with caplog.at_level("WARNING", logger="histomodels.predict"):
         predict_paths(ckpt, [tmp_path / "he.png"], tmp_path / "out" / "p.csv")
     assert caplog.records == []
+
+
+def test_blank_tiles_are_not_called_greyscale(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Background tiles (pure white, near-white JPEG, one flat shade) have R=G=B too; they
+    were counted as greyscale images ('3 of 4 image(s) are greyscale (e.g. bg.jpg)'). Only
+    grey images with tissue-like content count."""
+    from histomodels.predict import predict_paths
+
+    ckpt = tiny_checkpoint(tmp_path)
+    patches, _ = make_patches(2, seed=4)
+    Image.fromarray(patches[0]).save(tmp_path / "col.png")
+    rng = np.random.default_rng(0)
+    bg = np.clip(rng.normal(242, 3, (96, 96, 1)), 0, 255).astype(np.uint8).repeat(3, -1)
+    Image.fromarray(bg).save(tmp_path / "bg.jpg", quality=90)
+    Image.fromarray(np.full((96, 96, 3), 255, np.uint8)).save(tmp_path / "white.png")
+    Image.fromarray(np.full((96, 96, 3), 128, np.uint8)).save(tmp_path / "flat.png")
+    files = [tmp_path / n for n in ("col.png", "bg.jpg", "white.png", "flat.png")]
+    with caplog.at_level("WARNING", logger="histomodels.predict"):
+        summary = predict_paths(ckpt, files, tmp_path / "a.csv", draw_heatmaps=False)
+    assert summary["rows"] == 4 and caplog.records == []
+    Image.fromarray(patches[1]).convert("L").save(tmp_path / "grey.png")  # grey tissue
+    with caplog.at_level("WARNING", logger="histomodels.predict"):
+        predict_paths(ckpt, [*files, tmp_path / "grey.png"], tmp_path / "b.csv")
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert line.startswith(f"1 of 5 image(s) are greyscale (e.g. {tmp_path / 'grey.png'})")

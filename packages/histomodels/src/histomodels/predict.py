@@ -35,6 +35,11 @@ MAX_PIXELS = 64_000_000
 #: Magnification check: the nucleus size of the first images (a centre crop of each, after
 #: ``--scale``) against PCam's; a median factor outside this band gets one warning.
 SCALE_CHECK_IMAGES, SCALE_CHECK_CROP, SCALE_CHECK_BAND = 8, 256, (0.5, 2.0)
+#: Greyscale check: a grey image counts only when at least this share of its pixels is
+#: darker than white glass (grey level under 0.8 of full scale) and it is not one flat
+#: shade (standard deviation at least GREY_CONTENT_STD levels): blank background tiles
+#: (white, near-white JPEG, a black or flat grey tile) have R=G=B too.
+GREY_CONTENT_SHARE, GREY_CONTENT_BELOW, GREY_CONTENT_STD = 0.05, 204, 2.0
 
 log = logging.getLogger(__name__)
 
@@ -241,11 +246,16 @@ def _predict_files(
 
 
 def _is_grey(img: np.ndarray) -> bool:
-    """No colour at all: a greyscale file, or grey pixels stored as RGB (fluorescence,
-    electron micrographs, a scan without stain)."""
-    return bool(
-        np.array_equal(img[..., 0], img[..., 1]) and np.array_equal(img[..., 1], img[..., 2])
-    )
+    """Grey tissue: no colour at all (a greyscale file, or grey pixels stored as RGB:
+    fluorescence, electron micrographs, a scan without stain) and enough grey content that
+    is neither background nor one flat shade (see :data:`GREY_CONTENT_SHARE`)."""
+    if not (np.array_equal(img[..., 0], img[..., 1]) and np.array_equal(img[..., 1], img[..., 2])):
+        return False
+    h, w = img.shape[:2]
+    step = max(1, int((h * w / 1_000_000) ** 0.5))  # about a million pixels are plenty
+    g = img[::step, ::step, 0]
+    not_glass = float(np.mean(g < GREY_CONTENT_BELOW))
+    return not_glass >= GREY_CONTENT_SHARE and float(g.std()) >= GREY_CONTENT_STD
 
 
 def _nucleus_scale(img: np.ndarray, size: int) -> list[float]:
