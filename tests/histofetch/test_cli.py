@@ -88,6 +88,7 @@ def test_extract_without_paths_needs_a_run(tmp_path: Path) -> None:
         ["search", "q", "--run", "{file}"],
         ["export", "--run", "{file}"],
         ["merge", "{run}", "{run}", "--out", "{file}"],
+        ["merge", "{run}", "{file}", "--out", "{out}"],
     ],
 )
 def test_a_file_given_as_a_run_folder_is_one_error_line(tmp_path: Path, args: list[str]) -> None:
@@ -99,11 +100,26 @@ def test_a_file_given_as_a_run_folder_is_one_error_line(tmp_path: Path, args: li
     file = tmp_path / "x.png"
     file.write_bytes(b"not a folder")
     run = make_run(tmp_path / "run", searched("1", "PMC1"))
-    names = {"file": str(file), "run": str(run)}
+    names = {"file": str(file), "run": str(run), "out": str(tmp_path / "merged")}
     result = runner.invoke(app, [arg.format(**names) for arg in args])
     assert result.exit_code == 1, result.output
     assert _error_line(result) == f"error: {file}: is a file, not a run folder"
+    assert not (tmp_path / "merged").exists()
     assert file.read_bytes() == b"not a folder"
+
+
+def test_review_scores_naming_a_file_is_one_error_line(tmp_path: Path) -> None:
+    """``--scores`` is an eval --manifest output folder: a file there said
+    'x.csv/image_scores.csv: no image_scores.csv'."""
+    from run_factory import make_run, searched
+
+    file = tmp_path / "x.csv"
+    file.write_bytes(b"image_id,score\n")
+    run = make_run(tmp_path / "run", searched("1", "PMC1"))
+    args = ["review", "--run", str(run), "--scores", str(file), "--no-browser"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1, result.output
+    assert _error_line(result) == f"error: {file}: is a file, not a folder"
 
 
 def test_export_to_a_folder_is_one_error_line_before_the_work(tmp_path: Path) -> None:

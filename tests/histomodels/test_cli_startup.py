@@ -121,13 +121,16 @@ def test_a_file_output_that_is_a_folder_fails_before_pytorch_is_imported(
     ("command", "what"),
     [
         (["eval", "--model", "pcam-cnn", "--data", "{image}", "--out", "{file}"], "folder"),
-        (["eval", "--model", "pcam-cnn", "--manifest", "{image}", "--out", "{file}"], "folder"),
+        (["eval", "--model", "pcam-cnn", "--manifest", "{dir}", "--out", "{file}"], "folder"),
         (["train", "--data", "{image}", "--val", "{image}", "--out", "{file}"], "folder"),
         (["finetune", "--data", "{image}", "--val", "{image}", "--out", "{file}"], "folder"),
         (["tune", "--data", "{image}", "--val", "{image}", "--out", "{file}"], "folder"),
         (["report", "{image}", "--out", "{file}"], "folder"),
         (["demo", "--out", "{file}"], "folder"),
         (["data", "download", "pcam", "--dest", "{file}"], "folder"),
+        (["predict", "--model", "pcam-cnn", "{image}", "--heatmaps", "{file}"], "folder"),
+        (["eval", "--model", "pcam-cnn", "--manifest", "{file}"], "histofetch run folder"),
+        (["label", "--manifest", "{file}", "--list"], "histofetch run folder"),
         (["ensemble", "a.pt", "b.pt", "--out", "{file}"],
          "run folder; a checkpoint file to write ends in .pt"),
     ],
@@ -137,12 +140,13 @@ def test_a_folder_output_that_is_a_file_fails_before_pytorch_is_imported(
 ) -> None:
     """The mirror case, exit 1 as there (and as histofetch's ``--run FILE``): before, the
     work ran first and creating the folder failed (``error: results: file exists``; the
-    demo after its first step, eval after scoring)."""
+    demo after its first step, eval after scoring; predict --heatmaps after scoring every
+    image). A run folder to read said 'results/manifest.jsonl: no manifest here'."""
     file = tmp_path / "results"
     file.write_bytes(b"kept")
     image = tmp_path / "patch.png"
     image.write_bytes(b"not read: the output is checked first")
-    names = {"file": str(file), "image": str(image)}
+    names = {"file": str(file), "image": str(image), "dir": str(tmp_path)}
     code, last, heavy = _run(*(arg.format(**names) for arg in command))
     assert (code, last, heavy) == (1, f"error: {file}: is a file, not a {what}", [])
     assert file.read_bytes() == b"kept"

@@ -34,6 +34,7 @@ def review(
     (m / n / u, arrows, z undo); every answer is saved into the manifest at once."""
     from histofetch.review.server import serve
 
+    require_folder(scores)
     with errors(), contextlib.suppress(KeyboardInterrupt):
         try:
             serve(
@@ -68,7 +69,7 @@ def merge(
     """Join run folders into one: records deduplicated by id and PMCID, images by sha256."""
     from histofetch.merge import merge_runs
 
-    require_folder(out, what="run folder")
+    require_folder(*runs, out, what="run folder")
     with errors():
         summary = merge_runs(list(runs), out)
     print(summary.line())

@@ -180,6 +180,7 @@ def eval_cmd(
                     "--sensitivity", "--threshold-rule")  # fmt: skip
     source = _model_source(ctx, checkpoint, model)
     require_paths(data, val, train_data)
+    require_folder(manifest, what="histofetch run folder")
     require_folder(out)
     use_cpu_cores()
     with errors(), progress():
@@ -426,6 +427,7 @@ def predict_cmd(
         usage_error(ctx, "give one of them, not both", "--heatmaps", "--no-heatmaps")
     require_paths(*paths)
     require_file_out(out)
+    require_folder(heatmaps)
     use_cpu_cores()
     with errors(), progress():
         from histomodels.predict import predict_paths
@@ -479,6 +481,7 @@ def label_cmd(
         read_label_csv,
     )
 
+    require_folder(manifest, what="histofetch run folder")
     with errors(), Manifest.load(manifest) as m:
         if show:
             for line in listing(m):
