@@ -142,22 +142,27 @@ def test_bad_labels_and_one_class_validation_are_clear_errors(arrays, tmp_path):
     assert not (tmp_path / "r" / "best.pt").exists()
 
 
-def test_validation_patches_that_are_training_patches_get_one_warning(arrays, caplog):
+def test_validation_patches_that_are_training_patches_get_one_warning(arrays, tmp_path, caplog):
     """The Kaggle-format sample as --val with the PCam-format sample as --data: all 200
     validation patches were training patches, and the best epoch was chosen on them with
-    no word. Matched by pixels (here the same arrays under other ids)."""
-    from histomodels.training.data import prepare_splits
-
+    no word. Matched by pixels (here the same arrays under other ids); said once the run
+    can start, so a data or model error stays the only line."""
     (xt, yt), (xv, yv) = arrays
     val = (np.concatenate([xv[:40], xt[:8]]), np.concatenate([yv[:40], yt[:8]]))
     with caplog.at_level(logging.WARNING, logger="histomodels"):
-        prepare_splits(_cfg(), (xt, yt), val)
-    (line,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert line.startswith("8 of 48 validation patches are also in the training data")
+        train(_cfg(epochs=1), tmp_path / "r", train_data=(xt, yt), val_data=val)
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert [w for w in warned if "validation patches" in w] == [
+        "8 of 48 validation patches are also in the training data (identical pixels): "
+        "validation AUC, the best epoch and early stopping are then judged partly on "
+        "training patches"
+    ]
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="histomodels"):
-        prepare_splits(_cfg(), (xt, yt), (xv, yv))
-    assert not [r for r in caplog.records if r.levelno == logging.WARNING]
+        train(_cfg(epochs=1), tmp_path / "r2", train_data=(xt, yt), val_data=(xv, yv))
+        with pytest.raises(DatasetError, match="one class"):  # the error alone
+            train(_cfg(), tmp_path / "r3", train_data=(xt, yt), val_data=(xt, np.zeros_like(yt)))
+    assert not [r for r in caplog.records if "validation patches" in r.getMessage()]
 
 
 def test_finetune_warmup_freezes_backbone_then_unfreezes(arrays, tmp_path):

@@ -95,15 +95,6 @@ def prepare_splits(
     ``say`` receives the notes a user should see (stain normalisation, streaming)."""
     x_train, y_train = load_split(_given(train_data, cfg.data, "train"), "train")
     x_val, y_val = load_split(_given(val_data, cfg.val, "validation"), "validation")
-    if isinstance(x_train, torch.Tensor) and isinstance(x_val, torch.Tensor):  # not streamed
-        shared = len(pixel_digests(x_train.numpy()) & pixel_digests(x_val.numpy()))
-        if shared:
-            log.warning(
-                "%d of %d validation patches are also in the training data (identical "
-                "pixels): validation AUC, the best epoch and early stopping are then judged "
-                "partly on training patches",
-                shared, len(x_val),
-            )  # fmt: skip
     stain = stain_normalizer(cfg.stain_norm) if cfg.stain_norm else None
     if stain is not None:
         say(f"stain normalisation ({cfg.stain_norm}) of train and validation")
@@ -119,6 +110,22 @@ def prepare_splits(
         where = spec if isinstance(spec, str | Path) else getattr(spec, "source", "validation")
         raise DatasetError(f"{where}: validation data holds one class only; AUC is undefined")
     return (x_train, y_train), (x_val, y_val), stain
+
+
+def warn_shared_patches(x_train: Images, x_val: Images) -> int:
+    """One warning when validation patches are also training patches (identical pixels,
+    whatever their format or ids); returns how many. Streamed splits are not checked."""
+    if not (isinstance(x_train, torch.Tensor) and isinstance(x_val, torch.Tensor)):
+        return 0
+    shared = len(pixel_digests(x_train.numpy()) & pixel_digests(x_val.numpy()))
+    if shared:
+        log.warning(
+            "%d of %d validation patches are also in the training data (identical pixels): "
+            "validation AUC, the best epoch and early stopping are then judged partly on "
+            "training patches",
+            shared, len(x_val),
+        )  # fmt: skip
+    return shared
 
 
 def _given(data: DataSpec | None, path: str | None, role: str) -> DataSpec:

@@ -31,7 +31,12 @@ from histomodels.device import grad_scaler, pick_device, set_threads, use_bf16
 from histomodels.models.registry import check_config
 from histomodels.training import epoch as E
 from histomodels.training.callbacks import Callback, default_callbacks
-from histomodels.training.data import DataSpec, fit_stain_stats, prepare_splits
+from histomodels.training.data import (
+    DataSpec,
+    fit_stain_stats,
+    prepare_splits,
+    warn_shared_patches,
+)
 from histomodels.training.network import build_model, wrap_model
 from histomodels.training.prefetch import use_prefetch
 from histomodels.training.result import EpochStats, TrainResult
@@ -119,6 +124,8 @@ class Trainer:
             )
         with D.together(self.info):  # e.g. rank 0 unable to write the run folder
             self._setup_rest()
+        if self.info.is_main:  # once the run can start: after any data, model or weights error
+            warn_shared_patches(self.x_train, self.x_val)
         self._ready = True
 
     def _setup_rest(self) -> None:
