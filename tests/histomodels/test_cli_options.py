@@ -223,6 +223,25 @@ TOGETHER = {
         "'--sensitivity' / '--val'",
         "needs --val",
     ),
+    # operating-point options without --val were ignored (the shipped threshold, the
+    # model's T; nothing stored): exit 0
+    **{
+        f"eval {mode} {' '.join([option, *value])} without --val": (
+            [*args, option, *value],
+            f"'{option}' / '--val'",
+            "needs --val",
+        )
+        for mode, args in (
+            ("--data", EVAL),
+            ("--manifest", ["eval", "--model", "pcam-cnn", "--manifest", "{out}"]),
+        )
+        for option, value in (
+            ("--threshold-rule", ["youden"]),
+            ("--threshold-rule", ["sensitivity"]),  # its default, given: still ignored
+            ("--store-temperature", ["checkpoint"]),
+            ("--no-store-temperature", []),
+        )
+    },
     "eval --sensitivity with --threshold-rule youden": (
         [*EVAL, "--val", "{missing}", "--threshold-rule", "youden", "--sensitivity", "0.9"],
         "'--sensitivity' / '--threshold-rule'",

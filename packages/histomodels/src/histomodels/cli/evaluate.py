@@ -172,9 +172,8 @@ def eval_cmd(
                     "--manifest")  # fmt: skip
     if data is not None:
         _manifest_only(ctx)
-    if sensitivity is not None and val is None:
-        usage_error(ctx, "needs --val: the operating point is chosen on validation",
-                    "--sensitivity", "--val")  # fmt: skip
+    if val is None:
+        _val_only(ctx)
     if sensitivity is not None and threshold_rule == "youden":
         usage_error(ctx, "--sensitivity goes with --threshold-rule sensitivity, not youden",
                     "--sensitivity", "--threshold-rule")  # fmt: skip
@@ -249,6 +248,26 @@ def _manifest_only(ctx: typer.Context) -> None:
         if source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT"):
             usage_error(ctx, f"{option} applies to --manifest figures, not to --data patches",
                         option, "--data")  # fmt: skip
+
+
+#: eval options that act only on a --val set: the operating point is chosen there, and
+#: without it the model's own T and threshold are used (nothing fitted, nothing stored)
+VAL_ONLY = {
+    "sensitivity": "--sensitivity",
+    "threshold_rule": "--threshold-rule",
+    "store_temperature": "--store-temperature",
+    "no_store": "--no-store-temperature",
+}
+
+
+def _val_only(ctx: typer.Context) -> None:
+    """Without ``--val``, an option given that only acts on it is a usage error (it was
+    ignored: ``--threshold-rule youden`` gave the shipped threshold)."""
+    for name, option in VAL_ONLY.items():
+        source = ctx.get_parameter_source(name)
+        if source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT"):
+            usage_error(ctx, "needs --val: the operating point is chosen on validation",
+                        option, "--val")  # fmt: skip
 
 
 def _fmt(v: object) -> str:
