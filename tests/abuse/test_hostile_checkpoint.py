@@ -291,3 +291,37 @@ def test_ensemble_member_that_is_an_ensemble_is_refused_by_name(tmp_path: Path) 
     path = _save(tmp_path, model="ensemble", model_config={"members": [member], "tta": False})
     with pytest.raises(CheckpointError, match=r"'members\[0\]\.model' is 'ensemble'; an ensemble"):
         read_checkpoint(path)
+
+
+def test_resumed_last_pt_keeps_the_traceback_of_a_bug_in_model_code(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On resume, ``check_config`` has matched the config's keys and value types against the
+    builder, so a ``TypeError`` while building is a bug in the model code: it must keep its
+    traceback (it became ``error: last.pt: cannot build model 'cnn' (...)``, exit 1, blaming
+    the file). A checkpoint read for eval still names the file for the same error."""
+    import functools
+
+    from typer.testing import CliRunner
+
+    from histomodels.cli import app
+    from histomodels.models import registry
+    from histomodels.synthetic import write_h5
+
+    data, run = write_h5(tmp_path / "t.h5", 32, seed=0), tmp_path / "run"
+    args = ["train", "--data", str(data), "--val", str(data), "--out", str(run)]
+    tiny = '{"width": 4, "depth": 2}'
+    r = CliRunner().invoke(app, [*args, "--epochs", "1", "--model-config", tiny, "--quiet"])
+    assert r.exit_code == 0, r.output
+    real = registry._REGISTRY["cnn"]
+
+    @functools.wraps(real)  # the same signature: check_config passes
+    def buggy(*a: object, **k: object) -> torch.nn.Module:
+        raise TypeError("unsupported operand type(s) for +: 'int' and 'NoneType'")
+
+    monkeypatch.setitem(registry._REGISTRY, "cnn", buggy)
+    r = CliRunner().invoke(app, [*args, "--resume", "--epochs", "2"])
+    assert isinstance(r.exception, TypeError), r.output
+    assert "unsupported operand" in str(r.exception) and "error:" not in r.output
+    with pytest.raises(CheckpointError, match="cannot build model 'cnn' \\(unsupported operand"):
+        load_model(run / "best.pt")

@@ -293,7 +293,12 @@ def check_checkpoint(ckpt: dict[str, Any], path: str | Path) -> None:
 
 
 def build_with_weights(
-    name: str, config: dict[str, Any], state_dict: dict[str, torch.Tensor], path: str | Path
+    name: str,
+    config: dict[str, Any],
+    state_dict: dict[str, torch.Tensor],
+    path: str | Path,
+    *,
+    config_checked: bool = False,
 ) -> nn.Module:
     """Registry model ``name`` built from a file's ``config`` and loaded with its
     ``state_dict`` (on the CPU, in training mode): the one way a checkpoint's (or a
@@ -302,15 +307,20 @@ def build_with_weights(
     The build runs under :func:`build_budget`, since a file's config is data. One
     :class:`CheckpointError` naming ``path`` when the config builds a model far larger than
     the weights, cannot build at all (unusable values of accepted keys), or the weights do
-    not fit the model built."""
+    not fit the model built. ``config_checked``: ``check_config`` (the model registry's)
+    has matched the config's keys and value types against the builder, as on resume, so a
+    ``TypeError`` while building is a bug in the model code and keeps its traceback."""
     from histomodels.models import create_model
 
+    input_errors: tuple[type[Exception], ...] = (
+        (ValueError,) if config_checked else (TypeError, ValueError)
+    )
     try:
         with build_budget(state_dict, path):
             model = create_model(name, pretrained=False, **config)
     except CheckpointError:
         raise
-    except (TypeError, ValueError) as exc:  # values of the right keys but unusable
+    except input_errors as exc:  # values of the right keys but unusable
         raise CheckpointError(f"{path}: cannot build model {name!r} ({exc})") from None
     try:
         model.load_state_dict(state_dict)

@@ -27,9 +27,12 @@ def build_model(
     """``cfg.model`` on ``device``: with the weights of ``cfg.weights``, or of ``state`` (a
     resumed ``last.pt``, read from ``state_path``). Call
     :func:`~histomodels.models.registry.check_config` first."""
+    # no TypeError caught on either path: check_config has matched the keys and value types
+    # against the builder's signature, so one raised while building is a bug in the model code
     if state is not None:  # the config is the file's: the same rebuild as any checkpoint
         weights = state.get("train_state_dict") or state["state_dict"]
-        model = build_with_weights(cfg.model, cfg.model_config, weights, state_path)
+        model = build_with_weights(cfg.model, cfg.model_config, weights, state_path,
+                                   config_checked=True)  # fmt: skip
     else:
         try:
             model = create_model(cfg.model, weights=cfg.weights, **cfg.model_config)
@@ -37,8 +40,6 @@ def build_model(
             raise
         except ValueError as exc:  # accepted keys and types, unusable values
             raise ConfigError(f"model_config: cannot build {cfg.model!r} ({exc})") from None
-        # no TypeError here: check_config has matched the keys and value types against the
-        # builder's signature, so one raised while building is a bug in the model code
     model.to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
