@@ -42,7 +42,7 @@ def recompute_bn(model, images, mean, std, *, patches: int | None = None, batch_
 
     if patches:
         gen = torch.Generator().manual_seed(0)
-        images = images[torch.randperm(len(images), generator=gen)[:patches].sort().values]
+        images = images[torch.randperm(len(images), generator=gen)[:patches]]
     model = copy.deepcopy(model)
     batches = (
         to_input(images[i : i + batch_size], mean, std, channels_last=True)

@@ -4,6 +4,7 @@ training patches before each validation; weights and the training trajectory unt
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -66,10 +67,35 @@ def test_statistics_are_the_exact_eval_mode_moments_and_weights_stay() -> None:
         mean, var = inp.mean((0, 2, 3)), inp.var((0, 2, 3), unbiased=True)
         assert torch.allclose(bn.running_mean, mean, rtol=1e-3, atol=1e-5)  # type: ignore[arg-type]
         assert torch.allclose(bn.running_var, var, rtol=1e-3, atol=1e-5)  # type: ignore[arg-type]
-        assert bn.momentum == 0.1
+        assert bn.momentum == 0.1 and int(bn.num_batches_tracked) == 0  # type: ignore[arg-type]
     for k, v in net.state_dict().items():
         if k in weights:
             assert torch.equal(v, weights[k]), k
+
+
+def test_unequal_batches_give_the_moments_of_everything_seen() -> None:
+    """Every input counts the same, whatever its batch, and the spread between batches is
+    part of the variance (an average of per-batch statistics gave mean 5, variance 0)."""
+    bn = nn.BatchNorm2d(1)
+    zeros, tens = torch.zeros(512, 1, 1, 1), torch.full((8, 1, 1, 1), 10.0)
+    assert recompute_batchnorm(bn, [zeros, tens]) == 520
+    both = torch.cat([zeros, tens]).flatten()
+    assert float(bn.running_mean) == pytest.approx(float(both.mean()), rel=1e-6)  # type: ignore[arg-type]
+    assert float(bn.running_var) == pytest.approx(float(both.var()), rel=1e-6)  # type: ignore[arg-type]
+    assert int(bn.num_batches_tracked) == 0  # type: ignore[arg-type]
+
+
+def test_an_error_midway_changes_nothing() -> None:
+    net = _net()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+
+    def batches():
+        yield torch.randn(8, 3, 12, 12)
+        raise RuntimeError("out of memory")
+
+    with pytest.raises(RuntimeError, match="out of memory"):
+        recompute_batchnorm(net, batches())
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
 
 
 def test_nothing_seen_changes_nothing() -> None:
@@ -107,7 +133,11 @@ def test_training_keeps_its_trajectory_and_saves_recomputed_statistics(arrays, t
     assert ckpt["train_config"]["precise_bn"] == 1000
     saved = {k: v.clone() for k, v in model.state_dict().items() if "running" in k}
     assert saved
-    x = torch.from_numpy(xt)
+    cb = PreciseBN(1000)  # the callback's sample, in its order and batches
+    fake = SimpleNamespace(x_train=torch.from_numpy(xt), cfg=SimpleNamespace(seed=0), model=model)
+    cb.setup(fake)  # type: ignore[arg-type]
+    assert cb.sample is not None and sorted(cb.sample.tolist()) == list(range(64))
+    x = torch.from_numpy(xt)[cb.sample]
     recompute_batchnorm(
         model, [to_input(x[i : i + 32], channels_last=True) for i in range(0, 64, 32)]
     )
@@ -150,3 +180,13 @@ def test_off_by_default_range_checked_and_on_the_command_line(tmp_path):
     assert json.loads((out / "config.json").read_text())["precise_bn"] == 20
     r = CliRunner().invoke(app, [*args[:-1], "--precise-bn", "-3"])
     assert r.exit_code == 2 and "--precise-bn" in r.stderr
+
+
+def test_a_model_without_batchnorm_says_so(arrays, tmp_path, caplog):
+    (xt, yt), (xv, yv) = arrays
+    cfg = _cfg(model="timm/vit_tiny_patch16_224", model_config={"img_size": 96, "depth": 1},
+               precise_bn=16, epochs=1)  # fmt: skip
+    trainer = Trainer(cfg, tmp_path / "r", train_data=(xt, yt), val_data=(xv, yv))
+    with caplog.at_level("WARNING", logger="histomodels.training"):
+        trainer.setup()
+    assert "has no BatchNorm layer" in caplog.text

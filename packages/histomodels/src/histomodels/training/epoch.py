@@ -118,11 +118,11 @@ def validate(t: Trainer) -> dict[str, float] | None:
     """Score ``eval_model`` on the validation split through :mod:`histomodels.inference`:
     each rank predicts its shard, rank 0 scores the gathered whole (others get None)."""
     t0 = time.perf_counter()
-    for cb in t.callbacks:
-        cb.on_validate_start(t)
     vidx = D.shard(torch.arange(len(t.x_val)), t.info, drop_tail=False)
     precision = "bf16" if t.bf16 and amp_dtype(t.device) == torch.bfloat16 else "fp32"
     with D.together(t.info):  # a rank that fails on its shard stops all before the gather
+        for cb in t.callbacks:
+            cb.on_validate_start(t)
         logits = predict_logits(
             t.eval_model,
             _val_batches(t, vidx),
