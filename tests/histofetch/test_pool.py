@@ -612,3 +612,48 @@ def test_workers_warnings_read_as_in_one_process(tmp_path: Path) -> None:
     failed = "warning: panel letters not read: tesseract failed: (1, 'Error opening data file"
     assert len(said[1]) == 2 and all(line.startswith(failed) for line in said[1]), said[1]
     assert said[2] == said[1]
+
+
+#: a ``tesseract`` whose version check fails, noting which process (a worker) ran it
+BROKEN_TESSERACT = """#!/bin/sh
+echo $PPID >> "$(dirname "$0")/checked_by"
+exit 1
+"""
+
+
+def test_notice_logged_once_per_process_shown_once(tmp_path: Path) -> None:
+    """A notice each process logs once (``panel letters are not read (no Tesseract …)``,
+    after a cached check) was shown once per worker with ``--jobs 2``, once with
+    ``--jobs 1`` (a warning per record is still shown for each: the test above)."""
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "tesseract").write_text(BROKEN_TESSERACT)
+    (fake / "tesseract").chmod(0o755)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env["PATH"] = os.pathsep.join([str(fake), env.get("PATH", "")])
+    env["PYTHONPATH"] = os.pathsep.join(sys.path)
+    run = tmp_path / "run"
+    with Manifest.load(run, create=True) as m:
+        (run / "images").mkdir(parents=True)
+        for k in range(6):
+            rid = f"pmid:{k}"
+            m.add_record(Record(id=rid, stage="extracted"))
+            fig = lettered_figure("AB", "DejaVuSans-Bold.ttf", 26, "gutter")
+            PIL.Image.fromarray(fig).save(run / f"images/{k}.png")
+            h, w = fig.shape[:2]
+            m.add_image(
+                Image(id=f"{rid}/fig1", record_id=rid, path=f"images/{k}.png", sha256="0",
+                      width=w, height=h, caption="Figure 1. H&E of a lymph node.")
+            )  # fmt: skip
+        m.save()
+    cmd = [sys.executable, "-m", "histofetch.cli", "filter", "--run", str(run), "--jobs", "2",
+           "--no-sheet"]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, env=env, timeout=600)
+    err = proc.stderr.decode()
+    assert proc.returncode == 0, err
+    checked_by = set((fake / "checked_by").read_text().split())
+    assert len(checked_by) == 2, f"both workers must check for Tesseract: {checked_by}"
+    notices = [line for line in _said(err) if line.startswith("panel letters are not read")]
+    assert len(notices) == 1, err
+    assert "(no Tesseract: Command" in notices[0], notices
+    assert "returned non-zero exit status 1" in notices[0], notices

@@ -45,6 +45,7 @@ import numpy as np
 import PIL.Image
 
 from histofetch.panels import Panel, background_colour
+from histofetch.worker_processes import ONCE
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +72,8 @@ def tesseract_available() -> bool:
 
         pytesseract.get_tesseract_version()
     except Exception as exc:  # ImportError, TesseractNotFoundError, OSError
-        log.info("panel letters are not read (no Tesseract: %s)", str(exc).splitlines()[0])
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        log.info("panel letters are not read (no Tesseract: %s)", first, extra={ONCE: True})
         return False
     return True
 

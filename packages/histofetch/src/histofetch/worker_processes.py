@@ -5,7 +5,9 @@ Workers are spawned (they start clean: no copy of the parent's SQLite connection
 threads); each pool records the processes it starts, so it ends its own and no other child
 of this process; a Ctrl-C is the parent's to answer, never the workers'. What workers log
 is sent to the parent and shown by its loggers, at their levels, as if logged there
-(``warning: …`` lines, ``-v``'s debug lines, above the progress bars).
+(``warning: …`` lines, ``-v``'s debug lines, above the progress bars). A notice a process
+logs once (a cached check of this machine: no Tesseract) is marked :data:`ONCE`; every
+worker logs it, and the parent shows it once, as one process would.
 """
 
 from __future__ import annotations
@@ -33,6 +35,11 @@ Result = tuple[Record, list[Image] | None, tuple[str, bool] | None]
 #: What workers say as they start (or end) a record's work:
 #: ``(record id, pid, time.monotonic(), ended)``.
 Starts = SimpleQueue[Any]
+
+#: The ``extra`` key (``extra={ONCE: True}``) of a notice each process logs once, whatever
+#: it works on (what a cached check of this machine found): the parent shows the first copy
+#: its workers send and drops the same notice (logger, level, text) from any other worker.
+ONCE = "once_per_process"
 
 #: Per thread: the list the pool being fed from it records its workers in as they start.
 _starting = threading.local()
@@ -128,7 +135,7 @@ class _LogRelay:
             except (EOFError, OSError):  # the pipe is gone: nothing more will come
                 return
             logger = logging.getLogger(record.name)
-            if logger.isEnabledFor(record.levelno):
+            if logger.isEnabledFor(record.levelno) and _first_time(record):
                 logger.handle(record)
 
     def stop(self) -> None:
@@ -136,6 +143,25 @@ class _LogRelay:
         worker left half-written could block the thread: it is a daemon, not waited for."""
         self._stop.set()
         self._thread.join(timeout=2.0)
+
+
+#: The :data:`ONCE` notices shown in this process: (logger, level, text).
+_shown_once: set[tuple[str, int, str]] = set()
+_shown_once_lock = threading.Lock()  # pools fed from different threads have a relay each
+
+
+def _first_time(record: logging.LogRecord) -> bool:
+    """False for a :data:`ONCE` notice this process has shown already (another worker's
+    copy, or one from an earlier pool of this process: workers a dead one left, the next
+    stage); True for every other record, however often it repeats."""
+    if not getattr(record, ONCE, False):
+        return True
+    key = (record.name, record.levelno, record.getMessage())
+    with _shown_once_lock:
+        if key in _shown_once:
+            return False
+        _shown_once.add(key)
+        return True
 
 
 def _log_levels() -> dict[str, int]:
