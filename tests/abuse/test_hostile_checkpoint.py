@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import collections
+import threading
 from pathlib import Path
 
 import pytest
 import torch
 from make_corpus import DELETE, checkpoint_dict
 
-from histomodels.checkpoint import CheckpointError, load_model, read_checkpoint
+from histomodels.checkpoint import CheckpointError, build_budget, load_model, read_checkpoint
 from histomodels.models.weights import WeightsError, read_state_dict
 
 
@@ -196,6 +197,49 @@ def test_giant_budget_counts_shared_storage_once(tmp_path: Path) -> None:
     torch.save(ckpt, path)
     with pytest.raises(CheckpointError, match="builds a model far larger than its weights"):
         load_model(path)
+
+
+def _build_in_thread(started: threading.Event, go_on: threading.Event, errors: list) -> None:
+    """Another thread's model, larger than a small checkpoint's budget in tensors (4,000)
+    and in values (17 M): it registers half its layers, waits, then the rest."""
+    try:
+        layers = [torch.nn.Linear(1, 1) for _ in range(1_000)]
+        started.set()
+        go_on.wait(10)
+        layers += [torch.nn.Linear(1, 1) for _ in range(1_000)]
+        layers.append(torch.nn.Linear(4096, 4200))
+    except Exception as exc:  # CheckpointError: the guard counted this thread
+        errors.append(exc)
+
+
+def test_build_budget_counts_only_its_own_thread(tmp_path: Path) -> None:
+    """The guard's hooks are global to the process: a model built meanwhile by another
+    thread was counted against the checkpoint's budget, and refused with its error."""
+    state = {"w": torch.zeros(10)}
+    path = tmp_path / "small.pt"
+    errors: list[Exception] = []
+    started, go_on = threading.Event(), threading.Event()
+    other = threading.Thread(target=_build_in_thread, args=(started, go_on, errors))
+    other.start()
+    started.wait(10)
+    with build_budget(state, path):  # entered while the other thread is building
+        go_on.set()
+        other.join()
+        guarded = torch.nn.Linear(2, 5)  # within the budget
+    assert errors == [], errors
+    assert guarded.weight.shape == (5, 2)
+    # the guard still counts its own thread while another builds
+    started.clear()
+    go_on.clear()
+    other = threading.Thread(target=_build_in_thread, args=(started, go_on, errors))
+    other.start()
+    started.wait(10)
+    giant = f"^{path}: its model_config builds a model far"
+    with pytest.raises(CheckpointError, match=giant), build_budget(state, path):
+        go_on.set()
+        torch.nn.ModuleList(torch.nn.Linear(1, 1) for _ in range(2_000))
+    other.join()
+    assert errors == [], errors
 
 
 def test_resumed_last_pt_config_cannot_build_a_giant(tmp_path: Path) -> None:

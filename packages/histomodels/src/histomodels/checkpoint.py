@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import io
 import math
+import threading
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -143,14 +144,19 @@ def build_budget(state_dict: dict[str, torch.Tensor], path: str | Path) -> Itera
     allocate hundreds of GB before the weights could be found not to fit. Every parameter
     and buffer registered while building is counted (torch's global registration hooks);
     past twice what the state dict holds, plus slack, the build stops with a
-    :class:`CheckpointError`, before that tensor is initialised."""
+    :class:`CheckpointError`, before that tensor is initialised. Only this thread's
+    registrations count: a model another thread builds meanwhile is neither counted nor
+    refused."""
     from torch.nn.modules import module as torch_module
 
     max_elements = 2 * stored_elements(state_dict) + BUILD_SLACK_ELEMENTS
     max_tensors = 2 * len(state_dict) + BUILD_SLACK_TENSORS
     seen = [0, 0]
+    builder = threading.get_ident()
 
     def count(_module: nn.Module, _name: str, tensor: torch.Tensor | None) -> None:
+        if threading.get_ident() != builder:  # the hooks are global: another thread's model
+            return
         seen[0] += 1
         seen[1] += tensor.numel() if tensor is not None else 0
         if seen[0] > max_tensors or seen[1] > max_elements:
