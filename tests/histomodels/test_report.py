@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import re
 import shutil
 from pathlib import Path
 
+import pytest
 import torch
 from _evalkit import tiny_checkpoint
 from typer.testing import CliRunner
@@ -99,6 +101,49 @@ def test_report_single_and_comparison(tmp_path: Path) -> None:
         "report.html",
         "report.md",
     ]
+
+
+def _files(out: Path) -> dict[Path, bytes]:
+    return {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+
+def test_a_failed_swap_leaves_the_previous_report_whole(tmp_path: Path, monkeypatch) -> None:
+    """The old ``assets/`` was removed before the new one was renamed in and the pages
+    written: a failure in between left new assets beside the old pages (or no assets).
+    Each rename the report makes is failed in turn: the folder holds the previous report,
+    byte for byte and nothing else; the first rename that is not failed gives the new one."""
+    run, other = _runs(tmp_path)
+    out = tmp_path / "report"
+    assert CliRunner().invoke(app, ["report", str(run), "--out", str(out)]).exit_code == 0
+    old = _files(out)
+    replace = os.replace
+    for fail_at in range(1, 100):
+        calls = [0]
+
+        def failing(src, dst, calls=calls, fail_at=fail_at) -> None:
+            calls[0] += 1
+            if calls[0] == fail_at:
+                raise OSError(28, "No space left on device", str(dst))
+            replace(src, dst)
+
+        monkeypatch.setattr(os, "replace", failing)
+        r = CliRunner().invoke(app, ["report", str(run), str(other), "--out", str(out)])
+        monkeypatch.setattr(os, "replace", replace)
+        if calls[0] < fail_at:  # no rename was failed: the new report is in
+            assert r.exit_code == 0, r.output
+            break
+        assert r.exit_code == 1 and "no space left" in r.output.lower(), (fail_at, r.output)
+        assert _files(out) == old, fail_at
+        assert sorted(p.name for p in out.iterdir()) == ["assets", "report.html", "report.md"]
+    else:
+        pytest.fail("the report never succeeded")
+    assert fail_at > 6  # at least three entries moved aside and three into place
+    new = _files(out)
+    assert new != old and "eval_tta" in (out / "report.html").read_text()
+    md = (out / "report.md").read_text()
+    links = re.findall(r"\]\((assets/[^)]+)\)", md)
+    assert links and {Path(link) for link in links} == {p for p in new if p.parts[0] == "assets"}
+    assert sorted(p.name for p in out.iterdir()) == ["assets", "report.html", "report.md"]
 
 
 def test_report_bad_inputs(tmp_path: Path) -> None:

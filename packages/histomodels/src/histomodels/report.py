@@ -15,6 +15,7 @@ Markdown page links copies of them in ``assets/``. The folders are read by
 from __future__ import annotations
 
 import base64
+import contextlib
 import csv
 import html
 import os
@@ -230,27 +231,60 @@ def _plots(page: _Page, runs: list[Run], cols: list[tuple[str, Evaluation]]) -> 
             page.images(plot_title, have)
 
 
+#: What a report is, in its folder: swapped in together.
+REPORT_ENTRIES = ("assets", "report.html", "report.md")
+
+
+def _swap_in(staging: Path, out: Path) -> None:
+    """Move the report built in ``staging`` into ``out``: the previous report's entries
+    are first moved aside (into ``staging/previous``), then the new ones into place. A
+    failure at any step moves back what was moved, so ``out`` holds the previous report
+    or the new one, whole; never new assets beside old pages."""
+    previous = staging / "previous"
+    previous.mkdir()
+    aside: list[str] = []
+    placed: list[str] = []
+    try:
+        for name in REPORT_ENTRIES:
+            if os.path.lexists(out / name):
+                os.replace(out / name, previous / name)
+                aside.append(name)
+        for name in REPORT_ENTRIES:
+            os.replace(staging / name, out / name)
+            placed.append(name)
+    except BaseException:
+        for name in reversed(placed):  # best effort: the first error is the one to report
+            with contextlib.suppress(OSError):
+                os.replace(out / name, staging / name)
+        for name in reversed(aside):
+            with contextlib.suppress(OSError):
+                os.replace(previous / name, out / name)
+        raise
+
+
 def build_report(
     paths: Sequence[str | Path], out: str | Path, *, title: str | None = None
 ) -> dict[str, Any]:
     """Write ``out/report.html`` (self-contained) and ``out/report.md`` (+ ``out/assets``).
 
-    The pages are built beside ``out/assets`` and replace it only once every input has been
-    read: an unreadable input leaves a previous report as it was."""
+    The report is built whole in a folder beside them and swapped in only once every input
+    has been read (:func:`_swap_in`): an unreadable input, or a failure while swapping,
+    leaves the previous report as it was."""
     if not paths:
         raise ReportError("give at least one run or eval folder")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    staging = out / f".assets-{os.getpid()}-{secrets.token_hex(4)}"
-    staging.mkdir()  # the user's umask applies, as to the assets folder it becomes
+    staging = out / f".report-{os.getpid()}-{secrets.token_hex(4)}"
+    staging.mkdir()
     try:
-        runs = [load_run(Path(p), staging) for p in paths]
+        (staging / "assets").mkdir()  # the user's umask applies, as to any folder made here
+        runs = [load_run(Path(p), staging / "assets") for p in paths]
         cols = columns(runs)
         names = [r.name for r in runs]
         title = title or (
             "Report: " + names[0] if len(runs) == 1 else "Comparison: " + ", ".join(names)
         )
-        page = _Page(staging)
+        page = _Page(staging / "assets")
         _header(page, title, runs)
         ds_rows = dataset_rows(runs)
         if ds_rows:
@@ -260,15 +294,11 @@ def build_report(
             _test_metrics(page, cols)
         _external(page, cols)
         _plots(page, runs, cols)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    assets = out / "assets"
-    if assets.exists():
-        shutil.rmtree(assets)
-    staging.rename(assets)
-    atomic_write_text(out / "report.html", page.html_page(title))
-    atomic_write_text(out / "report.md", "\n".join(page.md) + "\n")
+        atomic_write_text(staging / "report.html", page.html_page(title))
+        atomic_write_text(staging / "report.md", "\n".join(page.md) + "\n")
+        _swap_in(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)  # the previous report, once swapped out
     return {
         "html": str(out / "report.html"),
         "markdown": str(out / "report.md"),
