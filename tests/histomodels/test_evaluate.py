@@ -134,7 +134,11 @@ def test_cli_eval_end_to_end(tmp_path: Path) -> None:
     # fitting threshold and temperature on the test set itself is flagged
     r = run_eval(test_h5, "--bootstrap", "0")
     assert r.exit_code == 0, r.output
-    assert "optimistic" in json.loads((out / "metrics.json").read_text())["warning"]
+    warning = json.loads((out / "metrics.json").read_text())["warning"]
+    assert "optimistic" in warning
+    # one `warning:` line on stderr like every other warning, not wrapped rich text on stdout
+    assert r.stderr.splitlines() == [f"warning: {warning}"]
+    assert "warning" not in r.stdout
 
 
 def test_validation_sharing_test_patches_is_flagged_whatever_the_format(tmp_path: Path) -> None:

@@ -314,8 +314,10 @@ def _print_metrics(result: dict, out: Path) -> None:
                 f"{r['threshold']:.1f}: {r['recall']:.2f}/{r['specificity']:.2f}" for r in sweep
             )
         )
-    if result.get("warning"):
-        console.print(f"[yellow]warning:[/yellow] {result['warning']}")
+    if result.get("warning"):  # one line on stderr, like every other warning
+        from histocore.io import one_line
+
+        typer.echo(f"warning: {one_line(result['warning'])}", err=True)
     console.print(f"wrote {out}/metrics.json, predictions.csv and plots")
 
 
