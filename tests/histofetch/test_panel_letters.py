@@ -3,6 +3,7 @@ checked per figure; a lettered panel reads its own part of the caption."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import matplotlib
@@ -146,6 +147,25 @@ def test_without_tesseract_letters_stay_none(monkeypatch: pytest.MonkeyPatch) ->
         panels = find_panels(fig)
         assert read_letters(fig, panels) == [None] * 4
         assert [p.letter for p in panels] == [None] * 4
+    finally:
+        tesseract_available.cache_clear()
+
+
+def test_an_old_tesseract_leaves_letters_unread(tmp_path: Path, monkeypatch, caplog) -> None:
+    """pytesseract raises SystemExit for a Tesseract older than 3.05: it ended the whole
+    filter command (a bare 'Invalid tesseract version' line) instead of leaving the letters
+    unread as without Tesseract."""
+    pytesseract = pytest.importorskip("pytesseract", reason="pytesseract is not installed")
+    old = tmp_path / "tesseract"
+    old.write_text('#!/bin/sh\necho "tesseract 3.01"\n')
+    old.chmod(0o755)
+    monkeypatch.setattr(pytesseract.pytesseract, "tesseract_cmd", str(old))
+    tesseract_available.cache_clear()
+    try:
+        fig = lettered_figure("ABCD", "DejaVuSans-Bold.ttf", 24, "gutter", cols=2)
+        with caplog.at_level(logging.INFO, logger="histofetch.panel_letters"):
+            assert read_letters(fig, find_panels(fig)) == [None] * 4
+        assert "no Tesseract: Invalid tesseract version" in caplog.text, caplog.text
     finally:
         tesseract_available.cache_clear()
 

@@ -71,7 +71,9 @@ def tesseract_available() -> bool:
         import pytesseract
 
         pytesseract.get_tesseract_version()
-    except Exception as exc:  # ImportError, TesseractNotFoundError, OSError
+    # ImportError, TesseractNotFoundError, OSError; SystemExit: pytesseract's answer to a
+    # Tesseract older than 3.05 (or a version it cannot parse), which ended the command
+    except (Exception, SystemExit) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         log.info("panel letters are not read (no Tesseract: %s)", first, extra={ONCE: True})
         return False
