@@ -129,6 +129,10 @@ def test_cli_eval_end_to_end(tmp_path: Path) -> None:
     m = json.loads((out / "metrics.json").read_text())
     assert m["tta"] is True and "sensitivity>=0.9" in m["threshold_source"]
     assert "roc_auc" in r.output and "warning" not in m
+    # where the threshold came from, after it, with no brackets nested in brackets
+    # (was "threshold 0.41 (sensitivity>=0.9 on validation (val.h5, n=96)); temperature …")
+    assert f"threshold {m['threshold']:.4f}: {m['threshold_source']}" in r.stdout.splitlines()
+    assert not any("((" in line or "))" in line for line in r.stdout.splitlines())
     # the first line names what was evaluated on what, whole (not a wrapped table title)
     assert r.output.splitlines()[0] == f"{ckpt} ({m['model']}) on {m['data']} (n={m['n']})"
     # fitting threshold and temperature on the test set itself is flagged

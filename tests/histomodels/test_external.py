@@ -155,7 +155,7 @@ def test_val_sets_the_figures_threshold_and_the_tiles_temperature(tmp_path: Path
     assert (
         m["temperature_stored"] == str(calibration_path(ckpt)) and calibration_path(ckpt).is_file()
     )
-    assert f"threshold {m['threshold']:.4f} (youden" in r.output
+    assert f"threshold {m['threshold']:.4f}: youden" in r.output
 
     # tiles read with the fitted T: the same logits as without --val, divided by it
     def logits(folder: Path) -> np.ndarray:

@@ -302,10 +302,10 @@ def _print_metrics(result: dict, out: Path) -> None:
             f"{lo_hi[0]:.4f}-{lo_hi[1]:.4f}" if lo_hi and None not in lo_hi else "",
         )
     console.print(table)
-    console.print(
-        f"threshold {result['threshold']:.4f} ({result['threshold_source']}); "
-        f"temperature {result['temperature']:.3f}; tta={result['tta']}"
-    )
+    # the source has its own brackets ("default 0.5 (no validation set given)"): not nested
+    line = f"threshold {result['threshold']:.4f}: {result['threshold_source']}"
+    console.print(line, soft_wrap=True)  # whole lines, as the first one
+    console.print(f"temperature {result['temperature']:.3f}; tta={result['tta']}")
     sweep = [r for r in result.get("threshold_sweep", []) if round(r["threshold"] * 10, 6) % 1 == 0]
     if sweep:
         console.print(
@@ -318,7 +318,7 @@ def _print_metrics(result: dict, out: Path) -> None:
         from histocore.io import one_line
 
         typer.echo(f"warning: {one_line(result['warning'])}", err=True)
-    console.print(f"wrote {out}/metrics.json, predictions.csv and plots")
+    console.print(f"wrote {out}/metrics.json, predictions.csv and plots", soft_wrap=True)
 
 
 def _print_external(result: dict, out: Path) -> None:
@@ -344,10 +344,8 @@ def _print_external(result: dict, out: Path) -> None:
             f"weak-label noise rate {agree['noise_rate']:.3f} [{lo:.3f}, {hi:.3f}] "
             f"on {agree['n_both']} figure(s) with both labels"
         )
-    typer.echo(
-        f"threshold {result['threshold']:.4f} ({result['threshold_source']}); "
-        f"temperature {result['temperature']:.3f}"
-    )
+    typer.echo(f"threshold {result['threshold']:.4f}: {result['threshold_source']}")
+    typer.echo(f"temperature {result['temperature']:.3f}")
     if result.get("note"):
         typer.echo(result["note"])
     typer.echo(f"wrote {out}/metrics.json, image_scores.csv, heatmaps/ and contact_sheet.png")
