@@ -171,6 +171,41 @@ def test_validation_sharing_test_patches_is_flagged_whatever_the_format(tmp_path
     assert "warning" not in m and m["validation"]["test_patches_also_here"] == 0
 
 
+def test_shared_patches_are_counted_by_row_and_all_shared_says_entirely(tmp_path: Path) -> None:
+    """The overlap count was of distinct pixel digests: a test patch stored twice counted
+    once ('20 of 70' where 30 of the 70 test rows are in the validation data), and a
+    validation set made only of test patches still said 'fitted partly on the test set'."""
+    ckpt = tiny_checkpoint(tmp_path)
+    shared, shared_y = make_patches(60, seed=7)
+    other, other_y = make_patches(40, seed=9)
+
+    def folder(name: str, imgs: list, ys: list) -> Path:
+        for i, (img, y) in enumerate(zip(imgs, ys, strict=True)):
+            (tmp_path / name / str(y)).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(img).save(tmp_path / name / str(y) / f"p{i}.png")
+        return tmp_path / name
+
+    test = folder("test", [*shared, *shared[:10]], [*shared_y, *shared_y[:10]])
+    val = folder("val", [*shared[:20], *shared[:5], *other], [*shared_y[:20], *shared_y[:5],
+                                                              *other_y])  # fmt: skip
+    m = evaluate_checkpoint(ckpt, test, tmp_path / "ev", val=val, n_bootstrap=0)
+    assert m["warning"].startswith(
+        "30 of 70 test patches are also in the validation data (identical pixels): "
+        "temperature and threshold were fitted partly on the test set (25 of 65 validation "
+        "patches)"
+    ), m["warning"]
+    assert m["validation"]["test_patches_also_here"] == 30
+    assert m["validation"]["patches_also_in_test"] == 25
+    assert len(set(shared_y[:20].tolist())) == 2  # a validation set needs both classes
+    only = folder("only", list(shared[:20]), list(shared_y[:20]))
+    m = evaluate_checkpoint(ckpt, test, tmp_path / "ev2", val=only, n_bootstrap=0)
+    assert m["warning"].startswith(
+        "30 of 70 test patches are also in the validation data (identical pixels): "
+        "temperature and threshold were fitted entirely on the test set (20 of 20 validation "
+        "patches)"
+    ), m["warning"]
+
+
 def test_cli_bad_checkpoints_fail_cleanly(tmp_path: Path) -> None:
     junk = tmp_path / "junk.pt"
     junk.write_bytes(np.random.default_rng(0).bytes(2048))

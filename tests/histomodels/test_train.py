@@ -165,6 +165,28 @@ def test_validation_patches_that_are_training_patches_get_one_warning(arrays, tm
     assert not [r for r in caplog.records if "validation patches" in r.getMessage()]
 
 
+def test_shared_validation_patches_are_counted_by_row(arrays, tmp_path, caplog):
+    """Distinct pixel digests were counted: 8 training patches stored twice in the
+    validation data were '8 of 56', and a validation set made only of training patches was
+    still judged 'partly' on them."""
+    (xt, yt), (xv, yv) = arrays
+    val = (np.concatenate([xv[:40], xt[:8], xt[:8]]), np.concatenate([yv[:40], yt[:8], yt[:8]]))
+    only = (xt[:16], yt[:16])
+    assert len(np.unique(yt[:16])) == 2
+    with caplog.at_level(logging.WARNING, logger="histomodels"):
+        train(_cfg(epochs=1), tmp_path / "r", train_data=(xt, yt), val_data=val)
+        train(_cfg(epochs=1), tmp_path / "r2", train_data=(xt, yt), val_data=only)
+    warned = [r.getMessage() for r in caplog.records if "validation patches" in r.getMessage()]
+    assert warned == [
+        "16 of 56 validation patches are also in the training data (identical pixels): "
+        "validation AUC, the best epoch and early stopping are then judged partly on "
+        "training patches",
+        "16 of 16 validation patches are also in the training data (identical pixels): "
+        "validation AUC, the best epoch and early stopping are then judged entirely on "
+        "training patches",
+    ]
+
+
 def test_finetune_warmup_freezes_backbone_then_unfreezes(arrays, tmp_path):
     (xt, yt), (xv, yv) = arrays
     ref = torchvision.models.mobilenet_v3_small(weights=None)

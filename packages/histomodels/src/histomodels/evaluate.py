@@ -22,7 +22,7 @@ from histocore.io import atomic_write_json, atomic_write_text, json_safe
 from histocore.progress import task
 from histomodels.checkpoint import read_checkpoint, resolve_checkpoint, save_checkpoint
 from histomodels.choices import STORE_TEMPERATURE, THRESHOLD_RULES
-from histomodels.data.base import DatasetError, pixel_digests
+from histomodels.data.base import DatasetError, pixel_digests, rows_also_in
 from histomodels.inference import Predictor, sigmoid
 
 
@@ -74,7 +74,7 @@ def operating_point(
     threshold_rule: str = "sensitivity",
     sensitivity: float | None = None,
     store_temperature: str = "beside",
-    test_digests: set[bytes] | None = None,
+    test_digests: list[bytes] | None = None,
 ) -> dict[str, Any]:
     """The temperature and the threshold that scores are read with, and where they came from
     (``temperature``, ``threshold``, ``threshold_source``).
@@ -85,7 +85,9 @@ def operating_point(
     ``threshold_rule``, ``validation`` (NLL before and after) and ``temperature_stored``
     (T kept as ``store_temperature`` says, for a checkpoint file). With ``test_digests``
     (``pixel_digests`` of the test patches), ``validation.test_patches_also_here`` counts
-    the validation patches with the same pixels as a test patch."""
+    the test patches with the same pixels as a validation patch and
+    ``validation.patches_also_in_test`` the validation patches with those of a test patch
+    (rows: a patch stored twice counts twice)."""
     from histomodels.calibration import fit_temperature, nll
     from histomodels.metrics import DEFAULT_SENSITIVITY, choose_threshold
 
@@ -98,7 +100,10 @@ def operating_point(
     if len(np.unique(v_labels)) < 2:  # checked before inference; the error names the file
         named = val if isinstance(val, str | Path) else v_source
         raise DatasetError(f"{named}: validation data holds one class only; a threshold needs both")
-    shared = None if test_digests is None else len(test_digests & pixel_digests(v_images))
+    shared = None
+    if test_digests is not None:
+        v_digests = pixel_digests(v_images)
+        shared = (rows_also_in(test_digests, v_digests), rows_also_in(v_digests, test_digests))
     v_logits = infer(v_images, "validation")
     temperature = fit_temperature(v_logits, v_labels)
     target = (sensitivity or DEFAULT_SENSITIVITY) if threshold_rule == "sensitivity" else None
@@ -112,7 +117,8 @@ def operating_point(
         },
     }
     if shared is not None:
-        point["validation"]["test_patches_also_here"] = shared
+        point["validation"]["test_patches_also_here"] = shared[0]
+        point["validation"]["patches_also_in_test"] = shared[1]
     path = resolve_checkpoint(checkpoint)
     if path.is_file():  # not a shipped (pretrained) model
         point["temperature_stored"] = _store(store_temperature, path, temperature, v_source)
@@ -196,12 +202,15 @@ def evaluate_checkpoint(
     )  # fmt: skip
     threshold, temperature = point.pop("threshold"), point["temperature"]
     result.update(point)
-    shared = point.get("validation", {}).get("test_patches_also_here")
+    v_info = point.get("validation", {})
+    shared, in_test = v_info.get("test_patches_also_here"), v_info.get("patches_also_in_test")
     if shared and "warning" not in result:
+        how = "entirely" if in_test == v_info["n"] else "partly"
         result["warning"] = (
             f"{shared} of {len(images)} test patches are also in the validation data "
-            "(identical pixels): temperature and threshold were fitted partly on the test "
-            "set, so threshold-dependent metrics and calibration are optimistic"
+            f"(identical pixels): temperature and threshold were fitted {how} on the test set "
+            f"({in_test} of {v_info['n']} validation patches), so threshold-dependent metrics "
+            "and calibration are optimistic"
         )
 
     logits = infer(images, "test", prepared=True)

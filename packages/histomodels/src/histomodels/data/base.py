@@ -19,11 +19,18 @@ from histomodels.data.cache import require_memory
 from histomodels.data.errors import DatasetError as DatasetError  # re-exported
 
 
-def pixel_digests(images: np.ndarray) -> set[bytes]:
-    """One digest per patch's pixels (uint8 ``[N, H, W, 3]``): the same patch in two
-    datasets, whatever its format or id (a train/validation/test overlap check)."""
-    return {hashlib.blake2b(np.ascontiguousarray(im).tobytes(), digest_size=16).digest()
-            for im in images}  # fmt: skip
+def pixel_digests(images: np.ndarray) -> list[bytes]:
+    """One digest per patch's pixels (uint8 ``[N, H, W, 3]``), in order: the same patch in
+    two datasets, whatever its format or id (a train/validation/test overlap check)."""
+    return [hashlib.blake2b(np.ascontiguousarray(im).tobytes(), digest_size=16).digest()
+            for im in images]  # fmt: skip
+
+
+def rows_also_in(digests: list[bytes], other: list[bytes]) -> int:
+    """How many patches of ``digests`` (each row, duplicates too) have the pixels of a patch
+    in ``other`` (:func:`pixel_digests` of both)."""
+    found = set(other)
+    return sum(d in found for d in digests)
 
 
 def binary_labels(y: np.ndarray, where: str) -> np.ndarray:

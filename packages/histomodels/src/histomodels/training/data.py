@@ -17,7 +17,7 @@ import torch
 
 from histomodels.config import TrainConfig
 from histomodels.data import ArrayDataset, DatasetError, PatchDataset, open_dataset
-from histomodels.data.base import pixel_digests
+from histomodels.data.base import pixel_digests, rows_also_in
 from histomodels.data.blocks import BlockImages
 from histomodels.data.cache import decoded_bytes, default_budget
 from histomodels.data.stain import stain_normalizer
@@ -114,16 +114,17 @@ def prepare_splits(
 
 def warn_shared_patches(x_train: Images, x_val: Images) -> int:
     """One warning when validation patches are also training patches (identical pixels,
-    whatever their format or ids); returns how many. Streamed splits are not checked."""
+    whatever their format or ids); returns how many validation patches (rows) are.
+    Streamed splits are not checked."""
     if not (isinstance(x_train, torch.Tensor) and isinstance(x_val, torch.Tensor)):
         return 0
-    shared = len(pixel_digests(x_train.numpy()) & pixel_digests(x_val.numpy()))
+    shared = rows_also_in(pixel_digests(x_val.numpy()), pixel_digests(x_train.numpy()))
     if shared:
         log.warning(
             "%d of %d validation patches are also in the training data (identical pixels): "
-            "validation AUC, the best epoch and early stopping are then judged partly on "
+            "validation AUC, the best epoch and early stopping are then judged %s on "
             "training patches",
-            shared, len(x_val),
+            shared, len(x_val), "entirely" if shared == len(x_val) else "partly",
         )  # fmt: skip
     return shared
 
