@@ -157,3 +157,29 @@ def test_unknown_exporter_is_refused_before_anything_is_loaded(tmp_path: Path) -
         app, ["export", str(tmp_path / "missing.pt"), "--exporter", "nope", "--out", "x.onnx"]
     )
     assert r.exit_code == 2 and "Invalid value for '--exporter': Value error, 'nope'" in r.output
+
+
+def test_an_onnx_export_given_as_the_checkpoint_says_what_it_is_for(tmp_path: Path) -> None:
+    """`histomodels eval m.onnx` said only 'not a loadable checkpoint (not a torch.save
+    file: ...)': now it also says an export runs in ONNX Runtime, and what to give here."""
+    from PIL import Image
+
+    from histomodels.synthetic import write_h5
+
+    ckpt = tiny_checkpoint(tmp_path)
+    onnx_file = tmp_path / "m.onnx"
+    export_checkpoint(ckpt, "onnx", onnx_file, exporter="legacy")
+    x, _ = make_patches(1, seed=0)
+    Image.fromarray(x[0]).save(tmp_path / "p.png")
+    test_h5 = write_h5(tmp_path / "t.h5", 8, seed=3)
+    runner = CliRunner()
+    for command in (
+        ["eval", str(onnx_file), "--data", str(test_h5), "--out", str(tmp_path / "ev")],
+        ["predict", str(onnx_file), str(tmp_path / "p.png"), "--out", str(tmp_path / "p.csv")],
+    ):
+        r = runner.invoke(app, command)
+        assert r.exit_code == 1, r.output
+        assert r.stdout == "" and len(r.stderr.splitlines()) == 1, r.output
+        assert r.stderr.startswith(f"error: {onnx_file}: not a loadable checkpoint (")
+        assert "ONNX Runtime" in r.stderr and "the .pt checkpoint it was exported from" in r.stderr
+    assert not (tmp_path / "ev").exists() and not (tmp_path / "p.csv").exists()

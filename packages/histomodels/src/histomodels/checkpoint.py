@@ -101,8 +101,14 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     except Exception as exc:  # pickle errors, truncated zip, unsafe globals ...
         from histomodels.models.weights import torch_load_reason
 
-        why = torch_load_reason(exc)
-        raise CheckpointError(f"{path}: not a loadable checkpoint ({why})") from None
+        why, hint = torch_load_reason(exc), ""
+        if path.suffix.lower() == ".onnx":  # what `histomodels export` writes
+            hint = (
+                ": an .onnx export runs in ONNX Runtime, see `histomodels export` in "
+                "docs/histomodels-evaluation.md; give this command the .pt checkpoint it was "
+                "exported from"
+            )
+        raise CheckpointError(f"{path}: not a loadable checkpoint ({why}){hint}") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a histomodels checkpoint (missing format tag)")
     check_checkpoint(ckpt, path)
