@@ -79,7 +79,7 @@ def test_hostile_inputs(tmp_path: Path) -> None:
     for f, why in (
         (bad, "cannot read image"),
         (small, "smaller than"),
-        (bomb, "decompression bomb"),
+        (bomb, "(possible decompression bomb); --max-pixels raises the limit"),
         (tmp_path / "nope.png", "no such file"),
     ):
         r = runner.invoke(app, ["predict", str(ckpt), str(f), "--out", str(out)])
@@ -98,6 +98,12 @@ def test_max_pixels_option(tmp_path: Path) -> None:
     args = ["predict", str(ckpt), str(img), "--out", str(tmp_path / "o.csv")]
     r = CliRunner().invoke(app, [*args, "--max-pixels", "10000"])
     assert r.exit_code == 1 and "exceeds the limit of 10000" in r.output
+    # the one error line names the option that raises the limit (before: only the limit)
+    assert r.stderr.strip().endswith("; --max-pixels raises the limit"), r.output
+    assert len(r.stderr.splitlines()) == 1
+    r = CliRunner().invoke(app, [*args, "--max-pixels", "60000", "--scale", "2"])
+    assert r.exit_code == 1 and "at scale 2.0" in r.output, r.output
+    assert r.stderr.strip().endswith("; --max-pixels raises the limit"), r.output
     assert CliRunner().invoke(app, args).exit_code == 0
 
 

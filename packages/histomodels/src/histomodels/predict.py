@@ -48,6 +48,17 @@ class PredictInputError(DomainError, ValueError):
     """An input that cannot be used; the message names the file."""
 
 
+class OverPixelLimit(PredictInputError):
+    """An image, or its size at ``scale``, over the caller's ``max_pixels`` (what the CLI's
+    ``--max-pixels`` raises; Pillow's own process-wide ceiling is a plain
+    :class:`PredictInputError`)."""
+
+
+def _too_large(exc: imaging.ImageTooLarge, max_pixels: int) -> PredictInputError:
+    kind = OverPixelLimit if exc.limit == max_pixels else PredictInputError
+    return kind(str(exc))
+
+
 def tile_image(image: np.ndarray, size: int = 96, stride: int | None = None) -> Tiles:
     """Cut ``image`` (uint8 HxWx3) into ``size`` patches every ``stride`` px (default:
     non-overlapping) with :func:`histocore.imaging.tile`, the tiler ``eval --manifest`` uses
@@ -75,7 +86,7 @@ def read_rgb(path: Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     try:
         return imaging.read_rgb(path, max_pixels=max_pixels, what=str(path))
     except imaging.ImageTooLarge as exc:
-        raise PredictInputError(str(exc)) from None
+        raise _too_large(exc, max_pixels) from None
     except imaging.ImageError as exc:
         raise PredictInputError(f"{path}: cannot read image ({exc.reason})") from None
 
@@ -117,14 +128,14 @@ def check_inputs(
             with imaging.open_image(f, max_pixels=max_pixels, what=str(f)) as im:
                 w, h = im.size
         except imaging.ImageTooLarge as exc:
-            raise PredictInputError(str(exc)) from None
+            raise _too_large(exc, max_pixels) from None
         except imaging.ImageError as exc:
             raise PredictInputError(f"{f}: cannot read image ({exc.reason})") from None
         if w < size or h < size:
             raise PredictInputError(f"{f}: {w}x{h} is smaller than one {size}px patch")
         sw, sh = round(w * scale), round(h * scale)
         if sw * sh > max_pixels:
-            raise PredictInputError(
+            raise OverPixelLimit(
                 f"{f}: {w}x{h} at scale {scale} is {sw}x{sh} pixels, over the limit of {max_pixels}"
             )
         step = stride or size

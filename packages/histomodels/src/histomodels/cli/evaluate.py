@@ -449,22 +449,25 @@ def predict_cmd(
     require_folder(heatmaps)
     use_cpu_cores()
     with errors(), progress():
-        from histomodels.predict import predict_paths
+        from histomodels.predict import OverPixelLimit, predict_paths
 
-        res = predict_paths(
-            checkpoint,
-            paths,
-            out,
-            stride=stride,
-            scale=scale,
-            heatmap_dir=heatmaps,
-            draw_heatmaps=not no_heatmaps,
-            tta=tta,
-            batch_size=batch_size,
-            precision=precision,
-            device=device,
-            max_pixels=max_pixels,
-        )
+        try:
+            res = predict_paths(
+                checkpoint,
+                paths,
+                out,
+                stride=stride,
+                scale=scale,
+                heatmap_dir=heatmaps,
+                draw_heatmaps=not no_heatmaps,
+                tta=tta,
+                batch_size=batch_size,
+                precision=precision,
+                device=device,
+                max_pixels=max_pixels,
+            )
+        except OverPixelLimit as exc:  # the library's message knows no option names
+            raise OverPixelLimit(f"{exc}; --max-pixels raises the limit") from None
     typer.echo(f"{res['rows']} patch(es) from {res['files']} file(s) → {res['csv']}")
     if res["heatmaps"]:
         typer.echo(f"{len(res['heatmaps'])} heatmap(s) in {Path(res['heatmaps'][0]).parent}")
