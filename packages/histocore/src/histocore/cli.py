@@ -1,6 +1,7 @@
 """What both command lines share: one error line, one error context, one progress display,
 one logging setup.
 
+- :func:`help_text` is a command's docstring for ``--help``, paragraphs on one line each.
 - :func:`fail` prints ``error: <message>`` on stderr and exits 1.
 - :func:`require_folder` and :func:`require_file` fail that way, at once, when a path
   given as a folder names a file or one given as a file names a folder: the file
@@ -21,10 +22,11 @@ one logging setup.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import NoReturn
 
@@ -48,6 +50,15 @@ from histocore.progress import Task, Unit, reporting
 LOG_EVERY_S = 30.0
 #: The loggers a CLI shows: those of our three packages (their modules use ``__name__``).
 PACKAGES = ("histocore", "histofetch", "histomodels")
+
+
+def help_text(command: Callable[..., object]) -> str:
+    """``command``'s docstring for ``--help`` with each paragraph on one line, for the
+    terminal to wrap: in Typer's rich mode a command list keeps the docstring's line breaks
+    (``histomodels --help`` broke ``tune`` mid-sentence). A paragraph that starts with
+    ``\\b`` keeps its lines (click's convention)."""
+    paragraphs = (inspect.getdoc(command) or "").split("\n\n")
+    return "\n\n".join(p if p.startswith("\b") else " ".join(p.split()) for p in paragraphs)
 
 
 def fail(message: str) -> NoReturn:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import typer
 
+from histocore.cli import help_text
 from histofetch.cli import fetch, images, runs
 from histofetch.cli._common import Verbose, setup_logging
 
@@ -27,14 +28,14 @@ def _main(verbose: Verbose = False) -> None:
     setup_logging(verbose=verbose)
 
 
-app.command("search")(fetch.search)
-app.command("download")(fetch.download)
-app.command("run")(fetch.run_all)
-app.command("extract")(images.extract)
-app.command("filter")(images.filter_)
-app.command("review")(runs.review)
-app.command("status")(runs.status)
-app.command("merge")(runs.merge)
-app.command("export")(runs.export)
+app.command("search", help=help_text(fetch.search))(fetch.search)
+app.command("download", help=help_text(fetch.download))(fetch.download)
+app.command("run", help=help_text(fetch.run_all))(fetch.run_all)
+app.command("extract", help=help_text(images.extract))(images.extract)
+app.command("filter", help=help_text(images.filter_))(images.filter_)
+app.command("review", help=help_text(runs.review))(runs.review)
+app.command("status", help=help_text(runs.status))(runs.status)
+app.command("merge", help=help_text(runs.merge))(runs.merge)
+app.command("export", help=help_text(runs.export))(runs.export)
 
 __all__ = ["app"]

@@ -12,6 +12,7 @@ from typing import Annotated, Any
 
 import typer
 
+from histocore.cli import help_text
 from histomodels.cli import data, demo, ensemble, evaluate, train
 from histomodels.cli._common import launched_distributed, setup_logging
 
@@ -67,18 +68,18 @@ def _main(
 data_app = typer.Typer(help="Download and inspect datasets.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
-data_app.command("download")(data.download)
-data_app.command("info")(data.info)
-data_app.command("stain")(data.stain)
-app.command("train")(train.train_cmd)
-app.command("finetune")(train.finetune_cmd)
-app.command("tune")(train.tune_cmd)
-app.command("eval")(evaluate.eval_cmd)
-app.command("label")(evaluate.label_cmd)
-app.command("report")(evaluate.report_cmd)
-app.command("export")(evaluate.export_cmd)
-app.command("predict")(evaluate.predict_cmd)
-app.command("ensemble")(ensemble.ensemble_cmd)
-app.command("demo")(demo.demo)
+data_app.command("download", help=help_text(data.download))(data.download)
+data_app.command("info", help=help_text(data.info))(data.info)
+data_app.command("stain", help=help_text(data.stain))(data.stain)
+app.command("train", help=help_text(train.train_cmd))(train.train_cmd)
+app.command("finetune", help=help_text(train.finetune_cmd))(train.finetune_cmd)
+app.command("tune", help=help_text(train.tune_cmd))(train.tune_cmd)
+app.command("eval", help=help_text(evaluate.eval_cmd))(evaluate.eval_cmd)
+app.command("label", help=help_text(evaluate.label_cmd))(evaluate.label_cmd)
+app.command("report", help=help_text(evaluate.report_cmd))(evaluate.report_cmd)
+app.command("export", help=help_text(evaluate.export_cmd))(evaluate.export_cmd)
+app.command("predict", help=help_text(evaluate.predict_cmd))(evaluate.predict_cmd)
+app.command("ensemble", help=help_text(ensemble.ensemble_cmd))(ensemble.ensemble_cmd)
+app.command("demo", help=help_text(demo.demo))(demo.demo)
 
 __all__ = ["app"]
