@@ -211,6 +211,18 @@ def test_high_bit_depth_grey_is_scaled_or_refused_never_clipped(tmp_path) -> Non
     PIL.Image.fromarray(twelve).save(tmp_path / "g12.png")
     rgb12 = read_rgb(tmp_path / "g12.png", max_pixels=10**6)[..., 0]
     assert np.array_equal(rgb12, (twelve >> 4).astype(np.uint8)) and rgb12.max() == 255
+    # the depth is rounded up to 10/12/14/16 bits: dim 12-bit data, with or without one
+    # hot pixel, keeps one scale; dim full-range 16-bit data (max 30000) keeps its top byte
+    dim = np.full((8, 8), 1500, np.uint16)
+    hot = dim.copy()
+    hot[0, 0] = 4095
+    for name, arr in (("dim", dim), ("hot", hot)):
+        PIL.Image.fromarray(arr).save(tmp_path / f"{name}.png")
+    assert read_rgb(tmp_path / "dim.png", max_pixels=10**6)[1, 1, 0] == 1500 >> 4
+    assert read_rgb(tmp_path / "hot.png", max_pixels=10**6)[1, 1, 0] == 1500 >> 4
+    full = np.full((8, 8), 30000, np.uint16)
+    PIL.Image.fromarray(full).save(tmp_path / "full.png")
+    assert read_rgb(tmp_path / "full.png", max_pixels=10**6)[0, 0, 0] == 30000 >> 8
     # 8-bit values in a 16-bit file stay as they are; an all-black one stays black
     eight = (values >> 8).astype(np.uint16)
     PIL.Image.fromarray(eight).save(tmp_path / "g8.png")

@@ -136,8 +136,9 @@ def test_training_keeps_its_trajectory_and_saves_recomputed_statistics(arrays, t
     cb = PreciseBN(1000)  # the callback's sample, in its order and batches
     fake = SimpleNamespace(x_train=torch.from_numpy(xt), cfg=SimpleNamespace(seed=0), model=model)
     cb.setup(fake)  # type: ignore[arg-type]
-    assert cb.sample is not None and sorted(cb.sample.tolist()) == list(range(64))
-    x = torch.from_numpy(xt)[cb.sample]
+    assert cb.sample is not None and cb.sample.tolist() == list(range(64))  # read in order
+    assert sorted(cb.order.tolist()) == list(range(64)) and cb.order.tolist() != list(range(64))
+    x = torch.from_numpy(xt)[cb.sample][cb.order]
     recompute_batchnorm(
         model, [to_input(x[i : i + 32], channels_last=True) for i in range(0, 64, 32)]
     )

@@ -228,13 +228,15 @@ def _decode(im: PIL.Image.Image, max_side: int | None) -> np.ndarray:
 
 
 def _grey16_to_8(values: np.ndarray) -> np.ndarray:
-    """16-bit grey as 8 bits: the top 8 of the bits the image uses. Microscope cameras store
-    10-, 12- or 14-bit values in 16-bit files (no header says so): keeping the file's top 8
-    bits made a 12-bit image near-black, so the shift is the bit length of its brightest
-    value minus 8 (a full-range 16-bit image keeps its top byte, 8-bit values stay as
-    they are)."""
-    shift = max(0, int(values.max(initial=0)).bit_length() - 8)
-    return (values >> shift).astype(np.uint8)
+    """16-bit grey as 8 bits. Microscope cameras store 10-, 12- or 14-bit values in 16-bit
+    files (no header says so): keeping the file's top byte made a 12-bit image near-black.
+    The depth taken is the smallest of 8, 10, 12, 14 or 16 bits that holds the brightest
+    value, and its top 8 bits are kept: full-range 16-bit data (brightest value 16384 or
+    more) keeps its top byte as before, and one hot pixel cannot change a 12-bit image's
+    scale (it still fits 12 bits)."""
+    used = int(values.max(initial=0)).bit_length()
+    depth = min(16, max(8, used + used % 2))  # rounded up to an even depth
+    return (values >> (depth - 8)).astype(np.uint8)
 
 
 def rescale(image: np.ndarray, scale: float) -> np.ndarray:

@@ -43,10 +43,11 @@ class _Moments:
         self.count = 0
 
     def __call__(self, _module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
-        x = args[0].detach().double().transpose(0, 1).flatten(1)  # [C, N*H*W]
-        self.total = self.total + x.sum(1)
-        self.squares = self.squares + (x * x).sum(1)
-        self.count += x.shape[1]
+        x = args[0].detach()
+        dims = [0, *range(2, x.dim())]  # all but the channel axis
+        self.total = self.total + x.sum(dims, dtype=torch.float64)
+        self.squares = self.squares + (x.float() * x.float()).sum(dims, dtype=torch.float64)
+        self.count += x.numel() // x.shape[1]
 
     def mean_var(self) -> tuple[torch.Tensor, torch.Tensor]:
         assert isinstance(self.total, torch.Tensor) and isinstance(self.squares, torch.Tensor)
@@ -106,6 +107,7 @@ class PreciseBN(Callback):
     def __init__(self, patches: int) -> None:
         self.patches = patches
         self.sample: torch.Tensor | None = None
+        self.order = torch.zeros(0, dtype=torch.long)
 
     def setup(self, trainer: Trainer) -> None:
         if not has_batchnorm(trainer.model):
@@ -114,9 +116,11 @@ class PreciseBN(Callback):
             )
         n = len(trainer.x_train)
         gen = torch.Generator().manual_seed(int(trainer.cfg.seed) * 7_919 + 17)
-        # not sorted: a class-folder dataset stores patches label by label, and batches of
-        # one label would normalise the layers below differently from mixed ones
-        self.sample = torch.randperm(n, generator=gen)[: self.patches]
+        self.sample = torch.randperm(n, generator=gen)[: self.patches].sort().values
+        #: the order the sample is fed in: shuffled, since a class-folder dataset stores
+        #: patches label by label and batches of one label would normalise the layers below
+        #: differently from mixed ones (the sample itself is read in index order)
+        self.order = torch.randperm(len(self.sample), generator=gen)
 
     def on_validate_start(self, trainer: Trainer) -> None:
         if self.sample is None or trainer.frozen or not has_batchnorm(trainer.eval_model):
@@ -124,9 +128,13 @@ class PreciseBN(Callback):
         cfg, sample = trainer.cfg, self.sample
         bf16 = trainer.bf16 and amp_dtype(trainer.device) == torch.bfloat16
 
+        # read in index order (streamed training data keeps few blocks in memory), then fed
+        # in a shuffled order
+        images = trainer.x_train[sample][self.order]
+
         def batches() -> Iterable[torch.Tensor]:
-            for i in range(0, len(sample), cfg.eval_batch_size):
-                images = trainer.x_train[sample[i : i + cfg.eval_batch_size]]
-                yield to_input(images, channels_last=cfg.channels_last, device=trainer.device)
+            for i in range(0, len(images), cfg.eval_batch_size):
+                batch = images[i : i + cfg.eval_batch_size]
+                yield to_input(batch, channels_last=cfg.channels_last, device=trainer.device)
 
         recompute_batchnorm(trainer.eval_model, batches(), bf16=bf16)
