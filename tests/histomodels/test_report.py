@@ -146,6 +146,70 @@ def test_a_failed_swap_leaves_the_previous_report_whole(tmp_path: Path, monkeypa
     assert sorted(p.name for p in out.iterdir()) == ["assets", "report.html", "report.md"]
 
 
+def test_a_failed_rollback_keeps_the_previous_report(tmp_path: Path, monkeypatch) -> None:
+    """A placement fails, then so does moving a new entry back out: before, the rollback's
+    errors were suppressed and the staging folder, holding the old ``assets/``, was deleted
+    (new assets beside the old pages, the old assets gone). Now one error line names the
+    folder that keeps the previous report, and every old file is still on disk."""
+    run, other = _runs(tmp_path)
+    out = tmp_path / "report"
+    assert CliRunner().invoke(app, ["report", str(run), "--out", str(out)]).exit_code == 0
+    old = _files(out)
+    replace = os.replace
+
+    def failing(src, dst) -> None:
+        src, dst = Path(src), Path(dst)
+        placing_html = dst == out / "report.html" and src.parent.name != "previous"
+        undoing_assets = src == out / "assets" and dst.parent.name != "previous"
+        if placing_html or undoing_assets:
+            raise OSError(28, "No space left on device", str(dst))
+        replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", failing)
+    r = CliRunner().invoke(app, ["report", str(run), str(other), "--out", str(out)])
+    monkeypatch.setattr(os, "replace", replace)
+    assert r.exit_code == 1 and r.exception is not None, r.output
+    lines = r.output.strip().splitlines()
+    assert len(lines) == 1 and "previous report is kept in" in lines[0], r.output
+    kept = [p for p in out.glob(".report-*/previous") if p.is_dir()]
+    assert len(kept) == 1 and str(kept[0]) in lines[0]
+    saved = {p: (out / p).read_bytes() for p in old if (out / p).is_file()}
+    saved |= {p.relative_to(kept[0]): p.read_bytes() for p in kept[0].rglob("*") if p.is_file()}
+    assert {p: saved.get(p) for p in old} == old  # every old file, byte for byte
+
+
+def test_an_interrupted_report_is_named_and_runs_at_once_are_refused(tmp_path: Path) -> None:
+    """A run killed between moving the old report aside and placing the new one leaves the
+    old report in ``.report-*/previous``: the next run names it in a warning. A second run
+    into a folder another holds fails at once with one line (before, both swapped into the
+    same folder)."""
+    import fcntl
+
+    run, _ = _runs(tmp_path)
+    out = tmp_path / "report"
+    assert CliRunner().invoke(app, ["report", str(run), "--out", str(out)]).exit_code == 0
+    previous = out / ".report-1-deadbeef" / "previous"
+    previous.mkdir(parents=True)
+    for name in ("assets", "report.html", "report.md"):
+        (out / name).rename(previous / name)
+    r = CliRunner().invoke(app, ["report", str(run), "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert f"warning: {previous}: holds the previous report" in r.output
+    assert (previous / "report.html").is_file()  # left for the user to restore
+    fd = os.open(out, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        before = _files(out)
+        r = CliRunner().invoke(app, ["report", str(run), "--out", str(out)])
+        assert r.exit_code == 1 and r.exception is not None
+        assert r.output.strip() == (
+            f"error: {out}: another histomodels report is writing into this folder"
+        )
+        assert _files(out) == before
+    finally:
+        os.close(fd)
+
+
 def test_report_bad_inputs(tmp_path: Path) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()

@@ -18,10 +18,11 @@ import base64
 import contextlib
 import csv
 import html
+import logging
 import os
 import secrets
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -232,14 +233,22 @@ def _plots(page: _Page, runs: list[Run], cols: list[tuple[str, Evaluation]]) -> 
 
 
 #: What a report is, in its folder: swapped in together.
+log = logging.getLogger(__name__)
+
 REPORT_ENTRIES = ("assets", "report.html", "report.md")
+
+
+class _RollbackFailed(ReportError):
+    """The swap failed and so did putting the previous report back: ``staging/previous``
+    holds (part of) it and must not be deleted."""
 
 
 def _swap_in(staging: Path, out: Path) -> None:
     """Move the report built in ``staging`` into ``out``: the previous report's entries
     are first moved aside (into ``staging/previous``), then the new ones into place. A
     failure at any step moves back what was moved, so ``out`` holds the previous report
-    or the new one, whole; never new assets beside old pages."""
+    or the new one, whole. If moving back fails too, :class:`_RollbackFailed` names the
+    folder that still holds the previous report (the caller keeps it)."""
     previous = staging / "previous"
     previous.mkdir()
     aside: list[str] = []
@@ -252,14 +261,65 @@ def _swap_in(staging: Path, out: Path) -> None:
         for name in REPORT_ENTRIES:
             os.replace(staging / name, out / name)
             placed.append(name)
-    except BaseException:
-        for name in reversed(placed):  # best effort: the first error is the one to report
-            with contextlib.suppress(OSError):
+    except BaseException as exc:
+        failed: list[str] = []
+        for name in reversed(placed):
+            try:
                 os.replace(out / name, staging / name)
+            except OSError:
+                failed.append(name)
         for name in reversed(aside):
-            with contextlib.suppress(OSError):
+            try:
+                if os.path.lexists(out / name):  # a new entry could not be moved out
+                    raise FileExistsError(str(out / name))
                 os.replace(previous / name, out / name)
+            except OSError:
+                failed.append(name)
+        if failed:
+            raise _RollbackFailed(
+                f"{out}: the new report could not be put in place ({exc}) nor the previous "
+                f"one put back; the previous report is kept in {previous}"
+            ) from exc
         raise
+
+
+def _warn_leftovers(out: Path, staging: Path) -> None:
+    """Name earlier ``.report-*`` folders still holding a previous report (a run killed
+    between moving the old report aside and placing the new one, or a failed rollback)
+    when ``out`` lacks a whole report."""
+    if all(os.path.lexists(out / name) for name in REPORT_ENTRIES):
+        return
+    for left in sorted(out.glob(".report-*")):
+        previous = left / "previous"
+        if left != staging and previous.is_dir() and any(previous.iterdir()):
+            log.warning(
+                "%s: holds the previous report (an earlier report run was interrupted); "
+                "move its entries back into %s to restore it",
+                previous,
+                out,
+            )
+
+
+@contextlib.contextmanager
+def _locked(out: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the folder ``out`` itself (no lock file is left): a
+    second report into the same folder at once fails instead of mixing two swaps."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock (two runs at once are unsupported there)
+        yield
+        return
+    fd = os.open(out, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ReportError(
+                f"{out}: another histomodels report is writing into this folder"
+            ) from None
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def build_report(
@@ -269,36 +329,44 @@ def build_report(
 
     The report is built whole in a folder beside them and swapped in only once every input
     has been read (:func:`_swap_in`): an unreadable input, or a failure while swapping,
-    leaves the previous report as it was."""
+    leaves the previous report as it was; if putting it back fails too, the error names the
+    folder that keeps it. A second report into the same folder while one runs is refused."""
     if not paths:
         raise ReportError("give at least one run or eval folder")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    staging = out / f".report-{os.getpid()}-{secrets.token_hex(4)}"
-    staging.mkdir()
-    try:
-        (staging / "assets").mkdir()  # the user's umask applies, as to any folder made here
-        runs = [load_run(Path(p), staging / "assets") for p in paths]
-        cols = columns(runs)
-        names = [r.name for r in runs]
-        title = title or (
-            "Report: " + names[0] if len(runs) == 1 else "Comparison: " + ", ".join(names)
-        )
-        page = _Page(staging / "assets")
-        _header(page, title, runs)
-        ds_rows = dataset_rows(runs)
-        if ds_rows:
-            page.heading(2, "Runs and data")
-            page.table(["", *names], ds_rows)
-        if cols:
-            _test_metrics(page, cols)
-        _external(page, cols)
-        _plots(page, runs, cols)
-        atomic_write_text(staging / "report.html", page.html_page(title))
-        atomic_write_text(staging / "report.md", "\n".join(page.md) + "\n")
-        _swap_in(staging, out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)  # the previous report, once swapped out
+    with _locked(out):
+        staging = out / f".report-{os.getpid()}-{secrets.token_hex(4)}"
+        _warn_leftovers(out, staging)
+        staging.mkdir()
+        keep = False
+        try:
+            (staging / "assets").mkdir()  # the user's umask applies, as to any folder here
+            runs = [load_run(Path(p), staging / "assets") for p in paths]
+            cols = columns(runs)
+            names = [r.name for r in runs]
+            title = title or (
+                "Report: " + names[0] if len(runs) == 1 else "Comparison: " + ", ".join(names)
+            )
+            page = _Page(staging / "assets")
+            _header(page, title, runs)
+            ds_rows = dataset_rows(runs)
+            if ds_rows:
+                page.heading(2, "Runs and data")
+                page.table(["", *names], ds_rows)
+            if cols:
+                _test_metrics(page, cols)
+            _external(page, cols)
+            _plots(page, runs, cols)
+            atomic_write_text(staging / "report.html", page.html_page(title))
+            atomic_write_text(staging / "report.md", "\n".join(page.md) + "\n")
+            _swap_in(staging, out)
+        except _RollbackFailed:
+            keep = True
+            raise
+        finally:
+            if not keep:  # the previous report, once swapped out or put back
+                shutil.rmtree(staging, ignore_errors=True)
     return {
         "html": str(out / "report.html"),
         "markdown": str(out / "report.md"),
