@@ -56,6 +56,15 @@ def test_progress_is_silent_off_a_terminal_and_shown_on_one(monkeypatch, capsys)
         assert type(shown) is Task
 
 
+def test_a_progress_description_is_shown_as_it_is(monkeypatch, capsys) -> None:
+    """The bar's description went through rich markup: a path like ``o[/x]`` raised
+    MarkupError and ``runs/[exp1]`` lost its ``[exp1]``."""
+    monkeypatch.setenv("TTY_COMPATIBLE", "1")
+    with progress(), task("reading o[/x] runs/[exp1]", 3) as shown:
+        shown.advance(3)
+    assert "reading o[/x] runs/[exp1]" in capsys.readouterr().err
+
+
 def test_batch_jobs_get_a_plain_line_every_interval(monkeypatch, capsys) -> None:
     import histocore.cli
 

@@ -145,6 +145,27 @@ def test_cli_eval_end_to_end(tmp_path: Path) -> None:
     assert "warning" not in r.stdout
 
 
+def test_cli_eval_prints_paths_with_brackets_as_they_are(tmp_path: Path) -> None:
+    """Paths went through rich markup: ``--out 'o[/x]'`` raised MarkupError after the
+    metrics were written, ``runs/[exp1]`` printed as ``runs/``, ``val[b].h5`` as ``val.h5``."""
+    pytest.importorskip("histomodels.data.readers", reason="dataset readers not installed")
+    from histomodels.synthetic import write_h5
+
+    ckpt = tiny_checkpoint(tmp_path)
+    test_h5 = write_h5(tmp_path / "test[b].h5", 96, seed=7)
+    val_h5 = write_h5(tmp_path / "val[b].h5", 96, seed=8)
+    for out in (tmp_path / "runs" / "[exp1]", tmp_path / "o[" / "x]"):
+        args = ["eval", str(ckpt), "--data", str(test_h5), "--val", str(val_h5)]
+        r = CliRunner().invoke(app, [*args, "--out", str(out), "--bootstrap", "0"])
+        assert r.exit_code == 0 and r.exception is None, r.output
+        m = json.loads((out / "metrics.json").read_text())
+        assert r.stdout.splitlines()[0] == f"{ckpt} ({m['model']}) on {m['data']} (n={m['n']})"
+        assert "test[b].h5" in r.stdout.splitlines()[0]
+        assert f"threshold {m['threshold']:.4f}: {m['threshold_source']}" in r.stdout
+        assert "val[b].h5" in m["threshold_source"]
+        assert r.stdout.splitlines()[-1] == f"wrote {out}/metrics.json, predictions.csv and plots"
+
+
 def test_validation_sharing_test_patches_is_flagged_whatever_the_format(tmp_path: Path) -> None:
     """The Kaggle-format sample in shared/data is a subset of the PCam-format one: as test
     and validation, threshold and temperature were fitted on the test patches with no word

@@ -263,7 +263,7 @@ def progress(enabled: bool = True) -> Iterator[None]:
             yield
         return
     bar = Progress(
-        TextColumn("[bold]{task.description}"),
+        TextColumn("{task.description}", style="bold", markup=False),  # "o[/x]" as it is
         BarColumn(),
         _Count(),
         _Rate(),

@@ -103,6 +103,7 @@ def build_article(path: Path, seed: int = 0) -> Path:
 def run_demo(out: Path, *, minutes: float = 2.0, seed: int = 0, n_train: int = 3000) -> dict:
     """Run the demo into ``out`` and return the summary that is also written to JSON."""
     from rich.console import Console
+    from rich.text import Text
 
     try:  # the demo mines its own article: histofetch is the demo extra, not a dependency
         from histofetch.extract import run_extract
@@ -116,10 +117,10 @@ def run_demo(out: Path, *, minutes: float = 2.0, seed: int = 0, n_train: int = 3
     from histomodels.synthetic import write_h5
     from histomodels.training import train
 
-    console = Console(stderr=True)
+    console = Console(stderr=True, markup=False)  # paths are printed as they are ("o[/x]")
     out = Path(out)
     data = out / "data"
-    console.rule("[bold]1/6 synthetic PCam-like patches (SYNTHETIC, not real tissue)")
+    console.rule(Text("1/6 synthetic PCam-like patches (SYNTHETIC, not real tissue)", style="bold"))
     splits = {"train": (n_train, seed), "val": (600, seed + 1), "test": (600, seed + 2)}
     paths = {}
     for name, (n, s) in splits.items():
@@ -128,11 +129,11 @@ def run_demo(out: Path, *, minutes: float = 2.0, seed: int = 0, n_train: int = 3
             write_h5(paths[name], n, seed=s)
         console.print(f"{name}: {n} patches → {paths[name]}")
 
-    console.rule("[bold]2/6 a small PDF article with figures")
+    console.rule(Text("2/6 a small PDF article with figures", style="bold"))
     pdf = build_article(out / "literature" / "synthetic_article.pdf", seed=seed)
     console.print(f"article → {pdf}")
 
-    console.rule("[bold]3/6 histofetch extract → filter")
+    console.rule(Text("3/6 histofetch extract → filter", style="bold"))
     fetch_run = out / "fetch_run"
     console.print(run_extract(fetch_run, [pdf]).line())
     console.print(run_filter(fetch_run, purple=0.3).line())
@@ -148,7 +149,7 @@ def run_demo(out: Path, *, minutes: float = 2.0, seed: int = 0, n_train: int = 3
         f"kept {len(kept)} of {len(manifest.images)} images: pages {[i.page for i in kept]}"
     )
 
-    console.rule("[bold]4/6 train the scratch CNN")
+    console.rule(Text("4/6 train the scratch CNN", style="bold"))
     cfg = TrainConfig(
         model="cnn",
         data=str(paths["train"]),
@@ -161,7 +162,9 @@ def run_demo(out: Path, *, minutes: float = 2.0, seed: int = 0, n_train: int = 3
     run_dir = out / "run_cnn"
     result = train(cfg, run_dir)  # per-epoch lines: the histomodels.training logger
 
-    console.rule("[bold]5/6 evaluate: held-out synthetic patches and the literature manifest")
+    console.rule(
+        Text("5/6 evaluate: held-out synthetic patches and the literature manifest", style="bold")
+    )
     metrics = evaluate_checkpoint(
         run_dir / "best.pt",
         str(paths["test"]),
@@ -172,7 +175,7 @@ def run_demo(out: Path, *, minutes: float = 2.0, seed: int = 0, n_train: int = 3
     external = _external(run_dir / "best.pt", fetch_run, run_dir / "literature_eval")
     shipped = _shipped(paths["test"], fetch_run, out / "pcam_cnn", console)
 
-    console.rule("[bold]6/6 report")
+    console.rule(Text("6/6 report", style="bold"))
     report = _report([run_dir, *shipped.pop("folders", [])], out / "report")
 
     summary: dict[str, Any] = {
@@ -187,7 +190,7 @@ def run_demo(out: Path, *, minutes: float = 2.0, seed: int = 0, n_train: int = 3
         "report": str(report) if report else None,
     }
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
-    console.rule("[bold]done")
+    console.rule(Text("done", style="bold"))
     console.print_json(json.dumps(summary, default=str))
     console.print(f"open {out / 'report' / 'report.html'} for plots, curves and galleries")
     return summary

@@ -278,7 +278,7 @@ def _print_metrics(result: dict, out: Path) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    console = Console(markup=False)  # paths and names are printed as they are ("runs/[a]")
     if "roc_auc" not in result:
         console.print(result.get("note", "no metrics"))
         console.print(f"predictions written to {out / 'predictions.csv'}")
