@@ -195,6 +195,22 @@ def test_no_heatmaps_writes_the_same_csv_and_no_pngs(tmp_path: Path) -> None:
     assert not (tmp_path / "h").exists()
 
 
+def test_a_file_at_the_default_heatmap_folder_fails_at_once(tmp_path: Path) -> None:
+    """``--heatmaps`` was checked up front, its default (``<csv stem>_heatmaps``) not: a
+    file there let predict score everything, then fail with 'file exists'."""
+    ckpt = tiny_checkpoint(tmp_path)
+    big = tmp_path / "figure.png"
+    Image.fromarray(make_figure(2, 3, seed=1)).save(big)
+    (tmp_path / "s_heatmaps").write_text("not a folder")
+    out = tmp_path / "s.csv"
+    r = CliRunner().invoke(app, ["predict", str(ckpt), str(big), "--out", str(out)])
+    assert r.exit_code == 1 and r.exception is not None
+    assert r.output == f"error: {tmp_path / 's_heatmaps'}: is a file, not a folder\n"
+    assert not out.exists()
+    args = ["predict", str(ckpt), str(big), "--out", str(out), "--no-heatmaps"]
+    assert CliRunner().invoke(app, args).exit_code == 0 and out.exists()
+
+
 def test_greyscale_images_get_one_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """A greyscale file (or grey pixels stored as RGB) was scored as if it were H&E, with
     no word; now one warning names how many and one of them."""

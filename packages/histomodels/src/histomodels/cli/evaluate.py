@@ -446,7 +446,8 @@ def predict_cmd(
         usage_error(ctx, "give one of them, not both", "--heatmaps", "--no-heatmaps")
     require_paths(*paths)
     require_file_out(out)
-    require_folder(heatmaps)
+    if not no_heatmaps:  # the default folder too: a file there failed only after scoring
+        require_folder(heatmaps or out.with_name(out.stem + "_heatmaps"))
     use_cpu_cores()
     with errors(), progress():
         from histomodels.predict import OverPixelLimit, predict_paths
