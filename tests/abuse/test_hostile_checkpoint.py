@@ -369,3 +369,34 @@ def test_resumed_last_pt_keeps_the_traceback_of_a_bug_in_model_code(
     assert "unsupported operand" in str(r.exception) and "error:" not in r.output
     with pytest.raises(CheckpointError, match="cannot build model 'cnn' \\(unsupported operand"):
         load_model(run / "best.pt")
+
+
+@pytest.mark.parametrize(
+    ("config", "raised"),
+    [
+        ({"patch_size": 0}, "ZeroDivisionError"),
+        ({"embed_dim": 7}, "AssertionError"),
+        ({"img_size": []}, "IndexError"),
+    ],
+)
+def test_a_timm_config_the_builder_chokes_on_is_one_error_line(
+    tmp_path: Path, config: dict, raised: str
+) -> None:
+    """Values of the right keys and types that timm's ViT cannot build with raised other
+    than TypeError/ValueError: predict gave a traceback. A file's config is untrusted, so
+    any exception from building it is the one ``cannot build model`` line."""
+    import numpy as np
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from histomodels.cli import app
+
+    bad = _save(tmp_path, model="timm/vit_tiny_patch16_224", model_config=config)
+    img = tmp_path / "img.png"
+    Image.fromarray(np.full((96, 96, 3), 200, np.uint8)).save(img)
+    out = tmp_path / "p.csv"
+    r = CliRunner().invoke(app, ["predict", str(bad), str(img), "--out", str(out)])
+    assert r.exit_code == 1 and isinstance(r.exception, SystemExit), r.output
+    line = f"error: {bad}: cannot build model 'timm/vit_tiny_patch16_224' ({raised}: "
+    assert r.output.startswith(line) and r.output.count("\n") == 1, r.output
+    assert not out.exists()

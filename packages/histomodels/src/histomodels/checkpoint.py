@@ -321,19 +321,23 @@ def build_with_weights(
     the weights, cannot build at all (unusable values of accepted keys), or the weights do
     not fit the model built. ``config_checked``: ``check_config`` (the model registry's)
     has matched the config's keys and value types against the builder, as on resume, so a
-    ``TypeError`` while building is a bug in the model code and keeps its traceback."""
+    ``TypeError`` while building is a bug in the model code and keeps its traceback.
+    Otherwise the config is untrusted: any ``Exception`` from the builder (timm's ViT raises
+    ZeroDivisionError for ``patch_size: 0``, AssertionError for ``embed_dim: 7``) is that
+    one error line."""
     from histomodels.models import create_model
 
-    input_errors: tuple[type[Exception], ...] = (
-        (ValueError,) if config_checked else (TypeError, ValueError)
-    )
+    input_errors: tuple[type[Exception], ...] = (ValueError,) if config_checked else (Exception,)
     try:
         with build_budget(state_dict, path):
             model = create_model(name, pretrained=False, **config)
     except CheckpointError:
         raise
     except input_errors as exc:  # values of the right keys but unusable
-        raise CheckpointError(f"{path}: cannot build model {name!r} ({exc})") from None
+        why = (
+            f"{exc}" if isinstance(exc, TypeError | ValueError) else f"{type(exc).__name__}: {exc}"
+        )
+        raise CheckpointError(f"{path}: cannot build model {name!r} ({why})") from None
     try:
         model.load_state_dict(state_dict)
     except RuntimeError as exc:
