@@ -586,6 +586,18 @@ def _lettered_run(run: Path, n: int) -> Path:
     return run
 
 
+def _with_fake_tesseract(fake: Path, script: str) -> dict[str, str]:
+    """The environment for a histofetch subprocess whose ``tesseract`` is ``script``
+    (written to the new folder ``fake``, first on PATH)."""
+    fake.mkdir()
+    (fake / "tesseract").write_text(script)
+    (fake / "tesseract").chmod(0o755)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env["PATH"] = os.pathsep.join([str(fake), env.get("PATH", "")])
+    env["PYTHONPATH"] = os.pathsep.join(sys.path)
+    return env
+
+
 FAILING_TESSERACT = """#!/bin/sh
 if [ "$1" = "--version" ]; then echo "tesseract 5.3.0"; exit 0; fi
 echo "Error opening data file eng.traineddata" >&2
@@ -599,12 +611,7 @@ def test_workers_warnings_read_as_in_one_process(tmp_path: Path) -> None:
     the ``warning:`` prefix the same warning has with ``--jobs 1``; information lines
     (``-v``'s debug lines too) were not shown at all."""
     fake = tmp_path / "bin"
-    fake.mkdir()
-    (fake / "tesseract").write_text(FAILING_TESSERACT)
-    (fake / "tesseract").chmod(0o755)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    env["PATH"] = os.pathsep.join([str(fake), env.get("PATH", "")])
-    env["PYTHONPATH"] = os.pathsep.join(sys.path)
+    env = _with_fake_tesseract(fake, FAILING_TESSERACT)
     said = {}
     for jobs in (1, 2):
         run = _lettered_run(tmp_path / f"jobs{jobs}", 2)
@@ -631,12 +638,7 @@ def test_notice_logged_once_per_process_shown_once(tmp_path: Path) -> None:
     after a cached check) was shown once per worker with ``--jobs 2``, once with
     ``--jobs 1`` (a warning per record is still shown for each: the test above)."""
     fake = tmp_path / "bin"
-    fake.mkdir()
-    (fake / "tesseract").write_text(BROKEN_TESSERACT)
-    (fake / "tesseract").chmod(0o755)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    env["PATH"] = os.pathsep.join([str(fake), env.get("PATH", "")])
-    env["PYTHONPATH"] = os.pathsep.join(sys.path)
+    env = _with_fake_tesseract(fake, BROKEN_TESSERACT)
     run = _lettered_run(tmp_path / "run", 6)
     cmd = [sys.executable, "-m", "histofetch.cli", "filter", "--run", str(run), "--jobs", "2",
            "--no-sheet"]  # fmt: skip
