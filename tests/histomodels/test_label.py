@@ -209,3 +209,34 @@ def test_figures_whose_file_lies_outside_the_run_are_not_offered_or_linked(
     labels = {i.id: i.label for i in Manifest.load(run).images.values()}
     assert labels == {"img0": "metastasis", "dropped": None, "abs": None, "up": None,
                       "link": None}  # fmt: skip
+
+
+def test_set_and_csv_refuse_figures_whose_file_lies_outside_the_run(tmp_path: Path) -> None:
+    """``--set`` and ``--from-csv`` refuse an id the prompt does not offer (its file is
+    ``/etc/passwd``-like, ``../x.png`` or a link pointing out) like an unknown id: one error
+    line, exit 1, nothing written (they labelled it)."""
+    secret = tmp_path / "secret.png"
+    secret.write_bytes(b"not yours")
+    run = _run(tmp_path, n=1)
+    (run / "images").mkdir()
+    (run / "images" / "link.png").symlink_to(secret)
+    m = Manifest.load(run)
+    for name, path in (("abs", str(secret)), ("up", "../secret.png"), ("link", "images/link.png")):
+        m.add_image(Image(id=name, record_id="pmid:1", path=path, sha256="0" * 64, width=400,
+                          height=300, kept=True))  # fmt: skip
+    m.save()
+    m.close()
+    before = (run / "manifest.jsonl").read_bytes()
+    runner = CliRunner()
+    for name in ("abs", "up", "link"):
+        csv_path = tmp_path / f"{name}.csv"
+        csv_path.write_text(f"image_id,label\nimg0,m\n{name},m\n")
+        for args in (["--set", "img0=m", "--set", f"{name}=m"], ["--from-csv", str(csv_path)]):
+            r = runner.invoke(app, ["label", "--manifest", str(run), *args])
+            lines = r.stderr.strip().splitlines()
+            assert r.exit_code == 1 and len(lines) == 1, r.output
+            assert lines[0].startswith("error: ") and f"image {name!r}" in lines[0], lines
+            assert "outside the run folder" in lines[0] and str(secret) not in lines[0]
+    assert (run / "manifest.jsonl").read_bytes() == before
+    labels = {i.id: i.label for i in Manifest.load(run).images.values()}
+    assert set(labels.values()) == {None}

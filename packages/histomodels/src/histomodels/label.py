@@ -68,10 +68,21 @@ def _reviewer() -> str:
 
 def apply_labels(manifest: Manifest, labels: Mapping[str, str | None]) -> int:
     """Set labels (all validated first, then saved once, with the export). Returns how
-    many changed."""
+    many changed.
+
+    An unknown id, and the id of a figure whose file lies outside the run folder (the
+    prompt does not offer it: :func:`label_interactively`), raise :class:`LabelError`
+    before anything is written."""
     unknown = [i for i in labels if i not in manifest.images]
     if unknown:
         raise LabelError(f"{manifest.path}: no image with id {unknown[0]!r} in this manifest")
+    for image_id in labels:
+        img = manifest.images[image_id]
+        if img.path is not None and _file(manifest, img) is None:
+            raise LabelError(
+                f"{manifest.path}: image {image_id!r}: its file lies outside the run folder; "
+                "not labelled"
+            )
     changed = 0
     for label in labels.values():
         if label is not None and label not in IMAGE_LABELS:
