@@ -257,3 +257,33 @@ def test_blank_tiles_are_not_called_greyscale(
         predict_paths(ckpt, [*files, tmp_path / "grey.png"], tmp_path / "b.csv")
     (line,) = [r.getMessage() for r in caplog.records]
     assert line.startswith(f"1 of 5 image(s) are greyscale (e.g. {tmp_path / 'grey.png'})")
+
+
+def test_csv_says_tumour_yes_no_and_the_threshold_it_used(tmp_path: Path) -> None:
+    """The CSV had a probability only: users copied the threshold from the model card. Two
+    columns are appended (the first six keep their order): the threshold and the call at
+    it (a checkpoint without one: 0.5; --threshold overrides)."""
+    ckpt = tiny_checkpoint(tmp_path)
+    big = tmp_path / "figure.png"
+    Image.fromarray(make_figure(3, 4, seed=1)).save(big)
+    out = tmp_path / "pred.csv"
+    base = ["predict", str(ckpt), str(big), "--out", str(out), "--no-heatmaps"]
+    r = CliRunner().invoke(app, base)
+    assert r.exit_code == 0, r.output
+    assert "tumour = probability >= 0.5000: default 0.5 (the model ships no threshold)" in r.output
+    header = out.read_text().splitlines()[0]
+    assert header == "path,x,y,size,tissue_fraction,probability,threshold,tumour"
+    rows = _rows(out)
+    probs = np.array([float(r["probability"]) for r in rows])
+    assert {r["threshold"] for r in rows} == {"0.500000"}
+    assert [r["tumour"] for r in rows] == ["yes" if p >= 0.5 else "no" for p in probs]
+    levels = np.unique(probs)
+    mid = len(levels) // 2
+    cut = float((levels[mid - 1] + levels[mid]) / 2)  # between two tiles: no rounding ties
+    r = CliRunner().invoke(app, [*base, "--threshold", str(cut)])
+    assert r.exit_code == 0 and f"tumour = probability >= {cut:.4f}: --threshold" in r.output
+    rows = _rows(out)
+    assert [r["tumour"] for r in rows] == ["yes" if p >= cut else "no" for p in probs]
+    assert {"yes", "no"} == {r["tumour"] for r in rows}
+    r = CliRunner().invoke(app, [*base, "--threshold", "1.5"])
+    assert r.exit_code == 2 and "1.5 is not in the range 0 <= x <= 1" in r.output

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import shutil
@@ -83,6 +84,15 @@ def test_cli_predict_and_eval_with_the_shipped_model(tmp_path: Path, offline: No
     )  # fmt: skip
     assert r.exit_code == 0, r.output
     assert "2 patch(es) from 2 file(s)" in r.output
+    # the yes/no call at the shipped operating point (users copied 0.392 from the card)
+    shipped = pretrained.sidecar("pcam-cnn")["threshold"]
+    assert f"tumour = probability >= {shipped:.4f}: shipped with the model" in r.output
+    with (tmp_path / "pred.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert list(rows[0])[-2:] == ["threshold", "tumour"]
+    for row in rows:
+        assert float(row["threshold"]) == pytest.approx(shipped, abs=1e-6)
+        assert row["tumour"] == ("yes" if float(row["probability"]) >= shipped else "no")
     test_h5 = write_h5(tmp_path / "t.h5", 48, seed=3)
     r = runner.invoke(
         app,

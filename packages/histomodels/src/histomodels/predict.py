@@ -41,6 +41,9 @@ SCALE_CHECK_IMAGES, SCALE_CHECK_CROP, SCALE_CHECK_BAND = 8, 256, (0.5, 2.0)
 #: (white, near-white JPEG, a black or flat grey tile) have R=G=B too.
 GREY_CONTENT_SHARE, GREY_CONTENT_BELOW, GREY_CONTENT_STD = 0.05, 204, 2.0
 
+#: The CSV's columns; new ones are appended, so readers by position keep working.
+CSV_COLUMNS = ["path", "x", "y", "size", "tissue_fraction", "probability", "threshold", "tumour"]
+
 log = logging.getLogger(__name__)
 
 
@@ -172,11 +175,15 @@ def predict_paths(
     precision: str = "auto",
     device: str | None = None,
     max_pixels: int = MAX_PIXELS,
+    threshold: float | None = None,
 ) -> dict[str, Any]:
-    """Write one CSV row per patch (path, x, y, size, tissue_fraction, probability) and a
-    heatmap PNG per image larger than one patch (unless ``draw_heatmaps`` is False: drawing
-    one costs ~0.5 s, far more than scoring a small image). Returns a summary dict.
+    """Write one CSV row per patch (path, x, y, size, tissue_fraction, probability,
+    threshold, tumour) and a heatmap PNG per image larger than one patch (unless
+    ``draw_heatmaps`` is False: drawing one costs ~0.5 s, far more than scoring a small
+    image). Returns a summary dict (with ``threshold`` and ``threshold_source``).
 
+    ``tumour`` is ``yes`` when the probability reaches ``threshold``: the one given, else
+    the one shipped with the model (pretrained models), else 0.5.
     ``scale`` resizes each image first so it matches the model's training magnification
     (PCam is ~10x, ~0.97 um/px: use 0.25 for 40x tiles); x/y are then in resized pixels."""
     from histocore.io import atomic_write_text
@@ -184,9 +191,12 @@ def predict_paths(
 
     if not 0 < scale <= 16:
         raise UsageError(f"scale must be in (0, 16], got {scale}")
+    if threshold is not None and not 0 <= threshold <= 1:  # NaN fails too
+        raise UsageError(f"threshold must be in [0, 1], got {threshold}")
     files = collect_inputs(paths)
     pred = Predictor.load(checkpoint, device=device, precision=precision)
     size = int(pred.ckpt.get("input_size", 96))
+    cut, cut_source = decision_threshold(pred.ckpt, threshold)
     check_inputs(files, size, max_pixels, scale=scale, stride=stride)
     out_csv = Path(out_csv)
     heat_dir = Path(heatmap_dir) if heatmap_dir else out_csv.with_name(out_csv.stem + "_heatmaps")
@@ -194,19 +204,31 @@ def predict_paths(
         heat_dir = None
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["path", "x", "y", "size", "tissue_fraction", "probability"])
+    w.writerow(CSV_COLUMNS)
     n_rows, heatmaps = 0, []
     try:
         n_rows = _predict_files(pred, files, w, heat_dir, heatmaps, size=size, scale=scale,
                                 stride=stride, max_pixels=max_pixels, batch_size=batch_size,
-                                tta=tta)  # fmt: skip
+                                tta=tta, threshold=cut)  # fmt: skip
         out_csv.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out_csv, buf.getvalue())
     except BaseException:  # nothing half written: the heatmaps of this run go with the CSV
         for h in heatmaps:
             Path(h).unlink(missing_ok=True)
         raise
-    return {"files": len(files), "rows": n_rows, "csv": str(out_csv), "heatmaps": heatmaps}
+    return {"files": len(files), "rows": n_rows, "csv": str(out_csv), "heatmaps": heatmaps,
+            "threshold": cut, "threshold_source": cut_source}  # fmt: skip
+
+
+def decision_threshold(ckpt: dict[str, Any], given: float | None) -> tuple[float, str]:
+    """The probability at which a patch is called tumour, and where it came from: ``given``,
+    else the threshold shipped with the model, else 0.5."""
+    if given is not None:
+        return float(given), "given"
+    if ckpt.get("threshold") is not None:
+        rule = ckpt.get("threshold_rule") or "rule not recorded"
+        return float(ckpt["threshold"]), f"shipped with the model ({rule})"
+    return 0.5, "default 0.5 (the model ships no threshold)"
 
 
 def _predict_files(
@@ -222,6 +244,7 @@ def _predict_files(
     max_pixels: int,
     batch_size: int,
     tta: bool,
+    threshold: float,
 ) -> int:
     """Score every file's tiles into the CSV writer ``w``; heatmap paths go to ``heatmaps``
     as they are written. Returns the number of rows."""
@@ -238,8 +261,10 @@ def _predict_files(
                 grey.append(f)
             logits = pred.logits(tiles.patches, batch_size=batch_size, tta=tta)
             probs = sigmoid(logits, pred.temperature)
+            cut = f"{threshold:.6f}"
             for (x, y), t, p in zip(tiles.xy, tiles.tissue, probs, strict=True):
-                w.writerow([safe_cell(str(f)), int(x), int(y), size, f"{t:.3f}", f"{p:.6f}"])
+                w.writerow([safe_cell(str(f)), int(x), int(y), size, f"{t:.3f}", f"{p:.6f}",
+                            cut, "yes" if p >= threshold else "no"])  # fmt: skip
             n_rows += len(probs)
             if len(probs) > 1 and heat_dir is not None:
                 target = heat_dir / f"{_stem(f, files)}.png"

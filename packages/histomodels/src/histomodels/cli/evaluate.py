@@ -433,10 +433,19 @@ def predict_cmd(
     max_pixels: Annotated[
         int, typer.Option("--max-pixels", min=1, help="Refuse larger images (bomb guard).")
     ] = 64_000_000,
+    threshold: Annotated[
+        float | None,
+        typer.Option(
+            "--threshold",
+            callback=in_range(0, 1),
+            help="Call a patch tumour (CSV column tumour=yes) at this probability, in [0, 1] "
+            "(default: the model's shipped threshold, else 0.5).",
+        ),
+    ] = None,
     device: Device = None,
 ) -> None:
-    """One CSV row per 96 px patch with its tumour probability; large images are tiled and
-    get a heatmap PNG."""
+    """One CSV row per 96 px patch with its tumour probability and yes/no call; large images
+    are tiled and get a heatmap PNG."""
     checkpoint = _model_source(ctx, None if model else paths[0], model)
     if model is None:
         paths = paths[1:]
@@ -466,10 +475,13 @@ def predict_cmd(
                 precision=precision,
                 device=device,
                 max_pixels=max_pixels,
+                threshold=threshold,
             )
         except OverPixelLimit as exc:  # the library's message knows no option names
             raise OverPixelLimit(f"{exc}; --max-pixels raises the limit") from None
     typer.echo(f"{res['rows']} patch(es) from {res['files']} file(s) → {res['csv']}")
+    source = "--threshold" if res["threshold_source"] == "given" else res["threshold_source"]
+    typer.echo(f"tumour = probability >= {res['threshold']:.4f}: {source}")
     if res["heatmaps"]:
         typer.echo(f"{len(res['heatmaps'])} heatmap(s) in {Path(res['heatmaps'][0]).parent}")
 
