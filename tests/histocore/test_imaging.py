@@ -234,3 +234,70 @@ def test_high_bit_depth_grey_is_scaled_or_refused_never_clipped(tmp_path) -> Non
         PIL.Image.fromarray(values).convert(mode).save(path)
         with pytest.raises(ImageError, match=f"^{path}: 32-bit .* grey image .*no 8-bit scale"):
             read_rgb(path, max_pixels=10**6)
+
+
+def test_signed_16_bit_grey_is_scaled_with_negatives_black(tmp_path) -> None:
+    """A signed 16-bit TIFF (SampleFormat 2; Pillow opens it as mode I, raw mode I;16S:
+    there is no I;16S image mode) was refused as a "32-bit integer" image. Negative values
+    are clipped to black, and the positive range (at most 15 bits) is scaled like unsigned
+    16-bit: the top 8 bits of the smallest 8/10/12/14/15-bit depth holding the maximum."""
+    from histocore.imaging import read_rgb
+
+    def signed_tiff(name: str, values: np.ndarray) -> Path:
+        path = tmp_path / name
+        # Pillow writes no signed 16-bit mode; the bytes of I;16 with SampleFormat=2 are one
+        PIL.Image.fromarray(values.astype("<i2").view("<u2")).save(path, tiffinfo={339: 2})
+        with PIL.Image.open(path) as im:  # what a camera's signed file opens as
+            args = im.tile[0][3]
+            assert im.mode == "I" and args is not None and args[0] == "I;16S"
+            assert np.array_equal(np.asarray(im), values)
+        return path
+
+    full = np.array([[-32768, -100, 0, 100], [1000, 16384, 32000, 32767]])
+    got = read_rgb(signed_tiff("full.tif", full), max_pixels=10**6)
+    assert got.dtype == np.uint8 and got.shape == (2, 4, 3)
+    assert got[..., 0].tolist() == [[0, 0, 0, 100 >> 7], [1000 >> 7, 128, 32000 >> 7, 255]]
+    # 12-bit camera data with negative noise (dark-frame subtraction): 0..4095 → 0..255
+    twelve = np.array([[-5, -1, 0, 16], [1000, 2048, 4000, 4095]])
+    got12 = read_rgb(signed_tiff("twelve.tif", twelve), max_pixels=10**6)[..., 0]
+    assert got12.tolist() == [[0, 0, 0, 1], [1000 >> 4, 128, 4000 >> 4, 255]]
+    # all negative is black, not white (the values wrapped to 65535 when read as unsigned)
+    assert read_rgb(signed_tiff("neg.tif", np.full((2, 2), -7)), max_pixels=10**6).max() == 0
+
+
+def _big_endian_deflate_signed16_tiff(values: np.ndarray) -> bytes:
+    """A one-strip big-endian ("MM") Deflate TIFF of signed 16-bit samples (Pillow writes
+    compressed TIFFs little-endian only)."""
+    import struct
+    import zlib
+
+    h, w = values.shape
+    strip = zlib.compress(values.astype(">i2").tobytes())
+    tags = [  # (tag, type SHORT=3 / LONG=4, value)
+        (256, 4, w), (257, 4, h), (258, 3, 16), (259, 3, 8), (262, 3, 1),
+        (273, 4, 0), (277, 3, 1), (278, 4, h), (279, 4, len(strip)), (339, 3, 2),
+    ]  # fmt: skip
+    ifd_size = 2 + 12 * len(tags) + 4
+    offset = 8 + ifd_size  # the strip follows the IFD
+    ifd = struct.pack(">H", len(tags))
+    for tag, kind, value in tags:
+        value = offset if tag == 273 else value
+        packed = struct.pack(">HH", value, 0) if kind == 3 else struct.pack(">I", value)
+        ifd += struct.pack(">HHI", tag, kind, 1) + packed
+    return b"MM\x00\x2a" + struct.pack(">I", 8) + ifd + struct.pack(">I", 0) + strip
+
+
+def test_big_endian_compressed_signed_16_bit_is_refused_not_misread(tmp_path) -> None:
+    """Pillow decodes such a file byte-swapped (-100 came out as -25345, 4095 as -241: a
+    garbled image scored as a figure); it is one error line instead."""
+    from histocore.imaging import ImageError, read_rgb
+
+    values = np.array([[-100, 0, 4095, 2048]])
+    path = tmp_path / "mm.tif"
+    path.write_bytes(_big_endian_deflate_signed16_tiff(values))
+    with PIL.Image.open(path) as im:  # the file is what it says: Pillow reads its header
+        codec, args = im.tile[0][0], im.tile[0][3]
+        assert (im.mode, im.size, codec) == ("I", (4, 1), "libtiff")
+        assert args is not None and args[0] == "I;16BS"
+    with pytest.raises(ImageError, match=f"^{path}: big-endian compressed signed 16-bit"):
+        read_rgb(path, max_pixels=10**6)

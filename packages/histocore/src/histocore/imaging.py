@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import PIL.Image
+import PIL.ImageFile
 
 from histocore.errors import DomainError
 
@@ -172,7 +173,9 @@ def read_rgb(
 
     Transparency is composited onto white (what a reader sees on a page). ``max_side``
     shrinks the image so its longest side is at most that (JPEG decodes at reduced size,
-    then bilinear). ``rgb_only`` refuses any mode but RGB (patch datasets). Raises
+    then bilinear). ``rgb_only`` refuses any mode but RGB (patch datasets). 16-bit grey,
+    unsigned or signed, keeps 8 of the bits it uses (negative values are black:
+    :func:`_grey16_to_8`); 32-bit grey is refused. Raises
     :class:`ImageTooLarge` or :class:`ImageError` naming the file.
     """
     return read_rgb_sized(
@@ -193,7 +196,8 @@ def read_rgb_sized(
     with open_image(source, max_pixels=max_pixels, what=name) as im:
         if rgb_only and im.mode != "RGB":
             raise ImageError(name, f"image mode {im.mode}, expected RGB")
-        if im.mode in ("I", "F"):  # convert("RGB") would clip every value at 255
+        signed = _signed16(im, name)
+        if im.mode in ("I", "F") and not signed:  # convert("RGB") would clip at 255
             kind = "float" if im.mode == "F" else "integer"
             raise ImageError(
                 name,
@@ -201,7 +205,7 @@ def read_rgb_sized(
             )
         size = im.size
         try:
-            return _decode(im, max_side), size
+            return _decode(im, max_side, signed), size
         except PIL.Image.DecompressionBombError as exc:  # a later frame or tile over Pillow's
             raise _refused(name, max_pixels, exc) from None
         except Exception as exc:
@@ -211,11 +215,11 @@ def read_rgb_sized(
             raise ImageError(name, f"cannot decode image ({reason})", reason) from None
 
 
-def _decode(im: PIL.Image.Image, max_side: int | None) -> np.ndarray:
+def _decode(im: PIL.Image.Image, max_side: int | None, signed16: bool = False) -> np.ndarray:
     if max_side is not None:
         im.draft("RGB", (max_side, max_side))
-    if im.mode.startswith("I;16"):  # 16-bit grey (convert() clips at 255)
-        im = PIL.Image.fromarray(_grey16_to_8(np.asarray(im).astype(np.uint16)), "L")
+    if im.mode.startswith("I;16") or signed16:  # 16-bit grey (convert() clips at 255)
+        im = PIL.Image.fromarray(_grey16_to_8(np.asarray(im)), "L")
     if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
         rgba = im.convert("RGBA")
         white = PIL.Image.new("RGBA", rgba.size, (255, 255, 255, 255))
@@ -227,15 +231,39 @@ def _decode(im: PIL.Image.Image, max_side: int | None) -> np.ndarray:
     return np.asarray(im, dtype=np.uint8)
 
 
+def _signed16(im: PIL.Image.Image, name: str) -> bool:
+    """Whether ``im`` (not yet loaded) decodes signed 16-bit samples: Pillow has no signed
+    16-bit image mode and opens them (TIFF SampleFormat 2) as 32-bit mode ``I`` with raw
+    mode ``I;16S``/``I;16BS``; only the tile says so. A big-endian one that libtiff
+    decodes (compressed) comes out byte-swapped: :class:`ImageError`."""
+    if im.mode != "I" or not isinstance(im, PIL.ImageFile.ImageFile) or not im.tile:
+        return False
+    codec, args = im.tile[0][0], im.tile[0][3]
+    rawmode = args if isinstance(args, str) else args[0] if args else None
+    if codec == "libtiff" and rawmode == "I;16BS":  # libtiff hands over native order
+        raise ImageError(
+            name,
+            "big-endian compressed signed 16-bit TIFF (Pillow swaps its bytes); save it "
+            "uncompressed, unsigned or as 8-bit",
+        )
+    return rawmode in ("I;16S", "I;16BS", "I;16NS")
+
+
 def _grey16_to_8(values: np.ndarray) -> np.ndarray:
-    """16-bit grey as 8 bits. Microscope cameras store 10-, 12- or 14-bit values in 16-bit
-    files (no header says so): keeping the file's top byte made a 12-bit image near-black.
-    The depth taken is the smallest of 8, 10, 12, 14 or 16 bits that holds the brightest
-    value, and its top 8 bits are kept: full-range 16-bit data (brightest value 16384 or
-    more) keeps its top byte as before, and one hot pixel cannot change a 12-bit image's
-    scale (it still fits 12 bits)."""
+    """16-bit grey (unsigned, or signed as ``int16``/``int32``) as 8 bits. Microscope cameras
+    store 10-, 12- or 14-bit values in 16-bit files (no header says so): keeping the file's
+    top byte made a 12-bit image near-black. The depth taken is the smallest of 8, 10, 12,
+    14 or 16 bits that holds the brightest value, and its top 8 bits are kept: full-range
+    16-bit data (brightest value 16384 or more) keeps its top byte as before, and one hot
+    pixel cannot change a 12-bit image's scale (it still fits 12 bits).
+
+    Signed data: negative values (noise below a subtracted dark frame) are clipped to 0,
+    black, and the depth is at most 15 bits (its largest value, 32767, is white); shifting
+    by 32768 instead would make every 12-bit signed image a flat mid-grey."""
+    signed = np.issubdtype(values.dtype, np.signedinteger)
+    values = np.maximum(values, 0).astype(np.uint16) if signed else values.astype(np.uint16)
     used = int(values.max(initial=0)).bit_length()
-    depth = min(16, max(8, used + used % 2))  # rounded up to an even depth
+    depth = min(15 if signed else 16, max(8, used + used % 2))  # rounded up to an even depth
     return (values >> (depth - 8)).astype(np.uint8)
 
 
