@@ -174,6 +174,28 @@ def test_val_sets_the_figures_threshold_and_the_tiles_temperature(tmp_path: Path
     assert m["image_metrics"]["max"]["accuracy"] == pytest.approx((called == y).mean())
 
 
+def test_manifest_without_val_uses_the_shipped_threshold_as_data_does(tmp_path: Path) -> None:
+    """``eval --manifest`` without ``--val`` used 0.5 while ``eval --data`` used the model's
+    shipped threshold (pcam-cnn: 0.392); now both take it, and the output says where from."""
+    from histomodels import pretrained
+
+    shipped = pretrained.sidecar("pcam-cnn")["threshold"]
+    run = _run(tmp_path, ["metastasis", "no_metastasis", "metastasis"])
+    out = tmp_path / "ev"
+    args = ["eval", "--model", "pcam-cnn", "--manifest", str(run), "--bootstrap", "0",
+            "--scale", "1", "--out", str(out)]  # fmt: skip
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["threshold"] == pytest.approx(shipped) != 0.5
+    assert m["threshold_source"].startswith("shipped with the model (sensitivity>=0.9")
+    assert f"threshold {shipped:.4f}: shipped with the model" in r.output
+    rows = list(csv.DictReader((out / "image_scores.csv").open()))
+    y = np.array([r["label"] == "1" for r in rows])
+    called = np.array([float(r["max"]) >= shipped for r in rows])
+    assert m["image_metrics"]["max"]["accuracy"] == pytest.approx((called == y).mean())
+
+
 def test_bad_manifest(tmp_path: Path) -> None:
     ckpt = tiny_checkpoint(tmp_path)
     r = CliRunner().invoke(app, ["eval", str(ckpt), "--manifest", str(tmp_path / "nope")])

@@ -3,7 +3,8 @@ plots and an error gallery for one checkpoint on one labelled patch dataset.
 
 Protocol (so numbers are honest): temperature and threshold are fitted on the *validation*
 set only, then frozen and applied to the *test* set. Without a validation set the stored
-temperature and a 0.5 threshold are used, and ``threshold_source`` says so.
+temperature and the model's shipped threshold (else 0.5) are used, and ``threshold_source``
+says so.
 """
 
 from __future__ import annotations
@@ -50,6 +51,17 @@ def write_predictions(path: Path, ids: list[str], labels: np.ndarray, probs: np.
 
 
 DEFAULT_THRESHOLD_SOURCE = "default 0.5 (no validation set given)"
+
+
+def default_threshold(ckpt: dict[str, Any]) -> tuple[float, str]:
+    """The threshold used without validation data, and where it came from: the one shipped
+    with the model (pretrained models), else 0.5 (``eval --data`` and ``--manifest`` alike)."""
+    if ckpt.get("threshold") is None:
+        return 0.5, DEFAULT_THRESHOLD_SOURCE
+    rule = ckpt.get("threshold_rule") or "rule not recorded"
+    return float(ckpt["threshold"]), (
+        f"shipped with the model ({rule} on its own validation data; no validation set given)"
+    )
 
 
 def check_threshold_options(
@@ -178,13 +190,7 @@ def evaluate_checkpoint(
         "tta": bool(tta),
         "precision": pred.precision,
     }
-    threshold, threshold_source = 0.5, DEFAULT_THRESHOLD_SOURCE
-    if ckpt.get("threshold") is not None:  # shipped with a pretrained model
-        threshold = float(ckpt["threshold"])
-        threshold_source = (
-            f"shipped with the model ({ckpt.get('threshold_rule') or 'rule not recorded'} "
-            "on its own validation data; no validation set given)"
-        )
+    threshold, threshold_source = default_threshold(ckpt)
     if (
         val is not None
         and isinstance(val, (str, Path))

@@ -123,9 +123,10 @@ def evaluate_manifest(
     ``include_leaky``; with ``train_data`` (the training patches), figures whose tiles
     reprint a training patch are flagged ``training_duplicate`` (:mod:`histomodels.leakage`).
 
-    Tiles are read with the model's temperature and figures with ``threshold`` (0.5 unless
-    given); or, with ``val`` (labelled PCam-style patches), with the temperature fitted and
-    the threshold chosen there, as :func:`histomodels.evaluate.evaluate_checkpoint` does
+    Tiles are read with the model's temperature and figures with ``threshold`` (when not
+    given: the one shipped with the model, else 0.5, as ``eval --data`` does); or, with
+    ``val`` (labelled PCam-style patches), with the temperature fitted and the threshold
+    chosen there, as :func:`histomodels.evaluate.evaluate_checkpoint` does
     (``threshold_rule``, ``sensitivity``, ``store_temperature``): a figure is called
     positive when its score (its highest tile, or the top-k mean) reaches the patch
     threshold.
@@ -135,8 +136,8 @@ def evaluate_manifest(
     from histomodels.data.images import decode_image
     from histomodels.data.manifest_tiles import ManifestTileDataset
     from histomodels.evaluate import (
-        DEFAULT_THRESHOLD_SOURCE,
         check_threshold_options,
+        default_threshold,
         operating_point,
         write_json,
     )
@@ -156,7 +157,7 @@ def evaluate_manifest(
         with task(desc, len(patches)) as shown:
             return pred.logits(patches, batch_size=batch_size, tta=tta, progress=shown.advance)
 
-    default = (0.5, DEFAULT_THRESHOLD_SOURCE) if threshold is None else (threshold, "given")
+    default = default_threshold(ckpt) if threshold is None else (threshold, "given")
     point = operating_point(
         pred, checkpoint, val, infer, default=default, threshold_rule=threshold_rule,
         sensitivity=sensitivity, store_temperature=store_temperature,
