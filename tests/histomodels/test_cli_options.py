@@ -247,6 +247,20 @@ TOGETHER = {
         "'--sensitivity' / '--threshold-rule'",
         "not youden",
     ),
+    # the two together silently kept nothing (--no-store-temperature won): exit 0
+    **{
+        f"eval {mode} --store-temperature {where} and --no-store-temperature": (
+            [*args, "--val", "{missing}", "--store-temperature", where, "--no-store-temperature"],
+            "'--store-temperature' / '--no-store-temperature'",
+            f"--store-temperature {where} keeps T, --no-store-temperature keeps nothing: give "
+            "one of them, not both",
+        )
+        for mode, args in (
+            ("--data", EVAL),
+            ("--manifest", ["eval", "--model", "pcam-cnn", "--manifest", "{out}"]),
+        )
+        for where in ("checkpoint", "beside")
+    },
     "tune --trial-minutes and --trial-epochs": (
         [*TUNE, "--trial-minutes", "1", "--trial-epochs", "4"],
         "'--trial-minutes' / '--trial-epochs'",
@@ -296,6 +310,8 @@ def test_options_that_exclude_each_other_are_a_usage_error(tmp_path: Path, case:
         ([*EVAL, "--threshold-rule", "youden", "--precision", "bf16", "--store-temperature",
           "none", "--val", "{missing}"], "nope.h5: no such file or folder"),
         ([*EVAL, "--val", "{missing}", "--sensitivity", "1"], "nope.h5: no such file or folder"),
+        ([*EVAL, "--val", "{missing}", "--store-temperature", "none", "--no-store-temperature"],
+         "nope.h5: no such file or folder"),  # the same thing said twice: no contradiction
         (["eval", "--model", "pcam-cnn", "--manifest", "{out}", "--min-tissue", "0", "--top-k",
           "2", "--val", "{missing}", "--sensitivity", "0.8"], "nope.h5: no such file or folder"),
         ([*PREDICT, "--precision", "fp32", "--scale", "16"], "nope.h5: no such file or folder"),

@@ -172,6 +172,10 @@ def eval_cmd(
                     "--manifest")  # fmt: skip
     if data is not None:
         _manifest_only(ctx)
+    if no_store and store_temperature != "none" and _given(ctx, "store_temperature"):
+        usage_error(ctx, f"--store-temperature {store_temperature} keeps T, "
+                    "--no-store-temperature keeps nothing: give one of them, not both",
+                    "--store-temperature", "--no-store-temperature")  # fmt: skip
     if val is None:
         _val_only(ctx)
     if sensitivity is not None and threshold_rule == "youden":
@@ -240,12 +244,18 @@ MANIFEST_ONLY = {
 }
 
 
+def _given(ctx: typer.Context, name: str) -> bool:
+    """The option ``name`` was given (on the command line or in the environment), not its
+    default."""
+    source = ctx.get_parameter_source(name)  # typer's own click: compared by name
+    return source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT")
+
+
 def _manifest_only(ctx: typer.Context) -> None:
     """With ``--data``, an option given that only ``--manifest`` uses is a usage error (it
     was ignored)."""
     for name, option in MANIFEST_ONLY.items():
-        source = ctx.get_parameter_source(name)  # typer's own click: compared by name
-        if source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT"):
+        if _given(ctx, name):
             usage_error(ctx, f"{option} applies to --manifest figures, not to --data patches",
                         option, "--data")  # fmt: skip
 
@@ -264,8 +274,7 @@ def _val_only(ctx: typer.Context) -> None:
     """Without ``--val``, an option given that only acts on it is a usage error (it was
     ignored: ``--threshold-rule youden`` gave the shipped threshold)."""
     for name, option in VAL_ONLY.items():
-        source = ctx.get_parameter_source(name)
-        if source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT"):
+        if _given(ctx, name):
             usage_error(ctx, "needs --val: the operating point is chosen on validation",
                         option, "--val")  # fmt: skip
 
