@@ -145,6 +145,27 @@ def test_cli_eval_end_to_end(tmp_path: Path) -> None:
     assert "warning" not in r.stdout
 
 
+def test_cli_eval_data_lines_are_not_wrapped_at_the_terminal_width(tmp_path: Path) -> None:
+    """At COLUMNS=60 rich broke the "recall / specificity by threshold" line mid-entry
+    ("0.2: " on one line, "0.95/0.83" on the next); data lines are now printed whole."""
+    from histomodels.synthetic import write_h5
+
+    ckpt = tiny_checkpoint(tmp_path)
+    test_h5 = write_h5(tmp_path / "test.h5", 64, seed=7)
+    out = tmp_path / "out"
+    args = ["eval", str(ckpt), "--data", str(test_h5), "--out", str(out), "--bootstrap", "0"]
+    r = CliRunner().invoke(app, args, env={"COLUMNS": "60"})
+    assert r.exit_code == 0, r.output
+    m = json.loads((out / "metrics.json").read_text())
+    sweep = {round(row["threshold"], 6): row for row in m["threshold_sweep"]}
+    expected = "recall / specificity by threshold: " + ", ".join(
+        f"{t:.1f}: {sweep[t]['recall']:.2f}/{sweep[t]['specificity']:.2f}"
+        for t in (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+    )
+    assert len(expected) > 60 and expected in r.stdout.splitlines()
+    assert f"threshold {m['threshold']:.4f}: {m['threshold_source']}" in r.stdout.splitlines()
+
+
 def test_cli_eval_prints_paths_with_brackets_as_they_are(tmp_path: Path) -> None:
     """Paths went through rich markup: ``--out 'o[/x]'`` raised MarkupError after the
     metrics were written, ``runs/[exp1]`` printed as ``runs/``, ``val[b].h5`` as ``val.h5``."""
