@@ -73,6 +73,13 @@ class TrainConfig:
     #: before each validation, BatchNorm statistics recomputed exactly over this many
     #: un-augmented training patches (a fixed sample; training/precise_bn.py); 0 = off
     precise_bn: int = 0
+    #: stochastic weight averaging: from this share of training on (by the schedule's
+    #: progress: steps, or the time budget used) the LR stays at ``swa_lr`` x ``lr`` and the
+    #: weights at the end of each epoch are averaged (equal weights); the average, with its
+    #: BatchNorm statistics recomputed, is validated and saved (training/swa.py). 0 = off
+    swa: float = 0.0
+    #: the constant LR factor of the averaging phase (the cosine anneals to it first)
+    swa_lr: float = 0.1
     # fine-tuning
     freeze_epochs: int = 0  # epochs with a frozen backbone (head only)
     backbone_lr_mult: float = 1.0
@@ -202,6 +209,13 @@ def validate(cfg: TrainConfig, source: str = "config") -> TrainConfig:
         raise ConfigError(f"{source}: min_lr_ratio must be in [0, 1], label_smoothing in [0, 1)")
     if cfg.ema is not None and not 0 < cfg.ema < 1:
         raise ConfigError(f"{source}: ema (decay) must be between 0 and 1, e.g. 0.999")
+    if not 0 <= cfg.swa < 1 or not 0 < cfg.swa_lr <= 1:
+        raise ConfigError(
+            f"{source}: swa (share of training before averaging) must be in [0, 1), e.g. "
+            "0.75, and swa_lr (LR factor) in (0, 1]"
+        )
+    if cfg.swa and cfg.ema:
+        raise ConfigError(f"{source}: swa and ema both average the weights; choose one")
     for name in ("cutout", "randstain", "jpeg_blur"):
         if not 0 <= getattr(cfg, name) <= 1:
             raise ConfigError(f"{source}: {name} must be a probability in [0, 1]")

@@ -112,6 +112,16 @@ PreciseBn = Annotated[
         "training patches (0 = off).",
     ),
 ]
+Swa = Annotated[
+    float | None,
+    typer.Option(
+        "--swa",
+        metavar="SHARE",
+        callback=in_range(0, 1, high_open=True),
+        help="Stochastic weight averaging over the last 1 - SHARE of training, e.g. 0.75 "
+        "(constant LR swa_lr from then; 0 = off).",
+    ),
+]
 LabelSmoothing = Annotated[
     float | None,
     typer.Option(
@@ -275,6 +285,7 @@ def train_cmd(
     label_smoothing: LabelSmoothing = None,
     ema: Ema = None,
     precise_bn: PreciseBn = None,
+    swa: Swa = None,
     cutout: Cutout = None,
     mixup: Mixup = None,
     randstain: RandStain = None,
@@ -340,6 +351,7 @@ def finetune_cmd(
     label_smoothing: LabelSmoothing = None,
     ema: Ema = None,
     precise_bn: PreciseBn = None,
+    swa: Swa = None,
     cutout: Cutout = None,
     mixup: Mixup = None,
     randstain: RandStain = None,

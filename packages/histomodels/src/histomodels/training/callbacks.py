@@ -3,8 +3,9 @@
 A callback overrides any of the :class:`~histomodels.training.base.Callback` hooks. The defaults
 (:func:`default_callbacks`) give a run its time budget, early stopping, ``history.json`` /
 ``history.csv``, ``learning_curve.png``, ``best.pt`` / ``last.pt``, per-epoch lines, the
-progress bar and, with ``ema``, an exponential moving average of the weights. New training
-levers (gradient accumulation, mixup, SWA, ...) are new callbacks, not edits of the loop.
+progress bar and, with ``ema``, an exponential moving average of the weights (``swa``:
+:mod:`~histomodels.training.swa`). New training levers (gradient accumulation, mixup, ...)
+are new callbacks, not edits of the loop.
 
 Hook order per epoch: ``on_epoch_start`` → ``on_batch`` (may change a batch's input and
 targets) and ``on_step_end`` after every optimizer step
@@ -28,6 +29,7 @@ from histomodels.config import TrainConfig
 from histomodels.training.base import Callback as Callback  # re-exported
 from histomodels.training.levers import Mixup
 from histomodels.training.precise_bn import PreciseBN
+from histomodels.training.swa import swa_callback
 
 if TYPE_CHECKING:
     from histomodels.training.trainer import Trainer
@@ -220,7 +222,9 @@ def default_callbacks(cfg: TrainConfig) -> list[Callback]:
         cbs.append(Mixup(cfg.mixup))
     if cfg.ema:
         cbs.append(EMA(cfg.ema))
-    if cfg.precise_bn:  # after EMA: it recomputes the statistics of the averaged weights
+    if swa := swa_callback(cfg.swa, cfg.precise_bn):
+        cbs.append(swa)
+    if cfg.precise_bn:  # after EMA/SWA: it recomputes the statistics of the averaged weights
         cbs.append(PreciseBN(cfg.precise_bn))
     if cfg.time_budget:
         cbs.append(TimeBudget(cfg.time_budget))

@@ -64,16 +64,23 @@ class LRSchedule:
         self.plateau_best = -math.inf
         self.plateau_bad = 0
         self._span = max(1, self.total - self.warmup)
+        #: SWA (``cfg.swa``): the cosine anneals to ``swa_lr`` over the steps before the
+        #: averaging phase and stays there; without it the span and floor are the usual ones
+        self._swa_start = round(cfg.swa * self._span) if cfg.swa else None
+        cosine_span, floor = self._span, cfg.min_lr_ratio
+        if self._swa_start is not None:
+            cosine_span, floor = max(1, self._swa_start), cfg.swa_lr
+        self._progress = 0.0
         # timm's cosine on a unit learning rate: its value is the factor
         self._unit = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
         # a span of one step (e.g. one epoch, all warm-up) makes timm warn that the cosine
         # "will have no effect", which is right and harmless; keep it off the user's screen
         timm_log = logging.getLogger("timm.scheduler.cosine_lr")
         level = timm_log.level
-        timm_log.setLevel(logging.ERROR if self._span == 1 else level)
+        timm_log.setLevel(logging.ERROR if cosine_span == 1 else level)
         try:
             self._cosine = CosineLRScheduler(
-                self._unit, t_initial=self._span, lr_min=cfg.min_lr_ratio, t_in_epochs=False
+                self._unit, t_initial=cosine_span, lr_min=floor, t_in_epochs=False
             )
         finally:
             timm_log.setLevel(level)
@@ -83,11 +90,19 @@ class LRSchedule:
         s = self.step_count
         if self.warmup and s < self.warmup:
             return (s + 1) / self.warmup
+        t = max(s - self.warmup, time_fraction * self._span)
+        self._progress = t
+        if self._swa_start is not None and t >= self._swa_start:
+            return self.cfg.swa_lr
         if self.cfg.schedule == "cosine":
-            t = max(s - self.warmup, time_fraction * self._span)
-            self._cosine.step_update(num_updates=min(t, self._span))  # type: ignore[arg-type]
+            end = self._span if self._swa_start is None else max(1, self._swa_start)
+            self._cosine.step_update(num_updates=min(t, end))  # type: ignore[arg-type]
             return float(self._unit.param_groups[0]["lr"])
         return self.plateau_scale
+
+    def averaging(self) -> bool:
+        """Whether the last step was in the SWA phase (``cfg.swa``: its share of training)."""
+        return self._swa_start is not None and self._progress >= self._swa_start
 
     def epoch_end(self, val_auc: float) -> None:
         if self.cfg.schedule != "plateau":
