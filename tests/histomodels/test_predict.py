@@ -287,3 +287,48 @@ def test_csv_says_tumour_yes_no_and_the_threshold_it_used(tmp_path: Path) -> Non
     assert {"yes", "no"} == {r["tumour"] for r in rows}
     r = CliRunner().invoke(app, [*base, "--threshold", "1.5"])
     assert r.exit_code == 2 and "1.5 is not in the range 0 <= x <= 1" in r.output
+
+
+def test_a_multi_page_tiff_gets_one_warning_that_only_its_first_page_is_scored(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A 3-page TIFF was scored on its first page only, with no word; now one warning line
+    names the file and its page count (single-page TIFFs: none)."""
+    from histomodels.predict import predict_paths
+
+    ckpt = tiny_checkpoint(tmp_path)
+    patches, _ = make_patches(4, seed=5)
+    pages = [Image.fromarray(p) for p in patches]
+    pages[0].save(tmp_path / "three.tif", save_all=True, append_images=pages[1:3])
+    pages[3].save(tmp_path / "one.tif")
+    with Image.open(tmp_path / "three.tif") as im:
+        assert getattr(im, "n_frames", 1) == 3  # the input really has three pages
+    out = tmp_path / "p.csv"
+    with caplog.at_level("WARNING", logger="histomodels.predict"):
+        predict_paths(ckpt, [tmp_path / "one.tif", tmp_path / "three.tif"], out)
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{tmp_path / 'three.tif'}: only the first of 3 pages is scored"
+    ]
+    assert [r["path"] for r in _rows(out)] == [
+        str(tmp_path / "one.tif"),
+        str(tmp_path / "three.tif"),
+    ]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="histomodels.predict"):
+        predict_paths(ckpt, [tmp_path / "one.tif"], out)
+    assert caplog.records == []
+    # the command: one `warning:` line on stderr
+    r = CliRunner().invoke(
+        app, ["predict", str(ckpt), str(tmp_path / "three.tif"), "--out", str(out)]
+    )
+    assert r.exit_code == 0, r.output
+    assert r.stderr.splitlines() == [
+        f"warning: {tmp_path / 'three.tif'}: only the first of 3 pages is scored"
+    ]
+    # several such files: still one line, with how many
+    pages[1].save(tmp_path / "two.tif", save_all=True, append_images=[pages[2]])
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="histomodels.predict"):
+        predict_paths(ckpt, [tmp_path], out)
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert line.startswith("2 of 3 file(s) hold several pages or frames: only the first of each")

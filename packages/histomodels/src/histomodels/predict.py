@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import struct
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -126,10 +127,14 @@ def check_inputs(
     """
     from histomodels.data.cache import require_memory
 
+    several: list[tuple[Path, int, str]] = []  # files of several pages or frames
     for f in files:
         try:
             with imaging.open_image(f, max_pixels=max_pixels, what=str(f)) as im:
                 w, h = im.size
+                pages = _pages(im)
+                if pages > 1:
+                    several.append((f, pages, "pages" if im.format == "TIFF" else "frames"))
         except imaging.ImageTooLarge as exc:
             raise _too_large(exc, max_pixels) from None
         except imaging.ImageError as exc:
@@ -148,6 +153,30 @@ def check_inputs(
             n = ((sh - size) // step + 1) * ((sw - size) // step + 1)
             # uint8 patches + their float32 copy for the tissue fraction
             require_memory(n * size * size * 3 * 5, str(f), f"{n} tiles at stride {step}")
+    _warn_pages(several, len(files))
+
+
+def _pages(im: Any) -> int:
+    """How many pages (TIFF) or frames (animated WebP/PNG) an open image holds; 1 when its
+    page chain cannot be walked (the first page is what is read, and checked on decoding)."""
+    try:
+        return max(1, int(getattr(im, "n_frames", 1)))
+    except (OSError, ValueError, EOFError, SyntaxError, struct.error):
+        return 1
+
+
+def _warn_pages(several: list[tuple[Path, int, str]], n_files: int) -> None:
+    """One warning when files hold several pages: only the first is read and scored."""
+    if not several:
+        return
+    f, pages, unit = several[0]
+    if len(several) == 1:
+        log.warning("%s: only the first of %d %s is scored", f, pages, unit)
+    else:
+        log.warning(
+            "%d of %d file(s) hold several pages or frames: only the first of each is scored "
+            "(e.g. %s: the first of %d %s)", len(several), n_files, f, pages, unit,
+        )  # fmt: skip
 
 
 def _heatmap(img: np.ndarray, tiles: Tiles, probs: np.ndarray, size: int, target: Path,
