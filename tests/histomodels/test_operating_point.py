@@ -81,3 +81,31 @@ def test_default_rule_keeps_target_sensitivity_on_validation(tmp_path: Path) -> 
     # the report shows the table beside the plot
     html = Path(build_report([tmp_path / "ev"], tmp_path / "rep")["html"]).read_text()
     assert "metrics by threshold" in html and "Recall and specificity vs threshold" in html
+
+
+@pytest.mark.parametrize("rule", ["youden", "sensitivity"])
+def test_a_threshold_rule_without_validation_data_is_a_programmer_error(
+    tmp_path: Path, rule: str
+) -> None:
+    """``evaluate_checkpoint(..., threshold_rule="youden")`` without ``val`` used the model's
+    own threshold (pcam-cnn: its shipped sensitivity>=0.9 one) as if the rule had been
+    applied; it is now a ValueError (not a UsageError: no user input can cause it, the CLI
+    refuses ``--threshold-rule`` without ``--val`` first), raised before any work."""
+    from histocore.errors import DomainError
+    from histomodels.external import evaluate_manifest
+
+    test = _ds(16, 1, "t")
+    for call in (
+        lambda: evaluate_checkpoint("pcam-cnn", test, tmp_path / "ev", threshold_rule=rule),
+        lambda: evaluate_manifest(
+            "pcam-cnn", tmp_path / "no-run", tmp_path / "em", threshold_rule=rule
+        ),
+    ):
+        with pytest.raises(ValueError, match="needs validation data") as caught:
+            call()
+        assert not isinstance(caught.value, DomainError)  # a traceback, not an error line
+        assert f"threshold_rule={rule!r}" in str(caught.value)
+    assert not (tmp_path / "ev").exists() and not (tmp_path / "em").exists()
+    # no rule: the model's own threshold, as before
+    res = evaluate_checkpoint("pcam-cnn", test, tmp_path / "ok", n_bootstrap=0, gallery=False)
+    assert res["threshold_source"].startswith("shipped with the model")

@@ -65,9 +65,21 @@ def default_threshold(ckpt: dict[str, Any]) -> tuple[float, str]:
 
 
 def check_threshold_options(
-    val: Any | None, threshold_rule: str, sensitivity: float | None
+    val: Any | None, threshold_rule: str | None, sensitivity: float | None
 ) -> None:
-    """The operating-point options agree (before any model or data is loaded)."""
+    """The operating-point options agree (before any model or data is loaded).
+
+    A ``threshold_rule`` without ``val`` is a caller's bug (``ValueError``): a rule is
+    applied on validation data, and without it the model's own threshold was used instead,
+    silently (the command line refuses ``--threshold-rule`` without ``--val`` first)."""
+    if threshold_rule is None:
+        threshold_rule = "sensitivity"
+    elif val is None:
+        raise ValueError(
+            f"threshold_rule={threshold_rule!r} needs validation data (val=...): the rule "
+            "chooses the threshold there; without it the model's shipped threshold, else 0.5, "
+            "is used, so pass threshold_rule=None"
+        )
     if threshold_rule not in THRESHOLD_RULES:
         raise UsageError(f"threshold rule must be one of {', '.join(THRESHOLD_RULES)}")
     if threshold_rule == "youden" and sensitivity is not None:
@@ -83,7 +95,7 @@ def operating_point(
     infer: Callable[[np.ndarray, str], np.ndarray],
     *,
     default: tuple[float, str],
-    threshold_rule: str = "sensitivity",
+    threshold_rule: str | None = None,
     sensitivity: float | None = None,
     store_temperature: str = "beside",
     test_digests: list[bytes] | None = None,
@@ -118,7 +130,8 @@ def operating_point(
         shared = (rows_also_in(test_digests, v_digests), rows_also_in(v_digests, test_digests))
     v_logits = infer(v_images, "validation")
     temperature = fit_temperature(v_logits, v_labels)
-    target = (sensitivity or DEFAULT_SENSITIVITY) if threshold_rule == "sensitivity" else None
+    rule = threshold_rule or "sensitivity"
+    target = (sensitivity or DEFAULT_SENSITIVITY) if rule == "sensitivity" else None
     threshold, how = choose_threshold(v_labels, sigmoid(v_logits, temperature), target)
     point: dict[str, Any] = {  # in the order metrics.json has always shown them
         "validation": {
@@ -151,7 +164,7 @@ def evaluate_checkpoint(
     tta: bool = False,
     batch_size: int = 256,
     sensitivity: float | None = None,
-    threshold_rule: str = "sensitivity",
+    threshold_rule: str | None = None,
     n_bootstrap: int = 1000,
     seed: int = 0,
     precision: str = "fp32",
@@ -163,9 +176,10 @@ def evaluate_checkpoint(
     to ``out``. Returns the metrics dict. ``device`` defaults to CUDA when available.
 
     With ``val``, the operating point is chosen there by ``threshold_rule``: ``sensitivity``
-    (the screening default: the highest threshold keeping ``sensitivity``, 0.9 unless given,
-    on validation) or ``youden``. Without it, a threshold shipped with the model (pretrained
-    models) is used, else 0.5."""
+    (the screening default, also for None: the highest threshold keeping ``sensitivity``,
+    0.9 unless given, on validation) or ``youden``. Without it, a threshold shipped with the
+    model (pretrained models) is used, else 0.5; a ``threshold_rule`` then is a
+    ``ValueError``."""
     from histomodels.calibration import nll
     from histomodels.metrics import binary_metrics, summarize, threshold_sweep
 

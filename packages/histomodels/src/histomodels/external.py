@@ -110,7 +110,7 @@ def evaluate_manifest(
     include_leaky: bool = False,
     train_data: str | Path | None = None,
     val: Any | None = None,
-    threshold_rule: str = "sensitivity",
+    threshold_rule: str | None = None,
     sensitivity: float | None = None,
     store_temperature: str = "beside",
 ) -> dict[str, Any]:

@@ -206,7 +206,7 @@ def eval_cmd(
                 include_leaky=include_leaky,
                 train_data=train_data,
                 val=val,
-                threshold_rule=threshold_rule,
+                threshold_rule=threshold_rule if val is not None else None,
                 sensitivity=sensitivity,
                 store_temperature="none" if no_store else store_temperature,
             )
@@ -221,7 +221,7 @@ def eval_cmd(
                 tta=tta,
                 batch_size=batch_size,
                 sensitivity=sensitivity,
-                threshold_rule=threshold_rule,
+                threshold_rule=threshold_rule if val is not None else None,
                 n_bootstrap=bootstrap,
                 seed=seed,
                 precision=precision,
