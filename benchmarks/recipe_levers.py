@@ -63,6 +63,13 @@ LEVERS |= {
     "stainnorm": SHIPPED | {"stain_norm": "macenko"},  # static Macenko, train and eval
     "aug15": SHIPPED | {"aug_strength": 1.5},  # stronger colour/HED jitter (default 1.0)
     "randstain_shipped": SHIPPED | {"randstain": 0.5},  # RandStainNA-style, at 60 epochs
+    # 2026-11-30, session 13 (teacher: lite0_e6 retrained by `pcam_real.py --runs lite0
+    # --budget 0 --epochs 6 --tag _e6 --threads 2`; pass it with --set teacher=... as these
+    # runs did, or keep the shipped build's): BatchNorm statistics recomputed before every
+    # validation, so the epoch is chosen with them; stochastic weight averaging over the
+    # last quarter (the LR held at 0.1 x lr there; its BN statistics recomputed too)
+    "pbn_train": SHIPPED | {"precise_bn": 2048},
+    "swa75": SHIPPED | {"swa": 0.75},
 }
 
 
