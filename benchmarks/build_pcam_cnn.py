@@ -55,6 +55,9 @@ TEACHER_EPOCHS = 6
 TEACHER_INPUT_SIZE: int | None = None
 #: the student's JPEG re-compression / blur augmentation (``TrainConfig.jpeg_blur``)
 JPEG_BLUR = 0.5
+#: the student's stochastic weight averaging (``TrainConfig.swa``: share of training before
+#: the averaging phase; 0 = off, as shipped; measured in docs/benchmarks.md)
+SWA = 0.0
 THREADS = 2
 SEED = 0
 SENSITIVITY = 0.9
@@ -114,6 +117,7 @@ def train_recipe(
     teacher_epochs: int = 0,
     teacher_input_size: int | None = None,
     jpeg_blur: float = 0.0,
+    swa: float = 0.0,
     threads: int = THREADS,
 ) -> tuple[dict | None, TrainResult, float]:
     """The shipped recipe on ``fit``/``select`` arrays: the Lite0 teacher (if
@@ -137,6 +141,7 @@ def train_recipe(
         model="cnn",
         teacher=str(teacher["checkpoint"]) if teacher else None,
         jpeg_blur=jpeg_blur,
+        swa=swa,
         epochs=epochs,
         patience=epochs + 1,  # fixed epochs: no early stop
         time_budget=None,
@@ -198,6 +203,7 @@ def build(
     teacher_epochs: int = 0,
     teacher_input_size: int | None = None,
     jpeg_blur: float = 0.0,
+    swa: float = 0.0,
 ) -> dict:
     """Train (after the teacher, if any), calibrate, choose the threshold, score on PCam
     valid; write the artefact."""
@@ -230,6 +236,7 @@ def build(
         teacher_epochs=teacher_epochs,
         teacher_input_size=teacher_input_size,
         jpeg_blur=jpeg_blur,
+        swa=swa,
     )
     pred, metrics, chosen = score_checkpoint(work / "best.pt", splits)
     temperature, threshold, rule, youden = (
@@ -310,6 +317,7 @@ def main(argv: list[str] | None = None) -> int:
         help="resize the patches to this size inside the teacher (default: 96, no resize)",
     )
     p.add_argument("--jpeg-blur", type=float, default=JPEG_BLUR, help="student's jpeg_blur")
+    p.add_argument("--swa", type=float, default=SWA, help="student's swa (0 = off)")
     p.add_argument("--limit", type=int, help="only the first N patches of each file (checks)")
     p.add_argument("--results", type=Path, default=HERE / "results" / "pcam_cnn_build.json")
     p.add_argument(
@@ -339,6 +347,8 @@ def main(argv: list[str] | None = None) -> int:
                 quiet=True,
                 teacher_epochs=min(args.teacher_epochs, 1),
                 teacher_input_size=args.teacher_input_size,
+                jpeg_blur=args.jpeg_blur,
+                swa=args.swa,
             )
             digests.append(sha256(folder / f"{NAME}.safetensors"))
             print(f"build {i}: sha256 {digests[-1]} ({time.perf_counter() - t0:.0f} s)")
@@ -357,6 +367,7 @@ def main(argv: list[str] | None = None) -> int:
         teacher_epochs=args.teacher_epochs,
         teacher_input_size=args.teacher_input_size,
         jpeg_blur=args.jpeg_blur,
+        swa=args.swa,
     )
     info["wall_seconds"] = round(time.perf_counter() - t0, 1)
     info["environment"] = {
