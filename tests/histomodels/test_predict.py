@@ -332,3 +332,57 @@ def test_a_multi_page_tiff_gets_one_warning_that_only_its_first_page_is_scored(
         predict_paths(ckpt, [tmp_path], out)
     (line,) = [r.getMessage() for r in caplog.records]
     assert line.startswith("2 of 3 file(s) hold several pages or frames: only the first of each")
+
+
+def _tiff_with_damaged_second_page(kind: str) -> bytes:
+    """A 2-page little-endian TIFF whose second IFD is damaged so that Pillow's page count
+    (``n_frames``) raises ``kind``: an unknown compression code (KeyError 40193) or an
+    ImageWidth entry claiming more values than the file holds (TypeError "Missing
+    dimensions"). Damage found by fuzzing the page chain (review of commit 51cbab9)."""
+    import io
+    import struct
+
+    patches, _ = make_patches(2, seed=7)
+    pages = [Image.fromarray(p) for p in patches]
+    buf = io.BytesIO()
+    pages[0].save(buf, "TIFF", save_all=True, append_images=pages[1:])
+    b = bytearray(buf.getvalue())
+    assert b[:2] == b"II"
+    first = struct.unpack_from("<I", b, 4)[0]
+    n = struct.unpack_from("<H", b, first)[0]
+    second = struct.unpack_from("<I", b, first + 2 + 12 * n)[0]
+    hit = 0
+    for i in range(struct.unpack_from("<H", b, second)[0]):
+        entry = second + 2 + 12 * i
+        tag = struct.unpack_from("<H", b, entry)[0]
+        if kind == "KeyError" and tag == 259:  # Compression: an unknown code
+            struct.pack_into("<H", b, entry + 8, 40193)
+            hit += 1
+        if kind == "TypeError" and tag == 256:  # ImageWidth: count far past the file's end
+            struct.pack_into("<I", b, entry + 4, 0x13000001)
+            hit += 1
+    assert hit == 1
+    return bytes(b)
+
+
+@pytest.mark.parametrize("kind", ["KeyError", "TypeError"])
+def test_a_tiff_whose_page_chain_is_damaged_is_scored_on_its_first_page(
+    tmp_path: Path, kind: str
+) -> None:
+    """Counting pages raised KeyError/TypeError out of predict (a traceback) on a TIFF with a
+    damaged second IFD; the count is a hint only, so such a file is scored as one page, as
+    it was before the page warning existed."""
+    import warnings
+
+    ckpt = tiny_checkpoint(tmp_path)
+    f = tmp_path / "damaged.tif"
+    f.write_bytes(_tiff_with_damaged_second_page(kind))
+    with Image.open(f) as im, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises({"KeyError": KeyError, "TypeError": TypeError}[kind]):
+            _ = im.n_frames  # the input really is damaged the way described
+    out = tmp_path / "p.csv"
+    r = CliRunner().invoke(app, ["predict", str(ckpt), str(f), "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert "Traceback" not in r.output and "pages" not in r.stderr
+    assert [row["path"] for row in _rows(out)] == [str(f)]

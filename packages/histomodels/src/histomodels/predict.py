@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import io
 import logging
-import struct
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -161,7 +160,11 @@ def _pages(im: Any) -> int:
     page chain cannot be walked (the first page is what is read, and checked on decoding)."""
     try:
         return max(1, int(getattr(im, "n_frames", 1)))
-    except (OSError, ValueError, EOFError, SyntaxError, struct.error):
+    except Exception:
+        # The file is untrusted and the count is only a hint for a warning: Pillow's page
+        # walk raises whatever a damaged IFD provokes (KeyError for an unknown compression
+        # code, TypeError "Missing dimensions", struct.error, OSError ...). Any of them
+        # means "count one page, no warning"; the first page is decoded and checked anyway.
         return 1
 
 
