@@ -380,7 +380,7 @@ def test_a_tiff_whose_page_chain_is_damaged_is_scored_on_its_first_page(
     with Image.open(f) as im, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with pytest.raises({"KeyError": KeyError, "TypeError": TypeError}[kind]):
-            _ = im.n_frames  # the input really is damaged the way described
+            _ = getattr(im, "n_frames", 1)  # the input really is damaged the way described
     out = tmp_path / "p.csv"
     r = CliRunner().invoke(app, ["predict", str(ckpt), str(f), "--out", str(out)])
     assert r.exit_code == 0, r.output
