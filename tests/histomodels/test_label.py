@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from histocore.manifest import Image, Manifest, Record
+from histocore.manifest import Image, Manifest, ManifestError, Record
 from histomodels.cli import app
 from histomodels.label import LabelError, normalise_label
 
@@ -240,3 +240,32 @@ def test_set_and_csv_refuse_figures_whose_file_lies_outside_the_run(tmp_path: Pa
     assert (run / "manifest.jsonl").read_bytes() == before
     labels = {i.id: i.label for i in Manifest.load(run).images.values()}
     assert set(labels.values()) == {None}
+
+
+def test_a_figure_whose_file_is_a_symlink_loop_is_refused_in_one_line(tmp_path: Path) -> None:
+    """A row whose file is a link to itself (``images/loop.png -> loop.png``) made
+    ``Manifest.image_file`` raise RuntimeError ("Symlink loop") out of ``label --set``: exit 1
+    with an empty stderr. It is now not usable, like a file outside the run folder: one
+    error line, nothing written; the prompt leaves it out."""
+    run = _run(tmp_path, n=1)
+    (run / "images").mkdir()
+    (run / "images" / "img0.png").write_bytes(b"png")
+    (run / "images" / "loop.png").symlink_to("loop.png")
+    m = Manifest.load(run)
+    m.add_image(Image(id="loop", record_id="pmid:1", path="images/loop.png", sha256="0" * 64,
+                      width=400, height=300, kept=True))  # fmt: skip
+    m.save()
+    with pytest.raises(ManifestError, match="cannot be resolved"):
+        m.image_file("images/loop.png")
+    m.close()
+    before = (run / "manifest.jsonl").read_bytes()
+    r = CliRunner().invoke(app, ["label", "--manifest", str(run), "--set", "loop=m"])
+    lines = r.stderr.strip().splitlines()
+    assert r.exit_code == 1 and len(lines) == 1, r.output
+    assert lines[0].startswith("error: ") and "image 'loop'" in lines[0], lines
+    assert (run / "manifest.jsonl").read_bytes() == before
+    r = CliRunner().invoke(app, ["label", "--manifest", str(run)], input="m\n")
+    assert r.exit_code == 0, r.output
+    assert "1 figure(s) not offered" in r.output and "(loop)" in r.output
+    labels = {i.id: i.label for i in Manifest.load(run).images.values()}
+    assert labels["img0"] == "metastasis" and labels["loop"] is None

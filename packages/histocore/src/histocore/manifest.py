@@ -237,11 +237,19 @@ class Manifest(StoreSync):
         local file, so such a path is a :class:`ManifestError`. Folders inside the run that
         are links (``images/`` moved to a bigger disk) are the local user's and are followed;
         an absolute row inside such a folder's target is one older versions wrote. (PDF
-        paths may lie outside: a user's local PDFs are recorded with their absolute path.)"""
+        paths may lie outside: a user's local PDFs are recorded with their absolute path.)
+        A path whose links cannot be resolved (a link to itself) is a :class:`ManifestError`
+        too: it names no usable file."""
         if rel is None:
             raise ManifestError(f"{self.path}: the image row names no file")
         text = Path(rel)
-        path = self.resolve(rel).resolve()
+        try:
+            path = self.resolve(rel).resolve()
+        except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop (Python < 3.13)
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else "symlink loop"
+            raise ManifestError(
+                f"{self.path}: image path {rel!r} cannot be resolved ({why})"
+            ) from None
         if path.is_relative_to(self.run_dir.resolve()):
             return path
         if text.is_absolute():

@@ -70,7 +70,8 @@ def apply_labels(manifest: Manifest, labels: Mapping[str, str | None]) -> int:
     """Set labels (all validated first, then saved once, with the export). Returns how
     many changed.
 
-    An unknown id, and the id of a figure whose file lies outside the run folder (the
+    An unknown id, and the id of a figure whose file lies outside the run folder or cannot
+    be resolved (the
     prompt does not offer it: :func:`label_interactively`), raise :class:`LabelError`
     before anything is written."""
     unknown = [i for i in labels if i not in manifest.images]
@@ -80,8 +81,8 @@ def apply_labels(manifest: Manifest, labels: Mapping[str, str | None]) -> int:
         img = manifest.images[image_id]
         if img.path is not None and _file(manifest, img) is None:
             raise LabelError(
-                f"{manifest.path}: image {image_id!r}: its file lies outside the run folder; "
-                "not labelled"
+                f"{manifest.path}: image {image_id!r}: its file lies outside the run folder "
+                "(or is a link that cannot be resolved); not labelled"
             )
     changed = 0
     for label in labels.values():
@@ -203,7 +204,8 @@ def _show(manifest: Manifest, img: Image, where: str, say: Callable[[str], None]
 
 def _file(manifest: Manifest, img: Image) -> Path | None:
     """The figure's file as readers open it (:meth:`Manifest.image_file`: links resolved),
-    or None when the row names none or one outside the run folder."""
+    or None when the row names none, one outside the run folder or a link that cannot be
+    resolved (a link to itself)."""
     try:
         return manifest.image_file(img.path)
     except ManifestError:
