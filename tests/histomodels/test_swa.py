@@ -135,9 +135,9 @@ def test_a_run_resumed_inside_the_phase_ends_with_the_same_average(arrays, tmp_p
 
 def test_off_by_default_range_checked_and_on_the_command_line(tmp_path):
     assert TrainConfig().swa == 0
-    for bad in (dict(swa=1.0), dict(swa=-0.1), dict(swa=0.5, swa_lr=0.0)):
+    for bad in (TrainConfig(swa=1.0), TrainConfig(swa=-0.1), TrainConfig(swa=0.5, swa_lr=0.0)):
         with pytest.raises(ConfigError, match="swa"):
-            validate(TrainConfig(**bad))
+            validate(bad)
     with pytest.raises(ConfigError, match="choose one"):
         validate(TrainConfig(swa=0.5, ema=0.99))
     train_h5 = write_h5(tmp_path / "train.h5", 32, seed=0)
@@ -152,3 +152,87 @@ def test_off_by_default_range_checked_and_on_the_command_line(tmp_path):
     assert json.loads((out / "history.json").read_text())[-1]["swa_models"] == 1
     r = CliRunner().invoke(app, [*args[:-1], "--swa", "1.5"])
     assert r.exit_code == 2 and "--swa" in r.stderr
+
+
+def test_warm_up_is_never_averaged_even_when_the_phase_starts_at_once(arrays, tmp_path):
+    sched = LRSchedule(TrainConfig(epochs=10, warmup_epochs=1, swa=0.005), steps_per_epoch=10)
+    seen = []
+    for _ in range(12):
+        sched.factor()
+        seen.append(sched.averaging())
+        sched.step_count += 1
+    assert seen == [False] * 11 + [True]  # warm-up, one annealing step, then the phase
+    (xt, yt), (xv, yv) = arrays
+    res = train(_cfg(swa=0.04), tmp_path / "r", train_data=(xt, yt), val_data=(xv, yv))
+    assert [h.get("swa_models", 0) for h in res.history] == [0, 1, 2, 3]  # epoch 1: warm-up
+
+
+def test_a_run_resumed_with_more_epochs_validates_the_trained_weights_until_its_later_phase(
+    arrays, tmp_path
+):
+    (xt, yt), (xv, yv) = arrays
+    run = tmp_path / "r"
+    train(_cfg(swa=0.5), run, train_data=(xt, yt), val_data=(xv, yv))
+    raw = Raw()
+    res = train(
+        _cfg(swa=0.5, epochs=12),
+        run,
+        resume=True,
+        train_data=(xt, yt),
+        val_data=(xv, yv),
+        callbacks=[raw],
+    )
+    # 12 epochs: warm-up 4 steps, span 44, averaging from step 22 (epoch 7's steps 24-27)
+    counts = [h.get("swa_models", 0) for h in res.history]
+    assert counts == [0, 0, 1, 2, 0, 0, 1, 2, 3, 4, 5, 6]  # anew from epoch 7, not 3, 4, ...
+    losses = [h["val_loss"] for h in res.history[4:6]]
+    assert losses[0] != losses[1]  # the trained weights, not a frozen average
+    last = read_checkpoint(run / "last.pt")
+    for k, _ in create_model("cnn", **last["model_config"]).named_parameters():
+        mean = torch.stack([w[k] for w in raw.weights[-6:]]).mean(0)
+        assert torch.allclose(last["state_dict"][k], mean, atol=1e-6), k
+
+
+def test_a_run_stopped_before_the_phase_says_nothing_was_averaged(arrays, tmp_path, caplog):
+    (xt, yt), (xv, yv) = arrays
+    with caplog.at_level("WARNING", logger="histomodels.training"):
+        train(
+            _cfg(swa=0.9, patience=1, epochs=30),
+            tmp_path / "r",
+            train_data=(xt, yt),
+            val_data=(xv, yv),
+            callbacks=[StopAt(3)],
+        )
+    assert "before the averaging phase began; nothing was averaged" in caplog.text
+
+
+class StopAt(Callback):
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def should_stop(self, trainer) -> str | None:
+        return "early" if trainer.epoch >= self.epoch else None
+
+
+def test_other_schedules_and_a_tune_searching_ema_are_refused(tmp_path):
+    from histomodels.tune import TuneError, tune
+
+    for schedule in ("plateau", "constant"):
+        with pytest.raises(ConfigError, match="cosine"):
+            validate(TrainConfig(swa=0.5, schedule=schedule))
+    data, val = make_patches(16, seed=0), make_patches(16, seed=1)
+    with pytest.raises(TuneError, match="--fix ema=0"):
+        tune(data, val, tmp_path / "t", trials=1, trial_epochs=1, base=TrainConfig(swa=0.5))
+    assert not (tmp_path / "t").exists()
+
+
+def test_a_tune_saved_before_the_swa_keys_existed_still_resumes(tmp_path):
+    from histomodels.tune import SETTINGS_FILE, TuneError, _check_settings, _reusable
+
+    base = _reusable(TrainConfig(epochs=8))
+    old = {k: v for k, v in base.items() if k not in ("swa", "swa_lr")}
+    (tmp_path / SETTINGS_FILE).write_text(json.dumps({"fixed": {}, "base": old, "limit": {}}))
+    _check_settings(tmp_path, {"fixed": {}, "base": base, "limit": {}})  # no error
+    changed = _reusable(TrainConfig(epochs=8, swa=0.5))
+    with pytest.raises(TuneError, match="differs in swa"):
+        _check_settings(tmp_path, {"fixed": {}, "base": changed, "limit": {}})

@@ -216,6 +216,11 @@ def validate(cfg: TrainConfig, source: str = "config") -> TrainConfig:
         )
     if cfg.swa and cfg.ema:
         raise ConfigError(f"{source}: swa and ema both average the weights; choose one")
+    if cfg.swa and cfg.schedule != "cosine":
+        raise ConfigError(
+            f"{source}: swa needs the cosine schedule (it anneals to swa_lr before the "
+            f"averaging phase), not {cfg.schedule!r}"
+        )
     for name in ("cutout", "randstain", "jpeg_blur"):
         if not 0 <= getattr(cfg, name) <= 1:
             raise ConfigError(f"{source}: {name} must be a probability in [0, 1]")

@@ -156,6 +156,11 @@ def _tune(
     pins = parse_fixed(fixed or {})
     base = base or TrainConfig()
     check_base(base)
+    if base.swa and pins.get("ema", 1) != 0:
+        raise TuneError(
+            "base config: swa is set and the search tries ema, which cannot go with it; "
+            "pin it off with --fix ema=0"
+        )
     seed = base.seed if seed is None else seed
     run = dict(progress=False, seed=seed, threads=base.threads if threads is None else threads)
     if "epochs" in limit:  # a fixed length: no early stop, no clock
@@ -258,10 +263,14 @@ def _check_settings(out: Path, settings: dict[str, Any]) -> None:
             f"{settings['fixed'] or 'nothing'}; resuming would mix two searches "
             "(use another folder)"
         )
-    if "base" in before and before["base"] != settings["base"]:
+    # a key added to TrainConfig after the experiment began had its default there
+    defaults = _reusable(TrainConfig())
+    old = {**{k: v for k, v in defaults.items() if k not in before.get("base", {})},
+           **before.get("base", {})}  # fmt: skip
+    if "base" in before and old != settings["base"]:
         changed = sorted(
-            k for k in {*before["base"], *settings["base"]}
-            if before["base"].get(k) != settings["base"].get(k)
+            k for k in {*old, *settings["base"]}
+            if old.get(k) != settings["base"].get(k)
         )  # fmt: skip
         raise TuneError(
             f"{out}: this experiment's base config differs in {', '.join(changed)}; "

@@ -104,15 +104,18 @@ class PreciseBN(Callback):
     every rank). Skipped while a pretrained backbone is frozen, whose statistics the head
     was trained on."""
 
-    def __init__(self, patches: int) -> None:
+    def __init__(self, patches: int, lever: str = "precise_bn") -> None:
         self.patches = patches
+        self.lever = lever  # the option named in the no-BatchNorm warning
         self.sample: torch.Tensor | None = None
         self.order = torch.zeros(0, dtype=torch.long)
 
     def setup(self, trainer: Trainer) -> None:
         if not has_batchnorm(trainer.model):
             log.warning(
-                "precise_bn: %s has no BatchNorm layer; nothing to recompute", trainer.cfg.model
+                "%s: %s has no BatchNorm layer; nothing to recompute",
+                self.lever,
+                trainer.cfg.model,
             )
         n = len(trainer.x_train)
         gen = torch.Generator().manual_seed(int(trainer.cfg.seed) * 7_919 + 17)

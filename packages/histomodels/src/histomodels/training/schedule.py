@@ -66,11 +66,11 @@ class LRSchedule:
         self._span = max(1, self.total - self.warmup)
         #: SWA (``cfg.swa``): the cosine anneals to ``swa_lr`` over the steps before the
         #: averaging phase and stays there; without it the span and floor are the usual ones
-        self._swa_start = round(cfg.swa * self._span) if cfg.swa else None
+        self._swa_start = max(1, round(cfg.swa * self._span)) if cfg.swa else None
         cosine_span, floor = self._span, cfg.min_lr_ratio
         if self._swa_start is not None:
-            cosine_span, floor = max(1, self._swa_start), cfg.swa_lr
-        self._progress = 0.0
+            cosine_span, floor = self._swa_start, cfg.swa_lr
+        self._averaging = False
         # timm's cosine on a unit learning rate: its value is the factor
         self._unit = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
         # a span of one step (e.g. one epoch, all warm-up) makes timm warn that the cosine
@@ -88,21 +88,23 @@ class LRSchedule:
     def factor(self, time_fraction: float = 0.0) -> float:
         """The factor for the next step; ``time_fraction``: share of the time budget used."""
         s = self.step_count
+        self._averaging = False
         if self.warmup and s < self.warmup:
             return (s + 1) / self.warmup
         t = max(s - self.warmup, time_fraction * self._span)
-        self._progress = t
         if self._swa_start is not None and t >= self._swa_start:
+            self._averaging = True
             return self.cfg.swa_lr
         if self.cfg.schedule == "cosine":
-            end = self._span if self._swa_start is None else max(1, self._swa_start)
+            end = self._span if self._swa_start is None else self._swa_start
             self._cosine.step_update(num_updates=min(t, end))  # type: ignore[arg-type]
             return float(self._unit.param_groups[0]["lr"])
         return self.plateau_scale
 
     def averaging(self) -> bool:
-        """Whether the last step was in the SWA phase (``cfg.swa``: its share of training)."""
-        return self._swa_start is not None and self._progress >= self._swa_start
+        """Whether the last step was in the SWA phase (``cfg.swa``: its share of training
+        after warm-up; never during warm-up)."""
+        return self._averaging
 
     def epoch_end(self, val_auc: float) -> None:
         if self.cfg.schedule != "plateau":

@@ -13,15 +13,20 @@ weights the validated model averages (``swa_models``).
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any
 
 from torch.optim.swa_utils import AveragedModel
 
+from histomodels import distributed as D
 from histomodels.training.base import Callback
 from histomodels.training.precise_bn import PreciseBN
 
 if TYPE_CHECKING:
+    from histomodels.training.result import TrainResult
     from histomodels.training.trainer import Trainer
+
+log = logging.getLogger("histomodels.training")
 
 #: patches the average's BatchNorm statistics are recomputed over when ``precise_bn`` is 0
 DEFAULT_BN_PATCHES = 2048
@@ -33,7 +38,7 @@ class SWA(Callback):
     def __init__(self, bn_patches: int) -> None:
         #: recomputes the average's BatchNorm statistics; None when the PreciseBN callback
         #: (``cfg.precise_bn``) already recomputes ``eval_model``'s after this one
-        self.bn = PreciseBN(bn_patches) if bn_patches else None
+        self.bn = PreciseBN(bn_patches, "swa") if bn_patches else None
         self.avg: AveragedModel | None = None
 
     def setup(self, trainer: Trainer) -> None:
@@ -49,7 +54,12 @@ class SWA(Callback):
 
     def on_validate_start(self, trainer: Trainer) -> None:
         assert self.avg is not None
-        if not trainer.schedule.averaging():
+        # every rank decides alike (with a time budget each rank measures its own progress)
+        if not D.any_flag(trainer.schedule.averaging(), trainer.info):
+            # before the phase; or a run resumed with more epochs, whose phase now starts
+            # later: the average so far belongs to another schedule and starts anew
+            self.avg.n_averaged.zero_()  # type: ignore[operator]
+            trainer.eval_model = trainer.model
             return
         self.avg.update_parameters(trainer.model)
         trainer.eval_model = self.avg.module
@@ -61,6 +71,14 @@ class SWA(Callback):
     ) -> None:
         if self.avg is not None and trainer.eval_model is self.avg.module:
             row["swa_models"] = int(self.avg.n_averaged)  # type: ignore[arg-type]
+
+    def on_fit_end(self, trainer: Trainer, result: TrainResult) -> None:
+        if not any(row.get("swa_models") for row in trainer.history):
+            log.warning(
+                "swa: training stopped (%s) before the averaging phase began; nothing was "
+                "averaged (raise --patience, or lower --swa)",
+                result.stop_reason,
+            )
 
 
 def swa_callback(swa: float, precise_bn: int) -> SWA | None:
