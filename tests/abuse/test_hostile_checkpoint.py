@@ -38,6 +38,13 @@ CASES = {
     "input_size string": ({"input_size": "96"}, "'input_size' is '96'"),
     "negative temperature": ({"temperature": -1.0}, "'temperature' is -1.0"),
     "version string": ({"version": "1"}, "'version' is '1'"),
+    "threshold string": ({"threshold": "x"}, "'threshold' is 'x', expected a number in [0, 1]"),
+    "threshold NaN": ({"threshold": float("nan")}, "'threshold' is nan"),
+    "threshold above 1": ({"threshold": 5.0}, "'threshold' is 5.0"),
+    "threshold negative": ({"threshold": -0.1}, "'threshold' is -0.1"),
+    "threshold bool": ({"threshold": True}, "'threshold' is True"),
+    "threshold_rule escape": ({"threshold_rule": "\x1b[31mred"}, "'threshold_rule' must be"),
+    "threshold_rule list": ({"threshold_rule": ["a"]}, "'threshold_rule' must be"),
 }
 
 
@@ -73,6 +80,9 @@ def test_timm_config_cannot_load_another_file_or_reach_the_hub(tmp_path: Path) -
 def test_valid_checkpoint_still_loads(tmp_path: Path) -> None:
     model, ckpt = load_model(_save(tmp_path, model_config={"width": 16}))
     assert ckpt["model"] == "cnn" and not model.training
+    for cut in (0, 0.39, 1):  # a shipped operating point, its rule a line of text
+        _, ckpt = load_model(_save(tmp_path, threshold=cut, threshold_rule="sensitivity>=0.9"))
+        assert ckpt["threshold"] == cut
 
 
 class Evil:

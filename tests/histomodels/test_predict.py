@@ -386,3 +386,46 @@ def test_a_tiff_whose_page_chain_is_damaged_is_scored_on_its_first_page(
     assert r.exit_code == 0, r.output
     assert "Traceback" not in r.output and "pages" not in r.stderr
     assert [row["path"] for row in _rows(out)] == [str(f)]
+
+
+@pytest.mark.parametrize("stored", ["x", float("nan"), 5.0])
+def test_a_checkpoint_with_an_unusable_threshold_is_one_error_line(
+    tmp_path: Path, stored: object
+) -> None:
+    """predict, ``eval --data`` and ``eval --manifest`` trusted a checkpoint's stored
+    ``threshold``: "x" gave a ValueError traceback, NaN and 5.0 exit 0 with every patch
+    called tumour=no. Now the checkpoint is refused at load: one line naming it, exit 1,
+    nothing written."""
+    from histocore.manifest import Image as Row
+    from histocore.manifest import Manifest, Record
+    from histomodels.synthetic import write_h5
+
+    ckpt = tiny_checkpoint(tmp_path)
+    raw = torch.load(ckpt, weights_only=True)
+    raw["threshold"], raw["threshold_rule"] = stored, "sensitivity>=0.9"
+    torch.save(raw, ckpt)
+    patch = tmp_path / "patch.png"
+    Image.fromarray(make_patches(1, seed=3)[0][0]).save(patch)
+    data = write_h5(tmp_path / "test.h5", 16, seed=7)
+    run = tmp_path / "run"
+    (run / "images").mkdir(parents=True)
+    Image.fromarray(make_figure(2, 2, seed=1)).save(run / "images" / "fig.png")
+    m = Manifest(run_dir=run, query="synthetic")
+    m.add_record(Record(id="pmid:1", stage="filtered"))
+    m.add_image(Row(id="pmid:1/fig", record_id="pmid:1", path="images/fig.png",
+                    sha256="0" * 64, width=192, height=192, kept=True))  # fmt: skip
+    m.save()
+    m.close()
+    out = tmp_path / "out"
+    every = ["--out", str(out)]
+    commands = {
+        "predict": ["predict", str(ckpt), str(patch), "--out", str(out / "p.csv")],
+        "eval --data": ["eval", str(ckpt), "--data", str(data), *every, "--bootstrap", "0"],
+        "eval --manifest": ["eval", str(ckpt), "--manifest", str(run), "--scale", "1", *every],
+    }
+    for name, args in commands.items():
+        r = CliRunner().invoke(app, args)
+        lines = r.stderr.strip().splitlines()
+        assert r.exit_code == 1 and len(lines) == 1, (name, r.output)
+        assert lines[0].startswith(f"error: {ckpt}: ") and "'threshold'" in lines[0], name
+        assert not out.exists(), name

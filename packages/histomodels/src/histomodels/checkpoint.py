@@ -4,8 +4,9 @@ Keys: ``format``, ``version``, ``model`` (registry name; ``ensemble`` for
 :mod:`histomodels.ensemble`), ``model_config`` (kwargs for
 :func:`~histomodels.models.create_model`), ``state_dict``, ``normalization`` (mean/std),
 ``input_size``, ``train_config``, ``metrics``, ``epoch``, ``temperature`` (for
-calibrated probabilities; 1.0 until fitted), and optionally ``optimizer``/``scheduler``
-state and ``history`` for resuming.
+calibrated probabilities; 1.0 until fitted), optionally ``threshold`` (a number in [0, 1])
+and ``threshold_rule`` (one line of text) for a model shipped with its operating point, and
+optionally ``optimizer``/``scheduler`` state and ``history`` for resuming.
 """
 
 from __future__ import annotations
@@ -302,6 +303,14 @@ def check_checkpoint(ckpt: dict[str, Any], path: str | Path) -> None:
     temp = ckpt.get("temperature", 1.0)
     if not isinstance(temp, int | float) or isinstance(temp, bool) or not 0 < temp < math.inf:
         raise bad("temperature", f"is {temp!r}, expected a positive number")
+    cut = ckpt.get("threshold")  # a shipped operating point: predict and eval call by it
+    if cut is not None and (
+        not isinstance(cut, int | float) or isinstance(cut, bool) or not 0 <= cut <= 1
+    ):  # NaN fails the range too
+        raise bad("threshold", f"is {cut!r}, expected a number in [0, 1]")
+    rule = ckpt.get("threshold_rule")  # printed with the threshold's source
+    if rule is not None and not (isinstance(rule, str) and rule.isprintable() and len(rule) < 200):
+        raise bad("threshold_rule", "must be one short line of printable text")
 
 
 def build_with_weights(
