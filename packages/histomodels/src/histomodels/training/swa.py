@@ -40,6 +40,8 @@ class SWA(Callback):
         #: (``cfg.precise_bn``) already recomputes ``eval_model``'s after this one
         self.bn = PreciseBN(bn_patches, "swa") if bn_patches else None
         self.avg: AveragedModel | None = None
+        #: whether the epoch's last step was in the averaging phase (the same on every rank)
+        self.phase = False
 
     def setup(self, trainer: Trainer) -> None:
         self.avg = AveragedModel(trainer.model)
@@ -52,10 +54,17 @@ class SWA(Callback):
             self.avg.n_averaged.fill_(done)  # type: ignore[operator]
             trainer.eval_model = self.avg.module
 
+    def on_step_end(self, trainer: Trainer) -> None:
+        averaging = trainer.schedule.averaging()
+        if trainer.info.enabled and trainer.cfg.time_budget:
+            # each rank measures its own share of the budget: every rank decides alike (here,
+            # outside validation's D.together, which must not hold a collective)
+            averaging = D.any_flag(averaging, trainer.info)
+        self.phase = averaging
+
     def on_validate_start(self, trainer: Trainer) -> None:
         assert self.avg is not None
-        # every rank decides alike (with a time budget each rank measures its own progress)
-        if not D.any_flag(trainer.schedule.averaging(), trainer.info):
+        if not self.phase:
             # before the phase; or a run resumed with more epochs, whose phase now starts
             # later: the average so far belongs to another schedule and starts anew
             self.avg.n_averaged.zero_()  # type: ignore[operator]
@@ -76,7 +85,7 @@ class SWA(Callback):
         if not any(row.get("swa_models") for row in trainer.history):
             log.warning(
                 "swa: training stopped (%s) before the averaging phase began; nothing was "
-                "averaged (raise --patience, or lower --swa)",
+                "averaged (lower --swa, or train longer)",
                 result.stop_reason,
             )
 
