@@ -109,3 +109,30 @@ def test_a_threshold_rule_without_validation_data_is_a_programmer_error(
     # no rule: the model's own threshold, as before
     res = evaluate_checkpoint("pcam-cnn", test, tmp_path / "ok", n_bootstrap=0, gallery=False)
     assert res["threshold_source"].startswith("shipped with the model")
+
+
+def test_predict_and_eval_take_their_threshold_by_one_rule() -> None:
+    """``predict.decision_threshold`` and ``evaluate.default_threshold`` were two copies of
+    one rule (given, else the shipped threshold, else 0.5); now both commands call
+    ``checkpoint.decision_threshold``, each keeping its wording of the source."""
+    from histomodels import evaluate, external, predict
+    from histomodels.checkpoint import decision_threshold
+
+    shipped = {"threshold": 0.25, "threshold_rule": "sensitivity>=0.9"}
+    assert decision_threshold(shipped) == (0.25, "shipped with the model (sensitivity>=0.9)")
+    assert decision_threshold(shipped, 0.7) == (0.7, "given")
+    assert decision_threshold({"threshold": 1}) == (
+        1.0,
+        "shipped with the model (rule not recorded)",
+    )
+    assert decision_threshold({}) == (0.5, "default 0.5 (the model ships no threshold)")
+    note = evaluate.NO_VALIDATION
+    assert decision_threshold({}, note=note) == (0.5, "default 0.5 (no validation set given)")
+    assert decision_threshold(shipped, note=note) == (
+        0.25,
+        "shipped with the model (sensitivity>=0.9 on its own validation data; "
+        "no validation set given)",
+    )
+    for module in (evaluate, external, predict):  # no second copy of the rule left
+        assert not hasattr(module, "default_threshold"), module
+        assert getattr(module, "decision_threshold", decision_threshold) is decision_threshold

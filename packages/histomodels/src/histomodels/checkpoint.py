@@ -313,6 +313,23 @@ def check_checkpoint(ckpt: dict[str, Any], path: str | Path) -> None:
         raise bad("threshold_rule", "must be one short line of printable text")
 
 
+def decision_threshold(
+    ckpt: dict[str, Any], given: float | None = None, *, note: str = ""
+) -> tuple[float, str]:
+    """The probability at which a patch is called tumour, and where it came from: ``given``,
+    else the threshold shipped with the model (pretrained models; a number in [0, 1], checked
+    at load by :func:`check_checkpoint`), else 0.5. The one rule ``predict`` and ``eval``
+    (``--data`` and ``--manifest``) use; ``note`` says why no other threshold was chosen
+    (``eval``: ``"no validation set given"``) and ends the source's wording."""
+    if given is not None:
+        return float(given), "given"
+    if ckpt.get("threshold") is not None:
+        rule = ckpt.get("threshold_rule") or "rule not recorded"
+        detail = f"{rule} on its own validation data; {note}" if note else rule
+        return float(ckpt["threshold"]), f"shipped with the model ({detail})"
+    return 0.5, f"default 0.5 ({note or 'the model ships no threshold'})"
+
+
 def build_with_weights(
     name: str,
     config: dict[str, Any],

@@ -21,7 +21,12 @@ from histocore.csvcells import safe_cell
 from histocore.errors import UsageError
 from histocore.io import atomic_write_json, atomic_write_text, json_safe
 from histocore.progress import task
-from histomodels.checkpoint import read_checkpoint, resolve_checkpoint, save_checkpoint
+from histomodels.checkpoint import (
+    decision_threshold,
+    read_checkpoint,
+    resolve_checkpoint,
+    save_checkpoint,
+)
 from histomodels.choices import STORE_TEMPERATURE, THRESHOLD_RULES
 from histomodels.data.base import DatasetError, pixel_digests, rows_also_in
 from histomodels.inference import Predictor, sigmoid
@@ -50,18 +55,7 @@ def write_predictions(path: Path, ids: list[str], labels: np.ndarray, probs: np.
     atomic_write_text(path, buf.getvalue())
 
 
-DEFAULT_THRESHOLD_SOURCE = "default 0.5 (no validation set given)"
-
-
-def default_threshold(ckpt: dict[str, Any]) -> tuple[float, str]:
-    """The threshold used without validation data, and where it came from: the one shipped
-    with the model (pretrained models), else 0.5 (``eval --data`` and ``--manifest`` alike)."""
-    if ckpt.get("threshold") is None:
-        return 0.5, DEFAULT_THRESHOLD_SOURCE
-    rule = ckpt.get("threshold_rule") or "rule not recorded"
-    return float(ckpt["threshold"]), (
-        f"shipped with the model ({rule} on its own validation data; no validation set given)"
-    )
+NO_VALIDATION = "no validation set given"  # why eval used the shipped threshold, else 0.5
 
 
 def check_threshold_options(
@@ -204,7 +198,7 @@ def evaluate_checkpoint(
         "tta": bool(tta),
         "precision": pred.precision,
     }
-    threshold, threshold_source = default_threshold(ckpt)
+    threshold, threshold_source = decision_threshold(ckpt, note=NO_VALIDATION)
     if (
         val is not None
         and isinstance(val, (str, Path))

@@ -133,11 +133,12 @@ def evaluate_manifest(
     """
     from histocore.manifest import Manifest
     from histomodels import plots
+    from histomodels.checkpoint import decision_threshold
     from histomodels.data.images import decode_image
     from histomodels.data.manifest_tiles import ManifestTileDataset
     from histomodels.evaluate import (
+        NO_VALIDATION,
         check_threshold_options,
-        default_threshold,
         operating_point,
         write_json,
     )
@@ -157,7 +158,7 @@ def evaluate_manifest(
         with task(desc, len(patches)) as shown:
             return pred.logits(patches, batch_size=batch_size, tta=tta, progress=shown.advance)
 
-    default = default_threshold(ckpt) if threshold is None else (threshold, "given")
+    default = decision_threshold(ckpt, threshold, note=NO_VALIDATION)
     point = operating_point(
         pred, checkpoint, val, infer, default=default, threshold_rule=threshold_rule,
         sensitivity=sensitivity, store_temperature=store_temperature,

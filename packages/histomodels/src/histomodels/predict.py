@@ -219,6 +219,7 @@ def predict_paths(
     ``scale`` resizes each image first so it matches the model's training magnification
     (PCam is ~10x, ~0.97 um/px: use 0.25 for 40x tiles); x/y are then in resized pixels."""
     from histocore.io import atomic_write_text
+    from histomodels.checkpoint import decision_threshold
     from histomodels.inference import Predictor
 
     if not 0 < scale <= 16:
@@ -250,17 +251,6 @@ def predict_paths(
         raise
     return {"files": len(files), "rows": n_rows, "csv": str(out_csv), "heatmaps": heatmaps,
             "threshold": cut, "threshold_source": cut_source}  # fmt: skip
-
-
-def decision_threshold(ckpt: dict[str, Any], given: float | None) -> tuple[float, str]:
-    """The probability at which a patch is called tumour, and where it came from: ``given``,
-    else the threshold shipped with the model, else 0.5."""
-    if given is not None:
-        return float(given), "given"
-    if ckpt.get("threshold") is not None:
-        rule = ckpt.get("threshold_rule") or "rule not recorded"
-        return float(ckpt["threshold"]), f"shipped with the model ({rule})"
-    return 0.5, "default 0.5 (the model ships no threshold)"
 
 
 def _predict_files(
