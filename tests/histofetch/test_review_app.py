@@ -25,8 +25,8 @@ def kit(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return run, make_scores(run, root)
 
 
-def _client(run: Path, scores: Path | None = None) -> TestClient:
-    return TestClient(create_app(run, scores=scores, reviewer="rev"))
+def _client(run: Path, scores: Path | None = None, **kw) -> TestClient:
+    return TestClient(create_app(run, scores=scores, reviewer="rev"), **kw)
 
 
 def _post(client: TestClient, image_id: str, label: str | None, reviewer: str = "ann"):
@@ -144,6 +144,10 @@ def test_only_image_files_inside_the_run_are_served(kit: tuple[Path, Path], tmp_
     assert c.get("/image/pmid:1/fig1").status_code == 404
     assert c.get("/image/pmid:1/fig2").status_code == 404
     assert c.get("/image/pmid:2/fig1").status_code == 200
+    (run / "images").mkdir(exist_ok=True)
+    (run / "images" / "loop.png").symlink_to("loop.png")  # a link to itself: cannot resolve
+    m.update_image("pmid:1/fig1", path="images/loop.png")
+    assert _client(run, raise_server_exceptions=False).get("/image/pmid:1/fig1").status_code == 404
 
 
 def test_unknown_host_is_refused(kit: tuple[Path, Path]) -> None:

@@ -23,7 +23,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
-from histocore.manifest import MANIFEST_NAME, Image, Manifest
+from histocore.manifest import MANIFEST_NAME, Image, Manifest, ManifestError
 from histocore.store import STORE_NAME
 from histofetch.review.data import (
     ReviewError,
@@ -227,10 +227,11 @@ def create_app(
         if isinstance(found, Response):
             return found
         manifest, img = found
-        path = manifest.resolve(img.path)
-        root = state.run_dir.resolve()
-        # a manifest is untrusted: serve only image files inside the run folder
-        if path is None or root not in path.resolve().parents:
+        # a manifest is untrusted: serve only image files inside the run folder (the rule of
+        # every reader: Manifest.image_file; also a path whose links cannot be resolved)
+        try:
+            path = manifest.image_file(img.path)
+        except ManifestError:
             return JSONResponse({"error": "figure file outside the run folder"}, status_code=404)
         if path.suffix.lower() not in IMAGE_SUFFIXES:
             return JSONResponse({"error": "not an image file"}, status_code=404)
