@@ -181,16 +181,13 @@ def test_hostile_captions_and_ids_cannot_drive_the_terminal(tmp_path: Path) -> N
             assert "caption: Figure 1.\\x1b]0;pwned\\x07\\x1b[2J H&E error: forged" in r.output
 
 
-def test_figures_whose_file_lies_outside_the_run_are_not_offered_or_linked(
-    tmp_path: Path,
-) -> None:
-    """``Manifest.image_file`` refuses to read a row naming ``/etc/passwd``, ``../x.png`` or
-    a file link pointing out; the prompt printed ``open: file:///etc/passwd`` for them."""
+def _run_with_figures_outside(tmp_path: Path) -> tuple[Path, Path]:
+    """A one-figure run plus kept rows ``abs`` (an absolute path out), ``up`` (``../``) and
+    ``link`` (a file link pointing out), all naming the returned secret file."""
     secret = tmp_path / "secret.png"
     secret.write_bytes(b"not yours")
     run = _run(tmp_path, n=1)
     (run / "images").mkdir()
-    (run / "images" / "img0.png").write_bytes(b"png")
     (run / "images" / "link.png").symlink_to(secret)
     m = Manifest.load(run)
     for name, path in (("abs", str(secret)), ("up", "../secret.png"), ("link", "images/link.png")):
@@ -198,6 +195,16 @@ def test_figures_whose_file_lies_outside_the_run_are_not_offered_or_linked(
                           height=300, kept=True))  # fmt: skip
     m.save()
     m.close()
+    return run, secret
+
+
+def test_figures_whose_file_lies_outside_the_run_are_not_offered_or_linked(
+    tmp_path: Path,
+) -> None:
+    """``Manifest.image_file`` refuses to read a row naming ``/etc/passwd``, ``../x.png`` or
+    a file link pointing out; the prompt printed ``open: file:///etc/passwd`` for them."""
+    run, secret = _run_with_figures_outside(tmp_path)
+    (run / "images" / "img0.png").write_bytes(b"png")
     r = CliRunner().invoke(app, ["label", "--manifest", str(run)], input="m\nm\nm\nm\n")
     assert r.exit_code == 0, r.output
     assert "1 figure(s) to label" in r.output
@@ -215,17 +222,7 @@ def test_set_and_csv_refuse_figures_whose_file_lies_outside_the_run(tmp_path: Pa
     """``--set`` and ``--from-csv`` refuse an id the prompt does not offer (its file is
     ``/etc/passwd``-like, ``../x.png`` or a link pointing out) like an unknown id: one error
     line, exit 1, nothing written (they labelled it)."""
-    secret = tmp_path / "secret.png"
-    secret.write_bytes(b"not yours")
-    run = _run(tmp_path, n=1)
-    (run / "images").mkdir()
-    (run / "images" / "link.png").symlink_to(secret)
-    m = Manifest.load(run)
-    for name, path in (("abs", str(secret)), ("up", "../secret.png"), ("link", "images/link.png")):
-        m.add_image(Image(id=name, record_id="pmid:1", path=path, sha256="0" * 64, width=400,
-                          height=300, kept=True))  # fmt: skip
-    m.save()
-    m.close()
+    run, secret = _run_with_figures_outside(tmp_path)
     before = (run / "manifest.jsonl").read_bytes()
     runner = CliRunner()
     for name in ("abs", "up", "link"):

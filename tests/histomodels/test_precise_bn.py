@@ -8,6 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from _trainkit import TINY, train_args
 from torch import nn
 from typer.testing import CliRunner
 
@@ -15,13 +16,12 @@ from histomodels.checkpoint import load_model
 from histomodels.cli import app
 from histomodels.config import ConfigError, TrainConfig, validate
 from histomodels.preprocess import to_input
-from histomodels.synthetic import make_patches, write_h5
+from histomodels.synthetic import make_patches
 from histomodels.training import train
 from histomodels.training.precise_bn import PreciseBN, has_batchnorm, recompute_batchnorm
 from histomodels.training.trainer import Trainer
 
 torch.set_num_threads(1)
-TINY = {"width": 8, "depth": 2, "blocks": 1}
 
 
 def _net() -> nn.Sequential:
@@ -170,12 +170,7 @@ def test_off_by_default_range_checked_and_on_the_command_line(tmp_path):
     assert TrainConfig().precise_bn == 0
     with pytest.raises(ConfigError, match="precise_bn"):
         validate(TrainConfig(precise_bn=-1))
-    train_h5 = write_h5(tmp_path / "train.h5", 32, seed=0)
-    val_h5 = write_h5(tmp_path / "val.h5", 24, seed=1)
-    out = tmp_path / "r"
-    args = ["train", "--data", str(train_h5), "--val", str(val_h5), "--out", str(out),
-            "--model-config", json.dumps(TINY), "--epochs", "1", "--batch-size", "16",
-            "--threads", "1", "--quiet"]  # fmt: skip
+    args, out = train_args(tmp_path, epochs=1)
     r = CliRunner().invoke(app, [*args, "--precise-bn", "20"])
     assert r.exit_code == 0, r.output
     assert json.loads((out / "config.json").read_text())["precise_bn"] == 20

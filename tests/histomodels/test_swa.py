@@ -8,19 +8,19 @@ import json
 
 import pytest
 import torch
+from _trainkit import TINY, train_args
 from typer.testing import CliRunner
 
 from histomodels.checkpoint import read_checkpoint
 from histomodels.cli import app
 from histomodels.config import ConfigError, TrainConfig, validate
 from histomodels.models import create_model
-from histomodels.synthetic import make_patches, write_h5
+from histomodels.synthetic import make_patches
 from histomodels.training import train
 from histomodels.training.base import Callback
 from histomodels.training.schedule import LRSchedule
 
 torch.set_num_threads(1)
-TINY = {"width": 8, "depth": 2, "blocks": 1}
 
 
 @pytest.fixture(scope="module")
@@ -140,12 +140,7 @@ def test_off_by_default_range_checked_and_on_the_command_line(tmp_path):
             validate(bad)
     with pytest.raises(ConfigError, match="choose one"):
         validate(TrainConfig(swa=0.5, ema=0.99))
-    train_h5 = write_h5(tmp_path / "train.h5", 32, seed=0)
-    val_h5 = write_h5(tmp_path / "val.h5", 24, seed=1)
-    out = tmp_path / "r"
-    args = ["train", "--data", str(train_h5), "--val", str(val_h5), "--out", str(out),
-            "--model-config", json.dumps(TINY), "--epochs", "2", "--batch-size", "16",
-            "--threads", "1", "--quiet"]  # fmt: skip
+    args, out = train_args(tmp_path, epochs=2)
     r = CliRunner().invoke(app, [*args, "--swa", "0.5"])
     assert r.exit_code == 0, r.output
     assert json.loads((out / "config.json").read_text())["swa"] == 0.5
