@@ -289,6 +289,25 @@ def test_csv_says_tumour_yes_no_and_the_threshold_it_used(tmp_path: Path) -> Non
     assert r.exit_code == 2 and "1.5 is not in the range 0 <= x <= 1" in r.output
 
 
+def test_the_call_agrees_with_the_probability_the_csv_shows(tmp_path: Path) -> None:
+    """A threshold equal to a row's printed (6-decimal) probability calls that row tumour:
+    the call was made on the unrounded value, so a row rounded up showed e.g. 0.412345
+    >= 0.412345 and "no"."""
+    from histomodels.predict import predict_paths
+
+    ckpt = tiny_checkpoint(tmp_path)
+    big = tmp_path / "figure.png"
+    Image.fromarray(make_figure(3, 4, seed=1)).save(big)
+    out = tmp_path / "pred.csv"
+    predict_paths(ckpt, [big], out, draw_heatmaps=False)
+    shown = sorted({r["probability"] for r in _rows(out)})
+    for cut in shown[:: max(1, len(shown) // 6)]:
+        predict_paths(ckpt, [big], out, draw_heatmaps=False, threshold=float(cut))
+        for row in _rows(out):
+            called = float(row["probability"]) >= float(row["threshold"])
+            assert row["tumour"] == ("yes" if called else "no"), (cut, row)
+
+
 def test_a_multi_page_tiff_gets_one_warning_that_only_its_first_page_is_scored(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -214,7 +214,8 @@ def predict_paths(
     ``draw_heatmaps`` is False: drawing one costs ~0.5 s, far more than scoring a small
     image). Returns a summary dict (with ``threshold`` and ``threshold_source``).
 
-    ``tumour`` is ``yes`` when the probability reaches ``threshold``: the one given, else
+    ``tumour`` is ``yes`` when the probability reaches ``threshold`` (both as the row shows
+    them, to 6 decimals): the one given, else
     the one shipped with the model (pretrained models), else 0.5.
     ``scale`` resizes each image first so it matches the model's training magnification
     (PCam is ~10x, ~0.97 um/px: use 0.25 for 40x tiles); x/y are then in resized pixels."""
@@ -285,8 +286,9 @@ def _predict_files(
             probs = sigmoid(logits, pred.temperature)
             cut = f"{threshold:.6f}"
             for (x, y), t, p in zip(tiles.xy, tiles.tissue, probs, strict=True):
-                w.writerow([safe_cell(str(f)), int(x), int(y), size, f"{t:.3f}", f"{p:.6f}",
-                            cut, "yes" if p >= threshold else "no"])  # fmt: skip
+                p_text = f"{p:.6f}"  # the call agrees with the values the row shows
+                w.writerow([safe_cell(str(f)), int(x), int(y), size, f"{t:.3f}", p_text,
+                            cut, "yes" if float(p_text) >= float(cut) else "no"])  # fmt: skip
             n_rows += len(probs)
             if len(probs) > 1 and heat_dir is not None:
                 target = heat_dir / f"{_stem(f, files)}.png"
