@@ -26,7 +26,12 @@ def test_budget_from_the_environment_and_the_one_line_refusal(monkeypatch) -> No
 
 def test_default_budget_is_under_what_is_available(monkeypatch) -> None:
     monkeypatch.delenv("HISTOMODELS_MEMORY_BUDGET", raising=False)
-    assert 0 < memory_budget() <= 0.8 * available_memory() + 1
+    # free memory moves while other programs run: bound the budget by the larger of two
+    # readings taken around it (one reading after it failed when others took memory between)
+    before = available_memory()
+    budget = memory_budget()
+    after = available_memory()
+    assert 0 < budget <= 0.8 * max(before, after) + 1
 
 
 def test_ulimit_v_lowers_the_budget() -> None:
