@@ -251,6 +251,32 @@ def write_corrupt(path: Path) -> Path:
     return path
 
 
+def write_bad_page_tree(path: Path, kind: str, *, xref: bool = False) -> Path:
+    """A PDF that opens but whose page tree MuPDF refuses: ``kind="count"`` claims
+    999999999 pages for one kid (``page_count`` raises), ``kind="loop"`` lists itself
+    (loading the page raises). Without ``xref`` there is no xref table and MuPDF repairs
+    the file on opening; with it, the file is read as is."""
+    kids, count = {"count": (b"3 0 R", b"999999999"), "loop": (b"2 0 R", b"1")}[kind]
+    objs = [
+        b"<</Type/Catalog/Pages 2 0 R>>",
+        b"<</Type/Pages/Kids[" + kids + b"]/Count " + count + b">>",
+        b"<</Type/Page/Parent 2 0 R/MediaBox[0 0 10 10]>>",
+    ]
+    out, offsets = b"%PDF-1.4\n", []
+    for i, obj in enumerate(objs, 1):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n%s\nendobj\n" % (i, obj)
+    if xref:
+        start = len(out)
+        out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objs) + 1)
+        out += b"".join(b"%010d 00000 n \n" % o for o in offsets)
+        out += b"trailer\n<</Size %d/Root 1 0 R>>\nstartxref\n%d\n" % (len(objs) + 1, start)
+    else:
+        out += b"trailer<</Root 1 0 R>>\n"
+    path.write_bytes(out + b"%%EOF\n")
+    return path
+
+
 def write_broken_xref(source: Path, path: Path) -> Path:
     """Object streams + a ``startxref`` pointing at garbage: pdfminer finds no /Root (it
     cannot scan inside object streams), MuPDF repairs it."""

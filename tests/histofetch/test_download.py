@@ -14,6 +14,7 @@ from pathlib import Path
 import pymupdf
 import pytest
 from ncbi_server import FakeNcbi, image_bytes, make_pdf, ncbi_fixture  # noqa: F401 (fixture)
+from pdf_factory import write_bad_page_tree
 from run_factory import make_run as _run
 from run_factory import searched as _rec
 from s3_server import he_jpeg, real_jats
@@ -21,7 +22,7 @@ from s3_server import he_jpeg, real_jats
 from histocore.manifest import Manifest
 from histofetch.archive import ArchiveLimits
 from histofetch.download import run_download
-from histofetch.sources.pdf_routes import check_pdf, find_pdf_link
+from histofetch.sources.pdf_routes import NotAPdf, check_pdf, find_pdf_link
 
 HTML = b"<!DOCTYPE html><html><head><title>Sign in</title></head><body>Login</body></html>"
 LIST = "/pmc-oa-opendata/"
@@ -149,7 +150,7 @@ def test_figure_over_pixel_limit_is_refused(ncbi: FakeNcbi, tmp_path: Path) -> N
     assert "over the 10000 px limit" in rec.extra["failed_files"][0]
 
 
-def test_check_pdf_rejects_fakes() -> None:
+def test_check_pdf_rejects_fakes(tmp_path: Path) -> None:
     assert check_pdf(make_pdf(pages=3)) == 3
     for body, match in [
         (b"", "empty"),
@@ -159,6 +160,9 @@ def test_check_pdf_rejects_fakes() -> None:
     ]:
         with pytest.raises(ValueError, match=match):
             check_pdf(body)
+    body = write_bad_page_tree(tmp_path / "count.pdf", "count").read_bytes()
+    with pytest.raises(NotAPdf, match="cannot read its page tree"):  # was a RuntimeError
+        check_pdf(body)
     doc = pymupdf.open(stream=make_pdf(), filetype="pdf")
     assert doc.page_count == 1
 

@@ -24,6 +24,7 @@ from pdf_factory import (
     he_like,
     png_bytes,
     random_rgb,
+    write_bad_page_tree,
     write_broken_xref,
     write_corrupt,
     write_encrypted,
@@ -137,6 +138,33 @@ def test_broken_pdfs_fail_with_a_reason_and_the_run_goes_on(tmp_path: Path) -> N
     (img,) = manifest.images.values()
     assert img.caption == "Fig. 1. H&E."
     assert not list((tmp_path / "run").rglob("*.tmp"))  # no half-written files
+
+
+def test_pdfs_whose_page_tree_mupdf_refuses_fail_as_corrupt(tmp_path: Path) -> None:
+    """MuPDF opens these, then raises on ``page_count`` or a page (a lying /Count, a /Kids
+    loop): the record fails as a corrupt PDF naming the file, not with MuPDF's bare
+    ``code=7: ...`` or a reason that starts with the file's path."""
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    write_bad_page_tree(bad / "count.pdf", "count")
+    write_bad_page_tree(bad / "loop.pdf", "loop")  # repaired on opening
+    write_bad_page_tree(bad / "loop_xref.pdf", "loop", xref=True)  # not repaired
+    summary = run_extract(tmp_path / "run", [bad])
+    assert (summary.done, summary.failed) == (0, 3)
+    reasons = {
+        Path(r.pdf_path or "").name: r.reason or ""
+        for r in Manifest.load(tmp_path / "run").records.values()
+    }
+    assert reasons["count.pdf"].startswith("corrupt PDF, cannot read its page tree (code=7")
+    assert reasons["loop.pdf"].startswith("corrupt PDF, cannot load a page (page 1: code=7")
+    assert reasons["loop_xref.pdf"].startswith("corrupt PDF, MuPDF cannot read it (code=7")
+    assert set(summary.reasons) == {  # grouped by the problem, not by the file's name
+        "corrupt PDF, cannot read its page tree",
+        "corrupt PDF, cannot load a page",
+        "corrupt PDF, MuPDF cannot read it",
+    }
+    for name, reason in reasons.items():  # the file last, as the CLI's warning line expects
+        assert reason.endswith(f"{name}"), reason
 
 
 def test_missing_pdf_file_fails_its_record(tmp_path: Path) -> None:

@@ -30,11 +30,17 @@ def open_pdf(data: bytes, path: Path) -> pymupdf.Document:
     try:
         doc = pymupdf.open(stream=data, filetype="pdf")
     except Exception as exc:  # pymupdf raises its own FileDataError, RuntimeError, ...
-        raise StageFailure(f"corrupt PDF, cannot open: {path}: {exc}") from None
-    if doc.needs_pass:
+        raise StageFailure(f"corrupt PDF, cannot open ({exc}): {path}") from None
+    try:
+        needs_pass = doc.needs_pass
+        pages = 0 if needs_pass else doc.page_count  # a broken page tree raises here
+    except Exception as exc:  # e.g. RuntimeError "code=7: Invalid number of pages"
+        doc.close()
+        raise StageFailure(f"corrupt PDF, cannot read its page tree ({exc}): {path}") from None
+    if needs_pass:
         doc.close()
         raise StageFailure(f"encrypted PDF, needs a password: {path}")
-    if doc.page_count == 0:
+    if pages == 0:
         doc.close()
         raise StageFailure(f"corrupt PDF, no pages: {path}")
     return doc
@@ -53,7 +59,12 @@ def check_page_objects(doc: pymupdf.Document, path: Path) -> None:
     if not doc.is_repaired:
         return
     n = doc.xref_length()
-    for page in doc:
+    for pno in range(doc.page_count):
+        try:
+            page = doc.load_page(pno)
+        except Exception as exc:  # a repaired page tree MuPDF still cannot walk (a /Kids loop)
+            why = f"corrupt PDF, cannot load a page (page {pno + 1}: {exc})"
+            raise StageFailure(f"{why}: {path}") from None
         refs = [page.xref]
         try:
             for key in ("Contents", "Resources", "Resources/XObject"):
@@ -63,6 +74,5 @@ def check_page_objects(doc: pymupdf.Document, path: Path) -> None:
             lost = refs
         if lost:
             raise StageFailure(
-                f"truncated PDF (page {(page.number or 0) + 1} names missing object {lost[0]}): "
-                f"{path}"
+                f"truncated PDF (page {pno + 1} names missing object {lost[0]}): {path}"
             )

@@ -53,7 +53,7 @@ def extract_images(
     except Exception as exc:
         if not _raised_in_mupdf(exc):
             raise
-        raise StageFailure(f"{where}: MuPDF cannot read it ({exc})") from None
+        raise StageFailure(f"corrupt PDF, MuPDF cannot read it ({exc}): {where}") from None
 
 
 def _extract_images(

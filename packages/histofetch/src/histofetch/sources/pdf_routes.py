@@ -49,11 +49,14 @@ def check_pdf(data: bytes) -> int:
     except Exception as exc:  # pymupdf raises several types for broken files
         raise NotAPdf(f"PDF header but PyMuPDF cannot open it ({exc})") from None
     try:
-        if doc.page_count < 1:
-            raise NotAPdf("PDF without pages")
-        return doc.page_count
+        pages = doc.page_count
+    except Exception as exc:  # a broken page tree: RuntimeError "code=7: ..."
+        raise NotAPdf(f"PDF header but PyMuPDF cannot read its page tree ({exc})") from None
     finally:
         doc.close()
+    if pages < 1:
+        raise NotAPdf("PDF without pages")
+    return pages
 
 
 class _Page:
