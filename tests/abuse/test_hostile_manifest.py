@@ -195,6 +195,39 @@ def test_merge_never_links_a_file_from_outside_the_run(tmp_path: Path) -> None:
     assert sorted(p.name for p in (out / "images").iterdir()) == ["good.png"]
 
 
+def test_merge_never_writes_outside_its_output_through_a_dotdot_path(tmp_path: Path) -> None:
+    """A ``..`` path that leads back into the source run (``../../a/run/images/x.png``)
+    passed the source check, and its link was made at the same ``..`` place from the
+    merged folder: ``b/c/merged/../../a/run/...``, i.e. ``b/a/run/images/x.png``, outside
+    the output. Such a row is merged as it is (readers refuse it) and nothing is linked."""
+    import numpy as np
+    import PIL.Image
+
+    from histocore.manifest import Image, Record
+    from histofetch.merge import merge_runs
+
+    run = tmp_path / "a" / "run"
+    (run / "images").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in ("good.png", "x.png"):
+        pixels = rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)
+        PIL.Image.fromarray(pixels).save(run / "images" / name)
+    with Manifest.load(run, create=True) as m:
+        m.add_record(Record(id="r1", stage="extracted"))
+        for n, path in enumerate(["images/good.png", "../../a/run/images/x.png"]):
+            m.add_image(Image(id=f"r1/f{n}", record_id="r1", path=path, sha256=str(n),
+                              width=64, height=64))  # fmt: skip
+        m.save()
+    out = tmp_path / "b" / "c" / "merged"
+    out.parent.mkdir(parents=True)
+    merge_runs([run], out)
+    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["c"]
+    assert sorted(p.name for p in out.parent.iterdir()) == ["merged"]
+    assert sorted(p.name for p in (out / "images").iterdir()) == ["good.png"]
+    with Manifest.load(out) as m:
+        assert m.images["r1/f1"].path == "../../a/run/images/x.png"  # kept, never read
+
+
 def test_eval_manifest_never_reads_an_image_outside_the_run(tmp_path: Path) -> None:
     from histomodels.data import DatasetError
     from histomodels.data.manifest_tiles import ManifestTileDataset

@@ -107,13 +107,16 @@ def _merge_header(merged: Manifest, loaded: list[Manifest]) -> None:
 
 
 def _bring(run: Manifest, merged: Manifest, rel: str | None) -> str | None:
-    """Link (or copy) a file named by a source run into the merged run; the new path."""
-    if rel is None or Path(rel).is_absolute():
+    """Link (or copy) a file named by a source run into the merged run; the new path.
+
+    A path with ``..`` is never linked: even when it leads back into the source run
+    (``../../a/run/images/x.png``), the same path from the merged folder lands outside it."""
+    if rel is None or Path(rel).is_absolute() or ".." in Path(rel).parts:
         return rel
     src = run.resolve(rel)
     dst = merged.run_dir / rel
     if not src.resolve().is_relative_to(run.run_dir.resolve()):
-        return rel  # '../x', a link pointing out: never read, never linked beside the merge
+        return rel  # a link pointing out: never read, never linked beside the merge
     if not src.is_file():
         return rel  # named but missing in the source: the row says so, as it did there
     if not dst.exists():
