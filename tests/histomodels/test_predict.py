@@ -123,9 +123,10 @@ def test_scale_resizes_before_tiling(tmp_path: Path) -> None:
     assert r.exit_code == 1 and "smaller than one 96px patch" in r.output
 
 
-def test_a_file_failing_mid_run_leaves_no_heatmaps_and_no_csv(tmp_path: Path) -> None:
-    """A file whose header passes the up-front check but whose pixels do not decode stops the
-    run with one error line, after an earlier file's heatmap was drawn: nothing stays."""
+def test_a_file_failing_mid_run_is_skipped_and_the_others_are_written(tmp_path: Path) -> None:
+    """A file whose header passes the up-front check but whose pixels do not decode stopped
+    the run (no CSV, the heatmaps drawn before it removed). It is now one error line, exit 1,
+    and the CSV holds every row of the others and none of it."""
     ckpt = tiny_checkpoint(tmp_path)
     good = tmp_path / "a_good.png"
     Image.fromarray(make_figure(2, 2, seed=3)).save(good)
@@ -136,11 +137,83 @@ def test_a_file_failing_mid_run_leaves_no_heatmaps_and_no_csv(tmp_path: Path) ->
     out = tmp_path / "pred.csv"
     r = CliRunner().invoke(app, ["predict", str(ckpt), str(good), str(cut), "--out", str(out)])
     assert r.exit_code == 1, r.output
-    assert r.output.startswith("error: ") and str(cut) in r.output
+    assert r.stderr == f"error: {cut}: cannot read image (image file is truncated)\n"
+    assert r.stdout.startswith(f"4 patch(es) from 1 file(s) → {out}\n")
     assert "Traceback" not in r.output
+    assert [row["path"] for row in _rows(out)] == [str(good)] * 4
+    assert sorted(p.name for p in (tmp_path / "pred_heatmaps").iterdir()) == ["a_good.png"]
+
+
+def test_one_image_too_small_at_scale_does_not_stop_the_run(tmp_path: Path) -> None:
+    """One 150 px image in a folder, at --scale 0.5 (75 px, under one 96 px patch), stopped
+    the whole run after the header check had passed it (exit 1, no CSV for the others). It
+    is now skipped with one error line and exit 1; the others are scored as without it."""
+    ckpt = tiny_checkpoint(tmp_path)
+    folder = tmp_path / "tiles"
+    folder.mkdir()
+    for i in range(3):  # 384 px, 192 px at --scale 0.5: four patches each
+        Image.fromarray(make_figure(4, 4, seed=10 + i)).save(folder / f"t{i}.png")
+    tiny = folder / "t1_tiny.png"  # sorted between the others
+    Image.fromarray(make_figure(4, 4, seed=20)[:150, :150]).save(tiny)
+    out = tmp_path / "pred.csv"
+    args = ["predict", str(ckpt), "--scale", "0.5", "--no-heatmaps", "--out", str(out)]
+    r = CliRunner().invoke(app, [*args, str(folder)])
+    assert r.exit_code == 1, r.output
+    assert r.stderr == (
+        f"error: {tiny}: 150x150 at scale 0.5 is 75x75, smaller than one 96px patch\n"
+    )
+    assert r.stdout.startswith(f"12 patch(es) from 3 file(s) → {out}\n")
+    with_tiny = out.read_text()
+    tiny.unlink()
+    r = CliRunner().invoke(app, [*args, str(folder)])
+    assert r.exit_code == 0, r.output
+    assert with_tiny == out.read_text()
+    assert {row["path"] for row in _rows(out)} == {str(folder / f"t{i}.png") for i in range(3)}
+
+
+def test_every_file_that_cannot_be_scored_gets_its_own_line(tmp_path: Path) -> None:
+    """Unreadable, too small and over --max-pixels among good files: one error line each, in
+    the order given, exit 1; the good files' rows are written. The library raises
+    SkippedInputs naming them, with the summary of what was written; when no file could be
+    scored, no CSV is written."""
+    from histomodels.predict import OverPixelLimit, SkippedInputs, predict_paths
+
+    ckpt = tiny_checkpoint(tmp_path)
+    good = tmp_path / "good.png"
+    Image.fromarray(make_figure(2, 2, seed=3)).save(good)
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 20)
+    small = tmp_path / "small.png"
+    Image.new("RGB", (40, 40), "white").save(small)
+    big = tmp_path / "big.png"
+    Image.new("RGB", (300, 300), "white").save(big)
+    out = tmp_path / "o.csv"
+    files = [bad, good, small, big]
+    r = CliRunner().invoke(
+        app, ["predict", str(ckpt), *map(str, files), "--out", str(out), "--max-pixels", "50000"]
+    )
+    assert r.exit_code == 1, r.output
+    lines = r.stderr.splitlines()
+    assert [line.split(": ")[1] for line in lines] == [str(bad), str(small), str(big)]
+    assert all(line.startswith("error: ") for line in lines)
+    assert "cannot read image" in lines[0] and "smaller than one 96px patch" in lines[1]
+    assert "300x300 pixels exceeds the limit of 50000" in lines[2]
+    assert lines[2].endswith("; --max-pixels raises the limit")
+    assert [row["path"] for row in _rows(out)] == [str(good)] * 4
+    with pytest.raises(SkippedInputs) as err:
+        predict_paths(ckpt, files, out, max_pixels=50_000, draw_heatmaps=False)
+    assert [type(e) for e in err.value.problems] == [
+        PredictInputError,
+        PredictInputError,
+        OverPixelLimit,
+    ]
+    assert str(err.value).startswith(f"{bad}: cannot read image") and "and 2 more" in str(err.value)
+    assert err.value.summary["files"] == 1 and err.value.summary["rows"] == 4
+    out.unlink()
+    with pytest.raises(SkippedInputs) as err:
+        predict_paths(ckpt, [bad, small], out)
+    assert len(err.value.problems) == 2 and err.value.summary["csv"] is None
     assert not out.exists()
-    heat = tmp_path / "pred_heatmaps"
-    assert not heat.exists() or not any(heat.iterdir())
 
 
 def test_images_at_another_magnification_than_pcam_get_one_warning(

@@ -1,9 +1,12 @@
 """``histomodels predict``: probabilities for image files, folders, or large images tiled
 into patches at the model's input size (96 px).
 
-Every input is checked before any inference runs (readable, a sane size, not a
-decompression bomb), so a bad file stops the run with one line naming it and no CSV is
-left half-written (the CSV is written once, atomically, at the end).
+Every input's header is checked before any inference runs (readable, a sane size after
+``--scale``, not a decompression bomb). A file that cannot be scored (there, or when its
+pixels fail to decode) is skipped and the others are scored: the CSV (written once,
+atomically, at the end) holds every row of every file that could be scored and none of the
+others, and :func:`predict_paths` then raises :class:`SkippedInputs` naming each file left
+out (the command: one ``error:`` line each, exit 1).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ if TYPE_CHECKING:
 
 from histocore import imaging
 from histocore.csvcells import safe_cell
-from histocore.errors import DomainError, UsageError
+from histocore.errors import DomainError, UsageError, describe
 from histocore.imaging import Tiles, rescale, tile
 from histocore.imaging import tissue_fraction as tissue_fraction  # the one tissue test
 from histocore.progress import task
@@ -55,6 +58,17 @@ class OverPixelLimit(PredictInputError):
     """An image, or its size at ``scale``, over the caller's ``max_pixels`` (what the CLI's
     ``--max-pixels`` raises; Pillow's own process-wide ceiling is a plain
     :class:`PredictInputError`)."""
+
+
+class SkippedInputs(PredictInputError):
+    """Files that could not be scored (``problems``: one error per file, in input order);
+    the rest were, and ``summary`` is :func:`predict_paths`'s summary of them (its ``csv``
+    is None when no file could be scored: nothing was written then)."""
+
+    def __init__(self, problems: list[PredictInputError], summary: dict[str, Any]) -> None:
+        self.problems, self.summary = problems, summary
+        more = f" (and {len(problems) - 1} more file(s))" if len(problems) > 1 else ""
+        super().__init__(f"{problems[0]}{more}")
 
 
 def _too_large(exc: imaging.ImageTooLarge, max_pixels: int) -> PredictInputError:
@@ -92,6 +106,8 @@ def read_rgb(path: Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
         raise _too_large(exc, max_pixels) from None
     except imaging.ImageError as exc:
         raise PredictInputError(f"{path}: cannot read image ({exc.reason})") from None
+    except OSError as exc:  # a file that cannot be opened (permissions, I/O error)
+        raise PredictInputError(describe(exc)) from None
 
 
 def collect_inputs(paths: Iterable[str | Path]) -> list[Path]:
@@ -118,41 +134,65 @@ def check_inputs(
     *,
     scale: float = 1.0,
     stride: int | None = None,
-) -> None:
-    """Cheap header-only pass so a bad file fails the run before any work is done.
+) -> dict[Path, PredictInputError]:
+    """Cheap header-only pass so a file that cannot be scored is known before any work.
 
-    Sizes are checked after ``scale`` (``--scale 16`` makes 256x more pixels) and the
-    tiles at ``stride`` must fit the memory budget (``--tile-stride 1`` makes ~size² more).
+    Returns those files, each with its problem (one that cannot be read, is over
+    ``max_pixels``, or is smaller than one patch, all after ``scale``: ``--scale 16`` makes
+    256x more pixels). The tiles at ``stride`` must fit the memory budget (``--tile-stride
+    1`` makes ~size² more): a file over it stops the run (:class:`DatasetError`), since the
+    option, not the file, is what to change.
     """
     from histomodels.data.cache import require_memory
 
+    step = stride or size
+    if step < 1:
+        raise PredictInputError(f"tile stride must be >= 1, got {step}")
+    problems: dict[Path, PredictInputError] = {}
     several: list[tuple[Path, int, str]] = []  # files of several pages or frames
     for f in files:
         try:
-            with imaging.open_image(f, max_pixels=max_pixels, what=str(f)) as im:
-                w, h = im.size
-                pages = _pages(im)
-                if pages > 1:
-                    several.append((f, pages, "pages" if im.format == "TIFF" else "frames"))
-        except imaging.ImageTooLarge as exc:
-            raise _too_large(exc, max_pixels) from None
-        except imaging.ImageError as exc:
-            raise PredictInputError(f"{f}: cannot read image ({exc.reason})") from None
-        if w < size or h < size:
-            raise PredictInputError(f"{f}: {w}x{h} is smaller than one {size}px patch")
+            pages, unit, (w, h) = _check_file(f, size, max_pixels, scale)
+        except PredictInputError as exc:
+            problems[f] = exc
+            continue
+        if pages > 1:
+            several.append((f, pages, unit))
         sw, sh = round(w * scale), round(h * scale)
-        if sw * sh > max_pixels:
-            raise OverPixelLimit(
-                f"{f}: {w}x{h} at scale {scale} is {sw}x{sh} pixels, over the limit of {max_pixels}"
-            )
-        step = stride or size
-        if step < 1:
-            raise PredictInputError(f"tile stride must be >= 1, got {step}")
-        if sw >= size and sh >= size:
-            n = ((sh - size) // step + 1) * ((sw - size) // step + 1)
-            # uint8 patches + their float32 copy for the tissue fraction
-            require_memory(n * size * size * 3 * 5, str(f), f"{n} tiles at stride {step}")
-    _warn_pages(several, len(files))
+        n = ((sh - size) // step + 1) * ((sw - size) // step + 1)
+        # uint8 patches + their float32 copy for the tissue fraction
+        require_memory(n * size * size * 3 * 5, str(f), f"{n} tiles at stride {step}")
+    _warn_pages(several, len(files) - len(problems))
+    return problems
+
+
+def _check_file(
+    f: Path, size: int, max_pixels: int, scale: float
+) -> tuple[int, str, tuple[int, int]]:
+    """(pages, "pages" or "frames", (width, height)) of one file from its header; raises
+    :class:`PredictInputError` when it cannot be scored."""
+    try:
+        with imaging.open_image(f, max_pixels=max_pixels, what=str(f)) as im:
+            w, h = im.size
+            pages, unit = _pages(im), "pages" if im.format == "TIFF" else "frames"
+    except imaging.ImageTooLarge as exc:
+        raise _too_large(exc, max_pixels) from None
+    except imaging.ImageError as exc:
+        raise PredictInputError(f"{f}: cannot read image ({exc.reason})") from None
+    except OSError as exc:  # a file that cannot be opened (permissions, I/O error)
+        raise PredictInputError(describe(exc)) from None
+    if w < size or h < size:
+        raise PredictInputError(f"{f}: {w}x{h} is smaller than one {size}px patch")
+    sw, sh = round(w * scale), round(h * scale)
+    if sw * sh > max_pixels:
+        raise OverPixelLimit(
+            f"{f}: {w}x{h} at scale {scale} is {sw}x{sh} pixels, over the limit of {max_pixels}"
+        )
+    if sw < size or sh < size:
+        raise PredictInputError(
+            f"{f}: {w}x{h} at scale {scale} is {sw}x{sh}, smaller than one {size}px patch"
+        )
+    return pages, unit, (w, h)
 
 
 def _pages(im: Any) -> int:
@@ -212,7 +252,13 @@ def predict_paths(
     """Write one CSV row per patch (path, x, y, size, tissue_fraction, probability,
     threshold, tumour) and a heatmap PNG per image larger than one patch (unless
     ``draw_heatmaps`` is False: drawing one costs ~0.5 s, far more than scoring a small
-    image). Returns a summary dict (with ``threshold`` and ``threshold_source``).
+    image). Returns a summary dict (with ``threshold`` and ``threshold_source``; ``files``:
+    how many were scored).
+
+    A file that cannot be scored (unreadable, over ``max_pixels``, smaller than one patch
+    after ``scale``) is skipped and the others are scored and written; then
+    :class:`SkippedInputs` is raised, naming each file left out, with the summary. No CSV
+    is written when no file could be scored.
 
     ``tumour`` is ``yes`` when the probability reaches ``threshold`` (both as the row shows
     them, to 6 decimals): the one given, else
@@ -231,7 +277,7 @@ def predict_paths(
     pred = Predictor.load(checkpoint, device=device, precision=precision)
     size = int(pred.ckpt.get("input_size", 96))
     cut, cut_source = decision_threshold(pred.ckpt, threshold)
-    check_inputs(files, size, max_pixels, scale=scale, stride=stride)
+    problems = check_inputs(files, size, max_pixels, scale=scale, stride=stride)
     out_csv = Path(out_csv)
     heat_dir = Path(heatmap_dir) if heatmap_dir else out_csv.with_name(out_csv.stem + "_heatmaps")
     if not draw_heatmaps:
@@ -239,24 +285,30 @@ def predict_paths(
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(CSV_COLUMNS)
-    n_rows, heatmaps = 0, []
+    n_rows, scored, heatmaps = 0, 0, []
     try:
-        n_rows = _predict_files(pred, files, w, heat_dir, heatmaps, size=size, scale=scale,
-                                stride=stride, max_pixels=max_pixels, batch_size=batch_size,
-                                tta=tta, threshold=cut)  # fmt: skip
-        out_csv.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out_csv, buf.getvalue())
+        n_rows = _predict_files(pred, files, problems, w, heat_dir, heatmaps, size=size,
+                                scale=scale, stride=stride, max_pixels=max_pixels,
+                                batch_size=batch_size, tta=tta, threshold=cut)  # fmt: skip
+        scored = sum(f not in problems for f in files)
+        if scored:
+            out_csv.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(out_csv, buf.getvalue())
     except BaseException:  # nothing half written: the heatmaps of this run go with the CSV
         for h in heatmaps:
             Path(h).unlink(missing_ok=True)
         raise
-    return {"files": len(files), "rows": n_rows, "csv": str(out_csv), "heatmaps": heatmaps,
-            "threshold": cut, "threshold_source": cut_source}  # fmt: skip
+    summary = {"files": scored, "rows": n_rows, "csv": str(out_csv) if scored else None,
+               "heatmaps": heatmaps, "threshold": cut, "threshold_source": cut_source}  # fmt: skip
+    if problems:
+        raise SkippedInputs([problems[f] for f in dict.fromkeys(files) if f in problems], summary)
+    return summary
 
 
 def _predict_files(
     pred: Predictor,
     files: list[Path],
+    problems: dict[Path, PredictInputError],
     w: Any,
     heat_dir: Path | None,
     heatmaps: list[str],
@@ -269,15 +321,22 @@ def _predict_files(
     tta: bool,
     threshold: float,
 ) -> int:
-    """Score every file's tiles into the CSV writer ``w``; heatmap paths go to ``heatmaps``
-    as they are written. Returns the number of rows."""
+    """Score the tiles of every file not in ``problems`` into the CSV writer ``w`` (a file
+    whose pixels cannot be used joins ``problems``, and has no row); heatmap paths go to
+    ``heatmaps`` as they are written. Returns the number of rows."""
     from histomodels.inference import sigmoid
 
     n_rows, factors, grey = 0, [], []
-    with task("predicting", len(files)) as shown:
-        for f in files:
-            img, tiles = image_tiles(read_rgb(f, max_pixels), f, size=size, scale=scale,
-                                     stride=stride)  # fmt: skip
+    todo = [f for f in files if f not in problems]
+    with task("predicting", len(todo)) as shown:
+        for f in todo:
+            try:
+                img, tiles = image_tiles(read_rgb(f, max_pixels), f, size=size, scale=scale,
+                                         stride=stride)  # fmt: skip
+            except PredictInputError as exc:
+                problems[f] = exc
+                shown.advance()
+                continue
             if len(factors) < SCALE_CHECK_IMAGES:
                 factors += _nucleus_scale(img, size)
             if _is_grey(img):
@@ -300,7 +359,8 @@ def _predict_files(
     if grey:
         log.warning(
             "%d of %d image(s) are greyscale (e.g. %s): the model knows colour H&E only, so "
-            "their scores are not meaningful", len(grey), len(files), grey[0],
+            "their scores are not meaningful", len(grey),
+            sum(f not in problems for f in todo), grey[0],
         )  # fmt: skip
     return n_rows
 

@@ -8,7 +8,7 @@ click's usage error, exit 2). The work lives in the library modules named in eac
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 
@@ -468,8 +468,9 @@ def predict_cmd(
     if not no_heatmaps:  # the default folder too: a file there failed only after scoring
         require_folder(heatmaps or out.with_name(out.stem + "_heatmaps"))
     use_cpu_cores()
+    skipped: list = []  # files that could not be scored: one error line each, exit 1
     with errors(), progress():
-        from histomodels.predict import OverPixelLimit, predict_paths
+        from histomodels.predict import SkippedInputs, predict_paths
 
         try:
             res = predict_paths(
@@ -487,13 +488,35 @@ def predict_cmd(
                 max_pixels=max_pixels,
                 threshold=threshold,
             )
-        except OverPixelLimit as exc:  # the library's message knows no option names
-            raise OverPixelLimit(f"{exc}; --max-pixels raises the limit") from None
+        except SkippedInputs as exc:  # the others were scored: their summary, then the lines
+            skipped, res = exc.problems, exc.summary
+    if res["csv"] is not None:
+        _print_predicted(res)
+    if skipped:
+        _print_skipped(skipped)
+
+
+def _print_predicted(res: dict) -> None:
     typer.echo(f"{res['rows']} patch(es) from {res['files']} file(s) → {res['csv']}")
     source = "--threshold" if res["threshold_source"] == "given" else res["threshold_source"]
     typer.echo(f"tumour = probability >= {res['threshold']:.4f}: {source}")
     if res["heatmaps"]:
         typer.echo(f"{len(res['heatmaps'])} heatmap(s) in {Path(res['heatmaps'][0]).parent}")
+
+
+def _print_skipped(problems: list) -> NoReturn:
+    """One ``error:`` line per file predict could not score, then exit 1."""
+    import sys
+
+    from histocore.io import one_line
+    from histomodels.predict import OverPixelLimit
+
+    sys.stdout.flush()
+    for exc in problems:  # the library's message knows no option names
+        more = "; --max-pixels raises the limit" if isinstance(exc, OverPixelLimit) else ""
+        sys.stderr.write(f"error: {one_line(f'{exc}{more}')}\n")
+    sys.stderr.flush()
+    raise SystemExit(1)
 
 
 def label_cmd(
