@@ -73,6 +73,50 @@ def test_extract_missing_path_is_one_clear_error(tmp_path: Path) -> None:
     assert not (tmp_path / "run" / "manifest.jsonl").exists()
 
 
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["search", "", "--run", "{run}"], "the query is empty"),
+        (["search", "  ", "--run", "{run}"], "the query is empty"),
+        (["run", "", "--run", "{run}"], "the query is empty"),
+        (["extract", "--run", "{run}", ""], "an empty path"),
+        (["extract", "--run", "{run}", "{pdf}", ""], "an empty path"),
+        (["filter", "--run", "{run}", "--explain", ""], "an empty image id"),
+    ],
+)
+def test_empty_arguments_are_usage_errors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: list[str], said: str
+) -> None:
+    """An empty argument (an unset shell variable) went on as if meaningful: an empty query
+    was sent to NCBI, ``extract ''`` ingested every PDF under the current folder (``Path('')``
+    is ``.``) and ``--explain ''`` ran the whole filter. Each is now exit 2, nothing written."""
+    from run_factory import make_run, searched
+
+    work = tmp_path / "cwd"
+    work.mkdir()
+    build_image_pdf(work / "here.pdf", [he_like(seed=3)])  # what '' would have ingested
+    monkeypatch.chdir(work)
+    run = tmp_path / "run"
+    if args[0] == "filter":
+        make_run(run, searched("1"))
+    before = sorted(p.name for p in run.iterdir()) if run.exists() else None
+    given = [a.format(run=run, pdf=work / "here.pdf") for a in args]
+    result = runner.invoke(app, given, env={"COLUMNS": "200"})
+    assert result.exit_code == 2, result.output
+    assert said in result.output
+    assert (sorted(p.name for p in run.iterdir()) if run.exists() else None) == before
+
+
+def test_search_refuses_an_empty_query_before_any_request(tmp_path: Path) -> None:
+    from histocore.errors import UsageError
+    from histofetch.http import NetConfig
+    from histofetch.search import run_search
+
+    with pytest.raises(UsageError, match="the query is empty"):
+        run_search(tmp_path / "run", " ", net=NetConfig())
+    assert not (tmp_path / "run").exists()
+
+
 def test_extract_without_paths_needs_a_run(tmp_path: Path) -> None:
     result = runner.invoke(app, ["extract", "--run", str(tmp_path / "none")])
     assert result.exit_code == 1

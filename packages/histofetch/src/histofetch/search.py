@@ -244,6 +244,8 @@ def run_search(
     """
     if db not in DATABASES:
         raise UsageError(f"unknown database {db!r} (choose from {', '.join(DATABASES)})")
+    if not query.strip():
+        raise UsageError("the query is empty; give search words, e.g. 'lymph node'")
     summary = StageSummary("searched")
     key = search_key(query, max_results, mindate, maxdate, open_access_only, db, shard)
     # closed on the way out, also when a request fails: no -wal file left behind

@@ -33,7 +33,20 @@ Run = Annotated[
     typer.Option("--run", "-r", callback=_run_folder, help="Run folder (holds the manifest)."),
 ]
 RUN_DEFAULT = Path("runs/default")
-Query = Annotated[str, typer.Argument(help="PubMed query, e.g. 'lymph node metastasis'.")]
+
+
+def _check_query(text: str) -> str:
+    """The query argument's callback: an empty or blank query (an unset shell variable) is
+    a usage error (exit 2) before any request, not a search NCBI is asked to run."""
+    if not text.strip():
+        raise typer.BadParameter("the query is empty; give search words, e.g. 'lymph node'")
+    return text
+
+
+Query = Annotated[
+    str,
+    typer.Argument(callback=_check_query, help="PubMed query, e.g. 'lymph node metastasis'."),
+]
 Max = Annotated[int | None, typer.Option("--max", min=1, help="Keep at most this many hits.")]
 ApiKey = Annotated[
     str | None,

@@ -23,11 +23,23 @@ from histofetch.cli._common import (
 )
 
 
+def _check_paths(texts: list[str] | None) -> list[str] | None:
+    """``extract``'s paths callback: an empty path (``"$PDFS"`` with the variable unset) is a
+    usage error (exit 2); as ``Path("")`` it was ".", and every PDF under the current folder
+    was ingested."""
+    if texts and any(not text.strip() for text in texts):
+        raise typer.BadParameter("an empty path (an unset variable?); give PDF files or folders")
+    return texts
+
+
 def extract(
     ctx: typer.Context,
     paths: Annotated[
-        list[Path] | None,
-        typer.Argument(help="Local PDFs/folders; default: the run's PDFs."),
+        list[str] | None,  # str, not Path: Path("") is ".", and "" must not mean this folder
+        typer.Argument(
+            callback=_check_paths,
+            help="Local PDFs/folders; default: the run's PDFs.",
+        ),
     ] = None,
     run: Run = RUN_DEFAULT,
     min_size: Annotated[
@@ -41,16 +53,17 @@ def extract(
     from histofetch.extract import run_extract
 
     warn_limit_unused(ctx, jobs)
-    if not paths and not any((run / name).exists() for name in (MANIFEST_NAME, STORE_NAME)):
+    pdfs = [Path(text) for text in paths or []]
+    if not pdfs and not any((run / name).exists() for name in (MANIFEST_NAME, STORE_NAME)):
         fail(f"{run}: no manifest here; give PDF files/folders or run `histofetch download`")
     with errors(), progress():
         summary = run_extract(
-            run, list(paths or []), min_size=min_size, retry_failed=retry_failed, jobs=jobs,
+            run, pdfs, min_size=min_size, retry_failed=retry_failed, jobs=jobs,
             record_timeout=record_timeout,
         )  # fmt: skip
     print(summary.line())
-    if paths:
-        _warn_failed_local(run, paths)
+    if pdfs:
+        _warn_failed_local(run, pdfs)
     fail_on_killers(run, summary)
 
 
@@ -80,6 +93,13 @@ def _warn_failed_local(run: Path, paths: list[Path], most: int = 10) -> None:
         typer.echo(f"warning: {one_line(f'{shown}: {reason}')}", err=True)
     if len(bad) > most:
         typer.echo(f"warning: and {len(bad) - most} more failed PDFs (histofetch status)", err=True)
+
+
+def _check_explain(text: str | None) -> str | None:
+    """``--explain ''`` is a usage error (exit 2): it ran the whole filter instead."""
+    if text is not None and not text.strip():
+        raise typer.BadParameter("an empty image id; give an id or its tail, e.g. p011_003")
+    return text
 
 
 def filter_(
@@ -120,7 +140,12 @@ def filter_(
     ] = True,
     explain_id: Annotated[
         str | None,
-        typer.Option("--explain", metavar="ID", help="Print every signal behind one decision."),
+        typer.Option(
+            "--explain",
+            metavar="ID",
+            callback=_check_explain,
+            help="Print every signal behind one decision.",
+        ),
     ] = None,
     retry_failed: Retry = False,
     jobs: Jobs = 1,
@@ -131,7 +156,7 @@ def filter_(
     from histofetch.filter import explain, run_filter
     from histofetch.status import run_status, split_note
 
-    if explain_id:
+    if explain_id is not None:
         with errors(), Manifest.load(run) as manifest:
             try:
                 text = explain(manifest, explain_id)
