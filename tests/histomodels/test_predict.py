@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from histomodels.checkpoint import load_model
 from histomodels.cli import app
-from histomodels.inference import predict_logits, resolve_precision, sigmoid
+from histomodels.inference import cpu_has_fast_bf16, predict_logits, sigmoid
 from histomodels.predict import PredictInputError, read_rgb, tile_image, tissue_fraction
 from histomodels.synthetic import make_figure, make_patches
 
@@ -54,8 +54,7 @@ def test_predict_files_folder_and_large_image(tmp_path: Path) -> None:
     assert {r["path"] for r in rows[:3]} == {str(folder / f"p{i}.png") for i in range(3)}
     # the CSV holds exactly what the model says for those patches (T = 1 here)
     model, _ = load_model(ckpt)
-    prec = resolve_precision("auto", "cpu", "cnn")  # what predict uses for this model
-    expect = sigmoid(predict_logits(model, patches, precision=prec))
+    expect = sigmoid(predict_logits(model, patches, precision="fp32"))  # predict's default
     got = np.array([float(r["probability"]) for r in rows[:3]])
     np.testing.assert_allclose(got, expect, atol=1e-5)
     assert (tmp_path / "pred_heatmaps" / "figure.png").stat().st_size > 0
@@ -521,3 +520,34 @@ def test_a_checkpoint_with_an_unusable_threshold_is_one_error_line(
         assert r.exit_code == 1 and len(lines) == 1, (name, r.output)
         assert lines[0].startswith(f"error: {ckpt}: ") and "'threshold'" in lines[0], name
         assert not out.exists(), name
+
+
+def test_predict_and_eval_give_the_same_probability_by_default(tmp_path: Path) -> None:
+    """predict defaulted to --precision auto (bf16 autocast for a cnn on CPUs with native
+    bf16), eval to fp32: the same checkpoint gave one patch probabilities up to 0.0076
+    apart. Both default to fp32 now; auto stays an explicit choice of either command."""
+    from histomodels.synthetic import write_h5
+
+    ckpt = tiny_checkpoint(tmp_path)
+    data = write_h5(tmp_path / "test.h5", 24, seed=8)
+    folder = tmp_path / "patches"
+    folder.mkdir()
+    patches, _ = make_patches(24, seed=8)  # the patches write_h5 stores (lossless PNG)
+    for i, p in enumerate(patches):
+        Image.fromarray(p).save(folder / f"p{i:02d}.png")
+    runner = CliRunner()
+    r = runner.invoke(app, ["eval", str(ckpt), "--data", str(data), "--out",
+                            str(tmp_path / "eval"), "--bootstrap", "0"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    by_eval = [float(row["probability"]) for row in _rows(tmp_path / "eval" / "predictions.csv")]
+    out = tmp_path / "pred.csv"
+    r = runner.invoke(app, ["predict", str(ckpt), str(folder), "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    by_predict = [float(row["probability"]) for row in _rows(out)]
+    np.testing.assert_allclose(by_predict, by_eval, rtol=0, atol=1e-6)
+    if cpu_has_fast_bf16():  # the faster path is still there when asked for
+        r = runner.invoke(app, ["predict", str(ckpt), str(folder), "--out", str(out),
+                                "--precision", "auto"])  # fmt: skip
+        assert r.exit_code == 0, r.output
+        fast = np.array([float(row["probability"]) for row in _rows(out)])
+        assert np.abs(fast - np.array(by_eval)).max() > 1e-6

@@ -244,7 +244,7 @@ def predict_paths(
     draw_heatmaps: bool = True,
     batch_size: int = 256,
     tta: bool = False,
-    precision: str = "auto",
+    precision: str = "fp32",
     device: str | None = None,
     max_pixels: int = MAX_PIXELS,
     threshold: float | None = None,
