@@ -124,6 +124,28 @@ def test_truncated_corrupt_and_missing_files(tmp_path: Path) -> None:
         read_rgb(tmp_path, max_pixels=10**6)
 
 
+def test_unidentified_and_empty_files_say_so_once(tmp_path: Path) -> None:
+    """Pillow's 'cannot identify image file ...' repeated the path, or named the memory
+    address of a BytesIO (``<_io.BytesIO object at 0x7fe9...>``, in download's failed-file
+    list for every empty or SVG figure file): now the problem alone, said once."""
+    svg = b'<svg xmlns="http://www.w3.org/2000/svg"/>'
+    with pytest.raises(ImageError) as info:
+        read_rgb(svg, max_pixels=10**6, what="figure 'f8.svg'")
+    assert (
+        str(info.value) == "figure 'f8.svg': cannot decode image (not an image format Pillow reads)"
+    )
+    assert info.value.reason == "not an image format Pillow reads"
+    with pytest.raises(ImageError) as info:
+        read_rgb(b"", max_pixels=10**6, what="figure 'f4.tif'")
+    assert str(info.value) == "figure 'f4.tif': cannot decode image (empty file)"
+    (tmp_path / "f.png").write_bytes(svg)
+    (tmp_path / "e.png").write_bytes(b"")
+    for name, why in [("f.png", "not an image format Pillow reads"), ("e.png", "empty file")]:
+        with pytest.raises(ImageError) as info:
+            read_rgb(tmp_path / name, max_pixels=10**6)
+        assert str(info.value) == f"{tmp_path / name}: cannot decode image ({why})"
+
+
 def test_modes_transparency_and_shrinking() -> None:
     rgba = np.zeros((4, 4, 4), np.uint8)
     rgba[..., 0] = 255  # fully transparent red: white on a page

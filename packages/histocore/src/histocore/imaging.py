@@ -92,6 +92,16 @@ def _reason(exc: BaseException) -> str:
     return text or type(exc).__name__
 
 
+def _is_empty(source: Source) -> bool:
+    """Whether ``source`` holds no bytes at all (a file cut to nothing, an empty download)."""
+    if isinstance(source, bytes):
+        return not source
+    try:
+        return Path(source).stat().st_size == 0
+    except OSError:
+        return False
+
+
 def _raised_in_pil(exc: BaseException) -> bool:
     """True when the innermost Python frame of ``exc`` is Pillow's (bad input, not our bug)."""
     tb = exc.__traceback__
@@ -146,6 +156,9 @@ def open_image(
         raise ImageError(name, "file not found") from None
     except IsADirectoryError:
         raise ImageError(name, "is a folder, not an image file") from None
+    except PIL.UnidentifiedImageError:  # its text repeats the path, or names a BytesIO's address
+        reason = "empty file" if _is_empty(source) else "not an image format Pillow reads"
+        raise ImageError(name, f"cannot decode image ({reason})", reason) from None
     except Exception as exc:
         if not _bad_input(exc):
             raise
