@@ -47,6 +47,25 @@ def test_bad_rows_are_one_error_naming_file_and_line(tmp_path: Path, case: str) 
     assert message in str(err.value)
 
 
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("1" + "0" * 5000, "not usable JSON (a number with too many digits)"),
+        ("[" * 100_000 + "]" * 100_000, "not usable JSON (nested too deeply)"),
+    ],
+)
+def test_json_python_cannot_parse_is_one_error_naming_file_and_line(
+    tmp_path: Path, value: str, message: str
+) -> None:
+    """A hand-edited row with a 5001-digit number, or arrays nested 100,000 deep, escaped
+    json.loads as ValueError / RecursionError: every command printed a traceback."""
+    text = manifest_lines([RECORD, IMAGE]).replace('"width": 96', f'"width": {value}')
+    (tmp_path / "manifest.jsonl").write_text(text)
+    with pytest.raises(ManifestError) as err:
+        Manifest.load(tmp_path)
+    assert str(err.value) == f"{tmp_path / 'manifest.jsonl'}:3: {message}"
+
+
 def test_kept_false_string_is_never_counted_as_kept(tmp_path: Path) -> None:
     (tmp_path / "manifest.jsonl").write_text(manifest_lines([RECORD, {**IMAGE, "kept": "false"}]))
     with pytest.raises(ManifestError):

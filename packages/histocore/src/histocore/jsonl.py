@@ -61,6 +61,12 @@ def _read_lines(path: Path, lines: list[str], manifest: Manifest) -> None:
             obj = json.loads(line)
         except json.JSONDecodeError as exc:
             raise ManifestError(f"{where}: not valid JSON ({exc.msg})") from None
+        except ValueError:  # an integer over Python's 4300-digit limit for str -> int
+            raise ManifestError(
+                f"{where}: not usable JSON (a number with too many digits)"
+            ) from None
+        except RecursionError:  # arrays or objects nested thousands deep
+            raise ManifestError(f"{where}: not usable JSON (nested too deeply)") from None
         if not isinstance(obj, dict):
             raise ManifestError(f"{where}: expected a JSON object")
         if lineno == 1:
