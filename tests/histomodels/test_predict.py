@@ -384,7 +384,7 @@ def test_a_multi_page_tiff_gets_one_warning_that_only_its_first_page_is_scored(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A 3-page TIFF was scored on its first page only, with no word; now one warning line
-    names the file and its page count (single-page TIFFs: none)."""
+    names the file (single-page TIFFs: none)."""
     from histomodels.predict import predict_paths
 
     ckpt = tiny_checkpoint(tmp_path)
@@ -398,7 +398,7 @@ def test_a_multi_page_tiff_gets_one_warning_that_only_its_first_page_is_scored(
     with caplog.at_level("WARNING", logger="histomodels.predict"):
         predict_paths(ckpt, [tmp_path / "one.tif", tmp_path / "three.tif"], out)
     assert [r.getMessage() for r in caplog.records] == [
-        f"{tmp_path / 'three.tif'}: only the first of 3 pages is scored"
+        f"{tmp_path / 'three.tif'}: only the first of several pages is scored"
     ]
     assert [r["path"] for r in _rows(out)] == [
         str(tmp_path / "one.tif"),
@@ -414,7 +414,7 @@ def test_a_multi_page_tiff_gets_one_warning_that_only_its_first_page_is_scored(
     )
     assert r.exit_code == 0, r.output
     assert r.stderr.splitlines() == [
-        f"warning: {tmp_path / 'three.tif'}: only the first of 3 pages is scored"
+        f"warning: {tmp_path / 'three.tif'}: only the first of several pages is scored"
     ]
     # several such files: still one line, with how many
     pages[1].save(tmp_path / "two.tif", save_all=True, append_images=[pages[2]])
@@ -425,26 +425,28 @@ def test_a_multi_page_tiff_gets_one_warning_that_only_its_first_page_is_scored(
     assert line.startswith("2 of 3 file(s) hold several pages or frames: only the first of each")
 
 
-def _tiff_with_damaged_second_page(kind: str) -> bytes:
-    """A 2-page little-endian TIFF whose second IFD is damaged so that Pillow's page count
-    (``n_frames``) raises ``kind``: an unknown compression code (KeyError 40193) or an
-    ImageWidth entry claiming more values than the file holds (TypeError "Missing
-    dimensions"). Damage found by fuzzing the page chain (review of commit 51cbab9)."""
+def _tiff_with_damaged_second_page(kind: str, pages_in_all: int = 2) -> bytes:
+    """A little-endian TIFF of ``pages_in_all`` pages whose last IFD (the second one by
+    default) is damaged so that Pillow's page count (``n_frames``) raises ``kind``: an
+    unknown compression code (KeyError 40193) or an ImageWidth entry claiming more values
+    than the file holds (TypeError "Missing dimensions"). Damage found by fuzzing the page
+    chain (review of commit 51cbab9)."""
     import io
     import struct
 
-    patches, _ = make_patches(2, seed=7)
+    patches, _ = make_patches(pages_in_all, seed=7)
     pages = [Image.fromarray(p) for p in patches]
     buf = io.BytesIO()
     pages[0].save(buf, "TIFF", save_all=True, append_images=pages[1:])
     b = bytearray(buf.getvalue())
     assert b[:2] == b"II"
-    first = struct.unpack_from("<I", b, 4)[0]
-    n = struct.unpack_from("<H", b, first)[0]
-    second = struct.unpack_from("<I", b, first + 2 + 12 * n)[0]
+    last = struct.unpack_from("<I", b, 4)[0]
+    for _ in range(pages_in_all - 1):  # follow the chain to the last IFD
+        n = struct.unpack_from("<H", b, last)[0]
+        last = struct.unpack_from("<I", b, last + 2 + 12 * n)[0]
     hit = 0
-    for i in range(struct.unpack_from("<H", b, second)[0]):
-        entry = second + 2 + 12 * i
+    for i in range(struct.unpack_from("<H", b, last)[0]):
+        entry = last + 2 + 12 * i
         tag = struct.unpack_from("<H", b, entry)[0]
         if kind == "KeyError" and tag == 259:  # Compression: an unknown code
             struct.pack_into("<H", b, entry + 8, 40193)
@@ -477,6 +479,66 @@ def test_a_tiff_whose_page_chain_is_damaged_is_scored_on_its_first_page(
     assert r.exit_code == 0, r.output
     assert "Traceback" not in r.output and "pages" not in r.stderr
     assert [row["path"] for row in _rows(out)] == [str(f)]
+
+
+def test_counting_pages_stops_at_the_second(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The page count walked every page of a TIFF (Pillow's n_frames), only to warn that the
+    first one is scored: slow on TIFFs of very many pages. It stops at the second now: a
+    3-page TIFF whose third page is damaged (n_frames raises there, so it was counted as
+    one page, with no warning) gets the warning, and its first page is scored."""
+    import warnings
+
+    from histomodels.predict import _pages, predict_paths
+
+    f = tmp_path / "scan.tif"
+    f.write_bytes(_tiff_with_damaged_second_page("KeyError", pages_in_all=3))
+    with Image.open(f) as im, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(KeyError):
+            _ = getattr(im, "n_frames", 1)  # the third page really is unreadable
+    with Image.open(f) as im:
+        assert _pages(im) == 2 and im.tell() == 0
+    out = tmp_path / "p.csv"
+    with caplog.at_level("WARNING", logger="histomodels.predict"):
+        predict_paths(tiny_checkpoint(tmp_path), [f], out, draw_heatmaps=False)
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{f}: only the first of several pages is scored"
+    ]
+    assert [row["path"] for row in _rows(out)] == [str(f)]
+
+
+class _PageWalk:
+    """Stands in for an open Pillow image whose page walk raises ``exc`` from outside Pillow
+    (our code's bugs) or runs out of memory: ``seek`` and ``n_frames`` alike."""
+
+    format = "TIFF"
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+    def seek(self, frame: int) -> None:
+        raise self.exc
+
+    @property
+    def n_frames(self) -> int:
+        raise self.exc
+
+
+@pytest.mark.parametrize(
+    "exc", [MemoryError(), KeyboardInterrupt(), TypeError("a bug"), AttributeError("a bug")]
+)
+def test_counting_pages_lets_memory_errors_interrupts_and_bugs_through(
+    exc: BaseException,
+) -> None:
+    """Counting pages swallowed every Exception as "a damaged page chain", MemoryError and
+    our own bugs included; only what Pillow raises on a damaged file means one page now
+    (the damaged-TIFF tests above)."""
+    from histomodels.predict import _pages
+
+    with pytest.raises(type(exc)):
+        _pages(_PageWalk(exc))
 
 
 @pytest.mark.parametrize("stored", ["x", float("nan"), 5.0])

@@ -149,7 +149,7 @@ def check_inputs(
     if step < 1:
         raise PredictInputError(f"tile stride must be >= 1, got {step}")
     problems: dict[Path, PredictInputError] = {}
-    several: list[tuple[Path, int, str]] = []  # files of several pages or frames
+    several: list[tuple[Path, str]] = []  # files of several pages or frames
     for f in files:
         try:
             pages, unit, (w, h) = _check_file(f, size, max_pixels, scale)
@@ -157,7 +157,7 @@ def check_inputs(
             problems[f] = exc
             continue
         if pages > 1:
-            several.append((f, pages, unit))
+            several.append((f, unit))
         sw, sh = round(w * scale), round(h * scale)
         n = ((sh - size) // step + 1) * ((sw - size) // step + 1)
         # uint8 patches + their float32 copy for the tissue fraction
@@ -169,7 +169,8 @@ def check_inputs(
 def _check_file(
     f: Path, size: int, max_pixels: int, scale: float
 ) -> tuple[int, str, tuple[int, int]]:
-    """(pages, "pages" or "frames", (width, height)) of one file from its header; raises
+    """(1, or 2 for several pages, "pages" or "frames", (width, height)) of one file from its
+    header; raises
     :class:`PredictInputError` when it cannot be scored."""
     try:
         with imaging.open_image(f, max_pixels=max_pixels, what=str(f)) as im:
@@ -196,29 +197,45 @@ def _check_file(
 
 
 def _pages(im: Any) -> int:
-    """How many pages (TIFF) or frames (animated WebP/PNG) an open image holds; 1 when its
-    page chain cannot be walked (the first page is what is read, and checked on decoding)."""
+    """2 when an open image holds more than one page (TIFF) or frame (animated WebP, PNG,
+    GIF), else 1. Only the second page is looked for: Pillow's ``n_frames`` walks every page
+    of a TIFF to count them (slow on very many). A second page that cannot be read (a
+    damaged page chain) counts as none: the first page is what is read, and is checked on
+    decoding. MemoryError, interruptions and errors not raised inside Pillow propagate."""
     try:
-        return max(1, int(getattr(im, "n_frames", 1)))
-    except Exception:
+        im.seek(1)
+    except EOFError:
+        return 1
+    except Exception as exc:
+        if isinstance(exc, MemoryError) or not _raised_in_pillow(exc):
+            raise
         # The file is untrusted and the count is only a hint for a warning: Pillow's page
         # walk raises whatever a damaged IFD provokes (KeyError for an unknown compression
-        # code, TypeError "Missing dimensions", struct.error, OSError ...). Any of them
-        # means "count one page, no warning"; the first page is decoded and checked anyway.
+        # code, TypeError "Missing dimensions", struct.error, OSError ...).
         return 1
+    im.seek(0)
+    return 2
 
 
-def _warn_pages(several: list[tuple[Path, int, str]], n_files: int) -> None:
+def _raised_in_pillow(exc: BaseException) -> bool:
+    """The innermost Python frame of ``exc`` is Pillow's: the file provoked it, not our code."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and str(tb.tb_frame.f_globals.get("__name__", "")).startswith("PIL.")
+
+
+def _warn_pages(several: list[tuple[Path, str]], n_files: int) -> None:
     """One warning when files hold several pages: only the first is read and scored."""
     if not several:
         return
-    f, pages, unit = several[0]
+    f, unit = several[0]
     if len(several) == 1:
-        log.warning("%s: only the first of %d %s is scored", f, pages, unit)
+        log.warning("%s: only the first of several %s is scored", f, unit)
     else:
         log.warning(
             "%d of %d file(s) hold several pages or frames: only the first of each is scored "
-            "(e.g. %s: the first of %d %s)", len(several), n_files, f, pages, unit,
+            "(e.g. %s)", len(several), n_files, f,
         )  # fmt: skip
 
 
