@@ -259,6 +259,37 @@ def test_defaults_are_the_live_services_and_env_overrides(
     assert cfg.api_key == "abc" and cfg.effective_ncbi_rate == 10
 
 
+@pytest.mark.parametrize(
+    ("var", "value", "said"),
+    [
+        ("HISTOFETCH_BACKOFF", "inf", "give a number 0 or more"),  # slept forever
+        ("HISTOFETCH_BACKOFF", "-1", "give a number 0 or more"),
+        ("HISTOFETCH_TIMEOUT", "nan", "give a number more than 0"),
+        ("HISTOFETCH_TIMEOUT", "-1", "give a number more than 0"),
+        ("HISTOFETCH_PMC_CLOUD_RATE", "0", "give a number more than 0"),
+        ("HISTOFETCH_EUROPEPMC_RATE", "-inf", "give a number more than 0"),
+        ("HISTOFETCH_RETRIES", "-5", "give a number 0 or more"),
+        ("HISTOFETCH_RETRIES", "2.5", "give a whole number"),
+        ("HISTOFETCH_TIMEOUT", "abc", "is not a number"),
+    ],
+)
+def test_env_numbers_out_of_range_are_one_clear_error(
+    monkeypatch: pytest.MonkeyPatch, var: str, value: str, said: str
+) -> None:
+    """Each was taken as it was: HISTOFETCH_BACKOFF=inf hung ``histofetch search`` (30 s
+    and counting, offline), nan and negative timeouts and rates went to httpx and the
+    rate limiter. A UsageError names the variable (the CLI: one error line, exit 1)."""
+    from histocore.errors import UsageError
+
+    monkeypatch.setenv(var, value)
+    with pytest.raises(UsageError) as err:
+        NetConfig()
+    assert str(err.value).startswith(f"environment variable {var}={value!r}")
+    assert str(err.value).endswith(said)
+    monkeypatch.setenv(var, "0" if var in ("HISTOFETCH_BACKOFF", "HISTOFETCH_RETRIES") else "2")
+    NetConfig()  # the edges still pass
+
+
 def test_ftp_links_become_https() -> None:
     url = "ftp://ftp.ncbi.nlm.nih.gov/pub/pmc/oa_pdf/f1/69/main.pdf"
     assert ftp_to_https(url) == "https://ftp.ncbi.nlm.nih.gov/pub/pmc/oa_pdf/f1/69/main.pdf"

@@ -12,6 +12,7 @@ at a local server.
 from __future__ import annotations
 
 import email.utils
+import math
 import os
 import random
 import threading
@@ -49,12 +50,28 @@ def _env_opt(name: str) -> str | None:
     return os.environ.get(name) or None
 
 
-def _env_float(name: str, default: float) -> float:
+def _env_float(name: str, default: float, *, zero: bool = False) -> float:
+    """A positive number from the environment (``zero``: 0 allowed too); ``nan``, ``inf``
+    and negatives are a :class:`UsageError` (``HISTOFETCH_BACKOFF=inf`` slept forever)."""
     value = os.environ.get(name)
+    if not value:
+        return default
     try:
-        return float(value) if value else default
+        number = float(value)
     except ValueError:
         raise UsageError(f"environment variable {name}={value!r} is not a number") from None
+    if not math.isfinite(number) or number < 0 or (number == 0 and not zero):
+        least = "0 or more" if zero else "more than 0"
+        raise UsageError(f"environment variable {name}={value!r}: give a number {least}")
+    return number
+
+
+def _env_count(name: str, default: int) -> int:
+    """A whole number of 0 or more from the environment (``HISTOFETCH_RETRIES``)."""
+    number = _env_float(name, default, zero=True)
+    if number != int(number):
+        raise UsageError(f"environment variable {name}={os.environ[name]!r}: give a whole number")
+    return int(number)
 
 
 @dataclass
@@ -82,9 +99,9 @@ class NetConfig:
     #: Seconds for connect/read/write/pool each.
     timeout: float = field(default_factory=lambda: _env_float("HISTOFETCH_TIMEOUT", 30.0))
     #: Retries after the first attempt (so ``max_retries + 1`` attempts in all).
-    max_retries: int = field(default_factory=lambda: int(_env_float("HISTOFETCH_RETRIES", 4)))
+    max_retries: int = field(default_factory=lambda: _env_count("HISTOFETCH_RETRIES", 4))
     #: First backoff in seconds; doubled each retry, capped at ``max_backoff``.
-    backoff: float = field(default_factory=lambda: _env_float("HISTOFETCH_BACKOFF", 1.0))
+    backoff: float = field(default_factory=lambda: _env_float("HISTOFETCH_BACKOFF", 1.0, zero=True))
     max_backoff: float = 60.0
     #: NCBI requests per second; ``None`` means NCBI's limit (3, or 10 with an API key).
     ncbi_rate: float | None = None
