@@ -85,7 +85,7 @@ def test_evaluate_without_validation_says_threshold_is_default(tmp_path: Path) -
     ckpt = tiny_checkpoint(tmp_path)
     res = evaluate_checkpoint(ckpt, _ds(64, 3, "t"), tmp_path / "ev", n_bootstrap=50, gallery=False)
     assert res["threshold"] == 0.5 and "no validation" in res["threshold_source"]
-    with pytest.raises(ValueError, match="needs --val"):
+    with pytest.raises(ValueError, match="needs validation data"):
         evaluate_checkpoint(ckpt, _ds(8, 3, "t"), tmp_path / "e2", sensitivity=0.9)
 
 

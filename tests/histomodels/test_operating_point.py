@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -109,6 +110,43 @@ def test_a_threshold_rule_without_validation_data_is_a_programmer_error(
     # no rule: the model's own threshold, as before
     res = evaluate_checkpoint("pcam-cnn", test, tmp_path / "ok", n_bootstrap=0, gallery=False)
     assert res["threshold_source"].startswith("shipped with the model")
+
+
+def test_a_sensitivity_without_validation_data_is_a_programmer_error(tmp_path: Path) -> None:
+    """``evaluate_checkpoint(..., sensitivity=0.95)`` without ``val`` (or with the rule
+    youden) raised histocore's UsageError, a DomainError whose message named the command
+    line's options (``--sensitivity needs --val``) to a library caller. It is a ValueError
+    naming the arguments now, like ``threshold_rule`` (the CLI refuses both first: exit 2)."""
+    from histocore.errors import DomainError
+    from histomodels.external import evaluate_manifest
+
+    test, val = _ds(16, 1, "t"), _ds(16, 2, "v")
+    calls = {
+        "needs validation data (val=...)": (
+            lambda: evaluate_checkpoint("pcam-cnn", test, tmp_path / "ev", sensitivity=0.95),
+            lambda: evaluate_manifest(
+                "pcam-cnn", tmp_path / "no-run", tmp_path / "em", sensitivity=0.95
+            ),
+        ),
+        "goes with threshold_rule='sensitivity', not 'youden'": (
+            lambda: evaluate_checkpoint(
+                "pcam-cnn",
+                test,
+                tmp_path / "ev",
+                val=val,
+                threshold_rule="youden",
+                sensitivity=0.95,
+            ),
+        ),
+    }
+    for message, each in calls.items():
+        for call in each:
+            with pytest.raises(ValueError, match=re.escape(message)) as caught:
+                call()
+            assert not isinstance(caught.value, DomainError)  # a traceback, not an error line
+            assert str(caught.value).startswith("sensitivity=0.95 ")
+            assert "--" not in str(caught.value)  # no option names in the library's words
+    assert not (tmp_path / "ev").exists() and not (tmp_path / "em").exists()
 
 
 def test_predict_and_eval_take_their_threshold_by_one_rule() -> None:

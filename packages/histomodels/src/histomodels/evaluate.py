@@ -63,9 +63,11 @@ def check_threshold_options(
 ) -> None:
     """The operating-point options agree (before any model or data is loaded).
 
-    A ``threshold_rule`` without ``val`` is a caller's bug (``ValueError``): a rule is
+    A ``threshold_rule`` or ``sensitivity`` without ``val``, or a ``sensitivity`` with the
+    rule ``youden``, is a caller's bug (``ValueError``, naming the arguments): a rule is
     applied on validation data, and without it the model's own threshold was used instead,
-    silently (the command line refuses ``--threshold-rule`` without ``--val`` first)."""
+    silently (the command line refuses ``--threshold-rule`` or ``--sensitivity`` without
+    ``--val``, and ``--sensitivity`` with ``youden``, first: usage errors)."""
     if threshold_rule is None:
         threshold_rule = "sensitivity"
     elif val is None:
@@ -77,9 +79,15 @@ def check_threshold_options(
     if threshold_rule not in THRESHOLD_RULES:
         raise UsageError(f"threshold rule must be one of {', '.join(THRESHOLD_RULES)}")
     if threshold_rule == "youden" and sensitivity is not None:
-        raise UsageError("--sensitivity goes with --threshold-rule sensitivity, not youden")
+        raise ValueError(
+            f"sensitivity={sensitivity!r} goes with threshold_rule='sensitivity', not 'youden'"
+        )
     if val is None and sensitivity is not None:
-        raise UsageError("--sensitivity needs --val: the operating point is chosen on validation")
+        raise ValueError(
+            f"sensitivity={sensitivity!r} needs validation data (val=...): the operating point "
+            "is chosen there; without it the model's shipped threshold, else 0.5, is used, so "
+            "pass sensitivity=None"
+        )
 
 
 def operating_point(
@@ -172,8 +180,8 @@ def evaluate_checkpoint(
     With ``val``, the operating point is chosen there by ``threshold_rule``: ``sensitivity``
     (the screening default, also for None: the highest threshold keeping ``sensitivity``,
     0.9 unless given, on validation) or ``youden``. Without it, a threshold shipped with the
-    model (pretrained models) is used, else 0.5; a ``threshold_rule`` then is a
-    ``ValueError``."""
+    model (pretrained models) is used, else 0.5; a ``threshold_rule`` or ``sensitivity``
+    then is a ``ValueError``."""
     from histomodels.calibration import nll
     from histomodels.metrics import binary_metrics, summarize, threshold_sweep
 
