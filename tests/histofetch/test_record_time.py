@@ -160,23 +160,45 @@ def test_record_timeout_out_of_range_is_a_usage_error(tmp_path: Path, command: s
     assert f"{DEFAULT_RECORD_TIMEOUT_S}" in help_text.replace("│", "")
 
 
+def test_filter_one_job_with_a_limit_stops_an_image_that_hangs_its_decoder(
+    tmp_path: Path,
+) -> None:
+    """``--jobs 1`` with a limit the user gave (HISTOFETCH_RECORD_TIMEOUT=5): the work ran
+    in the command's own process, which the limit cannot stop (one warning line, then the
+    hanging figure held the command forever). Now that one job runs in one worker process:
+    the record fails as timed out, the others are scored, exit 0, as with ``--jobs 2``."""
+    run, cmd, env = filter_run(tmp_path, 3, killers=set(), hangers=frozenset({1}))
+    cmd[cmd.index("--jobs") + 1] = "1"
+    env["HISTOFETCH_RECORD_TIMEOUT"] = "5"
+    proc = subprocess.run(cmd, capture_output=True, env=env, timeout=300)
+    err = proc.stderr.decode()
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err and "applies only with" not in err
+    assert "filtered: 2 done, 0 already done, 1 failed (timed out: 1)" in proc.stdout.decode()
+    with Manifest.load(run) as m:
+        assert (m.records["pmid:1"].reason or "").startswith("timed out: took longer than 5 s")
+        assert all(m.images[f"pmid:{k}/fig1"].p_he is not None for k in (0, 2))
+    assert _claims(run) == []
+
+
 @pytest.mark.parametrize("command", ["extract", "filter"])
-def test_record_timeout_given_with_one_job_is_one_warning(tmp_path: Path, command: str) -> None:
-    """With one job the work runs in the command's own process, which the limit cannot
-    stop: a limit the user gave (option or HISTOFETCH_RECORD_TIMEOUT) is one warning line
-    saying so, and the command goes on; the default limit, or --jobs 2, says nothing."""
-    run = downloaded_run(tmp_path / "run", [])
+def test_one_job_runs_in_a_worker_only_when_a_limit_is_given(tmp_path: Path, command: str) -> None:
+    """A limit given with one job (option or HISTOFETCH_RECORD_TIMEOUT) runs the work in one
+    worker process (``-v`` shows its records coming back 'from the pool'); the default
+    limit keeps one job in the command's own process, no worker started."""
     runner = CliRunner()
-    args = [command, "--run", str(run)]
-    warning = "warning: --record-timeout applies only with --jobs 2 or more"
-    for extra, env in (
-        (["--record-timeout", "5"], {}),
-        (["--jobs", "1"], {"HISTOFETCH_RECORD_TIMEOUT": "5"}),
+    for n, (extra, env, pooled) in enumerate(
+        [
+            (["--record-timeout", "50"], {}, True),
+            (["--jobs", "1"], {"HISTOFETCH_RECORD_TIMEOUT": "50"}, True),
+            ([], {"HISTOFETCH_RECORD_TIMEOUT": ""}, False),
+        ]
     ):
+        run = downloaded_run(tmp_path / f"run{n}", ["pmid:1"])
+        if command == "filter":
+            run_records(Manifest.load(run), "extracted", read_fine, jobs=1)
+        args = ["-v", command, "--run", str(run)]
         result = runner.invoke(app, [*args, *extra], env=env)
         assert result.exit_code == 0, result.output
-        assert result.stderr.count(warning) == 1, result.stderr
-    for extra in ([], ["--jobs", "2", "--record-timeout", "5"]):
-        result = runner.invoke(app, [*args, *extra], env={"HISTOFETCH_RECORD_TIMEOUT": ""})
-        assert result.exit_code == 0, result.output
-        assert warning not in result.stderr
+        assert "applies only with" not in result.stderr
+        assert ("from the pool" in result.stderr) == pooled, (extra, env, result.stderr)

@@ -61,14 +61,15 @@ def run_extract(
     retry_failed: bool = False,
     jobs: int = 1,
     record_timeout: float | None = DEFAULT_RECORD_TIMEOUT_S,
+    isolate: bool = False,
 ) -> StageSummary:
     """Extract images of the run's downloaded PDFs; with ``paths``, ingest local PDFs first.
 
     ``paths`` may name PDF files or folders (searched recursively for ``*.pdf``). Each local
     PDF becomes a record ``local:<sha256[:16]>`` at stage "downloaded", so ingesting the same
     file twice never duplicates it. Resumable: records already extracted are skipped.
-    ``record_timeout``: seconds one PDF may take in a worker (``jobs`` > 1), see
-    :mod:`histofetch.record_time`.
+    ``record_timeout``: seconds one PDF may take in a worker (``jobs`` > 1, or
+    ``isolate``: one job in one worker process), see :mod:`histofetch.record_time`.
     """
     run_dir = Path(run_dir)
     with Manifest.load(run_dir, create=True) as manifest:  # closed: no -wal file left behind
@@ -81,7 +82,7 @@ def run_extract(
         return run_records(
             manifest, "extracted", work, jobs=jobs, retry_failed=retry_failed,
             guard_attempts=True, canary=pdf_canary,  # a broken machine told from bad PDFs
-            record_timeout=record_timeout,  # a PDF that makes MuPDF loop is stopped
+            record_timeout=record_timeout, isolate=isolate,  # a PDF that makes MuPDF loop: stopped
         )  # fmt: skip
 
 

@@ -71,14 +71,15 @@ def run_filter(
     jobs: int = 1,
     panels: bool = True,
     record_timeout: float | None = DEFAULT_RECORD_TIMEOUT_S,
+    isolate: bool = False,
     **thresholds: Any,
 ) -> StageSummary:
     """Score unscored images of extracted records, then re-decide every image.
 
     ``thresholds`` are the other fields of :class:`Thresholds`. ``rescore`` recomputes
     scores (and panels) even for images already scored; ``panels=False`` does not split.
-    ``record_timeout``: seconds one record's figures may take in a worker (``jobs`` > 1),
-    see :mod:`histofetch.record_time`.
+    ``record_timeout``: seconds one record's figures may take in a worker (``jobs`` > 1, or
+    ``isolate``: one job in one worker process), see :mod:`histofetch.record_time`.
     """
     limits = Thresholds.from_kwargs(purple, **thresholds)
     # closed on the way out, also when a step raises: no -wal file left behind
@@ -105,6 +106,7 @@ def run_filter(
             guard_attempts=True,  # an image that kills its decoder fails its record, once
             canary=image_canary,  # tells a machine that kills every decoder from such images
             record_timeout=record_timeout,  # an image that makes a decoder crawl is stopped
+            isolate=isolate,
         )
         # Re-decide every scored image (records filtered in earlier runs too).
         for rec_id in {i.record_id for i in manifest.images.values()}:

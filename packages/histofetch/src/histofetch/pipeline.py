@@ -57,6 +57,7 @@ def run_pipeline(
     jobs: int = 1,
     net_jobs: int = 4,
     record_timeout: float | None = DEFAULT_RECORD_TIMEOUT_S,
+    isolate: bool = False,
 ) -> Iterator[StageSummary | SkippedStage]:
     """Run every stage into ``run_dir``, yielding each stage's summary as it finishes.
 
@@ -83,7 +84,10 @@ def run_pipeline(
         )
     yield run_download(run_dir, net=net, retry_failed=retry_failed, policy=policy, jobs=net_jobs)
     limit = record_timeout
-    yield run_extract(run_dir, None, retry_failed=retry_failed, jobs=jobs, record_timeout=limit)
-    yield run_filter(
-        run_dir, purple=purple, retry_failed=retry_failed, jobs=jobs, record_timeout=limit
+    yield run_extract(
+        run_dir, None, retry_failed=retry_failed, jobs=jobs, record_timeout=limit, isolate=isolate
     )
+    yield run_filter(
+        run_dir, purple=purple, retry_failed=retry_failed, jobs=jobs, record_timeout=limit,
+        isolate=isolate,
+    )  # fmt: skip

@@ -60,6 +60,7 @@ def run_records(
     cancel: Callable[[], None] | None = None,
     canary: Canary = bare_canary,
     record_timeout: float | None = None,
+    isolate: bool = False,
 ) -> StageSummary:
     """:func:`run_per_record` with ``work(manifest, record)`` run by ``jobs`` workers.
 
@@ -75,9 +76,10 @@ def run_records(
     input that tells a broken machine from records that kill their reader
     (:mod:`histofetch.canary`). ``record_timeout``: seconds one record's work may run in a
     worker process before its worker is killed (:mod:`histofetch.record_time`); None, or
-    threads, or one job (the work then runs in this process): no limit.
+    threads, or one job (the work then runs in this process): no limit. ``isolate``: one
+    job runs in one worker process too, so ``record_timeout`` applies to it.
     """
-    if jobs <= 1:
+    if jobs <= 1 and not (isolate and not threads):
         return run_per_record(
             manifest,
             stage,
@@ -88,7 +90,7 @@ def run_records(
         )
     runner = _Stage(manifest, stage, retry_failed, guard_attempts)
     with task(stage, len(runner.todo)) as shown:
-        run_pooled(runner, work, jobs=jobs, threads=threads, advance=shown.advance,
+        run_pooled(runner, work, jobs=max(1, jobs), threads=threads, advance=shown.advance,
                    cancel=cancel, canary=canary, record_timeout=record_timeout)  # fmt: skip
     manifest.save() if export else manifest.commit()
     return runner.summary

@@ -134,9 +134,9 @@ RecordTimeout = Annotated[
         max=86_400.0,
         envvar="HISTOFETCH_RECORD_TIMEOUT",
         metavar="SECONDS",
-        help="With --jobs 2+: seconds one record's work may run in a worker (start-up not "
+        help="Seconds one record's work may run in a worker (start-up not "
         "counted) before the worker is stopped; tried once more alone, then the record "
-        "fails as 'timed out'.",
+        "fails as 'timed out'. Given with --jobs 1, that one job runs in a worker too.",
     ),
 ]
 NetJobs = Annotated[
@@ -195,17 +195,12 @@ def net_config(api_key: str | None, email: str | None):  # -> NetConfig
     return net
 
 
-def warn_limit_unused(ctx: typer.Context, jobs: int) -> None:
-    """One ``warning:`` line when ``--record-timeout`` (or ``HISTOFETCH_RECORD_TIMEOUT``)
-    was given with one job: the work then runs in the command's own process, which the
-    limit cannot stop (:mod:`histofetch.record_time`)."""
+def limit_given(ctx: typer.Context) -> bool:
+    """Whether ``--record-timeout`` (or ``HISTOFETCH_RECORD_TIMEOUT``) was given. With one
+    job the work then runs in one worker process (``isolate``), not in the command's own
+    process, which the limit could not stop (:mod:`histofetch.record_time`)."""
     source = ctx.get_parameter_source("record_timeout")
-    if jobs == 1 and source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT"):
-        typer.echo(
-            "warning: --record-timeout applies only with --jobs 2 or more: with one job the "
-            "work runs in this process, which the limit cannot stop",
-            err=True,
-        )
+    return source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT")
 
 
 def fail_on_killers(run: Path, *summaries: StageSummary) -> None:

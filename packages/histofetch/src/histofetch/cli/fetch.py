@@ -28,10 +28,10 @@ from histofetch.cli._common import (
     errors,
     fail_on_killers,
     licence_policy,
+    limit_given,
     net_config,
     progress,
     shard_parts,
-    warn_limit_unused,
 )
 
 
@@ -125,7 +125,6 @@ def run_all(
     policy = licence_policy(licence, include_retracted)
     parts = shard_parts(shard)
     summaries: list[StageSummary] = []
-    warn_limit_unused(ctx, jobs)
     with errors(prefix="run stopped (re-run to continue): "), progress():
         for summary in run_pipeline(
             run,
@@ -143,6 +142,7 @@ def run_all(
             jobs=jobs,
             net_jobs=net_jobs,
             record_timeout=record_timeout,
+            isolate=limit_given(ctx),
         ):
             print(summary.line(), flush=True)
             if isinstance(summary, StageSummary):

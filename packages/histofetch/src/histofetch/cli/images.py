@@ -18,8 +18,8 @@ from histofetch.cli._common import (
     errors,
     fail,
     fail_on_killers,
+    limit_given,
     progress,
-    warn_limit_unused,
 )
 
 
@@ -52,14 +52,13 @@ def extract(
     """Extract every embedded raster image of every PDF (PNG + manifest rows)."""
     from histofetch.extract import run_extract
 
-    warn_limit_unused(ctx, jobs)
     pdfs = [Path(text) for text in paths or []]
     if not pdfs and not any((run / name).exists() for name in (MANIFEST_NAME, STORE_NAME)):
         fail(f"{run}: no manifest here; give PDF files/folders or run `histofetch download`")
     with errors(), progress():
         summary = run_extract(
             run, pdfs, min_size=min_size, retry_failed=retry_failed, jobs=jobs,
-            record_timeout=record_timeout,
+            record_timeout=record_timeout, isolate=limit_given(ctx),
         )  # fmt: skip
     print(summary.line())
     if pdfs:
@@ -164,7 +163,6 @@ def filter_(
                 fail(f"{run}: {exc.args[0]}")
         print(text)
         return
-    warn_limit_unused(ctx, jobs)
     with errors(), progress():
         summary = run_filter(
             run,
@@ -174,6 +172,7 @@ def filter_(
             retry_failed=retry_failed,
             jobs=jobs,
             record_timeout=record_timeout,
+            isolate=limit_given(ctx),
             min_he=min_he,
             min_tissue=min_tissue,
             min_blocks=min_blocks,
