@@ -133,6 +133,24 @@ def test_bad_run_folder_gets_an_error_page_and_the_cli_one_line(tmp_path: Path) 
         Scores.load(tmp_path)
 
 
+@pytest.mark.parametrize(
+    ("text", "said"),
+    [
+        ("max,image_id\n0.5\n", "line 2 has no image_id"),  # was an AttributeError
+        ("image_id,max\npmid:1/fig1,0.5\npmid:1/fig2,nan\n", "line 3: a score that is not"),
+        ("image_id,max,topk_mean\npmid:1/fig1,0.5,inf\n", "line 2: a score that is not"),
+    ],
+)
+def test_a_bad_scores_csv_is_one_review_error(tmp_path: Path, text: str, said: str) -> None:
+    """``review --scores``: a row shorter than the header (no image_id) raised
+    AttributeError out of read_cell (a traceback); nan/inf scores were taken and shown."""
+    (tmp_path / "image_scores.csv").write_text(text)
+    with pytest.raises(ReviewError) as err:
+        Scores.load(tmp_path)
+    assert str(err.value).startswith(f"{tmp_path / 'image_scores.csv'}: not an image_scores.csv (")
+    assert said in str(err.value)
+
+
 def test_only_image_files_inside_the_run_are_served(kit: tuple[Path, Path], tmp_path: Path) -> None:
     run = _copy(kit[0], tmp_path)
     secret = tmp_path / "secret.png"

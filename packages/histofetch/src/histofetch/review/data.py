@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import sqlite3
 import threading
@@ -54,10 +55,15 @@ class Scores:
         out = cls(folder)
         try:
             with path.open(newline="", encoding="utf-8") as fh:
-                for row in csv.DictReader(fh):
-                    out.by_image[read_cell(row["image_id"])] = {
-                        k: float(row[k]) for k in ("max", "topk_mean") if row.get(k)
-                    }
+                reader = csv.DictReader(fh)
+                for row in reader:
+                    image_id = row["image_id"]
+                    if image_id is None:  # a row shorter than the header
+                        raise ValueError(f"line {reader.line_num} has no image_id")
+                    scores = {k: float(row[k]) for k in ("max", "topk_mean") if row.get(k)}
+                    if not all(math.isfinite(v) for v in scores.values()):
+                        raise ValueError(f"line {reader.line_num}: a score that is not finite")
+                    out.by_image[read_cell(image_id)] = scores
         except (KeyError, ValueError, csv.Error, UnicodeDecodeError) as exc:
             raise ReviewError(f"{path}: not an image_scores.csv ({exc})") from None
         return out
