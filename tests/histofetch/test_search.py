@@ -155,6 +155,60 @@ def test_no_hits_is_an_empty_run_not_an_error(ncbi: FakeNcbi, tmp_path: Path) ->
     assert Manifest.load(tmp_path).records == {}
 
 
+def _esearch_dropping(kept: str, dropped: str, pmids: list[str]) -> bytes:
+    """An esearch answer (current DTD) where NCBI searched ``kept`` and did not find
+    ``dropped``: the shape of the recorded esearch8.xml, with hits."""
+    ids = "".join(f"<Id>{p}</Id>" for p in pmids)
+    warnings = (
+        "" if pmids else "<WarningList><OutputMessage>No items found.</OutputMessage></WarningList>"
+    )
+    return (
+        '<?xml version="1.0" encoding="UTF-8" ?>\n<!DOCTYPE eSearchResult PUBLIC "-//NLM//DTD '
+        'esearch 20060628//EN" "https://eutils.ncbi.nlm.nih.gov/eutils/dtd/20060628/esearch.dtd">'
+        f"\n<eSearchResult><Count>{len(pmids)}</Count><RetMax>{len(pmids)}</RetMax><RetStart>0"
+        f"</RetStart><IdList>{ids}</IdList><TranslationSet/><QueryTranslation>{kept}"
+        f"</QueryTranslation><ErrorList><PhraseNotFound>{dropped}</PhraseNotFound></ErrorList>"
+        f"{warnings}</eSearchResult>"
+    ).encode()
+
+
+def test_words_ncbi_left_out_of_the_query_are_one_warning(
+    ncbi: FakeNcbi, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """NCBI drops words it cannot find (a typo) and searches the rest: a search for
+    'lymph node brest' gave the hits of 'lymph node' with nothing said. Now one warning
+    names what was left out and what was searched; no hits at all says so too."""
+    pmids = _populate(ncbi, 3)
+    term = "lymph node brest"
+    ncbi.first_page_body[term] = _esearch_dropping('"lymph node"[All Fields]', "brest", pmids)
+    with caplog.at_level("WARNING", logger="histofetch.search"):
+        summary = run_search(tmp_path / "a", term, net=ncbi.config())
+    assert summary.done == 3
+    assert [r.getMessage() for r in caplog.records] == [
+        "PubMed left part of the query out ('brest' not found) and searched "
+        '"lymph node"[All Fields]: 3 hits; check the spelling'
+    ]
+    caplog.clear()
+    ncbi.first_page_body["brest"] = _esearch_dropping("(brest[All Fields])", "brest", [])
+    with caplog.at_level("WARNING", logger="histofetch.search"):
+        run_search(tmp_path / "b", "brest", net=ncbi.config())
+    assert [r.getMessage() for r in caplog.records] == [
+        "PubMed found no articles ('brest' not found); check the spelling"
+    ]
+
+
+def test_recorded_answers_name_what_ncbi_left_out() -> None:
+    """Both parsers (Biopython's, and the plain one for the old DTD) keep the ErrorList."""
+    from histofetch.search import left_out
+
+    old = shared_path("fixtures", "ncbi", "eutilsjson_esearch_phrase_not_found.xml")
+    assert left_out(parse_esearch(old.read_bytes())) == ["'fleegle[MeSH Terms]' not found"]
+    new = shared_path("fixtures", "ncbi", "esearch_protein_notfound_errorlist.xml")
+    assert left_out(parse_esearch(new.read_bytes())) == ["'abcXYZ' not found"]
+    plain = shared_path("fixtures", "ncbi", "esearch_pubmed_biopython.xml")
+    assert left_out(parse_esearch(plain.read_bytes())) == []
+
+
 def test_search_replays_recorded_esearch_page(ncbi: FakeNcbi, tmp_path: Path) -> None:
     """The real esearch answer (usehistory=y, 42249 hits) as page 1, then history paging."""
     body = shared_path("fixtures", "ncbi", "esearch_pubmed_cancer_usehistory.xml").read_bytes()

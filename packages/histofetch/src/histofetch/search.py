@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
@@ -29,6 +30,8 @@ from histofetch.http import NetClient, NetConfig, NetError
 from histofetch.resolve import IdRow, ServiceError, pmids_to_pmcids
 from histofetch.shard import in_shard
 from histofetch.stage import StageSummary
+
+log = logging.getLogger(__name__)
 
 #: PubMed's own filter for articles in the PMC open-access subset.
 OA_FILTER = '"pubmed pmc open access"[filter]'
@@ -75,13 +78,38 @@ def parse_esearch(body: bytes) -> dict[str, Any]:
     error = root.findtext("ERROR")
     if error:
         raise ServiceError(f"esearch: {error.strip()}")
+    lists = {
+        name: {child.tag: [child.text or ""] for child in root.iterfind(f"{name}/*")}
+        for name in ("ErrorList", "WarningList")
+    }
     return {
         "Count": root.findtext("Count", "0"),
         "IdList": [e.text for e in root.iterfind("IdList/Id") if e.text],
         "WebEnv": root.findtext("WebEnv"),
         "QueryKey": root.findtext("QueryKey"),
         "QueryTranslation": root.findtext("QueryTranslation"),
+        **lists,
     }
+
+
+#: What NCBI left out of a query, by the esearch element that says so.
+_LEFT_OUT = {
+    "PhraseNotFound": "not found",
+    "FieldNotFound": "field not found",
+    "QuotedPhraseNotFound": "quoted phrase not found",
+    "PhraseIgnored": "ignored",
+}
+
+
+def left_out(answer: dict[str, Any]) -> list[str]:
+    """The parts of the query NCBI did not search (``'fleegle[MeSH Terms]' not found``),
+    from an esearch answer's ErrorList and WarningList."""
+    found = []
+    for name in ("ErrorList", "WarningList"):
+        for tag, texts in dict(answer.get(name) or {}).items():
+            if tag in _LEFT_OUT:
+                found += [f"{str(t).strip()!r} {_LEFT_OUT[tag]}" for t in texts if str(t).strip()]
+    return found
 
 
 def esearch_all(
@@ -107,6 +135,15 @@ def esearch_all(
         query_key=first.get("QueryKey"),
         translation=first.get("QueryTranslation"),
     )
+    if missing := left_out(first):  # NCBI drops such words and searches the rest, silently
+        service, what = "PubMed" if db == "pubmed" else "PMC", "; ".join(missing[:5])
+        if result.count:
+            log.warning(
+                "%s left part of the query out (%s) and searched %s: %d hits; check the spelling",
+                service, what, result.translation, result.count,
+            )  # fmt: skip
+        else:
+            log.warning("%s found no articles (%s); check the spelling", service, what)
     seen = set(result.pmids)
     wanted = min(result.count, ESEARCH_LIMIT)
     if max_results is not None:
