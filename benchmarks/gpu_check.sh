@@ -13,7 +13,8 @@ OUT=${1:-${OUT:-benchmarks/runs/gpu_check}}
 mkdir -p "$OUT"
 W=$(mktemp -d)
 DEV=${DEVICE:-cuda}
-export PYTHONPATH="packages/histocore/src:packages/histofetch/src:packages/histomodels/src${PYTHONPATH:+:$PYTHONPATH}"
+# absolute: the tests' subprocesses (torchrun ranks) run in other folders
+export PYTHONPATH="$PWD/packages/histocore/src:$PWD/packages/histofetch/src:$PWD/packages/histomodels/src${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1 MPLBACKEND=Agg
 hm() { python3 -m histomodels "$@"; }
 step() { echo; echo "=== $* ($(date +%T))"; }

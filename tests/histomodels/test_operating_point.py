@@ -48,9 +48,10 @@ def test_threshold_sweep_matches_sklearn_and_moves_one_way() -> None:
 def test_default_rule_keeps_target_sensitivity_on_validation(tmp_path: Path) -> None:
     ckpt = tiny_checkpoint(tmp_path)
     val = _ds(160, 2, "v")
-    res = evaluate_checkpoint(
-        ckpt, _ds(120, 1, "t"), tmp_path / "ev", val=val, n_bootstrap=0, gallery=False
-    )
+    res = evaluate_checkpoint(  # on the CPU, as the check below (a GPU's TF32 differs)
+        ckpt, _ds(120, 1, "t"), tmp_path / "ev", val=val, n_bootstrap=0, gallery=False,
+        device="cpu",
+    )  # fmt: skip
     assert "sensitivity>=0.9" in res["threshold_source"]
     # on validation, the chosen threshold keeps >= 90 % of the tumours
     pred = Predictor.load(ckpt, device="cpu", precision="fp32")

@@ -142,9 +142,11 @@ def test_training_keeps_its_trajectory_and_saves_recomputed_statistics(arrays, t
     recompute_batchnorm(
         model, [to_input(x[i : i + 32], channels_last=True) for i in range(0, 64, 32)]
     )
+    # the run recomputed on its device: on CUDA, TF32 convolutions agree with the CPU's to ~1e-4
+    tol = (2e-3, 1e-4) if torch.cuda.is_available() else (1e-4, 1e-5)
     for k, v in model.state_dict().items():
         if "running" in k:
-            assert torch.allclose(v, saved[k], rtol=1e-4, atol=1e-5), k
+            assert torch.allclose(v, saved[k], rtol=tol[0], atol=tol[1]), k
     plain_model, _ = load_model(tmp_path / "plain" / "best.pt")
     stats = [k for k in saved if k.endswith("running_var")]
     assert any(not torch.allclose(plain_model.state_dict()[k], saved[k]) for k in stats)

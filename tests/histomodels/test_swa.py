@@ -70,7 +70,8 @@ class Raw(Callback):
         self.weights: list[dict[str, torch.Tensor]] = []
 
     def on_validate_start(self, trainer) -> None:
-        self.weights.append({k: v.clone() for k, v in trainer.model.state_dict().items()})
+        state = trainer.model.state_dict()  # on the training device: compared on the CPU
+        self.weights.append({k: v.detach().cpu().clone() for k, v in state.items()})
 
 
 def test_the_validated_model_is_the_average_of_the_phase_with_its_own_statistics(arrays, tmp_path):
