@@ -157,16 +157,20 @@ def label_interactively(
     pointing out: :meth:`~histocore.manifest.Manifest.image_file` refuses to read it) is
     not offered, and no link to it is shown; one line says how many were left out."""
     images = manifest.kept_images() if relabel else to_label(manifest.kept_images())
-    outside = [i for i in images if i.path is not None and _file(manifest, i) is None]
-    left_out = {i.id for i in outside}
+    refused = [i for i in images if i.path is not None and _file(manifest, i) is None]
+    left_out = {i.id for i in refused}
     images = [i for i in images if i.id not in left_out]
     counts = {label: 0 for label in IMAGE_LABELS} | {"skipped": 0}
     answered: list[str] = []
     say(f"{len(images)} figure(s) to label in {manifest.run_dir}")
-    if outside:
-        shown = ", ".join(i.id for i in outside[:5]) + (", …" if len(outside) > 5 else "")
-        say(one_line(f"{len(outside)} figure(s) not offered: their file lies outside the run "
-                     f"folder ({shown})"))  # fmt: skip
+    loops = [i for i in refused if _unresolvable(manifest, i)]
+    for group, why in (
+        ([i for i in refused if i not in loops], "their file lies outside the run folder"),
+        (loops, "their file path cannot be resolved (a link loop)"),
+    ):
+        if group:
+            shown = ", ".join(i.id for i in group[:5]) + (", …" if len(group) > 5 else "")
+            say(one_line(f"{len(group)} figure(s) not offered: {why} ({shown})"))
     try:
         for n, img in enumerate(images, start=1):
             _show(manifest, img, f"[{n}/{len(images)}]", say)
@@ -210,6 +214,16 @@ def _file(manifest: Manifest, img: Image) -> Path | None:
         return manifest.image_file(img.path)
     except ManifestError:
         return None
+
+
+def _unresolvable(manifest: Manifest, img: Image) -> bool:
+    """Whether :meth:`Manifest.image_file` refuses the row's path because its links cannot
+    be resolved (a link to itself), not because it lies outside the run folder."""
+    try:
+        manifest.image_file(img.path)
+    except ManifestError as exc:
+        return "cannot be resolved" in str(exc)
+    return False
 
 
 def listing(manifest: Manifest) -> list[str]:
