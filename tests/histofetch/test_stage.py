@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -82,6 +83,19 @@ def test_manifest_is_saved_after_each_record(tmp_path: Path) -> None:
 def test_summary_line() -> None:
     s = StageSummary("filtered", done=3, skipped=1)
     assert s.line() == "filtered: 3 done, 1 already done, 0 failed"
+
+
+def test_summary_line_counts_the_reasons_it_leaves_out() -> None:
+    """Seven failures with seven reasons showed five of them ('7 failed (a: 1, ... e: 1)'):
+    the counts shown did not add up to the failures. The rest is now counted."""
+    summary = StageSummary("extracted", failed=8)
+    summary.reasons.update({"a": 2, "b": 1, "c": 1, "d": 1, "e": 1, "f": 1, "g": 1})
+    assert summary.line() == (
+        "extracted: 0 done, 0 already done, 8 failed "
+        "(a: 2, b: 1, c: 1, d: 1, e: 1, other reasons: 2)"
+    )
+    summary.reasons = Counter({"a": 2, "b": 1})
+    assert summary.line().endswith("(a: 2, b: 1)")
 
 
 def test_disk_full_is_transient_leaves_no_partial_rows_and_is_retried(tmp_path: Path) -> None:

@@ -104,7 +104,12 @@ class StageSummary:
         if self.elsewhere:
             text += f", {self.elsewhere} being done by another process"
         if self.reasons:
-            text += " (" + ", ".join(f"{r}: {n}" for r, n in self.reasons.most_common(5)) + ")"
+            shown = self.reasons.most_common(5)
+            text += " (" + ", ".join(f"{r}: {n}" for r, n in shown)
+            rest = self.reasons.total() - sum(n for _, n in shown)
+            if rest:  # the counts shown must add up to the failures: name the rest's count
+                text += f", other reasons: {rest}"
+            text += ")"
         return one_line(text)  # reasons may quote a server or a file: no control characters
 
 
