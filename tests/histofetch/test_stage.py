@@ -126,6 +126,28 @@ def test_disk_full_is_transient_leaves_no_partial_rows_and_is_retried(tmp_path: 
     assert Manifest.load(tmp_path).records["b"].status == "ok"
 
 
+def test_an_os_error_fails_its_record_as_problem_then_file(tmp_path: Path) -> None:
+    """A file where extract makes the record's image folder: the record failed with
+    '[Errno 17] File exists: ...', which the summary counted as '[Errno 17] File exists'.
+    Now 'File exists: <file>' like every other reason (problem first, the file last)."""
+    from pdf_factory import build_image_pdf, he_like
+
+    from histofetch.extract import ingest_local, run_extract
+
+    pdf = build_image_pdf(tmp_path / "a.pdf", [he_like(seed=1)])
+    run = tmp_path / "run"
+    with Manifest.load(run, create=True) as m:
+        (rec,) = ingest_local(m, [pdf])
+        m.save()
+    folder = run / "images" / rec.id.replace(":", "_")
+    folder.parent.mkdir()
+    folder.write_text("in the way")
+    summary = run_extract(run)
+    assert dict(summary.reasons) == {"File exists": 1}
+    with Manifest.load(run) as m:
+        assert m.records[rec.id].reason == f"File exists: {folder}"
+
+
 def test_a_record_taken_by_another_process_is_left_to_it(tmp_path: Path) -> None:
     m = _manifest(tmp_path)
     m.save()

@@ -139,6 +139,15 @@ def is_transient(exc: BaseException) -> bool:
     return type(exc).__module__.startswith("httpx") and "Transport" in _mro_names(exc)
 
 
+def failure_reason(exc: BaseException) -> str:
+    """The one-line reason a record fails with: the error's message, and for an OS error
+    ``<problem>: <file>`` (it was ``[Errno 17] File exists: '<file>'``, counted by
+    summaries and ``histofetch status`` as ``[Errno 17] File exists``)."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror if exc.filename is None else f"{exc.strerror}: {exc.filename}"
+    return str(exc) or type(exc).__name__
+
+
 def _mro_names(exc: BaseException) -> str:
     return " ".join(cls.__name__ for cls in type(exc).__mro__)
 
@@ -320,7 +329,7 @@ def run_per_record(
                 try:
                     work(rec)
                 except Exception as exc:  # one bad record must not stop the run
-                    runner.finish(rec, (str(exc) or type(exc).__name__, is_transient(exc)))
+                    runner.finish(rec, (failure_reason(exc), is_transient(exc)))
                 except BaseException:  # Ctrl-C: leave the record as the store has it, free it
                     manifest.release([rid])
                     raise

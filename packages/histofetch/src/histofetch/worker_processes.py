@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from histocore.manifest import Image, Manifest, Record
-from histofetch.stage import is_transient
+from histofetch.stage import failure_reason, is_transient
 from histofetch.thread_pool import DaemonThreadPool
 
 #: (record after the work, its images or None on failure, (reason, transient) or None)
@@ -280,7 +280,7 @@ def work_on_copy(
     try:
         work(mini, rec)
     except Exception as exc:  # the parent records it, like run_per_record does
-        return rec, None, (str(exc) or type(exc).__name__, is_transient(exc))
+        return rec, None, (failure_reason(exc), is_transient(exc))
     finally:
         say_started(rec.id, ended=True)  # the time limit stops here
     return rec, mini.images_of(rec.id), None
