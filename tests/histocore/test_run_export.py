@@ -29,6 +29,23 @@ def test_jsonl_export_to_another_file_equals_the_manifest(run: Path, tmp_path: P
     assert json.loads(out.read_text().splitlines()[0])["version"] == 2
 
 
+@pytest.mark.parametrize(
+    ("fmt", "name"),
+    [("csv", "run.sqlite"), ("jsonl", "run.sqlite"), ("csv", "run.sqlite-wal"),
+     ("csv", MANIFEST_NAME), ("parquet", MANIFEST_NAME)],
+)  # fmt: skip
+def test_export_never_overwrites_the_runs_own_files(run: Path, fmt: str, name: str) -> None:
+    """``export --format csv --out RUN/run.sqlite`` replaced the run store with a CSV (every
+    later command: 'not a usable run store'), and ``--out RUN/manifest.jsonl`` in CSV made
+    the next load fail on line 1. Both are refused before anything is written."""
+    from histocore.errors import UsageError
+
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    with pytest.raises(UsageError, match="is the run's"):
+        export_run(run, fmt, run / name)
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+
+
 def test_csv_holds_every_row_in_order_with_nested_values_as_json(run: Path) -> None:
     rows = [json.loads(line) for line in export_run(run).read_text().splitlines()[1:]]
     with export_run(run, "csv").open(newline="") as fh:

@@ -19,7 +19,7 @@ from histocore.csvcells import safe_dict
 from histocore.errors import ManifestError, UsageError
 from histocore.io import atomic_write_bytes, atomic_write_text
 from histocore.jsonl import export_lines
-from histocore.manifest import Image, Manifest, Record
+from histocore.manifest import MANIFEST_NAME, STORE_NAME, Image, Manifest, Record
 from histocore.schema import _names
 
 #: ``histofetch export --format``
@@ -55,6 +55,8 @@ def export_run(run_dir: str | Path, fmt: str = "jsonl", out: str | Path | None =
     format, ImportError (with advice) when Parquet needs pyarrow."""
     if fmt not in FORMATS:
         raise UsageError(f"unknown export format {fmt!r}; use one of {', '.join(FORMATS)}")
+    if out is not None:
+        _refuse_own_files(Path(run_dir), Path(out), fmt)
     if fmt == "parquet":
         try:
             import pyarrow  # noqa: F401  # pyright: ignore[reportMissingImports]
@@ -75,6 +77,22 @@ def export_run(run_dir: str | Path, fmt: str = "jsonl", out: str | Path | None =
         return target
     finally:
         manifest.close()
+
+
+def _refuse_own_files(run_dir: Path, out: Path, fmt: str) -> None:
+    """An ``out`` that is the run's own store (or its WAL files), or its ``manifest.jsonl``
+    in another format, is a :class:`UsageError`: ``export --format csv --out RUN/run.sqlite``
+    replaced every row of the run with a CSV file."""
+    target = out.resolve()
+    store = (run_dir / STORE_NAME).resolve()
+    if target in (
+        store,
+        store.with_name(f"{STORE_NAME}-wal"),
+        store.with_name(f"{STORE_NAME}-shm"),
+    ):
+        raise UsageError(f"{out}: is the run's own store; export to another file")
+    if fmt != "jsonl" and target == (run_dir / MANIFEST_NAME).resolve():
+        raise UsageError(f"{out}: is the run's {MANIFEST_NAME}; write {fmt} to another file")
 
 
 def _write_csv(target: Path, rows: list[dict[str, Any]]) -> None:
