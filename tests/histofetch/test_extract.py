@@ -31,7 +31,7 @@ from pdf_factory import (
     write_truncated,
 )
 
-from histocore.manifest import Image, Manifest
+from histocore.manifest import Image, Manifest, Record
 from histocore.store import STORE_NAME
 from histofetch.extract import ExtractError, run_extract
 from histofetch.stage import UNFINISHED_KEY
@@ -203,6 +203,24 @@ def test_ingesting_the_same_pdf_twice_adds_one_record(tmp_path: Path) -> None:
     (rec,) = Manifest.load(tmp_path / "run").records.values()
     assert rec.id.startswith("local:") and rec.pdf_source == "local"
     assert rec.pdf_sha256 == hashlib.sha256(pdf.read_bytes()).hexdigest()
+
+
+def test_a_downloaded_pdf_given_again_as_a_local_pdf_adds_no_record(tmp_path: Path) -> None:
+    """``extract --run R R/`` (the run folder given as a PDF folder) found R/pdfs/*.pdf and
+    made each downloaded article a second, ``local:`` record: its figures were extracted
+    twice. A PDF whose bytes a record already has is that record's."""
+    run = tmp_path / "run"
+    (run / "pdfs").mkdir(parents=True)
+    pdf = build_image_pdf(run / "pdfs" / "pmid_1.pdf", [he_like(seed=1)], caption="Fig. 1.")
+    with Manifest.load(run, create=True) as m:
+        m.add_record(Record(id="pmid:1", pmid="1", stage="downloaded", pdf_path="pdfs/pmid_1.pdf",
+                            pdf_sha256=hashlib.sha256(pdf.read_bytes()).hexdigest()))  # fmt: skip
+        m.save()
+    summary = run_extract(run, [run])
+    assert summary.done == 1
+    with Manifest.load(run) as m:
+        assert list(m.records) == ["pmid:1"]
+        assert len(m.images) == 1
 
 
 def test_jats_figures_are_kept_and_the_pdf_is_not_extracted_again(tmp_path: Path) -> None:

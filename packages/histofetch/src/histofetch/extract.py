@@ -105,10 +105,13 @@ def ingest_local(manifest: Manifest, paths: list[Path]) -> list[Record]:
         else:
             files.append(path)
     added = []
+    # a record's PDF given again (``extract --run R R/``: its downloaded pdfs/) is that
+    # record's, not a new article whose figures would be extracted a second time
+    known = {r.pdf_sha256 for r in manifest.records.values() if r.pdf_sha256}
     for path in files:
         digest = file_sha256(path)
         rec_id = f"local:{digest[:16]}"
-        if rec_id in manifest.records:  # the same bytes ingested before: keep its progress
+        if rec_id in manifest.records or digest in known:  # the same bytes: keep its progress
             continue
         rec = Record(
             id=rec_id,
