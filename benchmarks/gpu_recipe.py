@@ -8,7 +8,10 @@ per call, byte for byte; the machine keeps the first part while it stays warm. T
 ``pack`` (here)
     Writes ``train.h5``'s training rows (origin ``kaggle_train``/``pcam_train``, in file
     order) into ``OUT/a/train_a.h5`` and ``OUT/b/train_b.h5`` (the encoded bytes copied,
-    not re-encoded), split so that part a is at most ``--part-mb``.
+    not re-encoded), split so that part a is at most ``--part-mb``. Carry each part under
+    its own top-level folder (a second call replaced ``.gpudata/a`` when it carried
+    ``.gpudata/b``) and copy both into one ``--parts`` folder there (docs/benchmarks.md,
+    "GPU check", has the calls that worked).
 ``device`` (on the GPU machine)
     ``full-size``: one epoch of the recipe's student (scratch CNN, ``jpeg_blur`` 0.5,
     batch 128, no teacher) over 262,144 patches (the size of PCam's training split: the
