@@ -1,6 +1,8 @@
 """On a CUDA machine (benchmarks/gpu_check.sh), the tests that compare two runs bit for bit
 (same seed, resume, prefetch) need deterministic kernels: cuDNN and cuBLAS pick
-non-deterministic ones by default. The CPU path is deterministic as it is and is left alone."""
+non-deterministic ones by default (``warn_only``: an op with no deterministic kernel warns
+instead of failing). On a CPU-only machine nothing is changed; on a GPU machine the setting
+is process-wide, so its CPU tests run with it too (``torch.empty`` then fills with NaN)."""
 
 from __future__ import annotations
 

@@ -82,8 +82,9 @@ def test_cuda_trained_swa_precise_bn_checkpoint_scores_the_same_on_cpu(arrays, t
     )
     assert [h.get("swa_models", 0) for h in res.history][-1] >= 1, res.history
     assert all(np.isfinite(h["train_loss"]) for h in res.history)
-    state = read_checkpoint(tmp_path / "r" / "best.pt")["state_dict"]
-    assert {v.device.type for v in state.values()} == {"cpu"}
+    # as saved (read_checkpoint maps everything to the CPU, which would hide CUDA tensors)
+    saved = torch.load(tmp_path / "r" / "best.pt", weights_only=True)
+    assert {v.device.type for v in saved["state_dict"].values()} == {"cpu"}
     cpu = Predictor.load(tmp_path / "r" / "best.pt", device="cpu", precision="fp32")
     gpu = Predictor.load(tmp_path / "r" / "best.pt", device="cuda", precision="fp32")
     gpu_bf16 = Predictor.load(tmp_path / "r" / "best.pt", device="cuda", precision="bf16")
@@ -92,17 +93,21 @@ def test_cuda_trained_swa_precise_bn_checkpoint_scores_the_same_on_cpu(arrays, t
     assert np.abs(a - c).max() < 0.1, np.abs(a - c).max()
 
 
-def test_cuda_resume_and_distillation_from_a_cuda_teacher(arrays, tmp_path):
+def test_cuda_resume_and_distillation_from_a_cuda_teacher(arrays, tmp_path, caplog):
     """Optimizer state saved from CUDA resumes on CUDA; a teacher trained there scores the
     training patches on the device for the student."""
     (xt, yt), (xv, yv) = arrays
     train(_cfg(epochs=1), tmp_path / "t", train_data=(xt, yt), val_data=(xv, yv))
     res = train(_cfg(epochs=2), tmp_path / "t", resume=True, train_data=(xt, yt), val_data=(xv, yv))
     assert len(res.history) == 2 and res.history[-1]["epoch"] == 2, res.history
-    student = train(
-        _cfg(teacher=str(tmp_path / "t")), tmp_path / "s", train_data=(xt, yt), val_data=(xv, yv)
-    )
+    with caplog.at_level("INFO", logger="histomodels"):
+        student = train(
+            _cfg(teacher=str(tmp_path / "t")), tmp_path / "s", train_data=(xt, yt),
+            val_data=(xv, yv),
+        )  # fmt: skip
     assert all(np.isfinite(h["train_loss"]) for h in student.history)
+    scored = [r.getMessage() for r in caplog.records if "teacher soft targets" in r.getMessage()]
+    assert scored and " on cuda" in scored[0], scored
 
 
 def test_cuda_predict_cli_matches_cpu(arrays, tmp_path):
