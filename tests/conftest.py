@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import importlib.util
 import os
 from pathlib import Path
 
@@ -10,6 +11,24 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("HISTO_SHARED", ROOT.parent / "shared"))
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """On a CUDA machine (benchmarks/gpu_check.sh), the histomodels tests that compare two
+    runs bit for bit (same seed, resume, prefetch) need deterministic kernels: cuDNN and
+    cuBLAS pick non-deterministic ones by default (``warn_only``: an op with no deterministic
+    kernel warns instead of failing). On a CPU-only machine nothing changes; on a GPU machine
+    the setting is process-wide, so CPU tests run with it too (``torch.empty`` fills with NaN).
+    Here, not in a ``tests/histomodels/conftest.py``, which would shadow this module for the
+    test files that ``from conftest import shared_path``."""
+    if importlib.util.find_spec("torch") is None:
+        return
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read when cuBLAS starts
+    import torch
+
+    if torch.cuda.is_available():
+        torch.backends.cudnn.benchmark = False
+        torch.use_deterministic_algorithms(True, warn_only=True)
 
 
 def shared_path(*parts: str) -> Path:
