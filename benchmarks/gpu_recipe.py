@@ -148,7 +148,7 @@ def full_size(
         torch.cuda.reset_peak_memory_stats()
     res = train(cfg, out / "full_size_run", train_data=big, val_data=sel)
     gpu_peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else 0.0
-    pred = Predictor.load(out / "full_size_run" / "best.pt")
+    pred = Predictor.load(out / "full_size_run" / "best.pt", precision="auto")  # bf16 on CUDA
     t1 = time.perf_counter()
     logits = pred.logits(big[0], batch_size=1024)
     infer_s = time.perf_counter() - t1

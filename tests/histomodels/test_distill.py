@@ -74,7 +74,7 @@ def test_soft_targets_are_the_teachers_tta_probabilities_and_are_cached(data, te
         cfg, torch.from_numpy(xt), torch.from_numpy(yt).float(), run, say=said.append
     )
     assert y.shape == (len(xt), 2) and torch.equal(y[:, 0], torch.from_numpy(yt).float())
-    want = Predictor.load(teacher, device="cpu").logits(xt, tta=True)
+    want = Predictor.load(teacher, device="cpu", precision="auto").logits(xt, tta=True)
     np.testing.assert_allclose(y[:, 1].numpy(), 1 / (1 + np.exp(-want / 2.0)), atol=1e-5)
     assert (run / CACHE_NAME).is_file() and "scoring 48 training patches" in said[-1]
     # the same patches and teacher: the cache answers; other patches: scored again

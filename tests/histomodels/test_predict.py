@@ -587,7 +587,8 @@ def test_a_checkpoint_with_an_unusable_threshold_is_one_error_line(
 def test_predict_and_eval_give_the_same_probability_by_default(tmp_path: Path) -> None:
     """predict defaulted to --precision auto (bf16 autocast for a cnn on CPUs with native
     bf16), eval to fp32: the same checkpoint gave one patch probabilities up to 0.0076
-    apart. Both default to fp32 now; auto stays an explicit choice of either command."""
+    apart (0.0082 on PCam valid). Both default to fp32 now; auto stays an explicit choice of
+    either command. On a GPU both run TF32 convolutions over other batches: ~3e-5 apart."""
     from histomodels.synthetic import write_h5
 
     ckpt = tiny_checkpoint(tmp_path)
@@ -606,7 +607,8 @@ def test_predict_and_eval_give_the_same_probability_by_default(tmp_path: Path) -
     r = runner.invoke(app, ["predict", str(ckpt), str(folder), "--out", str(out)])
     assert r.exit_code == 0, r.output
     by_predict = [float(row["probability"]) for row in _rows(out)]
-    np.testing.assert_allclose(by_predict, by_eval, rtol=0, atol=1e-6)
+    atol = 1e-4 if torch.cuda.is_available() else 1e-6  # bf16 moved them by up to 1.9e-4
+    np.testing.assert_allclose(by_predict, by_eval, rtol=0, atol=atol)
     if cpu_has_fast_bf16():  # the faster path is still there when asked for
         r = runner.invoke(app, ["predict", str(ckpt), str(folder), "--out", str(out),
                                 "--precision", "auto"])  # fmt: skip

@@ -133,9 +133,10 @@ class Predictor:
 
     @classmethod
     def load(
-        cls, checkpoint: str | Path, *, device: str | None = None, precision: str = "auto"
+        cls, checkpoint: str | Path, *, device: str | None = None, precision: str = "fp32"
     ) -> Predictor:
-        """Load ``checkpoint`` (``weights_only``) onto ``device`` (default: CUDA if any)."""
+        """Load ``checkpoint`` (``weights_only``) onto ``device`` (default: CUDA if any).
+        ``precision`` defaults to fp32, as eval and predict do (``auto``: bf16 where fast)."""
         from histomodels.calibration import effective_temperature
         from histomodels.checkpoint import load_model, resolve_checkpoint
         from histomodels.device import pick_device
