@@ -177,13 +177,20 @@ def test_words_ncbi_left_out_of_the_query_are_one_warning(
 ) -> None:
     """NCBI drops words it cannot find (a typo) and searches the rest: a search for
     'lymph node brest' gave the hits of 'lymph node' with nothing said. Now one warning
-    names what was left out and what was searched; no hits at all says so too."""
+    names what was left out and what was searched; no hits at all says so too. The
+    open-access lookup (the same words AND the OA filter) warned a second time."""
     pmids = _populate(ncbi, 3)
     term = "lymph node brest"
     ncbi.first_page_body[term] = _esearch_dropping('"lymph node"[All Fields]', "brest", pmids)
+    # the open-access lookup repeats the typo; NCBI says so again, but the user hears it once
+    ncbi.first_page_body[f"({term}) AND {OA_FILTER}"] = _esearch_dropping(
+        f'"lymph node"[All Fields] AND {OA_FILTER}', "brest", pmids[:1]
+    )
     with caplog.at_level("WARNING", logger="histofetch.search"):
         summary = run_search(tmp_path / "a", term, net=ncbi.config())
     assert summary.done == 3
+    records = Manifest.load(tmp_path / "a").records
+    assert [records[f"pmid:{p}"].open_access for p in pmids] == [True, False, False]
     assert [r.getMessage() for r in caplog.records] == [
         "PubMed left part of the query out ('brest' not found) and searched "
         '"lymph node"[All Fields]: 3 hits; check the spelling'

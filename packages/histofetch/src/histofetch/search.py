@@ -121,8 +121,13 @@ def esearch_all(
     maxdate: str | None = None,
     page_size: int = 1000,
     db: str = "pubmed",
+    warn_left_out: bool = True,
 ) -> SearchResult:
-    """All ids matching ``term`` (up to ``max_results``), paging via the history server."""
+    """All ids matching ``term`` (up to ``max_results``), paging via the history server.
+
+    Words NCBI left out of ``term`` are logged as one warning unless ``warn_left_out`` is
+    False (a follow-up query built from words already warned about).
+    """
     url = _eutil(client.config, "esearch")
     params: dict[str, Any] = {"db": db, "term": term, "usehistory": "y", "retmode": "xml"}
     if mindate or maxdate:
@@ -135,7 +140,8 @@ def esearch_all(
         query_key=first.get("QueryKey"),
         translation=first.get("QueryTranslation"),
     )
-    if missing := left_out(first):  # NCBI drops such words and searches the rest, silently
+    # NCBI drops words it cannot find and searches the rest, silently
+    if warn_left_out and (missing := left_out(first)):
         service, what = "PubMed" if db == "pubmed" else "PMC", "; ".join(missing[:5])
         if result.count:
             log.warning(
@@ -345,6 +351,7 @@ def _search_pubmed(
                     mindate=mindate,
                     maxdate=maxdate,
                     page_size=5000,
+                    warn_left_out=False,  # the user's query was warned about above
                 ).pmids
             )
         else:
