@@ -216,6 +216,21 @@ def test_recorded_answers_name_what_ncbi_left_out() -> None:
     assert left_out(parse_esearch(plain.read_bytes())) == []
 
 
+def test_every_left_out_word_is_named_by_both_parsers() -> None:
+    """Two misspelt words are two ``<PhraseNotFound>``: the plain parser (for answers
+    Biopython refuses, here one without a DOCTYPE) kept only the last of each kind."""
+    from histofetch.search import left_out
+
+    errors = "<PhraseNotFound>brest</PhraseNotFound><PhraseNotFound>lymf</PhraseNotFound>"
+    current = _esearch_dropping('"node"[All Fields]', "brest", ["1"]).replace(
+        b"<PhraseNotFound>brest</PhraseNotFound>", errors.encode()
+    )
+    plain = b'<?xml version="1.0"?>\n' + current[current.index(b"<eSearchResult>") :]
+    assert b"DOCTYPE" in current and b"DOCTYPE" not in plain
+    for body in (current, plain):
+        assert left_out(parse_esearch(body)) == ["'brest' not found", "'lymf' not found"]
+
+
 def test_search_replays_recorded_esearch_page(ncbi: FakeNcbi, tmp_path: Path) -> None:
     """The real esearch answer (usehistory=y, 42249 hits) as page 1, then history paging."""
     body = shared_path("fixtures", "ncbi", "esearch_pubmed_cancer_usehistory.xml").read_bytes()

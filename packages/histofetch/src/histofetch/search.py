@@ -78,10 +78,11 @@ def parse_esearch(body: bytes) -> dict[str, Any]:
     error = root.findtext("ERROR")
     if error:
         raise ServiceError(f"esearch: {error.strip()}")
-    lists = {
-        name: {child.tag: [child.text or ""] for child in root.iterfind(f"{name}/*")}
-        for name in ("ErrorList", "WarningList")
-    }
+    lists: dict[str, dict[str, list[str]]] = {}
+    for name in ("ErrorList", "WarningList"):
+        by_tag = lists[name] = {}
+        for child in root.iterfind(f"{name}/*"):  # a tag may repeat: one per word
+            by_tag.setdefault(child.tag, []).append(child.text or "")
     return {
         "Count": root.findtext("Count", "0"),
         "IdList": [e.text for e in root.iterfind("IdList/Id") if e.text],
