@@ -148,6 +148,41 @@ def test_an_os_error_fails_its_record_as_problem_then_file(tmp_path: Path) -> No
         assert m.records[rec.id].reason == f"File exists: {folder}"
 
 
+def test_an_os_error_with_two_paths_names_the_one_in_the_way(tmp_path: Path) -> None:
+    """A folder where extract writes a PNG: os.replace(temp, png) failed and the reason
+    named the temp file, already deleted ('Is a directory: .../.p001_001.png.XXXX.tmp');
+    os.link(src, dst) onto an existing dst said 'File exists: <src>'. Now the destination."""
+    import os
+
+    from pdf_factory import build_image_pdf, he_like
+
+    from histofetch.extract import ingest_local, run_extract
+    from histofetch.stage import failure_reason
+
+    pdf = build_image_pdf(tmp_path / "a.pdf", [he_like(seed=1)])
+    run = tmp_path / "run"
+    with Manifest.load(run, create=True) as m:
+        (rec,) = ingest_local(m, [pdf])
+        m.save()
+    png = run / "images" / rec.id.replace(":", "_") / "p001_001.png"
+    (png / "x").mkdir(parents=True)
+    summary = run_extract(run)
+    assert summary.failed == 1
+    with Manifest.load(run) as m:
+        assert m.records[rec.id].reason == f"Is a directory: {png}"
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.write_text("a")
+    dst.write_text("b")
+    with pytest.raises(FileExistsError) as caught:
+        os.link(src, dst)
+    assert failure_reason(caught.value) == f"File exists: {dst}"
+    src.unlink()
+    new = tmp_path / "new"
+    with pytest.raises(FileNotFoundError) as missing:  # either path may be the missing one
+        os.link(src, new)
+    assert failure_reason(missing.value) == f"No such file or directory: {src} -> {new}"
+
+
 def test_a_record_taken_by_another_process_is_left_to_it(tmp_path: Path) -> None:
     m = _manifest(tmp_path)
     m.save()

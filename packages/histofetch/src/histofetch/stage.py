@@ -142,8 +142,14 @@ def is_transient(exc: BaseException) -> bool:
 def failure_reason(exc: BaseException) -> str:
     """The one-line reason a record fails with: the error's message, and for an OS error
     ``<problem>: <file>`` (it was ``[Errno 17] File exists: '<file>'``, counted by
-    summaries and ``histofetch status`` as ``[Errno 17] File exists``)."""
+    summaries and ``histofetch status`` as ``[Errno 17] File exists``). An error with two
+    paths (``os.replace``, ``os.link``) names the destination, the file in the way (the
+    source is often a temp file already deleted), or both when one is missing."""
     if isinstance(exc, OSError) and exc.strerror:
+        if exc.filename2 is not None:
+            if exc.errno == errno.ENOENT:  # the source, or the destination's folder
+                return f"{exc.strerror}: {exc.filename} -> {exc.filename2}"
+            return f"{exc.strerror}: {exc.filename2}"
         return exc.strerror if exc.filename is None else f"{exc.strerror}: {exc.filename}"
     return str(exc) or type(exc).__name__
 
