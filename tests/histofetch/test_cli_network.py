@@ -110,6 +110,30 @@ def test_cli_errors_are_one_line_and_non_zero(tmp_path: Path) -> None:
     assert bad.exit_code == 1 and "HISTOFETCH_TIMEOUT" in bad.output
 
 
+def test_network_settings_out_of_bounds_are_one_error_line(tmp_path: Path) -> None:
+    """HISTOFETCH_TIMEOUT=1e10 ended in a traceback (OverflowError from the socket's
+    settimeout), HISTOFETCH_EUROPEPMC_RATE=1e-300 in one from the rate limiter, and
+    HISTOFETCH_RETRIES=1e20 was taken (practically endless retries)."""
+    env = {"HISTOFETCH_EUTILS_URL": "http://127.0.0.1:9/", "HISTOFETCH_BACKOFF": "0"}
+    for var, value in [
+        ("HISTOFETCH_TIMEOUT", "1e10"),
+        ("HISTOFETCH_EUROPEPMC_RATE", "1e-300"),
+        ("HISTOFETCH_RETRIES", "1e20"),
+    ]:
+        run = tmp_path / var
+        done = CliRunner().invoke(app, ["search", "x", "--run", str(run)], env={**env, var: value})
+        assert done.exit_code == 1, (var, done.output)
+        assert done.output.splitlines() == [
+            f"error: environment variable {var}={value!r}: give "
+            + {
+                "HISTOFETCH_TIMEOUT": "a number more than 0 and at most 86400",
+                "HISTOFETCH_EUROPEPMC_RATE": "a number from 0.001 to 1000",
+                "HISTOFETCH_RETRIES": "a whole number from 0 to 100",
+            }[var]
+        ]
+        assert not run.exists()
+
+
 def test_real_entry_point_in_a_subprocess(ncbi: FakeNcbi, tmp_path: Path) -> None:
     _serve_three(ncbi)
     env = {**os.environ, **ncbi.env(), "NCBI_API_KEY": "KEY123"}

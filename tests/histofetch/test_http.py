@@ -264,12 +264,19 @@ def test_defaults_are_the_live_services_and_env_overrides(
     [
         ("HISTOFETCH_BACKOFF", "inf", "give a number 0 or more"),  # slept forever
         ("HISTOFETCH_BACKOFF", "-1", "give a number 0 or more"),
-        ("HISTOFETCH_TIMEOUT", "nan", "give a number more than 0"),
-        ("HISTOFETCH_TIMEOUT", "-1", "give a number more than 0"),
-        ("HISTOFETCH_PMC_CLOUD_RATE", "0", "give a number more than 0"),
-        ("HISTOFETCH_EUROPEPMC_RATE", "-inf", "give a number more than 0"),
-        ("HISTOFETCH_RETRIES", "-5", "give a number 0 or more"),
-        ("HISTOFETCH_RETRIES", "2.5", "give a whole number"),
+        ("HISTOFETCH_TIMEOUT", "nan", "give a number more than 0 and at most 86400"),
+        ("HISTOFETCH_TIMEOUT", "-1", "give a number more than 0 and at most 86400"),
+        # a traceback from the socket: timestamp out of range for platform time_t
+        ("HISTOFETCH_TIMEOUT", "1e10", "give a number more than 0 and at most 86400"),
+        ("HISTOFETCH_PMC_CLOUD_RATE", "0", "give a number from 0.001 to 1000"),
+        ("HISTOFETCH_EUROPEPMC_RATE", "-inf", "give a number from 0.001 to 1000"),
+        # the limiter's second acquire: OverflowError (1e-300), an endless wait (1e-6)
+        ("HISTOFETCH_EUROPEPMC_RATE", "1e-300", "give a number from 0.001 to 1000"),
+        ("HISTOFETCH_PMC_CLOUD_RATE", "1e-6", "give a number from 0.001 to 1000"),
+        ("HISTOFETCH_PMC_CLOUD_RATE", "1e300", "give a number from 0.001 to 1000"),
+        ("HISTOFETCH_RETRIES", "-5", "give a whole number from 0 to 100"),
+        ("HISTOFETCH_RETRIES", "1e20", "give a whole number from 0 to 100"),  # endless
+        ("HISTOFETCH_RETRIES", "2.5", "give a whole number from 0 to 100"),
         ("HISTOFETCH_TIMEOUT", "abc", "is not a number"),
     ],
 )
@@ -286,8 +293,14 @@ def test_env_numbers_out_of_range_are_one_clear_error(
         NetConfig()
     assert str(err.value).startswith(f"environment variable {var}={value!r}")
     assert str(err.value).endswith(said)
-    monkeypatch.setenv(var, "0" if var in ("HISTOFETCH_BACKOFF", "HISTOFETCH_RETRIES") else "2")
-    NetConfig()  # the edges still pass
+    edges = {
+        "HISTOFETCH_BACKOFF": ["0", "1e300"],  # capped at max_backoff when used
+        "HISTOFETCH_TIMEOUT": ["1e-3", "86400"],
+        "HISTOFETCH_RETRIES": ["0", "100"],
+    }.get(var, ["0.001", "1000"])
+    for edge in edges:
+        monkeypatch.setenv(var, edge)
+        NetConfig()  # the edges still pass
 
 
 def test_ftp_links_become_https() -> None:

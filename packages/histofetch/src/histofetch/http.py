@@ -50,9 +50,21 @@ def _env_opt(name: str) -> str | None:
     return os.environ.get(name) or None
 
 
-def _env_float(name: str, default: float, *, zero: bool = False) -> float:
-    """A positive number from the environment (``zero``: 0 allowed too); ``nan``, ``inf``
-    and negatives are a :class:`UsageError` (``HISTOFETCH_BACKOFF=inf`` slept forever)."""
+#: Bounds of the ``HISTOFETCH_*`` numbers: a timeout of up to a day (larger ones overflow
+#: the socket's timer), rates whose one wait is at most 1000 s (a smaller rate waited for
+#: ever or overflowed the limiter's clock; a larger one sized its window past memory), and
+#: retries a person could wait for.
+MAX_TIMEOUT = 86400.0
+MIN_RATE, MAX_RATE = 0.001, 1000.0
+MAX_RETRIES = 100
+
+
+def _env_float(
+    name: str, default: float, *, zero: bool = False, least: float = 0.0, most: float = math.inf
+) -> float:
+    """A number from the environment: more than ``least`` (``zero``: ``least`` or more) and
+    at most ``most``; ``nan``, ``inf`` and numbers outside are a :class:`UsageError`
+    (``HISTOFETCH_BACKOFF=inf`` slept forever, ``HISTOFETCH_TIMEOUT=1e10`` overflowed)."""
     value = os.environ.get(name)
     if not value:
         return default
@@ -60,17 +72,40 @@ def _env_float(name: str, default: float, *, zero: bool = False) -> float:
         number = float(value)
     except ValueError:
         raise UsageError(f"environment variable {name}={value!r} is not a number") from None
-    if not math.isfinite(number) or number < 0 or (number == 0 and not zero):
-        least = "0 or more" if zero else "more than 0"
-        raise UsageError(f"environment variable {name}={value!r}: give a number {least}")
+    low_ok = number >= least if zero else number > least
+    if not math.isfinite(number) or not low_ok or number > most:
+        raise UsageError(
+            f"environment variable {name}={value!r}: give {_bounds(least, zero, most)}"
+        )
     return number
 
 
-def _env_count(name: str, default: int) -> int:
-    """A whole number of 0 or more from the environment (``HISTOFETCH_RETRIES``)."""
-    number = _env_float(name, default, zero=True)
-    if number != int(number):
-        raise UsageError(f"environment variable {name}={os.environ[name]!r}: give a whole number")
+def _bounds(least: float, zero: bool, most: float) -> str:
+    if math.isinf(most):
+        return f"a number {least:g} or more" if zero else f"a number more than {least:g}"
+    if zero:
+        return f"a number from {least:g} to {most:g}"
+    return f"a number more than {least:g} and at most {most:g}"
+
+
+def _env_rate(name: str, default: float) -> float:
+    """Requests per second from the environment, from :data:`MIN_RATE` to :data:`MAX_RATE`."""
+    return _env_float(name, default, zero=True, least=MIN_RATE, most=MAX_RATE)
+
+
+def _env_count(name: str, default: int, most: int) -> int:
+    """A whole number from 0 to ``most`` from the environment (``HISTOFETCH_RETRIES``)."""
+    value = os.environ.get(name)
+    if not value:
+        return default
+    try:
+        number = float(value)
+    except ValueError:
+        raise UsageError(f"environment variable {name}={value!r} is not a number") from None
+    if not (math.isfinite(number) and number == int(number) and 0 <= number <= most):
+        raise UsageError(
+            f"environment variable {name}={value!r}: give a whole number from 0 to {most}"
+        )
     return int(number)
 
 
@@ -97,9 +132,13 @@ class NetConfig:
     email: str | None = field(default_factory=lambda: _env_opt("NCBI_EMAIL"))
     tool: str = "histofetch"
     #: Seconds for connect/read/write/pool each.
-    timeout: float = field(default_factory=lambda: _env_float("HISTOFETCH_TIMEOUT", 30.0))
+    timeout: float = field(
+        default_factory=lambda: _env_float("HISTOFETCH_TIMEOUT", 30.0, most=MAX_TIMEOUT)
+    )
     #: Retries after the first attempt (so ``max_retries + 1`` attempts in all).
-    max_retries: int = field(default_factory=lambda: _env_count("HISTOFETCH_RETRIES", 4))
+    max_retries: int = field(
+        default_factory=lambda: _env_count("HISTOFETCH_RETRIES", 4, MAX_RETRIES)
+    )
     #: First backoff in seconds; doubled each retry, capped at ``max_backoff``.
     backoff: float = field(default_factory=lambda: _env_float("HISTOFETCH_BACKOFF", 1.0, zero=True))
     max_backoff: float = 60.0
@@ -107,11 +146,11 @@ class NetConfig:
     ncbi_rate: float | None = None
     #: Requests per second to the PMC Cloud Service bucket.
     pmc_cloud_rate: float = field(
-        default_factory=lambda: _env_float("HISTOFETCH_PMC_CLOUD_RATE", 10.0)
+        default_factory=lambda: _env_rate("HISTOFETCH_PMC_CLOUD_RATE", 10.0)
     )
     #: Requests per second to each Europe PMC host (REST API, web site).
     europepmc_rate: float = field(
-        default_factory=lambda: _env_float("HISTOFETCH_EUROPEPMC_RATE", 5.0)
+        default_factory=lambda: _env_rate("HISTOFETCH_EUROPEPMC_RATE", 5.0)
     )
     #: Requests per second to any other host (publishers).
     other_rate: float = 5.0
