@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import Any
 
 import pytest
 from ncbi_server import FakeNcbi, make_pdf, ncbi_fixture  # noqa: F401 (fixture)
@@ -180,6 +181,60 @@ def test_retracted_is_skipped_unless_included(ncbi: FakeNcbi, tmp_path: Path) ->
     assert rec.reason.startswith("retracted: pmc-cloud: the article is retracted")
     kept = _download(ncbi, tmp_path / "b", _rec("1", PMCID), policy=Policy(include_retracted=True))
     assert kept.records["pmid:1"].route == "pmc-cloud" and len(kept.images) == 2
+
+
+@pytest.mark.parametrize(
+    ("flags", "retracted"),
+    [
+        ({"is_retracted": "no", "is_pmc_openaccess": "yes"}, False),
+        ({"is_retracted": "False", "is_pmc_openaccess": "true", "is_manuscript": "0"}, False),
+        ({"is_retracted": 0, "is_pmc_openaccess": 1}, False),
+        ({"is_retracted": "yes"}, True),
+        ({"is_retracted": "1", "is_manuscript": False}, True),
+    ],
+)
+def test_metadata_flags_given_as_text_are_read_as_booleans(
+    ncbi: FakeNcbi,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    flags: dict[str, Any],
+    retracted: bool,
+) -> None:
+    """The bucket's JSON has true/false (the recorded metadata); a mirror writing "no"
+    made bool("no") a retraction, and "yes" for open access was taken as not open access."""
+    ncbi.bucket.add_version(PMCID, 1, jats=real_jats(), media=FIGS, **flags)
+    with caplog.at_level("WARNING", logger="histofetch.sources.pmc_cloud"):
+        rec = _download(ncbi, tmp_path, _rec("1", PMCID)).records["pmid:1"]
+    assert (rec.is_retracted, rec.is_manuscript) == (retracted, False)
+    if retracted:
+        assert rec.status == "failed" and rec.reason is not None
+        assert rec.reason.startswith("retracted: pmc-cloud: the article is retracted")
+    else:
+        assert (rec.status, rec.route) == ("ok", "pmc-cloud")
+    assert caplog.records == []
+
+
+def test_unreadable_metadata_flags_keep_the_safe_side_with_one_warning(
+    ncbi: FakeNcbi, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The value "maybe" for is_retracted: taken as retracted; for is_pmc_openaccess: as not open
+    access (the route passes the article on). One warning each, naming the value."""
+    ncbi.bucket.add_version(PMCID, 1, jats=real_jats(), media=FIGS, is_retracted="maybe")
+    with caplog.at_level("WARNING", logger="histofetch.sources.pmc_cloud"):
+        rec = _download(ncbi, tmp_path / "a", _rec("1", PMCID)).records["pmid:1"]
+    assert (rec.status, rec.is_retracted) == ("failed", True)
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{PMCID}.1.json: is_retracted='maybe' is not true or false; taken as true"
+    ]
+    caplog.clear()
+    other = "PMC3574551"
+    ncbi.bucket.add_version(other, 1, jats=real_jats(), media=FIGS, is_pmc_openaccess="sure")
+    with caplog.at_level("WARNING", logger="histofetch.sources.pmc_cloud"):
+        rec = _download(ncbi, tmp_path / "b", _rec("2", other)).records["pmid:2"]
+    assert rec.route != "pmc-cloud"
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{other}.1.json: is_pmc_openaccess='sure' is not true or false; taken as false"
+    ]
 
 
 def test_missing_pmcid_falls_back_route_by_route(ncbi: FakeNcbi, tmp_path: Path) -> None:

@@ -139,7 +139,28 @@ def read_metadata(client: NetClient, pmcid: str, version: int) -> dict[str, Any]
         raise Miss("network", f"metadata {name}.json is not JSON") from None
     if not isinstance(meta, dict):
         raise Miss("network", f"metadata {name}.json is not a JSON object")
+    for flag, unsure in _FLAGS.items():
+        if flag in meta:
+            meta[flag] = _flag(meta[flag], unsure, f"{name}.json: {flag}")
     return meta
+
+
+#: The metadata's yes/no fields, and what an unreadable value is taken as (the safe side).
+_FLAGS = {"is_pmc_openaccess": False, "is_retracted": True, "is_manuscript": True}
+_TRUE, _FALSE = {"true", "yes", "1"}, {"false", "no", "0"}
+
+
+def _flag(value: Any, unsure: bool, what: str) -> bool:
+    """A metadata flag as a bool: JSON true/false (what the bucket writes), 1/0, or the
+    text true/false, yes/no, 1/0 in any case; ``None`` is false; anything else is
+    ``unsure``, with a warning (``bool("no")`` made an article retracted)."""
+    if value is None or isinstance(value, bool):
+        return bool(value)
+    text = str(value).strip().lower() if isinstance(value, (str, int)) else None
+    if text in _TRUE or text in _FALSE:
+        return text in _TRUE
+    log.warning("%s=%r is not true or false; taken as %s", what, value, str(unsure).lower())
+    return unsure
 
 
 def choose_version(metas: dict[int, dict[str, Any]]) -> int | None:
@@ -187,7 +208,7 @@ class PmcCloud:
             route=ROUTE,
             licence=normalise(meta.get("license_code")),
             open_access=True,
-            is_retracted=bool(meta.get("is_retracted")),
+            is_retracted=bool(meta.get("is_retracted")),  # read_metadata made these bools
             is_manuscript=bool(meta.get("is_manuscript")),
             citation=str(meta["citation"])[:500] if meta.get("citation") else None,
             version=chosen,
