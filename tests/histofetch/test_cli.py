@@ -212,6 +212,17 @@ MALFORMED = {
     "run --shard": (["run", "q", "--shard", "half"], "--shard", "expected K/N, e.g. 1/4"),
     "filter --purple": (["filter", "--purple", "1.5"], "--purple", "less than or equal to 1"),
     "run --purple": (["run", "q", "--purple", "-0.1"], "--purple", "greater than or equal to 0"),
+    # nan was 'Input should be less than or equal to 1' (typer's range check): not a number
+    "filter --purple nan": (["filter", "--purple", "nan"], "--purple", "'nan' is not a number"),
+    "run --purple NaN": (["run", "q", "--purple", "NaN"], "--purple", "'NaN' is not a number"),
+    "filter --min-tissue": (["filter", "--min-tissue", "nan"], "--min-tissue", "is not a num"),
+    "filter --max-dark": (["filter", "--max-dark", "inf"], "--max-dark", "less than or equal"),
+    "filter --min-he": (["filter", "--min-he", "half"], "--min-he", "'half' is not a number"),
+    "extract --record-timeout": (
+        ["extract", "--record-timeout", "nan"],
+        "--record-timeout",
+        "'nan' is not a number; give one from 1 to 86400",
+    ),
     "download --jobs": (["download", "--jobs", "0"], "--jobs", "greater than or equal to 1"),
     "search --mindate": (["search", "q", "--mindate", "2020-01"], "--mindate", "not a date as"),
     "run --maxdate": (["run", "q", "--maxdate", "2021/13"], "--maxdate", "'2021/13' is not a"),

@@ -7,8 +7,10 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -125,6 +127,35 @@ Jobs = Annotated[
         "--jobs", "-j", min=1, help="Worker processes (extract, filter): records at once."
     ),
 ]
+
+
+def number_from(least: float, most: float) -> Callable[[Any], float]:
+    """A float option's parser for ``least <= x <= most`` (kept as ``min``/``max`` too, for
+    the help's range). Typer's own check said 'Input should be less than or equal to 1'
+    for ``nan``; this says it is not a number."""
+
+    def parse(value: Any) -> float:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise typer.BadParameter(f"{value!r} is not a number") from None
+        if math.isnan(number):
+            raise typer.BadParameter(
+                f"{value!r} is not a number; give one from {least:g} to {most:g}"
+            )
+        if number < least:
+            raise typer.BadParameter(f"Input should be greater than or equal to {least:g}")
+        if number > most:
+            raise typer.BadParameter(f"Input should be less than or equal to {most:g}")
+        return number
+
+    return parse
+
+
+#: The parser of the 0..1 options (``--purple``, ``--min-he``, ...).
+FRACTION = number_from(0.0, 1.0)
+
+
 #: ``--record-timeout`` (extract, filter, run): see :mod:`histofetch.record_time`.
 RecordTimeout = Annotated[
     float,
@@ -132,6 +163,7 @@ RecordTimeout = Annotated[
         "--record-timeout",
         min=1.0,
         max=86_400.0,
+        parser=number_from(1.0, 86_400.0),
         envvar="HISTOFETCH_RECORD_TIMEOUT",
         metavar="SECONDS",
         help="Seconds one record's work may run in a worker (start-up not "

@@ -8,6 +8,7 @@ import typer
 
 from histofetch.cli._common import (
     DEFAULT_RECORD_TIMEOUT_S,
+    FRACTION,
     RUN_DEFAULT,
     ApiKey,
     Db,
@@ -101,7 +102,9 @@ def run_all(
     retry_failed: Retry = False,
     purple: Annotated[
         float,
-        typer.Option(min=0.0, max=1.0, help="Filter threshold (see `histofetch filter`)."),
+        typer.Option(
+            min=0.0, max=1.0, parser=FRACTION, help="Filter threshold (see `histofetch filter`)."
+        ),
     ] = 0.3,
     db: Db = "pubmed",
     licence: Licence = "any",

@@ -10,6 +10,7 @@ import typer
 from histocore.manifest import MANIFEST_NAME, STORE_NAME
 from histofetch.cli._common import (
     DEFAULT_RECORD_TIMEOUT_S,
+    FRACTION,
     RUN_DEFAULT,
     Jobs,
     RecordTimeout,
@@ -107,16 +108,26 @@ def filter_(
     purple: Annotated[
         float,
         typer.Option(
-            min=0.0, max=1.0, help="Min share of H&E-coloured pixels in the tissue region."
+            min=0.0,
+            max=1.0,
+            parser=FRACTION,
+            help="Min share of H&E-coloured pixels in the tissue region.",
         ),
     ] = 0.3,
     min_he: Annotated[
-        float | None, typer.Option("--min-he", min=0.0, max=1.0, help="Min H&E (HED) score [0.5].")
+        float | None,
+        typer.Option(
+            "--min-he", min=0.0, max=1.0, parser=FRACTION, help="Min H&E (HED) score [0.5]."
+        ),
     ] = None,
     min_tissue: Annotated[
         float | None,
         typer.Option(
-            "--min-tissue", min=0.0, max=1.0, help="Min tissue share of the image [0.02]."
+            "--min-tissue",
+            min=0.0,
+            max=1.0,
+            parser=FRACTION,
+            help="Min tissue share of the image [0.02].",
         ),
     ] = None,
     min_blocks: Annotated[
@@ -124,7 +135,9 @@ def filter_(
     ] = None,
     max_dark: Annotated[
         float | None,
-        typer.Option("--max-dark", min=0.0, max=1.0, help="Max dark-pixel share [0.2]."),
+        typer.Option(
+            "--max-dark", min=0.0, max=1.0, parser=FRACTION, help="Max dark-pixel share [0.2]."
+        ),
     ] = None,
     min_side: Annotated[
         int | None,
