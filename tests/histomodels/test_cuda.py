@@ -98,8 +98,12 @@ def test_cuda_resume_and_distillation_from_a_cuda_teacher(arrays, tmp_path, capl
     training patches on the device for the student."""
     (xt, yt), (xv, yv) = arrays
     train(_cfg(epochs=1), tmp_path / "t", train_data=(xt, yt), val_data=(xv, yv))
-    res = train(_cfg(epochs=2), tmp_path / "t", resume=True, train_data=(xt, yt), val_data=(xv, yv))
+    with caplog.at_level("INFO", logger="histomodels"):
+        res = train(_cfg(epochs=2), tmp_path / "t", resume=True, train_data=(xt, yt),
+                    val_data=(xv, yv))  # fmt: skip
     assert len(res.history) == 2 and res.history[-1]["epoch"] == 2, res.history
+    assert any("after epoch 1" in r.getMessage() for r in caplog.records)  # resumed, not anew
+    caplog.clear()
     with caplog.at_level("INFO", logger="histomodels"):
         student = train(
             _cfg(teacher=str(tmp_path / "t")), tmp_path / "s", train_data=(xt, yt),

@@ -518,6 +518,9 @@ class _PageWalk:
     def __init__(self, exc: BaseException) -> None:
         self.exc = exc
 
+    def tell(self) -> int:
+        return 0
+
     def seek(self, frame: int) -> None:
         raise self.exc
 
@@ -615,3 +618,56 @@ def test_predict_and_eval_give_the_same_probability_by_default(tmp_path: Path) -
         assert r.exit_code == 0, r.output
         fast = np.array([float(row["probability"]) for row in _rows(out)])
         assert np.abs(fast - np.array(by_eval)).max() > 1e-6
+
+
+def _psd(path: Path, rgb: np.ndarray) -> Path:
+    """A flat RGB Photoshop file (no layers, raw planes): Pillow reads it, from frame 1."""
+    import struct
+
+    h, w, _ = rgb.shape
+    head = b"8BPS" + struct.pack(">H6xHIIHH", 1, 3, h, w, 8, 3)
+    sections = struct.pack(">III", 0, 0, 0)  # colour mode data, resources, layers: empty
+    planes = struct.pack(">H", 0) + rgb.transpose(2, 0, 1).tobytes()  # raw, channel by channel
+    path.write_bytes(head + sections + planes)
+    return path
+
+
+def test_odd_but_valid_inputs_are_scored(tmp_path: Path) -> None:
+    """Three inputs refused before review 2: a PSD (Pillow numbers its frames from 1, and
+    seeking back to 0 raised EOFError: the whole run ended in 'Aborted.'); a 50 px image at
+    --scale 2 (100 px: the size was checked before the scale); and a folder named like an
+    image (slide1.tif/, tiles named after their slide), read as a file that failed."""
+    ckpt = tiny_checkpoint(tmp_path)
+    rgb = make_figure(2, 2, seed=3)[:192, :192]
+    psd = _psd(tmp_path / "scan.psd", rgb)
+    assert Image.open(psd).size == (192, 192)
+    small = tmp_path / "small.png"
+    Image.fromarray(rgb[:50, :50]).save(small)
+    slide = tmp_path / "in" / "slide1.tif"
+    slide.mkdir(parents=True)
+    Image.fromarray(rgb).save(slide / "t0.png")
+    out = tmp_path / "p.csv"
+    r = CliRunner().invoke(app, ["predict", str(ckpt), str(psd), str(tmp_path / "in"),
+                                 "--out", str(out), "--no-heatmaps"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    paths = [row["path"] for row in _rows(out)]
+    assert paths == [str(psd)] * 4 + [str(slide / "t0.png")] * 4
+    r = CliRunner().invoke(app, ["predict", str(ckpt), str(small), "--scale", "2",
+                                 "--out", str(out), "--no-heatmaps"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert [row["path"] for row in _rows(out)] == [str(small)]
+
+
+def test_skipped_inputs_survive_a_process_pool(tmp_path: Path) -> None:
+    """SkippedInputs could not be unpickled (its __init__ takes two arguments): raised in a
+    worker it broke the whole pool. Its message says what was written."""
+    import pickle
+
+    from histomodels.predict import SkippedInputs
+
+    exc = SkippedInputs([PredictInputError("t.png: empty file")], {"files": 2, "csv": "p.csv"})
+    back = pickle.loads(pickle.dumps(exc))
+    assert type(back) is SkippedInputs and str(back) == str(exc)
+    assert [str(p) for p in back.problems] == ["t.png: empty file"]
+    assert back.summary == {"files": 2, "csv": "p.csv"}
+    assert str(exc) == "t.png: empty file; the other 2 file(s) were scored into p.csv"

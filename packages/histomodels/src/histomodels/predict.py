@@ -11,6 +11,7 @@ out (the command: one ``error:`` line each, exit 1).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import logging
@@ -68,7 +69,12 @@ class SkippedInputs(PredictInputError):
     def __init__(self, problems: list[PredictInputError], summary: dict[str, Any]) -> None:
         self.problems, self.summary = problems, summary
         more = f" (and {len(problems) - 1} more file(s))" if len(problems) > 1 else ""
-        super().__init__(f"{problems[0]}{more}")
+        done = summary.get("files") or 0
+        wrote = f"; the other {done} file(s) were scored into {summary['csv']}" if done else ""
+        super().__init__(f"{problems[0]}{more}{wrote}")
+
+    def __reduce__(self) -> tuple[Any, ...]:  # picklable (process pools): rebuilt from both
+        return type(self), (self.problems, self.summary)
 
 
 def _too_large(exc: imaging.ImageTooLarge, max_pixels: int) -> PredictInputError:
@@ -115,8 +121,10 @@ def collect_inputs(paths: Iterable[str | Path]) -> list[Path]:
     files: list[Path] = []
     for raw in paths:
         p = Path(raw)
-        if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
+        if p.is_dir():  # a folder named like an image (slide1.tif/) is walked, not read
+            found = sorted(
+                f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file()
+            )
             if not found:
                 raise PredictInputError(f"{p}: folder holds no image files")
             files += found
@@ -182,17 +190,14 @@ def _check_file(
         raise PredictInputError(f"{f}: cannot read image ({exc.reason})") from None
     except OSError as exc:  # a file that cannot be opened (permissions, I/O error)
         raise PredictInputError(describe(exc)) from None
-    if w < size or h < size:
-        raise PredictInputError(f"{f}: {w}x{h} is smaller than one {size}px patch")
     sw, sh = round(w * scale), round(h * scale)
     if sw * sh > max_pixels:
         raise OverPixelLimit(
             f"{f}: {w}x{h} at scale {scale} is {sw}x{sh} pixels, over the limit of {max_pixels}"
         )
-    if sw < size or sh < size:
-        raise PredictInputError(
-            f"{f}: {w}x{h} at scale {scale} is {sw}x{sh}, smaller than one {size}px patch"
-        )
+    if sw < size or sh < size:  # after scale only: --scale 2 makes a 50 px image 100 px
+        at = " is" if scale == 1 else f" at scale {scale} is {sw}x{sh},"
+        raise PredictInputError(f"{f}: {w}x{h}{at} smaller than one {size}px patch")
     return pages, unit, (w, h)
 
 
@@ -202,8 +207,9 @@ def _pages(im: Any) -> int:
     of a TIFF to count them (slow on very many). A second page that cannot be read (a
     damaged page chain) counts as none: the first page is what is read, and is checked on
     decoding. MemoryError, interruptions and errors not raised inside Pillow propagate."""
+    first = im.tell()  # 0, but 1 for a PSD: Pillow numbers its layers from 1
     try:
-        im.seek(1)
+        im.seek(first + 1)
     except EOFError:
         return 1
     except Exception as exc:
@@ -213,7 +219,8 @@ def _pages(im: Any) -> int:
         # walk raises whatever a damaged IFD provokes (KeyError for an unknown compression
         # code, TypeError "Missing dimensions", struct.error, OSError ...).
         return 1
-    im.seek(0)
+    with contextlib.suppress(EOFError):  # back to the first page (only its size is read)
+        im.seek(first)
     return 2
 
 
