@@ -65,19 +65,26 @@ def _env_float(
     """A number from the environment: more than ``least`` (``zero``: ``least`` or more) and
     at most ``most``; ``nan``, ``inf`` and numbers outside are a :class:`UsageError`
     (``HISTOFETCH_BACKOFF=inf`` slept forever, ``HISTOFETCH_TIMEOUT=1e10`` overflowed)."""
-    value = os.environ.get(name)
-    if not value:
+    value, number = _env_number(name)
+    if value is None:
         return default
-    try:
-        number = float(value)
-    except ValueError:
-        raise UsageError(f"environment variable {name}={value!r} is not a number") from None
     low_ok = number >= least if zero else number > least
     if not math.isfinite(number) or not low_ok or number > most:
         raise UsageError(
             f"environment variable {name}={value!r}: give {_bounds(least, zero, most)}"
         )
     return number
+
+
+def _env_number(name: str) -> tuple[str | None, float]:
+    """(the variable's text, its number), or (None, nan) when it is unset or empty."""
+    value = os.environ.get(name)
+    if not value:
+        return None, math.nan
+    try:
+        return value, float(value)
+    except ValueError:
+        raise UsageError(f"environment variable {name}={value!r} is not a number") from None
 
 
 def _bounds(least: float, zero: bool, most: float) -> str:
@@ -95,13 +102,9 @@ def _env_rate(name: str, default: float) -> float:
 
 def _env_count(name: str, default: int, most: int) -> int:
     """A whole number from 0 to ``most`` from the environment (``HISTOFETCH_RETRIES``)."""
-    value = os.environ.get(name)
-    if not value:
+    value, number = _env_number(name)
+    if value is None:
         return default
-    try:
-        number = float(value)
-    except ValueError:
-        raise UsageError(f"environment variable {name}={value!r} is not a number") from None
     if not (math.isfinite(number) and number == int(number) and 0 <= number <= most):
         raise UsageError(
             f"environment variable {name}={value!r}: give a whole number from 0 to {most}"

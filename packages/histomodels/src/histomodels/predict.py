@@ -15,7 +15,7 @@ import contextlib
 import csv
 import io
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -106,8 +106,15 @@ def image_tiles(
 
 def read_rgb(path: Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Decode an image to uint8 RGB, refusing bombs and unreadable files with one line."""
-    try:
+    with _one_line(path, max_pixels):
         return imaging.read_rgb(path, max_pixels=max_pixels, what=str(path))
+
+
+@contextlib.contextmanager
+def _one_line(path: Path, max_pixels: int) -> Iterator[None]:
+    """Reading ``path``'s image: its errors as one :class:`PredictInputError` line."""
+    try:
+        yield
     except imaging.ImageTooLarge as exc:
         raise _too_large(exc, max_pixels) from None
     except imaging.ImageError as exc:
@@ -180,16 +187,9 @@ def _check_file(
     """(1, or 2 for several pages, "pages" or "frames", (width, height)) of one file from its
     header; raises
     :class:`PredictInputError` when it cannot be scored."""
-    try:
-        with imaging.open_image(f, max_pixels=max_pixels, what=str(f)) as im:
-            w, h = im.size
-            pages, unit = _pages(im), "pages" if im.format == "TIFF" else "frames"
-    except imaging.ImageTooLarge as exc:
-        raise _too_large(exc, max_pixels) from None
-    except imaging.ImageError as exc:
-        raise PredictInputError(f"{f}: cannot read image ({exc.reason})") from None
-    except OSError as exc:  # a file that cannot be opened (permissions, I/O error)
-        raise PredictInputError(describe(exc)) from None
+    with _one_line(f, max_pixels), imaging.open_image(f, max_pixels=max_pixels, what=str(f)) as im:
+        w, h = im.size
+        pages, unit = _pages(im), "pages" if im.format == "TIFF" else "frames"
     sw, sh = round(w * scale), round(h * scale)
     if sw * sh > max_pixels:
         raise OverPixelLimit(
