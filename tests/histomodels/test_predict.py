@@ -620,13 +620,25 @@ def test_predict_and_eval_give_the_same_probability_by_default(tmp_path: Path) -
         assert np.abs(fast - np.array(by_eval)).max() > 1e-6
 
 
-def _psd(path: Path, rgb: np.ndarray) -> Path:
-    """A flat RGB Photoshop file (no layers, raw planes): Pillow reads it, from frame 1."""
+def _psd(path: Path, rgb: np.ndarray, layers: int = 0, side: int = 64) -> Path:
+    """An RGB Photoshop file (raw planes) holding ``rgb`` flattened and ``layers`` layers of
+    ``side`` px cut from it side by side; Pillow reads the flattened image, from frame 1."""
     import struct
 
     h, w, _ = rgb.shape
     head = b"8BPS" + struct.pack(">H6xHIIHH", 1, 3, h, w, 8, 3)
-    sections = struct.pack(">III", 0, 0, 0)  # colour mode data, resources, layers: empty
+    records, pixels = b"", b""
+    for i in range(layers):
+        records += struct.pack(">iiiiH", 0, i * side, side, (i + 1) * side, 3)
+        records += b"".join(struct.pack(">hI", ch, 2 + side * side) for ch in range(3))
+        extra = struct.pack(">II", 0, 0) + b"\x01a\x00\x00"  # no mask, no ranges, name "a"
+        records += b"8BIMnorm" + bytes([255, 0, 0, 0]) + struct.pack(">I", len(extra)) + extra
+        for ch in range(3):
+            pixels += struct.pack(">H", 0) + rgb[:side, i * side : (i + 1) * side, ch].tobytes()
+    info = struct.pack(">h", layers) + records + pixels if layers else b""
+    info += b"\x00" * (len(info) % 2)
+    masks = struct.pack(">I", len(info)) + info + struct.pack(">I", 0) if layers else b""
+    sections = struct.pack(">III", 0, 0, len(masks)) + masks  # colour mode data, resources
     planes = struct.pack(">H", 0) + rgb.transpose(2, 0, 1).tobytes()  # raw, channel by channel
     path.write_bytes(head + sections + planes)
     return path
@@ -641,17 +653,22 @@ def test_odd_but_valid_inputs_are_scored(tmp_path: Path) -> None:
     rgb = make_figure(2, 2, seed=3)[:192, :192]
     psd = _psd(tmp_path / "scan.psd", rgb)
     assert Image.open(psd).size == (192, 192)
+    layered = _psd(tmp_path / "layered.psd", rgb, layers=2)
+    with Image.open(layered) as im:
+        assert getattr(im, "n_frames", 1) == 2
+        assert np.array_equal(np.asarray(im.convert("RGB")), rgb)
     small = tmp_path / "small.png"
     Image.fromarray(rgb[:50, :50]).save(small)
     slide = tmp_path / "in" / "slide1.tif"
     slide.mkdir(parents=True)
     Image.fromarray(rgb).save(slide / "t0.png")
     out = tmp_path / "p.csv"
-    r = CliRunner().invoke(app, ["predict", str(ckpt), str(psd), str(tmp_path / "in"),
-                                 "--out", str(out), "--no-heatmaps"])  # fmt: skip
-    assert r.exit_code == 0, r.output
+    inputs = [str(psd), str(layered), str(tmp_path / "in")]
+    r = CliRunner().invoke(app, ["predict", str(ckpt), *inputs, "--out", str(out),
+                                 "--no-heatmaps"])  # fmt: skip
+    assert r.exit_code == 0 and not r.stderr, r.output  # a PSD's layers are not pages
     paths = [row["path"] for row in _rows(out)]
-    assert paths == [str(psd)] * 4 + [str(slide / "t0.png")] * 4
+    assert paths == [str(psd)] * 4 + [str(layered)] * 4 + [str(slide / "t0.png")] * 4
     r = CliRunner().invoke(app, ["predict", str(ckpt), str(small), "--scale", "2",
                                  "--out", str(out), "--no-heatmaps"])  # fmt: skip
     assert r.exit_code == 0, r.output
@@ -671,3 +688,19 @@ def test_skipped_inputs_survive_a_process_pool(tmp_path: Path) -> None:
     assert [str(p) for p in back.problems] == ["t.png: empty file"]
     assert back.summary == {"files": 2, "csv": "p.csv"}
     assert str(exc) == "t.png: empty file; the other 2 file(s) were scored into p.csv"
+
+
+def test_a_broken_link_in_a_folder_is_an_error_line(tmp_path: Path) -> None:
+    """Review 3: walking folders for files only (not folders named like images) dropped a
+    link whose target is gone without a word, exit 0."""
+    ckpt = tiny_checkpoint(tmp_path)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.fromarray(make_figure(2, 2, seed=4)[:96, :96]).save(folder / "good.png")
+    (folder / "bad.png").symlink_to(tmp_path / "moved" / "away.png")
+    out = tmp_path / "p.csv"
+    r = CliRunner().invoke(app, ["predict", str(ckpt), str(folder), "--out", str(out),
+                                 "--no-heatmaps"])  # fmt: skip
+    assert r.exit_code == 1, r.output
+    assert r.stderr.startswith(f"error: {folder / 'bad.png'}: "), r.stderr
+    assert [row["path"] for row in _rows(out)] == [str(folder / "good.png")]

@@ -130,7 +130,7 @@ def collect_inputs(paths: Iterable[str | Path]) -> list[Path]:
         p = Path(raw)
         if p.is_dir():  # a folder named like an image (slide1.tif/) is walked, not read
             found = sorted(
-                f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file()
+                f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and not f.is_dir()
             )
             if not found:
                 raise PredictInputError(f"{p}: folder holds no image files")
@@ -189,7 +189,9 @@ def _check_file(
     :class:`PredictInputError` when it cannot be scored."""
     with _one_line(f, max_pixels), imaging.open_image(f, max_pixels=max_pixels, what=str(f)) as im:
         w, h = im.size
-        pages, unit = _pages(im), "pages" if im.format == "TIFF" else "frames"
+        # a PSD's frames are its layers; what is read and scored is the flattened image
+        pages = 1 if im.format == "PSD" else _pages(im)
+        unit = "pages" if im.format == "TIFF" else "frames"
     sw, sh = round(w * scale), round(h * scale)
     if sw * sh > max_pixels:
         raise OverPixelLimit(
