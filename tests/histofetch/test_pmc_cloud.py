@@ -217,15 +217,23 @@ def test_metadata_flags_given_as_text_are_read_as_booleans(
 def test_unreadable_metadata_flags_keep_the_safe_side_with_one_warning(
     ncbi: FakeNcbi, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """The value "maybe" for is_retracted: taken as retracted; for is_pmc_openaccess: as not open
-    access (the route passes the article on). One warning each, naming the value."""
+    """The value "maybe" for is_retracted: skipped as if retracted, but not recorded as
+    retracted (review 3: the guess was stored, so --retry-failed never asked the bucket
+    again); for is_pmc_openaccess: as not open access (the route passes the article on).
+    One warning each, naming the value."""
     ncbi.bucket.add_version(PMCID, 1, jats=real_jats(), media=FIGS, is_retracted="maybe")
     with caplog.at_level("WARNING", logger="histofetch.sources.pmc_cloud"):
         rec = _download(ncbi, tmp_path / "a", _rec("1", PMCID)).records["pmid:1"]
-    assert (rec.status, rec.is_retracted) == ("failed", True)
+    assert (rec.status, rec.is_retracted) == ("failed", None)
+    assert rec.reason is not None and "is_retracted='maybe' cannot be read" in rec.reason
     assert [r.getMessage() for r in caplog.records] == [
         f"{PMCID}.1.json: is_retracted='maybe' is not true or false; taken as true"
     ]
+    ncbi.bucket.add_version(PMCID, 1, jats=real_jats(), media=FIGS, is_retracted=False)
+    run_download(tmp_path / "a", net=ncbi.config(), retry_failed=True)  # the bucket is fixed
+    with Manifest.load(tmp_path / "a") as manifest:
+        rec = manifest.records["pmid:1"]
+    assert (rec.status, rec.route, rec.is_retracted) == ("ok", "pmc-cloud", False)
     caplog.clear()
     other = "PMC3574551"
     ncbi.bucket.add_version(other, 1, jats=real_jats(), media=FIGS, is_pmc_openaccess="sure")

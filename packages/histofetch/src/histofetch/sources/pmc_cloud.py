@@ -124,7 +124,9 @@ def get_object(client: NetClient, key: str, md5: str | None) -> bytes:
 
 
 def read_metadata(client: NetClient, pmcid: str, version: int) -> dict[str, Any]:
-    """A version's metadata JSON (``{}`` when the version has none: ``NoSuchKey``)."""
+    """A version's metadata JSON (``{}`` when the version has none: ``NoSuchKey``), its
+    yes/no flags as bools; a flag that cannot be read is its safe side, and its raw value is
+    under ``UNSURE`` (so the guess is used for this download, never recorded as a fact)."""
     name = f"{pmcid}.{version}"
     try:
         body, _ = client.get_bytes(_url(client, f"{name}/{name}.json"))
@@ -139,10 +141,24 @@ def read_metadata(client: NetClient, pmcid: str, version: int) -> dict[str, Any]
         raise Miss("network", f"metadata {name}.json is not JSON") from None
     if not isinstance(meta, dict):
         raise Miss("network", f"metadata {name}.json is not a JSON object")
-    for flag, unsure in _FLAGS.items():
-        if flag in meta:
-            meta[flag] = _flag(meta[flag], unsure, f"{name}.json: {flag}")
+    unsure: dict[str, Any] = {}
+    for flag, safe in _FLAGS.items():
+        if flag not in meta:
+            continue
+        value = _read_flag(meta[flag])
+        if value is None:
+            log.warning(
+                "%s.json: %s=%r is not true or false; taken as %s", name, flag, meta[flag],
+                str(safe).lower(),
+            )  # fmt: skip
+            unsure[flag], value = meta[flag], safe
+        meta[flag] = value
+    meta[UNSURE] = unsure
     return meta
+
+
+#: key of :func:`read_metadata`'s result: the flags that could not be read, with their values
+UNSURE = "_unsure"
 
 
 #: The metadata's yes/no fields, and what an unreadable value is taken as (the safe side).
@@ -150,17 +166,16 @@ _FLAGS = {"is_pmc_openaccess": False, "is_retracted": True, "is_manuscript": Tru
 _TRUE, _FALSE = {"true", "yes", "1"}, {"false", "no", "0"}
 
 
-def _flag(value: Any, unsure: bool, what: str) -> bool:
+def _read_flag(value: Any) -> bool | None:
     """A metadata flag as a bool: JSON true/false (what the bucket writes), 1/0, or the
-    text true/false, yes/no, 1/0 in any case; ``None`` is false; anything else is
-    ``unsure``, with a warning (``bool("no")`` made an article retracted)."""
+    text true/false, yes/no, 1/0 in any case; ``None`` is false; anything else is ``None``,
+    unreadable (``bool("no")`` made an article retracted)."""
     if value is None or isinstance(value, bool):
         return bool(value)
     text = str(value).strip().lower() if isinstance(value, (str, int)) else None
     if text in _TRUE or text in _FALSE:
         return text in _TRUE
-    log.warning("%s=%r is not true or false; taken as %s", what, value, str(unsure).lower())
-    return unsure
+    return None
 
 
 def choose_version(metas: dict[int, dict[str, Any]]) -> int | None:
@@ -204,16 +219,25 @@ class PmcCloud:
                 f"{', '.join(map(str, sorted(found)))}; licence {top.get('license_code')})",
             )
         meta = metas[chosen]
-        files = ArticleFiles(
+        unsure = meta.get(UNSURE, {})
+        files = ArticleFiles(  # a flag read_metadata could not read is not a fact: None
             route=ROUTE,
             licence=normalise(meta.get("license_code")),
             open_access=True,
-            is_retracted=bool(meta.get("is_retracted")),  # read_metadata made these bools
-            is_manuscript=bool(meta.get("is_manuscript")),
+            is_retracted=None if "is_retracted" in unsure else bool(meta.get("is_retracted")),
+            is_manuscript=None if "is_manuscript" in unsure else bool(meta.get("is_manuscript")),
             citation=str(meta["citation"])[:500] if meta.get("citation") else None,
             version=chosen,
             ids={k: str(meta[k]) for k in ("pmid", "doi", "title") if meta.get(k)},
         )
+        if "is_retracted" in unsure and not self.policy.include_retracted:
+            raise Miss(
+                "retracted",
+                f"{pmcid}.{chosen}.json: is_retracted={unsure['is_retracted']!r} cannot be read; "
+                "skipped as if retracted (--include-retracted keeps it)",
+                final=True,
+                files=files,
+            )
         self.policy.check(files)
         self._article_files(pmcid, chosen, meta, files)
         return files
