@@ -205,7 +205,9 @@ def test_ingesting_the_same_pdf_twice_adds_one_record(tmp_path: Path) -> None:
     assert rec.pdf_sha256 == hashlib.sha256(pdf.read_bytes()).hexdigest()
 
 
-def test_a_downloaded_pdf_given_again_as_a_local_pdf_adds_no_record(tmp_path: Path) -> None:
+def test_a_downloaded_pdf_given_again_as_a_local_pdf_adds_no_record(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """``extract --run R R/`` (the run folder given as a PDF folder) found R/pdfs/*.pdf and
     made each downloaded article a second, ``local:`` record: its figures were extracted
     twice. A PDF whose bytes a record already has is that record's."""
@@ -216,11 +218,16 @@ def test_a_downloaded_pdf_given_again_as_a_local_pdf_adds_no_record(tmp_path: Pa
         m.add_record(Record(id="pmid:1", pmid="1", stage="downloaded", pdf_path="pdfs/pmid_1.pdf",
                             pdf_sha256=hashlib.sha256(pdf.read_bytes()).hexdigest()))  # fmt: skip
         m.save()
-    summary = run_extract(run, [run])
+    with caplog.at_level("INFO", logger="histofetch.extract"):
+        summary = run_extract(run, [run])
     assert summary.done == 1
     with Manifest.load(run) as m:
         assert list(m.records) == ["pmid:1"]
         assert len(m.images) == 1
+    said = [r.getMessage() for r in caplog.records if r.name == "histofetch.extract"]
+    assert said == [
+        f"1 PDF(s) given are a record's own PDF already (same bytes, e.g. {pdf}): not added again"
+    ]
 
 
 def test_jats_figures_are_kept_and_the_pdf_is_not_extracted_again(tmp_path: Path) -> None:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import logging
 import stat
 from pathlib import Path
 
@@ -40,6 +41,8 @@ from histofetch.pdf_images import encode_png, extract_images
 from histofetch.pool import run_records
 from histofetch.record_time import DEFAULT_RECORD_TIMEOUT_S
 from histofetch.stage import StageFailure, StageSummary
+
+log = logging.getLogger(__name__)
 
 PDF_SUFFIXES = {".pdf"}
 
@@ -108,10 +111,14 @@ def ingest_local(manifest: Manifest, paths: list[Path]) -> list[Record]:
     # a record's PDF given again (``extract --run R R/``: its downloaded pdfs/) is that
     # record's, not a new article whose figures would be extracted a second time
     known = {r.pdf_sha256 for r in manifest.records.values() if r.pdf_sha256}
+    theirs = []
     for path in files:
         digest = file_sha256(path)
         rec_id = f"local:{digest[:16]}"
-        if rec_id in manifest.records or digest in known:  # the same bytes: keep its progress
+        if rec_id in manifest.records:  # the same bytes ingested before: keep its progress
+            continue
+        if digest in known:
+            theirs.append(path)
             continue
         rec = Record(
             id=rec_id,
@@ -122,6 +129,11 @@ def ingest_local(manifest: Manifest, paths: list[Path]) -> list[Record]:
             title=path.stem,
         )
         added.append(manifest.add_record(rec))
+    if theirs:  # said once: a run's whole pdfs/ folder may be given
+        log.info(
+            "%d PDF(s) given are a record's own PDF already (same bytes, e.g. %s): not added "
+            "again", len(theirs), theirs[0],
+        )  # fmt: skip
     return added
 
 
