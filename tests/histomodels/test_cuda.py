@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _trainkit import TINY
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -25,7 +26,6 @@ pytestmark = pytest.mark.skipif(
     not torch.cuda.is_available(), reason="needs a CUDA GPU (benchmarks/gpu_check.sh runs it)"
 )
 
-TINY = {"width": 8, "depth": 2, "blocks": 1}
 LEVERS = dict(jpeg_blur=0.5, cutout=0.3, randstain=0.5, mixup=0.4, label_smoothing=0.1)
 
 

@@ -61,10 +61,12 @@ def help_text(command: Callable[..., object]) -> str:
     return "\n\n".join(p if p.startswith("\b") else " ".join(p.split()) for p in paragraphs)
 
 
-def fail(message: str) -> NoReturn:
-    """One ``error: …`` line on stderr and exit status 1: the CLIs' answer to bad input."""
+def fail(*messages: str) -> NoReturn:
+    """One ``error: …`` line per message on stderr and exit status 1: the CLIs' answer to
+    bad input."""
     sys.stdout.flush()
-    sys.stderr.write(f"error: {one_line(message)}\n")
+    for message in messages:
+        sys.stderr.write(f"error: {one_line(message)}\n")
     sys.stderr.flush()
     raise SystemExit(1)
 

@@ -102,7 +102,7 @@ def _is_empty(source: Source) -> bool:
         return False
 
 
-def _raised_in_pil(exc: BaseException) -> bool:
+def raised_in_pil(exc: BaseException) -> bool:
     """True when the innermost Python frame of ``exc`` is Pillow's (bad input, not our bug)."""
     tb = exc.__traceback__
     while tb is not None and tb.tb_next is not None:
@@ -116,7 +116,7 @@ def _bad_input(exc: BaseException) -> bool:
     import zlib
 
     broken = (OSError, SyntaxError, EOFError, ValueError, struct.error, zlib.error)
-    return isinstance(exc, broken) or _raised_in_pil(exc)
+    return isinstance(exc, broken) or raised_in_pil(exc)
 
 
 def _refused(name: str, max_pixels: int, exc: PIL.Image.DecompressionBombError) -> ImageTooLarge:

@@ -265,6 +265,14 @@ def search_key(
     return key
 
 
+def check_query(query: str) -> str:
+    """``query``, or a :class:`UsageError` when it is empty or blank (an unset shell
+    variable): not a search NCBI is asked to run."""
+    if not query.strip():
+        raise UsageError("the query is empty; give search words, e.g. 'lymph node'")
+    return query
+
+
 def run_search(
     run_dir: Path,
     query: str,
@@ -288,8 +296,7 @@ def run_search(
     """
     if db not in DATABASES:
         raise UsageError(f"unknown database {db!r} (choose from {', '.join(DATABASES)})")
-    if not query.strip():
-        raise UsageError("the query is empty; give search words, e.g. 'lymph node'")
+    check_query(query)
     summary = StageSummary("searched")
     key = search_key(query, max_results, mindate, maxdate, open_access_only, db, shard)
     # closed on the way out, also when a request fails: no -wal file left behind

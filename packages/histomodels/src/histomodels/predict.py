@@ -215,7 +215,7 @@ def _pages(im: Any) -> int:
     except EOFError:
         return 1
     except Exception as exc:
-        if isinstance(exc, MemoryError) or not _raised_in_pillow(exc):
+        if isinstance(exc, MemoryError) or not imaging.raised_in_pil(exc):
             raise
         # The file is untrusted and the count is only a hint for a warning: Pillow's page
         # walk raises whatever a damaged IFD provokes (KeyError for an unknown compression
@@ -224,14 +224,6 @@ def _pages(im: Any) -> int:
     with contextlib.suppress(EOFError):  # back to the first page (only its size is read)
         im.seek(first)
     return 2
-
-
-def _raised_in_pillow(exc: BaseException) -> bool:
-    """The innermost Python frame of ``exc`` is Pillow's: the file provoked it, not our code."""
-    tb = exc.__traceback__
-    while tb is not None and tb.tb_next is not None:
-        tb = tb.tb_next
-    return tb is not None and str(tb.tb_frame.f_globals.get("__name__", "")).startswith("PIL.")
 
 
 def _warn_pages(several: list[tuple[Path, str]], n_files: int) -> None:

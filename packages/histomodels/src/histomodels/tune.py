@@ -264,9 +264,7 @@ def _check_settings(out: Path, settings: dict[str, Any]) -> None:
             "(use another folder)"
         )
     # a key added to TrainConfig after the experiment began had its default there
-    defaults = _reusable(TrainConfig())
-    old = {**{k: v for k, v in defaults.items() if k not in before.get("base", {})},
-           **before.get("base", {})}  # fmt: skip
+    old = {**_reusable(TrainConfig()), **before.get("base", {})}
     if "base" in before and old != settings["base"]:
         changed = sorted(
             k for k in {*old, *settings["base"]}

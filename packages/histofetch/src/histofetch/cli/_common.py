@@ -38,11 +38,14 @@ RUN_DEFAULT = Path("runs/default")
 
 
 def _check_query(text: str) -> str:
-    """The query argument's callback: an empty or blank query (an unset shell variable) is
-    a usage error (exit 2) before any request, not a search NCBI is asked to run."""
-    if not text.strip():
-        raise typer.BadParameter("the query is empty; give search words, e.g. 'lymph node'")
-    return text
+    """The query argument's callback: the library's check (an empty or blank query) as a
+    usage error (exit 2) before any request."""
+    from histofetch.search import check_query
+
+    try:
+        return check_query(text)
+    except UsageError as exc:
+        raise typer.BadParameter(str(exc)) from None
 
 
 Query = Annotated[

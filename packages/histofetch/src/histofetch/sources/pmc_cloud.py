@@ -123,17 +123,19 @@ def get_object(client: NetClient, key: str, md5: str | None) -> bytes:
     raise Miss("checksum", f"MD5 mismatch for {key} (expected {md5}, twice)")
 
 
-def read_metadata(client: NetClient, pmcid: str, version: int) -> dict[str, Any]:
+def read_metadata(
+    client: NetClient, pmcid: str, version: int
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """A version's metadata JSON (``{}`` when the version has none: ``NoSuchKey``), its
-    yes/no flags as bools; a flag that cannot be read is its safe side, and its raw value is
-    under ``UNSURE`` (so the guess is used for this download, never recorded as a fact)."""
+    yes/no flags as bools, and the flags that could not be read with their raw values: such
+    a flag is its safe side in the JSON (used for this download, never recorded as a fact)."""
     name = f"{pmcid}.{version}"
     try:
         body, _ = client.get_bytes(_url(client, f"{name}/{name}.json"))
     except NetError as exc:
         if exc.status == 404:
             log.warning("%s has no metadata JSON", name)
-            return {}
+            return {}, {}
         raise
     try:
         meta = json.loads(body)
@@ -153,12 +155,7 @@ def read_metadata(client: NetClient, pmcid: str, version: int) -> dict[str, Any]
             )  # fmt: skip
             unsure[flag], value = meta[flag], safe
         meta[flag] = value
-    meta[UNSURE] = unsure
-    return meta
-
-
-#: key of :func:`read_metadata`'s result: the flags that could not be read, with their values
-UNSURE = "_unsure"
+    return meta, unsure
 
 
 #: The metadata's yes/no fields, and what an unreadable value is taken as (the safe side).
@@ -205,8 +202,9 @@ class PmcCloud:
         if not found:
             raise Miss("not in bucket", f"{pmcid} is not in the PMC Cloud Service (KeyCount 0)")
         metas: dict[int, dict[str, Any]] = {}
+        unsures: dict[int, dict[str, Any]] = {}  # per version: flags it could not read
         for version in found:  # highest first; stop at a published OA version
-            metas[version] = read_metadata(self.client, pmcid, version)
+            metas[version], unsures[version] = read_metadata(self.client, pmcid, version)
             meta = metas[version]
             if meta.get("is_pmc_openaccess") is True and not meta.get("is_manuscript"):
                 break
@@ -219,7 +217,7 @@ class PmcCloud:
                 f"{', '.join(map(str, sorted(found)))}; licence {top.get('license_code')})",
             )
         meta = metas[chosen]
-        unsure = meta.get(UNSURE, {})
+        unsure = unsures[chosen]
         files = ArticleFiles(  # a flag read_metadata could not read is not a fact: None
             route=ROUTE,
             licence=normalise(meta.get("license_code")),
@@ -231,6 +229,8 @@ class PmcCloud:
             ids={k: str(meta[k]) for k in ("pmid", "doi", "title") if meta.get(k)},
         )
         if "is_retracted" in unsure and not self.policy.include_retracted:
+            # Policy.check's rule, for a value that is unknown rather than true: refused the
+            # same way, but the record's is_retracted stays empty (a retry reads it again)
             raise Miss(
                 "retracted",
                 f"{pmcid}.{chosen}.json: is_retracted={unsure['is_retracted']!r} cannot be read; "

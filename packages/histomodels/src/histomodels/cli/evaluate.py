@@ -514,17 +514,10 @@ def _print_predicted(res: dict) -> None:
 
 def _print_skipped(problems: list) -> NoReturn:
     """One ``error:`` line per file predict could not score, then exit 1."""
-    import sys
-
-    from histocore.io import one_line
     from histomodels.predict import OverPixelLimit
 
-    sys.stdout.flush()
-    for exc in problems:  # the library's message knows no option names
-        more = "; --max-pixels raises the limit" if isinstance(exc, OverPixelLimit) else ""
-        sys.stderr.write(f"error: {one_line(f'{exc}{more}')}\n")
-    sys.stderr.flush()
-    raise SystemExit(1)
+    hint = "; --max-pixels raises the limit"  # the library's message knows no option names
+    fail(*(f"{exc}{hint if isinstance(exc, OverPixelLimit) else ''}" for exc in problems))
 
 
 def label_cmd(
