@@ -50,3 +50,7 @@ class UsageError(DomainError, ValueError):
 
 class ManifestError(DomainError, ValueError):
     """A manifest or run store that cannot be used; the message names the file (and line)."""
+
+
+class UnresolvablePath(ManifestError):
+    """An image row's path whose links cannot be resolved (a link to itself)."""

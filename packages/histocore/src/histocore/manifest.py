@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, overload
 
-from histocore.errors import ManifestError
+from histocore.errors import ManifestError, UnresolvablePath
 from histocore.image_table import ImageTable
 from histocore.jsonl import read_jsonl, write_jsonl
 from histocore.schema import IMAGE_LABELS as IMAGE_LABELS
@@ -247,7 +247,7 @@ class Manifest(StoreSync):
             path = self.resolve(rel).resolve()
         except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop (Python < 3.13)
             why = exc.strerror if isinstance(exc, OSError) and exc.strerror else "symlink loop"
-            raise ManifestError(
+            raise UnresolvablePath(
                 f"{self.path}: image path {rel!r} cannot be resolved ({why})"
             ) from None
         if path.is_relative_to(self.run_dir.resolve()):

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from histocore.csvcells import read_cell
-from histocore.errors import DomainError
+from histocore.errors import DomainError, UnresolvablePath
 from histocore.io import one_line
 from histocore.manifest import IMAGE_LABELS, Image, Manifest, ManifestError
 
@@ -157,20 +157,17 @@ def label_interactively(
     pointing out: :meth:`~histocore.manifest.Manifest.image_file` refuses to read it) is
     not offered, and no link to it is shown; one line says how many were left out."""
     images = manifest.kept_images() if relabel else to_label(manifest.kept_images())
-    refused = [i for i in images if i.path is not None and _file(manifest, i) is None]
-    left_out = {i.id for i in refused}
-    images = [i for i in images if i.id not in left_out]
+    why = {i.id: _refusal(manifest, i) for i in images if i.path is not None}
+    refused = [i for i in images if why.get(i.id)]
+    images = [i for i in images if not why.get(i.id)]
     counts = {label: 0 for label in IMAGE_LABELS} | {"skipped": 0}
     answered: list[str] = []
     say(f"{len(images)} figure(s) to label in {manifest.run_dir}")
-    loops = [i for i in refused if _unresolvable(manifest, i)]
-    for group, why in (
-        ([i for i in refused if i not in loops], "their file lies outside the run folder"),
-        (loops, "their file path cannot be resolved (a link loop)"),
-    ):
+    for reason in (_OUTSIDE, _LOOP):
+        group = [i for i in refused if why[i.id] == reason]
         if group:
             shown = ", ".join(i.id for i in group[:5]) + (", …" if len(group) > 5 else "")
-            say(one_line(f"{len(group)} figure(s) not offered: {why} ({shown})"))
+            say(one_line(f"{len(group)} figure(s) not offered: {reason} ({shown})"))
     try:
         for n, img in enumerate(images, start=1):
             _show(manifest, img, f"[{n}/{len(images)}]", say)
@@ -216,14 +213,20 @@ def _file(manifest: Manifest, img: Image) -> Path | None:
         return None
 
 
-def _unresolvable(manifest: Manifest, img: Image) -> bool:
-    """Whether :meth:`Manifest.image_file` refuses the row's path because its links cannot
-    be resolved (a link to itself), not because it lies outside the run folder."""
+_OUTSIDE = "their file lies outside the run folder"
+_LOOP = "their file path cannot be resolved (a link loop)"
+
+
+def _refusal(manifest: Manifest, img: Image) -> str | None:
+    """Why :meth:`Manifest.image_file` refuses the row's path (a link loop, or a file
+    outside the run folder), or None when it names a usable file."""
     try:
         manifest.image_file(img.path)
-    except ManifestError as exc:
-        return "cannot be resolved" in str(exc)
-    return False
+    except UnresolvablePath:
+        return _LOOP
+    except ManifestError:
+        return _OUTSIDE
+    return None
 
 
 def listing(manifest: Manifest) -> list[str]:
