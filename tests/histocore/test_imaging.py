@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import subprocess
 import sys
@@ -323,3 +324,75 @@ def test_big_endian_compressed_signed_16_bit_is_refused_not_misread(tmp_path) ->
         assert args is not None and args[0] == "I;16BS"
     with pytest.raises(ImageError, match=f"^{path}: big-endian compressed signed 16-bit"):
         read_rgb(path, max_pixels=10**6)
+
+
+def test_16_bit_colour_tiff_is_scaled_like_16_bit_grey(tmp_path) -> None:
+    """Pillow has no 16-bit colour mode: it decoded a TIFF of 16-bit RGB samples by keeping
+    each sample's top byte, so 12-bit colour camera data came out near-black (max 15 of 255).
+    tifffile reads the 16 bits and the grey depth rule scales them, one depth for the three
+    channels; byte order and Deflate compression do not matter; 16-bit alpha is composited
+    onto white; ``max_side`` still shrinks."""
+    import tifffile
+
+    from histocore.imaging import read_rgb
+
+    rng = np.random.default_rng(0)
+    twelve = rng.integers(0, 4096, (40, 50, 3), dtype=np.uint16)
+    twelve[0, 0] = 4095  # the brightest value sets the 12-bit depth
+    for name, kwargs in {
+        "le.tif": {},
+        "be.tif": {"byteorder": ">"},
+        "deflate.tif": {"compression": "zlib"},
+    }.items():
+        tifffile.imwrite(tmp_path / name, twelve, photometric="rgb", **kwargs)
+        got = read_rgb(tmp_path / name, max_pixels=10**6)
+        assert got.dtype == np.uint8 and got.shape == (40, 50, 3)
+        assert np.array_equal(got, (twelve >> 4).astype(np.uint8)), name
+    # one depth for all channels: a dim channel stays dim beside a bright one
+    tinted = np.zeros((8, 8, 3), np.uint16)
+    tinted[..., 0], tinted[..., 2] = 4000, 1000
+    tifffile.imwrite(tmp_path / "tint.tif", tinted, photometric="rgb")
+    assert read_rgb(tmp_path / "tint.tif", max_pixels=10**6)[0, 0].tolist() == [250, 0, 62]
+    # full-range 16-bit keeps its top byte (what Pillow's decoding gave)
+    full = rng.integers(0, 65536, (16, 16, 3), dtype=np.uint16)
+    full[0, 0] = 65535
+    tifffile.imwrite(tmp_path / "full.tif", full, photometric="rgb")
+    assert np.array_equal(read_rgb(tmp_path / "full.tif", max_pixels=10**6), full >> 8)
+    # 16-bit alpha: transparent is white, opaque is the colour
+    rgba = np.zeros((2, 2, 4), np.uint16)
+    rgba[..., :3] = 4095
+    rgba[0, 0] = [0, 0, 0, 0]
+    rgba[1, 1] = [0, 0, 0, 65535]
+    tifffile.imwrite(tmp_path / "rgba.tif", rgba, photometric="rgb", extrasamples=["unassalpha"])
+    got = read_rgb(tmp_path / "rgba.tif", max_pixels=10**6)
+    assert got[0, 0].tolist() == [255] * 3 and got[1, 1].tolist() == [0] * 3
+    # the pixel limit is checked first, on the declared size; max_side shrinks the result
+    with pytest.raises(ImageTooLarge):
+        read_rgb(tmp_path / "le.tif", max_pixels=1000)
+    assert read_rgb(tmp_path / "le.tif", max_pixels=10**6, max_side=25).shape == (20, 25, 3)
+
+
+def test_16_bit_colour_tiff_that_cannot_be_read_is_one_line(tmp_path) -> None:
+    """A truncated 16-bit colour TIFF, and one compressed by a codec that tifffile decodes
+    only with imagecodecs (LZW, JPEG...), are one ImageError naming the file, never a
+    traceback or the near-black top-byte image."""
+    import tifffile
+
+    from histocore.imaging import read_rgb
+
+    path = tmp_path / "cut.tif"
+    tifffile.imwrite(path, np.full((30, 30, 3), 4000, np.uint16), photometric="rgb")
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ImageError, match=f"^{path}: cannot decode image"):
+        read_rgb(path, max_pixels=10**6)
+    if importlib.util.find_spec("imagecodecs") is not None:
+        pytest.skip("imagecodecs is installed: tifffile decodes LZW itself")
+    # an uncompressed file whose Compression tag says LZW
+    with tifffile.TiffFile(io.BytesIO(data)) as tif:
+        offset = tif.pages.first.tags["Compression"].valueoffset
+    lzw = bytearray(data)
+    lzw[offset : offset + 2] = (5).to_bytes(2, "little")
+    (tmp_path / "lzw.tif").write_bytes(bytes(lzw))
+    with pytest.raises(ImageError, match="LZW compression needs the imagecodecs package"):
+        read_rgb(tmp_path / "lzw.tif", max_pixels=10**6)

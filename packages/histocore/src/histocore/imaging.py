@@ -102,12 +102,18 @@ def _is_empty(source: Source) -> bool:
         return False
 
 
-def raised_in_pil(exc: BaseException) -> bool:
-    """True when the innermost Python frame of ``exc`` is Pillow's (bad input, not our bug)."""
+def _raised_in(exc: BaseException, package: str) -> bool:
+    """True when the innermost Python frame of ``exc`` is in ``package``."""
     tb = exc.__traceback__
     while tb is not None and tb.tb_next is not None:
         tb = tb.tb_next
-    return tb is not None and str(tb.tb_frame.f_globals.get("__name__", "")).startswith("PIL")
+    module = str(tb.tb_frame.f_globals.get("__name__", "")) if tb is not None else ""
+    return module == package or module.startswith(package + ".")
+
+
+def raised_in_pil(exc: BaseException) -> bool:
+    """True when the innermost Python frame of ``exc`` is Pillow's (bad input, not our bug)."""
+    return _raised_in(exc, "PIL")
 
 
 def _bad_input(exc: BaseException) -> bool:
@@ -187,8 +193,8 @@ def read_rgb(
     Transparency is composited onto white (what a reader sees on a page). ``max_side``
     shrinks the image so its longest side is at most that (JPEG decodes at reduced size,
     then bilinear). ``rgb_only`` refuses any mode but RGB (patch datasets). 16-bit grey,
-    unsigned or signed, keeps 8 of the bits it uses (negative values are black:
-    :func:`_grey16_to_8`); 32-bit grey is refused. Raises
+    unsigned or signed, and 16-bit colour TIFF keep 8 of the bits they use (negative values
+    are black: :func:`_grey16_to_8`); 32-bit grey is refused. Raises
     :class:`ImageTooLarge` or :class:`ImageError` naming the file.
     """
     return read_rgb_sized(
@@ -218,9 +224,13 @@ def read_rgb_sized(
             )
         size = im.size
         try:
+            if _colour16(im):
+                return _decode_colour16(source, name, size, max_side), size
             return _decode(im, max_side, signed), size
         except PIL.Image.DecompressionBombError as exc:  # a later frame or tile over Pillow's
             raise _refused(name, max_pixels, exc) from None
+        except ImageError:
+            raise
         except Exception as exc:
             if not _bad_input(exc):
                 raise
@@ -239,6 +249,61 @@ def _decode(im: PIL.Image.Image, max_side: int | None, signed16: bool = False) -
         im = PIL.Image.alpha_composite(white, rgba)
     if im.mode != "RGB" or max_side is not None:
         im = im.convert("RGB")  # loaded and detached: thumbnail must not re-draft the file
+    if max_side is not None and max(im.size) > max_side:
+        im.thumbnail((max_side, max_side), PIL.Image.Resampling.BILINEAR)
+    return np.asarray(im, dtype=np.uint8)
+
+
+def _colour16(im: PIL.Image.Image) -> bool:
+    """Whether ``im`` (not yet loaded) is a TIFF of 16-bit colour samples (raw mode
+    ``RGB;16L``, ``RGBA;16B``...), which Pillow decodes to 8 bits by keeping each sample's
+    top byte (it has no 16-bit colour mode): 12-bit camera data came out near-black."""
+    if im.format != "TIFF" or im.mode not in ("RGB", "RGBA", "RGBX"):
+        return False
+    if not isinstance(im, PIL.ImageFile.ImageFile) or not im.tile:
+        return False
+    args = im.tile[0][3]
+    rawmode = args if isinstance(args, str) else args[0] if args else ""
+    return isinstance(rawmode, str) and ";16" in rawmode
+
+
+def _decode_colour16(
+    source: Source, name: str, size: tuple[int, int], max_side: int | None
+) -> np.ndarray:
+    """The first page of a 16-bit colour TIFF read by tifffile, scaled to 8 bits by
+    :func:`_grey16_to_8`'s depth rule over the colour samples (one depth for all three, so
+    colours keep their balance); 16-bit alpha keeps its top byte and is composited onto
+    white. Pillow has checked the declared size; tifffile must agree with it."""
+    import tifffile
+
+    fp = io.BytesIO(source) if isinstance(source, bytes) else source
+    compression = "its"
+    try:
+        with tifffile.TiffFile(fp) as tif:
+            page = tif.pages.first
+            compression = getattr(page.compression, "name", "its")
+            if page.shape[:2] != size[::-1] or page.dtype != np.uint16:
+                raise ImageError(name, "cannot decode image (its 16-bit TIFF tags disagree)")
+            values = page.asarray()
+    except ImageError:
+        raise
+    except Exception as exc:
+        if not (_bad_input(exc) or _raised_in(exc, "tifffile")):
+            raise
+        if "imagecodecs" in str(exc):  # LZW, JPEG...: tifffile decodes only a few itself
+            raise ImageError(
+                name,
+                f"16-bit colour TIFF with {compression} compression needs the imagecodecs "
+                "package to be read at full depth: pip install imagecodecs, or save it as 8-bit",
+            ) from None
+        raise ImageError(name, f"cannot decode image ({_reason(exc)})", _reason(exc)) from None
+    if values.ndim != 3 or values.shape[2] not in (3, 4):
+        raise ImageError(name, f"cannot decode image (16-bit TIFF of shape {values.shape})")
+    rgb = _grey16_to_8(values[..., :3])
+    if values.shape[2] == 4:  # alpha onto white, as _decode does for 8-bit images
+        alpha = (values[..., 3:].astype(np.uint16) >> 8).astype(np.float32) / 255.0
+        rgb = np.rint(rgb * alpha + 255.0 * (1.0 - alpha)).astype(np.uint8)
+    im = PIL.Image.fromarray(np.ascontiguousarray(rgb), "RGB")
     if max_side is not None and max(im.size) > max_side:
         im.thumbnail((max_side, max_side), PIL.Image.Resampling.BILINEAR)
     return np.asarray(im, dtype=np.uint8)
