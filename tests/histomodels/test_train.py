@@ -297,6 +297,24 @@ def test_cli_bad_input_is_one_line_and_exit_1(h5_files, tmp_path, extra, message
     assert not (tmp_path / "r" / "best.pt").exists()
 
 
+def test_a_diverged_run_is_one_error_line(h5_files, tmp_path):
+    """A learning rate that blows the weights up to NaN is the user's setting, not a bug:
+    one line naming the run and the epoch (before: sklearn's "Input contains NaN"
+    traceback from the validation AUC), and no run folder from a first epoch."""
+    train_h5, val_h5 = h5_files
+    out = tmp_path / "r"
+    args = ["train", "--data", str(train_h5), "--val", str(val_h5), "--out", str(out),
+            "--model-config", json.dumps(TINY), "--epochs", "2", "--batch-size", "16",
+            "--threads", "1", "--lr", "1e6", "--quiet"]  # fmt: skip
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 1, r.output
+    assert r.stderr.strip().splitlines() == [
+        f"error: {out}: training diverged in epoch 1: the validation scores are not finite; "
+        "lower the learning rate (lr) or clip gradients (grad_clip)"
+    ]
+    assert not out.exists()
+
+
 def _fails_on_row_100(runner_args, monkeypatch):
     """Run the CLI streaming the data (the truncated row is met during the first epoch)."""
     monkeypatch.setenv("HISTOMODELS_CACHE_BYTES", "1")

@@ -28,7 +28,7 @@ from histomodels.metrics import binary_metrics
 from histomodels.preprocess import to_input
 from histomodels.training.data import epoch_order, make_augment
 from histomodels.training.prefetch import Prefetcher, pin
-from histomodels.training.result import EpochStats
+from histomodels.training.result import EpochStats, TrainingError
 
 if TYPE_CHECKING:
     from histomodels.training.trainer import Trainer
@@ -133,6 +133,11 @@ def validate(t: Trainer) -> dict[str, float] | None:
     all_logits = D.gather_cat(torch.from_numpy(logits), t.info)
     order = D.gather_cat(vidx, t.info)
     t.val_seconds = time.perf_counter() - t0
+    if not bool(torch.isfinite(all_logits).all()):  # every rank holds all of them: all raise
+        raise TrainingError(
+            f"{t.run_dir}: training diverged in epoch {t.current_epoch}: the validation "
+            "scores are not finite; lower the learning rate (lr) or clip gradients (grad_clip)"
+        )
     for cb in t.callbacks:
         cb.on_validate_end(t)
     return val_metrics(all_logits, t.y_val[order]) if t.info.is_main else None
