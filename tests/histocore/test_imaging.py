@@ -402,3 +402,23 @@ def test_16_bit_colour_tiff_that_cannot_be_read_is_one_line(tmp_path) -> None:
     with pytest.raises(ImageError, match="LZW compression needs the imagecodecs package"):
         read_rgb(tmp_path / "lzw.tif", max_pixels=10**6)
 
+
+def test_pillow_warnings_become_the_reason_not_stray_lines(tmp_path) -> None:
+    """Pillow warns ("Truncated File Read", "Corrupt EXIF data ...") before it gives up on a
+    cut TIFF header; the warning was printed on stderr as two lines of Python source
+    location beside our error line, whose reason said only "not an image format Pillow
+    reads". The warning's text is now the reason, and nothing else is printed."""
+    import warnings
+
+    from histocore.imaging import read_rgb
+
+    data = io.BytesIO()
+    PIL.Image.fromarray(np.zeros((64, 80, 3), np.uint8)).save(data, "TIFF")
+    for cut, said in ((100, "Truncated File Read"), (20, "Corrupt EXIF data")):
+        path = tmp_path / f"cut{cut}.tif"
+        path.write_bytes(data.getvalue()[:cut])
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            with pytest.raises(ImageError, match=f"^{path}: cannot decode image \\({said}"):
+                read_rgb(path, max_pixels=10**6)
+        assert [str(w.message) for w in seen] == []

@@ -140,6 +140,17 @@ def _refused(name: str, max_pixels: int, exc: PIL.Image.DecompressionBombError) 
 
 
 @contextmanager
+def _quiet_pillow() -> Iterator[None]:
+    """Pillow's warnings silenced while an open image is used: its bomb warning (our own
+    limit decides) and the ``UserWarning`` lines it prints on stderr about damaged files
+    ("Corrupt EXIF data"...), beside the one error line or for a file that reads anyway."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PIL.Image.DecompressionBombWarning)
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
+        yield
+
+
+@contextmanager
 def open_image(
     source: Source, *, max_pixels: int, what: str | None = None
 ) -> Iterator[PIL.Image.Image]:
@@ -152,9 +163,11 @@ def open_image(
     """
     name = _name(source, what)
     fp = io.BytesIO(source) if isinstance(source, bytes) else source
+    heard: list[warnings.WarningMessage] = []  # Pillow's warnings: the reason it then fails
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(record=True) as heard:
             warnings.simplefilter("ignore", PIL.Image.DecompressionBombWarning)
+            warnings.simplefilter("always", UserWarning)
             im = PIL.Image.open(fp)
     except PIL.Image.DecompressionBombError as exc:
         raise _refused(name, max_pixels, exc) from None
@@ -163,7 +176,9 @@ def open_image(
     except IsADirectoryError:
         raise ImageError(name, "is a folder, not an image file") from None
     except PIL.UnidentifiedImageError:  # its text repeats the path, or names a BytesIO's address
-        reason = "empty file" if _is_empty(source) else "not an image format Pillow reads"
+        said = (" ".join(str(w.message).split()) for w in heard if w.category is UserWarning)
+        told = next(said, "").rstrip(". ")
+        reason = "empty file" if _is_empty(source) else told or "not an image format Pillow reads"
         raise ImageError(name, f"cannot decode image ({reason})", reason) from None
     except Exception as exc:
         if not _bad_input(exc):
@@ -175,8 +190,7 @@ def open_image(
             raise ImageError(name, f"cannot decode image (declares a size of {width}x{height})")
         if width * height > max_pixels:
             raise ImageTooLarge(name, max_pixels, (width, height), None)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", PIL.Image.DecompressionBombWarning)
+        with _quiet_pillow():
             yield im
 
 
