@@ -62,6 +62,25 @@ MALFORMED = {
         "x > 0",
     ),
     "train --time-budget": (["train", *DATA, "--time-budget", "0"], "--time-budget", "x > 0"),
+    # infinite values passed the ranges: --lr inf trained to NaN, --aug-strength inf to noise
+    "train --lr inf": (["train", *DATA, "--lr", "inf"], "--lr", "inf is not in the range x > 0"),
+    "train --time-budget inf": (["train", *DATA, "--time-budget", "inf"], "--time-budget", "inf"),
+    "train --aug-strength inf": (
+        ["train", *DATA, "--aug-strength", "inf"],
+        "--aug-strength",
+        "inf",
+    ),
+    "train --weight-decay inf": (
+        ["train", *DATA, "--weight-decay", "inf"],
+        "--weight-decay",
+        "inf",
+    ),
+    "train --mixup inf": (["train", *DATA, "--mixup", "inf"], "--mixup", "inf is not in the range"),
+    "finetune --backbone-lr-mult inf": (
+        ["finetune", *DATA, "--backbone-lr-mult", "inf"],
+        "--backbone-lr-mult",
+        "inf is not in the range x >= 0",
+    ),
     "train --threads": (["train", *DATA, "--threads", "0"], "--threads", "greater than"),
     "finetune --warmup-epochs": (
         ["finetune", *DATA, "--warmup-epochs", "-1"],

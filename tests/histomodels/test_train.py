@@ -544,6 +544,11 @@ def test_yaml_config_file(tmp_path):
         ("ema: 1.5\n", "ema (decay) must be between 0 and 1"),
         ("- lr\n", "expected a mapping of config keys"),
         ("lr: [\n", "not valid YAML"),
+        # NaN passed every range check (torch then raised "Invalid learning rate: nan")
+        ("lr: .nan\n", "lr must be a finite number, got nan"),
+        ("weight_decay: .inf\n", "weight_decay must be a finite number, got inf"),
+        # a negative clip norm flipped every gradient: the loss rose, exit 0
+        ("grad_clip: -1\n", "grad_clip must be >= 0 (0 or null = off)"),
     ],
 )
 def test_cli_bad_config_file_is_one_line(h5_files, tmp_path, text, message):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 from dataclasses import field
 from pathlib import Path
 from typing import Any
@@ -190,6 +191,10 @@ def merge(
 
 def validate(cfg: TrainConfig, source: str = "config") -> TrainConfig:
     """Range checks the types alone do not express (each a one-line ConfigError)."""
+    for f in dataclasses.fields(cfg):  # NaN passes every comparison below
+        value = getattr(cfg, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{source}: {f.name} must be a finite number, got {value}")
     for name in ("epochs", "batch_size", "eval_batch_size"):
         if int(getattr(cfg, name)) < 1:
             raise ConfigError(f"{source}: {name} must be >= 1")
@@ -203,6 +208,8 @@ def validate(cfg: TrainConfig, source: str = "config") -> TrainConfig:
     ):
         if getattr(cfg, name) < 0:
             raise ConfigError(f"{source}: {name} must be >= 0")
+    if cfg.grad_clip is not None and cfg.grad_clip < 0:  # would turn every step uphill
+        raise ConfigError(f"{source}: grad_clip must be >= 0 (0 or null = off)")
     if cfg.lr <= 0 or cfg.backbone_lr_mult < 0:
         raise ConfigError(f"{source}: lr must be > 0 and backbone_lr_mult >= 0")
     if not 0 <= cfg.min_lr_ratio <= 1 or not 0 <= cfg.label_smoothing < 1:

@@ -70,7 +70,8 @@ def in_range(
     high_open: bool = False,
 ) -> Callable[[N | None], N | None]:
     """An option callback for a range Typer's closed ``min``/``max`` cannot say (``> 0``,
-    ``(0, 1]``): a value outside it (or NaN) is a usage error, exit 2, like theirs."""
+    ``(0, 1]``): a value outside it (or NaN, or infinite) is a usage error, exit 2, like
+    theirs."""
     shown = (
         f"x {'>' if low_open else '>='} {low:g}"
         if high == math.inf
@@ -82,7 +83,7 @@ def in_range(
             return None
         above = value > low if low_open else value >= low
         below = value < high if high_open else value <= high
-        if not (above and below):  # NaN fails both
+        if not (above and below and math.isfinite(value)):  # NaN fails both
             raise typer.BadParameter(f"{value:g} is not in the range {shown}.")
         return value
 
