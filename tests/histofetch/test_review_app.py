@@ -139,16 +139,35 @@ def test_bad_run_folder_gets_an_error_page_and_the_cli_one_line(tmp_path: Path) 
         ("max,image_id\n0.5\n", "line 2 has no image_id"),  # was an AttributeError
         ("image_id,max\npmid:1/fig1,0.5\npmid:1/fig2,nan\n", "line 3: a score that is not"),
         ("image_id,max,topk_mean\npmid:1/fig1,0.5,inf\n", "line 2: a score that is not"),
+        ("image_id,max,topk_mean\npmid:1/fig1,0.5,0.4\npmid:1/fig2\n", "line 3 has no max"),
+        ("image_id,max,topk_mean\npmid:1/fig1,,\n", "line 2 has no max or topk_mean score"),
+        ("image_id,score\npmid:1/fig1,0.5\n", "line 2 has no max or topk_mean score"),
     ],
 )
 def test_a_bad_scores_csv_is_one_review_error(tmp_path: Path, text: str, said: str) -> None:
     """``review --scores``: a row shorter than the header (no image_id) raised
-    AttributeError out of read_cell (a traceback); nan/inf scores were taken and shown."""
+    AttributeError out of read_cell (a traceback); nan/inf scores were taken and shown; a
+    row with an image_id and no score cells (or a file with no score columns) was taken as
+    a figure the model had not scored."""
     (tmp_path / "image_scores.csv").write_text(text)
     with pytest.raises(ReviewError) as err:
         Scores.load(tmp_path)
     assert str(err.value).startswith(f"{tmp_path / 'image_scores.csv'}: not an image_scores.csv (")
     assert said in str(err.value)
+
+
+def test_review_scores_row_without_a_score_is_one_error_line(
+    kit: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """``histofetch review --scores``: the same refusal is one error line, exit 1."""
+    (tmp_path / "image_scores.csv").write_text("image_id,max,topk_mean\npmid:1/fig1,,\n")
+    args = ["review", "--run", str(kit[0]), "--scores", str(tmp_path), "--no-browser"]
+    r = CliRunner().invoke(cli, args)
+    assert r.exit_code == 1, r.output
+    assert r.output.strip().splitlines() == [
+        f"error: {tmp_path / 'image_scores.csv'}: not an image_scores.csv "
+        "(line 2 has no max or topk_mean score)"
+    ]
 
 
 def test_only_image_files_inside_the_run_are_served(kit: tuple[Path, Path], tmp_path: Path) -> None:

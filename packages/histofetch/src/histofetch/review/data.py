@@ -61,6 +61,8 @@ class Scores:
                     if image_id is None:  # a row shorter than the header
                         raise ValueError(f"line {reader.line_num} has no image_id")
                     scores = {k: float(row[k]) for k in ("max", "topk_mean") if row.get(k)}
+                    if not scores:
+                        raise ValueError(f"line {reader.line_num} has no max or topk_mean score")
                     if not all(math.isfinite(v) for v in scores.values()):
                         raise ValueError(f"line {reader.line_num}: a score that is not finite")
                     out.by_image[read_cell(image_id)] = scores
