@@ -224,6 +224,12 @@ MALFORMED = {
         "'nan' is not a number; give one from 1 to 86400",
     ),
     "download --jobs": (["download", "--jobs", "0"], "--jobs", "greater than or equal to 1"),
+    # no upper bound: --jobs 100000 tried to start that many workers
+    "download --jobs 65": (["download", "--jobs", "65"], "--jobs", "less than or equal to 64"),
+    "extract --jobs": (["extract", "-j", "100000"], "--jobs", "less than or equal to 256"),
+    "filter --jobs": (["filter", "--jobs", "257"], "--jobs", "less than or equal to 256"),
+    "run --jobs": (["run", "q", "--jobs", "100000"], "--jobs", "less than or equal to 256"),
+    "run --net-jobs": (["run", "q", "--net-jobs", "65"], "--net-jobs", "less than or equal to 64"),
     "search --mindate": (["search", "q", "--mindate", "2020-01"], "--mindate", "not a date as"),
     "run --maxdate": (["run", "q", "--maxdate", "2021/13"], "--maxdate", "'2021/13' is not a"),
     "search --maxdate": (["search", "q", "--maxdate", "2021/04/31"], "--maxdate", "not a date"),
@@ -280,9 +286,10 @@ def test_valid_option_values_pass_and_help_lists_the_choices(tmp_path: Path) -> 
     broken.mkdir()
     (broken / "manifest.jsonl").write_text("{not json\n")
     for args in (
-        ["download", "--licence", "noncommercial", "-j", "1"],
+        ["download", "--licence", "noncommercial", "-j", "64"],
         ["search", "q", "--db", "pmc", "--shard", "2/2"],
-        ["run", "q", "--db", "pubmed", "--licence", "commercial", "--purple", "1"],
+        ["run", "q", "--db", "pubmed", "--licence", "commercial", "--purple", "1", "-j", "256"],
+        ["filter", "--jobs", "256"],
     ):
         result = runner.invoke(app, [*args, "--run", str(broken)])
         assert result.exit_code == 1, (args, result.output)

@@ -124,10 +124,19 @@ Licence = Annotated[
 Retracted = Annotated[
     bool, typer.Option("--include-retracted", help="Keep retracted articles (skipped by default).")
 ]
+#: The most workers ``--jobs`` starts: processes (extract, filter; each holds PyMuPDF and
+#: the H&E model, a few hundred MB) and download threads (each host keeps its own rate, so
+#: more only wait). ``--jobs 100000`` tried to start that many.
+MAX_JOBS, MAX_NET_JOBS = 256, 64
+
 Jobs = Annotated[
     int,
     typer.Option(
-        "--jobs", "-j", min=1, help="Worker processes (extract, filter): records at once."
+        "--jobs",
+        "-j",
+        min=1,
+        max=MAX_JOBS,
+        help="Worker processes (extract, filter): records at once.",
     ),
 ]
 
@@ -177,7 +186,11 @@ RecordTimeout = Annotated[
 NetJobs = Annotated[
     int,
     typer.Option(
-        "--jobs", "-j", min=1, help="Records downloaded at once (each host keeps its own rate)."
+        "--jobs",
+        "-j",
+        min=1,
+        max=MAX_NET_JOBS,
+        help="Records downloaded at once (each host keeps its own rate).",
     ),
 ]
 
@@ -257,6 +270,8 @@ def fail_on_killers(run: Path, *summaries: StageSummary) -> None:
 
 __all__ = [
     "DEFAULT_RECORD_TIMEOUT_S",
+    "MAX_JOBS",
+    "MAX_NET_JOBS",
     "RUN_DEFAULT",
     "ApiKey",
     "Db",

@@ -9,6 +9,8 @@ import typer
 from histofetch.cli._common import (
     DEFAULT_RECORD_TIMEOUT_S,
     FRACTION,
+    MAX_JOBS,
+    MAX_NET_JOBS,
     RUN_DEFAULT,
     ApiKey,
     Db,
@@ -110,11 +112,16 @@ def run_all(
     licence: Licence = "any",
     include_retracted: Retracted = False,
     jobs: Annotated[
-        int, typer.Option("--jobs", "-j", min=1, help="Worker processes for extract and filter.")
+        int,
+        typer.Option(
+            "--jobs", "-j", min=1, max=MAX_JOBS, help="Worker processes for extract and filter."
+        ),
     ] = 1,
     net_jobs: Annotated[
         int,
-        typer.Option(min=1, help="Records downloaded at once (each host keeps its rate)."),
+        typer.Option(
+            min=1, max=MAX_NET_JOBS, help="Records downloaded at once (each host keeps its rate)."
+        ),
     ] = 4,
     shard: Shard = None,
     record_timeout: RecordTimeout = DEFAULT_RECORD_TIMEOUT_S,
