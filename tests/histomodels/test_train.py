@@ -315,6 +315,33 @@ def test_a_diverged_run_is_one_error_line(h5_files, tmp_path):
     assert not out.exists()
 
 
+def test_resume_refuses_settings_it_would_not_apply(h5_files, tmp_path):
+    """``--resume`` keeps the run's own settings: given other data or another LR it used to
+    train on the old ones without a word; now one line names each, and the run is
+    untouched. The same command again (what one reruns after Ctrl-C) still resumes."""
+    train_h5, val_h5 = h5_files
+    out = tmp_path / "r"
+    args = ["train", "--data", str(train_h5), "--val", str(val_h5), "--out", str(out),
+            "--model-config", json.dumps(TINY), "--batch-size", "16", "--threads", "1",
+            "--quiet"]  # fmt: skip
+    assert CliRunner().invoke(app, [*args, "--epochs", "1"]).exit_code == 0
+    before = (out / "last.pt").read_bytes()
+    other = write_h5(tmp_path / "other.h5", 32, seed=5)
+    changed = [*args, "--epochs", "2", "--resume", "--data", str(other), "--lr", "0.5"]
+    r = CliRunner().invoke(app, changed)
+    assert r.exit_code == 1, r.output
+    assert r.stderr.strip().splitlines() == [
+        f"error: {out}: --resume continues the run with its own settings, and these differ: "
+        f"data '{other}' (the run's '{train_h5}'), lr 0.5 (the run's 0.002); a resumed run "
+        "takes only new --epochs, --patience, --time-budget, --threads, --device, --prefetch "
+        "(--overwrite trains anew)"
+    ]
+    assert (out / "last.pt").read_bytes() == before
+    r = CliRunner().invoke(app, [*args, "--epochs", "2", "--resume"])
+    assert r.exit_code == 0, r.output
+    assert json.loads((out / "history.json").read_text())[-1]["epoch"] == 2
+
+
 def _fails_on_row_100(runner_args, monkeypatch):
     """Run the CLI streaming the data (the truncated row is met during the first epoch)."""
     monkeypatch.setenv("HISTOMODELS_CACHE_BYTES", "1")

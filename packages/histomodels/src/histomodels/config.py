@@ -150,6 +150,46 @@ FINETUNE_DEFAULTS: dict[str, Any] = dict(
 )
 
 
+#: Settings a resumed run takes from the new config; everything else comes from ``last.pt``.
+RESUME_OVERRIDES = (
+    "epochs",
+    "patience",
+    "time_budget",
+    "progress",
+    "threads",
+    "device",
+    "prefetch",
+)
+
+
+def resume_conflicts(saved: dict[str, Any], given: dict[str, Any]) -> list[str]:
+    """The keys of ``given`` (settings a user asked for, None = not given) that a resume
+    would not apply, as ``key VALUE (the run's SAVED)``: those outside
+    :data:`RESUME_OVERRIDES` whose value differs from the run's ``saved`` config (a
+    ``model_config`` key by key, a data path by the file it names)."""
+    said = []
+    for key, value in given.items():
+        if value is None or key in RESUME_OVERRIDES or key not in saved:
+            continue
+        old = saved[key]
+        if key == "model_config" and isinstance(value, dict) and isinstance(old, dict):
+            same = all(old.get(k) == v for k, v in value.items())
+        elif key in ("data", "val", "weights", "teacher", "stain_norm") and old is not None:
+            same = str(value) == str(old) or _same_file(str(value), str(old))
+        else:
+            same = value == old
+        if not same:
+            said.append(f"{key} {value!r} (the run's {old!r})")
+    return said
+
+
+def _same_file(a: str, b: str) -> bool:
+    try:
+        return Path(a).samefile(b)
+    except OSError:
+        return False
+
+
 def build(data: dict[str, Any], source: str = "config") -> TrainConfig:
     """A checked :class:`TrainConfig` from a mapping; the first problem as a ConfigError."""
     unknown = sorted(set(data) - FIELDS)

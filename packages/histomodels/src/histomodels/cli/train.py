@@ -34,6 +34,9 @@ from histomodels.cli._common import (
     usage_error,
 )
 
+#: what a resumed run takes from the command line, as the options are spelt
+RESUME_KEYS = ("--epochs", "--patience", "--time-budget", "--threads", "--device", "--prefetch")
+
 #: callback of the options that must be > 0
 POSITIVE = in_range(0, low_open=True)
 #: callback of the unbounded options that must be >= 0 (Typer's ``min`` lets ``inf`` through)
@@ -243,6 +246,8 @@ def _train(
         mc = options.get("model_config")
         if isinstance(mc, str):
             options["model_config"] = parse_model_config(mc)
+        if resume and "last.pt" in held:
+            _refuse_ignored_settings(out, options, config)
         cfg = resolve_config(config, base=TrainConfig(**base) if base else None, **options)
     if not resume:  # a missing data path fails before PyTorch is imported
         require_paths(cfg.data, role="train")
@@ -256,6 +261,29 @@ def _train(
         typer.echo(
             f"best val AUC {m['val_auc']:.4f} (accuracy {m['val_accuracy']:.4f}) at epoch "
             f"{result.best_epoch}; stopped: {result.stop_reason}; {out / 'best.pt'}"
+        )
+
+
+def _refuse_ignored_settings(out: Path, options: dict[str, Any], config: Path | None) -> None:
+    """``--resume`` with settings the run would not take (it keeps its saved ones, all but
+    :data:`~histomodels.config.RESUME_OVERRIDES`) is one error line naming them, not a run
+    that silently trains on other data or at another LR than the user asked for."""
+    from histomodels.config import read_config_file, resume_conflicts
+
+    try:
+        saved = json.loads((out / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return  # resuming reads last.pt, and says what is wrong with the run
+    if not isinstance(saved, dict):
+        return
+    given = dict(read_config_file(config)) if config else {}
+    given.update({k: v for k, v in options.items() if v is not None})
+    conflicts = resume_conflicts(saved, given)
+    if conflicts:
+        fail(
+            f"{out}: --resume continues the run with its own settings, and these differ: "
+            f"{', '.join(conflicts)}; a resumed run takes only new "
+            f"{', '.join(RESUME_KEYS)} (--overwrite trains anew)"
         )
 
 

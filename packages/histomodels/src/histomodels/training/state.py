@@ -11,23 +11,12 @@ import torch
 
 from histocore.io import json_safe
 from histomodels.checkpoint import make_checkpoint, read_checkpoint
-from histomodels.config import TrainConfig, pin_pre_recipe, validate
+from histomodels.config import RESUME_OVERRIDES, TrainConfig, pin_pre_recipe, validate
 from histomodels.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from histomodels.training.result import TrainingError
 
 if TYPE_CHECKING:
     from histomodels.training.trainer import Trainer
-
-#: Settings a resumed run takes from the new config; everything else comes from ``last.pt``.
-RESUME_OVERRIDES = (
-    "epochs",
-    "patience",
-    "time_budget",
-    "progress",
-    "threads",
-    "device",
-    "prefetch",
-)
 
 
 def resume_state(cfg: TrainConfig, run_dir: Path) -> tuple[TrainConfig, dict[str, Any]]:
