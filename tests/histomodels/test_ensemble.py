@@ -190,3 +190,31 @@ def test_an_ensemble_folder_moved_without_its_members_predicts_the_same(
     assert predict(moved, tmp_path / "after.csv") == before
     temperature = Predictor.load(moved, device="cpu").temperature
     assert temperature != 1.0  # the fitted one, from the sidecar that moved with it
+
+
+def test_an_ensemble_is_not_written_over_a_member_or_a_training_run(
+    members: list[Path], tmp_path: Path
+) -> None:
+    """``--out`` naming a member (its run folder or its file) replaced that member's weights
+    with the ensemble, exit 0; a training run's folder lost its best.pt the same way. Both
+    are one error line now, the files as they were."""
+    import shutil
+
+    run = tmp_path / "run_b"
+    shutil.copytree(members[1], run)
+    before = (run / "best.pt").read_bytes()
+    for out in (run, run / "best.pt"):
+        r = CliRunner().invoke(app, ["ensemble", str(members[0]), str(run), "--out", str(out)])
+        assert r.exit_code == 1, r.output
+        assert r.stderr.strip().splitlines() == [
+            f"error: {run / 'best.pt'}: is the checkpoint of member {run}; the ensemble would "
+            "replace its weights: choose another --out"
+        ]
+    (run / "last.pt").write_bytes(before)  # a training run, not a member this time
+    r = CliRunner().invoke(app, ["ensemble", str(members[0]), str(members[1]), "--out", str(run)])
+    assert r.exit_code == 1, r.output
+    assert r.stderr.strip() == (
+        f"error: {run}: holds a trained run (last.pt); the ensemble would replace its "
+        "best.pt: choose another --out"
+    )
+    assert (run / "best.pt").read_bytes() == before

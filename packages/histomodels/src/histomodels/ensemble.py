@@ -99,4 +99,26 @@ def write_ensemble(sources: Sequence[str | Path], out: str | Path, *, tta: bool 
 
     out = Path(out)
     path = out if out.suffix == ".pt" else out / "best.pt"
+    _refuse_to_replace_a_model(path, sources)
     return save_checkpoint(path, build_ensemble(sources, tta=tta))
+
+
+def _refuse_to_replace_a_model(path: Path, sources: Sequence[str | Path]) -> None:
+    """The ensemble must not be written over a member's checkpoint (its weights would be
+    lost once read) nor over the ``best.pt`` of a training run (one holding ``last.pt``)."""
+    from histomodels.checkpoint import resolve_checkpoint
+
+    if not path.exists():
+        return
+    for src in sources:
+        member = resolve_checkpoint(src)
+        if member.exists() and path.samefile(member):
+            raise CheckpointError(
+                f"{path}: is the checkpoint of member {src}; the ensemble would replace its "
+                "weights: choose another --out"
+            )
+    if path.name == "best.pt" and (path.parent / "last.pt").exists():
+        raise CheckpointError(
+            f"{path.parent}: holds a trained run (last.pt); the ensemble would replace its "
+            "best.pt: choose another --out"
+        )
