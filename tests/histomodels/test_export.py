@@ -187,3 +187,24 @@ def test_an_onnx_export_given_as_the_checkpoint_says_what_it_is_for(tmp_path: Pa
         assert r.stderr.startswith(f"error: {onnx_file}: not a loadable checkpoint (")
         assert "ONNX Runtime" in r.stderr and "the .pt checkpoint it was exported from" in r.stderr
     assert not (tmp_path / "ev").exists() and not (tmp_path / "p.csv").exists()
+
+
+def test_an_export_over_its_own_checkpoint_is_refused(tmp_path: Path) -> None:
+    """``export RUN --out RUN/best.pt --format torchscript`` wrote the TorchScript file over
+    the checkpoint it exported (exit 0: the trained weights lost, the run then "not a
+    loadable checkpoint"); a bad checkpoint left the --out folders it had made."""
+    ckpt = tiny_checkpoint(tmp_path)
+    before = ckpt.read_bytes()
+    r = CliRunner().invoke(app, ["export", str(ckpt), "--format", "torchscript", "--out",
+                                 str(ckpt)])  # fmt: skip
+    assert r.exit_code == 1, r.output
+    assert r.stderr.strip() == (
+        f"error: {ckpt}: is the checkpoint being exported; the export would replace it: "
+        "choose another --out"
+    )
+    assert ckpt.read_bytes() == before
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(before[: len(before) // 2])
+    r = CliRunner().invoke(app, ["export", str(bad), "--out", str(tmp_path / "new" / "m.onnx")])
+    assert r.exit_code == 1 and "not a loadable checkpoint" in r.stderr
+    assert not (tmp_path / "new").exists()

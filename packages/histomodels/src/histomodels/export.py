@@ -177,8 +177,14 @@ def export_checkpoint(
         raise UsageError(f"unknown export format {fmt!r}; use one of {', '.join(FORMATS)}")
     check_exporter(exporter)
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    source = resolve_checkpoint(checkpoint)
+    if out.exists() and source.exists() and out.samefile(source):
+        raise UsageError(
+            f"{out}: is the checkpoint being exported; the export would replace it: choose "
+            "another --out"
+        )
     model, ckpt = load_model(checkpoint)
+    out.parent.mkdir(parents=True, exist_ok=True)  # once the checkpoint loaded
     net = _Logit(model).eval()
     size = int(ckpt.get("input_size", 96))
     gen = torch.Generator().manual_seed(seed)
@@ -189,7 +195,7 @@ def export_checkpoint(
         "histomodels.model": str(ckpt.get("model")),
         "histomodels.input": f"float32 [N, 3, {size}, {size}], RGB/255 normalised by mean/std",
         "histomodels.normalization": json.dumps({"mean": mean, "std": std}),
-        "histomodels.temperature": str(effective_temperature(resolve_checkpoint(checkpoint), ckpt)),
+        "histomodels.temperature": str(effective_temperature(source, ckpt)),
         "histomodels.output": "logit per patch; probability = sigmoid(logit / temperature)",
     }
     if ckpt.get("threshold") is not None:  # a shipped model's operating point (model card)
