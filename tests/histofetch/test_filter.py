@@ -332,6 +332,10 @@ def test_explain_prints_every_signal(tmp_path: Path) -> None:
         assert word in result.output
     result = CliRunner().invoke(app, ["filter", "--run", str(run_dir), "--explain", "nope"])
     assert result.exit_code == 1 and "'nope' names 0 images" in result.output
+    # --explain times nothing: a bad HISTOFETCH_RECORD_TIMEOUT failed it (exit 2)
+    args = ["filter", "--run", str(run_dir), "--explain", "p001_001_panel03"]
+    result = CliRunner().invoke(app, args, env={"HISTOFETCH_RECORD_TIMEOUT": "0"})
+    assert result.exit_code == 0 and "classifier p(H&E)" in result.output, result.output
 
 
 def test_explain_escapes_what_came_from_the_paper(tmp_path: Path) -> None:

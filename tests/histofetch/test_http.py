@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import time
+from typing import Any
 
 import pytest
 from ncbi_server import FakeNcbi, ncbi_fixture  # noqa: F401 (fixture)
@@ -10,6 +12,7 @@ from ncbi_server import FakeNcbi, ncbi_fixture  # noqa: F401 (fixture)
 from histofetch.http import (
     EUTILS_URL,
     IDCONV_URL,
+    MAX_TIMEOUT,
     PMC_CLOUD_URL,
     Cancelled,
     NetClient,
@@ -262,8 +265,9 @@ def test_defaults_are_the_live_services_and_env_overrides(
 @pytest.mark.parametrize(
     ("var", "value", "said"),
     [
-        ("HISTOFETCH_BACKOFF", "inf", "give a number 0 or more"),  # slept forever
-        ("HISTOFETCH_BACKOFF", "-1", "give a number 0 or more"),
+        ("HISTOFETCH_BACKOFF", "inf", "give a number from 0 to 3600"),  # slept forever
+        ("HISTOFETCH_BACKOFF", "-1", "give a number from 0 to 3600"),
+        ("HISTOFETCH_BACKOFF", "1e300", "give a number from 0 to 3600"),  # was taken
         ("HISTOFETCH_TIMEOUT", "nan", "give a number more than 0 and at most 86400"),
         ("HISTOFETCH_TIMEOUT", "-1", "give a number more than 0 and at most 86400"),
         # a traceback from the socket: timestamp out of range for platform time_t
@@ -294,13 +298,38 @@ def test_env_numbers_out_of_range_are_one_clear_error(
     assert str(err.value).startswith(f"environment variable {var}={value!r}")
     assert str(err.value).endswith(said)
     edges = {
-        "HISTOFETCH_BACKOFF": ["0", "1e300"],  # capped at max_backoff when used
+        "HISTOFETCH_BACKOFF": ["0", "3600"],  # capped at max_backoff when used
         "HISTOFETCH_TIMEOUT": ["1e-3", "86400"],
         "HISTOFETCH_RETRIES": ["0", "100"],
     }.get(var, ["0.001", "1000"])
     for edge in edges:
         monkeypatch.setenv(var, edge)
         NetConfig()  # the edges still pass
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "said"),
+    [
+        ("timeout", math.inf, "give a number more than 0 and at most 86400"),
+        ("timeout", 0.0, "give a number more than 0 and at most 86400"),
+        ("max_retries", -1, "give a whole number from 0 to 100"),
+        ("backoff", math.nan, "give a number from 0 to 3600"),
+        ("max_backoff", 1e300, "give a number from 0 to 3600"),
+        ("ncbi_rate", 0.0, "give a number from 0.001 to 1000"),
+        ("other_rate", 1e6, "give a number from 0.001 to 1000"),
+        ("pmc_cloud_rate", -1.0, "give a number from 0.001 to 1000"),
+    ],
+)
+def test_netconfig_made_in_python_is_range_checked(field: str, value: float, said: str) -> None:
+    """``NetConfig(timeout=math.inf)`` was taken as it was (only the HISTOFETCH_* variables
+    were checked); the same ranges now hold however the config is made."""
+    from histocore.errors import UsageError
+
+    given: dict[str, Any] = {field: value}
+    with pytest.raises(UsageError) as err:
+        NetConfig(**given)
+    assert str(err.value) == f"NetConfig {field}={value!r}: {said}"
+    NetConfig(ncbi_rate=None, timeout=MAX_TIMEOUT, max_retries=0, backoff=0, other_rate=1000)
 
 
 def test_ftp_links_become_https() -> None:

@@ -144,17 +144,29 @@ def test_filter_jobs_fails_an_image_that_hangs_its_decoder_and_scores_the_rest(
 
 @pytest.mark.parametrize("command", ["extract", "filter", "run"])
 def test_record_timeout_out_of_range_is_a_usage_error(tmp_path: Path, command: str) -> None:
-    """``--record-timeout`` below 1 s or above a day (or the same in
-    HISTOFETCH_RECORD_TIMEOUT) is exit 2 naming the option, before anything is done; the
-    default is the library's."""
+    """``--record-timeout`` below 1 s or above a day is exit 2 naming the option (it also
+    named HISTOFETCH_RECORD_TIMEOUT, set or not); the same in HISTOFETCH_RECORD_TIMEOUT is
+    one ``error: environment variable …`` line, exit 1, like the other HISTOFETCH_* numbers
+    (it was click's usage error, exit 2), unless the option is given. Nothing is done;
+    the default is the library's."""
     runner = CliRunner()
     args = [command, *(["q"] if command == "run" else []), "--run", str(tmp_path / "run")]
     for value in ("0", "0.5", "86401", "soon"):
         result = runner.invoke(app, [*args, "--record-timeout", value])
         assert result.exit_code == 2, result.output
-        assert "--record-timeout" in result.stderr
-    result = runner.invoke(app, args, env={"HISTOFETCH_RECORD_TIMEOUT": "0"})
-    assert result.exit_code == 2 and "--record-timeout" in result.stderr
+        assert "Invalid value for '--record-timeout':" in result.stderr
+        assert "env var" not in result.stderr
+    for value in ("0", "86401", "inf", "soon"):
+        result = runner.invoke(app, args, env={"HISTOFETCH_RECORD_TIMEOUT": value})
+        assert result.exit_code == 1, result.output
+        problem = " is not a number" if value == "soon" else ": give a number from 1 to 86400"
+        assert result.stderr.splitlines() == [
+            f"error: environment variable HISTOFETCH_RECORD_TIMEOUT={value!r}{problem}"
+        ]
+    given = runner.invoke(
+        app, [*args, "--record-timeout", "60"], env={"HISTOFETCH_RECORD_TIMEOUT": "0"}
+    )
+    assert "HISTOFETCH_RECORD_TIMEOUT" not in given.output  # the option wins; not read
     assert not (tmp_path / "run").exists()
     help_text = " ".join(runner.invoke(app, [command, "--help"]).stdout.split())
     assert f"{DEFAULT_RECORD_TIMEOUT_S}" in help_text.replace("│", "")

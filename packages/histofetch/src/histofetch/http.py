@@ -12,7 +12,6 @@ at a local server.
 from __future__ import annotations
 
 import email.utils
-import math
 import os
 import random
 import threading
@@ -26,6 +25,7 @@ import httpx
 
 from histocore.errors import DomainError, UsageError
 from histofetch import __version__ as _VERSION
+from histofetch.settings import Range, env_number
 
 EUTILS_URL = "https://eutils.ncbi.nlm.nih.gov/entrez/eutils/"
 #: The current PMC ID Converter API (the old www.ncbi.nlm.nih.gov/pmc/utils/idconv/v1.0/
@@ -50,66 +50,29 @@ def _env_opt(name: str) -> str | None:
     return os.environ.get(name) or None
 
 
-#: Bounds of the ``HISTOFETCH_*`` numbers: a timeout of up to a day (larger ones overflow
-#: the socket's timer), rates whose one wait is at most 1000 s (a smaller rate waited for
-#: ever or overflowed the limiter's clock; a larger one sized its window past memory), and
-#: retries a person could wait for.
+#: Ranges of :class:`NetConfig`'s numbers and of the ``HISTOFETCH_*`` variables that set
+#: them: a timeout of up to a day (larger ones overflow the socket's timer), rates whose
+#: one wait is at most 1000 s (a smaller rate waited for ever or overflowed the limiter's
+#: clock; a larger one sized its window past memory), retries and backoffs a person could
+#: wait for (a backoff of up to an hour; each wait is capped at ``max_backoff`` anyway).
 MAX_TIMEOUT = 86400.0
 MIN_RATE, MAX_RATE = 0.001, 1000.0
 MAX_RETRIES = 100
-
-
-def _env_float(
-    name: str, default: float, *, zero: bool = False, least: float = 0.0, most: float = math.inf
-) -> float:
-    """A number from the environment: more than ``least`` (``zero``: ``least`` or more) and
-    at most ``most``; ``nan``, ``inf`` and numbers outside are a :class:`UsageError`
-    (``HISTOFETCH_BACKOFF=inf`` slept forever, ``HISTOFETCH_TIMEOUT=1e10`` overflowed)."""
-    value, number = _env_number(name)
-    if value is None:
-        return default
-    low_ok = number >= least if zero else number > least
-    if not math.isfinite(number) or not low_ok or number > most:
-        raise UsageError(
-            f"environment variable {name}={value!r}: give {_bounds(least, zero, most)}"
-        )
-    return number
-
-
-def _env_number(name: str) -> tuple[str | None, float]:
-    """(the variable's text, its number), or (None, nan) when it is unset or empty."""
-    value = os.environ.get(name)
-    if not value:
-        return None, math.nan
-    try:
-        return value, float(value)
-    except ValueError:
-        raise UsageError(f"environment variable {name}={value!r} is not a number") from None
-
-
-def _bounds(least: float, zero: bool, most: float) -> str:
-    if math.isinf(most):
-        return f"a number {least:g} or more" if zero else f"a number more than {least:g}"
-    if zero:
-        return f"a number from {least:g} to {most:g}"
-    return f"a number more than {least:g} and at most {most:g}"
-
-
-def _env_rate(name: str, default: float) -> float:
-    """Requests per second from the environment, from :data:`MIN_RATE` to :data:`MAX_RATE`."""
-    return _env_float(name, default, zero=True, least=MIN_RATE, most=MAX_RATE)
-
-
-def _env_count(name: str, default: int, most: int) -> int:
-    """A whole number from 0 to ``most`` from the environment (``HISTOFETCH_RETRIES``)."""
-    value, number = _env_number(name)
-    if value is None:
-        return default
-    if not (math.isfinite(number) and number == int(number) and 0 <= number <= most):
-        raise UsageError(
-            f"environment variable {name}={value!r}: give a whole number from 0 to {most}"
-        )
-    return int(number)
+MAX_BACKOFF = 3600.0
+TIMEOUT = Range(0.0, MAX_TIMEOUT, open_low=True)
+RATE = Range(MIN_RATE, MAX_RATE)
+RETRIES = Range(0, MAX_RETRIES, whole=True)
+BACKOFF = Range(0.0, MAX_BACKOFF)
+_RANGES = {
+    "timeout": TIMEOUT,
+    "max_retries": RETRIES,
+    "backoff": BACKOFF,
+    "max_backoff": BACKOFF,
+    "ncbi_rate": RATE,
+    "pmc_cloud_rate": RATE,
+    "europepmc_rate": RATE,
+    "other_rate": RATE,
+}
 
 
 @dataclass
@@ -135,25 +98,23 @@ class NetConfig:
     email: str | None = field(default_factory=lambda: _env_opt("NCBI_EMAIL"))
     tool: str = "histofetch"
     #: Seconds for connect/read/write/pool each.
-    timeout: float = field(
-        default_factory=lambda: _env_float("HISTOFETCH_TIMEOUT", 30.0, most=MAX_TIMEOUT)
-    )
+    timeout: float = field(default_factory=lambda: env_number("HISTOFETCH_TIMEOUT", 30.0, TIMEOUT))
     #: Retries after the first attempt (so ``max_retries + 1`` attempts in all).
     max_retries: int = field(
-        default_factory=lambda: _env_count("HISTOFETCH_RETRIES", 4, MAX_RETRIES)
+        default_factory=lambda: int(env_number("HISTOFETCH_RETRIES", 4, RETRIES))
     )
     #: First backoff in seconds; doubled each retry, capped at ``max_backoff``.
-    backoff: float = field(default_factory=lambda: _env_float("HISTOFETCH_BACKOFF", 1.0, zero=True))
+    backoff: float = field(default_factory=lambda: env_number("HISTOFETCH_BACKOFF", 1.0, BACKOFF))
     max_backoff: float = 60.0
     #: NCBI requests per second; ``None`` means NCBI's limit (3, or 10 with an API key).
     ncbi_rate: float | None = None
     #: Requests per second to the PMC Cloud Service bucket.
     pmc_cloud_rate: float = field(
-        default_factory=lambda: _env_rate("HISTOFETCH_PMC_CLOUD_RATE", 10.0)
+        default_factory=lambda: env_number("HISTOFETCH_PMC_CLOUD_RATE", 10.0, RATE)
     )
     #: Requests per second to each Europe PMC host (REST API, web site).
     europepmc_rate: float = field(
-        default_factory=lambda: _env_rate("HISTOFETCH_EUROPEPMC_RATE", 5.0)
+        default_factory=lambda: env_number("HISTOFETCH_EUROPEPMC_RATE", 5.0, RATE)
     )
     #: Requests per second to any other host (publishers).
     other_rate: float = 5.0
@@ -163,6 +124,14 @@ class NetConfig:
         f"histofetch/{_VERSION} (literature mining for histology figures; "
         f"python-httpx/{httpx.__version__})"
     )
+
+    def __post_init__(self) -> None:
+        """The numbers' ranges, however the config was made (a library user's
+        ``NetConfig(timeout=math.inf)`` was taken as it was): a :class:`UsageError`."""
+        for name, allowed in _RANGES.items():
+            value = getattr(self, name)
+            if value is not None and not allowed.holds(value):
+                raise UsageError(f"NetConfig {name}={value!r}: give {allowed.wording()}")
 
     @property
     def effective_ncbi_rate(self) -> float:

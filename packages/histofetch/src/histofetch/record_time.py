@@ -23,12 +23,15 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import signal
 import time
 from collections import Counter
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
+
+from histofetch.settings import Range, env_number
 
 if TYPE_CHECKING:
     from histocore.manifest import Record
@@ -44,8 +47,19 @@ log = logging.getLogger(__name__)
 #: nice -19, load 10) saw up to 371 s: about 5 times that, so only work that never ends is
 #: stopped.
 DEFAULT_RECORD_TIMEOUT_S = 1800.0
+#: What a limit may be (``--record-timeout``, ``HISTOFETCH_RECORD_TIMEOUT``): 1 s to a day.
+RECORD_TIMEOUT_RANGE = Range(1.0, 86_400.0)
+#: The variable that gives a limit when the option does not.
+RECORD_TIMEOUT_ENV = "HISTOFETCH_RECORD_TIMEOUT"
 #: How often the parent looks for news while a record it sent has not started yet.
 POLL_S = 0.25
+
+
+def limit_from_env() -> float | None:
+    """The limit :data:`RECORD_TIMEOUT_ENV` gives (None when unset or empty); a
+    :class:`~histocore.errors.UsageError` naming the variable when it is out of range."""
+    limit = env_number(RECORD_TIMEOUT_ENV, math.nan, RECORD_TIMEOUT_RANGE)
+    return None if math.isnan(limit) else limit
 
 
 def seconds(limit: float) -> str:

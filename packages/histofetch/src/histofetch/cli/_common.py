@@ -17,7 +17,11 @@ import typer
 from histocore.cli import errors, fail, progress, require_file, require_folder, setup_logging
 from histocore.errors import UsageError
 from histofetch.choices import Database, LicencePolicy
-from histofetch.record_time import DEFAULT_RECORD_TIMEOUT_S
+from histofetch.record_time import (
+    DEFAULT_RECORD_TIMEOUT_S,
+    RECORD_TIMEOUT_ENV,
+    RECORD_TIMEOUT_RANGE,
+)
 
 if TYPE_CHECKING:
     from histofetch.stage import StageSummary
@@ -173,14 +177,14 @@ RecordTimeout = Annotated[
     float,
     typer.Option(
         "--record-timeout",
-        min=1.0,
-        max=86_400.0,
-        parser=number_from(1.0, 86_400.0),
-        envvar="HISTOFETCH_RECORD_TIMEOUT",
+        min=RECORD_TIMEOUT_RANGE.least,
+        max=RECORD_TIMEOUT_RANGE.most,
+        parser=number_from(RECORD_TIMEOUT_RANGE.least, RECORD_TIMEOUT_RANGE.most),
         metavar="SECONDS",
         help="Seconds one record's work may run in a worker (start-up not "
         "counted) before the worker is stopped; tried once more alone, then the record "
-        "fails as 'timed out'. Given with --jobs 1, that one job runs in a worker too.",
+        "fails as 'timed out'. Given with --jobs 1, that one job runs in a worker too. "
+        f"Unless given, {RECORD_TIMEOUT_ENV} if set.",
     ),
 ]
 NetJobs = Annotated[
@@ -243,12 +247,21 @@ def net_config(api_key: str | None, email: str | None):  # -> NetConfig
     return net
 
 
-def limit_given(ctx: typer.Context) -> bool:
-    """Whether ``--record-timeout`` (or ``HISTOFETCH_RECORD_TIMEOUT``) was given. With one
-    job the work then runs in one worker process (``isolate``), not in the command's own
-    process, which the limit could not stop (:mod:`histofetch.record_time`)."""
+def record_limit(ctx: typer.Context, option: float) -> tuple[float, bool]:
+    """The per-record time limit and whether the user gave one: ``--record-timeout``, else
+    ``HISTOFETCH_RECORD_TIMEOUT`` (out of range: one ``error: environment variable …``
+    line, exit 1, like the other ``HISTOFETCH_*`` numbers), else the default. A limit given
+    with one job runs the work in one worker process (``isolate``), not in the command's
+    own process, which the limit could not stop (:mod:`histofetch.record_time`). Asked only
+    by work that is timed (``filter --explain`` is not)."""
+    from histofetch.record_time import limit_from_env
+
     source = ctx.get_parameter_source("record_timeout")
-    return source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT")
+    if source is not None and source.name == "COMMANDLINE":
+        return option, True
+    with errors():
+        limit = limit_from_env()
+    return (option, False) if limit is None else (limit, True)
 
 
 def fail_on_killers(run: Path, *summaries: StageSummary) -> None:
@@ -296,6 +309,7 @@ __all__ = [
     "licence_policy",
     "net_config",
     "progress",
+    "record_limit",
     "require_file",
     "require_folder",
     "setup_logging",

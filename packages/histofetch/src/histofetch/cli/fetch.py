@@ -31,9 +31,9 @@ from histofetch.cli._common import (
     errors,
     fail_on_killers,
     licence_policy,
-    limit_given,
     net_config,
     progress,
+    record_limit,
     shard_parts,
 )
 
@@ -134,6 +134,7 @@ def run_all(
     net = net_config(api_key, email)
     policy = licence_policy(licence, include_retracted)
     parts = shard_parts(shard)
+    limit, isolate = record_limit(ctx, record_timeout)
     summaries: list[StageSummary] = []
     with errors(prefix="run stopped (re-run to continue): "), progress():
         for summary in run_pipeline(
@@ -151,8 +152,8 @@ def run_all(
             shard=parts,
             jobs=jobs,
             net_jobs=net_jobs,
-            record_timeout=record_timeout,
-            isolate=limit_given(ctx),
+            record_timeout=limit,
+            isolate=isolate,
         ):
             print(summary.line(), flush=True)
             if isinstance(summary, StageSummary):

@@ -19,8 +19,8 @@ from histofetch.cli._common import (
     errors,
     fail,
     fail_on_killers,
-    limit_given,
     progress,
+    record_limit,
 )
 
 
@@ -53,13 +53,14 @@ def extract(
     """Extract every embedded raster image of every PDF (PNG + manifest rows)."""
     from histofetch.extract import run_extract
 
+    limit, isolate = record_limit(ctx, record_timeout)
     pdfs = [Path(text) for text in paths or []]
     if not pdfs and not any((run / name).exists() for name in (MANIFEST_NAME, STORE_NAME)):
         fail(f"{run}: no manifest here; give PDF files/folders or run `histofetch download`")
     with errors(), progress():
         summary = run_extract(
             run, pdfs, min_size=min_size, retry_failed=retry_failed, jobs=jobs,
-            record_timeout=record_timeout, isolate=limit_given(ctx),
+            record_timeout=limit, isolate=isolate,
         )  # fmt: skip
     print(summary.line())
     if pdfs:
@@ -176,6 +177,7 @@ def filter_(
                 fail(f"{run}: {exc.args[0]}")
         print(text)
         return
+    limit, isolate = record_limit(ctx, record_timeout)
     with errors(), progress():
         summary = run_filter(
             run,
@@ -184,8 +186,8 @@ def filter_(
             rescore=rescore,
             retry_failed=retry_failed,
             jobs=jobs,
-            record_timeout=record_timeout,
-            isolate=limit_given(ctx),
+            record_timeout=limit,
+            isolate=isolate,
             min_he=min_he,
             min_tissue=min_tissue,
             min_blocks=min_blocks,

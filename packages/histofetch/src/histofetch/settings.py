@@ -1,0 +1,58 @@
+"""The numbers a user sets besides the options (``HISTOFETCH_*`` variables, ``NetConfig``
+fields) and their ranges: one :class:`Range` checks a number however it was given.
+
+A variable that is not a number, is ``nan`` or ``inf``, or is out of its range is one
+:class:`~histocore.errors.UsageError` naming it (``environment variable
+HISTOFETCH_TIMEOUT='1e10': give a number more than 0 and at most 86400``; the command line
+prints it as one ``error:`` line, exit 1).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+from histocore.errors import UsageError
+
+
+@dataclass(frozen=True)
+class Range:
+    """``least <= x <= most`` (``open_low``: ``least < x``), finite; ``whole``: an integer."""
+
+    least: float
+    most: float
+    open_low: bool = False
+    whole: bool = False
+
+    def holds(self, number: float) -> bool:
+        low_ok = number > self.least if self.open_low else number >= self.least
+        return (
+            math.isfinite(number)
+            and low_ok
+            and number <= self.most
+            and (not self.whole or number == int(number))
+        )
+
+    def wording(self) -> str:
+        """What to give: ``a number from 0.001 to 1000``, ``a whole number from 0 to 100``,
+        ``a number more than 0 and at most 86400``."""
+        kind = "a whole number" if self.whole else "a number"
+        if self.open_low:
+            return f"{kind} more than {self.least:g} and at most {self.most:g}"
+        return f"{kind} from {self.least:g} to {self.most:g}"
+
+
+def env_number(name: str, default: float, allowed: Range) -> float:
+    """The variable ``name`` as a number in ``allowed`` (an ``int`` for a whole range), or
+    ``default`` when it is unset or empty; a :class:`UsageError` naming it otherwise."""
+    value = os.environ.get(name)
+    if not value:
+        return default
+    try:
+        number = float(value)
+    except ValueError:
+        raise UsageError(f"environment variable {name}={value!r} is not a number") from None
+    if not allowed.holds(number):
+        raise UsageError(f"environment variable {name}={value!r}: give {allowed.wording()}")
+    return int(number) if allowed.whole else number
