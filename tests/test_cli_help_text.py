@@ -64,3 +64,17 @@ def test_command_descriptions_are_wrapped_by_the_terminal_not_the_docstring(name
             assert f"{cmd_name} {' '.join(first.split())}" in lines, (cmd_name, out)
             checked += 1
     assert checked >= 9
+
+
+@pytest.mark.parametrize("name", ["histofetch", "histomodels"])
+def test_every_option_says_what_it_does(name: str) -> None:
+    """``--help`` is the reference users read: an option listed without a word (predict's
+    ``--tta``, eval's ``--seed``, report's ``--title`` …) leaves them guessing."""
+    app = dict(_apps())[name]
+    bare = [
+        (" ".join(path), p.opts[0])
+        for path, cmd in _commands(typer.main.get_command(app))
+        for p in cmd.params
+        if p.param_type_name == "option" and not getattr(p, "help", None)
+    ]
+    assert not bare, f"options without a help text: {bare}"

@@ -126,9 +126,13 @@ def eval_cmd(
             help="Target sensitivity for the rule 'sensitivity', in (0, 1] \\[default 0.9].",
         ),
     ] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 256,
+    batch_size: Annotated[
+        int, typer.Option("--batch-size", min=1, help="Patches per inference batch.")
+    ] = 256,
     bootstrap: Annotated[int, typer.Option("--bootstrap", min=0, help="Resamples for CIs.")] = 1000,
-    seed: Annotated[int, typer.Option("--seed", min=0, max=MAX_SEED)] = 0,
+    seed: Annotated[
+        int, typer.Option("--seed", min=0, max=MAX_SEED, help="Seed of the bootstrap resamples.")
+    ] = 0,
     precision: PrecisionOption = "fp32",
     top_k: Annotated[int, typer.Option("--top-k", min=1, help="Manifest: mean of top-k.")] = 5,
     fig_scale: Annotated[
@@ -445,8 +449,10 @@ def predict_cmd(
             "--no-heatmaps", help="Draw no heatmap PNGs (each costs ~0.5 s): the CSV only."
         ),
     ] = False,
-    tta: Annotated[bool, typer.Option("--tta")] = False,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 256,
+    tta: Annotated[bool, typer.Option("--tta", help="Average the 8 dihedral views.")] = False,
+    batch_size: Annotated[
+        int, typer.Option("--batch-size", min=1, help="Patches per inference batch.")
+    ] = 256,
     precision: PrecisionOption = "fp32",
     max_pixels: Annotated[
         int, typer.Option("--max-pixels", min=1, help="Refuse larger images (bomb guard).")
@@ -583,7 +589,13 @@ def _ask(question: str) -> str:
 def report_cmd(
     runs: Annotated[list[Path], typer.Argument(help="Training run and/or eval folders.")],
     out: Annotated[Path, typer.Option("--out", help="Output folder.")] = Path("report"),
-    title: Annotated[str | None, typer.Option("--title")] = None,
+    title: Annotated[
+        str | None,
+        typer.Option(
+            "--title",
+            help="Page title (default: 'Report: NAME', or 'Comparison: NAMES' for several).",
+        ),
+    ] = None,
 ) -> None:
     """One self-contained HTML page (and Markdown) for one run or several side by side."""
     require_folder(out)

@@ -83,7 +83,13 @@ Compile = Annotated[bool | None, typer.Option("--compile/--no-compile", help="to
 Bf16 = Annotated[
     bool | None, typer.Option("--bf16/--no-bf16", help="Autocast \\[auto: CNN on CPU, AMP on GPU].")
 ]
-ChannelsLast = Annotated[bool | None, typer.Option("--channels-last/--no-channels-last")]
+ChannelsLast = Annotated[
+    bool | None,
+    typer.Option(
+        "--channels-last/--no-channels-last",
+        help="channels_last memory layout for the convolutions (on unless --no-channels-last).",
+    ),
+]
 Threads = Annotated[int | None, typer.Option(min=1, help="torch intra-op threads.")]
 Prefetch = Annotated[
     bool | None,
