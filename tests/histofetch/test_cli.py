@@ -54,11 +54,13 @@ def test_extract_filter_status_end_to_end(tmp_path: Path, pdfs: Path) -> None:
         "records": 2, "pdfs": 2, "images": 2, "kept": 2, "failed": 1,
     }  # fmt: skip
     assert info["failure_reasons"] == {"encrypted PDF, needs a password": 1}
+    assert info["routes"] == {"local-pdf": 2}  # was {"none": 2}: no route, yet a PDF each
     assert all((run / p).is_file() and not Path(p).is_absolute() for p in info["kept_images"])
 
     result = runner.invoke(app, ["status", "--run", str(run)])
     assert result.exit_code == 0
     assert "kept 2" in result.output and "encrypted PDF, needs a password" in result.output
+    assert "records by route: local-pdf 2\n" in result.output
 
     # stricter threshold: re-decided from stored scores
     result = runner.invoke(app, ["filter", "--run", str(run), "--min-side", "5000", "--no-sheet"])

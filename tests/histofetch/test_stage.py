@@ -37,6 +37,26 @@ def test_only_records_at_the_previous_stage_are_worked(tmp_path: Path) -> None:
     assert m.records["a"].stage == "extracted" and m.records["d"].stage == "searched"
 
 
+def test_records_failed_at_another_stage_are_named_by_it(tmp_path: Path) -> None:
+    """``histofetch run``: records that failed at download (in that very run) were counted
+    at extract and filter as '2 failed before', which read as earlier extract failures."""
+    m = _manifest(tmp_path)
+    for rid in ("f", "g"):
+        m.add_record(Record(id=rid, stage="searched"))
+        m.records[rid].fail("downloaded", "no route gave files")
+    summary = run_per_record(m, "extracted", lambda r: None)
+    assert (summary.failed_before, dict(summary.failed_elsewhere)) == (1, {"download": 2})
+    assert summary.line() == (
+        "extracted: 2 done, 1 already done, 0 failed, 1 failed before, 2 failed in download "
+        "(histofetch status says why), 1 not downloaded yet"
+    )
+    summary = run_per_record(m, "filtered", lambda r: None)
+    assert summary.line() == (
+        "filtered: 3 done, 0 already done, 0 failed, 1 failed in extract, 2 failed in download "
+        "(histofetch status says why), 1 not extracted yet"
+    )
+
+
 def test_failures_are_recorded_with_reason_and_the_run_goes_on(tmp_path: Path) -> None:
     m = _manifest(tmp_path)
 

@@ -88,16 +88,23 @@ class StageSummary:
     #: records failed now because attempts at them killed their process (``guard_attempts``)
     killers: list[str] = field(default_factory=list)
     reasons: Counter[str] = field(default_factory=Counter)
-    #: records that failed in an earlier invocation (this stage or one before) and were not
-    #: taken again (``histofetch status`` says why; ``--retry-failed`` retries this stage's)
+    #: records that failed at this stage in an earlier invocation and were not taken again
+    #: (``histofetch status`` says why; ``--retry-failed`` retries them)
     failed_before: int = 0
+    #: records that failed at another stage (download, for extract), by that stage's step
+    #: (``download``): not this stage's failures, and maybe this very ``histofetch run``'s
+    failed_elsewhere: Counter[str] = field(default_factory=Counter)
     #: records that have not reached the stage before this one (e.g. filter before extract)
     waiting: int = 0
 
     def line(self) -> str:
         text = f"{self.stage}: {self.done} done, {self.skipped} already done, {self.failed} failed"
         if self.failed_before:
-            text += f", {self.failed_before} failed before (histofetch status says why)"
+            text += f", {self.failed_before} failed before"
+        for step, n in self.failed_elsewhere.items():
+            text += f", {n} failed in {step}"
+        if self.failed_before or self.failed_elsewhere:
+            text += " (histofetch status says why)"
         if self.waiting:
             before = STAGES[max(0, STAGES.index(self.stage) - 1)]
             text += f", {self.waiting} not {before} yet"
@@ -137,6 +144,15 @@ def is_transient(exc: BaseException) -> bool:
     if status is not ... and type(exc).__name__ == "NetError":
         return status is None or status in (408, 429, 500, 502, 503, 504)
     return type(exc).__module__.startswith("httpx") and "Transport" in _mro_names(exc)
+
+
+#: The step (command) that brings a record to each stage: ``downloaded`` → ``download``.
+_STEPS: dict[str, str] = dict(zip(STAGES, ("search", "download", "extract", "filter"), strict=True))
+
+
+def step_name(stage: str) -> str:
+    """``download`` for ``downloaded``: what the user ran (an unknown stage as it is)."""
+    return _STEPS.get(stage, stage)
 
 
 def failure_reason(exc: BaseException) -> str:
@@ -181,6 +197,8 @@ class _Stage:
         for rec in manifest.records.values():
             if _wanted(rec, stage, retry_failed):
                 self.todo.append(rec.id)
+            elif rec.status == "failed" and rec.failed_stage not in (None, stage):
+                self.summary.failed_elsewhere[step_name(rec.failed_stage)] += 1
             elif rec.status == "failed":
                 self.summary.failed_before += 1
             elif rec.reached(stage):

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from histocore.io import one_line
-from histocore.manifest import STAGES, Manifest
+from histocore.manifest import STAGES, Manifest, Record
 from histofetch.stage import reason_key
 
 
@@ -52,7 +52,7 @@ def _status(manifest: Manifest, run_dir: Path) -> dict[str, Any]:
             Counter(reason_key(i.filter_reason) for i in images if i.kept is False).most_common()
         ),
         # Where article files came from, and under which licence (issue 9).
-        "routes": dict(Counter(r.route or "none" for r in records).most_common()),
+        "routes": dict(Counter(_route(r) for r in records).most_common()),
         "images_by_source": dict(Counter(i.source for i in images).most_common()),
         "records_by_licence": dict(Counter(r.license or "unknown" for r in records).most_common()),
         "figures_by_licence": dict(Counter(licence_of(i.record_id) for i in images).most_common()),
@@ -65,6 +65,18 @@ def _status(manifest: Manifest, run_dir: Path) -> dict[str, Any]:
         "transient_failures": sum(1 for r in failed if r.transient),
         "kept_images": [i.path for i in kept],
     }
+
+
+#: The route of a record whose PDF was given to ``extract`` (no route fetched it).
+LOCAL_ROUTE = "local-pdf"
+
+
+def _route(rec: Record) -> str:
+    """The route that gave the record's files: ``local-pdf`` for a local PDF, ``none``
+    when nothing did (yet). Local PDFs were counted under ``none``."""
+    if rec.route:
+        return rec.route
+    return LOCAL_ROUTE if rec.pdf_source == "local" else "none"
 
 
 def _in_progress(manifest: Manifest) -> dict[str, int]:
