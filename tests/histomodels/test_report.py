@@ -218,7 +218,41 @@ def test_report_bad_inputs(tmp_path: Path) -> None:
     (empty / "metrics.json").write_text("{not json")
     r = CliRunner().invoke(app, ["report", str(empty), "--out", str(tmp_path / "o")])
     assert r.exit_code == 1 and "metrics.json" in r.output
-    assert list((tmp_path / "o").iterdir()) == []  # no assets, no half-built pages
+    assert not (tmp_path / "o").exists()  # no assets, no half-built pages, no empty folder
+    (tmp_path / "kept").mkdir()  # a folder that was there stays, as it was
+    r = CliRunner().invoke(app, ["report", str(empty), "--out", str(tmp_path / "kept")])
+    assert r.exit_code == 1 and list((tmp_path / "kept").iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        ({"ci": [1, 2]}, "ci is not an object"),
+        ({"ci": {"roc_auc": "x"}}, "ci.roc_auc is not a [low, high] pair of numbers"),
+        ({"ci": {"roc_auc": [0.1]}}, "ci.roc_auc is not a [low, high] pair of numbers"),
+        ({"threshold_sweep": 5}, "threshold_sweep is not a list of rows with threshold, "),
+        ({"image_metrics": {"max": 3}}, "image_metrics.max is not an object"),
+        ({"external": 5}, "external is not an object"),
+        (
+            {"external": {"agreement": {"confusion": {"positive": 1}}}},
+            "external.agreement.confusion.positive is not an object",
+        ),
+    ],
+)
+def test_a_tampered_metrics_json_is_one_error_line(tmp_path: Path, change, problem) -> None:
+    """metrics.json parts of the wrong shape were tracebacks (AttributeError: 'list' object
+    has no attribute 'get', IndexError, TypeError) from the report's tables."""
+    folder = tmp_path / "ev"
+    folder.mkdir()
+    metrics = {"roc_auc": 0.9, "ci": {"roc_auc": [0.8, 0.95]}, "n": 10, **change}
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    r = CliRunner().invoke(app, ["report", str(folder), "--out", str(tmp_path / "o")])
+    assert r.exit_code == 1, r.output
+    assert r.stderr.strip().splitlines() == [
+        f"error: {folder / 'metrics.json'}: {r.stderr.strip().split(': ', 2)[2]}"
+    ]
+    assert problem in r.stderr
+    assert not (tmp_path / "o").exists()
 
 
 def test_an_evaluations_warning_is_in_the_report(tmp_path: Path) -> None:

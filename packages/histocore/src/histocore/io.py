@@ -7,12 +7,14 @@ half of one, and two writers never share a temp file.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 import os
 import re
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +91,28 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@contextlib.contextmanager
+def made_folder(path: str | Path) -> Iterator[Path]:
+    """``path`` as a folder, made with any missing parents; if the block raises, the
+    folders made here are removed again, deepest first, as long as they are empty (a
+    command that fails leaves no empty output folder behind)."""
+    path = Path(path)
+    made, folder = [], path.absolute()
+    while not folder.exists() and folder != folder.parent:
+        made.append(folder)
+        folder = folder.parent
+    path.mkdir(parents=True, exist_ok=True)
+    try:
+        yield path
+    except BaseException:
+        for folder in made:
+            try:
+                folder.rmdir()
+            except OSError:
+                break
         raise
 
 

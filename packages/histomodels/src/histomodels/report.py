@@ -29,10 +29,16 @@ from typing import Any
 
 import numpy as np
 
-from histocore.io import atomic_write_text
-from histomodels.report_inputs import EVAL_PLOTS, Evaluation, ReportError, Run, load_run
-from histomodels.report_tables import (
+from histocore.io import atomic_write_text, made_folder
+from histomodels.report_inputs import (
+    EVAL_PLOTS,
     SWEEP_KEYS,
+    Evaluation,
+    ReportError,
+    Run,
+    load_run,
+)
+from histomodels.report_tables import (
     columns,
     dataset_rows,
     eval_rows,
@@ -334,8 +340,7 @@ def build_report(
     if not paths:
         raise ReportError("give at least one run or eval folder")
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    with _locked(out):
+    with made_folder(out), _locked(out):  # a report that fails leaves no new empty folder
         staging = out / f".report-{os.getpid()}-{secrets.token_hex(4)}"
         _warn_leftovers(out, staging)
         staging.mkdir()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from histocore.errors import DomainError
 
@@ -30,6 +30,10 @@ EVAL_PLOTS = (
     ("errors_sheet.png", "External test set: most confident errors"),
     ("contact_sheet.png", "Figures ranked by score"),
 )
+
+
+#: the columns of an eval's ``threshold_sweep`` rows that the report shows
+SWEEP_KEYS = ("recall", "specificity", "precision", "accuracy")
 
 
 @dataclass
@@ -88,8 +92,62 @@ def _evaluation(folder: Path) -> Evaluation | None:
     metrics = _read_json(f)
     if not isinstance(metrics, dict):
         raise ReportError(f"{f}: expected a JSON object")
+    _check_metrics(metrics, f)
     plots = [(folder / name, title) for name, title in EVAL_PLOTS if (folder / name).is_file()]
     return Evaluation(folder, metrics, plots)
+
+
+def _check_metrics(metrics: dict[str, Any], path: Path) -> None:
+    """The nested parts of ``metrics.json`` the report reads must have the shapes
+    ``histomodels eval`` writes: intervals (``ci``) as ``[low, high]`` pairs, the threshold
+    sweep as rows, the external block as objects (a tampered file was a traceback)."""
+
+    def bad(where: str, what: str) -> NoReturn:
+        raise ReportError(f"{path}: {where} is not {what}")
+
+    def mapping(value: Any, where: str) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            bad(where, "an object")
+        return value
+
+    def block(m: Any, where: str) -> None:  # one set of metrics with its intervals
+        for key, pair in mapping(mapping(m, where.rstrip(".") or "metrics.json").get("ci") or {},
+                                 f"{where}ci").items():  # fmt: skip
+            if pair is not None and not _pair(pair):
+                bad(f"{where}ci.{key}", "a [low, high] pair of numbers")
+
+    block(metrics, "")
+    for agg, m in mapping(metrics.get("image_metrics") or {}, "image_metrics").items():
+        block(m, f"image_metrics.{agg}.")
+    sweep = metrics.get("threshold_sweep") or []
+    if not isinstance(sweep, list) or not all(
+        isinstance(row, dict) and all(k in row for k in ("threshold", *SWEEP_KEYS)) for row in sweep
+    ):
+        bad("threshold_sweep", f"a list of rows with threshold, {', '.join(SWEEP_KEYS)}")
+    ext = mapping(metrics.get("external") or {}, "external")
+    aggs = ext.get("aggregations", [])
+    if not isinstance(aggs, list) or not all(isinstance(a, str) for a in aggs):
+        bad("external.aggregations", "a list of names")
+    for kind in ("reviewed", "weak"):
+        scored = mapping(ext.get(kind) or {}, f"external.{kind}")
+        for agg, m in mapping(scored.get("metrics") or {}, f"external.{kind}.metrics").items():
+            block(m, f"external.{kind}.metrics.{agg}.")
+    agree = mapping(ext.get("agreement") or {}, "external.agreement")
+    for weak, counts in mapping(agree.get("confusion") or {}, "external.agreement").items():
+        mapping(counts, f"external.agreement.confusion.{weak}")
+    if agree.get("noise_rate_ci") is not None and not _pair(agree["noise_rate_ci"]):
+        bad("external.agreement.noise_rate_ci", "a [low, high] pair of numbers")
+
+
+def _pair(value: Any) -> bool:
+    """``[low, high]``: two numbers (or nulls, an interval that could not be computed)."""
+    return (
+        isinstance(value, list | tuple)
+        and len(value) == 2
+        and all(
+            v is None or (isinstance(v, int | float) and not isinstance(v, bool)) for v in value
+        )
+    )
 
 
 #: Checkpoint files named in metrics.json (a run's model is then its folder's name).

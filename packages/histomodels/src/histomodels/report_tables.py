@@ -22,7 +22,6 @@ METRIC_ROWS = (
     ("ece", "ECE (lower is better)"),
     ("threshold", "threshold"),
 )
-SWEEP_KEYS = ("recall", "specificity", "precision", "accuracy")
 
 
 def fmt(v: Any, digits: int = 4) -> str:
