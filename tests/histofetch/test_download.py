@@ -167,6 +167,25 @@ def test_check_pdf_rejects_fakes(tmp_path: Path) -> None:
     assert doc.page_count == 1
 
 
+def test_an_encrypted_pdf_is_downloaded_and_extract_names_it(tmp_path: Path) -> None:
+    """check_pdf and extract's open_pdf share one guard. An encrypted PDF whose page tree
+    sits in (encrypted) object streams counts 0 pages: the download routes refused it as
+    'PDF without pages' while one without object streams was downloaded and failed at
+    extract as 'encrypted PDF, needs a password'; both are now the latter."""
+    from histofetch.pdf_checks import open_pdf
+    from histofetch.stage import StageFailure
+
+    doc = pymupdf.open()
+    doc.new_page()
+    for streams in (1, 0):
+        body = doc.tobytes(
+            encryption=pymupdf.PDF_ENCRYPT_AES_256, user_pw="u", owner_pw="o", use_objstms=streams
+        )
+        assert check_pdf(body) is None
+        with pytest.raises(StageFailure, match=r"^encrypted PDF, needs a password: x\.pdf$"):
+            open_pdf(body, Path("x.pdf"))
+
+
 def test_pubmed2pdf_finders_on_publisher_markup() -> None:
     base = "https://pub.example/doi/10.1/x"
     meta = b'<meta name="citation_pdf_url" content="https://pub.example/x.pdf">'

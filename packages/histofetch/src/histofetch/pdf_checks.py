@@ -25,19 +25,38 @@ def check_pdf_bytes(data: bytes, path: Path) -> None:
         raise StageFailure(f"truncated PDF (no %%EOF at end of file): {path}")
 
 
-def open_pdf(data: bytes, path: Path) -> pymupdf.Document:
-    """Open PDF bytes or raise StageFailure with the reason (corrupt, encrypted, empty)."""
+class UnreadablePdf(Exception):
+    """PyMuPDF could not open PDF bytes (``opened`` False) or read their page tree."""
+
+    def __init__(self, detail: Exception, *, opened: bool) -> None:
+        super().__init__(str(detail))
+        self.detail, self.opened = detail, opened
+
+
+def open_document(data: bytes) -> tuple[pymupdf.Document, int | None]:
+    """PDF bytes opened by PyMuPDF and their page count, None for a file that needs a
+    password (its page tree is not read: in encrypted object streams it counts 0 pages or
+    fails); :class:`UnreadablePdf` otherwise. The one guard of extract's
+    :func:`open_pdf` and the download routes' ``check_pdf``."""
     try:
         doc = pymupdf.open(stream=data, filetype="pdf")
     except Exception as exc:  # pymupdf raises its own FileDataError, RuntimeError, ...
-        raise StageFailure(f"corrupt PDF, cannot open ({exc}): {path}") from None
+        raise UnreadablePdf(exc, opened=False) from None
     try:
-        needs_pass = doc.needs_pass
-        pages = 0 if needs_pass else doc.page_count  # a broken page tree raises here
+        return doc, None if doc.needs_pass else doc.page_count  # a broken page tree raises
     except Exception as exc:  # e.g. RuntimeError "code=7: Invalid number of pages"
         doc.close()
-        raise StageFailure(f"corrupt PDF, cannot read its page tree ({exc}): {path}") from None
-    if needs_pass:
+        raise UnreadablePdf(exc, opened=True) from None
+
+
+def open_pdf(data: bytes, path: Path) -> pymupdf.Document:
+    """Open PDF bytes or raise StageFailure with the reason (corrupt, encrypted, empty)."""
+    try:
+        doc, pages = open_document(data)
+    except UnreadablePdf as exc:
+        what = "cannot read its page tree" if exc.opened else "cannot open"
+        raise StageFailure(f"corrupt PDF, {what} ({exc.detail}): {path}") from None
+    if pages is None:
         doc.close()
         raise StageFailure(f"encrypted PDF, needs a password: {path}")
     if pages == 0:

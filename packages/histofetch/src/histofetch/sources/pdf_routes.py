@@ -11,9 +11,8 @@ from __future__ import annotations
 
 from urllib.parse import urljoin
 
-import pymupdf
-
 from histofetch.http import NetClient, NetError
+from histofetch.pdf_checks import UnreadablePdf, open_document
 from histofetch.resolve import ServiceError, publisher_links
 from histofetch.sources import ArticleFiles, Miss
 
@@ -32,8 +31,9 @@ class NotAPdf(ValueError):
     """A body that is not a usable PDF; the message says what it looked like."""
 
 
-def check_pdf(data: bytes) -> int:
-    """Page count of a real PDF, or :class:`NotAPdf` with what the body looks like."""
+def check_pdf(data: bytes) -> int | None:
+    """Page count of a real PDF (None for one that needs a password: extract says so), or
+    :class:`NotAPdf` with what the body looks like."""
     head = data[:1024].lstrip()
     if not head.startswith(b"%PDF"):
         if not data:
@@ -45,16 +45,12 @@ def check_pdf(data: bytes) -> int:
             kind = f"{len(data)} bytes starting {data[:8]!r}"
         raise NotAPdf(f"got {kind}, not a PDF")
     try:
-        doc = pymupdf.open(stream=data, filetype="pdf")
-    except Exception as exc:  # pymupdf raises several types for broken files
-        raise NotAPdf(f"PDF header but PyMuPDF cannot open it ({exc})") from None
-    try:
-        pages = doc.page_count
-    except Exception as exc:  # a broken page tree: RuntimeError "code=7: ..."
-        raise NotAPdf(f"PDF header but PyMuPDF cannot read its page tree ({exc})") from None
-    finally:
-        doc.close()
-    if pages < 1:
+        doc, pages = open_document(data)
+    except UnreadablePdf as exc:
+        what = "read its page tree" if exc.opened else "open it"
+        raise NotAPdf(f"PDF header but PyMuPDF cannot {what} ({exc.detail})") from None
+    doc.close()
+    if pages == 0:
         raise NotAPdf("PDF without pages")
     return pages
 
