@@ -360,3 +360,22 @@ def test_a_base_config_of_another_model_is_refused_not_turned_into_a_cnn(tmp_pat
         tune(train_set, val_set, tmp_path / "t", trials=1, trial_epochs=1,
              base=TrainConfig(model="timm/resnet18"))  # fmt: skip
     assert not (tmp_path / "t").exists()
+
+
+def test_the_declared_ax_platform_has_the_client_api_tune_uses():
+    """``tune`` imports ``ax.api.client.Client`` and ``ax.api.configs``, which first ship in
+    ax-platform 1.0.0 (0.5.0 has them only under ``ax.preview.api``), and passes
+    ``mark_trial_failed(failed_reason=...)``, which 1.0.0 lacks and 1.1.0 has (checked on
+    the three wheels, 2026-11-30). The bound was >=0.4: pip kept an older Ax, and
+    ``histomodels tune`` then died on a ModuleNotFoundError or a TypeError."""
+    import tomllib
+    from pathlib import Path
+
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    pyproject = Path(__file__).parents[2] / "packages" / "histomodels" / "pyproject.toml"
+    deps = tomllib.loads(pyproject.read_text())["project"]["dependencies"]
+    (ax,) = [Requirement(d) for d in deps if Requirement(d).name == "ax-platform"]
+    lowest = [Version(s.version) for s in ax.specifier if s.operator in (">=", "==", "~=")]
+    assert lowest and min(lowest) >= Version("1.1"), f"ax-platform is declared as {ax}"
