@@ -179,7 +179,10 @@ def test_an_encrypted_pdf_is_downloaded_and_extract_names_it(tmp_path: Path) -> 
     doc.new_page()
     for streams in (1, 0):
         body = doc.tobytes(
-            encryption=pymupdf.PDF_ENCRYPT_AES_256, user_pw="u", owner_pw="o", use_objstms=streams
+            encryption=pymupdf.mupdf.PDF_ENCRYPT_AES_256,
+            user_pw="u",
+            owner_pw="o",
+            use_objstms=streams,
         )
         assert check_pdf(body) is None
         with pytest.raises(StageFailure, match=r"^encrypted PDF, needs a password: x\.pdf$"):
