@@ -55,3 +55,32 @@ def test_other_os_errors_keep_their_own_file_name(tmp_path) -> None:
     with pytest.raises(FileNotFoundError) as info:
         (tmp_path / "nope.csv").read_text()
     assert describe(info.value) == f"{tmp_path / 'nope.csv'}: no such file or directory"
+
+
+def test_an_os_error_with_two_paths_names_the_one_in_the_way(tmp_path) -> None:
+    """``describe`` named the source of ``os.link(src, dst)`` onto an existing dst
+    ('src: file exists') while histofetch's failure reasons named dst: one choice now
+    (``os_error_path``), the order of each line kept."""
+    import errno
+    import os
+
+    from histocore.errors import describe, os_error_path
+
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.write_text("a")
+    dst.write_text("b")
+    with pytest.raises(FileExistsError) as caught:
+        os.link(src, dst)
+    assert describe(caught.value) == f"{dst}: file exists"
+    assert os_error_path(caught.value) == f"{dst}"  # histofetch.stage.failure_reason's too
+    src.unlink()
+    with pytest.raises(FileNotFoundError) as missing:  # either path may be the missing one
+        os.link(src, tmp_path / "new")
+    assert os_error_path(missing.value) == f"{src} -> {tmp_path / 'new'}"
+    assert describe(missing.value) == f"{src} -> {tmp_path / 'new'}: no such file or directory"
+    # an atomic write's temp file renamed over its target: the target, whatever the errno
+    temp = OSError(
+        errno.ENOENT, "No such file or directory", "/d/.x.csv.abc123.tmp", None, "/d/x.csv"
+    )
+    assert os_error_path(temp) == "/d/x.csv"
+    assert os_error_path(OSError(errno.EIO, "I/O error")) is None

@@ -8,6 +8,7 @@ usually next to the built-in they always were (``ValueError``, ``RuntimeError``)
 
 from __future__ import annotations
 
+import errno
 import os
 
 from histocore.io import atomic_temp_target
@@ -16,17 +17,29 @@ from histocore.io import atomic_temp_target
 def describe(exc: BaseException) -> str:
     """``<file>: <problem>`` for an OSError, else the domain error's own message (what the
     ``error:`` line says; libraries use it too, e.g. to tell other ranks why one failed).
-
-    An atomic write whose final rename failed names the file the user gave, not its temp
-    file (``out.csv: is a folder, not a file`` when ``--out`` names a folder)."""
+    The file is :func:`os_error_path`'s: an atomic write whose final rename failed names
+    the file the user gave, not its temp file (``out.csv: is a folder, not a file`` when
+    ``--out`` names a folder)."""
     if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
-        target = _renamed_target(exc)
-        if target is not None:
-            if isinstance(exc, IsADirectoryError):
-                return f"{target}: is a folder, not a file"
-            return f"{target}: {exc.strerror.lower()}"
-        return f"{exc.filename}: {exc.strerror.lower()}"
+        if isinstance(exc, IsADirectoryError) and _renamed_target(exc) is not None:
+            return f"{os_error_path(exc)}: is a folder, not a file"
+        return f"{os_error_path(exc)}: {exc.strerror.lower()}"
     return str(exc) or type(exc).__name__
+
+
+def os_error_path(exc: OSError) -> str | None:
+    """Which path an OS error's one line names (None when it has none): its file; of two
+    (``os.replace``, ``os.link``) the destination, the file in the way (the source is
+    often a temp file already deleted; an atomic write's temp file stands for it), or
+    ``<src> -> <dst>`` when one of them is missing (either may be). ``describe`` and
+    ``histofetch.stage.failure_reason`` both name it."""
+    if exc.filename is None:
+        return None
+    if exc.filename2 is None:
+        return f"{exc.filename}"
+    if exc.errno == errno.ENOENT and _renamed_target(exc) is None:
+        return f"{exc.filename} -> {exc.filename2}"
+    return f"{exc.filename2}"
 
 
 def _renamed_target(exc: OSError) -> str | None:

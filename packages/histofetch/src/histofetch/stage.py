@@ -39,6 +39,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from histocore.errors import os_error_path
 from histocore.io import one_line, record_slug
 from histocore.manifest import STAGES, Manifest, Record
 from histocore.progress import task
@@ -158,15 +159,11 @@ def step_name(stage: str) -> str:
 def failure_reason(exc: BaseException) -> str:
     """The one-line reason a record fails with: the error's message, and for an OS error
     ``<problem>: <file>`` (it was ``[Errno 17] File exists: '<file>'``, counted by
-    summaries and ``histofetch status`` as ``[Errno 17] File exists``). An error with two
-    paths (``os.replace``, ``os.link``) names the destination, the file in the way (the
-    source is often a temp file already deleted), or both when one is missing."""
+    summaries and ``histofetch status`` as ``[Errno 17] File exists``), the file chosen as
+    ``histocore.errors.describe`` chooses it (:func:`histocore.errors.os_error_path`)."""
     if isinstance(exc, OSError) and exc.strerror:
-        if exc.filename2 is not None:
-            if exc.errno == errno.ENOENT:  # the source, or the destination's folder
-                return f"{exc.strerror}: {exc.filename} -> {exc.filename2}"
-            return f"{exc.strerror}: {exc.filename2}"
-        return exc.strerror if exc.filename is None else f"{exc.strerror}: {exc.filename}"
+        path = os_error_path(exc)
+        return exc.strerror if path is None else f"{exc.strerror}: {path}"
     return str(exc) or type(exc).__name__
 
 
