@@ -379,3 +379,22 @@ def test_the_declared_ax_platform_has_the_client_api_tune_uses():
     (ax,) = [Requirement(d) for d in deps if Requirement(d).name == "ax-platform"]
     lowest = [Version(s.version) for s in ax.specifier if s.operator in (">=", "==", "~=")]
     assert lowest and min(lowest) >= Version("1.1"), f"ax-platform is declared as {ax}"
+
+
+def test_a_tune_does_not_resume_on_other_data(tmp_path, tiny_data):
+    """Rerunning a tune's folder with other --data or --val resumed it: the new trials'
+    AUCs, on other patches, were ranked with the old ones and best_config.json could name
+    a trial of either. The patches and labels are recorded in tune.json and checked."""
+    out = tmp_path / "tune"
+    kw = dict(trial_epochs=1, sobol_trials=2, quiet=True, base=TINY)
+    tune(*tiny_data, out, trials=1, **kw)
+    records = (out / "trials.json").read_text()
+    other = make_patches(32, seed=7)
+    with pytest.raises(TuneError, match=r"ran on other training patches \(or labels\); resuming"):
+        tune(other, tiny_data[1], out, trials=2, **kw)
+    relabelled = (tiny_data[1][0], 1 - tiny_data[1][1])
+    with pytest.raises(TuneError, match="ran on other validation patches"):
+        tune(tiny_data[0], relabelled, out, trials=2, **kw)
+    assert (out / "trials.json").read_text() == records
+    tune(*tiny_data, out, trials=2, **kw)  # the same data: it resumes
+    assert len(json.loads((out / "trials.json").read_text())) == 2

@@ -178,6 +178,9 @@ def _tune(
     x_val, y_val = load_split(val, "validation", stream=False)
     train_arrays = (x_train[:].numpy(), y_train.numpy().astype("int64"))  # [:]: as a tensor
     val_arrays = (x_val[:].numpy(), y_val.numpy().astype("int64"))
+    settings["data"] = {"train": _digest(x_train, y_train), "val": _digest(x_val, y_val)}
+    if exp_path.is_file():
+        _check_data(out, settings["data"])
     out.mkdir(parents=True, exist_ok=True)
     _atomic_json(out / SETTINGS_FILE, settings)  # before the experiment: a new one needs it
 
@@ -278,6 +281,34 @@ def _check_settings(out: Path, settings: dict[str, Any]) -> None:
         raise TuneError(
             f"{out}: this experiment's trials ran for {before['limit']}, not "
             f"{settings['limit']}; resuming would mix two searches (use another folder)"
+        )
+
+
+def _digest(images: Any, labels: Any) -> str:
+    """What identifies a split: the sha256 of its patches and of its labels."""
+    import hashlib
+
+    from histomodels.training.distill import data_digest
+
+    tail = hashlib.sha256(labels.numpy().astype("int64").tobytes()).hexdigest()
+    return f"{data_digest(images)}:{tail}"
+
+
+def _check_data(out: Path, data: dict[str, str]) -> None:
+    """Refuse to resume an experiment on other training or validation patches (its trials'
+    AUCs would compare runs on different data). One saved before this was recorded passes."""
+    path = out / SETTINGS_FILE
+    before = json.loads(path.read_text()).get("data") if path.is_file() else None
+    if not before:
+        return
+    changed = [
+        what for key, what in (("train", "training"), ("val", "validation"))
+        if before.get(key) != data[key]
+    ]  # fmt: skip
+    if changed:
+        raise TuneError(
+            f"{out}: this experiment's trials ran on other {' and '.join(changed)} patches "
+            "(or labels); resuming would mix two searches (use another folder)"
         )
 
 
