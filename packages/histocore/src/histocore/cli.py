@@ -51,6 +51,11 @@ LOG_EVERY_S = 30.0
 #: The loggers a CLI shows: those of our three packages (their modules use ``__name__``).
 PACKAGES = ("histocore", "histofetch", "histomodels")
 
+#: Libraries we call whose log records are shown only with ``-v``: tifffile warns about what
+#: it skips in a damaged file (a tag of an unknown type...) while the image is still read,
+#: or fails with our one error line; Python's last-resort handler printed it bare.
+QUIET_LIBRARIES = ("tifffile",)
+
 
 def help_text(command: Callable[..., object]) -> str:
     """``command``'s docstring for ``--help`` with each paragraph on one line, for the
@@ -133,16 +138,18 @@ class _Formatter(logging.Formatter):
 
 def setup_logging(level: int = logging.INFO, *, verbose: bool = False) -> None:
     """Show our packages' log records of ``level`` and above on stderr (``verbose``: debug
-    too). Calling it again replaces the earlier setup (one handler per package logger)."""
+    too, and the :data:`QUIET_LIBRARIES`' records, hidden otherwise). Calling it again
+    replaces the earlier setup (one handler per logger)."""
     level = logging.DEBUG if verbose else level
-    for name in PACKAGES:
+    quiet = logging.DEBUG if verbose else logging.CRITICAL + 1
+    for name in PACKAGES + QUIET_LIBRARIES:
         logger = logging.getLogger(name)
         for old in [h for h in logger.handlers if isinstance(h, _StderrHandler)]:
             logger.removeHandler(old)
         handler = _StderrHandler(sys.stderr)
         handler.setFormatter(_Formatter("%(message)s"))
         logger.addHandler(handler)
-        logger.setLevel(level)
+        logger.setLevel(quiet if name in QUIET_LIBRARIES else level)
 
 
 @contextlib.contextmanager

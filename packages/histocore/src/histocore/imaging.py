@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import PIL.Image
 import PIL.ImageFile
+import PIL.TiffImagePlugin
 
 from histocore.errors import DomainError
 
@@ -92,6 +93,30 @@ def _reason(exc: BaseException) -> str:
     return text or type(exc).__name__
 
 
+#: The first bytes of the formats whose damaged header Pillow reports as "not identified".
+_MAGIC = {
+    b"II*\x00": "TIFF", b"MM\x00*": "TIFF", b"\x89PNG": "PNG", b"\xff\xd8\xff": "JPEG",
+    b"GIF8": "GIF", b"BM": "BMP",
+}  # fmt: skip
+
+
+def _unreadable(source: Source) -> str:
+    """Why Pillow identified no format: a known format whose header it cannot read (a
+    partial download, damage, or a variant it has no mode for), or not an image format."""
+    try:
+        if isinstance(source, bytes):
+            head = source[:8]
+        else:
+            with open(source, "rb") as f:
+                head = f.read(8)
+    except OSError:
+        head = b""
+    kind = next((k for m, k in _MAGIC.items() if head.startswith(m)), None)
+    if kind is None or (kind == "BMP" and len(head) < 8):
+        return "not an image format Pillow reads"
+    return f"{kind} header Pillow cannot read (cut short, damaged or an unsupported variant)"
+
+
 def _is_empty(source: Source) -> bool:
     """Whether ``source`` holds no bytes at all (a file cut to nothing, an empty download)."""
     if isinstance(source, bytes):
@@ -141,9 +166,12 @@ def _refused(name: str, max_pixels: int, exc: PIL.Image.DecompressionBombError) 
 
 @contextmanager
 def _quiet_pillow() -> Iterator[None]:
-    """Pillow's warnings silenced while an open image is used: its bomb warning (our own
-    limit decides) and the ``UserWarning`` lines it prints on stderr about damaged files
-    ("Corrupt EXIF data"...), beside the one error line or for a file that reads anyway."""
+    """Pillow's warnings silenced while a file is opened and used: its bomb warning (our
+    own limit decides) and the ``UserWarning`` lines it prints on stderr about damaged files
+    ("Truncated File Read", "Corrupt EXIF data"...), beside the one error line or for a file
+    that reads anyway. Filters only (nothing recorded): ``catch_warnings`` is process-wide,
+    so with threads reading at once one thread's exit can let another's Pillow warning
+    through, or leave these two narrow filters in place; nothing worse."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", PIL.Image.DecompressionBombWarning)
         warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
@@ -163,11 +191,8 @@ def open_image(
     """
     name = _name(source, what)
     fp = io.BytesIO(source) if isinstance(source, bytes) else source
-    heard: list[warnings.WarningMessage] = []  # Pillow's warnings: the reason it then fails
     try:
-        with warnings.catch_warnings(record=True) as heard:
-            warnings.simplefilter("ignore", PIL.Image.DecompressionBombWarning)
-            warnings.simplefilter("always", UserWarning)
+        with _quiet_pillow():
             im = PIL.Image.open(fp)
     except PIL.Image.DecompressionBombError as exc:
         raise _refused(name, max_pixels, exc) from None
@@ -176,9 +201,7 @@ def open_image(
     except IsADirectoryError:
         raise ImageError(name, "is a folder, not an image file") from None
     except PIL.UnidentifiedImageError:  # its text repeats the path, or names a BytesIO's address
-        said = (" ".join(str(w.message).split()) for w in heard if w.category is UserWarning)
-        told = next(said, "").rstrip(". ")
-        reason = "empty file" if _is_empty(source) else told or "not an image format Pillow reads"
+        reason = "empty file" if _is_empty(source) else _unreadable(source)
         raise ImageError(name, f"cannot decode image ({reason})", reason) from None
     except Exception as exc:
         if not _bad_input(exc):
@@ -239,7 +262,7 @@ def read_rgb_sized(
         size = im.size
         try:
             if _colour16(im):
-                return _decode_colour16(source, name, size, max_side), size
+                return _decode_colour16(source, name, im.mode, size, max_side), size
             return _decode(im, max_side, signed), size
         except PIL.Image.DecompressionBombError as exc:  # a later frame or tile over Pillow's
             raise _refused(name, max_pixels, exc) from None
@@ -269,25 +292,28 @@ def _decode(im: PIL.Image.Image, max_side: int | None, signed16: bool = False) -
 
 
 def _colour16(im: PIL.Image.Image) -> bool:
-    """Whether ``im`` (not yet loaded) is a TIFF of 16-bit colour samples (raw mode
-    ``RGB;16L``, ``RGBA;16B``...), which Pillow decodes to 8 bits by keeping each sample's
-    top byte (it has no 16-bit colour mode): 12-bit camera data came out near-black."""
-    if im.format != "TIFF" or im.mode not in ("RGB", "RGBA", "RGBX"):
+    """Whether ``im`` (not yet loaded) is a TIFF of 16-bit colour samples, interleaved or
+    planar, which Pillow decodes to 8 bits by keeping each sample's top byte (it has no
+    16-bit colour mode): 12-bit camera data came out near-black."""
+    if not isinstance(im, PIL.TiffImagePlugin.TiffImageFile) or im.mode == "CMYK":
         return False
-    if not isinstance(im, PIL.ImageFile.ImageFile) or not im.tile:
-        return False
-    args = im.tile[0][3]
-    rawmode = args if isinstance(args, str) else args[0] if args else ""
-    return isinstance(rawmode, str) and ";16" in rawmode
+    bits = im.tag_v2.get(258)  # BitsPerSample, one per sample
+    bits = bits if isinstance(bits, tuple) else (bits,)
+    return len(bits) >= 3 and all(b == 16 for b in bits)
+
+
+#: Rows converted at a time from 16 to 8 bits (16-bit colour TIFFs).
+_BAND_ROWS = 256
 
 
 def _decode_colour16(
-    source: Source, name: str, size: tuple[int, int], max_side: int | None
+    source: Source, name: str, mode: str, size: tuple[int, int], max_side: int | None
 ) -> np.ndarray:
     """The first page of a 16-bit colour TIFF read by tifffile, scaled to 8 bits by
     :func:`_grey16_to_8`'s depth rule over the colour samples (one depth for all three, so
-    colours keep their balance); 16-bit alpha keeps its top byte and is composited onto
-    white. Pillow has checked the declared size; tifffile must agree with it."""
+    colours keep their balance). Alpha (Pillow's ``mode`` RGBA; premultiplied or not)
+    keeps its top byte and is composited onto white; an unspecified extra sample (RGBX) is
+    ignored, as Pillow does. Pillow has checked the declared size; tifffile must agree."""
     import tifffile
 
     fp = io.BytesIO(source) if isinstance(source, bytes) else source
@@ -296,9 +322,13 @@ def _decode_colour16(
         with tifffile.TiffFile(fp) as tif:
             page = tif.pages.first
             compression = getattr(page.compression, "name", "its")
-            if page.shape[:2] != size[::-1] or page.dtype != np.uint16:
+            shape = (page.imagelength, page.imagewidth)
+            if shape != size[::-1] or page.dtype != np.uint16:
                 raise ImageError(name, "cannot decode image (its 16-bit TIFF tags disagree)")
             values = page.asarray()
+            premultiplied = tuple(page.extrasamples[:1]) == (1,)  # ExtraSamples ASSOCALPHA
+            if page.axes.startswith("S"):  # planar: one plane per sample
+                values = np.moveaxis(values, 0, -1)
     except ImageError:
         raise
     except Exception as exc:
@@ -311,13 +341,19 @@ def _decode_colour16(
                 "package to be read at full depth: pip install imagecodecs, or save it as 8-bit",
             ) from None
         raise ImageError(name, f"cannot decode image ({_reason(exc)})", _reason(exc)) from None
-    if values.ndim != 3 or values.shape[2] not in (3, 4):
+    if values.shape[:2] != shape or values.ndim != 3 or values.shape[2] < 3:
         raise ImageError(name, f"cannot decode image (16-bit TIFF of shape {values.shape})")
-    rgb = _grey16_to_8(values[..., :3])
-    if values.shape[2] == 4:  # alpha onto white, as _decode does for 8-bit images
-        alpha = (values[..., 3:].astype(np.uint16) >> 8).astype(np.float32) / 255.0
-        rgb = np.rint(rgb * alpha + 255.0 * (1.0 - alpha)).astype(np.uint8)
-    im = PIL.Image.fromarray(np.ascontiguousarray(rgb), "RGB")
+    shift = _shift16(values[..., :3])
+    rgb = np.empty((*shape, 3), np.uint8)
+    for top in range(0, shape[0], _BAND_ROWS):  # row bands: no full-size temporaries
+        band = values[top : top + _BAND_ROWS]
+        colour = band[..., :3] >> shift
+        if mode == "RGBA":  # onto white, as _decode does for 8-bit images
+            alpha = band[..., 3:4] >> 8
+            own = colour if premultiplied else colour * alpha // 255
+            colour = np.minimum(own + (255 - alpha), 255)
+        rgb[top : top + _BAND_ROWS] = colour
+    im = PIL.Image.fromarray(rgb, "RGB")
     if max_side is not None and max(im.size) > max_side:
         im.thumbnail((max_side, max_side), PIL.Image.Resampling.BILINEAR)
     return np.asarray(im, dtype=np.uint8)
@@ -354,9 +390,13 @@ def _grey16_to_8(values: np.ndarray) -> np.ndarray:
     by 32768 instead would make every 12-bit signed image a flat mid-grey."""
     signed = np.issubdtype(values.dtype, np.signedinteger)
     values = np.maximum(values, 0).astype(np.uint16) if signed else values.astype(np.uint16)
+    return (values >> _shift16(values, signed)).astype(np.uint8)
+
+
+def _shift16(values: np.ndarray, signed: bool = False) -> int:
+    """How far :func:`_grey16_to_8`'s depth rule shifts ``values`` right (its depth - 8)."""
     used = int(values.max(initial=0)).bit_length()
-    depth = min(15 if signed else 16, max(8, used + used % 2))  # rounded up to an even depth
-    return (values >> (depth - 8)).astype(np.uint8)
+    return min(15 if signed else 16, max(8, used + used % 2)) - 8  # rounded up to an even depth
 
 
 def rescale(image: np.ndarray, scale: float) -> np.ndarray:
