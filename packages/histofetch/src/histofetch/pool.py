@@ -79,7 +79,7 @@ def run_records(
     threads, or one job (the work then runs in this process): no limit. ``isolate``: one
     job runs in one worker process too, so ``record_timeout`` applies to it.
     """
-    if jobs <= 1 and not (isolate and not threads):
+    if jobs <= 1 and (threads or not isolate):  # one job, not isolated in a worker process
         return run_per_record(
             manifest,
             stage,

@@ -168,18 +168,24 @@ def number_from(least: float, most: float) -> Callable[[Any], float]:
     return parse
 
 
-#: The parser of the 0..1 options (``--purple``, ``--min-he``, ...).
-FRACTION = number_from(0.0, 1.0)
+def bounded(least: float, most: float, *names: str, **options: Any) -> Any:
+    """A float option from ``least`` to ``most``: Typer's ``min``/``max`` (the help's
+    range) and :func:`number_from`'s parser, from one pair of numbers."""
+    return typer.Option(*names, min=least, max=most, parser=number_from(least, most), **options)
+
+
+def fraction(*names: str, help: str) -> Any:
+    """A 0..1 float option (``--purple``, ``--min-he``, ``--min-tissue``, ``--max-dark``)."""
+    return bounded(0.0, 1.0, *names, help=help)
 
 
 #: ``--record-timeout`` (extract, filter, run): see :mod:`histofetch.record_time`.
 RecordTimeout = Annotated[
     float,
-    typer.Option(
+    bounded(
+        RECORD_TIMEOUT_RANGE.least,
+        RECORD_TIMEOUT_RANGE.most,
         "--record-timeout",
-        min=RECORD_TIMEOUT_RANGE.least,
-        max=RECORD_TIMEOUT_RANGE.most,
-        parser=number_from(RECORD_TIMEOUT_RANGE.least, RECORD_TIMEOUT_RANGE.most),
         metavar="SECONDS",
         help="Seconds one record's work may run in a worker (start-up not "
         "counted) before the worker is stopped; tried once more alone, then the record "
@@ -306,6 +312,7 @@ __all__ = [
     "errors",
     "fail",
     "fail_on_killers",
+    "fraction",
     "licence_policy",
     "net_config",
     "progress",

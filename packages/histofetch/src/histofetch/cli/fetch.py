@@ -8,7 +8,6 @@ import typer
 
 from histofetch.cli._common import (
     DEFAULT_RECORD_TIMEOUT_S,
-    FRACTION,
     MAX_JOBS,
     MAX_NET_JOBS,
     RUN_DEFAULT,
@@ -30,6 +29,7 @@ from histofetch.cli._common import (
     check_date_range,
     errors,
     fail_on_killers,
+    fraction,
     licence_policy,
     net_config,
     progress,
@@ -102,12 +102,7 @@ def run_all(
     maxdate: MaxDate = None,
     open_access_only: OaOnly = False,
     retry_failed: Retry = False,
-    purple: Annotated[
-        float,
-        typer.Option(
-            min=0.0, max=1.0, parser=FRACTION, help="Filter threshold (see `histofetch filter`)."
-        ),
-    ] = 0.3,
+    purple: Annotated[float, fraction(help="Filter threshold (see `histofetch filter`).")] = 0.3,
     db: Db = "pubmed",
     licence: Licence = "any",
     include_retracted: Retracted = False,

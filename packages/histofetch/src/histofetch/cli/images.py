@@ -10,7 +10,6 @@ import typer
 from histocore.manifest import MANIFEST_NAME, STORE_NAME
 from histofetch.cli._common import (
     DEFAULT_RECORD_TIMEOUT_S,
-    FRACTION,
     RUN_DEFAULT,
     Jobs,
     RecordTimeout,
@@ -19,6 +18,7 @@ from histofetch.cli._common import (
     errors,
     fail,
     fail_on_killers,
+    fraction,
     progress,
     record_limit,
 )
@@ -107,38 +107,17 @@ def filter_(
     ctx: typer.Context,
     run: Run = RUN_DEFAULT,
     purple: Annotated[
-        float,
-        typer.Option(
-            min=0.0,
-            max=1.0,
-            parser=FRACTION,
-            help="Min share of H&E-coloured pixels in the tissue region.",
-        ),
+        float, fraction(help="Min share of H&E-coloured pixels in the tissue region.")
     ] = 0.3,
-    min_he: Annotated[
-        float | None,
-        typer.Option(
-            "--min-he", min=0.0, max=1.0, parser=FRACTION, help="Min H&E (HED) score [0.5]."
-        ),
-    ] = None,
+    min_he: Annotated[float | None, fraction("--min-he", help="Min H&E (HED) score [0.5].")] = None,
     min_tissue: Annotated[
-        float | None,
-        typer.Option(
-            "--min-tissue",
-            min=0.0,
-            max=1.0,
-            parser=FRACTION,
-            help="Min tissue share of the image [0.02].",
-        ),
+        float | None, fraction("--min-tissue", help="Min tissue share of the image [0.02].")
     ] = None,
     min_blocks: Annotated[
         int | None, typer.Option("--min-blocks", min=1, help="Min tissue blocks [2].")
     ] = None,
     max_dark: Annotated[
-        float | None,
-        typer.Option(
-            "--max-dark", min=0.0, max=1.0, parser=FRACTION, help="Max dark-pixel share [0.2]."
-        ),
+        float | None, fraction("--max-dark", help="Max dark-pixel share [0.2].")
     ] = None,
     min_side: Annotated[
         int | None,
