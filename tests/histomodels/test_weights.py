@@ -91,6 +91,25 @@ def test_wrong_weights_file_names_the_file(tmp_path):
         create_model("cnn", weights=str(tmp_path / "missing.pt"))
 
 
+def test_a_weights_file_with_nan_is_refused_naming_the_tensor(tmp_path):
+    """NaN starting weights were loaded: the run's first validation was all NaN and it said
+    "training diverged ... lower the learning rate", blaming the wrong thing."""
+    a = create_model("cnn", width=8, depth=2)
+    sd = a.state_dict()
+    sd["head.2.weight"] = sd["head.2.weight"].clone().fill_(float("nan"))
+    path = tmp_path / "nan.pt"
+    torch.save(sd, path)
+    with pytest.raises(
+        WeightsError, match=r"nan\.pt: holds non-finite values .* 'head\.2\.weight'"
+    ):
+        create_model("cnn", width=8, depth=2, weights=str(path))
+    sd["head.2.weight"] = sd["head.2.weight"].fill_(0.0)
+    sd["features.0.0.weight"] = sd["features.0.0.weight"].clone().fill_(float("inf"))
+    torch.save(sd, path)
+    with pytest.raises(WeightsError, match=r"non-finite values \(NaN or inf\) in 'features"):
+        create_model("cnn", width=8, depth=2, weights=str(path))
+
+
 def test_split_parameters_finds_each_head():
     for name in ("cnn", "mobilenet_v2", "efficientnet_b0", "efficientnet_lite0", "timm/resnet10t"):
         model = create_model(name)

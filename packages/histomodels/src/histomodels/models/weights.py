@@ -158,8 +158,17 @@ def apply_state_dict(
     unexpected = [k for k in sd if k not in target]
     if len(unexpected) > len(sd) // 2:
         raise WeightsError(f"{source}: most keys do not belong to this model, e.g. {unexpected[0]}")
+    _check_finite({k: v for k, v in sd.items() if k in target}, source)
     model.load_state_dict(sd, strict=False)
     return {"skipped_head": sorted(skipped), "unexpected": sorted(unexpected)}
+
+
+def _check_finite(sd: dict[str, torch.Tensor], source: str) -> None:
+    """NaN or inf starting weights give NaN scores from the first step (a training run
+    then said it diverged, blaming the learning rate): refused, naming the tensor."""
+    for name, tensor in sd.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise WeightsError(f"{source}: holds non-finite values (NaN or inf) in {name!r}")
 
 
 def load_weights(model: nn.Module, path: str | Path) -> dict[str, list[str]]:
@@ -185,5 +194,6 @@ def load_by_order(
                 f"{source}: tensor for {k} has shape {tuple(w.shape)}, not {tuple(v.shape)}"
             )
         new[k] = w
+    _check_finite(new, source)
     model.load_state_dict(new, strict=False)
     return len(new)
