@@ -117,6 +117,18 @@ def test_cli_fits_a_stain_file_from_a_reference_image(tmp_path) -> None:
     Image.fromarray(np.full((64, 64, 3), 250, np.uint8)).save(blank)
     r = CliRunner().invoke(app, ["data", "stain", str(blank), "--out", str(tmp_path / "b.json")])
     assert r.exit_code == 1 and "blank.png" in r.stderr and not (tmp_path / "b.json").exists()
+    # a grey (or black) image has stained pixels but one colour: its "H" and "E" were one
+    # vector, written as settings that turned every training patch grey, exit 0
+    for value in (128, 0):
+        grey = tmp_path / f"grey{value}.png"
+        Image.fromarray(np.full((64, 64, 3), value, np.uint8)).save(grey)
+        r = CliRunner().invoke(app, ["data", "stain", str(grey), "--out", str(tmp_path / "g.json")])
+        assert r.exit_code == 1, r.output
+        assert r.stderr.strip() == (
+            f"error: {grey}: the haematoxylin and eosin vectors are 0.0 degrees apart (at least "
+            "5 needed): not two stains (a grey or one-colour image?)"
+        )
+        assert not (tmp_path / "g.json").exists()
 
 
 @pytest.mark.parametrize(
@@ -126,8 +138,13 @@ def test_cli_fits_a_stain_file_from_a_reference_image(tmp_path) -> None:
         (b'{"stains": [[0.65, 0.07], [0.7, 0.99], [0.29, 0.11]], "max_c": [0, 1]}', "max_c"),
         (b'{"stains": [[0.65, 0.07], [0.7, 0.99], [0.29, 0.11]], "max_c": [NaN, 1]}', "max_c"),
         (b'{"stains": [[0.65, 0.07], [0.7, 0.99], [0.29, 0.11]], "max_c": [1, 1], "io": -5}', "io"),
+        # what `data stain` wrote for a grey image: every patch normalised to grey
+        (
+            b'{"stains": [[0.577, 0.577], [0.577, 0.577], [0.577, 0.577]], "max_c": [1, 1]}',
+            "vectors are 0.0 degrees apart",
+        ),
     ],
-    ids=["binary", "zero max_c", "nan max_c", "negative io"],
+    ids=["binary", "zero max_c", "nan max_c", "negative io", "one colour"],
 )
 def test_hostile_stain_settings_are_one_error(tmp_path, text, message) -> None:
     """A stain file (or a checkpoint's stain dict) that would divide by zero or take the log

@@ -63,6 +63,25 @@ def stain_vectors(
     return stains, np.percentile(conc, 99, axis=1)
 
 
+#: the least angle between a target's haematoxylin and eosin vectors (degrees); on 399 real
+#: PCam patches the 1st percentile is 12.6, the common reference's 22.3; a grey image's 0
+MIN_STAIN_ANGLE = 5.0
+
+
+def _two_stains(stains: np.ndarray, source: str = "") -> None:
+    """A target whose two stain vectors are (nearly) one colour, as a grey, black or
+    one-stain image gives, would map every patch to shades of that colour."""
+    norms = np.linalg.norm(stains, axis=0)
+    cos = float(stains[:, 0] @ stains[:, 1] / max(float(norms.prod()), 1e-12))
+    angle = float(np.degrees(np.arccos(np.clip(cos, -1.0, 1.0))))
+    if not angle >= MIN_STAIN_ANGLE:
+        raise StainError(
+            f"{source}{': ' if source else ''}the haematoxylin and eosin vectors are "
+            f"{angle:.1f} degrees apart (at "
+            f"least {MIN_STAIN_ANGLE:g} needed): not two stains (a grey or one-colour image?)"
+        )
+
+
 @dataclass
 class MacenkoNormalizer:
     """Map images onto a target's stain appearance. Default target: the common reference."""
@@ -74,7 +93,9 @@ class MacenkoNormalizer:
 
     def fit(self, target: np.ndarray) -> MacenkoNormalizer:
         """Estimate the target's stain vectors and concentration scale (uint8 [H, W, 3])."""
-        self.stains, self.max_c = stain_vectors(_check(target), io=self.io)
+        stains, max_c = stain_vectors(_check(target), io=self.io)
+        _two_stains(stains)
+        self.stains, self.max_c = stains, max_c
         return self
 
     def transform_one(self, rgb: np.ndarray) -> np.ndarray:
@@ -115,6 +136,7 @@ class MacenkoNormalizer:
             raise StainError(f"{source}: not Macenko stain settings ({exc!r})") from None
         if stains.shape != (3, 2) or max_c.shape != (2,) or not np.isfinite(stains).all():
             raise StainError(f"{source}: expected stains 3x2 and max_c of 2 finite numbers")
+        _two_stains(stains, source)
         if not (np.isfinite(max_c).all() and (max_c > 0).all()):
             raise StainError(f"{source}: max_c must be 2 positive finite numbers")
         if not (np.isfinite(io) and 0 < io <= 1000):  # background light; 240 typical
