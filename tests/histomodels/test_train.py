@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 
+import h5py
 import numpy as np
 import pytest
 import torch
@@ -140,6 +141,27 @@ def test_bad_labels_and_one_class_validation_are_clear_errors(arrays, tmp_path):
     with pytest.raises(DatasetError, match="one class"):
         train(_cfg(), tmp_path / "r", train_data=(xt, yt), val_data=(xv, np.zeros_like(yv)))
     assert not (tmp_path / "r" / "best.pt").exists()
+
+
+def test_training_data_of_one_class_is_one_error_line(tmp_path):
+    """A training set holding only normal patches trained, reported a validation AUC and
+    exited 0 (a class folder left empty, a filter that kept one class)."""
+    x, y = make_patches(32, seed=0)
+    one = write_h5(tmp_path / "normal.h5", 32, seed=0)
+    with h5py.File(one, "r+") as f:
+        f["y"][...] = 0
+    val = write_h5(tmp_path / "val.h5", 24, seed=1)
+    args = ["train", "--data", str(one), "--val", str(val), "--out", str(tmp_path / "r"),
+            "--model-config", json.dumps(TINY), "--epochs", "1", "--threads", "1",
+            "--quiet"]  # fmt: skip
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 1, r.output
+    assert r.stderr.strip() == (
+        f"error: {one}: train data holds one class only (0); a classifier needs both"
+    )
+    assert not (tmp_path / "r").exists()
+    with pytest.raises(DatasetError, match=r"train data holds one class only \(1\)"):
+        train(_cfg(), tmp_path / "r", train_data=(x, np.ones_like(y)), val_data=(x, y))
 
 
 def test_validation_patches_that_are_training_patches_get_one_warning(arrays, tmp_path, caplog):

@@ -40,6 +40,7 @@ from typing import Any
 from histocore.errors import DomainError
 from histomodels.config import TrainConfig
 from histomodels.training import TrainingError, load_split, train
+from histomodels.training.data import check_two_classes
 from histomodels.training.distill import CACHE_NAME
 from histomodels.tune_space import (
     _RUN_ONLY,
@@ -176,6 +177,8 @@ def _tune(
     # decode once for all trials, before anything is written: bad data leaves no folder
     x_train, y_train = load_split(data, "train", stream=False)
     x_val, y_val = load_split(val, "validation", stream=False)
+    check_two_classes(y_train, data, "train")  # else every trial fails the same way
+    check_two_classes(y_val, val, "validation")
     train_arrays = (x_train[:].numpy(), y_train.numpy().astype("int64"))  # [:]: as a tensor
     val_arrays = (x_val[:].numpy(), y_val.numpy().astype("int64"))
     settings["data"] = {"train": _digest(x_train, y_train), "val": _digest(x_val, y_val)}

@@ -105,11 +105,22 @@ def prepare_splits(
                 f"{role} data ({x.ds.source}) is larger than the in-memory cache budget: "
                 f"streaming it in blocks of {x.block} patches (HISTOMODELS_CACHE_BYTES to change)"
             )
-    if len(torch.unique(y_val)) < 2:
-        spec = val_data if val_data is not None else cfg.val
-        where = spec if isinstance(spec, str | Path) else getattr(spec, "source", "validation")
-        raise DatasetError(f"{where}: validation data holds one class only; AUC is undefined")
+    check_two_classes(y_train, train_data if train_data is not None else cfg.data, "train")
+    check_two_classes(y_val, val_data if val_data is not None else cfg.val, "validation")
     return (x_train, y_train), (x_val, y_val), stain
+
+
+def check_two_classes(labels: torch.Tensor, spec: Any, role: str) -> None:
+    """Training needs both classes in each split: a one-class training set teaches nothing
+    (it trained, and reported a validation AUC, without a word), and a one-class
+    validation set has no AUC."""
+    classes = torch.unique(labels)
+    if len(classes) >= 2:
+        return
+    where = spec if isinstance(spec, str | Path) else getattr(spec, "source", role)
+    only = f" ({int(classes[0])})" if len(classes) else ""
+    why = "AUC is undefined" if role == "validation" else "a classifier needs both"
+    raise DatasetError(f"{where}: {role} data holds one class only{only}; {why}")
 
 
 def warn_shared_patches(x_train: Images, x_val: Images) -> int:
