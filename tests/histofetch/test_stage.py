@@ -176,6 +176,7 @@ def test_an_os_error_with_two_paths_names_the_one_in_the_way(tmp_path: Path) -> 
 
     from pdf_factory import build_image_pdf, he_like
 
+    from histocore.errors import describe
     from histofetch.extract import ingest_local, run_extract
     from histofetch.stage import failure_reason
 
@@ -196,6 +197,7 @@ def test_an_os_error_with_two_paths_names_the_one_in_the_way(tmp_path: Path) -> 
     with pytest.raises(FileExistsError) as caught:
         os.link(src, dst)
     assert failure_reason(caught.value) == f"File exists: {dst}"
+    assert describe(caught.value) == f"{dst}: file exists"  # the error line names it too
     src.unlink()
     new = tmp_path / "new"
     with pytest.raises(FileNotFoundError) as missing:  # either path may be the missing one
