@@ -39,6 +39,12 @@ def shared_path(*parts: str) -> Path:
     return path
 
 
+def unboxed(text: str) -> str:
+    """A CLI's output with rich's error box and line breaks taken out: one line of words,
+    so a message that rich wrapped can be matched whole."""
+    return " ".join(text.replace("│", " ").split())
+
+
 @pytest.fixture
 def no_collector():
     """The cycle collector off for one test: a run store left open (a ``Manifest`` not

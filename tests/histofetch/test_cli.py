@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import unboxed
 from pdf_factory import build_image_pdf, he_like, write_encrypted
 from typer.testing import CliRunner
 
@@ -248,11 +249,6 @@ MALFORMED = {
 }
 
 
-def _said(result) -> str:
-    """stderr with rich's box and line breaks taken out."""
-    return " ".join(result.stderr.replace("│", " ").split())
-
-
 @pytest.mark.parametrize("case", MALFORMED)
 def test_a_malformed_option_value_is_a_usage_error(tmp_path: Path, case: str) -> None:
     """Exit 2 with click's usage message naming the option (as docs/histofetch.md says),
@@ -261,7 +257,8 @@ def test_a_malformed_option_value_is_a_usage_error(tmp_path: Path, case: str) ->
     run = tmp_path / "run"
     result = runner.invoke(app, [*args, "--run", str(run)])
     assert result.exit_code == 2, result.output
-    assert f"Invalid value for '{option}'" in _said(result) and said in _said(result)
+    told = unboxed(result.stderr)
+    assert f"Invalid value for '{option}'" in told and said in told
     assert "Traceback" not in result.output and not run.exists()
 
 

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import unboxed
 from decoder_plugins import filter_run
 from pool_work import crash_then_hang, downloaded_run, hang_reading, hang_reading_any, read_fine
 from typer.testing import CliRunner
@@ -168,8 +169,8 @@ def test_record_timeout_out_of_range_is_a_usage_error(tmp_path: Path, command: s
     )
     assert "HISTOFETCH_RECORD_TIMEOUT" not in given.output  # the option wins; not read
     assert not (tmp_path / "run").exists()
-    help_text = " ".join(runner.invoke(app, [command, "--help"]).stdout.split())
-    assert f"{DEFAULT_RECORD_TIMEOUT_S}" in help_text.replace("│", "")
+    help_text = unboxed(runner.invoke(app, [command, "--help"]).stdout)
+    assert f"{DEFAULT_RECORD_TIMEOUT_S}" in help_text
 
 
 def test_filter_one_job_with_a_limit_stops_an_image_that_hangs_its_decoder(

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import unboxed
 
 HEAVY = ("torch", "timm", "ax", "torchvision")
 CODE = f"""
@@ -166,7 +167,7 @@ def test_an_image_where_the_checkpoint_goes_is_a_usage_error(tmp_path: Path) -> 
          str(image)],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
-    said = " ".join(out.stderr.replace("│", " ").split())
+    said = unboxed(out.stderr)
     assert "is an image, not a checkpoint: give the checkpoint first, or --model NAME" in said
 
 

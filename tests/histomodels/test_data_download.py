@@ -14,6 +14,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from conftest import unboxed
 from typer.testing import CliRunner
 
 from histomodels.cli import app
@@ -200,7 +201,7 @@ def test_names_and_bad_split() -> None:
     with pytest.raises(DownloadError, match="unknown PCam split 'dev'"):
         pcam_names(["dev"])
     result = CliRunner().invoke(app, ["data", "download", "mnist", "--dest", "x"])
-    said = " ".join(result.output.replace("│", " ").split())  # rich's box taken out
+    said = unboxed(result.output)
     assert result.exit_code == 2 and "'mnist' is not one of 'pcam'" in said, result.output
 
 

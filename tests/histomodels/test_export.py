@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from _evalkit import tiny_checkpoint
+from conftest import unboxed
 from typer.testing import CliRunner
 
 from histomodels.checkpoint import load_model
@@ -69,7 +70,7 @@ def test_cli_export_prints_parity(tmp_path: Path) -> None:
     r = CliRunner().invoke(
         app, ["export", str(ckpt), "--format", "tflite", "--out", str(tmp_path / "m.x")]
     )
-    said = " ".join(r.output.replace("│", " ").split())  # rich's box taken out
+    said = unboxed(r.output)
     assert r.exit_code == 2 and "Invalid value for '--format'" in said, r.output
     assert "'tflite' is not one of 'onnx', 'torchscript'" in said, r.output
 
@@ -158,7 +159,7 @@ def test_unknown_exporter_is_refused_before_anything_is_loaded(tmp_path: Path) -
     r = CliRunner().invoke(
         app, ["export", str(tmp_path / "missing.pt"), "--exporter", "nope", "--out", "x.onnx"]
     )
-    said = " ".join(r.output.replace("│", " ").split())  # rich's box taken out
+    said = unboxed(r.output)
     assert r.exit_code == 2 and "Invalid value for '--exporter'" in said, r.output
     assert "'nope' is not one of" in said, r.output
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import shared_path
+from conftest import shared_path, unboxed
 from typer.testing import CliRunner
 
 from histomodels import pretrained
@@ -133,7 +133,7 @@ def test_cli_model_option_errors_are_one_line(tmp_path: Path) -> None:
     r = runner.invoke(app, ["predict", "--model", "pcam-cnn", "--out", str(tmp_path / "p.csv")])
     assert r.exit_code != 0 and not (tmp_path / "p.csv").exists()
     r = runner.invoke(app, ["export", "--out", str(tmp_path / "m.onnx")])
-    said = " ".join(r.output.replace("│", " ").split())
+    said = unboxed(r.output)
     assert r.exit_code == 2 and "--model NAME (e.g. --model pcam-cnn)" in said, r.output
 
 
