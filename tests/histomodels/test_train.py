@@ -149,7 +149,9 @@ def test_training_data_of_one_class_is_one_error_line(tmp_path):
     x, y = make_patches(32, seed=0)
     one = write_h5(tmp_path / "normal.h5", 32, seed=0)
     with h5py.File(one, "r+") as f:
-        f["y"][...] = 0
+        labels = f["y"]
+        assert isinstance(labels, h5py.Dataset)
+        labels[...] = 0
     val = write_h5(tmp_path / "val.h5", 24, seed=1)
     args = ["train", "--data", str(one), "--val", str(val), "--out", str(tmp_path / "r"),
             "--model-config", json.dumps(TINY), "--epochs", "1", "--threads", "1",
