@@ -366,6 +366,29 @@ def test_resume_refuses_settings_it_would_not_apply(h5_files, tmp_path):
     assert json.loads((out / "history.json").read_text())[-1]["epoch"] == 2
 
 
+def test_resume_with_a_batch_larger_than_the_data_is_the_same_command(h5_files, tmp_path):
+    """With fewer training patches than ``--batch-size`` each step takes them all; the
+    trainer used to write that smaller size into config.json, so rerunning the same command
+    with ``--resume`` was refused as asking for another batch size (64 vs the run's 32).
+    config.json keeps the size asked for; the steps still take all 32 patches."""
+    small = write_h5(tmp_path / "small.h5", 32, seed=3)
+    out = tmp_path / "r"
+    args = ["train", "--data", str(small), "--val", str(h5_files[1]), "--out", str(out),
+            "--model-config", json.dumps(TINY), "--batch-size", "64", "--threads", "1",
+            "--quiet"]  # fmt: skip
+    assert CliRunner().invoke(app, [*args, "--epochs", "1"]).exit_code == 0
+    assert json.loads((out / "config.json").read_text())["batch_size"] == 64
+    r = CliRunner().invoke(app, [*args, "--epochs", "2", "--resume"])
+    assert r.exit_code == 0, r.output
+    assert json.loads((out / "history.json").read_text())[-1]["epoch"] == 2
+    from histomodels.training.trainer import Trainer
+
+    cfg = resolve_config(None, data=str(small), val=str(h5_files[1]), batch_size=64)
+    trainer = Trainer(cfg.replace(model_config={**cfg.model_config, **TINY}), tmp_path / "t")
+    trainer.setup()
+    assert trainer.batch_size == 32  # one step of all 32 patches, as before
+
+
 def _fails_on_row_100(runner_args, monkeypatch):
     """Run the CLI streaming the data (the truncated row is met during the first epoch)."""
     monkeypatch.setenv("HISTOMODELS_CACHE_BYTES", "1")

@@ -42,14 +42,14 @@ def fit_epoch(t: Trainer, epoch: int) -> EpochStats:
     order = D.shard(epoch_order(t.x_train, gen), info)
     augment = make_augment(cfg, seed * 100_003 + epoch * 31 + info.rank, t.stain_stats)
     t.net.train()
-    t.batches_per_epoch = max(1, len(order) // cfg.batch_size)
+    t.batches_per_epoch = max(1, len(order) // t.batch_size)
     t.loss_sum, t.seen = 0.0, 0
     for cb in t.callbacks:
         cb.on_epoch_start(t, epoch)
     pinned = t.prefetch and t.device.type == "cuda"
 
     def make(b: int) -> tuple[torch.Tensor, torch.Tensor]:
-        idx = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
+        idx = order[b * t.batch_size : (b + 1) * t.batch_size]
         return pin(augment(t.x_train[idx]), t.y_train[idx], pinned)
 
     t0, factor, cut = time.perf_counter(), 1.0, False

@@ -131,8 +131,9 @@ class Trainer:
     def _setup_rest(self) -> None:
         """Model, optimizer, resumed state, callbacks and ``config.json`` (rank 0)."""
         per_rank = len(self.x_train) // self.info.world_size
-        if per_rank < self.cfg.batch_size:
-            self.cfg = self.cfg.replace(batch_size=max(1, per_rank))
+        #: patches per step: ``batch_size``, or all of a process's share when it is smaller.
+        #: ``config.json`` keeps the size asked for: the same command resumes and reproduces.
+        self.batch_size = max(1, min(self.cfg.batch_size, per_rank))
         self._setup_model()
         self._setup_optimizer()
         if self.state is not None:
@@ -160,7 +161,7 @@ class Trainer:
             param_groups(self.model, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay
         )
         n = len(D.shard(torch.arange(len(self.x_train)), self.info))
-        self.schedule = LRSchedule(cfg, max(1, n // cfg.batch_size))
+        self.schedule = LRSchedule(cfg, max(1, n // self.batch_size))
         self.scaler = grad_scaler(self.device, self.bf16)
         self.loss_fn: nn.Module = nn.BCEWithLogitsLoss()
         if cfg.teacher:
