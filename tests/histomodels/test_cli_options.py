@@ -36,6 +36,8 @@ MALFORMED = {
     "eval --min-tissue": ([*EVAL, "--min-tissue", "2"], "--min-tissue", "less than or equal"),
     "eval --model": (["eval", "--model", "nope", "--data", "t.h5"], "--model", "'nope' is not a"),
     "predict --precision": ([*PREDICT, "--precision", "half"], "--precision", "'half'"),
+    "eval --data --scale 0": ([*EVAL, "--scale", "0"], "--scale", "0 < x <= 16"),
+    "eval --data --scale nan": ([*EVAL, "--scale", "nan"], "--scale", "nan is not in the range"),
     "predict --scale": ([*PREDICT, "--scale", "17"], "--scale", "0 < x <= 16"),
     "predict --scale nan": ([*PREDICT, "--scale", "nan"], "--scale", "nan is not in the range"),
     "export --format": ([*EXPORT, "--format", "tflite"], "--format", "'tflite' is not one of"),
@@ -227,7 +229,6 @@ TOGETHER = {
         )
         for option, value in (
             ("--top-k", ["3"]),
-            ("--scale", ["1"]),
             ("--min-tissue", ["0.5"]),  # its default, given: still not for --data
             ("--include-leaky", []),
             ("--train-data", ["{missing}"]),

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -28,17 +30,118 @@ from histomodels.checkpoint import (
     save_checkpoint,
 )
 from histomodels.choices import STORE_TEMPERATURE, THRESHOLD_RULES
-from histomodels.data.base import DatasetError, pixel_digests, rows_also_in
+from histomodels.data.base import DatasetError, PatchDataset, pixel_digests, rows_also_in
 from histomodels.inference import Predictor, sigmoid
 
+#: ``scale=``: a resized image under this many px a side is refused (PCam's label is about
+#: the central 32x32 px of a patch: a smaller image holds less than that region)
+MIN_SCALED_SIDE = 32
 
-def _load(data: Any) -> tuple[np.ndarray, np.ndarray, list[str], str]:
-    """A path (any supported dataset format) or a PatchDataset → arrays."""
+
+def _load(
+    data: Any, scale: float | None = None, size: int = 96
+) -> tuple[np.ndarray, np.ndarray, list[str], str]:
+    """A path (any supported dataset format) or a PatchDataset → arrays; with ``scale``,
+    images of any size, each resized and fitted to ``size`` (:class:`ScaledPatches`)."""
     from histomodels.data import open_dataset
 
-    ds = open_dataset(data) if isinstance(data, (str, Path)) else data
+    if isinstance(data, (str, Path)):
+        if scale is not None and _is_run_folder(Path(data)):
+            raise DatasetError(
+                f"{data}: a histofetch run: its figures are resized by their own factor "
+                "(eval --manifest); a scale applies to patch and tile data"
+            )
+        ds = open_dataset(data) if scale is None else open_dataset(data, patch_size=None)
+    else:
+        ds = data
+    if scale is not None:
+        ds = ScaledPatches(ds, scale, size)
     images, labels, ids = ds.load_all()
     return images, np.asarray(labels, np.int64), list(ids), str(getattr(ds, "source", data))
+
+
+def _is_run_folder(path: Path) -> bool:
+    return path.name == "manifest.jsonl" or (path / "manifest.jsonl").is_file()
+
+
+class ScaledPatches(PatchDataset):
+    """``base``'s images, each resized by ``scale`` with ``predict --scale``'s resize
+    (:func:`histomodels.predict.scaled`), then fitted to the model's ``size`` keeping that
+    magnification: a side longer than ``size`` is cut to its central ``size`` px (PCam's
+    geometry: the label is about the centre), a shorter one is kept (the models pool over
+    the whole map). Under :data:`MIN_SCALED_SIDE` px a side, or over the readers' pixel
+    limit once resized, an image is refused; images that come out at different sizes are
+    one :class:`DatasetError` (a batch holds one size)."""
+
+    def __init__(self, base: PatchDataset, scale: float, size: int = 96) -> None:
+        if not 0 < scale <= 16:  # NaN fails too
+            raise UsageError(f"scale must be in (0, 16], got {scale}")
+        self.base, self.scale, self.size = base, float(scale), int(size)
+        self.source = str(getattr(base, "source", "dataset"))
+        self.where = str(getattr(base, "root", self.source))  # the folder, for messages
+        self._files: list[Path] | None = getattr(base, "files", None)  # FolderDataset's
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, int, str]:
+        from histomodels.data.images import MAX_PIXELS
+        from histomodels.predict import PredictInputError, scaled
+
+        img, label, pid = self.base[index]
+        where = self._files[index] if self._files is not None else f"{self.where}: {pid}"
+        h, w = img.shape[:2]
+        sw, sh = round(w * self.scale), round(h * self.scale)
+        if sw * sh > MAX_PIXELS:  # resized whole before its centre is cut: bounded memory
+            raise DatasetError(f"{where}: {w}x{h} at scale {self.scale:g} is {sw}x{sh} "
+                               f"pixels, over the limit of {MAX_PIXELS}")  # fmt: skip
+        try:
+            img = scaled(img, self.scale, where, MIN_SCALED_SIDE,
+                         f"{MIN_SCALED_SIDE} px, PCam's label region")  # fmt: skip
+        except PredictInputError as exc:
+            raise DatasetError(str(exc)) from None
+        h, w = img.shape[:2]
+        y, x = max(0, (h - self.size) // 2), max(0, (w - self.size) // 2)
+        return np.ascontiguousarray(img[y : y + self.size, x : x + self.size]), label, pid
+
+    def labels(self) -> np.ndarray:
+        return self.base.labels()
+
+    def ids(self) -> list[str]:
+        return self.base.ids()
+
+    def load_all(self) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        """Every image resized and fitted, or one :class:`DatasetError` naming the sizes
+        they come out at when they differ."""
+        from histomodels.data.cache import require_memory
+
+        n = len(self)
+        if n == 0:
+            raise DatasetError(f"{self.where}: no patches")
+        require_memory(n * self.size * self.size * 3, self.where)  # fitted: at most size²
+        with (
+            ThreadPoolExecutor(min(4, os.cpu_count() or 1)) as pool,
+            task(f"decoding and resizing {self.source}", n) as shown,
+        ):
+            items = []
+            for item in pool.map(self.__getitem__, range(n)):
+                items.append(item)
+                shown.advance()
+        sizes: dict[tuple[int, ...], list[str]] = {}
+        for img, _, pid in items:
+            sizes.setdefault(img.shape[:2], []).append(pid)
+        if len(sizes) > 1:
+            by_count = sorted(sizes.items(), key=lambda kv: -len(kv[1]))
+            found = ", ".join(f"{w}x{h} px ({len(ids)}, e.g. {ids[0]})"
+                              for (h, w), ids in by_count)  # fmt: skip
+            raise DatasetError(
+                f"{self.where}: at scale {self.scale:g} the images come out at {len(sizes)} "
+                f"sizes: {found}; one under {self.size} px a side is scored whole, so all "
+                "must share one size: resize or crop them alike, or evaluate each size apart"
+            )
+        images = np.stack([img for img, _, _ in items])
+        labels = np.array([label for _, label, _ in items], dtype=np.int64)
+        return images, labels, [pid for _, _, pid in items]
 
 
 def write_json(path: Path, obj: Any) -> None:
@@ -101,6 +204,8 @@ def operating_point(
     sensitivity: float | None = None,
     store_temperature: str = "beside",
     test_digests: list[bytes] | None = None,
+    val_scale: float | None = None,
+    size: int = 96,
 ) -> dict[str, Any]:
     """The temperature and the threshold that scores are read with, and where they came from
     (``temperature``, ``threshold``, ``threshold_source``).
@@ -113,14 +218,15 @@ def operating_point(
     (``pixel_digests`` of the test patches), ``validation.test_patches_also_here`` counts
     the test patches with the same pixels as a validation patch and
     ``validation.patches_also_in_test`` the validation patches with those of a test patch
-    (rows: a patch stored twice counts twice)."""
+    (rows: a patch stored twice counts twice). ``val_scale``: the validation images are
+    resized by it and fitted to ``size`` first (:class:`ScaledPatches`)."""
     from histomodels.calibration import fit_temperature, nll
     from histomodels.metrics import DEFAULT_SENSITIVITY, choose_threshold
 
     if val is None:
         return {"temperature": pred.temperature, "threshold": default[0],
                 "threshold_source": default[1]}  # fmt: skip
-    v_images, v_labels, _, v_source = _load(val)
+    v_images, v_labels, _, v_source = _load(val, val_scale, size)
     if not np.isin(v_labels, (0, 1)).all():
         raise DatasetError(f"{v_source}: validation data must be fully labelled (0/1)")
     if len(np.unique(v_labels)) < 2:  # checked before inference; the error names the file
@@ -173,6 +279,7 @@ def evaluate_checkpoint(
     device: str | None = None,
     store_temperature: str = "beside",
     gallery: bool = True,
+    scale: float | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``checkpoint`` on ``data`` and write metrics.json, predictions.csv and PNGs
     to ``out``. Returns the metrics dict. ``device`` defaults to CUDA when available.
@@ -181,11 +288,20 @@ def evaluate_checkpoint(
     (the screening default, also for None: the highest threshold keeping ``sensitivity``,
     0.9 unless given, on validation) or ``youden``. Without it, a threshold shipped with the
     model (pretrained models) is used, else 0.5; a ``threshold_rule`` or ``sensitivity``
-    then is a ``ValueError``."""
+    then is a ``ValueError``.
+
+    ``scale`` (tiles at another magnification: 0.25 for 40x, PCam is ~10x): every image of
+    ``data`` and ``val``, of any size, is resized by it first and fitted to the model's
+    input size (:class:`ScaledPatches`: a centre crop where larger, scored whole where
+    smaller); ``scale`` and ``scored_px`` in the result say so. Without it, patches must be
+    the model's size. A folder's label is the whole tile's, not PCam's "tumour in the
+    central 32x32", so such numbers are not PCam numbers."""
     from histomodels.calibration import nll
     from histomodels.metrics import binary_metrics, summarize, threshold_sweep
 
     check_threshold_options(val, threshold_rule, sensitivity)
+    if scale is not None and not 0 < scale <= 16:  # NaN fails too
+        raise UsageError(f"scale must be in (0, 16], got {scale}")
     out = Path(out)
     pred = Predictor.load(checkpoint, device=device, precision=precision)
     ckpt = pred.ckpt
@@ -196,7 +312,8 @@ def evaluate_checkpoint(
                 images, batch_size=batch_size, tta=tta, progress=shown.advance, prepared=prepared
             )
 
-    images, labels, ids, source = _load(data)
+    size = int(ckpt.get("input_size", 96))
+    images, labels, ids, source = _load(data, scale, size)
     test_digests = pixel_digests(images) if val is not None else None
     images = pred.prepare(images)  # as the model sees them (the error gallery shows these)
     result: dict[str, Any] = {
@@ -206,6 +323,9 @@ def evaluate_checkpoint(
         "tta": bool(tta),
         "precision": pred.precision,
     }
+    if scale is not None:
+        result["scale"] = float(scale)
+        result["scored_px"] = [int(images.shape[2]), int(images.shape[1])]  # width, height
     threshold, threshold_source = decision_threshold(ckpt, note=NO_VALIDATION)
     if (
         val is not None
@@ -220,7 +340,8 @@ def evaluate_checkpoint(
     point = operating_point(
         pred, checkpoint, val, infer, default=(threshold, threshold_source),
         threshold_rule=threshold_rule, sensitivity=sensitivity,
-        store_temperature=store_temperature, test_digests=test_digests,
+        store_temperature=store_temperature, test_digests=test_digests, val_scale=scale,
+        size=size,
     )  # fmt: skip
     threshold, temperature = point.pop("threshold"), point["temperature"]
     result.update(point)

@@ -100,7 +100,7 @@ def image_tiles(
 ) -> tuple[np.ndarray, Tiles]:
     """The image resized by ``scale`` (as ``--scale`` does) and its tiles (x/y in its pixels)."""
     if scale != 1.0:
-        image = _resize(image, scale, where, size)
+        image = scaled(image, scale, where, size)
     return image, tile_image(image, size, stride)
 
 
@@ -428,11 +428,18 @@ def _warn_magnification(factors: list[float], scale: float) -> None:
     )  # fmt: skip
 
 
-def _resize(img: np.ndarray, scale: float, f: Path, size: int) -> np.ndarray:
+def scaled(
+    img: np.ndarray, scale: float, where: Path | str, size: int, what: str | None = None
+) -> np.ndarray:
+    """``img`` resized by ``scale`` (``histocore.imaging.rescale``; unchanged at 1): the
+    resize of ``predict --scale`` and ``eval --data --scale``. A result under ``size`` px a
+    side is a :class:`PredictInputError` naming ``where`` and ``what`` it is smaller than
+    (default: one ``size`` px patch)."""
     h, w = img.shape[:2]
     if round(h * scale) < size or round(w * scale) < size:
-        raise PredictInputError(f"{f}: {w}x{h} at scale {scale} is smaller than one {size}px patch")
-    return rescale(img, scale)
+        what = what or f"one {size}px patch"
+        raise PredictInputError(f"{where}: {w}x{h} at scale {scale} is smaller than {what}")
+    return img if scale == 1.0 else rescale(img, scale)
 
 
 def _stem(f: Path, files: list[Path]) -> str:

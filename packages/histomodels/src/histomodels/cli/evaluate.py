@@ -140,8 +140,11 @@ def eval_cmd(
         typer.Option(
             "--scale",
             callback=in_range(0, 16, low_open=True),
-            help="Manifest: resize factor to PCam scale, in (0, 16] (default: "
-            "estimated per figure from nucleus size).",
+            help="Resize factor to PCam's ~10x, in (0, 16]. --manifest: for every figure "
+            "(default: estimated per figure from nucleus size). --data (and --val): tiles of "
+            "any size at another magnification (0.25 for 40x), each resized, then its centre "
+            "96 px scored (a smaller one whole); a folder's label is the whole tile's, not "
+            "PCam's centre 32x32.",
         ),
     ] = None,
     min_tissue: Annotated[
@@ -241,6 +244,7 @@ def eval_cmd(
                 precision=precision,
                 device=device,
                 store_temperature="none" if no_store else store_temperature,
+                scale=fig_scale,
             )
     if manifest is not None:
         _print_external(result, out)
@@ -248,10 +252,10 @@ def eval_cmd(
         _print_metrics(result, out)
 
 
-#: eval options that only figures of a manifest use (``--data`` patches are not tiled)
+#: eval options that only figures of a manifest use (``--data`` patches are not tiled;
+#: ``--scale`` serves both: the figures' factor, or the one for tiles of another size)
 MANIFEST_ONLY = {
     "top_k": "--top-k",
-    "fig_scale": "--scale",
     "min_tissue": "--min-tissue",
     "include_leaky": "--include-leaky",
     "train_data": "--train-data",
@@ -309,7 +313,11 @@ def _print_metrics(result: dict, out: Path) -> None:
     name, model = result.get("checkpoint"), result.get("model")
     shown = f"{name} ({model})" if name and str(name) != model else model
     # a plain line, not the table's title: that is centred and wrapped to the table's width
-    console.print(f"{shown} on {result.get('data')} (n={result.get('n')})", soft_wrap=True)
+    scaled = ""
+    if result.get("scale") is not None:
+        w, h = result["scored_px"]
+        scaled = f", resized by {result['scale']:g}, scored at {w}x{h} px"
+    console.print(f"{shown} on {result.get('data')} (n={result.get('n')}{scaled})", soft_wrap=True)
     table = Table()
     table.add_column("metric")
     table.add_column("value", justify="right")

@@ -1,0 +1,177 @@
+"""``eval --data FOLDER --scale F``: tile folders at another magnification are resized by
+predict's resize, then fitted to the model's input size (a centre crop where larger, whole
+where smaller) and scored. Before, ``--scale`` was refused with ``--data`` (exit 2) and a
+folder of 256 px tiles stopped at ``image is 256x256 px, expected 96x96``."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from sklearn import metrics as skm
+from typer.testing import CliRunner
+
+from histocore.imaging import rescale
+from histomodels.cli import app
+from histomodels.evaluate import evaluate_checkpoint
+from histomodels.inference import Predictor, sigmoid
+from histomodels.synthetic import make_patches
+
+torch.set_num_threads(1)
+EVAL = ["eval", "--model", "pcam-cnn", "--bootstrap", "0"]
+
+
+def _tiles(folder: Path, sizes: list[int], seed: int = 0) -> dict[str, np.ndarray]:
+    """A class-folder tree of SYNTHETIC tiles: PCam-like patches enlarged to ``sizes[i]``
+    px (as if seen at a higher magnification). Returns {id: pixels} as written."""
+    x, y = make_patches(len(sizes), seed=seed)
+    written = {}
+    for i, (img, label, size) in enumerate(zip(x, y, sizes, strict=True)):
+        big = rescale(img, size / 96)
+        cls = "tumor" if label else "normal"
+        (folder / cls).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(big).save(folder / cls / f"t{i}.png")
+        written[f"{cls}/t{i}.png"] = big
+    return written
+
+
+def _probs(csv_path: Path) -> dict[str, float]:
+    with csv_path.open() as f:
+        return {r["id"]: float(r["probability"]) for r in csv.DictReader(f)}
+
+
+def _library_probs(images: dict[str, np.ndarray]) -> dict[str, float]:
+    """pcam-cnn's probability for each image as given (the library, no eval)."""
+    pred = Predictor.load("pcam-cnn", device="cpu")
+    out = {}
+    for pid, img in images.items():
+        out[pid] = float(sigmoid(pred.logits(np.stack([img])), pred.temperature)[0])
+    return out
+
+
+def _centre(img: np.ndarray, size: int = 96) -> np.ndarray:
+    h, w = img.shape[:2]
+    y, x = max(0, (h - size) // 2), max(0, (w - size) // 2)
+    return img[y : y + size, x : x + size]
+
+
+def test_scale_scores_what_an_explicit_resize_scores(tmp_path: Path) -> None:
+    tiles = _tiles(tmp_path / "x40", [192] * 8)
+    out = tmp_path / "o"
+    r = CliRunner().invoke(app, [*EVAL, "--data", str(tmp_path / "x40"), "--scale", "0.5",
+                                 "--out", str(out)])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    got = _probs(out / "predictions.csv")
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["scale"] == 0.5 and m["scored_px"] == [96, 96] and m["n"] == 8
+    assert "resized by 0.5, scored at 96x96 px" in r.stdout.splitlines()[0]
+    # the same tiles resized first by the library, then evaluated as plain 96 px patches
+    for pid, img in tiles.items():
+        dest = tmp_path / "pre" / pid
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rescale(img, 0.5)).save(dest)
+    r = CliRunner().invoke(app, [*EVAL, "--data", str(tmp_path / "pre"), "--out",
+                                 str(tmp_path / "p")])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert _probs(tmp_path / "p" / "predictions.csv") == got
+    want = _library_probs({k: rescale(v, 0.5) for k, v in tiles.items()})
+    assert got == pytest.approx(want, abs=2e-6)
+    assert m["roc_auc"] == pytest.approx(
+        skm.roc_auc_score([k.startswith("tumor") for k in got], list(got.values()))
+    )
+    # predict --scale 0.5 resizes each 192 px file to one 96 px patch: the same probability
+    csv_out = tmp_path / "pred.csv"
+    args = ["predict", "--model", "pcam-cnn", str(tmp_path / "x40"), "--scale", "0.5"]
+    r = CliRunner().invoke(app, [*args, "--no-heatmaps", "--out", str(csv_out)])
+    assert r.exit_code == 0, r.output
+    with csv_out.open() as f:
+        rows = {Path(row["path"]).relative_to(tmp_path / "x40").as_posix(): row
+                for row in csv.DictReader(f)}  # fmt: skip
+    assert {k: float(v["probability"]) for k, v in rows.items()} == got
+
+
+def test_mixed_sizes_larger_than_a_patch_are_centre_cropped(tmp_path: Path) -> None:
+    tiles = _tiles(tmp_path / "mixed", [192, 256, 192, 288])  # 96, 128, 96, 144 px at 0.5
+    out = tmp_path / "o"
+    r = CliRunner().invoke(app, [*EVAL, "--data", str(tmp_path / "mixed"), "--scale", "0.5",
+                                 "--out", str(out)])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    want = _library_probs({k: _centre(rescale(v, 0.5)) for k, v in tiles.items()})
+    assert _probs(out / "predictions.csv") == pytest.approx(want, abs=2e-6)
+
+
+def test_smaller_images_are_scored_whole_and_val_is_resized_alike(tmp_path: Path) -> None:
+    tiles = _tiles(tmp_path / "test", [128] * 6, seed=1)  # 64 px at 0.5: scored whole
+    _tiles(tmp_path / "val", [128] * 8, seed=2)
+    out = tmp_path / "o"
+    got = evaluate_checkpoint("pcam-cnn", tmp_path / "test", out, val=tmp_path / "val",
+                              scale=0.5, n_bootstrap=0, device="cpu", gallery=False)  # fmt: skip
+    assert got["scored_px"] == [64, 64] and got["validation"]["n"] == 8
+    pred = Predictor.load("pcam-cnn", device="cpu")
+    logits = pred.logits(np.stack([rescale(v, 0.5) for v in tiles.values()]))
+    want = dict(zip(tiles, sigmoid(logits, got["temperature"]).tolist(), strict=True))
+    assert _probs(out / "predictions.csv") == pytest.approx(want, abs=2e-6)
+    # without a scale the same folders are refused: they are not the model's 96 px
+    r = CliRunner().invoke(app, [*EVAL, "--data", str(tmp_path / "test"), "--out", str(out)])
+    assert r.exit_code == 1 and "image is 128x128 px, expected 96x96" in r.stderr
+
+
+@pytest.mark.parametrize(
+    ("sizes", "scale", "message"),
+    [
+        # 64 and 80 px after the resize, both under 96 px: scored whole, so not one batch
+        ([128, 160, 128], 0.5, "the images come out at 2 sizes: 64x64 px (2, e.g. normal/t0"),
+        ([128, 60], 0.5, "60x60 at scale 0.5 is smaller than 32 px, PCam's label region"),
+        # enlarged whole before the centre is cut: bounded like predict's --max-pixels
+        ([600], 16, "600x600 at scale 16 is 9600x9600 pixels, over the limit of 64000000"),
+    ],
+)
+def test_sizes_that_cannot_be_scored_are_one_error_line(
+    tmp_path: Path, sizes: list[int], scale: float, message: str
+) -> None:
+    _tiles(tmp_path / "d", sizes)
+    out = tmp_path / "o"
+    r = CliRunner().invoke(app, [*EVAL, "--data", str(tmp_path / "d"), "--scale", str(scale),
+                                 "--out", str(out)])  # fmt: skip
+    assert r.exit_code == 1, r.output
+    assert r.stderr.startswith("error: ") and r.stderr.count("\n") == 1, r.stderr
+    assert message in r.stderr
+    assert not out.exists()  # nothing written
+
+
+def test_a_histofetch_run_as_data_is_refused_with_a_scale(tmp_path: Path) -> None:
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "manifest.jsonl").write_text("")
+    r = CliRunner().invoke(app, [*EVAL, "--data", str(tmp_path / "run"), "--scale", "0.5",
+                                 "--out", str(tmp_path / "o")])  # fmt: skip
+    assert r.exit_code == 1 and "a histofetch run" in r.stderr
+
+
+@pytest.mark.parametrize("value", ["0", "-0.25", "nan", "16.5", "inf"])
+def test_bad_scale_with_data_is_a_usage_error(tmp_path: Path, value: str) -> None:
+    r = CliRunner().invoke(app, [*EVAL, "--data", str(tmp_path / "missing"), "--scale", value,
+                                 "--out", str(tmp_path / "o")])  # fmt: skip
+    assert r.exit_code == 2, r.output
+    assert "--scale" in r.stderr
+
+
+def test_camelyon16_40x_tiles_at_quarter_scale(tmp_path: Path) -> None:
+    """The 89 real 40x 256 px Camelyon16 tiles: resized to PCam's ~10x (64 px) pcam-cnn
+    separates them; at their own magnification (--scale 1: the centre 96 px at 40x) it calls
+    nearly all tumour and ranks them worse than chance. (The slides may be among PCam's
+    sources, so this checks the magnification, not generalisation to new slides.)"""
+    from conftest import shared_path
+
+    folder = shared_path("data", "camelyon16_tiles_didsr")
+    quarter = evaluate_checkpoint("pcam-cnn", folder, tmp_path / "q", scale=0.25,
+                                  n_bootstrap=0, device="cpu", gallery=False)  # fmt: skip
+    own = evaluate_checkpoint("pcam-cnn", folder, tmp_path / "o", scale=1.0,
+                              n_bootstrap=0, device="cpu", gallery=False)  # fmt: skip
+    assert quarter["n"] == own["n"] == 89 and quarter["scored_px"] == [64, 64]
+    assert quarter["roc_auc"] > 0.9
+    assert quarter["roc_auc"] > own["roc_auc"] + 0.3
