@@ -167,13 +167,12 @@ def check_inputs(
     several: list[tuple[Path, str]] = []  # files of several pages or frames
     for f in files:
         try:
-            pages, unit, (w, h) = _check_file(f, size, max_pixels, scale)
+            pages, unit, (sw, sh) = _check_file(f, size, max_pixels, scale)
         except PredictInputError as exc:
             problems[f] = exc
             continue
         if pages > 1:
             several.append((f, unit))
-        sw, sh = round(w * scale), round(h * scale)
         n = ((sh - size) // step + 1) * ((sw - size) // step + 1)
         # uint8 patches + their float32 copy for the tissue fraction
         require_memory(n * size * size * 3 * 5, str(f), f"{n} tiles at stride {step}")
@@ -184,9 +183,8 @@ def check_inputs(
 def _check_file(
     f: Path, size: int, max_pixels: int, scale: float
 ) -> tuple[int, str, tuple[int, int]]:
-    """(1, or 2 for several pages, "pages" or "frames", (width, height)) of one file from its
-    header; raises
-    :class:`PredictInputError` when it cannot be scored."""
+    """(1, or 2 for several pages, "pages" or "frames", (width, height) after ``scale``) of
+    one file from its header; raises :class:`PredictInputError` when it cannot be scored."""
     with _one_line(f, max_pixels), imaging.open_image(f, max_pixels=max_pixels, what=str(f)) as im:
         w, h = im.size
         # a PSD's frames are its layers; what is read and scored is the flattened image
@@ -200,7 +198,7 @@ def _check_file(
     if sw < size or sh < size:  # after scale only: --scale 2 makes a 50 px image 100 px
         at = " is" if scale == 1 else f" at scale {scale} is {sw}x{sh},"
         raise PredictInputError(f"{f}: {w}x{h}{at} smaller than one {size}px patch")
-    return pages, unit, (w, h)
+    return pages, unit, (sw, sh)
 
 
 def _pages(im: Any) -> int:
@@ -305,10 +303,9 @@ def predict_paths(
     w.writerow(CSV_COLUMNS)
     n_rows, scored, heatmaps = 0, 0, []
     try:
-        n_rows = _predict_files(pred, files, problems, w, heat_dir, heatmaps, size=size,
+        n_rows, scored = _predict_files(pred, files, problems, w, heat_dir, heatmaps, size=size,
                                 scale=scale, stride=stride, max_pixels=max_pixels,
                                 batch_size=batch_size, tta=tta, threshold=cut)  # fmt: skip
-        scored = sum(f not in problems for f in files)
         if scored:
             out_csv.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_text(out_csv, buf.getvalue())
@@ -338,10 +335,10 @@ def _predict_files(
     batch_size: int,
     tta: bool,
     threshold: float,
-) -> int:
+) -> tuple[int, int]:
     """Score the tiles of every file not in ``problems`` into the CSV writer ``w`` (a file
     whose pixels cannot be used joins ``problems``, and has no row); heatmap paths go to
-    ``heatmaps`` as they are written. Returns the number of rows."""
+    ``heatmaps`` as they are written. Returns the number of rows and of files scored."""
     from histomodels.inference import sigmoid
 
     n_rows, factors, grey = 0, [], []
@@ -374,13 +371,13 @@ def _predict_files(
                 heatmaps.append(str(target))
             shown.advance()
     _warn_magnification(factors, scale)
+    scored = sum(f not in problems for f in todo)  # each input given, as the CSV's rows
     if grey:
         log.warning(
             "%d of %d image(s) are greyscale (e.g. %s): the model knows colour H&E only, so "
-            "their scores are not meaningful", len(grey),
-            sum(f not in problems for f in todo), grey[0],
+            "their scores are not meaningful", len(grey), scored, grey[0],
         )  # fmt: skip
-    return n_rows
+    return n_rows, scored
 
 
 def _is_grey(img: np.ndarray) -> bool:
