@@ -70,6 +70,11 @@ def test_scale_scores_what_an_explicit_resize_scores(tmp_path: Path) -> None:
     m = json.loads((out / "metrics.json").read_text())
     assert m["scale"] == 0.5 and m["scored_px"] == [96, 96] and m["n"] == 8
     assert "resized by 0.5, scored at 96x96 px" in r.stdout.splitlines()[0]
+    # the report says so beside the test data, as eval's first line does
+    r = CliRunner().invoke(app, ["report", str(out), "--out", str(tmp_path / "rep")])
+    assert r.exit_code == 0, r.output
+    html = (tmp_path / "rep" / "report.html").read_text()
+    assert "resized (scored at)" in html and "by 0.5 (96x96 px)" in html
     # the same tiles resized first by the library, then evaluated as plain 96 px patches
     for pid, img in tiles.items():
         dest = tmp_path / "pre" / pid
