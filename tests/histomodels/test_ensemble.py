@@ -88,6 +88,18 @@ def test_ensemble_refuses_bad_members(members: list[Path], tmp_path: Path) -> No
     with pytest.raises(CheckpointError, match="stain"):
         build_ensemble([members[0], tmp_path / "stained.pt"])
     assert not (tmp_path / "out").exists()
+    # a member given twice (as itself, or as a run folder and its best.pt) counted twice
+    run = tmp_path / "run"
+    run.mkdir()
+    save_checkpoint(run / "best.pt", read_checkpoint(members[1]))
+    for twice in ([members[0], members[1], members[0]], [run, run / "best.pt"]):
+        with pytest.raises(CheckpointError, match=f"^{twice[-1]}: the same checkpoint as"):
+            build_ensemble(twice)
+    r = CliRunner().invoke(app, ["ensemble", "pcam-cnn", "pcam-cnn", "--out", str(tmp_path / "e")])
+    assert r.exit_code == 1 and r.stderr.strip().splitlines() == [
+        "error: pcam-cnn: the same checkpoint as pcam-cnn; give each member once (a repeated "
+        "member would count twice in the average)"
+    ]
 
 
 def test_cli_ensemble_then_eval_predict(members: list[Path], tmp_path: Path) -> None:

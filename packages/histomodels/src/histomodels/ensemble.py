@@ -21,6 +21,7 @@ from histomodels.checkpoint import (
     CheckpointError,
     build_with_weights,
     read_checkpoint,
+    resolve_checkpoint,
 )
 from histomodels.inference import norm_of
 
@@ -32,7 +33,6 @@ def member_spec(ckpt: dict[str, Any], source: str) -> dict[str, Any]:
     """What the ensemble needs to rebuild and feed one member; its temperature is the one
     inference uses (a calibration sidecar's beside the file, else the checkpoint's)."""
     from histomodels.calibration import effective_temperature
-    from histomodels.checkpoint import resolve_checkpoint
 
     mean, std = norm_of(ckpt)
     return {
@@ -56,8 +56,15 @@ def build_ensemble(sources: Sequence[str | Path], *, tta: bool = False) -> dict[
     """
     if len(sources) < 2:
         raise CheckpointError("an ensemble needs at least two models")
-    members, state = [], {}
+    members, state, seen = [], {}, {}
     for i, src in enumerate(sources):
+        file = resolve_checkpoint(src).resolve()  # a run folder and its best.pt are one
+        if file in seen:
+            raise CheckpointError(
+                f"{src}: the same checkpoint as {seen[file]}; give each member once (a "
+                "repeated member would count twice in the average)"
+            )
+        seen[file] = str(src)
         ckpt = read_checkpoint(src)
         if ckpt["model"] == "ensemble":  # its member specs are not plain config values
             raise CheckpointError(
@@ -106,7 +113,6 @@ def write_ensemble(sources: Sequence[str | Path], out: str | Path, *, tta: bool 
 def _refuse_to_replace_a_model(path: Path, sources: Sequence[str | Path]) -> None:
     """The ensemble must not be written over a member's checkpoint (its weights would be
     lost once read) nor over the ``best.pt`` of a training run (one holding ``last.pt``)."""
-    from histomodels.checkpoint import resolve_checkpoint
 
     if not path.exists():
         return
