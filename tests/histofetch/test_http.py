@@ -318,6 +318,7 @@ def test_env_numbers_out_of_range_are_one_clear_error(
         ("ncbi_rate", 0.0, "give a number from 0.001 to 1000"),
         ("other_rate", 1e6, "give a number from 0.001 to 1000"),
         ("pmc_cloud_rate", -1.0, "give a number from 0.001 to 1000"),
+        ("max_bytes", 0, "give a whole number from 1 to 68719476736"),
     ],
 )
 def test_netconfig_made_in_python_is_range_checked(field: str, value: float, said: str) -> None:

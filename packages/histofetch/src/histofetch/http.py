@@ -63,6 +63,8 @@ TIMEOUT = Range(0.0, MAX_TIMEOUT, open_low=True)
 RATE = Range(MIN_RATE, MAX_RATE)
 RETRIES = Range(0, MAX_RETRIES, whole=True)
 BACKOFF = Range(0.0, MAX_BACKOFF)
+#: The largest response body: at least 1 byte (0 or less refused every body), at most 64 GiB.
+BODY_BYTES = Range(1, 64 * 1024**3, whole=True)
 _RANGES = {
     "timeout": TIMEOUT,
     "max_retries": RETRIES,
@@ -72,6 +74,7 @@ _RANGES = {
     "pmc_cloud_rate": RATE,
     "europepmc_rate": RATE,
     "other_rate": RATE,
+    "max_bytes": BODY_BYTES,
 }
 
 

@@ -38,9 +38,10 @@ class Range:
         """What to give: ``a number from 0.001 to 1000``, ``a whole number from 0 to 100``,
         ``a number more than 0 and at most 86400``."""
         kind = "a whole number" if self.whole else "a number"
+        least, most = (f"{int(x)}" if self.whole else f"{x:g}" for x in (self.least, self.most))
         if self.open_low:
-            return f"{kind} more than {self.least:g} and at most {self.most:g}"
-        return f"{kind} from {self.least:g} to {self.most:g}"
+            return f"{kind} more than {least} and at most {most}"
+        return f"{kind} from {least} to {most}"
 
 
 def env_number(name: str, default: float, allowed: Range) -> float:
