@@ -149,6 +149,54 @@ def test_sizes_that_cannot_be_scored_are_one_error_line(
     assert not out.exists()  # nothing written
 
 
+def test_models_that_enlarge_their_input_refuse_smaller_tiles(tmp_path: Path) -> None:
+    """An ensemble enlarges what it is given to each member's input size: 64 px tiles (128
+    px at 0.5) were scored at ~15x instead of 10x, while eval said "scored at 64x64 px"
+    (an ensemble of pcam-cnn with itself: specificity 0.07 against pcam-cnn's 0.87 on the
+    Camelyon16 tiles). Tiles that come out at the input size are scored as before."""
+    from histomodels.checkpoint import read_checkpoint, save_checkpoint
+
+    save_checkpoint(tmp_path / "copy.pt", read_checkpoint("pcam-cnn"))
+    ens = tmp_path / "ens.pt"
+    r = CliRunner().invoke(app, ["ensemble", "pcam-cnn", str(tmp_path / "copy.pt"),
+                                 "--out", str(ens)])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    tiles = _tiles(tmp_path / "d", [128] * 4)
+    args = ["eval", str(ens), "--bootstrap", "0", "--data", str(tmp_path / "d")]
+    r = CliRunner().invoke(app, [*args, "--scale", "0.5", "--out", str(tmp_path / "o")])
+    assert r.exit_code == 1 and r.stderr.strip().splitlines() == [
+        f"error: folders:{tmp_path / 'd'}: at scale 0.5 the images are 64x64 px, and this "
+        "model enlarges its input to 96 px itself (another magnification); give a --scale at "
+        "which they are at least 96 px, or score them with a single model"
+    ]
+    assert not (tmp_path / "o").exists()
+    r = CliRunner().invoke(app, [*args, "--scale", "0.75", "--out", str(tmp_path / "o")])
+    assert r.exit_code == 0, r.output  # 96 px: what the members take
+    want = _library_probs({k: rescale(v, 0.75) for k, v in tiles.items()})  # same weights
+    assert _probs(tmp_path / "o" / "predictions.csv") == pytest.approx(want, abs=1e-5)
+
+
+def test_a_temperature_fitted_on_scaled_tiles_is_not_stored(tmp_path: Path) -> None:
+    """eval --scale --val fitted T on the resized tiles and stored it beside the checkpoint
+    (calibration.json, no scale in it); every later eval and predict at PCam scale used
+    that T (on the ensemble of the finding: ECE 0.057 became 0.314)."""
+    from histomodels.checkpoint import read_checkpoint, save_checkpoint
+
+    ckpt = tmp_path / "m.pt"
+    save_checkpoint(ckpt, read_checkpoint("pcam-cnn"))
+    _tiles(tmp_path / "test", [192] * 6, seed=1)
+    _tiles(tmp_path / "val", [192] * 8, seed=2)
+    got = evaluate_checkpoint(ckpt, tmp_path / "test", tmp_path / "o", val=tmp_path / "val",
+                              scale=0.5, n_bootstrap=0, device="cpu", gallery=False)  # fmt: skip
+    assert got["temperature_stored"].startswith("not stored: fitted on images resized by 0.5")
+    assert not list(tmp_path.glob("*.calibration.json"))
+    # at PCam scale (no --scale) it is stored, as before
+    _tiles(tmp_path / "val96", [96] * 8, seed=2)
+    got = evaluate_checkpoint(ckpt, tmp_path / "val96", tmp_path / "o2", val=tmp_path / "val96",
+                              n_bootstrap=0, device="cpu", gallery=False)  # fmt: skip
+    assert (tmp_path / "m.calibration.json").is_file()
+
+
 def test_a_histofetch_run_as_data_is_refused_with_a_scale(tmp_path: Path) -> None:
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "manifest.jsonl").write_text("")

@@ -15,9 +15,12 @@ import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import torch
 
 from histocore.csvcells import safe_cell
 from histocore.errors import UsageError
@@ -39,10 +42,13 @@ MIN_SCALED_SIDE = 32
 
 
 def _load(
-    data: Any, scale: float | None = None, size: int = 96
+    data: Any, scale: float | None = None, size: int = 96, fixed: bool = False
 ) -> tuple[np.ndarray, np.ndarray, list[str], str]:
     """A path (any supported dataset format) or a PatchDataset → arrays; with ``scale``,
-    images of any size, each resized and fitted to ``size`` (:class:`ScaledPatches`)."""
+    images of any size, each resized and fitted to ``size`` (:class:`ScaledPatches`).
+    ``fixed``: the model enlarges smaller input to ``size`` itself (an ensemble member,
+    a backbone with an ``input_size``), so images scaled under ``size`` are refused: they
+    would be scored at another magnification than ``scale`` says."""
     from histomodels.data import open_dataset
 
     if isinstance(data, (str, Path)):
@@ -57,7 +63,24 @@ def _load(
     if scale is not None:
         ds = ScaledPatches(ds, scale, size)
     images, labels, ids = ds.load_all()
-    return images, np.asarray(labels, np.int64), list(ids), str(getattr(ds, "source", data))
+    source = str(getattr(ds, "source", data))
+    if scale is not None and fixed and images.shape[1:3] != (size, size):
+        h, w = images.shape[1:3]
+        raise DatasetError(
+            f"{source}: at scale {scale:g} the images are {w}x{h} px, and this model enlarges "
+            f"its input to {size} px itself (another magnification); give a --scale at "
+            f"which they are at least {size} px, or score them with a single model"
+        )
+    return images, np.asarray(labels, np.int64), list(ids), source
+
+
+def resizes_input(model: torch.nn.Module) -> bool:
+    """Whether ``model`` resizes what it is given to a fixed size before its network (an
+    ensemble's members, a backbone built with an ``input_size``)."""
+    from histomodels.models.ensemble import Member
+    from histomodels.models.torchvision_zoo import InputResize
+
+    return any(isinstance(m, InputResize | Member) for m in model.modules())
 
 
 def _is_run_folder(path: Path) -> bool:
@@ -206,6 +229,7 @@ def operating_point(
     test_digests: list[bytes] | None = None,
     val_scale: float | None = None,
     size: int = 96,
+    fixed: bool = False,
 ) -> dict[str, Any]:
     """The temperature and the threshold that scores are read with, and where they came from
     (``temperature``, ``threshold``, ``threshold_source``).
@@ -219,14 +243,15 @@ def operating_point(
     the test patches with the same pixels as a validation patch and
     ``validation.patches_also_in_test`` the validation patches with those of a test patch
     (rows: a patch stored twice counts twice). ``val_scale``: the validation images are
-    resized by it and fitted to ``size`` first (:class:`ScaledPatches`)."""
+    resized by it and fitted to ``size`` first (:class:`ScaledPatches`; ``fixed`` as for
+    :func:`_load`), and the temperature fitted on them is not stored beside the checkpoint."""
     from histomodels.calibration import fit_temperature, nll
     from histomodels.metrics import DEFAULT_SENSITIVITY, choose_threshold
 
     if val is None:
         return {"temperature": pred.temperature, "threshold": default[0],
                 "threshold_source": default[1]}  # fmt: skip
-    v_images, v_labels, _, v_source = _load(val, val_scale, size)
+    v_images, v_labels, _, v_source = _load(val, val_scale, size, fixed)
     if not np.isin(v_labels, (0, 1)).all():
         raise DatasetError(f"{v_source}: validation data must be fully labelled (0/1)")
     if len(np.unique(v_labels)) < 2:  # checked before inference; the error names the file
@@ -253,7 +278,12 @@ def operating_point(
         point["validation"]["test_patches_also_here"] = shared[0]
         point["validation"]["patches_also_in_test"] = shared[1]
     path = resolve_checkpoint(checkpoint)
-    if path.is_file():  # not a shipped (pretrained) model
+    if path.is_file() and val_scale is not None:  # later evals and predict run at PCam scale
+        point["temperature_stored"] = (
+            f"not stored: fitted on images resized by {val_scale:g} (--scale); used for these "
+            "metrics only"
+        )
+    elif path.is_file():  # not a shipped (pretrained) model
         point["temperature_stored"] = _store(store_temperature, path, temperature, v_source)
     point.update(
         temperature=temperature,
@@ -313,7 +343,8 @@ def evaluate_checkpoint(
             )
 
     size = int(ckpt.get("input_size", 96))
-    images, labels, ids, source = _load(data, scale, size)
+    fixed = resizes_input(pred.model)
+    images, labels, ids, source = _load(data, scale, size, fixed)
     test_digests = pixel_digests(images) if val is not None else None
     images = pred.prepare(images)  # as the model sees them (the error gallery shows these)
     result: dict[str, Any] = {
@@ -341,7 +372,7 @@ def evaluate_checkpoint(
         pred, checkpoint, val, infer, default=(threshold, threshold_source),
         threshold_rule=threshold_rule, sensitivity=sensitivity,
         store_temperature=store_temperature, test_digests=test_digests, val_scale=scale,
-        size=size,
+        size=size, fixed=fixed,
     )  # fmt: skip
     threshold, temperature = point.pop("threshold"), point["temperature"]
     result.update(point)
