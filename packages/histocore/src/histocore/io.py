@@ -94,25 +94,41 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         raise
 
 
+def missing_folders(path: str | Path) -> list[Path]:
+    """``path`` and those of its parents that do not exist yet, deepest first: what making
+    ``path`` would create."""
+    made, folder = [], Path(path).absolute()
+    while not folder.exists() and folder != folder.parent:
+        made.append(folder)
+        folder = folder.parent
+    return made
+
+
+def remove_empty(folders: list[Path]) -> list[Path]:
+    """Remove ``folders`` (deepest first, as :func:`missing_folders` lists them) up to the
+    first that is not empty or cannot be removed; returns those removed."""
+    removed = []
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            break
+        removed.append(folder)
+    return removed
+
+
 @contextlib.contextmanager
 def made_folder(path: str | Path) -> Iterator[Path]:
     """``path`` as a folder, made with any missing parents; if the block raises, the
     folders made here are removed again, deepest first, as long as they are empty (a
     command that fails leaves no empty output folder behind)."""
     path = Path(path)
-    made, folder = [], path.absolute()
-    while not folder.exists() and folder != folder.parent:
-        made.append(folder)
-        folder = folder.parent
+    made = missing_folders(path)
     path.mkdir(parents=True, exist_ok=True)
     try:
         yield path
     except BaseException:
-        for folder in made:
-            try:
-                folder.rmdir()
-            except OSError:
-                break
+        remove_empty(made)
         raise
 
 

@@ -18,6 +18,8 @@ import logging
 import os
 from pathlib import Path
 
+from histocore.io import missing_folders, remove_empty
+
 log = logging.getLogger(__name__)
 
 CONFIG_NAME = "config.json"
@@ -65,10 +67,7 @@ class RunFolder:
                 if entry.is_file() and not entry.is_symlink():
                     self.saved[name] = entry.read_bytes()
         else:
-            folder = path.absolute()
-            while not folder.exists() and folder != folder.parent:
-                self.created.append(folder)
-                folder = folder.parent
+            self.created = missing_folders(path)
         #: a checkpoint of this run is on disk (from then on the folder is the run's)
         self.checkpointed = False
 
@@ -89,9 +88,5 @@ class RunFolder:
             entry = self.path / name
             if not entry.is_file() or entry.read_bytes() != old:
                 atomic_write_bytes(entry, old)
-        for folder in self.created:  # deepest first; a folder that holds anything stays
-            try:
-                folder.rmdir()
-            except OSError:
-                break
+        for folder in remove_empty(self.created):  # a folder that holds anything stays
             log.debug("removed %s: the run failed before its first checkpoint", folder)
