@@ -97,8 +97,9 @@ class ScaledPatches(PatchDataset):
     one :class:`DatasetError` (a batch holds one size)."""
 
     def __init__(self, base: PatchDataset, scale: float, size: int = 96) -> None:
-        if not 0 < scale <= 16:  # NaN fails too
-            raise UsageError(f"scale must be in (0, 16], got {scale}")
+        from histomodels.predict import check_scale
+
+        check_scale(scale)
         self.base, self.scale, self.size = base, float(scale), int(size)
         self.source = str(getattr(base, "source", "dataset"))
         self.where = str(getattr(base, "root", self.source))  # the folder, for messages
@@ -330,8 +331,10 @@ def evaluate_checkpoint(
     from histomodels.metrics import binary_metrics, summarize, threshold_sweep
 
     check_threshold_options(val, threshold_rule, sensitivity)
-    if scale is not None and not 0 < scale <= 16:  # NaN fails too
-        raise UsageError(f"scale must be in (0, 16], got {scale}")
+    if scale is not None:
+        from histomodels.predict import check_scale
+
+        check_scale(scale)
     out = Path(out)
     pred = Predictor.load(checkpoint, device=device, precision=precision)
     ckpt = pred.ckpt

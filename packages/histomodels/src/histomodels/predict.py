@@ -249,6 +249,13 @@ def _heatmap(img: np.ndarray, tiles: Tiles, probs: np.ndarray, size: int, target
     overlay_heatmap(img, boxes, target, title=title)
 
 
+def check_scale(scale: float) -> None:
+    """A resize factor of ``predict --scale`` / ``eval --scale``: in (0, 16] (NaN fails too),
+    else a :class:`UsageError`."""
+    if not 0 < scale <= 16:
+        raise UsageError(f"scale must be in (0, 16], got {scale}")
+
+
 def predict_paths(
     checkpoint: str | Path,
     paths: Iterable[str | Path],
@@ -285,8 +292,7 @@ def predict_paths(
     from histomodels.checkpoint import decision_threshold
     from histomodels.inference import Predictor
 
-    if not 0 < scale <= 16:
-        raise UsageError(f"scale must be in (0, 16], got {scale}")
+    check_scale(scale)
     if threshold is not None and not 0 <= threshold <= 1:  # NaN fails too
         raise UsageError(f"threshold must be in [0, 1], got {threshold}")
     files = collect_inputs(paths)
