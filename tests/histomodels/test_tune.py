@@ -398,3 +398,18 @@ def test_a_tune_does_not_resume_on_other_data(tmp_path, tiny_data):
     assert (out / "trials.json").read_text() == records
     tune(*tiny_data, out, trials=2, **kw)  # the same data: it resumes
     assert len(json.loads((out / "trials.json").read_text())) == 2
+
+
+def test_a_damaged_tune_json_is_one_error(tmp_path, tiny_data):
+    """Resuming a tune folder whose tune.json was cut short or is not an object ended in
+    json's or Python's traceback (JSONDecodeError, 'list' object has no attribute 'get')."""
+    out = tmp_path / "tune"
+    kw = dict(trial_epochs=1, sobol_trials=2, quiet=True, base=TINY)
+    tune(*tiny_data, out, trials=1, **kw)
+    settings = out / "tune.json"
+    good = settings.read_text()
+    for bad, said in ((good[: len(good) // 2], "cannot read"), ("[]", "expected a JSON object"),
+                      ('{"data": "x"}', "expected a JSON object")):  # fmt: skip
+        settings.write_text(bad)
+        with pytest.raises(TuneError, match=f"^{settings}: .*{said}"):
+            tune(*tiny_data, out, trials=2, **kw)

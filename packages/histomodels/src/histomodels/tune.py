@@ -258,11 +258,28 @@ def _reusable(cfg: TrainConfig) -> dict[str, Any]:
     )
 
 
+def _saved_settings(out: Path) -> dict[str, Any] | None:
+    """The experiment's ``tune.json`` (None when it has none); a damaged one is a
+    :class:`TuneError` naming it."""
+    path = out / SETTINGS_FILE
+    if not path.is_file():
+        return None
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise TuneError(f"{path}: cannot read this experiment's settings ({exc})") from None
+    fields = {"fixed": dict, "base": dict, "data": dict}
+    if not isinstance(saved, dict) or any(
+        k in saved and not isinstance(saved[k], t) for k, t in fields.items()
+    ):
+        raise TuneError(f"{path}: not this experiment's settings (expected a JSON object)")
+    return saved
+
+
 def _check_settings(out: Path, settings: dict[str, Any]) -> None:
     """Refuse to resume an experiment with other pins or another base config (its trials
     would mix two searches). An experiment saved before pins existed had none."""
-    path = out / SETTINGS_FILE
-    before = json.loads(path.read_text()) if path.is_file() else {"fixed": {}}
+    before = _saved_settings(out) or {"fixed": {}}
     if before.get("fixed", {}) != settings["fixed"]:
         raise TuneError(
             f"{out}: this experiment pins {before.get('fixed') or 'nothing'}, not "
@@ -300,8 +317,7 @@ def _digest(images: Any, labels: Any) -> str:
 def _check_data(out: Path, data: dict[str, str]) -> None:
     """Refuse to resume an experiment on other training or validation patches (its trials'
     AUCs would compare runs on different data). One saved before this was recorded passes."""
-    path = out / SETTINGS_FILE
-    before = json.loads(path.read_text()).get("data") if path.is_file() else None
+    before = (_saved_settings(out) or {}).get("data")
     if not before:
         return
     changed = [
