@@ -104,7 +104,8 @@ def _resized(metrics: dict) -> str:
     if not isinstance(px, list) or len(px) != 2:
         return "-"
     scale = metrics.get("scale")
-    return f"by {scale:g} ({px[0]}x{px[1]} px)" if isinstance(scale, float) else "-"
+    number = isinstance(scale, int | float) and not isinstance(scale, bool)
+    return f"by {scale:g} ({px[0]}x{px[1]} px)" if number else "-"
 
 
 def metric_rows(cols: list[tuple[str, Evaluation]]) -> list[tuple[str, list[str]]]:
