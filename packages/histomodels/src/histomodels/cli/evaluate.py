@@ -143,8 +143,8 @@ def eval_cmd(
             help="Resize factor to PCam's ~10x, in (0, 16]. --manifest: for every figure "
             "(default: estimated per figure from nucleus size). --data (and --val): tiles of "
             "any size at another magnification (0.25 for 40x), each resized, then its centre "
-            "96 px scored (a smaller one whole); a folder's label is the whole tile's, not "
-            "PCam's centre 32x32.",
+            "at the model's input size (96 px) scored (a smaller one whole); a folder's label "
+            "is the whole tile's, not PCam's centre 32x32.",
         ),
     ] = None,
     min_tissue: Annotated[
