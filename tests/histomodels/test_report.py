@@ -211,6 +211,12 @@ def test_an_interrupted_report_is_named_and_runs_at_once_are_refused(tmp_path: P
 
 
 def test_report_bad_inputs(tmp_path: Path) -> None:
+    # a missing path said "not a folder"
+    r = CliRunner().invoke(app, ["report", str(tmp_path / "gone"), "--out", str(tmp_path / "o")])
+    assert r.exit_code == 1 and f"{tmp_path / 'gone'}: no such folder (give" in r.output
+    (tmp_path / "file").write_text("x")
+    r = CliRunner().invoke(app, ["report", str(tmp_path / "file"), "--out", str(tmp_path / "o")])
+    assert r.exit_code == 1 and f"{tmp_path / 'file'}: not a folder (give" in r.output
     empty = tmp_path / "empty"
     empty.mkdir()
     r = CliRunner().invoke(app, ["report", str(empty), "--out", str(tmp_path / "o")])

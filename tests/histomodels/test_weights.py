@@ -89,6 +89,9 @@ def test_wrong_weights_file_names_the_file(tmp_path):
         create_model("cnn", weights=str(text))
     with pytest.raises(WeightsError, match="no such weights file"):
         create_model("cnn", weights=str(tmp_path / "missing.pt"))
+    # a folder (e.g. a run folder) said "no such weights file" too
+    with pytest.raises(WeightsError, match=f"^{tmp_path}: is a folder, not a weights file$"):
+        create_model("cnn", weights=str(tmp_path))
 
 
 def test_a_weights_file_with_nan_is_refused_naming_the_tensor(tmp_path):

@@ -168,7 +168,8 @@ def _evaluated_model(metrics: dict[str, Any]) -> str | None:
 def load_run(path: Path, work: Path) -> Run:
     """Collect a run's files; ``work`` receives generated PNGs (training curves)."""
     if not path.is_dir():
-        raise ReportError(f"{path}: not a folder (give a training run or an eval output folder)")
+        problem = "not a folder" if path.exists() else "no such folder"
+        raise ReportError(f"{path}: {problem} (give a training run or an eval output folder)")
     run = Run(name=path.resolve().name, path=path)
     if (path / "config.json").is_file():
         run.config = _read_json(path / "config.json")
