@@ -61,3 +61,19 @@ def no_collector():
 def open_store_files(folder: Path) -> list[str]:
     """The SQLite write-ahead files under ``folder``: there only while a store is open."""
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*.sqlite-*"))
+
+
+@pytest.fixture
+def fresh_logging():
+    """The loggers ``histocore.cli.setup_logging`` sets up (our packages and the quiet
+    libraries), put back as they were after the test."""
+    import logging
+
+    from histocore.cli import PACKAGES, QUIET_LIBRARIES
+
+    names = PACKAGES + QUIET_LIBRARIES
+    saved = {n: (logging.getLogger(n).handlers[:], logging.getLogger(n).level) for n in names}
+    yield
+    for name, (handlers, level) in saved.items():
+        logging.getLogger(name).handlers[:] = handlers
+        logging.getLogger(name).setLevel(level)

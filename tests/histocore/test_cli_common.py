@@ -77,19 +77,6 @@ def test_batch_jobs_get_a_plain_line_every_interval(monkeypatch, capsys) -> None
     assert "\x1b" not in err  # no control codes in a log
 
 
-@pytest.fixture
-def fresh_logging():
-    import logging
-
-    from histocore.cli import PACKAGES
-
-    saved = {n: (logging.getLogger(n).handlers[:], logging.getLogger(n).level) for n in PACKAGES}
-    yield
-    for name, (handlers, level) in saved.items():
-        logging.getLogger(name).handlers[:] = handlers
-        logging.getLogger(name).setLevel(level)
-
-
 def test_setup_logging_shows_library_records_on_stderr(capsys, fresh_logging) -> None:
     import logging
 
