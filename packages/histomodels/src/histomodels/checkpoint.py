@@ -286,9 +286,11 @@ def check_checkpoint(ckpt: dict[str, Any], path: str | Path) -> None:
     for name, tensor in sd.items():  # a view claiming more than its storage holds
         if tensor.numel() * tensor.element_size() > tensor.untyped_storage().nbytes():
             raise bad("state_dict", f"{name!r} claims more values than the file stores")
-    for name, tensor in sd.items():  # NaN weights give NaN scores (metrics would crash)
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            raise bad("state_dict", f"holds non-finite values (NaN or inf) in {name!r}")
+    from histomodels.models.weights import non_finite_tensor
+
+    nan = non_finite_tensor(sd)  # NaN weights give NaN scores (metrics would crash)
+    if nan is not None:
+        raise bad("state_dict", f"holds non-finite values (NaN or inf) in {nan!r}")
     norm = ckpt.get("normalization", {"mean": [0, 0, 0], "std": [1, 1, 1]})
     if not (
         isinstance(norm, dict)

@@ -160,17 +160,24 @@ def apply_state_dict(
     unexpected = [k for k in sd if k not in target]
     if len(unexpected) > len(sd) // 2:
         raise WeightsError(f"{source}: most keys do not belong to this model, e.g. {unexpected[0]}")
-    _check_finite({k: v for k, v in sd.items() if k in target}, source)
+    _refuse_non_finite({k: v for k, v in sd.items() if k in target}, source)
     model.load_state_dict(sd, strict=False)
     return {"skipped_head": sorted(skipped), "unexpected": sorted(unexpected)}
 
 
-def _check_finite(sd: dict[str, torch.Tensor], source: str) -> None:
-    """NaN or inf starting weights give NaN scores from the first step (a training run
-    then said it diverged, blaming the learning rate): refused, naming the tensor."""
+def _refuse_non_finite(sd: dict[str, torch.Tensor], source: str) -> None:
+    bad = non_finite_tensor(sd)
+    if bad is not None:
+        raise WeightsError(f"{source}: holds non-finite values (NaN or inf) in {bad!r}")
+
+
+def non_finite_tensor(sd: dict[str, torch.Tensor]) -> str | None:
+    """The name of the first floating-point tensor of ``sd`` holding NaN or inf, if any
+    (such weights give NaN scores: a training run then said it diverged, blaming the LR)."""
     for name, tensor in sd.items():
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            raise WeightsError(f"{source}: holds non-finite values (NaN or inf) in {name!r}")
+            return name
+    return None
 
 
 def load_weights(model: nn.Module, path: str | Path) -> dict[str, list[str]]:
@@ -196,6 +203,6 @@ def load_by_order(
                 f"{source}: tensor for {k} has shape {tuple(w.shape)}, not {tuple(v.shape)}"
             )
         new[k] = w
-    _check_finite(new, source)
+    _refuse_non_finite(new, source)
     model.load_state_dict(new, strict=False)
     return len(new)
