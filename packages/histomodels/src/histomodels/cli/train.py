@@ -34,9 +34,6 @@ from histomodels.cli._common import (
     usage_error,
 )
 
-#: what a resumed run takes from the command line, as the options are spelt
-RESUME_KEYS = ("--epochs", "--patience", "--time-budget", "--threads", "--device", "--prefetch")
-
 #: callback of the options that must be > 0
 POSITIVE = in_range(0, low_open=True)
 #: callback of the unbounded options that must be >= 0 (Typer's ``min`` lets ``inf`` through)
@@ -274,7 +271,7 @@ def _refuse_ignored_settings(out: Path, options: dict[str, Any], config: Path | 
     """``--resume`` with settings the run would not take (it keeps its saved ones, all but
     :data:`~histomodels.config.RESUME_OVERRIDES`) is one error line naming them, not a run
     that silently trains on other data or at another LR than the user asked for."""
-    from histomodels.config import read_config_file, resume_conflicts
+    from histomodels.config import RESUME_OVERRIDES, read_config_file, resume_conflicts
 
     try:
         saved = json.loads((out / "config.json").read_text(encoding="utf-8"))
@@ -285,11 +282,12 @@ def _refuse_ignored_settings(out: Path, options: dict[str, Any], config: Path | 
     given = dict(read_config_file(config)) if config else {}
     given.update({k: v for k, v in options.items() if v is not None})
     conflicts = resume_conflicts(saved, given)
-    if conflicts:
+    if conflicts:  # what it takes, as the options are spelt (progress is --quiet's: always)
+        taken = ["--" + k.replace("_", "-") for k in RESUME_OVERRIDES if k != "progress"]
         fail(
             f"{out}: --resume continues the run with its own settings, and these differ: "
             f"{', '.join(conflicts)}; a resumed run takes only new "
-            f"{', '.join(RESUME_KEYS)} (--overwrite trains anew)"
+            f"{', '.join(taken)} (--overwrite trains anew)"
         )
 
 
