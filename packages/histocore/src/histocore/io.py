@@ -94,6 +94,15 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         raise
 
 
+def same_file(a: str | Path, b: str | Path) -> bool:
+    """Whether ``a`` and ``b`` name one existing file (links and other spellings of the
+    path included); False when either is missing or unreadable."""
+    try:
+        return Path(a).samefile(b)
+    except OSError:
+        return False
+
+
 def missing_folders(path: str | Path) -> list[Path]:
     """``path`` and those of its parents that do not exist yet, deepest first: what making
     ``path`` would create."""

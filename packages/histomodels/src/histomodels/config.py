@@ -21,6 +21,7 @@ from pydantic import ConfigDict, ValidationError, field_validator
 from pydantic.dataclasses import dataclass
 
 from histocore.errors import DomainError
+from histocore.io import same_file
 from histomodels.choices import MAX_SEED, SCHEDULES, Schedule
 
 
@@ -175,19 +176,12 @@ def resume_conflicts(saved: dict[str, Any], given: dict[str, Any]) -> list[str]:
         if key == "model_config" and isinstance(value, dict) and isinstance(old, dict):
             same = all(old.get(k) == v for k, v in value.items())
         elif key in ("data", "val", "weights", "teacher", "stain_norm") and old is not None:
-            same = str(value) == str(old) or _same_file(str(value), str(old))
+            same = str(value) == str(old) or same_file(str(value), str(old))
         else:
             same = value == old
         if not same:
             said.append(f"{key} {value!r} (the run's {old!r})")
     return said
-
-
-def _same_file(a: str, b: str) -> bool:
-    try:
-        return Path(a).samefile(b)
-    except OSError:
-        return False
 
 
 def build(data: dict[str, Any], source: str = "config") -> TrainConfig:

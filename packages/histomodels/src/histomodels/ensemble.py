@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from histocore.io import same_file
 from histomodels.checkpoint import (
     FORMAT,
     VERSION,
@@ -117,8 +118,7 @@ def _refuse_to_replace_a_model(path: Path, sources: Sequence[str | Path]) -> Non
     if not path.exists():
         return
     for src in sources:
-        member = resolve_checkpoint(src)
-        if member.exists() and path.samefile(member):
+        if same_file(path, resolve_checkpoint(src)):
             raise CheckpointError(
                 f"{path}: is the checkpoint of member {src}; the ensemble would replace its "
                 "weights: choose another --out"

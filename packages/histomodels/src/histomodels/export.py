@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from histocore.errors import DomainError, UsageError
-from histocore.io import temp_beside, usual_file_mode
+from histocore.io import same_file, temp_beside, usual_file_mode
 from histomodels.calibration import effective_temperature
 from histomodels.checkpoint import load_model, resolve_checkpoint
 from histomodels.choices import EXPORT_FORMATS, EXPORTERS
@@ -178,7 +178,7 @@ def export_checkpoint(
     check_exporter(exporter)
     out = Path(out)
     source = resolve_checkpoint(checkpoint)
-    if out.exists() and source.exists() and out.samefile(source):
+    if same_file(out, source):
         raise UsageError(
             f"{out}: is the checkpoint being exported; the export would replace it: choose "
             "another --out"
