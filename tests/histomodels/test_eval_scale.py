@@ -205,14 +205,6 @@ def test_a_histofetch_run_as_data_is_refused_with_a_scale(tmp_path: Path) -> Non
     assert r.exit_code == 1 and "a histofetch run" in r.stderr
 
 
-@pytest.mark.parametrize("value", ["0", "-0.25", "nan", "16.5", "inf"])
-def test_bad_scale_with_data_is_a_usage_error(tmp_path: Path, value: str) -> None:
-    r = CliRunner().invoke(app, [*EVAL, "--data", str(tmp_path / "missing"), "--scale", value,
-                                 "--out", str(tmp_path / "o")])  # fmt: skip
-    assert r.exit_code == 2, r.output
-    assert "--scale" in r.stderr
-
-
 def test_camelyon16_40x_tiles_at_quarter_scale(tmp_path: Path) -> None:
     """The 89 real 40x 256 px Camelyon16 tiles: resized to PCam's ~10x (64 px) pcam-cnn
     separates them; at their own magnification (--scale 1: the centre 96 px at 40x) it calls
