@@ -101,8 +101,9 @@ _MAGIC = {
 
 
 def _unreadable(source: Source) -> str:
-    """Why Pillow identified no format: a known format whose header it cannot read (a
-    partial download, damage, or a variant it has no mode for), or not an image format."""
+    """Why Pillow identified no format: an empty file (cut to nothing, an empty download),
+    a known format whose header it cannot read (a partial download, damage, or a variant
+    it has no mode for), or not an image format."""
     try:
         if isinstance(source, bytes):
             head = source[:8]
@@ -110,21 +111,13 @@ def _unreadable(source: Source) -> str:
             with open(source, "rb") as f:
                 head = f.read(8)
     except OSError:
-        head = b""
+        return "not an image format Pillow reads"
+    if not head:
+        return "empty file"
     kind = next((k for m, k in _MAGIC.items() if head.startswith(m)), None)
     if kind is None or (kind == "BMP" and len(head) < 8):
         return "not an image format Pillow reads"
     return f"{kind} header Pillow cannot read (cut short, damaged or an unsupported variant)"
-
-
-def _is_empty(source: Source) -> bool:
-    """Whether ``source`` holds no bytes at all (a file cut to nothing, an empty download)."""
-    if isinstance(source, bytes):
-        return not source
-    try:
-        return Path(source).stat().st_size == 0
-    except OSError:
-        return False
 
 
 def _raised_in(exc: BaseException, package: str) -> bool:
@@ -201,7 +194,7 @@ def open_image(
     except IsADirectoryError:
         raise ImageError(name, "is a folder, not an image file") from None
     except PIL.UnidentifiedImageError:  # its text repeats the path, or names a BytesIO's address
-        reason = "empty file" if _is_empty(source) else _unreadable(source)
+        reason = _unreadable(source)
         raise ImageError(name, f"cannot decode image ({reason})", reason) from None
     except Exception as exc:
         if not _bad_input(exc):
@@ -353,10 +346,7 @@ def _decode_colour16(
             own = colour if premultiplied else colour * alpha // 255
             colour = np.minimum(own + (255 - alpha), 255)
         rgb[top : top + _BAND_ROWS] = colour
-    im = PIL.Image.fromarray(rgb, "RGB")
-    if max_side is not None and max(im.size) > max_side:
-        im.thumbnail((max_side, max_side), PIL.Image.Resampling.BILINEAR)
-    return np.asarray(im, dtype=np.uint8)
+    return _decode(PIL.Image.fromarray(rgb, "RGB"), max_side)
 
 
 def _signed16(im: PIL.Image.Image, name: str) -> bool:
