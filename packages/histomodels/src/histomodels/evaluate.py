@@ -50,9 +50,10 @@ def _load(
     a backbone with an ``input_size``), so images scaled under ``size`` are refused: they
     would be scored at another magnification than ``scale`` says."""
     from histomodels.data import open_dataset
+    from histomodels.data.readers import is_run_folder
 
     if isinstance(data, (str, Path)):
-        if scale is not None and _is_run_folder(Path(data)):
+        if scale is not None and is_run_folder(Path(data)):
             raise DatasetError(
                 f"{data}: a histofetch run: its figures are resized by their own factor "
                 "(eval --manifest); a scale applies to patch and tile data"
@@ -81,10 +82,6 @@ def resizes_input(model: torch.nn.Module) -> bool:
     from histomodels.models.torchvision_zoo import InputResize
 
     return any(isinstance(m, InputResize | Member) for m in model.modules())
-
-
-def _is_run_folder(path: Path) -> bool:
-    return path.name == "manifest.jsonl" or (path / "manifest.jsonl").is_file()
 
 
 class ScaledPatches(PatchDataset):

@@ -63,6 +63,12 @@ def _open_h5(path: Path, kw: dict[str, Any]) -> PatchDataset:
     )
 
 
+def is_run_folder(path: Path) -> bool:
+    """A histofetch run (its ``manifest.jsonl``, or a folder holding one): figures, read
+    as tiles (:class:`ManifestTileDataset`), not patches."""
+    return path.name == "manifest.jsonl" or (path / "manifest.jsonl").is_file()
+
+
 def open_dataset(path: str | Path, **kw: Any) -> PatchDataset:
     """Open any supported dataset path with the reader its contents call for (the format
     is detected from what is on disk; see the module table)."""
@@ -79,7 +85,7 @@ def open_dataset(path: str | Path, **kw: Any) -> PatchDataset:
         if path.name == "manifest.jsonl":
             return open_dataset(path.parent, **kw)
         raise DatasetError(f"{path}: not a dataset file (.h5, {LABELS_CSV}, manifest.jsonl)")
-    if (path / "manifest.jsonl").is_file():
+    if is_run_folder(path):
         opts = _take(kw, {"scale", "min_tissue"}, "histofetch run", path)
         return ManifestTileDataset(path, **opts)
     if (path / LABELS_CSV).is_file():
