@@ -53,7 +53,7 @@ def test_predict_scale_16_is_checked_before_resizing(tmp_path: Path) -> None:
     from histomodels.predict import PredictInputError, predict_paths
 
     img = _png(tmp_path / "big.png", 1000)
-    with pytest.raises(PredictInputError, match=r"big\.png: 1000x1000 at scale 16\.0 is 16000x"):
+    with pytest.raises(PredictInputError, match=r"big\.png: 1000x1000 at scale 16 is 16000x"):
         predict_paths(_checkpoint(tmp_path), [img], tmp_path / "out.csv", scale=16.0)
     assert not (tmp_path / "out.csv").exists()
 

@@ -107,16 +107,14 @@ class ScaledPatches(PatchDataset):
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, int, str]:
         from histomodels.data.images import MAX_PIXELS
-        from histomodels.predict import PredictInputError, scaled
+        from histomodels.predict import PredictInputError, scaled, scaled_size
 
         img, label, pid = self.base[index]
         where = self._files[index] if self._files is not None else f"{self.where}: {pid}"
         h, w = img.shape[:2]
-        sw, sh = round(w * self.scale), round(h * self.scale)
-        if sw * sh > MAX_PIXELS:  # resized whole before its centre is cut: bounded memory
-            raise DatasetError(f"{where}: {w}x{h} at scale {self.scale:g} is {sw}x{sh} "
-                               f"pixels, over the limit of {MAX_PIXELS}")  # fmt: skip
         try:
+            # resized whole before its centre is cut: bounded memory
+            scaled_size(where, w, h, self.scale, MAX_PIXELS)
             img = scaled(img, self.scale, where, MIN_SCALED_SIDE,
                          f"{MIN_SCALED_SIDE} px, PCam's label region")  # fmt: skip
         except PredictInputError as exc:

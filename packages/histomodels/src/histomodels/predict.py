@@ -190,15 +190,26 @@ def _check_file(
         # a PSD's frames are its layers; what is read and scored is the flattened image
         pages = 1 if im.format == "PSD" else _pages(im)
         unit = "pages" if im.format == "TIFF" else "frames"
+    sw, sh = scaled_size(f, w, h, scale, max_pixels)
+    if sw < size or sh < size:  # after scale only: --scale 2 makes a 50 px image 100 px
+        at = " is" if scale == 1 else f" at scale {scale:g} is {sw}x{sh},"
+        raise PredictInputError(f"{f}: {w}x{h}{at} smaller than one {size}px patch")
+    return pages, unit, (sw, sh)
+
+
+def scaled_size(
+    where: Path | str, w: int, h: int, scale: float, max_pixels: int
+) -> tuple[int, int]:
+    """(width, height) of a ``w`` x ``h`` image resized by ``scale``, or an
+    :class:`OverPixelLimit` naming ``where`` when that is over ``max_pixels``: the one check
+    of ``predict --scale`` (before decoding) and ``eval --data --scale`` (before resizing)."""
     sw, sh = round(w * scale), round(h * scale)
     if sw * sh > max_pixels:
         raise OverPixelLimit(
-            f"{f}: {w}x{h} at scale {scale} is {sw}x{sh} pixels, over the limit of {max_pixels}"
+            f"{where}: {w}x{h} at scale {scale:g} is {sw}x{sh} pixels, "
+            f"over the limit of {max_pixels}"
         )
-    if sw < size or sh < size:  # after scale only: --scale 2 makes a 50 px image 100 px
-        at = " is" if scale == 1 else f" at scale {scale} is {sw}x{sh},"
-        raise PredictInputError(f"{f}: {w}x{h}{at} smaller than one {size}px patch")
-    return pages, unit, (sw, sh)
+    return sw, sh
 
 
 def _pages(im: Any) -> int:
@@ -441,7 +452,7 @@ def scaled(
     h, w = img.shape[:2]
     if round(h * scale) < size or round(w * scale) < size:
         what = what or f"one {size}px patch"
-        raise PredictInputError(f"{where}: {w}x{h} at scale {scale} is smaller than {what}")
+        raise PredictInputError(f"{where}: {w}x{h} at scale {scale:g} is smaller than {what}")
     return img if scale == 1.0 else rescale(img, scale)
 
 
