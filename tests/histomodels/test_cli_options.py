@@ -5,6 +5,7 @@ and ranges."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -384,6 +385,25 @@ def test_a_config_files_bad_seed_is_its_error_line(tmp_path: Path) -> None:
     assert result.stderr.strip().splitlines() == [
         f"error: {config}: seed must be in [0, 4294967295], got -1"
     ]
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ({"model": "nope"}, "model: 'nope': unknown model; known: cnn,"),
+        ({"device": "tpu"}, "device: 'tpu': not a device histomodels runs on (cpu, cuda,"),
+    ],
+)
+def test_a_config_files_bad_name_is_its_error_line(tmp_path: Path, content, message) -> None:
+    """A model or device name from the file: the line names the file and the key (it was
+    ``error: unknown model 'nope'`` once the data was read)."""
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps(content))
+    result = CliRunner().invoke(app, _args(["train", *DATA, "--config", str(config)], tmp_path))
+    assert result.exit_code == 1, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {config}: {message}"), lines
     assert not (tmp_path / "out").exists()
 
 

@@ -623,6 +623,9 @@ def test_yaml_config_file(tmp_path):
         ("weight_decay: .inf\n", "weight_decay must be a finite number, got inf"),
         # a negative clip norm flipped every gradient: the loss rose, exit 0
         ("grad_clip: -1\n", "grad_clip must be >= 0 (0 or null = off)"),
+        # the model and device names were checked only when used: the line lacked the file
+        ("model: nope\n", "model: 'nope': unknown model; known: cnn,"),
+        ("device: tpu\n", "device: 'tpu': not a device histomodels runs on"),
     ],
 )
 def test_cli_bad_config_file_is_one_line(h5_files, tmp_path, text, message):

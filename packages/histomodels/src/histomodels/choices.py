@@ -62,22 +62,36 @@ def check_device(name: str) -> str:
     """``name`` if it names a device type histomodels runs on (``cpu``, ``cuda``, ``cuda:1``,
     ``mps``), else a :class:`UsageError`; whether this machine has it is
     :func:`histomodels.device.pick_device`'s question."""
+    problem = device_problem(name)
+    if problem:
+        raise UsageError(f"--device {name!r}: {problem}")
+    return name
+
+
+def device_problem(name: str) -> str | None:
+    """What is wrong with device ``name`` (:func:`check_device`'s rule), or None."""
     kind, sep, index = name.partition(":")
     index_ok = index.isascii() and index.isdigit() and len(index) <= 4 and str(int(index)) == index
     if kind not in DEVICE_TYPES or (sep and not index_ok):  # torch takes "cuda:1", not "cuda:01"
-        raise UsageError(
-            f"--device {name!r}: not a device histomodels runs on (cpu, cuda, cuda:N, mps)"
-        )
-    return name
+        return "not a device histomodels runs on (cpu, cuda, cuda:N, mps)"
+    return None
 
 
 def check_model(name: str) -> str:
     """``name`` if the registry builds it for training, else a :class:`UsageError`."""
+    problem = model_problem(name)
+    if problem:
+        raise UsageError(f"--model {name!r}: {problem}")
+    return name
+
+
+def model_problem(name: str) -> str | None:
+    """What is wrong with model ``name`` (:func:`check_model`'s rule), or None."""
     head, _, rest = name.partition("/")
     if name in TRAINABLE_MODELS or (head in MODEL_PREFIXES and rest.strip()):
-        return name
+        return None
     known = ", ".join((*TRAINABLE_MODELS, *(f"{p}/<name>" for p in MODEL_PREFIXES)))
-    raise UsageError(f"--model {name!r}: unknown model; known: {known}")
+    return f"unknown model; known: {known}"
 
 
 def origin_splits(value: str | Iterable[str]) -> set[str]:

@@ -22,7 +22,7 @@ from pydantic.dataclasses import dataclass
 
 from histocore.errors import DomainError
 from histocore.io import same_file
-from histomodels.choices import MAX_SEED, SCHEDULES, Schedule
+from histomodels.choices import MAX_SEED, SCHEDULES, Schedule, device_problem, model_problem
 
 
 class ConfigError(DomainError, ValueError):
@@ -225,6 +225,11 @@ def merge(
 
 def validate(cfg: TrainConfig, source: str = "config") -> TrainConfig:
     """Range checks the types alone do not express (each a one-line ConfigError)."""
+    for key, problem_of in (("model", model_problem), ("device", device_problem)):
+        value = getattr(cfg, key)  # the names the CLI's --model/--device take, from a file
+        problem = None if value is None else problem_of(value)
+        if problem:
+            raise ConfigError(f"{source}: {key}: {value!r}: {problem}")
     for f in dataclasses.fields(cfg):  # NaN passes every comparison below
         value = getattr(cfg, f.name)
         if isinstance(value, float) and not math.isfinite(value):
