@@ -220,12 +220,3 @@ def test_camelyon16_40x_tiles_at_quarter_scale(tmp_path: Path) -> None:
     assert quarter["n"] == own["n"] == 89 and quarter["scored_px"] == [64, 64]
     assert quarter["roc_auc"] > 0.9
     assert quarter["roc_auc"] > own["roc_auc"] + 0.3
-
-
-def test_report_row_reads_a_whole_number_scale() -> None:
-    """A metrics.json written by hand or by another tool with ``"scale": 1`` showed "-"."""
-    from histomodels.report_tables import _resized
-
-    assert _resized({"scale": 1, "scored_px": [96, 96]}) == "by 1 (96x96 px)"
-    assert _resized({"scale": 0.25, "scored_px": [64, 64]}) == "by 0.25 (64x64 px)"
-    assert _resized({"scale": True, "scored_px": [9, 9]}) == _resized({}) == "-"

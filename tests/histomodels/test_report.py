@@ -243,6 +243,13 @@ def test_report_bad_inputs(tmp_path: Path) -> None:
             {"external": {"agreement": {"confusion": {"positive": 1}}}},
             "external.agreement.confusion.positive is not an object",
         ),
+        # eval --scale's fields: a flag is no number (Python's True is an int); "-" before
+        ({"scale": True, "scored_px": [9, 9]}, "scale is not a number"),
+        ({"scale": "0.5", "scored_px": [9, 9]}, "scale is not a number"),
+        ({"scale": 0.5, "scored_px": [9]}, "scored_px is not a [width, height] pair of pixel"),
+        ({"scale": 0.5, "scored_px": [9, True]}, "scored_px is not a [width, height] pair"),
+        ({"scale": 0.5, "scored_px": [9.5, 9]}, "scored_px is not a [width, height] pair"),
+        ({"scale": 0.5, "scored_px": "9x9"}, "scored_px is not a [width, height] pair"),
     ],
 )
 def test_a_tampered_metrics_json_is_one_error_line(tmp_path: Path, change, problem) -> None:
@@ -259,6 +266,26 @@ def test_a_tampered_metrics_json_is_one_error_line(tmp_path: Path, change, probl
     ]
     assert problem in r.stderr
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(
+    ("fields", "row"),
+    [
+        # a metrics.json written by hand or by another tool with "scale": 1 showed "-"
+        ({"scale": 1, "scored_px": [96, 96]}, "| resized (scored at) | by 1 (96x96 px) |"),
+        ({"scale": 0.25, "scored_px": [64, 64]}, "| resized (scored at) | by 0.25 (64x64 px) |"),
+        ({}, None),  # not resized: no row
+    ],
+)
+def test_eval_scale_is_the_resized_row(tmp_path: Path, fields, row) -> None:
+    folder = tmp_path / "ev"
+    folder.mkdir()
+    metrics = {"roc_auc": 0.9, "ci": {"roc_auc": [0.8, 0.95]}, "n": 10, **fields}
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    r = CliRunner().invoke(app, ["report", str(folder), "--out", str(tmp_path / "o")])
+    assert r.exit_code == 0, r.output
+    md = (tmp_path / "o" / "report.md").read_text()
+    assert (row in md) if row else ("| resized" not in md), md
 
 
 def test_an_evaluations_warning_is_in_the_report(tmp_path: Path) -> None:

@@ -71,12 +71,9 @@ def _check_history(history: Any, path: Path) -> list[dict[str, Any]]:
     if not isinstance(history, list) or not all(isinstance(r, dict) for r in history):
         raise ReportError(f"{path}: expected a JSON list of per-epoch objects")
 
-    def number(v: Any) -> bool:
-        return isinstance(v, int | float) and not isinstance(v, bool)
-
     from histomodels.training.callbacks import HISTORY_FIELDS
 
-    numeric = {k for row in history for k, v in row.items() if number(v)} | set(HISTORY_FIELDS)
+    numeric = {k for row in history for k, v in row.items() if _number(v)} | set(HISTORY_FIELDS)
     numeric -= {"frozen_backbone"}  # the trainer's one flag field: true/false, not plotted
     for i, row in enumerate(history):
         for k in numeric:
@@ -98,9 +95,10 @@ def _evaluation(folder: Path) -> Evaluation | None:
 
 
 def _check_metrics(metrics: dict[str, Any], path: Path) -> None:
-    """The nested parts of ``metrics.json`` the report reads must have the shapes
-    ``histomodels eval`` writes: intervals (``ci``) as ``[low, high]`` pairs, the threshold
-    sweep as rows, the external block as objects (a tampered file was a traceback)."""
+    """The parts of ``metrics.json`` the report reads must have the shapes ``histomodels
+    eval`` writes: intervals (``ci``) as ``[low, high]`` pairs, the threshold sweep as rows,
+    the external block as objects, ``eval --scale``'s ``scale`` a number and ``scored_px``
+    its ``[width, height]`` (a tampered file was a traceback)."""
 
     def bad(where: str, what: str) -> NoReturn:
         raise ReportError(f"{path}: {where} is not {what}")
@@ -117,6 +115,13 @@ def _check_metrics(metrics: dict[str, Any], path: Path) -> None:
                 bad(f"{where}ci.{key}", "a [low, high] pair of numbers")
 
     block(metrics, "")
+    if metrics.get("scale") is not None and not _number(metrics["scale"]):
+        bad("scale", "a number")
+    px = metrics.get("scored_px")
+    if px is not None and not (
+        isinstance(px, list) and len(px) == 2 and all(_whole(v) and v > 0 for v in px)
+    ):
+        bad("scored_px", "a [width, height] pair of pixel counts")
     for agg, m in mapping(metrics.get("image_metrics") or {}, "image_metrics").items():
         block(m, f"image_metrics.{agg}.")
     sweep = metrics.get("threshold_sweep") or []
@@ -139,14 +144,22 @@ def _check_metrics(metrics: dict[str, Any], path: Path) -> None:
         bad("external.agreement.noise_rate_ci", "a [low, high] pair of numbers")
 
 
+def _number(v: Any) -> bool:
+    """A JSON number (``true``/``false`` are not, though Python's bool is an int)."""
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def _whole(v: Any) -> bool:
+    """A JSON whole number (not a flag)."""
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
 def _pair(value: Any) -> bool:
     """``[low, high]``: two numbers (or nulls, an interval that could not be computed)."""
     return (
         isinstance(value, list | tuple)
         and len(value) == 2
-        and all(
-            v is None or (isinstance(v, int | float) and not isinstance(v, bool)) for v in value
-        )
+        and all(v is None or _number(v) for v in value)
     )
 
 

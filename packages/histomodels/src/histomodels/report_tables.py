@@ -91,7 +91,7 @@ def eval_rows(cols: list[tuple[str, Evaluation]]) -> list[tuple[str, list[str]]]
         ("test-time augmentation", [str(ev.metrics.get("tta", "-")) for _, ev in cols]),
         ("temperature", [fmt(ev.metrics.get("temperature"), 3) for _, ev in cols]),
     ]
-    if any(isinstance(ev.metrics.get("scored_px"), list) for _, ev in cols):  # eval --scale
+    if any(ev.metrics.get("scored_px") is not None for _, ev in cols):  # eval --scale
         rows.append(("resized (scored at)", [_resized(ev.metrics) for _, ev in cols]))
     if any(ev.metrics.get("warning") for _, ev in cols):  # e.g. validation = test patches
         rows.append(("warning", [str(ev.metrics.get("warning") or "-") for _, ev in cols]))
@@ -99,13 +99,10 @@ def eval_rows(cols: list[tuple[str, Evaluation]]) -> list[tuple[str, list[str]]]
 
 
 def _resized(metrics: dict) -> str:
-    """``"by 0.25 (64x64 px)"`` for an ``eval --data --scale`` result, else ``"-"``."""
-    px = metrics.get("scored_px")
-    if not isinstance(px, list) or len(px) != 2:
-        return "-"
-    scale = metrics.get("scale")
-    number = isinstance(scale, int | float) and not isinstance(scale, bool)
-    return f"by {scale:g} ({px[0]}x{px[1]} px)" if number else "-"
+    """``"by 0.25 (64x64 px)"`` for an ``eval --data --scale`` result, else ``"-"`` (the
+    fields' shapes are checked by ``report_inputs``)."""
+    px, scale = metrics.get("scored_px"), metrics.get("scale")
+    return "-" if px is None or scale is None else f"by {scale:g} ({px[0]}x{px[1]} px)"
 
 
 def metric_rows(cols: list[tuple[str, Evaluation]]) -> list[tuple[str, list[str]]]:
