@@ -231,12 +231,21 @@ def build_image_pdf(path: Path, images: list[np.ndarray], caption: str | None = 
     return path
 
 
-def write_encrypted(path: Path) -> Path:
+def encrypted_pdf(user_pw: str = "user") -> bytes:
+    """A one-page PDF with one H&E-like image, AES-256 encrypted (owner password "owner");
+    ``user_pw=""`` makes one that any reader opens without a password."""
     doc = pymupdf.open()
     page = doc.new_page()
     page.insert_image(pymupdf.Rect(40, 40, 136, 136), stream=png_bytes(he_like()))
-    doc.save(path, encryption=pymupdf.mupdf.PDF_ENCRYPT_AES_256, user_pw="user", owner_pw="owner")
+    data = doc.tobytes(
+        encryption=pymupdf.mupdf.PDF_ENCRYPT_AES_256, user_pw=user_pw, owner_pw="owner"
+    )
     doc.close()
+    return data
+
+
+def write_encrypted(path: Path) -> Path:
+    path.write_bytes(encrypted_pdf())
     return path
 
 

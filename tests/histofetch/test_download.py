@@ -14,7 +14,7 @@ from pathlib import Path
 import pymupdf
 import pytest
 from ncbi_server import FakeNcbi, image_bytes, make_pdf, ncbi_fixture  # noqa: F401 (fixture)
-from pdf_factory import write_bad_page_tree
+from pdf_factory import encrypted_pdf, write_bad_page_tree
 from run_factory import make_run as _run
 from run_factory import searched as _rec
 from s3_server import he_jpeg, real_jats
@@ -167,12 +167,15 @@ def test_check_pdf_rejects_fakes(tmp_path: Path) -> None:
     assert doc.page_count == 1
 
 
-def test_an_encrypted_pdf_is_downloaded_and_extract_names_it(tmp_path: Path) -> None:
-    """check_pdf and extract's open_pdf share one guard. An encrypted PDF whose page tree
-    sits in (encrypted) object streams counts 0 pages: the download routes refused it as
-    'PDF without pages' while one without object streams was downloaded and failed at
-    extract as 'encrypted PDF, needs a password'; both are now the latter."""
+def test_a_pdf_that_needs_a_password_is_refused_by_download_and_extract(
+    tmp_path: Path,
+) -> None:
+    """check_pdf and extract's open_pdf share one guard (pdf_checks.open_document), and
+    both refuse a PDF that needs a password, with or without its page tree in (encrypted)
+    object streams (it counted 0 pages: 'PDF without pages'). check_pdf returned None for
+    it, so the download routes took it and only extract failed it."""
     from histofetch.pdf_checks import open_pdf
+    from histofetch.sources.pdf_routes import EncryptedPdf
     from histofetch.stage import StageFailure
 
     doc = pymupdf.open()
@@ -184,9 +187,69 @@ def test_an_encrypted_pdf_is_downloaded_and_extract_names_it(tmp_path: Path) -> 
             owner_pw="o",
             use_objstms=streams,
         )
-        assert check_pdf(body) is None
+        with pytest.raises(EncryptedPdf, match=r"^got an encrypted PDF that needs a password$"):
+            check_pdf(body)
         with pytest.raises(StageFailure, match=r"^encrypted PDF, needs a password: x\.pdf$"):
             open_pdf(body, Path("x.pdf"))
+
+
+def test_an_encrypted_pdf_lets_the_next_route_try(ncbi: FakeNcbi, tmp_path: Path) -> None:
+    """Europe PMC's render answers a PDF that needs a password: it was kept (route
+    europepmc-pdf) and the record failed at extract, though the publisher had a readable
+    copy. Now the publisher's copy is taken, and the miss names the encryption."""
+    locked, readable = encrypted_pdf(), make_pdf("publisher copy")
+    ncbi.files["/europepmc/articles/PMC11"] = (200, "application/pdf", locked)
+    ncbi.prlinks["11"] = [f"{ncbi.base}/publisher/11.pdf"]
+    ncbi.files["/publisher/11.pdf"] = (200, "application/pdf", readable)
+    _run(tmp_path, _rec("11", "PMC11"))
+    summary = run_download(tmp_path, net=ncbi.config())
+    assert summary.done == 1
+    with Manifest.load(tmp_path) as manifest:
+        rec = manifest.records["pmid:11"]
+    assert (rec.status, rec.route, rec.pdf_source) == ("ok", "pubmed2pdf", "pubmed2pdf")
+    assert rec.pdf_path is not None and (tmp_path / rec.pdf_path).read_bytes() == readable
+    assert any(
+        m.startswith("europepmc-pdf: got an encrypted PDF that needs a password from ")
+        for m in rec.extra["route_misses"]
+    ), rec.extra["route_misses"]
+
+
+def test_only_encrypted_pdfs_fail_the_record_naming_encryption(
+    ncbi: FakeNcbi, tmp_path: Path
+) -> None:
+    ncbi.files["/europepmc/articles/PMC12"] = (200, "application/pdf", encrypted_pdf())
+    ncbi.prlinks["12"] = [f"{ncbi.base}/publisher/12"]
+    ncbi.files["/publisher/12"] = (200, "text/html", HTML)  # a login page
+    _run(tmp_path, _rec("12", "PMC12"))
+    summary = run_download(tmp_path, net=ncbi.config())
+    assert summary.failed == 1 and summary.reasons == {"encrypted PDF": 1}
+    with Manifest.load(tmp_path) as manifest:
+        rec = manifest.records["pmid:12"]
+    assert rec.status == "failed" and rec.failed_stage == "downloaded"
+    assert rec.reason is not None and rec.reason.startswith("encrypted PDF: pmc-cloud: ")
+    assert "europepmc-pdf: got an encrypted PDF that needs a password from " in rec.reason
+    assert rec.pdf_path is None and not (tmp_path / "pdfs").exists()
+
+
+def test_an_encrypted_pdf_with_an_empty_user_password_is_kept(
+    ncbi: FakeNcbi, tmp_path: Path
+) -> None:
+    """Encrypted with an empty user password (print/copy restrictions only): every reader,
+    PyMuPDF included, opens it without asking, so it is a usable PDF."""
+    from histofetch.extract import run_extract
+
+    body = encrypted_pdf(user_pw="")
+    meta = pymupdf.open(stream=body, filetype="pdf").metadata
+    assert meta is not None and meta["encryption"]  # it is encrypted
+    assert check_pdf(body) == 1
+    ncbi.files["/europepmc/articles/PMC13"] = (200, "application/pdf", body)
+    _run(tmp_path, _rec("13", "PMC13"))
+    run_download(tmp_path, net=ncbi.config())
+    assert run_extract(tmp_path).done == 1
+    with Manifest.load(tmp_path) as manifest:
+        rec = manifest.records["pmid:13"]
+        assert (rec.route, rec.stage, rec.status) == ("europepmc-pdf", "extracted", "ok")
+        assert len(manifest.images_of(rec.id)) == 1
 
 
 def test_pubmed2pdf_finders_on_publisher_markup() -> None:

@@ -41,6 +41,7 @@ CATEGORY_ORDER = (
     "checksum",
     "bad file",
     "bad package",
+    "encrypted PDF",
     "not a PDF",
     "network",
     "not open access",

@@ -37,7 +37,8 @@ def open_document(data: bytes) -> tuple[pymupdf.Document, int | None]:
     """PDF bytes opened by PyMuPDF and their page count, None for a file that needs a
     password (its page tree is not read: in encrypted object streams it counts 0 pages or
     fails); :class:`UnreadablePdf` otherwise. The one guard of extract's
-    :func:`open_pdf` and the download routes' ``check_pdf``."""
+    :func:`open_pdf` and the download routes' ``check_pdf`` (both refuse a PDF that needs a
+    password; one encrypted with an empty user password opens without asking and is kept)."""
     try:
         doc = pymupdf.open(stream=data, filetype="pdf")
     except Exception as exc:  # pymupdf raises its own FileDataError, RuntimeError, ...

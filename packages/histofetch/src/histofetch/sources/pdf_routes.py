@@ -4,7 +4,8 @@
 it often answers 403 or a JavaScript challenge to scripts). ``pubmed2pdf``: the publisher
 page NCBI links (elink ``prlinks``), searched for a PDF link with the finders of the
 ``pubmed2pdf`` package and fetched with our client. A body is accepted only if it starts
-with ``%PDF`` and opens in PyMuPDF with pages; HTML and error pages are reasons, never files.
+with ``%PDF`` and opens in PyMuPDF with pages, without a password; HTML, error pages and
+PDFs that need a password are reasons, never files (the next route is tried).
 """
 
 from __future__ import annotations
@@ -28,12 +29,22 @@ PUBMED2PDF_FINDERS = (
 
 
 class NotAPdf(ValueError):
-    """A body that is not a usable PDF; the message says what it looked like."""
+    """A body that is not a usable PDF; the message says what it looked like, ``category``
+    is the route miss's (what ``histofetch status`` counts)."""
+
+    category = "not a PDF"
 
 
-def check_pdf(data: bytes) -> int | None:
-    """Page count of a real PDF (None for one that needs a password: extract says so), or
-    :class:`NotAPdf` with what the body looks like."""
+class EncryptedPdf(NotAPdf):
+    """A PDF that needs a password to open (one encrypted with an empty user password
+    opens without one and is a usable PDF)."""
+
+    category = "encrypted PDF"
+
+
+def check_pdf(data: bytes) -> int:
+    """Page count of a PDF that PyMuPDF opens without a password, or :class:`NotAPdf`
+    (:class:`EncryptedPdf` for one that needs a password) with what the body looks like."""
     head = data[:1024].lstrip()
     if not head.startswith(b"%PDF"):
         if not data:
@@ -50,6 +61,8 @@ def check_pdf(data: bytes) -> int | None:
         what = "read its page tree" if exc.opened else "open it"
         raise NotAPdf(f"PDF header but PyMuPDF cannot {what} ({exc.detail})") from None
     doc.close()
+    if pages is None:  # extract could not read it either: the next route may have a copy
+        raise EncryptedPdf("got an encrypted PDF that needs a password")
     if pages == 0:
         raise NotAPdf("PDF without pages")
     return pages
@@ -96,7 +109,7 @@ def fetch_pdf(client: NetClient, url: str) -> bytes:
     try:
         check_pdf(body)
     except NotAPdf as exc:
-        raise Miss("not a PDF", f"{exc} from {url}") from None
+        raise Miss(exc.category, f"{exc} from {url}") from None
     return body
 
 
@@ -135,7 +148,7 @@ class Publisher:
                 return ArticleFiles(route=self.name, pdf=self._from_link(link))
             except Miss as miss:
                 misses.append(miss)
-        order = ("not a PDF", "network", "no PDF link")
+        order = ("encrypted PDF", "not a PDF", "network", "no PDF link")
         misses.sort(key=lambda m: order.index(m.category) if m.category in order else 9)
         raise Miss(misses[0].category, "; ".join(m.detail for m in misses))
 
@@ -149,7 +162,7 @@ class Publisher:
             try:
                 check_pdf(page)
             except NotAPdf as exc:
-                raise Miss("not a PDF", f"{exc} from {link}") from None
+                raise Miss(exc.category, f"{exc} from {link}") from None
             return page
         pdf_url = find_pdf_link(str(response.url), page)
         if not pdf_url:
