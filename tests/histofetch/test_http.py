@@ -12,8 +12,8 @@ from ncbi_server import FakeNcbi, ncbi_fixture  # noqa: F401 (fixture)
 from histofetch.http import (
     EUTILS_URL,
     IDCONV_URL,
-    MAX_TIMEOUT,
     PMC_CLOUD_URL,
+    TIMEOUT,
     Cancelled,
     NetClient,
     NetConfig,
@@ -330,7 +330,7 @@ def test_netconfig_made_in_python_is_range_checked(field: str, value: float, sai
     with pytest.raises(UsageError) as err:
         NetConfig(**given)
     assert str(err.value) == f"NetConfig {field}={value!r}: {said}"
-    NetConfig(ncbi_rate=None, timeout=MAX_TIMEOUT, max_retries=0, backoff=0, other_rate=1000)
+    NetConfig(ncbi_rate=None, timeout=TIMEOUT.most, max_retries=0, backoff=0, other_rate=1000)
 
 
 def test_ftp_links_become_https() -> None:

@@ -55,14 +55,10 @@ def _env_opt(name: str) -> str | None:
 #: one wait is at most 1000 s (a smaller rate waited for ever or overflowed the limiter's
 #: clock; a larger one sized its window past memory), retries and backoffs a person could
 #: wait for (a backoff of up to an hour; each wait is capped at ``max_backoff`` anyway).
-MAX_TIMEOUT = 86400.0
-MIN_RATE, MAX_RATE = 0.001, 1000.0
-MAX_RETRIES = 100
-MAX_BACKOFF = 3600.0
-TIMEOUT = Range(0.0, MAX_TIMEOUT, open_low=True)
-RATE = Range(MIN_RATE, MAX_RATE)
-RETRIES = Range(0, MAX_RETRIES, whole=True)
-BACKOFF = Range(0.0, MAX_BACKOFF)
+TIMEOUT = Range(0.0, 86400.0, open_low=True)
+RATE = Range(0.001, 1000.0)
+RETRIES = Range(0, 100, whole=True)
+BACKOFF = Range(0.0, 3600.0)
 #: The largest response body: at least 1 byte (0 or less refused every body), at most 64 GiB.
 BODY_BYTES = Range(1, 64 * 1024**3, whole=True)
 _RANGES = {
