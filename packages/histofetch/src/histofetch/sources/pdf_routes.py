@@ -42,9 +42,10 @@ class EncryptedPdf(NotAPdf):
     category = "encrypted PDF"
 
 
-def check_pdf(data: bytes) -> int:
-    """Page count of a PDF that PyMuPDF opens without a password, or :class:`NotAPdf`
-    (:class:`EncryptedPdf` for one that needs a password) with what the body looks like."""
+def check_pdf(data: bytes) -> None:
+    """Nothing for a PDF with pages that PyMuPDF opens without a password, else
+    :class:`NotAPdf` (:class:`EncryptedPdf` for one that needs a password) with what the
+    body looks like."""
     head = data[:1024].lstrip()
     if not head.startswith(b"%PDF"):
         if not data:
@@ -65,7 +66,6 @@ def check_pdf(data: bytes) -> int:
         raise EncryptedPdf("got an encrypted PDF that needs a password")
     if pages == 0:
         raise NotAPdf("PDF without pages")
-    return pages
 
 
 class _Page:
