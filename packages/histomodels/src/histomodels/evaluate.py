@@ -75,6 +75,12 @@ def _load(
     return images, np.asarray(labels, np.int64), list(ids), source
 
 
+def _input_geometry(pred: Predictor) -> tuple[int, bool]:
+    """``pred``'s input size and whether its model resizes its input itself: the ``size``
+    and ``fixed`` of :func:`_load`."""
+    return int(pred.ckpt.get("input_size", 96)), resizes_input(pred.model)
+
+
 def resizes_input(model: torch.nn.Module) -> bool:
     """Whether ``model`` resizes what it is given to a fixed size before its network (an
     ensemble's members, a backbone built with an ``input_size``)."""
@@ -224,8 +230,6 @@ def operating_point(
     store_temperature: str = "beside",
     test_digests: list[bytes] | None = None,
     val_scale: float | None = None,
-    size: int = 96,
-    fixed: bool = False,
 ) -> dict[str, Any]:
     """The temperature and the threshold that scores are read with, and where they came from
     (``temperature``, ``threshold``, ``threshold_source``).
@@ -239,15 +243,16 @@ def operating_point(
     the test patches with the same pixels as a validation patch and
     ``validation.patches_also_in_test`` the validation patches with those of a test patch
     (rows: a patch stored twice counts twice). ``val_scale``: the validation images are
-    resized by it and fitted to ``size`` first (:class:`ScaledPatches`; ``fixed`` as for
-    :func:`_load`), and the temperature fitted on them is not stored beside the checkpoint."""
+    resized by it and fitted to the model's input first (:class:`ScaledPatches`, as
+    :func:`evaluate_checkpoint` does the test images), and the temperature fitted on them
+    is not stored beside the checkpoint."""
     from histomodels.calibration import fit_temperature, nll
     from histomodels.metrics import DEFAULT_SENSITIVITY, choose_threshold
 
     if val is None:
         return {"temperature": pred.temperature, "threshold": default[0],
                 "threshold_source": default[1]}  # fmt: skip
-    v_images, v_labels, _, v_source = _load(val, val_scale, size, fixed)
+    v_images, v_labels, _, v_source = _load(val, val_scale, *_input_geometry(pred))
     if not np.isin(v_labels, (0, 1)).all():
         raise DatasetError(f"{v_source}: validation data must be fully labelled (0/1)")
     if len(np.unique(v_labels)) < 2:  # checked before inference; the error names the file
@@ -340,9 +345,7 @@ def evaluate_checkpoint(
                 images, batch_size=batch_size, tta=tta, progress=shown.advance, prepared=prepared
             )
 
-    size = int(ckpt.get("input_size", 96))
-    fixed = resizes_input(pred.model)
-    images, labels, ids, source = _load(data, scale, size, fixed)
+    images, labels, ids, source = _load(data, scale, *_input_geometry(pred))
     test_digests = pixel_digests(images) if val is not None else None
     images = pred.prepare(images)  # as the model sees them (the error gallery shows these)
     result: dict[str, Any] = {
@@ -370,7 +373,6 @@ def evaluate_checkpoint(
         pred, checkpoint, val, infer, default=(threshold, threshold_source),
         threshold_rule=threshold_rule, sensitivity=sensitivity,
         store_temperature=store_temperature, test_digests=test_digests, val_scale=scale,
-        size=size, fixed=fixed,
     )  # fmt: skip
     threshold, temperature = point.pop("threshold"), point["temperature"]
     result.update(point)
