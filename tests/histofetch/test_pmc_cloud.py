@@ -385,3 +385,82 @@ def test_hostile_metadata_json_urls_are_misses_not_crashes(ncbi: FakeNcbi, tmp_p
     assert len(manifest.images_of("pmid:1")) == 2  # figures found by listing the version
     assert any("pdf_url: not an s3:// object URI" in f for f in rec.extra["failed_files"])
     assert not any("127.0.0.1:9" in r.path for r in ncbi.log)
+
+
+def _pdf_with_image() -> bytes:
+    import pymupdf
+    from pdf_factory import he_like, png_bytes
+
+    doc = pymupdf.open()
+    page = doc.new_page()
+    page.insert_image(pymupdf.Rect(40, 40, 232, 232), stream=png_bytes(he_like(128, 128)))
+    data = doc.tobytes()
+    doc.close()
+    return data
+
+
+def test_version_with_a_pdf_and_no_jats_gives_the_pdf(ncbi: FakeNcbi, tmp_path: Path) -> None:
+    """A version whose JSON names a PDF but no xml_url (the bucket's README: some versions
+    are XML only, and a JSON may lack a URL) was a miss 'no JATS', its PDF never fetched:
+    with no other route holding the article the record failed. Now the figure routes are
+    tried first (Europe PMC: no full text here), then the bucket's MD5-checked PDF is kept
+    as the first PDF route, route 'pmc-cloud-pdf', and extract takes its images."""
+    pdf = _pdf_with_image()
+    doc = ncbi.bucket.add_version(PMCID, 1, jats=None, media=FIGS, pdf=pdf)
+    assert doc["xml_url"] is None and doc["pdf_url"].startswith("s3://")
+    manifest = _download(ncbi, tmp_path, _rec("1", PMCID))
+    rec = manifest.records["pmid:1"]
+    assert (rec.status, rec.route, rec.pdf_source, rec.pmc_version, rec.license) == (
+        "ok",
+        "pmc-cloud-pdf",
+        "pmc-cloud",
+        1,
+        "CC BY",
+    )
+    assert rec.pdf_path is not None and (tmp_path / rec.pdf_path).read_bytes() == pdf
+    misses = rec.extra["route_misses"]
+    assert misses[0] == (
+        f"pmc-cloud: {PMCID}.1.json names no xml_url (no JATS, no figures); "
+        "its PDF is taken if no figure route has figures"
+    )
+    assert misses[1].startswith("europepmc: Europe PMC has no full text")
+    assert not ncbi.requests_to(f"/europepmc/articles/{PMCID}")  # no other PDF fetched
+    assert manifest.images_of(rec.id) == []
+    run_extract(tmp_path)
+    with Manifest.load(tmp_path) as again:
+        assert again.records[rec.id].stage == "extracted"
+        assert [i.source for i in again.images_of(rec.id)] == ["pdf"]
+
+
+def test_version_without_jats_prefers_europepmc_figures(ncbi: FakeNcbi, tmp_path: Path) -> None:
+    """Figures bound to their captions beat the same article's PDF: Europe PMC's JATS and
+    inline images are taken when it has them."""
+    import io
+    import zipfile
+
+    ncbi.bucket.add_version(PMCID, 1, jats=None, pdf=make_pdf("cloud pdf"))
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for name, data in FIGS.items():
+            zf.writestr(name, data)
+    rest = f"/europepmc/rest/{PMCID}"
+    ncbi.files[f"{rest}/fullTextXML"] = (200, "application/xml", real_jats())
+    ncbi.files[f"{rest}/supplementaryFiles"] = (200, "application/zip", buf.getvalue())
+    manifest = _download(ncbi, tmp_path, _rec("1", PMCID))
+    rec = manifest.records["pmid:1"]
+    assert (rec.status, rec.route, rec.pdf_path) == ("ok", "europepmc", None)
+    assert len(manifest.images_of(rec.id)) == 2
+
+
+def test_version_without_jats_and_a_locked_pdf_goes_on(ncbi: FakeNcbi, tmp_path: Path) -> None:
+    from pdf_factory import encrypted_pdf
+
+    ncbi.bucket.add_version(PMCID, 1, jats=None, pdf=encrypted_pdf())
+    readable = make_pdf("render")
+    ncbi.files[f"/europepmc/articles/{PMCID}"] = (200, "application/pdf", readable)
+    rec = _download(ncbi, tmp_path, _rec("1", PMCID)).records["pmid:1"]
+    assert (rec.route, rec.pdf_source) == ("europepmc-pdf", "europepmc-pdf")
+    assert rec.extra["route_misses"][0] == (
+        f"pmc-cloud: {PMCID}.1.json names no xml_url (no JATS, no figures); its PDF: "
+        f"got an encrypted PDF that needs a password from {PMCID}.1/{PMCID}.1.pdf"
+    )

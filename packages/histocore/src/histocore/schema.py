@@ -44,7 +44,8 @@ class Record:
     license: str | None = None
     open_access: bool | None = None
     # -- article files (PMC Cloud Service, Europe PMC; issue 9) -------------------------
-    #: The route that gave the article's files: "pmc-cloud", "europepmc", or a PDF route.
+    #: The route that gave the article's files: "pmc-cloud", "europepmc", or a PDF route
+    #: ("pmc-cloud-pdf": the bucket's PDF of a version without JATS).
     route: str | None = None
     #: PMC article version taken from the PMC Cloud Service (``PMCn.<version>``).
     pmc_version: int | None = None

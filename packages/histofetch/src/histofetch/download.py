@@ -5,7 +5,9 @@ Routes, in order (see :mod:`histofetch.sources` and docs/histofetch-network.md):
 1. ``pmc-cloud`` — the PMC Cloud Service (S3 bucket ``pmc-oa-opendata``): JATS, the
    figure files as published (MD5-checked) and the PDF when the licence allows.
 2. ``europepmc`` — Europe PMC's ``fullTextXML`` and its inline-image ZIP.
-3. ``europepmc-pdf`` then ``pubmed2pdf`` — a PDF only, for ``extract`` to take apart.
+3. ``europepmc-pdf`` then ``pubmed2pdf`` — a PDF only, for ``extract`` to take apart;
+   before them ``pmc-cloud-pdf``, the bucket's PDF of a version without JATS (held by
+   route 1's miss until route 2 has no figures either).
 
 Figures named by JATS become ``source="jats"`` image rows (RGB PNG, caption, figure id and
 label); a record that has them skips PDF image extraction, so each figure appears once.
@@ -33,6 +35,10 @@ from histofetch.sources.europepmc import EuropePmc
 from histofetch.sources.pdf_routes import EuropePmcPdf, NotAPdf, Publisher, check_pdf
 from histofetch.sources.pmc_cloud import PmcCloud
 from histofetch.stage import StageFailure, StageSummary
+
+#: ``Record.route`` of a PMC Cloud Service version without JATS whose PDF was kept: taken
+#: as the first PDF route, once the figure routes had no figures (``pdf_source`` pmc-cloud).
+HELD_PDF_ROUTE = "pmc-cloud-pdf"
 
 #: Categories, most actionable first: the first one present names a record's failure.
 CATEGORY_ORDER = (
@@ -110,9 +116,17 @@ class Downloader:
         if rec.pmid:
             routes.append((self.pdf_by_pmid, rec.pmid))
         figure_trouble = False
+        held: ArticleFiles | None = None  # a figure route's checked PDF without figures
         for route, key in routes:
             name = route.name
             is_pdf_route = route in (self.pdf_by_pmcid, self.pdf_by_pmid)
+            if is_pdf_route and held is not None:  # the first PDF route: the held PDF
+                files, held = held, None
+                if self._pdf_route_allowed(rec, HELD_PDF_ROUTE, attempts, figure_trouble):
+                    self._keep(rec, files)  # checked by its route: it is kept
+                    rec.route = HELD_PDF_ROUTE
+                    rec.extra["route_misses"] = attempts.notes[:10]
+                    return
             if is_pdf_route and not self._pdf_route_allowed(rec, name, attempts, figure_trouble):
                 break
             try:
@@ -122,6 +136,8 @@ class Downloader:
                 figure_trouble |= miss.category == "network" and not is_pdf_route
                 if miss.files is not None:
                     self._note(rec, miss.files)
+                    if miss.files.pdf is not None and held is None and not is_pdf_route:
+                        held = miss.files
                 if miss.final:
                     raise StageFailure(f"{miss.category}: {name}: {miss.detail}") from None
                 continue

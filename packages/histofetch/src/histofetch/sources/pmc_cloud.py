@@ -17,13 +17,14 @@ import json
 import logging
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 from histofetch.http import NetClient, NetError
 from histofetch.jats import JatsError, match_href, parse_xml, read_article
 from histofetch.licence import normalise
 from histofetch.sources import ArticleFiles, FigureFile, Miss, Policy
+from histofetch.sources.pdf_routes import NotAPdf, check_pdf
 
 log = logging.getLogger(__name__)
 
@@ -245,7 +246,7 @@ class PmcCloud:
     def _article_files(self, pmcid: str, version: int, meta: dict, files: ArticleFiles) -> None:
         name = f"{pmcid}.{version}"
         if not meta.get("xml_url"):
-            raise Miss("no JATS", f"{name}.json names no xml_url")
+            self._pdf_only(name, meta, files)
         try:  # the JSON is untrusted: an http:// or file:// URL is not fetched
             xml_key, xml_md5 = s3_key(str(meta["xml_url"]))
         except ValueError as exc:
@@ -287,6 +288,33 @@ class PmcCloud:
                 files.failures.append(f"PDF: pdf_url: {exc}")
             except (Miss, NetError) as exc:
                 _file_failure(files, "PDF", exc)
+
+    def _pdf_only(self, name: str, meta: dict, files: ArticleFiles) -> NoReturn:
+        """A version without JATS: a miss (no figures), holding its checked PDF when it
+        has one (``files.pdf``), which download keeps as the first PDF route."""
+        why = f"{name}.json names no xml_url (no JATS, no figures)"
+        if not meta.get("pdf_url"):
+            raise Miss("no JATS", f"{why} and no pdf_url", files=files)
+        try:
+            pdf_key, pdf_md5 = s3_key(str(meta["pdf_url"]))
+        except ValueError as exc:
+            raise Miss("bad file", f"{why}; pdf_url: {exc}", files=files) from None
+        try:
+            pdf = get_object(self.client, pdf_key, pdf_md5)
+        except Miss as miss:  # MD5 mismatch twice, an unsafe key
+            raise Miss(miss.category, f"{why}; its PDF: {miss.detail}", files=files) from None
+        except NetError as exc:  # other network trouble stops the route (retried later)
+            if exc.status not in (403, 404):
+                raise
+            raise Miss("no JATS", f"{why}; its PDF: {exc}", files=files) from None
+        try:
+            check_pdf(pdf)
+        except NotAPdf as exc:
+            raise Miss(exc.category, f"{why}; its PDF: {exc} from {pdf_key}", files=files) from None
+        files.pdf = pdf
+        raise Miss(
+            "no JATS", f"{why}; its PDF is taken if no figure route has figures", files=files
+        )
 
 
 def _file_failure(files: ArticleFiles, what: str, exc: Exception) -> None:
