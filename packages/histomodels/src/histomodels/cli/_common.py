@@ -12,7 +12,7 @@ import math
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, NoReturn, TypeVar
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 
@@ -88,6 +88,12 @@ def in_range(
         return value
 
     return check
+
+
+def at_least(least: float, *names: str, **options: Any) -> Any:
+    """A float option ``>= least``, finite: Typer's ``min`` (the help's range, its message)
+    and :func:`in_range`'s callback (``inf`` passes ``min``), from one number."""
+    return typer.Option(*names, min=least, callback=in_range(least), **options)
 
 
 def shipped_model(name: str | None) -> str | None:

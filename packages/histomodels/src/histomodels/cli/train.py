@@ -21,6 +21,7 @@ from histomodels.choices import MAX_SEED
 from histomodels.choices import Schedule as ScheduleName
 from histomodels.cli._common import (
     Device,
+    at_least,
     checked_by,
     errors,
     fail,
@@ -36,8 +37,6 @@ from histomodels.cli._common import (
 
 #: callback of the options that must be > 0
 POSITIVE = in_range(0, low_open=True)
-#: callback of the unbounded options that must be >= 0 (Typer's ``min`` lets ``inf`` through)
-NON_NEGATIVE = in_range(0)
 
 #: ``--model`` of train and finetune: a model the registry trains (histomodels.choices)
 CHECK_MODEL = checked_by("histomodels.choices:check_model", "--model")
@@ -61,13 +60,11 @@ Lr = Annotated[
     float | None,
     typer.Option(callback=POSITIVE, help="Peak learning rate (AdamW)."),
 ]
-Wd = Annotated[
-    float | None, typer.Option(min=0.0, callback=NON_NEGATIVE, help="AdamW weight decay.")
-]
+Wd = Annotated[float | None, at_least(0.0, help="AdamW weight decay.")]
 Schedule = Annotated[ScheduleName | None, typer.Option(help="Learning-rate schedule \\[cosine].")]
 Aug = Annotated[
     float | None,
-    typer.Option(min=0.0, callback=NON_NEGATIVE, help="Augmentation strength (0 = off)."),
+    at_least(0.0, help="Augmentation strength (0 = off)."),
 ]
 StainNorm = Annotated[
     str | None,
@@ -155,12 +152,7 @@ Cutout = Annotated[
 
 Mixup = Annotated[
     float | None,
-    typer.Option(
-        metavar="ALPHA",
-        min=0.0,
-        callback=NON_NEGATIVE,
-        help="mixup within a batch, Beta(ALPHA, ALPHA) (0 = off).",
-    ),
+    at_least(0.0, metavar="ALPHA", help="mixup within a batch, Beta(ALPHA, ALPHA) (0 = off)."),
 ]
 
 RandStain = Annotated[
@@ -372,7 +364,7 @@ def finetune_cmd(
     ] = None,
     backbone_lr_mult: Annotated[
         float | None,
-        typer.Option(min=0.0, callback=NON_NEGATIVE, help="Backbone LR = lr x this [0.3]."),
+        at_least(0.0, help="Backbone LR = lr x this [0.3]."),
     ] = None,
     input_size: Annotated[
         int | None, typer.Option(min=1, help="Resize patches inside the model (96 = native).")
