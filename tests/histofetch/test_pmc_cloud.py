@@ -464,3 +464,24 @@ def test_version_without_jats_and_a_locked_pdf_goes_on(ncbi: FakeNcbi, tmp_path:
         f"pmc-cloud: {PMCID}.1.json names no xml_url (no JATS, no figures); its PDF: "
         f"got an encrypted PDF that needs a password from {PMCID}.1/{PMCID}.1.pdf"
     )
+
+
+def test_an_unreadable_flag_warns_once_per_article_not_per_version(
+    ncbi: FakeNcbi, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Three versions whose is_pmc_openaccess is 'sure' (none published open access, so
+    all three JSONs are read) gave three warnings for one article; now one names them."""
+    for v in (1, 2, 3):
+        ncbi.bucket.add_version(PMCID, v, jats=real_jats(), media=FIGS, is_pmc_openaccess="sure")
+    other = "PMC3574551"
+    ncbi.bucket.add_version(other, 1, jats=real_jats(), media=FIGS, is_pmc_openaccess="maybe")
+    ncbi.bucket.add_version(other, 2, jats=real_jats(), media=FIGS, is_pmc_openaccess="sure")
+    with caplog.at_level("WARNING", logger="histofetch.sources.pmc_cloud"):
+        manifest = _download(ncbi, tmp_path, _rec("1", PMCID), _rec("2", other))
+    assert manifest.records["pmid:1"].route != "pmc-cloud"
+    assert sorted(r.getMessage() for r in caplog.records) == [
+        f"{PMCID}.3.json, {PMCID}.2.json, {PMCID}.1.json: is_pmc_openaccess='sure' is not "
+        "true or false; taken as false",
+        f"{other}.2.json, {other}.1.json: is_pmc_openaccess='sure', 'maybe' is not true or "
+        "false; taken as false",
+    ]

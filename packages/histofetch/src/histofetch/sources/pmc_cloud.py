@@ -129,7 +129,8 @@ def read_metadata(
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """A version's metadata JSON (``{}`` when the version has none: ``NoSuchKey``), its
     yes/no flags as bools, and the flags that could not be read with their raw values: such
-    a flag is its safe side in the JSON (used for this download, never recorded as a fact)."""
+    a flag is its safe side in the JSON (used for this download, never recorded as a fact;
+    :func:`warn_unreadable` says so once per article)."""
     name = f"{pmcid}.{version}"
     try:
         body, _ = client.get_bytes(_url(client, f"{name}/{name}.json"))
@@ -150,13 +151,23 @@ def read_metadata(
             continue
         value = _read_flag(meta[flag])
         if value is None:
-            log.warning(
-                "%s.json: %s=%r is not true or false; taken as %s", name, flag, meta[flag],
-                str(safe).lower(),
-            )  # fmt: skip
             unsure[flag], value = meta[flag], safe
         meta[flag] = value
     return meta, unsure
+
+
+def warn_unreadable(pmcid: str, unsures: dict[int, dict[str, Any]]) -> None:
+    """One warning per flag for an article's versions (highest first) whose flag could not
+    be read (it warned once per version: an article with 3 such versions, 3 warnings)."""
+    for flag, safe in _FLAGS.items():
+        found = [(v, u[flag]) for v, u in unsures.items() if flag in u]
+        if not found:
+            continue
+        names = ", ".join(f"{pmcid}.{v}.json" for v, _ in found)
+        values = ", ".join(dict.fromkeys(repr(raw) for _, raw in found))
+        log.warning(
+            "%s: %s=%s is not true or false; taken as %s", names, flag, values, str(safe).lower()
+        )
 
 
 #: The metadata's yes/no fields, and what an unreadable value is taken as (the safe side).
@@ -209,6 +220,7 @@ class PmcCloud:
             meta = metas[version]
             if meta.get("is_pmc_openaccess") is True and not meta.get("is_manuscript"):
                 break
+        warn_unreadable(pmcid, unsures)
         chosen = choose_version(metas)
         if chosen is None:
             top = metas[found[0]]
