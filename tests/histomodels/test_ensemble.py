@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -88,11 +89,17 @@ def test_ensemble_refuses_bad_members(members: list[Path], tmp_path: Path) -> No
     with pytest.raises(CheckpointError, match="stain"):
         build_ensemble([members[0], tmp_path / "stained.pt"])
     assert not (tmp_path / "out").exists()
-    # a member given twice (as itself, or as a run folder and its best.pt) counted twice
+    # a member given twice (as itself, as a run folder and its best.pt, or as a hard link
+    # of its file: the link was taken as a second member) counted twice
     run = tmp_path / "run"
     run.mkdir()
     save_checkpoint(run / "best.pt", read_checkpoint(members[1]))
-    for twice in ([members[0], members[1], members[0]], [run, run / "best.pt"]):
+    os.link(members[0], tmp_path / "linked.pt")
+    for twice in (
+        [members[0], members[1], members[0]],
+        [run, run / "best.pt"],
+        [members[0], tmp_path / "linked.pt"],
+    ):
         with pytest.raises(CheckpointError, match=f"^{twice[-1]}: the same checkpoint as"):
             build_ensemble(twice)
     r = CliRunner().invoke(app, ["ensemble", "pcam-cnn", "pcam-cnn", "--out", str(tmp_path / "e")])

@@ -57,15 +57,22 @@ def build_ensemble(sources: Sequence[str | Path], *, tta: bool = False) -> dict[
     """
     if len(sources) < 2:
         raise CheckpointError("an ensemble needs at least two models")
-    members, state, seen = [], {}, {}
+    members: list[dict[str, Any]] = []
+    state: dict[str, Any] = {}
+    seen: list[tuple[Path, str]] = []
     for i, src in enumerate(sources):
-        file = resolve_checkpoint(src).resolve()  # a run folder and its best.pt are one
-        if file in seen:
+        file = resolve_checkpoint(src)  # a run folder and its best.pt are one
+        # one file however it is named: another spelling, a symbolic or a hard link (by
+        # identity); a shipped model's name (no such file) by its path
+        twin = next(
+            (s for f, s in seen if same_file(f, file) or f.resolve() == file.resolve()), None
+        )
+        if twin is not None:
             raise CheckpointError(
-                f"{src}: the same checkpoint as {seen[file]}; give each member once (a "
+                f"{src}: the same checkpoint as {twin}; give each member once (a "
                 "repeated member would count twice in the average)"
             )
-        seen[file] = str(src)
+        seen.append((file, str(src)))
         ckpt = read_checkpoint(src)
         if ckpt["model"] == "ensemble":  # its member specs are not plain config values
             raise CheckpointError(
