@@ -8,11 +8,12 @@ import os
 import re
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 from _evalkit import tiny_checkpoint
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from histomodels.cli import app
 from histomodels.data import ArrayDataset
@@ -230,6 +231,16 @@ def test_report_bad_inputs(tmp_path: Path) -> None:
     assert r.exit_code == 1 and list((tmp_path / "kept").iterdir()) == []
 
 
+def _report_of_metrics(tmp_path: Path, fields: dict[str, Any]) -> tuple[Path, Result]:
+    """``histomodels report`` of an eval folder whose metrics.json holds ``fields`` over a
+    plain set of metrics, into ``tmp_path / "o"``: (the folder, the CLI result)."""
+    folder = tmp_path / "ev"
+    folder.mkdir()
+    metrics = {"roc_auc": 0.9, "ci": {"roc_auc": [0.8, 0.95]}, "n": 10, **fields}
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    return folder, CliRunner().invoke(app, ["report", str(folder), "--out", str(tmp_path / "o")])
+
+
 @pytest.mark.parametrize(
     ("change", "problem"),
     [
@@ -255,11 +266,7 @@ def test_report_bad_inputs(tmp_path: Path) -> None:
 def test_a_tampered_metrics_json_is_one_error_line(tmp_path: Path, change, problem) -> None:
     """metrics.json parts of the wrong shape were tracebacks (AttributeError: 'list' object
     has no attribute 'get', IndexError, TypeError) from the report's tables."""
-    folder = tmp_path / "ev"
-    folder.mkdir()
-    metrics = {"roc_auc": 0.9, "ci": {"roc_auc": [0.8, 0.95]}, "n": 10, **change}
-    (folder / "metrics.json").write_text(json.dumps(metrics))
-    r = CliRunner().invoke(app, ["report", str(folder), "--out", str(tmp_path / "o")])
+    folder, r = _report_of_metrics(tmp_path, change)
     assert r.exit_code == 1, r.output
     assert r.stderr.strip().splitlines() == [
         f"error: {folder / 'metrics.json'}: {r.stderr.strip().split(': ', 2)[2]}"
@@ -278,11 +285,7 @@ def test_a_tampered_metrics_json_is_one_error_line(tmp_path: Path, change, probl
     ],
 )
 def test_eval_scale_is_the_resized_row(tmp_path: Path, fields, row) -> None:
-    folder = tmp_path / "ev"
-    folder.mkdir()
-    metrics = {"roc_auc": 0.9, "ci": {"roc_auc": [0.8, 0.95]}, "n": 10, **fields}
-    (folder / "metrics.json").write_text(json.dumps(metrics))
-    r = CliRunner().invoke(app, ["report", str(folder), "--out", str(tmp_path / "o")])
+    _, r = _report_of_metrics(tmp_path, fields)
     assert r.exit_code == 0, r.output
     md = (tmp_path / "o" / "report.md").read_text()
     assert (row in md) if row else ("| resized" not in md), md
