@@ -331,7 +331,7 @@ def test_explain_prints_every_signal(tmp_path: Path) -> None:
     ):
         assert word in result.output
     result = CliRunner().invoke(app, ["filter", "--run", str(run_dir), "--explain", "nope"])
-    assert result.exit_code == 1 and "'nope' names 0 images" in result.output
+    assert result.exit_code == 1 and "'nope' names no image" in result.output
     # --explain times nothing: a bad HISTOFETCH_RECORD_TIMEOUT failed it (exit 2)
     args = ["filter", "--run", str(run_dir), "--explain", "p001_001_panel03"]
     result = CliRunner().invoke(app, args, env={"HISTOFETCH_RECORD_TIMEOUT": "0"})
@@ -354,6 +354,44 @@ def test_explain_escapes_what_came_from_the_paper(tmp_path: Path) -> None:
     assert "article   T\\x1b]0;pwned\\x07itle" in text
     assert "caption   text: H&E\\x1b[2J\\nerror: forged" in text
     assert not any(line.startswith("error:") for line in text.splitlines())
+
+
+def test_explain_with_an_ambiguous_tail_lists_the_full_ids(tmp_path: Path) -> None:
+    """Seven articles each with a figure p001_001: --explain p001_001 cannot choose. The
+    error listed five ids with no word of the other two; now the user is told to give the
+    full id, shown five (sorted) and how many more, on one line, exit 1."""
+    from typer.testing import CliRunner
+
+    from histocore.manifest import Record
+    from histofetch.cli import app
+
+    run = tmp_path / "run"
+    with Manifest(run_dir=run, query="q") as m:
+        for n in (3, 1, 7, 2, 6, 4, 5):
+            m.add_record(Record(id=f"pmid:{n}", stage="filtered"))
+            m.add_image(Image(id=f"pmid:{n}/p001_001", record_id=f"pmid:{n}",
+                              path=f"images/{n}.png", sha256=f"{n}" * 64, width=96, height=96,
+                              kept=False))  # fmt: skip
+        m.add_image(Image(id="pmid:1/p001_002", record_id="pmid:1", path="images/b.png",
+                          sha256="8" * 64, width=96, height=96, kept=False))  # fmt: skip
+        m.save()
+    result = CliRunner().invoke(app, ["filter", "--run", str(run), "--explain", "p001_001"])
+    assert result.exit_code == 1
+    assert result.output == (
+        f"error: {run}: 'p001_001' is the end of 7 image ids; give the full id: "
+        "pmid:1/p001_001, pmid:2/p001_001, pmid:3/p001_001, pmid:4/p001_001, "
+        "pmid:5/p001_001 and 2 more\n"
+    )
+    result = CliRunner().invoke(app, ["filter", "--run", str(run), "--explain", "p001_003"])
+    assert result.exit_code == 1
+    assert result.output == (
+        f"error: {run}: 'p001_003' names no image (give its full id, or the part after "
+        "the last '/' when one image's id ends so)\n"
+    )
+    one = CliRunner().invoke(app, ["filter", "--run", str(run), "--explain", "pmid:6/p001_001"])
+    assert one.exit_code == 0 and one.output.startswith("image     pmid:6/p001_001\n")
+    one = CliRunner().invoke(app, ["filter", "--run", str(run), "--explain", "p001_002"])
+    assert one.exit_code == 0 and one.output.startswith("image     pmid:1/p001_002\n")
 
 
 def test_a_filter_that_fails_midway_closes_its_store(tmp_path: Path) -> None:

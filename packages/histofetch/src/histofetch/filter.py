@@ -305,19 +305,32 @@ def decide(img: Image, limits: Thresholds) -> None:
 
 
 # -- explain --------------------------------------------------------------------------------------
+#: How many matching ids an ambiguous ``--explain`` tail lists before "and N more".
+EXPLAIN_SHOWN = 5
+
+
 def explain(manifest: Manifest, image_id: str) -> str:
     """Every signal behind one row's decision, as text a person can read (``--explain``).
 
     ``image_id`` is the full id or its unique tail (``p011_003``, ``p011_003_panel02``).
-    Raises KeyError with the candidates when it names no row or several.
+    Raises KeyError when it names no row, or several: then with the first
+    :data:`EXPLAIN_SHOWN` of their full ids (sorted) and how many more, to pick from.
     """
     img = manifest.images.get(image_id)
     if img is None:
-        hits = [i for i in manifest.images.values() if i.id.endswith("/" + image_id)]
-        if len(hits) != 1:
-            some = ", ".join(i.id for i in hits[:5]) or "none"
-            raise KeyError(f"{image_id!r} names {len(hits)} images (matches: {some})")
-        img = hits[0]
+        hits = sorted(i.id for i in manifest.images.values() if i.id.endswith("/" + image_id))
+        if not hits:
+            raise KeyError(
+                f"{image_id!r} names no image (give its full id, or the part after the "
+                "last '/' when one image's id ends so)"
+            )
+        if len(hits) > 1:
+            shown = ", ".join(hits[:EXPLAIN_SHOWN])
+            more = f" and {len(hits) - EXPLAIN_SHOWN} more" if len(hits) > EXPLAIN_SHOWN else ""
+            raise KeyError(
+                f"{image_id!r} is the end of {len(hits)} image ids; give the full id: {shown}{more}"
+            )
+        img = manifest.images[hits[0]]
     rec = manifest.records.get(img.record_id)
     colour = img.extra.get("colour", {})
     clf = img.extra.get("classifier", {})
