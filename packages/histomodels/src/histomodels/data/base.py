@@ -124,7 +124,29 @@ class PatchDataset(ABC):
         return images, labels, ids
 
 
-class ArrayDataset(PatchDataset):
+class KnownLabels(PatchDataset):
+    """A reader that reads every label and id when it opens (``_labels``: int64 ``[N]``,
+    ``_ids``): :meth:`labels` and :meth:`ids` are those, no patch decoded."""
+
+    _labels: np.ndarray
+    _ids: list[str]
+
+    def labels(self) -> np.ndarray:
+        return self._labels
+
+    def ids(self) -> list[str]:
+        return list(self._ids)
+
+    def _row(self, index: int) -> int:
+        """``index`` from 0 (a negative one counts from the end, as for a list), or
+        :class:`IndexError` outside the dataset (what ends iteration over it)."""
+        n = len(self)
+        if not -n <= index < n:
+            raise IndexError(index)
+        return index % n
+
+
+class ArrayDataset(KnownLabels):
     """Patches already in memory (decoded caches, synthetic data, tests)."""
 
     def __init__(
@@ -154,12 +176,6 @@ class ArrayDataset(PatchDataset):
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, int, str]:
         return self.images[index], int(self._labels[index]), self._ids[index]
-
-    def labels(self) -> np.ndarray:
-        return self._labels
-
-    def ids(self) -> list[str]:
-        return list(self._ids)
 
     def read_range(self, start: int, stop: int) -> np.ndarray:
         return self.images[start:stop]

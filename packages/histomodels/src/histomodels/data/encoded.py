@@ -21,7 +21,7 @@ import numpy as np
 
 from histocore.progress import task
 from histomodels.choices import origin_splits
-from histomodels.data.base import DatasetError, PatchDataset, binary_labels
+from histomodels.data.base import DatasetError, KnownLabels, binary_labels
 from histomodels.data.cache import require_memory
 from histomodels.data.h5safe import dataset, open_h5, reading
 from histomodels.data.images import decode_image
@@ -74,7 +74,7 @@ def _text_ids(ds: h5py.Dataset, path: Path) -> list[str]:
         raise DatasetError(f"{path}: 'patch_id' is not UTF-8 text ({exc.reason})") from None
 
 
-class EncodedH5Dataset(PatchDataset):
+class EncodedH5Dataset(KnownLabels):
     """Encoded-bytes HDF5 reader; ``rows`` restricts it to a subset of rows."""
 
     def __init__(
@@ -131,9 +131,7 @@ class EncodedH5Dataset(PatchDataset):
         return len(self.rows)
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, int, str]:
-        if not -len(self) <= index < len(self):
-            raise IndexError(index)
-        index %= len(self)
+        index = self._row(index)
         if self._file is None:
             self._file = open_h5(self.path)
         row = int(self.rows[index])
@@ -142,12 +140,6 @@ class EncodedH5Dataset(PatchDataset):
             data = enc[row]
         img = decode_image(data.tobytes(), f"{self.path} row {row}", size=self.size)
         return img, int(self._labels[index]), self._ids[index]
-
-    def labels(self) -> np.ndarray:
-        return self._labels
-
-    def ids(self) -> list[str]:
-        return list(self._ids)
 
     def load_all(self) -> tuple[np.ndarray, np.ndarray, list[str]]:
         """Read all bytes in one go, decode on a small thread pool (PIL releases the GIL)."""

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from histomodels.data.base import DatasetError, PatchDataset
+from histomodels.data.base import DatasetError, KnownLabels
 from histomodels.data.images import IMAGE_SUFFIXES, decode_image
 
 #: Folder names read as each class (case-insensitive).
@@ -57,7 +57,7 @@ def is_image_folder(path: Path) -> bool:
     )
 
 
-class FolderDataset(PatchDataset):
+class FolderDataset(KnownLabels):
     """Images under class folders; ids are paths relative to the root."""
 
     def __init__(self, root: Path, *, patch_size: int | None = 96) -> None:
@@ -102,9 +102,3 @@ class FolderDataset(PatchDataset):
             int(self._labels[index]),
             self._ids[index],
         )
-
-    def labels(self) -> np.ndarray:
-        return self._labels
-
-    def ids(self) -> list[str]:
-        return list(self._ids)

@@ -12,13 +12,13 @@ from pathlib import Path
 
 import numpy as np
 
-from histomodels.data.base import DatasetError, PatchDataset
+from histomodels.data.base import DatasetError, KnownLabels
 from histomodels.data.images import decode_image
 
 LABELS_CSV = "train_labels.csv"
 
 
-class KaggleDataset(PatchDataset):
+class KaggleDataset(KnownLabels):
     """Kaggle folder reader. ``images`` defaults to ``<folder>/train``."""
 
     def __init__(
@@ -76,14 +76,7 @@ class KaggleDataset(PatchDataset):
         return len(self._ids)
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, int, str]:
-        if not -len(self) <= index < len(self):
-            raise IndexError(index)
+        index = self._row(index)
         pid = self._ids[index]
         path = self.image_dir / f"{pid}.tif"
         return decode_image(path, str(path), size=self.size), int(self._labels[index]), pid
-
-    def labels(self) -> np.ndarray:
-        return self._labels
-
-    def ids(self) -> list[str]:
-        return list(self._ids)

@@ -22,7 +22,7 @@ import numpy as np
 
 from histocore.progress import task
 from histomodels.choices import PCAM_SPLITS
-from histomodels.data.base import DatasetError, PatchDataset, binary_labels, check_patch_shape
+from histomodels.data.base import DatasetError, KnownLabels, binary_labels, check_patch_shape
 from histomodels.data.cache import require_memory
 from histomodels.data.h5safe import check_stored, dataset, open_h5, reading
 
@@ -144,7 +144,7 @@ def find_split(folder: Path, split: str | None) -> Path:
     return present[split]
 
 
-class PCamDataset(PatchDataset):
+class PCamDataset(KnownLabels):
     """Lazy reader for a PCam x/y pair (or one file holding both ``x`` and ``y``)."""
 
     def __init__(
@@ -220,22 +220,14 @@ class PCamDataset(PatchDataset):
         return self.shape[0]
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, int, str]:
-        if not -len(self) <= index < len(self):
-            raise IndexError(index)
-        index %= len(self)
+        index = self._row(index)
         with reading(self.x_path, "x"):
             patch = np.asarray(self._x()[index])
         return patch, int(self._labels[index]), self._ids[index]
 
-    def labels(self) -> np.ndarray:
-        return self._labels
-
     def read_range(self, start: int, stop: int) -> np.ndarray:
         with reading(self.x_path, "x"):
             return np.asarray(self._x()[start:stop])
-
-    def ids(self) -> list[str]:
-        return list(self._ids)
 
     def load_all(self) -> tuple[np.ndarray, np.ndarray, list[str]]:
         """Read everything in large sequential blocks (fast even for gzip-chunked files)."""
