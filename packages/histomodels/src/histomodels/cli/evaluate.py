@@ -46,6 +46,12 @@ ModelOption = Annotated[
     ),
 ]
 
+#: eval's and export's model: a checkpoint file, a run folder or an ensemble (or ``--model``)
+CheckpointArgument = Annotated[
+    Path | None,
+    typer.Argument(help="Checkpoint file, run folder (best.pt) or ensemble; or --model."),
+]
+
 #: ``--precision``, one option and one default for eval and predict: the same checkpoint
 #: gives the same probability for a patch in both (bf16 moved predict's by up to 0.0082 on
 #: PCam valid)
@@ -88,10 +94,7 @@ def _model_source(ctx: typer.Context, checkpoint: Path | None, model: str | None
 
 def eval_cmd(
     ctx: typer.Context,
-    checkpoint: Annotated[
-        Path | None,
-        typer.Argument(help="Checkpoint file, run folder (best.pt) or ensemble; or --model."),
-    ] = None,
+    checkpoint: CheckpointArgument = None,
     model: ModelOption = None,
     data: Annotated[
         str | None, typer.Option("--data", help="Test patches (any supported dataset path).")
@@ -385,10 +388,7 @@ def _print_external(result: dict, out: Path) -> None:
 
 def export_cmd(
     ctx: typer.Context,
-    checkpoint: Annotated[
-        Path | None,
-        typer.Argument(help="Checkpoint file, run folder (best.pt) or ensemble; or --model."),
-    ] = None,
+    checkpoint: CheckpointArgument = None,
     *,
     model: ModelOption = None,
     out: Annotated[Path, typer.Option("--out", help="Output file (.onnx / .pt).")],
