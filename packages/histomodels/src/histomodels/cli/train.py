@@ -140,14 +140,14 @@ LabelSmoothing = Annotated[
     ),
 ]
 
+
+def _per_patch(what: str) -> Any:
+    """An augmentation's option: the probability ``P`` (0 to 1) per patch of ``what``."""
+    return typer.Option(metavar="P", min=0.0, max=1.0, help=f"Probability per patch of {what}")
+
+
 Cutout = Annotated[
-    float | None,
-    typer.Option(
-        metavar="P",
-        min=0.0,
-        max=1.0,
-        help="Probability per patch of 1-3 mean-filled rectangles outside the central 32x32.",
-    ),
+    float | None, _per_patch("1-3 mean-filled rectangles outside the central 32x32.")
 ]
 
 Mixup = Annotated[
@@ -155,24 +155,8 @@ Mixup = Annotated[
     at_least(0.0, metavar="ALPHA", help="mixup within a batch, Beta(ALPHA, ALPHA) (0 = off)."),
 ]
 
-RandStain = Annotated[
-    float | None,
-    typer.Option(
-        metavar="P",
-        min=0.0,
-        max=1.0,
-        help="Probability per patch of a random LAB stain template (RandStainNA style).",
-    ),
-]
-JpegBlur = Annotated[
-    float | None,
-    typer.Option(
-        metavar="P",
-        min=0.0,
-        max=1.0,
-        help="Probability per patch of a JPEG re-encode (q 30-90) or a blur.",
-    ),
-]
+RandStain = Annotated[float | None, _per_patch("a random LAB stain template (RandStainNA style).")]
+JpegBlur = Annotated[float | None, _per_patch("a JPEG re-encode (q 30-90) or a blur.")]
 
 Teacher = Annotated[
     str | None,
