@@ -13,6 +13,7 @@ import dataclasses
 import difflib
 import json
 import math
+import sys
 from dataclasses import field
 from pathlib import Path
 from typing import Any
@@ -225,7 +226,7 @@ def merge(
 
 def validate(cfg: TrainConfig, source: str = "config") -> TrainConfig:
     """Range checks the types alone do not express (each a one-line ConfigError)."""
-    for key, problem_of in (("model", model_problem), ("device", device_problem)):
+    for key, problem_of in (("model", _model_problem), ("device", device_problem)):
         value = getattr(cfg, key)  # the names the CLI's --model/--device take, from a file
         problem = None if value is None else problem_of(value)
         if problem:
@@ -298,6 +299,15 @@ def validate(cfg: TrainConfig, source: str = "config") -> TrainConfig:
             f"{source}: stain_norm must be 'macenko' or a stain JSON file, got {cfg.stain_norm!r}"
         )
     return cfg
+
+
+def _model_problem(name: str) -> str | None:
+    """:func:`~histomodels.choices.model_problem`, less a model a library caller registered
+    (``register_model``: the registry is then imported; without it no one registered any)."""
+    registry = sys.modules.get("histomodels.models.registry")
+    if registry is not None and name in registry.list_models():
+        return None
+    return model_problem(name)
 
 
 def _loadable(spec: str) -> bool:
