@@ -58,6 +58,26 @@ hm train --model cnn --data "$W/train.h5" --val "$W/val.h5" --out "$W/cnn" --epo
     --device "$DEV" --resume --quiet
 check $? "resume cnn"
 
+step "--deterministic: two plain and two deterministic same-seed runs (bit-identical? speed)"
+for r in plain1 plain2 det1 det2; do
+    flag=(); [ "${r#det}" != "$r" ] && flag=(--deterministic)
+    hm train --model cnn --data "$W/train.h5" --val "$W/val.h5" --out "$W/$r" --epochs 3 \
+        --device "$DEV" "${flag[@]}" --quiet
+    check $? "train $r"
+done
+python3 -c "
+import json, torch
+from histomodels.checkpoint import read_checkpoint
+w = {r: read_checkpoint('$W/%s/last.pt' % r)['state_dict'] for r in ('plain1', 'plain2', 'det1', 'det2')}
+for a, b in (('plain1', 'plain2'), ('det1', 'det2')):
+    d = max(float((w[a][k].double() - w[b][k].double()).abs().max()) for k in w[a])
+    print(a, 'vs', b, 'max abs weight diff', d, '(bit-identical)' if d == 0 else '')
+for r in w:
+    h = json.load(open('$W/%s/history.json' % r))
+    print(r, 'train patches/s by epoch', [round(e['train_patches_per_s']) for e in h])
+" | tee "$OUT/deterministic.txt"
+check "${PIPESTATUS[0]}" "deterministic comparison"
+
 step "streamed (out-of-core) training with Macenko stain normalisation, then eval"
 HISTOMODELS_CACHE_BYTES=1 hm train --model cnn --data "$W/train.h5" --val "$W/val.h5" \
     --out "$W/stream" --epochs 2 --stain-norm macenko --device "$DEV" --quiet

@@ -1,7 +1,7 @@
 """CUDA paths that a CPU machine cannot run: the prefetch thread's pinned, non-blocking
-copies, bf16 AMP with every recipe lever, SWA and precise BN on the device, and a
-CUDA-trained checkpoint scored on the CPU. Skipped without a GPU; benchmarks/gpu_check.sh
-runs them first on a lent one."""
+copies, bf16 AMP with every recipe lever, SWA and precise BN on the device, a CUDA-trained
+checkpoint scored on the CPU, and ``--deterministic`` runs equal bit for bit. Skipped
+without a GPU; benchmarks/gpu_check.sh runs them first on a lent one."""
 
 from __future__ import annotations
 
@@ -68,6 +68,26 @@ def test_cuda_prefetch_changes_nothing_beyond_the_devices_own_noise(arrays, tmp_
     assert diff <= 10 * noise, f"prefetch on vs off: {diff:.3g}; off vs off: {noise:.3g}"
     losses = [[h["train_loss"] for h in runs[n].history] for n in runs]
     assert all(np.isfinite(v).all() for v in losses), losses
+
+
+def test_cuda_deterministic_runs_are_bit_identical(arrays, tmp_path, monkeypatch):
+    """``--deterministic``: two same-seed CUDA runs with every lever and bf16 AMP give the
+    same weights bit for bit, also in a process that had cuDNN autotuning on and
+    deterministic algorithms off (the suite's conftest turns them on; undone here)."""
+    (xt, yt), (xv, yv) = arrays
+    monkeypatch.setattr(torch.backends.cudnn, "deterministic", False)
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", True)
+    was = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(False)
+    try:
+        for name in ("a", "b"):
+            train(_cfg(deterministic=True, bf16=True), tmp_path / name, train_data=(xt, yt),
+                  val_data=(xv, yv))  # fmt: skip
+            assert not torch.are_deterministic_algorithms_enabled()  # the process's setting back
+            assert torch.backends.cudnn.benchmark
+    finally:
+        torch.use_deterministic_algorithms(was, warn_only=True)
+    assert _max_diff(_weights(tmp_path / "a"), _weights(tmp_path / "b")) == 0
 
 
 def test_cuda_trained_swa_precise_bn_checkpoint_scores_the_same_on_cpu(arrays, tmp_path):

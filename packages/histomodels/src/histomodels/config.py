@@ -115,6 +115,10 @@ class TrainConfig:
     #: make the next batch (index, augmentation, pinned copy) in a background thread while
     #: one trains; the same weights either way. None = auto (training/prefetch.py)
     prefetch: bool | None = None
+    #: deterministic algorithms (``torch.use_deterministic_algorithms``, cuDNN autotuning
+    #: off, a fixed cuBLAS workspace) while training: bit-identical CUDA runs for a seed, at
+    #: some speed; CPU runs are deterministic without it (device.deterministic_algorithms)
+    deterministic: bool = False
     device: str | None = None  # None = cuda when available, else cpu
     progress: bool = True
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
+from collections.abc import Iterator
 
 import torch
 
@@ -50,6 +52,44 @@ def _checked(requested: str) -> torch.device:
     elif device.type == "mps" and not torch.backends.mps.is_available():
         raise UsageError(f"--device {requested}: Apple MPS is not available here")
     return device
+
+
+#: What PyTorch needs for deterministic cuBLAS (its reproducibility notes); read when cuBLAS
+#: makes its first workspace, so it must be set before the run's first CUDA matmul.
+CUBLAS_WORKSPACE = ":4096:8"
+
+
+@contextlib.contextmanager
+def deterministic_algorithms(enabled: bool) -> Iterator[None]:
+    """While it is open: ``torch.use_deterministic_algorithms(True, warn_only=True)``,
+    cuDNN's deterministic kernels without autotuning, and ``CUBLAS_WORKSPACE_CONFIG`` (unless
+    already set); the previous settings come back at the end. A no-op when not ``enabled``.
+
+    ``warn_only``: an op with no deterministic CUDA kernel warns (once) instead of failing.
+    The one such op in the scratch CNN, the 1x1 adaptive average pool's backward, adds each
+    gradient once per input element, so its atomic adds cannot reorder; its warning is
+    silenced here."""
+    if not enabled:
+        yield
+        return
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
+    before = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        torch.backends.cudnn.deterministic,
+        torch.backends.cudnn.benchmark,
+    )
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings(
+                "ignore", message="adaptive_avg_pool2d_backward_cuda does not have a deterministic"
+            )
+            yield
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = before[2:]
 
 
 def use_bf16(model_name: str, device: torch.device, requested: bool | None) -> bool:

@@ -92,6 +92,14 @@ Prefetch = Annotated[
         help="Make the next batch in a background thread (same weights) \\[auto: on for CUDA].",
     ),
 ]
+Deterministic = Annotated[
+    bool | None,
+    typer.Option(
+        "--deterministic/--no-deterministic",
+        help="Deterministic GPU kernels: the same seed gives the same weights on CUDA too "
+        "(slower) \\[off; CPU runs are deterministic anyway].",
+    ),
+]
 Resume = Annotated[bool, typer.Option("--resume", help="Continue from RUN/last.pt.")]
 Overwrite = Annotated[
     bool, typer.Option("--overwrite", help="Train anew into a folder that holds a run.")
@@ -320,6 +328,7 @@ def train_cmd(
     channels_last: ChannelsLast = None,
     threads: Threads = None,
     prefetch: Prefetch = None,
+    deterministic: Deterministic = None,
     device: Device = None,
     resume: Resume = False,
     overwrite: Overwrite = False,
@@ -386,6 +395,7 @@ def finetune_cmd(
     channels_last: ChannelsLast = None,
     threads: Threads = None,
     prefetch: Prefetch = None,
+    deterministic: Deterministic = None,
     device: Device = None,
     resume: Resume = False,
     overwrite: Overwrite = False,

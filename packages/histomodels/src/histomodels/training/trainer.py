@@ -13,6 +13,7 @@ DistributedDataParallel (see :mod:`histomodels.distributed`).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -27,7 +28,13 @@ from histocore.io import json_safe
 from histomodels import distributed as D
 from histomodels.checkpoint import save_checkpoint
 from histomodels.config import TrainConfig, validate
-from histomodels.device import grad_scaler, pick_device, set_threads, use_bf16
+from histomodels.device import (
+    deterministic_algorithms,
+    grad_scaler,
+    pick_device,
+    set_threads,
+    use_bf16,
+)
 from histomodels.models.registry import check_config
 from histomodels.training import epoch as E
 from histomodels.training.callbacks import Callback, default_callbacks
@@ -89,6 +96,7 @@ class Trainer:
         self.prefetch = False  # batches made in a background thread (setup: use_prefetch)
         self.stain_stats: Any = None  # randstain's template distribution (fit at setup)
         self._ready = False
+        self._settings = contextlib.ExitStack()  # process-wide torch settings of this run
 
     # ------------------------------------------------------------------------- setup
 
@@ -97,6 +105,8 @@ class Trainer:
         with D.failing_early():  # ranks waiting for this one to join learn that it failed
             if self.resume:
                 self.cfg, self.state = resume_state(self.cfg, self.run_dir)
+            # before the run's first CUDA op (the cuBLAS workspace); undone when fit ends
+            self._settings.enter_context(deterministic_algorithms(self.cfg.deterministic))
             check_config(self.cfg.model, self.cfg.model_config)  # before any data is decoded
             self.device = pick_device(self.cfg.device)
             self.prefetch = use_prefetch(self.cfg.prefetch, self.device)
@@ -198,6 +208,7 @@ class Trainer:
                 self.folder.discard()
             raise
         finally:
+            self._settings.close()
             D.cleanup(self.info)
 
     def _fit(self) -> TrainResult:
