@@ -125,6 +125,12 @@ def test_bad_run_folder_gets_an_error_page_and_the_cli_one_line(tmp_path: Path) 
     assert "not a histofetch.manifest header" in page.text
     api = _client(bad).get("/api/items")
     assert api.status_code == 500 and "header" in api.json()["error"]
+    # every route that reads the run answers alike (one exception handler)
+    one = _client(bad).get("/api/item/x")
+    assert one.status_code == 500 and "header" in one.json()["error"]
+    figure = _client(bad).get("/image/x")
+    assert figure.status_code == 500 and "Cannot open this run" in figure.text
+    assert figure.headers["x-content-type-options"] == page.headers["x-content-type-options"]
     for run in (bad, tmp_path / "missing"):
         r = CliRunner().invoke(cli, ["review", "--run", str(run), "--no-browser"])
         assert r.exit_code == 1 and r.output.startswith("error: ") and "Traceback" not in r.output

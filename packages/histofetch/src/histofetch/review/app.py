@@ -125,7 +125,9 @@ def create_app(
     state = RunState(Path(run_dir), Scores.load(scores) if scores else None, reviewer)
     templates = Jinja2Templates(directory=str(HERE / "templates"))
 
-    def error_page(request: Request, exc: ReviewError, status: int = 500) -> Response:
+    def error_page(request: Request, exc: Exception, status: int = 500) -> Response:
+        """A run that cannot be read (any route; 500) or a bad answer (400): JSON under
+        ``/api/``, else the error page."""
         if request.url.path.startswith("/api/"):
             return JSONResponse({"error": str(exc)}, status_code=status)
         return templates.TemplateResponse(
@@ -133,10 +135,7 @@ def create_app(
         )
 
     async def page(request: Request) -> Response:
-        try:
-            manifest = state.manifest()
-        except ReviewError as exc:
-            return error_page(request, exc)
+        manifest = state.manifest()  # a ReviewError is error_page's (exception_handlers)
         records = [
             {"id": r.id, "title": (r.title or r.id)[:90]}
             for r in manifest.records.values()
@@ -152,10 +151,7 @@ def create_app(
         return templates.TemplateResponse(request, "index.html", context)
 
     async def items(request: Request) -> Response:
-        try:
-            manifest = state.manifest()
-        except ReviewError as exc:
-            return error_page(request, exc)
+        manifest = state.manifest()
         query = dict(request.query_params)
         rows = [
             {"id": i.id, "label": i.label, "weak_label": i.weak_label}
@@ -167,10 +163,7 @@ def create_app(
     def kept_figure(request: Request) -> tuple[Manifest, Image] | Response:
         """The manifest and the kept figure the path names, or the response saying why not
         (only the run's kept figures are served)."""
-        try:
-            manifest = state.manifest()
-        except ReviewError as exc:
-            return error_page(request, exc)
+        manifest = state.manifest()
         img = manifest.images.get(request.path_params["image_id"])
         if img is None or not (img.kept and img.status == "ok"):
             return JSONResponse({"error": "no such kept figure"}, status_code=404)
@@ -242,6 +235,7 @@ def create_app(
         return _file(scores.heatmap(request.path_params["image_id"]) if scores else None)
 
     app = Starlette(
+        exception_handlers={ReviewError: error_page},
         middleware=[
             Middleware(TrustedHostMiddleware, allowed_hosts=list(hosts)),
             Middleware(SecurityHeaders),
