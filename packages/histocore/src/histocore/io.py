@@ -16,7 +16,7 @@ import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 
 def record_slug(record_id: str) -> str:
@@ -77,14 +77,17 @@ def atomic_temp_target(name: str) -> str | None:
     return match["name"] if match else None
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so readers see the old file or the new one, never half."""
+@contextlib.contextmanager
+def atomic_writer(path: str | Path) -> Iterator[BinaryIO]:
+    """A binary file for ``path``'s new content, written beside it: on a clean exit it is
+    flushed, fsynced, given the usual file mode and renamed over ``path`` (readers see the
+    old file or the new one, never half); on an error it is removed, ``path`` untouched."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = _mkstemp_beside(path)
     try:
         with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+            yield fh
             fh.flush()
             os.fsync(fh.fileno())
         os.chmod(tmp, usual_file_mode())  # mkstemp makes 0600; give the usual file mode
@@ -92,6 +95,12 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so readers see the old file or the new one, never half."""
+    with atomic_writer(path) as fh:
+        fh.write(data)
 
 
 def same_file(a: str | Path, b: str | Path) -> bool:

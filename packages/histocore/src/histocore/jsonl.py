@@ -12,14 +12,13 @@ import gc
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from histocore.errors import ManifestError
-from histocore.io import _UMASK, one_line
+from histocore.io import atomic_writer, one_line
 from histocore.schema import SCHEMA_NAME, SCHEMA_VERSION, Image, Record, _from_dict, _names, row_of
 from histocore.store import RunStore, dumps
 
@@ -170,23 +169,14 @@ def _normalised(rows: Iterator[str], cls: type, store: RunStore) -> Iterator[tup
 
 def write_jsonl(store: RunStore, path: Path) -> dict[str, Any]:
     """Write the store's rows to ``path`` atomically; returns the file's fingerprint."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     digest = hashlib.sha256()
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            for line in export_lines(store):
-                data = (line + "\n").encode("utf-8")
-                digest.update(data)
-                fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the usual file mode
-        st = os.stat(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_writer(path) as fh:
+        for line in export_lines(store):
+            data = (line + "\n").encode("utf-8")
+            digest.update(data)
+            fh.write(data)
+        fh.flush()
+        st = os.fstat(fh.fileno())  # this file's, whatever replaces ``path`` after it
     return {
         "ino": st.st_ino,
         "size": st.st_size,
