@@ -353,3 +353,18 @@ def test_a_take_interrupted_by_ctrl_c_releases_its_claim_for_any_caller(tmp_path
     assert list(stray.iterdir()) == []
     with sqlite3.connect(run / STORE_NAME) as db:
         assert db.execute("SELECT * FROM claims").fetchall() == []
+
+
+@pytest.mark.parametrize(
+    ("status", "transient"),
+    [(None, True), (429, True), (503, True), (408, True), (404, False), (403, False)],
+)
+def test_a_network_error_is_transient_as_its_status_says(
+    status: int | None, transient: bool
+) -> None:
+    """A NetError after retries: the statuses the client retries (and no answer at all)
+    pass with time; the others are the record's."""
+    from histofetch.http import NetError
+    from histofetch.stage import is_transient
+
+    assert is_transient(NetError("x", status=status)) is transient

@@ -156,6 +156,12 @@ class NetError(DomainError):
         self.status = status
         self.url = url
 
+    @property
+    def transient(self) -> bool:
+        """Whether a later try may pass: no answer (``status`` None) or a status in
+        :data:`RETRY_STATUSES` (what :func:`histofetch.stage.is_transient` reads)."""
+        return self.status is None or self.status in RETRY_STATUSES
+
 
 class Cancelled(BaseException):
     """The client was cancelled (Ctrl-C on ``download --jobs``): the request stops. A

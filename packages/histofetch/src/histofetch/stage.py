@@ -131,7 +131,9 @@ class StageFailure(Exception):
 
 
 def is_transient(exc: BaseException) -> bool:
-    """Would trying the same record again later plausibly succeed?"""
+    """Would trying the same record again later plausibly succeed? An error's own
+    ``transient`` says so first (:class:`StageFailure`'s when given, ``histofetch.http``'s
+    ``NetError`` from its status)."""
     flag = getattr(exc, "transient", None)
     if isinstance(flag, bool):
         return flag
@@ -141,9 +143,6 @@ def is_transient(exc: BaseException) -> bool:
         return True
     if isinstance(exc, OSError):
         return exc.errno in TRANSIENT_ERRNOS
-    status = getattr(exc, "status", ...)  # histofetch.http.NetError
-    if status is not ... and type(exc).__name__ == "NetError":
-        return status is None or status in (408, 429, 500, 502, 503, 504)
     return type(exc).__module__.startswith("httpx") and "Transport" in _mro_names(exc)
 
 
