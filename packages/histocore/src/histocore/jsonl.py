@@ -42,7 +42,7 @@ def bulk() -> Iterator[None]:
 def read_jsonl(path: Path, manifest: Manifest) -> Manifest:
     """Parse a ``manifest.jsonl`` (any version up to ours) into ``manifest``."""
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = path.read_text(encoding="utf-8-sig").splitlines()  # a BOM is allowed
     except UnicodeDecodeError as exc:
         raise ManifestError(f"{path}: not UTF-8 text ({exc.reason})") from None
     if not lines:

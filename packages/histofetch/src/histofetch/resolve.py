@@ -7,6 +7,7 @@ service's format shows up as a test failure rather than as silently empty fields
 
 from __future__ import annotations
 
+import codecs
 import io
 import json
 import xml.etree.ElementTree as ET
@@ -49,6 +50,7 @@ def parse_idconv(body: bytes) -> list[IdRow]:
 
 
 def _idconv_rows(body: bytes) -> list[IdRow]:
+    body = body.removeprefix(codecs.BOM_UTF8)  # a leading BOM, as json.loads(bytes) allows
     text = body.lstrip()
     if text.startswith(b"{"):
         data = json.loads(body.decode("utf-8", errors="replace"))

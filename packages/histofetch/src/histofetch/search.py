@@ -189,7 +189,7 @@ def parse_esummary_json(body: bytes) -> dict[str, dict[str, Any]]:
     ``pmcid``) summaries.
     """
     try:
-        data = json.loads(body.decode("utf-8", errors="replace"))
+        data = json.loads(body.decode("utf-8-sig", errors="replace"))  # a BOM is allowed
     except ValueError:
         raise ServiceError("esummary: not JSON (an HTML error page?)") from None
     try:

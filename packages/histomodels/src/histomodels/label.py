@@ -124,7 +124,7 @@ def read_label_csv(path: str | Path) -> dict[str, str | None]:
     it (``'=x`` for ``=x``, :mod:`histocore.csvcells`) is read as the id itself."""
     path = Path(path)
     try:
-        with path.open(newline="", encoding="utf-8") as fh:
+        with path.open(newline="", encoding="utf-8-sig") as fh:  # a BOM is allowed
             reader = csv.DictReader(fh)
             cols = reader.fieldnames or []
             id_col = "image_id" if "image_id" in cols else "id" if "id" in cols else None

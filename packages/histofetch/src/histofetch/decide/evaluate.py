@@ -41,7 +41,7 @@ class Score:
 def read_labels(path: Path) -> dict[str, str]:
     """sha256 → "he" | "not_he" from a labels TSV (bad rows raise ValueError)."""
     out: dict[str, str] = {}
-    with path.open(encoding="utf-8") as fh:
+    with path.open(encoding="utf-8-sig", newline="") as fh:  # a BOM is allowed
         for lineno, row in enumerate(csv.DictReader(fh, delimiter="\t"), start=2):
             if row.get("label") not in {"he", "not_he"} or len(row.get("sha256") or "") != 64:
                 raise ValueError(f"{path}:{lineno}: expected a sha256 and label he|not_he")

@@ -54,7 +54,7 @@ class Scores:
             )
         out = cls(folder)
         try:
-            with path.open(newline="", encoding="utf-8") as fh:
+            with path.open(newline="", encoding="utf-8-sig") as fh:  # a BOM is allowed
                 reader = csv.DictReader(fh)
                 for row in reader:
                     image_id = row["image_id"]

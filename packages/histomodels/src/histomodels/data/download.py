@@ -68,7 +68,7 @@ def read_checksums(path: Path) -> dict[str, str]:
     """File name → MD5 from ``md5sum``-format lines (``<md5>  <file name>``)."""
     sums = {}
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8-sig")  # a BOM is allowed
     except (OSError, UnicodeDecodeError) as exc:
         raise DownloadError(f"{path}: cannot read checksums ({exc})") from None
     for lineno, line in enumerate(text.splitlines(), start=1):

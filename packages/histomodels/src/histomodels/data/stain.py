@@ -152,7 +152,7 @@ class MacenkoNormalizer:
     @classmethod
     def load(cls, path: str | Path) -> MacenkoNormalizer:
         try:
-            data = json.loads(Path(path).read_text())
+            data = json.loads(Path(path).read_text(encoding="utf-8-sig"))  # BOM allowed
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise StainError(f"{path}: cannot read stain settings ({exc})") from None
         if not isinstance(data, dict):
