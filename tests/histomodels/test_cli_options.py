@@ -407,6 +407,42 @@ def test_a_config_files_bad_name_is_its_error_line(tmp_path: Path, content, mess
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ({"epochs": True}, "epochs: expected a number, not true or false (got True)"),
+        ({"lr": False}, "lr: expected a number, not true or false (got False)"),
+        ({"time_budget": True}, "time_budget: expected a number, not true or false (got True)"),
+        ({"seed": True}, "seed: expected a number, not true or false (got True)"),
+        ({"progress": "yes"}, "progress: expected true or false, not a string (got 'yes')"),
+        ({"bf16": "no"}, "bf16: expected true or false, not a string (got 'no')"),
+        ({"prefetch": 0}, "prefetch: expected true or false, not a number (got 0)"),
+        ({"compile": "false"}, "compile: expected true or false, not a string (got 'false')"),
+    ],
+)
+def test_a_config_file_is_not_coerced(tmp_path: Path, content, message) -> None:
+    """A config file is untrusted input: pydantic's lax mode took ``"epochs": true`` as 1
+    (a one-epoch run, exit 0) and ``"progress": "yes"`` as true."""
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps(content))
+    result = CliRunner().invoke(app, _args(["train", *DATA, "--config", str(config)], tmp_path))
+    assert result.exit_code == 1, result.output
+    assert result.stderr.strip().splitlines() == [f"error: {config}: {message}"]
+
+
+def test_a_config_files_numbers_and_switches_still_load(tmp_path: Path) -> None:
+    """What the strict check lets through: JSON numbers for float keys (3 for lr), a
+    numeric string (PyYAML reads ``lr: 4e-3`` as '4e-3'), true/false and null switches."""
+    from histomodels.config import resolve_config
+
+    config = tmp_path / "c.json"
+    content = {"lr": 3, "weight_decay": "4e-3", "epochs": 7, "bf16": None, "hed_jitter": False}
+    config.write_text(json.dumps(content))
+    cfg = resolve_config(config, progress=False)
+    assert (cfg.lr, cfg.weight_decay, cfg.epochs, cfg.bf16) == (3.0, 0.004, 7, None)
+    assert (cfg.hed_jitter, cfg.progress) == (False, False)
+
+
 def test_the_choices_are_the_librarys() -> None:
     from histomodels.choices import MODEL_PREFIXES, PCAM_SPLITS, TRAINABLE_MODELS
     from histomodels.cli.data import SplitName

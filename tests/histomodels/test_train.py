@@ -626,6 +626,10 @@ def test_yaml_config_file(tmp_path):
         # the model and device names were checked only when used: the line lacked the file
         ("model: nope\n", "model: 'nope': unknown model; known: cnn,"),
         ("device: tpu\n", "device: 'tpu': not a device histomodels runs on"),
+        # lax coercion: true trained 1 epoch, 'yes' and 1 passed as switches
+        ("epochs: true\n", "epochs: expected a number, not true or false (got True)"),
+        ('progress: "yes"\n', "progress: expected true or false, not a string (got 'yes')"),
+        ("hed_jitter: 1\n", "hed_jitter: expected true or false, not a number (got 1)"),
     ],
 )
 def test_cli_bad_config_file_is_one_line(h5_files, tmp_path, text, message):

@@ -18,7 +18,7 @@ from dataclasses import field
 from pathlib import Path
 from typing import Any
 
-from pydantic import ConfigDict, ValidationError, field_validator
+from pydantic import ConfigDict, ValidationError, ValidationInfo, field_validator
 from pydantic.dataclasses import dataclass
 
 from histocore.errors import DomainError
@@ -129,6 +129,20 @@ class TrainConfig:
             raise ValueError("schedule must be cosine, plateau or constant")
         return v
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_coercion(cls, v: Any, info: ValidationInfo) -> Any:
+        """A config file is untrusted: pydantic's lax mode read ``"epochs": true`` as 1 and
+        ``"progress": "yes"`` as true. A switch takes only true/false (or null where null
+        means auto), a number never a true/false. Numeric strings stay numbers: PyYAML reads
+        ``lr: 4e-3`` as the string '4e-3'."""
+        kind = _KINDS.get(info.field_name or "")
+        if kind == "bool" and not isinstance(v, bool) and v is not None:
+            raise ValueError(f"expected true or false, not {_kind_of(v)}")
+        if kind == "number" and isinstance(v, bool):
+            raise ValueError("expected a number, not true or false")
+        return v
+
     def __post_init__(self) -> None:
         for key, value in RECIPE_MODEL_DEFAULTS.get(self.model, {}).items():
             self.model_config.setdefault(key, value)
@@ -141,6 +155,21 @@ class TrainConfig:
 
 
 FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
+#: The fields TrainConfig._no_coercion holds to their own type: switches and numbers.
+_KINDS: dict[str, str] = {
+    f.name: "bool" if str(f.type).startswith("bool") else "number"
+    for f in dataclasses.fields(TrainConfig)
+    if str(f.type).split(" |")[0] in ("bool", "int", "float")
+}
+
+
+def _kind_of(value: Any) -> str:
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, int | float):
+        return "a number"
+    return f"a {type(value).__name__}"
+
 
 #: What ``histomodels finetune`` changes from the training defaults (a config file or
 #: options win): a named preset, kept here with the config so the CLI needs no PyTorch to
