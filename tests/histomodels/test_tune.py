@@ -310,7 +310,9 @@ def test_cli_rejects_bad_pins_lengths_and_config_files(tmp_path):
     unknown = tmp_path / "unknown.json"
     unknown.write_text(json.dumps({"lr": 1e-3, "colour": "red"}))
     backbone = tmp_path / "backbone.json"
-    backbone.write_text(json.dumps({"model": "resnet18", "lr": 1e-3}))
+    backbone.write_text(json.dumps({"model": "mobilenet_v2", "lr": 1e-3}))
+    no_model = tmp_path / "no_model.json"
+    no_model.write_text(json.dumps({"model": "resnet18", "lr": 1e-3}))
     args = ["tune", "--data", str(data), "--val", str(data), "--out", str(tmp_path / "t")]
     for extra, message in [
         # a malformed --fix, or both trial lengths, is a usage error, exit 2
@@ -318,7 +320,8 @@ def test_cli_rejects_bad_pins_lengths_and_config_files(tmp_path):
         (["--config", str(tmp_path / "missing.json")], "missing.json"),
         (["--config", str(bad_json)], "bad.json"),
         (["--config", str(unknown)], "colour"),
-        (["--config", str(backbone)], "backbone.json: model 'resnet18' cannot be tuned"),
+        (["--config", str(backbone)], "backbone.json: model 'mobilenet_v2' cannot be tuned"),
+        (["--config", str(no_model)], "no_model.json: model: 'resnet18': unknown model"),
     ]:
         res = CliRunner().invoke(app, [*args, *extra])
         assert res.exit_code == 1, (extra, res.output)
