@@ -308,3 +308,42 @@ def test_an_evaluations_warning_is_in_the_report(tmp_path: Path) -> None:
     assert f"| warning | {warning} | - |" in (out / "report.md").read_text()
     r = CliRunner().invoke(app, ["report", str(clean), "--out", str(tmp_path / "r2")])
     assert r.exit_code == 0 and "| warning |" not in (tmp_path / "r2" / "report.md").read_text()
+
+
+@pytest.mark.parametrize(
+    ("name", "what"),
+    [
+        ("metrics.json", "metrics file"),
+        ("config.json", "config file"),
+        ("history.json", "history file"),
+        ("best.pt", "checkpoint file"),
+    ],
+)
+def test_an_input_that_is_a_folder_is_named(tmp_path: Path, name: str, what: str) -> None:
+    """``metrics.json/`` (or ``config.json/``, ``history.json/``, ``best.pt/``) was taken for
+    no file: "nothing to report", or a report without it."""
+    run = tmp_path / "run"
+    (run / name).mkdir(parents=True)
+    for nested in (run, tmp_path):  # the folder itself, and its parent (subfolder evals)
+        out = tmp_path / "o"
+        r = CliRunner().invoke(app, ["report", str(nested if name == "metrics.json" else run),
+                                     "--out", str(out)])  # fmt: skip
+        assert r.exit_code == 1, r.output
+        assert r.stderr.strip().splitlines() == [f"error: {run / name}: is a folder, not a {what}"]
+        assert not out.exists()
+
+
+def test_a_predictions_csv_that_is_a_folder_is_named(tmp_path: Path) -> None:
+    """The ROC overlay's input (two evaluations compared): a ``predictions.csv/`` folder
+    was skipped unsaid."""
+    metrics = {"roc_auc": 0.9, "ci": {"roc_auc": [0.8, 0.95]}, "n": 10}
+    for name in ("ev1", "ev2"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metrics.json").write_text(json.dumps(metrics))
+    (tmp_path / "ev2" / "predictions.csv").mkdir()
+    args = ["report", str(tmp_path / "ev1"), str(tmp_path / "ev2"), "--out", str(tmp_path / "o")]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 1, r.output
+    bad = tmp_path / "ev2" / "predictions.csv"
+    assert r.stderr.strip() == f"error: {bad}: is a folder, not a predictions file"
+    assert not (tmp_path / "o").exists()

@@ -37,6 +37,7 @@ from histomodels.report_inputs import (
     ReportError,
     Run,
     load_run,
+    present_file,
 )
 from histomodels.report_tables import (
     columns,
@@ -57,7 +58,7 @@ def _roc_overlay(cols: list[tuple[str, Evaluation]], path: Path) -> Path | None:
     curves = []
     for label, ev in cols:
         f = ev.path / "predictions.csv"
-        if not f.is_file():
+        if not present_file(f, "predictions file"):
             continue
         with f.open(newline="") as fh:
             rows = [r for r in csv.DictReader(fh) if r.get("label") in ("0", "1")]

@@ -84,7 +84,7 @@ def _check_history(history: Any, path: Path) -> list[dict[str, Any]]:
 
 def _evaluation(folder: Path) -> Evaluation | None:
     f = folder / "metrics.json"
-    if not f.is_file():
+    if not present_file(f, "metrics file"):
         return None
     metrics = _read_json(f)
     if not isinstance(metrics, dict):
@@ -178,20 +178,33 @@ def _evaluated_model(metrics: dict[str, Any]) -> str | None:
     return name or None
 
 
+def present_file(path: Path, what: str) -> bool:
+    """Whether ``path``, an input the report reads when it is there, is there: a file. A
+    folder (or another non-file) by that name is a :class:`ReportError`, not an absent file
+    (``metrics.json/`` made the report say "nothing to report")."""
+    if path.is_file():
+        return True
+    if path.is_dir():
+        raise ReportError(f"{path}: is a folder, not a {what}")
+    if path.exists():
+        raise ReportError(f"{path}: is not a regular file; expected a {what}")
+    return False
+
+
 def load_run(path: Path, work: Path) -> Run:
     """Collect a run's files; ``work`` receives generated PNGs (training curves)."""
     if not path.is_dir():
         problem = "not a folder" if path.exists() else "no such folder"
         raise ReportError(f"{path}: {problem} (give a training run or an eval output folder)")
     run = Run(name=path.resolve().name, path=path)
-    if (path / "config.json").is_file():
+    if present_file(path / "config.json", "config file"):
         run.config = _read_json(path / "config.json")
         if not isinstance(run.config, dict):
             raise ReportError(f"{path / 'config.json'}: expected a JSON object")
-    if (path / "history.json").is_file():
+    if present_file(path / "history.json", "history file"):
         run.history = _check_history(_read_json(path / "history.json"), path / "history.json")
     ckpt = path / "best.pt"
-    if ckpt.is_file():
+    if present_file(ckpt, "checkpoint file"):
         from histomodels.calibration import effective_temperature
         from histomodels.checkpoint import read_checkpoint
 
