@@ -209,3 +209,45 @@ def test_an_export_over_its_own_checkpoint_is_refused(tmp_path: Path) -> None:
     r = CliRunner().invoke(app, ["export", str(bad), "--out", str(tmp_path / "new" / "m.onnx")])
     assert r.exit_code == 1 and "not a loadable checkpoint" in r.stderr
     assert not (tmp_path / "new").exists()
+
+
+@pytest.mark.parametrize(
+    ("fmt", "name", "named"),
+    [("torchscript", "m.onnx", "ONNX (.onnx)"), ("onnx", "m.pt", "TorchScript (.pt)")],
+)
+def test_a_format_the_out_suffix_contradicts_is_a_usage_error(
+    tmp_path: Path, fmt: str, name: str, named: str
+) -> None:
+    """``export --format torchscript --out m.onnx`` wrote TorchScript into ``m.onnx``
+    (exit 0; ONNX Runtime then failed on it): now exit 2, click's message, nothing written."""
+    ckpt = tiny_checkpoint(tmp_path)
+    out = tmp_path / name
+    r = CliRunner().invoke(app, ["export", str(ckpt), "--format", fmt, "--out", str(out)])
+    said = unboxed(r.output)
+    assert r.exit_code == 2, r.output
+    assert "Invalid value for '--format' / '--out'" in said, said
+    assert f"but '{name}' is named as {named}" in said, said
+    assert not out.exists()
+
+
+def test_the_out_suffix_chooses_the_format(tmp_path: Path) -> None:
+    """Without ``--format``: ``.pt`` is TorchScript (it was ONNX, the fixed default), ``.onnx``
+    ONNX, another suffix ONNX; with one, another suffix takes it."""
+    import onnx
+
+    ckpt = tiny_checkpoint(tmp_path)
+    runner = CliRunner()
+    for args, name, fmt in [
+        ([], "a.pt", "torchscript"),
+        ([], "b.onnx", "onnx"),
+        ([], "c.bin", "onnx"),
+        (["--format", "torchscript"], "d.bin", "torchscript"),
+    ]:
+        out = tmp_path / name
+        r = runner.invoke(app, ["export", str(ckpt), *args, "--out", str(out)])
+        assert r.exit_code == 0, r.output
+        assert r.stdout.startswith(f"wrote {out} ({fmt}"), r.stdout
+        if fmt == "torchscript":
+            assert torch.jit.load(str(out)) is not None
+        else:
+            onnx.checker.check_model(onnx.load(str(out)))

@@ -13,6 +13,8 @@ models, ``timm/<name>``) and :func:`origin_splits` (a comma list of names).
 from __future__ import annotations
 
 from collections.abc import Iterable
+from os import PathLike
+from pathlib import PurePath
 from typing import Literal, get_args
 
 from histocore.errors import UsageError
@@ -56,6 +58,36 @@ TORCHVISION_ARCHS = (
 TRAINABLE_MODELS = ("cnn", "efficientnet_lite0", *TORCHVISION_ARCHS)
 #: ``timm/<name>``: any timm model (timm knows its names once imported)
 MODEL_PREFIXES = ("timm",)
+
+
+#: The ``export --out`` suffixes that say which format the file holds.
+EXPORT_SUFFIXES: dict[str, str] = {
+    ".onnx": "onnx",
+    ".pt": "torchscript",
+    ".pth": "torchscript",
+    ".ts": "torchscript",
+}
+_FORMAT_NAMES = {"onnx": "ONNX", "torchscript": "TorchScript"}
+
+
+def export_format(out: str | PathLike[str], fmt: str | None = None) -> str:
+    """The format an export to ``out`` writes: ``fmt`` when given, else the one the file's
+    suffix names (:data:`EXPORT_SUFFIXES`), else ``onnx``. A ``fmt`` that the suffix
+    contradicts (TorchScript into ``m.onnx``) is a :class:`UsageError`, as is an unknown one."""
+    suffix = PurePath(out).suffix.lower()
+    named = EXPORT_SUFFIXES.get(suffix)
+    if fmt is None:
+        return named or "onnx"
+    if fmt not in EXPORT_FORMATS:
+        raise UsageError(f"unknown export format {fmt!r}; use one of {', '.join(EXPORT_FORMATS)}")
+    if named is not None and named != fmt:
+        fits = "/".join(s for s, f in EXPORT_SUFFIXES.items() if f == fmt)
+        raise UsageError(
+            f"--format {fmt} writes {_FORMAT_NAMES[fmt]}, but {PurePath(out).name!r} is named "
+            f"as {_FORMAT_NAMES[named]} ({suffix}): name it {fits}, or leave --format "
+            "out to export what the name says"
+        )
+    return fmt
 
 
 def check_device(name: str) -> str:

@@ -24,7 +24,7 @@ from histocore.errors import DomainError, UsageError
 from histocore.io import same_file, temp_beside, usual_file_mode
 from histomodels.calibration import effective_temperature
 from histomodels.checkpoint import load_model, resolve_checkpoint
-from histomodels.choices import EXPORT_FORMATS, EXPORTERS
+from histomodels.choices import EXPORT_FORMATS, EXPORTERS, export_format
 from histomodels.inference import norm_of
 
 FORMATS = EXPORT_FORMATS
@@ -158,7 +158,7 @@ class ParityError(DomainError, RuntimeError):
 
 def export_checkpoint(
     checkpoint: str | Path,
-    fmt: str,
+    fmt: str | None,
     out: str | Path,
     *,
     exporter: str = "auto",
@@ -168,13 +168,15 @@ def export_checkpoint(
 ) -> dict[str, Any]:
     """Write ``out`` atomically and return ``{"path", "format", "max_abs_diff", ...}``.
 
+    ``fmt`` None: the format ``out``'s suffix names, else ONNX; a ``fmt`` the suffix
+    contradicts is a UsageError (:func:`histomodels.choices.export_format`).
+
     The parity check runs PyTorch and the exported model on the same random batch (and a
     batch of another size for the dynamic axis) and reports the largest logit difference.
     With ``tolerance``, a larger difference raises :class:`ParityError` and ``out`` is left
     as it was (the export is checked before it replaces anything).
     """
-    if fmt not in FORMATS:
-        raise UsageError(f"unknown export format {fmt!r}; use one of {', '.join(FORMATS)}")
+    fmt = export_format(out, fmt)
     check_exporter(exporter)
     out = Path(out)
     source = resolve_checkpoint(checkpoint)

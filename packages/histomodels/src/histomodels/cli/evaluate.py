@@ -12,6 +12,7 @@ from typing import Annotated, NoReturn
 
 import typer
 
+from histocore.errors import UsageError
 from histomodels.choices import (
     MAX_SEED,
     Exporter,
@@ -19,6 +20,7 @@ from histomodels.choices import (
     Precision,
     StoreTemperature,
     ThresholdRule,
+    export_format,
 )
 from histomodels.cli._common import (
     Device,
@@ -392,7 +394,13 @@ def export_cmd(
     *,
     model: ModelOption = None,
     out: Annotated[Path, typer.Option("--out", help="Output file (.onnx / .pt).")],
-    fmt: Annotated[ExportFormat, typer.Option("--format", help="File format.")] = "onnx",
+    fmt: Annotated[
+        ExportFormat | None,
+        typer.Option(
+            "--format",
+            help="File format \\[default: the --out suffix's: .pt TorchScript, else ONNX].",
+        ),
+    ] = None,
     exporter: Annotated[
         Exporter,
         typer.Option(
@@ -410,11 +418,15 @@ def export_cmd(
     """Export to ONNX (dynamic batch axis, runs in ONNX Runtime) or TorchScript, then check
     parity against PyTorch on random input."""
     source = _model_source(ctx, checkpoint, model)
+    try:
+        written = export_format(out, fmt)
+    except UsageError as exc:  # TorchScript into m.onnx: a usage error, before PyTorch
+        usage_error(ctx, str(exc), "--format", "--out")
     require_file_out(out)
     with errors():
         from histomodels.export import export_checkpoint
 
-        res = export_checkpoint(source, fmt, out, exporter=exporter, tolerance=tolerance)
+        res = export_checkpoint(source, written, out, exporter=exporter, tolerance=tolerance)
     via = f" via {res['exporter']}" if res["format"] == "onnx" else ""
     typer.echo(f"wrote {res['path']} ({res['format']}{via}, {res['bytes']} bytes)")
     typer.echo(f"max abs diff {res['max_abs_diff']:.3g}")
