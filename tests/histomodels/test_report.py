@@ -282,6 +282,8 @@ def test_a_tampered_metrics_json_is_one_error_line(tmp_path: Path, change, probl
         ({"scale": 1, "scored_px": [96, 96]}, "| resized (scored at) | by 1 (96x96 px) |"),
         ({"scale": 0.25, "scored_px": [64, 64]}, "| resized (scored at) | by 0.25 (64x64 px) |"),
         ({}, None),  # not resized: no row
+        # a manifest's eval names how each image's scale was set: no row, and no error
+        ({"scale": "estimated from nucleus diameter"}, None),
     ],
 )
 def test_eval_scale_is_the_resized_row(tmp_path: Path, fields, row) -> None:

@@ -97,8 +97,9 @@ def _evaluation(folder: Path) -> Evaluation | None:
 def _check_metrics(metrics: dict[str, Any], path: Path) -> None:
     """The parts of ``metrics.json`` the report reads must have the shapes ``histomodels
     eval`` writes: intervals (``ci``) as ``[low, high]`` pairs, the threshold sweep as rows,
-    the external block as objects, ``eval --scale``'s ``scale`` a number and ``scored_px``
-    its ``[width, height]`` (a tampered file was a traceback)."""
+    the external block as objects, ``eval --scale``'s ``scored_px`` its ``[width, height]``
+    and its ``scale`` a number (a tampered file was a traceback; a manifest's eval writes a
+    ``scale`` that names its source instead)."""
 
     def bad(where: str, what: str) -> NoReturn:
         raise ReportError(f"{path}: {where} is not {what}")
@@ -115,13 +116,12 @@ def _check_metrics(metrics: dict[str, Any], path: Path) -> None:
                 bad(f"{where}ci.{key}", "a [low, high] pair of numbers")
 
     block(metrics, "")
-    if metrics.get("scale") is not None and not _number(metrics["scale"]):
-        bad("scale", "a number")
     px = metrics.get("scored_px")
-    if px is not None and not (
-        isinstance(px, list) and len(px) == 2 and all(_whole(v) and v > 0 for v in px)
-    ):
-        bad("scored_px", "a [width, height] pair of pixel counts")
+    if px is not None:  # eval --data --scale (a manifest's eval says how its scale was set)
+        if not _number(metrics.get("scale")):
+            bad("scale", "a number")
+        if not (isinstance(px, list) and len(px) == 2 and all(_whole(v) and v > 0 for v in px)):
+            bad("scored_px", "a [width, height] pair of pixel counts")
     for agg, m in mapping(metrics.get("image_metrics") or {}, "image_metrics").items():
         block(m, f"image_metrics.{agg}.")
     sweep = metrics.get("threshold_sweep") or []
