@@ -159,7 +159,7 @@ MALFORMED = {
         "--model-config",
         "not valid JSON",
     ),
-    "finetune --input-size": (["finetune", *DATA, "--input-size", "-5"], "--input-size", "great"),
+    "finetune --input-size": (["finetune", *DATA, "--input-size", "-5"], "--input-size", "greater"),
     "train --device": (["train", *DATA, "--device", "gpu"], "--device", "'gpu': not a device"),
     "eval --device": ([*EVAL, "--device", "cuda:x"], "--device", "'cuda:x': not a device"),
     "predict --device": ([*PREDICT, "--device", "tpu"], "--device", "'tpu': not a device"),

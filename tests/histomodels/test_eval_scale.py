@@ -23,7 +23,8 @@ from histomodels.inference import Predictor, sigmoid
 from histomodels.synthetic import make_patches
 
 torch.set_num_threads(1)
-EVAL = ["eval", "--model", "pcam-cnn", "--bootstrap", "0"]
+# on the CPU also where a GPU is visible: compared with the library on the CPU to 2e-6
+EVAL = ["eval", "--model", "pcam-cnn", "--bootstrap", "0", "--device", "cpu"]
 
 
 def _tiles(folder: Path, sizes: list[int], seed: int = 0) -> dict[str, np.ndarray]:
@@ -91,7 +92,8 @@ def test_scale_scores_what_an_explicit_resize_scores(tmp_path: Path) -> None:
     )
     # predict --scale 0.5 resizes each 192 px file to one 96 px patch: the same probability
     csv_out = tmp_path / "pred.csv"
-    args = ["predict", "--model", "pcam-cnn", str(tmp_path / "x40"), "--scale", "0.5"]
+    args = ["predict", "--model", "pcam-cnn", str(tmp_path / "x40"), "--scale", "0.5",
+            "--device", "cpu"]  # fmt: skip
     r = CliRunner().invoke(app, [*args, "--no-heatmaps", "--out", str(csv_out)])
     assert r.exit_code == 0, r.output
     with csv_out.open() as f:
@@ -162,7 +164,7 @@ def test_models_that_enlarge_their_input_refuse_smaller_tiles(tmp_path: Path) ->
                                  "--out", str(ens)])  # fmt: skip
     assert r.exit_code == 0, r.output
     tiles = _tiles(tmp_path / "d", [128] * 4)
-    args = ["eval", str(ens), "--bootstrap", "0", "--data", str(tmp_path / "d")]
+    args = ["eval", str(ens), "--bootstrap", "0", "--data", str(tmp_path / "d"), "--device", "cpu"]
     r = CliRunner().invoke(app, [*args, "--scale", "0.5", "--out", str(tmp_path / "o")])
     assert r.exit_code == 1 and r.stderr.strip().splitlines() == [
         f"error: folders:{tmp_path / 'd'}: at scale 0.5 the images are 64x64 px, and this "
