@@ -56,6 +56,9 @@ def checkpoint(trainer: Trainer, *, resumable: bool = False, finished: str = "")
             best_metrics=t.best_metrics,
             elapsed_seconds=t.epoch_elapsed,
             rng=torch.get_rng_state(),
+            # dropout on a GPU draws from the device's generator: without its state a
+            # resumed CUDA run drew other masks than the run it continues
+            cuda_rng=torch.cuda.get_rng_state(t.device) if t.device.type == "cuda" else None,
             finished=finished,
         )
         if t.eval_model is not t.model:

@@ -190,6 +190,17 @@ class Trainer:
         self.elapsed_before = float(state.get("elapsed_seconds", 0.0))
         if "rng" in state:
             torch.set_rng_state(state["rng"])
+        cuda_rng = state.get("cuda_rng")
+        if self.device.type == "cuda" and isinstance(cuda_rng, torch.Tensor):
+            now = torch.cuda.get_rng_state(self.device)
+            if cuda_rng.dtype == now.dtype and cuda_rng.shape == now.shape:
+                torch.cuda.set_rng_state(cuda_rng, self.device)
+            else:  # another torch's generator, or a damaged file: the seed's draws instead
+                log.warning(
+                    "%s: its CUDA generator state does not fit this torch; "
+                    "dropout draws differ from the run's",
+                    self.run_dir / "last.pt",
+                )
         self.say(f"resuming {self.run_dir} after epoch {self.epoch}")
 
     # --------------------------------------------------------------------------- loop
