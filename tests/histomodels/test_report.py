@@ -255,8 +255,11 @@ def _report_of_metrics(tmp_path: Path, fields: dict[str, Any]) -> tuple[Path, Re
             "external.agreement.confusion.positive is not an object",
         ),
         # eval --scale's fields: a flag is no number (Python's True is an int); "-" before
-        ({"scale": True, "scored_px": [9, 9]}, "scale is not a number"),
-        ({"scale": "0.5", "scored_px": [9, 9]}, "scale is not a number"),
+        ({"scale": True, "scored_px": [9, 9]}, "scale is not a positive number"),
+        ({"scale": "0.5", "scored_px": [9, 9]}, "scale is not a positive number"),
+        # shown as "by nan (96x96 px)" before
+        ({"scale": float("nan"), "scored_px": [9, 9]}, "scale is not a positive number"),
+        ({"scale": -0.5, "scored_px": [9, 9]}, "scale is not a positive number"),
         ({"scale": 0.5, "scored_px": [9]}, "scored_px is not a [width, height] pair of pixel"),
         ({"scale": 0.5, "scored_px": [9, True]}, "scored_px is not a [width, height] pair"),
         ({"scale": 0.5, "scored_px": [9.5, 9]}, "scored_px is not a [width, height] pair"),
@@ -349,3 +352,31 @@ def test_a_predictions_csv_that_is_a_folder_is_named(tmp_path: Path) -> None:
     bad = tmp_path / "ev2" / "predictions.csv"
     assert r.stderr.strip() == f"error: {bad}: is a folder, not a predictions file"
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(
+    ("tail", "problem"),
+    [
+        ("p2,1,abc\n", "line 4: probability 'abc' is not a number from 0 to 1"),
+        ("p2,1,1.5\n", "line 4: probability '1.5' is not a number from 0 to 1"),
+        ("p2,1,nan\n", "line 4: probability 'nan' is not a number from 0 to 1"),
+        ("\xff\xfe,1,\n", "not a UTF-8 CSV file ("),
+    ],
+)
+def test_a_tampered_predictions_csv_is_one_error_line(tmp_path: Path, tail, problem) -> None:
+    """The ROC overlay read predictions.csv unchecked, in the locale's encoding: a
+    probability that is no number, or bytes that are not UTF-8, were tracebacks
+    (ValueError, UnicodeDecodeError)."""
+    metrics = {"roc_auc": 0.9, "ci": {"roc_auc": [0.8, 0.95]}, "n": 10}
+    good = "id,label,probability\np0,0,0.2\np1,1,0.7\n"
+    for name in ("ev1", "ev2"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metrics.json").write_text(json.dumps(metrics))
+        (tmp_path / name / "predictions.csv").write_text(good, encoding="utf-8")
+    bad = tmp_path / "ev2" / "predictions.csv"
+    bad.write_bytes(good.encode() + tail.encode("latin-1"))
+    args = ["report", str(tmp_path / "ev1"), str(tmp_path / "ev2"), "--out", str(tmp_path / "o")]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 1, r.output
+    assert r.stderr.strip().splitlines()[0].startswith(f"error: {bad}: {problem}"), r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "o").exists()

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import csv
 import html
 import logging
 import os
@@ -38,6 +37,7 @@ from histomodels.report_inputs import (
     Run,
     load_run,
     present_file,
+    read_predictions,
 )
 from histomodels.report_tables import (
     columns,
@@ -60,10 +60,7 @@ def _roc_overlay(cols: list[tuple[str, Evaluation]], path: Path) -> Path | None:
         f = ev.path / "predictions.csv"
         if not present_file(f, "predictions file"):
             continue
-        with f.open(newline="") as fh:
-            rows = [r for r in csv.DictReader(fh) if r.get("label") in ("0", "1")]
-        y = np.array([int(r["label"]) for r in rows])
-        p = np.array([float(r["probability"]) for r in rows])
+        y, p = read_predictions(f)
         if len(np.unique(y)) == 2:
             curves.append((label, *roc_curve(y, p)[:2], roc_auc_score(y, p)))
     if len(curves) < 2:

@@ -7,10 +7,14 @@ down; anything unreadable or of the wrong shape is a :class:`ReportError` naming
 
 from __future__ import annotations
 
+import csv
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
+
+import numpy as np
 
 from histocore.errors import DomainError
 
@@ -118,8 +122,9 @@ def _check_metrics(metrics: dict[str, Any], path: Path) -> None:
     block(metrics, "")
     px = metrics.get("scored_px")
     if px is not None:  # eval --data --scale (a manifest's eval says how its scale was set)
-        if not _number(metrics.get("scale")):
-            bad("scale", "a number")
+        scale: Any = metrics.get("scale")
+        if not (_number(scale) and math.isfinite(scale) and scale > 0):
+            bad("scale", "a positive number")
         if not (isinstance(px, list) and len(px) == 2 and all(_whole(v) and v > 0 for v in px)):
             bad("scored_px", "a [width, height] pair of pixel counts")
     for agg, m in mapping(metrics.get("image_metrics") or {}, "image_metrics").items():
@@ -176,6 +181,34 @@ def _evaluated_model(metrics: dict[str, Any]) -> str | None:
     where = Path(checkpoint.strip())
     name = where.parent.name if where.suffix.lower() in _CHECKPOINT_SUFFIXES else where.name
     return name or None
+
+
+def read_predictions(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The labelled rows of an eval folder's ``predictions.csv``: labels (0/1) and
+    probabilities. A probability that is not a number from 0 to 1, or a file that is not
+    UTF-8 CSV, is a :class:`ReportError` naming the file and line."""
+    labels, probs = [], []
+    try:
+        with path.open(encoding="utf-8-sig", newline="") as fh:
+            reader = csv.DictReader(fh)
+            for row in reader:
+                if row.get("label") not in ("0", "1"):
+                    continue
+                cell = row.get("probability")
+                try:
+                    prob = float(cell or "")
+                except ValueError:
+                    prob = math.nan
+                if not 0.0 <= prob <= 1.0:  # NaN too
+                    raise ReportError(
+                        f"{path}: line {reader.line_num}: probability {cell!r} is not a number "
+                        "from 0 to 1"
+                    )
+                labels.append(int(row["label"]))
+                probs.append(prob)
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise ReportError(f"{path}: not a UTF-8 CSV file ({exc})") from None
+    return np.array(labels, dtype=int), np.array(probs, dtype=float)
 
 
 def present_file(path: Path, what: str) -> bool:
