@@ -197,16 +197,31 @@ RESUME_OVERRIDES = (
 )
 
 
+#: The keys with a plain default value (not ``model_config``, whose old runs are pinned by
+#: :func:`pin_pre_recipe`), for runs saved before the key existed.
+_PLAIN_DEFAULTS = {
+    f.name: f.default
+    for f in dataclasses.fields(TrainConfig)
+    if f.default is not dataclasses.MISSING
+}
+
+
 def resume_conflicts(saved: dict[str, Any], given: dict[str, Any]) -> list[str]:
     """The keys of ``given`` (settings a user asked for, None = not given) that a resume
     would not apply, as ``key VALUE (the run's SAVED)``: those outside
     :data:`RESUME_OVERRIDES` whose value differs from the run's ``saved`` config (a
-    ``model_config`` key by key, a data path by the file it names)."""
+    ``model_config`` key by key, a data path by the file it names; a key the run predates
+    by its default, which is what the run used)."""
     said = []
     for key, value in given.items():
-        if value is None or key in RESUME_OVERRIDES or key not in saved:
+        if value is None or key in RESUME_OVERRIDES:
             continue
-        old = saved[key]
+        if key in saved:
+            old = saved[key]
+        elif key in _PLAIN_DEFAULTS:  # a key added after the run began: it ran as the default
+            old = _PLAIN_DEFAULTS[key]
+        else:
+            continue
         if key == "model_config" and isinstance(value, dict) and isinstance(old, dict):
             same = all(old.get(k) == v for k, v in value.items())
         elif key in ("data", "val", "weights", "teacher", "stain_norm") and old is not None:

@@ -393,12 +393,15 @@ def export_cmd(
     checkpoint: CheckpointArgument = None,
     *,
     model: ModelOption = None,
-    out: Annotated[Path, typer.Option("--out", help="Output file (.onnx / .pt).")],
+    out: Annotated[
+        Path, typer.Option("--out", help="Output file (.onnx; .pt/.pth/.ts for TorchScript).")
+    ],
     fmt: Annotated[
         ExportFormat | None,
         typer.Option(
             "--format",
-            help="File format \\[default: the --out suffix's: .pt TorchScript, else ONNX].",
+            help="File format \\[default: from the --out suffix: .pt/.pth/.ts TorchScript, "
+            "else ONNX].",
         ),
     ] = None,
     exporter: Annotated[

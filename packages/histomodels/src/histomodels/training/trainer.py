@@ -46,7 +46,7 @@ from histomodels.training.data import (
 )
 from histomodels.training.network import build_model, wrap_model
 from histomodels.training.prefetch import use_prefetch
-from histomodels.training.result import EpochStats, TrainResult
+from histomodels.training.result import EpochStats, TrainingError, TrainResult
 from histomodels.training.run_folder import RunFolder
 from histomodels.training.schedule import LRSchedule, param_groups
 from histomodels.training.state import checkpoint, resume_state, seed_everything
@@ -101,7 +101,16 @@ class Trainer:
     # ------------------------------------------------------------------------- setup
 
     def setup(self) -> None:
-        """Resolve resume, device and precision; load data; build model and optimizer."""
+        """Resolve resume, device and precision; load data; build model and optimizer. The
+        run's process-wide torch settings (``deterministic``) hold from here until
+        :meth:`fit` ends, or are given back at once if setup fails."""
+        try:
+            self._setup()
+        except BaseException:
+            self._settings.close()
+            raise
+
+    def _setup(self) -> None:
         with D.failing_early():  # ranks waiting for this one to join learn that it failed
             if self.resume:
                 self.cfg, self.state = resume_state(self.cfg, self.run_dir)
@@ -189,18 +198,21 @@ class Trainer:
         self.best_metrics = dict(state.get("best_metrics", {}))
         self.elapsed_before = float(state.get("elapsed_seconds", 0.0))
         if "rng" in state:
-            torch.set_rng_state(state["rng"])
+            try:
+                torch.set_rng_state(state["rng"])
+            except (RuntimeError, TypeError) as exc:  # a damaged or foreign last.pt
+                raise TrainingError(
+                    f"{self.run_dir / 'last.pt'}: its random generator state cannot be restored "
+                    f"({exc}); --overwrite trains anew"
+                ) from None
         cuda_rng = state.get("cuda_rng")
-        if self.device.type == "cuda" and isinstance(cuda_rng, torch.Tensor):
-            now = torch.cuda.get_rng_state(self.device)
-            if cuda_rng.dtype == now.dtype and cuda_rng.shape == now.shape:
+        if self.device.type == "cuda" and cuda_rng is not None:
+            try:  # dropout masks on the GPU; another torch's state, or a damaged one: warned
                 torch.cuda.set_rng_state(cuda_rng, self.device)
-            else:  # another torch's generator, or a damaged file: the seed's draws instead
-                log.warning(
-                    "%s: its CUDA generator state does not fit this torch; "
-                    "dropout draws differ from the run's",
-                    self.run_dir / "last.pt",
-                )
+            except (RuntimeError, TypeError) as exc:
+                said = "its CUDA generator state cannot be restored"
+                log.warning("%s: %s (%s); dropout draws differ from the run's",
+                            self.run_dir / "last.pt", said, exc)  # fmt: skip
         self.say(f"resuming {self.run_dir} after epoch {self.epoch}")
 
     # --------------------------------------------------------------------------- loop
