@@ -90,6 +90,27 @@ def test_cuda_deterministic_runs_are_bit_identical(arrays, tmp_path, monkeypatch
     assert _max_diff(_weights(tmp_path / "a"), _weights(tmp_path / "b")) == 0
 
 
+def test_cuda_deterministic_after_cuda_work_warns_about_cublas():
+    """cuBLAS reads CUBLAS_WORKSPACE_CONFIG once: a process that used CUDA before a
+    deterministic run (a library caller) is told to set it first."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import logging, torch\n"
+        "logging.basicConfig()\n"
+        "a = torch.ones(8, 8, device='cuda'); (a @ a).sum().item()\n"
+        "from histomodels.device import deterministic_algorithms\n"
+        "with deterministic_algorithms(True): pass\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "CUBLAS_WORKSPACE_CONFIG"}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "CUDA was in use before CUBLAS_WORKSPACE_CONFIG was set" in done.stderr
+
+
 def test_cuda_trained_swa_precise_bn_checkpoint_scores_the_same_on_cpu(arrays, tmp_path):
     """Every lever, bf16 AMP, SWA (averaged model and its BatchNorm recompute on the
     device) and precise BN: the checkpoint holds CPU tensors and scores the same on both."""

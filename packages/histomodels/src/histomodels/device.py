@@ -9,6 +9,7 @@ scratch CNN (~100 → ~260 patches/s on 2 cores) but slows depthwise-conv networ
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import warnings
 from collections.abc import Iterator
@@ -17,6 +18,8 @@ import torch
 
 from histocore.errors import UsageError
 from histomodels.choices import check_device
+
+log = logging.getLogger(__name__)
 
 
 def pick_device(requested: str | None = None) -> torch.device:
@@ -72,7 +75,15 @@ def deterministic_algorithms(enabled: bool) -> Iterator[None]:
     if not enabled:
         yield
         return
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
+    if "CUBLAS_WORKSPACE_CONFIG" not in os.environ:
+        if torch.cuda.is_initialized():  # cuBLAS may have chosen its workspace already
+            log.warning(
+                "deterministic: CUDA was in use before CUBLAS_WORKSPACE_CONFIG was set, so "
+                "cuBLAS may stay non-deterministic in this process; set "
+                "CUBLAS_WORKSPACE_CONFIG=%s before the first CUDA operation",
+                CUBLAS_WORKSPACE,
+            )
+        os.environ["CUBLAS_WORKSPACE_CONFIG"] = CUBLAS_WORKSPACE
     before = (
         torch.are_deterministic_algorithms_enabled(),
         torch.is_deterministic_algorithms_warn_only_enabled(),
