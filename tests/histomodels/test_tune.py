@@ -416,3 +416,21 @@ def test_a_damaged_tune_json_is_one_error(tmp_path, tiny_data):
         settings.write_text(bad)
         with pytest.raises(TuneError, match=f"^{settings}: .*{said}"):
             tune(*tiny_data, out, trials=2, **kw)
+
+
+def test_shared_validation_patches_are_said_once_per_tune(tmp_path, tiny_data, caplog):
+    """Every trial trains on the same patches: the warning that validation patches are also
+    training patches came once per trial (3 trials: 3 lines)."""
+    (x, y), _ = tiny_data
+    val = (x[:16], y[:16])  # all 16 also training patches
+    assert len(set(y[:16].tolist())) == 2
+    base = TINY.replace(model_config={"blocks": 1, "width": 8, "depth": 2})
+    with caplog.at_level(logging.WARNING, logger="histomodels"):
+        tune((x, y), val, tmp_path / "t", trials=3, trial_epochs=1, sobol_trials=3, quiet=True,
+             base=base)  # fmt: skip
+    said = [r.getMessage() for r in caplog.records if "also in the training data" in r.getMessage()]
+    assert said == [
+        "16 of 16 validation patches are also in the training data (identical pixels): "
+        "validation AUC, the best epoch and early stopping are then judged entirely on "
+        "training patches"
+    ]

@@ -37,10 +37,12 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from histocore.errors import DomainError
 from histomodels.config import TrainConfig
 from histomodels.training import TrainingError, load_split, train
-from histomodels.training.data import check_two_classes
+from histomodels.training.data import check_two_classes, warn_shared_patches
 from histomodels.training.distill import CACHE_NAME
 from histomodels.tune_space import (
     _RUN_ONLY,
@@ -181,6 +183,8 @@ def _tune(
     check_two_classes(y_val, val, "validation")
     train_arrays = (x_train[:].numpy(), y_train.numpy().astype("int64"))  # [:]: as a tensor
     val_arrays = (x_val[:].numpy(), y_val.numpy().astype("int64"))
+    # once per tune, not once per trial (every trial trains on the same patches)
+    warn_shared_patches(torch.from_numpy(train_arrays[0]), torch.from_numpy(val_arrays[0]))
     settings["data"] = {"train": _digest(x_train, y_train), "val": _digest(x_val, y_val)}
     if exp_path.is_file():
         _check_data(out, settings["data"])
@@ -341,7 +345,7 @@ def _run_trial(
     if cfg.teacher:
         _share(out / CACHE_NAME, run_dir / CACHE_NAME)
     try:
-        result = train(cfg, run_dir, train_data=data[0], val_data=data[1])
+        result = train(cfg, run_dir, train_data=data[0], val_data=data[1], warn_shared=False)
     except Exception as exc:
         reason = trial_failure(exc)
         if not reason:

@@ -72,8 +72,10 @@ class Trainer:
         val_data: DataSpec | None = None,
         resume: bool = False,
         callbacks: Sequence[Callback] = (),
+        warn_shared: bool = True,
     ) -> None:
         self.cfg = validate(cfg)
+        self.warn_shared = warn_shared
         self.run_dir = Path(out)
         self.resume = resume
         self.folder = RunFolder(self.run_dir)  # undone if the run fails before a checkpoint
@@ -143,8 +145,8 @@ class Trainer:
             )
         with D.together(self.info):  # e.g. rank 0 unable to write the run folder
             self._setup_rest()
-        if self.info.is_main:  # once the run can start: after any data, model or weights error
-            warn_shared_patches(self.x_train, self.x_val)
+        if self.info.is_main and self.warn_shared:  # once the run can start: after any data,
+            warn_shared_patches(self.x_train, self.x_val)  # model or weights error
         self._ready = True
 
     def _setup_rest(self) -> None:
@@ -375,11 +377,13 @@ def train(
     train_data: DataSpec | None = None,
     val_data: DataSpec | None = None,
     callbacks: Sequence[Callback] = (),
+    warn_shared: bool = True,
 ) -> TrainResult:
     """Train ``cfg.model`` on ``train_data`` (or ``cfg.data``) and write the run to ``out``.
 
     ``resume=True`` continues from ``out/last.pt`` (its saved config wins over ``cfg``
-    except for :data:`RESUME_OVERRIDES`).
+    except for :data:`RESUME_OVERRIDES`). ``warn_shared=False``: the caller has said
+    whether validation patches are also training patches (``tune``, once for its trials).
     """
     trainer = Trainer(
         cfg,
@@ -388,5 +392,6 @@ def train(
         val_data=val_data,
         resume=resume,
         callbacks=callbacks,
+        warn_shared=warn_shared,
     )
     return trainer.fit()
