@@ -63,6 +63,8 @@ def _main(
 ) -> None:
     """Train, tune, fine-tune, evaluate and ship models for 96x96 H&E patches (PCam)."""
     setup_logging(verbose=verbose)
+    if not verbose:  # huggingface_hub's own switch (read when it is imported): its retry
+        os.environ.setdefault("HF_HUB_VERBOSITY", "error")  # lines only with -v
 
 
 data_app = typer.Typer(help="Download and inspect datasets.", no_args_is_help=True)

@@ -19,6 +19,7 @@ from torch import nn
 
 from histocore.errors import UsageError
 from histomodels.models.centre import CentreHeadNet
+from histomodels.models.hub import OFFLINE_HINT, offline_overlay
 from histomodels.models.registry import ModelError, register_model
 from histomodels.models.torchvision_zoo import IMAGENET_NAMES, maybe_resize
 from histomodels.models.weights import WeightsError
@@ -38,6 +39,8 @@ def _centre_head(model: nn.Module, centre: str, dropout: float) -> nn.Module:
 def _timm_create(name: str, pretrained: bool, **kwargs: Any) -> nn.Module:
     import timm
 
+    if pretrained:  # the hub unreachable: the cached file, or one error at once
+        kwargs = {**kwargs, **offline_overlay(name)}
     try:
         model = timm.create_model(name, pretrained=pretrained, num_classes=1, **kwargs)
     except RuntimeError as exc:
@@ -46,15 +49,14 @@ def _timm_create(name: str, pretrained: bool, **kwargs: Any) -> nn.Module:
         if pretrained:
             raise WeightsError(
                 f"timm/{name}: could not get pretrained weights ({str(exc).splitlines()[0]}); "
-                "when offline pass weights=PATH to a local file"
+                f"{OFFLINE_HINT}"
             ) from None
         raise
     except Exception as exc:
         if pretrained:
             raise WeightsError(
                 f"timm/{name}: could not get pretrained weights ({type(exc).__name__}: "
-                f"{str(exc).splitlines()[0] if str(exc) else ''}); when offline pass "
-                "weights=PATH to a local file"
+                f"{str(exc).splitlines()[0] if str(exc) else ''}); {OFFLINE_HINT}"
             ) from None
         raise
     _small_head_init(model)
