@@ -103,10 +103,9 @@ def test_a_damaged_generator_state_in_last_pt_is_one_error_line(tmp_path):
     more = [*args[: args.index("--epochs") + 1], "2", *args[args.index("--epochs") + 2 :]]
     r = runner.invoke(app, [*more, "--resume"])
     assert r.exit_code == 1, r.output
-    assert r.stderr.strip().splitlines() == [
-        f"error: {out / 'last.pt'}: its random generator state cannot be restored "
-        f"({r.stderr.split('restored (', 1)[1].rsplit('); ', 1)[0]}); --overwrite trains anew"
-    ]
+    (line,) = r.stderr.strip().splitlines()
+    assert line.startswith(f"error: {out / 'last.pt'}: its random generator state cannot be ")
+    assert "size to be 7" in line and line.endswith("); --overwrite trains anew")
 
 
 def test_a_setup_that_fails_gives_the_settings_back(tmp_path):

@@ -4,50 +4,53 @@
 and timm asks for two or three files in turn, so an offline ``--weights imagenet`` took
 66 s and 22 "Retrying in Ns" lines to fail. Before timm downloads, :func:`hub_problem`
 asks the hub once (a HEAD to ``HF_ENDPOINT`` within ``HF_HUB_ETAG_TIMEOUT``, no retries,
-through huggingface_hub's own session); when it gets no answer, the weights come from the
-local cache if they are there (:func:`cached_weights`) and are otherwise one
-:class:`~histomodels.models.weights.WeightsError` at once. ``HF_HUB_OFFLINE=1`` skips the
-question (huggingface_hub then reads its cache only). Nothing is retried or patched here:
-online, timm and huggingface_hub download as they always do.
+with httpx and the environment's proxy settings); when it gets no HTTP answer at all, the
+weights come from the local cache if they are there (:func:`cached_weights`) and are
+otherwise one :class:`~histomodels.models.weights.WeightsError` at once. Any answer, even an
+error status (a mirror's root need not serve a page), lets timm download as it always did.
+``HF_HUB_OFFLINE=1`` skips the question (huggingface_hub then reads its cache only), and so
+do ``hf-hub:`` names (huggingface_hub falls back to its cache for their config and weights)
+and a caller's own ``pretrained_cfg``/``pretrained_cfg_overlay``. Nothing is retried or
+patched here.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 #: What a user without the hub can do (the end of every could-not-download line).
 OFFLINE_HINT = (
-    "to work offline, pass --weights FILE (the model's .safetensors/.pth), or fill the "
-    "Hugging Face cache once online and set HF_HUB_OFFLINE=1"
+    "to work offline, pass the model's .safetensors/.pth as --weights FILE (weights=PATH in "
+    "Python), or fill the Hugging Face cache once online and set HF_HUB_OFFLINE=1"
 )
 
 
 def hub_problem() -> str | None:
-    """Why the hub cannot be reached now (no answer, or a server error), or None: one HEAD
-    request to the endpoint, within ``HF_HUB_ETAG_TIMEOUT`` seconds."""
-    from huggingface_hub import constants, get_session
+    """Why the hub cannot be reached now (no HTTP answer: refused, timed out, no route, a
+    bad proxy), or None: one HEAD request to the endpoint within ``HF_HUB_ETAG_TIMEOUT``."""
+    import httpx
+    from huggingface_hub import constants
 
     endpoint = constants.ENDPOINT
     try:
-        response = get_session().head(
-            endpoint, timeout=constants.HF_HUB_ETAG_TIMEOUT, follow_redirects=True
-        )
-    except Exception as exc:  # httpx's transport errors, a bad proxy, an invalid URL...
+        httpx.head(endpoint, timeout=float(constants.HF_HUB_ETAG_TIMEOUT), follow_redirects=True)
+    except (httpx.TransportError, httpx.InvalidURL) as exc:
         why = str(exc).splitlines()[0] if str(exc) else ""
         return f"the hub at {endpoint} cannot be reached ({type(exc).__name__}: {why})"
-    if response.status_code >= 500:
-        return f"the hub at {endpoint} answered HTTP {response.status_code}"
     return None
 
 
 def hub_repo(name: str) -> str | None:
     """The hub repository timm downloads ``name``'s pretrained weights from, or None when
-    they come from elsewhere (a URL) or timm has no pretrained config for it."""
+    they come from elsewhere (a URL), timm has no pretrained config for it, or ``name`` is
+    an ``hf-hub:`` name."""
     import timm.models
 
-    for prefix in ("hf-hub:", "hf_hub:"):
-        if name.startswith(prefix):
-            return name.removeprefix(prefix)
+    if name.startswith(("hf-hub:", "hf_hub:")):  # huggingface_hub reads its cache itself
+        return None
     try:
         cfg = timm.models.get_pretrained_cfg(name)
     except RuntimeError:  # an unknown tag: timm.create_model says so
@@ -72,19 +75,20 @@ def offline_overlay(name: str) -> dict[str, Any]:
     cannot be reached: ``{}`` when nothing needs to change (the hub answers, offline mode is
     on, or the weights do not come from the hub), a ``pretrained_cfg_overlay`` naming the
     cached file, else a WeightsError that says what to do."""
-    from huggingface_hub import is_offline_mode
+    from huggingface_hub import constants
 
     from histomodels.models.weights import WeightsError
 
     repo = hub_repo(name)
-    if repo is None or is_offline_mode():
+    if repo is None or constants.HF_HUB_OFFLINE:
         return {}
     problem = hub_problem()
     if problem is None:
         return {}
     local = cached_weights(repo)
-    if local is None or name.startswith(("hf-hub:", "hf_hub:")):  # those also need config.json
+    if local is None:
         raise WeightsError(
             f"timm/{name}: could not download the pretrained weights: {problem}; {OFFLINE_HINT}"
         )
+    log.warning("timm/%s: %s; using the cached weights %s", name, problem, local)
     return {"pretrained_cfg_overlay": {"file": local, "source": ""}}

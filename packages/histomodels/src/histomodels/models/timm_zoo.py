@@ -39,8 +39,8 @@ def _centre_head(model: nn.Module, centre: str, dropout: float) -> nn.Module:
 def _timm_create(name: str, pretrained: bool, **kwargs: Any) -> nn.Module:
     import timm
 
-    if pretrained:  # the hub unreachable: the cached file, or one error at once
-        kwargs = {**kwargs, **offline_overlay(name)}
+    if pretrained and not {"pretrained_cfg", "pretrained_cfg_overlay"} & kwargs.keys():
+        kwargs = {**kwargs, **offline_overlay(name)}  # no hub: the cached file, or one error
     try:
         model = timm.create_model(name, pretrained=pretrained, num_classes=1, **kwargs)
     except RuntimeError as exc:
