@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import random
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,6 +18,8 @@ from histomodels.training.result import TrainingError
 
 if TYPE_CHECKING:
     from histomodels.training.trainer import Trainer
+
+log = logging.getLogger(__name__)
 
 
 def resume_state(cfg: TrainConfig, run_dir: Path) -> tuple[TrainConfig, dict[str, Any]]:
@@ -78,6 +81,27 @@ def checkpoint(trainer: Trainer, *, resumable: bool = False, finished: str = "")
         stain=t.stain.to_dict() if t.stain is not None else None,
         **extra,
     )
+
+
+def restore_rng(state: dict[str, Any], device: torch.device, last: Path) -> None:
+    """Continue the generators :func:`checkpoint` saved: the CPU's (a state torch refuses is
+    a TrainingError naming ``last``) and, on CUDA, the device's, which draws dropout masks
+    there (one torch refuses is warned, and the seed's draws go on)."""
+    if "rng" in state:
+        try:
+            torch.set_rng_state(state["rng"])
+        except (RuntimeError, TypeError) as exc:  # a damaged or foreign last.pt
+            raise TrainingError(
+                f"{last}: its random generator state cannot be restored ({exc}); "
+                "--overwrite trains anew"
+            ) from None
+    cuda_rng = state.get("cuda_rng")
+    if device.type == "cuda" and cuda_rng is not None:
+        try:
+            torch.cuda.set_rng_state(cuda_rng, device)
+        except (RuntimeError, TypeError) as exc:
+            log.warning("%s: its CUDA generator state cannot be restored (%s); dropout draws "
+                        "differ from the run's", last, exc)  # fmt: skip
 
 
 def seed_everything(seed: int) -> None:

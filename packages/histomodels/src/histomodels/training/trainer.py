@@ -46,10 +46,10 @@ from histomodels.training.data import (
 )
 from histomodels.training.network import build_model, wrap_model
 from histomodels.training.prefetch import use_prefetch
-from histomodels.training.result import EpochStats, TrainingError, TrainResult
+from histomodels.training.result import EpochStats, TrainResult
 from histomodels.training.run_folder import RunFolder
 from histomodels.training.schedule import LRSchedule, param_groups
-from histomodels.training.state import checkpoint, resume_state, seed_everything
+from histomodels.training.state import checkpoint, restore_rng, resume_state, seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -199,22 +199,7 @@ class Trainer:
         self.best_epoch = int(state.get("best_epoch", 0))
         self.best_metrics = dict(state.get("best_metrics", {}))
         self.elapsed_before = float(state.get("elapsed_seconds", 0.0))
-        if "rng" in state:
-            try:
-                torch.set_rng_state(state["rng"])
-            except (RuntimeError, TypeError) as exc:  # a damaged or foreign last.pt
-                raise TrainingError(
-                    f"{self.run_dir / 'last.pt'}: its random generator state cannot be restored "
-                    f"({exc}); --overwrite trains anew"
-                ) from None
-        cuda_rng = state.get("cuda_rng")
-        if self.device.type == "cuda" and cuda_rng is not None:
-            try:  # dropout masks on the GPU; another torch's state, or a damaged one: warned
-                torch.cuda.set_rng_state(cuda_rng, self.device)
-            except (RuntimeError, TypeError) as exc:
-                said = "its CUDA generator state cannot be restored"
-                log.warning("%s: %s (%s); dropout draws differ from the run's",
-                            self.run_dir / "last.pt", said, exc)  # fmt: skip
+        restore_rng(state, self.device, self.run_dir / "last.pt")
         self.say(f"resuming {self.run_dir} after epoch {self.epoch}")
 
     # --------------------------------------------------------------------------- loop
