@@ -79,6 +79,20 @@ def test_groups_instead_of_datasets(tmp_path: Path) -> None:
         open_dataset(h5_groups(tmp_path / "g.h5"))
 
 
+@pytest.mark.parametrize("key", ["x", "y", "encoded"])
+def test_null_dataspace_dataset_is_one_error(tmp_path: Path, key: str) -> None:
+    """``h5py.Empty`` (HDF5's null dataspace) has no shape: each reader raised TypeError."""
+    path = tmp_path / "empty.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset(key, data=h5py.Empty("u1"))
+        if key != "y":
+            f["y"] = np.zeros(4, np.uint8)
+        if key == "y":
+            f["x"] = np.zeros((4, 96, 96, 3), np.uint8)
+    with pytest.raises(DatasetError, match=rf"empty\.h5: '{key}' is an empty dataset"):
+        open_dataset(path)
+
+
 def test_external_storage_is_refused(tmp_path: Path) -> None:
     secret = tmp_path / "secret.bin"
     secret.write_bytes(os.urandom(96 * 96 * 3 * 2))

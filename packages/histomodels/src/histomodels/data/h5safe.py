@@ -3,7 +3,8 @@
 HDF5 can make a dataset read bytes from any local file (external storage, virtual
 datasets) or follow a link into another file (external links). A dataset file from the
 internet must not draw ``/etc/passwd`` into a contact sheet, so :func:`dataset` refuses
-all of these, and groups where a dataset is expected, with one :class:`DatasetError`
+all of these, groups where a dataset is expected and null-dataspace datasets (no shape
+at all), with one :class:`DatasetError`
 naming the file. :func:`check_stored` refuses a dataset that declares more patches than
 it stores (a 200 KB file declaring 200,000 patches would otherwise be read as zeros).
 :func:`reading` turns HDF5's read errors (a corrupt compressed chunk, a file cut short)
@@ -65,6 +66,10 @@ def dataset(f: h5py.File, key: str, path: Path) -> h5py.Dataset:
         )
     if obj.is_virtual:
         raise DatasetError(f"{path}: {key!r} is a virtual dataset mapping other files; refused")
+    if obj.shape is None:  # HDF5's null dataspace (h5py.Empty): no shape, no values
+        raise DatasetError(
+            f"{path}: {key!r} is an empty dataset (null dataspace), holding no values"
+        )
     return obj
 
 
