@@ -418,6 +418,10 @@ def test_a_config_files_bad_name_is_its_error_line(tmp_path: Path, content, mess
         ({"bf16": "no"}, "bf16: expected true or false, not a string (got 'no')"),
         ({"prefetch": 0}, "prefetch: expected true or false, not a number (got 0)"),
         ({"compile": "false"}, "compile: expected true or false, not a string (got 'false')"),
+        # a numeric string was read as its number: "epochs": "5" trained 5 epochs
+        ({"epochs": "5"}, 'epochs: expected a number, got "5"'),
+        ({"lr": "4e-3"}, 'lr: expected a number, got "4e-3"'),
+        ({"time_budget": "20"}, 'time_budget: expected a number, got "20"'),
     ],
 )
 def test_a_config_file_is_not_coerced(tmp_path: Path, content, message) -> None:
@@ -431,16 +435,36 @@ def test_a_config_file_is_not_coerced(tmp_path: Path, content, message) -> None:
 
 
 def test_a_config_files_numbers_and_switches_still_load(tmp_path: Path) -> None:
-    """What the strict check lets through: JSON numbers for float keys (3 for lr), a
-    numeric string (PyYAML reads ``lr: 4e-3`` as '4e-3'), true/false and null switches."""
+    """What the strict check lets through: JSON numbers for float keys (3 for lr),
+    true/false and null switches."""
     from histomodels.config import resolve_config
 
     config = tmp_path / "c.json"
-    content = {"lr": 3, "weight_decay": "4e-3", "epochs": 7, "bf16": None, "hed_jitter": False}
+    content = {"lr": 3, "weight_decay": 4e-3, "epochs": 7, "bf16": None, "hed_jitter": False}
     config.write_text(json.dumps(content))
     cfg = resolve_config(config, progress=False)
     assert (cfg.lr, cfg.weight_decay, cfg.epochs, cfg.bf16) == (3.0, 0.004, 7, None)
     assert (cfg.hed_jitter, cfg.progress) == (False, False)
+
+
+def test_a_yaml_config_reads_yaml_1_2_floats_as_numbers(tmp_path: Path) -> None:
+    """PyYAML (YAML 1.1) reads ``4e-3`` and ``1E5`` as strings, which numeric keys now
+    refuse: the file is read with YAML 1.2's floats; a quoted number stays a string."""
+    pytest.importorskip("yaml")
+    from histomodels.config import ConfigError, resolve_config
+
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        "lr: 4e-3\nweight_decay: 1E-2\nepochs: 5\nwarmup_epochs: 1.0e0\n"
+        "model: timm/vit_tiny_patch16_224\nmodel_config: {init_values: 1e-5}\n"
+    )
+    cfg = resolve_config(config)
+    assert (cfg.lr, cfg.weight_decay, cfg.epochs, cfg.warmup_epochs) == (0.004, 0.01, 5, 1.0)
+    assert cfg.model_config["init_values"] == 1e-5
+    config.write_text('lr: "4e-3"\n')
+    with pytest.raises(ConfigError) as err:
+        resolve_config(config)
+    assert str(err.value) == f'{config}: lr: expected a number, got "4e-3"'
 
 
 def test_the_choices_are_the_librarys() -> None:

@@ -613,7 +613,7 @@ def test_yaml_config_file(tmp_path):
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("lr: fast\n", "lr: Input should be a valid number"),
+        ("lr: fast\n", 'lr: expected a number, got "fast"'),
         ("epoch: 3\n", "unknown config keys epoch (did you mean epochs?)"),
         ("schedule: linear\n", "schedule must be cosine, plateau or constant"),
         ("batch_size: 2.5\n", "batch_size: Input should be a valid integer"),

@@ -13,6 +13,7 @@ import dataclasses
 import difflib
 import json
 import math
+import re
 import sys
 from dataclasses import field
 from pathlib import Path
@@ -132,15 +133,18 @@ class TrainConfig:
     @field_validator("*", mode="before")
     @classmethod
     def _no_coercion(cls, v: Any, info: ValidationInfo) -> Any:
-        """A config file is untrusted: pydantic's lax mode read ``"epochs": true`` as 1 and
-        ``"progress": "yes"`` as true. A switch takes only true/false (or null where null
-        means auto), a number never a true/false. Numeric strings stay numbers: PyYAML reads
-        ``lr: 4e-3`` as the string '4e-3'."""
+        """A config file is untrusted: pydantic's lax mode read ``"epochs": true`` as 1,
+        ``"progress": "yes"`` as true and ``"epochs": "5"`` as 5. A switch takes only
+        true/false (or null where null means auto), a number neither true/false nor a
+        string (YAML files are read with YAML 1.2's floats, so ``lr: 4e-3`` is a number:
+        :func:`_parse_yaml`)."""
         kind = _KINDS.get(info.field_name or "")
         if kind == "bool" and not isinstance(v, bool) and v is not None:
             raise ValueError(f"expected true or false, not {_kind_of(v)}")
         if kind == "number" and isinstance(v, bool):
             raise ValueError("expected a number, not true or false")
+        if kind == "number" and isinstance(v, str):
+            raise ValueError(f"expected a number, got {json.dumps(v, ensure_ascii=False)}")
         return v
 
     def __post_init__(self) -> None:
@@ -249,7 +253,8 @@ def build(data: dict[str, Any], source: str = "config") -> TrainConfig:
         key = ".".join(str(p) for p in err["loc"]) or "config"
         msg = err["msg"].removeprefix("Value error, ")
         where = "" if msg.startswith(key) else f"{key}: "
-        raise ConfigError(f"{source}: {where}{msg} (got {err.get('input')!r})") from None
+        got = "" if ", got " in msg else f" (got {err.get('input')!r})"
+        raise ConfigError(f"{source}: {where}{msg}{got}") from None
     return validate(cfg, source)
 
 
@@ -415,7 +420,7 @@ def _parse_yaml(path: Path, text: str) -> Any:
             f"{path}: YAML configs need PyYAML: pip install 'histomodels[yaml]' (or use JSON)"
         ) from None
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_yaml_loader(yaml))  # a SafeLoader
     except yaml.YAMLError as exc:
         why = " ".join(str(exc).split())
         raise ConfigError(f"{path}: not valid YAML ({why})") from None
@@ -432,3 +437,24 @@ def resolve_config(
             data = {**data, "teacher": options["teacher"]}  # checked (e.g. a placeholder)
         cfg = merge(cfg, data, str(config_file), skip_none=False)
     return merge(cfg, options)
+
+
+#: YAML 1.2's floats that YAML 1.1 (PyYAML) reads as strings: an exponent without a dot
+#: (``4e-3``, ``1E5``) or without a sign (``1.0e5``). PyYAML's own float pattern covers the
+#: rest (``0.5``, ``1.0e-5``, ``.inf``, ``.nan``).
+_YAML12_FLOAT = re.compile(
+    r"""^(?:[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+
+    |[-+]?\.[0-9_]+[eE][-+]?[0-9]+)$""",
+    re.X,
+)
+
+
+def _yaml_loader(yaml: Any) -> type:
+    """PyYAML's SafeLoader, plus an implicit resolver that reads :data:`_YAML12_FLOAT` as
+    floats (the known PyYAML recipe), so ``lr: 4e-3`` is 0.004, not the string '4e-3'."""
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_implicit_resolver("tag:yaml.org,2002:float", _YAML12_FLOAT, list("-+0123456789."))
+    return Loader
