@@ -485,3 +485,74 @@ def test_an_unreadable_flag_warns_once_per_article_not_per_version(
         f"{other}.2.json, {other}.1.json: is_pmc_openaccess='sure', 'maybe' is not true or "
         "false; taken as false",
     ]
+
+
+# -- the version choice looks at which files a version holds -------------------------------
+def test_newest_version_without_jats_gives_way_to_an_older_one_with_it(
+    ncbi: FakeNcbi, tmp_path: Path
+) -> None:
+    """Version 2 (published, open access) has a PDF but no JATS; version 1 has JATS and
+    figure files. The route took version 2 (PDF only: no figures bound to captions); now
+    version 1's figures, and the record says why the newest version was not taken."""
+    ncbi.bucket.add_version(PMCID, 1, jats=real_jats(), media=FIGS, license_code="CC BY-NC")
+    ncbi.bucket.add_version(PMCID, 2, jats=None, pdf=_pdf_with_image())
+    manifest = _download(ncbi, tmp_path, _rec("1", PMCID))
+    rec = manifest.records["pmid:1"]
+    assert (rec.status, rec.route, rec.pmc_version, rec.license) == (
+        "ok",
+        "pmc-cloud",
+        1,
+        "CC BY-NC",
+    )
+    assert [i.figure_label for i in manifest.images_of(rec.id)] == ["Figure 1.", "Figure 2."]
+    assert rec.extra["pmc_version_note"] == (
+        f"{PMCID}.2.json names no xml_url (no JATS); took {PMCID}.1, the newest version with JATS"
+    )
+    assert rec.pdf_path is None  # version 1 has no PDF; version 2's is not needed
+    assert not ncbi.requests_to(f"{LIST}{PMCID}.2/{PMCID}.2.pdf")
+
+
+def test_older_jats_version_without_figures_falls_back_to_the_newest_pdf(
+    ncbi: FakeNcbi, tmp_path: Path
+) -> None:
+    """Version 1's JATS names figures whose files are gone and it has no PDF: the newest
+    version's PDF is held as before (route pmc-cloud-pdf, after Europe PMC had nothing)."""
+    ncbi.bucket.add_version(PMCID, 1, jats=real_jats(), media=FIGS)
+    for name in FIGS:
+        del ncbi.bucket.objects[f"{PMCID}.1/{name}"]
+    pdf = _pdf_with_image()
+    ncbi.bucket.add_version(PMCID, 2, jats=None, pdf=pdf)
+    manifest = _download(ncbi, tmp_path, _rec("1", PMCID))
+    rec = manifest.records["pmid:1"]
+    assert (rec.status, rec.route, rec.pdf_source, rec.pmc_version) == (
+        "ok",
+        "pmc-cloud-pdf",
+        "pmc-cloud",
+        2,
+    )
+    assert rec.pdf_path is not None and (tmp_path / rec.pdf_path).read_bytes() == pdf
+    assert rec.extra["route_misses"][0].startswith(
+        f"pmc-cloud: {PMCID}.1 (JATS) gave no figure files and no PDF; {PMCID}.2.json names "
+        "no xml_url (no JATS, no figures); its PDF is taken if no figure route has figures"
+    )
+    assert len(rec.extra["failed_files"]) == 2  # version 1's two missing figure files
+
+
+def test_newest_version_retracted_refuses_an_older_one_with_jats(
+    ncbi: FakeNcbi, tmp_path: Path
+) -> None:
+    ncbi.bucket.add_version(PMCID, 1, jats=real_jats(), media=FIGS)
+    ncbi.bucket.add_version(PMCID, 2, jats=None, pdf=make_pdf(), is_retracted=True)
+    rec = _download(ncbi, tmp_path, _rec("1", PMCID)).records["pmid:1"]
+    assert (rec.status, rec.is_retracted, rec.pmc_version) == ("failed", True, 2)
+    assert not ncbi.requests_to(f"{LIST}{PMCID}.1/mds52601.jpg")
+
+
+def test_version_choice_prefers_jats_among_published_versions() -> None:
+    jats = {"xml_url": "s3://pmc-oa-opendata/x.xml"}
+    oa, ms = {"is_pmc_openaccess": True}, {"is_pmc_openaccess": True, "is_manuscript": True}
+    assert choose_version({1: oa | jats, 2: oa}) == 1
+    assert choose_version({1: oa | jats, 2: oa | jats, 3: oa}) == 2
+    assert choose_version({1: ms | jats, 2: oa}) == 2  # published without JATS beats a manuscript
+    assert choose_version({1: ms | jats, 2: ms}) == 1
+    assert choose_version({1: oa, 2: oa}) == 2

@@ -102,6 +102,7 @@ class Downloader:
         rec.route = rec.pdf_path = rec.pdf_sha256 = rec.pdf_source = None
         rec.extra.pop("failed_files", None)
         rec.extra.pop("route_misses", None)
+        rec.extra.pop("pmc_version_note", None)
         if rec.is_retracted and not self.policy.include_retracted:
             raise StageFailure(
                 "retracted: the article is marked retracted (--include-retracted keeps it)"
@@ -178,6 +179,8 @@ class Downloader:
                 setattr(rec, name, value)
         if files.version is not None:
             rec.pmc_version = files.version
+        if files.version_note:
+            rec.extra["pmc_version_note"] = files.version_note
         for name, value in files.ids.items():  # e.g. a `search --db pmc` hit without a PMID
             if getattr(rec, name) is None:
                 setattr(rec, name, value)

@@ -58,6 +58,8 @@ class ArticleFiles:
     is_manuscript: bool | None = None
     citation: str | None = None
     version: int | None = None
+    #: Why ``version`` is not the newest open-access version (e.g. that one has no JATS).
+    version_note: str | None = None
     #: Identifiers and title the source states (fill a record's gaps, never overwrite).
     ids: dict[str, str] = field(default_factory=dict)
     #: One line per file that was named but not kept (missing, MD5 mismatch, too large).

@@ -187,11 +187,21 @@ def _read_flag(value: Any) -> bool | None:
     return None
 
 
-def choose_version(metas: dict[int, dict[str, Any]]) -> int | None:
-    """Highest open-access version that is not an author manuscript, else highest OA."""
+def _candidates(metas: dict[int, dict[str, Any]]) -> list[int]:
+    """The versions a choice is made among, highest first: the open-access ones that are
+    not author manuscripts, else (none published) the open-access manuscripts."""
     oa = sorted((v for v, m in metas.items() if m.get("is_pmc_openaccess") is True), reverse=True)
     published = [v for v in oa if not metas[v].get("is_manuscript")]
-    return (published or oa or [None])[0]
+    return published or oa
+
+
+def choose_version(metas: dict[int, dict[str, Any]]) -> int | None:
+    """The highest open-access, non-manuscript version with JATS (``xml_url``), else the
+    highest such version without; only when no published open-access version exists, an
+    author manuscript by the same rule. ``None``: no open-access version."""
+    pool = _candidates(metas)
+    with_jats = [v for v in pool if metas[v].get("xml_url")]
+    return (with_jats or pool or [None])[0]
 
 
 class PmcCloud:
@@ -215,10 +225,11 @@ class PmcCloud:
             raise Miss("not in bucket", f"{pmcid} is not in the PMC Cloud Service (KeyCount 0)")
         metas: dict[int, dict[str, Any]] = {}
         unsures: dict[int, dict[str, Any]] = {}  # per version: flags it could not read
-        for version in found:  # highest first; stop at a published OA version
+        for version in found:  # highest first; stop at a published OA version with JATS
             metas[version], unsures[version] = read_metadata(self.client, pmcid, version)
             meta = metas[version]
-            if meta.get("is_pmc_openaccess") is True and not meta.get("is_manuscript"):
+            published = meta.get("is_pmc_openaccess") is True and not meta.get("is_manuscript")
+            if published and meta.get("xml_url"):
                 break
         warn_unreadable(pmcid, unsures)
         chosen = choose_version(metas)
@@ -229,8 +240,49 @@ class PmcCloud:
                 f"{pmcid}: no open-access version in the bucket (versions "
                 f"{', '.join(map(str, sorted(found)))}; licence {top.get('license_code')})",
             )
-        meta = metas[chosen]
-        unsure = unsures[chosen]
+        newest = _candidates(metas)[0]  # newer than chosen: it has no JATS
+        newer = None
+        if newest != chosen:  # its retraction is the article's; its licence is its own
+            retraction = Policy(include_retracted=self.policy.include_retracted)
+            newer = self._checked_files(pmcid, newest, metas[newest], unsures[newest], retraction)
+        files = self._checked_files(pmcid, chosen, metas[chosen], unsures[chosen])
+        if newer is not None:
+            files.version_note = (
+                f"{pmcid}.{newest}.json names no xml_url (no JATS); took {pmcid}.{chosen}, "
+                "the newest version with JATS"
+            )
+            log.info("%s", files.version_note)
+        try:
+            self._article_files(pmcid, chosen, metas[chosen], files)
+        except Miss as miss:  # the older version's JATS is unusable: the newest's PDF
+            if newest == chosen or miss.final:
+                raise
+            files.failures.append(f"{miss.category}: {miss.detail}")
+        if (
+            newer is not None
+            and not files.figures
+            and files.pdf is None
+            and (metas[newest].get("pdf_url"))
+        ):
+            # No figures and no PDF from the version with JATS: the newest version's PDF,
+            # held as a route without JATS holds it (pmc-cloud-pdf).
+            self.policy.check(newer)
+            newer.failures = files.failures
+            done = f"{pmcid}.{chosen} (JATS) gave no figure files and no PDF; "
+            self._pdf_only(f"{pmcid}.{newest}", metas[newest], newer, before=done)
+        return files
+
+    def _checked_files(
+        self,
+        pmcid: str,
+        version: int,
+        meta: dict[str, Any],
+        unsure: dict[str, Any],
+        policy: Policy | None = None,
+    ) -> ArticleFiles:
+        """A version's facts as :class:`ArticleFiles`, refused by ``policy`` (the route's
+        by default; a final :class:`Miss`) when retracted or under a licence it refuses."""
+        policy = policy or self.policy
         files = ArticleFiles(  # a flag read_metadata could not read is not a fact: None
             route=ROUTE,
             licence=normalise(meta.get("license_code")),
@@ -238,21 +290,20 @@ class PmcCloud:
             is_retracted=None if "is_retracted" in unsure else bool(meta.get("is_retracted")),
             is_manuscript=None if "is_manuscript" in unsure else bool(meta.get("is_manuscript")),
             citation=str(meta["citation"])[:500] if meta.get("citation") else None,
-            version=chosen,
+            version=version,
             ids={k: str(meta[k]) for k in ("pmid", "doi", "title") if meta.get(k)},
         )
-        if "is_retracted" in unsure and not self.policy.include_retracted:
+        if "is_retracted" in unsure and not policy.include_retracted:
             # Policy.check's rule, for a value that is unknown rather than true: refused the
             # same way, but the record's is_retracted stays empty (a retry reads it again)
             raise Miss(
                 "retracted",
-                f"{pmcid}.{chosen}.json: is_retracted={unsure['is_retracted']!r} cannot be read; "
-                "skipped as if retracted (--include-retracted keeps it)",
+                f"{pmcid}.{version}.json: is_retracted={unsure['is_retracted']!r} cannot be "
+                "read; skipped as if retracted (--include-retracted keeps it)",
                 final=True,
                 files=files,
             )
-        self.policy.check(files)
-        self._article_files(pmcid, chosen, meta, files)
+        policy.check(files)
         return files
 
     def _article_files(self, pmcid: str, version: int, meta: dict, files: ArticleFiles) -> None:
@@ -301,10 +352,13 @@ class PmcCloud:
             except (Miss, NetError) as exc:
                 _file_failure(files, "PDF", exc)
 
-    def _pdf_only(self, name: str, meta: dict, files: ArticleFiles) -> NoReturn:
+    def _pdf_only(
+        self, name: str, meta: dict, files: ArticleFiles, *, before: str = ""
+    ) -> NoReturn:
         """A version without JATS: a miss (no figures), holding its checked PDF when it
-        has one (``files.pdf``), which download keeps as the first PDF route."""
-        why = f"{name}.json names no xml_url (no JATS, no figures)"
+        has one (``files.pdf``), which download keeps as the first PDF route. ``before``
+        starts the miss's detail (what an older version with JATS gave)."""
+        why = f"{before}{name}.json names no xml_url (no JATS, no figures)"
         if not meta.get("pdf_url"):
             raise Miss("no JATS", f"{why} and no pdf_url", files=files)
         try:
