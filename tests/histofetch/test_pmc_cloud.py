@@ -556,3 +556,31 @@ def test_version_choice_prefers_jats_among_published_versions() -> None:
     assert choose_version({1: ms | jats, 2: oa}) == 2  # published without JATS beats a manuscript
     assert choose_version({1: ms | jats, 2: ms}) == 1
     assert choose_version({1: oa, 2: oa}) == 2
+
+
+def test_jats_version_without_figures_and_a_locked_pdf_goes_on_as_encrypted(
+    ncbi: FakeNcbi, tmp_path: Path
+) -> None:
+    """A version with JATS whose figure files are gone and whose PDF needs a password: the
+    route's miss counted as 'no figures' (the locked PDF only a failed file); now it is an
+    'encrypted PDF' miss naming the file, the next PDF route's readable copy is kept, and
+    with no other route the record fails as 'encrypted PDF'."""
+    from pdf_factory import encrypted_pdf
+
+    ncbi.bucket.add_version(PMCID, 1, jats=real_jats(), media=FIGS, pdf=encrypted_pdf())
+    for name in FIGS:
+        del ncbi.bucket.objects[f"{PMCID}.1/{name}"]
+    rec = _download(ncbi, tmp_path / "a", _rec("1", PMCID)).records["pmid:1"]
+    assert rec.status == "failed" and rec.reason is not None
+    assert rec.reason.startswith(
+        f"encrypted PDF: pmc-cloud: {PMCID}.1 gave no figure files; its PDF: got an encrypted "
+        f"PDF that needs a password from {PMCID}.1/{PMCID}.1.pdf"
+    ), rec.reason
+    readable = make_pdf("render")
+    ncbi.files[f"/europepmc/articles/{PMCID}"] = (200, "application/pdf", readable)
+    rec = _download(ncbi, tmp_path / "b", _rec("1", PMCID)).records["pmid:1"]
+    assert (rec.status, rec.route, rec.pdf_source) == ("ok", "europepmc-pdf", "europepmc-pdf")
+    assert rec.pdf_path is not None and (tmp_path / "b" / rec.pdf_path).read_bytes() == readable
+    assert rec.extra["route_misses"][0].startswith(
+        f"pmc-cloud: {PMCID}.1 gave no figure files; its PDF: got an encrypted PDF"
+    )

@@ -252,24 +252,29 @@ class PmcCloud:
                 "the newest version with JATS"
             )
             log.info("%s", files.version_note)
+        refused = None
         try:
-            self._article_files(pmcid, chosen, metas[chosen], files)
+            refused = self._article_files(pmcid, chosen, metas[chosen], files)
         except Miss as miss:  # the older version's JATS is unusable: the newest's PDF
             if newest == chosen or miss.final:
                 raise
             files.failures.append(f"{miss.category}: {miss.detail}")
-        if (
-            newer is not None
-            and not files.figures
-            and files.pdf is None
-            and (metas[newest].get("pdf_url"))
-        ):
-            # No figures and no PDF from the version with JATS: the newest version's PDF,
-            # held as a route without JATS holds it (pmc-cloud-pdf).
+        if files.figures or files.pdf is not None:
+            return files
+        if newer is not None and metas[newest].get("pdf_url"):
+            # No figures and no usable PDF from the version with JATS: the newest version's
+            # PDF, held as a route without JATS holds it (pmc-cloud-pdf).
             self.policy.check(newer)
             newer.failures = files.failures
-            done = f"{pmcid}.{chosen} (JATS) gave no figure files and no PDF; "
+            got = f"no usable PDF ({refused.detail})" if refused else "no PDF"
+            done = f"{pmcid}.{chosen} (JATS) gave no figure files and {got}; "
             self._pdf_only(f"{pmcid}.{newest}", metas[newest], newer, before=done)
+        if refused is not None:  # its own miss (encrypted PDF...), not "no figures"
+            failed = [f for f in files.failures if not f.startswith("PDF: ")]
+            detail = f"{pmcid}.{chosen} gave no figure files; its PDF: {refused.detail}"
+            if failed:
+                detail += " (" + "; ".join(failed[:5]) + ")"
+            raise Miss(refused.category, detail, files=files)
         return files
 
     def _checked_files(
@@ -306,7 +311,11 @@ class PmcCloud:
         policy.check(files)
         return files
 
-    def _article_files(self, pmcid: str, version: int, meta: dict, files: ArticleFiles) -> None:
+    def _article_files(
+        self, pmcid: str, version: int, meta: dict, files: ArticleFiles
+    ) -> Miss | None:
+        """The version's figure files and checked PDF into ``files``; returns why its PDF was
+        refused (needs a password, not a PDF), ``None`` otherwise."""
         name = f"{pmcid}.{version}"
         if not meta.get("xml_url"):
             self._pdf_only(name, meta, files)
@@ -343,14 +352,25 @@ class PmcCloud:
                 _file_failure(files, f"{fig.label or fig.id}", exc)
                 continue
             files.figures.append(FigureFile(fig, href, key, data, media[key]))
-        if meta.get("pdf_url"):
-            try:
-                pdf_key, pdf_md5 = s3_key(str(meta["pdf_url"]))
-                files.pdf = get_object(self.client, pdf_key, pdf_md5)
-            except ValueError as exc:
-                files.failures.append(f"PDF: pdf_url: {exc}")
-            except (Miss, NetError) as exc:
-                _file_failure(files, "PDF", exc)
+        if not meta.get("pdf_url"):
+            return None
+        try:
+            pdf_key, pdf_md5 = s3_key(str(meta["pdf_url"]))
+            pdf = get_object(self.client, pdf_key, pdf_md5)
+        except ValueError as exc:
+            files.failures.append(f"PDF: pdf_url: {exc}")
+            return None
+        except (Miss, NetError) as exc:
+            _file_failure(files, "PDF", exc)
+            return None
+        try:  # the same check as every PDF route's: one that needs a password is refused
+            check_pdf(pdf)
+        except NotAPdf as exc:
+            refused = Miss(exc.category, f"{exc} from {pdf_key}")
+            files.failures.append(f"PDF: {refused.detail}")
+            return refused
+        files.pdf = pdf
+        return None
 
     def _pdf_only(
         self, name: str, meta: dict, files: ArticleFiles, *, before: str = ""
