@@ -410,6 +410,47 @@ def test_a_config_files_bad_name_is_its_error_line(tmp_path: Path, content, mess
 @pytest.mark.parametrize(
     ("content", "message"),
     [
+        ({"model": "timm/no_such_net"}, "model: 'timm/no_such_net': unknown timm model"),
+        ({"model": "timm/org/net"}, "model: 'timm/org/net': not a timm model name"),
+        ({"model_config": {"bogus": 1}}, "model_config key 'bogus', which cnn does not accept"),
+        ({"model_config": {"width": "48"}}, "model_config 'width' is '48'; cnn takes int"),
+        ({"model_config": {"dropout": True}}, "model_config 'dropout' is True; cnn takes float"),
+        (
+            {"model": "timm/resnet18", "model_config": {"width": 8}},
+            "model_config key 'width', which timm/resnet18 does not accept",
+        ),
+    ],
+)
+def test_a_config_files_model_is_checked_when_the_file_is_read(
+    tmp_path: Path, content, message
+) -> None:
+    """``model`` and ``model_config`` are judged by the model registry as the file is read,
+    so the line names the file (with the data there, a wrong value was found only when the
+    model was built, in a line without the file; a timm name only by timm's builder)."""
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps(content))
+    result = CliRunner().invoke(app, _args(["train", *DATA, "--config", str(config)], tmp_path))
+    assert result.exit_code == 1, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {config}: {message}"), lines
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_config_files_known_timm_names_pass(tmp_path: Path) -> None:
+    """A pretrained tag and an ``hf-hub:`` name (not judged offline) pass the file's check:
+    the missing data is the error."""
+    config = tmp_path / "c.json"
+    for model in ("timm/resnet18.a1_in1k", "timm/hf-hub:org/net"):
+        config.write_text(json.dumps({"model": model, "model_config": {"drop_rate": 0.1}}))
+        args = _args(["train", *DATA, "--config", str(config)], tmp_path)
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 1, result.output
+        assert result.stderr.strip().endswith("train data not found"), result.stderr
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
         ({"epochs": True}, "epochs: expected a number, not true or false (got True)"),
         ({"lr": False}, "lr: expected a number, not true or false (got False)"),
         ({"time_budget": True}, "time_budget: expected a number, not true or false (got True)"),

@@ -436,7 +436,26 @@ def resolve_config(
         if options.get("teacher") is not None:  # --teacher replaces the file's before it is
             data = {**data, "teacher": options["teacher"]}  # checked (e.g. a placeholder)
         cfg = merge(cfg, data, str(config_file), skip_none=False)
+        if {"model", "model_config"} & data.keys():
+            check_model(cfg, str(config_file))
     return merge(cfg, options)
+
+
+def check_model(cfg: TrainConfig, source: str = "config") -> None:
+    """``model`` and ``model_config`` as the model registry judges them without building
+    the model (:func:`~histomodels.models.registry.check_config`: a name it, or timm, does
+    not know; a key the builder does not take; a value of the wrong type): a ConfigError
+    naming ``source`` and the key. Imports the model zoo (PyTorch, timm)."""
+    import histomodels.models  # noqa: F401 (the zoo registers its builders)
+    from histomodels.models import registry
+
+    problem = registry.name_problem(cfg.model)
+    if problem:
+        raise ConfigError(f"{source}: model: {cfg.model!r}: {problem}")
+    try:
+        registry.check_config(cfg.model, cfg.model_config)
+    except registry.ModelError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
 
 
 #: YAML 1.2's floats that YAML 1.1 (PyYAML) reads as strings: an exponent without a dot

@@ -25,16 +25,36 @@ class ModelError(DomainError, ValueError):
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 _PREFIXES: dict[str, Callable[..., nn.Module]] = {}
+#: prefix → what is wrong with the name after ``prefix/`` (None: fine), without building it
+_NAME_CHECKS: dict[str, Callable[[str], str | None]] = {}
 
 
-def register_model(name: str, *, prefix: bool = False) -> Callable:
-    """Register ``fn(**cfg) -> nn.Module`` under ``name`` (or every ``name/<x>`` if prefix)."""
+def register_model(
+    name: str, *, prefix: bool = False, name_check: Callable[[str], str | None] | None = None
+) -> Callable:
+    """Register ``fn(**cfg) -> nn.Module`` under ``name`` (or every ``name/<x>`` if prefix;
+    ``name_check(x)`` then says what is wrong with ``x``, or None)."""
 
     def deco(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         (_PREFIXES if prefix else _REGISTRY)[name] = fn
+        if prefix and name_check is not None:
+            _NAME_CHECKS[name] = name_check
         return fn
 
     return deco
+
+
+def name_problem(name: str) -> str | None:
+    """What is wrong with model name ``name`` (not registered; a ``prefix/<x>`` whose
+    builder does not know ``x``), found without building it; None when it is fine."""
+    if name in _REGISTRY:
+        return None
+    head, _, rest = name.partition("/")
+    if rest and head in _PREFIXES:
+        check = _NAME_CHECKS.get(head)
+        return check(rest) if check is not None else None
+    known = ", ".join(list_models() + [f"{p}/<name>" for p in _PREFIXES])
+    return f"unknown model; known: {known}"
 
 
 def list_models() -> list[str]:
@@ -86,7 +106,11 @@ def check_config(name: str, config: dict[str, Any]) -> None:
     """Refuse a ``model_config`` key model ``name`` does not accept (:func:`config_keys`):
     a model trained with it could not be built again from its checkpoint; then a value of
     the wrong type for its builder's parameter, or a required parameter left out, so that a
-    ``TypeError`` while building is a bug in the model code, never the user's config."""
+    ``TypeError`` while building is a bug in the model code, never the user's config. An
+    unknown name (:func:`name_problem`) comes first."""
+    problem = name_problem(name)
+    if problem:
+        raise ModelError(f"model {name!r}: {problem}")
     allowed = config_keys(name)
     for key in config:
         if key not in allowed:

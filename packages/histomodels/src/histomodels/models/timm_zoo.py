@@ -76,7 +76,23 @@ def _small_head_init(model: nn.Module) -> None:
         nn.init.zeros_(head.bias)
 
 
-@register_model("timm", prefix=True)
+def timm_name_problem(name: str) -> str | None:
+    """What is wrong with the timm model name ``name`` (``timm/<name>``), offline: a name
+    timm's registry does not hold (``timm.is_model``; a pretrained tag such as
+    ``resnet18.a1_in1k`` is fine). ``hf-hub:``/``local-dir:`` names are not judged: their
+    architecture is in a config file read when the model is built."""
+    from timm.models import is_model, parse_model_name
+
+    try:
+        source, model_id = parse_model_name(name)
+    except ValueError as exc:
+        return f"not a timm model name ({exc})"
+    if source is None and not is_model(model_id):
+        return "unknown timm model (see timm.list_models())"
+    return None
+
+
+@register_model("timm", prefix=True, name_check=timm_name_problem)
 def timm_model(
     name: str,
     pretrained: bool = False,
