@@ -126,6 +126,39 @@ def test_truncated_corrupt_and_missing_files(tmp_path: Path) -> None:
         read_rgb(tmp_path, max_pixels=10**6)
 
 
+def test_pipe_or_device_is_refused_before_it_is_opened(tmp_path: Path) -> None:
+    """A FIFO named like an image blocked ``open`` until a writer came (a named pipe among a
+    folder's images hung ``histomodels predict`` and ``data info`` for good); ``/dev/zero``
+    never ends. Both are one ImageError now, and a folder still says so."""
+    import os
+    import threading
+
+    fifo = tmp_path / "patch.png"
+    os.mkfifo(fifo)
+    outcome: list[BaseException | None] = []
+
+    def read() -> None:
+        try:
+            read_rgb(fifo, max_pixels=10**6)
+            outcome.append(None)
+        except BaseException as exc:  # handed to the test thread
+            outcome.append(exc)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(10)
+    if reader.is_alive():  # unblock the reader (a writer that closes at once), then fail
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        reader.join(10)
+        pytest.fail("reading a FIFO blocked until a writer came")
+    assert isinstance(outcome[0], ImageError)
+    assert "patch.png: not a regular file" in str(outcome[0])
+    with pytest.raises(ImageError, match=r"/dev/zero: not a regular file"):
+        read_rgb("/dev/zero", max_pixels=10**6)
+    with pytest.raises(ImageError, match=r"is a folder, not an image file"):
+        read_rgb(tmp_path, max_pixels=10**6)
+
+
 def test_unidentified_and_empty_files_say_so_once(tmp_path: Path) -> None:
     """Pillow's 'cannot identify image file ...' repeated the path, or named the memory
     address of a BytesIO (``<_io.BytesIO object at 0x7fe9...>``, in download's failed-file

@@ -24,7 +24,9 @@ shipped classifier keeps the input grid it was trained on; neither is a tissue t
 from __future__ import annotations
 
 import io
+import os
 import re
+import stat
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -171,6 +173,22 @@ def _quiet_pillow() -> Iterator[None]:
         yield
 
 
+def _check_regular(path: str | Path, name: str) -> None:
+    """Refuse a FIFO, socket or device before opening it: opening a FIFO blocks until a
+    writer comes (a named pipe among a folder's images hung every reader), and a device
+    such as ``/dev/zero`` never ends. Links are followed: their target is checked."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise ImageError(name, "file not found") from None
+    except OSError as exc:
+        raise ImageError(name, f"cannot decode image ({_reason(exc)})", _reason(exc)) from None
+    if stat.S_ISDIR(mode):
+        raise ImageError(name, "is a folder, not an image file")
+    if not stat.S_ISREG(mode):
+        raise ImageError(name, "not a regular file (a pipe, socket or device)")
+
+
 @contextmanager
 def open_image(
     source: Source, *, max_pixels: int, what: str | None = None
@@ -184,6 +202,8 @@ def open_image(
     """
     name = _name(source, what)
     fp = io.BytesIO(source) if isinstance(source, bytes) else source
+    if not isinstance(source, bytes):
+        _check_regular(source, name)
     try:
         with _quiet_pillow():
             im = PIL.Image.open(fp)
