@@ -176,6 +176,24 @@ def test_kaggle_latin1_csv_is_one_error(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(30)
+def test_csv_field_over_the_csv_module_limit_is_one_error(tmp_path: Path) -> None:
+    """A 200 KB cell (csv's limit is 128 KB) in the Kaggle labels, a PCam ``*_meta.csv`` or
+    the encoded layout's ``manifest.csv``: each raised ``_csv.Error`` with a traceback."""
+    long = "a" * 200_000
+    (tmp_path / "k").mkdir()
+    kaggle = _kaggle(tmp_path / "k", f"id,label\na,0\n{long},1\n".encode())
+    with pytest.raises(DatasetError, match=r"train_labels\.csv:3: unreadable CSV \(field larger"):
+        open_dataset(kaggle)
+    pcam_h5(tmp_path / "p_x.h5", n=2)
+    (tmp_path / "p_meta.csv").write_text(f"patch_id\n{long}\nb\n")
+    with pytest.raises(DatasetError, match=r"p_meta\.csv: unreadable CSV \(field larger"):
+        open_dataset(tmp_path / "p_x.h5")
+    enc = _encoded_h5(tmp_path / "e.h5", np.array([0, 1], np.uint8))
+    (tmp_path / "manifest.csv").write_text(f"file,row,origin_split\ne.h5,0,{long}\n")
+    with pytest.raises(DatasetError, match=r"manifest\.csv: unreadable CSV \(field larger"):
+        open_dataset(enc, origin_split="train")
+
+
 def test_fifo_dataset_path_is_refused(tmp_path: Path) -> None:
     fifo = tmp_path / "d.h5"
     os.mkfifo(fifo)

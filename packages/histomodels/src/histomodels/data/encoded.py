@@ -43,20 +43,23 @@ def rows_of_origin(path: Path, origin_split: str | Iterable[str]) -> np.ndarray:
                 f"{manifest}: not UTF-8 text ({exc.reason} at byte {exc.start})"
             ) from None
         reader = csv.DictReader(text.splitlines())
-        missing = {"file", "row", "origin_split"} - set(reader.fieldnames or [])
-        if missing:
-            raise DatasetError(f"{manifest}: missing column(s) {sorted(missing)}")
-        for lineno, rec in enumerate(reader, start=2):
-            if rec["file"] != path.name:
-                continue
-            seen.add(rec["origin_split"])
-            if rec["origin_split"] in wanted:
-                try:
-                    rows.append(int(rec["row"]))
-                except ValueError:
-                    raise DatasetError(
-                        f"{manifest}:{lineno}: row {rec['row']!r} is not an integer"
-                    ) from None
+        try:
+            missing = {"file", "row", "origin_split"} - set(reader.fieldnames or [])
+            if missing:
+                raise DatasetError(f"{manifest}: missing column(s) {sorted(missing)}")
+            for lineno, rec in enumerate(reader, start=2):
+                if rec["file"] != path.name:
+                    continue
+                seen.add(rec["origin_split"])
+                if rec["origin_split"] in wanted:
+                    try:
+                        rows.append(int(rec["row"]))
+                    except ValueError:
+                        raise DatasetError(
+                            f"{manifest}:{lineno}: row {rec['row']!r} is not an integer"
+                        ) from None
+        except csv.Error as exc:  # a field over csv's 128 KB limit
+            raise DatasetError(f"{manifest}: unreadable CSV ({exc})") from None
     if not rows:
         raise DatasetError(
             f"{path}: no rows with origin_split in {sorted(wanted)} (present: {sorted(seen)})"

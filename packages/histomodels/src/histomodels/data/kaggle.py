@@ -43,23 +43,28 @@ class KaggleDataset(KnownLabels):
                 f"{self.csv_path}: not UTF-8 text ({exc.reason} at byte {exc.start})"
             ) from None
         reader = csv.reader(io.StringIO(text, newline=""))
-        header = next(reader, None)
-        if header is None or [h.strip() for h in header[:2]] != ["id", "label"]:
-            raise DatasetError(f"{self.csv_path}:1: expected header 'id,label', got {header}")
-        for lineno, row in enumerate(reader, start=2):
-            if not row:
-                continue
-            where = f"{self.csv_path}:{lineno}"
-            if len(row) < 2:
-                raise DatasetError(f"{where}: expected 'id,label', got {row}")
-            pid, label = row[0].strip(), row[1].strip()
-            if label not in ("0", "1"):
-                raise DatasetError(f"{where}: label {label!r} for id {pid} is not 0/1")
-            if pid in seen:
-                raise DatasetError(f"{where}: id {pid} repeats line {seen[pid]}")
-            seen[pid] = lineno
-            ids.append(pid)
-            labels.append(int(label))
+        try:
+            header = next(reader, None)
+            if header is None or [h.strip() for h in header[:2]] != ["id", "label"]:
+                raise DatasetError(f"{self.csv_path}:1: expected header 'id,label', got {header}")
+            for lineno, row in enumerate(reader, start=2):
+                if not row:
+                    continue
+                where = f"{self.csv_path}:{lineno}"
+                if len(row) < 2:
+                    raise DatasetError(f"{where}: expected 'id,label', got {row}")
+                pid, label = row[0].strip(), row[1].strip()
+                if label not in ("0", "1"):
+                    raise DatasetError(f"{where}: label {label!r} for id {pid} is not 0/1")
+                if pid in seen:
+                    raise DatasetError(f"{where}: id {pid} repeats line {seen[pid]}")
+                seen[pid] = lineno
+                ids.append(pid)
+                labels.append(int(label))
+        except csv.Error as exc:  # a field over csv's 128 KB limit
+            raise DatasetError(
+                f"{self.csv_path}:{reader.line_num}: unreadable CSV ({exc})"
+            ) from None
         if not ids:
             raise DatasetError(f"{self.csv_path}: no rows")
         present = {p.stem for p in self.image_dir.glob("*.tif")}

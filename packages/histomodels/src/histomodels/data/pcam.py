@@ -212,6 +212,8 @@ class PCamDataset(KnownLabels):
                 raise DatasetError(
                     f"{meta}: not UTF-8 text ({exc.reason} at byte {exc.start})"
                 ) from None
+            except csv.Error as exc:  # a field over csv's 128 KB limit
+                raise DatasetError(f"{meta}: unreadable CSV ({exc})") from None
             if len(rows) == n and rows and "patch_id" in rows[0]:
                 return [r["patch_id"] for r in rows]
         return [f"{stem}_{i}" for i in range(n)]
