@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 import math
 import os
 from collections.abc import Callable
@@ -42,6 +43,39 @@ def checked_by(check: str, option: str) -> Callable[[T], T]:
         return value
 
     return callback
+
+
+#: An option without a default (Typer then requires it).
+REQUIRED: Any = inspect.Parameter.empty
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def options(**annotated: Any) -> list[inspect.Parameter]:
+    """A group of command parameters, in order: ``name=Alias`` (an ``Annotated`` option,
+    default None) or ``name=(Alias, default)``; :func:`with_options` gives them to a
+    command. Commands that share options share these groups, not copies of the lines."""
+    found = []
+    for name, spec in annotated.items():
+        annotation, default = spec if isinstance(spec, tuple) else (spec, None)
+        kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
+        found.append(inspect.Parameter(name, kind, annotation=annotation, default=default))
+    return found
+
+
+def with_options(*groups: list[inspect.Parameter]) -> Callable[[F], F]:
+    """Give a command ``def cmd(ctx: typer.Context, **params)`` the signature Typer reads its
+    options from: ``ctx``, then each group's parameters in order (``--help`` lists them so);
+    Typer calls it with every option by name."""
+
+    def deco(fn: F) -> F:
+        ctx = inspect.Parameter(
+            "ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context
+        )
+        params = [ctx, *(p for group in groups for p in group)]
+        fn.__signature__ = inspect.Signature(params, return_annotation=None)  # type: ignore[attr-defined]
+        return fn
+
+    return deco
 
 
 def usage_error(ctx: typer.Context, message: str, *names: str) -> NoReturn:
@@ -132,6 +166,7 @@ def use_cpu_cores() -> None:
 
 
 __all__ = [
+    "REQUIRED",
     "Device",
     "checked_by",
     "errors",
@@ -139,6 +174,7 @@ __all__ = [
     "in_range",
     "launched_distributed",
     "log_level",
+    "options",
     "progress",
     "require_file_out",
     "require_folder",
@@ -147,4 +183,5 @@ __all__ = [
     "shipped_model",
     "usage_error",
     "use_cpu_cores",
+    "with_options",
 ]
