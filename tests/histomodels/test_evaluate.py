@@ -145,6 +145,35 @@ def test_cli_eval_end_to_end(tmp_path: Path) -> None:
     assert "warning" not in r.stdout
 
 
+@pytest.mark.parametrize("link", ["symlink", "hardlink", "dot-spelling"])
+def test_the_same_data_warning_compares_files_not_paths(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, link: str
+) -> None:
+    """``--val`` naming the test file by another path (a link, ``./x.h5``) is the same data:
+    the paths were compared, so a hard link escaped the warning (only the weaker "N of M
+    test patches are also in the validation data" was left)."""
+    from histomodels.evaluate import SAME_DATA
+    from histomodels.synthetic import write_h5
+
+    ckpt = tiny_checkpoint(tmp_path)
+    test_h5 = write_h5(tmp_path / "test.h5", 32, seed=7)
+    monkeypatch.chdir(tmp_path)
+    if link == "symlink":
+        (tmp_path / "val.h5").symlink_to(test_h5)
+        data, val = "test.h5", "val.h5"
+    elif link == "hardlink":
+        (tmp_path / "val.h5").hardlink_to(test_h5)
+        data, val = "test.h5", "val.h5"
+    else:
+        data, val = "test.h5", "./sub/../test.h5"
+        (tmp_path / "sub").mkdir()
+    res = evaluate_checkpoint(ckpt, data, tmp_path / "ev", val=val, n_bootstrap=0, gallery=False)
+    assert res["warning"] == SAME_DATA
+    other = write_h5(tmp_path / "other.h5", 32, seed=8)
+    res = evaluate_checkpoint(ckpt, data, tmp_path / "ev2", val=other, n_bootstrap=0, gallery=False)
+    assert "warning" not in res
+
+
 def test_cli_eval_data_lines_are_not_wrapped_at_the_terminal_width(tmp_path: Path) -> None:
     """At COLUMNS=60 rich broke the "recall / specificity by threshold" line mid-entry
     ("0.2: " on one line, "0.95/0.83" on the next); data lines are now printed whole."""

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 from histocore.csvcells import safe_cell
 from histocore.errors import UsageError
-from histocore.io import atomic_write_json, atomic_write_text, json_safe
+from histocore.io import atomic_write_json, atomic_write_text, json_safe, same_file
 from histocore.progress import task
 from histomodels.checkpoint import (
     decision_threshold,
@@ -184,6 +184,11 @@ def write_predictions(path: Path, ids: list[str], labels: np.ndarray, probs: np.
 
 
 NO_VALIDATION = "no validation set given"  # why eval used the shipped threshold, else 0.5
+#: ``warning`` when ``val`` is the test data itself (the same file, by any path or link)
+SAME_DATA = (
+    "validation and test data are the same: temperature and threshold were fitted on "
+    "the test set, so threshold-dependent metrics and calibration are optimistic"
+)
 
 
 def check_threshold_options(
@@ -360,15 +365,11 @@ def evaluate_checkpoint(
         result["scored_px"] = [int(images.shape[2]), int(images.shape[1])]  # width, height
     threshold, threshold_source = decision_threshold(ckpt, note=NO_VALIDATION)
     if (
-        val is not None
-        and isinstance(val, (str, Path))
+        isinstance(val, (str, Path))
         and isinstance(data, (str, Path))
-        and Path(val).resolve() == Path(data).resolve()
+        and (str(val) == str(data) or same_file(val, data))  # by file identity: links too
     ):
-        result["warning"] = (
-            "validation and test data are the same: temperature and threshold were fitted on "
-            "the test set, so threshold-dependent metrics and calibration are optimistic"
-        )
+        result["warning"] = SAME_DATA
     point = operating_point(
         pred, checkpoint, val, infer, default=(threshold, threshold_source),
         threshold_rule=threshold_rule, sensitivity=sensitivity,
