@@ -406,3 +406,31 @@ def test_figure_files_with_one_stem_keep_distinct_ids_and_files(
     assert (fig4.source, fig4.figure_id) == ("jats", "F4")
     shown = np.asarray(Image.open(manifest.resolve(fig4.path)))
     assert np.array_equal(shown, pixels["fig1_panel01.png"])
+
+
+def test_a_pmcid_that_is_not_pmc_and_digits_is_never_put_into_a_url(
+    ncbi: FakeNcbi, tmp_path: Path
+) -> None:
+    """A hand-edited manifest's (or a service's) PMCID went into URL paths as it was:
+    'PMC../../etc' asked Europe PMC for /europepmc/rest/etc/fullTextXML after the client
+    resolved the dots, 'PMC12?x=1' added a query, 'PMC１２' (full-width digits) was tried,
+    and 'PMC101\\n' failed as 'network' (retried by every run) with a two-line reason. Now a
+    PMCID is PMC and ASCII digits, surrounding space and the prefix's case ignored; anything
+    else is the record's 'no PMCID' (the publisher route by PMID is still tried)."""
+    _cloud(ncbi, "PMC101")
+    bad = ["PMC../../etc", "PMC12?x=1", "PMC１２", "garbage", " "]
+    _run(tmp_path, _rec("1", " pmc101\n"), *[_rec(str(10 + i), p) for i, p in enumerate(bad)])
+    run_download(tmp_path, net=ncbi.config())
+    with Manifest.load(tmp_path) as manifest:
+        ok = manifest.records["pmid:1"]
+        assert (ok.status, ok.route, ok.pmcid) == ("ok", "pmc-cloud", "PMC101")
+        for i, pmcid in enumerate(bad):
+            rec = manifest.records[f"pmid:{10 + i}"]
+            assert rec.status == "failed" and rec.reason is not None
+            assert rec.reason.startswith(
+                f"no PMCID: pmc-cloud/europepmc: record's PMCID {pmcid!r} is not PMC and digits"
+            ), rec.reason
+            assert "\n" not in rec.reason
+    asked = [r.path + r.params.get("prefix", "") for r in ncbi.log if "elink" not in r.path]
+    assert asked and all("PMC101" in a for a in asked), asked
+    assert not any(r.params.get("x") for r in ncbi.log)

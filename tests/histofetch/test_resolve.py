@@ -95,3 +95,23 @@ def test_hostile_idconv_answer_is_a_service_error(case: str) -> None:
 def test_hostile_prlinks_answer_is_a_service_error(body: bytes) -> None:
     with pytest.raises(ServiceError, match=r"^elink: "):
         parse_prlinks(body)
+
+
+def test_idconv_and_esummary_pmcids_that_are_not_pmc_and_digits_are_dropped() -> None:
+    """A PMCID from a service goes into URL paths later: idconv's was kept as it came
+    ('PMC../x', 'PMC１２' with full-width digits), and esummary's regex took full-width
+    digits too (re's \\d is Unicode). Now only PMC and ASCII digits are a PMCID."""
+    import json
+
+    from histofetch.search import parse_esummary_json
+
+    records = [
+        {"pmid": "1", "pmcid": "PMC../x"},
+        {"pmid": "2", "pmcid": "PMC１２"},
+        {"pmid": "3", "pmcid": " pmc33 "},
+    ]
+    rows = parse_idconv(json.dumps({"status": "ok", "records": records}).encode())
+    assert [(r.pmid, r.pmcid) for r in rows] == [("1", None), ("2", None), ("3", "PMC33")]
+    doc = {"uid": "4", "articleids": [{"idtype": "pmc", "value": "PMC１２"}]}
+    body = json.dumps({"result": {"uids": ["4"], "4": doc}}).encode()
+    assert parse_esummary_json(body)["4"]["pmcid"] is None

@@ -30,6 +30,7 @@ from histofetch.archive import ArchiveError, ArchiveLimits, decode_image
 from histofetch.http import NetClient, NetConfig
 from histofetch.licence import allowed
 from histofetch.pool import run_records
+from histofetch.resolve import canonical_pmcid
 from histofetch.sources import ArticleFiles, Miss, Policy, Route
 from histofetch.sources.europepmc import EuropePmc
 from histofetch.sources.pdf_routes import EuropePmcPdf, NotAPdf, Publisher, check_pdf
@@ -109,9 +110,14 @@ class Downloader:
             )
         attempts = Attempts()
         routes: list[tuple[Route, str]] = []
-        if rec.pmcid:
-            routes += [(route, rec.pmcid) for route in self.figure_routes]
-            routes.append((self.pdf_by_pmcid, rec.pmcid))
+        pmcid = canonical_pmcid(rec.pmcid)  # it goes into URLs: PMC and digits only
+        if pmcid:
+            rec.pmcid = pmcid  # " pmc123\n" in a hand-edited manifest → "PMC123"
+            routes += [(route, pmcid) for route in self.figure_routes]
+            routes.append((self.pdf_by_pmcid, pmcid))
+        elif rec.pmcid:
+            detail = f"record's PMCID {str(rec.pmcid)[:40]!r} is not PMC and digits (not used)"
+            attempts.add("pmc-cloud/europepmc", "no PMCID", detail)
         else:
             attempts.add("pmc-cloud/europepmc", "no PMCID", "record has no PMCID (not in PMC)")
         if rec.pmid:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import codecs
 import io
 import json
+import re
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -22,6 +23,18 @@ from histofetch.http import NetClient
 
 #: The ID Converter accepts at most 200 ids per request.
 IDCONV_BATCH = 200
+#: A PMCID: ``PMC`` and ASCII digits (the prefix in any case; PMC numbers have 8 digits).
+_PMCID = re.compile(r"PMC([0-9]{1,12})", re.IGNORECASE)
+
+
+def canonical_pmcid(value: object) -> str | None:
+    """``PMC<digits>`` for a PMCID (surrounding whitespace and the prefix's case ignored),
+    ``None`` for anything else: the value goes into URL paths and S3 prefixes, so a
+    manifest's or a service's ``PMC../../x``, ``PMC1?x=1`` or ``PMC１２`` is no PMCID."""
+    if not isinstance(value, str):
+        return None
+    match = _PMCID.fullmatch(value.strip())
+    return f"PMC{match.group(1)}" if match else None
 
 
 class ServiceError(DomainError):
@@ -58,7 +71,9 @@ def _idconv_rows(body: bytes) -> list[IdRow]:
             raise ServiceError(f"idconv: {_unquote(str(data.get('message', 'error')))}")
         return [
             IdRow(
-                pmid=_clean(r.get("pmid")), pmcid=_clean(r.get("pmcid")), doi=_clean(r.get("doi"))
+                pmid=_clean(r.get("pmid")),
+                pmcid=canonical_pmcid(r.get("pmcid")),
+                doi=_clean(r.get("doi")),
             )
             for r in data.get("records", [])
             if not r.get("errmsg") and (r.get("pmcid") or r.get("pmid"))
@@ -67,7 +82,11 @@ def _idconv_rows(body: bytes) -> list[IdRow]:
     if root.get("status") == "error":
         raise ServiceError(f"idconv: {root.findtext('message') or 'error'}")
     return [
-        IdRow(pmid=_clean(r.get("pmid")), pmcid=_clean(r.get("pmcid")), doi=_clean(r.get("doi")))
+        IdRow(
+            pmid=_clean(r.get("pmid")),
+            pmcid=canonical_pmcid(r.get("pmcid")),
+            doi=_clean(r.get("doi")),
+        )
         for r in root.iter("record")
         if r.get("status") != "error" and (r.get("pmcid") or r.get("pmid"))
     ]

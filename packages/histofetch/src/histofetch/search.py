@@ -212,7 +212,7 @@ def _esummary_docs(data: Any) -> dict[str, dict[str, Any]]:
             continue
         ids = {a.get("idtype"): str(a.get("value", "")) for a in doc.get("articleids", [])}
         pmcid = ids.get("pmc") or ids.get("pmcid") or ""
-        match = re.search(r"PMC\d+", pmcid)
+        match = re.search(r"PMC[0-9]+", pmcid)  # \d would take other scripts' digits
         out[str(uid)] = {
             "title": (doc.get("title") or "").strip() or None,
             "journal": doc.get("fulljournalname") or doc.get("source") or None,
