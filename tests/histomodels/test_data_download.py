@@ -147,6 +147,34 @@ def test_http_error_and_gave_up(tmp_path: Path, server: Server) -> None:
         download_file("http://127.0.0.1:9/x", tmp_path / "x", None, retries=1, backoff=0)
 
 
+def test_a_download_that_gets_nothing_leaves_nothing(tmp_path: Path, server: Server) -> None:
+    """No server (or a 404) on the first file: the line said 'run again to resume from
+    X.part', a file that was never written, and the empty --dest folder stayed behind."""
+    import socket
+
+    with socket.socket() as sock:  # a port with no server: connection refused
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    dest = tmp_path / "new" / "pcam"
+    args = ["data", "download", "pcam", "--dest", str(dest), "--split", "valid", "--retries", "0"]
+    result = CliRunner().invoke(app, [*args, "--url-template", f"http://127.0.0.1:{port}/{{name}}"])
+    assert result.exit_code == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].endswith("nothing was received; run again to retry")
+    assert ".part" not in lines[0]
+    assert list(tmp_path.iterdir()) == []
+    result = CliRunner().invoke(app, [*args, "--url-template", server.url + "/{name}"])
+    assert result.exit_code == 1 and "HTTP 404" in result.stderr
+    assert list(tmp_path.iterdir()) == []
+    # a folder that was there stays, as does a part file with bytes in it
+    dest.mkdir(parents=True)
+    part = dest / "camelyonpatch_level_2_split_valid_x.h5.gz.part"
+    part.write_bytes(b"first bytes")
+    result = CliRunner().invoke(app, [*args, "--url-template", f"http://127.0.0.1:{port}/{{name}}"])
+    assert result.exit_code == 1 and f"run again to resume from {part}" in unboxed(result.stderr)
+    assert part.read_bytes() == b"first bytes"
+
+
 def _pcam_gz(x: np.ndarray, y: np.ndarray) -> dict[str, bytes]:
     out = {}
     for xy, arr in (("x", x), ("y", y.reshape(-1, 1, 1, 1).astype(np.uint8))):

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import httpx
 
+from histocore.io import made_folder
 from histocore.progress import Task, task
 from histomodels.choices import PCAM_SPLITS
 from histomodels.data.base import DatasetError
@@ -138,9 +139,13 @@ def download_file(
             except (httpx.TransportError, httpx.StreamError) as exc:
                 attempt += 1
                 if attempt > retries:
+                    if part.exists() and part.stat().st_size > 0:
+                        again = f"run again to resume from {part}"
+                    else:  # no byte came: no .part to resume from
+                        part.unlink(missing_ok=True)
+                        again = "nothing was received; run again to retry"
                     raise DownloadError(
-                        f"{url}: failed after {retries} retries ({exc}); "
-                        f"run again to resume from {part}"
+                        f"{url}: failed after {retries} retries ({exc}); {again}"
                     ) from None
                 resumed = True
                 time.sleep(backoff * attempt)
@@ -189,7 +194,9 @@ def download_pcam(
     template = check_url_template(url_template or os.environ.get(URL_ENV) or DEFAULT_URL)
     sums = PCAM_FILES if checksums is None else checksums
     results = []
-    with httpx.Client(follow_redirects=True, timeout=httpx.Timeout(60, connect=20)) as client:
+    client = httpx.Client(follow_redirects=True, timeout=httpx.Timeout(60, connect=20))
+    # a run that fails before any file is kept leaves no empty --dest behind
+    with client, made_folder(dest):
         for name in pcam_names(splits, meta):
             with task(name, unit="bytes") as shown:
                 res = download_file(
