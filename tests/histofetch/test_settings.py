@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 
@@ -36,3 +37,46 @@ def test_env_number_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
         with pytest.raises(UsageError) as err:
             env_number(name, 7.0, Range(1, 10))
         assert str(err.value) == f"environment variable {name}={value!r}{said}"
+
+
+def test_service_urls_from_the_environment_are_http_urls(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """HISTOFETCH_PMC_CLOUD_URL=garbage (or file:///etc/) was taken: every record of
+    `download` failed as 'network' (transient, so every later run tried again), exit 0.
+    Now it is one error line naming the variable, exit 1, nothing written; unset or empty
+    is the default; NetConfig made in code refuses the same."""
+    from typer.testing import CliRunner
+
+    from histofetch.cli import app
+    from histofetch.http import PMC_CLOUD_URL, NetConfig
+    from histofetch.settings import env_url
+
+    name = "HISTOFETCH_PMC_CLOUD_URL"
+    monkeypatch.setenv(name, "")
+    assert env_url(name, PMC_CLOUD_URL) == PMC_CLOUD_URL
+    monkeypatch.setenv(name, "http://127.0.0.1:9/pmc-oa-opendata/")
+    assert NetConfig().pmc_cloud_url == "http://127.0.0.1:9/pmc-oa-opendata/"
+    bad = ["garbage", "file:///etc/", "https://", "http://exa mple.org/", "http://[::1/"]
+    for value in bad:
+        monkeypatch.setenv(name, value)
+        with pytest.raises(UsageError) as err:
+            NetConfig()
+        assert str(err.value).startswith(f"environment variable {name}={value!r}: give an http")
+    monkeypatch.delenv(name)
+    with pytest.raises(UsageError, match="NetConfig europepmc_url='ftp://x/': give an http"):
+        NetConfig(europepmc_url="ftp://x/")
+    from run_factory import make_run, searched
+
+    from histocore.manifest import Manifest
+
+    run = make_run(tmp_path / "run", searched("1", "PMC1"))
+    env = {name: "garbage", "HISTOFETCH_RETRIES": "0"}
+    result = CliRunner().invoke(app, ["download", "--run", str(run)], env=env)
+    assert result.exit_code == 1
+    assert result.output == (
+        f"error: environment variable {name}='garbage': give an http:// or https:// URL\n"
+    )
+    with Manifest.load(run) as manifest:
+        rec = manifest.records["pmid:1"]
+        assert (rec.stage, rec.status, rec.reason) == ("searched", "ok", None)

@@ -25,7 +25,7 @@ import httpx
 
 from histocore.errors import DomainError, UsageError
 from histofetch import __version__ as _VERSION
-from histofetch.settings import Range, env_number
+from histofetch.settings import Range, env_number, env_url, url_problem
 
 EUTILS_URL = "https://eutils.ncbi.nlm.nih.gov/entrez/eutils/"
 #: The current PMC ID Converter API (the old www.ncbi.nlm.nih.gov/pmc/utils/idconv/v1.0/
@@ -40,10 +40,6 @@ EUROPEPMC_RENDER_URL = "https://europepmc.org/"
 
 #: HTTP statuses worth retrying: rate limited, or a transient server/gateway problem.
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
-
-
-def _env(name: str, default: str) -> str:
-    return os.environ.get(name) or default
 
 
 def _env_opt(name: str) -> str | None:
@@ -72,6 +68,7 @@ _RANGES = {
     "other_rate": RATE,
     "max_bytes": BODY_BYTES,
 }
+_URLS = ("eutils_url", "idconv_url", "pmc_cloud_url", "europepmc_url", "europepmc_render_url")
 
 
 @dataclass
@@ -82,16 +79,16 @@ class NetConfig:
     user or a test can redirect the tool without code changes.
     """
 
-    eutils_url: str = field(default_factory=lambda: _env("HISTOFETCH_EUTILS_URL", EUTILS_URL))
-    idconv_url: str = field(default_factory=lambda: _env("HISTOFETCH_IDCONV_URL", IDCONV_URL))
+    eutils_url: str = field(default_factory=lambda: env_url("HISTOFETCH_EUTILS_URL", EUTILS_URL))
+    idconv_url: str = field(default_factory=lambda: env_url("HISTOFETCH_IDCONV_URL", IDCONV_URL))
     pmc_cloud_url: str = field(
-        default_factory=lambda: _env("HISTOFETCH_PMC_CLOUD_URL", PMC_CLOUD_URL)
+        default_factory=lambda: env_url("HISTOFETCH_PMC_CLOUD_URL", PMC_CLOUD_URL)
     )
     europepmc_url: str = field(
-        default_factory=lambda: _env("HISTOFETCH_EUROPEPMC_URL", EUROPEPMC_URL)
+        default_factory=lambda: env_url("HISTOFETCH_EUROPEPMC_URL", EUROPEPMC_URL)
     )
     europepmc_render_url: str = field(
-        default_factory=lambda: _env("HISTOFETCH_EUROPEPMC_RENDER_URL", EUROPEPMC_RENDER_URL)
+        default_factory=lambda: env_url("HISTOFETCH_EUROPEPMC_RENDER_URL", EUROPEPMC_RENDER_URL)
     )
     api_key: str | None = field(default_factory=lambda: _env_opt("NCBI_API_KEY"))
     email: str | None = field(default_factory=lambda: _env_opt("NCBI_EMAIL"))
@@ -125,12 +122,16 @@ class NetConfig:
     )
 
     def __post_init__(self) -> None:
-        """The numbers' ranges, however the config was made (a library user's
-        ``NetConfig(timeout=math.inf)`` was taken as it was): a :class:`UsageError`."""
+        """The numbers' ranges and the service URLs, however the config was made (a library
+        user's ``NetConfig(timeout=math.inf)`` was taken as it was): a :class:`UsageError`."""
         for name, allowed in _RANGES.items():
             value = getattr(self, name)
             if value is not None and not allowed.holds(value):
                 raise UsageError(f"NetConfig {name}={value!r}: give {allowed.wording()}")
+        for name in _URLS:
+            problem = url_problem(str(getattr(self, name)))
+            if problem:
+                raise UsageError(f"NetConfig {name}={getattr(self, name)!r}: {problem}")
 
     @property
     def effective_ncbi_rate(self) -> float:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from histocore.errors import UsageError
 
@@ -57,3 +58,31 @@ def env_number(name: str, default: float, allowed: Range) -> float:
     if not allowed.holds(number):
         raise UsageError(f"environment variable {name}={value!r}: give {allowed.wording()}")
     return int(number) if allowed.whole else number
+
+
+def url_problem(value: str) -> str | None:
+    """Why ``value`` is not a service base URL (``http``/``https`` with a host, no spaces
+    or control characters), or ``None``."""
+    if any(c.isspace() or ord(c) < 32 for c in value):
+        return "give an http:// or https:// URL (it holds a space or a control character)"
+    try:
+        parts = urlsplit(value)
+        host = parts.hostname
+    except ValueError:  # a bad port, an unclosed [IPv6 bracket
+        host, parts = None, None
+    if parts is None or parts.scheme.lower() not in ("http", "https") or not host:
+        return "give an http:// or https:// URL"
+    return None
+
+
+def env_url(name: str, default: str) -> str:
+    """The variable ``name`` as a service base URL, or ``default`` when it is unset or
+    empty; a :class:`UsageError` naming it otherwise (``HISTOFETCH_PMC_CLOUD_URL=garbage``
+    failed every record as ``network``, retried by every run)."""
+    value = os.environ.get(name)
+    if not value:
+        return default
+    problem = url_problem(value)
+    if problem:
+        raise UsageError(f"environment variable {name}={value!r}: {problem}")
+    return value
