@@ -150,3 +150,15 @@ def test_record_slug_is_filesystem_safe() -> None:
     assert record_slug("../../etc") == "etc"
     assert record_slug("...") == "record"
     assert len(record_slug("x" * 500)) == 120
+
+
+def test_a_nul_byte_in_a_row_is_named_with_its_column(tmp_path: Path) -> None:
+    """A NUL byte in manifest.jsonl was 'not valid JSON (Invalid control character at)',
+    json's message cut before the position it names; now the column is given."""
+    path = _sample(tmp_path).save()
+    lines = path.read_text().splitlines()
+    lines[1] = lines[1][:10] + "\x00" + lines[1][10:]
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ManifestError) as err:
+        Manifest.load(tmp_path)
+    assert str(err.value) == f"{path}:2: not valid JSON (Invalid control character, column 11)"

@@ -59,7 +59,9 @@ def _read_lines(path: Path, lines: list[str], manifest: Manifest) -> None:
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise ManifestError(f"{where}: not valid JSON ({exc.msg})") from None
+            # json's "Invalid control character at" (a NUL byte) ends where its position was
+            what = exc.msg.removesuffix(" at")
+            raise ManifestError(f"{where}: not valid JSON ({what}, column {exc.colno})") from None
         except ValueError:  # an integer over Python's 4300-digit limit for str -> int
             raise ManifestError(
                 f"{where}: not usable JSON (a number with too many digits)"
