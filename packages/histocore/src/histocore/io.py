@@ -183,6 +183,27 @@ def atomic_write_json(path: str | Path, obj: Any, *, indent: int | None = 2) -> 
     atomic_write_text(path, json.dumps(obj, indent=indent, sort_keys=True) + "\n")
 
 
+class NotJSON(ValueError):
+    """Text that :func:`loads_json` cannot turn into a value; its text is one short line."""
+
+
+def loads_json(text: str | bytes) -> Any:
+    """``json.loads`` for text from a file or a server: every way such text fails is one
+    :class:`NotJSON` (a ``ValueError``): malformed JSON (``not valid JSON (…)``), an integer
+    over Python's 4300-digit limit for ``int(str)`` and arrays or objects nested thousands
+    deep, which ``json`` lets out as a bare ``ValueError`` and a ``RecursionError``."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise NotJSON(f"not valid JSON ({exc.msg})") from None
+    except UnicodeDecodeError as exc:  # bytes that are not UTF-8/16/32
+        raise NotJSON(f"not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except ValueError:
+        raise NotJSON("not usable JSON (a number with too many digits)") from None
+    except RecursionError:
+        raise NotJSON("not usable JSON (nested too deeply)") from None
+
+
 def one_line(message: str) -> str:
     """``message`` with control characters escaped (``\\n``, ``\\x1b``...).
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import codecs
 import io
-import json
 import re
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable
@@ -19,6 +18,7 @@ from typing import Any
 from Bio import Entrez
 
 from histocore.errors import DomainError
+from histocore.io import loads_json
 from histofetch.http import NetClient
 
 #: The ID Converter accepts at most 200 ids per request.
@@ -66,7 +66,7 @@ def _idconv_rows(body: bytes) -> list[IdRow]:
     body = body.removeprefix(codecs.BOM_UTF8)  # a leading BOM, as json.loads(bytes) allows
     text = body.lstrip()
     if text.startswith(b"{"):
-        data = json.loads(body.decode("utf-8", errors="replace"))
+        data = loads_json(body.decode("utf-8", errors="replace"))
         if data.get("status") == "error":
             raise ServiceError(f"idconv: {_unquote(str(data.get('message', 'error')))}")
         return [

@@ -12,7 +12,6 @@ PMC Cloud Service; its esummary names PMID and PMCID directly.
 from __future__ import annotations
 
 import io
-import json
 import logging
 import re
 import xml.etree.ElementTree as ET
@@ -23,6 +22,7 @@ from typing import Any, get_args
 from Bio import Entrez
 
 from histocore.errors import UsageError
+from histocore.io import loads_json
 from histocore.manifest import Manifest, Record
 from histocore.progress import task
 from histofetch.choices import Database
@@ -189,7 +189,7 @@ def parse_esummary_json(body: bytes) -> dict[str, dict[str, Any]]:
     ``pmcid``) summaries.
     """
     try:
-        data = json.loads(body.decode("utf-8-sig", errors="replace"))  # a BOM is allowed
+        data = loads_json(body.decode("utf-8-sig", errors="replace"))  # a BOM is allowed
     except ValueError:
         raise ServiceError("esummary: not JSON (an HTML error page?)") from None
     try:

@@ -9,7 +9,6 @@ retrained model never picks up a stale T); inference prefers it over the checkpo
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from histocore.errors import DomainError
-from histocore.io import atomic_write_json, file_sha256
+from histocore.io import NotJSON, atomic_write_json, file_sha256, loads_json
 
 
 class CalibrationError(DomainError, ValueError):
@@ -83,8 +82,8 @@ def read_calibration(checkpoint: str | Path) -> dict[str, Any] | None:
     if not (path.is_file() and side.is_file()):
         return None
     try:
-        record = json.loads(side.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        record = loads_json(side.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, NotJSON) as exc:
         raise CalibrationError(f"{side}: not a calibration file ({exc})") from None
     temperature = record.get("temperature") if isinstance(record, dict) else None
     if not isinstance(temperature, (int, float)) or isinstance(temperature, bool):

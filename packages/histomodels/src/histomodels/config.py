@@ -23,7 +23,7 @@ from pydantic import ConfigDict, ValidationError, ValidationInfo, field_validato
 from pydantic.dataclasses import dataclass
 
 from histocore.errors import DomainError
-from histocore.io import same_file
+from histocore.io import NotJSON, loads_json, same_file
 from histomodels.choices import MAX_SEED, SCHEDULES, Schedule, device_problem, model_problem
 
 
@@ -373,9 +373,9 @@ def _loadable(spec: str) -> bool:
 def parse_model_config(text: str, source: str = "--model-config") -> dict[str, Any]:
     """Model keyword arguments given as JSON text: a JSON object, else a ConfigError."""
     try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{source}: not valid JSON ({exc})") from None
+        data = loads_json(text)
+    except NotJSON as exc:
+        raise ConfigError(f"{source}: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(
             f"{source}: expected a JSON object of model arguments, e.g. '{{\"width\": 48}}', "
@@ -397,9 +397,9 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         data = _parse_yaml(path, text)
     else:
         try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{path}: not valid JSON ({exc})") from None
+            data = loads_json(text)
+        except NotJSON as exc:
+            raise ConfigError(f"{path}: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of config keys")
     # tune's best_config.json nests the training keys under "config"

@@ -8,7 +8,6 @@ down; anything unreadable or of the wrong shape is a :class:`ReportError` naming
 from __future__ import annotations
 
 import csv
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any, NoReturn
 import numpy as np
 
 from histocore.errors import DomainError
+from histocore.io import NotJSON, loads_json
 
 
 class ReportError(DomainError, ValueError):
@@ -64,8 +64,8 @@ class Run:
 
 def _read_json(path: Path) -> Any:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
+        return loads_json(path.read_bytes())  # UTF-8 (or the UTF-16/32 json detects)
+    except (OSError, NotJSON) as exc:
         raise ReportError(f"{path}: cannot read JSON ({exc})") from None
 
 

@@ -40,6 +40,7 @@ from typing import Any
 import torch
 
 from histocore.errors import DomainError
+from histocore.io import loads_json
 from histomodels.config import TrainConfig
 from histomodels.training import TrainingError, load_split, train
 from histomodels.training.data import check_two_classes, warn_shared_patches
@@ -269,8 +270,8 @@ def _saved_settings(out: Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     try:
-        saved = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
+        saved = loads_json(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:  # NotJSON, UnicodeDecodeError
         raise TuneError(f"{path}: cannot read this experiment's settings ({exc})") from None
     fields = {"fixed": dict, "base": dict, "data": dict}
     if not isinstance(saved, dict) or any(

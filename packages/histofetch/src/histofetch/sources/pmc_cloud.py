@@ -13,13 +13,13 @@ paged with continuation tokens, and versions have no documented order.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import re
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
+from histocore.io import loads_json
 from histofetch.http import NetClient, NetError
 from histofetch.jats import JatsError, match_href, parse_xml, read_article
 from histofetch.licence import normalise
@@ -140,8 +140,8 @@ def read_metadata(
             return {}, {}
         raise
     try:
-        meta = json.loads(body)
-    except ValueError:
+        meta = loads_json(body)
+    except ValueError:  # NotJSON
         raise Miss("network", f"metadata {name}.json is not JSON") from None
     if not isinstance(meta, dict):
         raise Miss("network", f"metadata {name}.json is not a JSON object")

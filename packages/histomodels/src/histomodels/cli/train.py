@@ -17,6 +17,7 @@ from typing import Annotated, Any
 
 import typer
 
+from histocore.io import loads_json
 from histomodels.choices import MAX_SEED
 from histomodels.choices import Schedule as ScheduleName
 from histomodels.cli._common import (
@@ -261,8 +262,8 @@ def _refuse_ignored_settings(out: Path, options: dict[str, Any], config: Path | 
     from histomodels.config import RESUME_OVERRIDES, read_config_file, resume_conflicts
 
     try:
-        saved = json.loads((out / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        saved = loads_json((out / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # NotJSON, UnicodeDecodeError
         return  # resuming reads last.pt, and says what is wrong with the run
     if not isinstance(saved, dict):
         return

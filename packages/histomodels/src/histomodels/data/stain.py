@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from histocore.errors import DomainError
+from histocore.io import NotJSON, loads_json
 
 #: Reference H&E vectors (columns) and max concentrations used by common Macenko code.
 REF_STAINS = np.array([[0.5626, 0.2159], [0.7201, 0.8012], [0.4062, 0.5581]])
@@ -152,8 +153,8 @@ class MacenkoNormalizer:
     @classmethod
     def load(cls, path: str | Path) -> MacenkoNormalizer:
         try:
-            data = json.loads(Path(path).read_text(encoding="utf-8-sig"))  # BOM allowed
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            data = loads_json(Path(path).read_text(encoding="utf-8-sig"))  # BOM allowed
+        except (OSError, UnicodeDecodeError, NotJSON) as exc:
             raise StainError(f"{path}: cannot read stain settings ({exc})") from None
         if not isinstance(data, dict):
             raise StainError(f"{path}: expected a JSON object of stain settings")
