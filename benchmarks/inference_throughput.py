@@ -18,7 +18,8 @@ Usage::
 
     OMP_WAIT_POLICY=PASSIVE python benchmarks/inference_throughput.py            # full
     python benchmarks/inference_throughput.py --models cnn --patches 64 \\
-        --batch-size 32 --repeats 1 --paths eager_fp32,onnxruntime            # smoke test
+        --batch-size 32 --repeats 1 --paths eager_fp32,onnxruntime \\
+        --out /tmp/throughput_smoke.json                                      # smoke test
 
 Results go to ``benchmarks/results/inference_throughput.json`` (``--out``) and a table.
 """
