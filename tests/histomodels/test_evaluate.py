@@ -145,6 +145,25 @@ def test_cli_eval_end_to_end(tmp_path: Path) -> None:
     assert "warning" not in r.stdout
 
 
+def test_a_shipped_models_temperature_is_not_stored_and_metrics_say_so(tmp_path: Path) -> None:
+    """``eval --model pcam-cnn --val …`` fitted a temperature that went nowhere (package data
+    is not rewritten) and ``temperature_stored`` was missing: nothing said why."""
+    from histomodels import pretrained
+    from histomodels.synthetic import write_h5
+
+    folder = Path(pretrained.__file__).parent
+    before = {p.name: p.read_bytes() for p in folder.glob("pcam-cnn*")}
+    data = write_h5(tmp_path / "test.h5", 24, seed=3)
+    val = write_h5(tmp_path / "val.h5", 24, seed=4)
+    res = evaluate_checkpoint("pcam-cnn", data, tmp_path / "ev", val=val, n_bootstrap=0,
+                              gallery=False)  # fmt: skip
+    assert res["temperature_stored"].startswith("not stored: pcam-cnn is a model shipped")
+    assert {p.name: p.read_bytes() for p in folder.glob("pcam-cnn*")} == before
+    res = evaluate_checkpoint("pcam-cnn", data, tmp_path / "ev2", val=val, n_bootstrap=0,
+                              gallery=False, store_temperature="none")  # fmt: skip
+    assert "temperature_stored" not in res
+
+
 @pytest.mark.parametrize("link", ["symlink", "hardlink", "dot-spelling"])
 def test_the_same_data_warning_compares_files_not_paths(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, link: str

@@ -291,6 +291,11 @@ def operating_point(
         )
     elif path.is_file():  # not a shipped (pretrained) model
         point["temperature_stored"] = _store(store_temperature, path, temperature, v_source)
+    elif store_temperature != "none":  # package data is not rewritten (it said nothing)
+        point["temperature_stored"] = (
+            f"not stored: {checkpoint} is a model shipped with histomodels; the temperature "
+            "is used for these metrics only"
+        )
     point.update(
         temperature=temperature,
         threshold=threshold,
