@@ -181,6 +181,17 @@ def test_unidentified_and_empty_files_say_so_once(tmp_path: Path) -> None:
         assert str(info.value) == f"{tmp_path / name}: cannot decode image ({why})"
 
 
+def test_a_format_pillow_only_identifies_is_not_an_image(tmp_path: Path) -> None:
+    """Pillow identifies HDF5 (and GRIB, BUFR, ...) with a stub of size 0x0 and no decoder:
+    ``predict train.h5`` said 'cannot decode image (declares a size of 0x0)'."""
+    path = tmp_path / "train.h5"
+    path.write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(504))  # HDF5's signature, as h5py writes
+    with pytest.raises(ImageError) as info:
+        read_rgb(path, max_pixels=10**6)
+    assert str(info.value) == f"{path}: cannot decode image (HDF5 data, not an image)"
+    assert info.value.reason == "HDF5 data, not an image"
+
+
 def test_modes_transparency_and_shrinking() -> None:
     rgba = np.zeros((4, 4, 4), np.uint8)
     rgba[..., 0] = 255  # fully transparent red: white on a page

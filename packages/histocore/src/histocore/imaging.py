@@ -221,6 +221,9 @@ def open_image(
             raise
         raise ImageError(name, f"cannot decode image ({_reason(exc)})", _reason(exc)) from None
     with im:
+        if isinstance(im, PIL.ImageFile.StubImageFile):  # identified, never decoded (HDF5…)
+            reason = f"{im.format} data, not an image"
+            raise ImageError(name, f"cannot decode image ({reason})", reason)
         width, height = im.size
         if width <= 0 or height <= 0:
             raise ImageError(name, f"cannot decode image (declares a size of {width}x{height})")
