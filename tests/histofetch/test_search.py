@@ -319,3 +319,21 @@ def test_esummary_json_of_another_shape_is_a_service_error(body: bytes) -> None:
     ``histofetch search`` (a traceback)."""
     with pytest.raises(ServiceError, match=r"^esummary: JSON of another shape"):
         parse_esummary_json(body)
+
+
+def test_esearch_ids_that_are_not_numbers_make_no_record(
+    ncbi: FakeNcbi, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An esearch answer with an empty <Id/> (or a garbled one) became a record 'pmid:'
+    that failed at download; a PMID listed twice cost a second esummary/idconv entry. Now
+    ids are numbers, each once, and one warning names those left out."""
+    pmids = _populate(ncbi, 3)
+    ncbi.searches[QUERY] = [pmids[0], pmids[0], "", "PMC1", "１２", pmids[1], pmids[2]]
+    with caplog.at_level("WARNING", logger="histofetch.search"):
+        summary = run_search(tmp_path, QUERY, net=ncbi.config())
+    assert (summary.done, summary.skipped) == (3, 0)
+    with Manifest.load(tmp_path) as manifest:
+        assert sorted(manifest.records) == sorted(f"pmid:{p}" for p in pmids)
+    assert [r.getMessage() for r in caplog.records] == [
+        "esearch answered 3 id(s) that are not numbers ('', 'PMC1', '１２'); left out"
+    ]

@@ -179,6 +179,15 @@ def esearch_all(
         seen.update(fresh)
         result.pmids.extend(fresh)
     del result.pmids[wanted:]
+    # An id is a number: an empty or garbled one (a proxy's rewrite) became a record "pmid:"
+    ids = list(dict.fromkeys(result.pmids))
+    result.pmids = [i for i in ids if i.isascii() and i.isdigit()]
+    if len(result.pmids) < len(ids):
+        bad = [i for i in ids if i not in result.pmids]
+        log.warning(
+            "esearch answered %d id(s) that are not numbers (%s); left out",
+            len(bad), ", ".join(repr(i[:20]) for i in bad[:5]),
+        )  # fmt: skip
     return result
 
 
