@@ -89,3 +89,57 @@ def test_ncbi_json_answers(kind: str) -> None:
         parse_esummary_json(data)
     with pytest.raises(ServiceError, match="idconv: unreadable JSON answer"):
         parse_idconv(b'{"records": ' + data + b"}")
+
+
+def _laughs(depth: int = 9) -> str:
+    """YAML's billion laughs inside one config key: 10 strings, then 8 levels of 10 aliases
+    of the level below (10^9 strings when walked), 500 bytes."""
+    levels = ['&l0 ["x","x","x","x","x","x","x","x","x","x"]']
+    levels += [f"&l{i} [" + ", ".join([f"*l{i - 1}"] * 10) + "]" for i in range(1, depth)]
+    return "model_config: {width: [" + ", ".join(levels) + "]}\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        (_laughs(), r"not valid YAML \(aliases \(\*name\) are not allowed in a config file"),
+        ("epochs: " + "[" * 50_000 + "]" * 50_000 + "\n", r"not usable YAML \(nested too deeply\)"),
+        ("epochs: " + "9" * 5000 + "\n", r"not usable YAML \(Exceeds the limit \(4300 digits\)"),
+        ("epochs: 2001-13-45\n", r"not usable YAML \(month must be in 1\.\.12\)"),
+    ],
+    ids=["billion-laughs", "deep", "bigint", "bad-date"],
+)
+def test_hostile_yaml_config_is_one_line(tmp_path: Path, text: str, why: str) -> None:
+    """The laughs took 4.7 GB and then a MemoryError traceback (the type check's message
+    repr'd the value; a plain key hung past 90 s); the others were RecursionError and
+    ValueError tracebacks."""
+    pytest.importorskip("yaml")
+    import resource
+    import threading
+
+    from histomodels.config import ConfigError, resolve_config
+
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    outcome: list[BaseException | None] = []
+
+    def load() -> None:
+        try:
+            resolve_config(path)
+            outcome.append(None)
+        except BaseException as exc:  # handed to the test thread
+            outcome.append(exc)
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    worker = threading.Thread(target=load, daemon=True)
+    worker.start()
+    worker.join(60)
+    assert not worker.is_alive(), "the config was still being read after 60 s"
+    grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert isinstance(outcome[0], ConfigError), outcome
+    assert grown_mb < 500
+    assert str(outcome[0]).startswith(f"{path}: ")
+    assert len(str(outcome[0]).splitlines()) == 1
+    import re
+
+    assert re.search(why, str(outcome[0]))

@@ -424,6 +424,10 @@ def _parse_yaml(path: Path, text: str) -> Any:
     except yaml.YAMLError as exc:
         why = " ".join(str(exc).split())
         raise ConfigError(f"{path}: not valid YAML ({why})") from None
+    except RecursionError:  # flow sequences or mappings nested thousands deep
+        raise ConfigError(f"{path}: not usable YAML (nested too deeply)") from None
+    except ValueError as exc:  # a scalar its constructor refuses: 2001-13-45, 5000 digits
+        raise ConfigError(f"{path}: not usable YAML ({' '.join(str(exc).split())})") from None
 
 
 def resolve_config(
@@ -470,10 +474,20 @@ _YAML12_FLOAT = re.compile(
 
 def _yaml_loader(yaml: Any) -> type:
     """PyYAML's SafeLoader, plus an implicit resolver that reads :data:`_YAML12_FLOAT` as
-    floats (the known PyYAML recipe), so ``lr: 4e-3`` is 0.004, not the string '4e-3'."""
+    floats (the known PyYAML recipe), so ``lr: 4e-3`` is 0.004, not the string '4e-3';
+    aliases (``*name``) are refused (a billion-laughs file)."""
 
     class Loader(yaml.SafeLoader):
-        pass
+        def compose_node(self, parent: Any, index: Any) -> Any:
+            # An alias shares a node: ten aliases of ten aliases ... (YAML's billion laughs)
+            # is a 1 KB file whose value every later step (type checks, their error text,
+            # config.json) walks as 10^9 items. A config needs none: refused.
+            if self.check_event(yaml.AliasEvent):
+                mark = self.peek_event().start_mark
+                raise yaml.composer.ComposerError(
+                    None, None, "aliases (*name) are not allowed in a config file", mark
+                )
+            return super().compose_node(parent, index)
 
     Loader.add_implicit_resolver("tag:yaml.org,2002:float", _YAML12_FLOAT, list("-+0123456789."))
     return Loader
