@@ -151,6 +151,20 @@ def image_pdf(n_pages: int = 3, side: int = 64, seed: int = 0) -> bytes:
     return raw_pdf(objects)
 
 
+def reference_loop_pdf(length: int = 1) -> bytes:
+    """One 64x64 image whose ``/Length`` is a reference into a ring of ``length`` objects,
+    each only a reference to the next (``6 0 obj 6 0 R endobj`` for 1): pdfminer follows it
+    for ever; MuPDF stops after a few and reads the stream anyway."""
+    pixels = np.random.default_rng(0).integers(0, 256, 64 * 64 * 3, dtype=np.uint8).tobytes()
+    ring = [b"%d 0 R" % (6 + (i + 1) % length) for i in range(length)]
+    image = (
+        b"<< /Type /XObject /Subtype /Image /Width 64 /Height 64 /ColorSpace /DeviceRGB "
+        b"/BitsPerComponent 8 /Length 6 0 R >>\nstream\n" + pixels + b"\nendstream"
+    )
+    draw = b"q 64 0 0 64 0 0 cm /Im1 Do Q"
+    return raw_pdf([*_page_tree(b"<< /XObject << /Im1 5 0 R >> >>", draw), image, *ring])
+
+
 def half_pdf_with_eof() -> bytes:
     """The first half of a valid PDF with ``%%EOF`` appended (passes a naive tail check)."""
     data = image_pdf()

@@ -7,7 +7,13 @@ import time
 from pathlib import Path
 
 import pytest
-from make_corpus import half_pdf_with_eof, image_pdf, mask_bomb_pdf, nested_forms_pdf
+from make_corpus import (
+    half_pdf_with_eof,
+    image_pdf,
+    mask_bomb_pdf,
+    nested_forms_pdf,
+    reference_loop_pdf,
+)
 
 from histocore.manifest import Manifest
 from histofetch.extract import ExtractError, run_extract
@@ -32,6 +38,22 @@ def test_nested_forms_pdf_finishes_fast_and_is_recorded(tmp_path: Path) -> None:
     assert rec.stage == "extracted"
     # the one real image at the bottom of the forms is found by both parsers
     assert rec.extra["pdfplumber_images"] == 1
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("length", [1, 2])
+def test_reference_cycle_is_not_given_to_pdfminer(tmp_path: Path, length: int) -> None:
+    """``6 0 obj 6 0 R endobj`` as an image's ``/Length``: pdfminer's resolve1 looped for ever
+    inside the pdfplumber cross-check (one job: no budget check reached, extract hung). Now
+    the cross-check is skipped with the reason; PyMuPDF's extraction is kept."""
+    pdf = tmp_path / "loop.pdf"
+    pdf.write_bytes(reference_loop_pdf(length))
+    summary = run_extract(tmp_path / "run", [pdf])
+    assert summary.done == 1
+    rec = _only_record(tmp_path / "run")
+    assert rec.stage == "extracted"
+    assert rec.extra["pymupdf_images"] == 1
+    assert "leading back to itself" in rec.extra["pdfplumber_error"]
 
 
 @pytest.mark.parametrize("key", [b"/SMask", b"/Mask"])
