@@ -410,3 +410,62 @@ def test_a_timm_config_the_builder_chokes_on_is_one_error_line(
     line = f"error: {bad}: cannot build model 'timm/vit_tiny_patch16_224' ({raised}: "
     assert r.output.startswith(line) and r.output.count("\n") == 1, r.output
     assert not out.exists()
+
+
+def _first_weight(sd: dict[str, torch.Tensor]) -> str:
+    return next(k for k, v in sd.items() if v.is_floating_point())
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda t: t.to_sparse(), "is a sparse_coo tensor, not a dense one"),
+        (lambda t: torch.empty(t.shape, device="meta"), "is on device 'meta', holding no values"),
+        (
+            lambda t: torch.nested.nested_tensor([t.flatten(), t.flatten()[:3]]),
+            "is a nested tensor",
+        ),
+        (lambda t: t.to(torch.complex64), r"holds complex values \(complex64\)"),
+    ],
+    ids=["sparse", "meta", "nested", "complex"],
+)
+def test_tensors_that_are_not_plain_weights_are_refused(tmp_path: Path, make, message) -> None:
+    """Sparse, meta and nested tensors made torch tracebacks in eval (NotImplementedError
+    'Cannot access storage of SparseTensorImpl', RuntimeError 'Tensor.item() cannot be
+    called on meta tensors'); complex weights were cast to real with only a UserWarning."""
+    import warnings
+
+    good = checkpoint_dict()
+    name = _first_weight(good["state_dict"])
+    with warnings.catch_warnings():  # torch's prototype warning for nested tensors
+        warnings.simplefilter("ignore")
+        tensor = make(good["state_dict"][name])
+    path = _save(tmp_path, state_dict={**good["state_dict"], name: tensor})
+    with pytest.raises(CheckpointError, match=rf"best\.pt: .*'{name}' {message}"):
+        read_checkpoint(path)
+    weights = tmp_path / "w.pt"
+    torch.save({**good["state_dict"], name: tensor}, weights)
+    with pytest.raises(WeightsError, match=rf"w\.pt: tensor '{name}' {message}"):
+        read_state_dict(weights)
+
+
+def test_a_flipped_byte_in_a_weight_is_found_by_its_crc(tmp_path: Path) -> None:
+    """torch.load does not check the zip's CRC-32s: one flipped byte inside a weight loaded
+    as a wrong weight and eval ran on it, exit 0."""
+    import zipfile
+
+    path = _save(tmp_path)
+    data = bytearray(path.read_bytes())
+    with zipfile.ZipFile(path) as archive:  # the largest tensor's bytes
+        info = max(archive.infolist(), key=lambda i: i.file_size)
+    local = info.header_offset  # data follow the local header, its name and its extra field
+    start = local + 30 + int.from_bytes(data[local + 26 : local + 28], "little")
+    start += int.from_bytes(data[local + 28 : local + 30], "little")
+    data[start + info.file_size // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=r"best\.pt: damaged file \(.* fails its CRC-32"):
+        read_checkpoint(path)
+    weights = tmp_path / "w.pt"
+    weights.write_bytes(bytes(data))
+    with pytest.raises(WeightsError, match=r"w\.pt: damaged file \(.* fails its CRC-32"):
+        read_state_dict(weights)

@@ -97,6 +97,11 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         if path.exists():  # a FIFO or device would hang torch.load
             raise CheckpointError(f"{path}: not a regular file")
         raise CheckpointError(f"{path}: no such checkpoint file")
+    from histomodels.models.weights import damaged_member
+
+    damaged = damaged_member(path)
+    if damaged is not None:
+        raise CheckpointError(f"{path}: damaged file ({damaged} fails its CRC-32 check)")
     try:
         ckpt = torch_load_quiet(path)
     except Exception as exc:  # pickle errors, truncated zip, unsafe globals ...
@@ -283,7 +288,12 @@ def check_checkpoint(ckpt: dict[str, Any], path: str | Path) -> None:
         raise bad("state_dict", f"is {type(sd).__name__}, expected a dict of tensors")
     if not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in sd.items()):
         raise bad("state_dict", "holds something other than name -> tensor")
+    from histomodels.models.weights import tensor_problem
+
     for name, tensor in sd.items():  # a view claiming more than its storage holds
+        problem = tensor_problem(tensor)
+        if problem is not None:
+            raise bad("state_dict", f"{name!r} {problem}")
         if tensor.numel() * tensor.element_size() > tensor.untyped_storage().nbytes():
             raise bad("state_dict", f"{name!r} claims more values than the file stores")
     from histomodels.models.weights import non_finite_tensor

@@ -11,6 +11,7 @@ our 1-logit head; any other mismatch is an error naming the file.
 from __future__ import annotations
 
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,46 @@ def torch_load_reason(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+def damaged_member(path: Path) -> str | None:
+    """The first stored member of a ``torch.save`` zip whose bytes fail their CRC-32, else
+    None. ``torch.load`` does not check CRCs: a flipped byte in a weight loaded as a wrong
+    weight, silently. Only stored members (what ``torch.save`` writes) are checked, so a
+    compressed member cannot make this inflate anything; a file that is not a readable zip
+    is left to ``torch.load``'s own message."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for info in archive.infolist():
+                if info.compress_type != zipfile.ZIP_STORED:
+                    continue
+                with archive.open(info) as member:
+                    while member.read(1 << 20):
+                        pass
+    except zipfile.BadZipFile as exc:
+        if "Bad CRC-32" in str(exc):
+            return str(exc).removeprefix("Bad CRC-32 for file ").strip("'")
+        return None
+    except (OSError, EOFError, ValueError, NotImplementedError):
+        return None
+    return None
+
+
+def tensor_problem(tensor: torch.Tensor) -> str | None:
+    """Why ``tensor`` cannot be a stored weight: a sparse, nested, quantised or meta tensor
+    (each made a torch traceback further on), or complex values (cast to real with only a
+    warning: wrong weights); else None."""
+    if tensor.is_nested:
+        return "is a nested tensor"
+    if tensor.layout != torch.strided:
+        return f"is a {str(tensor.layout).removeprefix('torch.')} tensor, not a dense one"
+    if tensor.device.type != "cpu":
+        return f"is on device '{tensor.device.type}', holding no values"
+    if tensor.is_quantized:
+        return "is a quantised tensor"
+    if tensor.is_complex():
+        return f"holds complex values ({str(tensor.dtype).removeprefix('torch.')})"
+    return None
+
+
 def _is_state_dict(obj: Any) -> bool:
     return (
         isinstance(obj, dict)
@@ -68,6 +109,9 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             return dict(load_file(str(path), device="cpu"))
         except Exception as exc:
             raise WeightsError(f"{path}: not a readable safetensors file ({exc})") from None
+    damaged = damaged_member(path)
+    if damaged is not None:
+        raise WeightsError(f"{path}: damaged file ({damaged} fails its CRC-32 check)")
     try:
         with warnings.catch_warnings():  # a refused file gets one line, not torch's warning
             warnings.simplefilter("ignore")
@@ -85,6 +129,10 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
                 break
     if not isinstance(obj, dict) or not _is_state_dict(obj):
         raise WeightsError(f"{path}: holds no state dict (a dict of tensors)")
+    for name, tensor in obj.items():
+        problem = tensor_problem(tensor)
+        if problem is not None:
+            raise WeightsError(f"{path}: tensor {name!r} {problem}")
     return dict(obj)
 
 
