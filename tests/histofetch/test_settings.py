@@ -58,6 +58,7 @@ def test_service_urls_from_the_environment_are_http_urls(
     monkeypatch.setenv(name, "http://127.0.0.1:9/pmc-oa-opendata/")
     assert NetConfig().pmc_cloud_url == "http://127.0.0.1:9/pmc-oa-opendata/"
     bad = ["garbage", "file:///etc/", "https://", "http://exa mple.org/", "http://[::1/"]
+    bad += ["http://127.0.0.1:abc/", "http://127.0.0.1:99999/", "http://h\x7f/"]  # review
     for value in bad:
         monkeypatch.setenv(name, value)
         with pytest.raises(UsageError) as err:

@@ -63,11 +63,12 @@ def env_number(name: str, default: float, allowed: Range) -> float:
 def url_problem(value: str) -> str | None:
     """Why ``value`` is not a service base URL (``http``/``https`` with a host, no spaces
     or control characters), or ``None``."""
-    if any(c.isspace() or ord(c) < 32 for c in value):
+    if any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in value):
         return "give an http:// or https:// URL (it holds a space or a control character)"
     try:
         parts = urlsplit(value)
         host = parts.hostname
+        parts.port  # noqa: B018 -- only .port checks the port (a word, over 65535)
     except ValueError:  # a bad port, an unclosed [IPv6 bracket
         host, parts = None, None
     if parts is None or parts.scheme.lower() not in ("http", "https") or not host:
