@@ -239,11 +239,13 @@ def resume_conflicts(saved: dict[str, Any], given: dict[str, Any]) -> list[str]:
 
 def build(data: dict[str, Any], source: str = "config") -> TrainConfig:
     """A checked :class:`TrainConfig` from a mapping; the first problem as a ConfigError."""
-    unknown = sorted(set(data) - FIELDS)
+    # a YAML key may be a number (1: x, 1e5: x): compared and sorted as text
+    unknown = sorted((k for k in data if not (isinstance(k, str) and k in FIELDS)), key=str)
     if unknown:
-        hints = [difflib.get_close_matches(k, FIELDS, n=1) for k in unknown]
+        hints = [difflib.get_close_matches(str(k), FIELDS, n=1) for k in unknown]
         said = ", ".join(
-            f"{k} (did you mean {h[0]}?)" if h else k for k, h in zip(unknown, hints, strict=True)
+            f"{k} (did you mean {h[0]}?)" if h else str(k)
+            for k, h in zip(unknown, hints, strict=True)
         )
         raise ConfigError(f"{source}: unknown config keys {said}")
     try:
@@ -253,7 +255,8 @@ def build(data: dict[str, Any], source: str = "config") -> TrainConfig:
         key = ".".join(str(p) for p in err["loc"]) or "config"
         msg = err["msg"].removeprefix("Value error, ")
         where = "" if msg.startswith(key) else f"{key}: "
-        got = "" if ", got " in msg else f" (got {err.get('input')!r})"
+        said_value = msg.startswith("expected a number, got ")  # our own message says it
+        got = "" if said_value else f" (got {err.get('input')!r})"
         raise ConfigError(f"{source}: {where}{msg}{got}") from None
     return validate(cfg, source)
 
@@ -440,8 +443,12 @@ def resolve_config(
         if options.get("teacher") is not None:  # --teacher replaces the file's before it is
             data = {**data, "teacher": options["teacher"]}  # checked (e.g. a placeholder)
         cfg = merge(cfg, data, str(config_file), skip_none=False)
-        if {"model", "model_config"} & data.keys():
+        final = merge(cfg, options)
+        # the file's model as the file gives it; not when an option replaced the model
+        # (merge then drops the file's model_config with it)
+        if {"model", "model_config"} & data.keys() and final.model == cfg.model:
             check_model(cfg, str(config_file))
+        return final
     return merge(cfg, options)
 
 

@@ -80,16 +80,22 @@ def timm_name_problem(name: str) -> str | None:
     """What is wrong with the timm model name ``name`` (``timm/<name>``), offline: a name
     timm's registry does not hold (``timm.is_model``; a pretrained tag such as
     ``resnet18.a1_in1k`` is fine). ``hf-hub:``/``local-dir:`` names are not judged: their
-    architecture is in a config file read when the model is built."""
-    from timm.models import is_model, parse_model_name
+    architecture is in a config file read when the model is built. Read here rather than
+    with ``timm.models.parse_model_name``, whose answers differ between timm 1.0 releases."""
+    from timm.models import is_model
 
-    try:
-        source, model_id = parse_model_name(name)
-    except ValueError as exc:
-        return f"not a timm model name ({exc})"
-    if source is None and not is_model(model_id):
-        return "unknown timm model (see timm.list_models())"
-    return None
+    source, sep, model_id = name.partition(":")
+    if sep:
+        if source.lower() not in _TIMM_SOURCES:
+            return f"not a timm model name (unknown source {source!r}: give hf-hub: or local-dir:)"
+        return None if model_id else f"not a timm model name (nothing after {source}:)"
+    if "/" in name or "\\" in name:
+        return "not a timm model name (a hub repo or a folder needs hf-hub: or local-dir:)"
+    return None if is_model(name) else "unknown timm model (see timm.list_models())"
+
+
+#: the source prefixes of timm model names (hf_hub: is timm's old spelling)
+_TIMM_SOURCES = ("hf-hub", "hf_hub", "local-dir")
 
 
 @register_model("timm", prefix=True, name_check=timm_name_problem)
