@@ -271,3 +271,34 @@ def test_duplicate_ids_are_one_error_naming_both_lines(tmp_path: Path, kind: str
     first = 2 if kind == "record" else 3
     with pytest.raises(ManifestError, match=rf"jsonl:4: duplicate {kind} id .* line {first}\)"):
         Manifest.load(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("table", "text", "why"),
+    [
+        ("images", "{oops", r"not valid JSON \(Expecting property name"),
+        ("images", "[" * 100_000 + "]" * 100_000, r"not usable JSON \(nested too deeply\)"),
+        ("records", '{"id": ' + "9" * 5000 + "}", r"not usable JSON \(a number with too many"),
+        ("header", "[" * 100_000 + "]" * 100_000, r"header: not usable JSON \(nested too deep"),
+    ],
+    ids=["invalid", "deep", "bigint", "header"],
+)
+def test_run_store_rows_that_are_not_json(tmp_path: Path, table: str, text: str, why: str) -> None:
+    """A run.sqlite from elsewhere whose row text is not usable JSON: histofetch status,
+    export and filter each raised json's JSONDecodeError, RecursionError or ValueError."""
+    import sqlite3
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "manifest.jsonl").write_text(manifest_lines([RECORD, IMAGE]))
+    with Manifest.load(run) as manifest:  # the store is made from the JSONL
+        manifest.save()
+    column = "value" if table == "header" else "data"
+    with sqlite3.connect(run / "run.sqlite") as db:
+        db.execute(
+            f"UPDATE {table} SET {column} = ? WHERE rowid = (SELECT min(rowid) FROM {table})",
+            (text,),
+        )
+    db.close()
+    with pytest.raises(ManifestError, match=rf"run\.sqlite: {why}"):
+        Manifest.load(run)

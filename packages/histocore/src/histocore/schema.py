@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from histocore.errors import ManifestError
+from histocore.io import NotJSON, loads_json
 
 SCHEMA_NAME = "histofetch.manifest"
 #: 2: rows live in ``run.sqlite``; records gained ``transient``. Version-1 files are read
@@ -210,9 +211,18 @@ def _from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
         raise ManifestError(f"{where}: {exc}") from None
 
 
+def _row_json(data: str, where: str) -> Any:
+    """A stored row's JSON; a store from elsewhere may hold any text there (invalid JSON,
+    arrays nested 100,000 deep, a 5,000-digit number): one ManifestError, no traceback."""
+    try:
+        return loads_json(data)
+    except NotJSON as exc:
+        raise ManifestError(f"{where}: {exc}") from None
+
+
 def _record(data: str, where: str) -> Record:
-    return _from_dict(Record, json.loads(data), where)
+    return _from_dict(Record, _row_json(data, where), where)
 
 
 def _image(data: str, where: str) -> Image:
-    return _from_dict(Image, json.loads(data), where)
+    return _from_dict(Image, _row_json(data, where), where)

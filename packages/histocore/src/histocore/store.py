@@ -34,6 +34,7 @@ from typing import Any
 from urllib.parse import quote
 
 from histocore.errors import ManifestError
+from histocore.io import NotJSON, loads_json
 
 STORE_NAME = "run.sqlite"
 STORE_FORMAT = "histofetch.runstore"
@@ -266,7 +267,11 @@ class RunStore:
 
     # -- reading -------------------------------------------------------------------------
     def header(self) -> dict[str, Any]:
-        return {k: json.loads(v) for k, v in self.db.execute("SELECT key, value FROM header")}
+        rows = self.db.execute("SELECT key, value FROM header")
+        try:
+            return {k: loads_json(v) for k, v in rows}
+        except NotJSON as exc:  # a store from elsewhere: any text may sit there
+            raise ManifestError(f"{self.path}: header: {exc}") from None
 
     def record_data(self) -> Iterator[str]:
         """Every record row (JSON) in the order records were first added."""
