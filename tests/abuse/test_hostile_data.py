@@ -194,6 +194,7 @@ def test_csv_field_over_the_csv_module_limit_is_one_error(tmp_path: Path) -> Non
         open_dataset(enc, origin_split="train")
 
 
+@pytest.mark.timeout(30)
 def test_fifo_dataset_path_is_refused(tmp_path: Path) -> None:
     fifo = tmp_path / "d.h5"
     os.mkfifo(fifo)

@@ -157,6 +157,9 @@ def test_pipe_or_device_is_refused_before_it_is_opened(tmp_path: Path) -> None:
         read_rgb("/dev/zero", max_pixels=10**6)
     with pytest.raises(ImageError, match=r"is a folder, not an image file"):
         read_rgb(tmp_path, max_pixels=10**6)
+    # os.stat's ValueError for a NUL in the path (review: it escaped the check)
+    with pytest.raises(ImageError, match=r"embedded null byte"):
+        read_rgb("a\x00b.png", max_pixels=10**6)
 
 
 def test_unidentified_and_empty_files_say_so_once(tmp_path: Path) -> None:

@@ -181,7 +181,7 @@ def _check_regular(path: str | Path, name: str) -> None:
         mode = os.stat(path).st_mode
     except FileNotFoundError:
         raise ImageError(name, "file not found") from None
-    except OSError as exc:
+    except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the path
         raise ImageError(name, f"cannot decode image ({_reason(exc)})", _reason(exc)) from None
     if stat.S_ISDIR(mode):
         raise ImageError(name, "is a folder, not an image file")
