@@ -538,6 +538,35 @@ def test_older_jats_version_without_figures_falls_back_to_the_newest_pdf(
     assert len(rec.extra["failed_files"]) == 2  # version 1's two missing figure files
 
 
+def test_an_older_jats_version_that_cannot_be_used_leaves_the_newest_pdf(
+    ncbi: FakeNcbi, tmp_path: Path
+) -> None:
+    """Review of 4854b2f: the older version with JATS was checked before the newest's PDF,
+    so its licence refusal, or its metadata JSON being unreadable, failed the whole record
+    (and a 'network' miss kept the PDF routes from being tried). The newest version's PDF
+    is taken as before the change, with the reason in the route's miss."""
+    ncbi.bucket.add_version(PMCID, 1, jats=real_jats(), media=FIGS, license_code="CC BY-NC-ND")
+    pdf = _pdf_with_image()
+    ncbi.bucket.add_version(PMCID, 2, jats=None, pdf=pdf, license_code="CC BY")
+    manifest = _download(ncbi, tmp_path, _rec("1", PMCID), policy=Policy(licence="commercial"))
+    rec = manifest.records["pmid:1"]
+    assert (rec.status, rec.route, rec.pmc_version, rec.license) == (
+        "ok",
+        "pmc-cloud-pdf",
+        2,
+        "CC BY",
+    )
+    assert (tmp_path / str(rec.pdf_path)).read_bytes() == pdf
+    assert rec.extra["route_misses"][0].startswith(f"pmc-cloud: {PMCID}.1 (JATS) refused: ")
+    assert not ncbi.requests_to(f"{LIST}{PMCID}.1/mds52601.jpg")
+
+    run2 = tmp_path / "broken"
+    ncbi.bucket.objects[f"{PMCID}.1/{PMCID}.1.json"] = b"not json"
+    rec = _download(ncbi, run2, _rec("1", PMCID)).records["pmid:1"]
+    assert (rec.status, rec.route, rec.pmc_version) == ("ok", "pmc-cloud-pdf", 2)
+    assert (run2 / str(rec.pdf_path)).read_bytes() == pdf
+
+
 def test_newest_version_retracted_refuses_an_older_one_with_jats(
     ncbi: FakeNcbi, tmp_path: Path
 ) -> None:

@@ -226,7 +226,16 @@ class PmcCloud:
         metas: dict[int, dict[str, Any]] = {}
         unsures: dict[int, dict[str, Any]] = {}  # per version: flags it could not read
         for version in found:  # highest first; stop at a published OA version with JATS
-            metas[version], unsures[version] = read_metadata(self.client, pmcid, version)
+            try:
+                metas[version], unsures[version] = read_metadata(self.client, pmcid, version)
+            except (Miss, NetError):
+                if not _candidates(metas):  # nothing usable read yet: the article's trouble
+                    raise
+                # an older version looked at only for its JATS: the newer one stands
+                log.warning(
+                    "%s.%s.json cannot be read: that version is passed over", pmcid, version
+                )
+                break
             meta = metas[version]
             published = meta.get("is_pmc_openaccess") is True and not meta.get("is_manuscript")
             if published and meta.get("xml_url"):
@@ -245,7 +254,14 @@ class PmcCloud:
         if newest != chosen:  # its retraction is the article's; its licence is its own
             retraction = Policy(include_retracted=self.policy.include_retracted)
             newer = self._checked_files(pmcid, newest, metas[newest], unsures[newest], retraction)
-        files = self._checked_files(pmcid, chosen, metas[chosen], unsures[chosen])
+        try:
+            files = self._checked_files(pmcid, chosen, metas[chosen], unsures[chosen])
+        except Miss as miss:  # the older version's licence or retraction flag refuses it
+            if newer is None:
+                raise
+            self.policy.check(newer)  # the newest version on its own terms: its PDF
+            done = f"{pmcid}.{chosen} (JATS) refused: {miss.detail}; "
+            self._pdf_only(f"{pmcid}.{newest}", metas[newest], newer, before=done)
         if newer is not None:
             files.version_note = (
                 f"{pmcid}.{newest}.json names no xml_url (no JATS); took {pmcid}.{chosen}, "
