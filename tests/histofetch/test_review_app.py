@@ -235,3 +235,17 @@ def test_heatmaps_of_older_evals_and_a_linked_heatmaps_folder_are_served(
     for image_id in ("pmid:1/fig1", "pmid:1/fig2"):
         assert c.get(f"/heatmap/{image_id}").status_code == 200
         assert c.get(f"/api/item/{image_id}").json()["heatmap"] is True
+
+
+def test_article_link_takes_only_a_pmcid_by_the_download_rule() -> None:
+    """A manifest is untrusted: its ``PMC../../x`` made a PMC link to another path (review);
+    now such a record links its DOI, or nothing."""
+    from histocore.manifest import Record
+    from histofetch.review.data import article_link
+
+    def rec(pmcid: str, doi: str | None = None) -> Record:
+        return Record(id="pmid:1", pmcid=pmcid, doi=doi)
+
+    assert article_link(rec(pmcid="PMC12")) == "https://pmc.ncbi.nlm.nih.gov/articles/PMC12/"
+    assert article_link(rec(pmcid="PMC../../x", doi="10.1/a")) == "https://doi.org/10.1/a"
+    assert article_link(rec(pmcid="PMC1?x=1")) is None

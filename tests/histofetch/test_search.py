@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import json
 from pathlib import Path
 
 import ncbi_server
@@ -268,6 +269,23 @@ def test_recorded_esummary_json() -> None:
     assert doc["doi"] == "10.1128/mSphere.00562-20" and doc["year"] == 2020
     assert doc["journal"] == "mSphere"
     assert doc["title"].startswith("Nasal Tissue Extraction")
+
+
+def test_esummary_pmcids_follow_the_download_rule() -> None:
+    """esummary's PMCIDs are read by ``canonical_pmcid``'s rule, as the ID Converter's
+    (review): a 13-digit one was stored and then refused by download; ``pmc-id: PMC12;``
+    (the ``pmcid`` article id) still gives PMC12."""
+
+    def pmcid(value: str) -> str | None:
+        doc = {"articleids": [{"idtype": "pmc", "value": value}]}
+        body = json.dumps({"result": {"uids": ["1"], "1": doc}}).encode()
+        return parse_esummary_json(body)["1"]["pmcid"]
+
+    assert pmcid("PMC7771231") == "PMC7771231"
+    assert pmcid("pmc-id: PMC12;") == "PMC12"
+    assert pmcid("pmc33") == "PMC33"
+    assert pmcid("PMC" + "1" * 13) is None
+    assert pmcid("PMC１２") is None
 
 
 def test_esummary_error_answer_is_a_clear_error() -> None:

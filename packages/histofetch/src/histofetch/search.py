@@ -27,7 +27,7 @@ from histocore.manifest import Manifest, Record
 from histocore.progress import task
 from histofetch.choices import Database
 from histofetch.http import NetClient, NetConfig, NetError
-from histofetch.resolve import IdRow, ServiceError, pmids_to_pmcids
+from histofetch.resolve import IdRow, ServiceError, canonical_pmcid, pmids_to_pmcids
 from histofetch.shard import in_shard
 from histofetch.stage import StageSummary
 
@@ -221,13 +221,14 @@ def _esummary_docs(data: Any) -> dict[str, dict[str, Any]]:
             continue
         ids = {a.get("idtype"): str(a.get("value", "")) for a in doc.get("articleids", [])}
         pmcid = ids.get("pmc") or ids.get("pmcid") or ""
-        match = re.search(r"PMC[0-9]+", pmcid)  # \d would take other scripts' digits
+        # "PMC123" or "pmc-id: PMC123;": the first PMC<digits>, then canonical_pmcid's rule
+        match = re.search(r"PMC[0-9]+", pmcid, re.IGNORECASE)  # \d: other scripts' digits
         out[str(uid)] = {
             "title": (doc.get("title") or "").strip() or None,
             "journal": doc.get("fulljournalname") or doc.get("source") or None,
             "year": _year(doc.get("pubdate") or doc.get("sortpubdate") or doc.get("sortdate")),
             "doi": ids.get("doi") or None,
-            "pmcid": match.group(0) if match else None,
+            "pmcid": canonical_pmcid(match.group(0)) if match else None,
             "pmid": ids.get("pubmed") or ids.get("pmid") or None,
             "retracted": "Retracted Publication" in (doc.get("pubtype") or []),
         }

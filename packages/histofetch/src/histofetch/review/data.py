@@ -28,6 +28,7 @@ from histocore.errors import DomainError
 from histocore.io import record_slug, unique_stem
 from histocore.manifest import IMAGE_LABELS, MANIFEST_NAME, Image, Manifest, ManifestError, Record
 from histofetch.captions import normalise
+from histofetch.resolve import canonical_pmcid
 
 LOG_NAME = "review_log.jsonl"
 _THREAD_LOCK = threading.Lock()  # the store guards processes; this, our own threads' Manifest
@@ -105,8 +106,9 @@ def article_link(rec: Record | None) -> str | None:
     """Where a reader can open the article: PMC, DOI or PubMed (https only)."""
     if rec is None:
         return None
-    if rec.pmcid:
-        return f"https://pmc.ncbi.nlm.nih.gov/articles/{escape(rec.pmcid)}/"
+    pmcid = canonical_pmcid(rec.pmcid)  # a manifest's PMC../x is no article
+    if pmcid:
+        return f"https://pmc.ncbi.nlm.nih.gov/articles/{pmcid}/"
     if rec.doi:
         return f"https://doi.org/{escape(rec.doi)}"
     if rec.pmid:
