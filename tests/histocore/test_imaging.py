@@ -555,3 +555,30 @@ def test_tifffile_log_lines_are_quiet_in_the_command_lines(tmp_path, capfd, fres
     setup_logging(verbose=True)
     read_rgb(path, max_pixels=10**6)
     assert "invalid data type 99" in capfd.readouterr().err
+
+
+@pytest.mark.parametrize("orientation", [1, 2, 3, 4, 5, 6, 7, 8])
+def test_exif_orientation_is_applied_as_a_viewer_does(tmp_path: Path, orientation: int) -> None:
+    """A phone's portrait JPEG is stored sideways with EXIF orientation 6: ``predict`` scored
+    and drew it unturned, so its tiles and heatmap did not match what a viewer shows (fuzz
+    audit). Every orientation now gives what ``PIL.ImageOps.exif_transpose`` gives, at full
+    size and shrunk, and the size is the turned one."""
+    import PIL.Image
+    import PIL.ImageOps
+
+    from histocore.imaging import read_rgb_sized
+
+    rng = np.random.default_rng(orientation)
+    pixels = np.repeat(np.repeat(rng.integers(0, 256, (6, 4, 3), dtype=np.uint8), 16, 0), 16, 1)
+    path = tmp_path / "photo.png"  # lossless, so the comparison is exact
+    im = PIL.Image.fromarray(pixels)
+    exif = im.getexif()
+    exif[0x0112] = orientation
+    im.save(path, exif=exif)
+    with PIL.Image.open(path) as opened:
+        shown = np.asarray(PIL.ImageOps.exif_transpose(opened).convert("RGB"))
+    rgb, size = read_rgb_sized(path, max_pixels=10**6)
+    assert np.array_equal(rgb, shown)
+    assert size == (shown.shape[1], shown.shape[0])
+    small, _ = read_rgb_sized(path, max_pixels=10**6, max_side=48)
+    assert small.shape[:2] == ((48, 32) if orientation < 5 else (32, 48))

@@ -247,8 +247,9 @@ def read_rgb(
     shrinks the image so its longest side is at most that (JPEG decodes at reduced size,
     then bilinear). ``rgb_only`` refuses any mode but RGB (patch datasets). 16-bit grey,
     unsigned or signed, and 16-bit colour TIFF keep 8 of the bits they use (negative values
-    are black: :func:`_grey16_to_8`); 32-bit grey is refused. Raises
-    :class:`ImageTooLarge` or :class:`ImageError` naming the file.
+    are black: :func:`_grey16_to_8`); 32-bit grey is refused. An EXIF/TIFF orientation is
+    applied, as viewers and browsers do. Raises :class:`ImageTooLarge` or
+    :class:`ImageError` naming the file.
     """
     return read_rgb_sized(
         source, max_pixels=max_pixels, what=what, max_side=max_side, rgb_only=rgb_only
@@ -263,7 +264,8 @@ def read_rgb_sized(
     max_side: int | None = None,
     rgb_only: bool = False,
 ) -> tuple[np.ndarray, tuple[int, int]]:
-    """:func:`read_rgb`, and the ``(width, height)`` of the file (before ``max_side``)."""
+    """:func:`read_rgb`, and the ``(width, height)`` of the file (before ``max_side``; after
+    its orientation)."""
     name = _name(source, what)
     with open_image(source, max_pixels=max_pixels, what=name) as im:
         if rgb_only and im.mode != "RGB":
@@ -276,10 +278,15 @@ def read_rgb_sized(
                 f"32-bit {kind} grey image (mode {im.mode}) has no 8-bit scale; save it as 8-bit",
             )
         size = im.size
+        turn = _orientation(im)
+        if turn in _SWAPS_SIDES:
+            size = (size[1], size[0])
         try:
             if _colour16(im):
-                return _decode_colour16(source, name, im.mode, size, max_side), size
-            return _decode(im, max_side, signed), size
+                rgb = _decode_colour16(source, name, im.mode, im.size, max_side)
+            else:
+                rgb = _decode(im, max_side, signed)
+            return _orient(rgb, turn), size
         except PIL.Image.DecompressionBombError as exc:  # a later frame or tile over Pillow's
             raise _refused(name, max_pixels, exc) from None
         except ImageError:
@@ -289,6 +296,39 @@ def read_rgb_sized(
                 raise
             reason = _reason(exc)
             raise ImageError(name, f"cannot decode image ({reason})", reason) from None
+
+
+#: EXIF/TIFF orientation -> the transposition that shows the image as a viewer does
+#: (``PIL.ImageOps.exif_transpose``'s table)
+_TRANSPOSE = {
+    2: PIL.Image.Transpose.FLIP_LEFT_RIGHT,
+    3: PIL.Image.Transpose.ROTATE_180,
+    4: PIL.Image.Transpose.FLIP_TOP_BOTTOM,
+    5: PIL.Image.Transpose.TRANSPOSE,
+    6: PIL.Image.Transpose.ROTATE_270,
+    7: PIL.Image.Transpose.TRANSVERSE,
+    8: PIL.Image.Transpose.ROTATE_90,
+}
+_SWAPS_SIDES = (5, 6, 7, 8)
+
+
+def _orientation(im: PIL.Image.Image) -> int:
+    """The image's EXIF (or TIFF) orientation, 1 (as stored) when absent or unreadable:
+    a camera's portrait JPEG is stored sideways with 6 or 8, which every viewer turns."""
+    try:
+        value = im.getexif().get(0x0112, 1)
+    except Exception as exc:  # a damaged EXIF block is no reason to refuse the pixels
+        if not _bad_input(exc):
+            raise
+        return 1
+    return value if isinstance(value, int) and value in _TRANSPOSE else 1
+
+
+def _orient(rgb: np.ndarray, turn: int) -> np.ndarray:
+    """``rgb`` turned by the orientation ``turn`` (see :func:`_orientation`)."""
+    if turn not in _TRANSPOSE:
+        return rgb
+    return np.asarray(PIL.Image.fromarray(rgb).transpose(_TRANSPOSE[turn]), dtype=np.uint8)
 
 
 def _decode(im: PIL.Image.Image, max_side: int | None, signed16: bool = False) -> np.ndarray:
