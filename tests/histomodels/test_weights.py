@@ -149,3 +149,16 @@ def test_lite0_imagenet_weights_are_real_imagenet_weights():
         top = full(x).softmax(1)[0]
     assert int(top.argmax()) in range(281, 286)  # ImageNet's domestic-cat classes
     assert float(top[281:286].sum()) > 0.8
+
+
+@pytest.mark.parametrize(
+    ("model", "source"), [("cnn", "imagenet"), ("mobilenet_v3_small", "lite0-imagenet")]
+)
+def test_a_weight_source_the_model_lacks_says_so(model: str, source: str) -> None:
+    """``train --weights imagenet`` (the cnn) or ``finetune --model mobilenet_v3_small
+    --weights lite0-imagenet`` said '<source>: no such weights file', as if a file were meant."""
+    from histomodels.models import create_model
+
+    with pytest.raises(WeightsError) as info:
+        create_model(model, weights=source)
+    assert str(info.value).startswith(f"{source}: no such weights file, and not a weight source")

@@ -84,6 +84,12 @@ def tensor_problem(tensor: torch.Tensor) -> str | None:
     return None
 
 
+#: The named weight sources of the zoo's builders (``imagenet`` and its torchvision
+#: spellings, ``lite0-imagenet``): ``weights=`` given one a builder does not take reaches
+#: :func:`read_state_dict` as a path.
+SOURCE_NAMES = ("imagenet", "default", "DEFAULT", "lite0-imagenet")
+
+
 def _is_state_dict(obj: Any) -> bool:
     return (
         isinstance(obj, dict)
@@ -99,6 +105,12 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if path.is_dir():
         raise WeightsError(f"{path}: is a folder, not a weights file")
     if not path.is_file():
+        if str(path) in SOURCE_NAMES:  # a named source this model's builder does not take
+            raise WeightsError(
+                f"{path}: no such weights file, and not a weight source of this model "
+                "('imagenet': torchvision and timm/<name> models and efficientnet_lite0; "
+                "'lite0-imagenet': efficientnet_lite0 only; the cnn has none)"
+            )
         raise WeightsError(f"{path}: no such weights file")
     if path.suffix == ".safetensors":
         try:
