@@ -468,6 +468,25 @@ def test_a_config_files_model_replaced_by_model_is_not_judged(tmp_path: Path) ->
         assert result.stderr.strip().endswith("train data not found"), result.stderr
 
 
+@pytest.mark.parametrize("model", [None, "timm/resnet18"])
+def test_a_config_files_deeply_nested_model_config_is_one_line(
+    tmp_path: Path, model: str | None
+) -> None:
+    """A ``model_config`` value nested 600 deep (under json's limit) was a RecursionError
+    traceback from merging the options in (review of 63c57d3); now one line, with or
+    without ``--model`` replacing the file's model."""
+    config = tmp_path / "c.json"
+    config.write_text('{"model_config": {"width": ' + "[" * 600 + "]" * 600 + "}}")
+    extra = ["--model", model] if model else []
+    result = CliRunner().invoke(
+        app, _args(["train", *DATA, "--config", str(config), *extra], tmp_path)
+    )
+    assert result.exit_code == 1, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {config}: "), lines
+    assert not isinstance(result.exception, RecursionError)
+
+
 @pytest.mark.parametrize(
     ("content", "message"),
     [

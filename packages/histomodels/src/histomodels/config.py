@@ -443,12 +443,16 @@ def resolve_config(
         if options.get("teacher") is not None:  # --teacher replaces the file's before it is
             data = {**data, "teacher": options["teacher"]}  # checked (e.g. a placeholder)
         cfg = merge(cfg, data, str(config_file), skip_none=False)
-        final = merge(cfg, options)
-        # the file's model as the file gives it; not when an option replaced the model
-        # (merge then drops the file's model_config with it)
-        if {"model", "model_config"} & data.keys() and final.model == cfg.model:
+        # the file's model as the file gives it; not when an option replaces the model
+        # (merge then drops the file's model_config with it); judged before merging again
+        # (a model_config nested hundreds deep is the check's one line, not a RecursionError)
+        replaced = options.get("model") not in (None, cfg.model)
+        if {"model", "model_config"} & data.keys() and not replaced:
             check_model(cfg, str(config_file))
-        return final
+        try:
+            return merge(cfg, options)
+        except RecursionError:  # dataclasses.asdict over a value nested hundreds deep
+            raise ConfigError(f"{config_file}: a value is nested too deeply") from None
     return merge(cfg, options)
 
 
