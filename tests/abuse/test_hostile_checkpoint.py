@@ -469,3 +469,32 @@ def test_a_flipped_byte_in_a_weight_is_found_by_its_crc(tmp_path: Path) -> None:
     weights.write_bytes(bytes(data))
     with pytest.raises(WeightsError, match=r"w\.pt: damaged file \(.* fails its CRC-32"):
         read_state_dict(weights)
+
+
+def test_a_zip_flagged_encrypted_is_one_line_and_complex_safetensors_refused(
+    tmp_path: Path,
+) -> None:
+    """Review of 7b8e016: a ``torch.save`` zip whose central directory flags a member as
+    encrypted made the CRC pre-check raise zipfile's RuntimeError (a traceback; before it,
+    torch.load's refusal was one line); complex tensors in a ``.safetensors`` file were
+    still cast to real, as they no longer are from ``.pt``."""
+    from safetensors.torch import save_file
+
+    path = _save(tmp_path)
+    data = bytearray(path.read_bytes())
+    central = data.find(b"PK\x01\x02")
+    data[central + 8] |= 1  # general purpose flag: encrypted
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=r"best\.pt: "):
+        read_checkpoint(path)
+    weights = tmp_path / "w.pt"
+    weights.write_bytes(bytes(data))
+    with pytest.raises(WeightsError, match=r"w\.pt: not a loadable weights file"):
+        read_state_dict(weights)
+
+    good = checkpoint_dict()["state_dict"]
+    name = _first_weight(good)
+    complex_file = tmp_path / "c.safetensors"
+    save_file({**good, name: good[name].to(torch.complex64)}, str(complex_file))
+    with pytest.raises(WeightsError, match=rf"c\.safetensors: tensor '{name}' holds complex"):
+        read_state_dict(complex_file)

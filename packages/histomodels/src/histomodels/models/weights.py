@@ -53,7 +53,8 @@ def damaged_member(path: Path) -> str | None:
     try:
         with zipfile.ZipFile(path) as archive:
             for info in archive.infolist():
-                if info.compress_type != zipfile.ZIP_STORED:
+                # an "encrypted" flag: zipfile would raise RuntimeError; torch.load refuses it
+                if info.compress_type != zipfile.ZIP_STORED or info.flag_bits & 0x1:
                     continue
                 with archive.open(info) as member:
                     while member.read(1 << 20):
@@ -118,9 +119,10 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         except ImportError:  # pragma: no cover - timm depends on safetensors
             raise WeightsError(f"{path}: install safetensors to read .safetensors files") from None
         try:
-            return dict(load_file(str(path), device="cpu"))
+            obj = dict(load_file(str(path), device="cpu"))
         except Exception as exc:
             raise WeightsError(f"{path}: not a readable safetensors file ({exc})") from None
+        return _plain_weights(path, obj)
     damaged = damaged_member(path)
     if damaged is not None:
         raise WeightsError(f"{path}: damaged file ({damaged} fails its CRC-32 check)")
@@ -141,6 +143,12 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
                 break
     if not isinstance(obj, dict) or not _is_state_dict(obj):
         raise WeightsError(f"{path}: holds no state dict (a dict of tensors)")
+    return _plain_weights(path, obj)
+
+
+def _plain_weights(path: Path, obj: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``obj`` when every tensor can be a weight (:func:`tensor_problem`), else a
+    WeightsError naming the first that cannot (safetensors holds complex tensors too)."""
     for name, tensor in obj.items():
         problem = tensor_problem(tensor)
         if problem is not None:
