@@ -561,10 +561,22 @@ def test_an_older_jats_version_that_cannot_be_used_leaves_the_newest_pdf(
     assert not ncbi.requests_to(f"{LIST}{PMCID}.1/mds52601.jpg")
 
     run2 = tmp_path / "broken"
+    good_json = ncbi.bucket.objects[f"{PMCID}.1/{PMCID}.1.json"]
     ncbi.bucket.objects[f"{PMCID}.1/{PMCID}.1.json"] = b"not json"
     rec = _download(ncbi, run2, _rec("1", PMCID)).records["pmid:1"]
     assert (rec.status, rec.route, rec.pmc_version) == ("ok", "pmc-cloud-pdf", 2)
     assert (run2 / str(rec.pdf_path)).read_bytes() == pdf
+    assert rec.extra["route_misses"][0].startswith(  # the skip is on the record (review 2)
+        f"pmc-cloud: metadata {PMCID}.1.json is not JSON: version 1 passed over; "
+    )
+
+    # network trouble on the older version's JSON is not a verdict: the record is failed
+    # and fetched again by a later run (review 2: it was settled on version 2's PDF)
+    run3 = tmp_path / "busy"
+    ncbi.bucket.objects[f"{PMCID}.1/{PMCID}.1.json"] = good_json
+    ncbi.inject(f"{LIST}{PMCID}.1/{PMCID}.1.json", *[(503, {}, b"unavailable")] * 20)
+    rec = _download(ncbi, run3, _rec("1", PMCID)).records["pmid:1"]
+    assert (rec.status, rec.route) == ("failed", None)
 
 
 def test_newest_version_retracted_refuses_an_older_one_with_jats(

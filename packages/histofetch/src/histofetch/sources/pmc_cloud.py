@@ -225,16 +225,16 @@ class PmcCloud:
             raise Miss("not in bucket", f"{pmcid} is not in the PMC Cloud Service (KeyCount 0)")
         metas: dict[int, dict[str, Any]] = {}
         unsures: dict[int, dict[str, Any]] = {}  # per version: flags it could not read
+        passed_over = ""  # an older version whose metadata JSON could not be read
         for version in found:  # highest first; stop at a published OA version with JATS
             try:
                 metas[version], unsures[version] = read_metadata(self.client, pmcid, version)
-            except (Miss, NetError):
-                if not _candidates(metas):  # nothing usable read yet: the article's trouble
+            except Miss as miss:  # its JSON is not a JSON object (network trouble re-raised:
+                if not _candidates(metas):  # the record is fetched again later)
                     raise
                 # an older version looked at only for its JATS: the newer one stands
-                log.warning(
-                    "%s.%s.json cannot be read: that version is passed over", pmcid, version
-                )
+                passed_over = f"{miss.detail}: version {version} passed over; "
+                log.warning("%s.%s: %s", pmcid, version, passed_over.removesuffix("; "))
                 break
             meta = metas[version]
             published = meta.get("is_pmc_openaccess") is True and not meta.get("is_manuscript")
@@ -270,7 +270,7 @@ class PmcCloud:
             log.info("%s", files.version_note)
         refused = None
         try:
-            refused = self._article_files(pmcid, chosen, metas[chosen], files)
+            refused = self._article_files(pmcid, chosen, metas[chosen], files, passed_over)
         except Miss as miss:  # the older version's JATS is unusable: the newest's PDF
             if newest == chosen or miss.final:
                 raise
@@ -328,13 +328,14 @@ class PmcCloud:
         return files
 
     def _article_files(
-        self, pmcid: str, version: int, meta: dict, files: ArticleFiles
+        self, pmcid: str, version: int, meta: dict, files: ArticleFiles, note: str = ""
     ) -> Miss | None:
         """The version's figure files and checked PDF into ``files``; returns why its PDF was
-        refused (needs a password, not a PDF), ``None`` otherwise."""
+        refused (needs a password, not a PDF), ``None`` otherwise. ``note`` starts the miss
+        of a version without JATS."""
         name = f"{pmcid}.{version}"
         if not meta.get("xml_url"):
-            self._pdf_only(name, meta, files)
+            self._pdf_only(name, meta, files, before=note)
         try:  # the JSON is untrusted: an http:// or file:// URL is not fetched
             xml_key, xml_md5 = s3_key(str(meta["xml_url"]))
         except ValueError as exc:
