@@ -416,6 +416,13 @@ def test_a_damaged_tune_json_is_one_error(tmp_path, tiny_data):
         settings.write_text(bad)
         with pytest.raises(TuneError, match=f"^{settings}: .*{said}"):
             tune(*tiny_data, out, trials=2, **kw)
+    settings.write_text(good)
+    trials = out / "trials.json"  # review: read with a bare json.loads (a traceback)
+    for bad, said in (("[{", "cannot read"), ('[{"trial": "1"}]', "a list of trial records"),
+                      ('{"trial": 0}', "a list of trial records")):  # fmt: skip
+        trials.write_text(bad)
+        with pytest.raises(TuneError, match=f"^{trials}: .*{said}"):
+            tune(*tiny_data, out, trials=2, **kw)
 
 
 def test_shared_validation_patches_are_said_once_per_tune(tmp_path, tiny_data, caplog):

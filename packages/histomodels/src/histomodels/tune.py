@@ -196,7 +196,7 @@ def _tune(
     if exp_path.is_file():
         client = Client.load_from_json_file(str(exp_path))
         if records_path.is_file():
-            records = json.loads(records_path.read_text())
+            records = _saved_records(records_path)
         # trials that were running when the previous tune was killed
         done = {r["trial"] for r in records}
         for idx, trial in client._experiment.trials.items():
@@ -279,6 +279,20 @@ def _saved_settings(out: Path) -> dict[str, Any] | None:
     ):
         raise TuneError(f"{path}: not this experiment's settings (expected a JSON object)")
     return saved
+
+
+def _saved_records(path: Path) -> list[dict[str, Any]]:
+    """The experiment's trial records (``trials.json``); a damaged one is a
+    :class:`TuneError` naming it (it was a traceback when a tune resumed)."""
+    try:
+        records = loads_json(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:  # NotJSON, UnicodeDecodeError
+        raise TuneError(f"{path}: cannot read this experiment's trials ({exc})") from None
+    if not isinstance(records, list) or not all(
+        isinstance(r, dict) and isinstance(r.get("trial"), int) for r in records
+    ):
+        raise TuneError(f"{path}: not this experiment's trials (a list of trial records)")
+    return records
 
 
 def _check_settings(out: Path, settings: dict[str, Any]) -> None:
