@@ -393,23 +393,6 @@ def test_a_config_files_bad_seed_is_its_error_line(tmp_path: Path) -> None:
     [
         ({"model": "nope"}, "model: 'nope': unknown model; known: cnn,"),
         ({"device": "tpu"}, "device: 'tpu': not a device histomodels runs on (cpu, cuda,"),
-    ],
-)
-def test_a_config_files_bad_name_is_its_error_line(tmp_path: Path, content, message) -> None:
-    """A model or device name from the file: the line names the file and the key (it was
-    ``error: unknown model 'nope'`` once the data was read)."""
-    config = tmp_path / "c.json"
-    config.write_text(json.dumps(content))
-    result = CliRunner().invoke(app, _args(["train", *DATA, "--config", str(config)], tmp_path))
-    assert result.exit_code == 1, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"error: {config}: {message}"), lines
-    assert not (tmp_path / "out").exists()
-
-
-@pytest.mark.parametrize(
-    ("content", "message"),
-    [
         ({"model": "timm/no_such_net"}, "model: 'timm/no_such_net': unknown timm model"),
         ({"model": "timm/org/net"}, "model: 'timm/org/net': not a timm model name"),
         # timm 1.0.9's parse_model_name asserted here (a traceback); read by the name's shape
@@ -423,12 +406,12 @@ def test_a_config_files_bad_name_is_its_error_line(tmp_path: Path, content, mess
         ),
     ],
 )
-def test_a_config_files_model_is_checked_when_the_file_is_read(
-    tmp_path: Path, content, message
-) -> None:
-    """``model`` and ``model_config`` are judged by the model registry as the file is read,
-    so the line names the file (with the data there, a wrong value was found only when the
-    model was built, in a line without the file; a timm name only by timm's builder)."""
+def test_a_config_files_bad_name_is_its_error_line(tmp_path: Path, content, message) -> None:
+    """A model or device name from the file: the line names the file and the key (it was
+    ``error: unknown model 'nope'`` once the data was read). ``model`` and ``model_config``
+    are judged by the model registry as the file is read (with the data there, a wrong
+    value was found only when the model was built, in a line without the file; a timm name
+    only by timm's builder)."""
     config = tmp_path / "c.json"
     config.write_text(json.dumps(content))
     result = CliRunner().invoke(app, _args(["train", *DATA, "--config", str(config)], tmp_path))
