@@ -24,6 +24,7 @@ from histomodels.config import (
     RECIPE_MODEL_DEFAULTS,
     ConfigError,
     TrainConfig,
+    parse_model_config,
     read_config_file,
     resolve_config,
 )
@@ -544,6 +545,32 @@ def test_config_files_reject_unknown_keys(tmp_path):
     assert read_config_file(p) == {"lr": 0.1}
 
 
+@pytest.mark.parametrize(
+    ("name", "text", "key"),
+    [
+        ("c.json", '{"epochs": 1, "epochs": 2}', "epochs"),
+        ("c.json", '{"model_config": {"width": 8, "width": 16}}', "width"),
+        ("c.yaml", "epochs: 1\nepochs: 2\n", "epochs"),
+        ("c.yaml", "model_config:\n  width: 8\n  depth: 2\n  width: 16\n", "width"),
+        ("c.yaml", "model_config: {width: 8, width: 16}\n", "width"),
+    ],
+)
+def test_config_file_with_a_key_given_twice_is_refused(tmp_path, name, text, key):
+    """json and PyYAML kept the last of a repeated key silently (epochs 2 trained)."""
+    if name.endswith(".yaml"):
+        pytest.importorskip("yaml")
+    p = tmp_path / name
+    p.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        read_config_file(p)
+    assert str(err.value) == f"{p}: key '{key}' given twice"
+    with pytest.raises(ConfigError, match="key 'width' given twice"):
+        parse_model_config('{"width": 8, "width": 16}')
+    # the same key in two different mappings is fine
+    p.write_text('{"model_config": {"width": 8}, "config": {"lr": 0.1, "model_config": {}}}')
+    assert read_config_file(p) == {"lr": 0.1, "model_config": {}}
+
+
 def test_cli_finetune_wires_its_defaults(h5_files, tmp_path):
     train_h5, val_h5 = h5_files
     wpath = tmp_path / "tv.pth"
@@ -632,6 +659,8 @@ def test_yaml_config_file(tmp_path):
         ("epochs: true\n", "epochs: expected a number, not true or false (got True)"),
         ('progress: "yes"\n', "progress: expected true or false, not a string (got 'yes')"),
         ("hed_jitter: 1\n", "hed_jitter: expected true or false, not a number (got 1)"),
+        # the last of a repeated key won silently
+        ("epochs: 1\nepochs: 2\n", "key 'epochs' given twice"),
     ],
 )
 def test_cli_bad_config_file_is_one_line(h5_files, tmp_path, text, message):

@@ -14,7 +14,7 @@ import math
 import os
 import re
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -187,13 +187,16 @@ class NotJSON(ValueError):
     """Text that :func:`loads_json` cannot turn into a value; its text is one short line."""
 
 
-def loads_json(text: str | bytes) -> Any:
+def loads_json(
+    text: str | bytes, object_pairs_hook: Callable[[list[tuple[str, Any]]], Any] | None = None
+) -> Any:
     """``json.loads`` for text from a file or a server: every way such text fails is one
     :class:`NotJSON` (a ``ValueError``): malformed JSON (``not valid JSON (…)``), an integer
     over Python's 4300-digit limit for ``int(str)`` and arrays or objects nested thousands
-    deep, which ``json`` lets out as a bare ``ValueError`` and a ``RecursionError``."""
+    deep, which ``json`` lets out as a bare ``ValueError`` and a ``RecursionError``.
+    ``object_pairs_hook`` is json's; what it raises (other than a ``ValueError``) passes."""
     try:
-        return json.loads(text)
+        return json.loads(text, object_pairs_hook=object_pairs_hook)
     except json.JSONDecodeError as exc:
         raise NotJSON(f"not valid JSON ({exc.msg})") from None
     except UnicodeDecodeError as exc:  # bytes that are not UTF-8/16/32

@@ -15,6 +15,7 @@ import json
 import math
 import re
 import sys
+from collections.abc import Hashable
 from dataclasses import field
 from pathlib import Path
 from typing import Any
@@ -373,12 +374,36 @@ def _loadable(spec: str) -> bool:
     return path.is_file() or (path / "best.pt").is_file() or pretrained.is_pretrained(spec)
 
 
-def parse_model_config(text: str, source: str = "--model-config") -> dict[str, Any]:
-    """Model keyword arguments given as JSON text: a JSON object, else a ConfigError."""
+class _RepeatedKey(Exception):  # not a ValueError: loads_json would call it bad JSON
+    def __init__(self, key: Any) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """json's ``object_pairs_hook``: an object that names a key twice is refused (json keeps
+    the last silently; in a config it is almost always a mistake)."""
+    data: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in data:
+            raise _RepeatedKey(key)
+        data[key] = value
+    return data
+
+
+def _loads_config_json(text: str, source: str) -> Any:
+    """JSON config text (a file's or ``--model-config``'s) as a value, else a ConfigError."""
     try:
-        data = loads_json(text)
+        return loads_json(text, object_pairs_hook=_unique_keys)
     except NotJSON as exc:
         raise ConfigError(f"{source}: {exc}") from None
+    except _RepeatedKey as exc:
+        raise ConfigError(f"{source}: key {exc.key!r} given twice") from None
+
+
+def parse_model_config(text: str, source: str = "--model-config") -> dict[str, Any]:
+    """Model keyword arguments given as JSON text: a JSON object, else a ConfigError."""
+    data = _loads_config_json(text, source)
     if not isinstance(data, dict):
         raise ConfigError(
             f"{source}: expected a JSON object of model arguments, e.g. '{{\"width\": 48}}', "
@@ -399,10 +424,7 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     if path.suffix.lower() in (".yaml", ".yml"):
         data = _parse_yaml(path, text)
     else:
-        try:
-            data = loads_json(text)
-        except NotJSON as exc:
-            raise ConfigError(f"{path}: {exc}") from None
+        data = _loads_config_json(text, str(path))
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of config keys")
     # tune's best_config.json nests the training keys under "config"
@@ -424,6 +446,8 @@ def _parse_yaml(path: Path, text: str) -> Any:
         ) from None
     try:
         return yaml.load(text, Loader=_yaml_loader(yaml))  # a SafeLoader
+    except _RepeatedKey as exc:
+        raise ConfigError(f"{path}: key {exc.key!r} given twice") from None
     except yaml.YAMLError as exc:
         why = " ".join(str(exc).split())
         raise ConfigError(f"{path}: not valid YAML ({why})") from None
@@ -486,7 +510,8 @@ _YAML12_FLOAT = re.compile(
 def _yaml_loader(yaml: Any) -> type:
     """PyYAML's SafeLoader, plus an implicit resolver that reads :data:`_YAML12_FLOAT` as
     floats (the known PyYAML recipe), so ``lr: 4e-3`` is 0.004, not the string '4e-3';
-    aliases (``*name``) are refused (a billion-laughs file)."""
+    aliases (``*name``) are refused (a billion-laughs file), and so is a key given twice in
+    one mapping (:class:`_RepeatedKey`)."""
 
     class Loader(yaml.SafeLoader):
         def compose_node(self, parent: Any, index: Any) -> Any:
@@ -499,6 +524,20 @@ def _yaml_loader(yaml: Any) -> type:
                     None, None, "aliases (*name) are not allowed in a config file", mark
                 )
             return super().compose_node(parent, index)
+
+        def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+            # PyYAML keeps the last of a repeated key silently: refused (in this mapping or
+            # a nested one: each is constructed here)
+            seen: set[Any] = set()
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":  # ``<<:`` (its keys yield)
+                    continue
+                key = self.construct_object(key_node, deep=deep)
+                if isinstance(key, Hashable) and key in seen:  # unhashable: PyYAML's error
+                    raise _RepeatedKey(key)
+                if isinstance(key, Hashable):
+                    seen.add(key)
+            return super().construct_mapping(node, deep=deep)
 
     Loader.add_implicit_resolver("tag:yaml.org,2002:float", _YAML12_FLOAT, list("-+0123456789."))
     return Loader
