@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import h5py
@@ -220,6 +221,45 @@ def test_corrupt_compressed_chunk_is_one_error_naming_the_file(tmp_path: Path) -
     for read in (lambda: ds[8], ds.load_all):
         with pytest.raises(DatasetError, match=f"^{path}: 'x' cannot be read .*corrupt file$"):
             read()
+
+
+def _plugin_filtered(f: h5py.File, key: str, data: np.ndarray, chunk_rows: int) -> None:
+    """``f[key]`` = ``data`` whose chunks are marked compressed with HDF5 filter 32001
+    (blosc), registered but absent here: chunks written raw with filter mask 0 (what a
+    writer with the plugin leaves, as far as a reader without it can tell)."""
+    assert not h5py.h5z.filter_avail(32001)
+    ds = f.create_dataset(
+        key, shape=data.shape, dtype=data.dtype, chunks=(chunk_rows, *data.shape[1:]),
+        compression=32001, allow_unknown_filter=True,
+    )  # fmt: skip
+    for start in range(0, len(data), chunk_rows):
+        chunk = np.zeros((chunk_rows, *data.shape[1:]), data.dtype)
+        chunk[: len(data) - start] = data[start : start + chunk_rows]
+        offset = (start,) + (0,) * (data.ndim - 1)
+        ds.id.write_direct_chunk(offset, chunk.tobytes(), filter_mask=0)
+
+
+def test_missing_compression_plugin_is_named_not_called_corrupt(tmp_path: Path) -> None:
+    """HDF5's message was about its plugin folder, ending in "corrupt file": ``'x' cannot
+    be read (Can't synchronously read data (can't open directory (/usr/local/lib/plugin)
+    ...)); corrupt file``. The file is fine; a filter this h5py lacks is named."""
+    x = np.random.default_rng(0).integers(0, 255, (8, 96, 96, 3), dtype=np.uint8)
+    y = np.array([0, 1] * 4, np.uint8)
+    xpath, ypath = tmp_path / "blosc_x.h5", tmp_path / "blosc_y.h5"
+    with h5py.File(xpath, "w") as f:
+        _plugin_filtered(f, "x", x, 4)
+        f["y"] = y
+    with h5py.File(ypath, "w") as f:
+        f["x"] = x
+        _plugin_filtered(f, "y", y, 4)
+    why = "is compressed with HDF5 filter 32001 (blosc), which this h5py cannot decode"
+    ds = open_dataset(xpath)
+    for read in (lambda: ds[0], ds.load_all):
+        with pytest.raises(DatasetError, match=f"^{xpath}: 'x' {re.escape(why)}") as err:
+            read()
+        assert "corrupt" not in str(err.value)
+    with pytest.raises(DatasetError, match=f"^{ypath}: 'y' {re.escape(why)}"):
+        open_dataset(ypath)
 
 
 @pytest.mark.parametrize("command", ["train", "eval"])

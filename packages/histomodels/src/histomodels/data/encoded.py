@@ -69,7 +69,7 @@ def rows_of_origin(path: Path, origin_split: str | Iterable[str]) -> np.ndarray:
 
 def _text_ids(ds: h5py.Dataset, path: Path) -> list[str]:
     """``patch_id`` values as text (bytes must be UTF-8)."""
-    with reading(path, "patch_id"):
+    with reading(path, "patch_id", ds):
         raw = ds[()]
     try:
         return [s.decode() if isinstance(s, bytes) else str(s) for s in raw]
@@ -104,7 +104,7 @@ class EncodedH5Dataset(KnownLabels):
             y_ds = dataset(f, "y", path)
             if y_ds.size != n:
                 raise DatasetError(f"{path}: {n} encoded patches but {y_ds.size} labels in 'y'")
-            with reading(path, "y"):
+            with reading(path, "y", y_ds):
                 y = binary_labels(y_ds[()], f"{path} 'y'")
             ids = (
                 _text_ids(dataset(f, "patch_id", path), path)
@@ -139,7 +139,7 @@ class EncodedH5Dataset(KnownLabels):
             self._file = open_h5(self.path)
         row = int(self.rows[index])
         enc: Any = self._file["encoded"]  # checked to be a stored dataset when opened
-        with reading(self.path, "encoded"):
+        with reading(self.path, "encoded", enc):
             data = enc[row]
         img = decode_image(data.tobytes(), f"{self.path} row {row}", size=self.size)
         return img, int(self._labels[index]), self._ids[index]
@@ -154,7 +154,7 @@ class EncodedH5Dataset(KnownLabels):
         with open_h5(self.path) as f:
             enc = dataset(f, "encoded", self.path)
             require_memory(enc.id.get_storage_size(), str(self.path), "encoded bytes")
-            with reading(self.path, "encoded"):
+            with reading(self.path, "encoded", enc):
                 encoded = enc[()]
 
         def work(i: int) -> np.ndarray:

@@ -7,8 +7,9 @@ all of these, groups where a dataset is expected and null-dataspace datasets (no
 at all), with one :class:`DatasetError`
 naming the file. :func:`check_stored` refuses a dataset that declares more patches than
 it stores (a 200 KB file declaring 200,000 patches would otherwise be read as zeros).
-:func:`reading` turns HDF5's read errors (a corrupt compressed chunk, a file cut short)
-into a :class:`DatasetError` naming the file and the dataset.
+:func:`reading` turns HDF5's read errors (a corrupt compressed chunk, a file cut short, a
+chunk compressed with a filter whose plugin is missing) into a :class:`DatasetError` naming
+the file and the dataset.
 """
 
 from __future__ import annotations
@@ -24,14 +25,46 @@ import numpy as np
 from histocore.io import one_line
 from histomodels.data.base import DatasetError
 
+#: Names of common filters HDF5 loads as plugins (HDF Group's registry), for the message.
+_PLUGIN_FILTERS = {
+    307: "bzip2",
+    32001: "blosc",
+    32004: "lz4",
+    32008: "bitshuffle",
+    32013: "zfp",
+    32015: "zstd",
+    32026: "blosc2",
+}
+
+
+def missing_filters(ds: h5py.Dataset) -> list[str]:
+    """The filters of ``ds`` this HDF5 library cannot run (no plugin), as ``id (name)``."""
+    plist = ds.id.get_create_plist()
+    missing = []
+    for i in range(plist.get_nfilters()):
+        code, _flags, _values, name = plist.get_filter(i)
+        if not h5py.h5z.filter_avail(code):
+            label = name.decode("utf-8", "replace") or _PLUGIN_FILTERS.get(code, "")
+            missing.append(f"{code} ({one_line(label)})" if label else str(code))
+    return missing
+
 
 @contextlib.contextmanager
-def reading(path: Path | str, key: str) -> Iterator[None]:
-    """Read dataset ``key`` of ``path`` inside this block: h5py's ``OSError`` (a chunk
-    whose filter fails, bytes missing) becomes one :class:`DatasetError` naming both."""
+def reading(path: Path | str, key: str, ds: h5py.Dataset | None = None) -> Iterator[None]:
+    """Read dataset ``key`` (``ds``) of ``path`` inside this block: h5py's ``OSError`` (a
+    chunk whose filter fails, bytes missing) becomes one :class:`DatasetError` naming both;
+    a chunk compressed with a filter this HDF5 lacks says so (HDF5's own words were about
+    its plugin folder)."""
     try:
         yield
     except OSError as exc:
+        missing = missing_filters(ds) if ds is not None else []
+        if missing:
+            raise DatasetError(
+                f"{path}: {key!r} is compressed with HDF5 filter {', '.join(missing)}, which "
+                "this h5py cannot decode (the filter's plugin is not installed, e.g. "
+                "pip install hdf5plugin)"
+            ) from None
         why = one_line(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
         raise DatasetError(f"{path}: {key!r} cannot be read ({why}); corrupt file") from None
 

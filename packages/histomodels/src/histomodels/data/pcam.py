@@ -196,7 +196,7 @@ class PCamDataset(KnownLabels):
                 raise DatasetError(
                     f"{self.y_path}: 'y' has shape {list(ds.shape)}, expected [{n}] labels"
                 )
-            with reading(self.y_path, "y"):
+            with reading(self.y_path, "y", ds):
                 y = np.asarray(ds[()])
         return binary_labels(y, str(self.y_path))
 
@@ -223,13 +223,15 @@ class PCamDataset(KnownLabels):
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, int, str]:
         index = self._row(index)
-        with reading(self.x_path, "x"):
-            patch = np.asarray(self._x()[index])
+        x = self._x()
+        with reading(self.x_path, "x", x):
+            patch = np.asarray(x[index])
         return patch, int(self._labels[index]), self._ids[index]
 
     def read_range(self, start: int, stop: int) -> np.ndarray:
-        with reading(self.x_path, "x"):
-            return np.asarray(self._x()[start:stop])
+        x = self._x()
+        with reading(self.x_path, "x", x):
+            return np.asarray(x[start:stop])
 
     def load_all(self) -> tuple[np.ndarray, np.ndarray, list[str]]:
         """Read everything in large sequential blocks (fast even for gzip-chunked files)."""
@@ -242,7 +244,7 @@ class PCamDataset(KnownLabels):
         with task(f"reading {self.x_path.name}", n) as shown:
             for start in range(0, n, block):
                 stop = min(n, start + block)
-                with reading(self.x_path, "x"):
+                with reading(self.x_path, "x", x):
                     x.read_direct(out, np.s_[start:stop], np.s_[start:stop])
                 shown.update(completed=stop)
         return out, self._labels, list(self._ids)
