@@ -582,3 +582,54 @@ def test_exif_orientation_is_applied_as_a_viewer_does(tmp_path: Path, orientatio
     assert size == (shown.shape[1], shown.shape[0])
     small, _ = read_rgb_sized(path, max_pixels=10**6, max_side=48)
     assert small.shape[:2] == ((48, 32) if orientation < 5 else (32, 48))
+
+
+@pytest.mark.parametrize("orientation", [1, 2, 3, 6, 8])
+@pytest.mark.parametrize("kind", ["rgb8", "grey16"])
+def test_a_tiff_is_turned_once(tmp_path: Path, orientation: int, kind: str) -> None:
+    """Pillow turns a TIFF by its orientation tag as it loads it (and drops the tag): the
+    reader turned it a second time (review of bc1baad: 2-5 and 7 came out as stored, 6 and
+    8 upside down). Compared with what Pillow's own exif_transpose shows."""
+    import PIL.Image
+    import PIL.ImageOps
+    import tifffile
+
+    from histocore.imaging import read_rgb_sized
+
+    rng = np.random.default_rng(orientation)
+    if kind == "rgb8":
+        pixels = np.repeat(rng.integers(0, 256, (6, 4, 3), dtype=np.uint8), 8, 0)
+    else:
+        pixels = np.repeat(rng.integers(0, 65536, (6, 4), dtype=np.uint16), 8, 0)
+    path = tmp_path / "t.tif"
+    tifffile.imwrite(path, pixels, extratags=[(274, "H", 1, orientation, True)])
+    rgb, size = read_rgb_sized(path, max_pixels=10**6)
+    with PIL.Image.open(path) as opened:
+        shown = PIL.ImageOps.exif_transpose(opened)
+        assert shown is not None
+        expected_size = shown.size
+        if kind == "rgb8":
+            assert np.array_equal(rgb, np.asarray(shown.convert("RGB")))
+    assert size == expected_size == (rgb.shape[1], rgb.shape[0])
+    if kind == "rgb8":  # (Pillow 13 loads a 16-bit grey TIFF as stored and drops its tag;
+        turned = orientation in (5, 6, 7, 8)  # its own exif_transpose shows it so too)
+        assert rgb.shape[:2] == ((4, 48) if turned else (48, 4))
+
+
+def test_a_damaged_png_with_exif_is_refused_not_half_decoded(tmp_path: Path) -> None:
+    """Reading the EXIF orientation before decoding made Pillow load a PNG inside the
+    orientation check, whose error was swallowed; the later decode then returned the
+    half-filled buffer (review of bc1baad: 268 of 300 rows black, scored as an image)."""
+    import PIL.Image
+
+    from histocore.imaging import ImageError, read_rgb
+
+    rng = np.random.default_rng(0)
+    path = tmp_path / "d.png"
+    PIL.Image.fromarray(rng.integers(0, 256, (300, 400, 3), dtype=np.uint8)).save(path)
+    data = bytearray(path.read_bytes())
+    idat = data.find(b"IDAT")
+    data[idat + 200] ^= 0xFF  # a byte inside the compressed pixels
+    path.write_bytes(bytes(data))
+    with pytest.raises(ImageError, match=r"d\.png: cannot decode image"):
+        read_rgb(path, max_pixels=10**6)

@@ -248,7 +248,7 @@ def read_rgb(
     then bilinear). ``rgb_only`` refuses any mode but RGB (patch datasets). 16-bit grey,
     unsigned or signed, and 16-bit colour TIFF keep 8 of the bits they use (negative values
     are black: :func:`_grey16_to_8`); 32-bit grey is refused. An EXIF/TIFF orientation is
-    applied, as viewers and browsers do. Raises :class:`ImageTooLarge` or
+    applied once, as ``PIL.ImageOps.exif_transpose`` applies it. Raises :class:`ImageTooLarge` or
     :class:`ImageError` naming the file.
     """
     return read_rgb_sized(
@@ -278,15 +278,11 @@ def read_rgb_sized(
                 f"32-bit {kind} grey image (mode {im.mode}) has no 8-bit scale; save it as 8-bit",
             )
         size = im.size
-        turn = _orientation(im)
-        if turn in _SWAPS_SIDES:
-            size = (size[1], size[0])
         try:
-            if _colour16(im):
+            if _colour16(im):  # tifffile's pixels, as stored; Pillow's size is already turned
                 rgb = _decode_colour16(source, name, im.mode, im.size, max_side)
-            else:
-                rgb = _decode(im, max_side, signed)
-            return _orient(rgb, turn), size
+                return _orient(rgb, _orientation(im)), size
+            rgb = _decode(im, max_side, signed)
         except PIL.Image.DecompressionBombError as exc:  # a later frame or tile over Pillow's
             raise _refused(name, max_pixels, exc) from None
         except ImageError:
@@ -296,6 +292,16 @@ def read_rgb_sized(
                 raise
             reason = _reason(exc)
             raise ImageError(name, f"cannot decode image ({reason})", reason) from None
+        # read once decoded: a PNG's eXIf may follow its pixels (getexif() would load them,
+        # outside the error mapping above), and Pillow turns a TIFF itself as it loads it
+        # (then drops the tag; a 16-bit grey one it loads as stored, its size at open
+        # notwithstanding: the loaded size is the TIFF's, which has no draft)
+        if isinstance(im, PIL.TiffImagePlugin.TiffImageFile):
+            size = im.size
+        turn = _orientation(im)
+        if turn in _SWAPS_SIDES:
+            size = (size[1], size[0])
+        return _orient(rgb, turn), size
 
 
 #: EXIF/TIFF orientation -> the transposition that shows the image as a viewer does
@@ -314,7 +320,8 @@ _SWAPS_SIDES = (5, 6, 7, 8)
 
 def _orientation(im: PIL.Image.Image) -> int:
     """The image's EXIF (or TIFF) orientation, 1 (as stored) when absent or unreadable:
-    a camera's portrait JPEG is stored sideways with 6 or 8, which every viewer turns."""
+    a camera's portrait JPEG is stored sideways with 6 or 8, which viewers turn. Read it
+    after decoding (Pillow has then turned a TIFF itself and dropped its tag)."""
     try:
         value = im.getexif().get(0x0112, 1)
     except Exception as exc:  # a damaged EXIF block is no reason to refuse the pixels
