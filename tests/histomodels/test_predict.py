@@ -706,3 +706,25 @@ def test_a_broken_link_in_a_folder_is_an_error_line(tmp_path: Path) -> None:
     assert r.exit_code == 1, r.output
     assert r.stderr.startswith(f"error: {folder / 'bad.png'}: "), r.stderr
     assert [row["path"] for row in _rows(out)] == [str(folder / "good.png")]
+
+
+@pytest.mark.timeout(60)
+def test_a_named_pipe_given_directly_says_what_it_is(tmp_path: Path) -> None:
+    """A pipe named on the command line said ``no such file or folder`` (it is there); it
+    now gets the reader's line, the same as a pipe inside a folder, and nothing blocks."""
+    import os
+
+    ckpt = tiny_checkpoint(tmp_path)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.fromarray(make_figure(2, 2, seed=4)[:96, :96]).save(folder / "good.png")
+    pipe = folder / "p.png"
+    os.mkfifo(pipe)
+    why = "cannot read image (not a regular file (a pipe, socket or device))"
+    for given in (folder, pipe):
+        out = tmp_path / "p.csv"
+        r = CliRunner().invoke(app, ["predict", str(ckpt), str(given), "--out", str(out),
+                                     "--no-heatmaps"])  # fmt: skip
+        assert r.exit_code == 1, r.output
+        assert r.stderr.strip() == f"error: {pipe}: {why}", r.stderr
+        out.unlink(missing_ok=True)

@@ -135,7 +135,7 @@ def collect_inputs(paths: Iterable[str | Path]) -> list[Path]:
             if not found:
                 raise PredictInputError(f"{p}: folder holds no image files")
             files += found
-        elif p.is_file():
+        elif p.exists():  # a pipe or device too: the image reader refuses it with its reason
             files.append(p)
         else:
             raise PredictInputError(f"{p}: no such file or folder")
