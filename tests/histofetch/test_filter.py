@@ -177,6 +177,10 @@ def test_unreadable_image_fails_only_its_row(tmp_path: Path) -> None:
     assert bad.reason is not None
     assert bad.status == "failed" and bad.reason.startswith("cannot read image")
     assert len(again.kept_images()) == 1
+    # the reason names the file once (it read "cannot read image RUN/a.png: /abs/a.png: ...")
+    name = first.path.rsplit("/", 1)[-1]
+    assert bad.reason.count(name) == 1, bad.reason
+    assert bad.reason.startswith(f"cannot read image {again.resolve(first.path)}: "), bad.reason
 
 
 # -- real material ------------------------------------------------------------------------

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 import PIL.Image
 
+from histocore.imaging import ImageError
 from histocore.io import atomic_write_bytes, one_line
 from histocore.manifest import Image, Manifest, Record
 from histofetch.canary import image_canary
@@ -153,13 +154,22 @@ def score_row(manifest: Manifest, img: Image, *, split: bool = True) -> None:
     try:  # a path outside the run folder is never read (the manifest is untrusted)
         rgb, scale = _load(None if path is None else manifest.image_file(img.path))
     except Exception as exc:  # missing/corrupt PNG, decompression bomb: this row only
-        img.status, img.reason = "failed", f"cannot read image {path}: {exc}".splitlines()[0]
+        named = "cannot read image" if path is None else f"cannot read image {path}"
+        img.status, img.reason = "failed", f"{named}: {_problem(exc, manifest)}"
         img.kept, img.filter_reason = False, "unreadable image"
         return
     store_pixels(img, rgb)
     img.n_panels = 0
     if split:
         add_panels(manifest, img, rgb, scale)
+
+
+def _problem(exc: Exception, manifest: Manifest) -> str:
+    """``exc``'s first line without the file it starts with: the reason names the row's
+    file once (it read ``cannot read image run/a.png: /abs/run/a.png: truncated``)."""
+    text = exc.problem if isinstance(exc, ImageError) else str(exc)
+    text = text.removeprefix(f"{manifest.path}: ")
+    return text.splitlines()[0] if text.strip() else type(exc).__name__
 
 
 def _load(path: Path | None) -> tuple[np.ndarray, float]:
