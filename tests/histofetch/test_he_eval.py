@@ -34,6 +34,21 @@ def test_labels_file_is_well_formed() -> None:
     assert set(labels.values()) == {"he", "not_he"}
 
 
+def test_unreadable_labels_file_is_one_error_naming_the_file_and_line(tmp_path: Path) -> None:
+    """A cell over csv's 128 KB field limit let ``csv.Error`` out (not a ValueError, no file
+    name); bytes that are not UTF-8 named no file either."""
+    path = tmp_path / "labels.tsv"
+    good = "a" * 64 + "\the\tok\n"
+    path.write_text(
+        "sha256\tlabel\tnotes\n" + good + "b" * 64 + "\tnot_he\t" + "x" * 200_000 + "\n"
+    )
+    with pytest.raises(ValueError, match=rf"^{path}:3: unreadable TSV \(field larger than"):
+        read_labels(path)
+    path.write_bytes(b"sha256\tlabel\n" + good.encode() + b"\xff\xfe\n")
+    with pytest.raises(ValueError, match=rf"^{path}: not UTF-8 text \(invalid start byte"):
+        read_labels(path)
+
+
 @pytest.fixture(scope="module")
 def scores(tmp_path_factory: pytest.TempPathFactory) -> dict:
     pdfs = [

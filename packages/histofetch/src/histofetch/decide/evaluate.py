@@ -39,13 +39,22 @@ class Score:
 
 
 def read_labels(path: Path) -> dict[str, str]:
-    """sha256 → "he" | "not_he" from a labels TSV (bad rows raise ValueError)."""
+    """sha256 → "he" | "not_he" from a labels TSV (bad rows, text that is not UTF-8 and a
+    cell csv cannot read, e.g. one over its 128 KB field limit, raise one ValueError naming
+    the file and line)."""
     out: dict[str, str] = {}
     with path.open(encoding="utf-8-sig", newline="") as fh:  # a BOM is allowed
-        for lineno, row in enumerate(csv.DictReader(fh, delimiter="\t"), start=2):
-            if row.get("label") not in {"he", "not_he"} or len(row.get("sha256") or "") != 64:
-                raise ValueError(f"{path}:{lineno}: expected a sha256 and label he|not_he")
-            out[row["sha256"]] = row["label"]
+        reader = csv.DictReader(fh, delimiter="\t")
+        try:
+            for lineno, row in enumerate(reader, start=2):
+                if row.get("label") not in {"he", "not_he"} or len(row.get("sha256") or "") != 64:
+                    raise ValueError(f"{path}:{lineno}: expected a sha256 and label he|not_he")
+                out[row["sha256"]] = row["label"]
+        except csv.Error as exc:  # csv.Error is no ValueError: it escaped as a traceback
+            # DictReader.line_num is set after a row is read: the csv reader's is the line
+            raise ValueError(f"{path}:{reader.reader.line_num}: unreadable TSV ({exc})") from None
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     return out
 
 
