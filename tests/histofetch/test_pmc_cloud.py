@@ -578,6 +578,15 @@ def test_an_older_jats_version_that_cannot_be_used_leaves_the_newest_pdf(
     rec = _download(ncbi, run3, _rec("1", PMCID)).records["pmid:1"]
     assert (rec.status, rec.route) == ("failed", None)
 
+    # a refusal for good (403) is a verdict: passed over as a broken JSON is (review 3: it
+    # failed the record as 'network' on every run, the newest version's PDF never kept)
+    run4 = tmp_path / "refused"
+    ncbi.faults[f"{LIST}{PMCID}.1/{PMCID}.1.json"].clear()  # the 503s run3 left unserved
+    ncbi.inject(f"{LIST}{PMCID}.1/{PMCID}.1.json", *[(403, {}, b"denied")] * 20)
+    rec = _download(ncbi, run4, _rec("1", PMCID)).records["pmid:1"]
+    assert (rec.status, rec.route, rec.pmc_version) == ("ok", "pmc-cloud-pdf", 2)
+    assert "version 1 passed over" in rec.extra["route_misses"][0]
+
 
 def test_newest_version_retracted_refuses_an_older_one_with_jats(
     ncbi: FakeNcbi, tmp_path: Path

@@ -229,11 +229,14 @@ class PmcCloud:
         for version in found:  # highest first; stop at a published OA version with JATS
             try:
                 metas[version], unsures[version] = read_metadata(self.client, pmcid, version)
-            except Miss as miss:  # its JSON is not a JSON object (network trouble re-raised:
-                if not _candidates(metas):  # the record is fetched again later)
+            except (Miss, NetError) as exc:  # its JSON is not a JSON object, or refused
+                # for good (403, 410...); trouble a later try may not meet (5xx, no answer)
+                # is re-raised: the record is fetched again later
+                if not _candidates(metas) or (isinstance(exc, NetError) and exc.transient):
                     raise
                 # an older version looked at only for its JATS: the newer one stands
-                passed_over = f"{miss.detail}: version {version} passed over; "
+                why = exc.detail if isinstance(exc, Miss) else f"metadata: {exc}"
+                passed_over = f"{why}: version {version} passed over; "
                 log.warning("%s.%s: %s", pmcid, version, passed_over.removesuffix("; "))
                 break
             meta = metas[version]
