@@ -53,3 +53,31 @@ def test_cli_info_real_dev_train_with_origin_filter() -> None:
     assert result.exit_code == 0, result.output
     assert "patches: 7601" in result.output and "tumour (1)       3220" in result.output
     assert len(open_dataset(path)) == 7602  # without the filter: every row
+
+
+def test_cli_info_patch_size_reads_a_folder_of_larger_tiles(tmp_path: Path) -> None:
+    """A folder of 256 px tiles (as camelyon16_tiles_didsr) was refused ("image is 256x256
+    px, expected 96x96") although the folder reader takes any size: ``--patch-size 0``
+    reads any size, ``--patch-size 256`` that size only."""
+    rng = np.random.default_rng(0)
+    for label in ("normal", "tumor"):
+        (tmp_path / "tiles" / label).mkdir(parents=True)
+        for i in range(3):
+            pixels = rng.integers(0, 255, (256, 256, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(tmp_path / "tiles" / label / f"{label}{i}.png")
+    folder = tmp_path / "tiles"
+    runner = CliRunner()
+    r = runner.invoke(app, ["data", "info", str(folder)])
+    assert r.exit_code == 1 and "image is 256x256 px, expected 96x96" in r.output
+    sheet = tmp_path / "sheet.png"
+    for size in ("0", "256"):
+        r = runner.invoke(app, ["data", "info", str(folder), "--patch-size", size, "--json",
+                                "--sheet", str(sheet)])  # fmt: skip
+        assert r.exit_code == 0, r.output
+        info = json.loads(r.output)
+        assert info["patch_shape"] == [256, 256, 3] and info["counts"] == {"0": 3, "1": 3}
+        assert sheet.is_file()
+    r = runner.invoke(app, ["data", "info", str(folder), "--patch-size", "128"])
+    assert r.exit_code == 1 and "expected 128x128" in r.output
+    r = runner.invoke(app, ["data", "info", str(folder), "--patch-size", "-1"])
+    assert r.exit_code == 2

@@ -75,12 +75,24 @@ def info(
         ),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+    patch_size: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Side of the square patches expected, in px; 0 = any size (a folder of "
+            "256 px tiles, which eval reads with --scale).",
+        ),
+    ] = 96,
 ) -> None:
     """Counts, label balance and (optionally) a contact sheet of sample patches."""
     from histomodels.data import open_dataset
     from histomodels.data.info import contact_sheet, describe
 
-    kw = {k: v for k, v in (("split", split), ("origin_split", origin_split)) if v is not None}
+    kw: dict[str, object] = {
+        k: v for k, v in (("split", split), ("origin_split", origin_split)) if v is not None
+    }
+    if patch_size != 96:  # every reader takes it; 96 stays its default, unnamed
+        kw["patch_size"] = patch_size or None
     require_file_out(sheet)
     with errors(), progress():
         ds = open_dataset(path, **kw)
