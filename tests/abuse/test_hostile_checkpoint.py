@@ -498,3 +498,18 @@ def test_a_zip_flagged_encrypted_is_one_line_and_complex_safetensors_refused(
     save_file({**good, name: good[name].to(torch.complex64)}, str(complex_file))
     with pytest.raises(WeightsError, match=rf"c\.safetensors: tensor '{name}' holds complex"):
         read_state_dict(complex_file)
+
+
+def test_a_file_saved_without_crcs_loads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """torch.save with ``serialization.config.save.compute_crc32 = False`` writes CRC 0 for
+    every member, and torch.load reads it: the CRC pre-check refused it as damaged (review
+    3 of 7b8e016)."""
+    import torch.utils.serialization as serialization
+
+    monkeypatch.setattr(serialization.config.save, "compute_crc32", False)
+    good = checkpoint_dict()
+    path = _save(tmp_path)
+    weights = tmp_path / "w.pt"
+    torch.save(good["state_dict"], weights)
+    assert read_checkpoint(path)["state_dict"].keys() == good["state_dict"].keys()
+    assert read_state_dict(weights).keys() == good["state_dict"].keys()

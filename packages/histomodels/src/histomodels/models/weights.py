@@ -53,8 +53,11 @@ def damaged_member(path: Path) -> str | None:
     try:
         with zipfile.ZipFile(path) as archive:
             for info in archive.infolist():
-                # an "encrypted" flag: zipfile would raise RuntimeError; torch.load refuses it
+                # an "encrypted" flag: zipfile would raise RuntimeError; torch.load refuses it.
+                # CRC 0: torch.save with serialization config save.compute_crc32 = False
                 if info.compress_type != zipfile.ZIP_STORED or info.flag_bits & 0x1:
+                    continue
+                if info.CRC == 0 and info.file_size:
                     continue
                 with archive.open(info) as member:
                     while member.read(1 << 20):
