@@ -419,7 +419,10 @@ def test_a_damaged_tune_json_is_one_error(tmp_path, tiny_data):
     settings.write_text(good)
     trials = out / "trials.json"  # review: read with a bare json.loads (a traceback)
     for bad, said in (("[{", "cannot read"), ('[{"trial": "1"}]', "a list of trial records"),
-                      ('{"trial": 0}', "a list of trial records")):  # fmt: skip
+                      ('{"trial": 0}', "a list of trial records"),
+                      # review 3: KeyError 'val_auc' / 'params' tracebacks further on
+                      ('[{"trial": 0, "status": "completed", "params": {}}]', "trial records"),
+                      ('[{"trial": 0, "status": "failed"}]', "a list of trial records")):  # fmt: skip
         trials.write_text(bad)
         with pytest.raises(TuneError, match=f"^{trials}: .*{said}"):
             tune(*tiny_data, out, trials=2, **kw)

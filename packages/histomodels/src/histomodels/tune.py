@@ -288,11 +288,21 @@ def _saved_records(path: Path) -> list[dict[str, Any]]:
         records = loads_json(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:  # NotJSON, UnicodeDecodeError
         raise TuneError(f"{path}: cannot read this experiment's trials ({exc})") from None
-    if not isinstance(records, list) or not all(
-        isinstance(r, dict) and isinstance(r.get("trial"), int) for r in records
-    ):
+    if not isinstance(records, list) or not all(map(_is_record, records)):
         raise TuneError(f"{path}: not this experiment's trials (a list of trial records)")
     return records
+
+
+def _is_record(r: object) -> bool:
+    """A trial record as :func:`tune` writes it: what the table and the best-trial choice
+    read (a completed trial's AUC a number)."""
+    if not isinstance(r, dict) or not isinstance(r.get("trial"), int):
+        return False
+    if not isinstance(r.get("params"), dict) or not isinstance(r.get("fixed", {}), dict):
+        return False
+    auc = r.get("val_auc")
+    number = isinstance(auc, (int, float)) and not isinstance(auc, bool)
+    return r.get("status") != "completed" or number
 
 
 def _check_settings(out: Path, settings: dict[str, Any]) -> None:
