@@ -585,7 +585,7 @@ def test_exif_orientation_is_applied_as_a_viewer_does(tmp_path: Path, orientatio
 
 
 @pytest.mark.parametrize("orientation", [1, 2, 3, 6, 8])
-@pytest.mark.parametrize("kind", ["rgb8", "grey16"])
+@pytest.mark.parametrize("kind", ["rgb8", "grey16", "rgb16"])
 def test_a_tiff_is_turned_once(tmp_path: Path, orientation: int, kind: str) -> None:
     """Pillow turns a TIFF by its orientation tag as it loads it (and drops the tag): the
     reader turned it a second time (review of bc1baad: 2-5 and 7 came out as stored, 6 and
@@ -599,6 +599,8 @@ def test_a_tiff_is_turned_once(tmp_path: Path, orientation: int, kind: str) -> N
     rng = np.random.default_rng(orientation)
     if kind == "rgb8":
         pixels = np.repeat(rng.integers(0, 256, (6, 4, 3), dtype=np.uint8), 8, 0)
+    elif kind == "rgb16":  # read by tifffile, turned by us (review 4: 5-8 were refused)
+        pixels = np.repeat(rng.integers(0, 65536, (6, 4, 3), dtype=np.uint16), 8, 0)
     else:
         pixels = np.repeat(rng.integers(0, 65536, (6, 4), dtype=np.uint16), 8, 0)
     path = tmp_path / "t.tif"
@@ -611,9 +613,15 @@ def test_a_tiff_is_turned_once(tmp_path: Path, orientation: int, kind: str) -> N
         if kind == "rgb8":
             assert np.array_equal(rgb, np.asarray(shown.convert("RGB")))
     assert size == expected_size == (rgb.shape[1], rgb.shape[0])
-    if kind == "rgb8":  # (Pillow 13 loads a 16-bit grey TIFF as stored and drops its tag;
+    if kind != "grey16":  # (Pillow 13 loads a 16-bit grey TIFF as stored and drops its tag;
         turned = orientation in (5, 6, 7, 8)  # its own exif_transpose shows it so too)
         assert rgb.shape[:2] == ((4, 48) if turned else (48, 4))
+    if kind == "rgb16":  # the same turn as Pillow gives the 8-bit copy of the pixels
+        copy = tmp_path / "copy8.tif"
+        tifffile.imwrite(
+            copy, (pixels >> 8).astype(np.uint8), extratags=[(274, "H", 1, orientation, True)]
+        )
+        assert np.array_equal(rgb, read_rgb_sized(copy, max_pixels=10**6)[0])
 
 
 def test_a_damaged_png_with_exif_is_refused_not_half_decoded(tmp_path: Path) -> None:

@@ -280,8 +280,10 @@ def read_rgb_sized(
         size = im.size
         try:
             if _colour16(im):  # tifffile's pixels, as stored; Pillow's size is already turned
-                rgb = _decode_colour16(source, name, im.mode, im.size, max_side)
-                return _orient(rgb, _orientation(im)), size
+                turn = _orientation(im)  # (not loaded by Pillow: its tag is still there)
+                stored = (size[1], size[0]) if turn in _SWAPS_SIDES else size
+                rgb = _decode_colour16(source, name, im.mode, stored, max_side)
+                return _orient(rgb, turn), size
             rgb = _decode(im, max_side, signed)
         except PIL.Image.DecompressionBombError as exc:  # a later frame or tile over Pillow's
             raise _refused(name, max_pixels, exc) from None
