@@ -422,7 +422,12 @@ def test_a_damaged_tune_json_is_one_error(tmp_path, tiny_data):
                       ('{"trial": 0}', "a list of trial records"),
                       # review 3: KeyError 'val_auc' / 'params' tracebacks further on
                       ('[{"trial": 0, "status": "completed", "params": {}}]', "trial records"),
-                      ('[{"trial": 0, "status": "failed"}]', "trial records")):  # fmt: skip
+                      ('[{"trial": 0, "status": "failed"}]', "trial records"),
+                      # review 4: a completed one without its config, a limit not a mapping
+                      ('[{"trial": 0, "status": "completed", "params": {}, "val_auc": 0.9}]',
+                       "trial records"),
+                      ('[{"trial": 0, "status": "failed", "params": {}, "limit": [1]}]',
+                       "trial records")):  # fmt: skip
         trials.write_text(bad)
         with pytest.raises(TuneError, match=f"^{trials}: .*{said}"):
             tune(*tiny_data, out, trials=2, **kw)

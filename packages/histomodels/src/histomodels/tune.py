@@ -295,14 +295,18 @@ def _saved_records(path: Path) -> list[dict[str, Any]]:
 
 def _is_record(r: object) -> bool:
     """A trial record as :func:`tune` writes it: what the table and the best-trial choice
-    read (a completed trial's AUC a number)."""
+    read (a completed trial's AUC a number and its config a mapping)."""
     if not isinstance(r, dict) or not isinstance(r.get("trial"), int):
         return False
-    if not isinstance(r.get("params"), dict) or not isinstance(r.get("fixed", {}), dict):
+    if not all(isinstance(r.get(k, {}), dict) for k in ("params", "fixed", "limit")):
         return False
+    if "params" not in r:
+        return False
+    if r.get("status") != "completed":
+        return True
     auc = r.get("val_auc")
     number = isinstance(auc, (int, float)) and not isinstance(auc, bool)
-    return r.get("status") != "completed" or number
+    return number and isinstance(r.get("config"), dict)
 
 
 def _check_settings(out: Path, settings: dict[str, Any]) -> None:
