@@ -449,6 +449,20 @@ def test_tensors_that_are_not_plain_weights_are_refused(tmp_path: Path, make, me
         read_state_dict(weights)
 
 
+def _refused_as_checkpoint_and_weights(
+    tmp_path: Path, data: bytes, as_checkpoint: str, as_weights: str
+) -> None:
+    """``data`` written as ``best.pt`` and as ``w.pt``: each reader refuses it, one line."""
+    path = tmp_path / "best.pt"
+    path.write_bytes(data)
+    with pytest.raises(CheckpointError, match=as_checkpoint):
+        read_checkpoint(path)
+    weights = tmp_path / "w.pt"
+    weights.write_bytes(data)
+    with pytest.raises(WeightsError, match=as_weights):
+        read_state_dict(weights)
+
+
 def test_a_flipped_byte_in_a_weight_is_found_by_its_crc(tmp_path: Path) -> None:
     """torch.load does not check the zip's CRC-32s: one flipped byte inside a weight loaded
     as a wrong weight and eval ran on it, exit 0."""
@@ -462,13 +476,12 @@ def test_a_flipped_byte_in_a_weight_is_found_by_its_crc(tmp_path: Path) -> None:
     start = local + 30 + int.from_bytes(data[local + 26 : local + 28], "little")
     start += int.from_bytes(data[local + 28 : local + 30], "little")
     data[start + info.file_size // 2] ^= 0xFF
-    path.write_bytes(bytes(data))
-    with pytest.raises(CheckpointError, match=r"best\.pt: damaged file \(.* fails its CRC-32"):
-        read_checkpoint(path)
-    weights = tmp_path / "w.pt"
-    weights.write_bytes(bytes(data))
-    with pytest.raises(WeightsError, match=r"w\.pt: damaged file \(.* fails its CRC-32"):
-        read_state_dict(weights)
+    _refused_as_checkpoint_and_weights(
+        tmp_path,
+        bytes(data),
+        r"best\.pt: damaged file \(.* fails its CRC-32",
+        r"w\.pt: damaged file \(.* fails its CRC-32",
+    )
 
 
 def test_a_zip_flagged_encrypted_is_one_line_and_complex_safetensors_refused(
@@ -484,13 +497,9 @@ def test_a_zip_flagged_encrypted_is_one_line_and_complex_safetensors_refused(
     data = bytearray(path.read_bytes())
     central = data.find(b"PK\x01\x02")
     data[central + 8] |= 1  # general purpose flag: encrypted
-    path.write_bytes(bytes(data))
-    with pytest.raises(CheckpointError, match=r"best\.pt: "):
-        read_checkpoint(path)
-    weights = tmp_path / "w.pt"
-    weights.write_bytes(bytes(data))
-    with pytest.raises(WeightsError, match=r"w\.pt: not a loadable weights file"):
-        read_state_dict(weights)
+    _refused_as_checkpoint_and_weights(
+        tmp_path, bytes(data), r"best\.pt: ", r"w\.pt: not a loadable weights file"
+    )
 
     good = checkpoint_dict()["state_dict"]
     name = _first_weight(good)
