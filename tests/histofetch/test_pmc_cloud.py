@@ -634,3 +634,31 @@ def test_jats_version_without_figures_and_a_locked_pdf_goes_on_as_encrypted(
     assert rec.extra["route_misses"][0].startswith(
         f"pmc-cloud: {PMCID}.1 gave no figure files; its PDF: got an encrypted PDF"
     )
+
+
+def test_figure_files_that_cannot_be_decoded_name_the_miss(ncbi: FakeNcbi, tmp_path: Path) -> None:
+    """Version 1's figure files are in the bucket with their MD5s, but are not images. The
+    record failed as 'no full text' (Europe PMC's miss, the only figure-route category
+    ranked above 'no figures'), the cause only in extra.failed_files; now the route's miss
+    is 'bad file' and says none of the fetched figure files could be decoded."""
+    junk = {"mds52601.jpg": b"<html>not an image</html>", "mds52602.jpg": b"\xff\xd8\xff junk"}
+    ncbi.bucket.add_version(PMCID, 1, jats=real_jats(), media=junk)
+    rec = _download(ncbi, tmp_path / "a", _rec("1", PMCID)).records["pmid:1"]
+    assert (rec.status, rec.transient) == ("failed", False)
+    assert rec.reason is not None and rec.reason.startswith(
+        "bad file: pmc-cloud: none of its 2 figure files could be decoded, and no PDF "
+        f"(Figure 1.: figure '{PMCID}.1/mds52601.jpg' cannot be decoded"
+    ), rec.reason
+    assert "europepmc: Europe PMC has no full text" in rec.reason
+    assert len(rec.extra["failed_files"]) == 2
+
+    # Europe PMC out of reach for now: the PDF routes wait, and the record is retried by
+    # the next run by itself whatever category leads its reason
+    rest = f"/europepmc/rest/{PMCID}/fullTextXML"
+    ncbi.inject(rest, *[(503, {}, b"unavailable")] * 20)
+    rendered = len(ncbi.requests_to(f"/europepmc/articles/{PMCID}"))
+    rec = _download(ncbi, tmp_path / "b", _rec("1", PMCID)).records["pmid:1"]
+    assert (rec.status, rec.transient) == ("failed", True), rec.reason
+    assert rec.reason is not None and rec.reason.startswith("bad file: pmc-cloud: none of its")
+    assert f"europepmc: HTTP 503 from {ncbi.base}{rest}" in rec.reason
+    assert len(ncbi.requests_to(f"/europepmc/articles/{PMCID}")) == rendered  # PDF routes wait

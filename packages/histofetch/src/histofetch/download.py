@@ -149,15 +149,15 @@ class Downloader:
                     raise StageFailure(f"{miss.category}: {name}: {miss.detail}") from None
                 continue
             self._note(rec, files)
-            if self._keep(rec, files):
+            kept, failures = self._keep(rec, files)
+            if kept:
                 if attempts.notes:  # why the better routes gave nothing (a corrupt ZIP...)
                     rec.extra["route_misses"] = attempts.notes[:10]
                 return
-            detail = "no figure files and no PDF"
-            if files.failures:
-                detail += " (" + "; ".join(files.failures[:5]) + ")"
-            attempts.add(name, "no figures", detail)
-        raise StageFailure(attempts.reason())
+            attempts.add(name, *_nothing_kept(files, failures))
+        # A figure route out of reach for now kept the PDF routes from being tried: the
+        # next run retries the record, whichever category leads its reason.
+        raise StageFailure(attempts.reason(), transient=True if figure_trouble else None)
 
     def _pdf_route_allowed(
         self, rec: Record, name: str, attempts: Attempts, figure_trouble: bool
@@ -191,8 +191,9 @@ class Downloader:
             if getattr(rec, name) is None:
                 setattr(rec, name, value)
 
-    def _keep(self, rec: Record, files: ArticleFiles) -> bool:
-        """Save the route's figures and PDF; True if anything was kept."""
+    def _keep(self, rec: Record, files: ArticleFiles) -> tuple[bool, list[str]]:
+        """Save the route's figures and PDF: whether anything was kept, and the files
+        named but not kept (also the record's ``extra["failed_files"]``)."""
         failures = list(files.failures)
         kept_figures = self._keep_figures(rec, files, failures)
         kept_pdf = False
@@ -212,8 +213,8 @@ class Downloader:
             rec.extra["failed_files"] = failures[:50]
         if kept_figures or kept_pdf:
             rec.route = files.route
-            return True
-        return False
+            return True, failures
+        return False, failures
 
     def _keep_figures(self, rec: Record, files: ArticleFiles, failures: list[str]) -> bool:
         """One ``source="jats"`` row and PNG per distinct figure file; True if any was kept.
@@ -263,6 +264,18 @@ class Downloader:
                 )
             )
         return bool(by_digest)
+
+
+def _nothing_kept(files: ArticleFiles, failures: list[str]) -> tuple[str, str]:
+    """The miss (category, detail) of a route whose files were all refused. Figure files
+    it fetched (MD5-checked) that could not be decoded are a ``bad file``, not the same as
+    a route with no figures (it read 'no figure files', and Europe PMC's 'no full text'
+    named the record's failure)."""
+    listed = (" (" + "; ".join(failures[:5]) + ")") if failures else ""
+    if files.figures:  # each was decoded (and so kept) or refused: none was kept
+        n = len(files.figures)
+        return "bad file", f"none of its {n} figure files could be decoded, and no PDF{listed}"
+    return "no figures", f"no figure files and no PDF{listed}"
 
 
 #: How ``filter`` names a panel cut from figure ``<stem>`` (``<stem>_panel01``).
