@@ -626,6 +626,11 @@ def test_jats_version_without_figures_and_a_locked_pdf_goes_on_as_encrypted(
         f"encrypted PDF: pmc-cloud: {PMCID}.1 gave no figure files; its PDF: got an encrypted "
         f"PDF that needs a password from {PMCID}.1/{PMCID}.1.pdf"
     ), rec.reason
+    # the files named but not kept are listed as every other miss lists them (they were
+    # only in the reason: extra.failed_files was missing)
+    failed = rec.extra["failed_files"]
+    assert [f.split(":", 1)[0] for f in failed] == ["Figure 1.", "Figure 2.", "PDF"], failed
+    assert "HTTP 404" in failed[0] and "needs a password" in failed[2]
     readable = make_pdf("render")
     ncbi.files[f"/europepmc/articles/{PMCID}"] = (200, "application/pdf", readable)
     rec = _download(ncbi, tmp_path / "b", _rec("1", PMCID)).records["pmid:1"]

@@ -143,6 +143,7 @@ class Downloader:
                 figure_trouble |= miss.category == "network" and not is_pdf_route
                 if miss.files is not None:
                     self._note(rec, miss.files)
+                    _failed_files(rec, miss.files.failures)  # an encrypted PDF's miss too
                     if miss.files.pdf is not None and held is None and not is_pdf_route:
                         held = miss.files
                 if miss.final:
@@ -209,8 +210,7 @@ class Downloader:
                 rec.pdf_sha256 = hashlib.sha256(files.pdf).hexdigest()
                 rec.pdf_source = files.route
                 kept_pdf = True
-        if failures:
-            rec.extra["failed_files"] = failures[:50]
+        _failed_files(rec, failures)
         if kept_figures or kept_pdf:
             rec.route = files.route
             return True, failures
@@ -264,6 +264,13 @@ class Downloader:
                 )
             )
         return bool(by_digest)
+
+
+def _failed_files(rec: Record, failures: list[str]) -> None:
+    """The files a route named but did not keep, as ``extra["failed_files"]`` (at most 50),
+    whether the route then gave files or missed."""
+    if failures:
+        rec.extra["failed_files"] = failures[:50]
 
 
 def _nothing_kept(files: ArticleFiles, failures: list[str]) -> tuple[str, str]:
