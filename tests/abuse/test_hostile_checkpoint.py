@@ -288,7 +288,7 @@ def test_resumed_last_pt_that_cannot_build_or_fit_names_the_file(tmp_path: Path)
     assert r.exit_code == 0, r.output
     saved = torch.load(run / "last.pt", weights_only=True)
     for config, message in (
-        ({"width": 4, "depth": -1}, "cannot build model 'cnn' (cnn needs depth"),
+        ({"width": 4, "depth": -1}, "model_config 'depth' is -1; cnn takes int >= 1"),
         ({"width": 8, "depth": 2}, "weights do not fit model 'cnn': "),
     ):
         state = dict(saved, model_config=config)

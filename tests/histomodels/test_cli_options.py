@@ -400,6 +400,30 @@ def test_a_config_files_bad_seed_is_its_error_line(tmp_path: Path) -> None:
         ({"model_config": {"bogus": 1}}, "model_config key 'bogus', which cnn does not accept"),
         ({"model_config": {"width": "48"}}, "model_config 'width' is '48'; cnn takes int"),
         ({"model_config": {"dropout": True}}, "model_config 'dropout' is True; cnn takes float"),
+        # a value's range, stated by each builder's signature (it was found only when the
+        # model was built, in a line without the file: 'error: cnn needs depth, ...')
+        ({"model_config": {"width": 0}}, "model_config 'width' is 0; cnn takes int >= 1"),
+        ({"model_config": {"depth": -1}}, "model_config 'depth' is -1; cnn takes int >= 1"),
+        (
+            {"model_config": {"norm": "bogus"}},
+            "model_config 'norm' is 'bogus'; cnn takes one of 'batch', 'group', 'none'",
+        ),
+        (
+            {"model_config": {"dropout": 1.0}},
+            "model_config 'dropout' is 1.0; cnn takes float in [0, 1)",
+        ),
+        (
+            {"model": "efficientnet_lite0", "model_config": {"centre": "branch"}},
+            "model_config 'centre' is 'branch'; efficientnet_lite0 takes one of 'none', 'pool'",
+        ),
+        (
+            {"model": "mobilenet_v2", "model_config": {"input_size": 100_000}},
+            "model_config 'input_size' is 100000; mobilenet_v2 takes int in [8, 4096] or null",
+        ),
+        (
+            {"model": "timm/resnet18", "model_config": {"drop_rate": 1.5}},
+            "model_config 'drop_rate' is 1.5; timm/resnet18 takes float in [0, 1)",
+        ),
         (
             {"model": "timm/resnet18", "model_config": {"width": 8}},
             "model_config key 'width', which timm/resnet18 does not accept",

@@ -55,6 +55,21 @@ def test_every_registered_model_round_trips(name, tmp_path):
     _round_trip(name, tmp_path, **NEEDS_CONFIG.get(name, {}))
 
 
+@pytest.mark.parametrize("name", sorted(set(list_models()) - set(NEEDS_CONFIG)))
+def test_every_builders_defaults_keep_its_own_rules(name):
+    """Each builder states its values' ranges in its signature (``Annotated`` bounds,
+    ``Literal`` choices), which ``check_config`` reads: every default must keep them, or a
+    config naming the default would be refused."""
+    import inspect
+
+    from histomodels.models.registry import _builder, check_config, config_keys
+
+    fn, _ = _builder(name)
+    params = inspect.signature(fn).parameters
+    for key in sorted(config_keys(name)):
+        check_config(name, {key: params[key].default})
+
+
 def test_timm_prefix_model_with_kwargs_round_trips(tmp_path):
     _round_trip("timm/resnet10t", tmp_path, drop_rate=0.1)
 

@@ -308,7 +308,7 @@ def test_cli_config_file_and_overrides(h5_files, tmp_path):
         (["--model-config", '{"bogus": 1}'], "model_config key 'bogus', which cnn does not"),
         (["--model-config", '{"width": "x"}'], "model_config 'width' is 'x'; cnn takes int"),
         (["--model-config", '{"width": null}'], "model_config 'width' is None; cnn takes int"),
-        (["--model-config", '{"width": 0}'], "cnn needs depth, blocks, width >= 1"),
+        (["--model-config", '{"width": 0}'], "model_config 'width' is 0; cnn takes int >= 1"),
         (["--model-config", '{"weights": "/etc/passwd"}'], "key 'weights', which cnn does not"),
     ],
 )

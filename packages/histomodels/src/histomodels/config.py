@@ -483,8 +483,9 @@ def resolve_config(
 def check_model(cfg: TrainConfig, source: str = "config") -> None:
     """``model`` and ``model_config`` as the model registry judges them without building
     the model (:func:`~histomodels.models.registry.check_config`: a name it, or timm, does
-    not know; a key the builder does not take; a value of the wrong type): a ConfigError
-    naming ``source`` and the key. Imports the model zoo (PyTorch, timm)."""
+    not know; a key the builder does not take; a value of the wrong type, or outside the
+    range or choices the builder's signature states): a ConfigError naming ``source`` and
+    the key. Imports the model zoo (PyTorch, timm)."""
     import histomodels.models  # noqa: F401 (the zoo registers its builders)
     from histomodels.models import registry
 

@@ -10,10 +10,13 @@ label region.
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import torch
 from torch import nn
 
-CENTRES = ("none", "branch", "pool")
+Centre = Literal["none", "branch", "pool"]
+CENTRES: tuple[str, ...] = get_args(Centre)
 
 
 class CentrePool(nn.Module):

@@ -20,14 +20,22 @@ centre prior with a learned width, joined with the global average.
 
 from __future__ import annotations
 
+from typing import Annotated, Literal, get_args
+
 import torch
+from annotated_types import Ge, Interval
 from torch import nn
 
 from histocore.errors import UsageError
-from histomodels.models.centre import CENTRES, CentrePool
+from histomodels.models.centre import CENTRES, Centre, CentrePool
 from histomodels.models.registry import register_model
 
-NORMS = ("batch", "group", "none")
+Norm = Literal["batch", "group", "none"]
+NORMS: tuple[str, ...] = get_args(Norm)
+#: The builder's rules for its values, which the registry reads from its signature
+#: (``registry.check_config``: a config file's ``width: 0`` is refused as it is read)
+Count = Annotated[int, Ge(1)]
+Dropout = Annotated[float, Interval(ge=0, lt=1)]
 
 
 def _norm(kind: str, channels: int) -> nn.Module:
@@ -140,13 +148,13 @@ class PatchCNN(nn.Module):
 def cnn(
     pretrained: bool = False,
     weights: str | None = None,
-    depth: int = 4,
-    blocks: int = 1,
-    width: int = 16,
-    max_width: int = 512,
-    dropout: float = 0.35,
-    norm: str = "batch",
-    centre: str = "none",
+    depth: Count = 4,
+    blocks: Count = 1,
+    width: Count = 16,
+    max_width: Count = 512,
+    dropout: Dropout = 0.35,
+    norm: Norm = "batch",
+    centre: Centre = "none",
 ) -> nn.Module:
     """The scratch CNN; ``weights`` may name a local file (state dict or checkpoint)."""
     if pretrained:

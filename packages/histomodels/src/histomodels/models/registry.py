@@ -9,11 +9,13 @@ module in it) has been imported.
 from __future__ import annotations
 
 import inspect
+import operator
 import types
 import typing
 from collections.abc import Callable
-from typing import Any
+from typing import Annotated, Any
 
+from annotated_types import Ge, Gt, Interval
 from torch import nn
 
 from histocore.errors import DomainError
@@ -105,7 +107,8 @@ def config_keys(name: str) -> frozenset[str]:
 def check_config(name: str, config: dict[str, Any]) -> None:
     """Refuse a ``model_config`` key model ``name`` does not accept (:func:`config_keys`):
     a model trained with it could not be built again from its checkpoint; then a value of
-    the wrong type for its builder's parameter, or a required parameter left out, so that a
+    the wrong type for its builder's parameter or outside the range or choices its
+    annotation states (:func:`_fits`), or a required parameter left out, so that a
     ``TypeError`` while building is a bug in the model code, never the user's config. An
     unknown name (:func:`name_problem`) comes first."""
     problem = name_problem(name)
@@ -131,12 +134,17 @@ def check_config(name: str, config: dict[str, Any]) -> None:
         raise ModelError(f"model_config for {name}: {exc}") from None
 
 
-#: The types of the ``timm/<name>`` architecture keys (:data:`TIMM_CONFIG_KEYS`).
+#: The types of the ``timm/<name>`` architecture keys (:data:`TIMM_CONFIG_KEYS`), with
+#: their ranges (a ``depth`` of 0 or a ``drop_rate`` of 1 is refused as a config is read).
+_COUNT = Annotated[int, Ge(1)]
+_RATE = Annotated[float, Interval(ge=0, lt=1)]
 _TIMM_TYPES: dict[str, Any] = {
-    "input_size": int, "img_size": int | list[int], "patch_size": int, "embed_dim": int,
-    "depth": int, "num_heads": int, "mlp_ratio": float, "init_values": float | None,
-    "reg_tokens": int, "no_embed_class": bool, "class_token": bool, "global_pool": str,
-    "dynamic_img_size": bool, "qkv_bias": bool, "drop_rate": float, "drop_path_rate": float,
+    "input_size": Annotated[int, Interval(ge=8, le=4096)], "img_size": _COUNT | list[_COUNT],
+    "patch_size": _COUNT, "embed_dim": _COUNT, "depth": _COUNT, "num_heads": _COUNT,
+    "mlp_ratio": Annotated[float, Gt(0)], "init_values": float | None,
+    "reg_tokens": Annotated[int, Ge(0)], "no_embed_class": bool, "class_token": bool,
+    "global_pool": str, "dynamic_img_size": bool, "qkv_bias": bool, "drop_rate": _RATE,
+    "drop_path_rate": _RATE,
 }  # fmt: skip
 
 
@@ -168,8 +176,16 @@ def _expected_types(name: str) -> dict[str, Any]:
 
 def _fits(value: Any, annotation: Any) -> bool:
     """Whether a config value (a JSON value) fits a builder's parameter annotation; an
-    annotation this does not know (a class, ``Any``) accepts anything."""
+    annotation this does not know (a class, ``Any``) accepts anything. The annotation may
+    hold the value's range: ``Literal[...]`` (one of these values) and ``Annotated[int,
+    annotated_types.Ge(1)]`` (or ``Gt``, ``Le``, ``Lt``, ``Interval``), so each model's
+    builder states its own rules, and a ``width: 0`` is found when a config is read."""
     origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        base, *rules = typing.get_args(annotation)
+        return _fits(value, base) and all(_within(value, rule) for rule in rules)
+    if origin is typing.Literal:
+        return any(type(value) is type(a) and value == a for a in typing.get_args(annotation))
     if origin in (types.UnionType, typing.Union):
         return any(_fits(value, a) for a in typing.get_args(annotation))
     if annotation is None or annotation is type(None):
@@ -190,9 +206,49 @@ def _fits(value: Any, annotation: Any) -> bool:
     return True
 
 
+#: The bounds an ``annotated_types`` rule may hold: attribute, as written, test.
+_BOUNDS: tuple[tuple[str, str, Callable[[Any, Any], bool]], ...] = (
+    ("ge", ">=", operator.ge),
+    ("gt", ">", operator.gt),
+    ("le", "<=", operator.le),
+    ("lt", "<", operator.lt),
+)
+
+
+def _bounds(rule: Any) -> list[tuple[str, Any, Callable[[Any, Any], bool]]]:
+    """``rule``'s bounds as (written, bound, test): none for metadata without them."""
+    return [
+        (op, getattr(rule, a), test)
+        for a, op, test in _BOUNDS
+        if getattr(rule, a, None) is not None
+    ]
+
+
+def _within(value: Any, rule: Any) -> bool:
+    """Whether number ``value`` keeps ``rule``'s bounds (NaN keeps none)."""
+    return all(test(value, bound) for _, bound, test in _bounds(rule))
+
+
+def _describe_rule(rule: Any) -> str:
+    """``>= 1``, or ``in [0, 1)`` for a lower and an upper bound."""
+    found = _bounds(rule)
+    if len(found) == 2:
+        (low_op, low, _), (high_op, high, _) = found
+        return f"in {'[' if low_op == '>=' else '('}{low}, {high}{']' if high_op == '<=' else ')'}"
+    return " ".join(f"{op} {bound}" for op, bound, _ in found)
+
+
 def _describe(annotation: Any) -> str:
-    if typing.get_origin(annotation) in (types.UnionType, typing.Union):
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        base, *rules = typing.get_args(annotation)
+        return " ".join([_describe(base), *filter(None, map(_describe_rule, rules))])
+    if origin is typing.Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(annotation))
+    if origin in (types.UnionType, typing.Union):
         return " or ".join(_describe(a) for a in typing.get_args(annotation))
     if annotation is None or annotation is type(None):
         return "null"
+    if origin in (list, tuple) and typing.get_args(annotation):
+        return f"a list of {_describe(typing.get_args(annotation)[0])}"
     return getattr(annotation, "__name__", str(annotation))

@@ -13,7 +13,7 @@ tensors are copied in parameter order, which matches shape for shape.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from torch import nn
 
@@ -21,10 +21,12 @@ from histocore.errors import UsageError
 from histomodels.models.centre import CentreHeadNet
 from histomodels.models.hub import OFFLINE_HINT, offline_overlay
 from histomodels.models.registry import ModelError, register_model
-from histomodels.models.torchvision_zoo import IMAGENET_NAMES, maybe_resize
+from histomodels.models.torchvision_zoo import IMAGENET_NAMES, Dropout, InputSize, maybe_resize
 from histomodels.models.weights import WeightsError
 
 LITE0_SOURCE = "lite0-imagenet"
+#: the heads a pretrained backbone can have (:func:`_centre_head`)
+HeadCentre = Literal["none", "pool"]
 
 
 def _centre_head(model: nn.Module, centre: str, dropout: float) -> nn.Module:
@@ -103,8 +105,8 @@ def timm_model(
     name: str,
     pretrained: bool = False,
     weights: str | None = None,
-    input_size: int | None = None,
-    centre: str = "none",
+    input_size: InputSize | None = None,
+    centre: HeadCentre = "none",
     **kwargs: Any,
 ) -> nn.Module:
     """Any timm architecture with a 1-logit head (``centre="pool"``: centre-pooled head)."""
@@ -146,10 +148,10 @@ def load_lite0_imagenet(model: nn.Module) -> int:
 def efficientnet_lite0(
     pretrained: bool = False,
     weights: str | None = None,
-    dropout: float = 0.2,
-    drop_path_rate: float = 0.0,
-    input_size: int | None = None,
-    centre: str = "none",
+    dropout: Dropout = 0.2,
+    drop_path_rate: Dropout = 0.0,
+    input_size: InputSize | None = None,
+    centre: HeadCentre = "none",
 ) -> nn.Module:
     """EfficientNet-Lite0 (timm ``tf_efficientnet_lite0``); ImageNet from the PyPI wheel.
 

@@ -8,7 +8,10 @@ checkpoint carries its own preprocessing.
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch.nn.functional as F
+from annotated_types import Interval
 from torch import nn
 
 from histomodels.choices import TORCHVISION_ARCHS
@@ -18,6 +21,11 @@ from histomodels.models.weights import WeightsError
 #: listed with the other trainable models' names in histomodels.choices
 ARCHS = TORCHVISION_ARCHS
 IMAGENET_NAMES = ("imagenet", "default", "DEFAULT")
+#: The builders' rules for their values, read from their signatures by the registry
+#: (``registry.check_config``): a patch resized inside the model to ``input_size`` px (a
+#: hostile size would allocate gigabytes per batch; null = as given), and a dropout rate.
+InputSize = Annotated[int, Interval(ge=8, le=4096)]
+Dropout = Annotated[float, Interval(ge=0, lt=1)]
 
 
 class InputResize(nn.Module):
@@ -80,8 +88,8 @@ def _make_builder(arch: str):
     def build(
         pretrained: bool = False,
         weights: str | None = None,
-        dropout: float | None = None,
-        input_size: int | None = None,
+        dropout: Dropout | None = None,
+        input_size: InputSize | None = None,
     ) -> nn.Module:
         return maybe_resize(_torchvision(arch, pretrained, weights, dropout), input_size)
 

@@ -11,8 +11,9 @@ import numpy as np
 import torch
 
 from histocore.io import json_safe
-from histomodels.checkpoint import make_checkpoint, read_checkpoint
+from histomodels.checkpoint import CheckpointError, make_checkpoint, read_checkpoint
 from histomodels.config import RESUME_OVERRIDES, TrainConfig, pin_pre_recipe, validate
+from histomodels.models.registry import ModelError, check_config
 from histomodels.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from histomodels.training.result import TrainingError
 
@@ -29,6 +30,10 @@ def resume_state(cfg: TrainConfig, run_dir: Path) -> tuple[TrainConfig, dict[str
         raise TrainingError(f"{last}: nothing to resume (no last.pt in the run folder)")
     state = read_checkpoint(last)
     saved = TrainConfig(**pinned_architecture(state))
+    try:  # its model_config as a config file's is judged: the line names last.pt
+        check_config(saved.model, saved.model_config)
+    except ModelError as exc:
+        raise CheckpointError(f"{last}: {exc}") from None
     keep = {k: getattr(cfg, k) for k in RESUME_OVERRIDES}
     return validate(saved.replace(**keep)), state
 
