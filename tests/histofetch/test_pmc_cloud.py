@@ -667,3 +667,35 @@ def test_figure_files_that_cannot_be_decoded_name_the_miss(ncbi: FakeNcbi, tmp_p
     assert rec.reason is not None and rec.reason.startswith("bad file: pmc-cloud: none of its")
     assert f"europepmc: HTTP 503 from {ncbi.base}{rest}" in rec.reason
     assert len(ncbi.requests_to(f"/europepmc/articles/{PMCID}")) == rendered  # PDF routes wait
+
+
+def test_version_note_names_newer_versions_with_jats_that_were_not_taken(
+    ncbi: FakeNcbi, tmp_path: Path
+) -> None:
+    """Versions 4 (not open access) and 3 (an author manuscript) have JATS, 2 (published)
+    has none, 1 (published) has it: version 1 is taken, as the choice rule says, but the
+    note called it 'the newest version with JATS', which 4 and 3 are. Now it says which
+    kind of version it is the newest of, and why the newer ones with JATS were not taken."""
+    ncbi.bucket.add_version(PMCID, 1, jats=real_jats(), media=FIGS)
+    ncbi.bucket.add_version(PMCID, 2, jats=None, pdf=make_pdf())
+    ncbi.bucket.add_version(PMCID, 3, jats=real_jats(), media=FIGS, is_manuscript=True)
+    ncbi.bucket.add_version(PMCID, 4, jats=real_jats(), media=FIGS, is_pmc_openaccess=False)
+    rec = _download(ncbi, tmp_path, _rec("1", PMCID)).records["pmid:1"]
+    assert (rec.status, rec.route, rec.pmc_version) == ("ok", "pmc-cloud", 1)
+    assert rec.extra["pmc_version_note"] == (
+        f"{PMCID}.2.json names no xml_url (no JATS); took {PMCID}.1, the newest published "
+        f"open-access version with JATS ({PMCID}.4 has JATS but is not open access; "
+        f"{PMCID}.3 has JATS but is an author manuscript)"
+    )
+    # no published version: the manuscripts are chosen among, and a newer closed version
+    # with JATS is named the same way
+    other = "PMC3574551"
+    ncbi.bucket.add_version(other, 1, jats=real_jats(), media=FIGS, is_manuscript=True)
+    ncbi.bucket.add_version(other, 2, jats=None, pdf=make_pdf(), is_manuscript=True)
+    ncbi.bucket.add_version(other, 3, jats=real_jats(), media=FIGS, is_pmc_openaccess=False)
+    rec = _download(ncbi, tmp_path / "ms", _rec("2", other)).records["pmid:2"]
+    assert (rec.status, rec.pmc_version) == ("ok", 1)
+    assert rec.extra["pmc_version_note"] == (
+        f"{other}.2.json names no xml_url (no JATS); took {other}.1, the newest open-access "
+        f"author manuscript with JATS ({other}.3 has JATS but is not open access)"
+    )

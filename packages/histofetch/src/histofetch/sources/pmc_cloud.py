@@ -204,6 +204,27 @@ def choose_version(metas: dict[int, dict[str, Any]]) -> int | None:
     return (with_jats or pool or [None])[0]
 
 
+def version_note(pmcid: str, metas: dict[int, dict[str, Any]], newest: int, chosen: int) -> str:
+    """Why ``chosen`` (with JATS) was taken, not ``newest`` (the newest version it was chosen
+    among, without JATS). Newer versions with JATS outside the choice (not open access, an
+    author manuscript beside published versions) are named: ``chosen`` is then the newest
+    of its kind with JATS, not the newest version with JATS."""
+    pool = _candidates(metas)
+    left = []
+    for v in sorted(metas, reverse=True):
+        if v > chosen and v not in pool and metas[v].get("xml_url"):
+            oa = metas[v].get("is_pmc_openaccess") is True
+            left.append(
+                f"{pmcid}.{v} has JATS but is {'an author manuscript' if oa else 'not open access'}"
+            )
+    took = f"{pmcid}.{newest}.json names no xml_url (no JATS); took {pmcid}.{chosen}, the newest "
+    if not left:
+        return took + "version with JATS"
+    manuscript = metas[chosen].get("is_manuscript")
+    kind = "open-access author manuscript" if manuscript else "published open-access version"
+    return took + f"{kind} with JATS ({'; '.join(left)})"
+
+
 class PmcCloud:
     """The route: versions → metadata → policy → JATS → figure files (+ PDF)."""
 
@@ -266,10 +287,7 @@ class PmcCloud:
             done = f"{pmcid}.{chosen} (JATS) refused: {miss.detail}; "
             self._pdf_only(f"{pmcid}.{newest}", metas[newest], newer, before=done)
         if newer is not None:
-            files.version_note = (
-                f"{pmcid}.{newest}.json names no xml_url (no JATS); took {pmcid}.{chosen}, "
-                "the newest version with JATS"
-            )
+            files.version_note = version_note(pmcid, metas, newest, chosen)
             log.info("%s", files.version_note)
         refused = None
         try:
