@@ -699,3 +699,40 @@ def test_version_note_names_newer_versions_with_jats_that_were_not_taken(
         f"{other}.2.json names no xml_url (no JATS); took {other}.1, the newest open-access "
         f"author manuscript with JATS ({other}.3 has JATS but is not open access)"
     )
+
+
+def test_metadata_over_the_size_limit_is_a_miss_of_that_version(
+    ncbi: FakeNcbi, tmp_path: Path
+) -> None:
+    """A version's metadata JSON larger than NetConfig.max_bytes ('response too large', no
+    HTTP status) counted as trouble a later try may not meet: the record failed, marked
+    transient, every run again, though the body is as large next time. Now it is that
+    version's miss for good: an older version is passed over (the newest version's PDF is
+    kept), and a single version's route misses as 'bad file' (the next routes are tried)."""
+    net = ncbi.config(max_bytes=1_000_000)  # the JATS (108 KB), figures and PDFs fit
+    big = "x" * 1_200_000
+    ncbi.bucket.add_version(PMCID, 1, jats=real_jats(), media=FIGS, padding=big)
+    pdf = _pdf_with_image()
+    ncbi.bucket.add_version(PMCID, 2, jats=None, pdf=pdf)
+    _run(tmp_path / "a", _rec("1", PMCID))
+    run_download(tmp_path / "a", net=net)
+    with Manifest.load(tmp_path / "a") as manifest:
+        rec = manifest.records["pmid:1"]
+    assert (rec.status, rec.route, rec.pmc_version) == ("ok", "pmc-cloud-pdf", 2), rec.reason
+    assert rec.extra["route_misses"][0].startswith(
+        f"pmc-cloud: metadata {PMCID}.1.json: response too large"
+    ), rec.extra["route_misses"]
+    assert "version 1 passed over" in rec.extra["route_misses"][0]
+
+    other = "PMC3574551"
+    ncbi.bucket.add_version(other, 1, jats=real_jats(), media=FIGS, padding=big)
+    readable = make_pdf("render")
+    ncbi.files[f"/europepmc/articles/{other}"] = (200, "application/pdf", readable)
+    _run(tmp_path / "b", _rec("2", other))
+    run_download(tmp_path / "b", net=net)
+    with Manifest.load(tmp_path / "b") as manifest:
+        rec = manifest.records["pmid:2"]
+    assert (rec.status, rec.route) == ("ok", "europepmc-pdf"), rec.reason
+    assert rec.extra["route_misses"][0].startswith(
+        f"pmc-cloud: metadata {other}.1.json: response too large"
+    )

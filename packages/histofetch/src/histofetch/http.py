@@ -152,15 +152,22 @@ class NetConfig:
 class NetError(DomainError):
     """A request that failed for good (after retries); the message is one line."""
 
-    def __init__(self, message: str, *, status: int | None = None, url: str = "") -> None:
+    def __init__(
+        self, message: str, *, status: int | None = None, url: str = "", too_large: bool = False
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.url = url
+        #: the body was over ``NetConfig.max_bytes``: it will be next time too
+        self.too_large = too_large
 
     @property
     def transient(self) -> bool:
-        """Whether a later try may pass: no answer (``status`` None) or a status in
-        :data:`RETRY_STATUSES` (what :func:`histofetch.stage.is_transient` reads)."""
+        """Whether a later try may pass: no answer (``status`` None; a body over the size
+        limit is not that) or a status in :data:`RETRY_STATUSES` (what
+        :func:`histofetch.stage.is_transient` reads)."""
+        if self.too_large:
+            return False
         return self.status is None or self.status in RETRY_STATUSES
 
 
@@ -368,6 +375,7 @@ class NetClient:
                     f"response too large ({int(declared)} bytes > {self.config.max_bytes}): "
                     f"{_short(url)}",
                     url=url,
+                    too_large=True,
                 )
             chunks: list[bytes] = []
             total = 0
@@ -378,6 +386,7 @@ class NetClient:
                     raise NetError(
                         f"response too large (> {self.config.max_bytes} bytes): {_short(url)}",
                         url=url,
+                        too_large=True,
                     )
                 chunks.append(chunk)
             response._content = b"".join(chunks)  # what .read() would have set

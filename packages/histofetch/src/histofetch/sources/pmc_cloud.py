@@ -138,6 +138,8 @@ def read_metadata(
         if exc.status == 404:
             log.warning("%s has no metadata JSON", name)
             return {}, {}
+        if exc.too_large:  # as large next time: this version's miss for good
+            raise Miss("bad file", f"metadata {name}.json: {exc}") from None
         raise
     try:
         meta = loads_json(body)
@@ -250,9 +252,9 @@ class PmcCloud:
         for version in found:  # highest first; stop at a published OA version with JATS
             try:
                 metas[version], unsures[version] = read_metadata(self.client, pmcid, version)
-            except (Miss, NetError) as exc:  # its JSON is not a JSON object, or refused
-                # for good (403, 410...); trouble a later try may not meet (5xx, no answer)
-                # is re-raised: the record is fetched again later
+            except (Miss, NetError) as exc:  # its JSON is not a JSON object, too large,
+                # or refused for good (403, 410...); trouble a later try may not meet (5xx,
+                # no answer) is re-raised: the record is fetched again later
                 if not _candidates(metas) or (isinstance(exc, NetError) and exc.transient):
                     raise
                 # an older version looked at only for its JATS: the newer one stands
