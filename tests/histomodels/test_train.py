@@ -661,6 +661,12 @@ def test_yaml_config_file(tmp_path):
         ("hed_jitter: 1\n", "hed_jitter: expected true or false, not a number (got 1)"),
         # the last of a repeated key won silently
         ("epochs: 1\nepochs: 2\n", "key 'epochs' given twice"),
+        # inside an inline merge: PyYAML flattened it before the check saw it (3 epochs)
+        ("<<: {epochs: 1, epochs: 3}\n", "key 'epochs' given twice"),
+        ("model_config: {<<: [{width: 8}, {width: 8, width: 4}]}\n", "key 'width' given twice"),
+        ("<<: {epochs: 1}\n<<: {epochs: 2}\n", "key '<<' given twice"),
+        # one key to Python, written two ways: the line says what the file wrote
+        ("model_config: {1: a, true: b}\n", "keys 1 and true are the same key"),
     ],
 )
 def test_cli_bad_config_file_is_one_line(h5_files, tmp_path, text, message):

@@ -375,9 +375,19 @@ def _loadable(spec: str) -> bool:
 
 
 class _RepeatedKey(Exception):  # not a ValueError: loads_json would call it bad JSON
-    def __init__(self, key: Any) -> None:
+    """A key given twice in one mapping; ``written``: how the file wrote it each time, when
+    the two differ (YAML's ``1`` and ``true`` are one key to Python)."""
+
+    def __init__(self, key: Any, written: tuple[str, str] | None = None) -> None:
         super().__init__(key)
         self.key = key
+        self.written = written
+
+    @property
+    def problem(self) -> str:
+        if self.written and self.written[0] != self.written[1]:
+            return f"keys {self.written[0]} and {self.written[1]} are the same key"
+        return f"key {self.key!r} given twice"
 
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -398,7 +408,7 @@ def _loads_config_json(text: str, source: str) -> Any:
     except NotJSON as exc:
         raise ConfigError(f"{source}: {exc}") from None
     except _RepeatedKey as exc:
-        raise ConfigError(f"{source}: key {exc.key!r} given twice") from None
+        raise ConfigError(f"{source}: {exc.problem}") from None
 
 
 def parse_model_config(text: str, source: str = "--model-config") -> dict[str, Any]:
@@ -447,7 +457,7 @@ def _parse_yaml(path: Path, text: str) -> Any:
     try:
         return yaml.load(text, Loader=_yaml_loader(yaml))  # a SafeLoader
     except _RepeatedKey as exc:
-        raise ConfigError(f"{path}: key {exc.key!r} given twice") from None
+        raise ConfigError(f"{path}: {exc.problem}") from None
     except yaml.YAMLError as exc:
         why = " ".join(str(exc).split())
         raise ConfigError(f"{path}: not valid YAML ({why})") from None
@@ -529,16 +539,34 @@ def _yaml_loader(yaml: Any) -> type:
         def construct_mapping(self, node: Any, deep: bool = False) -> Any:
             # PyYAML keeps the last of a repeated key silently: refused (in this mapping or
             # a nested one: each is constructed here)
-            seen: set[Any] = set()
-            for key_node, _ in node.value:
-                if key_node.tag == "tag:yaml.org,2002:merge":  # ``<<:`` (its keys yield)
+            self._unique_keys(node, deep)
+            return super().construct_mapping(node, deep=deep)
+
+        def _unique_keys(self, node: Any, deep: bool) -> None:
+            """Refuse a key ``node`` (a mapping) gives twice, as :class:`_RepeatedKey`. An
+            inline ``<<: {...}`` (or ``<<: [{...}, ...]``) is checked here too: PyYAML's
+            flatten_mapping joins its keys into this mapping's, so it is never constructed
+            on its own; its keys yield to this mapping's (YAML's merge), and ``<<`` twice
+            is a key given twice."""
+            seen: dict[Any, str] = {}
+            merges = 0
+            for key_node, value_node in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":  # ``<<:``
+                    merges += 1
+                    if merges > 1:
+                        raise _RepeatedKey("<<")
+                    merged = getattr(value_node, "value", None)
+                    for inner in [value_node, *(merged if isinstance(merged, list) else [])]:
+                        if isinstance(inner, yaml.MappingNode):
+                            self._unique_keys(inner, deep)
                     continue
                 key = self.construct_object(key_node, deep=deep)
-                if isinstance(key, Hashable) and key in seen:  # unhashable: PyYAML's error
-                    raise _RepeatedKey(key)
-                if isinstance(key, Hashable):
-                    seen.add(key)
-            return super().construct_mapping(node, deep=deep)
+                if not isinstance(key, Hashable):  # PyYAML's own error follows
+                    continue
+                written = str(getattr(key_node, "value", key))
+                if key in seen:  # 1, 1.0 and true are one key to Python
+                    raise _RepeatedKey(key, (seen[key], written))
+                seen[key] = written
 
     Loader.add_implicit_resolver("tag:yaml.org,2002:float", _YAML12_FLOAT, list("-+0123456789."))
     return Loader
