@@ -6,9 +6,12 @@ and ranges."""
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 import pytest
+import typer
 from conftest import unboxed
 from typer.testing import CliRunner
 
@@ -617,3 +620,52 @@ def test_help_lists_the_choices() -> None:
         assert result.exit_code == 0, result.output
         for text in choices:
             assert text in result.output, (command, text)
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Shared:
+    size: Annotated[int | None, typer.Option(min=1, help="A size.")] = None
+    quiet: Annotated[bool, typer.Option("--quiet", help="Say less.")] = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Command:
+    out: Annotated[Path, typer.Option(help="Where.")]
+    shared: _Shared
+    name: Annotated[str, typer.Option(help="A name.")] = "x"
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Twice:
+    shared: _Shared
+    size: Annotated[int, typer.Option()] = 1
+
+
+def test_an_option_dataclass_is_the_commands_options_and_its_argument() -> None:
+    """with_options: the dataclass's fields (a nested group's in its place) are the options,
+    in order, with their defaults (none: required); the body gets the filled dataclass."""
+    from histomodels.cli._common import option_parameters, with_options
+
+    got: list[_Command] = []
+    one = typer.Typer()
+
+    @one.command()
+    @with_options(_Command)
+    def cmd(ctx: typer.Context, opts: _Command) -> None:
+        """The command's help."""
+        got.append(opts)
+
+    runner = CliRunner()
+    result = runner.invoke(one, ["--out", "o", "--size", "3", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert got == [_Command(out=Path("o"), shared=_Shared(size=3, quiet=True), name="x")]
+    assert runner.invoke(one, ["--out", "o", "--size", "0"]).exit_code == 2  # min=1
+    missing = runner.invoke(one, ["--size", "3"])
+    assert missing.exit_code == 2 and "Missing option '--out'" in unboxed(missing.output)
+    help_ = runner.invoke(one, ["--help"], env={"COLUMNS": "200"}).output
+    assert "The command's help." in help_
+    assert [help_.index(o) for o in ("--out", "--size", "--quiet", "--name")] == sorted(
+        help_.index(o) for o in ("--out", "--size", "--quiet", "--name")
+    )
+    with pytest.raises(TypeError, match="given twice"):
+        option_parameters(_Twice)

@@ -7,19 +7,23 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import inspect
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar, get_type_hints
 
 import typer
 
 from histocore.cli import errors, fail, log_level, progress, require_folder, setup_logging
 from histocore.cli import require_file as require_file_out
 from histocore.errors import DomainError
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 N = TypeVar("N", int, float)
 T = TypeVar("T")
@@ -45,35 +49,64 @@ def checked_by(check: str, option: str) -> Callable[[T], T]:
     return callback
 
 
-#: An option without a default (Typer then requires it).
-REQUIRED: Any = inspect.Parameter.empty
-F = TypeVar("F", bound=Callable[..., Any])
+G = TypeVar("G", bound="DataclassInstance")
 
 
-def options(**annotated: Any) -> list[inspect.Parameter]:
-    """A group of command parameters, in order: ``name=Alias`` (an ``Annotated`` option,
-    default None) or ``name=(Alias, default)``; :func:`with_options` gives them to a
-    command. Commands that share options share these groups, not copies of the lines."""
-    found = []
-    for name, spec in annotated.items():
-        annotation, default = spec if isinstance(spec, tuple) else (spec, None)
+def option_parameters(group: type[Any]) -> list[inspect.Parameter]:
+    """The command parameters a frozen dataclass of options declares, in field order: a
+    field typed ``Annotated[T, typer.Option(...)]`` is one option (its default the field's;
+    none: required), a field typed as another such dataclass is that group's options in its
+    place. Names are unique across the groups (Typer calls the command with all of them)."""
+    hints = get_type_hints(group, include_extras=True)
+    found: list[inspect.Parameter] = []
+    for field in dataclasses.fields(group):
+        hint = hints[field.name]
+        if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+            found += option_parameters(hint)
+            continue
+        default = inspect.Parameter.empty if field.default is dataclasses.MISSING else field.default
         kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
-        found.append(inspect.Parameter(name, kind, annotation=annotation, default=default))
+        found.append(inspect.Parameter(field.name, kind, annotation=hint, default=default))
+    names = [p.name for p in found]
+    if len(set(names)) != len(names):
+        raise TypeError(f"{group.__name__}: an option name is given twice: {names}")
     return found
 
 
-def with_options(*groups: list[inspect.Parameter]) -> Callable[[F], F]:
-    """Give a command ``def cmd(ctx: typer.Context, **params)`` the signature Typer reads its
-    options from: ``ctx``, then each group's parameters in order (``--help`` lists them so);
-    Typer calls it with every option by name."""
+def from_params(group: type[G], params: Mapping[str, Any]) -> G:
+    """The ``group`` dataclass of options filled from the values Typer parsed, by name
+    (nested groups from the same flat mapping)."""
+    hints = get_type_hints(group, include_extras=True)
+    values = {
+        f.name: from_params(hint, params)
+        if isinstance(hint := hints[f.name], type) and dataclasses.is_dataclass(hint)
+        else params[f.name]
+        for f in dataclasses.fields(group)
+    }
+    return group(**values)
 
-    def deco(fn: F) -> F:
-        ctx = inspect.Parameter(
-            "ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context
-        )
-        params = [ctx, *(p for group in groups for p in group)]
-        fn.__signature__ = inspect.Signature(params, return_annotation=None)  # type: ignore[attr-defined]
-        return fn
+
+def with_options(
+    group: type[G],
+) -> Callable[[Callable[[typer.Context, G], None]], Callable[..., None]]:
+    """A command ``def cmd(ctx: typer.Context, opts: Group)``, ``Group`` a frozen dataclass of
+    options (see :func:`option_parameters`), as Typer calls it: the signature is ``ctx`` and
+    every option by name (``--help`` lists them in field order), and the body gets them as one
+    typed ``Group``, so a type checker checks each ``opts.name`` it reads. Options shared by
+    commands are shared dataclasses (fields of both commands' groups), declared once."""
+    ctx = inspect.Parameter(
+        "ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context
+    )
+    signature = inspect.Signature([ctx, *option_parameters(group)], return_annotation=None)
+
+    def deco(body: Callable[[typer.Context, G], None]) -> Callable[..., None]:
+        def command(ctx: typer.Context, **params: Any) -> None:
+            body(ctx, from_params(group, params))
+
+        for name in ("__module__", "__name__", "__qualname__", "__doc__"):  # help_text reads
+            setattr(command, name, getattr(body, name))  # the docstring
+        command.__signature__ = signature  # type: ignore[attr-defined]
+        return command
 
     return deco
 
@@ -166,15 +199,15 @@ def use_cpu_cores() -> None:
 
 
 __all__ = [
-    "REQUIRED",
     "Device",
     "checked_by",
     "errors",
     "fail",
+    "from_params",
     "in_range",
     "launched_distributed",
     "log_level",
-    "options",
+    "option_parameters",
     "progress",
     "require_file_out",
     "require_folder",

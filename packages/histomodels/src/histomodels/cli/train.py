@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -21,7 +22,6 @@ from histocore.io import loads_json
 from histomodels.choices import MAX_SEED
 from histomodels.choices import Schedule as ScheduleName
 from histomodels.cli._common import (
-    REQUIRED,
     Device,
     at_least,
     checked_by,
@@ -30,7 +30,6 @@ from histomodels.cli._common import (
     in_range,
     launched_distributed,
     log_level,
-    options,
     progress,
     require_folder,
     require_paths,
@@ -297,114 +296,127 @@ def _options(ctx: typer.Context) -> dict[str, Any]:
     return {name: value for name, value in ctx.params.items() if name in FIELDS}
 
 
-#: The options train and finetune share, in their --help order (finetune's ``lr`` has its
-#: own help, so it sits between groups).
-RUN_DATA = options(
-    data=Data,
-    val=Val,
-    epochs=Epochs,
-    patience=Patience,
-    time_budget=Budget,
-    config=ConfigFile,
-    batch_size=BatchSize,
-)
-RUN_RECIPE = options(
-    weight_decay=Wd,
-    schedule=Schedule,
-    aug_strength=Aug,
-    label_smoothing=LabelSmoothing,
-    ema=Ema,
-    precise_bn=PreciseBn,
-    swa=Swa,
-    cutout=Cutout,
-    mixup=Mixup,
-    randstain=RandStain,
-    jpeg_blur=JpegBlur,
-    teacher=Teacher,
-    distill_weight=DistillWeight,
-    distill_temperature=DistillTemperature,
-    stain_norm=StainNorm,
-    model_config=ModelConfig,
-)
-RUN_RUNTIME = options(
-    seed=Seed,
-    compile=Compile,
-    bf16=Bf16,
-    channels_last=ChannelsLast,
-    threads=Threads,
-    prefetch=Prefetch,
-    deterministic=Deterministic,
-    device=Device,
-    resume=(Resume, False),
-    overwrite=(Overwrite, False),
-    quiet=(Quiet, False),
-)
+@dataclass(frozen=True, kw_only=True)
+class RunData:
+    """Options train and finetune share: the data, how long, the config file."""
+
+    data: Data = None
+    val: Val = None
+    epochs: Epochs = None
+    patience: Patience = None
+    time_budget: Budget = None
+    config: ConfigFile = None
+    batch_size: BatchSize = None
 
 
-@with_options(
-    options(out=(Out, REQUIRED), model=Model),
-    RUN_DATA,
-    options(lr=Lr),
-    RUN_RECIPE,
-    options(weights=Annotated[str | None, typer.Option(help="Initial weights: PATH or source.")]),
-    RUN_RUNTIME,
-)
-def train_cmd(ctx: typer.Context, **params: Any) -> None:
+@dataclass(frozen=True, kw_only=True)
+class RunRecipe:
+    """Options train and finetune share: the training recipe."""
+
+    weight_decay: Wd = None
+    schedule: Schedule = None
+    aug_strength: Aug = None
+    label_smoothing: LabelSmoothing = None
+    ema: Ema = None
+    precise_bn: PreciseBn = None
+    swa: Swa = None
+    cutout: Cutout = None
+    mixup: Mixup = None
+    randstain: RandStain = None
+    jpeg_blur: JpegBlur = None
+    teacher: Teacher = None
+    distill_weight: DistillWeight = None
+    distill_temperature: DistillTemperature = None
+    stain_norm: StainNorm = None
+    model_config: ModelConfig = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunRuntime:
+    """Options train and finetune share: how the run is computed and what it writes."""
+
+    seed: Seed = None
+    compile: Compile = None
+    bf16: Bf16 = None
+    channels_last: ChannelsLast = None
+    threads: Threads = None
+    prefetch: Prefetch = None
+    deterministic: Deterministic = None
+    device: Device = None
+    resume: Resume = False
+    overwrite: Overwrite = False
+    quiet: Quiet = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainOptions:
+    """``histomodels train``'s options, in their --help order."""
+
+    out: Out
+    model: Model = None
+    run: RunData
+    lr: Lr = None
+    recipe: RunRecipe
+    weights: Annotated[str | None, typer.Option(help="Initial weights: PATH or source.")] = None
+    runtime: RunRuntime
+
+
+@dataclass(frozen=True, kw_only=True)
+class FinetuneOptions:
+    """``histomodels finetune``'s options, in their --help order (its ``lr`` has its own
+    help, so it sits between the shared groups)."""
+
+    out: Out
+    model: Annotated[
+        str | None, typer.Option(callback=CHECK_MODEL, help="Backbone \\[efficientnet_lite0].")
+    ] = None
+    weights: Annotated[
+        str | None,
+        typer.Option(
+            help="imagenet | lite0-imagenet | PATH (state dict / checkpoint) \\[imagenet]."
+        ),
+    ] = None
+    freeze_epochs: Annotated[
+        int | None,
+        typer.Option("--warmup-epochs", min=0, help="Epochs training the head only [1]."),
+    ] = None
+    backbone_lr_mult: Annotated[
+        float | None, at_least(0.0, help="Backbone LR = lr x this [0.3].")
+    ] = None
+    input_size: Annotated[
+        int | None, typer.Option(min=1, help="Resize patches inside the model (96 = native).")
+    ] = None
+    run: RunData
+    lr: Annotated[
+        float | None, typer.Option(callback=POSITIVE, help="Head learning rate (AdamW) [1e-3].")
+    ] = None
+    recipe: RunRecipe
+    runtime: RunRuntime
+
+
+@with_options(TrainOptions)
+def train_cmd(ctx: typer.Context, opts: TrainOptions) -> None:
     """Train a model (default: the scratch CNN) with early stopping on validation AUC."""
-    resume, overwrite, quiet = params["resume"], params["overwrite"], params["quiet"]
-    _resume_or_overwrite(ctx, resume, overwrite)
-    _run(params["out"], _options(ctx), config=params["config"], resume=resume, quiet=quiet,
-         overwrite=overwrite)  # fmt: skip
+    runtime = opts.runtime
+    _resume_or_overwrite(ctx, runtime.resume, runtime.overwrite)
+    _run(opts.out, _options(ctx), config=opts.run.config, resume=runtime.resume,
+         quiet=runtime.quiet, overwrite=runtime.overwrite)  # fmt: skip
 
 
-@with_options(
-    options(
-        out=(Out, REQUIRED),
-        model=Annotated[
-            str | None,
-            typer.Option(callback=CHECK_MODEL, help="Backbone \\[efficientnet_lite0]."),
-        ],
-        weights=Annotated[
-            str | None,
-            typer.Option(
-                help="imagenet | lite0-imagenet | PATH (state dict / checkpoint) \\[imagenet]."
-            ),
-        ],
-        freeze_epochs=Annotated[
-            int | None,
-            typer.Option("--warmup-epochs", min=0, help="Epochs training the head only [1]."),
-        ],
-        backbone_lr_mult=Annotated[
-            float | None, at_least(0.0, help="Backbone LR = lr x this [0.3].")
-        ],
-        input_size=Annotated[
-            int | None,
-            typer.Option(min=1, help="Resize patches inside the model (96 = native)."),
-        ],
-    ),
-    RUN_DATA,
-    options(
-        lr=Annotated[
-            float | None,
-            typer.Option(callback=POSITIVE, help="Head learning rate (AdamW) [1e-3]."),
-        ]
-    ),
-    RUN_RECIPE,
-    RUN_RUNTIME,
-)
-def finetune_cmd(ctx: typer.Context, **params: Any) -> None:
+@with_options(FinetuneOptions)
+def finetune_cmd(ctx: typer.Context, opts: FinetuneOptions) -> None:
     """Fine-tune a pretrained backbone: head-only warm-up, then all layers at a lower LR."""
     from histomodels.config import FINETUNE_DEFAULTS, parse_model_config
 
-    resume, overwrite, quiet = params["resume"], params["overwrite"], params["quiet"]
-    _resume_or_overwrite(ctx, resume, overwrite)
+    runtime = opts.runtime
+    _resume_or_overwrite(ctx, runtime.resume, runtime.overwrite)
     given = _options(ctx)
-    input_size, model_config = params["input_size"], params["model_config"]
+    input_size, model_config = opts.input_size, opts.recipe.model_config
     if input_size and input_size != 96:
         mc = parse_model_config(model_config) if model_config else {}  # checked: an object
         given["model_config"] = json.dumps({**mc, "input_size": input_size})
-    _run(params["out"], given, config=params["config"], resume=resume, quiet=quiet,
-         overwrite=overwrite, base=FINETUNE_DEFAULTS)  # fmt: skip
+    _run(opts.out, given, config=opts.run.config, resume=runtime.resume, quiet=runtime.quiet,
+         overwrite=runtime.overwrite, base=FINETUNE_DEFAULTS)  # fmt: skip
 
 
 def tune_cmd(
