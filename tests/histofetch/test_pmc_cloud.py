@@ -736,3 +736,38 @@ def test_metadata_over_the_size_limit_is_a_miss_of_that_version(
     assert rec.extra["route_misses"][0].startswith(
         f"pmc-cloud: metadata {other}.1.json: response too large"
     )
+
+
+def test_metadata_that_is_not_json_twice_running_lets_the_next_routes_try(
+    ncbi: FakeNcbi, tmp_path: Path
+) -> None:
+    """A single version whose metadata JSON is an HTML page (a proxy's error page, maybe) is
+    network trouble the first time: the record fails, transient, the PDF routes wait. The
+    same answer on the next run was the same failure on every run for ever, the PDF routes
+    never tried; now the second sight in a row is the route's 'bad file' miss and the
+    next routes are tried. A JSON readable by the next run is taken as usual."""
+    ncbi.bucket.add_version(PMCID, 1, jats=real_jats(), media=FIGS)
+    ncbi.bucket.objects[f"{PMCID}.1/{PMCID}.1.json"] = b"<html>502 Bad Gateway</html>"
+    ncbi.files[f"/europepmc/articles/{PMCID}"] = (200, "application/pdf", make_pdf("render"))
+    fixed = "PMC3574551"
+    ncbi.bucket.add_version(fixed, 1, jats=real_jats(), media=FIGS)
+    good = ncbi.bucket.objects[f"{fixed}.1/{fixed}.1.json"]
+    ncbi.bucket.objects[f"{fixed}.1/{fixed}.1.json"] = b"<html>502 Bad Gateway</html>"
+    manifest = _download(ncbi, tmp_path, _rec("1", PMCID), _rec("2", fixed))
+    for rid, pmcid in (("pmid:1", PMCID), ("pmid:2", fixed)):
+        rec = manifest.records[rid]
+        assert (rec.status, rec.transient) == ("failed", True), rec.reason
+        assert rec.reason is not None
+        assert rec.reason.startswith(f"network: pmc-cloud: metadata {pmcid}.1.json is not JSON")
+    assert not ncbi.requests_to(f"/europepmc/articles/{PMCID}")
+
+    ncbi.bucket.objects[f"{fixed}.1/{fixed}.1.json"] = good
+    run_download(tmp_path, net=ncbi.config())  # the next run, no --retry-failed
+    with Manifest.load(tmp_path) as manifest:
+        rec, other = manifest.records["pmid:1"], manifest.records["pmid:2"]
+    assert (rec.status, rec.route) == ("ok", "europepmc-pdf"), rec.reason
+    assert rec.extra["route_misses"][0].startswith(
+        f"pmc-cloud: metadata {PMCID}.1.json is not JSON, as on the run before"
+    ), rec.extra["route_misses"]
+    assert (other.status, other.route, other.pmc_version) == ("ok", "pmc-cloud", 1)
+    assert "unreadable_metadata" not in other.extra

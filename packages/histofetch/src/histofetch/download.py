@@ -34,12 +34,16 @@ from histofetch.resolve import canonical_pmcid
 from histofetch.sources import ArticleFiles, Miss, Policy, Route
 from histofetch.sources.europepmc import EuropePmc
 from histofetch.sources.pdf_routes import EuropePmcPdf, NotAPdf, Publisher, check_pdf
-from histofetch.sources.pmc_cloud import PmcCloud
+from histofetch.sources.pmc_cloud import PmcCloud, UnreadableMetadata
 from histofetch.stage import StageFailure, StageSummary
 
 #: ``Record.route`` of a PMC Cloud Service version without JATS whose PDF was kept: taken
 #: as the first PDF route, once the figure routes had no figures (``pdf_source`` pmc-cloud).
 HELD_PDF_ROUTE = "pmc-cloud-pdf"
+
+#: ``Record.extra`` key: the bucket version (``PMCn.v``) whose metadata JSON was not JSON
+#: at the record's last attempt (network trouble then); the same again is a miss for good.
+UNREADABLE_KEY = "unreadable_metadata"
 
 #: Categories, most actionable first: the first one present names a record's failure.
 CATEGORY_ORDER = (
@@ -104,6 +108,7 @@ class Downloader:
         rec.extra.pop("failed_files", None)
         rec.extra.pop("route_misses", None)
         rec.extra.pop("pmc_version_note", None)
+        unreadable_before = rec.extra.pop(UNREADABLE_KEY, None)
         if rec.is_retracted and not self.policy.include_retracted:
             raise StageFailure(
                 "retracted: the article is marked retracted (--include-retracted keeps it)"
@@ -138,7 +143,10 @@ class Downloader:
                 break
             try:
                 files = route(key)
-            except Miss as miss:
+            except Miss as caught:
+                miss = caught
+                if isinstance(caught, UnreadableMetadata):
+                    miss = _unreadable(rec, caught, unreadable_before)
                 attempts.add(name, miss.category, miss.detail)
                 figure_trouble |= miss.category == "network" and not is_pdf_route
                 if miss.files is not None:
@@ -264,6 +272,17 @@ class Downloader:
                 )
             )
         return bool(by_digest)
+
+
+def _unreadable(rec: Record, miss: UnreadableMetadata, before: str | None) -> Miss:
+    """A metadata JSON that is not JSON is network trouble the first time (the record is
+    retried by the next run: a proxy's error page passes); the same version's again at the
+    next attempt is the route's miss for good, and the next routes are tried (it failed the
+    record as ``network`` on every run, the PDF routes never tried)."""
+    rec.extra[UNREADABLE_KEY] = miss.name
+    if before != miss.name:
+        return miss
+    return Miss("bad file", f"{miss.detail}, as on the run before: the next routes are tried")
 
 
 def _failed_files(rec: Record, failures: list[str]) -> None:

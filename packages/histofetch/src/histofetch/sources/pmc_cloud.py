@@ -124,6 +124,17 @@ def get_object(client: NetClient, key: str, md5: str | None) -> bytes:
     raise Miss("checksum", f"MD5 mismatch for {key} (expected {md5}, twice)")
 
 
+class UnreadableMetadata(Miss):
+    """A version's metadata JSON that is not a JSON object (an HTML page: maybe a proxy's
+    passing error page): ``network``, so the record is tried again; ``download`` makes the
+    same answer at the record's next attempt a miss for good (``bad file``)."""
+
+    def __init__(self, name: str, detail: str) -> None:
+        super().__init__("network", detail)
+        #: the version, ``PMCn.v``
+        self.name = name
+
+
 def read_metadata(
     client: NetClient, pmcid: str, version: int
 ) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -144,9 +155,9 @@ def read_metadata(
     try:
         meta = loads_json(body)
     except ValueError:  # NotJSON
-        raise Miss("network", f"metadata {name}.json is not JSON") from None
+        raise UnreadableMetadata(name, f"metadata {name}.json is not JSON") from None
     if not isinstance(meta, dict):
-        raise Miss("network", f"metadata {name}.json is not a JSON object")
+        raise UnreadableMetadata(name, f"metadata {name}.json is not a JSON object")
     unsure: dict[str, Any] = {}
     for flag, safe in _FLAGS.items():
         if flag not in meta:
