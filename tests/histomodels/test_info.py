@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
-from conftest import shared_path
+from conftest import shared_path, unboxed
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -81,3 +81,24 @@ def test_cli_info_patch_size_reads_a_folder_of_larger_tiles(tmp_path: Path) -> N
     assert r.exit_code == 1 and "expected 128x128" in r.output
     r = runner.invoke(app, ["data", "info", str(folder), "--patch-size", "-1"])
     assert r.exit_code == 2
+
+
+def test_cli_info_option_a_run_folder_does_not_take_is_named_as_the_option(tmp_path) -> None:
+    """A histofetch run folder is tiled at its figures' own scale: ``--patch-size`` does not
+    apply. The refusal named the Python argument (``option(s) ['patch_size'] do not
+    apply``), and an explicit ``--patch-size 96`` (the default's value) passed unseen."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "manifest.jsonl").write_text("")  # a run folder, as the reader tells one
+    runner = CliRunner(env={"COLUMNS": "500"})  # the run's path on one line
+    for size in ("0", "96"):
+        r = runner.invoke(app, ["data", "info", str(run), "--patch-size", size])
+        assert r.exit_code == 2, r.output
+        told = unboxed(r.stderr)
+        assert (
+            f"Invalid value for '--patch-size': does not apply to {run}, histofetch run data "
+            "(it takes none of these options)"
+        ) in told, told
+        assert "patch_size" not in told
+    r = runner.invoke(app, ["data", "info", str(run), "--split", "valid", "--patch-size", "64"])
+    assert r.exit_code == 2 and "'--patch-size' / '--split'" in unboxed(r.stderr), r.stderr

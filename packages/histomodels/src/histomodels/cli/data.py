@@ -10,7 +10,14 @@ from typing import Annotated
 import typer
 
 from histomodels.choices import PCAM_SPLITS, Dataset, PcamSplit
-from histomodels.cli._common import checked_by, errors, progress, require_file_out, require_folder
+from histomodels.cli._common import (
+    checked_by,
+    errors,
+    progress,
+    require_file_out,
+    require_folder,
+    usage_error,
+)
 
 
 class SplitName(str, Enum):
@@ -63,6 +70,7 @@ def download(
 
 
 def info(
+    ctx: typer.Context,
     path: Annotated[Path, typer.Argument(help="Any dataset path histomodels can read.")],
     sheet: Annotated[Path | None, typer.Option(help="Write a contact-sheet PNG here.")] = None,
     per_class: Annotated[int, typer.Option(min=1, help="Patches per class on the sheet.")] = 8,
@@ -76,26 +84,35 @@ def info(
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
     patch_size: Annotated[
-        int,
+        int | None,
         typer.Option(
             min=0,
+            show_default=False,
             help="Side of the square patches expected, in px; 0 = any size (a folder of "
-            "256 px tiles, which eval reads with --scale).",
+            "256 px tiles, which eval reads with --scale) \\[default: 96].",
         ),
-    ] = 96,
+    ] = None,
 ) -> None:
     """Counts, label balance and (optionally) a contact sheet of sample patches."""
     from histomodels.data import open_dataset
     from histomodels.data.info import contact_sheet, describe
+    from histomodels.data.readers import OptionsNotTaken
 
-    kw: dict[str, object] = {
-        k: v for k, v in (("split", split), ("origin_split", origin_split)) if v is not None
-    }
-    if patch_size != 96:  # every reader takes it; 96 stays its default, unnamed
-        kw["patch_size"] = patch_size or None
+    given = {"split": split, "origin_split": origin_split, "patch_size": patch_size}
+    kw: dict[str, object] = {k: v for k, v in given.items() if v is not None}
+    if patch_size == 0:
+        kw["patch_size"] = None  # the readers' "any size"
     require_file_out(sheet)
     with errors(), progress():
-        ds = open_dataset(path, **kw)
+        try:
+            ds = open_dataset(path, **kw)
+        except OptionsNotTaken as exc:  # said with the options' names, not the arguments'
+            usage_error(
+                ctx,
+                f"does not apply to {exc.path}, {exc.fmt} data"
+                + _takes([_INFO_OPTIONS[k] for k in exc.allowed if k in _INFO_OPTIONS]),
+                *(_INFO_OPTIONS[k] for k in exc.options),
+            )
         summary = describe(ds)
         if sheet is not None:
             contact_sheet(ds, sheet, per_class=per_class)
@@ -112,6 +129,14 @@ def info(
         typer.echo(f"  figures: {summary['figures']}")
     if sheet is not None:
         typer.echo(f"  contact sheet: {sheet}")
+
+
+#: ``data info``'s options by the reader keyword each one gives.
+_INFO_OPTIONS = {"split": "--split", "origin_split": "--origin-split", "patch_size": "--patch-size"}
+
+
+def _takes(options: list[str]) -> str:
+    return f" (it takes {', '.join(options)})" if options else " (it takes none of these options)"
 
 
 def stain(

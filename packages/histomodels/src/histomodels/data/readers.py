@@ -28,13 +28,22 @@ from histomodels.data.pcam import PCamDataset, find_split, pair_of
 H5_SUFFIXES = (".h5", ".hdf5", ".h5.gz", ".hdf5.gz")
 
 
+class OptionsNotTaken(DatasetError):
+    """Options given for a format that does not take them; ``options``, ``fmt``,
+    ``allowed`` and ``path`` let a CLI say it with its own option names."""
+
+    def __init__(self, path: Path, options: list[str], fmt: str, allowed: list[str]) -> None:
+        super().__init__(
+            f"{path}: option(s) {options} do not apply to {fmt} data "
+            f"(it takes {allowed or 'no options'})"
+        )
+        self.path, self.options, self.fmt, self.allowed = path, options, fmt, allowed
+
+
 def _take(kw: dict[str, Any], allowed: set[str], fmt: str, path: Path) -> dict[str, Any]:
     extra = set(kw) - allowed
     if extra:
-        raise DatasetError(
-            f"{path}: option(s) {sorted(extra)} do not apply to {fmt} data "
-            f"(it takes {sorted(allowed) or 'no options'})"
-        )
+        raise OptionsNotTaken(path, sorted(extra), fmt, sorted(allowed))
     return kw
 
 
