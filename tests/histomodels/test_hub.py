@@ -181,3 +181,38 @@ def test_cached_weights_load_without_the_hub(tmp_path: Path) -> None:
     r = _finetune(tmp_path, _env(tmp_path, f"http://127.0.0.1:{_closed_port()}"))
     assert r.returncode == 0, r.stderr
     assert torch.equal(_stem(tmp_path / "r", state["conv1.weight"]), state["conv1.weight"])
+
+
+_VERBOSITY = """
+import os, subprocess, sys
+from histomodels.cli import app
+try:
+    app(sys.argv[1:], prog_name="histomodels")
+except SystemExit:
+    pass
+from huggingface_hub.utils import logging as hub
+child = "from huggingface_hub.utils import logging as hub; print(hub.get_verbosity())"
+seen = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True).stdout
+print(os.environ.get("HF_HUB_VERBOSITY"), hub.get_verbosity(), seen.strip())
+"""
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "expected"),
+    [
+        ([], {}, "None 40 30"),  # its warnings hidden here (ERROR), a child keeps its own
+        (["-v"], {}, "None 30 30"),  # -v: huggingface_hub's default, WARNING
+        ([], {"HF_HUB_VERBOSITY": "info"}, "info 20 20"),  # the user's choice is kept
+    ],
+)
+def test_hub_warnings_are_quiet_in_this_process_only(tmp_path: Path, args, env, expected) -> None:
+    """huggingface_hub's warnings (its retry lines) show only with -v, set through its logging
+    API: the CLI set HF_HUB_VERBOSITY=error in the environment, which every child process
+    (a training's workers, a tool it runs) inherited."""
+    r = subprocess.run(
+        [sys.executable, "-c", _VERBOSITY, *args, "data", "--help"],
+        env=_env(tmp_path, "http://127.0.0.1:9", **env), capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().splitlines()[-1] == expected

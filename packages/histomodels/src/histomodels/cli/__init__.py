@@ -63,8 +63,20 @@ def _main(
 ) -> None:
     """Train, tune, fine-tune, evaluate and ship models for 96x96 H&E patches (PCam)."""
     setup_logging(verbose=verbose)
-    if not verbose:  # huggingface_hub's own switch (read when it is imported): its retry
-        os.environ.setdefault("HF_HUB_VERBOSITY", "error")  # lines only with -v
+    _hub_verbosity(verbose)
+
+
+def _hub_verbosity(verbose: bool) -> None:
+    """huggingface_hub's warnings (its download retries...) only with ``-v``, unless the user
+    set ``HF_HUB_VERBOSITY`` (which it reads when imported): set on its logger in this process
+    through its API, not in the environment, which every child process would inherit."""
+    if os.environ.get("HF_HUB_VERBOSITY"):
+        return
+    try:
+        from huggingface_hub.utils import logging as hub_logging
+    except ImportError:  # timm brings it; without it nothing of it can speak
+        return
+    (hub_logging.set_verbosity_warning if verbose else hub_logging.set_verbosity_error)()
 
 
 data_app = typer.Typer(help="Download and inspect datasets.", no_args_is_help=True)
