@@ -197,6 +197,11 @@ def test_filter_never_reads_an_image_outside_the_run(tmp_path: Path) -> None:
         row = rows[f"r1/f{n}"]
         assert row.status == "failed" and not row.kept, row
         assert "is outside the run folder" in (row.reason or ""), row.reason
+        # the path once: it read "cannot read image RUN/../secret/private.png: image path
+        # '../secret/private.png' is outside the run folder"
+        name = "link.png" if n == 3 else "private.png"
+        assert (row.reason or "").count(name) == 1, row.reason
+        assert (row.reason or "").startswith("cannot read image: image path "), row.reason
     assert sorted(p.name for p in secret.parent.iterdir()) == ["private.png"]
 
 

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 import PIL.Image
 
+from histocore.errors import ManifestError
 from histocore.imaging import ImageError
 from histocore.io import atomic_write_bytes, one_line
 from histocore.manifest import Image, Manifest, Record
@@ -154,7 +155,9 @@ def score_row(manifest: Manifest, img: Image, *, split: bool = True) -> None:
     try:  # a path outside the run folder is never read (the manifest is untrusted)
         rgb, scale = _load(None if path is None else manifest.image_file(img.path))
     except Exception as exc:  # missing/corrupt PNG, decompression bomb: this row only
-        named = "cannot read image" if path is None else f"cannot read image {path}"
+        # a path refused by the manifest (outside the run) is named by its own message
+        unnamed = path is None or isinstance(exc, ManifestError)
+        named = "cannot read image" if unnamed else f"cannot read image {path}"
         img.status, img.reason = "failed", f"{named}: {_problem(exc, manifest)}"
         img.kept, img.filter_reason = False, "unreadable image"
         return
