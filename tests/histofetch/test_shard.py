@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -98,3 +99,31 @@ def test_merge_dedupes_records_by_id_and_pmcid_and_images_by_sha256(tmp_path: Pa
         assert path is not None and path.is_file() and tmp_path / "merged" in path.parents
     again = runner.invoke(app, ["merge", str(one), "--out", str(one)])
     assert again.exit_code == 1 and "cannot also be an input" in again.output
+
+
+def test_merge_line_says_what_was_added_and_what_was_there(tmp_path: Path) -> None:
+    """A second merge of the same runs into the same output added nothing and said '0
+    records, 0 images (4 duplicate records, 0 duplicate images left out)': the output's own
+    records counted as duplicates, and a clause that 0 images were left out. Now it says
+    nothing new was added and why, and leaves out the clauses that would say 0."""
+    pdfs = tmp_path / "pdfs"
+    pdfs.mkdir()
+    build_image_pdf(pdfs / "a.pdf", [he_like(128, 128, seed=7)], caption="Fig. 1")
+    build_image_pdf(pdfs / "b.pdf", [he_like(100, 100, seed=1)], caption="Fig. 2")
+    one, two, out = tmp_path / "one", tmp_path / "two", tmp_path / "merged"
+    run_extract(one, [pdfs / "a.pdf"])
+    run_extract(two, [pdfs / "b.pdf"])
+    first = merge_runs([one, two], out)
+    assert first.line() == "merged 2 runs: 2 records, 2 images added"
+    again = runner.invoke(app, ["merge", str(one), str(two), "--out", str(out)])
+    assert again.exit_code == 0, again.output
+    assert "merged 2 runs: nothing new added (2 records already in the output)" in again.output
+    assert "0 duplicate" not in again.output
+    build_image_pdf(pdfs / "c.pdf", [he_like(90, 90, seed=3)], caption="Fig. 3")
+    run_extract(two, [pdfs / "c.pdf"])
+    shutil.copytree(two, tmp_path / "two_copy")
+    third = merge_runs([one, two, tmp_path / "two_copy"], out)
+    assert third.line() == (
+        "merged 3 runs: 1 record, 1 image added (2 records already in the output, "
+        "2 duplicate records left out)"
+    )

@@ -25,18 +25,37 @@ from histocore.manifest import STAGES, Manifest, ManifestError, Record
 @dataclass
 class MergeSummary:
     runs: int = 0
+    #: records and images added to the output
     records: int = 0
     images: int = 0
+    #: records whose id or PMCID the output held before this merge (not added again)
+    already: int = 0
+    #: records and images the inputs hold more than once (left out)
     duplicate_records: int = 0
     duplicate_images: int = 0
     per_run: dict[str, int] = field(default_factory=dict)
 
     def line(self) -> str:
-        return (
-            f"merged {self.runs} runs: {self.records} records, {self.images} images "
-            f"({self.duplicate_records} duplicate records, {self.duplicate_images} duplicate "
-            "images left out)"
-        )
+        """One line; a clause that would say 0 is left out (a second merge into the same
+        output said '0 records, 0 images (4 duplicate records, 0 duplicate images left
+        out)', its own records counted as duplicates)."""
+        if self.records or self.images:
+            added = f"{_n(self.records, 'record')}, {_n(self.images, 'image')} added"
+        else:
+            added = "nothing new added"
+        notes = [f"{_n(self.already, 'record')} already in the output"] if self.already else []
+        left = [
+            _n(n, f"duplicate {what}")
+            for n, what in ((self.duplicate_records, "record"), (self.duplicate_images, "image"))
+            if n
+        ]
+        if left:
+            notes.append(" and ".join(left) + " left out")
+        return f"merged {self.runs} runs: {added}" + (f" ({', '.join(notes)})" if notes else "")
+
+
+def _n(n: int, what: str) -> str:
+    return f"{n} {what}" + ("" if n == 1 else "s")
 
 
 def _rank(rec: Record) -> tuple[int, int]:
@@ -64,10 +83,14 @@ def _merge(loaded: list[Manifest], merged: Manifest) -> MergeSummary:
             if rec.id not in best or _rank(rec) > _rank(best[rec.id][0]):
                 best[rec.id] = (rec, run)
     pmcids = {r.pmcid: r.id for r in merged.records.values() if r.pmcid}
+    ids_before, pmcids_before = set(merged.records), set(pmcids)  # the output's own
     hashes = {i.sha256: i.id for i in merged.images.values()}
     for rid, (rec, run) in best.items():
         if rid in merged.records or (rec.pmcid and pmcids.get(rec.pmcid, rid) != rid):
-            summary.duplicate_records += 1
+            if rid in ids_before or rec.pmcid in pmcids_before:
+                summary.already += 1
+            else:
+                summary.duplicate_records += 1
             continue
         if rec.pmcid:
             pmcids[rec.pmcid] = rid
