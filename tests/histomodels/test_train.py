@@ -310,6 +310,12 @@ def test_cli_config_file_and_overrides(h5_files, tmp_path):
         (["--model-config", '{"width": null}'], "model_config 'width' is None; cnn takes int"),
         (["--model-config", '{"width": 0}'], "model_config 'width' is 0; cnn takes int >= 1"),
         (["--model-config", '{"weights": "/etc/passwd"}'], "key 'weights', which cnn does not"),
+        # a source of other models: it listed 'imagenet' only, also for 'default'
+        (
+            ["--weights", "default"],
+            "default: no such weights file, and not a weight source of cnn (it takes a "
+            "weights file only); 'default' is a weight source of efficientnet_b0,",
+        ),
     ],
 )
 def test_cli_bad_input_is_one_line_and_exit_1(h5_files, tmp_path, extra, message):

@@ -113,6 +113,21 @@ def test_a_weights_file_with_nan_is_refused_naming_the_tensor(tmp_path):
         create_model("cnn", width=8, depth=2, weights=str(path))
 
 
+def test_a_complex_tensor_the_model_would_not_load_refuses_the_file_and_says_so(tmp_path):
+    """A complex tensor under a key the model does not load still refuses the file (hostile
+    input: no weights file needs one); the line says the file is refused whole, which it
+    did not (it read as if that tensor were one of the model's)."""
+    sd = create_model("cnn", width=8, depth=2).state_dict()
+    path = tmp_path / "w.pt"
+    torch.save({**sd, "extra.table": torch.zeros(3, dtype=torch.complex64)}, path)
+    with pytest.raises(WeightsError) as info:
+        create_model("cnn", width=8, depth=2, weights=str(path))
+    assert str(info.value) == (
+        f"{path}: tensor 'extra.table' holds complex values (complex64) (refused whole: every "
+        "tensor of a weights file must be a plain one, loaded or not)"
+    )
+
+
 def test_split_parameters_finds_each_head():
     for name in ("cnn", "mobilenet_v2", "efficientnet_b0", "efficientnet_lite0", "timm/resnet10t"):
         model = create_model(name)
@@ -152,13 +167,27 @@ def test_lite0_imagenet_weights_are_real_imagenet_weights():
 
 
 @pytest.mark.parametrize(
-    ("model", "source"), [("cnn", "imagenet"), ("mobilenet_v3_small", "lite0-imagenet")]
+    ("model", "source", "takes"),
+    [
+        ("cnn", "imagenet", "it takes a weights file only"),
+        ("cnn", "default", "it takes a weights file only"),
+        ("mobilenet_v3_small", "lite0-imagenet", "it takes imagenet, default, DEFAULT or a file"),
+    ],
 )
-def test_a_weight_source_the_model_lacks_says_so(model: str, source: str) -> None:
+def test_a_weight_source_the_model_lacks_says_so(model: str, source: str, takes: str) -> None:
     """``train --weights imagenet`` (the cnn) or ``finetune --model mobilenet_v3_small
-    --weights lite0-imagenet`` said '<source>: no such weights file', as if a file were meant."""
-    from histomodels.models import create_model
+    --weights lite0-imagenet`` said '<source>: no such weights file', as if a file were meant;
+    then a list naming 'imagenet' only, also for ``--weights default``. The line says what
+    the model takes and which models take the source, from the registry's own table."""
+    from histomodels.models import create_model, list_models
+    from histomodels.models.registry import weight_sources
 
     with pytest.raises(WeightsError) as info:
         create_model(model, weights=source)
-    assert str(info.value).startswith(f"{source}: no such weights file, and not a weight source")
+    takers = [m for m in list_models() if source in weight_sources(m)]
+    takers += ["timm/<name>"] if source in weight_sources("timm/x") else []
+    assert str(info.value) == (
+        f"{source}: no such weights file, and not a weight source of {model} ({takes}); "
+        f"{source!r} is a weight source of {', '.join(takers)}"
+    )
+    assert "efficientnet_lite0" in takers

@@ -13,6 +13,7 @@ import operator
 import types
 import typing
 from collections.abc import Callable
+from pathlib import Path
 from typing import Annotated, Any
 
 from annotated_types import Ge, Gt, Interval
@@ -29,21 +30,62 @@ _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 _PREFIXES: dict[str, Callable[..., nn.Module]] = {}
 #: prefix → what is wrong with the name after ``prefix/`` (None: fine), without building it
 _NAME_CHECKS: dict[str, Callable[[str], str | None]] = {}
+#: name (or prefix) → the named weight sources its builder takes as ``weights=``
+_SOURCES: dict[str, tuple[str, ...]] = {}
 
 
 def register_model(
-    name: str, *, prefix: bool = False, name_check: Callable[[str], str | None] | None = None
+    name: str,
+    *,
+    prefix: bool = False,
+    name_check: Callable[[str], str | None] | None = None,
+    weight_sources: tuple[str, ...] = (),
 ) -> Callable:
     """Register ``fn(**cfg) -> nn.Module`` under ``name`` (or every ``name/<x>`` if prefix;
-    ``name_check(x)`` then says what is wrong with ``x``, or None)."""
+    ``name_check(x)`` then says what is wrong with ``x``, or None). ``weight_sources``: the
+    names the builder takes as ``weights=`` besides a file path (``imagenet``...)."""
 
     def deco(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         (_PREFIXES if prefix else _REGISTRY)[name] = fn
         if prefix and name_check is not None:
             _NAME_CHECKS[name] = name_check
+        _SOURCES[f"{name}/<name>" if prefix else name] = weight_sources
         return fn
 
     return deco
+
+
+def weight_sources(name: str) -> tuple[str, ...]:
+    """The named weight sources model ``name``'s builder takes (none: a file only)."""
+    head, _, rest = name.partition("/")
+    return _SOURCES.get(f"{head}/<name>" if rest and head in _PREFIXES else name, ())
+
+
+def weights_problem(name: str, weights: Any) -> str | None:
+    """What is wrong with ``weights=`` for model ``name``: a weight source of other models
+    (``imagenet`` for the ``cnn``, ``lite0-imagenet`` for a torchvision model) that is no
+    file either, said with the sources the model takes and the models that take it; None
+    for a source it takes or anything else (a path: its reader says what is wrong)."""
+    if not isinstance(weights, str) or weights in weight_sources(name):
+        return None
+    takers = sorted(model for model, sources in _SOURCES.items() if weights in sources)
+    if not takers or Path(weights).exists():
+        return None
+    own = weight_sources(name)
+    takes = f"it takes {', '.join(own)} or a file" if own else "it takes a weights file only"
+    return (
+        f"no such weights file, and not a weight source of {name} ({takes}); "
+        f"{weights!r} is a weight source of {', '.join(takers)}"
+    )
+
+
+def check_weights(name: str, weights: Any) -> None:
+    """:func:`weights_problem` as a WeightsError naming ``weights``, the would-be file."""
+    from histomodels.models.weights import WeightsError
+
+    problem = weights_problem(name, weights)
+    if problem:
+        raise WeightsError(f"{weights}: {problem}")
 
 
 def name_problem(name: str) -> str | None:
@@ -64,7 +106,9 @@ def list_models() -> list[str]:
 
 
 def create_model(name: str, **cfg: Any) -> nn.Module:
-    """Build a registered model with a single-logit head."""
+    """Build a registered model with a single-logit head (``weights=`` a source name it does
+    not take: a WeightsError, :func:`weights_problem`)."""
+    check_weights(name, cfg.get("weights"))
     if name in _REGISTRY:
         return _REGISTRY[name](**cfg)
     head, _, rest = name.partition("/")

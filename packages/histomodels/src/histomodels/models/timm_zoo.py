@@ -100,7 +100,7 @@ def timm_name_problem(name: str) -> str | None:
 _TIMM_SOURCES = ("hf-hub", "hf_hub", "local-dir")
 
 
-@register_model("timm", prefix=True, name_check=timm_name_problem)
+@register_model("timm", prefix=True, name_check=timm_name_problem, weight_sources=IMAGENET_NAMES)
 def timm_model(
     name: str,
     pretrained: bool = False,
@@ -144,7 +144,7 @@ def load_lite0_imagenet(model: nn.Module) -> int:
     return load_by_order(model, sd, path)
 
 
-@register_model("efficientnet_lite0")
+@register_model("efficientnet_lite0", weight_sources=(LITE0_SOURCE, *IMAGENET_NAMES))
 def efficientnet_lite0(
     pretrained: bool = False,
     weights: str | None = None,

@@ -95,7 +95,7 @@ def _make_builder(arch: str):
 
     build.__name__ = arch
     build.__doc__ = f"torchvision {arch} with a 1-logit head."
-    return register_model(arch)(build)
+    return register_model(arch, weight_sources=IMAGENET_NAMES)(build)
 
 
 for _arch in ARCHS:

@@ -88,12 +88,6 @@ def tensor_problem(tensor: torch.Tensor) -> str | None:
     return None
 
 
-#: The named weight sources of the zoo's builders (``imagenet`` and its torchvision
-#: spellings, ``lite0-imagenet``): ``weights=`` given one a builder does not take reaches
-#: :func:`read_state_dict` as a path.
-SOURCE_NAMES = ("imagenet", "default", "DEFAULT", "lite0-imagenet")
-
-
 def _is_state_dict(obj: Any) -> bool:
     return (
         isinstance(obj, dict)
@@ -108,13 +102,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if path.is_dir():
         raise WeightsError(f"{path}: is a folder, not a weights file")
-    if not path.is_file():
-        if str(path) in SOURCE_NAMES:  # a named source this model's builder does not take
-            raise WeightsError(
-                f"{path}: no such weights file, and not a weight source of this model "
-                "('imagenet': torchvision and timm/<name> models and efficientnet_lite0; "
-                "'lite0-imagenet': efficientnet_lite0 only; the cnn has none)"
-            )
+    if not path.is_file():  # a source name a model does not take: registry.create_model
         raise WeightsError(f"{path}: no such weights file")
     if path.suffix == ".safetensors":
         try:
@@ -151,11 +139,17 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
 def _plain_weights(path: Path, obj: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """``obj`` when every tensor can be a weight (:func:`tensor_problem`), else a
-    WeightsError naming the first that cannot (safetensors holds complex tensors too)."""
+    WeightsError naming the first that cannot (safetensors holds complex tensors too). The
+    whole file is judged, also tensors the model will not load (an ImageNet head, keys of
+    another model): no weights file needs such a tensor, so one that holds it is refused as
+    untrusted input rather than partly used."""
     for name, tensor in obj.items():
         problem = tensor_problem(tensor)
         if problem is not None:
-            raise WeightsError(f"{path}: tensor {name!r} {problem}")
+            raise WeightsError(
+                f"{path}: tensor {name!r} {problem} (refused whole: every tensor of a weights "
+                "file must be a plain one, loaded or not)"
+            )
     return dict(obj)
 
 

@@ -35,7 +35,7 @@ from histomodels.device import (
     set_threads,
     use_bf16,
 )
-from histomodels.models.registry import check_config
+from histomodels.models.registry import check_config, check_weights
 from histomodels.training import epoch as E
 from histomodels.training.callbacks import Callback, default_callbacks
 from histomodels.training.data import (
@@ -119,6 +119,7 @@ class Trainer:
             # before the run's first CUDA op (the cuBLAS workspace); undone when fit ends
             self._settings.enter_context(deterministic_algorithms(self.cfg.deterministic))
             check_config(self.cfg.model, self.cfg.model_config)  # before any data is decoded
+            check_weights(self.cfg.model, self.cfg.weights)
             self.device = pick_device(self.cfg.device)
             self.prefetch = use_prefetch(self.cfg.prefetch, self.device)
         self.info = D.init_distributed(self.device)
