@@ -66,6 +66,9 @@ class FakeNcbi:
     prlinks: dict[str, list[str]] = field(default_factory=dict)
     #: idconv bodies to replay for a given ``ids`` value.
     idconv_bodies: dict[str, bytes] = field(default_factory=dict)
+    #: db → a recorded esummary JSON body: its documents are replayed for the uids asked
+    #: (the answer holds those, in the recorded shape), before ``articles`` are looked at.
+    esummary_recorded: dict[str, bytes] = field(default_factory=dict)
     faults: dict[str, list[tuple[Any, ...]]] = field(default_factory=lambda: defaultdict(list))
     #: path → seconds: the next GET of it sends its headers and 1,000 of 1,000,000 bytes,
     #: then nothing for that long (a server gone silent mid-body); ``stalled`` lists them
@@ -182,6 +185,13 @@ class FakeNcbi:
         if not ids:
             return 200, JSON, b'{"error": "Neither query_key nor id specified"}'
         result: dict[str, Any] = {"uids": ids}
+        recorded = self.esummary_recorded.get(params.get("db", "pubmed"))
+        if recorded is not None:
+            docs = json.loads(recorded)["result"]
+            for uid in ids:
+                result[uid] = docs.get(uid) or {"uid": uid, "error": "cannot get document summary"}
+            data = {"header": {"type": "esummary", "version": "0.3"}, "result": result}
+            return 200, JSON, json.dumps(data).encode()
         if params.get("db") == "pmc":
             return self.esummary_pmc(ids, result)
         for pmid in ids:

@@ -240,3 +240,54 @@ def test_run_lymph_node_query_routes_captions_licences(ncbi: FakeNcbi, tmp_path:
     assert info["failure_reasons"] == {"not in bucket": 1, "retracted": 1}
     text = runner.invoke(app, ["status", "--run", str(run)]).stdout
     assert "records by route: pmc-cloud 2" in text and "images by licence: " in text
+
+
+def test_db_pmc_search_then_download_extract_filter_from_recorded_answers(
+    ncbi: FakeNcbi, tmp_path: Path
+) -> None:
+    """`search --db pmc` walked through the chain on NCBI's recorded answers: the esearch
+    db=pmc page (PMC uids, no PMC prefix) and the esummary db=pmc JSON of the same 200
+    uids, then download (two articles in the bucket), extract and filter. PMC writes
+    'pmid': '0' for an article without a PMID (57 of the 200): each became the record
+    'pmid:0', the first one only, and the other 8 of the first 20 were counted 'already
+    done' and lost."""
+    from conftest import shared_path
+
+    from histofetch.search import PMC_OA_FILTER
+
+    esearch = shared_path("fixtures", "ncbi", "esearch_pmc_ecology_retmax200.xml").read_bytes()
+    summaries = shared_path("fixtures", "ncbi", "esummary_pmc_v2_json_200ids.json").read_bytes()
+    ncbi.first_page_body[f"({QUERY}) AND {PMC_OA_FILTER}"] = esearch
+    ncbi.esummary_recorded["pmc"] = summaries
+    docs = json.loads(summaries)["result"]
+    first = docs["uids"][:20]
+    no_pmid = [u for u in first if {"idtype": "pmid", "value": "0"} in docs[u]["articleids"]]
+    assert len(no_pmid) == 9 and first[0] == "7771231"  # the recording's own facts
+    media = {"mds52601.jpg": he_jpeg(0), "mds52602.jpg": he_jpeg(1)}
+    for uid in (first[0], no_pmid[0]):
+        ncbi.bucket.add_version(f"PMC{uid}", 1, jats=real_jats(), media=media)
+    runner = CliRunner()
+    run = tmp_path / "pmc"
+    args = ["search", QUERY, "--db", "pmc", "--max", "20", "--run", str(run)]
+    result = runner.invoke(app, args, env=ncbi.env())
+    assert result.exit_code == 0, result.output
+    assert "searched: 20 done" in result.output, result.output
+    with Manifest.load(run) as manifest:
+        recs = dict(manifest.records)
+    assert len(recs) == 20 and "pmid:0" not in recs
+    assert recs["pmid:33328347"].pmcid == "PMC7771231"
+    bare = recs[f"pmcid:PMC{no_pmid[0]}"]
+    assert (bare.pmid, bare.doi, bare.open_access) == (None, "10.1186/s12985-020-01477-w", True)
+    assert not ncbi.requests_to("/idconv/")  # esummary db=pmc gives the ids
+
+    for step in ("download", "extract", "filter"):
+        result = runner.invoke(app, [step, "--run", str(run)], env=ncbi.env())
+        assert result.exit_code == 0, result.output
+    with Manifest.load(run) as manifest:
+        done = {r.id: r for r in manifest.records.values() if r.status == "ok"}
+        assert set(done) == {"pmid:33328347", f"pmcid:PMC{no_pmid[0]}"}
+        assert {r.stage for r in done.values()} == {"filtered"}
+        assert {r.route for r in done.values()} == {"pmc-cloud"}
+        assert bare.id in done and done[bare.id].pmid is None  # the bucket JSON has none
+        figures = [i for i in manifest.images.values() if i.parent_id is None]
+        assert len(figures) == 4 and {i.source for i in figures} == {"jats"}

@@ -229,10 +229,18 @@ def _esummary_docs(data: Any) -> dict[str, dict[str, Any]]:
             "year": _year(doc.get("pubdate") or doc.get("sortpubdate") or doc.get("sortdate")),
             "doi": ids.get("doi") or None,
             "pmcid": canonical_pmcid(match.group(0)) if match else None,
-            "pmid": ids.get("pubmed") or ids.get("pmid") or None,
+            "pmid": _pmid(ids.get("pubmed") or ids.get("pmid")),
             "retracted": "Retracted Publication" in (doc.get("pubtype") or []),
         }
     return out
+
+
+def _pmid(value: str | None) -> str | None:
+    """A PMID is a number above 0: PMC's esummary writes ``"pmid": "0"`` for an article
+    without one (57 of 200 in the recorded answer), which made every such hit the record
+    ``pmid:0`` (the first kept, the others counted already done)."""
+    value = (value or "").strip()
+    return value if value.isascii() and value.isdigit() and int(value) > 0 else None
 
 
 def esummary(client: NetClient, pmids: list[str], db: str = "pubmed") -> dict[str, dict[str, Any]]:
