@@ -14,6 +14,7 @@ from histocore.io import (
     atomic_write_bytes,
     atomic_write_json,
     atomic_write_text,
+    number_text,
     record_slug,
     temp_beside,
     unique_stem,
@@ -122,3 +123,10 @@ def test_unique_stem_tells_apart_ids_that_slug_alike() -> None:
     a, b = unique_stem("pmid:1/a"), unique_stem("pmid_1/a")
     assert a != b and a.startswith("pmid_1_a-") and b.startswith("pmid_1_a-")
     assert unique_stem("pmid:1/a") == a and record_slug(a) == a  # stable and file-safe
+
+
+def test_number_text_is_the_number_as_given() -> None:
+    """Every digit that makes the float (':g' kept six: 16.0000001 read as 16), no '.0'."""
+    for given in ("0.3333333", "16.0000001", "2", "0.5", "1e-07", "123456789", "nan", "inf"):
+        assert number_text(float(given)) == given
+    assert number_text(3) == "3"

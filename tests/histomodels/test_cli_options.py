@@ -47,6 +47,12 @@ MALFORMED = {
     "eval --data --scale -0.25": ([*EVAL, "--scale", "-0.25"], "--scale", "0 < x <= 16"),
     "predict --scale": ([*PREDICT, "--scale", "17"], "--scale", "0 < x <= 16"),
     "predict --scale nan": ([*PREDICT, "--scale", "nan"], "--scale", "nan is not in the range"),
+    # the value as given, not six digits of it ('16 is not in the range 0 < x <= 16')
+    "predict --scale 16.0000001": (
+        [*PREDICT, "--scale", "16.0000001"],
+        "--scale",
+        "16.0000001 is not in the range 0 < x <= 16",
+    ),
     "export --format": ([*EXPORT, "--format", "tflite"], "--format", "'tflite' is not one of"),
     "export --exporter": ([*EXPORT, "--exporter", "nope"], "--exporter", "'nope' is not one"),
     "train --schedule": (["train", *DATA, "--schedule", "linear"], "--schedule", "'linear'"),
@@ -54,6 +60,11 @@ MALFORMED = {
     "train --batch-size": (["train", *DATA, "--batch-size", "0"], "--batch-size", "greater"),
     "train --lr": (["train", *DATA, "--lr", "0"], "--lr", "x > 0"),
     "train --ema": (["train", *DATA, "--ema", "1"], "--ema", "0 < x < 1"),
+    "train --ema 1.0000001": (
+        ["train", *DATA, "--ema", "1.0000001"],
+        "--ema",
+        "1.0000001 is not in the range 0 < x < 1",
+    ),
     "train --label-smoothing": (
         ["train", *DATA, "--label-smoothing", "1"],
         "--label-smoothing",

@@ -728,3 +728,15 @@ def test_a_named_pipe_given_directly_says_what_it_is(tmp_path: Path) -> None:
         assert r.exit_code == 1, r.output
         assert r.stderr.strip() == f"error: {pipe}: {why}", r.stderr
         out.unlink(missing_ok=True)
+
+
+def test_a_scale_is_named_as_given(tmp_path: Path) -> None:
+    """A message names the --scale the user gave: ':g' showed six digits ('at scale
+    0.333333' for 0.3333333)."""
+    ckpt = tiny_checkpoint(tmp_path)
+    tiny = tmp_path / "tiny.png"
+    Image.fromarray(make_figure(4, 4, seed=20)[:150, :150]).save(tiny)
+    args = ["predict", str(ckpt), "--scale", "0.3333333", "--no-heatmaps"]
+    r = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "p.csv"), str(tiny)])
+    assert r.exit_code == 1, r.output
+    assert f"error: {tiny}: 150x150 at scale 0.3333333 is 50x50, smaller" in r.stderr

@@ -207,6 +207,13 @@ def loads_json(
         raise NotJSON("not usable JSON (nested too deeply)") from None
 
 
+def number_text(value: float) -> str:
+    """``value`` as the shortest text that reads back as the same float, without a trailing
+    ``.0`` (``0.3333333``, ``2``, ``1e-07``): the number a user gave, as given. ``:g`` rounds
+    to six digits, so a message could name another value (``16.0000001`` as ``16``)."""
+    return repr(float(value)).removesuffix(".0")
+
+
 def one_line(message: str) -> str:
     """``message`` with control characters escaped (``\\n``, ``\\x1b``...).
 

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 from histocore.csvcells import safe_cell
 from histocore.errors import UsageError
-from histocore.io import atomic_write_json, atomic_write_text, json_safe, same_file
+from histocore.io import atomic_write_json, atomic_write_text, json_safe, number_text, same_file
 from histocore.progress import task
 from histomodels.checkpoint import (
     decision_threshold,
@@ -68,8 +68,8 @@ def _load(
     if scale is not None and fixed and images.shape[1:3] != (size, size):
         h, w = images.shape[1:3]
         raise DatasetError(
-            f"{source}: at scale {scale:g} the images are {w}x{h} px, and this model enlarges "
-            f"its input to {size} px itself (another magnification); give a --scale at "
+            f"{source}: at scale {number_text(scale)} the images are {w}x{h} px, and this model "
+            f"enlarges its input to {size} px itself (another magnification); give a --scale at "
             f"which they are at least {size} px, or score them with a single model"
         )
     return images, np.asarray(labels, np.int64), list(ids), source
@@ -160,9 +160,10 @@ class ScaledPatches(PatchDataset):
             found = ", ".join(f"{w}x{h} px ({len(ids)}, e.g. {ids[0]})"
                               for (h, w), ids in by_count)  # fmt: skip
             raise DatasetError(
-                f"{self.where}: at scale {self.scale:g} the images come out at {len(sizes)} "
-                f"sizes: {found}; one under {self.size} px a side is scored whole, so all "
-                "must share one size: resize or crop them alike, or evaluate each size apart"
+                f"{self.where}: at scale {number_text(self.scale)} the images come out at "
+                f"{len(sizes)} sizes: {found}; one under {self.size} px a side is scored whole, "
+                "so all must share one size: resize or crop them alike, or evaluate each size "
+                "apart"
             )
         images = np.stack([img for img, _, _ in items])
         labels = np.array([label for _, label, _ in items], dtype=np.int64)
@@ -286,8 +287,8 @@ def operating_point(
     path = resolve_checkpoint(checkpoint)
     if path.is_file() and val_scale is not None:  # later evals and predict run at PCam scale
         point["temperature_stored"] = (
-            f"not stored: fitted on images resized by {val_scale:g} (--scale); used for these "
-            "metrics only"
+            f"not stored: fitted on images resized by {number_text(val_scale)} (--scale); used "
+            "for these metrics only"
         )
     elif path.is_file():  # not a shipped (pretrained) model
         point["temperature_stored"] = _store(store_temperature, path, temperature, v_source)

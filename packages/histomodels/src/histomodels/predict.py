@@ -29,6 +29,7 @@ from histocore.csvcells import safe_cell
 from histocore.errors import DomainError, UsageError, describe
 from histocore.imaging import Tiles, rescale, tile
 from histocore.imaging import tissue_fraction as tissue_fraction  # the one tissue test
+from histocore.io import number_text
 from histocore.progress import task
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".bmp"}
@@ -192,7 +193,7 @@ def _check_file(
         unit = "pages" if im.format == "TIFF" else "frames"
     sw, sh = scaled_size(f, w, h, scale, max_pixels)
     if sw < size or sh < size:  # after scale only: --scale 2 makes a 50 px image 100 px
-        at = " is" if scale == 1 else f" at scale {scale:g} is {sw}x{sh},"
+        at = " is" if scale == 1 else f" at scale {number_text(scale)} is {sw}x{sh},"
         raise PredictInputError(f"{f}: {w}x{h}{at} smaller than one {size}px patch")
     return pages, unit, (sw, sh)
 
@@ -206,7 +207,7 @@ def scaled_size(
     sw, sh = round(w * scale), round(h * scale)
     if sw * sh > max_pixels:
         raise OverPixelLimit(
-            f"{where}: {w}x{h} at scale {scale:g} is {sw}x{sh} pixels, "
+            f"{where}: {w}x{h} at scale {number_text(scale)} is {sw}x{sh} pixels, "
             f"over the limit of {max_pixels}"
         )
     return sw, sh
@@ -435,10 +436,10 @@ def _warn_magnification(factors: list[float], scale: float) -> None:
         return
     log.warning(
         "the nuclei in %d checked image(s) look %.1fx %s than in PCam patches (~10x, 0.97 "
-        "µm/px) at --scale %g: scores at another magnification are not meaningful; try "
+        "µm/px) at --scale %s: scores at another magnification are not meaningful; try "
         "--scale %.2g (a rough estimate from nucleus size, ±30%%)",
         len(factors), 1 / factor if factor < 1 else factor,
-        "larger" if factor < 1 else "smaller", scale, scale * factor,
+        "larger" if factor < 1 else "smaller", number_text(scale), scale * factor,
     )  # fmt: skip
 
 
@@ -452,7 +453,9 @@ def scaled(
     h, w = img.shape[:2]
     if round(h * scale) < size or round(w * scale) < size:
         what = what or f"one {size}px patch"
-        raise PredictInputError(f"{where}: {w}x{h} at scale {scale:g} is smaller than {what}")
+        raise PredictInputError(
+            f"{where}: {w}x{h} at scale {number_text(scale)} is smaller than {what}"
+        )
     return img if scale == 1.0 else rescale(img, scale)
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from histocore.io import number_text
 from histomodels.report_inputs import Evaluation, Run
 
 METRIC_ROWS = (
@@ -102,7 +103,7 @@ def _resized(metrics: dict) -> str:
     """``"by 0.25 (64x64 px)"`` for an ``eval --data --scale`` result, else ``"-"`` (the
     fields' shapes are checked by ``report_inputs``)."""
     px, scale = metrics.get("scored_px"), metrics.get("scale")
-    return "-" if px is None or scale is None else f"by {scale:g} ({px[0]}x{px[1]} px)"
+    return "-" if px is None or scale is None else f"by {number_text(scale)} ({px[0]}x{px[1]} px)"
 
 
 def metric_rows(cols: list[tuple[str, Evaluation]]) -> list[tuple[str, list[str]]]:

@@ -21,6 +21,7 @@ import typer
 from histocore.cli import errors, fail, log_level, progress, require_folder, setup_logging
 from histocore.cli import require_file as require_file_out
 from histocore.errors import DomainError
+from histocore.io import number_text
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
@@ -151,7 +152,7 @@ def in_range(
         above = value > low if low_open else value >= low
         below = value < high if high_open else value <= high
         if not (above and below and math.isfinite(value)):  # NaN fails both
-            raise typer.BadParameter(f"{value:g} is not in the range {shown}.")
+            raise typer.BadParameter(f"{number_text(value)} is not in the range {shown}.")
         return value
 
     return check

@@ -13,6 +13,7 @@ from typing import Annotated, NoReturn
 import typer
 
 from histocore.errors import UsageError
+from histocore.io import number_text
 from histomodels.choices import (
     MAX_SEED,
     Exporter,
@@ -321,7 +322,7 @@ def _print_metrics(result: dict, out: Path) -> None:
     scaled = ""
     if result.get("scale") is not None:
         w, h = result["scored_px"]
-        scaled = f", resized by {result['scale']:g}, scored at {w}x{h} px"
+        scaled = f", resized by {number_text(result['scale'])}, scored at {w}x{h} px"
     console.print(f"{shown} on {result.get('data')} (n={result.get('n')}{scaled})", soft_wrap=True)
     table = Table()
     table.add_column("metric")
