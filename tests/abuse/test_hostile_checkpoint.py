@@ -300,6 +300,41 @@ def test_resumed_last_pt_that_cannot_build_or_fit_names_the_file(tmp_path: Path)
         assert "Traceback" not in r.output
 
 
+def test_a_resumed_ema_runs_raw_weights_are_checked_as_its_weights(tmp_path: Path) -> None:
+    """An EMA (or SWA) run's ``last.pt`` keeps the raw weights it resumes from as
+    ``train_state_dict``, which got none of ``state_dict``'s checks: a complex tensor was
+    cast to real with a warning and NaN weights trained on until the run 'diverged'."""
+    from typer.testing import CliRunner
+
+    from histomodels.cli import app
+    from histomodels.synthetic import write_h5
+
+    data, run = write_h5(tmp_path / "t.h5", 32, seed=0), tmp_path / "run"
+    args = ["train", "--data", str(data), "--val", str(data), "--out", str(run)]
+    tiny = '{"width": 4, "depth": 2}'
+    r = CliRunner().invoke(
+        app, [*args, "--epochs", "1", "--ema", "0.9", "--model-config", tiny, "--quiet"]
+    )
+    assert r.exit_code == 0, r.output
+    saved = torch.load(run / "last.pt", weights_only=True)
+    raw = saved["train_state_dict"]
+    name = _first_weight(raw)
+    for tensor, message in (
+        (raw[name].to(torch.complex64), f"'{name}' holds complex values (complex64)"),
+        (raw[name].to_sparse(), f"'{name}' is a sparse_coo tensor, not a dense one"),
+        (
+            torch.full_like(raw[name], float("nan")),
+            f"holds non-finite values (NaN or inf) in '{name}'",
+        ),
+    ):
+        torch.save(dict(saved, train_state_dict={**raw, name: tensor}), run / "last.pt")
+        r = CliRunner().invoke(app, [*args, "--resume", "--epochs", "2", "--quiet"])
+        assert r.exit_code == 1, r.output
+        assert r.stderr.strip().splitlines() == [
+            f"error: {run / 'last.pt'}: checkpoint field 'train_state_dict' {message}"
+        ], r.output
+
+
 def test_non_finite_weights_are_refused(tmp_path: Path) -> None:
     """NaN weights made every score NaN and ``eval`` crashed in scikit-learn."""
     state = checkpoint_dict()["state_dict"]

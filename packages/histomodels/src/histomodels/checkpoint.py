@@ -263,6 +263,25 @@ def _check_member(spec: dict[str, Any], bad: Any, where: str) -> None:
         raise bad(where, "needs a positive 'temperature'")
 
 
+def _check_weights(sd: Any, field: str, bad: Any) -> None:
+    """``sd`` (the checkpoint's ``field``) is a non-empty dict of plain, finite tensors."""
+    from histomodels.models.weights import non_finite_tensor, tensor_problem
+
+    if not isinstance(sd, dict) or not sd:
+        raise bad(field, f"is {type(sd).__name__}, expected a dict of tensors")
+    if not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in sd.items()):
+        raise bad(field, "holds something other than name -> tensor")
+    for name, tensor in sd.items():  # a view claiming more than its storage holds
+        problem = tensor_problem(tensor)
+        if problem is not None:
+            raise bad(field, f"{name!r} {problem}")
+        if tensor.numel() * tensor.element_size() > tensor.untyped_storage().nbytes():
+            raise bad(field, f"{name!r} claims more values than the file stores")
+    nan = non_finite_tensor(sd)  # NaN weights give NaN scores (metrics would crash)
+    if nan is not None:
+        raise bad(field, f"holds non-finite values (NaN or inf) in {nan!r}")
+
+
 def check_checkpoint(ckpt: dict[str, Any], path: str | Path) -> None:
     """Schema check at load: one :class:`CheckpointError` naming the file and the field.
 
@@ -283,24 +302,9 @@ def check_checkpoint(ckpt: dict[str, Any], path: str | Path) -> None:
             "upgrade histomodels"
         )
     _check_model(ckpt.get("model"), ckpt.get("model_config", {}), bad)
-    sd = ckpt.get("state_dict")
-    if not isinstance(sd, dict) or not sd:
-        raise bad("state_dict", f"is {type(sd).__name__}, expected a dict of tensors")
-    if not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in sd.items()):
-        raise bad("state_dict", "holds something other than name -> tensor")
-    from histomodels.models.weights import tensor_problem
-
-    for name, tensor in sd.items():  # a view claiming more than its storage holds
-        problem = tensor_problem(tensor)
-        if problem is not None:
-            raise bad("state_dict", f"{name!r} {problem}")
-        if tensor.numel() * tensor.element_size() > tensor.untyped_storage().nbytes():
-            raise bad("state_dict", f"{name!r} claims more values than the file stores")
-    from histomodels.models.weights import non_finite_tensor
-
-    nan = non_finite_tensor(sd)  # NaN weights give NaN scores (metrics would crash)
-    if nan is not None:
-        raise bad("state_dict", f"holds non-finite values (NaN or inf) in {nan!r}")
+    _check_weights(ckpt.get("state_dict"), "state_dict", bad)
+    if ckpt.get("train_state_dict") is not None:  # a resumable EMA/SWA run's raw weights,
+        _check_weights(ckpt["train_state_dict"], "train_state_dict", bad)  # resumed from
     norm = ckpt.get("normalization", {"mean": [0, 0, 0], "std": [1, 1, 1]})
     if not (
         isinstance(norm, dict)
