@@ -133,7 +133,7 @@ def test_smaller_images_are_scored_whole_and_val_is_resized_alike(tmp_path: Path
     [
         # 64 and 80 px after the resize, both under 96 px: scored whole, so not one batch
         ([128, 160, 128], 0.5, "the images come out at 2 sizes: 64x64 px (2, e.g. normal/t0"),
-        ([128, 60], 0.5, "60x60 at scale 0.5 is smaller than 32 px, PCam's label region"),
+        ([128, 60], 0.5, "60x60 at scale 0.5 is 30x30, smaller than 32 px, PCam's label"),
         # enlarged whole before the centre is cut: bounded like predict's --max-pixels
         ([600], 16, "600x600 at scale 16 is 9600x9600 pixels, over the limit of 64000000"),
     ],

@@ -143,6 +143,25 @@ def test_a_file_failing_mid_run_is_skipped_and_the_others_are_written(tmp_path: 
     assert sorted(p.name for p in (tmp_path / "pred_heatmaps").iterdir()) == ["a_good.png"]
 
 
+def test_too_small_says_the_size_as_oriented_and_scaled(tmp_path: Path) -> None:
+    """The header's size is as stored: a 300x50 JPEG with EXIF orientation 6 (a viewer and
+    the scorer see 50x300) was said as '300x50' (and '150x25' at scale 0.5)."""
+    stored = Image.fromarray(make_figure(4, 4, seed=1)[:50, :300])
+    exif = Image.Exif()
+    exif[0x0112] = 6  # turned a quarter: 50 wide, 300 high as seen
+    photo = tmp_path / "photo.jpg"
+    stored.save(photo, exif=exif.tobytes())
+    args = ["predict", "pcam-cnn", str(photo), "--no-heatmaps", "--out", str(tmp_path / "p.csv")]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 1 and r.stderr == (
+        f"error: {photo}: 50x300 is smaller than one 96px patch\n"
+    ), r.output
+    r = CliRunner().invoke(app, [*args, "--scale", "0.5"])
+    assert r.exit_code == 1 and r.stderr == (
+        f"error: {photo}: 50x300 at scale 0.5 is 25x150, smaller than one 96px patch\n"
+    ), r.output
+
+
 def test_one_image_too_small_at_scale_does_not_stop_the_run(tmp_path: Path) -> None:
     """One 150 px image in a folder, at --scale 0.5 (75 px, under one 96 px patch), stopped
     the whole run after the header check had passed it (exit 1, no CSV for the others). It

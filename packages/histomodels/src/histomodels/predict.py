@@ -193,6 +193,12 @@ def _check_file(
         unit = "pages" if im.format == "TIFF" else "frames"
     sw, sh = scaled_size(f, w, h, scale, max_pixels)
     if sw < size or sh < size:  # after scale only: --scale 2 makes a 50 px image 100 px
+        # the header's size is as stored: said as the image is seen and scored, after its
+        # EXIF/TIFF orientation (a portrait photo stored sideways), read by decoding it
+        # (under max_pixels), which only a file refused here pays for
+        with _one_line(f, max_pixels):
+            w, h = imaging.read_rgb_sized(f, max_pixels=max_pixels, what=str(f))[1]
+        sw, sh = round(w * scale), round(h * scale)
         at = " is" if scale == 1 else f" at scale {number_text(scale)} is {sw}x{sh},"
         raise PredictInputError(f"{f}: {w}x{h}{at} smaller than one {size}px patch")
     return pages, unit, (sw, sh)
@@ -451,10 +457,11 @@ def scaled(
     side is a :class:`PredictInputError` naming ``where`` and ``what`` it is smaller than
     (default: one ``size`` px patch)."""
     h, w = img.shape[:2]
-    if round(h * scale) < size or round(w * scale) < size:
+    sw, sh = round(w * scale), round(h * scale)
+    if sh < size or sw < size:  # said with the size compared, as check_inputs says it
         what = what or f"one {size}px patch"
         raise PredictInputError(
-            f"{where}: {w}x{h} at scale {number_text(scale)} is smaller than {what}"
+            f"{where}: {w}x{h} at scale {number_text(scale)} is {sw}x{sh}, smaller than {what}"
         )
     return img if scale == 1.0 else rescale(img, scale)
 
