@@ -124,8 +124,9 @@ def test_scale_resizes_before_tiling(tmp_path: Path) -> None:
 
 def test_a_file_failing_mid_run_is_skipped_and_the_others_are_written(tmp_path: Path) -> None:
     """A file whose header passes the up-front check but whose pixels do not decode stopped
-    the run (no CSV, the heatmaps drawn before it removed). It is now one error line, exit 1,
-    and the CSV holds every row of the others and none of it."""
+    the run (no CSV, the heatmaps drawn before it removed). It is now one warning line (it
+    was an error line and exit 1, as when nothing was scored), exit 0, and the CSV holds every
+    row of the others and none of it."""
     ckpt = tiny_checkpoint(tmp_path)
     good = tmp_path / "a_good.png"
     Image.fromarray(make_figure(2, 2, seed=3)).save(good)
@@ -135,8 +136,8 @@ def test_a_file_failing_mid_run_is_skipped_and_the_others_are_written(tmp_path: 
     cut.write_bytes(full.read_bytes()[: full.stat().st_size // 2])  # header fine, data cut
     out = tmp_path / "pred.csv"
     r = CliRunner().invoke(app, ["predict", str(ckpt), str(good), str(cut), "--out", str(out)])
-    assert r.exit_code == 1, r.output
-    assert r.stderr == f"error: {cut}: cannot read image (image file is truncated)\n"
+    assert r.exit_code == 0, r.output
+    assert r.stderr == f"warning: {cut}: cannot read image (image file is truncated)\n"
     assert r.stdout.startswith(f"4 patch(es) from 1 file(s) → {out}\n")
     assert "Traceback" not in r.output
     assert [row["path"] for row in _rows(out)] == [str(good)] * 4
@@ -165,7 +166,7 @@ def test_too_small_says_the_size_as_oriented_and_scaled(tmp_path: Path) -> None:
 def test_one_image_too_small_at_scale_does_not_stop_the_run(tmp_path: Path) -> None:
     """One 150 px image in a folder, at --scale 0.5 (75 px, under one 96 px patch), stopped
     the whole run after the header check had passed it (exit 1, no CSV for the others). It
-    is now skipped with one error line and exit 1; the others are scored as without it."""
+    is now skipped with one warning line, exit 0; the others are scored as without it."""
     ckpt = tiny_checkpoint(tmp_path)
     folder = tmp_path / "tiles"
     folder.mkdir()
@@ -176,9 +177,9 @@ def test_one_image_too_small_at_scale_does_not_stop_the_run(tmp_path: Path) -> N
     out = tmp_path / "pred.csv"
     args = ["predict", str(ckpt), "--scale", "0.5", "--no-heatmaps", "--out", str(out)]
     r = CliRunner().invoke(app, [*args, str(folder)])
-    assert r.exit_code == 1, r.output
+    assert r.exit_code == 0, r.output
     assert r.stderr == (
-        f"error: {tiny}: 150x150 at scale 0.5 is 75x75, smaller than one 96px patch\n"
+        f"warning: {tiny}: 150x150 at scale 0.5 is 75x75, smaller than one 96px patch\n"
     )
     assert r.stdout.startswith(f"12 patch(es) from 3 file(s) → {out}\n")
     with_tiny = out.read_text()
@@ -190,8 +191,10 @@ def test_one_image_too_small_at_scale_does_not_stop_the_run(tmp_path: Path) -> N
 
 
 def test_every_file_that_cannot_be_scored_gets_its_own_line(tmp_path: Path) -> None:
-    """Unreadable, too small and over --max-pixels among good files: one error line each, in
-    the order given, exit 1; the good files' rows are written. The library raises
+    """Unreadable, too small and over --max-pixels among good files: one warning line each,
+    in the order given, exit 0 (it was exit 1, as when nothing is scored); the good files'
+    rows are written. With no good file: the same lines as errors, exit 1, nothing written
+    (a CSV of an earlier run left as it was). The library raises
     SkippedInputs naming them, with the summary of what was written; when no file could be
     scored, no CSV is written."""
     from histomodels.predict import OverPixelLimit, SkippedInputs, predict_paths
@@ -210,14 +213,21 @@ def test_every_file_that_cannot_be_scored_gets_its_own_line(tmp_path: Path) -> N
     r = CliRunner().invoke(
         app, ["predict", str(ckpt), *map(str, files), "--out", str(out), "--max-pixels", "50000"]
     )
-    assert r.exit_code == 1, r.output
+    assert r.exit_code == 0, r.output
     lines = r.stderr.splitlines()
     assert [line.split(": ")[1] for line in lines] == [str(bad), str(small), str(big)]
-    assert all(line.startswith("error: ") for line in lines)
+    assert all(line.startswith("warning: ") for line in lines)
     assert "cannot read image" in lines[0] and "smaller than one 96px patch" in lines[1]
     assert "300x300 pixels exceeds the limit of 50000" in lines[2]
     assert lines[2].endswith("; --max-pixels raises the limit")
     assert [row["path"] for row in _rows(out)] == [str(good)] * 4
+    before = out.read_bytes()
+    none = CliRunner().invoke(app, ["predict", str(ckpt), str(bad), str(small), "--out", str(out)])
+    assert none.exit_code == 1, none.output
+    assert none.stderr == "".join(
+        f"error: {line.removeprefix('warning: ')}\n" for line in lines[:2]
+    )
+    assert none.stdout == "" and out.read_bytes() == before
     with pytest.raises(SkippedInputs) as err:
         predict_paths(ckpt, files, out, max_pixels=50_000, draw_heatmaps=False)
     assert [type(e) for e in err.value.problems] == [
@@ -711,9 +721,10 @@ def test_skipped_inputs_survive_a_process_pool(tmp_path: Path) -> None:
     assert str(exc) == "t.png: empty file; the other 2 file(s) were scored into p.csv"
 
 
-def test_a_broken_link_in_a_folder_is_an_error_line(tmp_path: Path) -> None:
+def test_a_broken_link_in_a_folder_is_a_warning_line(tmp_path: Path) -> None:
     """Review 3: walking folders for files only (not folders named like images) dropped a
-    link whose target is gone without a word, exit 0."""
+    link whose target is gone without a word, exit 0; now one warning line names it (exit 0:
+    the good file was scored)."""
     ckpt = tiny_checkpoint(tmp_path)
     folder = tmp_path / "in"
     folder.mkdir()
@@ -722,15 +733,16 @@ def test_a_broken_link_in_a_folder_is_an_error_line(tmp_path: Path) -> None:
     out = tmp_path / "p.csv"
     r = CliRunner().invoke(app, ["predict", str(ckpt), str(folder), "--out", str(out),
                                  "--no-heatmaps"])  # fmt: skip
-    assert r.exit_code == 1, r.output
-    assert r.stderr.startswith(f"error: {folder / 'bad.png'}: "), r.stderr
+    assert r.exit_code == 0, r.output
+    assert r.stderr.startswith(f"warning: {folder / 'bad.png'}: "), r.stderr
     assert [row["path"] for row in _rows(out)] == [str(folder / "good.png")]
 
 
 @pytest.mark.timeout(60)
 def test_a_named_pipe_given_directly_says_what_it_is(tmp_path: Path) -> None:
     """A pipe named on the command line said ``no such file or folder`` (it is there); it
-    now gets the reader's line, the same as a pipe inside a folder, and nothing blocks."""
+    now gets the reader's line, the same as a pipe inside a folder, and nothing blocks (a
+    warning beside the folder's good file, exit 0; an error, exit 1, when it is all)."""
     import os
 
     ckpt = tiny_checkpoint(tmp_path)
@@ -744,8 +756,9 @@ def test_a_named_pipe_given_directly_says_what_it_is(tmp_path: Path) -> None:
         out = tmp_path / "p.csv"
         r = CliRunner().invoke(app, ["predict", str(ckpt), str(given), "--out", str(out),
                                      "--no-heatmaps"])  # fmt: skip
-        assert r.exit_code == 1, r.output
-        assert r.stderr.strip() == f"error: {pipe}: {why}", r.stderr
+        assert r.exit_code == (0 if given == folder else 1), r.output
+        said = "warning" if given == folder else "error"
+        assert r.stderr.strip() == f"{said}: {pipe}: {why}", r.stderr
         out.unlink(missing_ok=True)
 
 

@@ -8,7 +8,7 @@ click's usage error, exit 2). The work lives in the library modules named in eac
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated
 
 import typer
 
@@ -506,7 +506,7 @@ def predict_cmd(
     if not no_heatmaps:  # the default folder too: a file there failed only after scoring
         require_folder(heatmaps or out.with_name(out.stem + "_heatmaps"))
     use_cpu_cores()
-    skipped: list = []  # files that could not be scored: one error line each, exit 1
+    skipped: list = []  # files that could not be scored: one line each (see _print_skipped)
     with errors(), progress():
         from histomodels.predict import SkippedInputs, predict_paths
 
@@ -531,7 +531,7 @@ def predict_cmd(
     if res["csv"] is not None:
         _print_predicted(res)
     if skipped:
-        _print_skipped(skipped)
+        _print_skipped(skipped, scored=res["csv"] is not None)
 
 
 def _print_predicted(res: dict) -> None:
@@ -542,12 +542,19 @@ def _print_predicted(res: dict) -> None:
         typer.echo(f"{len(res['heatmaps'])} heatmap(s) in {Path(res['heatmaps'][0]).parent}")
 
 
-def _print_skipped(problems: list) -> NoReturn:
-    """One ``error:`` line per file predict could not score, then exit 1."""
+def _print_skipped(problems: list, *, scored: bool) -> None:
+    """One line per file predict could not score: ``warning:`` (exit 0) when the others were
+    scored into the CSV, as ``histofetch extract`` names its bad PDFs; ``error:`` and exit 1
+    when none was (nothing written). So exit 1 means no CSV from this run."""
+    from histocore.io import one_line
     from histomodels.predict import OverPixelLimit
 
     hint = "; --max-pixels raises the limit"  # the library's message knows no option names
-    fail(*(f"{exc}{hint if isinstance(exc, OverPixelLimit) else ''}" for exc in problems))
+    lines = [f"{exc}{hint if isinstance(exc, OverPixelLimit) else ''}" for exc in problems]
+    if not scored:
+        fail(*lines)
+    for line in lines:
+        typer.echo(f"warning: {one_line(line)}", err=True)
 
 
 def label_cmd(
