@@ -102,3 +102,38 @@ def test_cli_info_option_a_run_folder_does_not_take_is_named_as_the_option(tmp_p
         assert "patch_size" not in told
     r = runner.invoke(app, ["data", "info", str(run), "--split", "valid", "--patch-size", "64"])
     assert r.exit_code == 2 and "'--patch-size' / '--split'" in unboxed(r.stderr), r.stderr
+
+
+def test_sheet_titles_clear_the_row_above_and_keep_the_ids_end(tmp_path: Path) -> None:
+    """On real PCam patches the second row's titles touched the first row's images
+    (``tight_layout`` with square images), and ids cut to 14 characters all read
+    ``pcam_valid_003``. Solid grey patches make the images' rows findable in the PNG: no
+    dark (title) pixel may lie on an image, and each row's titles stay clear of the images
+    above them."""
+    n = 16  # eight a row, as data info's default draws them
+    x = np.full((n, 96, 96, 3), 128, dtype=np.uint8)
+    ids = [f"pcam_valid_00317{i:02d}" for i in range(n)]
+    ds = ArrayDataset(x, np.array([0, 1] * (n // 2)), ids=ids, source="array:grey")
+    out = contact_sheet(ds, tmp_path / "sheet.png", per_class=8)
+    with Image.open(out) as im:
+        rgb = np.asarray(im.convert("RGB")).astype(int)
+    grey = np.asarray((np.abs(rgb - 128) <= 3).all(axis=2))
+    dark = np.asarray((rgb < 90).all(axis=2))
+    cols = np.flatnonzero(grey.sum(axis=0) > rgb.shape[0] // 4)  # the image columns
+    rows = np.flatnonzero(grey[:, cols].sum(axis=1) > len(cols) // 2)  # image rows: two bands
+    gaps = np.flatnonzero(np.diff(rows) > 1)
+    assert len(gaps) == 1, f"expected two rows of images, got bands split at {rows[gaps]}"
+    first_end, second_start = int(rows[gaps[0]]), int(rows[gaps[0] + 1])
+    on_images = np.flatnonzero(dark[rows][:, cols].any(axis=1))
+    assert not len(on_images), f"title pixels on the images' rows {rows[on_images]}"
+    titles = np.flatnonzero(dark[first_end + 1 : second_start][:, cols].any(axis=1))
+    assert len(titles) and titles[0] >= 2, f"second row's titles start {titles[:1]} px below"
+
+    from histomodels.data.info import sheet_figure
+
+    fig = sheet_figure(ds, per_class=8)
+    shown = sorted(ax.get_title() for ax in fig.axes if ax.get_title())
+    assert shown == sorted(ids)  # whole: 18 characters
+    long = ArrayDataset(x[:2], np.array([0, 1]), ids=["normal/tumor_004_37276_186047.webp"] * 2)
+    fig = sheet_figure(long, per_class=1)
+    assert {ax.get_title() for ax in fig.axes} == {"…4_37276_186047.webp"}
