@@ -772,3 +772,64 @@ def test_a_scale_is_named_as_given(tmp_path: Path) -> None:
     r = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "p.csv"), str(tiny)])
     assert r.exit_code == 1, r.output
     assert f"error: {tiny}: 150x150 at scale 0.3333333 is 50x50, smaller" in r.stderr
+
+
+def _heatmap_files(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+def test_the_heatmap_folder_holds_no_heatmap_this_run_did_not_draw(tmp_path: Path) -> None:
+    """A heatmap an earlier run drew for a file this run skips, or now scores as one patch
+    (no heatmap), stayed beside the new CSV, as if it were this run's. Once the CSV is
+    written, each input's heatmap is this run's or gone; other files stay; a run that
+    writes no CSV removes nothing."""
+    ckpt = tiny_checkpoint(tmp_path)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name, n in (("a", 2), ("b", 2), ("c", 4)):  # 192, 192 and 384 px
+        Image.fromarray(make_figure(n, n, seed=len(name) + n)).save(folder / f"{name}.png")
+    out, heat = tmp_path / "pred.csv", tmp_path / "pred_heatmaps"
+    run = ["predict", str(ckpt), str(folder), "--out", str(out)]
+    assert CliRunner().invoke(app, run).exit_code == 0
+    assert _heatmap_files(heat) == ["a.png", "b.png", "c.png"]
+    (heat / "notes.txt").write_text("mine")
+    good_b = (folder / "b.png").read_bytes()
+    (folder / "b.png").write_bytes(good_b[: len(good_b) // 2])  # header fine, data cut
+    r = CliRunner().invoke(app, run)
+    assert r.exit_code == 0 and r.stderr.startswith(f"warning: {folder / 'b.png'}: "), r.output
+    assert _heatmap_files(heat) == ["a.png", "c.png", "notes.txt"]
+    r = CliRunner().invoke(app, [*run, "--scale", "0.5"])  # a: one 96 px patch, no heatmap
+    assert r.exit_code == 0, r.output
+    assert _heatmap_files(heat) == ["c.png", "notes.txt"]
+    assert {row["path"] for row in _rows(out)} == {str(folder / "a.png"), str(folder / "c.png")}
+    kept = (heat / "c.png").read_bytes(), out.read_bytes()
+    r = CliRunner().invoke(app, [*run, "--max-pixels", "100"])  # nothing scored, no CSV
+    assert r.exit_code == 1, r.output
+    assert _heatmap_files(heat) == ["c.png", "notes.txt"]
+    assert ((heat / "c.png").read_bytes(), out.read_bytes()) == kept
+
+
+def test_a_heatmap_is_never_written_over_an_input_or_another_heatmap(tmp_path: Path) -> None:
+    """--heatmaps naming the folder of a PNG input wrote the input's heatmap over the input
+    (the image was lost); two inputs whose names clash even with their folder's name
+    (d1/x/img.png, d2/x/img.png) shared one heatmap file, the second drawn over the first."""
+    ckpt = tiny_checkpoint(tmp_path)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    img = folder / "a.png"
+    Image.fromarray(make_figure(2, 2, seed=3)).save(img)
+    before = img.read_bytes()
+    out = tmp_path / "p.csv"
+    r = CliRunner().invoke(app, ["predict", str(ckpt), str(img), "--heatmaps", str(folder),
+                                 "--out", str(out)])  # fmt: skip
+    assert r.exit_code == 1, r.output
+    assert r.stderr.startswith(f"error: {img}: its heatmap would be written over it"), r.stderr
+    assert len(r.stderr.splitlines()) == 1
+    assert img.read_bytes() == before and not out.exists()
+    twins = [tmp_path / d / "x" / "img.png" for d in ("d1", "d2")]
+    for i, f in enumerate(twins):
+        f.parent.mkdir(parents=True)
+        Image.fromarray(make_figure(2, 2, seed=5 + i)).save(f)
+    r = CliRunner().invoke(app, ["predict", str(ckpt), *map(str, twins), "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert _heatmap_files(tmp_path / "p_heatmaps") == ["x_img.png", "x_img_2.png"]

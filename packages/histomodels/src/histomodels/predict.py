@@ -15,6 +15,7 @@ import contextlib
 import csv
 import io
 import logging
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -314,20 +315,19 @@ def predict_paths(
     if threshold is not None and not 0 <= threshold <= 1:  # NaN fails too
         raise UsageError(f"threshold must be in [0, 1], got {threshold}")
     files = collect_inputs(paths)
+    out_csv = Path(out_csv)
+    heat_dir = Path(heatmap_dir) if heatmap_dir else out_csv.with_name(out_csv.stem + "_heatmaps")
+    targets = heatmap_targets(files, heat_dir) if draw_heatmaps else {}
     pred = Predictor.load(checkpoint, device=device, precision=precision)
     size = int(pred.ckpt.get("input_size", 96))
     cut, cut_source = decision_threshold(pred.ckpt, threshold)
     problems = check_inputs(files, size, max_pixels, scale=scale, stride=stride)
-    out_csv = Path(out_csv)
-    heat_dir = Path(heatmap_dir) if heatmap_dir else out_csv.with_name(out_csv.stem + "_heatmaps")
-    if not draw_heatmaps:
-        heat_dir = None
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(CSV_COLUMNS)
     n_rows, scored, heatmaps = 0, 0, []
     try:
-        n_rows, scored = _predict_files(pred, files, problems, w, heat_dir, heatmaps, size=size,
+        n_rows, scored = _predict_files(pred, files, problems, w, targets, heatmaps, size=size,
                                 scale=scale, stride=stride, max_pixels=max_pixels,
                                 batch_size=batch_size, tta=tta, threshold=cut)  # fmt: skip
         if scored:
@@ -337,6 +337,11 @@ def predict_paths(
         for h in heatmaps:
             Path(h).unlink(missing_ok=True)
         raise
+    if scored:  # the heatmaps now match the CSV: an input's is this run's or none
+        drawn = set(heatmaps)
+        for target in targets.values():
+            if str(target) not in drawn:
+                target.unlink(missing_ok=True)
     summary = {"files": scored, "rows": n_rows, "csv": str(out_csv) if scored else None,
                "heatmaps": heatmaps, "threshold": cut, "threshold_source": cut_source}  # fmt: skip
     if problems:
@@ -349,7 +354,7 @@ def _predict_files(
     files: list[Path],
     problems: dict[Path, PredictInputError],
     w: Any,
-    heat_dir: Path | None,
+    targets: dict[Path, Path],
     heatmaps: list[str],
     *,
     size: int,
@@ -361,8 +366,9 @@ def _predict_files(
     threshold: float,
 ) -> tuple[int, int]:
     """Score the tiles of every file not in ``problems`` into the CSV writer ``w`` (a file
-    whose pixels cannot be used joins ``problems``, and has no row); heatmap paths go to
-    ``heatmaps`` as they are written. Returns the number of rows and of files scored."""
+    whose pixels cannot be used joins ``problems``, and has no row); a file of more than one
+    patch gets its heatmap at ``targets[file]`` (none drawn when it has no target), whose
+    paths go to ``heatmaps`` as they are written. Returns the number of rows and of files scored."""
     from histomodels.inference import sigmoid
 
     n_rows, factors, grey = 0, [], []
@@ -388,8 +394,8 @@ def _predict_files(
                 w.writerow([safe_cell(str(f)), int(x), int(y), size, f"{t:.3f}", p_text,
                             cut, "yes" if float(p_text) >= float(cut) else "no"])  # fmt: skip
             n_rows += len(probs)
-            if len(probs) > 1 and heat_dir is not None:
-                target = heat_dir / f"{_stem(f, files)}.png"
+            if len(probs) > 1 and f in targets:
+                target = targets[f]
                 _heatmap(img, tiles, probs, size, target, f"{f.name}: max {probs.max():.2f}, "
                          f"mean {probs.mean():.2f}")  # fmt: skip
                 heatmaps.append(str(target))
@@ -466,8 +472,36 @@ def scaled(
     return img if scale == 1.0 else rescale(img, scale)
 
 
-def _stem(f: Path, files: list[Path]) -> str:
-    """A heatmap file name unique among the inputs (parent folder added on clashes)."""
-    if sum(g.stem == f.stem for g in files) > 1:
-        return f"{f.parent.name}_{f.stem}"
-    return f.stem
+def heatmap_targets(files: list[Path], heat_dir: Path) -> dict[Path, Path]:
+    """Each input's heatmap file in ``heat_dir``: ``<stem>.png``, ``<folder>_<stem>.png``
+    when stems clash, then ``_2``, ``_3``... until unique, so no heatmap is drawn over
+    another. One that would be an input itself (``--heatmaps`` naming a PNG's own folder) is
+    a :class:`PredictInputError`: the image would be lost."""
+    stems = Counter(f.stem for f in dict.fromkeys(files))
+    targets: dict[Path, Path] = {}
+    taken: set[str] = set()
+    for f in dict.fromkeys(files):
+        name = f.stem if stems[f.stem] == 1 else f"{f.parent.name}_{f.stem}"
+        unique, n = name, 1
+        while unique in taken:
+            n += 1
+            unique = f"{name}_{n}"
+        taken.add(unique)
+        targets[f] = heat_dir / f"{unique}.png"
+    inputs = {key: f for f in targets if (key := _file_key(f))}
+    for target in targets.values():
+        if (key := _file_key(target)) in inputs:
+            raise PredictInputError(
+                f"{inputs[key]}: its heatmap would be written over it (the heatmap folder is "
+                f"{heat_dir}); give another --heatmaps, or --no-heatmaps"
+            )
+    return targets
+
+
+def _file_key(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of an existing file, to tell when two paths name one file."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
