@@ -29,9 +29,18 @@ def test_domain_errors_and_os_errors_become_one_line(tmp_path, capsys) -> None:
         assert exit_.value.code == 1
         err = capsys.readouterr().err
         assert len(err.splitlines()) == 1 and err.startswith("error: ") and line in err
-    with pytest.raises(SystemExit), errors(prefix="search failed: "):
-        raise DomainError("connection failed")
-    assert capsys.readouterr().err == "error: search failed: connection failed\n"
+    with pytest.raises(SystemExit), errors(outcome="search failed"):
+        raise ManifestError("run/run.sqlite: not a usable run store")
+    assert (
+        capsys.readouterr().err == "error: run/run.sqlite: not a usable run store; search failed\n"
+    )
+    said = DomainError("HTTP 503 from https://x.org/a (gave up after 2 attempts)")
+    said.subject, said.problem = "https://x.org/a", "HTTP 503 (gave up after 2 attempts)"
+    with pytest.raises(SystemExit), errors(outcome="download failed"):
+        raise said  # a message worded for a record's reason: said with its subject first
+    assert capsys.readouterr().err == (
+        "error: https://x.org/a: HTTP 503 (gave up after 2 attempts); download failed\n"
+    )
 
 
 def test_programmer_bugs_keep_their_traceback(capsys) -> None:

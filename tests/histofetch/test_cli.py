@@ -191,6 +191,30 @@ def test_commands_on_a_missing_run_fail_clearly(tmp_path: Path, command: str) ->
     assert "manifest.jsonl: no manifest here" in _error_line(result)
 
 
+@pytest.mark.parametrize(
+    ("args", "outcome"),
+    [
+        (["download"], "download failed"),
+        (["run", "lymph node"], "run stopped (re-run to continue)"),
+        (["search", "lymph node"], "search failed"),
+    ],
+)
+def test_a_stage_that_stops_on_a_file_names_the_file_first(
+    tmp_path: Path, args: list[str], outcome: str
+) -> None:
+    """The line read ``error: download failed: RUN/run.sqlite: …`` (``run stopped (re-run to
+    continue): …``, ``search failed: …``): the file is the line's subject, what stopped
+    follows it."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.sqlite").write_bytes(b"garbage, not SQLite")
+    result = CliRunner().invoke(app, [*args, "--run", str(run)])
+    assert result.exit_code == 1, result.output
+    assert result.stderr == (
+        f"error: {run / 'run.sqlite'}: not a usable run store (file is not a database); {outcome}\n"
+    )
+
+
 def test_corrupt_manifest_names_file_and_line(tmp_path: Path, pdfs: Path) -> None:
     run = tmp_path / "run"
     runner.invoke(app, ["extract", "--run", str(run), str(pdfs / "a.pdf")])

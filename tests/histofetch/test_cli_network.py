@@ -99,7 +99,12 @@ def test_cli_errors_are_one_line_and_non_zero(tmp_path: Path) -> None:
     env = {"HISTOFETCH_EUTILS_URL": "http://127.0.0.1:9/", "HISTOFETCH_RETRIES": "0"}
     result = runner.invoke(app, ["search", "x", "--run", str(tmp_path / "r")], env=env)
     assert result.exit_code == 1
-    assert "error: search failed: connection failed" in result.output
+    # the URL is the subject; what stopped follows (it read 'error: search failed: connection
+    # failed (…): http://127.0.0.1:9/esearch.fcgi (gave up after 1 attempts)')
+    assert result.stderr == (
+        "error: http://127.0.0.1:9/esearch.fcgi: connection failed (ConnectError: [Errno 111] "
+        "Connection refused) (gave up after 1 attempts); search failed\n"
+    )
     result = runner.invoke(app, ["download", "--run", str(tmp_path / "nothing")])
     assert result.exit_code == 1
     assert "no manifest here" in result.output

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from ncbi_server import FakeNcbi, ncbi_fixture  # noqa: F401 (fixture)
 
+from histocore.errors import describe
 from histofetch.http import (
     EUTILS_URL,
     IDCONV_URL,
@@ -91,6 +92,10 @@ def test_persistent_500_gives_up_with_reason(ncbi: FakeNcbi) -> None:
         client.ncbi("GET", ncbi.base + EINFO)
     assert "HTTP 500" in str(err.value) and "3 attempts" in str(err.value)
     assert len(ncbi.requests_to(EINFO)) == 3
+    # the CLI's line names the URL first (the message stays a record's reason)
+    url = ncbi.base + EINFO
+    assert str(err.value).startswith(f"HTTP 500 from {url}?")  # with the NCBI parameters
+    assert describe(err.value) == f"{url}: HTTP 500 (gave up after 3 attempts)"
 
 
 def test_404_is_not_retried(ncbi: FakeNcbi) -> None:
@@ -98,6 +103,7 @@ def test_404_is_not_retried(ncbi: FakeNcbi) -> None:
         client.get_bytes(ncbi.base + "/nothing/here")
     assert err.value.status == 404
     assert len(ncbi.requests_to("/nothing/here")) == 1
+    assert describe(err.value) == f"{ncbi.base}/nothing/here: HTTP 404"
 
 
 def test_timeout_then_success(ncbi: FakeNcbi) -> None:
@@ -137,8 +143,13 @@ def test_ncbi_identification_and_user_agent(ncbi: FakeNcbi) -> None:
 
 def test_body_size_cap(ncbi: FakeNcbi) -> None:
     ncbi.files["/big"] = (200, "application/octet-stream", b"x" * 5000)
-    with NetClient(ncbi.config(max_bytes=1000)) as client, pytest.raises(NetError, match="large"):
+    with (
+        NetClient(ncbi.config(max_bytes=1000)) as client,
+        pytest.raises(NetError, match="large") as err,
+    ):
         client.get_bytes(ncbi.base + "/big")
+    said = describe(err.value)
+    assert said.startswith(f"{ncbi.base}/big: response too large (") and said.count(ncbi.base) == 1
 
 
 def _max_in_window(times: list[float], window: float = 1.0) -> int:

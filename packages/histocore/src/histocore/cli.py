@@ -96,11 +96,13 @@ def require_file(*paths: str | Path | None) -> None:
 
 
 @contextlib.contextmanager
-def errors(*also: type[BaseException], prefix: str = "") -> Iterator[None]:
+def errors(*also: type[BaseException], outcome: str = "") -> Iterator[None]:
     """Domain errors and ``OSError`` (plus any ``also``) → one error line and exit 1;
     Ctrl-C → one ``interrupted`` line and exit 130 (what shells report for SIGINT).
 
-    ``prefix`` says what stopped (``"search failed: "``) before the error's own message."""
+    ``outcome`` says what stopped (``"search failed"``), after the error's own
+    ``<file-or-url>: <problem>``: ``error: RUN/run.sqlite: not a usable run store (…);
+    search failed`` (before it, the line began ``error: search failed: RUN/…``)."""
     try:
         yield
     except KeyboardInterrupt:
@@ -111,7 +113,7 @@ def errors(*also: type[BaseException], prefix: str = "") -> Iterator[None]:
     except BrokenPipeError:  # output piped into `head` and closed: not an error
         raise SystemExit(0) from None
     except (DomainError, OSError, *also) as exc:
-        fail(prefix + describe(exc))
+        fail(describe(exc) + (f"; {outcome}" if outcome else ""))
 
 
 class _StderrHandler(logging.StreamHandler):

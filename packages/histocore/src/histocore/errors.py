@@ -24,6 +24,8 @@ def describe(exc: BaseException) -> str:
         if isinstance(exc, IsADirectoryError) and _renamed_target(exc) is not None:
             return f"{os_error_path(exc)}: is a folder, not a file"
         return f"{os_error_path(exc)}: {exc.strerror.lower()}"
+    if isinstance(exc, DomainError) and exc.subject and exc.problem:
+        return f"{exc.subject}: {exc.problem}"
     return str(exc) or type(exc).__name__
 
 
@@ -54,7 +56,14 @@ def _renamed_target(exc: OSError) -> str | None:
 
 
 class DomainError(Exception):
-    """Bad input or an unavailable service; the message names the file and the problem."""
+    """Bad input or an unavailable service; the message names the file and the problem.
+
+    An error whose message is worded for another reader (a record's failure reason:
+    ``HTTP 503 from <url>``) sets ``subject`` (the file or URL) and ``problem``, and
+    :func:`describe` says ``<subject>: <problem>``, the CLI's rule."""
+
+    subject: str | None = None
+    problem: str | None = None
 
 
 class UsageError(DomainError, ValueError):

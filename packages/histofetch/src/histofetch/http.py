@@ -153,11 +153,20 @@ class NetError(DomainError):
     """A request that failed for good (after retries); the message is one line."""
 
     def __init__(
-        self, message: str, *, status: int | None = None, url: str = "", too_large: bool = False
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        url: str = "",
+        too_large: bool = False,
+        problem: str | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
         self.url = url
+        #: the message less the URL, for the CLI's ``error: <url>: <problem>`` line
+        #: (:func:`histocore.errors.describe`); the message itself is a record's reason
+        self.subject, self.problem = (_short(url), problem) if url and problem else (None, None)
         #: the body was over ``NetConfig.max_bytes``: it will be next time too
         self.too_large = too_large
 
@@ -337,8 +346,9 @@ class NetClient:
         except (httpx.InvalidURL, ValueError, TypeError) as exc:
             raise NetError(f"invalid URL {_short(str(url))!r} ({exc})", url=str(url)) from None
         if scheme not in ("http", "https"):
-            raise NetError(f"unsupported URL scheme {scheme!r}: {_short(url)}", url=url)
-        last: str = ""
+            problem = f"unsupported URL scheme {scheme!r}"
+            raise NetError(f"{problem}: {_short(url)}", url=url, problem=problem)
+        last, problem = "", ""  # the reason, and it as the URL's problem
         for attempt in range(cfg.max_retries + 1):
             self._check()
             self._limiter_for(url, ncbi).acquire()
@@ -346,23 +356,27 @@ class NetClient:
             try:
                 response = self._send(method, url, **kw)
             except httpx.TimeoutException:
-                last = f"timed out after {cfg.timeout:g} s: {_short(url)}"
+                problem = f"timed out after {cfg.timeout:g} s"
+                last = f"{problem}: {_short(url)}"
             except httpx.TransportError as exc:
-                last = f"connection failed ({type(exc).__name__}: {exc}): {_short(url)}"
+                problem = f"connection failed ({type(exc).__name__}: {exc})"
+                last = f"{problem}: {_short(url)}"
             else:
                 status = response.status_code
                 if status < 400 or status in ok_statuses:
                     return response
+                problem = f"HTTP {status}"
                 last = f"HTTP {status} from {_short(str(response.url))}"
                 if status not in RETRY_STATUSES:
-                    raise NetError(last, status=status, url=str(response.url))
+                    raise NetError(last, status=status, url=str(response.url), problem=problem)
                 delay = _retry_after(response)
             if attempt == cfg.max_retries:
                 break
             if delay is None:
                 delay = cfg.backoff * (2**attempt) * (1 + 0.1 * random.random())
             self._pause(min(delay or 0.0, cfg.max_backoff))
-        raise NetError(f"{last} (gave up after {cfg.max_retries + 1} attempts)", url=url)
+        gave_up = f" (gave up after {cfg.max_retries + 1} attempts)"
+        raise NetError(f"{last}{gave_up}", url=url, problem=problem + gave_up)
 
     def _send(self, method: str, url: str, **kw: Any) -> httpx.Response:
         """One attempt; the body is read with a size cap so a huge file cannot fill memory."""
@@ -371,11 +385,9 @@ class NetClient:
         try:
             declared = response.headers.get("Content-Length")
             if declared and declared.isdigit() and int(declared) > self.config.max_bytes:
+                problem = f"response too large ({int(declared)} bytes > {self.config.max_bytes})"
                 raise NetError(
-                    f"response too large ({int(declared)} bytes > {self.config.max_bytes}): "
-                    f"{_short(url)}",
-                    url=url,
-                    too_large=True,
+                    f"{problem}: {_short(url)}", url=url, too_large=True, problem=problem
                 )
             chunks: list[bytes] = []
             total = 0
@@ -383,10 +395,9 @@ class NetClient:
                 self._check()
                 total += len(chunk)
                 if total > self.config.max_bytes:
+                    problem = f"response too large (> {self.config.max_bytes} bytes)"
                     raise NetError(
-                        f"response too large (> {self.config.max_bytes} bytes): {_short(url)}",
-                        url=url,
-                        too_large=True,
+                        f"{problem}: {_short(url)}", url=url, too_large=True, problem=problem
                     )
                 chunks.append(chunk)
             response._content = b"".join(chunks)  # what .read() would have set

@@ -57,7 +57,7 @@ def search(
 
     net = net_config(api_key, email)
     parts = shard_parts(shard)
-    with errors(prefix="search failed: "), progress():
+    with errors(outcome="search failed"), progress():
         summary = run_search(
             run,
             query,
@@ -86,7 +86,7 @@ def download(
 
     net = net_config(api_key, email)
     policy = licence_policy(licence, include_retracted)
-    with errors(prefix="download failed: "), progress():
+    with errors(outcome="download failed"), progress():
         summary = run_download(run, net=net, retry_failed=retry_failed, policy=policy, jobs=jobs)
     print(summary.line())
 
@@ -131,7 +131,7 @@ def run_all(
     parts = shard_parts(shard)
     limit, isolate = record_limit(ctx, record_timeout)
     summaries: list[StageSummary] = []
-    with errors(prefix="run stopped (re-run to continue): "), progress():
+    with errors(outcome="run stopped (re-run to continue)"), progress():
         for summary in run_pipeline(
             run,
             query,
