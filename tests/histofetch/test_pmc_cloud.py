@@ -771,3 +771,41 @@ def test_metadata_that_is_not_json_twice_running_lets_the_next_routes_try(
     ), rec.extra["route_misses"]
     assert (other.status, other.route, other.pmc_version) == ("ok", "pmc-cloud", 1)
     assert "unreadable_metadata" not in other.extra
+
+
+def test_files_over_the_size_limit_are_refused_not_retried(ncbi: FakeNcbi, tmp_path: Path) -> None:
+    """A figure file (or Europe PMC's full text) larger than NetConfig.max_bytes stopped the
+    route as 'network': the record failed, transient, on every run, no figure kept and the
+    PDF routes never tried, though the file is as large next time. Now such a figure file
+    is a failed file (the others are kept), and Europe PMC's full text a 'bad file' miss."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    noise = rng.integers(0, 255, (400, 400, 3), dtype=np.uint8)  # ~480 KB as PNG
+    import io
+
+    buf = io.BytesIO()
+    PILImage.fromarray(noise).save(buf, format="PNG")
+    assert len(buf.getvalue()) > 300_000
+    media = {"mds52601.png": buf.getvalue(), "mds52602.jpg": he_jpeg(1)}
+    ncbi.bucket.add_version(PMCID, 1, jats=real_jats(), media=media)
+    net = ncbi.config(max_bytes=300_000)  # the JATS (108 KB), the JPEG and the JSON fit
+    _run(tmp_path / "a", _rec("1", PMCID))
+    run_download(tmp_path / "a", net=net)
+    with Manifest.load(tmp_path / "a") as manifest:
+        rec = manifest.records["pmid:1"]
+        labels = [i.figure_label for i in manifest.images_of(rec.id)]
+    assert (rec.status, rec.route, labels) == ("ok", "pmc-cloud", ["Figure 2."]), rec.reason
+    assert rec.extra["failed_files"][0].startswith("Figure 1.: response too large")
+
+    other = "PMC3574551"  # not in the bucket; Europe PMC's full text too large
+    ncbi.files[f"/europepmc/rest/{other}/fullTextXML"] = (200, "application/xml", b" " * 400_000)
+    ncbi.files[f"/europepmc/articles/{other}"] = (200, "application/pdf", make_pdf("render"))
+    _run(tmp_path / "b", _rec("2", other))
+    run_download(tmp_path / "b", net=net)
+    with Manifest.load(tmp_path / "b") as manifest:
+        rec = manifest.records["pmid:2"]
+    assert (rec.status, rec.route) == ("ok", "europepmc-pdf"), rec.reason
+    assert rec.extra["route_misses"][1].startswith(
+        f"europepmc: fullTextXML of {other}: response too large"
+    ), rec.extra["route_misses"]

@@ -124,6 +124,8 @@ class EuropePmc:
         except NetError as exc:
             if exc.status in (403, 404, 410):
                 raise Miss("no full text", f"Europe PMC has no full text for {pmcid}") from None
+            if exc.too_large:  # as large next time
+                raise Miss("bad file", f"fullTextXML of {pmcid}: {exc}") from None
             raise Miss("network", str(exc)) from None
         try:
             article = read_article(xml)
@@ -141,6 +143,8 @@ class EuropePmc:
         except NetError as exc:
             if exc.status in (403, 404, 410):
                 raise Miss("no figure files", f"Europe PMC has no images for {pmcid}") from None
+            if exc.too_large:
+                raise Miss("bad package", f"supplementaryFiles of {pmcid}: {exc}") from None
             raise Miss("network", str(exc)) from None
         try:
             members = read_zip(body, self.limits)

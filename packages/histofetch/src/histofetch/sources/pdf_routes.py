@@ -99,13 +99,20 @@ def find_pdf_link(page_url: str, html: bytes) -> str | None:
     return None
 
 
+def _category(exc: NetError) -> str:
+    """A PDF route's miss for a failed request: refused (``no PDF link``), a body over the
+    size limit (``bad file``: as large next time), else ``network`` (a later run retries)."""
+    if exc.status in (401, 403, 404, 410):
+        return "no PDF link"
+    return "bad file" if exc.too_large else "network"
+
+
 def fetch_pdf(client: NetClient, url: str) -> bytes:
     """A checked PDF from ``url`` or a :class:`Miss` saying what came instead."""
     try:
         body, _ = client.get_bytes(url)
     except NetError as exc:
-        category = "no PDF link" if exc.status in (401, 403, 404, 410) else "network"
-        raise Miss(category, str(exc)) from None
+        raise Miss(_category(exc), str(exc)) from None
     try:
         check_pdf(body)
     except NotAPdf as exc:
@@ -156,8 +163,7 @@ class Publisher:
         try:
             page, response = self.client.get_bytes(link)
         except NetError as exc:
-            category = "no PDF link" if exc.status in (401, 403, 404, 410) else "network"
-            raise Miss(category, str(exc)) from None
+            raise Miss(_category(exc), str(exc)) from None
         if page[:1024].lstrip().startswith(b"%PDF"):  # the link is the PDF itself
             try:
                 check_pdf(page)

@@ -250,8 +250,8 @@ class PmcCloud:
     def __call__(self, pmcid: str) -> ArticleFiles:
         try:
             return self._fetch(pmcid)
-        except NetError as exc:
-            raise Miss("network", str(exc)) from None
+        except NetError as exc:  # a body over the size limit is as large next time
+            raise Miss("bad file" if exc.too_large else "network", str(exc)) from None
 
     def _fetch(self, pmcid: str) -> ArticleFiles:
         found = versions(self.client, pmcid)
@@ -441,7 +441,7 @@ class PmcCloud:
         except Miss as miss:  # MD5 mismatch twice, an unsafe key
             raise Miss(miss.category, f"{why}; its PDF: {miss.detail}", files=files) from None
         except NetError as exc:  # other network trouble stops the route (retried later)
-            if exc.status not in (403, 404):
+            if exc.status not in (403, 404) and not exc.too_large:
                 raise
             raise Miss("no JATS", f"{why}; its PDF: {exc}", files=files) from None
         try:
@@ -455,8 +455,8 @@ class PmcCloud:
 
 
 def _file_failure(files: ArticleFiles, what: str, exc: Exception) -> None:
-    """Record a file that is not kept; network trouble other than 403/404 stops the route
-    (the record fails and ``--retry-failed`` fetches it again)."""
-    if isinstance(exc, NetError) and exc.status not in (403, 404):
+    """Record a file that is not kept; network trouble other than 403/404 and a body over
+    the size limit stops the route (the record fails and a later run fetches it again)."""
+    if isinstance(exc, NetError) and exc.status not in (403, 404) and not exc.too_large:
         raise exc
     files.failures.append(f"{what}: {exc}")
