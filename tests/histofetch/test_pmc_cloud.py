@@ -809,3 +809,23 @@ def test_files_over_the_size_limit_are_refused_not_retried(ncbi: FakeNcbi, tmp_p
     assert rec.extra["route_misses"][1].startswith(
         f"europepmc: fullTextXML of {other}: response too large"
     ), rec.extra["route_misses"]
+
+
+@pytest.mark.parametrize("status", [403, 410])
+def test_metadata_refused_for_good_on_the_version_read_first_lets_the_next_routes_try(
+    ncbi: FakeNcbi, tmp_path: Path, status: int
+) -> None:
+    """A 403 or 410 (not retried by the client) on the newest version's metadata JSON was
+    re-raised and became the route's 'network' miss: the record failed, transient, on every
+    run, the PDF routes never tried. Now it is the route's 'bad file' miss, as the docs
+    say, and Europe PMC's PDF is kept in the same run."""
+    ncbi.bucket.add_version(PMCID, 1, jats=real_jats(), media=FIGS)
+    ncbi.files[f"/europepmc/articles/{PMCID}"] = (200, "application/pdf", make_pdf("render"))
+    key = f"{LIST}{PMCID}.1/{PMCID}.1.json"
+    ncbi.inject(key, *[(status, {}, b"<Error>AccessDenied</Error>")] * 10)
+    rec = _download(ncbi, tmp_path, _rec("1", PMCID)).records["pmid:1"]
+    assert (rec.status, rec.route, rec.transient) == ("ok", "europepmc-pdf", None), rec.reason
+    assert rec.extra["route_misses"][0].startswith(
+        f"pmc-cloud: metadata {PMCID}.1.json: HTTP {status}"
+    ), rec.extra["route_misses"]
+    assert len(ncbi.requests_to(key)) == 1  # not retried

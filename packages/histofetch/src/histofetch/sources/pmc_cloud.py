@@ -266,7 +266,11 @@ class PmcCloud:
             except (Miss, NetError) as exc:  # its JSON is not a JSON object, too large,
                 # or refused for good (403, 410...); trouble a later try may not meet (5xx,
                 # no answer) is re-raised: the record is fetched again later
-                if not _candidates(metas) or (isinstance(exc, NetError) and exc.transient):
+                if isinstance(exc, NetError) and exc.transient:
+                    raise
+                if not _candidates(metas):  # the version read first: the route's miss
+                    if isinstance(exc, NetError):  # refused for good: so next time too
+                        raise Miss("bad file", f"metadata {pmcid}.{version}.json: {exc}") from None
                     raise
                 # an older version looked at only for its JATS: the newer one stands
                 why = exc.detail if isinstance(exc, Miss) else f"metadata: {exc}"
