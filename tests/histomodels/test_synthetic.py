@@ -1,8 +1,6 @@
-"""The synthetic PCam-like generator: deterministic, fast, labelled by the centre, learnable."""
+"""The synthetic PCam-like generator: deterministic, labelled by the centre, learnable."""
 
 from __future__ import annotations
-
-import time
 
 import numpy as np
 import pytest
@@ -36,15 +34,6 @@ def test_edge_cases() -> None:
     assert make_patches(5, positive_fraction=1.0)[1].tolist() == [1] * 5
     with pytest.raises(ValueError):
         make_patches(5, positive_fraction=1.5)
-
-
-def test_fast_enough() -> None:
-    make_patches(64)  # warm-up
-    t = time.process_time()  # CPU time: other jobs on a shared machine matter less
-    make_patches(1024, seed=1)
-    rate = 1024 / (time.process_time() - t)
-    # ~1,000/s of CPU on this 2-core machine; the bound leaves room for a busy machine
-    assert rate > 300, f"{rate:.0f} patches/s"
 
 
 def _pool(x: np.ndarray, lo: int, hi: int) -> np.ndarray:
