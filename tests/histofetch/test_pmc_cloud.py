@@ -829,3 +829,33 @@ def test_metadata_refused_for_good_on_the_version_read_first_lets_the_next_route
         f"pmc-cloud: metadata {PMCID}.1.json: HTTP {status}"
     ), rec.extra["route_misses"]
     assert len(ncbi.requests_to(key)) == 1  # not retried
+
+
+def test_not_json_memory_outlives_an_attempt_that_never_read_the_metadata(
+    ncbi: FakeNcbi, tmp_path: Path
+) -> None:
+    """The 'not JSON' sight (extra.unreadable_metadata) was dropped by an attempt that
+    failed before it read the metadata (the bucket listing answered 503 after every
+    retry), so the next 'not JSON' counted as the first again: a flaky bucket kept the
+    record failing, transient, for ever. Such an attempt now keeps it; one that read the
+    JSON fine forgets it."""
+    ncbi.bucket.add_version(PMCID, 1, jats=real_jats(), media=FIGS)
+    ncbi.bucket.objects[f"{PMCID}.1/{PMCID}.1.json"] = b"<html>502 Bad Gateway</html>"
+    ncbi.files[f"/europepmc/articles/{PMCID}"] = (200, "application/pdf", make_pdf("render"))
+    rec = _download(ncbi, tmp_path, _rec("1", PMCID)).records["pmid:1"]
+    assert (rec.status, rec.transient) == ("failed", True), rec.reason
+    assert rec.extra["unreadable_metadata"] == f"{PMCID}.1"
+
+    ncbi.inject(LIST, *[(503, {}, b"<Error>SlowDown</Error>")] * 4)  # every retry
+    run_download(tmp_path, net=ncbi.config())
+    with Manifest.load(tmp_path) as manifest:
+        rec = manifest.records["pmid:1"]
+    assert (rec.status, rec.transient) == ("failed", True), rec.reason
+    assert rec.reason is not None and "503" in rec.reason
+    assert rec.extra["unreadable_metadata"] == f"{PMCID}.1"
+
+    run_download(tmp_path, net=ncbi.config())  # not JSON again: the next routes
+    with Manifest.load(tmp_path) as manifest:
+        rec = manifest.records["pmid:1"]
+    assert (rec.status, rec.route) == ("ok", "europepmc-pdf"), rec.reason
+    assert "as on the run before" in rec.extra["route_misses"][0], rec.extra["route_misses"]

@@ -94,21 +94,35 @@ class Downloader:
         self.manifest = manifest
         self.limits = limits or ArchiveLimits()
         self.policy = policy or Policy()
+        self.cloud = PmcCloud(client, self.policy)
         self.figure_routes: tuple[Route, ...] = (
-            PmcCloud(client, self.policy),
+            self.cloud,
             EuropePmc(client, self.policy, self.limits),
         )
         self.pdf_by_pmcid: Route = EuropePmcPdf(client)
         self.pdf_by_pmid: Route = Publisher(client)
 
     def __call__(self, rec: Record) -> None:
+        unreadable_before = rec.extra.pop(UNREADABLE_KEY, None)
+        self.cloud.metadata_read = set()
+        try:
+            self._attempt(rec, unreadable_before)
+        except StageFailure:
+            # An attempt that never read that version's metadata (the bucket listing
+            # answered 503...) keeps the earlier sight of it: a flaky bucket kept the record
+            # failing, transient, for ever, the 'not JSON twice running' rule never met.
+            kept = UNREADABLE_KEY in rec.extra or unreadable_before in self.cloud.metadata_read
+            if unreadable_before and not kept:
+                rec.extra[UNREADABLE_KEY] = unreadable_before
+            raise
+
+    def _attempt(self, rec: Record, unreadable_before: str | None) -> None:
         # A retry starts clean: rows and fields an earlier attempt of this stage wrote go.
         self.manifest.drop_images_of(rec.id)
         rec.route = rec.pdf_path = rec.pdf_sha256 = rec.pdf_source = None
         rec.extra.pop("failed_files", None)
         rec.extra.pop("route_misses", None)
         rec.extra.pop("pmc_version_note", None)
-        unreadable_before = rec.extra.pop(UNREADABLE_KEY, None)
         if rec.is_retracted and not self.policy.include_retracted:
             raise StageFailure(
                 "retracted: the article is marked retracted (--include-retracted keeps it)"

@@ -246,8 +246,11 @@ class PmcCloud:
     def __init__(self, client: NetClient, policy: Policy) -> None:
         self.client = client
         self.policy = policy
+        #: the versions (``PMCn.v``) whose metadata JSON the last call read (or found absent)
+        self.metadata_read: set[str] = set()
 
     def __call__(self, pmcid: str) -> ArticleFiles:
+        self.metadata_read = set()
         try:
             return self._fetch(pmcid)
         except NetError as exc:  # a body over the size limit is as large next time
@@ -263,6 +266,7 @@ class PmcCloud:
         for version in found:  # highest first; stop at a published OA version with JATS
             try:
                 metas[version], unsures[version] = read_metadata(self.client, pmcid, version)
+                self.metadata_read.add(f"{pmcid}.{version}")
             except (Miss, NetError) as exc:  # its JSON is not a JSON object, too large,
                 # or refused for good (403, 410...); trouble a later try may not meet (5xx,
                 # no answer) is re-raised: the record is fetched again later
