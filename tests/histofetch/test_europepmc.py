@@ -160,3 +160,30 @@ def test_a_corrupt_zip_is_a_recorded_miss_and_the_pdf_route_follows(
     assert manifest.images_of(rec.id) == []  # no figure of the damaged ZIP kept
     (miss,) = [m for m in rec.extra["route_misses"] if m.startswith("europepmc:")]
     assert "supplementaryFiles of PMC77" in miss and "CRC-32" in miss and "\n" not in miss
+
+
+def test_failed_files_are_the_kept_routes_own(ncbi: FakeNcbi, tmp_path: Path) -> None:
+    """The bucket's figure files answer 404 and its PDF needs a password; Europe PMC then
+    gives both figures. The record kept the bucket's three failures in
+    extra.failed_files, so `histofetch status` counted 3 'files named but not kept' for a
+    record whose figures were all kept; the kept route's list (empty) now replaces it, and
+    the bucket's miss stays in route_misses."""
+    from pdf_factory import encrypted_pdf
+
+    from histofetch.status import run_status
+
+    pmcid = "PMC77"
+    figs = {"mds52601.jpg": he_jpeg(0), "mds52602.jpg": he_jpeg(1)}
+    ncbi.bucket.add_version(pmcid, 1, jats=real_jats(), media=figs, pdf=encrypted_pdf())
+    for name in figs:
+        del ncbi.bucket.objects[f"{pmcid}.1/{name}"]
+    _serve(ncbi, _zip(list(figs.items())))
+    make_run(tmp_path, searched("1", pmcid))
+    run_download(tmp_path, net=ncbi.config())
+    with Manifest.load(tmp_path) as manifest:
+        rec = manifest.records["pmid:1"]
+        n_images = len(manifest.images_of(rec.id))
+    assert (rec.status, rec.route, n_images) == ("ok", "europepmc", 2), rec.reason
+    assert "failed_files" not in rec.extra, rec.extra["failed_files"]
+    assert "needs a password" in rec.extra["route_misses"][0], rec.extra
+    assert run_status(tmp_path)["failed_files"] == 0

@@ -232,6 +232,8 @@ class Downloader:
                 rec.pdf_sha256 = hashlib.sha256(files.pdf).hexdigest()
                 rec.pdf_source = files.route
                 kept_pdf = True
+        if kept_figures or kept_pdf:  # the kept route's list replaces an earlier route's
+            rec.extra.pop("failed_files", None)  # (whose story is in route_misses)
         _failed_files(rec, failures)
         if kept_figures or kept_pdf:
             rec.route = files.route
