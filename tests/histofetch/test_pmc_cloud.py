@@ -859,3 +859,24 @@ def test_not_json_memory_outlives_an_attempt_that_never_read_the_metadata(
         rec = manifest.records["pmid:1"]
     assert (rec.status, rec.route) == ("ok", "europepmc-pdf"), rec.reason
     assert "as on the run before" in rec.extra["route_misses"][0], rec.extra["route_misses"]
+
+
+def test_undecodable_figure_miss_counts_right_and_names_a_refused_pdf(
+    ncbi: FakeNcbi, tmp_path: Path
+) -> None:
+    """The miss read 'none of its 1 figure files could be decoded', and 'and no PDF' when
+    the version had a PDF that was refused (not a PDF PyMuPDF opens)."""
+    ncbi.bucket.add_version(PMCID, 1, jats=real_jats(), media={"mds52601.jpg": b"<html/>"})
+    rec = _download(ncbi, tmp_path / "a", _rec("1", PMCID)).records["pmid:1"]
+    assert rec.reason is not None and rec.reason.startswith(
+        "bad file: pmc-cloud: its figure file could not be decoded, and no PDF ("
+    ), rec.reason
+
+    other = "PMC3574551"
+    junk = {"mds52601.jpg": b"<html/>", "mds52602.jpg": b"\xff\xd8\xff junk"}
+    ncbi.bucket.add_version(other, 1, jats=real_jats(), media=junk, pdf=b"%PDF-1.4 garbage")
+    rec = _download(ncbi, tmp_path / "b", _rec("2", other)).records["pmid:2"]
+    assert rec.reason is not None and rec.reason.startswith(
+        "bad file: pmc-cloud: none of its 2 figure files could be decoded, and no usable PDF ("
+    ), rec.reason
+    assert "PDF: " in rec.reason

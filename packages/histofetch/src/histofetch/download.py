@@ -314,10 +314,17 @@ def _nothing_kept(files: ArticleFiles, failures: list[str]) -> tuple[str, str]:
     a route with no figures (it read 'no figure files', and Europe PMC's 'no full text'
     named the record's failure)."""
     listed = (" (" + "; ".join(failures[:5]) + ")") if failures else ""
+    refused = files.pdf is not None or any(f.startswith("PDF: ") for f in failures)
+    pdf = "no usable PDF" if refused else "no PDF"  # a PDF it had was refused, or none
     if files.figures:  # each was decoded (and so kept) or refused: none was kept
         n = len(files.figures)
-        return "bad file", f"none of its {n} figure files could be decoded, and no PDF{listed}"
-    return "no figures", f"no figure files and no PDF{listed}"
+        what = (
+            "its figure file could not be decoded"
+            if n == 1
+            else f"none of its {n} figure files could be decoded"
+        )
+        return "bad file", f"{what}, and {pdf}{listed}"
+    return "no figures", f"no figure files and {pdf}{listed}"
 
 
 #: How ``filter`` names a panel cut from figure ``<stem>`` (``<stem>_panel01``).
