@@ -34,10 +34,14 @@ def test_domain_errors_and_os_errors_become_one_line(tmp_path, capsys) -> None:
     assert (
         capsys.readouterr().err == "error: run/run.sqlite: not a usable run store; search failed\n"
     )
-    said = DomainError("HTTP 503 from https://x.org/a (gave up after 2 attempts)")
-    said.subject, said.problem = "https://x.org/a", "HTTP 503 (gave up after 2 attempts)"
+
+    class Worded(DomainError):  # a message worded for a record's reason, as NetError's
+        def __init__(self) -> None:
+            super().__init__("HTTP 503 from https://x.org/a (gave up after 2 attempts)")
+            self.subject, self.problem = "https://x.org/a", "HTTP 503 (gave up after 2 attempts)"
+
     with pytest.raises(SystemExit), errors(outcome="download failed"):
-        raise said  # a message worded for a record's reason: said with its subject first
+        raise Worded()  # said with its subject first
     assert capsys.readouterr().err == (
         "error: https://x.org/a: HTTP 503 (gave up after 2 attempts); download failed\n"
     )

@@ -24,8 +24,9 @@ def describe(exc: BaseException) -> str:
         if isinstance(exc, IsADirectoryError) and _renamed_target(exc) is not None:
             return f"{os_error_path(exc)}: is a folder, not a file"
         return f"{os_error_path(exc)}: {exc.strerror.lower()}"
-    if isinstance(exc, DomainError) and exc.subject and exc.problem:
-        return f"{exc.subject}: {exc.problem}"
+    subject, problem = getattr(exc, "subject", None), getattr(exc, "problem", None)
+    if isinstance(exc, DomainError) and subject and problem:
+        return f"{subject}: {problem}"
     return str(exc) or type(exc).__name__
 
 
@@ -59,11 +60,8 @@ class DomainError(Exception):
     """Bad input or an unavailable service; the message names the file and the problem.
 
     An error whose message is worded for another reader (a record's failure reason:
-    ``HTTP 503 from <url>``) sets ``subject`` (the file or URL) and ``problem``, and
-    :func:`describe` says ``<subject>: <problem>``, the CLI's rule."""
-
-    subject: str | None = None
-    problem: str | None = None
+    ``HTTP 503 from <url>``) sets the attributes ``subject`` (the file or URL) and
+    ``problem``, and :func:`describe` says ``<subject>: <problem>``, the CLI's rule."""
 
 
 class UsageError(DomainError, ValueError):
