@@ -296,3 +296,65 @@ def test_db_pmc_search_then_download_extract_filter_from_recorded_answers(
         assert bare.id in done and done[bare.id].pmid is None  # the bucket JSON has none
         figures = [i for i in manifest.images.values() if i.parent_id is None]
         assert len(figures) == 4 and {i.source for i in figures} == {"jats"}
+
+
+def test_db_pmc_search_adopts_a_record_pmid_0_of_an_earlier_search(
+    ncbi: FakeNcbi, tmp_path: Path
+) -> None:
+    """A run searched before 617df23 holds the first PMC article without a PMID as the
+    record 'pmid:0'. Searching it again added 'pmcid:PMCn' beside it, the same article
+    twice; now the search renames 'pmid:0' to 'pmcid:PMCn', its progress and image rows
+    (a panel's parent too) with it."""
+    from conftest import shared_path
+    from run_factory import make_run
+
+    from histocore.manifest import Image, Record
+    from histofetch.search import PMC_OA_FILTER
+
+    esearch = shared_path("fixtures", "ncbi", "esearch_pmc_ecology_retmax200.xml").read_bytes()
+    summaries = shared_path("fixtures", "ncbi", "esummary_pmc_v2_json_200ids.json").read_bytes()
+    ncbi.first_page_body[f"({QUERY}) AND {PMC_OA_FILTER}"] = esearch
+    ncbi.esummary_recorded["pmc"] = summaries
+    docs = json.loads(summaries)["result"]
+    first = docs["uids"][:20]
+    uid = next(u for u in first if {"idtype": "pmid", "value": "0"} in docs[u]["articleids"])
+    run = tmp_path / "pmc"
+    stale = Record(id="pmid:0", pmid="0", pmcid=f"PMC{uid}", stage="downloaded", title="old")
+    make_run(run, stale)
+    with Manifest.load(run) as manifest:
+        fig = Image(
+            id="pmid:0/fig_a",
+            record_id="pmid:0",
+            path="images/pmid_0/fig_a.png",
+            sha256="a" * 64,
+            width=8,
+            height=8,
+            source="jats",
+        )
+        panel = Image(
+            id="pmid:0/fig_a_panel01",
+            record_id="pmid:0",
+            parent_id=fig.id,
+            path="images/pmid_0/fig_a_panel01.png",
+            sha256="b" * 64,
+            width=4,
+            height=4,
+            source="jats",
+        )
+        manifest.add_image(fig)
+        manifest.add_image(panel)
+        manifest.save()
+    args = ["search", QUERY, "--db", "pmc", "--max", "20", "--run", str(run)]
+    result = CliRunner().invoke(app, args, env=ncbi.env())
+    assert result.exit_code == 0, result.output
+    assert "searched: 19 done, 1 already done" in result.output, result.output
+    with Manifest.load(run) as manifest:
+        recs = dict(manifest.records)
+        images = {i.id: i for i in manifest.images.values()}
+    assert len(recs) == 20 and "pmid:0" not in recs
+    adopted = recs[f"pmcid:PMC{uid}"]
+    assert (adopted.pmid, adopted.stage, adopted.title) == (None, "downloaded", "old")
+    new_fig, new_panel = f"pmcid:PMC{uid}/fig_a", f"pmcid:PMC{uid}/fig_a_panel01"
+    assert set(images) == {new_fig, new_panel}
+    assert images[new_panel].parent_id == new_fig
+    assert {i.record_id for i in images.values()} == {adopted.id}

@@ -15,7 +15,7 @@ import io
 import logging
 import re
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, get_args
 
@@ -441,6 +441,8 @@ def _search_pmc(
         m = meta.get(uid, {})
         pmcid = m.get("pmcid") or f"PMC{uid}"
         rid = f"pmid:{m['pmid']}" if m.get("pmid") else f"pmcid:{pmcid}"
+        if not m.get("pmid"):
+            _adopt_stale(manifest, rid, pmcid)
         if rid in manifest.records:
             summary.skipped += 1
             continue
@@ -460,6 +462,31 @@ def _search_pmc(
         )
         summary.done += 1
     return found
+
+
+#: The record a search before 617df23 made of a PMC article without a PMID (esummary's
+#: ``"pmid": "0"``): the first such hit, under a PMID that is none.
+STALE_ID = "pmid:0"
+
+
+def _adopt_stale(manifest: Manifest, rid: str, pmcid: str) -> None:
+    """Rename the stale ``pmid:0`` record of this article to ``rid`` (``pmcid:PMCn``), with
+    its progress and image rows (their files stay where they are): re-searching such a run
+    added ``pmcid:PMCn`` beside it, the same article twice."""
+    stale = manifest.records.get(STALE_ID)
+    if stale is None or rid in manifest.records or canonical_pmcid(stale.pmcid) != pmcid:
+        return
+    head = len(STALE_ID)
+    for img in manifest.images_of(STALE_ID):
+        del manifest.images[img.id]
+        parent = img.parent_id
+        if parent is not None and parent.startswith(STALE_ID + "/"):
+            parent = rid + parent[head:]
+        new_id = rid + img.id[head:] if img.id.startswith(STALE_ID + "/") else img.id
+        manifest.add_image(replace(img, id=new_id, record_id=rid, parent_id=parent))
+    del manifest.records[STALE_ID]
+    manifest.add_record(replace(stale, id=rid, pmid=None))
+    log.info("record %s (a PMC article without a PMID) is now %s", STALE_ID, rid)
 
 
 def _remember(manifest: Manifest, query: str, found: SearchResult, key: dict[str, Any]) -> None:
