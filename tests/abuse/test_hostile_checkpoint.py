@@ -265,7 +265,8 @@ def test_resumed_last_pt_config_cannot_build_a_giant(tmp_path: Path) -> None:
     r = CliRunner().invoke(app, [*args, "--epochs", "1", "--model-config", tiny, "--quiet"])
     assert r.exit_code == 0, r.output
     state = torch.load(run / "last.pt", weights_only=True)
-    state["model_config"] = state["train_config"]["model_config"] = {"depth": 100_000}
+    giant = {"depth": 13, "blocks": 64, "width": 4096, "max_width": 4096}  # within bounds
+    state["model_config"] = state["train_config"]["model_config"] = giant
     torch.save(state, run / "last.pt")
     r = CliRunner().invoke(app, [*args, "--resume", "--epochs", "2"])
     assert r.exit_code == 1, r.output
@@ -288,7 +289,7 @@ def test_resumed_last_pt_that_cannot_build_or_fit_names_the_file(tmp_path: Path)
     assert r.exit_code == 0, r.output
     saved = torch.load(run / "last.pt", weights_only=True)
     for config, message in (
-        ({"width": 4, "depth": -1}, "model_config 'depth' is -1; cnn takes int >= 1"),
+        ({"width": 4, "depth": -1}, "model_config 'depth' is -1; cnn takes int in [1, 13]"),
         ({"width": 8, "depth": 2}, "weights do not fit model 'cnn': "),
     ):
         state = dict(saved, model_config=config)

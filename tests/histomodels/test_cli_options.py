@@ -416,8 +416,8 @@ def test_a_config_files_bad_seed_is_its_error_line(tmp_path: Path) -> None:
         ({"model_config": {"dropout": True}}, "model_config 'dropout' is True; cnn takes float"),
         # a value's range, stated by each builder's signature (it was found only when the
         # model was built, in a line without the file: 'error: cnn needs depth, ...')
-        ({"model_config": {"width": 0}}, "model_config 'width' is 0; cnn takes int >= 1"),
-        ({"model_config": {"depth": -1}}, "model_config 'depth' is -1; cnn takes int >= 1"),
+        ({"model_config": {"width": 0}}, "model_config 'width' is 0; cnn takes int in [1, 4096]"),
+        ({"model_config": {"depth": -1}}, "model_config 'depth' is -1; cnn takes int in [1, 13]"),
         (
             {"model_config": {"norm": "bogus"}},
             "model_config 'norm' is 'bogus'; cnn takes one of 'batch', 'group', 'none'",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import signal
 import subprocess
@@ -308,7 +309,7 @@ def test_cli_config_file_and_overrides(h5_files, tmp_path):
         (["--model-config", '{"bogus": 1}'], "model_config key 'bogus', which cnn does not"),
         (["--model-config", '{"width": "x"}'], "model_config 'width' is 'x'; cnn takes int"),
         (["--model-config", '{"width": null}'], "model_config 'width' is None; cnn takes int"),
-        (["--model-config", '{"width": 0}'], "model_config 'width' is 0; cnn takes int >= 1"),
+        (["--model-config", '{"width": 0}'], "'width' is 0; cnn takes int in [1, 4096]"),
         (["--model-config", '{"weights": "/etc/passwd"}'], "key 'weights', which cnn does not"),
         # a source of other models: it listed 'imagenet' only, also for 'default'
         (
@@ -766,3 +767,47 @@ def test_pre_recipe_values_are_what_the_builders_build_without_the_key():
         assert set(keys) == set(RECIPE_MODEL_DEFAULTS[model])
         params = inspect.signature(_REGISTRY[model]).parameters
         assert keys == {k: params[k].default for k in keys}
+
+
+@pytest.mark.parametrize(
+    ("model", "config", "message"),
+    [
+        # the 96 px input ran out of size at the 8th stage: a RuntimeError traceback
+        ("cnn", {"depth": 8}, "cannot build cnn for 96x96 px patches (RuntimeError: "),
+        ("cnn", {"depth": 100000}, "'depth' is 100000; cnn takes int in [1, 13]"),
+        # 2.8 x 10^11 parameters within every key's bounds: refused before any allocation
+        ("cnn", {"width": 4096, "max_width": 4096, "blocks": 64, "depth": 7}, "over the"),
+        ("timm/vit_tiny_patch16_224", {"img_size": []}, "'img_size' is []"),  # IndexError
+        ("timm/vit_tiny_patch16_224", {"mlp_ratio": math.inf}, "'mlp_ratio' is inf"),
+        ("timm/vit_tiny_patch16_224", {"img_size": 100000}, "'img_size' is 100000"),  # 30 GB
+        ("timm/vit_tiny_patch16_224", {"reg_tokens": 10**8}, "'reg_tokens' is 100000000"),
+        ("timm/vit_tiny_patch16_224", {"input_size": 96, "embed_dim": 7}, "(AssertionError: "),
+        ("timm/vit_tiny_patch16_224", {"input_size": 96, "global_pool": "bogus"}, "pooling"),
+    ],
+)
+def test_cli_model_config_that_cannot_build_is_one_line(h5_files, tmp_path, model, config, message):
+    """check_config's bounds, then the trial build on the meta device: every model_config a
+    user gives that the builder or the first batch would raise on is one line, exit 1."""
+    train_h5, val_h5 = h5_files
+    args = ["train", "--data", str(train_h5), "--val", str(val_h5), "--out", str(tmp_path / "r")]
+    given = ["--model", model, "--model-config", json.dumps(config), "--epochs", "1", "--quiet"]
+    r = CliRunner().invoke(app, [*args, *given])
+    assert r.exit_code == 1, r.output
+    assert r.exception is None or isinstance(r.exception, SystemExit)
+    line = r.stderr.strip()
+    assert len(line.splitlines()) == 1 and line.startswith("error: ") and "model_config" in line
+    assert message in line
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_builder_bug_with_the_default_config_keeps_its_traceback(arrays, tmp_path):
+    """Only a config the user gave is worded as theirs: with the recipe's defaults, what the
+    builder raises is a bug in the model code."""
+    from histomodels.config import RECIPE_MODEL_DEFAULTS
+    from histomodels.training.network import build_model, given_config
+
+    cfg = TrainConfig(model="cnn")
+    assert given_config(cfg) == {} and cfg.model_config == RECIPE_MODEL_DEFAULTS["cnn"]
+    assert given_config(TrainConfig(model="cnn", model_config={"depth": 3})) == {"depth": 3}
+    with pytest.raises(RuntimeError, match="Output size is too small"):  # 4 stages on 4 px
+        build_model(cfg, torch.device("cpu"), input_size=4)

@@ -23,7 +23,7 @@ from __future__ import annotations
 from typing import Annotated, Literal, get_args
 
 import torch
-from annotated_types import Ge, Interval
+from annotated_types import Interval
 from torch import nn
 
 from histocore.errors import UsageError
@@ -34,7 +34,12 @@ Norm = Literal["batch", "group", "none"]
 NORMS: tuple[str, ...] = get_args(Norm)
 #: The builder's rules for its values, which the registry reads from its signature
 #: (``registry.check_config``: a config file's ``width: 0`` is refused as it is read)
-Count = Annotated[int, Ge(1)]
+#: 13 stages halve a 4096 px input (the largest a checkpoint may take) 12 times, to 1 px;
+#: the input a run trains on may allow fewer (96 px: 7), found by the trial build
+#: (:func:`~histomodels.models.registry.check_build`)
+Depth = Annotated[int, Interval(ge=1, le=13)]
+Width = Annotated[int, Interval(ge=1, le=4096)]
+Blocks = Annotated[int, Interval(ge=1, le=64)]
 Dropout = Annotated[float, Interval(ge=0, lt=1)]
 
 
@@ -148,10 +153,10 @@ class PatchCNN(nn.Module):
 def cnn(
     pretrained: bool = False,
     weights: str | None = None,
-    depth: Count = 4,
-    blocks: Count = 1,
-    width: Count = 16,
-    max_width: Count = 512,
+    depth: Depth = 4,
+    blocks: Blocks = 1,
+    width: Width = 16,
+    max_width: Width = 512,
     dropout: Dropout = 0.35,
     norm: Norm = "batch",
     centre: Centre = "none",

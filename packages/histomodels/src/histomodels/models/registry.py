@@ -9,6 +9,8 @@ module in it) has been imported.
 from __future__ import annotations
 
 import inspect
+import json
+import math
 import operator
 import types
 import typing
@@ -16,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
-from annotated_types import Ge, Gt, Interval
+from annotated_types import Interval, MaxLen, MinLen
 from torch import nn
 
 from histocore.errors import DomainError
@@ -179,16 +181,21 @@ def check_config(name: str, config: dict[str, Any]) -> None:
 
 
 #: The types of the ``timm/<name>`` architecture keys (:data:`TIMM_CONFIG_KEYS`), with
-#: their ranges (a ``depth`` of 0 or a ``drop_rate`` of 1 is refused as a config is read).
-_COUNT = Annotated[int, Ge(1)]
+#: their ranges (a ``depth`` of 0 or a ``drop_rate`` of 1 is refused as a config is read;
+#: the upper bounds are far past any published model, and keep a 2 KB config from asking
+#: for tens of GB: ``img_size: 100000``, ``reg_tokens: 100000000``).
+_SIDE = Annotated[int, Interval(ge=1, le=4096)]
 _RATE = Annotated[float, Interval(ge=0, lt=1)]
 _TIMM_TYPES: dict[str, Any] = {
-    "input_size": Annotated[int, Interval(ge=8, le=4096)], "img_size": _COUNT | list[_COUNT],
-    "patch_size": _COUNT, "embed_dim": _COUNT, "depth": _COUNT, "num_heads": _COUNT,
-    "mlp_ratio": Annotated[float, Gt(0)], "init_values": float | None,
-    "reg_tokens": Annotated[int, Ge(0)], "no_embed_class": bool, "class_token": bool,
-    "global_pool": str, "dynamic_img_size": bool, "qkv_bias": bool, "drop_rate": _RATE,
-    "drop_path_rate": _RATE,
+    "input_size": Annotated[int, Interval(ge=8, le=4096)],
+    "img_size": _SIDE | Annotated[list[_SIDE], MinLen(1), MaxLen(2)],
+    "patch_size": _SIDE, "embed_dim": Annotated[int, Interval(ge=1, le=16384)],
+    "depth": Annotated[int, Interval(ge=1, le=256)],
+    "num_heads": Annotated[int, Interval(ge=1, le=1024)],
+    "mlp_ratio": Annotated[float, Interval(gt=0, le=64)], "init_values": float | None,
+    "reg_tokens": Annotated[int, Interval(ge=0, le=1024)], "no_embed_class": bool,
+    "class_token": bool, "global_pool": str, "dynamic_img_size": bool, "qkv_bias": bool,
+    "drop_rate": _RATE, "drop_path_rate": _RATE,
 }  # fmt: skip
 
 
@@ -238,8 +245,8 @@ def _fits(value: Any, annotation: Any) -> bool:
         return isinstance(value, bool)
     if annotation is int:
         return isinstance(value, int) and not isinstance(value, bool)
-    if annotation is float:
-        return isinstance(value, int | float) and not isinstance(value, bool)
+    if annotation is float:  # JSON's Infinity and NaN are no size or rate
+        return isinstance(value, int | float) and not isinstance(value, bool) and _finite(value)
     if annotation is str:
         return isinstance(value, str)
     if origin in (list, tuple) or annotation in (list, tuple):
@@ -269,12 +276,25 @@ def _bounds(rule: Any) -> list[tuple[str, Any, Callable[[Any, Any], bool]]]:
 
 
 def _within(value: Any, rule: Any) -> bool:
-    """Whether number ``value`` keeps ``rule``'s bounds (NaN keeps none)."""
-    return all(test(value, bound) for _, bound, test in _bounds(rule))
+    """Whether ``value`` keeps ``rule``'s bounds (a number: NaN and infinity keep none,
+    ``Gt(0)`` included) or lengths (``MinLen``/``MaxLen``, of a list)."""
+    if isinstance(rule, MinLen | MaxLen):
+        n = len(value) if isinstance(value, list | tuple) else 0
+        return n >= rule.min_length if isinstance(rule, MinLen) else n <= rule.max_length
+    bounds = _bounds(rule)
+    return not bounds or (_finite(value) and all(test(value, b) for _, b, test in bounds))
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, int) or (isinstance(value, float) and math.isfinite(value))
 
 
 def _describe_rule(rule: Any) -> str:
     """``>= 1``, or ``in [0, 1)`` for a lower and an upper bound."""
+    if isinstance(rule, MinLen):
+        return f"(at least {rule.min_length} long)"
+    if isinstance(rule, MaxLen):
+        return f"(at most {rule.max_length} long)"
     found = _bounds(rule)
     if len(found) == 2:
         (low_op, low, _), (high_op, high, _) = found
@@ -296,3 +316,38 @@ def _describe(annotation: Any) -> str:
     if origin in (list, tuple) and typing.get_args(annotation):
         return f"a list of {_describe(typing.get_args(annotation)[0])}"
     return getattr(annotation, "__name__", str(annotation))
+
+
+#: The most values (parameters and buffers) a model built from a user's config may hold:
+#: 10^9, 4 GB in float32 before gradients and optimizer state; twice the largest backbone
+#: the toolkit fine-tunes (ViT-L/16 holds 3 x 10^8).
+MAX_MODEL_VALUES = 1_000_000_000
+
+
+def check_build(name: str, config: dict[str, Any], input_size: int) -> None:
+    """Build model ``name`` from ``config`` on PyTorch's meta device (shapes only: no memory,
+    no weights read) and run one batch of ``input_size`` px patches through it, before the
+    real build: a model of more than :data:`MAX_MODEL_VALUES` values is a ModelError (a
+    ``img_size: 100000`` ViT asked for 30 GB); whatever else the builder or the forward pass
+    raises (timm's AssertionError for ``embed_dim: 7``, the cnn's ``Output size is too
+    small`` for 8 stages on 96 px) propagates as raised, for the caller to word, since only
+    it knows whether the config was the user's. Run :func:`check_config` first: its bounds
+    keep this build short."""
+    import torch
+
+    with torch.device("meta"):
+        model = create_model(name, **config)
+        values = sum(t.numel() for t in (*model.parameters(), *model.buffers()))
+        if values > MAX_MODEL_VALUES:
+            raise ModelError(
+                f"model_config {shown_config(config)} builds a {name} of {values:,} values, "
+                f"over the {MAX_MODEL_VALUES:,} a model may hold; refused"
+            )
+        model.train()
+        model(torch.zeros(2, 3, input_size, input_size))
+
+
+def shown_config(config: dict[str, Any]) -> str:
+    """``config`` as one short line of JSON for a message (long values cut)."""
+    text = json.dumps(config, ensure_ascii=False, default=str)
+    return text if len(text) <= 200 else text[:199] + "…"

@@ -171,7 +171,8 @@ class Trainer:
             cb.setup(self)
 
     def _setup_model(self) -> None:
-        model = build_model(self.cfg, self.device, self.state, self.run_dir / "last.pt")
+        size = int(self.x_train.shape[1])  # the patches the model will see
+        model = build_model(self.cfg, self.device, self.state, self.run_dir / "last.pt", size)
         self.model: nn.Module = model
         #: the weights validated and saved (callbacks such as EMA replace it)
         self.eval_model: nn.Module = model
