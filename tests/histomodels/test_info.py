@@ -10,6 +10,7 @@ from conftest import shared_path, unboxed
 from PIL import Image
 from typer.testing import CliRunner
 
+from histocore.io import one_line
 from histomodels.cli import app
 from histomodels.data import ArrayDataset, open_dataset
 from histomodels.data.info import contact_sheet, describe
@@ -102,6 +103,22 @@ def test_cli_info_option_a_run_folder_does_not_take_is_named_as_the_option(tmp_p
         assert "patch_size" not in told
     r = runner.invoke(app, ["data", "info", str(run), "--split", "valid", "--patch-size", "64"])
     assert r.exit_code == 2 and "'--patch-size' / '--split'" in unboxed(r.stderr), r.stderr
+
+
+def test_cli_info_option_refusal_escapes_the_folder_name(tmp_path) -> None:
+    """The refusal names the run folder in click's usage box: a name with an escape
+    sequence or a newline printed them raw (the terminal's colours changed, the box split);
+    as docs/security.md's error lines, it goes through ``one_line``."""
+    runner = CliRunner(env={"COLUMNS": "500"})
+    for name in ("esc\x1b[31mRED", "two\nlines"):
+        run = tmp_path / name
+        run.mkdir()
+        (run / "manifest.jsonl").write_text("")
+        r = runner.invoke(app, ["data", "info", str(run), "--patch-size", "64"])
+        assert r.exit_code == 2, r.output
+        assert "\x1b" not in r.stderr and "two\nlines" not in r.stderr
+        told = unboxed(r.stderr)
+        assert one_line(str(run)) in told and "does not apply to" in told, told
 
 
 def test_sheet_titles_clear_the_row_above_and_keep_the_ids_end(tmp_path: Path) -> None:

@@ -94,6 +94,7 @@ def info(
     ] = None,
 ) -> None:
     """Counts, label balance and (optionally) a contact sheet of sample patches."""
+    from histocore.io import one_line
     from histomodels.data import open_dataset
     from histomodels.data.info import contact_sheet, describe
     from histomodels.data.readers import OptionsNotTaken
@@ -109,7 +110,7 @@ def info(
         except OptionsNotTaken as exc:  # said with the options' names, not the arguments'
             usage_error(
                 ctx,
-                f"does not apply to {exc.path}, {exc.fmt} data"
+                f"does not apply to {one_line(str(exc.path))}, {exc.fmt} data"
                 + _takes([_INFO_OPTIONS[k] for k in exc.allowed if k in _INFO_OPTIONS]),
                 *(_INFO_OPTIONS[k] for k in exc.options),
             )
