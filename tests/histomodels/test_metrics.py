@@ -88,3 +88,11 @@ def test_summarize_rejects_unlabelled() -> None:
         summarize(np.array([-1, 1]), np.array([0.2, 0.3]))
     out = summarize(*_data(100), n_resamples=50)
     assert set(out["ci"]) >= {"roc_auc", "ece", "brier", "f1"}
+
+
+def test_sensitivity_rule_names_the_value_given():
+    """':g' kept six digits: --sensitivity 0.9999999 was stored and shown as 'sensitivity>=1'."""
+    y = np.array([0, 0, 1, 1] * 5)
+    p = np.linspace(0.01, 0.99, len(y))
+    assert choose_threshold(y, p, sensitivity=0.9999999)[1] == "sensitivity>=0.9999999"
+    assert choose_threshold(y, p, sensitivity=0.9)[1] == "sensitivity>=0.9"

@@ -6,6 +6,7 @@ import csv
 import gzip
 import io
 import pickle
+import re
 import shutil
 from pathlib import Path
 
@@ -307,3 +308,15 @@ def test_load_all_decodes_once_into_arrays(tmp_path: Path, patches) -> None:
     assert ids == lazy.ids()
     cached = ArrayDataset(images, labels, ids)
     assert cached.load_all()[0] is images  # in memory already: no copy
+
+
+@pytest.mark.parametrize(("labels", "text"), [([0, 1.0000001], "1.0000001"), ([0, 2], "2")])
+def test_a_bad_label_is_named_as_stored(labels, text):
+    """':g' named 1.0000001 'label 1 is not 0/1': an accepted value, for a refused one."""
+    from histomodels.data.base import binary_labels
+    from histomodels.data.errors import DatasetError
+
+    for dtype in (np.float64, np.float32, None):
+        y = np.array(labels, dtype=dtype) if dtype else np.array(labels)
+        with pytest.raises(DatasetError, match=rf"row 1: label {re.escape(text)} is not 0/1"):
+            binary_labels(y, "y.h5")

@@ -14,6 +14,7 @@ import numpy as np
 from sklearn import metrics as skm
 
 from histocore.errors import UsageError
+from histocore.io import number_text
 
 
 class MetricsError(UsageError):
@@ -114,7 +115,7 @@ def choose_threshold(
     if not 0 < sensitivity <= 1:
         raise UsageError(f"sensitivity must be in (0, 1], got {sensitivity}")
     i = int(np.argmax(tpr >= sensitivity - 1e-12))  # thresholds are descending
-    return float(thr[i]), f"sensitivity>={sensitivity:g}"
+    return float(thr[i]), f"sensitivity>={number_text(sensitivity)}"
 
 
 #: thresholds of the sweep table (plus the chosen operating point)

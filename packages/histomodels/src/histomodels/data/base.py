@@ -44,9 +44,10 @@ def binary_labels(y: np.ndarray, where: str) -> np.ndarray:
     flat = y.reshape(-1)
     bad = np.flatnonzero((flat != 0) & (flat != 1))  # NaN compares unequal: bad too
     if len(bad):
-        raise DatasetError(
-            f"{where}: row {bad[0]}: label {flat[bad[0]].item():g} is not 0/1 ({len(bad)} bad rows)"
-        )
+        # numpy's own text: the shortest that reads back in the label's dtype (float32's
+        # 1.0000001 too), as histocore.io.number_text; ':g' named it 'label 1'
+        label = str(flat[bad[0]]).removesuffix(".0")
+        raise DatasetError(f"{where}: row {bad[0]}: label {label} is not 0/1 ({len(bad)} bad rows)")
     return flat.astype(np.int64)
 
 
