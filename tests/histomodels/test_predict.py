@@ -833,3 +833,37 @@ def test_a_heatmap_is_never_written_over_an_input_or_another_heatmap(tmp_path: P
     r = CliRunner().invoke(app, ["predict", str(ckpt), *map(str, twins), "--out", str(out)])
     assert r.exit_code == 0, r.output
     assert _heatmap_files(tmp_path / "p_heatmaps") == ["x_img.png", "x_img_2.png"]
+
+
+def test_a_run_removes_only_heatmaps_predict_drew_for_the_same_csv(tmp_path: Path) -> None:
+    """The stale-heatmap clean-up unlinked every input's target name this run drew nothing
+    at: a user's own small.png in --heatmaps (its input one patch) was deleted, as was the
+    heatmap another CSV's run had drawn into a shared folder, and a folder at that name made
+    the run exit 1 after writing its CSV. Only a PNG whose text chunk names this CSV goes."""
+    ckpt = tiny_checkpoint(tmp_path)
+    heat = tmp_path / "heat"
+    heat.mkdir()
+    small, big = tmp_path / "in" / "small.png", tmp_path / "in" / "big.png"
+    small.parent.mkdir()
+    Image.fromarray(make_figure(1, 1, seed=1)).save(small)  # one patch: no heatmap
+    Image.fromarray(make_figure(2, 2, seed=2)).save(big)
+    mine = heat / "small.png"
+    Image.fromarray(make_figure(1, 1, seed=9)).save(mine)  # the user's own file
+    kept = mine.read_bytes()
+
+    def predict(out: str, *inputs: Path) -> None:
+        r = CliRunner().invoke(app, ["predict", str(ckpt), *map(str, inputs), "--heatmaps",
+                                     str(heat), "--out", str(tmp_path / out)])  # fmt: skip
+        assert r.exit_code == 0, r.output
+
+    predict("p1.csv", small, big)
+    assert mine.read_bytes() == kept and (heat / "big.png").is_file()
+    Image.fromarray(make_figure(1, 1, seed=3)).save(big)  # now one patch: p2 draws nothing
+    predict("p2.csv", small, big)
+    assert mine.read_bytes() == kept and (heat / "big.png").is_file()  # p1's heatmap
+    predict("p1.csv", small, big)  # p1's own earlier heatmap of big goes
+    assert mine.read_bytes() == kept and not (heat / "big.png").exists()
+    mine.unlink()
+    mine.mkdir()
+    predict("p1.csv", small, big)
+    assert mine.is_dir()

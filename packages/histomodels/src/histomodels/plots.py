@@ -17,10 +17,13 @@ from sklearn import metrics as skm
 from histocore.io import atomic_write_bytes
 
 
-def save_figure(fig: plt.Figure, path: str | Path, dpi: int = 110) -> Path:
-    """Render to memory first, then rename into place: no half-written PNGs."""
+def save_figure(
+    fig: plt.Figure, path: str | Path, dpi: int = 110, metadata: dict[str, str] | None = None
+) -> Path:
+    """Render to memory first, then rename into place: no half-written PNGs. ``metadata``:
+    extra PNG text chunks (key, text)."""
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight", metadata=metadata)
     plt.close(fig)
     atomic_write_bytes(path, buf.getvalue())
     return Path(path)
@@ -181,9 +184,11 @@ def overlay_heatmap(
     boxes: Sequence[tuple[float, float, float, float, float]],
     path: Path,
     title: str = "",
+    metadata: dict[str, str] | None = None,
 ) -> Path:
     """Tile probabilities ``(x0, y0, x1, y1, prob)`` (image pixels) drawn over the image;
-    overlapping tiles are averaged, pixels in no tile (background) stay uncoloured."""
+    overlapping tiles are averaged, pixels in no tile (background) stay uncoloured.
+    ``metadata``: PNG text chunks, as :func:`save_figure`."""
     h, w = image.shape[:2]
     heat = np.full((h, w), np.nan, dtype=np.float32)
     count = np.zeros((h, w), dtype=np.float32)
@@ -207,7 +212,7 @@ def overlay_heatmap(
     fig.colorbar(im, ax=axes[1], fraction=0.046)
     if title:
         fig.suptitle(title, fontsize=9)
-    return save_figure(fig, path)
+    return save_figure(fig, path, metadata=metadata)
 
 
 def image_grid(

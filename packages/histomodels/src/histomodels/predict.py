@@ -257,15 +257,33 @@ def _warn_pages(several: list[tuple[Path, str]], n_files: int) -> None:
         )  # fmt: skip
 
 
+#: PNG text chunk of every heatmap predict draws; its text is the CSV's absolute path
+HEATMAP_MARK = "histomodels-predict-csv"
+
+
 def _heatmap(img: np.ndarray, tiles: Tiles, probs: np.ndarray, size: int, target: Path,
-             title: str) -> None:  # fmt: skip
+             title: str, mark: str) -> None:  # fmt: skip
     from histomodels.plots import overlay_heatmap
 
     boxes = [
         (int(x), int(y), int(x) + size, int(y) + size, float(p))
         for (x, y), p in zip(tiles.xy, probs, strict=True)
     ]
-    overlay_heatmap(img, boxes, target, title=title)
+    overlay_heatmap(img, boxes, target, title=title, metadata={HEATMAP_MARK: mark})
+
+
+def _drawn_for(path: Path, mark: str) -> bool:
+    """Whether ``path`` is a regular PNG file that predict drew for the CSV ``mark`` (its
+    text chunk says so): the only kind of file a run removes that it did not write."""
+    from PIL import Image
+
+    try:
+        if path.is_symlink() or not path.is_file():
+            return False
+        with Image.open(path, formats=["PNG"]) as im:
+            return im.info.get(HEATMAP_MARK) == mark
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        return False
 
 
 def check_scale(scale: float) -> None:
@@ -318,6 +336,7 @@ def predict_paths(
     out_csv = Path(out_csv)
     heat_dir = Path(heatmap_dir) if heatmap_dir else out_csv.with_name(out_csv.stem + "_heatmaps")
     targets = heatmap_targets(files, heat_dir) if draw_heatmaps else {}
+    mark = str(out_csv.resolve())
     pred = Predictor.load(checkpoint, device=device, precision=precision)
     size = int(pred.ckpt.get("input_size", 96))
     cut, cut_source = decision_threshold(pred.ckpt, threshold)
@@ -327,8 +346,8 @@ def predict_paths(
     w.writerow(CSV_COLUMNS)
     n_rows, scored, heatmaps = 0, 0, []
     try:
-        n_rows, scored = _predict_files(pred, files, problems, w, targets, heatmaps, size=size,
-                                scale=scale, stride=stride, max_pixels=max_pixels,
+        n_rows, scored = _predict_files(pred, files, problems, w, targets, heatmaps, mark,
+                                size=size, scale=scale, stride=stride, max_pixels=max_pixels,
                                 batch_size=batch_size, tta=tta, threshold=cut)  # fmt: skip
         if scored:
             out_csv.parent.mkdir(parents=True, exist_ok=True)
@@ -337,10 +356,10 @@ def predict_paths(
         for h in heatmaps:
             Path(h).unlink(missing_ok=True)
         raise
-    if scored:  # the heatmaps now match the CSV: an input's is this run's or none
+    if scored:  # an input's heatmap for this CSV is now this run's or none
         drawn = set(heatmaps)
         for target in targets.values():
-            if str(target) not in drawn:
+            if str(target) not in drawn and _drawn_for(target, mark):
                 target.unlink(missing_ok=True)
     summary = {"files": scored, "rows": n_rows, "csv": str(out_csv) if scored else None,
                "heatmaps": heatmaps, "threshold": cut, "threshold_source": cut_source}  # fmt: skip
@@ -356,6 +375,7 @@ def _predict_files(
     w: Any,
     targets: dict[Path, Path],
     heatmaps: list[str],
+    mark: str,
     *,
     size: int,
     scale: float,
@@ -397,7 +417,7 @@ def _predict_files(
             if len(probs) > 1 and f in targets:
                 target = targets[f]
                 _heatmap(img, tiles, probs, size, target, f"{f.name}: max {probs.max():.2f}, "
-                         f"mean {probs.mean():.2f}")  # fmt: skip
+                         f"mean {probs.mean():.2f}", mark)  # fmt: skip
                 heatmaps.append(str(target))
             shown.advance()
     _warn_magnification(factors, scale)
