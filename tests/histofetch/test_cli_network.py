@@ -256,15 +256,8 @@ def test_db_pmc_search_then_download_extract_filter_from_recorded_answers(
     'pmid': '0' for an article without a PMID (57 of the 200): each became the record
     'pmid:0', the first one only, and the other 8 of the first 20 were counted 'already
     done' and lost."""
-    from conftest import shared_path
 
-    from histofetch.search import PMC_OA_FILTER
-
-    esearch = shared_path("fixtures", "ncbi", "esearch_pmc_ecology_retmax200.xml").read_bytes()
-    summaries = shared_path("fixtures", "ncbi", "esummary_pmc_v2_json_200ids.json").read_bytes()
-    ncbi.first_page_body[f"({QUERY}) AND {PMC_OA_FILTER}"] = esearch
-    ncbi.esummary_recorded["pmc"] = summaries
-    docs = json.loads(summaries)["result"]
+    docs = _replay_pmc_search(ncbi)
     first = docs["uids"][:20]
     no_pmid = [u for u in first if {"idtype": "pmid", "value": "0"} in docs[u]["articleids"]]
     assert len(no_pmid) == 9 and first[0] == "7771231"  # the recording's own facts
@@ -305,17 +298,11 @@ def test_db_pmc_search_adopts_a_record_pmid_0_of_an_earlier_search(
     record 'pmid:0'. Searching it again added 'pmcid:PMCn' beside it, the same article
     twice; now the search renames 'pmid:0' to 'pmcid:PMCn', its progress and image rows
     (a panel's parent too) with it."""
-    from conftest import shared_path
     from run_factory import make_run
 
     from histocore.manifest import Image, Record
-    from histofetch.search import PMC_OA_FILTER
 
-    esearch = shared_path("fixtures", "ncbi", "esearch_pmc_ecology_retmax200.xml").read_bytes()
-    summaries = shared_path("fixtures", "ncbi", "esummary_pmc_v2_json_200ids.json").read_bytes()
-    ncbi.first_page_body[f"({QUERY}) AND {PMC_OA_FILTER}"] = esearch
-    ncbi.esummary_recorded["pmc"] = summaries
-    docs = json.loads(summaries)["result"]
+    docs = _replay_pmc_search(ncbi)
     first = docs["uids"][:20]
     uid = next(u for u in first if {"idtype": "pmid", "value": "0"} in docs[u]["articleids"])
     run = tmp_path / "pmc"
@@ -358,3 +345,17 @@ def test_db_pmc_search_adopts_a_record_pmid_0_of_an_earlier_search(
     assert set(images) == {new_fig, new_panel}
     assert images[new_panel].parent_id == new_fig
     assert {i.record_id for i in images.values()} == {adopted.id}
+
+
+def _replay_pmc_search(ncbi: FakeNcbi) -> dict:
+    """NCBI's recorded esearch/esummary answers for db=pmc served for QUERY; the esummary
+    result (uids and their documents)."""
+    from conftest import shared_path
+
+    from histofetch.search import PMC_OA_FILTER
+
+    esearch = shared_path("fixtures", "ncbi", "esearch_pmc_ecology_retmax200.xml").read_bytes()
+    summaries = shared_path("fixtures", "ncbi", "esummary_pmc_v2_json_200ids.json").read_bytes()
+    ncbi.first_page_body[f"({QUERY}) AND {PMC_OA_FILTER}"] = esearch
+    ncbi.esummary_recorded["pmc"] = summaries
+    return json.loads(summaries)["result"]
