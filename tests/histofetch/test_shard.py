@@ -127,35 +127,3 @@ def test_merge_line_says_what_was_added_and_what_was_there(tmp_path: Path) -> No
         "merged 3 runs: 1 record, 1 image added (2 records already in the output, "
         "2 duplicate records left out)"
     )
-
-
-def test_merge_into_an_output_takes_the_further_along_copy(tmp_path: Path) -> None:
-    """The output holds a record only at 'searched'; an input holds it extracted with its
-    image. The merge said 'nothing new added (1 record already in the output)' and kept
-    the searched copy, against 'each record from the run where it got furthest'; now the
-    input's copy replaces it, images and files with it. A merge of one run said 'merged 1
-    runs: 1 records, 0 images added'."""
-    pdfs = tmp_path / "pdfs"
-    pdfs.mkdir()
-    build_image_pdf(pdfs / "a.pdf", [he_like(128, 128, seed=7)], caption="Fig. 1")
-    run, out, searched = tmp_path / "run", tmp_path / "merged", tmp_path / "searched"
-    run_extract(run, [pdfs / "a.pdf"])
-    with Manifest.load(run) as source:
-        rec = next(iter(source.records.values()))
-    with Manifest.load(searched, create=True) as m:
-        m.add_record(Record(id=rec.id, stage="searched"))
-        m.save()
-    first = runner.invoke(app, ["merge", str(searched), "--out", str(out)])
-    assert first.exit_code == 0, first.output
-    assert "merged 1 run: 1 record added\n" in first.output, first.output
-
-    again = merge_runs([run], out)
-    assert again.line() == "merged 1 run: 1 record replaced by a further-along copy, 1 image added"
-    with Manifest.load(out) as merged:
-        assert merged.records[rec.id].stage == rec.stage != "searched"
-        (img,) = merged.images_of(rec.id)
-        path = merged.resolve(img.path)
-        assert path is not None and path.is_file()
-    assert merge_runs([searched], out).line() == (
-        "merged 1 run: nothing new added (1 record already in the output)"
-    )

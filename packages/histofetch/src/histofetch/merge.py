@@ -2,8 +2,6 @@
 
 * Records are keyed by id; a record present in several runs is taken once, from the run
   where it got furthest (an ``ok`` record at a later stage wins, ties go to the first run).
-  The output's own copy counts as one of them: an input's copy further along replaces it
-  (its images and files go, the input's come), one no further along is left out.
 * Records with the same PMCID under different ids (an article found by PubMed in one run
   and by PMC in another) are one article: the first is kept.
 * An image whose sha256 is already in the merged run (the same figure in two articles, or
@@ -32,8 +30,6 @@ class MergeSummary:
     images: int = 0
     #: records whose id or PMCID the output held before this merge (not added again)
     already: int = 0
-    #: records the output held that an input's further-along copy replaced
-    replaced: int = 0
     #: records and images the inputs hold more than once (left out)
     duplicate_records: int = 0
     duplicate_images: int = 0
@@ -43,13 +39,10 @@ class MergeSummary:
         """One line; a clause that would say 0 is left out (a second merge into the same
         output said '0 records, 0 images (4 duplicate records, 0 duplicate images left
         out)', its own records counted as duplicates)."""
-        done = [_n(self.replaced, "record") + " replaced by a further-along copy"]
-        done = done if self.replaced else []
-        counts = [_n(n, what) for n, what in ((self.records, "record"), (self.images, "image"))]
-        counts = [c for c in counts if not c.startswith("0 ")]
-        if counts:
-            done.append(", ".join(counts) + " added")
-        added = ", ".join(done) or "nothing new added"
+        if self.records or self.images:
+            added = f"{_n(self.records, 'record')}, {_n(self.images, 'image')} added"
+        else:
+            added = "nothing new added"
         notes = [f"{_n(self.already, 'record')} already in the output"] if self.already else []
         left = [
             _n(n, f"duplicate {what}")
@@ -58,8 +51,7 @@ class MergeSummary:
         ]
         if left:
             notes.append(" and ".join(left) + " left out")
-        tail = f" ({', '.join(notes)})" if notes else ""
-        return f"merged {_n(self.runs, 'run')}: {added}{tail}"
+        return f"merged {self.runs} runs: {added}" + (f" ({', '.join(notes)})" if notes else "")
 
 
 def _n(n: int, what: str) -> str:
@@ -94,12 +86,7 @@ def _merge(loaded: list[Manifest], merged: Manifest) -> MergeSummary:
     ids_before, pmcids_before = set(merged.records), set(pmcids)  # the output's own
     hashes = {i.sha256: i.id for i in merged.images.values()}
     for rid, (rec, run) in best.items():
-        own = merged.records.get(rid)
-        clash = bool(rec.pmcid and pmcids.get(rec.pmcid, rid) != rid)
-        replacing = own is not None and rid in ids_before and not clash
-        if replacing and own is not None and _rank(rec) > _rank(own):
-            _drop(merged, own, hashes)  # the output's copy is behind the input's: replaced
-        elif own is not None or clash:
+        if rid in merged.records or (rec.pmcid and pmcids.get(rec.pmcid, rid) != rid):
             if rid in ids_before or rec.pmcid in pmcids_before:
                 summary.already += 1
             else:
@@ -121,31 +108,12 @@ def _merge(loaded: list[Manifest], merged: Manifest) -> MergeSummary:
             rec.extra["merge_duplicates"] = dropped
             summary.duplicate_images += len(dropped)
         merged.add_record(rec)
-        if own is not None:
-            summary.replaced += 1
-        else:
-            summary.records += 1
+        summary.records += 1
         summary.per_run[str(run.run_dir)] = summary.per_run.get(str(run.run_dir), 0) + 1
     summary.duplicate_records += sum(len(r.records) for r in loaded) - len(best)
     _merge_header(merged, loaded)
     merged.save()
     return summary
-
-
-def _drop(merged: Manifest, own: Record, hashes: dict[str, str]) -> None:
-    """Take the output's copy of a record out: its image rows, and its files in the output
-    (an input's copy may name the same paths with other bytes)."""
-    rels = [own.pdf_path] + [i.path for i in merged.images_of(own.id)]
-    for img in merged.images_of(own.id):
-        if hashes.get(img.sha256) == img.id:
-            del hashes[img.sha256]
-    merged.drop_images_of(own.id)
-    for rel in rels:
-        if rel is None or Path(rel).is_absolute() or ".." in Path(rel).parts:
-            continue
-        path = merged.run_dir / rel
-        if path.is_file() and path.resolve().is_relative_to(merged.run_dir.resolve()):
-            path.unlink()
 
 
 def _merge_header(merged: Manifest, loaded: list[Manifest]) -> None:
