@@ -2,6 +2,9 @@
 
 * Records are keyed by id; a record present in several runs is taken once, from the run
   where it got furthest (an ``ok`` record at a later stage wins, ties go to the first run).
+  A record already in the output (a second merge into the same folder) is kept as it is
+  there: it may hold reviewed labels and decisions, and a merge never deletes what the
+  output holds; merge into a new folder to take further-along copies.
 * Records with the same PMCID under different ids (an article found by PubMed in one run
   and by PMC in another) are one article: the first is kept.
 * An image whose sha256 is already in the merged run (the same figure in two articles, or
