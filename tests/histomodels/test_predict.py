@@ -136,7 +136,7 @@ def test_a_file_failing_mid_run_is_skipped_and_the_others_are_written(tmp_path: 
     cut.write_bytes(full.read_bytes()[: full.stat().st_size // 2])  # header fine, data cut
     out = tmp_path / "pred.csv"
     r = CliRunner().invoke(app, ["predict", str(ckpt), str(good), str(cut), "--out", str(out)])
-    assert r.exit_code == 0, r.output
+    assert r.exit_code == 3, r.output
     assert r.stderr == f"warning: {cut}: cannot read image (image file is truncated)\n"
     assert r.stdout.startswith(f"4 patch(es) from 1 file(s) → {out}\n")
     assert "Traceback" not in r.output
@@ -177,7 +177,7 @@ def test_one_image_too_small_at_scale_does_not_stop_the_run(tmp_path: Path) -> N
     out = tmp_path / "pred.csv"
     args = ["predict", str(ckpt), "--scale", "0.5", "--no-heatmaps", "--out", str(out)]
     r = CliRunner().invoke(app, [*args, str(folder)])
-    assert r.exit_code == 0, r.output
+    assert r.exit_code == 3, r.output
     assert r.stderr == (
         f"warning: {tiny}: 150x150 at scale 0.5 is 75x75, smaller than one 96px patch\n"
     )
@@ -213,7 +213,7 @@ def test_every_file_that_cannot_be_scored_gets_its_own_line(tmp_path: Path) -> N
     r = CliRunner().invoke(
         app, ["predict", str(ckpt), *map(str, files), "--out", str(out), "--max-pixels", "50000"]
     )
-    assert r.exit_code == 0, r.output
+    assert r.exit_code == 3, r.output
     lines = r.stderr.splitlines()
     assert [line.split(": ")[1] for line in lines] == [str(bad), str(small), str(big)]
     assert all(line.startswith("warning: ") for line in lines)
@@ -733,7 +733,7 @@ def test_a_broken_link_in_a_folder_is_a_warning_line(tmp_path: Path) -> None:
     out = tmp_path / "p.csv"
     r = CliRunner().invoke(app, ["predict", str(ckpt), str(folder), "--out", str(out),
                                  "--no-heatmaps"])  # fmt: skip
-    assert r.exit_code == 0, r.output
+    assert r.exit_code == 3, r.output
     assert r.stderr.startswith(f"warning: {folder / 'bad.png'}: "), r.stderr
     assert [row["path"] for row in _rows(out)] == [str(folder / "good.png")]
 
@@ -756,7 +756,7 @@ def test_a_named_pipe_given_directly_says_what_it_is(tmp_path: Path) -> None:
         out = tmp_path / "p.csv"
         r = CliRunner().invoke(app, ["predict", str(ckpt), str(given), "--out", str(out),
                                      "--no-heatmaps"])  # fmt: skip
-        assert r.exit_code == (0 if given == folder else 1), r.output
+        assert r.exit_code == (3 if given == folder else 1), r.output
         said = "warning" if given == folder else "error"
         assert r.stderr.strip() == f"{said}: {pipe}: {why}", r.stderr
         out.unlink(missing_ok=True)
@@ -796,10 +796,10 @@ def test_the_heatmap_folder_holds_no_heatmap_this_run_did_not_draw(tmp_path: Pat
     good_b = (folder / "b.png").read_bytes()
     (folder / "b.png").write_bytes(good_b[: len(good_b) // 2])  # header fine, data cut
     r = CliRunner().invoke(app, run)
-    assert r.exit_code == 0 and r.stderr.startswith(f"warning: {folder / 'b.png'}: "), r.output
+    assert r.exit_code == 3 and r.stderr.startswith(f"warning: {folder / 'b.png'}: "), r.output
     assert _heatmap_files(heat) == ["a.png", "c.png", "notes.txt"]
     r = CliRunner().invoke(app, [*run, "--scale", "0.5"])  # a: one 96 px patch, no heatmap
-    assert r.exit_code == 0, r.output
+    assert r.exit_code == 3, r.output
     assert _heatmap_files(heat) == ["c.png", "notes.txt"]
     assert {row["path"] for row in _rows(out)} == {str(folder / "a.png"), str(folder / "c.png")}
     kept = (heat / "c.png").read_bytes(), out.read_bytes()

@@ -493,7 +493,8 @@ def predict_cmd(
     device: Device = None,
 ) -> None:
     """One CSV row per 96 px patch with its tumour probability and yes/no call; large images
-    are tiled and get a heatmap PNG."""
+    are tiled and get a heatmap PNG. Exit 0: every input scored; 3: the CSV was written but
+    some inputs were skipped (one warning line each); 1: nothing written."""
     checkpoint = _model_source(ctx, None if model else paths[0], model)
     if model is None:
         paths = paths[1:]
@@ -542,10 +543,14 @@ def _print_predicted(res: dict) -> None:
         typer.echo(f"{len(res['heatmaps'])} heatmap(s) in {Path(res['heatmaps'][0]).parent}")
 
 
+#: predict's exit status when its CSV was written but some inputs could not be scored
+PARTIAL_EXIT = 3
+
+
 def _print_skipped(problems: list, *, scored: bool) -> None:
-    """One line per file predict could not score: ``warning:`` (exit 0) when the others were
-    scored into the CSV, as ``histofetch extract`` names its bad PDFs; ``error:`` and exit 1
-    when none was (nothing written). So exit 1 means no CSV from this run."""
+    """One line per file predict could not score: ``warning:`` and exit 3 when the others
+    were scored into the CSV; ``error:`` and exit 1 when none was (nothing written). So 0
+    means every input was scored, 3 that the CSV lacks some, 1 that this run wrote none."""
     from histocore.io import one_line
     from histomodels.predict import OverPixelLimit
 
@@ -555,6 +560,7 @@ def _print_skipped(problems: list, *, scored: bool) -> None:
         fail(*lines)
     for line in lines:
         typer.echo(f"warning: {one_line(line)}", err=True)
+    raise typer.Exit(PARTIAL_EXIT)
 
 
 def label_cmd(
