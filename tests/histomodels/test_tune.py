@@ -148,10 +148,17 @@ def tiny_data():
 
 
 def _conv_raising(monkeypatch, make_error):
-    """Every convolution in the trials raises what ``make_error`` raises (torch's layer)."""
+    """Every convolution of the trials' training raises what ``make_error`` raises (torch's
+    layer). The trial build on the meta device before training (``registry.check_build``:
+    no memory, no data) runs the real layer: these faults happen while training."""
     import torch
 
-    monkeypatch.setattr(torch.nn.Conv2d, "forward", lambda self, x: make_error())
+    forward = torch.nn.Conv2d.forward
+
+    def raising(self, x):
+        return forward(self, x) if x.is_meta else make_error()
+
+    monkeypatch.setattr(torch.nn.Conv2d, "forward", raising)
 
 
 def test_out_of_memory_fails_the_trial_and_repeated_failures_stop_the_tune(
