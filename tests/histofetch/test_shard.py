@@ -127,3 +127,17 @@ def test_merge_line_says_what_was_added_and_what_was_there(tmp_path: Path) -> No
         "merged 3 runs: 1 record, 1 image added (2 records already in the output, "
         "2 duplicate records left out)"
     )
+
+
+def test_merge_line_of_one_run_without_images(tmp_path: Path) -> None:
+    """Merging one run whose only record has no images said 'merged 1 runs: 1 record, 0
+    images added': the plural for one run, and a clause saying 0 that eb8850c meant to leave
+    out."""
+    run, out = tmp_path / "searched", tmp_path / "merged"
+    with Manifest.load(run, create=True) as manifest:
+        manifest.add_record(Record(id="pmid:1", pmid="1", stage="searched"))
+        manifest.save()
+    result = runner.invoke(app, ["merge", str(run), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "merged 1 run: 1 record added" in result.output, result.output
+    assert "0 images" not in result.output and "1 runs" not in result.output

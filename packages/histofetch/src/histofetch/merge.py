@@ -41,11 +41,11 @@ class MergeSummary:
     def line(self) -> str:
         """One line; a clause that would say 0 is left out (a second merge into the same
         output said '0 records, 0 images (4 duplicate records, 0 duplicate images left
-        out)', its own records counted as duplicates)."""
-        if self.records or self.images:
-            added = f"{_n(self.records, 'record')}, {_n(self.images, 'image')} added"
-        else:
-            added = "nothing new added"
+        out)', its own records counted as duplicates), and one run is 'run'."""
+        counts = [
+            _n(n, what) for n, what in ((self.records, "record"), (self.images, "image")) if n
+        ]
+        added = f"{', '.join(counts)} added" if counts else "nothing new added"
         notes = [f"{_n(self.already, 'record')} already in the output"] if self.already else []
         left = [
             _n(n, f"duplicate {what}")
@@ -54,7 +54,9 @@ class MergeSummary:
         ]
         if left:
             notes.append(" and ".join(left) + " left out")
-        return f"merged {self.runs} runs: {added}" + (f" ({', '.join(notes)})" if notes else "")
+        return f"merged {_n(self.runs, 'run')}: {added}" + (
+            f" ({', '.join(notes)})" if notes else ""
+        )
 
 
 def _n(n: int, what: str) -> str:
