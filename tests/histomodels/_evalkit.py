@@ -38,14 +38,14 @@ _CACHE: dict[str, Path] = {}
 
 def tiny_checkpoint(tmp_path: Path) -> Path:
     """A private copy (tests may rewrite it) of one tiny checkpoint trained once per run."""
-    import atexit
     import shutil
-    import tempfile
 
     if "ckpt" not in _CACHE:
-        folder = tempfile.mkdtemp(prefix="histo-eval-")
-        atexit.register(shutil.rmtree, folder, ignore_errors=True)  # one left per run before
-        _CACHE["ckpt"] = train_tiny(Path(folder) / "tiny.pt")
+        # Beside the tests' own folders in pytest's basetemp, which pytest removes: a tempfile
+        # folder with an atexit cleanup outlived interrupted runs (17 were found in /tmp).
+        folder = tmp_path.parent / "histo-eval-cache"
+        folder.mkdir(exist_ok=True)
+        _CACHE["ckpt"] = train_tiny(folder / "tiny.pt")
     dest = tmp_path / "tiny.pt"
     shutil.copy(_CACHE["ckpt"], dest)
     return dest
