@@ -224,24 +224,46 @@ def test_limiters_per_host_follow_the_config() -> None:
 
 
 def test_rate_limit_against_the_server(ncbi: FakeNcbi) -> None:
-    """The real clock and server: arrivals keep NCBI's 3/s (the margin absorbs jitter)."""
+    """The real clock and server: NCBI requests keep the 3/s limit (no key).
+
+    Only bounds that CPU load cannot break are checked. The limiter releases request
+    i+3 no sooner than 1.05 s (window + margin) after request i. The server's arrival
+    times are not those releases: a request released at once can be logged up to just
+    before the next one is released when the box is loaded (CI once saw 4 arrivals in
+    0.95 s), so "at most 3 in any second" does not hold for arrivals; see below for
+    what does. The exact schedule is test_sliding_window_never_lets_a_burst_through's.
+    """
     cfg = ncbi.config(ncbi_rate=None, api_key=None)
     assert cfg.effective_ncbi_rate == 3
+    called, answered = [], []
     with NetClient(cfg) as client:
         for _ in range(7):
+            called.append(time.monotonic())
             client.ncbi("GET", ncbi.base + EINFO)
+            answered.append(time.monotonic())
     times = [h.time for h in ncbi.requests_to(EINFO)]
     assert len(times) == 7
-    assert _max_in_window(times, 0.95) <= 3
-    assert times[-1] - times[0] >= 2.0  # 7 requests need at least two full windows
+    # release[i] >= called[i] and answered[i+3] >= release[i+3] >= release[i] + 1.05:
+    # load can only widen these spans; a client that skips or loosens the limit (rate 4,
+    # no margin) answers four calls within a few ms
+    assert min(answered[i + 3] - called[i] for i in range(4)) >= 1.05
+    # arrival[i+4] >= release[i+4] >= release[i+1] + 1.05 > arrival[i] (the calls are
+    # sequential: request i is logged before it is answered, so before i+1 is released):
+    # no 1.05 s span holds more than 4 arrivals however they bunch; unlimited, all 7 would
+    assert _max_in_window(times, 1.05) <= 4
+    assert times[-1] - called[0] >= 2 * 1.05  # release[6] >= release[0] + 2 windows
 
 
 def test_retries_count_against_the_rate_limit(ncbi: FakeNcbi) -> None:
+    """Retries take their turn at the limiter (bounds as in the test above)."""
     ncbi.inject(EINFO, *[(500, {}, b"")] * 4)
     with NetClient(ncbi.config(ncbi_rate=3, backoff=0.0, max_retries=5)) as client:
+        called = time.monotonic()
         client.ncbi("GET", ncbi.base + EINFO)
     times = [h.time for h in ncbi.requests_to(EINFO)]
-    assert len(times) == 5 and _max_in_window(times, 0.95) <= 3
+    assert len(times) == 5
+    assert times[3] - called >= 1.05  # attempt 4 waits for attempt 1's window + margin
+    assert _max_in_window(times, 1.05) <= 4  # unlimited retries arrive all 5 at once
 
 
 def test_defaults_are_the_live_services_and_env_overrides(
