@@ -122,6 +122,16 @@ def test_timeout_forever_is_a_clear_error(ncbi: FakeNcbi) -> None:
         client.ncbi("GET", ncbi.base + EINFO)
 
 
+def test_timeout_is_named_as_given(ncbi: FakeNcbi) -> None:
+    """The timeout in the message is the one the user set: ':g' named 0.3000001 s '0.3 s'."""
+    ncbi.inject(EINFO, ("sleep", 1.0))
+    with (
+        NetClient(ncbi.config(timeout=0.3000001, max_retries=0)) as client,
+        pytest.raises(NetError, match=r"timed out after 0\.3000001 s"),
+    ):
+        client.ncbi("GET", ncbi.base + EINFO)
+
+
 def test_connection_refused_is_a_clear_error() -> None:
     cfg = NetConfig(timeout=1, max_retries=1, backoff=0.01)
     with NetClient(cfg) as client, pytest.raises(NetError, match="connection failed"):

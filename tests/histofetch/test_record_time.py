@@ -215,3 +215,11 @@ def test_one_job_runs_in_a_worker_only_when_a_limit_is_given(tmp_path: Path, com
         assert result.exit_code == 0, result.output
         assert "applies only with" not in result.stderr
         assert ("from the pool" in result.stderr) == pooled, (extra, env, result.stderr)
+
+
+def test_the_limit_is_named_as_given(tmp_path: Path) -> None:
+    """A limit of 1.0000001 s is named so in the error (':g' wrote '1 s', another limit)."""
+    run = downloaded_run(tmp_path / "run", [f"r{k}" for k in range(6)])
+    with pytest.raises(WorkerDied, match=r"ran past the limit of 1\.0000001 s \(--record"):
+        run_records(Manifest.load(run), "extracted", hang_reading_any, jobs=2,
+                    guard_attempts=True, record_timeout=1.0000001)  # fmt: skip

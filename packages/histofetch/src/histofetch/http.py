@@ -24,6 +24,7 @@ from typing import Any
 import httpx
 
 from histocore.errors import DomainError, UsageError
+from histocore.io import number_text
 from histofetch import __version__ as _VERSION
 from histofetch.settings import Range, env_number, env_url, url_problem
 
@@ -356,7 +357,7 @@ class NetClient:
             try:
                 response = self._send(method, url, **kw)
             except httpx.TimeoutException:
-                problem = f"timed out after {cfg.timeout:g} s"
+                problem = f"timed out after {number_text(cfg.timeout)} s"
                 last = f"{problem}: {_short(url)}"
             except httpx.TransportError as exc:
                 problem = f"connection failed ({type(exc).__name__}: {exc})"

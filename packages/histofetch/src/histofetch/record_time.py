@@ -31,6 +31,7 @@ from collections import Counter
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
+from histocore.io import number_text
 from histofetch.settings import Range, env_number
 
 if TYPE_CHECKING:
@@ -63,8 +64,8 @@ def limit_from_env() -> float | None:
 
 
 def seconds(limit: float) -> str:
-    """``120 s``, ``2.5 s``: a limit as the user gave it."""
-    return f"{limit:g} s"
+    """``120 s``, ``2.5 s``: a limit as the user gave it (``:g`` named 1.0000001 ``1 s``)."""
+    return f"{number_text(limit)} s"
 
 
 class RecordClock:
