@@ -776,10 +776,25 @@ def test_pre_recipe_values_are_what_the_builders_build_without_the_key():
         ("cnn", {"depth": 8}, "cannot build cnn for 96x96 px patches (RuntimeError: "),
         ("cnn", {"depth": 100000}, "'depth' is 100000; cnn takes int in [1, 13]"),
         # 2.8 x 10^11 parameters within every key's bounds: refused before any allocation
-        ("cnn", {"width": 4096, "max_width": 4096, "blocks": 64, "depth": 7}, "over the"),
+        # the line names what the user gave (not the recipe's centre: pool) and the size
+        (
+            "cnn",
+            {"width": 4096, "max_width": 4096, "blocks": 64, "depth": 7},
+            'error: model_config {"width": 4096, "max_width": 4096, "blocks": 64, "depth": 7}: '
+            "builds a cnn of 67,",
+        ),
         ("timm/vit_tiny_patch16_224", {"img_size": []}, "'img_size' is []"),  # IndexError
         ("timm/vit_tiny_patch16_224", {"mlp_ratio": math.inf}, "'mlp_ratio' is inf"),
-        ("timm/vit_tiny_patch16_224", {"img_size": 100000}, "'img_size' is 100000"),  # 30 GB
+        (
+            "timm/vit_tiny_patch16_224",
+            {"img_size": 100000},  # 30 GB
+            "'img_size' is 100000; timm/vit_tiny_patch16_224 takes int in [1, 4096] or a list "
+            "of 1 or 2 int in [1, 4096]",
+        ),
+        # an img_size the patches do not have (without img_size the model is built for them)
+        ("timm/vit_tiny_patch16_224", {"img_size": 64}, "(AssertionError: Input height (96)"),
+        # timm's keys are not matched to a signature: a key this architecture does not take
+        ("timm/resnet18", {"img_size": 96}, "unexpected keyword argument 'img_size'"),
         ("timm/vit_tiny_patch16_224", {"reg_tokens": 10**8}, "'reg_tokens' is 100000000"),
         ("timm/vit_tiny_patch16_224", {"input_size": 96, "embed_dim": 7}, "(AssertionError: "),
         ("timm/vit_tiny_patch16_224", {"input_size": 96, "global_pool": "bogus"}, "pooling"),
@@ -797,6 +812,7 @@ def test_cli_model_config_that_cannot_build_is_one_line(h5_files, tmp_path, mode
     line = r.stderr.strip()
     assert len(line.splitlines()) == 1 and line.startswith("error: ") and "model_config" in line
     assert message in line
+    assert "centre" not in line  # the recipe's default, which the user did not give
     assert not (tmp_path / "r").exists()
 
 
@@ -811,3 +827,116 @@ def test_a_builder_bug_with_the_default_config_keeps_its_traceback(arrays, tmp_p
     assert given_config(TrainConfig(model="cnn", model_config={"depth": 3})) == {"depth": 3}
     with pytest.raises(RuntimeError, match="Output size is too small"):  # 4 stages on 4 px
         build_model(cfg, torch.device("cpu"), input_size=4)
+
+
+@pytest.fixture
+def forward_bug_models(monkeypatch):
+    """Two registered models whose forward has a bug: ``forward_bug`` with ``norm="layer"``
+    a misspelt attribute (AttributeError); ``shape_bug`` a wrong reshape whatever its values
+    (RuntimeError, the kind a config that cannot build raises too)."""
+    from torch import nn
+
+    from histomodels.models import registry
+
+    class Net(nn.Module):
+        def __init__(self, width: int, norm: str, reshape: bool) -> None:
+            super().__init__()
+            self.conv, self.norm_name, self.reshape = nn.Conv2d(3, width, 3), norm, reshape
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.conv(x)
+            if self.norm_name == "layer":
+                y = self.norm_layr(y)  # type: ignore[operator]  # the bug: no such attribute
+            if self.reshape:
+                y = y.reshape(len(x), 7)  # the bug: not the features' size
+            return y.mean((1, 2, 3))[:, None]
+
+    def forward_bug(
+        pretrained: bool = False, weights: str | None = None, width: int = 8, norm: str = "none"
+    ) -> nn.Module:
+        return Net(width, norm, reshape=False)
+
+    def shape_bug(pretrained: bool = False, weights: str | None = None, width: int = 8):
+        return Net(width, "none", reshape=True)
+
+    monkeypatch.setitem(registry._REGISTRY, "forward_bug", forward_bug)
+    monkeypatch.setitem(registry._REGISTRY, "shape_bug", shape_bug)
+
+
+@pytest.mark.parametrize(
+    ("model", "model_config", "raised", "match"),
+    [
+        ("forward_bug", {"width": 4, "norm": "layer"}, AttributeError, "norm_layr"),
+        # a fault the model has with its defaults too: not the user's, whatever its type
+        ("shape_bug", {"width": 4}, RuntimeError, "shape"),
+    ],
+)
+@pytest.mark.usefixtures("forward_bug_models")
+def test_a_bug_in_a_models_forward_keeps_its_traceback_with_a_user_config(
+    arrays, tmp_path, model, model_config, raised, match
+):
+    """The trial build turned any exception into 'cannot build' once the user gave a
+    model_config: a programmer's bug read as a bad config. Only what a config its builder
+    cannot use raises (training.network.CONFIG_FAULTS), and only when the model builds
+    without the user's keys, is theirs."""
+    with pytest.raises(raised, match=match) as info:
+        train(_cfg(model=model, model_config=model_config), tmp_path / "r",
+              train_data=arrays[0], val_data=arrays[1])  # fmt: skip
+    assert any(e.name == "forward" and str(e.path) == __file__ for e in info.traceback)
+    # a value the model really cannot use stays one line naming it
+    with pytest.raises(ConfigError, match=r'model_config \{"width": -1\}: cannot build'):
+        train(_cfg(model="forward_bug", model_config={"width": -1}), tmp_path / "r2",
+              train_data=arrays[0], val_data=arrays[1])  # fmt: skip
+
+
+def test_a_timm_model_of_fixed_input_size_trains_on_the_patches(h5_files, tmp_path):
+    """timm's ViTs are built for 224 px: ``--model timm/vit_tiny_patch16_224`` with its
+    defaults was an AssertionError traceback on 96 px patches ('Input height (96) doesn't
+    match model (224)'); it is built with ``img_size`` = the patches' size, as timm users do,
+    and the checkpoint records it so eval rebuilds the same model."""
+    train_h5, val_h5 = h5_files
+    out = tmp_path / "r"
+    args = ["train", "--data", str(train_h5), "--val", str(val_h5), "--out", str(out),
+            "--model", "timm/vit_tiny_patch16_224", "--epochs", "1", "--batch-size", "32",
+            "--threads", "1", "--quiet"]  # fmt: skip
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    assert json.loads((out / "config.json").read_text())["model_config"] == {"img_size": 96}
+    model, _ = load_model(out / "best.pt")
+    assert model(torch.zeros(1, 3, 96, 96)).shape == (1, 1)
+
+
+def test_fit_input_size_sets_img_size_only_where_timm_needs_it():
+    from histomodels.training.network import fit_input_size
+
+    def fitted(model: str, **mc):
+        return fit_input_size(TrainConfig(model=model, model_config=mc), 96).model_config
+
+    assert fitted("timm/vit_tiny_patch16_224") == {"img_size": 96}
+    # resized inside the model to its own 224: unchanged, as runs before this were
+    assert fitted("timm/vit_tiny_patch16_224", input_size=224) == {"input_size": 224}
+    resized = {"input_size": 128, "img_size": 128}
+    assert fitted("timm/vit_tiny_patch16_224", input_size=128) == resized
+    for given in ({"img_size": 64}, {"dynamic_img_size": True}):  # the user's choice
+        assert fitted("timm/vit_tiny_patch16_224", **given) == given
+    assert fitted("timm/resnet18") == {}  # any input size
+    assert fitted("cnn", width=8) == {"centre": "pool", "width": 8}
+
+
+def test_the_trial_build_imports_nothing_a_training_process_has_not():
+    """The trial build on the meta device costs 0.02-0.2 s, not seconds: the one heavy
+    import it triggers (torch._dynamo, through the meta device's weight initialisers: 1-3 s
+    in a bare process) is made by importing the training package already (timm imports
+    torchvision, which imports it). Were that to change, every train/finetune start would
+    pay it: this test says so."""
+    code = (
+        "import sys, histomodels.training\n"
+        "from histomodels.models.registry import check_build\n"
+        "before = set(sys.modules)\n"
+        "check_build('cnn', {'centre': 'pool'}, 96)\n"
+        "check_build('timm/vit_tiny_patch16_224', {'img_size': 96}, 96)\n"
+        "print(sorted(set(sys.modules) - before))\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]"

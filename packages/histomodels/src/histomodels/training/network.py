@@ -4,6 +4,7 @@ freezing, DistributedDataParallel, ``torch.compile``)."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +16,19 @@ from histomodels import distributed as D
 from histomodels.checkpoint import build_with_weights
 from histomodels.config import RECIPE_MODEL_DEFAULTS, ConfigError, TrainConfig
 from histomodels.models import create_model
-from histomodels.models.registry import ModelError, check_build, shown_config
+from histomodels.models.registry import ModelError, ModelTooLarge, check_build, shown_config
 from histomodels.training.schedule import set_backbone_frozen
+
+#: What a config its builder cannot use raises, while building or on the first batch: the
+#: cnn's ``Output size is too small`` (RuntimeError, ``depth: 8`` on 96 px), a kernel larger
+#: than the patch (RuntimeError, ViT ``patch_size: 97``), timm's checks (AssertionError,
+#: ``embed_dim: 7``, ``global_pool: bogus``, an ``img_size`` the patches do not have),
+#: ValueError, ZeroDivisionError, OverflowError. Anything else (AttributeError, NameError,
+#: KeyError, IndexError, TypeError...) is a bug in the model code and keeps its traceback;
+#: so is one of these when the same build without the user's keys fails too.
+CONFIG_FAULTS: tuple[type[Exception], ...] = (
+    RuntimeError, AssertionError, ValueError, ZeroDivisionError, OverflowError,
+)  # fmt: skip
 
 
 def build_model(
@@ -25,6 +37,7 @@ def build_model(
     state: dict[str, Any] | None = None,
     state_path: str | Path = "last.pt",
     input_size: int | None = None,
+    given: dict[str, Any] | None = None,
 ) -> nn.Module:
     """``cfg.model`` on ``device``: with the weights of ``cfg.weights``, or of ``state`` (a
     resumed ``last.pt``, read from ``state_path``). Call
@@ -32,33 +45,63 @@ def build_model(
 
     A fresh model is first built on the meta device and run on ``input_size`` px patches
     (:func:`~histomodels.models.registry.check_build`: no memory, so a config asking for
-    30 GB is refused before it is allocated). When ``cfg.model_config`` holds values the
-    user gave (:func:`given_config`), any exception that trial or the build raises is one
-    ConfigError naming them; with the defaults alone it is a bug and keeps its traceback."""
+    30 GB is refused before it is allocated). ``given``: the ``model_config`` values the
+    user gave (default :func:`given_config`). When it holds any, what that trial or the
+    build raises of :data:`CONFIG_FAULTS` is one ConfigError naming them, unless the same
+    trial without them fails too; other exceptions, and any with the defaults alone, are
+    bugs and keep their traceback. Over 10^9 values is refused whoever gave the config."""
     if state is not None:  # the config is the file's: the same rebuild as any checkpoint
         # no TypeError caught: check_config has matched the keys and value types against
         # the builder's signature, so one raised while building is a bug in the model code
         weights = state.get("train_state_dict") or state["state_dict"]
         model = build_with_weights(cfg.model, cfg.model_config, weights, state_path,
                                    config_checked=True)  # fmt: skip
-    else:
-        given = given_config(cfg)
-        try:
-            if input_size is not None:
-                check_build(cfg.model, cfg.model_config, input_size)
-            model = create_model(cfg.model, weights=cfg.weights, **cfg.model_config)
-        except DomainError as exc:
-            if isinstance(exc, ModelError):
-                raise ConfigError(str(exc)) from None
+        return _placed(model, cfg, device)
+    given = given_config(cfg) if given is None else given
+    shown = f"model_config {shown_config(given)}" if given else "the default model_config"
+    try:
+        if input_size is not None:
+            check_build(cfg.model, cfg.model_config, input_size)
+        model = create_model(cfg.model, weights=cfg.weights, **cfg.model_config)
+    except ModelTooLarge as exc:
+        raise ConfigError(f"{shown}: {exc}") from None
+    except DomainError as exc:
+        if isinstance(exc, ModelError):
+            raise ConfigError(str(exc)) from None
+        raise
+    except Exception as exc:
+        if not given or not _config_fault(exc, cfg, given, input_size):
             raise
-        except Exception as exc:
-            if not given:
-                raise
-            size = f" for {input_size}x{input_size} px patches" if input_size else ""
-            why = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-            raise ConfigError(
-                f"model_config {shown_config(given)}: cannot build {cfg.model}{size} ({why})"
-            ) from None
+        size = f" for {input_size}x{input_size} px patches" if input_size else ""
+        why = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        raise ConfigError(f"{shown}: cannot build {cfg.model}{size} ({why})") from None
+    return _placed(model, cfg, device)
+
+
+def _config_fault(
+    exc: Exception, cfg: TrainConfig, given: dict[str, Any], input_size: int | None
+) -> bool:
+    """Whether ``exc``, raised building ``cfg``'s model, is the fault of the ``given``
+    keys: one of :data:`CONFIG_FAULTS` (or timm's TypeError for a keyword its architecture
+    does not take: timm's keys are not matched to a signature), and the trial build without
+    ``given`` (the recipe's defaults, :func:`fit_input_size`'s ``img_size``) goes through."""
+    timm_keyword = cfg.model.startswith("timm/") and "unexpected keyword" in str(exc)
+    if not isinstance(exc, CONFIG_FAULTS) and not (isinstance(exc, TypeError) and timm_keyword):
+        return False
+    if input_size is None:
+        return True
+    rest = {k: v for k, v in cfg.model_config.items() if k not in given}
+    rest.update({k: v for k, v in RECIPE_MODEL_DEFAULTS.get(cfg.model, {}).items()
+                 if k in given})  # fmt: skip
+    rest = fit_input_size(dataclasses.replace(cfg, model_config=rest), input_size).model_config
+    try:
+        check_build(cfg.model, rest, input_size)
+    except Exception:  # the model fails without the user's keys too: not theirs
+        return False
+    return True
+
+
+def _placed(model: nn.Module, cfg: TrainConfig, device: torch.device) -> nn.Module:
     model.to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
@@ -71,6 +114,31 @@ def given_config(cfg: TrainConfig) -> dict[str, Any]:
     (:data:`~histomodels.config.RECIPE_MODEL_DEFAULTS`)."""
     recipe = RECIPE_MODEL_DEFAULTS.get(cfg.model, {})
     return {k: v for k, v in cfg.model_config.items() if k not in recipe or recipe[k] != v}
+
+
+def fit_input_size(cfg: TrainConfig, patch_size: int) -> TrainConfig:
+    """``cfg`` with ``img_size`` set in ``model_config`` for a ``timm/<name>`` model whose
+    timm config says it takes a fixed input size (ViT, Swin...; ``fixed_input_size``) and
+    whose default differs from what it will see: ``input_size`` when given (the model
+    resizes to it), else ``patch_size``. timm then builds it for that size (and resamples
+    pretrained position embeddings to it), as timm users pass ``img_size=``; without it
+    ``timm/vit_tiny_patch16_224`` raised ``Input height (96) doesn't match model (224)``.
+    Unchanged when ``model_config`` sets ``img_size`` or ``dynamic_img_size``."""
+    mc = cfg.model_config
+    if not cfg.model.startswith("timm/") or {"img_size", "dynamic_img_size"} & mc.keys():
+        return cfg
+    import timm.models
+
+    name = cfg.model.removeprefix("timm/")
+    if ":" in name:  # hf-hub: / local-dir: configs are read when the model is built
+        return cfg
+    pretrained = timm.models.get_pretrained_cfg(name)
+    if pretrained is None or not getattr(pretrained, "fixed_input_size", False):
+        return cfg
+    side = int(mc.get("input_size") or patch_size)
+    if tuple(pretrained.input_size[-2:]) == (side, side):
+        return cfg
+    return dataclasses.replace(cfg, model_config={**mc, "img_size": side})
 
 
 def wrap_model(

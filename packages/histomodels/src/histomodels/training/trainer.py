@@ -44,7 +44,7 @@ from histomodels.training.data import (
     prepare_splits,
     warn_shared_patches,
 )
-from histomodels.training.network import build_model, wrap_model
+from histomodels.training.network import build_model, fit_input_size, given_config, wrap_model
 from histomodels.training.prefetch import use_prefetch
 from histomodels.training.result import EpochStats, TrainResult
 from histomodels.training.run_folder import RunFolder
@@ -172,7 +172,12 @@ class Trainer:
 
     def _setup_model(self) -> None:
         size = int(self.x_train.shape[1])  # the patches the model will see
-        model = build_model(self.cfg, self.device, self.state, self.run_dir / "last.pt", size)
+        given = given_config(self.cfg)  # the user's keys, not fit_input_size's img_size
+        if self.state is None:  # a resumed run keeps the config it was built with
+            self.cfg = fit_input_size(self.cfg, size)
+        model = build_model(
+            self.cfg, self.device, self.state, self.run_dir / "last.pt", size, given=given
+        )
         self.model: nn.Module = model
         #: the weights validated and saved (callbacks such as EMA replace it)
         self.eval_model: nn.Module = model
