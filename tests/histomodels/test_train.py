@@ -597,6 +597,28 @@ def test_cli_finetune_wires_its_defaults(h5_files, tmp_path):
     assert ckpt["model_config"] == {"input_size": 64} and model.size == 64
 
 
+def test_cli_finetune_of_a_model_without_its_default_weights_says_what_to_give(h5_files, tmp_path):
+    """``finetune --model cnn`` blamed ``imagenet``, finetune's default the user never
+    typed ('error: imagenet: no such weights file, and not a weight source of cnn ...')."""
+    train_h5, val_h5 = h5_files
+    args = ["finetune", "--model", "cnn", "--data", str(train_h5), "--val", str(val_h5),
+            "--out", str(tmp_path / "ft"), "--epochs", "1", "--quiet"]  # fmt: skip
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 1, r.output
+    assert r.stderr == (
+        "error: --model cnn: it has no 'imagenet' weights, finetune's default --weights; give "
+        "--weights PATH (a checkpoint or state dict of cnn), or train it from scratch: "
+        "histomodels train --model cnn\n"
+    )
+    assert not (tmp_path / "ft").exists()
+    # typed by the user (an option or a config file), the source is theirs to hear about
+    config = tmp_path / "c.json"
+    config.write_text('{"weights": "imagenet"}')
+    for given in (["--weights", "imagenet"], ["--config", str(config)]):
+        r = CliRunner().invoke(app, [*args, *given])
+        assert r.exit_code == 1 and r.stderr.startswith("error: imagenet: no such weights file")
+
+
 def test_ema_weights_are_the_ones_validated_and_saved(arrays, tmp_path):
     from histomodels.inference import predict_logits
 

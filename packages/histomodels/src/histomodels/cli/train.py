@@ -242,6 +242,8 @@ def _train(
     if not resume:  # a missing data path fails before PyTorch is imported
         require_paths(cfg.data, role="train")
         require_paths(cfg.val, role="validation")
+        if base is not None:
+            _refuse_default_weights(cfg, options, config, base)
     from histomodels.training import TrainingError, train
 
     with errors(TrainingError), progress(enabled=not quiet):
@@ -252,6 +254,33 @@ def _train(
             f"best val AUC {m['val_auc']:.4f} (accuracy {m['val_accuracy']:.4f}) at epoch "
             f"{result.best_epoch}; stopped: {result.stop_reason}; {out / 'best.pt'}"
         )
+
+
+def _refuse_default_weights(
+    cfg: Any, options: dict[str, Any], config: Path | None, base: dict[str, Any]
+) -> None:
+    """A weight source ``base`` (finetune's ``imagenet``) gave, not the user, that
+    ``cfg.model`` does not take (the cnn has no ImageNet weights): one line saying what to
+    give instead. It was ``error: imagenet: no such weights file, and not a weight source of
+    cnn ...``, about a value the user never typed."""
+    from histomodels.config import read_config_file
+
+    if options.get("weights") is not None or cfg.weights != base.get("weights"):
+        return
+    if config and "weights" in read_config_file(config):
+        return
+    import histomodels.models  # noqa: F401 (the zoo registers its builders)
+    from histomodels.models.registry import weight_sources, weights_problem
+
+    if weights_problem(cfg.model, cfg.weights) is None:
+        return
+    own = weight_sources(cfg.model)
+    scratch = "" if own else f", or train it from scratch: histomodels train --model {cfg.model}"
+    fail(
+        f"--model {cfg.model}: it has no {cfg.weights!r} weights, finetune's default --weights; "
+        f"give --weights {' | '.join([*own, 'PATH'])} (a checkpoint or state dict of "
+        f"{cfg.model}){scratch}"
+    )
 
 
 def _refuse_ignored_settings(out: Path, options: dict[str, Any], config: Path | None) -> None:
