@@ -6,6 +6,7 @@ and ranges."""
 from __future__ import annotations
 
 import json
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
@@ -174,6 +175,14 @@ MALFORMED = {
         "not valid JSON",
     ),
     "finetune --input-size": (["finetune", *DATA, "--input-size", "-5"], "--input-size", "greater"),
+    # 1-7 and over 4096 were the model registry's exit-1 line ('model_config 'input_size' is
+    # 3; efficientnet_lite0 takes int in [8, 4096] or null'), about a key never typed
+    "finetune --input-size 7": (["finetune", *DATA, "--input-size", "7"], "--input-size", "8"),
+    "finetune --input-size 4097": (
+        ["finetune", *DATA, "--input-size", "4097"],
+        "--input-size",
+        "4096",
+    ),
     "train --device": (["train", *DATA, "--device", "gpu"], "--device", "'gpu': not a device"),
     "eval --device": ([*EVAL, "--device", "cuda:x"], "--device", "'cuda:x': not a device"),
     "predict --device": ([*PREDICT, "--device", "tpu"], "--device", "'tpu': not a device"),
@@ -589,6 +598,24 @@ def test_the_choices_are_the_librarys() -> None:
     # made by `histomodels ensemble`, not trained)
     assert set(registry.list_models()) - {"ensemble"} == set(TRAINABLE_MODELS)
     assert set(registry._PREFIXES) == set(MODEL_PREFIXES)
+
+
+def test_the_input_size_bounds_are_the_models() -> None:
+    """finetune's --input-size range (checked before PyTorch is imported) is the one the
+    model builders state for ``input_size``."""
+    from annotated_types import Interval
+
+    from histomodels.choices import MAX_INPUT_SIZE, MIN_INPUT_SIZE
+    from histomodels.models import registry
+
+    for model in ("efficientnet_lite0", "mobilenet_v2", "timm/resnet18"):
+        rule = registry._expected_types(model)["input_size"]
+        annotated = typing.get_args(rule)[0]  # InputSize | None
+        bound = typing.get_args(annotated)[1]
+        assert isinstance(bound, Interval) and (bound.ge, bound.le) == (
+            MIN_INPUT_SIZE,
+            MAX_INPUT_SIZE,
+        )
 
 
 def test_the_name_checks_are_the_librarys() -> None:

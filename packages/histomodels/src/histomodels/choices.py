@@ -41,6 +41,11 @@ PCAM_SPLITS: tuple[str, ...] = get_args(PcamSplit)
 #: Seeds are numpy's (``np.random.seed``): 0 to 2**32 - 1; another was its ValueError.
 MAX_SEED = 2**32 - 1
 
+#: The sides (px) a model may resize its input to (``model_config`` ``input_size``,
+#: ``finetune --input-size``): an 8 px patch is the smallest the backbones take, and 4096 px
+#: the largest a checkpoint may ask for.
+MIN_INPUT_SIZE, MAX_INPUT_SIZE = 8, 4096
+
 #: Device types histomodels runs on; ``--device`` is one, with an optional ``:N`` (``cuda:1``).
 DEVICE_TYPES = ("cpu", "cuda", "mps")
 

@@ -19,7 +19,7 @@ from typing import Annotated, Any
 import typer
 
 from histocore.io import loads_json
-from histomodels.choices import MAX_SEED
+from histomodels.choices import MAX_INPUT_SIZE, MAX_SEED, MIN_INPUT_SIZE
 from histomodels.choices import Schedule as ScheduleName
 from histomodels.cli._common import (
     Device,
@@ -413,7 +413,12 @@ class FinetuneOptions:
         float | None, at_least(0.0, help="Backbone LR = lr x this [0.3].")
     ] = None
     input_size: Annotated[
-        int | None, typer.Option(min=1, help="Resize patches inside the model (96 = native).")
+        int | None,
+        typer.Option(
+            min=MIN_INPUT_SIZE,
+            max=MAX_INPUT_SIZE,
+            help="Resize patches inside the model (96 = native).",
+        ),
     ] = None
     run: RunData
     lr: Annotated[

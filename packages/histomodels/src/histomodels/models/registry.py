@@ -22,6 +22,7 @@ from annotated_types import Interval, MaxLen, MinLen
 from torch import nn
 
 from histocore.errors import DomainError
+from histomodels.choices import MAX_INPUT_SIZE, MIN_INPUT_SIZE
 
 
 class ModelError(DomainError, ValueError):
@@ -187,7 +188,7 @@ def check_config(name: str, config: dict[str, Any]) -> None:
 _SIDE = Annotated[int, Interval(ge=1, le=4096)]
 _RATE = Annotated[float, Interval(ge=0, lt=1)]
 _TIMM_TYPES: dict[str, Any] = {
-    "input_size": Annotated[int, Interval(ge=8, le=4096)],
+    "input_size": Annotated[int, Interval(ge=MIN_INPUT_SIZE, le=MAX_INPUT_SIZE)],
     "img_size": _SIDE | Annotated[list[_SIDE], MinLen(1), MaxLen(2)],
     "patch_size": _SIDE, "embed_dim": Annotated[int, Interval(ge=1, le=16384)],
     "depth": Annotated[int, Interval(ge=1, le=256)],

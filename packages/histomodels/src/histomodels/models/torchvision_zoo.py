@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from annotated_types import Interval
 from torch import nn
 
-from histomodels.choices import TORCHVISION_ARCHS
+from histomodels.choices import MAX_INPUT_SIZE, MIN_INPUT_SIZE, TORCHVISION_ARCHS
 from histomodels.models.registry import register_model
 from histomodels.models.weights import WeightsError
 
@@ -24,7 +24,7 @@ IMAGENET_NAMES = ("imagenet", "default", "DEFAULT")
 #: The builders' rules for their values, read from their signatures by the registry
 #: (``registry.check_config``): a patch resized inside the model to ``input_size`` px (a
 #: hostile size would allocate gigabytes per batch; null = as given), and a dropout rate.
-InputSize = Annotated[int, Interval(ge=8, le=4096)]
+InputSize = Annotated[int, Interval(ge=MIN_INPUT_SIZE, le=MAX_INPUT_SIZE)]
 Dropout = Annotated[float, Interval(ge=0, lt=1)]
 
 
