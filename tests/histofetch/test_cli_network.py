@@ -291,60 +291,174 @@ def test_db_pmc_search_then_download_extract_filter_from_recorded_answers(
         assert len(figures) == 4 and {i.source for i in figures} == {"jats"}
 
 
-def test_db_pmc_search_adopts_a_record_pmid_0_of_an_earlier_search(
+def _stale_run(run: Path, uid: str, *others: str) -> None:
+    """A run searched before 617df23: the record 'pmid:0' of PMC article ``uid`` (without
+    a PMID then), first, then the records ``pmid:<other>``."""
+    from run_factory import make_run, searched
+
+    from histocore.manifest import Record
+
+    stale = Record(id="pmid:0", pmid="0", pmcid=f"PMC{uid}", stage="downloaded", title="old")
+    make_run(run, stale, *(searched(pmid) for pmid in others))
+
+
+def _search_pmc(ncbi: FakeNcbi, run: Path) -> str:
+    args = ["search", QUERY, "--db", "pmc", "--max", "20", "--run", str(run)]
+    result = CliRunner().invoke(app, args, env=ncbi.env())
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def _record_order(run: Path) -> list[str]:
+    """Record ids in the order manifest.jsonl lists them (the store's ``seq``)."""
+    lines = (run / "manifest.jsonl").read_text().splitlines()[1:]
+    return [row["id"] for row in map(json.loads, lines) if row["kind"] == "record"]
+
+
+def test_db_pmc_search_renames_a_record_pmid_0_of_an_earlier_search_in_place(
     ncbi: FakeNcbi, tmp_path: Path
 ) -> None:
     """A run searched before 617df23 holds the first PMC article without a PMID as the
     record 'pmid:0'. Searching it again added 'pmcid:PMCn' beside it, the same article
-    twice; now the search renames 'pmid:0' to 'pmcid:PMCn', its progress and image rows
-    (a panel's parent too) with it."""
-    from run_factory import make_run
-
-    from histocore.manifest import Image, Record
-
+    twice; 8681033 renamed it, but as a new row: it moved behind the records added after
+    it (the export listed 'pmid:999' first). Now the row is renamed where it stands."""
     docs = _replay_pmc_search(ncbi)
-    first = docs["uids"][:20]
-    uid = next(u for u in first if {"idtype": "pmid", "value": "0"} in docs[u]["articleids"])
+    uid = "7770741"  # the first hit of the recording whose esummary pmid is "0"
+    assert {"idtype": "pmid", "value": "0"} in docs[uid]["articleids"]
     run = tmp_path / "pmc"
-    stale = Record(id="pmid:0", pmid="0", pmcid=f"PMC{uid}", stage="downloaded", title="old")
-    make_run(run, stale)
-    with Manifest.load(run) as manifest:
-        fig = Image(
-            id="pmid:0/fig_a",
-            record_id="pmid:0",
-            path="images/pmid_0/fig_a.png",
-            sha256="a" * 64,
-            width=8,
-            height=8,
-            source="jats",
-        )
-        panel = Image(
-            id="pmid:0/fig_a_panel01",
-            record_id="pmid:0",
-            parent_id=fig.id,
-            path="images/pmid_0/fig_a_panel01.png",
-            sha256="b" * 64,
-            width=4,
-            height=4,
-            source="jats",
-        )
-        manifest.add_image(fig)
-        manifest.add_image(panel)
-        manifest.save()
-    args = ["search", QUERY, "--db", "pmc", "--max", "20", "--run", str(run)]
-    result = CliRunner().invoke(app, args, env=ncbi.env())
-    assert result.exit_code == 0, result.output
-    assert "searched: 19 done, 1 already done" in result.output, result.output
+    _stale_run(run, uid, "999")
+    output = _search_pmc(ncbi, run)
+    assert "searched: 19 done, 1 already done" in output, output
     with Manifest.load(run) as manifest:
         recs = dict(manifest.records)
-        images = {i.id: i for i in manifest.images.values()}
-    assert len(recs) == 20 and "pmid:0" not in recs
+    assert len(recs) == 21 and "pmid:0" not in recs
     adopted = recs[f"pmcid:PMC{uid}"]
     assert (adopted.pmid, adopted.stage, adopted.title) == (None, "downloaded", "old")
-    new_fig, new_panel = f"pmcid:PMC{uid}/fig_a", f"pmcid:PMC{uid}/fig_a_panel01"
-    assert set(images) == {new_fig, new_panel}
-    assert images[new_panel].parent_id == new_fig
-    assert {i.record_id for i in images.values()} == {adopted.id}
+    assert _record_order(run)[:2] == [f"pmcid:PMC{uid}", "pmid:999"]
+
+
+def test_db_pmc_search_keeps_pmid_0_that_has_images_and_says_so(
+    ncbi: FakeNcbi, tmp_path: Path
+) -> None:
+    """'pmid:0' with image rows: their ids, files (images/pmid_0/), labels, review log lines
+    and --scores CSV rows are all keyed by 'pmid:0'. 8681033 renamed the rows and left the
+    files, the review log and the scores behind; now the record keeps its id (the hit counts
+    as already done, never a second record) and one warning line says why."""
+    from histocore.manifest import Image
+
+    _replay_pmc_search(ncbi)
+    uid = "7770741"
+    run = tmp_path / "pmc"
+    _stale_run(run, uid)
+    (run / "images" / "pmid_0").mkdir(parents=True)
+    (run / "images" / "pmid_0" / "fig_a.png").write_bytes(b"png")
+    with Manifest.load(run) as manifest:
+        manifest.add_image(
+            Image(
+                id="pmid:0/fig_a",
+                record_id="pmid:0",
+                path="images/pmid_0/fig_a.png",
+                sha256="a" * 64,
+                width=8,
+                height=8,
+                source="jats",
+                label="metastasis",
+                label_by="reviewer",
+            )
+        )
+        manifest.save()
+    before = (run / "manifest.jsonl").read_text().splitlines()
+    output = _search_pmc(ncbi, run)
+    assert "searched: 19 done, 1 already done" in output, output
+    warned = [line for line in output.splitlines() if "pmid:0" in line]
+    assert len(warned) == 1 and f"PMC{uid}" in warned[0] and "1 image" in warned[0], output
+    with Manifest.load(run) as manifest:
+        recs = dict(manifest.records)
+        images = dict(manifest.images)
+    assert len(recs) == 20 and f"pmcid:PMC{uid}" not in recs
+    assert recs["pmid:0"].title == "old" and set(images) == {"pmid:0/fig_a"}
+    assert images["pmid:0/fig_a"].label == "metastasis"
+    after = (run / "manifest.jsonl").read_text().splitlines()
+    assert [line for line in after if "pmid:0" in line] == before[1:]  # rows as they were
+    assert (run / "images" / "pmid_0" / "fig_a.png").read_bytes() == b"png"
+
+
+def test_a_process_that_read_pmid_0_before_the_rename_cannot_write_it_back(
+    ncbi: FakeNcbi, tmp_path: Path
+) -> None:
+    """A stage or the review page that loaded the run before the search renamed 'pmid:0'
+    wrote the row back when it committed it (a second copy of the article, beside the
+    renamed one). Now its claim is refused and the record dropped from its memory (the
+    stage skips it)."""
+    _replay_pmc_search(ncbi)
+    uid = "7770741"
+    run = tmp_path / "pmc"
+    _stale_run(run, uid)
+    with Manifest.load(run) as stale:
+        _search_pmc(ncbi, run)
+        assert not stale.claim("pmid:0", "extracted")
+        assert "pmid:0" not in stale.records  # dropped: the store holds it under its new id
+        stale.commit()  # nothing of the old row is written back
+    with Manifest.load(run) as manifest:
+        recs = dict(manifest.records)
+    assert "pmid:0" not in recs and f"pmcid:PMC{uid}" in recs
+
+
+def test_a_stale_commit_of_pmid_0_fails_and_writes_nothing(ncbi: FakeNcbi, tmp_path: Path) -> None:
+    """A process that changed the old row and commits it after the rename (it resurrected
+    'pmid:0' beside the renamed record): the commit fails with one error naming the new
+    id, and writes nothing of that transaction."""
+    import pytest
+
+    from histocore.manifest import ManifestError
+
+    _replay_pmc_search(ncbi)
+    uid = "7770741"
+    run = tmp_path / "pmc"
+    _stale_run(run, uid, "999")
+    with Manifest.load(run) as stale:
+        _search_pmc(ncbi, run)
+        stale.records["pmid:0"].stage = "extracted"
+        stale.records["pmid:999"].title = "changed"
+        with pytest.raises(ManifestError, match=f"pmid:0 .*pmcid:PMC{uid}"):
+            stale.commit()
+        with pytest.raises(ManifestError, match=f"pmcid:PMC{uid}"):
+            stale.commit_record("pmid:0")
+    with Manifest.load(run) as manifest:
+        recs = dict(manifest.records)
+    assert "pmid:0" not in recs and recs[f"pmcid:PMC{uid}"].stage == "downloaded"
+    assert recs["pmid:999"].title is None  # the failed commit wrote nothing
+
+
+def test_db_pmc_search_renames_pmid_0_of_an_article_that_now_has_a_pmid(
+    ncbi: FakeNcbi, tmp_path: Path
+) -> None:
+    """An article that had no PMID when the run was searched ('pmid:0', or 'pmcid:PMCn'
+    after 617df23) and has one now: the search added 'pmid:NNN' beside it. Now the record
+    is renamed 'pmid:NNN' (its PMID set) when nothing is keyed by its old id."""
+    docs = _replay_pmc_search(ncbi)
+    uid, pmid = "7771231", "33328347"  # the recording gives this article a PMID
+    assert {"idtype": "pmid", "value": pmid} in docs[uid]["articleids"]
+    run = tmp_path / "pmc"
+    _stale_run(run, uid)
+    output = _search_pmc(ncbi, run)
+    assert "searched: 19 done, 1 already done" in output, output
+    with Manifest.load(run) as manifest:
+        recs = dict(manifest.records)
+    assert len(recs) == 20 and "pmid:0" not in recs
+    assert (recs[f"pmid:{pmid}"].pmid, recs[f"pmid:{pmid}"].title) == (pmid, "old")
+    run2 = tmp_path / "pmc2"  # a record a search after 617df23 made, PMID-less then
+    from run_factory import make_run
+
+    from histocore.manifest import Record
+
+    make_run(run2, Record(id="pmcid:PMC7771052", pmcid="PMC7771052", stage="searched"))
+    output = _search_pmc(ncbi, run2)
+    assert "searched: 19 done, 1 already done" in output, output
+    with Manifest.load(run2) as manifest:
+        recs = dict(manifest.records)
+    assert len(recs) == 20 and "pmcid:PMC7771052" not in recs
+    assert recs["pmid:33238123"].pmcid == "PMC7771052"
 
 
 def _replay_pmc_search(ncbi: FakeNcbi) -> dict:

@@ -33,7 +33,7 @@ from histocore.schema import Image as Image
 from histocore.schema import Record as Record
 from histocore.schema import _names, row_of
 from histocore.store import STORE_NAME as STORE_NAME  # re-exported: the run store's file
-from histocore.store import Delta, RunStore, dumps
+from histocore.store import Delta, RenameRefused, RunStore, dumps  # noqa: F401 (re-exported)
 from histocore.sync import StoreSync, change_of
 
 

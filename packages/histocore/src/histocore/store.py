@@ -44,6 +44,10 @@ BUSY_TIMEOUT_S = 120.0
 #: A claim by a process on another host counts as abandoned after this many seconds.
 CLAIM_LEASE_S = 3600.0
 
+#: ``store_meta`` key prefix: ``renamed:<old id>`` holds the id a record was renamed to
+#: (:meth:`RunStore.rename_record`), so a process that read the old row cannot write it back.
+RENAMED = "renamed:"
+
 RECORD_COLUMNS = ("stage", "status", "failed_stage", "pmid", "pmcid")
 IMAGE_COLUMNS = ("record_id", "sha256", "source", "page", "status", "kept", "label")
 
@@ -121,6 +125,10 @@ class Delta:
         ) or bool(self.deleted_images or self.replace_images_of or self.release)
 
 
+class RenameRefused(ManifestError):
+    """:meth:`RunStore.rename_record` did not rename (the message says why)."""
+
+
 @dataclass
 class Claim:
     """The answer to :meth:`RunStore.claim`: taken or not, and the record's rows now."""
@@ -129,6 +137,8 @@ class Claim:
     record: str | None
     images: list[tuple[str, str]]
     holder: str | None = None
+    #: the record's id now, when it was renamed since this process read it (not taken)
+    renamed: str | None = None
 
 
 class RunStore:
@@ -318,10 +328,15 @@ class RunStore:
                 db.execute("DELETE FROM header WHERE key = ?", (key,))
             for change in delta.records:
                 stored = self._stored(db, "records", change)
+                if stored is None and change.patch is not None:
+                    self._refuse_renamed(str(change.row["id"]), f"record {change.row['id']}")
                 self._put_record(db, *self._merge("records", change, stored, merged))
             for rid in delta.deleted_records:
                 db.execute("DELETE FROM records WHERE id = ?", (rid,))
             current = self._images_now(db, delta.images)
+            for c in delta.images:
+                if c.patch is not None and c.row["id"] not in current:
+                    self._refuse_renamed(str(c.row.get("record_id")), f"image {c.row['id']}")
             rows = [
                 self._merge("images", c, current.get(c.row["id"]), merged) for c in delta.images
             ]
@@ -337,6 +352,53 @@ class RunStore:
                     [(rid, owner) for rid in delta.release],
                 )
         return merged
+
+    def _refuse_renamed(self, record_id: str, what: str) -> None:
+        """A row this process read, gone from the store because its record was renamed:
+        writing it would bring the old id back beside the new one (the article twice)."""
+        new = self.meta(RENAMED + record_id)
+        if new is not None:
+            raise ManifestError(
+                f"{self.path}: {what}: record {record_id} is now {new} (renamed by a search "
+                "since this process read the run); nothing was written, run the command again"
+            )
+
+    def rename_record(self, old: str, new: str, values: dict[str, Any]) -> str:
+        """Rename record ``old`` to ``new`` in place (its ``seq``, so its place in the run,
+        is kept), with ``values`` set on its row as stored now, and remember the rename
+        (``renamed:<old>``) so that a process holding the old row cannot write it back.
+        Refused (:class:`RenameRefused`, nothing written) while anything is keyed by the old
+        id: image rows (their ids, files, labels, review log lines and scores CSVs name it)
+        or a live process's claim. Returns the renamed row's JSON."""
+        with self.write() as db:
+            row = db.execute("SELECT data FROM records WHERE id = ?", (old,)).fetchone()
+            if row is None:
+                raise RenameRefused(f"record {old} is not in the run store")
+            if db.execute("SELECT 1 FROM records WHERE id = ?", (new,)).fetchone():
+                raise RenameRefused(f"record {new} is in the run already")
+            n = self.count("images", "record_id = ?", (old,))
+            if n:
+                rows = f"{n} image row{'s' if n != 1 else ''}"
+                verb = "are" if n != 1 else "is"
+                raise RenameRefused(
+                    f"its {rows} (files, labels, review log, scores) {verb} keyed by {old}"
+                )
+            held = db.execute(
+                "SELECT host, pid, since FROM claims WHERE record_id = ?", (old,)
+            ).fetchone()
+            if held and _alive(*held):
+                raise RenameRefused(f"a process ({held[0]}:{held[1]}) is working on it now")
+            data = json.loads(row[0]) | values | {"id": new}
+            text = dumps(data)
+            cols = [_column(data.get(c)) for c in RECORD_COLUMNS]
+            db.execute("DELETE FROM claims WHERE record_id = ?", (old,))  # a dead one's
+            db.execute(
+                "UPDATE records SET id = ?, stage = ?, status = ?, failed_stage = ?, pmid = ?,"
+                " pmcid = ?, data = ? WHERE id = ?",
+                (new, *cols, text, old),
+            )
+            self.set_meta(RENAMED + old, new)
+        return text
 
     @staticmethod
     def _stored(db: sqlite3.Connection, table: str, change: Change) -> str | None:
@@ -422,6 +484,9 @@ class RunStore:
             ).fetchone()
             if held and held[0] != owner and _alive(held[1], held[2], held[3]):
                 return Claim(False, None, [], holder=f"{held[1]}:{held[2]}")
+            renamed = self.meta(RENAMED + record_id)
+            if renamed is not None and self.rows_of(record_id)[0] is None:
+                return Claim(False, None, [], renamed=renamed)
             db.execute(
                 "INSERT OR REPLACE INTO claims VALUES (?, ?, ?, ?, ?, ?)",
                 (record_id, stage, owner, socket.gethostname(), os.getpid(), time.time()),

@@ -178,6 +178,15 @@ class StoreSync:
         writer changed since this process read them are refreshed from the store (rows it
         did not change are kept as they are here). False: skip it."""
         claim = self._db().claim(record_id, stage, self._owner)
+        if claim.renamed is not None:  # its row, as read here, must not be written back
+            log.warning(
+                "%s: record %s is now %s (renamed by a search since this process read the "
+                "run); skipped here, the next run takes it",
+                self.run_dir,
+                record_id,
+                claim.renamed,
+            )
+            self._forget(record_id)
         if not claim.taken:
             return False
         if claim.record is None:  # not committed yet (a row this process just added)
@@ -195,6 +204,28 @@ class StoreSync:
             if data != self._seen_img.get(iid) or iid not in self.images:
                 self.images[iid], self._seen_img[iid] = _image(data, where), data
         return True
+
+    def _forget(self, record_id: str) -> None:
+        """Drop a record and its images from memory (not from the store)."""
+        self.records.pop(record_id, None)
+        self._seen_rec.pop(record_id, None)
+        for img in self.images_of(record_id):
+            del self.images[img.id]
+            self._seen_img.pop(img.id, None)
+
+    def rename_record(self, old: str, new: str, **values: Any) -> Record:
+        """Rename record ``old`` to ``new`` in the store, in place and at once (one
+        transaction, its place in the run kept; ``values`` set on it), and here.
+        :class:`~histocore.store.RenameRefused` while image rows or a live claim are keyed
+        by ``old`` (see :meth:`RunStore.rename_record`); nothing changes then."""
+        text = self._db().rename_record(old, new, values)
+        rec = _record(text, str(self.store_path))
+        items = [(new, rec) if rid == old else (rid, r) for rid, r in self.records.items()]
+        self.records.clear()
+        self.records.update(items)
+        self._seen_rec.pop(old, None)
+        self._seen_rec[new] = text
+        return rec
 
     def release(self, record_ids: Iterable[str]) -> None:
         """Give up claims without committing (e.g. on Ctrl-C)."""

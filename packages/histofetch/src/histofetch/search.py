@@ -15,7 +15,7 @@ import io
 import logging
 import re
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_args
 
@@ -23,7 +23,7 @@ from Bio import Entrez
 
 from histocore.errors import UsageError
 from histocore.io import loads_json
-from histocore.manifest import Manifest, Record
+from histocore.manifest import Manifest, Record, RenameRefused
 from histocore.progress import task
 from histofetch.choices import Database
 from histofetch.http import NetClient, NetConfig, NetError
@@ -437,13 +437,15 @@ def _search_pmc(
         found.pmids = [u for u in found.pmids if in_shard(f"PMC{u}", shard)]
         meta = esummary(client, found.pmids, db="pmc")
     manifest.query = manifest.query or query
+    earlier = _pmid_less(manifest)
     for uid in found.pmids:
         m = meta.get(uid, {})
         pmcid = m.get("pmcid") or f"PMC{uid}"
         rid = f"pmid:{m['pmid']}" if m.get("pmid") else f"pmcid:{pmcid}"
-        if not m.get("pmid"):
-            _adopt_stale(manifest, rid, pmcid)
-        if rid in manifest.records:
+        old = earlier.get(pmcid)
+        if old is not None and old != rid and rid not in manifest.records:
+            _adopt(manifest, old, rid, m.get("pmid"))
+        if rid in manifest.records or old in manifest.records:
             summary.skipped += 1
             continue
         manifest.add_record(
@@ -469,24 +471,30 @@ def _search_pmc(
 STALE_ID = "pmid:0"
 
 
-def _adopt_stale(manifest: Manifest, rid: str, pmcid: str) -> None:
-    """Rename the stale ``pmid:0`` record of this article to ``rid`` (``pmcid:PMCn``), with
-    its progress and image rows (their files stay where they are): re-searching such a run
-    added ``pmcid:PMCn`` beside it, the same article twice."""
-    stale = manifest.records.get(STALE_ID)
-    if stale is None or rid in manifest.records or canonical_pmcid(stale.pmcid) != pmcid:
+def _pmid_less(manifest: Manifest) -> dict[str, str]:
+    """``{PMCID: record id}`` of the records made of a PMC article without a PMID: the
+    stale ``pmid:0`` and every ``pmcid:PMCn``."""
+    out: dict[str, str] = {}
+    for rid, rec in manifest.records.items():
+        pmcid = canonical_pmcid(rec.pmcid)
+        if pmcid and (rid == STALE_ID or rid == f"pmcid:{pmcid}"):
+            out.setdefault(pmcid, rid)
+    return out
+
+
+def _adopt(manifest: Manifest, old: str, rid: str, pmid: str | None) -> None:
+    """Give the record ``old`` of this article (``pmid:0``, or ``pmcid:PMCn`` of an article
+    that has a PMID now) its id ``rid``: renamed in place in the store (its place in the run
+    kept), so re-searching never adds the article twice. Refused while anything is keyed by
+    the old id (image rows: their files, labels, review log lines, scores CSVs; a live
+    process's claim): the record then keeps its id, one warning line says why, and the hit
+    counts as already done."""
+    try:
+        manifest.rename_record(old, rid, pmid=pmid)
+    except RenameRefused as exc:
+        log.warning("record %s is %s now, but keeps its id: %s", old, rid, exc)
         return
-    head = len(STALE_ID)
-    for img in manifest.images_of(STALE_ID):
-        del manifest.images[img.id]
-        parent = img.parent_id
-        if parent is not None and parent.startswith(STALE_ID + "/"):
-            parent = rid + parent[head:]
-        new_id = rid + img.id[head:] if img.id.startswith(STALE_ID + "/") else img.id
-        manifest.add_image(replace(img, id=new_id, record_id=rid, parent_id=parent))
-    del manifest.records[STALE_ID]
-    manifest.add_record(replace(stale, id=rid, pmid=None))
-    log.info("record %s (a PMC article without a PMID) is now %s", STALE_ID, rid)
+    log.info("record %s (a PMC article without a PMID then) is now %s", old, rid)
 
 
 def _remember(manifest: Manifest, query: str, found: SearchResult, key: dict[str, Any]) -> None:
