@@ -272,6 +272,28 @@ def test_md5_mismatch_keeps_nothing_of_that_file(ncbi: FakeNcbi, tmp_path: Path)
     assert len(ncbi.requests_to(f"{LIST}{PMCID}.1/mds52602.jpg")) == 2  # one re-download
 
 
+def test_every_figure_failing_its_md5_is_a_checksum_miss(ncbi: FakeNcbi, tmp_path: Path) -> None:
+    """Every figure file fails its MD5 twice and the version has no PDF: the record failed
+    as 'no figures' ('no figure files and no PDF'), as if the bucket named none, and
+    `histofetch status` counted it so; it is a checksum miss, the files named."""
+    from typer.testing import CliRunner
+
+    from histofetch.cli import app
+
+    wrong = tuple(FIGS)
+    ncbi.bucket.add_version(PMCID, 1, jats=real_jats(), media=FIGS, pdf=None, wrong_md5=wrong)
+    manifest = _download(ncbi, tmp_path, _rec("1", PMCID))
+    rec = manifest.records["pmid:1"]
+    assert rec.status == "failed" and (rec.reason or "").startswith("checksum: pmc-cloud: "), (
+        rec.reason
+    )
+    assert "2 files failed their MD5 check twice" in (rec.reason or ""), rec.reason
+    assert len(rec.extra["failed_files"]) == 2
+    status = CliRunner().invoke(app, ["status", "--run", str(tmp_path)])
+    assert status.exit_code == 0, status.output
+    assert "checksum" in status.output and "no figures" not in status.output, status.output
+
+
 def test_version_without_pdf_keeps_figures_only(ncbi: FakeNcbi, tmp_path: Path) -> None:
     ncbi.bucket.add_version(PMCID, 1, jats=real_jats(), media=FIGS, pdf=None)
     manifest = _download(ncbi, tmp_path, _rec("1", PMCID))

@@ -312,10 +312,16 @@ def _nothing_kept(files: ArticleFiles, failures: list[str]) -> tuple[str, str]:
     """The miss (category, detail) of a route whose files were all refused. Figure files
     it fetched (MD5-checked) that could not be decoded are a ``bad file``, not the same as
     a route with no figures (it read 'no figure files', and Europe PMC's 'no full text'
-    named the record's failure)."""
+    named the record's failure). Files that failed their MD5 check twice make it a
+    ``checksum`` miss (every figure file failing it read 'no figures', as if none was
+    named)."""
     listed = (" (" + "; ".join(failures[:5]) + ")") if failures else ""
     refused = files.pdf is not None or any(f.startswith("PDF: ") for f in failures)
     pdf = "no usable PDF" if refused else "no PDF"  # a PDF it had was refused, or none
+    if files.checksum_failures:
+        n = files.checksum_failures
+        what = f"{n} file{'s' if n != 1 else ''} failed {'their' if n != 1 else 'its'} MD5 check"
+        return "checksum", f"{what} twice, nothing kept, and {pdf}{listed}"
     if files.figures:  # each was decoded (and so kept) or refused: none was kept
         n = len(files.figures)
         what = (

@@ -64,6 +64,9 @@ class ArticleFiles:
     ids: dict[str, str] = field(default_factory=dict)
     #: One line per file that was named but not kept (missing, MD5 mismatch, too large).
     failures: list[str] = field(default_factory=list)
+    #: How many of those failed their MD5 check twice (the route's miss is then
+    #: ``checksum`` when it keeps nothing, not ``no figures``).
+    checksum_failures: int = 0
 
 
 class Route(Protocol):

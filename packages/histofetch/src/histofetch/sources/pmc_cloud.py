@@ -468,3 +468,5 @@ def _file_failure(files: ArticleFiles, what: str, exc: Exception) -> None:
     if isinstance(exc, NetError) and exc.status not in (403, 404) and not exc.too_large:
         raise exc
     files.failures.append(f"{what}: {exc}")
+    if isinstance(exc, Miss) and exc.category == "checksum":
+        files.checksum_failures += 1
