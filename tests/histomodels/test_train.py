@@ -619,6 +619,31 @@ def test_cli_finetune_of_a_model_without_its_default_weights_says_what_to_give(h
         assert r.exit_code == 1 and r.stderr.startswith("error: imagenet: no such weights file")
 
 
+@pytest.mark.parametrize(
+    ("given", "line"),
+    [
+        (["train", "--model-config", '{"width": 0}'],
+         "--model-config: model_config 'width' is 0; cnn takes int in [1, 4096]"),
+        (["finetune", "--model", "cnn", "--weights", "w.pt", "--input-size", "128"],
+         "--input-size: model_config key 'input_size', which cnn does not accept (it takes: "
+         "blocks, centre, depth, dropout, max_width, norm, width)"),
+        (["finetune", "--model", "cnn", "--weights", "w.pt", "--input-size", "128",
+          "--model-config", '{"depth": 0}'],
+         "--model-config: model_config 'depth' is 0; cnn takes int in [1, 13]"),
+    ],
+)  # fmt: skip
+def test_cli_model_config_an_option_gave_is_named_in_its_error(h5_files, tmp_path, given, line):
+    """``--model-config '{"width": 0}'`` was 'error: model_config 'width' is 0; ...', naming
+    no option (a config file's value names the file)."""
+    train_h5, val_h5 = h5_files
+    args = ["--data", str(train_h5), "--val", str(val_h5), "--out", str(tmp_path / "r"),
+            "--epochs", "1", "--quiet"]  # fmt: skip
+    r = CliRunner().invoke(app, [*given, *args])
+    assert r.exit_code == 1, r.output
+    assert r.stderr == f"error: {line}\n"
+    assert not (tmp_path / "r").exists()
+
+
 def test_ema_weights_are_the_ones_validated_and_saved(arrays, tmp_path):
     from histomodels.inference import predict_logits
 

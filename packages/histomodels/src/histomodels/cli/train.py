@@ -10,6 +10,7 @@ error, exit 2, before anything is read.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from dataclasses import dataclass
@@ -195,12 +196,14 @@ def _run(
     quiet: bool,
     overwrite: bool = False,
     base: dict[str, Any] | None = None,
+    given_by: dict[str, str] | None = None,
 ) -> None:
     """Resolve defaults < ``base`` preset < config file < ``options`` (None = not given),
-    then train into ``out``."""
+    then train into ``out``. ``given_by``: ``model_config`` keys an option other than
+    ``--model-config`` set (finetune's ``input_size``: ``--input-size``)."""
     try:
         _train(out, options, config=config, resume=resume, quiet=quiet, overwrite=overwrite,
-               base=base)  # fmt: skip
+               base=base, given_by=given_by)  # fmt: skip
     except BaseException as exc:
         if launched_distributed():
             from histomodels.distributed import report_early_failure
@@ -218,6 +221,7 @@ def _train(
     quiet: bool,
     overwrite: bool,
     base: dict[str, Any] | None,
+    given_by: dict[str, str] | None = None,
 ) -> None:
     from histomodels.config import TrainConfig, parse_model_config, resolve_config
 
@@ -244,6 +248,8 @@ def _train(
         require_paths(cfg.val, role="validation")
         if base is not None:
             _refuse_default_weights(cfg, options, config, base)
+        if options.get("model_config") is not None:
+            _check_given_model_config(cfg, given_by or {})
     from histomodels.training import TrainingError, train
 
     with errors(TrainingError), progress(enabled=not quiet):
@@ -254,6 +260,21 @@ def _train(
             f"best val AUC {m['val_auc']:.4f} (accuracy {m['val_accuracy']:.4f}) at epoch "
             f"{result.best_epoch}; stopped: {result.stop_reason}; {out / 'best.pt'}"
         )
+
+
+def _check_given_model_config(cfg: Any, given_by: dict[str, str]) -> None:
+    """``cfg.model_config`` (options gave some of it) as the model registry judges it
+    (:func:`~histomodels.config.check_model`), one line naming the option: ``error:
+    --model-config: model_config 'width' is 0; cnn takes int in [1, 4096]`` (it named no
+    option). ``given_by``: keys another option set (finetune's ``input_size``), judged
+    after the rest and named as that option."""
+    from histomodels.config import check_model
+
+    own = {k: v for k, v in cfg.model_config.items() if k not in given_by}
+    with errors():
+        check_model(dataclasses.replace(cfg, model_config=own), "--model-config")
+        for option in dict.fromkeys(given_by.values()):
+            check_model(cfg, option)
 
 
 def _refuse_default_weights(
@@ -446,11 +467,13 @@ def finetune_cmd(ctx: typer.Context, opts: FinetuneOptions) -> None:
     _resume_or_overwrite(ctx, runtime.resume, runtime.overwrite)
     given = _options(ctx)
     input_size, model_config = opts.input_size, opts.recipe.model_config
+    given_by = None
     if input_size and input_size != 96:
         mc = parse_model_config(model_config) if model_config else {}  # checked: an object
         given["model_config"] = json.dumps({**mc, "input_size": input_size})
+        given_by = {"input_size": "--input-size"}
     _run(opts.out, given, config=opts.run.config, resume=runtime.resume, quiet=runtime.quiet,
-         overwrite=runtime.overwrite, base=FINETUNE_DEFAULTS)  # fmt: skip
+         overwrite=runtime.overwrite, base=FINETUNE_DEFAULTS, given_by=given_by)  # fmt: skip
 
 
 def tune_cmd(
