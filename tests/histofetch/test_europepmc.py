@@ -187,3 +187,26 @@ def test_failed_files_are_the_kept_routes_own(ncbi: FakeNcbi, tmp_path: Path) ->
     assert "failed_files" not in rec.extra, rec.extra["failed_files"]
     assert "needs a password" in rec.extra["route_misses"][0], rec.extra
     assert run_status(tmp_path)["failed_files"] == 0
+
+
+def test_failed_files_of_a_record_no_route_kept_are_every_routes(
+    ncbi: FakeNcbi, tmp_path: Path
+) -> None:
+    """No route keeps anything: the bucket's two figure files fail their MD5 check twice,
+    Europe PMC's ZIP holds neither figure. extra.failed_files held only the last route's
+    list (Europe PMC's two missing files), the bucket's MD5 failures gone from it; now it
+    holds every route's, in the order the routes were tried."""
+    from histofetch.status import run_status
+
+    pmcid = "PMC77"
+    figs = {"mds52601.jpg": he_jpeg(0), "mds52602.jpg": he_jpeg(1)}
+    ncbi.bucket.add_version(pmcid, 1, jats=real_jats(), media=figs, pdf=None, wrong_md5=tuple(figs))
+    _serve(ncbi, _zip([("s1.xlsx", b"x")]))
+    manifest = _download(ncbi, tmp_path)
+    rec = manifest.records["pmid:77"]
+    assert rec.status == "failed", rec.reason
+    failed = rec.extra["failed_files"]
+    assert len(failed) == 4, failed
+    assert ["MD5 mismatch" in f for f in failed] == [True, True, False, False], failed
+    assert all("no file for href" in f for f in failed[2:]), failed
+    assert run_status(tmp_path)["failed_files"] == 4

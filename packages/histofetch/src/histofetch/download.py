@@ -143,6 +143,7 @@ class Downloader:
             routes.append((self.pdf_by_pmid, rec.pmid))
         figure_trouble = False
         held: ArticleFiles | None = None  # a figure route's checked PDF without figures
+        failed: list[str] = []  # every route's files named but not kept, in route order
         for route, key in routes:
             name = route.name
             is_pdf_route = route in (self.pdf_by_pmcid, self.pdf_by_pmid)
@@ -165,7 +166,8 @@ class Downloader:
                 figure_trouble |= miss.category == "network" and not is_pdf_route
                 if miss.files is not None:
                     self._note(rec, miss.files)
-                    _failed_files(rec, miss.files.failures)  # an encrypted PDF's miss too
+                    failed += miss.files.failures  # an encrypted PDF's miss too
+                    _failed_files(rec, failed)
                     if miss.files.pdf is not None and held is None and not is_pdf_route:
                         held = miss.files
                 if miss.final:
@@ -178,6 +180,8 @@ class Downloader:
                     rec.extra["route_misses"] = attempts.notes[:10]
                 return
             attempts.add(name, *_nothing_kept(files, failures))
+            failed += failures
+            _failed_files(rec, failed)
         # A figure route out of reach for now kept the PDF routes from being tried: the
         # next run retries the record, whichever category leads its reason.
         raise StageFailure(attempts.reason(), transient=True if figure_trouble else None)
@@ -302,10 +306,12 @@ def _unreadable(rec: Record, miss: UnreadableMetadata, before: str | None) -> Mi
 
 
 def _failed_files(rec: Record, failures: list[str]) -> None:
-    """The files a route named but did not keep, as ``extra["failed_files"]`` (at most 50),
-    whether the route then gave files or missed."""
+    """Files named but not kept, as ``extra["failed_files"]`` (each once, at most 50): the
+    kept route's own, or, while no route kept anything, every route's in the order tried
+    (it held only the last route's list: the bucket's MD5 failures vanished behind Europe
+    PMC's missing files)."""
     if failures:
-        rec.extra["failed_files"] = failures[:50]
+        rec.extra["failed_files"] = list(dict.fromkeys(failures))[:50]
 
 
 def _nothing_kept(files: ArticleFiles, failures: list[str]) -> tuple[str, str]:
