@@ -720,7 +720,9 @@ def test_yaml_config_file(tmp_path):
         ("model_config: {<<: [{width: 8}, {width: 8, width: 4}]}\n", "key 'width' given twice"),
         ("<<: {epochs: 1}\n<<: {epochs: 2}\n", "key '<<' given twice"),
         # one key to Python, written two ways: the line says what the file wrote
-        ("model_config: {1: a, true: b}\n", "keys 1 and true are the same key"),
+        # (quoted: 'keys 1 and true are the same key' read as prose)
+        ("model_config: {1: a, true: b}\n", "keys '1' and 'true' are the same key"),
+        ("model_config: {1: a, 1.0: b}\n", "keys '1' and '1.0' are the same key"),
     ],
 )
 def test_cli_bad_config_file_is_one_line(h5_files, tmp_path, text, message):

@@ -386,7 +386,7 @@ class _RepeatedKey(Exception):  # not a ValueError: loads_json would call it bad
     @property
     def problem(self) -> str:
         if self.written and self.written[0] != self.written[1]:
-            return f"keys {self.written[0]} and {self.written[1]} are the same key"
+            return f"keys {self.written[0]!r} and {self.written[1]!r} are the same key"
         return f"key {self.key!r} given twice"
 
 
