@@ -25,7 +25,7 @@ from histocore.manifest import (
     ManifestError,
     Record,
 )
-from histocore.store import STORE_NAME, RunStore, dumps
+from histocore.store import STORE_NAME, RenameRefused, RunStore, dumps
 
 V1 = Path(__file__).parent / "data" / "manifest_v1.jsonl"
 
@@ -287,3 +287,21 @@ def test_processes_creating_one_store_at_once_all_open_it(tmp_path: Path) -> Non
         store = RunStore(tmp_path / str(i))
         assert store.meta("format") == "histofetch.runstore"
         store.close()
+
+
+def test_a_rename_another_process_made_first_is_taken_as_done(tmp_path: Path) -> None:
+    """Two processes rename the same record (two searches of one run): the second found the
+    row gone and refused with 'record pmid:0 is not in the run store', a warning about a
+    rename that had happened; it now takes the renamed row, in its place."""
+    with Manifest.load(tmp_path, create=True) as m:
+        m.add_record(Record(id="pmid:0", pmid="0", pmcid="PMC5", stage="searched"))
+        m.add_record(Record(id="pmid:9", pmid="9", stage="searched"))
+        m.save()
+    with Manifest.load(tmp_path) as first, Manifest.load(tmp_path) as second:
+        first.rename_record("pmid:0", "pmcid:PMC5", pmid=None)
+        rec = second.rename_record("pmid:0", "pmcid:PMC5", pmid=None)
+        assert list(second.records) == ["pmcid:PMC5", "pmid:9"] and rec.pmid is None
+        with pytest.raises(RenameRefused, match="pmcid:PMC5 is in the run already"):
+            second.rename_record("pmid:9", "pmcid:PMC5", pmid=None)
+    with Manifest.load(tmp_path) as m:
+        assert list(m.records) == ["pmcid:PMC5", "pmid:9"]

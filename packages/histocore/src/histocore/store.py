@@ -372,6 +372,10 @@ class RunStore:
         or a live process's claim. Returns the renamed row's JSON."""
         with self.write() as db:
             row = db.execute("SELECT data FROM records WHERE id = ?", (old,)).fetchone()
+            if row is None and self.meta(RENAMED + old) == new:  # another process did it
+                done = db.execute("SELECT data FROM records WHERE id = ?", (new,)).fetchone()
+                if done is not None:
+                    return str(done[0])
             if row is None:
                 raise RenameRefused(f"record {old} is not in the run store")
             if db.execute("SELECT 1 FROM records WHERE id = ?", (new,)).fetchone():
