@@ -221,13 +221,45 @@ def test_ranks_started_by_hand_need_rank_and_the_masters_address(monkeypatch):
         init_distributed(torch.device("cpu"))
 
 
-def _by_hand(tmp_path, args, *, timeout=120, rank_args=None, rank_env=None, **env_vars):
+#: How long the by-hand ranks may take before the test calls them hung. The hang these tests
+#: guard is a rank waiting out the 30-minute join or collective timeout (1800 s); a healthy
+#: pair takes about 30 s on the 2 cores at load 7, 130-175 s at load 12 (measured 2026-12-01),
+#: and CI once needed more than the old 120 s. 420 s leaves the module fixture room under
+#: pytest's 600 s per test.
+BY_HAND_TIMEOUT = 420
+
+
+def _listening(port: int) -> bool:
+    """Something listens on TCP ``port`` here (Linux's socket tables; read, so the store
+    never sees a stray connection). True where the tables cannot be read: no wait then."""
+    from pathlib import Path
+
+    found = False
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        found = True
+        for row in rows:
+            local, state = row.split()[1], row.split()[3]
+            if state == "0A" and int(local.rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
+                return True
+    return not found
+
+
+def _by_hand(tmp_path, args, *, timeout=BY_HAND_TIMEOUT, rank_args=None, rank_env=None, **env_vars):
     """Two ranks of ``histomodels ARGS`` started by hand (RANK, WORLD_SIZE, MASTER_ADDR,
     MASTER_PORT; no torchrun), rank k in its own folder ``node<k>`` as if on its own node's
     disk. Returns [(exit code, stderr, seconds to exit)] per rank; a rank still running
     after ``timeout`` s is killed and fails the test (it would have waited 30 minutes).
     ``rank_args`` {rank: [more args]} / ``rank_env`` {rank: {VAR: value}} give one rank
-    options or environment of its own."""
+    options or environment of its own.
+
+    Rank 1 starts once rank 0 hosts the rendezvous store, so that every test sees what its
+    docstring says (rank 0 waiting in the join). Started together on a loaded box, rank 1
+    could fail more than a minute before rank 0's store was up; its report then outwaits
+    REPORT_WAIT and torch prints its connect error and a C++ stack on rank 1's stderr."""
     import time
 
     port = _free_port()
@@ -242,6 +274,10 @@ def _by_hand(tmp_path, args, *, timeout=120, rank_args=None, rank_env=None, **en
         node = tmp_path / f"node{rank}"
         pipe = subprocess.PIPE
         procs.append(subprocess.Popen(cmd, cwd=node, env=env, text=True, stdout=pipe, stderr=pipe))
+        while rank == 0 and not _listening(port) and procs[0].poll() is None:
+            if time.monotonic() - t0 > timeout:
+                break  # rank 0 never hosted the store: the wait below fails the test
+            time.sleep(0.1)
     done = []
     try:
         for proc in procs:
