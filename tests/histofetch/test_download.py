@@ -286,7 +286,7 @@ def test_sigkill_mid_download_then_resume_equals_uninterrupted(
     cmd = [sys.executable, "-m", "histofetch.cli", "download", "--run", str(killed), "--jobs", "1"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 240  # start-up and two records; minutes when loaded
         while len(ncbi.requests_to(hang)) == seen:
             assert time.monotonic() < deadline, "subprocess never reached record 3"
             time.sleep(0.05)

@@ -31,6 +31,12 @@ def _claims(run: Path) -> list[tuple[str, ...]]:
         return db.execute("SELECT record_id, stage FROM claims").fetchall()
 
 
+#: A call that ran past the 1-2 s limits by this much was not stopped at them: the work
+#: here hangs for 3600 s and the default limit is 1800 s. Worker start-up (spawn, imports)
+#: is most of the time and takes minutes on a loaded 2-core box, hence not less.
+HUNG = 240
+
+
 def test_a_record_that_never_ends_is_stopped_retried_once_then_failed(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -67,7 +73,7 @@ def test_a_record_that_never_ends_is_stopped_retried_once_then_failed(
     assert any("slow took longer than 2 s" in s and "read again, alone" in s for s in said)
     assert any("slow: skipped: took longer than 2 s" in s for s in said), said
     assert not any("worker process died" in s for s in said), said  # not a crash
-    assert took < 120, took
+    assert took < HUNG, took
     again = run_records(Manifest.load(run), "extracted", work, jobs=2, guard_attempts=True,
                         record_timeout=2)  # fmt: skip
     assert (again.done, again.failed, again.failed_before) == (0, 0, 1)  # skipped
@@ -97,7 +103,7 @@ def test_a_canary_that_hangs_is_a_canary_that_died() -> None:
     after the limit, counted from when its worker starts it; one that ends lives."""
     start = time.monotonic()
     assert not canary_lives(hang_reading_any, bare_canary, limit=1.0)
-    assert time.monotonic() - start < 60  # worker start-up (spawn, imports) + 1 s
+    assert time.monotonic() - start < HUNG  # worker start-up (spawn, imports) + 1 s
     assert canary_lives(read_fine, bare_canary, limit=1.0)
 
 
@@ -110,7 +116,7 @@ def test_records_that_all_hang_stop_the_call_when_the_canary_hangs_too(tmp_path:
     with pytest.raises(WorkerDied, match=r"ran past the limit of 1 s \(--record-timeout\)") as e:
         run_records(Manifest.load(run), "extracted", hang_reading_any, jobs=2,
                     guard_attempts=True, record_timeout=1.0)  # fmt: skip
-    assert time.monotonic() - start < 120
+    assert time.monotonic() - start < HUNG
     assert "known-good" in str(e.value) and "none was failed" in str(e.value)
     assert "memory" not in str(e.value).split("reading", 1)[1]  # no guessed cause
     m = Manifest.load(run)

@@ -50,7 +50,7 @@ def served(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     server, sock = build_server(run, port=0, reviewer="tester", scores=scores)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + 120  # a wait, no bound: it can take a while when loaded
     while not server.started and time.monotonic() < deadline:
         time.sleep(0.05)
     assert server.started, "uvicorn did not start"
