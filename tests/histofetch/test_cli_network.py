@@ -461,6 +461,84 @@ def test_db_pmc_search_renames_pmid_0_of_an_article_that_now_has_a_pmid(
     assert recs["pmid:33238123"].pmcid == "PMC7771052"
 
 
+def _pubmed_finds_pmc_article(ncbi: FakeNcbi, run: Path, pmcid: str) -> str:
+    """A PubMed search whose first hit is the PMC article ``pmcid`` (a PMID now: its
+    esummary and idconv name the PMCID), then a new article; the CLI output."""
+    ncbi.add_article(Article("40000001", title="now in PubMed", pmcid=pmcid))
+    ncbi.add_article(Article("40000002", title="another"))
+    ncbi.searches[QUERY] = ["40000001", "40000002"]
+    result = CliRunner().invoke(app, ["search", QUERY, "--run", str(run)], env=ncbi.env())
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_pubmed_search_renames_the_pmcid_record_of_a_db_pmc_search(
+    ncbi: FakeNcbi, tmp_path: Path
+) -> None:
+    """A --db pmc search made 'pmcid:PMC7770741' of an article without a PMID; a PubMed
+    search finding that article under its PMID now added 'pmid:40000001' beside it (the
+    article twice: 'searched: 2 done'). Now the record is renamed in place, its PMID set."""
+    _replay_pmc_search(ncbi)
+    uid = "7770741"  # esummary pmid "0" in the recording
+    run = tmp_path / "pmc"
+    assert "searched: 20 done" in _search_pmc(ncbi, run)
+    with Manifest.load(run) as manifest:
+        manifest.records[f"pmcid:PMC{uid}"].stage = "downloaded"
+        manifest.save()
+    before = _record_order(run)
+    output = _pubmed_finds_pmc_article(ncbi, run, f"PMC{uid}")
+    assert "searched: 1 done, 1 already done" in output, output
+    with Manifest.load(run) as manifest:
+        recs = dict(manifest.records)
+    assert len(recs) == 21 and f"pmcid:PMC{uid}" not in recs
+    adopted = recs["pmid:40000001"]
+    assert (adopted.pmid, adopted.pmcid, adopted.stage) == ("40000001", f"PMC{uid}", "downloaded")
+    where = before.index(f"pmcid:PMC{uid}")
+    assert _record_order(run)[where] == "pmid:40000001"  # its place in the run kept
+    assert _record_order(run)[-1] == "pmid:40000002"
+    run2 = tmp_path / "stale"  # 'pmid:0' of a search before 617df23 likewise
+    _stale_run(run2, uid)
+    output = _pubmed_finds_pmc_article(ncbi, run2, f"PMC{uid}")
+    assert "searched: 1 done, 1 already done" in output, output
+    with Manifest.load(run2) as manifest:
+        assert set(manifest.records) == {"pmid:40000001", "pmid:40000002"}
+        assert manifest.records["pmid:40000001"].title == "old"
+
+
+def test_pubmed_search_keeps_a_pmcid_record_with_images_and_says_so(
+    ncbi: FakeNcbi, tmp_path: Path
+) -> None:
+    """'pmcid:PMCn' with image rows keeps its id (files, labels, review log and scores name
+    it): the PubMed hit of that article counts as already done, with one warning line."""
+    from run_factory import make_run
+
+    from histocore.manifest import Image, Record
+
+    run = tmp_path / "pmc"
+    rid = "pmcid:PMC7770741"
+    make_run(run, Record(id=rid, pmcid="PMC7770741", stage="extracted"))
+    with Manifest.load(run) as manifest:
+        manifest.add_image(
+            Image(
+                id=f"{rid}/fig_a",
+                record_id=rid,
+                path="images/pmcid_PMC7770741/fig_a.png",
+                sha256="a" * 64,
+                width=8,
+                height=8,
+                source="jats",
+            )
+        )
+        manifest.save()
+    output = _pubmed_finds_pmc_article(ncbi, run, "PMC7770741")
+    assert "searched: 1 done, 1 already done" in output, output
+    warned = [line for line in output.splitlines() if rid in line]
+    assert len(warned) == 1 and "pmid:40000001" in warned[0] and "1 image" in warned[0], output
+    with Manifest.load(run) as manifest:
+        assert set(manifest.records) == {rid, "pmid:40000002"}
+        assert set(manifest.images) == {f"{rid}/fig_a"}
+
+
 def _replay_pmc_search(ncbi: FakeNcbi) -> dict:
     """NCBI's recorded esearch/esummary answers for db=pmc served for QUERY; the esummary
     result (uids and their documents)."""

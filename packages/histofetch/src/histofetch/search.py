@@ -388,6 +388,7 @@ def _search_pubmed(
             "narrow the query with --mindate/--maxdate"
         ] += 1
     manifest.query = manifest.query or query
+    earlier = _pmid_less(manifest)
     for pmid in found.pmids:
         rid = f"pmid:{pmid}"
         if rid in manifest.records:
@@ -395,12 +396,22 @@ def _search_pubmed(
             continue
         m = meta.get(pmid, {})
         idrow = ids.get(pmid)
+        pmcid = idrow.pmcid if idrow and idrow.pmcid else m.get("pmcid")
+        # the article's record from a --db pmc search made when it had no PMID
+        old = earlier.get(canonical_pmcid(pmcid) or "")
+        if old is not None:
+            _adopt(manifest, old, rid, pmid)
+            if rid in manifest.records:  # renamed: a second PMID of that PMCID is new
+                del earlier[canonical_pmcid(pmcid) or ""]
+            if rid in manifest.records or old in manifest.records:
+                summary.skipped += 1
+                continue
         manifest.add_record(
             Record(
                 id=rid,
                 query=query,
                 pmid=pmid,
-                pmcid=(idrow.pmcid if idrow and idrow.pmcid else m.get("pmcid")),
+                pmcid=pmcid,
                 doi=m.get("doi") or (idrow.doi if idrow else None),
                 title=m.get("title"),
                 journal=m.get("journal"),
