@@ -834,7 +834,8 @@ def test_pre_recipe_values_are_what_the_builders_build_without_the_key():
         (
             "cnn",
             {"width": 4096, "max_width": 4096, "blocks": 64, "depth": 7},
-            'error: model_config {"width": 4096, "max_width": 4096, "blocks": 64, "depth": 7}: '
+            'error: --model-config: model_config {"width": 4096, "max_width": 4096, "blocks": 64, '
+            '"depth": 7}: '
             "builds a cnn of 67,",
         ),
         ("timm/vit_tiny_patch16_224", {"img_size": []}, "'img_size' is []"),  # IndexError
@@ -867,6 +868,37 @@ def test_cli_model_config_that_cannot_build_is_one_line(h5_files, tmp_path, mode
     assert len(line.splitlines()) == 1 and line.startswith("error: ") and "model_config" in line
     assert message in line
     assert "centre" not in line  # the recipe's default, which the user did not give
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize(
+    ("given", "in_file", "source"),
+    [
+        (["--model-config", '{"depth": 8}'], None, "--model-config"),
+        ([], {"depth": 8}, "c.json"),
+        (["--model-config", '{"depth": 8}'], {}, "--model-config"),
+        (["--model-config", '{"depth": 8}'], {"dropout": 0.1}, "c.json and --model-config"),
+        (["--model-config", '{"width": 8}'], {"depth": 8}, "c.json and --model-config"),
+        (["--model-config", '{"width": 4096, "max_width": 4096, "blocks": 64, "depth": 7}'],
+         None, "--model-config"),
+    ],
+)  # fmt: skip
+def test_cli_trial_build_refusal_names_where_the_config_came_from(
+    h5_files, tmp_path, given, in_file, source
+):
+    """'cannot build' (and the 10^9 refusal) named neither --model-config nor the config
+    file, unlike check_model's refusals of the same values: it now starts with them."""
+    train_h5, val_h5 = h5_files
+    args = ["train", "--data", str(train_h5), "--val", str(val_h5), "--out", str(tmp_path / "r")]
+    if in_file is not None:
+        (tmp_path / "c.json").write_text(json.dumps({"model_config": in_file}))
+        args += ["--config", str(tmp_path / "c.json")]
+    r = CliRunner().invoke(app, [*args, *given, "--epochs", "1", "--quiet"])
+    assert r.exit_code == 1, r.output
+    line = r.stderr.strip()
+    shown = source.replace("c.json", str(tmp_path / "c.json"))
+    assert len(line.splitlines()) == 1 and line.startswith(f"error: {shown}: model_config {{"), line
+    assert "cannot build cnn" in line or "builds a cnn of" in line
     assert not (tmp_path / "r").exists()
 
 

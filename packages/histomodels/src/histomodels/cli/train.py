@@ -251,15 +251,39 @@ def _train(
         if options.get("model_config") is not None:
             _check_given_model_config(cfg, given_by or {})
     from histomodels.training import TrainingError, train
+    from histomodels.training.network import BuildRefused
 
     with errors(TrainingError), progress(enabled=not quiet):
-        result = train(cfg, out, resume=resume)
+        try:
+            result = train(cfg, out, resume=resume)
+        except BuildRefused as exc:  # name where the keys came from, as check_model does
+            where = _model_config_sources(exc.given, options, config, given_by or {})
+            fail(f"{where}: {exc}" if where else str(exc))
     m = result.best_metrics
     if m:
         typer.echo(
             f"best val AUC {m['val_auc']:.4f} (accuracy {m['val_accuracy']:.4f}) at epoch "
             f"{result.best_epoch}; stopped: {result.stop_reason}; {out / 'best.pt'}"
         )
+
+
+def _model_config_sources(
+    given: dict[str, Any], options: dict[str, Any], config: Path | None, given_by: dict[str, str]
+) -> str:
+    """Where the ``given`` model_config keys came from: ``--model-config`` (or the option
+    ``given_by`` names), the config file, or both (``c.json and --model-config``)."""
+    from histomodels.config import read_config_file
+
+    own = options.get("model_config") or {}
+    data = read_config_file(config) if config else {}
+    theirs = data.get("model_config") if isinstance(data.get("model_config"), dict) else {}
+    where: list[str] = []
+    for key in given:
+        source = (given_by.get(key, "--model-config") if key in own
+                  else str(config) if key in theirs else None)  # fmt: skip
+        if source and source not in where:
+            where.append(source)
+    return " and ".join(sorted(where, key=lambda s: s.startswith("-")))
 
 
 def _check_given_model_config(cfg: Any, given_by: dict[str, str]) -> None:

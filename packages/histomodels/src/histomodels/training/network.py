@@ -31,6 +31,17 @@ CONFIG_FAULTS: tuple[type[Exception], ...] = (
 )  # fmt: skip
 
 
+class BuildRefused(ConfigError):
+    """The trial build refused ``model_config``: it cannot build, or builds a model over
+    :data:`~histomodels.models.registry.MAX_MODEL_VALUES` values. ``given``: the keys the
+    user gave (empty: the defaults), for the caller to name where they came from (the CLI:
+    ``--model-config`` or the config file)."""
+
+    def __init__(self, message: str, given: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.given = given
+
+
 def build_model(
     cfg: TrainConfig,
     device: torch.device,
@@ -47,7 +58,7 @@ def build_model(
     (:func:`~histomodels.models.registry.check_build`: no memory, so a config asking for
     30 GB is refused before it is allocated). ``given``: the ``model_config`` values the
     user gave (default :func:`given_config`). When it holds any, what that trial or the
-    build raises of :data:`CONFIG_FAULTS` is one ConfigError naming them, unless the same
+    build raises of :data:`CONFIG_FAULTS` is one :class:`BuildRefused` naming them, unless the same
     trial without them fails too; other exceptions, and any with the defaults alone, are
     bugs and keep their traceback. Over 10^9 values is refused whoever gave the config."""
     if state is not None:  # the config is the file's: the same rebuild as any checkpoint
@@ -64,7 +75,7 @@ def build_model(
             check_build(cfg.model, cfg.model_config, input_size)
         model = create_model(cfg.model, weights=cfg.weights, **cfg.model_config)
     except ModelTooLarge as exc:
-        raise ConfigError(f"{shown}: {exc}") from None
+        raise BuildRefused(f"{shown}: {exc}", given) from None
     except DomainError as exc:
         if isinstance(exc, ModelError):
             raise ConfigError(str(exc)) from None
@@ -74,7 +85,7 @@ def build_model(
             raise
         size = f" for {input_size}x{input_size} px patches" if input_size else ""
         why = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-        raise ConfigError(f"{shown}: cannot build {cfg.model}{size} ({why})") from None
+        raise BuildRefused(f"{shown}: cannot build {cfg.model}{size} ({why})", given) from None
     return _placed(model, cfg, device)
 
 
