@@ -100,10 +100,11 @@ def test_cli_errors_are_one_line_and_non_zero(tmp_path: Path) -> None:
     result = runner.invoke(app, ["search", "x", "--run", str(tmp_path / "r")], env=env)
     assert result.exit_code == 1
     # the URL is the subject; what stopped follows (it read 'error: search failed: connection
-    # failed (…): http://127.0.0.1:9/esearch.fcgi (gave up after 1 attempts)')
+    # failed (…): http://127.0.0.1:9/esearch.fcgi (gave up after 1 attempts)'); one attempt
+    # is singular (it said '1 attempts')
     assert result.stderr == (
         "error: http://127.0.0.1:9/esearch.fcgi: connection failed (ConnectError: [Errno 111] "
-        "Connection refused) (gave up after 1 attempts); search failed\n"
+        "Connection refused) (gave up after 1 attempt); search failed\n"
     )
     result = runner.invoke(app, ["download", "--run", str(tmp_path / "nothing")])
     assert result.exit_code == 1

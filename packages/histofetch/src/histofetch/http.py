@@ -376,7 +376,8 @@ class NetClient:
             if delay is None:
                 delay = cfg.backoff * (2**attempt) * (1 + 0.1 * random.random())
             self._pause(min(delay or 0.0, cfg.max_backoff))
-        gave_up = f" (gave up after {cfg.max_retries + 1} attempts)"
+        tries = cfg.max_retries + 1
+        gave_up = f" (gave up after {tries} attempt{'s' if tries != 1 else ''})"
         raise NetError(f"{last}{gave_up}", url=url, problem=problem + gave_up)
 
     def _send(self, method: str, url: str, **kw: Any) -> httpx.Response:
