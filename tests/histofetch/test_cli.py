@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ from conftest import unboxed
 from pdf_factory import build_image_pdf, he_like, write_encrypted
 from typer.testing import CliRunner
 
+from histocore.manifest import Manifest
 from histofetch.cli import app
 
 runner = CliRunner()
@@ -334,3 +336,20 @@ def test_a_newline_in_a_file_name_cannot_forge_a_second_error_line(tmp_path: Pat
     assert (
         _error_line(result) == "error: nope.pdf\\nerror: everything is fine: no such file or folder"
     )
+
+
+def test_filter_reasons_name_thresholds_as_the_user_gave_them(tmp_path: Path, pdfs: Path) -> None:
+    """`--purple 0.9999999` read 'purple ratio too low (1.00 < 1)' in the reject reason
+    (`:g` keeps six digits): a threshold the user never gave, and a ratio that reads above
+    it. Now the threshold as given, the ratio in full where 2 decimals would mislead."""
+    run = tmp_path / "run"
+    assert runner.invoke(app, ["extract", "--run", str(run), str(pdfs)]).exit_code == 0
+    args = ["filter", "--run", str(run), "--purple", "0.9999999", "--no-sheet"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    with Manifest.load(run) as manifest:
+        reasons = [i.filter_reason for i in manifest.images.values()]
+    assert reasons and all(r and "purple ratio too low" in r for r in reasons), reasons
+    # the measured ratio is written so it reads below the threshold (it read '1.00 < 1')
+    shown = [re.search(r"\((\S+) < 0\.9999999\)", r or "") for r in reasons]
+    assert all(m and float(m.group(1)) < 0.9999999 for m in shown), reasons

@@ -102,3 +102,18 @@ def test_apply_stores_the_decision_on_the_row() -> None:
     assert img.filter_reason is not None
     assert img.kept is False and img.filter_reason.startswith("not H&E by the classifier")
     assert img.extra["decision"]["margin"] == -0.1
+
+
+def test_colour_reasons_name_each_threshold_as_given() -> None:
+    """`:g` wrote --max-dark 0.2000001 as '0.2' and --min-he 0.5000001 as '0.5' (an H&E
+    score '0.50' then read as passing); the reason now shows what the user gave."""
+    limits = Thresholds(purple=0.3, max_dark=0.2000001, min_detail=0.0450001, min_he=0.5000001)
+    dark = decide(row(None, dark_fraction=0.25), limits).reason
+    assert dark == "dark image, fluorescence or colour map (0.25 > 0.2000001)"
+    grain = decide(row(None, detail=0.045), limits).reason
+    assert grain == "smooth colour gradient, not tissue grain (0.045 < 0.0450001)"
+    img = row(None)
+    img.he_score = 0.5
+    assert decide(img, limits).reason == "H&E score too low (0.50 < 0.5000001)"
+    img.purple_ratio = 0.2999  # 2 decimals would read '0.30 < 0.3'
+    assert decide(img, limits).reason == "purple ratio too low (0.2999 < 0.3)"

@@ -38,6 +38,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any
 
+from histocore.io import number_text
 from histocore.manifest import Image
 
 
@@ -81,6 +82,18 @@ class Decision:
     margin: float  # signed distance to the boundary (>0 kept), for sorting sheets
 
 
+def _versus(value: float, sign: str, limit: float, digits: int = 2) -> str:
+    """``"<value> <sign> <limit>"`` for a reject reason: the threshold as the user gave it
+    (:func:`number_text`; ``:g`` wrote ``--purple 0.9999999`` as ``1``), the measured value
+    at ``digits`` decimals, or in full where rounding would put it on the threshold or its
+    other side (``1.00 < 0.9999999``)."""
+    text = f"{value:.{digits}f}"
+    rounded = float(text)
+    if rounded == limit or (rounded < limit) != (value < limit):
+        text = number_text(value)
+    return f"{text} {sign} {number_text(limit)}"
+
+
 def colour_test(img: Image, limits: Thresholds) -> tuple[str | None, bool]:
     """(reason the colour rule rejects, whether that test is a hard one) or (None, False)."""
     colour = img.extra.get("colour", {})
@@ -95,16 +108,17 @@ def colour_test(img: Image, limits: Thresholds) -> tuple[str | None, bool]:
     if blocks < limits.min_blocks or tissue < limits.min_tissue:
         return f"tissue region too small ({blocks} blocks, {tissue:.2f})", False
     if dark > limits.max_dark:
-        return f"dark image, fluorescence or colour map ({dark:.2f} > {limits.max_dark:g})", False
-    if detail < limits.min_detail:
         return (
-            f"smooth colour gradient, not tissue grain ({detail:.3f} < {limits.min_detail:g})",
+            f"dark image, fluorescence or colour map ({_versus(dark, '>', limits.max_dark)})",
             False,
         )
+    if detail < limits.min_detail:
+        grain = _versus(detail, "<", limits.min_detail, 3)
+        return f"smooth colour gradient, not tissue grain ({grain})", False
     if purple < limits.purple:
-        return f"purple ratio too low ({purple:.2f} < {limits.purple:g})", False
+        return f"purple ratio too low ({_versus(purple, '<', limits.purple)})", False
     if he < limits.min_he:
-        return f"H&E score too low ({he:.2f} < {limits.min_he:g})", False
+        return f"H&E score too low ({_versus(he, '<', limits.min_he)})", False
     return None, False
 
 
