@@ -902,3 +902,23 @@ def test_undecodable_figure_miss_counts_right_and_names_a_refused_pdf(
         "bad file: pmc-cloud: none of its 2 figure files could be decoded, and no usable PDF ("
     ), rec.reason
     assert "PDF: " in rec.reason
+
+
+def test_md5_failures_of_the_jats_version_stay_checksum_past_the_newest_pdf(
+    ncbi: FakeNcbi, tmp_path: Path
+) -> None:
+    """Every figure file of the version with JATS fails its MD5 twice and the newest version
+    (no JATS) names a PDF that is 404: the record failed as 'no full text: … gave no figure
+    files and no PDF', the checksum failures lost on the way to the newest version's PDF;
+    it is a checksum miss, each file named once."""
+    ncbi.bucket.add_version(PMCID, 1, jats=real_jats(), media=FIGS, pdf=None, wrong_md5=tuple(FIGS))
+    ncbi.bucket.add_version(PMCID, 2, jats=None, pdf=make_pdf())
+    del ncbi.bucket.objects[f"{PMCID}.2/{PMCID}.2.pdf"]  # the newest version's PDF: 404
+    manifest = _download(ncbi, tmp_path, _rec("1", PMCID))
+    rec = manifest.records["pmid:1"]
+    assert rec.status == "failed" and (rec.reason or "").startswith("checksum: pmc-cloud: "), (
+        rec.reason
+    )
+    assert "2 files failed their MD5 check twice" in (rec.reason or ""), rec.reason
+    assert "gave no figure files" not in (rec.reason or ""), rec.reason
+    assert len(rec.extra["failed_files"]) == 2, rec.extra["failed_files"]

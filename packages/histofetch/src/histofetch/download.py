@@ -58,6 +58,7 @@ CATEGORY_ORDER = (
     "not open access",
     "no PMCID",
     "not in bucket",
+    "no JATS",
     "no full text",
     "no figure files",
     "no figures",

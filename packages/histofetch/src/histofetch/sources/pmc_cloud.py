@@ -324,12 +324,13 @@ class PmcCloud:
             # PDF, held as a route without JATS holds it (pmc-cloud-pdf).
             self.policy.check(newer)
             newer.failures = files.failures
+            newer.checksum_failures = files.checksum_failures  # a checksum miss, not no JATS
             got = f"no usable PDF ({refused.detail})" if refused else "no PDF"
-            done = f"{pmcid}.{chosen} (JATS) gave no figure files and {got}; "
+            done = f"{pmcid}.{chosen} (JATS) {_gave(files)} and {got}; "
             self._pdf_only(f"{pmcid}.{newest}", metas[newest], newer, before=done)
         if refused is not None:  # its own miss (encrypted PDF...), not "no figures"
             failed = [f for f in files.failures if not f.startswith("PDF: ")]
-            detail = f"{pmcid}.{chosen} gave no figure files; its PDF: {refused.detail}"
+            detail = f"{pmcid}.{chosen} {_gave(files)}; its PDF: {refused.detail}"
             if failed:
                 detail += " (" + "; ".join(failed[:5]) + ")"
             raise Miss(refused.category, detail, files=files)
@@ -438,8 +439,10 @@ class PmcCloud:
         has one (``files.pdf``), which download keeps as the first PDF route. ``before``
         starts the miss's detail (what an older version with JATS gave)."""
         why = f"{before}{name}.json names no xml_url (no JATS, no figures)"
+        # the older version's figure files failed their MD5 check twice: that names the miss
+        no_jats = "checksum" if files.checksum_failures else "no JATS"
         if not meta.get("pdf_url"):
-            raise Miss("no JATS", f"{why} and no pdf_url", files=files)
+            raise Miss(no_jats, f"{why} and no pdf_url", files=files)
         try:
             pdf_key, pdf_md5 = s3_key(str(meta["pdf_url"]))
         except ValueError as exc:
@@ -451,15 +454,22 @@ class PmcCloud:
         except NetError as exc:  # other network trouble stops the route (retried later)
             if exc.status not in (403, 404) and not exc.too_large:
                 raise
-            raise Miss("no JATS", f"{why}; its PDF: {exc}", files=files) from None
+            raise Miss(no_jats, f"{why}; its PDF: {exc}", files=files) from None
         try:
             check_pdf(pdf)
         except NotAPdf as exc:
             raise Miss(exc.category, f"{why}; its PDF: {exc} from {pdf_key}", files=files) from None
         files.pdf = pdf
-        raise Miss(
-            "no JATS", f"{why}; its PDF is taken if no figure route has figures", files=files
-        )
+        raise Miss(no_jats, f"{why}; its PDF is taken if no figure route has figures", files=files)
+
+
+def _gave(files: ArticleFiles) -> str:
+    """What a version with JATS gave that kept no figure: none named, or MD5 failures."""
+    n = files.checksum_failures
+    if not n:
+        return "gave no figure files"
+    what = f"{n} file{'s' if n != 1 else ''} failed {'their' if n != 1 else 'its'} MD5 check"
+    return f"kept no figure ({what} twice)"
 
 
 def _file_failure(files: ArticleFiles, what: str, exc: Exception) -> None:
