@@ -305,3 +305,83 @@ def test_a_rename_another_process_made_first_is_taken_as_done(tmp_path: Path) ->
             second.rename_record("pmid:9", "pmcid:PMC5", pmid=None)
     with Manifest.load(tmp_path) as m:
         assert list(m.records) == ["pmcid:PMC5", "pmid:9"]
+
+
+def _claimed_by_a_dead_process(run: Path, record_id: str) -> None:
+    """A stage attempt that claimed ``record_id`` and was killed before it committed."""
+    code = (
+        "import os\n"
+        "from histocore.manifest import Manifest\n"
+        f"m = Manifest.load({str(run)!r})\n"
+        f"assert m.claim({record_id!r}, 'extracted')\n"
+        "os._exit(9)\n"
+    )
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 9
+
+
+def test_an_unfinished_attempt_or_its_files_refuse_a_rename(tmp_path: Path) -> None:
+    """A dead process's claim counts the record's unfinished attempts (a PDF that kills
+    MuPDF fails it after MAX_UNFINISHED_ATTEMPTS): the rename deleted it, giving the PDF one
+    attempt more, and left the PNGs that attempt wrote in images/pmid_0/ behind. Both now
+    refuse the rename, like image rows, and nothing changes."""
+    with Manifest.load(tmp_path, create=True) as m:
+        m.add_record(Record(id="pmid:0", pmid="0", pmcid="PMC5", stage="downloaded"))
+        m.save()
+    _claimed_by_a_dead_process(tmp_path, "pmid:0")
+    with Manifest.load(tmp_path) as m:
+        with pytest.raises(RenameRefused, match=r"unfinished attempt .* counted on pmid:0"):
+            m.rename_record("pmid:0", "pmcid:PMC5", pmid=None)
+        assert list(m.records) == ["pmid:0"]
+    store = RunStore(tmp_path)
+    assert store.abandoned_claims("pmid:0") == [("pmid:0", "extracted")]
+    store.db.execute("DELETE FROM claims")  # the attempt's claim gone (released), its files not
+    store.db.commit()
+    store.close()
+    (tmp_path / "images" / "pmid_0").mkdir(parents=True)
+    (tmp_path / "images" / "pmid_0" / "page001_img01.png").write_bytes(b"half")
+    with (
+        Manifest.load(tmp_path) as m,
+        pytest.raises(RenameRefused, match=r"images/pmid_0/ are named by pmid:0"),
+    ):
+        m.rename_record("pmid:0", "pmcid:PMC5", pmid=None)
+    with Manifest.load(tmp_path) as m:
+        assert list(m.records) == ["pmid:0"]
+
+
+def test_a_rename_to_another_id_first_says_where_the_record_went(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Search A renamed 'pmid:0' to 'pmcid:PMC5'; search B, which read the run before, then
+    tried 'pmid:0' -> 'pmid:77' and warned 'record pmid:0 is pmid:77 now, but keeps its id:
+    record pmid:0 is not in the run store' (it had been renamed). It now names the record's
+    id now, following the renames."""
+    from histofetch.search import _adopt
+
+    with Manifest.load(tmp_path, create=True) as m:
+        m.add_record(Record(id="pmid:0", pmid="0", pmcid="PMC5", stage="searched"))
+        m.save()
+    with Manifest.load(tmp_path) as first, Manifest.load(tmp_path) as second:
+        first.rename_record("pmid:0", "pmcid:PMC5", pmid=None)
+        first.rename_record("pmcid:PMC5", "pmid:88", pmid="88")
+        with pytest.raises(RenameRefused, match="pmid:0 was renamed pmid:88 already") as caught:
+            second.rename_record("pmid:0", "pmid:77", pmid="77")
+        assert caught.value.renamed == "pmid:88"
+        _adopt(second, "pmid:0", "pmid:77", "77")
+    warned = [r.getMessage() for r in caplog.records if "pmid:0" in r.getMessage()]
+    assert len(warned) == 1 and "keeps its id" not in warned[0], warned
+    assert "is pmid:88 now" in warned[0] and "not in the run store" not in warned[0], warned
+
+
+def test_a_stale_commit_names_the_record_once(tmp_path: Path) -> None:
+    """A commit of a row renamed since it was read said 'run.sqlite: record pmid:0: record
+    pmid:0 is now pmcid:PMC5 …', the record named twice."""
+    with Manifest.load(tmp_path, create=True) as m:
+        m.add_record(Record(id="pmid:0", pmid="0", pmcid="PMC5", stage="searched"))
+        m.save()
+    with Manifest.load(tmp_path) as first, Manifest.load(tmp_path) as second:
+        first.rename_record("pmid:0", "pmcid:PMC5", pmid=None)
+        second.records["pmid:0"].stage = "downloaded"
+        with pytest.raises(ManifestError) as caught:
+            second.commit()
+    message = str(caught.value)
+    assert message.count("pmid:0") == 1 and "record pmid:0 is now pmcid:PMC5" in message, message

@@ -34,7 +34,7 @@ from typing import Any
 from urllib.parse import quote
 
 from histocore.errors import ManifestError
-from histocore.io import NotJSON, loads_json
+from histocore.io import NotJSON, loads_json, record_slug
 
 STORE_NAME = "run.sqlite"
 STORE_FORMAT = "histofetch.runstore"
@@ -127,6 +127,11 @@ class Delta:
 
 class RenameRefused(ManifestError):
     """:meth:`RunStore.rename_record` did not rename (the message says why)."""
+
+    def __init__(self, message: str, *, renamed: str | None = None) -> None:
+        super().__init__(message)
+        #: the record's id now, when another process renamed it to another id first
+        self.renamed = renamed
 
 
 @dataclass
@@ -329,7 +334,7 @@ class RunStore:
             for change in delta.records:
                 stored = self._stored(db, "records", change)
                 if stored is None and change.patch is not None:
-                    self._refuse_renamed(str(change.row["id"]), f"record {change.row['id']}")
+                    self._refuse_renamed(str(change.row["id"]), None)
                 self._put_record(db, *self._merge("records", change, stored, merged))
             for rid in delta.deleted_records:
                 db.execute("DELETE FROM records WHERE id = ?", (rid,))
@@ -353,14 +358,15 @@ class RunStore:
                 )
         return merged
 
-    def _refuse_renamed(self, record_id: str, what: str) -> None:
+    def _refuse_renamed(self, record_id: str, what: str | None) -> None:
         """A row this process read, gone from the store because its record was renamed:
         writing it would bring the old id back beside the new one (the article twice)."""
         new = self.meta(RENAMED + record_id)
         if new is not None:
+            where = f"{self.path}: " + (f"{what}: " if what else "")
             raise ManifestError(
-                f"{self.path}: {what}: record {record_id} is now {new} (renamed by a search "
-                "since this process read the run); nothing was written, run the command again"
+                f"{where}record {record_id} is now {new} (renamed by a search since this "
+                "process read the run); nothing was written, run the command again"
             )
 
     def rename_record(self, old: str, new: str, values: dict[str, Any]) -> str:
@@ -368,14 +374,19 @@ class RunStore:
         is kept), with ``values`` set on its row as stored now, and remember the rename
         (``renamed:<old>``) so that a process holding the old row cannot write it back.
         Refused (:class:`RenameRefused`, nothing written) while anything is keyed by the old
-        id: image rows (their ids, files, labels, review log lines and scores CSVs name it)
-        or a live process's claim. Returns the renamed row's JSON."""
+        id: image rows (their ids, files, labels, review log lines and scores CSVs name it),
+        files under ``images/<old slug>/`` (an attempt left them), or a claim, a live
+        process's or a dead one's (it counts the record's unfinished attempts). Returns the
+        renamed row's JSON."""
         with self.write() as db:
             row = db.execute("SELECT data FROM records WHERE id = ?", (old,)).fetchone()
-            if row is None and self.meta(RENAMED + old) == new:  # another process did it
+            now = self._renamed_to(old) if row is None else None
+            if now == new:  # another process did it
                 done = db.execute("SELECT data FROM records WHERE id = ?", (new,)).fetchone()
                 if done is not None:
                     return str(done[0])
+            if now is not None:
+                raise RenameRefused(f"record {old} was renamed {now} already", renamed=now)
             if row is None:
                 raise RenameRefused(f"record {old} is not in the run store")
             if db.execute("SELECT 1 FROM records WHERE id = ?", (new,)).fetchone():
@@ -392,10 +403,18 @@ class RunStore:
             ).fetchone()
             if held and _alive(*held):
                 raise RenameRefused(f"a process ({held[0]}:{held[1]}) is working on it now")
+            if held:  # dropping it would give the record an attempt more than allowed
+                raise RenameRefused(
+                    f"an unfinished attempt (process {held[0]}:{held[1]}, gone) is counted on {old}"
+                )
+            folder = self.run_dir / "images" / record_slug(old)
+            if folder.is_dir() and any(folder.iterdir()):
+                raise RenameRefused(
+                    f"files an attempt left in images/{folder.name}/ are named by {old}"
+                )
             data = json.loads(row[0]) | values | {"id": new}
             text = dumps(data)
             cols = [_column(data.get(c)) for c in RECORD_COLUMNS]
-            db.execute("DELETE FROM claims WHERE record_id = ?", (old,))  # a dead one's
             db.execute(
                 "UPDATE records SET id = ?, stage = ?, status = ?, failed_stage = ?, pmid = ?,"
                 " pmcid = ?, data = ? WHERE id = ?",
@@ -403,6 +422,18 @@ class RunStore:
             )
             self.set_meta(RENAMED + old, new)
         return text
+
+    def _renamed_to(self, old: str) -> str | None:
+        """The id record ``old`` has now, following its renames (``renamed:<id>``), or None
+        when it was never renamed."""
+        now, seen = self.meta(RENAMED + old), {old}
+        while now is not None and now not in seen:
+            seen.add(now)
+            later = self.meta(RENAMED + now)
+            if later is None:
+                break
+            now = later
+        return now
 
     @staticmethod
     def _stored(db: sqlite3.Connection, table: str, change: Change) -> str | None:

@@ -216,8 +216,8 @@ class StoreSync:
     def rename_record(self, old: str, new: str, **values: Any) -> Record:
         """Rename record ``old`` to ``new`` in the store, in place and at once (one
         transaction, its place in the run kept; ``values`` set on it), and here.
-        :class:`~histocore.store.RenameRefused` while image rows or a live claim are keyed
-        by ``old`` (see :meth:`RunStore.rename_record`); nothing changes then."""
+        :class:`~histocore.store.RenameRefused` while image rows, files or a claim (live or
+        dead) are keyed by ``old`` (see :meth:`RunStore.rename_record`); nothing changes then."""
         text = self._db().rename_record(old, new, values)
         rec = _record(text, str(self.store_path))
         items = [(new, rec) if rid == old else (rid, r) for rid, r in self.records.items()]

@@ -497,13 +497,17 @@ def _adopt(manifest: Manifest, old: str, rid: str, pmid: str | None) -> None:
     """Give the record ``old`` of this article (``pmid:0``, or ``pmcid:PMCn`` of an article
     that has a PMID now) its id ``rid``: renamed in place in the store (its place in the run
     kept), so re-searching never adds the article twice. Refused while anything is keyed by
-    the old id (image rows: their files, labels, review log lines, scores CSVs; a live
-    process's claim): the record then keeps its id, one warning line says why, and the hit
-    counts as already done."""
+    the old id (image rows: their files, labels, review log lines, scores CSVs; files an
+    attempt left under images/; a claim, live or dead), or when another search renamed it
+    first: the record then keeps its id, one warning line says why, and the hit counts as
+    already done."""
     try:
         manifest.rename_record(old, rid, pmid=pmid)
     except RenameRefused as exc:
-        log.warning("record %s is %s now, but keeps its id: %s", old, rid, exc)
+        if exc.renamed is not None:  # by another search since this one read the run
+            log.warning("record %s is %s now, not %s: %s", old, exc.renamed, rid, exc)
+        else:
+            log.warning("record %s is %s now, but keeps its id: %s", old, rid, exc)
         return
     log.info("record %s (a PMC article without a PMID then) is now %s", old, rid)
 
