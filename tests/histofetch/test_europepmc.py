@@ -209,4 +209,28 @@ def test_failed_files_of_a_record_no_route_kept_are_every_routes(
     assert len(failed) == 4, failed
     assert ["MD5 mismatch" in f for f in failed] == [True, True, False, False], failed
     assert all("no file for href" in f for f in failed[2:]), failed
+    routes = [f.split(": ", 1)[0] for f in failed]
+    assert routes == ["pmc-cloud", "pmc-cloud", "europepmc", "europepmc"], failed
+    assert run_status(tmp_path)["failed_files"] == 4
+
+
+def test_failed_files_each_route_missing_the_same_file_is_a_line_of_its_own(
+    ncbi: FakeNcbi, tmp_path: Path
+) -> None:
+    """Neither the bucket nor Europe PMC's ZIP has the JATS's two figure files: both routes
+    wrote 'Figure 1.: no file for href …', the same text, and the record's list kept two
+    lines for two routes' four misses (one route's lines lost). Each line now names its
+    route."""
+    from histofetch.status import run_status
+
+    pmcid = "PMC77"
+    other = {"unrelated1.jpg": he_jpeg(0), "unrelated2.jpg": he_jpeg(1)}  # hrefs match neither
+    ncbi.bucket.add_version(pmcid, 1, jats=real_jats(), media=other, pdf=None)
+    _serve(ncbi, _zip([("s1.xlsx", b"x")]))
+    rec = _download(ncbi, tmp_path).records["pmid:77"]
+    assert rec.status == "failed", rec.reason
+    failed = rec.extra["failed_files"]
+    routes = [f.split(": ", 1)[0] for f in failed]
+    assert routes == ["pmc-cloud", "pmc-cloud", "europepmc", "europepmc"], failed
+    assert all("no file for href" in f for f in failed), failed
     assert run_status(tmp_path)["failed_files"] == 4

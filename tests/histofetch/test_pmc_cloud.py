@@ -651,7 +651,8 @@ def test_jats_version_without_figures_and_a_locked_pdf_goes_on_as_encrypted(
     # the files named but not kept are listed as every other miss lists them (they were
     # only in the reason: extra.failed_files was missing)
     failed = rec.extra["failed_files"]
-    assert [f.split(":", 1)[0] for f in failed] == ["Figure 1.", "Figure 2.", "PDF"], failed
+    assert [f.split(": ", 2)[1] for f in failed] == ["Figure 1.", "Figure 2.", "PDF"], failed
+    assert all(f.startswith("pmc-cloud: ") for f in failed), failed
     assert "HTTP 404" in failed[0] and "needs a password" in failed[2]
     readable = make_pdf("render")
     ncbi.files[f"/europepmc/articles/{PMCID}"] = (200, "application/pdf", readable)
@@ -818,7 +819,7 @@ def test_files_over_the_size_limit_are_refused_not_retried(ncbi: FakeNcbi, tmp_p
         rec = manifest.records["pmid:1"]
         labels = [i.figure_label for i in manifest.images_of(rec.id)]
     assert (rec.status, rec.route, labels) == ("ok", "pmc-cloud", ["Figure 2."]), rec.reason
-    assert rec.extra["failed_files"][0].startswith("Figure 1.: response too large")
+    assert rec.extra["failed_files"][0].startswith("pmc-cloud: Figure 1.: response too large")
 
     other = "PMC3574551"  # not in the bucket; Europe PMC's full text too large
     ncbi.files[f"/europepmc/rest/{other}/fullTextXML"] = (200, "application/xml", b" " * 400_000)

@@ -167,7 +167,7 @@ class Downloader:
                 figure_trouble |= miss.category == "network" and not is_pdf_route
                 if miss.files is not None:
                     self._note(rec, miss.files)
-                    failed += miss.files.failures  # an encrypted PDF's miss too
+                    failed += _routed(miss.files.route, miss.files.failures)  # encrypted PDF too
                     _failed_files(rec, failed)
                     if miss.files.pdf is not None and held is None and not is_pdf_route:
                         held = miss.files
@@ -181,7 +181,7 @@ class Downloader:
                     rec.extra["route_misses"] = attempts.notes[:10]
                 return
             attempts.add(name, *_nothing_kept(files, failures))
-            failed += failures
+            failed += _routed(files.route, failures)
             _failed_files(rec, failed)
         # A figure route out of reach for now kept the PDF routes from being tried: the
         # next run retries the record, whichever category leads its reason.
@@ -239,7 +239,7 @@ class Downloader:
                 kept_pdf = True
         if kept_figures or kept_pdf:  # the kept route's list replaces an earlier route's
             rec.extra.pop("failed_files", None)  # (whose story is in route_misses)
-        _failed_files(rec, failures)
+        _failed_files(rec, _routed(files.route, failures))
         if kept_figures or kept_pdf:
             rec.route = files.route
             return True, failures
@@ -304,6 +304,12 @@ def _unreadable(rec: Record, miss: UnreadableMetadata, before: str | None) -> Mi
     if before != miss.name:
         return miss
     return Miss("bad file", f"{miss.detail}, as on the run before: the next routes are tried")
+
+
+def _routed(route: str, failures: list[str]) -> list[str]:
+    """Failure lines naming their route (``pmc-cloud: Figure 1.: …``): two routes missing
+    the same file wrote the same line, and the record's list kept it once."""
+    return [f"{route}: {f}" for f in failures]
 
 
 def _failed_files(rec: Record, failures: list[str]) -> None:

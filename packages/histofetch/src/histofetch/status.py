@@ -125,7 +125,8 @@ def format_status(info: dict[str, Any]) -> str:
         lines.append("images by licence: " + _pairs(info["figures_by_licence"]))
     if info.get("failed_files"):
         lines.append(
-            f"files named but not kept (MD5, missing, undecodable): {info['failed_files']}"
+            "files named but not kept (MD5, missing, undecodable; per route): "
+            f"{info['failed_files']}"
         )
     if info["failure_reasons"]:
         lines.append("failed records by reason:")
