@@ -368,3 +368,23 @@ def test_a_network_error_is_transient_as_its_status_says(
     from histofetch.stage import is_transient
 
     assert is_transient(NetError("x", status=status)) is transient
+
+
+def test_a_record_renamed_meanwhile_is_not_counted_as_another_process_work(
+    tmp_path: Path,
+) -> None:
+    """A stage that read the run before a search renamed 'pmid:0' skips it (its claim is
+    refused), but its summary said '1 being done by another process': nobody was. It now
+    says the record was renamed, and the rename's next run takes it."""
+    with Manifest.load(tmp_path, create=True) as m:
+        m.add_record(Record(id="pmid:0", pmid="0", pmcid="PMC5", stage="searched"))
+        m.add_record(Record(id="pmid:9", pmid="9", stage="searched"))
+        m.save()
+    seen: list[str] = []
+    with Manifest.load(tmp_path) as stage_view:
+        with Manifest.load(tmp_path) as search:
+            search.rename_record("pmid:0", "pmcid:PMC5", pmid=None)
+        summary = run_per_record(stage_view, "downloaded", lambda rec: seen.append(rec.id))
+    assert seen == ["pmid:9"] and summary.done == 1
+    assert "another process" not in summary.line(), summary.line()
+    assert "1 renamed by a search meanwhile" in summary.line(), summary.line()

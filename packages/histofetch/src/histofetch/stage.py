@@ -86,6 +86,8 @@ class StageSummary:
     failed: int = 0
     #: records left to another process that was working on them
     elsewhere: int = 0
+    #: records a search renamed since this process read the run (the next run takes them)
+    renamed: int = 0
     #: records failed now because attempts at them killed their process (``guard_attempts``)
     killers: list[str] = field(default_factory=list)
     reasons: Counter[str] = field(default_factory=Counter)
@@ -111,6 +113,8 @@ class StageSummary:
             text += f", {self.waiting} not {before} yet"
         if self.elsewhere:
             text += f", {self.elsewhere} being done by another process"
+        if self.renamed:
+            text += f", {self.renamed} renamed by a search meanwhile (the next run takes them)"
         if self.reasons:
             shown = self.reasons.most_common(5)
             text += " (" + ", ".join(f"{r}: {n}" for r, n in shown)
@@ -217,7 +221,10 @@ class _Stage:
             rid
         )
         if not self.manifest.claim(rid, self.stage):
-            self.summary.elsewhere += 1
+            if rid in self.manifest.records:
+                self.summary.elsewhere += 1
+            else:  # renamed since this process read the run: dropped from its memory
+                self.summary.renamed += 1
             return None
         rec = self.manifest.records[rid]  # as the store holds it now
         if not _wanted(rec, self.stage, self.retry_failed):
