@@ -216,3 +216,90 @@ def test_hub_warnings_are_quiet_in_this_process_only(tmp_path: Path, args, env, 
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip().splitlines()[-1] == expected
+
+
+_HF_NAME = "timm/hf-hub:timm/resnet18.a1_in1k"
+
+#: Runs the CLI in this child and prints how long the command took, imports apart (the
+#: commands import PyTorch and timm lazily: 10 s and more on a busy machine).
+_TIMED = """
+import sys, time
+import huggingface_hub, timm, torch  # noqa
+import histomodels.models, histomodels.training  # noqa
+from histomodels.cli import app
+start = time.monotonic()
+try:
+    app(sys.argv[1:], prog_name="histomodels")
+except SystemExit as exc:
+    code = exc.code
+print(f"{time.monotonic() - start:.1f} {code}")
+"""
+
+
+def _timed(tmp_path: Path, env: dict[str, str], *args: str) -> tuple[float, int, str]:
+    train_h5 = write_h5(tmp_path / "train.h5", 32, seed=0)
+    val_h5 = write_h5(tmp_path / "val.h5", 24, seed=1)
+    given = ["--data", str(train_h5), "--val", str(val_h5), "--out", str(tmp_path / "r"),
+             "--epochs", "1", "--batch-size", "16", "--threads", "1", "--quiet"]  # fmt: skip
+    command = [sys.executable, "-c", _TIMED, *args, *given]
+    r = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    seconds, code = r.stdout.split()[-2:]
+    return float(seconds), int(code), r.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", ["train", "finetune"])
+@pytest.mark.parametrize("offline", [False, True])
+def test_an_uncached_hf_hub_model_without_the_hub_is_one_line_at_once(
+    tmp_path: Path, command: str, offline: bool
+) -> None:
+    """timm reads an hf-hub: model's config.json from the hub even untrained: with nothing
+    cached and no hub, huggingface_hub's retries took 34 s (at least 23 s of backoff), then
+    'error: An error happened while trying to locate the file on the Hub ...', naming no
+    model."""
+    extra = {"HF_HUB_OFFLINE": "1"} if offline else {}
+    env = _env(tmp_path, f"http://127.0.0.1:{_closed_port()}", **extra)
+    seconds, code, stderr = _timed(tmp_path, env, command, "--model", _HF_NAME)
+    assert code == 1, stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith(
+        f"error: {_HF_NAME}: the model's config.json is not in the Hugging Face cache and "
+        "cannot be downloaded: "
+    )
+    why = "HF_HUB_OFFLINE is set" if offline else "cannot be reached (ConnectError"
+    assert why in lines[0] and "local-dir:FOLDER" in lines[0]
+    # huggingface_hub's backoff alone sleeps 1+2+4+8+8 s; now: the data read, a trial
+    # build and one refused connection (1-2 s idle)
+    assert seconds < 15, seconds
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.slow
+def test_a_cached_hf_hub_model_builds_without_the_hub(tmp_path: Path) -> None:
+    """config.json and weights in the huggingface_hub cache (a download's layout) still
+    build the model when the hub cannot be reached: the check of the cache above refuses
+    nothing it holds, and the frozen backbone keeps the cached stem."""
+    import json
+
+    import timm
+    from safetensors.torch import save_file
+
+    torch.manual_seed(11)
+    state = timm.create_model("resnet18", pretrained=False).state_dict()
+    repo = tmp_path / "hf" / "hub" / "models--timm--resnet18.a1_in1k"
+    commit = "89abcdef0123456789abcdef0123456789abcdef"
+    snapshot = repo / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    save_file({k: v.contiguous() for k, v in state.items()}, str(snapshot / "model.safetensors"))
+    config = {"architecture": "resnet18", "num_classes": 1000, "num_features": 512,
+              "pretrained_cfg": {"tag": "a1_in1k", "input_size": [3, 224, 224],
+                                 "fixed_input_size": False, "num_classes": 1000,
+                                 "first_conv": "conv1", "classifier": "fc"}}  # fmt: skip
+    (snapshot / "config.json").write_text(json.dumps(config))
+    env = _env(tmp_path, f"http://127.0.0.1:{_closed_port()}")
+    _, code, stderr = _timed(tmp_path, env, "finetune", "--model", _HF_NAME)
+    assert code in (0, None), stderr
+    assert torch.equal(_stem(tmp_path / "r", state["conv1.weight"]), state["conv1.weight"])

@@ -9,9 +9,12 @@ weights come from the local cache if they are there (:func:`cached_weights`) and
 otherwise one :class:`~histomodels.models.weights.WeightsError` at once. Any answer, even an
 error status (a mirror's root need not serve a page), lets timm download as it always did.
 ``HF_HUB_OFFLINE=1`` skips the question (huggingface_hub then reads its cache only), and so
-do ``hf-hub:`` names (huggingface_hub falls back to its cache for their config and weights)
-and a caller's own ``pretrained_cfg``/``pretrained_cfg_overlay``. Nothing is retried or
-patched here.
+does a caller's own ``pretrained_cfg``/``pretrained_cfg_overlay``. ``hf-hub:`` names, whose
+``config.json`` timm reads from the hub even for an untrained model, get the same question
+(:func:`hf_hub_refusal`), and only when their files are not cached: without the hub they
+are one error at once (it was 34 s of huggingface_hub's retries, then a line naming no
+model); cached, huggingface_hub reads them from its cache as before. Nothing is retried
+or patched here.
 """
 
 from __future__ import annotations
@@ -58,16 +61,43 @@ def hub_repo(name: str) -> str | None:
     return getattr(cfg, "hf_hub_id", None) or None
 
 
-def cached_weights(repo: str) -> str | None:
+def cached_weights(repo: str, revision: str | None = None) -> str | None:
     """The weights file timm would load for ``repo`` from the local huggingface_hub cache
     (``model.safetensors``, else ``pytorch_model.bin``), or None."""
     from huggingface_hub import try_to_load_from_cache
 
     for filename in ("model.safetensors", "pytorch_model.bin"):
-        path = try_to_load_from_cache(repo, filename)
+        path = try_to_load_from_cache(repo, filename, revision=revision)
         if isinstance(path, str):
             return path
     return None
+
+
+def hf_hub_refusal(name: str, pretrained: bool) -> None:
+    """For an ``hf-hub:REPO[@REVISION]`` model ``name``, whose ``config.json`` timm reads
+    from the hub even untrained (and its weights when ``pretrained``): a WeightsError at
+    once when they are not in the local huggingface_hub cache and the hub cannot be reached
+    (:func:`hub_problem`) or ``HF_HUB_OFFLINE`` is set. huggingface_hub retried first (34 s
+    offline, then a line naming no model). Cached files, or a hub that answers: nothing to
+    do (huggingface_hub reads its cache, or downloads)."""
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    from histomodels.models.weights import WeightsError
+
+    repo, _, revision = name.partition(":")[2].partition("@")
+    config = try_to_load_from_cache(repo, "config.json", revision=revision or None)
+    weights = cached_weights(repo, revision or None) if pretrained else "not needed"
+    if isinstance(config, str) and weights is not None:
+        return
+    problem = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else hub_problem()
+    if problem is None:
+        return
+    what = "config.json and weights are" if pretrained else "config.json is"
+    raise WeightsError(
+        f"timm/{name}: the model's {what} not in the Hugging Face cache and cannot be "
+        f"downloaded: {problem}; fill the cache once online (HF_HUB_OFFLINE=1 then reads "
+        "it), or give a folder holding them as timm/local-dir:FOLDER"
+    )
 
 
 def offline_overlay(name: str) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from torch import nn
 
 from histocore.errors import UsageError
 from histomodels.models.centre import CentreHeadNet
-from histomodels.models.hub import OFFLINE_HINT, offline_overlay
+from histomodels.models.hub import OFFLINE_HINT, hf_hub_refusal, offline_overlay
 from histomodels.models.registry import ModelError, register_model
 from histomodels.models.torchvision_zoo import IMAGENET_NAMES, Dropout, InputSize, maybe_resize
 from histomodels.models.weights import WeightsError
@@ -41,7 +41,9 @@ def _centre_head(model: nn.Module, centre: str, dropout: float) -> nn.Module:
 def _timm_create(name: str, pretrained: bool, **kwargs: Any) -> nn.Module:
     import timm
 
-    if pretrained and not {"pretrained_cfg", "pretrained_cfg_overlay"} & kwargs.keys():
+    if name.startswith(("hf-hub:", "hf_hub:")):  # not cached, and no hub: one error at once
+        hf_hub_refusal(name, pretrained)
+    elif pretrained and not {"pretrained_cfg", "pretrained_cfg_overlay"} & kwargs.keys():
         kwargs = {**kwargs, **offline_overlay(name)}  # no hub: the cached file, or one error
     try:
         model = timm.create_model(name, pretrained=pretrained, num_classes=1, **kwargs)
