@@ -163,6 +163,65 @@ def test_too_small_says_the_size_as_oriented_and_scaled(tmp_path: Path) -> None:
     ), r.output
 
 
+#: Runs predict in this child and prints how much its peak memory grew (imports apart).
+_PEAK = """
+import resource, sys
+import torch  # noqa
+from histomodels.cli import app
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+try:
+    app(sys.argv[1:], prog_name="histomodels")
+except SystemExit:
+    pass
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)
+"""
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    import struct
+    import zlib
+
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+@pytest.mark.parametrize(
+    ("extra", "said"),
+    [
+        (b"", "60x1000000 is"),  # no eXIf: the chunk walk reaches IEND
+        (b"exif6", "1000000x60 is"),  # an eXIf after the pixels, orientation 6: turned
+        (b"many", "60x1000000 as stored is"),  # eXIf not found within MAX_PNG_CHUNKS
+    ],
+)
+def test_a_thin_png_too_small_is_refused_without_decoding_it(
+    tmp_path: Path, extra: bytes, said: str
+) -> None:
+    """A 60x10^6 PNG is too small for a 96 px patch however it is turned: the refusal
+    decoded it only to word its size after orientation (1.7 s and 0.46 GB more than the
+    header check). The orientation is read from the chunk headers now, never the pixels."""
+    import subprocess
+    import sys
+
+    from histomodels.predict import MAX_PNG_CHUNKS
+
+    png = tmp_path / "thin.png"
+    Image.new("L", (60, 1_000_000), 200).save(png)  # 60 M pixels, a few hundred KB
+    if extra:
+        raw = png.read_bytes()
+        exif = Image.Exif()
+        exif[0x0112] = 6
+        late = _png_chunk(b"eXIf", exif.tobytes())
+        if extra == b"many":
+            late = _png_chunk(b"prVt", b"") * MAX_PNG_CHUNKS + late
+        png.write_bytes(raw[:-12] + late + raw[-12:])  # before IEND, after the IDATs
+    args = ["predict", "pcam-cnn", str(png), "--no-heatmaps", "--out", str(tmp_path / "p.csv")]
+    r = subprocess.run([sys.executable, "-c", _PEAK, *args], capture_output=True, text=True,
+                       timeout=600)  # fmt: skip
+    assert r.stderr == f"error: {png}: {said} smaller than one 96px patch\n", r.stderr
+    grown_mb = int(r.stdout.split()[-1])
+    assert grown_mb < 100, grown_mb  # decoding took 460 MB more
+    assert not (tmp_path / "p.csv").exists()
+
+
 def test_one_image_too_small_at_scale_does_not_stop_the_run(tmp_path: Path) -> None:
     """One 150 px image in a folder, at --scale 0.5 (75 px, under one 96 px patch), stopped
     the whole run after the header check had passed it (exit 1, no CSV for the others). It
