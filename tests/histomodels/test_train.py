@@ -853,6 +853,10 @@ def test_pre_recipe_values_are_what_the_builders_build_without_the_key():
         ("timm/vit_tiny_patch16_224", {"reg_tokens": 10**8}, "'reg_tokens' is 100000000"),
         ("timm/vit_tiny_patch16_224", {"input_size": 96, "embed_dim": 7}, "(AssertionError: "),
         ("timm/vit_tiny_patch16_224", {"input_size": 96, "global_pool": "bogus"}, "pooling"),
+        # values the key check lets through that timm's builder cannot use: IndexError and
+        # TypeError were tracebacks (review of 5a94c36)
+        ("timm/vit_tiny_patch16_224", {"img_size": [96]}, "(IndexError: "),
+        ("timm/swin_tiny_patch4_window7_224", {"num_heads": 3}, "(TypeError: "),
     ],
 )
 def test_cli_model_config_that_cannot_build_is_one_line(h5_files, tmp_path, model, config, message):
