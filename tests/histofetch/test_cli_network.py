@@ -506,6 +506,26 @@ def test_pubmed_search_renames_the_pmcid_record_of_a_db_pmc_search(
         assert manifest.records["pmid:40000001"].title == "old"
 
 
+def test_a_pmc_search_finds_the_article_under_its_pmid(ncbi: FakeNcbi, tmp_path: Path) -> None:
+    """PMC's esummary writes "pmid": "0" for PMC7770741: a --db pmc search added
+    'pmcid:PMC7770741' beside the run's 'pmid:40000001' of the same article, whether a PubMed
+    search made that record first or renamed the PMC one (review of 271894f). The PMC hit is
+    matched by its PMCID against every record and counted already done."""
+    _replay_pmc_search(ncbi)
+    uid = "7770741"
+    pubmed_first, renamed = tmp_path / "pubmed_first", tmp_path / "renamed"
+    _pubmed_finds_pmc_article(ncbi, pubmed_first, f"PMC{uid}")
+    assert "searched: 19 done, 1 already done" in _search_pmc(ncbi, pubmed_first)
+    assert "searched: 20 done" in _search_pmc(ncbi, renamed)
+    _pubmed_finds_pmc_article(ncbi, renamed, f"PMC{uid}")  # renames pmcid:PMC7770741
+    assert "searched: 0 done, 20 already done" in _search_pmc(ncbi, renamed)
+    for run in (pubmed_first, renamed):
+        with Manifest.load(run) as manifest:
+            same = [r.id for r in manifest.records.values() if r.pmcid == f"PMC{uid}"]
+            assert same == ["pmid:40000001"], (run.name, same)
+            assert len(manifest.records) == 21
+
+
 def test_pubmed_search_keeps_a_pmcid_record_with_images_and_says_so(
     ncbi: FakeNcbi, tmp_path: Path
 ) -> None:

@@ -449,6 +449,7 @@ def _search_pmc(
         meta = esummary(client, found.pmids, db="pmc")
     manifest.query = manifest.query or query
     earlier = _pmid_less(manifest)
+    known = _by_pmcid(manifest)
     for uid in found.pmids:
         m = meta.get(uid, {})
         pmcid = m.get("pmcid") or f"PMC{uid}"
@@ -456,7 +457,10 @@ def _search_pmc(
         old = earlier.get(pmcid)
         if old is not None and old != rid and rid not in manifest.records:
             _adopt(manifest, old, rid, m.get("pmid"))
-        if rid in manifest.records or old in manifest.records:
+        # the article's record under its PMID (a PubMed search, or one renamed by it), while
+        # PMC's esummary still writes "pmid": "0" for it
+        other = known.get(canonical_pmcid(pmcid) or pmcid)
+        if rid in manifest.records or old in manifest.records or other in manifest.records:
             summary.skipped += 1
             continue
         manifest.add_record(
@@ -489,6 +493,16 @@ def _pmid_less(manifest: Manifest) -> dict[str, str]:
     for rid, rec in manifest.records.items():
         pmcid = canonical_pmcid(rec.pmcid)
         if pmcid and (rid == STALE_ID or rid == f"pmcid:{pmcid}"):
+            out.setdefault(pmcid, rid)
+    return out
+
+
+def _by_pmcid(manifest: Manifest) -> dict[str, str]:
+    """``{PMCID: record id}`` of every record that names its PMCID (the first, in run order)."""
+    out: dict[str, str] = {}
+    for rid, rec in manifest.records.items():
+        pmcid = canonical_pmcid(rec.pmcid)
+        if pmcid:
             out.setdefault(pmcid, rid)
     return out
 
