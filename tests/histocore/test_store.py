@@ -385,3 +385,32 @@ def test_a_stale_commit_names_the_record_once(tmp_path: Path) -> None:
             second.commit()
     message = str(caught.value)
     assert message.count("pmid:0") == 1 and "record pmid:0 is now pmcid:PMC5" in message, message
+
+
+def test_a_stale_process_names_the_id_a_chain_of_renames_ends_at(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """'pmid:0' renamed 'pmcid:PMC5' (a --db pmc search), then 'pmid:88' (a PubMed search):
+    a process that read the run before warned 'record pmid:0 is now pmcid:PMC5' on claim and
+    refused its commit the same way, one hop of the chain, though the run holds only
+    'pmid:88'. Both now follow the renames to the id the record has."""
+    with Manifest.load(tmp_path, create=True) as m:
+        m.add_record(Record(id="pmid:0", pmid="0", pmcid="PMC5", stage="searched"))
+        m.save()
+    with (
+        Manifest.load(tmp_path) as first,
+        Manifest.load(tmp_path) as stale,
+        Manifest.load(tmp_path) as other,
+    ):
+        first.rename_record("pmid:0", "pmcid:PMC5", pmid=None)
+        first.rename_record("pmcid:PMC5", "pmid:88", pmid="88")
+        assert not stale.claim("pmid:0", "downloaded")
+        warned = [r.getMessage() for r in caplog.records if "pmid:0" in r.getMessage()]
+        assert len(warned) == 1 and "record pmid:0 is now pmid:88" in warned[0], warned
+        other.records["pmid:0"].stage = "downloaded"
+        with pytest.raises(ManifestError) as caught:
+            other.commit()
+    message = str(caught.value)
+    assert "record pmid:0 is now pmid:88" in message and "PMC5" not in message, message
+    with Manifest.load(tmp_path) as m:
+        assert list(m.records) == ["pmid:88"]

@@ -361,7 +361,7 @@ class RunStore:
     def _refuse_renamed(self, record_id: str, what: str | None) -> None:
         """A row this process read, gone from the store because its record was renamed:
         writing it would bring the old id back beside the new one (the article twice)."""
-        new = self.meta(RENAMED + record_id)
+        new = self._renamed_to(record_id)
         if new is not None:
             where = f"{self.path}: " + (f"{what}: " if what else "")
             raise ManifestError(
@@ -519,7 +519,7 @@ class RunStore:
             ).fetchone()
             if held and held[0] != owner and _alive(held[1], held[2], held[3]):
                 return Claim(False, None, [], holder=f"{held[1]}:{held[2]}")
-            renamed = self.meta(RENAMED + record_id)
+            renamed = self._renamed_to(record_id)
             if renamed is not None and self.rows_of(record_id)[0] is None:
                 return Claim(False, None, [], renamed=renamed)
             db.execute(
