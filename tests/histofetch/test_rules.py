@@ -117,3 +117,30 @@ def test_colour_reasons_name_each_threshold_as_given() -> None:
     assert decide(img, limits).reason == "H&E score too low (0.50 < 0.5000001)"
     img.purple_ratio = 0.2999  # 2 decimals would read '0.30 < 0.3'
     assert decide(img, limits).reason == "purple ratio too low (0.2999 < 0.3)"
+
+
+def test_classifier_and_tissue_reasons_never_round_onto_their_threshold() -> None:
+    """`:.2f` wrote 'p(H&E) 0.04 < 0.04' for p_he 0.036 under the shipped p_keep 0.04,
+    'classifier p(H&E) 0.78 < 0.78 to override' for 0.7751, and 'tissue region too small
+    (30 blocks, 0.02)' for a tissue share of 0.0199 against min_tissue 0.02 (no threshold
+    shown); each now reads as the comparison that failed."""
+    shipped = Thresholds()
+    assert (shipped.p_keep, shipped.p_override, shipped.min_tissue) == (0.04, 0.78, 0.02)
+    veto = decide(row(0.036), shipped).reason
+    assert veto == "not H&E by the classifier: p(H&E) 0.036 < 0.04, looks like ihc (0.70)"
+    caption = decide(row(0.0199, "for", "H&E"), shipped).reason
+    assert caption is not None
+    assert caption.startswith("not H&E by the classifier: p(H&E) 0.0199 (caption names H&E")
+    assert "needs 0.02)" in caption
+    override = decide(row(0.7751, dark_fraction=0.3), shipped).reason
+    assert override is not None
+    assert override.endswith("; classifier p(H&E) 0.7751 < 0.78 to override"), override
+    small = row(None)
+    small.tissue_fraction = 0.0199
+    reason = decide(small, shipped).reason
+    assert reason == "tissue region too small (30 blocks, tissue 0.0199 < 0.02)", reason
+    few = decide(row(None, tissue_blocks=1), shipped).reason
+    assert few == "tissue region too small (1 blocks < 2, tissue 0.50)", few
+    assert decide(row(0.15), T).reason == (
+        "not H&E by the classifier: p(H&E) 0.15 < 0.25, looks like ihc (0.70)"
+    )

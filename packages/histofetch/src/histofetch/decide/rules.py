@@ -87,11 +87,17 @@ def _versus(value: float, sign: str, limit: float, digits: int = 2) -> str:
     (:func:`number_text`; ``:g`` wrote ``--purple 0.9999999`` as ``1``), the measured value
     at ``digits`` decimals, or in full where rounding would put it on the threshold or its
     other side (``1.00 < 0.9999999``)."""
+    return f"{_measured(value, limit, digits)} {sign} {number_text(limit)}"
+
+
+def _measured(value: float, limit: float, digits: int = 2) -> str:
+    """``value`` at ``digits`` decimals, or in full where rounding would put it on ``limit``
+    or its other side (``p(H&E) 0.036`` read ``0.04`` beside ``p_keep`` 0.04)."""
     text = f"{value:.{digits}f}"
     rounded = float(text)
     if rounded == limit or (rounded < limit) != (value < limit):
         text = number_text(value)
-    return f"{text} {sign} {number_text(limit)}"
+    return text
 
 
 def colour_test(img: Image, limits: Thresholds) -> tuple[str | None, bool]:
@@ -106,7 +112,11 @@ def colour_test(img: Image, limits: Thresholds) -> tuple[str | None, bool]:
     if blocks == 0:
         return "no H&E-like tissue blocks", True
     if blocks < limits.min_blocks or tissue < limits.min_tissue:
-        return f"tissue region too small ({blocks} blocks, {tissue:.2f})", False
+        few = f" < {limits.min_blocks}" if blocks < limits.min_blocks else ""
+        share = _versus(tissue, "<", limits.min_tissue)
+        if tissue >= limits.min_tissue:
+            share = _measured(tissue, limits.min_tissue)
+        return f"tissue region too small ({blocks} blocks{few}, tissue {share})", False
     if dark > limits.max_dark:
         return (
             f"dark image, fluorescence or colour map ({_versus(dark, '>', limits.max_dark)})",
@@ -149,8 +159,8 @@ def decide(
             return Decision(False, reason, reason, -0.25)
         note = "colour rule passes" + (f"; {said}" if verdict == "for" else "")
         return Decision(True, None, note, 0.25)
-    probs = f"p(H&E) {p:.2f}"
     if verdict == "against":
+        probs = f"p(H&E) {_measured(p, limits.p_against)}"
         if p >= limits.p_against and not colour_reason:
             return Decision(
                 True, None, f"kept despite the caption ({said}): {probs}", p - limits.p_against
@@ -158,14 +168,18 @@ def decide(
         reason = f"caption says not H&E: {said}; {probs}{_looks_like(img)}"
         return Decision(False, reason, reason, min(p - limits.p_against, -0.01))
     need = limits.p_caption if verdict == "for" else limits.p_keep
+    probs = f"p(H&E) {_measured(p, need)}"
     if p < need:
-        why = f" (caption names H&E, needs {need:.2f})" if verdict == "for" else f" < {need:.2f}"
+        why = f" (caption names H&E, needs {number_text(need)})" if verdict == "for" else ""
+        if not why:
+            probs = f"p(H&E) {_versus(p, '<', need)}"
         reason = f"not H&E by the classifier: {probs}{why}{_looks_like(img)}"
         return Decision(False, reason, reason, p - need)
     if colour_reason:
         override = limits.p_override_caption if verdict == "for" else limits.p_override
+        probs = f"p(H&E) {_measured(p, override)}"
         if p < override:
-            reason = f"{colour_reason}; classifier {probs} < {override:.2f} to override"
+            reason = f"{colour_reason}; classifier p(H&E) {_versus(p, '<', override)} to override"
             return Decision(False, reason, reason, p - override)
         note = f"classifier {probs} overrides the colour test ({colour_reason})"
         return Decision(True, None, note, p - override)
