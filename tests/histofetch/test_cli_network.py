@@ -373,6 +373,8 @@ def test_db_pmc_search_keeps_pmid_0_that_has_images_and_says_so(
     assert "searched: 19 done, 1 already done" in output, output
     warned = [line for line in output.splitlines() if "pmid:0" in line]
     assert len(warned) == 1 and f"PMC{uid}" in warned[0] and "1 image" in warned[0], output
+    # it was not renamed: 'record pmid:0 is pmcid:PMC… now, but keeps its id' read as if it was
+    assert f"record pmid:0 keeps its id (not renamed pmcid:PMC{uid}): " in warned[0], output
     with Manifest.load(run) as manifest:
         recs = dict(manifest.records)
         images = dict(manifest.images)
@@ -555,6 +557,7 @@ def test_pubmed_search_keeps_a_pmcid_record_with_images_and_says_so(
     assert "searched: 1 done, 1 already done" in output, output
     warned = [line for line in output.splitlines() if rid in line]
     assert len(warned) == 1 and "pmid:40000001" in warned[0] and "1 image" in warned[0], output
+    assert f"record {rid} keeps its id (not renamed pmid:40000001): " in warned[0], output
     with Manifest.load(run) as manifest:
         assert set(manifest.records) == {rid, "pmid:40000002"}
         assert set(manifest.images) == {f"{rid}/fig_a"}

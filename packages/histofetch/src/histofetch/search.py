@@ -521,7 +521,7 @@ def _adopt(manifest: Manifest, old: str, rid: str, pmid: str | None) -> None:
         if exc.renamed is not None:  # by another search since this one read the run
             log.warning("record %s is %s now, not %s: %s", old, exc.renamed, rid, exc)
         else:
-            log.warning("record %s is %s now, but keeps its id: %s", old, rid, exc)
+            log.warning("record %s keeps its id (not renamed %s): %s", old, rid, exc)
         return
     log.info("record %s (a PMC article without a PMID then) is now %s", old, rid)
 
