@@ -526,6 +526,17 @@ def test_a_pmc_search_finds_the_article_under_its_pmid(ncbi: FakeNcbi, tmp_path:
             same = [r.id for r in manifest.records.values() if r.pmcid == f"PMC{uid}"]
             assert same == ["pmid:40000001"], (run.name, same)
             assert len(manifest.records) == 21
+    # a hit that has a PMID (PMC7771231: 33328347) is its own record, whatever else names
+    # its PMCID (review of 29a03b8: it was skipped, unsaid)
+    from run_factory import make_run
+
+    from histocore.manifest import Record
+
+    other = tmp_path / "other"
+    make_run(other, Record(id="pmid:50000001", pmid="50000001", pmcid="PMC7771231"))
+    assert "searched: 20 done" in _search_pmc(ncbi, other)
+    with Manifest.load(other) as manifest:
+        assert "pmid:33328347" in manifest.records and len(manifest.records) == 21
 
 
 def test_pubmed_search_keeps_a_pmcid_record_with_images_and_says_so(

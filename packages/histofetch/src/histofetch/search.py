@@ -458,8 +458,9 @@ def _search_pmc(
         if old is not None and old != rid and rid not in manifest.records:
             _adopt(manifest, old, rid, m.get("pmid"))
         # the article's record under its PMID (a PubMed search, or one renamed by it), while
-        # PMC's esummary still writes "pmid": "0" for it
-        other = known.get(canonical_pmcid(pmcid) or pmcid)
+        # PMC's esummary still writes "pmid": "0" for it (a hit with a PMID is its own record,
+        # as a second PMID of one PMCID is on the PubMed path)
+        other = None if m.get("pmid") else known.get(canonical_pmcid(pmcid) or pmcid)
         if rid in manifest.records or old in manifest.records or other in manifest.records:
             summary.skipped += 1
             continue
