@@ -979,6 +979,20 @@ def test_a_bug_in_a_models_forward_keeps_its_traceback_with_a_user_config(
               train_data=arrays[0], val_data=arrays[1])  # fmt: skip
 
 
+def test_a_fault_of_our_code_around_a_timm_model_keeps_its_traceback(arrays, tmp_path):
+    """Only what timm's own code raises for a timm/ model's keys is the user's whatever its
+    type: our centre head on a ViT's tokens (an IndexError in histomodels' code, not timm's)
+    read 'cannot build ... (IndexError ...)', a bug of ours blamed on a config (review of
+    373bdbd). It keeps its traceback; timm's own IndexError for img_size [96] is one line."""
+    with pytest.raises(IndexError) as info:
+        train(_cfg(model="timm/vit_tiny_patch16_224", model_config={"centre": "pool"}),
+              tmp_path / "r", train_data=arrays[0], val_data=arrays[1])  # fmt: skip
+    assert any(str(e.path).endswith("histomodels/models/centre.py") for e in info.traceback)
+    with pytest.raises(ConfigError, match=r"cannot build .*IndexError"):
+        train(_cfg(model="timm/vit_tiny_patch16_224", model_config={"img_size": [96]}),
+              tmp_path / "r2", train_data=arrays[0], val_data=arrays[1])  # fmt: skip
+
+
 def test_a_timm_model_of_fixed_input_size_trains_on_the_patches(h5_files, tmp_path):
     """timm's ViTs are built for 224 px: ``--model timm/vit_tiny_patch16_224`` with its
     defaults was an AssertionError traceback on 96 px patches ('Input height (96) doesn't

@@ -27,8 +27,9 @@ from histomodels.training.schedule import set_backbone_frozen
 #: KeyError, IndexError, TypeError...) from our own builders, whose keys and value types
 #: check_config has matched to their signatures, is a bug in the model code and keeps its
 #: traceback; so is one of these when the same build without the user's keys fails too. A
-#: ``timm/`` model's keys are not matched to a signature, so what its builder raises for
-#: them is of any type (``img_size: [96]``: IndexError; Swin ``num_heads: 3``: TypeError).
+#: ``timm/`` model's keys are not matched to a signature, so what timm's own code raises for
+#: them is of any type (``img_size: [96]``: IndexError; Swin ``num_heads: 3``: TypeError);
+#: what our code around it raises (the centre head, the resize) is held to this list.
 #: A bug that only the user's value reaches still reads as theirs; the line names the
 #: exception's type and message.
 CONFIG_FAULTS: tuple[type[Exception], ...] = (
@@ -98,10 +99,11 @@ def _config_fault(
     exc: Exception, cfg: TrainConfig, given: dict[str, Any], input_size: int | None
 ) -> bool:
     """Whether ``exc``, raised building ``cfg``'s model, is the fault of the ``given``
-    keys: one of :data:`CONFIG_FAULTS` (any exception for a ``timm/`` model, whose keys are
-    not matched to a signature), and the trial build without
+    keys: one of :data:`CONFIG_FAULTS` (any exception timm's own code raises for a ``timm/``
+    model, whose keys are not matched to a signature), and the trial build without
     ``given`` (the recipe's defaults, :func:`fit_input_size`'s ``img_size``) goes through."""
-    if not isinstance(exc, CONFIG_FAULTS) and not cfg.model.startswith("timm/"):
+    timm_raised = cfg.model.startswith("timm/") and _raised_in_timm(exc)
+    if not isinstance(exc, CONFIG_FAULTS) and not timm_raised:
         return False
     if input_size is None:
         return True
@@ -114,6 +116,26 @@ def _config_fault(
     except Exception:  # the model fails without the user's keys too: not theirs
         return False
     return True
+
+
+def _raised_in_timm(exc: BaseException) -> bool:
+    """Whether the innermost frame of ``exc``'s traceback that is timm's or histomodels' is
+    timm's (torch's own frames are passed over: a tensor op raises for its caller)."""
+    import timm
+
+    import histomodels
+
+    timm_dir, ours = Path(str(timm.__file__)).parent, Path(str(histomodels.__file__)).parent
+    last = None
+    tb = exc.__traceback__
+    while tb is not None:  # outermost first: the last match is the innermost
+        where = Path(tb.tb_frame.f_code.co_filename)
+        if where.is_relative_to(timm_dir):
+            last = "timm"
+        elif where.is_relative_to(ours):
+            last = "ours"
+        tb = tb.tb_next
+    return last == "timm"
 
 
 def _placed(model: nn.Module, cfg: TrainConfig, device: torch.device) -> nn.Module:
