@@ -420,6 +420,9 @@ def test_a_config_files_bad_seed_is_its_error_line(tmp_path: Path) -> None:
         ({"model": "timm/org/net"}, "model: 'timm/org/net': not a timm model name"),
         # timm 1.0.9's parse_model_name asserted here (a traceback); read by the name's shape
         ({"model": "timm/foo:bar"}, "model: 'timm/foo:bar': not a timm model name (unknown"),
+        # huggingface_hub's HFValidationError traceback when the model was built
+        ({"model": "timm/hf-hub:a/b/c"}, "model: 'timm/hf-hub:a/b/c': not a Hugging Face repo"),
+        ({"model": "timm/hf_hub:bad repo@main"}, "model: 'timm/hf_hub:bad repo@main': not a Hugg"),
         ({"model_config": {"bogus": 1}}, "model_config key 'bogus', which cnn does not accept"),
         ({"model_config": {"width": "48"}}, "model_config 'width' is '48'; cnn takes int"),
         ({"model_config": {"dropout": True}}, "model_config 'dropout' is True; cnn takes float"),

@@ -18,6 +18,7 @@ from typing import Any, Literal
 from torch import nn
 
 from histocore.errors import UsageError
+from histocore.io import one_line
 from histomodels.models.centre import CentreHeadNet
 from histomodels.models.hub import OFFLINE_HINT, hf_hub_refusal, offline_overlay
 from histomodels.models.registry import ModelError, register_model
@@ -83,8 +84,9 @@ def _small_head_init(model: nn.Module) -> None:
 def timm_name_problem(name: str) -> str | None:
     """What is wrong with the timm model name ``name`` (``timm/<name>``), offline: a name
     timm's registry does not hold (``timm.is_model``; a pretrained tag such as
-    ``resnet18.a1_in1k`` is fine). ``hf-hub:``/``local-dir:`` names are not judged: their
-    architecture is in a config file read when the model is built. Read here rather than
+    ``resnet18.a1_in1k`` is fine). ``hf-hub:``/``local-dir:`` names' architecture is in a
+    config file read when the model is built: only an ``hf-hub:`` repo id's form is judged
+    here. Read here rather than
     with ``timm.models.parse_model_name``, whose answers differ between timm 1.0 releases."""
     from timm.models import is_model
 
@@ -92,10 +94,24 @@ def timm_name_problem(name: str) -> str | None:
     if sep:
         if source.lower() not in _TIMM_SOURCES:
             return f"not a timm model name (unknown source {source!r}: give hf-hub: or local-dir:)"
-        return None if model_id else f"not a timm model name (nothing after {source}:)"
+        if not model_id:
+            return f"not a timm model name (nothing after {source}:)"
+        return _repo_id_problem(model_id) if source.lower() != "local-dir" else None
     if "/" in name or "\\" in name:
         return "not a timm model name (a hub repo or a folder needs hf-hub: or local-dir:)"
     return None if is_model(name) else "unknown timm model (see timm.list_models())"
+
+
+def _repo_id_problem(model_id: str) -> str | None:
+    """What huggingface_hub's own check (offline) finds wrong with ``REPO[@REVISION]``: an
+    id such as ``a/b/c`` was its HFValidationError traceback when the model was built."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(model_id.partition("@")[0])
+    except HFValidationError as exc:
+        return f"not a Hugging Face repo id ({one_line(str(exc))})"
+    return None
 
 
 #: the source prefixes of timm model names (hf_hub: is timm's old spelling)
