@@ -140,7 +140,7 @@ def test_classifier_and_tissue_reasons_never_round_onto_their_threshold() -> Non
     reason = decide(small, shipped).reason
     assert reason == "tissue region too small (30 blocks, tissue 0.0199 < 0.02)", reason
     few = decide(row(None, tissue_blocks=1), shipped).reason
-    assert few == "tissue region too small (1 blocks < 2, tissue 0.50)", few
+    assert few == "tissue region too small (1 block < 2, tissue 0.50)", few  # it said '1 blocks'
     assert decide(row(0.15), T).reason == (
         "not H&E by the classifier: p(H&E) 0.15 < 0.25, looks like ihc (0.70)"
     )

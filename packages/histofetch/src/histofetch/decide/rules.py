@@ -116,7 +116,8 @@ def colour_test(img: Image, limits: Thresholds) -> tuple[str | None, bool]:
         share = _versus(tissue, "<", limits.min_tissue)
         if tissue >= limits.min_tissue:
             share = _measured(tissue, limits.min_tissue)
-        return f"tissue region too small ({blocks} blocks{few}, tissue {share})", False
+        unit = "block" if blocks == 1 else "blocks"
+        return f"tissue region too small ({blocks} {unit}{few}, tissue {share})", False
     if dark > limits.max_dark:
         return (
             f"dark image, fluorescence or colour map ({_versus(dark, '>', limits.max_dark)})",
