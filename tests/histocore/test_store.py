@@ -354,8 +354,12 @@ def test_a_rename_to_another_id_first_says_where_the_record_went(
     """Search A renamed 'pmid:0' to 'pmcid:PMC5'; search B, which read the run before, then
     tried 'pmid:0' -> 'pmid:77' and warned 'record pmid:0 is pmid:77 now, but keeps its id:
     record pmid:0 is not in the run store' (it had been renamed). It now names the record's
-    id now, following the renames."""
+    id now, following the renames; a record of another PMID is left as it is (no warning:
+    the hit is a record of its own, as after the two searches one after the other), and
+    search B holds it under its id now (it held 'pmid:0', gone from the store)."""
     from histofetch.search import _adopt
+
+    caplog.set_level("INFO", logger="histofetch.search")
 
     with Manifest.load(tmp_path, create=True) as m:
         m.add_record(Record(id="pmid:0", pmid="0", pmcid="PMC5", stage="searched"))
@@ -366,10 +370,12 @@ def test_a_rename_to_another_id_first_says_where_the_record_went(
         with pytest.raises(RenameRefused, match="pmid:0 was renamed pmid:88 already") as caught:
             second.rename_record("pmid:0", "pmid:77", pmid="77")
         assert caught.value.renamed == "pmid:88"
-        _adopt(second, "pmid:0", "pmid:77", "77")
-    warned = [r.getMessage() for r in caplog.records if "pmid:0" in r.getMessage()]
-    assert len(warned) == 1 and "keeps its id" not in warned[0], warned
-    assert "is pmid:88 now" in warned[0] and "not in the run store" not in warned[0], warned
+        assert list(second.records) == ["pmid:88"] and second.records["pmid:88"].pmid == "88"
+        caplog.clear()
+        assert _adopt(second, "pmid:0", "pmid:77", "77") == "pmid:88"
+    said = [(r.levelname, r.getMessage()) for r in caplog.records if "pmid:" in r.getMessage()]
+    assert len(said) == 1 and said[0][0] == "INFO" and "keeps its id" not in said[0][1], said
+    assert "is pmid:88 now" in said[0][1] and "not in the run store" not in said[0][1], said
 
 
 def test_a_stale_commit_names_the_record_once(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ import json
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -76,6 +76,9 @@ class FakeNcbi:
     stalled: list[str] = field(default_factory=list)
     log: list[Logged] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    #: path → a function the server runs once, before it answers the first request of that
+    #: path (another process's work landing while a command waits on the network)
+    before: dict[str, Callable[[], None]] = field(default_factory=dict)
 
     # -- test helpers ---------------------------------------------------------------------
     def config(self, **overrides: Any) -> NetConfig:
@@ -132,6 +135,9 @@ class FakeNcbi:
         with self.lock:
             queued = self.faults.get(path)
             fault = queued.pop(0) if queued else None
+            meanwhile = self.before.pop(path, None)
+        if meanwhile is not None:
+            meanwhile()
         if fault is not None:
             if fault[0] == "sleep":
                 time.sleep(fault[1])

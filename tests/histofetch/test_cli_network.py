@@ -508,6 +508,42 @@ def test_pubmed_search_renames_the_pmcid_record_of_a_db_pmc_search(
         assert manifest.records["pmid:40000001"].title == "old"
 
 
+def test_a_search_applies_its_rename_to_a_record_another_search_renamed_meanwhile(
+    ncbi: FakeNcbi, tmp_path: Path
+) -> None:
+    """A PubMed search finding PMC7770741 under PMID 40000001, while a --db pmc search of
+    the same run renamed its 'pmid:0' 'pmcid:PMC7770741': the PubMed search warned 'record
+    pmid:0 is pmcid:PMC7770741 now, not pmid:40000001', counted the hit done and left the
+    record 'pmcid:PMC7770741'; only a third search renamed it. Now it renames it on, at
+    once, with no warning (the run ends as the two searches one after the other leave it)."""
+    from histofetch.search import run_search
+
+    _replay_pmc_search(ncbi)
+    uid = "7770741"
+    run = tmp_path / "pmc"
+    _stale_run(run, uid, "999")
+
+    def pmc_search_lands() -> None:  # while the PubMed search waits on NCBI's idconv
+        summary = run_search(run, QUERY, db="pmc", max_results=20, net=ncbi.config())
+        assert (summary.done, summary.skipped) == (19, 1)
+
+    ncbi.before["/idconv/"] = pmc_search_lands
+    output = _pubmed_finds_pmc_article(ncbi, run, f"PMC{uid}")
+    assert not ncbi.before, "the PMC search did not run"
+    assert "searched: 1 done, 1 already done" in output, output
+    assert "warning" not in output, output
+    assert f"record pmcid:PMC{uid} (a PMC article without a PMID then) is now pmid:40000001" in (
+        output
+    )
+    with Manifest.load(run) as manifest:
+        recs = dict(manifest.records)
+    assert "pmid:0" not in recs and f"pmcid:PMC{uid}" not in recs
+    adopted = recs["pmid:40000001"]
+    assert (adopted.pmid, adopted.pmcid, adopted.title) == ("40000001", f"PMC{uid}", "old")
+    assert _record_order(run)[:2] == ["pmid:40000001", "pmid:999"]  # its place kept
+    assert len(recs) == 22  # 19 PMC hits added, pmid:999, pmid:40000002
+
+
 def test_a_pmc_search_finds_the_article_under_its_pmid(ncbi: FakeNcbi, tmp_path: Path) -> None:
     """PMC's esummary writes "pmid": "0" for PMC7770741: a --db pmc search added
     'pmcid:PMC7770741' beside the run's 'pmid:40000001' of the same article, whether a PubMed
@@ -572,6 +608,75 @@ def test_pubmed_search_keeps_a_pmcid_record_with_images_and_says_so(
     with Manifest.load(run) as manifest:
         assert set(manifest.records) == {rid, "pmid:40000002"}
         assert set(manifest.images) == {f"{rid}/fig_a"}
+
+
+def _pmcid_record_with_images(run: Path, rid: str, n: int) -> None:
+    """``rid`` ('pmcid:PMCn') in ``run``, extracted, with ``n`` image rows keyed by it."""
+    from run_factory import make_run
+
+    from histocore.manifest import Image, Record
+
+    pmcid = rid.removeprefix("pmcid:")
+    if not run.exists():
+        make_run(run, Record(id=rid, pmcid=pmcid, stage="extracted"))
+    with Manifest.load(run) as manifest:
+        for i in range(n):
+            manifest.add_image(
+                Image(
+                    id=f"{rid}/fig_{i}",
+                    record_id=rid,
+                    path=f"images/pmcid_{pmcid}/fig_{i}.png",
+                    sha256=f"{i:064x}",
+                    width=8,
+                    height=8,
+                    source="jats",
+                )
+            )
+        manifest.save()
+
+
+def test_two_new_pmids_of_one_pmcid_are_two_records(ncbi: FakeNcbi, tmp_path: Path) -> None:
+    """Two new PMIDs that idconv maps to one PMCID (an article and, say, its erratum) in one
+    PubMed search: a second PMID of one PMCID is a record of its own. A PMID-less record of
+    that PMCID ('pmid:0', 'pmcid:PMCn' of a --db pmc search) is taken by the first PMID:
+    renamed to it, or kept under its id when refused (it warned twice in one search then,
+    and the second PMID was counted already done, unlike when the rename went through)."""
+    from run_factory import make_run
+
+    from histocore.manifest import Record
+
+    pmcid = "PMC7770741"
+    ncbi.add_article(Article("40000001", title="the article", pmcid=pmcid))
+    ncbi.add_article(Article("40000003", title="its erratum", pmcid=pmcid))
+    ncbi.searches[QUERY] = ["40000001", "40000003"]
+
+    def search(run: Path) -> tuple[str, dict]:
+        result = CliRunner().invoke(app, ["search", QUERY, "--run", str(run)], env=ncbi.env())
+        assert result.exit_code == 0, result.output
+        with Manifest.load(run) as manifest:
+            return result.output, {r.id: r for r in manifest.records.values()}
+
+    output, recs = search(tmp_path / "new")
+    assert "searched: 2 done" in output, output
+    assert {rid: r.pmcid for rid, r in recs.items()} == {
+        "pmid:40000001": pmcid,
+        "pmid:40000003": pmcid,
+    }
+    renamed = tmp_path / "renamed"
+    make_run(renamed, Record(id=f"pmcid:{pmcid}", pmcid=pmcid, stage="downloaded"))
+    output, recs = search(renamed)
+    assert "searched: 1 done, 1 already done" in output, output
+    assert list(recs) == ["pmid:40000001", "pmid:40000003"], list(recs)
+    assert (recs["pmid:40000001"].stage, recs["pmid:40000003"].stage) == ("downloaded", "searched")
+    kept = tmp_path / "kept"
+    _pmcid_record_with_images(kept, f"pmcid:{pmcid}", 1)
+    output, recs = search(kept)
+    assert "searched: 1 done, 1 already done" in output, output
+    assert output.count("keeps its id") == 1, output
+    assert list(recs) == [f"pmcid:{pmcid}", "pmid:40000003"], list(recs)
+    output, recs = search(kept)  # a later search: the same
+    assert "searched: 0 done, 2 already done" in output, output
+    assert list(recs) == [f"pmcid:{pmcid}", "pmid:40000003"], list(recs)
 
 
 def _replay_pmc_search(ncbi: FakeNcbi) -> dict:

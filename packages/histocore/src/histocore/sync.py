@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Self
 from histocore.image_table import ImageTable
 from histocore.jsonl import bulk, file_fingerprint, fingerprint_matches, read_jsonl
 from histocore.schema import MANIFEST_NAME, Image, Record, _image, _names, _record, row_of
-from histocore.store import STORE_NAME, Change, Delta, RunStore, dumps
+from histocore.store import STORE_NAME, Change, Delta, RenameRefused, RunStore, dumps
 
 if TYPE_CHECKING:
     from histocore.manifest import Manifest
@@ -217,8 +217,15 @@ class StoreSync:
         """Rename record ``old`` to ``new`` in the store, in place and at once (one
         transaction, its place in the run kept; ``values`` set on it), and here.
         :class:`~histocore.store.RenameRefused` while image rows, files or a claim (live or
-        dead) are keyed by ``old`` (see :meth:`RunStore.rename_record`); nothing changes then."""
-        text = self._db().rename_record(old, new, values)
+        dead) are keyed by ``old`` (see :meth:`RunStore.rename_record`); nothing changes then,
+        save that a record another process renamed to another id first (``.renamed``) is
+        held here under that id, as stored now, in its place."""
+        try:
+            text = self._db().rename_record(old, new, values)
+        except RenameRefused as exc:
+            if exc.renamed is not None:
+                self._take_renamed(old, exc.renamed)
+            raise
         rec = _record(text, str(self.store_path))
         items = [(new, rec) if rid == old else (rid, r) for rid, r in self.records.items()]
         self.records.clear()
@@ -226,6 +233,27 @@ class StoreSync:
         self._seen_rec.pop(old, None)
         self._seen_rec[new] = text
         return rec
+
+    def _take_renamed(self, old: str, now: str) -> None:
+        """Hold record ``old``, renamed ``now`` by another process since this one read the
+        run, as the store holds it now (its row and images), in ``old``'s place."""
+        data, images = self._db().rows_of(now)
+        where = str(self.store_path)
+        rec = None if data is None else _record(data, where)  # None: deleted since
+        others = [(rid, r) for rid, r in self.records.items() if rid != now]
+        items = [(now, rec) if rid == old else (rid, r) for rid, r in others]
+        if old not in self.records:
+            items.append((now, rec))
+        self._forget(old)
+        self._forget(now)
+        self.records.clear()
+        self.records.update((rid, r) for rid, r in items if r is not None)
+        if data is None:
+            return
+        self._seen_rec[now] = data
+        for _id, text in images:
+            img = _image(text, where)
+            self.images[img.id], self._seen_img[img.id] = img, text
 
     def release(self, record_ids: Iterable[str]) -> None:
         """Give up claims without committing (e.g. on Ctrl-C)."""

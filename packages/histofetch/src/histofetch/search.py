@@ -397,15 +397,16 @@ def _search_pubmed(
         m = meta.get(pmid, {})
         idrow = ids.get(pmid)
         pmcid = idrow.pmcid if idrow and idrow.pmcid else m.get("pmcid")
-        # the article's record from a --db pmc search made when it had no PMID
-        old = earlier.get(canonical_pmcid(pmcid) or "")
+        # the article's record from a --db pmc search made when it had no PMID: the first
+        # new PMID of its PMCID in this search takes it (renamed, or kept under its id when
+        # refused); a second one is a record of its own
+        old = earlier.pop(canonical_pmcid(pmcid) or "", None)
         if old is not None:
-            _adopt(manifest, old, rid, pmid)
-            if rid in manifest.records:  # renamed: a second PMID of that PMCID is new
-                del earlier[canonical_pmcid(pmcid) or ""]
-            if rid in manifest.records or old in manifest.records:
+            now = _adopt(manifest, old, rid, pmid)
+            if now == rid or (now in manifest.records and _is_pmid_less(manifest.records[now])):
                 summary.skipped += 1
                 continue
+            # another search gave it another PMID meanwhile: this one is a record of its own
         manifest.add_record(
             Record(
                 id=rid,
@@ -456,7 +457,11 @@ def _search_pmc(
         rid = f"pmid:{m['pmid']}" if m.get("pmid") else f"pmcid:{pmcid}"
         old = earlier.get(pmcid)
         if old is not None and old != rid and rid not in manifest.records:
-            _adopt(manifest, old, rid, m.get("pmid"))
+            now = _adopt(manifest, old, rid, m.get("pmid"))
+            # another search gave it another PMID meanwhile: a hit with its own PMID is a
+            # record of its own (below); a hit without one is that record's article
+            other_pmid = now != rid and not _is_pmid_less(manifest.records.get(now))
+            old = None if other_pmid and m.get("pmid") else now
         # the article's record under its PMID (a PubMed search, or one renamed by it), while
         # PMC's esummary still writes "pmid": "0" for it (a hit with a PMID is its own record,
         # as a second PMID of one PMCID is on the PubMed path)
@@ -493,9 +498,16 @@ def _pmid_less(manifest: Manifest) -> dict[str, str]:
     out: dict[str, str] = {}
     for rid, rec in manifest.records.items():
         pmcid = canonical_pmcid(rec.pmcid)
-        if pmcid and (rid == STALE_ID or rid == f"pmcid:{pmcid}"):
+        if pmcid and _is_pmid_less(rec):
             out.setdefault(pmcid, rid)
     return out
+
+
+def _is_pmid_less(rec: Record | None) -> bool:
+    """Whether ``rec`` is a record made of a PMC article without a PMID (``pmid:0`` or
+    ``pmcid:PMCn``), one a search renames ``pmid:NNN`` when the article has a PMID."""
+    pmcid = canonical_pmcid(rec.pmcid) if rec is not None else None
+    return rec is not None and pmcid is not None and rec.id in (STALE_ID, f"pmcid:{pmcid}")
 
 
 def _by_pmcid(manifest: Manifest) -> dict[str, str]:
@@ -508,23 +520,34 @@ def _by_pmcid(manifest: Manifest) -> dict[str, str]:
     return out
 
 
-def _adopt(manifest: Manifest, old: str, rid: str, pmid: str | None) -> None:
+def _adopt(manifest: Manifest, old: str, rid: str, pmid: str | None) -> str:
     """Give the record ``old`` of this article (``pmid:0``, or ``pmcid:PMCn`` of an article
     that has a PMID now) its id ``rid``: renamed in place in the store (its place in the run
-    kept), so re-searching never adds the article twice. Refused while anything is keyed by
-    the old id (image rows: their files, labels, review log lines, scores CSVs; files an
-    attempt left under images/; a claim, live or dead), or when another search renamed it
-    first: the record then keeps its id, one warning line says why, and the hit counts as
-    already done."""
-    try:
-        manifest.rename_record(old, rid, pmid=pmid)
-    except RenameRefused as exc:
-        if exc.renamed is not None:  # by another search since this one read the run
-            log.warning("record %s is %s now, not %s: %s", old, exc.renamed, rid, exc)
-        else:
-            log.warning("record %s keeps its id (not renamed %s): %s", old, rid, exc)
-        return
-    log.info("record %s (a PMC article without a PMID then) is now %s", old, rid)
+    kept), so re-searching never adds the article twice. Returns the record's id now.
+
+    Refused while anything is keyed by the old id (image rows: their files, labels, review
+    log lines, scores CSVs; files an attempt left under images/; a claim, live or dead): the
+    record keeps its id (returned) and one warning line says why. When another search
+    renamed it since this one read the run, the id it got there is followed: a PMID-less id
+    is renamed on to ``rid``, as this search's hit implies; another ``pmid:NNN`` stays as
+    it is (returned)."""
+    seen = {old}
+    while True:
+        try:
+            manifest.rename_record(old, rid, pmid=pmid)
+        except RenameRefused as exc:
+            now = exc.renamed
+            if now is None:
+                log.warning("record %s keeps its id (not renamed %s): %s", old, rid, exc)
+                return old
+            log.info("record %s is %s now (renamed by another search meanwhile)", old, now)
+            if now in seen or not _is_pmid_less(manifest.records.get(now)):
+                return now
+            seen.add(now)
+            old = now
+            continue
+        log.info("record %s (a PMC article without a PMID then) is now %s", old, rid)
+        return rid
 
 
 def _remember(manifest: Manifest, query: str, found: SearchResult, key: dict[str, Any]) -> None:
