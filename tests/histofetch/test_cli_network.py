@@ -19,6 +19,7 @@ from s3_server import he_jpeg, real_jats
 from typer.testing import CliRunner
 
 from histocore.manifest import Manifest
+from histocore.store import RunStore
 from histofetch.cli import app
 from histofetch.search import OA_FILTER
 
@@ -633,6 +634,45 @@ def _pmcid_record_with_images(run: Path, rid: str, n: int) -> None:
                 )
             )
         manifest.save()
+
+
+def test_a_refused_rename_warns_once_for_a_record_and_reason(
+    ncbi: FakeNcbi, tmp_path: Path
+) -> None:
+    """'pmcid:PMC7770741' with image rows keeps its id at every PubMed search that finds its
+    article, and every such search warned 'record … keeps its id' again, about a record
+    that nothing had changed. Now the run remembers the refusal: a later search meeting the
+    same one says it with -v only; a new reason (a second image row) warns again."""
+    rid = "pmcid:PMC7770741"
+    run = tmp_path / "pmc"
+    _pmcid_record_with_images(run, rid, 1)
+
+    def warned(output: str) -> list[str]:
+        return [line for line in output.splitlines() if f"record {rid} keeps its id" in line]
+
+    first = _pubmed_finds_pmc_article(ncbi, run, "PMC7770741")
+    assert len(warned(first)) == 1 and "warning: " in warned(first)[0], first
+    again = _pubmed_finds_pmc_article(ncbi, run, "PMC7770741")
+    assert "searched: 0 done, 2 already done" in again and warned(again) == [], again
+    args = ["-v", "search", QUERY, "--run", str(run)]
+    verbose = CliRunner().invoke(app, args, env=ncbi.env())
+    assert verbose.exit_code == 0, verbose.output
+    assert [line.split("(not renamed")[1] for line in warned(verbose.output)] == [
+        line.split("(not renamed")[1] for line in warned(first)
+    ], verbose.output
+    assert "warning: " not in warned(verbose.output)[0], verbose.output
+    _pmcid_record_with_images(run, rid, 2)  # now 2 image rows: another reason
+    other = _pubmed_finds_pmc_article(ncbi, run, "PMC7770741")
+    assert len(warned(other)) == 1 and "its 2 image rows" in warned(other)[0], other
+    with Manifest.load(run) as manifest:
+        assert set(manifest.records) == {rid, "pmid:40000002"}
+        manifest.drop_images_of(rid)
+        manifest.save()
+    _pubmed_finds_pmc_article(ncbi, run, "PMC7770741")  # renamed now: nothing to remember
+    store = RunStore(run)
+    assert store.meta(f"renamed:{rid}") == "pmid:40000001"
+    assert store.meta(f"rename_refused:{rid}") is None
+    store.close()
 
 
 def test_two_new_pmids_of_one_pmcid_are_two_records(ncbi: FakeNcbi, tmp_path: Path) -> None:

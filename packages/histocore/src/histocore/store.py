@@ -47,6 +47,10 @@ CLAIM_LEASE_S = 3600.0
 #: ``store_meta`` key prefix: ``renamed:<old id>`` holds the id a record was renamed to
 #: (:meth:`RunStore.rename_record`), so a process that read the old row cannot write it back.
 RENAMED = "renamed:"
+#: ``store_meta`` key prefix: ``rename_refused:<old id>`` holds ``<new id>: <why>`` of the
+#: last refused rename of that record, so a later search that meets the same refusal can say
+#: it was said before (:attr:`RenameRefused.repeated`); a rename that goes through drops it.
+RENAME_REFUSED = "rename_refused:"
 
 RECORD_COLUMNS = ("stage", "status", "failed_stage", "pmid", "pmcid")
 IMAGE_COLUMNS = ("record_id", "sha256", "source", "page", "status", "kept", "label")
@@ -132,6 +136,8 @@ class RenameRefused(ManifestError):
         super().__init__(message)
         #: the record's id now, when another process renamed it to another id first
         self.renamed = renamed
+        #: the store met this refusal (the same new id and reason) before: said already
+        self.repeated = False
 
 
 @dataclass
@@ -377,7 +383,19 @@ class RunStore:
         id: image rows (their ids, files, labels, review log lines and scores CSVs name it),
         files under ``images/<old slug>/`` (an attempt left them), or a claim, a live
         process's or a dead one's (it counts the record's unfinished attempts). Returns the
-        renamed row's JSON."""
+        renamed row's JSON. A refusal of a record in the run is remembered
+        (``rename_refused:<old>``): :attr:`RenameRefused.repeated` when it was met before."""
+        try:
+            return self._rename(old, new, values)
+        except RenameRefused as exc:
+            if exc.renamed is None and self.rows_of(old)[0] is not None:
+                note = f"{new}: {exc}"
+                with self.write():
+                    exc.repeated = self.meta(RENAME_REFUSED + old) == note
+                    self.set_meta(RENAME_REFUSED + old, note)
+            raise
+
+    def _rename(self, old: str, new: str, values: dict[str, Any]) -> str:
         with self.write() as db:
             row = db.execute("SELECT data FROM records WHERE id = ?", (old,)).fetchone()
             now = self._renamed_to(old) if row is None else None
@@ -421,6 +439,7 @@ class RunStore:
                 (new, *cols, text, old),
             )
             self.set_meta(RENAMED + old, new)
+            db.execute("DELETE FROM store_meta WHERE key = ?", (RENAME_REFUSED + old,))
         return text
 
     def _renamed_to(self, old: str) -> str | None:

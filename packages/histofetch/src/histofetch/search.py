@@ -527,10 +527,11 @@ def _adopt(manifest: Manifest, old: str, rid: str, pmid: str | None) -> str:
 
     Refused while anything is keyed by the old id (image rows: their files, labels, review
     log lines, scores CSVs; files an attempt left under images/; a claim, live or dead): the
-    record keeps its id (returned) and one warning line says why. When another search
-    renamed it since this one read the run, the id it got there is followed: a PMID-less id
-    is renamed on to ``rid``, as this search's hit implies; another ``pmid:NNN`` stays as
-    it is (returned)."""
+    record keeps its id (returned) and one warning line says why, the first time the run
+    meets that refusal (a later search meeting it says it with ``-v`` only). When another
+    search renamed it since this one read the run, the id it got there is followed: a
+    PMID-less id is renamed on to ``rid``, as this search's hit implies; another
+    ``pmid:NNN`` stays as it is (returned)."""
     seen = {old}
     while True:
         try:
@@ -538,7 +539,8 @@ def _adopt(manifest: Manifest, old: str, rid: str, pmid: str | None) -> str:
         except RenameRefused as exc:
             now = exc.renamed
             if now is None:
-                log.warning("record %s keeps its id (not renamed %s): %s", old, rid, exc)
+                say = log.debug if exc.repeated else log.warning
+                say("record %s keeps its id (not renamed %s): %s", old, rid, exc)
                 return old
             log.info("record %s is %s now (renamed by another search meanwhile)", old, now)
             if now in seen or not _is_pmid_less(manifest.records.get(now)):
