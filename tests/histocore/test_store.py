@@ -307,6 +307,43 @@ def test_a_rename_another_process_made_first_is_taken_as_done(tmp_path: Path) ->
         assert list(m.records) == ["pmcid:PMC5", "pmid:9"]
 
 
+def test_a_rename_renames_the_records_pdf_with_it(tmp_path: Path) -> None:
+    """'pmid:0' renamed 'pmcid:PMC5' kept its PDF as 'pdfs/pmid_0.pdf': the file no longer
+    said whose it was, and a merge of a shard with its own 'pmid:0' pointed that record at
+    it. Now the PDF is renamed with the record (linked before the row's commit, the old name
+    removed after); it keeps its name where another file has the new one or another row
+    names it, and a PDF outside pdfs/ (a local file) is left alone."""
+    pdfs = tmp_path / "pdfs"
+    pdfs.mkdir()
+    (pdfs / "pmid_0.pdf").write_bytes(b"%PDF PMC5")
+    (pdfs / "pmid_1.pdf").write_bytes(b"%PDF PMC6")
+    (pdfs / "pmid_88.pdf").write_bytes(b"another file")
+    with Manifest.load(tmp_path, create=True) as m:
+        m.add_record(Record(id="pmid:0", pmid="0", pmcid="PMC5", pdf_path="pdfs/pmid_0.pdf"))
+        m.add_record(Record(id="pmid:1", pmcid="PMC6", pdf_path="pdfs/pmid_1.pdf"))
+        m.add_record(Record(id="pmid:2", pmcid="PMC7", pdf_path="/elsewhere/pmid_2.pdf"))
+        m.add_record(Record(id="pmid:3", pmcid="PMC8", pdf_path="pdfs/pmid_3.pdf"))
+        m.add_record(Record(id="pmid:4", pmcid="PMC8", pdf_path="pdfs/pmid_3.pdf"))
+        m.save()
+    (pdfs / "pmid_3.pdf").write_bytes(b"%PDF PMC8")
+    with Manifest.load(tmp_path) as m:
+        assert m.rename_record("pmid:0", "pmcid:PMC5").pdf_path == "pdfs/pmcid_PMC5.pdf"
+        assert m.rename_record("pmcid:PMC5", "pmid:88").pdf_path == "pdfs/pmcid_PMC5.pdf"
+        assert m.rename_record("pmid:2", "pmcid:PMC7").pdf_path == "/elsewhere/pmid_2.pdf"
+        assert m.rename_record("pmid:3", "pmcid:PMC8").pdf_path == "pdfs/pmid_3.pdf"
+    assert (pdfs / "pmcid_PMC5.pdf").read_bytes() == b"%PDF PMC5"
+    assert (pdfs / "pmid_88.pdf").read_bytes() == b"another file"
+    assert sorted(p.name for p in pdfs.iterdir()) == [
+        "pmcid_PMC5.pdf",
+        "pmid_1.pdf",
+        "pmid_3.pdf",
+        "pmid_88.pdf",
+    ]
+    with Manifest.load(tmp_path) as m:
+        assert m.records["pmid:88"].pdf_path == "pdfs/pmcid_PMC5.pdf"
+        assert m.records["pmcid:PMC8"].pdf_path == m.records["pmid:4"].pdf_path
+
+
 def _claimed_by_a_dead_process(run: Path, record_id: str) -> None:
     """A stage attempt that claimed ``record_id`` and was killed before it committed."""
     code = (

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -141,3 +142,51 @@ def test_merge_line_of_one_run_without_images(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "merged 1 run: 1 record added" in result.output, result.output
     assert "0 images" not in result.output and "1 runs" not in result.output
+
+
+def _run_with_pdf(run: Path, rec: Record, data: bytes) -> None:
+    """``run`` holding ``rec`` and its downloaded PDF (``rec.pdf_path``) of bytes ``data``."""
+    assert rec.pdf_path is not None
+    (run / rec.pdf_path).parent.mkdir(parents=True, exist_ok=True)
+    (run / rec.pdf_path).write_bytes(data)
+    rec.pdf_sha256 = hashlib.sha256(data).hexdigest()
+    with Manifest.load(run, create=True) as manifest:
+        manifest.add_record(rec)
+        manifest.save()
+
+
+def test_merge_never_points_a_record_at_another_articles_file(tmp_path: Path) -> None:
+    """A run whose 'pmid:0' a search renamed 'pmcid:PMC5' before the PDF moved with the
+    record keeps 'pdfs/pmid_0.pdf' as that record's PDF; merging into it a shard that holds
+    its own 'pmid:0' (another article) left the file as it was and pointed the shard's
+    record at it: a PDF whose pdf_sha256 is not the record's. Now the shard's file is
+    brought under a free name, and a file of the same bytes is taken as it is."""
+    out, shard = tmp_path / "out", tmp_path / "shard"
+    renamed = Record(id="pmcid:PMC5", pmcid="PMC5", stage="downloaded", pdf_path="pdfs/pmid_0.pdf")
+    _run_with_pdf(out, renamed, b"%PDF-1.4 the article PMC5")
+    theirs = Record(
+        id="pmid:0", pmid="0", pmcid="PMC9", stage="downloaded", pdf_path="pdfs/pmid_0.pdf"
+    )
+    _run_with_pdf(shard, theirs, b"%PDF-1.4 the article PMC9")
+    (out / "pdfs" / "pmid_0-2.pdf").write_bytes(b"a file no row names")
+    summary = merge_runs([shard], out)
+    assert summary.records == 1
+    with Manifest.load(out) as merged:
+        recs = dict(merged.records)
+    for rec in recs.values():
+        assert rec.pdf_path is not None and rec.pdf_sha256 is not None
+        data = (out / rec.pdf_path).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == rec.pdf_sha256, (rec.id, rec.pdf_path)
+    assert (recs["pmcid:PMC5"].pdf_path, recs["pmid:0"].pdf_path) == (
+        "pdfs/pmid_0.pdf",
+        "pdfs/pmid_0-3.pdf",
+    )
+    same = tmp_path / "same"  # the same bytes under that name: taken as they are
+    _run_with_pdf(
+        same,
+        Record(id="pmid:7", pmid="7", pdf_path="pdfs/pmid_0.pdf"),
+        b"%PDF-1.4 the article PMC5",
+    )
+    merge_runs([same], out)
+    with Manifest.load(out) as merged:
+        assert merged.records["pmid:7"].pdf_path == "pdfs/pmid_0.pdf"

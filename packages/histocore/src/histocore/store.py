@@ -21,6 +21,7 @@ This module knows rows as dicts only; :mod:`histocore.manifest` maps them to dat
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -382,8 +383,10 @@ class RunStore:
         Refused (:class:`RenameRefused`, nothing written) while anything is keyed by the old
         id: image rows (their ids, files, labels, review log lines and scores CSVs name it),
         files under ``images/<old slug>/`` (an attempt left them), or a claim, a live
-        process's or a dead one's (it counts the record's unfinished attempts). Returns the
-        renamed row's JSON. A refusal of a record in the run is remembered
+        process's or a dead one's (it counts the record's unfinished attempts). Its
+        downloaded PDF ``pdfs/<old slug>.pdf`` is renamed with it (linked under the new
+        name before the commit, the old name removed after). Returns the renamed row's
+        JSON. A refusal of a record in the run is remembered
         (``rename_refused:<old>``): :attr:`RenameRefused.repeated` when it was met before."""
         try:
             return self._rename(old, new, values)
@@ -396,6 +399,42 @@ class RunStore:
             raise
 
     def _rename(self, old: str, new: str, values: dict[str, Any]) -> str:
+        linked: list[Path] = []  # the PDF's new name, linked before the commit
+        try:
+            text = self._rename_row(old, new, values, linked)
+        except BaseException:
+            for path in linked:  # not renamed: the row still names the old file
+                path.unlink(missing_ok=True)
+            raise
+        if linked:
+            with contextlib.suppress(OSError):  # left: a file no row names, no harm
+                (self.run_dir / "pdfs" / f"{record_slug(old)}.pdf").unlink()
+        return text
+
+    def _move_pdf(self, data: dict[str, Any], old: str, new: str, linked: list[Path]) -> None:
+        """The record's downloaded PDF (``pdfs/<old slug>.pdf``) linked as ``pdfs/<new
+        slug>.pdf`` and named so in ``data``; kept under its old name when that cannot be
+        (another file has the new name, another row names the old one, no hard links here)."""
+        rel = f"pdfs/{record_slug(old)}.pdf"
+        if data.get("pdf_path") != rel:
+            return
+        src, dst = self.run_dir / rel, self.run_dir / "pdfs" / f"{record_slug(new)}.pdf"
+        if src.is_symlink() or not src.is_file() or dst.exists() or dst.is_symlink():
+            return
+        named = self.db.execute(  # another row names it too (a merge of a run renamed before)
+            "SELECT 1 FROM records WHERE id != ? AND instr(data, ?) > 0 LIMIT 1",
+            (old, json.dumps(rel)),
+        ).fetchone()
+        if named:
+            return
+        try:
+            os.link(src, dst)
+        except OSError:
+            return
+        linked.append(dst)
+        data["pdf_path"] = f"pdfs/{dst.name}"
+
+    def _rename_row(self, old: str, new: str, values: dict[str, Any], linked: list[Path]) -> str:
         with self.write() as db:
             row = db.execute("SELECT data FROM records WHERE id = ?", (old,)).fetchone()
             now = self._renamed_to(old) if row is None else None
@@ -431,6 +470,7 @@ class RunStore:
                     f"files an attempt left in images/{folder.name}/ are named by {old}"
                 )
             data = json.loads(row[0]) | values | {"id": new}
+            self._move_pdf(data, old, new, linked)
             text = dumps(data)
             cols = [_column(data.get(c)) for c in RECORD_COLUMNS]
             db.execute(

@@ -11,12 +11,16 @@
   twice in one) is not added again; the record notes it in ``extra["merge_duplicates"]``.
 * Files the rows name inside a source run (PDFs, images) are hard-linked into the output
   (copied across file systems) under the same relative path, so the merged run stands
-  alone; files outside the source run (local PDFs) keep their absolute paths.
+  alone; files outside the source run (local PDFs) keep their absolute paths. Where the
+  output holds another file under that path (a run whose renamed record kept its
+  ``pdfs/pmid_0.pdf``, and a shard's own ``pmid:0``), the file is brought under a free
+  name (``pdfs/pmid_0-2.pdf``) and the row names that.
 """
 
 from __future__ import annotations
 
 import contextlib
+import filecmp
 import os
 import shutil
 from dataclasses import dataclass, field, replace
@@ -147,6 +151,9 @@ def _bring(run: Manifest, merged: Manifest, rel: str | None) -> str | None:
         return rel  # a link pointing out: never read, never linked beside the merge
     if not src.is_file():
         return rel  # named but missing in the source: the row says so, as it did there
+    if dst.exists() and not _same_bytes(src, dst):  # another article's file: not ours
+        dst = _free(dst)
+        rel = dst.relative_to(merged.run_dir).as_posix()
     if not dst.exists():
         dst.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -154,3 +161,18 @@ def _bring(run: Manifest, merged: Manifest, rel: str | None) -> str | None:
         except OSError:  # another file system, or links not allowed
             shutil.copy2(src, dst)
     return rel
+
+
+def _same_bytes(a: Path, b: Path) -> bool:
+    try:
+        return a.samefile(b) or filecmp.cmp(a, b, shallow=False)
+    except OSError:
+        return False
+
+
+def _free(path: Path) -> Path:
+    """``path`` with ``-2``, ``-3``, … added to its stem: the first name no file has."""
+    n = 2
+    while (free := path.with_name(f"{path.stem}-{n}{path.suffix}")).exists() or free.is_symlink():
+        n += 1
+    return free
