@@ -258,8 +258,8 @@ def _by_hand(tmp_path, args, *, timeout=BY_HAND_TIMEOUT, rank_args=None, rank_en
 
     Rank 1 starts once rank 0 hosts the rendezvous store, so that every test sees what its
     docstring says (rank 0 waiting in the join). Started together on a loaded box, rank 1
-    could fail more than a minute before rank 0's store was up; its report then outwaits
-    REPORT_WAIT and torch prints its connect error and a C++ stack on rank 1's stderr."""
+    could fail more than a minute before rank 0's store was up; its report then gives up
+    after REPORT_WAIT and rank 0 waits for it in the join."""
     import time
 
     port = _free_port()
@@ -292,6 +292,45 @@ def _by_hand(tmp_path, args, *, timeout=BY_HAND_TIMEOUT, rank_args=None, rank_en
                 proc.kill()
                 proc.wait()
     return done
+
+
+#: One rank of two, started by hand, with a short REPORT_WAIT (a minute in the CLI).
+SHORT_REPORT_WAIT = """
+import sys
+from datetime import timedelta
+import histomodels.distributed
+from histomodels.cli import app
+histomodels.distributed.REPORT_WAIT = timedelta(seconds=2)
+sys.argv[0] = "histomodels"
+app()
+"""
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "error"),
+    [
+        (["--data", "missing.h5"], 1, "error: missing.h5: train data not found"),
+        (["--data", "missing.h5", "--lr", "0"], 2, "Invalid value for '--lr'"),  # click's
+    ],
+)
+def test_a_rank_failing_before_rank_0s_store_is_up_prints_only_its_error(
+    tmp_path, args, code, error
+):
+    """Rank 1 fails before joining and no rank 0 hosts the store within REPORT_WAIT (rank
+    0 far slower to start): it prints its own error alone and exits; torch's store client
+    printed about 40 lines of C++ connect timeouts and stacks after it, then a warning."""
+    script = tmp_path / "rank.py"
+    script.write_text(SHORT_REPORT_WAIT)
+    env = {
+        **os.environ, "RANK": "1", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(_free_port()), "OMP_NUM_THREADS": "1",
+    }  # fmt: skip
+    cmd = [sys.executable, str(script), "train", "--val", "v.h5", "--out", "run", *args]
+    r = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == code, r.stderr[-3000:]
+    assert error in r.stderr and "c10d" not in r.stderr and "warning" not in r.stderr, r.stderr
+    if code == 1:
+        assert r.stderr.splitlines() == [error]
 
 
 @pytest.fixture(scope="module")

@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -122,6 +123,25 @@ def _store(rank: int, world: int, timeout: timedelta) -> dist.Store:
     )  # fmt: skip
 
 
+def _store_up(timeout: timedelta) -> bool:
+    """Whether the rendezvous store at MASTER_ADDR:MASTER_PORT accepts connections within
+    ``timeout``; polled in Python, where torch's client, whose connect gives up only after
+    ``timeout``, prints a C++ error and stack on stderr for every failed try."""
+    try:
+        addr, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
+    except (KeyError, ValueError):
+        return True  # _store says what is missing
+    deadline = time.monotonic() + timeout.total_seconds()
+    while True:
+        try:
+            with socket.create_connection((addr, port), timeout=1.0):
+                return True
+        except OSError:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.2)
+
+
 def _agent_store() -> bool:
     """torchrun's agent hosts the store (at MASTER_ADDR:MASTER_PORT)."""
     return os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
@@ -140,6 +160,8 @@ def _start(rank: int, world: int, failure: str | None) -> dist.Store:
     global _started, _joins
     _started, _joins = True, _joins + 1
     timeout = JOIN_TIMEOUT if failure is None else REPORT_WAIT
+    if failure is not None and not _hosts_store(rank) and not _store_up(timeout):
+        raise DistError(f"the rendezvous store did not come up within {timeout}")
     store = _store(rank, world, timeout)
     run = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")  # torchrun's store outlives a try
     box = dist.PrefixStore(f"histomodels/start/{run}/{_joins}", store)
@@ -187,8 +209,10 @@ def report_early_failure(exc: BaseException) -> None:
     try:
         _start(*env, failure=why)
     except (DomainError, RuntimeError) as err:  # the store is gone or never came: give up
+        # quietly: the rank's own error line is all it prints (a rank 0 started later still
+        # waits for it in the join; -v shows this line)
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        log.warning("could not tell the other ranks that this one failed (%s)", first)
+        log.debug("could not tell the other ranks that this one failed (%s)", first)
 
 
 @contextlib.contextmanager
