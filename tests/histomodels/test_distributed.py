@@ -17,6 +17,17 @@ from histomodels.distributed import DistInfo, cleanup, init_distributed, shard, 
 from histomodels.synthetic import write_h5
 
 
+@pytest.fixture(autouse=True)
+def no_rank_prefix_left():
+    """A test that creates a process group in the pytest process leaves sys.excepthook as
+    it found it: init_process_group replaces it, for good, with one that prefixes every line
+    of a traceback with ``[rank0]:`` (a later test's crash in CI read so)."""
+    before = sys.excepthook
+    yield
+    after = sys.excepthook
+    assert after is before or "init_process_group" not in after.__qualname__, after
+
+
 def test_shards_cover_the_data_once():
     idx = torch.randperm(11)
     parts = [shard(idx, DistInfo(rank=r, world_size=3)) for r in range(3)]
@@ -43,6 +54,7 @@ def test_cleanup_destroys_only_the_process_group_it_created(monkeypatch):
     init_distributed created is destroyed by cleanup (the trainer calls it in a finally)."""
     import torch.distributed as dist
 
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)  # init_process_group replaces it
     dist.init_process_group(
         "gloo", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1
     )
