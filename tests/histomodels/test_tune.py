@@ -183,6 +183,28 @@ def test_a_bad_base_config_fails_trials_with_its_message(tmp_path, tiny_data):
     assert [r["status"] for r in records] == ["failed"] * MAX_FAILED_IN_A_ROW
 
 
+def test_a_trial_build_refusal_names_the_trial_and_where_each_key_came_from(tmp_path):
+    """8x8 px patches: depth 5 pools them to nothing, so the trial build refuses every trial.
+    The refusal named neither the trial nor which keys the search, --fix or the base config
+    file gave ('last: model_config {...}: cannot build cnn ...'); now it names them."""
+    x, y = make_patches(32, seed=0)
+    vx, vy = make_patches(24, seed=1)
+    data = (np.ascontiguousarray(x[:, 44:52, 44:52]), y)
+    val = (np.ascontiguousarray(vx[:, 44:52, 44:52]), vy)
+    base = TINY.replace(model_config={"blocks": 2})
+    with pytest.raises(TuneError) as info:
+        tune(data, val, tmp_path, trials=1, trial_epochs=1, quiet=True, base=base,
+             fixed={"depth": 5}, base_name="c.json")  # fmt: skip
+    records = json.loads((tmp_path / "trials.json").read_text())
+    assert [r["status"] for r in records] == ["failed"] * MAX_FAILED_IN_A_ROW
+    for r in records:
+        assert r["error"].startswith("c.json (blocks), the search ("), r["error"]
+        assert ") and --fix (depth): model_config {" in r["error"]
+        assert "cannot build cnn for 8x8 px patches" in r["error"]
+    last = records[-1]
+    assert f"(last, trial {last['trial']}: {last['error']})" in str(info.value)
+
+
 def test_a_programmer_bug_in_a_trial_propagates_with_its_traceback(
     tmp_path, tiny_data, monkeypatch
 ):

@@ -45,6 +45,7 @@ from histomodels.config import TrainConfig
 from histomodels.training import TrainingError, load_split, train
 from histomodels.training.data import check_two_classes, warn_shared_patches
 from histomodels.training.distill import CACHE_NAME
+from histomodels.training.network import BuildRefused
 from histomodels.tune_space import (
     _RUN_ONLY,
     DEFAULT_TRIAL_MINUTES,
@@ -150,8 +151,10 @@ def _tune(
     quiet: bool = False,
     base: TrainConfig | None = None,
     fixed: dict[str, Any] | list[str] | None = None,
+    base_name: str = "the base config",
 ) -> dict[str, Any]:
-    """Run (or resume) the optimisation; returns the best trial record."""
+    """Run (or resume) the optimisation; returns the best trial record. ``base_name``: what a
+    failed trial calls the base config (the CLI: its file) when its keys are at fault."""
     from ax.api.client import Client
 
     _quiet_ax()
@@ -218,14 +221,17 @@ def _tune(
     while len([r for r in records if r.get("status") == "completed"]) < trials:
         if failed_in_a_row >= MAX_FAILED_IN_A_ROW:
             raise TuneError(
-                f"{out}: {failed_in_a_row} trials in a row failed (last: "
-                f"{records[-1]['error']}); see {records_path}"
+                f"{out}: {failed_in_a_row} trials in a row failed (last, trial "
+                f"{records[-1]['trial']}: {records[-1]['error']}); see {records_path}"
             )
         ((idx, params),) = client.get_next_trials(max_trials=1).items()
         _save_client(client, exp_path)  # the trial is recorded as running
         t0 = time.perf_counter()
         cfg = trial_config(dict(params), base, pins)
-        record = _run_trial(client, idx, dict(params), cfg, out, (train_arrays, val_arrays))
+        sources = {**{k: base_name for k in base.model_config}, **dict.fromkeys(pins, "--fix"),
+                   **dict.fromkeys(params, "the search")}  # fmt: skip
+        record = _run_trial(client, idx, dict(params), cfg, out, (train_arrays, val_arrays),
+                            sources)  # fmt: skip
         record.update(fixed=pins, limit=limit)
         failed_in_a_row = failed_in_a_row + 1 if record["status"] == "failed" else 0
         record["seconds"] = round(time.perf_counter() - t0, 1)
@@ -365,10 +371,17 @@ def _check_data(out: Path, data: dict[str, str]) -> None:
 
 
 def _run_trial(
-    client, idx: int, params: dict[str, Any], cfg: TrainConfig, out: Path, data: tuple
+    client,
+    idx: int,
+    params: dict[str, Any],
+    cfg: TrainConfig,
+    out: Path,
+    data: tuple,
+    sources: dict[str, str],
 ) -> dict[str, Any]:
     """Train trial ``idx`` and report it to Ax; returns its record (completed or failed).
-    Only :func:`trial_failure` errors fail a trial; anything else propagates."""
+    Only :func:`trial_failure` errors fail a trial; anything else propagates. ``sources``:
+    where each model_config key came from, named when the trial build refuses them."""
     record: dict[str, Any] = {"trial": idx, "params": params}
     run_dir = out / "trials" / f"{idx:03d}"
     if cfg.teacher:
@@ -379,7 +392,9 @@ def _run_trial(
         reason = trial_failure(exc)
         if not reason:
             raise  # a programmer bug: keep its traceback
-        client.mark_trial_failed(idx, failed_reason=str(exc)[:200])
+        if isinstance(exc, BuildRefused):
+            reason = f"{_named_sources(exc.given, sources)}: {reason}"
+        client.mark_trial_failed(idx, failed_reason=reason[:200])
         record.update(status="failed", error=reason)
         return record
     finally:
@@ -397,6 +412,16 @@ def _run_trial(
         config={k: v for k, v in cfg.to_dict().items() if k not in _RUN_ONLY},
     )
     return record
+
+
+def _named_sources(given: dict[str, Any], sources: dict[str, str]) -> str:
+    """Where the ``given`` model_config keys of a refused trial came from, e.g. ``the search
+    (width, depth) and c.json (blocks)``."""
+    by: dict[str, list[str]] = {}
+    for key in given:
+        by.setdefault(sources.get(key, "the base config"), []).append(key)
+    named = [f"{where} ({', '.join(keys)})" for where, keys in by.items()]
+    return ", ".join(named[:-1]) + " and " + named[-1] if len(named) > 1 else named[0]
 
 
 def _share(src: Path, dst: Path) -> None:

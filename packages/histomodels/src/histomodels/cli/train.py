@@ -578,6 +578,7 @@ def tune_cmd(
             quiet=quiet,
             base=base,
             fixed=fixed,
+            base_name=str(config) if config else "the base config",
         )
     typer.echo(
         f"best val AUC {best['val_auc']:.4f} (trial {best['trial']}); "
