@@ -993,6 +993,55 @@ def test_a_fault_of_our_code_around_a_timm_model_keeps_its_traceback(arrays, tmp
               tmp_path / "r2", train_data=arrays[0], val_data=arrays[1])  # fmt: skip
 
 
+def _out_of_memory_off_meta(make_error):
+    """A weight initialiser that runs out of memory (``make_error`` raises) on a real tensor,
+    as a model too large for the machine's memory does; the meta-device trial build
+    before the real one allocates nothing and goes through."""
+
+    def init(tensor, *args, **kwargs):
+        if tensor.device.type != "meta":
+            make_error()
+        return tensor
+
+    return init
+
+
+@pytest.mark.parametrize(
+    ("model", "model_config", "where", "raised"),
+    [
+        # inside timm's own code (its ViT initialising pos_embed): a Python MemoryError
+        ("timm/vit_tiny_patch16_224", {"depth": 2}, "timm.models.vision_transformer.trunc_normal_",
+         "MemoryError"),
+        # torch's CPU allocator under the cnn's initialiser: a RuntimeError, the type a
+        # config that cannot build raises too
+        ("cnn", {"width": 8, "depth": 2}, "torch.nn.init.kaiming_normal_",
+         "RuntimeError: [enforce fail"),
+    ],
+)  # fmt: skip
+def test_memory_running_out_while_building_is_out_of_memory_not_a_config_fault(
+    arrays, tmp_path, monkeypatch, model, model_config, where, raised
+):
+    """It read 'model_config {...}: cannot build <model> (MemoryError)', a fault of the
+    user's keys; it is one line saying memory ran out building the model, and nothing is
+    written."""
+    from histocore.errors import DomainError
+
+    def allocate():
+        if raised == "MemoryError":
+            raise MemoryError
+        torch.empty(2**50, dtype=torch.uint8)  # 1 PB: torch's allocator refuses it
+
+    monkeypatch.setattr(where, _out_of_memory_off_meta(allocate))
+    with pytest.raises(DomainError) as info:
+        train(_cfg(model=model, model_config=model_config), tmp_path / "r",
+              train_data=arrays[0], val_data=arrays[1])  # fmt: skip
+    message = str(info.value)
+    assert message.startswith(f"{model}: out of memory while building it ({raised}"), message
+    assert "cannot build" not in message and len(message.splitlines()) == 1
+    assert isinstance(info.value, MemoryError)  # what a tune counts as a failed trial
+    assert not (tmp_path / "r").exists()
+
+
 def test_a_timm_model_of_fixed_input_size_trains_on_the_patches(h5_files, tmp_path):
     """timm's ViTs are built for 224 px: ``--model timm/vit_tiny_patch16_224`` with its
     defaults was an AssertionError traceback on 96 px patches ('Input height (96) doesn't

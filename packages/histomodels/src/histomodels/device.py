@@ -137,3 +137,17 @@ def set_threads(threads: int | None) -> None:
     """Limit intra-op threads (use the core count you actually have; see docs)."""
     if threads:
         torch.set_num_threads(int(threads))
+
+
+def out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is an allocation failure: ``torch.OutOfMemoryError`` (CUDA, MPS),
+    the plain ``RuntimeError`` the CPU allocator raises, or Python's ``MemoryError``."""
+    if isinstance(exc, torch.OutOfMemoryError | MemoryError):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and any(m in text for m in _OOM_MESSAGES)
+
+
+#: What PyTorch's allocators say when memory runs out (CPU: ``DefaultCPUAllocator: can't
+#: allocate memory``; backends without their own error class: ``out of memory``).
+_OOM_MESSAGES = ("DefaultCPUAllocator", "can't allocate memory", "out of memory")

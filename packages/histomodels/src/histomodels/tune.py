@@ -42,6 +42,7 @@ import torch
 from histocore.errors import DomainError
 from histocore.io import loads_json
 from histomodels.config import TrainConfig
+from histomodels.device import out_of_memory
 from histomodels.training import TrainingError, load_split, train
 from histomodels.training.data import check_two_classes, warn_shared_patches
 from histomodels.training.distill import CACHE_NAME
@@ -79,22 +80,6 @@ MAX_FAILED_IN_A_ROW = 5
 EXPERIMENT_FILE = "ax_experiment.json"
 #: What an experiment was started with (pins, base config): a resume must match it.
 SETTINGS_FILE = "tune.json"
-
-
-def out_of_memory(exc: BaseException) -> bool:
-    """Whether ``exc`` is an allocation failure: ``torch.OutOfMemoryError`` (CUDA, MPS) or
-    the plain ``RuntimeError`` the CPU allocator raises."""
-    import torch
-
-    if isinstance(exc, torch.OutOfMemoryError | MemoryError):
-        return True
-    text = str(exc)
-    return isinstance(exc, RuntimeError) and any(m in text for m in _OOM_MESSAGES)
-
-
-#: What PyTorch's allocators say when memory runs out (CPU: ``DefaultCPUAllocator: can't
-#: allocate memory``; backends without their own error class: ``out of memory``).
-_OOM_MESSAGES = ("DefaultCPUAllocator", "can't allocate memory", "out of memory")
 
 
 def trial_failure(exc: BaseException) -> str:

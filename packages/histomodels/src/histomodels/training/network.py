@@ -15,6 +15,7 @@ from histocore.errors import DomainError
 from histomodels import distributed as D
 from histomodels.checkpoint import build_with_weights
 from histomodels.config import RECIPE_MODEL_DEFAULTS, ConfigError, TrainConfig
+from histomodels.device import out_of_memory
 from histomodels.models import create_model
 from histomodels.models.registry import ModelError, ModelTooLarge, check_build, shown_config
 from histomodels.training.schedule import set_backbone_frozen
@@ -48,6 +49,11 @@ class BuildRefused(ConfigError):
         self.given = given
 
 
+class BuildOutOfMemory(DomainError, MemoryError):
+    """Memory ran out while the model was built (the meta-device trial build went through):
+    the machine's limit, not a fault of the config or of the code."""
+
+
 def build_model(
     cfg: TrainConfig,
     device: torch.device,
@@ -66,7 +72,8 @@ def build_model(
     user gave (default :func:`given_config`). When it holds any, what that trial or the
     build raises of :data:`CONFIG_FAULTS` is one :class:`BuildRefused` naming them, unless the same
     trial without them fails too; other exceptions, and any with the defaults alone, are
-    bugs and keep their traceback. Over 10^9 values is refused whoever gave the config."""
+    bugs and keep their traceback. Over 10^9 values is refused whoever gave the config.
+    Memory running out in the build is :class:`BuildOutOfMemory`, whoever gave it."""
     if state is not None:  # the config is the file's: the same rebuild as any checkpoint
         # no TypeError caught: check_config has matched the keys and value types against
         # the builder's signature, so one raised while building is a bug in the model code
@@ -87,6 +94,10 @@ def build_model(
             raise ConfigError(str(exc)) from None
         raise
     except Exception as exc:
+        if out_of_memory(exc):  # neither the config's fault nor a bug: the machine's limit
+            first = (str(exc).strip().splitlines() or [""])[0]
+            why = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+            raise BuildOutOfMemory(f"{cfg.model}: out of memory while building it ({why})") from exc
         if not given or not _config_fault(exc, cfg, given, input_size):
             raise
         size = f" for {input_size}x{input_size} px patches" if input_size else ""
