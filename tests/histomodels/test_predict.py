@@ -222,6 +222,45 @@ def test_a_thin_png_too_small_is_refused_without_decoding_it(
     assert not (tmp_path / "p.csv").exists()
 
 
+@pytest.mark.parametrize(
+    ("before", "after"),
+    [((), (6, 1)), ((6,), (1,)), ((1,), (6,)), ((6, 1), ())],
+)
+def test_a_too_small_pngs_size_is_said_as_the_last_exif_turns_it(
+    tmp_path: Path, before: tuple[int, ...], after: tuple[int, ...]
+) -> None:
+    """A PNG with several eXIf chunks (orientations ``before`` and ``after`` its pixels):
+    Pillow decodes it as the last one says; the refusal read the first one after the
+    pixels, or the one before them when there was one, and so said '200x60' for a PNG
+    decoded 60x200 (or the reverse)."""
+    import io
+
+    def exif(turn: int) -> bytes:
+        e = Image.Exif()
+        e[0x0112] = turn
+        return _png_chunk(b"eXIf", e.tobytes())
+
+    buf = io.BytesIO()
+    Image.new("L", (60, 200), 200).save(buf, "PNG")
+    raw = buf.getvalue()
+    at = raw.index(b"IDAT") - 4
+    png = tmp_path / "small.png"
+    png.write_bytes(
+        raw[:at] + b"".join(map(exif, before)) + raw[at:-12] + b"".join(map(exif, after))
+        + raw[-12:]
+    )  # fmt: skip
+    with Image.open(png) as im:  # how Pillow decodes it
+        im.load()
+        turn = im.getexif().get(0x0112)
+    assert turn == (before + after)[-1]
+    said = "200x60" if turn == 6 else "60x200"
+    args = ["predict", "pcam-cnn", str(png), "--no-heatmaps", "--out", str(tmp_path / "p.csv")]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 1 and r.stderr == (
+        f"error: {png}: {said} is smaller than one 96px patch\n"
+    ), r.output
+
+
 def test_one_image_too_small_at_scale_does_not_stop_the_run(tmp_path: Path) -> None:
     """One 150 px image in a folder, at --scale 0.5 (75 px, under one 96 px patch), stopped
     the whole run after the header check had passed it (exit 1, no CSV for the others). It

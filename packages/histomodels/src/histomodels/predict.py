@@ -216,14 +216,15 @@ MAX_PNG_CHUNKS = 100_000
 def _header_turn(im: Any, f: Path) -> int | None:
     """The EXIF/TIFF orientation (1-8; 1 when absent or damaged, as the decoder takes it) of
     open image ``im`` (file ``f``) without decoding its pixels, or None when it cannot be
-    read so. Pillow gives a TIFF's size already turned (1 here); a PNG's eXIf before its
-    pixels is in ``im.info``, one after them is found by walking the chunk headers."""
+    read so. Pillow gives a TIFF's size already turned (1 here); a PNG's orientation is
+    that of its last eXIf chunk, before or after the pixels (Pillow decodes with the last
+    one it reads), found by walking the chunk headers."""
     import PIL.Image
 
     if im.format == "TIFF":
         return 1
     try:
-        if im.format == "PNG" and "exif" not in im.info:  # getexif() would decode the PNG
+        if im.format == "PNG":  # not getexif(): the eXIf before the pixels, or a decode
             data = _png_exif_chunk(f)
             if data is None:
                 return None
@@ -241,11 +242,13 @@ def _header_turn(im: Any, f: Path) -> int | None:
 
 
 def _png_exif_chunk(f: Path) -> bytes | None:
-    """The data of PNG ``f``'s eXIf chunk, ``b""`` when it has none, or None when that is
-    not known from its first :data:`MAX_PNG_CHUNKS` chunk headers (or a truncated file):
-    only the headers are read, each chunk's data skipped."""
+    """The data of PNG ``f``'s last eXIf chunk (the one Pillow's decoder keeps), ``b""``
+    when it has none, or None when that is not known from its first :data:`MAX_PNG_CHUNKS`
+    chunk headers (or a truncated file): only the headers are read, other chunks' data
+    skipped."""
     import struct
 
+    last = b""
     with open(f, "rb") as fh:
         if fh.read(8) != b"\x89PNG\r\n\x1a\n":
             return None
@@ -254,12 +257,13 @@ def _png_exif_chunk(f: Path) -> bytes | None:
             if len(head) < 8:
                 return None
             length, kind = struct.unpack(">I4s", head)
+            if kind == b"IEND":
+                return last
+            skip = length
             if kind == b"eXIf":
                 data = fh.read(min(length, 1 << 20))  # an orientation is in the first bytes
-                return data.removeprefix(b"Exif\x00\x00")
-            if kind == b"IEND":
-                return b""
-            fh.seek(length + 4, 1)  # the data and its CRC
+                last, skip = data.removeprefix(b"Exif\x00\x00"), length - len(data)
+            fh.seek(skip + 4, 1)  # the (rest of the) data and its CRC
     return None
 
 
