@@ -728,6 +728,11 @@ def test_yaml_config_file(tmp_path):
         # (quoted: 'keys 1 and true are the same key' read as prose)
         ("model_config: {1: a, true: b}\n", "keys '1' and 'true' are the same key"),
         ("model_config: {1: a, 1.0: b}\n", "keys '1' and '1.0' are the same key"),
+        # a key that is not a string, given twice: quoted as a string key is (it read
+        # 'key 1 given twice')
+        ("model_config: {1: a, 1: b}\n", "key '1' given twice"),
+        ("model_config: {true: a, true: b}\n", "key 'true' given twice"),
+        ("model_config: {null: a, null: b}\n", "key 'null' given twice"),
     ],
 )
 def test_cli_bad_config_file_is_one_line(h5_files, tmp_path, text, message):

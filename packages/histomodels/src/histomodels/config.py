@@ -387,7 +387,8 @@ class _RepeatedKey(Exception):  # not a ValueError: loads_json would call it bad
     def problem(self) -> str:
         if self.written and self.written[0] != self.written[1]:
             return f"keys {self.written[0]!r} and {self.written[1]!r} are the same key"
-        return f"key {self.key!r} given twice"
+        # as the file wrote it, quoted whatever its type (YAML's 1 read 'key 1 given twice')
+        return f"key {self.written[0] if self.written else str(self.key)!r} given twice"
 
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
