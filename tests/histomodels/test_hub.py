@@ -303,3 +303,59 @@ def test_a_cached_hf_hub_model_builds_without_the_hub(tmp_path: Path) -> None:
     _, code, stderr = _timed(tmp_path, env, "finetune", "--model", _HF_NAME)
     assert code in (0, None), stderr
     assert torch.equal(_stem(tmp_path / "r", state["conv1.weight"]), state["conv1.weight"])
+
+
+#: Builds the hf-hub: model pretrained in this child (the library, no CLI: huggingface_hub's
+#: retry warnings are not silenced) and saves its stem.
+_BUILD = """
+import sys, torch
+from histomodels.models.timm_zoo import _timm_create
+model = _timm_create(sys.argv[1], True)
+torch.save(model.conv1.weight.detach(), sys.argv[2])
+"""
+
+
+@pytest.mark.parametrize(
+    ("weights", "hf_hub_filename"),
+    [
+        ("pytorch_model.bin", None),  # timm asks for model.safetensors first
+        ("open_clip_pytorch_model.bin", "open_clip_pytorch_model.bin"),  # the config names it
+    ],
+)
+def test_cached_weights_timm_asks_for_second_load_without_retries(
+    tmp_path: Path, weights: str, hf_hub_filename: str | None
+) -> None:
+    """An hf-hub: model whose cache holds weights that are not the first file timm asks for
+    (pytorch_model.bin, after model.safetensors) or that its config.json names
+    (hf_hub_filename): without the hub, huggingface_hub retried the first file for ~23 s
+    ('Retrying in 1s [Retry 1/5]' ... 8s) before timm fell back to the cached one; a name
+    other than model.safetensors/pytorch_model.bin was not seen as cached at all and the
+    build was refused. The cached file is loaded at once, and is what the model holds."""
+    import json
+
+    import timm
+
+    torch.manual_seed(12)
+    state = timm.create_model("resnet18", pretrained=False).state_dict()
+    repo = tmp_path / "hf" / "hub" / "models--timm--resnet18.a1_in1k"
+    commit = "fedcba9876543210fedcba9876543210fedcba98"
+    snapshot = repo / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    torch.save(state, snapshot / weights)
+    pretrained = {"tag": "a1_in1k", "input_size": [3, 224, 224], "num_classes": 1000,
+                  "first_conv": "conv1", "classifier": "fc"}  # fmt: skip
+    if hf_hub_filename:
+        pretrained["hf_hub_filename"] = hf_hub_filename
+    config = {"architecture": "resnet18", "num_classes": 1000, "pretrained_cfg": pretrained}
+    (snapshot / "config.json").write_text(json.dumps(config))
+    env = _env(tmp_path, f"http://127.0.0.1:{_closed_port()}")
+    stem = tmp_path / "stem.pt"
+    name = _HF_NAME.removeprefix("timm/")
+    r = subprocess.run([sys.executable, "-c", _BUILD, name, str(stem)], env=env,
+                       capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "Retrying" not in r.stderr, r.stderr[-3000:]
+    assert f"using the cached weights {snapshot / weights}" in r.stderr
+    assert torch.equal(torch.load(stem), state["conv1.weight"])

@@ -13,7 +13,9 @@ does a caller's own ``pretrained_cfg``/``pretrained_cfg_overlay``. ``hf-hub:`` n
 ``config.json`` timm reads from the hub even for an untrained model, get the same question
 (:func:`hf_hub_refusal`), and only when their files are not cached: without the hub they
 are one error at once (it was 34 s of huggingface_hub's retries, then a line naming no
-model); cached, huggingface_hub reads them from its cache as before. Nothing is retried
+model); cached, huggingface_hub reads them from its cache as before, unless the cached
+weights are not the first file timm asks for (:func:`weight_files`): then, without the hub,
+timm is given that file (huggingface_hub retried the first for ~23 s). Nothing is retried
 or patched here.
 """
 
@@ -61,37 +63,93 @@ def hub_repo(name: str) -> str | None:
     return getattr(cfg, "hf_hub_id", None) or None
 
 
-def cached_weights(repo: str, revision: str | None = None) -> str | None:
-    """The weights file timm would load for ``repo`` from the local huggingface_hub cache
-    (``model.safetensors``, else ``pytorch_model.bin``), or None."""
+#: The weights file timm asks the hub for when a pretrained config names none
+#: (``timm.models._hub.HF_WEIGHTS_NAME``).
+DEFAULT_WEIGHTS = "pytorch_model.bin"
+
+
+def weight_files(filename: str | None = None) -> list[str]:
+    """The files timm's ``load_state_dict_from_hf`` asks the hub for, in its order, for a
+    pretrained config's ``hf_hub_filename`` (default ``pytorch_model.bin``): a
+    ``.safetensors`` name alone; else its safetensors alternative first
+    (``model.safetensors`` for ``pytorch_model.bin``, ``open_clip_model.safetensors`` for
+    ``open_clip_pytorch_model.bin``, ``X.safetensors`` for another ``X.bin``), then it."""
+    name = filename or DEFAULT_WEIGHTS
+    if name.endswith(".safetensors"):
+        return [name]
+    safe = {DEFAULT_WEIGHTS: "model.safetensors",
+            "open_clip_pytorch_model.bin": "open_clip_model.safetensors"}  # fmt: skip
+    if name in safe:
+        return [safe[name], name]
+    return [name.removesuffix(".bin") + ".safetensors", name] if name.endswith(".bin") else [name]
+
+
+def cached_weights(
+    repo: str, revision: str | None = None, filename: str | None = None
+) -> str | None:
+    """The weights file timm would load for ``repo`` (``filename``: its pretrained config's
+    ``hf_hub_filename``) from the local huggingface_hub cache: the first of
+    :func:`weight_files` cached, or None."""
+    path = _cached_weights(repo, revision, filename)
+    return path[0] if path else None
+
+
+def _cached_weights(
+    repo: str, revision: str | None, filename: str | None
+) -> tuple[str, bool] | None:
+    """(:func:`cached_weights`, whether it is the first file timm asks for) or None."""
     from huggingface_hub import try_to_load_from_cache
 
-    for filename in ("model.safetensors", "pytorch_model.bin"):
-        path = try_to_load_from_cache(repo, filename, revision=revision)
+    for i, name in enumerate(weight_files(filename)):
+        path = try_to_load_from_cache(repo, name, revision=revision)
         if isinstance(path, str):
-            return path
+            return path, i == 0
     return None
 
 
-def hf_hub_refusal(name: str, pretrained: bool) -> None:
+def _hub_filename(config: str) -> str | None:
+    """The ``hf_hub_filename`` of a cached hf-hub ``config.json``'s pretrained config."""
+    import json
+
+    try:
+        with open(config, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except (OSError, ValueError):  # timm reads it and says what is wrong
+        return None
+    pretrained = data.get("pretrained_cfg") if isinstance(data, dict) else None
+    name = pretrained.get("hf_hub_filename") if isinstance(pretrained, dict) else None
+    return name if isinstance(name, str) and name else None
+
+
+def hf_hub_refusal(name: str, pretrained: bool) -> dict[str, Any]:
     """For an ``hf-hub:REPO[@REVISION]`` model ``name``, whose ``config.json`` timm reads
     from the hub even untrained (and its weights when ``pretrained``): a WeightsError at
     once when they are not in the local huggingface_hub cache and the hub cannot be reached
     (:func:`hub_problem`) or ``HF_HUB_OFFLINE`` is set. huggingface_hub retried first (34 s
-    offline, then a line naming no model). Cached files, or a hub that answers: nothing to
-    do (huggingface_hub reads its cache, or downloads)."""
+    offline, then a line naming no model). Cached files, or a hub that answers: ``{}``
+    (huggingface_hub reads its cache, or downloads), except cached weights that are not the
+    first file timm asks for (``pytorch_model.bin`` without ``model.safetensors``) when the
+    hub cannot be reached: then the ``timm.create_model`` keyword arguments that load that
+    file (huggingface_hub retried the first for ~23 s before timm fell back to it)."""
     from huggingface_hub import constants, try_to_load_from_cache
 
     from histomodels.models.weights import WeightsError
 
     repo, _, revision = name.partition(":")[2].partition("@")
     config = try_to_load_from_cache(repo, "config.json", revision=revision or None)
-    weights = cached_weights(repo, revision or None) if pretrained else "not needed"
-    if isinstance(config, str) and weights is not None:
-        return
+    filename = _hub_filename(config) if isinstance(config, str) else None
+    found = _cached_weights(repo, revision or None, filename) if pretrained else ("", True)
+    if isinstance(config, str) and found is not None:
+        if found[1] or constants.HF_HUB_OFFLINE:  # the cache serves timm's first request
+            return {}
+        problem = hub_problem()
+        if problem is None:
+            return {}
+        log.warning("timm/%s: %s; using the cached weights %s", name, problem, found[0])
+        return {"pretrained_cfg_overlay": {"file": found[0], "source": ""}}
     problem = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else hub_problem()
     if problem is None:
-        return
+        return {}
     what = "config.json and weights are" if pretrained else "config.json is"
     raise WeightsError(
         f"timm/{name}: the model's {what} not in the Hugging Face cache and cannot be "
@@ -115,7 +173,10 @@ def offline_overlay(name: str) -> dict[str, Any]:
     problem = hub_problem()
     if problem is None:
         return {}
-    local = cached_weights(repo)
+    import timm.models
+
+    filename = getattr(timm.models.get_pretrained_cfg(name), "hf_hub_filename", None)
+    local = cached_weights(repo, filename=filename)
     if local is None:
         raise WeightsError(
             f"timm/{name}: could not download the pretrained weights: {problem}; {OFFLINE_HINT}"

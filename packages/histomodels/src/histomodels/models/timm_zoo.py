@@ -43,7 +43,9 @@ def _timm_create(name: str, pretrained: bool, **kwargs: Any) -> nn.Module:
     import timm
 
     if name.startswith(("hf-hub:", "hf_hub:")):  # not cached, and no hub: one error at once
-        hf_hub_refusal(name, pretrained)
+        overlay = hf_hub_refusal(name, pretrained)  # or the cached weights without the hub
+        if not {"pretrained_cfg", "pretrained_cfg_overlay"} & kwargs.keys():
+            kwargs = {**kwargs, **overlay}
     elif pretrained and not {"pretrained_cfg", "pretrained_cfg_overlay"} & kwargs.keys():
         kwargs = {**kwargs, **offline_overlay(name)}  # no hub: the cached file, or one error
     try:
