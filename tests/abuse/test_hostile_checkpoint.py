@@ -35,6 +35,14 @@ CASES = {
     "normalization short": ({"normalization": {"mean": [0.5], "std": [1, 1, 1]}}, "must be"),
     "normalization zero std": ({"normalization": {"mean": [0] * 3, "std": [0] * 3}}, "must be"),
     "normalization strings": ({"normalization": {"mean": ["a"] * 3, "std": [1] * 3}}, "must be"),
+    "normalization std 0 in float32": (
+        {"normalization": {"mean": [0] * 3, "std": [1e-300] * 3}},
+        "'normalization' must be",
+    ),
+    "normalization mean inf in float32": (
+        {"normalization": {"mean": [1e300] * 3, "std": [1] * 3}},
+        "'normalization' must be",
+    ),
     "input_size string": ({"input_size": "96"}, "'input_size' is '96'"),
     "negative temperature": ({"temperature": -1.0}, "'temperature' is -1.0"),
     "version string": ({"version": "1"}, "'version' is '1'"),
@@ -120,6 +128,10 @@ def test_ensemble_member_config_is_checked_too(tmp_path: Path) -> None:
         ("std", [1, 0, 1], r"members\[0\]' needs 'mean' and 'std' of 3 numbers each"),
         ("temperature", float("nan"), r"members\[0\]' needs a positive 'temperature'"),
         ("temperature", True, r"members\[0\]' needs a positive 'temperature'"),
+        # finite in Python, 0 or inf in the float32 the model computes with: every score NaN
+        ("temperature", 1e-300, r"members\[0\]' needs a positive 'temperature'"),
+        ("std", [1e-300] * 3, r"members\[0\]' needs 'mean' and 'std' of 3 numbers each"),
+        ("mean", [1e300] * 3, r"members\[0\]' needs 'mean' and 'std' of 3 numbers each"),
     ],
 )
 def test_ensemble_member_sizes_and_scales_are_checked(tmp_path, field, value, message) -> None:

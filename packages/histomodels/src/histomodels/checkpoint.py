@@ -199,12 +199,21 @@ def _scalar(value: Any) -> bool:
     return value is None or isinstance(value, bool | int | float | str)
 
 
-def _numbers(value: Any, n: int) -> bool:
+#: The model computes with normalisation stats and a member's temperature in float32:
+#: a value past this is inf there, a positive one under ``_F32_TINY`` is 0 (or subnormal).
+_F32_MAX = 3.4028234663852886e38
+_F32_TINY = 1.1754943508222875e-38
+
+
+def _numbers(value: Any, n: int, *, positive: bool = False) -> bool:
+    """``n`` numbers, each usable in float32 (std 1e-300 became 0 there, mean 1e300 inf:
+    every score NaN); with ``positive``, each at least float32's smallest normal."""
     return (
         isinstance(value, list | tuple)
         and len(value) == n
         and all(isinstance(v, int | float) and not isinstance(v, bool) for v in value)
-        and all(math.isfinite(v) for v in value)
+        and all(math.isfinite(v) and abs(v) <= _F32_MAX for v in value)
+        and all(v >= _F32_TINY for v in value if positive)
     )
 
 
@@ -254,13 +263,13 @@ def _check_member(spec: dict[str, Any], bad: Any, where: str) -> None:
     """An ensemble member's preprocessing: every patch is resized to its ``input_size`` (a
     hostile size would allocate gigabytes), normalised by its std and divided by its T."""
     std: Any = spec.get("std")
-    if not (_numbers(spec.get("mean"), 3) and _numbers(std, 3) and all(s > 0 for s in std)):
-        raise bad(where, "needs 'mean' and 'std' of 3 numbers each (std positive)")
+    if not (_numbers(spec.get("mean"), 3) and _numbers(std, 3, positive=True)):
+        raise bad(where, "needs 'mean' and 'std' of 3 numbers each (std positive; float32 values)")
     if not _size_ok(spec.get("input_size")):
         raise bad(where, "needs an integer 'input_size' in [8, 4096]")
     temp: Any = spec.get("temperature")
-    if not (_numbers([temp], 1) and temp > 0):
-        raise bad(where, "needs a positive 'temperature'")
+    if not _numbers([temp], 1, positive=True):
+        raise bad(where, "needs a positive 'temperature' (a float32 value)")
 
 
 def _check_weights(sd: Any, field: str, bad: Any) -> None:
@@ -309,10 +318,12 @@ def check_checkpoint(ckpt: dict[str, Any], path: str | Path) -> None:
     if not (
         isinstance(norm, dict)
         and _numbers(norm.get("mean"), 3)
-        and _numbers(norm.get("std"), 3)
-        and all(s > 0 for s in norm["std"])
+        and _numbers(norm.get("std"), 3, positive=True)
     ):
-        raise bad("normalization", "must be {'mean': [3 numbers], 'std': [3 positive numbers]}")
+        raise bad(
+            "normalization",
+            "must be {'mean': [3 numbers], 'std': [3 positive numbers]}, float32 values",
+        )
     size = ckpt.get("input_size", 96)
     if not _size_ok(size):
         raise bad("input_size", f"is {size!r}, expected an integer in [8, 4096]")
