@@ -572,3 +572,19 @@ def test_a_file_saved_without_crcs_loads(tmp_path: Path) -> None:
     assert serialization.config.save.compute_crc32
     assert read_checkpoint(path)["state_dict"].keys() == good["state_dict"].keys()
     assert read_state_dict(weights).keys() == good["state_dict"].keys()
+
+
+def test_ensemble_refuses_a_member_temperature_float32_makes_zero(tmp_path: Path) -> None:
+    """A member whose temperature 1e-300 (its own scores: fine, T applies in float64) was
+    made an ensemble member, divided by 0 in float32: every score NaN, or, with the load
+    check, an ensemble written that no reader accepts. Refused at once, nothing written."""
+    from histomodels.ensemble import write_ensemble
+
+    good, cold = tmp_path / "good.pt", tmp_path / "cold.pt"
+    torch.save(checkpoint_dict(), good)
+    torch.save(checkpoint_dict(temperature=1e-300), cold)
+    read_checkpoint(cold)  # a valid checkpoint alone
+    out = tmp_path / "ens.pt"
+    with pytest.raises(CheckpointError, match=f"^{cold}: temperature 1e-300 .* too small"):
+        write_ensemble([good, cold], out)
+    assert not out.exists()

@@ -200,9 +200,9 @@ def _scalar(value: Any) -> bool:
 
 
 #: The model computes with normalisation stats and a member's temperature in float32:
-#: a value past this is inf there, a positive one under ``_F32_TINY`` is 0 (or subnormal).
+#: a value past this is inf there, a positive one under ``F32_TINY`` is 0 (or subnormal).
 _F32_MAX = 3.4028234663852886e38
-_F32_TINY = 1.1754943508222875e-38
+F32_TINY = 1.1754943508222875e-38
 
 
 def _numbers(value: Any, n: int, *, positive: bool = False) -> bool:
@@ -213,7 +213,7 @@ def _numbers(value: Any, n: int, *, positive: bool = False) -> bool:
         and len(value) == n
         and all(isinstance(v, int | float) and not isinstance(v, bool) for v in value)
         and all(math.isfinite(v) and abs(v) <= _F32_MAX for v in value)
-        and all(v >= _F32_TINY for v in value if positive)
+        and all(v >= F32_TINY for v in value if positive)
     )
 
 
