@@ -307,3 +307,28 @@ def test_run_store_rows_that_are_not_json(tmp_path: Path, table: str, text: str,
     db.close()
     with pytest.raises(ManifestError, match=rf"run\.sqlite: {why}"):
         Manifest.load(run)
+
+
+def _stored_run(tmp_path: Path) -> Path:
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "manifest.jsonl").write_text(manifest_lines([RECORD, IMAGE]))
+    with Manifest.load(run) as manifest:  # the store is made from the JSONL
+        manifest.save()
+    return run
+
+
+@pytest.mark.parametrize("table", ["records", "images"])
+@pytest.mark.parametrize("text", ["[1, 2]", '"pmid:1"', "5", "null"])
+def test_run_store_rows_that_are_json_but_not_objects(tmp_path: Path, table, text) -> None:
+    """A row whose JSON is an array, a string, a number or null (histofetch merge of such a
+    shard, status, export): AttributeError: 'list' object has no attribute 'get'."""
+    import sqlite3
+
+    run = _stored_run(tmp_path)
+    with sqlite3.connect(run / "run.sqlite") as db:
+        db.execute(f"UPDATE {table} SET data = ?", (text,))
+    db.close()
+    said = r"run\.sqlite: (record|image) row is not a JSON object$"
+    with pytest.raises(ManifestError, match=said):
+        Manifest.load(run)

@@ -198,6 +198,8 @@ def _check_row(cls: type, row: dict[str, Any], where: str) -> None:
 
 
 def _from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
+    if not isinstance(data, dict):  # a stored row's JSON may be any value
+        raise ManifestError(f"{where}: {cls.__name__.lower()} row is not a JSON object")
     _check_row(cls, data, where)
     names = set(_names(cls))
     known = {k: v for k, v in data.items() if k in names}
