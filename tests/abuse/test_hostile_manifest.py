@@ -332,3 +332,30 @@ def test_run_store_rows_that_are_json_but_not_objects(tmp_path: Path, table, tex
     said = r"run\.sqlite: (record|image) row is not a JSON object$"
     with pytest.raises(ManifestError, match=said):
         Manifest.load(run)
+
+
+@pytest.mark.parametrize(
+    ("change", "said"),
+    [
+        ("DROP TABLE images", "no table images"),
+        ("DROP TABLE claims", "no table claims"),
+        (
+            "DROP INDEX records_pmcid; ALTER TABLE records DROP COLUMN pmcid",
+            "table records lacks pmcid",
+        ),
+        ("DROP TABLE records; CREATE TABLE records (x)", "table records lacks seq"),
+    ],
+)
+def test_run_store_missing_a_table_or_column(tmp_path: Path, change: str, said: str) -> None:
+    """A hand-edited run.sqlite (or a shard from elsewhere) whose format and version rows
+    are right but a table or column is missing: histofetch merge, status and export ended in
+    sqlite3.OperationalError: no such table: images."""
+    import sqlite3
+
+    run = _stored_run(tmp_path)
+    with sqlite3.connect(run / "run.sqlite") as db:
+        db.executescript(change)
+    db.close()
+    with pytest.raises(ManifestError, match=rf"run\.sqlite: not a usable run store \({said}\)$"):
+        Manifest.load(run)
+    assert sorted(p.name for p in run.iterdir()) == ["manifest.jsonl", "run.sqlite"]

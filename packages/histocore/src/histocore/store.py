@@ -73,6 +73,16 @@ _SCHEMA = (
     " owner TEXT NOT NULL, host TEXT, pid INTEGER, since REAL)",
 )
 
+#: The columns each table of a run store has (from :data:`_SCHEMA`): a hand-edited or
+#: foreign store lacking one is refused when opened, not by a query's traceback later.
+_COLUMNS = {
+    "store_meta": ("key", "value"),
+    "header": ("key", "value"),
+    "records": ("seq", "id", *RECORD_COLUMNS, "data"),
+    "images": ("id", *IMAGE_COLUMNS, "data"),
+    "claims": ("record_id", "stage", "owner", "host", "pid", "since"),
+}
+
 #: Export order: records as added, each followed by its images (PDF images by page, then
 #: the others), images whose record is missing last.
 _IMAGES_IN_ORDER = (
@@ -262,6 +272,12 @@ class RunStore:
                 f"{self.path}: run store version {version!r} is newer than this reader "
                 f"(reads up to {STORE_VERSION}); upgrade histocore"
             )
+        for table, columns in _COLUMNS.items():
+            have = {row[1] for row in self.db.execute(f"PRAGMA table_info({table})")}
+            missing = [c for c in columns if c not in have]
+            if missing:
+                what = f"no table {table}" if not have else f"table {table} lacks {missing[0]}"
+                raise ManifestError(f"{self.path}: not a usable run store ({what})")
 
     def close(self) -> None:
         self.db.close()
