@@ -359,3 +359,38 @@ def test_run_store_missing_a_table_or_column(tmp_path: Path, change: str, said: 
     with pytest.raises(ManifestError, match=rf"run\.sqlite: not a usable run store \({said}\)$"):
         Manifest.load(run)
     assert sorted(p.name for p in run.iterdir()) == ["manifest.jsonl", "run.sqlite"]
+
+
+@pytest.mark.parametrize("with_store", [False, True])
+def test_manifest_jsonl_that_is_a_fifo_is_refused_unread(tmp_path: Path, with_store) -> None:
+    """``manifest.jsonl`` as a FIFO (or a link to /dev/zero): every reader of the run
+    (histofetch merge of such a shard, status, review) blocked reading it, or read until
+    MemoryError. A writer here answers the read that main made, so that main fails (the load
+    succeeds) rather than hangs; the reader now never opens it."""
+    import contextlib
+    import os
+    import threading
+
+    run = _stored_run(tmp_path) if with_store else tmp_path / "run"
+    run.mkdir(exist_ok=True)
+    fifo = run / "manifest.jsonl"
+    fifo.unlink(missing_ok=True)
+    os.mkfifo(fifo)
+
+    done = threading.Event()
+
+    def feed() -> None:
+        while not done.is_set():  # each open of the FIFO (main read it twice) gets the run
+            with contextlib.suppress(BrokenPipeError), open(fifo, "w") as fh:  # waits for one
+                fh.write(manifest_lines([RECORD, IMAGE]))
+
+    writer = threading.Thread(target=feed, daemon=True)
+    writer.start()
+    try:
+        with pytest.raises(ManifestError, match=r"manifest\.jsonl: not a regular file$"):
+            Manifest.load(run)
+    finally:  # let the writer's open return: a reader, open until the writer is done
+        done.set()
+        reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+        writer.join()
+        os.close(reader)

@@ -41,6 +41,8 @@ def bulk() -> Iterator[None]:
 
 def read_jsonl(path: Path, manifest: Manifest) -> Manifest:
     """Parse a ``manifest.jsonl`` (any version up to ours) into ``manifest``."""
+    if not path.is_file():  # a FIFO is read forever (a hang), a link to /dev/zero too (MemoryError)
+        raise ManifestError(f"{path}: not a regular file")
     try:
         lines = path.read_text(encoding="utf-8-sig").splitlines()  # a BOM is allowed
     except UnicodeDecodeError as exc:
