@@ -190,3 +190,24 @@ def test_merge_never_points_a_record_at_another_articles_file(tmp_path: Path) ->
     merge_runs([same], out)
     with Manifest.load(out) as merged:
         assert merged.records["pmid:7"].pdf_path == "pdfs/pmid_0.pdf"
+
+
+def test_merge_never_links_the_runs_own_files(tmp_path: Path) -> None:
+    """A row naming ``review_log.jsonl`` (hand-edited) hard-linked the source's log into
+    the new output, where a review of the merged run appended to the shard's log."""
+    from histocore.manifest import Image
+
+    run = tmp_path / "a"
+    run.mkdir()
+    (run / "review_log.jsonl").write_text("log of a\n")
+    with Manifest.load(run, create=True) as m:
+        m.add_record(Record(id="pmid:1", stage="filtered"))
+        m.add_image(
+            Image(id="pmid:1/log", record_id="pmid:1", path="review_log.jsonl", sha256="0" * 64,
+                  width=1, height=1)
+        )  # fmt: skip
+        m.save()
+    out = tmp_path / "out"
+    merge_runs([run], out)
+    assert not (out / "review_log.jsonl").exists()
+    assert (run / "review_log.jsonl").stat().st_nlink == 1

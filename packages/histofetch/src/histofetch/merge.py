@@ -14,7 +14,9 @@
   alone; files outside the source run (local PDFs) keep their absolute paths. Where the
   output holds another file under that path (a run whose renamed record kept its
   ``pdfs/pmid_0.pdf``, and a shard's own ``pmid:0``), the file is brought under a free
-  name (``pdfs/pmid_0-2.pdf``) and the row names that.
+  name (``pdfs/pmid_0-2.pdf``) and the row names that. A row naming one of the run's own
+  files (``run.sqlite``, ``manifest.jsonl``, ``review_log.jsonl``) is never linked: the
+  output's would be the source's file.
 """
 
 from __future__ import annotations
@@ -26,7 +28,15 @@ import shutil
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from histocore.manifest import STAGES, Manifest, ManifestError, Record
+from histocore.manifest import MANIFEST_NAME, STAGES, Manifest, ManifestError, Record
+from histocore.store import STORE_NAME
+
+#: The run's own files at its top: a row naming one is never linked into the output (a
+#: review there would append to the source's review log through the link).
+_RUN_FILES = frozenset(
+    {MANIFEST_NAME, "review_log.jsonl", STORE_NAME}
+    | {f"{STORE_NAME}-{end}" for end in ("wal", "shm", "journal")}
+)
 
 
 @dataclass
@@ -145,6 +155,8 @@ def _bring(run: Manifest, merged: Manifest, rel: str | None) -> str | None:
     (``../../a/run/images/x.png``), the same path from the merged folder lands outside it."""
     if rel is None or Path(rel).is_absolute() or ".." in Path(rel).parts:
         return rel
+    if len(Path(rel).parts) == 1 and Path(rel).name in _RUN_FILES:
+        return rel  # the run's own file, not the row's: never linked
     src = run.resolve(rel)
     dst = merged.run_dir / rel
     if not src.resolve().is_relative_to(run.run_dir.resolve()):
