@@ -32,6 +32,16 @@ CASES = {
     "bool year": ({**RECORD, "year": True}, None, "field 'year' is true, expected int"),
     "bbox strings": (RECORD, {**IMAGE, "bbox": ["a"]}, "field 'bbox' is [\"a\"]"),
     "extra list": ({**RECORD, "extra": []}, None, "field 'extra' is [], expected dict"),
+    # the review page's /api/item answered 500 (TypeError: 'int' object is not iterable)
+    "evidence int": (RECORD, {**IMAGE, "weak_label_evidence": 5}, "'weak_label_evidence' is 5"),
+    "evidence strings": (
+        RECORD,
+        {**IMAGE, "weak_label_evidence": ["x"]},
+        "field 'weak_label_evidence' is [\"x\"], expected list[dict",
+    ),
+    # a string: its characters read as flags (the page's JS: leakage.join is not a function)
+    "leakage string": (RECORD, {**IMAGE, "leakage": "camelyon"}, "field 'leakage' is \"camelyon\""),
+    "leakage ints": (RECORD, {**IMAGE, "leakage": [5]}, "is [5], expected list[str]"),
 }
 
 

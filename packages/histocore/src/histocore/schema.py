@@ -168,6 +168,10 @@ _TYPE_CHECKS: dict[str, Any] = {
     "bool": lambda v: isinstance(v, bool),
     "float": _is_number,
     "list[float]": lambda v: isinstance(v, list) and all(map(_is_number, v)),
+    # leakage flags and weak-label evidence: readers iterate them (a string's characters,
+    # an int's TypeError: the review page's 500, histofetch label's AttributeError)
+    "list[str]": lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
+    "list[dict[str, Any]]": lambda v: isinstance(v, list) and all(isinstance(x, dict) for x in v),
     "dict[str, Any]": lambda v: isinstance(v, dict),
 }
 
