@@ -98,6 +98,32 @@ def test_answers_are_saved_at_once_with_reviewer_and_time(
     assert (run / "manifest.jsonl").read_bytes() == before
 
 
+def test_hostile_answer_bodies_change_nothing(kit: tuple[Path, Path], tmp_path: Path) -> None:
+    """Arrays nested 30,000 deep were a 500 (RecursionError traceback in the server's
+    log); a body of any size was read whole into memory and a 1 MB one saved."""
+    from histofetch.review.app import MAX_BODY
+
+    run = _copy(kit[0], tmp_path)
+    c = _client(run)
+    before = (run / "manifest.jsonl").read_bytes(), (run / "run.sqlite").read_bytes()
+    json_type = {"content-type": "application/json"}
+    deep = c.post("/api/label", content=b"[" * 30_000 + b"]" * 30_000, headers=json_type)
+    assert (deep.status_code, deep.json()) == (400, {"error": "request body is not JSON"})
+    big = {"id": "pmid:1/fig1", "label": "metastasis", "reviewer": "a" * MAX_BODY}
+    assert c.post("/api/label", json=big).status_code == 413
+
+    def chunks():  # no content-length: counted as it comes, never read whole
+        yield b'{"id": "pmid:1/fig1", "label": "metastasis", "reviewer": "'
+        for _ in range(1000):
+            yield b"a" * 1024
+        yield b'"}'
+
+    assert c.post("/api/label", content=chunks(), headers=json_type).status_code == 413
+    assert ((run / "manifest.jsonl").read_bytes(), (run / "run.sqlite").read_bytes()) == before
+    assert not (run / LOG_NAME).exists()
+    assert _post(c, "pmid:1/fig1", "metastasis").status_code == 200  # still serving
+
+
 def test_two_tabs_never_lose_an_answer(kit: tuple[Path, Path], tmp_path: Path) -> None:
     """Many answers at once from two clients (two tabs) and a second server process's API."""
     run = _copy(kit[0], tmp_path)

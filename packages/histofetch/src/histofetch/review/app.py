@@ -23,6 +23,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
+from histocore.io import NotJSON, loads_json
 from histocore.manifest import MANIFEST_NAME, Image, Manifest, ManifestError
 from histocore.store import STORE_NAME
 from histofetch.review.data import (
@@ -37,6 +38,8 @@ from histofetch.review.data import (
 )
 
 HERE = Path(__file__).parent
+#: The most bytes a POST body may hold (an answer is an id, a label and a reviewer name).
+MAX_BODY = 64 * 1024
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".webp", ".tif", ".tiff", ".bmp")
 #: Security headers on every response: no framing, no sniffing, only our own scripts.
 HEADERS = {
@@ -112,6 +115,21 @@ class RunState:
         """After our own answer: the files changed, the in-memory manifest is current."""
         with self.lock:
             self._stamp = self._disk()
+
+
+async def _capped_body(request: Request) -> bytes | None:
+    """The request body, or None past :data:`MAX_BODY` bytes (read no further: an answer
+    is a few hundred bytes, and Starlette's ``request.json()`` kept any size in memory)."""
+    length = request.headers.get("content-length", "")
+    if length.isdigit() and int(length) > MAX_BODY:
+        return None
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def create_app(
@@ -201,9 +219,12 @@ def create_app(
         if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
             # a cross-site form cannot send this type without a CORS preflight we never allow
             return JSONResponse({"error": "send application/json"}, status_code=415)
-        try:
-            body = await request.json()
-        except ValueError:
+        text = await _capped_body(request)
+        if text is None:
+            return JSONResponse({"error": "request body too large"}, status_code=413)
+        try:  # loads_json: also arrays nested 100,000 deep (RecursionError: a 500)
+            body = loads_json(text)
+        except NotJSON:
             return JSONResponse({"error": "request body is not JSON"}, status_code=400)
         try:
             return JSONResponse(await run_in_threadpool(answer_sync, body))
