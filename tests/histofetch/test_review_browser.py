@@ -209,3 +209,43 @@ def test_all_reviewed_says_so_and_shows_all_in_one_click(served: tuple[str, Path
     d.find_element("id", "empty-action").click()
     _wait(d, lambda d: _text(d, "position") == "1 / 4")
     assert Select(d.find_element("id", "f-label")).first_selected_option.text == "any"
+
+
+def test_partial_scores_never_stop_the_page_nor_show_another_figures_score(
+    tmp_path: Path, browser
+) -> None:
+    """An image_scores.csv row with only one of max/topk_mean (the reader takes either)
+    stopped show() at `undefined.toFixed`: the article, the heatmap button and the chosen
+    key were never updated and the status read 'Cannot read properties of undefined'. A
+    figure the CSV does not score (an eval of fewer figures) kept the previous figure's
+    score on screen."""
+    run = make_run(tmp_path)
+    scores = tmp_path / "eval"
+    scores.mkdir()
+    (scores / "image_scores.csv").write_text(
+        "image_id,max,topk_mean\npmid:1/fig1,0.9,\npmid:1/fig2,,0.25\n"
+    )  # pmid:2/fig1 and pmid:2/fig2 not scored
+    server, sock = build_server(run, port=0, reviewer="tester", scores=scores)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 120  # a wait, no bound: it can take a while when loaded
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    try:
+        from selenium.webdriver.common.action_chains import ActionChains
+
+        d = browser
+        d.get(url_of(sock))
+        _wait(d, lambda d: _text(d, "figure-id") == "pmid:1/fig1")
+        _wait(d, lambda d: _text(d, "article-title") == "Sentinel nodes <b>in</b> breast cancer")
+        assert _text(d, "score") == "max 0.900 → metastasis" and not _text(d, "status")
+        ActionChains(d).send_keys("\ue014").perform()  # arrow right
+        _wait(d, lambda d: _text(d, "figure-id") == "pmid:1/fig2")
+        _wait(d, lambda d: _text(d, "score") == "top-k mean 0.250")
+        ActionChains(d).send_keys("\ue014").perform()
+        _wait(d, lambda d: _text(d, "figure-id") == "pmid:2/fig1")
+        _wait(d, lambda d: _text(d, "score") == "no score for this figure")
+        assert _text(d, "article-title") == "Axillary staging" and not _text(d, "status")
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

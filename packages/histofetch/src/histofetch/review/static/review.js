@@ -133,10 +133,7 @@ async function show() {
   $("caption").innerHTML = it.has_caption ? it.caption_html : "<em>no caption</em>";
   $("leakage").textContent = it.leakage.length ? it.leakage.join(", ") : "none";
   $("leakage").classList.toggle("warn", it.leakage.length > 0);
-  if (it.score) {
-    const m = it.score.max, k = it.score.topk_mean;
-    $("score").textContent = `max ${m.toFixed(3)} · top-k mean ${k.toFixed(3)} → ${m >= 0.5 ? "metastasis" : "no metastasis"}`;
-  }
+  $("score").textContent = scoreText(it.score);
   $("toggle-heat").hidden = !it.heatmap;
   const a = it.article;
   const link = $("article-title");
@@ -148,6 +145,19 @@ async function show() {
     b.classList.toggle("chosen", b.dataset.label === it.label);
   }
   applyZoom();
+}
+
+// The model's score line: a scores CSV row may hold only max or only topk_mean (the
+// server takes either), and a figure it does not score must not keep the last one's line.
+function scoreText(score) {
+  if (document.body.dataset.hasScores !== "yes") return $("score").textContent;
+  if (!score) return "no score for this figure";
+  const m = score.max, k = score.topk_mean;
+  const parts = [];
+  if (typeof m === "number") parts.push(`max ${m.toFixed(3)}`);
+  if (typeof k === "number") parts.push(`top-k mean ${k.toFixed(3)}`);
+  const call = typeof m === "number" ? ` → ${m >= 0.5 ? "metastasis" : "no metastasis"}` : "";
+  return parts.join(" · ") + call;
 }
 
 function applyZoom() {
