@@ -211,3 +211,30 @@ def test_merge_never_links_the_runs_own_files(tmp_path: Path) -> None:
     merge_runs([run], out)
     assert not (out / "review_log.jsonl").exists()
     assert (run / "review_log.jsonl").stat().st_nlink == 1
+
+
+def test_merge_refuses_one_image_id_for_two_records(tmp_path: Path) -> None:
+    """Shards (hand-edited) whose image rows share an id across records: the second
+    replaced the first, labelled one silently ('2 images added', 1 in the output, its file
+    linked in unnamed). One error line now, before anything is written."""
+    from histocore.manifest import Image
+
+    for name, rid in (("a", "pmid:1"), ("b", "pmid:2")):
+        run = tmp_path / name
+        (run / "images").mkdir(parents=True)
+        (run / "images" / f"{name}.png").write_bytes(f"figure of {name}".encode())
+        with Manifest.load(run, create=True) as m:
+            m.add_record(Record(id=rid, stage="filtered"))
+            m.add_image(
+                Image(id="fig", record_id=rid, path=f"images/{name}.png", sha256=name * 64,
+                      width=1, height=1, label="metastasis")
+            )  # fmt: skip
+            m.save()
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["merge", str(tmp_path / "a"), str(tmp_path / "b"), "-o", str(out)])
+    assert result.exit_code == 1, result.output
+    assert result.output.strip().splitlines()[-1] == (
+        f"error: {tmp_path / 'b'}: image id 'fig' of record pmid:2 is also an image of record "
+        f"pmid:1 (in {tmp_path / 'a'}); nothing merged"
+    )
+    assert not out.exists()

@@ -101,6 +101,7 @@ def _merge(loaded: list[Manifest], merged: Manifest) -> MergeSummary:
         for rec in run.records.values():
             if rec.id not in best or _rank(rec) > _rank(best[rec.id][0]):
                 best[rec.id] = (rec, run)
+    _refuse_image_id_clashes(best, merged)
     pmcids = {r.pmcid: r.id for r in merged.records.values() if r.pmcid}
     ids_before, pmcids_before = set(merged.records), set(pmcids)  # the output's own
     hashes = {i.sha256: i.id for i in merged.images.values()}
@@ -133,6 +134,21 @@ def _merge(loaded: list[Manifest], merged: Manifest) -> MergeSummary:
     _merge_header(merged, loaded)
     merged.save()
     return summary
+
+
+def _refuse_image_id_clashes(best: dict[str, tuple[Record, Manifest]], merged: Manifest) -> None:
+    """Image ids are the run's keys: one naming images of two records (hand-edited shards)
+    would keep one and drop the other silently, its label with it. Checked before anything
+    is linked or written."""
+    owner = {i.id: (i.record_id, merged.run_dir) for i in merged.images.values()}
+    for rid, (_, run) in best.items():
+        for img in run.images_of(rid):
+            other, where = owner.setdefault(img.id, (rid, run.run_dir))
+            if other != rid:
+                raise ManifestError(
+                    f"{run.run_dir}: image id {img.id!r} of record {rid} is also an image of "
+                    f"record {other} (in {where}); nothing merged"
+                )
 
 
 def _merge_header(merged: Manifest, loaded: list[Manifest]) -> None:
