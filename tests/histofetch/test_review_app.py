@@ -124,6 +124,22 @@ def test_hostile_answer_bodies_change_nothing(kit: tuple[Path, Path], tmp_path: 
     assert _post(c, "pmid:1/fig1", "metastasis").status_code == 200  # still serving
 
 
+def test_a_review_log_that_links_out_of_the_run_is_never_written(
+    kit: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """A run folder from elsewhere holding review_log.jsonl as a link to a file of the
+    reviewer's: each answer was appended to that file (200, the answer saved)."""
+    run = _copy(kit[0], tmp_path)
+    outside = tmp_path / "bashrc"
+    outside.write_text("precious\n")
+    (run / LOG_NAME).symlink_to(outside)
+    r = _post(_client(run), "pmid:1/fig1", "metastasis")
+    assert r.status_code == 400
+    assert r.json()["error"].startswith(f"{run / LOG_NAME}: not a regular file; answer not saved")
+    assert outside.read_text() == "precious\n"
+    assert Manifest.load(run).images["pmid:1/fig1"].label is None  # not stored either
+
+
 def test_two_tabs_never_lose_an_answer(kit: tuple[Path, Path], tmp_path: Path) -> None:
     """Many answers at once from two clients (two tabs) and a second server process's API."""
     run = _copy(kit[0], tmp_path)

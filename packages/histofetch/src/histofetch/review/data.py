@@ -11,15 +11,17 @@ the server stops.
 from __future__ import annotations
 
 import csv
+import errno
 import json
 import math
 import os
 import sqlite3
+import stat
 import threading
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from markupsafe import Markup, escape
 
@@ -237,20 +239,37 @@ def save_answer(manifest: Manifest, image_id: str, label: str | None, reviewer: 
         stamp = datetime.now(UTC).isoformat(timespec="seconds")
         previous = img.label
         by, at = (reviewer, stamp) if label is not None else (None, None)
-        try:
-            manifest.update_image(image_id, label=label, label_by=by, label_at=at)
-        except (ManifestError, OSError, sqlite3.Error) as exc:
-            raise ReviewError(f"{manifest.store_path}: answer not saved ({exc})") from None
-        entry = {
-            "image_id": image_id,
-            "label": label,
-            "previous": previous,
-            "reviewer": reviewer,
-            "at": stamp,
-            "weak_label": img.weak_label,
-        }
-        with open(manifest.run_dir / LOG_NAME, "a", encoding="utf-8") as fh:
+        with _open_log(manifest.run_dir / LOG_NAME) as fh:  # before the answer is stored
+            try:
+                manifest.update_image(image_id, label=label, label_by=by, label_at=at)
+            except (ManifestError, OSError, sqlite3.Error) as exc:
+                raise ReviewError(f"{manifest.store_path}: answer not saved ({exc})") from None
+            entry = {
+                "image_id": image_id,
+                "label": label,
+                "previous": previous,
+                "reviewer": reviewer,
+                "at": stamp,
+                "weak_label": img.weak_label,
+            }
             fh.write(json.dumps(entry, sort_keys=True) + "\n")
             fh.flush()
             os.fsync(fh.fileno())
     return img
+
+
+def _open_log(path: Path) -> TextIO:
+    """The review log, opened to append, only as a regular file of the run folder: a run
+    folder from elsewhere may hold ``review_log.jsonl`` as a link to any file of the
+    reviewer's (each answer was appended to it), or a FIFO (the answer hung)."""
+    try:
+        fd = os.open(
+            path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644
+        )
+    except OSError as exc:  # ELOOP: a symbolic link; ENXIO: a FIFO nobody reads
+        why = "not a regular file" if exc.errno in (errno.ELOOP, errno.ENXIO) else "not writable"
+        raise ReviewError(f"{path}: {why}; answer not saved ({exc.strerror})") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise ReviewError(f"{path}: not a regular file; answer not saved")
+    return os.fdopen(fd, "a", encoding="utf-8")
