@@ -108,6 +108,16 @@ def test_pickled_objects_are_refused_without_torch_advice(tmp_path: Path) -> Non
         assert text.startswith(str(path)) and "\n" not in text
 
 
+@pytest.mark.parametrize("tta", ["false", 0, [1], None])
+def test_ensemble_tta_must_be_a_bool(tmp_path: Path, tta: object) -> None:
+    """A tampered ensemble's tta was taken by truth value: "false" averaged the 8 views."""
+    member = {"model": "cnn", "model_config": {}, "mean": [0] * 3, "std": [1] * 3,
+              "input_size": 96, "temperature": 1.0}  # fmt: skip
+    path = _save(tmp_path, model="ensemble", model_config={"members": [member], "tta": tta})
+    with pytest.raises(CheckpointError, match=r"'model_config' 'tta' is .*, expected true or"):
+        read_checkpoint(path)
+
+
 def test_ensemble_member_config_is_checked_too(tmp_path: Path) -> None:
     from histomodels.checkpoint import check_checkpoint
 

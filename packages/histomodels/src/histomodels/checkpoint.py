@@ -241,6 +241,8 @@ def _check_model(name: Any, cfg: Any, bad: Any, member: str = "") -> None:
         members = cfg.get("members")
         if not isinstance(members, list) or not members or set(cfg) - {"members", "tta"}:
             raise bad(where, "must be {'members': [member specs], 'tta': bool}")
+        if not isinstance(cfg.get("tta", False), bool):  # "false" would turn TTA on
+            raise bad(where, f"'tta' is {cfg['tta']!r}, expected true or false")
         for i, spec in enumerate(members):
             if not isinstance(spec, dict):
                 raise bad(f"members[{i}]", f"is {type(spec).__name__}, expected a mapping")
