@@ -238,3 +238,30 @@ def test_merge_refuses_one_image_id_for_two_records(tmp_path: Path) -> None:
         f"pmid:1 (in {tmp_path / 'a'}); nothing merged"
     )
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "said"),
+    [
+        ("queries", 5, "header 'queries' is 5, expected a list of text"),
+        ("queries", "abc", "header 'queries' is 'abc', expected a list of text"),
+        ("merged_from", 7, "header 'merged_from' is 7, expected a list of text"),
+        ("query", 5, "header 'query' is 5, expected text"),
+    ],
+)
+def test_merge_of_a_shard_with_a_hostile_header_is_one_line(tmp_path, key, value, said) -> None:
+    """A hand-edited header: 'queries': 5 ended in TypeError: Value after * must be an
+    iterable; 'abc' became the queries 'a', 'b' and 'c' of the merged run."""
+    import sqlite3
+
+    from run_factory import make_run, searched
+
+    shard = make_run(tmp_path / "shard", searched("1"))
+    with sqlite3.connect(shard / "run.sqlite") as db:
+        db.execute("INSERT OR REPLACE INTO header VALUES (?, ?)", (key, json.dumps(value)))
+    db.close()
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["merge", str(shard), "--out", str(out)])
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines()[-1] == f"error: {shard / 'run.sqlite'}: {said}"
+    assert not out.exists()
