@@ -457,3 +457,37 @@ def test_a_stale_process_names_the_id_a_chain_of_renames_ends_at(
     assert "record pmid:0 is now pmid:88" in message and "PMC5" not in message, message
     with Manifest.load(tmp_path) as m:
         assert list(m.records) == ["pmid:88"]
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "said"),
+    [
+        ("query", 5, "header 'query' is 5, expected text"),
+        ("queries", 5, "header 'queries' is 5, expected a list of text"),
+        ("queries", "abc", "header 'queries' is 'abc', expected a list of text"),
+        ("merged_from", [1], "header 'merged_from' is [1], expected a list of text"),
+        ("last_search", 5, "header 'last_search' is 5, expected an object"),
+    ],
+)
+@pytest.mark.parametrize("edited", ["store", "export"])
+def test_a_header_key_of_the_wrong_shape_is_one_error_as_the_run_is_read(
+    tmp_path: Path, edited: str, key: str, value: object, said: str
+) -> None:
+    """Header keys the tools read back: a hand-edited 'queries': 5 was a TypeError traceback
+    in search and merge ('abc' three one-letter queries), 'last_search': 5 an AttributeError
+    in `histofetch run`. Now the read itself refuses, naming the file, in either format."""
+    run = _v1_run(tmp_path)
+    path = Manifest.load(run).save()
+    if edited == "store":
+        with sqlite3.connect(run / STORE_NAME) as db:
+            db.execute("INSERT OR REPLACE INTO header VALUES (?, ?)", (key, json.dumps(value)))
+        db.close()
+        where = str(run / STORE_NAME)
+    else:
+        rows = _rows(path)
+        rows[0][key] = value
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        where = f"{path}:1"
+    with pytest.raises(ManifestError) as caught:
+        Manifest.load(run)
+    assert str(caught.value) == f"{where}: {said}"

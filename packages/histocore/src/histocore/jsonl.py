@@ -19,7 +19,16 @@ from typing import TYPE_CHECKING, Any
 
 from histocore.errors import ManifestError
 from histocore.io import atomic_writer, one_line
-from histocore.schema import SCHEMA_NAME, SCHEMA_VERSION, Image, Record, _from_dict, _names, row_of
+from histocore.schema import (
+    SCHEMA_NAME,
+    SCHEMA_VERSION,
+    Image,
+    Record,
+    _from_dict,
+    _names,
+    check_header,
+    row_of,
+)
 from histocore.store import RunStore, dumps
 
 if TYPE_CHECKING:
@@ -104,10 +113,10 @@ def _read_header(manifest: Manifest, obj: dict[str, Any], where: str) -> None:
             f"{where}: schema version {version} is newer than this reader "
             f"(reads up to {SCHEMA_VERSION}); upgrade histocore"
         )
+    extra = {k: v for k, v in obj.items() if k not in {"kind", "schema", "version", "query"}}
+    check_header(obj.get("query"), extra, where)
     manifest.query = obj.get("query")
-    manifest.header_extra = {
-        k: v for k, v in obj.items() if k not in {"kind", "schema", "version", "query"}
-    }
+    manifest.header_extra = extra
 
 
 def file_fingerprint(path: Path) -> dict[str, Any] | None:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from histocore.errors import ManifestError
-from histocore.io import NotJSON, loads_json
+from histocore.io import NotJSON, loads_json, one_line
 
 SCHEMA_NAME = "histofetch.manifest"
 #: 2: rows live in ``run.sqlite``; records gained ``transient``. Version-1 files are read
@@ -215,6 +215,31 @@ def _from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
         return cls(**known)
     except TypeError as exc:
         raise ManifestError(f"{where}: {exc}") from None
+
+
+#: header keys the tools read back, and the shape each must have (the rest are only written)
+_HEADER_LISTS = ("queries", "merged_from")
+_HEADER_OBJECTS = ("last_search",)
+
+
+def check_header(query: Any, extra: dict[str, Any], where: str) -> None:
+    """The header keys a run's readers use hold what its writers put there: ``query`` is
+    text, ``queries`` and ``merged_from`` lists of text, ``last_search`` an object. A
+    hand-edited ``"queries": 5`` was a TypeError traceback in ``search`` and ``merge``,
+    ``"abc"`` three queries of one letter, ``"last_search": 5`` an AttributeError in
+    ``run``; each is one ManifestError as the run is read."""
+    if query is not None and not isinstance(query, str):
+        raise ManifestError(f"{where}: header 'query' is {query!r}, expected text")
+    for key in _HEADER_LISTS:
+        value = extra.get(key, [])
+        if not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+            shown = one_line(repr(value))[:80]
+            raise ManifestError(f"{where}: header {key!r} is {shown}, expected a list of text")
+    for key in _HEADER_OBJECTS:
+        value = extra.get(key, {})
+        if not isinstance(value, dict):
+            shown = one_line(repr(value))[:80]
+            raise ManifestError(f"{where}: header {key!r} is {shown}, expected an object")
 
 
 def _row_json(data: str, where: str) -> Any:

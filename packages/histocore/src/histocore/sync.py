@@ -18,7 +18,16 @@ from typing import TYPE_CHECKING, Any, Self
 
 from histocore.image_table import ImageTable
 from histocore.jsonl import bulk, file_fingerprint, fingerprint_matches, read_jsonl
-from histocore.schema import MANIFEST_NAME, Image, Record, _image, _names, _record, row_of
+from histocore.schema import (
+    MANIFEST_NAME,
+    Image,
+    Record,
+    _image,
+    _names,
+    _record,
+    check_header,
+    row_of,
+)
 from histocore.store import STORE_NAME, Change, Delta, RenameRefused, RunStore, dumps
 
 if TYPE_CHECKING:
@@ -66,6 +75,7 @@ class StoreSync:
         where = str(self.store_path)
         with store.read(), bulk():
             head = store.header()
+            check_header(head.get("query"), head, where)
             self.query = head.pop("query", None)
             self.header_extra = head
             self._seen_head = {k: dumps(v) for k, v in self._header_items().items()}

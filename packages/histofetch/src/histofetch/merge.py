@@ -28,7 +28,6 @@ import shutil
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from histocore.io import one_line
 from histocore.manifest import MANIFEST_NAME, STAGES, Manifest, ManifestError, Record
 from histocore.store import STORE_NAME
 
@@ -96,8 +95,6 @@ def merge_runs(sources: list[Path], out: Path) -> MergeSummary:
 
 
 def _merge(loaded: list[Manifest], merged: Manifest) -> MergeSummary:
-    for run in [*loaded, merged]:  # before anything is linked or written
-        _check_header(run)
     summary = MergeSummary(runs=len(loaded))
     best: dict[str, tuple[Record, Manifest]] = {}
     for run in loaded:  # the furthest copy of each record id
@@ -152,20 +149,6 @@ def _refuse_image_id_clashes(best: dict[str, tuple[Record, Manifest]], merged: M
                     f"{run.run_dir}: image id {img.id!r} of record {rid} is also an image of "
                     f"record {other} (in {where}); nothing merged"
                 )
-
-
-def _check_header(run: Manifest) -> None:
-    """The header keys a merge combines hold what it writes: a query is text, ``queries``
-    and ``merged_from`` lists of text (a hand-edited ``"queries": 5`` was a TypeError
-    traceback, ``"abc"`` three queries of one letter)."""
-    where = run.store_path if run.store_path.is_file() else run.path
-    if run.query is not None and not isinstance(run.query, str):
-        raise ManifestError(f"{where}: header 'query' is {run.query!r}, expected text")
-    for key in ("queries", "merged_from"):
-        value = run.header_extra.get(key, [])
-        if not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
-            shown = one_line(repr(value))[:80]
-            raise ManifestError(f"{where}: header {key!r} is {shown}, expected a list of text")
 
 
 def _merge_header(merged: Manifest, loaded: list[Manifest]) -> None:
