@@ -354,6 +354,17 @@ def test_run_store_rows_that_are_json_but_not_objects(tmp_path: Path, table, tex
             "table records lacks pmcid",
         ),
         ("DROP TABLE records; CREATE TABLE records (x)", "table records lacks seq"),
+        # the version row: missing, or not a number, said "version '' is newer than this
+        # reader ... upgrade histocore"; a blob (SQLite keeps its type) was read as a version
+        ("DELETE FROM store_meta WHERE key = 'version'", "no version row"),
+        (
+            "UPDATE store_meta SET value = X'31' WHERE key = 'version'",
+            "version b'1' is not a number",
+        ),
+        (
+            "UPDATE store_meta SET value = 'x1' WHERE key = 'version'",
+            "version 'x1' is not a number",
+        ),
     ],
 )
 def test_run_store_missing_a_table_or_column(tmp_path: Path, change: str, said: str) -> None:

@@ -266,8 +266,11 @@ class RunStore:
         meta = dict(self.db.execute("SELECT key, value FROM store_meta").fetchall())
         if meta.get("format") != STORE_FORMAT:
             raise ManifestError(f"{self.path}: not a {STORE_FORMAT} database")
-        version = meta.get("version", "")
-        if not version.isdigit() or int(version) > STORE_VERSION:
+        version = meta.get("version")
+        if not (isinstance(version, str) and version.isascii() and version.isdigit()):
+            what = "no version row" if version is None else f"version {version!r} is not a number"
+            raise ManifestError(f"{self.path}: not a usable run store ({what})")
+        if int(version) > STORE_VERSION:
             raise ManifestError(
                 f"{self.path}: run store version {version!r} is newer than this reader "
                 f"(reads up to {STORE_VERSION}); upgrade histocore"
