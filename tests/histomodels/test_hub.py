@@ -316,14 +316,18 @@ torch.save(model.conv1.weight.detach(), sys.argv[2])
 
 
 @pytest.mark.parametrize(
-    ("weights", "hf_hub_filename"),
+    ("weights", "hf_hub_filename", "legacy"),
     [
-        ("pytorch_model.bin", None),  # timm asks for model.safetensors first
-        ("open_clip_pytorch_model.bin", "open_clip_pytorch_model.bin"),  # the config names it
+        ("pytorch_model.bin", None, False),  # timm asks for model.safetensors first
+        ("open_clip_pytorch_model.bin", "open_clip_pytorch_model.bin", False),  # named
+        # a legacy config.json, one dict without "pretrained_cfg", names it at its top
+        # level (timm takes the whole file as the pretrained config), with other weights
+        # cached as pytorch_model.bin beside it: those were loaded, the wrong model
+        ("open_clip_pytorch_model.bin", "open_clip_pytorch_model.bin", True),
     ],
 )
 def test_cached_weights_timm_asks_for_second_load_without_retries(
-    tmp_path: Path, weights: str, hf_hub_filename: str | None
+    tmp_path: Path, weights: str, hf_hub_filename: str | None, legacy: bool
 ) -> None:
     """An hf-hub: model whose cache holds weights that are not the first file timm asks for
     (pytorch_model.bin, after model.safetensors) or that its config.json names
@@ -349,6 +353,10 @@ def test_cached_weights_timm_asks_for_second_load_without_retries(
     if hf_hub_filename:
         pretrained["hf_hub_filename"] = hf_hub_filename
     config = {"architecture": "resnet18", "num_classes": 1000, "pretrained_cfg": pretrained}
+    if legacy:
+        config = {"architecture": "resnet18", **pretrained}
+        torch.manual_seed(13)
+        torch.save(timm.create_model("resnet18").state_dict(), snapshot / "pytorch_model.bin")
     (snapshot / "config.json").write_text(json.dumps(config))
     env = _env(tmp_path, f"http://127.0.0.1:{_closed_port()}")
     stem = tmp_path / "stem.pt"

@@ -108,7 +108,9 @@ def _cached_weights(
 
 
 def _hub_filename(config: str) -> str | None:
-    """The ``hf_hub_filename`` of a cached hf-hub ``config.json``'s pretrained config."""
+    """The ``hf_hub_filename`` of a cached hf-hub ``config.json``'s pretrained config: its
+    ``pretrained_cfg``, or the whole file for a legacy config without one (timm's
+    ``_parse_model_cfg`` takes it so)."""
     import json
 
     try:
@@ -116,7 +118,7 @@ def _hub_filename(config: str) -> str | None:
             data = json.load(fh)
     except (OSError, ValueError):  # timm reads it and says what is wrong
         return None
-    pretrained = data.get("pretrained_cfg") if isinstance(data, dict) else None
+    pretrained = data.get("pretrained_cfg", data) if isinstance(data, dict) else None
     name = pretrained.get("hf_hub_filename") if isinstance(pretrained, dict) else None
     return name if isinstance(name, str) and name else None
 
