@@ -1047,6 +1047,30 @@ def test_memory_running_out_while_building_is_out_of_memory_not_a_config_fault(
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.parametrize("config_checked", [False, True])
+def test_memory_running_out_rebuilding_a_checkpoint_is_out_of_memory(monkeypatch, config_checked):
+    """A checkpoint's model rebuilt (predict, eval, finetune from it: the config unchecked;
+    a resumed last.pt: checked) that raised MemoryError read 'ckpt.pt: cannot build model
+    'cnn' (MemoryError: )', blaming the file's config, or was a MemoryError traceback on
+    resume; it is one CheckpointError saying memory ran out, either way. (torch's allocator
+    refusing a layer is build_budget's 'builds a layer too large to allocate', as before.)"""
+    from histomodels.checkpoint import CheckpointError, build_with_weights
+    from histomodels.models import create_model
+
+    state = create_model("cnn", pretrained=False, width=8, depth=2).state_dict()
+
+    def allocate():
+        raise MemoryError
+
+    monkeypatch.setattr("torch.nn.init.kaiming_normal_", _out_of_memory_off_meta(allocate))
+    with pytest.raises(CheckpointError) as info:
+        build_with_weights("cnn", {"width": 8, "depth": 2}, state, "ckpt.pt",
+                           config_checked=config_checked)  # fmt: skip
+    message = str(info.value)
+    assert message.startswith("ckpt.pt: out of memory while building model 'cnn' (MemoryError")
+    assert "cannot build" not in message and len(message.splitlines()) == 1
+
+
 def test_a_timm_model_of_fixed_input_size_trains_on_the_patches(h5_files, tmp_path):
     """timm's ViTs are built for 224 px: ``--model timm/vit_tiny_patch16_224`` with its
     defaults was an AssertionError traceback on 96 px patches ('Input height (96) doesn't

@@ -379,7 +379,9 @@ def build_with_weights(
     ``TypeError`` while building is a bug in the model code and keeps its traceback.
     Otherwise the config is untrusted: any ``Exception`` from the builder (timm's ViT raises
     ZeroDivisionError for ``patch_size: 0``, AssertionError for ``embed_dim: 7``) is that
-    one error line."""
+    one error line. Memory running out in the build (:func:`~histomodels.device.out_of_memory`)
+    is one CheckpointError saying so, checked config or not."""
+    from histomodels.device import out_of_memory
     from histomodels.models import create_model
 
     input_errors: tuple[type[Exception], ...] = (ValueError,) if config_checked else (Exception,)
@@ -388,8 +390,16 @@ def build_with_weights(
             model = create_model(name, pretrained=False, **config)
     except CheckpointError:
         raise
-    except input_errors as exc:  # values of the right keys but unusable
-        why = (
+    except Exception as exc:
+        if out_of_memory(exc):  # the machine's limit, not the file's config nor a bug
+            first = (str(exc).strip().splitlines() or [""])[0]
+            why = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+            raise CheckpointError(
+                f"{path}: out of memory while building model {name!r} ({why})"
+            ) from exc
+        if not isinstance(exc, input_errors):
+            raise
+        why = (  # values of the right keys but unusable
             f"{exc}" if isinstance(exc, TypeError | ValueError) else f"{type(exc).__name__}: {exc}"
         )
         raise CheckpointError(f"{path}: cannot build model {name!r} ({why})") from None
