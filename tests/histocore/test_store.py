@@ -2,21 +2,28 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import multiprocessing
+import os
 import shutil
 import sqlite3
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import MISSING, fields
 from multiprocessing.queues import Queue
 from multiprocessing.synchronize import Barrier
 from pathlib import Path
+from types import FrameType
+from typing import Any
 
 import pytest
 
+from histocore.io import atomic_write_bytes
 from histocore.manifest import (
     MANIFEST_NAME,
     SCHEMA_VERSION,
@@ -342,6 +349,103 @@ def test_a_rename_renames_the_records_pdf_with_it(tmp_path: Path) -> None:
     with Manifest.load(tmp_path) as m:
         assert m.records["pmid:88"].pdf_path == "pdfs/pmcid_PMC5.pdf"
         assert m.records["pmcid:PMC8"].pdf_path == m.records["pmid:4"].pdf_path
+
+
+@contextmanager
+def _at_line(func: Callable[..., object], line: str, action: Callable[[], None]) -> Iterator[None]:
+    """Run ``action`` as ``func`` reaches its (first) source line ``line``: a Ctrl-C, or
+    another process's write, at that exact point (sys.settrace; what ``action`` raises is
+    raised there)."""
+    code = func.__code__  # type: ignore[attr-defined]
+    source, start = inspect.getsourcelines(func)
+    lineno = start + next(i for i, text in enumerate(source) if text.strip() == line)
+
+    def local(frame: FrameType, event: str, arg: object) -> Any:
+        if event == "line" and frame.f_lineno == lineno:
+            action()
+        return local
+
+    def calls(frame: FrameType, event: str, arg: object) -> Any:
+        return local if frame.f_code is code else None
+
+    before = sys.gettrace()
+    sys.settrace(calls)
+    try:
+        yield
+    finally:
+        sys.settrace(before)
+
+
+def _run_with_pmid_0(run: Path) -> Path:
+    """A run whose 'pmid:0' (the article PMC5) has its PDF as 'pdfs/pmid_0.pdf'."""
+    pdfs = run / "pdfs"
+    pdfs.mkdir()
+    (pdfs / "pmid_0.pdf").write_bytes(b"%PDF PMC5")
+    with Manifest.load(run, create=True) as m:
+        m.add_record(Record(id="pmid:0", pmid="0", pmcid="PMC5", pdf_path="pdfs/pmid_0.pdf"))
+        m.save()
+    return pdfs
+
+
+def test_a_rename_interrupted_after_its_commit_keeps_the_file_its_row_names(
+    tmp_path: Path,
+) -> None:
+    """A Ctrl-C arriving just after the rename's COMMIT removed the new name as if the
+    transaction had failed: the committed row named 'pdfs/pmcid_PMC5.pdf', which no longer
+    existed. Now the new name is removed only when no row names it (the old one then)."""
+    pdfs = _run_with_pmid_0(tmp_path)
+
+    def ctrl_c() -> None:
+        raise KeyboardInterrupt
+
+    at_commit = _at_line(RunStore._rename_row, "return text", ctrl_c)
+    with Manifest.load(tmp_path) as m, at_commit, pytest.raises(KeyboardInterrupt):
+        m.rename_record("pmid:0", "pmcid:PMC5")
+    with Manifest.load(tmp_path) as m:
+        rec = m.records["pmcid:PMC5"]
+    assert rec.pdf_path == "pdfs/pmcid_PMC5.pdf"
+    assert (tmp_path / rec.pdf_path).read_bytes() == b"%PDF PMC5"
+    assert sorted(p.name for p in pdfs.iterdir()) == ["pmcid_PMC5.pdf"]
+
+
+def test_a_rename_killed_before_its_commit_is_done_by_the_next(tmp_path: Path) -> None:
+    """A rename killed between linking the PDF's new name and its COMMIT left both names
+    and the row naming the old one; the next rename found the new name taken and kept
+    'pdfs/pmid_0.pdf' for good (a later 'pmid:0' download overwrote it). Now a new name
+    that is the same file and that no row names is taken; one a row names is not."""
+    pdfs = _run_with_pmid_0(tmp_path)
+    os.link(pdfs / "pmid_0.pdf", pdfs / "pmcid_PMC5.pdf")  # what the killed rename left
+    (pdfs / "pmid_1.pdf").write_bytes(b"%PDF PMC6")
+    os.link(pdfs / "pmid_1.pdf", pdfs / "pmcid_PMC6.pdf")
+    with Manifest.load(tmp_path) as m:
+        m.add_record(Record(id="pmid:1", pmcid="PMC6", pdf_path="pdfs/pmid_1.pdf"))
+        m.add_record(Record(id="pmid:2", pmcid="PMC7", pdf_path="pdfs/pmcid_PMC6.pdf"))
+        m.save()
+        assert m.rename_record("pmid:0", "pmcid:PMC5").pdf_path == "pdfs/pmcid_PMC5.pdf"
+        assert m.rename_record("pmid:1", "pmcid:PMC6").pdf_path == "pdfs/pmid_1.pdf"
+    assert sorted(p.name for p in pdfs.iterdir()) == [
+        "pmcid_PMC5.pdf",
+        "pmcid_PMC6.pdf",
+        "pmid_1.pdf",
+    ]
+    assert (pdfs / "pmcid_PMC5.pdf").read_bytes() == b"%PDF PMC5"
+
+
+def test_a_rename_never_removes_a_file_written_under_the_old_name_meanwhile(
+    tmp_path: Path,
+) -> None:
+    """The old name was removed after the commit whatever it then held: a PDF a download
+    of a new 'pmid:0' wrote there between the rename's COMMIT and that unlink was lost.
+    Now the old name is removed only while it is still the renamed record's file."""
+    pdfs = _run_with_pmid_0(tmp_path)
+
+    def download() -> None:
+        atomic_write_bytes(pdfs / "pmid_0.pdf", b"%PDF PMC9")
+
+    with Manifest.load(tmp_path) as m, _at_line(RunStore._rename_row, "return text", download):
+        assert m.rename_record("pmid:0", "pmcid:PMC5").pdf_path == "pdfs/pmcid_PMC5.pdf"
+    assert (pdfs / "pmcid_PMC5.pdf").read_bytes() == b"%PDF PMC5"
+    assert (pdfs / "pmid_0.pdf").read_bytes() == b"%PDF PMC9"
 
 
 def _claimed_by_a_dead_process(run: Path, record_id: str) -> None:

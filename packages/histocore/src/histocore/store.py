@@ -419,37 +419,57 @@ class RunStore:
 
     def _rename(self, old: str, new: str, values: dict[str, Any]) -> str:
         linked: list[Path] = []  # the PDF's new name, linked before the commit
+        old_pdf = self.run_dir / "pdfs" / f"{record_slug(old)}.pdf"
         try:
             text = self._rename_row(old, new, values, linked)
         except BaseException:
-            for path in linked:  # not renamed: the row still names the old file
-                path.unlink(missing_ok=True)
+            for path in linked:
+                if self._names_file(f"pdfs/{path.name}"):  # committed, interrupted after
+                    _drop_other_name(old_pdf, path)
+                else:  # not renamed: the row still names the old file
+                    path.unlink(missing_ok=True)
             raise
         if linked:
-            with contextlib.suppress(OSError):  # left: a file no row names, no harm
-                (self.run_dir / "pdfs" / f"{record_slug(old)}.pdf").unlink()
+            _drop_other_name(old_pdf, linked[0])
         return text
+
+    def _names_file(self, rel: str, but: str | None = None) -> bool:
+        """Whether a stored record row (other than ``but``) names the file ``rel``; True
+        when the store cannot say (a file it may name is never removed)."""
+        try:
+            return (
+                self.db.execute(
+                    "SELECT 1 FROM records WHERE id IS NOT ? AND instr(data, ?) > 0 LIMIT 1",
+                    (but, json.dumps(rel)),
+                ).fetchone()
+                is not None
+            )
+        except sqlite3.Error:
+            return True
 
     def _move_pdf(self, data: dict[str, Any], old: str, new: str, linked: list[Path]) -> None:
         """The record's downloaded PDF (``pdfs/<old slug>.pdf``) linked as ``pdfs/<new
         slug>.pdf`` and named so in ``data``; kept under its old name when that cannot be
-        (another file has the new name, another row names the old one, no hard links here)."""
+        (another file has the new name, another row names either name, no hard links
+        here). A link to the same file that no row names (a rename killed before its
+        commit) is taken as the new name."""
         rel = f"pdfs/{record_slug(old)}.pdf"
         if data.get("pdf_path") != rel:
             return
         src, dst = self.run_dir / rel, self.run_dir / "pdfs" / f"{record_slug(new)}.pdf"
-        if src.is_symlink() or not src.is_file() or dst.exists() or dst.is_symlink():
+        if src.is_symlink() or not src.is_file() or dst.is_symlink():
             return
-        named = self.db.execute(  # another row names it too (a merge of a run renamed before)
-            "SELECT 1 FROM records WHERE id != ? AND instr(data, ?) > 0 LIMIT 1",
-            (old, json.dumps(rel)),
-        ).fetchone()
-        if named:
+        # another row names it too (a merge of a run renamed before)
+        if self._names_file(rel, but=old) or self._names_file(f"pdfs/{dst.name}"):
             return
-        try:
-            os.link(src, dst)
-        except OSError:
-            return
+        if dst.exists():
+            if not _same_file(src, dst):
+                return
+        else:
+            try:
+                os.link(src, dst)
+            except OSError:
+                return
         linked.append(dst)
         data["pdf_path"] = f"pdfs/{dst.name}"
 
@@ -666,3 +686,18 @@ def _is_zombie(pid: int) -> bool:
     except OSError:
         return False
     return stat.rpartition(")")[2].split()[:1] == ["Z"]
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.samefile(b)
+    except OSError:
+        return False
+
+
+def _drop_other_name(old: Path, new: Path) -> None:
+    """Remove ``old`` when it is another name of the file ``new`` (a file written under
+    that name since is kept); left where it cannot be: a file no row names, no harm."""
+    with contextlib.suppress(OSError):
+        if old.samefile(new):
+            old.unlink()
