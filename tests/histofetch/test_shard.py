@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -190,6 +191,24 @@ def test_merge_never_points_a_record_at_another_articles_file(tmp_path: Path) ->
     merge_runs([same], out)
     with Manifest.load(out) as merged:
         assert merged.records["pmid:7"].pdf_path == "pdfs/pmid_0.pdf"
+
+
+def test_a_merge_run_again_after_an_interruption_brings_a_file_once(tmp_path: Path) -> None:
+    """A merge interrupted after linking a shard's file under a free name (before its rows
+    were saved) and run again linked another copy each time ('pdfs/pmid_0-3.pdf', -4, ...).
+    Now a free-name candidate already holding the file's bytes is taken."""
+    out, shard = tmp_path / "out", tmp_path / "shard"
+    mine = Record(id="pmcid:PMC5", pmcid="PMC5", stage="downloaded", pdf_path="pdfs/pmid_0.pdf")
+    _run_with_pdf(out, mine, b"%PDF-1.4 the article PMC5")
+    theirs = Record(
+        id="pmid:0", pmid="0", pmcid="PMC9", stage="downloaded", pdf_path="pdfs/pmid_0.pdf"
+    )
+    _run_with_pdf(shard, theirs, b"%PDF-1.4 the article PMC9")
+    os.link(shard / "pdfs" / "pmid_0.pdf", out / "pdfs" / "pmid_0-2.pdf")  # the first try's
+    merge_runs([shard], out)
+    with Manifest.load(out) as merged:
+        assert merged.records["pmid:0"].pdf_path == "pdfs/pmid_0-2.pdf"
+    assert sorted(p.name for p in (out / "pdfs").iterdir()) == ["pmid_0-2.pdf", "pmid_0.pdf"]
 
 
 def test_merge_never_links_the_runs_own_files(tmp_path: Path) -> None:

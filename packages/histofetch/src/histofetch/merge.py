@@ -180,7 +180,7 @@ def _bring(run: Manifest, merged: Manifest, rel: str | None) -> str | None:
     if not src.is_file():
         return rel  # named but missing in the source: the row says so, as it did there
     if dst.exists() and not _same_bytes(src, dst):  # another article's file: not ours
-        dst = _free(dst)
+        dst = _free(dst, src)
         rel = dst.relative_to(merged.run_dir).as_posix()
     if not dst.exists():
         dst.parent.mkdir(parents=True, exist_ok=True)
@@ -198,9 +198,12 @@ def _same_bytes(a: Path, b: Path) -> bool:
         return False
 
 
-def _free(path: Path) -> Path:
-    """``path`` with ``-2``, ``-3``, … added to its stem: the first name no file has."""
+def _free(path: Path, src: Path) -> Path:
+    """``path`` with ``-2``, ``-3``, … added to its stem: the first name no file has, or
+    one holding ``src``'s bytes already (an interrupted merge brought it: not again)."""
     n = 2
-    while (free := path.with_name(f"{path.stem}-{n}{path.suffix}")).exists() or free.is_symlink():
+    while True:
+        free = path.with_name(f"{path.stem}-{n}{path.suffix}")
+        if not free.is_symlink() and (not free.exists() or _same_bytes(src, free)):
+            return free
         n += 1
-    return free
