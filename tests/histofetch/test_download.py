@@ -434,3 +434,28 @@ def test_a_pmcid_that_is_not_pmc_and_digits_is_never_put_into_a_url(
     asked = [r.path + r.params.get("prefix", "") for r in ncbi.log if "elink" not in r.path]
     assert asked and all("PMC101" in a for a in asked), asked
     assert not any(r.params.get("x") for r in ncbi.log)
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_a_pdf_another_record_names_is_never_overwritten(
+    ncbi: FakeNcbi, tmp_path: Path, jobs: int
+) -> None:
+    """'pmid:7' renamed 'pmcid:PMC5' kept its PDF as 'pdfs/pmid_7.pdf' (a rename before
+    the PDF moved with the record, or one refused): a later hit 'pmid:7' wrote its own PDF
+    over it, and PMC5's row named another article's file. Now the download writes under a
+    free name ('pdfs/pmid_7-2.pdf') where another record's row names the file."""
+    pdf = make_pdf()
+    ncbi.files["/europepmc/articles/PMC8550608"] = (200, "application/pdf", pdf)
+    renamed = _rec("5", "PMC5")
+    renamed.id, renamed.stage, renamed.status = "pmcid:PMC5", "downloaded", "ok"
+    renamed.pdf_path = "pdfs/pmid_7.pdf"
+    (tmp_path / "pdfs").mkdir(parents=True)
+    (tmp_path / "pdfs" / "pmid_7.pdf").write_bytes(b"%PDF-1.4 the article PMC5")
+    _run(tmp_path, renamed, _rec("7", "PMC8550608"))
+    run_download(tmp_path, net=ncbi.config(), jobs=jobs)
+    with Manifest.load(tmp_path) as manifest:
+        mine, theirs = manifest.records["pmcid:PMC5"], manifest.records["pmid:7"]
+    assert mine.pdf_path == "pdfs/pmid_7.pdf"
+    assert (tmp_path / mine.pdf_path).read_bytes() == b"%PDF-1.4 the article PMC5"
+    assert (theirs.status, theirs.pdf_path) == ("ok", "pdfs/pmid_7-2.pdf")
+    assert (tmp_path / "pdfs" / "pmid_7-2.pdf").read_bytes() == pdf

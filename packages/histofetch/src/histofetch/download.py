@@ -91,8 +91,11 @@ class Downloader:
         client: NetClient,
         limits: ArchiveLimits | None = None,
         policy: Policy | None = None,
+        pdf_names: dict[str, set[str]] | None = None,
     ) -> None:
         self.manifest = manifest
+        #: the PDF paths rows name, and the ids naming each (default: ``manifest``'s)
+        self.pdf_names = pdf_names if pdf_names is not None else named_pdfs(manifest)
         self.limits = limits or ArchiveLimits()
         self.policy = policy or Policy()
         self.cloud = PmcCloud(client, self.policy)
@@ -231,7 +234,7 @@ class Downloader:
             except NotAPdf as exc:
                 failures.append(f"PDF: {exc}")
             else:
-                path = self.manifest.run_dir / "pdfs" / f"{record_slug(rec.id)}.pdf"
+                path = self.manifest.run_dir / self._pdf_name(rec.id)
                 atomic_write_bytes(path, files.pdf)
                 rec.pdf_path = self.manifest.relative(path)
                 rec.pdf_sha256 = hashlib.sha256(files.pdf).hexdigest()
@@ -244,6 +247,17 @@ class Downloader:
             rec.route = files.route
             return True, failures
         return False, failures
+
+    def _pdf_name(self, record_id: str) -> str:
+        """``pdfs/<slug>.pdf``, or with ``-2``, ``-3``, … added where another record's row
+        names that file (a record renamed from this id, or merged in, kept its PDF's name):
+        writing there would replace that article's PDF."""
+        base, n = f"pdfs/{record_slug(record_id)}", 1
+        rel = f"{base}.pdf"
+        while self.pdf_names.get(rel, set()) - {record_id}:
+            n += 1
+            rel = f"{base}-{n}.pdf"
+        return rel
 
     def _keep_figures(self, rec: Record, files: ArticleFiles, failures: list[str]) -> bool:
         """One ``source="jats"`` row and PNG per distinct figure file; True if any was kept.
@@ -368,6 +382,15 @@ def figure_stem(name: str, taken: set[str]) -> str:
     return stem
 
 
+def named_pdfs(manifest: Manifest) -> dict[str, set[str]]:
+    """The PDF paths the records of ``manifest`` name, each with the ids naming it."""
+    names: dict[str, set[str]] = {}
+    for rec in manifest.records.values():
+        if rec.pdf_path:
+            names.setdefault(rec.pdf_path, set()).add(rec.id)
+    return names
+
+
 def run_download(
     run_dir: Path,
     *,
@@ -380,9 +403,10 @@ def run_download(
     """Fetch the article files of every searched record not yet downloaded (resumable)."""
     manifest = Manifest.load(run_dir)
     with manifest, NetClient(net) as client:  # thread-safe; one rate limiter per host
+        pdf_names = named_pdfs(manifest)  # a worker's manifest holds its record only
 
         def work(mini: Manifest, rec: Record) -> None:
-            Downloader(mini, client, limits, policy)(rec)
+            Downloader(mini, client, limits, policy, pdf_names)(rec)
 
         # Threads: records from different hosts download at once, each host at its rate.
         return run_records(
