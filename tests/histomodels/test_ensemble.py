@@ -136,6 +136,28 @@ def test_cli_ensemble_then_eval_predict(members: list[Path], tmp_path: Path) -> 
     assert not (tmp_path / "one").exists()
 
 
+@pytest.mark.parametrize("tta", [False, True])
+def test_eval_of_an_ensemble_built_with_tta_says_its_scores_are_tta(
+    members: list[Path], tmp_path: Path, tta: bool
+) -> None:
+    """An ensemble built with ``--tta`` averages the 8 views inside the model: eval's
+    metrics.json and its printed line said ``tta=False`` (no ``eval --tta``), which the
+    report showed as "test-time augmentation: False"."""
+    import json
+
+    from histomodels.synthetic import write_h5
+
+    ens = write_ensemble(members, tmp_path / "ens", tta=tta)
+    test_h5 = write_h5(tmp_path / "t.h5", 32, seed=7)
+    r = CliRunner().invoke(app, ["eval", str(ens), "--data", str(test_h5), "--out",
+                                 str(tmp_path / "ev"), "--bootstrap", "20"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert metrics["tta"] is tta and metrics.get("tta_inside_model", False) is tta
+    line = next(x for x in r.stdout.splitlines() if x.startswith("temperature "))
+    assert line.endswith("tta=True (the ensemble's own 8 views)" if tta else "tta=False")
+
+
 def test_members_keep_the_temperature_eval_stored_beside_them(
     members: list[Path], tmp_path: Path
 ) -> None:

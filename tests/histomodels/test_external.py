@@ -85,6 +85,23 @@ def test_unlabelled_run_gives_distribution_heatmaps_and_contact_sheet(tmp_path: 
     assert (out / "score_hist_max.png").stat().st_size > 0
 
 
+def test_an_ensemble_built_with_tta_is_recorded_as_tta(tmp_path: Path) -> None:
+    """The figures' tiles score through the ensemble's own 8 views: metrics.json said
+    ``tta: false`` without ``eval --tta``."""
+    from _evalkit import train_tiny
+
+    from histomodels.ensemble import write_ensemble
+
+    members = [train_tiny(tmp_path / f"m{i}.pt", steps=5, seed=i) for i in range(2)]
+    ens = write_ensemble(members, tmp_path / "ens", tta=True)
+    out = tmp_path / "ext"
+    r = CliRunner().invoke(app, ["eval", str(ens), "--manifest", str(_run(tmp_path, [None])),
+                                 "--out", str(out)])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["tta"] is True and m["tta_inside_model"] is True
+
+
 def test_labelled_run_gives_image_metrics(tmp_path: Path) -> None:
     ckpt = tiny_checkpoint(tmp_path)
     run = _run(

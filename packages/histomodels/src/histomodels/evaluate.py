@@ -363,9 +363,11 @@ def evaluate_checkpoint(
         "checkpoint": str(checkpoint),
         "model": ckpt.get("model"),
         "data": source,
-        "tta": bool(tta),
+        "tta": bool(tta) or pred.tta_inside,  # the scores average the 8 views either way
         "precision": pred.precision,
     }
+    if pred.tta_inside:
+        result["tta_inside_model"] = True
     if scale is not None:
         result["scale"] = float(scale)
         result["scored_px"] = [int(images.shape[2]), int(images.shape[1])]  # width, height

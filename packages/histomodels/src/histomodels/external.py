@@ -244,7 +244,8 @@ def evaluate_manifest(
         "n_images_without_tissue": sum(r["n_tiles"] == 0 for r in rows),
         "top_k": top_k,
         **point,  # temperature, threshold_source; with val: validation, temperature_stored
-        "tta": tta,
+        "tta": bool(tta) or pred.tta_inside,  # the scores average the 8 views either way
+        **({"tta_inside_model": True} if pred.tta_inside else {}),
         "scale": "given" if scale is not None else "estimated from nucleus diameter",
         "aggregations": {
             "max": "highest tile probability",

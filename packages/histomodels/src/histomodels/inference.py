@@ -161,6 +161,13 @@ class Predictor:
             stain=stain,
         )
 
+    @property
+    def tta_inside(self) -> bool:
+        """The model averages the 8 dihedral views itself (``histomodels ensemble --tta``)."""
+        cfg = self.ckpt.get("model_config")
+        ensemble = self.ckpt.get("model") == "ensemble"
+        return ensemble and isinstance(cfg, dict) and bool(cfg.get("tta"))
+
     def prepare(self, images: np.ndarray) -> np.ndarray:
         """The patches as the model sees them (stain-normalised when it was trained so)."""
         return images if self.stain is None else self.stain.transform(images)

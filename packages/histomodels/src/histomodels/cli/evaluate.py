@@ -342,7 +342,10 @@ def _print_metrics(result: dict, out: Path) -> None:
     # the source has its own brackets ("default 0.5 (no validation set given)"): not nested
     line = f"threshold {result['threshold']:.4f}: {result['threshold_source']}"
     console.print(line, soft_wrap=True)  # whole lines, as the first one
-    console.print(f"temperature {result['temperature']:.3f}; tta={result['tta']}", soft_wrap=True)
+    inside = " (the ensemble's own 8 views)" if result.get("tta_inside_model") else ""
+    console.print(
+        f"temperature {result['temperature']:.3f}; tta={result['tta']}{inside}", soft_wrap=True
+    )
     sweep = [r for r in result.get("threshold_sweep", []) if round(r["threshold"] * 10, 6) % 1 == 0]
     if sweep:  # one data line, whole at any terminal width (the terminal may fold it)
         console.print(
