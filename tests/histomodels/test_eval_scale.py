@@ -123,9 +123,14 @@ def test_smaller_images_are_scored_whole_and_val_is_resized_alike(tmp_path: Path
     logits = pred.logits(np.stack([rescale(v, 0.5) for v in tiles.values()]))
     want = dict(zip(tiles, sigmoid(logits, got["temperature"]).tolist(), strict=True))
     assert _probs(out / "predictions.csv") == pytest.approx(want, abs=2e-6)
-    # without a scale the same folders are refused: they are not the model's 96 px
+    # without a scale the same folders are refused: they are not the model's 96 px; the
+    # line names the option that reads them (it stopped at "expected 96x96")
     r = CliRunner().invoke(app, [*EVAL, "--data", str(tmp_path / "test"), "--out", str(out)])
-    assert r.exit_code == 1 and "image is 128x128 px, expected 96x96" in r.stderr
+    assert r.exit_code == 1 and len(r.stderr.strip().splitlines()) == 1
+    assert r.stderr.strip().endswith(
+        "image is 128x128 px, expected 96x96; for tiles of another size or magnification "
+        "give --scale F (0.25 for 40x tiles: PCam is ~10x)"
+    )
 
 
 @pytest.mark.parametrize(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import re
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -52,18 +53,27 @@ def _load(
     from histomodels.data import open_dataset
     from histomodels.data.readers import is_run_folder
 
-    if isinstance(data, (str, Path)):
-        if scale is not None and is_run_folder(Path(data)):
+    if isinstance(data, (str, Path)) and scale is not None and is_run_folder(Path(data)):
+        raise DatasetError(
+            f"{data}: a histofetch run: its figures are resized by their own factor "
+            "(eval --manifest); a scale applies to patch and tile data"
+        )
+    try:
+        if isinstance(data, (str, Path)):
+            ds = open_dataset(data) if scale is None else open_dataset(data, patch_size=None)
+        else:
+            ds = data
+        if scale is not None:
+            ds = ScaledPatches(ds, scale, size)
+        images, labels, ids = ds.load_all()
+    except DatasetError as exc:
+        if scale is None and re.search(r" px, expected \d+x\d+$", str(exc)):
+            # what a folder of 20x/40x tiles meets first: say the option that reads them
             raise DatasetError(
-                f"{data}: a histofetch run: its figures are resized by their own factor "
-                "(eval --manifest); a scale applies to patch and tile data"
-            )
-        ds = open_dataset(data) if scale is None else open_dataset(data, patch_size=None)
-    else:
-        ds = data
-    if scale is not None:
-        ds = ScaledPatches(ds, scale, size)
-    images, labels, ids = ds.load_all()
+                f"{exc}; for tiles of another size or magnification give --scale F (0.25 "
+                "for 40x tiles: PCam is ~10x)"
+            ) from None
+        raise
     source = str(getattr(ds, "source", data))
     if scale is not None and fixed and images.shape[1:3] != (size, size):
         h, w = images.shape[1:3]
