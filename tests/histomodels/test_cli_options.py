@@ -397,6 +397,23 @@ def test_valid_option_values_pass_to_the_command(tmp_path: Path, args, message) 
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
 
 
+@pytest.mark.parametrize(
+    ("command", "given", "said"),
+    [
+        ("train", ["--val", "{missing}"], "no training data: give --data (or 'data' in a --c"),
+        ("train", ["--data", "{missing}"], "no validation data: give --val (or 'val' in a --c"),
+        ("finetune", [], "no training data: give --data (or 'data' in a --c"),
+    ],
+)  # fmt: skip
+def test_train_without_data_names_the_option(tmp_path: Path, command, given, said) -> None:
+    """No --data or --val (nor in a config file): one line naming the option, before
+    PyTorch is imported; it said 'no train data given' once PyTorch had loaded."""
+    result = CliRunner().invoke(app, _args([command, *given, "--out", "{out}"], tmp_path))
+    assert result.exit_code == 1, result.output
+    assert result.stderr.strip().splitlines() == [f"error: {said}onfig file)"]
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_config_files_bad_seed_is_its_error_line(tmp_path: Path) -> None:
     """The file's content, not an option: one error line, exit 1 (numpy's ValueError
     traceback once the data was read)."""

@@ -244,6 +244,10 @@ def _train(
             _refuse_ignored_settings(out, options, config)
         cfg = resolve_config(config, base=TrainConfig(**base) if base else None, **options)
     if not resume:  # a missing data path fails before PyTorch is imported
+        for path, option, key, role in ((cfg.data, "--data", "data", "training"),
+                                        (cfg.val, "--val", "val", "validation")):  # fmt: skip
+            if not path:
+                fail(f"no {role} data: give {option} (or '{key}' in a --config file)")
         require_paths(cfg.data, role="train")
         require_paths(cfg.val, role="validation")
         if base is not None:
