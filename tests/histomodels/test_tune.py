@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 
 import numpy as np
 import pytest
@@ -478,3 +479,11 @@ def test_shared_validation_patches_are_said_once_per_tune(tmp_path, tiny_data, c
         "validation AUC, the best epoch and early stopping are then judged entirely on "
         "training patches"
     ]
+
+
+def test_a_one_epoch_trial_is_said_in_the_singular(tmp_path, tiny_data, caplog):
+    """The trial line read 'trial 0: val AUC … (1 epochs, 3 s)'."""
+    with caplog.at_level(logging.INFO, logger="histomodels.tune"):
+        tune(*tiny_data, tmp_path / "t", trials=1, trial_epochs=1, sobol_trials=1, base=TINY)
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("trial 0:")]
+    assert len(said) == 1 and re.match(r"trial 0: val AUC [\d.]+ \(1 epoch, \d+ s\) \{", said[0])

@@ -234,10 +234,11 @@ def _tune(
             log.warning("trial %d failed: %s", idx, record["error"])
         elif not quiet:
             log.info(
-                "trial %d: val AUC %.4f (%d epochs, %.0f s) %s",
+                "trial %d: val AUC %.4f (%d epoch%s, %.0f s) %s",
                 idx,
                 record["val_auc"],
                 record["epochs"],
+                "" if record["epochs"] == 1 else "s",
                 record["seconds"],
                 json.dumps(record["params"], default=str),
             )
