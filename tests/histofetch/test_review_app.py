@@ -204,6 +204,22 @@ def test_a_bad_scores_csv_is_one_review_error(tmp_path: Path, text: str, said: s
     assert said in str(err.value)
 
 
+def test_a_figure_eval_found_no_tile_in_has_no_score(tmp_path: Path) -> None:
+    """``eval --manifest`` writes ``nan`` scores and ``n_tiles`` 0 for a kept figure with no
+    tissue tile (a small panel): the whole file was refused ("line 3: a score that is not
+    finite"), so the documented eval → review --scores flow stopped on most real runs.
+    Such a row is a figure without a score; nan with tiles stays refused."""
+    header = "image_id,max,topk_mean,n_tiles\n"
+    (tmp_path / "image_scores.csv").write_text(
+        f"{header}pmid:1/fig1,0.5,0.4,3\npmid:1/fig2,nan,nan,0\npmid:1/fig3,,,0\n"
+    )
+    assert Scores.load(tmp_path).by_image == {"pmid:1/fig1": {"max": 0.5, "topk_mean": 0.4}}
+    for row in ("pmid:1/fig2,nan,nan,2", "pmid:1/fig2,nan,0.3,0", "pmid:1/fig2,inf,inf,0"):
+        (tmp_path / "image_scores.csv").write_text(f"{header}{row}\n")
+        with pytest.raises(ReviewError, match="line 2: a score that is not finite"):
+            Scores.load(tmp_path)
+
+
 def test_review_scores_row_without_a_score_is_one_error_line(
     kit: tuple[Path, Path], tmp_path: Path
 ) -> None:

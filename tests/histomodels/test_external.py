@@ -102,6 +102,27 @@ def test_an_ensemble_built_with_tta_is_recorded_as_tta(tmp_path: Path) -> None:
     assert m["tta"] is True and m["tta_inside_model"] is True
 
 
+def test_a_figure_without_tissue_tiles_does_not_stop_review_scores(tmp_path: Path) -> None:
+    """A kept figure with no tissue tile gets ``nan`` scores and ``n_tiles`` 0 in
+    image_scores.csv; ``histofetch review --scores`` refused that whole file, so the
+    README's eval --manifest → review --scores flow stopped on any such figure."""
+    review = pytest.importorskip("histofetch.review.data", reason="histofetch not installed")
+    run = _run(tmp_path, [None])
+    PILImage.fromarray(np.full((300, 300, 3), 255, np.uint8)).save(run / "images" / "white.png")
+    m = Manifest.load(run)
+    m.add_image(Image(id="pmid:1/white", record_id="pmid:1", path="images/white.png",
+                      sha256="1" * 64, width=300, height=300, kept=True))  # fmt: skip
+    m.save()
+    m.close()
+    out = tmp_path / "ext"
+    r = CliRunner().invoke(app, ["eval", str(tiny_checkpoint(tmp_path)), "--manifest", str(run),
+                                 "--out", str(out)])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    rows = {row["image_id"]: row for row in csv.DictReader((out / "image_scores.csv").open())}
+    assert rows["pmid:1/white"]["n_tiles"] == "0" and rows["pmid:1/white"]["max"] == "nan"
+    assert set(review.Scores.load(out).by_image) == {"pmid:1/fig0"}
+
+
 def test_labelled_run_gives_image_metrics(tmp_path: Path) -> None:
     ckpt = tiny_checkpoint(tmp_path)
     run = _run(

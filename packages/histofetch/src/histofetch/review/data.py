@@ -63,6 +63,8 @@ class Scores:
                     image_id = row["image_id"]
                     if image_id is None:  # a row shorter than the header
                         raise ValueError(f"line {reader.line_num} has no image_id")
+                    if _no_tile(row):  # eval scored no tile of it: shown without a score
+                        continue
                     scores = {k: float(row[k]) for k in ("max", "topk_mean") if row.get(k)}
                     if not scores:
                         raise ValueError(f"line {reader.line_num} has no max or topk_mean score")
@@ -85,6 +87,13 @@ class Scores:
             if path.is_file():
                 return path
         return None
+
+
+def _no_tile(row: dict[str, str | None]) -> bool:
+    """An ``image_scores.csv`` row of a figure with no tissue tile (``n_tiles`` 0): eval
+    writes ``nan`` for its scores, which no other row may hold."""
+    blank = all((row.get(k) or "nan").strip().lower() == "nan" for k in ("max", "topk_mean"))
+    return (row.get("n_tiles") or "").strip() == "0" and blank
 
 
 def load_run(run_dir: str | Path) -> Manifest:
