@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -118,6 +119,12 @@ def test_a_figure_without_tissue_tiles_does_not_stop_review_scores(tmp_path: Pat
     r = CliRunner().invoke(app, ["eval", str(tiny_checkpoint(tmp_path)), "--manifest", str(run),
                                  "--out", str(out)])  # fmt: skip
     assert r.exit_code == 0, r.output
+    # the first line said "2 figure(s), N tissue tile(s) scored", as if both had a score
+    assert re.match(
+        r"2 figure\(s\), \d+ tissue tile\(s\) scored \(1 figure\(s\) without a "
+        r"tissue tile: no score\); left out for leakage: 0$",
+        r.stdout.splitlines()[0],
+    )
     rows = {row["image_id"]: row for row in csv.DictReader((out / "image_scores.csv").open())}
     assert rows["pmid:1/white"]["n_tiles"] == "0" and rows["pmid:1/white"]["max"] == "nan"
     assert set(review.Scores.load(out).by_image) == {"pmid:1/fig0"}

@@ -363,8 +363,10 @@ def _print_metrics(result: dict, out: Path) -> None:
 
 
 def _print_external(result: dict, out: Path) -> None:
+    bare = result.get("n_images_without_tissue") or 0
+    unscored = f" ({bare} figure(s) without a tissue tile: no score)" if bare else ""
     typer.echo(
-        f"{result['n_images']} figure(s), {result['n_tiles']} tissue tile(s) scored; "
+        f"{result['n_images']} figure(s), {result['n_tiles']} tissue tile(s) scored{unscored}; "
         f"left out for leakage: {result['n_excluded_leakage']}"
     )
     ext = result.get("external", {})
