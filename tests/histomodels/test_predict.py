@@ -469,7 +469,11 @@ def test_csv_says_tumour_yes_no_and_the_threshold_it_used(tmp_path: Path) -> Non
     base = ["predict", str(ckpt), str(big), "--out", str(out), "--no-heatmaps"]
     r = CliRunner().invoke(app, base)
     assert r.exit_code == 0, r.output
-    assert "tumour = probability >= 0.5000: default 0.5 (the model ships no threshold)" in r.output
+    # the temperature eval --val fitted is used, its threshold is not: the line says so
+    assert (
+        "tumour = probability >= 0.5000: default 0.5 (the model ships no threshold; eval --val "
+        "does not store the one it chose: give it as --threshold)"
+    ) in r.output
     header = out.read_text().splitlines()[0]
     assert header == "path,x,y,size,tissue_fraction,probability,threshold,tumour"
     rows = _rows(out)

@@ -402,6 +402,11 @@ def predict_paths(
     pred = Predictor.load(checkpoint, device=device, precision=precision)
     size = int(pred.ckpt.get("input_size", 96))
     cut, cut_source = decision_threshold(pred.ckpt, threshold)
+    if threshold is None and pred.ckpt.get("threshold") is None:  # eval --val keeps only T
+        cut_source = (
+            "default 0.5 (the model ships no threshold; eval --val does not store the one it "
+            "chose: give it as --threshold)"
+        )
     problems = check_inputs(files, size, max_pixels, scale=scale, stride=stride)
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
