@@ -1122,3 +1122,27 @@ def test_the_trial_build_imports_nothing_a_training_process_has_not():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "[]"
+
+
+def test_the_epoch_line_and_the_last_line_give_the_same_accuracy(tmp_path, caplog):
+    """The epoch line printed the history row's 5-digit value rounded again: an accuracy of
+    1983/2907 = 0.682146 read 'acc 0.6822' there and 'accuracy 0.6821' in the last line."""
+    from histomodels.training.callbacks import EpochLog
+    from histomodels.training.trainer import Trainer
+
+    trainer = Trainer(TrainConfig(model="cnn"), tmp_path / "run")
+    m = {"val_loss": 0.6308149, "val_auc": 0.8002449, "val_accuracy": 1983 / 2907}
+    trainer.last_metrics = m
+    row = {
+        "epoch": 1,
+        "train_loss": 0.60259,
+        "lr": 0.000814,
+        "train_patches_per_s": 126.2,
+        **{k: round(v, 5) for k, v in m.items()},
+    }  # as Trainer._end_epoch writes it
+    with caplog.at_level(logging.INFO, logger="histomodels.training"):
+        EpochLog().on_epoch_end(trainer, row, True, None)
+    assert [r.getMessage() for r in caplog.records] == [
+        "epoch   1  loss 0.6026  val_loss 0.6308  val_auc 0.8002  acc 0.6821  lr 0.00081"
+        "  126 p/s  *"
+    ]
