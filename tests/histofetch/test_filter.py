@@ -467,3 +467,32 @@ def test_filter_reads_each_figure_once_and_hashes_that_copy(tmp_path: Path) -> N
     for img in [*figures, *panels]:  # the hash is the file's, as leakage.image_hash reads it
         assert img.phash is not None and img.phash == image_hash(str(m.resolve(img.path)))
     assert len({i.phash for i in figures}) == 3
+
+
+def test_rescoring_keeps_the_labels_a_person_gave_the_panels(tmp_path: Path, caplog) -> None:
+    """``filter --rescore`` (or a scorer upgrade) cuts the panels anew: their rows, with the
+    labels set on the review page or by ``histomodels label``, were deleted and made again
+    unlabelled, without a word. A new panel with the same pixels takes the old label; a
+    labelled panel no new one matches is named in one warning."""
+    import logging
+
+    run_dir = _grid_run(tmp_path)
+    with Manifest.load(run_dir) as m:
+        (figure,) = [i for i in m.images.values() if i.source == "pdf"]
+        first, second, third = (p.id for p in m.panels_of(figure.id)[:3])
+        m.update_image(first, label="metastasis", label_by="ann", label_at="2026-12-01T00:00:00")
+        m.update_image(second, label="not_usable", label_by="bob", label_at="2026-12-01T00:01:00")
+        m.update_image(third, label="no_metastasis", label_by="ann")
+        m.update_image(third, sha256="0" * 64)  # as if the splitter now cut it otherwise
+    with caplog.at_level(logging.WARNING, logger="histofetch"):
+        run_filter(run_dir, sheet=False, rescore=True)
+    m = Manifest.load(run_dir)
+    got = {p.id: (p.label, p.label_by, p.label_at) for p in m.panels_of(figure.id)}
+    assert got[first] == ("metastasis", "ann", "2026-12-01T00:00:00")
+    assert got[second] == ("not_usable", "bob", "2026-12-01T00:01:00")
+    assert got[third] == (None, None, None) and len(got) == 4
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{figure.id}: the labels of 1 reviewed panel(s) were dropped: the figure was split "
+        f"anew and no new panel has their pixels ({third})"
+    ]
+    m.close()

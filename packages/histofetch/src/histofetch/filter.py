@@ -149,6 +149,9 @@ def score_row(manifest: Manifest, img: Image, *, split: bool = True) -> None:
     An unreadable file fails the row (and keeps the run going).
     """
     path = manifest.resolve(img.path)
+    # a person's labels on the panels (review, histomodels label) go to the new panel with
+    # the same pixels: --rescore or a scorer upgrade cut the panels anew and dropped them
+    reviewed = {old.sha256: old for old in manifest.panels_of(img.id) if old.label is not None}
     for old in manifest.panels_of(img.id):
         del manifest.images[old.id]
     img.n_panels = None
@@ -160,11 +163,25 @@ def score_row(manifest: Manifest, img: Image, *, split: bool = True) -> None:
         named = "cannot read image" if unnamed else f"cannot read image {path}"
         img.status, img.reason = "failed", f"{named}: {_problem(exc, manifest)}"
         img.kept, img.filter_reason = False, "unreadable image"
+        _say_dropped(img, reviewed)
         return
     store_pixels(img, rgb)
     img.n_panels = 0
     if split:
-        add_panels(manifest, img, rgb, scale)
+        for row in add_panels(manifest, img, rgb, scale):
+            if (old := reviewed.pop(row.sha256, None)) is not None:
+                row.label, row.label_by, row.label_at = old.label, old.label_by, old.label_at
+    _say_dropped(img, reviewed)
+
+
+def _say_dropped(img: Image, reviewed: dict[str, Image]) -> None:
+    """One warning for the labelled panels of ``img`` that no new panel matches."""
+    if reviewed:
+        ids = ", ".join(sorted(old.id for old in reviewed.values()))
+        log.warning(
+            "%s: the labels of %d reviewed panel(s) were dropped: the figure was split anew "
+            "and no new panel has their pixels (%s)", img.id, len(reviewed), ids,
+        )  # fmt: skip
 
 
 def _problem(exc: Exception, manifest: Manifest) -> str:
