@@ -102,6 +102,24 @@ def test_set_and_csv(tmp_path: Path) -> None:
     assert "img1\tno_metastasis" in r.output and "dropped" not in r.output
 
 
+def test_an_image_scores_csv_labels_only_the_figures_given_a_label(tmp_path: Path) -> None:
+    """``eval --manifest``'s image_scores.csv, which the docs say can be given as it is once
+    its label column is filled in, holds -1 for a figure without a label: the file was
+    refused at the first such row ('-1' is not a label) unless every row was filled."""
+    run = _run(tmp_path)
+    runner = CliRunner()
+    r = runner.invoke(app, ["label", "--manifest", str(run), "--set", "img2=u"])
+    assert r.exit_code == 0, r.output
+    csv_path = tmp_path / "image_scores.csv"
+    csv_path.write_text("image_id,record_id,label,max\nimg0,r,1,0.9\nimg1,r,-1,0.2\n"
+                        "img2,r,-1,nan\n")  # fmt: skip
+    r = runner.invoke(app, ["label", "--manifest", str(run), "--from-csv", str(csv_path)])
+    assert r.exit_code == 0 and "1 label(s) changed" in r.output, r.output
+    images = Manifest.load(run).images
+    got = (images["img0"].label, images["img1"].label, images["img2"].label)
+    assert got == ("metastasis", None, "not_usable")  # img2 keeps the label it had
+
+
 def test_bad_labels_change_nothing(tmp_path: Path) -> None:
     run = _run(tmp_path)
     before = (run / "manifest.jsonl").read_bytes()

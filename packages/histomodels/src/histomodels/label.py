@@ -41,6 +41,10 @@ ALIASES = {
 }
 
 
+#: the label cell of an unlabelled figure in ``eval --manifest``'s image_scores.csv
+UNLABELLED = "-1"
+
+
 class LabelError(DomainError, ValueError):
     """A bad label, unknown image id or unreadable label file (message names which)."""
 
@@ -121,7 +125,9 @@ def parse_set(items: list[str]) -> dict[str, str | None]:
 
 def read_label_csv(path: str | Path) -> dict[str, str | None]:
     """CSV with columns ``image_id`` (or ``id``) and ``label``; an id as our CSVs write
-    it (``'=x`` for ``=x``, :mod:`histocore.csvcells`) is read as the id itself."""
+    it (``'=x`` for ``=x``, :mod:`histocore.csvcells`) is read as the id itself. A label of
+    ``-1``, what ``eval --manifest``'s image_scores.csv holds for an unlabelled figure,
+    leaves that figure as it is."""
     path = Path(path)
     try:
         with path.open(newline="", encoding="utf-8-sig") as fh:  # a BOM is allowed
@@ -133,6 +139,7 @@ def read_label_csv(path: str | Path) -> dict[str, str | None]:
             return {
                 read_cell(row[id_col]): normalise_label(row["label"] or "", f"{path}:{n}: ")
                 for n, row in enumerate(reader, start=2)
+                if (row["label"] or "").strip() != UNLABELLED
             }
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise LabelError(f"{path}: cannot read label CSV ({exc})") from None
