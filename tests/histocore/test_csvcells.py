@@ -10,7 +10,7 @@ from pathlib import Path
 from hypothesis import given
 from hypothesis import strategies as st
 
-from histocore.csvcells import FORMULA_STARTS, read_cell, safe_cell
+from histocore.csvcells import FORMULA_STARTS, numbered_rows, read_cell, safe_cell
 from histocore.export import export_run
 from histocore.manifest import Image, Manifest, Record
 
@@ -56,3 +56,16 @@ def test_export_csv_quotes_a_formula_title_and_jsonl_keeps_it(tmp_path: Path) ->
     lines = [json.loads(line) for line in export_run(run).read_text().splitlines()[1:]]
     assert {r["id"] for r in lines} == {"=1+1", "=1+1/fig0"}  # JSON exact
     assert next(r for r in lines if r["kind"] == "record")["title"].startswith("=HYPERLINK")
+
+
+def test_numbered_rows_give_the_line_each_row_starts_on() -> None:
+    """A quoted cell over lines and blank lines (``\\n`` and ``\\r\\n``) between rows: the
+    number is the line an editor shows the row on; a short row's missing cell is None."""
+    text = 'id,note\na,"one\ntwo\nthree"\n\n\r\nb\nc,x,extra\n'
+    rows = list(numbered_rows(csv.DictReader(io.StringIO(text, newline=""))))
+    assert rows == [
+        (2, {"id": "a", "note": "one\ntwo\nthree"}),
+        (7, {"id": "b", "note": None}),
+        (8, {"id": "c", "note": "x"}),
+    ]
+    assert list(numbered_rows(csv.DictReader(io.StringIO("")))) == []

@@ -49,6 +49,21 @@ def test_unreadable_labels_file_is_one_error_naming_the_file_and_line(tmp_path: 
         read_labels(path)
 
 
+def test_bad_label_row_is_named_by_its_line_past_multiline_notes(tmp_path: Path) -> None:
+    """The line number was the row count: notes quoted over three lines and a blank line
+    before the bad row made it say line 3 for a row on line 6 of the file."""
+    path = tmp_path / "labels.tsv"
+    path.write_text(
+        "sha256\tlabel\tnotes\n"
+        + "a" * 64
+        + '\the\t"glands,\nstroma\nand fat"\n\n'
+        + "b" * 64
+        + "\tmaybe\tunsure\n"
+    )
+    with pytest.raises(ValueError, match=rf"^{path}:6: expected a sha256 and label he\|not_he"):
+        read_labels(path)
+
+
 @pytest.fixture(scope="module")
 def scores(tmp_path_factory: pytest.TempPathFactory) -> dict:
     pdfs = [

@@ -190,6 +190,11 @@ def test_bad_run_folder_gets_an_error_page_and_the_cli_one_line(tmp_path: Path) 
         ("image_id,max,topk_mean\npmid:1/fig1,0.5,0.4\npmid:1/fig2\n", "line 3 has no max"),
         ("image_id,max,topk_mean\npmid:1/fig1,,\n", "line 2 has no max or topk_mean score"),
         ("image_id,score\npmid:1/fig1,0.5\n", "line 2 has no max or topk_mean score"),
+        # the line a row starts on, past a quoted id over two lines and a blank line (it
+        # named the row's last line); a score that is no number named no line
+        ('image_id,max\n"pmid:1/fig\n1",0.5\n\npmid:1/fig2,\n', "line 5 has no max"),
+        ('image_id,max\npmid:1/fig1,0.5\n"pmid:1/fig\n2",nan\n', "line 3: a score that is not"),
+        ("image_id,max\npmid:1/fig1,0.5\npmid:1/fig2,high\n", "line 3: a score that is not a"),
     ],
 )
 def test_a_bad_scores_csv_is_one_review_error(tmp_path: Path, text: str, said: str) -> None:

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from histocore.manifest import Image, Manifest, ManifestError, Record
 from histomodels.cli import app
-from histomodels.label import LabelError, normalise_label
+from histomodels.label import LabelError, normalise_label, read_label_csv
 
 
 def _run(tmp_path: Path, n: int = 3) -> Path:
@@ -118,6 +118,24 @@ def test_an_image_scores_csv_labels_only_the_figures_given_a_label(tmp_path: Pat
     images = Manifest.load(run).images
     got = (images["img0"].label, images["img1"].label, images["img2"].label)
     assert got == ("metastasis", None, "not_usable")  # img2 keeps the label it had
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "said"),
+    [
+        # notes quoted over two lines and a blank line: the row count said 3
+        ('image_id,label,notes\nimg0,m,"glands\nand fat"\n\nimg1,cancer,x\n', 5, "'cancer' is not"),
+        # a row shorter than the header had no id: AttributeError out of read_cell
+        ("label,image_id\nm,img0\nn\n", 3, "no image_id cell"),
+    ],
+)
+def test_a_bad_label_csv_row_is_named_by_its_line(
+    tmp_path: Path, text: str, line: int, said: str
+) -> None:
+    path = tmp_path / "labels.csv"
+    path.write_text(text)
+    with pytest.raises(LabelError, match=rf"^{path}:{line}: {said}"):
+        read_label_csv(path)
 
 
 def test_bad_labels_change_nothing(tmp_path: Path) -> None:

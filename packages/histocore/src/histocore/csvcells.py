@@ -7,13 +7,15 @@ the OWASP CSV-injection advice says, such a text cell is written with a single q
 front; plain numbers (``-0.5``) are left as they are (no spreadsheet runs them). A text
 cell that itself starts with a quote followed by one of those characters or a quote gets
 one more, so :func:`read_cell` gives back exactly what was written. JSON outputs are
-never escaped.
+never escaped. :func:`numbered_rows` gives each row read with the line it starts on, for
+messages about a bad row.
 """
 
 from __future__ import annotations
 
+import csv
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 #: first characters that make a spreadsheet cell a formula (OWASP)
@@ -49,3 +51,22 @@ def read_cell(text: str) -> str:
     if text.startswith("'") and text[1:2] in (*FORMULA_STARTS, "'"):
         return text[1:]
     return text
+
+
+def numbered_rows(reader: csv.DictReader[str]) -> Iterator[tuple[int, dict[str, str | None]]]:
+    """``(line, row)`` for each row of ``reader``: the line the row starts on as an editor
+    numbers them (a quoted cell may span lines, blank lines are skipped: counting rows
+    named the wrong line), the row as ``DictReader`` gives it (a missing cell is ``None``;
+    cells past the header are dropped). ``csv.Error`` is raised as ``reader`` raises it."""
+    fields = reader.fieldnames  # reads the header
+    if fields is None:
+        return
+    raw = reader.reader
+    while True:
+        start = raw.line_num + 1
+        try:
+            row = next(raw)
+        except StopIteration:
+            return
+        if row:  # [] is a blank line
+            yield start, {k: row[i] if i < len(row) else None for i, k in enumerate(fields)}

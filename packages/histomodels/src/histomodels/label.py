@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 
-from histocore.csvcells import read_cell
+from histocore.csvcells import numbered_rows, read_cell
 from histocore.errors import DomainError, UnresolvablePath
 from histocore.io import one_line
 from histocore.manifest import IMAGE_LABELS, Image, Manifest, ManifestError
@@ -127,7 +127,8 @@ def read_label_csv(path: str | Path) -> dict[str, str | None]:
     """CSV with columns ``image_id`` (or ``id``) and ``label``; an id as our CSVs write
     it (``'=x`` for ``=x``, :mod:`histocore.csvcells`) is read as the id itself. A label of
     ``-1``, what ``eval --manifest``'s image_scores.csv holds for an unlabelled figure,
-    leaves that figure as it is."""
+    leaves that figure as it is. A bad row is a :class:`LabelError` naming the line it
+    starts on."""
     path = Path(path)
     try:
         with path.open(newline="", encoding="utf-8-sig") as fh:  # a BOM is allowed
@@ -136,11 +137,15 @@ def read_label_csv(path: str | Path) -> dict[str, str | None]:
             id_col = "image_id" if "image_id" in cols else "id" if "id" in cols else None
             if id_col is None or "label" not in cols:
                 raise LabelError(f"{path}: needs columns image_id (or id) and label, has {cols}")
-            return {
-                read_cell(row[id_col]): normalise_label(row["label"] or "", f"{path}:{n}: ")
-                for n, row in enumerate(reader, start=2)
-                if (row["label"] or "").strip() != UNLABELLED
-            }
+            out: dict[str, str | None] = {}
+            for n, row in numbered_rows(reader):  # n: the line the row starts on
+                image_id = row[id_col]
+                if image_id is None:  # a row shorter than the header
+                    raise LabelError(f"{path}:{n}: no {id_col} cell")
+                if (row["label"] or "").strip() == UNLABELLED:
+                    continue
+                out[read_cell(image_id)] = normalise_label(row["label"] or "", f"{path}:{n}: ")
+            return out
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise LabelError(f"{path}: cannot read label CSV ({exc})") from None
 

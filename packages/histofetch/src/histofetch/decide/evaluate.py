@@ -16,6 +16,7 @@ import csv
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from histocore.csvcells import numbered_rows
 from histocore.manifest import Image, Manifest
 from histofetch.decide import rules
 
@@ -41,15 +42,16 @@ class Score:
 def read_labels(path: Path) -> dict[str, str]:
     """sha256 → "he" | "not_he" from a labels TSV (bad rows, text that is not UTF-8 and a
     cell csv cannot read, e.g. one over its 128 KB field limit, raise one ValueError naming
-    the file and line)."""
+    the file and line: the line a bad row starts on, past notes quoted over several)."""
     out: dict[str, str] = {}
     with path.open(encoding="utf-8-sig", newline="") as fh:  # a BOM is allowed
         reader = csv.DictReader(fh, delimiter="\t")
         try:
-            for lineno, row in enumerate(reader, start=2):
-                if row.get("label") not in {"he", "not_he"} or len(row.get("sha256") or "") != 64:
+            for lineno, row in numbered_rows(reader):
+                sha, label = row.get("sha256") or "", row.get("label") or ""
+                if label not in {"he", "not_he"} or len(sha) != 64:
                     raise ValueError(f"{path}:{lineno}: expected a sha256 and label he|not_he")
-                out[row["sha256"]] = row["label"]
+                out[sha] = label
         except csv.Error as exc:  # csv.Error is no ValueError: it escaped as a traceback
             # DictReader.line_num is set after a row is read: the csv reader's is the line
             raise ValueError(f"{path}:{reader.reader.line_num}: unreadable TSV ({exc})") from None

@@ -25,7 +25,7 @@ from typing import Any, TextIO
 
 from markupsafe import Markup, escape
 
-from histocore.csvcells import read_cell
+from histocore.csvcells import numbered_rows, read_cell
 from histocore.errors import DomainError
 from histocore.io import record_slug, unique_stem
 from histocore.manifest import IMAGE_LABELS, MANIFEST_NAME, Image, Manifest, ManifestError, Record
@@ -59,17 +59,20 @@ class Scores:
         try:
             with path.open(newline="", encoding="utf-8-sig") as fh:  # a BOM is allowed
                 reader = csv.DictReader(fh)
-                for row in reader:
+                for line, row in numbered_rows(reader):  # the line a row starts on
                     image_id = row["image_id"]
                     if image_id is None:  # a row shorter than the header
-                        raise ValueError(f"line {reader.line_num} has no image_id")
+                        raise ValueError(f"line {line} has no image_id")
                     if _no_tile(row):  # eval scored no tile of it: shown without a score
                         continue
-                    scores = {k: float(row[k]) for k in ("max", "topk_mean") if row.get(k)}
+                    try:
+                        scores = {k: float(v) for k in ("max", "topk_mean") if (v := row.get(k))}
+                    except ValueError:
+                        raise ValueError(f"line {line}: a score that is not a number") from None
                     if not scores:
-                        raise ValueError(f"line {reader.line_num} has no max or topk_mean score")
+                        raise ValueError(f"line {line} has no max or topk_mean score")
                     if not all(math.isfinite(v) for v in scores.values()):
-                        raise ValueError(f"line {reader.line_num}: a score that is not finite")
+                        raise ValueError(f"line {line}: a score that is not finite")
                     out.by_image[read_cell(image_id)] = scores
         except (KeyError, ValueError, csv.Error, UnicodeDecodeError) as exc:
             raise ReviewError(f"{path}: not an image_scores.csv ({exc})") from None
