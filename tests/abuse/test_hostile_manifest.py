@@ -291,16 +291,20 @@ def test_duplicate_ids_are_one_error_naming_both_lines(tmp_path: Path, kind: str
 @pytest.mark.parametrize(
     ("table", "text", "why"),
     [
-        ("images", "{oops", r"not valid JSON \(Expecting property name"),
-        ("images", "[" * 100_000 + "]" * 100_000, r"not usable JSON \(nested too deeply\)"),
-        ("records", '{"id": ' + "9" * 5000 + "}", r"not usable JSON \(a number with too many"),
+        ("images", "{oops", r"image r1/p001_001: not valid JSON \(Expecting property name"),
+        ("images", "[" * 100_000 + "]" * 100_000, r"image r1/p001_001: not usable JSON \(nested"),
+        ("records", '{"id": ' + "9" * 5000 + "}", r"record r1: not usable JSON \(a number with"),
         ("header", "[" * 100_000 + "]" * 100_000, r"header: not usable JSON \(nested too deep"),
+        ("records", '{"id": 5}', r"record r1: field 'id' is 5, expected str$"),
+        ("images", '{"kind": "image"}', r"image r1/p001_001: Image.__init__\(\) missing 6"),
     ],
-    ids=["invalid", "deep", "bigint", "header"],
+    ids=["invalid", "deep", "bigint", "header", "bad-field", "no-fields"],
 )
 def test_run_store_rows_that_are_not_json(tmp_path: Path, table: str, text: str, why: str) -> None:
     """A run.sqlite from elsewhere whose row text is not usable JSON: histofetch status,
-    export and filter each raised json's JSONDecodeError, RecursionError or ValueError."""
+    export and filter each raised json's JSONDecodeError, RecursionError or ValueError; the
+    message then named the store but not the row (a bad field named the id inside the
+    JSON, as 'row 5')."""
     import sqlite3
 
     run = tmp_path / "run"
@@ -332,14 +336,15 @@ def _stored_run(tmp_path: Path) -> Path:
 @pytest.mark.parametrize("text", ["[1, 2]", '"pmid:1"', "5", "null"])
 def test_run_store_rows_that_are_json_but_not_objects(tmp_path: Path, table, text) -> None:
     """A row whose JSON is an array, a string, a number or null (histofetch merge of such a
-    shard, status, export): AttributeError: 'list' object has no attribute 'get'."""
+    shard, status, export): AttributeError: 'list' object has no attribute 'get'. The
+    error names the row by its key in the store."""
     import sqlite3
 
     run = _stored_run(tmp_path)
     with sqlite3.connect(run / "run.sqlite") as db:
         db.execute(f"UPDATE {table} SET data = ?", (text,))
     db.close()
-    said = r"run\.sqlite: (record|image) row is not a JSON object$"
+    said = r"run\.sqlite: (record r1|image r1/p001_001): row is not a JSON object$"
     with pytest.raises(ManifestError, match=said):
         Manifest.load(run)
 

@@ -26,6 +26,7 @@ from histocore.schema import (
     Record,
     _from_dict,
     _names,
+    _stored,
     check_header,
     row_of,
 )
@@ -170,12 +171,17 @@ def export_lines(store: RunStore) -> Iterator[str]:
         pending = next(images, None)
 
 
-def _normalised(rows: Iterator[str], cls: type, store: RunStore) -> Iterator[tuple[str, Any]]:
+def _normalised(
+    rows: Iterator[tuple[str, str]], cls: type, store: RunStore
+) -> Iterator[tuple[str, Any]]:
     names = set(_names(cls))
-    for data in rows:
-        obj = json.loads(data)
-        if obj.keys() != names:
-            obj = row_of(_from_dict(cls, obj, str(store.path)))
+    for row_id, data in rows:
+        try:
+            obj = json.loads(data)
+        except (ValueError, RecursionError):  # _stored says what is wrong, naming the row
+            obj = None
+        if not isinstance(obj, dict) or obj.keys() != names:
+            obj = row_of(_stored(cls, data, str(store.path), row_id))
             data = dumps(obj)
         yield data, obj.get("record_id")
 

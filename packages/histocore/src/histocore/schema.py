@@ -177,8 +177,8 @@ _TYPE_CHECKS: dict[str, Any] = {
 
 
 def _check_row(cls: type, row: dict[str, Any], where: str) -> None:
-    """Schema check of one row: field types, stage and label values (ManifestError)."""
-    where = f"{where}: {row.get('kind', 'row')} {row.get('id')}"
+    """Schema check of one row: field types, stage and label values (ManifestError);
+    ``where`` names the row."""
     for f in fields(cls):
         if f.name not in row:
             continue
@@ -201,10 +201,14 @@ def _check_row(cls: type, row: dict[str, Any], where: str) -> None:
         raise ManifestError(f"{where}: label {label!r} is not one of {', '.join(IMAGE_LABELS)}")
 
 
-def _from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
+def _from_dict(cls: type, data: dict[str, Any], where: str, *, named: bool = False) -> Any:
+    """The row ``data`` as ``cls``; ``where`` (a file and line, or the store and the row's
+    id if ``named``) starts every ManifestError."""
     if not isinstance(data, dict):  # a stored row's JSON may be any value
         raise ManifestError(f"{where}: {cls.__name__.lower()} row is not a JSON object")
-    _check_row(cls, data, where)
+    _check_row(
+        cls, data, where if named else f"{where}: {data.get('kind', 'row')} {data.get('id')}"
+    )
     names = set(_names(cls))
     known = {k: v for k, v in data.items() if k in names}
     unknown = {k: v for k, v in data.items() if k not in names}
@@ -242,18 +246,29 @@ def check_header(query: Any, extra: dict[str, Any], where: str) -> None:
             raise ManifestError(f"{where}: header {key!r} is {shown}, expected an object")
 
 
-def _row_json(data: str, where: str) -> Any:
-    """A stored row's JSON; a store from elsewhere may hold any text there (invalid JSON,
-    arrays nested 100,000 deep, a 5,000-digit number): one ManifestError, no traceback."""
+def _row_json(data: str, where: str) -> dict[str, Any]:
+    """A stored row's JSON object; a store from elsewhere may hold any text there (invalid
+    JSON, arrays nested 100,000 deep, a 5,000-digit number, ``[1]``): one ManifestError,
+    no traceback."""
     try:
-        return loads_json(data)
+        obj = loads_json(data)
     except NotJSON as exc:
         raise ManifestError(f"{where}: {exc}") from None
+    if not isinstance(obj, dict):
+        raise ManifestError(f"{where}: row is not a JSON object")
+    return obj
 
 
-def _record(data: str, where: str) -> Record:
-    return _from_dict(Record, _row_json(data, where), where)
+def _stored(cls: type, data: str, store: str, row_id: str) -> Any:
+    """A run store's row of table ``records``/``images`` (key ``row_id``) as ``cls``: its
+    errors name the store and the row (``run.sqlite: record pmid:1: …``)."""
+    where = f"{store}: {'record' if cls is Record else 'image'} {one_line(row_id[:200])}"
+    return _from_dict(cls, _row_json(data, where), where, named=True)
 
 
-def _image(data: str, where: str) -> Image:
-    return _from_dict(Image, _row_json(data, where), where)
+def _record(data: str, store: str, row_id: str) -> Record:
+    return _stored(Record, data, store, row_id)
+
+
+def _image(data: str, store: str, row_id: str) -> Image:
+    return _stored(Image, data, store, row_id)

@@ -86,7 +86,7 @@ _COLUMNS = {
 #: Export order: records as added, each followed by its images (PDF images by page, then
 #: the others), images whose record is missing last.
 _IMAGES_IN_ORDER = (
-    "SELECT i.data FROM images i LEFT JOIN records r ON r.id = i.record_id"
+    "SELECT i.id, i.data FROM images i LEFT JOIN records r ON r.id = i.record_id"
     " ORDER BY r.seq IS NULL, r.seq, i.record_id, i.source IS NOT 'pdf',"
     " COALESCE(i.page, 0), i.id"
 )
@@ -314,15 +314,13 @@ class RunStore:
         except NotJSON as exc:  # a store from elsewhere: any text may sit there
             raise ManifestError(f"{self.path}: header: {exc}") from None
 
-    def record_data(self) -> Iterator[str]:
-        """Every record row (JSON) in the order records were first added."""
-        for (data,) in self.db.execute("SELECT data FROM records ORDER BY seq"):
-            yield data
+    def record_data(self) -> Iterator[tuple[str, str]]:
+        """Every record row ``(id, JSON)`` in the order records were first added."""
+        yield from self.db.execute("SELECT id, data FROM records ORDER BY seq")
 
-    def image_data(self) -> Iterator[str]:
-        """Every image row (JSON) in export order."""
-        for (data,) in self.db.execute(_IMAGES_IN_ORDER):
-            yield data
+    def image_data(self) -> Iterator[tuple[str, str]]:
+        """Every image row ``(id, JSON)`` in export order."""
+        yield from self.db.execute(_IMAGES_IN_ORDER)
 
     def rows_of(self, record_id: str) -> tuple[str | None, list[tuple[str, str]]]:
         """One record's row and its image rows ``(id, data)``, as stored now."""

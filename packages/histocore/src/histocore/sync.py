@@ -80,12 +80,12 @@ class StoreSync:
             self.header_extra = head
             self._seen_head = {k: dumps(v) for k, v in self._header_items().items()}
             self.records, self._seen_rec = {}, {}
-            for data in store.record_data():
-                rec = _record(data, where)
+            for rid, data in store.record_data():
+                rec = _record(data, where, rid)
                 self.records[rec.id], self._seen_rec[rec.id] = rec, data
             table, self._seen_img = ImageTable(), {}
-            for data in store.image_data():
-                img = _image(data, where)
+            for iid, data in store.image_data():
+                img = _image(data, where, iid)
                 table[img.id], self._seen_img[img.id] = img, data
             self.images = table
 
@@ -203,7 +203,7 @@ class StoreSync:
             return True
         where = str(self.store_path)
         if claim.record != self._seen_rec.get(record_id):
-            self.records[record_id] = _record(claim.record, where)
+            self.records[record_id] = _record(claim.record, where, record_id)
             self._seen_rec[record_id] = claim.record
         stored = dict(claim.images)
         for img in self.images_of(record_id):
@@ -212,7 +212,7 @@ class StoreSync:
                 self._seen_img.pop(img.id, None)
         for iid, data in stored.items():  # rows changed by another writer since we read them
             if data != self._seen_img.get(iid) or iid not in self.images:
-                self.images[iid], self._seen_img[iid] = _image(data, where), data
+                self.images[iid], self._seen_img[iid] = _image(data, where, iid), data
         return True
 
     def _forget(self, record_id: str) -> None:
@@ -236,7 +236,7 @@ class StoreSync:
             if exc.renamed is not None:
                 self._take_renamed(old, exc.renamed)
             raise
-        rec = _record(text, str(self.store_path))
+        rec = _record(text, str(self.store_path), new)
         items = [(new, rec) if rid == old else (rid, r) for rid, r in self.records.items()]
         self.records.clear()
         self.records.update(items)
@@ -249,7 +249,7 @@ class StoreSync:
         run, as the store holds it now (its row and images), in ``old``'s place."""
         data, images = self._db().rows_of(now)
         where = str(self.store_path)
-        rec = None if data is None else _record(data, where)  # None: deleted since
+        rec = None if data is None else _record(data, where, now)  # None: deleted since
         others = [(rid, r) for rid, r in self.records.items() if rid != now]
         items = [(now, rec) if rid == old else (rid, r) for rid, r in others]
         if old not in self.records:
@@ -261,8 +261,8 @@ class StoreSync:
         if data is None:
             return
         self._seen_rec[now] = data
-        for _id, text in images:
-            img = _image(text, where)
+        for iid, text in images:
+            img = _image(text, where, iid)
             self.images[img.id], self._seen_img[img.id] = img, text
 
     def release(self, record_ids: Iterable[str]) -> None:
@@ -276,8 +276,8 @@ class StoreSync:
             del self.images[img.id]
             self._seen_img.pop(img.id, None)
         _, stored = self._db().rows_of(record_id)
-        for _id, data in stored:
-            img = _image(data, str(self.store_path))
+        for iid, data in stored:
+            img = _image(data, str(self.store_path), iid)
             self.images[img.id], self._seen_img[img.id] = img, data
 
 
