@@ -247,3 +247,26 @@ def test_bad_manifest(tmp_path: Path) -> None:
     assert r.exit_code == 1 and "no manifest" in r.output
     r = CliRunner().invoke(app, ["eval", str(ckpt)])
     assert r.exit_code == 2 and "exactly one of" in r.output  # a usage error
+
+
+def test_image_scores_say_abstain_where_the_caption_rules_abstained(tmp_path: Path) -> None:
+    """``weak_label`` in image_scores.csv was blank for an abstention, as for a figure the
+    caption rules never read: it now says what the manifest says."""
+    ckpt = tiny_checkpoint(tmp_path)
+    run = _run(tmp_path, [None, None, None])
+    with Manifest.load(run) as m:
+        for n, weak in enumerate(["metastasis", "abstain", None]):
+            m.update_image(f"pmid:1/fig{n}", weak_label=weak)
+        m.save()
+    out = tmp_path / "ext"
+    args = ["eval", str(ckpt), "--manifest", str(run), "--out", str(out), "--scale", "1"]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    rows = {r["image_id"]: r for r in csv.DictReader((out / "image_scores.csv").open())}
+    assert {i: r["weak_label"] for i, r in rows.items()} == {
+        "pmid:1/fig0": "metastasis",
+        "pmid:1/fig1": "abstain",
+        "pmid:1/fig2": "",
+    }
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["external"]["weak"]["n"] == 1  # an abstention is no negative

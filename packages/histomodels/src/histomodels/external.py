@@ -190,7 +190,9 @@ def evaluate_manifest(
                 "image_id": image_id,
                 **fig,
                 **aggregate(p, top_k),
-                "weak_label": _NAMES[t["weak"]] if t.get("weak") is not None else "",
+                # as the manifest says: an abstention is "abstain", not a blank as if the
+                # caption rules had not run
+                "weak_label": t.get("weak_label") or "",
                 "leakage": t.get("leakage")
                 or ("training_duplicate" if image_id in train_dups else ""),
             }

@@ -127,13 +127,15 @@ def label_tables(
 
 
 def targets(manifest: Manifest) -> dict[str, dict[str, Any]]:
-    """Image id → ``{"reviewed": 0/1/None, "weak": 0/1/None, "leakage": reason}``."""
+    """Image id → ``{"reviewed": 0/1/None, "weak": 0/1/None, "weak_label": the caption's
+    word (``abstain`` too) or None, "leakage": reason}``."""
     kept = manifest.kept_images()
     excluded = leakage_exclusions(kept)
     return {
         i.id: {
             "reviewed": REVIEWED.get(i.label or ""),
             "weak": WEAK.get(i.weak_label or ""),
+            "weak_label": i.weak_label,
             "leakage": excluded.get(i.id),
         }
         for i in kept
