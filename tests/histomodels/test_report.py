@@ -360,6 +360,8 @@ def test_a_predictions_csv_that_is_a_folder_is_named(tmp_path: Path) -> None:
         ("p2,1,abc\n", "line 4: probability 'abc' is not a number from 0 to 1"),
         ("p2,1,1.5\n", "line 4: probability '1.5' is not a number from 0 to 1"),
         ("p2,1,nan\n", "line 4: probability 'nan' is not a number from 0 to 1"),
+        # the line the row starts on: an id quoted over two lines named its last line (5)
+        ('"p\n2",1,abc\n', "line 4: probability 'abc' is not a number from 0 to 1"),
         ("\xff\xfe,1,\n", "not a UTF-8 CSV file ("),
     ],
 )

@@ -15,6 +15,7 @@ from typing import Any, NoReturn
 
 import numpy as np
 
+from histocore.csvcells import numbered_rows
 from histocore.errors import DomainError
 from histocore.io import NotJSON, loads_json
 
@@ -186,13 +187,14 @@ def _evaluated_model(metrics: dict[str, Any]) -> str | None:
 def read_predictions(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """The labelled rows of an eval folder's ``predictions.csv``: labels (0/1) and
     probabilities. A probability that is not a number from 0 to 1, or a file that is not
-    UTF-8 CSV, is a :class:`ReportError` naming the file and line."""
+    UTF-8 CSV, is a :class:`ReportError` naming the file and the line the row starts on."""
     labels, probs = [], []
     try:
         with path.open(encoding="utf-8-sig", newline="") as fh:
             reader = csv.DictReader(fh)
-            for row in reader:
-                if row.get("label") not in ("0", "1"):
+            for line, row in numbered_rows(reader):
+                label = row.get("label")
+                if label is None or label not in ("0", "1"):
                     continue
                 cell = row.get("probability")
                 try:
@@ -201,10 +203,9 @@ def read_predictions(path: Path) -> tuple[np.ndarray, np.ndarray]:
                     prob = math.nan
                 if not 0.0 <= prob <= 1.0:  # NaN too
                     raise ReportError(
-                        f"{path}: line {reader.line_num}: probability {cell!r} is not a number "
-                        "from 0 to 1"
+                        f"{path}: line {line}: probability {cell!r} is not a number from 0 to 1"
                     )
-                labels.append(int(row["label"]))
+                labels.append(int(label))
                 probs.append(prob)
     except (UnicodeDecodeError, csv.Error) as exc:
         raise ReportError(f"{path}: not a UTF-8 CSV file ({exc})") from None
