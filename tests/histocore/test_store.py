@@ -408,6 +408,31 @@ def test_a_rename_interrupted_after_its_commit_keeps_the_file_its_row_names(
     assert sorted(p.name for p in pdfs.iterdir()) == ["pmcid_PMC5.pdf"]
 
 
+def test_a_rename_whose_commit_fails_keeps_the_file_its_row_names(tmp_path: Path) -> None:
+    """A COMMIT that fails (SQLITE_BUSY: a journal that is not WAL, as on a network file
+    system, and a reader holding its snapshot) left the transaction open, so the same
+    connection saw its own uncommitted row, took the rename as done and removed the old
+    name; the rollback then left the row naming 'pdfs/pmid_0.pdf', gone. Now the failed
+    transaction is rolled back first: the row and its file stay as they were."""
+    pdfs = _run_with_pmid_0(tmp_path)
+    store = RunStore(tmp_path)
+    assert store.db.execute("PRAGMA journal_mode=DELETE").fetchone() == ("delete",)
+    store.db.execute("PRAGMA busy_timeout=200")
+    reader = sqlite3.connect(tmp_path / STORE_NAME, isolation_level=None)
+    reader.execute("BEGIN")
+    reader.execute("SELECT count(*) FROM records").fetchone()  # its shared lock held
+    with pytest.raises(sqlite3.OperationalError, match="locked"):
+        store.rename_record("pmid:0", "pmcid:PMC5", {})
+    assert not store.db.in_transaction
+    reader.execute("COMMIT")
+    reader.close()
+    store.close()
+    with Manifest.load(tmp_path) as m:
+        rec = m.records["pmid:0"]
+    assert (tmp_path / str(rec.pdf_path)).read_bytes() == b"%PDF PMC5"
+    assert sorted(p.name for p in pdfs.iterdir()) == ["pmid_0.pdf"]
+
+
 def test_a_rename_killed_before_its_commit_is_done_by_the_next(tmp_path: Path) -> None:
     """A rename killed between linking the PDF's new name and its COMMIT left both names
     and the row naming the old one; the next rename found the new name taken and kept

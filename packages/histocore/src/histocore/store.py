@@ -295,7 +295,17 @@ class RunStore:
         except BaseException:
             self.db.execute("ROLLBACK")
             raise
-        self.db.execute("COMMIT")
+        try:
+            self.db.execute("COMMIT")
+        except BaseException:  # SQLITE_BUSY (a journal that is not WAL), I/O, an interrupt:
+            self._roll_back()  # never left open, where this connection sees its own rows
+            raise
+
+    def _roll_back(self) -> None:
+        """End a transaction left open by a failed COMMIT (nothing to do when none is)."""
+        if self.db.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                self.db.execute("ROLLBACK")
 
     @contextmanager
     def read(self) -> Iterator[sqlite3.Connection]:
@@ -421,8 +431,12 @@ class RunStore:
         try:
             text = self._rename_row(old, new, values, linked)
         except BaseException:
+            self._roll_back()  # what the store holds now is what was committed
             for path in linked:
-                if self._names_file(f"pdfs/{path.name}"):  # committed, interrupted after
+                named = self._row_names(f"pdfs/{path.name}")
+                if named is None:  # the store cannot say: both names stay
+                    continue
+                if named:  # committed, interrupted after
                     _drop_other_name(old_pdf, path)
                 else:  # not renamed: the row still names the old file
                     path.unlink(missing_ok=True)
@@ -434,6 +448,12 @@ class RunStore:
     def _names_file(self, rel: str, but: str | None = None) -> bool:
         """Whether a stored record row (other than ``but``) names the file ``rel``; True
         when the store cannot say (a file it may name is never removed)."""
+        named = self._row_names(rel, but)
+        return True if named is None else named
+
+    def _row_names(self, rel: str, but: str | None = None) -> bool | None:
+        """Whether a stored record row (other than ``but``) names the file ``rel``; None
+        when the store cannot say."""
         try:
             return (
                 self.db.execute(
@@ -443,7 +463,7 @@ class RunStore:
                 is not None
             )
         except sqlite3.Error:
-            return True
+            return None
 
     def _move_pdf(self, data: dict[str, Any], old: str, new: str, linked: list[Path]) -> None:
         """The record's downloaded PDF (``pdfs/<old slug>.pdf``) linked as ``pdfs/<new
