@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import re
 import threading
 from pathlib import Path
 
@@ -584,17 +585,23 @@ def test_a_file_saved_without_crcs_loads(tmp_path: Path) -> None:
     assert read_state_dict(weights).keys() == good["state_dict"].keys()
 
 
-def test_ensemble_refuses_a_member_temperature_float32_makes_zero(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("t", "said"), [(1e-300, "too small"), (1e39, "too large")])
+def test_ensemble_refuses_a_member_temperature_float32_cannot_hold(
+    tmp_path: Path, t: float, said: str
+) -> None:
     """A member whose temperature 1e-300 (its own scores: fine, T applies in float64) was
     made an ensemble member, divided by 0 in float32: every score NaN, or, with the load
-    check, an ensemble written that no reader accepts. Refused at once, nothing written."""
+    check, an ensemble written that no reader accepts; 1e39 (inf in float32) was written
+    and then refused by every reader (review 2). Refused at once, nothing written."""
     from histomodels.ensemble import write_ensemble
 
-    good, cold = tmp_path / "good.pt", tmp_path / "cold.pt"
+    good, odd = tmp_path / "good.pt", tmp_path / "odd.pt"
     torch.save(checkpoint_dict(), good)
-    torch.save(checkpoint_dict(temperature=1e-300), cold)
-    read_checkpoint(cold)  # a valid checkpoint alone
+    torch.save(checkpoint_dict(temperature=t), odd)
+    read_checkpoint(odd)  # a valid checkpoint alone
     out = tmp_path / "ens.pt"
-    with pytest.raises(CheckpointError, match=f"^{cold}: temperature 1e-300 .* too small"):
-        write_ensemble([good, cold], out)
+    with pytest.raises(
+        CheckpointError, match=rf"^{odd}: temperature {re.escape(repr(t))} .* {said}"
+    ):
+        write_ensemble([good, odd], out)
     assert not out.exists()

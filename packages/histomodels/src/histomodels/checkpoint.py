@@ -201,7 +201,7 @@ def _scalar(value: Any) -> bool:
 
 #: The model computes with normalisation stats and a member's temperature in float32:
 #: a value past this is inf there, a positive one under ``F32_TINY`` is 0 (or subnormal).
-_F32_MAX = 3.4028234663852886e38
+F32_MAX = 3.4028234663852886e38
 F32_TINY = 1.1754943508222875e-38
 
 
@@ -212,7 +212,7 @@ def _numbers(value: Any, n: int, *, positive: bool = False) -> bool:
         isinstance(value, list | tuple)
         and len(value) == n
         and all(isinstance(v, int | float) and not isinstance(v, bool) for v in value)
-        and all(math.isfinite(v) and abs(v) <= _F32_MAX for v in value)
+        and all(math.isfinite(v) and abs(v) <= F32_MAX for v in value)
         and all(v >= F32_TINY for v in value if positive)
     )
 

@@ -17,6 +17,7 @@ from typing import Any
 
 from histocore.io import same_file
 from histomodels.checkpoint import (
+    F32_MAX,
     F32_TINY,
     FORMAT,
     VERSION,
@@ -80,11 +81,13 @@ def build_ensemble(sources: Sequence[str | Path], *, tta: bool = False) -> dict[
                 f"{src}: is an ensemble; an ensemble cannot be a member (list its members)"
             )
         spec = member_spec(ckpt, str(src))
-        if not spec["temperature"] >= F32_TINY:  # fine in float64 alone, 0 in the ensemble
+        t = spec["temperature"]  # fine in float64 alone, 0 or inf in the ensemble
+        if not F32_TINY <= t <= F32_MAX:
+            small = t < F32_TINY
             raise CheckpointError(
-                f"{src}: temperature {spec['temperature']!r} (its checkpoint's or calibration "
-                "sidecar's) is too small for float32, where an ensemble divides the member's "
-                "logit by it; every score would be NaN"
+                f"{src}: temperature {t!r} (its checkpoint's or calibration sidecar's) is too "
+                f"{'small' if small else 'large'} for float32 ({'0' if small else 'inf'} there), "
+                "where an ensemble divides the member's logit by it"
             )
         # each member alone: its config cannot build a giant, its weights must fit it
         build_with_weights(spec["model"], spec["model_config"], ckpt["state_dict"], src)
