@@ -1071,6 +1071,81 @@ def test_memory_running_out_rebuilding_a_checkpoint_is_out_of_memory(monkeypatch
     assert "cannot build" not in message and len(message.splitlines()) == 1
 
 
+def _refuse_after(calls: int):
+    """A stand-in for torch's BCE-with-logits that lets ``calls`` calls through, then asks
+    torch's CPU allocator for 1 PB, which it refuses (as a batch too large for the
+    machine's memory runs out in its step)."""
+    real = torch.nn.functional.binary_cross_entropy_with_logits
+    seen = []
+
+    def loss(*args, **kwargs):
+        seen.append(1)
+        if len(seen) > calls:
+            torch.empty(2**50, dtype=torch.uint8)
+        return real(*args, **kwargs)
+
+    return loss
+
+
+def test_memory_running_out_in_a_training_batch_names_the_batch_size(
+    h5_files, tmp_path, monkeypatch
+):
+    """A --batch-size too large for the machine's memory ran out in the first training
+    step: a RuntimeError traceback ('DefaultCPUAllocator: can't allocate memory'). It is
+    one line naming the batch size and asking for a smaller one, exit 1, nothing written."""
+    train_h5, val_h5 = h5_files
+    monkeypatch.setattr("torch.nn.functional.binary_cross_entropy_with_logits", _refuse_after(0))
+    run = tmp_path / "r"
+    args = ["train", "--data", str(train_h5), "--val", str(val_h5), "--out", str(run),
+            "--model-config", json.dumps(TINY), "--epochs", "1", "--batch-size", "32",
+            "--threads", "1", "--quiet"]  # fmt: skip
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 1, r.output
+    line = r.stderr.strip()
+    assert line.startswith(
+        "error: cnn: out of memory training on batches of 32 patches (RuntimeError: "
+    ), line
+    assert line.endswith("; try a smaller batch_size (--batch-size)"), line
+    assert len(line.splitlines()) == 1 and "Traceback" not in r.output
+    assert not run.exists()
+
+
+def test_memory_running_out_in_a_later_epoch_keeps_the_completed_ones(
+    arrays, tmp_path, monkeypatch
+):
+    """Epoch 1's checkpoints stay for --resume (2 training steps and the validation's loss
+    in epoch 1; epoch 2's first step runs out); a tune counts it as a failed trial."""
+    from histomodels.tune import trial_failure
+
+    monkeypatch.setattr("torch.nn.functional.binary_cross_entropy_with_logits", _refuse_after(3))
+    run = tmp_path / "r"
+    with pytest.raises(MemoryError) as info:
+        train(_cfg(batch_size=32), run, train_data=arrays[0], val_data=arrays[1])
+    assert str(info.value).startswith("cnn: out of memory training on batches of 32 patches")
+    assert trial_failure(info.value) == str(info.value)
+    assert read_checkpoint(run / "last.pt")["epoch"] == 1
+    assert [h["epoch"] for h in json.loads((run / "history.json").read_text())] == [1]
+
+
+def test_memory_running_out_in_validation_names_the_eval_batch_size(arrays, tmp_path, monkeypatch):
+    """The validation pass's batches are eval_batch_size; running out there says so."""
+    real = torch.nn.functional.conv2d
+
+    def conv2d(x, *args, **kwargs):  # the validation's forward passes run without grad
+        if not torch.is_grad_enabled() and x.device.type != "meta":
+            torch.empty(2**50, dtype=torch.uint8)  # 1 PB: torch's allocator refuses it
+        return real(x, *args, **kwargs)
+
+    monkeypatch.setattr("torch.nn.functional.conv2d", conv2d)
+    run = tmp_path / "r"
+    with pytest.raises(MemoryError) as info:
+        train(_cfg(epochs=1, eval_batch_size=24), run, train_data=arrays[0], val_data=arrays[1])
+    message = str(info.value)
+    assert message.startswith("cnn: out of memory validating batches of 24 patches"), message
+    assert message.endswith("; try a smaller eval_batch_size"), message
+    assert not run.exists()
+
+
 def test_a_timm_model_of_fixed_input_size_trains_on_the_patches(h5_files, tmp_path):
     """timm's ViTs are built for 224 px: ``--model timm/vit_tiny_patch16_224`` with its
     defaults was an AssertionError traceback on 96 px patches ('Input height (96) doesn't

@@ -148,6 +148,12 @@ def out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and any(m in text for m in _OOM_MESSAGES)
 
 
+def memory_reason(exc: BaseException) -> str:
+    """``exc``'s type and the first line of its message, for a one-line error."""
+    first = (str(exc).strip().splitlines() or [""])[0]
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+
+
 #: What PyTorch's allocators say when memory runs out (CPU: ``DefaultCPUAllocator: can't
 #: allocate memory``; backends without their own error class: ``out of memory``).
 _OOM_MESSAGES = ("DefaultCPUAllocator", "can't allocate memory", "out of memory")

@@ -7,7 +7,7 @@
 from histomodels.config import FINETUNE_DEFAULTS
 from histomodels.training.callbacks import HISTORY_FIELDS, Callback, default_callbacks
 from histomodels.training.data import DataSpec, load_split
-from histomodels.training.result import TrainingError, TrainResult
+from histomodels.training.result import TrainingError, TrainingOutOfMemory, TrainResult
 from histomodels.training.trainer import Trainer, train
 
 __all__ = [
@@ -18,6 +18,7 @@ __all__ = [
     "TrainResult",
     "Trainer",
     "TrainingError",
+    "TrainingOutOfMemory",
     "default_callbacks",
     "load_split",
     "train",

@@ -22,13 +22,13 @@ from torch import nn
 
 from histomodels import distributed as D
 from histomodels.data.blocks import BlockImages
-from histomodels.device import amp_dtype, autocast
+from histomodels.device import amp_dtype, autocast, memory_reason, out_of_memory
 from histomodels.inference import predict_logits
 from histomodels.metrics import binary_metrics
 from histomodels.preprocess import to_input
 from histomodels.training.data import epoch_order, make_augment
 from histomodels.training.prefetch import Prefetcher, pin
-from histomodels.training.result import EpochStats, TrainingError
+from histomodels.training.result import EpochStats, TrainingError, TrainingOutOfMemory
 
 if TYPE_CHECKING:
     from histomodels.training.trainer import Trainer
@@ -59,7 +59,11 @@ def fit_epoch(t: Trainer, epoch: int) -> EpochStats:
     # Ranks agree first: each chose to stream by its own free memory, and a check on some
     # ranks only would pair with DDP's gradient all-reduce on the others and hang them.
     streamed = D.any_flag(isinstance(t.x_train, BlockImages), info) and info.enabled
-    with Prefetcher(make, n, enabled=on, device=t.device) as batches:  # b+1 while b trains
+    size = f"batches of {t.batch_size} patches"
+    with (
+        out_of_memory_is(f"{cfg.model}: out of memory training on {size}", "batch_size"),
+        Prefetcher(make, n, enabled=on, device=t.device) as batches,  # b+1 while b trains
+    ):
         it = iter(batches)
         for _ in range(n):
             with D.together(info) if streamed else contextlib.nullcontext():
@@ -73,6 +77,22 @@ def fit_epoch(t: Trainer, epoch: int) -> EpochStats:
     t.train_seconds += seconds
     loss = t.loss_sum / max(t.seen, 1)
     return EpochStats(loss, t.seen, seconds, cfg.lr * factor, budget_hit=cut)
+
+
+@contextlib.contextmanager
+def out_of_memory_is(what: str, key: str) -> Iterator[None]:
+    """Memory running out inside (torch's allocators, ``MemoryError``) is one
+    :class:`TrainingOutOfMemory` saying ``what`` ran out and to lower ``key``; the
+    :class:`~histomodels.training.trainer.Trainer` keeps only the checkpoints of epochs
+    that completed."""
+    try:
+        yield
+    except Exception as exc:
+        if isinstance(exc, TrainingError) or not out_of_memory(exc):
+            raise
+        option = f" (--{key.replace('_', '-')})" if key == "batch_size" else ""
+        why = memory_reason(exc)
+        raise TrainingOutOfMemory(f"{what} ({why}); try a smaller {key}{option}") from exc
 
 
 def train_step(t: Trainer, images: torch.Tensor, labels: torch.Tensor) -> float:
@@ -123,13 +143,15 @@ def validate(t: Trainer) -> dict[str, float] | None:
     with D.together(t.info):  # a rank that fails on its shard stops all before the gather
         for cb in t.callbacks:
             cb.on_validate_start(t)
-        logits = predict_logits(
-            t.eval_model,
-            _val_batches(t, vidx),
-            precision=precision,
-            device=t.device,
-            channels_last=t.cfg.channels_last,
-        )
+        size = f"batches of {t.cfg.eval_batch_size} patches"
+        with out_of_memory_is(f"{t.cfg.model}: out of memory validating {size}", "eval_batch_size"):
+            logits = predict_logits(
+                t.eval_model,
+                _val_batches(t, vidx),
+                precision=precision,
+                device=t.device,
+                channels_last=t.cfg.channels_last,
+            )
     all_logits = D.gather_cat(torch.from_numpy(logits), t.info)
     order = D.gather_cat(vidx, t.info)
     t.val_seconds = time.perf_counter() - t0

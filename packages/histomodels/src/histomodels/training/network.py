@@ -15,7 +15,7 @@ from histocore.errors import DomainError
 from histomodels import distributed as D
 from histomodels.checkpoint import build_with_weights
 from histomodels.config import RECIPE_MODEL_DEFAULTS, ConfigError, TrainConfig
-from histomodels.device import out_of_memory
+from histomodels.device import memory_reason, out_of_memory
 from histomodels.models import create_model
 from histomodels.models.registry import ModelError, ModelTooLarge, check_build, shown_config
 from histomodels.training.schedule import set_backbone_frozen
@@ -95,8 +95,7 @@ def build_model(
         raise
     except Exception as exc:
         if out_of_memory(exc):  # neither the config's fault nor a bug: the machine's limit
-            first = (str(exc).strip().splitlines() or [""])[0]
-            why = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+            why = memory_reason(exc)
             raise BuildOutOfMemory(f"{cfg.model}: out of memory while building it ({why})") from exc
         if not given or not _config_fault(exc, cfg, given, input_size):
             raise

@@ -11,6 +11,11 @@ class TrainingError(RuntimeError):
     """Training cannot start or continue; the message says why."""
 
 
+class TrainingOutOfMemory(TrainingError, MemoryError):
+    """Memory ran out in a training or validation batch: the batch size is too large for
+    the machine (the message names it), not a bug."""
+
+
 @dataclass
 class TrainResult:
     run_dir: Path
