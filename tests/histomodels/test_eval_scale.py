@@ -227,3 +227,31 @@ def test_camelyon16_40x_tiles_at_quarter_scale(tmp_path: Path) -> None:
     assert quarter["n"] == own["n"] == 89 and quarter["scored_px"] == [64, 64]
     assert quarter["roc_auc"] > 0.9
     assert quarter["roc_auc"] > own["roc_auc"] + 0.3
+
+
+def test_val_scale_reads_validation_tiles_at_their_own_magnification(tmp_path: Path) -> None:
+    """--val was read with --scale, so PCam-scale validation patches could not go with a
+    test folder of 40x tiles (--scale 0.25 made them 24 px: refused). --val-scale resizes
+    them on their own: 1 reads PCam patches as they are, and T is the one fitted on them
+    at PCam scale."""
+    _tiles(tmp_path / "x40", [384] * 6, seed=1)  # 96 px at 0.25
+    _tiles(tmp_path / "pcam", [96] * 8, seed=2)
+    args = [*EVAL, "--data", str(tmp_path / "x40"), "--scale", "0.25",
+            "--val", str(tmp_path / "pcam")]  # fmt: skip
+    r = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "o1")])
+    assert r.exit_code == 1 and "at scale 0.25 is 24x24, smaller than 32 px" in r.stderr
+    r = CliRunner().invoke(app, [*args, "--val-scale", "1", "--out", str(tmp_path / "o")])
+    assert r.exit_code == 0, r.output
+    got = json.loads((tmp_path / "o" / "metrics.json").read_text())
+    assert got["scale"] == 0.25 and got["scored_px"] == [96, 96]
+    assert got["validation"]["scale"] == 1.0 and got["validation"]["n"] == 8
+    at_pcam = evaluate_checkpoint("pcam-cnn", tmp_path / "pcam", tmp_path / "o2",
+                                  val=tmp_path / "pcam", n_bootstrap=0, device="cpu",
+                                  gallery=False)  # fmt: skip
+    assert got["temperature"] == pytest.approx(at_pcam["temperature"], abs=1e-6)
+    assert "scale" not in at_pcam["validation"]
+    # it acts on a --val set only: without one it is a usage error, as --sensitivity is
+    r = CliRunner().invoke(app, [*EVAL, "--data", str(tmp_path / "x40"), "--scale", "0.25",
+                                 "--val-scale", "1", "--out", str(tmp_path / "o3")])  # fmt: skip
+    assert r.exit_code == 2 and "--val-scale" in r.output
+    assert not (tmp_path / "o3").exists()

@@ -270,3 +270,28 @@ def test_image_scores_say_abstain_where_the_caption_rules_abstained(tmp_path: Pa
     }
     m = json.loads((out / "metrics.json").read_text())
     assert m["external"]["weak"]["n"] == 1  # an abstention is no negative
+
+
+def test_val_scale_resizes_the_validation_patches_not_the_figures(tmp_path: Path) -> None:
+    """``--val-scale`` (validation tiles at another magnification) reaches a manifest's
+    --val set too: T and the threshold are those ``eval --data --val`` chooses on the
+    same patches resized alike; the figures keep their own --scale."""
+    from histomodels.evaluate import evaluate_checkpoint
+    from histomodels.synthetic import write_h5
+
+    ckpt = tiny_checkpoint(tmp_path)
+    run = _run(tmp_path, ["metastasis", "no_metastasis", "metastasis", "no_metastasis"])
+    val = write_h5(tmp_path / "val.h5", 64, seed=9)
+    out = tmp_path / "o"
+    r = CliRunner().invoke(app, ["eval", str(ckpt), "--manifest", str(run), "--bootstrap", "0",
+                                 "--scale", "1", "--val", str(val), "--val-scale", "0.5",
+                                 "--threshold-rule", "youden", "--out", str(out)])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    m = json.loads((out / "metrics.json").read_text())
+    ref = evaluate_checkpoint(ckpt, val, tmp_path / "ref", val=val, val_scale=0.5,
+                              threshold_rule="youden", n_bootstrap=0, gallery=False)  # fmt: skip
+    assert "scale" not in ref  # the test patches as they are, the validation's resized
+    assert m["validation"]["scale"] == ref["validation"]["scale"] == 0.5
+    assert m["temperature"] == pytest.approx(ref["temperature"])
+    assert m["threshold"] == pytest.approx(ref["threshold"])
+    assert m["temperature_stored"].startswith("not stored: fitted on images resized by 0.5")

@@ -291,14 +291,16 @@ def operating_point(
             "nll_after": nll(v_logits, v_labels, temperature),
         },
     }
+    if val_scale is not None:
+        point["validation"]["scale"] = float(val_scale)
     if shared is not None:
         point["validation"]["test_patches_also_here"] = shared[0]
         point["validation"]["patches_also_in_test"] = shared[1]
     path = resolve_checkpoint(checkpoint)
     if path.is_file() and val_scale is not None:  # later evals and predict run at PCam scale
         point["temperature_stored"] = (
-            f"not stored: fitted on images resized by {number_text(val_scale)} (--scale); used "
-            "for these metrics only"
+            f"not stored: fitted on images resized by {number_text(val_scale)}; used for "
+            "these metrics only"
         )
     elif path.is_file():  # not a shipped (pretrained) model
         point["temperature_stored"] = _store(store_temperature, path, temperature, v_source)
@@ -332,6 +334,7 @@ def evaluate_checkpoint(
     store_temperature: str = "beside",
     gallery: bool = True,
     scale: float | None = None,
+    val_scale: float | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``checkpoint`` on ``data`` and write metrics.json, predictions.csv and PNGs
     to ``out``. Returns the metrics dict. ``device`` defaults to CUDA when available.
@@ -346,16 +349,20 @@ def evaluate_checkpoint(
     ``data`` and ``val``, of any size, is resized by it first and fitted to the model's
     input size (:class:`ScaledPatches`: a centre crop where larger, scored whole where
     smaller); ``scale`` and ``scored_px`` in the result say so. Without it, patches must be
-    the model's size. A folder's label is the whole tile's, not PCam's "tumour in the
-    central 32x32", so such numbers are not PCam numbers."""
+    the model's size. ``val_scale`` resizes ``val`` instead (validation tiles from another
+    scanner or magnification; 1: PCam patches as they are); default: ``scale``. A folder's
+    label is the whole tile's, not PCam's "tumour in the central 32x32", so such numbers
+    are not PCam numbers."""
     from histomodels.calibration import nll
     from histomodels.metrics import binary_metrics, summarize, threshold_sweep
 
     check_threshold_options(val, threshold_rule, sensitivity)
-    if scale is not None:
-        from histomodels.predict import check_scale
+    for factor in (scale, val_scale):
+        if factor is not None:
+            from histomodels.predict import check_scale
 
-        check_scale(scale)
+            check_scale(factor)
+    val_scale = scale if val_scale is None else val_scale
     out = Path(out)
     pred = Predictor.load(checkpoint, device=device, precision=precision)
     ckpt = pred.ckpt
@@ -391,7 +398,7 @@ def evaluate_checkpoint(
     point = operating_point(
         pred, checkpoint, val, infer, default=(threshold, threshold_source),
         threshold_rule=threshold_rule, sensitivity=sensitivity,
-        store_temperature=store_temperature, test_digests=test_digests, val_scale=scale,
+        store_temperature=store_temperature, test_digests=test_digests, val_scale=val_scale,
     )  # fmt: skip
     threshold, temperature = point.pop("threshold"), point["temperature"]
     result.update(point)

@@ -113,6 +113,7 @@ def evaluate_manifest(
     threshold_rule: str | None = None,
     sensitivity: float | None = None,
     store_temperature: str = "beside",
+    val_scale: float | None = None,
 ) -> dict[str, Any]:
     """Score every kept figure; write metrics.json, image_scores.csv, tile_predictions.csv,
     score_hist_<agg>.png, heatmaps/<unique stem of the image id>.png, contact_sheet.png and
@@ -129,7 +130,8 @@ def evaluate_manifest(
     chosen there, as :func:`histomodels.evaluate.evaluate_checkpoint` does
     (``threshold_rule``, ``sensitivity``, ``store_temperature``): a figure is called
     positive when its score (its highest tile, or the top-k mean) reaches the patch
-    threshold.
+    threshold. ``val_scale``: ``val``'s tiles are resized by it first (not ``scale``, the
+    figures' factor).
     """
     from histocore.manifest import Manifest
     from histomodels import plots
@@ -161,7 +163,7 @@ def evaluate_manifest(
     default = decision_threshold(ckpt, threshold, note=NO_VALIDATION)
     point = operating_point(
         pred, checkpoint, val, infer, default=default, threshold_rule=threshold_rule,
-        sensitivity=sensitivity, store_temperature=store_temperature,
+        sensitivity=sensitivity, store_temperature=store_temperature, val_scale=val_scale,
     )  # fmt: skip
     cut: float = point.pop("threshold")
     temperature = point["temperature"]

@@ -153,6 +153,16 @@ def eval_cmd(
             "is the whole tile's, not PCam's centre 32x32.",
         ),
     ] = None,
+    val_scale: Annotated[
+        float | None,
+        typer.Option(
+            "--val-scale",
+            callback=in_range(0, 16, low_open=True),
+            help="Resize the --val tiles by this, in (0, 16], as --scale does --data's: "
+            "validation tiles from another scanner or magnification (1: PCam patches as "
+            "they are). Default: --data: the --scale; --manifest: none.",
+        ),
+    ] = None,
     min_tissue: Annotated[
         float,
         typer.Option(
@@ -232,6 +242,7 @@ def eval_cmd(
                 threshold_rule=threshold_rule if val is not None else None,
                 sensitivity=sensitivity,
                 store_temperature="none" if no_store else store_temperature,
+                val_scale=val_scale,
             )
         else:
             from histomodels.evaluate import evaluate_checkpoint
@@ -251,6 +262,7 @@ def eval_cmd(
                 device=device,
                 store_temperature="none" if no_store else store_temperature,
                 scale=fig_scale,
+                val_scale=val_scale,
             )
     if manifest is not None:
         _print_external(result, out)
@@ -291,6 +303,7 @@ VAL_ONLY = {
     "threshold_rule": "--threshold-rule",
     "store_temperature": "--store-temperature",
     "no_store": "--no-store-temperature",
+    "val_scale": "--val-scale",
 }
 
 
