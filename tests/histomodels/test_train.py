@@ -123,6 +123,34 @@ def test_a_one_step_cosine_span_is_not_reported_as_a_warning(caplog):
     assert one.factor() == pytest.approx(0.5)  # the schedule itself is unchanged
 
 
+@pytest.mark.parametrize(
+    ("batch_size", "warmup_epochs", "said"),
+    [
+        (64, 1, "warmup_epochs 1 is 1 optimizer step at 1 step per epoch, at the full learning "
+                "rate: no warm-up; a longer warmup_epochs or a smaller batch_size gives one"),
+        (32, 0.25, "warmup_epochs 0.25 is no optimizer step at 2 steps per epoch: no warm-up"),
+        (32, 1, ""),  # 2 steps: 0.5, then the full LR
+        (64, 0, ""),  # none asked for
+    ],
+)  # fmt: skip
+def test_a_warm_up_of_one_step_or_none_is_said_once(
+    arrays, tmp_path, caplog, batch_size, warmup_epochs, said
+):
+    """One step per epoch (64 patches in batches of 64) made the default 1-epoch warm-up one
+    step at the full LR: no warm-up, and no word of it. It is one warning before the
+    first step; a resumed run does not repeat it."""
+    cfg = _cfg(batch_size=batch_size, warmup_epochs=warmup_epochs, epochs=1)
+    with caplog.at_level(logging.WARNING, logger="histomodels"):
+        train(cfg, tmp_path / "r", train_data=arrays[0], val_data=arrays[1])
+    warned = [r.getMessage() for r in caplog.records if "warmup_epochs" in r.getMessage()]
+    assert len(warned) == bool(said) and all(m.startswith(said) for m in warned), warned
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="histomodels"):
+        train(cfg.replace(epochs=2), tmp_path / "r", resume=True,
+              train_data=arrays[0], val_data=arrays[1])  # fmt: skip
+    assert "warmup_epochs" not in caplog.text
+
+
 def test_time_budget_stops_cleanly_and_keeps_best(arrays, tmp_path):
     (xt, yt), (xv, yv) = arrays
     t0 = time.perf_counter()

@@ -17,6 +17,7 @@ from timm.optim import param_groups_weight_decay
 from timm.scheduler import CosineLRScheduler
 from torch import nn
 
+from histocore.io import number_text
 from histomodels.config import TrainConfig
 from histomodels.models.weights import split_parameters
 
@@ -100,6 +101,24 @@ class LRSchedule:
             self._cosine.step_update(num_updates=min(t, end))  # type: ignore[arg-type]
             return float(self._unit.param_groups[0]["lr"])
         return self.plateau_scale
+
+    def no_warmup(self) -> str:
+        """Why the warm-up ``cfg.warmup_epochs`` asks for does nothing here (its ramp reaches
+        the full learning rate on its last step, so one step, or none, is no ramp); ``""``
+        when it ramps or none was asked for."""
+        if not self.cfg.warmup_epochs or self.warmup > 1:
+            return ""
+        per = self.total // max(1, self.cfg.epochs)
+        steps = f"{per} step{'s' if per != 1 else ''} per epoch"
+        what = (
+            f"1 optimizer step at {steps}, at the full learning rate"
+            if self.warmup
+            else (f"no optimizer step at {steps}")
+        )
+        return (
+            f"warmup_epochs {number_text(self.cfg.warmup_epochs)} is {what}: no warm-up; a "
+            "longer warmup_epochs or a smaller batch_size gives one"
+        )
 
     def averaging(self) -> bool:
         """Whether the last step was in the SWA phase (``cfg.swa``: its share of training

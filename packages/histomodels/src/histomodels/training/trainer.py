@@ -160,6 +160,8 @@ class Trainer:
         self._setup_optimizer()
         if self.state is not None:
             self._restore(self.state)
+        elif self.info.is_main and (why := self.schedule.no_warmup()):
+            log.warning(why)  # once, before the first step (not again on --resume)
         self.callbacks = [*default_callbacks(self.cfg), *self.extra_callbacks]
         if self.info.is_main:
             from histocore.io import atomic_write_text
