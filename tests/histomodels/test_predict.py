@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 from pathlib import Path
 
 import numpy as np
@@ -935,6 +936,23 @@ def test_a_heatmap_is_never_written_over_an_input_or_another_heatmap(tmp_path: P
     r = CliRunner().invoke(app, ["predict", str(ckpt), *map(str, twins), "--out", str(out)])
     assert r.exit_code == 0, r.output
     assert _heatmap_files(tmp_path / "p_heatmaps") == ["x_img.png", "x_img_2.png"]
+
+
+def test_clashing_heatmap_names_do_not_depend_on_the_inputs_order(tmp_path: Path) -> None:
+    """d1/x/img.png and d2/x/img.png got x_img.png and x_img_2.png in the order given: the
+    same images given the other way round swapped their heatmaps' names (a rerun drew each
+    over the other's old one). The suffixes follow the inputs' paths."""
+    from histomodels.predict import heatmap_targets
+
+    heat = tmp_path / "h"
+    d1, d2, d3 = (tmp_path / d / "x" / "img.png" for d in ("d1", "d2", "d3"))
+    want = {d1: heat / "x_img.png", d2: heat / "x_img_2.png", d3: heat / "x_img_3.png"}
+    for order in ([d1, d2, d3], [d3, d2, d1], [d2, d3, d1]):
+        got = heatmap_targets(order, heat)
+        assert got == want and list(got) == order  # still in the inputs' order
+    # a relative spelling of the same file is named by where it is
+    rel = Path(os.path.relpath(d2))
+    assert heatmap_targets([rel, d1], heat) == {rel: heat / "x_img_2.png", d1: heat / "x_img.png"}
 
 
 def test_a_run_removes_only_heatmaps_predict_drew_for_the_same_csv(tmp_path: Path) -> None:

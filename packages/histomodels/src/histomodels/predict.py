@@ -15,6 +15,7 @@ import contextlib
 import csv
 import io
 import logging
+import os
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -562,19 +563,22 @@ def scaled(
 def heatmap_targets(files: list[Path], heat_dir: Path) -> dict[Path, Path]:
     """Each input's heatmap file in ``heat_dir``: ``<stem>.png``, ``<folder>_<stem>.png``
     when stems clash, then ``_2``, ``_3``... until unique, so no heatmap is drawn over
-    another. One that would be an input itself (``--heatmaps`` naming a PNG's own folder) is
-    a :class:`PredictInputError`: the image would be lost."""
-    stems = Counter(f.stem for f in dict.fromkeys(files))
-    targets: dict[Path, Path] = {}
+    another; the suffixes go in the order of the inputs' absolute paths, whatever order
+    they were given in. One that would be an input itself (``--heatmaps`` naming a PNG's
+    own folder) is a :class:`PredictInputError`: the image would be lost."""
+    given = list(dict.fromkeys(files))
+    stems = Counter(f.stem for f in given)
+    named: dict[Path, Path] = {}
     taken: set[str] = set()
-    for f in dict.fromkeys(files):
+    for f in sorted(given, key=lambda f: (os.path.abspath(f), str(f))):
         name = f.stem if stems[f.stem] == 1 else f"{f.parent.name}_{f.stem}"
         unique, n = name, 1
         while unique in taken:
             n += 1
             unique = f"{name}_{n}"
         taken.add(unique)
-        targets[f] = heat_dir / f"{unique}.png"
+        named[f] = heat_dir / f"{unique}.png"
+    targets = {f: named[f] for f in given}  # in the inputs' order, as they are scored
     inputs = {key: f for f in targets if (key := _file_key(f))}
     for target in targets.values():
         if (key := _file_key(target)) in inputs:
