@@ -955,6 +955,44 @@ def test_clashing_heatmap_names_do_not_depend_on_the_inputs_order(tmp_path: Path
     assert heatmap_targets([rel, d1], heat) == {rel: heat / "x_img_2.png", d1: heat / "x_img.png"}
 
 
+def test_an_interrupted_rerun_leaves_the_earlier_runs_heatmaps(tmp_path: Path, monkeypatch) -> None:
+    """A rerun into the same CSV drew each heatmap over the earlier run's, and when it was
+    interrupted (Ctrl-C, an error) removed the ones it had drawn: the earlier CSV stayed,
+    its heatmaps were gone. Heatmaps are drawn aside and put in place with the CSV."""
+    import matplotlib.figure
+
+    from histomodels.predict import predict_paths
+
+    ckpt = tiny_checkpoint(tmp_path)
+    files = []
+    for i in range(2):
+        files.append(tmp_path / f"im{i}.png")
+        Image.fromarray(make_figure(2, 2, seed=7 + i)).save(files[-1])
+    out = tmp_path / "p.csv"
+    predict_paths(ckpt, files, out)
+    heat = tmp_path / "p_heatmaps"
+    before = {name: (heat / name).read_bytes() for name in _heatmap_files(heat)}
+    assert list(before) == ["im0.png", "im1.png"]
+    csv_before = out.read_bytes()
+    real, saved = matplotlib.figure.Figure.savefig, []
+
+    def savefig(self, *args, **kwargs):  # the second heatmap: interrupted
+        saved.append(1)
+        if len(saved) == 2:
+            raise KeyboardInterrupt
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", savefig)
+    with pytest.raises(KeyboardInterrupt):
+        predict_paths(ckpt, files, out, stride=48)  # other heatmaps than before
+    assert {name: (heat / name).read_bytes() for name in _heatmap_files(heat)} == before
+    assert out.read_bytes() == csv_before
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", real)
+    predict_paths(ckpt, files, out, stride=48)  # not interrupted: the new ones, nothing else
+    assert _heatmap_files(heat) == ["im0.png", "im1.png"]
+    assert all((heat / name).read_bytes() != old for name, old in before.items())
+
+
 def test_a_run_removes_only_heatmaps_predict_drew_for_the_same_csv(tmp_path: Path) -> None:
     """The stale-heatmap clean-up unlinked every input's target name this run drew nothing
     at: a user's own small.png in --heatmaps (its input one patch) was deleted, as was the

@@ -16,6 +16,7 @@ import csv
 import io
 import logging
 import os
+import tempfile
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -413,16 +414,21 @@ def predict_paths(
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(CSV_COLUMNS)
     n_rows, scored, heatmaps = 0, 0, []
+    staged: dict[Path, Path] = {}  # target: the file it is drawn into until the CSV is written
     try:
         n_rows, scored = _predict_files(pred, files, problems, w, targets, heatmaps, mark,
-                                size=size, scale=scale, stride=stride, max_pixels=max_pixels,
-                                batch_size=batch_size, tta=tta, threshold=cut)  # fmt: skip
+                                staged, size=size, scale=scale, stride=stride,
+                                max_pixels=max_pixels, batch_size=batch_size, tta=tta,
+                                threshold=cut)  # fmt: skip
         if scored:
             out_csv.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_text(out_csv, buf.getvalue())
-    except BaseException:  # nothing half written: the heatmaps of this run go with the CSV
-        for h in heatmaps:
-            Path(h).unlink(missing_ok=True)
+        for target, part in list(staged.items()):  # the heatmaps go with the CSV
+            os.replace(part, target)
+            del staged[target]
+    except BaseException:  # nothing half written: an earlier run's heatmaps stay as they were
+        for part in staged.values():
+            part.unlink(missing_ok=True)
         raise
     if scored:  # an input's heatmap for this CSV is now this run's or none
         drawn = set(heatmaps)
@@ -444,6 +450,7 @@ def _predict_files(
     targets: dict[Path, Path],
     heatmaps: list[str],
     mark: str,
+    staged: dict[Path, Path],
     *,
     size: int,
     scale: float,
@@ -455,8 +462,10 @@ def _predict_files(
 ) -> tuple[int, int]:
     """Score the tiles of every file not in ``problems`` into the CSV writer ``w`` (a file
     whose pixels cannot be used joins ``problems``, and has no row); a file of more than one
-    patch gets its heatmap at ``targets[file]`` (none drawn when it has no target), whose
-    paths go to ``heatmaps`` as they are written. Returns the number of rows and of files scored."""
+    patch gets its heatmap for ``targets[file]`` (none drawn when it has no target), whose
+    paths go to ``heatmaps``; each is drawn into a hidden file beside it, ``staged[target]``,
+    for the caller to rename over it once the CSV is written. Returns the number of rows and
+    of files scored."""
     from histomodels.inference import sigmoid
 
     n_rows, factors, grey = 0, [], []
@@ -484,8 +493,13 @@ def _predict_files(
             n_rows += len(probs)
             if len(probs) > 1 and f in targets:
                 target = targets[f]
-                _heatmap(img, tiles, probs, size, target, f"{f.name}: max {probs.max():.2f}, "
-                         f"mean {probs.mean():.2f}", mark)  # fmt: skip
+                target.parent.mkdir(parents=True, exist_ok=True)
+                fd, part = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.",
+                                            suffix=".part")  # fmt: skip
+                os.close(fd)
+                staged[target] = Path(part)
+                _heatmap(img, tiles, probs, size, Path(part), f"{f.name}: max "
+                         f"{probs.max():.2f}, mean {probs.mean():.2f}", mark)  # fmt: skip
                 heatmaps.append(str(target))
             shown.advance()
     _warn_magnification(factors, scale)
