@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -124,18 +125,28 @@ def test_hostile_answer_bodies_change_nothing(kit: tuple[Path, Path], tmp_path: 
     assert _post(c, "pmid:1/fig1", "metastasis").status_code == 200  # still serving
 
 
+@pytest.mark.parametrize("link", ["symbolic", "hard", "folder"])
 def test_a_review_log_that_links_out_of_the_run_is_never_written(
-    kit: tuple[Path, Path], tmp_path: Path
+    kit: tuple[Path, Path], tmp_path: Path, link: str
 ) -> None:
     """A run folder from elsewhere holding review_log.jsonl as a link to a file of the
-    reviewer's: each answer was appended to that file (200, the answer saved)."""
+    reviewer's: each answer was appended to that file (200, the answer saved). A hard link
+    (another run's log: a merge before c7672bc linked a shard's in) took the answers as
+    well (review 2); a folder of that name read 'not writable'."""
     run = _copy(kit[0], tmp_path)
     outside = tmp_path / "bashrc"
     outside.write_text("precious\n")
-    (run / LOG_NAME).symlink_to(outside)
+    if link == "symbolic":
+        (run / LOG_NAME).symlink_to(outside)
+    elif link == "hard":
+        os.link(outside, run / LOG_NAME)
+    else:
+        (run / LOG_NAME).mkdir()
     r = _post(_client(run), "pmid:1/fig1", "metastasis")
     assert r.status_code == 400
-    assert r.json()["error"].startswith(f"{run / LOG_NAME}: not a regular file; answer not saved")
+    said = "has 1 other name(s)" if link == "hard" else "not a regular file"
+    assert r.json()["error"].startswith(f"{run / LOG_NAME}: {said}"), r.json()
+    assert "answer not saved" in r.json()["error"]
     assert outside.read_text() == "precious\n"
     assert Manifest.load(run).images["pmid:1/fig1"].label is None  # not stored either
 

@@ -271,17 +271,27 @@ def save_answer(manifest: Manifest, image_id: str, label: str | None, reviewer: 
 
 
 def _open_log(path: Path) -> TextIO:
-    """The review log, opened to append, only as a regular file of the run folder: a run
-    folder from elsewhere may hold ``review_log.jsonl`` as a link to any file of the
-    reviewer's (each answer was appended to it), or a FIFO (the answer hung)."""
+    """The review log, opened to append, only as a regular file of the run folder with no
+    other name: a run folder from elsewhere may hold ``review_log.jsonl`` as a link to any
+    file of the reviewer's (each answer was appended to it), a FIFO (the answer hung), or a
+    hard link to another run's log (a merge before c7672bc linked a shard's in; a copy made
+    with ``cp -al``), which would take this run's answers too."""
+    odd = (errno.ELOOP, errno.ENXIO, errno.EISDIR)  # a symbolic link, a FIFO, a folder
     try:
         fd = os.open(
             path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644
         )
-    except OSError as exc:  # ELOOP: a symbolic link; ENXIO: a FIFO nobody reads
-        why = "not a regular file" if exc.errno in (errno.ELOOP, errno.ENXIO) else "not writable"
+    except OSError as exc:
+        why = "not a regular file" if exc.errno in odd else "not writable"
         raise ReviewError(f"{path}: {why}; answer not saved ({exc.strerror})") from None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_nlink > 1:
         os.close(fd)
-        raise ReviewError(f"{path}: not a regular file; answer not saved")
+        why = (
+            "not a regular file"
+            if not stat.S_ISREG(st.st_mode)
+            else f"has {st.st_nlink - 1} other name(s) (a hard link: another run's log?); "
+            "give it a file of its own (cp it to a new file, mv that over it)"
+        )
+        raise ReviewError(f"{path}: {why}; answer not saved")
     return os.fdopen(fd, "a", encoding="utf-8")
