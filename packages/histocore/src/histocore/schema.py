@@ -233,7 +233,9 @@ def check_header(query: Any, extra: dict[str, Any], where: str) -> None:
     ``"abc"`` three queries of one letter, ``"last_search": 5`` an AttributeError in
     ``run``; each is one ManifestError as the run is read."""
     if query is not None and not isinstance(query, str):
-        raise ManifestError(f"{where}: header 'query' is {query!r}, expected text")
+        raise ManifestError(
+            f"{where}: header 'query' is {one_line(repr(query))[:80]}, expected text"
+        )
     for key in _HEADER_LISTS:
         value = extra.get(key, [])
         if not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
