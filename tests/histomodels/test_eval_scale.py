@@ -20,7 +20,7 @@ from histocore.imaging import rescale
 from histomodels.cli import app
 from histomodels.evaluate import evaluate_checkpoint
 from histomodels.inference import Predictor, sigmoid
-from histomodels.synthetic import make_patches
+from histomodels.synthetic import make_figure, make_patches
 
 torch.set_num_threads(1)
 # on the CPU also where a GPU is visible: compared with the library on the CPU to 2e-6
@@ -212,7 +212,36 @@ def test_a_histofetch_run_as_data_is_refused_with_a_scale(tmp_path: Path) -> Non
     assert r.exit_code == 1 and "a histofetch run" in r.stderr
 
 
-def test_camelyon16_40x_tiles_at_quarter_scale(tmp_path: Path) -> None:
+def test_tiles_at_another_magnification_get_predicts_warning(tmp_path: Path) -> None:
+    """eval --data FOLDER --scale 1 on 40x tiles scored them silently (Camelyon16's 89
+    tiles: AUC 0.33) where predict warned from the nucleus size; eval now measures the
+    first images after --scale, for --data and --val alike, and warns once each."""
+    for i, cls in enumerate(("normal", "tumor", "normal", "tumor")):
+        fig = make_figure(2, 2, seed=i)  # drawn at PCam scale, 192 px
+        (tmp_path / "x40" / cls).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(fig).resize((768, 768), Image.Resampling.BICUBIC).save(
+            tmp_path / "x40" / cls / f"f{i}.png"
+        )
+
+    def run(scale: str, *extra: str) -> list[str]:
+        r = CliRunner().invoke(app, [*EVAL, "--data", str(tmp_path / "x40"), "--scale", scale,
+                                     "--out", str(tmp_path / f"o{scale}"), *extra])  # fmt: skip
+        assert r.exit_code == 0, r.output
+        return [line for line in r.stderr.splitlines() if "the nuclei in" in line]
+
+    (line,) = run("1")
+    assert line.startswith(f"warning: {tmp_path / 'x40'}: the nuclei in 4 checked image(s) look")
+    assert "larger than in PCam patches" in line and "at --scale 1:" in line
+    suggested = float(line.split("try --scale ")[1].split()[0])
+    assert 0.15 <= suggested <= 0.35  # the true factor is 0.25
+    assert run("0.25") == []  # 192 px at PCam scale: measured, no warning
+    assert len(run("1", "--val", str(tmp_path / "x40"))) == 2  # --data's and --val's
+    assert json.loads((tmp_path / "o1" / "metrics.json").read_text())["n"] == 4
+
+
+def test_camelyon16_40x_tiles_at_quarter_scale(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """The 89 real 40x 256 px Camelyon16 tiles: resized to PCam's ~10x (64 px) pcam-cnn
     separates them; at their own magnification (--scale 1: the centre 96 px at 40x) it calls
     nearly all tumour and ranks them worse than chance. (The slides may be among PCam's
@@ -220,10 +249,14 @@ def test_camelyon16_40x_tiles_at_quarter_scale(tmp_path: Path) -> None:
     from conftest import shared_path
 
     folder = shared_path("data", "camelyon16_tiles_didsr")
-    quarter = evaluate_checkpoint("pcam-cnn", folder, tmp_path / "q", scale=0.25,
+    with caplog.at_level("WARNING", logger="histomodels.predict"):
+        quarter = evaluate_checkpoint("pcam-cnn", folder, tmp_path / "q", scale=0.25,
+                                      n_bootstrap=0, device="cpu", gallery=False)  # fmt: skip
+        assert not [r for r in caplog.records if "the nuclei in" in r.getMessage()]
+        own = evaluate_checkpoint("pcam-cnn", folder, tmp_path / "o", scale=1.0,
                                   n_bootstrap=0, device="cpu", gallery=False)  # fmt: skip
-    own = evaluate_checkpoint("pcam-cnn", folder, tmp_path / "o", scale=1.0,
-                              n_bootstrap=0, device="cpu", gallery=False)  # fmt: skip
+    (warned,) = [r.getMessage() for r in caplog.records if "the nuclei in" in r.getMessage()]
+    assert "8 checked image(s) look" in warned and "larger than in PCam" in warned
     assert quarter["n"] == own["n"] == 89 and quarter["scored_px"] == [64, 64]
     assert quarter["roc_auc"] > 0.9
     assert quarter["roc_auc"] > own["roc_auc"] + 0.3

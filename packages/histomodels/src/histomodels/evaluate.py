@@ -122,8 +122,14 @@ class ScaledPatches(PatchDataset):
         return len(self.base)
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, int, str]:
+        img, label, pid, _ = self._item(index, measure=False)
+        return img, label, pid
+
+    def _item(self, index: int, measure: bool) -> tuple[np.ndarray, int, str, list[float]]:
+        """The fitted image, its label and id, and (``measure``) the nucleus-size factor of
+        the whole resized image (:func:`histomodels.predict.nucleus_scale`, ``[]`` if none)."""
         from histomodels.data.images import MAX_PIXELS
-        from histomodels.predict import PredictInputError, scaled, scaled_size
+        from histomodels.predict import PredictInputError, nucleus_scale, scaled, scaled_size
 
         img, label, pid = self.base[index]
         where = self._files[index] if self._files is not None else f"{self.where}: {pid}"
@@ -135,9 +141,11 @@ class ScaledPatches(PatchDataset):
                          f"{MIN_SCALED_SIDE} px, PCam's label region")  # fmt: skip
         except PredictInputError as exc:
             raise DatasetError(str(exc)) from None
+        factors = nucleus_scale(img, self.size) if measure else []
         h, w = img.shape[:2]
         y, x = max(0, (h - self.size) // 2), max(0, (w - self.size) // 2)
-        return np.ascontiguousarray(img[y : y + self.size, x : x + self.size]), label, pid
+        fitted = np.ascontiguousarray(img[y : y + self.size, x : x + self.size])
+        return fitted, label, pid, factors
 
     def labels(self) -> np.ndarray:
         return self.base.labels()
@@ -147,8 +155,11 @@ class ScaledPatches(PatchDataset):
 
     def load_all(self) -> tuple[np.ndarray, np.ndarray, list[str]]:
         """Every image resized and fitted, or one :class:`DatasetError` naming the sizes
-        they come out at when they differ."""
+        they come out at when they differ. The nuclei of the first images (whole, after
+        the resize) are measured as ``predict`` does: one warning when they say the scale
+        is off (PCam HDF5 patches are too small to measure at a scale under 2)."""
         from histomodels.data.cache import require_memory
+        from histomodels.predict import SCALE_CHECK_IMAGES, warn_magnification
 
         n = len(self)
         if n == 0:
@@ -158,9 +169,13 @@ class ScaledPatches(PatchDataset):
             ThreadPoolExecutor(min(4, os.cpu_count() or 1)) as pool,
             task(f"decoding and resizing {self.source}", n) as shown,
         ):
-            items = []
-            for item in pool.map(self.__getitem__, range(n)):
-                items.append(item)
+            items: list[tuple[np.ndarray, int, str]] = []
+            factors: list[float] = []
+            for img, label, pid, factor in pool.map(
+                lambda i: self._item(i, measure=i < SCALE_CHECK_IMAGES), range(n)
+            ):
+                items.append((img, label, pid))
+                factors += factor
                 shown.advance()
         sizes: dict[tuple[int, ...], list[str]] = {}
         for img, _, pid in items:
@@ -175,6 +190,7 @@ class ScaledPatches(PatchDataset):
                 "so all must share one size: resize or crop them alike, or evaluate each size "
                 "apart"
             )
+        warn_magnification(factors, self.scale, where=self.where)
         images = np.stack([img for img, _, _ in items])
         labels = np.array([label for _, label, _ in items], dtype=np.int64)
         return images, labels, [pid for _, _, pid in items]

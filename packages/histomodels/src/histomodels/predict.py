@@ -480,7 +480,7 @@ def _predict_files(
                 shown.advance()
                 continue
             if len(factors) < SCALE_CHECK_IMAGES:
-                factors += _nucleus_scale(img, size)
+                factors += nucleus_scale(img, size)
             if _is_grey(img):
                 grey.append(f)
             logits = pred.logits(tiles.patches, batch_size=batch_size, tta=tta)
@@ -502,7 +502,7 @@ def _predict_files(
                          f"{probs.max():.2f}, mean {probs.mean():.2f}", mark)  # fmt: skip
                 heatmaps.append(str(target))
             shown.advance()
-    _warn_magnification(factors, scale)
+    warn_magnification(factors, scale)
     scored = sum(f not in problems for f in todo)  # each input given, as the CSV's rows
     if grey:
         log.warning(
@@ -525,7 +525,7 @@ def _is_grey(img: np.ndarray) -> bool:
     return not_glass >= GREY_CONTENT_SHARE and float(g.std()) >= GREY_CONTENT_STD
 
 
-def _nucleus_scale(img: np.ndarray, size: int) -> list[float]:
+def nucleus_scale(img: np.ndarray, size: int) -> list[float]:
     """``[factor to PCam scale]`` measured on a centre crop (``eval --manifest``'s nucleus
     size estimate), or ``[]`` for patch-sized images and crops without measurable nuclei."""
     from histomodels.data.manifest_tiles import estimate_scale
@@ -539,20 +539,21 @@ def _nucleus_scale(img: np.ndarray, size: int) -> list[float]:
     return [factor] if source == "estimated" else []
 
 
-def _warn_magnification(factors: list[float], scale: float) -> None:
-    """One warning when the images' nuclei say they are not at PCam's magnification: the
-    model then scores tissue at a scale it never saw (a 40x tile at ``--scale 1`` comes out
-    as tumour almost everywhere)."""
+def warn_magnification(factors: list[float], scale: float, where: str = "") -> None:
+    """One warning when the images' nuclei (:func:`nucleus_scale` of each) say they are not
+    at PCam's magnification: the model then scores tissue at a scale it never saw (a 40x
+    tile at ``--scale 1`` comes out as tumour almost everywhere). ``where`` (a dataset, for
+    ``eval --data``/``--val``) starts the line when given."""
     if not factors:
         return
     factor = float(np.median(factors))
     if SCALE_CHECK_BAND[0] <= factor <= SCALE_CHECK_BAND[1]:
         return
     log.warning(
-        "the nuclei in %d checked image(s) look %.1fx %s than in PCam patches (~10x, 0.97 "
+        "%sthe nuclei in %d checked image(s) look %.1fx %s than in PCam patches (~10x, 0.97 "
         "µm/px) at --scale %s: scores at another magnification are not meaningful; try "
         "--scale %.2g (a rough estimate from nucleus size, ±30%%)",
-        len(factors), 1 / factor if factor < 1 else factor,
+        f"{where}: " if where else "", len(factors), 1 / factor if factor < 1 else factor,
         "larger" if factor < 1 else "smaller", number_text(scale), scale * factor,
     )  # fmt: skip
 
