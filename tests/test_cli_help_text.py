@@ -78,3 +78,27 @@ def test_every_option_says_what_it_does(name: str) -> None:
         if p.param_type_name == "option" and not getattr(p, "help", None)
     ]
     assert not bare, f"options without a help text: {bare}"
+
+
+def test_train_and_finetune_help_show_the_config_defaults() -> None:
+    """``train --help`` showed no default for --patience, --lr and --weight-decay (the
+    config's 10, 2e-3 and 0.05; finetune's preset: 6, 1e-3, 0.01); each numeric default
+    written in a help (``[50]``, ``[10; finetune: 6]``) is the one the command uses."""
+    from histomodels.cli import app
+    from histomodels.config import FIELDS, FINETUNE_DEFAULTS, TrainConfig
+
+    number = r"(-?[0-9][0-9.e+-]*)"
+    default = re.compile(rf"\[{number}(?:; finetune: {number})?\]\.?$")
+    base = TrainConfig()
+    for command in ("train", "finetune"):
+        cmd = typer.main.get_command(app).commands[command]  # type: ignore[attr-defined]
+        shown = {}
+        for p in cmd.params:
+            m = default.search(getattr(p, "help", None) or "")
+            if m and p.name in FIELDS:
+                value = m.group(2) if command == "finetune" and m.group(2) else m.group(1)
+                shown[p.name] = float(value)
+        for name in ("patience", "lr", "weight_decay"):
+            assert name in shown, f"{command} --help shows no default for {name}"
+        expected = vars(base) | (FINETUNE_DEFAULTS if command == "finetune" else {})
+        assert {k: expected[k] for k in shown} == shown

@@ -52,7 +52,8 @@ Val = Annotated[str | None, typer.Option(help="Validation data (early stopping o
 Out = Annotated[Path, typer.Option(help="Run folder: best.pt, last.pt, history, config.json.")]
 Epochs = Annotated[int | None, typer.Option(min=1, help="Maximum epochs [50].")]
 Patience = Annotated[
-    int | None, typer.Option(min=0, help="Epochs without val-AUC gain before stop.")
+    int | None,
+    typer.Option(min=0, help="Epochs without val-AUC gain before stop [10; finetune: 6]."),
 ]
 Budget = Annotated[
     float | None,
@@ -62,9 +63,9 @@ ConfigFile = Annotated[Path | None, typer.Option("--config", help="JSON/YAML con
 BatchSize = Annotated[int | None, typer.Option(min=1, help="Batch size per process [128].")]
 Lr = Annotated[
     float | None,
-    typer.Option(callback=POSITIVE, help="Peak learning rate (AdamW)."),
+    typer.Option(callback=POSITIVE, help="Peak learning rate (AdamW) [2e-3]."),
 ]
-Wd = Annotated[float | None, at_least(0.0, help="AdamW weight decay.")]
+Wd = Annotated[float | None, at_least(0.0, help="AdamW weight decay [0.05; finetune: 0.01].")]
 Schedule = Annotated[ScheduleName | None, typer.Option(help="Learning-rate schedule \\[cosine].")]
 Aug = Annotated[
     float | None,
