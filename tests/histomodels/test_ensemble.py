@@ -259,3 +259,29 @@ def test_an_ensemble_is_not_written_over_a_member_or_a_training_run(
         "best.pt: choose another --out"
     )
     assert (run / "best.pt").read_bytes() == before
+
+
+def test_tta_on_an_ensemble_built_with_tta_is_not_run_twice(
+    members: list[Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    """``eval --tta`` / ``predict --tta`` on an ensemble built with ``--tta`` ran the model
+    on 8 views of each patch, each averaging its own 8 views: 8x the work for the same
+    scores (the views of the dihedral views are those views), with no word. The outer views
+    are now skipped, said once."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        ens = write_ensemble(members, Path(tmp) / "ens", tta=True)
+        pred = Predictor.load(ens, device="cpu", precision="fp32")
+    calls = []
+    pred.model.register_forward_hook(lambda *_: calls.append(1))
+    x, _ = make_patches(6, seed=5)
+    with caplog.at_level("INFO", logger="histomodels.inference"):
+        inner = pred.logits(x, batch_size=8)
+        assert len(calls) == 1 and not caplog.records
+        twice = [pred.logits(x, batch_size=8, tta=True) for _ in range(2)]
+    assert len(calls) == 3  # one forward a batch, not 8
+    for got in twice:
+        np.testing.assert_allclose(got, inner, atol=1e-6)
+    (said,) = [r.getMessage() for r in caplog.records]
+    assert said.startswith("--tta: this ensemble averages the 8 dihedral views itself")

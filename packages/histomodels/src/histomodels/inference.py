@@ -8,8 +8,9 @@ same everywhere.
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,8 @@ from histocore.errors import UsageError
 from histomodels.choices import PRECISIONS
 from histomodels.data.transforms import dihedral_views
 from histomodels.preprocess import IMAGENET_MEAN, IMAGENET_STD, to_input
+
+log = logging.getLogger(__name__)
 
 
 @functools.cache
@@ -130,6 +133,8 @@ class Predictor:
     temperature: float
     #: stain normaliser the model was trained with (from the checkpoint), applied first
     stain: Any = None
+    #: whether :meth:`logits` has said that it skips ``tta`` for a :attr:`tta_inside` model
+    _tta_said: bool = field(default=False, init=False, repr=False)
 
     @classmethod
     def load(
@@ -181,7 +186,18 @@ class Predictor:
         progress: Callable[[int], None] | None = None,
         prepared: bool = False,
     ) -> np.ndarray:
-        """Raw logits (see :func:`predict_logits`); ``prepared``: already :meth:`prepare`d."""
+        """Raw logits (see :func:`predict_logits`); ``prepared``: already :meth:`prepare`d.
+        ``tta`` on a model that averages the 8 views itself (:attr:`tta_inside`) is skipped,
+        said once: the views of views are the same 8 views, so the scores are the same at
+        an eighth of the cost."""
+        if tta and self.tta_inside:
+            tta = False
+            if not self._tta_said:
+                self._tta_said = True
+                log.info(
+                    "--tta: this ensemble averages the 8 dihedral views itself (built with "
+                    "ensemble --tta), so they are not averaged again (same scores, 8x less work)"
+                )
         if not prepared and self.stain is not None:
             images = (
                 self.prepare(images)
