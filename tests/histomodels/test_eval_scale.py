@@ -235,7 +235,12 @@ def test_tiles_at_another_magnification_get_predicts_warning(tmp_path: Path) -> 
     suggested = float(line.split("try --scale ")[1].split()[0])
     assert 0.15 <= suggested <= 0.35  # the true factor is 0.25
     assert run("0.25") == []  # 192 px at PCam scale: measured, no warning
-    assert len(run("1", "--val", str(tmp_path / "x40"))) == 2  # --data's and --val's
+    data_line, val_line = run("1", "--val", str(tmp_path / "x40"))  # --data's and --val's
+    assert "at --scale 1:" in data_line and "try --scale 0." in data_line
+    # the --val set's line names the option that sets its scale, whether given or not
+    assert "at --val-scale 1:" in val_line and "try --val-scale 0." in val_line
+    (val_line,) = run("0.25", "--val", str(tmp_path / "x40"), "--val-scale", "1")
+    assert "at --val-scale 1:" in val_line
     assert json.loads((tmp_path / "o1" / "metrics.json").read_text())["n"] == 4
 
 

@@ -43,13 +43,18 @@ MIN_SCALED_SIDE = 32
 
 
 def _load(
-    data: Any, scale: float | None = None, size: int = 96, fixed: bool = False
+    data: Any,
+    scale: float | None = None,
+    size: int = 96,
+    fixed: bool = False,
+    option: str = "--scale",
 ) -> tuple[np.ndarray, np.ndarray, list[str], str]:
     """A path (any supported dataset format) or a PatchDataset → arrays; with ``scale``,
     images of any size, each resized and fitted to ``size`` (:class:`ScaledPatches`).
     ``fixed``: the model enlarges smaller input to ``size`` itself (an ensemble member,
     a backbone with an ``input_size``), so images scaled under ``size`` are refused: they
-    would be scored at another magnification than ``scale`` says."""
+    would be scored at another magnification than ``scale`` says. ``option``: the one that
+    sets ``scale``, for the magnification warning."""
     from histomodels.data import open_dataset
     from histomodels.data.readers import is_run_folder
 
@@ -64,7 +69,7 @@ def _load(
         else:
             ds = data
         if scale is not None:
-            ds = ScaledPatches(ds, scale, size)
+            ds = ScaledPatches(ds, scale, size, option=option)
         images, labels, ids = ds.load_all()
     except DatasetError as exc:
         if scale is None and re.search(r" px, expected \d+x\d+$", str(exc)):
@@ -109,11 +114,14 @@ class ScaledPatches(PatchDataset):
     limit once resized, an image is refused; images that come out at different sizes are
     one :class:`DatasetError` (a batch holds one size)."""
 
-    def __init__(self, base: PatchDataset, scale: float, size: int = 96) -> None:
+    def __init__(
+        self, base: PatchDataset, scale: float, size: int = 96, option: str = "--scale"
+    ) -> None:
         from histomodels.predict import check_scale
 
         check_scale(scale)
         self.base, self.scale, self.size = base, float(scale), int(size)
+        self.option = option  # what sets the scale, for the magnification warning
         self.source = str(getattr(base, "source", "dataset"))
         self.where = str(getattr(base, "root", self.source))  # the folder, for messages
         self._files: list[Path] | None = getattr(base, "files", None)  # FolderDataset's
@@ -190,7 +198,7 @@ class ScaledPatches(PatchDataset):
                 "so all must share one size: resize or crop them alike, or evaluate each size "
                 "apart"
             )
-        warn_magnification(factors, self.scale, where=self.where)
+        warn_magnification(factors, self.scale, where=self.where, option=self.option)
         images = np.stack([img for img, _, _ in items])
         labels = np.array([label for _, label, _ in items], dtype=np.int64)
         return images, labels, [pid for _, _, pid in items]
@@ -284,7 +292,9 @@ def operating_point(
     if val is None:
         return {"temperature": pred.temperature, "threshold": default[0],
                 "threshold_source": default[1]}  # fmt: skip
-    v_images, v_labels, _, v_source = _load(val, val_scale, *_input_geometry(pred))
+    v_images, v_labels, _, v_source = _load(
+        val, val_scale, *_input_geometry(pred), option="--val-scale"
+    )
     if not np.isin(v_labels, (0, 1)).all():
         raise DatasetError(f"{v_source}: validation data must be fully labelled (0/1)")
     if len(np.unique(v_labels)) < 2:  # checked before inference; the error names the file

@@ -539,11 +539,14 @@ def nucleus_scale(img: np.ndarray, size: int) -> list[float]:
     return [factor] if source == "estimated" else []
 
 
-def warn_magnification(factors: list[float], scale: float, where: str = "") -> None:
+def warn_magnification(
+    factors: list[float], scale: float, where: str = "", option: str = "--scale"
+) -> None:
     """One warning when the images' nuclei (:func:`nucleus_scale` of each) say they are not
     at PCam's magnification: the model then scores tissue at a scale it never saw (a 40x
     tile at ``--scale 1`` comes out as tumour almost everywhere). ``where`` (a dataset, for
-    ``eval --data``/``--val``) starts the line when given."""
+    ``eval --data``/``--val``) starts the line when given; ``option`` is the one that sets
+    the scale (``--val-scale`` for ``eval --val``)."""
     if not factors:
         return
     factor = float(np.median(factors))
@@ -551,10 +554,11 @@ def warn_magnification(factors: list[float], scale: float, where: str = "") -> N
         return
     log.warning(
         "%sthe nuclei in %d checked image(s) look %.1fx %s than in PCam patches (~10x, 0.97 "
-        "µm/px) at --scale %s: scores at another magnification are not meaningful; try "
-        "--scale %.2g (a rough estimate from nucleus size, ±30%%)",
+        "µm/px) at %s %s: scores at another magnification are not meaningful; try "
+        "%s %.2g (a rough estimate from nucleus size, ±30%%)",
         f"{where}: " if where else "", len(factors), 1 / factor if factor < 1 else factor,
-        "larger" if factor < 1 else "smaller", number_text(scale), scale * factor,
+        "larger" if factor < 1 else "smaller", option, number_text(scale), option,
+        scale * factor,
     )  # fmt: skip
 
 
