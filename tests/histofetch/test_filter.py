@@ -493,6 +493,62 @@ def test_rescoring_keeps_the_labels_a_person_gave_the_panels(tmp_path: Path, cap
     assert got[third] == (None, None, None) and len(got) == 4
     assert [r.getMessage() for r in caplog.records] == [
         f"{figure.id}: the labels of 1 reviewed panel(s) were dropped: the figure was split "
-        f"anew and no new panel has their pixels ({third})"
+        f"anew and no new panel has their pixels ({third}: no_metastasis by ann)"
     ]
     m.close()
+
+
+def test_rescoring_keeps_each_label_of_panels_that_share_pixels(tmp_path: Path, caplog) -> None:
+    """Two panels of one figure with the same pixels (a repeated micrograph): the second's
+    label went to the first and the first's was dropped without a word (review 4). Each
+    keeps its own, matched by its place in the figure."""
+    import logging
+
+    fig = grid_figure_rgb()
+    fig[12:162, 174:324] = fig[12:162, 12:162]  # panel 2 repeats panel 1
+    pdf = build_image_pdf(tmp_path / "g.pdf", [fig], caption="Figure 2. H&E.")
+    run_dir = tmp_path / "run"
+    run_extract(run_dir, [pdf])
+    run_filter(run_dir, sheet=False)
+    with Manifest.load(run_dir) as m:
+        (figure,) = [i for i in m.images.values() if i.source == "pdf"]
+        first, second = m.panels_of(figure.id)[:2]
+        assert first.sha256 == second.sha256
+        m.update_image(first.id, label="metastasis", label_by="ann", label_at="t1")
+        m.update_image(second.id, label="not_usable", label_by="bob", label_at="t2")
+    with caplog.at_level(logging.WARNING, logger="histofetch"):
+        run_filter(run_dir, sheet=False, rescore=True)
+    with Manifest.load(run_dir) as m:
+        got = [(p.id, p.label, p.label_by) for p in m.panels_of(figure.id)[:2]]
+    assert got == [(first.id, "metastasis", "ann"), (second.id, "not_usable", "bob")]
+    assert not caplog.records
+
+
+def test_a_figure_unreadable_at_rescore_keeps_its_panels_labels_until_read(
+    tmp_path: Path, caplog
+) -> None:
+    """A figure that could not be read at --rescore (moved, an I/O error) lost its panels'
+    labels for good, with a warning that said it was split anew (review 4). They are kept
+    on its row and go back to its panels when a later run reads it."""
+    import logging
+
+    run_dir = _grid_run(tmp_path)
+    with Manifest.load(run_dir) as m:
+        (figure,) = [i for i in m.images.values() if i.source == "pdf"]
+        first = m.panels_of(figure.id)[0].id
+        m.update_image(first, label="metastasis", label_by="ann", label_at="t1")
+        path = m.resolve(figure.path)
+    assert path is not None
+    path.rename(path.with_suffix(".away"))
+    with caplog.at_level(logging.WARNING, logger="histofetch"):
+        run_filter(run_dir, sheet=False, rescore=True)
+    (said,) = [r.getMessage() for r in caplog.records]
+    assert said.startswith(f"{figure.id}: cannot read the figure; the labels of 1 reviewed")
+    with Manifest.load(run_dir) as m:
+        assert m.images[figure.id].status == "failed" and not m.panels_of(figure.id)
+    path.with_suffix(".away").rename(path)
+    run_filter(run_dir, sheet=False, retry_failed=True)
+    with Manifest.load(run_dir) as m:
+        panel = m.images[first]
+        assert (panel.label, panel.label_by, panel.label_at) == ("metastasis", "ann", "t1")
+        assert "panel_labels_pending" not in m.images[figure.id].extra

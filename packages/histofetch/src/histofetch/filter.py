@@ -37,7 +37,7 @@ import PIL.Image
 from histocore.errors import ManifestError
 from histocore.imaging import ImageError
 from histocore.io import atomic_write_bytes, one_line
-from histocore.manifest import Image, Manifest, Record
+from histocore.manifest import IMAGE_LABELS, Image, Manifest, Record
 from histofetch.canary import image_canary
 from histofetch.decide import rules
 from histofetch.decide.classifier import ClassifierScores, classify_rgb
@@ -61,6 +61,12 @@ log = logging.getLogger(__name__)
 #: Bump when scoring changes what the stored scores mean; older rows are then rescored.
 SCORER_VERSION = 7  # 5: panel letters; 6: upscaling undone (scale.py); 7: one decode, one factor
 Thresholds = rules.Thresholds  # re-exported: the CLI and callers name it from here
+
+
+#: ``filter_reason`` of a figure this stage could not read (``--retry-failed`` reads it again)
+UNREADABLE = "unreadable image"
+#: ``Image.extra`` key of a figure that could not be read again: its panels' labels
+PENDING_LABELS = "panel_labels_pending"
 
 
 def run_filter(
@@ -89,6 +95,10 @@ def run_filter(
         if rescore:
             for img in list(manifest.images.values()):
                 img.extra.pop("colour", None)
+        if rescore or retry_failed:  # a figure this stage could not read is read again
+            for img in manifest.images.values():
+                if img.status == "failed" and img.filter_reason == UNREADABLE:
+                    img.status, img.reason = "ok", None
         for rec in manifest.records.values():
             # Filtered before, but with images scored by an older scorer (or added since, e.g.
             # OA package figures): take the record again; its scored images are not re-read.
@@ -151,7 +161,7 @@ def score_row(manifest: Manifest, img: Image, *, split: bool = True) -> None:
     path = manifest.resolve(img.path)
     # a person's labels on the panels (review, histomodels label) go to the new panel with
     # the same pixels: --rescore or a scorer upgrade cut the panels anew and dropped them
-    reviewed = {old.sha256: old for old in manifest.panels_of(img.id) if old.label is not None}
+    reviewed = _reviewed_panels(manifest, img)
     for old in manifest.panels_of(img.id):
         del manifest.images[old.id]
     img.n_panels = None
@@ -162,25 +172,67 @@ def score_row(manifest: Manifest, img: Image, *, split: bool = True) -> None:
         unnamed = path is None or isinstance(exc, ManifestError)
         named = "cannot read image" if unnamed else f"cannot read image {path}"
         img.status, img.reason = "failed", f"{named}: {_problem(exc, manifest)}"
-        img.kept, img.filter_reason = False, "unreadable image"
-        _say_dropped(img, reviewed)
+        img.kept, img.filter_reason = False, UNREADABLE
+        if reviewed:  # kept on the figure's row until it is read and split again
+            img.extra[PENDING_LABELS] = reviewed
+            log.warning(
+                "%s: cannot read the figure; the labels of %d reviewed panel(s) are kept on "
+                "its row and go back to its panels when it is read again (filter --retry-failed "
+                "or --rescore)", img.id, len(reviewed),
+            )  # fmt: skip
         return
     store_pixels(img, rgb)
     img.n_panels = 0
     if split:
         for row in add_panels(manifest, img, rgb, scale):
-            if (old := reviewed.pop(row.sha256, None)) is not None:
-                row.label, row.label_by, row.label_at = old.label, old.label_by, old.label_at
+            if (old := _match(reviewed, row)) is not None:
+                row.label, row.label_by, row.label_at = old["label"], old["by"], old["at"]
     _say_dropped(img, reviewed)
 
 
-def _say_dropped(img: Image, reviewed: dict[str, Image]) -> None:
-    """One warning for the labelled panels of ``img`` that no new panel matches."""
+def _reviewed_panels(manifest: Manifest, img: Image) -> list[dict[str, Any]]:
+    """The labels a person gave ``img``'s panels (and those kept on its row when it could
+    not be read), each with the panel's id, pixels (sha256) and place (bbox)."""
+    out = [
+        {"id": p.id, "sha256": p.sha256, "bbox": p.panel_bbox, "label": p.label,
+         "by": p.label_by, "at": p.label_at}
+        for p in manifest.panels_of(img.id) if p.label is not None
+    ]  # fmt: skip
+    pending = img.extra.pop(PENDING_LABELS, [])
+    for old in pending if isinstance(pending, list) else []:  # the manifest is untrusted
+        if isinstance(old, dict) and old.get("label") in IMAGE_LABELS:
+            text = {k: v if isinstance(v := old.get(k), str) else None for k in ("by", "at")}
+            out.append({"id": one_line(str(old.get("id")))[:200], "sha256": old.get("sha256"),
+                        "bbox": old.get("bbox"), "label": old["label"], **text})  # fmt: skip
+    return out
+
+
+def _match(reviewed: list[dict[str, Any]], row: Image) -> dict[str, Any] | None:
+    """The old labelled panel ``row`` takes (removed from ``reviewed``): one with its pixels,
+    at its place first, else of its id, else the first; None without one. Two panels of one
+    figure may share pixels (a repeated micrograph): each keeps its own label."""
+    same = [old for old in reviewed if old["sha256"] == row.sha256]
+    for old in same:
+        if old["bbox"] == row.panel_bbox:
+            break
+    else:
+        old = next((o for o in same if o["id"] == row.id), same[0] if same else None)
+    if old is not None:
+        reviewed.remove(old)
+    return old
+
+
+def _say_dropped(img: Image, reviewed: list[dict[str, Any]]) -> None:
+    """One warning for the labelled panels of ``img`` that no new panel matches, with the
+    labels they had (``histomodels label`` keeps no review log to find them in)."""
     if reviewed:
-        ids = ", ".join(sorted(old.id for old in reviewed.values()))
+        each = ", ".join(
+            f"{old['id']}: {old['label']}" + (f" by {old['by']}" if old["by"] else "")
+            for old in sorted(reviewed, key=lambda o: str(o["id"]))
+        )
         log.warning(
             "%s: the labels of %d reviewed panel(s) were dropped: the figure was split anew "
-            "and no new panel has their pixels (%s)", img.id, len(reviewed), ids,
+            "and no new panel has their pixels (%s)", img.id, len(reviewed), each,
         )  # fmt: skip
 
 
