@@ -993,6 +993,27 @@ def test_an_interrupted_rerun_leaves_the_earlier_runs_heatmaps(tmp_path: Path, m
     assert all((heat / name).read_bytes() != old for name, old in before.items())
 
 
+def test_a_folder_at_a_heatmaps_name_writes_nothing(tmp_path: Path) -> None:
+    """Heatmaps drawn aside are renamed over their targets after the CSV is written: a
+    folder at the second one's name then failed the rename, leaving the new CSV and the
+    first heatmap behind an error line (review 3). It is refused as it is met, naming the
+    target, before the CSV: nothing written."""
+    ckpt = tiny_checkpoint(tmp_path)
+    files = []
+    for i in range(2):
+        files.append(tmp_path / f"im{i}.png")
+        Image.fromarray(make_figure(2, 2, seed=3 + i)).save(files[-1])
+    heat, out = tmp_path / "heat", tmp_path / "p.csv"
+    (heat / "im1.png").mkdir(parents=True)
+    r = CliRunner().invoke(app, ["predict", str(ckpt), *map(str, files), "--out", str(out),
+                                 "--heatmaps", str(heat)])  # fmt: skip
+    assert r.exit_code == 1
+    assert (
+        r.stderr.strip().splitlines()[-1] == f"error: {heat / 'im1.png'}: is a folder, not a file"
+    )
+    assert not out.exists() and sorted(p.name for p in heat.iterdir()) == ["im1.png"]
+
+
 def test_a_run_removes_only_heatmaps_predict_drew_for_the_same_csv(tmp_path: Path) -> None:
     """The stale-heatmap clean-up unlinked every input's target name this run drew nothing
     at: a user's own small.png in --heatmaps (its input one patch) was deleted, as was the

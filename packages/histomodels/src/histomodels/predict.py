@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import io
 import logging
 import os
@@ -494,6 +495,8 @@ def _predict_files(
             if len(probs) > 1 and f in targets:
                 target = targets[f]
                 target.parent.mkdir(parents=True, exist_ok=True)
+                if target.is_dir():  # refused now: the rename over it would fail after the CSV
+                    raise IsADirectoryError(errno.EISDIR, "is a folder, not a file", str(target))
                 fd, part = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.",
                                             suffix=".part")  # fmt: skip
                 os.close(fd)
