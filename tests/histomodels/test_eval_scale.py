@@ -131,6 +131,13 @@ def test_smaller_images_are_scored_whole_and_val_is_resized_alike(tmp_path: Path
         "image is 128x128 px, expected 96x96; for tiles of another size or magnification "
         "give --scale F (0.25 for 40x tiles: PCam is ~10x)"
     )
+    # the --val tiles: the option that reads them is --val-scale (--scale would also
+    # resize the 96 px --data patches; review 3)
+    _tiles(tmp_path / "p96", [96] * 4, seed=3)
+    r = CliRunner().invoke(app, [*EVAL, "--data", str(tmp_path / "p96"), "--val",
+                                 str(tmp_path / "test"), "--out", str(out)])  # fmt: skip
+    assert r.exit_code == 1 and r.stderr.strip().endswith("give --val-scale F (0.25 for 40x "
+                                                          "tiles: PCam is ~10x)")  # fmt: skip
 
 
 @pytest.mark.parametrize(

@@ -75,7 +75,7 @@ def _load(
         if scale is None and re.search(r" px, expected \d+x\d+$", str(exc)):
             # what a folder of 20x/40x tiles meets first: say the option that reads them
             raise DatasetError(
-                f"{exc}; for tiles of another size or magnification give --scale F (0.25 "
+                f"{exc}; for tiles of another size or magnification give {option} F (0.25 "
                 "for 40x tiles: PCam is ~10x)"
             ) from None
         raise
@@ -84,7 +84,7 @@ def _load(
         h, w = images.shape[1:3]
         raise DatasetError(
             f"{source}: at scale {number_text(scale)} the images are {w}x{h} px, and this model "
-            f"enlarges its input to {size} px itself (another magnification); give a --scale at "
+            f"enlarges its input to {size} px itself (another magnification); give a {option} at "
             f"which they are at least {size} px, or score them with a single model"
         )
     return images, np.asarray(labels, np.int64), list(ids), source
