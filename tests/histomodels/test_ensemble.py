@@ -284,4 +284,4 @@ def test_tta_on_an_ensemble_built_with_tta_is_not_run_twice(
     for got in twice:
         np.testing.assert_allclose(got, inner, atol=1e-6)
     (said,) = [r.getMessage() for r in caplog.records]
-    assert said.startswith("--tta: this ensemble averages the 8 dihedral views itself")
+    assert said.startswith("test-time augmentation: this ensemble averages the 8 dihedral views")

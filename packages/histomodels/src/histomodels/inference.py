@@ -195,8 +195,9 @@ class Predictor:
             if not self._tta_said:
                 self._tta_said = True
                 log.info(
-                    "--tta: this ensemble averages the 8 dihedral views itself (built with "
-                    "ensemble --tta), so they are not averaged again (same scores, 8x less work)"
+                    "test-time augmentation: this ensemble averages the 8 dihedral views itself "
+                    "(built with ensemble --tta), so they are not averaged again (same scores, "
+                    "8x less work)"
                 )
         if not prepared and self.stain is not None:
             images = (
