@@ -524,6 +524,36 @@ def test_rescoring_keeps_each_label_of_panels_that_share_pixels(tmp_path: Path, 
     assert not caplog.records
 
 
+def test_a_labelled_figure_split_at_rescore_says_its_panels_need_labels(
+    tmp_path: Path, caplog
+) -> None:
+    """A figure labelled whole (filtered with --no-panels) and split at --rescore: review
+    and eval use its panels from then on, none labelled, so the answer vanished from both
+    without a word (review 4). One warning says so; the figure's label stays on its row."""
+    import logging
+
+    pdf = build_image_pdf(tmp_path / "grid.pdf", [grid_figure_rgb()], caption="Figure 2.")
+    run_dir = tmp_path / "run"
+    run_extract(run_dir, [pdf])
+    run_filter(run_dir, sheet=False, panels=False)
+    with Manifest.load(run_dir) as m:
+        (figure,) = [i for i in m.images.values() if i.source == "pdf"]
+        m.update_image(figure.id, label="metastasis", label_by="ann")
+    with caplog.at_level(logging.WARNING, logger="histofetch"):
+        run_filter(run_dir, sheet=False, rescore=True)
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{figure.id}: labelled metastasis by ann as a whole figure, it is split into 4 "
+        "panels now, which review and eval use instead: label them (the figure's label stays "
+        "on its row)"
+    ]
+    with Manifest.load(run_dir) as m:
+        assert m.images[figure.id].label == "metastasis" and len(m.panels_of(figure.id)) == 4
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="histofetch"):  # said again until labelled
+        run_filter(run_dir, sheet=False, rescore=True)
+    assert len(caplog.records) == 1
+
+
 def test_a_figure_unreadable_at_rescore_keeps_its_panels_labels_until_read(
     tmp_path: Path, caplog
 ) -> None:

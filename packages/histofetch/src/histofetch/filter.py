@@ -188,6 +188,16 @@ def score_row(manifest: Manifest, img: Image, *, split: bool = True) -> None:
             if (old := _match(reviewed, row)) is not None:
                 row.label, row.label_by, row.label_at = old["label"], old["by"], old["at"]
     _say_dropped(img, reviewed)
+    if (
+        img.n_panels
+        and img.label is not None
+        and not any(p.label is not None for p in manifest.panels_of(img.id))
+    ):  # review and eval now use its panels, none of which holds a label
+        log.warning(
+            "%s: labelled %s%s as a whole figure, it is split into %d panels now, which "
+            "review and eval use instead: label them (the figure's label stays on its row)",
+            img.id, img.label, f" by {img.label_by}" if img.label_by else "", img.n_panels,
+        )  # fmt: skip
 
 
 def _reviewed_panels(manifest: Manifest, img: Image) -> list[dict[str, Any]]:
