@@ -264,7 +264,8 @@ def _row_json(data: str, where: str) -> dict[str, Any]:
 def _stored(cls: type, data: str, store: str, row_id: str) -> Any:
     """A run store's row of table ``records``/``images`` (key ``row_id``) as ``cls``: its
     errors name the store and the row (``run.sqlite: record pmid:1: …``)."""
-    where = f"{store}: {'record' if cls is Record else 'image'} {one_line(row_id[:200])}"
+    key = one_line(row_id[:200]) + ("…" if len(row_id) > 200 else "")  # a key cut says so
+    where = f"{store}: {'record' if cls is Record else 'image'} {key}"
     return _from_dict(cls, _row_json(data, where), where, named=True)
 
 
