@@ -433,6 +433,21 @@ def test_a_rename_whose_commit_fails_keeps_the_file_its_row_names(tmp_path: Path
     assert sorted(p.name for p in pdfs.iterdir()) == ["pmid_0.pdf"]
 
 
+def test_a_write_that_fills_the_store_says_so(tmp_path: Path) -> None:
+    """SQLite rolls a transaction back itself when the database is full: write() then ran a
+    ROLLBACK that raised 'cannot rollback - no transaction is active' in place of the real
+    error, so a full disk read as a bug (review 5)."""
+    store = RunStore(tmp_path, create=True)
+    pages = store.db.execute("PRAGMA page_count").fetchone()[0]
+    store.db.execute(f"PRAGMA max_page_count={pages + 2}")
+    with pytest.raises(sqlite3.OperationalError, match="full"), store.write() as db:
+        db.execute("CREATE TABLE filler (x)")
+        for _ in range(200):
+            db.execute("INSERT INTO filler VALUES (?)", ("x" * 4000,))
+    assert not store.db.in_transaction
+    store.close()
+
+
 def test_a_rename_killed_before_its_commit_is_done_by_the_next(tmp_path: Path) -> None:
     """A rename killed between linking the PDF's new name and its COMMIT left both names
     and the row naming the old one; the next rename found the new name taken and kept

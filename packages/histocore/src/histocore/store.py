@@ -292,8 +292,8 @@ class RunStore:
         self.db.execute("BEGIN IMMEDIATE")
         try:
             yield self.db
-        except BaseException:
-            self.db.execute("ROLLBACK")
+        except BaseException:  # SQLite may have rolled back itself (SQLITE_FULL): the error
+            self._roll_back()  # raised is the one the user sees, not 'cannot rollback'
             raise
         try:
             self.db.execute("COMMIT")
@@ -432,8 +432,8 @@ class RunStore:
             text = self._rename_row(old, new, values, linked)
         except BaseException:
             self._roll_back()  # what the store holds now is what was committed
-            for path in linked:
-                named = self._row_names(f"pdfs/{path.name}")
+            for path in linked:  # (still in the transaction: the store cannot say)
+                named = None if self.db.in_transaction else self._row_names(f"pdfs/{path.name}")
                 if named is None:  # the store cannot say: both names stay
                     continue
                 if named:  # committed, interrupted after
