@@ -522,6 +522,13 @@ def test_rescoring_keeps_each_label_of_panels_that_share_pixels(tmp_path: Path, 
         got = [(p.id, p.label, p.label_by) for p in m.panels_of(figure.id)[:2]]
     assert got == [(first.id, "metastasis", "ann"), (second.id, "not_usable", "bob")]
     assert not caplog.records
+    # the second labelled alone keeps its label (it went to the first, review 5)
+    with Manifest.load(run_dir) as m:
+        m.update_image(first.id, label=None, label_by=None, label_at=None)
+    run_filter(run_dir, sheet=False, rescore=True)
+    with Manifest.load(run_dir) as m:
+        got = [(p.id, p.label, p.label_by) for p in m.panels_of(figure.id)[:2]]
+    assert got == [(first.id, None, None), (second.id, "not_usable", "bob")]
 
 
 def test_a_labelled_figure_split_at_rescore_says_its_panels_need_labels(
@@ -577,8 +584,37 @@ def test_a_figure_unreadable_at_rescore_keeps_its_panels_labels_until_read(
     with Manifest.load(run_dir) as m:
         assert m.images[figure.id].status == "failed" and not m.panels_of(figure.id)
     path.with_suffix(".away").rename(path)
-    run_filter(run_dir, sheet=False, retry_failed=True)
+    # read, but not split (--no-panels): the labels wait on (review 5: dropped for good)
+    run_filter(run_dir, sheet=False, retry_failed=True, panels=False)
+    with Manifest.load(run_dir) as m:
+        assert m.images[figure.id].status == "ok" and not m.panels_of(figure.id)
+        assert len(m.images[figure.id].extra["panel_labels_pending"]) == 1
+    run_filter(run_dir, sheet=False, rescore=True)
     with Manifest.load(run_dir) as m:
         panel = m.images[first]
         assert (panel.label, panel.label_by, panel.label_at) == ("metastasis", "ann", "t1")
         assert "panel_labels_pending" not in m.images[figure.id].extra
+
+
+def test_rescore_leaves_a_figure_it_does_not_read_as_it_was(tmp_path: Path) -> None:
+    """--rescore reset every figure filter had failed to read to 'ok' before taking the
+    records, so one in a record the run did not take (a failed record, without
+    --retry-failed) read 'ok' with its reason gone, never read (review 5). Now a figure is
+    read again in its record's own work, or left as it was."""
+    run_dir = _grid_run(tmp_path)
+    with Manifest.load(run_dir) as m:
+        (figure,) = [i for i in m.images.values() if i.source == "pdf"]
+        path = m.resolve(figure.path)
+    assert path is not None
+    path.rename(path.with_suffix(".away"))
+    run_filter(run_dir, sheet=False, rescore=True)
+    with Manifest.load(run_dir) as m:
+        assert m.images[figure.id].status == "failed"
+        rec = m.records[figure.record_id]
+        rec.fail("filtered", "timed out: x", transient=False)
+        m.commit_record(rec.id)
+    run_filter(run_dir, sheet=False, rescore=True)  # the record is not taken
+    with Manifest.load(run_dir) as m:
+        img = m.images[figure.id]
+        assert (img.status, img.filter_reason) == ("failed", "unreadable image")
+        assert img.reason is not None and img.reason.startswith("cannot read image")

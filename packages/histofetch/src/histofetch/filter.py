@@ -95,15 +95,12 @@ def run_filter(
         if rescore:
             for img in list(manifest.images.values()):
                 img.extra.pop("colour", None)
-        if rescore or retry_failed:  # a figure this stage could not read is read again
-            for img in manifest.images.values():
-                if img.status == "failed" and img.filter_reason == UNREADABLE:
-                    img.status, img.reason = "ok", None
+        reread = rescore or retry_failed  # a figure this stage could not read is read again
         for rec in manifest.records.values():
             # Filtered before, but with images scored by an older scorer (or added since, e.g.
             # OA package figures): take the record again; its scored images are not re-read.
             if rec.stage == "filtered" and any(
-                i.status == "ok" and not _is_scored(i) for i in _figures(manifest, rec.id)
+                _to_score(i, reread) for i in _figures(manifest, rec.id)
             ):
                 rec.stage = "extracted"
         manifest.commit()  # the stage claims records as the store holds them
@@ -111,7 +108,7 @@ def run_filter(
         summary = run_records(
             manifest,
             "filtered",
-            functools.partial(filter_record, limits=limits, panels=panels),  # picklable: --jobs
+            functools.partial(filter_record, limits=limits, panels=panels, reread=reread),
             jobs=jobs,
             retry_failed=retry_failed,
             export=False,  # saved below, once the thresholds are re-applied everywhere
@@ -134,12 +131,25 @@ def run_filter(
     return summary
 
 
-def filter_record(manifest: Manifest, rec: Record, *, limits: Thresholds, panels: bool) -> None:
-    """Score the record's unscored figures (each file read once, panels cut) and decide."""
+def filter_record(
+    manifest: Manifest, rec: Record, *, limits: Thresholds, panels: bool, reread: bool = False
+) -> None:
+    """Score the record's unscored figures (each file read once, panels cut) and decide.
+    ``reread``: figures this stage could not read are read again (``--retry-failed``,
+    ``--rescore``); in the record's own work, so a record that fails keeps them as they were."""
     for img in _figures(manifest, rec.id):
-        if img.status == "ok" and not _is_scored(img):
+        if _to_score(img, reread):
+            img.status, img.reason = "ok", None
             score_row(manifest, img, split=panels)
     decide_record(manifest, rec.id, limits)
+
+
+def _to_score(img: Image, reread: bool) -> bool:
+    """Whether ``img`` is to be read and scored: not scored yet, or (``reread``) unreadable
+    when this stage last tried."""
+    if img.status == "ok":
+        return not _is_scored(img)
+    return reread and img.status == "failed" and img.filter_reason == UNREADABLE
 
 
 def _figures(manifest: Manifest, record_id: str) -> list[Image]:
@@ -184,9 +194,10 @@ def score_row(manifest: Manifest, img: Image, *, split: bool = True) -> None:
     store_pixels(img, rgb)
     img.n_panels = 0
     if split:
-        for row in add_panels(manifest, img, rgb, scale):
-            if (old := _match(reviewed, row)) is not None:
-                row.label, row.label_by, row.label_at = old["label"], old["by"], old["at"]
+        _give_labels(add_panels(manifest, img, rgb, scale), reviewed)
+    elif reviewed:  # read, not split (--no-panels): they wait for the figure's panels
+        img.extra[PENDING_LABELS] = reviewed
+        reviewed = []
     _say_dropped(img, reviewed)
     if (
         img.n_panels
@@ -196,7 +207,8 @@ def score_row(manifest: Manifest, img: Image, *, split: bool = True) -> None:
         log.warning(
             "%s: labelled %s%s as a whole figure, it is split into %d panels now, which "
             "review and eval use instead: label them (the figure's label stays on its row)",
-            img.id, img.label, f" by {img.label_by}" if img.label_by else "", img.n_panels,
+            img.id, img.label, f" by {one_line(img.label_by)[:80]}" if img.label_by else "",
+            img.n_panels,
         )  # fmt: skip
 
 
@@ -217,29 +229,35 @@ def _reviewed_panels(manifest: Manifest, img: Image) -> list[dict[str, Any]]:
     return out
 
 
-def _match(reviewed: list[dict[str, Any]], row: Image) -> dict[str, Any] | None:
-    """The old labelled panel ``row`` takes (removed from ``reviewed``): one with its pixels,
-    at its place first, else of its id, else the first; None without one. Two panels of one
-    figure may share pixels (a repeated micrograph): each keeps its own label."""
-    same = [old for old in reviewed if old["sha256"] == row.sha256]
-    for old in same:
-        if old["bbox"] == row.panel_bbox:
-            break
-    else:
-        old = next((o for o in same if o["id"] == row.id), same[0] if same else None)
-    if old is not None:
-        reviewed.remove(old)
-    return old
+def _give_labels(rows: list[Image], reviewed: list[dict[str, Any]]) -> None:
+    """Each old labelled panel's label to the new panel with its pixels (``reviewed`` keeps
+    the ones no new panel takes): over all new panels at the same place first, then of the
+    same id, then any. Two panels of one figure may share pixels (a repeated micrograph):
+    each keeps its own label, and one labelled alone keeps it."""
+    free = list(rows)
+    for same in (
+        lambda old, row: old["bbox"] == row.panel_bbox,
+        lambda old, row: old["id"] == row.id,
+        lambda old, row: True,
+    ):
+        for row in list(free):
+            old = next((o for o in reviewed if o["sha256"] == row.sha256 and same(o, row)), None)
+            if old is not None:
+                row.label, row.label_by, row.label_at = old["label"], old["by"], old["at"]
+                reviewed.remove(old)
+                free.remove(row)
 
 
 def _say_dropped(img: Image, reviewed: list[dict[str, Any]]) -> None:
     """One warning for the labelled panels of ``img`` that no new panel matches, with the
     labels they had (``histomodels label`` keeps no review log to find them in)."""
     if reviewed:
+        shown = sorted(reviewed, key=lambda o: str(o["id"]))[:10]
         each = ", ".join(
-            f"{old['id']}: {old['label']}" + (f" by {old['by']}" if old["by"] else "")
-            for old in sorted(reviewed, key=lambda o: str(o["id"]))
-        )
+            f"{old['id']}: {old['label']}"
+            + (f" by {one_line(old['by'])[:80]}" if old["by"] else "")
+            for old in shown
+        ) + (f" and {len(reviewed) - len(shown)} more" if len(reviewed) > len(shown) else "")
         log.warning(
             "%s: the labels of %d reviewed panel(s) were dropped: the figure was split anew "
             "and no new panel has their pixels (%s)", img.id, len(reviewed), each,
