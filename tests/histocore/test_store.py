@@ -235,6 +235,77 @@ def test_another_programs_database_is_refused_untouched(tmp_path: Path) -> None:
     assert sorted(p.name for p in run.iterdir()) == ["run.sqlite"]
 
 
+def _store_with(path: Path, rid: str) -> bytes:
+    """A run store at ``path`` holding record ``rid`` (closed); its bytes."""
+    with Manifest.load(path.parent, create=True) as m:
+        m.add_record(Record(id=rid, stage="searched"))
+        m.save()
+    return path.read_bytes()
+
+
+def _write_to(run: Path) -> None:
+    with Manifest.load(run, create=True) as m:
+        m.add_record(Record(id="pmid:666", stage="searched"))
+        m.save()
+
+
+@pytest.mark.parametrize("how", ["symlink", "dangling symlink", "hard link"])
+def test_a_store_that_is_a_link_is_refused_untouched(tmp_path: Path, how: str) -> None:
+    """A run folder from elsewhere whose ``run.sqlite`` was a symbolic link had every
+    commit written through it to the file it named (any file of the user's; a dangling
+    link created one outside the run folder), and one that was a hard link to another
+    run's store (a ``cp -al`` copy) changed that run's rows. Both are refused as the store
+    is opened, one line, the other file untouched. The new test fails on main."""
+    other, run = tmp_path / "other" / STORE_NAME, tmp_path / "run"
+    run.mkdir()
+    before = _store_with(other, "pmid:1") if how != "dangling symlink" else None
+    if how == "hard link":
+        os.link(other, run / STORE_NAME)
+    else:
+        (run / STORE_NAME).symlink_to(other)
+    said = "a symbolic link to " if "symlink" in how else "has 1 other name"
+    with pytest.raises(ManifestError, match=f"{STORE_NAME}: {said}") as caught:
+        _write_to(run)
+    assert "\n" not in str(caught.value) and "not opened" in str(caught.value)
+    if before is None:
+        assert not other.exists() and not other.parent.exists()
+    else:
+        assert other.read_bytes() == before
+        assert sorted(p.name for p in other.parent.iterdir()) == [MANIFEST_NAME, STORE_NAME]
+
+
+@pytest.mark.parametrize("side", ["wal", "shm", "journal"])
+def test_a_side_file_of_the_store_that_is_a_link_is_refused(tmp_path: Path, side: str) -> None:
+    """SQLite writes ``run.sqlite-wal`` (and ``-shm``, ``-journal``) through their names as
+    well: a hostile run folder's ``-wal`` linked to another file had the run's commits
+    written there. The new test fails on main."""
+    run = tmp_path / "run"
+    _store_with(run / STORE_NAME, "pmid:1")
+    outside = tmp_path / "outside.txt"
+    outside.write_bytes(b"the user's file")
+    (run / f"{STORE_NAME}-{side}").symlink_to(outside)
+    with pytest.raises(ManifestError, match=f"{STORE_NAME}-{side}: a symbolic link to "):
+        _write_to(run)
+    assert outside.read_bytes() == b"the user's file"
+    (run / f"{STORE_NAME}-{side}").unlink()
+    os.link(outside, run / f"{STORE_NAME}-{side}")
+    with pytest.raises(ManifestError, match=f"{STORE_NAME}-{side}: has 1 other name"):
+        _write_to(run)
+    assert outside.read_bytes() == b"the user's file"
+
+
+def test_a_store_that_is_a_fifo_is_refused_at_once(tmp_path: Path) -> None:
+    """A FIFO named ``run.sqlite`` beside a ``manifest.jsonl`` was passed over as no store,
+    and the first commit opened it: SQLite waited for a writer for ever. The new test
+    fails on main."""
+    run = tmp_path / "run"
+    _store_with(run / STORE_NAME, "pmid:1")
+    (run / STORE_NAME).unlink()
+    os.mkfifo(run / STORE_NAME)
+    with pytest.raises(ManifestError, match=f"{STORE_NAME}: not a regular file; not opened"):
+        Manifest.load(run)
+
+
 def test_new_store_waits_for_a_writer_holding_its_lock(tmp_path: Path) -> None:
     """Another process creating the same store holds its write lock while it switches the
     journal to WAL; our own switch answered "database is locked" at once instead of

@@ -79,7 +79,7 @@ class Manifest(StoreSync):
         """
         manifest = cls(run_dir=Path(run_dir))
         path = manifest.path
-        if manifest.store_path.is_file():
+        if os.path.lexists(manifest.store_path):  # a link or FIFO there: the store refuses it
             manifest._store = RunStore(manifest.run_dir)
             try:
                 if not manifest._store.readonly:

@@ -26,6 +26,7 @@ import json
 import os
 import socket
 import sqlite3
+import stat
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -52,6 +53,10 @@ RENAMED = "renamed:"
 #: last refused rename of that record, so a later search that meets the same refusal can say
 #: it was said before (:attr:`RenameRefused.repeated`); a rename that goes through drops it.
 RENAME_REFUSED = "rename_refused:"
+
+#: The files SQLite keeps beside ``run.sqlite`` (WAL, its index, a rollback journal): it
+#: writes each through its name, as it writes the store.
+SIDE_FILES = tuple(f"{STORE_NAME}-{end}" for end in ("wal", "shm", "journal"))
 
 RECORD_COLUMNS = ("stage", "status", "failed_stage", "pmid", "pmcid")
 IMAGE_COLUMNS = ("record_id", "sha256", "source", "page", "status", "kept", "label")
@@ -169,6 +174,7 @@ class RunStore:
     def __init__(self, run_dir: str | Path, *, create: bool = False) -> None:
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / STORE_NAME
+        self._refuse_links()
         if not create and not self.path.is_file():
             raise ManifestError(f"{self.path}: no run store here")
         if create:
@@ -196,6 +202,40 @@ class RunStore:
             if isinstance(exc, sqlite3.DatabaseError):
                 raise ManifestError(f"{self.path}: not a usable run store ({exc})") from None
             raise
+
+    def _refuse_links(self) -> None:
+        """``run.sqlite`` and the files SQLite keeps beside it are written through their
+        names, so each must be a regular file of the run folder with no other name. A run
+        folder from elsewhere may hold ``run.sqlite`` as a symbolic link to any file of the
+        user's (SQLite wrote its pages there; a dangling link created the file outside the
+        folder), as a FIFO (opening it hung), or as a hard link to another run's store (a
+        ``cp -al`` copy: every commit changed that run too); its ``-wal`` the same. Checked
+        before SQLite opens anything, in every mode (a run store read through a link is
+        another run's rows, shown or exported as this one's)."""
+        for path in (self.path, *(self.run_dir / name for name in SIDE_FILES)):
+            try:
+                st = os.lstat(path)
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                raise ManifestError(f"{path}: cannot be read ({exc.strerror})") from None
+            if stat.S_ISLNK(st.st_mode):
+                try:
+                    where = f" to {os.readlink(path)}"
+                except OSError:
+                    where = ""
+                raise ManifestError(
+                    f"{path}: a symbolic link{where}, not a file of the run folder (the store "
+                    "would be written through it); not opened"
+                )
+            if not stat.S_ISREG(st.st_mode):
+                raise ManifestError(f"{path}: not a regular file; not opened")
+            if st.st_nlink > 1:
+                raise ManifestError(
+                    f"{path}: has {st.st_nlink - 1} other name(s) (a hard link: another run's "
+                    "store?); not opened: give it a file of its own (cp it to a new file, mv "
+                    "that over it)"
+                )
 
     def _open_readonly(self) -> None:
         """A store in a folder we may not write: read it as an immutable file."""
