@@ -459,3 +459,29 @@ def test_a_pdf_another_record_names_is_never_overwritten(
     assert (tmp_path / mine.pdf_path).read_bytes() == b"%PDF-1.4 the article PMC5"
     assert (theirs.status, theirs.pdf_path) == ("ok", "pdfs/pmid_7-2.pdf")
     assert (tmp_path / "pdfs" / "pmid_7-2.pdf").read_bytes() == pdf
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_two_records_whose_ids_slug_alike_keep_their_own_pdfs(
+    ncbi: FakeNcbi, tmp_path: Path, jobs: int
+) -> None:
+    """The PDF names rows held were read once, when the download began: 'x:1' wrote
+    'pdfs/x_1.pdf', then 'x_1' (the same slug) wrote its own PDF over it, and both rows
+    named the second article's file. A name given in the run is taken from then on. The
+    new test fails on main."""
+    first, second = make_pdf("the first article"), make_pdf("the second article")
+    ncbi.files["/europepmc/articles/PMC8550608"] = (200, "application/pdf", first)
+    ncbi.files["/europepmc/articles/PMC8550609"] = (200, "application/pdf", second)
+    one, two = _rec("1", "PMC8550608"), _rec("2", "PMC8550609")
+    one.id, two.id = "x:1", "x_1"
+    _run(tmp_path, one, two)
+    run_download(tmp_path, net=ncbi.config(), jobs=jobs)
+    with Manifest.load(tmp_path) as manifest:
+        got = {
+            rid: (rec.status, rec.pdf_path, (tmp_path / str(rec.pdf_path)).read_bytes())
+            for rid, rec in manifest.records.items()
+        }
+    paths = {got["x:1"][1], got["x_1"][1]}
+    assert paths == {"pdfs/x_1.pdf", "pdfs/x_1-2.pdf"}
+    assert got["x:1"][0] == got["x_1"][0] == "ok"
+    assert (got["x:1"][2], got["x_1"][2]) == (first, second)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import io
 import re
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -91,11 +92,11 @@ class Downloader:
         client: NetClient,
         limits: ArchiveLimits | None = None,
         policy: Policy | None = None,
-        pdf_names: dict[str, set[str]] | None = None,
+        pdf_names: PdfNames | None = None,
     ) -> None:
         self.manifest = manifest
         #: the PDF paths rows name, and the ids naming each (default: ``manifest``'s)
-        self.pdf_names = pdf_names if pdf_names is not None else named_pdfs(manifest)
+        self.pdf_names = pdf_names if pdf_names is not None else PdfNames(manifest)
         self.limits = limits or ArchiveLimits()
         self.policy = policy or Policy()
         self.cloud = PmcCloud(client, self.policy)
@@ -234,7 +235,7 @@ class Downloader:
             except NotAPdf as exc:
                 failures.append(f"PDF: {exc}")
             else:
-                path = self.manifest.run_dir / self._pdf_name(rec.id)
+                path = self.manifest.run_dir / self.pdf_names.take(rec.id)
                 atomic_write_bytes(path, files.pdf)
                 rec.pdf_path = self.manifest.relative(path)
                 rec.pdf_sha256 = hashlib.sha256(files.pdf).hexdigest()
@@ -247,17 +248,6 @@ class Downloader:
             rec.route = files.route
             return True, failures
         return False, failures
-
-    def _pdf_name(self, record_id: str) -> str:
-        """``pdfs/<slug>.pdf``, or with ``-2``, ``-3``, … added where another record's row
-        names that file (a record renamed from this id, or merged in, kept its PDF's name):
-        writing there would replace that article's PDF."""
-        base, n = f"pdfs/{record_slug(record_id)}", 1
-        rel = f"{base}.pdf"
-        while self.pdf_names.get(rel, set()) - {record_id}:
-            n += 1
-            rel = f"{base}-{n}.pdf"
-        return rel
 
     def _keep_figures(self, rec: Record, files: ArticleFiles, failures: list[str]) -> bool:
         """One ``source="jats"`` row and PNG per distinct figure file; True if any was kept.
@@ -382,13 +372,32 @@ def figure_stem(name: str, taken: set[str]) -> str:
     return stem
 
 
-def named_pdfs(manifest: Manifest) -> dict[str, set[str]]:
-    """The PDF paths the records of ``manifest`` name, each with the ids naming it."""
-    names: dict[str, set[str]] = {}
-    for rec in manifest.records.values():
-        if rec.pdf_path:
-            names.setdefault(rec.pdf_path, set()).add(rec.id)
-    return names
+class PdfNames:
+    """The PDF paths the records of a run name, each with the ids naming it, and the names
+    this download run gave since: one object for all of a run's records (and threads)."""
+
+    def __init__(self, manifest: Manifest) -> None:
+        self.names: dict[str, set[str]] = {}
+        for rec in manifest.records.values():
+            if rec.pdf_path:
+                self.names.setdefault(rec.pdf_path, set()).add(rec.id)
+        self._lock = threading.Lock()
+
+    def take(self, record_id: str) -> str:
+        """Where record ``record_id`` writes its PDF: ``pdfs/<slug>.pdf``, or with ``-2``,
+        ``-3``, … added where another record's row names that file (a record renamed from
+        this id, or merged in, kept its PDF's name; writing there would replace that
+        article's PDF), or another record of this run took it (ids that slug alike,
+        ``x:1`` and ``x_1``: the names were read once, when the run began, and the second
+        wrote over the first's PDF). The name is this record's from now on."""
+        with self._lock:
+            base, n = f"pdfs/{record_slug(record_id)}", 1
+            rel = f"{base}.pdf"
+            while self.names.get(rel, set()) - {record_id}:
+                n += 1
+                rel = f"{base}-{n}.pdf"
+            self.names.setdefault(rel, set()).add(record_id)
+            return rel
 
 
 def run_download(
@@ -403,7 +412,7 @@ def run_download(
     """Fetch the article files of every searched record not yet downloaded (resumable)."""
     manifest = Manifest.load(run_dir)
     with manifest, NetClient(net) as client:  # thread-safe; one rate limiter per host
-        pdf_names = named_pdfs(manifest)  # a worker's manifest holds its record only
+        pdf_names = PdfNames(manifest)  # a worker's manifest holds its record only
 
         def work(mini: Manifest, rec: Record) -> None:
             Downloader(mini, client, limits, policy, pdf_names)(rec)
