@@ -119,16 +119,50 @@ def test_merge_line_says_what_was_added_and_what_was_there(tmp_path: Path) -> No
     assert first.line() == "merged 2 runs: 2 records, 2 images added"
     again = runner.invoke(app, ["merge", str(one), str(two), "--out", str(out)])
     assert again.exit_code == 0, again.output
-    assert "merged 2 runs: nothing new added (2 records already in the output)" in again.output
+    assert (
+        "merged 2 runs: nothing new added (2 runs merged into it before, 2 records already "
+        "in the output)" in again.output
+    )
     assert "0 duplicate" not in again.output
     build_image_pdf(pdfs / "c.pdf", [he_like(90, 90, seed=3)], caption="Fig. 3")
     run_extract(two, [pdfs / "c.pdf"])
     shutil.copytree(two, tmp_path / "two_copy")
     third = merge_runs([one, two, tmp_path / "two_copy"], out)
     assert third.line() == (
-        "merged 3 runs: 1 record, 1 image added (2 records already in the output, "
-        "2 duplicate records left out)"
+        "merged 3 runs: 1 record, 1 image added (2 runs merged into it before, 2 records "
+        "already in the output, 2 duplicate records left out)"
     )
+
+
+def test_a_shard_named_twice_or_merged_twice_is_not_its_own_duplicate(tmp_path: Path) -> None:
+    """One shard given twice (``merge s s``, or once through a link to it) was read twice,
+    and its records counted as duplicates of themselves: 'merged 2 runs: 2 records added
+    (2 duplicate records left out)'; a second merge of it into the same output listed it
+    twice in ``merged_from``. Now it is read once, the line says so, and a shard merged
+    before is named so. The new test fails on main."""
+    shard, out = tmp_path / "s1", tmp_path / "out"
+    with Manifest.load(shard, create=True) as manifest:
+        manifest.add_record(Record(id="pmid:1", pmid="1", stage="searched"))
+        manifest.add_record(Record(id="pmid:2", pmid="2", pmcid="PMC2", stage="searched"))
+        manifest.save()
+    (tmp_path / "link").symlink_to(shard, target_is_directory=True)
+    result = runner.invoke(
+        app, ["merge", str(shard), str(tmp_path / "link"), str(shard), "--out", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    assert result.output.strip() == (
+        "merged 1 run: 2 records added (1 run named more than once, read once)"
+    )
+    again = runner.invoke(app, ["merge", str(shard), "--out", str(out)])
+    assert again.exit_code == 0, again.output
+    assert again.output.strip() == (
+        "merged 1 run: nothing new added (1 run merged into it before, 2 records already in "
+        "the output)"
+    )
+    with Manifest.load(out) as merged:
+        assert merged.header_extra["merged_from"] == [str(shard.resolve())]
+    linked_out = runner.invoke(app, ["merge", str(shard), "--out", str(tmp_path / "link")])
+    assert linked_out.exit_code == 1 and "cannot also be an input" in linked_out.output
 
 
 def test_merge_line_of_one_run_without_images(tmp_path: Path) -> None:

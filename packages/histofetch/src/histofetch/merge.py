@@ -51,6 +51,10 @@ class MergeSummary:
     duplicate_records: int = 0
     duplicate_images: int = 0
     per_run: dict[str, int] = field(default_factory=dict)
+    #: runs named more than once (one folder, however spelt: read once)
+    repeated: int = 0
+    #: inputs the output's ``merged_from`` names already (merged into it before)
+    merged_before: int = 0
 
     def line(self) -> str:
         """One line; a clause that would say 0 is left out (a second merge into the same
@@ -60,7 +64,13 @@ class MergeSummary:
             _n(n, what) for n, what in ((self.records, "record"), (self.images, "image")) if n
         ]
         added = f"{', '.join(counts)} added" if counts else "nothing new added"
-        notes = [f"{_n(self.already, 'record')} already in the output"] if self.already else []
+        notes = (
+            [f"{_n(self.repeated, 'run')} named more than once, read once"] if self.repeated else []
+        )
+        if self.merged_before:  # its records are 'already in the output', no duplicates
+            notes.append(f"{_n(self.merged_before, 'run')} merged into it before")
+        if self.already:
+            notes.append(f"{_n(self.already, 'record')} already in the output")
         left = [
             _n(n, f"duplicate {what}")
             for n, what in ((self.duplicate_records, "record"), (self.duplicate_images, "image"))
@@ -83,19 +93,41 @@ def _rank(rec: Record) -> tuple[int, int]:
 
 
 def merge_runs(sources: list[Path], out: Path) -> MergeSummary:
-    """Merge ``sources`` into ``out`` (created, or added to). Raises ManifestError."""
+    """Merge ``sources`` into ``out`` (created, or added to). Raises ManifestError.
+
+    A folder named twice (``shards/1 shards/1``, or once through a link) is read once: its
+    records counted as duplicates of themselves before."""
     out = Path(out)
-    resolved = {Path(s).resolve() for s in sources}
-    if out.resolve() in resolved:
+    unique: dict[object, Path] = {}
+    named: dict[object, int] = {}
+    for source in map(Path, sources):
+        key = _folder_key(source)
+        unique.setdefault(key, source)
+        named[key] = named.get(key, 0) + 1
+    if _folder_key(out) in unique:
         raise ManifestError(f"{out}: the output cannot also be an input")
     with contextlib.ExitStack() as stores:  # every store closed, also on an error
-        loaded = [stores.enter_context(Manifest.load(Path(s))) for s in sources]
+        loaded = [stores.enter_context(Manifest.load(s)) for s in unique.values()]
         merged = stores.enter_context(Manifest.load(out, create=True))
-        return _merge(loaded, merged)
+        summary = _merge(loaded, merged)
+    summary.repeated = sum(n > 1 for n in named.values())
+    return summary
+
+
+def _folder_key(path: Path) -> object:
+    """What tells one folder from another however it is named (links, ``..``, bind
+    mounts): its device and inode, or its resolved path where it cannot be read."""
+    try:
+        st = path.stat()
+    except OSError:
+        return path.resolve()
+    return (st.st_dev, st.st_ino)
 
 
 def _merge(loaded: list[Manifest], merged: Manifest) -> MergeSummary:
     summary = MergeSummary(runs=len(loaded))
+    before = set(merged.header_extra.get("merged_from", []))
+    summary.merged_before = sum(str(run.run_dir.resolve()) in before for run in loaded)
     best: dict[str, tuple[Record, Manifest]] = {}
     for run in loaded:  # the furthest copy of each record id
         for rec in run.records.values():
@@ -161,7 +193,10 @@ def _merge_header(merged: Manifest, loaded: list[Manifest]) -> None:
     if queries:
         merged.header_extra["queries"] = queries
     sources = list(merged.header_extra.get("merged_from", []))
-    merged.header_extra["merged_from"] = sources + [str(r.run_dir.resolve()) for r in loaded]
+    for run in loaded:  # each once: a second merge of a shard listed it twice
+        if str(run.run_dir.resolve()) not in sources:
+            sources.append(str(run.run_dir.resolve()))
+    merged.header_extra["merged_from"] = sources
 
 
 def _bring(run: Manifest, merged: Manifest, rel: str | None) -> str | None:
