@@ -165,6 +165,36 @@ def test_a_shard_named_twice_or_merged_twice_is_not_its_own_duplicate(tmp_path: 
     assert linked_out.exit_code == 1 and "cannot also be an input" in linked_out.output
 
 
+def test_merge_carries_what_a_shard_remembers_of_renamed_records(tmp_path: Path) -> None:
+    """A shard's store remembers a record a search renamed (``renamed:pmcid:PMC5``: a
+    process holding the old row cannot claim it or write it back) and a rename it refused
+    (``rename_refused:pmcid:PMC6``: met again, it is said with -v only). A merge carried
+    neither: in the merged run the old id could be claimed, and the refusal was news
+    again. The new test fails on main."""
+    from histocore.manifest import Image, RenameRefused
+
+    shard, out = tmp_path / "shard", tmp_path / "out"
+    with Manifest.load(shard, create=True) as manifest:
+        manifest.add_record(Record(id="pmcid:PMC5", pmcid="PMC5", stage="searched"))
+        manifest.add_record(Record(id="pmcid:PMC6", pmcid="PMC6", stage="extracted"))
+        manifest.add_image(
+            Image(id="pmcid:PMC6/f1", record_id="pmcid:PMC6", path="images/f1.png",
+                  sha256="6" * 64, width=1, height=1)
+        )  # fmt: skip
+        manifest.save()
+        manifest.rename_record("pmcid:PMC5", "pmid:5", pmid="5")
+        with pytest.raises(RenameRefused):
+            manifest.rename_record("pmcid:PMC6", "pmid:6", pmid="6")
+        manifest.save()
+    merge_runs([shard], out)
+    with Manifest.load(out) as merged:
+        assert set(merged.records) == {"pmid:5", "pmcid:PMC6"}
+        assert merged.claim("pmcid:PMC5", "downloaded") is False  # renamed: not taken
+        with pytest.raises(RenameRefused) as refused:
+            merged.rename_record("pmcid:PMC6", "pmid:6", pmid="6")
+        assert refused.value.repeated  # said in the shard already
+
+
 def test_merge_line_of_one_run_without_images(tmp_path: Path) -> None:
     """Merging one run whose only record has no images said 'merged 1 runs: 1 record, 0
     images added': the plural for one run, and a clause saying 0 that eb8850c meant to leave

@@ -393,6 +393,23 @@ class RunStore:
         """Set a store_meta key; call inside :meth:`write`."""
         self.db.execute("INSERT OR REPLACE INTO store_meta VALUES (?, ?)", (key, value))
 
+    def rename_notes(self) -> dict[str, str]:
+        """The store's ``renamed:`` and ``rename_refused:`` rows (what a merge carries)."""
+        rows = self.db.execute(
+            "SELECT key, value FROM store_meta WHERE substr(key, 1, ?) = ?"
+            " OR substr(key, 1, ?) = ?",
+            (len(RENAMED), RENAMED, len(RENAME_REFUSED), RENAME_REFUSED),
+        )
+        return dict(rows.fetchall())
+
+    def add_rename_notes(self, notes: dict[str, str]) -> None:
+        """Add the ``renamed:``/``rename_refused:`` rows this store lacks (one transaction;
+        a row it holds is kept: it is this run's own)."""
+        rows = [(k, v) for k, v in notes.items() if k.startswith((RENAMED, RENAME_REFUSED))]
+        if rows:
+            with self.write() as db:
+                db.executemany("INSERT OR IGNORE INTO store_meta VALUES (?, ?)", rows)
+
     # -- writing -------------------------------------------------------------------------
     def apply(
         self, delta: Delta, owner: str | None = None

@@ -244,6 +244,16 @@ class StoreSync:
         self._seen_rec[new] = text
         return rec
 
+    def rename_notes(self) -> dict[str, str]:
+        """The store's ``renamed:<old id>`` and ``rename_refused:<old id>`` rows (see
+        :meth:`RunStore.rename_record`); none for a folder without a store (reading never
+        creates one)."""
+        return {} if self._store is None else self._store.rename_notes()
+
+    def add_rename_notes(self, notes: dict[str, str]) -> None:
+        """Add the rename rows (from :meth:`rename_notes` of another run) this store lacks."""
+        self._db().add_rename_notes(notes)
+
     def _take_renamed(self, old: str, now: str) -> None:
         """Hold record ``old``, renamed ``now`` by another process since this one read the
         run, as the store holds it now (its row and images), in ``old``'s place."""

@@ -7,6 +7,9 @@
   output holds; merge into a new folder to take further-along copies.
 * Records with the same PMCID under different ids (an article found by PubMed in one run
   and by PMC in another) are one article: the first is kept.
+* What the inputs' stores remember of renamed records is carried: ``renamed:<old id>``
+  (a record a search renamed) and ``rename_refused:<old id>`` (see
+  :meth:`histocore.store.RunStore.rename_record`).
 * An image whose sha256 is already in the merged run (the same figure in two articles, or
   twice in one) is not added again; the record notes it in ``extra["merge_duplicates"]``.
 * Files the rows name inside a source run (PDFs, images) are hard-linked into the output
@@ -29,7 +32,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from histocore.manifest import MANIFEST_NAME, STAGES, Manifest, ManifestError, Record
-from histocore.store import STORE_NAME
+from histocore.store import RENAME_REFUSED, RENAMED, STORE_NAME
 
 #: The run's own files at its top: a row naming one is never linked into the output (a
 #: review there would append to the source's review log through the link).
@@ -164,8 +167,26 @@ def _merge(loaded: list[Manifest], merged: Manifest) -> MergeSummary:
         summary.per_run[str(run.run_dir)] = summary.per_run.get(str(run.run_dir), 0) + 1
     summary.duplicate_records += sum(len(r.records) for r in loaded) - len(best)
     _merge_header(merged, loaded)
-    merged.save()
+    merged.commit()
+    merged.add_rename_notes(_rename_notes(loaded, merged))
+    merged.export()
     return summary
+
+
+def _rename_notes(loaded: list[Manifest], merged: Manifest) -> dict[str, str]:
+    """The inputs' ``renamed:<old id>`` rows whose old id names no record of the output (a
+    process holding the old row cannot claim it or write it back there either), and their
+    ``rename_refused:<old id>`` rows of records the output holds (a search of the merged
+    run meeting the refusal again says it with ``-v`` only, as it would have in the
+    shard). The first input's row wins; the output's own are kept."""
+    notes: dict[str, str] = {}
+    for run in loaded:
+        for key, value in run.rename_notes().items():
+            refused = key.startswith(RENAME_REFUSED)
+            old = key.removeprefix(RENAME_REFUSED if refused else RENAMED)
+            if (old in merged.records) == refused:
+                notes.setdefault(key, value)
+    return notes
 
 
 def _refuse_image_id_clashes(best: dict[str, tuple[Record, Manifest]], merged: Manifest) -> None:
