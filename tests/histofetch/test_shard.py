@@ -296,6 +296,42 @@ def test_merge_never_links_the_runs_own_files(tmp_path: Path) -> None:
     assert (run / "review_log.jsonl").stat().st_nlink == 1
 
 
+def test_merge_brings_files_under_a_linked_folder_and_says_so(tmp_path: Path) -> None:
+    """A shard whose ``images/`` was moved to another disk behind a folder link (the local
+    user's setup, which every reader of the run follows) merged its rows but left their
+    files behind, silently: the merged rows named files the output did not hold. Now they
+    are brought, one warning line naming the link; a file link of its own pointing out is
+    still never read. The new test fails on main."""
+    from histocore.manifest import Image
+
+    shard, disk, out = tmp_path / "shard", tmp_path / "bigdisk", tmp_path / "out"
+    (disk / "r1").mkdir(parents=True)
+    shard.mkdir()
+    (shard / "images").symlink_to(disk, target_is_directory=True)
+    (disk / "r1" / "a.png").write_bytes(b"figure a")
+    (tmp_path / "secret.png").write_bytes(b"the user's file")
+    (disk / "r1" / "out.png").symlink_to(tmp_path / "secret.png")
+    with Manifest.load(shard, create=True) as m:
+        m.add_record(Record(id="r1", stage="extracted"))
+        for name in ("a", "out"):
+            m.add_image(
+                Image(id=f"r1/{name}", record_id="r1", path=f"images/r1/{name}.png",
+                      sha256=name * 32, width=1, height=1)
+            )  # fmt: skip
+        m.save()
+    result = runner.invoke(app, ["merge", str(shard), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    lines = result.output.strip().splitlines()
+    assert lines == [
+        f"warning: {shard / 'images'}: a folder link out of its run (to {disk.resolve()}); "
+        "1 file the rows name under it brought from there",
+        "merged 1 run: 1 record, 2 images added",
+    ]
+    assert (out / "images" / "r1" / "a.png").read_bytes() == b"figure a"
+    assert not (out / "images" / "r1").is_symlink() and not (out / "images").is_symlink()
+    assert not (out / "images" / "r1" / "out.png").exists()
+
+
 def test_merge_refuses_one_image_id_for_two_records(tmp_path: Path) -> None:
     """Shards (hand-edited) whose image rows share an id across records: the second
     replaced the first, labelled one silently ('2 images added', 1 in the output, its file

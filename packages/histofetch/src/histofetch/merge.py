@@ -19,7 +19,9 @@
   ``pdfs/pmid_0.pdf``, and a shard's own ``pmid:0``), the file is brought under a free
   name (``pdfs/pmid_0-2.pdf``) and the row names that. A row naming one of the run's own
   files (``run.sqlite``, ``manifest.jsonl``, ``review_log.jsonl``) is never linked: the
-  output's would be the source's file.
+  output's would be the source's file. A file named through a folder link of the source
+  run pointing out of it (its ``images/`` moved to another disk) is brought from there, and
+  the command says so, one line per link; a file link pointing out is never read.
 """
 
 from __future__ import annotations
@@ -58,6 +60,17 @@ class MergeSummary:
     repeated: int = 0
     #: inputs the output's ``merged_from`` names already (merged into it before)
     merged_before: int = 0
+    #: folder links inside an input pointing out of it (an ``images/`` moved to another
+    #: disk) → how many files the rows name under each, brought from there
+    via_links: dict[str, int] = field(default_factory=dict)
+
+    def warnings(self) -> list[str]:
+        """One line per folder link out of an input that files were brought through."""
+        return [
+            f"{link}: a folder link out of its run (to {os.path.realpath(link)}); "
+            f"{_n(n, 'file')} the rows name under it brought from there"
+            for link, n in self.via_links.items()
+        ]
 
     def line(self) -> str:
         """One line; a clause that would say 0 is left out (a second merge into the same
@@ -150,14 +163,15 @@ def _merge(loaded: list[Manifest], merged: Manifest) -> MergeSummary:
         if rec.pmcid:
             pmcids[rec.pmcid] = rid
         rec = replace(rec, extra=dict(rec.extra))
-        rec.pdf_path = _bring(run, merged, rec.pdf_path)
+        rec.pdf_path = _bring(run, merged, rec.pdf_path, summary)
         dropped: dict[str, str] = {}
         for img in run.images_of(rid):
             if img.sha256 in hashes:
                 dropped[img.id] = hashes[img.sha256]
                 continue
             hashes[img.sha256] = img.id
-            merged.add_image(replace(img, path=_bring(run, merged, img.path) or img.path))
+            path = _bring(run, merged, img.path, summary) or img.path
+            merged.add_image(replace(img, path=path))
             summary.images += 1
         if dropped:
             rec.extra["merge_duplicates"] = dropped
@@ -220,21 +234,33 @@ def _merge_header(merged: Manifest, loaded: list[Manifest]) -> None:
     merged.header_extra["merged_from"] = sources
 
 
-def _bring(run: Manifest, merged: Manifest, rel: str | None) -> str | None:
+def _bring(run: Manifest, merged: Manifest, rel: str | None, summary: MergeSummary) -> str | None:
     """Link (or copy) a file named by a source run into the merged run; the new path.
 
     A path with ``..`` is never linked: even when it leads back into the source run
-    (``../../a/run/images/x.png``), the same path from the merged folder lands outside it."""
+    (``../../a/run/images/x.png``), the same path from the merged folder lands outside it.
+    A file link pointing out of the run is never read. A folder link inside the run that
+    points out (``images/`` moved to a bigger disk: the local user's, as every reader of
+    the run takes it, :meth:`Manifest.image_file`) is followed, and counted in
+    ``summary.via_links`` for the command to say so (such files were left behind, silently:
+    the merged rows named files the output did not hold)."""
     if rel is None or Path(rel).is_absolute() or ".." in Path(rel).parts:
         return rel
     if len(Path(rel).parts) == 1 and Path(rel).name in _RUN_FILES:
         return rel  # the run's own file, not the row's: never linked
     src = run.resolve(rel)
     dst = merged.run_dir / rel
-    if not src.resolve().is_relative_to(run.run_dir.resolve()):
-        return rel  # a link pointing out: never read, never linked beside the merge
+    try:
+        inside = src.resolve().is_relative_to(run.run_dir.resolve())
+    except (OSError, RuntimeError):  # a link loop (RuntimeError before Python 3.13)
+        return rel
+    link = None if inside else _folder_link(run.run_dir, rel)
+    if not inside and (link is None or src.is_symlink()):
+        return rel  # a file link pointing out: never read, never linked beside the merge
     if not src.is_file():
         return rel  # named but missing in the source: the row says so, as it did there
+    if link is not None:
+        summary.via_links[str(link)] = summary.via_links.get(str(link), 0) + 1
     if dst.exists() and not _same_bytes(src, dst):  # another article's file: not ours
         dst = _free(dst, src)
         rel = dst.relative_to(merged.run_dir).as_posix()
@@ -245,6 +271,16 @@ def _bring(run: Manifest, merged: Manifest, rel: str | None) -> str | None:
         except OSError:  # another file system, or links not allowed
             shutil.copy2(src, dst)
     return rel
+
+
+def _folder_link(run_dir: Path, rel: str) -> Path | None:
+    """The first folder on ``rel``'s way (below ``run_dir``) that is a symbolic link."""
+    parts = Path(rel).parts
+    for n in range(1, len(parts)):
+        folder = run_dir.joinpath(*parts[:n])
+        if folder.is_symlink():
+            return folder
+    return None
 
 
 def _same_bytes(a: Path, b: Path) -> bool:

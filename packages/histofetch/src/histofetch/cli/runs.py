@@ -67,11 +67,14 @@ def merge(
     out: Annotated[Path, typer.Option("--out", "-o", help="The merged run folder.")],
 ) -> None:
     """Join run folders into one: records deduplicated by id and PMCID, images by sha256."""
+    from histocore.io import one_line
     from histofetch.merge import merge_runs
 
     require_folder(*runs, out, what="run folder")
     with errors():
         summary = merge_runs(list(runs), out)
+    for line in summary.warnings():  # files brought from outside an input: never silently
+        typer.echo(f"warning: {one_line(line)}", err=True)
     print(summary.line())
 
 
