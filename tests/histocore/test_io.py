@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import stat
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import pytest
 
@@ -14,6 +14,7 @@ from histocore.io import (
     atomic_write_bytes,
     atomic_write_json,
     atomic_write_text,
+    free_name,
     number_text,
     record_slug,
     temp_beside,
@@ -130,3 +131,14 @@ def test_number_text_is_the_number_as_given() -> None:
     for given in ("0.3333333", "16.0000001", "2", "0.5", "1e-07", "123456789", "nan", "inf"):
         assert number_text(float(given)) == given
     assert number_text(3) == "3"
+
+
+def test_free_name_adds_a_number_to_the_stem_until_a_name_is_free(tmp_path: Path) -> None:
+    taken = {"pdfs/pmid_0.pdf", "pdfs/pmid_0-2.pdf"}
+    assert free_name(PurePosixPath("pdfs/x.pdf"), lambda p: str(p) in taken).as_posix() == (
+        "pdfs/x.pdf"
+    )
+    got = free_name(PurePosixPath("pdfs/pmid_0.pdf"), lambda p: str(p) in taken)
+    assert got == PurePosixPath("pdfs/pmid_0-3.pdf")
+    (tmp_path / "fig.png").write_bytes(b"x")
+    assert free_name(tmp_path / "fig.png", Path.exists) == tmp_path / "fig-2.png"

@@ -275,6 +275,23 @@ def test_a_merge_run_again_after_an_interruption_brings_a_file_once(tmp_path: Pa
     assert sorted(p.name for p in (out / "pdfs").iterdir()) == ["pmid_0-2.pdf", "pmid_0.pdf"]
 
 
+def test_merge_never_brings_a_file_through_a_link_in_the_output(tmp_path: Path) -> None:
+    """An output folder holding a dangling link where a shard's file goes
+    ('pdfs/pmid_0.pdf' → a path outside it): os.link refused the name and the copy that
+    followed wrote the shard's PDF through the link, outside the output. A link is never
+    a free name now. The new test fails on main."""
+    out, shard = tmp_path / "out", tmp_path / "shard"
+    rec = Record(id="pmid:0", pmid="0", stage="downloaded", pdf_path="pdfs/pmid_0.pdf")
+    _run_with_pdf(shard, rec, b"%PDF-1.4 the article")
+    (out / "pdfs").mkdir(parents=True)
+    (out / "pdfs" / "pmid_0.pdf").symlink_to(tmp_path / "outside.pdf")
+    merge_runs([shard], out)
+    assert not (tmp_path / "outside.pdf").exists()
+    with Manifest.load(out) as merged:
+        assert merged.records["pmid:0"].pdf_path == "pdfs/pmid_0-2.pdf"
+    assert (out / "pdfs" / "pmid_0-2.pdf").read_bytes() == b"%PDF-1.4 the article"
+
+
 def test_merge_never_links_the_runs_own_files(tmp_path: Path) -> None:
     """A row naming ``review_log.jsonl`` (hand-edited) hard-linked the source's log into
     the new output, where a review of the merged run appended to the shard's log."""

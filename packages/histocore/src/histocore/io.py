@@ -15,8 +15,10 @@ import os
 import re
 import tempfile
 from collections.abc import Callable, Iterator
-from pathlib import Path
-from typing import Any, BinaryIO
+from pathlib import Path, PurePath
+from typing import Any, BinaryIO, TypeVar
+
+_P = TypeVar("_P", bound=PurePath)
 
 
 def record_slug(record_id: str) -> str:
@@ -29,6 +31,17 @@ def unique_stem(key: str) -> str:
     """A file stem for ``key`` that readable slugs alone cannot give: :func:`record_slug`
     plus 8 hex digits of the key's sha256 (``pmid:1/a`` and ``pmid_1/a`` slug alike)."""
     return f"{record_slug(key)[:100]}-{hashlib.sha256(key.encode()).hexdigest()[:8]}"
+
+
+def free_name(path: _P, taken: Callable[[_P], bool]) -> _P:
+    """``path``, or with ``-2``, ``-3``, … added to its stem (``pdfs/pmid_0-2.pdf``): the
+    first name ``taken`` says is free. How ``download`` names a PDF beside another
+    record's and ``merge`` brings a file beside another run's."""
+    free, n = path, 1
+    while taken(free):
+        n += 1
+        free = path.with_name(f"{path.stem}-{n}{path.suffix}")
+    return free
 
 
 def file_sha256(path: str | Path) -> str:

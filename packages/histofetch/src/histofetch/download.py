@@ -25,7 +25,7 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from histocore.io import atomic_write_bytes, record_slug
+from histocore.io import atomic_write_bytes, free_name, record_slug
 from histocore.manifest import Image, Manifest, Record
 from histofetch.archive import ArchiveError, ArchiveLimits, decode_image
 from histofetch.http import NetClient, NetConfig
@@ -391,11 +391,10 @@ class PdfNames:
         ``x:1`` and ``x_1``: the names were read once, when the run began, and the second
         wrote over the first's PDF). The name is this record's from now on."""
         with self._lock:
-            base, n = f"pdfs/{record_slug(record_id)}", 1
-            rel = f"{base}.pdf"
-            while self.names.get(rel, set()) - {record_id}:
-                n += 1
-                rel = f"{base}-{n}.pdf"
+            rel = free_name(
+                PurePosixPath(f"pdfs/{record_slug(record_id)}.pdf"),
+                lambda p: bool(self.names.get(str(p), set()) - {record_id}),
+            ).as_posix()
             self.names.setdefault(rel, set()).add(record_id)
             return rel
 

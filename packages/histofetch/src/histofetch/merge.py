@@ -33,6 +33,7 @@ import shutil
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from histocore.io import free_name
 from histocore.manifest import MANIFEST_NAME, STAGES, Manifest, ManifestError, Record
 from histocore.store import RENAME_REFUSED, RENAMED, STORE_NAME
 
@@ -261,9 +262,12 @@ def _bring(run: Manifest, merged: Manifest, rel: str | None, summary: MergeSumma
         return rel  # named but missing in the source: the row says so, as it did there
     if link is not None:
         summary.via_links[str(link)] = summary.via_links.get(str(link), 0) + 1
-    if dst.exists() and not _same_bytes(src, dst):  # another article's file: not ours
-        dst = _free(dst, src)
-        rel = dst.relative_to(merged.run_dir).as_posix()
+    # Another article's file there is not ours: a free name (one already holding the same
+    # bytes is taken: an interrupted merge brought it, not again). A link in the output
+    # is never a name to bring a file to (a dangling one was written through).
+    free = free_name(dst, lambda p: p.is_symlink() or (p.exists() and not _same_bytes(src, p)))
+    if free != dst:
+        dst, rel = free, free.relative_to(merged.run_dir).as_posix()
     if not dst.exists():
         dst.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -288,14 +292,3 @@ def _same_bytes(a: Path, b: Path) -> bool:
         return a.samefile(b) or filecmp.cmp(a, b, shallow=False)
     except OSError:
         return False
-
-
-def _free(path: Path, src: Path) -> Path:
-    """``path`` with ``-2``, ``-3``, … added to its stem: the first name no file has, or
-    one holding ``src``'s bytes already (an interrupted merge brought it: not again)."""
-    n = 2
-    while True:
-        free = path.with_name(f"{path.stem}-{n}{path.suffix}")
-        if not free.is_symlink() and (not free.exists() or _same_bytes(src, free)):
-            return free
-        n += 1
