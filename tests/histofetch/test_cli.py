@@ -217,6 +217,25 @@ def test_a_stage_that_stops_on_a_file_names_the_file_first(
     )
 
 
+@pytest.mark.parametrize("command", ["status", "download", "merge"])
+def test_a_linked_run_store_is_one_error_line(tmp_path: Path, command: str) -> None:
+    """A run folder whose ``run.sqlite`` links to another file: one line naming it, exit 1,
+    the file it names untouched (every commit was written through the link)."""
+    run, outside = tmp_path / "run", tmp_path / "outside.bin"
+    run.mkdir()
+    outside.write_bytes(b"the user's file")
+    (run / "run.sqlite").symlink_to(outside)
+    merge = ["merge", str(run), "-o", str(tmp_path / "out")]
+    result = CliRunner().invoke(app, merge if command == "merge" else [command, "--run", str(run)])
+    assert result.exit_code == 1, result.output
+    assert result.stderr.startswith(
+        f"error: {run / 'run.sqlite'}: a symbolic link to {outside}, not a file of the run "
+        "folder (the store would be written through it); not opened"
+    )
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.output
+    assert outside.read_bytes() == b"the user's file"
+
+
 def test_corrupt_manifest_names_file_and_line(tmp_path: Path, pdfs: Path) -> None:
     run = tmp_path / "run"
     runner.invoke(app, ["extract", "--run", str(run), str(pdfs / "a.pdf")])
