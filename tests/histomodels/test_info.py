@@ -154,3 +154,36 @@ def test_sheet_titles_clear_the_row_above_and_keep_the_ids_end(tmp_path: Path) -
     long = ArrayDataset(x[:2], np.array([0, 1]), ids=["normal/tumor_004_37276_186047.webp"] * 2)
     fig = sheet_figure(long, per_class=1)
     assert {ax.get_title() for ax in fig.axes} == {"…4_37276_186047.webp"}
+
+
+def _pcam_folder_with_two_splits(folder: Path) -> None:
+    import h5py
+
+    x, y = make_patches(4, seed=3)
+    for split in ("valid", "test"):
+        with h5py.File(folder / f"camelyonpatch_level_2_split_{split}_x.h5", "w") as f:
+            f["x"] = x
+        with h5py.File(folder / f"camelyonpatch_level_2_split_{split}_y.h5", "w") as f:
+            f["y"] = y.astype(np.uint8).reshape(-1, 1, 1, 1)
+
+
+def test_a_pcam_folder_of_several_splits_is_told_in_each_command_s_words(tmp_path: Path) -> None:
+    """The official download folder holds train, valid and test. Every command said
+    "choose one with split=<name>", the library's keyword: `data info` has `--split`, and
+    `train`/`eval` no option at all, so the way out is the split's x file."""
+    _pcam_folder_with_two_splits(tmp_path)
+    result = CliRunner().invoke(app, ["data", "info", str(tmp_path)])
+    assert result.exit_code == 1
+    assert unboxed(result.output).strip() == (
+        f"error: {tmp_path}: holds PCam splits ['test', 'valid']; choose one with --split NAME"
+    )
+    ok = CliRunner().invoke(app, ["data", "info", str(tmp_path), "--split", "test"])
+    assert ok.exit_code == 0 and "patches: 4" in ok.output
+    result = CliRunner().invoke(
+        app, ["eval", "--model", "pcam-cnn", "--data", str(tmp_path), "--out", str(tmp_path / "e")]
+    )
+    assert result.exit_code == 1 and "split=" not in result.output
+    test_x = tmp_path / "camelyonpatch_level_2_split_test_x.h5"
+    valid_x = tmp_path / "camelyonpatch_level_2_split_valid_x.h5"
+    assert f"give one split's x file: {valid_x}, {test_x}" in unboxed(result.output)
+    assert not (tmp_path / "e").exists()

@@ -91,8 +91,12 @@ def test_pcam_folder_split_and_gzip(tmp_path: Path, patches) -> None:
     x, y = patches
     _write_pcam(tmp_path, "valid", x[:10], y[:10], gz=True)
     _write_pcam(tmp_path, "test", x[10:], y[10:])
-    with pytest.raises(DatasetError, match="split="):
+    with pytest.raises(DatasetError, match="holds PCam splits") as info:
         open_dataset(tmp_path)
+    # names the files any command takes (it said "split=<name>", no option of train/eval)
+    assert "split=" not in str(info.value)
+    assert str(tmp_path / (PCAM.format("valid", "x") + ".gz")) in str(info.value)
+    assert str(tmp_path / PCAM.format("test", "x")) in str(info.value)
     ds = open_dataset(tmp_path, split="valid")
     assert len(ds) == 10 and np.array_equal(ds[3][0], x[3]) and ds[3][1] == y[3]
     assert (tmp_path / PCAM.format("valid", "x")).exists()  # decompressed once, beside it

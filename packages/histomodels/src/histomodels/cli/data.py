@@ -95,8 +95,9 @@ def info(
 ) -> None:
     """Counts, label balance and (optionally) a contact sheet of sample patches."""
     from histocore.io import one_line
-    from histomodels.data import open_dataset
+    from histomodels.data import DatasetError, open_dataset
     from histomodels.data.info import contact_sheet, describe
+    from histomodels.data.pcam import SplitNotChosen
     from histomodels.data.readers import OptionsNotTaken
 
     given = {"split": split, "origin_split": origin_split, "patch_size": patch_size}
@@ -107,6 +108,11 @@ def info(
     with errors(), progress():
         try:
             ds = open_dataset(path, **kw)
+        except SplitNotChosen as exc:  # this command has an option for it
+            raise DatasetError(
+                f"{exc.folder}: holds PCam splits {sorted(exc.present)}; choose one with "
+                "--split NAME"
+            ) from None
         except OptionsNotTaken as exc:  # said with the options' names, not the arguments'
             usage_error(
                 ctx,

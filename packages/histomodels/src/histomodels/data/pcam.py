@@ -120,6 +120,24 @@ def pair_of(path: Path) -> tuple[Path, Path]:
     raise DatasetError(f"{path}: not a PCam *_x.h5 / *_y.h5 file")
 
 
+class SplitNotChosen(DatasetError):
+    """A PCam folder holds several splits and none was chosen.
+
+    The message names each split's x file, which every command and ``open_dataset`` take
+    as a dataset path (it said "choose one with split=<name>", the keyword argument, to
+    ``train``/``eval`` users, who have no such option); ``open_dataset(folder, split=...)``
+    and ``histomodels data info --split`` choose one too.
+    """
+
+    def __init__(self, folder: Path, present: dict[str, Path]) -> None:
+        self.folder = folder
+        self.present = present
+        files = ", ".join(str(present[s]) for s in SPLITS if s in present)
+        super().__init__(
+            f"{folder}: holds PCam splits {sorted(present)}; give one split's x file: {files}"
+        )
+
+
 def find_split(folder: Path, split: str | None) -> Path:
     """The x file of an official split inside ``folder``."""
     present = {
@@ -134,9 +152,7 @@ def find_split(folder: Path, split: str | None) -> Path:
     if split is None:
         if len(present) == 1:
             return next(iter(present.values()))
-        raise DatasetError(
-            f"{folder}: holds PCam splits {sorted(present)}; choose one with split=<name>"
-        )
+        raise SplitNotChosen(folder, present)
     if split not in SPLITS:
         raise DatasetError(f"{folder}: unknown PCam split {split!r} (use {', '.join(SPLITS)})")
     if split not in present:
