@@ -296,6 +296,33 @@ def test_eval_scale_is_the_resized_row(tmp_path: Path, fields, row) -> None:
     assert (row in md) if row else ("| resized" not in md), md
 
 
+def test_a_manifest_evaluation_counts_the_figures_its_metrics_are_on(tmp_path: Path) -> None:
+    """`eval --manifest`'s metrics are on labelled figures (image_metrics.max); the
+    "patches (positive)" cell showed `51 (-)`, the tile count, beside an AUC on 26 figures
+    (the shared PDFs' run, 26 figures labelled by hand)."""
+    figures = {"roc_auc": 0.825, "ci": {"roc_auc": [0.657, 0.955]}, "n": 26, "n_positive": 20}
+    fields = {
+        "n_tiles": 51,
+        "n_images": 56,
+        "image_metrics": {"max": figures, "topk_mean": figures},
+    }
+    folder = tmp_path / "ev"
+    folder.mkdir()
+    (folder / "metrics.json").write_text(json.dumps(fields))
+    unlabelled = tmp_path / "ev_unlabelled"
+    unlabelled.mkdir()
+    (unlabelled / "metrics.json").write_text(json.dumps({"n_tiles": 51, "n_images": 56}))
+    out = tmp_path / "o"
+    r = CliRunner().invoke(app, ["report", str(folder), str(unlabelled), "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    md = (out / "report.md").read_text()
+    assert (
+        "| patches (positive) | 51 tiles of 56 figures; metrics on 26 labelled figures (20) "
+        "| 51 tiles of 56 figures; no labelled figure |"
+    ) in md, md
+    assert "| ROC AUC | 0.8250 [0.657, 0.955] | n/a |" in md
+
+
 def test_an_evaluations_warning_is_in_the_report(tmp_path: Path) -> None:
     """eval's warning (threshold and temperature fitted on test patches) stayed in
     metrics.json: the report, the page people read, showed those metrics unflagged."""

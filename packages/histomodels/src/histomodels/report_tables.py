@@ -80,14 +80,7 @@ def eval_rows(cols: list[tuple[str, Evaluation]]) -> list[tuple[str, list[str]]]
             "test data",
             [str(ev.metrics.get("data") or ev.metrics.get("manifest")) for _, ev in cols],
         ),
-        (
-            "patches (positive)",
-            [
-                f"{ev.metrics.get('n', ev.metrics.get('n_tiles'))} "
-                f"({ev.metrics.get('n_positive', '-')})"
-                for _, ev in cols
-            ],
-        ),
+        ("patches (positive)", [_counts(ev.metrics) for _, ev in cols]),
         ("threshold chosen by", [str(ev.metrics.get("threshold_source", "-")) for _, ev in cols]),
         ("test-time augmentation", [str(ev.metrics.get("tta", "-")) for _, ev in cols]),
         ("temperature", [fmt(ev.metrics.get("temperature"), 3) for _, ev in cols]),
@@ -97,6 +90,19 @@ def eval_rows(cols: list[tuple[str, Evaluation]]) -> list[tuple[str, list[str]]]
     if any(ev.metrics.get("warning") for _, ev in cols):  # e.g. validation = test patches
         rows.append(("warning", [str(ev.metrics.get("warning") or "-") for _, ev in cols]))
     return rows
+
+
+def _counts(metrics: dict) -> str:
+    """``"200 (100)"``: patches and positives of an ``eval --data`` result. A manifest
+    evaluation's metrics are on labelled figures, so its cell counts those (and the tiles
+    scored): it said ``51 (-)``, the tile count, beside AUCs taken on 26 figures."""
+    if "n_tiles" not in metrics:
+        return f"{metrics.get('n', '-')} ({metrics.get('n_positive', '-')})"
+    tiles = f"{metrics['n_tiles']} tiles of {metrics.get('n_images', '-')} figures"
+    figures = (metrics.get("image_metrics") or {}).get("max") or {}
+    if "n" not in figures:
+        return f"{tiles}; no labelled figure"
+    return f"{tiles}; metrics on {figures['n']} labelled figures ({figures.get('n_positive', '-')})"
 
 
 def _resized(metrics: dict) -> str:
