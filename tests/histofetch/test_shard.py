@@ -314,11 +314,12 @@ def test_merge_never_links_the_runs_own_files(tmp_path: Path) -> None:
 
 
 def test_merge_brings_files_under_a_linked_folder_and_says_so(tmp_path: Path) -> None:
-    """A shard whose ``images/`` was moved to another disk behind a folder link (the local
-    user's setup, which every reader of the run follows) merged its rows but left their
-    files behind, silently: the merged rows named files the output did not hold. Now they
-    are brought, one warning line naming the link; a file link of its own pointing out is
-    still never read. The new test fails on main."""
+    """A shard whose ``images/`` was moved to another disk behind a folder link merged its
+    rows but left their files behind, silently. Now a file whose bytes hash to its row's
+    sha256 is brought (copied, never a second name of the file out there), one warning line
+    naming the link; a file link of its own pointing out is still never read."""
+    import hashlib
+
     from histocore.manifest import Image
 
     shard, disk, out = tmp_path / "shard", tmp_path / "bigdisk", tmp_path / "out"
@@ -328,12 +329,13 @@ def test_merge_brings_files_under_a_linked_folder_and_says_so(tmp_path: Path) ->
     (disk / "r1" / "a.png").write_bytes(b"figure a")
     (tmp_path / "secret.png").write_bytes(b"the user's file")
     (disk / "r1" / "out.png").symlink_to(tmp_path / "secret.png")
+    sha = {"a": hashlib.sha256(b"figure a").hexdigest(), "out": "0" * 64}
     with Manifest.load(shard, create=True) as m:
         m.add_record(Record(id="r1", stage="extracted"))
         for name in ("a", "out"):
             m.add_image(
                 Image(id=f"r1/{name}", record_id="r1", path=f"images/r1/{name}.png",
-                      sha256=name * 32, width=1, height=1)
+                      sha256=sha[name], width=1, height=1)
             )  # fmt: skip
         m.save()
     result = runner.invoke(app, ["merge", str(shard), "--out", str(out)])
@@ -345,8 +347,42 @@ def test_merge_brings_files_under_a_linked_folder_and_says_so(tmp_path: Path) ->
         "merged 1 run: 1 record, 2 images added",
     ]
     assert (out / "images" / "r1" / "a.png").read_bytes() == b"figure a"
+    assert (disk / "r1" / "a.png").stat().st_nlink == 1  # a copy
     assert not (out / "images" / "r1").is_symlink() and not (out / "images").is_symlink()
     assert not (out / "images" / "r1" / "out.png").exists()
+    assert not list((out / "images" / "r1").glob(".*.part"))
+
+
+def test_merge_leaves_files_under_a_linked_folder_behind_unless_the_row_hash_matches(
+    tmp_path: Path,
+) -> None:
+    """A hostile shard: ``images`` a link to the user's ``~/.ssh``, ``pdfs`` a link to
+    ``/etc``-like folder, rows naming ``images/id_rsa`` and ``pdfs/passwd`` (review 1 of
+    c5676e4: merge copied both into the output, hard-linked, exit 0, a warning after).
+    Without the row's sha256 matching the bytes, nothing out there is brought, and the line
+    says so."""
+    from histocore.manifest import Image
+
+    shard, home, etc, out = (tmp_path / n for n in ("shard", "ssh", "etc", "out"))
+    for d in (shard, home, etc):
+        d.mkdir()
+    (home / "id_rsa").write_bytes(b"-----BEGIN PRIVATE KEY-----")
+    (etc / "passwd").write_bytes(b"root:x:0:0")
+    (shard / "images").symlink_to(home, target_is_directory=True)
+    (shard / "pdfs").symlink_to(etc, target_is_directory=True)
+    with Manifest.load(shard, create=True) as m:
+        m.add_record(Record(id="pmid:1", pmid="1", stage="downloaded", pdf_path="pdfs/passwd"))
+        m.add_image(
+            Image(id="pmid:1/k", record_id="pmid:1", path="images/id_rsa", sha256="0" * 64,
+                  width=1, height=1)
+        )  # fmt: skip
+        m.save()
+    result = runner.invoke(app, ["merge", str(shard), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert not (out / "images" / "id_rsa").exists() and not (out / "pdfs" / "passwd").exists()
+    warnings = [line for line in result.output.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 2 and all("1 file left behind" in w for w in warnings), warnings
+    assert (home / "id_rsa").stat().st_nlink == 1 and (etc / "passwd").stat().st_nlink == 1
 
 
 def test_merge_refuses_one_image_id_for_two_records(tmp_path: Path) -> None:

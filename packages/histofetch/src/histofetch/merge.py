@@ -20,8 +20,9 @@
   name (``pdfs/pmid_0-2.pdf``) and the row names that. A row naming one of the run's own
   files (``run.sqlite``, ``manifest.jsonl``, ``review_log.jsonl``) is never linked: the
   output's would be the source's file. A file named through a folder link of the source
-  run pointing out of it (its ``images/`` moved to another disk) is brought from there, and
-  the command says so, one line per link; a file link pointing out is never read.
+  run pointing out of it (its ``images/`` moved to another disk) is copied from there only
+  when its bytes hash to its row's sha256, and the command says so, one line per link; a
+  file link pointing out is never read.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import shutil
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from histocore.io import free_name
+from histocore.io import file_sha256, free_name
 from histocore.manifest import MANIFEST_NAME, STAGES, Manifest, ManifestError, Record
 from histocore.store import RENAME_REFUSED, RENAMED, STORE_NAME
 
@@ -64,14 +65,28 @@ class MergeSummary:
     #: folder links inside an input pointing out of it (an ``images/`` moved to another
     #: disk) → how many files the rows name under each, brought from there
     via_links: dict[str, int] = field(default_factory=dict)
+    #: such folder links → files the rows name under them that were left behind: no
+    #: sha256 on the row to check them by, bytes that do not match it, or unreadable
+    left_behind: dict[str, int] = field(default_factory=dict)
 
     def warnings(self) -> list[str]:
-        """One line per folder link out of an input that files were brought through."""
-        return [
-            f"{link}: a folder link out of its run (to {os.path.realpath(link)}); "
-            f"{_n(n, 'file')} the rows name under it brought from there"
-            for link, n in self.via_links.items()
-        ]
+        """One line per folder link out of an input that files were brought through or
+        left behind at."""
+        lines = []
+        for link in dict.fromkeys([*self.via_links, *self.left_behind]):
+            said = []
+            if n := self.via_links.get(link, 0):
+                said.append(f"{_n(n, 'file')} the rows name under it brought from there")
+            if n := self.left_behind.get(link, 0):
+                said.append(
+                    f"{_n(n, 'file')} left behind (not checked by the row's sha256: "
+                    "copy them into the run folder and merge again)"
+                )
+            lines.append(
+                f"{link}: a folder link out of its run (to {os.path.realpath(link)}); "
+                + "; ".join(said)
+            )
+        return lines
 
     def line(self) -> str:
         """One line; a clause that would say 0 is left out (a second merge into the same
@@ -164,14 +179,14 @@ def _merge(loaded: list[Manifest], merged: Manifest) -> MergeSummary:
         if rec.pmcid:
             pmcids[rec.pmcid] = rid
         rec = replace(rec, extra=dict(rec.extra))
-        rec.pdf_path = _bring(run, merged, rec.pdf_path, summary)
+        rec.pdf_path = _bring(run, merged, rec.pdf_path, summary, rec.pdf_sha256)
         dropped: dict[str, str] = {}
         for img in run.images_of(rid):
             if img.sha256 in hashes:
                 dropped[img.id] = hashes[img.sha256]
                 continue
             hashes[img.sha256] = img.id
-            path = _bring(run, merged, img.path, summary) or img.path
+            path = _bring(run, merged, img.path, summary, img.sha256) or img.path
             merged.add_image(replace(img, path=path))
             summary.images += 1
         if dropped:
@@ -235,16 +250,21 @@ def _merge_header(merged: Manifest, loaded: list[Manifest]) -> None:
     merged.header_extra["merged_from"] = sources
 
 
-def _bring(run: Manifest, merged: Manifest, rel: str | None, summary: MergeSummary) -> str | None:
+def _bring(
+    run: Manifest, merged: Manifest, rel: str | None, summary: MergeSummary, sha256: str | None
+) -> str | None:
     """Link (or copy) a file named by a source run into the merged run; the new path.
 
     A path with ``..`` is never linked: even when it leads back into the source run
     (``../../a/run/images/x.png``), the same path from the merged folder lands outside it.
     A file link pointing out of the run is never read. A folder link inside the run that
-    points out (``images/`` moved to a bigger disk: the local user's, as every reader of
-    the run takes it, :meth:`Manifest.image_file`) is followed, and counted in
-    ``summary.via_links`` for the command to say so (such files were left behind, silently:
-    the merged rows named files the output did not hold)."""
+    points out (``images/`` moved to a bigger disk) is followed only for a file whose bytes
+    hash to the row's ``sha256`` (``pdf_sha256``), copied, and counted in
+    ``summary.via_links`` for the command to say so; any other is left behind and counted
+    in ``summary.left_behind``. A shard is untrusted: a link to ``~/.ssh`` or ``/proc/self``
+    with rows naming files under it would otherwise copy the user's secrets into an output
+    meant to be shared; the hash of a file the shard's author has not seen is not theirs
+    to write."""
     if rel is None or Path(rel).is_absolute() or ".." in Path(rel).parts:
         return rel
     if len(Path(rel).parts) == 1 and Path(rel).name in _RUN_FILES:
@@ -261,6 +281,9 @@ def _bring(run: Manifest, merged: Manifest, rel: str | None, summary: MergeSumma
     if not src.is_file():
         return rel  # named but missing in the source: the row says so, as it did there
     if link is not None:
+        if not _hashes_to(src, sha256):
+            summary.left_behind[str(link)] = summary.left_behind.get(str(link), 0) + 1
+            return rel
         summary.via_links[str(link)] = summary.via_links.get(str(link), 0) + 1
     # Another article's file there is not ours: a free name (one already holding the same
     # bytes is taken: an interrupted merge brought it, not again). A link in the output
@@ -270,11 +293,40 @@ def _bring(run: Manifest, merged: Manifest, rel: str | None, summary: MergeSumma
         dst, rel = free, free.relative_to(merged.run_dir).as_posix()
     if not dst.exists():
         dst.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.link(src, dst)
-        except OSError:  # another file system, or links not allowed
-            shutil.copy2(src, dst)
+        # Outside the input: a copy, never a second name of that file.
+        if link is not None or not _hard_link(src, dst):
+            _copy_whole(src, dst)
     return rel
+
+
+def _hard_link(src: Path, dst: Path) -> bool:
+    try:
+        os.link(src, dst)
+    except OSError:  # another file system, or links not allowed
+        return False
+    return True
+
+
+def _hashes_to(src: Path, sha256: str | None) -> bool:
+    """Whether ``src``'s bytes hash to ``sha256`` (False without one, or unreadable)."""
+    if not sha256:
+        return False
+    try:
+        return file_sha256(src) == sha256.lower()
+    except OSError:
+        return False
+
+
+def _copy_whole(src: Path, dst: Path) -> None:
+    """Copy ``src`` to ``dst`` through a temporary name beside it: an interrupted copy
+    leaves no truncated file at ``dst`` (a rerun would take it for another article's and
+    bring the file under ``-2``, the short one left named by no row)."""
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.part")
+    try:
+        shutil.copy2(src, tmp)
+        os.replace(tmp, dst)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _folder_link(run_dir: Path, rel: str) -> Path | None:
