@@ -485,3 +485,36 @@ def test_two_records_whose_ids_slug_alike_keep_their_own_pdfs(
     assert paths == {"pdfs/x_1.pdf", "pdfs/x_1-2.pdf"}
     assert got["x:1"][0] == got["x_1"][0] == "ok"
     assert (got["x:1"][2], got["x_1"][2]) == (first, second)
+
+
+def test_a_pdf_another_process_wrote_is_never_overwritten(ncbi: FakeNcbi, tmp_path: Path) -> None:
+    """Names were known only from rows read when this process began (review 1 of 46fbe49):
+    a second download process on the run wrote 'pdfs/x_1.pdf' for its 'x:1' before
+    committing, and this one's 'x_1' wrote over it. A file there with other bytes is
+    another's; one with the same bytes is this record's own, left by a run killed before
+    its commit, and is taken again (no '-2' beside it)."""
+    pdf = make_pdf("the article")
+    ncbi.files["/europepmc/articles/PMC8550609"] = (200, "application/pdf", pdf)
+    rec = _rec("2", "PMC8550609")
+    rec.id = "x_1"
+    _run(tmp_path, rec)
+    (tmp_path / "pdfs").mkdir(exist_ok=True)
+    (tmp_path / "pdfs" / "x_1.pdf").write_bytes(b"%PDF-1.4 the other process's article")
+    run_download(tmp_path, net=ncbi.config())
+    with Manifest.load(tmp_path) as manifest:
+        assert manifest.records["x_1"].pdf_path == "pdfs/x_1-2.pdf"
+    assert (tmp_path / "pdfs" / "x_1.pdf").read_bytes() == b"%PDF-1.4 the other process's article"
+    assert (tmp_path / "pdfs" / "x_1-2.pdf").read_bytes() == pdf
+
+    again = tmp_path / "again"
+    again.mkdir()
+    _run(again, _rec("2", "PMC8550609"))
+    with Manifest.load(again) as manifest:
+        rid = next(iter(manifest.records))
+    slug_pdf = again / "pdfs" / f"{rid.replace(':', '_')}.pdf"
+    slug_pdf.parent.mkdir(exist_ok=True)
+    slug_pdf.write_bytes(pdf)  # the same bytes, as a killed run left them
+    run_download(again, net=ncbi.config())
+    with Manifest.load(again) as manifest:
+        assert manifest.records[rid].pdf_path == f"pdfs/{slug_pdf.name}"
+    assert sorted(p.name for p in slug_pdf.parent.iterdir()) == [slug_pdf.name]

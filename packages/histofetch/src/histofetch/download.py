@@ -235,7 +235,7 @@ class Downloader:
             except NotAPdf as exc:
                 failures.append(f"PDF: {exc}")
             else:
-                path = self.manifest.run_dir / self.pdf_names.take(rec.id)
+                path = self.manifest.run_dir / self.pdf_names.take(rec.id, files.pdf)
                 atomic_write_bytes(path, files.pdf)
                 rec.pdf_path = self.manifest.relative(path)
                 rec.pdf_sha256 = hashlib.sha256(files.pdf).hexdigest()
@@ -377,24 +377,38 @@ class PdfNames:
     this download run gave since: one object for all of a run's records (and threads)."""
 
     def __init__(self, manifest: Manifest) -> None:
+        self.run_dir = manifest.run_dir
         self.names: dict[str, set[str]] = {}
         for rec in manifest.records.values():
             if rec.pdf_path:
                 self.names.setdefault(rec.pdf_path, set()).add(rec.id)
         self._lock = threading.Lock()
 
-    def take(self, record_id: str) -> str:
+    def take(self, record_id: str, data: bytes | None = None) -> str:
         """Where record ``record_id`` writes its PDF: ``pdfs/<slug>.pdf``, or with ``-2``,
         ``-3``, … added where another record's row names that file (a record renamed from
         this id, or merged in, kept its PDF's name; writing there would replace that
         article's PDF), or another record of this run took it (ids that slug alike,
         ``x:1`` and ``x_1``: the names were read once, when the run began, and the second
-        wrote over the first's PDF). The name is this record's from now on."""
+        wrote over the first's PDF), or a file there holds other bytes than ``data`` and no
+        row names it for this record (another process on the run wrote it since this one
+        began; the same bytes are this record's, left by a run killed before its commit).
+        The name is this record's from now on."""
+
+        def taken(p: PurePosixPath) -> bool:
+            if self.names.get(str(p), set()) - {record_id}:
+                return True
+            if data is None or record_id in self.names.get(str(p), set()):
+                return False
+            try:
+                return (self.run_dir / p).read_bytes() != data
+            except FileNotFoundError:
+                return False
+            except OSError:  # a folder or an unreadable file there: not a name to write to
+                return True
+
         with self._lock:
-            rel = free_name(
-                PurePosixPath(f"pdfs/{record_slug(record_id)}.pdf"),
-                lambda p: bool(self.names.get(str(p), set()) - {record_id}),
-            ).as_posix()
+            rel = free_name(PurePosixPath(f"pdfs/{record_slug(record_id)}.pdf"), taken).as_posix()
             self.names.setdefault(rel, set()).add(record_id)
             return rel
 
