@@ -409,3 +409,17 @@ def test_a_tampered_predictions_csv_is_one_error_line(tmp_path: Path, tail, prob
     assert r.exit_code == 1, r.output
     assert r.stderr.strip().splitlines()[0].startswith(f"error: {bad}: {problem}"), r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "o").exists()
+
+
+def test_a_manifest_evaluation_of_one_figure_counts_in_the_singular(tmp_path: Path) -> None:
+    """Review 1 of 9eb193e: one tile of one labelled figure read '1 tiles of 1 figures;
+    metrics on 1 labelled figures (1)'."""
+    figures = {"roc_auc": None, "n": 1, "n_positive": 1}
+    folder = tmp_path / "ev"
+    folder.mkdir()
+    fields = {"n_tiles": 1, "n_images": 1, "image_metrics": {"max": figures}}
+    (folder / "metrics.json").write_text(json.dumps(fields))
+    r = CliRunner().invoke(app, ["report", str(folder), "--out", str(tmp_path / "o")])
+    assert r.exit_code == 0, r.output
+    md = (tmp_path / "o" / "report.md").read_text()
+    assert "| 1 tile of 1 figure; metrics on 1 labelled figure (1) |" in md, md

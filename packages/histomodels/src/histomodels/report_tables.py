@@ -98,11 +98,18 @@ def _counts(metrics: dict) -> str:
     scored): it said ``51 (-)``, the tile count, beside AUCs taken on 26 figures."""
     if "n_tiles" not in metrics:
         return f"{metrics.get('n', '-')} ({metrics.get('n_positive', '-')})"
-    tiles = f"{metrics['n_tiles']} tiles of {metrics.get('n_images', '-')} figures"
+    n_images = metrics.get("n_images", "-")
+    tiles = f"{_many(metrics['n_tiles'], 'tile')} of {_many(n_images, 'figure')}"
     figures = (metrics.get("image_metrics") or {}).get("max") or {}
     if "n" not in figures:
         return f"{tiles}; no labelled figure"
-    return f"{tiles}; metrics on {figures['n']} labelled figures ({figures.get('n_positive', '-')})"
+    labelled = _many(figures["n"], "labelled figure")
+    return f"{tiles}; metrics on {labelled} ({figures.get('n_positive', '-')})"
+
+
+def _many(n: object, noun: str) -> str:
+    """``"1 tile"``, ``"2 tiles"``, ``"- figures"``."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def _resized(metrics: dict) -> str:
