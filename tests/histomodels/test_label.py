@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -136,6 +139,62 @@ def test_a_bad_label_csv_row_is_named_by_its_line(
     path.write_text(text)
     with pytest.raises(LabelError, match=rf"^{path}:{line}: {said}"):
         read_label_csv(path)
+
+
+@pytest.mark.parametrize(
+    ("text", "said"),
+    [
+        # one id given two labels: the last was kept silently (exit 0, "1 label(s) changed")
+        ("image_id,label\nimg0,m\nimg1,n\nimg0,n\n", "labels.csv:4: image 'img0' is labelled "
+         "no_metastasis here and metastasis on line 2"),
+        ("image_id,label\nimg0,m\nimg0,clear\n", "labels.csv:3: image 'img0' is labelled "
+         "clear here and metastasis on line 2"),
+        # a header naming the label column twice: the last column was taken silently
+        ("image_id,label,label\nimg0,m,n\n", "labels.csv: column 'label' is given 2 times"),
+    ],
+)  # fmt: skip
+def test_a_label_csv_that_says_two_things_is_refused(tmp_path: Path, text: str, said: str) -> None:
+    run = _run(tmp_path)
+    before = (run / "manifest.jsonl").read_bytes()
+    path = tmp_path / "labels.csv"
+    path.write_text(text)
+    r = CliRunner().invoke(app, ["label", "--manifest", str(run), "--from-csv", str(path)])
+    lines = r.stderr.strip().splitlines()
+    assert r.exit_code == 1 and len(lines) == 1, r.output
+    assert lines[0] == f"error: {tmp_path}/{said}", lines
+    assert (run / "manifest.jsonl").read_bytes() == before
+    assert all(i.label is None for i in Manifest.load(run).images.values())
+
+
+def test_a_label_csv_given_twice_alike_is_taken(tmp_path: Path) -> None:
+    """The same label twice (two CSVs joined) says one thing: taken."""
+    path = tmp_path / "labels.csv"
+    path.write_text("image_id,label\nimg0,m\nimg0,metastasis\nimg1,-1\nimg1,n\n")
+    assert read_label_csv(path) == {"img0": "metastasis", "img1": "no_metastasis"}
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device", "link to a device", "folder"])
+def test_a_label_csv_that_is_no_regular_file_is_refused_unopened(tmp_path: Path, kind: str) -> None:
+    """A FIFO named as the label CSV (an eval folder from elsewhere can hold its
+    image_scores.csv so) hung ``label --from-csv``; /dev/zero was read without end."""
+    run = _run(tmp_path)
+    path = tmp_path / "image_scores.csv"
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "device":
+        path = Path("/dev/zero")
+    elif kind == "link to a device":
+        path.symlink_to("/dev/zero")
+    else:
+        path.mkdir()
+    r = subprocess.run(
+        [sys.executable, "-m", "histomodels", "label", "--manifest", str(run),
+         "--from-csv", str(path)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    why = "is a folder, not a label CSV" if kind == "folder" else "not a regular file"
+    assert r.returncode == 1 and r.stderr.startswith(f"error: {path}: {why}"), r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
 
 
 def test_bad_labels_change_nothing(tmp_path: Path) -> None:

@@ -10,6 +10,8 @@ when labelling ends. Labels can also be set non-interactively (``--set ID=LABEL`
 from __future__ import annotations
 
 import csv
+import os
+import stat
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -128,8 +130,11 @@ def read_label_csv(path: str | Path) -> dict[str, str | None]:
     it (``'=x`` for ``=x``, :mod:`histocore.csvcells`) is read as the id itself. A label of
     ``-1``, what ``eval --manifest``'s image_scores.csv holds for an unlabelled figure,
     leaves that figure as it is. A bad row is a :class:`LabelError` naming the line it
-    starts on."""
+    starts on; so is an id given two different labels (the last was kept silently), and a
+    header naming the label or id column twice. A FIFO, socket or device is refused before
+    it is opened (a FIFO hung, ``/dev/zero`` was read into memory without end)."""
     path = Path(path)
+    _check_regular(path)
     try:
         with path.open(newline="", encoding="utf-8-sig") as fh:  # a BOM is allowed
             reader = csv.DictReader(fh)
@@ -137,17 +142,42 @@ def read_label_csv(path: str | Path) -> dict[str, str | None]:
             id_col = "image_id" if "image_id" in cols else "id" if "id" in cols else None
             if id_col is None or "label" not in cols:
                 raise LabelError(f"{path}: needs columns image_id (or id) and label, has {cols}")
+            for col in (id_col, "label"):
+                if cols.count(col) > 1:  # which one holds the labels?
+                    raise LabelError(f"{path}: column {col!r} is given {cols.count(col)} times")
             out: dict[str, str | None] = {}
+            first: dict[str, int] = {}  # id -> the line that labelled it
             for n, row in numbered_rows(reader):  # n: the line the row starts on
                 image_id = row[id_col]
                 if image_id is None:  # a row shorter than the header
                     raise LabelError(f"{path}:{n}: no {id_col} cell")
                 if (row["label"] or "").strip() == UNLABELLED:
                     continue
-                out[read_cell(image_id)] = normalise_label(row["label"] or "", f"{path}:{n}: ")
+                key = read_cell(image_id)
+                label = normalise_label(row["label"] or "", f"{path}:{n}: ")
+                if key in out and out[key] != label:  # the last was kept silently
+                    raise LabelError(
+                        f"{path}:{n}: image {one_line(key)[:200]!r} is labelled {label or 'clear'} "
+                        f"here and {out[key] or 'clear'} on line {first[key]}"
+                    )
+                out[key] = label
+                first.setdefault(key, n)
             return out
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise LabelError(f"{path}: cannot read label CSV ({exc})") from None
+
+
+def _check_regular(path: Path) -> None:
+    """A label CSV that is a folder, FIFO, socket or device is one LabelError, before it is
+    opened; links are followed (their target is checked)."""
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the path
+        raise LabelError(f"{path}: cannot read label CSV ({exc})") from None
+    if stat.S_ISDIR(mode):
+        raise LabelError(f"{path}: is a folder, not a label CSV")
+    if not stat.S_ISREG(mode):
+        raise LabelError(f"{path}: not a regular file (a pipe, socket or device)")
 
 
 def to_label(images: list[Image]) -> list[Image]:
