@@ -206,8 +206,16 @@ def test_bad_run_folder_gets_an_error_page_and_the_cli_one_line(tmp_path: Path) 
         ('image_id,max\n"pmid:1/fig\n1",0.5\n\npmid:1/fig2,\n', "line 5 has no max"),
         ('image_id,max\npmid:1/fig1,0.5\n"pmid:1/fig\n2",nan\n', "line 3: a score that is not"),
         ("image_id,max\npmid:1/fig1,0.5\npmid:1/fig2,high\n", "line 3: a score that is not a"),
+        # a score that is no probability was shown, and 7 made the model say metastasis
+        ("image_id,max,topk_mean\npmid:1/fig1,7,0.5\n", "line 2: max 7.0 is not a number from"),
+        ("image_id,max,topk_mean\npmid:1/fig1,0.5,-2\n", "line 2: topk_mean -2.0 is not a"),
+        # one figure's row twice: the last replaced the first silently
+        ("image_id,max\npmid:1/fig1,0.9\npmid:1/fig2,0.1\npmid:1/fig1,0.1\n",
+         "line 4: image 'pmid:1/fig1' again (first on line 2)"),
+        ("image_id,max,topk_mean,n_tiles\npmid:1/fig1,nan,nan,0\npmid:1/fig1,0.9,0.9,3\n",
+         "line 3: image 'pmid:1/fig1' again (first on line 2)"),
     ],
-)
+)  # fmt: skip
 def test_a_bad_scores_csv_is_one_review_error(tmp_path: Path, text: str, said: str) -> None:
     """``review --scores``: a row shorter than the header (no image_id) raised
     AttributeError out of read_cell (a traceback); nan/inf scores were taken and shown; a

@@ -27,7 +27,7 @@ from markupsafe import Markup, escape
 
 from histocore.csvcells import numbered_rows, read_cell
 from histocore.errors import DomainError
-from histocore.io import record_slug, unique_stem
+from histocore.io import one_line, record_slug, unique_stem
 from histocore.manifest import IMAGE_LABELS, MANIFEST_NAME, Image, Manifest, ManifestError, Record
 from histofetch.captions import normalise
 from histofetch.resolve import canonical_pmcid
@@ -59,10 +59,18 @@ class Scores:
         try:
             with path.open(newline="", encoding="utf-8-sig") as fh:  # a BOM is allowed
                 reader = csv.DictReader(fh)
+                first: dict[str, int] = {}  # image id -> the line of its row
                 for line, row in numbered_rows(reader):  # the line a row starts on
                     image_id = row["image_id"]
                     if image_id is None:  # a row shorter than the header
                         raise ValueError(f"line {line} has no image_id")
+                    key = read_cell(image_id)
+                    if key in first:  # eval writes one row a figure: the last won silently
+                        raise ValueError(
+                            f"line {line}: image {one_line(key)[:200]!r} again (first on line "
+                            f"{first[key]})"
+                        )
+                    first[key] = line
                     if _no_tile(row):  # eval scored no tile of it: shown without a score
                         continue
                     try:
@@ -73,7 +81,10 @@ class Scores:
                         raise ValueError(f"line {line} has no max or topk_mean score")
                     if not all(math.isfinite(v) for v in scores.values()):
                         raise ValueError(f"line {line}: a score that is not finite")
-                    out.by_image[read_cell(image_id)] = scores
+                    for k, v in scores.items():  # a probability; 7 or -2: an edited or damaged file
+                        if not 0.0 <= v <= 1.0:
+                            raise ValueError(f"line {line}: {k} {v!r} is not a number from 0 to 1")
+                    out.by_image[key] = scores
         except (KeyError, ValueError, csv.Error, UnicodeDecodeError) as exc:
             raise ReviewError(f"{path}: not an image_scores.csv ({exc})") from None
         return out
