@@ -367,3 +367,36 @@ def test_cached_weights_timm_asks_for_second_load_without_retries(
     assert "Retrying" not in r.stderr, r.stderr[-3000:]
     assert f"using the cached weights {snapshot / weights}" in r.stderr
     assert torch.equal(torch.load(stem), state["conv1.weight"])
+
+
+@pytest.mark.parametrize(
+    ("text", "said"),
+    [
+        ("[" * 100_000 + "]" * 100_000, "not usable JSON (nested too deeply)"),  # RecursionError
+        ("[1, 2]", "a JSON list, expected an object"),  # TypeError inside timm
+        ('{"architecture": 5}', "its 'architecture' is not a model name"),  # AttributeError
+        ('{"architecture": "resnet18", "pretrained_cfg": 5}', "its 'pretrained_cfg' is a JSON"),
+    ],
+)
+def test_a_cached_hf_hub_config_timm_cannot_parse_is_one_line(
+    tmp_path: Path, text: str, said: str
+) -> None:
+    """An hf-hub: model's config.json comes from someone's hub repo; one timm cannot parse
+    was a traceback from train (a RecursionError in our own read of its hf_hub_filename,
+    then TypeError or AttributeError in timm's _parse_model_cfg). Now one line naming the
+    cached file, nothing written."""
+    repo = tmp_path / "hf" / "hub" / "models--evil--m"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    (repo / "snapshots" / commit).mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    config = repo / "snapshots" / commit / "config.json"
+    config.write_text(text)
+    env = _env(tmp_path, f"http://127.0.0.1:{_closed_port()}", HF_HUB_OFFLINE="1")
+    _, code, stderr = _timed(tmp_path, env, "train", "--model", "timm/hf-hub:evil/m")
+    lines = stderr.strip().splitlines()
+    assert code == 1 and len(lines) == 1, stderr[-3000:]
+    assert lines[0].startswith(
+        f"error: {config}: not a usable config.json for timm/hf-hub:evil/m ({said}"
+    ), lines
+    assert not (tmp_path / "r").exists()

@@ -107,20 +107,45 @@ def _cached_weights(
     return None
 
 
-def _hub_filename(config: str) -> str | None:
+#: The most bytes a cached hf-hub ``config.json`` may hold (timm's are a few KB).
+MAX_CONFIG_BYTES = 4 << 20
+
+
+def _hub_filename(config: str, name: str) -> str | None:
     """The ``hf_hub_filename`` of a cached hf-hub ``config.json``'s pretrained config: its
     ``pretrained_cfg``, or the whole file for a legacy config without one (timm's
-    ``_parse_model_cfg`` takes it so)."""
-    import json
+    ``_parse_model_cfg`` takes it so). The file comes from someone's hub repo: one that
+    timm cannot parse (not JSON, arrays nested 100,000 deep, not an object, an
+    ``architecture`` that is not text, a ``pretrained_cfg`` or ``model_args`` that is not
+    an object) is a :class:`~histomodels.models.registry.ModelError` naming it (timm's
+    RecursionError, TypeError or AttributeError was a traceback)."""
+    from histocore.io import NotJSON, loads_json
+    from histomodels.models.registry import ModelError
+
+    def bad(why: str) -> ModelError:
+        return ModelError(f"{config}: not a usable config.json for timm/{name} ({why})")
 
     try:
-        with open(config, encoding="utf-8") as fh:
-            data = json.load(fh)
-    except (OSError, ValueError):  # timm reads it and says what is wrong
-        return None
-    pretrained = data.get("pretrained_cfg", data) if isinstance(data, dict) else None
-    name = pretrained.get("hf_hub_filename") if isinstance(pretrained, dict) else None
-    return name if isinstance(name, str) and name else None
+        with open(config, "rb") as fh:
+            raw = fh.read(MAX_CONFIG_BYTES + 1)
+    except OSError as exc:
+        raise bad(f"cannot read it: {exc.strerror or exc}") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise bad(f"over {MAX_CONFIG_BYTES >> 20} MB")
+    try:
+        data = loads_json(raw)
+    except NotJSON as exc:
+        raise bad(str(exc)) from None
+    if not isinstance(data, dict):
+        raise bad(f"a JSON {type(data).__name__}, expected an object")
+    if not isinstance(data.get("architecture"), str) or not data["architecture"]:
+        raise bad("its 'architecture' is not a model name")
+    pretrained = data.get("pretrained_cfg", data)
+    for key, value in (("pretrained_cfg", pretrained), ("model_args", data.get("model_args", {}))):
+        if not isinstance(value, dict):
+            raise bad(f"its {key!r} is a JSON {type(value).__name__}, expected an object")
+    filename = pretrained.get("hf_hub_filename")
+    return filename if isinstance(filename, str) and filename else None
 
 
 def hf_hub_refusal(name: str, pretrained: bool) -> dict[str, Any]:
@@ -139,7 +164,7 @@ def hf_hub_refusal(name: str, pretrained: bool) -> dict[str, Any]:
 
     repo, _, revision = name.partition(":")[2].partition("@")
     config = try_to_load_from_cache(repo, "config.json", revision=revision or None)
-    filename = _hub_filename(config) if isinstance(config, str) else None
+    filename = _hub_filename(config, name) if isinstance(config, str) else None
     found = _cached_weights(repo, revision or None, filename) if pretrained else ("", True)
     if isinstance(config, str) and found is not None:
         if found[1] or constants.HF_HUB_OFFLINE:  # the cache serves timm's first request
