@@ -463,6 +463,26 @@ def test_a_damaged_tune_json_is_one_error(tmp_path, tiny_data):
             tune(*tiny_data, out, trials=2, **kw)
 
 
+def test_a_damaged_ax_experiment_is_one_error_before_anything_is_written(tmp_path, tiny_data):
+    """Resuming a tune folder whose ax_experiment.json was cut short, or holds other JSON,
+    ended in a traceback from Ax's decoder (JSONDecodeError, TypeError: list indices must be
+    integers), after tune.json had been rewritten."""
+    out = tmp_path / "tune"
+    kw = dict(trial_epochs=1, sobol_trials=2, quiet=True, base=TINY)
+    tune(*tiny_data, out, trials=1, **kw)
+    experiment, settings = out / "ax_experiment.json", out / "tune.json"
+    good, before = experiment.read_text(), settings.read_bytes()
+    for bad, said in ((good[: len(good) // 2], "JSONDecodeError"), ("[1, 2]", "TypeError"),
+                      ("{}", "")):  # fmt: skip
+        experiment.write_text(bad)
+        with pytest.raises(
+            TuneError, match=rf"^{experiment}: cannot load this experiment \({said}"
+        ):
+            tune(*tiny_data, out, trials=2, **kw)
+        assert settings.read_bytes() == before
+        assert experiment.read_text() == bad
+
+
 def test_shared_validation_patches_are_said_once_per_tune(tmp_path, tiny_data, caplog):
     """Every trial trains on the same patches: the warning that validation patches are also
     training patches came once per trial (3 trials: 3 lines)."""

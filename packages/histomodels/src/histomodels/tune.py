@@ -175,14 +175,16 @@ def _tune(
     # once per tune, not once per trial (every trial trains on the same patches)
     warn_shared_patches(torch.from_numpy(train_arrays[0]), torch.from_numpy(val_arrays[0]))
     settings["data"] = {"train": _digest(x_train, y_train), "val": _digest(x_val, y_val)}
+    saved_client = None
     if exp_path.is_file():
         _check_data(out, settings["data"])
+        saved_client = _load_experiment(exp_path)  # a damaged one: before anything is written
     out.mkdir(parents=True, exist_ok=True)
     _atomic_json(out / SETTINGS_FILE, settings)  # before the experiment: a new one needs it
 
     records: list[dict[str, Any]] = []
-    if exp_path.is_file():
-        client = Client.load_from_json_file(str(exp_path))
+    if saved_client is not None:
+        client = saved_client
         if records_path.is_file():
             records = _saved_records(records_path)
         # trials that were running when the previous tune was killed
@@ -271,6 +273,24 @@ def _saved_settings(out: Path) -> dict[str, Any] | None:
     ):
         raise TuneError(f"{path}: not this experiment's settings (expected a JSON object)")
     return saved
+
+
+def _load_experiment(path: Path) -> Any:
+    """The Ax client saved in ``path`` (``ax_experiment.json``); one Ax cannot load (cut
+    short, hand-edited, another program's JSON) is a :class:`TuneError` naming it: Ax's
+    decoder raised whatever the JSON led it to (JSONDecodeError, TypeError, KeyError), a
+    traceback. The file is data, so any ``Exception`` of the load is that line."""
+    from ax.api.client import Client
+
+    try:
+        return Client.load_from_json_file(str(path))
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        why = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+        raise TuneError(
+            f"{path}: cannot load this experiment ({why}); use another --out folder, or remove "
+            "the file to start the search anew"
+        ) from None
 
 
 def _saved_records(path: Path) -> list[dict[str, Any]]:
