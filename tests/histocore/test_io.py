@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import stat
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
 import pytest
 
+from histocore.errors import describe
 from histocore.io import (
     atomic_temp_target,
     atomic_write_bytes,
@@ -142,3 +146,38 @@ def test_free_name_adds_a_number_to_the_stem_until_a_name_is_free(tmp_path: Path
     assert got == PurePosixPath("pdfs/pmid_0-3.pdf")
     (tmp_path / "fig.png").write_bytes(b"x")
     assert free_name(tmp_path / "fig.png", Path.exists) == tmp_path / "fig-2.png"
+
+
+@contextlib.contextmanager
+def _read_only(folder: Path) -> Iterator[None]:
+    """``folder`` read-only while the block runs: mode 0o555, or for root (whom modes do
+    not stop) ``chattr +i``; skips the test where neither holds."""
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+    elif subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode != 0:
+        pytest.skip("running as root where chattr +i is not supported: nothing is read-only")
+    try:
+        yield
+    finally:
+        if os.geteuid() == 0:
+            subprocess.run(["chattr", "-i", str(folder)], capture_output=True)
+        folder.chmod(0o755)
+
+
+def test_a_write_into_a_folder_it_cannot_write_names_the_file_not_its_temp_file(
+    tmp_path: Path,
+) -> None:
+    """An atomic write (and ``temp_beside``) into a read-only folder failed naming the temp
+    file it could not make (``ro/.out.pt.k3j2x9.tmp: permission denied``), a name the user
+    never gave; the error names the file to write now, and nothing is left there."""
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    target = folder / "out.pt"
+    with _read_only(folder):
+        for write in (lambda: atomic_write_bytes(target, b"x"), lambda: temp_beside(target)):
+            with pytest.raises(PermissionError) as err:
+                write()
+            assert err.value.filename == str(target)
+            # permission denied; under chattr +i: operation not permitted
+            assert describe(err.value) == f"{target}: {str(err.value.strerror).lower()}"
+    assert list(folder.iterdir()) == []

@@ -285,3 +285,35 @@ def test_tta_on_an_ensemble_built_with_tta_is_not_run_twice(
         np.testing.assert_allclose(got, inner, atol=1e-6)
     (said,) = [r.getMessage() for r in caplog.records]
     assert said.startswith("test-time augmentation: this ensemble averages the 8 dihedral views")
+
+
+def test_an_ensemble_written_where_it_cannot_be_names_the_out_path(
+    members: list[Path], tmp_path: Path
+) -> None:
+    """``--out`` in a folder that cannot be written to said `error: ro/.ens.pt.x8k2q1.tmp:
+    permission denied`, naming a temp file the user never gave; the line names ``--out``
+    now, exit 1, nothing written (a run folder's best.pt likewise)."""
+    import subprocess
+
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    (folder / "run").mkdir()
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        (folder / "run").chmod(0o555)
+    elif subprocess.run(["chattr", "+i", str(folder), str(folder / "run")],
+                        capture_output=True).returncode != 0:  # fmt: skip
+        pytest.skip("running as root where chattr +i is not supported: nothing is read-only")
+    try:
+        for out, named in ((folder / "ens.pt", folder / "ens.pt"),
+                           (folder / "run", folder / "run" / "best.pt")):  # fmt: skip
+            r = CliRunner().invoke(app, ["ensemble", *map(str, members), "--out", str(out)])
+            assert r.exit_code == 1, r.output
+            lines = r.stderr.splitlines()
+            assert len(lines) == 1 and lines[0].startswith(f"error: {named}: "), r.stderr
+            assert lines[0].endswith(("permission denied", "operation not permitted"))
+    finally:
+        subprocess.run(["chattr", "-i", str(folder), str(folder / "run")], capture_output=True)
+        folder.chmod(0o755)
+        (folder / "run").chmod(0o755)
+    assert sorted(p.name for p in folder.rglob("*")) == ["run"]

@@ -73,7 +73,16 @@ _ATOMIC_TEMP = re.compile(r"^\.(?P<name>.+)\.[^.]+\.tmp$")
 
 
 def _mkstemp_beside(path: Path) -> tuple[int, str]:
-    return tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    """A new temp file beside ``path`` (its descriptor and name). When it cannot be made
+    (a folder the user cannot write to), the error names ``path``, the file the user
+    gave, not the temp file's random name: ``out.pt: permission denied``."""
+    try:
+        return tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        name = os.path.basename(os.fsdecode(exc.filename)) if exc.filename is not None else ""
+        if exc.filename2 is None and exc.errno and atomic_temp_target(name) == path.name:
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc
+        raise
 
 
 def temp_beside(path: str | Path) -> Path:
