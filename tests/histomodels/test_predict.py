@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import logging
 import os
 from pathlib import Path
 
@@ -1046,3 +1047,54 @@ def test_a_run_removes_only_heatmaps_predict_drew_for_the_same_csv(tmp_path: Pat
     mine.mkdir()
     predict("p1.csv", small, big)
     assert mine.is_dir()
+
+
+def test_a_checkpoint_at_a_huge_input_size_is_scored_in_batches_under_the_pixel_cap(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A checkpoint declaring input_size 4096 (the largest a checkpoint may) made predict
+    and eval build batches of --batch-size images at that size: 256 of them, a 51 GB
+    float32 input before the network's own activations. A batch now holds at most 2**24
+    pixels as the network sees them (batch_size the upper bound), with the same scores; a
+    model that resizes its input itself (an ensemble member at 1024 px) counts at the size
+    it resizes to."""
+    from histomodels.checkpoint import make_checkpoint, save_checkpoint
+    from histomodels.ensemble import build_ensemble
+    from histomodels.inference import Predictor
+    from histomodels.models import create_model
+
+    torch.manual_seed(0)
+    tiny = {"depth": 1, "blocks": 1, "width": 2, "dropout": 0.0}
+    net = create_model("cnn", **tiny).eval()
+    ckpt = save_checkpoint(tmp_path / "big.pt", make_checkpoint(net, "cnn", tiny, input_size=1024))
+    pred = Predictor.load(ckpt, device="cpu")
+    seen: list[int] = []
+    pred.model.register_forward_pre_hook(lambda _m, args: seen.append(len(args[0])))
+    rng = np.random.default_rng(0)
+    patches = rng.integers(0, 256, (20, 1024, 1024, 3), dtype=np.uint8)
+    with caplog.at_level(logging.INFO, logger="histomodels.inference"):
+        got = pred.logits(patches, batch_size=256)
+        cap = (1 << 24) // (1024 * 1024)  # 16
+        assert seen == [cap, 20 - cap]
+        pred.logits(patches[:17], batch_size=256)  # said once, not once per call (file)
+    said = [r.getMessage() for r in caplog.records if "inference in batches" in r.getMessage()]
+    assert said == [
+        "inference in batches of at most 16 image(s): the model sees each at 1024x1024 px, "
+        "and a batch holds at most 16777216 pixels"
+    ]
+    seen.clear()
+    one_by_one = [pred.logits(patches[i : i + 1], batch_size=1)[0] for i in range(20)]
+    np.testing.assert_allclose(got, one_by_one, rtol=1e-5, atol=1e-5)
+
+    from histomodels.inference import MAX_BATCH_PIXELS, batch_limit, pixels_seen
+
+    assert MAX_BATCH_PIXELS == 1 << 24
+    assert batch_limit(pred.model, 4096, 4096, 256) == 1  # the 51 GB batch: one image
+    assert batch_limit(pred.model, 96, 96, 256) == 256  # PCam patches: as asked
+    # an ensemble member resizing 96 px patches to 1024 px counts at 1024 px
+    small = save_checkpoint(tmp_path / "small.pt", make_checkpoint(net, "cnn", tiny))
+    ens_path = save_checkpoint(tmp_path / "ens.pt", build_ensemble([small, ckpt]))
+    ens_pred = Predictor.load(ens_path, device="cpu")
+    assert pixels_seen(ens_pred.model, 96, 96) == 1024 * 1024
+    assert batch_limit(ens_pred.model, 96, 96, 256) == cap
+

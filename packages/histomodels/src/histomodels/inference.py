@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,12 +63,62 @@ def norm_of(ckpt: dict | None) -> tuple[tuple[float, ...], tuple[float, ...]]:
 Patches = np.ndarray | Iterable[np.ndarray] | Iterable[torch.Tensor]
 
 
-def _batches(images: Patches, batch_size: int) -> Iterator[np.ndarray | torch.Tensor]:
-    if isinstance(images, np.ndarray):
-        for i in range(0, len(images), batch_size):
-            yield images[i : i + batch_size]
-    else:
-        yield from images
+#: Most pixels one inference batch holds, counted at the size the network sees each image
+#: (after a resize inside the model: a backbone's ``input_size``, an ensemble member's):
+#: 2**24, i.e. 1,820 PCam patches, 334 at 224 px, one at 4096 px. ``batch_size`` stays the
+#: upper bound; without this a checkpoint asking for 4096 px made a batch of 256 a 51 GB
+#: float32 input before the network's own activations.
+MAX_BATCH_PIXELS = 1 << 24
+
+
+def pixels_seen(model: nn.Module, height: int, width: int) -> int:
+    """Pixels of one ``height`` x ``width`` image as ``model``'s network sees it: the
+    largest size it is resized to inside the model (:class:`InputResize`, an ensemble's
+    :class:`Member`), at least its own."""
+    from histomodels.models.ensemble import Member
+    from histomodels.models.torchvision_zoo import InputResize
+
+    sizes = [m.size for m in model.modules() if isinstance(m, InputResize | Member)]
+    return max([height * width, *(int(s) * int(s) for s in sizes)])
+
+
+def batch_limit(model: nn.Module, height: int, width: int, batch_size: int) -> int:
+    """How many ``height`` x ``width`` images one batch of ``model`` holds: ``batch_size``,
+    fewer when that is over :data:`MAX_BATCH_PIXELS` as the network sees them (at least 1)."""
+    return max(1, min(batch_size, MAX_BATCH_PIXELS // pixels_seen(model, height, width)))
+
+
+#: models whose smaller batches :func:`_batches` has said (once each, not once per call:
+#: predict scores each file in a call of its own)
+_CAPPED: weakref.WeakSet[nn.Module] = weakref.WeakSet()
+
+
+def _batches(
+    images: Patches, batch_size: int, model: nn.Module
+) -> Iterator[np.ndarray | torch.Tensor]:
+    """``images`` in batches of at most ``batch_size`` (an array) or as the caller's
+    batches (an iterable), each cut further to :func:`batch_limit`'s size."""
+    chunks = (
+        (images[i : i + batch_size] for i in range(0, len(images), batch_size))
+        if isinstance(images, np.ndarray)
+        else images
+    )
+    for chunk in chunks:
+        if len(chunk) == 0:
+            continue
+        h, w = (int(v) for v in chunk.shape[1:3])
+        limit = batch_limit(model, h, w, len(chunk))
+        if limit < len(chunk) and model not in _CAPPED:
+            _CAPPED.add(model)
+            seen = pixels_seen(model, h, w)
+            side = round(seen**0.5)  # a resize inside the model is to a square
+            size = f"{w}x{h}" if seen == h * w else f"{side}x{side}"
+            log.info(
+                "inference in batches of at most %d image(s): the model sees each at %s px, "
+                "and a batch holds at most %d pixels", limit, size, MAX_BATCH_PIXELS,
+            )  # fmt: skip
+        for i in range(0, len(chunk), limit):
+            yield chunk[i : i + limit]
 
 
 @torch.no_grad()
@@ -86,6 +137,9 @@ def predict_logits(
 ) -> np.ndarray:
     """Logits (float32 [N]) for uint8 ``[N, H, W, 3]`` patches (an array, or an iterable of
     batches so callers can stream tiles). TTA averages the logits of the 8 dihedral views.
+    ``batch_size`` (an array's batches) is an upper bound: a batch holds at most
+    :data:`MAX_BATCH_PIXELS` as the network sees them (:func:`batch_limit`), a caller's
+    batches are cut to that too.
 
     ``channels_last``: None (default) converts the model to channels_last on CPU, where it
     is faster; True/False is the training loop's setting, which must not change the memory
@@ -100,9 +154,7 @@ def predict_logits(
     if channels_last or (channels_last is None and device.type == "cpu"):
         model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     out: list[np.ndarray] = []
-    for batch in _batches(images, batch_size):
-        if len(batch) == 0:
-            continue
+    for batch in _batches(images, batch_size, model):
         x = to_input(batch, mean, std, channels_last=channels_last is not False, device=device)
         views = dihedral_views(x, "NCHW") if tta else [x]
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=prec == "bf16"):
