@@ -73,3 +73,50 @@ def test_cli_device_cuda_without_a_gpu_is_one_error_line(tmp_path: Path) -> None
         assert r.exit_code == 1, r.output
         assert r.output.startswith("error: --device cuda: no CUDA GPU is usable here"), r.output
         assert len(r.output.splitlines()) == 1 and not (tmp_path / "o").exists()
+
+
+#: What CUDA libraries raise through PyTorch when their allocations fail, as users met them
+#: (NCCL under DDP, cuBLAS creating its handle): none said "out of memory" in a way the
+#: classifier knew, so a run that ran out of GPU memory in DDP or in its first matmul ended
+#: in a traceback, or a checkpoint was blamed for its config.
+NCCL_ALLOC = (
+    "NCCL error in: ../torch/csrc/distributed/c10d/NCCLUtils.hpp:275, unhandled cuda error "
+    "(run with NCCL_DEBUG=INFO for details), NCCL version 2.20.5\n"
+    "ncclUnhandledCudaError: Call to CUDA function failed.\n"
+    "Last error:\n"
+    "Failed to CUDA calloc 6291456 bytes"
+)
+NCCL_OOM = NCCL_ALLOC.replace("Failed to CUDA calloc 6291456 bytes", "Cuda failure 'out of memory'")
+NCCL_OTHER = NCCL_ALLOC.replace(
+    "Failed to CUDA calloc 6291456 bytes", "Cuda failure 1 'invalid argument'"
+)
+CUBLAS_ALLOC = "CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`"
+CUDNN_ALLOC = "cuDNN error: CUDNN_STATUS_ALLOC_FAILED"
+
+
+@pytest.mark.parametrize(
+    ("exc", "oom"),
+    [
+        (torch.distributed.DistBackendError(NCCL_ALLOC), True),
+        (torch.distributed.DistBackendError(NCCL_OOM), True),
+        (RuntimeError(CUBLAS_ALLOC), True),
+        (RuntimeError(CUDNN_ALLOC), True),
+        (RuntimeError("CUDA error: out of memory"), True),
+        (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), True),
+        (MemoryError(), True),
+        # not memory: another NCCL failure, another cuBLAS status, a shape bug
+        (torch.distributed.DistBackendError(NCCL_OTHER), False),
+        (
+            RuntimeError("CUDA error: CUBLAS_STATUS_EXECUTION_FAILED when calling `cublasSgemm`"),
+            False,
+        ),
+        (RuntimeError("mat1 and mat2 shapes cannot be multiplied (2x4 and 3x1)"), False),
+        (ValueError(CUBLAS_ALLOC), False),  # only torch's RuntimeErrors carry these
+    ],
+)
+def test_out_of_memory_knows_the_cuda_libraries_allocation_failures(
+    exc: BaseException, oom: bool
+) -> None:
+    from histomodels.device import out_of_memory
+
+    assert out_of_memory(exc) is oom

@@ -1138,6 +1138,33 @@ def test_memory_running_out_in_a_training_batch_names_the_batch_size(
     assert not run.exists()
 
 
+def test_cublas_failing_to_allocate_in_a_training_batch_names_the_batch_size(
+    h5_files, tmp_path, monkeypatch
+):
+    """cuBLAS running out of GPU memory (its handle, its workspace) raises a plain
+    RuntimeError 'CUBLAS_STATUS_ALLOC_FAILED' that was not taken as out of memory: a
+    traceback. It is the out-of-memory line naming --batch-size now, nothing written."""
+
+    def loss(*args, **kwargs):
+        raise RuntimeError(
+            "CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`"
+        )
+
+    monkeypatch.setattr("torch.nn.functional.binary_cross_entropy_with_logits", loss)
+    run = tmp_path / "r"
+    args = ["train", "--data", str(h5_files[0]), "--val", str(h5_files[1]), "--out", str(run),
+            "--model-config", json.dumps(TINY), "--epochs", "1", "--batch-size", "32",
+            "--threads", "1", "--quiet"]  # fmt: skip
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 1, r.output
+    assert r.stderr.strip() == (
+        "error: cnn: out of memory training on batches of 32 patches (RuntimeError: CUDA "
+        "error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`); try a "
+        "smaller batch_size (--batch-size)"
+    )
+    assert not run.exists()
+
+
 def test_memory_running_out_in_a_later_epoch_keeps_the_completed_ones(
     arrays, tmp_path, monkeypatch
 ):

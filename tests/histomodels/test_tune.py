@@ -174,6 +174,37 @@ def test_out_of_memory_fails_the_trial_and_repeated_failures_stop_the_tune(
     records = json.loads((out / "trials.json").read_text())
     assert len(records) == MAX_FAILED_IN_A_ROW
     assert all(r["status"] == "failed" and "can't allocate" in r["error"] for r in records)
+    # tune has no --batch-size (training's hint): the way out is a pin, or narrower trials
+    for r in records:
+        if r["params"]["batch_size"] > 64:
+            assert r["error"].endswith("; try --fix batch_size=64"), r["error"]
+        else:
+            assert "; batch_size 64 is the smallest the search tries" in r["error"], r["error"]
+        assert "--batch-size" not in r["error"]
+
+
+def test_a_trial_out_of_memory_in_validation_names_the_base_config(
+    tmp_path, tiny_data, monkeypatch
+):
+    """eval_batch_size comes from the base config (--config), which the reason names."""
+    import torch
+
+    real = torch.nn.functional.conv2d
+
+    def conv2d(x, *args, **kwargs):  # the validation's forward passes run without grad
+        if not torch.is_grad_enabled() and x.device.type != "meta":
+            torch.empty(2**50, dtype=torch.uint8)  # 1 PB: torch's allocator refuses it
+        return real(x, *args, **kwargs)
+
+    monkeypatch.setattr("torch.nn.functional.conv2d", conv2d)
+    with pytest.raises(TuneError):
+        tune(*tiny_data, tmp_path, trials=1, trial_epochs=1, quiet=True, base=TINY,
+             base_name="c.json")  # fmt: skip
+    records = json.loads((tmp_path / "trials.json").read_text())
+    assert len(records) == MAX_FAILED_IN_A_ROW
+    for r in records:
+        assert "out of memory validating batches of 64 patches" in r["error"], r["error"]
+        assert r["error"].endswith("; try a smaller eval_batch_size in c.json"), r["error"]
 
 
 def test_a_bad_base_config_fails_trials_with_its_message(tmp_path, tiny_data):

@@ -155,5 +155,19 @@ def memory_reason(exc: BaseException) -> str:
 
 
 #: What PyTorch's allocators say when memory runs out (CPU: ``DefaultCPUAllocator: can't
-#: allocate memory``; backends without their own error class: ``out of memory``).
-_OOM_MESSAGES = ("DefaultCPUAllocator", "can't allocate memory", "out of memory")
+#: allocate memory``; backends without their own error class: ``out of memory``), and what
+#: the CUDA libraries say through it when theirs fail: cuBLAS, cuDNN, cuSOLVER and cuFFT
+#: (``CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)```), and
+#: NCCL under DDP (a ``DistBackendError`` whose ``Last error:`` is ``Cuda failure 'out of
+#: memory'`` or ``Failed to CUDA calloc 6291456 bytes``).
+_OOM_MESSAGES = (
+    "DefaultCPUAllocator",
+    "can't allocate memory",
+    "out of memory",
+    "CUBLAS_STATUS_ALLOC_FAILED",
+    "CUDNN_STATUS_ALLOC_FAILED",
+    "CUSOLVER_STATUS_ALLOC_FAILED",
+    "CUFFT_ALLOC_FAILED",
+    "Failed to CUDA calloc",
+    "Failed to CUDA malloc",
+)

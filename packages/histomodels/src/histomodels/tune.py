@@ -43,7 +43,7 @@ from histocore.errors import DomainError
 from histocore.io import loads_json
 from histomodels.config import TrainConfig
 from histomodels.device import out_of_memory
-from histomodels.training import TrainingError, load_split, train
+from histomodels.training import TrainingError, TrainingOutOfMemory, load_split, train
 from histomodels.training.data import check_two_classes, warn_shared_patches
 from histomodels.training.distill import CACHE_NAME
 from histomodels.training.network import BuildRefused
@@ -218,7 +218,7 @@ def _tune(
         sources = {**{k: base_name for k in base.model_config}, **dict.fromkeys(pins, "--fix"),
                    **dict.fromkeys(params, "the search")}  # fmt: skip
         record = _run_trial(client, idx, dict(params), cfg, out, (train_arrays, val_arrays),
-                            sources)  # fmt: skip
+                            sources, base_name)  # fmt: skip
         record.update(fixed=pins, limit=limit)
         failed_in_a_row = failed_in_a_row + 1 if record["status"] == "failed" else 0
         record["seconds"] = round(time.perf_counter() - t0, 1)
@@ -384,10 +384,12 @@ def _run_trial(
     out: Path,
     data: tuple,
     sources: dict[str, str],
+    base_name: str = "the base config",
 ) -> dict[str, Any]:
     """Train trial ``idx`` and report it to Ax; returns its record (completed or failed).
     Only :func:`trial_failure` errors fail a trial; anything else propagates. ``sources``:
-    where each model_config key came from, named when the trial build refuses them."""
+    where each model_config key came from, named when the trial build refuses them;
+    ``base_name``: the base config, named when running out of memory is its doing."""
     record: dict[str, Any] = {"trial": idx, "params": params}
     run_dir = out / "trials" / f"{idx:03d}"
     if cfg.teacher:
@@ -400,6 +402,8 @@ def _run_trial(
             raise  # a programmer bug: keep its traceback
         if isinstance(exc, BuildRefused):
             reason = f"{_named_sources(exc.given, sources)}: {reason}"
+        elif isinstance(exc, TrainingOutOfMemory):
+            reason = _out_of_memory_reason(exc, cfg, base_name)
         client.mark_trial_failed(idx, failed_reason=reason[:200])
         record.update(status="failed", error=reason)
         return record
@@ -418,6 +422,27 @@ def _run_trial(
         config={k: v for k, v in cfg.to_dict().items() if k not in _RUN_ONLY},
     )
     return record
+
+
+def _out_of_memory_reason(exc: TrainingOutOfMemory, cfg: TrainConfig, base_name: str) -> str:
+    """A trial that ran out of memory, with what a tune can change: ``tune`` has no
+    ``--batch-size`` (training's hint); the search samples ``batch_size`` (``--fix``
+    pins it), and ``eval_batch_size`` comes from the base config."""
+    if exc.key == "batch_size":
+        smallest = min(_choices("batch_size"))
+        if cfg.batch_size > smallest:
+            return f"{exc.what}; try --fix batch_size={smallest}"
+        hint = f"batch_size {smallest} is the smallest the search tries"
+        narrowest, width = min(_choices("width")), cfg.model_config.get("width")
+        if isinstance(width, int) and width > narrowest:
+            hint += f"; try --fix width={narrowest}"
+        return f"{exc.what}; {hint}"
+    where = base_name + (" (--config)" if base_name == "the base config" else "")
+    return f"{exc.what}; try a smaller {exc.key} in {where}"
+
+
+def _choices(name: str) -> tuple[Any, ...]:
+    return next(values for key, _, values in SPACE if key == name)
 
 
 def _named_sources(given: dict[str, Any], sources: dict[str, str]) -> str:

@@ -90,9 +90,7 @@ def out_of_memory_is(what: str, key: str) -> Iterator[None]:
     except Exception as exc:
         if isinstance(exc, TrainingError) or not out_of_memory(exc):
             raise
-        option = f" (--{key.replace('_', '-')})" if key == "batch_size" else ""
-        why = memory_reason(exc)
-        raise TrainingOutOfMemory(f"{what} ({why}); try a smaller {key}{option}") from exc
+        raise TrainingOutOfMemory(f"{what} ({memory_reason(exc)})", key) from exc
 
 
 def train_step(t: Trainer, images: torch.Tensor, labels: torch.Tensor) -> float:

@@ -13,7 +13,17 @@ class TrainingError(RuntimeError):
 
 class TrainingOutOfMemory(TrainingError, MemoryError):
     """Memory ran out in a training or validation batch: the batch size is too large for
-    the machine (the message names it), not a bug."""
+    the machine (the message names it), not a bug. ``what`` says what ran out and why,
+    ``key`` the config key to lower (``batch_size``, ``eval_batch_size``); the message is
+    ``what``, then how to lower it with ``train``'s options (``tune`` says its own)."""
+
+    def __init__(self, what: str, key: str) -> None:
+        self.what, self.key = what, key
+        option = f" (--{key.replace('_', '-')})" if key == "batch_size" else ""
+        super().__init__(f"{what}; try a smaller {key}{option}")
+
+    def __reduce__(self) -> tuple[Any, ...]:  # picklable: rebuilt from both
+        return type(self), (self.what, self.key)
 
 
 @dataclass
