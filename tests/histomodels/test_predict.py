@@ -297,7 +297,7 @@ def test_every_file_that_cannot_be_scored_gets_its_own_line(tmp_path: Path) -> N
     (a CSV of an earlier run left as it was). The library raises
     SkippedInputs naming them, with the summary of what was written; when no file could be
     scored, no CSV is written."""
-    from histomodels.predict import OverPixelLimit, SkippedInputs, predict_paths
+    from histomodels.predict import OverPixelLimit, SkippedInputs, TooSmall, predict_paths
 
     ckpt = tiny_checkpoint(tmp_path)
     good = tmp_path / "good.png"
@@ -332,7 +332,7 @@ def test_every_file_that_cannot_be_scored_gets_its_own_line(tmp_path: Path) -> N
         predict_paths(ckpt, files, out, max_pixels=50_000, draw_heatmaps=False)
     assert [type(e) for e in err.value.problems] == [
         PredictInputError,
-        PredictInputError,
+        TooSmall,  # a PredictInputError; the command gives several of them one line
         OverPixelLimit,
     ]
     assert str(err.value).startswith(f"{bad}: cannot read image") and "and 2 more" in str(err.value)
@@ -1098,3 +1098,44 @@ def test_a_checkpoint_at_a_huge_input_size_is_scored_in_batches_under_the_pixel_
     assert pixels_seen(ens_pred.model, 96, 96) == 1024 * 1024
     assert batch_limit(ens_pred.model, 96, 96, 256) == cap
 
+
+def test_tiles_too_small_at_the_scale_share_one_line_that_points_to_eval(tmp_path: Path) -> None:
+    """256 px tiles at --scale 0.25 (64 px, under one 96 px patch) gave one line per tile,
+    89 for the Camelyon16 folder. Several such files share one line now, where the first
+    stood, with how many and one example, pointing to eval --data --scale, which scores
+    such tiles whole, when it would (each at least 32 px there, a model that does not
+    enlarge its input itself). Other problems keep a line each."""
+    ckpt = tiny_checkpoint(tmp_path)
+    tiles = tmp_path / "tiles"
+    tiles.mkdir()
+    for i in range(3):
+        Image.fromarray(make_figure(3, 3, seed=30 + i)[:256, :256]).save(tiles / f"t{i}.png")
+    out = tmp_path / "p.csv"
+    args = ["predict", str(ckpt), "--scale", "0.25", "--no-heatmaps", "--out", str(out)]
+    r = CliRunner().invoke(app, [*args, str(tiles)])
+    assert r.exit_code == 1, r.output
+    assert r.stderr.splitlines() == [
+        f"error: 3 of 3 file(s) are smaller than one 96px patch at scale 0.25, e.g. "
+        f"{tiles / 't0.png'}: 256x256 at scale 0.25 is 64x64; predict cuts images into 96px "
+        "patches: to score such tiles whole (labelled, one folder per class) use eval --data "
+        "FOLDER --scale 0.25"
+    ]
+    assert not out.exists()
+    # among files that are scored: a warning, exit 3; an unreadable file keeps its own line
+    big = tmp_path / "big.png"
+    Image.fromarray(make_figure(8, 8, seed=3)).save(big)  # 768 px: 192 px at 0.25
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 20)
+    r = CliRunner().invoke(app, [*args, str(bad), str(tiles), str(big)])
+    assert r.exit_code == 3, r.output
+    lines = r.stderr.splitlines()
+    assert len(lines) == 2 and lines[0].startswith(f"warning: {bad}: cannot read image"), lines
+    assert lines[1].startswith("warning: 3 of 5 file(s) are smaller than one 96px patch"), lines
+    assert [row["path"] for row in _rows(out)] == [str(big)] * 4
+    # under 32 px at the scale (PCam's label region) eval refuses them too: no pointer
+    r = CliRunner().invoke(app, [*args[:3], "0.1", *args[4:], str(tiles)])
+    assert r.exit_code == 1, r.output
+    assert r.stderr.splitlines() == [
+        f"error: 3 of 3 file(s) are smaller than one 96px patch at scale 0.1, e.g. "
+        f"{tiles / 't0.png'}: 256x256 at scale 0.1 is 26x26"
+    ]

@@ -66,6 +66,18 @@ class OverPixelLimit(PredictInputError):
     :class:`PredictInputError`)."""
 
 
+class TooSmall(PredictInputError):
+    """An image smaller than one patch after ``scale``; ``scaled`` is its (width, height)
+    then, ``size`` the patch's side."""
+
+    def __init__(self, message: str, scaled: tuple[int, int], size: int) -> None:
+        super().__init__(message)
+        self.scaled, self.size = scaled, size
+
+    def __reduce__(self) -> tuple[Any, ...]:  # picklable (process pools)
+        return type(self), (str(self), self.scaled, self.size)
+
+
 class SkippedInputs(PredictInputError):
     """Files that could not be scored (``problems``: one error per file, in input order);
     the rest were, and ``summary`` is :func:`predict_paths`'s summary of them (its ``csv``
@@ -207,7 +219,9 @@ def _check_file(
             sw, sh = round(w * scale), round(h * scale)
             stored = " as stored" if turn is None else ""
             at = " is" if scale == 1 else f" at scale {number_text(scale)} is {sw}x{sh},"
-            raise PredictInputError(f"{f}: {w}x{h}{stored}{at} smaller than one {size}px patch")
+            raise TooSmall(
+                f"{f}: {w}x{h}{stored}{at} smaller than one {size}px patch", (sw, sh), size
+            )
     return pages, unit, (sw, sh)
 
 
@@ -437,10 +451,19 @@ def predict_paths(
             if str(target) not in drawn and _drawn_for(target, mark):
                 target.unlink(missing_ok=True)
     summary = {"files": scored, "rows": n_rows, "csv": str(out_csv) if scored else None,
-               "heatmaps": heatmaps, "threshold": cut, "threshold_source": cut_source}  # fmt: skip
+               "heatmaps": heatmaps, "threshold": cut, "threshold_source": cut_source,
+               "scale": scale, "scores_small_whole": _scores_small_whole(pred)}  # fmt: skip
     if problems:
         raise SkippedInputs([problems[f] for f in dict.fromkeys(files) if f in problems], summary)
     return summary
+
+
+def _scores_small_whole(pred: Predictor) -> bool:
+    """Whether ``eval --data --scale`` would score an image under one patch whole with this
+    model (one that does not enlarge its input to a fixed size itself)."""
+    from histomodels.evaluate import resizes_input
+
+    return not resizes_input(pred.model)
 
 
 def _predict_files(
@@ -576,8 +599,10 @@ def scaled(
     sw, sh = round(w * scale), round(h * scale)
     if sh < size or sw < size:  # said with the size compared, as check_inputs says it
         what = what or f"one {size}px patch"
-        raise PredictInputError(
-            f"{where}: {w}x{h} at scale {number_text(scale)} is {sw}x{sh}, smaller than {what}"
+        raise TooSmall(
+            f"{where}: {w}x{h} at scale {number_text(scale)} is {sw}x{sh}, smaller than {what}",
+            (sw, sh),
+            size,
         )
     return img if scale == 1.0 else rescale(img, scale)
 

@@ -512,7 +512,8 @@ def predict_cmd(
 ) -> None:
     """One CSV row per 96 px patch with its tumour probability and yes/no call; large images
     are tiled and get a heatmap PNG. Exit 0: every input scored; 3: the CSV was written but
-    some inputs were skipped (one warning line each); 1: nothing written."""
+    some inputs were skipped (a warning line each; those too small share one); 1: nothing
+    written."""
     checkpoint = _model_source(ctx, None if model else paths[0], model)
     if model is None:
         paths = paths[1:]
@@ -550,7 +551,7 @@ def predict_cmd(
     if res["csv"] is not None:
         _print_predicted(res)
     if skipped:
-        _print_skipped(skipped, scored=res["csv"] is not None)
+        _print_skipped(skipped, res)
 
 
 def _print_predicted(res: dict) -> None:
@@ -565,20 +566,52 @@ def _print_predicted(res: dict) -> None:
 PARTIAL_EXIT = 3
 
 
-def _print_skipped(problems: list, *, scored: bool) -> None:
+def _print_skipped(problems: list, summary: dict) -> None:
     """One line per file predict could not score: ``warning:`` and exit 3 when the others
     were scored into the CSV; ``error:`` and exit 1 when none was (nothing written). So 0
-    means every input was scored, 3 that the CSV lacks some, 1 that this run wrote none."""
+    means every input was scored, 3 that the CSV lacks some, 1 that this run wrote none.
+    Files smaller than one patch (after ``--scale``) share one line when there are several,
+    where the first of them stood, pointing to ``eval --data --scale`` when that would score
+    them whole (a folder of 256 px tiles at ``--scale 0.25`` gave one line per tile)."""
     from histocore.io import one_line
-    from histomodels.predict import OverPixelLimit
+    from histomodels.predict import OverPixelLimit, TooSmall
 
     hint = "; --max-pixels raises the limit"  # the library's message knows no option names
     lines = [f"{exc}{hint if isinstance(exc, OverPixelLimit) else ''}" for exc in problems]
-    if not scored:
+    small = [i for i, exc in enumerate(problems) if isinstance(exc, TooSmall)]
+    if len(small) > 1:
+        lines[small[0]] = _too_small_line([problems[i] for i in small], problems, summary)
+        lines = [line for i, line in enumerate(lines) if i not in small[1:]]
+    if summary["csv"] is None:
         fail(*lines)
     for line in lines:
         typer.echo(f"warning: {one_line(line)}", err=True)
     raise typer.Exit(PARTIAL_EXIT)
+
+
+def _too_small_line(small: list, problems: list, summary: dict) -> str:
+    """One line for the files in ``small`` (:class:`~histomodels.predict.TooSmall`, two or
+    more): how many, the first as an example, and ``eval --data --scale`` when it scores
+    them whole (the model does not enlarge its input itself, and each is at least PCam's
+    32 px label region at the scale)."""
+    from histocore.io import number_text
+    from histomodels.evaluate import MIN_SCALED_SIDE
+
+    given = (summary.get("files") or 0) + len(problems)
+    size, scale = small[0].size, float(summary.get("scale", 1.0))
+    # the first file's own line less its "smaller than ..." end: "a.png: 256x256 at scale
+    # 0.25 is 64x64"
+    example = str(small[0]).rsplit(" smaller than", 1)[0].rstrip(",").removesuffix(" is")
+    line = (
+        f"{len(small)} of {given} file(s) are smaller than one {size}px patch"
+        f"{'' if scale == 1 else f' at scale {number_text(scale)}'}, e.g. {example}"
+    )
+    if summary.get("scores_small_whole") and all(min(e.scaled) >= MIN_SCALED_SIDE for e in small):
+        line += (
+            f"; predict cuts images into {size}px patches: to score such tiles whole (labelled, "
+            f"one folder per class) use eval --data FOLDER --scale {number_text(scale)}"
+        )
+    return line
 
 
 def label_cmd(
