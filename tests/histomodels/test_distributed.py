@@ -111,13 +111,16 @@ finally:  # the trainer destroyed the process group it joined
 
 
 def _torchrun(script, args, tmp_path, *extra):
+    """torchrun with 2 processes; its temp files in ``tmp_path`` (``TMPDIR``), which pytest
+    removes: without ``--log-dir`` it makes a ``torchelastic_*`` log folder with
+    ``tempfile.mkdtemp`` and leaves it, and each run left one in /tmp."""
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
         *extra, str(script), *args,
     ]  # fmt: skip
     env = {
         **os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE",
-        "SPY_DIR": str(tmp_path),
+        "SPY_DIR": str(tmp_path), "TMPDIR": str(tmp_path),
     }  # fmt: skip
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
 
@@ -156,6 +159,8 @@ def test_torchrun_two_processes_gloo(tmp_path):
 
     run = tmp_path / "run"
     r, targets = run_into(run)
+    # torchrun's log folder is in the test's own folder (removed with it), not left in /tmp
+    assert len(list(tmp_path.glob("torchelastic_*"))) == 1
     assert r.stdout.count("best val AUC") == 1  # only rank 0 reports
     assert "rank 0 scored 32 patches" in r.stderr and "rank 1 scored 32 patches" in r.stderr
     assert r.stderr.count(" scored ") == 2
