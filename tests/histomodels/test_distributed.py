@@ -238,11 +238,65 @@ def test_ranks_started_by_hand_need_rank_and_the_masters_address(monkeypatch):
         init_distributed(torch.device("cpu"))
 
 
+JOIN_ALONE = """
+import sys
+import torch
+from histomodels.distributed import DistError, init_distributed
+try:
+    init_distributed(torch.device("cpu"))
+except DistError as exc:
+    sys.exit(f"error: {exc}")
+"""
+
+
+def test_rank_0_waits_for_the_others_only_as_long_as_histomodels_join_timeout_says(tmp_path):
+    """Rank 0 started by hand whose rank 1 never comes (it failed before rank 0's store was
+    up, so its report reached no one) waited out torch's 30-minute timeout. The wait is
+    HISTOMODELS_JOIN_TIMEOUT seconds when set (10 minutes, torchrun's own rendezvous
+    default, when not), and the line says how to wait longer; a value that is not a
+    positive number of seconds is one line at once."""
+    import time
+
+    script = tmp_path / "join.py"
+    script.write_text(JOIN_ALONE)
+    env = {
+        **os.environ, "RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(_free_port()), "OMP_NUM_THREADS": "1",
+        "HISTOMODELS_JOIN_TIMEOUT": "3",
+    }  # fmt: skip
+    t0 = time.monotonic()
+    r = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True,
+                       timeout=150)  # fmt: skip
+    assert r.returncode == 1 and time.monotonic() - t0 < 100, r.stderr
+    assert r.stderr.splitlines() == [
+        "error: all 2 ranks did not join within 0:00:03: start every rank with the same "
+        "WORLD_SIZE, MASTER_ADDR and MASTER_PORT (and each its own RANK); "
+        "HISTOMODELS_JOIN_TIMEOUT=SECONDS waits longer for ranks started further apart"
+    ]
+    for bad in ("soon", "0", "-5", "nan", "inf"):
+        r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                           env={**env, "HISTOMODELS_JOIN_TIMEOUT": bad}, timeout=150)  # fmt: skip
+        assert r.returncode == 1 and r.stderr.splitlines() == [
+            f"error: HISTOMODELS_JOIN_TIMEOUT={bad}: expected a positive number of seconds"
+        ], r.stderr
+
+
+def test_the_join_timeout_is_torchruns_ten_minutes_unless_set(monkeypatch):
+    from datetime import timedelta
+
+    from histomodels.distributed import join_timeout
+
+    monkeypatch.delenv("HISTOMODELS_JOIN_TIMEOUT", raising=False)
+    assert join_timeout() == timedelta(minutes=10)
+    monkeypatch.setenv("HISTOMODELS_JOIN_TIMEOUT", " 5400 ")  # a node started 90 min later
+    assert join_timeout() == timedelta(minutes=90)
+
+
 #: How long the by-hand ranks may take before the test calls them hung. The hang these tests
-#: guard is a rank waiting out the 30-minute join or collective timeout (1800 s); a healthy
-#: pair takes about 30 s on the 2 cores at load 7, 130-175 s at load 12 (measured 2026-12-01),
-#: and CI once needed more than the old 120 s. 420 s leaves the module fixture room under
-#: pytest's 600 s per test.
+#: guard is a rank waiting out the 10-minute join (600 s) or 30-minute collective timeout;
+#: a healthy pair takes about 30 s on the 2 cores at load 7, 130-175 s at load 12 (measured
+#: 2026-12-01), and CI once needed more than the old 120 s. 420 s leaves the module fixture
+#: room under pytest's 600 s per test.
 BY_HAND_TIMEOUT = 420
 
 
@@ -269,7 +323,7 @@ def _by_hand(tmp_path, args, *, timeout=BY_HAND_TIMEOUT, rank_args=None, rank_en
     """Two ranks of ``histomodels ARGS`` started by hand (RANK, WORLD_SIZE, MASTER_ADDR,
     MASTER_PORT; no torchrun), rank k in its own folder ``node<k>`` as if on its own node's
     disk. Returns [(exit code, stderr, seconds to exit)] per rank; a rank still running
-    after ``timeout`` s is killed and fails the test (it would have waited 30 minutes).
+    after ``timeout`` s is killed and fails the test (it would have waited 10 minutes or more).
     ``rank_args`` {rank: [more args]} / ``rank_env`` {rank: {VAR: value}} give one rank
     options or environment of its own.
 

@@ -13,7 +13,7 @@ the rendezvous store. One rank's failure stops every rank promptly, whoever laun
 
 - before joining (bad options, a missing file on one node): :func:`report_early_failure`
   posts it to the rendezvous store, where :func:`init_distributed` of the others reads it
-  (they would otherwise wait in the join for the process-group timeout, 30 minutes);
+  (they would otherwise wait in the join for :func:`join_timeout`, 10 minutes);
 - after joining: everything a rank can fail at between two collectives runs in
   :func:`together`, which ends with every rank agreeing (one small all-reduce) whether any
   failed; then the failed rank raises its own error and the others :class:`RankFailed`.
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import socket
 import time
@@ -38,8 +39,13 @@ from histocore.errors import DomainError
 
 log = logging.getLogger(__name__)
 
-#: how long ranks wait for each other to join (torch's default process-group timeout)
-JOIN_TIMEOUT = timedelta(minutes=30)
+#: how long ranks wait for each other to join, unless ``HISTOMODELS_JOIN_TIMEOUT`` (seconds)
+#: says otherwise: torchrun's own rendezvous default. It was torch's process-group timeout,
+#: 30 minutes, which rank 0 waited out for a rank that failed before rank 0's store was up
+#: (its report found no store to post to).
+JOIN_TIMEOUT = timedelta(minutes=10)
+#: the environment variable that sets the join wait (seconds), for ranks started further apart
+JOIN_TIMEOUT_VAR = "HISTOMODELS_JOIN_TIMEOUT"
 #: how long a rank that failed before joining waits to tell the others (then it exits)
 REPORT_WAIT = timedelta(seconds=60)
 
@@ -107,6 +113,21 @@ _started = False  # this process has posted its start status (joined, or reporte
 _joins = 0  # process groups this process joined (each join has its own store keys)
 
 
+def join_timeout() -> timedelta:
+    """How long ranks wait for each other to join: ``HISTOMODELS_JOIN_TIMEOUT`` seconds
+    (a positive number) when set, else :data:`JOIN_TIMEOUT`."""
+    raw = os.environ.get(JOIN_TIMEOUT_VAR, "").strip()
+    if not raw:
+        return JOIN_TIMEOUT
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = math.nan
+    if not 0 < seconds < 10**7:  # NaN fails too; 10^7 s (116 days) keeps timedelta sane
+        raise DistError(f"{JOIN_TIMEOUT_VAR}={raw}: expected a positive number of seconds")
+    return timedelta(seconds=seconds)
+
+
 def _store(rank: int, world: int, timeout: timedelta) -> dist.Store:
     """The rendezvous store: torchrun's agent store, else one rank 0 hosts (not waiting in
     C++ for the others, so the join below stays interruptible)."""
@@ -158,8 +179,10 @@ def _start(rank: int, world: int, failure: str | None) -> dist.Store:
     torchrun every rank (torchrun stops the others once one exits), waits until all ranks
     have read them, so none leaves before the others know."""
     global _started, _joins
+    # first: a bad HISTOMODELS_JOIN_TIMEOUT fails this rank before it starts, so its
+    # report (with REPORT_WAIT) still tells the others
+    timeout = join_timeout() if failure is None else REPORT_WAIT
     _started, _joins = True, _joins + 1
-    timeout = JOIN_TIMEOUT if failure is None else REPORT_WAIT
     if failure is not None and not _hosts_store(rank) and not _store_up(timeout):
         raise DistError(f"the rendezvous store did not come up within {timeout}")
     store = _store(rank, world, timeout)
@@ -186,7 +209,8 @@ def _wait(done: Callable[[], bool], timeout: timedelta, problem: str) -> None:
         if time.monotonic() > deadline:
             raise DistError(
                 f"{problem} within {timeout}: start every rank with the same WORLD_SIZE, "
-                "MASTER_ADDR and MASTER_PORT (and each its own RANK)"
+                f"MASTER_ADDR and MASTER_PORT (and each its own RANK); {JOIN_TIMEOUT_VAR}="
+                "SECONDS waits longer for ranks started further apart"
             )
         time.sleep(0.05)
 
