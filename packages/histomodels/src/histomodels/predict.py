@@ -461,9 +461,11 @@ def predict_paths(
 def _scores_small_whole(pred: Predictor) -> bool:
     """Whether ``eval --data --scale`` would score an image under one patch whole with this
     model (one that does not enlarge its input to a fixed size itself)."""
-    from histomodels.evaluate import resizes_input
+    from histomodels.inference import pixels_seen
 
-    return not resizes_input(pred.model)
+    # a model resizing its input (evaluate.resizes_input: a backbone's input_size, an
+    # ensemble member) sees a 1 px image at its own size; evaluate imports this module
+    return pixels_seen(pred.model, 1, 1) == 1
 
 
 def _predict_files(
