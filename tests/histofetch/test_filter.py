@@ -301,7 +301,7 @@ def test_compound_figures_are_decided_by_their_panels(tmp_path: Path) -> None:
     assert figure.kept == any(p.kept for p in panels)
     if not figure.kept:
         assert figure.filter_reason is not None
-        assert figure.filter_reason.startswith("no H&E panel among 4: ")
+        assert figure.filter_reason.startswith("no H&E panel (4 panels): ")
     # downstream sees the kept panels, never the split figure itself
     assert {i.id for i in m.kept_images()} == {p.id for p in panels if p.kept}
     # status counts them so: kept (panels) + rejected + split figures kept = scored
@@ -314,6 +314,21 @@ def test_compound_figures_are_decided_by_their_panels(tmp_path: Path) -> None:
     # rescoring replaces the panel rows instead of adding more
     run_filter(run_dir, sheet=False, rescore=True)
     assert len(Manifest.load(run_dir).panels_of(figure.id)) == 4
+
+
+def test_a_split_figure_with_no_h_and_e_panel_is_one_status_reason(tmp_path: Path) -> None:
+    """`histofetch status` counts rejected figures by the reason's text before its first
+    ':' or '('; a split figure's reason named its panel count there ('no H&E panel among
+    4'), so figures of 2, 3, 4 and 5 panels were four reasons of one or two figures each."""
+    from histofetch.status import run_status
+
+    run_dir = _grid_run(tmp_path)
+    run_filter(run_dir, sheet=False, purple=1.0, min_he=1.0)  # no panel passes now
+    m = Manifest.load(run_dir)
+    (figure,) = [i for i in m.images.values() if i.source == "pdf"]
+    assert figure.kept is False and figure.filter_reason is not None
+    assert figure.filter_reason.startswith("no H&E panel (4 panels): ")
+    assert run_status(run_dir)["reject_reasons"]["no H&E panel"] == 1
 
 
 def test_explain_prints_every_signal(tmp_path: Path) -> None:

@@ -403,7 +403,7 @@ def decide_image(manifest: Manifest, img: Image, limits: Thresholds, **signals: 
     else:
         details = "; ".join(f"{name(p)}: {p.filter_reason}" for p in panels)
         img.kept = False
-        img.filter_reason = f"no H&E panel among {len(panels)}: {details}"
+        img.filter_reason = f"no H&E panel ({len(panels)} panels): {details}"
         img.extra["decision"]["note"] = img.filter_reason
         img.extra["decision"]["margin"] = max(p.extra["decision"]["margin"] for p in panels)
 
