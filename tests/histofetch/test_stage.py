@@ -57,6 +57,26 @@ def test_records_failed_at_another_stage_are_named_by_it(tmp_path: Path) -> None
     )
 
 
+def test_this_stages_failure_reasons_follow_its_own_failures(tmp_path: Path) -> None:
+    """`extract` of local PDFs in a run whose downloads failed printed
+    'extracted: 1 done, 0 already done, 2 failed, 20 failed in download (histofetch
+    status says why) (encrypted PDF, needs a password: 1, not a PDF: 1)': the reasons of
+    this stage's 2 failures read as those of the 20 download failures."""
+    m = _manifest(tmp_path)
+    m.add_record(Record(id="f", stage="searched"))
+    m.records["f"].fail("downloaded", "no route gave files")
+
+    def work(rec: Record) -> None:
+        if rec.id == "a":
+            raise StageFailure("encrypted PDF: needs a password")
+
+    summary = run_per_record(m, "extracted", work)
+    assert summary.line() == (
+        "extracted: 1 done, 1 already done, 1 failed (encrypted PDF: 1), 1 failed before, "
+        "1 failed in download (histofetch status says why), 1 not downloaded yet"
+    )
+
+
 def test_failures_are_recorded_with_reason_and_the_run_goes_on(tmp_path: Path) -> None:
     m = _manifest(tmp_path)
 

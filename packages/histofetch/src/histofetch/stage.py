@@ -102,6 +102,13 @@ class StageSummary:
 
     def line(self) -> str:
         text = f"{self.stage}: {self.done} done, {self.skipped} already done, {self.failed} failed"
+        if self.reasons:  # right after this stage's failures: they are the ones counted
+            shown = self.reasons.most_common(5)
+            text += " (" + ", ".join(f"{r}: {n}" for r, n in shown)
+            rest = self.reasons.total() - sum(n for _, n in shown)
+            if rest:  # the counts shown must add up to the failures: name the rest's count
+                text += f", other reasons: {rest}"
+            text += ")"
         if self.failed_before:
             text += f", {self.failed_before} failed before"
         for step, n in self.failed_elsewhere.items():
@@ -115,13 +122,6 @@ class StageSummary:
             text += f", {self.elsewhere} being done by another process"
         if self.renamed:
             text += f", {self.renamed} renamed by a search meanwhile (the next run takes them)"
-        if self.reasons:
-            shown = self.reasons.most_common(5)
-            text += " (" + ", ".join(f"{r}: {n}" for r, n in shown)
-            rest = self.reasons.total() - sum(n for _, n in shown)
-            if rest:  # the counts shown must add up to the failures: name the rest's count
-                text += f", other reasons: {rest}"
-            text += ")"
         return one_line(text)  # reasons may quote a server or a file: no control characters
 
 
