@@ -81,6 +81,8 @@ def test_run_does_all_stages_and_resumes(ncbi: FakeNcbi, tmp_path: Path) -> None
     assert result.exit_code == 0, result.output
     for stage in ("searched:", "downloaded:", "extracted:", "filtered:"):
         assert stage in result.output
+    # as `filter` says it: how many were kept and where the sheets are (run said neither)
+    assert f"scored images; sheets in {run / 'sheets'}" in result.output
     manifest = Manifest.load(run)
     assert {r.stage for r in manifest.records.values() if r.status == "ok"} == {"filtered"}
     assert any(i.source == "pdf" for i in manifest.images.values())

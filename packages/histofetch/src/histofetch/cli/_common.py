@@ -270,6 +270,17 @@ def record_limit(ctx: typer.Context, option: float) -> tuple[float, bool]:
     return (option, False) if limit is None else (limit, True)
 
 
+def kept_line(run: Path, sheet: bool = True) -> str:
+    """What ``filter`` (and ``run`` after it) says under its summary line: how many images
+    were kept and where the contact sheets are."""
+    from histofetch.status import run_status, split_note
+
+    with errors():
+        info = run_status(run)
+    where = f"; sheets in {run / 'sheets'}" if sheet else ""
+    return f"kept {info['kept']} of {info['scored']} scored images{split_note(info)[1:]}{where}"
+
+
 def fail_on_killers(run: Path, *summaries: StageSummary) -> None:
     """Exit 1 with one line when records failed because reading them killed the process
     (the summary is printed first; the other records are done)."""
@@ -313,6 +324,7 @@ __all__ = [
     "fail",
     "fail_on_killers",
     "fraction",
+    "kept_line",
     "licence_policy",
     "net_config",
     "progress",

@@ -30,6 +30,7 @@ from histofetch.cli._common import (
     errors,
     fail_on_killers,
     fraction,
+    kept_line,
     licence_policy,
     net_config,
     progress,
@@ -153,4 +154,6 @@ def run_all(
             print(summary.line(), flush=True)
             if isinstance(summary, StageSummary):
                 summaries.append(summary)
+    if any(s.stage == "filtered" for s in summaries):
+        print(kept_line(run))
     fail_on_killers(run, *summaries)

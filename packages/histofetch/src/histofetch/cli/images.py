@@ -19,6 +19,7 @@ from histofetch.cli._common import (
     fail,
     fail_on_killers,
     fraction,
+    kept_line,
     progress,
     record_limit,
 )
@@ -146,7 +147,6 @@ def filter_(
     """Split figures into panels, score each image once (colour, CNN, caption), keep H&E."""
     from histocore.manifest import Manifest
     from histofetch.filter import explain, run_filter
-    from histofetch.status import run_status, split_note
 
     if explain_id is not None:
         with errors(), Manifest.load(run) as manifest:
@@ -174,8 +174,6 @@ def filter_(
             min_side=min_side,
             panels=panels,
         )
-        info = run_status(run)
     print(summary.line())
-    where = f"; sheets in {run / 'sheets'}" if sheet else ""
-    print(f"kept {info['kept']} of {info['scored']} scored images{split_note(info)[1:]}{where}")
+    print(kept_line(run, sheet))
     fail_on_killers(run, summary)
