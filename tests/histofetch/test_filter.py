@@ -331,6 +331,17 @@ def test_a_split_figure_with_no_h_and_e_panel_is_one_status_reason(tmp_path: Pat
     assert run_status(run_dir)["reject_reasons"]["no H&E panel"] == 1
 
 
+def test_header_weak_label_counts_count_what_is_kept(tmp_path: Path) -> None:
+    """The header's `weak_labels` counted a split figure kept for its panels and those
+    panels too: 'abstain': 3 for 2 kept panels (17 for `status`'s 12 kept on the fixture
+    PDFs), while status, review and eval count the panels only."""
+    run_dir = _grid_run(tmp_path)
+    m = Manifest.load(run_dir)
+    counts = m.header_extra["weak_labels"]
+    kept = m.kept_images()
+    assert kept and sum(counts[k] for k in ("metastasis", "no_metastasis", "abstain")) == len(kept)
+
+
 def test_explain_prints_every_signal(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 

@@ -291,11 +291,14 @@ def label_manifest(manifest: Manifest) -> dict[str, int]:
     from histofetch.leakage import flag_near_duplicates
 
     counts: dict[str, int] = dict.fromkeys(WEAK_LABELS, 0)
+    # a split figure kept for its panels is labelled too, but counted by its panels only
+    counted = {img.id for img in manifest.kept_images()}
     for img in manifest.images.values():
         if img.kept and img.status == "ok":
             rec = manifest.records.get(img.record_id)
             label_image(img, rec.title if rec else None)
-            counts[img.weak_label or "abstain"] += 1
+            if img.id in counted:
+                counts[img.weak_label or "abstain"] += 1
         else:
             img.weak_label = img.weak_label_evidence = img.site = img.weak_label_rules = None
     counts["near_duplicate"] = flag_near_duplicates(manifest)
