@@ -169,6 +169,20 @@ def test_two_tabs_never_lose_an_answer(kit: tuple[Path, Path], tmp_path: Path) -
     assert len((run / LOG_NAME).read_text().splitlines()) == 26
 
 
+def test_a_run_whose_filter_kept_nothing_is_not_told_to_run_filter(tmp_path: Path) -> None:
+    """`review` of a filtered run that kept no figure said 'no kept figures to review (run
+    histofetch filter first)': filter had run; the user needs to know it kept nothing."""
+    from histofetch.filter import run_filter
+
+    run = make_run(tmp_path)
+    run_filter(run, sheet=False, min_side=100_000)  # every figure too small to judge now
+    r = CliRunner().invoke(cli, ["review", "--run", str(run), "--no-browser"])
+    assert r.exit_code == 1 and len(r.output.strip().splitlines()) == 1, r.output
+    assert "filter first" not in r.output
+    assert "filter kept none of the run's 4 images" in r.output
+    assert "histofetch status" in r.output
+
+
 def test_bad_run_folder_gets_an_error_page_and_the_cli_one_line(tmp_path: Path) -> None:
     bad = tmp_path / "bad"
     bad.mkdir()

@@ -120,10 +120,22 @@ def load_run(run_dir: str | Path) -> Manifest:
     except (ManifestError, OSError, UnicodeDecodeError) as exc:
         raise ReviewError(str(exc).splitlines()[0]) from None
     if not manifest.kept_images():
+        decided = sum(1 for img in manifest.images.values() if img.kept is not None)
+        filtered = any(r.stage == "filtered" for r in manifest.records.values())
         manifest.close()
-        raise ReviewError(
-            f"{run_dir / MANIFEST_NAME}: no kept figures to review (run histofetch filter first)"
-        )
+        if decided:  # filter ran: say what it did, not to run it
+            hint = (
+                f": filter kept none of the run's {decided} images; histofetch status --run "
+                f"{run_dir} says why, the sheets in {run_dir / 'sheets'} show them"
+            )
+        elif filtered:
+            hint = (
+                f": its filtered articles have no images; histofetch status --run {run_dir} "
+                "says why"
+            )
+        else:
+            hint = " (run histofetch filter first)"
+        raise ReviewError(f"{run_dir / MANIFEST_NAME}: no kept figures to review{hint}")
     return manifest
 
 
