@@ -360,6 +360,14 @@ def test_explain_prints_every_signal(tmp_path: Path) -> None:
         "caption names H&E",
     ):
         assert word in result.output
+    # a rejected row's reason is said once (its note is the same text: it was printed twice)
+    reason = (
+        Manifest.load(run_dir)
+        .images[next(i for i in Manifest.load(run_dir).images if i.endswith("p001_001_panel03"))]
+        .filter_reason
+    )
+    assert reason and result.output.count(reason) == 1, result.output
+    assert "margin -" in result.output
     result = CliRunner().invoke(app, ["filter", "--run", str(run_dir), "--explain", "nope"])
     assert result.exit_code == 1 and "'nope' names no image" in result.output
     # --explain times nothing: a bad HISTOFETCH_RECORD_TIMEOUT failed it (exit 2)

@@ -419,6 +419,11 @@ def decide(img: Image, limits: Thresholds) -> None:
 EXPLAIN_SHOWN = 5
 
 
+def _note_unless_said(note: str, img: Image) -> str:
+    """The decision's note for ``--explain``, unless it is the reason printed above it."""
+    return "" if not note or (not img.kept and note == img.filter_reason) else f"{note} "
+
+
 def explain(manifest: Manifest, image_id: str) -> str:
     """Every signal behind one row's decision, as text a person can read (``--explain``).
 
@@ -461,7 +466,8 @@ def explain(manifest: Manifest, image_id: str) -> str:
     lines += [
         f"decision  {'KEPT' if img.kept else 'REJECTED'}"
         + ("" if img.kept else f": {img.filter_reason}"),
-        f"          {decision.get('note', '')} (margin {decision.get('margin', 'n/a')})",
+        f"          {_note_unless_said(decision.get('note', ''), img)}"
+        f"(margin {decision.get('margin', 'n/a')})",
         f"classifier p(H&E) {img.p_he} over {clf.get('tiles', '?')} tiles "
         f"(min {clf.get('p_he_min', '?')}, max {clf.get('p_he_max', '?')}); "
         f"classes {clf.get('probs', {})}",
