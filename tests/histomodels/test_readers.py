@@ -143,6 +143,19 @@ def test_pcam_bad_inputs(tmp_path: Path, patches) -> None:
         open_dataset(tmp_path / "other.h5")
 
 
+def test_pcam_folder_with_h5_and_h5_gz_names_the_file_read(tmp_path: Path, patches) -> None:
+    """A folder holding both x.h5 and x.h5.gz (``data download --gunzip``, ``gunzip -k``)
+    reads the .h5 and names it as the source, not the .gz it did not read."""
+    x, y = patches
+    _write_pcam(tmp_path, "valid", x, y, gz=True)
+    open_dataset(tmp_path)  # decompresses beside: the folder now holds both
+    plain = tmp_path / PCAM.format("valid", "x")
+    assert plain.exists() and Path(str(plain) + ".gz").exists()
+    ds = open_dataset(tmp_path)
+    assert ds.source == f"pcam:{plain}"
+    assert open_dataset(Path(str(plain) + ".gz")).source == f"pcam:{plain}"
+
+
 def test_gzip_beside_read_only_data_goes_to_cache(tmp_path: Path, patches, monkeypatch) -> None:
     import os
 
@@ -157,6 +170,7 @@ def test_gzip_beside_read_only_data_goes_to_cache(tmp_path: Path, patches, monke
         ds = open_dataset(xp)
         assert isinstance(ds, PCamDataset)
         assert len(ds) == 24 and ds.x_path.parent == tmp_path / "cache"
+        assert ds.source == f"pcam:{ds.x_path}"  # the copy read, not the .gz
     finally:
         src.chmod(0o755)
 

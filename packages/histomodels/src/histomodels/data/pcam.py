@@ -170,7 +170,7 @@ class PCamDataset(KnownLabels):
         if y_path is not None and y_path.suffix == ".gz":
             y_path = gunzip_once(y_path)
         self.y_path = y_path or self.x_path
-        self.source = f"pcam:{x_path}"
+        self.source = f"pcam:{self.x_path}"  # the file read: a .gz's decompressed copy
         self.patch_size = patch_size
         self._file: h5py.File | None = None
         self._xds: h5py.Dataset | None = None
