@@ -97,6 +97,21 @@ def test_unlabelled_data_gives_predictions_only(tmp_path: Path) -> None:
     assert len((tmp_path / "ev" / "predictions.csv").read_text().splitlines()) == 13
 
 
+def test_unlabelled_data_records_the_threshold_of_its_predictions(tmp_path: Path) -> None:
+    """metrics.json of unlabelled data names the threshold its probabilities are read with
+    beside where it came from: it said ``threshold_source`` and no ``threshold``."""
+    ckpt = tiny_checkpoint(tmp_path)
+    x, _ = make_patches(12, seed=4)
+    evaluate_checkpoint(ckpt, ArrayDataset(x), tmp_path / "ev", store_temperature="none")
+    saved = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert saved["threshold"] == 0.5 and "no validation" in saved["threshold_source"]
+    res = evaluate_checkpoint(ckpt, ArrayDataset(x), tmp_path / "ev2", val=_ds(64, 3, "v"),
+                              sensitivity=0.9, store_temperature="none")  # fmt: skip
+    saved = json.loads((tmp_path / "ev2" / "metrics.json").read_text())
+    assert "validation" in saved["threshold_source"] and saved["threshold"] == res["threshold"]
+    assert 0 < saved["threshold"] < 1 and saved["threshold"] != 0.5
+
+
 def test_tta_is_rotation_invariant(tmp_path: Path) -> None:
     model, _ = load_model(tiny_checkpoint(tmp_path))
     x, _ = make_patches(6, seed=5)

@@ -447,6 +447,7 @@ def evaluate_checkpoint(
     result["n_unlabelled"] = int((~labelled).sum())
     if not labelled.any():
         result["note"] = "no labels in the data: predictions only, no metrics"
+        result["threshold"] = float(threshold)  # what the probabilities are read with
         write_json(out / "metrics.json", result)
         return result
     y, p = labels[labelled], probs[labelled]
