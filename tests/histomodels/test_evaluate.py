@@ -373,3 +373,23 @@ def test_a_sidecar_of_another_checkpoint_is_ignored(tmp_path: Path) -> None:
     raw["temperature"] = 1.5  # the file changes (say, retrained): the old T no longer applies
     torch.save(raw, ckpt)
     assert Predictor.load(ckpt).temperature == pytest.approx(1.5)
+
+
+def test_eval_keeps_the_origin_splits_given(tmp_path: Path) -> None:
+    """``eval --origin-split`` scores only those origin splits of ``--data``, as ``data
+    info`` and ``train`` take them; with ``--manifest`` it is a usage error."""
+    from _trainkit import encoded_h5_with_origins
+
+    ckpt = tiny_checkpoint(tmp_path)
+    (tmp_path / "t").mkdir()
+    data = encoded_h5_with_origins(tmp_path / "t" / "enc.h5", 13, make_patches(1, 9)[0][0])
+    out = tmp_path / "ev"
+    r = CliRunner().invoke(app, ["eval", str(ckpt), "--data", str(data), "--out", str(out),
+                                 "--bootstrap", "0", "--origin-split", "pcam_train"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["n"] == 12 and saved["n_unlabelled"] == 0  # 13 rows, one 'unknown'
+    assert len((out / "predictions.csv").read_text().splitlines()) == 13
+    r = CliRunner().invoke(app, ["eval", str(ckpt), "--manifest", str(tmp_path), "--out",
+                                 str(out), "--origin-split", "pcam_train"])  # fmt: skip
+    assert r.exit_code == 2 and "--origin-split" in r.output

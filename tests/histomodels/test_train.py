@@ -1276,3 +1276,30 @@ def test_the_epoch_line_and_the_last_line_give_the_same_accuracy(tmp_path, caplo
         "epoch   1  loss 0.6026  val_loss 0.6308  val_auc 0.8002  acc 0.6821  lr 0.00081"
         "  126 p/s  *"
     ]
+
+
+def test_train_keeps_the_origin_splits_given(tmp_path):
+    """``train --origin-split`` keeps only those origin splits of ``--data`` (as ``data info
+    --origin-split`` and the reader do): there was no way to leave out train.h5's one row of
+    origin ``unknown`` from the command line. The config records it; ``--val`` is read whole."""
+    from _trainkit import TINY, encoded_h5_with_origins
+
+    (tmp_path / "t").mkdir()
+    val = write_h5(tmp_path / "val.h5", 24, seed=1)
+    data = encoded_h5_with_origins(tmp_path / "t" / "enc.h5", 33, make_patches(24, 1)[0][0])
+    args = ["train", "--data", str(data), "--val", str(val), "--model-config", json.dumps(TINY),
+            "--epochs", "1", "--batch-size", "16", "--threads", "1", "--quiet"]  # fmt: skip
+    r = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "all")])
+    assert r.exit_code == 0 and "1 of 24 validation patches are also in the training" in r.output
+    r = CliRunner().invoke(
+        app, [*args, "--out", str(tmp_path / "r"), "--origin-split", "pcam_train,kaggle_train"]
+    )
+    assert r.exit_code == 0 and "validation patches" not in r.output, r.output  # row left out
+    saved = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert saved["origin_split"] == "pcam_train,kaggle_train"
+    r = CliRunner().invoke(
+        app, [*args, "--out", str(tmp_path / "u"), "--origin-split", "pcam_test"]
+    )
+    assert r.exit_code == 1 and "no rows with origin_split in ['pcam_test']" in r.output
+    r = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "v"), "--origin-split", ","])
+    assert r.exit_code == 2 and "--origin-split" in r.output

@@ -538,3 +538,22 @@ def test_a_one_epoch_trial_is_said_in_the_singular(tmp_path, tiny_data, caplog):
         tune(*tiny_data, tmp_path / "t", trials=1, trial_epochs=1, sobol_trials=1, base=TINY)
     said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("trial 0:")]
     assert len(said) == 1 and re.match(r"trial 0: val AUC [\d.]+ \(1 epoch, \d+ s\) \{", said[0])
+
+
+def test_a_base_config_origin_split_filters_the_training_data_of_every_trial(tmp_path, caplog):
+    """``origin_split`` in the base config (a train --config key) keeps only those origin
+    splits of ``data``, decoded once for all trials: the row of origin 'unknown' (a
+    validation patch here) is not trained on, so no patch is shared with validation."""
+    from _trainkit import encoded_h5_with_origins
+
+    from histomodels.synthetic import write_h5
+
+    (tmp_path / "t").mkdir()
+    val = write_h5(tmp_path / "val.h5", 24, seed=1)
+    data = encoded_h5_with_origins(tmp_path / "t" / "enc.h5", 33, make_patches(24, 1)[0][0])
+    base = TINY.replace(origin_split="pcam_train")
+    with caplog.at_level(logging.WARNING, logger="histomodels"):
+        tune(data, val, tmp_path / "tune", trials=1, trial_epochs=1, quiet=True, base=base)
+    assert "also in the training data" not in caplog.text
+    trial = json.loads((tmp_path / "tune" / "trials" / "000" / "config.json").read_text())
+    assert trial["origin_split"] == "pcam_train"

@@ -59,6 +59,8 @@ class TrainConfig:
     # data (paths are strings so the config is JSON)
     data: str | None = None
     val: str | None = None
+    #: keep only these origin splits of ``data`` (comma list; encoded HDF5 with manifest.csv)
+    origin_split: str | None = None
     # optimisation
     epochs: int = 50
     patience: int = 10

@@ -48,13 +48,15 @@ def _load(
     size: int = 96,
     fixed: bool = False,
     option: str = "--scale",
+    origin_split: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray, list[str], str]:
     """A path (any supported dataset format) or a PatchDataset → arrays; with ``scale``,
     images of any size, each resized and fitted to ``size`` (:class:`ScaledPatches`).
     ``fixed``: the model enlarges smaller input to ``size`` itself (an ensemble member,
     a backbone with an ``input_size``), so images scaled under ``size`` are refused: they
     would be scored at another magnification than ``scale`` says. ``option``: the one that
-    sets ``scale``, for the magnification warning."""
+    sets ``scale``, for the magnification warning. ``origin_split``: keep only those origin
+    splits of a path's patches (the encoded HDF5 reader's filter)."""
     from histomodels.data import open_dataset
     from histomodels.data.readers import is_run_folder
 
@@ -65,7 +67,12 @@ def _load(
         )
     try:
         if isinstance(data, (str, Path)):
-            ds = open_dataset(data) if scale is None else open_dataset(data, patch_size=None)
+            kw: dict[str, Any] = {} if scale is None else {"patch_size": None}
+            ds = open_dataset(
+                data, **kw, **({"origin_split": origin_split} if origin_split else {})
+            )
+        elif origin_split:
+            raise ValueError(f"origin_split={origin_split!r} filters a path, not a {type(data)}")
         else:
             ds = data
         if scale is not None:
@@ -361,6 +368,7 @@ def evaluate_checkpoint(
     gallery: bool = True,
     scale: float | None = None,
     val_scale: float | None = None,
+    origin_split: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``checkpoint`` on ``data`` and write metrics.json, predictions.csv and PNGs
     to ``out``. Returns the metrics dict. ``device`` defaults to CUDA when available.
@@ -369,7 +377,8 @@ def evaluate_checkpoint(
     (the screening default, also for None: the highest threshold keeping ``sensitivity``,
     0.9 unless given, on validation) or ``youden``. Without it, a threshold shipped with the
     model (pretrained models) is used, else 0.5; a ``threshold_rule`` or ``sensitivity``
-    then is a ``ValueError``.
+    then is a ``ValueError``. ``origin_split`` (a comma list) keeps only those origin splits
+    of a ``data`` path (encoded HDF5 with ``manifest.csv`` beside it; not of ``val``).
 
     ``scale`` (tiles at another magnification: 0.25 for 40x, PCam is ~10x): every image of
     ``data`` and ``val``, of any size, is resized by it first and fitted to the model's
@@ -399,7 +408,9 @@ def evaluate_checkpoint(
                 images, batch_size=batch_size, tta=tta, progress=shown.advance, prepared=prepared
             )
 
-    images, labels, ids, source = _load(data, scale, *_input_geometry(pred))
+    images, labels, ids, source = _load(
+        data, scale, *_input_geometry(pred), origin_split=origin_split
+    )
     test_digests = pixel_digests(images) if val is not None else None
     images = pred.prepare(images)  # as the model sees them (the error gallery shows these)
     result: dict[str, Any] = {

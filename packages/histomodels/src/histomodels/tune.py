@@ -166,7 +166,7 @@ def _tune(
     if exp_path.is_file():  # refuse a mixed resume before decoding anything
         _check_settings(out, settings)
     # decode once for all trials, before anything is written: bad data leaves no folder
-    x_train, y_train = load_split(data, "train", stream=False)
+    x_train, y_train = load_split(data, "train", stream=False, origin_split=base.origin_split)
     x_val, y_val = load_split(val, "validation", stream=False)
     check_two_classes(y_train, data, "train")  # else every trial fails the same way
     check_two_classes(y_val, val, "validation")

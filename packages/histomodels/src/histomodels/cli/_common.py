@@ -130,6 +130,18 @@ Device = Annotated[
 ]
 
 
+#: ``--origin-split`` of ``data info``, ``train``, ``finetune`` and ``eval``: the encoded
+#: HDF5 reader's ``origin_split=`` filter, its comma list checked before anything is read.
+OriginSplit = Annotated[
+    str | None,
+    typer.Option(
+        callback=checked_by("histomodels.choices:origin_splits", "origin_split"),
+        help="Encoded HDF5 (manifest.csv beside it): keep the patches of these origin splits "
+        "(comma list, e.g. kaggle_train,pcam_train; train, finetune, eval: of --data, not --val).",
+    ),
+]
+
+
 def in_range(
     low: float = -math.inf,
     high: float = math.inf,
@@ -201,6 +213,7 @@ def use_cpu_cores() -> None:
 
 __all__ = [
     "Device",
+    "OriginSplit",
     "checked_by",
     "errors",
     "fail",

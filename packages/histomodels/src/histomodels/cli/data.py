@@ -11,6 +11,7 @@ import typer
 
 from histomodels.choices import PCAM_SPLITS, Dataset, PcamSplit
 from histomodels.cli._common import (
+    OriginSplit,
     checked_by,
     errors,
     progress,
@@ -75,13 +76,7 @@ def info(
     sheet: Annotated[Path | None, typer.Option(help="Write a contact-sheet PNG here.")] = None,
     per_class: Annotated[int, typer.Option(min=1, help="Patches per class on the sheet.")] = 8,
     split: Annotated[PcamSplit | None, typer.Option(help="PCam folder: which split.")] = None,
-    origin_split: Annotated[
-        str | None,
-        typer.Option(
-            callback=checked_by("histomodels.choices:origin_splits", "origin_split"),
-            help="Encoded HDF5: keep these origin splits (comma list).",
-        ),
-    ] = None,
+    origin_split: OriginSplit = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
     patch_size: Annotated[
         int | None,

@@ -25,6 +25,7 @@ from histomodels.choices import (
 )
 from histomodels.cli._common import (
     Device,
+    OriginSplit,
     checked_by,
     errors,
     fail,
@@ -102,6 +103,7 @@ def eval_cmd(
     data: Annotated[
         str | None, typer.Option("--data", help="Test patches (any supported dataset path).")
     ] = None,
+    origin_split: OriginSplit = None,
     manifest: Annotated[
         Path | None,
         typer.Option("--manifest", help="histofetch run folder: external literature set."),
@@ -205,6 +207,9 @@ def eval_cmd(
                     "--manifest")  # fmt: skip
     if data is not None:
         _manifest_only(ctx)
+    elif origin_split is not None:
+        usage_error(ctx, "applies to --data patches, not to --manifest figures",
+                    "--origin-split", "--manifest")  # fmt: skip
     if no_store and store_temperature != "none" and _given(ctx, "store_temperature"):
         usage_error(ctx, f"--store-temperature {store_temperature} keeps T, "
                     "--no-store-temperature keeps nothing: give one of them, not both",
@@ -263,6 +268,7 @@ def eval_cmd(
                 store_temperature="none" if no_store else store_temperature,
                 scale=fig_scale,
                 val_scale=val_scale,
+                origin_split=origin_split,
             )
     if manifest is not None:
         _print_external(result, out)

@@ -24,6 +24,7 @@ from histomodels.choices import MAX_INPUT_SIZE, MAX_SEED, MIN_INPUT_SIZE
 from histomodels.choices import Schedule as ScheduleName
 from histomodels.cli._common import (
     Device,
+    OriginSplit,
     at_least,
     checked_by,
     errors,
@@ -380,6 +381,7 @@ class RunData:
     """Options train and finetune share: the data, how long, the config file."""
 
     data: Data = None
+    origin_split: OriginSplit = None
     val: Val = None
     epochs: Epochs = None
     patience: Patience = None

@@ -31,7 +31,9 @@ DataSpec = PatchDataset | str | Path | tuple
 Images = torch.Tensor | BlockImages
 
 
-def load_split(spec: DataSpec, role: str, *, stream: bool = True) -> tuple[Images, torch.Tensor]:
+def load_split(
+    spec: DataSpec, role: str, *, stream: bool = True, origin_split: str | None = None
+) -> tuple[Images, torch.Tensor]:
     """Decode a dataset once: ``(uint8 [N, H, W, 3] tensor, float labels [N])``.
 
     A dataset whose decoded size exceeds the in-memory cache budget
@@ -39,6 +41,9 @@ def load_split(spec: DataSpec, role: str, *, stream: bool = True) -> tuple[Image
     free memory) is not decoded: with ``stream`` its images come back as a
     :class:`~histomodels.data.blocks.BlockImages` read in contiguous blocks during training.
     Labels must all be 0 or 1 (a patch without a label cannot be trained or validated on).
+    ``origin_split``: keep only those origin splits of a path's patches (the reader's
+    ``origin_split=``: encoded HDF5 with ``manifest.csv`` beside it); a dataset or arrays
+    given are taken as they are (``tune`` passes its trials the split it filtered).
     """
     if isinstance(spec, tuple):
         spec = ArrayDataset(spec[0], spec[1], source=f"{role} arrays")
@@ -46,7 +51,7 @@ def load_split(spec: DataSpec, role: str, *, stream: bool = True) -> tuple[Image
         path = Path(spec)
         if not path.exists():
             raise DatasetError(f"{path}: {role} data not found")
-        spec = open_dataset(path)
+        spec = open_dataset(path, **({"origin_split": origin_split} if origin_split else {}))
     name = getattr(spec, "source", "") or role
     images: Any
     if stream and not isinstance(spec, ArrayDataset) and decoded_bytes(spec) > default_budget():
@@ -93,7 +98,8 @@ def prepare_splits(
     """Load train and validation data, stain-normalise both when configured, and check that
     validation holds both classes. Returns ``((x, y) train, (x, y) val, stain normaliser)``;
     ``say`` receives the notes a user should see (stain normalisation, streaming)."""
-    x_train, y_train = load_split(_given(train_data, cfg.data, "train"), "train")
+    train_spec = _given(train_data, cfg.data, "train")
+    x_train, y_train = load_split(train_spec, "train", origin_split=cfg.origin_split)
     x_val, y_val = load_split(_given(val_data, cfg.val, "validation"), "validation")
     stain = stain_normalizer(cfg.stain_norm) if cfg.stain_norm else None
     if stain is not None:
