@@ -168,16 +168,17 @@ def read_label_csv(path: str | Path) -> dict[str, str | None]:
 
 
 def _check_regular(path: Path) -> None:
-    """A label CSV that is a folder, FIFO, socket or device is one LabelError, before it is
-    opened; links are followed (their target is checked)."""
+    """A label CSV that is a folder, socket or device (``/dev/zero``: read without end) is
+    one LabelError, before it is opened; links are followed (their target is checked). A
+    pipe is read, as ``cat`` reads it: ``--from-csv <(grep … scores.csv)`` is a user's."""
     try:
         mode = os.stat(path).st_mode
     except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the path
         raise LabelError(f"{path}: cannot read label CSV ({exc})") from None
     if stat.S_ISDIR(mode):
         raise LabelError(f"{path}: is a folder, not a label CSV")
-    if not stat.S_ISREG(mode):
-        raise LabelError(f"{path}: not a regular file (a pipe, socket or device)")
+    if not (stat.S_ISREG(mode) or stat.S_ISFIFO(mode)):
+        raise LabelError(f"{path}: not a regular file or pipe (a socket or device)")
 
 
 def to_label(images: list[Image]) -> list[Image]:
