@@ -518,3 +518,23 @@ def test_a_pdf_another_process_wrote_is_never_overwritten(ncbi: FakeNcbi, tmp_pa
     with Manifest.load(again) as manifest:
         assert manifest.records[rid].pdf_path == f"pdfs/{slug_pdf.name}"
     assert sorted(p.name for p in slug_pdf.parent.iterdir()) == [slug_pdf.name]
+
+
+def test_a_fifo_at_a_pdf_name_is_passed_over_unread(tmp_path: Path) -> None:
+    """Review 2 of the check above: a FIFO at 'pdfs/x_1.pdf' was opened to compare its
+    bytes, and the download hung there, every thread with it (the lock held)."""
+    import threading
+
+    from histofetch.download import PdfNames
+
+    _run(tmp_path, _rec("2", "PMC2"))
+    (tmp_path / "pdfs").mkdir(exist_ok=True)
+    os.mkfifo(tmp_path / "pdfs" / "x_1.pdf")
+    (tmp_path / "pdfs" / "x_1-2.pdf").write_bytes(b"%PDF-1.4 same size, other bytes!")
+    with Manifest.load(tmp_path) as manifest:
+        names = PdfNames(manifest)
+    got: list[str] = []
+    worker = threading.Thread(target=lambda: got.append(names.take("x_1", b"%PDF-1.4 x")))
+    worker.start()
+    worker.join(timeout=20)
+    assert got == ["pdfs/x_1-3.pdf"]

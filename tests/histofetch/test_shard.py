@@ -350,7 +350,7 @@ def test_merge_brings_files_under_a_linked_folder_and_says_so(tmp_path: Path) ->
     assert (disk / "r1" / "a.png").stat().st_nlink == 1  # a copy
     assert not (out / "images" / "r1").is_symlink() and not (out / "images").is_symlink()
     assert not (out / "images" / "r1" / "out.png").exists()
-    assert not list((out / "images" / "r1").glob(".*.part"))
+    assert sorted(p.name for p in (out / "images" / "r1").iterdir()) == ["a.png"]
 
 
 def test_merge_leaves_files_under_a_linked_folder_behind_unless_the_row_hash_matches(
@@ -437,3 +437,27 @@ def test_merge_of_a_shard_with_a_hostile_header_is_one_line(tmp_path, key, value
     assert result.exit_code == 1
     assert result.output.strip().splitlines()[-1] == f"error: {shard / 'run.sqlite'}: {said}"
     assert not out.exists()
+
+
+def test_a_row_whose_file_is_left_behind_never_names_another_articles_file(tmp_path: Path) -> None:
+    """Review 2 of f889285: run ``a`` holds ``x_1`` with ``pdfs/x_1.pdf``; shard ``b``'s
+    ``x:1`` names ``pdfs/x_1.pdf`` under a ``pdfs`` link pointing out, with no
+    ``pdf_sha256``: it was left behind and its row named ``x_1``'s PDF in the output."""
+    a, b, elsewhere, out = (tmp_path / n for n in ("a", "b", "elsewhere", "out"))
+    (a / "pdfs").mkdir(parents=True)
+    (a / "pdfs" / "x_1.pdf").write_bytes(b"%PDF-1.4 x_1's article")
+    elsewhere.mkdir()
+    (elsewhere / "x_1.pdf").write_bytes(b"%PDF-1.4 x:1's article")
+    b.mkdir()
+    (b / "pdfs").symlink_to(elsewhere, target_is_directory=True)
+    with Manifest.load(a, create=True) as m:
+        m.add_record(Record(id="x_1", stage="downloaded", pdf_path="pdfs/x_1.pdf"))
+        m.save()
+    with Manifest.load(b, create=True) as m:
+        m.add_record(Record(id="x:1", stage="downloaded", pdf_path="pdfs/x_1.pdf"))
+        m.save()
+    merge_runs([a, b], out)
+    with Manifest.load(out) as m:
+        assert m.records["x_1"].pdf_path == "pdfs/x_1.pdf"
+        assert m.records["x:1"].pdf_path not in (None, "pdfs/x_1.pdf")
+    assert (out / "pdfs" / "x_1.pdf").read_bytes() == b"%PDF-1.4 x_1's article"

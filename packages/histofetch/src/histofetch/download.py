@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import io
 import re
+import stat
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -400,11 +401,19 @@ class PdfNames:
                 return True
             if data is None or record_id in self.names.get(str(p), set()):
                 return False
+            path = self.run_dir / p
             try:
-                return (self.run_dir / p).read_bytes() != data
+                st = path.lstat()
             except FileNotFoundError:
                 return False
-            except OSError:  # a folder or an unreadable file there: not a name to write to
+            except OSError:
+                return True
+            # Not a file of the same size (a FIFO, a link, a folder): not read, not ours.
+            if not stat.S_ISREG(st.st_mode) or st.st_size != len(data):
+                return True
+            try:
+                return path.read_bytes() != data
+            except OSError:  # unreadable: not a name to write to
                 return True
 
         with self._lock:

@@ -31,6 +31,7 @@ import contextlib
 import filecmp
 import os
 import shutil
+import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -80,7 +81,7 @@ class MergeSummary:
             if n := self.left_behind.get(link, 0):
                 said.append(
                     f"{_n(n, 'file')} left behind (not checked by the row's sha256: "
-                    "copy them into the run folder and merge again)"
+                    "copy them into the run folder and merge it into a new --out folder)"
                 )
             lines.append(
                 f"{link}: a folder link out of its run (to {os.path.realpath(link)}); "
@@ -274,16 +275,16 @@ def _bring(
     try:
         inside = src.resolve().is_relative_to(run.run_dir.resolve())
     except (OSError, RuntimeError):  # a link loop (RuntimeError before Python 3.13)
-        return rel
+        return _unbrought(merged, rel)
     link = None if inside else _folder_link(run.run_dir, rel)
     if not inside and (link is None or src.is_symlink()):
-        return rel  # a file link pointing out: never read, never linked beside the merge
+        return _unbrought(merged, rel)  # a file link pointing out: never read
     if not src.is_file():
-        return rel  # named but missing in the source: the row says so, as it did there
+        return _unbrought(merged, rel)  # missing in the source: the row says so, as there
     if link is not None:
         if not _hashes_to(src, sha256):
             summary.left_behind[str(link)] = summary.left_behind.get(str(link), 0) + 1
-            return rel
+            return _unbrought(merged, rel)
         summary.via_links[str(link)] = summary.via_links.get(str(link), 0) + 1
     # Another article's file there is not ours: a free name (one already holding the same
     # bytes is taken: an interrupted merge brought it, not again). A link in the output
@@ -307,6 +308,15 @@ def _hard_link(src: Path, dst: Path) -> bool:
     return True
 
 
+def _unbrought(merged: Manifest, rel: str) -> str:
+    """The path a row keeps for a file not brought: its own, or a free name where the
+    output holds a file (or link) there, which is another article's: the row named it
+    (``x:1``'s row left behind at ``pdfs/x_1.pdf``, the output's ``x_1`` PDF)."""
+    dst = merged.run_dir / rel
+    free = free_name(dst, lambda p: p.is_symlink() or p.exists())
+    return rel if free == dst else free.relative_to(merged.run_dir).as_posix()
+
+
 def _hashes_to(src: Path, sha256: str | None) -> bool:
     """Whether ``src``'s bytes hash to ``sha256`` (False without one, or unreadable)."""
     if not sha256:
@@ -321,7 +331,9 @@ def _copy_whole(src: Path, dst: Path) -> None:
     """Copy ``src`` to ``dst`` through a temporary name beside it: an interrupted copy
     leaves no truncated file at ``dst`` (a rerun would take it for another article's and
     bring the file under ``-2``, the short one left named by no row)."""
-    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.part")
+    fd, name = tempfile.mkstemp(dir=dst.parent, prefix=".merge-", suffix=".part")
+    os.close(fd)  # a short name: '.<name>.part' of a 250-character name is too long
+    tmp = Path(name)
     try:
         shutil.copy2(src, tmp)
         os.replace(tmp, dst)
