@@ -376,6 +376,8 @@ def test_cached_weights_timm_asks_for_second_load_without_retries(
         ("[1, 2]", "a JSON list, expected an object"),  # TypeError inside timm
         ('{"architecture": 5}', "its 'architecture' is not a model name"),  # AttributeError
         ('{"architecture": "resnet18", "pretrained_cfg": 5}', "its 'pretrained_cfg' is a JSON"),
+        # a JSONDecodeError traceback inside timm, which reads it as UTF-8 text (review 2)
+        ('\ufeff{"architecture": "resnet18"}', "it starts with a byte-order mark"),
     ],
 )
 def test_a_cached_hf_hub_config_timm_cannot_parse_is_one_line(

@@ -423,3 +423,18 @@ def test_a_manifest_evaluation_of_one_figure_counts_in_the_singular(tmp_path: Pa
     assert r.exit_code == 0, r.output
     md = (tmp_path / "o" / "report.md").read_text()
     assert "| 1 tile of 1 figure; metrics on 1 labelled figure (1) |" in md, md
+
+
+def test_the_weak_label_noise_rate_row_counts_one_figure_in_the_singular() -> None:
+    """Review 2 of the fix above: the noise-rate cell still read 'on 1 figures'."""
+    from histomodels.report_tables import external_tables
+
+    agreement = {
+        "confusion": {"metastasis": {"metastasis": 1}},
+        "noise_rate": 0.0,
+        "noise_rate_ci": [0.0, 0.0],
+        "n_both": 1,
+    }
+    tables = external_tables("ev", {"external": {"agreement": agreement}})
+    cells = [cell for _, _, rows in tables for label, row in rows for cell in row]
+    assert any(str(c).endswith("on 1 figure") for c in cells), cells

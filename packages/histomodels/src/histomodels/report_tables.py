@@ -163,7 +163,7 @@ def external_tables(name: str, m: dict[str, Any]) -> list[tuple[str, list[str], 
                 "weak-label noise rate",
                 [
                     f"{fmt(rate, 3)} [{fmt(ci[0], 3)}, {fmt(ci[1], 3)}] "
-                    f"on {agree.get('n_both', 0)} figures",
+                    f"on {_many(agree.get('n_both', 0), 'figure')}",
                     *[""] * (len(cols) - 1),
                 ],
             )

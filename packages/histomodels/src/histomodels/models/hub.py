@@ -132,8 +132,14 @@ def _hub_filename(config: str, name: str) -> str | None:
         raise bad(f"cannot read it: {exc.strerror or exc}") from None
     if len(raw) > MAX_CONFIG_BYTES:
         raise bad(f"over {MAX_CONFIG_BYTES >> 20} MB")
+    # timm reads it as UTF-8 text with json.loads: a byte-order mark or UTF-16 was its
+    # JSONDecodeError traceback (json.loads of bytes takes both)
+    if raw.startswith(b"\xef\xbb\xbf"):
+        raise bad("it starts with a byte-order mark, which timm cannot read")
     try:
-        data = loads_json(raw)
+        data = loads_json(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise bad("not UTF-8 text") from None
     except NotJSON as exc:
         raise bad(str(exc)) from None
     if not isinstance(data, dict):
