@@ -18,6 +18,7 @@ from histofetch.decide.colour import score_rgb
 from histofetch.extract import run_extract
 from histofetch.filter import Thresholds, decide, run_filter, store_scores
 from histofetch.leakage import image_hash
+from histofetch.stage import reason_key
 
 
 def _smooth_field(h: int = 96, w: int = 96, seed: int = 0) -> np.ndarray:
@@ -329,6 +330,15 @@ def test_a_split_figure_with_no_h_and_e_panel_is_one_status_reason(tmp_path: Pat
     assert figure.kept is False and figure.filter_reason is not None
     assert figure.filter_reason.startswith("no H&E panel (4 panels): ")
     assert run_status(run_dir)["reject_reasons"]["no H&E panel"] == 1
+    # a run folder filtered by an older version keeps 'no H&E panel among N: …': it counts
+    # under the same reason as the new text, whatever N (docs/histofetch.md says so)
+    old = figure.filter_reason.replace("no H&E panel (4 panels)", "no H&E panel among 4", 1)
+    m.update_image(figure.id, filter_reason=old)
+    reasons = run_status(run_dir)["reject_reasons"]
+    assert [k for k in reasons if k.startswith("no H&E")] == ["no H&E panel"]
+    assert reasons["no H&E panel"] == 1
+    for n in (2, 3, 12):
+        assert reason_key(f"no H&E panel among {n}: A: too few pixels") == "no H&E panel"
 
 
 def test_header_weak_label_counts_count_what_is_kept(tmp_path: Path) -> None:

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import re
 import sqlite3
 from collections import Counter
 from collections.abc import Callable
@@ -367,9 +368,16 @@ def run_per_record(
     return runner.summary
 
 
+#: a split figure's reason as filter wrote it before its panel count moved into parentheses
+#: ('no H&E panel among 4: A: …'); run folders filtered then still hold it
+_OLD_NO_PANEL = re.compile(r"^no H&E panel among \d+")
+
+
 def reason_key(reason: str | None) -> str:
     """Group reasons that differ only in file names or numbers: the text before the colon
-    (and before any parenthesised detail). Stage summaries and ``histofetch status`` count by it."""
+    (and before any parenthesised detail). Stage summaries and ``histofetch status`` count by it.
+    A split figure's ``no H&E panel among N: …`` (older run folders) counts as ``no H&E panel``."""
     if not reason:
         return "unknown"
+    reason = _OLD_NO_PANEL.sub("no H&E panel", reason)
     return reason.split(":", 1)[0].split("(", 1)[0].strip()[:80]
