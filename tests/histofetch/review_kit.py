@@ -20,9 +20,10 @@ CAPTIONS = {
 }
 
 
-def make_run(root: Path, *, size: int = 300) -> Path:
-    """Four kept figures in two articles, weak-labelled by ``histofetch filter`` (the store
-    closed: an open connection leaves run.sqlite-wal/-shm until the collector runs)."""
+def make_run(root: Path, *, size: int = 300, figures: int = 4, filtered: bool = True) -> Path:
+    """Four kept figures in two articles (the first ``figures``), weak-labelled by ``histofetch
+    filter`` unless not ``filtered`` (the store closed: an open connection leaves
+    run.sqlite-wal/-shm until the collector runs)."""
     run = root / "run"
     m = Manifest(run_dir=run, query="lymph node metastasis")
     title = "Sentinel nodes <b>in</b> breast cancer"  # markup in a title must stay text
@@ -35,7 +36,7 @@ def make_run(root: Path, *, size: int = 300) -> Path:
                license="CC BY-NC", stage="extracted")
     )  # fmt: skip
     (run / "images").mkdir(parents=True, exist_ok=True)
-    for n, (image_id, caption) in enumerate(CAPTIONS.items()):
+    for n, (image_id, caption) in enumerate(list(CAPTIONS.items())[:figures]):
         rel = f"images/{n}.png"
         PIL.Image.fromarray(he_like(size, size + 40 * n, seed=n)).save(run / rel)
         m.add_image(
@@ -44,7 +45,8 @@ def make_run(root: Path, *, size: int = 300) -> Path:
         )  # fmt: skip
     m.save()
     m.close()
-    run_filter(run, sheet=False)
+    if filtered:
+        run_filter(run, sheet=False)
     return run
 
 

@@ -183,6 +183,79 @@ def test_a_run_whose_filter_kept_nothing_is_not_told_to_run_filter(tmp_path: Pat
     assert "histofetch status" in r.output
 
 
+def _review_error(run: Path) -> str:
+    r = CliRunner().invoke(cli, ["review", "--run", str(run), "--no-browser"])
+    assert r.exit_code == 1 and len(r.output.strip().splitlines()) == 1, r.output
+    assert r.output.startswith("error: ") and "no kept figures to review" in r.output
+    return r.output
+
+
+def test_the_sheets_are_named_only_when_they_show_the_rejected_figures(tmp_path: Path) -> None:
+    """'the sheets in RUN/sheets show them' was said after filter --no-sheet (no such folder)
+    and when the sheets show nothing (an unreadable figure is decided but on no sheet); one
+    figure was '1 images' there and '1 scored images' in filter's own line."""
+    run = make_run(tmp_path, figures=1, filtered=False)
+    args = ["filter", "--run", str(run), "--min-side", "100000"]  # too small to judge now
+    r = CliRunner().invoke(cli, [*args, "--no-sheet"])
+    assert r.exit_code == 0 and "kept 0 of 1 scored image\n" in r.output, r.output
+    out = _review_error(run)
+    assert "filter kept none of the run's 1 image;" in out and "histofetch status" in out
+    assert "the sheets in" not in out and not (run / "sheets").exists()
+    r = CliRunner().invoke(cli, args)
+    assert r.exit_code == 0 and f"kept 0 of 1 scored image; sheets in {run / 'sheets'}" in (
+        r.output
+    ), r.output
+    assert f"the sheets in {run / 'sheets'} show them" in _review_error(run)
+    (run / "images" / "0.png").unlink()  # now unreadable: rejected, on no sheet
+    r = CliRunner().invoke(cli, [*args, "--rescore"])
+    assert r.exit_code == 0, r.output
+    (figure,) = Manifest.load(run).images.values()
+    assert figure.kept is False and figure.status == "failed"
+    out = _review_error(run)
+    assert "filter kept none of the run's 1 image;" in out and "the sheets in" not in out
+
+
+def test_a_run_whose_filter_failed_every_article_is_told_so(tmp_path: Path) -> None:
+    """A filter that failed every article leaves them extracted with undecided images:
+    'run histofetch filter first' was said, and running it again fails the same way."""
+    run = make_run(tmp_path, filtered=False)
+    m = Manifest.load(run)
+    for rec in m.records.values():
+        rec.fail("filter", "disk full", transient=False)
+    m.save()
+    m.close()
+    out = _review_error(run)
+    assert "filter failed the run's 2 articles" in out and "filter first" not in out
+    assert f"histofetch status --run {run}" in out and "--retry-failed" in out
+    m = Manifest.load(run)
+    m.records["pmid:2"].status = "ok"  # one failed article: singular
+    m.save()
+    m.close()
+    assert "filter failed the run's 1 article;" in _review_error(run)
+
+
+def test_images_still_to_decide_ask_for_filter_not_for_status(tmp_path: Path) -> None:
+    """An article filtered without images beside extracted ones whose images filter has
+    not decided: 'its filtered articles have no images' was said; filter has work to do."""
+    run = make_run(tmp_path, filtered=False)
+    assert "(run histofetch filter first)" in _review_error(run)  # nothing filtered yet
+    m = Manifest.load(run)
+    m.drop_images_of("pmid:1")
+    m.records["pmid:1"].stage = "filtered"
+    m.save()
+    m.close()
+    out = _review_error(run)
+    assert "(run histofetch filter first)" in out and "no images" not in out
+    m = Manifest.load(run)
+    m.drop_images_of("pmid:2")
+    m.records["pmid:2"].stage = "filtered"
+    m.save()
+    m.close()
+    out = _review_error(run)  # filtered, nothing to decide
+    assert f": its filtered articles have no images; histofetch status --run {run}" in out
+    assert "filter first" not in out
+
+
 def test_bad_run_folder_gets_an_error_page_and_the_cli_one_line(tmp_path: Path) -> None:
     bad = tmp_path / "bad"
     bad.mkdir()

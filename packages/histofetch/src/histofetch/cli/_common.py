@@ -278,7 +278,9 @@ def kept_line(run: Path, sheet: bool = True) -> str:
     with errors():
         info = run_status(run)
     where = f"; sheets in {run / 'sheets'}" if sheet else ""
-    return f"kept {info['kept']} of {info['scored']} scored images{split_note(info)[1:]}{where}"
+    scored = info["scored"]
+    images = "scored image" if scored == 1 else "scored images"
+    return f"kept {info['kept']} of {scored} {images}{split_note(info)[1:]}{where}"
 
 
 def fail_on_killers(run: Path, *summaries: StageSummary) -> None:

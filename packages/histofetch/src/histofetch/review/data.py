@@ -120,23 +120,45 @@ def load_run(run_dir: str | Path) -> Manifest:
     except (ManifestError, OSError, UnicodeDecodeError) as exc:
         raise ReviewError(str(exc).splitlines()[0]) from None
     if not manifest.kept_images():
-        decided = sum(1 for img in manifest.images.values() if img.kept is not None)
-        filtered = any(r.stage == "filtered" for r in manifest.records.values())
+        hint = _nothing_kept(manifest, run_dir)
         manifest.close()
-        if decided:  # filter ran: say what it did, not to run it
-            hint = (
-                f": filter kept none of the run's {decided} images; histofetch status --run "
-                f"{run_dir} says why, the sheets in {run_dir / 'sheets'} show them"
-            )
-        elif filtered:
-            hint = (
-                f": its filtered articles have no images; histofetch status --run {run_dir} "
-                "says why"
-            )
-        else:
-            hint = " (run histofetch filter first)"
         raise ReviewError(f"{run_dir / MANIFEST_NAME}: no kept figures to review{hint}")
     return manifest
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def _nothing_kept(manifest: Manifest, run_dir: Path) -> str:
+    """Why a run has no kept figure to review, and what to do: filter kept none of its
+    images, failed its articles, has images still to decide, or found none to decide."""
+    from histofetch.sheets import shown_rows
+
+    images = list(manifest.images.values())
+    # images and panels, not the split figures they were cut from (the sheets' count)
+    decided = sum(1 for img in images if img.kept is not None and not img.n_panels)
+    failed = sum(
+        1 for r in manifest.records.values() if r.status == "failed" and r.failed_stage == "filter"
+    )
+    waiting = any(img.kept is None for img in images)
+    status = f"histofetch status --run {run_dir} says why"
+    if decided:  # filter ran: say what it did, not to run it
+        sheets = run_dir / "sheets"
+        # not after --no-sheet, nor of unreadable figures only (on no sheet)
+        shown = bool(shown_rows(manifest)) and sheets.is_dir()
+        where = f", the sheets in {sheets} show them" if shown else ""
+        return f": filter kept none of the run's {_plural(decided, 'image')}; {status}{where}"
+    if failed:  # its images went back to undecided: 'run filter first' would fail again
+        return (
+            f": filter failed the run's {_plural(failed, 'article')}; {status}, "
+            f"histofetch filter --run {run_dir} --retry-failed tries again"
+        )
+    if waiting:  # extracted articles whose images filter has not decided yet
+        return " (run histofetch filter first)"
+    if any(r.stage == "filtered" for r in manifest.records.values()):
+        return f": its filtered articles have no images; {status}"
+    return " (run histofetch filter first)"
 
 
 def article_link(rec: Record | None) -> str | None:
