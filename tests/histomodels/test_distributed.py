@@ -277,7 +277,8 @@ def test_rank_0_waits_for_the_others_only_as_long_as_histomodels_join_timeout_sa
         r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
                            env={**env, "HISTOMODELS_JOIN_TIMEOUT": bad}, timeout=150)  # fmt: skip
         assert r.returncode == 1 and r.stderr.splitlines() == [
-            f"error: HISTOMODELS_JOIN_TIMEOUT={bad}: expected a positive number of seconds"
+            f"error: HISTOMODELS_JOIN_TIMEOUT={bad}: expected a positive number of seconds, "
+            "at least 0.001 (1 ms) and under 10000000 (116 days)"
         ], r.stderr
 
 
@@ -290,6 +291,24 @@ def test_the_join_timeout_is_torchruns_ten_minutes_unless_set(monkeypatch):
     assert join_timeout() == timedelta(minutes=10)
     monkeypatch.setenv("HISTOMODELS_JOIN_TIMEOUT", " 5400 ")  # a node started 90 min later
     assert join_timeout() == timedelta(minutes=90)
+    monkeypatch.setenv("HISTOMODELS_JOIN_TIMEOUT", "0.001")  # TCPStore's smallest wait
+    assert join_timeout() == timedelta(milliseconds=1)
+
+
+@pytest.mark.parametrize("value", ["0.0001", "1e-9", "1e7", "99999999"])
+def test_a_join_timeout_under_1_ms_or_from_116_days_is_refused_naming_the_range(monkeypatch, value):
+    """TCPStore counts whole milliseconds: under 1 ms a rank failed at once with a
+    traceback (DistNetworkError ... timed out after 0ms). 10^7 s and up is refused too,
+    and the line says both limits, not only "a positive number"."""
+    from histomodels.distributed import DistError, join_timeout
+
+    monkeypatch.setenv("HISTOMODELS_JOIN_TIMEOUT", value)
+    with pytest.raises(DistError) as e:
+        join_timeout()
+    assert str(e.value) == (
+        f"HISTOMODELS_JOIN_TIMEOUT={value}: expected a positive number of seconds, "
+        "at least 0.001 (1 ms) and under 10000000 (116 days)"
+    )
 
 
 #: How long the by-hand ranks may take before the test calls them hung. The hang these tests

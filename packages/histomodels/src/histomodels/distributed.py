@@ -46,6 +46,8 @@ log = logging.getLogger(__name__)
 JOIN_TIMEOUT = timedelta(minutes=10)
 #: the environment variable that sets the join wait (seconds), for ranks started further apart
 JOIN_TIMEOUT_VAR = "HISTOMODELS_JOIN_TIMEOUT"
+#: the range of ``HISTOMODELS_JOIN_TIMEOUT`` seconds: ``MIN <= seconds < MAX``
+JOIN_TIMEOUT_MIN, JOIN_TIMEOUT_MAX = 0.001, 10**7
 #: how long a rank that failed before joining waits to tell the others (then it exits)
 REPORT_WAIT = timedelta(seconds=60)
 
@@ -115,7 +117,7 @@ _joins = 0  # process groups this process joined (each join has its own store ke
 
 def join_timeout() -> timedelta:
     """How long ranks wait for each other to join: ``HISTOMODELS_JOIN_TIMEOUT`` seconds
-    (a positive number) when set, else :data:`JOIN_TIMEOUT`."""
+    (1 ms up to 116 days) when set, else :data:`JOIN_TIMEOUT`."""
     raw = os.environ.get(JOIN_TIMEOUT_VAR, "").strip()
     if not raw:
         return JOIN_TIMEOUT
@@ -123,8 +125,13 @@ def join_timeout() -> timedelta:
         seconds = float(raw)
     except ValueError:
         seconds = math.nan
-    if not 0 < seconds < 10**7:  # NaN fails too; 10^7 s (116 days) keeps timedelta sane
-        raise DistError(f"{JOIN_TIMEOUT_VAR}={raw}: expected a positive number of seconds")
+    # NaN fails too; TCPStore counts whole milliseconds (below 1 ms it times out after
+    # "0ms" at once), and 10^7 s (116 days) keeps timedelta sane
+    if not JOIN_TIMEOUT_MIN <= seconds < JOIN_TIMEOUT_MAX:
+        raise DistError(
+            f"{JOIN_TIMEOUT_VAR}={raw}: expected a positive number of seconds, "
+            f"at least {JOIN_TIMEOUT_MIN:g} (1 ms) and under {JOIN_TIMEOUT_MAX} (116 days)"
+        )
     return timedelta(seconds=seconds)
 
 
