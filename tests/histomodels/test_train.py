@@ -1201,6 +1201,35 @@ def test_memory_running_out_in_validation_names_the_eval_batch_size(arrays, tmp_
     assert not run.exists()
 
 
+def test_memory_running_out_in_capped_validation_batches_names_the_batch_that_ran(
+    tmp_path, monkeypatch
+):
+    """A validation batch holds at most 2**24 pixels as the network sees them (1,820 PCam
+    patches): with eval_batch_size 4096 the batches that ran out held 1,820, and the line
+    said "batches of 4096 patches" and to try a smaller eval_batch_size (2048 changes
+    nothing). It names the 1,820, the cap, and how small eval_batch_size must go."""
+    real = torch.nn.functional.conv2d
+
+    def conv2d(x, *args, **kwargs):  # the validation's forward passes run without grad
+        if not torch.is_grad_enabled() and x.device.type != "meta":
+            torch.empty(2**50, dtype=torch.uint8)  # 1 PB: torch's allocator refuses it
+        return real(x, *args, **kwargs)
+
+    monkeypatch.setattr("torch.nn.functional.conv2d", conv2d)
+    train_data, val_data = make_patches(32, seed=0), make_patches(1900, seed=1)
+    run = tmp_path / "r"
+    with pytest.raises(MemoryError) as info:
+        train(_cfg(epochs=1, eval_batch_size=4096), run, train_data=train_data, val_data=val_data)
+    message = str(info.value)
+    assert message.startswith(
+        "cnn: out of memory validating batches of 1820 patches (eval_batch_size 4096, capped "
+        "at 16777216 pixels per batch as the network sees them; an eval_batch_size under "
+        "1820 makes them smaller) ("
+    ), message
+    assert message.endswith("; try a smaller eval_batch_size"), message
+    assert not run.exists()
+
+
 def test_a_timm_model_of_fixed_input_size_trains_on_the_patches(h5_files, tmp_path):
     """timm's ViTs are built for 224 px: ``--model timm/vit_tiny_patch16_224`` with its
     defaults was an AssertionError traceback on 96 px patches ('Input height (96) doesn't

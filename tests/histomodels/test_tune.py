@@ -203,7 +203,10 @@ def test_a_trial_out_of_memory_in_validation_names_the_base_config(
     records = json.loads((tmp_path / "trials.json").read_text())
     assert len(records) == MAX_FAILED_IN_A_ROW
     for r in records:
-        assert "out of memory validating batches of 64 patches" in r["error"], r["error"]
+        assert (  # the 24 validation patches in one batch, and what makes it smaller
+            "out of memory validating batches of 24 patches (eval_batch_size 64, all 24 "
+            "validation patches; an eval_batch_size under 24 makes them smaller)"
+        ) in r["error"], r["error"]
         assert r["error"].endswith("; try a smaller eval_batch_size in c.json"), r["error"]
 
 

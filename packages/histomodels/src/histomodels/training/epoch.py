@@ -23,7 +23,7 @@ from torch import nn
 from histomodels import distributed as D
 from histomodels.data.blocks import BlockImages
 from histomodels.device import amp_dtype, autocast, memory_reason, out_of_memory
-from histomodels.inference import predict_logits
+from histomodels.inference import MAX_BATCH_PIXELS, batch_limit, predict_logits
 from histomodels.metrics import binary_metrics
 from histomodels.preprocess import to_input
 from histomodels.training.data import epoch_order, make_augment
@@ -141,8 +141,8 @@ def validate(t: Trainer) -> dict[str, float] | None:
     with D.together(t.info):  # a rank that fails on its shard stops all before the gather
         for cb in t.callbacks:
             cb.on_validate_start(t)
-        size = f"batches of {t.cfg.eval_batch_size} patches"
-        with out_of_memory_is(f"{t.cfg.model}: out of memory validating {size}", "eval_batch_size"):
+        with out_of_memory_is(f"{t.cfg.model}: out of memory validating {_val_size(t, vidx)}",
+                              "eval_batch_size"):  # fmt: skip
             logits = predict_logits(
                 t.eval_model,
                 _val_batches(t, vidx),
@@ -161,6 +161,26 @@ def validate(t: Trainer) -> dict[str, float] | None:
     for cb in t.callbacks:
         cb.on_validate_end(t)
     return val_metrics(all_logits, t.y_val[order]) if t.info.is_main else None
+
+
+def _val_size(t: Trainer, vidx: torch.Tensor) -> str:
+    """The validation batches as they run: eval_batch_size, or fewer (this rank's share
+    of the split when smaller; the inference pixel cap), which then says why (a smaller
+    eval_batch_size changes nothing until it is under the size that ran)."""
+    asked = max(1, min(t.cfg.eval_batch_size, len(vidx)))
+    h, w = (int(v) for v in t.x_val.shape[1:3])
+    ran = batch_limit(t.eval_model, h, w, asked)
+    if ran == t.cfg.eval_batch_size:
+        return f"batches of {ran} patches"
+    why = (
+        f"capped at {MAX_BATCH_PIXELS} pixels per batch as the network sees them"
+        if ran < asked
+        else f"all {ran} validation patches" + (" of this rank" if t.info.enabled else "")
+    )
+    return (
+        f"batches of {ran} patches (eval_batch_size {t.cfg.eval_batch_size}, {why}; "
+        f"an eval_batch_size under {ran} makes them smaller)"
+    )
 
 
 def _val_batches(t: Trainer, vidx: torch.Tensor) -> Iterator[torch.Tensor]:
