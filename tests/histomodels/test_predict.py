@@ -1139,3 +1139,12 @@ def test_tiles_too_small_at_the_scale_share_one_line_that_points_to_eval(tmp_pat
         f"error: 3 of 3 file(s) are smaller than one 96px patch at scale 0.1, e.g. "
         f"{tiles / 't0.png'}: 256x256 at scale 0.1 is 26x26"
     ]
+    # small files that come out at 2 sizes at the scale: eval refuses such a folder
+    # ("images come out at 2 sizes"), so no pointer to it
+    Image.fromarray(make_figure(3, 3, seed=40)).save(tiles / "t3.png")  # 288 px: 72x72
+    r = CliRunner().invoke(app, [*args, str(tiles)])
+    assert r.exit_code == 1, r.output
+    assert r.stderr.splitlines() == [
+        f"error: 4 of 4 file(s) are smaller than one 96px patch at scale 0.25, e.g. "
+        f"{tiles / 't0.png'}: 256x256 at scale 0.25 is 64x64"
+    ]

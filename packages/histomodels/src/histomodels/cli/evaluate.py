@@ -598,8 +598,9 @@ def _print_skipped(problems: list, summary: dict) -> None:
 def _too_small_line(small: list, problems: list, summary: dict) -> str:
     """One line for the files in ``small`` (:class:`~histomodels.predict.TooSmall`, two or
     more): how many, the first as an example, and ``eval --data --scale`` when it scores
-    them whole (the model does not enlarge its input itself, and each is at least PCam's
-    32 px label region at the scale)."""
+    them whole (the model does not enlarge its input itself, each is at least PCam's
+    32 px label region at the scale, and all come out at one size there: eval refuses a
+    folder whose images come out at 2 sizes)."""
     from histocore.io import number_text
     from histomodels.evaluate import MIN_SCALED_SIDE
 
@@ -612,7 +613,9 @@ def _too_small_line(small: list, problems: list, summary: dict) -> str:
         f"{len(small)} of {given} file(s) are smaller than one {size}px patch"
         f"{'' if scale == 1 else f' at scale {number_text(scale)}'}, e.g. {example}"
     )
-    if summary.get("scores_small_whole") and all(min(e.scaled) >= MIN_SCALED_SIDE for e in small):
+    whole = all(min(e.scaled) >= MIN_SCALED_SIDE for e in small)
+    one_size = len({tuple(e.scaled) for e in small}) == 1  # eval refuses 2 sizes in a folder
+    if summary.get("scores_small_whole") and whole and one_size:
         line += (
             f"; predict cuts images into {size}px patches: to score such tiles whole (labelled, "
             f"one folder per class) use eval --data FOLDER --scale {number_text(scale)}"
