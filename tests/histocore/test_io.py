@@ -181,3 +181,21 @@ def test_a_write_into_a_folder_it_cannot_write_names_the_file_not_its_temp_file(
             # permission denied; under chattr +i: operation not permitted
             assert describe(err.value) == f"{target}: {str(err.value.strerror).lower()}"
     assert list(folder.iterdir()) == []
+
+
+def test_a_long_valid_name_is_written_through_a_short_temp_name(tmp_path: Path) -> None:
+    """A 250-character name is a valid file name, but its temp file ``.NAME.XXXX.tmp`` was
+    too long: the write failed with ``<name>: File name too long`` naming a name that is
+    fine. Such a write (and ``temp_beside``) uses a short temp name now; a name that is too
+    long itself is still refused naming it, and nothing is left behind either way."""
+    name = "a" * 250
+    atomic_write_bytes(tmp_path / name, b"x")
+    assert (tmp_path / name).read_bytes() == b"x"
+    tmp = temp_beside(tmp_path / ("b" * 250))
+    assert tmp.parent == tmp_path and len(tmp.name) < 20
+    tmp.unlink()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name]
+    with pytest.raises(OSError) as info:
+        atomic_write_bytes(tmp_path / ("c" * 300), b"x")
+    assert describe(info.value).startswith(str(tmp_path / ("c" * 300)) + ": ")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name]

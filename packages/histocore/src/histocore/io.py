@@ -8,6 +8,7 @@ half of one, and two writers never share a temp file.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import math
@@ -77,7 +78,14 @@ def _mkstemp_beside(path: Path) -> tuple[int, str]:
     (a folder the user cannot write to), the error names ``path``, the file the user
     gave, not the temp file's random name: ``out.pt: permission denied``."""
     try:
-        return tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            return tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        except OSError as exc:
+            if exc.errno != errno.ENAMETOOLONG:
+                raise
+            # a valid long name (250 characters) leaves no room for ".NAME.XXXX.tmp": a
+            # short name, ".XXXX.tmp", which names no target (atomic_temp_target: None)
+            return tempfile.mkstemp(prefix=".", suffix=".tmp", dir=path.parent)
     except OSError as exc:
         name = os.path.basename(os.fsdecode(exc.filename)) if exc.filename is not None else ""
         if exc.filename2 is None and exc.errno and atomic_temp_target(name) == path.name:
