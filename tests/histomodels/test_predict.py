@@ -1148,3 +1148,15 @@ def test_tiles_too_small_at_the_scale_share_one_line_that_points_to_eval(tmp_pat
         f"error: 4 of 4 file(s) are smaller than one 96px patch at scale 0.25, e.g. "
         f"{tiles / 't0.png'}: 256x256 at scale 0.25 is 64x64"
     ]
+
+
+@pytest.mark.parametrize("command", ["eval", "predict"])
+def test_batch_size_help_says_it_is_an_upper_bound(command: str) -> None:
+    """--batch-size said "Patches per inference batch."; a batch holds at most 2**24 pixels
+    as the network sees them, so the help says it is the most, not always what runs."""
+    import re
+
+    r = CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "200"})
+    assert r.exit_code == 0, r.output
+    text = " ".join(re.sub(r"[│|]", " ", r.output).split())
+    assert "Most patches per inference batch (fewer where a batch would pass 2**24 pixels" in text

@@ -135,7 +135,13 @@ def eval_cmd(
         ),
     ] = None,
     batch_size: Annotated[
-        int, typer.Option("--batch-size", min=1, help="Patches per inference batch.")
+        int,
+        typer.Option(
+            "--batch-size",
+            min=1,
+            help="Most patches per inference batch (fewer where a batch would pass 2**24 "
+            "pixels as the network sees them).",
+        ),
     ] = 256,
     bootstrap: Annotated[int, typer.Option("--bootstrap", min=0, help="Resamples for CIs.")] = 1000,
     seed: Annotated[
@@ -499,7 +505,13 @@ def predict_cmd(
     ] = False,
     tta: Annotated[bool, typer.Option("--tta", help="Average the 8 dihedral views.")] = False,
     batch_size: Annotated[
-        int, typer.Option("--batch-size", min=1, help="Patches per inference batch.")
+        int,
+        typer.Option(
+            "--batch-size",
+            min=1,
+            help="Most patches per inference batch (fewer where a batch would pass 2**24 "
+            "pixels as the network sees them).",
+        ),
     ] = 256,
     precision: PrecisionOption = "fp32",
     max_pixels: Annotated[
