@@ -439,7 +439,10 @@ def test_merge_of_a_shard_with_a_hostile_header_is_one_line(tmp_path, key, value
     assert not out.exists()
 
 
-def test_a_row_whose_file_is_left_behind_never_names_another_articles_file(tmp_path: Path) -> None:
+@pytest.mark.parametrize("b_first", [False, True])
+def test_a_row_whose_file_is_left_behind_never_names_another_articles_file(
+    tmp_path: Path, b_first: bool
+) -> None:
     """Review 2 of f889285: run ``a`` holds ``x_1`` with ``pdfs/x_1.pdf``; shard ``b``'s
     ``x:1`` names ``pdfs/x_1.pdf`` under a ``pdfs`` link pointing out, with no
     ``pdf_sha256``: it was left behind and its row named ``x_1``'s PDF in the output."""
@@ -456,8 +459,9 @@ def test_a_row_whose_file_is_left_behind_never_names_another_articles_file(tmp_p
     with Manifest.load(b, create=True) as m:
         m.add_record(Record(id="x:1", stage="downloaded", pdf_path="pdfs/x_1.pdf"))
         m.save()
-    merge_runs([a, b], out)
+    merge_runs([b, a] if b_first else [a, b], out)  # review 5: [b, a] still named it
     with Manifest.load(out) as m:
-        assert m.records["x_1"].pdf_path == "pdfs/x_1.pdf"
-        assert m.records["x:1"].pdf_path not in (None, "pdfs/x_1.pdf")
-    assert (out / "pdfs" / "x_1.pdf").read_bytes() == b"%PDF-1.4 x_1's article"
+        mine, theirs = m.records["x_1"].pdf_path, m.records["x:1"].pdf_path
+    assert mine and theirs and mine != theirs
+    assert (out / mine).read_bytes() == b"%PDF-1.4 x_1's article"
+    assert not (out / theirs).exists()

@@ -170,6 +170,10 @@ def _merge(loaded: list[Manifest], merged: Manifest) -> MergeSummary:
     pmcids = {r.pmcid: r.id for r in merged.records.values() if r.pmcid}
     ids_before, pmcids_before = set(merged.records), set(pmcids)  # the output's own
     hashes = {i.sha256: i.id for i in merged.images.values()}
+    names = _Names(
+        before={r.pdf_path for r in merged.records.values() if r.pdf_path}
+        | {i.path for i in merged.images.values() if i.path}
+    )
     for rid, (rec, run) in best.items():
         if rid in merged.records or (rec.pmcid and pmcids.get(rec.pmcid, rid) != rid):
             if rid in ids_before or rec.pmcid in pmcids_before:
@@ -180,14 +184,14 @@ def _merge(loaded: list[Manifest], merged: Manifest) -> MergeSummary:
         if rec.pmcid:
             pmcids[rec.pmcid] = rid
         rec = replace(rec, extra=dict(rec.extra))
-        rec.pdf_path = _bring(run, merged, rec.pdf_path, summary, rec.pdf_sha256)
+        rec.pdf_path = _bring(run, merged, rec.pdf_path, summary, rec.pdf_sha256, names)
         dropped: dict[str, str] = {}
         for img in run.images_of(rid):
             if img.sha256 in hashes:
                 dropped[img.id] = hashes[img.sha256]
                 continue
             hashes[img.sha256] = img.id
-            path = _bring(run, merged, img.path, summary, img.sha256) or img.path
+            path = _bring(run, merged, img.path, summary, img.sha256, names) or img.path
             merged.add_image(replace(img, path=path))
             summary.images += 1
         if dropped:
@@ -251,8 +255,27 @@ def _merge_header(merged: Manifest, loaded: list[Manifest]) -> None:
     merged.header_extra["merged_from"] = sources
 
 
+@dataclass
+class _Names:
+    """Paths rows of the output name where no file of theirs may lie: those its rows held
+    before the merge (a file may be missing there) and those given to rows whose file was
+    not brought. A file brought later never goes there, whatever the order of the inputs."""
+
+    before: set[str]
+    unbrought: set[str] = field(default_factory=set)
+
+    def reserved(self, merged: Manifest, path: Path) -> bool:
+        rel = path.relative_to(merged.run_dir).as_posix()
+        return rel in self.unbrought or (rel in self.before and not path.exists())
+
+
 def _bring(
-    run: Manifest, merged: Manifest, rel: str | None, summary: MergeSummary, sha256: str | None
+    run: Manifest,
+    merged: Manifest,
+    rel: str | None,
+    summary: MergeSummary,
+    sha256: str | None,
+    names: _Names,
 ) -> str | None:
     """Link (or copy) a file named by a source run into the merged run; the new path.
 
@@ -275,21 +298,26 @@ def _bring(
     try:
         inside = src.resolve().is_relative_to(run.run_dir.resolve())
     except (OSError, RuntimeError):  # a link loop (RuntimeError before Python 3.13)
-        return _unbrought(merged, rel)
+        return _unbrought(merged, rel, names)
     link = None if inside else _folder_link(run.run_dir, rel)
     if not inside and (link is None or src.is_symlink()):
-        return _unbrought(merged, rel)  # a file link pointing out: never read
+        return _unbrought(merged, rel, names)  # a file link pointing out: never read
     if not src.is_file():
-        return _unbrought(merged, rel)  # missing in the source: the row says so, as there
+        return _unbrought(merged, rel, names)  # missing in the source, as there
     if link is not None:
         if not _hashes_to(src, sha256):
             summary.left_behind[str(link)] = summary.left_behind.get(str(link), 0) + 1
-            return _unbrought(merged, rel)
+            return _unbrought(merged, rel, names)
         summary.via_links[str(link)] = summary.via_links.get(str(link), 0) + 1
     # Another article's file there is not ours: a free name (one already holding the same
     # bytes is taken: an interrupted merge brought it, not again). A link in the output
     # is never a name to bring a file to (a dangling one was written through).
-    free = free_name(dst, lambda p: p.is_symlink() or (p.exists() and not _same_bytes(src, p)))
+    free = free_name(
+        dst,
+        lambda p: (
+            p.is_symlink() or names.reserved(merged, p) or (p.exists() and not _same_bytes(src, p))
+        ),
+    )
     if free != dst:
         dst, rel = free, free.relative_to(merged.run_dir).as_posix()
     if not dst.exists():
@@ -308,13 +336,23 @@ def _hard_link(src: Path, dst: Path) -> bool:
     return True
 
 
-def _unbrought(merged: Manifest, rel: str) -> str:
+def _unbrought(merged: Manifest, rel: str, names: _Names) -> str:
     """The path a row keeps for a file not brought: its own, or a free name where the
-    output holds a file (or link) there, which is another article's: the row named it
-    (``x:1``'s row left behind at ``pdfs/x_1.pdf``, the output's ``x_1`` PDF)."""
+    output holds a file (or link) there or another row names it, which is another
+    article's: the row named it (``x:1``'s row left behind at ``pdfs/x_1.pdf``, the
+    output's ``x_1`` PDF). The name is kept from files brought after it."""
     dst = merged.run_dir / rel
-    free = free_name(dst, lambda p: p.is_symlink() or p.exists())
-    return rel if free == dst else free.relative_to(merged.run_dir).as_posix()
+    free = free_name(
+        dst,
+        lambda p: (
+            p.is_symlink()
+            or p.exists()
+            or p.relative_to(merged.run_dir).as_posix() in names.before | names.unbrought
+        ),
+    )
+    rel = free.relative_to(merged.run_dir).as_posix()
+    names.unbrought.add(rel)
+    return rel
 
 
 def _hashes_to(src: Path, sha256: str | None) -> bool:
