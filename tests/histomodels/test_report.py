@@ -438,3 +438,22 @@ def test_the_weak_label_noise_rate_row_counts_one_figure_in_the_singular() -> No
     tables = external_tables("ev", {"external": {"agreement": agreement}})
     cells = [cell for _, _, rows in tables for label, row in rows for cell in row]
     assert any(str(c).endswith("on 1 figure") for c in cells), cells
+
+
+def test_the_training_data_row_names_the_origin_splits_kept(tmp_path: Path) -> None:
+    """A run trained with ``--origin-split`` read 'train.h5' alone, as if it had trained on
+    every row of it; the row names the filter its config.json records."""
+    from histomodels.report_inputs import Run
+    from histomodels.report_tables import dataset_rows
+
+    config = {"model": "cnn", "data": "dev/train.h5"}
+    runs = [
+        Run("all", tmp_path, config=config),
+        Run("kept", tmp_path, config={**config, "origin_split": "kaggle_train,pcam_train"}),
+        Run("old", tmp_path, config={**config, "origin_split": None}),  # before the option
+    ]
+    assert dict(dataset_rows(runs))["training data"] == [
+        "dev/train.h5",
+        "dev/train.h5 (origin_split kaggle_train,pcam_train)",
+        "dev/train.h5",
+    ]

@@ -60,7 +60,7 @@ def dataset_rows(runs: list[Run]) -> list[tuple[str, list[str]]]:
                 or next((e.metrics.get("model") for e in r.evals), None)
             ),
         ),
-        ("training data", lambda r: r.config.get("data") or r.config.get("train")),
+        ("training data", _training_data),
         ("validation data", lambda r: r.config.get("val")),
         ("epochs run", lambda r: len(r.history) or None),
         ("best epoch", lambda r: r.checkpoint.get("epoch")),
@@ -72,6 +72,16 @@ def dataset_rows(runs: list[Run]) -> list[tuple[str, list[str]]]:
         if any(v not in (None, "", [], {}) for v in vals):
             rows.append((label, [fmt(v, 3) for v in vals]))
     return rows
+
+
+def _training_data(r: Run) -> str | None:
+    """The training data path and, when ``--origin-split`` filtered it, the origin splits
+    kept: a run trained on 7,601 of dev/train.h5's 7,602 rows read as one trained on all."""
+    data = r.config.get("data") or r.config.get("train")
+    split = r.config.get("origin_split")
+    if data and split:
+        return f"{data} (origin_split {split})"
+    return data
 
 
 def eval_rows(cols: list[tuple[str, Evaluation]]) -> list[tuple[str, list[str]]]:
