@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from histocore.cli import errors, fail, progress
@@ -85,9 +87,41 @@ def test_batch_jobs_get_a_plain_line_every_interval(monkeypatch, capsys) -> None
     monkeypatch.setattr(histocore.cli, "LOG_EVERY_S", 0.0)  # every advance is "long enough"
     with progress(), task("downloaded", 4) as shown:
         shown.advance(2)
+        assert capsys.readouterr().err.startswith("downloaded: 2/4, ETA ")
+        shown.advance(2)
     out, err = capsys.readouterr()
-    assert out == "" and err.startswith("downloaded: 2/4, ETA ") and err.count("\n") == 1
+    first, last = err.splitlines()  # the last count, not the one 30 s before
+    assert out == "" and first.startswith("downloaded: 4/4, ETA ")
+    assert re.fullmatch(r"downloaded: 4/4 in 0m00s, [0-9.]+/s", last), last
     assert "\x1b" not in err  # no control codes in a log
+
+
+def test_a_batch_task_ends_with_its_last_count_only_when_it_printed_one(
+    monkeypatch, capsys
+) -> None:
+    """The 30 s lines of a long stage had no last one: it could read 4/6 right before the
+    summary. A short task (no line printed) stays silent, and one ended by an error gets
+    no 'done' line before the error."""
+    import histocore.cli
+
+    monkeypatch.setenv("TTY_COMPATIBLE", "0")
+    with progress(), task("extracted", 6) as shown:
+        shown.advance(6)
+    assert capsys.readouterr().err == ""  # shorter than LOG_EVERY_S
+    monkeypatch.setattr(histocore.cli, "LOG_EVERY_S", 0.0)
+    with progress(), task("extracted", 6) as shown:
+        shown.advance(4)
+        monkeypatch.setattr(histocore.cli, "LOG_EVERY_S", 3600.0)
+        shown.advance(2)  # the 30 s line is not due: only the last line says 6/6
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0].startswith("extracted: 4/6, ETA ") and len(lines) == 2
+    assert lines[1].startswith("extracted: 6/6 in ")
+    monkeypatch.setattr(histocore.cli, "LOG_EVERY_S", 0.0)
+    with pytest.raises(OSError), progress(), task("extracted", 6) as shown:
+        shown.advance(4)
+        raise OSError("disk full")
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("extracted: 4/6, ETA ")
 
 
 def test_setup_logging_shows_library_records_on_stderr(capsys, fresh_logging) -> None:

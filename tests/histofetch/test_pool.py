@@ -49,8 +49,9 @@ from histofetch.worker_deaths import DEATHS_IN_A_ROW, WorkerDied
 LIST = "/pmc-oa-opendata/"
 
 #: the periodic progress line a command prints to a non-terminal stderr every 30 s
-#: (histocore.cli): "extracted: 4/6, ETA 0m16s, 0.12/s"; a slow machine adds some
-PROGRESS = re.compile(r"^[\w -]+: \d+(/\d+, ETA \S+)?, [\d.]+ ?\w*/s$")
+#: (histocore.cli): "extracted: 4/6, ETA 0m16s, 0.12/s", then "extracted: 6/6 in 0m51s,
+#: 0.12/s" at the end; a slow machine adds some
+PROGRESS = re.compile(r"^[\w -]+: \d+(/\d+(, ETA \S+)?)?( in \S+)?, [\d.]+ ?\w*/s$")
 
 
 def _said(err: str) -> list[str]:

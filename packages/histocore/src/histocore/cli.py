@@ -12,7 +12,7 @@ one logging setup.
 - :func:`progress` shows the :func:`histocore.progress.task` reports of the library code
   it wraps as transient rich bars on stderr; when stderr is not a terminal (batch jobs) a
   task that runs longer than :data:`LOG_EVERY_S` prints a plain line (done, rate, ETA)
-  that often instead, and short work prints nothing.
+  that often instead, then its last count when it ends; short work prints nothing.
 - :func:`setup_logging` sends the libraries' ``logging`` records (the packages log, never
   print) to stderr: information as plain lines, ``warning: …`` for warnings; ``-v`` adds
   debug lines. Each CLI calls it once, before its command runs; :func:`log_level` quietens
@@ -240,14 +240,25 @@ class _LogTask(Task):
             sys.stderr.write(one_line(self.line(now)) + "\n")
             sys.stderr.flush()
 
-    def line(self, now: float) -> str:
+    def line(self, now: float, *, final: bool = False) -> str:
         rate = self.done / max(now - self.start, 1e-9)
         size = decimal if self.unit == "bytes" else str
         text = f"{self.description}: {size(self.done)}"
         if self.total is not None:
+            text += f"/{size(self.total)}"
+        if final:
+            text += f" in {_duration(now - self.start)}"
+        elif self.total is not None:
             eta = (self.total - self.done) / rate if rate else float("inf")
-            text += f"/{size(self.total)}, ETA {_duration(eta)}"
+            text += f", ETA {_duration(eta)}"
         return text + (f", {decimal(int(rate))}/s" if self.unit == "bytes" else f", {rate:.2f}/s")
+
+    def finish(self) -> None:
+        """A last line when the task printed any (``extracted: 6/6 in 2m41s, …``): the
+        last one read e.g. 4/6 right before the summary. Short work stays silent."""
+        if self.last != self.start:
+            sys.stderr.write(one_line(self.line(time.monotonic(), final=True)) + "\n")
+            sys.stderr.flush()
 
 
 def _duration(seconds: float) -> str:
@@ -260,7 +271,9 @@ def _duration(seconds: float) -> str:
 
 @contextlib.contextmanager
 def _log_display(description: str, total: int | None, unit: Unit) -> Iterator[Task]:
-    yield _LogTask(description, total, unit)
+    shown = _LogTask(description, total, unit)
+    yield shown  # a task ended by an error gets no last line: its error line follows
+    shown.finish()
 
 
 @contextlib.contextmanager
