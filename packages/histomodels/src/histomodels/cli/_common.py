@@ -130,6 +130,19 @@ Device = Annotated[
 ]
 
 
+#: ``--batch-size`` of ``eval`` and ``predict`` (inference: an upper bound, the batch cut to
+#: ``MAX_BATCH_PIXELS`` as the network sees them).
+InferenceBatchSize = Annotated[
+    int,
+    typer.Option(
+        "--batch-size",
+        min=1,
+        help="Most patches per inference batch (fewer where a batch would pass 2**24 "
+        "pixels as the network sees them).",
+    ),
+]
+
+
 #: ``--origin-split`` of ``data info``, ``train``, ``finetune`` and ``eval``: the encoded
 #: HDF5 reader's ``origin_split=`` filter, its comma list checked before anything is read.
 OriginSplit = Annotated[

@@ -25,6 +25,7 @@ from histomodels.choices import (
 )
 from histomodels.cli._common import (
     Device,
+    InferenceBatchSize,
     OriginSplit,
     checked_by,
     errors,
@@ -134,15 +135,7 @@ def eval_cmd(
             help="Target sensitivity for the rule 'sensitivity', in (0, 1] \\[default 0.9].",
         ),
     ] = None,
-    batch_size: Annotated[
-        int,
-        typer.Option(
-            "--batch-size",
-            min=1,
-            help="Most patches per inference batch (fewer where a batch would pass 2**24 "
-            "pixels as the network sees them).",
-        ),
-    ] = 256,
+    batch_size: InferenceBatchSize = 256,
     bootstrap: Annotated[int, typer.Option("--bootstrap", min=0, help="Resamples for CIs.")] = 1000,
     seed: Annotated[
         int, typer.Option("--seed", min=0, max=MAX_SEED, help="Seed of the bootstrap resamples.")
@@ -504,15 +497,7 @@ def predict_cmd(
         ),
     ] = False,
     tta: Annotated[bool, typer.Option("--tta", help="Average the 8 dihedral views.")] = False,
-    batch_size: Annotated[
-        int,
-        typer.Option(
-            "--batch-size",
-            min=1,
-            help="Most patches per inference batch (fewer where a batch would pass 2**24 "
-            "pixels as the network sees them).",
-        ),
-    ] = 256,
+    batch_size: InferenceBatchSize = 256,
     precision: PrecisionOption = "fp32",
     max_pixels: Annotated[
         int, typer.Option("--max-pixels", min=1, help="Refuse larger images (bomb guard).")
