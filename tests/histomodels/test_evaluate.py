@@ -389,7 +389,26 @@ def test_eval_keeps_the_origin_splits_given(tmp_path: Path) -> None:
     assert r.exit_code == 0, r.output
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["n"] == 12 and saved["n_unlabelled"] == 0  # 13 rows, one 'unknown'
+    assert saved["origin_split"] == "pcam_train"  # metrics.json says which rows n counts
     assert len((out / "predictions.csv").read_text().splitlines()) == 13
     r = CliRunner().invoke(app, ["eval", str(ckpt), "--manifest", str(tmp_path), "--out",
                                  str(out), "--origin-split", "pcam_train"])  # fmt: skip
     assert r.exit_code == 2 and "--origin-split" in r.output
+
+
+def test_eval_origin_split_on_data_without_origins_names_the_option(tmp_path: Path) -> None:
+    """``eval --origin-split`` on data without origins (class folders) is refused naming
+    ``--origin-split``, as ``data info`` does: it said ``option(s) ['origin_split'] do not
+    apply ... (it takes ['patch_size'])``, a reader keyword eval has no option for."""
+    ckpt = tiny_checkpoint(tmp_path)
+    x, y = make_patches(8, seed=3)
+    d = tmp_path / "cls"
+    for i in range(len(y)):
+        (d / str(int(y[i]))).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(x[i]).save(d / str(int(y[i])) / f"{i}.png")
+    r = CliRunner().invoke(app, ["eval", str(ckpt), "--data", str(d), "--out",
+                                 str(tmp_path / "ev"), "--origin-split", "pcam_train"])  # fmt: skip
+    assert r.exit_code == 2, r.output
+    said = " ".join(r.output.replace("│", " ").split())
+    assert "'--origin-split': does not apply to" in said and "image folder data" in said
+    assert "patch_size" not in said and not (tmp_path / "ev").exists()

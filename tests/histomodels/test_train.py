@@ -1356,3 +1356,51 @@ def test_train_says_how_many_patches_it_trains_and_validates_on(tmp_path):
     assert [s for s in r.stderr.splitlines() if s.startswith("training on")] == [line]
     r = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "q"), "--quiet"])
     assert r.exit_code == 0 and "training on" not in r.stderr, r.output
+
+
+def test_resume_takes_the_same_origin_splits_in_any_order():
+    """``--resume --origin-split kaggle_train,pcam_train`` on a run of
+    ``pcam_train,kaggle_train`` keeps the same rows: it was refused as a conflict (the
+    strings were compared, not the splits they name); other splits still are."""
+    from histomodels.config import resume_conflicts
+
+    saved = {"origin_split": "pcam_train,kaggle_train"}
+    assert resume_conflicts(saved, {"origin_split": "kaggle_train, pcam_train"}) == []
+    assert resume_conflicts(saved, {"origin_split": "pcam_train"}) == [
+        "origin_split 'pcam_train' (the run's 'pcam_train,kaggle_train')"
+    ]
+
+
+@pytest.mark.parametrize("value", ["", ","])
+def test_config_file_origin_split_naming_no_split_is_refused(tmp_path, value):
+    """A config file's ``origin_split`` naming no split is refused naming the file and key,
+    as ``--origin-split ""`` is refused: ``""`` trained on every row (read as no filter),
+    ``","`` failed in the reader with a line that named neither."""
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps({"origin_split": value}))
+    r = CliRunner().invoke(app, ["train", "--config", str(cfg), "--data", str(tmp_path / "d.h5"),
+                                 "--val", str(tmp_path / "v.h5"), "--out", str(tmp_path / "r"),
+                                 "--quiet"])  # fmt: skip
+    assert r.exit_code == 1, r.output
+    assert f"{cfg}: origin_split: {value!r}: no split named" in r.output
+    assert not (tmp_path / "r").exists()
+
+
+def test_train_origin_split_on_data_without_origins_names_the_option(tmp_path):
+    """``train --origin-split`` on data without origins (class folders) is refused naming
+    ``--origin-split``, as ``data info`` does: it said ``option(s) ['origin_split'] do not
+    apply ... (it takes ['patch_size'])``, reader keywords train has no option for."""
+    from PIL import Image
+
+    x, y = make_patches(8, seed=3)
+    d = tmp_path / "cls"
+    for i in range(len(y)):
+        (d / str(int(y[i]))).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(x[i]).save(d / str(int(y[i])) / f"{i}.png")
+    r = CliRunner().invoke(app, ["train", "--data", str(d), "--val", str(d), "--out",
+                                 str(tmp_path / "r"), "--origin-split", "pcam_train",
+                                 "--epochs", "1", "--threads", "1", "--quiet"])  # fmt: skip
+    assert r.exit_code == 2, r.output
+    said = " ".join(r.output.replace("│", " ").split())
+    assert "'--origin-split': does not apply to" in said and "image folder data" in said
+    assert "patch_size" not in said and "['origin_split']" not in said

@@ -23,9 +23,16 @@ from typing import Any
 from pydantic import ConfigDict, ValidationError, ValidationInfo, field_validator
 from pydantic.dataclasses import dataclass
 
-from histocore.errors import DomainError
+from histocore.errors import DomainError, UsageError
 from histocore.io import NotJSON, loads_json, same_file
-from histomodels.choices import MAX_SEED, SCHEDULES, Schedule, device_problem, model_problem
+from histomodels.choices import (
+    MAX_SEED,
+    SCHEDULES,
+    Schedule,
+    device_problem,
+    model_problem,
+    origin_splits,
+)
 
 
 class ConfigError(DomainError, ValueError):
@@ -217,7 +224,8 @@ def resume_conflicts(saved: dict[str, Any], given: dict[str, Any]) -> list[str]:
     """The keys of ``given`` (settings a user asked for, None = not given) that a resume
     would not apply, as ``key VALUE (the run's SAVED)``: those outside
     :data:`RESUME_OVERRIDES` whose value differs from the run's ``saved`` config (a
-    ``model_config`` key by key, a data path by the file it names; a key the run predates
+    ``model_config`` key by key, a data path by the file it names, ``origin_split`` by the
+    splits it names; a key the run predates
     by its default, which is what the run used)."""
     said = []
     for key, value in given.items():
@@ -233,6 +241,8 @@ def resume_conflicts(saved: dict[str, Any], given: dict[str, Any]) -> list[str]:
             same = all(old.get(k) == v for k, v in value.items())
         elif key in ("data", "val", "weights", "teacher", "stain_norm") and old is not None:
             same = str(value) == str(old) or same_file(str(value), str(old))
+        elif key == "origin_split" and old is not None:  # the same splits in any order
+            same = origin_splits(value) == origin_splits(old)
         else:
             same = value == old
         if not same:
@@ -290,6 +300,12 @@ def validate(cfg: TrainConfig, source: str = "config") -> TrainConfig:
         problem = None if value is None else problem_of(value)
         if problem:
             raise ConfigError(f"{source}: {key}: {value!r}: {problem}")
+    if cfg.origin_split is not None:  # "" would read as no filter; --origin-split "" is refused
+        try:
+            origin_splits(cfg.origin_split)
+        except UsageError as exc:
+            problem = str(exc).removeprefix(f"origin_split {cfg.origin_split!r}: ")
+            raise ConfigError(f"{source}: origin_split: {cfg.origin_split!r}: {problem}") from None
     for f in dataclasses.fields(cfg):  # NaN passes every comparison below
         value = getattr(cfg, f.name)
         if isinstance(value, float) and not math.isfinite(value):

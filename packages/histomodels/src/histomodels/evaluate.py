@@ -417,6 +417,7 @@ def evaluate_checkpoint(
         "checkpoint": str(checkpoint),
         "model": ckpt.get("model"),
         "data": source,
+        **({"origin_split": origin_split} if origin_split else {}),  # n is of those rows only
         "tta": bool(tta) or pred.tta_inside,  # the scores average the 8 views either way
         "precision": pred.precision,
     }

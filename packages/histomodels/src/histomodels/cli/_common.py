@@ -12,7 +12,8 @@ import importlib
 import inspect
 import math
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar, get_type_hints
 
@@ -155,6 +156,29 @@ OriginSplit = Annotated[
 ]
 
 
+@contextmanager
+def reader_options(names: Mapping[str, str], ctx: typer.Context | None = None) -> Iterator[None]:
+    """A reader's refusal of keywords its format does not take, said as ``data info`` says
+    it: a usage error naming the options given (``names``: reader keyword -> this command's
+    option) and only those of them the format takes, not the reader's other keywords.
+    A refused keyword not in ``names`` (a config file gave it) keeps the reader's line."""
+    from histocore.io import one_line
+    from histomodels.data.readers import OptionsNotTaken
+
+    try:
+        yield
+    except OptionsNotTaken as exc:
+        if not all(k in names for k in exc.options):
+            raise
+        takes = [names[k] for k in exc.allowed if k in names]
+        said = f" (it takes {', '.join(takes)})" if takes else " (it takes none of these options)"
+        raise typer.BadParameter(
+            f"does not apply to {one_line(str(exc.path))}, {exc.fmt} data{said}",
+            ctx=ctx,
+            param_hint=[names[k] for k in exc.options],
+        ) from None
+
+
 def in_range(
     low: float = -math.inf,
     high: float = math.inf,
@@ -236,6 +260,7 @@ __all__ = [
     "log_level",
     "option_parameters",
     "progress",
+    "reader_options",
     "require_file_out",
     "require_folder",
     "require_paths",

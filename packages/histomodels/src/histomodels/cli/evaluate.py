@@ -32,6 +32,7 @@ from histomodels.cli._common import (
     fail,
     in_range,
     progress,
+    reader_options,
     require_file_out,
     require_folder,
     require_paths,
@@ -251,24 +252,25 @@ def eval_cmd(
         else:
             from histomodels.evaluate import evaluate_checkpoint
 
-            result = evaluate_checkpoint(
-                source,
-                data,
-                out,
-                val=val,
-                tta=tta,
-                batch_size=batch_size,
-                sensitivity=sensitivity,
-                threshold_rule=threshold_rule if val is not None else None,
-                n_bootstrap=bootstrap,
-                seed=seed,
-                precision=precision,
-                device=device,
-                store_temperature="none" if no_store else store_temperature,
-                scale=fig_scale,
-                val_scale=val_scale,
-                origin_split=origin_split,
-            )
+            with reader_options({"origin_split": "--origin-split"}, ctx):  # data without origins
+                result = evaluate_checkpoint(
+                    source,
+                    data,
+                    out,
+                    val=val,
+                    tta=tta,
+                    batch_size=batch_size,
+                    sensitivity=sensitivity,
+                    threshold_rule=threshold_rule if val is not None else None,
+                    n_bootstrap=bootstrap,
+                    seed=seed,
+                    precision=precision,
+                    device=device,
+                    store_temperature="none" if no_store else store_temperature,
+                    scale=fig_scale,
+                    val_scale=val_scale,
+                    origin_split=origin_split,
+                )
     if manifest is not None:
         _print_external(result, out)
     else:

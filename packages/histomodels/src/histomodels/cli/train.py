@@ -33,6 +33,7 @@ from histomodels.cli._common import (
     launched_distributed,
     log_level,
     progress,
+    reader_options,
     require_folder,
     require_paths,
     setup_logging,
@@ -261,7 +262,9 @@ def _train(
 
     with errors(TrainingError), progress(enabled=not quiet):
         try:
-            result = train(cfg, out, resume=resume)
+            given = {"origin_split": "--origin-split"} if options.get("origin_split") else {}
+            with reader_options(given):  # --origin-split on a format without origins
+                result = train(cfg, out, resume=resume)
         except BuildRefused as exc:  # name where the keys came from, as check_model does
             where = _model_config_sources(exc.given, options, config, given_by or {})
             fail(f"{where}: {exc}" if where else str(exc))
