@@ -1334,30 +1334,6 @@ def test_train_keeps_the_origin_splits_given(tmp_path):
     assert r.exit_code == 2 and "--origin-split" in r.output
 
 
-def test_train_says_how_many_patches_it_trains_and_validates_on(tmp_path):
-    """One line on stderr at the start: a user could not confirm the patches a run used
-    (e.g. the 7,601 that ``--origin-split kaggle_train,pcam_train`` keeps of dev/train.h5)."""
-    from _trainkit import TINY, encoded_h5_with_origins
-
-    (tmp_path / "t").mkdir()
-    val = write_h5(tmp_path / "val.h5", 24, seed=1)
-    data = encoded_h5_with_origins(tmp_path / "t" / "enc.h5", 33, make_patches(24, 1)[0][0])
-    _, y_val = make_patches(24, seed=1)
-    _, y_all = make_patches(32, seed=0)  # the 32 rows of origin pcam_train
-    args = ["train", "--data", str(data), "--val", str(val), "--model-config", json.dumps(TINY),
-            "--epochs", "1", "--batch-size", "16", "--threads", "1",
-            "--origin-split", "pcam_train"]  # fmt: skip
-    r = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "r")])
-    assert r.exit_code == 0, r.output
-    line = (
-        f"training on 32 patches ({int(y_all.sum())} tumour), "
-        f"validating on 24 patches ({int(y_val.sum())} tumour)"
-    )
-    assert [s for s in r.stderr.splitlines() if s.startswith("training on")] == [line]
-    r = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "q"), "--quiet"])
-    assert r.exit_code == 0 and "training on" not in r.stderr, r.output
-
-
 def test_resume_takes_the_same_origin_splits_in_any_order():
     """``--resume --origin-split kaggle_train,pcam_train`` on a run of
     ``pcam_train,kaggle_train`` keeps the same rows: it was refused as a conflict (the

@@ -113,14 +113,7 @@ def prepare_splits(
             )
     check_two_classes(y_train, train_data if train_data is not None else cfg.data, "train")
     check_two_classes(y_val, val_data if val_data is not None else cfg.val, "validation")
-    say(f"training on {_count(y_train)}, validating on {_count(y_val)}")
     return (x_train, y_train), (x_val, y_val), stain
-
-
-def _count(labels: torch.Tensor) -> str:
-    """``"7,601 patches (3,220 tumour)"``: a split's size and positives, as the user checks
-    them against the docs (e.g. the 7,601 that ``--origin-split`` keeps of dev/train.h5)."""
-    return f"{len(labels):,} patches ({int((labels > 0.5).sum()):,} tumour)"
 
 
 def check_two_classes(labels: torch.Tensor, spec: Any, role: str) -> None:
