@@ -1184,14 +1184,9 @@ def test_memory_running_out_in_a_later_epoch_keeps_the_completed_ones(
 
 def test_memory_running_out_in_validation_names_the_eval_batch_size(arrays, tmp_path, monkeypatch):
     """The validation pass's batches are eval_batch_size; running out there says so."""
-    real = torch.nn.functional.conv2d
+    from _trainkit import run_out_of_memory_in_validation
 
-    def conv2d(x, *args, **kwargs):  # the validation's forward passes run without grad
-        if not torch.is_grad_enabled() and x.device.type != "meta":
-            torch.empty(2**50, dtype=torch.uint8)  # 1 PB: torch's allocator refuses it
-        return real(x, *args, **kwargs)
-
-    monkeypatch.setattr("torch.nn.functional.conv2d", conv2d)
+    run_out_of_memory_in_validation(monkeypatch)
     run = tmp_path / "r"
     with pytest.raises(MemoryError) as info:
         train(_cfg(epochs=1, eval_batch_size=24), run, train_data=arrays[0], val_data=arrays[1])
@@ -1208,14 +1203,9 @@ def test_memory_running_out_in_capped_validation_batches_names_the_batch_that_ra
     patches): with eval_batch_size 4096 the batches that ran out held 1,820, and the line
     said "batches of 4096 patches" and to try a smaller eval_batch_size (2048 changes
     nothing). It names the 1,820, the cap, and how small eval_batch_size must go."""
-    real = torch.nn.functional.conv2d
+    from _trainkit import run_out_of_memory_in_validation
 
-    def conv2d(x, *args, **kwargs):  # the validation's forward passes run without grad
-        if not torch.is_grad_enabled() and x.device.type != "meta":
-            torch.empty(2**50, dtype=torch.uint8)  # 1 PB: torch's allocator refuses it
-        return real(x, *args, **kwargs)
-
-    monkeypatch.setattr("torch.nn.functional.conv2d", conv2d)
+    run_out_of_memory_in_validation(monkeypatch)
     train_data, val_data = make_patches(32, seed=0), make_patches(1900, seed=1)
     run = tmp_path / "r"
     with pytest.raises(MemoryError) as info:

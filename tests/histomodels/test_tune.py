@@ -187,16 +187,9 @@ def test_a_trial_out_of_memory_in_validation_names_the_base_config(
     tmp_path, tiny_data, monkeypatch
 ):
     """eval_batch_size comes from the base config (--config), which the reason names."""
-    import torch
+    from _trainkit import run_out_of_memory_in_validation
 
-    real = torch.nn.functional.conv2d
-
-    def conv2d(x, *args, **kwargs):  # the validation's forward passes run without grad
-        if not torch.is_grad_enabled() and x.device.type != "meta":
-            torch.empty(2**50, dtype=torch.uint8)  # 1 PB: torch's allocator refuses it
-        return real(x, *args, **kwargs)
-
-    monkeypatch.setattr("torch.nn.functional.conv2d", conv2d)
+    run_out_of_memory_in_validation(monkeypatch)
     with pytest.raises(TuneError):
         tune(*tiny_data, tmp_path, trials=1, trial_epochs=1, quiet=True, base=TINY,
              base_name="c.json")  # fmt: skip
