@@ -811,6 +811,29 @@ def test_epoch_progress_and_lines_go_to_the_shared_display_and_logging(arrays, t
     assert "epoch   2  loss" in caplog.text and "best val AUC" in caplog.text
 
 
+def test_an_epoch_ended_by_an_error_prints_no_last_progress_line(
+    arrays, tmp_path, monkeypatch, capsys
+):
+    """A batch job's epoch that printed a progress line ends with its last count; one ended
+    by an error (here memory running out at epoch 2's second step; likewise divergence or
+    Ctrl-C) printed it too ('epoch 2/2 loss 0.693: 1/4 in 0m00s') right before the error
+    line, as if it had ended cleanly. It prints none."""
+    import histocore.cli
+    from histocore.cli import progress
+
+    monkeypatch.setenv("TTY_COMPATIBLE", "0")  # stderr is a log: plain lines
+    monkeypatch.setattr(histocore.cli, "LOG_EVERY_S", 0.0)  # a line at every step
+    # epoch 1: 4 steps and the validation's loss; epoch 2's second step runs out
+    monkeypatch.setattr("torch.nn.functional.binary_cross_entropy_with_logits", _refuse_after(6))
+    with pytest.raises(MemoryError), progress():
+        train(_cfg(progress=True), tmp_path / "r", train_data=arrays[0], val_data=arrays[1])
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("epoch ")]
+    last = [ln for ln in lines if " in " in ln]
+    assert len(last) == 1 and last[0].startswith("epoch 1/2 loss "), lines  # epoch 1's only
+    assert ": 4/4 in " in last[0] and lines[-1].startswith("epoch 2/2 "), lines
+    assert ", ETA " in lines[-1], lines
+
+
 def test_every_train_and_finetune_option_is_a_config_key():
     """The commands pass their options to TrainConfig by name, so a misnamed option would be
     dropped silently: each parameter is a TrainConfig key or one the command itself uses."""

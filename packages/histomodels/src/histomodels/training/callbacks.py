@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -173,11 +174,15 @@ class ProgressBar(Callback):
             self.task.update(description=desc)
 
     def on_validate_end(self, trainer: Trainer) -> None:
-        self.close(trainer)
+        self.task = None
+        self.stack.close()  # the epoch's batches are done: its last line (if any) shows
 
     def close(self, trainer: Trainer) -> None:
+        """Also called while an error (divergence, out of memory, Ctrl-C) ends training: the
+        epoch's task then exits with that error, so it prints no "done" line before the
+        ``error:`` line."""
         self.task = None
-        self.stack.close()
+        self.stack.__exit__(*sys.exc_info())
 
 
 class LabelSmoothing(Callback):
