@@ -18,6 +18,7 @@ from histocore.io import (
     atomic_write_bytes,
     atomic_write_json,
     atomic_write_text,
+    atomic_writer,
     free_name,
     number_text,
     record_slug,
@@ -199,3 +200,51 @@ def test_a_long_valid_name_is_written_through_a_short_temp_name(tmp_path: Path) 
         atomic_write_bytes(tmp_path / ("c" * 300), b"x")
     assert describe(info.value).startswith(str(tmp_path / ("c" * 300)) + ": ")
     assert sorted(p.name for p in tmp_path.iterdir()) == [name]
+
+
+def test_a_name_too_long_for_the_file_system_is_refused_before_writing(
+    tmp_path: Path, capsys
+) -> None:
+    """A name over NAME_MAX (255 bytes here) was refused only by the final rename, after the
+    whole write (a model's, a CSV's); it is refused up front now, naming the user's file,
+    and the writer's block never runs. ``temp_beside`` refuses it too."""
+    from histocore.cli import errors
+
+    limit = os.pathconf(tmp_path, "PC_NAME_MAX")
+    target = tmp_path / ("c" * (limit + 1))
+    ran = []
+    with pytest.raises(OSError) as info, atomic_writer(target) as fh:
+        ran.append(1)
+        fh.write(b"x")
+    assert ran == [] and info.value.filename == str(target)
+    assert describe(info.value) == f"{target}: file name too long (over {limit} bytes)"
+    with pytest.raises(OSError) as info:
+        temp_beside(target)
+    assert info.value.filename == str(target)
+    with pytest.raises(SystemExit), errors():  # as the CLIs say it
+        atomic_write_bytes(target, b"x")
+    assert capsys.readouterr().err == f"error: {target}: file name too long (over {limit} bytes)\n"
+    assert list(tmp_path.iterdir()) == []
+    atomic_write_bytes(tmp_path / ("d" * limit), b"x")  # the longest name is fine
+    assert (tmp_path / ("d" * limit)).read_bytes() == b"x"
+
+
+def test_a_folder_too_deep_for_any_temp_name_is_named_by_the_file_to_write(
+    tmp_path: Path,
+) -> None:
+    """In a folder whose path is near PATH_MAX no temp name fits, not even the short one
+    made for long names: the error named that random temp file (``.k3j2x9ab.tmp: file name
+    too long``), a name the user never gave; it names the file to write."""
+    limit = os.pathconf(tmp_path, "PC_PATH_MAX")  # 4096 with its NUL: paths up to 4095
+    folder = tmp_path
+    while len(str(folder)) < limit - 11:  # folders of 200 characters, to 4085 in all
+        folder = folder / ("f" * max(1, min(200, limit - 11 - len(str(folder)) - 1)))
+    folder.mkdir(parents=True)
+    target = folder / "out.csv"  # "/out.csv" fits; "/.out.csv.XXXXXXXX.tmp" does not,
+    assert len(str(target)) < limit <= len(str(folder)) + len("/.XXXXXXXX.tmp")  # nor this
+    for write in (lambda: atomic_write_bytes(target, b"x"), lambda: temp_beside(target)):
+        with pytest.raises(OSError) as info:
+            write()
+        assert info.value.filename == str(target)
+        assert describe(info.value) == f"{target}: file name too long"
+    assert list(folder.iterdir()) == []

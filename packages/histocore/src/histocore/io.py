@@ -71,12 +71,29 @@ def usual_file_mode() -> int:
 
 #: The temp file of an atomic write of NAME: ``.NAME.<random>.tmp`` beside it.
 _ATOMIC_TEMP = re.compile(r"^\.(?P<name>.+)\.[^.]+\.tmp$")
+#: The short temp file of a name too long for that: ``.<random>.tmp`` (no dot in random).
+_SHORT_TEMP = re.compile(r"^\.[^.]+\.tmp$")
+
+
+def _name_max(folder: str | Path) -> int:
+    """The longest file name (in bytes) the file system of ``folder`` takes (``NAME_MAX``;
+    255 where it cannot say)."""
+    try:
+        return os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        return 255
 
 
 def _mkstemp_beside(path: Path) -> tuple[int, str]:
-    """A new temp file beside ``path`` (its descriptor and name). When it cannot be made
-    (a folder the user cannot write to), the error names ``path``, the file the user
+    """A new temp file beside ``path`` (its descriptor and name). A name longer than the
+    file system takes is refused here, before anything is written (it failed only at the
+    last rename). When the temp file cannot be made (a folder the user cannot write to, or
+    whose path leaves no room for a temp name), the error names ``path``, the file the user
     gave, not the temp file's random name: ``out.pt: permission denied``."""
+    limit = _name_max(path.parent)
+    if len(os.fsencode(path.name)) > limit:
+        problem = f"{os.strerror(errno.ENAMETOOLONG)} (over {limit} bytes)"
+        raise OSError(errno.ENAMETOOLONG, problem, str(path))
     try:
         try:
             return tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -88,7 +105,8 @@ def _mkstemp_beside(path: Path) -> tuple[int, str]:
             return tempfile.mkstemp(prefix=".", suffix=".tmp", dir=path.parent)
     except OSError as exc:
         name = os.path.basename(os.fsdecode(exc.filename)) if exc.filename is not None else ""
-        if exc.filename2 is None and exc.errno and atomic_temp_target(name) == path.name:
+        ours = atomic_temp_target(name) == path.name or _SHORT_TEMP.match(name)
+        if exc.filename2 is None and exc.errno and ours:
             raise OSError(exc.errno, exc.strerror, str(path)) from exc
         raise
 
