@@ -465,3 +465,72 @@ def test_a_row_whose_file_is_left_behind_never_names_another_articles_file(
     assert mine and theirs and mine != theirs
     assert (out / mine).read_bytes() == b"%PDF-1.4 x_1's article"
     assert not (out / theirs).exists()
+
+
+@pytest.mark.parametrize("b_first", [False, True])
+@pytest.mark.parametrize("b_has_file", [True, False])
+def test_two_rows_whose_paths_differ_by_dotdot_never_name_one_file(
+    tmp_path: Path, b_first: bool, b_has_file: bool
+) -> None:
+    """Run ``a``'s ``x_1`` names ``pdfs/x_1.pdf``; shard ``b``'s ``x:1`` names
+    ``pdfs/../pdfs/x_1.pdf``, the same name spelt with ``..``. Its row was kept as it was,
+    neither brought nor reserved, so in the output it named ``x_1``'s PDF. Paths are taken
+    in their normal form now: ``x:1``'s file is brought under a free name, or, when it is
+    missing in ``b``, its row gets a name no file of another row's is at."""
+    a, b, out = tmp_path / "a", tmp_path / "b", tmp_path / "out"
+    _run_with_pdf(a, Record(id="x_1", stage="downloaded", pdf_path="pdfs/x_1.pdf"), b"%PDF a")
+    _run_with_pdf(b, Record(id="x:1", stage="downloaded", pdf_path="pdfs/x_1.pdf"), b"%PDF b")
+    with Manifest.load(b) as m:
+        m.records["x:1"].pdf_path = "pdfs/../pdfs/x_1.pdf"
+        m.save()
+    if not b_has_file:
+        (b / "pdfs" / "x_1.pdf").unlink()
+    merge_runs([b, a] if b_first else [a, b], out)
+    with Manifest.load(out) as m:
+        mine, theirs = m.records["x_1"].pdf_path, m.records["x:1"].pdf_path
+    assert mine and theirs and os.path.normpath(mine) != os.path.normpath(theirs), theirs
+    assert ".." not in theirs, theirs
+    assert (out / mine).read_bytes() == b"%PDF a"
+    if b_has_file:
+        assert (out / theirs).read_bytes() == b"%PDF b"
+    else:
+        assert not (out / theirs).exists()
+
+
+def test_a_path_out_of_its_run_that_leads_into_the_output_names_no_file_there(
+    tmp_path: Path,
+) -> None:
+    """Shard ``b``'s ``x:1`` names ``../out/pdfs/x_1.pdf``: outside ``b``, so never read or
+    linked, but from the output folder ``out`` it is ``out/pdfs/x_1.pdf``, the file brought
+    for ``a``'s ``x_1``. It gets a name kept from other rows' files; a path leading out
+    elsewhere is kept as it is."""
+    a, b, out = tmp_path / "a", tmp_path / "b", tmp_path / "out"
+    _run_with_pdf(a, Record(id="x_1", stage="downloaded", pdf_path="pdfs/x_1.pdf"), b"%PDF a")
+    with Manifest.load(b, create=True) as m:
+        m.add_record(Record(id="x:1", stage="downloaded", pdf_path="../out/pdfs/x_1.pdf"))
+        m.add_record(Record(id="x:2", stage="downloaded", pdf_path="../elsewhere/x_2.pdf"))
+        m.save()
+    merge_runs([a, b], out)
+    with Manifest.load(out) as m:
+        paths = {rid: rec.pdf_path for rid, rec in m.records.items()}
+    assert paths["x_1"] == "pdfs/x_1.pdf" and paths["x:2"] == "../elsewhere/x_2.pdf"
+    theirs = paths["x:1"]
+    assert theirs and ".." not in theirs and theirs != "pdfs/x_1.pdf", theirs
+    assert not (out / theirs).exists()
+
+
+def test_an_output_rows_dotdot_path_is_kept_from_files_brought_later(tmp_path: Path) -> None:
+    """The output's own ``x:1`` names ``pdfs/../pdfs/x_1.pdf``, its file missing: the names
+    its rows held were compared as spelt, so ``a``'s ``x_1`` PDF was brought to
+    ``pdfs/x_1.pdf``, the file ``x:1``'s row names. It goes under a free name."""
+    a, out = tmp_path / "a", tmp_path / "out"
+    _run_with_pdf(a, Record(id="x_1", stage="downloaded", pdf_path="pdfs/x_1.pdf"), b"%PDF a")
+    with Manifest.load(out, create=True) as m:
+        m.add_record(Record(id="x:1", stage="downloaded", pdf_path="pdfs/../pdfs/x_1.pdf"))
+        m.save()
+    merge_runs([a], out)
+    with Manifest.load(out) as m:
+        assert m.records["x:1"].pdf_path == "pdfs/../pdfs/x_1.pdf"  # the output's: as it is
+        mine = m.records["x_1"].pdf_path
+    assert mine == "pdfs/x_1-2.pdf" and (out / mine).read_bytes() == b"%PDF a"
+    assert not (out / "pdfs" / "x_1.pdf").exists()

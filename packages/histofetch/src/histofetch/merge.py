@@ -14,7 +14,9 @@
   twice in one) is not added again; the record notes it in ``extra["merge_duplicates"]``.
 * Files the rows name inside a source run (PDFs, images) are hard-linked into the output
   (copied across file systems) under the same relative path, so the merged run stands
-  alone; files outside the source run (local PDFs) keep their absolute paths. Where the
+  alone; files outside the source run (local PDFs) keep their absolute paths, and a
+  relative path leading out of it (``../x.png``) is kept and never read. A path is taken
+  in its normal form (``pdfs/../pdfs/x.pdf`` is ``pdfs/x.pdf``). Where the
   output holds another file under that path (a run whose renamed record kept its
   ``pdfs/pmid_0.pdf``, and a shard's own ``pmid:0``), the file is brought under a free
   name (``pdfs/pmid_0-2.pdf``) and the row names that. A row naming one of the run's own
@@ -30,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import filecmp
 import os
+import posixpath
 import shutil
 import tempfile
 from dataclasses import dataclass, field, replace
@@ -171,8 +174,8 @@ def _merge(loaded: list[Manifest], merged: Manifest) -> MergeSummary:
     ids_before, pmcids_before = set(merged.records), set(pmcids)  # the output's own
     hashes = {i.sha256: i.id for i in merged.images.values()}
     names = _Names(
-        before={r.pdf_path for r in merged.records.values() if r.pdf_path}
-        | {i.path for i in merged.images.values() if i.path}
+        before={_normal(r.pdf_path) for r in merged.records.values() if r.pdf_path}
+        | {_normal(i.path) for i in merged.images.values() if i.path}
     )
     for rid, (rec, run) in best.items():
         if rid in merged.records or (rec.pmcid and pmcids.get(rec.pmcid, rid) != rid):
@@ -279,8 +282,11 @@ def _bring(
 ) -> str | None:
     """Link (or copy) a file named by a source run into the merged run; the new path.
 
-    A path with ``..`` is never linked: even when it leads back into the source run
-    (``../../a/run/images/x.png``), the same path from the merged folder lands outside it.
+    A row path is compared, reserved and brought in its normal form: ``pdfs/../pdfs/x.pdf``
+    is ``pdfs/x.pdf``, which may be another row's (it was returned as it was, naming that
+    row's file in the output). A path leading out of the run is never linked: even when it
+    leads back into the source run (``../../a/run/images/x.png``), the same path from the
+    merged folder lands outside it.
     A file link pointing out of the run is never read. A folder link inside the run that
     points out (``images/`` moved to a bigger disk) is followed only for a file whose bytes
     hash to the row's ``sha256`` (``pdf_sha256``), copied, and counted in
@@ -289,8 +295,16 @@ def _bring(
     with rows naming files under it would otherwise copy the user's secrets into an output
     meant to be shared; the hash of a file the shard's author has not seen is not theirs
     to write."""
-    if rel is None or Path(rel).is_absolute() or ".." in Path(rel).parts:
+    if rel is None or Path(rel).is_absolute():
         return rel
+    norm = _normal(rel)  # "pdfs/../pdfs/x.pdf" is "pdfs/x.pdf": the name compared, reserved
+    if norm == "." or norm == ".." or norm.startswith("../"):
+        inside = _landing_inside(merged, norm)
+        # out of the run (or the run folder itself): no file of the run's, never linked;
+        # the row keeps its path (readers refuse it), unless from the output it would name
+        # a file there ("../out/pdfs/x.pdf"): a name kept from every other row's file
+        return rel if inside is None else _unbrought(merged, inside, names)
+    rel = norm
     if len(Path(rel).parts) == 1 and Path(rel).name in _RUN_FILES:
         return rel  # the run's own file, not the row's: never linked
     src = run.resolve(rel)
@@ -326,6 +340,24 @@ def _bring(
         if link is not None or not _hard_link(src, dst):
             _copy_whole(src, dst)
     return rel
+
+
+def _normal(rel: str) -> str:
+    """A relative row path without ``.``, ``..`` and doubled ``/`` (``pdfs/../pdfs/x.pdf``
+    → ``pdfs/x.pdf``): two spellings of one name are one name. An absolute path as it is."""
+    return rel if Path(rel).is_absolute() else posixpath.normpath(rel)
+
+
+def _landing_inside(merged: Manifest, norm: str) -> str | None:
+    """Where a path that leads out of its run (``../out/pdfs/x.pdf``) lands inside the
+    output, seen from there (``pdfs/x.pdf``), else None."""
+    if norm == ".":
+        return None
+    for top in {os.path.abspath(merged.run_dir), os.path.realpath(merged.run_dir)}:
+        rel = os.path.relpath(os.path.normpath(os.path.join(top, norm)), top)
+        if rel != "." and rel != ".." and not rel.startswith("../"):
+            return Path(rel).as_posix()
+    return None
 
 
 def _hard_link(src: Path, dst: Path) -> bool:
