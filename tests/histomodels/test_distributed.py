@@ -295,6 +295,20 @@ def test_the_join_timeout_is_torchruns_ten_minutes_unless_set(monkeypatch):
     assert join_timeout() == timedelta(milliseconds=1)
 
 
+def test_the_training_docs_give_the_join_timeout_range_the_code_takes():
+    """docs/histomodels-training.md said values went "up to 10000000", which is refused."""
+    from pathlib import Path
+
+    from histomodels.distributed import JOIN_TIMEOUT_MAX, JOIN_TIMEOUT_MIN
+
+    doc = Path(__file__).parents[2] / "docs" / "histomodels-training.md"
+    text = " ".join(doc.read_text(encoding="utf-8").split())
+    said = (
+        f"from {JOIN_TIMEOUT_MIN:g} (1 ms, the store's smallest wait) and under {JOIN_TIMEOUT_MAX}"
+    )
+    assert said in text and f"up to {JOIN_TIMEOUT_MAX}" not in text
+
+
 @pytest.mark.parametrize("value", ["0.0001", "1e-9", "1e7", "99999999"])
 def test_a_join_timeout_under_1_ms_or_from_116_days_is_refused_naming_the_range(monkeypatch, value):
     """TCPStore counts whole milliseconds: under 1 ms a rank failed at once with a

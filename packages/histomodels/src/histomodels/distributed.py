@@ -117,7 +117,7 @@ _joins = 0  # process groups this process joined (each join has its own store ke
 
 def join_timeout() -> timedelta:
     """How long ranks wait for each other to join: ``HISTOMODELS_JOIN_TIMEOUT`` seconds
-    (1 ms up to 116 days) when set, else :data:`JOIN_TIMEOUT`."""
+    (from 1 ms, under 116 days) when set, else :data:`JOIN_TIMEOUT`."""
     raw = os.environ.get(JOIN_TIMEOUT_VAR, "").strip()
     if not raw:
         return JOIN_TIMEOUT
