@@ -217,6 +217,7 @@ class _LogTask(Task):
         self.description, self.total, self.unit = description, total, unit
         self.done, self.start = 0, time.monotonic()
         self.last = self.start
+        self.printed = False  # a line shown: the task ends with its last count
 
     def advance(self, n: int = 1) -> None:
         self.done += n
@@ -236,7 +237,7 @@ class _LogTask(Task):
     def _maybe_log(self) -> None:
         now = time.monotonic()
         if now - self.last >= LOG_EVERY_S:
-            self.last = now
+            self.last, self.printed = now, True
             sys.stderr.write(one_line(self.line(now)) + "\n")
             sys.stderr.flush()
 
@@ -256,7 +257,7 @@ class _LogTask(Task):
     def finish(self) -> None:
         """A last line when the task printed any (``extracted: 6/6 in 2m41s, …``): the
         last one read e.g. 4/6 right before the summary. Short work stays silent."""
-        if self.last != self.start:
+        if self.printed:  # not last != start: a coarse clock may give both one reading
             sys.stderr.write(one_line(self.line(time.monotonic(), final=True)) + "\n")
             sys.stderr.flush()
 
