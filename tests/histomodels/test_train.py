@@ -1360,6 +1360,32 @@ def test_resume_takes_the_same_origin_splits_in_any_order():
     ]
 
 
+def test_a_run_saved_with_an_empty_origin_split_resumes_on_every_row(tmp_path):
+    """A run begun before ``origin_split: ""`` was refused saved it in config.json and
+    last.pt (it trained on every row, as no filter); ``train --resume`` then failed with
+    'origin_split: '': no split named'. A saved "" reads as no filter now; a given one is
+    still refused, and another split given with --resume is a conflict, not a traceback."""
+    from _trainkit import train_args
+
+    args, out = train_args(tmp_path, epochs=1)
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    state = read_checkpoint(out / "last.pt")
+    state["train_config"]["origin_split"] = ""  # as the run's own code wrote it
+    save_checkpoint(out / "last.pt", state)
+    saved = json.loads((out / "config.json").read_text())
+    (out / "config.json").write_text(json.dumps({**saved, "origin_split": ""}))
+    r = CliRunner().invoke(app, [*args, "--resume", "--origin-split", "pcam_train"])
+    assert r.exit_code == 1 and r.stderr.startswith(f"error: {out}: --resume continues"), r.output
+    assert "origin_split 'pcam_train' (the run's None)" in r.stderr, r.stderr
+    r = CliRunner().invoke(app, [*args, "--resume", "--epochs", "2"])
+    assert r.exit_code == 0, r.output
+    assert [h["epoch"] for h in json.loads((out / "history.json").read_text())] == [1, 2]
+    assert json.loads((out / "config.json").read_text())["origin_split"] is None
+    r = CliRunner().invoke(app, [*args, "--resume", "--epochs", "3", "--origin-split", ""])
+    assert r.exit_code == 2 and "--origin-split" in r.output  # given by the user: refused
+
+
 @pytest.mark.parametrize("value", ["", ","])
 def test_config_file_origin_split_naming_no_split_is_refused(tmp_path, value):
     """A config file's ``origin_split`` naming no split is refused naming the file and key,

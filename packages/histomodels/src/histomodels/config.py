@@ -220,6 +220,13 @@ _PLAIN_DEFAULTS = {
 }
 
 
+def saved_run_config(saved: dict[str, Any]) -> dict[str, Any]:
+    """A run's saved train config (``config.json``, ``last.pt``) as a resume reads it: an
+    ``origin_split`` of ``""`` is None. A run begun before ``""`` was refused (it still is,
+    given by the user) trained on every row with it, as with no filter; it resumes so."""
+    return {**saved, "origin_split": None} if saved.get("origin_split") == "" else saved
+
+
 def resume_conflicts(saved: dict[str, Any], given: dict[str, Any]) -> list[str]:
     """The keys of ``given`` (settings a user asked for, None = not given) that a resume
     would not apply, as ``key VALUE (the run's SAVED)``: those outside
@@ -227,6 +234,7 @@ def resume_conflicts(saved: dict[str, Any], given: dict[str, Any]) -> list[str]:
     ``model_config`` key by key, a data path by the file it names, ``origin_split`` by the
     splits it names; a key the run predates
     by its default, which is what the run used)."""
+    saved = saved_run_config(saved)
     said = []
     for key, value in given.items():
         if value is None or key in RESUME_OVERRIDES:

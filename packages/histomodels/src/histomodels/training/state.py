@@ -12,7 +12,13 @@ import torch
 
 from histocore.io import json_safe
 from histomodels.checkpoint import CheckpointError, make_checkpoint, read_checkpoint
-from histomodels.config import RESUME_OVERRIDES, TrainConfig, pin_pre_recipe, validate
+from histomodels.config import (
+    RESUME_OVERRIDES,
+    TrainConfig,
+    pin_pre_recipe,
+    saved_run_config,
+    validate,
+)
 from histomodels.models.registry import ModelError, check_config
 from histomodels.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from histomodels.training.result import TrainingError
@@ -29,7 +35,7 @@ def resume_state(cfg: TrainConfig, run_dir: Path) -> tuple[TrainConfig, dict[str
     if not last.is_file():
         raise TrainingError(f"{last}: nothing to resume (no last.pt in the run folder)")
     state = read_checkpoint(last)
-    saved = TrainConfig(**pinned_architecture(state))
+    saved = TrainConfig(**saved_run_config(pinned_architecture(state)))
     try:  # its model_config as a config file's is judged: the line names last.pt
         check_config(saved.model, saved.model_config)
     except ModelError as exc:
