@@ -412,3 +412,5 @@ def test_eval_origin_split_on_data_without_origins_names_the_option(tmp_path: Pa
     said = " ".join(r.output.replace("│", " ").split())
     assert "'--origin-split': does not apply to" in said and "image folder data" in said
     assert "patch_size" not in said and not (tmp_path / "ev").exists()
+    # the data takes eval's --scale: "(it takes none of these options)" read wrong
+    assert "it takes" not in said, said

@@ -1419,3 +1419,4 @@ def test_train_origin_split_on_data_without_origins_names_the_option(tmp_path):
     said = " ".join(r.output.replace("│", " ").split())
     assert "'--origin-split': does not apply to" in said and "image folder data" in said
     assert "patch_size" not in said and "['origin_split']" not in said
+    assert "it takes" not in said, said  # not "(it takes none of these options)"

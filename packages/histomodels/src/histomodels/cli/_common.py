@@ -160,8 +160,10 @@ OriginSplit = Annotated[
 def reader_options(names: Mapping[str, str], ctx: typer.Context | None = None) -> Iterator[None]:
     """A reader's refusal of keywords its format does not take, said as ``data info`` says
     it: a usage error naming the options given (``names``: reader keyword -> this command's
-    option) and only those of them the format takes, not the reader's other keywords.
-    A refused keyword not in ``names`` (a config file gave it) keeps the reader's line."""
+    option) and only those of them the format takes, not the reader's other keywords; when
+    it takes none of them, no list (it said "it takes none of these options" beside eval's
+    ``--scale``, which such data takes). A refused keyword not in ``names`` (a config file
+    gave it) keeps the reader's line."""
     from histocore.io import one_line
     from histomodels.data.readers import OptionsNotTaken
 
@@ -171,7 +173,7 @@ def reader_options(names: Mapping[str, str], ctx: typer.Context | None = None) -
         if not all(k in names for k in exc.options):
             raise
         takes = [names[k] for k in exc.allowed if k in names]
-        said = f" (it takes {', '.join(takes)})" if takes else " (it takes none of these options)"
+        said = f" (it takes {', '.join(takes)})" if takes else ""
         raise typer.BadParameter(
             f"does not apply to {one_line(str(exc.path))}, {exc.fmt} data{said}",
             ctx=ctx,
