@@ -8,6 +8,7 @@ default decision falls below what was measured minus a small margin.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -61,6 +62,30 @@ def test_bad_label_row_is_named_by_its_line_past_multiline_notes(tmp_path: Path)
         + "\tmaybe\tunsure\n"
     )
     with pytest.raises(ValueError, match=rf"^{path}:6: expected a sha256 and label he\|not_he"):
+        read_labels(path)
+
+
+def test_one_image_labelled_both_ways_is_an_error_naming_the_file_and_hash(
+    tmp_path: Path,
+) -> None:
+    """A hash labelled he on one line and not_he on another kept the last label silently
+    (the benchmark then scored against whichever came last); the same label twice is fine."""
+    path = tmp_path / "labels.tsv"
+    a, b = "a" * 64, "b" * 64
+    path.write_text(f"sha256\tlabel\tnotes\n{a}\the\tx\n{b}\tnot_he\t\n{a}\the\tagain\n")
+    assert read_labels(path) == {a: "he", b: "not_he"}
+    path.write_text(f"sha256\tlabel\tnotes\n{a}\the\tx\n{b}\tnot_he\t\n{a}\tnot_he\t\n")
+    with pytest.raises(
+        ValueError, match=rf"^{path}:4: image {a} labelled not_he, but he on line 2$"
+    ):
+        read_labels(path)
+
+
+def test_a_labels_fifo_is_refused_not_read(tmp_path: Path) -> None:
+    """A FIFO given as the labels file hung the benchmark waiting for a writer."""
+    path = tmp_path / "labels.tsv"
+    os.mkfifo(path)
+    with pytest.raises(ValueError, match=rf"^{path}: not a regular file$"):
         read_labels(path)
 
 

@@ -13,6 +13,7 @@ figures by their panels and add the classifier and the caption evidence.
 from __future__ import annotations
 
 import csv
+import stat
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -42,8 +43,21 @@ class Score:
 def read_labels(path: Path) -> dict[str, str]:
     """sha256 → "he" | "not_he" from a labels TSV (bad rows, text that is not UTF-8 and a
     cell csv cannot read, e.g. one over its 128 KB field limit, raise one ValueError naming
-    the file and line: the line a bad row starts on, past notes quoted over several)."""
+    the file and line: the line a bad row starts on, past notes quoted over several).
+
+    One hash labelled twice the same way is fine; labelled ``he`` on one line and
+    ``not_he`` on another is a ValueError naming the file, the hash and both lines (the
+    last label won silently). A FIFO, socket or device is refused before it is opened
+    (a FIFO hung, ``/dev/zero`` was read without end), as the run's readers refuse them."""
+    path = Path(path)
+    try:
+        mode = path.stat().st_mode
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot be read ({exc.strerror})") from None
+    if not stat.S_ISREG(mode):
+        raise ValueError(f"{path}: not a regular file")
     out: dict[str, str] = {}
+    first: dict[str, int] = {}  # sha256 -> the line of its first label
     with path.open(encoding="utf-8-sig", newline="") as fh:  # a BOM is allowed
         reader = csv.DictReader(fh, delimiter="\t")
         try:
@@ -51,6 +65,12 @@ def read_labels(path: Path) -> dict[str, str]:
                 sha, label = row.get("sha256") or "", row.get("label") or ""
                 if label not in {"he", "not_he"} or len(sha) != 64:
                     raise ValueError(f"{path}:{lineno}: expected a sha256 and label he|not_he")
+                if sha in out and out[sha] != label:
+                    raise ValueError(
+                        f"{path}:{lineno}: image {sha} labelled {label}, but {out[sha]} on "
+                        f"line {first[sha]}"
+                    )
+                first.setdefault(sha, lineno)
                 out[sha] = label
         except csv.Error as exc:  # csv.Error is no ValueError: it escaped as a traceback
             # DictReader.line_num is set after a row is read: the csv reader's is the line
