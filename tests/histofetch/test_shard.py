@@ -534,3 +534,70 @@ def test_an_output_rows_dotdot_path_is_kept_from_files_brought_later(tmp_path: P
         mine = m.records["x_1"].pdf_path
     assert mine == "pdfs/x_1-2.pdf" and (out / mine).read_bytes() == b"%PDF a"
     assert not (out / "pdfs" / "x_1.pdf").exists()
+
+
+def test_merge_carries_the_inputs_review_logs_into_the_outputs(tmp_path: Path) -> None:
+    """A merged run had no review_log.jsonl: who labelled what in the shards was lost. Now
+    the inputs' logs are added to the output's in input order, each line as it was, lines
+    that are not JSON objects left out with one warning naming the log; a second merge adds
+    nothing again, and the review page goes on appending to the merged log."""
+    from review_kit import make_run
+
+    from histofetch.review.data import LOG_NAME, save_answer
+
+    a = make_run(tmp_path / "a")
+    b = Path(shutil.copytree(a, tmp_path / "b" / "run"))
+    with Manifest.load(a) as m:
+        save_answer(m, "pmid:1/fig1", "metastasis", "ann")
+        save_answer(m, "pmid:1/fig2", "no_metastasis", "ann")
+    with Manifest.load(b) as m:
+        save_answer(m, "pmid:2/fig1", "metastasis", "bob")
+    a_lines = (a / LOG_NAME).read_text().splitlines()
+    (b_line,) = (b / LOG_NAME).read_text().splitlines()
+    with (b / LOG_NAME).open("a") as fh:  # a torn line, a JSON number, a last line unended
+        fh.write('{"image_id": "pmid:2/fi\n7\n\n{"image_id": "x", "label": null}')
+    out = tmp_path / "out"
+    r = runner.invoke(app, ["merge", str(a), str(b), "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert f"warning: {b / LOG_NAME}: 2 lines not JSON objects (first: line 2) left out " in (
+        r.output
+    )
+    merged = (out / LOG_NAME).read_text()
+    assert merged == "\n".join([*a_lines, b_line, '{"image_id": "x", "label": null}']) + "\n"
+    assert (out / LOG_NAME).stat().st_nlink == 1 and (a / LOG_NAME).stat().st_nlink == 1
+    again = runner.invoke(app, ["merge", str(a), str(b), "--out", str(out)])
+    assert again.exit_code == 0 and (out / LOG_NAME).read_text() == merged, again.output
+    with Manifest.load(out) as m:  # the review page appends to the merged log as to its own
+        save_answer(m, "pmid:1/fig1", "not_usable", "cy")
+    lines = (out / LOG_NAME).read_text().splitlines()
+    assert [json.loads(x)["image_id"] for x in lines] == [
+        "pmid:1/fig1", "pmid:1/fig2", "pmid:2/fig1", "x", "pmid:1/fig1"
+    ]  # fmt: skip
+
+
+def test_merge_never_reads_an_input_review_log_that_is_a_fifo_or_a_link(tmp_path: Path) -> None:
+    """A shard's review_log.jsonl as a FIFO would hang the merge, as a link to a file of
+    the user's would copy it into an output meant to be shared: neither is read, and the
+    command says so; an output whose own log is a link is refused before anything is
+    written."""
+    out, shard, fifo_shard = tmp_path / "out", tmp_path / "shard", tmp_path / "fifo"
+    _run_with_pdf(shard, Record(id="pmid:1", pmid="1", pdf_path="pdfs/a.pdf"), b"%PDF a")
+    _run_with_pdf(fifo_shard, Record(id="pmid:2", pmid="2", pdf_path="pdfs/b.pdf"), b"%PDF b")
+    secret = tmp_path / "secret.jsonl"
+    secret.write_text('{"key": "the user\'s"}\n')
+    (shard / "review_log.jsonl").symlink_to(secret)
+    os.mkfifo(fifo_shard / "review_log.jsonl")
+    r = runner.invoke(app, ["merge", str(shard), str(fifo_shard), "--out", str(out)])
+    assert r.exit_code == 0 and "merged 2 runs: 2 records added" in r.output, r.output
+    assert f"warning: {shard / 'review_log.jsonl'}: a link; not read" in r.output
+    fifo_log = fifo_shard / "review_log.jsonl"
+    assert f"warning: {fifo_log}: not a regular file; not read" in r.output
+    assert not (out / "review_log.jsonl").exists()
+    linked = tmp_path / "linked_out"
+    linked.mkdir()
+    (linked / "review_log.jsonl").symlink_to(secret)
+    r = runner.invoke(app, ["merge", str(shard), "--out", str(linked)])
+    assert r.exit_code == 1 and r.output == (
+        f"error: {linked / 'review_log.jsonl'}: not a regular file; nothing merged\n"
+    )
+    assert not (linked / MANIFEST_NAME).exists() and secret.read_text().count("\n") == 1

@@ -25,27 +25,39 @@
   run pointing out of it (its ``images/`` moved to another disk) is copied from there only
   when its bytes hash to its row's sha256, and the command says so, one line per link; a
   file link pointing out is never read.
+* The inputs' review logs (``review_log.jsonl``: who labelled what, appended by the review
+  page) are carried: their lines are added to the output's log, in input order, each line
+  as it was (JSON objects only: the command names each log whose other lines it left out,
+  and a log that is a link or not a regular file is not read); a line the output's log
+  holds already (or an earlier input's) is not added again, so a second merge adds only
+  new answers. The log is
+  written whole under a temporary name and renamed into place.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import filecmp
 import os
 import posixpath
 import shutil
+import stat
 import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from histocore.io import file_sha256, free_name
+from histocore.io import NotJSON, atomic_writer, file_sha256, free_name, loads_json
 from histocore.manifest import MANIFEST_NAME, STAGES, Manifest, ManifestError, Record
 from histocore.store import RENAME_REFUSED, RENAMED, STORE_NAME
 
+#: The review page's log of answers (``histofetch.review.data.LOG_NAME``; not imported:
+#: the review package needs the web stack).
+LOG_NAME = "review_log.jsonl"
 #: The run's own files at its top: a row naming one is never linked into the output (a
 #: review there would append to the source's review log through the link).
 _RUN_FILES = frozenset(
-    {MANIFEST_NAME, "review_log.jsonl", STORE_NAME}
+    {MANIFEST_NAME, LOG_NAME, STORE_NAME}
     | {f"{STORE_NAME}-{end}" for end in ("wal", "shm", "journal")}
 )
 
@@ -72,11 +84,16 @@ class MergeSummary:
     #: such folder links → files the rows name under them that were left behind: no
     #: sha256 on the row to check them by, bytes that do not match it, or unreadable
     left_behind: dict[str, int] = field(default_factory=dict)
+    #: review log lines added to the output's log
+    log_lines: int = 0
+    #: inputs' review logs → why lines of theirs were left out (not JSON objects, or the
+    #: whole log: a link, not a regular file)
+    log_left_out: dict[str, str] = field(default_factory=dict)
 
     def warnings(self) -> list[str]:
         """One line per folder link out of an input that files were brought through or
-        left behind at."""
-        lines = []
+        left behind at, and per input review log whose lines were left out."""
+        lines = [f"{log}: {why}" for log, why in self.log_left_out.items()]
         for link in dict.fromkeys([*self.via_links, *self.left_behind]):
             said = []
             if n := self.via_links.get(link, 0):
@@ -142,6 +159,7 @@ def merge_runs(sources: list[Path], out: Path) -> MergeSummary:
         named[key] = named.get(key, 0) + 1
     if _folder_key(out) in unique:
         raise ManifestError(f"{out}: the output cannot also be an input")
+    _check_out_log(out / LOG_NAME)  # before anything is written
     with contextlib.ExitStack() as stores:  # every store closed, also on an error
         loaded = [stores.enter_context(Manifest.load(s)) for s in unique.values()]
         merged = stores.enter_context(Manifest.load(out, create=True))
@@ -208,7 +226,94 @@ def _merge(loaded: list[Manifest], merged: Manifest) -> MergeSummary:
     merged.commit()
     merged.add_rename_notes(_rename_notes(loaded, merged))
     merged.export()
+    _merge_logs(loaded, merged.run_dir / LOG_NAME, summary)
     return summary
+
+
+def _check_out_log(path: Path) -> None:
+    """Refuse an output whose review log is a link or not a regular file (the review page
+    refuses to write to it too), before anything is merged."""
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise ManifestError(f"{path}: cannot be read ({exc.strerror}); nothing merged") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise ManifestError(f"{path}: not a regular file; nothing merged")
+
+
+def _read_log(path: Path) -> bytes | None:
+    """The bytes of a review log; None where there is none. OSError for a link or a file
+    that is not a regular one (a FIFO hung the reader), read without following or blocking."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except FileNotFoundError:
+        return None
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+            raise OSError("not a regular file")
+        return fh.read()
+
+
+def _log_lines(data: bytes) -> tuple[list[str], list[int]]:
+    """The lines of a review log that are JSON objects, as they were (without their line
+    end), and the numbers of the other lines (blank lines are neither)."""
+    good, bad = [], []
+    for n, raw in enumerate(data.split(b"\n"), start=1):
+        if not raw.strip():
+            continue
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            bad.append(n)
+            continue
+        try:
+            ok = isinstance(loads_json(line), dict)
+        except NotJSON:
+            ok = False
+        if ok:
+            good.append(line)
+        else:
+            bad.append(n)
+    return good, bad
+
+
+def _merge_logs(loaded: list[Manifest], out_log: Path, summary: MergeSummary) -> None:
+    """Add the inputs' review log lines to the output's (see the module's notes)."""
+    try:
+        have = _read_log(out_log) or b""
+    except OSError as exc:  # made a link or a FIFO since the check: not written through
+        raise ManifestError(f"{out_log}: {exc.strerror or exc}; review logs not merged") from None
+    seen = set(_log_lines(have)[0])
+    new: list[str] = []
+    for run in loaded:
+        path = run.run_dir / LOG_NAME
+        try:
+            data = _read_log(path)
+        except OSError as exc:
+            why = "a link" if exc.errno == errno.ELOOP else (exc.strerror or str(exc))
+            summary.log_left_out[str(path)] = f"{why}; not read, its answers not merged"
+            continue
+        if data is None:
+            continue
+        good, bad = _log_lines(data)
+        if bad:
+            summary.log_left_out[str(path)] = (
+                f"{_n(len(bad), 'line')} not JSON objects (first: line {bad[0]}) left out "
+                "of the merged review log"
+            )
+        for line in good:
+            if line not in seen:
+                seen.add(line)
+                new.append(line)
+    if not new:
+        return
+    if have and not have.endswith(b"\n"):
+        have += b"\n"
+    with atomic_writer(out_log) as fh:
+        fh.write(have + "".join(f"{line}\n" for line in new).encode("utf-8"))
+    summary.log_lines = len(new)
 
 
 def _rename_notes(loaded: list[Manifest], merged: Manifest) -> dict[str, str]:
