@@ -215,6 +215,25 @@ def test_the_sheets_are_named_only_when_they_show_the_rejected_figures(tmp_path:
     assert "filter kept none of the run's 1 image;" in out and "the sheets in" not in out
 
 
+def test_an_earlier_filters_sheets_are_not_named_after_filter_no_sheet(tmp_path: Path) -> None:
+    """filter --no-sheet leaves the sheets of an earlier filter, which show its decisions:
+    review's hint named them as if they showed this filter's. Now the run's header says
+    the last filter wrote none, and the hint names the sheets again once one does."""
+    run = make_run(tmp_path, figures=1, filtered=False)
+    args = ["filter", "--run", str(run), "--min-side", "100000"]  # too small to judge now
+    r = CliRunner().invoke(cli, args)
+    assert r.exit_code == 0, r.output
+    assert f"the sheets in {run / 'sheets'} show them" in _review_error(run)
+    r = CliRunner().invoke(cli, [*args, "--no-sheet", "--min-tissue", "0.5"])
+    assert r.exit_code == 0, r.output
+    assert (run / "sheets" / "rejected-001.jpg").is_file()  # left as it was
+    out = _review_error(run)
+    assert "filter kept none of the run's 1 image;" in out and "the sheets in" not in out
+    r = CliRunner().invoke(cli, args)
+    assert r.exit_code == 0, r.output
+    assert f"the sheets in {run / 'sheets'} show them" in _review_error(run)
+
+
 def test_a_run_whose_filter_failed_every_article_is_told_so(tmp_path: Path) -> None:
     """A filter that failed every article leaves them extracted with undecided images:
     'run histofetch filter first' was said, and running it again fails the same way."""
@@ -227,11 +246,17 @@ def test_a_run_whose_filter_failed_every_article_is_told_so(tmp_path: Path) -> N
     out = _review_error(run)
     assert "filter failed the run's 2 articles" in out and "filter first" not in out
     assert f"histofetch status --run {run}" in out and "--retry-failed" in out
+    assert "other article" not in out and "decides the others" not in out
     m = Manifest.load(run)
-    m.records["pmid:2"].status = "ok"  # one failed article: singular
+    m.records["pmid:2"].status = "ok"  # one failed article, one filter has not reached
     m.save()
     m.close()
-    assert "filter failed the run's 1 article;" in _review_error(run)
+    out = _review_error(run)  # 'failed the run's 1 article' alone hid the other one
+    assert (
+        "filter failed the run's 1 article; 1 other article has images not decided yet; "
+        f"histofetch status --run {run} says why, histofetch filter --run {run} "
+        "--retry-failed tries again and decides the others"
+    ) in out
 
 
 def test_images_still_to_decide_ask_for_filter_not_for_status(tmp_path: Path) -> None:

@@ -123,6 +123,9 @@ def run_filter(
         manifest.header_extra["filter_thresholds"] = vars(limits) | {"scorer": SCORER_VERSION}
         # Caption weak labels + leakage flags of the images kept now (re-labelled every run).
         manifest.header_extra["weak_labels"] = label_manifest(manifest) | {"rules": RULES_VERSION}
+        # whether RUN/sheets shows these decisions: after --no-sheet an earlier filter's
+        # sheets are left as they were, and review's hint no longer names them
+        manifest.header_extra["filter_sheets"] = sheet
         manifest.save()
         if sheet:
             from histofetch.sheets import write_filter_sheets

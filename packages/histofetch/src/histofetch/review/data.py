@@ -138,21 +138,33 @@ def _nothing_kept(manifest: Manifest, run_dir: Path) -> str:
     images = list(manifest.images.values())
     # images and panels, not the split figures they were cut from (the sheets' count)
     decided = sum(1 for img in images if img.kept is not None and not img.n_panels)
-    failed = sum(
-        1 for r in manifest.records.values() if r.status == "failed" and r.failed_stage == "filter"
-    )
+    failed_ids = {
+        r.id
+        for r in manifest.records.values()
+        if r.status == "failed" and r.failed_stage == "filter"
+    }
+    failed = len(failed_ids)
     waiting = any(img.kept is None for img in images)
+    # articles not failed whose images filter has not decided yet (filter not run on them)
+    undecided = len({i.record_id for i in images if i.kept is None} - failed_ids)
     status = f"histofetch status --run {run_dir} says why"
     if decided:  # filter ran: say what it did, not to run it
         sheets = run_dir / "sheets"
-        # not after --no-sheet, nor of unreadable figures only (on no sheet)
-        shown = bool(shown_rows(manifest)) and sheets.is_dir()
+        # not after --no-sheet (an earlier filter's sheets show other decisions: the header's
+        # filter_sheets is False), nor of unreadable figures only (on no sheet)
+        current = manifest.header_extra.get("filter_sheets", True) is not False
+        shown = bool(shown_rows(manifest)) and sheets.is_dir() and current
         where = f", the sheets in {sheets} show them" if shown else ""
         return f": filter kept none of the run's {_plural(decided, 'image')}; {status}{where}"
     if failed:  # its images went back to undecided: 'run filter first' would fail again
+        others = ""
+        if undecided:  # 'failed 1 article' alone hid the articles filter has not reached
+            verb = "has" if undecided == 1 else "have"
+            others = f"; {_plural(undecided, 'other article')} {verb} images not decided yet"
         return (
-            f": filter failed the run's {_plural(failed, 'article')}; {status}, "
+            f": filter failed the run's {_plural(failed, 'article')}{others}; {status}, "
             f"histofetch filter --run {run_dir} --retry-failed tries again"
+            + (" and decides the others" if undecided else "")
         )
     if waiting:  # extracted articles whose images filter has not decided yet
         return " (run histofetch filter first)"
