@@ -601,3 +601,97 @@ def test_merge_never_reads_an_input_review_log_that_is_a_fifo_or_a_link(tmp_path
         f"error: {linked / 'review_log.jsonl'}: not a regular file; nothing merged\n"
     )
     assert not (linked / MANIFEST_NAME).exists() and secret.read_text().count("\n") == 1
+
+
+#: A merge that stops mid-copy: the real merge, with the standard library's copy holding
+#: after writing the temporary file until the test kills the process.
+_STOPPED_MERGE = """
+import shutil, sys, time
+from pathlib import Path
+from histofetch.merge import merge_runs
+
+real = shutil.copy2
+def copy2(src, dst, **kw):
+    real(src, dst, **kw)
+    print(dst, flush=True)
+    time.sleep(600)
+shutil.copy2 = copy2
+merge_runs([Path(sys.argv[1])], Path(sys.argv[2]))
+"""
+
+
+def test_a_merge_killed_mid_copy_leaves_no_part_file_after_the_next(tmp_path: Path) -> None:
+    """A merge killed (SIGKILL) while copying a file into the output left its
+    '.merge-*.part' beside the file's place, and every later merge left it there. Now the
+    copy holds a lock on it; the next merge removes each one no live process holds, and
+    leaves that of a merge still copying."""
+    import signal
+    import subprocess
+    import sys
+
+    from histocore.manifest import Image
+
+    shard, disk, out = tmp_path / "shard", tmp_path / "bigdisk", tmp_path / "out"
+    (disk / "r1").mkdir(parents=True)
+    shard.mkdir()
+    (shard / "images").symlink_to(disk, target_is_directory=True)  # brought by a copy
+    data = b"figure a" * 1000
+    (disk / "r1" / "a.png").write_bytes(data)
+    with Manifest.load(shard, create=True) as m:
+        m.add_record(Record(id="r1", stage="extracted"))
+        m.add_image(
+            Image(id="r1/a", record_id="r1", path="images/r1/a.png",
+                  sha256=hashlib.sha256(data).hexdigest(), width=1, height=1)
+        )  # fmt: skip
+        m.save()
+
+    def stopped_merge() -> tuple[subprocess.Popen[str], Path]:
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+        cmd = [sys.executable, "-c", _STOPPED_MERGE, str(shard), str(out)]
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True)
+        assert proc.stdout is not None
+        part = Path(proc.stdout.readline().strip())
+        assert part.parent == out / "images" / "r1" and part.name.startswith(".merge-")
+        assert part.name.endswith(".part") and part.read_bytes() == data
+        return proc, part
+
+    first, stale = stopped_merge()
+    first.send_signal(signal.SIGKILL)
+    first.wait(timeout=30)
+    second, live = stopped_merge()  # the stale one is gone once this merge runs
+    try:
+        assert not stale.exists()
+        summary = merge_runs([shard], out)  # beside a merge still copying
+        assert live.exists() and summary.stale_parts == 0
+    finally:
+        second.send_signal(signal.SIGKILL)
+        second.wait(timeout=30)
+    summary = merge_runs([shard], out)
+    assert summary.stale_parts == 1 and not live.exists()
+    assert sorted(p.name for p in (out / "images" / "r1").iterdir()) == ["a.png"]
+    assert (out / "images" / "r1" / "a.png").read_bytes() == data
+
+
+def test_stale_part_files_are_removed_through_the_outputs_folder_links_only_where_rows_go(
+    tmp_path: Path,
+) -> None:
+    """The output's ``images/`` moved to another disk behind a folder link: a killed merge
+    left its part file there, in the folder a row's file goes to, and that one is removed;
+    the rest of that disk is not searched, and a link named like a part file is no file of
+    the merge's."""
+    out, shard, disk = tmp_path / "out", tmp_path / "shard", tmp_path / "bigdisk"
+    _run_with_pdf(shard, Record(id="r1", pdf_path="images/r1/a.pdf"), b"%PDF a")
+    (disk / "r1").mkdir(parents=True)
+    (disk / "other").mkdir()
+    out.mkdir()
+    (out / "images").symlink_to(disk, target_is_directory=True)
+    stale, elsewhere = disk / "r1" / ".merge-abcd1234.part", disk / "other" / ".merge-x.part"
+    stale.write_bytes(b"%PDF")
+    elsewhere.write_bytes(b"not under a row's folder")
+    (tmp_path / "user.txt").write_text("the user's")
+    (disk / "r1" / ".merge-link.part").symlink_to(tmp_path / "user.txt")
+    summary = merge_runs([shard], out)
+    assert summary.stale_parts == 1 and not stale.exists() and elsewhere.exists()
+    assert (disk / "r1" / ".merge-link.part").is_symlink()
+    assert (tmp_path / "user.txt").read_text() == "the user's"
+    assert (disk / "r1" / "a.pdf").read_bytes() == b"%PDF a"

@@ -32,12 +32,19 @@
   holds already (or an earlier input's) is not added again, so a second merge adds only
   new answers. The log is
   written whole under a temporary name and renamed into place.
+* A file copied into the output is written under a temporary name beside it
+  (``.merge-XXXXXXXX.part``), locked (``flock``) while it is written, and renamed into
+  place. A merge killed mid-copy (SIGKILL, a power cut) leaves that file behind; the next
+  merge into the output removes every such file no live process holds locked (a merge
+  still copying into it keeps its own) from the output's folders and the folders its and
+  the inputs' rows name through its folder links.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import filecmp
 import os
 import posixpath
@@ -89,6 +96,8 @@ class MergeSummary:
     #: inputs' review logs → why lines of theirs were left out (not JSON objects, or the
     #: whole log: a link, not a regular file)
     log_left_out: dict[str, str] = field(default_factory=dict)
+    #: ``.merge-*.part`` files an interrupted merge into the output left, removed
+    stale_parts: int = 0
 
     def warnings(self) -> list[str]:
         """One line per folder link out of an input that files were brought through or
@@ -180,6 +189,7 @@ def _folder_key(path: Path) -> object:
 
 def _merge(loaded: list[Manifest], merged: Manifest) -> MergeSummary:
     summary = MergeSummary(runs=len(loaded))
+    summary.stale_parts = _remove_stale_parts(merged, loaded)
     before = set(merged.header_extra.get("merged_from", []))
     summary.merged_before = sum(str(run.run_dir.resolve()) in before for run in loaded)
     best: dict[str, tuple[Record, Manifest]] = {}
@@ -502,18 +512,92 @@ def _hashes_to(src: Path, sha256: str | None) -> bool:
         return False
 
 
+#: A copy's temporary name: ``.merge-XXXXXXXX.part`` (short: ``.<name>.part`` of a
+#: 250-character name is too long)
+_PART_PREFIX, _PART_SUFFIX = ".merge-", ".part"
+
+
 def _copy_whole(src: Path, dst: Path) -> None:
     """Copy ``src`` to ``dst`` through a temporary name beside it: an interrupted copy
     leaves no truncated file at ``dst`` (a rerun would take it for another article's and
-    bring the file under ``-2``, the short one left named by no row)."""
-    fd, name = tempfile.mkstemp(dir=dst.parent, prefix=".merge-", suffix=".part")
-    os.close(fd)  # a short name: '.<name>.part' of a 250-character name is too long
-    tmp = Path(name)
+    bring the file under ``-2``, the short one left named by no row). The temporary file is
+    locked (``flock``) until it is renamed: :func:`_remove_stale_parts` of another merge
+    leaves it alone; a killed process's lock goes with it."""
+    while True:
+        fd, name = tempfile.mkstemp(dir=dst.parent, prefix=_PART_PREFIX, suffix=_PART_SUFFIX)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        if _names(name, fd):
+            break
+        os.close(fd)  # removed as stale before it was locked: another name
+    tmp, replaced = Path(name), False
     try:
         shutil.copy2(src, tmp)
         os.replace(tmp, dst)
+        replaced = True
     finally:
-        tmp.unlink(missing_ok=True)
+        if not replaced:
+            tmp.unlink(missing_ok=True)
+        os.close(fd)
+
+
+def _names(path: str | Path, fd: int) -> bool:
+    """Whether ``path`` still names the file open as ``fd``."""
+    try:
+        st, now = os.fstat(fd), os.lstat(path)
+    except OSError:
+        return False
+    return (st.st_dev, st.st_ino) == (now.st_dev, now.st_ino)
+
+
+def _remove_stale_parts(merged: Manifest, loaded: list[Manifest]) -> int:
+    """Remove the ``.merge-*.part`` files no process holds locked (those of a merge killed
+    mid-copy) from the output's folders: every folder under it (folder links not followed)
+    and, through its folder links (``pdfs/`` moved to another disk), the folders files of
+    the output's and the inputs' rows go to. Returns how many."""
+    out = merged.run_dir
+    folders = {Path(folder) for folder, _, _ in os.walk(out)}
+    for run in (merged, *loaded):
+        rels = [r.pdf_path for r in run.records.values()] + [i.path for i in run.images.values()]
+        for rel in rels:
+            if rel and not Path(rel).is_absolute() and ".." not in Path(rel).parts:
+                folders.add((out / rel).parent)
+    removed, seen = 0, set()
+    for folder in sorted(folders):
+        try:
+            st = os.stat(folder)
+            names = os.listdir(folder) if stat.S_ISDIR(st.st_mode) else []
+        except OSError:
+            continue
+        if (st.st_dev, st.st_ino) in seen:  # one folder named two ways
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        for name in names:
+            if name.startswith(_PART_PREFIX) and name.endswith(_PART_SUFFIX):
+                removed += _remove_unheld(folder / name)
+    return removed
+
+
+def _remove_unheld(path: Path) -> bool:
+    """Remove ``path``, a regular file, if no process holds it locked (never a link)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return False
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # a live merge is copying into it
+            return False
+        if not _names(path, fd):  # renamed into place meanwhile
+            return False
+        path.unlink()
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
 
 
 def _folder_link(run_dir: Path, rel: str) -> Path | None:
