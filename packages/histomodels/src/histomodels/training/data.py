@@ -116,6 +116,13 @@ def prepare_splits(
     return (x_train, y_train), (x_val, y_val), stain
 
 
+def describe_split(labels: torch.Tensor) -> str:
+    """``"7,601 patches (3,220 tumour)"``: a split's size and positives (label 1), as the
+    user checks them against the docs (e.g. the 7,601 that ``--origin-split`` keeps of
+    dev/train.h5). ``labels``: the 0/1 labels as read (not distillation targets)."""
+    return f"{len(labels):,} patches ({int((labels > 0.5).sum()):,} tumour)"
+
+
 def check_two_classes(labels: torch.Tensor, spec: Any, role: str) -> None:
     """Training needs both classes in each split: a one-class training set teaches nothing
     (it trained, and reported a validation AUC, without a word), and a one-class

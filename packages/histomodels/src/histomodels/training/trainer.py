@@ -40,6 +40,7 @@ from histomodels.training import epoch as E
 from histomodels.training.callbacks import Callback, default_callbacks
 from histomodels.training.data import (
     DataSpec,
+    describe_split,
     fit_stain_stats,
     prepare_splits,
     warn_shared_patches,
@@ -97,6 +98,7 @@ class Trainer:
         self.frozen = False
         self.prefetch = False  # batches made in a background thread (setup: use_prefetch)
         self.stain_stats: Any = None  # randstain's template distribution (fit at setup)
+        self.splits_line = ""  # "training on N patches (T tumour), validating on ..." (setup)
         self._ready = False
         self._settings = contextlib.ExitStack()  # process-wide torch settings of this run
 
@@ -129,6 +131,11 @@ class Trainer:
             seed_everything(int(self.cfg.seed))
             (self.x_train, self.y_train), (self.x_val, self.y_val), self.stain = prepare_splits(
                 self.cfg, *self._data, say=self.say
+            )
+            #: said once training starts (:meth:`_fit`), when nothing can refuse the input
+            self.splits_line = (
+                f"training on {describe_split(self.y_train)}, "
+                f"validating on {describe_split(self.y_val)}"
             )
             main_dir = self.run_dir if self.info.is_main else None
             self.stain_stats = fit_stain_stats(self.cfg, self.x_train, main_dir)
@@ -234,6 +241,8 @@ class Trainer:
         last_epoch = self._last_epoch()
         try:
             self.net = self._wrap(self.epoch < self.cfg.freeze_epochs)
+            if self.epoch < last_epoch:  # not before an error: every check of the input ran
+                self.say(self.splits_line)
             self.t_start = time.perf_counter()
             for epoch in range(self.epoch + 1, last_epoch + 1):
                 if (epoch <= self.cfg.freeze_epochs) != self.frozen:
