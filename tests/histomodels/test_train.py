@@ -407,6 +407,28 @@ def test_resume_refuses_settings_it_would_not_apply(h5_files, tmp_path):
     assert json.loads((out / "history.json").read_text())[-1]["epoch"] == 2
 
 
+@pytest.mark.parametrize("kind", ["fifo", "folder"])
+def test_resume_over_a_config_json_that_is_no_file_is_one_line(tmp_path, kind):
+    """``--resume`` reads the run's ``config.json`` to compare settings: a FIFO there was
+    read forever (a hang); a folder there failed only once the data was read, writing it.
+    Now one line names it, at once, and the run is untouched."""
+    out = tmp_path / "r"
+    out.mkdir()
+    (out / "last.pt").write_bytes(b"a checkpoint")
+    config = out / "config.json"
+    os.mkfifo(config) if kind == "fifo" else config.mkdir()
+    r = subprocess.run(
+        [*CLI, "train", "--out", str(out), "--resume", "--epochs", "2", "--quiet"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert r.returncode == 1, r.stderr
+    problem = "not a regular file (a pipe, socket or device)" if kind == "fifo" else (
+        "is a folder, not a file")  # fmt: skip
+    assert r.stderr.splitlines() == [f"error: {config}: {problem}"]
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "last.pt"]
+    assert (out / "last.pt").read_bytes() == b"a checkpoint"
+
+
 def test_resume_with_a_batch_larger_than_the_data_is_the_same_command(h5_files, tmp_path):
     """With fewer training patches than ``--batch-size`` each step takes them all; the
     trainer used to write that smaller size into config.json, so rerunning the same command

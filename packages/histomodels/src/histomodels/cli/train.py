@@ -343,8 +343,13 @@ def _refuse_ignored_settings(out: Path, options: dict[str, Any], config: Path | 
     that silently trains on other data or at another LR than the user asked for."""
     from histomodels.config import RESUME_OVERRIDES, read_config_file, resume_conflicts
 
+    path = out / "config.json"
+    if path.is_dir():  # the resumed run would fail to write it, once the data is read
+        fail(f"{path}: is a folder, not a file")
+    if path.exists() and not path.is_file():  # a FIFO was read forever (a hang)
+        fail(f"{path}: not a regular file (a pipe, socket or device)")
     try:
-        saved = loads_json((out / "config.json").read_text(encoding="utf-8"))
+        saved = loads_json(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):  # NotJSON, UnicodeDecodeError
         return  # resuming reads last.pt, and says what is wrong with the run
     if not isinstance(saved, dict):
