@@ -39,6 +39,19 @@ def test_tiling_grid_and_tissue() -> None:
     assert tissue_fraction(np.zeros((1, 8, 8, 3), np.uint8))[0] == 0.0  # black border
 
 
+def test_an_image_decoding_under_one_patch_is_named() -> None:
+    """Pixels smaller than one patch where the header (all check_inputs reads) said more
+    were refused as 'image is 50x40, smaller than one 96px patch': a skipped file's line
+    that named no file. It is now the file's TooSmall line."""
+    from histomodels.predict import TooSmall, image_tiles
+
+    where = Path("slides") / "a.png"
+    with pytest.raises(TooSmall) as err:
+        image_tiles(np.zeros((40, 50, 3), np.uint8), where)
+    assert str(err.value) == f"{where}: decodes to 50x40, smaller than one 96px patch"
+    assert err.value.scaled == (50, 40) and err.value.size == 96
+
+
 def test_predict_files_folder_and_large_image(tmp_path: Path) -> None:
     ckpt = tiny_checkpoint(tmp_path)
     patches, _ = make_patches(3, seed=2)

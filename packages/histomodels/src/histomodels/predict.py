@@ -115,9 +115,16 @@ def tile_image(image: np.ndarray, size: int = 96, stride: int | None = None) -> 
 def image_tiles(
     image: np.ndarray, where: Path, *, size: int = 96, scale: float = 1.0, stride: int | None = None
 ) -> tuple[np.ndarray, Tiles]:
-    """The image resized by ``scale`` (as ``--scale`` does) and its tiles (x/y in its pixels)."""
+    """The image resized by ``scale`` (as ``--scale`` does) and its tiles (x/y in its pixels).
+    An image under one patch is a :class:`TooSmall` naming ``where``: also one whose header
+    (all :func:`check_inputs` reads) gave a size it does not decode to."""
     if scale != 1.0:
         image = scaled(image, scale, where, size)
+    h, w = image.shape[:2]
+    if h < size or w < size:  # tile_image's line names no file
+        raise TooSmall(
+            f"{where}: decodes to {w}x{h}, smaller than one {size}px patch", (w, h), size
+        )
     return image, tile_image(image, size, stride)
 
 
