@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from histocore.cli import errors, fail, progress
+from histocore.cli import errors, fail, progress, require_file, require_folder
 from histocore.errors import DomainError, UsageError
 from histocore.manifest import ManifestError
 from histocore.progress import Task, task
@@ -185,3 +185,18 @@ def test_log_level_quietens_a_logger_for_its_block_only() -> None:
     with pytest.raises(DomainError), log_level(log.name, logging.ERROR):
         raise DomainError("bad input")  # the command failed: the level still comes back
     assert log.level == logging.DEBUG
+
+
+def test_an_output_under_a_file_is_refused_up_front(tmp_path, capsys) -> None:
+    """``--out a/run`` or ``--out a/x.csv`` with ``a`` a file failed only after the work
+    (``a: file exists``, ``a/run: not a directory``): one line naming ``a`` at once."""
+    a = tmp_path / "a"
+    a.write_text("mine")
+    for check, out in ((require_folder, a / "run"), (require_file, a / "x" / "p.csv")):
+        with pytest.raises(SystemExit) as exit_:
+            check(out)
+        assert exit_.value.code == 1
+        assert capsys.readouterr().err == f"error: {a}: is a file, not a folder\n"
+    require_folder(tmp_path / "new" / "run")  # folders still to make are fine
+    require_file(tmp_path / "new" / "p.csv")
+    assert capsys.readouterr().err == ""

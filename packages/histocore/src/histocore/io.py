@@ -125,13 +125,37 @@ def atomic_temp_target(name: str) -> str | None:
     return match["name"] if match else None
 
 
+def file_in_the_way(path: str | Path) -> Path | None:
+    """The file among ``path``'s parents that keeps it from being made (``a`` of ``a/b.pt``
+    when ``a`` is a file): the nearest of them that exists, when it is no folder; None when
+    that one is a folder."""
+    for folder in Path(path).parents:  # nearest first: a/b/c, a/b, a
+        if os.path.lexists(folder):
+            return None if folder.is_dir() else folder
+    return None
+
+
+def make_parents(path: str | Path) -> None:
+    """Make ``path``'s folder and any missing parents. One of them an existing file is a
+    :class:`NotADirectoryError` naming it, ``a: is a file, not a folder`` (``mkdir`` said
+    ``a: file exists``, as if the folder were there)."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        blocker = file_in_the_way(path)
+        if blocker is None:
+            raise
+        raise NotADirectoryError(errno.ENOTDIR, "is a file, not a folder", str(blocker)) from None
+
+
 @contextlib.contextmanager
 def atomic_writer(path: str | Path) -> Iterator[BinaryIO]:
     """A binary file for ``path``'s new content, written beside it: on a clean exit it is
     flushed, fsynced, given the usual file mode and renamed over ``path`` (readers see the
     old file or the new one, never half); on an error it is removed, ``path`` untouched."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_parents(path)
     fd, tmp = _mkstemp_beside(path)
     try:
         with os.fdopen(fd, "wb") as fh:

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from histocore.errors import DomainError, UsageError
-from histocore.io import same_file, temp_beside, usual_file_mode
+from histocore.io import make_parents, same_file, temp_beside, usual_file_mode
 from histomodels.calibration import effective_temperature
 from histomodels.checkpoint import load_model, resolve_checkpoint
 from histomodels.choices import EXPORT_FORMATS, EXPORTERS, export_format
@@ -186,7 +186,7 @@ def export_checkpoint(
             "another --out"
         )
     model, ckpt = load_model(checkpoint)
-    out.parent.mkdir(parents=True, exist_ok=True)  # once the checkpoint loaded
+    make_parents(out)  # once the checkpoint loaded
     net = _Logit(model).eval()
     size = int(ckpt.get("input_size", 96))
     gen = torch.Generator().manual_seed(seed)

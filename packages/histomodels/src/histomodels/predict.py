@@ -33,7 +33,7 @@ from histocore.csvcells import safe_cell
 from histocore.errors import DomainError, UsageError, describe
 from histocore.imaging import Tiles, rescale, tile
 from histocore.imaging import tissue_fraction as tissue_fraction  # the one tissue test
-from histocore.io import number_text
+from histocore.io import make_parents, number_text
 from histocore.progress import task
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".bmp"}
@@ -443,7 +443,7 @@ def predict_paths(
                                 max_pixels=max_pixels, batch_size=batch_size, tta=tta,
                                 threshold=cut)  # fmt: skip
         if scored:
-            out_csv.parent.mkdir(parents=True, exist_ok=True)
+            make_parents(out_csv)
             atomic_write_text(out_csv, buf.getvalue())
         for target, part in list(staged.items()):  # the heatmaps go with the CSV
             os.replace(part, target)
@@ -526,7 +526,7 @@ def _predict_files(
             n_rows += len(probs)
             if len(probs) > 1 and f in targets:
                 target = targets[f]
-                target.parent.mkdir(parents=True, exist_ok=True)
+                make_parents(target)
                 if target.is_dir():  # refused now: the rename over it would fail after the CSV
                     raise IsADirectoryError(errno.EISDIR, "is a folder, not a file", str(target))
                 fd, part = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.",
