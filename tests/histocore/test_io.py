@@ -266,3 +266,26 @@ def test_a_write_under_a_file_says_the_file_is_no_folder(tmp_path: Path, under: 
     assert [p.name for p in tmp_path.iterdir()] == ["a"] and a.read_text() == "mine"
     make_parents(tmp_path / "x" / "y" / "b.pt")  # folders are made as before
     assert (tmp_path / "x" / "y").is_dir()
+
+
+@pytest.mark.parametrize("answer", [-1, 0], ids=["no limit", "zero"])
+def test_a_name_limit_the_file_system_does_not_give_refuses_no_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, answer: int
+) -> None:
+    """``os.pathconf`` giving -1 (POSIX: no limit) or 0 for NAME_MAX was taken as the limit,
+    so every atomic write was refused ('file name too long (over -1 bytes)'); such an
+    answer sets no limit, and the name is written."""
+    monkeypatch.setattr(os, "pathconf", lambda path, name: answer)
+    atomic_write_bytes(tmp_path / "out.txt", b"x")
+    assert (tmp_path / "out.txt").read_bytes() == b"x"
+    temp_beside(tmp_path / "model.pt").unlink()
+
+
+def test_a_platform_without_pathconf_still_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Windows has no ``os.pathconf``: the name check raised AttributeError, a traceback on
+    every atomic write; it now writes (the file system refuses what it cannot hold)."""
+    monkeypatch.delattr(os, "pathconf")
+    atomic_write_bytes(tmp_path / "out.txt", b"x")
+    assert (tmp_path / "out.txt").read_bytes() == b"x"

@@ -75,13 +75,27 @@ _ATOMIC_TEMP = re.compile(r"^\.(?P<name>.+)\.[^.]+\.tmp$")
 _SHORT_TEMP = re.compile(r"^\.[^.]+\.tmp$")
 
 
-def _name_max(folder: str | Path) -> int:
-    """The longest file name (in bytes) the file system of ``folder`` takes (``NAME_MAX``;
-    255 where it cannot say)."""
+def _name_max(folder: str | Path) -> int | None:
+    """The longest file name (in bytes) the file system of ``folder`` takes (``NAME_MAX``);
+    255 where the file system cannot say, None where there is no limit to check:
+    ``os.pathconf`` gives -1 (POSIX: no limit) or another value no name fits (0), or the
+    platform has no ``os.pathconf`` (Windows, whose limit counts UTF-16 units, not bytes)."""
     try:
-        return os.pathconf(folder, "PC_NAME_MAX")
+        limit = os.pathconf(folder, "PC_NAME_MAX")
+    except AttributeError:
+        return None
     except (OSError, ValueError):
         return 255
+    return limit if limit > 0 else None
+
+
+def _refuse_overlong_name(path: Path) -> None:
+    """Refuse a name longer than the file system of ``path``'s folder takes, before anything
+    is written or made (it failed only at the last rename, after the whole write)."""
+    limit = _name_max(path.parent)
+    if limit is not None and len(os.fsencode(path.name)) > limit:
+        problem = f"{os.strerror(errno.ENAMETOOLONG)} (over {limit} bytes)"
+        raise OSError(errno.ENAMETOOLONG, problem, str(path))
 
 
 def _mkstemp_beside(path: Path) -> tuple[int, str]:
@@ -90,10 +104,7 @@ def _mkstemp_beside(path: Path) -> tuple[int, str]:
     last rename). When the temp file cannot be made (a folder the user cannot write to, or
     whose path leaves no room for a temp name), the error names ``path``, the file the user
     gave, not the temp file's random name: ``out.pt: permission denied``."""
-    limit = _name_max(path.parent)
-    if len(os.fsencode(path.name)) > limit:
-        problem = f"{os.strerror(errno.ENAMETOOLONG)} (over {limit} bytes)"
-        raise OSError(errno.ENAMETOOLONG, problem, str(path))
+    _refuse_overlong_name(path)
     try:
         try:
             return tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
