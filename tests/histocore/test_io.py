@@ -289,3 +289,17 @@ def test_a_platform_without_pathconf_still_writes(
     monkeypatch.delattr(os, "pathconf")
     atomic_write_bytes(tmp_path / "out.txt", b"x")
     assert (tmp_path / "out.txt").read_bytes() == b"x"
+
+
+def test_a_name_too_long_leaves_no_folder_made_for_it(tmp_path: Path) -> None:
+    """The folders of the file to write were made before its name was checked, so a refused
+    name left them behind, empty (``export --out newdir/<256 bytes>.csv`` left ``newdir/``);
+    the name is checked first, against the file system of the nearest existing folder."""
+    limit = os.pathconf(tmp_path, "PC_NAME_MAX")
+    target = tmp_path / "new" / "sub" / ("c" * (limit + 1))
+    with pytest.raises(OSError) as info:
+        atomic_write_bytes(target, b"x")
+    assert describe(info.value) == f"{target}: file name too long (over {limit} bytes)"
+    assert list(tmp_path.iterdir()) == []
+    atomic_write_bytes(tmp_path / "new" / "sub" / ("d" * limit), b"x")  # made when it fits
+    assert (tmp_path / "new" / "sub" / ("d" * limit)).read_bytes() == b"x"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -184,6 +185,20 @@ def test_export_to_a_folder_is_one_error_line_before_the_work(tmp_path: Path) ->
     assert result.exit_code == 1, result.output
     assert _error_line(result) == f"error: {folder}: is a folder, not a file"
     assert list(folder.iterdir()) == []
+
+
+def test_export_to_a_name_too_long_leaves_no_new_folder(tmp_path: Path) -> None:
+    """``--out newdir/<256 bytes>.csv`` was refused as too long only after ``newdir/`` was
+    made, which stayed behind, empty; the name is checked before any folder is made."""
+    from run_factory import make_run, searched
+
+    run = make_run(tmp_path / "run", searched("1", "PMC1"))
+    limit = os.pathconf(tmp_path, "PC_NAME_MAX")
+    out = tmp_path / "newdir" / ("c" * (limit - 3) + ".csv")
+    result = runner.invoke(app, ["export", "--run", str(run), "-f", "csv", "--out", str(out)])
+    assert result.exit_code == 1, result.output
+    assert _error_line(result) == f"error: {out}: file name too long (over {limit} bytes)"
+    assert not (tmp_path / "newdir").exists()
 
 
 @pytest.mark.parametrize("command", ["filter", "status"])

@@ -76,10 +76,15 @@ _SHORT_TEMP = re.compile(r"^\.[^.]+\.tmp$")
 
 
 def _name_max(folder: str | Path) -> int | None:
-    """The longest file name (in bytes) the file system of ``folder`` takes (``NAME_MAX``);
-    255 where the file system cannot say, None where there is no limit to check:
-    ``os.pathconf`` gives -1 (POSIX: no limit) or another value no name fits (0), or the
-    platform has no ``os.pathconf`` (Windows, whose limit counts UTF-16 units, not bytes)."""
+    """The longest file name (in bytes) the file system of ``folder`` takes (``NAME_MAX``),
+    asked of ``folder`` or, while it is still to be made, of its nearest existing parent (a
+    new folder is on that parent's file system); 255 where the file system cannot say, None
+    where there is no limit to check: ``os.pathconf`` gives -1 (POSIX: no limit) or another
+    value no name fits (0), or the platform has no ``os.pathconf`` (Windows, whose limit
+    counts UTF-16 units, not bytes)."""
+    folder = Path(folder).absolute()
+    while not os.path.exists(folder) and folder != folder.parent:
+        folder = folder.parent
     try:
         limit = os.pathconf(folder, "PC_NAME_MAX")
     except AttributeError:
@@ -166,6 +171,7 @@ def atomic_writer(path: str | Path) -> Iterator[BinaryIO]:
     flushed, fsynced, given the usual file mode and renamed over ``path`` (readers see the
     old file or the new one, never half); on an error it is removed, ``path`` untouched."""
     path = Path(path)
+    _refuse_overlong_name(path)  # before its folders are made: a refused name leaves none
     make_parents(path)
     fd, tmp = _mkstemp_beside(path)
     try:
