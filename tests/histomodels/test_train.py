@@ -1382,6 +1382,21 @@ def test_resume_takes_the_same_origin_splits_in_any_order():
     ]
 
 
+def test_a_resume_conflict_with_a_setting_the_run_had_none_of_says_so_in_words():
+    """``--resume --origin-split pcam_train`` on a run trained without the filter said
+    ``origin_split 'pcam_train' (the run's None)``, Python's word for it; it says the run
+    had none (for origin_split: it kept every row), as for any setting the run had none of."""
+    from histomodels.config import resume_conflicts
+
+    saved = {"origin_split": None, "weights": None, "lr": 0.002}
+    given = {"origin_split": "pcam_train", "weights": "w.pt", "lr": 0.5}
+    assert resume_conflicts(saved, given) == [
+        "origin_split 'pcam_train' (the run's: none, every row)",
+        "weights 'w.pt' (the run's: none)",
+        "lr 0.5 (the run's 0.002)",
+    ]
+
+
 def test_a_run_saved_with_an_empty_origin_split_resumes_on_every_row(tmp_path):
     """A run begun before ``origin_split: ""`` was refused saved it in config.json and
     last.pt (it trained on every row, as no filter); ``train --resume`` then failed with
@@ -1399,7 +1414,7 @@ def test_a_run_saved_with_an_empty_origin_split_resumes_on_every_row(tmp_path):
     (out / "config.json").write_text(json.dumps({**saved, "origin_split": ""}))
     r = CliRunner().invoke(app, [*args, "--resume", "--origin-split", "pcam_train"])
     assert r.exit_code == 1 and r.stderr.startswith(f"error: {out}: --resume continues"), r.output
-    assert "origin_split 'pcam_train' (the run's None)" in r.stderr, r.stderr
+    assert "origin_split 'pcam_train' (the run's: none, every row)" in r.stderr, r.stderr
     r = CliRunner().invoke(app, [*args, "--resume", "--epochs", "2"])
     assert r.exit_code == 0, r.output
     assert [h["epoch"] for h in json.loads((out / "history.json").read_text())] == [1, 2]

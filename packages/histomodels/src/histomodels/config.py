@@ -229,11 +229,11 @@ def saved_run_config(saved: dict[str, Any]) -> dict[str, Any]:
 
 def resume_conflicts(saved: dict[str, Any], given: dict[str, Any]) -> list[str]:
     """The keys of ``given`` (settings a user asked for, None = not given) that a resume
-    would not apply, as ``key VALUE (the run's SAVED)``: those outside
-    :data:`RESUME_OVERRIDES` whose value differs from the run's ``saved`` config (a
-    ``model_config`` key by key, a data path by the file it names, ``origin_split`` by the
-    splits it names; a key the run predates
-    by its default, which is what the run used)."""
+    would not apply, as ``key VALUE (the run's SAVED)`` (``(the run's: none)`` where it had
+    none): those outside :data:`RESUME_OVERRIDES` whose value differs from the run's
+    ``saved`` config (a ``model_config`` key by key, a data path by the file it names,
+    ``origin_split`` by the splits it names; a key the run predates by its default, which is
+    what the run used)."""
     saved = saved_run_config(saved)
     said = []
     for key, value in given.items():
@@ -254,8 +254,17 @@ def resume_conflicts(saved: dict[str, Any], given: dict[str, Any]) -> list[str]:
         else:
             same = value == old
         if not same:
-            said.append(f"{key} {value!r} (the run's {old!r})")
+            said.append(f"{key} {value!r} ({_the_runs(key, old)})")
     return said
+
+
+def _the_runs(key: str, old: Any) -> str:
+    """A run's saved setting as a resume conflict names it: ``the run's 0.002``, or for a
+    setting the run had none of (None) in words, not Python's: ``the run's: none``, and for
+    ``origin_split``, where none keeps every row, ``the run's: none, every row``."""
+    if old is None:
+        return "the run's: none, every row" if key == "origin_split" else "the run's: none"
+    return f"the run's {old!r}"
 
 
 def build(data: dict[str, Any], source: str = "config") -> TrainConfig:
