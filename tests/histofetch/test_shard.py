@@ -536,6 +536,47 @@ def test_an_output_rows_dotdot_path_is_kept_from_files_brought_later(tmp_path: P
     assert not (out / "pdfs" / "x_1.pdf").exists()
 
 
+@pytest.mark.parametrize(
+    ("path", "why"),
+    [
+        ("../out/" + "a" * 300, "file name too long"),
+        ("pdfs/" + "a" * 300, "file name too long"),
+        ("pdfs\x00/x.pdf", "a NUL character"),
+    ],
+    ids=["too long via ../out", "too long in the run", "NUL"],
+)
+def test_a_row_path_that_cannot_be_looked_up_is_left_behind_and_the_merge_completes(
+    tmp_path: Path, path: str, why: str
+) -> None:
+    """A shard row naming ``../out/<300 characters>`` (``out`` the output), or
+    ``pdfs/<300 characters>``, stopped the merge with ``error: out/aaa…: file name too
+    long`` once the output held the shard's other PDF but no run.sqlite or manifest.jsonl;
+    one with a NUL character was a ValueError traceback. Such a row keeps its path, its
+    file left behind with a warning, as a row whose file the merge cannot bring, and the
+    merge completes."""
+    from histocore.io import one_line
+
+    b, out = tmp_path / "b", tmp_path / "out"
+    _run_with_pdf(b, Record(id="x:0", stage="downloaded", pdf_path="pdfs/x.pdf"), b"%PDF b")
+    with Manifest.load(b) as m:
+        m.add_record(Record(id="r:1", stage="downloaded", pdf_path=path))
+        m.save()
+    r = runner.invoke(app, ["merge", str(b), "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    shown = one_line(path[:60]) + (f"… ({len(path)} characters)" if len(path) > 60 else "")
+    assert r.stderr == (
+        f"warning: {b}: 1 file the rows name left behind, its path not usable here (first: "
+        f"{shown}: {why}); the rows keep the paths as they are\n"
+    )
+    assert "merged 1 run: 2 records added" in r.stdout, r.output
+    with Manifest.load(out) as m:
+        assert m.records["r:1"].pdf_path == path
+        assert (out / str(m.records["x:0"].pdf_path)).read_bytes() == b"%PDF b"
+    assert (out / MANIFEST_NAME).is_file()
+    again = runner.invoke(app, ["merge", str(b), "--out", str(out)])  # the output's own row
+    assert again.exit_code == 0 and "nothing new added" in again.stdout, again.output
+
+
 def test_merge_carries_the_inputs_review_logs_into_the_outputs(tmp_path: Path) -> None:
     """A merged run had no review_log.jsonl: who labelled what in the shards was lost. Now
     the inputs' logs are added to the output's in input order, each line as it was, lines

@@ -24,7 +24,9 @@
   output's would be the source's file. A file named through a folder link of the source
   run pointing out of it (its ``images/`` moved to another disk) is copied from there only
   when its bytes hash to its row's sha256, and the command says so, one line per link; a
-  file link pointing out is never read.
+  file link pointing out is never read. A row path that cannot be looked up (a name too
+  long for the file system, a NUL character) is kept as it is, its file left behind, and
+  the command says so, one line per input.
 * The inputs' review logs (``review_log.jsonl``: who labelled what, appended by the review
   page) are carried: their lines are added to the output's log, in input order, each line
   as it was (JSON objects only: the command names each log whose other lines it left out,
@@ -98,11 +100,29 @@ class MergeSummary:
     log_left_out: dict[str, str] = field(default_factory=dict)
     #: ``.merge-*.part`` files an interrupted merge into the output left, removed
     stale_parts: int = 0
+    #: inputs → how many paths their rows name cannot be looked up (a name too long for
+    #: the file system, a NUL character): files left behind, the rows' paths kept
+    unusable: dict[str, int] = field(default_factory=dict)
+    #: such inputs → the first such path and why
+    first_unusable: dict[str, str] = field(default_factory=dict)
+
+    def note_unusable(self, run: Manifest, rel: str, why: str) -> None:
+        """Count a row path of ``run`` that cannot be looked up (``why``), left as it is."""
+        key = str(run.run_dir)
+        self.unusable[key] = self.unusable.get(key, 0) + 1
+        self.first_unusable.setdefault(key, f"{_short(rel)}: {why}")
 
     def warnings(self) -> list[str]:
         """One line per folder link out of an input that files were brought through or
-        left behind at, and per input review log whose lines were left out."""
+        left behind at, per input review log whose lines were left out, and per input whose
+        rows name paths that cannot be looked up."""
         lines = [f"{log}: {why}" for log, why in self.log_left_out.items()]
+        for run, n in self.unusable.items():
+            lines.append(
+                f"{run}: {_n(n, 'file')} the rows name left behind, "
+                f"{'its path' if n == 1 else 'their paths'} not usable here (first: "
+                f"{self.first_unusable[run]}); the rows keep the paths as they are"
+            )
         for link in dict.fromkeys([*self.via_links, *self.left_behind]):
             said = []
             if n := self.via_links.get(link, 0):
@@ -147,6 +167,11 @@ class MergeSummary:
 
 def _n(n: int, what: str) -> str:
     return f"{n} {what}" + ("" if n == 1 else "s")
+
+
+def _short(rel: str, most: int = 60) -> str:
+    """``rel`` as a warning names it: cut to ``most`` characters (a 300-character name)."""
+    return rel if len(rel) <= most else f"{rel[:most]}… ({len(rel)} characters)"
 
 
 def _rank(rec: Record) -> tuple[int, int]:
@@ -409,9 +434,46 @@ def _bring(
     in ``summary.left_behind``. A shard is untrusted: a link to ``~/.ssh`` or ``/proc/self``
     with rows naming files under it would otherwise copy the user's secrets into an output
     meant to be shared; the hash of a file the shard's author has not seen is not theirs
-    to write."""
-    if rel is None or Path(rel).is_absolute():
+    to write. A path that cannot be looked up (a name too long for the file system, a NUL
+    character) is left as it is, its file (if any) behind, and counted in
+    ``summary.unusable`` for the command to say so: it stopped the merge half done."""
+    if rel is None:
         return rel
+    if "\x00" in rel:  # no file has such a name: never looked up (ValueError)
+        summary.note_unusable(run, rel, "a NUL character")
+        return rel
+    if Path(rel).is_absolute():
+        return rel
+    try:
+        place = _place(run, merged, rel, summary, sha256, names)
+    except OSError as exc:  # a name too long for the file system (or its path), unreadable
+        summary.note_unusable(run, rel, (exc.strerror or str(exc)).lower())
+        return rel
+    if isinstance(place, str):
+        return place
+    src, dst, link = place
+    if link is not None:
+        summary.via_links[str(link)] = summary.via_links.get(str(link), 0) + 1
+    if not dst.exists():
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        # Outside the input: a copy, never a second name of that file.
+        if link is not None or not _hard_link(src, dst):
+            _copy_whole(src, dst)
+    return dst.relative_to(merged.run_dir).as_posix()
+
+
+def _place(
+    run: Manifest,
+    merged: Manifest,
+    rel: str,
+    summary: MergeSummary,
+    sha256: str | None,
+    names: _Names,
+) -> str | tuple[Path, Path, Path | None]:
+    """Where :func:`_bring` puts the file a row of ``run`` names at ``rel``, looked up but
+    nothing written: the row's new path for a file not brought, else the file to bring,
+    where to and the folder link of ``run`` it is brought through (None: none). OSError
+    where a path cannot be looked up (a name too long): nothing reserved or counted."""
     norm = _normal(rel)  # "pdfs/../pdfs/x.pdf" is "pdfs/x.pdf": the name compared, reserved
     if norm == "." or norm == ".." or norm.startswith("../"):
         inside = _landing_inside(merged, norm)
@@ -433,11 +495,9 @@ def _bring(
         return _unbrought(merged, rel, names)  # a file link pointing out: never read
     if not src.is_file():
         return _unbrought(merged, rel, names)  # missing in the source, as there
-    if link is not None:
-        if not _hashes_to(src, sha256):
-            summary.left_behind[str(link)] = summary.left_behind.get(str(link), 0) + 1
-            return _unbrought(merged, rel, names)
-        summary.via_links[str(link)] = summary.via_links.get(str(link), 0) + 1
+    if link is not None and not _hashes_to(src, sha256):
+        summary.left_behind[str(link)] = summary.left_behind.get(str(link), 0) + 1
+        return _unbrought(merged, rel, names)
     # Another article's file there is not ours: a free name (one already holding the same
     # bytes is taken: an interrupted merge brought it, not again). A link in the output
     # is never a name to bring a file to (a dangling one was written through).
@@ -447,14 +507,7 @@ def _bring(
             p.is_symlink() or names.reserved(merged, p) or (p.exists() and not _same_bytes(src, p))
         ),
     )
-    if free != dst:
-        dst, rel = free, free.relative_to(merged.run_dir).as_posix()
-    if not dst.exists():
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        # Outside the input: a copy, never a second name of that file.
-        if link is not None or not _hard_link(src, dst):
-            _copy_whole(src, dst)
-    return rel
+    return src, free, link
 
 
 def _normal(rel: str) -> str:
@@ -559,7 +612,9 @@ def _remove_stale_parts(merged: Manifest, loaded: list[Manifest]) -> int:
     for run in (merged, *loaded):
         rels = [r.pdf_path for r in run.records.values()] + [i.path for i in run.images.values()]
         for rel in rels:
-            if rel and not Path(rel).is_absolute() and ".." not in Path(rel).parts:
+            if not rel or "\x00" in rel:  # a NUL: no folder (os.stat's ValueError)
+                continue
+            if not Path(rel).is_absolute() and ".." not in Path(rel).parts:
                 folders.add((out / rel).parent)
     removed, seen = 0, set()
     for folder in sorted(folders):
