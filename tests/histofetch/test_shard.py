@@ -537,6 +537,53 @@ def test_an_output_rows_dotdot_path_is_kept_from_files_brought_later(tmp_path: P
 
 
 @pytest.mark.parametrize(
+    ("where", "b_first"),
+    [
+        ("output ../out", False),
+        ("output absolute", False),
+        ("output file link", False),
+        ("shard ../alias", False),
+        ("shard ../alias", True),
+        ("shard absolute", False),
+        ("shard absolute", True),
+    ],
+)
+def test_a_row_path_landing_in_the_output_another_way_never_names_another_articles_file(
+    tmp_path: Path, where: str, b_first: bool
+) -> None:
+    """Row paths were reserved by their normal form alone, so a row landing in the output
+    another way named the file brought for ``a``'s ``x_1`` (``pdfs/x_1.pdf``): the
+    output's own ``x:1`` naming ``../out/pdfs/x_1.pdf`` or ``<tmp>/out/pdfs/x_1.pdf`` (its
+    file missing) or ``pdfs/y.pdf``, a link there to ``x_1.pdf``, or a shard's naming
+    ``../alias/pdfs/x_1.pdf`` (``alias`` a link beside the output to it) or the absolute
+    path. Each row path is now also taken where opening
+    it lands in the output (links resolved): that name is kept from files brought."""
+    a, b, out = tmp_path / "a", tmp_path / "b", tmp_path / "out"
+    _run_with_pdf(a, Record(id="x_1", stage="downloaded", pdf_path="pdfs/x_1.pdf"), b"%PDF a")
+    out.mkdir()
+    (tmp_path / "alias").symlink_to("out", target_is_directory=True)
+    path = {
+        "output ../out": "../out/pdfs/x_1.pdf",
+        "output absolute": str(out / "pdfs" / "x_1.pdf"),
+        "output file link": "pdfs/y.pdf",
+        "shard ../alias": "../alias/pdfs/x_1.pdf",
+        "shard absolute": str(out / "pdfs" / "x_1.pdf"),
+    }[where]
+    (out / "pdfs").mkdir()
+    (out / "pdfs" / "y.pdf").symlink_to("x_1.pdf")  # dangling until x_1.pdf is there
+    with Manifest.load(out if where.startswith("output") else b, create=True) as m:
+        m.add_record(Record(id="x:1", stage="downloaded", pdf_path=path))
+        m.save()
+    inputs = [a] if where.startswith("output") else ([b, a] if b_first else [a, b])
+    merge_runs(inputs, out)
+    with Manifest.load(out) as m:
+        mine = m.resolve(str(m.records["x_1"].pdf_path))
+        theirs = m.resolve(str(m.records["x:1"].pdf_path))
+    assert mine.read_bytes() == b"%PDF a"
+    assert not theirs.exists() and os.path.realpath(theirs) != os.path.realpath(mine)
+
+
+@pytest.mark.parametrize(
     ("path", "why"),
     [
         ("../out/" + "a" * 300, "file name too long"),

@@ -16,7 +16,11 @@
   (copied across file systems) under the same relative path, so the merged run stands
   alone; files outside the source run (local PDFs) keep their absolute paths, and a
   relative path leading out of it (``../x.png``) is kept and never read. A path is taken
-  in its normal form (``pdfs/../pdfs/x.pdf`` is ``pdfs/x.pdf``). Where the
+  in its normal form (``pdfs/../pdfs/x.pdf`` is ``pdfs/x.pdf``), and a name a row holds
+  (the output's own rows' too) also where opening it lands in the output, links followed
+  (``../out/pdfs/x.pdf``, ``/abs/out/pdfs/x.pdf``, ``../alias/pdfs/x.pdf`` with
+  ``alias`` a link to the output): no file is brought there, and an input's row whose
+  path leads there gets a name kept from other rows' files. Where the
   output holds another file under that path (a run whose renamed record kept its
   ``pdfs/pmid_0.pdf``, and a shard's own ``pmid:0``), the file is brought under a free
   name (``pdfs/pmid_0-2.pdf``) and the row names that. A row naming one of the run's own
@@ -226,10 +230,8 @@ def _merge(loaded: list[Manifest], merged: Manifest) -> MergeSummary:
     pmcids = {r.pmcid: r.id for r in merged.records.values() if r.pmcid}
     ids_before, pmcids_before = set(merged.records), set(pmcids)  # the output's own
     hashes = {i.sha256: i.id for i in merged.images.values()}
-    names = _Names(
-        before={_normal(r.pdf_path) for r in merged.records.values() if r.pdf_path}
-        | {_normal(i.path) for i in merged.images.values() if i.path}
-    )
+    own = [r.pdf_path for r in merged.records.values()] + [i.path for i in merged.images.values()]
+    names = _Names(before={name for path in own if path for name in _landings(merged, path)})
     for rid, (rec, run) in best.items():
         if rid in merged.records or (rec.pmcid and pmcids.get(rec.pmcid, rid) != rid):
             if rid in ids_before or rec.pmcid in pmcids_before:
@@ -408,8 +410,12 @@ class _Names:
     unbrought: set[str] = field(default_factory=set)
 
     def reserved(self, merged: Manifest, path: Path) -> bool:
-        rel = path.relative_to(merged.run_dir).as_posix()
-        return rel in self.unbrought or (rel in self.before and not path.exists())
+        """Whether a file brought to ``path`` (in the output) could be a file a row names
+        there: ``path`` or, through the output's links, where opening it lands."""
+        lands = _landings(merged, path.relative_to(merged.run_dir).as_posix())
+        return not self.unbrought.isdisjoint(lands) or (
+            not self.before.isdisjoint(lands) and not path.exists()
+        )
 
 
 def _bring(
@@ -424,9 +430,11 @@ def _bring(
 
     A row path is compared, reserved and brought in its normal form: ``pdfs/../pdfs/x.pdf``
     is ``pdfs/x.pdf``, which may be another row's (it was returned as it was, naming that
-    row's file in the output). A path leading out of the run is never linked: even when it
-    leads back into the source run (``../../a/run/images/x.png``), the same path from the
-    merged folder lands outside it.
+    row's file in the output), and is reserved also where opening it lands in the output
+    (:func:`_landings`). A path leading out of the run, or absolute, is never linked: even
+    when it leads back into the source run (``../../a/run/images/x.png``), the same path
+    from the merged folder lands outside it; where it lands inside the output, the row
+    gets a name kept from other rows' files.
     A file link pointing out of the run is never read. A folder link inside the run that
     points out (``images/`` moved to a bigger disk) is followed only for a file whose bytes
     hash to the row's ``sha256`` (``pdf_sha256``), copied, and counted in
@@ -441,8 +449,6 @@ def _bring(
         return rel
     if "\x00" in rel:  # no file has such a name: never looked up (ValueError)
         summary.note_unusable(run, rel, "a NUL character")
-        return rel
-    if Path(rel).is_absolute():
         return rel
     try:
         place = _place(run, merged, rel, summary, sha256, names)
@@ -475,12 +481,14 @@ def _place(
     where to and the folder link of ``run`` it is brought through (None: none). OSError
     where a path cannot be looked up (a name too long): nothing reserved or counted."""
     norm = _normal(rel)  # "pdfs/../pdfs/x.pdf" is "pdfs/x.pdf": the name compared, reserved
-    if norm == "." or norm == ".." or norm.startswith("../"):
-        inside = _landing_inside(merged, norm)
+    if Path(rel).is_absolute() or norm == "." or norm == ".." or norm.startswith("../"):
+        lands = _landings(merged, rel)
         # out of the run (or the run folder itself): no file of the run's, never linked;
-        # the row keeps its path (readers refuse it), unless from the output it would name
-        # a file there ("../out/pdfs/x.pdf"): a name kept from every other row's file
-        return rel if inside is None else _unbrought(merged, inside, names)
+        # the row keeps its path (readers refuse a relative one), unless from the output
+        # it would name a file there ("../out/pdfs/x.pdf", "/abs/out/pdfs/x.pdf", or
+        # "../alias/pdfs/x.pdf" with alias a link to the output): a name kept from every
+        # other row's file
+        return rel if not lands else _unbrought(merged, lands[0], names)
     rel = norm
     if len(Path(rel).parts) == 1 and Path(rel).name in _RUN_FILES:
         return rel  # the run's own file, not the row's: never linked
@@ -516,16 +524,24 @@ def _normal(rel: str) -> str:
     return rel if Path(rel).is_absolute() else posixpath.normpath(rel)
 
 
-def _landing_inside(merged: Manifest, norm: str) -> str | None:
-    """Where a path that leads out of its run (``../out/pdfs/x.pdf``) lands inside the
-    output, seen from there (``pdfs/x.pdf``), else None."""
-    if norm == ".":
-        return None
-    for top in {os.path.abspath(merged.run_dir), os.path.realpath(merged.run_dir)}:
-        rel = os.path.relpath(os.path.normpath(os.path.join(top, norm)), top)
-        if rel != "." and rel != ".." and not rel.startswith("../"):
-            return Path(rel).as_posix()
-    return None
+def _landings(merged: Manifest, path: str) -> list[str]:
+    """Where a row path of the output (relative to it, or absolute) lands inside it, as
+    names relative to it in normal form: as spelt (``../out/pdfs/x.pdf`` is
+    ``pdfs/x.pdf``) and as opening it resolves links (``os.path.realpath``:
+    ``../alias/pdfs/x.pdf`` with ``alias`` a link to the output, ``pdfs/y.pdf`` a link to
+    ``x.pdf``); none where it lands outside it or is the output itself."""
+    if "\x00" in path:  # names no file (os.path.realpath's ValueError)
+        return []
+    out = os.fspath(merged.run_dir)
+    tops = list(dict.fromkeys([os.path.abspath(out), os.path.realpath(out)]))
+    spelt = [os.path.normpath(os.path.join(top, path)) for top in tops]
+    found: list[str] = []
+    for landing in [*spelt, os.path.realpath(os.path.join(out, path))]:
+        for top in tops:
+            rel = os.path.relpath(landing, top)
+            if rel not in (".", "..") and not rel.startswith("../"):
+                found.append(Path(rel).as_posix())
+    return list(dict.fromkeys(found))
 
 
 def _hard_link(src: Path, dst: Path) -> bool:
@@ -542,16 +558,17 @@ def _unbrought(merged: Manifest, rel: str, names: _Names) -> str:
     article's: the row named it (``x:1``'s row left behind at ``pdfs/x_1.pdf``, the
     output's ``x_1`` PDF). The name is kept from files brought after it."""
     dst = merged.run_dir / rel
+    kept = names.before | names.unbrought
     free = free_name(
         dst,
         lambda p: (
             p.is_symlink()
             or p.exists()
-            or p.relative_to(merged.run_dir).as_posix() in names.before | names.unbrought
+            or not kept.isdisjoint(_landings(merged, p.relative_to(merged.run_dir).as_posix()))
         ),
     )
     rel = free.relative_to(merged.run_dir).as_posix()
-    names.unbrought.add(rel)
+    names.unbrought.update(_landings(merged, rel))
     return rel
 
 
