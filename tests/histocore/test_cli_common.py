@@ -200,3 +200,20 @@ def test_an_output_under_a_file_is_refused_up_front(tmp_path, capsys) -> None:
     require_folder(tmp_path / "new" / "run")  # folders still to make are fine
     require_file(tmp_path / "new" / "p.csv")
     assert capsys.readouterr().err == ""
+
+
+def test_an_output_under_a_broken_link_says_so(tmp_path, capsys) -> None:
+    """A link to nowhere, or a link loop, among ``--out``'s folders was called 'is a file,
+    not a folder' (the up-front check saw something that exists and is no folder)."""
+    (tmp_path / "dang").symlink_to(tmp_path / "nowhere")
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    (tmp_path / "to_file").symlink_to(tmp_path / "f")
+    (tmp_path / "f").write_text("mine")
+    cases = {"dang": "broken symbolic link", "loop": "too many levels of symbolic links",
+             "to_file": "is a file, not a folder"}  # fmt: skip
+    for name, problem in cases.items():
+        for check, out in ((require_folder, tmp_path / name / "run"),
+                           (require_file, tmp_path / name / "p.csv")):  # fmt: skip
+            with pytest.raises(SystemExit):
+                check(out)
+            assert capsys.readouterr().err == f"error: {tmp_path / name}: {problem}\n"

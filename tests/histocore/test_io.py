@@ -303,3 +303,12 @@ def test_a_name_too_long_leaves_no_folder_made_for_it(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
     atomic_write_bytes(tmp_path / "new" / "sub" / ("d" * limit), b"x")  # made when it fits
     assert (tmp_path / "new" / "sub" / ("d" * limit)).read_bytes() == b"x"
+
+
+def test_a_write_under_a_broken_link_says_it_is_one(tmp_path: Path) -> None:
+    """``dang/b.pt`` with ``dang`` a link to nowhere said ``dang: is a file, not a folder``."""
+    (tmp_path / "dang").symlink_to(tmp_path / "nowhere")
+    with pytest.raises(NotADirectoryError) as err:
+        atomic_write_bytes(tmp_path / "dang" / "x" / "b.pt", b"data")
+    assert describe(err.value) == f"{tmp_path / 'dang'}: broken symbolic link"
+    assert not (tmp_path / "nowhere").exists()

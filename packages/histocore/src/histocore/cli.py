@@ -103,12 +103,13 @@ def require_file(*paths: str | Path | None) -> None:
 
 
 def _require_parents(path: Path) -> None:
-    """Fail when an existing file stands where ``path``'s folder should be: ``a: is a file,
-    not a folder`` (writing ``a/b.pt`` said ``a: file exists``, or ``a/b.pt: not a
-    directory``)."""
-    blocker = file_in_the_way(path)
-    if blocker is not None:
-        fail(f"{blocker}: is a file, not a folder")
+    """Fail when an existing file (or a broken link) stands where ``path``'s folder should
+    be: ``a: is a file, not a folder`` (writing ``a/b.pt`` said ``a: file exists``, or
+    ``a/b.pt: not a directory``); ``a: broken symbolic link``."""
+    in_the_way = file_in_the_way(path)
+    if in_the_way is not None:
+        blocker, problem = in_the_way
+        fail(f"{blocker}: {problem}")
 
 
 @contextlib.contextmanager

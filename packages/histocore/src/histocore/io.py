@@ -141,28 +141,40 @@ def atomic_temp_target(name: str) -> str | None:
     return match["name"] if match else None
 
 
-def file_in_the_way(path: str | Path) -> Path | None:
-    """The file among ``path``'s parents that keeps it from being made (``a`` of ``a/b.pt``
-    when ``a`` is a file): the nearest of them that exists, when it is no folder; None when
-    that one is a folder."""
+def file_in_the_way(path: str | Path) -> tuple[Path, str] | None:
+    """What among ``path``'s parents keeps it from being made, and why: the nearest of them
+    that exists, when it is no folder (``a`` of ``a/b.pt`` when ``a`` is a file: ``is a file,
+    not a folder``; a link to nowhere: ``broken symbolic link``; a link loop: ``too many
+    levels of symbolic links``); None when that one is a folder."""
     for folder in Path(path).parents:  # nearest first: a/b/c, a/b, a
         if os.path.lexists(folder):
-            return None if folder.is_dir() else folder
+            if folder.is_dir():
+                return None
+            if not folder.is_symlink():
+                return folder, "is a file, not a folder"
+            try:
+                os.stat(folder)
+            except OSError as exc:
+                if exc.errno == errno.ELOOP:
+                    return folder, "too many levels of symbolic links"
+                return folder, "broken symbolic link"
+            return folder, "is a file, not a folder"  # a link to a file
     return None
 
 
 def make_parents(path: str | Path) -> None:
-    """Make ``path``'s folder and any missing parents. One of them an existing file is a
-    :class:`NotADirectoryError` naming it, ``a: is a file, not a folder`` (``mkdir`` said
-    ``a: file exists``, as if the folder were there)."""
+    """Make ``path``'s folder and any missing parents. One of them an existing file (or a
+    broken link) is a :class:`NotADirectoryError` naming it, ``a: is a file, not a folder``
+    (``mkdir`` said ``a: file exists``, as if the folder were there)."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
-        blocker = file_in_the_way(path)
-        if blocker is None:
+        in_the_way = file_in_the_way(path)
+        if in_the_way is None:
             raise
-        raise NotADirectoryError(errno.ENOTDIR, "is a file, not a folder", str(blocker)) from None
+        blocker, problem = in_the_way
+        raise NotADirectoryError(errno.ENOTDIR, problem, str(blocker)) from None
 
 
 @contextlib.contextmanager

@@ -132,7 +132,8 @@ class Trainer:
             (self.x_train, self.y_train), (self.x_val, self.y_val), self.stain = prepare_splits(
                 self.cfg, *self._data, say=self.say
             )
-            #: said once training starts (:meth:`_fit`), when nothing can refuse the input
+            #: said once training starts (:meth:`_fit`), after every up-front input check
+            #: (streamed data is decoded as it is read: a bad row of it can still stop a run)
             self.splits_line = (
                 f"training on {describe_split(self.y_train)}, "
                 f"validating on {describe_split(self.y_val)}"
