@@ -414,3 +414,26 @@ def test_eval_origin_split_on_data_without_origins_names_the_option(tmp_path: Pa
     assert "patch_size" not in said and not (tmp_path / "ev").exists()
     # the data takes eval's --scale: "(it takes none of these options)" read wrong
     assert "it takes" not in said, said
+
+
+def test_metrics_json_keeps_the_inference_precision_apart_from_the_metric(
+    tmp_path: Path,
+) -> None:
+    """The inference precision (``--precision``) is ``inference_precision`` in metrics.json.
+    It was stored as ``precision``, the key of the metric: labelled data overwrote it with
+    the metric (the fp32/bf16 choice was lost), and unlabelled data kept ``"precision":
+    "fp32"``, which ``histomodels report`` then showed in its metrics table as a precision
+    (real: ``eval --model pcam-cnn --data kaggle_format_sample/train``, no labels)."""
+    from histomodels.report import build_report
+
+    ckpt = tiny_checkpoint(tmp_path)
+    x, _ = make_patches(24, seed=4)
+    unlabelled = ArrayDataset(x, np.full(24, -1), ids=[f"u{i}" for i in range(24)], source="u")
+    evaluate_checkpoint(ckpt, unlabelled, tmp_path / "unl", n_bootstrap=0, gallery=False)
+    saved = json.loads((tmp_path / "unl" / "metrics.json").read_text())
+    assert saved["inference_precision"] == "fp32" and "precision" not in saved
+    evaluate_checkpoint(ckpt, _ds(48, 5, "t"), tmp_path / "lab", n_bootstrap=0, gallery=False)
+    saved = json.loads((tmp_path / "lab" / "metrics.json").read_text())
+    assert saved["inference_precision"] == "fp32" and isinstance(saved["precision"], float)
+    build_report([tmp_path / "unl"], tmp_path / "rep")
+    assert "| precision |" not in (tmp_path / "rep" / "report.md").read_text()

@@ -419,7 +419,8 @@ def evaluate_checkpoint(
         "data": source,
         **({"origin_split": origin_split} if origin_split else {}),  # n is of those rows only
         "tta": bool(tta) or pred.tta_inside,  # the scores average the 8 views either way
-        "precision": pred.precision,
+        # not "precision": the metric of that name (summarize) would overwrite it
+        "inference_precision": pred.precision,
     }
     if pred.tta_inside:
         result["tta_inside_model"] = True
