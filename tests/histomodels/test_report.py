@@ -457,3 +457,22 @@ def test_the_training_data_row_names_the_origin_splits_kept(tmp_path: Path) -> N
         "dev/train.h5 (origin_split kaggle_train,pcam_train)",
         "dev/train.h5",
     ]
+
+
+@pytest.mark.parametrize(
+    ("fields", "cell"),
+    [
+        # eval of data without labels (a flat folder of tiles): it read '- (-)'
+        ({"n_unlabelled": 200, "note": "no labels in the data"}, "200 unlabelled"),
+        ({"n": 10, "n_positive": 4, "n_unlabelled": 3}, "10 (4) + 3 unlabelled"),
+        ({"n": 10, "n_positive": 4, "n_unlabelled": 0}, "10 (4)"),
+        ({"n": 10, "n_positive": 4}, "10 (4)"),  # a metrics.json from before n_unlabelled
+    ],
+)
+def test_the_patch_count_names_unlabelled_patches(tmp_path: Path, fields, cell) -> None:
+    folder = tmp_path / "ev"
+    folder.mkdir()
+    (folder / "metrics.json").write_text(json.dumps(fields))
+    r = CliRunner().invoke(app, ["report", str(folder), "--out", str(tmp_path / "o")])
+    assert r.exit_code == 0, r.output
+    assert f"| patches (positive) | {cell} |" in (tmp_path / "o" / "report.md").read_text()

@@ -105,9 +105,15 @@ def eval_rows(cols: list[tuple[str, Evaluation]]) -> list[tuple[str, list[str]]]
 def _counts(metrics: dict) -> str:
     """``"200 (100)"``: patches and positives of an ``eval --data`` result. A manifest
     evaluation's metrics are on labelled figures, so its cell counts those (and the tiles
-    scored): it said ``51 (-)``, the tile count, beside AUCs taken on 26 figures."""
+    scored): it said ``51 (-)``, the tile count, beside AUCs taken on 26 figures. Patches
+    without labels (``n_unlabelled``: scored, in predictions.csv, in no metric) are counted
+    apart: data without any read ``- (-)``."""
     if "n_tiles" not in metrics:
-        return f"{metrics.get('n', '-')} ({metrics.get('n_positive', '-')})"
+        unlabelled = metrics.get("n_unlabelled") or 0
+        if "n" not in metrics and unlabelled:
+            return f"{unlabelled} unlabelled"
+        counts = f"{metrics.get('n', '-')} ({metrics.get('n_positive', '-')})"
+        return f"{counts} + {unlabelled} unlabelled" if unlabelled else counts
     n_images = metrics.get("n_images", "-")
     tiles = f"{_many(metrics['n_tiles'], 'tile')} of {_many(n_images, 'figure')}"
     figures = (metrics.get("image_metrics") or {}).get("max") or {}
