@@ -476,3 +476,16 @@ def test_the_patch_count_names_unlabelled_patches(tmp_path: Path, fields, cell) 
     r = CliRunner().invoke(app, ["report", str(folder), "--out", str(tmp_path / "o")])
     assert r.exit_code == 0, r.output
     assert f"| patches (positive) | {cell} |" in (tmp_path / "o" / "report.md").read_text()
+
+
+def test_an_ensemble_has_no_best_epoch(tmp_path: Path) -> None:
+    """``histomodels ensemble`` writes ``epoch`` 0 (it trains nothing): its column read
+    'best epoch 0' beside its members' real epochs."""
+    from histomodels.report_inputs import Run
+    from histomodels.report_tables import dataset_rows
+
+    runs = [
+        Run("a", tmp_path, checkpoint={"model": "cnn", "epoch": 3}),
+        Run("ens", tmp_path, checkpoint={"model": "ensemble", "epoch": 0}),
+    ]
+    assert dict(dataset_rows(runs))["best epoch"] == ["3", "n/a"]

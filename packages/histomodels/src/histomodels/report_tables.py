@@ -63,7 +63,7 @@ def dataset_rows(runs: list[Run]) -> list[tuple[str, list[str]]]:
         ("training data", _training_data),
         ("validation data", lambda r: r.config.get("val")),
         ("epochs run", lambda r: len(r.history) or None),
-        ("best epoch", lambda r: r.checkpoint.get("epoch")),
+        ("best epoch", _best_epoch),
         ("temperature", lambda r: r.checkpoint.get("temperature")),
     ]
     rows = []
@@ -72,6 +72,14 @@ def dataset_rows(runs: list[Run]) -> list[tuple[str, list[str]]]:
         if any(v not in (None, "", [], {}) for v in vals):
             rows.append((label, [fmt(v, 3) for v in vals]))
     return rows
+
+
+def _best_epoch(r: Run) -> int | None:
+    """The checkpoint's epoch; none for an ensemble, which was never trained (its
+    checkpoint's ``epoch`` 0 read 'best epoch 0')."""
+    if r.checkpoint.get("model") == "ensemble":
+        return None
+    return r.checkpoint.get("epoch")
 
 
 def _training_data(r: Run) -> str | None:
