@@ -489,3 +489,16 @@ def test_an_ensemble_has_no_best_epoch(tmp_path: Path) -> None:
         Run("ens", tmp_path, checkpoint={"model": "ensemble", "epoch": 0}),
     ]
     assert dict(dataset_rows(runs))["best epoch"] == ["3", "n/a"]
+
+
+def test_an_older_metrics_json_inference_precision_is_no_metric(tmp_path: Path) -> None:
+    """eval stored its inference precision as ``precision`` before ``inference_precision``:
+    an unlabelled run's ``"precision": "fp32"`` showed as a 'precision | fp32' metric row."""
+    folder = tmp_path / "ev"
+    folder.mkdir()
+    old = {"n_unlabelled": 200, "precision": "fp32", "threshold": 0.39, "note": "no labels"}
+    (folder / "metrics.json").write_text(json.dumps(old))
+    r = CliRunner().invoke(app, ["report", str(folder), "--out", str(tmp_path / "o")])
+    assert r.exit_code == 0, r.output
+    md = (tmp_path / "o" / "report.md").read_text()
+    assert "| precision |" not in md and "| threshold | 0.3900 |" in md, md

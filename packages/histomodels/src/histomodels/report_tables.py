@@ -151,6 +151,8 @@ def metric_rows(cols: list[tuple[str, Evaluation]]) -> list[tuple[str, list[str]
             m = ev.metrics
             if key not in m and "image_metrics" in m:  # literature set: figure level, max
                 m = m["image_metrics"].get("max", {})
+            if isinstance(m.get(key), str):  # no metric: "precision": "fp32", the inference
+                m = {}  # precision, in a metrics.json from before inference_precision
             cells.append(_metric_cell(m, key))
         if any(c != "n/a" for c in cells):
             rows.append((label, cells))
