@@ -202,5 +202,24 @@ def wrap_model(
         ids = [device.index] if device.type == "cuda" else None
         net = DDP(model, device_ids=ids)
     if cfg.compile:
+        if device.type == "cpu":
+            check_cpu_compiler()
         net = torch.compile(net)  # type: ignore[assignment]
     return net
+
+
+def check_cpu_compiler() -> None:
+    """``--compile`` on the CPU builds C++ at the first step: with no working compiler that
+    was a 140-line InductorError after training had begun; now one line before it."""
+    try:
+        from torch._inductor.cpp_builder import get_cpp_compiler
+        from torch._inductor.exc import InvalidCxxCompiler
+    except ImportError:  # another torch layout: leave it to torch.compile
+        return
+    try:
+        get_cpp_compiler()
+    except InvalidCxxCompiler:
+        raise DomainError(
+            "--compile: torch.compile needs a working C++ compiler on the CPU and found none "
+            "(install g++, or set CXX); train without --compile"
+        ) from None
