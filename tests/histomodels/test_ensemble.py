@@ -317,3 +317,20 @@ def test_an_ensemble_written_where_it_cannot_be_names_the_out_path(
         folder.chmod(0o755)
         (folder / "run").chmod(0o755)
     assert sorted(p.name for p in folder.rglob("*")) == ["run"]
+
+
+def test_an_ensemble_out_in_a_file_is_refused_before_the_members_load(tmp_path: Path) -> None:
+    """``--out f/e.pt`` with ``f`` a file was checked only after every member loaded (a
+    missing member's line came first); a run folder ``--out`` that is a link to nowhere
+    was made only after that too."""
+    f = tmp_path / "f"
+    f.write_text("mine")
+    (tmp_path / "dang").symlink_to(tmp_path / "nowhere")
+    dang = tmp_path / "dang"
+    for out, said in ((f / "e.pt", f"{f}: is a file, not a folder"),
+                      (dang, f"{dang}: broken symbolic link")):  # fmt: skip
+        r = CliRunner().invoke(
+            app, ["ensemble", "/no/such/a.pt", "/no/such/b.pt", "--out", str(out)]
+        )
+        assert r.exit_code == 1 and r.stderr == f"error: {said}\n", r.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dang", "f"]

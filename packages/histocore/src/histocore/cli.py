@@ -86,6 +86,8 @@ def require_folder(*paths: str | Path | None, what: str = "folder") -> None:
         path = Path(raw).expanduser()
         if path.exists() and not path.is_dir():
             fail(f"{raw}: is a file, not a {what}")
+        if path.is_symlink() and not path.exists():  # made it would fail after the work
+            fail(f"{raw}: broken symbolic link")
         _require_parents(path)
 
 

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from histomodels.cli._common import errors, require_folder
+from histomodels.cli._common import errors, require_file_out, require_folder
 
 
 def _two_or_more(sources: list[str]) -> list[str]:
@@ -34,6 +34,8 @@ def ensemble_cmd(
     and temperature); eval, predict and export then take OUT like any checkpoint."""
     if out.suffix != ".pt":  # a run folder (→ best.pt)
         require_folder(out, what="run folder; a checkpoint file to write ends in .pt")
+    else:  # before the members load: 'f/e.pt' with f a file
+        require_file_out(out)
     from histomodels.ensemble import write_ensemble
 
     with errors():
