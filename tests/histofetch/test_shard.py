@@ -783,3 +783,58 @@ def test_stale_part_files_are_removed_through_the_outputs_folder_links_only_wher
     assert (disk / "r1" / ".merge-link.part").is_symlink()
     assert (tmp_path / "user.txt").read_text() == "the user's"
     assert (disk / "r1" / "a.pdf").read_bytes() == b"%PDF a"
+
+
+def _labelled_run(run: Path, rid: str, answers: list[tuple[str, str | None]]) -> Path:
+    """``run`` holding record ``rid`` with two kept figures (``fig1``, ``fig2``, each its own
+    sha256), answered on the review page as ``answers`` ((figure, label) each, in order)."""
+    from histocore.manifest import Image
+    from histofetch.review.data import save_answer
+
+    with Manifest.load(run, create=True) as m:
+        m.add_record(Record(id=rid, stage="extracted"))
+        for fig in ("fig1", "fig2"):
+            image_id = f"{rid}/{fig}"
+            sha = hashlib.sha256(image_id.encode()).hexdigest()
+            m.add_image(
+                Image(id=image_id, record_id=rid, path=f"images/{rid}_{fig}.png", sha256=sha,
+                      width=9, height=9, kept=True)
+            )  # fmt: skip
+        m.save()
+        for fig, label in answers:
+            save_answer(m, f"{rid}/{fig}", label, "ann")
+    return run
+
+
+def test_merge_appends_the_review_log_lines_to_the_outputs_log_in_place(tmp_path: Path) -> None:
+    """A merge into an output with a review log read the log whole and renamed a rewritten
+    copy into place: an answer the review page appended in between was lost, and the log's
+    mode went from 0600 to 0644. Now the lines are appended in place, as the page appends
+    its answers: the log keeps its inode and mode, and a last line left without its line
+    end (a write cut short) is not glued to the first line added. An output log that has
+    another name (a hard link: another run's log) is refused, as the page refuses it."""
+    log_name = "review_log.jsonl"
+    a = _labelled_run(tmp_path / "a", "r1", [("fig1", "metastasis")])
+    b = _labelled_run(tmp_path / "b", "r2", [("fig1", "no_metastasis"), ("fig2", "metastasis")])
+    out = tmp_path / "out"
+    merge_runs([a], out)
+    log = out / log_name
+    log.chmod(0o600)  # the owner keeps who labelled what to themselves
+    with log.open("a") as fh:
+        fh.write('{"image_id": "r1/fig1", "lab')  # a write cut short
+    before, inode = log.read_bytes(), log.stat().st_ino
+    summary = merge_runs([b], out)
+    assert summary.log_lines == 2
+    assert log.stat().st_ino == inode and log.stat().st_mode & 0o777 == 0o600
+    assert log.read_bytes() == before + b"\n" + (b / log_name).read_bytes()
+    other = tmp_path / "other_run_log.jsonl"
+    os.link(log, other)
+    c = _labelled_run(tmp_path / "c", "r3", [("fig1", "metastasis")])
+    r = runner.invoke(app, ["merge", str(c), "--out", str(out)])
+    assert r.exit_code == 1 and r.output == (
+        f"error: {log}: has 1 other name(s) (a hard link: another run's log?); give it a file "
+        "of its own (cp it to a new file, mv that over it); nothing merged\n"
+    )
+    assert other.read_bytes() == log.read_bytes() == before + b"\n" + (b / log_name).read_bytes()
+    with Manifest.load(out) as m:
+        assert "r3" not in m.records

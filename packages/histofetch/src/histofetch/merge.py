@@ -36,8 +36,10 @@
   as it was (JSON objects only: the command names each log whose other lines it left out,
   and a log that is a link or not a regular file is not read); a line the output's log
   holds already (or an earlier input's) is not added again, so a second merge adds only
-  new answers. The log is
-  written whole under a temporary name and renamed into place.
+  new answers. The lines are appended to the output's log in place, as the review page
+  appends its answers (never rewritten: answers it appends meanwhile stay, and so does the
+  log's mode); an output whose log has another name (a hard link) is refused, as the page
+  refuses it.
 * A file copied into the output is written under a temporary name beside it
   (``.merge-XXXXXXXX.part``), locked (``flock``) while it is written, and renamed into
   place. A merge killed mid-copy (SIGKILL, a power cut) leaves that file behind; the next
@@ -57,10 +59,11 @@ import posixpath
 import shutil
 import stat
 import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from histocore.io import NotJSON, atomic_writer, file_sha256, free_name, loads_json
+from histocore.io import NotJSON, file_sha256, free_name, loads_json
 from histocore.manifest import MANIFEST_NAME, STAGES, Manifest, ManifestError, Record
 from histocore.store import RENAME_REFUSED, RENAMED, STORE_NAME
 
@@ -278,6 +281,16 @@ def _check_out_log(path: Path) -> None:
         raise ManifestError(f"{path}: cannot be read ({exc.strerror}); nothing merged") from None
     if not stat.S_ISREG(st.st_mode):
         raise ManifestError(f"{path}: not a regular file; nothing merged")
+    if st.st_nlink > 1:  # lines appended to it would go to the other name's run too
+        raise ManifestError(f"{path}: {_other_names(st.st_nlink)}; nothing merged")
+
+
+def _other_names(nlink: int) -> str:
+    """What the review page says of a log that is a hard link, which it refuses too."""
+    return (
+        f"has {nlink - 1} other name(s) (a hard link: another run's log?); give it a file "
+        "of its own (cp it to a new file, mv that over it)"
+    )
 
 
 def _read_log(path: Path) -> bytes | None:
@@ -344,13 +357,63 @@ def _merge_logs(loaded: list[Manifest], out_log: Path, summary: MergeSummary) ->
             if line not in seen:
                 seen.add(line)
                 new.append(line)
-    if not new:
-        return
-    if have and not have.endswith(b"\n"):
-        have += b"\n"
-    with atomic_writer(out_log) as fh:
-        fh.write(have + "".join(f"{line}\n" for line in new).encode("utf-8"))
-    summary.log_lines = len(new)
+    summary.log_lines = _append_lines(out_log, new)
+
+
+def _append_lines(path: Path, lines: Iterable[str]) -> int:
+    """Append ``lines`` to the output's review log in place, as the review page appends its
+    answers (``O_APPEND``, one ``write`` a line), and return how many. The log is never
+    rewritten: an answer the page appends meanwhile stays (a rewrite renamed into place
+    lost it), and so do the log's mode and its inode. A last line left without its line
+    end (a write cut short) gets one first, not the first line added glued to it. The log
+    is opened, and created, only at the first line."""
+    fd, count = None, 0
+    try:
+        for line in lines:
+            data = f"{line}\n".encode()
+            if fd is None:
+                fd = _open_out_log(path)
+                size = os.fstat(fd).st_size
+                if size and os.pread(fd, 1, size - 1) != b"\n":
+                    data = b"\n" + data
+            _write_all(fd, data)
+            count += 1
+        if fd is not None:
+            os.fsync(fd)
+    except OSError as exc:
+        raise ManifestError(
+            f"{path}: cannot be written ({exc.strerror or exc}); {_n(count, 'review log line')} "
+            "of the inputs' added, the rest not merged"
+        ) from None
+    finally:
+        if fd is not None:
+            os.close(fd)
+    return count
+
+
+def _open_out_log(path: Path) -> int:
+    """The output's review log opened to append (created where there is none), only as a
+    regular file with no other name (made a link or a FIFO since the check: not written
+    through)."""
+    flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK
+    try:
+        fd = os.open(path, flags, 0o644)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENXIO, errno.EISDIR):
+            raise ManifestError(f"{path}: not a regular file; review logs not merged") from None
+        raise
+    st = os.fstat(fd)
+    if stat.S_ISREG(st.st_mode) and st.st_nlink == 1:
+        return fd
+    os.close(fd)
+    why = "not a regular file" if not stat.S_ISREG(st.st_mode) else _other_names(st.st_nlink)
+    raise ManifestError(f"{path}: {why}; review logs not merged")
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def _rename_notes(loaded: list[Manifest], merged: Manifest) -> dict[str, str]:
