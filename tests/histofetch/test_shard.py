@@ -838,3 +838,28 @@ def test_merge_appends_the_review_log_lines_to_the_outputs_log_in_place(tmp_path
     assert other.read_bytes() == log.read_bytes() == before + b"\n" + (b / log_name).read_bytes()
     with Manifest.load(out) as m:
         assert "r3" not in m.records
+
+
+def test_merge_keeps_an_answer_given_twice_in_one_second(tmp_path: Path) -> None:
+    """A review log line names its time to the second: 'metastasis', undo, 'metastasis' in
+    one second is two equal lines, and the merge kept one of them, so the merged log ended
+    with the undo where the store holds 'metastasis'. Now a line is added as many times as
+    the input holds it beyond the times the output's log holds it."""
+    answer = json.dumps(
+        {"at": "2026-12-02T11:00:00+00:00", "image_id": "r1/fig1", "label": "metastasis",
+         "previous": None, "reviewer": "ann", "weak_label": None}, sort_keys=True
+    )  # fmt: skip
+    undo = json.dumps(
+        {"at": "2026-12-02T11:00:00+00:00", "image_id": "r1/fig1", "label": None,
+         "previous": "metastasis", "reviewer": "ann", "weak_label": None}, sort_keys=True
+    )  # fmt: skip
+    a = _labelled_run(tmp_path / "a", "r1", [])
+    (a / "review_log.jsonl").write_text(f"{answer}\n{undo}\n{answer}\n")
+    out = tmp_path / "out"
+    assert merge_runs([a], out).log_lines == 3
+    assert (out / "review_log.jsonl").read_text() == f"{answer}\n{undo}\n{answer}\n"
+    kept = tmp_path / "kept"  # the first answer copied in by hand: the other two added
+    kept.mkdir()
+    (kept / "review_log.jsonl").write_text(f"{answer}\n")
+    assert merge_runs([a], kept).log_lines == 2
+    assert (kept / "review_log.jsonl").read_text() == f"{answer}\n{undo}\n{answer}\n"

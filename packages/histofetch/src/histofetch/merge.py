@@ -34,11 +34,13 @@
 * The inputs' review logs (``review_log.jsonl``: who labelled what, appended by the review
   page) are carried: their lines are added to the output's log, in input order, each line
   as it was (JSON objects only: the command names each log whose other lines it left out,
-  and a log that is a link or not a regular file is not read); a line the output's log
-  holds already (or an earlier input's) is not added again, so a second merge adds only
-  new answers. The lines are appended to the output's log in place, as the review page
-  appends its answers (never rewritten: answers it appends meanwhile stay, and so does the
-  log's mode); an output whose log has another name (a hard link) is refused, as the page
+  and a log that is a link or not a regular file is not read); a line is added only as
+  many times as an input holds it beyond the times the output's log (or an earlier
+  input's) holds it, so a second merge adds only new answers, and an answer given twice in
+  one second (``metastasis``, undo, ``metastasis``: two equal lines) stays twice. The
+  lines are appended to the output's log in place, as the review page appends its
+  answers (never rewritten: answers it appends meanwhile stay, and so does the log's
+  mode); an output whose log has another name (a hard link) is refused, as the page
   refuses it.
 * A file copied into the output is written under a temporary name beside it
   (``.merge-XXXXXXXX.part``), locked (``flock``) while it is written, and renamed into
@@ -59,6 +61,7 @@ import posixpath
 import shutil
 import stat
 import tempfile
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -335,7 +338,10 @@ def _merge_logs(loaded: list[Manifest], out_log: Path, summary: MergeSummary) ->
         have = _read_log(out_log) or b""
     except OSError as exc:  # made a link or a FIFO since the check: not written through
         raise ManifestError(f"{out_log}: {exc.strerror or exc}; review logs not merged") from None
-    seen = set(_log_lines(have)[0])
+    # How often the output's log (and the lines added so far) holds each line: a line is
+    # added only as often as an input holds it beyond that. Never deduplicated within one
+    # log: 'metastasis, undo, metastasis' in one second is two equal lines, both answers.
+    held = Counter(_log_lines(have)[0])
     new: list[str] = []
     for run in loaded:
         path = run.run_dir / LOG_NAME
@@ -353,9 +359,12 @@ def _merge_logs(loaded: list[Manifest], out_log: Path, summary: MergeSummary) ->
                 f"{_n(len(bad), 'line')} not JSON objects (first: line {bad[0]}) left out "
                 "of the merged review log"
             )
+        left = held.copy()  # this input's lines the output holds already
         for line in good:
-            if line not in seen:
-                seen.add(line)
+            if left[line] > 0:
+                left[line] -= 1
+            else:
+                held[line] += 1
                 new.append(line)
     summary.log_lines = _append_lines(out_log, new)
 
