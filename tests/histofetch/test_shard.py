@@ -629,37 +629,76 @@ def test_merge_carries_the_inputs_review_logs_into_the_outputs(tmp_path: Path) -
     the inputs' logs are added to the output's in input order, each line as it was, lines
     that are not JSON objects left out with one warning naming the log; a second merge adds
     nothing again, and the review page goes on appending to the merged log."""
-    from review_kit import make_run
-
     from histofetch.review.data import LOG_NAME, save_answer
 
-    a = make_run(tmp_path / "a")
-    b = Path(shutil.copytree(a, tmp_path / "b" / "run"))
-    with Manifest.load(a) as m:
-        save_answer(m, "pmid:1/fig1", "metastasis", "ann")
-        save_answer(m, "pmid:1/fig2", "no_metastasis", "ann")
-    with Manifest.load(b) as m:
-        save_answer(m, "pmid:2/fig1", "metastasis", "bob")
+    a = _labelled_run(tmp_path / "a", "r1", [("fig1", "metastasis"), ("fig2", "no_metastasis")])
+    b = _labelled_run(tmp_path / "b", "r2", [("fig1", "metastasis")])
     a_lines = (a / LOG_NAME).read_text().splitlines()
     (b_line,) = (b / LOG_NAME).read_text().splitlines()
     with (b / LOG_NAME).open("a") as fh:  # a torn line, a JSON number, a last line unended
-        fh.write('{"image_id": "pmid:2/fi\n7\n\n{"image_id": "x", "label": null}')
+        fh.write('{"image_id": "r2/fi\n7\n\n{"image_id": "r2/fig2", "label": null}')
     out = tmp_path / "out"
     r = runner.invoke(app, ["merge", str(a), str(b), "--out", str(out)])
     assert r.exit_code == 0, r.output
     assert f"warning: {b / LOG_NAME}: 2 lines not JSON objects (first: line 2) left out " in (
         r.output
     )
+    assert "merged 2 runs: 2 records, 4 images added, 4 review log lines carried\n" in r.output
     merged = (out / LOG_NAME).read_text()
-    assert merged == "\n".join([*a_lines, b_line, '{"image_id": "x", "label": null}']) + "\n"
+    assert merged == "\n".join([*a_lines, b_line, '{"image_id": "r2/fig2", "label": null}']) + "\n"
     assert (out / LOG_NAME).stat().st_nlink == 1 and (a / LOG_NAME).stat().st_nlink == 1
     again = runner.invoke(app, ["merge", str(a), str(b), "--out", str(out)])
     assert again.exit_code == 0 and (out / LOG_NAME).read_text() == merged, again.output
     with Manifest.load(out) as m:  # the review page appends to the merged log as to its own
-        save_answer(m, "pmid:1/fig1", "not_usable", "cy")
+        save_answer(m, "r1/fig1", "not_usable", "cy")
     lines = (out / LOG_NAME).read_text().splitlines()
     assert [json.loads(x)["image_id"] for x in lines] == [
-        "pmid:1/fig1", "pmid:1/fig2", "pmid:2/fig1", "x", "pmid:1/fig1"
+        "r1/fig1", "r1/fig2", "r2/fig1", "r2/fig2", "r1/fig1"
+    ]  # fmt: skip
+
+
+def test_merge_carries_only_the_answers_about_what_it_added(tmp_path: Path) -> None:
+    """A shard reviewed further after a first merge: the second merge kept the output's
+    record as it was (its label not changed) but carried the new answer, so the log said
+    'no_metastasis' where the store holds 'metastasis', and the summary said 'nothing new
+    added'. The same went for the answers about a record another input's copy of was taken
+    and about an image left out as a duplicate. Now only the lines about the images this
+    merge added from each input are carried, and the summary counts them."""
+    from histocore.manifest import Image
+    from histofetch.review.data import LOG_NAME, save_answer
+
+    a = _labelled_run(tmp_path / "a", "r1", [("fig1", "metastasis")])
+    first = (a / LOG_NAME).read_text()
+    out = tmp_path / "out"
+    assert merge_runs([a], out).log_lines == 1
+    with Manifest.load(a) as m:
+        save_answer(m, "r1/fig1", "no_metastasis", "ann")
+    summary = merge_runs([a], out)
+    assert summary.log_lines == 0 and (out / LOG_NAME).read_text() == first
+    assert summary.line() == (
+        "merged 1 run: nothing new added (1 run merged into it before, 1 record already in the "
+        "output)"
+    )
+    copy = Path(shutil.copytree(a, tmp_path / "copy"))  # r1 again: a's copy is taken
+    with Manifest.load(copy) as m:
+        save_answer(m, "r1/fig2", "metastasis", "bob")
+    c = _labelled_run(tmp_path / "c", "r3", [("fig1", "metastasis")])
+    with Manifest.load(c) as m:  # r3/fig3: r1/fig1's bytes, left out as a duplicate
+        m.add_image(
+            Image(id="r3/fig3", record_id="r3", path="images/r3_fig3.png", width=9, height=9,
+                  sha256=hashlib.sha256(b"r1/fig1").hexdigest(), kept=True)
+        )  # fmt: skip
+        m.save()
+        save_answer(m, "r3/fig3", "no_metastasis", "cy")
+    new = tmp_path / "new"
+    summary = merge_runs([a, copy, c], new)
+    assert summary.line() == (
+        "merged 3 runs: 2 records, 4 images added, 3 review log lines carried (1 duplicate "
+        "record and 1 duplicate image left out)"
+    )
+    lines = [json.loads(x) for x in (new / LOG_NAME).read_text().splitlines()]
+    assert [(x["image_id"], x["reviewer"]) for x in lines] == [
+        ("r1/fig1", "ann"), ("r1/fig1", "ann"), ("r3/fig1", "ann")
     ]  # fmt: skip
 
 

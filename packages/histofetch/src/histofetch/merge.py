@@ -32,16 +32,17 @@
   long for the file system, a NUL character) is kept as it is, its file left behind, and
   the command says so, one line per input.
 * The inputs' review logs (``review_log.jsonl``: who labelled what, appended by the review
-  page) are carried: their lines are added to the output's log, in input order, each line
-  as it was (JSON objects only: the command names each log whose other lines it left out,
-  and a log that is a link or not a regular file is not read); a line is added only as
-  many times as an input holds it beyond the times the output's log (or an earlier
-  input's) holds it, so a second merge adds only new answers, and an answer given twice in
-  one second (``metastasis``, undo, ``metastasis``: two equal lines) stays twice. The
-  lines are appended to the output's log in place, as the review page appends its
-  answers (never rewritten: answers it appends meanwhile stay, and so does the log's
-  mode); an output whose log has another name (a hard link) is refused, as the page
-  refuses it.
+  page) are carried: the lines about the images this merge added from each input (not
+  those of a record kept as the output holds it, nor of a record or image left out as a
+  duplicate: the log tells what the store holds) are added to the output's log, in input
+  order, each line as it was (JSON objects only: the command names each log whose other
+  lines it left out, and a log that is a link or not a regular file is not read). A line
+  is added only as many times as the input holds it beyond the times the output's log
+  holds it already, never deduplicated within one log: an answer given twice in one
+  second (``metastasis``, undo, ``metastasis``: two equal lines) stays twice. The lines
+  are appended to the output's log in place, as the review page appends its answers
+  (never rewritten: answers it appends meanwhile stay, and so does the log's mode); an
+  output whose log has another name (a hard link) is refused, as the page refuses it.
 * A file copied into the output is written under a temporary name beside it
   (``.merge-XXXXXXXX.part``), locked (``flock``) while it is written, and renamed into
   place. A merge killed mid-copy (SIGKILL, a power cut) leaves that file behind; the next
@@ -105,6 +106,9 @@ class MergeSummary:
     left_behind: dict[str, int] = field(default_factory=dict)
     #: review log lines added to the output's log
     log_lines: int = 0
+    #: inputs (their folders) → ids of the images this merge added from each: only their
+    #: review log lines are carried
+    added_images: dict[str, set[str]] = field(default_factory=dict, repr=False)
     #: inputs' review logs → why lines of theirs were left out (not JSON objects, or the
     #: whole log: a link, not a regular file)
     log_left_out: dict[str, str] = field(default_factory=dict)
@@ -156,6 +160,8 @@ class MergeSummary:
             _n(n, what) for n, what in ((self.records, "record"), (self.images, "image")) if n
         ]
         added = f"{', '.join(counts)} added" if counts else "nothing new added"
+        if self.log_lines:
+            added += f", {_n(self.log_lines, 'review log line')} carried"
         notes = (
             [f"{_n(self.repeated, 'run')} named more than once, read once"] if self.repeated else []
         )
@@ -258,6 +264,7 @@ def _merge(loaded: list[Manifest], merged: Manifest) -> MergeSummary:
             path = _bring(run, merged, img.path, summary, img.sha256, names) or img.path
             merged.add_image(replace(img, path=path))
             summary.images += 1
+            summary.added_images.setdefault(str(run.run_dir), set()).add(img.id)
         if dropped:
             rec.extra["merge_duplicates"] = dropped
             summary.duplicate_images += len(dropped)
@@ -344,6 +351,9 @@ def _merge_logs(loaded: list[Manifest], out_log: Path, summary: MergeSummary) ->
     held = Counter(_log_lines(have)[0])
     new: list[str] = []
     for run in loaded:
+        if str(run.run_dir) not in summary.per_run:
+            continue  # nothing of it added: none of its answers are about the output's rows
+        added = summary.added_images.get(str(run.run_dir), set())
         path = run.run_dir / LOG_NAME
         try:
             data = _read_log(path)
@@ -361,6 +371,8 @@ def _merge_logs(loaded: list[Manifest], out_log: Path, summary: MergeSummary) ->
             )
         left = held.copy()  # this input's lines the output holds already
         for line in good:
+            if loads_json(line).get("image_id") not in added:
+                continue  # of an image not added from this input: the output's is as it was
             if left[line] > 0:
                 left[line] -= 1
             else:
