@@ -902,3 +902,29 @@ def test_merge_keeps_an_answer_given_twice_in_one_second(tmp_path: Path) -> None
     (kept / "review_log.jsonl").write_text(f"{answer}\n")
     assert merge_runs([a], kept).log_lines == 2
     assert (kept / "review_log.jsonl").read_text() == f"{answer}\n{undo}\n{answer}\n"
+
+
+def test_merge_reads_the_review_logs_line_by_line(tmp_path: Path) -> None:
+    """The review logs were read whole, each line kept (a 177 MB log took 900 MB, and a
+    bigger one ended in a MemoryError traceback). Now they are read and written line by
+    line: the merge of a 4 MB log, every line carried, holds a small part of it at once."""
+    import tracemalloc
+
+    a = _labelled_run(tmp_path / "a", "r1", [])
+    line = {"image_id": "r1/fig1", "label": "metastasis", "previous": None, "reviewer": "ann"}
+    with (a / "review_log.jsonl").open("w") as fh:
+        for n in range(40_000):
+            fh.write(json.dumps({**line, "at": f"2026-12-02T11:00:00+00:00 {n:05}"}) + "\n")
+    size = (a / "review_log.jsonl").stat().st_size
+    assert size > 4_000_000
+    tracemalloc.start()
+    try:
+        summary = merge_runs([a], tmp_path / "out")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert summary.log_lines == 40_000
+    assert (tmp_path / "out" / "review_log.jsonl").read_bytes() == (
+        a / "review_log.jsonl"
+    ).read_bytes()
+    assert peak < size / 4, (peak, size)

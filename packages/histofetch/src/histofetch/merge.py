@@ -57,15 +57,17 @@ import contextlib
 import errno
 import fcntl
 import filecmp
+import hashlib
 import os
 import posixpath
 import shutil
 import stat
 import tempfile
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any, BinaryIO
 
 from histocore.io import NotJSON, file_sha256, free_name, loads_json
 from histocore.manifest import MANIFEST_NAME, STAGES, Manifest, ManifestError, Record
@@ -303,82 +305,113 @@ def _other_names(nlink: int) -> str:
     )
 
 
-def _read_log(path: Path) -> bytes | None:
-    """The bytes of a review log; None where there is none. OSError for a link or a file
-    that is not a regular one (a FIFO hung the reader), read without following or blocking."""
+def _open_log(path: Path) -> BinaryIO | None:
+    """A review log opened to read; None where there is none. OSError for a link or a file
+    that is not a regular one (a FIFO hung the reader), opened without following or
+    blocking."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except FileNotFoundError:
         return None
-    with os.fdopen(fd, "rb") as fh:
-        if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
-            raise OSError("not a regular file")
-        return fh.read()
+    fh = os.fdopen(fd, "rb")
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        fh.close()
+        raise OSError("not a regular file")
+    return fh
 
 
-def _log_lines(data: bytes) -> tuple[list[str], list[int]]:
-    """The lines of a review log that are JSON objects, as they were (without their line
-    end), and the numbers of the other lines (blank lines are neither)."""
-    good, bad = [], []
-    for n, raw in enumerate(data.split(b"\n"), start=1):
+def _log_lines(fh: BinaryIO) -> Iterator[tuple[int, str, dict[str, Any] | None]]:
+    """The lines of a review log read one by one (a log of a million answers is not held
+    whole: it was, 177 MB taking 900 MB), as they were (without their line end), with
+    their numbers and, for a JSON object, the object; blank lines are left out."""
+    for n, raw in enumerate(fh, start=1):
+        raw = raw.removesuffix(b"\n")
         if not raw.strip():
             continue
         try:
             line = raw.decode("utf-8")
         except UnicodeDecodeError:
-            bad.append(n)
+            yield n, "", None
             continue
         try:
-            ok = isinstance(loads_json(line), dict)
+            obj = loads_json(line)
         except NotJSON:
-            ok = False
-        if ok:
-            good.append(line)
-        else:
-            bad.append(n)
-    return good, bad
+            obj = None
+        yield n, line, obj if isinstance(obj, dict) else None
+
+
+def _digest(line: str) -> bytes:
+    return hashlib.blake2b(line.encode(), digest_size=16).digest()
+
+
+def _held_lines(out_log: Path, wanted: set[str]) -> Counter[bytes]:
+    """How many times the output's log holds each line about an image of ``wanted`` (by the
+    line's digest: only those can be an input's line carried)."""
+    held: Counter[bytes] = Counter()
+    if not wanted:
+        return held
+    try:
+        fh = _open_log(out_log)
+        if fh is None:
+            return held
+        with fh:
+            for _, line, obj in _log_lines(fh):
+                if obj is not None and obj.get("image_id") in wanted:
+                    held[_digest(line)] += 1
+    except OSError as exc:  # made a link or a FIFO since the check: not written through
+        raise ManifestError(f"{out_log}: {exc.strerror or exc}; review logs not merged") from None
+    return held
 
 
 def _merge_logs(loaded: list[Manifest], out_log: Path, summary: MergeSummary) -> None:
-    """Add the inputs' review log lines to the output's (see the module's notes)."""
+    """Add the inputs' review log lines to the output's (see the module's notes), each log
+    read line by line."""
+    # A line is added only as many times as its input holds it beyond the times the
+    # output's log holds it. Never deduplicated within one log: 'metastasis, undo,
+    # metastasis' in one second is two equal lines, both answers. (An image is added from
+    # one input only, so no two inputs' carried lines are about one image.)
+    held = _held_lines(out_log, set().union(*summary.added_images.values()))
+
+    def carried() -> Iterator[str]:
+        for run in loaded:
+            if str(run.run_dir) in summary.per_run:  # else none of it added: not read
+                yield from _carried(run, summary, held)
+
+    summary.log_lines = _append_lines(out_log, carried())
+
+
+def _carried(run: Manifest, summary: MergeSummary, held: Counter[bytes]) -> Iterator[str]:
+    """The lines of ``run``'s review log to add to the output's: those about the images
+    added from it that the output's log does not hold (``held``, taken from as they are
+    met). What is left out otherwise goes to ``summary.log_left_out``."""
+    added = summary.added_images.get(str(run.run_dir), set())
+    path = run.run_dir / LOG_NAME
+    bad = first_bad = 0
     try:
-        have = _read_log(out_log) or b""
-    except OSError as exc:  # made a link or a FIFO since the check: not written through
-        raise ManifestError(f"{out_log}: {exc.strerror or exc}; review logs not merged") from None
-    # How often the output's log (and the lines added so far) holds each line: a line is
-    # added only as often as an input holds it beyond that. Never deduplicated within one
-    # log: 'metastasis, undo, metastasis' in one second is two equal lines, both answers.
-    held = Counter(_log_lines(have)[0])
-    new: list[str] = []
-    for run in loaded:
-        if str(run.run_dir) not in summary.per_run:
-            continue  # nothing of it added: none of its answers are about the output's rows
-        added = summary.added_images.get(str(run.run_dir), set())
-        path = run.run_dir / LOG_NAME
-        try:
-            data = _read_log(path)
-        except OSError as exc:
-            why = "a link" if exc.errno == errno.ELOOP else (exc.strerror or str(exc))
-            summary.log_left_out[str(path)] = f"{why}; not read, its answers not merged"
-            continue
-        if data is None:
-            continue
-        good, bad = _log_lines(data)
-        if bad:
-            summary.log_left_out[str(path)] = (
-                f"{_n(len(bad), 'line')} not JSON objects (first: line {bad[0]}) left out "
-                "of the merged review log"
-            )
-        left = held.copy()  # this input's lines the output holds already
-        for line in good:
-            if loads_json(line).get("image_id") not in added:
-                continue  # of an image not added from this input: the output's is as it was
-            if left[line] > 0:
-                left[line] -= 1
-            else:
-                held[line] += 1
-                new.append(line)
-    summary.log_lines = _append_lines(out_log, new)
+        fh = _open_log(path)
+        if fh is None:
+            return
+        with fh:
+            for n, line, obj in _log_lines(fh):
+                if obj is None:
+                    bad, first_bad = bad + 1, first_bad or n
+                    continue
+                if obj.get("image_id") not in added:
+                    continue  # of an image not added from this input: the output's as it was
+                digest = _digest(line)
+                if held[digest] > 0:
+                    held[digest] -= 1
+                else:
+                    yield line
+    except OSError as exc:
+        why = "a link" if exc.errno == errno.ELOOP else (exc.strerror or str(exc))
+        summary.log_left_out[str(path)] = f"{why}; not read, its answers not merged"
+        return
+    if bad:
+        summary.log_left_out[str(path)] = (
+            f"{_n(bad, 'line')} not JSON objects (first: line {first_bad}) left out "
+            "of the merged review log"
+        )
 
 
 def _append_lines(path: Path, lines: Iterable[str]) -> int:
