@@ -928,3 +928,47 @@ def test_merge_reads_the_review_logs_line_by_line(tmp_path: Path) -> None:
         a / "review_log.jsonl"
     ).read_bytes()
     assert peak < size / 4, (peak, size)
+
+
+def test_the_part_file_cleanup_removes_only_the_merges_own(tmp_path: Path) -> None:
+    """The cleanup of the part files a killed merge left removed files that were not the
+    merge's: a row's own file named '.merge-r1aaaaaa.part', any '.merge-*.part' anywhere
+    under --out (the whole tree was walked: '--out ~' walked the home folder), and it ran
+    before the checks that refuse a merge, so a refused one ('nothing merged') removed them
+    too. Now only names such as the merge's temporary files have are removed, never one a
+    row names, only in the folders the rows' files go to, and only by a merge not refused;
+    the summary counts them."""
+    from histocore.manifest import Image
+
+    s1, s2, out = tmp_path / "s1", tmp_path / "s2", tmp_path / "out"
+    _run_with_pdf(s1, Record(id="r1", pdf_path="pdfs/.merge-r1aaaaaa.part"), b"%PDF r1")
+    _run_with_pdf(s2, Record(id="r2", pdf_path="pdfs/r2.pdf"), b"%PDF r2")
+    merge_runs([s1], out)
+    stale = out / "pdfs" / ".merge-k3_x9q0z.part"
+    users = [out / "pdfs" / ".merge-draft.part", out / "notes" / ".merge-abcdefgh.part"]
+    for path in (stale, *users):
+        path.parent.mkdir(exist_ok=True)
+        path.write_text("x")
+    bad1, bad2 = tmp_path / "bad1", tmp_path / "bad2"
+    for run, rid in ((bad1, "a"), (bad2, "b")):  # one image id for two records: refused
+        with Manifest.load(run, create=True) as m:
+            m.add_record(Record(id=rid, stage="extracted"))
+            m.add_image(
+                Image(id="fig", record_id=rid, path="pdfs/fig.png", sha256=rid * 64, width=1,
+                      height=1)
+            )  # fmt: skip
+            m.save()
+    r = runner.invoke(app, ["merge", str(bad1), str(bad2), "--out", str(out)])
+    assert r.exit_code == 1 and r.output.endswith("; nothing merged\n"), r.output
+    assert stale.exists()
+    r = runner.invoke(app, ["merge", str(s2), "--out", str(out)])
+    assert r.exit_code == 0 and r.output == (
+        "merged 1 run: 1 record added (1 leftover .merge-*.part file removed)\n"
+    )
+    assert not stale.exists() and all(path.exists() for path in users)
+    assert (out / "pdfs" / ".merge-r1aaaaaa.part").read_bytes() == b"%PDF r1"
+    assert sorted(os.listdir(out / "pdfs")) == [
+        ".merge-draft.part",
+        ".merge-r1aaaaaa.part",
+        "r2.pdf",
+    ]

@@ -46,9 +46,10 @@
 * A file copied into the output is written under a temporary name beside it
   (``.merge-XXXXXXXX.part``), locked (``flock``) while it is written, and renamed into
   place. A merge killed mid-copy (SIGKILL, a power cut) leaves that file behind; the next
-  merge into the output removes every such file no live process holds locked (a merge
-  still copying into it keeps its own) from the output's folders and the folders its and
-  the inputs' rows name through its folder links.
+  merge into the output (once nothing refuses it) removes every such file no live process
+  holds locked (a merge still copying into it keeps its own) from the folders the
+  output's and the inputs' rows' files go to in the output (through its folder links too)
+  and nowhere else: only that name exactly, never a file a row names.
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ import filecmp
 import hashlib
 import os
 import posixpath
+import re
 import shutil
 import stat
 import tempfile
@@ -171,6 +173,8 @@ class MergeSummary:
             notes.append(f"{_n(self.merged_before, 'run')} merged into it before")
         if self.already:
             notes.append(f"{_n(self.already, 'record')} already in the output")
+        if self.stale_parts:
+            notes.append(f"{_n(self.stale_parts, 'leftover .merge-*.part file')} removed")
         left = [
             _n(n, f"duplicate {what}")
             for n, what in ((self.duplicate_records, "record"), (self.duplicate_images, "image"))
@@ -232,7 +236,6 @@ def _folder_key(path: Path) -> object:
 
 def _merge(loaded: list[Manifest], merged: Manifest) -> MergeSummary:
     summary = MergeSummary(runs=len(loaded))
-    summary.stale_parts = _remove_stale_parts(merged, loaded)
     before = set(merged.header_extra.get("merged_from", []))
     summary.merged_before = sum(str(run.run_dir.resolve()) in before for run in loaded)
     best: dict[str, tuple[Record, Manifest]] = {}
@@ -241,6 +244,7 @@ def _merge(loaded: list[Manifest], merged: Manifest) -> MergeSummary:
             if rec.id not in best or _rank(rec) > _rank(best[rec.id][0]):
                 best[rec.id] = (rec, run)
     _refuse_image_id_clashes(best, merged)
+    summary.stale_parts = _remove_stale_parts(merged, loaded)  # once nothing is refused
     pmcids = {r.pmcid: r.id for r in merged.records.values() if r.pmcid}
     ids_before, pmcids_before = set(merged.records), set(pmcids)  # the output's own
     hashes = {i.sha256: i.id for i in merged.images.values()}
@@ -702,6 +706,9 @@ def _hashes_to(src: Path, sha256: str | None) -> bool:
 #: A copy's temporary name: ``.merge-XXXXXXXX.part`` (short: ``.<name>.part`` of a
 #: 250-character name is too long)
 _PART_PREFIX, _PART_SUFFIX = ".merge-", ".part"
+#: Such a name as ``tempfile.mkstemp`` makes it (8 of ``[a-z0-9_]``): only these are
+#: removed as stale (``.merge-draft.part`` is not the merge's)
+_PART_NAME = re.compile(r"\.merge-[a-z0-9_]{8}\.part")
 
 
 def _copy_whole(src: Path, dst: Path) -> None:
@@ -737,33 +744,52 @@ def _names(path: str | Path, fd: int) -> bool:
 
 
 def _remove_stale_parts(merged: Manifest, loaded: list[Manifest]) -> int:
-    """Remove the ``.merge-*.part`` files no process holds locked (those of a merge killed
-    mid-copy) from the output's folders: every folder under it (folder links not followed)
-    and, through its folder links (``pdfs/`` moved to another disk), the folders files of
-    the output's and the inputs' rows go to. Returns how many."""
+    """Remove the part files (:data:`_PART_NAME`) no process holds locked, those of a merge
+    killed mid-copy, from the folders files of the output's and the inputs' rows go to in
+    the output (through its folder links: ``pdfs/`` moved to another disk), and only
+    there: a file named so elsewhere under it (``--out ~``) is not the merge's. A file a
+    row names (``pdfs/.merge-r1aaaaaa.part``, a row's own file) is never removed. Returns
+    how many."""
     out = merged.run_dir
-    folders = {Path(folder) for folder, _, _ in os.walk(out)}
+    folders: set[Path] = set()
+    named: set[tuple[int, int, str]] = set()  # (folder's device, inode, name) rows name
+    keys: dict[Path, tuple[int, int] | None] = {}
     for run in (merged, *loaded):
         rels = [r.pdf_path for r in run.records.values()] + [i.path for i in run.images.values()]
         for rel in rels:
             if not rel or "\x00" in rel:  # a NUL: no folder (os.stat's ValueError)
                 continue
-            if not Path(rel).is_absolute() and ".." not in Path(rel).parts:
-                folders.add((out / rel).parent)
+            path = Path(rel) if Path(rel).is_absolute() else Path(os.path.normpath(out / rel))
+            norm = posixpath.normpath(rel)
+            if not Path(rel).is_absolute() and norm != "." and not norm.startswith(".."):
+                folders.add(path.parent)
+            if path.parent not in keys:
+                keys[path.parent] = _key(path.parent)
+            if (key := keys[path.parent]) is not None:
+                named.add((*key, path.name))
     removed, seen = 0, set()
     for folder in sorted(folders):
+        key = keys.get(folder) or _key(folder)
+        if key is None or key in seen:  # not a folder, or one folder named two ways
+            continue
+        seen.add(key)
         try:
-            st = os.stat(folder)
-            names = os.listdir(folder) if stat.S_ISDIR(st.st_mode) else []
+            names = os.listdir(folder)
         except OSError:
             continue
-        if (st.st_dev, st.st_ino) in seen:  # one folder named two ways
-            continue
-        seen.add((st.st_dev, st.st_ino))
         for name in names:
-            if name.startswith(_PART_PREFIX) and name.endswith(_PART_SUFFIX):
+            if _PART_NAME.fullmatch(name) and (*key, name) not in named:
                 removed += _remove_unheld(folder / name)
     return removed
+
+
+def _key(folder: Path) -> tuple[int, int] | None:
+    """A folder's device and inode (links followed), None where it is no folder."""
+    try:
+        st = os.stat(folder)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino) if stat.S_ISDIR(st.st_mode) else None
 
 
 def _remove_unheld(path: Path) -> bool:
