@@ -972,3 +972,48 @@ def test_the_part_file_cleanup_removes_only_the_merges_own(tmp_path: Path) -> No
         ".merge-r1aaaaaa.part",
         "r2.pdf",
     ]
+
+
+def test_a_merge_copies_without_the_lock_where_the_file_system_has_none(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a file system without flock (Lustre mounted without it: ENOSYS; some NFS: ENOLCK)
+    a merge that had to copy a file failed 'error: [Errno 37] No locks available', naming
+    no file, and left its open temporary file behind, empty. Now the file is copied without
+    the lock, and a part file found there is left (it may be a live merge's on another
+    host); another failure to lock names the file, and no part file is left."""
+    import errno
+    import fcntl
+
+    from histocore.manifest import Image
+
+    shard, disk, out = tmp_path / "shard", tmp_path / "bigdisk", tmp_path / "out"
+    (disk / "r1").mkdir(parents=True)
+    shard.mkdir()
+    (shard / "images").symlink_to(disk, target_is_directory=True)  # brought by a copy
+    data = b"figure a" * 1000
+    (disk / "r1" / "a.png").write_bytes(data)
+    with Manifest.load(shard, create=True) as m:
+        m.add_record(Record(id="r1", stage="extracted"))
+        m.add_image(
+            Image(id="r1/a", record_id="r1", path="images/r1/a.png",
+                  sha256=hashlib.sha256(data).hexdigest(), width=1, height=1)
+        )  # fmt: skip
+        m.save()
+    failure = [errno.EIO]
+
+    def flock(fd: int, op: int) -> None:
+        raise OSError(failure[0], os.strerror(failure[0]))
+
+    monkeypatch.setattr(fcntl, "flock", flock)
+    r = runner.invoke(app, ["merge", str(shard), "--out", str(out)])
+    target = out / "images" / "r1" / "a.png"
+    assert r.exit_code == 1 and r.output == f"error: {target}: input/output error\n"
+    assert os.listdir(target.parent) == []
+    other = out / "images" / "r1" / ".merge-abcd1234.part"  # another host's, copying
+    other.write_bytes(b"figure")
+    failure[0] = errno.ENOLCK
+    r = runner.invoke(app, ["merge", str(shard), "--out", str(out)])
+    assert r.exit_code == 0 and r.output.endswith("\nmerged 1 run: 1 record, 1 image added\n")
+    assert target.read_bytes() == data and other.read_bytes() == b"figure"
+    assert sorted(os.listdir(target.parent)) == [".merge-abcd1234.part", "a.png"]

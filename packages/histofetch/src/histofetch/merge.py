@@ -716,22 +716,40 @@ def _copy_whole(src: Path, dst: Path) -> None:
     leaves no truncated file at ``dst`` (a rerun would take it for another article's and
     bring the file under ``-2``, the short one left named by no row). The temporary file is
     locked (``flock``) until it is renamed: :func:`_remove_stale_parts` of another merge
-    leaves it alone; a killed process's lock goes with it."""
+    leaves it alone; a killed process's lock goes with it. On a file system without locks
+    (ENOLCK, ENOSYS, EOPNOTSUPP: Lustre, some NFS) it is copied unlocked: no merge can lock
+    a part file there, so none removes one."""
     while True:
         fd, name = tempfile.mkstemp(dir=dst.parent, prefix=_PART_PREFIX, suffix=_PART_SUFFIX)
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        if _names(name, fd):
-            break
-        os.close(fd)  # removed as stale before it was locked: another name
-    tmp, replaced = Path(name), False
+        tmp, ours, replaced = Path(name), True, False
+        try:
+            if _lock(fd, dst) and not _names(tmp, fd):
+                ours = False  # removed as stale before it was locked: another name
+                continue
+            shutil.copy2(src, tmp)
+            os.replace(tmp, dst)
+            replaced = True
+            return
+        finally:
+            if ours and not replaced:
+                tmp.unlink(missing_ok=True)
+            os.close(fd)
+
+
+#: What ``flock`` fails with on a file system without locks
+_NO_LOCKS = frozenset({errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP})
+
+
+def _lock(fd: int, dst: Path) -> bool:
+    """Lock ``fd`` (a part file of ``dst``) for good; False on a file system without locks.
+    Another failure is an OSError naming ``dst`` (it named no file)."""
     try:
-        shutil.copy2(src, tmp)
-        os.replace(tmp, dst)
-        replaced = True
-    finally:
-        if not replaced:
-            tmp.unlink(missing_ok=True)
-        os.close(fd)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    except OSError as exc:
+        if exc.errno in _NO_LOCKS:
+            return False
+        raise OSError(exc.errno, exc.strerror, str(dst)) from None
+    return True
 
 
 def _names(path: str | Path, fd: int) -> bool:
@@ -803,8 +821,8 @@ def _remove_unheld(path: Path) -> bool:
             return False
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:  # a live merge is copying into it
-            return False
+        except OSError:  # a live merge is copying into it, or no locks there: it may be
+            return False  # a live merge's on another host
         if not _names(path, fd):  # renamed into place meanwhile
             return False
         path.unlink()
