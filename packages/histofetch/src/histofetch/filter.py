@@ -124,13 +124,17 @@ def run_filter(
         # Caption weak labels + leakage flags of the images kept now (re-labelled every run).
         manifest.header_extra["weak_labels"] = label_manifest(manifest) | {"rules": RULES_VERSION}
         # whether RUN/sheets shows these decisions: after --no-sheet an earlier filter's
-        # sheets are left as they were, and review's hint no longer names them
-        manifest.header_extra["filter_sheets"] = sheet
+        # sheets are left as they were, and review's hint no longer names them; true only
+        # once they are written (a filter stopped while writing them left an earlier
+        # filter's named as this one's)
+        manifest.header_extra["filter_sheets"] = False
         manifest.save()
         if sheet:
             from histofetch.sheets import write_filter_sheets
 
             write_filter_sheets(manifest)
+            manifest.header_extra["filter_sheets"] = True
+            manifest.save()
     return summary
 
 
