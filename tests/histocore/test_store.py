@@ -682,6 +682,8 @@ def test_a_stale_process_names_the_id_a_chain_of_renames_ends_at(
         ("queries", "abc", "header 'queries' is 'abc', expected a list of text"),
         ("merged_from", [1], "header 'merged_from' is [1], expected a list of text"),
         ("last_search", 5, "header 'last_search' is 5, expected an object"),
+        ("filter_sheets", "false", "header 'filter_sheets' is 'false', expected true or false"),
+        ("filter_sheets", 0, "header 'filter_sheets' is 0, expected true or false"),
     ],
 )
 @pytest.mark.parametrize("edited", ["store", "export"])

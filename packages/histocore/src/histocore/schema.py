@@ -224,11 +224,13 @@ def _from_dict(cls: type, data: dict[str, Any], where: str, *, named: bool = Fal
 #: header keys the tools read back, and the shape each must have (the rest are only written)
 _HEADER_LISTS = ("queries", "merged_from")
 _HEADER_OBJECTS = ("last_search",)
+_HEADER_BOOLS = ("filter_sheets",)
 
 
 def check_header(query: Any, extra: dict[str, Any], where: str) -> None:
     """The header keys a run's readers use hold what its writers put there: ``query`` is
-    text, ``queries`` and ``merged_from`` lists of text, ``last_search`` an object. A
+    text, ``queries`` and ``merged_from`` lists of text, ``last_search`` an object,
+    ``filter_sheets`` true or false (a hand-edited ``"false"`` named the sheets). A
     hand-edited ``"queries": 5`` was a TypeError traceback in ``search`` and ``merge``,
     ``"abc"`` three queries of one letter, ``"last_search": 5`` an AttributeError in
     ``run``; each is one ManifestError as the run is read."""
@@ -246,6 +248,11 @@ def check_header(query: Any, extra: dict[str, Any], where: str) -> None:
         if not isinstance(value, dict):
             shown = one_line(repr(value))[:80]
             raise ManifestError(f"{where}: header {key!r} is {shown}, expected an object")
+    for key in _HEADER_BOOLS:  # a hand-edited "false" or 0 read as true
+        value = extra.get(key, True)
+        if not isinstance(value, bool):
+            shown = one_line(repr(value))[:80]
+            raise ManifestError(f"{where}: header {key!r} is {shown}, expected true or false")
 
 
 def _row_json(data: str, where: str) -> dict[str, Any]:

@@ -152,7 +152,7 @@ def _nothing_kept(manifest: Manifest, run_dir: Path) -> str:
         sheets = run_dir / "sheets"
         # not after --no-sheet (an earlier filter's sheets show other decisions: the header's
         # filter_sheets is False), nor of unreadable figures only (on no sheet)
-        current = manifest.header_extra.get("filter_sheets", True) is not False
+        current = manifest.header_extra.get("filter_sheets", True)  # a bool (check_header)
         shown = bool(shown_rows(manifest)) and sheets.is_dir() and current
         where = f", the sheets in {sheets} show them" if shown else ""
         return f": filter kept none of the run's {_plural(decided, 'image')}; {status}{where}"
