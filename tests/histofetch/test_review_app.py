@@ -271,10 +271,30 @@ def test_a_run_whose_filter_failed_every_article_is_told_so(tmp_path: Path) -> N
     m.close()
     out = _review_error(run)  # 'failed the run's 1 article' alone hid the other one
     assert (
-        "filter failed the run's 1 article; 1 other article has images not decided yet; "
+        "filter failed 1 of the run's 2 articles; 1 other article has images not decided yet; "
         f"histofetch status --run {run} says why, histofetch filter --run {run} "
         "--retry-failed tries again and decides the others"
     ) in out
+
+
+def test_an_article_failed_at_another_stage_is_not_said_to_be_decided_by_filter(
+    tmp_path: Path,
+) -> None:
+    """Beside an article filter failed, one failed at extract with figures kept from its
+    package: the hint said 'filter failed the run's 1 article' (as if the run had one) and
+    that filter --retry-failed 'decides the others', which it never takes. Now it counts
+    the run's articles and says the other failed at extract, filter not taking it."""
+    run = make_run(tmp_path, filtered=False)
+    m = Manifest.load(run)
+    m.records["pmid:1"].fail("filter", "boom", transient=False)
+    m.records["pmid:2"].fail("extract", "bad pdf", transient=False)
+    m.save()
+    m.close()
+    assert (
+        "filter failed 1 of the run's 2 articles; 1 other article failed at extract, images "
+        f"not decided (filter does not take it); histofetch status --run {run} says why, "
+        f"histofetch filter --run {run} --retry-failed tries again\n"
+    ) in _review_error(run)
 
 
 def test_images_still_to_decide_ask_for_filter_not_for_status(tmp_path: Path) -> None:

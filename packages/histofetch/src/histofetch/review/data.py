@@ -145,8 +145,12 @@ def _nothing_kept(manifest: Manifest, run_dir: Path) -> str:
     }
     failed = len(failed_ids)
     waiting = any(img.kept is None for img in images)
-    # articles not failed whose images filter has not decided yet (filter not run on them)
-    undecided = len({i.record_id for i in images if i.kept is None} - failed_ids)
+    # other articles whose images filter has not decided yet: not failed (filter has not
+    # reached them), or failed at another stage (filter never takes them)
+    undecided = {i.record_id for i in images if i.kept is None} - failed_ids
+    stopped = [r for r in manifest.records.values() if r.id in undecided and r.status == "failed"]
+    other_stages = sorted({r.failed_stage or "?" for r in stopped})
+    blocked, pending = len(stopped), len(undecided) - len(stopped)
     status = f"histofetch status --run {run_dir} says why"
     if decided:  # filter ran: say what it did, not to run it
         sheets = run_dir / "sheets"
@@ -157,14 +161,26 @@ def _nothing_kept(manifest: Manifest, run_dir: Path) -> str:
         where = f", the sheets in {sheets} show them" if shown else ""
         return f": filter kept none of the run's {_plural(decided, 'image')}; {status}{where}"
     if failed:  # its images went back to undecided: 'run filter first' would fail again
+        total = len(manifest.records)  # 'the run's 1 article' read as the run's only one
+        which = (
+            f"the run's {_plural(failed, 'article')}"
+            if failed == total
+            else f"{failed} of the run's {_plural(total, 'article')}"
+        )
         others = ""
-        if undecided:  # 'failed 1 article' alone hid the articles filter has not reached
-            verb = "has" if undecided == 1 else "have"
-            others = f"; {_plural(undecided, 'other article')} {verb} images not decided yet"
+        if pending:  # 'failed 1 article' alone hid the articles filter has not reached
+            verb = "has" if pending == 1 else "have"
+            others = f"; {_plural(pending, 'other article')} {verb} images not decided yet"
+        if blocked:  # failed at another stage: --retry-failed of filter never takes them
+            them = "it" if blocked == 1 else "them"
+            others += (
+                f"; {_plural(blocked, 'other article')} failed at {', '.join(other_stages)}, "
+                f"images not decided (filter does not take {them})"
+            )
         return (
-            f": filter failed the run's {_plural(failed, 'article')}{others}; {status}, "
+            f": filter failed {which}{others}; {status}, "
             f"histofetch filter --run {run_dir} --retry-failed tries again"
-            + (" and decides the others" if undecided else "")
+            + (" and decides the others" if pending else "")
         )
     if waiting:  # extracted articles whose images filter has not decided yet
         return " (run histofetch filter first)"
