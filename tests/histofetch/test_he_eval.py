@@ -81,6 +81,42 @@ def test_one_image_labelled_both_ways_is_an_error_naming_the_file_and_hash(
         read_labels(path)
 
 
+def test_a_hash_in_upper_case_is_the_same_image(tmp_path: Path) -> None:
+    """A hash labelled he in lower case and not_he in upper case escaped the check of one
+    image labelled both ways (and the upper-case one matched no row: rows hold lower-case
+    hex). Hashes are read in lower case now; one that is not hex is a bad row."""
+    path = tmp_path / "labels.tsv"
+    a = "ab" * 32
+    path.write_text(f"sha256\tlabel\n{a.upper()}\the\n")
+    assert read_labels(path) == {a: "he"}
+    path.write_text(f"sha256\tlabel\n{a}\the\n{a.upper()}\tnot_he\n")
+    with pytest.raises(
+        ValueError, match=rf"^{path}:3: image {a} labelled not_he, but he on line 2$"
+    ):
+        read_labels(path)
+    path.write_text(f"sha256\tlabel\n{'g' * 64}\the\n")
+    with pytest.raises(ValueError, match=rf"^{path}:2: expected a sha256 and label he\|not_he"):
+        read_labels(path)
+
+
+def test_a_labels_file_that_cannot_be_opened_is_a_value_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A labels file without read permission let PermissionError out where a ValueError
+    naming the file is documented (the stat before the open passed)."""
+    import errno
+
+    path = tmp_path / "labels.tsv"
+    path.write_text("sha256\tlabel\n")
+
+    def denied(self: Path, *args: object, **kwargs: object) -> None:
+        raise PermissionError(errno.EACCES, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "open", denied)  # as for a file mode 0000 (root reads those)
+    with pytest.raises(ValueError, match=rf"^{path}: cannot be read \(Permission denied\)$"):
+        read_labels(path)
+
+
 def test_a_labels_fifo_is_refused_not_read(tmp_path: Path) -> None:
     """A FIFO given as the labels file hung the benchmark waiting for a writer."""
     path = tmp_path / "labels.tsv"

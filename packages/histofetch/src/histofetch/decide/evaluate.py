@@ -13,6 +13,7 @@ figures by their panels and add the classifier and the caption evidence.
 from __future__ import annotations
 
 import csv
+import re
 import stat
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -40,6 +41,10 @@ class Score:
     recall: float
 
 
+#: A sha256 in hex (lower-case: a labels file's is read so)
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
 def read_labels(path: Path) -> dict[str, str]:
     """sha256 → "he" | "not_he" from a labels TSV (bad rows, text that is not UTF-8 and a
     cell csv cannot read, e.g. one over its 128 KB field limit, raise one ValueError naming
@@ -47,8 +52,10 @@ def read_labels(path: Path) -> dict[str, str]:
 
     One hash labelled twice the same way is fine; labelled ``he`` on one line and
     ``not_he`` on another is a ValueError naming the file, the hash and both lines (the
-    last label won silently). A FIFO, socket or device is refused before it is opened
-    (a FIFO hung, ``/dev/zero`` was read without end), as the run's readers refuse them."""
+    last label won silently); a hash is read in lower case (``AB…`` and ``ab…`` are one
+    image). A FIFO, socket or device is refused before it is opened (a FIFO hung,
+    ``/dev/zero`` was read without end), as the run's readers refuse them, and a file that
+    cannot be read is a ValueError too."""
     path = Path(path)
     try:
         mode = path.stat().st_mode
@@ -58,12 +65,17 @@ def read_labels(path: Path) -> dict[str, str]:
         raise ValueError(f"{path}: not a regular file")
     out: dict[str, str] = {}
     first: dict[str, int] = {}  # sha256 -> the line of its first label
-    with path.open(encoding="utf-8-sig", newline="") as fh:  # a BOM is allowed
+    try:
+        fh = path.open(encoding="utf-8-sig", newline="")  # a BOM is allowed
+    except OSError as exc:  # not readable (permissions): a ValueError as documented
+        raise ValueError(f"{path}: cannot be read ({exc.strerror})") from None
+    with fh:
         reader = csv.DictReader(fh, delimiter="\t")
         try:
             for lineno, row in numbered_rows(reader):
-                sha, label = row.get("sha256") or "", row.get("label") or ""
-                if label not in {"he", "not_he"} or len(sha) != 64:
+                # lower-case hex, as rows hold it: 'AB…' escaped the check below
+                sha, label = (row.get("sha256") or "").lower(), row.get("label") or ""
+                if label not in {"he", "not_he"} or not _SHA256.fullmatch(sha):
                     raise ValueError(f"{path}:{lineno}: expected a sha256 and label he|not_he")
                 if sha in out and out[sha] != label:
                     raise ValueError(
