@@ -437,3 +437,22 @@ def test_metrics_json_keeps_the_inference_precision_apart_from_the_metric(
     assert saved["inference_precision"] == "fp32" and isinstance(saved["precision"], float)
     build_report([tmp_path / "unl"], tmp_path / "rep")
     assert "| precision |" not in (tmp_path / "rep" / "report.md").read_text()
+
+
+def test_cli_eval_threads_sets_torchs_intra_op_threads(tmp_path: Path) -> None:
+    """eval had no --threads (only train, finetune and tune did): on a shared machine only
+    OMP_NUM_THREADS limited it. ``--threads N`` now sets torch's threads, as train's does."""
+    pytest.importorskip("histomodels.data.readers", reason="dataset readers not installed")
+    from histomodels.synthetic import write_h5
+
+    ckpt = tiny_checkpoint(tmp_path)
+    data = write_h5(tmp_path / "test.h5", 32, seed=7)
+    before = torch.get_num_threads()
+    try:
+        r = CliRunner().invoke(app, ["eval", str(ckpt), "--data", str(data), "--out",
+                                     str(tmp_path / "ev"), "--bootstrap", "0",
+                                     "--threads", "3"])  # fmt: skip
+        assert r.exit_code == 0 and r.exception is None, r.output
+        assert torch.get_num_threads() == 3 != before
+    finally:
+        torch.set_num_threads(before)

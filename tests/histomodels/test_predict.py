@@ -1173,3 +1173,22 @@ def test_batch_size_help_says_it_is_an_upper_bound(command: str) -> None:
     assert r.exit_code == 0, r.output
     text = " ".join(re.sub(r"[│|]", " ", r.output).split())
     assert "Most patches per inference batch (fewer where a batch would pass 2**24 pixels" in text
+
+
+def test_cli_predict_threads_sets_torchs_intra_op_threads(tmp_path: Path) -> None:
+    """predict had no --threads (only train, finetune and tune did): on a shared machine
+    only OMP_NUM_THREADS limited it. ``--threads N`` now sets torch's threads, as train's
+    does."""
+    ckpt = tiny_checkpoint(tmp_path)
+    patch = tmp_path / "p.png"
+    Image.fromarray(make_patches(1, seed=2)[0][0]).save(patch)
+    out = tmp_path / "pred.csv"
+    before = torch.get_num_threads()
+    try:
+        r = CliRunner().invoke(app, ["predict", str(ckpt), str(patch), "--out", str(out),
+                                     "--threads", "3"])  # fmt: skip
+        assert r.exit_code == 0 and r.exception is None, r.output
+        assert torch.get_num_threads() == 3 != before
+        assert len(_rows(out)) == 1
+    finally:
+        torch.set_num_threads(before)

@@ -144,6 +144,12 @@ InferenceBatchSize = Annotated[
 ]
 
 
+#: ``--threads`` of every command that runs a model (train, finetune, tune, eval, predict):
+#: torch's intra-op threads, set with :func:`histomodels.device.set_threads` (none given: the
+#: trainer leaves torch's count; eval and predict take :func:`use_cpu_cores`'s).
+Threads = Annotated[int | None, typer.Option(min=1, help="torch intra-op threads.")]
+
+
 #: ``--origin-split`` of ``data info``, ``train``, ``finetune`` and ``eval``: the encoded
 #: HDF5 reader's ``origin_split=`` filter, its comma list checked before anything is read.
 OriginSplit = Annotated[
@@ -242,17 +248,24 @@ def launched_distributed() -> bool:
     return os.environ.get("WORLD_SIZE", "1") not in ("", "0", "1")
 
 
-def use_cpu_cores() -> None:
-    """Inference on CPU: use the cores we have (torch's default may oversubscribe)."""
+def use_cpu_cores(threads: int | None = None) -> None:
+    """Inference: ``threads`` intra-op threads when given (``--threads``, as the trainer sets
+    them), else on CPU the cores we have (torch's default may oversubscribe) unless
+    ``OMP_NUM_THREADS`` says otherwise."""
     import torch
 
-    if "OMP_NUM_THREADS" not in os.environ:
+    from histomodels.device import set_threads
+
+    if threads:
+        set_threads(threads)
+    elif "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(max(1, min(torch.get_num_threads(), os.cpu_count() or 1)))
 
 
 __all__ = [
     "Device",
     "OriginSplit",
+    "Threads",
     "checked_by",
     "errors",
     "fail",

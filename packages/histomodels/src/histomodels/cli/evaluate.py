@@ -27,6 +27,7 @@ from histomodels.cli._common import (
     Device,
     InferenceBatchSize,
     OriginSplit,
+    Threads,
     checked_by,
     errors,
     fail,
@@ -199,6 +200,7 @@ def eval_cmd(
         ),
     ] = None,
     device: Device = None,
+    threads: Threads = None,
 ) -> None:
     """Metrics with 95% CIs, calibration, plots and an error gallery (or, with --manifest,
     image-level scores on mined literature figures)."""
@@ -223,7 +225,7 @@ def eval_cmd(
     require_paths(data, val, train_data)
     require_folder(manifest, what="histofetch run folder")
     require_folder(out)
-    use_cpu_cores()
+    use_cpu_cores(threads)
     with errors(), progress():
         if manifest is not None:
             from histomodels.external import evaluate_manifest
@@ -514,6 +516,7 @@ def predict_cmd(
         ),
     ] = None,
     device: Device = None,
+    threads: Threads = None,
 ) -> None:
     """One CSV row per 96 px patch with its tumour probability and yes/no call; large images
     are tiled and get a heatmap PNG. Exit 0: every input scored; 3: the CSV was written but
@@ -530,7 +533,7 @@ def predict_cmd(
     require_file_out(out)
     if not no_heatmaps:  # the default folder too: a file there failed only after scoring
         require_folder(heatmaps or out.with_name(out.stem + "_heatmaps"))
-    use_cpu_cores()
+    use_cpu_cores(threads)
     skipped: list = []  # files that could not be scored: one line each (see _print_skipped)
     with errors(), progress():
         from histomodels.predict import SkippedInputs, predict_paths

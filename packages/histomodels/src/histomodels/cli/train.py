@@ -25,6 +25,7 @@ from histomodels.choices import Schedule as ScheduleName
 from histomodels.cli._common import (
     Device,
     OriginSplit,
+    Threads,
     at_least,
     checked_by,
     errors,
@@ -91,7 +92,6 @@ ChannelsLast = Annotated[
         help="channels_last memory layout for the convolutions (on unless --no-channels-last).",
     ),
 ]
-Threads = Annotated[int | None, typer.Option(min=1, help="torch intra-op threads.")]
 Prefetch = Annotated[
     bool | None,
     typer.Option(
