@@ -233,6 +233,32 @@ def test_an_ensemble_folder_moved_without_its_members_predicts_the_same(
     assert temperature != 1.0  # the fitted one, from the sidecar that moved with it
 
 
+def test_an_ensemble_records_its_members_by_absolute_path(
+    members: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each member's ``source`` and ``ensemble_of`` were stored as typed (``runs/b``),
+    meaningless once the ensemble was moved or read from another folder: they are the
+    absolute, resolved paths now (a run folder stays the folder; a link is followed), and a
+    shipped model stays its name."""
+    import shutil
+
+    work = tmp_path / "work"
+    (work / "runs").mkdir(parents=True)
+    shutil.copytree(members[1], work / "runs" / "b")
+    shutil.copy(members[0], work / "a.pt")
+    (work / "link.pt").symlink_to(work / "a.pt")
+    monkeypatch.chdir(work)
+    r = CliRunner().invoke(app, ["ensemble", "runs/b", "./link.pt", "--out", "ens"])
+    assert r.exit_code == 0, r.output
+    raw = torch.load(work / "ens" / "best.pt", weights_only=True)
+    want = [str((work / "runs" / "b").resolve()), str((work / "a.pt").resolve())]
+    assert raw["ensemble_of"] == want
+    assert [m["source"] for m in raw["model_config"]["members"]] == want
+    shipped = build_ensemble(["pcam-cnn", "runs/b"])
+    assert shipped["ensemble_of"] == ["pcam-cnn", want[0]]
+    assert [m["source"] for m in shipped["model_config"]["members"]] == ["pcam-cnn", want[0]]
+
+
 def test_an_ensemble_is_not_written_over_a_member_or_a_training_run(
     members: list[Path], tmp_path: Path
 ) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from histocore.io import same_file
+from histomodels import pretrained
 from histomodels.checkpoint import (
     F32_MAX,
     F32_TINY,
@@ -50,6 +51,17 @@ def member_spec(ckpt: dict[str, Any], source: str) -> dict[str, Any]:
     }
 
 
+def provenance(source: str | Path) -> str:
+    """How the ensemble records a member's ``source``: the absolute, resolved path of the
+    file or run folder given (``runs/a`` typed in one folder means nothing read from
+    another, or once the ensemble is moved), or a shipped model's name as it is (no such
+    file: the name, not a path inside the installed package)."""
+    path = Path(source)
+    if not path.exists() and pretrained.is_pretrained(path):
+        return str(source)
+    return str(path.resolve())
+
+
 def build_ensemble(sources: Sequence[str | Path], *, tta: bool = False) -> dict[str, Any]:
     """The ensemble checkpoint dict of ``sources`` (checkpoint files, run folders holding
     ``best.pt``, or shipped model names such as ``pcam-cnn``).
@@ -80,7 +92,7 @@ def build_ensemble(sources: Sequence[str | Path], *, tta: bool = False) -> dict[
             raise CheckpointError(
                 f"{src}: is an ensemble; an ensemble cannot be a member (list its members)"
             )
-        spec = member_spec(ckpt, str(src))
+        spec = member_spec(ckpt, provenance(src))
         t = spec["temperature"]  # fine in float64 alone, 0 or inf in the ensemble
         if not F32_TINY <= t <= F32_MAX:
             small = t < F32_TINY
@@ -114,7 +126,7 @@ def build_ensemble(sources: Sequence[str | Path], *, tta: bool = False) -> dict[
         "epoch": 0,
         "temperature": 1.0,
         "stain": members[0]["stain"],
-        "ensemble_of": [str(s) for s in sources],
+        "ensemble_of": [provenance(s) for s in sources],
     }
 
 
