@@ -502,3 +502,24 @@ def test_an_older_metrics_json_inference_precision_is_no_metric(tmp_path: Path) 
     assert r.exit_code == 0, r.output
     md = (tmp_path / "o" / "report.md").read_text()
     assert "| precision |" not in md and "| threshold | 0.3900 |" in md, md
+
+
+def test_a_lone_eval_folders_temperature_is_in_the_runs_table(tmp_path: Path) -> None:
+    """An eval folder alone has no best.pt: the runs table read 'temperature | n/a' while
+    the metrics table showed the 0.961 it evaluated with. The runs table now shows the
+    folder's own; a run's checkpoint (the temperature predict uses) still comes first."""
+    from histomodels.report_inputs import Evaluation, Run
+    from histomodels.report_tables import dataset_rows
+
+    folder = tmp_path / "ev"
+    folder.mkdir()
+    fields = {"n": 10, "n_positive": 4, "roc_auc": 0.9, "temperature": 0.961, "model": "cnn"}
+    (folder / "metrics.json").write_text(json.dumps(fields))
+    r = CliRunner().invoke(app, ["report", str(folder), "--out", str(tmp_path / "o")])
+    assert r.exit_code == 0, r.output
+    md = (tmp_path / "o" / "report.md").read_text()
+    runs_table = md.split("## Runs and data", 1)[1].split("\n## ", 1)[0]
+    assert "| temperature | 0.961 |" in runs_table, md
+    run = Run("a", tmp_path, checkpoint={"model": "cnn", "temperature": 1.5},
+              evals=[Evaluation(tmp_path, {"temperature": 0.9})])  # fmt: skip
+    assert dict(dataset_rows([run]))["temperature"] == ["1.500"]

@@ -64,7 +64,7 @@ def dataset_rows(runs: list[Run]) -> list[tuple[str, list[str]]]:
         ("validation data", lambda r: r.config.get("val")),
         ("epochs run", lambda r: len(r.history) or None),
         ("best epoch", _best_epoch),
-        ("temperature", lambda r: r.checkpoint.get("temperature")),
+        ("temperature", _temperature),
     ]
     rows = []
     for label, get in keys:
@@ -72,6 +72,18 @@ def dataset_rows(runs: list[Run]) -> list[tuple[str, list[str]]]:
         if any(v not in (None, "", [], {}) for v in vals):
             rows.append((label, [fmt(v, 3) for v in vals]))
     return rows
+
+
+def _temperature(r: Run) -> float | None:
+    """The checkpoint's temperature (the one predict uses); for a folder without
+    ``best.pt``, an eval folder alone, the one its own ``metrics.json`` evaluated with (it
+    read n/a here beside the metrics table's 0.961). Evals one level down are not asked:
+    they may differ."""
+    if r.checkpoint:
+        return r.checkpoint.get("temperature")
+    own = next((ev for ev in r.evals if ev.path == r.path), None)
+    t = own.metrics.get("temperature") if own else None
+    return t if isinstance(t, int | float) and not isinstance(t, bool) else None
 
 
 def _best_epoch(r: Run) -> int | None:
