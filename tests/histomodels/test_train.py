@@ -19,7 +19,7 @@ import torchvision
 from _hostile_h5 import truncated_png_h5
 from typer.testing import CliRunner
 
-from histomodels.checkpoint import load_model, read_checkpoint, save_checkpoint
+from histomodels.checkpoint import CheckpointError, load_model, read_checkpoint, save_checkpoint
 from histomodels.cli import app
 from histomodels.config import (
     RECIPE_MODEL_DEFAULTS,
@@ -31,6 +31,7 @@ from histomodels.config import (
 )
 from histomodels.data.base import DatasetError
 from histomodels.models.registry import ModelError
+from histomodels.models.weights import TRUNCATED
 from histomodels.synthetic import make_patches, write_h5
 from histomodels.training import train
 from histomodels.training.schedule import LRSchedule
@@ -405,6 +406,51 @@ def test_resume_refuses_settings_it_would_not_apply(h5_files, tmp_path):
     r = CliRunner().invoke(app, [*args, "--epochs", "2", "--resume"])
     assert r.exit_code == 0, r.output
     assert json.loads((out / "history.json").read_text())[-1]["epoch"] == 2
+
+
+def test_resume_over_a_truncated_last_pt_says_it_is_truncated(h5_files, tmp_path):
+    """``train --resume`` over a last.pt cut short (a full disk, a copy cut off) gave
+    Python's or miniz's own words as the reason: 'pop from empty list', '[Errno 22] Invalid
+    argument', 'failed finding central directory. This is an internal miniz error. If you
+    are seeing...'. It is one reason now, wherever the file ends; nothing is trained."""
+    import io
+
+    train_h5, val_h5 = h5_files
+    out = tmp_path / "r"
+    args = ["train", "--data", str(train_h5), "--val", str(val_h5), "--out", str(out),
+            "--model-config", json.dumps(TINY), "--batch-size", "16", "--threads", "1",
+            "--quiet"]  # fmt: skip
+    assert CliRunner().invoke(app, [*args, "--epochs", "1"]).exit_code == 0
+    last = out / "last.pt"
+    whole = last.read_bytes()
+    said = f"error: {last}: not a loadable checkpoint ({TRUNCATED})"
+    for size in (0, 30, len(whole) // 2, len(whole) - 10):
+        last.write_bytes(whole[:size])
+        r = CliRunner().invoke(app, [*args, "--epochs", "2", "--resume"])
+        assert r.exit_code == 1, (size, r.output)
+        assert r.stderr.strip().splitlines() == [said], size
+    assert json.loads((out / "history.json").read_text())[-1]["epoch"] == 1
+    # wherever the file ends, in the zip torch.save writes and in the format it wrote
+    # before zips (its unpickler popped an empty stack: 'pop from empty list'), the reason
+    # is ours; only a cut inside a global's name reads as the refusal of that global
+    legacy = io.BytesIO()
+    torch.save(torch.load(io.BytesIO(whole), weights_only=True), legacy,
+               _use_new_zipfile_serialization=False)  # fmt: skip
+    refused = "it holds Python objects or code, not just tensors; refused (weights_only)"
+    for data in (whole, legacy.getvalue()):
+        reasons = set()
+        for size in range(0, len(data), 37):
+            last.write_bytes(data[:size])
+            with pytest.raises(CheckpointError) as err:
+                read_checkpoint(last)
+            prefix = f"{last}: not a loadable checkpoint ("
+            assert str(err.value).startswith(prefix), (size, str(err.value))
+            reasons.add(str(err.value).removeprefix(prefix).removesuffix(")"))
+        assert TRUNCATED in reasons and reasons <= {
+            TRUNCATED,
+            refused,
+            "not a torch.save file: its bytes are neither a zip archive nor a pickle",
+        }, reasons
 
 
 @pytest.mark.parametrize("kind", ["fifo", "folder"])

@@ -41,7 +41,40 @@ def torch_load_reason(exc: BaseException) -> str:
         return "it holds Python objects or code, not just tensors; refused (weights_only)"
     if isinstance(exc, KeyError) or text.isdigit():  # the unpickler met an unknown opcode
         return "not a torch.save file: its bytes are neither a zip archive nor a pickle"
+    if _cut_short(exc, text):
+        return TRUNCATED
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+#: why a file torch.load ran out of, or lost its place in, is refused (its own words were
+#: Python's: ``pop from empty list``, ``[Errno 22] Invalid argument``, ``unpack requires a
+#: buffer of 4 bytes``, or miniz's ``failed finding central directory. This is an internal
+#: miniz error...``)
+TRUNCATED = "truncated or damaged: not a whole torch.save file"
+
+#: what torch.load says of a zip or pickle that ends early (or whose offsets point past its
+#: end), the first line of its message
+_CUT_SHORT_TEXT = (
+    "failed finding central directory",  # a zip cut before its directory
+    "failed reading zip archive",  # miniz, other structure errors
+    "unexpected EOF",  # a legacy-format tensor's bytes
+    "negative seek value",  # offsets past the end, read from memory
+    "unpack requires a buffer",  # struct, on too few bytes
+)
+
+
+def _cut_short(exc: BaseException, text: str) -> bool:
+    """``exc`` says the file's bytes ran out or do not hold together (not a refusal of what
+    they hold, not an error of the file system)."""
+    import errno
+    import pickle
+    import struct
+
+    if isinstance(exc, EOFError | IndexError | struct.error | pickle.UnpicklingError):
+        return True  # IndexError: the unpickler popped an empty stack ("pop from empty list")
+    if isinstance(exc, OSError) and exc.errno == errno.EINVAL:  # a seek past a cut-off end
+        return True
+    return any(m in text for m in _CUT_SHORT_TEXT)
 
 
 def damaged_member(path: Path) -> str | None:
