@@ -589,8 +589,25 @@ def test_a_row_path_landing_in_the_output_another_way_never_names_another_articl
         ("../out/" + "a" * 300, "file name too long"),
         ("pdfs/" + "a" * 300, "file name too long"),
         ("pdfs\x00/x.pdf", "a NUL character"),
+        *(
+            (path, "a character the file system cannot encode")
+            for path in (
+                "pdfs/\ud800.pdf",
+                "pdfs\ud800/x.pdf",
+                "../\ud800.pdf",
+                "/tmp/\ud800/x.pdf",
+            )
+        ),
     ],
-    ids=["too long via ../out", "too long in the run", "NUL"],
+    ids=[
+        "too long via ../out",
+        "too long in the run",
+        "NUL",
+        "surrogate in the run",
+        "surrogate folder",
+        "surrogate via ..",
+        "surrogate absolute",
+    ],
 )
 def test_a_row_path_that_cannot_be_looked_up_is_left_behind_and_the_merge_completes(
     tmp_path: Path, path: str, why: str
@@ -598,7 +615,9 @@ def test_a_row_path_that_cannot_be_looked_up_is_left_behind_and_the_merge_comple
     """A shard row naming ``../out/<300 characters>`` (``out`` the output), or
     ``pdfs/<300 characters>``, stopped the merge with ``error: out/aaa…: file name too
     long`` once the output held the shard's other PDF but no run.sqlite or manifest.jsonl;
-    one with a NUL character was a ValueError traceback. Such a row keeps its path, its
+    one with a NUL character was a ValueError traceback, and so was one with a lone
+    surrogate (``"\\ud800"`` in a hand-edited manifest.jsonl: UnicodeEncodeError), also
+    in a second merge into an output holding such a row. Such a row keeps its path, its
     file left behind with a warning, as a row whose file the merge cannot bring, and the
     merge completes."""
     from histocore.io import one_line
@@ -622,6 +641,30 @@ def test_a_row_path_that_cannot_be_looked_up_is_left_behind_and_the_merge_comple
     assert (out / MANIFEST_NAME).is_file()
     again = runner.invoke(app, ["merge", str(b), "--out", str(out)])  # the output's own row
     assert again.exit_code == 0 and "nothing new added" in again.stdout, again.output
+
+
+@pytest.mark.parametrize(
+    "path", ["pdfs/\ud800.pdf", "pdfs\ud800/x.pdf", "../\ud800.pdf", "/tmp/\ud800/x.pdf"]
+)
+def test_an_output_holding_a_row_path_with_a_lone_surrogate_can_be_merged_into(
+    tmp_path: Path, path: str
+) -> None:
+    """An output one of whose rows names a path with a lone surrogate (``"\\ud800"`` in a
+    hand-edited manifest.jsonl) could not be merged into at all: looking its rows' paths
+    up (the names they hold, the folders part files are removed from) was a
+    UnicodeEncodeError traceback. Such a path is never looked up: the row keeps it and the
+    shard's PDF is brought."""
+    b, out = tmp_path / "b", tmp_path / "out"
+    _run_with_pdf(b, Record(id="x:0", stage="downloaded", pdf_path="pdfs/x.pdf"), b"%PDF b")
+    with Manifest.load(out, create=True) as m:
+        m.add_record(Record(id="r:1", stage="downloaded", pdf_path=path))
+        m.save()
+    r = runner.invoke(app, ["merge", str(b), "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert "merged 1 run: 1 record added" in r.stdout, r.output
+    with Manifest.load(out) as m:
+        assert m.records["r:1"].pdf_path == path
+        assert (out / str(m.records["x:0"].pdf_path)).read_bytes() == b"%PDF b"
 
 
 def test_merge_carries_the_inputs_review_logs_into_the_outputs(tmp_path: Path) -> None:

@@ -29,8 +29,10 @@
   run pointing out of it (its ``images/`` moved to another disk) is copied from there only
   when its bytes hash to its row's sha256, and the command says so, one line per link; a
   file link pointing out is never read. A row path that cannot be looked up (a name too
-  long for the file system, a NUL character) is kept as it is, its file left behind, and
-  the command says so, one line per input.
+  long for the file system, a NUL character, a character the file system cannot encode:
+  a lone surrogate, ``"\\ud800"`` in a hand-edited manifest) is kept as it is, its file
+  left behind, and the command says so, one line per input; such a path is never looked
+  up, the output's own rows' neither.
 * The inputs' review logs (``review_log.jsonl``: who labelled what, appended by the review
   page) are carried: the lines about the images this merge added from each input (not
   those of a record kept as the output holds it, nor of a record or image left out as a
@@ -119,7 +121,8 @@ class MergeSummary:
     #: ``.merge-*.part`` files an interrupted merge into the output left, removed
     stale_parts: int = 0
     #: inputs → how many paths their rows name cannot be looked up (a name too long for
-    #: the file system, a NUL character): files left behind, the rows' paths kept
+    #: the file system, a NUL character, a lone surrogate): files left behind, the rows'
+    #: paths kept
     unusable: dict[str, int] = field(default_factory=dict)
     #: such inputs → the first such path and why
     first_unusable: dict[str, str] = field(default_factory=dict)
@@ -564,12 +567,12 @@ def _bring(
     with rows naming files under it would otherwise copy the user's secrets into an output
     meant to be shared; the hash of a file the shard's author has not seen is not theirs
     to write. A path that cannot be looked up (a name too long for the file system, a NUL
-    character) is left as it is, its file (if any) behind, and counted in
+    character, a lone surrogate) is left as it is, its file (if any) behind, and counted in
     ``summary.unusable`` for the command to say so: it stopped the merge half done."""
     if rel is None:
         return rel
-    if "\x00" in rel:  # no file has such a name: never looked up (ValueError)
-        summary.note_unusable(run, rel, "a NUL character")
+    if why := _unusable(rel):  # no file has such a name: never looked up (ValueError)
+        summary.note_unusable(run, rel, why)
         return rel
     try:
         place = _place(run, merged, rel, summary, sha256, names)
@@ -639,6 +642,19 @@ def _place(
     return src, free, link
 
 
+def _unusable(path: str) -> str | None:
+    """Why ``path`` names no file and is never looked up (a ValueError from ``os.stat``,
+    ``os.path.realpath``), None where it can be: a NUL character, or one the file system's
+    encoding cannot write (a lone surrogate, ``"\\ud800"`` in a hand-edited manifest)."""
+    if "\x00" in path:
+        return "a NUL character"
+    try:
+        os.fsencode(path)
+    except UnicodeError:
+        return "a character the file system cannot encode"
+    return None
+
+
 def _normal(rel: str) -> str:
     """A relative row path without ``.``, ``..`` and doubled ``/`` (``pdfs/../pdfs/x.pdf``
     → ``pdfs/x.pdf``): two spellings of one name are one name. An absolute path as it is."""
@@ -651,7 +667,7 @@ def _landings(merged: Manifest, path: str) -> list[str]:
     ``pdfs/x.pdf``) and as opening it resolves links (``os.path.realpath``:
     ``../alias/pdfs/x.pdf`` with ``alias`` a link to the output, ``pdfs/y.pdf`` a link to
     ``x.pdf``); none where it lands outside it or is the output itself."""
-    if "\x00" in path:  # names no file (os.path.realpath's ValueError)
+    if _unusable(path):  # names no file (os.path.realpath's ValueError)
         return []
     out = os.fspath(merged.run_dir)
     tops = list(dict.fromkeys([os.path.abspath(out), os.path.realpath(out)]))
@@ -775,7 +791,7 @@ def _remove_stale_parts(merged: Manifest, loaded: list[Manifest]) -> int:
     for run in (merged, *loaded):
         rels = [r.pdf_path for r in run.records.values()] + [i.path for i in run.images.values()]
         for rel in rels:
-            if not rel or "\x00" in rel:  # a NUL: no folder (os.stat's ValueError)
+            if not rel or _unusable(rel):  # no folder (os.stat's ValueError)
                 continue
             path = Path(rel) if Path(rel).is_absolute() else Path(os.path.normpath(out / rel))
             norm = posixpath.normpath(rel)
