@@ -583,6 +583,32 @@ def test_a_row_path_landing_in_the_output_another_way_never_names_another_articl
     assert not theirs.exists() and os.path.realpath(theirs) != os.path.realpath(mine)
 
 
+@pytest.mark.parametrize("t_first", [False, True])
+@pytest.mark.parametrize("spelt", ["absolute", "../out"])
+def test_a_shard_path_naming_a_file_in_the_output_no_row_names_is_kept(
+    tmp_path: Path, spelt: str, t_first: bool
+) -> None:
+    """A shard's local PDF named by its absolute path into the output folder, at a file
+    there no row names (``/abs/out/local/paper.pdf``), was rewritten to
+    ``local/paper-2.pdf``, naming nothing. Now the row keeps its path, as local PDFs do,
+    and that name is kept from files brought after it: another shard's file at
+    ``local/paper.pdf`` goes to a free name."""
+    s, t, out = tmp_path / "s", tmp_path / "t", tmp_path / "out"
+    (out / "local").mkdir(parents=True)
+    (out / "local" / "paper.pdf").write_bytes(b"%PDF local")
+    path = {"absolute": str(out / "local" / "paper.pdf"), "../out": "../out/local/paper.pdf"}
+    with Manifest.load(s, create=True) as m:
+        m.add_record(Record(id="p1", stage="downloaded", pdf_path=path[spelt]))
+        m.save()
+    _run_with_pdf(t, Record(id="p2", stage="downloaded", pdf_path="local/paper.pdf"), b"%PDF t")
+    merge_runs([t, s] if t_first else [s, t], out)
+    with Manifest.load(out) as m:
+        assert m.records["p1"].pdf_path == path[spelt]
+        assert m.records["p2"].pdf_path == "local/paper-2.pdf"
+    assert (out / "local" / "paper.pdf").read_bytes() == b"%PDF local"
+    assert (out / "local" / "paper-2.pdf").read_bytes() == b"%PDF t"
+
+
 @pytest.mark.parametrize(
     ("path", "why"),
     [

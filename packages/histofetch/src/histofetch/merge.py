@@ -20,7 +20,8 @@
   (the output's own rows' too) also where opening it lands in the output, links followed
   (``../out/pdfs/x.pdf``, ``/abs/out/pdfs/x.pdf``, ``../alias/pdfs/x.pdf`` with
   ``alias`` a link to the output): no file is brought there, and an input's row whose
-  path leads there gets a name kept from other rows' files. Where the
+  path leads there keeps it where it names a file there no other row names (a local PDF
+  kept in the output folder), else gets a name kept from other rows' files. Where the
   output holds another file under that path (a run whose renamed record kept its
   ``pdfs/pmid_0.pdf``, and a shard's own ``pmid:0``), the file is brought under a free
   name (``pdfs/pmid_0-2.pdf``) and the row names that. A row naming one of the run's own
@@ -532,6 +533,8 @@ class _Names:
 
     before: set[str]
     unbrought: set[str] = field(default_factory=set)
+    #: where files brought by this merge went (they are other rows' files too)
+    brought: set[str] = field(default_factory=set)
 
     def reserved(self, merged: Manifest, path: Path) -> bool:
         """Whether a file brought to ``path`` (in the output) could be a file a row names
@@ -540,6 +543,19 @@ class _Names:
         return not self.unbrought.isdisjoint(lands) or (
             not self.before.isdisjoint(lands) and not path.exists()
         )
+
+    def kept_as_it_is(self, merged: Manifest, path: str, lands: list[str]) -> bool:
+        """Whether a row path of an input leading into the output (landing at ``lands``)
+        keeps its path: where it names a file there that no other row names (a local PDF
+        kept in the output folder, named by its absolute path); its names are then kept
+        from files brought after it."""
+        if not os.path.isfile(os.path.join(merged.run_dir, path)):
+            return False
+        for taken in (self.before, self.unbrought, self.brought):
+            if not taken.isdisjoint(lands):
+                return False
+        self.unbrought.update(lands)
+        return True
 
 
 def _bring(
@@ -589,7 +605,9 @@ def _bring(
         # Outside the input: a copy, never a second name of that file.
         if link is not None or not _hard_link(src, dst):
             _copy_whole(src, dst)
-    return dst.relative_to(merged.run_dir).as_posix()
+    rel = dst.relative_to(merged.run_dir).as_posix()
+    names.brought.update(_landings(merged, rel))
+    return rel
 
 
 def _place(
@@ -608,11 +626,15 @@ def _place(
     if Path(rel).is_absolute() or norm == "." or norm == ".." or norm.startswith("../"):
         lands = _landings(merged, rel)
         # out of the run (or the run folder itself): no file of the run's, never linked;
-        # the row keeps its path (readers refuse a relative one), unless from the output
-        # it would name a file there ("../out/pdfs/x.pdf", "/abs/out/pdfs/x.pdf", or
+        # the row keeps its path (readers refuse a relative one), also where from the
+        # output it names a file there no other row names (a local PDF kept in the output
+        # folder), that name then kept from other rows' files; where it names another
+        # row's file there, or none ("../out/pdfs/x.pdf", "/abs/out/pdfs/x.pdf", or
         # "../alias/pdfs/x.pdf" with alias a link to the output): a name kept from every
         # other row's file
-        return rel if not lands else _unbrought(merged, lands[0], names)
+        if not lands or names.kept_as_it_is(merged, rel, lands):
+            return rel
+        return _unbrought(merged, lands[0], names)
     rel = norm
     if len(Path(rel).parts) == 1 and Path(rel).name in _RUN_FILES:
         return rel  # the run's own file, not the row's: never linked
