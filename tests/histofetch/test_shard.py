@@ -583,6 +583,27 @@ def test_a_row_path_landing_in_the_output_another_way_never_names_another_articl
     assert not theirs.exists() and os.path.realpath(theirs) != os.path.realpath(mine)
 
 
+def test_rows_naming_one_missing_file_get_names_of_their_own_in_order(tmp_path: Path) -> None:
+    """Rows whose file is missing, all naming ``pdfs/m.pdf``, each get a name of their own
+    in order, past names the output holds files at or its rows name (the next free name is
+    now remembered per name, not looked for from ``-2`` each time: 1,500 such rows took
+    104 s)."""
+    s, out = tmp_path / "s", tmp_path / "out"
+    with Manifest.load(out, create=True) as m:
+        m.add_record(Record(id="o:1", stage="downloaded", pdf_path="pdfs/m-4.pdf"))
+        m.save()
+    (out / "pdfs").mkdir()
+    (out / "pdfs" / "m-2.pdf").write_bytes(b"%PDF out")
+    with Manifest.load(s, create=True) as m:
+        for i in range(5):
+            m.add_record(Record(id=f"r:{i}", stage="downloaded", pdf_path="pdfs/m.pdf"))
+        m.save()
+    merge_runs([s], out)
+    with Manifest.load(out) as m:
+        got = [m.records[f"r:{i}"].pdf_path for i in range(5)]
+    assert got == [f"pdfs/m{n}.pdf" for n in ("", "-3", "-5", "-6", "-7")]
+
+
 @pytest.mark.parametrize("t_first", [False, True])
 @pytest.mark.parametrize("spelt", ["absolute", "../out"])
 def test_a_shard_path_naming_a_file_in_the_output_no_row_names_is_kept(

@@ -41,8 +41,14 @@ def free_name(path: _P, taken: Callable[[_P], bool]) -> _P:
     free, n = path, 1
     while taken(free):
         n += 1
-        free = path.with_name(f"{path.stem}-{n}{path.suffix}")
+        free = numbered(path, n)
     return free
+
+
+def numbered(path: _P, n: int) -> _P:
+    """The ``n``-th name :func:`free_name` tries: ``path`` for 1, else ``-n`` added to its
+    stem (``pdfs/pmid_0-2.pdf``)."""
+    return path if n == 1 else path.with_name(f"{path.stem}-{n}{path.suffix}")
 
 
 def file_sha256(path: str | Path) -> str:

@@ -72,9 +72,9 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NamedTuple
 
-from histocore.io import NotJSON, file_sha256, free_name, loads_json
+from histocore.io import NotJSON, file_sha256, free_name, loads_json, numbered
 from histocore.manifest import MANIFEST_NAME, STAGES, Manifest, ManifestError, Record
 from histocore.store import RENAME_REFUSED, RENAMED, STORE_NAME
 
@@ -253,7 +253,8 @@ def _merge(loaded: list[Manifest], merged: Manifest) -> MergeSummary:
     ids_before, pmcids_before = set(merged.records), set(pmcids)  # the output's own
     hashes = {i.sha256: i.id for i in merged.images.values()}
     own = [r.pdf_path for r in merged.records.values()] + [i.path for i in merged.images.values()]
-    names = _Names(before={name for path in own if path for name in _landings(merged, path)})
+    tops = _tops(merged)  # once: a realpath of the output per row path was most of the time
+    names = _Names(tops, {name for path in own if path for name in _landings(tops, path)})
     for rid, (rec, run) in best.items():
         if rid in merged.records or (rec.pmcid and pmcids.get(rec.pmcid, rid) != rid):
             if rid in ids_before or rec.pmcid in pmcids_before:
@@ -531,15 +532,27 @@ class _Names:
     before the merge (a file may be missing there) and those given to rows whose file was
     not brought. A file brought later never goes there, whatever the order of the inputs."""
 
+    #: the output folder as named, spelt and resolved (:func:`_tops`)
+    out: _Out
     before: set[str]
     unbrought: set[str] = field(default_factory=set)
     #: where files brought by this merge went (they are other rows' files too)
     brought: set[str] = field(default_factory=set)
+    #: a name given to rows whose file was not brought → the number of the last free name
+    #: found for it (:func:`histocore.io.numbered`): the names before it stay taken
+    next_free: dict[str, int] = field(default_factory=dict)
+
+    def landings(self, merged: Manifest, path: str | Path) -> list[str]:
+        """:func:`_landings` of ``path``, relative to the output or absolute (a Path in
+        it: relative to it)."""
+        if isinstance(path, Path):
+            path = path.relative_to(merged.run_dir).as_posix()
+        return _landings(self.out, path)
 
     def reserved(self, merged: Manifest, path: Path) -> bool:
         """Whether a file brought to ``path`` (in the output) could be a file a row names
         there: ``path`` or, through the output's links, where opening it lands."""
-        lands = _landings(merged, path.relative_to(merged.run_dir).as_posix())
+        lands = self.landings(merged, path)
         return not self.unbrought.isdisjoint(lands) or (
             not self.before.isdisjoint(lands) and not path.exists()
         )
@@ -606,7 +619,7 @@ def _bring(
         if link is not None or not _hard_link(src, dst):
             _copy_whole(src, dst)
     rel = dst.relative_to(merged.run_dir).as_posix()
-    names.brought.update(_landings(merged, rel))
+    names.brought.update(names.landings(merged, rel))
     return rel
 
 
@@ -624,7 +637,7 @@ def _place(
     where a path cannot be looked up (a name too long): nothing reserved or counted."""
     norm = _normal(rel)  # "pdfs/../pdfs/x.pdf" is "pdfs/x.pdf": the name compared, reserved
     if Path(rel).is_absolute() or norm == "." or norm == ".." or norm.startswith("../"):
-        lands = _landings(merged, rel)
+        lands = names.landings(merged, rel)
         # out of the run (or the run folder itself): no file of the run's, never linked;
         # the row keeps its path (readers refuse a relative one), also where from the
         # output it names a file there no other row names (a local PDF kept in the output
@@ -683,20 +696,32 @@ def _normal(rel: str) -> str:
     return rel if Path(rel).is_absolute() else posixpath.normpath(rel)
 
 
-def _landings(merged: Manifest, path: str) -> list[str]:
+class _Out(NamedTuple):
+    """The output folder as named, and as spelt (absolute) and as links resolve it (one
+    where they are the same): looked up once a merge."""
+
+    named: str
+    tops: tuple[str, ...]
+
+
+def _tops(merged: Manifest) -> _Out:
+    out = os.fspath(merged.run_dir)
+    return _Out(out, tuple(dict.fromkeys([os.path.abspath(out), os.path.realpath(out)])))
+
+
+def _landings(out: _Out, path: str) -> list[str]:
     """Where a row path of the output (relative to it, or absolute) lands inside it, as
     names relative to it in normal form: as spelt (``../out/pdfs/x.pdf`` is
     ``pdfs/x.pdf``) and as opening it resolves links (``os.path.realpath``:
     ``../alias/pdfs/x.pdf`` with ``alias`` a link to the output, ``pdfs/y.pdf`` a link to
-    ``x.pdf``); none where it lands outside it or is the output itself."""
+    ``x.pdf``); none where it lands outside it or is the output itself. ``out``: the
+    output folder as :func:`_tops` gives it."""
     if _unusable(path):  # names no file (os.path.realpath's ValueError)
         return []
-    out = os.fspath(merged.run_dir)
-    tops = list(dict.fromkeys([os.path.abspath(out), os.path.realpath(out)]))
-    spelt = [os.path.normpath(os.path.join(top, path)) for top in tops]
+    spelt = [os.path.normpath(os.path.join(top, path)) for top in out.tops]
     found: list[str] = []
-    for landing in [*spelt, os.path.realpath(os.path.join(out, path))]:
-        for top in tops:
+    for landing in [*spelt, os.path.realpath(os.path.join(out.named, path))]:
+        for top in out.tops:
             rel = os.path.relpath(landing, top)
             if rel not in (".", "..") and not rel.startswith("../"):
                 found.append(Path(rel).as_posix())
@@ -717,17 +742,22 @@ def _unbrought(merged: Manifest, rel: str, names: _Names) -> str:
     article's: the row named it (``x:1``'s row left behind at ``pdfs/x_1.pdf``, the
     output's ``x_1`` PDF). The name is kept from files brought after it."""
     dst = merged.run_dir / rel
-    kept = names.before | names.unbrought
-    free = free_name(
-        dst,
-        lambda p: (
-            p.is_symlink()
-            or p.exists()
-            or not kept.isdisjoint(_landings(merged, p.relative_to(merged.run_dir).as_posix()))
-        ),
-    )
+
+    def taken(p: Path) -> bool:
+        if p.is_symlink() or p.exists():
+            return True
+        lands = names.landings(merged, p)
+        return not (names.before.isdisjoint(lands) and names.unbrought.isdisjoint(lands))
+
+    # A name found taken stays taken (files are only added, names only kept): the next
+    # row naming ``rel`` starts at the last free name found (1,500 rows naming one missing
+    # file tried -2, -3, … from the start each, 1.1 million tries).
+    n = names.next_free.get(rel, 1)
+    while taken(free := numbered(dst, n)):
+        n += 1
+    names.next_free[rel] = n
     rel = free.relative_to(merged.run_dir).as_posix()
-    names.unbrought.update(_landings(merged, rel))
+    names.unbrought.update(names.landings(merged, rel))
     return rel
 
 
