@@ -312,3 +312,14 @@ def test_a_write_under_a_broken_link_says_it_is_one(tmp_path: Path) -> None:
         atomic_write_bytes(tmp_path / "dang" / "x" / "b.pt", b"data")
     assert describe(err.value) == f"{tmp_path / 'dang'}: broken symbolic link"
     assert not (tmp_path / "nowhere").exists()
+
+
+def test_make_parents_refuses_a_name_too_long_before_making_its_folder(tmp_path: Path) -> None:
+    """``make_parents(new/<260 characters>.onnx)`` made ``new/`` and the write failed after
+    it (export, predict): the final name is checked first, nothing made."""
+    limit = os.pathconf(tmp_path, "PC_NAME_MAX")
+    target = tmp_path / "new" / ("a" * (limit + 1) + ".onnx")
+    with pytest.raises(OSError) as info:
+        make_parents(target)
+    assert describe(info.value) == f"{target}: file name too long (over {limit} bytes)"
+    assert not (tmp_path / "new").exists()

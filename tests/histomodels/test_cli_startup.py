@@ -119,6 +119,38 @@ def test_a_file_output_that_is_a_folder_fails_before_pytorch_is_imported(
 
 
 @pytest.mark.parametrize(
+    "command",
+    [
+        ["predict", "--model", "pcam-cnn", "{image}", "--out", "{new}/{long}.csv"],
+        ["export", "pcam-cnn", "--out", "{new}/{long}.onnx"],
+        ["demo", "--out", "{new}/{long}"],
+    ],
+    ids=["predict", "export", "demo folder"],
+)
+def test_an_output_name_too_long_fails_at_once_and_makes_no_folder(
+    tmp_path: Path, command: list[str]
+) -> None:
+    """``export --out newdir/<260 characters>.onnx`` made ``newdir/`` before the name was
+    refused, and ``predict --out pnew/<260 characters>.csv`` refused it only after scoring
+    every image, ``pnew/`` left behind: the up-front output checks now refuse a name
+    longer than the file system takes, before PyTorch is imported or a folder made."""
+    import os
+
+    limit = os.pathconf(tmp_path, "PC_NAME_MAX")
+    image = tmp_path / "patch.png"
+    image.write_bytes(b"not read: the output is checked first")
+    names = {"new": str(tmp_path / "new"), "long": "a" * (limit + 5), "image": str(image)}
+    args = [arg.format(**names) for arg in command]
+    code, last, heavy = _run(*args)
+    assert (code, last, heavy) == (
+        1,
+        f"error: {args[-1]}: file name too long (over {limit} bytes)",
+        [],
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["patch.png"]
+
+
+@pytest.mark.parametrize(
     ("command", "what"),
     [
         (["eval", "--model", "pcam-cnn", "--data", "{image}", "--out", "{file}"], "folder"),

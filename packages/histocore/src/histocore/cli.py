@@ -4,8 +4,9 @@ one logging setup.
 - :func:`help_text` is a command's docstring for ``--help``, paragraphs on one line each.
 - :func:`fail` prints ``error: <message>`` on stderr and exits 1.
 - :func:`require_folder` and :func:`require_file` fail that way, at once, when a path
-  given as a folder names a file or one given as a file names a folder: the file
-  system's state, not a malformed option (that is click's usage error, exit 2).
+  given as a folder names a file or one given as a file names a folder, or its name is
+  longer than the file system takes: the file system's state, not a malformed option
+  (that is click's usage error, exit 2).
 - :func:`errors` turns domain errors (:class:`~histocore.errors.DomainError`) and
   ``OSError`` into that one line, and Ctrl-C into one ``interrupted`` line (exit 130);
   every other exception is a bug and keeps its traceback.
@@ -43,7 +44,7 @@ from rich.progress import Task as RichTask
 from rich.text import Text
 
 from histocore.errors import DomainError, describe
-from histocore.io import file_in_the_way, one_line
+from histocore.io import file_in_the_way, one_line, refuse_overlong_name
 from histocore.progress import Task, Unit, reporting
 
 #: Seconds between progress lines when stderr is not a terminal (batch jobs).
@@ -107,11 +108,17 @@ def require_file(*paths: str | Path | None) -> None:
 def _require_parents(path: Path) -> None:
     """Fail when an existing file (or a broken link) stands where ``path``'s folder should
     be: ``a: is a file, not a folder`` (writing ``a/b.pt`` said ``a: file exists``, or
-    ``a/b.pt: not a directory``); ``a: broken symbolic link``."""
+    ``a/b.pt: not a directory``); ``a: broken symbolic link``; or when ``path``'s name is
+    longer than the file system takes: ``new/aaa…: file name too long (over 255 bytes)``
+    (the command made ``new/`` and failed only after its work)."""
     in_the_way = file_in_the_way(path)
     if in_the_way is not None:
         blocker, problem = in_the_way
         fail(f"{blocker}: {problem}")
+    try:
+        refuse_overlong_name(path)
+    except OSError as exc:
+        fail(describe(exc))
 
 
 @contextlib.contextmanager

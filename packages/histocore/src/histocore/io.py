@@ -100,9 +100,11 @@ def _name_max(folder: str | Path) -> int | None:
     return limit if limit > 0 else None
 
 
-def _refuse_overlong_name(path: Path) -> None:
+def refuse_overlong_name(path: str | Path) -> None:
     """Refuse a name longer than the file system of ``path``'s folder takes, before anything
-    is written or made (it failed only at the last rename, after the whole write)."""
+    is written or made (it failed only at the last rename, after the whole write): an
+    OSError (ENAMETOOLONG) naming ``path``."""
+    path = Path(path)
     limit = _name_max(path.parent)
     if limit is not None and len(os.fsencode(path.name)) > limit:
         problem = f"{os.strerror(errno.ENAMETOOLONG)} (over {limit} bytes)"
@@ -115,7 +117,7 @@ def _mkstemp_beside(path: Path) -> tuple[int, str]:
     last rename). When the temp file cannot be made (a folder the user cannot write to, or
     whose path leaves no room for a temp name), the error names ``path``, the file the user
     gave, not the temp file's random name: ``out.pt: permission denied``."""
-    _refuse_overlong_name(path)
+    refuse_overlong_name(path)
     try:
         try:
             return tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -171,8 +173,11 @@ def file_in_the_way(path: str | Path) -> tuple[Path, str] | None:
 def make_parents(path: str | Path) -> None:
     """Make ``path``'s folder and any missing parents. One of them an existing file (or a
     broken link) is a :class:`NotADirectoryError` naming it, ``a: is a file, not a folder``
-    (``mkdir`` said ``a: file exists``, as if the folder were there)."""
+    (``mkdir`` said ``a: file exists``, as if the folder were there). A final name longer
+    than the file system takes is refused first (:func:`refuse_overlong_name`): the
+    folders made for it were left behind."""
     path = Path(path)
+    refuse_overlong_name(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
@@ -189,7 +194,7 @@ def atomic_writer(path: str | Path) -> Iterator[BinaryIO]:
     flushed, fsynced, given the usual file mode and renamed over ``path`` (readers see the
     old file or the new one, never half); on an error it is removed, ``path`` untouched."""
     path = Path(path)
-    _refuse_overlong_name(path)  # before its folders are made: a refused name leaves none
+    refuse_overlong_name(path)  # before its folders are made: a refused name leaves none
     make_parents(path)
     fd, tmp = _mkstemp_beside(path)
     try:
