@@ -714,6 +714,36 @@ def test_an_output_holding_a_row_path_with_a_lone_surrogate_can_be_merged_into(
         assert (out / str(m.records["x:0"].pdf_path)).read_bytes() == b"%PDF b"
 
 
+@pytest.mark.parametrize("b_first", [False, True])
+def test_a_file_where_a_rows_folder_would_be_leaves_that_file_behind(
+    tmp_path: Path, b_first: bool
+) -> None:
+    """Shard a holds ``pdfs/x.pdf``, shard b a row and file ``pdfs/x.pdf/y.pdf``: merging
+    a then b stopped with ``error: out/pdfs/x.pdf: file exists``, the output holding a
+    PDF but no run.sqlite or manifest.jsonl. Now b's file is left behind, its row keeping
+    its path, with the warning of a path not usable here; b first, a's file gets a free
+    name as before."""
+    a, b, out = tmp_path / "a", tmp_path / "b", tmp_path / "out"
+    _run_with_pdf(a, Record(id="a:1", stage="downloaded", pdf_path="pdfs/x.pdf"), b"%PDF a")
+    _run_with_pdf(b, Record(id="b:1", stage="downloaded", pdf_path="pdfs/x.pdf/y.pdf"), b"%PDF b")
+    r = runner.invoke(app, ["merge", *map(str, [b, a] if b_first else [a, b]), "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert "merged 2 runs: 2 records added" in r.stdout
+    with Manifest.load(out) as m:
+        got = {rid: str(m.records[rid].pdf_path) for rid in ("a:1", "b:1")}
+    assert (out / got["a:1"]).read_bytes() == b"%PDF a"
+    if b_first:
+        assert r.stderr == "" and (out / got["b:1"]).read_bytes() == b"%PDF b"
+    else:
+        assert got["b:1"] == "pdfs/x.pdf/y.pdf"
+        assert r.stderr == (
+            f"warning: {b}: 1 file the rows name left behind, its path not usable here (first: "
+            "pdfs/x.pdf/y.pdf: pdfs/x.pdf in the output: is a file, not a folder); the rows "
+            "keep the paths as they are\n"
+        )
+    assert (out / MANIFEST_NAME).is_file()
+
+
 def test_merge_carries_the_inputs_review_logs_into_the_outputs(tmp_path: Path) -> None:
     """A merged run had no review_log.jsonl: who labelled what in the shards was lost. Now
     the inputs' logs are added to the output's in input order, each line as it was, lines

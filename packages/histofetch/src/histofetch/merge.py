@@ -31,8 +31,10 @@
   when its bytes hash to its row's sha256, and the command says so, one line per link; a
   file link pointing out is never read. A row path that cannot be looked up (a name too
   long for the file system, a NUL character, a character the file system cannot encode:
-  a lone surrogate, ``"\\ud800"`` in a hand-edited manifest) is kept as it is, its file
-  left behind, and the command says so, one line per input; such a path is never looked
+  a lone surrogate, ``"\\ud800"`` in a hand-edited manifest), or one a file in the output
+  stands where a folder of it would be (one shard's ``pdfs/x.pdf``, another's
+  ``pdfs/x.pdf/y.pdf``), is kept as it is, its file left behind, and the command says
+  so, one line per input; a path that cannot be encoded or holds a NUL is never looked
   up, the output's own rows' neither.
 * The inputs' review logs (``review_log.jsonl``: who labelled what, appended by the review
   page) are carried: the lines about the images this merge added from each input (not
@@ -74,7 +76,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, BinaryIO, NamedTuple
 
-from histocore.io import NotJSON, file_sha256, free_name, loads_json, numbered
+from histocore.io import NotJSON, file_in_the_way, file_sha256, free_name, loads_json, numbered
 from histocore.manifest import MANIFEST_NAME, STAGES, Manifest, ManifestError, Record
 from histocore.store import RENAME_REFUSED, RENAMED, STORE_NAME
 
@@ -596,7 +598,9 @@ def _bring(
     with rows naming files under it would otherwise copy the user's secrets into an output
     meant to be shared; the hash of a file the shard's author has not seen is not theirs
     to write. A path that cannot be looked up (a name too long for the file system, a NUL
-    character, a lone surrogate) is left as it is, its file (if any) behind, and counted in
+    character, a lone surrogate), or that a file in the output stands in the way of (a
+    file of another row's where a folder of it would be), is left as it is, its file (if
+    any) behind, and counted in
     ``summary.unusable`` for the command to say so: it stopped the merge half done."""
     if rel is None:
         return rel
@@ -611,6 +615,14 @@ def _bring(
     if isinstance(place, str):
         return place
     src, dst, link = place
+    if not dst.exists() and (in_the_way := file_in_the_way(dst)) is not None:
+        # another row's file where a folder of this path would be ("pdfs/x.pdf" of one
+        # shard, "pdfs/x.pdf/y.pdf" of another): left behind (it stopped the merge half done)
+        blocker, problem = in_the_way
+        with contextlib.suppress(ValueError):
+            blocker = blocker.relative_to(merged.run_dir)
+        summary.note_unusable(run, rel, f"{blocker.as_posix()} in the output: {problem}")
+        return rel
     if link is not None:
         summary.via_links[str(link)] = summary.via_links.get(str(link), 0) + 1
     if not dst.exists():
