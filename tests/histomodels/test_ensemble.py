@@ -259,6 +259,28 @@ def test_an_ensemble_records_its_members_by_absolute_path(
     assert [m["source"] for m in shipped["model_config"]["members"]] == ["pcam-cnn", want[0]]
 
 
+def test_a_member_given_as_a_link_keeps_the_temperature_fitted_beside_the_link(
+    members: list[Path], tmp_path: Path
+) -> None:
+    """``eval LINK --val`` writes its temperature beside the link and ``predict LINK`` reads it
+    there; the ensemble looked beside the link's target once it recorded resolved paths,
+    and took the checkpoint's T silently."""
+    import shutil
+
+    from histomodels.calibration import write_calibration
+
+    (tmp_path / "store").mkdir()
+    (tmp_path / "runs").mkdir()
+    shutil.copy(members[0], tmp_path / "store" / "a.pt")
+    link = tmp_path / "runs" / "mine.pt"
+    link.symlink_to(tmp_path / "store" / "a.pt")
+    assert Path(write_calibration(link, 2.5, "test")).parent == link.parent
+    ens = build_ensemble([link, members[1]])
+    first = ens["model_config"]["members"][0]
+    assert first["temperature"] == 2.5
+    assert first["source"] == str((tmp_path / "store" / "a.pt").resolve())
+
+
 def test_an_ensemble_is_not_written_over_a_member_or_a_training_run(
     members: list[Path], tmp_path: Path
 ) -> None:

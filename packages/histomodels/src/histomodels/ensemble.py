@@ -33,9 +33,10 @@ from histomodels.inference import norm_of
 IDENTITY_NORM = {"mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0]}
 
 
-def member_spec(ckpt: dict[str, Any], source: str) -> dict[str, Any]:
+def member_spec(ckpt: dict[str, Any], source: str | Path) -> dict[str, Any]:
     """What the ensemble needs to rebuild and feed one member; its temperature is the one
-    inference uses (a calibration sidecar's beside the file, else the checkpoint's)."""
+    inference uses on ``source`` as given (a calibration sidecar's beside that file, a link
+    too, else the checkpoint's); ``source`` is recorded as :func:`provenance` says."""
     from histomodels.calibration import effective_temperature
 
     mean, std = norm_of(ckpt)
@@ -47,7 +48,7 @@ def member_spec(ckpt: dict[str, Any], source: str) -> dict[str, Any]:
         "input_size": int(ckpt.get("input_size", 96)),
         "temperature": effective_temperature(resolve_checkpoint(source), ckpt),
         "stain": ckpt.get("stain"),
-        "source": source,
+        "source": provenance(source),
     }
 
 
@@ -92,7 +93,7 @@ def build_ensemble(sources: Sequence[str | Path], *, tta: bool = False) -> dict[
             raise CheckpointError(
                 f"{src}: is an ensemble; an ensemble cannot be a member (list its members)"
             )
-        spec = member_spec(ckpt, provenance(src))
+        spec = member_spec(ckpt, src)  # not its resolved path: a link's sidecar is beside it
         t = spec["temperature"]  # fine in float64 alone, 0 or inf in the ensemble
         if not F32_TINY <= t <= F32_MAX:
             small = t < F32_TINY
