@@ -104,6 +104,21 @@ MALFORMED = {
         "inf is not in the range x >= 0",
     ),
     "train --threads": (["train", *DATA, "--threads", "0"], "--threads", "greater than"),
+    "train --threads huge": (
+        ["train", *DATA, "--threads", "100000"],
+        "--threads",
+        "less than or equal to 4096",
+    ),
+    "eval --threads huge": (
+        [*EVAL, "--threads", "2147483648"],
+        "--threads",
+        "less than or equal to 4096",
+    ),
+    "predict --threads huge": (
+        [*PREDICT, "--threads", "100000"],
+        "--threads",
+        "less than or equal to 4096",
+    ),
     "finetune --warmup-epochs": (
         ["finetune", *DATA, "--warmup-epochs", "-1"],
         "--warmup-epochs",
@@ -426,6 +441,17 @@ def test_a_config_files_bad_seed_is_its_error_line(tmp_path: Path) -> None:
         f"error: {config}: seed must be in [0, 4294967295], got -1"
     ]
     assert not (tmp_path / "out").exists()
+
+
+def test_a_config_files_threads_beyond_any_machine_is_its_error_line(tmp_path: Path) -> None:
+    """``threads: 100000`` crashed libgomp (a segfault), 2**31 was torch's overflow traceback."""
+    config = tmp_path / "c.json"
+    config.write_text('{"threads": 100000}')
+    result = CliRunner().invoke(app, _args(["train", *DATA, "--config", str(config)], tmp_path))
+    assert result.exit_code == 1, result.output
+    assert result.stderr.strip().splitlines() == [
+        f"error: {config}: threads must be in [1, 4096], got 100000"
+    ]
 
 
 @pytest.mark.parametrize(

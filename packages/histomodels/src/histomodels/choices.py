@@ -41,6 +41,10 @@ PCAM_SPLITS: tuple[str, ...] = get_args(PcamSplit)
 #: Seeds are numpy's (``np.random.seed``): 0 to 2**32 - 1; another was its ValueError.
 MAX_SEED = 2**32 - 1
 
+#: The most intra-op threads ``threads``/``--threads`` takes: more than any machine has cores;
+#: 10**5 crashed libgomp and 2**31 overflowed torch's C int, a traceback.
+MAX_THREADS = 4096
+
 #: The sides (px) a model may resize its input to (``model_config`` ``input_size``,
 #: ``finetune --input-size``): an 8 px patch is the smallest the backbones take, and 4096 px
 #: the largest a checkpoint may ask for.

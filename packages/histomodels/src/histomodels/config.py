@@ -27,6 +27,7 @@ from histocore.errors import DomainError, UsageError
 from histocore.io import NotJSON, loads_json, same_file
 from histomodels.choices import (
     MAX_SEED,
+    MAX_THREADS,
     SCHEDULES,
     Schedule,
     device_problem,
@@ -384,8 +385,8 @@ def validate(cfg: TrainConfig, source: str = "config") -> TrainConfig:
         raise ConfigError(f"{source}: seed must be in [0, {MAX_SEED}], got {cfg.seed}")
     if cfg.time_budget is not None and cfg.time_budget <= 0:
         raise ConfigError(f"{source}: time_budget (minutes) must be > 0")
-    if cfg.threads is not None and cfg.threads < 1:
-        raise ConfigError(f"{source}: threads must be >= 1")
+    if cfg.threads is not None and not 1 <= cfg.threads <= MAX_THREADS:
+        raise ConfigError(f"{source}: threads must be in [1, {MAX_THREADS}], got {cfg.threads}")
     if cfg.stain_norm not in (None, "macenko") and not Path(cfg.stain_norm).is_file():
         raise ConfigError(
             f"{source}: stain_norm must be 'macenko' or a stain JSON file, got {cfg.stain_norm!r}"

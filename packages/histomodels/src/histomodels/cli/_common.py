@@ -23,6 +23,7 @@ from histocore.cli import errors, fail, log_level, progress, require_folder, set
 from histocore.cli import require_file as require_file_out
 from histocore.errors import DomainError
 from histocore.io import number_text
+from histomodels.choices import MAX_THREADS
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
@@ -147,7 +148,9 @@ InferenceBatchSize = Annotated[
 #: ``--threads`` of every command that runs a model (train, finetune, tune, eval, predict):
 #: torch's intra-op threads, set with :func:`histomodels.device.set_threads` (none given: the
 #: trainer leaves torch's count; eval and predict take :func:`use_cpu_cores`'s).
-Threads = Annotated[int | None, typer.Option(min=1, help="torch intra-op threads.")]
+Threads = Annotated[
+    int | None, typer.Option(min=1, max=MAX_THREADS, help="torch intra-op threads.")
+]
 
 
 #: ``--origin-split`` of ``data info``, ``train``, ``finetune`` and ``eval``: the encoded
