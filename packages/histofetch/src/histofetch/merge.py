@@ -47,7 +47,12 @@
   second (``metastasis``, undo, ``metastasis``: two equal lines) stays twice. The lines
   are appended to the output's log in place, as the review page appends its answers
   (never rewritten: answers it appends meanwhile stay, and so does the log's mode); an
-  output whose log has another name (a hard link) is refused, as the page refuses it.
+  output whose log has another name (a hard link) is refused, as the page refuses it. They
+  are appended before the store is committed: a merge stopped meanwhile (SIGKILL, a full
+  disk) added no record, and run again appends only the lines the log does not hold; the
+  review page sees an added image only once its lines are in. A store commit failing after
+  the append leaves lines about images the store does not hold (a rerun adds the images,
+  not the lines again).
 * A file copied into the output is written under a temporary name beside it
   (``.merge-XXXXXXXX.part``), locked (``flock``) while it is written, and renamed into
   place. A merge killed mid-copy (SIGKILL, a power cut) leaves that file behind; the next
@@ -286,10 +291,15 @@ def _merge(loaded: list[Manifest], merged: Manifest) -> MergeSummary:
         summary.per_run[str(run.run_dir)] = summary.per_run.get(str(run.run_dir), 0) + 1
     summary.duplicate_records += sum(len(r.records) for r in loaded) - len(best)
     _merge_header(merged, loaded)
+    # The log lines before the store: a merge stopped while appending them (SIGKILL, a
+    # full disk) has committed nothing, so run again it adds the same images, counts the
+    # lines already appended as held and appends the rest (the lines were appended after
+    # the commit: run again, it added nothing and carried nothing, the rest lost). And the
+    # review page cannot answer about an added image before its carried lines are in.
+    _merge_logs(loaded, merged.run_dir / LOG_NAME, summary)
     merged.commit()
     merged.add_rename_notes(_rename_notes(loaded, merged))
     merged.export()
-    _merge_logs(loaded, merged.run_dir / LOG_NAME, summary)
     return summary
 
 
@@ -370,7 +380,7 @@ def _held_lines(out_log: Path, wanted: set[str]) -> Counter[bytes]:
                 if obj is not None and obj.get("image_id") in wanted:
                     held[_digest(line)] += 1
     except OSError as exc:  # made a link or a FIFO since the check: not written through
-        raise ManifestError(f"{out_log}: {exc.strerror or exc}; review logs not merged") from None
+        raise ManifestError(f"{out_log}: {exc.strerror or exc}; records not merged") from None
     return held
 
 
@@ -448,7 +458,7 @@ def _append_lines(path: Path, lines: Iterable[str]) -> int:
     except OSError as exc:
         raise ManifestError(
             f"{path}: cannot be written ({exc.strerror or exc}); {_n(count, 'review log line')} "
-            "of the inputs' added, the rest not merged"
+            "of the inputs' added, records not merged (a merge run again adds the rest)"
         ) from None
     finally:
         if fd is not None:
@@ -461,18 +471,19 @@ def _open_out_log(path: Path) -> int:
     regular file with no other name (made a link or a FIFO since the check: not written
     through)."""
     flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK
+    path.parent.mkdir(parents=True, exist_ok=True)  # a new output: before its store is
     try:
         fd = os.open(path, flags, 0o644)
     except OSError as exc:
         if exc.errno in (errno.ELOOP, errno.ENXIO, errno.EISDIR):
-            raise ManifestError(f"{path}: not a regular file; review logs not merged") from None
+            raise ManifestError(f"{path}: not a regular file; records not merged") from None
         raise
     st = os.fstat(fd)
     if stat.S_ISREG(st.st_mode) and st.st_nlink == 1:
         return fd
     os.close(fd)
     why = "not a regular file" if not stat.S_ISREG(st.st_mode) else _other_names(st.st_nlink)
-    raise ManifestError(f"{path}: {why}; review logs not merged")
+    raise ManifestError(f"{path}: {why}; records not merged")
 
 
 def _write_all(fd: int, data: bytes) -> None:

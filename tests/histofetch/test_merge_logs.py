@@ -1,0 +1,104 @@
+"""histofetch merge: the inputs' review logs carried into the output's, and the part files
+an interrupted merge leaves (the rest of merge is tested in test_shard.py)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from histocore.manifest import Image, Manifest, Record
+from histofetch.cli import app
+from histofetch.merge import merge_runs
+from histofetch.review.data import LOG_NAME, save_answer
+
+runner = CliRunner()
+
+
+def _labelled_run(run: Path, rid: str, answers: list[tuple[str, str | None]]) -> Path:
+    """``run`` holding record ``rid`` with two kept figures (``fig1``, ``fig2``, each its own
+    sha256 and file), answered on the review page as ``answers`` ((figure, label) each)."""
+    (run / "images").mkdir(parents=True, exist_ok=True)
+    with Manifest.load(run, create=True) as m:
+        m.add_record(Record(id=rid, stage="extracted"))
+        for fig in ("fig1", "fig2"):
+            image_id = f"{rid}/{fig}"
+            path = f"images/{rid}_{fig}.png"
+            (run / path).write_bytes(image_id.encode())
+            sha = hashlib.sha256(image_id.encode()).hexdigest()
+            m.add_image(
+                Image(id=image_id, record_id=rid, path=path, sha256=sha, width=9, height=9,
+                      kept=True)
+            )  # fmt: skip
+        m.save()
+        for fig, label in answers:
+            save_answer(m, f"{rid}/{fig}", label, "ann")
+    return run
+
+
+#: A merge stopped while appending the review log lines: the real merge, with the second
+#: ``os.write`` (the second line appended) holding until the test kills the process.
+_STOPPED_APPEND = """
+import os, sys, time
+from pathlib import Path
+from histofetch.merge import merge_runs
+
+real, calls = os.write, []
+def write(fd, data):
+    calls.append(fd)
+    if len(calls) == 2:
+        print("appending", flush=True)
+        time.sleep(600)
+    return real(fd, data)
+os.write = write
+merge_runs([Path(sys.argv[1])], Path(sys.argv[2]))
+"""
+
+
+def test_a_merge_killed_while_appending_the_log_lines_appends_the_rest_when_run_again(
+    tmp_path: Path,
+) -> None:
+    """The merge committed the store, then appended the carried log lines: one killed in
+    between (SIGKILL, a full disk) held every record, so run again it added nothing and
+    carried nothing, the remaining answers lost for good. Now the lines are appended before
+    the store is committed: run again, the merge adds the same images, counts the lines
+    already appended as held and appends the rest. A refused merge appends no line."""
+    a = _labelled_run(tmp_path / "a", "r1", [("fig1", "metastasis"), ("fig2", "no_metastasis")])
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    cmd = [sys.executable, "-c", _STOPPED_APPEND, str(a), str(out)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "appending\n"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    first = (a / LOG_NAME).read_text().splitlines()
+    assert (out / LOG_NAME).read_text().splitlines() == first[:1]
+    summary = merge_runs([a], out)
+    assert summary.line() == "merged 1 run: 1 record, 2 images added, 1 review log line carried"
+    assert (out / LOG_NAME).read_text().splitlines() == first
+    with Manifest.load(out) as m:
+        assert {i.id: i.label for i in m.images.values()} == {
+            "r1/fig1": "metastasis", "r1/fig2": "no_metastasis"
+        }  # fmt: skip
+    # refused (one image id for two records) before anything is written: no line appended
+    b = _labelled_run(tmp_path / "b", "r2", [("fig1", "metastasis")])
+    c = _labelled_run(tmp_path / "c", "r3", [])
+    with Manifest.load(c) as m:
+        m.add_image(
+            Image(id="r2/fig1", record_id="r3", path="images/r3_fig1.png", sha256="3" * 64,
+                  width=9, height=9)
+        )  # fmt: skip
+        m.save()
+    r = runner.invoke(app, ["merge", str(b), str(c), "--out", str(out)])
+    assert r.exit_code == 1 and r.output.endswith("; nothing merged\n"), r.output
+    assert (out / LOG_NAME).read_text().splitlines() == first
+    fresh = tmp_path / "fresh"
+    assert runner.invoke(app, ["merge", str(b), str(c), "--out", str(fresh)]).exit_code == 1
+    assert not (fresh / LOG_NAME).exists()
