@@ -4,6 +4,7 @@ an interrupted merge leaves (the rest of merge is tested in test_shard.py)."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -102,3 +103,31 @@ def test_a_merge_killed_while_appending_the_log_lines_appends_the_rest_when_run_
     fresh = tmp_path / "fresh"
     assert runner.invoke(app, ["merge", str(b), str(c), "--out", str(fresh)]).exit_code == 1
     assert not (fresh / LOG_NAME).exists()
+
+
+def test_a_log_line_whose_image_id_is_not_text_is_not_carried_nor_counted(
+    tmp_path: Path,
+) -> None:
+    """A log line whose image_id is a list or an object (hand-edited, or from elsewhere),
+    in an input's log or the output's own, ended the merge in 'TypeError: unhashable type'.
+    Now such a line is about no image added: an input's is not carried, the output's not
+    counted as holding one."""
+    a = _labelled_run(tmp_path / "a", "r1", [("fig1", "metastasis")])
+    (good,) = (a / LOG_NAME).read_text().splitlines()
+    odd = [json.dumps({"image_id": ["r1/fig1"], "label": "x"}), json.dumps({"image_id": {"a": 1}})]
+    with (a / LOG_NAME).open("a") as fh:
+        fh.write("\n".join(odd) + "\n")
+    out = tmp_path / "out"
+    r = runner.invoke(app, ["merge", str(a), "--out", str(out)])
+    assert r.exit_code == 0 and r.output == (
+        "merged 1 run: 1 record, 2 images added, 1 review log line carried\n"
+    ), r.output
+    assert (out / LOG_NAME).read_text() == good + "\n"
+    b = _labelled_run(tmp_path / "b", "r2", [("fig1", "metastasis")])
+    (b_line,) = (b / LOG_NAME).read_text().splitlines()
+    own = tmp_path / "own"  # the output's own log holds the odd lines
+    own.mkdir()
+    (own / LOG_NAME).write_text("\n".join(odd) + "\n")
+    r = runner.invoke(app, ["merge", str(b), "--out", str(own)])
+    assert r.exit_code == 0 and r.output.endswith(", 1 review log line carried\n"), r.output
+    assert (own / LOG_NAME).read_text() == "\n".join([*odd, b_line]) + "\n"

@@ -365,6 +365,14 @@ def _digest(line: str) -> bytes:
     return hashlib.blake2b(line.encode(), digest_size=16).digest()
 
 
+def _about(obj: dict[str, Any], images: set[str]) -> bool:
+    """Whether a log line (its object) is about one of ``images``: never one whose
+    ``image_id`` is not text (a list or an object, hand-edited: it ended the merge in a
+    ``TypeError: unhashable type`` traceback)."""
+    image_id = obj.get("image_id")
+    return isinstance(image_id, str) and image_id in images
+
+
 def _held_lines(out_log: Path, wanted: set[str]) -> Counter[bytes]:
     """How many times the output's log holds each line about an image of ``wanted`` (by the
     line's digest: only those can be an input's line carried)."""
@@ -377,7 +385,7 @@ def _held_lines(out_log: Path, wanted: set[str]) -> Counter[bytes]:
             return held
         with fh:
             for _, line, obj in _log_lines(fh):
-                if obj is not None and obj.get("image_id") in wanted:
+                if obj is not None and _about(obj, wanted):
                     held[_digest(line)] += 1
     except OSError as exc:  # made a link or a FIFO since the check: not written through
         raise ManifestError(f"{out_log}: {exc.strerror or exc}; records not merged") from None
@@ -417,7 +425,7 @@ def _carried(run: Manifest, summary: MergeSummary, held: Counter[bytes]) -> Iter
                 if obj is None:
                     bad, first_bad = bad + 1, first_bad or n
                     continue
-                if obj.get("image_id") not in added:
+                if not _about(obj, added):
                     continue  # of an image not added from this input: the output's as it was
                 digest = _digest(line)
                 if held[digest] > 0:
