@@ -131,3 +131,23 @@ def test_a_log_line_whose_image_id_is_not_text_is_not_carried_nor_counted(
     r = runner.invoke(app, ["merge", str(b), "--out", str(own)])
     assert r.exit_code == 0 and r.output.endswith(", 1 review log line carried\n"), r.output
     assert (own / LOG_NAME).read_text() == "\n".join([*odd, b_line]) + "\n"
+
+
+def test_the_part_file_cleanup_never_removes_the_file_a_rows_file_links_to(
+    tmp_path: Path,
+) -> None:
+    """A row of the output names 'images/r1_fig1.png', a link to
+    'images/.merge-abcdefgh.part' in the same folder: the next merge removed the link's
+    target as a leftover part file, and the row's file was gone. Now a part file that is a
+    row's file (by device and inode, links followed) is kept; a leftover one is removed."""
+    out = tmp_path / "out"
+    merge_runs([_labelled_run(tmp_path / "a", "r1", [])], out)
+    row = out / "images" / "r1_fig1.png"
+    target = row.parent / ".merge-abcdefgh.part"
+    os.rename(row, target)
+    row.symlink_to(target.name)
+    stale = row.parent / ".merge-k3_x9q0z.part"
+    stale.write_bytes(b"left by a killed merge")
+    summary = merge_runs([_labelled_run(tmp_path / "b", "r2", [])], out)
+    assert summary.stale_parts == 1 and not stale.exists()
+    assert row.read_bytes() == b"r1/fig1"

@@ -59,7 +59,8 @@
   merge into the output (once nothing refuses it) removes every such file no live process
   holds locked (a merge still copying into it keeps its own) from the folders the
   output's and the inputs' rows' files go to in the output (through its folder links too)
-  and nowhere else: only that name exactly, never a file a row names.
+  and nowhere else: only that name exactly, never a file a row names (nor one a row's file
+  is a link to).
 """
 
 from __future__ import annotations
@@ -865,18 +866,21 @@ def _remove_stale_parts(merged: Manifest, loaded: list[Manifest]) -> int:
     killed mid-copy, from the folders files of the output's and the inputs' rows go to in
     the output (through its folder links: ``pdfs/`` moved to another disk), and only
     there: a file named so elsewhere under it (``--out ~``) is not the merge's. A file a
-    row names (``pdfs/.merge-r1aaaaaa.part``, a row's own file) is never removed. Returns
-    how many."""
+    row names (``pdfs/.merge-r1aaaaaa.part``, a row's own file) is never removed, nor one
+    a row's file is a link to (``images/0.png`` → ``.merge-abcdefgh.part``: the same file,
+    by device and inode). Returns how many."""
     out = merged.run_dir
     folders: set[Path] = set()
     named: set[tuple[int, int, str]] = set()  # (folder's device, inode, name) rows name
     keys: dict[Path, tuple[int, int] | None] = {}
+    paths: list[Path] = []  # the rows' files in the output, for what they link to
     for run in (merged, *loaded):
         rels = [r.pdf_path for r in run.records.values()] + [i.path for i in run.images.values()]
         for rel in rels:
             if not rel or _unusable(rel):  # no folder (os.stat's ValueError)
                 continue
             path = Path(rel) if Path(rel).is_absolute() else Path(os.path.normpath(out / rel))
+            paths.append(path)
             norm = posixpath.normpath(rel)
             if not Path(rel).is_absolute() and norm != "." and not norm.startswith(".."):
                 folders.add(path.parent)
@@ -885,6 +889,7 @@ def _remove_stale_parts(merged: Manifest, loaded: list[Manifest]) -> int:
             if (key := keys[path.parent]) is not None:
                 named.add((*key, path.name))
     removed, seen = 0, set()
+    files: set[tuple[int, int]] | None = None  # the rows' files, links followed: once needed
     for folder in sorted(folders):
         key = keys.get(folder) or _key(folder)
         if key is None or key in seen:  # not a folder, or one folder named two ways
@@ -896,8 +901,22 @@ def _remove_stale_parts(merged: Manifest, loaded: list[Manifest]) -> int:
             continue
         for name in names:
             if _PART_NAME.fullmatch(name) and (*key, name) not in named:
-                removed += _remove_unheld(folder / name)
+                if files is None:
+                    files = _identities(paths)
+                removed += _remove_unheld(folder / name, files)
     return removed
+
+
+def _identities(paths: list[Path]) -> set[tuple[int, int]]:
+    """The device and inode of each of ``paths`` that opens (links followed)."""
+    found = set()
+    for path in paths:
+        try:
+            st = os.stat(path)
+        except (OSError, ValueError):
+            continue
+        found.add((st.st_dev, st.st_ino))
+    return found
 
 
 def _key(folder: Path) -> tuple[int, int] | None:
@@ -909,14 +928,16 @@ def _key(folder: Path) -> tuple[int, int] | None:
     return (st.st_dev, st.st_ino) if stat.S_ISDIR(st.st_mode) else None
 
 
-def _remove_unheld(path: Path) -> bool:
-    """Remove ``path``, a regular file, if no process holds it locked (never a link)."""
+def _remove_unheld(path: Path, kept: set[tuple[int, int]]) -> bool:
+    """Remove ``path``, a regular file, if no process holds it locked (never a link, nor a
+    file whose device and inode are in ``kept``)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError:
         return False
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or (st.st_dev, st.st_ino) in kept:
             return False
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
