@@ -162,3 +162,23 @@ def test_a_nul_byte_in_a_row_is_named_with_its_column(tmp_path: Path) -> None:
     with pytest.raises(ManifestError) as err:
         Manifest.load(tmp_path)
     assert str(err.value) == f"{path}:2: not valid JSON (Invalid control character, column 11)"
+
+
+def test_commit_header_commits_the_header_keys_only(tmp_path: Path) -> None:
+    """A header key said after a full commit (filter: its sheets written) cost a second
+    full commit, every row compared again. commit_header writes the changed header keys
+    alone: a row changed in memory is not written by it, and is by the next commit."""
+    run = tmp_path / "run"
+    m = Manifest(run_dir=run, query="q")
+    m.add_record(Record(id="pmid:1", pmid="1", stage="filtered"))
+    m.save()
+    m.header_extra["filter_sheets"] = True
+    m.records["pmid:1"].title = "changed in memory"
+    m.commit_header()
+    with Manifest.load(run) as other:
+        assert other.header_extra["filter_sheets"] is True
+        assert other.records["pmid:1"].title is None
+    m.commit()
+    with Manifest.load(run) as other:
+        assert other.records["pmid:1"].title == "changed in memory"
+    m.close()

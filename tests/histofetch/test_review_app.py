@@ -252,6 +252,40 @@ def test_a_filter_stopped_while_writing_its_sheets_leaves_them_unnamed(tmp_path:
     assert "filter kept none of the run's 1 image;" in out and "the sheets in" not in out
 
 
+def test_filter_writes_the_manifest_export_once_and_the_sheets_before_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """filter saved the run twice to say filter_sheets false, then true once the sheets
+    were written: every row compared and manifest.jsonl written twice (6 s more at 200,000
+    images). Now the rows are committed, the sheets written, and the header's key then
+    committed alone and manifest.jsonl written once, saying true; a filter stopped while
+    writing the sheets still writes it, saying false."""
+    run = make_run(tmp_path, figures=1, filtered=False)
+    replaced: list[str] = []
+    real = os.replace
+
+    def replace(src: str | Path, dst: str | Path) -> None:
+        replaced.append(Path(dst).name)
+        real(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    args = ["filter", "--run", str(run), "--min-side", "100000"]
+    assert CliRunner().invoke(cli, args).exit_code == 0
+    assert replaced.count("manifest.jsonl") == 1
+    assert replaced.index("manifest.jsonl") > replaced.index("kept-001.jpg")
+
+    def header() -> dict[str, object]:
+        with (run / "manifest.jsonl").open() as fh:
+            return json.loads(fh.readline())
+
+    assert header()["filter_sheets"] is True
+    (run / "sheets" / "kept-001.jpg").unlink()
+    (run / "sheets" / "kept-001.jpg").mkdir()  # the next sheet cannot be written
+    r = CliRunner().invoke(cli, [*args, "--min-tissue", "0.5"])
+    assert r.exit_code == 1 and "kept-001.jpg" in r.output, r.output
+    assert header()["filter_sheets"] is False
+
+
 def test_a_run_whose_filter_failed_every_article_is_told_so(tmp_path: Path) -> None:
     """A filter that failed every article leaves them extracted with undecided images:
     'run histofetch filter first' was said, and running it again fails the same way."""

@@ -144,6 +144,13 @@ class Manifest(StoreSync):
         delta.deleted_images = set(self._seen_img) - set(self.images)
         self._apply(delta)
 
+    def commit_header(self) -> None:
+        """Commit only the header keys this process changed (one small transaction): the
+        rows are not compared, nor written. For a header change after :meth:`commit` (a key
+        saying work outside the store is done), where a full commit would compare every
+        row again."""
+        self._apply(self._header_delta())
+
     def commit_record(self, record_id: str, *, release: bool = True) -> None:
         """Commit one record and its image rows as one transaction: the record row, and its
         stored image rows replaced by the ones in memory (fields changed here only)."""
