@@ -1565,17 +1565,15 @@ def test_train_out_under_a_file_is_one_line_at_once(h5_files, tmp_path):
     assert r.stderr == f"error: {a}: is a file, not a folder\n"
 
 
-def test_compile_without_a_cpu_compiler_is_one_line_before_training(
-    h5_files, tmp_path, monkeypatch
-):
+def test_compile_without_a_cpu_compiler_is_one_line_before_training(h5_files, tmp_path):
     """``--compile`` on a machine without a C++ compiler trained until its first step, then
     ended in a 140-line InductorError traceback: one line now, before training starts."""
     import torch._inductor.config as inductor_config
 
-    monkeypatch.setattr(inductor_config.cpp, "cxx", (None, str(tmp_path / "no-such-cxx")))
-    r = CliRunner().invoke(app, ["train", "--data", str(h5_files[0]), "--val", str(h5_files[1]),
-                                 "--out", str(tmp_path / "run"), "--epochs", "1", "--compile",
-                                 "--model-config", '{"width": 8, "depth": 2}'])  # fmt: skip
+    with inductor_config.patch({"cpp.cxx": (None, str(tmp_path / "no-such-cxx"))}):
+        r = CliRunner().invoke(app, ["train", "--data", str(h5_files[0]), "--val", str(h5_files[1]),
+                                     "--out", str(tmp_path / "run"), "--epochs", "1", "--compile",
+                                     "--model-config", '{"width": 8, "depth": 2}'])  # fmt: skip
     assert r.exit_code == 1, r.output
     errors = [s for s in r.stderr.splitlines() if s.startswith("error:")]
     assert errors == [r.stderr.splitlines()[-1]], r.stderr

@@ -422,6 +422,23 @@ def test_a_base_config_of_another_model_is_refused_not_turned_into_a_cnn(tmp_pat
     assert not (tmp_path / "t").exists()
 
 
+def test_compile_without_a_cpu_compiler_stops_the_tune_before_any_trial(tmp_path, tiny_data):
+    """A base config with ``compile`` on a machine without a C++ compiler ran 5 trials, each
+    failed by it, wrote the tune's files and only then stopped: one error before any trial."""
+    import torch._inductor.config as inductor_config
+
+    from histocore.errors import DomainError
+
+    train_set, val_set = tiny_data
+    with (
+        inductor_config.patch({"cpp.cxx": (None, str(tmp_path / "no-such-cxx"))}),
+        pytest.raises(DomainError, match=r"--compile: torch\.compile needs a working C"),
+    ):
+        tune(train_set, val_set, tmp_path / "t", trials=2, trial_epochs=1,
+             base=TrainConfig(compile=True, device="cpu"))  # fmt: skip
+    assert not (tmp_path / "t").exists()
+
+
 def test_the_declared_ax_platform_has_the_client_api_tune_uses():
     """``tune`` imports ``ax.api.client.Client`` and ``ax.api.configs``, which first ship in
     ax-platform 1.0.0 (0.5.0 has them only under ``ax.preview.api``), and passes

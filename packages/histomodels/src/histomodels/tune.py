@@ -148,6 +148,12 @@ def _tune(
     pins = parse_fixed(fixed or {})
     base = base or TrainConfig()
     check_base(base)
+    if base.compile:  # the machine's, not a trial's: each trial would fail on it
+        from histomodels.device import pick_device
+        from histomodels.training.network import check_cpu_compiler
+
+        if pick_device(base.device).type == "cpu":
+            check_cpu_compiler()
     if base.swa and pins.get("ema", 1) != 0:
         raise TuneError(
             "base config: swa is set and the search tries ema, which cannot go with it; "

@@ -218,8 +218,9 @@ def check_cpu_compiler() -> None:
         return
     try:
         get_cpp_compiler()
-    except InvalidCxxCompiler:
+    except (InvalidCxxCompiler, OSError) as exc:  # none found; CXX not executable
+        why = "found none" if isinstance(exc, InvalidCxxCompiler) else f"its compiler: {exc}"
         raise DomainError(
-            "--compile: torch.compile needs a working C++ compiler on the CPU and found none "
+            f"--compile: torch.compile needs a working C++ compiler on the CPU and {why} "
             "(install g++, or set CXX); train without --compile"
         ) from None
