@@ -124,8 +124,10 @@ def test_a_file_output_that_is_a_folder_fails_before_pytorch_is_imported(
         ["predict", "--model", "pcam-cnn", "{image}", "--out", "{new}/{long}.csv"],
         ["export", "pcam-cnn", "--out", "{new}/{long}.onnx"],
         ["demo", "--out", "{new}/{long}"],
+        ["export", "pcam-cnn", "--out", "{here}/{long}.onnx"],
+        ["demo", "--out", "{here}/{long}"],
     ],
-    ids=["predict", "export", "demo folder"],
+    ids=["predict", "export", "demo folder", "export in a folder there", "demo in a folder there"],
 )
 def test_an_output_name_too_long_fails_at_once_and_makes_no_folder(
     tmp_path: Path, command: list[str]
@@ -139,7 +141,8 @@ def test_an_output_name_too_long_fails_at_once_and_makes_no_folder(
     limit = os.pathconf(tmp_path, "PC_NAME_MAX")
     image = tmp_path / "patch.png"
     image.write_bytes(b"not read: the output is checked first")
-    names = {"new": str(tmp_path / "new"), "long": "a" * (limit + 5), "image": str(image)}
+    names = {"new": str(tmp_path / "new"), "here": str(tmp_path), "long": "a" * (limit + 5),
+             "image": str(image)}  # fmt: skip
     args = [arg.format(**names) for arg in command]
     code, last, heavy = _run(*args)
     assert (code, last, heavy) == (

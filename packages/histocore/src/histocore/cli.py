@@ -85,11 +85,13 @@ def require_folder(*paths: str | Path | None, what: str = "folder") -> None:
         if raw is None:
             continue
         path = Path(raw).expanduser()
-        if path.exists() and not path.is_dir():
-            fail(f"{raw}: is a file, not a {what}")
-        if path.is_symlink() and not path.exists():  # made it would fail after the work
-            fail(f"{raw}: broken symbolic link")
-        _require_parents(path)
+        with _said_as(raw):  # exists() raises for a name too long (ENAMETOOLONG)
+            refuse_overlong_name(path)
+            if path.exists() and not path.is_dir():
+                fail(f"{raw}: is a file, not a {what}")
+            if path.is_symlink() and not path.exists():  # made it would fail after the work
+                fail(f"{raw}: broken symbolic link")
+            _require_parents(path)
 
 
 def require_file(*paths: str | Path | None) -> None:
@@ -100,25 +102,32 @@ def require_file(*paths: str | Path | None) -> None:
         if raw is None:
             continue
         path = Path(raw).expanduser()
-        if path.is_dir():
-            fail(f"{raw}: is a folder, not a file")
-        _require_parents(path)
+        with _said_as(raw):  # is_dir() raises for a name too long (ENAMETOOLONG)
+            refuse_overlong_name(path)
+            if path.is_dir():
+                fail(f"{raw}: is a folder, not a file")
+            _require_parents(path)
+
+
+@contextlib.contextmanager
+def _said_as(raw: str | Path) -> Iterator[None]:
+    """An OSError while checking an ``--out`` (a name too long for the file system, in any
+    of its parts) is one line naming it as given: ``error: aaa…: file name too long (over
+    255 bytes)``; it was a traceback where the folder existed."""
+    try:
+        yield
+    except OSError as exc:
+        fail(f"{raw}: {(exc.strerror or str(exc)).lower()}")
 
 
 def _require_parents(path: Path) -> None:
     """Fail when an existing file (or a broken link) stands where ``path``'s folder should
     be: ``a: is a file, not a folder`` (writing ``a/b.pt`` said ``a: file exists``, or
-    ``a/b.pt: not a directory``); ``a: broken symbolic link``; or when ``path``'s name is
-    longer than the file system takes: ``new/aaa…: file name too long (over 255 bytes)``
-    (the command made ``new/`` and failed only after its work)."""
+    ``a/b.pt: not a directory``); ``a: broken symbolic link``."""
     in_the_way = file_in_the_way(path)
     if in_the_way is not None:
         blocker, problem = in_the_way
         fail(f"{blocker}: {problem}")
-    try:
-        refuse_overlong_name(path)
-    except OSError as exc:
-        fail(describe(exc))
 
 
 @contextlib.contextmanager
