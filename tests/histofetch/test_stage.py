@@ -169,7 +169,8 @@ def test_disk_full_is_transient_leaves_no_partial_rows_and_is_retried(tmp_path: 
 def test_an_os_error_fails_its_record_as_problem_then_file(tmp_path: Path) -> None:
     """A file where extract makes the record's image folder: the record failed with
     '[Errno 17] File exists: ...', which the summary counted as '[Errno 17] File exists'.
-    Now 'File exists: <file>' like every other reason (problem first, the file last)."""
+    Now 'problem: <file>' like every other reason (problem first, the file last); since
+    histocore.io.make_parents the problem says what is wrong: 'is a file, not a folder'."""
     from pdf_factory import build_image_pdf, he_like
 
     from histofetch.extract import ingest_local, run_extract
@@ -182,10 +183,10 @@ def test_an_os_error_fails_its_record_as_problem_then_file(tmp_path: Path) -> No
     folder = run / "images" / rec.id.replace(":", "_")
     folder.parent.mkdir()
     folder.write_text("in the way")
-    summary = run_extract(run)
-    assert dict(summary.reasons) == {"File exists": 1}
+    summary = run_extract(run)  # (said 'File exists' before make_parents named the file)
+    assert dict(summary.reasons) == {"is a file, not a folder": 1}
     with Manifest.load(run) as m:
-        assert m.records[rec.id].reason == f"File exists: {folder}"
+        assert m.records[rec.id].reason == f"is a file, not a folder: {folder}"
 
 
 def test_an_os_error_with_two_paths_names_the_one_in_the_way(tmp_path: Path) -> None:
