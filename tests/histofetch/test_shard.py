@@ -876,21 +876,7 @@ def test_a_merge_killed_mid_copy_leaves_no_part_file_after_the_next(tmp_path: Pa
     import subprocess
     import sys
 
-    from histocore.manifest import Image
-
-    shard, disk, out = tmp_path / "shard", tmp_path / "bigdisk", tmp_path / "out"
-    (disk / "r1").mkdir(parents=True)
-    shard.mkdir()
-    (shard / "images").symlink_to(disk, target_is_directory=True)  # brought by a copy
-    data = b"figure a" * 1000
-    (disk / "r1" / "a.png").write_bytes(data)
-    with Manifest.load(shard, create=True) as m:
-        m.add_record(Record(id="r1", stage="extracted"))
-        m.add_image(
-            Image(id="r1/a", record_id="r1", path="images/r1/a.png",
-                  sha256=hashlib.sha256(data).hexdigest(), width=1, height=1)
-        )  # fmt: skip
-        m.save()
+    shard, out, data = _shard_whose_image_merge_copies(tmp_path)
 
     def stopped_merge() -> tuple[subprocess.Popen[str], Path]:
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
@@ -1105,21 +1091,7 @@ def test_a_merge_copies_without_the_lock_where_the_file_system_has_none(
     import errno
     import fcntl
 
-    from histocore.manifest import Image
-
-    shard, disk, out = tmp_path / "shard", tmp_path / "bigdisk", tmp_path / "out"
-    (disk / "r1").mkdir(parents=True)
-    shard.mkdir()
-    (shard / "images").symlink_to(disk, target_is_directory=True)  # brought by a copy
-    data = b"figure a" * 1000
-    (disk / "r1" / "a.png").write_bytes(data)
-    with Manifest.load(shard, create=True) as m:
-        m.add_record(Record(id="r1", stage="extracted"))
-        m.add_image(
-            Image(id="r1/a", record_id="r1", path="images/r1/a.png",
-                  sha256=hashlib.sha256(data).hexdigest(), width=1, height=1)
-        )  # fmt: skip
-        m.save()
+    shard, out, data = _shard_whose_image_merge_copies(tmp_path)
     failure = [errno.EIO]
 
     def flock(fd: int, op: int) -> None:
@@ -1137,3 +1109,25 @@ def test_a_merge_copies_without_the_lock_where_the_file_system_has_none(
     assert r.exit_code == 0 and r.output.endswith("\nmerged 1 run: 1 record, 1 image added\n")
     assert target.read_bytes() == data and other.read_bytes() == b"figure"
     assert sorted(os.listdir(target.parent)) == [".merge-abcd1234.part", "a.png"]
+
+
+def _shard_whose_image_merge_copies(tmp_path: Path) -> tuple[Path, Path, bytes]:
+    """A shard, the output to merge it into and its one image's bytes, which lie under an
+    ``images`` folder link pointing out of the shard, so merge copies them (through a
+    ``.merge-*.part`` file) rather than hard-linking them."""
+    from histocore.manifest import Image
+
+    shard, disk, out = tmp_path / "shard", tmp_path / "bigdisk", tmp_path / "out"
+    (disk / "r1").mkdir(parents=True)
+    shard.mkdir()
+    (shard / "images").symlink_to(disk, target_is_directory=True)  # brought by a copy
+    data = b"figure a" * 1000
+    (disk / "r1" / "a.png").write_bytes(data)
+    with Manifest.load(shard, create=True) as m:
+        m.add_record(Record(id="r1", stage="extracted"))
+        m.add_image(
+            Image(id="r1/a", record_id="r1", path="images/r1/a.png",
+                  sha256=hashlib.sha256(data).hexdigest(), width=1, height=1)
+        )  # fmt: skip
+        m.save()
+    return shard, out, data

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -381,15 +382,20 @@ def test_a_diverged_run_is_one_error_line(h5_files, tmp_path):
     assert not out.exists()
 
 
+def _quiet_tiny_train(train_h5: Path, val_h5: Path, out: Path) -> list[str]:
+    """``train`` of the TINY CNN on the two files into ``out``, quietly (add --epochs)."""
+    return ["train", "--data", str(train_h5), "--val", str(val_h5), "--out", str(out),
+            "--model-config", json.dumps(TINY), "--batch-size", "16", "--threads", "1",
+            "--quiet"]  # fmt: skip
+
+
 def test_resume_refuses_settings_it_would_not_apply(h5_files, tmp_path):
     """``--resume`` keeps the run's own settings: given other data or another LR it used to
     train on the old ones without a word; now one line names each, and the run is
     untouched. The same command again (what one reruns after Ctrl-C) still resumes."""
     train_h5, val_h5 = h5_files
     out = tmp_path / "r"
-    args = ["train", "--data", str(train_h5), "--val", str(val_h5), "--out", str(out),
-            "--model-config", json.dumps(TINY), "--batch-size", "16", "--threads", "1",
-            "--quiet"]  # fmt: skip
+    args = _quiet_tiny_train(train_h5, val_h5, out)
     assert CliRunner().invoke(app, [*args, "--epochs", "1"]).exit_code == 0
     before = (out / "last.pt").read_bytes()
     other = write_h5(tmp_path / "other.h5", 32, seed=5)
@@ -417,9 +423,7 @@ def test_resume_over_a_truncated_last_pt_says_it_is_truncated(h5_files, tmp_path
 
     train_h5, val_h5 = h5_files
     out = tmp_path / "r"
-    args = ["train", "--data", str(train_h5), "--val", str(val_h5), "--out", str(out),
-            "--model-config", json.dumps(TINY), "--batch-size", "16", "--threads", "1",
-            "--quiet"]  # fmt: skip
+    args = _quiet_tiny_train(train_h5, val_h5, out)
     assert CliRunner().invoke(app, [*args, "--epochs", "1"]).exit_code == 0
     last = out / "last.pt"
     whole = last.read_bytes()
