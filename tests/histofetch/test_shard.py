@@ -714,6 +714,33 @@ def test_an_output_holding_a_row_path_with_a_lone_surrogate_can_be_merged_into(
         assert (out / str(m.records["x:0"].pdf_path)).read_bytes() == b"%PDF b"
 
 
+def test_a_row_whose_numbered_name_would_be_too_long_gets_a_shortened_one(
+    tmp_path: Path,
+) -> None:
+    """A legal 255-byte name (``pdfs/<251 a>.pdf``) held by the output, by shard a with
+    other bytes and by shard b missing its file: the numbered names (``<stem>-2.pdf``, 257
+    bytes) were too long to look up, so both shard rows kept the path, naming the output's
+    article's file. Now the stem is cut so the numbered name fits: a's file is brought
+    under its own name, b's row gets a name of its own, and no two rows name one file."""
+    name = "pdfs/" + "a" * 251 + ".pdf"
+    out, a, b = tmp_path / "out", tmp_path / "a", tmp_path / "b"
+    _run_with_pdf(out, Record(id="o:1", stage="downloaded", pdf_path=name), b"%PDF o")
+    _run_with_pdf(a, Record(id="a:1", stage="downloaded", pdf_path=name), b"%PDF a")
+    with Manifest.load(b, create=True) as m:
+        m.add_record(Record(id="b:1", stage="downloaded", pdf_path=name))
+        m.save()
+    r = runner.invoke(app, ["merge", str(a), str(b), "--out", str(out)])
+    assert r.exit_code == 0 and r.stderr == "", r.output
+    with Manifest.load(out) as m:
+        got = {rid: str(m.records[rid].pdf_path) for rid in ("o:1", "a:1", "b:1")}
+    assert got["o:1"] == name and len(set(got.values())) == 3, got
+    assert (out / got["o:1"]).read_bytes() == b"%PDF o"
+    assert (out / got["a:1"]).read_bytes() == b"%PDF a"
+    assert not (out / got["b:1"]).exists()
+    for path in got.values():
+        assert path.startswith("pdfs/a") and len(os.fsencode(Path(path).name)) <= 255
+
+
 @pytest.mark.parametrize("b_first", [False, True])
 def test_a_file_where_a_rows_folder_would_be_leaves_that_file_behind(
     tmp_path: Path, b_first: bool

@@ -82,7 +82,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, BinaryIO, NamedTuple
 
-from histocore.io import NotJSON, file_in_the_way, file_sha256, free_name, loads_json, numbered
+from histocore.io import (
+    NotJSON,
+    file_in_the_way,
+    file_sha256,
+    loads_json,
+    numbered,
+    refuse_overlong_name,
+)
 from histocore.manifest import MANIFEST_NAME, STAGES, Manifest, ManifestError, Record
 from histocore.store import RENAME_REFUSED, RENAMED, STORE_NAME
 
@@ -697,15 +704,18 @@ def _place(
     if link is not None and not _hashes_to(src, sha256):
         summary.left_behind[str(link)] = summary.left_behind.get(str(link), 0) + 1
         return _unbrought(merged, rel, names)
+
     # Another article's file there is not ours: a free name (one already holding the same
     # bytes is taken: an interrupted merge brought it, not again). A link in the output
     # is never a name to bring a file to (a dangling one was written through).
-    free = free_name(
-        dst,
-        lambda p: (
+    def taken(p: Path) -> bool:
+        return (
             p.is_symlink() or names.reserved(merged, p) or (p.exists() and not _same_bytes(src, p))
-        ),
-    )
+        )
+
+    n = 1
+    while taken(free := _numbered(dst, n)):
+        n += 1
     return src, free, link
 
 
@@ -785,12 +795,33 @@ def _unbrought(merged: Manifest, rel: str, names: _Names) -> str:
     # row naming ``rel`` starts at the last free name found (1,500 rows naming one missing
     # file tried -2, -3, … from the start each, 1.1 million tries).
     n = names.next_free.get(rel, 1)
-    while taken(free := numbered(dst, n)):
+    while taken(free := _numbered(dst, n)):
         n += 1
     names.next_free[rel] = n
     rel = free.relative_to(merged.run_dir).as_posix()
     names.unbrought.update(names.landings(merged, rel))
     return rel
+
+
+def _numbered(path: Path, n: int) -> Path:
+    """:func:`histocore.io.numbered`, its stem cut (whole characters, from the end) where
+    the numbered name would be longer than the file system takes: ``<251 a>.pdf`` (255
+    bytes) is ``<249 a>-2.pdf``, not ``<251 a>-2.pdf`` (257 bytes), which could not be
+    looked up, so the row kept its path: another row's file. ``path`` itself (``n`` 1) as
+    it is; OSError (ENAMETOOLONG) where even a bare ``-n`` and the suffix do not fit."""
+    free = numbered(path, n)
+    stem = path.stem
+    while n > 1:
+        try:
+            refuse_overlong_name(free)
+        except OSError as exc:
+            if exc.errno != errno.ENAMETOOLONG or not stem:
+                raise
+            stem = stem[:-1]
+            free = path.with_name(f"{stem}-{n}{path.suffix}")
+        else:
+            break
+    return free
 
 
 def _hashes_to(src: Path, sha256: str | None) -> bool:
