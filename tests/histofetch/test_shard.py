@@ -630,6 +630,30 @@ def test_a_shard_path_naming_a_file_in_the_output_no_row_names_is_kept(
     assert (out / "local" / "paper-2.pdf").read_bytes() == b"%PDF t"
 
 
+@pytest.mark.parametrize("spelt", ["absolute", "../out"])
+def test_a_shard_path_naming_the_outputs_own_file_is_never_kept(tmp_path: Path, spelt: str) -> None:
+    """A shard row naming the output's run.sqlite, manifest.jsonl or review log by a path
+    into the output (``../out/run.sqlite``, ``/abs/out/review_log.jsonl``) kept that path,
+    as a local PDF there no row names: the row named the output's own file. Now such a row
+    gets a free name, as before that was kept."""
+    out, a = tmp_path / "out", tmp_path / "a"
+    with Manifest.load(out, create=True) as m:
+        m.add_record(Record(id="o:1", stage="downloaded"))
+        m.save()
+    (out / "review_log.jsonl").write_text("")
+    own = ["run.sqlite", MANIFEST_NAME, "review_log.jsonl"]
+    top = {"absolute": str(out), "../out": "../out"}[spelt]
+    with Manifest.load(a, create=True) as m:
+        for i, name in enumerate(own):
+            assert (out / name).is_file()
+            m.add_record(Record(id=f"a:{i}", stage="downloaded", pdf_path=f"{top}/{name}"))
+        m.save()
+    merge_runs([a], out)
+    with Manifest.load(out) as m:
+        got = [str(m.records[f"a:{i}"].pdf_path) for i in range(len(own))]
+    assert got == ["run-2.sqlite", "manifest-2.jsonl", "review_log-2.jsonl"]
+
+
 @pytest.mark.parametrize(
     ("path", "why"),
     [

@@ -21,7 +21,8 @@
   (``../out/pdfs/x.pdf``, ``/abs/out/pdfs/x.pdf``, ``../alias/pdfs/x.pdf`` with
   ``alias`` a link to the output): no file is brought there, and an input's row whose
   path leads there keeps it where it names a file there no other row names (a local PDF
-  kept in the output folder), else gets a name kept from other rows' files. Where the
+  kept in the output folder; never one of the output's own files, ``run.sqlite``,
+  ``manifest.jsonl``, ``review_log.jsonl``), else gets a name kept from other rows' files. Where the
   output holds another file under that path (a run whose renamed record kept its
   ``pdfs/pmid_0.pdf``, and a shard's own ``pmid:0``), the file is brought under a free
   name (``pdfs/pmid_0-2.pdf``) and the row names that. A row naming one of the run's own
@@ -590,7 +591,10 @@ class _Names:
         """Whether a row path of an input leading into the output (landing at ``lands``)
         keeps its path: where it names a file there that no other row names (a local PDF
         kept in the output folder, named by its absolute path); its names are then kept
-        from files brought after it."""
+        from files brought after it. Never where it names one of the output's own files
+        (run.sqlite, manifest.jsonl, the review log): a row's file is never one of them."""
+        if any(Path(land).parts[0] in _RUN_FILES for land in lands):
+            return False
         if not os.path.isfile(os.path.join(merged.run_dir, path)):
             return False
         for taken in (self.before, self.unbrought, self.brought):
