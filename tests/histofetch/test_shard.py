@@ -795,6 +795,31 @@ def test_a_file_where_a_rows_folder_would_be_leaves_that_file_behind(
     assert (out / MANIFEST_NAME).is_file()
 
 
+def test_a_row_path_under_a_name_of_the_runs_own_files_is_left_behind(tmp_path: Path) -> None:
+    """A shard row and file ``review_log.jsonl/x.pdf`` was brought to
+    ``out/review_log.jsonl/x.pdf``, making the output's review log a folder: every later
+    merge failed and the review page could not log. A row path under a name of the run's
+    own files is now left behind, its row keeping its path, with the warning of a file
+    where a folder of it would be; the output's file stays a file."""
+    a, out, top = tmp_path / "a", tmp_path / "out", "review_log.jsonl"
+    rel = f"{top}/x.pdf"
+    _run_with_pdf(a, Record(id="a:1", stage="downloaded", pdf_path=rel), b"%PDF a")
+    r = runner.invoke(app, ["merge", str(a), "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert "merged 1 run: 1 record added" in r.stdout
+    assert (
+        f"warning: {a}: 1 file the rows name left behind, its path not usable here (first: "
+        f"{rel}: {top} in the output: the run's own file, not a folder); the rows keep the "
+        "paths as they are\n"
+    ) in r.stderr, r.stderr
+    with Manifest.load(out) as m:
+        assert m.records["a:1"].pdf_path == rel
+    assert not (out / top).is_dir()
+    (out / "review_log.jsonl").touch()
+    again = runner.invoke(app, ["merge", str(a), "--out", str(out)])
+    assert again.exit_code == 0 and "nothing new added" in again.stdout, again.output
+
+
 def test_merge_carries_the_inputs_review_logs_into_the_outputs(tmp_path: Path) -> None:
     """A merged run had no review_log.jsonl: who labelled what in the shards was lost. Now
     the inputs' logs are added to the output's in input order, each line as it was, lines

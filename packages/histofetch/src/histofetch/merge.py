@@ -27,7 +27,9 @@
   ``pdfs/pmid_0.pdf``, and a shard's own ``pmid:0``), the file is brought under a free
   name (``pdfs/pmid_0-2.pdf``) and the row names that. A row naming one of the run's own
   files (``run.sqlite``, ``manifest.jsonl``, ``review_log.jsonl``) is never linked: the
-  output's would be the source's file. A file named through a folder link of the source
+  output's would be the source's file; one under such a name (``review_log.jsonl/x.pdf``)
+  is left behind, as a path under another row's file is: the output's file never becomes
+  a folder. A file named through a folder link of the source
   run pointing out of it (its ``images/`` moved to another disk) is copied from there only
   when its bytes hash to its row's sha256, and the command says so, one line per link; a
   file link pointing out is never read. A row path that cannot be looked up (a name too
@@ -692,8 +694,14 @@ def _place(
             return rel
         return _unbrought(merged, lands[0], names)
     rel = norm
-    if len(Path(rel).parts) == 1 and Path(rel).name in _RUN_FILES:
-        return rel  # the run's own file, not the row's: never linked
+    if (top := Path(rel).parts[0]) in _RUN_FILES:
+        if top == rel:
+            return rel  # the run's own file, not the row's: never linked
+        # a path under it ("review_log.jsonl/x.pdf"): brought, it made the output's file a
+        # folder (its review log, every later merge failing); left behind as a path under
+        # another row's file is
+        summary.note_unusable(run, rel, f"{top} in the output: the run's own file, not a folder")
+        return rel
     src = run.resolve(rel)
     dst = merged.run_dir / rel
     try:
