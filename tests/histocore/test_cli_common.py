@@ -217,3 +217,13 @@ def test_an_output_under_a_broken_link_says_so(tmp_path, capsys) -> None:
             with pytest.raises(SystemExit):
                 check(out)
             assert capsys.readouterr().err == f"error: {tmp_path / name}: {problem}\n"
+
+
+def test_an_output_under_a_home_that_does_not_exist_is_one_line(tmp_path, capsys) -> None:
+    """``--out ~nosuchuser/x`` was a RuntimeError traceback from expanduser()."""
+    for check in (require_folder, require_file):
+        with pytest.raises(SystemExit) as exit_:
+            check("~no_such_user_here/x")
+        assert exit_.value.code == 1
+        err = capsys.readouterr().err
+        assert err.startswith("error: ~no_such_user_here/x: ") and err.count("\n") == 1

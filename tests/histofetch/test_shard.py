@@ -738,15 +738,19 @@ def test_an_output_holding_a_row_path_with_a_lone_surrogate_can_be_merged_into(
         assert (out / str(m.records["x:0"].pdf_path)).read_bytes() == b"%PDF b"
 
 
+@pytest.mark.parametrize(
+    "base", ["a" * 251 + ".pdf", "x." + "b" * 253], ids=["long stem", "long suffix"]
+)
 def test_a_row_whose_numbered_name_would_be_too_long_gets_a_shortened_one(
-    tmp_path: Path,
+    tmp_path: Path, base: str
 ) -> None:
     """A legal 255-byte name (``pdfs/<251 a>.pdf``) held by the output, by shard a with
     other bytes and by shard b missing its file: the numbered names (``<stem>-2.pdf``, 257
     bytes) were too long to look up, so both shard rows kept the path, naming the output's
-    article's file. Now the stem is cut so the numbered name fits: a's file is brought
-    under its own name, b's row gets a name of its own, and no two rows name one file."""
-    name = "pdfs/" + "a" * 251 + ".pdf"
+    article's file. Now the stem is cut so the numbered name fits (then the suffix, where
+    a one-character stem is not enough): a's file is brought under its own name, b's row
+    gets a name of its own, and no two rows name one file."""
+    name = "pdfs/" + base
     out, a, b = tmp_path / "out", tmp_path / "a", tmp_path / "b"
     _run_with_pdf(out, Record(id="o:1", stage="downloaded", pdf_path=name), b"%PDF o")
     _run_with_pdf(a, Record(id="a:1", stage="downloaded", pdf_path=name), b"%PDF a")
@@ -762,7 +766,7 @@ def test_a_row_whose_numbered_name_would_be_too_long_gets_a_shortened_one(
     assert (out / got["a:1"]).read_bytes() == b"%PDF a"
     assert not (out / got["b:1"]).exists()
     for path in got.values():
-        assert path.startswith("pdfs/a") and len(os.fsencode(Path(path).name)) <= 255
+        assert path.startswith(f"pdfs/{base[0]}") and len(os.fsencode(Path(path).name)) <= 255
 
 
 @pytest.mark.parametrize("b_first", [False, True])

@@ -816,21 +816,27 @@ def _unbrought(merged: Manifest, rel: str, names: _Names) -> str:
 
 
 def _numbered(path: Path, n: int) -> Path:
-    """:func:`histocore.io.numbered`, its stem cut (whole characters, from the end) where
-    the numbered name would be longer than the file system takes: ``<251 a>.pdf`` (255
-    bytes) is ``<249 a>-2.pdf``, not ``<251 a>-2.pdf`` (257 bytes), which could not be
-    looked up, so the row kept its path: another row's file. ``path`` itself (``n`` 1) as
-    it is; OSError (ENAMETOOLONG) where even a bare ``-n`` and the suffix do not fit."""
+    """:func:`histocore.io.numbered`, cut (whole characters, from the end) where the
+    numbered name would be longer than the file system takes: ``<251 a>.pdf`` (255 bytes)
+    is ``<249 a>-2.pdf``, not ``<251 a>-2.pdf`` (257 bytes), which could not be looked up,
+    so the row kept its path: another row's file. The stem is cut to one character first,
+    then the suffix (``x.<253 b>`` is ``x-2.<250 b>``). ``path`` itself (``n`` 1) as it is;
+    OSError (ENAMETOOLONG) where even that does not fit."""
     free = numbered(path, n)
-    stem = path.stem
+    stem, suffix = path.stem, path.suffix
     while n > 1:
         try:
             refuse_overlong_name(free)
         except OSError as exc:
-            if exc.errno != errno.ENAMETOOLONG or not stem:
+            if exc.errno != errno.ENAMETOOLONG:
                 raise
-            stem = stem[:-1]
-            free = path.with_name(f"{stem}-{n}{path.suffix}")
+            if len(stem) > 1:  # never a bare '-2.pdf'
+                stem = stem[:-1]
+            elif len(suffix) > 2:  # keep '.' and a character
+                suffix = suffix[:-1]
+            else:
+                raise
+            free = path.with_name(f"{stem}-{n}{suffix}")
         else:
             break
     return free
