@@ -108,6 +108,12 @@ class StoreSync:
         if had_rows:
             log.warning("%s was changed outside the run store; imported it", self.path)
 
+    def open_store(self) -> None:
+        """Open the run store now, making it in a folder that has none, with every check
+        opening it makes (links, foreign files): for work outside the store that must come
+        after those checks and before the first commit (merge's review log lines)."""
+        self._db()
+
     def _db(self) -> RunStore:
         if self._store is None:
             store = RunStore(self.run_dir, create=True)

@@ -310,6 +310,7 @@ def _merge(loaded: list[Manifest], merged: Manifest) -> MergeSummary:
     # lines already appended as held and appends the rest (the lines were appended after
     # the commit: run again, it added nothing and carried nothing, the rest lost). And the
     # review page cannot answer about an added image before its carried lines are in.
+    merged.open_store()  # its refusals (a -wal link) before any line is appended
     _merge_logs(loaded, merged.run_dir / LOG_NAME, summary)
     merged.commit()
     merged.add_rename_notes(_rename_notes(loaded, merged))
