@@ -824,21 +824,6 @@ def test_a_row_path_under_a_name_of_the_runs_own_files_is_left_behind(tmp_path: 
     assert again.exit_code == 0 and "nothing new added" in again.stdout, again.output
 
 
-def test_a_row_file_in_the_sheets_folder_is_left_behind(tmp_path: Path) -> None:
-    """A shard row and file ``sheets/kept-1.pdf`` was brought into the output's contact
-    sheets folder, whose old pages the next filter deletes: the row's file with them. Such a
-    file is left behind now, with the warning, its row keeping its path."""
-    a, out, rel = tmp_path / "a", tmp_path / "out", "sheets/kept-1.pdf"
-    _run_with_pdf(a, Record(id="a:1", stage="downloaded", pdf_path=rel), b"%PDF a")
-    r = runner.invoke(app, ["merge", str(a), "--out", str(out)])
-    assert r.exit_code == 0, r.output
-    assert (
-        f"(first: {rel}: sheets/ in the output: filter's contact sheets); the rows keep the "
-        "paths as they are\n"
-    ) in r.stderr, r.stderr
-    assert not (out / rel).exists()
-
-
 def test_merge_carries_the_inputs_review_logs_into_the_outputs(tmp_path: Path) -> None:
     """A merged run had no review_log.jsonl: who labelled what in the shards was lost. Now
     the inputs' logs are added to the output's in input order, each line as it was, lines

@@ -101,9 +101,6 @@ from histocore.store import RENAME_REFUSED, RENAMED, STORE_NAME
 LOG_NAME = "review_log.jsonl"
 #: The run's own files at its top: a row naming one is never linked into the output (a
 #: review there would append to the source's review log through the link).
-#: the run's contact sheets (histofetch.sheets), which every filter clears of its old pages:
-#: a row's file brought there would be deleted by the next filter
-SHEETS_FOLDER = "sheets"
 _RUN_FILES = frozenset(
     {MANIFEST_NAME, LOG_NAME, STORE_NAME}
     | {f"{STORE_NAME}-{end}" for end in ("wal", "shm", "journal")}
@@ -705,9 +702,6 @@ def _place(
         # folder (its review log, every later merge failing); left behind as a path under
         # another row's file is
         summary.note_unusable(run, rel, f"{top} in the output: the run's own file, not a folder")
-        return rel
-    if top == SHEETS_FOLDER and top != rel:  # filter deletes its sheets there: the row's too
-        summary.note_unusable(run, rel, f"{top}/ in the output: filter's contact sheets")
         return rel
     src = run.resolve(rel)
     dst = merged.run_dir / rel
