@@ -156,11 +156,12 @@ def test_the_part_file_cleanup_never_removes_the_file_a_rows_file_links_to(
 def test_a_merge_its_store_refuses_appends_no_log_line(tmp_path: Path) -> None:
     """An output with no store yet is checked as the store is opened (a ``run.sqlite-wal``
     link refused): that came at the first commit, after the log lines were appended, so a
-    refused merge left the answers in a log beside no manifest. The store is opened first."""
+    refused merge left the answers in a log beside no manifest (and the files brought). The
+    store is opened first, before any file is brought or line appended."""
     a = _labelled_run(tmp_path / "a", "r1", [("fig1", "metastasis")])
     out = tmp_path / "out"
     out.mkdir()
     (out / "run.sqlite-wal").symlink_to(tmp_path / "nowhere")
     r = runner.invoke(app, ["merge", str(a), "--out", str(out)])
     assert r.exit_code == 1 and r.stderr.startswith(f"error: {out / 'run.sqlite-wal'}: "), r.output
-    assert not (out / LOG_NAME).exists()
+    assert sorted(p.name for p in out.iterdir()) == ["run.sqlite-wal"]  # nothing brought

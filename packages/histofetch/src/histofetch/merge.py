@@ -266,6 +266,7 @@ def _merge(loaded: list[Manifest], merged: Manifest) -> MergeSummary:
             if rec.id not in best or _rank(rec) > _rank(best[rec.id][0]):
                 best[rec.id] = (rec, run)
     _refuse_image_id_clashes(best, merged)
+    merged.open_store()  # its refusals (a run.sqlite-wal link) before any file is brought
     summary.stale_parts = _remove_stale_parts(merged, loaded)  # once nothing is refused
     pmcids = {r.pmcid: r.id for r in merged.records.values() if r.pmcid}
     ids_before, pmcids_before = set(merged.records), set(pmcids)  # the output's own
@@ -307,7 +308,6 @@ def _merge(loaded: list[Manifest], merged: Manifest) -> MergeSummary:
     # lines already appended as held and appends the rest (the lines were appended after
     # the commit: run again, it added nothing and carried nothing, the rest lost). And the
     # review page cannot answer about an added image before its carried lines are in.
-    merged.open_store()  # its refusals (a -wal link) before any line is appended
     _merge_logs(loaded, merged.run_dir / LOG_NAME, summary)
     merged.commit()
     merged.add_rename_notes(_rename_notes(loaded, merged))
