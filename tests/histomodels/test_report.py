@@ -72,7 +72,7 @@ def test_report_single_and_comparison(tmp_path: Path) -> None:
     metrics = json.loads((run / "eval" / "metrics.json").read_text())
     # the numbers in the table are the ones eval wrote, with their intervals
     lo, hi = metrics["ci"]["roc_auc"]
-    assert f"{metrics['roc_auc']:.4f} [{lo:.3f}, {hi:.3f}]" in page
+    assert f"{metrics['roc_auc']:.4f} [{lo:.4f}, {hi:.4f}]" in page
     assert "run_a/eval" in page and "eval_tta" in page
     # an eval folder given alone is named after the model it evaluated, not only its folder
     assert "<th>run_a/eval_tta</th>" in page
@@ -320,7 +320,20 @@ def test_a_manifest_evaluation_counts_the_figures_its_metrics_are_on(tmp_path: P
         "| patches (positive) | 51 tiles of 56 figures; metrics on 26 labelled figures (20) "
         "| 51 tiles of 56 figures; no labelled figure |"
     ) in md, md
-    assert "| ROC AUC | 0.8250 [0.657, 0.955] | n/a |" in md
+    assert "| ROC AUC | 0.8250 [0.6570, 0.9550] | n/a |" in md
+
+
+def test_an_interval_is_printed_at_the_points_precision(tmp_path: Path) -> None:
+    """The demo's report showed `0.9998 [1.000, 1.000]`: the interval at three digits and
+    the point at four, so the interval seemed to leave the point out."""
+    folder = tmp_path / "ev"
+    folder.mkdir()
+    metrics = {"roc_auc": 0.99981, "ci": {"roc_auc": [0.99962, 1.0]}, "n": 600}
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    out = tmp_path / "o"
+    r = CliRunner().invoke(app, ["report", str(folder), "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert "| ROC AUC | 0.9998 [0.9996, 1.0000] |" in (out / "report.md").read_text()
 
 
 def test_an_evaluations_warning_is_in_the_report(tmp_path: Path) -> None:

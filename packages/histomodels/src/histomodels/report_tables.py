@@ -37,7 +37,9 @@ def _metric_cell(m: dict[str, Any], key: str) -> str:
     v = m.get(key)
     ci = (m.get("ci") or {}).get(key)
     if ci and None not in ci:
-        return f"{fmt(v)} [{ci[0]:.3f}, {ci[1]:.3f}]"
+        # the interval at the point's precision: 0.9998 [1.000, 1.000] read as if the
+        # interval left the point out
+        return f"{fmt(v)} [{fmt(float(ci[0]))}, {fmt(float(ci[1]))}]"
     return fmt(v)
 
 
