@@ -38,6 +38,10 @@ def test_onnx_runs_in_onnxruntime_with_dynamic_batch(tmp_path: Path, exporter: s
     # real patches, batch sizes never seen at export time
     model, _ = load_model(ckpt)
     sess = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    # the normalisation is JSON text in a string map, decoded as the docs say
+    runtime_meta = sess.get_modelmeta().custom_metadata_map
+    norm = json.loads(runtime_meta["histomodels.normalization"])
+    assert len(norm["mean"]) == len(norm["std"]) == 3, norm
     for n in (1, 13):
         x, _ = make_patches(n, seed=n)
         got = np.asarray(sess.run(None, {"input": to_input(x, channels_last=False).numpy()})[0])
@@ -51,7 +55,11 @@ def test_torchscript_parity(tmp_path: Path) -> None:
     assert res["max_abs_diff"] < 1e-4
     extra = {"histomodels.json": ""}
     loaded = torch.jit.load(str(tmp_path / "m.pt"), _extra_files=extra)
-    assert "histomodels.threshold" not in json.loads(extra["histomodels.json"])  # none chosen
+    meta = json.loads(extra["histomodels.json"])
+    assert "histomodels.threshold" not in meta  # none chosen
+    norm = json.loads(meta["histomodels.normalization"])  # JSON text inside, as documented
+    assert len(norm["mean"]) == len(norm["std"]) == 3, norm
+    assert float(meta["histomodels.temperature"]) > 0
     x, _ = make_patches(3, seed=1)
     model, _ = load_model(ckpt)
     np.testing.assert_allclose(
