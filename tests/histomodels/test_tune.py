@@ -8,6 +8,7 @@ import re
 
 import numpy as np
 import pytest
+from conftest import unboxed
 
 from histomodels.config import TrainConfig, resolve_config
 from histomodels.synthetic import make_patches
@@ -411,6 +412,44 @@ def test_cli_bad_training_data_is_one_line_and_leaves_no_tune_folder(tmp_path):
         f"error: {bad} row 100: cannot decode image (image file is truncated)"
     ]
     assert not out.exists()
+
+
+def test_cli_origin_split_filters_the_training_data_as_train_does(tmp_path):
+    """``tune`` had no ``--origin-split`` (only a base config's ``origin_split``): the
+    option filters ``--data`` for every trial, over the file's value, and on data without
+    origins it is a usage error naming it, before anything is written."""
+    from _trainkit import encoded_h5_with_origins
+    from typer.testing import CliRunner
+
+    from histomodels.cli import app
+    from histomodels.synthetic import write_h5
+
+    (tmp_path / "t").mkdir()
+    val = write_h5(tmp_path / "val.h5", 24, seed=1)
+    data = encoded_h5_with_origins(tmp_path / "t" / "enc.h5", 33, make_patches(24, 1)[0][0])
+    cfg = tmp_path / "base.json"
+    cfg.write_text(json.dumps({"eval_batch_size": 64, "threads": 1, "origin_split": "x"}))
+    out = tmp_path / "tune"
+    args = ["tune", "--data", str(data), "--val", str(val), "--out", str(out), "--trials", "1",
+            "--trial-epochs", "1", "--quiet", "--config", str(cfg)]  # fmt: skip
+    res = CliRunner().invoke(app, [*args, "--origin-split", "pcam_train"])
+    assert res.exit_code == 0, res.output
+    trial = json.loads((out / "trials" / "000" / "config.json").read_text())
+    assert trial["origin_split"] == "pcam_train"
+    from PIL import Image
+
+    x, y = make_patches(8, seed=3)
+    folders = tmp_path / "cls"
+    for i in range(len(y)):
+        (folders / str(int(y[i]))).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(x[i]).save(folders / str(int(y[i])) / f"{i}.png")
+    other = tmp_path / "tune2"
+    res = CliRunner().invoke(app, ["tune", "--data", str(folders), "--val", str(val), "--out",
+                                   str(other), "--origin-split", "pcam_train"])  # fmt: skip
+    said = " ".join(unboxed(res.output).split())
+    assert res.exit_code == 2, res.output
+    assert "'--origin-split': does not apply to" in said and "image folder data" in said
+    assert not other.exists()
 
 
 def test_a_base_config_of_another_model_is_refused_not_turned_into_a_cnn(tmp_path, tiny_data):

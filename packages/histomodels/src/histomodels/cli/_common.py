@@ -153,14 +153,15 @@ Threads = Annotated[
 ]
 
 
-#: ``--origin-split`` of ``data info``, ``train``, ``finetune`` and ``eval``: the encoded
+#: ``--origin-split`` of ``data info``, ``train``, ``finetune``, ``tune`` and ``eval``: the encoded
 #: HDF5 reader's ``origin_split=`` filter, its comma list checked before anything is read.
 OriginSplit = Annotated[
     str | None,
     typer.Option(
         callback=checked_by("histomodels.choices:origin_splits", "origin_split"),
         help="Encoded HDF5 (manifest.csv beside it): keep the patches of these origin splits "
-        "(comma list, e.g. kaggle_train,pcam_train; train, finetune, eval: of --data, not --val).",
+        "(comma list, e.g. kaggle_train,pcam_train; train, finetune, tune, eval: of --data, not "
+        "--val).",
     ),
 ]
 

@@ -554,6 +554,7 @@ def tune_cmd(
     sobol_trials: Annotated[
         int | None, typer.Option(min=0, help="Quasi-random trials first.")
     ] = None,
+    origin_split: OriginSplit = None,
     seed: Seed = None,
     threads: Threads = None,
     quiet: Quiet = False,
@@ -569,7 +570,7 @@ def tune_cmd(
     except TuneError as exc:
         usage_error(ctx, str(exc), "--trial-minutes", "--trial-epochs")
     with errors():  # a bad config file: one line, before any data is read
-        base = resolve_config(config)
+        base = resolve_config(config, origin_split=origin_split)  # the option over the file
         check_base(base, str(config))
         fixed = parse_fixed(fix or [])
     require_paths(data, role="train")
@@ -579,7 +580,12 @@ def tune_cmd(
     from histomodels.tune import tune
 
     # one line per trial (histomodels.tune), not the trials' per-epoch lines
-    with errors(TrainingError), log_level("histomodels.training", logging.WARNING):
+    given = {"origin_split": "--origin-split"} if origin_split else {}
+    with (
+        errors(TrainingError),
+        log_level("histomodels.training", logging.WARNING),
+        reader_options(given, ctx),  # --origin-split on a format without origins
+    ):
         best = tune(
             data,
             val,
