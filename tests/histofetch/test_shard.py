@@ -824,6 +824,39 @@ def test_a_row_path_under_a_name_of_the_runs_own_files_is_left_behind(tmp_path: 
     assert again.exit_code == 0 and "nothing new added" in again.stdout, again.output
 
 
+def test_a_plain_row_path_naming_the_runs_own_file_gets_a_free_name(tmp_path: Path) -> None:
+    """A shard row naming ``run.sqlite``, ``review_log.jsonl`` or ``manifest.jsonl`` (or
+    ``run.sqlite/../manifest.jsonl``) kept that path: the row named the output's own file
+    (its store, its manifest, its review log once the review page writes one). So did one
+    naming ``../out/review_log.jsonl`` while the output had no review log yet. Now each
+    gets a free name, naming no file; the shard's own files are never linked."""
+    a, out = tmp_path / "a", tmp_path / "out"
+    paths = [
+        "run.sqlite",
+        "review_log.jsonl",
+        "manifest.jsonl",
+        "run.sqlite/../manifest.jsonl",
+        "../out/review_log.jsonl",
+    ]
+    with Manifest.load(a, create=True) as m:
+        for i, path in enumerate(paths):
+            m.add_record(Record(id=f"a:{i}", stage="downloaded", pdf_path=path))
+        m.save()
+    (a / "review_log.jsonl").write_text("")
+    r = runner.invoke(app, ["merge", str(a), "--out", str(out)])
+    assert r.exit_code == 0 and r.stderr == "", r.output
+    with Manifest.load(out) as m:
+        got = [str(m.records[f"a:{i}"].pdf_path) for i in range(len(paths))]
+    assert got == [
+        "run-2.sqlite",
+        "review_log-2.jsonl",
+        "manifest-2.jsonl",
+        "manifest-3.jsonl",
+        "review_log-3.jsonl",
+    ]
+    assert not any((out / path).exists() for path in got)
+
+
 def test_merge_carries_the_inputs_review_logs_into_the_outputs(tmp_path: Path) -> None:
     """A merged run had no review_log.jsonl: who labelled what in the shards was lost. Now
     the inputs' logs are added to the output's in input order, each line as it was, lines

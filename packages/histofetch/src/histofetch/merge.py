@@ -26,10 +26,11 @@
   output holds another file under that path (a run whose renamed record kept its
   ``pdfs/pmid_0.pdf``, and a shard's own ``pmid:0``), the file is brought under a free
   name (``pdfs/pmid_0-2.pdf``) and the row names that. A row naming one of the run's own
-  files (``run.sqlite``, ``manifest.jsonl``, ``review_log.jsonl``) is never linked: the
-  output's would be the source's file; one under such a name (``review_log.jsonl/x.pdf``)
-  is left behind, as a path under another row's file is: the output's file never becomes
-  a folder. A file named through a folder link of the source
+  files (``run.sqlite``, ``manifest.jsonl``, ``review_log.jsonl``, however spelt) is never
+  linked (the output's would be the source's file) and gets a free name naming no file
+  (``run-2.sqlite``): kept, it named the output's own file; one under such a name
+  (``review_log.jsonl/x.pdf``) is left behind, as a path under another row's file is: the
+  output's file never becomes a folder. A file named through a folder link of the source
   run pointing out of it (its ``images/`` moved to another disk) is copied from there only
   when its bytes hash to its row's sha256, and the command says so, one line per link; a
   file link pointing out is never read. A row path that cannot be looked up (a name too
@@ -697,7 +698,9 @@ def _place(
     rel = norm
     if (top := Path(rel).parts[0]) in _RUN_FILES:
         if top == rel:
-            return rel  # the run's own file, not the row's: never linked
+            # the run's own file, not the row's: never linked; kept, the row named the
+            # output's own file (its store, its manifest): a free name ("run-2.sqlite")
+            return _unbrought(merged, rel, names)
         # a path under it ("review_log.jsonl/x.pdf"): brought, it made the output's file a
         # folder (its review log, every later merge failing); left behind as a path under
         # another row's file is
@@ -802,6 +805,8 @@ def _unbrought(merged: Manifest, rel: str, names: _Names) -> str:
         if p.is_symlink() or p.exists():
             return True
         lands = names.landings(merged, p)
+        if not _RUN_FILES.isdisjoint(lands):  # the output's own, also before it is made
+            return True
         return not (names.before.isdisjoint(lands) and names.unbrought.isdisjoint(lands))
 
     # A name found taken stays taken (files are only added, names only kept): the next
