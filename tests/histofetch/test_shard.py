@@ -824,6 +824,61 @@ def test_a_row_path_under_a_name_of_the_runs_own_files_is_left_behind(tmp_path: 
     assert again.exit_code == 0 and "nothing new added" in again.stdout, again.output
 
 
+@pytest.mark.parametrize("spelt", ["sheets/kept-001.jpg", "pdfs/../sheets/kept-001.jpg"])
+def test_a_row_file_under_sheets_is_brought_outside_it(tmp_path: Path, spelt: str) -> None:
+    """A shard row and file ``sheets/kept-001.jpg`` was brought to that path in the output,
+    whose ``sheets/`` is filter's: the next filter deleted it and wrote its first contact
+    sheet there, the row naming it. Another shard's row ``../out/sheets/kept-001.jpg``
+    kept its path, naming the output's contact sheet. Now a file under ``sheets/`` goes to
+    ``sheets-2/`` (its row rewritten) and a row naming a file under the output's
+    ``sheets/`` gets a free name outside it: after a filter each row names its own bytes
+    or no file."""
+    from histofetch.sheets import write_filter_sheets
+
+    a, b, out = tmp_path / "a", tmp_path / "b", tmp_path / "out"
+    with Manifest.load(out, create=True) as m:
+        m.add_record(Record(id="o:1", stage="downloaded"))
+        m.save()
+        write_filter_sheets(m)  # the output's contact sheets: sheets/kept-001.jpg, …
+    sheet = (out / "sheets" / "kept-001.jpg").read_bytes()
+    _run_with_pdf(a, Record(id="a:1", stage="downloaded", pdf_path=spelt), b"%PDF a")
+    with Manifest.load(b, create=True) as m:
+        m.add_record(Record(id="b:1", stage="downloaded", pdf_path="../out/sheets/kept-001.jpg"))
+        m.save()
+    r = runner.invoke(app, ["merge", str(a), str(b), "--out", str(out)])
+    assert r.exit_code == 0 and r.stderr == "", r.output
+    with Manifest.load(out) as m:
+        got = {rid: str(m.records[rid].pdf_path) for rid in ("a:1", "b:1")}
+        assert got == {"a:1": "sheets-2/kept-001.jpg", "b:1": "sheets-2/kept-001-2.jpg"}
+        write_filter_sheets(m)  # the next filter
+    assert (out / got["a:1"]).read_bytes() == b"%PDF a"
+    assert not (out / got["b:1"]).exists()
+    assert (out / "sheets" / "kept-001.jpg").read_bytes() == sheet
+
+
+@pytest.mark.parametrize("sheets_first", [True, False])
+def test_a_row_file_named_sheets_gets_a_free_name(tmp_path: Path, sheets_first: bool) -> None:
+    """A shard row and file named ``sheets`` was brought as a file ``out/sheets``: the next
+    filter failed with ``File exists`` making its contact sheets folder. Now it gets a free
+    name, never ``sheets`` nor the folder another shard's ``sheets/`` files go to."""
+    from histofetch.sheets import write_filter_sheets
+
+    a, b, out = tmp_path / "a", tmp_path / "b", tmp_path / "out"
+    _run_with_pdf(a, Record(id="a:1", stage="downloaded", pdf_path="sheets"), b"%PDF a")
+    _run_with_pdf(b, Record(id="b:1", stage="downloaded", pdf_path="sheets/x.pdf"), b"%PDF b")
+    r = runner.invoke(
+        app, ["merge", *map(str, [a, b] if sheets_first else [b, a]), "--out", str(out)]
+    )
+    assert r.exit_code == 0 and r.stderr == "", r.output
+    with Manifest.load(out) as m:
+        got = {rid: str(m.records[rid].pdf_path) for rid in ("a:1", "b:1")}
+        assert got == {"a:1": "sheets-2-2", "b:1": "sheets-2/x.pdf"}
+        write_filter_sheets(m)  # the next filter makes its folder
+    assert (out / got["a:1"]).read_bytes() == b"%PDF a"
+    assert (out / got["b:1"]).read_bytes() == b"%PDF b"
+    assert (out / "sheets" / "kept-001.jpg").is_file()
+
+
 def test_a_plain_row_path_naming_the_runs_own_file_gets_a_free_name(tmp_path: Path) -> None:
     """A shard row naming ``run.sqlite``, ``review_log.jsonl`` or ``manifest.jsonl`` (or
     ``run.sqlite/../manifest.jsonl``) kept that path: the row named the output's own file
@@ -1041,6 +1096,20 @@ def test_stale_part_files_are_removed_through_the_outputs_folder_links_only_wher
     assert (disk / "r1" / ".merge-link.part").is_symlink()
     assert (tmp_path / "user.txt").read_text() == "the user's"
     assert (disk / "r1" / "a.pdf").read_bytes() == b"%PDF a"
+
+
+def test_a_stale_part_file_where_sheets_files_go_is_removed(tmp_path: Path) -> None:
+    """A merge killed while copying a shard's ``sheets/x.pdf`` leaves its part file in
+    ``sheets-2/``, where that file goes: the next merge removes it there (it looks where
+    the inputs' files go in the output, not where they lie in the inputs)."""
+    out, shard = tmp_path / "out", tmp_path / "shard"
+    _run_with_pdf(shard, Record(id="r1", pdf_path="sheets/x.pdf"), b"%PDF a")
+    (out / "sheets-2").mkdir(parents=True)
+    stale = out / "sheets-2" / ".merge-abcd1234.part"
+    stale.write_bytes(b"%PDF")
+    summary = merge_runs([shard], out)
+    assert summary.stale_parts == 1 and not stale.exists()
+    assert (out / "sheets-2" / "x.pdf").read_bytes() == b"%PDF a"
 
 
 def _labelled_run(run: Path, rid: str, answers: list[tuple[str, str | None]]) -> Path:

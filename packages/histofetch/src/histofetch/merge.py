@@ -30,15 +30,18 @@
   linked (the output's would be the source's file) and gets a free name naming no file
   (``run-2.sqlite``): kept, it named the output's own file; one under such a name
   (``review_log.jsonl/x.pdf``) is left behind, as a path under another row's file is: the
-  output's file never becomes a folder. A file named through a folder link of the source
-  run pointing out of it (its ``images/`` moved to another disk) is copied from there only
-  when its bytes hash to its row's sha256, and the command says so, one line per link; a
-  file link pointing out is never read. A row path that cannot be looked up (a name too
-  long for the file system, a NUL character, a character the file system cannot encode:
-  a lone surrogate, ``"\\ud800"`` in a hand-edited manifest), or one a file in the output
-  stands where a folder of it would be (one shard's ``pdfs/x.pdf``, another's
-  ``pdfs/x.pdf/y.pdf``), is kept as it is, its file left behind, and the command says
-  so, one line per input; a path that cannot be encoded or holds a NUL is never looked
+  output's file never becomes a folder. No file is brought under ``sheets/`` (filter's
+  contact sheets: each filter deletes and rewrites files there) nor to ``sheets``: it goes
+  under ``sheets-2/`` instead (``sheets-3``, … where that name is taken), and a row naming
+  a file under the output's ``sheets/`` gets a free name under ``sheets-2/``. A file named
+  through a folder link of the source run pointing out of it (its ``images/`` moved to
+  another disk) is copied from there only when its bytes hash to its row's sha256, and the
+  command says so, one line per link; a file link pointing out is never read. A row path
+  that cannot be looked up (a name too long for the file system, a NUL character, a
+  character the file system cannot encode: a lone surrogate, ``"\\ud800"`` in a hand-edited
+  manifest), or one a file in the output stands where a folder of it would be (one shard's
+  ``pdfs/x.pdf``, another's ``pdfs/x.pdf/y.pdf``), is kept as it is, its file left behind, and the
+  command says so, one line per input; a path that cannot be encoded or holds a NUL is never looked
   up, the output's own rows' neither.
 * The inputs' review logs (``review_log.jsonl``: who labelled what, appended by the review
   page) are carried: the lines about the images this merge added from each input (not
@@ -106,6 +109,10 @@ _RUN_FILES = frozenset(
     {MANIFEST_NAME, LOG_NAME, STORE_NAME}
     | {f"{STORE_NAME}-{end}" for end in ("wal", "shm", "journal")}
 )
+#: ``filter``'s contact sheets folder: each filter deletes the ``kept*``, ``rejected*`` and
+#: ``closest-*`` files there and writes its pages under those names
+#: (:func:`histofetch.sheets.write_filter_sheets`), so no row's file is brought there
+SHEETS = "sheets"
 
 
 @dataclass
@@ -268,13 +275,14 @@ def _merge(loaded: list[Manifest], merged: Manifest) -> MergeSummary:
                 best[rec.id] = (rec, run)
     _refuse_image_id_clashes(best, merged)
     merged.open_store()  # its refusals (a run.sqlite-wal link) before any file is brought
-    summary.stale_parts = _remove_stale_parts(merged, loaded)  # once nothing is refused
-    pmcids = {r.pmcid: r.id for r in merged.records.values() if r.pmcid}
-    ids_before, pmcids_before = set(merged.records), set(pmcids)  # the output's own
-    hashes = {i.sha256: i.id for i in merged.images.values()}
     own = [r.pdf_path for r in merged.records.values()] + [i.path for i in merged.images.values()]
     tops = _tops(merged)  # once: a realpath of the output per row path was most of the time
     names = _Names(tops, {name for path in own if path for name in _landings(tops, path)})
+    names.out_of_sheets(merged)  # before the stale part files: where sheets/ files go
+    summary.stale_parts = _remove_stale_parts(merged, loaded, names.sheets)  # none refused
+    pmcids = {r.pmcid: r.id for r in merged.records.values() if r.pmcid}
+    ids_before, pmcids_before = set(merged.records), set(pmcids)  # the output's own
+    hashes = {i.sha256: i.id for i in merged.images.values()}
     for rid, (rec, run) in best.items():
         if rid in merged.records or (rec.pmcid and pmcids.get(rec.pmcid, rid) != rid):
             if rid in ids_before or rec.pmcid in pmcids_before:
@@ -575,6 +583,31 @@ class _Names:
     #: a name given to rows whose file was not brought → the number of the last free name
     #: found for it (:func:`histocore.io.numbered`): the names before it stay taken
     next_free: dict[str, int] = field(default_factory=dict)
+    #: the folder a row's file under ``sheets/`` goes to (:meth:`out_of_sheets`)
+    sheets: str = f"{SHEETS}-2"
+
+    def out_of_sheets(self, merged: Manifest) -> None:
+        """Choose the folder files the rows name under ``sheets/`` (filter's) go to:
+        ``sheets-2``, or ``sheets-3``, … where the output holds a file or a link under that
+        name, or one of its rows names it. The name is kept from every row's file (a row
+        named ``sheets`` gets ``sheets-2-2``): the folder never becomes a file."""
+        n = 2
+        while True:
+            name = numbered(Path(SHEETS), n).as_posix()
+            path = merged.run_dir / name
+            free = not path.is_symlink() and (path.is_dir() or not path.exists())
+            if free and name not in self.before:
+                break
+            n += 1
+        self.sheets = name
+        self.unbrought.add(name)
+
+    def placed(self, rel: str) -> str:
+        """Where a relative row path in normal form goes in the output: as it is, but a
+        path under ``sheets/``, or ``sheets`` itself, goes under :attr:`sheets`
+        (``sheets/kept-001.jpg`` is ``sheets-2/kept-001.jpg``): there the next filter
+        deleted it, and its row named a contact sheet or no file."""
+        return _placed(rel, self.sheets)
 
     def landings(self, merged: Manifest, path: str | Path) -> list[str]:
         """:func:`_landings` of ``path``, relative to the output or absolute (a Path in
@@ -596,8 +629,10 @@ class _Names:
         keeps its path: where it names a file there that no other row names (a local PDF
         kept in the output folder, named by its absolute path); its names are then kept
         from files brought after it. Never where it names one of the output's own files
-        (run.sqlite, manifest.jsonl, the review log): a row's file is never one of them."""
-        if any(Path(land).parts[0] in _RUN_FILES for land in lands):
+        (run.sqlite, manifest.jsonl, the review log): a row's file is never one of them;
+        nor one under ``sheets/``, filter's (a contact sheet, or a file the next filter
+        deletes)."""
+        if any(Path(land).parts[0] in (*_RUN_FILES, SHEETS) for land in lands):
             return False
         if not os.path.isfile(os.path.join(merged.run_dir, path)):
             return False
@@ -606,6 +641,12 @@ class _Names:
                 return False
         self.unbrought.update(lands)
         return True
+
+
+def _placed(rel: str, sheets: str) -> str:
+    """:meth:`_Names.placed`, ``sheets`` the folder chosen for files under ``sheets/``."""
+    top, sep, rest = rel.partition("/")
+    return sheets + sep + rest if top == SHEETS else rel
 
 
 def _bring(
@@ -707,7 +748,7 @@ def _place(
         summary.note_unusable(run, rel, f"{top} in the output: the run's own file, not a folder")
         return rel
     src = run.resolve(rel)
-    dst = merged.run_dir / rel
+    dst = merged.run_dir / names.placed(rel)  # never under sheets/: filter's
     try:
         inside = src.resolve().is_relative_to(run.run_dir.resolve())
     except (OSError, RuntimeError):  # a link loop (RuntimeError before Python 3.13)
@@ -798,7 +839,9 @@ def _unbrought(merged: Manifest, rel: str, names: _Names) -> str:
     """The path a row keeps for a file not brought: its own, or a free name where the
     output holds a file (or link) there or another row names it, which is another
     article's: the row named it (``x:1``'s row left behind at ``pdfs/x_1.pdf``, the
-    output's ``x_1`` PDF). The name is kept from files brought after it."""
+    output's ``x_1`` PDF). The name is kept from files brought after it. Never a name
+    under ``sheets/`` (filter's: :meth:`_Names.placed`)."""
+    rel = names.placed(rel)
     dst = merged.run_dir / rel
 
     def taken(p: Path) -> bool:
@@ -916,14 +959,15 @@ def _names(path: str | Path, fd: int) -> bool:
     return (st.st_dev, st.st_ino) == (now.st_dev, now.st_ino)
 
 
-def _remove_stale_parts(merged: Manifest, loaded: list[Manifest]) -> int:
+def _remove_stale_parts(merged: Manifest, loaded: list[Manifest], sheets: str) -> int:
     """Remove the part files (:data:`_PART_NAME`) no process holds locked, those of a merge
     killed mid-copy, from the folders files of the output's and the inputs' rows go to in
     the output (through its folder links: ``pdfs/`` moved to another disk), and only
     there: a file named so elsewhere under it (``--out ~``) is not the merge's. A file a
     row names (``pdfs/.merge-r1aaaaaa.part``, a row's own file) is never removed, nor one
     a row's file is a link to (``images/0.png`` → ``.merge-abcdefgh.part``: the same file,
-    by device and inode). Returns how many."""
+    by device and inode). An input's row under ``sheets/`` has its file go under
+    ``sheets`` (:meth:`_Names.placed`): that folder is looked in. Returns how many."""
     out = merged.run_dir
     folders: set[Path] = set()
     named: set[tuple[int, int, str]] = set()  # (folder's device, inode, name) rows name
@@ -934,6 +978,8 @@ def _remove_stale_parts(merged: Manifest, loaded: list[Manifest]) -> int:
         for rel in rels:
             if not rel or _unusable(rel):  # no folder (os.stat's ValueError)
                 continue
+            if run is not merged and not Path(rel).is_absolute():
+                rel = _placed(posixpath.normpath(rel), sheets)  # where its file goes
             path = Path(rel) if Path(rel).is_absolute() else Path(os.path.normpath(out / rel))
             paths.append(path)
             norm = posixpath.normpath(rel)
