@@ -1,0 +1,122 @@
+"""What ``histofetch merge`` (:mod:`histofetch.merge`) did: :class:`MergeSummary`, its
+counts and the lines the command prints from them."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from histocore.manifest import Manifest
+
+
+@dataclass
+class MergeSummary:
+    runs: int = 0
+    #: records and images added to the output
+    records: int = 0
+    images: int = 0
+    #: records whose id or PMCID the output held before this merge (not added again)
+    already: int = 0
+    #: records and images the inputs hold more than once (left out)
+    duplicate_records: int = 0
+    duplicate_images: int = 0
+    per_run: dict[str, int] = field(default_factory=dict)
+    #: runs named more than once (one folder, however spelt: read once)
+    repeated: int = 0
+    #: inputs the output's ``merged_from`` names already (merged into it before)
+    merged_before: int = 0
+    #: folder links inside an input pointing out of it (an ``images/`` moved to another
+    #: disk) → how many files the rows name under each, brought from there
+    via_links: dict[str, int] = field(default_factory=dict)
+    #: such folder links → files the rows name under them that were left behind: no
+    #: sha256 on the row to check them by, bytes that do not match it, or unreadable
+    left_behind: dict[str, int] = field(default_factory=dict)
+    #: review log lines added to the output's log
+    log_lines: int = 0
+    #: inputs (their folders) → ids of the images this merge added from each: only their
+    #: review log lines are carried
+    added_images: dict[str, set[str]] = field(default_factory=dict, repr=False)
+    #: inputs' review logs → why lines of theirs were left out (not JSON objects, or the
+    #: whole log: a link, not a regular file)
+    log_left_out: dict[str, str] = field(default_factory=dict)
+    #: ``.merge-*.part`` files an interrupted merge into the output left, removed
+    stale_parts: int = 0
+    #: inputs → how many paths their rows name cannot be looked up (a name too long for
+    #: the file system, a NUL character, a lone surrogate): files left behind, the rows'
+    #: paths kept
+    unusable: dict[str, int] = field(default_factory=dict)
+    #: such inputs → the first such path and why
+    first_unusable: dict[str, str] = field(default_factory=dict)
+
+    def note_unusable(self, run: Manifest, rel: str, why: str) -> None:
+        """Count a row path of ``run`` that cannot be looked up (``why``), left as it is."""
+        key = str(run.run_dir)
+        self.unusable[key] = self.unusable.get(key, 0) + 1
+        self.first_unusable.setdefault(key, f"{_short(rel)}: {why}")
+
+    def warnings(self) -> list[str]:
+        """One line per folder link out of an input that files were brought through or
+        left behind at, per input review log whose lines were left out, and per input whose
+        rows name paths that cannot be looked up."""
+        lines = [f"{log}: {why}" for log, why in self.log_left_out.items()]
+        for run, n in self.unusable.items():
+            lines.append(
+                f"{run}: {plural(n, 'file')} the rows name left behind, "
+                f"{'its path' if n == 1 else 'their paths'} not usable here (first: "
+                f"{self.first_unusable[run]}); the rows keep the paths as they are"
+            )
+        for link in dict.fromkeys([*self.via_links, *self.left_behind]):
+            said = []
+            if n := self.via_links.get(link, 0):
+                said.append(f"{plural(n, 'file')} the rows name under it brought from there")
+            if n := self.left_behind.get(link, 0):
+                said.append(
+                    f"{plural(n, 'file')} left behind (not checked by the row's sha256: "
+                    "copy them into the run folder and merge it into a new --out folder)"
+                )
+            lines.append(
+                f"{link}: a folder link out of its run (to {os.path.realpath(link)}); "
+                + "; ".join(said)
+            )
+        return lines
+
+    def line(self) -> str:
+        """One line; a clause that would say 0 is left out (a second merge into the same
+        output said '0 records, 0 images (4 duplicate records, 0 duplicate images left
+        out)', its own records counted as duplicates), and one run is 'run'."""
+        counts = [
+            plural(n, what) for n, what in ((self.records, "record"), (self.images, "image")) if n
+        ]
+        added = f"{', '.join(counts)} added" if counts else "nothing new added"
+        if self.log_lines:
+            added += f", {plural(self.log_lines, 'review log line')} carried"
+        notes = (
+            [f"{plural(self.repeated, 'run')} named more than once, read once"]
+            if self.repeated
+            else []
+        )
+        if self.merged_before:  # its records are 'already in the output', no duplicates
+            notes.append(f"{plural(self.merged_before, 'run')} merged into it before")
+        if self.already:
+            notes.append(f"{plural(self.already, 'record')} already in the output")
+        if self.stale_parts:
+            notes.append(f"{plural(self.stale_parts, 'leftover .merge-*.part file')} removed")
+        left = [
+            plural(n, f"duplicate {what}")
+            for n, what in ((self.duplicate_records, "record"), (self.duplicate_images, "image"))
+            if n
+        ]
+        if left:
+            notes.append(" and ".join(left) + " left out")
+        return f"merged {plural(self.runs, 'run')}: {added}" + (
+            f" ({', '.join(notes)})" if notes else ""
+        )
+
+
+def plural(n: int, what: str) -> str:
+    return f"{n} {what}" + ("" if n == 1 else "s")
+
+
+def _short(rel: str, most: int = 60) -> str:
+    """``rel`` as a warning names it: cut to ``most`` characters (a 300-character name)."""
+    return rel if len(rel) <= most else f"{rel[:most]}… ({len(rel)} characters)"
