@@ -331,6 +331,30 @@ def test_an_article_failed_at_another_stage_is_not_said_to_be_decided_by_filter(
     ) in _review_error(run)
 
 
+def test_a_run_whose_filter_kept_none_and_failed_an_article_is_told_both(
+    tmp_path: Path,
+) -> None:
+    """Filter decided one article's figures, keeping none, and failed the other: the hint
+    said only 'filter kept none of the run's 2 images' (of its 4), hiding the failed
+    article whose images wait undecided. Now it says both and how to try again."""
+    from histofetch.filter import run_filter
+
+    run = make_run(tmp_path, filtered=False)
+    run_filter(run, sheet=False, min_side=100_000)  # every figure too small to judge now
+    m = Manifest.load(run)
+    for img in m.images.values():
+        if img.record_id == "pmid:2":
+            img.kept = None  # as a first filter that fails the record leaves them
+    m.records["pmid:2"].fail("filter", "boom", transient=False)
+    m.save()
+    m.close()
+    assert (
+        "filter kept none of the 2 images it decided and failed 1 of the run's 2 articles; "
+        f"histofetch status --run {run} says why, "
+        f"histofetch filter --run {run} --retry-failed tries again\n"
+    ) in _review_error(run)
+
+
 def test_images_still_to_decide_ask_for_filter_not_for_status(tmp_path: Path) -> None:
     """An article filtered without images beside extracted ones whose images filter has
     not decided: 'its filtered articles have no images' was said; filter has work to do."""

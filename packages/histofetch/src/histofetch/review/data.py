@@ -152,6 +152,26 @@ def _nothing_kept(manifest: Manifest, run_dir: Path) -> str:
     other_stages = sorted({r.failed_stage or "?" for r in stopped})
     blocked, pending = len(stopped), len(undecided) - len(stopped)
     status = f"histofetch status --run {run_dir} says why"
+    failures = retry = ""
+    if failed:  # its images went back to undecided: 'run filter first' would fail again
+        total = len(manifest.records)  # 'the run's 1 article' read as the run's only one
+        failures = (
+            f"the run's {_plural(failed, 'article')}"
+            if failed == total
+            else f"{failed} of the run's {_plural(total, 'article')}"
+        )
+        if pending:  # 'failed 1 article' alone hid the articles filter has not reached
+            verb = "has" if pending == 1 else "have"
+            failures += f"; {_plural(pending, 'other article')} {verb} images not decided yet"
+        if blocked:  # failed at another stage: --retry-failed of filter never takes them
+            them = "it" if blocked == 1 else "them"
+            failures += (
+                f"; {_plural(blocked, 'other article')} failed at {', '.join(other_stages)}, "
+                f"images not decided (filter does not take {them})"
+            )
+        retry = f", histofetch filter --run {run_dir} --retry-failed tries again" + (
+            " and decides the others" if pending else ""
+        )
     if decided:  # filter ran: say what it did, not to run it
         sheets = run_dir / "sheets"
         # not after --no-sheet (an earlier filter's sheets show other decisions: the header's
@@ -159,29 +179,15 @@ def _nothing_kept(manifest: Manifest, run_dir: Path) -> str:
         current = manifest.header_extra.get("filter_sheets", True)  # a bool (check_header)
         shown = bool(shown_rows(manifest)) and sheets.is_dir() and current
         where = f", the sheets in {sheets} show them" if shown else ""
-        return f": filter kept none of the run's {_plural(decided, 'image')}; {status}{where}"
-    if failed:  # its images went back to undecided: 'run filter first' would fail again
-        total = len(manifest.records)  # 'the run's 1 article' read as the run's only one
-        which = (
-            f"the run's {_plural(failed, 'article')}"
-            if failed == total
-            else f"{failed} of the run's {_plural(total, 'article')}"
-        )
-        others = ""
-        if pending:  # 'failed 1 article' alone hid the articles filter has not reached
-            verb = "has" if pending == 1 else "have"
-            others = f"; {_plural(pending, 'other article')} {verb} images not decided yet"
-        if blocked:  # failed at another stage: --retry-failed of filter never takes them
-            them = "it" if blocked == 1 else "them"
-            others += (
-                f"; {_plural(blocked, 'other article')} failed at {', '.join(other_stages)}, "
-                f"images not decided (filter does not take {them})"
-            )
+        if not failed:
+            return f": filter kept none of the run's {_plural(decided, 'image')}; {status}{where}"
+        # 'kept none of 2 images' alone hid the articles it failed (their images undecided)
         return (
-            f": filter failed {which}{others}; {status}, "
-            f"histofetch filter --run {run_dir} --retry-failed tries again"
-            + (" and decides the others" if pending else "")
+            f": filter kept none of the {_plural(decided, 'image')} it decided and failed "
+            f"{failures}; {status}{where}{retry}"
         )
+    if failed:
+        return f": filter failed {failures}; {status}{retry}"
     if waiting:  # extracted articles whose images filter has not decided yet
         return " (run histofetch filter first)"
     if any(r.stage == "filtered" for r in manifest.records.values()):
