@@ -182,3 +182,23 @@ def test_commit_header_commits_the_header_keys_only(tmp_path: Path) -> None:
     with Manifest.load(run) as other:
         assert other.records["pmid:1"].title == "changed in memory"
     m.close()
+
+
+@pytest.mark.parametrize("commit", ["commit", "commit_header"])
+def test_a_header_its_readers_refuse_is_not_committed(tmp_path: Path, commit: str) -> None:
+    """commit and commit_header wrote the header unchecked: a caller's non-bool
+    filter_sheets made the run unreadable (the reader checks it). Now the commit raises a
+    ValueError (a caller's bug, not one ManifestError line) and writes nothing."""
+    run = tmp_path / "run"
+    m = Manifest(run_dir=run, query="q")
+    m.add_record(Record(id="pmid:1", pmid="1", stage="filtered"))
+    m.save()
+    m.header_extra["filter_sheets"] = "yes"
+    m.records["pmid:1"].title = "changed in memory"
+    with pytest.raises(ValueError, match="header 'filter_sheets' is 'yes'") as err:
+        getattr(m, commit)()
+    assert not isinstance(err.value, ManifestError)
+    m.close()
+    with Manifest.load(run) as other:
+        assert "filter_sheets" not in other.header_extra
+        assert other.records["pmid:1"].title is None

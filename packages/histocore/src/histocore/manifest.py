@@ -31,7 +31,7 @@ from histocore.schema import STAGES as STAGES
 from histocore.schema import WEAK_LABELS as WEAK_LABELS
 from histocore.schema import Image as Image
 from histocore.schema import Record as Record
-from histocore.schema import _names, row_of
+from histocore.schema import _names, check_header, row_of
 from histocore.store import STORE_NAME as STORE_NAME  # re-exported: the run store's file
 from histocore.store import Delta, RenameRefused, RunStore, dumps  # noqa: F401 (re-exported)
 from histocore.sync import StoreSync, change_of
@@ -129,8 +129,19 @@ class Manifest(StoreSync):
         self.commit()
         return self.export()
 
+    def _check_header(self) -> None:
+        """The header to commit holds what its readers accept (:func:`check_header`): a
+        non-bool ``filter_sheets`` committed made the run unreadable. A ValueError (not a
+        ManifestError, which a command line says in one line): a caller's bug, with its
+        traceback, raised before anything is written."""
+        try:
+            check_header(self.query, self.header_extra, str(self.store_path))
+        except ManifestError as exc:
+            raise ValueError(f"{exc} (not committed)") from None
+
     def commit(self) -> None:
         """Commit every row (and header key) this process changed, in one transaction."""
+        self._check_header()
         delta = self._header_delta()
         for rid, rec in self.records.items():
             change = change_of(rec, self._seen_rec.get(rid), new=True)
@@ -149,6 +160,7 @@ class Manifest(StoreSync):
         rows are not compared, nor written. For a header change after :meth:`commit` (a key
         saying work outside the store is done), where a full commit would compare every
         row again."""
+        self._check_header()
         self._apply(self._header_delta())
 
     def commit_record(self, record_id: str, *, release: bool = True) -> None:
