@@ -6,6 +6,7 @@ import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 from review_kit import make_run, make_scores
@@ -252,38 +253,48 @@ def test_a_filter_stopped_while_writing_its_sheets_leaves_them_unnamed(tmp_path:
     assert "filter kept none of the run's 1 image;" in out and "the sheets in" not in out
 
 
-def test_filter_writes_the_manifest_export_once_and_the_sheets_before_it(
+def test_filter_exports_its_decisions_before_writing_the_sheets(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """filter saved the run twice to say filter_sheets false, then true once the sheets
-    were written: every row compared and manifest.jsonl written twice (6 s more at 200,000
-    images). Now the rows are committed, the sheets written, and the header's key then
-    committed alone and manifest.jsonl written once, saying true; a filter stopped while
-    writing the sheets still writes it, saying false."""
+    """filter exported manifest.jsonl only after writing the sheets: one killed while
+    writing them (SIGKILL: no handler runs) left manifest.jsonl as it was before the
+    filter until the next save. Now the decisions are exported before the first sheet
+    (filter_sheets false), and once more after the sheets, to say true; a filter stopped
+    while writing the sheets leaves the first export. (The rows are compared once: the
+    header's key is committed alone.)"""
     run = make_run(tmp_path, figures=1, filtered=False)
     replaced: list[str] = []
+    at_first_sheet: list[str] = []
     real = os.replace
 
     def replace(src: str | Path, dst: str | Path) -> None:
+        if Path(dst).name == "kept-001.jpg":  # what a kill from here on would leave
+            at_first_sheet.append((run / "manifest.jsonl").read_text())
         replaced.append(Path(dst).name)
         real(src, dst)
 
     monkeypatch.setattr(os, "replace", replace)
     args = ["filter", "--run", str(run), "--min-side", "100000"]
     assert CliRunner().invoke(cli, args).exit_code == 0
-    assert replaced.count("manifest.jsonl") == 1
-    assert replaced.index("manifest.jsonl") > replaced.index("kept-001.jpg")
+    assert replaced.count("manifest.jsonl") == 2
+    assert replaced.index("manifest.jsonl") < replaced.index("kept-001.jpg")
+    assert replaced[-1] == "manifest.jsonl"
+    head, row = (json.loads(line) for line in at_first_sheet[0].splitlines()[:2])
+    assert head["filter_sheets"] is False and "filter_thresholds" in head
+    assert row["kind"] == "record" and row["stage"] == "filtered"
 
-    def header() -> dict[str, object]:
+    def header() -> dict[str, Any]:
         with (run / "manifest.jsonl").open() as fh:
             return json.loads(fh.readline())
 
     assert header()["filter_sheets"] is True
     (run / "sheets" / "kept-001.jpg").unlink()
     (run / "sheets" / "kept-001.jpg").mkdir()  # the next sheet cannot be written
+    replaced.clear()
     r = CliRunner().invoke(cli, [*args, "--min-tissue", "0.5"])
     assert r.exit_code == 1 and "kept-001.jpg" in r.output, r.output
-    assert header()["filter_sheets"] is False
+    assert header()["filter_sheets"] is False and replaced.count("manifest.jsonl") == 1
+    assert header()["filter_thresholds"]["min_tissue"] == 0.5
 
 
 def test_a_run_whose_filter_failed_every_article_is_told_so(tmp_path: Path) -> None:

@@ -24,7 +24,6 @@ is kept when one of its panels is (its reason lists its panels' reasons otherwis
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
 import logging
@@ -137,20 +136,18 @@ def run_filter(
 
 
 def _save_with_sheets(manifest: Manifest) -> None:
-    """Commit the run (its header saying no sheets of its decisions are written), write the
-    sheets, then say so in the header and export ``manifest.jsonl``, once: a second full
-    save (every row compared again, the export written twice) took 6 s more at 200,000
-    images. The sheets change no row, so the last commit is the header's only. A filter
-    stopped while writing them (an error, Ctrl-C) still exports the run as committed."""
+    """Save the run (its header saying no sheets of its decisions are written), write the
+    sheets, then say so in the header alone (:meth:`Manifest.commit_header`: the sheets
+    change no row) and export ``manifest.jsonl`` again. The first export comes before the
+    sheets: with the only export after them, a filter killed while writing them (SIGKILL,
+    where no handler runs) left ``manifest.jsonl`` at its state before the filter until
+    the next save. The second costs one more write of the file, not a second comparison
+    of every row; a filter stopped while writing the sheets (an error, Ctrl-C, a kill)
+    leaves the first, saying ``filter_sheets`` false as the store does."""
     from histofetch.sheets import write_filter_sheets
 
-    manifest.commit()
-    try:
-        write_filter_sheets(manifest)
-    except BaseException:
-        with contextlib.suppress(Exception):  # a full disk: the sheets' error is the one said
-            manifest.export()
-        raise
+    manifest.save()
+    write_filter_sheets(manifest)
     manifest.header_extra["filter_sheets"] = True
     manifest.commit_header()
     manifest.export()
