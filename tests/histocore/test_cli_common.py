@@ -227,3 +227,20 @@ def test_an_output_under_a_home_that_does_not_exist_is_one_line(tmp_path, capsys
         assert exit_.value.code == 1
         err = capsys.readouterr().err
         assert err.startswith("error: ~no_such_user_here/x: ") and err.count("\n") == 1
+
+
+def test_a_bug_in_the_output_checks_keeps_its_traceback(
+    tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The --out checks caught any RuntimeError for expanduser's '~nosuchuser': a bug
+    raising one in a later check (here os.pathconf, which the name-length check asks)
+    became one 'error:' line, its traceback lost. Only expanduser's is caught now."""
+    import os
+
+    def bug(*_: object) -> int:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(os, "pathconf", bug)
+    for check, out in ((require_folder, tmp_path / "run"), (require_file, tmp_path / "p.csv")):
+        with pytest.raises(RuntimeError, match="a bug"):
+            check(out)

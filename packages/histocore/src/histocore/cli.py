@@ -84,8 +84,8 @@ def require_folder(*paths: str | Path | None, what: str = "folder") -> None:
     for raw in paths:
         if raw is None:
             continue
+        path = _expanded(raw)
         with _said_as(raw):  # exists() raises for a name too long (ENAMETOOLONG)
-            path = Path(raw).expanduser()
             refuse_overlong_name(path)
             if path.exists() and not path.is_dir():
                 fail(f"{raw}: is a file, not a {what}")
@@ -101,8 +101,8 @@ def require_file(*paths: str | Path | None) -> None:
     for raw in paths:
         if raw is None:
             continue
+        path = _expanded(raw)
         with _said_as(raw):  # is_dir() raises for a name too long (ENAMETOOLONG)
-            path = Path(raw).expanduser()
             refuse_overlong_name(path)
             if path.is_dir():
                 fail(f"{raw}: is a folder, not a file")
@@ -118,7 +118,15 @@ def _said_as(raw: str | Path) -> Iterator[None]:
         yield
     except OSError as exc:
         fail(f"{raw}: {(exc.strerror or str(exc)).lower()}")
-    except RuntimeError as exc:  # expanduser: '~nosuchuser/x'
+
+
+def _expanded(raw: str | Path) -> Path:
+    """``raw`` with ``~`` expanded; a user it cannot expand is one line: ``error:
+    ~nosuchuser/x: Could not determine home directory.``. Only here: a RuntimeError of the
+    checks after it (a bug) keeps its traceback."""
+    try:
+        return Path(raw).expanduser()
+    except RuntimeError as exc:  # '~nosuchuser/x'
         fail(f"{raw}: {exc}")
 
 
