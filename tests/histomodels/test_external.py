@@ -103,6 +103,17 @@ def test_an_ensemble_built_with_tta_is_recorded_as_tta(tmp_path: Path) -> None:
     assert m["tta"] is True and m["tta_inside_model"] is True
 
 
+def test_manifest_eval_records_the_inference_precision(tmp_path: Path) -> None:
+    """``eval --manifest --precision bf16`` scored in bf16 but metrics.json did not say so
+    (``eval --data`` records ``inference_precision``): now both do."""
+    ckpt = tiny_checkpoint(tmp_path)
+    out = tmp_path / "ext"
+    r = CliRunner().invoke(app, ["eval", str(ckpt), "--manifest", str(_run(tmp_path, [None])),
+                                 "--out", str(out), "--precision", "bf16"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert json.loads((out / "metrics.json").read_text())["inference_precision"] == "bf16"
+
+
 def test_a_figure_without_tissue_tiles_does_not_stop_review_scores(tmp_path: Path) -> None:
     """A kept figure with no tissue tile gets ``nan`` scores and ``n_tiles`` 0 in
     image_scores.csv; ``histofetch review --scores`` refused that whole file, so the

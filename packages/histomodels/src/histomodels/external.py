@@ -250,6 +250,7 @@ def evaluate_manifest(
         **point,  # temperature, threshold_source; with val: validation, temperature_stored
         "tta": bool(tta) or pred.tta_inside,  # the scores average the 8 views either way
         **({"tta_inside_model": True} if pred.tta_inside else {}),
+        "inference_precision": pred.precision,  # as evaluate_checkpoint records it
         "scale": "given" if scale is not None else "estimated from nucleus diameter",
         "aggregations": {
             "max": "highest tile probability",
