@@ -1570,6 +1570,21 @@ def test_train_out_under_a_file_is_one_line_at_once(h5_files, tmp_path):
     assert r.stderr == f"error: {a}: is a file, not a folder\n"
 
 
+@pytest.mark.parametrize("name", ["config.json", "history.json"])
+def test_train_a_folder_where_the_run_writes_a_file_is_one_line_at_once(h5_files, tmp_path, name):
+    """A folder ``run/config.json`` (or any file a run writes) in a fresh ``--out run`` was
+    found only when written: config.json after the data was read, history.json after the
+    first epoch. Now one line with the other ``--out`` checks, before the data is read."""
+    run = tmp_path / "run"
+    (run / name).mkdir(parents=True)
+    r = CliRunner().invoke(app, ["train", "--data", str(h5_files[0]), "--val", str(h5_files[1]),
+                                 "--out", str(run), "--epochs", "1", "--threads", "1",
+                                 "--model-config", json.dumps(TINY)])  # fmt: skip
+    assert r.exit_code == 1, r.output
+    assert r.stderr == f"error: {run / name}: is a folder, not a file\n"  # no warning first
+    assert sorted(p.name for p in run.iterdir()) == [name]
+
+
 def test_compile_without_a_cpu_compiler_is_one_line_before_training(h5_files, tmp_path):
     """``--compile`` on a machine without a C++ compiler trained until its first step, then
     ended in a 140-line InductorError traceback: one line now, before training starts."""

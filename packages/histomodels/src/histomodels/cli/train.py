@@ -259,6 +259,11 @@ def _train(
             _check_given_model_config(cfg, given_by or {})
     from histomodels.training import TrainingError, train
     from histomodels.training.network import BuildRefused
+    from histomodels.training.run_folder import WRITTEN
+
+    for name in sorted(WRITTEN):  # each failed only when written: after the data, or an epoch
+        if (out / name).is_dir():
+            fail(f"{out / name}: is a folder, not a file")
 
     with errors(TrainingError), progress(enabled=not quiet):
         try:
