@@ -457,3 +457,15 @@ def test_cli_eval_threads_sets_torchs_intra_op_threads(tmp_path: Path) -> None:
         assert torch.get_num_threads() == want
     finally:
         torch.set_num_threads(before)
+
+
+def test_evaluate_checkpoint_out_under_a_file_names_the_file(tmp_path: Path) -> None:
+    """``evaluate_checkpoint(..., a/ev)`` (``a`` a file) made its folder with a plain mkdir:
+    a file in the way was a raw FileExistsError ('[Errno 17] File exists'), as if the
+    folder were there. Now the NotADirectoryError naming the file (histocore.io's
+    make_parents), which the CLIs print as one line."""
+    a = tmp_path / "a"
+    a.write_text("mine")
+    with pytest.raises(NotADirectoryError, match="is a file, not a folder") as caught:
+        evaluate_checkpoint(tiny_checkpoint(tmp_path), _ds(8, 3, "t"), a / "ev", n_bootstrap=10)
+    assert caught.value.filename == str(a)

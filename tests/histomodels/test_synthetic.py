@@ -79,3 +79,15 @@ def test_write_h5_round_trips_through_open_dataset(tmp_path) -> None:
     img, label, pid = ds[3]
     assert np.array_equal(img, x[3]) and label == y[3] and pid == "synthetic_5_3"
     assert not (tmp_path / "synthetic.h5.part").exists()
+
+
+def test_write_h5_under_a_file_names_the_file(tmp_path) -> None:
+    """``write_h5(a/x.h5)`` (``a`` a file) made its folder with a plain mkdir:
+    a file in the way was a raw FileExistsError ('[Errno 17] File exists'), as if the
+    folder were there. Now the NotADirectoryError naming the file (histocore.io's
+    make_parents), which the CLIs print as one line."""
+    a = tmp_path / "a"
+    a.write_text("mine")
+    with pytest.raises(NotADirectoryError, match="is a file, not a folder") as caught:
+        write_h5(a / "x.h5", 2)
+    assert caught.value.filename == str(a)

@@ -25,7 +25,14 @@ if TYPE_CHECKING:
 
 from histocore.csvcells import safe_cell
 from histocore.errors import UsageError
-from histocore.io import atomic_write_json, atomic_write_text, json_safe, number_text, same_file
+from histocore.io import (
+    atomic_write_json,
+    atomic_write_text,
+    json_safe,
+    make_parents,
+    number_text,
+    same_file,
+)
 from histocore.progress import task
 from histomodels.checkpoint import (
     decision_threshold,
@@ -454,7 +461,7 @@ def evaluate_checkpoint(
 
     logits = infer(images, "test", prepared=True)
     probs = sigmoid(logits, temperature)
-    out.mkdir(parents=True, exist_ok=True)
+    make_parents(out / "predictions.csv")  # a file in the way: a: is a file, not a folder
     write_predictions(out / "predictions.csv", ids, labels, probs)
     labelled = np.isin(labels, (0, 1))
     result["n_unlabelled"] = int((~labelled).sum())

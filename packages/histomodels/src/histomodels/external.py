@@ -24,7 +24,7 @@ import numpy as np
 
 from histocore.csvcells import safe_cell, safe_dict
 from histocore.errors import UsageError
-from histocore.io import atomic_write_text, unique_stem
+from histocore.io import atomic_write_text, make_parents, unique_stem
 from histocore.progress import task
 
 AGGREGATIONS = ("max", "topk_mean")
@@ -201,7 +201,7 @@ def evaluate_manifest(
         )
     rows.sort(key=lambda r: -np.nan_to_num(r["max"], nan=-1.0))
 
-    out.mkdir(parents=True, exist_ok=True)
+    make_parents(out / "image_scores.csv")  # a file in the way: a: is a file, not a folder
     cols = [
         "image_id",
         "record_id",

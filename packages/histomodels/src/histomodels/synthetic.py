@@ -333,10 +333,12 @@ def write_h5(path: str | Path, n: int, seed: int = 0, positive_fraction: float =
     import h5py
     from PIL import Image
 
+    from histocore.io import make_parents
+
     path = Path(path)
     images, labels = make_patches(n, seed, positive_fraction)
     tmp = path.with_name(path.name + ".part")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_parents(path)  # a file in the way: a: is a file, not a folder
     with h5py.File(tmp, "w") as f:
         enc = f.create_dataset("encoded", (n,), dtype=h5py.vlen_dtype(np.uint8))
         for i, img in enumerate(images):

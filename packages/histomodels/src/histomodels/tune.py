@@ -40,7 +40,7 @@ from typing import Any
 import torch
 
 from histocore.errors import DomainError
-from histocore.io import loads_json
+from histocore.io import loads_json, make_parents
 from histomodels.config import TrainConfig
 from histomodels.device import out_of_memory
 from histomodels.training import TrainingError, TrainingOutOfMemory, load_split, train
@@ -185,7 +185,7 @@ def _tune(
     if exp_path.is_file():
         _check_data(out, settings["data"])
         saved_client = _load_experiment(exp_path)  # a damaged one: before anything is written
-    out.mkdir(parents=True, exist_ok=True)
+    make_parents(out / SETTINGS_FILE)  # a file in the way: a: is a file, not a folder
     _atomic_json(out / SETTINGS_FILE, settings)  # before the experiment: a new one needs it
 
     records: list[dict[str, Any]] = []

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import httpx
 
-from histocore.io import made_folder
+from histocore.io import made_folder, make_parents
 from histocore.progress import Task, task
 from histomodels.choices import PCAM_SPLITS
 from histomodels.data.base import DatasetError
@@ -106,7 +106,7 @@ def download_file(
             return FileResult(dest, "present", 0)
         raise DownloadError(f"{dest}: exists but its MD5 is not {md5}; delete it to download again")
     part = dest.with_name(dest.name + ".part")
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    make_parents(dest)  # a file in the way: a: is a file, not a folder
     own = client is None
     client = client or httpx.Client(follow_redirects=True, timeout=httpx.Timeout(60, connect=20))
     fetched, resumed, attempt = 0, part.exists() and part.stat().st_size > 0, 0

@@ -154,8 +154,7 @@ def teacher_logits(
 
             buf = io.BytesIO()
             np.savez(buf, key=np.array(key), logits=logits)
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_bytes(cache, buf.getvalue())
+            atomic_write_bytes(cache, buf.getvalue())  # makes the folder (make_parents)
     return logits
 
 
