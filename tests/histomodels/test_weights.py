@@ -3,6 +3,8 @@ ImageNet EfficientNet-Lite0 weights shipped in the efficientnet-lite0-pytorch-mo
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import timm
@@ -191,3 +193,43 @@ def test_a_weight_source_the_model_lacks_says_so(model: str, source: str, takes:
         f"{source!r} is a weight source of {', '.join(takers)}"
     )
     assert "efficientnet_lite0" in takers
+
+
+def test_an_all_zero_file_is_no_torch_save_file_not_a_refused_pickle(tmp_path):
+    """An all-zero file (a disk block never written; a copy that wrote no bytes) reads to
+    torch.load as an empty tar archive, its oldest format, which it refuses whole with
+    weights_only: said as 'it holds Python objects or code ... refused (weights_only)', a
+    claim about what the file holds. It is no torch.save file, as a checkpoint and as
+    weights; a pickle with a global not allowed, and a real legacy tar, are still refused."""
+    import io
+    import pathlib
+    import tarfile
+
+    from histomodels.checkpoint import CheckpointError, read_checkpoint
+    from histomodels.models.weights import read_state_dict
+
+    not_torch = "not a torch.save file: its bytes are neither a zip archive nor a pickle"
+    refused = "it holds Python objects or code, not just tensors; refused (weights_only)"
+    zero = tmp_path / "zero.pt"
+    zero.write_bytes(bytes(4096))
+    with pytest.raises(CheckpointError) as err:
+        read_checkpoint(zero)
+    assert str(err.value) == f"{zero}: not a loadable checkpoint ({not_torch})"
+    with pytest.raises(WeightsError) as werr:
+        read_state_dict(zero)
+    assert str(werr.value) == f"{zero}: not a loadable weights file ({not_torch})"
+    foreign = tmp_path / "foreign.pt"  # a tar, but not torch's: no torch.save file either
+    with tarfile.open(foreign, "w") as tar:
+        tar.addfile(tarfile.TarInfo("readme.txt"), io.BytesIO(b""))
+    with pytest.raises(CheckpointError, match=re.escape(f"({not_torch})")):
+        read_checkpoint(foreign)
+    legacy = tmp_path / "legacy.pt"  # the members torch < 0.4 wrote: its pickles refused
+    with tarfile.open(legacy, "w") as tar:
+        for name in ("sys_info", "pickle", "storages", "tensors"):
+            tar.addfile(tarfile.TarInfo(name), io.BytesIO(b""))
+    with pytest.raises(CheckpointError, match=re.escape(f"({refused})")):
+        read_checkpoint(legacy)
+    unsafe = tmp_path / "unsafe.pt"  # a real pickle naming a global weights_only refuses
+    torch.save({"state_dict": {}, "where": pathlib.PurePosixPath("a")}, unsafe)
+    with pytest.raises(CheckpointError, match=re.escape(f"({refused})")):
+        read_checkpoint(unsafe)

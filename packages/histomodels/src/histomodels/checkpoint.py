@@ -107,7 +107,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     except Exception as exc:  # pickle errors, truncated zip, unsafe globals ...
         from histomodels.models.weights import torch_load_reason
 
-        why, hint = torch_load_reason(exc), ""
+        why, hint = torch_load_reason(exc, path), ""
         if path.suffix.lower() == ".onnx":  # what `histomodels export` writes
             hint = (
                 ": an .onnx export runs in ONNX Runtime, see `histomodels export` in "

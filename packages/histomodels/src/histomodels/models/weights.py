@@ -28,22 +28,47 @@ class WeightsError(DomainError, ValueError):
     """A weights file that cannot be used for the model; the message names the file."""
 
 
-def torch_load_reason(exc: BaseException) -> str:
-    """One line saying why ``torch.load(weights_only=True)`` refused a file.
+def torch_load_reason(exc: BaseException, path: str | Path | None = None) -> str:
+    """One line saying why ``torch.load(weights_only=True)`` refused a file (``path``).
 
     For a file holding pickled objects torch advises retrying with ``weights_only=False``;
     for an untrusted file that is the wrong advice, so say what the file holds instead.
     """
     text = str(exc).strip()
     if "Unsupported operand" in text:  # the weights-only unpickler met a byte, not an opcode
-        return "not a torch.save file: its bytes are neither a zip archive nor a pickle"
+        return NOT_TORCH_SAVE
+    if "legacy .tar format" in text and not (path is not None and _legacy_tar(path)):
+        return NOT_TORCH_SAVE  # any bytes tarfile opens: all zeros are an empty tar archive
     if "Weights only load failed" in text or "weights_only" in text:
         return "it holds Python objects or code, not just tensors; refused (weights_only)"
     if isinstance(exc, KeyError) or text.isdigit():  # the unpickler met an unknown opcode
-        return "not a torch.save file: its bytes are neither a zip archive nor a pickle"
+        return NOT_TORCH_SAVE
     if _cut_short(exc, text):
         return TRUNCATED
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+#: why a file whose bytes torch.load cannot take for any of its formats is refused
+NOT_TORCH_SAVE = "not a torch.save file: its bytes are neither a zip archive nor a pickle"
+#: the members of a ``torch.save`` file in its oldest format, a tar archive (torch < 0.4)
+_LEGACY_TAR_MEMBERS = frozenset({"sys_info", "pickle", "storages", "tensors"})
+
+
+def _legacy_tar(path: str | Path) -> bool:
+    """``path`` is a tar archive holding the members of a legacy ``torch.save`` file, which
+    torch refuses whole with ``weights_only``. torch.load says that of any bytes
+    ``tarfile`` opens: an all-zero file (a disk block never written) reads as an empty tar
+    archive, and was said to hold Python objects or code. At most a few headers are read."""
+    import tarfile
+
+    names: set[str] = set()
+    try:
+        with tarfile.open(path, mode="r:") as tar:
+            for _, member in zip(range(len(_LEGACY_TAR_MEMBERS) + 4), tar, strict=False):
+                names.add(member.name)
+    except (tarfile.TarError, OSError, ValueError, EOFError):
+        return False
+    return names >= _LEGACY_TAR_MEMBERS
 
 
 #: why a file torch.load ran out of, or lost its place in, is refused (its own words were
@@ -156,7 +181,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise WeightsError(
-            f"{path}: not a loadable weights file ({torch_load_reason(exc)})"
+            f"{path}: not a loadable weights file ({torch_load_reason(exc, path)})"
         ) from None
     if isinstance(obj, dict) and obj.get("format") == "histomodels.checkpoint":
         obj = obj.get("state_dict")
