@@ -457,6 +457,21 @@ def test_resume_over_a_truncated_last_pt_says_it_is_truncated(h5_files, tmp_path
         }, reasons
 
 
+def test_resume_over_a_huge_config_json_is_one_line_without_reading_it_whole(tmp_path):
+    """``--resume`` read the run's ``config.json`` whole to compare settings, however large
+    (a run writes a few KB): one over 4 MB is one line naming it, read no further, the run
+    untouched (the 5 MB file here was read, compared and passed over)."""
+    out = tmp_path / "r"
+    out.mkdir()
+    (out / "last.pt").write_bytes(b"a checkpoint")
+    config = out / "config.json"
+    config.write_text(json.dumps({"pad": "x" * (5 << 20)}))
+    r = CliRunner().invoke(app, ["train", "--out", str(out), "--resume", "--epochs", "2"])
+    assert r.exit_code == 1, r.output
+    assert r.stderr == f"error: {config}: over 4 MB, not the config.json a run writes (a few KB)\n"
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "last.pt"]
+
+
 @pytest.mark.parametrize("kind", ["fifo", "folder"])
 def test_resume_over_a_config_json_that_is_no_file_is_one_line(tmp_path, kind):
     """``--resume`` reads the run's ``config.json`` to compare settings: a FIFO there was

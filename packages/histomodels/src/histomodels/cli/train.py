@@ -342,6 +342,10 @@ def _refuse_default_weights(
     )
 
 
+#: The most bytes ``--resume`` reads of a run's ``config.json`` (a run writes a few KB).
+MAX_RUN_CONFIG_BYTES = 4 << 20
+
+
 def _refuse_ignored_settings(out: Path, options: dict[str, Any], config: Path | None) -> None:
     """``--resume`` with settings the run would not take (it keeps its saved ones, all but
     :data:`~histomodels.config.RESUME_OVERRIDES`) is one error line naming them, not a run
@@ -354,8 +358,18 @@ def _refuse_ignored_settings(out: Path, options: dict[str, Any], config: Path | 
     if path.exists() and not path.is_file():  # a FIFO was read forever (a hang)
         fail(f"{path}: not a regular file (a pipe, socket or device)")
     try:
-        saved = loads_json(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):  # NotJSON, UnicodeDecodeError
+        with open(path, "rb") as fh:  # a few KB as a run writes it: not read whole if huge
+            raw = fh.read(MAX_RUN_CONFIG_BYTES + 1)
+    except OSError:
+        return  # resuming reads last.pt, and says what is wrong with the run
+    if len(raw) > MAX_RUN_CONFIG_BYTES:
+        fail(
+            f"{path}: over {MAX_RUN_CONFIG_BYTES >> 20} MB, not the config.json a run writes "
+            "(a few KB)"
+        )
+    try:
+        saved = loads_json(raw.decode("utf-8"))
+    except ValueError:  # NotJSON, UnicodeDecodeError
         return  # resuming reads last.pt, and says what is wrong with the run
     if not isinstance(saved, dict):
         return
