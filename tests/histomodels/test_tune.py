@@ -414,6 +414,27 @@ def test_cli_bad_training_data_is_one_line_and_leaves_no_tune_folder(tmp_path):
     assert not out.exists()
 
 
+def test_a_resume_with_the_same_origin_splits_in_another_order_goes_on(tmp_path):
+    """The same splits in another order are the same filter, as ``train --resume`` judges
+    them; tune refused the resume (``base config differs in origin_split``). Other splits
+    are still refused."""
+    from _trainkit import encoded_h5_with_origins
+
+    from histomodels.synthetic import write_h5
+
+    (tmp_path / "t").mkdir()
+    val = write_h5(tmp_path / "val.h5", 24, seed=1)
+    data = encoded_h5_with_origins(tmp_path / "t" / "enc.h5", 33, make_patches(24, 1)[0][0])
+    out = tmp_path / "tune"
+    for trials, splits in ((1, "pcam_train,unknown"), (2, "unknown , pcam_train")):
+        tune(data, val, out, trials=trials, trial_epochs=1, quiet=True,
+             base=TINY.replace(origin_split=splits))  # fmt: skip
+    assert len(json.loads((out / "trials.json").read_text())) == 2
+    with pytest.raises(TuneError, match="base config differs in origin_split"):
+        tune(data, val, out, trials=3, trial_epochs=1, quiet=True,
+             base=TINY.replace(origin_split="pcam_train"))  # fmt: skip
+
+
 def test_cli_origin_split_filters_the_training_data_as_train_does(tmp_path):
     """``tune`` had no ``--origin-split`` (only a base config's ``origin_split``): the
     option filters ``--data`` for every trial, over the file's value, and on data without

@@ -39,7 +39,7 @@ from typing import Any
 
 import torch
 
-from histocore.errors import DomainError
+from histocore.errors import DomainError, UsageError
 from histocore.io import loads_json, make_parents
 from histomodels.config import TrainConfig
 from histomodels.device import out_of_memory
@@ -338,12 +338,10 @@ def _check_settings(out: Path, settings: dict[str, Any]) -> None:
             "(use another folder)"
         )
     # a key added to TrainConfig after the experiment began had its default there
-    old = {**_reusable(TrainConfig()), **before.get("base", {})}
-    if "base" in before and old != settings["base"]:
-        changed = sorted(
-            k for k in {*old, *settings["base"]}
-            if old.get(k) != settings["base"].get(k)
-        )  # fmt: skip
+    old = _same_splits({**_reusable(TrainConfig()), **before.get("base", {})})
+    new = _same_splits(settings["base"])
+    if "base" in before and old != new:
+        changed = sorted(k for k in {*old, *new} if old.get(k) != new.get(k))
         raise TuneError(
             f"{out}: this experiment's base config differs in {', '.join(changed)}; "
             "resuming would mix two searches (use another folder)"
@@ -353,6 +351,18 @@ def _check_settings(out: Path, settings: dict[str, Any]) -> None:
             f"{out}: this experiment's trials ran for {before['limit']}, not "
             f"{settings['limit']}; resuming would mix two searches (use another folder)"
         )
+
+
+def _same_splits(base: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with its ``origin_split`` in one order: the same splits in another order are
+    the same filter (as ``train --resume`` judges it)."""
+    from histomodels.choices import origin_splits
+
+    value = base.get("origin_split")
+    try:
+        return {**base, "origin_split": ",".join(sorted(origin_splits(value)))} if value else base
+    except UsageError:  # no split named: compared as saved
+        return base
 
 
 def _digest(images: Any, labels: Any) -> str:
