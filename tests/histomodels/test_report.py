@@ -323,17 +323,29 @@ def test_a_manifest_evaluation_counts_the_figures_its_metrics_are_on(tmp_path: P
     assert "| ROC AUC | 0.8250 [0.6570, 0.9550] | n/a |" in md
 
 
-def test_an_interval_is_printed_at_the_points_precision(tmp_path: Path) -> None:
+def test_an_interval_is_printed_at_the_points_precision(tmp_path: Path, capsys) -> None:
     """The demo's report showed `0.9998 [1.000, 1.000]`: the interval at three digits and
     the point at four, so the interval seemed to leave the point out."""
     folder = tmp_path / "ev"
     folder.mkdir()
     metrics = {"roc_auc": 0.99981, "ci": {"roc_auc": [0.99962, 1.0]}, "n": 600}
     (folder / "metrics.json").write_text(json.dumps(metrics))
+    whole = tmp_path / "whole"  # JSON integers, numbers the reader takes: at that precision too
+    whole.mkdir()
+    (whole / "metrics.json").write_text(json.dumps({"roc_auc": 1, "ci": {"roc_auc": [1, 1]}}))
     out = tmp_path / "o"
-    r = CliRunner().invoke(app, ["report", str(folder), "--out", str(out)])
+    r = CliRunner().invoke(app, ["report", str(folder), str(whole), "--out", str(out)])
     assert r.exit_code == 0, r.output
-    assert "| ROC AUC | 0.9998 [0.9996, 1.0000] |" in (out / "report.md").read_text()
+    md = (out / "report.md").read_text()
+    assert "| ROC AUC | 0.9998 [0.9996, 1.0000] | 1.0000 [1.0000, 1.0000] |" in md, md
+    # eval's own line for a literature set, at the same precision
+    from histomodels.cli.evaluate import _print_external
+
+    block = {"n": 600, "metrics": {"max": {**metrics, "accuracy": 0.99}}}
+    _print_external({"n_images": 3, "n_tiles": 9, "n_excluded_leakage": 0, "threshold": 0.5,
+                     "threshold_source": "default", "temperature": 1.0,
+                     "external": {"reviewed": block}}, out)  # fmt: skip
+    assert "max: ROC AUC 0.9998 [0.9996, 1.0000], accuracy 0.9900" in capsys.readouterr().out
 
 
 def test_an_evaluations_warning_is_in_the_report(tmp_path: Path) -> None:

@@ -33,13 +33,19 @@ def fmt(v: Any, digits: int = 4) -> str:
     return str(v)
 
 
+def _number(v: Any) -> Any:
+    """A metric read as a JSON integer (``1``) as the float it stands for, so it is printed
+    at the others' precision (``1.0000``, not ``1``)."""
+    return float(v) if isinstance(v, int) and not isinstance(v, bool) else v
+
+
 def _metric_cell(m: dict[str, Any], key: str) -> str:
-    v = m.get(key)
+    v = _number(m.get(key))
     ci = (m.get("ci") or {}).get(key)
     if ci and None not in ci:
         # the interval at the point's precision: 0.9998 [1.000, 1.000] read as if the
         # interval left the point out
-        return f"{fmt(v)} [{fmt(float(ci[0]))}, {fmt(float(ci[1]))}]"
+        return f"{fmt(v)} [{fmt(_number(ci[0]))}, {fmt(_number(ci[1]))}]"
     return fmt(v)
 
 
@@ -198,6 +204,7 @@ def external_tables(name: str, m: dict[str, Any]) -> list[tuple[str, list[str], 
         head = ["weak label ↓ / reviewed label →", *cols]
         rows = [(w, [str(c.get(k, 0)) for k in cols]) for w, c in conf.items()]
         rate, ci = agree.get("noise_rate"), agree.get("noise_rate_ci") or [None, None]
+        rate, ci = _number(rate), [_number(c) for c in ci]
         rows.append(
             (
                 "weak-label noise rate",

@@ -397,7 +397,7 @@ def _print_external(result: dict, out: Path) -> None:
         typer.echo(f"{kind} labels: {block.get('n', 0)} figure(s)")
         for agg, m in (block.get("metrics") or {}).items():
             ci = (m.get("ci") or {}).get("roc_auc")
-            ci_text = f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
+            ci_text = f" [{ci[0]:.4f}, {ci[1]:.4f}]" if ci else ""  # the point's precision
             typer.echo(
                 f"  {agg}: ROC AUC {_fmt(m.get('roc_auc'))}{ci_text}, "
                 f"accuracy {_fmt(m.get('accuracy'))}"
