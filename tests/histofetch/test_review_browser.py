@@ -168,6 +168,25 @@ def test_bad_run_gets_an_error_page(served: tuple[str, Path], browser) -> None:
     assert browser.title.startswith("histofetch review: cannot open")
 
 
+def test_a_long_unbroken_title_stays_inside_the_side_panel(
+    served: tuple[str, Path], browser
+) -> None:
+    # A local PDF's record is titled by its file stem, one long word: it pushed the side
+    # panel wider than its column (a horizontal scroll bar under every figure, also under
+    # "Nothing matches these filters.", where the hidden title still took its width).
+    url, run = served
+    m = Manifest.load(run)
+    m.records["pmid:1"].title = "pos_bawaneh2022_cancers14_4849_TNBC_HE_lung_metastasis_" * 2
+    m.commit_record("pmid:1")
+    m.save()
+    m.close()
+    browser.get(url)
+    _wait(browser, lambda d: "metastasis_pos" in _text(d, "article-title"))
+    widths = "const s = document.querySelector('.side'); return [s.scrollWidth, s.clientWidth];"
+    scroll, client = browser.execute_script(widths)
+    assert scroll <= client, f"side panel scrolls sideways: {scroll} > {client} px"
+
+
 def test_all_reviewed_says_so_and_shows_all_in_one_click(served: tuple[str, Path], browser) -> None:
     from selenium.webdriver.support.ui import Select
 
