@@ -34,6 +34,7 @@ from pdf_factory import (
 from histocore.manifest import Image, Manifest, Record
 from histocore.store import STORE_NAME
 from histofetch.extract import ExtractError, run_extract
+from histofetch.labels import read_caption
 from histofetch.stage import UNFINISHED_KEY
 from histofetch.status import format_status, run_status
 
@@ -105,6 +106,24 @@ def test_min_size_drops_icons(tmp_path: Path) -> None:
     manifest = Manifest.load(tmp_path / "run")
     sizes = sorted(min(i.width, i.height) for i in manifest.images.values())
     assert sizes and min(sizes) >= 45
+
+
+def test_a_caption_word_broken_at_a_line_end_is_read_whole(tmp_path: Path) -> None:
+    # PDF captions are set in narrow columns: "metas-" / "tasis" came out "metas- tasis"
+    # (no weak label) and "Tumour-" / "free" as "Tumour- free", read as a metastasis.
+    caption = (
+        "Figure 1. Sentinel lymph node without metas-\ntasis: a tumour-\nfree node, H&E-\n"
+        "stained; Ki-\n67 low; Non-\nneoplastic."
+    )
+    pdf = build_image_pdf(tmp_path / "a.pdf", [he_like(128, 128, seed=1)], caption=caption)
+    run_extract(tmp_path / "run", [pdf])
+    (img,) = Manifest.load(tmp_path / "run").images.values()
+    assert img.caption == (
+        "Figure 1. Sentinel lymph node without metastasis: a tumour-free node, H&E-stained; "
+        "Ki-67 low; Non-neoplastic."
+    )
+    reading = read_caption(img.caption)
+    assert (reading.label, reading.site) == ("no_metastasis", "lymph_node")
 
 
 def test_broken_pdfs_fail_with_a_reason_and_the_run_goes_on(tmp_path: Path) -> None:

@@ -10,11 +10,56 @@ import pymupdf
 CAPTION_RE = re.compile(r"^\s*(fig\.?|figure)\s*[A-Z]?\d+[A-Za-z]?\s*[:.|\-–—)]", re.IGNORECASE)
 
 
+#: A hyphen (or soft hyphen) that ends a line of a caption block, and the two word parts.
+_LINE_END_HYPHEN = re.compile(r"(\S)([-\u2010\u00ad])[ \t]*\n[ \t]*(?=(\S))")
+_WORD_END = re.compile(r"[A-Za-z]+$")
+_WORD_START = re.compile(r"[a-z]+")
+#: Words typeset with a hyphen of their own that a line may end on ("tumour-free",
+#: "lymph-node", "node-negative"): the hyphen stays. Other lower-case word parts broken
+#: at a line end ("metas-" + "tasis") are one word, as the reader reads it.
+# fmt: off
+_COMPOUND_LEFT = frozenset((
+    "lymph", "node", "tumor", "tumour", "cancer", "carcinoma", "cell", "non", "well",
+    "poorly", "moderately", "high", "low", "post", "pre", "anti", "cross", "long", "short",
+))
+_COMPOUND_RIGHT = frozenset((
+    "free", "negative", "positive", "stained", "staining", "associated", "related",
+    "derived", "induced", "like", "type", "based", "bearing", "rich", "poor", "node", "nodes",
+))
+# fmt: on
+
+
+def _join_hyphen(match: re.Match[str]) -> str:
+    before, hyphen, after = match.group(1), match.group(2), match.group(3)
+    if hyphen == "\u00ad":  # a soft hyphen only ever marks a word broken at the line end
+        return before
+    if before.islower() and before.isascii() and after.islower() and after.isascii():
+        text = match.string
+        left = _WORD_END.search(text, 0, match.end(1))
+        right = _WORD_START.match(text, match.end())
+        left_word = left.group(0).lower() if left else ""
+        right_word = right.group(0) if right else ""
+        if left_word not in _COMPOUND_LEFT and right_word not in _COMPOUND_RIGHT:
+            return before
+    return before + "-"
+
+
+def join_lines(text: str) -> str:
+    """A text block's lines as one line of words.
+
+    A word broken at a line end is joined: "metas-" + "tasis" is "metastasis" (it was
+    "metas- tasis", which no caption rule reads), a word with a hyphen of its own keeps it
+    ("tumour-free", "H&E-stained", "Ki-67"; it was "Tumour- free", read as a positive
+    finding).
+    """
+    return " ".join(_LINE_END_HYPHEN.sub(_join_hyphen, text).split())
+
+
 def caption_blocks(page: pymupdf.Page) -> list[tuple[pymupdf.Rect, str]]:
     """The text blocks of ``page`` that start like a figure caption, with their boxes."""
     out = []
     for block in page.get_text("blocks"):
-        text = " ".join(str(block[4]).split())
+        text = join_lines(str(block[4]))
         if block[6] == 0 and CAPTION_RE.match(text):
             out.append((pymupdf.Rect(block[:4]), text[:4000]))
     return out
