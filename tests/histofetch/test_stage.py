@@ -132,10 +132,22 @@ def test_summary_line_counts_the_reasons_it_leaves_out() -> None:
     summary.reasons.update({"a": 2, "b": 1, "c": 1, "d": 1, "e": 1, "f": 1, "g": 1})
     assert summary.line() == (
         "extracted: 0 done, 0 already done, 8 failed "
-        "(a: 2, b: 1, c: 1, d: 1, e: 1, other reasons: 2)"
+        "(a: 2; b: 1; c: 1; d: 1; e: 1; other reasons: 2)"
     )
     summary.reasons = Counter({"a": 2, "b": 1})
-    assert summary.line().endswith("(a: 2, b: 1)")
+    assert summary.line().endswith("(a: 2; b: 1)")
+
+
+def test_summary_line_keeps_reasons_that_hold_commas_apart() -> None:
+    """Broken local PDFs printed '5 failed (empty file, not a PDF: 1, corrupt PDF, no
+    pages: 1, not a PDF: 1, ...)': with ', ' between reasons that hold ', ' themselves,
+    the reader could not tell where one ended. They are now kept apart by '; '."""
+    summary = StageSummary("extracted", failed=3)
+    summary.reasons.update({"empty file, not a PDF": 2, "corrupt PDF, no pages": 1})
+    assert summary.line() == (
+        "extracted: 0 done, 0 already done, 3 failed "
+        "(empty file, not a PDF: 2; corrupt PDF, no pages: 1)"
+    )
 
 
 def test_disk_full_is_transient_leaves_no_partial_rows_and_is_retried(tmp_path: Path) -> None:

@@ -105,10 +105,11 @@ class StageSummary:
         text = f"{self.stage}: {self.done} done, {self.skipped} already done, {self.failed} failed"
         if self.reasons:  # right after this stage's failures: they are the ones counted
             shown = self.reasons.most_common(5)
-            text += " (" + ", ".join(f"{r}: {n}" for r, n in shown)
+            # "; " between them: a reason holds commas ("empty file, not a PDF: 1")
+            text += " (" + "; ".join(f"{r}: {n}" for r, n in shown)
             rest = self.reasons.total() - sum(n for _, n in shown)
             if rest:  # the counts shown must add up to the failures: name the rest's count
-                text += f", other reasons: {rest}"
+                text += f"; other reasons: {rest}"
             text += ")"
         if self.failed_before:
             text += f", {self.failed_before} failed before"
