@@ -187,6 +187,16 @@ def test_a_long_unbroken_title_stays_inside_the_side_panel(
     assert scroll <= client, f"side panel scrolls sideways: {scroll} > {client} px"
 
 
+def test_the_page_loads_without_an_error_in_the_console(served: tuple[str, Path], browser) -> None:
+    # Every load logged "favicon.ico - Failed to load resource: ... 404 (Not Found)".
+    url, _run = served
+    browser.get(url)
+    _wait(browser, lambda d: "reviewed" in _text(d, "progress-text"))
+    _wait(browser, lambda d: d.find_element("id", "article-title").text)
+    errors = [e["message"] for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+    assert errors == []
+
+
 def test_all_reviewed_says_so_and_shows_all_in_one_click(served: tuple[str, Path], browser) -> None:
     from selenium.webdriver.support.ui import Select
 
