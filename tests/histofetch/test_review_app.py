@@ -253,6 +253,30 @@ def test_a_filter_stopped_while_writing_its_sheets_leaves_them_unnamed(tmp_path:
     assert "filter kept none of the run's 1 image;" in out and "the sheets in" not in out
 
 
+def test_a_filter_stopped_while_scoring_leaves_the_earlier_sheets_unnamed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """filter set filter_sheets false only after scoring: one stopped while scoring (Ctrl-C)
+    kept the earlier filter's true, and review named that filter's sheets for decisions
+    they do not show (review 13). Now it is false from the filter's first commit."""
+    import PIL.Image
+
+    run = make_run(tmp_path, figures=1, filtered=False)
+    args = ["filter", "--run", str(run), "--min-side", "100000"]
+    assert CliRunner().invoke(cli, args).exit_code == 0
+    assert Manifest.load(run).header_extra["filter_sheets"] is True
+
+    def interrupted(*args: Any, **kwargs: Any) -> Any:
+        raise KeyboardInterrupt  # Ctrl-C while a figure is read
+
+    monkeypatch.setattr(PIL.Image, "open", interrupted)
+    r = CliRunner().invoke(cli, [*args, "--rescore"])
+    assert r.exit_code == 130, r.output
+    monkeypatch.undo()
+    assert Manifest.load(run).header_extra["filter_sheets"] is False
+    assert "the sheets in" not in _review_error(run)
+
+
 def test_filter_exports_its_decisions_before_writing_the_sheets(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -103,6 +103,9 @@ def run_filter(
                 _to_score(i, reread) for i in _figures(manifest, rec.id)
             ):
                 rec.stage = "extracted"
+        # the earlier filter's sheets stop showing the run's decisions once this one decides
+        # any: a filter stopped while scoring left them named as this one's
+        manifest.header_extra["filter_sheets"] = False
         manifest.commit()  # the stage claims records as the store holds them
 
         summary = run_records(
@@ -123,11 +126,10 @@ def run_filter(
         manifest.header_extra["filter_thresholds"] = vars(limits) | {"scorer": SCORER_VERSION}
         # Caption weak labels + leakage flags of the images kept now (re-labelled every run).
         manifest.header_extra["weak_labels"] = label_manifest(manifest) | {"rules": RULES_VERSION}
-        # whether RUN/sheets shows these decisions: after --no-sheet an earlier filter's
-        # sheets are left as they were, and review's hint no longer names them; true only
-        # once they are written (a filter stopped while writing them left an earlier
-        # filter's named as this one's)
-        manifest.header_extra["filter_sheets"] = False
+        # whether RUN/sheets shows these decisions (false since the first commit above):
+        # after --no-sheet an earlier filter's sheets are left as they were, and review's
+        # hint no longer names them; true only once they are written (a filter stopped while
+        # writing them left an earlier filter's named as this one's)
         if sheet:
             _save_with_sheets(manifest)
         else:
