@@ -219,6 +219,22 @@ def test_an_output_under_a_broken_link_says_so(tmp_path, capsys) -> None:
             assert capsys.readouterr().err == f"error: {tmp_path / name}: {problem}\n"
 
 
+def test_an_output_that_is_a_link_loop_is_one_line(tmp_path, capsys) -> None:
+    """``--out loop`` (a link to itself) passed the checks, and the writer's resolve() raised
+    a RuntimeError traceback (export, predict); require_folder called it a broken link."""
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    (tmp_path / "dang").symlink_to(tmp_path / "nowhere")
+    for check in (require_folder, require_file):
+        with pytest.raises(SystemExit):
+            check(tmp_path / "loop")
+        said = capsys.readouterr().err
+        assert said == f"error: {tmp_path / 'loop'}: too many levels of symbolic links\n"
+    require_file(tmp_path / "dang")  # a link to nowhere is written over, as before
+    with pytest.raises(SystemExit):
+        require_folder(tmp_path / "dang")
+    assert capsys.readouterr().err == f"error: {tmp_path / 'dang'}: broken symbolic link\n"
+
+
 def test_an_output_under_a_home_that_does_not_exist_is_one_line(tmp_path, capsys) -> None:
     """``--out ~nosuchuser/x`` was a RuntimeError traceback from expanduser()."""
     for check in (require_folder, require_file):

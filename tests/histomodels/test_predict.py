@@ -1193,3 +1193,19 @@ def test_cli_predict_threads_sets_torchs_intra_op_threads(tmp_path: Path) -> Non
         assert len(_rows(out)) == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_an_input_under_an_unknown_home_or_with_a_name_too_long_is_one_line(
+    tmp_path: Path,
+) -> None:
+    """``predict CKPT '~nosuchuser/x.png'`` was a RuntimeError traceback and a 300-byte
+    image name an OSError one (the up-front check's expanduser() and exists())."""
+    ckpt = tiny_checkpoint(tmp_path)
+    long_name = str(tmp_path / ("a" * 300 + ".png"))
+    for given, problem in (("~no_such_user_here/x.png", "could not determine home"),
+                           (long_name, "file name too long")):  # fmt: skip
+        r = CliRunner().invoke(app, ["predict", str(ckpt), given, "--out",
+                                     str(tmp_path / "p.csv")])  # fmt: skip
+        assert r.exit_code == 1, r.output
+        assert r.stderr.lower().startswith(f"error: {given}: {problem}".lower()), r.stderr
+        assert r.stderr.count("\n") == 1 and not (tmp_path / "p.csv").exists()

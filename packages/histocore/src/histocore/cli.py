@@ -23,8 +23,10 @@ one logging setup.
 from __future__ import annotations
 
 import contextlib
+import errno
 import inspect
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -90,7 +92,8 @@ def require_folder(*paths: str | Path | None, what: str = "folder") -> None:
             if path.exists() and not path.is_dir():
                 fail(f"{raw}: is a file, not a {what}")
             if path.is_symlink() and not path.exists():  # made it would fail after the work
-                fail(f"{raw}: broken symbolic link")
+                loop = _link_loop(path)
+                fail(f"{raw}: {LINK_LOOP if loop else 'broken symbolic link'}")
             _require_parents(path)
 
 
@@ -106,6 +109,8 @@ def require_file(*paths: str | Path | None) -> None:
             refuse_overlong_name(path)
             if path.is_dir():
                 fail(f"{raw}: is a folder, not a file")
+            if _link_loop(path):  # the writer's resolve() raised RuntimeError for it
+                fail(f"{raw}: {LINK_LOOP}")
             _require_parents(path)
 
 
@@ -128,6 +133,20 @@ def _expanded(raw: str | Path) -> Path:
         return Path(raw).expanduser()
     except RuntimeError as exc:  # '~nosuchuser/x'
         fail(f"{raw}: {exc}")
+
+
+LINK_LOOP = "too many levels of symbolic links"
+
+
+def _link_loop(path: Path) -> bool:
+    """``path`` is a link that leads back to itself (a loop), not to a file or to nothing."""
+    if not path.is_symlink():
+        return False
+    try:
+        os.stat(path)
+    except OSError as exc:
+        return exc.errno == errno.ELOOP
+    return False
 
 
 def _require_parents(path: Path) -> None:

@@ -242,8 +242,14 @@ def require_paths(*paths: str | Path | None, role: str | None = None) -> None:
     for raw in paths:
         if raw is None:
             continue
-        path = Path(raw) if role else Path(raw).expanduser()
-        if not path.exists():
+        try:  # '~nosuchuser/x' (RuntimeError), a name too long (ENAMETOOLONG): one line
+            path = Path(raw) if role else Path(raw).expanduser()
+            found = path.exists()
+        except RuntimeError as exc:
+            fail(f"{raw}: {exc}")
+        except OSError as exc:
+            fail(f"{raw}: {(exc.strerror or str(exc)).lower()}")
+        if not found:
             fail(f"{path}: {role} data not found" if role else f"{path}: no such file or folder")
 
 
