@@ -140,3 +140,21 @@ def test_empty_sheet_is_still_a_valid_image(tmp_path: Path) -> None:
     m = Manifest.load(tmp_path, create=True)
     path = write_sheet(m, [], tmp_path / "empty.png", "nothing")
     assert PIL.Image.open(path).size[0] > 0
+
+
+def test_a_killed_sheet_writes_temp_file_is_removed_by_the_next(tmp_path: Path) -> None:
+    """A filter killed while writing a sheet left `.kept-001.jpg.<random>.tmp` in sheets/
+    for good: the stale-sheet clean-up skipped dot files. The next filter removes it; a
+    temp file of anything else there (the user's) is left."""
+    m = _run(tmp_path, 3)
+    sheets = tmp_path / "sheets"
+    sheets.mkdir()
+    killed = sheets / ".kept-001.jpg.k2j4x9.tmp"
+    killed.write_bytes(b"\xff\xd8 half a jpeg")
+    other = sheets / ".notes.txt.a1b2.tmp"
+    other.write_text("mine")
+    paths = write_filter_sheets(m)
+    assert not killed.exists() and other.read_text() == "mine"
+    assert sorted(p.name for p in sheets.iterdir()) == sorted(
+        [other.name, *(p.name for p in paths.values())]
+    )

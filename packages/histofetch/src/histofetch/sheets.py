@@ -17,6 +17,7 @@ Sheets are JPEG, re-encoded at lower quality (then shrunk) if one would exceed
 
 from __future__ import annotations
 
+import fnmatch
 import io
 import textwrap
 from collections.abc import Sequence
@@ -26,7 +27,7 @@ import PIL.Image
 from PIL import ImageDraw, ImageFont
 
 from histocore.imaging import read_rgb
-from histocore.io import atomic_write_bytes
+from histocore.io import atomic_temp_target, atomic_write_bytes
 from histocore.manifest import Image, Manifest, Record
 from histofetch.decide.colour import MAX_PIXELS
 
@@ -157,11 +158,18 @@ def _margin(img: Image) -> float:
     return abs(float(img.extra.get("decision", {}).get("margin", 0.0)))
 
 
+def _sheet_name(name: str | None, patterns: tuple[str, ...]) -> bool:
+    return name is not None and any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
 def write_filter_sheets(manifest: Manifest) -> dict[str, Path]:
     """Paged kept/rejected sheets sorted by closeness to the boundary, and the closest calls."""
     out = manifest.run_dir / "sheets"
     out.mkdir(parents=True, exist_ok=True)
-    for stale in [*out.glob("kept*.*"), *out.glob("rejected*.*"), *out.glob("closest-*.*")]:
+    patterns = ("kept*.*", "rejected*.*", "closest-*.*")
+    # and the temp file of a sheet whose write was killed (.kept-001.jpg.<random>.tmp)
+    killed = [p for p in out.glob(".*.tmp") if _sheet_name(atomic_temp_target(p.name), patterns)]
+    for stale in [*(p for pattern in patterns for p in out.glob(pattern)), *killed]:
         stale.unlink()
     rows = shown_rows(manifest)
     written: dict[str, Path] = {}
