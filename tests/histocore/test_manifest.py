@@ -198,6 +198,9 @@ def test_a_header_its_readers_refuse_is_not_committed(tmp_path: Path, commit: st
     with pytest.raises(ValueError, match="header 'filter_sheets' is 'yes'") as err:
         getattr(m, commit)()
     assert not isinstance(err.value, ManifestError)
+    # the value is the caller's, not the store's (it read 'run.sqlite: header …')
+    assert str(err.value).startswith("the header to commit: header 'filter_sheets'"), err.value
+    assert str(err.value).endswith(f"not committed to {run / 'run.sqlite'}"), err.value
     m.close()
     with Manifest.load(run) as other:
         assert "filter_sheets" not in other.header_extra

@@ -135,9 +135,9 @@ class Manifest(StoreSync):
         ManifestError, which a command line says in one line): a caller's bug, with its
         traceback, raised before anything is written."""
         try:
-            check_header(self.query, self.header_extra, str(self.store_path))
+            check_header(self.query, self.header_extra, "the header to commit")
         except ManifestError as exc:
-            raise ValueError(f"{exc} (not committed)") from None
+            raise ValueError(f"{exc}; not committed to {self.store_path}") from None
 
     def commit(self) -> None:
         """Commit every row (and header key) this process changed, in one transaction."""
