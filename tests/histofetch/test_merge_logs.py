@@ -165,3 +165,51 @@ def test_a_merge_its_store_refuses_appends_no_log_line(tmp_path: Path) -> None:
     r = runner.invoke(app, ["merge", str(a), "--out", str(out)])
     assert r.exit_code == 1 and r.stderr.startswith(f"error: {out / 'run.sqlite-wal'}: "), r.output
     assert sorted(p.name for p in out.iterdir()) == ["run.sqlite-wal"]  # nothing brought
+
+
+#: A merge holding at its first file linked into the output until ``sys.argv[3]`` exists.
+_HELD_MERGE = """
+import os, sys, time
+from pathlib import Path
+from histofetch.merge import merge_runs
+
+real = os.link
+def link(src, dst, *args, **kwargs):
+    print("linking", flush=True)
+    while not os.path.exists(sys.argv[3]):
+        time.sleep(0.05)
+    return real(src, dst, *args, **kwargs)
+os.link = link
+print(merge_runs([Path(sys.argv[1])], Path(sys.argv[2])).line(), flush=True)
+"""
+
+
+def test_a_second_merge_into_the_same_output_at_once_is_refused(tmp_path: Path) -> None:
+    """Two merges into one output took no lock: the second chose the same free names,
+    appended the carried review log lines a second time and committed over the first. Now
+    a merge holds the output folder locked throughout: a second one at once is refused
+    with one line, writes nothing, and the first completes as if alone."""
+    a = _labelled_run(tmp_path / "a", "r1", [("fig1", "metastasis"), ("fig2", "no_metastasis")])
+    out, go = tmp_path / "out", tmp_path / "go"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    cmd = [sys.executable, "-c", _HELD_MERGE, str(a), str(out), str(go)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "linking\n"
+        r = runner.invoke(app, ["merge", str(a), "--out", str(out)])
+        assert (r.exit_code, r.output) == (1, f"error: {out}: another merge is writing to it\n")
+        go.touch()
+        assert proc.stdout.read().splitlines()[-1] == (
+            "merged 1 run: 1 record, 2 images added, 2 review log lines carried"
+        )
+    finally:
+        go.touch()
+        proc.wait(timeout=60)
+    assert proc.returncode == 0
+    assert (out / LOG_NAME).read_text().splitlines() == (a / LOG_NAME).read_text().splitlines()
+    with Manifest.load(out) as m:
+        assert sorted(m.records) == ["r1"] and len(m.images) == 2
+    assert sorted(p.name for p in (out / "images").iterdir()) == ["r1_fig1.png", "r1_fig2.png"]
+    # the lock goes with the merge: the next one runs (and finds everything there)
+    r = runner.invoke(app, ["merge", str(a), "--out", str(out)])
+    assert r.exit_code == 0 and "nothing new added" in r.output, r.output

@@ -13,7 +13,7 @@ from ncbi_server import Article, FakeNcbi, ncbi_fixture  # noqa: F401 (fixture)
 from pdf_factory import build_image_pdf, he_like
 from typer.testing import CliRunner
 
-from histocore.manifest import MANIFEST_NAME, Manifest, Record
+from histocore.manifest import MANIFEST_NAME, Manifest, ManifestError, Record
 from histofetch.cli import app
 from histofetch.extract import run_extract
 from histofetch.merge import merge_runs
@@ -1062,7 +1062,12 @@ def test_a_merge_killed_mid_copy_leaves_no_part_file_after_the_next(tmp_path: Pa
     second, live = stopped_merge()  # the stale one is gone once this merge runs
     try:
         assert not stale.exists()
-        summary = merge_runs([shard], out)  # beside a merge still copying
+        with pytest.raises(ManifestError, match="another merge is writing to it"):
+            merge_runs([shard], out)  # the output is locked while a merge runs
+        # beside a merge still copying: another output whose images/ is the same folder
+        (tmp_path / "out2").mkdir()
+        (tmp_path / "out2" / "images").symlink_to(out / "images", target_is_directory=True)
+        summary = merge_runs([shard], tmp_path / "out2")
         assert live.exists() and summary.stale_parts == 0
     finally:
         second.send_signal(signal.SIGKILL)
@@ -1274,9 +1279,11 @@ def test_a_merge_copies_without_the_lock_where_the_file_system_has_none(
     import fcntl
 
     shard, out, data = _shard_whose_image_merge_copies(tmp_path)
-    failure = [errno.EIO]
+    failure, real = [errno.EIO], fcntl.flock
 
     def flock(fd: int, op: int) -> None:
+        if failure[0] == errno.EIO and os.path.isdir(f"/proc/self/fd/{fd}"):
+            return real(fd, op)  # the output folder's lock taken: the part file's fails
         raise OSError(failure[0], os.strerror(failure[0]))
 
     monkeypatch.setattr(fcntl, "flock", flock)

@@ -62,7 +62,7 @@ def copy_whole(src: Path, dst: Path) -> None:
 
 
 #: What ``flock`` fails with on a file system without locks
-_NO_LOCKS = frozenset({errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP})
+NO_LOCKS = frozenset({errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP})
 
 
 def _lock(fd: int, dst: Path) -> bool:
@@ -71,7 +71,7 @@ def _lock(fd: int, dst: Path) -> bool:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
     except OSError as exc:
-        if exc.errno in _NO_LOCKS:
+        if exc.errno in NO_LOCKS:
             return False
         raise OSError(exc.errno, exc.strerror, str(dst)) from None
     return True
