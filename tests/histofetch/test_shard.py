@@ -1289,7 +1289,10 @@ def test_a_merge_copies_without_the_lock_where_the_file_system_has_none(
     monkeypatch.setattr(fcntl, "flock", flock)
     r = runner.invoke(app, ["merge", str(shard), "--out", str(out)])
     target = out / "images" / "r1" / "a.png"
-    assert r.exit_code == 1 and r.output == f"error: {target}: input/output error\n"
+    assert r.exit_code == 1 and r.output == (
+        f"error: {target}: cannot be written (input/output error); records not merged "
+        "(a merge run again brings the rest)\n"
+    )
     assert os.listdir(target.parent) == []
     other = out / "images" / "r1" / ".merge-abcd1234.part"  # another host's, copying
     other.write_bytes(b"figure")
@@ -1320,3 +1323,93 @@ def _shard_whose_image_merge_copies(tmp_path: Path) -> tuple[Path, Path, bytes]:
         )  # fmt: skip
         m.save()
     return shard, out, data
+
+
+#: The merge command with files limited to 500 kB (``RLIMIT_FSIZE``: a write past it fails
+#: with EFBIG, as on a full disk), in the folder ``sys.argv[1]``.
+_LIMITED_MERGE = """
+import os, resource, signal, sys
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (500_000, 500_000))
+os.chdir(sys.argv[1])
+from histofetch.cli import app
+sys.argv = ["histofetch", "merge", "shard", "--out", "out"]
+app()
+"""
+
+
+def test_a_file_that_cannot_be_written_stops_the_merge_with_one_line_a_rerun_completes(
+    tmp_path: Path,
+) -> None:
+    """A write failing while a file was brought (a full disk; here a file size limit) ended
+    the merge with an error naming the '.merge-*.part' file it was copied to, gone by then.
+    Now the line names the file's place in the output and says the records were not merged;
+    the file brought before it stays, and a merge run again takes it and brings the rest."""
+    import subprocess
+    import sys
+
+    from histocore.manifest import Image
+
+    shard, disk, out = tmp_path / "shard", tmp_path / "bigdisk", tmp_path / "out"
+    (disk / "r1").mkdir(parents=True)
+    (shard / "pdfs").mkdir(parents=True)
+    (shard / "pdfs" / "r0.pdf").write_bytes(b"%PDF r0")  # hard-linked
+    (shard / "images").symlink_to(disk, target_is_directory=True)  # copied
+    data = b"figure a" * 200_000
+    (disk / "r1" / "a.png").write_bytes(data)
+    with Manifest.load(shard, create=True) as m:
+        m.add_record(Record(id="r0", stage="downloaded", pdf_path="pdfs/r0.pdf"))
+        m.add_record(Record(id="r1", stage="extracted"))
+        m.add_image(
+            Image(id="r1/a", record_id="r1", path="images/r1/a.png",
+                  sha256=hashlib.sha256(data).hexdigest(), width=1, height=1)
+        )  # fmt: skip
+        m.save()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    cmd = [sys.executable, "-c", _LIMITED_MERGE, str(tmp_path)]
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert (r.returncode, r.stdout) == (1, "")
+    assert r.stderr == (
+        "error: out/images/r1/a.png: cannot be written (file too large); records not merged "
+        "(a merge run again brings the rest)\n"
+    )
+    assert os.listdir(out / "images" / "r1") == [] and not (out / MANIFEST_NAME).exists()
+    with Manifest.load(out) as m:
+        assert not m.records and not m.images
+    r2 = runner.invoke(app, ["merge", str(shard), "--out", str(out)])
+    assert r2.exit_code == 0 and r2.output.endswith("merged 1 run: 2 records, 1 image added\n")
+    assert sorted(os.listdir(out / "pdfs")) == ["r0.pdf"]  # taken, not brought twice
+    assert (out / "images" / "r1" / "a.png").read_bytes() == data
+
+
+def test_a_source_that_cannot_be_read_after_a_failed_link_is_named_and_nothing_committed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hard link failing (another file system) and the copy then failing to read the
+    source (standard library faults injected: EXDEV, EACCES) names the source, and the
+    output holds no record; run again once the source reads, the merge completes."""
+    import errno
+    import shutil
+
+    shard, out = tmp_path / "shard", tmp_path / "out"
+    _run_with_pdf(shard, Record(id="r1", pdf_path="pdfs/a.pdf"), b"%PDF a")
+    src = shard / "pdfs" / "a.pdf"
+
+    def link(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.EXDEV, os.strerror(errno.EXDEV))
+
+    def copy2(a: object, *args: object, **kwargs: object) -> None:
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(a))
+
+    with monkeypatch.context() as patched:
+        patched.setattr(os, "link", link)
+        patched.setattr(shutil, "copy2", copy2)
+        r = runner.invoke(app, ["merge", str(shard), "--out", str(out)])
+    assert r.exit_code == 1 and r.output == (
+        f"error: {src}: cannot be read (permission denied); records not merged "
+        "(a merge run again brings the rest)\n"
+    )
+    assert os.listdir(out / "pdfs") == [] and not (out / MANIFEST_NAME).exists()
+    r = runner.invoke(app, ["merge", str(shard), "--out", str(out)])
+    assert r.exit_code == 0 and r.output == "merged 1 run: 1 record added\n"
+    assert (out / "pdfs" / "a.pdf").read_bytes() == b"%PDF a"

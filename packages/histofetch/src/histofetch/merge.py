@@ -21,6 +21,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 from collections.abc import Iterator
@@ -256,13 +257,33 @@ def _bring(
     if link is not None:
         summary.via_links[str(link)] = summary.via_links.get(str(link), 0) + 1
     if not dst.exists():
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        # Outside the input: a copy, never a second name of that file.
-        if link is not None or not _hard_link(src, dst):
-            copy_whole(src, dst)
+        try:
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            # Outside the input: a copy, never a second name of that file.
+            if link is not None or not _hard_link(src, dst):
+                copy_whole(src, dst)
+        except OSError as exc:  # a full disk, a source gone or unreadable
+            raise ManifestError(_not_brought(exc, src, dst)) from None
     rel = dst.relative_to(merged.run_dir).as_posix()
     names.brought.update(names.landings(merged, rel))
     return rel
+
+
+#: What a failed write says, whichever file an error names
+_WRITE_ERRORS = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS})
+
+
+def _not_brought(exc: OSError, src: Path, dst: Path) -> str:
+    """The error line of a file that could not be brought: the source it could not read, or
+    the place it could not write (not the part file it was copied to, gone with it). The
+    store is not committed; the files brought before it stay, and a merge run again takes
+    them (a candidate holding the same bytes) and brings the rest."""
+    problem = (exc.strerror or str(exc)).lower()
+    # shutil's in-kernel copy names both files whichever failed: a full disk is the write's
+    read = exc.filename is not None and os.fsdecode(exc.filename) == str(src)
+    read = read and exc.errno not in _WRITE_ERRORS
+    where = f"{src}: cannot be read" if read else f"{dst}: cannot be written"
+    return f"{where} ({problem}); records not merged (a merge run again brings the rest)"
 
 
 def _hard_link(src: Path, dst: Path) -> bool:
