@@ -192,18 +192,11 @@ def make_parents(path: str | Path) -> None:
 def atomic_writer(path: str | Path) -> Iterator[BinaryIO]:
     """A binary file for ``path``'s new content, written beside it: on a clean exit it is
     flushed, fsynced, given the usual file mode and renamed over ``path`` (readers see the
-    old file or the new one, never half); on an error it is removed, ``path`` untouched.
-    When the temp file cannot be made (a read-only folder, a path past ``PATH_MAX``), the
-    folders made for it are removed again, as long as they are empty."""
+    old file or the new one, never half); on an error it is removed, ``path`` untouched."""
     path = Path(path)
     refuse_overlong_name(path)  # before its folders are made: a refused name leaves none
-    made = missing_folders(path.parent)
     make_parents(path)
-    try:
-        fd, tmp = _mkstemp_beside(path)
-    except BaseException:
-        remove_empty(made)  # they were left behind, empty
-        raise
+    fd, tmp = _mkstemp_beside(path)
     try:
         with os.fdopen(fd, "wb") as fh:
             yield fh
