@@ -323,3 +323,21 @@ def test_make_parents_refuses_a_name_too_long_before_making_its_folder(tmp_path:
         make_parents(target)
     assert describe(info.value) == f"{target}: file name too long (over {limit} bytes)"
     assert not (tmp_path / "new").exists()
+
+
+def test_a_failed_block_never_removes_a_folder_that_was_there(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``made_folder("new/../out")`` with ``out`` there already: ``new/..`` did not exist
+    (``new`` did not), so ``out`` was listed as made here and removed when the block
+    failed, and ``new``, made, stayed (review 14)."""
+    from histocore.io import made_folder
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "out").mkdir()
+    with pytest.raises(RuntimeError), made_folder("new/../out"):
+        raise RuntimeError("the command failed")
+    assert (tmp_path / "out").is_dir()
+    with pytest.raises(RuntimeError), made_folder("made/here"):
+        raise RuntimeError("the command failed")
+    assert not (tmp_path / "made").exists()  # what it made is still removed

@@ -226,8 +226,10 @@ def same_file(a: str | Path, b: str | Path) -> bool:
 
 def missing_folders(path: str | Path) -> list[Path]:
     """``path`` and those of its parents that do not exist yet, deepest first: what making
-    ``path`` would create."""
-    made, folder = [], Path(path).absolute()
+    ``path`` would create. Judged on the path with ``..`` taken out (``new/../out`` is
+    ``out``): ``new/..`` does not exist while ``new`` does not, so ``out``, there already,
+    was listed and removed as if made here."""
+    made, folder = [], Path(os.path.normpath(Path(path).absolute()))
     while not folder.exists() and folder != folder.parent:
         made.append(folder)
         folder = folder.parent
