@@ -444,3 +444,57 @@ def test_finished_stages_leave_no_sqlite_side_files(tmp_path: Path) -> None:
     copy.mkdir()
     (copy / STORE_NAME).write_bytes((run / STORE_NAME).read_bytes())  # the store file alone
     assert Manifest.load(copy).records.keys() == Manifest.load(run).records.keys() != set()
+
+
+def _titled_pdf(path: Path, title: str | None) -> Path:
+    """A one-image PDF whose metadata /Title is ``title`` (None: no title at all)."""
+    build_image_pdf(path, [he_like()])
+    if title is not None:
+        doc = pymupdf.open(path)
+        doc.set_metadata({"title": title})
+        doc.saveIncr()
+        doc.close()
+    return path
+
+
+@pytest.mark.parametrize(
+    ("title", "expected"),
+    [
+        ("Nodal metastases of breast carcinoma", "Nodal metastases of breast carcinoma"),
+        # hostile: a NUL, a bidi override and line breaks go, the title is one line
+        ("Nodal\x00 metastases\u202e\r\nof carcinoma", "Nodal metastases of carcinoma"),
+        ("Microsoft Word - draft_v3.docx", "paper_07"),  # a tool's placeholder: the file name
+        ("untitled", "paper_07"),
+        ("pone.0107412 1..10", "paper_07"),  # a typesetting job and its page range
+        ("paper 07", "paper_07"),  # the file name itself
+        ("   ", "paper_07"),
+        (None, "paper_07"),
+    ],
+)
+def test_local_pdf_titled_by_its_metadata_title_when_plausible(
+    tmp_path: Path, title: str | None, expected: str
+) -> None:
+    pdf = _titled_pdf(tmp_path / "paper_07.pdf", title)
+    assert run_extract(tmp_path / "run", [pdf]).done == 1
+    (rec,) = Manifest.load(tmp_path / "run").records.values()
+    assert rec.title == expected
+
+
+def test_local_pdf_metadata_title_is_capped(tmp_path: Path) -> None:
+    pdf = _titled_pdf(tmp_path / "long.pdf", "Carcinoma " * 100)
+    run_extract(tmp_path / "run", [pdf])
+    (rec,) = Manifest.load(tmp_path / "run").records.values()
+    assert rec.title is not None and len(rec.title) <= 300 and rec.title.endswith("…")
+    assert "\n" not in rec.title
+
+
+def test_real_pdf_titled_by_its_metadata_title(tmp_path: Path) -> None:
+    pdf = shared_path(
+        "fixtures", "pdfs", "pos_bawaneh2022_cancers14_4849_TNBC_HE_lung_metastasis.pdf"
+    )
+    run_extract(tmp_path / "run", [pdf])
+    (rec,) = Manifest.load(tmp_path / "run").records.values()
+    assert rec.title == (
+        "Intestinal Microbiota Influence Doxorubicin Responsiveness in Triple-Negative Breast "
+        "Cancer"
+    )

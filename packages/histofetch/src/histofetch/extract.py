@@ -14,6 +14,10 @@ Decisions (documented in docs/histofetch.md):
   without being decoded (decompression bombs) and listed in the record's
   ``extra["refused_images"]``.
 * Corrupt, truncated and encrypted PDFs fail the record with a one-line reason; the run goes on.
+* A local PDF's record is titled by the PDF's own metadata title (``/Title``) when that is a
+  plausible article title (:func:`metadata_title`), else by its file name without ``.pdf``.
+  The title is read when the PDF is opened for extraction (in the worker, under the record's
+  time limit), not at ingest, so a hostile file is never opened outside that guard.
 * Rows with another source (``"jats"``: figure files named by the article's JATS, added by
   ``download``) are kept untouched, and a record that has them is not extracted from its
   PDF at all: each figure appears once, at the resolution it was published.
@@ -28,7 +32,9 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
+import re
 import stat
+import unicodedata
 from pathlib import Path
 
 from histocore.errors import DomainError
@@ -49,6 +55,57 @@ PDF_SUFFIXES = {".pdf"}
 
 class ExtractError(DomainError, ValueError):
     """Bad input to the extract stage (a path that does not exist, a folder without PDFs)."""
+
+
+#: Longest metadata title taken (characters); a longer one is cut at a word and ends in "…".
+MAX_TITLE_CHARS = 300
+
+#: Metadata titles that name a tool's placeholder or a typesetting job, not the article:
+#: "Microsoft Word - x.docx", "untitled", "Layout 1", "pone.0107412 1..10" (a job name with
+#: its page range), a file name ("paper_final.pdf").
+_JUNK_TITLE_RES = [
+    re.compile(p, re.IGNORECASE)
+    for p in (
+        r"^microsoft (word|powerpoint|excel)\b",
+        r"^(untitled|title|document|none|null|unknown|no title|layout|doc|paper|article|"
+        r"manuscript|slide|page|print)\b[\s\d._-]*$",
+        r"\.(pdf|docx?|rtf|odt|tex|dvi|ps|indd|qxd|pages|txt|html?|xml)$",
+        r"^\S+\s+\d+\.\.\d+$",
+    )
+]
+
+
+def metadata_title(raw: object, stem: str) -> str | None:
+    """The PDF metadata title ``raw`` when it is a plausible article title, else None.
+
+    Hostile input: control and format characters (bidi overrides, NUL) are dropped and all
+    whitespace runs become one space, so the title is one line; it is capped at
+    :data:`MAX_TITLE_CHARS`. Refused: empty, the file's own name ``stem`` (spaces, ``_``
+    and ``-`` alike), a tool's placeholder or a typesetting job name (:data:`_JUNK_TITLE_RES`),
+    or fewer than two words with letters.
+    """
+    if not isinstance(raw, str):
+        return None
+    kept = "".join(
+        " " if ch.isspace() else ch
+        for ch in raw
+        if ch.isspace() or unicodedata.category(ch) not in ("Cc", "Cf", "Cs", "Co", "Cn")
+    )
+    title = " ".join(kept.split())
+    if not title:
+        return None
+
+    def plain(text: str) -> str:
+        return " ".join(re.sub(r"[\s_\-.]+", " ", text).casefold().split())
+
+    if plain(title) == plain(stem) or any(r.search(title) for r in _JUNK_TITLE_RES):
+        return None
+    if sum(any(c.isalpha() for c in w) for w in title.split()) < 2:
+        return None
+    if len(title) > MAX_TITLE_CHARS:
+        cut = title[: MAX_TITLE_CHARS - 1]
+        title = (cut.rsplit(" ", 1)[0] if " " in cut else cut) + "…"
+    return title
 
 
 # ---------------------------------------------------------------------------------------------
@@ -173,6 +230,9 @@ def extract_record(manifest: Manifest, rec: Record, *, min_size: int = 32) -> No
     doc = open_pdf(data, pdf)
     try:
         check_page_objects(doc, pdf)
+        stem = Path(rec.pdf_path).stem
+        if rec.pdf_source == "local" and rec.title in (None, stem):  # a title set by hand is kept
+            rec.title = metadata_title((doc.metadata or {}).get("title"), stem) or stem
         images, info = extract_images(doc, min_size=min_size, where=pdf)
     finally:
         doc.close()
