@@ -469,3 +469,22 @@ def test_evaluate_checkpoint_out_under_a_file_names_the_file(tmp_path: Path) -> 
     with pytest.raises(NotADirectoryError, match="is a file, not a folder") as caught:
         evaluate_checkpoint(tiny_checkpoint(tmp_path), _ds(8, 3, "t"), a / "ev", n_bootstrap=10)
     assert caught.value.filename == str(a)
+
+
+def test_cli_eval_tiny_labelled_set_gives_no_interval_and_says_why(tmp_path: Path) -> None:
+    """A handful of labelled patches gave a 95 % CI column of intervals from a few draws."""
+    from histomodels.synthetic import write_h5
+
+    ckpt = tiny_checkpoint(tmp_path)
+    test_h5 = write_h5(tmp_path / "test.h5", 8, seed=7)
+    out = tmp_path / "out"
+    args = ["eval", str(ckpt), "--data", str(test_h5), "--out", str(out), "--bootstrap", "100"]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    m = json.loads((out / "metrics.json").read_text())
+    pos, neg = m["n_positive"], m["n"] - m["n_positive"]
+    assert min(pos, neg) > 0  # both classes: metrics, but too few of each for an interval
+    assert m["ci"] is None
+    reason = f"too few patches for an interval: {pos} tumour, {neg} normal"
+    assert m["ci_reason"].startswith(reason)
+    assert f"no 95% CI: {m['ci_reason']}" in r.stdout.splitlines()

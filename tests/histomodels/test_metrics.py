@@ -96,3 +96,27 @@ def test_sensitivity_rule_names_the_value_given():
     p = np.linspace(0.01, 0.99, len(y))
     assert choose_threshold(y, p, sensitivity=0.9999999)[1] == "sensitivity>=0.9999999"
     assert choose_threshold(y, p, sensitivity=0.9)[1] == "sensitivity>=0.9"
+
+
+def test_no_interval_below_the_minimum_of_each_class_and_it_says_why() -> None:
+    """2 reviewed figures gave ROC AUC 1.0000 [1.000, 1.000]: an interval meaning nothing."""
+    from histomodels.metrics import MIN_PER_CLASS_FOR_CI
+
+    tiny = summarize(np.array([0, 1]), np.array([0.2, 0.9]), n_resamples=100)
+    assert tiny["roc_auc"] == 1.0 and tiny["ci"] is None and "ci_method" not in tiny
+    assert tiny["ci_reason"] == (
+        f"too few patches for an interval: 1 tumour, 1 normal "
+        f"(at least {MIN_PER_CLASS_FOR_CI} of each needed)"
+    )
+    k = MIN_PER_CLASS_FOR_CI
+    y = np.array([0] * (k - 1) + [1] * 50)
+    p = np.linspace(0, 1, len(y))
+    short = summarize(y, p, n_resamples=100, unit="figures", names=("no_metastasis", "metastasis"))
+    assert short["ci"] is None
+    assert short["ci_reason"].startswith(
+        f"too few figures for an interval: 50 metastasis, {k - 1} no_metastasis"
+    )
+    y = np.array([0] * k + [1] * k)  # at the minimum: intervals
+    enough = summarize(y, np.linspace(0, 1, len(y)), n_resamples=100)
+    assert set(enough["ci"]) >= {"roc_auc"} and "ci_reason" not in enough
+    assert "ci" not in summarize(np.array([0, 1]), np.array([0.2, 0.9]), n_resamples=0)

@@ -366,7 +366,10 @@ def _label_metrics(
     for agg in AGGREGATIONS:
         s = np.array([r[agg] for r in labelled], dtype=float)
         if len(np.unique(y)) == 2:
-            metrics[agg] = summarize(y, s, threshold, n_resamples=n_bootstrap, seed=seed)
+            metrics[agg] = summarize(
+                y, s, threshold, n_resamples=n_bootstrap, seed=seed,
+                unit="figures", names=(_NAMES[0], _NAMES[1]),
+            )  # fmt: skip
         else:
             metrics[agg] = {
                 "n": len(y),

@@ -228,6 +228,30 @@ def bootstrap_ci(
     return out
 
 
+#: Fewest items of each class for which :func:`summarize` gives bootstrap intervals. Below
+#: it the resamples repeat the same few items: 1 tumour and 1 normal patch perfectly ranked
+#: give ROC AUC 1.0000 [1.000, 1.000], an interval that says nothing about the model.
+MIN_PER_CLASS_FOR_CI = 10
+
+
+def too_few_for_ci(
+    labels: np.ndarray, unit: str = "patches", names: tuple[str, str] = ("normal", "tumour")
+) -> str | None:
+    """Why no interval is given (fewer than :data:`MIN_PER_CLASS_FOR_CI` of a class), or None.
+
+    ``unit`` names the items ("patches", "figures"), ``names`` the classes 0 and 1.
+    """
+    y = np.asarray(labels)
+    n_pos = int((y == 1).sum())
+    n_neg = int((y == 0).sum())
+    if min(n_pos, n_neg) >= MIN_PER_CLASS_FOR_CI:
+        return None
+    return (
+        f"too few {unit} for an interval: {n_pos} {names[1]}, {n_neg} {names[0]} "
+        f"(at least {MIN_PER_CLASS_FOR_CI} of each needed)"
+    )
+
+
 def summarize(
     labels: np.ndarray,
     probs: np.ndarray,
@@ -235,10 +259,21 @@ def summarize(
     *,
     n_resamples: int = 1000,
     seed: int = 0,
+    unit: str = "patches",
+    names: tuple[str, str] = ("normal", "tumour"),
 ) -> dict[str, Any]:
-    """Point metrics plus ``ci`` (95 % bootstrap intervals) in one dict."""
+    """Point metrics plus ``ci`` (95 % bootstrap intervals) in one dict.
+
+    With fewer than :data:`MIN_PER_CLASS_FOR_CI` items of a class ``ci`` is None and
+    ``ci_reason`` says why (:func:`too_few_for_ci`, with ``unit`` and the class ``names``).
+    """
     out: dict[str, Any] = binary_metrics(labels, probs, threshold)
     if n_resamples > 0:
-        out["ci"] = bootstrap_ci(labels, probs, threshold, n_resamples=n_resamples, seed=seed)
-        out["ci_method"] = f"percentile bootstrap, {n_resamples} resamples, seed {seed}"
+        reason = too_few_for_ci(labels, unit, names)
+        if reason:
+            out["ci"] = None
+            out["ci_reason"] = reason
+        else:
+            out["ci"] = bootstrap_ci(labels, probs, threshold, n_resamples=n_resamples, seed=seed)
+            out["ci_method"] = f"percentile bootstrap, {n_resamples} resamples, seed {seed}"
     return out

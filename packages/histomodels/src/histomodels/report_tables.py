@@ -46,6 +46,9 @@ def _metric_cell(m: dict[str, Any], key: str) -> str:
         # the interval at the point's precision: 0.9998 [1.000, 1.000] read as if the
         # interval left the point out
         return f"{fmt(v)} [{fmt(_number(ci[0]))}, {fmt(_number(ci[1]))}]"
+    reason = m.get("ci_reason")
+    if isinstance(reason, str) and v is not None:  # eval gave none: too few of a class
+        return f"{fmt(v)} (no interval: {reason})"
     return fmt(v)
 
 

@@ -350,7 +350,7 @@ def _print_metrics(result: dict, out: Path) -> None:
     table.add_column("metric")
     table.add_column("value", justify="right")
     table.add_column("95% CI", justify="right")
-    ci = result.get("ci", {})
+    ci = result.get("ci") or {}  # None: too few patches of a class (ci_reason says so)
     from histomodels.metrics import METRIC_KEYS
 
     for key in METRIC_KEYS:
@@ -361,6 +361,8 @@ def _print_metrics(result: dict, out: Path) -> None:
             f"{lo_hi[0]:.4f}-{lo_hi[1]:.4f}" if lo_hi and None not in lo_hi else "",
         )
     console.print(table)
+    if result.get("ci_reason"):
+        console.print(f"no 95% CI: {result['ci_reason']}", soft_wrap=True)
     # the source has its own brackets ("default 0.5 (no validation set given)"): not nested
     line = f"threshold {result['threshold']:.4f}: {result['threshold_source']}"
     console.print(line, soft_wrap=True)  # whole lines, as the first one
@@ -398,6 +400,8 @@ def _print_external(result: dict, out: Path) -> None:
         for agg, m in (block.get("metrics") or {}).items():
             ci = (m.get("ci") or {}).get("roc_auc")
             ci_text = f" [{ci[0]:.4f}, {ci[1]:.4f}]" if ci else ""  # the point's precision
+            if not ci and m.get("ci_reason"):  # 2 figures: [1.000, 1.000] would mean nothing
+                ci_text = f" (no interval: {m['ci_reason']})"
             typer.echo(
                 f"  {agg}: ROC AUC {_fmt(m.get('roc_auc'))}{ci_text}, "
                 f"accuracy {_fmt(m.get('accuracy'))}"
