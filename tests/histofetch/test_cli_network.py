@@ -733,3 +733,14 @@ def _replay_pmc_search(ncbi: FakeNcbi) -> dict:
     ncbi.first_page_body[f"({QUERY}) AND {PMC_OA_FILTER}"] = esearch
     ncbi.esummary_recorded["pmc"] = summaries
     return json.loads(summaries)["result"]
+
+
+def test_a_query_matching_nothing_says_so_and_exits_0(ncbi: FakeNcbi, tmp_path: Path) -> None:
+    """It printed only "searched: 0 done, 0 already done, 0 failed"."""
+    said = "searched: 0 done, 0 already done, 0 failed; the query matched no articles in PubMed"
+    for command in ("search", "run"):
+        run = tmp_path / command
+        args = [command, "abcXYZ nothing", "--run", str(run)]
+        result = CliRunner().invoke(app, args, env=ncbi.env())
+        assert result.exit_code == 0, result.output
+        assert said in result.stdout.splitlines(), result.output

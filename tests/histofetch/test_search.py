@@ -154,6 +154,31 @@ def test_no_hits_is_an_empty_run_not_an_error(ncbi: FakeNcbi, tmp_path: Path) ->
     summary = run_search(tmp_path, "abcXYZ nothing", net=ncbi.config())
     assert (summary.done, summary.failed) == (0, 0)
     assert Manifest.load(tmp_path).records == {}
+    # said plainly, and where it looked (it read only "searched: 0 done, 0 already done,
+    # 0 failed", as if the search had not run)
+    assert summary.line() == (
+        "searched: 0 done, 0 already done, 0 failed; the query matched no articles in PubMed"
+    )
+    pmc = run_search(tmp_path, "abcXYZ nothing", net=ncbi.config(), db="pmc")
+    assert pmc.line().endswith("; the query matched no articles in PMC's open-access subset")
+    dated = run_search(
+        tmp_path, "abcXYZ nothing", net=ncbi.config(), open_access_only=True, mindate="2020"
+    )
+    assert dated.line().endswith(
+        "; the query matched no articles in PubMed's open-access articles (dates 2020 to any)"
+    )
+
+
+def test_hits_none_in_this_shard_say_so(ncbi: FakeNcbi, tmp_path: Path) -> None:
+    from histofetch.shard import in_shard
+
+    _populate(ncbi, 1)
+    shard = next((k, 4) for k in range(1, 5) if not in_shard("pmid:30000000", (k, 4)))
+    summary = run_search(tmp_path, QUERY, net=ncbi.config(), shard=shard)
+    assert summary.done == 0
+    assert summary.line().endswith(f"; the query matched 1 article, none in shard {shard[0]}/4")
+    found = run_search(tmp_path / "all", QUERY, net=ncbi.config())
+    assert found.line() == "searched: 1 done, 0 already done, 0 failed"  # no note with hits
 
 
 def _esearch_dropping(kept: str, dropped: str, pmids: list[str]) -> bytes:

@@ -327,7 +327,31 @@ def run_search(
                 open_access_only=open_access_only, page_size=page_size,
             )  # fmt: skip
         _remember(manifest, query, found, key)
+    summary.note = _nothing_found(found, db, open_access_only, mindate, maxdate, shard)
     return summary
+
+
+def _nothing_found(
+    found: SearchResult,
+    db: str,
+    open_access_only: bool,
+    mindate: str | None,
+    maxdate: str | None,
+    shard: tuple[int, int] | None,
+) -> str:
+    """What the summary line says when the search gave no article: where it looked (a bare
+    ``searched: 0 done, 0 already done, 0 failed`` read like a failure); else ""."""
+    if found.pmids:
+        return ""
+    if found.count and shard:  # hits, none of them this shard's
+        n = f"{found.count} article{'s' if found.count != 1 else ''}"
+        return f"the query matched {n}, none in shard {shard[0]}/{shard[1]}"
+    where = "PMC's open-access subset" if db == "pmc" else "PubMed"
+    if db != "pmc" and open_access_only:
+        where = "PubMed's open-access articles"
+    if mindate or maxdate:
+        where += f" (dates {mindate or 'any'} to {maxdate or 'any'})"
+    return f"the query matched no articles in {where}"
 
 
 def _search_pubmed(

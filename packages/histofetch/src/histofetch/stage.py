@@ -100,6 +100,8 @@ class StageSummary:
     failed_elsewhere: Counter[str] = field(default_factory=Counter)
     #: records that have not reached the stage before this one (e.g. filter before extract)
     waiting: int = 0
+    #: said at the end of the line, after ``; `` (a search that matched nothing says so)
+    note: str = ""
 
     def line(self) -> str:
         text = f"{self.stage}: {self.done} done, {self.skipped} already done, {self.failed} failed"
@@ -124,6 +126,8 @@ class StageSummary:
             text += f", {self.elsewhere} being done by another process"
         if self.renamed:
             text += f", {self.renamed} renamed by a search meanwhile (the next run takes them)"
+        if self.note:
+            text += f"; {self.note}"
         return one_line(text)  # reasons may quote a server or a file: no control characters
 
 
