@@ -450,8 +450,12 @@ def test_bad_run_folder_gets_an_error_page_and_the_cli_one_line(tmp_path: Path) 
         ('image_id,max\npmid:1/fig1,0.5\n"pmid:1/fig\n2",nan\n', "line 3: a score that is not"),
         ("image_id,max\npmid:1/fig1,0.5\npmid:1/fig2,high\n", "line 3: a score that is not a"),
         # a score that is no probability was shown, and 7 made the model say metastasis
-        ("image_id,max,topk_mean\npmid:1/fig1,7,0.5\n", "line 2: max 7.0 is not a number from"),
-        ("image_id,max,topk_mean\npmid:1/fig1,0.5,-2\n", "line 2: topk_mean -2.0 is not a"),
+        # said as the file has it: "max 7.0" for a cell holding 7 read as another number
+        ("image_id,max,topk_mean\npmid:1/fig1,7,0.5\n",
+         "(line 2: max '7' is not a number from 0 to 1)"),
+        ("image_id,max,topk_mean\npmid:1/fig1,0.5,-2\n",
+         "(line 2: topk_mean '-2' is not a number from 0 to 1)"),
+        ("image_id,max,topk_mean\npmid:1/fig1, 1e1 ,0.5\n", "line 2: max '1e1' is not a"),
         # one figure's row twice: the last replaced the first silently
         ("image_id,max\npmid:1/fig1,0.9\npmid:1/fig2,0.1\npmid:1/fig1,0.1\n",
          "line 4: image 'pmid:1/fig1' again (first on line 2)"),

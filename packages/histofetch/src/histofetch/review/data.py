@@ -82,8 +82,11 @@ class Scores:
                     if not all(math.isfinite(v) for v in scores.values()):
                         raise ValueError(f"line {line}: a score that is not finite")
                     for k, v in scores.items():  # a probability; 7 or -2: an edited or damaged file
-                        if not 0.0 <= v <= 1.0:
-                            raise ValueError(f"line {line}: {k} {v!r} is not a number from 0 to 1")
+                        if not 0.0 <= v <= 1.0:  # said as the file has it ('7', not 7.0)
+                            given = one_line(str(row[k]).strip())[:40]
+                            raise ValueError(
+                                f"line {line}: {k} {given!r} is not a number from 0 to 1"
+                            )
                     out.by_image[key] = scores
         except (KeyError, ValueError, csv.Error, UnicodeDecodeError) as exc:
             raise ReviewError(f"{path}: not an image_scores.csv ({exc})") from None
