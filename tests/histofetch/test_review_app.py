@@ -578,3 +578,22 @@ def test_article_link_takes_only_a_pmcid_by_the_download_rule() -> None:
     assert article_link(rec(pmcid="PMC12")) == "https://pmc.ncbi.nlm.nih.gov/articles/PMC12/"
     assert article_link(rec(pmcid="PMC../../x", doi="10.1/a")) == "https://doi.org/10.1/a"
     assert article_link(rec(pmcid="PMC1?x=1")) is None
+
+
+def test_figure_label_of_a_panel_is_its_figures_and_is_one_capped_line(tmp_path: Path) -> None:
+    from histocore.manifest import Image
+    from histofetch.review.data import MAX_LABEL_CHARS, figure_label
+
+    m = Manifest(run_dir=tmp_path)
+    fig = Image(id="r/fig", record_id="r", path="a.png", sha256="0", width=9, height=9,
+                caption="Nodes.", figure_label="Figure 10")  # fmt: skip
+    m.images[fig.id] = fig
+    panel = Image(id="r/fig_panel01", record_id="r", path="b.png", sha256="1", width=4,
+                  height=4, caption="Nodes.", parent_id=fig.id, source="panel")  # fmt: skip
+    assert figure_label(m, panel) == "Figure 10"  # a panel has none of its own
+    fig.caption = "Figure 1. Nodes."  # another figure's number: not the caption's own
+    assert figure_label(m, fig) == "Figure 10"
+    fig.caption = "Figure 10: Nodes."  # the caption says it already: not twice
+    assert figure_label(m, fig) is None
+    fig.figure_label = "Fig\n2\x00" + "x" * 200
+    assert figure_label(m, fig) == ("Fig 2" + "x" * 200)[:MAX_LABEL_CHARS]

@@ -278,3 +278,49 @@ def test_partial_scores_never_stop_the_page_nor_show_another_figures_score(
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+def _next(driver, image_id: str) -> None:
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.keys import Keys
+
+    ActionChains(driver).send_keys(Keys.ARROW_RIGHT).perform()
+    _wait(driver, lambda d: _text(d, "figure-id") == image_id)
+
+
+def test_a_jats_figure_label_is_shown_in_bold_before_its_caption(tmp_path: Path, browser) -> None:
+    """The JATS ``<label>`` ("Figure 4") stored as ``figure_label`` was not shown; now it is,
+    in bold, as text (markup in it stays text), and not twice where the caption (a PDF's)
+    starts with it."""
+    run = make_run(tmp_path)
+    m = Manifest.load(run)
+    m.images["pmid:1/fig1"].figure_label = "Figure 1."  # the caption says "Figure 1." itself
+    m.images["pmid:1/fig2"].figure_label = "<img src=x onerror=\"document.title='pwned'\">Fig 2"
+    m.images["pmid:2/fig2"].figure_label = "Figure 4"
+    m.save()
+    m.close()
+    server, sock = build_server(run, port=0, reviewer="tester")
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 120
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.05)
+        d = browser
+        d.get(url_of(sock))
+        _wait(d, lambda d: _text(d, "figure-id") == "pmid:1/fig1")
+        assert _text(d, "caption").startswith("Figure 1. Metastatic carcinoma")  # once
+        assert not d.find_elements("css selector", "#caption strong")
+        _next(d, "pmid:1/fig2")
+        (label,) = d.find_elements("css selector", "#caption > strong.fig-label:first-child")
+        assert label.text == "<img src=x onerror=\"document.title='pwned'\">Fig 2"
+        assert _text(d, "caption").startswith(label.text + " Figure 2. No evidence")
+        assert not d.find_elements("css selector", "#caption img") and d.title != "pwned"
+        assert label.value_of_css_property("font-weight") in ("700", "bold")
+        _next(d, "pmid:2/fig1")
+        _next(d, "pmid:2/fig2")
+        assert _text(d, "caption").startswith("Figure 4 Lymph node <img src=x")
+        assert d.find_element("css selector", "#caption > strong").text == "Figure 4"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

@@ -235,6 +235,28 @@ def caption_html(img: Image) -> Markup:
     return Markup("").join(out)
 
 
+#: Longest figure label shown (a JATS ``<label>`` is "Figure 3"; a longer one is damage).
+MAX_LABEL_CHARS = 60
+
+
+def figure_label(manifest: Manifest, img: Image) -> str | None:
+    """The JATS label ("Figure 1") shown in bold before the caption: the image's own, or
+    its figure's for a panel; one line, capped; None where there is none or the caption
+    starts with it already (PDF captions carry their "Figure 1." in the text)."""
+    label = img.figure_label
+    if not label and img.parent_id and (parent := manifest.images.get(img.parent_id)):
+        label = parent.figure_label
+    if not isinstance(label, str):
+        return None
+    shown = "".join(c for c in label if c.isprintable() or c.isspace())  # no NUL, no bidi
+    label = " ".join(shown.split())[:MAX_LABEL_CHARS]
+    bare = label.rstrip(".:")
+    caption = normalise(img.caption)
+    if not bare or (caption.startswith(bare) and not caption[len(bare) : len(bare) + 1].isalnum()):
+        return None  # "Figure 1" before "Figure 1. …": said once ("Figure 10 …" is not it)
+    return label
+
+
 def _valid_span(e: Any, n: int) -> bool:
     return (
         isinstance(e, dict)
@@ -255,6 +277,7 @@ def item(manifest: Manifest, img: Image, scores: Scores | None) -> dict[str, Any
         "height": img.height,
         "panel": img.panel_letter or img.extra.get("panel"),
         "caption_html": str(caption_html(img)),
+        "figure_label": figure_label(manifest, img),  # set as text by the page, in bold
         "has_caption": bool(img.caption),
         "weak_label": img.weak_label,
         "site": img.site,

@@ -130,7 +130,14 @@ async function show() {
   pill($("weak-label"), it.weak_label);
   $("rules").textContent = it.rules || "";
   $("site").textContent = (it.site || "unknown").replace("_", " ");
-  $("caption").innerHTML = it.has_caption ? it.caption_html : "<em>no caption</em>";
+  const caption = $("caption");
+  caption.innerHTML = it.has_caption ? it.caption_html : "<em>no caption</em>";
+  if (it.figure_label) {  // the JATS label ("Figure 1"), as text, in bold before the caption
+    const label = document.createElement("strong");
+    label.className = "fig-label";
+    label.textContent = it.figure_label;
+    caption.prepend(label, " ");
+  }
   $("leakage").textContent = it.leakage.length ? it.leakage.join(", ") : "none";
   $("leakage").classList.toggle("warn", it.leakage.length > 0);
   $("score").textContent = scoreText(it.score);
