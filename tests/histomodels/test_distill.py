@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 
@@ -152,6 +153,27 @@ def test_cli_teacher_option_bad_path_is_one_line(tmp_path) -> None:
     )  # fmt: skip
     assert r.exit_code == 1 and len(r.stderr.strip().splitlines()) == 1
     assert "teacher must be a checkpoint" in r.stderr
+
+
+def test_a_folder_where_the_soft_targets_go_is_one_line_before_scoring(teacher, tmp_path):
+    """A folder ``RUN/teacher_logits.npz`` was found only once the teacher had scored the
+    whole training set (hours on a large set): one line now, before the data is read; a run
+    without a teacher does not mind it (review 14)."""
+    from typer.testing import CliRunner
+
+    from histomodels.cli import app
+    from histomodels.synthetic import write_h5
+
+    train_h5, val_h5 = write_h5(tmp_path / "t.h5", 32, seed=0), write_h5(tmp_path / "v.h5", 24)
+    run = tmp_path / "run"
+    (run / "teacher_logits.npz").mkdir(parents=True)
+    args = ["train", "--data", str(train_h5), "--val", str(val_h5), "--out", str(run),
+            "--epochs", "1", "--threads", "1", "--model-config", json.dumps(TINY)]  # fmt: skip
+    r = CliRunner().invoke(app, [*args, "--teacher", str(teacher)])
+    assert r.exit_code == 1, r.output
+    assert r.stderr == f"error: {run / 'teacher_logits.npz'}: is a folder, not a file\n"
+    r = CliRunner().invoke(app, [*args, "--quiet"])
+    assert r.exit_code == 0, r.output
 
 
 def test_a_rebuilt_shipped_teacher_is_scored_again(data, tmp_path, monkeypatch) -> None:

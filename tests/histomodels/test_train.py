@@ -1600,6 +1600,22 @@ def test_train_a_folder_where_the_run_writes_a_file_is_one_line_at_once(h5_files
     assert sorted(p.name for p in run.iterdir()) == [name]
 
 
+def test_train_a_link_to_a_folder_where_the_run_writes_a_file_is_replaced(h5_files, tmp_path):
+    """The up-front check refused a link to a folder at a name the run writes ('is a folder'),
+    where the run had replaced the link itself (an atomic write renames over the link) and
+    succeeded (review 14)."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    (run / "learning_curve.png").symlink_to(tmp_path / "elsewhere")
+    r = CliRunner().invoke(app, ["train", "--data", str(h5_files[0]), "--val", str(h5_files[1]),
+                                 "--out", str(run), "--epochs", "1", "--threads", "1",
+                                 "--model-config", json.dumps(TINY)])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert (run / "learning_curve.png").is_file()
+    assert not (run / "learning_curve.png").is_symlink() and (tmp_path / "elsewhere").is_dir()
+
+
 def test_compile_without_a_cpu_compiler_is_one_line_before_training(h5_files, tmp_path):
     """``--compile`` on a machine without a C++ compiler trained until its first step, then
     ended in a 140-line InductorError traceback: one line now, before training starts."""

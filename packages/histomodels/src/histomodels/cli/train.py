@@ -259,10 +259,12 @@ def _train(
             _check_given_model_config(cfg, given_by or {})
     from histomodels.training import TrainingError, train
     from histomodels.training.network import BuildRefused
-    from histomodels.training.run_folder import WRITTEN
+    from histomodels.training.run_folder import KEPT, WRITTEN
 
-    for name in sorted(WRITTEN):  # each failed only when written: after the data, or an epoch
-        if (out / name).is_dir():
+    # each failed only when written: after the data, an epoch, or the teacher's scoring; a
+    # link to a folder is not refused (the atomic write replaces the link itself)
+    for name in sorted(WRITTEN | (KEPT if cfg.teacher else frozenset())):
+        if (out / name).is_dir() and not (out / name).is_symlink():
             fail(f"{out / name}: is a folder, not a file")
 
     with errors(TrainingError), progress(enabled=not quiet):
