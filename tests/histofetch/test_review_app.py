@@ -390,6 +390,32 @@ def test_a_run_whose_filter_kept_none_and_failed_an_article_is_told_both(
     ) in _review_error(run)
 
 
+def test_a_run_whose_filter_kept_none_with_articles_undecided_does_not_count_them_its_own(
+    tmp_path: Path,
+) -> None:
+    """Filter decided one article's figures, keeping none; the other's wait undecided (none
+    failed). The hint said 'filter kept none of the run's 2 images' of its 4, as if filter
+    had seen them all; now it counts the images it decided and names the article left."""
+    from histofetch.filter import run_filter
+
+    run = make_run(tmp_path, filtered=False)
+    run_filter(run, sheet=False, min_side=100_000)  # every figure too small to judge now
+    m = Manifest.load(run)
+    for img in m.images.values():
+        if img.record_id == "pmid:2":
+            img.kept = None  # as if filter had not reached that article yet
+    m.records["pmid:2"].stage = "extracted"
+    m.save()
+    m.close()
+    out = _review_error(run)
+    assert "the run's 2 images" not in out
+    assert (
+        "filter kept none of the 2 images it decided; 1 other article has images not decided "
+        f"yet; histofetch status --run {run} says why, "
+        f"histofetch filter --run {run} decides the others\n"
+    ) in out
+
+
 def test_images_still_to_decide_ask_for_filter_not_for_status(tmp_path: Path) -> None:
     """An article filtered without images beside extracted ones whose images filter has
     not decided: 'its filtered articles have no images' was said; filter has work to do."""

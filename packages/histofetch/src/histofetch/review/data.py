@@ -155,7 +155,16 @@ def _nothing_kept(manifest: Manifest, run_dir: Path) -> str:
     other_stages = sorted({r.failed_stage or "?" for r in stopped})
     blocked, pending = len(stopped), len(undecided) - len(stopped)
     status = f"histofetch status --run {run_dir} says why"
-    failures = retry = ""
+    failures = retry = others = ""
+    if pending:  # 'failed 1 article' or 'kept none' alone hid the articles not reached
+        verb = "has" if pending == 1 else "have"
+        others = f"; {_plural(pending, 'other article')} {verb} images not decided yet"
+    if blocked:  # failed at another stage: --retry-failed of filter never takes them
+        them = "it" if blocked == 1 else "them"
+        others += (
+            f"; {_plural(blocked, 'other article')} failed at {', '.join(other_stages)}, "
+            f"images not decided (filter does not take {them})"
+        )
     if failed:  # its images went back to undecided: 'run filter first' would fail again
         total = len(manifest.records)  # 'the run's 1 article' read as the run's only one
         failures = (
@@ -163,15 +172,7 @@ def _nothing_kept(manifest: Manifest, run_dir: Path) -> str:
             if failed == total
             else f"{failed} of the run's {_plural(total, 'article')}"
         )
-        if pending:  # 'failed 1 article' alone hid the articles filter has not reached
-            verb = "has" if pending == 1 else "have"
-            failures += f"; {_plural(pending, 'other article')} {verb} images not decided yet"
-        if blocked:  # failed at another stage: --retry-failed of filter never takes them
-            them = "it" if blocked == 1 else "them"
-            failures += (
-                f"; {_plural(blocked, 'other article')} failed at {', '.join(other_stages)}, "
-                f"images not decided (filter does not take {them})"
-            )
+        failures += others
         retry = f", histofetch filter --run {run_dir} --retry-failed tries again" + (
             " and decides the others" if pending else ""
         )
@@ -182,8 +183,14 @@ def _nothing_kept(manifest: Manifest, run_dir: Path) -> str:
         current = manifest.header_extra.get("filter_sheets", True)  # a bool (check_header)
         shown = bool(shown_rows(manifest)) and sheets.is_dir() and current
         where = f", the sheets in {sheets} show them" if shown else ""
-        if not failed:
+        if not failed and not others:
             return f": filter kept none of the run's {_plural(decided, 'image')}; {status}{where}"
+        if not failed:  # 'the run's 2 images' of its 4: others wait for filter (or cannot)
+            decide = f", histofetch filter --run {run_dir} decides the others" if pending else ""
+            return (
+                f": filter kept none of the {_plural(decided, 'image')} it decided{others}; "
+                f"{status}{where}{decide}"
+            )
         # 'kept none of 2 images' alone hid the articles it failed (their images undecided)
         return (
             f": filter kept none of the {_plural(decided, 'image')} it decided and failed "
