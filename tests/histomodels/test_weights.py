@@ -233,3 +233,52 @@ def test_an_all_zero_file_is_no_torch_save_file_not_a_refused_pickle(tmp_path):
     torch.save({"state_dict": {}, "where": pathlib.PurePosixPath("a")}, unsafe)
     with pytest.raises(CheckpointError, match=re.escape(f"({refused})")):
         read_checkpoint(unsafe)
+
+
+class _Payload:
+    """Unpickled, it would create the file named (so a test sees whether it ran)."""
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+
+    def __reduce__(self) -> tuple[object, tuple[str, str]]:
+        return (open, (self.target, "w"))
+
+
+@pytest.mark.parametrize("protocol", [4, 5])
+def test_a_pickle_of_protocol_4_or_later_is_said_to_be_a_pickle_and_never_run(
+    tmp_path, protocol: int
+):
+    """torch's weights-only reader stops at protocol 4's first opcode (FRAME), so a
+    ``pickle.dumps(obj, protocol=5)`` file or ``torch.save(..., pickle_protocol=4)`` was
+    'not a torch.save file: its bytes are neither a zip archive nor a pickle', though it is
+    one. It is now said to be a pickle of that protocol, still refused as a checkpoint and as
+    weights, and its ``__reduce__`` payload never runs; bytes that are no pickle keep the
+    old words."""
+    import pickle
+
+    from histomodels.checkpoint import CheckpointError, read_checkpoint
+    from histomodels.models.weights import read_state_dict
+
+    ran = tmp_path / "payload-ran"
+    raw = tmp_path / "raw.pt"
+    raw.write_bytes(pickle.dumps({"state_dict": _Payload(str(ran))}, protocol=protocol))
+    saved = tmp_path / "saved.pt"
+    torch.save({"state_dict": {"w": torch.zeros(2)}}, saved, pickle_protocol=protocol)
+    why = (
+        f"a pickle of protocol {protocol}, which torch.load's weights-only reader cannot "
+        "read; refused, nothing in it was run (torch.save writes protocol 2 unless given "
+        "another pickle_protocol)"
+    )
+    for path in (raw, saved):
+        with pytest.raises(CheckpointError) as err:
+            read_checkpoint(path)
+        assert str(err.value) == f"{path}: not a loadable checkpoint ({why})"
+        with pytest.raises(WeightsError) as werr:
+            read_state_dict(path)
+        assert str(werr.value) == f"{path}: not a loadable weights file ({why})"
+    assert not ran.exists()
+    noise = tmp_path / "noise.pt"  # FRAME's byte first, but no PROTO: no pickle
+    noise.write_bytes(b"\x95" + bytes(range(1, 60)))
+    with pytest.raises(WeightsError, match="neither a zip archive nor a pickle"):
+        read_state_dict(noise)

@@ -10,6 +10,7 @@ our 1-logit head; any other mismatch is an error naming the file.
 
 from __future__ import annotations
 
+import re
 import warnings
 import zipfile
 from pathlib import Path
@@ -35,8 +36,8 @@ def torch_load_reason(exc: BaseException, path: str | Path | None = None) -> str
     for an untrusted file that is the wrong advice, so say what the file holds instead.
     """
     text = str(exc).strip()
-    if "Unsupported operand" in text:  # the weights-only unpickler met a byte, not an opcode
-        return NOT_TORCH_SAVE
+    if "Unsupported operand" in text:  # the weights-only unpickler met a byte it cannot run
+        return _unsupported_operand(text, path)
     if "legacy .tar format" in text and not (path is not None and _legacy_tar(path)):
         return NOT_TORCH_SAVE  # any bytes tarfile opens: all zeros are an empty tar archive
     if "Weights only load failed" in text or "weights_only" in text:
@@ -50,6 +51,46 @@ def torch_load_reason(exc: BaseException, path: str | Path | None = None) -> str
 
 #: why a file whose bytes torch.load cannot take for any of its formats is refused
 NOT_TORCH_SAVE = "not a torch.save file: its bytes are neither a zip archive nor a pickle"
+
+
+def _unsupported_operand(text: str, path: str | Path | None) -> str:
+    """Why torch's weights-only unpickler stopped at a byte (``Unsupported operand N``). A
+    pickle of protocol 4 or 5 (a ``pickle.dumps`` file, or ``torch.save(...,
+    pickle_protocol=4)``) stops so at its first FRAME: it is a pickle torch cannot read,
+    refused before anything in it ran, not bytes that are no pickle at all."""
+    import pickletools
+
+    match = re.search(r"Unsupported operand (\d+)", text)
+    code = int(match.group(1)) if match else -1
+    op = next((o for o in pickletools.opcodes if ord(o.code) == code), None)
+    proto = _pickle_protocol(path) if path is not None and op is not None else None
+    if op is None or proto is None or proto < 4 or op.proto > proto:
+        return NOT_TORCH_SAVE
+    return (
+        f"a pickle of protocol {proto}, which torch.load's weights-only reader cannot read; "
+        "refused, nothing in it was run (torch.save writes protocol 2 unless given another "
+        "pickle_protocol)"
+    )
+
+
+def _pickle_protocol(path: str | Path) -> int | None:
+    """The protocol a pickle's PROTO opcode names at the start of ``path``, or of the
+    ``data.pkl`` inside a ``torch.save`` zip; None when it starts with no PROTO."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(2)
+        if head == b"PK":  # a zip: torch.save's pickle is its */data.pkl
+            with zipfile.ZipFile(path) as archive:
+                names = [n for n in archive.namelist() if n.endswith("data.pkl")]
+                if not names:
+                    return None
+                with archive.open(names[0]) as member:
+                    head = member.read(2)
+    except (OSError, EOFError, ValueError, zipfile.BadZipFile, NotImplementedError):
+        return None
+    return head[1] if len(head) == 2 and head[0] == 0x80 else None
+
+
 #: the members of a ``torch.save`` file in its oldest format, a tar archive (torch < 0.4)
 _LEGACY_TAR_MEMBERS = frozenset({"sys_info", "pickle", "storages", "tensors"})
 
