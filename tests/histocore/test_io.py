@@ -341,3 +341,33 @@ def test_a_failed_block_never_removes_a_folder_that_was_there(
     with pytest.raises(RuntimeError), made_folder("made/here"):
         raise RuntimeError("the command failed")
     assert not (tmp_path / "made").exists()  # what it made is still removed
+
+
+def test_read_capped_reads_a_file_up_to_its_cap_and_refuses_more_unread(tmp_path: Path) -> None:
+    """The one helper every capped reader uses: a file at the cap is read; one byte over
+    (or a sparse 10 GB file) is 'over N MB' after reading at most cap + 1 bytes; a FIFO
+    with no writer is refused at once (not waited on), as is /dev/zero through a link."""
+    from histocore.io import RefusedFile, read_capped, size_text
+
+    at = tmp_path / "at.bin"
+    at.write_bytes(b"x" * (1 << 20))
+    assert read_capped(at, 1 << 20) == b"x" * (1 << 20)
+    over = tmp_path / "over.bin"
+    over.write_bytes(b"x" * ((1 << 20) + 1))
+    with pytest.raises(RefusedFile, match=r"^over 1 MB$"):
+        read_capped(over, 1 << 20)
+    huge = tmp_path / "huge.bin"
+    with huge.open("wb") as fh:
+        fh.truncate(10 << 30)  # sparse: no disk used
+    with pytest.raises(RefusedFile, match=r"^over 4 MB$"):
+        read_capped(huge, 4 << 20)
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    zero = tmp_path / "zero"
+    zero.symlink_to("/dev/zero")
+    for path in (fifo, zero):
+        with pytest.raises(RefusedFile, match=r"^not a regular file \(a pipe, socket or device\)$"):
+            read_capped(path, 4 << 20)
+    with pytest.raises(FileNotFoundError):
+        read_capped(tmp_path / "absent", 10)
+    assert size_text(64 << 20) == "64 MB" and size_text(1000) == "1000 bytes"

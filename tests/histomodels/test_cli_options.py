@@ -753,3 +753,33 @@ def test_an_option_dataclass_is_the_commands_options_and_its_argument() -> None:
     )
     with pytest.raises(TypeError, match="given twice"):
         option_parameters(_Twice)
+
+
+def test_a_config_file_over_its_cap_or_a_device_is_one_line_unread(tmp_path: Path) -> None:
+    """``--config`` read the file whole, however large: a 5 MB JSON file was read and
+    parsed (a 10 GB one given by mistake, all of it), and ``/dev/zero`` through a link was
+    'no such config file'. Over 4 MB (configs are a few KB) it is one line, read no
+    further; a device is said to be one; a real config still passes."""
+    from histomodels.config import MAX_CONFIG_FILE_BYTES, read_config_file
+
+    big = tmp_path / "big.json"
+    big.write_text(json.dumps({"seed": 1, "pad": "x" * (5 << 20)}))
+    zero = tmp_path / "zero.json"
+    zero.symlink_to("/dev/zero")
+    said = {
+        big: f"error: {big}: over 4 MB, not a config file (a config is a few KB)",
+        zero: (
+            f"error: {zero}: not a regular file (a pipe, socket or device), not a config file "
+            "(a config is a few KB)"
+        ),
+    }
+    for config, line in said.items():
+        args = _args(["train", *DATA, "--config", str(config)], tmp_path)
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 1, result.output
+        assert result.stderr.strip().splitlines() == [line]
+        assert not (tmp_path / "out").exists()
+    assert MAX_CONFIG_FILE_BYTES == 4 << 20
+    fine = tmp_path / "fine.json"
+    fine.write_text("\ufeff" + json.dumps({"seed": 3, "lr": 0.01}, indent=2))
+    assert read_config_file(fine) == {"seed": 3, "lr": 0.01}

@@ -548,3 +548,36 @@ def test_a_lone_eval_folders_temperature_is_in_the_runs_table(tmp_path: Path) ->
     run = Run("a", tmp_path, checkpoint={"model": "cnn", "temperature": 1.5},
               evals=[Evaluation(tmp_path, {"temperature": 0.9})])  # fmt: skip
     assert dict(dataset_rows([run]))["temperature"] == ["1.500"]
+
+
+def test_report_inputs_over_their_caps_are_one_line_unread(tmp_path: Path, monkeypatch) -> None:
+    """``report`` read metrics.json, config.json and history.json whole, and streamed
+    predictions.csv to its end, however large (a 10 GB file put in a run read it all). Each
+    now has a cap a few times the largest a real run writes: over it, one line naming the
+    file, read no further; PCam's full test split (32,768 predictions) is well under."""
+    import numpy as np
+
+    from histomodels.evaluate import write_predictions
+    from histomodels.report_inputs import MAX_REPORT_BYTES, read_predictions
+
+    folder = tmp_path / "eval"
+    folder.mkdir()
+    metrics = folder / "metrics.json"
+    metrics.write_text(json.dumps({"pad": "x" * (65 << 20)}))  # over 64 MB, else valid
+    out = tmp_path / "report"
+    r = CliRunner().invoke(app, ["report", str(folder), "--out", str(out)])
+    assert r.exit_code == 1, r.output
+    assert r.stderr.strip().splitlines() == [
+        f"error: {metrics}: over 64 MB, not a metrics file histomodels writes"
+    ]
+    assert not out.exists()
+    preds = tmp_path / "predictions.csv"
+    n = 32_768
+    rng = np.random.default_rng(0)
+    ids = [f"pcam_test_{i:05d}" for i in range(n)]
+    write_predictions(preds, ids, rng.integers(0, 2, n), rng.random(n))
+    assert preds.stat().st_size < MAX_REPORT_BYTES["predictions.csv"] // 100
+    assert len(read_predictions(preds)[0]) == n
+    monkeypatch.setitem(MAX_REPORT_BYTES, "predictions.csv", 512 << 10)
+    with pytest.raises(ValueError, match=r"predictions.csv: over 524288 bytes, not a pred"):
+        read_predictions(preds)

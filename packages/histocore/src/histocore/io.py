@@ -14,6 +14,7 @@ import json
 import math
 import os
 import re
+import stat
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path, PurePath
@@ -295,6 +296,32 @@ def json_safe(obj: Any) -> Any:
 def atomic_write_json(path: str | Path, obj: Any, *, indent: int | None = 2) -> None:
     """Write ``obj`` as JSON (sorted keys, trailing newline) atomically."""
     atomic_write_text(path, json.dumps(obj, indent=indent, sort_keys=True) + "\n")
+
+
+class RefusedFile(ValueError):
+    """A file :func:`read_capped` will not read; its text is the problem, a short phrase
+    (``over 4 MB``, ``not a regular file (a pipe, socket or device)``)."""
+
+
+def size_text(n: int) -> str:
+    """``n`` bytes as a cap is said: ``4 MB`` for whole mebibytes, else ``N bytes``."""
+    return f"{n >> 20} MB" if n >= 1 << 20 and not n % (1 << 20) else f"{n} bytes"
+
+
+def read_capped(path: str | Path, max_bytes: int) -> bytes:
+    """The bytes of the regular file ``path`` (links followed), reading at most
+    ``max_bytes + 1`` of them: a file over ``max_bytes`` (a 10 GB file given by mistake) or
+    one that is not a regular file (a FIFO, ``/dev/zero``: read forever, or a hang) is a
+    :class:`RefusedFile`, read no further. Opened without blocking, so a FIFO with no
+    writer is refused, not waited on. An ``OSError`` (no such file, no permission) passes."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise RefusedFile("not a regular file (a pipe, socket or device)")
+        data = fh.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise RefusedFile(f"over {size_text(max_bytes)}")
+    return data
 
 
 class NotJSON(ValueError):

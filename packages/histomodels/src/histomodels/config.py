@@ -24,7 +24,7 @@ from pydantic import ConfigDict, ValidationError, ValidationInfo, field_validato
 from pydantic.dataclasses import dataclass
 
 from histocore.errors import DomainError, UsageError
-from histocore.io import NotJSON, loads_json, same_file
+from histocore.io import NotJSON, RefusedFile, loads_json, read_capped, same_file
 from histomodels.choices import (
     MAX_SEED,
     MAX_THREADS,
@@ -459,13 +459,23 @@ def parse_model_config(text: str, source: str = "--model-config") -> dict[str, A
     return data
 
 
+#: The most bytes a ``--config`` file may hold: configs, a run's ``config.json`` and tune's
+#: ``best_config.json`` are a few KB. A larger one (a 10 GB file given by mistake) is refused
+#: unread, as is a FIFO or a device (``/dev/zero`` through a link) that would be read forever.
+MAX_CONFIG_FILE_BYTES = 4 << 20
+
+
 def read_config_file(path: str | Path) -> dict[str, Any]:
-    """Read a JSON or YAML mapping of config keys."""
+    """Read a JSON or YAML mapping of config keys (at most :data:`MAX_CONFIG_FILE_BYTES`)."""
     path = Path(path)
-    if not path.is_file():
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a folder, not a config file")
+    if not path.exists():
         raise ConfigError(f"{path}: no such config file")
     try:
-        text = path.read_text(encoding="utf-8-sig")  # a BOM is allowed
+        text = read_capped(path, MAX_CONFIG_FILE_BYTES).decode("utf-8-sig")  # a BOM is allowed
+    except RefusedFile as exc:
+        raise ConfigError(f"{path}: {exc}, not a config file (a config is a few KB)") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read ({exc})") from None
     if path.suffix.lower() in (".yaml", ".yml"):

@@ -8,6 +8,7 @@ down; anything unreadable or of the wrong shape is a :class:`ReportError` naming
 from __future__ import annotations
 
 import csv
+import io
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +18,7 @@ import numpy as np
 
 from histocore.csvcells import numbered_rows
 from histocore.errors import DomainError
-from histocore.io import NotJSON, loads_json
+from histocore.io import NotJSON, RefusedFile, loads_json, read_capped
 
 
 class ReportError(DomainError, ValueError):
@@ -63,10 +64,35 @@ class Run:
     curve_png: Path | None = None
 
 
-def _read_json(path: Path) -> Any:
+#: The most bytes the report reads of each file it takes, by name: a few times the largest
+#: a real run or eval writes (``config.json`` a few KB; ``history.json`` about 400 bytes an
+#: epoch, 64 MB is 160,000 epochs; ``metrics.json`` tens of KB with its threshold sweep and
+#: external blocks; ``predictions.csv`` 0.9 MB for PCam's 32,768 test patches, 128 MB holds
+#: a million rows with 100-character ids). A larger file (a 10 GB file put in its place) is
+#: refused unread, as is a FIFO or device: never read whole into memory.
+MAX_REPORT_BYTES = {
+    "config.json": 4 << 20,
+    "history.json": 64 << 20,
+    "metrics.json": 64 << 20,
+    "predictions.csv": 128 << 20,
+}
+
+
+def _read_capped(path: Path, what: str) -> bytes:
+    """``path``'s bytes, at most its :data:`MAX_REPORT_BYTES`; over it, a ReportError."""
     try:
-        return loads_json(path.read_bytes())  # UTF-8 (or the UTF-16/32 json detects)
-    except (OSError, NotJSON) as exc:
+        return read_capped(path, MAX_REPORT_BYTES[path.name])
+    except OSError as exc:
+        raise ReportError(f"{path}: cannot read ({exc})") from None
+    except RefusedFile as exc:
+        raise ReportError(f"{path}: {exc}, not a {what} histomodels writes") from None
+
+
+def _read_json(path: Path, what: str) -> Any:
+    raw = _read_capped(path, what)
+    try:
+        return loads_json(raw)  # UTF-8 (or the UTF-16/32 json detects)
+    except NotJSON as exc:
         raise ReportError(f"{path}: cannot read JSON ({exc})") from None
 
 
@@ -91,7 +117,7 @@ def _evaluation(folder: Path) -> Evaluation | None:
     f = folder / "metrics.json"
     if not present_file(f, "metrics file"):
         return None
-    metrics = _read_json(f)
+    metrics = _read_json(f, "metrics file")
     if not isinstance(metrics, dict):
         raise ReportError(f"{f}: expected a JSON object")
     _check_metrics(metrics, f)
@@ -189,8 +215,9 @@ def read_predictions(path: Path) -> tuple[np.ndarray, np.ndarray]:
     probabilities. A probability that is not a number from 0 to 1, or a file that is not
     UTF-8 CSV, is a :class:`ReportError` naming the file and the line the row starts on."""
     labels, probs = [], []
+    raw = _read_capped(path, "predictions file")
     try:
-        with path.open(encoding="utf-8-sig", newline="") as fh:
+        with io.StringIO(raw.decode("utf-8-sig"), newline="") as fh:
             reader = csv.DictReader(fh)
             for line, row in numbered_rows(reader):
                 label = row.get("label")
@@ -232,11 +259,12 @@ def load_run(path: Path, work: Path) -> Run:
         raise ReportError(f"{path}: {problem} (give a training run or an eval output folder)")
     run = Run(name=path.resolve().name, path=path)
     if present_file(path / "config.json", "config file"):
-        run.config = _read_json(path / "config.json")
+        run.config = _read_json(path / "config.json", "config file")
         if not isinstance(run.config, dict):
             raise ReportError(f"{path / 'config.json'}: expected a JSON object")
     if present_file(path / "history.json", "history file"):
-        run.history = _check_history(_read_json(path / "history.json"), path / "history.json")
+        history = _read_json(path / "history.json", "history file")
+        run.history = _check_history(history, path / "history.json")
     ckpt = path / "best.pt"
     if present_file(ckpt, "checkpoint file"):
         from histomodels.calibration import effective_temperature

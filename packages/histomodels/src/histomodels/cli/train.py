@@ -19,7 +19,7 @@ from typing import Annotated, Any
 
 import typer
 
-from histocore.io import loads_json
+from histocore.io import RefusedFile, loads_json, read_capped
 from histomodels.choices import MAX_INPUT_SIZE, MAX_SEED, MIN_INPUT_SIZE
 from histomodels.choices import Schedule as ScheduleName
 from histomodels.cli._common import (
@@ -359,16 +359,12 @@ def _refuse_ignored_settings(out: Path, options: dict[str, Any], config: Path | 
         fail(f"{path}: is a folder, not a file")
     if path.exists() and not path.is_file():  # a FIFO was read forever (a hang)
         fail(f"{path}: not a regular file (a pipe, socket or device)")
-    try:
-        with open(path, "rb") as fh:  # a few KB as a run writes it: not read whole if huge
-            raw = fh.read(MAX_RUN_CONFIG_BYTES + 1)
+    try:  # a few KB as a run writes it: not read whole if huge
+        raw = read_capped(path, MAX_RUN_CONFIG_BYTES)
     except OSError:
         return  # resuming reads last.pt, and says what is wrong with the run
-    if len(raw) > MAX_RUN_CONFIG_BYTES:
-        fail(
-            f"{path}: over {MAX_RUN_CONFIG_BYTES >> 20} MB, not the config.json a run writes "
-            "(a few KB)"
-        )
+    except RefusedFile as exc:
+        fail(f"{path}: {exc}, not the config.json a run writes (a few KB)")
     try:
         saved = loads_json(raw.decode("utf-8"))
     except ValueError:  # NotJSON, UnicodeDecodeError

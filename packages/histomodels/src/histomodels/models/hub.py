@@ -119,19 +119,18 @@ def _hub_filename(config: str, name: str) -> str | None:
     ``architecture`` that is not text, a ``pretrained_cfg`` or ``model_args`` that is not
     an object) is a :class:`~histomodels.models.registry.ModelError` naming it (timm's
     RecursionError, TypeError or AttributeError was a traceback)."""
-    from histocore.io import NotJSON, loads_json
+    from histocore.io import NotJSON, RefusedFile, loads_json, read_capped
     from histomodels.models.registry import ModelError
 
     def bad(why: str) -> ModelError:
         return ModelError(f"{config}: not a usable config.json for timm/{name} ({why})")
 
     try:
-        with open(config, "rb") as fh:
-            raw = fh.read(MAX_CONFIG_BYTES + 1)
+        raw = read_capped(config, MAX_CONFIG_BYTES)
     except OSError as exc:
         raise bad(f"cannot read it: {exc.strerror or exc}") from None
-    if len(raw) > MAX_CONFIG_BYTES:
-        raise bad(f"over {MAX_CONFIG_BYTES >> 20} MB")
+    except RefusedFile as exc:
+        raise bad(str(exc)) from None
     # timm reads it as UTF-8 text with json.loads: a byte-order mark or UTF-16 was its
     # JSONDecodeError traceback (json.loads of bytes takes both)
     if raw.startswith(b"\xef\xbb\xbf"):
