@@ -13,7 +13,7 @@ from ncbi_server import Article, FakeNcbi, ncbi_fixture  # noqa: F401 (fixture)
 from pdf_factory import build_image_pdf, he_like
 from typer.testing import CliRunner
 
-from histocore.manifest import MANIFEST_NAME, Manifest, ManifestError, Record
+from histocore.manifest import MANIFEST_NAME, Image, Manifest, ManifestError, Record
 from histofetch.cli import app
 from histofetch.extract import run_extract
 from histofetch.merge import merge_runs
@@ -101,6 +101,65 @@ def test_merge_dedupes_records_by_id_and_pmcid_and_images_by_sha256(tmp_path: Pa
         assert path is not None and path.is_file() and tmp_path / "merged" in path.parents
     again = runner.invoke(app, ["merge", str(one), "--out", str(one)])
     assert again.exit_code == 1 and "cannot also be an input" in again.output
+
+
+@pytest.mark.parametrize("local_first", [True, False])
+def test_a_local_pdf_of_a_downloaded_article_leaves_its_figures_to_that_article(
+    tmp_path: Path, local_first: bool
+) -> None:
+    """A run holding an article downloaded from PMC (PMID, PMCID, licence, its figures) and
+    one holding the same PDF given to ``extract`` as a local file (``local:<hash>``) were
+    merged as two records; the images, deduplicated by hash, went to whichever came first:
+    ``merge r_local r_downloaded`` left the downloaded article with ``n_images`` 2 and no
+    images, its figures attributed to a record of unknown licence. Now the same PDF bytes
+    are one article: the ``local:`` record is left out, the known one keeps its figures,
+    and the line says so. A local PDF of no known article is merged as before."""
+    pdfs = tmp_path / "pdfs"
+    pdfs.mkdir()
+    build_image_pdf(pdfs / "a.pdf", [he_like(128, 128, seed=7), he_like(100, 100, seed=1)])
+    build_image_pdf(pdfs / "b.pdf", [he_like(90, 90, seed=3)])
+    local, down, out = tmp_path / "local", tmp_path / "down", tmp_path / "out"
+    run_extract(local, [pdfs / "a.pdf", pdfs / "b.pdf"])
+    with Manifest.load(local) as m:
+        rec = next(r for r in m.records.values() if r.title == "a")
+        local_id, images = rec.id, m.images_of(rec.id)
+        files = {img.id: m.resolve(img.path) for img in images}
+    assert len(images) == 2
+    with Manifest.load(down, create=True) as m:  # as ``run`` leaves a PMC article
+        (down / "pdfs").mkdir(parents=True)
+        shutil.copy(pdfs / "a.pdf", down / "pdfs" / "PMC7.pdf")
+        m.add_record(
+            Record(
+                id="pmid:7", pmid="7", pmcid="PMC7", license="CC BY", pdf_source="pmc-cloud",
+                pdf_path="pdfs/PMC7.pdf", pdf_sha256=rec.pdf_sha256, stage=rec.stage,
+                n_images=len(images),
+            )
+        )  # fmt: skip
+        (down / "images").mkdir()
+        for n, img in enumerate(images):
+            shutil.copy(files[img.id], down / "images" / f"7-{n}.png")
+            m.add_image(
+                Image(
+                    id=f"7-{img.id}", record_id="pmid:7", path=f"images/7-{n}.png",
+                    sha256=img.sha256, width=img.width, height=img.height,
+                )
+            )  # fmt: skip
+        m.save()
+    runs = [local, down] if local_first else [down, local]
+    r = runner.invoke(app, ["merge", *map(str, runs), "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert (
+        f"1 record without PMID or PMCID left out: its PDF is a known article's (e.g. "
+        f"{local_id} is pmid:7)" in r.output
+    )
+    assert "duplicate image" not in r.output
+    with Manifest.load(out) as m:
+        assert local_id not in m.records and "pmid:7" in m.records
+        assert "merge_duplicates" not in m.records["pmid:7"].extra
+        assert sorted(i.id for i in m.images_of("pmid:7")) == sorted(f"7-{i.id}" for i in images)
+        b = next(r for r in m.records.values() if r.title == "b")  # no known article's PDF
+        assert b.id.startswith("local:") and len(m.images_of(b.id)) == 1
+        assert len(m.images) == 3
 
 
 def test_merge_line_says_what_was_added_and_what_was_there(tmp_path: Path) -> None:

@@ -7,6 +7,11 @@
   output holds; merge into a new folder to take further-along copies.
 * Records with the same PMCID under different ids (an article found by PubMed in one run
   and by PMC in another) are one article: the first is kept.
+* Records with the same PDF bytes (``pdf_sha256``) are one article too: a record that
+  names neither PMID nor PMCID (``local:<hash>``, a local PDF given to ``extract``) is
+  left out where a record with a PMID or PMCID holds the same PDF (its licence and figures
+  are that one's: kept, its images had gone to the ``local:`` record before), and counted
+  in ``summary.same_pdf``.
 * What the inputs' stores remember of renamed records is carried: ``renamed:<old id>``
   (a record a search renamed) and ``rename_refused:<old id>`` (see
   :meth:`histocore.store.RunStore.rename_record`).
@@ -116,7 +121,11 @@ def _merge(loaded: list[Manifest], merged: Manifest) -> MergeSummary:
     pmcids = {r.pmcid: r.id for r in merged.records.values() if r.pmcid}
     ids_before, pmcids_before = set(merged.records), set(pmcids)  # the output's own
     hashes = {i.sha256: i.id for i in merged.images.values()}
+    same_pdf = _same_pdf(best, merged)
     for rid, (rec, run) in best.items():
+        if rid in same_pdf:
+            summary.same_pdf[rid] = same_pdf[rid]
+            continue
         if rid in merged.records or (rec.pmcid and pmcids.get(rec.pmcid, rid) != rid):
             if rid in ids_before or rec.pmcid in pmcids_before:
                 summary.already += 1
@@ -155,6 +164,29 @@ def _merge(loaded: list[Manifest], merged: Manifest) -> MergeSummary:
     merged.add_rename_notes(_rename_notes(loaded, merged))
     merged.export()
     return summary
+
+
+def _known(rec: Record) -> bool:
+    """Whether ``rec`` says which article it is (a PMID or PMCID: its licence, its route)."""
+    return bool(rec.pmid or rec.pmcid)
+
+
+def _same_pdf(best: dict[str, tuple[Record, Manifest]], merged: Manifest) -> dict[str, str]:
+    """The inputs' records naming neither PMID nor PMCID whose PDF bytes (``pdf_sha256``)
+    a record with one holds, in the inputs or the output → that record's id (the first
+    such, the output's before the inputs'). They are that article: merged as their own
+    records, they took its figures (the same image hashes, added once: to whichever came
+    first), leaving the known record with none. A record the output holds is never left
+    out (a merge never deletes what the output holds)."""
+    known: dict[str, str] = {}
+    for rec in [*merged.records.values(), *(r for r, _ in best.values())]:
+        if rec.pdf_sha256 and _known(rec):
+            known.setdefault(rec.pdf_sha256, rec.id)
+    return {
+        rid: known[rec.pdf_sha256]
+        for rid, (rec, _) in best.items()
+        if rec.pdf_sha256 in known and not _known(rec) and rid not in merged.records
+    }
 
 
 def _rename_notes(loaded: list[Manifest], merged: Manifest) -> dict[str, str]:

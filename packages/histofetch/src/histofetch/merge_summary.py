@@ -20,6 +20,9 @@ class MergeSummary:
     #: records and images the inputs hold more than once (left out)
     duplicate_records: int = 0
     duplicate_images: int = 0
+    #: records naming neither PMID nor PMCID (``local:<hash>``) left out → the record of
+    #: the same PDF bytes (``pdf_sha256``) with a PMID or PMCID kept in their place
+    same_pdf: dict[str, str] = field(default_factory=dict)
     per_run: dict[str, int] = field(default_factory=dict)
     #: runs named more than once (one folder, however spelt: read once)
     repeated: int = 0
@@ -108,6 +111,12 @@ class MergeSummary:
         ]
         if left:
             notes.append(" and ".join(left) + " left out")
+        if n := len(self.same_pdf):
+            notes.append(
+                f"{plural(n, 'record')} without PMID or PMCID left out: "
+                f"{'its PDF is' if n == 1 else 'their PDFs are'} a known article's "
+                f"(e.g. {next(iter(self.same_pdf))} is {next(iter(self.same_pdf.values()))})"
+            )
         return f"merged {plural(self.runs, 'run')}: {added}" + (
             f" ({', '.join(notes)})" if notes else ""
         )
