@@ -971,6 +971,27 @@ def test_a_plain_row_path_naming_the_runs_own_file_gets_a_free_name(tmp_path: Pa
     assert not any((out / path).exists() for path in got)
 
 
+def test_a_row_path_naming_the_runs_export_file_gets_a_free_name(tmp_path: Path) -> None:
+    """A shard row naming ``export.csv`` or ``export.parquet`` (``histofetch export``'s
+    default outputs) kept that path, the shard's export file linked in as the row's: the
+    next ``export`` of the merged run overwrote the row's file. Now each gets a free name
+    naming no file, as ``run.sqlite`` does."""
+    a, out = tmp_path / "a", tmp_path / "out"
+    paths = ["export.csv", "export.parquet", "pdfs/../export.csv"]
+    with Manifest.load(a, create=True) as m:
+        for i, path in enumerate(paths):
+            m.add_record(Record(id=f"a:{i}", stage="downloaded", pdf_path=path))
+        m.save()
+    (a / "export.csv").write_text("kind,id\n")
+    (a / "export.parquet").write_bytes(b"PAR1")
+    r = runner.invoke(app, ["merge", str(a), "--out", str(out)])
+    assert r.exit_code == 0 and r.stderr == "", r.output
+    with Manifest.load(out) as m:
+        got = [str(m.records[f"a:{i}"].pdf_path) for i in range(len(paths))]
+    assert got == ["export-2.csv", "export-2.parquet", "export-3.csv"]
+    assert not any((out / path).exists() for path in [*got, "export.csv", "export.parquet"])
+
+
 def test_merge_carries_the_inputs_review_logs_into_the_outputs(tmp_path: Path) -> None:
     """A merged run had no review_log.jsonl: who labelled what in the shards was lost. Now
     the inputs' logs are added to the output's in input order, each line as it was, lines

@@ -26,6 +26,9 @@ from histocore.schema import _names
 ExportFormat = Literal["jsonl", "csv", "parquet"]
 FORMATS: tuple[str, ...] = get_args(ExportFormat)
 SUFFIXES = {"jsonl": ".jsonl", "csv": ".csv", "parquet": ".parquet"}
+#: The files ``export`` writes into the run without ``--out`` (and overwrites): no row's
+#: file may be one of them (``histofetch merge`` gives such a row a free name)
+DEFAULT_EXPORTS = frozenset(f"export{SUFFIXES[fmt]}" for fmt in FORMATS if fmt != "jsonl")
 
 
 def columns() -> list[str]:

@@ -10,13 +10,15 @@ too) also where opening it lands in the output, links followed (``../out/pdfs/x.
 ``/abs/out/pdfs/x.pdf``, ``../alias/pdfs/x.pdf`` with ``alias`` a link to the output): no
 file is brought there, and an input's row whose path leads there keeps it where it names a
 file there no other row names (a local PDF kept in the output folder; never one of the
-output's own files, ``run.sqlite``, ``manifest.jsonl``, ``review_log.jsonl``), else gets a
+output's own files, ``run.sqlite``, ``manifest.jsonl``, ``review_log.jsonl``, ``export.csv``,
+``export.parquet``), else gets a
 name kept from other rows' files. Where the output holds another file under that path (a run
 whose renamed record kept its ``pdfs/pmid_0.pdf``, and a shard's own ``pmid:0``), the file
 is brought under a free name (``pdfs/pmid_0-2.pdf``) and the row names that. A row naming
-one of the run's own files (``run.sqlite``, ``manifest.jsonl``, ``review_log.jsonl``,
-however spelt) is never linked (the output's would be the source's file) and gets a free
-name naming no file (``run-2.sqlite``): kept, it named the output's own file; one under such
+one of the run's own files (``run.sqlite``, ``manifest.jsonl``, ``review_log.jsonl``, and
+``export.csv``, ``export.parquet``, which ``histofetch export`` overwrites; however spelt)
+is never linked (the output's would be the source's file) and gets a free name naming no
+file (``run-2.sqlite``): kept, it named the output's own file; one under such
 a name (``review_log.jsonl/x.pdf``) is left behind, as a path under another row's file is:
 the output's file never becomes a folder. No file is brought under ``sheets/`` (filter's
 contact sheets: each filter deletes and rewrites files there) nor to ``sheets``: it goes
@@ -43,6 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
+from histocore.export import DEFAULT_EXPORTS
 from histocore.io import file_sha256, numbered, refuse_overlong_name
 from histocore.manifest import MANIFEST_NAME, Manifest
 from histocore.store import STORE_NAME
@@ -50,10 +53,12 @@ from histofetch.merge_logs import LOG_NAME
 from histofetch.merge_summary import MergeSummary
 
 #: The run's own files at its top: a row naming one is never linked into the output (a
-#: review there would append to the source's review log through the link).
+#: review there would append to the source's review log through the link), nor keeps that
+#: name (``export.csv``: the next ``histofetch export`` overwrote the row's file).
 _RUN_FILES = frozenset(
     {MANIFEST_NAME, LOG_NAME, STORE_NAME}
     | {f"{STORE_NAME}-{end}" for end in ("wal", "shm", "journal")}
+    | DEFAULT_EXPORTS
 )
 
 
