@@ -36,8 +36,13 @@ def _post(client: TestClient, image_id: str, label: str | None, reviewer: str = 
 
 
 def _copy(run: Path, tmp_path: Path) -> Path:
+    import gc
     import shutil
 
+    # a store connection an earlier test left to the garbage collector, closed during the
+    # copy, removed run.sqlite-wal/-shm between copytree listing and copying them
+    # (shutil.Error, once): closed first
+    gc.collect()
     return Path(shutil.copytree(run, tmp_path / "run"))
 
 
