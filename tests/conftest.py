@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import importlib.util
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -37,6 +38,17 @@ def shared_path(*parts: str) -> Path:
     if not path.exists():
         pytest.skip(f"real data not available: {path} is absent (it lives beside the checkout)")
     return path
+
+
+def names_the_file_in_the_way(tmp_path: Path, write: Callable[[Path], object]) -> None:
+    """``write(a)``, which writes under ``a`` (``a/x.h5``), with ``a`` a file: the
+    NotADirectoryError naming ``a`` (histocore.io's make_parents), which the CLIs print as one
+    line, not a plain mkdir's raw FileExistsError ('[Errno 17] File exists')."""
+    a = tmp_path / "a"
+    a.write_text("mine")
+    with pytest.raises(NotADirectoryError, match="is a file, not a folder") as caught:
+        write(a)
+    assert caught.value.filename == str(a)
 
 
 def unboxed(text: str) -> str:

@@ -14,7 +14,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from conftest import unboxed
+from conftest import names_the_file_in_the_way, unboxed
 from typer.testing import CliRunner
 
 from histomodels.cli import app
@@ -263,12 +263,8 @@ def test_the_url_template_fills_in_name_only() -> None:
 
 
 def test_download_under_a_file_names_the_file(tmp_path: Path) -> None:
-    """``download_file(url, a/f.bin)`` (``a`` a file) made its folder with a plain mkdir:
-    a file in the way was a raw FileExistsError ('[Errno 17] File exists'), as if the
-    folder were there. Now the NotADirectoryError naming the file (histocore.io's
-    make_parents), which the CLIs print as one line."""
-    a = tmp_path / "a"
-    a.write_text("mine")
-    with pytest.raises(NotADirectoryError, match="is a file, not a folder") as caught:
-        download_file("http://127.0.0.1:9/f.bin", a / "f.bin", None)  # refused before any request
-    assert caught.value.filename == str(a)
+    """``download_file(url, a/f.bin)`` (``a`` a file) made its folder with a plain mkdir (see
+    conftest.names_the_file_in_the_way)."""
+    names_the_file_in_the_way(  # refused before any request
+        tmp_path, lambda a: download_file("http://127.0.0.1:9/f.bin", a / "f.bin", None)
+    )

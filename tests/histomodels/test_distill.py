@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import names_the_file_in_the_way
 
 from histomodels.checkpoint import read_checkpoint
 from histomodels.config import ConfigError, TrainConfig, validate
@@ -280,12 +281,7 @@ def test_targets_cached_at_one_precision_are_not_reused_at_another(data, teacher
 
 
 def test_a_cache_under_a_file_names_the_file(data, teacher, tmp_path) -> None:
-    """``teacher_logits(..., run_dir=a/run)`` (``a`` a file) made its folder with a plain mkdir:
-    a file in the way was a raw FileExistsError ('[Errno 17] File exists'), as if the
-    folder were there. Now the NotADirectoryError naming the file (histocore.io's
-    make_parents), which the CLIs print as one line."""
-    a = tmp_path / "a"
-    a.write_text("mine")
-    with pytest.raises(NotADirectoryError, match="is a file, not a folder") as caught:
-        teacher_logits(str(teacher), torch.from_numpy(data[0][0][:8]), a / "run")
-    assert caught.value.filename == str(a)
+    """``teacher_logits(..., run_dir=a/run)`` (``a`` a file) made its folder with a plain mkdir (see
+    conftest.names_the_file_in_the_way)."""
+    x = torch.from_numpy(data[0][0][:8])
+    names_the_file_in_the_way(tmp_path, lambda a: teacher_logits(str(teacher), x, a / "run"))

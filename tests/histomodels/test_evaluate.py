@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from _evalkit import tiny_checkpoint
+from conftest import names_the_file_in_the_way
 from PIL import Image
 from sklearn import metrics as skm
 from typer.testing import CliRunner
@@ -460,15 +461,12 @@ def test_cli_eval_threads_sets_torchs_intra_op_threads(tmp_path: Path) -> None:
 
 
 def test_evaluate_checkpoint_out_under_a_file_names_the_file(tmp_path: Path) -> None:
-    """``evaluate_checkpoint(..., a/ev)`` (``a`` a file) made its folder with a plain mkdir:
-    a file in the way was a raw FileExistsError ('[Errno 17] File exists'), as if the
-    folder were there. Now the NotADirectoryError naming the file (histocore.io's
-    make_parents), which the CLIs print as one line."""
-    a = tmp_path / "a"
-    a.write_text("mine")
-    with pytest.raises(NotADirectoryError, match="is a file, not a folder") as caught:
-        evaluate_checkpoint(tiny_checkpoint(tmp_path), _ds(8, 3, "t"), a / "ev", n_bootstrap=10)
-    assert caught.value.filename == str(a)
+    """``evaluate_checkpoint(..., a/ev)`` (``a`` a file) made its folder with a plain mkdir (see
+    conftest.names_the_file_in_the_way)."""
+    ckpt = tiny_checkpoint(tmp_path)
+    names_the_file_in_the_way(
+        tmp_path, lambda a: evaluate_checkpoint(ckpt, _ds(8, 3, "t"), a / "ev", n_bootstrap=10)
+    )
 
 
 def test_cli_eval_tiny_labelled_set_gives_no_interval_and_says_why(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from _evalkit import tiny_checkpoint
+from conftest import names_the_file_in_the_way
 from PIL import Image as PILImage
 from typer.testing import CliRunner
 
@@ -309,14 +310,9 @@ def test_val_scale_resizes_the_validation_patches_not_the_figures(tmp_path: Path
 
 
 def test_evaluate_manifest_out_under_a_file_names_the_file(tmp_path: Path) -> None:
-    """``evaluate_manifest(..., a/ext)`` (``a`` a file) made its folder with a plain mkdir:
-    a file in the way was a raw FileExistsError ('[Errno 17] File exists'), as if the
-    folder were there. Now the NotADirectoryError naming the file (histocore.io's
-    make_parents), which the CLIs print as one line."""
+    """``evaluate_manifest(..., a/ext)`` (``a`` a file) made its folder with a plain mkdir (see
+    conftest.names_the_file_in_the_way)."""
     from histomodels.external import evaluate_manifest
 
-    a = tmp_path / "a"
-    a.write_text("mine")
-    with pytest.raises(NotADirectoryError, match="is a file, not a folder") as caught:
-        evaluate_manifest(tiny_checkpoint(tmp_path), _run(tmp_path, [None]), a / "ext")
-    assert caught.value.filename == str(a)
+    ckpt, run = tiny_checkpoint(tmp_path), _run(tmp_path, [None])
+    names_the_file_in_the_way(tmp_path, lambda a: evaluate_manifest(ckpt, run, a / "ext"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import names_the_file_in_the_way
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from sklearn.pipeline import make_pipeline
@@ -82,12 +83,6 @@ def test_write_h5_round_trips_through_open_dataset(tmp_path) -> None:
 
 
 def test_write_h5_under_a_file_names_the_file(tmp_path) -> None:
-    """``write_h5(a/x.h5)`` (``a`` a file) made its folder with a plain mkdir:
-    a file in the way was a raw FileExistsError ('[Errno 17] File exists'), as if the
-    folder were there. Now the NotADirectoryError naming the file (histocore.io's
-    make_parents), which the CLIs print as one line."""
-    a = tmp_path / "a"
-    a.write_text("mine")
-    with pytest.raises(NotADirectoryError, match="is a file, not a folder") as caught:
-        write_h5(a / "x.h5", 2)
-    assert caught.value.filename == str(a)
+    """``write_h5(a/x.h5)`` (``a`` a file) made its folder with a plain mkdir (see
+    conftest.names_the_file_in_the_way)."""
+    names_the_file_in_the_way(tmp_path, lambda a: write_h5(a / "x.h5", 2))

@@ -8,7 +8,7 @@ import re
 
 import numpy as np
 import pytest
-from conftest import unboxed
+from conftest import names_the_file_in_the_way, unboxed
 
 from histomodels.config import TrainConfig, resolve_config
 from histomodels.synthetic import make_patches
@@ -633,12 +633,9 @@ def test_a_base_config_origin_split_filters_the_training_data_of_every_trial(tmp
 
 
 def test_tune_out_under_a_file_names_the_file(tmp_path, tiny_data) -> None:
-    """``tune(..., a/tune)`` (``a`` a file) made its folder with a plain mkdir:
-    a file in the way was a raw FileExistsError ('[Errno 17] File exists'), as if the
-    folder were there. Now the NotADirectoryError naming the file (histocore.io's
-    make_parents), which the CLIs print as one line."""
-    a = tmp_path / "a"
-    a.write_text("mine")
-    with pytest.raises(NotADirectoryError, match="is a file, not a folder") as caught:
-        tune(*tiny_data, a / "tune", trials=1, trial_epochs=1, quiet=True, base=TINY)
-    assert caught.value.filename == str(a)
+    """``tune(..., a/tune)`` (``a`` a file) made its folder with a plain mkdir (see
+    conftest.names_the_file_in_the_way)."""
+    names_the_file_in_the_way(
+        tmp_path,
+        lambda a: tune(*tiny_data, a / "tune", trials=1, trial_epochs=1, quiet=True, base=TINY),
+    )
