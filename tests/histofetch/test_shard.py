@@ -1383,19 +1383,25 @@ def test_a_merge_copies_without_the_lock_where_the_file_system_has_none(
     assert sorted(os.listdir(target.parent)) == [".merge-abcd1234.part", "a.png"]
 
 
-def _shard_whose_image_merge_copies(tmp_path: Path) -> tuple[Path, Path, bytes]:
-    """A shard, the output to merge it into and its one image's bytes, which lie under an
-    ``images`` folder link pointing out of the shard, so merge copies them (through a
-    ``.merge-*.part`` file) rather than hard-linking them."""
+def _shard_whose_image_merge_copies(
+    tmp_path: Path, repeat: int = 1000, pdf: bool = False
+) -> tuple[Path, Path, bytes]:
+    """A shard, the output to merge it into and its one image's bytes (``figure a`` times
+    ``repeat``), which lie under an ``images`` folder link pointing out of the shard, so
+    merge copies them (through a ``.merge-*.part`` file) rather than hard-linking them;
+    with ``pdf``, first a record ``r0`` whose PDF merge hard-links."""
     from histocore.manifest import Image
 
     shard, disk, out = tmp_path / "shard", tmp_path / "bigdisk", tmp_path / "out"
     (disk / "r1").mkdir(parents=True)
-    shard.mkdir()
+    (shard / "pdfs").mkdir(parents=True)
     (shard / "images").symlink_to(disk, target_is_directory=True)  # brought by a copy
-    data = b"figure a" * 1000
+    data = b"figure a" * repeat
     (disk / "r1" / "a.png").write_bytes(data)
     with Manifest.load(shard, create=True) as m:
+        if pdf:
+            (shard / "pdfs" / "r0.pdf").write_bytes(b"%PDF r0")  # hard-linked
+            m.add_record(Record(id="r0", stage="downloaded", pdf_path="pdfs/r0.pdf"))
         m.add_record(Record(id="r1", stage="extracted"))
         m.add_image(
             Image(id="r1/a", record_id="r1", path="images/r1/a.png",
@@ -1428,23 +1434,7 @@ def test_a_file_that_cannot_be_written_stops_the_merge_with_one_line_a_rerun_com
     import subprocess
     import sys
 
-    from histocore.manifest import Image
-
-    shard, disk, out = tmp_path / "shard", tmp_path / "bigdisk", tmp_path / "out"
-    (disk / "r1").mkdir(parents=True)
-    (shard / "pdfs").mkdir(parents=True)
-    (shard / "pdfs" / "r0.pdf").write_bytes(b"%PDF r0")  # hard-linked
-    (shard / "images").symlink_to(disk, target_is_directory=True)  # copied
-    data = b"figure a" * 200_000
-    (disk / "r1" / "a.png").write_bytes(data)
-    with Manifest.load(shard, create=True) as m:
-        m.add_record(Record(id="r0", stage="downloaded", pdf_path="pdfs/r0.pdf"))
-        m.add_record(Record(id="r1", stage="extracted"))
-        m.add_image(
-            Image(id="r1/a", record_id="r1", path="images/r1/a.png",
-                  sha256=hashlib.sha256(data).hexdigest(), width=1, height=1)
-        )  # fmt: skip
-        m.save()
+    shard, out, data = _shard_whose_image_merge_copies(tmp_path, repeat=200_000, pdf=True)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     cmd = [sys.executable, "-c", _LIMITED_MERGE, str(tmp_path)]
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)

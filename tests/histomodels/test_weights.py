@@ -4,6 +4,7 @@ ImageNet EfficientNet-Lite0 weights shipped in the efficientnet-lite0-pytorch-mo
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -206,18 +207,12 @@ def test_an_all_zero_file_is_no_torch_save_file_not_a_refused_pickle(tmp_path):
     import tarfile
 
     from histomodels.checkpoint import CheckpointError, read_checkpoint
-    from histomodels.models.weights import read_state_dict
 
     not_torch = "not a torch.save file: its bytes are neither a zip archive nor a pickle"
     refused = "it holds Python objects or code, not just tensors; refused (weights_only)"
     zero = tmp_path / "zero.pt"
     zero.write_bytes(bytes(4096))
-    with pytest.raises(CheckpointError) as err:
-        read_checkpoint(zero)
-    assert str(err.value) == f"{zero}: not a loadable checkpoint ({not_torch})"
-    with pytest.raises(WeightsError) as werr:
-        read_state_dict(zero)
-    assert str(werr.value) == f"{zero}: not a loadable weights file ({not_torch})"
+    _refused_as_checkpoint_and_weights(zero, not_torch)
     foreign = tmp_path / "foreign.pt"  # a tar, but not torch's: no torch.save file either
     with tarfile.open(foreign, "w") as tar:
         tar.addfile(tarfile.TarInfo("readme.txt"), io.BytesIO(b""))
@@ -233,6 +228,19 @@ def test_an_all_zero_file_is_no_torch_save_file_not_a_refused_pickle(tmp_path):
     torch.save({"state_dict": {}, "where": pathlib.PurePosixPath("a")}, unsafe)
     with pytest.raises(CheckpointError, match=re.escape(f"({refused})")):
         read_checkpoint(unsafe)
+
+
+def _refused_as_checkpoint_and_weights(path: Path, why: str) -> None:
+    """``path`` is refused by both readers, each saying ``why``."""
+    from histomodels.checkpoint import CheckpointError, read_checkpoint
+    from histomodels.models.weights import read_state_dict
+
+    with pytest.raises(CheckpointError) as err:
+        read_checkpoint(path)
+    assert str(err.value) == f"{path}: not a loadable checkpoint ({why})"
+    with pytest.raises(WeightsError) as werr:
+        read_state_dict(path)
+    assert str(werr.value) == f"{path}: not a loadable weights file ({why})"
 
 
 class _Payload:
@@ -257,7 +265,6 @@ def test_a_pickle_of_protocol_4_or_later_is_said_to_be_a_pickle_and_never_run(
     old words."""
     import pickle
 
-    from histomodels.checkpoint import CheckpointError, read_checkpoint
     from histomodels.models.weights import read_state_dict
 
     ran = tmp_path / "payload-ran"
@@ -271,12 +278,7 @@ def test_a_pickle_of_protocol_4_or_later_is_said_to_be_a_pickle_and_never_run(
         "another pickle_protocol)"
     )
     for path in (raw, saved):
-        with pytest.raises(CheckpointError) as err:
-            read_checkpoint(path)
-        assert str(err.value) == f"{path}: not a loadable checkpoint ({why})"
-        with pytest.raises(WeightsError) as werr:
-            read_state_dict(path)
-        assert str(werr.value) == f"{path}: not a loadable weights file ({why})"
+        _refused_as_checkpoint_and_weights(path, why)
     assert not ran.exists()
     noise = tmp_path / "noise.pt"  # FRAME's byte first, but no PROTO: no pickle
     noise.write_bytes(b"\x95" + bytes(range(1, 60)))
