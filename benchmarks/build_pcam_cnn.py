@@ -383,7 +383,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"{NAME}: best epoch {info['best_epoch']}/{info['epochs_run']}, "
         f"{info['train_seconds'] / 60:.1f} min, "
-        f"PCam valid AUC {m['roc_auc']:.4f} {m['ci']['roc_auc']}, recall {m['recall']:.3f}, "
+        f"PCam valid AUC {m['roc_auc']:.4f} {(m.get('ci') or {}).get('roc_auc')}, "
+        f"recall {m['recall']:.3f}, "
         f"specificity {m['specificity']:.3f} at {info['sidecar']['threshold']:.3f}; "
         f"sha256 {info['sidecar']['weights_sha256']}"
     )

@@ -46,10 +46,17 @@ def _metric_cell(m: dict[str, Any], key: str) -> str:
         # the interval at the point's precision: 0.9998 [1.000, 1.000] read as if the
         # interval left the point out
         return f"{fmt(v)} [{fmt(_number(ci[0]))}, {fmt(_number(ci[1]))}]"
-    reason = m.get("ci_reason")
-    if isinstance(reason, str) and v is not None:  # eval gave none: too few of a class
-        return f"{fmt(v)} (no interval: {reason})"
     return fmt(v)
+
+
+def _interval_row(shown: list[dict[str, Any]]) -> list[tuple[str, list[str]]]:
+    """A row saying once per column why it has no intervals (eval's ``ci_reason``: too few
+    of a class), where any column has none; the reason stood in every metric's cell,
+    the threshold's too, which never has an interval."""
+    reasons = [m.get("ci_reason") for m in shown]
+    if not any(isinstance(r, str) for r in reasons):
+        return []
+    return [("95 % intervals", [f"none: {r}" if isinstance(r, str) else "-" for r in reasons])]
 
 
 def columns(runs: list[Run]) -> list[tuple[str, Evaluation]]:
@@ -171,15 +178,20 @@ def metric_rows(cols: list[tuple[str, Evaluation]]) -> list[tuple[str, list[str]
     for key, label in METRIC_ROWS:
         cells = []
         for _, ev in cols:
-            m = ev.metrics
-            if key not in m and "image_metrics" in m:  # literature set: figure level, max
-                m = m["image_metrics"].get("max", {})
+            m = _figure_level(ev.metrics, key)
             if isinstance(m.get(key), str):  # no metric: "precision": "fp32", the inference
                 m = {}  # precision, in a metrics.json from before inference_precision
             cells.append(_metric_cell(m, key))
         if any(c != "n/a" for c in cells):
             rows.append((label, cells))
-    return rows
+    return rows + _interval_row([_figure_level(ev.metrics, "roc_auc") for _, ev in cols])
+
+
+def _figure_level(m: dict[str, Any], key: str) -> dict[str, Any]:
+    """The metrics ``key`` is read from: a literature set's are at figure level (``max``)."""
+    if key not in m and "image_metrics" in m:
+        return m["image_metrics"].get("max", {})
+    return m
 
 
 def external_tables(name: str, m: dict[str, Any]) -> list[tuple[str, list[str], list]]:
@@ -199,6 +211,7 @@ def external_tables(name: str, m: dict[str, Any]) -> list[tuple[str, list[str], 
             if any(c != "n/a" for c in cells):
                 rows.append((label, cells))
         if rows:
+            rows += _interval_row([metrics.get(a, {}) for a in aggs])
             tables.append((f"{name}: model on {what}", head, rows))
     agree = ext.get("agreement") or {}
     conf = agree.get("confusion") or {}
