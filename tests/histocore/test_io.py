@@ -371,3 +371,61 @@ def test_read_capped_reads_a_file_up_to_its_cap_and_refuses_more_unread(tmp_path
     with pytest.raises(FileNotFoundError):
         read_capped(tmp_path / "absent", 10)
     assert size_text(64 << 20) == "64 MB" and size_text(1000) == "1000 bytes"
+
+
+def test_a_refused_locked_folder_leaves_the_holders_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two merges into a new OUT at once: both listed OUT as missing, one made and locked
+    it, and the other, refused, removed it as its own (empty yet): the first went on
+    writing into a folder its lock no longer covered (review 15). Here the other process
+    makes OUT and locks it between this one's look and its mkdir."""
+    import fcntl
+
+    from histocore.io import locked_folder
+
+    out = tmp_path / "out"
+    held: list[int] = []
+    real_mkdir = os.mkdir
+
+    def mkdir_racing(path: str | Path, *args: int, **kwargs: int) -> None:
+        if Path(path) == out and not held:  # the other merge, first
+            real_mkdir(path)
+            held.append(os.open(path, os.O_RDONLY))
+            fcntl.flock(held[0], fcntl.LOCK_EX | fcntl.LOCK_NB)
+        real_mkdir(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "mkdir", mkdir_racing)
+    try:
+        with (
+            pytest.raises(RuntimeError, match="busy"),
+            locked_folder(out, lambda: RuntimeError("busy")),
+        ):
+            pass
+        assert out.is_dir()  # the holder's, left alone
+    finally:
+        os.close(held[0])
+
+
+def test_a_locked_folder_where_the_file_system_cannot_lock_it_is_used_unlocked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On NFS an exclusive flock of a folder opened read-only fails with EBADF (flock is a
+    POSIX lock there): every merge into an NFS folder stopped with 'bad file descriptor'.
+    Failing blocks still remove what they made, and only that."""
+    import errno
+    import fcntl
+
+    from histocore.io import locked_folder
+
+    def no_lock(fd: int, op: int) -> None:
+        raise OSError(errno.EBADF, "Bad file descriptor")
+
+    monkeypatch.setattr(fcntl, "flock", no_lock)
+    with locked_folder(tmp_path / "nfs" / "out", RuntimeError) as out:
+        (out / "x").write_text("merged")
+    assert (tmp_path / "nfs" / "out" / "x").read_text() == "merged"
+    (tmp_path / "there").mkdir()
+    with pytest.raises(ValueError), locked_folder(tmp_path / "there" / "new" / "o", RuntimeError):
+        raise ValueError("the command failed")
+    assert (tmp_path / "there").is_dir() and not (tmp_path / "there" / "new").exists()

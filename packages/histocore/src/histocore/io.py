@@ -250,19 +250,89 @@ def remove_empty(folders: list[Path]) -> list[Path]:
     return removed
 
 
+def make_folders(path: str | Path) -> list[Path]:
+    """Make ``path`` and its missing parents (a file in the way: ``FileExistsError``, as
+    ``mkdir`` says it); returns the folders this call made, deepest first. One another
+    process made meanwhile is not among them: listed before making them, a folder made by
+    another command between the two was counted as this one's, and removed with it."""
+    path = Path(path)
+    try:
+        os.mkdir(path)
+    except FileNotFoundError:
+        if path.parent == path:
+            raise
+        made = make_folders(path.parent)
+    except FileExistsError:
+        if not path.is_dir():
+            raise
+        return []
+    else:
+        return [path]
+    try:
+        os.mkdir(path)
+    except FileExistsError:
+        if not path.is_dir():
+            raise
+        return made
+    return [path, *made]
+
+
 @contextlib.contextmanager
 def made_folder(path: str | Path) -> Iterator[Path]:
     """``path`` as a folder, made with any missing parents; if the block raises, the
-    folders made here are removed again, deepest first, as long as they are empty (a
-    command that fails leaves no empty output folder behind)."""
+    folders made here (:func:`make_folders`) are removed again, deepest first, as long as
+    they are empty (a command that fails leaves no empty output folder behind)."""
     path = Path(path)
-    made = missing_folders(path)
-    path.mkdir(parents=True, exist_ok=True)
+    made = make_folders(path)
     try:
         yield path
     except BaseException:
         remove_empty(made)
         raise
+
+
+#: ``flock``'s errors where the file system cannot lock a folder: no locks at all (Lustre
+#: without ``flock``), or NFS, which takes flock for a POSIX lock and refuses an exclusive
+#: one on a read-only descriptor (EBADF): there the folder is used unlocked.
+FOLDER_NOT_LOCKABLE = frozenset({errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.EBADF})
+
+
+@contextlib.contextmanager
+def locked_folder(path: str | Path, busy: Callable[[], Exception]) -> Iterator[Path]:
+    """``path`` as a folder (made with any missing parents), under an exclusive ``flock``
+    of the folder itself for the block (no lock file is left). Held by another process:
+    ``busy()`` is raised and nothing removed (the folder is the holder's, whoever made
+    it). If the block raises, the folders made here are removed, when empty, while the
+    lock is still held (removed after it, a folder another process had just locked went
+    with them). Unlocked where the file system has no such lock
+    (:data:`FOLDER_NOT_LOCKABLE`)."""
+    path = Path(path)
+    made = make_folders(path)
+    try:  # O_DIRECTORY: a FIFO put there meanwhile is refused, not opened (a hang)
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    except BaseException:
+        remove_empty(made)
+        raise
+    try:
+        try:
+            import fcntl
+
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except ImportError:  # not POSIX: unlocked
+            pass
+        except BlockingIOError:
+            raise busy() from None
+        except OSError as exc:
+            if exc.errno not in FOLDER_NOT_LOCKABLE:
+                remove_empty(made)
+                raise OSError(exc.errno, exc.strerror, str(path)) from None
+        try:
+            yield path
+        except BaseException:
+            remove_empty(made)
+            raise
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

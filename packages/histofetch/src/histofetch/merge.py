@@ -27,17 +27,16 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
+import functools
 import os
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
-from histocore.io import file_in_the_way, made_folder
+from histocore.io import file_in_the_way, locked_folder
 from histocore.manifest import STAGES, Manifest, ManifestError, Record
 from histocore.store import RENAME_REFUSED, RENAMED
 from histofetch.merge_logs import LOG_NAME, check_out_log, merge_logs
-from histofetch.merge_parts import NO_LOCKS, copy_whole, remove_stale_parts
+from histofetch.merge_parts import copy_whole, remove_stale_parts
 from histofetch.merge_paths import Names, names_for, place_of, unusable
 from histofetch.merge_summary import MergeSummary
 
@@ -54,7 +53,7 @@ def merge_runs(sources: list[Path], out: Path) -> MergeSummary:
 
     A folder named twice (``shards/1 shards/1``, or once through a link) is read once: its
     records counted as duplicates of themselves before. A second merge into ``out`` while
-    one runs is refused (:func:`_locked`)."""
+    one runs is refused (:func:`histocore.io.locked_folder`)."""
     out = Path(out)
     unique: dict[object, Path] = {}
     named: dict[object, int] = {}
@@ -66,33 +65,16 @@ def merge_runs(sources: list[Path], out: Path) -> MergeSummary:
         raise ManifestError(f"{out}: the output cannot also be an input")
     check_out_log(out / LOG_NAME)  # before anything is written
     # every store closed, also on an error; a new output folder removed again if the merge
-    # is refused before anything is written into it
-    with made_folder(out), _locked(out), contextlib.ExitStack() as stores:
+    # fails before anything is written into it; a second merge into it at once is refused
+    # (it chose the same free names, appended the carried review log lines twice,
+    # committed over the first)
+    busy = functools.partial(ManifestError, f"{out}: another merge is writing to it")
+    with locked_folder(out, busy), contextlib.ExitStack() as stores:
         loaded = [stores.enter_context(Manifest.load(s)) for s in unique.values()]
         merged = stores.enter_context(Manifest.load(out, create=True))
         summary = _merge(loaded, merged)
     summary.repeated = sum(n > 1 for n in named.values())
     return summary
-
-
-@contextlib.contextmanager
-def _locked(out: Path) -> Iterator[None]:
-    """Hold an exclusive ``flock`` on the folder ``out`` itself (no lock file is left) for
-    the whole merge: a second merge into it at once is refused (it chose the same free
-    names, appended the carried review log lines twice, committed over the first). On a
-    file system without locks (Lustre without ``flock``, some NFS) it runs unlocked."""
-    fd = os.open(out, os.O_RDONLY)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise ManifestError(f"{out}: another merge is writing to it") from None
-        except OSError as exc:
-            if exc.errno not in NO_LOCKS:
-                raise OSError(exc.errno, exc.strerror, str(out)) from None
-        yield
-    finally:
-        os.close(fd)  # releases the lock
 
 
 def _folder_key(path: Path) -> object:

@@ -15,20 +15,20 @@ Markdown page links copies of them in ``assets/``. The folders are read by
 from __future__ import annotations
 
 import base64
-import contextlib
+import functools
 import html
 import logging
 import os
 import secrets
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from histocore.io import atomic_write_text, made_folder
+from histocore.io import atomic_write_text, locked_folder
 from histomodels.report_inputs import (
     EVAL_PLOTS,
     SWEEP_KEYS,
@@ -304,28 +304,6 @@ def _warn_leftovers(out: Path, staging: Path) -> None:
             )
 
 
-@contextlib.contextmanager
-def _locked(out: Path) -> Iterator[None]:
-    """Hold an exclusive lock on the folder ``out`` itself (no lock file is left): a
-    second report into the same folder at once fails instead of mixing two swaps."""
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: no lock (two runs at once are unsupported there)
-        yield
-        return
-    fd = os.open(out, os.O_RDONLY)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise ReportError(
-                f"{out}: another histomodels report is writing into this folder"
-            ) from None
-        yield
-    finally:
-        os.close(fd)  # releases the lock
-
-
 def build_report(
     paths: Sequence[str | Path], out: str | Path, *, title: str | None = None
 ) -> dict[str, Any]:
@@ -338,7 +316,10 @@ def build_report(
     if not paths:
         raise ReportError("give at least one run or eval folder")
     out = Path(out)
-    with made_folder(out), _locked(out):  # a report that fails leaves no new empty folder
+    busy = functools.partial(
+        ReportError, f"{out}: another histomodels report is writing into this folder"
+    )
+    with locked_folder(out, busy):  # a report that fails leaves no new empty folder
         staging = out / f".report-{os.getpid()}-{secrets.token_hex(4)}"
         _warn_leftovers(out, staging)
         staging.mkdir()
