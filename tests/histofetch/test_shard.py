@@ -162,6 +162,66 @@ def test_a_local_pdf_of_a_downloaded_article_leaves_its_figures_to_that_article(
         assert len(m.images) == 3
 
 
+def _tiny_run(run: Path, records: list[Record], images: list[tuple[Image, bytes]]) -> Path:
+    """A run folder holding ``records`` and ``images`` (each written with its bytes)."""
+    with Manifest.load(run, create=True) as m:
+        (run / "images").mkdir(parents=True, exist_ok=True)
+        for rec in records:
+            m.add_record(rec)
+        for img, data in images:
+            (run / img.path).write_bytes(data)
+            m.add_image(img)
+        m.save()
+    return run
+
+
+PDF_HASH = hashlib.sha256(b"the article's pdf").hexdigest()
+FIGURE = b"figure one"
+
+
+def _local_and_downloaded(tmp_path: Path) -> tuple[Path, Path]:
+    """A run holding a local PDF's record (``local:…``, its one figure) and one holding the
+    same PDF downloaded as pmid:7 (PMCID PMC7, the same figure)."""
+    fig = hashlib.sha256(FIGURE).hexdigest()
+    local = _tiny_run(
+        tmp_path / "local",
+        [Record(id="local:abc", title="a", pdf_sha256=PDF_HASH, stage="extracted")],
+        [(Image(id="L-0", record_id="local:abc", path="images/L-0.png", sha256=fig,
+                width=1, height=1), FIGURE)],
+    )  # fmt: skip
+    down = _tiny_run(
+        tmp_path / "down",
+        [Record(id="pmid:7", pmid="7", pmcid="PMC7", license="CC BY", pdf_sha256=PDF_HASH,
+                stage="extracted", n_images=1)],
+        [(Image(id="7-0", record_id="pmid:7", path="images/7-0.png", sha256=fig,
+                width=1, height=1), FIGURE)],
+    )  # fmt: skip
+    return local, down
+
+
+@pytest.mark.parametrize(
+    "held", [Record(id="pmid:7", pmid="7", stage="searched"), Record(id="pmcid:PMC7", pmcid="PMC7")]
+)
+def test_a_local_pdf_is_left_out_only_for_a_known_record_the_merge_keeps(
+    tmp_path: Path, held: Record
+) -> None:
+    """The ``local:`` record of a known article's PDF was left out also where the merge
+    left that known record out too: the output held it already without the PDF (pmid:7,
+    only searched), or held its PMCID under another id (a duplicate). Nothing took the
+    local record's place: its figure (and its review answers) were lost from the output.
+    Now a known record counts only where the output holds it with that PDF or the merge
+    adds it: here the local record is merged with its figure."""
+    local, down = _local_and_downloaded(tmp_path)
+    out = _tiny_run(tmp_path / "out", [held], [])
+    r = runner.invoke(app, ["merge", str(local), str(down), "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert "without PMID or PMCID" not in r.output
+    assert "merged 2 runs: 1 record, 1 image added (1 record already in the output)" in r.output
+    with Manifest.load(out) as m:
+        assert [i.id for i in m.images_of("local:abc")] == ["L-0"]
+        assert m.records[held.id] == held
+
+
 def test_merge_line_says_what_was_added_and_what_was_there(tmp_path: Path) -> None:
     """A second merge of the same runs into the same output added nothing and said '0
     records, 0 images (4 duplicate records, 0 duplicate images left out)': the output's own

@@ -9,7 +9,8 @@
   and by PMC in another) are one article: the first is kept.
 * Records with the same PDF bytes (``pdf_sha256``) are one article too: a record that
   names neither PMID nor PMCID (``local:<hash>``, a local PDF given to ``extract``) is
-  left out where a record with a PMID or PMCID holds the same PDF (its licence and figures
+  left out where a record with a PMID or PMCID holds the same PDF, one the output holds
+  with that PDF or this merge adds (its licence and figures
   are that one's: kept, its images had gone to the ``local:`` record before), and counted
   in ``summary.same_pdf``.
 * What the inputs' stores remember of renamed records is carried: ``renamed:<old id>``
@@ -155,15 +156,29 @@ def _known(rec: Record) -> bool:
 
 def _same_pdf(best: dict[str, tuple[Record, Manifest]], merged: Manifest) -> dict[str, str]:
     """The inputs' records naming neither PMID nor PMCID whose PDF bytes (``pdf_sha256``)
-    a record with one holds, in the inputs or the output → that record's id (the first
-    such, the output's before the inputs'). They are that article: merged as their own
-    records, they took its figures (the same image hashes, added once: to whichever came
-    first), leaving the known record with none. A record the output holds is never left
-    out (a merge never deletes what the output holds)."""
+    a known record (a PMID or PMCID) holds → that record's id (the first such, the
+    output's before the inputs'). They are that article: merged as their own records, they
+    took its figures (the same image hashes, added once: to whichever came first), leaving
+    the known record with none. A known record counts only where the output holds it with
+    that PDF or this merge adds it: one the merge leaves out (its id or PMCID already in
+    the output, there without the PDF; a PMCID duplicate) took nothing's place, and the
+    ``local:`` record left out for it lost its figures. A record the output holds is never
+    left out (a merge never deletes what the output holds)."""
     known: dict[str, str] = {}
-    for rec in [*merged.records.values(), *(r for r, _ in best.values())]:
+    for rec in merged.records.values():
         if rec.pdf_sha256 and _known(rec):
             known.setdefault(rec.pdf_sha256, rec.id)
+    # which known records the loop in _merge adds: those whose id and PMCID the output
+    # and the records before them do not hold (records left out here have no PMCID, so
+    # leaving them out changes nothing of this)
+    pmcids = {r.pmcid for r in merged.records.values() if r.pmcid}
+    for rid, (rec, _) in best.items():
+        if not _known(rec) or rid in merged.records or (rec.pmcid and rec.pmcid in pmcids):
+            continue
+        if rec.pmcid:
+            pmcids.add(rec.pmcid)
+        if rec.pdf_sha256:
+            known.setdefault(rec.pdf_sha256, rid)
     return {
         rid: known[rec.pdf_sha256]
         for rid, (rec, _) in best.items()
