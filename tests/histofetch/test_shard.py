@@ -222,6 +222,60 @@ def test_a_local_pdf_is_left_out_only_for_a_known_record_the_merge_keeps(
         assert m.records[held.id] == held
 
 
+def _answers(image_id: str) -> list[dict[str, object]]:
+    """Two review page answers about ``image_id`` (a label given, then changed)."""
+    return [
+        {"at": "2026-01-01T00:00:00+00:00", "image_id": image_id, "label": "metastasis",
+         "previous": None, "reviewer": "ann", "weak_label": None},
+        {"at": "2026-01-01T00:00:05+00:00", "image_id": image_id, "label": "no_metastasis",
+         "previous": "metastasis", "reviewer": "ann", "weak_label": None},
+    ]  # fmt: skip
+
+
+def _reviewed_local(local: Path) -> None:
+    """The local copy's figure labelled on the review page: its row and its log."""
+    with Manifest.load(local) as m:
+        m.update_image("L-0", label="no_metastasis", label_by="ann", label_at="2026-01-01")
+        m.save()
+    log = "".join(json.dumps(a, sort_keys=True) + "\n" for a in _answers("L-0"))
+    (local / "review_log.jsonl").write_text(log)
+
+
+def test_a_left_out_local_copys_review_answers_go_to_the_image_kept_in_its_place(
+    tmp_path: Path,
+) -> None:
+    """The review answers given on a ``local:`` copy of a known article's PDF were lost
+    when the merge left it out: its log lines (about its image ids, which the output does
+    not hold) were dropped, and so was its rows' label. Now the image of the same bytes
+    the merge adds in its place takes them: the lines carried with ``image_id`` rewritten
+    to that image's, the rest as they were, and its label where it had none."""
+    local, down = _local_and_downloaded(tmp_path)
+    _reviewed_local(local)
+    out = tmp_path / "out"
+    r = runner.invoke(app, ["merge", str(local), str(down), "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert "merged 2 runs: 1 record, 1 image added, 2 review log lines carried (" in r.output
+    lines = (out / "review_log.jsonl").read_text().splitlines()
+    assert lines == [json.dumps(a, sort_keys=True) for a in _answers("7-0")]
+    with Manifest.load(out) as m:
+        img = m.images["7-0"]
+        assert (img.label, img.label_by, img.label_at) == ("no_metastasis", "ann", "2026-01-01")
+    # the output holding the known article and its figure before: its answers stand, the
+    # local copy's are not carried, and the line counts them
+    again = tmp_path / "again"
+    assert runner.invoke(app, ["merge", str(down), "--out", str(again)]).exit_code == 0
+    r = runner.invoke(app, ["merge", str(local), "--out", str(again)])
+    assert r.exit_code == 0, r.output
+    assert (
+        "merged 1 run: nothing new added (1 record without PMID or PMCID left out: its PDF "
+        "is a known article's (e.g. local:abc is pmid:7); 2 review answers about it not "
+        "carried)" in r.output
+    )
+    assert not (again / "review_log.jsonl").exists()
+    with Manifest.load(again) as m:
+        assert m.images["7-0"].label is None
+
+
 def test_merge_line_says_what_was_added_and_what_was_there(tmp_path: Path) -> None:
     """A second merge of the same runs into the same output added nothing and said '0
     records, 0 images (4 duplicate records, 0 duplicate images left out)': the output's own

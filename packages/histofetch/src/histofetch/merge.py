@@ -12,7 +12,10 @@
   left out where a record with a PMID or PMCID holds the same PDF, one the output holds
   with that PDF or this merge adds (its licence and figures
   are that one's: kept, its images had gone to the ``local:`` record before), and counted
-  in ``summary.same_pdf``.
+  in ``summary.same_pdf``. Its images' review answers go to the image of the same bytes
+  added in its place (log lines carried about it, :mod:`histofetch.merge_logs`; the label
+  where that image has none); where the output held that image before, they are counted,
+  not carried.
 * What the inputs' stores remember of renamed records is carried: ``renamed:<old id>``
   (a record a search renamed) and ``rename_refused:<old id>`` (see
   :meth:`histocore.store.RunStore.rename_record`).
@@ -105,6 +108,14 @@ def _merge(loaded: list[Manifest], merged: Manifest) -> MergeSummary:
     ids_before, pmcids_before = set(merged.records), set(pmcids)  # the output's own
     hashes = {i.sha256: i.id for i in merged.images.values()}
     same_pdf = _same_pdf(best, merged)
+    # the labels given to a left-out local copy's images, by their bytes: the image of the
+    # same bytes added in its place takes one where it has none
+    labelled = {
+        img.sha256: img
+        for rid in same_pdf
+        for img in best[rid][1].images_of(rid)
+        if img.label is not None
+    }
     for rid, (rec, run) in best.items():
         if rid in same_pdf:
             summary.same_pdf[rid] = same_pdf[rid]
@@ -125,6 +136,8 @@ def _merge(loaded: list[Manifest], merged: Manifest) -> MergeSummary:
                 dropped[img.id] = hashes[img.sha256]
                 continue
             hashes[img.sha256] = img.id
+            if img.label is None and (copy := labelled.get(img.sha256)) is not None:
+                img = replace(img, label=copy.label, label_by=copy.label_by, label_at=copy.label_at)
             path = _bring(run, merged, img.path, summary, img.sha256, names) or img.path
             merged.add_image(replace(img, path=path))
             summary.images += 1
@@ -136,6 +149,7 @@ def _merge(loaded: list[Manifest], merged: Manifest) -> MergeSummary:
         summary.records += 1
         summary.per_run[str(run.run_dir)] = summary.per_run.get(str(run.run_dir), 0) + 1
     summary.duplicate_records += sum(len(r.records) for r in loaded) - len(best)
+    _same_pdf_images(best, hashes, summary)
     _merge_header(merged, loaded)
     # The log lines before the store: a merge stopped while appending them (SIGKILL, a
     # full disk) has committed nothing, so run again it adds the same images, counts the
@@ -184,6 +198,22 @@ def _same_pdf(best: dict[str, tuple[Record, Manifest]], merged: Manifest) -> dic
         for rid, (rec, _) in best.items()
         if rec.pdf_sha256 in known and not _known(rec) and rid not in merged.records
     }
+
+
+def _same_pdf_images(
+    best: dict[str, tuple[Record, Manifest]], hashes: dict[str, str], summary: MergeSummary
+) -> None:
+    """The images of the ``local:`` records left out (``summary.same_pdf``) → the image of
+    the same bytes this merge added (the known article's), or None where the output held
+    that image before or holds none: their review log lines are carried about that image
+    (answers given on the local copy's review page were lost), or counted as not carried."""
+    added = set().union(*summary.added_images.values())
+    for rid in summary.same_pdf:
+        run = best[rid][1]
+        moved = summary.same_pdf_images.setdefault(str(run.run_dir), {})
+        for img in run.images_of(rid):
+            kept = hashes.get(img.sha256)
+            moved[img.id] = kept if kept in added else None
 
 
 def _rename_notes(loaded: list[Manifest], merged: Manifest) -> dict[str, str]:

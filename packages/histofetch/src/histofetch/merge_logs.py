@@ -18,12 +18,18 @@ disk) added no record, and run again appends only the lines the log does not hol
 review page sees an added image only once its lines are in. A store commit failing after
 the append leaves lines about images the store does not hold (a rerun adds the images,
 not the lines again).
+
+The lines about the images of a ``local:`` record left out for a known article holding
+the same PDF (``summary.same_pdf``) are carried about the image of the same bytes added
+in its place, their ``image_id`` rewritten to that image's (the rest as it was); where the
+output held that image before (its own answers stand) they are counted, not carried.
 """
 
 from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import os
 import stat
 from collections import Counter
@@ -140,7 +146,8 @@ def merge_logs(loaded: list[Manifest], out_log: Path, summary: MergeSummary) -> 
 
     def carried() -> Iterator[str]:
         for run in loaded:
-            if str(run.run_dir) in summary.per_run:  # else none of it added: not read
+            key = str(run.run_dir)
+            if key in summary.per_run or key in summary.same_pdf_images:  # else: not read
                 yield from _carried(run, summary, held)
 
     summary.log_lines = _append_lines(out_log, carried())
@@ -151,6 +158,8 @@ def _carried(run: Manifest, summary: MergeSummary, held: Counter[bytes]) -> Iter
     added from it that the output's log does not hold (``held``, taken from as they are
     met). What is left out otherwise goes to ``summary.log_left_out``."""
     added = summary.added_images.get(str(run.run_dir), set())
+    moved = summary.same_pdf_images.get(str(run.run_dir), {})
+    moved_ids = set(moved)
     path = run.run_dir / LOG_NAME
     bad = first_bad = 0
     try:
@@ -162,7 +171,12 @@ def _carried(run: Manifest, summary: MergeSummary, held: Counter[bytes]) -> Iter
                 if obj is None:
                     bad, first_bad = bad + 1, first_bad or n
                     continue
-                if not _about(obj, added):
+                if _about(obj, moved_ids):  # a left-out local copy's: about the kept image
+                    if (kept := moved[obj["image_id"]]) is None:
+                        summary.same_pdf_lines_left += 1
+                        continue
+                    line = json.dumps({**obj, "image_id": kept})
+                elif not _about(obj, added):
                     continue  # of an image not added from this input: the output's as it was
                 digest = _digest(line)
                 if held[digest] > 0:

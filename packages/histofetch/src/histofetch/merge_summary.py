@@ -23,6 +23,12 @@ class MergeSummary:
     #: records naming neither PMID nor PMCID (``local:<hash>``) left out → the record of
     #: the same PDF bytes (``pdf_sha256``) with a PMID or PMCID kept in their place
     same_pdf: dict[str, str] = field(default_factory=dict)
+    #: inputs → the images of their records left out as ``same_pdf`` → the image of the
+    #: same bytes this merge added (their review log lines are carried about it), or None
+    #: (the output held that image before, or none: their lines are not carried)
+    same_pdf_images: dict[str, dict[str, str | None]] = field(default_factory=dict, repr=False)
+    #: review log lines about such images not carried (no image added in their place)
+    same_pdf_lines_left: int = 0
     per_run: dict[str, int] = field(default_factory=dict)
     #: runs named more than once (one folder, however spelt: read once)
     repeated: int = 0
@@ -116,6 +122,12 @@ class MergeSummary:
                 f"{plural(n, 'record')} without PMID or PMCID left out: "
                 f"{'its PDF is' if n == 1 else 'their PDFs are'} a known article's "
                 f"(e.g. {next(iter(self.same_pdf))} is {next(iter(self.same_pdf.values()))})"
+                + (
+                    f"; {plural(self.same_pdf_lines_left, 'review answer')} about "
+                    f"{'it' if n == 1 else 'them'} not carried"
+                    if self.same_pdf_lines_left
+                    else ""
+                )
             )
         return f"merged {plural(self.runs, 'run')}: {added}" + (
             f" ({', '.join(notes)})" if notes else ""
