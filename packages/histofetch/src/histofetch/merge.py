@@ -15,7 +15,8 @@
   in ``summary.same_pdf``. Its images' review answers go to the image of the same bytes
   added in its place (log lines carried about it, :mod:`histofetch.merge_logs`; the label
   where that image has none); where the output held that image before, they are counted,
-  not carried.
+  not carried. A ``local:`` record the output holds stays, with its figures: the known
+  record merged later gets none (merge both in one command, or into a new folder).
 * What the inputs' stores remember of renamed records is carried: ``renamed:<old id>``
   (a record a search renamed) and ``rename_refused:<old id>`` (see
   :meth:`histocore.store.RunStore.rename_record`).
