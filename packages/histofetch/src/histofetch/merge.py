@@ -14,9 +14,10 @@
   are that one's: kept, its images had gone to the ``local:`` record before), and counted
   in ``summary.same_pdf``. Its images' review answers go to the image of the same bytes
   added in its place (log lines carried about it, :mod:`histofetch.merge_logs`; the label
-  where that image has none); where the output held that image before, they are counted,
-  not carried. A ``local:`` record the output holds stays, with its figures: the known
-  record merged later gets none (merge both in one command, or into a new folder).
+  where that image has none); where the output held that image before, or none of those
+  bytes is added (left out with the record), they are counted, not carried. A ``local:``
+  record the output holds stays, with its figures: the known record merged later gets
+  none (merge both in one command, or into a new folder).
 * What the inputs' stores remember of renamed records is carried: ``renamed:<old id>``
   (a record a search renamed) and ``rename_refused:<old id>`` (see
   :meth:`histocore.store.RunStore.rename_record`).

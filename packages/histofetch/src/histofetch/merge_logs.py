@@ -22,7 +22,8 @@ not the lines again).
 The lines about the images of a ``local:`` record left out for a known article holding
 the same PDF (``summary.same_pdf``) are carried about the image of the same bytes added
 in its place, their ``image_id`` rewritten to that image's (the rest as it was); where the
-output held that image before (its own answers stand) they are counted, not carried.
+output held that image before (its own answers stand), or no image of those bytes is
+added (left out with the record), they are counted, not carried.
 """
 
 from __future__ import annotations
