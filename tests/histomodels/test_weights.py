@@ -284,3 +284,42 @@ def test_a_pickle_of_protocol_4_or_later_is_said_to_be_a_pickle_and_never_run(
     noise.write_bytes(b"\x95" + bytes(range(1, 60)))
     with pytest.raises(WeightsError, match="neither a zip archive nor a pickle"):
         read_state_dict(noise)
+
+
+def test_a_hostile_zip_around_a_protocol_4_pickle_is_one_refusal_not_a_traceback(tmp_path):
+    """The protocol check opened the first member whose name ended in data.pkl: a decoy
+    listed first, flagged encrypted or with a broken deflate stream, raised RuntimeError
+    or zlib.error out of the refusal (a traceback, where it was one line before); with
+    an unflagged decoy it named the decoy's protocol. torch reads <folder>/data.pkl."""
+    import zipfile
+
+    from histomodels.models.weights import read_state_dict
+
+    saved = tmp_path / "z4.pt"
+    torch.save({"state_dict": {"w": torch.zeros(2)}}, saved, pickle_protocol=4)
+    with zipfile.ZipFile(saved) as src:
+        members = [(n, src.read(n)) for n in src.namelist()]
+    folder = members[0][0].split("/")[0]
+    why4 = "a pickle of protocol 4, which torch.load's weights-only reader cannot read"
+    for name, decoy in (("encrypted", zipfile.ZIP_STORED), ("deflated", zipfile.ZIP_DEFLATED),
+                        ("plain", zipfile.ZIP_STORED)):  # fmt: skip
+        path = tmp_path / f"{name}.pt"
+        with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as out:
+            info = zipfile.ZipInfo(f"{folder}/xdata.pkl")
+            info.compress_type = decoy
+            if name == "encrypted":
+                info.flag_bits |= 0x1
+            out.writestr(info, b"\x80\x05junk" * 10)
+            for n, data in members:
+                out.writestr(zipfile.ZipInfo(n), data)
+        if name == "deflated":  # break the decoy's deflate stream
+            raw = bytearray(path.read_bytes())
+            with zipfile.ZipFile(path) as z:
+                first = z.infolist()[0]
+            at = first.header_offset + 30 + len(first.filename.encode()) + len(first.extra)
+            raw[at : at + 4] = b"\xff\xff\xff\xff"
+            path.write_bytes(bytes(raw))
+        with pytest.raises(WeightsError) as err:
+            read_state_dict(path)
+        assert str(err.value).startswith(f"{path}: not a loadable weights file ("), err.value
+        assert why4 in str(err.value), err.value  # the protocol of the pickle torch reads

@@ -75,18 +75,21 @@ def _unsupported_operand(text: str, path: str | Path | None) -> str:
 
 def _pickle_protocol(path: str | Path) -> int | None:
     """The protocol a pickle's PROTO opcode names at the start of ``path``, or of the
-    ``data.pkl`` inside a ``torch.save`` zip; None when it starts with no PROTO."""
+    ``<folder>/data.pkl`` inside a ``torch.save`` zip (its first member's folder, as torch
+    reads it); None when it starts with no PROTO or cannot be read. Only the refusal's words
+    hang on it: any error reading a hostile archive (a member flagged encrypted, a broken
+    deflate stream) is None, not a traceback."""
     try:
         with open(path, "rb") as fh:
             head = fh.read(2)
-        if head == b"PK":  # a zip: torch.save's pickle is its */data.pkl
+        if head == b"PK":  # a zip: torch.save's pickle is its <folder>/data.pkl
             with zipfile.ZipFile(path) as archive:
-                names = [n for n in archive.namelist() if n.endswith("data.pkl")]
+                names = archive.namelist()
                 if not names:
                     return None
-                with archive.open(names[0]) as member:
+                with archive.open(names[0].split("/")[0] + "/data.pkl") as member:
                     head = member.read(2)
-    except (OSError, EOFError, ValueError, zipfile.BadZipFile, NotImplementedError):
+    except Exception:  # KeyError: no such member; RuntimeError (encrypted), zlib.error...
         return None
     return head[1] if len(head) == 2 and head[0] == 0x80 else None
 
