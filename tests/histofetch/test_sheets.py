@@ -153,8 +153,15 @@ def test_a_killed_sheet_writes_temp_file_is_removed_by_the_next(tmp_path: Path) 
     killed.write_bytes(b"\xff\xd8 half a jpeg")
     other = sheets / ".notes.txt.a1b2.tmp"
     other.write_text("mine")
+    # shaped like kept*.* but no name a sheet has (review 15): the user's, left
+    alike = [sheets / ".kept-notes.txt.bak.tmp", sheets / ".rejected-ideas.md.v2.tmp"]
+    for path in alike:
+        path.write_text("mine")
+    folder = sheets / ".kept-002.jpg.zz.tmp"  # a folder so named: left, no traceback
+    folder.mkdir()
     paths = write_filter_sheets(m)
     assert not killed.exists() and other.read_text() == "mine"
+    assert all(p.read_text() == "mine" for p in alike) and folder.is_dir()
     assert sorted(p.name for p in sheets.iterdir()) == sorted(
-        [other.name, *(p.name for p in paths.values())]
+        [other.name, *(p.name for p in alike), folder.name, *(p.name for p in paths.values())]
     )

@@ -17,8 +17,8 @@ Sheets are JPEG, re-encoded at lower quality (then shrunk) if one would exceed
 
 from __future__ import annotations
 
-import fnmatch
 import io
+import re
 import textwrap
 from collections.abc import Sequence
 from pathlib import Path
@@ -158,8 +158,8 @@ def _margin(img: Image) -> float:
     return abs(float(img.extra.get("decision", {}).get("margin", 0.0)))
 
 
-def _sheet_name(name: str | None, patterns: tuple[str, ...]) -> bool:
-    return name is not None and any(fnmatch.fnmatchcase(name, p) for p in patterns)
+#: the names write_filter_sheets gives its sheets
+_SHEET_NAME = re.compile(r"(kept|rejected)-\d{3,}\.jpg|closest-(kept|rejected)\.jpg")
 
 
 def write_filter_sheets(manifest: Manifest) -> dict[str, Path]:
@@ -167,8 +167,13 @@ def write_filter_sheets(manifest: Manifest) -> dict[str, Path]:
     out = manifest.run_dir / "sheets"
     out.mkdir(parents=True, exist_ok=True)
     patterns = ("kept*.*", "rejected*.*", "closest-*.*")
-    # and the temp file of a sheet whose write was killed (.kept-001.jpg.<random>.tmp)
-    killed = [p for p in out.glob(".*.tmp") if _sheet_name(atomic_temp_target(p.name), patterns)]
+    # and the temp file of a sheet whose write was killed (.kept-001.jpg.<random>.tmp): only
+    # of a name this function writes, only a file
+    killed = [
+        p
+        for p in out.glob(".*.tmp")
+        if _SHEET_NAME.fullmatch(atomic_temp_target(p.name) or "") and not p.is_dir()
+    ]
     for stale in [*(p for pattern in patterns for p in out.glob(pattern)), *killed]:
         stale.unlink()
     rows = shown_rows(manifest)
