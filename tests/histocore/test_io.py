@@ -429,3 +429,19 @@ def test_a_locked_folder_where_the_file_system_cannot_lock_it_is_used_unlocked(
     with pytest.raises(ValueError), locked_folder(tmp_path / "there" / "new" / "o", RuntimeError):
         raise ValueError("the command failed")
     assert (tmp_path / "there").is_dir() and not (tmp_path / "there" / "new").exists()
+
+
+def test_missing_folders_follows_links_as_the_kernel_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``link/../x`` with ``link`` pointing into another folder makes ``x`` beside the
+    link's target; taking ``..`` out as text listed nothing (``./x`` was there), so a run
+    that failed left the folder it made (review 17)."""
+    from histocore.io import missing_folders
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "elsewhere" / "sub").mkdir(parents=True)
+    (tmp_path / "link").symlink_to(tmp_path / "elsewhere" / "sub")
+    (tmp_path / "x").mkdir()
+    assert missing_folders("link/../x") == [tmp_path / "elsewhere" / "x"]
+    assert missing_folders("new/../x") == []  # x is there

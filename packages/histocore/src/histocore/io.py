@@ -227,10 +227,10 @@ def same_file(a: str | Path, b: str | Path) -> bool:
 
 def missing_folders(path: str | Path) -> list[Path]:
     """``path`` and those of its parents that do not exist yet, deepest first: what making
-    ``path`` would create. Judged on the path with ``..`` taken out (``new/../out`` is
-    ``out``): ``new/..`` does not exist while ``new`` does not, so ``out``, there already,
-    was listed and removed as if made here."""
-    made, folder = [], Path(os.path.normpath(Path(path).absolute()))
+    ``path`` would create. Judged on the path resolved (``new/../out`` is ``out``):
+    ``new/..`` does not exist while ``new`` does not, so ``out``, there already, was listed
+    and removed as if made here."""
+    made, folder = [], Path(os.path.realpath(path))  # links resolved, '..' as the kernel does
     while not folder.exists() and folder != folder.parent:
         made.append(folder)
         folder = folder.parent

@@ -4,7 +4,8 @@ before its first checkpoint leaves behind (nothing: the folder as it was).
 A run that fails before it wrote a checkpoint (bad input, a bug, Ctrl-C) has nothing new to
 resume from: :meth:`RunFolder.discard` removes the files a run writes (:data:`WRITTEN`, and
 the temporary files of their atomic writes) that were not there before, puts back those
-that were (an earlier run's config, history, curve; not its checkpoints, which a run writes
+that were (an earlier run's config, history, curve, as regular files: a link there is
+replaced by the run's file and not put back; not its checkpoints, which a run writes
 only at its first checkpoint), and removes the folders the command created once they are
 empty. Only those names are touched: anything else in the folder (another program's files,
 even ones made while the run was going) stays, so ``--out`` may point at a folder of your
