@@ -1209,3 +1209,7 @@ def test_an_input_under_an_unknown_home_or_with_a_name_too_long_is_one_line(
         assert r.exit_code == 1, r.output
         assert r.stderr.lower().startswith(f"error: {given}: {problem}".lower()), r.stderr
         assert r.stderr.count("\n") == 1 and not (tmp_path / "p.csv").exists()
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")  # there, leading nowhere: not missing
+    r = CliRunner().invoke(app, ["predict", str(ckpt), str(tmp_path / "loop"), "--out",
+                                 str(tmp_path / "p.csv")])  # fmt: skip
+    assert r.stderr == f"error: {tmp_path / 'loop'}: too many levels of symbolic links\n"

@@ -92,7 +92,7 @@ def require_folder(*paths: str | Path | None, what: str = "folder") -> None:
             if path.exists() and not path.is_dir():
                 fail(f"{raw}: is a file, not a {what}")
             if path.is_symlink() and not path.exists():  # made it would fail after the work
-                loop = _link_loop(path)
+                loop = link_loop(path)
                 fail(f"{raw}: {LINK_LOOP if loop else 'broken symbolic link'}")
             _require_parents(path)
 
@@ -109,7 +109,7 @@ def require_file(*paths: str | Path | None) -> None:
             refuse_overlong_name(path)
             if path.is_dir():
                 fail(f"{raw}: is a folder, not a file")
-            if _link_loop(path):  # the writer's resolve() raised RuntimeError for it
+            if link_loop(path):  # the writer's resolve() raised RuntimeError for it
                 fail(f"{raw}: {LINK_LOOP}")
             _require_parents(path)
 
@@ -138,7 +138,7 @@ def _expanded(raw: str | Path) -> Path:
 LINK_LOOP = "too many levels of symbolic links"
 
 
-def _link_loop(path: Path) -> bool:
+def link_loop(path: Path) -> bool:
     """``path`` is a link that leads back to itself (a loop), not to a file or to nothing."""
     if not path.is_symlink():
         return False

@@ -81,7 +81,7 @@ MAX_REPORT_BYTES = {
 def _read_capped(path: Path, what: str) -> bytes:
     """``path``'s bytes, at most its :data:`MAX_REPORT_BYTES`; over it, a ReportError."""
     try:
-        return read_capped(path, MAX_REPORT_BYTES[path.name])
+        return read_capped(path, MAX_REPORT_BYTES.get(path.name, max(MAX_REPORT_BYTES.values())))
     except OSError as exc:
         raise ReportError(f"{path}: cannot read ({exc})") from None
     except RefusedFile as exc:

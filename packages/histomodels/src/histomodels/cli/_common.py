@@ -19,7 +19,16 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar, get_type_hi
 
 import typer
 
-from histocore.cli import errors, fail, log_level, progress, require_folder, setup_logging
+from histocore.cli import (
+    LINK_LOOP,
+    errors,
+    fail,
+    link_loop,
+    log_level,
+    progress,
+    require_folder,
+    setup_logging,
+)
 from histocore.cli import require_file as require_file_out
 from histocore.errors import DomainError
 from histocore.io import number_text
@@ -249,6 +258,8 @@ def require_paths(*paths: str | Path | None, role: str | None = None) -> None:
             fail(f"{raw}: {exc}")
         except OSError as exc:
             fail(f"{raw}: {(exc.strerror or str(exc)).lower()}")
+        if not found and link_loop(path):  # it is there, and leads nowhere: not "not found"
+            fail(f"{path}: {LINK_LOOP}")
         if not found:
             fail(f"{path}: {role} data not found" if role else f"{path}: no such file or folder")
 
