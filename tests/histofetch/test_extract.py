@@ -33,7 +33,7 @@ from pdf_factory import (
 
 from histocore.manifest import Image, Manifest, Record
 from histocore.store import STORE_NAME
-from histofetch.extract import ExtractError, run_extract
+from histofetch.extract import MAX_TITLE_CHARS, ExtractError, metadata_title, run_extract
 from histofetch.labels import read_caption
 from histofetch.stage import UNFINISHED_KEY
 from histofetch.status import format_status, run_status
@@ -498,3 +498,29 @@ def test_real_pdf_titled_by_its_metadata_title(tmp_path: Path) -> None:
         "Intestinal Microbiota Influence Doxorubicin Responsiveness in Triple-Negative Breast "
         "Cancer"
     )
+
+
+@pytest.mark.parametrize(
+    "title",
+    [
+        "PII: S0046-8177(18)30123-4",  # Elsevier's item identifier
+        "Untitled document",
+        "PowerPoint Presentation",
+        "Author Manuscript",
+        "HHS Public Access",
+        "Article title",
+        "Adobe Photoshop PDF",
+        "Word Pro - paper.lwp",
+    ],
+)
+def test_publisher_and_tool_placeholders_are_not_titles(title: str) -> None:
+    assert metadata_title(title, "paper_07") is None
+
+
+def test_long_title_without_a_late_word_break_is_cut_hard() -> None:
+    """A word cut that would drop most of the title is not taken: cut hard, end in '…'."""
+    title = metadata_title("Lymph node " + "x" * 400, "paper_07")
+    assert title == ("Lymph node " + "x" * 400)[: MAX_TITLE_CHARS - 1] + "…"
+    words = metadata_title("Carcinoma " * 100, "paper_07")
+    assert words is not None and words.endswith("Carcinoma…")  # a late break: cut at a word
+    assert MAX_TITLE_CHARS - len("Carcinoma ") <= len(words) <= MAX_TITLE_CHARS

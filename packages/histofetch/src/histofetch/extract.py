@@ -57,19 +57,29 @@ class ExtractError(DomainError, ValueError):
     """Bad input to the extract stage (a path that does not exist, a folder without PDFs)."""
 
 
-#: Longest metadata title taken (characters); a longer one is cut at a word and ends in "…".
+#: Longest metadata title taken (characters). A longer one is cut at its last word break
+#: when that keeps at least :data:`MIN_WORD_CUT_CHARS` of them, else cut hard; either way it
+#: ends in "…" and is at most this long.
 MAX_TITLE_CHARS = 300
+MIN_WORD_CUT_CHARS = 200
 
 #: Metadata titles that name a tool's placeholder or a typesetting job, not the article:
-#: "Microsoft Word - x.docx", "untitled", "Layout 1", "pone.0107412 1..10" (a job name with
-#: its page range), a file name ("paper_final.pdf").
+#: "Microsoft Word - x.docx", "Word Pro - paper.lwp", "PowerPoint Presentation", "Adobe
+#: Photoshop PDF", "untitled", "Untitled document", "Article title", "Author Manuscript",
+#: "HHS Public Access", "PII: S0046-8177(18)30123-4" (Elsevier's item identifier), "Layout 1",
+#: "pone.0107412 1..10" (a job name with its page range), a file name ("paper_final.pdf").
 _JUNK_TITLE_RES = [
     re.compile(p, re.IGNORECASE)
     for p in (
         r"^microsoft (word|powerpoint|excel)\b",
+        r"^(word pro|wordperfect|powerpoint|adobe|acrobat|indesign|quarkxpress)\b",
+        r"^untitled\b",
         r"^(untitled|title|document|none|null|unknown|no title|layout|doc|paper|article|"
         r"manuscript|slide|page|print)\b[\s\d._-]*$",
-        r"\.(pdf|docx?|rtf|odt|tex|dvi|ps|indd|qxd|pages|txt|html?|xml)$",
+        r"^(article|paper|manuscript|document|chapter)\s+title$",
+        r"^(author manuscript|accepted manuscript|hhs public access)$",
+        r"^pii\b",
+        r"\.(pdf|docx?|rtf|odt|tex|dvi|ps|indd|qxd|pages|txt|html?|xml|lwp|wpd|pptx?|xlsx?)$",
         r"^\S+\s+\d+\.\.\d+$",
     )
 ]
@@ -104,7 +114,8 @@ def metadata_title(raw: object, stem: str) -> str | None:
         return None
     if len(title) > MAX_TITLE_CHARS:
         cut = title[: MAX_TITLE_CHARS - 1]
-        title = (cut.rsplit(" ", 1)[0] if " " in cut else cut) + "…"
+        at_word = cut.rsplit(" ", 1)[0]
+        title = (at_word if len(at_word) >= MIN_WORD_CUT_CHARS else cut).rstrip() + "…"
     return title
 
 
