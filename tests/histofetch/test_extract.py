@@ -31,6 +31,7 @@ from pdf_factory import (
     write_truncated,
 )
 
+from histocore.io import record_slug
 from histocore.manifest import Image, Manifest, Record
 from histocore.store import STORE_NAME
 from histofetch.extract import MAX_TITLE_CHARS, ExtractError, metadata_title, run_extract
@@ -524,3 +525,17 @@ def test_long_title_without_a_late_word_break_is_cut_hard() -> None:
     words = metadata_title("Carcinoma " * 100, "paper_07")
     assert words is not None and words.endswith("Carcinoma…")  # a late break: cut at a word
     assert MAX_TITLE_CHARS - len("Carcinoma ") <= len(words) <= MAX_TITLE_CHARS
+
+
+def test_local_pdf_keeps_its_file_name_title_when_extraction_fails(tmp_path: Path) -> None:
+    """The metadata title is read on opening the PDF but set only when the record is
+    extracted: a record whose extraction fails (here its images folder is a file) keeps the
+    file-name title, as the docs say."""
+    pdf = _titled_pdf(tmp_path / "paper_07.pdf", "Nodal metastases of breast carcinoma")
+    run = tmp_path / "run"
+    rid = "local:" + hashlib.sha256(pdf.read_bytes()).hexdigest()[:16]
+    (run / "images").mkdir(parents=True)
+    (run / "images" / record_slug(rid)).write_text("in the way")
+    assert run_extract(run, [pdf]).failed == 1
+    rec = Manifest.load(run).records[rid]
+    assert rec.status == "failed" and rec.title == "paper_07"

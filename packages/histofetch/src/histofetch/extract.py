@@ -17,7 +17,8 @@ Decisions (documented in docs/histofetch.md):
 * A local PDF's record is titled by the PDF's own metadata title (``/Title``) when that is a
   plausible article title (:func:`metadata_title`), else by its file name without ``.pdf``.
   The title is read when the PDF is opened for extraction (in the worker, under the record's
-  time limit), not at ingest, so a hostile file is never opened outside that guard.
+  time limit), not at ingest, so a hostile file is never opened outside that guard; it is
+  set only when the extraction succeeds.
 * Rows with another source (``"jats"``: figure files named by the article's JATS, added by
   ``download``) are kept untouched, and a record that has them is not extracted from its
   PDF at all: each figure appears once, at the resolution it was published.
@@ -242,8 +243,9 @@ def extract_record(manifest: Manifest, rec: Record, *, min_size: int = 32) -> No
     try:
         check_page_objects(doc, pdf)
         stem = Path(rec.pdf_path).stem
+        title = rec.title
         if rec.pdf_source == "local" and rec.title in (None, stem):  # a title set by hand is kept
-            rec.title = metadata_title((doc.metadata or {}).get("title"), stem) or stem
+            title = metadata_title((doc.metadata or {}).get("title"), stem) or stem
         images, info = extract_images(doc, min_size=min_size, where=pdf)
     finally:
         doc.close()
@@ -273,3 +275,4 @@ def extract_record(manifest: Manifest, rec: Record, *, min_size: int = 32) -> No
     if "pdfplumber_images" in plumber:
         rec.extra["count_mismatch"] = plumber["pdfplumber_images"] != info["pymupdf_images"]
     rec.n_images = len(images) + package_rows
+    rec.title = title  # only now: a record whose PDF fails keeps the title it had
