@@ -9,7 +9,7 @@ import PIL.Image
 from pdf_factory import he_like
 
 from histocore.manifest import Image, Manifest, Record
-from histofetch.labels import leakage_flags
+from histofetch.labels import label_manifest, leakage_flags
 from histofetch.leakage import flag_near_duplicates, hamming, image_hash
 
 
@@ -60,3 +60,24 @@ def test_camelyon_mentions() -> None:
     assert leakage_flags(None, "Deep learning on PatchCamelyon") == ["camelyon"]
     assert leakage_flags("Examples from the PCam benchmark", None) == ["camelyon"]
     assert leakage_flags("Sentinel lymph node metastasis", "A cohort study") == []
+
+
+def test_local_pdf_file_name_is_read_by_the_camelyon_check(tmp_path: Path) -> None:
+    """A local PDF titled by its metadata title is still flagged when its file name says it
+    shows CAMELYON/PCam data; a downloaded PDF's name (made by histofetch) is not read."""
+    m = Manifest(run_dir=tmp_path / "run")
+    named = {
+        "local:1": ("camelyon16_tumor_001_report.pdf", "local"),
+        "local:2": ("pcam_review.pdf", "local"),
+        "local:3": ("nodal_paper.pdf", "local"),
+        "pmid:4": ("pdfs/camelyon_4.pdf", "pmc-cloud"),
+    }
+    for n, (rid, (name, source)) in enumerate(named.items()):
+        _add(m, f"i{n}", rid, he_like(200, 240, seed=10 + 5 * n))
+        rec = m.records[rid]
+        rec.title, rec.pdf_path, rec.pdf_source = "Lymph node metastasis detection", name, source
+        m.images[f"i{n}"].caption = "Lymph node with metastatic carcinoma."
+    assert label_manifest(m)["camelyon"] == 2
+    assert {i: m.images[i].leakage for i in ("i0", "i1", "i2", "i3")} == {
+        "i0": ["camelyon"], "i1": ["camelyon"], "i2": None, "i3": None
+    }  # fmt: skip

@@ -22,18 +22,19 @@ docs/weak-labels.md):
    else a negative finding → no_metastasis; anything else → ``abstain`` (captions omit
    findings: silence is never negative).
 
-Leakage: a caption or article title that mentions CAMELYON or PatchCamelyon (PCam) data
-is flagged (``leakage`` contains ``"camelyon"``); ``histomodels eval --manifest``
-excludes such figures from external metrics by default.
+Leakage: a caption, article title or (local PDF) file name that mentions CAMELYON or
+PatchCamelyon (PCam) data is flagged (``leakage`` contains ``"camelyon"``);
+``histomodels eval --manifest`` excludes such figures from external metrics by default.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from pathlib import PurePath
 from typing import Any
 
-from histocore.manifest import WEAK_LABELS, Image, Manifest
+from histocore.manifest import WEAK_LABELS, Image, Manifest, Record
 from histofetch.captions import normalise, panel_spans
 from histofetch.negation import Assertion, assertion
 
@@ -272,7 +273,8 @@ def _panel_letter(img: Image) -> str | None:
 
 
 def label_image(img: Image, title: str | None = None) -> None:
-    """Set the weak-label fields of one image row from its caption (and article title)."""
+    """Set the weak-label fields of one image row from its caption (and ``title``: the text
+    of its record the leakage check reads, :func:`leakage_context`)."""
     reading = read_caption(img.caption, _panel_letter(img))
     img.weak_label = reading.label
     img.site = reading.site
@@ -280,6 +282,19 @@ def label_image(img: Image, title: str | None = None) -> None:
     img.weak_label_rules = RULES_VERSION
     flags = [f for f in (img.leakage or []) if f != "camelyon"]
     img.leakage = sorted(set(flags + leakage_flags(img.caption, title))) or None
+
+
+def leakage_context(rec: Record | None) -> str | None:
+    """What the CAMELYON/PCam check reads of an image's record besides its caption: the
+    article title and, for a local PDF, its file name (``camelyon16_tumor_001_report.pdf``
+    says where the paper came from even when the PDF's metadata title does not). ``_`` and
+    ``.`` in the name count as spaces, so ``pcam_review`` reads as the word ``pcam``."""
+    if rec is None:
+        return None
+    parts = [rec.title or ""]
+    if rec.pdf_source == "local" and rec.pdf_path:
+        parts.append(re.sub(r"[_.]+", " ", PurePath(rec.pdf_path).name))
+    return "\n".join(parts)
 
 
 def label_manifest(manifest: Manifest) -> dict[str, int]:
@@ -296,7 +311,7 @@ def label_manifest(manifest: Manifest) -> dict[str, int]:
     for img in manifest.images.values():
         if img.kept and img.status == "ok":
             rec = manifest.records.get(img.record_id)
-            label_image(img, rec.title if rec else None)
+            label_image(img, leakage_context(rec))
             if img.id in counted:
                 counts[img.weak_label or "abstain"] += 1
         else:
