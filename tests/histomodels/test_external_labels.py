@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 from histocore.manifest import Image, Manifest, Record
 from histomodels.cli import app
 from histomodels.external_labels import label_tables, leakage_exclusions
+from histomodels.metrics import MIN_PER_CLASS_FOR_CI
 from histomodels.synthetic import make_figure
 
 torch.set_num_threads(1)
@@ -84,12 +85,39 @@ def test_label_tables_count_the_noise_rate(tmp_path: Path) -> None:
     }  # fmt: skip
     assert c["abstain"] == {"metastasis": 1, "no_metastasis": 1, "not_usable": 0, "unreviewed": 1}
     assert t["n_both"] == 4 and t["noise_rate"] == pytest.approx(0.5)
-    lo, hi = t["noise_rate_ci"]
-    assert 0.0 <= lo <= 0.5 <= hi <= 1.0
+    # 4 figures with both labels: resampling them gives no honest interval; none, and why
+    assert t["noise_rate_ci"] is None
+    assert t["noise_rate_ci_reason"] == (
+        "too few figures with both labels for an interval: 4 (at least 10 needed)"
+    )
     assert t["weak_metastasis_precision"] == pytest.approx(0.5)
     assert t["weak_labelled_but_not_usable"] == 1
     every = label_tables(m, include_leaky=True, n_bootstrap=0)
     assert every["n_both"] == 6 and every["noise_rate"] == pytest.approx(2 / 6)
+
+
+def test_noise_rate_interval_from_the_metrics_minimum_of_figures(tmp_path: Path) -> None:
+    """2 agreeing figures gave the noise rate 0.000 [0.000, 0.000]; an interval needs
+    MIN_PER_CLASS_FOR_CI figures with both labels, as the metrics need of each class."""
+    m = Manifest(run_dir=tmp_path / "run")
+    m.add_record(Record(id="pmid:1", stage="filtered"))
+    for i in range(MIN_PER_CLASS_FOR_CI):
+        label = "metastasis" if i % 2 else "no_metastasis"
+        weak = "metastasis" if i in (0, 1, 3) else label  # fig00 is wrong
+        m.add_image(
+            Image(id=f"f{i:02d}", record_id="pmid:1", path=f"images/f{i}.png", sha256="0" * 64,
+                  width=9, height=9, kept=True, label=label, weak_label=weak)
+        )  # fmt: skip
+    t = label_tables(m, n_bootstrap=200)
+    assert t["n_both"] == MIN_PER_CLASS_FOR_CI and t["noise_rate_ci_reason"] is None
+    lo, hi = t["noise_rate_ci"]
+    assert t["noise_rate"] == pytest.approx(0.1) and 0.0 <= lo <= 0.1 <= hi <= 1.0
+    for img in m.images.values():  # left with f01 and f02: 2 figures whose labels agree
+        if img.id not in ("f01", "f02"):
+            img.label = None
+    t = label_tables(m, n_bootstrap=200)
+    assert t["n_both"] == 2 and t["noise_rate"] == 0.0 and t["noise_rate_ci"] is None
+    assert t["noise_rate_ci_reason"].startswith("too few figures with both labels")
 
 
 def test_near_duplicates_keep_the_first_of_a_pair(tmp_path: Path) -> None:
@@ -113,7 +141,8 @@ def test_eval_reports_reviewed_and_weak_metrics_exact_against_sklearn(tmp_path: 
     args = ["eval", str(ckpt), "--manifest", str(run), "--bootstrap", "100", "--scale", "1"]
     r = CliRunner().invoke(app, [*args, "--out", str(out)])
     assert r.exit_code == 0, r.output
-    assert "weak-label noise rate 0.500" in r.output
+    no_rate_ci = "too few figures with both labels for an interval: 4 (at least 10 needed)"
+    assert f"weak-label noise rate 0.500 (no interval: {no_rate_ci}) on 4 figure" in r.output
     m = json.loads((out / "metrics.json").read_text())
     ext = m["external"]
     rows = _rows(out)
@@ -146,6 +175,8 @@ def test_eval_reports_reviewed_and_weak_metrics_exact_against_sklearn(tmp_path: 
                 assert f"  {agg}: ROC AUC {got['roc_auc']:.4f} (no interval: {reason}" in r.output
     assert m["image_metrics"] == ext["reviewed"]["metrics"]  # what `report` reads
     assert ext["agreement"]["noise_rate"] == pytest.approx(0.5)
+    assert ext["agreement"]["noise_rate_ci"] is None
+    assert ext["agreement"]["noise_rate_ci_reason"] == no_rate_ci
     assert m["score_distribution"]["max"]["n"] == 9  # usable (not not_usable), non-leaky
     # with the flag, the leaky figures count
     out2 = tmp_path / "ext2"
@@ -163,9 +194,11 @@ def test_eval_reports_reviewed_and_weak_metrics_exact_against_sklearn(tmp_path: 
     # said once per column (the metrics table's, and max/topk_mean of reviewed and weak),
     # not in every metric's cell (the threshold's too)
     assert page.count(">none: too few figures for an interval: ") == 5, page
-    assert "(no interval" not in page
+    # in no metric's cell; only in the noise rate's, the one interval of its table
+    assert page.count("(no interval") == 1
+    assert f"0.500 (no interval: {no_rate_ci}) on 4 figures</td>" in page
     md = (rep / "report.md").read_text()
-    assert "| weak-label noise rate | 0.500 [" in md
+    assert f"| weak-label noise rate | 0.500 (no interval: {no_rate_ci}) on 4 figures |" in md
     if (out / "errors_sheet.png").exists():
         assert "most confident errors" in page
 

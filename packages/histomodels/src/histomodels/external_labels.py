@@ -8,8 +8,9 @@ never histofetch):
 * ``weak_label``: what the caption says (metastasis, no_metastasis, abstain).
 
 :func:`label_tables` measures how often the weak label is wrong where a person reviewed
-the figure (the **weak-label noise rate**, with a bootstrap CI and the full confusion
-table); :func:`metric_sets` gives the model's image-level metrics on each kind of label.
+the figure (the **weak-label noise rate**, with a bootstrap CI from
+:data:`~histomodels.metrics.MIN_PER_CLASS_FOR_CI` figures with both labels on, and the full
+confusion table); :func:`metric_sets` gives the model's image-level metrics on each kind of label.
 Figures flagged for leakage (``Image.leakage``: a CAMELYON/PCam paper, a near-duplicate
 of an earlier figure, or a training patch) are excluded from both unless asked.
 """
@@ -22,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from histocore.manifest import Image, Manifest
+from histomodels.metrics import MIN_PER_CLASS_FOR_CI
 
 WEAK = {"metastasis": 1, "no_metastasis": 0}
 REVIEWED = {"metastasis": 1, "no_metastasis": 0}
@@ -59,9 +61,27 @@ def leakage_exclusions(images: Iterable[Image]) -> dict[str, str]:
     return out
 
 
-def _bootstrap_rate(wrong: np.ndarray, n_resamples: int, seed: int) -> list[float]:
-    """Percentile-bootstrap 95 % interval of a mean of 0/1 values."""
-    if len(wrong) == 0 or n_resamples <= 0:
+def rate_ci_reason(n_both: int) -> str | None:
+    """Why the noise rate has no interval (fewer than
+    :data:`~histomodels.metrics.MIN_PER_CLASS_FOR_CI` figures with both labels), or None.
+
+    Resampling 2 figures that agree gives [0.000, 0.000], an interval that says nothing: a
+    single proportion gets one from as many figures as the metrics need of each class.
+    """
+    if n_both >= MIN_PER_CLASS_FOR_CI:
+        return None
+    return (
+        f"too few figures with both labels for an interval: {n_both} "
+        f"(at least {MIN_PER_CLASS_FOR_CI} needed)"
+    )
+
+
+def _bootstrap_rate(wrong: np.ndarray, n_resamples: int, seed: int) -> list[float] | None:
+    """Percentile-bootstrap 95 % interval of a mean of 0/1 values; None below
+    :func:`rate_ci_reason`'s minimum."""
+    if rate_ci_reason(len(wrong)):
+        return None
+    if n_resamples <= 0:
         return [float("nan"), float("nan")]
     rng = np.random.default_rng(seed)
     draws = rng.integers(0, len(wrong), size=(n_resamples, len(wrong)))
@@ -106,6 +126,7 @@ def label_tables(
         "n_both": len(both),
         "noise_rate": float(wrong.mean()) if len(both) else float("nan"),
         "noise_rate_ci": _bootstrap_rate(wrong, n_bootstrap, seed),
+        "noise_rate_ci_reason": rate_ci_reason(len(both)),  # None when there is an interval
         "noise_rate_definition": (
             "share of figures with a weak label (metastasis/no_metastasis) and a reviewed "
             "label (metastasis/no_metastasis) where the two differ"

@@ -408,9 +408,14 @@ def _print_external(result: dict, out: Path) -> None:
             )
     agree = ext.get("agreement", {})
     if agree.get("n_both"):
-        lo, hi = agree["noise_rate_ci"]
+        ci = agree.get("noise_rate_ci")
+        ci_text = (
+            f"[{ci[0]:.3f}, {ci[1]:.3f}]"
+            if ci
+            else f"(no interval: {agree.get('noise_rate_ci_reason')})"
+        )
         typer.echo(
-            f"weak-label noise rate {agree['noise_rate']:.3f} [{lo:.3f}, {hi:.3f}] "
+            f"weak-label noise rate {agree['noise_rate']:.3f} {ci_text} "
             f"on {agree['n_both']} figure(s) with both labels"
         )
     typer.echo(f"threshold {result['threshold']:.4f}: {result['threshold_source']}")
