@@ -627,4 +627,30 @@ def test_figure_label_of_a_panel_is_its_figures_and_is_one_capped_line(tmp_path:
     fig.caption = "Figure 10: Nodes."  # the caption says it already: not twice
     assert figure_label(m, fig) is None
     fig.figure_label = "Fig\n2\x00" + "x" * 200
-    assert figure_label(m, fig) == ("Fig 2" + "x" * 200)[:MAX_LABEL_CHARS]
+    assert figure_label(m, fig) == ("Fig 2" + "x" * 200)[: MAX_LABEL_CHARS - 1] + "…"
+
+
+@pytest.mark.parametrize(
+    ("label", "caption", "shown"),
+    [
+        ("Figure 1", "FIGURE 1. Lymph node", None),  # the caption says it, in capitals
+        ("Figure 1", "\u202eFigure 1. Lymph node", None),  # behind a bidi override too
+        ("Figure 1", "Figure 1 Lymph node", None),  # a space and a capital: the caption's own
+        ("Figure 1", "Figure 1", None),
+        ("1", "1 patient had nodal metastases", "1"),  # the caption's text, not its label
+        ("Figure 1", "Figure 10. Nodes", "Figure 1"),
+        ("X" * 100, "Nodes", "X" * 59 + "…"),  # cut, and marked as cut
+    ],
+)
+def test_figure_label_said_once_whatever_the_case_and_only_for_a_label(
+    tmp_path: Path, label: str, caption: str, shown: str | None
+) -> None:
+    """Review: "Figure 1" was shown before "FIGURE 1. …" (a case-sensitive check), the label
+    "1" was dropped before the caption "1 patient …", and a cut label had no "…"."""
+    from histocore.manifest import Image
+    from histofetch.review.data import figure_label
+
+    m = Manifest(run_dir=tmp_path)
+    fig = Image(id="r/fig", record_id="r", path="a.png", sha256="0", width=9, height=9,
+                caption=caption, figure_label=label)  # fmt: skip
+    assert figure_label(m, fig) == shown

@@ -248,19 +248,29 @@ MAX_LABEL_CHARS = 60
 
 def figure_label(manifest: Manifest, img: Image) -> str | None:
     """The JATS label ("Figure 1") shown in bold before the caption: the image's own, or
-    its figure's for a panel; one line, capped; None where there is none or the caption
-    starts with it already (PDF captions carry their "Figure 1." in the text)."""
+    its figure's for a panel; one line, capped (a cut one ends in "…"); None where there is
+    none or the caption starts with it already (PDF captions carry their "Figure 1." in the
+    text): in any case, followed by the caption's end, a mark (``.``, ``:``, ``)``…) or a
+    space and no lower-case letter ("FIGURE 1. …", "Figure 1 Lymph node", not "1 patient")."""
     label = img.figure_label
     if not label and img.parent_id and (parent := manifest.images.get(img.parent_id)):
         label = parent.figure_label
     if not isinstance(label, str):
         return None
     shown = "".join(c for c in label if c.isprintable() or c.isspace())  # no NUL, no bidi
-    label = " ".join(shown.split())[:MAX_LABEL_CHARS]
+    label = " ".join(shown.split())
+    if len(label) > MAX_LABEL_CHARS:
+        label = label[: MAX_LABEL_CHARS - 1] + "…"
     bare = label.rstrip(".:")
-    caption = normalise(img.caption)
-    if not bare or (caption.startswith(bare) and not caption[len(bare) : len(bare) + 1].isalnum()):
-        return None  # "Figure 1" before "Figure 1. …": said once ("Figure 10 …" is not it)
+    caption = "".join(c for c in normalise(img.caption) if c.isprintable() or c.isspace())
+    if not bare:
+        return None
+    if caption[: len(bare)].casefold() == bare.casefold():  # "FIGURE 1. …": said once
+        after = caption[len(bare) : len(bare) + 2]
+        if not after or (not after[0].isalnum() and not after[0].isspace()):
+            return None  # the caption's end or a mark ("Figure 10 …" is not "Figure 1")
+        if after[0].isspace() and not after[1:].islower():
+            return None  # "Figure 1 Lymph node"; "1 patient" is a caption, not a label
     return label
 
 
