@@ -487,6 +487,10 @@ def test_bad_run_folder_gets_an_error_page_and_the_cli_one_line(tmp_path: Path) 
         ("image_id,max,topk_mean\npmid:1/fig1,0.5,-2\n",
          "(line 2: topk_mean '-2' is not a number from 0 to 1)"),
         ("image_id,max,topk_mean\npmid:1/fig1, 1e1 ,0.5\n", "line 2: max '1e1' is not a"),
+        # a long bad value is cut to 40 characters ending in '…': cut bare, -1e-44 read as
+        # '-0.0000000000000000000000000000000000000', a value in range
+        ("image_id,max\npmid:1/fig1,-0." + "0" * 44 + "1\n",
+         "line 2: max '-0." + "0" * 36 + "…' is not a number from 0 to 1"),
         # one figure's row twice: the last replaced the first silently
         ("image_id,max\npmid:1/fig1,0.9\npmid:1/fig2,0.1\npmid:1/fig1,0.1\n",
          "line 4: image 'pmid:1/fig1' again (first on line 2)"),

@@ -83,7 +83,9 @@ class Scores:
                         raise ValueError(f"line {line}: a score that is not finite")
                     for k, v in scores.items():  # a probability; 7 or -2: an edited or damaged file
                         if not 0.0 <= v <= 1.0:  # said as the file has it ('7', not 7.0)
-                            given = one_line(str(row[k]).strip())[:40]
+                            given = one_line(str(row[k]).strip())
+                            if len(given) > 40:  # cut, and marked: '-0.0000…' is no 0
+                                given = given[:39] + "…"
                             raise ValueError(
                                 f"line {line}: {k} {given!r} is not a number from 0 to 1"
                             )
