@@ -445,3 +445,36 @@ def test_missing_folders_follows_links_as_the_kernel_does(
     (tmp_path / "x").mkdir()
     assert missing_folders("link/../x") == [tmp_path / "elsewhere" / "x"]
     assert missing_folders("new/../x") == []  # x is there
+
+
+def test_a_lock_taken_on_a_folder_removed_meanwhile_is_taken_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A merge that failed removed its new OUT while another had it open, about to lock
+    it: the other's lock then held a removed folder, its writes made OUT anew, unlocked,
+    and a third merge could lock that one beside it (review 18). The lock is now checked
+    to hold the folder at OUT, and taken again when it does not."""
+    import fcntl
+
+    from histocore.io import locked_folder
+
+    out = tmp_path / "out"
+    real_flock = fcntl.flock
+    removed: list[Path] = []
+
+    def flock_after_removal(fd: int, op: int) -> None:
+        if not removed:  # the failing merge removes OUT between open and flock
+            os.rmdir(out)
+            removed.append(out)
+        real_flock(fd, op)
+
+    monkeypatch.setattr(fcntl, "flock", flock_after_removal)
+    with locked_folder(out, lambda: RuntimeError("busy")) as folder:
+        assert folder.is_dir() and removed  # the lock holds the folder there now
+        (folder / "run.sqlite").write_text("merging")
+        monkeypatch.setattr(fcntl, "flock", real_flock)
+        with (
+            pytest.raises(RuntimeError, match="busy"),
+            locked_folder(out, lambda: RuntimeError("busy")),
+        ):
+            pass

@@ -254,27 +254,26 @@ def make_folders(path: str | Path) -> list[Path]:
     """Make ``path`` and its missing parents (a file in the way: ``FileExistsError``, as
     ``mkdir`` says it); returns the folders this call made, deepest first. One another
     process made meanwhile is not among them: listed before making them, a folder made by
-    another command between the two was counted as this one's, and removed with it."""
+    another command between the two was counted as this one's, and removed with it. A
+    folder another process removes meanwhile is made again (a few times at most)."""
     path = Path(path)
-    try:
-        os.mkdir(path)
-    except FileNotFoundError:
-        if path.parent == path:
-            raise
-        made = make_folders(path.parent)
-    except FileExistsError:
-        if not path.is_dir():
-            raise
-        return []
-    else:
-        return [path]
-    try:
-        os.mkdir(path)
-    except FileExistsError:
-        if not path.is_dir():
-            raise
-        return made
-    return [path, *made]
+    made: list[Path] = []
+    for _ in range(5):
+        try:
+            os.mkdir(path)
+        except FileNotFoundError:
+            if path.parent == path:
+                raise
+            made += make_folders(path.parent)
+            continue  # its parent is there now: make it
+        except FileExistsError:
+            if path.is_dir():
+                return made
+            if os.path.lexists(path):  # a file (or a link to none) in the way
+                raise
+            continue  # removed since: make it
+        return [path, *made]
+    raise FileNotFoundError(errno.ENOENT, "kept being removed while it was made", str(path))
 
 
 @contextlib.contextmanager
@@ -304,35 +303,60 @@ def locked_folder(path: str | Path, busy: Callable[[], Exception]) -> Iterator[P
     ``busy()`` is raised and nothing removed (the folder is the holder's, whoever made
     it). If the block raises, the folders made here are removed, when empty, while the
     lock is still held (removed after it, a folder another process had just locked went
-    with them). Unlocked where the file system has no such lock
-    (:data:`FOLDER_NOT_LOCKABLE`)."""
+    with them). A lock taken on a folder removed meanwhile (opened just before another
+    process removed it) is let go and taken again on the folder there now. Unlocked where
+    the file system has no such lock (:data:`FOLDER_NOT_LOCKABLE`), or there is no
+    ``fcntl`` (not POSIX)."""
     path = Path(path)
-    made = make_folders(path)
-    try:  # O_DIRECTORY: a FIFO put there meanwhile is refused, not opened (a hang)
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    except BaseException:
-        remove_empty(made)
-        raise
     try:
-        try:
-            import fcntl
-
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except ImportError:  # not POSIX: unlocked
-            pass
-        except BlockingIOError:
-            raise busy() from None
-        except OSError as exc:
-            if exc.errno not in FOLDER_NOT_LOCKABLE:
-                remove_empty(made)
-                raise OSError(exc.errno, exc.strerror, str(path)) from None
-        try:
-            yield path
+        import fcntl
+    except ImportError:  # not POSIX: unlocked
+        yield from _made_folder_block(path, make_folders(path))
+        return
+    for _ in range(5):
+        made = make_folders(path)
+        try:  # O_DIRECTORY: a FIFO put there meanwhile is refused, not opened (a hang)
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        except FileNotFoundError:
+            continue  # removed since it was made: make it again
         except BaseException:
             remove_empty(made)
             raise
-    finally:
-        os.close(fd)  # releases the lock
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise busy() from None
+            except OSError as exc:
+                if exc.errno not in FOLDER_NOT_LOCKABLE:
+                    remove_empty(made)
+                    raise OSError(exc.errno, exc.strerror, str(path)) from None
+            if not _same_folder(fd, path):  # locked a folder removed meanwhile
+                continue
+            yield from _made_folder_block(path, made)
+            return
+        finally:
+            os.close(fd)  # releases the lock
+    raise busy()
+
+
+def _same_folder(fd: int, path: Path) -> bool:
+    """The folder open as ``fd`` is still the one at ``path`` (not removed, not replaced)."""
+    held = os.fstat(fd)
+    try:
+        now = os.stat(path)
+    except OSError:
+        return False
+    return held.st_nlink > 0 and (held.st_dev, held.st_ino) == (now.st_dev, now.st_ino)
+
+
+def _made_folder_block(path: Path, made: list[Path]) -> Iterator[Path]:
+    """Yield ``path``; if the block raises, remove the folders in ``made`` when empty."""
+    try:
+        yield path
+    except BaseException:
+        remove_empty(made)
+        raise
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
