@@ -276,6 +276,48 @@ def test_a_left_out_local_copys_review_answers_go_to_the_image_kept_in_its_place
         assert m.images["7-0"].label is None
 
 
+def test_a_local_copy_further_along_than_the_known_record_is_kept(tmp_path: Path) -> None:
+    """A reviewed ``local:`` copy (extracted, its figure labelled) was left out for a
+    pmid:7 only ``downloaded``: the output held neither's figures nor the answers (review
+    18). A known record less far along takes nothing's place: the copy is merged as its
+    own record, with its figure and its answers."""
+    local, down = _local_and_downloaded(tmp_path)
+    _reviewed_local(local)
+    with Manifest.load(down) as m:
+        m.records["pmid:7"].stage = "downloaded"
+        m.drop_images_of("pmid:7")
+        m.save()
+    out = tmp_path / "out"
+    r = runner.invoke(app, ["merge", str(down), str(local), "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert "left out" not in r.output, r.output
+    with Manifest.load(out) as m:
+        assert set(m.records) == {"pmid:7", "local:abc"}
+        assert m.images["L-0"].label == "no_metastasis"
+    lines = (out / "review_log.jsonl").read_text().splitlines()
+    assert lines == [json.dumps(a, sort_keys=True) for a in _answers("L-0")]
+
+
+def test_a_left_out_copys_answers_are_not_carried_to_an_image_labelled_itself(
+    tmp_path: Path,
+) -> None:
+    """The known article's image came labelled (bob: metastasis) and kept its label, yet
+    the local copy's answers (ann: no_metastasis) were carried about it: the log's last
+    answer disagreed with the store (review 18). They are counted as not carried."""
+    local, down = _local_and_downloaded(tmp_path)
+    _reviewed_local(local)
+    with Manifest.load(down) as m:
+        m.update_image("7-0", label="metastasis", label_by="bob", label_at="2026-02-02")
+        m.save()
+    out = tmp_path / "out"
+    r = runner.invoke(app, ["merge", str(down), str(local), "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert "2 review answers about it not carried" in r.output, r.output
+    assert not (out / "review_log.jsonl").exists()
+    with Manifest.load(out) as m:
+        assert (m.images["7-0"].label, m.images["7-0"].label_by) == ("metastasis", "bob")
+
+
 def test_merge_line_says_what_was_added_and_what_was_there(tmp_path: Path) -> None:
     """A second merge of the same runs into the same output added nothing and said '0
     records, 0 images (4 duplicate records, 0 duplicate images left out)': the output's own

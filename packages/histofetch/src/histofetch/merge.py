@@ -118,6 +118,7 @@ def _merge(loaded: list[Manifest], merged: Manifest) -> MergeSummary:
         for img in best[rid][1].images_of(rid)
         if img.label is not None
     }
+    own_label: set[str] = set()  # added images labelled before: the copy's answers not carried
     for rid, (rec, run) in best.items():
         if rid in same_pdf:
             summary.same_pdf[rid] = same_pdf[rid]
@@ -138,7 +139,9 @@ def _merge(loaded: list[Manifest], merged: Manifest) -> MergeSummary:
                 dropped[img.id] = hashes[img.sha256]
                 continue
             hashes[img.sha256] = img.id
-            if img.label is None and (copy := labelled.get(img.sha256)) is not None:
+            if img.label is not None:
+                own_label.add(img.id)
+            elif (copy := labelled.get(img.sha256)) is not None:
                 img = replace(img, label=copy.label, label_by=copy.label_by, label_at=copy.label_at)
             path = _bring(run, merged, img.path, summary, img.sha256, names) or img.path
             merged.add_image(replace(img, path=path))
@@ -151,7 +154,7 @@ def _merge(loaded: list[Manifest], merged: Manifest) -> MergeSummary:
         summary.records += 1
         summary.per_run[str(run.run_dir)] = summary.per_run.get(str(run.run_dir), 0) + 1
     summary.duplicate_records += sum(len(r.records) for r in loaded) - len(best)
-    _same_pdf_images(best, hashes, summary)
+    _same_pdf_images(best, hashes, summary, own_label)
     _merge_header(merged, loaded)
     # The log lines before the store: a merge stopped while appending them (SIGKILL, a
     # full disk) has committed nothing, so run again it adds the same images, counts the
@@ -178,12 +181,14 @@ def _same_pdf(best: dict[str, tuple[Record, Manifest]], merged: Manifest) -> dic
     the known record with none. A known record counts only where the output holds it with
     that PDF or this merge adds it: one the merge leaves out (its id or PMCID already in
     the output, there without the PDF; a PMCID duplicate) took nothing's place, and the
-    ``local:`` record left out for it lost its figures. A record the output holds is never
+    ``local:`` record left out for it lost its figures. Nor does a known record less far
+    along than the ``local:`` one (``downloaded`` beside an ``extracted``, reviewed copy:
+    the output had neither's figures nor the answers). A record the output holds is never
     left out (a merge never deletes what the output holds)."""
-    known: dict[str, str] = {}
+    known: dict[str, Record] = {}
     for rec in merged.records.values():
         if rec.pdf_sha256 and _known(rec):
-            known.setdefault(rec.pdf_sha256, rec.id)
+            known.setdefault(rec.pdf_sha256, rec)
     # which known records the loop in _merge adds: those whose id and PMCID the output
     # and the records before them do not hold (records left out here have no PMCID, so
     # leaving them out changes nothing of this)
@@ -194,22 +199,29 @@ def _same_pdf(best: dict[str, tuple[Record, Manifest]], merged: Manifest) -> dic
         if rec.pmcid:
             pmcids.add(rec.pmcid)
         if rec.pdf_sha256:
-            known.setdefault(rec.pdf_sha256, rid)
+            known.setdefault(rec.pdf_sha256, rec)
     return {
-        rid: known[rec.pdf_sha256]
+        rid: known[rec.pdf_sha256].id
         for rid, (rec, _) in best.items()
-        if rec.pdf_sha256 in known and not _known(rec) and rid not in merged.records
+        if rec.pdf_sha256 in known
+        and not _known(rec)
+        and rid not in merged.records
+        and _rank(known[rec.pdf_sha256]) >= _rank(rec)
     }
 
 
 def _same_pdf_images(
-    best: dict[str, tuple[Record, Manifest]], hashes: dict[str, str], summary: MergeSummary
+    best: dict[str, tuple[Record, Manifest]],
+    hashes: dict[str, str],
+    summary: MergeSummary,
+    own_label: set[str],
 ) -> None:
     """The images of the ``local:`` records left out (``summary.same_pdf``) → the image of
     the same bytes this merge added (the known article's), or None where the output held
-    that image before or holds none: their review log lines are carried about that image
+    that image before or holds none, or it came labelled itself (its label stands, and the
+    log tells what the store holds): their review log lines are carried about that image
     (answers given on the local copy's review page were lost), or counted as not carried."""
-    added = set().union(*summary.added_images.values())
+    added = set().union(*summary.added_images.values()) - own_label
     for rid in summary.same_pdf:
         run = best[rid][1]
         moved = summary.same_pdf_images.setdefault(str(run.run_dir), {})
