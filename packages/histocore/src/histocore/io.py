@@ -282,12 +282,7 @@ def made_folder(path: str | Path) -> Iterator[Path]:
     folders made here (:func:`make_folders`) are removed again, deepest first, as long as
     they are empty (a command that fails leaves no empty output folder behind)."""
     path = Path(path)
-    made = make_folders(path)
-    try:
-        yield path
-    except BaseException:
-        remove_empty(made)
-        raise
+    yield from _made_folder_block(path, make_folders(path))
 
 
 #: ``flock``'s errors where the file system cannot lock a folder: no locks at all (Lustre
