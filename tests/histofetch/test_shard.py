@@ -1353,6 +1353,32 @@ def test_a_stale_part_file_where_sheets_files_go_is_removed(tmp_path: Path) -> N
     assert (out / "sheets-2" / "x.pdf").read_bytes() == b"%PDF a"
 
 
+def test_a_stale_part_file_is_removed_where_flock_is_a_posix_lock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On NFS flock is a POSIX lock, refused exclusive on a descriptor opened read-only
+    (EBADF): the clean-up opened stale part files read-only, so there it never removed one
+    (review 18). Here flock refuses read-only descriptors as NFS does."""
+    import errno
+    import fcntl
+
+    real_flock = fcntl.flock
+
+    def nfs_flock(fd: int, op: int) -> None:
+        if op & fcntl.LOCK_EX and fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDONLY:
+            raise OSError(errno.EBADF, "Bad file descriptor")
+        real_flock(fd, op)
+
+    out, shard = tmp_path / "out", tmp_path / "shard"
+    _run_with_pdf(shard, Record(id="r1", pdf_path="pdfs/x.pdf"), b"%PDF a")
+    (out / "pdfs").mkdir(parents=True)
+    stale = out / "pdfs" / ".merge-abcd1234.part"
+    stale.write_bytes(b"%PDF")
+    monkeypatch.setattr(fcntl, "flock", nfs_flock)
+    summary = merge_runs([shard], out)
+    assert summary.stale_parts == 1 and not stale.exists()
+
+
 def _labelled_run(run: Path, rid: str, answers: list[tuple[str, str | None]]) -> Path:
     """``run`` holding record ``rid`` with two kept figures (``fig1``, ``fig2``, each its own
     sha256), answered on the review page as ``answers`` ((figure, label) each, in order)."""

@@ -160,9 +160,9 @@ def _key(folder: Path) -> tuple[int, int] | None:
 def _remove_unheld(path: Path, kept: set[tuple[int, int]]) -> bool:
     """Remove ``path``, a regular file, if no process holds it locked (never a link, nor a
     file whose device and inode are in ``kept``)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError:
+    try:  # for writing: NFS takes flock for a POSIX lock, refused exclusive on a read-only fd
+        fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:  # another user's file, or none: left
         return False
     try:
         st = os.fstat(fd)
