@@ -376,6 +376,17 @@ def test_a_sidecar_of_another_checkpoint_is_ignored(tmp_path: Path) -> None:
     assert Predictor.load(ckpt).temperature == pytest.approx(1.5)
 
 
+def test_a_huge_sidecar_is_refused_unread(tmp_path: Path) -> None:
+    """A checkpoint's calibration sidecar (a shared file, a few hundred bytes when eval
+    writes it) was read whole however large; over 1 MB it is one CalibrationError."""
+    from histomodels.calibration import CalibrationError, read_calibration
+
+    ckpt = tiny_checkpoint(tmp_path)
+    calibration_path(ckpt).write_text('{"temperature": 1.5, "pad": "' + "x" * (2 << 20) + '"}')
+    with pytest.raises(CalibrationError, match=r"not a calibration file \(over 1 MB\)"):
+        read_calibration(ckpt)
+
+
 def test_eval_keeps_the_origin_splits_given(tmp_path: Path) -> None:
     """``eval --origin-split`` scores only those origin splits of ``--data``, as ``data
     info`` and ``train`` take them; with ``--manifest`` it is a usage error."""

@@ -135,6 +135,7 @@ def test_cli_fits_a_stain_file_from_a_reference_image(tmp_path) -> None:
     ("text", "message"),
     [
         (b"\xff\xfe\x00 binary", "cannot read stain settings"),
+        (b'{"a": "' + b"x" * (2 << 20) + b'"}', r"cannot read stain settings \(over 1 MB\)"),
         (b'{"stains": [[0.65, 0.07], [0.7, 0.99], [0.29, 0.11]], "max_c": [0, 1]}', "max_c"),
         (b'{"stains": [[0.65, 0.07], [0.7, 0.99], [0.29, 0.11]], "max_c": [NaN, 1]}', "max_c"),
         (b'{"stains": [[0.65, 0.07], [0.7, 0.99], [0.29, 0.11]], "max_c": [1, 1], "io": -5}', "io"),
@@ -144,7 +145,7 @@ def test_cli_fits_a_stain_file_from_a_reference_image(tmp_path) -> None:
             "vectors are 0.0 degrees apart",
         ),
     ],
-    ids=["binary", "zero max_c", "nan max_c", "negative io", "one colour"],
+    ids=["binary", "huge", "zero max_c", "nan max_c", "negative io", "one colour"],
 )
 def test_hostile_stain_settings_are_one_error(tmp_path, text, message) -> None:
     """A stain file (or a checkpoint's stain dict) that would divide by zero or take the log

@@ -18,7 +18,14 @@ import torch
 import torch.nn.functional as F
 
 from histocore.errors import DomainError
-from histocore.io import NotJSON, atomic_write_json, file_sha256, loads_json
+from histocore.io import (
+    NotJSON,
+    RefusedFile,
+    atomic_write_json,
+    file_sha256,
+    loads_json,
+    read_capped,
+)
 
 
 class CalibrationError(DomainError, ValueError):
@@ -75,15 +82,19 @@ def write_calibration(checkpoint: str | Path, temperature: float, source: str) -
     return str(side)
 
 
+#: the most of a calibration sidecar read (eval writes a few hundred bytes)
+MAX_CALIBRATION_BYTES = 1 << 20
+
+
 def read_calibration(checkpoint: str | Path) -> dict[str, Any] | None:
     """The sidecar's record when it belongs to this very checkpoint, else None."""
     path = Path(checkpoint)
     side = calibration_path(path)
     if not (path.is_file() and side.is_file()):
         return None
-    try:
-        record = loads_json(side.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, NotJSON) as exc:
+    try:  # a few hundred bytes when eval writes it; a shared checkpoint's may be anything
+        record = loads_json(read_capped(side, MAX_CALIBRATION_BYTES).decode("utf-8"))
+    except (OSError, UnicodeDecodeError, NotJSON, RefusedFile) as exc:
         raise CalibrationError(f"{side}: not a calibration file ({exc})") from None
     temperature = record.get("temperature") if isinstance(record, dict) else None
     if not isinstance(temperature, (int, float)) or isinstance(temperature, bool):

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from histocore.errors import DomainError
-from histocore.io import NotJSON, loads_json
+from histocore.io import NotJSON, RefusedFile, loads_json, read_capped
 
 #: Reference H&E vectors (columns) and max concentrations used by common Macenko code.
 REF_STAINS = np.array([[0.5626, 0.2159], [0.7201, 0.8012], [0.4062, 0.5581]])
@@ -152,9 +152,9 @@ class MacenkoNormalizer:
 
     @classmethod
     def load(cls, path: str | Path) -> MacenkoNormalizer:
-        try:
-            data = loads_json(Path(path).read_text(encoding="utf-8-sig"))  # BOM allowed
-        except (OSError, UnicodeDecodeError, NotJSON) as exc:
+        try:  # data stain writes a few hundred bytes: at most 1 MB is read
+            data = loads_json(read_capped(path, 1 << 20).decode("utf-8-sig"))  # BOM allowed
+        except (OSError, UnicodeDecodeError, NotJSON, RefusedFile) as exc:
             raise StainError(f"{path}: cannot read stain settings ({exc})") from None
         if not isinstance(data, dict):
             raise StainError(f"{path}: expected a JSON object of stain settings")
