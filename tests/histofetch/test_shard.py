@@ -298,6 +298,29 @@ def test_a_local_copy_further_along_than_the_known_record_is_kept(tmp_path: Path
     assert lines == [json.dumps(a, sort_keys=True) for a in _answers("L-0")]
 
 
+@pytest.mark.parametrize("order", ["down local", "local down"])
+def test_a_reviewed_copy_further_along_is_left_out_for_a_record_holding_the_figures(
+    tmp_path: Path, order: str
+) -> None:
+    """Compared by stage alone, a filtered, reviewed local copy beside an extracted pmid:7
+    was merged too: its figure (the same bytes) went to whichever came first, so either
+    its answers were lost or pmid:7 kept no figure (review 19). A known record holding the
+    figures takes its place, in either order."""
+    local, down = _local_and_downloaded(tmp_path)
+    _reviewed_local(local)
+    with Manifest.load(local) as m:
+        m.records["local:abc"].stage = "filtered"
+        m.save()
+    runs = {"down": down, "local": local}
+    out = tmp_path / "out"
+    r = runner.invoke(app, ["merge", *(str(runs[k]) for k in order.split()), "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert "1 record, 1 image added, 2 review log lines carried (" in r.output, r.output
+    with Manifest.load(out) as m:
+        assert set(m.records) == {"pmid:7"} and set(m.images) == {"7-0"}
+        assert m.images["7-0"].label == "no_metastasis"
+
+
 def test_a_left_out_copys_answers_are_not_carried_to_an_image_labelled_itself(
     tmp_path: Path,
 ) -> None:

@@ -181,10 +181,10 @@ def _same_pdf(best: dict[str, tuple[Record, Manifest]], merged: Manifest) -> dic
     the known record with none. A known record counts only where the output holds it with
     that PDF or this merge adds it: one the merge leaves out (its id or PMCID already in
     the output, there without the PDF; a PMCID duplicate) took nothing's place, and the
-    ``local:`` record left out for it lost its figures. Nor does a known record less far
-    along than the ``local:`` one (``downloaded`` beside an ``extracted``, reviewed copy:
-    the output had neither's figures nor the answers). A record the output holds is never
-    left out (a merge never deletes what the output holds)."""
+    ``local:`` record left out for it lost its figures. Nor does a known record without the
+    figures that is less far along than the ``local:`` one (``downloaded`` beside an
+    ``extracted``, reviewed copy: the output had neither's figures nor the answers). A
+    record the output holds is never left out (a merge never deletes what it holds)."""
     known: dict[str, Record] = {}
     for rec in merged.records.values():
         if rec.pdf_sha256 and _known(rec):
@@ -206,8 +206,17 @@ def _same_pdf(best: dict[str, tuple[Record, Manifest]], merged: Manifest) -> dic
         if rec.pdf_sha256 in known
         and not _known(rec)
         and rid not in merged.records
-        and _rank(known[rec.pdf_sha256]) >= _rank(rec)
+        and _takes_its_place(known[rec.pdf_sha256], rec)
     }
+
+
+def _takes_its_place(known: Record, local: Record) -> bool:
+    """The known record holds the article's figures (extracted or further, not failed), or
+    is at least as far along as the ``local:`` copy: compared by stage alone, a filtered,
+    reviewed copy beside an extracted pmid record was merged too, and its figures (the same
+    bytes) went to whichever came first, its answers lost or the known record left bare."""
+    holds_figures = known.status == "ok" and _rank(known)[1] >= STAGES.index("extracted")
+    return holds_figures or _rank(known) >= _rank(local)
 
 
 def _same_pdf_images(
