@@ -447,6 +447,43 @@ def test_missing_folders_follows_links_as_the_kernel_does(
     assert missing_folders("new/../x") == []  # x is there
 
 
+def test_a_locked_folder_retried_removes_every_folder_it_made(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A retry forgot the parents made by the try before it: a block that then failed left
+    them (review 19). And a folder removed at every try is said so, not 'busy'."""
+    from histocore.io import locked_folder
+
+    out = tmp_path / "a" / "b" / "out"
+    real_open = os.open
+    tries: list[int] = []
+
+    def open_after_removal(path: str | Path, flags: int, *args: int) -> int:
+        if Path(path) == out and len(tries) < 1:  # removed once, before it was opened
+            tries.append(1)
+            os.rmdir(out)
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(os, "open", open_after_removal)
+    with pytest.raises(ValueError), locked_folder(out, lambda: RuntimeError("busy")):
+        raise ValueError("the command failed")
+    assert list(tmp_path.iterdir()) == []
+    tries.clear()
+
+    def always_removed(path: str | Path, flags: int, *args: int) -> int:
+        if Path(path) == out:
+            os.rmdir(out)
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(os, "open", always_removed)
+    with (
+        pytest.raises(FileNotFoundError, match="kept being removed"),
+        locked_folder(out, lambda: RuntimeError("busy")),
+    ):
+        pass
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_lock_taken_on_a_folder_removed_meanwhile_is_taken_again(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

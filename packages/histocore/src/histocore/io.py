@@ -244,6 +244,8 @@ def remove_empty(folders: list[Path]) -> list[Path]:
     for folder in folders:
         try:
             folder.rmdir()
+        except FileNotFoundError:  # removed already (by another process): its parents next
+            continue
         except OSError:
             break
         removed.append(folder)
@@ -308,8 +310,10 @@ def locked_folder(path: str | Path, busy: Callable[[], Exception]) -> Iterator[P
     except ImportError:  # not POSIX: unlocked
         yield from _made_folder_block(path, make_folders(path))
         return
+    made: list[Path] = []
     for _ in range(5):
-        made = make_folders(path)
+        new = make_folders(path)
+        made = new + [m for m in made if m not in new]  # deepest first, earlier tries' too
         try:  # O_DIRECTORY: a FIFO put there meanwhile is refused, not opened (a hang)
             fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
         except FileNotFoundError:
@@ -332,7 +336,8 @@ def locked_folder(path: str | Path, busy: Callable[[], Exception]) -> Iterator[P
             return
         finally:
             os.close(fd)  # releases the lock
-    raise busy()
+    remove_empty(made)
+    raise FileNotFoundError(errno.ENOENT, "kept being removed while it was locked", str(path))
 
 
 def _same_folder(fd: int, path: Path) -> bool:
