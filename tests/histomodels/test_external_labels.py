@@ -73,7 +73,7 @@ def _manifest(run: Path, with_files: bool) -> Manifest:
 
 def test_label_tables_count_the_noise_rate(tmp_path: Path) -> None:
     m = _manifest(tmp_path / "run", with_files=False)
-    t = label_tables(m, n_bootstrap=200)
+    t = label_tables(m)
     assert t["n_excluded_leakage"] == 2
     assert set(t["excluded"]) == {"fig10", "fig11"}
     c = t["confusion"]
@@ -92,7 +92,7 @@ def test_label_tables_count_the_noise_rate(tmp_path: Path) -> None:
     )
     assert t["weak_metastasis_precision"] == pytest.approx(0.5)
     assert t["weak_labelled_but_not_usable"] == 1
-    every = label_tables(m, include_leaky=True, n_bootstrap=0)
+    every = label_tables(m, include_leaky=True)
     assert every["n_both"] == 6 and every["noise_rate"] == pytest.approx(2 / 6)
 
 
@@ -108,14 +108,19 @@ def test_noise_rate_interval_from_the_metrics_minimum_of_figures(tmp_path: Path)
             Image(id=f"f{i:02d}", record_id="pmid:1", path=f"images/f{i}.png", sha256="0" * 64,
                   width=9, height=9, kept=True, label=label, weak_label=weak)
         )  # fmt: skip
-    t = label_tables(m, n_bootstrap=200)
+    t = label_tables(m)
     assert t["n_both"] == MIN_PER_CLASS_FOR_CI and t["noise_rate_ci_reason"] is None
-    lo, hi = t["noise_rate_ci"]
-    assert t["noise_rate"] == pytest.approx(0.1) and 0.0 <= lo <= 0.1 <= hi <= 1.0
+    lo, hi = t["noise_rate_ci"]  # Wilson's score interval for 1 of 10
+    assert t["noise_rate"] == pytest.approx(0.1)
+    assert (lo, hi) == (pytest.approx(0.01788, abs=1e-4), pytest.approx(0.40415, abs=1e-4))
+    for img in m.images.values():  # all 10 agreeing: a bootstrap gave [0, 0] at any size
+        img.weak_label = img.label
+    lo, hi = label_tables(m)["noise_rate_ci"]
+    assert lo == 0.0 and hi == pytest.approx(0.27753, abs=1e-4)
     for img in m.images.values():  # left with f01 and f02: 2 figures whose labels agree
         if img.id not in ("f01", "f02"):
             img.label = None
-    t = label_tables(m, n_bootstrap=200)
+    t = label_tables(m)
     assert t["n_both"] == 2 and t["noise_rate"] == 0.0 and t["noise_rate_ci"] is None
     assert t["noise_rate_ci_reason"].startswith("too few figures with both labels")
 

@@ -290,8 +290,6 @@ def evaluate_manifest(
         "agreement": label_tables(
             manifest,
             include_leaky=include_leaky,
-            n_bootstrap=n_bootstrap,
-            seed=seed,
             extra_excluded=dict.fromkeys(train_dups, "training_duplicate"),
         ),
         "aggregations": AGGREGATIONS,

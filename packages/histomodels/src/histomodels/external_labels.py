@@ -76,29 +76,28 @@ def rate_ci_reason(n_both: int) -> str | None:
     )
 
 
-def _bootstrap_rate(wrong: np.ndarray, n_resamples: int, seed: int) -> list[float] | None:
-    """Percentile-bootstrap 95 % interval of a mean of 0/1 values; None below
-    :func:`rate_ci_reason`'s minimum."""
-    if rate_ci_reason(len(wrong)):
+def _rate_interval(wrong: np.ndarray) -> list[float] | None:
+    """Wilson score 95 % interval of a proportion of 0/1 values; None below
+    :func:`rate_ci_reason`'s minimum. A percentile bootstrap of a proportion with no
+    disagreement (or no agreement) resamples only zeros: [0, 0] at any size, an interval
+    that says nothing; Wilson's is exact to compute and wide where the data are few."""
+    n = len(wrong)
+    if rate_ci_reason(n):
         return None
-    if n_resamples <= 0:
-        return [float("nan"), float("nan")]
-    rng = np.random.default_rng(seed)
-    draws = rng.integers(0, len(wrong), size=(n_resamples, len(wrong)))
-    rates = wrong[draws].mean(1)
-    lo, hi = np.percentile(rates, [2.5, 97.5])
-    return [float(lo), float(hi)]
+    z2, p = 1.959964**2, float(np.mean(wrong))
+    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
+    half = (z2**0.5) * np.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
+    return [max(0.0, float(centre - half)), min(1.0, float(centre + half))]
 
 
 def label_tables(
     manifest: Manifest,
     *,
     include_leaky: bool = False,
-    n_bootstrap: int = 1000,
-    seed: int = 0,
     extra_excluded: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Counts of weak × reviewed labels on kept figures, and the weak-label noise rate.
+    """Counts of weak × reviewed labels on kept figures, and the weak-label noise rate
+    with its Wilson interval (no resampling: no bootstrap count or seed to give).
 
     ``extra_excluded``: more leaky figures (id → reason), e.g. training-patch reprints.
     """
@@ -125,7 +124,7 @@ def label_tables(
         "n_weak_labelled": sum(i.weak_label in WEAK for i in used),
         "n_both": len(both),
         "noise_rate": float(wrong.mean()) if len(both) else float("nan"),
-        "noise_rate_ci": _bootstrap_rate(wrong, n_bootstrap, seed),
+        "noise_rate_ci": _rate_interval(wrong),
         "noise_rate_ci_reason": rate_ci_reason(len(both)),  # None when there is an interval
         "noise_rate_definition": (
             "share of figures with a weak label (metastasis/no_metastasis) and a reviewed "
