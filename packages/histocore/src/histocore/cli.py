@@ -23,10 +23,8 @@ one logging setup.
 from __future__ import annotations
 
 import contextlib
-import errno
 import inspect
 import logging
-import os
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -46,7 +44,7 @@ from rich.progress import Task as RichTask
 from rich.text import Text
 
 from histocore.errors import DomainError, describe
-from histocore.io import file_in_the_way, one_line, refuse_overlong_name
+from histocore.io import LINK_LOOP, file_in_the_way, link_loop, one_line, refuse_overlong_name
 from histocore.progress import Task, Unit, reporting
 
 #: Seconds between progress lines when stderr is not a terminal (batch jobs).
@@ -133,20 +131,6 @@ def _expanded(raw: str | Path) -> Path:
         return Path(raw).expanduser()
     except RuntimeError as exc:  # '~nosuchuser/x'
         fail(f"{raw}: {exc}")
-
-
-LINK_LOOP = "too many levels of symbolic links"
-
-
-def link_loop(path: Path) -> bool:
-    """``path`` is a link that leads back to itself (a loop), not to a file or to nothing."""
-    if not path.is_symlink():
-        return False
-    try:
-        os.stat(path)
-    except OSError as exc:
-        return exc.errno == errno.ELOOP
-    return False
 
 
 def _require_parents(path: Path) -> None:

@@ -150,6 +150,21 @@ def atomic_temp_target(name: str) -> str | None:
     return match["name"] if match else None
 
 
+#: what a link loop is called in the one-line errors (the kernel's ELOOP, lower case)
+LINK_LOOP = "too many levels of symbolic links"
+
+
+def link_loop(path: Path) -> bool:
+    """``path`` is a link that leads back to itself (a loop), not to a file or to nothing."""
+    if not path.is_symlink():
+        return False
+    try:
+        os.stat(path)
+    except OSError as exc:
+        return exc.errno == errno.ELOOP
+    return False
+
+
 def file_in_the_way(path: str | Path) -> tuple[Path, str] | None:
     """What among ``path``'s parents keeps it from being made, and why: the nearest of them
     that exists, when it is no folder (``a`` of ``a/b.pt`` when ``a`` is a file: ``is a file,
@@ -164,9 +179,7 @@ def file_in_the_way(path: str | Path) -> tuple[Path, str] | None:
             try:
                 os.stat(folder)
             except OSError as exc:
-                if exc.errno == errno.ELOOP:
-                    return folder, "too many levels of symbolic links"
-                return folder, "broken symbolic link"
+                return folder, LINK_LOOP if exc.errno == errno.ELOOP else "broken symbolic link"
             return folder, "is a file, not a folder"  # a link to a file
     return None
 
