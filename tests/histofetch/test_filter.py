@@ -13,6 +13,7 @@ import pytest
 from conftest import shared_path
 from pdf_factory import build_image_pdf, he_like
 
+from histocore.errors import DomainError
 from histocore.manifest import Image, Manifest
 from histofetch.decide.colour import score_rgb
 from histofetch.extract import run_extract
@@ -662,3 +663,15 @@ def test_rescore_leaves_a_figure_it_does_not_read_as_it_was(tmp_path: Path) -> N
         img = m.images[figure.id]
         assert (img.status, img.filter_reason) == ("failed", "unreadable image")
         assert img.reason is not None and img.reason.startswith("cannot read image")
+
+
+def test_a_folder_where_a_sheet_goes_is_refused_before_scoring(tmp_path: Path) -> None:
+    """`mkdir RUN/sheets/kept-001.jpg` stopped filter only after it had scored every image;
+    it is now refused first, in one line naming it, the run left unscored."""
+    run_dir = _scored_run(tmp_path)
+    (run_dir / "sheets" / "closest-kept.jpg").mkdir(parents=True)
+    with pytest.raises(DomainError, match=r"closest-kept\.jpg: is a folder where filter writes"):
+        run_filter(run_dir)
+    manifest = Manifest.load(run_dir)
+    assert all(i.p_he is None for i in manifest.images.values())
+    run_filter(run_dir, sheet=False)  # --no-sheet writes no sheet: not refused

@@ -240,17 +240,25 @@ def test_an_earlier_filters_sheets_are_not_named_after_filter_no_sheet(tmp_path:
     assert f"the sheets in {run / 'sheets'} show them" in _review_error(run)
 
 
-def test_a_filter_stopped_while_writing_its_sheets_leaves_them_unnamed(tmp_path: Path) -> None:
+def test_a_filter_stopped_while_writing_its_sheets_leaves_them_unnamed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """filter recorded in the header that it wrote the sheets (filter_sheets) before
-    writing them: one stopped while writing them (Ctrl-C, a full disk; here a sheet the
-    user made a folder) left an earlier filter's sheets named by review as this one's. Now
-    the header says so only once they are written."""
+    writing them: one stopped while writing them (Ctrl-C, a full disk) left an earlier
+    filter's sheets named by review as this one's. Now the header says so only once they
+    are written."""
     run = make_run(tmp_path, figures=1, filtered=False)
     args = ["filter", "--run", str(run), "--min-side", "100000"]  # too small to judge now
     assert CliRunner().invoke(cli, args).exit_code == 0
     assert CliRunner().invoke(cli, [*args, "--no-sheet"]).exit_code == 0
-    (run / "sheets" / "kept-001.jpg").unlink(missing_ok=True)
-    (run / "sheets" / "kept-001.jpg").mkdir()  # the next sheet cannot be written
+    real = os.replace
+
+    def full(src: str | Path, dst: str | Path) -> None:
+        if Path(dst).name == "kept-001.jpg":  # the next sheet cannot be written
+            raise OSError(28, "No space left on device", str(dst))
+        real(src, dst)
+
+    monkeypatch.setattr(os, "replace", full)
     r = CliRunner().invoke(cli, [*args, "--min-tissue", "0.5"])
     assert r.exit_code == 1 and "kept-001.jpg" in r.output, r.output
     assert Manifest.load(run).header_extra["filter_sheets"] is False
@@ -317,8 +325,14 @@ def test_filter_exports_its_decisions_before_writing_the_sheets(
             return json.loads(fh.readline())
 
     assert header()["filter_sheets"] is True
-    (run / "sheets" / "kept-001.jpg").unlink()
-    (run / "sheets" / "kept-001.jpg").mkdir()  # the next sheet cannot be written
+
+    def full(src: str | Path, dst: str | Path) -> None:
+        replaced.append(Path(dst).name)
+        if Path(dst).name == "kept-001.jpg":  # the next sheet cannot be written
+            raise OSError(28, "No space left on device", str(dst))
+        real(src, dst)
+
+    monkeypatch.setattr(os, "replace", full)
     replaced.clear()
     r = CliRunner().invoke(cli, [*args, "--min-tissue", "0.5"])
     assert r.exit_code == 1 and "kept-001.jpg" in r.output, r.output

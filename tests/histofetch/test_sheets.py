@@ -7,7 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import PIL.Image
+import pytest
 
+from histocore.errors import DomainError, describe
 from histocore.manifest import Image, Manifest, Record
 from histofetch.sheets import (
     PER_SHEET,
@@ -164,4 +166,39 @@ def test_a_killed_sheet_writes_temp_file_is_removed_by_the_next(tmp_path: Path) 
     assert all(p.read_text() == "mine" for p in alike) and folder.is_dir()
     assert sorted(p.name for p in sheets.iterdir()) == sorted(
         [other.name, *(p.name for p in alike), folder.name, *(p.name for p in paths.values())]
+    )
+
+
+def test_a_folder_named_like_a_sheet_is_left_and_the_sheets_written(tmp_path: Path) -> None:
+    """A folder under sheets/ matching the clean-up's `kept*.*` (`kept.old`, the user's
+    backup) stopped every filter with `is a directory`: the clean-up unlinked it. Folders,
+    and links to folders, are left as they are, with what they hold."""
+    m = _run(tmp_path, 3)
+    sheets = tmp_path / "sheets"
+    kept_old = sheets / "kept.old"
+    kept_old.mkdir(parents=True)
+    (kept_old / "kept-001.jpg").write_bytes(b"an old sheet")
+    (sheets / "rejected-1.bak").mkdir()
+    (sheets / "closest-kept.d").symlink_to(kept_old)
+    paths = write_filter_sheets(m)
+    assert (kept_old / "kept-001.jpg").read_bytes() == b"an old sheet"
+    assert (sheets / "rejected-1.bak").is_dir() and (sheets / "closest-kept.d").is_symlink()
+    assert all(p.is_file() for p in paths.values())
+
+
+def test_a_folder_where_a_sheet_goes_is_one_error_naming_it(tmp_path: Path) -> None:
+    """A folder named as a sheet filter writes (`kept-001.jpg`) is refused in one line,
+    before any sheet there is removed; the folder is left as it is."""
+    m = _run(tmp_path, 3)
+    sheets = tmp_path / "sheets"
+    folder = sheets / "rejected-001.jpg"
+    folder.mkdir(parents=True)
+    (sheets / "kept-001.jpg").write_bytes(b"an earlier filter's sheet")
+    with pytest.raises(DomainError) as err:
+        write_filter_sheets(m)
+    assert describe(err.value) == (
+        f"{folder}: is a folder where filter writes a contact sheet; move it"
+    )
+    assert (
+        folder.is_dir() and (sheets / "kept-001.jpg").read_bytes() == b"an earlier filter's sheet"
     )

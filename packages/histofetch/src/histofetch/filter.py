@@ -92,6 +92,10 @@ def run_filter(
     limits = Thresholds.from_kwargs(purple, **thresholds)
     # closed on the way out, also when a step raises: no -wal file left behind
     with Manifest.load(Path(run_dir)) as manifest:
+        if sheet:  # a folder where a sheet goes stopped the filter after all its work
+            from histofetch.sheets import refuse_folders_in_the_way
+
+            refuse_folders_in_the_way(manifest.run_dir / "sheets")
         if rescore:
             for img in list(manifest.images.values()):
                 img.extra.pop("colour", None)

@@ -26,6 +26,7 @@ from pathlib import Path
 import PIL.Image
 from PIL import ImageDraw, ImageFont
 
+from histocore.errors import DomainError
 from histocore.imaging import read_rgb
 from histocore.io import atomic_temp_target, atomic_write_bytes
 from histocore.manifest import Image, Manifest, Record
@@ -162,10 +163,42 @@ def _margin(img: Image) -> float:
 _SHEET_NAME = re.compile(r"(kept|rejected)-\d{3,}\.jpg|closest-(kept|rejected)\.jpg")
 
 
+#: the sheets every filter writes, whatever the number of pages
+ALWAYS_WRITTEN = ("kept-001.jpg", "rejected-001.jpg", "closest-kept.jpg", "closest-rejected.jpg")
+
+
+def refuse_folders_in_the_way(folder: Path, names: Sequence[str] = ALWAYS_WRITTEN) -> None:
+    """One error line naming the first of ``names`` in ``folder`` that is a folder (or a link
+    to one), a sheet the filter must write: it is the user's, never removed or written into
+    (the filter stopped with ``is a directory`` at the stale-sheet clean-up)."""
+    for name in names:
+        path = folder / name
+        if path.is_dir():
+            raise DomainError(f"{path}: is a folder where filter writes a contact sheet; move it")
+
+
 def write_filter_sheets(manifest: Manifest) -> dict[str, Path]:
-    """Paged kept/rejected sheets sorted by closeness to the boundary, and the closest calls."""
+    """Paged kept/rejected sheets sorted by closeness to the boundary, and the closest calls.
+    A folder in ``sheets/`` is never removed: one named as a sheet this filter writes
+    (``kept-001.jpg``) is one error line before anything there changes; any other
+    (``kept.old``) is left as it is."""
     out = manifest.run_dir / "sheets"
     out.mkdir(parents=True, exist_ok=True)
+    rows = shown_rows(manifest)
+    groups = {
+        kind: sorted((i for i in rows if bool(i.kept) == keep), key=lambda i: (_margin(i), i.id))
+        for kind, keep in (("kept", True), ("rejected", False))
+    }
+    to_write = [
+        *(
+            f"{kind}-{page:03d}.jpg"
+            for kind, group in groups.items()
+            for page in range(1, max(1, -(-len(group) // PER_SHEET)) + 1)
+        ),
+        "closest-kept.jpg",
+        "closest-rejected.jpg",
+    ]
+    refuse_folders_in_the_way(out, to_write)
     patterns = ("kept*.*", "rejected*.*", "closest-*.*")
     # and the temp file of a sheet whose write was killed (.kept-001.jpg.<random>.tmp): only
     # of a name this function writes, only a file
@@ -174,12 +207,11 @@ def write_filter_sheets(manifest: Manifest) -> dict[str, Path]:
         for p in out.glob(".*.tmp")
         if _SHEET_NAME.fullmatch(atomic_temp_target(p.name) or "") and not p.is_dir()
     ]
-    for stale in [*(p for pattern in patterns for p in out.glob(pattern)), *killed]:
-        stale.unlink()
-    rows = shown_rows(manifest)
+    stale = [p for pattern in patterns for p in out.glob(pattern) if not p.is_dir()]
+    for path in [*stale, *killed]:  # files only: a folder so named is the user's
+        path.unlink()
     written: dict[str, Path] = {}
-    for kind, keep in (("kept", True), ("rejected", False)):
-        group = sorted((i for i in rows if bool(i.kept) == keep), key=lambda i: (_margin(i), i.id))
+    for kind, group in groups.items():
         pages = max(1, -(-len(group) // PER_SHEET))
         for page in range(pages):
             part = group[page * PER_SHEET : (page + 1) * PER_SHEET]
