@@ -675,3 +675,18 @@ def test_a_folder_where_a_sheet_goes_is_refused_before_scoring(tmp_path: Path) -
     manifest = Manifest.load(run_dir)
     assert all(i.p_he is None for i in manifest.images.values())
     run_filter(run_dir, sheet=False)  # --no-sheet writes no sheet: not refused
+
+
+def test_panel_rows_carry_their_figures_label(tmp_path: Path) -> None:
+    """A panel row had no `figure_label` (only the review page looked it up from the
+    figure): each panel now carries its figure's label, and none where the figure has none."""
+    run_dir = _grid_run(tmp_path)
+    with Manifest.load(run_dir) as m:
+        (figure,) = [i for i in m.images.values() if i.source == "pdf"]
+        assert all(p.figure_label is None for p in m.panels_of(figure.id))
+        figure.figure_label = "Figure 2"
+        m.save()
+    run_filter(run_dir, sheet=False, rescore=True)
+    m = Manifest.load(run_dir)
+    panels = m.panels_of(figure.id)
+    assert len(panels) == 4 and all(p.figure_label == "Figure 2" for p in panels)

@@ -372,6 +372,7 @@ def add_panels(manifest: Manifest, img: Image, rgb: np.ndarray, scale: float) ->
             bbox=img.bbox,
             source="panel",
             caption=img.caption,
+            figure_label=img.figure_label,  # the page and exports read a panel's own row
             parent_id=img.id,
             panel_bbox=[round(v * scale) for v in panel.bbox],
             panel_letter=panel.letter,
