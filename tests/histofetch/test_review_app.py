@@ -658,6 +658,20 @@ def test_figure_label_of_a_panel_is_its_figures_and_is_one_capped_line(tmp_path:
         ("1", "1 patient had nodal metastases", "1"),  # the caption's text, not its label
         ("Figure 1", "Figure 10. Nodes", "Figure 1"),
         ("X" * 100, "Nodes", "X" * 59 + "…"),  # cut, and marked as cut
+        # the same label spelt otherwise ("Fig. 1" is "Figure 1"): said once
+        ("Figure 1", "Fig. 1. Lymph node", None),
+        ("Figure 1", "Fig 1: Lymph node", None),
+        ("Fig. 1", "FIGURE 1. Lymph node", None),
+        ("FIGURE 2.", "Fig.2 (a) node", None),
+        ("Figure 1", "Fig. 10. Nodes", "Figure 1"),  # another number
+        ("Figure 1", "Fig. 1A. Nodes", "Figure 1"),
+        ("Figure 1", "Fig. 2. Nodes", "Figure 1"),
+        # a lower-case word after a worded label is still the caption saying the label
+        ("Figure 1", "Figure 1 a, lymph node", None),
+        ("Supplementary Figure 3", "Supplementary Figure 3 b, node", None),
+        ("2", "2 nodes were positive", "2"),  # a bare number: the caption's text
+        ("Figure 01", "Fig. 1. Nodes", None),
+        pytest.param("Figure 1", "Fig. " + "1" * 5000, "Figure 1", id="5000-digit-caption"),
     ],
 )
 def test_figure_label_said_once_whatever_the_case_and_only_for_a_label(

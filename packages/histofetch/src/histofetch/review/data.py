@@ -15,6 +15,7 @@ import errno
 import json
 import math
 import os
+import re
 import sqlite3
 import stat
 import threading
@@ -248,12 +249,15 @@ def caption_html(img: Image) -> Markup:
 MAX_LABEL_CHARS = 60
 
 
+#: "Fig. 1", "Fig 1", "Figure 1", "FIGURE 1": one figure's label however the caption spells it
+_FIGURE_NUMBER = re.compile(r"fig(?:ure)?\.?\s*(\d+)", re.IGNORECASE)
+
+
 def figure_label(manifest: Manifest, img: Image) -> str | None:
     """The JATS label ("Figure 1") shown in bold before the caption: the image's own, or
     its figure's for a panel; one line, capped (a cut one ends in "…"); None where there is
     none or the caption starts with it already (PDF captions carry their "Figure 1." in the
-    text): in any case, followed by the caption's end, a mark (``.``, ``:``, ``)``…) or a
-    space and no lower-case letter ("FIGURE 1. …", "Figure 1 Lymph node", not "1 patient")."""
+    text), :func:`_said_first`."""
     label = img.figure_label
     if not label and img.parent_id and (parent := manifest.images.get(img.parent_id)):
         label = parent.figure_label
@@ -265,15 +269,37 @@ def figure_label(manifest: Manifest, img: Image) -> str | None:
         label = label[: MAX_LABEL_CHARS - 1] + "…"
     bare = label.rstrip(".:")
     caption = "".join(c for c in normalise(img.caption) if c.isprintable() or c.isspace())
-    if not bare:
+    if not bare or _said_first(bare, caption):
         return None
-    if caption[: len(bare)].casefold() == bare.casefold():  # "FIGURE 1. …": said once
-        after = caption[len(bare) : len(bare) + 2]
-        if not after or (not after[0].isalnum() and not after[0].isspace()):
-            return None  # the caption's end or a mark ("Figure 10 …" is not "Figure 1")
-        if after[0].isspace() and not after[1:].islower():
-            return None  # "Figure 1 Lymph node"; "1 patient" is a caption, not a label
     return label
+
+
+def _said_first(bare: str, caption: str) -> bool:
+    """Whether ``caption`` starts with the label ``bare`` (its ``.``/``:`` stripped), any
+    case, followed by the caption's end, a mark (``.``, ``:``, ``)``…) or a space: "FIGURE 1.
+    …", "Figure 1 Lymph node", "Figure 1 a, lymph node". A "Fig."/"Fig"/"Figure" label and
+    caption of the same number are one label ("Fig. 1. …" says "Figure 1"). A label without
+    both a letter and a digit ("1") followed by a space and a lower-case word is the
+    caption's own text ("1 patient"), not the label; "Figure 10 …" is not "Figure 1"."""
+    numbered = _FIGURE_NUMBER.fullmatch(bare)
+    said = _FIGURE_NUMBER.match(caption) if numbered else None
+    if numbered and said:
+        if numbered[1].lstrip("0") != said[1].lstrip("0"):  # as text: a caption's
+            return False  # 5,000-digit number was int()'s ValueError
+        at = said.end()
+    elif caption[: len(bare)].casefold() == bare.casefold():
+        at = len(bare)
+    else:
+        return False
+    after = caption[at : at + 2]
+    if not after:
+        return True  # the caption is the label
+    if after[0].isalnum():
+        return False  # "Figure 10 …", "Figure 1A …": another label
+    if not after[0].isspace():
+        return True  # a mark
+    worded = any(c.isalpha() for c in bare) and any(c.isdigit() for c in bare)
+    return worded or not after[1:].islower()
 
 
 def _valid_span(e: Any, n: int) -> bool:
