@@ -468,6 +468,7 @@ def _titled_pdf(path: Path, title: str | None) -> Path:
         ("untitled", "paper_07"),
         ("pone.0107412 1..10", "paper_07"),  # a typesetting job and its page range
         ("paper 07", "paper_07"),  # the file name itself
+        ("Journal of Pathology 2019", "paper_07"),  # a journal's name and a year
         ("   ", "paper_07"),
         (None, "paper_07"),
     ],
@@ -516,6 +517,41 @@ def test_real_pdf_titled_by_its_metadata_title(tmp_path: Path) -> None:
 )
 def test_publisher_and_tool_placeholders_are_not_titles(title: str) -> None:
     assert metadata_title(title, "paper_07") is None
+
+
+@pytest.mark.parametrize(
+    "title",
+    [
+        "Journal of Pathology 2019",
+        "The Journal of Pathology (2019)",
+        "JOURNAL OF PATHOLOGY 2019",
+        "American Journal of Surgical Pathology 2019.",
+        "Annals of Oncology, 2019",
+        "Archives of Pathology & Laboratory Medicine 2018",
+        "The Breast Journal 2019",
+        "Acta Neuropathologica 2020",
+    ],
+)
+def test_a_journal_name_and_year_is_not_a_title(title: str) -> None:
+    """Some publishers' metadata title is the journal and the year: it passed as the
+    article's title (two words with letters, no placeholder)."""
+    assert metadata_title(title, "paper_07") is None
+
+
+@pytest.mark.parametrize(
+    "title",
+    [
+        "Journal of Pathology: lymph node metastases 2019",  # more than the journal
+        "Sentinel Lymph Node Biopsy in Breast Cancer 2019",  # no journal word
+        "Lymph node metastases in breast cancer 2019",
+        "Journal club: sentinel nodes in 2019",
+        "Breast Cancer Journal Club Review 2019",
+        "Modern Pathology 2019",  # a journal, but not told from a title: taken
+        "Journal of Pathology",  # no year
+    ],
+)
+def test_titles_near_a_journal_name_are_kept(title: str) -> None:
+    assert metadata_title(title, "paper_07") == title
 
 
 def test_long_title_without_a_late_word_break_is_cut_hard() -> None:

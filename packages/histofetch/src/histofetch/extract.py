@@ -86,6 +86,23 @@ _JUNK_TITLE_RES = [
 ]
 
 
+#: A journal's name and a year, as some publishers' metadata titles give it ("Journal of
+#: Pathology 2019", "The American Journal of Surgical Pathology (2019)", "Annals of Oncology,
+#: 2019", "The Breast Journal 2019", "Acta Neuropathologica 2020"): capitalised words
+#: (joining words lower case) shaped as "… Journal|Annals|Archives|Proceedings|Bulletin|
+#: Transactions of …", "… Journal" or "Acta …", and the year last. Conservative: a
+#: lower-case word ("… in 2019"), anything after the year, or another shape ("Modern
+#: Pathology 2019", "Breast Cancer Journal Club Review 2019") and the title is taken.
+_CAP = r"[A-Z][\w'&.-]*"
+_NAME = rf"{_CAP}(?:\s+(?:{_CAP}|of|and|for|in|on|the|de|&))*"
+_JOURNAL_YEAR_RE = re.compile(
+    rf"(?:The\s+|THE\s+)?(?:{_CAP}\s+)*?"
+    rf"(?:(?i:journal|annals|archives?|proceedings|bulletin|transactions)\s+(?i:of)\s+"
+    rf"(?:(?i:the)\s+)?{_NAME}|(?i:journal)|(?i:acta)\s+{_NAME})"
+    r"[\s,.;:-]*\(?(?:19|20)\d\d\)?\.?"
+)
+
+
 def metadata_title(raw: object, stem: str) -> str | None:
     """The PDF metadata title ``raw`` when it is a plausible article title, else None.
 
@@ -93,7 +110,8 @@ def metadata_title(raw: object, stem: str) -> str | None:
     whitespace runs become one space, so the title is one line; it is capped at
     :data:`MAX_TITLE_CHARS`. Refused: empty, the file's own name ``stem`` (spaces, ``_``
     and ``-`` alike), a tool's placeholder or a typesetting job name (:data:`_JUNK_TITLE_RES`),
-    or fewer than two words with letters.
+    a journal's name and a year (:data:`_JOURNAL_YEAR_RE`), or fewer than two words with
+    letters.
     """
     if not isinstance(raw, str):
         return None
@@ -110,6 +128,8 @@ def metadata_title(raw: object, stem: str) -> str | None:
         return " ".join(re.sub(r"[\s_\-.]+", " ", text).casefold().split())
 
     if plain(title) == plain(stem) or any(r.search(title) for r in _JUNK_TITLE_RES):
+        return None
+    if _JOURNAL_YEAR_RE.fullmatch(title):
         return None
     if sum(any(c.isalpha() for c in w) for w in title.split()) < 2:
         return None
