@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -996,7 +997,8 @@ def test_a_row_whose_numbered_name_would_be_too_long_gets_a_shortened_one(
         m.add_record(Record(id="b:1", stage="downloaded", pdf_path=name))
         m.save()
     r = runner.invoke(app, ["merge", str(a), str(b), "--out", str(out)])
-    assert r.exit_code == 0 and r.stderr == "", r.output
+    assert r.exit_code == 0, r.output
+    assert r.stderr.startswith(f"warning: {b}: 1 file the rows name is not there (first: b:1: ")
     with Manifest.load(out) as m:
         got = {rid: str(m.records[rid].pdf_path) for rid in ("o:1", "a:1", "b:1")}
     assert got["o:1"] == name and len(set(got.values())) == 3, got
@@ -1281,6 +1283,7 @@ def test_merge_never_reads_an_input_review_log_that_is_a_fifo_or_a_link(tmp_path
 #: after writing the temporary file until the test kills the process.
 _STOPPED_MERGE = """
 import shutil, sys, time
+from dataclasses import replace
 from pathlib import Path
 from histofetch.merge import merge_runs
 
@@ -1688,3 +1691,32 @@ def test_a_source_that_cannot_be_read_after_a_failed_link_is_named_and_nothing_c
     r = runner.invoke(app, ["merge", str(shard), "--out", str(out)])
     assert r.exit_code == 0 and r.output == "merged 1 run: 1 record added\n"
     assert (out / "pdfs" / "a.pdf").read_bytes() == b"%PDF a"
+
+
+def test_a_row_whose_file_is_missing_from_its_input_is_said(tmp_path: Path) -> None:
+    """A row whose file its input does not hold (deleted, or never there) was added without
+    a word. One warning line per input counts them and names the first row and its path;
+    the rows are added as before, naming no file."""
+    a, out = tmp_path / "a", tmp_path / "out"
+    img = Image(id="r:1/f1", record_id="r:1", path="images/f1.png", sha256="1", width=1, height=1)
+    gone = Image(id="r:1/f2", record_id="r:1", path="images/f2.png", sha256="2", width=1, height=1)
+    rec = Record(id="r:1", stage="extracted", pdf_path="pdfs/r1.pdf")
+    _tiny_run(a, [rec], [(img, b"f1"), (gone, b"f2")])
+    (a / "images" / "f2.png").unlink()
+    (a / "images" / "f3.png").mkdir()  # a folder where a row's file would be: not a file
+    with Manifest.load(a) as m:
+        m.add_image(replace(img, id="r:1/f3", path="images/f3.png", sha256="3"))
+        m.save()
+    r = runner.invoke(app, ["merge", str(a), "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert r.stderr == (
+        f"warning: {a}: 3 files the rows name are not there (first: r:1: pdfs/r1.pdf); "
+        "their rows added without them\n"
+    )
+    assert r.stdout == "merged 1 run: 1 record, 3 images added\n"
+    with Manifest.load(out) as m:
+        assert set(m.images) == {"r:1/f1", "r:1/f2", "r:1/f3"}
+        assert (out / m.images["r:1/f1"].path).read_bytes() == b"f1"
+        assert not (out / m.images["r:1/f2"].path).exists()
+    again = runner.invoke(app, ["merge", str(a), "--out", str(out)])  # nothing added: silent
+    assert again.exit_code == 0 and again.stderr == "", again.output

@@ -132,7 +132,7 @@ def _merge(loaded: list[Manifest], merged: Manifest) -> MergeSummary:
         if rec.pmcid:
             pmcids[rec.pmcid] = rid
         rec = replace(rec, extra=dict(rec.extra))
-        rec.pdf_path = _bring(run, merged, rec.pdf_path, summary, rec.pdf_sha256, names)
+        rec.pdf_path = _bring(run, merged, rec.pdf_path, summary, rec.pdf_sha256, names, rid)
         dropped: dict[str, str] = {}
         for img in run.images_of(rid):
             if img.sha256 in hashes:
@@ -143,7 +143,7 @@ def _merge(loaded: list[Manifest], merged: Manifest) -> MergeSummary:
                 own_label.add(img.id)
             elif (copy := labelled.get(img.sha256)) is not None:
                 img = replace(img, label=copy.label, label_by=copy.label_by, label_at=copy.label_at)
-            path = _bring(run, merged, img.path, summary, img.sha256, names) or img.path
+            path = _bring(run, merged, img.path, summary, img.sha256, names, img.id) or img.path
             merged.add_image(replace(img, path=path))
             summary.images += 1
             summary.added_images.setdefault(str(run.run_dir), set()).add(img.id)
@@ -293,8 +293,11 @@ def _bring(
     summary: MergeSummary,
     sha256: str | None,
     names: Names,
+    row: str,
 ) -> str | None:
     """Link (or copy) a file named by a source run into the merged run; the new path.
+    ``row``: the id of the record or image naming it (a file missing from its run is
+    counted in ``summary.missing``, the first named with its row, for a warning).
 
     A row path is compared, reserved and brought in its normal form: ``pdfs/../pdfs/x.pdf``
     is ``pdfs/x.pdf``, which may be another row's (it was returned as it was, naming that
@@ -321,7 +324,7 @@ def _bring(
         summary.note_unusable(run, rel, why)
         return rel
     try:
-        place = place_of(run, merged, rel, summary, sha256, names)
+        place = place_of(run, merged, rel, summary, sha256, names, row)
     except OSError as exc:  # a name too long for the file system (or its path), unreadable
         summary.note_unusable(run, rel, (exc.strerror or str(exc)).lower())
         return rel

@@ -32,7 +32,8 @@ system cannot encode: a lone surrogate, ``"\\ud800"`` in a hand-edited manifest)
 file in the output stands where a folder of it would be (one shard's ``pdfs/x.pdf``,
 another's ``pdfs/x.pdf/y.pdf``), is kept as it is, its file left behind, and the command
 says so, one line per input; a path that cannot be encoded or holds a NUL is never looked
-up, the output's own rows' neither.
+up, the output's own rows' neither. A row whose file is missing from its input is added
+without it, and the command says so, one line per input naming the first row.
 """
 
 from __future__ import annotations
@@ -166,12 +167,15 @@ def place_of(
     summary: MergeSummary,
     sha256: str | None,
     names: Names,
+    row: str = "",
 ) -> str | tuple[Path, Path, Path | None]:
     """Where :func:`histofetch.merge._bring` puts the file a row of ``run`` names at
     ``rel``, looked up but nothing written: the row's new path for a file not brought,
     else the file to bring, where to and the folder link of ``run`` it is brought through
     (None: none). OSError where a path cannot be looked up (a name too long): nothing
-    reserved or counted."""
+    reserved or counted. A file missing from ``run`` (or not a regular file) is counted in
+    ``summary.missing`` with ``row``, the id of the record or image naming it: its row is
+    added without it, naming no file, and the command says so."""
     norm = _normal(rel)  # "pdfs/../pdfs/x.pdf" is "pdfs/x.pdf": the name compared, reserved
     if Path(rel).is_absolute() or norm == "." or norm == ".." or norm.startswith("../"):
         lands = names.landings(merged, rel)
@@ -205,8 +209,9 @@ def place_of(
     link = None if inside else _folder_link(run.run_dir, rel)
     if not inside and (link is None or src.is_symlink()):
         return _unbrought(merged, rel, names)  # a file link pointing out: never read
-    if not src.is_file():
-        return _unbrought(merged, rel, names)  # missing in the source, as there
+    if not src.is_file():  # missing in the source, as there: said, not silently
+        summary.note_missing(run, row, rel)
+        return _unbrought(merged, rel, names)
     if link is not None and not _hashes_to(src, sha256):
         summary.left_behind[str(link)] = summary.left_behind.get(str(link), 0) + 1
         return _unbrought(merged, rel, names)

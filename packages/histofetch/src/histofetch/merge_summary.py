@@ -57,6 +57,18 @@ class MergeSummary:
     #: such inputs → the first such path and why
     first_unusable: dict[str, str] = field(default_factory=dict)
 
+    #: inputs → how many files their added rows name that are missing there (or no
+    #: regular file): the rows added without them
+    missing: dict[str, int] = field(default_factory=dict)
+    #: such inputs → the first such row and its path
+    first_missing: dict[str, str] = field(default_factory=dict)
+
+    def note_missing(self, run: Manifest, row: str, rel: str) -> None:
+        """Count a file an added row of ``run`` names that ``run`` does not hold."""
+        key = str(run.run_dir)
+        self.missing[key] = self.missing.get(key, 0) + 1
+        self.first_missing.setdefault(key, f"{row}: {_short(rel)}")
+
     def note_unusable(self, run: Manifest, rel: str, why: str) -> None:
         """Count a row path of ``run`` that cannot be looked up (``why``), left as it is."""
         key = str(run.run_dir)
@@ -65,14 +77,22 @@ class MergeSummary:
 
     def warnings(self) -> list[str]:
         """One line per folder link out of an input that files were brought through or
-        left behind at, per input review log whose lines were left out, and per input whose
-        rows name paths that cannot be looked up."""
+        left behind at, per input review log whose lines were left out, per input whose
+        rows name paths that cannot be looked up, and per input whose added rows name files
+        missing there."""
         lines = [f"{log}: {why}" for log, why in self.log_left_out.items()]
         for run, n in self.unusable.items():
             lines.append(
                 f"{run}: {plural(n, 'file')} the rows name left behind, "
                 f"{'its path' if n == 1 else 'their paths'} not usable here (first: "
                 f"{self.first_unusable[run]}); the rows keep the paths as they are"
+            )
+        for run, n in self.missing.items():
+            one = n == 1
+            lines.append(
+                f"{run}: {plural(n, 'file')} the rows name {'is' if one else 'are'} not there "
+                f"(first: {self.first_missing[run]}); "
+                + ("its row added without it" if one else "their rows added without them")
             )
         for link in dict.fromkeys([*self.via_links, *self.left_behind]):
             said = []
