@@ -277,6 +277,31 @@ def test_a_left_out_local_copys_review_answers_go_to_the_image_kept_in_its_place
         assert m.images["7-0"].label is None
 
 
+def test_a_rerun_merge_does_not_say_the_answers_it_carried_were_not(tmp_path: Path) -> None:
+    """The same merge run again said "2 review answers about it not carried" of the local
+    copy's answers it had carried the first time (the known article's image was now the
+    output's before). Lines the output's log holds already, about that image, are neither
+    carried again nor counted; an answer given on the copy since is still counted."""
+    local, down = _local_and_downloaded(tmp_path)
+    _reviewed_local(local)
+    out = tmp_path / "out"
+    merge = ["merge", str(local), str(down), "--out", str(out)]
+    assert runner.invoke(app, merge).exit_code == 0
+    carried = (out / "review_log.jsonl").read_text()
+    r = runner.invoke(app, merge)
+    assert r.exit_code == 0, r.output
+    assert "not carried" not in r.output, r.output
+    assert r.stdout.startswith("merged 2 runs: nothing new added (2 runs merged into it before")
+    assert (out / "review_log.jsonl").read_text() == carried
+    later = {**_answers("L-0")[0], "at": "2026-03-03T00:00:00+00:00"}  # given since
+    with (local / "review_log.jsonl").open("a") as fh:
+        fh.write(json.dumps(later, sort_keys=True) + "\n")
+    r = runner.invoke(app, merge)
+    assert r.exit_code == 0, r.output
+    assert "; 1 review answer about it not carried)" in r.stdout, r.output
+    assert (out / "review_log.jsonl").read_text() == carried
+
+
 def test_a_local_copy_further_along_than_the_known_record_is_kept(tmp_path: Path) -> None:
     """A reviewed ``local:`` copy (extracted, its figure labelled) was left out for a
     pmid:7 only ``downloaded``: the output held neither's figures nor the answers (review

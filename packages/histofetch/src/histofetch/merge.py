@@ -15,7 +15,8 @@
   in ``summary.same_pdf``. Its images' review answers go to the image of the same bytes
   added in its place (log lines carried about it, :mod:`histofetch.merge_logs`; the label
   where that image has none); where the output held that image before, or none of those
-  bytes is added (left out with the record), they are counted, not carried. A ``local:``
+  bytes is added (left out with the record), they are counted, not carried (not those an
+  earlier merge carried there: a rerun says nothing of them). A ``local:``
   record the output holds stays, with its figures: the known record merged later gets
   none (merge both in one command, or into a new folder).
 * What the inputs' stores remember of renamed records is carried: ``renamed:<old id>``
@@ -229,14 +230,20 @@ def _same_pdf_images(
     the same bytes this merge added (the known article's), or None where the output held
     that image before or holds none, or it came labelled itself (its label stands, and the
     log tells what the store holds): their review log lines are carried about that image
-    (answers given on the local copy's review page were lost), or counted as not carried."""
-    added = set().union(*summary.added_images.values()) - own_label
+    (answers given on the local copy's review page were lost), or counted as not carried.
+    Where the output held that image before, it is noted in ``summary.same_pdf_before``:
+    the lines an earlier merge carried about it are there already, not counted again."""
+    all_added = set().union(*summary.added_images.values())
+    added = all_added - own_label
     for rid in summary.same_pdf:
         run = best[rid][1]
         moved = summary.same_pdf_images.setdefault(str(run.run_dir), {})
+        before = summary.same_pdf_before.setdefault(str(run.run_dir), {})
         for img in run.images_of(rid):
             kept = hashes.get(img.sha256)
             moved[img.id] = kept if kept in added else None
+            if kept is not None and kept not in all_added:
+                before[img.id] = kept
 
 
 def _rename_notes(loaded: list[Manifest], merged: Manifest) -> dict[str, str]:

@@ -23,7 +23,9 @@ The lines about the images of a ``local:`` record left out for a known article h
 the same PDF (``summary.same_pdf``) are carried about the image of the same bytes added
 in its place, their ``image_id`` rewritten to that image's (the rest as it was); where the
 output held that image before (its own answers stand), or no image of those bytes is
-added (left out with the record), they are counted, not carried.
+added (left out with the record), they are counted, not carried; a line an earlier merge
+carried there (the same line, its ``image_id`` that image's) is neither carried again nor
+counted: a rerun of a merge does not say the answers it carried were not.
 """
 
 from __future__ import annotations
@@ -143,7 +145,8 @@ def merge_logs(loaded: list[Manifest], out_log: Path, summary: MergeSummary) -> 
     # output's log holds it. Never deduplicated within one log: 'metastasis, undo,
     # metastasis' in one second is two equal lines, both answers. (An image is added from
     # one input only, so no two inputs' carried lines are about one image.)
-    held = _held_lines(out_log, set().union(*summary.added_images.values()))
+    before = {i for moved in summary.same_pdf_before.values() for i in moved.values()}
+    held = _held_lines(out_log, set().union(before, *summary.added_images.values()))
 
     def carried() -> Iterator[str]:
         for run in loaded:
@@ -161,6 +164,7 @@ def _carried(run: Manifest, summary: MergeSummary, held: Counter[bytes]) -> Iter
     added = summary.added_images.get(str(run.run_dir), set())
     moved = summary.same_pdf_images.get(str(run.run_dir), {})
     moved_ids = set(moved)
+    before = summary.same_pdf_before.get(str(run.run_dir), {})
     path = run.run_dir / LOG_NAME
     bad = first_bad = 0
     try:
@@ -174,6 +178,12 @@ def _carried(run: Manifest, summary: MergeSummary, held: Counter[bytes]) -> Iter
                     continue
                 if _about(obj, moved_ids):  # a left-out local copy's: about the kept image
                     if (kept := moved[obj["image_id"]]) is None:
+                        if (held_id := before.get(obj["image_id"])) is not None:
+                            # carried by an earlier merge into the output: there already
+                            digest = _digest(json.dumps({**obj, "image_id": held_id}))
+                            if held[digest] > 0:
+                                held[digest] -= 1
+                                continue
                         summary.same_pdf_lines_left += 1
                         continue
                     line = json.dumps({**obj, "image_id": kept})

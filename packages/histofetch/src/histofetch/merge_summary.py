@@ -27,6 +27,9 @@ class MergeSummary:
     #: same bytes this merge added (their review log lines are carried about it), or None
     #: (the output held that image before, or none: their lines are not carried)
     same_pdf_images: dict[str, dict[str, str | None]] = field(default_factory=dict, repr=False)
+    #: inputs → those images whose image of the same bytes the output held before this
+    #: merge → its id: the lines an earlier merge carried about it are not counted again
+    same_pdf_before: dict[str, dict[str, str]] = field(default_factory=dict, repr=False)
     #: review log lines about such images not carried (no image added in their place)
     same_pdf_lines_left: int = 0
     per_run: dict[str, int] = field(default_factory=dict)
