@@ -1121,6 +1121,43 @@ def test_a_row_file_under_sheets_is_brought_outside_it(tmp_path: Path, spelt: st
     assert (out / "sheets" / "kept-001.jpg").read_bytes() == sheet
 
 
+@pytest.mark.parametrize("target", ["sheets", "sheets/sub", "ABS"])
+def test_a_folder_link_of_the_output_into_sheets_is_traced(tmp_path: Path, target: str) -> None:
+    """`ln -s sheets OUT/figs`: a shard file brought to `figs/x.pdf` landed in `sheets/`
+    through the link, where the next filter deletes what it names `kept*`; a row naming a
+    missing `figs/kept-001.jpg` named the output's contact sheet. The destination's real
+    path is taken: under `sheets/` it goes to `sheets-2/` as a `sheets/` path does."""
+    from histofetch.sheets import write_filter_sheets
+
+    a, out = tmp_path / "a", tmp_path / "out"
+    with Manifest.load(out, create=True) as m:
+        m.add_record(Record(id="o:1", stage="downloaded"))
+        m.save()
+        write_filter_sheets(m)  # the output's contact sheets: sheets/kept-001.jpg, …
+    sheet = (out / "sheets" / "kept-001.jpg").read_bytes()
+    (out / "sheets" / "sub").mkdir()
+    link = out / "figs"
+    link.symlink_to(out / "sheets" if target == "ABS" else target, target_is_directory=True)
+    inside = "sub/" if target == "sheets/sub" else ""
+    _run_with_pdf(a, Record(id="a:1", stage="downloaded", pdf_path="figs/kept-002.jpg"), b"A")
+    with Manifest.load(a) as m:
+        m.add_record(Record(id="a:2", stage="downloaded", pdf_path="figs/kept-001.jpg"))
+        m.save()
+    r = runner.invoke(app, ["merge", str(a), "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    with Manifest.load(out) as m:
+        got = {rid: str(m.records[rid].pdf_path) for rid in ("a:1", "a:2")}
+        assert got == {
+            "a:1": f"sheets-2/{inside}kept-002.jpg",
+            "a:2": f"sheets-2/{inside}kept-001.jpg",
+        }
+        write_filter_sheets(m)  # the next filter
+    assert (out / got["a:1"]).read_bytes() == b"A"
+    assert not (out / got["a:2"]).exists()
+    assert not (out / "sheets" / inside / "kept-002.jpg").exists()
+    assert (out / "sheets" / "kept-001.jpg").read_bytes() == sheet
+
+
 @pytest.mark.parametrize("sheets_first", [True, False])
 def test_a_row_file_named_sheets_gets_a_free_name(tmp_path: Path, sheets_first: bool) -> None:
     """A shard row and file named ``sheets`` was brought as a file ``out/sheets``: the next
@@ -1402,6 +1439,22 @@ def test_a_stale_part_file_where_sheets_files_go_is_removed(tmp_path: Path) -> N
     summary = merge_runs([shard], out)
     assert summary.stale_parts == 1 and not stale.exists()
     assert (out / "sheets-2" / "x.pdf").read_bytes() == b"%PDF a"
+
+
+def test_a_stale_part_file_where_a_linked_sheets_path_goes_is_removed(tmp_path: Path) -> None:
+    """With `OUT/figs` a link to `sheets`, a shard's `figs/x.pdf` goes to `sheets-2/`: a
+    part file a killed merge left there is looked for, and removed, there too."""
+    out, shard = tmp_path / "out", tmp_path / "shard"
+    _run_with_pdf(shard, Record(id="r1", pdf_path="figs/x.pdf"), b"%PDF a")
+    (out / "sheets").mkdir(parents=True)
+    (out / "figs").symlink_to("sheets", target_is_directory=True)
+    (out / "sheets-2").mkdir()
+    stale = out / "sheets-2" / ".merge-abcd1234.part"
+    stale.write_bytes(b"%PDF")
+    summary = merge_runs([shard], out)
+    assert summary.stale_parts == 1 and not stale.exists()
+    assert (out / "sheets-2" / "x.pdf").read_bytes() == b"%PDF a"
+    assert not (out / "sheets" / "x.pdf").exists()
 
 
 def test_a_stale_part_file_is_removed_where_flock_is_a_posix_lock(

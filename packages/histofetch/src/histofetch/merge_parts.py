@@ -101,13 +101,14 @@ def remove_stale_parts(merged: Manifest, loaded: list[Manifest], sheets: str) ->
     named: set[tuple[int, int, str]] = set()  # (folder's device, inode, name) rows name
     keys: dict[Path, tuple[int, int] | None] = {}
     paths: list[Path] = []  # the rows' files in the output, for what they link to
+    looked_up: dict[str, str | None] = {}  # folders of row paths (placed_path)
     for run in (merged, *loaded):
         rels = [r.pdf_path for r in run.records.values()] + [i.path for i in run.images.values()]
         for rel in rels:
             if not rel or unusable(rel):  # no folder (os.stat's ValueError)
                 continue
             if run is not merged and not Path(rel).is_absolute():
-                rel = placed_path(posixpath.normpath(rel), sheets)  # where its file goes
+                rel = placed_path(posixpath.normpath(rel), sheets, out, looked_up)  # where it goes
             path = Path(rel) if Path(rel).is_absolute() else Path(os.path.normpath(out / rel))
             paths.append(path)
             norm = posixpath.normpath(rel)

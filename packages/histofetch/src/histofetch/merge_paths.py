@@ -21,7 +21,8 @@ is never linked (the output's would be the source's file) and gets a free name n
 file (``run-2.sqlite``): kept, it named the output's own file; one under such
 a name (``review_log.jsonl/x.pdf``) is left behind, as a path under another row's file is:
 the output's file never becomes a folder. No file is brought under ``sheets/`` (filter's
-contact sheets: each filter deletes and rewrites files there) nor to ``sheets``: it goes
+contact sheets: each filter deletes and rewrites files there), also through the output's
+folder links (``figs/x.png`` with ``figs`` a link to ``sheets``), nor to ``sheets``: it goes
 under ``sheets-2/`` instead (``sheets-3``, … where that name is taken), and a row naming a
 file under the output's ``sheets/`` gets a free name under ``sheets-2/``. A file named
 through a folder link of the source run pointing out of it (its ``images/`` moved to another
@@ -86,6 +87,8 @@ class Names:
     next_free: dict[str, int] = field(default_factory=dict)
     #: the folder a row's file under ``sheets/`` goes to (:meth:`out_of_sheets`)
     sheets: str = f"{SHEETS}-2"
+    #: folders of row paths looked up by :meth:`placed` (:func:`placed_path`)
+    seen: dict[str, str | None] = field(default_factory=dict)
 
     def out_of_sheets(self, merged: Manifest) -> None:
         """Choose the folder files the rows name under ``sheets/`` (filter's) go to:
@@ -107,8 +110,10 @@ class Names:
         """Where a relative row path in normal form goes in the output: as it is, but a
         path under ``sheets/``, or ``sheets`` itself, goes under :attr:`sheets`
         (``sheets/kept-001.jpg`` is ``sheets-2/kept-001.jpg``): there the next filter
-        deleted it, and its row named a contact sheet or no file."""
-        return placed_path(rel, self.sheets)
+        deleted it, and its row named a contact sheet or no file. So does a path that
+        lands there through the output's folder links (``figs/x.png`` with ``figs`` a
+        link to ``sheets``: ``sheets-2/x.png``)."""
+        return placed_path(rel, self.sheets, self.out.named, self.seen)
 
     def landings(self, merged: Manifest, path: str | Path) -> list[str]:
         """:func:`_landings` of ``path``, relative to the output or absolute (a Path in
@@ -154,10 +159,29 @@ def names_for(merged: Manifest) -> Names:
     return names
 
 
-def placed_path(rel: str, sheets: str) -> str:
-    """:meth:`Names.placed`, ``sheets`` the folder chosen for files under ``sheets/``."""
+def placed_path(
+    rel: str, sheets: str, out: str | Path, seen: dict[str, str | None] | None = None
+) -> str:
+    """:meth:`Names.placed`, ``sheets`` the folder chosen for files under ``sheets/``,
+    ``out`` the output folder (its links followed: a folder link into ``sheets/`` was
+    written through, the file deleted by the next filter). ``seen``: the folders looked up
+    before in this merge (a folder → where in ``sheets/`` it lands, None: not there), so
+    each is resolved once, not once a row."""
     top, sep, rest = rel.partition("/")
-    return sheets + sep + rest if top == SHEETS else rel
+    if top == SHEETS:
+        return sheets + sep + rest
+    if top == rel:  # a name at the output's top: no folder link on its way
+        return rel
+    folder, name = posixpath.split(rel)
+    seen = {} if seen is None else seen
+    if folder not in seen:
+        real = os.path.realpath(os.path.join(out, folder))
+        filters = os.path.realpath(os.path.join(out, SHEETS))
+        lands = real == filters or real.startswith(filters + os.sep)
+        seen[folder] = Path(os.path.relpath(real, filters)).as_posix() if lands else None
+    if (inside := seen[folder]) is None:
+        return rel
+    return posixpath.normpath(posixpath.join(sheets, inside, name))
 
 
 def place_of(
