@@ -346,7 +346,7 @@ def test_a_run_whose_filter_failed_every_article_is_told_so(tmp_path: Path) -> N
     run = make_run(tmp_path, filtered=False)
     m = Manifest.load(run)
     for rec in m.records.values():
-        rec.fail("filter", "disk full", transient=False)
+        rec.fail("filtered", "disk full", transient=False)
     m.save()
     m.close()
     out = _review_error(run)
@@ -374,8 +374,8 @@ def test_an_article_failed_at_another_stage_is_not_said_to_be_decided_by_filter(
     the run's articles and says the other failed at extract, filter not taking it."""
     run = make_run(tmp_path, filtered=False)
     m = Manifest.load(run)
-    m.records["pmid:1"].fail("filter", "boom", transient=False)
-    m.records["pmid:2"].fail("extract", "bad pdf", transient=False)
+    m.records["pmid:1"].fail("filtered", "boom", transient=False)
+    m.records["pmid:2"].fail("extracted", "bad pdf", transient=False)
     m.save()
     m.close()
     assert (
@@ -399,7 +399,7 @@ def test_a_run_whose_filter_kept_none_and_failed_an_article_is_told_both(
     for img in m.images.values():
         if img.record_id == "pmid:2":
             img.kept = None  # as a first filter that fails the record leaves them
-    m.records["pmid:2"].fail("filter", "boom", transient=False)
+    m.records["pmid:2"].fail("filtered", "boom", transient=False)
     m.save()
     m.close()
     assert (

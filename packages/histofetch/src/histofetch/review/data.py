@@ -32,6 +32,7 @@ from histocore.io import one_line, record_slug, unique_stem
 from histocore.manifest import IMAGE_LABELS, MANIFEST_NAME, Image, Manifest, ManifestError, Record
 from histofetch.captions import normalise
 from histofetch.resolve import canonical_pmcid
+from histofetch.stage import step_name
 
 LOG_NAME = "review_log.jsonl"
 _THREAD_LOCK = threading.Lock()  # the store guards processes; this, our own threads' Manifest
@@ -147,7 +148,7 @@ def _nothing_kept(manifest: Manifest, run_dir: Path) -> str:
     failed_ids = {
         r.id
         for r in manifest.records.values()
-        if r.status == "failed" and r.failed_stage == "filter"
+        if r.status == "failed" and r.failed_stage == "filtered"  # the stage, as it is stored
     }
     failed = len(failed_ids)
     waiting = any(img.kept is None for img in images)
@@ -155,7 +156,7 @@ def _nothing_kept(manifest: Manifest, run_dir: Path) -> str:
     # reached them), or failed at another stage (filter never takes them)
     undecided = {i.record_id for i in images if i.kept is None} - failed_ids
     stopped = [r for r in manifest.records.values() if r.id in undecided and r.status == "failed"]
-    other_stages = sorted({r.failed_stage or "?" for r in stopped})
+    other_stages = sorted({step_name(r.failed_stage or "?") for r in stopped})
     blocked, pending = len(stopped), len(undecided) - len(stopped)
     status = f"histofetch status --run {run_dir} says why"
     failures = retry = others = ""
