@@ -457,6 +457,39 @@ def test_images_still_to_decide_ask_for_filter_not_for_status(tmp_path: Path) ->
     assert "filter first" not in out
 
 
+def test_a_run_not_extracted_yet_is_told_the_steps_it_needs(tmp_path: Path) -> None:
+    """A run only searched (or downloaded, its figures waiting for extract) was told 'run
+    histofetch filter first', which passes over articles not extracted (`filtered: 0 done,
+    … N not extracted yet`) and leaves the page as empty; so was a run with no article, and
+    one whose every article failed at download. Each is told what it needs."""
+    run = make_run(tmp_path, filtered=False)
+    m = Manifest.load(run)
+    m.records["pmid:1"].stage = "downloaded"  # its JATS figures wait for extract
+    m.records["pmid:2"].stage = "searched"
+    m.drop_images_of("pmid:2")
+    m.save()
+    m.close()
+    assert "(run histofetch extract and filter first)" in _review_error(run)
+    m = Manifest.load(run)
+    m.drop_images_of("pmid:1")  # nothing downloaded yet
+    m.records["pmid:1"].stage = "searched"
+    m.save()
+    m.close()
+    assert "(run histofetch download, extract and filter first)" in _review_error(run)
+    m = Manifest.load(run)
+    for rec in m.records.values():
+        rec.fail("downloaded", "not in bucket: …", transient=False)
+    m.save()
+    m.close()
+    out = _review_error(run)
+    assert f": its 2 articles failed at download; histofetch status --run {run} says why" in out
+    assert "filter first" not in out
+    empty = tmp_path / "empty"
+    Manifest(run_dir=empty, query="x").save()
+    out = _review_error(empty)
+    assert ": the run has no articles yet" in out and "filter first" not in out
+
+
 def test_bad_run_folder_gets_an_error_page_and_the_cli_one_line(tmp_path: Path) -> None:
     bad = tmp_path / "bad"
     bad.mkdir()

@@ -29,7 +29,15 @@ from markupsafe import Markup, escape
 from histocore.csvcells import numbered_rows, read_cell
 from histocore.errors import DomainError
 from histocore.io import one_line, record_slug, unique_stem
-from histocore.manifest import IMAGE_LABELS, MANIFEST_NAME, Image, Manifest, ManifestError, Record
+from histocore.manifest import (
+    IMAGE_LABELS,
+    MANIFEST_NAME,
+    STAGES,
+    Image,
+    Manifest,
+    ManifestError,
+    Record,
+)
 from histofetch.captions import normalise
 from histofetch.resolve import canonical_pmcid
 from histofetch.stage import step_name
@@ -202,11 +210,41 @@ def _nothing_kept(manifest: Manifest, run_dir: Path) -> str:
         )
     if failed:
         return f": filter failed {failures}; {status}{retry}"
-    if waiting:  # extracted articles whose images filter has not decided yet
-        return " (run histofetch filter first)"
+    left = _steps_left({i.record_id for i in images if i.kept is None}, manifest)
+    if waiting and left:  # articles whose images filter has not decided yet
+        return left
     if any(r.stage == "filtered" for r in manifest.records.values()):
         return f": its filtered articles have no images; {status}"
-    return " (run histofetch filter first)"
+    if not manifest.records:  # 'run histofetch filter first' had nothing to filter
+        return ": the run has no articles yet (a search that finds some, or extract with PDFs)"
+    left = _steps_left(set(manifest.records), manifest)
+    if left:
+        return left
+    stages = sorted({step_name(r.failed_stage or "?") for r in manifest.records.values()})
+    n = _plural(len(manifest.records), "article")
+    return f": its {n} failed at {', '.join(stages)}; {status}"
+
+
+#: What a run still needs before its images can be reviewed, by the last stage an article
+#: finished: filter takes only extracted articles, extract only downloaded ones.
+_STEPS = {
+    "searched": " (run histofetch download, extract and filter first)",
+    "downloaded": " (run histofetch extract and filter first)",
+    "extracted": " (run histofetch filter first)",
+    "filtered": " (run histofetch filter first)",  # images added since: filter takes them
+}
+
+
+def _steps_left(record_ids: set[str], manifest: Manifest) -> str:
+    """The commands still to run for the earliest of these articles that has not failed
+    ('run histofetch filter first' was said of a run only searched, which filter passes
+    over); "" when each of them failed."""
+    stages = [
+        STAGES.index(r.stage)
+        for rid in record_ids
+        if (r := manifest.records.get(rid)) is not None and r.status != "failed"
+    ]
+    return _STEPS[STAGES[min(stages)]] if stages else ""
 
 
 def article_link(rec: Record | None) -> str | None:
