@@ -322,6 +322,24 @@ def test_a_malformed_option_value_is_a_usage_error(tmp_path: Path, case: str) ->
     assert "Traceback" not in result.output and not run.exists()
 
 
+def test_export_out_names_the_format_when_format_is_not_given(tmp_path: Path) -> None:
+    """`export --out rows.csv` without --format wrote JSON Lines into rows.csv (the default
+    format was jsonl whatever --out said); the suffix now names the format, and --format
+    given still decides."""
+    from run_factory import make_run, searched
+
+    run = make_run(tmp_path / "run", searched("1", "PMC1"))
+    for name, first in (("rows.csv", "kind,id,"), ("ROWS.CSV", "kind,id,"), ("rows.txt", "{")):
+        result = runner.invoke(app, ["export", "--run", str(run), "--out", str(tmp_path / name)])
+        assert result.exit_code == 0, result.output
+        assert (tmp_path / name).read_text().startswith(first), name
+    out = tmp_path / "asked.csv"
+    result = runner.invoke(app, ["export", "--run", str(run), "-f", "jsonl", "--out", str(out)])
+    assert result.exit_code == 0 and out.read_text().startswith("{"), result.output
+    result = runner.invoke(app, ["export", "--run", str(run)])
+    assert result.exit_code == 0 and not (run / "export.csv").exists(), result.output
+
+
 def test_the_licence_choices_are_the_policies() -> None:
     from typing import get_args
 

@@ -31,6 +31,13 @@ SUFFIXES = {"jsonl": ".jsonl", "csv": ".csv", "parquet": ".parquet"}
 DEFAULT_EXPORTS = frozenset(f"export{SUFFIXES[fmt]}" for fmt in FORMATS if fmt != "jsonl")
 
 
+def format_for(out: str | Path | None) -> ExportFormat:
+    """The format an output file's suffix names (``.csv``, ``.parquet``, any case), else
+    ``jsonl``: ``export --out rows.csv`` without ``--format`` wrote JSON Lines into it."""
+    suffix = Path(out).suffix.lower() if out is not None else ""
+    return "csv" if suffix == ".csv" else "parquet" if suffix == ".parquet" else "jsonl"
+
+
 def columns() -> list[str]:
     """Table columns: ``kind``, ``id``, then record fields, then image-only fields."""
     cols = ["kind", "id"]

@@ -81,8 +81,13 @@ def merge(
 def export(
     run: Run = RUN_DEFAULT,
     fmt: Annotated[
-        ExportFormat, typer.Option("--format", "-f", help="File format (parquet needs pyarrow).")
-    ] = "jsonl",
+        ExportFormat | None,
+        typer.Option(
+            "--format",
+            "-f",
+            help="File format (parquet needs pyarrow) [--out's suffix .csv/.parquet, else jsonl].",
+        ),
+    ] = None,
     out: Annotated[
         Path | None,
         typer.Option(
@@ -91,9 +96,9 @@ def export(
     ] = None,
 ) -> None:
     """Write the run's rows from its store: the manifest (JSONL), CSV or Parquet."""
-    from histocore.export import export_run
+    from histocore.export import export_run, format_for
 
     require_file(out)
     with errors(ImportError):  # parquet without pyarrow: the message says what to install
-        path = export_run(run, fmt, out)
+        path = export_run(run, fmt or format_for(out), out)
     print(f"exported {run} → {path}")
