@@ -138,6 +138,22 @@ def test_sheets_are_reencoded_under_the_size_limit() -> None:
     assert len(data) <= 400_000
 
 
+def test_a_sheet_of_one_tile_shows_its_whole_title(tmp_path: Path) -> None:
+    """The sheet was as wide as its tiles: with one or two, the title was cut ("kept: 1
+    images/panels, closest to the b"), and an empty sheet showed a stub of it."""
+    from PIL import ImageFont
+
+    m = _run(tmp_path, 1)
+    title = "kept: 1 images/panels, closest to the boundary first (sheet 1 of 1: 1-1)"
+    drawn = ImageFont.load_default().getlength(title)  # the title's width in pixels
+    for shown in (list(m.images.values()), []):
+        head = np.asarray(contact_sheet(m, shown, title).convert("L"))[:20]
+        inked = np.nonzero((head < 128).any(axis=0))[0]
+        assert head.shape[1] >= 4 + drawn and inked.max() < head.shape[1] - 3, head.shape
+    wide = contact_sheet(m, list(m.images.values()) * 6, "t", columns=6)
+    assert wide.size[0] == 6 * (TILE + 6) + 6  # a grid wider than its title keeps its width
+
+
 def test_empty_sheet_is_still_a_valid_image(tmp_path: Path) -> None:
     m = Manifest.load(tmp_path, create=True)
     path = write_sheet(m, [], tmp_path / "empty.png", "nothing")

@@ -18,6 +18,7 @@ Sheets are JPEG, re-encoded at lower quality (then shrunk) if one would exceed
 from __future__ import annotations
 
 import io
+import math
 import re
 import textwrap
 from collections.abc import Sequence
@@ -91,7 +92,9 @@ def contact_sheet(
     rows = max(1, -(-len(shown) // cols))
     cell_h = tile + LABEL_LINES * LINE_H + 8
     head = 22
-    sheet = PIL.Image.new("RGB", (cols * (tile + 6) + 6, head + rows * cell_h), "white")
+    # as wide as its title too: a sheet of one or two tiles cut it ("kept: 1 images/pane")
+    width = max(cols * (tile + 6) + 6, math.ceil(font.getlength(title)) + 8)
+    sheet = PIL.Image.new("RGB", (width, head + rows * cell_h), "white")
     draw = ImageDraw.Draw(sheet)
     draw.text((4, 4), title, fill="black", font=font)
     for k, img in enumerate(shown):
