@@ -17,7 +17,12 @@ def review(
     run: Run = RUN_DEFAULT,
     port: Annotated[int, typer.Option("--port", min=0, max=65535, help="0 = a free port.")] = 0,
     host: Annotated[
-        str, typer.Option("--host", help="Interface to bind (only this machine by default).")
+        str,
+        typer.Option(
+            "--host",
+            help="Address to bind (only this machine by default); the page answers only "
+            "browsers that use this address or localhost, so 0.0.0.0 serves no other machine.",
+        ),
     ] = "127.0.0.1",
     no_browser: Annotated[
         bool, typer.Option("--no-browser", help="Do not open a browser tab.")
