@@ -72,6 +72,17 @@ def test_extract_filter_status_end_to_end(tmp_path: Path, pdfs: Path) -> None:
     assert "sheets in" not in result.output  # --no-sheet names no sheets
 
 
+def test_a_filter_with_nothing_scored_names_no_sheets(tmp_path: Path) -> None:
+    """A run with nothing extracted yet (or a search that found nothing) printed 'kept 0 of
+    0 scored images; sheets in RUN/sheets', pointing at four blank contact sheets."""
+    from run_factory import make_run, searched
+
+    run = make_run(tmp_path / "run", searched("1", "PMC1"))
+    result = runner.invoke(app, ["filter", "--run", str(run)])
+    assert result.exit_code == 0, result.output
+    assert "kept 0 of 0 scored images\n" in result.output and "sheets in" not in result.output
+
+
 def test_extract_missing_path_is_one_clear_error(tmp_path: Path) -> None:
     result = runner.invoke(app, ["extract", "--run", str(tmp_path / "run"), "nope.pdf"])
     assert result.exit_code == 1

@@ -272,13 +272,14 @@ def record_limit(ctx: typer.Context, option: float) -> tuple[float, bool]:
 
 def kept_line(run: Path, sheet: bool = True) -> str:
     """What ``filter`` (and ``run`` after it) says under its summary line: how many images
-    were kept and where the contact sheets are."""
+    were kept and where the contact sheets are, when they show any image."""
     from histofetch.status import run_status, split_note
 
     with errors():
         info = run_status(run)
-    where = f"; sheets in {run / 'sheets'}" if sheet else ""
     scored = info["scored"]
+    # nothing scored: the sheets are blank (a search that found nothing sent the user to them)
+    where = f"; sheets in {run / 'sheets'}" if sheet and scored else ""
     images = "scored image" if scored == 1 else "scored images"
     return f"kept {info['kept']} of {scored} {images}{split_note(info)[1:]}{where}"
 
