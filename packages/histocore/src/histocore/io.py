@@ -415,16 +415,31 @@ def size_text(n: int) -> str:
     return f"{n >> 20} MB" if n >= 1 << 20 and not n % (1 << 20) else f"{n} bytes"
 
 
+def open_regular(path: str | Path) -> BinaryIO:
+    """``path`` opened for reading in binary, if it is a regular file (links followed); a
+    FIFO, socket, device (``/dev/zero``) or folder is a :class:`RefusedFile`, checked on
+    the open file (no race with a swap) and opened without blocking (a FIFO with no writer
+    is refused, not waited on). For readers that stream a file under their own caps
+    (:func:`read_capped`, a line reader with a cap per line). An ``OSError`` passes."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    fh = os.fdopen(fd, "rb")
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise RefusedFile("not a regular file (a pipe, socket or device)")
+        os.set_blocking(fd, True)  # a regular file: reads never block anyway
+    except BaseException:
+        fh.close()
+        raise
+    return fh
+
+
 def read_capped(path: str | Path, max_bytes: int) -> bytes:
     """The bytes of the regular file ``path`` (links followed), reading at most
     ``max_bytes + 1`` of them: a file over ``max_bytes`` (a 10 GB file given by mistake) or
     one that is not a regular file (a FIFO, ``/dev/zero``: read forever, or a hang) is a
     :class:`RefusedFile`, read no further. Opened without blocking, so a FIFO with no
     writer is refused, not waited on. An ``OSError`` (no such file, no permission) passes."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-    with os.fdopen(fd, "rb") as fh:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise RefusedFile("not a regular file (a pipe, socket or device)")
+    with open_regular(path) as fh:
         data = fh.read(max_bytes + 1)
     if len(data) > max_bytes:
         raise RefusedFile(f"over {size_text(max_bytes)}")

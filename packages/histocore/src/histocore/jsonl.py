@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import gc
 import hashlib
+import itertools
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from histocore.errors import ManifestError
-from histocore.io import atomic_writer, one_line
+from histocore.io import RefusedFile, atomic_writer, file_sha256, one_line, open_regular, size_text
 from histocore.schema import (
     SCHEMA_NAME,
     SCHEMA_VERSION,
@@ -49,22 +50,46 @@ def bulk() -> Iterator[None]:
             gc.enable()
 
 
+#: The longest line :func:`read_jsonl` reads (rows are a few KB; a record's ``extra`` may
+#: list many refused images): a multi-GB line (``/dev/zero`` copied in, a damaged file) is
+#: one error, not a ``MemoryError``. The file itself is streamed line by line, any size.
+MAX_LINE_BYTES = 16 << 20
+
+
 def read_jsonl(path: Path, manifest: Manifest) -> Manifest:
     """Parse a ``manifest.jsonl`` (any version up to ours) into ``manifest``."""
-    if not path.is_file():  # a FIFO is read forever (a hang), a link to /dev/zero too (MemoryError)
-        raise ManifestError(f"{path}: not a regular file")
-    try:
-        lines = path.read_text(encoding="utf-8-sig").splitlines()  # a BOM is allowed
-    except UnicodeDecodeError as exc:
-        raise ManifestError(f"{path}: not UTF-8 text ({exc.reason})") from None
-    if not lines:
-        raise ManifestError(f"{path}: empty file, expected a header line")
-    with bulk():
-        _read_lines(path, lines, manifest)
+    try:  # a FIFO was read forever (a hang), a link to /dev/zero too (MemoryError)
+        fh = open_regular(path)
+    except RefusedFile:
+        raise ManifestError(f"{path}: not a regular file") from None
+    with fh, bulk():
+        lines = _text_lines(path, fh)
+        first = next(lines, None)
+        if first is None:
+            raise ManifestError(f"{path}: empty file, expected a header line")
+        _read_lines(path, itertools.chain([first], lines), manifest)
     return manifest
 
 
-def _read_lines(path: Path, lines: list[str], manifest: Manifest) -> None:
+def _text_lines(path: Path, fh: BinaryIO) -> Iterator[str]:
+    """The lines of ``fh`` as text, each read under :data:`MAX_LINE_BYTES`; a byte-order
+    mark before the first is allowed."""
+    for lineno in itertools.count(1):
+        raw = fh.readline(MAX_LINE_BYTES + 1)
+        if not raw:
+            return
+        if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):
+            raise ManifestError(
+                f"{path}:{lineno}: line over {size_text(MAX_LINE_BYTES)}, not a manifest row"
+            )
+        try:
+            text = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+        except UnicodeDecodeError as exc:
+            raise ManifestError(f"{path}:{lineno}: not UTF-8 text ({exc.reason})") from None
+        yield text.rstrip("\r\n")
+
+
+def _read_lines(path: Path, lines: Iterable[str], manifest: Manifest) -> None:
     first: dict[tuple[str, str], int] = {}  # (kind, id) -> line: a second row is ambiguous
     for lineno, line in enumerate(lines, start=1):
         where = f"{path}:{lineno}"
@@ -123,7 +148,7 @@ def _read_header(manifest: Manifest, obj: dict[str, Any], where: str) -> None:
 def file_fingerprint(path: Path) -> dict[str, Any] | None:
     try:
         st = path.stat()
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        digest = file_sha256(path)  # in blocks: a manifest may be large
     except FileNotFoundError:
         return None
     return {"ino": st.st_ino, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digest}
@@ -145,7 +170,7 @@ def fingerprint_matches(path: Path, recorded: str | None) -> bool:
         return True
     if st.st_size != want.get("size"):
         return False
-    return hashlib.sha256(path.read_bytes()).hexdigest() == want.get("sha256")
+    return file_sha256(path) == want.get("sha256")
 
 
 def export_lines(store: RunStore) -> Iterator[str]:

@@ -40,7 +40,7 @@ from typing import Any
 import torch
 
 from histocore.errors import DomainError, UsageError
-from histocore.io import loads_json, make_parents
+from histocore.io import RefusedFile, loads_json, make_parents, read_capped
 from histomodels.config import TrainConfig
 from histomodels.device import out_of_memory
 from histomodels.training import TrainingError, TrainingOutOfMemory, load_split, train
@@ -78,6 +78,11 @@ OBJECTIVE = "val_auc"
 #: likely the base config or the data, not the sampled point; a later call resumes).
 MAX_FAILED_IN_A_ROW = 5
 EXPERIMENT_FILE = "ax_experiment.json"
+#: Caps on what a resume reads back (a few KB and about 2 KB a trial when tune writes them):
+#: a 10 GB file, a FIFO or a link to ``/dev/zero`` put in the folder is one line, not a
+#: hang or a ``MemoryError``.
+MAX_SETTINGS_BYTES = 4 << 20
+MAX_RECORDS_BYTES = 64 << 20
 #: What an experiment was started with (pins, base config): a resume must match it.
 SETTINGS_FILE = "tune.json"
 
@@ -191,7 +196,7 @@ def _tune(
     records: list[dict[str, Any]] = []
     if saved_client is not None:
         client = saved_client
-        if records_path.is_file():
+        if records_path.exists():  # a FIFO there is refused, not taken for no trials
             records = _saved_records(records_path)
         # trials that were running when the previous tune was killed
         done = {r["trial"] for r in records}
@@ -267,11 +272,13 @@ def _saved_settings(out: Path) -> dict[str, Any] | None:
     """The experiment's ``tune.json`` (None when it has none); a damaged one is a
     :class:`TuneError` naming it."""
     path = out / SETTINGS_FILE
-    if not path.is_file():
+    if not path.exists():  # a FIFO or a link to /dev/zero is there: refused below, not None
         return None
     try:
-        saved = loads_json(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:  # NotJSON, UnicodeDecodeError
+        saved = loads_json(read_capped(path, MAX_SETTINGS_BYTES))
+    except RefusedFile as exc:
+        raise TuneError(f"{path}: {exc}, not the settings tune writes") from None
+    except (OSError, ValueError) as exc:  # NotJSON
         raise TuneError(f"{path}: cannot read this experiment's settings ({exc})") from None
     fields = {"fixed": dict, "base": dict, "data": dict}
     if not isinstance(saved, dict) or any(
@@ -303,8 +310,10 @@ def _saved_records(path: Path) -> list[dict[str, Any]]:
     """The experiment's trial records (``trials.json``); a damaged one is a
     :class:`TuneError` naming it (it was a traceback when a tune resumed)."""
     try:
-        records = loads_json(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:  # NotJSON, UnicodeDecodeError
+        records = loads_json(read_capped(path, MAX_RECORDS_BYTES))
+    except RefusedFile as exc:
+        raise TuneError(f"{path}: {exc}, not the trial records tune writes") from None
+    except (OSError, ValueError) as exc:  # NotJSON
         raise TuneError(f"{path}: cannot read this experiment's trials ({exc})") from None
     if not isinstance(records, list) or not all(map(_is_record, records)):
         raise TuneError(f"{path}: not this experiment's trials (a list of trial records)")

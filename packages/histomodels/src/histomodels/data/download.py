@@ -21,7 +21,7 @@ from pathlib import Path
 
 import httpx
 
-from histocore.io import made_folder, make_parents
+from histocore.io import RefusedFile, made_folder, make_parents, read_capped
 from histocore.progress import Task, task
 from histomodels.choices import PCAM_SPLITS
 from histomodels.data.base import DatasetError
@@ -65,11 +65,18 @@ def md5_of(path: Path, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
+#: The largest checksums file read (PCam's has 9 lines, under 1 KB): a multi-GB file, a FIFO
+#: or ``/dev/zero`` given as ``--checksums`` is one line, not a hang or a ``MemoryError``.
+MAX_CHECKSUMS_BYTES = 1 << 20
+
+
 def read_checksums(path: Path) -> dict[str, str]:
     """File name → MD5 from ``md5sum``-format lines (``<md5>  <file name>``)."""
     sums = {}
-    try:
-        text = path.read_text(encoding="utf-8-sig")  # a BOM is allowed
+    try:  # a BOM is allowed
+        text = read_capped(path, MAX_CHECKSUMS_BYTES).decode("utf-8-sig")
+    except RefusedFile as exc:
+        raise DownloadError(f"{path}: {exc}, not a checksums file") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise DownloadError(f"{path}: cannot read checksums ({exc})") from None
     for lineno, line in enumerate(text.splitlines(), start=1):

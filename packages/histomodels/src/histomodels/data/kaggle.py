@@ -12,10 +12,14 @@ from pathlib import Path
 
 import numpy as np
 
+from histocore.io import RefusedFile, read_capped
 from histomodels.data.base import DatasetError, KnownLabels
 from histomodels.data.images import decode_image
 
 LABELS_CSV = "train_labels.csv"
+#: The largest labels CSV read: Kaggle's has 220,025 rows, about 10 MB. A multi-GB file, a
+#: FIFO or a link to ``/dev/zero`` named so is one line, not a hang or a ``MemoryError``.
+MAX_LABELS_BYTES = 64 << 20
 
 
 class KaggleDataset(KnownLabels):
@@ -37,7 +41,9 @@ class KaggleDataset(KnownLabels):
         labels: list[int] = []
         seen: dict[str, int] = {}
         try:  # utf-8-sig: a BOM written by Excel is not part of the 'id' header
-            text = self.csv_path.read_text(encoding="utf-8-sig")
+            text = read_capped(self.csv_path, MAX_LABELS_BYTES).decode("utf-8-sig")
+        except RefusedFile as exc:
+            raise DatasetError(f"{self.csv_path}: {exc}, not a labels CSV") from None
         except UnicodeDecodeError as exc:
             raise DatasetError(
                 f"{self.csv_path}: not UTF-8 text ({exc.reason} at byte {exc.start})"
