@@ -254,6 +254,18 @@ def _report_of_metrics(tmp_path: Path, fields: dict[str, Any]) -> tuple[Path, Re
             {"external": {"agreement": {"confusion": {"positive": 1}}}},
             "external.agreement.confusion.positive is not an object",
         ),
+        # why there is no interval is shown as given: a number or a list there was printed
+        # (the noise rate's "(no interval: [1, 2])") or dropped (the metrics' row said "-")
+        ({"ci_reason": 5}, "ci_reason is not text"),
+        ({"image_metrics": {"max": {"ci_reason": [1]}}}, "image_metrics.max.ci_reason is not"),
+        (
+            {"external": {"agreement": {"noise_rate_ci_reason": 5}}},
+            "external.agreement.noise_rate_ci_reason is not text",
+        ),
+        (
+            {"external": {"agreement": {"noise_rate_ci_reason": [1, 2]}}},
+            "external.agreement.noise_rate_ci_reason is not text",
+        ),
         # eval --scale's fields: a flag is no number (Python's True is an int); "-" before
         ({"scale": True, "scored_px": [9, 9]}, "scale is not a positive number"),
         ({"scale": "0.5", "scored_px": [9, 9]}, "scale is not a positive number"),

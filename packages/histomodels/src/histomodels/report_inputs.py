@@ -140,11 +140,16 @@ def _check_metrics(metrics: dict[str, Any], path: Path) -> None:
             bad(where, "an object")
         return value
 
+    def text(value: Any, where: str) -> None:  # why there is no interval: shown as given
+        if value is not None and not isinstance(value, str):
+            bad(where, "text")
+
     def block(m: Any, where: str) -> None:  # one set of metrics with its intervals
         for key, pair in mapping(mapping(m, where.rstrip(".") or "metrics.json").get("ci") or {},
                                  f"{where}ci").items():  # fmt: skip
             if pair is not None and not _pair(pair):
                 bad(f"{where}ci.{key}", "a [low, high] pair of numbers")
+        text(m.get("ci_reason"), f"{where}ci_reason")
 
     block(metrics, "")
     px = metrics.get("scored_px")
@@ -174,6 +179,7 @@ def _check_metrics(metrics: dict[str, Any], path: Path) -> None:
         mapping(counts, f"external.agreement.confusion.{weak}")
     if agree.get("noise_rate_ci") is not None and not _pair(agree["noise_rate_ci"]):
         bad("external.agreement.noise_rate_ci", "a [low, high] pair of numbers")
+    text(agree.get("noise_rate_ci_reason"), "external.agreement.noise_rate_ci_reason")
 
 
 def _number(v: Any) -> bool:

@@ -221,17 +221,14 @@ def external_tables(name: str, m: dict[str, Any]) -> list[tuple[str, list[str], 
         rows = [(w, [str(c.get(k, 0)) for k in cols]) for w, c in conf.items()]
         rate, ci = agree.get("noise_rate"), agree.get("noise_rate_ci") or [None, None]
         rate, ci = _number(rate), [_number(c) for c in ci]
+        # no interval: the rate alone and a row saying why, as the metrics tables say it
         no_ci = agree.get("noise_rate_ci") is None and agree.get("noise_rate_ci_reason")
-        ci_text = f"(no interval: {no_ci})" if no_ci else f"[{fmt(ci[0], 3)}, {fmt(ci[1], 3)}]"
-        rows.append(
-            (
-                "weak-label noise rate",
-                [
-                    f"{fmt(rate, 3)} {ci_text} on {_many(agree.get('n_both', 0), 'figure')}",
-                    *[""] * (len(cols) - 1),
-                ],
-            )
-        )
+        ci_text = "" if no_ci else f" [{fmt(ci[0], 3)}, {fmt(ci[1], 3)}]"
+        blank = [""] * (len(cols) - 1)
+        on = _many(agree.get("n_both", 0), "figure")
+        rows.append(("weak-label noise rate", [f"{fmt(rate, 3)}{ci_text} on {on}", *blank]))
+        if no_ci:
+            rows.append(("95 % intervals", [f"none: {no_ci}", *blank]))
         rows.append(
             (
                 "left out for leakage",
