@@ -10,6 +10,8 @@ from __future__ import annotations
 import csv
 import io
 import math
+import os
+from array import array
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
@@ -18,7 +20,14 @@ import numpy as np
 
 from histocore.csvcells import numbered_rows
 from histocore.errors import DomainError
-from histocore.io import NotJSON, RefusedFile, loads_json, read_capped
+from histocore.io import (
+    NotJSON,
+    RefusedFile,
+    loads_json,
+    open_regular,
+    read_capped,
+    size_text,
+)
 
 
 class ReportError(DomainError, ValueError):
@@ -219,12 +228,26 @@ def _evaluated_model(metrics: dict[str, Any]) -> str | None:
 def read_predictions(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """The labelled rows of an eval folder's ``predictions.csv``: labels (0/1) and
     probabilities. A probability that is not a number from 0 to 1, or a file that is not
-    UTF-8 CSV, is a :class:`ReportError` naming the file and the line the row starts on."""
-    labels, probs = [], []
-    raw = _read_capped(path, "predictions file")
+    UTF-8 CSV, is a :class:`ReportError` naming the file and the line the row starts on.
+    Streamed a row at a time, its size (:data:`MAX_REPORT_BYTES`) checked on the open file
+    first: it was read whole and decoded, several copies of it at once (0.9 GB at its
+    peak for a 100 MB file)."""
+    labels, probs = array("b"), array("d")  # a byte and 8 bytes a row, not Python objects
+    cap = MAX_REPORT_BYTES["predictions.csv"]
     try:
-        with io.StringIO(raw.decode("utf-8-sig"), newline="") as fh:
-            reader = csv.DictReader(fh)
+        fh = open_regular(path)
+    except OSError as exc:
+        raise ReportError(f"{path}: cannot read ({exc})") from None
+    except RefusedFile as exc:
+        raise ReportError(f"{path}: {exc}, not a predictions file histomodels writes") from None
+    with fh:
+        if os.fstat(fh.fileno()).st_size > cap:
+            raise ReportError(
+                f"{path}: over {size_text(cap)}, not a predictions file histomodels writes"
+            )
+        text = io.TextIOWrapper(fh, encoding="utf-8-sig", newline="")
+        try:
+            reader = csv.DictReader(text)
             for line, row in numbered_rows(reader):
                 label = row.get("label")
                 if label is None or label not in ("0", "1"):
@@ -240,8 +263,10 @@ def read_predictions(path: Path) -> tuple[np.ndarray, np.ndarray]:
                     )
                 labels.append(int(label))
                 probs.append(prob)
-    except (UnicodeDecodeError, csv.Error) as exc:
-        raise ReportError(f"{path}: not a UTF-8 CSV file ({exc})") from None
+        except (UnicodeDecodeError, csv.Error) as exc:
+            raise ReportError(f"{path}: not a UTF-8 CSV file ({exc})") from None
+        finally:
+            text.detach()  # ``fh`` is closed once, by its own ``with``
     return np.array(labels, dtype=int), np.array(probs, dtype=float)
 
 
