@@ -7,6 +7,7 @@ one logging setup.
   given as a folder names a file or one given as a file names a folder, or its name is
   longer than the file system takes: the file system's state, not a malformed option
   (that is click's usage error, exit 2).
+- :func:`home_path` is the parser of every path option: ``~`` expanded where it is parsed.
 - :func:`errors` turns domain errors (:class:`~histocore.errors.DomainError`) and
   ``OSError`` into that one line, and Ctrl-C into one ``interrupted`` line (exit 130);
   every other exception is a bug and keeps its traceback.
@@ -121,6 +122,16 @@ def _said_as(raw: str | Path) -> Iterator[None]:
         yield
     except OSError as exc:
         fail(f"{raw}: {(exc.strerror or str(exc)).lower()}")
+
+
+def home_path(raw: str | Path) -> Path:
+    """Every path option's and argument's parser in both CLIs (``parser=home_path``): ``~``
+    and ``~user`` expanded once, as the value is parsed, so the checks before the work and
+    the code that reads or writes see one path. The shell expands a bare ``~/x`` but not
+    ``--out=~/x`` or a quoted ``'~/x'``: the checks expanded it, the writers did not, and
+    ``./~/x`` was written. A user it cannot expand is one line, exit 1: ``error:
+    ~nosuchuser/x: Could not determine home directory.``."""
+    return _expanded(raw)
 
 
 def _expanded(raw: str | Path) -> Path:

@@ -14,7 +14,15 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from histocore.cli import errors, fail, progress, require_file, require_folder, setup_logging
+from histocore.cli import (
+    errors,
+    fail,
+    home_path,
+    progress,
+    require_file,
+    require_folder,
+    setup_logging,
+)
 from histocore.errors import UsageError
 from histofetch.choices import Database, LicencePolicy
 from histofetch.record_time import (
@@ -36,7 +44,13 @@ def _run_folder(path: Path) -> Path:
 
 Run = Annotated[
     Path,
-    typer.Option("--run", "-r", callback=_run_folder, help="Run folder (holds the manifest)."),
+    typer.Option(
+        "--run",
+        "-r",
+        callback=_run_folder,
+        help="Run folder (holds the manifest).",
+        parser=home_path,
+    ),
 ]
 RUN_DEFAULT = Path("runs/default")
 

@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 
+from histocore.cli import home_path
 from histocore.export import ExportFormat
 from histofetch.cli._common import RUN_DEFAULT, Run, errors, fail, require_file, require_folder
 
@@ -32,7 +33,11 @@ def review(
     ] = None,
     scores: Annotated[
         Path | None,
-        typer.Option("--scores", help="A `histomodels eval --manifest` output: scores, heatmaps."),
+        typer.Option(
+            "--scores",
+            help="A `histomodels eval --manifest` output: scores, heatmaps.",
+            parser=home_path,
+        ),
     ] = None,
 ) -> None:
     """Confirm or correct labels in the browser: one figure at a time, keyboard first
@@ -68,8 +73,12 @@ def status(
 
 
 def merge(
-    runs: Annotated[list[Path], typer.Argument(help="Run folders to merge (e.g. the shards).")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="The merged run folder.")],
+    runs: Annotated[
+        list[Path], typer.Argument(help="Run folders to merge (e.g. the shards).", parser=home_path)
+    ],
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="The merged run folder.", parser=home_path)
+    ],
 ) -> None:
     """Join run folders into one: records deduplicated by id and PMCID, images by sha256."""
     from histocore.io import one_line
@@ -96,7 +105,10 @@ def export(
     out: Annotated[
         Path | None,
         typer.Option(
-            "--out", "-o", help="Output file [RUN/manifest.jsonl, RUN/export.csv|parquet]."
+            "--out",
+            "-o",
+            help="Output file [RUN/manifest.jsonl, RUN/export.csv|parquet].",
+            parser=home_path,
         ),
     ] = None,
 ) -> None:

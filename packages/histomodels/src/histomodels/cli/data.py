@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 
+from histocore.cli import home_path
 from histomodels.choices import PCAM_SPLITS, Dataset, PcamSplit
 from histomodels.cli._common import (
     OriginSplit,
@@ -32,7 +33,7 @@ class SplitName(str, Enum):
 
 def download(
     dataset: Annotated[Dataset, typer.Argument(case_sensitive=False, help="Dataset to fetch.")],
-    dest: Annotated[Path, typer.Option(help="Folder to download into.")],
+    dest: Annotated[Path, typer.Option(help="Folder to download into.", parser=home_path)],
     split: Annotated[
         list[SplitName] | None,
         typer.Option(help="Split(s) (default: all). Repeatable."),
@@ -47,7 +48,8 @@ def download(
         ),
     ] = None,
     checksums: Annotated[
-        Path | None, typer.Option(help="md5sum-format file replacing the built-in checksums.")
+        Path | None,
+        typer.Option(help="md5sum-format file replacing the built-in checksums.", parser=home_path),
     ] = None,
     retries: Annotated[int, typer.Option(min=0, help="Reconnect attempts per file.")] = 5,
 ) -> None:
@@ -72,8 +74,12 @@ def download(
 
 def info(
     ctx: typer.Context,
-    path: Annotated[Path, typer.Argument(help="Any dataset path histomodels can read.")],
-    sheet: Annotated[Path | None, typer.Option(help="Write a contact-sheet PNG here.")] = None,
+    path: Annotated[
+        Path, typer.Argument(help="Any dataset path histomodels can read.", parser=home_path)
+    ],
+    sheet: Annotated[
+        Path | None, typer.Option(help="Write a contact-sheet PNG here.", parser=home_path)
+    ] = None,
     per_class: Annotated[int, typer.Option(min=1, help="Patches per class on the sheet.")] = 8,
     split: Annotated[PcamSplit | None, typer.Option(help="PCam folder: which split.")] = None,
     origin_split: OriginSplit = None,
@@ -142,8 +148,10 @@ def _takes(options: list[str]) -> str:
 
 
 def stain(
-    reference: Annotated[Path, typer.Argument(help="A well-stained H&E reference image.")],
-    out: Annotated[Path, typer.Option("--out", help="Stain JSON to write.")],
+    reference: Annotated[
+        Path, typer.Argument(help="A well-stained H&E reference image.", parser=home_path)
+    ],
+    out: Annotated[Path, typer.Option("--out", help="Stain JSON to write.", parser=home_path)],
 ) -> None:
     """Fit Macenko stain settings on a reference image, for `train --stain-norm FILE`."""
     from histomodels.data.stain import MacenkoNormalizer, StainError

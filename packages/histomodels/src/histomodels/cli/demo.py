@@ -7,13 +7,14 @@ from typing import Annotated
 
 import typer
 
+from histocore.cli import home_path
 from histomodels.choices import MAX_SEED
 from histomodels.cli._common import errors, in_range, progress, require_folder
 
 
 def demo(
     out: Annotated[
-        Path, typer.Option("--out", help="Folder for everything the demo writes.")
+        Path, typer.Option("--out", help="Folder for everything the demo writes.", parser=home_path)
     ] = Path("demo_out"),
     minutes: Annotated[
         float,

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from histocore.cli import home_path
 from histomodels.cli._common import errors, require_file_out, require_folder
 
 
@@ -25,7 +26,9 @@ def ensemble_cmd(
             help="Two or more checkpoints, run folders (best.pt) or shipped names.",
         ),
     ],
-    out: Annotated[Path, typer.Option("--out", help="Run folder (→ best.pt) or a .pt file.")],
+    out: Annotated[
+        Path, typer.Option("--out", help="Run folder (→ best.pt) or a .pt file.", parser=home_path)
+    ],
     tta: Annotated[
         bool, typer.Option("--tta", help="Average the 8 dihedral views inside the model.")
     ] = False,

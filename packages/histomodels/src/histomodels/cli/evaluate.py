@@ -12,6 +12,7 @@ from typing import Annotated
 
 import typer
 
+from histocore.cli import home_path
 from histocore.errors import UsageError
 from histocore.io import number_text
 from histomodels.choices import (
@@ -56,7 +57,9 @@ ModelOption = Annotated[
 #: eval's and export's model: a checkpoint file, a run folder or an ensemble (or ``--model``)
 CheckpointArgument = Annotated[
     Path | None,
-    typer.Argument(help="Checkpoint file, run folder (best.pt) or ensemble; or --model."),
+    typer.Argument(
+        help="Checkpoint file, run folder (best.pt) or ensemble; or --model.", parser=home_path
+    ),
 ]
 
 #: ``--precision``, one option and one default for eval and predict: the same checkpoint
@@ -109,7 +112,9 @@ def eval_cmd(
     origin_split: OriginSplit = None,
     manifest: Annotated[
         Path | None,
-        typer.Option("--manifest", help="histofetch run folder: external literature set."),
+        typer.Option(
+            "--manifest", help="histofetch run folder: external literature set.", parser=home_path
+        ),
     ] = None,
     val: Annotated[
         str | None,
@@ -119,7 +124,9 @@ def eval_cmd(
             "for the figures' tiles and scores).",
         ),
     ] = None,
-    out: Annotated[Path, typer.Option("--out", help="Output folder.")] = Path("eval"),
+    out: Annotated[Path, typer.Option("--out", help="Output folder.", parser=home_path)] = Path(
+        "eval"
+    ),
     tta: Annotated[bool, typer.Option("--tta", help="Average the 8 dihedral views.")] = False,
     threshold_rule: Annotated[
         ThresholdRule,
@@ -431,7 +438,10 @@ def export_cmd(
     *,
     model: ModelOption = None,
     out: Annotated[
-        Path, typer.Option("--out", help="Output file (.onnx; .pt/.pth/.ts for TorchScript).")
+        Path,
+        typer.Option(
+            "--out", help="Output file (.onnx; .pt/.pth/.ts for TorchScript).", parser=home_path
+        ),
     ],
     fmt: Annotated[
         ExportFormat | None,
@@ -485,10 +495,13 @@ def predict_cmd(
             help="CHECKPOINT (file, run folder or ensemble) then image files or folders; "
             "with --model, image files or folders only.",
             metavar="[CHECKPOINT] IMAGES...",
+            parser=home_path,
         ),
     ],
     model: ModelOption = None,
-    out: Annotated[Path, typer.Option("--out", help="CSV to write.")] = Path("predictions.csv"),
+    out: Annotated[Path, typer.Option("--out", help="CSV to write.", parser=home_path)] = Path(
+        "predictions.csv"
+    ),
     stride: Annotated[
         int | None, typer.Option("--tile-stride", min=1, help="Tile step in px (default 96).")
     ] = None,
@@ -501,7 +514,8 @@ def predict_cmd(
         ),
     ] = 1.0,
     heatmaps: Annotated[
-        Path | None, typer.Option("--heatmaps", help="Heatmap folder (default: beside CSV).")
+        Path | None,
+        typer.Option("--heatmaps", help="Heatmap folder (default: beside CSV).", parser=home_path),
     ] = None,
     no_heatmaps: Annotated[
         bool,
@@ -635,7 +649,9 @@ def _too_small_line(small: list, problems: list, summary: dict) -> str:
 
 
 def label_cmd(
-    manifest: Annotated[Path, typer.Option("--manifest", help="histofetch run folder.")],
+    manifest: Annotated[
+        Path, typer.Option("--manifest", help="histofetch run folder.", parser=home_path)
+    ],
     set_: Annotated[
         list[str] | None,
         typer.Option(
@@ -645,7 +661,8 @@ def label_cmd(
         ),
     ] = None,
     from_csv: Annotated[
-        Path | None, typer.Option("--from-csv", help="CSV with image_id,label columns.")
+        Path | None,
+        typer.Option("--from-csv", help="CSV with image_id,label columns.", parser=home_path),
     ] = None,
     relabel: Annotated[
         bool, typer.Option("--relabel", help="Also ask about labelled ones.")
@@ -695,8 +712,12 @@ def _ask(question: str) -> str:
 
 
 def report_cmd(
-    runs: Annotated[list[Path], typer.Argument(help="Training run and/or eval folders.")],
-    out: Annotated[Path, typer.Option("--out", help="Output folder.")] = Path("report"),
+    runs: Annotated[
+        list[Path], typer.Argument(help="Training run and/or eval folders.", parser=home_path)
+    ],
+    out: Annotated[Path, typer.Option("--out", help="Output folder.", parser=home_path)] = Path(
+        "report"
+    ),
     title: Annotated[
         str | None,
         typer.Option(

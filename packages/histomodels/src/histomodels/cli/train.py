@@ -19,6 +19,7 @@ from typing import Annotated, Any
 
 import typer
 
+from histocore.cli import home_path
 from histocore.io import RefusedFile, loads_json, read_capped
 from histomodels.choices import MAX_INPUT_SIZE, MAX_SEED, MIN_INPUT_SIZE
 from histomodels.choices import Schedule as ScheduleName
@@ -52,7 +53,9 @@ Model = Annotated[
 ]
 Data = Annotated[str | None, typer.Option(help="Training data: .h5, Kaggle folder, class tree.")]
 Val = Annotated[str | None, typer.Option(help="Validation data (early stopping on its AUC).")]
-Out = Annotated[Path, typer.Option(help="Run folder: best.pt, last.pt, history, config.json.")]
+Out = Annotated[
+    Path, typer.Option(help="Run folder: best.pt, last.pt, history, config.json.", parser=home_path)
+]
 Epochs = Annotated[int | None, typer.Option(min=1, help="Maximum epochs [50].")]
 Patience = Annotated[
     int | None,
@@ -62,7 +65,9 @@ Budget = Annotated[
     float | None,
     typer.Option(callback=POSITIVE, help="Stop after this many minutes, keep best."),
 ]
-ConfigFile = Annotated[Path | None, typer.Option("--config", help="JSON/YAML config file.")]
+ConfigFile = Annotated[
+    Path | None, typer.Option("--config", help="JSON/YAML config file.", parser=home_path)
+]
 BatchSize = Annotated[int | None, typer.Option(min=1, help="Batch size per process [128].")]
 Lr = Annotated[
     float | None,
@@ -536,7 +541,10 @@ def tune_cmd(
     ctx: typer.Context,
     data: Annotated[str, typer.Option(help="Training data.")],
     val: Annotated[str, typer.Option(help="Validation data (the objective is its AUC).")],
-    out: Annotated[Path, typer.Option(help="Folder: experiment JSON, trials, best_config.json.")],
+    out: Annotated[
+        Path,
+        typer.Option(help="Folder: experiment JSON, trials, best_config.json.", parser=home_path),
+    ],
     trials: Annotated[int, typer.Option(min=1, help="Total trials (including earlier ones).")] = 20,
     trial_minutes: Annotated[
         float | None,
@@ -565,7 +573,9 @@ def tune_cmd(
     config: Annotated[
         Path | None,
         typer.Option(
-            "--config", help="Base config of every trial (as for train --config), e.g. a teacher."
+            "--config",
+            help="Base config of every trial (as for train --config), e.g. a teacher.",
+            parser=home_path,
         ),
     ] = None,
     sobol_trials: Annotated[

@@ -1,0 +1,109 @@
+"""``~`` in a path option is expanded once, where the option is parsed, in both CLIs: the
+shell leaves ``--out=~/x`` and a quoted ``'~/x'`` alone, and the up-front checks expanded
+it while the writers did not (checked against $HOME, written to ``./~/x``)."""
+
+from __future__ import annotations
+
+import json
+import typing
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from histocore.cli import home_path
+
+
+def _commands(cmd: Any, path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], Any]]:
+    yield path, cmd
+    if hasattr(cmd, "commands"):
+        for name, sub in cmd.commands.items():
+            yield from _commands(sub, (*path, name))
+
+
+def _apps() -> dict[str, typer.Typer]:
+    from histofetch.cli import app as fetch_app
+    from histomodels.cli import app as models_app
+
+    return {"histofetch": fetch_app, "histomodels": models_app}
+
+
+def _is_path(annotation: Any) -> bool:
+    if annotation is Path:
+        return True
+    return any(_is_path(a) for a in typing.get_args(annotation))
+
+
+@pytest.mark.parametrize("name", ["histofetch", "histomodels"])
+def test_every_path_option_is_parsed_by_home_path(name: str) -> None:
+    """Any path option or argument added later gets the same parser, or this fails."""
+    missing, seen = [], 0
+    for path, cmd in _commands(typer.main.get_command(_apps()[name])):
+        for p in cmd.params:
+            desc = getattr(p, "type_descriptor", None)
+            if desc is None or not _is_path(desc.annotation):
+                continue
+            seen += 1
+            if desc.parameter_info.parser is not home_path:
+                missing.append(f"{' '.join(path)} {p.name}")
+    assert seen and not missing, missing
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path]:
+    """(HOME, the working folder): both empty folders under tmp_path."""
+    home, work = tmp_path / "home", tmp_path / "work"
+    home.mkdir()
+    work.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(work)
+    return home, work
+
+
+def test_histomodels_report_out_tilde_is_written_under_home(home: tuple[Path, Path]) -> None:
+    from histomodels.cli import app
+
+    home_dir, work = home
+    ev = home_dir / "ev"
+    ev.mkdir()
+    (ev / "metrics.json").write_text(json.dumps({"roc_auc": 0.9, "n": 10}))
+    for args in (["~/ev", "--out=~/rep"], ["~/ev", "--out", "~/rep2"]):
+        r = CliRunner().invoke(app, ["report", *args])
+        assert r.exit_code == 0, r.output
+    assert (home_dir / "rep" / "report.html").is_file()
+    assert (home_dir / "rep2" / "report.md").is_file()
+    assert list(work.iterdir()) == []  # no ./~ folder
+
+
+def test_histofetch_export_out_tilde_is_written_under_home(home: tuple[Path, Path]) -> None:
+    from histofetch.cli import app
+
+    home_dir, work = home
+    run = home_dir / "run"
+    run.mkdir()
+    header = {"kind": "header", "schema": "histofetch.manifest", "version": 1, "query": None}
+    record = {"kind": "record", "id": "r1", "stage": "searched"}
+    (run / "manifest.jsonl").write_text(f"{json.dumps(header)}\n{json.dumps(record)}\n")
+    args = ["export", "--run=~/run", "--format", "csv", "--out=~/x.csv"]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    assert (home_dir / "x.csv").is_file() and "r1" in (home_dir / "x.csv").read_text()
+    assert list(work.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("name", "args"),
+    [
+        ("histomodels", ["report", "ev", "--out=~nosuchuser_hm4/rep"]),
+        ("histofetch", ["export", "--out", "~nosuchuser_hm4/x.csv"]),
+    ],
+)
+def test_an_unknown_user_is_one_line(home: tuple[Path, Path], name: str, args: list[str]) -> None:
+    r = CliRunner().invoke(_apps()[name], args)
+    assert r.exit_code == 1, r.output
+    assert r.stderr.strip().splitlines() == [
+        f"error: {args[-1].removeprefix('--out=')}: Could not determine home directory."
+    ]
