@@ -618,3 +618,27 @@ def test_predictions_csv_is_streamed_not_read_whole(tmp_path: Path) -> None:
         tracemalloc.stop()
     assert len(y) == len(p) == n and y[:3].tolist() == [0, 1, 0] and p[1] == pytest.approx(1 / 997)
     assert peak < size // 2, (peak, size)
+
+
+@pytest.mark.parametrize(
+    ("threshold", "shown"),
+    [
+        (0.5, "0.5000"),
+        (0.9971199907327686, "0.9971"),
+        (0.99996, "0.99996"),  # it read 1.0000: a threshold at 1 for a confident model
+        (1 - 2**-53, "0.9999999999999999"),
+        (0.00002, "0.00002"),
+        (1.0, "1.0000 (only scores of exactly 1.0 pass: they saturate)"),
+        (0.0, "0.0000"),
+    ],
+)
+def test_a_threshold_near_1_is_not_printed_as_1(tmp_path: Path, threshold, shown) -> None:
+    """The demo's run_cnn, chosen on validation among scores near 1, showed threshold
+    1.0000: 0.99996 rounded, or scores of exactly 1.0 (a logit over about 37 saturates
+    the float64 sigmoid). Enough digits to tell it from 1, and exactly 1 says so."""
+    from histomodels.report_tables import threshold_text
+
+    assert threshold_text(threshold) == shown
+    _, r = _report_of_metrics(tmp_path, {"threshold": threshold})
+    assert r.exit_code == 0, r.output
+    assert f"| threshold | {shown} |" in (tmp_path / "o" / "report.md").read_text()

@@ -371,7 +371,9 @@ def _print_metrics(result: dict, out: Path) -> None:
     if result.get("ci_reason"):
         console.print(f"no 95% CI: {result['ci_reason']}", soft_wrap=True)
     # the source has its own brackets ("default 0.5 (no validation set given)"): not nested
-    line = f"threshold {result['threshold']:.4f}: {result['threshold_source']}"
+    from histomodels.report_tables import threshold_text
+
+    line = f"threshold {threshold_text(result['threshold'])}: {result['threshold_source']}"
     console.print(line, soft_wrap=True)  # whole lines, as the first one
     inside = " (the ensemble's own 8 views)" if result.get("tta_inside_model") else ""
     console.print(
@@ -425,7 +427,9 @@ def _print_external(result: dict, out: Path) -> None:
             f"weak-label noise rate {agree['noise_rate']:.3f} {ci_text} "
             f"on {agree['n_both']} figure(s) with both labels"
         )
-    typer.echo(f"threshold {result['threshold']:.4f}: {result['threshold_source']}")
+    from histomodels.report_tables import threshold_text
+
+    typer.echo(f"threshold {threshold_text(result['threshold'])}: {result['threshold_source']}")
     typer.echo(f"temperature {result['temperature']:.3f}")
     if result.get("note"):
         typer.echo(result["note"])
@@ -588,7 +592,9 @@ def predict_cmd(
 def _print_predicted(res: dict) -> None:
     typer.echo(f"{res['rows']} patch(es) from {res['files']} file(s) → {res['csv']}")
     source = "--threshold" if res["threshold_source"] == "given" else res["threshold_source"]
-    typer.echo(f"tumour = probability >= {res['threshold']:.4f}: {source}")
+    from histomodels.report_tables import threshold_text
+
+    typer.echo(f"tumour = probability >= {threshold_text(res['threshold'])}: {source}")
     if res["heatmaps"]:
         typer.echo(f"{len(res['heatmaps'])} heatmap(s) in {Path(res['heatmaps'][0]).parent}")
 
