@@ -101,6 +101,10 @@ _JOURNAL_YEAR_RE = re.compile(
     rf"(?:(?i:the)\s+)?{_NAME}|(?i:journal)|(?i:acta)\s+{_NAME})"
     r"[\s,.;:-]*\(?(?:19|20)\d\d\)?\.?"
 )
+#: Only a title this short is matched against :data:`_JOURNAL_YEAR_RE` (the longest
+#: journal name and year is ~90 characters); the pattern backtracks over every capitalised
+#: word, so a crafted 40 KB title of ``Acta Acta …`` took 10+ s, quadratic in its length.
+_JOURNAL_YEAR_MAX_CHARS = 120
 
 
 def metadata_title(raw: object, stem: str) -> str | None:
@@ -129,7 +133,7 @@ def metadata_title(raw: object, stem: str) -> str | None:
 
     if plain(title) == plain(stem) or any(r.search(title) for r in _JUNK_TITLE_RES):
         return None
-    if _JOURNAL_YEAR_RE.fullmatch(title):
+    if len(title) <= _JOURNAL_YEAR_MAX_CHARS and _JOURNAL_YEAR_RE.fullmatch(title):
         return None
     if sum(any(c.isalpha() for c in w) for w in title.split()) < 2:
         return None
