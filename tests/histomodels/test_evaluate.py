@@ -497,3 +497,19 @@ def test_cli_eval_tiny_labelled_set_gives_no_interval_and_says_why(tmp_path: Pat
     reason = f"too few patches for an interval: {pos} tumour, {neg} normal"
     assert m["ci_reason"].startswith(reason)
     assert f"no 95% CI: {m['ci_reason']}" in r.stdout.splitlines()
+
+
+def test_cli_eval_bootstrap_0_says_there_is_no_interval(tmp_path: Path) -> None:
+    """``--bootstrap 0`` printed an empty ``95% CI`` column with no line saying why."""
+    from histomodels.synthetic import write_h5
+
+    ckpt = tiny_checkpoint(tmp_path)
+    test_h5 = write_h5(tmp_path / "test.h5", 24, seed=7)
+    out = tmp_path / "out"
+    args = ["eval", str(ckpt), "--data", str(test_h5), "--out", str(out), "--bootstrap", "0"]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    m = json.loads((out / "metrics.json").read_text())
+    assert "roc_auc" in m and "ci" not in m  # the library's record is unchanged
+    assert "no 95% CI: --bootstrap 0" in r.stdout.splitlines()
+    assert "95% CI" not in r.stdout.replace("no 95% CI: --bootstrap 0", "")

@@ -642,3 +642,16 @@ def test_a_threshold_near_1_is_not_printed_as_1(tmp_path: Path, threshold, shown
     _, r = _report_of_metrics(tmp_path, {"threshold": threshold})
     assert r.exit_code == 0, r.output
     assert f"| threshold | {shown} |" in (tmp_path / "o" / "report.md").read_text()
+
+
+def test_report_says_an_eval_without_intervals_ran_with_bootstrap_0(tmp_path: Path) -> None:
+    """An ``eval --bootstrap 0`` column showed values alone under "Point estimate [95%
+    bootstrap interval]", with no row saying why, as a too-small set's does."""
+    x, y = make_patches(48, seed=11)
+    ev = tmp_path / "ev"
+    evaluate_checkpoint(tiny_checkpoint(tmp_path), ArrayDataset(x, y, source="s"), ev,
+                        n_bootstrap=0, gallery=False)  # fmt: skip
+    out = tmp_path / "report"
+    r = CliRunner().invoke(app, ["report", str(ev), "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert "| 95 % intervals | none: --bootstrap 0 |" in (out / "report.md").read_text()

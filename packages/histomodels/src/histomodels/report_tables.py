@@ -69,8 +69,12 @@ def _metric_cell(m: dict[str, Any], key: str) -> str:
 def _interval_row(shown: list[dict[str, Any]]) -> list[tuple[str, list[str]]]:
     """A row saying once per column why it has no intervals (eval's ``ci_reason``: too few
     of a class), where any column has none; the reason stood in every metric's cell,
-    the threshold's too, which never has an interval."""
-    reasons = [m.get("ci_reason") for m in shown]
+    the threshold's too, which never has an interval; or ``--bootstrap 0``: metrics and no
+    ``ci`` at all, under the page's "[95% bootstrap interval]" with nothing said)."""
+    reasons = [
+        m.get("ci_reason") or ("--bootstrap 0" if "roc_auc" in m and "ci" not in m else None)
+        for m in shown
+    ]
     if not any(isinstance(r, str) for r in reasons):
         return []
     return [("95 % intervals", [f"none: {r}" if isinstance(r, str) else "-" for r in reasons])]

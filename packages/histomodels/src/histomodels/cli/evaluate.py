@@ -353,23 +353,23 @@ def _print_metrics(result: dict, out: Path) -> None:
         w, h = result["scored_px"]
         scaled = f", resized by {number_text(result['scale'])}, scored at {w}x{h} px"
     console.print(f"{shown} on {result.get('data')} (n={result.get('n')}{scaled})", soft_wrap=True)
+    # no "ci" at all: --bootstrap 0 asked for none (an empty column said nothing of why)
+    reason = result.get("ci_reason") if "ci" in result else "--bootstrap 0"
     table = Table()
     table.add_column("metric")
     table.add_column("value", justify="right")
-    table.add_column("95% CI", justify="right")
+    if "ci" in result:
+        table.add_column("95% CI", justify="right")
     ci = result.get("ci") or {}  # None: too few patches of a class (ci_reason says so)
     from histomodels.metrics import METRIC_KEYS
 
     for key in METRIC_KEYS:
         lo_hi = ci.get(key)
-        table.add_row(
-            key,
-            _fmt(result.get(key)),
-            f"{lo_hi[0]:.4f}-{lo_hi[1]:.4f}" if lo_hi and None not in lo_hi else "",
-        )
+        interval = f"{lo_hi[0]:.4f}-{lo_hi[1]:.4f}" if lo_hi and None not in lo_hi else ""
+        table.add_row(key, _fmt(result.get(key)), *([interval] if "ci" in result else []))
     console.print(table)
-    if result.get("ci_reason"):
-        console.print(f"no 95% CI: {result['ci_reason']}", soft_wrap=True)
+    if reason:
+        console.print(f"no 95% CI: {reason}", soft_wrap=True)
     # the source has its own brackets ("default 0.5 (no validation set given)"): not nested
     from histomodels.report_tables import threshold_text
 
