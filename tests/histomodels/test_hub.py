@@ -402,3 +402,26 @@ def test_a_cached_hf_hub_config_timm_cannot_parse_is_one_line(
         f"error: {config}: not a usable config.json for timm/hf-hub:evil/m ({said}"
     ), lines
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.slow
+def test_no_torchvision_download_names_the_cli_option(tmp_path: Path) -> None:
+    """A torchvision model's ImageNet weights that cannot be downloaded said "when offline
+    pass weights=PATH to a local file", the Python argument, to a CLI user; the timm line
+    names --weights FILE."""
+    proxy = f"http://127.0.0.1:{_closed_port()}"  # torch.hub's urllib: connection refused
+    env = {k: v for k, v in os.environ.items() if k.lower() not in ("no_proxy", "all_proxy")}
+    env.update(TORCH_HOME=str(tmp_path / "torch"), HTTPS_PROXY=proxy, https_proxy=proxy,
+               OMP_NUM_THREADS="1")  # fmt: skip
+    train_h5 = write_h5(tmp_path / "train.h5", 32, seed=0)
+    val_h5 = write_h5(tmp_path / "val.h5", 24, seed=1)
+    args = ["finetune", "--model", "mobilenet_v3_small", "--data", str(train_h5), "--val",
+            str(val_h5), "--out", str(tmp_path / "r"), "--epochs", "1", "--quiet"]  # fmt: skip
+    command = [sys.executable, "-m", "histomodels", *args]
+    r = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 1, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith("error: mobilenet_v3_small: could not get torchvision ImageNet")
+    assert "--weights FILE" in lines[0], lines[0]
+    assert not (tmp_path / "r").exists()

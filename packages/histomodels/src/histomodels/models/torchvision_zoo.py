@@ -63,8 +63,9 @@ def _torchvision(
         except Exception as exc:
             raise WeightsError(
                 f"{arch}: could not get torchvision ImageNet weights ({type(exc).__name__}: "
-                f"{str(exc).splitlines()[0] if str(exc) else ''}); when offline pass "
-                f"weights=PATH to a local file"
+                f"{str(exc).splitlines()[0] if str(exc) else ''}); to work offline, pass the "
+                f"model's .pth as --weights FILE (weights=PATH in Python), or put torchvision's "
+                f"file in the torch hub cache ($TORCH_HOME/hub/checkpoints) once online"
             ) from None
     else:
         model = torchvision.models.get_model(arch, weights=None)
