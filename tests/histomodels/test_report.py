@@ -655,3 +655,23 @@ def test_report_says_an_eval_without_intervals_ran_with_bootstrap_0(tmp_path: Pa
     r = CliRunner().invoke(app, ["report", str(ev), "--out", str(out)])
     assert r.exit_code == 0, r.output
     assert "| 95 % intervals | none: --bootstrap 0 |" in (out / "report.md").read_text()
+
+
+def test_the_external_note_says_the_noise_rate_interval_is_wilsons(tmp_path: Path) -> None:
+    """edff0d7 gave the noise rate Wilson's interval; the section's note still called every
+    interval in it a bootstrap one."""
+    agreement = {
+        "confusion": {"metastasis": {"metastasis": 9, "no_metastasis": 1}},
+        "noise_rate": 0.1,
+        "noise_rate_ci": [0.018, 0.404],
+        "n_both": 10,
+    }
+    folder = tmp_path / "ev"
+    folder.mkdir()
+    fields = {"n_tiles": 10, "n_images": 10, "external": {"agreement": agreement}}
+    (folder / "metrics.json").write_text(json.dumps(fields))
+    r = CliRunner().invoke(app, ["report", str(folder), "--out", str(tmp_path / "o")])
+    assert r.exit_code == 0, r.output
+    md = (tmp_path / "o" / "report.md").read_text()
+    assert "| weak-label noise rate | 0.100 [0.018, 0.404] on 10 figures |" in md, md
+    assert "Wilson's 95% score interval (not a bootstrap)" in md

@@ -203,7 +203,8 @@ EXTERNAL_NOTE = (
     "aggregation rules, point estimate [95% bootstrap interval]; figures flagged for "
     "leakage (CAMELYON/PCam papers, near-duplicates, training-patch reprints) are "
     "left out unless eval ran with --include-leaky. The noise rate is the share of "
-    "figures whose caption weak label differs from the label a person confirmed."
+    "figures whose caption weak label differs from the label a person confirmed, with "
+    "Wilson's 95% score interval (not a bootstrap)."
 )
 
 
