@@ -579,7 +579,11 @@ def tune_cmd(
         ),
     ] = None,
     sobol_trials: Annotated[
-        int | None, typer.Option(min=0, help="Quasi-random trials first.")
+        int | None,
+        typer.Option(
+            min=0,
+            help="Quasi-random (Sobol) trials first (default: a third of --trials, from 2 to 5).",
+        ),
     ] = None,
     origin_split: OriginSplit = None,
     seed: Seed = None,
