@@ -77,7 +77,7 @@ Wd = Annotated[float | None, at_least(0.0, help="AdamW weight decay [0.05; finet
 Schedule = Annotated[ScheduleName | None, typer.Option(help="Learning-rate schedule \\[cosine].")]
 Aug = Annotated[
     float | None,
-    at_least(0.0, help="Augmentation strength (0 = off)."),
+    at_least(0.0, help="Augmentation strength [1.0] (0 = off)."),
 ]
 StainNorm = Annotated[
     str | None,
@@ -85,7 +85,7 @@ StainNorm = Annotated[
         help="Macenko stain normalisation: 'macenko' or a stain JSON file (default none)."
     ),
 ]
-Seed = Annotated[int | None, typer.Option(min=0, max=MAX_SEED, help="Random seed.")]
+Seed = Annotated[int | None, typer.Option(min=0, max=MAX_SEED, help="Random seed [0].")]
 Compile = Annotated[bool | None, typer.Option("--compile/--no-compile", help="torch.compile.")]
 Bf16 = Annotated[
     bool | None, typer.Option("--bf16/--no-bf16", help="Autocast \\[auto: CNN on CPU, AMP on GPU].")
