@@ -403,6 +403,12 @@ def test_eval_keeps_the_origin_splits_given(tmp_path: Path) -> None:
     assert saved["n"] == 12 and saved["n_unlabelled"] == 0  # 13 rows, one 'unknown'
     assert saved["origin_split"] == "pcam_train"  # metrics.json says which rows n counts
     assert len((out / "predictions.csv").read_text().splitlines()) == 13
+    # and so do the printed line and report (they named the file alone, as if n were all of it)
+    assert f"on encoded:{data}, origin_split pcam_train (n=12)" in r.stdout.splitlines()[0]
+    rep = CliRunner().invoke(app, ["report", str(out), "--out", str(tmp_path / "rep")])
+    assert rep.exit_code == 0, rep.output
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert f"| test data | encoded:{data} (origin_split pcam_train) |" in md, md
     r = CliRunner().invoke(app, ["eval", str(ckpt), "--manifest", str(tmp_path), "--out",
                                  str(out), "--origin-split", "pcam_train"])  # fmt: skip
     assert r.exit_code == 2 and "--origin-split" in r.output

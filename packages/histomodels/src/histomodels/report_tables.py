@@ -143,11 +143,19 @@ def _training_data(r: Run) -> str | None:
     return data
 
 
+def _test_data(metrics: dict) -> str:
+    """The test data and, for ``eval --origin-split``, the origin splits its ``n`` counts,
+    as the training data row names them."""
+    data = str(metrics.get("data") or metrics.get("manifest"))
+    split = metrics.get("origin_split")
+    return f"{data} (origin_split {split})" if split else data
+
+
 def eval_rows(cols: list[tuple[str, Evaluation]]) -> list[tuple[str, list[str]]]:
     rows = [
         (
             "test data",
-            [str(ev.metrics.get("data") or ev.metrics.get("manifest")) for _, ev in cols],
+            [_test_data(ev.metrics) for _, ev in cols],
         ),
         ("patches (positive)", [_counts(ev.metrics) for _, ev in cols]),
         ("threshold chosen by", [str(ev.metrics.get("threshold_source", "-")) for _, ev in cols]),
