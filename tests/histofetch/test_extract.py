@@ -211,6 +211,17 @@ def test_bad_input_paths_raise_one_clear_error(tmp_path: Path) -> None:
         run_extract(tmp_path / "run", [tmp_path / "empty"])
 
 
+def test_a_pdf_under_a_link_loop_names_the_loop(tmp_path: Path) -> None:
+    """``ln -s loop loop; histofetch extract loop/x.pdf`` said ``loop/x.pdf: no such file or
+    folder``, and ``extract loop`` the same of the loop itself."""
+    loop = tmp_path / "loop"
+    loop.symlink_to("loop")
+    for given in (loop / "x.pdf", loop, loop / "a" / "b.pdf"):
+        with pytest.raises(ExtractError) as raised:
+            run_extract(tmp_path / "run", [given])
+        assert str(raised.value) == f"{loop}: too many levels of symbolic links"
+
+
 def test_ingesting_the_same_pdf_twice_adds_one_record(tmp_path: Path) -> None:
     pdf = build_image_pdf(tmp_path / "a.pdf", [he_like(seed=2), he_like(seed=3)])
     copy = tmp_path / "copy.pdf"

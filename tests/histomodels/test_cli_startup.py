@@ -72,6 +72,25 @@ def test_a_missing_input_path_fails_before_pytorch_is_imported(
 @pytest.mark.parametrize(
     "command",
     [
+        ["eval", "--model", "pcam-cnn", "--data", "{deep}"],
+        ["predict", "model.pt", "{deep}"],
+        ["train", "--data", "{deep}", "--val", "{deep}", "--out", "{run}"],
+    ],
+)
+def test_an_input_under_a_link_loop_names_the_loop(tmp_path: Path, command: list[str]) -> None:
+    """``ln -s loop loop; histomodels eval --data loop/x.h5`` said ``loop/x.h5: no such file
+    or folder`` (``train``: ``train data not found``); the loop given itself was named."""
+    loop = tmp_path / "loop"
+    loop.symlink_to("loop")
+    names = {"deep": str(loop / "sub" / "x.h5"), "run": str(tmp_path / "run")}
+    code, last, heavy = _run(*(arg.format(**names) for arg in command))
+    assert (code, last, heavy) == (1, f"error: {loop}: too many levels of symbolic links", [])
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
         ["train", *TRAIN_ARGS, "--device", "gpu"],
         ["train", *TRAIN_ARGS, "--model", "resnet9000"],
         ["finetune", *TRAIN_ARGS, "--model-config", "[1]"],

@@ -165,6 +165,17 @@ def link_loop(path: Path) -> bool:
     return False
 
 
+def not_there(path: str | Path, problem: str = "no such file or folder") -> str:
+    """What an input ``path`` that does not exist is: ``<path>: <problem>``; but when it is a
+    link loop, or lies under one (``loop/x.h5`` after ``ln -s loop loop``), the loop named:
+    ``loop: too many levels of symbolic links`` (the deeper path said ``no such file``)."""
+    path = Path(path)
+    for part in (path, *path.parents):  # a name under the loop is no link: lstat fails
+        if link_loop(part):
+            return f"{part}: {LINK_LOOP}"
+    return f"{path}: {problem}"
+
+
 def file_in_the_way(path: str | Path) -> tuple[Path, str] | None:
     """What among ``path``'s parents keeps it from being made, and why: the nearest of them
     that exists, when it is no folder (``a`` of ``a/b.pt`` when ``a`` is a file: ``is a file,

@@ -39,7 +39,7 @@ import unicodedata
 from pathlib import Path
 
 from histocore.errors import DomainError
-from histocore.io import atomic_write_bytes, file_sha256, record_slug
+from histocore.io import atomic_write_bytes, file_sha256, not_there, record_slug
 from histocore.manifest import Image, Manifest, Record
 from histofetch.canary import pdf_canary
 from histofetch.pdf_checks import check_page_objects, check_pdf_bytes, open_pdf
@@ -188,7 +188,7 @@ def ingest_local(manifest: Manifest, paths: list[Path]) -> list[Record]:
     for raw in paths:
         path = Path(raw)
         if not path.exists():
-            raise ExtractError(f"{path}: no such file or folder")
+            raise ExtractError(not_there(path))  # a link loop on the way: named
         if path.is_dir():
             found = sorted(
                 p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in PDF_SUFFIXES

@@ -33,7 +33,7 @@ from histocore.csvcells import safe_cell
 from histocore.errors import DomainError, UsageError, describe
 from histocore.imaging import Tiles, rescale, tile
 from histocore.imaging import tissue_fraction as tissue_fraction  # the one tissue test
-from histocore.io import make_parents, number_text
+from histocore.io import make_parents, not_there, number_text
 from histocore.progress import task
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".bmp"}
@@ -162,7 +162,7 @@ def collect_inputs(paths: Iterable[str | Path]) -> list[Path]:
         elif p.exists():  # a pipe or device too: the image reader refuses it with its reason
             files.append(p)
         else:
-            raise PredictInputError(f"{p}: no such file or folder")
+            raise PredictInputError(not_there(p))  # a link loop on the way: named
     return files
 
 

@@ -20,10 +20,8 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar, get_type_hi
 import typer
 
 from histocore.cli import (
-    LINK_LOOP,
     errors,
     fail,
-    link_loop,
     log_level,
     progress,
     require_folder,
@@ -31,7 +29,7 @@ from histocore.cli import (
 )
 from histocore.cli import require_file as require_file_out
 from histocore.errors import DomainError
-from histocore.io import number_text
+from histocore.io import not_there, number_text
 from histomodels.choices import MAX_THREADS
 
 if TYPE_CHECKING:
@@ -258,10 +256,8 @@ def require_paths(*paths: str | Path | None, role: str | None = None) -> None:
             fail(f"{raw}: {exc}")
         except OSError as exc:
             fail(f"{raw}: {(exc.strerror or str(exc)).lower()}")
-        if not found and link_loop(path):  # it is there, and leads nowhere: not "not found"
-            fail(f"{path}: {LINK_LOOP}")
-        if not found:
-            fail(f"{path}: {role} data not found" if role else f"{path}: no such file or folder")
+        if not found:  # a link loop (or a path under one) is named as the loop, not "not found"
+            fail(not_there(path, f"{role} data not found" if role else "no such file or folder"))
 
 
 def launched_distributed() -> bool:

@@ -17,6 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from histocore.io import not_there
 from histomodels.data.base import DatasetError, PatchDataset
 from histomodels.data.encoded import EncodedH5Dataset
 from histomodels.data.folders import FolderDataset, is_image_folder
@@ -83,7 +84,7 @@ def open_dataset(path: str | Path, **kw: Any) -> PatchDataset:
     is detected from what is on disk; see the module table)."""
     path = Path(path).expanduser()
     if not path.exists():
-        raise DatasetError(f"{path}: no such file or folder")
+        raise DatasetError(not_there(path))  # a link loop on the way: named
     if not path.is_dir() and not path.is_file():  # a FIFO or device would hang the reader
         raise DatasetError(f"{path}: not a regular file or folder")
     if path.is_file():

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from histocore.io import not_there
 from histomodels.config import TrainConfig
 from histomodels.data import ArrayDataset, DatasetError, PatchDataset, open_dataset
 from histomodels.data.base import pixel_digests, rows_also_in
@@ -50,7 +51,7 @@ def load_split(
     if isinstance(spec, (str, Path)):
         path = Path(spec)
         if not path.exists():
-            raise DatasetError(f"{path}: {role} data not found")
+            raise DatasetError(not_there(path, f"{role} data not found"))  # or the link loop
         spec = open_dataset(path, **({"origin_split": origin_split} if origin_split else {}))
     name = getattr(spec, "source", "") or role
     images: Any
