@@ -13,6 +13,7 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
+from histocore.io import locked_folder
 from histocore.manifest import Image, Manifest, Record
 from histofetch.cli import app
 from histofetch.merge import merge_runs
@@ -213,3 +214,23 @@ def test_a_second_merge_into_the_same_output_at_once_is_refused(tmp_path: Path) 
     # the lock goes with the merge: the next one runs (and finds everything there)
     r = runner.invoke(app, ["merge", str(a), "--out", str(out)])
     assert r.exit_code == 0 and "nothing new added" in r.output, r.output
+
+
+def test_the_output_log_is_checked_under_the_merge_lock(tmp_path: Path) -> None:
+    """The output's review log was checked before the folder lock was taken, so a merge
+    writing to the output could change the log between the check and the lock (and the
+    check judged a log another merge was writing). Now it is checked under the lock: while
+    another merge holds the output, the answer is that one, and the log is judged after."""
+    a = _labelled_run(tmp_path / "a", "r1", [("fig1", "metastasis")])
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / LOG_NAME).symlink_to(tmp_path / "elsewhere.jsonl")  # refused once it is looked at
+    with locked_folder(out, busy=lambda: AssertionError("not locked")):  # another merge's
+        r = runner.invoke(app, ["merge", str(a), "--out", str(out)])
+        assert (r.exit_code, r.output) == (1, f"error: {out}: another merge is writing to it\n")
+    r = runner.invoke(app, ["merge", str(a), "--out", str(out)])
+    assert (r.exit_code, r.output) == (
+        1, f"error: {out / LOG_NAME}: not a regular file; nothing merged\n"
+    )  # fmt: skip
+    assert sorted(p.name for p in out.iterdir()) == [LOG_NAME]
+    assert not (tmp_path / "elsewhere.jsonl").exists()

@@ -70,13 +70,15 @@ def merge_runs(sources: list[Path], out: Path) -> MergeSummary:
         named[key] = named.get(key, 0) + 1
     if _folder_key(out) in unique:
         raise ManifestError(f"{out}: the output cannot also be an input")
-    check_out_log(out / LOG_NAME)  # before anything is written
     # every store closed, also on an error; a new output folder removed again if the merge
     # fails before anything is written into it; a second merge into it at once is refused
     # (it chose the same free names, appended the carried review log lines twice,
     # committed over the first)
     busy = functools.partial(ManifestError, f"{out}: another merge is writing to it")
     with locked_folder(out, busy), contextlib.ExitStack() as stores:
+        # before anything is written, and under the lock: checked before it, the log could
+        # be changed between the check and the lock by the merge holding it
+        check_out_log(out / LOG_NAME)
         loaded = [stores.enter_context(Manifest.load(s)) for s in unique.values()]
         merged = stores.enter_context(Manifest.load(out, create=True))
         summary = _merge(loaded, merged)
