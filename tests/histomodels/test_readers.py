@@ -196,6 +196,33 @@ def test_real_encoded_dev_files_and_origin_filter() -> None:
         open_dataset(dev / "valid.h5", origin_split="kaggle_train")
 
 
+def test_an_encoded_label_in_a_row_the_origin_filter_drops_is_not_checked(
+    tmp_path: Path,
+) -> None:
+    """A bad label (-1, 2) in a row ``origin_split`` leaves out (an origin ``unknown`` row)
+    failed the whole read; only the rows kept are checked now, and a bad one among them is
+    named by its row in the file, not its place among the rows kept."""
+    import h5py
+
+    from histomodels.synthetic import write_h5
+
+    path = write_h5(tmp_path / "train.h5", 6)
+    with h5py.File(path, "r+") as f:
+        y = f["y"][()]
+        y[1], y[4] = 255, 2  # rows 1 (unknown origin) and 4 (pcam_train)
+        f["y"][...] = y
+    origins = ["pcam_train", "unknown", "pcam_train", "kaggle_train", "pcam_train", "pcam_train"]
+    (tmp_path / "manifest.csv").write_text(
+        "file,row,origin_split\n" + "".join(f"train.h5,{i},{o}\n" for i, o in enumerate(origins))
+    )
+    kept = open_dataset(path, origin_split="kaggle_train")
+    assert len(kept) == 1 and kept.labels().tolist() == [y[3]]
+    with pytest.raises(DatasetError, match=r"train\.h5 'y': row 4: label 2 is not 0/1 \(1 bad"):
+        open_dataset(path, origin_split="pcam_train")
+    with pytest.raises(DatasetError, match=r"row 1: label 255 is not 0/1 \(2 bad rows\)"):
+        open_dataset(path)  # unfiltered: every row is used, every row checked
+
+
 def test_encoded_bad_rows(tmp_path: Path, patches) -> None:
     x = patches[0]
     path = tmp_path / "enc.h5"

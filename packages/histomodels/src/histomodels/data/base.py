@@ -33,8 +33,9 @@ def rows_also_in(digests: list[bytes], other: list[bytes]) -> int:
     return sum(d in found for d in digests)
 
 
-def binary_labels(y: np.ndarray, where: str) -> np.ndarray:
+def binary_labels(y: np.ndarray, where: str, rows: np.ndarray | None = None) -> np.ndarray:
     """``y`` as int64 0/1 labels, refusing anything else (0.5, NaN, 2, b"x") with one line.
+    ``rows``: the file's row of each of ``y`` (a subset's), for the line to name.
 
     A plain ``astype(int64)`` would turn 0.5 and 0.9 into 0 and train on all-negative data.
     """
@@ -47,7 +48,8 @@ def binary_labels(y: np.ndarray, where: str) -> np.ndarray:
         # numpy's own text: the shortest that reads back in the label's dtype (float32's
         # 1.0000001 too), as histocore.io.number_text; ':g' named it 'label 1'
         label = str(flat[bad[0]]).removesuffix(".0")
-        raise DatasetError(f"{where}: row {bad[0]}: label {label} is not 0/1 ({len(bad)} bad rows)")
+        row = bad[0] if rows is None else rows[bad[0]]
+        raise DatasetError(f"{where}: row {row}: label {label} is not 0/1 ({len(bad)} bad rows)")
     return flat.astype(np.int64)
 
 

@@ -105,7 +105,7 @@ class EncodedH5Dataset(KnownLabels):
             if y_ds.size != n:
                 raise DatasetError(f"{path}: {n} encoded patches but {y_ds.size} labels in 'y'")
             with reading(path, "y", y_ds):
-                y = binary_labels(y_ds[()], f"{path} 'y'")
+                y_raw = np.asarray(y_ds[()]).reshape(-1)  # checked below: the rows kept
             ids = (
                 _text_ids(dataset(f, "patch_id", path), path)
                 if "patch_id" in f
@@ -122,7 +122,9 @@ class EncodedH5Dataset(KnownLabels):
             raise DatasetError(
                 f"{path}: manifest.csv names row {self.rows[-1]} but the file has {n}"
             )
-        self._labels = y[self.rows]
+        # only the rows kept are checked: a bad label in a row the filter drops (an origin
+        # 'unknown' row) failed the whole read
+        self._labels = binary_labels(y_raw[self.rows], f"{path} 'y'", self.rows)
         self._ids = [ids[r] for r in self.rows]
 
     def __getstate__(self) -> dict:
