@@ -196,6 +196,15 @@ def test_training_data_of_one_class_is_one_error_line(tmp_path):
     assert not (tmp_path / "r").exists()
     with pytest.raises(DatasetError, match=r"train data holds one class only \(1\)"):
         train(_cfg(), tmp_path / "r", train_data=(x, np.ones_like(y)), val_data=(x, y))
+    # not under --quiet: the stain normalisation and streaming notes (INFO) came before the
+    # error line, as if the run were starting; the one-class error is now the only line
+    loud = [a for a in args if a != "--quiet"] + ["--stain-norm", "macenko"]
+    r = CliRunner().invoke(app, loud, env={"HISTOMODELS_CACHE_BYTES": "1000"})  # streamed
+    assert r.exit_code == 1, r.output
+    assert r.stderr.strip() == (
+        f"error: {one}: train data holds one class only (0); a classifier needs both"
+    )
+    assert not (tmp_path / "r").exists()
 
 
 def test_validation_patches_that_are_training_patches_get_one_warning(arrays, tmp_path, caplog):

@@ -96,12 +96,17 @@ def prepare_splits(
     val_data: DataSpec | None,
     say: Callable[[str], None] = log.info,
 ) -> tuple[tuple[Images, torch.Tensor], tuple[Images, torch.Tensor], Any]:
-    """Load train and validation data, stain-normalise both when configured, and check that
-    validation holds both classes. Returns ``((x, y) train, (x, y) val, stain normaliser)``;
-    ``say`` receives the notes a user should see (stain normalisation, streaming)."""
+    """Load train and validation data, check that each holds both classes (before any note),
+    and stain-normalise both when configured. Returns ``((x, y) train, (x, y) val, stain
+    normaliser)``; ``say`` receives the notes a user should see (stain normalisation,
+    streaming)."""
     train_spec = _given(train_data, cfg.data, "train")
     x_train, y_train = load_split(train_spec, "train", origin_split=cfg.origin_split)
     x_val, y_val = load_split(_given(val_data, cfg.val, "validation"), "validation")
+    # before any note: a one-class split is the only line (the stain and streaming notes
+    # came first, as if the run were starting)
+    check_two_classes(y_train, train_data if train_data is not None else cfg.data, "train")
+    check_two_classes(y_val, val_data if val_data is not None else cfg.val, "validation")
     stain = stain_normalizer(cfg.stain_norm) if cfg.stain_norm else None
     if stain is not None:
         say(f"stain normalisation ({cfg.stain_norm}) of train and validation")
@@ -112,8 +117,6 @@ def prepare_splits(
                 f"{role} data ({x.ds.source}) is larger than the in-memory cache budget: "
                 f"streaming it in blocks of {x.block} patches (HISTOMODELS_CACHE_BYTES to change)"
             )
-    check_two_classes(y_train, train_data if train_data is not None else cfg.data, "train")
-    check_two_classes(y_val, val_data if val_data is not None else cfg.val, "validation")
     return (x_train, y_train), (x_val, y_val), stain
 
 
