@@ -25,6 +25,7 @@ from histocore.io import (
     record_slug,
     temp_beside,
     unique_stem,
+    write_new,
 )
 
 
@@ -515,3 +516,30 @@ def test_a_lock_taken_on_a_folder_removed_meanwhile_is_taken_again(
             locked_folder(out, lambda: RuntimeError("busy")),
         ):
             pass
+
+
+@pytest.mark.parametrize("hard_links", [True, False])
+def test_write_new_never_replaces_a_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, hard_links: bool
+) -> None:
+    """A file written only where none is (two processes choosing one free name): False and
+    nothing written where a file or a link is; no temp file left either way. Without hard
+    links (FAT, some FUSE mounts: EPERM) the name is claimed with O_EXCL instead."""
+    if not hard_links:
+
+        def no_link(*_: object, **__: object) -> None:
+            raise PermissionError(1, "Operation not permitted")
+
+        monkeypatch.setattr(os, "link", no_link)
+    target = tmp_path / "pdfs" / "a.pdf"
+    assert write_new(target, b"first") is True
+    assert target.read_bytes() == b"first"
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~umask
+    assert write_new(target, b"second") is False
+    assert target.read_bytes() == b"first"
+    (tmp_path / "pdfs" / "b.pdf").symlink_to(tmp_path / "elsewhere")
+    assert write_new(tmp_path / "pdfs" / "b.pdf", b"x") is False
+    assert not (tmp_path / "elsewhere").exists()
+    assert sorted(p.name for p in target.parent.iterdir()) == ["a.pdf", "b.pdf"]

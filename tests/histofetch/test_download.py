@@ -520,6 +520,57 @@ def test_a_pdf_another_process_wrote_is_never_overwritten(ncbi: FakeNcbi, tmp_pa
     assert sorted(p.name for p in slug_pdf.parent.iterdir()) == [slug_pdf.name]
 
 
+def test_a_pdf_another_process_writes_once_the_name_is_chosen_is_not_replaced(
+    ncbi: FakeNcbi, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The name was checked free, then the PDF written there by an atomic rename: another
+    download process on the run that chose the same free name (its 'x:1', this one's 'x_1')
+    and wrote in between had its PDF replaced, both rows naming one article's file. The PDF
+    is now linked into place, which never replaces a file: it goes to the next free name."""
+    pdf = make_pdf("the article")
+    ncbi.files["/europepmc/articles/PMC8550609"] = (200, "application/pdf", pdf)
+    rec = _rec("2", "PMC8550609")
+    rec.id = "x_1"
+    _run(tmp_path, rec)
+    theirs = tmp_path / "pdfs" / "x_1.pdf"
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:  # this PDF is written beside its name: theirs lands now
+        real_fsync(fd)
+        if theirs.parent.is_dir() and not theirs.exists():
+            theirs.write_bytes(b"%PDF-1.4 the other process's article")
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    run_download(tmp_path, net=ncbi.config())
+    monkeypatch.undo()
+    assert theirs.read_bytes() == b"%PDF-1.4 the other process's article"
+    with Manifest.load(tmp_path) as manifest:
+        assert manifest.records["x_1"].pdf_path == "pdfs/x_1-2.pdf"
+    assert (tmp_path / "pdfs" / "x_1-2.pdf").read_bytes() == pdf
+    assert sorted(p.name for p in theirs.parent.iterdir()) == ["x_1-2.pdf", "x_1.pdf"]
+
+
+def test_a_pdf_whose_name_the_record_holds_is_written_over(tmp_path: Path) -> None:
+    """Review of the link into place above: a record downloaded again whose own row names
+    'pdfs/x_1.pdf' (other bytes there now: its old PDF) writes its new PDF over it, as the
+    atomic write did, not under '-2' beside it."""
+    from histofetch.download import PdfNames
+
+    rec = _rec("2", "PMC2")
+    rec.id, rec.pdf_path = "x_1", "pdfs/x_1.pdf"
+    _run(tmp_path, rec)
+    (tmp_path / "pdfs").mkdir(exist_ok=True)
+    (tmp_path / "pdfs" / "x_1.pdf").write_bytes(b"%PDF-1.4 the old download")
+    with Manifest.load(tmp_path) as manifest:
+        names = PdfNames(manifest)
+    assert names.write("x_1", b"%PDF-1.4 the new download") == "pdfs/x_1.pdf"
+    assert (tmp_path / "pdfs" / "x_1.pdf").read_bytes() == b"%PDF-1.4 the new download"
+    assert sorted(p.name for p in (tmp_path / "pdfs").iterdir()) == ["x_1.pdf"]
+    assert names.write("x_1", b"%PDF-1.4 once more") == "pdfs/x_1.pdf"  # a name it was given
+    assert names.write("x:1", b"%PDF-1.4 another article") == "pdfs/x_1-2.pdf"
+    assert (tmp_path / "pdfs" / "x_1.pdf").read_bytes() == b"%PDF-1.4 once more"
+
+
 def test_a_fifo_at_a_pdf_name_is_passed_over_unread(tmp_path: Path) -> None:
     """Review 2 of the check above: a FIFO at 'pdfs/x_1.pdf' was opened to compare its
     bytes, and the download hung there, every thread with it (the lock held)."""

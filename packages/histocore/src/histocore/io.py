@@ -234,6 +234,44 @@ def atomic_writer(path: str | Path) -> Iterator[BinaryIO]:
         raise
 
 
+#: ``link(2)``'s errors where the file system has no hard links (FAT, some FUSE and SMB
+#: mounts): there :func:`write_new` claims the name with an empty file first.
+_NO_HARD_LINKS = frozenset({errno.EPERM, errno.EOPNOTSUPP, errno.ENOSYS, errno.EXDEV})
+
+
+def write_new(path: str | Path, data: bytes) -> bool:
+    """Write ``data`` to ``path`` only where nothing is there: False, nothing written, when
+    a file (or a link, a folder) is. The bytes are written beside it (fsynced, the usual
+    file mode) and hard-linked into place, which never replaces a name, so readers see the
+    whole file or none, and two processes that chose the same free name never write over
+    each other's file (an atomic write's rename would). Without hard links, the name is
+    claimed by creating it (``O_EXCL``) and the bytes renamed over that empty file."""
+    path = Path(path)
+    make_parents(path)
+    fd, tmp = _mkstemp_beside(path)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, usual_file_mode())  # mkstemp makes 0600; give the usual file mode
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        except OSError as exc:
+            if exc.errno not in _NO_HARD_LINKS:
+                raise
+            try:
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            except FileExistsError:
+                return False
+            os.replace(tmp, path)
+        return True
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so readers see the old file or the new one, never half."""
     with atomic_writer(path) as fh:

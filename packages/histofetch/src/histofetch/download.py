@@ -26,7 +26,7 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from histocore.io import atomic_write_bytes, free_name, record_slug
+from histocore.io import atomic_write_bytes, free_name, record_slug, write_new
 from histocore.manifest import Image, Manifest, Record
 from histofetch.archive import ArchiveError, ArchiveLimits, decode_image
 from histofetch.http import NetClient, NetConfig
@@ -236,8 +236,7 @@ class Downloader:
             except NotAPdf as exc:
                 failures.append(f"PDF: {exc}")
             else:
-                path = self.manifest.run_dir / self.pdf_names.take(rec.id, files.pdf)
-                atomic_write_bytes(path, files.pdf)
+                path = self.manifest.run_dir / self.pdf_names.write(rec.id, files.pdf)
                 rec.pdf_path = self.manifest.relative(path)
                 rec.pdf_sha256 = hashlib.sha256(files.pdf).hexdigest()
                 rec.pdf_source = files.route
@@ -395,31 +394,60 @@ class PdfNames:
         row names it for this record (another process on the run wrote it since this one
         began; the same bytes are this record's, left by a run killed before its commit).
         The name is this record's from now on."""
+        return self._take(record_id, data)[0]
+
+    def _take(self, record_id: str, data: bytes | None) -> tuple[str, bool]:
+        """:meth:`take`'s name, and whether it was this record's already (its row names
+        it, or this process gave it to the record before)."""
 
         def taken(p: PurePosixPath) -> bool:
             if self.names.get(str(p), set()) - {record_id}:
                 return True
             if data is None or record_id in self.names.get(str(p), set()):
                 return False
-            path = self.run_dir / p
-            try:
-                st = path.lstat()
-            except FileNotFoundError:
-                return False
-            except OSError:
-                return True
-            # Not a file of the same size (a FIFO, a link, a folder): not read, not ours.
-            if not stat.S_ISREG(st.st_mode) or st.st_size != len(data):
-                return True
-            try:
-                return path.read_bytes() != data
-            except OSError:  # unreadable: not a name to write to
-                return True
+            return _holds(self.run_dir / p, data) is False
 
         with self._lock:
             rel = free_name(PurePosixPath(f"pdfs/{record_slug(record_id)}.pdf"), taken).as_posix()
+            own = record_id in self.names.get(rel, set())
             self.names.setdefault(rel, set()).add(record_id)
-            return rel
+            return rel, own
+
+    def write(self, record_id: str, data: bytes) -> str:
+        """Write record ``record_id``'s PDF ``data`` under the name :meth:`take` gives, and
+        return that name. Never over a file another download process puts there between
+        the name's choice and the write (it chose the same free name: the write replaced
+        its PDF, both rows naming one file): the file is written only where none is
+        (:func:`histocore.io.write_new`), else the next free name is taken; a file there
+        with the same bytes is this record's. A name that was the record's already (its row
+        names it: a download again) is written over, as the record's own file."""
+        while True:
+            rel, own = self._take(record_id, data)
+            path = self.run_dir / rel
+            if own:
+                atomic_write_bytes(path, data)
+                return rel
+            if write_new(path, data) or _holds(path, data):
+                return rel
+            with self._lock:  # another's since take() looked: not this record's name
+                self.names[rel].discard(record_id)
+
+
+def _holds(path: Path, data: bytes) -> bool | None:
+    """Whether the file at ``path`` holds ``data``: None when there is none; False for a
+    FIFO, a link or a folder (not read), a file of another size, or one unreadable."""
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return False
+    if not stat.S_ISREG(st.st_mode) or st.st_size != len(data):
+        return False
+    try:
+        return path.read_bytes() == data
+    except OSError:  # unreadable: not a name to write to
+        return False
 
 
 def run_download(
