@@ -223,6 +223,22 @@ def test_an_encoded_label_in_a_row_the_origin_filter_drops_is_not_checked(
         open_dataset(path)  # unfiltered: every row is used, every row checked
 
 
+def test_an_origin_manifest_row_that_is_negative_or_repeated_is_refused(tmp_path: Path) -> None:
+    """``manifest.csv`` naming row -1 read the file's last row, and a row named twice was
+    read twice (one patch counted two times): both are one line naming the manifest line."""
+    from histomodels.synthetic import write_h5
+
+    path = write_h5(tmp_path / "train.h5", 4)
+    manifest = tmp_path / "manifest.csv"
+    again = r":4: row 0 of train\.h5 is listed again \(first on line 2\)"
+    for rows, problem in (([0, -1], r":3: row -1 is negative"), ([0, 2, 0], again)):
+        manifest.write_text("file,row,origin_split\n" + "".join(f"train.h5,{r},a\n" for r in rows))
+        with pytest.raises(DatasetError, match=problem):
+            open_dataset(path, origin_split="a")
+    manifest.write_text("file,row,origin_split\ntrain.h5,3,a\ntrain.h5,0,a\ntrain.h5,1,b\n")
+    assert open_dataset(path, origin_split="a").ids() == ["synthetic_0_0", "synthetic_0_3"]
+
+
 def test_encoded_bad_rows(tmp_path: Path, patches) -> None:
     x = patches[0]
     path = tmp_path / "enc.h5"

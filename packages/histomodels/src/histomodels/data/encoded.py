@@ -34,6 +34,7 @@ def rows_of_origin(path: Path, origin_split: str | Iterable[str]) -> np.ndarray:
     if not manifest.exists():
         raise DatasetError(f"{path}: origin_split filter needs {manifest}, which is absent")
     rows: list[int] = []
+    first_line: dict[int, int] = {}  # row -> the manifest line naming it first
     seen: set[str] = set()
     with manifest.open(newline="", encoding="utf-8-sig", errors="strict") as fh:
         try:
@@ -53,11 +54,21 @@ def rows_of_origin(path: Path, origin_split: str | Iterable[str]) -> np.ndarray:
                 seen.add(rec["origin_split"])
                 if rec["origin_split"] in wanted:
                     try:
-                        rows.append(int(rec["row"]))
+                        row = int(rec["row"])
                     except ValueError:
                         raise DatasetError(
                             f"{manifest}:{lineno}: row {rec['row']!r} is not an integer"
                         ) from None
+                    # -1 read the file's last row, a row listed twice was read twice
+                    if row < 0:
+                        raise DatasetError(f"{manifest}:{lineno}: row {row} is negative")
+                    if row in first_line:
+                        raise DatasetError(
+                            f"{manifest}:{lineno}: row {row} of {path.name} is listed again "
+                            f"(first on line {first_line[row]})"
+                        )
+                    first_line[row] = lineno
+                    rows.append(row)
         except csv.Error as exc:  # a field over csv's 128 KB limit
             raise DatasetError(f"{manifest}: unreadable CSV ({exc})") from None
     if not rows:
