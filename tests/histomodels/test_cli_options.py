@@ -783,3 +783,17 @@ def test_a_config_file_over_its_cap_or_a_device_is_one_line_unread(tmp_path: Pat
     fine = tmp_path / "fine.json"
     fine.write_text("\ufeff" + json.dumps({"seed": 3, "lr": 0.01}, indent=2))
     assert read_config_file(fine) == {"seed": 3, "lr": 0.01}
+
+
+def test_a_checkpoint_or_config_under_a_link_loop_names_the_loop(tmp_path: Path) -> None:
+    """``ln -s loop loop``: ``eval loop/x.pt`` said ``no such checkpoint file`` and
+    ``train --config loop/c.json`` ``no such config file``; the loop is named, as for
+    ``--data loop/x.h5``."""
+    loop = tmp_path / "loop"
+    loop.symlink_to("loop")
+    for args in (["eval", str(loop / "x.pt"), "--data", str(tmp_path)],
+                 _args(["train", *DATA, "--config", str(loop / "c.json")], tmp_path)):  # fmt: skip
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 1, result.output
+        assert result.stderr == f"error: {loop}: too many levels of symbolic links\n"
+        assert not (tmp_path / "out").exists()

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from histocore.errors import DomainError
-from histocore.io import atomic_write_bytes
+from histocore.io import atomic_write_bytes, not_there
 from histomodels import pretrained
 from histomodels.preprocess import IMAGENET_MEAN, IMAGENET_STD
 
@@ -96,7 +96,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
             return {"format": FORMAT, "version": VERSION, **pretrained.checkpoint_dict(str(path))}
         if path.exists():  # a FIFO or device would hang torch.load
             raise CheckpointError(f"{path}: not a regular file")
-        raise CheckpointError(f"{path}: no such checkpoint file")
+        raise CheckpointError(not_there(path, "no such checkpoint file"))  # or its link loop
     from histomodels.models.weights import damaged_member
 
     damaged = damaged_member(path)

@@ -24,7 +24,7 @@ from pydantic import ConfigDict, ValidationError, ValidationInfo, field_validato
 from pydantic.dataclasses import dataclass
 
 from histocore.errors import DomainError, UsageError
-from histocore.io import NotJSON, RefusedFile, loads_json, read_capped, same_file
+from histocore.io import NotJSON, RefusedFile, loads_json, not_there, read_capped, same_file
 from histomodels.choices import (
     MAX_SEED,
     MAX_THREADS,
@@ -471,7 +471,7 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     if path.is_dir():
         raise ConfigError(f"{path}: is a folder, not a config file")
     if not path.exists():
-        raise ConfigError(f"{path}: no such config file")
+        raise ConfigError(not_there(path, "no such config file"))  # or the link loop
     try:
         text = read_capped(path, MAX_CONFIG_FILE_BYTES).decode("utf-8-sig")  # a BOM is allowed
     except RefusedFile as exc:
