@@ -473,6 +473,44 @@ def test_merge_line_of_one_run_without_images(tmp_path: Path) -> None:
     assert "0 images" not in result.output and "1 runs" not in result.output
 
 
+def _one_figure_run(run: Path, rid: str, licence: str | None) -> Path:
+    """A run holding article ``rid`` of ``licence`` with one figure, the bytes FIGURE."""
+    fig = hashlib.sha256(FIGURE).hexdigest()
+    n = rid.removeprefix("pmid:")
+    return _tiny_run(
+        run,
+        [Record(id=rid, pmid=n, license=licence, stage="extracted", n_images=1)],
+        [(Image(id=f"{n}-0", record_id=rid, path=f"images/{n}-0.png", sha256=fig,
+                width=1, height=1), FIGURE)],
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("nc_first", [True, False])
+def test_merge_keeps_the_copy_of_a_figure_whose_licence_allows_the_most_reuse(
+    tmp_path: Path, nc_first: bool
+) -> None:
+    """The same figure bytes in two articles were kept from whichever came first: merging a
+    CC BY-NC article's run before a CC BY one's kept the non-commercial copy and left the
+    CC BY copy out. Now the copy of the freer licence is kept, in either order; a tie goes
+    to the first, and a copy the output holds stays."""
+    nc = _one_figure_run(tmp_path / "nc", "pmid:1", "CC BY-NC")
+    by = _one_figure_run(tmp_path / "by", "pmid:2", "http://creativecommons.org/licenses/by/4.0/")
+    out = tmp_path / "out"
+    summary = merge_runs([nc, by] if nc_first else [by, nc], out)
+    assert (summary.images, summary.duplicate_images) == (1, 1)
+    with Manifest.load(out) as m:
+        assert [i.id for i in m.images.values()] == ["2-0"]
+        assert m.records["pmid:1"].extra["merge_duplicates"] == {"1-0": "2-0"}
+        assert "merge_duplicates" not in m.records["pmid:2"].extra
+    tie = _one_figure_run(tmp_path / "tie", "pmid:3", "CC0")  # CC0 and CC BY: both commercial
+    merge_runs([tie], out)  # the output's copy stays
+    with Manifest.load(out) as m:
+        assert [i.id for i in m.images.values()] == ["2-0"]
+    summary = merge_runs([tie, by], tmp_path / "out2")
+    with Manifest.load(tmp_path / "out2") as m:
+        assert [i.id for i in m.images.values()] == ["3-0"]
+
+
 def _run_with_pdf(run: Path, rec: Record, data: bytes) -> None:
     """``run`` holding ``rec`` and its downloaded PDF (``rec.pdf_path``) of bytes ``data``."""
     assert rec.pdf_path is not None

@@ -68,6 +68,14 @@ def _cc_code(parts: str) -> str:
     return "CC " + "-".join(names)
 
 
+def reuse_rank(value: str | None) -> int:
+    """How much reuse a licence allows, most first: 2 commercial reuse (:data:`COMMERCIAL`),
+    1 non-commercial reuse only (:data:`NONCOMMERCIAL`), 0 anything else (``TDM``, unknown,
+    none). ``value`` in any spelling :func:`normalise` takes."""
+    code = normalise(value)
+    return 2 if code in COMMERCIAL else 1 if code in NONCOMMERCIAL else 0
+
+
 def allowed(code: str | None, policy: str) -> bool:
     """Whether a licence meets a ``--licence`` policy (unknown licences meet only ``any``)."""
     accepted = POLICIES[policy]

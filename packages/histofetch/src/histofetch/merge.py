@@ -23,7 +23,11 @@
   (a record a search renamed) and ``rename_refused:<old id>`` (see
   :meth:`histocore.store.RunStore.rename_record`).
 * An image whose sha256 is already in the merged run (the same figure in two articles, or
-  twice in one) is not added again; the record notes it in ``extra["merge_duplicates"]``.
+  twice in one) is not added again; the record notes it in ``extra["merge_duplicates"]``
+  (its image id → the id of the copy kept). Of the copies this merge adds from different
+  articles, the one kept is that of the record whose licence allows the most reuse
+  (:func:`histofetch.licence.reuse_rank`; ties: the first), not simply the first: a CC BY
+  copy is not left out for a CC BY-NC one merged before it. A copy the output holds stays.
 * Where the files the rows name go, and the paths the rows are given:
   :mod:`histofetch.merge_paths`; files copied through part files, and those a killed
   merge left removed: :mod:`histofetch.merge_parts`; the inputs' review logs carried:
@@ -42,6 +46,7 @@ from pathlib import Path
 from histocore.io import file_in_the_way, locked_folder
 from histocore.manifest import STAGES, Manifest, ManifestError, Record
 from histocore.store import RENAME_REFUSED, RENAMED
+from histofetch.licence import reuse_rank
 from histofetch.merge_logs import LOG_NAME, check_out_log, merge_logs
 from histofetch.merge_parts import copy_whole, remove_stale_parts
 from histofetch.merge_paths import Names, names_for, place_of, unusable
@@ -122,6 +127,7 @@ def _merge(loaded: list[Manifest], merged: Manifest) -> MergeSummary:
         if img.label is not None
     }
     own_label: set[str] = set()  # added images labelled before: the copy's answers not carried
+    adding: list[tuple[Record, Manifest]] = []  # the records this merge adds, in order
     for rid, (rec, run) in best.items():
         if rid in same_pdf:
             summary.same_pdf[rid] = same_pdf[rid]
@@ -134,12 +140,19 @@ def _merge(loaded: list[Manifest], merged: Manifest) -> MergeSummary:
             continue
         if rec.pmcid:
             pmcids[rec.pmcid] = rid
+        adding.append((rec, run))
+    keeper = _keepers(adding, hashes)
+    for rec, run in adding:
+        rid = rec.id
         rec = replace(rec, extra=dict(rec.extra))
         rec.pdf_path = _bring(run, merged, rec.pdf_path, summary, rec.pdf_sha256, names, rid)
         dropped: dict[str, str] = {}
         for img in run.images_of(rid):
             if img.sha256 in hashes:
                 dropped[img.id] = hashes[img.sha256]
+                continue
+            if (kept := keeper.get(img.sha256, (rid, img.id)))[0] != rid:
+                dropped[img.id] = kept[1]  # another article's copy, of a freer licence
                 continue
             hashes[img.sha256] = img.id
             if img.label is not None:
@@ -169,6 +182,27 @@ def _merge(loaded: list[Manifest], merged: Manifest) -> MergeSummary:
     merged.add_rename_notes(_rename_notes(loaded, merged))
     merged.export()
     return summary
+
+
+def _keepers(
+    adding: list[tuple[Record, Manifest]], held: dict[str, str]
+) -> dict[str, tuple[str, str]]:
+    """The bytes (sha256) of images that the records ``adding`` hold and the output does
+    not (``held``) → the record whose copy is kept, and that copy's image id: of copies in
+    different articles, the one whose record's licence allows the most reuse
+    (:func:`histofetch.licence.reuse_rank`: a CC BY copy, not a CC BY-NC one merged
+    before it), ties to the first; within one record, its first copy."""
+    keeper: dict[str, tuple[str, str]] = {}
+    rank: dict[str, int] = {}
+    for rec, run in adding:
+        mine = reuse_rank(rec.license)
+        for img in run.images_of(rec.id):
+            if img.sha256 in held:
+                continue
+            if img.sha256 not in keeper or mine > rank[img.sha256]:
+                keeper[img.sha256] = (rec.id, img.id)
+                rank[img.sha256] = mine
+    return keeper
 
 
 def _known(rec: Record) -> bool:
