@@ -435,6 +435,42 @@ def test_a_run_whose_filter_kept_none_with_articles_undecided_does_not_count_the
     ) in out
 
 
+def test_a_run_with_articles_only_downloaded_names_extract_for_them(tmp_path: Path) -> None:
+    """Filter decided one article's figures, keeping none; the other was only downloaded
+    (its figures from the download, undecided). The hint said 'histofetch filter decides
+    the others', but filter passes over an article not extracted; now it names extract
+    first, also beside a failed article ('--retry-failed tries again and decides the
+    others' was said)."""
+    from histofetch.filter import run_filter
+
+    run = make_run(tmp_path, filtered=False)
+    run_filter(run, sheet=False, min_side=100_000)  # every figure too small to judge now
+    m = Manifest.load(run)
+    for img in m.images.values():
+        if img.record_id == "pmid:2":
+            img.kept = None
+    m.records["pmid:2"].stage = "downloaded"
+    m.save()
+    m.close()
+    out = _review_error(run)
+    assert "filter --run" not in out and "decides the others" not in out, out
+    assert (
+        "filter kept none of the 2 images it decided; 1 other article has images not decided "
+        f"yet; histofetch status --run {run} says why, "
+        f"histofetch extract --run {run} and then filter decide the others\n"
+    ) in out
+    m = Manifest.load(run)
+    for img in m.images.values():
+        img.kept = None
+    m.records["pmid:1"].fail("filtered", "boom", transient=False)
+    m.save()
+    m.close()
+    assert (
+        f"histofetch filter --run {run} --retry-failed tries again; "
+        f"histofetch extract --run {run} and then filter decide the others\n"
+    ) in _review_error(run)
+
+
 def test_images_still_to_decide_ask_for_filter_not_for_status(tmp_path: Path) -> None:
     """An article filtered without images beside extracted ones whose images filter has
     not decided: 'its filtered articles have no images' was said; filter has work to do."""

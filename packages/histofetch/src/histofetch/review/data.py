@@ -166,6 +166,9 @@ def _nothing_kept(manifest: Manifest, run_dir: Path) -> str:
     stopped = [r for r in manifest.records.values() if r.id in undecided and r.status == "failed"]
     other_stages = sorted({step_name(r.failed_stage or "?") for r in stopped})
     blocked, pending = len(stopped), len(undecided) - len(stopped)
+    # the command that decides the others: filter, or for articles not extracted yet
+    # (figures a download brought) the steps before it, which filter passes over
+    decide_others = _decides_others(undecided - {r.id for r in stopped}, manifest, run_dir)
     status = f"histofetch status --run {run_dir} says why"
     failures = retry = others = ""
     if pending:  # 'failed 1 article' or 'kept none' alone hid the articles not reached
@@ -185,9 +188,11 @@ def _nothing_kept(manifest: Manifest, run_dir: Path) -> str:
             else f"{failed} of the run's {_plural(total, 'article')}"
         )
         failures += others
-        retry = f", histofetch filter --run {run_dir} --retry-failed tries again" + (
-            " and decides the others" if pending else ""
-        )
+        retry = f", histofetch filter --run {run_dir} --retry-failed tries again"
+        if decide_others.startswith(", histofetch filter "):
+            retry += " and decides the others"
+        elif decide_others:
+            retry += ";" + decide_others.removeprefix(",")
     if decided:  # filter ran: say what it did, not to run it
         sheets = run_dir / "sheets"
         # not after --no-sheet (an earlier filter's sheets show other decisions: the header's
@@ -198,10 +203,9 @@ def _nothing_kept(manifest: Manifest, run_dir: Path) -> str:
         if not failed and not others:
             return f": filter kept none of the run's {_plural(decided, 'image')}; {status}{where}"
         if not failed:  # 'the run's 2 images' of its 4: others wait for filter (or cannot)
-            decide = f", histofetch filter --run {run_dir} decides the others" if pending else ""
             return (
                 f": filter kept none of the {_plural(decided, 'image')} it decided{others}; "
-                f"{status}{where}{decide}"
+                f"{status}{where}{decide_others}"
             )
         # 'kept none of 2 images' alone hid the articles it failed (their images undecided)
         return (
@@ -223,6 +227,27 @@ def _nothing_kept(manifest: Manifest, run_dir: Path) -> str:
     stages = sorted({step_name(r.failed_stage or "?") for r in manifest.records.values()})
     n = _plural(len(manifest.records), "article")
     return f": its {n} failed at {', '.join(stages)}; {status}"
+
+
+def _decides_others(record_ids: set[str], manifest: Manifest, run_dir: Path) -> str:
+    """', <the commands> decide(s) the others' for these articles (not failed) whose images
+    wait undecided, or "" for none: filter takes only extracted articles, so for one only
+    downloaded (figures the download brought) extract comes first, and download before it
+    for one only searched ('filter decides the others' was said of them, and filter passed
+    them over)."""
+    stages = [
+        STAGES.index(r.stage)
+        for rid in record_ids
+        if (r := manifest.records.get(rid)) is not None and r.stage in STAGES
+    ]
+    if not stages:
+        return ""
+    earliest = STAGES[min(stages)]
+    if earliest == "searched":
+        return f", histofetch download, extract and then filter --run {run_dir} decide the others"
+    if earliest == "downloaded":
+        return f", histofetch extract --run {run_dir} and then filter decide the others"
+    return f", histofetch filter --run {run_dir} decides the others"
 
 
 #: What a run still needs before its images can be reviewed, by the last stage an article
