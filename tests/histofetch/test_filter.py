@@ -405,6 +405,47 @@ def test_explain_escapes_what_came_from_the_paper(tmp_path: Path) -> None:
     assert not any(line.startswith("error:") for line in text.splitlines())
 
 
+def test_explain_says_why_a_caption_gives_no_verdict(tmp_path: Path) -> None:
+    """--explain printed '(verdict None)' for a row not decided yet (no stain evidence
+    stored), and for captions giving no verdict: none, one naming no stain, plots alone, or
+    H&E beside another stain. Now it says which, or nothing beyond the caption's phrase;
+    and the row not decided is said so, not 'REJECTED: None'."""
+    from histocore.manifest import Record
+    from histofetch.filter import explain, store_evidence
+
+    m = Manifest(run_dir=tmp_path / "run", query="q")
+    m.add_record(Record(id="pmid:1", title="T", stage="filtered"))
+    captions = {
+        "undecided": None,
+        "nocap": None,
+        "nostain": "Survival of the cohort.",
+        "plot": "Kaplan-Meier survival curves.",
+        "mixed": "H&E and CK19 immunohistochemistry of the node.",
+        "he": "H&E stain of the node.",
+    }
+    for name, caption in captions.items():
+        img = Image(id=f"pmid:1/{name}", record_id="pmid:1", path=f"images/{name}.png",
+                    sha256=name, width=96, height=96, caption=caption,
+                    kept=None if name == "undecided" else False)  # fmt: skip
+        if name != "undecided":
+            store_evidence(img)
+        m.add_image(img)
+    lines = {
+        name: next(line for line in explain(m, name).splitlines() if line.startswith("caption"))
+        for name in captions
+    }
+    assert not any("None" in line for line in lines.values()), lines
+    assert lines["undecided"] == "caption   not read yet (the row is not decided)"
+    assert lines["nocap"] == "caption   no caption"
+    assert lines["nostain"] == "caption   caption names no stain"
+    assert lines["plot"].endswith("(no verdict: no stain for or against H&E)"), lines
+    assert lines["mixed"].endswith("(no verdict: H&E and another stain both named)"), lines
+    assert lines["he"] == "caption   caption names H&E (verdict for H&E)"
+    # nor 'REJECTED: None' for the row not decided
+    assert "decision  not decided yet" in explain(m, "undecided")
+    assert "REJECTED" not in explain(m, "undecided") and "REJECTED" in explain(m, "he")
+
+
 def test_explain_with_an_ambiguous_tail_lists_the_full_ids(tmp_path: Path) -> None:
     """Seven articles each with a figure p001_001: --explain p001_001 cannot choose. The
     error listed five ids with no word of the other two; now the user is told to give the

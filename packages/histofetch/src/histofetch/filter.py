@@ -453,6 +453,23 @@ def _note_unless_said(note: str, img: Image) -> str:
     return "" if not note or (not img.kept and note == img.filter_reason) else f"{note} "
 
 
+def _caption_line(stains: dict[str, Any]) -> str:
+    """``--explain``'s line on the caption's stain evidence. It printed '(verdict None)'
+    where the caption gave none: for a row not decided yet (no evidence stored), a caption
+    naming no stain or none at all, plots alone, or H&E beside another stain."""
+    if not stains:
+        return "caption   not read yet (the row is not decided)"
+    said, verdict = stains.get("said", "no caption"), stains.get("verdict")
+    if verdict is not None:
+        return f"caption   {said} (verdict {verdict} H&E)"
+    kinds = stains.get("kinds") or []
+    if "he" in kinds:
+        return f"caption   {said} (no verdict: H&E and another stain both named)"
+    if kinds:  # plots alone: neither for nor against
+        return f"caption   {said} (no verdict: no stain for or against H&E)"
+    return f"caption   {said}"
+
+
 def explain(manifest: Manifest, image_id: str) -> str:
     """Every signal behind one row's decision, as text a person can read (``--explain``).
 
@@ -492,11 +509,16 @@ def explain(manifest: Manifest, image_id: str) -> str:
             f"panels    {img.n_panels}: "
             + ", ".join(p.id.rsplit("/", 1)[-1] for p in manifest.panels_of(img.id))
         )
+    if img.kept is None:  # 'REJECTED: None' was said of a row filter has not decided
+        lines.append("decision  not decided yet (histofetch filter decides it)")
+    else:
+        lines += [
+            f"decision  {'KEPT' if img.kept else 'REJECTED'}"
+            + ("" if img.kept else f": {img.filter_reason}"),
+            f"          {_note_unless_said(decision.get('note', ''), img)}"
+            f"(margin {decision.get('margin', 'n/a')})",
+        ]
     lines += [
-        f"decision  {'KEPT' if img.kept else 'REJECTED'}"
-        + ("" if img.kept else f": {img.filter_reason}"),
-        f"          {_note_unless_said(decision.get('note', ''), img)}"
-        f"(margin {decision.get('margin', 'n/a')})",
         f"classifier p(H&E) {img.p_he} over {clf.get('tiles', '?')} tiles "
         f"(min {clf.get('p_he_min', '?')}, max {clf.get('p_he_max', '?')}); "
         f"classes {clf.get('probs', {})}",
@@ -506,7 +528,7 @@ def explain(manifest: Manifest, image_id: str) -> str:
             for k, v in colour.items()
             if k not in {"purple_ratio", "he_score", "tissue_fraction", "scorer"}
         ),
-        f"caption   {stains.get('said', 'no caption')} (verdict {stains.get('verdict')})",
+        _caption_line(stains),
     ]
     if "whole_figure" in decision:
         whole = decision["whole_figure"]
