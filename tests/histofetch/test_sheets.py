@@ -144,7 +144,7 @@ def test_a_sheet_of_one_tile_shows_its_whole_title(tmp_path: Path) -> None:
     from PIL import ImageFont
 
     m = _run(tmp_path, 1)
-    title = "kept: 1 images/panels, closest to the boundary first (sheet 1 of 1: 1-1)"
+    title = "kept: 1 image/panel, closest to the boundary first (sheet 1 of 1: 1-1)"
     drawn = ImageFont.load_default().getlength(title)  # the title's width in pixels
     for shown in (list(m.images.values()), []):
         head = np.asarray(contact_sheet(m, shown, title).convert("L"))[:20]
@@ -152,6 +152,23 @@ def test_a_sheet_of_one_tile_shows_its_whole_title(tmp_path: Path) -> None:
         assert head.shape[1] >= 4 + drawn and inked.max() < head.shape[1] - 3, head.shape
     wide = contact_sheet(m, list(m.images.values()) * 6, "t", columns=6)
     assert wide.size[0] == 6 * (TILE + 6) + 6  # a grid wider than its title keeps its width
+
+
+def test_sheet_titles_of_one_row_are_singular(tmp_path: Path) -> None:
+    """A sheet of one kept figure was titled 'kept: 1 images/panels, …' and its closest
+    calls 'the 1 kept images'. The sheet is as wide as its title (a single tile is
+    narrower), so its width tells which title was drawn."""
+    from PIL import ImageFont
+
+    m = _run(tmp_path, 2)  # one kept, one rejected
+    paths = write_filter_sheets(m)
+    font = ImageFont.load_default()
+    for name, title in (
+        ("kept-001", "kept: 1 image/panel, closest to the boundary first (sheet 1 of 1: 1-1)"),
+        ("closest-kept", "closest calls, kept: the 1 kept image nearest the boundary"),
+    ):
+        width = PIL.Image.open(paths[name]).size[0]
+        assert width == max(TILE + 12, int(np.ceil(font.getlength(title))) + 8), name
 
 
 def test_empty_sheet_is_still_a_valid_image(tmp_path: Path) -> None:

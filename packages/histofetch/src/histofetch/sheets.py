@@ -220,7 +220,7 @@ def write_filter_sheets(manifest: Manifest) -> dict[str, Path]:
             part = group[page * PER_SHEET : (page + 1) * PER_SHEET]
             first = page * PER_SHEET + 1
             title = (
-                f"{kind}: {len(group)} images/panels, closest to the boundary first "
+                f"{kind}: {_rows(len(group))}, closest to the boundary first "
                 f"(sheet {page + 1} of {pages}: {first}-{first + len(part) - 1})"
             )
             name = f"{kind}-{page + 1:03d}"
@@ -230,6 +230,12 @@ def write_filter_sheets(manifest: Manifest) -> dict[str, Path]:
             manifest,
             closest,
             out / f"closest-{kind}.jpg",
-            f"closest calls, {kind}: the {len(closest)} {kind} images nearest the boundary",
+            f"closest calls, {kind}: the {len(closest)} {kind} "
+            f"{'image' if len(closest) == 1 else 'images'} nearest the boundary",
         )
     return written
+
+
+def _rows(n: int) -> str:
+    """'1 image/panel', '2 images/panels' (a sheet title said '1 images/panels')."""
+    return f"{n} image/panel" if n == 1 else f"{n} images/panels"
