@@ -706,6 +706,23 @@ def test_rescore_leaves_a_figure_it_does_not_read_as_it_was(tmp_path: Path) -> N
         assert img.reason is not None and img.reason.startswith("cannot read image")
 
 
+def test_rescore_counts_articles_with_no_images_as_such(tmp_path: Path) -> None:
+    """--rescore takes every article with images again; one with no images has nothing to
+    redo and was counted 'already done' ('filtered: 1 done, 1 already done'), as if it had
+    been passed over. Now it is counted as having no images; a plain filter run again
+    still counts both 'already done'."""
+    from histocore.manifest import Record
+
+    run_dir = _grid_run(tmp_path)
+    with Manifest.load(run_dir) as m:
+        m.add_record(Record(id="pmid:9", pmid="9", stage="filtered"))
+        m.save()
+    again = run_filter(run_dir, sheet=False).line()
+    assert again.startswith("filtered: 0 done, 2 already done, 0 failed"), again
+    line = run_filter(run_dir, sheet=False, rescore=True).line()
+    assert line.startswith("filtered: 1 done, 0 already done, 1 with no images, 0 failed"), line
+
+
 def test_a_folder_where_a_sheet_goes_is_refused_before_scoring(tmp_path: Path) -> None:
     """`mkdir RUN/sheets/kept-001.jpg` stopped filter only after it had scored every image;
     it is now refused first, in one line naming it, the run left unscored."""

@@ -100,6 +100,14 @@ def run_filter(
             for img in list(manifest.images.values()):
                 img.extra.pop("colour", None)
         reread = rescore or retry_failed  # a figure this stage could not read is read again
+        # filtered articles with no images: --rescore has nothing of theirs to redo, and
+        # counted them 'already done'; they are counted as what they are
+        bare = {
+            rec.id
+            for rec in manifest.records.values()
+            if rescore and rec.stage == "filtered" and rec.status == "ok"
+            and not _figures(manifest, rec.id)
+        }  # fmt: skip
         for rec in manifest.records.values():
             # Filtered before, but with images scored by an older scorer (or added since, e.g.
             # OA package figures): take the record again; its scored images are not re-read.
@@ -124,6 +132,9 @@ def run_filter(
             record_timeout=record_timeout,  # an image that makes a decoder crawl is stopped
             isolate=isolate,
         )
+        if bare:  # counted as skipped: still filtered (not taken by another process)
+            summary.no_images = min(len(bare), summary.skipped)
+            summary.skipped -= summary.no_images
         # Re-decide every scored image (records filtered in earlier runs too).
         for rec_id in {i.record_id for i in manifest.images.values()}:
             decide_record(manifest, rec_id, limits)

@@ -100,11 +100,17 @@ class StageSummary:
     failed_elsewhere: Counter[str] = field(default_factory=Counter)
     #: records that have not reached the stage before this one (e.g. filter before extract)
     waiting: int = 0
+    #: records at this stage not taken again because they hold nothing to redo: articles
+    #: with no images at ``filter --rescore`` (not counted ``already done``)
+    no_images: int = 0
     #: said at the end of the line, after ``; `` (a search that matched nothing says so)
     note: str = ""
 
     def line(self) -> str:
-        text = f"{self.stage}: {self.done} done, {self.skipped} already done, {self.failed} failed"
+        text = f"{self.stage}: {self.done} done, {self.skipped} already done, "
+        if self.no_images:
+            text += f"{self.no_images} with no images, "
+        text += f"{self.failed} failed"
         if self.reasons:  # right after this stage's failures: they are the ones counted
             shown = self.reasons.most_common(5)
             # "; " between them: a reason holds commas ("empty file, not a PDF: 1")
