@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -721,6 +722,30 @@ def test_rescore_counts_articles_with_no_images_as_such(tmp_path: Path) -> None:
     assert again.startswith("filtered: 0 done, 2 already done, 0 failed"), again
     line = run_filter(run_dir, sheet=False, rescore=True).line()
     assert line.startswith("filtered: 1 done, 0 already done, 1 with no images, 0 failed"), line
+
+
+def test_status_shows_unreadable_images_as_failed_as_its_json_does(tmp_path: Path) -> None:
+    """An image filter could not read is failed (``status --json``: ``failed_images`` 1),
+    but the human ``status`` showed it only as a rejected image of reason 'unreadable
+    image' beside 'failed 0' (records). Now it counts failed records and failed images
+    as the JSON does, and says how to read them again."""
+    from typer.testing import CliRunner
+
+    from histofetch.cli import app
+
+    run_dir = _grid_run(tmp_path)
+    with Manifest.load(run_dir) as m:
+        (figure,) = [i for i in m.images.values() if i.source == "pdf"]
+        path = m.resolve(figure.path)
+    assert path is not None
+    path.rename(path.with_suffix(".away"))
+    run_filter(run_dir, sheet=False, rescore=True)
+    as_json = CliRunner().invoke(app, ["status", "--run", str(run_dir), "--json"])
+    info = json.loads(as_json.stdout)
+    assert (info["failed"], info["failed_images"]) == (0, 1)
+    out = CliRunner().invoke(app, ["status", "--run", str(run_dir)]).output
+    assert "failed records 0  failed images 1" in out, out
+    assert "1 of the rejected images failed (filter could not read them; " in out, out
 
 
 def test_a_folder_where_a_sheet_goes_is_refused_before_scoring(tmp_path: Path) -> None:

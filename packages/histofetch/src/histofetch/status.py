@@ -102,8 +102,8 @@ def format_status(info: dict[str, Any]) -> str:
     lines = [
         f"run {info['run']}" + (f"  (query: {info['query']})" if info.get("query") else ""),
         f"records {info['records']}  pdfs {info['pdfs']}  images {info['images']}  "
-        f"kept {info['kept']}  rejected {info['rejected']}  failed {info['failed']}"
-        + split_note(info),
+        f"kept {info['kept']}  rejected {info['rejected']}  failed records {info['failed']}  "
+        f"failed images {info.get('failed_images', 0)}" + split_note(info),
         "stage reached (ok records): " + ", ".join(f"{k} {v}" for k, v in info["stages"].items()),
     ]
     if info.get("in_progress"):
@@ -134,6 +134,11 @@ def format_status(info: dict[str, Any]) -> str:
     if info["reject_reasons"]:
         lines.append("rejected images by reason:")
         lines += [f"  {n:5d}  {r}" for r, n in info["reject_reasons"].items()]
+    if n := info.get("failed_images", 0):  # they were shown only as a reject reason
+        lines.append(
+            f"{n} of the rejected images failed (filter could not read them; "
+            "histofetch filter --retry-failed reads them again)"
+        )
     # reasons, licences and the query come from servers, files and users: escaped
     return "\n".join(one_line(line) for line in lines)
 
