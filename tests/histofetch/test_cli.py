@@ -83,6 +83,28 @@ def test_a_filter_with_nothing_scored_names_no_sheets(tmp_path: Path) -> None:
     assert "kept 0 of 0 scored images\n" in result.output and "sheets in" not in result.output
 
 
+def test_a_filter_with_nothing_to_show_writes_no_blank_sheets(tmp_path: Path) -> None:
+    """With nothing scored, filter still wrote four blank contact sheets and said
+    ``filter_sheets: true`` in the header. Now it writes none, removes an earlier filter's
+    as it always does (they show other decisions), and the header says false."""
+    from run_factory import make_run, searched
+
+    run = make_run(tmp_path / "run", searched("1", "PMC1"))
+    (run / "sheets").mkdir()
+    (run / "sheets" / "kept-001.jpg").write_bytes(b"an earlier filter's sheet")
+    (run / "sheets" / "notes.txt").write_text("mine")
+    result = runner.invoke(app, ["filter", "--run", str(run)])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (run / "sheets").iterdir()) == ["notes.txt"]
+    with (run / "manifest.jsonl").open() as fh:
+        assert json.loads(fh.readline())["filter_sheets"] is False
+    with Manifest.load(run) as m:  # the store, which review reads, says so too
+        assert m.header_extra["filter_sheets"] is False
+    fresh = make_run(tmp_path / "fresh", searched("2", "PMC2"))
+    assert runner.invoke(app, ["filter", "--run", str(fresh)]).exit_code == 0
+    assert not (fresh / "sheets").exists()  # no empty folder made for nothing
+
+
 def test_extract_missing_path_is_one_clear_error(tmp_path: Path) -> None:
     result = runner.invoke(app, ["extract", "--run", str(tmp_path / "run"), "nope.pdf"])
     assert result.exit_code == 1

@@ -1127,6 +1127,15 @@ def test_a_row_path_under_a_name_of_the_runs_own_files_is_left_behind(tmp_path: 
     assert again.exit_code == 0 and "nothing new added" in again.stdout, again.output
 
 
+def _one_decided_image(m: Manifest, rid: str) -> None:
+    """A decided image of ``rid`` (its file absent: an 'unreadable' tile), so that filter
+    has a row to show: it writes no contact sheet with nothing to show."""
+    m.add_image(
+        Image(id=f"{rid}/fig", record_id=rid, path="images/decided.png", sha256="0" * 64,
+              width=1, height=1, kept=True)
+    )  # fmt: skip
+
+
 @pytest.mark.parametrize("spelt", ["sheets/kept-001.jpg", "pdfs/../sheets/kept-001.jpg"])
 def test_a_row_file_under_sheets_is_brought_outside_it(tmp_path: Path, spelt: str) -> None:
     """A shard row and file ``sheets/kept-001.jpg`` was brought to that path in the output,
@@ -1141,6 +1150,7 @@ def test_a_row_file_under_sheets_is_brought_outside_it(tmp_path: Path, spelt: st
     a, b, out = tmp_path / "a", tmp_path / "b", tmp_path / "out"
     with Manifest.load(out, create=True) as m:
         m.add_record(Record(id="o:1", stage="downloaded"))
+        _one_decided_image(m, "o:1")
         m.save()
         write_filter_sheets(m)  # the output's contact sheets: sheets/kept-001.jpg, …
     sheet = (out / "sheets" / "kept-001.jpg").read_bytes()
@@ -1170,6 +1180,7 @@ def test_a_folder_link_of_the_output_into_sheets_is_traced(tmp_path: Path, targe
     a, out = tmp_path / "a", tmp_path / "out"
     with Manifest.load(out, create=True) as m:
         m.add_record(Record(id="o:1", stage="downloaded"))
+        _one_decided_image(m, "o:1")
         m.save()
         write_filter_sheets(m)  # the output's contact sheets: sheets/kept-001.jpg, …
     sheet = (out / "sheets" / "kept-001.jpg").read_bytes()
@@ -1213,6 +1224,7 @@ def test_a_row_file_named_sheets_gets_a_free_name(tmp_path: Path, sheets_first: 
     with Manifest.load(out) as m:
         got = {rid: str(m.records[rid].pdf_path) for rid in ("a:1", "b:1")}
         assert got == {"a:1": "sheets-2-2", "b:1": "sheets-2/x.pdf"}
+        _one_decided_image(m, "b:1")
         write_filter_sheets(m)  # the next filter makes its folder
     assert (out / got["a:1"]).read_bytes() == b"%PDF a"
     assert (out / got["b:1"]).read_bytes() == b"%PDF b"

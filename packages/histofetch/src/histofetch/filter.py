@@ -159,12 +159,14 @@ def _save_with_sheets(manifest: Manifest) -> None:
     sheets: with the only export after them, a filter killed while writing them (SIGKILL,
     where no handler runs) left ``manifest.jsonl`` at its state before the filter until
     the next save. The second costs one more write of the file, not a second comparison
-    of every row; a filter stopped while writing the sheets (an error, Ctrl-C, a kill)
-    leaves the first, saying ``filter_sheets`` false as the store does."""
+    of every row. With no decided row to show no sheet is written, and the header says
+    ``filter_sheets`` false as saved; a filter stopped while writing the sheets (an error,
+    Ctrl-C, a kill) leaves the first, saying ``filter_sheets`` false as the store does."""
     from histofetch.sheets import write_filter_sheets
 
     manifest.save()
-    write_filter_sheets(manifest)
+    if not write_filter_sheets(manifest):  # nothing to show: none written, false stays
+        return
     manifest.header_extra["filter_sheets"] = True
     manifest.commit_header()
     manifest.export()

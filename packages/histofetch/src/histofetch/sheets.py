@@ -184,9 +184,10 @@ def write_filter_sheets(manifest: Manifest) -> dict[str, Path]:
     """Paged kept/rejected sheets sorted by closeness to the boundary, and the closest calls.
     A folder in ``sheets/`` is never removed: one named as a sheet this filter writes
     (``kept-001.jpg``) is one error line before anything there changes; any other
-    (``kept.old``) is left as it is."""
+    (``kept.old``) is left as it is. With no decided row to show (nothing scored, or every
+    figure unreadable) no sheet is written (they were four blank ones), the earlier
+    filter's removed as always, and ``{}`` returned."""
     out = manifest.run_dir / "sheets"
-    out.mkdir(parents=True, exist_ok=True)
     rows = shown_rows(manifest)
     groups = {
         kind: sorted((i for i in rows if bool(i.kept) == keep), key=lambda i: (_margin(i), i.id))
@@ -214,6 +215,9 @@ def write_filter_sheets(manifest: Manifest) -> dict[str, Path]:
     for path in [*stale, *killed]:  # files only: a folder so named is the user's
         path.unlink()
     written: dict[str, Path] = {}
+    if not rows:  # blank sheets show nothing: the earlier ones removed, none written
+        return written
+    out.mkdir(parents=True, exist_ok=True)
     for kind, group in groups.items():
         pages = max(1, -(-len(group) // PER_SHEET))
         for page in range(pages):

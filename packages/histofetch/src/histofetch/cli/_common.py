@@ -292,8 +292,10 @@ def kept_line(run: Path, sheet: bool = True) -> str:
     with errors():
         info = run_status(run)
     scored = info["scored"]
-    # nothing scored: the sheets are blank (a search that found nothing sent the user to them)
-    where = f"; sheets in {run / 'sheets'}" if sheet and scored else ""
+    # filter writes no sheet when it has nothing to show (it wrote four blank ones, and a
+    # search that found nothing sent the user to them), and removes the earlier ones
+    shown = sheet and (run / "sheets" / "kept-001.jpg").is_file()
+    where = f"; sheets in {run / 'sheets'}" if shown else ""
     images = "scored image" if scored == 1 else "scored images"
     return f"kept {info['kept']} of {scored} {images}{split_note(info)[1:]}{where}"
 
