@@ -75,3 +75,71 @@ def test_parquet_round_trips_the_rows(run: Path) -> None:
 def test_unknown_format_is_refused(run: Path) -> None:
     with pytest.raises(ValueError, match="unknown export format 'xml'"):
         export_run(run, "xml")
+
+
+def _run_with_files(tmp_path: Path) -> tuple[Path, dict[str, Path]]:
+    """A run whose rows name a local PDF outside it and a figure, with a review log and a
+    contact sheet; and links to them from outside (a folder link to the run, a file link
+    to the figure, a hard link to the review log)."""
+    import os
+
+    from histocore.manifest import Image, Manifest, Record
+
+    run = tmp_path / "run"
+    local, gone = tmp_path / "papers" / "a.pdf", tmp_path / "papers" / "gone.pdf"
+    fig = run / "images" / "pmid_1" / "p001_001.png"
+    m = Manifest.load(run, create=True)
+    m.add_record(Record(id="pmid:1", pmid="1", stage="extracted", pdf_path=str(local)))
+    m.add_record(Record(id="pmid:2", pmid="2", stage="extracted", pdf_path=str(gone)))
+    m.add_image(Image(id="pmid:1/p001_001", record_id="pmid:1", path="images/pmid_1/p001_001.png",
+                      sha256="a" * 64, width=9, height=9))  # fmt: skip
+    m.save()
+    m.close()
+    files = {
+        "log": run / "review_log.jsonl",
+        "fig": fig,
+        "pdf": local,
+        "sheet": run / "sheets" / "kept-001.jpg",
+        "own pdf": run / "pdfs" / "pmid_1.pdf",
+    }
+    for name, path in files.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"{name}\n")
+    (tmp_path / "alias").symlink_to(run)
+    (tmp_path / "fig-link.png").symlink_to(fig)
+    os.link(files["log"], tmp_path / "hard.jsonl")
+    return run, files
+
+
+def test_export_never_overwrites_the_review_log_a_figure_or_a_pdf(tmp_path: Path) -> None:
+    """``export --out RUN/review_log.jsonl`` replaced who labelled what, ``--out
+    RUN/images/x.png`` a figure: only the store and manifest.jsonl were refused. Now the
+    review log, every file a row names (a local PDF outside the run too, and one missing)
+    and anything under the run's pdfs/, images/ and sheets/ are refused, however spelt:
+    through a link to the run or the file, or a hard link. Nothing is written."""
+    from histocore.errors import UsageError
+
+    run, files = _run_with_files(tmp_path)
+    alias = tmp_path / "alias"
+    outs = {
+        "is the run's review_log.jsonl": [
+            files["log"], alias / "review_log.jsonl", tmp_path / "hard.jsonl",
+            run / "sheets" / ".." / "review_log.jsonl",
+        ],
+        "lies in the run's images/ folder": [
+            files["fig"], tmp_path / "fig-link.png", alias / "images" / "new.csv",
+            run / "images" / "pmid_1" / "x.jsonl",
+        ],
+        "lies in the run's sheets/ folder": [files["sheet"], alias / "sheets" / "x.csv"],
+        "lies in the run's pdfs/ folder": [files["own pdf"], run / "pdfs" / "x.parquet"],
+        "is the file of row pmid:1": [files["pdf"]],
+        "is the file of row pmid:2": [tmp_path / "papers" / "gone.pdf"],
+    }  # fmt: skip
+    snapshot = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    for said, paths in outs.items():
+        for out in paths:
+            for fmt in ("jsonl", "csv"):
+                with pytest.raises(UsageError, match=said):
+                    export_run(run, fmt, out)
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == snapshot
+    assert export_run(run, "csv", tmp_path / "rows.csv").read_text().startswith("kind,id,")

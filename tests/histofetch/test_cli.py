@@ -438,3 +438,23 @@ def test_filter_reasons_name_thresholds_as_the_user_gave_them(tmp_path: Path, pd
     # the measured ratio is written so it reads below the threshold (it read '1.00 < 1')
     shown = [re.search(r"\((\S+) < 0\.9999999\)", r or "") for r in reasons]
     assert all(m and float(m.group(1)) < 0.9999999 for m in shown), reasons
+
+
+def test_export_onto_the_review_log_or_a_figure_is_one_error_line(tmp_path: Path) -> None:
+    """`export --out RUN/review_log.jsonl` overwrote who labelled what (exit 0); it and a
+    figure under RUN/images/ are one error line, exit 1, nothing written."""
+    from run_factory import make_run, searched
+
+    from histocore.export import REVIEW_LOG
+    from histofetch.review.data import LOG_NAME
+
+    assert REVIEW_LOG == LOG_NAME
+    run = make_run(tmp_path / "run", searched("1", "PMC1"))
+    log, fig = run / LOG_NAME, run / "images" / "pmid_1" / "p001_001.png"
+    fig.parent.mkdir(parents=True)
+    log.write_text('{"image_id": "pmid:1/p001_001", "label": "metastasis"}\n')
+    fig.write_bytes(b"png")
+    for out, said in ((log, "is the run's review_log.jsonl"), (fig, "lies in the run's images/")):
+        result = runner.invoke(app, ["export", "--run", str(run), "--out", str(out)])
+        assert result.exit_code == 1 and said in _error_line(result), result.output
+    assert log.read_text().startswith('{"image_id"') and fig.read_bytes() == b"png"

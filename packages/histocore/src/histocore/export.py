@@ -11,13 +11,14 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal, get_args
 
 from histocore.csvcells import safe_dict
 from histocore.errors import ManifestError, UsageError
-from histocore.io import atomic_write_bytes, atomic_write_text
+from histocore.io import atomic_write_bytes, atomic_write_text, same_file
 from histocore.jsonl import export_lines
 from histocore.manifest import MANIFEST_NAME, STORE_NAME, Image, Manifest, Record
 from histocore.schema import _names
@@ -29,6 +30,11 @@ SUFFIXES = {"jsonl": ".jsonl", "csv": ".csv", "parquet": ".parquet"}
 #: The files ``export`` writes into the run without ``--out`` (and overwrites): no row's
 #: file may be one of them (``histofetch merge`` gives such a row a free name)
 DEFAULT_EXPORTS = frozenset(f"export{SUFFIXES[fmt]}" for fmt in FORMATS if fmt != "jsonl")
+#: The review page's log of answers (``histofetch.review.data.LOG_NAME``): who labelled what
+REVIEW_LOG = "review_log.jsonl"
+#: The run's folders of files it made and names: PDFs, figures, ``filter``'s contact sheets
+#: (an ``--out`` in one is refused: it overwrote a figure, or lay where rows will go)
+RUN_FOLDERS = {"pdfs": "PDFs", "images": "figures", "sheets": "contact sheets"}
 
 
 def format_for(out: str | Path | None) -> ExportFormat:
@@ -76,6 +82,8 @@ def export_run(run_dir: str | Path, fmt: str = "jsonl", out: str | Path | None =
             ) from None
     manifest = Manifest.load(run_dir)
     try:
+        if out is not None and not (fmt == "jsonl" and same_file(out, manifest.path)):
+            _refuse_row_files(manifest, Path(out))
         if fmt == "jsonl":
             return manifest.export(out)
         target = Path(out) if out is not None else manifest.run_dir / f"export{SUFFIXES[fmt]}"
@@ -90,19 +98,62 @@ def export_run(run_dir: str | Path, fmt: str = "jsonl", out: str | Path | None =
 
 
 def _refuse_own_files(run_dir: Path, out: Path, fmt: str) -> None:
-    """An ``out`` that is the run's own store (or its WAL files), or its ``manifest.jsonl``
-    in another format, is a :class:`UsageError`: ``export --format csv --out RUN/run.sqlite``
-    replaced every row of the run with a CSV file."""
+    """An ``out`` that is the run's own store (or its WAL files), its review log, its
+    ``manifest.jsonl`` in another format, or lies in its ``pdfs/``, ``images/`` or
+    ``sheets/`` folder, is a :class:`UsageError`: ``export --format csv --out
+    RUN/run.sqlite`` replaced every row of the run with a CSV file, ``--out
+    RUN/review_log.jsonl`` who labelled what. Judged by real path (links followed, and
+    the same file under another name: a hard link), never by spelling."""
     target = out.resolve()
-    store = (run_dir / STORE_NAME).resolve()
-    if target in (
-        store,
-        store.with_name(f"{STORE_NAME}-wal"),
-        store.with_name(f"{STORE_NAME}-shm"),
-    ):
+
+    def names(name: str) -> bool:
+        own = run_dir / name
+        return target == own.resolve() or same_file(out, own)
+
+    if any(names(n) for n in (STORE_NAME, f"{STORE_NAME}-wal", f"{STORE_NAME}-shm")):
         raise UsageError(f"{out}: is the run's own store; export to another file")
-    if fmt != "jsonl" and target == (run_dir / MANIFEST_NAME).resolve():
+    if names(REVIEW_LOG):
+        raise UsageError(
+            f"{out}: is the run's {REVIEW_LOG} (who labelled what); export to another file"
+        )
+    if fmt != "jsonl" and names(MANIFEST_NAME):
         raise UsageError(f"{out}: is the run's {MANIFEST_NAME}; write {fmt} to another file")
+    for folder, holds in RUN_FOLDERS.items():
+        own = run_dir / folder
+        real = own.resolve()
+        if any(p == real or same_file(p, own) for p in target.parents):
+            raise UsageError(
+                f"{out}: lies in the run's {folder}/ folder (its {holds}); export to a "
+                "file outside it"
+            )
+
+
+def _refuse_row_files(manifest: Manifest, out: Path) -> None:
+    """An ``out`` that is a file a row names (a record's ``pdf_path``, such as a local PDF
+    outside the run, or an image's ``path``), links followed, is a :class:`UsageError`:
+    the export overwrote it. A row whose file is missing is matched by its real path."""
+    target = os.path.realpath(out)
+    try:
+        there = os.stat(out)
+    except OSError:
+        there = None
+    rows = [(r.id, r.pdf_path) for r in manifest.records.values()]
+    rows += [(i.id, i.path) for i in manifest.images.values()]
+    for row_id, rel in rows:
+        if not rel:
+            continue
+        try:
+            path = manifest.resolve(rel)
+            try:
+                st = os.stat(path)
+            except OSError:  # missing: the export would put itself where the row says
+                same = os.path.realpath(path) == target
+            else:
+                same = there is not None and (st.st_dev, st.st_ino) == (there.st_dev, there.st_ino)
+        except (OSError, ValueError):  # a name no file system takes (NUL, too long)
+            continue
+        if same:
+            raise UsageError(f"{out}: is the file of row {row_id} ({rel}); export to another file")
 
 
 def _write_csv(target: Path, rows: list[dict[str, Any]]) -> None:
