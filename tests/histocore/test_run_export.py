@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -143,3 +144,44 @@ def test_export_never_overwrites_the_review_log_a_figure_or_a_pdf(tmp_path: Path
                     export_run(run, fmt, out)
     assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == snapshot
     assert export_run(run, "csv", tmp_path / "rows.csv").read_text().startswith("kind,id,")
+
+
+def test_format_follows_the_suffix_and_a_contradicting_one_is_refused(
+    run: Path, tmp_path: Path
+) -> None:
+    """``export_run(run, "parquet", "r.csv")`` wrote Parquet into r.csv; a format the
+    suffix contradicts is a UsageError now, nothing written, and ``fmt=None`` takes the
+    suffix's format (else JSONL), as histomodels' ``export_checkpoint`` does."""
+    import histocore.export as export
+    from histocore.errors import UsageError
+
+    assert {"format_for", "export_format"} <= set(export.__all__)
+    for fmt, name, named in (("parquet", "r.csv", "CSV (.csv)"), ("csv", "r.JSONL", "JSON Lines"),
+                             ("jsonl", "r.Parquet", "Parquet (.parquet)"), ("csv", "r.json", ""),
+                             ("jsonl", ".csv", "CSV (.csv)")):  # fmt: skip
+        with pytest.raises(UsageError, match=rf"--format {fmt} writes .* {re.escape(named)}"):
+            export_run(run, fmt, tmp_path / name)
+        assert not (tmp_path / name).exists()
+    for name, first in (("lib.csv", "kind,id,"), (".csv", "kind,id,"), ("r.JSON", "{"),
+                        ("r.tsv", "{"), ("rows.csv.gz", "{"), ("none", "{")):  # fmt: skip
+        assert export_run(run, None, tmp_path / name).read_text().startswith(first), name
+    assert export_run(run, "csv", tmp_path / "x.csv.gz").read_text().startswith("kind,id,")
+    assert export_run(run) == run / MANIFEST_NAME
+
+
+def test_parquet_advice_without_pyarrow_never_writes_csv_into_a_parquet_name(
+    run: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """Without pyarrow, ``--out rows.parquet`` said '(or use --format csv)', which wrote
+    CSV into rows.parquet; it is now a usage error, and the advice names a .csv file."""
+    from histocore.errors import UsageError
+
+    monkeypatch.setitem(sys.modules, "pyarrow", None)  # as if it were not installed
+    out = tmp_path / "rows.parquet"
+    with pytest.raises(ImportError, match=r"\(or give --out a \.csv name\)"):
+        export_run(run, None, out)
+    with pytest.raises(ImportError, match=r"\(or use --format csv\)"):
+        export_run(run, "parquet")
+    with pytest.raises(UsageError, match=r"name it \.csv"):
+        export_run(run, "csv", out)
+    assert not out.exists()

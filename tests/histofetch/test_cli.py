@@ -366,11 +366,33 @@ def test_export_out_names_the_format_when_format_is_not_given(tmp_path: Path) ->
         result = runner.invoke(app, ["export", "--run", str(run), "--out", str(tmp_path / name)])
         assert result.exit_code == 0, result.output
         assert (tmp_path / name).read_text().startswith(first), name
-    out = tmp_path / "asked.csv"
-    result = runner.invoke(app, ["export", "--run", str(run), "-f", "jsonl", "--out", str(out)])
-    assert result.exit_code == 0 and out.read_text().startswith("{"), result.output
+    out = tmp_path / "asked.txt"  # a suffix naming no format: --format decides
+    result = runner.invoke(app, ["export", "--run", str(run), "-f", "csv", "--out", str(out)])
+    assert result.exit_code == 0 and out.read_text().startswith("kind,id,"), result.output
     result = runner.invoke(app, ["export", "--run", str(run)])
     assert result.exit_code == 0 and not (run / "export.csv").exists(), result.output
+
+
+@pytest.mark.parametrize(
+    ("fmt", "name", "said"),
+    [("parquet", "r.csv", "--format parquet writes Parquet, but 'r.csv' is named as CSV (.csv)"),
+     ("csv", "R.JSONL", "--format csv writes CSV, but 'R.JSONL' is named as JSON Lines (.jsonl)"),
+     ("jsonl", "x.Parquet", "'x.Parquet' is named as Parquet (.parquet): name it .jsonl/.json")],
+)  # fmt: skip
+def test_export_format_the_out_suffix_contradicts_is_a_usage_error(
+    tmp_path: Path, fmt: str, name: str, said: str
+) -> None:
+    """`export --format parquet --out r.csv` wrote Parquet into r.csv (exit 0); a suffix
+    naming another format is a usage error naming both options (exit 2, nothing written,
+    the run not read), as `histomodels export` does."""
+    out = tmp_path / name
+    result = runner.invoke(app, ["export", "--run", str(tmp_path / "no-run"), "-f", fmt,
+                                 "--out", str(out)])  # fmt: skip
+    assert result.exit_code == 2, result.output
+    told = " ".join(unboxed(result.stderr).split())
+    assert "Invalid value for '--format' / '--out'" in told and said in told, told
+    assert "leave --format out to export what the name says" in told
+    assert not out.exists() and "Traceback" not in result.output
 
 
 def test_the_licence_choices_are_the_policies() -> None:

@@ -14,7 +14,7 @@ import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Literal, cast, get_args
 
 from histocore.csvcells import safe_dict
 from histocore.errors import ManifestError, UsageError
@@ -37,11 +37,54 @@ REVIEW_LOG = "review_log.jsonl"
 RUN_FOLDERS = {"pdfs": "PDFs", "images": "figures", "sheets": "contact sheets"}
 
 
+#: The suffixes (any case) that name a format; any other (``.tsv``, ``.gz``, none) names none
+SUFFIX_FORMATS: dict[str, ExportFormat] = {
+    ".csv": "csv",
+    ".parquet": "parquet",
+    ".jsonl": "jsonl",
+    ".json": "jsonl",
+}
+_FORMAT_NAMES = {"jsonl": "JSON Lines", "csv": "CSV", "parquet": "Parquet"}
+
+
+def _suffix(out: str | Path) -> str:
+    """``out``'s suffix in lower case; a name that is only a suffix (``.csv``, which Python
+    takes for a dotfile without one) counts as it."""
+    name = Path(out).name
+    if name.startswith(".") and name.count(".") == 1:
+        return name.lower()
+    return Path(name).suffix.lower()
+
+
+def named_format(out: str | Path | None) -> ExportFormat | None:
+    """The format ``out``'s suffix names (:data:`SUFFIX_FORMATS`), else None."""
+    return SUFFIX_FORMATS.get(_suffix(out)) if out is not None else None
+
+
 def format_for(out: str | Path | None) -> ExportFormat:
-    """The format an output file's suffix names (``.csv``, ``.parquet``, any case), else
-    ``jsonl``: ``export --out rows.csv`` without ``--format`` wrote JSON Lines into it."""
-    suffix = Path(out).suffix.lower() if out is not None else ""
-    return "csv" if suffix == ".csv" else "parquet" if suffix == ".parquet" else "jsonl"
+    """The format an output file's suffix names (``.csv``, ``.parquet``, ``.jsonl``,
+    ``.json``, any case), else ``jsonl``: ``export --out rows.csv`` without ``--format``
+    wrote JSON Lines into it."""
+    return named_format(out) or "jsonl"
+
+
+def export_format(out: str | Path | None, fmt: str | None = None) -> ExportFormat:
+    """The format an export to ``out`` writes: ``fmt`` when given, else the one ``out``'s
+    suffix names, else ``jsonl``. A ``fmt`` the suffix contradicts (Parquet into ``r.csv``)
+    is a :class:`UsageError`, as is an unknown one."""
+    if fmt is None:
+        return format_for(out)
+    if fmt not in FORMATS:
+        raise UsageError(f"unknown export format {fmt!r}; use one of {', '.join(FORMATS)}")
+    named = named_format(out)
+    if out is not None and named is not None and named != fmt:
+        fits = "/".join(s for s, f in SUFFIX_FORMATS.items() if f == fmt)
+        raise UsageError(
+            f"--format {fmt} writes {_FORMAT_NAMES[fmt]}, but {Path(out).name!r} is named "
+            f"as {_FORMAT_NAMES[named]} ({_suffix(out)}): name it {fits}, or leave --format "
+            "out to export what the name says"
+        )
+    return cast(ExportFormat, fmt)  # one of FORMATS
 
 
 def columns() -> list[str]:
@@ -65,20 +108,23 @@ def _flat_rows(manifest: Manifest) -> Iterator[dict[str, Any]]:
         }
 
 
-def export_run(run_dir: str | Path, fmt: str = "jsonl", out: str | Path | None = None) -> Path:
+def export_run(run_dir: str | Path, fmt: str | None = None, out: str | Path | None = None) -> Path:
     """Write the run's rows to ``out`` (default ``RUN/export.<fmt>``; for ``jsonl`` the
-    run's own ``manifest.jsonl``). Raises ManifestError on a bad run, ValueError on a bad
-    format, ImportError (with advice) when Parquet needs pyarrow."""
-    if fmt not in FORMATS:
-        raise UsageError(f"unknown export format {fmt!r}; use one of {', '.join(FORMATS)}")
-    if out is not None:
-        _refuse_own_files(Path(run_dir), Path(out), fmt)
+    run's own ``manifest.jsonl``). ``fmt`` None: the format ``out``'s suffix names, else
+    JSONL; a ``fmt`` the suffix contradicts is a UsageError (:func:`export_format`).
+    Raises ManifestError on a bad run, UsageError (a ValueError) on a bad format or an
+    ``out`` that is one of the run's own files, ImportError (with advice) when Parquet
+    needs pyarrow."""
+    if out is not None:  # its own file named first: --format csv --out RUN/manifest.jsonl
+        _refuse_own_files(Path(run_dir), Path(out), fmt or format_for(out))
+    fmt = export_format(out, fmt)
     if fmt == "parquet":
         try:
             import pyarrow  # noqa: F401  # pyright: ignore[reportMissingImports]
         except ImportError:
+            other = "use --format csv" if out is None else "give --out a .csv name"
             raise ImportError(
-                "Parquet export needs pyarrow: pip install pyarrow (or use --format csv)"
+                f"Parquet export needs pyarrow: pip install pyarrow (or {other})"
             ) from None
     manifest = Manifest.load(run_dir)
     try:
@@ -180,4 +226,12 @@ def _write_parquet(target: Path, rows: list[dict[str, Any]]) -> None:
     atomic_write_bytes(target, sink.getvalue().to_pybytes())
 
 
-__all__ = ["FORMATS", "ManifestError", "export_run"]
+__all__ = [
+    "FORMATS",
+    "SUFFIX_FORMATS",
+    "ManifestError",
+    "export_format",
+    "export_run",
+    "format_for",
+    "named_format",
+]

@@ -93,13 +93,15 @@ def merge(
 
 
 def export(
+    ctx: typer.Context,
     run: Run = RUN_DEFAULT,
     fmt: Annotated[
         ExportFormat | None,
         typer.Option(
             "--format",
             "-f",
-            help="File format (parquet needs pyarrow) [--out's suffix .csv/.parquet, else jsonl].",
+            help="File format (parquet needs pyarrow) \\[default: from the --out suffix: "
+            ".csv, .parquet, .jsonl/.json; else jsonl].",
         ),
     ] = None,
     out: Annotated[
@@ -113,9 +115,14 @@ def export(
     ] = None,
 ) -> None:
     """Write the run's rows from its store: the manifest (JSONL), CSV or Parquet."""
-    from histocore.export import export_run, format_for
+    from histocore.errors import UsageError
+    from histocore.export import export_format, export_run
 
+    try:
+        written = export_format(out, fmt)
+    except UsageError as exc:  # Parquet into r.csv: a usage error, before anything is read
+        raise typer.BadParameter(str(exc), ctx=ctx, param_hint=["--format", "--out"]) from None
     require_file(out)
     with errors(ImportError):  # parquet without pyarrow: the message says what to install
-        path = export_run(run, fmt or format_for(out), out)
+        path = export_run(run, written, out)
     print(f"exported {run} → {path}")
