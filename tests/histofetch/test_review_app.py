@@ -755,3 +755,49 @@ def test_figure_label_said_once_whatever_the_case_and_only_for_a_label(
     fig = Image(id="r/fig", record_id="r", path="a.png", sha256="0", width=9, height=9,
                 caption=caption, figure_label=label)  # fmt: skip
     assert figure_label(m, fig) == shown
+
+
+def _ipv6_loopback() -> bool:
+    import socket
+
+    if not socket.has_ipv6:
+        return False
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+            s.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _ipv6_loopback(), reason="this machine cannot bind the IPv6 loopback ::1")
+def test_review_on_the_ipv6_loopback_answers_its_own_address(kit: tuple[Path, Path]) -> None:
+    """`histofetch review --host ::1` answered every request `Invalid host header` (400):
+    a browser's Host header is `[::1]:PORT`, starlette keeps the brackets, and the allowed
+    list held `::1`. A real server on ::1, asked through its own URL."""
+    import threading
+    import time
+    import urllib.error
+    import urllib.request
+
+    from histofetch.review.server import build_server, url_of
+
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # no proxy
+
+    server, sock = build_server(kit[0], host="::1", port=0, reviewer="tester")
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 120
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.05)
+        url = url_of(sock)
+        assert url.startswith("http://[::1]:")
+        with opener.open(url + "api/items", timeout=30) as resp:
+            assert resp.status == 200 and json.loads(resp.read())["items"]
+        evil = urllib.request.Request(url + "api/items", headers={"Host": "evil.example"})
+        with pytest.raises(urllib.error.HTTPError, match="400"):
+            opener.open(evil, timeout=30)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

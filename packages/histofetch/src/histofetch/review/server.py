@@ -25,6 +25,15 @@ def default_reviewer() -> str:
         return "reviewer"
 
 
+def allowed_hosts(host: str) -> tuple[str, ...]:
+    """The Host header values the page answers when bound to ``host``: this machine's
+    names and ``host`` as a browser's request names it. Starlette compares the header's
+    host lower-cased and keeps an IPv6 address's brackets (``[::1]``): ``--host ::1``
+    allowed only ``::1``, so every request was ``Invalid host header`` (400)."""
+    name = host.lower()
+    return ("127.0.0.1", "localhost", name, *((f"[{name}]",) if ":" in name else ()))
+
+
 def build_server(
     run_dir: Path,
     *,
@@ -40,7 +49,7 @@ def build_server(
     load_run(run_dir)  # fail now, with one line, rather than on the first page view
     if scores is not None:
         Scores.load(scores)
-    hosts = ("127.0.0.1", "localhost", host)
+    hosts = allowed_hosts(host)
     app = create_app(run_dir, scores=scores, reviewer=reviewer or default_reviewer(), hosts=hosts)
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
