@@ -105,6 +105,27 @@ def test_a_filter_with_nothing_to_show_writes_no_blank_sheets(tmp_path: Path) ->
     assert not (fresh / "sheets").exists()  # no empty folder made for nothing
 
 
+def test_a_filter_whose_images_are_all_unreadable_names_no_sheets(tmp_path: Path) -> None:
+    """Every image unreadable (failed, on no sheet) printed 'kept 0 of 4 scored images;
+    sheets in RUN/sheets', pointing at blank sheets; they are named only when a row is on
+    one (the rows the sheets show), as when one image of the four is readable."""
+    from review_kit import make_run
+
+    run = make_run(tmp_path, filtered=False)
+    paths = sorted((run / "images").glob("*.png"))
+    for path in paths:
+        path.write_bytes(b"not a png")
+    result = runner.invoke(app, ["filter", "--run", str(run)])
+    assert result.exit_code == 0, result.output
+    assert "kept 0 of 4 scored images\n" in result.output and "sheets in" not in result.output
+    with Manifest.load(run) as manifest:
+        assert {i.status for i in manifest.images.values()} == {"failed"}
+    good = make_run(tmp_path / "again", filtered=False)
+    (good / "images" / "0.png").write_bytes(b"not a png")
+    result = runner.invoke(app, ["filter", "--run", str(good)])
+    assert result.exit_code == 0 and f"; sheets in {good / 'sheets'}" in result.output
+
+
 def test_extract_missing_path_is_one_clear_error(tmp_path: Path) -> None:
     result = runner.invoke(app, ["extract", "--run", str(tmp_path / "run"), "nope.pdf"])
     assert result.exit_code == 1
