@@ -26,3 +26,21 @@ def test_search_done_only_for_the_same_search_with_records(tmp_path: Path) -> No
     assert SkippedStage("searched", "already done (1 records)").line() == (
         "searched: already done (1 records)"
     )
+
+
+def test_a_search_already_done_with_one_record_says_record(tmp_path: Path) -> None:
+    """'searched: already done (1 records)': the count's noun agrees with it now."""
+    from histofetch.http import NetConfig
+    from histofetch.pipeline import run_pipeline
+
+    key = search_key("lymph node", 1, None, None, False)
+    m = Manifest.load(tmp_path, create=True)
+    m.header_extra["last_search"] = key | {"count": 1, "records": 1}
+    m.add_record(Record(id="pmid:1", pmid="1", stage="searched"))
+    m.save()
+    m.close()
+    stages = run_pipeline(tmp_path, "lymph node", net=NetConfig(), max_results=1)
+    try:
+        assert next(stages).line() == "searched: already done (1 record)"  # no request made
+    finally:
+        stages.close()

@@ -69,7 +69,8 @@ def run_pipeline(
         key = search_key(query, max_results, mindate, maxdate, open_access_only, db, shard)
         done = search_done(manifest, key)
     if done:
-        yield SkippedStage("searched", f"already done ({len(manifest.records)} records)")
+        n = len(manifest.records)
+        yield SkippedStage("searched", f"already done ({n} record{'' if n == 1 else 's'})")
     else:
         yield run_search(
             run_dir,
