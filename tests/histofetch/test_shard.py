@@ -1848,3 +1848,23 @@ def test_a_row_whose_file_is_missing_from_its_input_is_said(tmp_path: Path) -> N
         assert not (out / m.images["r:1/f2"].path).exists()
     again = runner.invoke(app, ["merge", str(a), "--out", str(out)])  # nothing added: silent
     assert again.exit_code == 0 and again.stderr == "", again.output
+
+
+def test_merge_duplicates_names_an_image_the_output_held_before(tmp_path: Path) -> None:
+    """manifest.md: ``merge_duplicates`` also records a record's images left out because
+    the output already held an image of those bytes (a merge into an existing output)."""
+    pdfs = tmp_path / "pdfs"
+    pdfs.mkdir()
+    shared_figure = he_like(128, 128, seed=7)
+    build_image_pdf(pdfs / "a.pdf", [shared_figure], caption="Fig. 1")
+    build_image_pdf(pdfs / "b.pdf", [shared_figure, he_like(100, 100, seed=1)], caption="Fig. 2")
+    one, two, out = tmp_path / "one", tmp_path / "two", tmp_path / "out"
+    run_extract(one, [pdfs / "a.pdf"])
+    run_extract(two, [pdfs / "b.pdf"])
+    merge_runs([one], out)
+    (held,) = Manifest.load(out).images
+    summary = merge_runs([two], out)
+    merged = Manifest.load(out)
+    b = next(r for r in merged.records.values() if r.title == "b")
+    assert list(b.extra["merge_duplicates"].values()) == [held]
+    assert summary.duplicate_images == 1 and len(merged.images_of(b.id)) == 1

@@ -110,7 +110,8 @@ def run_filter(
         }  # fmt: skip
         for rec in manifest.records.values():
             # Filtered before, but with images scored by an older scorer (or added since, e.g.
-            # OA package figures): take the record again; its scored images are not re-read.
+            # JATS figures from the PMC Cloud Service): take the record again; its scored
+            # images are not re-read.
             if rec.stage == "filtered" and any(
                 _to_score(i, reread) for i in _figures(manifest, rec.id)
             ):

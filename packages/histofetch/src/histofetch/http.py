@@ -115,7 +115,7 @@ class NetConfig:
     )
     #: Requests per second to any other host (publishers).
     other_rate: float = 5.0
-    #: Largest body accepted from any URL (PDFs and OA packages included).
+    #: Largest body accepted from any URL (PDFs and PMC Cloud Service figures included).
     max_bytes: int = 300 * 1024 * 1024
     user_agent: str = (
         f"histofetch/{_VERSION} (literature mining for histology figures; "

@@ -40,7 +40,7 @@ WORK_SIDE = 768
 #: Figures are read at most this large (longest side) for panels, the classifier and the
 #: near-duplicate hash (``filter`` and ``leakage`` read them alike).
 PANEL_SIDE = 2048
-#: Image files declaring more pixels than this (e.g. hostile OA package figures) are not
+#: Image files declaring more pixels than this (e.g. hostile downloaded figures) are not
 #: decoded and the row is marked failed (the effective limit before the per-call check:
 #: twice the 64 MP that used to be PIL's global). Readers of figure files share it.
 MAX_PIXELS = 128_000_000
