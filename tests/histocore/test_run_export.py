@@ -133,6 +133,7 @@ def test_export_never_overwrites_the_review_log_a_figure_or_a_pdf(tmp_path: Path
         ],
         "lies in the run's sheets/ folder": [files["sheet"], alias / "sheets" / "x.csv"],
         "lies in the run's pdfs/ folder": [files["own pdf"], run / "pdfs" / "x.parquet"],
+        "is the run's images/ folder": [alias / "images"],
         "is the file of row pmid:1": [files["pdf"]],
         "is the file of row pmid:2": [tmp_path / "papers" / "gone.pdf"],
     }  # fmt: skip
@@ -143,6 +144,10 @@ def test_export_never_overwrites_the_review_log_a_figure_or_a_pdf(tmp_path: Path
                 with pytest.raises(UsageError, match=said):
                     export_run(run, fmt, out)
     assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == snapshot
+    shutil.rmtree(run / "sheets")  # not made yet: a file there would stand in filter's way
+    with pytest.raises(UsageError, match="is the run's sheets/ folder"):
+        export_run(run, "csv", alias / "sheets")
+    assert not (run / "sheets").exists()
     assert export_run(run, "csv", tmp_path / "rows.csv").read_text().startswith("kind,id,")
 
 

@@ -167,6 +167,8 @@ def _refuse_own_files(run_dir: Path, out: Path, fmt: str) -> None:
     for folder, holds in RUN_FOLDERS.items():
         own = run_dir / folder
         real = own.resolve()
+        if target == real or same_file(out, own):  # a file there: pdfs/ not made then
+            raise UsageError(f"{out}: is the run's {folder}/ folder; export to another file")
         if any(p == real or same_file(p, own) for p in target.parents):
             raise UsageError(
                 f"{out}: lies in the run's {folder}/ folder (its {holds}); export to a "
