@@ -511,6 +511,57 @@ def test_merge_keeps_the_copy_of_a_figure_whose_licence_allows_the_most_reuse(
         assert [i.id for i in m.images.values()] == ["3-0"]
 
 
+def _labelled(run: Path, image_id: str) -> None:
+    """``image_id`` of ``run`` labelled on the review page: its row and its log."""
+    with Manifest.load(run) as m:
+        m.update_image(image_id, label="no_metastasis", label_by="ann", label_at="2026-01-01")
+        m.save()
+    log = "".join(json.dumps(a, sort_keys=True) + "\n" for a in _answers(image_id))
+    (run / "review_log.jsonl").write_text(log)
+
+
+@pytest.mark.parametrize("nc_first", [True, False])
+def test_the_answers_on_a_copy_left_out_for_a_freer_licence_go_to_the_copy_kept(
+    tmp_path: Path, nc_first: bool
+) -> None:
+    """The licence rule lost review answers: a CC BY-NC shard's figure, labelled on its
+    review page, merged with the same bytes unlabelled in a CC BY shard, kept the CC BY
+    copy and left out the labelled one with its label and its log lines. Now the copy kept
+    takes them: its label where it has none, the lines with ``image_id`` rewritten to it.
+    Where the copy kept is labelled itself, its own answers stand and the others' are
+    counted, not carried."""
+    nc = _one_figure_run(tmp_path / "nc", "pmid:1", "CC BY-NC")
+    by = _one_figure_run(tmp_path / "by", "pmid:2", "CC BY")
+    _labelled(nc, "1-0")
+    inputs, out = [str(nc), str(by)] if nc_first else [str(by), str(nc)], tmp_path / "out"
+    r = runner.invoke(app, ["merge", *inputs, "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert r.output == (
+        "merged 2 runs: 2 records, 1 image added, 2 review log lines carried "
+        "(1 duplicate image left out)\n"
+    )
+    with Manifest.load(out) as m:
+        assert [i.id for i in m.images.values()] == ["2-0"]
+        img = m.images["2-0"]
+        assert (img.label, img.label_by, img.label_at) == ("no_metastasis", "ann", "2026-01-01")
+    lines = (out / "review_log.jsonl").read_text().splitlines()
+    assert lines == [json.dumps(a, sort_keys=True) for a in _answers("2-0")]
+    # the copy kept labelled itself: its answers stand, the left-out copy's are counted
+    with Manifest.load(by) as m:
+        m.update_image("2-0", label="metastasis", label_by="bob", label_at="2026-02-02")
+        m.save()
+    both = tmp_path / "both"
+    r = runner.invoke(app, ["merge", *inputs, "--out", str(both)])
+    assert r.exit_code == 0, r.output
+    assert r.output == (
+        "merged 2 runs: 2 records, 1 image added (1 duplicate image left out; 2 review "
+        "answers about it not carried)\n"
+    )
+    assert not (both / "review_log.jsonl").exists()
+    with Manifest.load(both) as m:
+        assert m.images["2-0"].label == "metastasis"
+
+
 def _run_with_pdf(run: Path, rec: Record, data: bytes) -> None:
     """``run`` holding ``rec`` and its downloaded PDF (``rec.pdf_path``) of bytes ``data``."""
     assert rec.pdf_path is not None
@@ -1324,7 +1375,8 @@ def test_merge_carries_only_the_answers_about_what_it_added(tmp_path: Path) -> N
     'no_metastasis' where the store holds 'metastasis', and the summary said 'nothing new
     added'. The same went for the answers about a record another input's copy of was taken
     and about an image left out as a duplicate. Now only the lines about the images this
-    merge added from each input are carried, and the summary counts them."""
+    merge added from each input are carried (and those of a duplicate left out for one of
+    them with no label of its own), and the summary counts them."""
     from histocore.manifest import Image
     from histofetch.review.data import LOG_NAME, save_answer
 
@@ -1355,8 +1407,8 @@ def test_merge_carries_only_the_answers_about_what_it_added(tmp_path: Path) -> N
     summary = merge_runs([a, copy, c], new)
     assert summary.line() == (
         "merged 3 runs: 2 records, 4 images added, 3 review log lines carried (1 duplicate "
-        "record and 1 duplicate image left out)"
-    )
+        "record and 1 duplicate image left out; 1 review answer about it not carried)"
+    )  # r1/fig1, the copy kept, labelled itself: its answers stand, r3/fig3's are counted
     lines = [json.loads(x) for x in (new / LOG_NAME).read_text().splitlines()]
     assert [(x["image_id"], x["reviewer"]) for x in lines] == [
         ("r1/fig1", "ann"), ("r1/fig1", "ann"), ("r3/fig1", "ann")

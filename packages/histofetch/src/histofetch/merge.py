@@ -28,6 +28,11 @@
   articles, the one kept is that of the record whose licence allows the most reuse
   (:func:`histofetch.licence.reuse_rank`; ties: the first), not simply the first: a CC BY
   copy is not left out for a CC BY-NC one merged before it. A copy the output holds stays.
+  The review answers on a copy left out go to the copy kept where this merge adds it and
+  it has no label of its own: its label (the first left-out copy's holding one), and its
+  log lines carried about it (:mod:`histofetch.merge_logs`); else they are counted, not
+  carried (``summary.duplicate_lines_left``). The licence rule never loses a reviewed
+  copy's answers to an unlabelled one.
 * Where the files the rows name go, and the paths the rows are given:
   :mod:`histofetch.merge_paths`; files copied through part files, and those a killed
   merge left removed: :mod:`histofetch.merge_parts`; the inputs' review logs carried:
@@ -44,7 +49,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from histocore.io import file_in_the_way, locked_folder
-from histocore.manifest import STAGES, Manifest, ManifestError, Record
+from histocore.manifest import STAGES, Image, Manifest, ManifestError, Record
 from histocore.store import RENAME_REFUSED, RENAMED
 from histofetch.licence import reuse_rank
 from histofetch.merge_logs import LOG_NAME, check_out_log, merge_logs
@@ -142,17 +147,28 @@ def _merge(loaded: list[Manifest], merged: Manifest) -> MergeSummary:
             pmcids[rec.pmcid] = rid
         adding.append((rec, run))
     keeper = _keepers(adding, hashes)
+    # the labels given to the added copies left out for another copy this merge adds (of a
+    # freer licence, or the first): the copy kept takes the first where it has none
+    for rec, run in adding:
+        for img in run.images_of(rec.id):
+            if img.label is not None and keeper.get(img.sha256, img).id != img.id:
+                labelled.setdefault(img.sha256, img)
     for rec, run in adding:
         rid = rec.id
         rec = replace(rec, extra=dict(rec.extra))
         rec.pdf_path = _bring(run, merged, rec.pdf_path, summary, rec.pdf_sha256, names, rid)
         dropped: dict[str, str] = {}
+        moved = summary.duplicate_images_of.setdefault(str(run.run_dir), {})
         for img in run.images_of(rid):
-            if img.sha256 in hashes:
+            if img.sha256 not in keeper:  # the output's copy: its own answers stand
                 dropped[img.id] = hashes[img.sha256]
+                moved[img.id] = None
                 continue
-            if (kept := keeper.get(img.sha256, (rid, img.id)))[0] != rid:
-                dropped[img.id] = kept[1]  # another article's copy, of a freer licence
+            if (kept := keeper[img.sha256]).id != img.id:
+                # another copy this merge adds (another article's of a freer licence, or
+                # the first): this one's review answers go to it where it has no label
+                dropped[img.id] = kept.id
+                moved[img.id] = kept.id if kept.label is None else None
                 continue
             hashes[img.sha256] = img.id
             if img.label is not None:
@@ -184,15 +200,13 @@ def _merge(loaded: list[Manifest], merged: Manifest) -> MergeSummary:
     return summary
 
 
-def _keepers(
-    adding: list[tuple[Record, Manifest]], held: dict[str, str]
-) -> dict[str, tuple[str, str]]:
+def _keepers(adding: list[tuple[Record, Manifest]], held: dict[str, str]) -> dict[str, Image]:
     """The bytes (sha256) of images that the records ``adding`` hold and the output does
-    not (``held``) → the record whose copy is kept, and that copy's image id: of copies in
-    different articles, the one whose record's licence allows the most reuse
-    (:func:`histofetch.licence.reuse_rank`: a CC BY copy, not a CC BY-NC one merged
-    before it), ties to the first; within one record, its first copy."""
-    keeper: dict[str, tuple[str, str]] = {}
+    not (``held``) → the copy kept: of copies in different articles, the one whose
+    record's licence allows the most reuse (:func:`histofetch.licence.reuse_rank`: a CC BY
+    copy, not a CC BY-NC one merged before it), ties to the first; within one record, its
+    first copy. (The others' review answers go to it: see :func:`_merge`.)"""
+    keeper: dict[str, Image] = {}
     rank: dict[str, int] = {}
     for rec, run in adding:
         mine = reuse_rank(rec.license)
@@ -200,7 +214,7 @@ def _keepers(
             if img.sha256 in held:
                 continue
             if img.sha256 not in keeper or mine > rank[img.sha256]:
-                keeper[img.sha256] = (rec.id, img.id)
+                keeper[img.sha256] = img
                 rank[img.sha256] = mine
     return keeper
 

@@ -3,21 +3,28 @@ the output's.
 
 The inputs' review logs (``review_log.jsonl``: who labelled what, appended by the review
 page) are carried: the lines about the images this merge added from each input (not
-those of a record kept as the output holds it, nor of a record or image left out as a
-duplicate: the log tells what the store holds) are added to the output's log, in input
-order, each line as it was (JSON objects only: the command names each log whose other
-lines it left out, and a log that is a link or not a regular file is not read). A line
-is added only as many times as the input holds it beyond the times the output's log
-holds it already, never deduplicated within one log: an answer given twice in one
-second (``metastasis``, undo, ``metastasis``: two equal lines) stays twice. The lines
-are appended to the output's log in place, as the review page appends its answers
-(never rewritten: answers it appends meanwhile stay, and so does the log's mode); an
-output whose log has another name (a hard link) is refused, as the page refuses it. They
-are appended before the store is committed: a merge stopped meanwhile (SIGKILL, a full
-disk) added no record, and run again appends only the lines the log does not hold; the
-review page sees an added image only once its lines are in. A store commit failing after
-the append leaves lines about images the store does not hold (a rerun adds the images,
-not the lines again).
+those of a record kept as the output holds it, nor of a record left out as a duplicate:
+the log tells what the store holds; an image left out as a duplicate: see below) are
+added to the output's log, in input order, each line as it was (JSON objects only: the
+command names each log whose other lines it left out, and a log that is a link or not a
+regular file is not read). A line is added only as many times as the input holds it
+beyond the times the output's log holds it already, never deduplicated within one log:
+an answer given twice in one second (``metastasis``, undo, ``metastasis``: two equal
+lines) stays twice. The lines are appended to the output's log in place, as the review
+page appends its answers (never rewritten: answers it appends meanwhile stay, and so
+does the log's mode); an output whose log has another name (a hard link) is refused, as
+the page refuses it. They are appended before the store is committed: a merge stopped
+meanwhile (SIGKILL, a full disk) added no record, and run again appends only the lines
+the log does not hold; the review page sees an added image only once its lines are in. A
+store commit failing after the append leaves lines about images the store does not hold
+(a rerun adds the images, not the lines again).
+
+The lines about an image of a record this merge adds left out as a duplicate
+(``summary.duplicate_images_of``: the copy kept is another article's, of a freer licence,
+or the first) are carried about the copy kept, their ``image_id`` rewritten to its, where
+this merge adds that copy and it has no label of its own; else (the output's copy, or one
+labelled itself: its own answers stand) they are counted in
+``summary.duplicate_lines_left``, not carried.
 
 The lines about the images of a ``local:`` record left out for a known article holding
 the same PDF (``summary.same_pdf``) are carried about the image of the same bytes added
@@ -143,8 +150,8 @@ def merge_logs(loaded: list[Manifest], out_log: Path, summary: MergeSummary) -> 
     read line by line."""
     # A line is added only as many times as its input holds it beyond the times the
     # output's log holds it. Never deduplicated within one log: 'metastasis, undo,
-    # metastasis' in one second is two equal lines, both answers. (An image is added from
-    # one input only, so no two inputs' carried lines are about one image.)
+    # metastasis' in one second is two equal lines, both answers. (Lines of two inputs
+    # can be about one image: a left-out copy's carried to it.)
     before = {i for moved in summary.same_pdf_before.values() for i in moved.values()}
     held = _held_lines(out_log, set().union(before, *summary.added_images.values()))
 
@@ -159,10 +166,14 @@ def merge_logs(loaded: list[Manifest], out_log: Path, summary: MergeSummary) -> 
 
 def _carried(run: Manifest, summary: MergeSummary, held: Counter[bytes]) -> Iterator[str]:
     """The lines of ``run``'s review log to add to the output's: those about the images
-    added from it that the output's log does not hold (``held``, taken from as they are
-    met). What is left out otherwise goes to ``summary.log_left_out``."""
+    added from it, and those about the images left out for an image of the same bytes
+    added (a left-out local copy's, ``summary.same_pdf_images``, or a duplicate's,
+    ``summary.duplicate_images_of``) rewritten to be about it, that the output's log does
+    not hold (``held``, taken from as they are met). What is left out otherwise goes to
+    ``summary.log_left_out``."""
     added = summary.added_images.get(str(run.run_dir), set())
-    moved = summary.same_pdf_images.get(str(run.run_dir), {})
+    duplicates = summary.duplicate_images_of.get(str(run.run_dir), {})
+    moved = {**summary.same_pdf_images.get(str(run.run_dir), {}), **duplicates}
     moved_ids = set(moved)
     before = summary.same_pdf_before.get(str(run.run_dir), {})
     path = run.run_dir / LOG_NAME
@@ -176,8 +187,11 @@ def _carried(run: Manifest, summary: MergeSummary, held: Counter[bytes]) -> Iter
                 if obj is None:
                     bad, first_bad = bad + 1, first_bad or n
                     continue
-                if _about(obj, moved_ids):  # a left-out local copy's: about the kept image
+                if _about(obj, moved_ids):  # a left-out copy's: about the kept image
                     if (kept := moved[obj["image_id"]]) is None:
+                        if obj["image_id"] in duplicates:
+                            summary.duplicate_lines_left += 1
+                            continue
                         if (held_id := before.get(obj["image_id"])) is not None:
                             # carried by an earlier merge into the output: there already
                             digest = _digest(json.dumps({**obj, "image_id": held_id}))

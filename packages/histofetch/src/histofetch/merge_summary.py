@@ -20,6 +20,13 @@ class MergeSummary:
     #: records and images the inputs hold more than once (left out)
     duplicate_records: int = 0
     duplicate_images: int = 0
+    #: inputs → the images of the records this merge adds left out as duplicates → the
+    #: copy kept, which this merge adds, where it has no label of its own (their review log
+    #: lines are carried about it, as ``same_pdf_images``), or None (the copy kept is the
+    #: output's, or labelled itself: their lines are not carried)
+    duplicate_images_of: dict[str, dict[str, str | None]] = field(default_factory=dict, repr=False)
+    #: review log lines about such images not carried
+    duplicate_lines_left: int = 0
     #: records naming neither PMID nor PMCID (``local:<hash>``) left out → the record of
     #: the same PDF bytes (``pdf_sha256``) with a PMID or PMCID kept in their place
     same_pdf: dict[str, str] = field(default_factory=dict)
@@ -140,6 +147,9 @@ class MergeSummary:
         ]
         if left:
             notes.append(" and ".join(left) + " left out")
+        if n := self.duplicate_lines_left:
+            images = "it" if self.duplicate_images == 1 else "them"
+            notes[-1] += f"; {plural(n, 'review answer')} about {images} not carried"
         if n := len(self.same_pdf):
             notes.append(
                 f"{plural(n, 'record')} without PMID or PMCID left out: "
