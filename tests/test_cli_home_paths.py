@@ -94,16 +94,73 @@ def test_histofetch_export_out_tilde_is_written_under_home(home: tuple[Path, Pat
     assert list(work.iterdir()) == []
 
 
+def _run_with_manifest(folder: Path) -> None:
+    folder.mkdir()
+    header = {"kind": "header", "schema": "histofetch.manifest", "version": 1, "query": None}
+    record = {"kind": "record", "id": "r1", "stage": "searched"}
+    (folder / "manifest.jsonl").write_text(f"{json.dumps(header)}\n{json.dumps(record)}\n")
+
+
 @pytest.mark.parametrize(
-    ("name", "args"),
+    ("given", "written"),
     [
-        ("histomodels", ["report", "ev", "--out=~nosuchuser_hm4/rep"]),
-        ("histofetch", ["export", "--out", "~nosuchuser_hm4/x.csv"]),
+        ("./~/x.csv", "work/~/x.csv"),  # pathlib drops './': it was $HOME/x.csv, overwritten
+        ("./~ev", "work/~ev"),
+        ("~nosuchuser_hm4", "work/~nosuchuser_hm4"),  # no such user: a name, as in bash
+        ("~nosuchuser_hm4/x.csv", "work/~nosuchuser_hm4/x.csv"),
+        ("~+/x.csv", "work/~+/x.csv"),  # bash's $PWD only when the shell expands it
+        ("~/x.csv", "home/x.csv"),
     ],
 )
-def test_an_unknown_user_is_one_line(home: tuple[Path, Path], name: str, args: list[str]) -> None:
-    r = CliRunner().invoke(_apps()[name], args)
-    assert r.exit_code == 1, r.output
-    assert r.stderr.strip().splitlines() == [
-        f"error: {args[-1].removeprefix('--out=')}: Could not determine home directory."
-    ]
+def test_only_a_leading_tilde_is_expanded(
+    home: tuple[Path, Path], given: str, written: str
+) -> None:
+    """``--out ./~/x.csv`` overwrote ``$HOME/x.csv``; checks and writer take one path."""
+    from histofetch.cli import app
+
+    home_dir, work = home
+    (home_dir / "x.csv").write_text("mine\n")
+    _run_with_manifest(work / "run")
+    r = CliRunner().invoke(app, ["export", "--run", "run", "--format", "csv", "--out", given])
+    assert r.exit_code == 0, r.output
+    out = home_dir.parent / written
+    assert out.is_file() and "r1" in out.read_text()
+    if written != "home/x.csv":
+        assert (home_dir / "x.csv").read_text() == "mine\n"
+        assert home_path(given) == Path(given)
+    else:
+        assert home_path(given) == home_dir / "x.csv"
+
+
+def test_a_parsed_path_is_not_expanded_again(home: tuple[Path, Path]) -> None:
+    """The checks get the parsed ``Path`` (``./~/x`` is ``Path('~/x')``): not re-expanded."""
+    from histocore.cli import require_folder
+
+    home_dir, _work = home
+    (home_dir / "rep").write_text("a file in HOME")  # the check would refuse it if it looked
+    require_folder(home_path("./~/rep"))  # ./~/rep does not exist: fine
+    assert home_path("./~/rep") == Path("~/rep")
+
+
+def test_a_tilde_named_dataset_is_read_as_named(home: tuple[Path, Path]) -> None:
+    """``data inspect ./~ev`` (a folder literally named ``~ev``) reads that folder."""
+    from histomodels.data.readers import open_dataset
+
+    home_dir, _work = home
+    with pytest.raises(Exception, match=r"^~/nope: no such file or folder"):
+        open_dataset(home_path("./~/nope"))
+    (home_dir / "nope").mkdir()  # only $HOME/nope exists: still not found
+    with pytest.raises(Exception, match=r"^~/nope: no such file or folder"):
+        open_dataset(home_path("./~/nope"))
+
+
+def test_train_data_text_is_expanded_as_the_reader_does(home: tuple[Path, Path]) -> None:
+    """``train --data '~/d'`` was checked as ``./~/d`` ('train data not found') while the
+    reader expanded it; both take a leading ``~`` now, and ``./~/d`` as a name."""
+    from histomodels.cli._common import require_paths
+
+    home_dir, _work = home
+    (home_dir / "d").mkdir()
+    require_paths("~/d", role="train")
+    with pytest.raises(SystemExit):
+        require_paths("./~/d", role="train")

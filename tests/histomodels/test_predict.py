@@ -1199,10 +1199,11 @@ def test_an_input_under_an_unknown_home_or_with_a_name_too_long_is_one_line(
     tmp_path: Path,
 ) -> None:
     """``predict CKPT '~nosuchuser/x.png'`` was a RuntimeError traceback and a 300-byte
-    image name an OSError one (the up-front check's expanduser() and exists())."""
+    image name an OSError one (the up-front check's expanduser() and exists()); an
+    unknown user's ``~`` is a name now, as in bash: not found."""
     ckpt = tiny_checkpoint(tmp_path)
     long_name = str(tmp_path / ("a" * 300 + ".png"))
-    for given, problem in (("~no_such_user_here/x.png", "could not determine home"),
+    for given, problem in (("~no_such_user_here/x.png", "no such file or folder"),
                            (long_name, "file name too long")):  # fmt: skip
         r = CliRunner().invoke(app, ["predict", str(ckpt), given, "--out",
                                      str(tmp_path / "p.csv")])  # fmt: skip

@@ -45,7 +45,14 @@ from rich.progress import Task as RichTask
 from rich.text import Text
 
 from histocore.errors import DomainError, describe
-from histocore.io import LINK_LOOP, file_in_the_way, link_loop, one_line, refuse_overlong_name
+from histocore.io import (
+    LINK_LOOP,
+    expand_home,
+    file_in_the_way,
+    link_loop,
+    one_line,
+    refuse_overlong_name,
+)
 from histocore.progress import Task, Unit, reporting
 
 #: Seconds between progress lines when stderr is not a terminal (batch jobs).
@@ -125,23 +132,22 @@ def _said_as(raw: str | Path) -> Iterator[None]:
 
 
 def home_path(raw: str | Path) -> Path:
-    """Every path option's and argument's parser in both CLIs (``parser=home_path``): ``~``
-    and ``~user`` expanded once, as the value is parsed, so the checks before the work and
-    the code that reads or writes see one path. The shell expands a bare ``~/x`` but not
-    ``--out=~/x`` or a quoted ``'~/x'``: the checks expanded it, the writers did not, and
-    ``./~/x`` was written. A user it cannot expand is one line, exit 1: ``error:
-    ~nosuchuser/x: Could not determine home directory.``."""
+    """Every path option's and argument's parser in both CLIs (``parser=home_path``): a
+    value starting with ``~`` (``~/x``, ``~user/x``) expanded once, as the value is parsed,
+    so the checks before the work and the code that reads or writes see one path. The
+    shell expands a bare ``~/x`` but not ``--out=~/x`` or a quoted ``'~/x'``: the checks
+    expanded it, the writers did not, and ``./~/x`` was written. Only a leading ``~`` (see
+    :func:`histocore.io.expand_home`): ``./~/x`` is a folder named ``~`` (it was
+    ``$HOME/x``, overwritten); ``~ev`` with no user ``ev``, and ``~+/x``, are names as
+    typed, as bash leaves them."""
     return _expanded(raw)
 
 
 def _expanded(raw: str | Path) -> Path:
-    """``raw`` with ``~`` expanded; a user it cannot expand is one line: ``error:
-    ~nosuchuser/x: Could not determine home directory.``. Only here: a RuntimeError of the
-    checks after it (a bug) keeps its traceback."""
-    try:
-        return Path(raw).expanduser()
-    except RuntimeError as exc:  # '~nosuchuser/x'
-        fail(f"{raw}: {exc}")
+    """``raw`` as :func:`histocore.io.expand_home` takes it: text starting with ``~``
+    expanded, a parsed ``Path`` as it is (the checks get the parsed value: expanding it
+    again made ``./~/x`` ``$HOME/x``)."""
+    return expand_home(raw)
 
 
 def _require_parents(path: Path) -> None:

@@ -154,6 +154,19 @@ def atomic_temp_target(name: str) -> str | None:
 LINK_LOOP = "too many levels of symbolic links"
 
 
+def expand_home(raw: str | os.PathLike[str]) -> Path:
+    """``raw`` as a path, ``~`` and ``~user`` expanded when the text given starts with
+    ``~`` (``os.path.expanduser`` on the text, as bash does): ``./~/x`` and ``a/~x`` are
+    names, and so is ``~ev`` where there is no user ``ev`` (bash leaves it as typed), or
+    ``~+/x`` (bash's ``$PWD``, expanded by the shell only when unquoted). A ``Path`` is
+    taken as it is: pathlib drops a leading ``./`` (``Path('./~/x')`` is ``~/x``), so its
+    text cannot say which was given, and a path already parsed (the CLIs' ``home_path``)
+    is never expanded a second time (``--out ./~/x.csv`` wrote ``$HOME/x.csv``)."""
+    if isinstance(raw, str) and raw.startswith("~"):
+        return Path(os.path.expanduser(raw))
+    return Path(raw)
+
+
 def link_loop(path: Path) -> bool:
     """``path`` is a link that leads back to itself (a loop), not to a file or to nothing."""
     if not path.is_symlink():

@@ -29,7 +29,7 @@ from histocore.cli import (
 )
 from histocore.cli import require_file as require_file_out
 from histocore.errors import DomainError
-from histocore.io import not_there, number_text
+from histocore.io import expand_home, not_there, number_text
 from histomodels.choices import MAX_THREADS
 
 if TYPE_CHECKING:
@@ -249,11 +249,9 @@ def require_paths(*paths: str | Path | None, role: str | None = None) -> None:
     for raw in paths:
         if raw is None:
             continue
-        try:  # '~nosuchuser/x' (RuntimeError), a name too long (ENAMETOOLONG): one line
-            path = Path(raw) if role else Path(raw).expanduser()
+        try:  # a name too long (ENAMETOOLONG): one line
+            path = expand_home(raw)  # as the reader takes it: a leading '~' only
             found = path.exists()
-        except RuntimeError as exc:
-            fail(f"{raw}: {exc}")
         except OSError as exc:
             fail(f"{raw}: {(exc.strerror or str(exc)).lower()}")
         if not found:  # a link loop (or a path under one) is named as the loop, not "not found"

@@ -17,7 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from histocore.io import not_there
+from histocore.io import expand_home, not_there
 from histomodels.data.base import DatasetError, PatchDataset
 from histomodels.data.encoded import EncodedH5Dataset
 from histomodels.data.folders import FolderDataset, is_image_folder
@@ -82,7 +82,7 @@ def is_run_folder(path: Path) -> bool:
 def open_dataset(path: str | Path, **kw: Any) -> PatchDataset:
     """Open any supported dataset path with the reader its contents call for (the format
     is detected from what is on disk; see the module table)."""
-    path = Path(path).expanduser()
+    path = expand_home(path)  # text starting with '~' only: './~/x' is a name
     if not path.exists():
         raise DatasetError(not_there(path))  # a link loop on the way: named
     if not path.is_dir() and not path.is_file():  # a FIFO or device would hang the reader

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from histocore.io import not_there
+from histocore.io import expand_home, not_there
 from histomodels.config import TrainConfig
 from histomodels.data import ArrayDataset, DatasetError, PatchDataset, open_dataset
 from histomodels.data.base import pixel_digests, rows_also_in
@@ -49,7 +49,7 @@ def load_split(
     if isinstance(spec, tuple):
         spec = ArrayDataset(spec[0], spec[1], source=f"{role} arrays")
     if isinstance(spec, (str, Path)):
-        path = Path(spec)
+        path = expand_home(spec)  # as the reader takes it: a leading '~' only
         if not path.exists():
             raise DatasetError(not_there(path, f"{role} data not found"))  # or the link loop
         spec = open_dataset(path, **({"origin_split": origin_split} if origin_split else {}))
