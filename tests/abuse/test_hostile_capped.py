@@ -20,9 +20,18 @@ RECORD = {"kind": "record", "id": "r1", "stage": "filtered", "pdf_path": "a.pdf"
 
 
 def _hostile(path: Path, kind: str, cap: int) -> None:
-    """Put a FIFO, a link to /dev/zero, or a sparse file one byte over ``cap`` at ``path``."""
+    """Put a FIFO, a link to /dev/zero, a folder, a socket, or a sparse file one byte over
+    ``cap`` at ``path``."""
     if kind == "fifo":
         os.mkfifo(path)
+    elif kind == "folder":  # said 'error: 3: is a directory' (the descriptor), left it open
+        path.mkdir()
+    elif kind == "socket":  # an ENXIO OSError of the open
+        import socket
+
+        sock = socket.socket(socket.AF_UNIX)
+        sock.bind(str(path))
+        sock.close()
     elif kind == "zero":
         path.symlink_to("/dev/zero")
     else:
@@ -31,10 +40,12 @@ def _hostile(path: Path, kind: str, cap: int) -> None:
 
 
 def _expect(kind: str, cap_text: str) -> str:
+    if kind == "folder":
+        return r"not a regular file \(a folder\)"
     return r"not a regular file \(a pipe" if kind != "big" else f"over {cap_text}"
 
 
-KINDS = ["fifo", "zero", "big"]
+KINDS = ["fifo", "zero", "big", "folder", "socket"]
 
 
 def _run_in_thread(fn: Callable[[], object]) -> BaseException | None:
@@ -103,6 +114,30 @@ def test_checksums_file(tmp_path: Path, kind: str) -> None:
     assert str(exc).startswith(f"{sums}: ") and re.search(_expect(kind, "1 MB"), str(exc))
 
 
+@pytest.mark.parametrize("kind", ["fifo", "zero", "folder", "socket"])
+def test_manifest_that_is_not_a_file(tmp_path: Path, kind: str) -> None:
+    """A folder at ``manifest.jsonl`` said ``3: is a directory`` (the descriptor), a socket
+    ``No such device or address``; all are one line naming the file now."""
+    from histocore.manifest import Manifest, ManifestError
+
+    path = tmp_path / "manifest.jsonl"
+    _hostile(path, kind, 0)
+    exc = _run_in_thread(lambda: Manifest.load(tmp_path))
+    assert isinstance(exc, ManifestError), exc
+    assert str(exc) == f"{path}: not a regular file"
+
+
+def test_a_refused_file_leaves_no_descriptor_open(tmp_path: Path) -> None:
+    from histocore.io import RefusedFile, open_regular
+
+    (tmp_path / "d").mkdir()
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(20):
+        with pytest.raises(RefusedFile, match=r"^not a regular file \(a folder\)$"):
+            open_regular(tmp_path / "d")
+    assert len(os.listdir("/proc/self/fd")) == before
+
+
 def test_manifest_line_over_the_cap_is_one_error(tmp_path: Path) -> None:
     """A 16 MB + 1 line of NUL bytes (``/dev/zero`` copied in, a damaged disk) was read
     whole, then named as bad JSON; now it is refused as it is read, a line at a time."""
@@ -125,6 +160,20 @@ def test_manifest_still_reads_crlf_bom_and_a_last_line_without_newline(tmp_path:
     path = tmp_path / "manifest.jsonl"
     path.write_bytes(b"\xef\xbb\xbf" + text.rstrip("\n").replace("\n", "\r\n").encode())
     assert sorted(Manifest.load(tmp_path).records) == ["r1", "r2"]
+
+
+def test_cli_checksums_folder_says_one_line(tmp_path: Path) -> None:
+    """``data download --checksums FOLDER`` said ``error: 3: is a directory``."""
+    sums = tmp_path / "sums.md5"
+    sums.mkdir()
+    args = ["data", "download", "pcam", "--dest", str(tmp_path / "d"), "--checksums", str(sums)]
+    proc = subprocess.run(
+        [sys.executable, "-m", "histomodels", *args], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        f"error: {sums}: not a regular file (a folder), not a checksums file"
+    ]
 
 
 def test_cli_says_one_line(tmp_path: Path) -> None:

@@ -477,22 +477,36 @@ def size_text(n: int) -> str:
     return f"{n >> 20} MB" if n >= 1 << 20 and not n % (1 << 20) else f"{n} bytes"
 
 
+#: :class:`RefusedFile`'s text for what is not a regular file.
+NOT_REGULAR = "not a regular file (a pipe, socket or device)"
+
+
 def open_regular(path: str | Path) -> BinaryIO:
     """``path`` opened for reading in binary, if it is a regular file (links followed); a
-    FIFO, socket, device (``/dev/zero``) or folder is a :class:`RefusedFile`, checked on
-    the open file (no race with a swap) and opened without blocking (a FIFO with no writer
-    is refused, not waited on). For readers that stream a file under their own caps
-    (:func:`read_capped`, a line reader with a cap per line). An ``OSError`` passes."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-    fh = os.fdopen(fd, "rb")
+    FIFO, socket, device (``/dev/zero``) or folder is a :class:`RefusedFile` (``not a
+    regular file (a folder)``; ``… (a pipe, socket or device)``), checked on the open file
+    before it is wrapped (no race with a swap; a folder said ``3: is a directory``, its
+    descriptor left open) and opened without blocking (a FIFO with no writer is refused,
+    not waited on; a socket, which cannot be opened, too: it was an ``ENXIO`` error). For
+    readers that stream a file under their own caps (:func:`read_capped`, a line reader
+    with a cap per line). Any other ``OSError`` passes."""
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise RefusedFile("not a regular file (a pipe, socket or device)")
-        os.set_blocking(fd, True)  # a regular file: reads never block anyway
-    except BaseException:
-        fh.close()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        if exc.errno == errno.ENXIO:  # a socket (or a device with nothing behind it)
+            raise RefusedFile(NOT_REGULAR) from None
         raise
-    return fh
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise RefusedFile("not a regular file (a folder)")
+        if not stat.S_ISREG(mode):
+            raise RefusedFile(NOT_REGULAR)
+        os.set_blocking(fd, True)  # a regular file: reads never block anyway
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def read_capped(path: str | Path, max_bytes: int) -> bytes:
