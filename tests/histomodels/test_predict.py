@@ -526,6 +526,37 @@ def test_the_call_agrees_with_the_probability_the_csv_shows(tmp_path: Path) -> N
             assert row["tumour"] == ("yes" if called else "no"), (cut, row)
 
 
+def test_a_threshold_between_printed_digits_is_compared_unrounded(tmp_path: Path) -> None:
+    """``--threshold 0.9999996`` was printed so but written ``1.000000`` and compared
+    rounded, so p = 0.9999997 passed a threshold of 1; the CSV shows the threshold exactly
+    and each probability with the digits its call takes. A threshold of 1 the user gave
+    is not said to be one where validation scores 'saturate'."""
+    from histomodels.predict import cut_text, probability_text
+
+    assert cut_text(0.5) == "0.500000" and cut_text(0.9999996) == "0.9999996"
+    assert probability_text(0.9999997, 1.0) == "0.9999997"
+    assert probability_text(0.4123449, 0.412345) == "0.4123449"
+    assert probability_text(0.4123451, 0.412345) == "0.412345"
+    ckpt = tiny_checkpoint(tmp_path)
+    big = tmp_path / "figure.png"
+    Image.fromarray(make_figure(3, 4, seed=1)).save(big)
+    out = tmp_path / "pred.csv"
+    base = ["predict", str(ckpt), str(big), "--out", str(out), "--no-heatmaps"]
+    assert CliRunner().invoke(app, base).exit_code == 0
+    shown = sorted({r["probability"] for r in _rows(out)})
+    for text in shown[:: max(1, len(shown) // 4)]:
+        cut = float(text) + 4e-7  # rounds to the row's 6 decimals: the old call was 'yes'
+        r = CliRunner().invoke(app, [*base, "--threshold", repr(cut)])
+        assert r.exit_code == 0, r.output
+        for row in _rows(out):
+            assert float(row["threshold"]) == cut, row
+            called = float(row["probability"]) >= cut
+            assert row["tumour"] == ("yes" if called else "no"), (cut, row)
+    r = CliRunner().invoke(app, [*base, "--threshold", "1"])
+    assert "tumour = probability >= 1.0000: --threshold\n" in r.output, r.output
+    assert "saturate" not in r.output
+
+
 def test_a_multi_page_tiff_gets_one_warning_that_only_its_first_page_is_scored(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

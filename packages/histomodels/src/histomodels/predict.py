@@ -518,11 +518,12 @@ def _predict_files(
                 grey.append(f)
             logits = pred.logits(tiles.patches, batch_size=batch_size, tta=tta)
             probs = sigmoid(logits, pred.temperature)
-            cut = f"{threshold:.6f}"
+            cut = cut_text(threshold)
             for (x, y), t, p in zip(tiles.xy, tiles.tissue, probs, strict=True):
-                p_text = f"{p:.6f}"  # the call agrees with the values the row shows
-                w.writerow([safe_cell(str(f)), int(x), int(y), size, f"{t:.3f}", p_text,
-                            cut, "yes" if float(p_text) >= float(cut) else "no"])  # fmt: skip
+                call = bool(p >= threshold)  # unrounded; the row's texts show the same call
+                w.writerow([safe_cell(str(f)), int(x), int(y), size, f"{t:.3f}",
+                            probability_text(float(p), threshold), cut,
+                            "yes" if call else "no"])  # fmt: skip
             n_rows += len(probs)
             if len(probs) > 1 and f in targets:
                 target = targets[f]
@@ -545,6 +546,26 @@ def _predict_files(
             "their scores are not meaningful", len(grey), scored, grey[0],
         )  # fmt: skip
     return n_rows, scored
+
+
+def cut_text(threshold: float) -> str:
+    """The CSV's ``threshold`` cell: 6 decimals when they are the threshold exactly, else
+    its shortest exact text (``--threshold 0.9999996`` was written ``1.000000``)."""
+    text = f"{threshold:.6f}"
+    return text if float(text) == threshold else repr(float(threshold))
+
+
+def probability_text(p: float, threshold: float) -> str:
+    """The CSV's ``probability`` cell: 6 decimals, or as many more as it takes for the
+    row to read as its call (``p >= threshold``, made on the unrounded values): p =
+    0.9999997 at a threshold of 1 is ``0.9999997``, ``no`` (it was rounded to
+    ``1.000000`` before the comparison, and called tumour)."""
+    call = p >= threshold
+    for digits in range(6, 18):
+        text = f"{p:.{digits}f}"
+        if (float(text) >= threshold) == call:
+            return text
+    return repr(p)
 
 
 def _is_grey(img: np.ndarray) -> bool:

@@ -33,14 +33,17 @@ def fmt(v: Any, digits: int = 4) -> str:
     return str(v)
 
 
-def threshold_text(t: float) -> str:
+def threshold_text(t: float, source: str | None = None) -> str:
     """A decision threshold as printed: 4 decimals, or as many more as it takes not to read
     as 0 or 1 (``0.99996``, not ``1.0000``: a confident model's threshold chosen on
-    validation lies among scores that close to 1). Exactly 1 says what it means: only
-    scores of exactly 1.0 pass, which happens when most validation scores saturate at 1.0
-    (a logit over about 37 after the temperature, in float64)."""
+    validation lies among scores that close to 1). Exactly 1 chosen on validation says
+    what it means: only scores of exactly 1.0 pass, which happens when most validation
+    scores saturate at 1.0 (a logit over about 37 after the temperature, in float64); one
+    the user gave (``source`` ``"given"``: ``--threshold 1``) is just ``1.0000``."""
     if not 0.0 < t < 1.0:
-        return f"{t:.4f} (only scores of exactly 1.0 pass: they saturate)" if t == 1.0 else fmt(t)
+        if t == 1.0 and source != "given":
+            return f"{t:.4f} (only scores of exactly 1.0 pass: they saturate)"
+        return fmt(t)
     for digits in range(4, 17):
         text = f"{t:.{digits}f}"
         if 0.0 < float(text) < 1.0:
@@ -57,7 +60,7 @@ def _number(v: Any) -> Any:
 def _metric_cell(m: dict[str, Any], key: str) -> str:
     v = _number(m.get(key))
     if key == "threshold" and isinstance(v, float):
-        return threshold_text(v)  # never an interval
+        return threshold_text(v, m.get("threshold_source"))  # never an interval
     ci = (m.get("ci") or {}).get(key)
     if ci and None not in ci:
         # the interval at the point's precision: 0.9998 [1.000, 1.000] read as if the

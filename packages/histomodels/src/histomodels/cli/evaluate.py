@@ -376,7 +376,8 @@ def _print_metrics(result: dict, out: Path) -> None:
     # the source has its own brackets ("default 0.5 (no validation set given)"): not nested
     from histomodels.report_tables import threshold_text
 
-    line = f"threshold {threshold_text(result['threshold'])}: {result['threshold_source']}"
+    how = result["threshold_source"]
+    line = f"threshold {threshold_text(result['threshold'], how)}: {how}"
     console.print(line, soft_wrap=True)  # whole lines, as the first one
     inside = " (the ensemble's own 8 views)" if result.get("tta_inside_model") else ""
     console.print(
@@ -432,7 +433,8 @@ def _print_external(result: dict, out: Path) -> None:
         )
     from histomodels.report_tables import threshold_text
 
-    typer.echo(f"threshold {threshold_text(result['threshold'])}: {result['threshold_source']}")
+    how = result["threshold_source"]
+    typer.echo(f"threshold {threshold_text(result['threshold'], how)}: {how}")
     typer.echo(f"temperature {result['temperature']:.3f}")
     if result.get("note"):
         typer.echo(result["note"])
@@ -597,7 +599,8 @@ def _print_predicted(res: dict) -> None:
     source = "--threshold" if res["threshold_source"] == "given" else res["threshold_source"]
     from histomodels.report_tables import threshold_text
 
-    typer.echo(f"tumour = probability >= {threshold_text(res['threshold'])}: {source}")
+    cut = threshold_text(res["threshold"], res["threshold_source"])
+    typer.echo(f"tumour = probability >= {cut}: {source}")
     if res["heatmaps"]:
         typer.echo(f"{len(res['heatmaps'])} heatmap(s) in {Path(res['heatmaps'][0]).parent}")
 
