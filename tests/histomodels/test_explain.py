@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
@@ -62,3 +63,25 @@ def test_error_gallery_picks_most_confident_errors(tmp_path: Path) -> None:
     shown = error_gallery(_red_detector(), x, labels, probs, ids, 0.5, tmp_path / "g.png", k=1)
     assert shown == {"false_positives": ["p0"], "false_negatives": ["p3"]}
     assert (tmp_path / "g.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_error_gallery_prints_a_threshold_as_the_text_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its title said 'at threshold 1.000' for 0.99996."""
+    import matplotlib.figure
+
+    titles: list[str] = []
+    savefig = matplotlib.figure.Figure.savefig
+
+    def record(fig: matplotlib.figure.Figure, *args: object, **kw: object) -> None:
+        titles.append(fig.get_suptitle())
+        savefig(fig, *args, **kw)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", record)
+    x = np.repeat(_images(), 3, axis=0)
+    labels = np.array([0, 0, 0, 1, 1, 1])
+    probs = np.array([0.99999, 0.6, 0.1, 0.05, 0.4, 0.8])
+    error_gallery(_red_detector(), x, labels, probs, [f"p{i}" for i in range(6)], 0.99996,
+                  tmp_path / "g.png", k=1)  # fmt: skip
+    assert len(titles) == 1 and "at threshold 0.99996 " in titles[0], titles

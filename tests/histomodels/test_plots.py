@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import PIL.Image
+import pytest
 
 from histomodels.plots import curve_groups, curves_plot
 
@@ -49,3 +51,37 @@ def test_curves_plot_without_timing_has_two_panels(tmp_path: Path) -> None:
     with PIL.Image.open(curves_plot(rows, tmp_path / "c.png")) as img:
         width, height = img.size
     assert 1.5 * height < width < 2.5 * height
+
+
+def _figure_texts(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every text of each figure saved from now on (titles, labels, legend entries)."""
+    import matplotlib.figure
+    import matplotlib.text
+
+    seen: list[str] = []
+    savefig = matplotlib.figure.Figure.savefig
+
+    def record(fig: matplotlib.figure.Figure, *args: object, **kw: object) -> None:
+        seen.extend(t.get_text() for t in fig.findobj(matplotlib.text.Text))
+        savefig(fig, *args, **kw)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", record)
+    return seen
+
+
+def test_figures_print_a_threshold_as_the_text_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A threshold of 0.99996 was 'chosen 1.000' in threshold.png (and the ROC and
+    confusion figures) while the text said 0.99996."""
+    from histomodels.plots import confusion_plot, roc_plot, threshold_plot
+
+    texts = _figure_texts(monkeypatch)
+    y = np.array([0, 0, 1, 1, 0, 1])
+    p = np.array([0.1, 0.99997, 0.99999, 0.3, 0.2, 0.99996])
+    t = 0.99996
+    roc_plot(y, p, tmp_path / "roc.png", threshold=t)
+    confusion_plot(2, 1, 1, 2, tmp_path / "c.png", threshold=t)
+    threshold_plot(y, p, tmp_path / "t.png", threshold=t)
+    said = [s for s in texts if "threshold " in s or "chosen" in s]
+    assert len(said) >= 3 and all("0.99996" in s and "1.000" not in s for s in said), said

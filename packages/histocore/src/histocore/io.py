@@ -553,6 +553,20 @@ def number_text(value: float) -> str:
     return repr(float(value)).removesuffix(".0")
 
 
+def fraction_text(t: float) -> str:
+    """A number in [0, 1] (a decision threshold) as printed: 4 decimals, or as many more as
+    it takes not to read as 0 or 1 (``0.99996``, not ``1.0000``: a confident model's
+    threshold lies among scores that close to 1). The text, the report and the figures
+    print thresholds so (the figures said ``chosen 1.000``)."""
+    if not 0.0 < t < 1.0:
+        return f"{t:.4f}"
+    for digits in range(4, 17):
+        text = f"{t:.{digits}f}"
+        if 0.0 < float(text) < 1.0:
+            return text
+    return repr(float(t))
+
+
 def one_line(message: str) -> str:
     """``message`` with control characters escaped (``\\n``, ``\\x1b``...).
 

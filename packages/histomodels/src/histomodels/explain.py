@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from histocore.io import fraction_text
 from histomodels.preprocess import IMAGENET_MEAN, IMAGENET_STD, to_input
 
 
@@ -137,6 +138,7 @@ def error_gallery(
         titles,
         path,
         cols=4,
-        title=f"Most confident errors at threshold {threshold:.3f} (FP: normal called tumour)",
+        title=f"Most confident errors at threshold {fraction_text(threshold)} "
+        "(FP: normal called tumour)",
     )
     return {"false_positives": [ids[i] for i in fp], "false_negatives": [ids[i] for i in fn]}

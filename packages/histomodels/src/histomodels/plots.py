@@ -14,7 +14,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from sklearn import metrics as skm
 
-from histocore.io import atomic_write_bytes
+from histocore.io import atomic_write_bytes, fraction_text
 
 
 def save_figure(
@@ -43,7 +43,7 @@ def roc_plot(y: np.ndarray, p: np.ndarray, path: Path, threshold: float | None =
             tp / max(tp + fn, 1),
             "o",
             color="C3",
-            label=f"threshold {threshold:.3f}",
+            label=f"threshold {fraction_text(threshold)}",
         )
     ax.set(
         xlabel="1 - specificity (FPR)",
@@ -89,7 +89,7 @@ def confusion_plot(tn: int, fp: int, fn: int, tp: int, path: Path, threshold: fl
         yticklabels=["normal", "tumour"],
         xlabel="predicted",
         ylabel="true",
-        title=f"Confusion at threshold {threshold:.3f}",
+        title=f"Confusion at threshold {fraction_text(threshold)}",
     )
     return save_figure(fig, path)
 
@@ -122,7 +122,7 @@ def threshold_plot(y: np.ndarray, p: np.ndarray, path: Path, threshold: float) -
     fig, ax = plt.subplots(figsize=(4.8, 3.4))
     ax.plot(t, recall, label="recall (sensitivity)")
     ax.plot(t, spec, label="specificity")
-    ax.axvline(threshold, color="k", ls=":", lw=1, label=f"chosen {threshold:.3f}")
+    ax.axvline(threshold, color="k", ls=":", lw=1, label=f"chosen {fraction_text(threshold)}")
     ax.set(
         xlabel="threshold", ylabel="rate", title="Operating point on the test set", ylim=(0, 1.02)
     )

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from histocore.io import number_text
+from histocore.io import fraction_text, number_text
 from histomodels.report_inputs import Evaluation, Run
 
 METRIC_ROWS = (
@@ -40,15 +40,9 @@ def threshold_text(t: float, source: str | None = None) -> str:
     what it means: only scores of exactly 1.0 pass, which happens when most validation
     scores saturate at 1.0 (a logit over about 37 after the temperature, in float64); one
     the user gave (``source`` ``"given"``: ``--threshold 1``) is just ``1.0000``."""
-    if not 0.0 < t < 1.0:
-        if t == 1.0 and source != "given":
-            return f"{t:.4f} (only scores of exactly 1.0 pass: they saturate)"
-        return fmt(t)
-    for digits in range(4, 17):
-        text = f"{t:.{digits}f}"
-        if 0.0 < float(text) < 1.0:
-            return text
-    return repr(t)
+    if t == 1.0 and source != "given":
+        return f"{fraction_text(t)} (only scores of exactly 1.0 pass: they saturate)"
+    return fraction_text(t)
 
 
 def _number(v: Any) -> Any:
