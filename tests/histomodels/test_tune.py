@@ -551,6 +551,7 @@ def test_a_damaged_tune_json_is_one_error(tmp_path, tiny_data):
         with pytest.raises(TuneError, match=f"^{settings}: .*{said}"):
             tune(*tiny_data, out, trials=2, **kw)
     settings.write_text(good)
+    kept = settings.stat().st_ino  # checked before anything is written: tune.json untouched
     trials = out / "trials.json"  # review: read with a bare json.loads (a traceback)
     for bad, said in (("[{", "cannot read"), ('[{"trial": "1"}]', "a list of trial records"),
                       ('{"trial": 0}', "a list of trial records"),
@@ -565,6 +566,7 @@ def test_a_damaged_tune_json_is_one_error(tmp_path, tiny_data):
         trials.write_text(bad)
         with pytest.raises(TuneError, match=f"^{trials}: .*{said}"):
             tune(*tiny_data, out, trials=2, **kw)
+        assert settings.stat().st_ino == kept and settings.read_text() == good
 
 
 def test_a_damaged_ax_experiment_is_one_error_before_anything_is_written(tmp_path, tiny_data):

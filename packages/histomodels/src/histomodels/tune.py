@@ -190,14 +190,14 @@ def _tune(
     if exp_path.is_file():
         _check_data(out, settings["data"])
         saved_client = _load_experiment(exp_path)  # a damaged one: before anything is written
+    records: list[dict[str, Any]] = []
+    if saved_client is not None and records_path.exists():  # a FIFO: refused, not no trials
+        records = _saved_records(records_path)  # a damaged one too (tune.json was rewritten)
     make_parents(out / SETTINGS_FILE)  # a file in the way: a: is a file, not a folder
     _atomic_json(out / SETTINGS_FILE, settings)  # before the experiment: a new one needs it
 
-    records: list[dict[str, Any]] = []
     if saved_client is not None:
         client = saved_client
-        if records_path.exists():  # a FIFO there is refused, not taken for no trials
-            records = _saved_records(records_path)
         # trials that were running when the previous tune was killed
         done = {r["trial"] for r in records}
         for idx, trial in client._experiment.trials.items():

@@ -98,7 +98,7 @@ def open_dataset(path: str | Path, **kw: Any) -> PatchDataset:
     if is_run_folder(path):
         opts = _take(kw, {"scale", "min_tissue"}, "histofetch run", path)
         return ManifestTileDataset(path, **opts)
-    if (path / LABELS_CSV).is_file():
+    if (path / LABELS_CSV).exists():  # a FIFO or folder there: the reader refuses it by name
         return KaggleDataset(path, **_take(kw, {"patch_size"}, "Kaggle", path))
     if any(path.glob("camelyonpatch_level_2_split_*_x.h5*")):
         opts = _take(kw, {"split", "patch_size"}, "PCam folder", path)
