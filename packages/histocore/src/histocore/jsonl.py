@@ -13,7 +13,7 @@ import hashlib
 import itertools
 import json
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -56,22 +56,80 @@ def bulk() -> Iterator[None]:
 MAX_LINE_BYTES = 16 << 20
 
 
+#: How many times :func:`read_jsonl_whole` reads a ``manifest.jsonl`` that changes while
+#: it is read before it refuses it.
+READ_TRIES = 3
+
+
 def read_jsonl(path: Path, manifest: Manifest) -> Manifest:
     """Parse a ``manifest.jsonl`` (any version up to ours) into ``manifest``."""
+    _read_once(path, manifest)
+    return manifest
+
+
+def read_jsonl_whole(
+    path: Path, empty: Callable[[], Manifest], tries: int = READ_TRIES
+) -> tuple[Manifest, dict[str, Any]]:
+    """A ``manifest.jsonl`` parsed into ``empty()``, with the fingerprint of the bytes
+    parsed (:func:`file_fingerprint`'s fields, taken from the open file as it is read: the
+    same as it gives for a file left alone). A file rewritten in place while it is read
+    (its size or modification time moved between the first and last byte) is read again,
+    up to ``tries`` times, then refused with one :class:`ManifestError` line: the rows
+    were stored torn under a fingerprint taken afterwards by path, so the rewrite was
+    never imported."""
+    for _ in range(tries):
+        manifest = empty()
+        fingerprint = _read_once(path, manifest)
+        if fingerprint is not None:
+            return manifest, fingerprint
+    raise ManifestError(
+        f"{path}: changed while it was read ({tries} times); not imported: read it again "
+        "when nothing is writing it"
+    )
+
+
+def _read_once(path: Path, manifest: Manifest) -> dict[str, Any] | None:
+    """Parse ``path`` into ``manifest``; the fingerprint of the bytes read, or None when
+    the file changed while it was read."""
     try:  # a FIFO was read forever (a hang), a link to /dev/zero too (MemoryError)
         fh = open_regular(path)
     except RefusedFile:
         raise ManifestError(f"{path}: not a regular file") from None
     with fh, bulk():
-        lines = _text_lines(path, fh)
+        before = os.fstat(fh.fileno())
+        hashed = _Hashing(fh)
+        lines = _text_lines(path, hashed)
         first = next(lines, None)
         if first is None:
             raise ManifestError(f"{path}: empty file, expected a header line")
         _read_lines(path, itertools.chain([first], lines), manifest)
-    return manifest
+        after = os.fstat(fh.fileno())
+    if (before.st_size, before.st_mtime_ns) != (after.st_size, after.st_mtime_ns):
+        return None
+    if hashed.size != after.st_size:  # grown and cut back within one time stamp
+        return None
+    return {
+        "ino": after.st_ino,
+        "size": after.st_size,
+        "mtime_ns": after.st_mtime_ns,
+        "sha256": hashed.digest.hexdigest(),
+    }
 
 
-def _text_lines(path: Path, fh: BinaryIO) -> Iterator[str]:
+class _Hashing:
+    """``fh``'s lines, hashed (sha256) and counted as they are read."""
+
+    def __init__(self, fh: BinaryIO) -> None:
+        self.fh, self.digest, self.size = fh, hashlib.sha256(), 0
+
+    def readline(self, limit: int) -> bytes:
+        raw = self.fh.readline(limit)
+        self.digest.update(raw)
+        self.size += len(raw)
+        return raw
+
+
+def _text_lines(path: Path, fh: _Hashing) -> Iterator[str]:
     """The lines of ``fh`` as text, each read under :data:`MAX_LINE_BYTES`; a byte-order
     mark before the first is allowed."""
     for lineno in itertools.count(1):

@@ -22,7 +22,7 @@ from typing import Any, overload
 
 from histocore.errors import ManifestError, UnresolvablePath
 from histocore.image_table import ImageTable
-from histocore.jsonl import read_jsonl, write_jsonl
+from histocore.jsonl import read_jsonl_whole, write_jsonl
 from histocore.schema import IMAGE_LABELS as IMAGE_LABELS
 from histocore.schema import MANIFEST_NAME as MANIFEST_NAME
 from histocore.schema import SCHEMA_NAME as SCHEMA_NAME
@@ -60,7 +60,8 @@ class Manifest(StoreSync):
     _seen_img: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
     _seen_head: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
     _owner: str = field(default_factory=lambda: uuid.uuid4().hex, repr=False, compare=False)
-    _migrate: bool = field(default=False, repr=False, compare=False)
+    #: the fingerprint of the ``manifest.jsonl`` read, for a folder without a store yet
+    _migrate: dict[str, Any] | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.run_dir = Path(self.run_dir)
@@ -89,11 +90,13 @@ class Manifest(StoreSync):
                 manifest.close()
                 raise
         elif path.exists():
-            read_jsonl(path, manifest)
+            parsed, fingerprint = read_jsonl_whole(path, manifest._empty)
+            manifest.query, manifest.header_extra = parsed.query, parsed.header_extra
+            manifest.records, manifest.images = parsed.records, parsed.images
             manifest._seen_head = {k: dumps(v) for k, v in manifest._header_items().items()}
             manifest._seen_rec = {k: dumps(row_of(r)) for k, r in manifest.records.items()}
             manifest._seen_img = {k: dumps(row_of(i)) for k, i in manifest.images.items()}
-            manifest._migrate = True
+            manifest._migrate = fingerprint  # the bytes read, not the file when migrated
         elif not create:
             raise ManifestError(f"{path}: no manifest here (is this a histofetch run folder?)")
         return manifest

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
 
 from histocore.image_table import ImageTable
-from histocore.jsonl import bulk, file_fingerprint, fingerprint_matches, read_jsonl
+from histocore.jsonl import bulk, fingerprint_matches, read_jsonl_whole
 from histocore.schema import (
     MANIFEST_NAME,
     Image,
@@ -49,7 +49,7 @@ class StoreSync:
     _seen_img: dict[str, str]
     _seen_head: dict[str, str]
     _owner: str
-    _migrate: bool
+    _migrate: dict[str, Any] | None
 
     @property
     def path(self) -> Path:
@@ -97,14 +97,14 @@ class StoreSync:
         with store.write():  # re-check under the write lock: an export may just have landed
             if fingerprint_matches(self.path, store.meta("export")):
                 return
-            parsed = read_jsonl(self.path, self._empty())
+            parsed, fingerprint = read_jsonl_whole(self.path, self._empty)  # as it was read
             had_rows = store.count("records") + store.count("images")
             store.replace_all(
                 parsed._header_items(),
                 (row_of(r) for r in parsed.records.values()),
                 (row_of(i) for i in parsed.images.values()),
             )
-            store.set_meta("export", json.dumps(file_fingerprint(self.path)))
+            store.set_meta("export", json.dumps(fingerprint))
         if had_rows:
             log.warning("%s was changed outside the run store; imported it", self.path)
 
@@ -133,7 +133,7 @@ class StoreSync:
                 (json.loads(v) for v in self._seen_rec.values()),
                 (json.loads(v) for v in self._seen_img.values()),
             )
-            store.set_meta("export", json.dumps(file_fingerprint(self.path)))
+            store.set_meta("export", json.dumps(self._migrate))
 
     def close(self) -> None:
         """Close the store connection (also closed when the object is collected). The last
