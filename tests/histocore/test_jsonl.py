@@ -117,3 +117,15 @@ def test_the_fingerprint_of_a_read_is_the_fingerprint_of_the_file(tmp_path: Path
     path.write_bytes(b"\xef\xbb\xbf" + _lines("a", 5).replace("\n", "\r\n").encode())
     parsed, fingerprint = read_jsonl_whole(path, lambda: Manifest(run_dir=tmp_path))
     assert fingerprint == file_fingerprint(path) and len(parsed.records) == 5
+
+
+def test_a_manifest_of_a_byte_order_mark_only_is_an_empty_file(tmp_path: Path) -> None:
+    """Streamed a line at a time, it said 'not valid JSON'; read whole it said, and says
+    again, that the file is empty."""
+    from histocore.manifest import Manifest, ManifestError
+
+    path = tmp_path / "manifest.jsonl"
+    for content in (b"", b"\xef\xbb\xbf"):
+        path.write_bytes(content)
+        with pytest.raises(ManifestError, match=r"manifest\.jsonl: empty file, expected a header"):
+            Manifest.load(tmp_path)

@@ -134,7 +134,7 @@ def _text_lines(path: Path, fh: _Hashing) -> Iterator[str]:
     mark before the first is allowed."""
     for lineno in itertools.count(1):
         raw = fh.readline(MAX_LINE_BYTES + 1)
-        if not raw:
+        if not raw or (lineno == 1 and raw == b"\xef\xbb\xbf"):  # a BOM only: empty too
             return
         if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):
             raise ManifestError(
