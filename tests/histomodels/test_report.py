@@ -426,7 +426,9 @@ def test_a_predictions_csv_that_is_a_folder_is_named(tmp_path: Path) -> None:
         ("p2,1,nan\n", "line 4: probability 'nan' is not a number from 0 to 1"),
         # the line the row starts on: an id quoted over two lines named its last line (5)
         ('"p\n2",1,abc\n', "line 4: probability 'abc' is not a number from 0 to 1"),
-        ("\xff\xfe,1,\n", "not a UTF-8 CSV file ("),
+        ("\xff\xfe,1,\n", "not a UTF-8 CSV file (byte 0xff: invalid start byte)"),
+        # past the decoder's first 8 KB chunk: its offset counted from the chunk (dropped)
+        ("p" * 9000 + ",1,\xe9\n", "not a UTF-8 CSV file (byte 0xe9: invalid continuation "),
     ],
 )
 def test_a_tampered_predictions_csv_is_one_error_line(tmp_path: Path, tail, problem) -> None:

@@ -263,7 +263,12 @@ def read_predictions(path: Path) -> tuple[np.ndarray, np.ndarray]:
                     )
                 labels.append(int(label))
                 probs.append(prob)
-        except (UnicodeDecodeError, csv.Error) as exc:
+        except UnicodeDecodeError as exc:  # its position counts from the decoder's 8 KB chunk
+            bad = exc.object[exc.start : exc.start + 1].hex()
+            raise ReportError(
+                f"{path}: not a UTF-8 CSV file (byte 0x{bad}: {exc.reason})"
+            ) from None
+        except csv.Error as exc:
             raise ReportError(f"{path}: not a UTF-8 CSV file ({exc})") from None
         finally:
             text.detach()  # ``fh`` is closed once, by its own ``with``
