@@ -102,3 +102,27 @@ def test_train_and_finetune_help_show_the_config_defaults() -> None:
             assert name in shown, f"{command} --help shows no default for {name}"
         expected = vars(base) | (FINETUNE_DEFAULTS if command == "finetune" else {})
         assert {k: expected[k] for k in shown} == shown
+
+
+@pytest.mark.parametrize("name", ["histofetch", "histomodels"])
+def test_no_flag_shows_a_value_in_help(name: str) -> None:
+    """A flag takes no value: Typer 0.29's rich help showed ``<bool>`` beside each one
+    (``--tta <bool>``, ``-v <bool>``, ``--help <bool>``), as if it took one. Every command
+    and group's ``--help``, the app's own included."""
+    app = dict(_apps())[name]
+    shown = []
+    for path, _cmd in _commands(typer.main.get_command(app)):
+        out = CliRunner().invoke(app, [*path, "--help"], env={"COLUMNS": "400"}).output
+        shown += [
+            (" ".join(path), line.strip("│ ")) for line in out.splitlines() if "<bool>" in line
+        ]
+    assert not shown, f"a flag's help shows a value: {shown}"
+
+
+def test_options_that_take_a_value_still_show_its_type() -> None:
+    from histomodels.cli import app
+
+    out = CliRunner().invoke(app, ["predict", "--help"], env={"COLUMNS": "400"}).output
+    rows = [line.strip("│ ") for line in out.splitlines()]
+    lines = {row.split()[0]: row for row in rows if row.startswith("--")}
+    assert "<int range>" in lines["--batch-size"] and "<" not in lines["--tta"], out

@@ -2,6 +2,8 @@
 one logging setup.
 
 - :func:`help_text` is a command's docstring for ``--help``, paragraphs on one line each.
+- :class:`UsageStyle` is mixed into each CLI's Typer command and group classes: what their
+  ``--help`` shows (no ``<bool>`` beside a flag).
 - :func:`fail` prints ``error: <message>`` on stderr and exits 1.
 - :func:`require_folder` and :func:`require_file` fail that way, at once, when a path
   given as a folder names a file or one given as a file names a folder, or its name is
@@ -30,7 +32,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn, cast
 
 from rich.console import Console
 from rich.filesize import decimal
@@ -73,6 +75,21 @@ def help_text(command: Callable[..., object]) -> str:
     ``\\b`` keeps its lines (click's convention)."""
     paragraphs = (inspect.getdoc(command) or "").split("\n\n")
     return "\n\n".join(p if p.startswith("\b") else " ".join(p.split()) for p in paragraphs)
+
+
+class UsageStyle:
+    """Mixed into the Typer command and group classes of both CLIs (before Typer's class:
+    ``class Command(UsageStyle, TyperCommand)``); Typer itself stays a dependency of the
+    CLI packages, not of histocore. A flag shows no value in ``--help``: Typer 0.29's rich
+    help put ``<bool>`` beside every flag (``--tta <bool>``, ``--help <bool>``), as if it
+    took a value; an empty metavar shows nothing there."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        params = cast(Any, super()).get_params(ctx)
+        for param in params:
+            if getattr(param, "is_flag", False) and param.metavar is None:
+                param.metavar = ""
+        return params
 
 
 def fail(*messages: str) -> NoReturn:

@@ -12,13 +12,14 @@ import typer
 
 from histocore.cli import help_text
 from histofetch.cli import fetch, images, runs
-from histofetch.cli._common import Verbose, setup_logging
+from histofetch.cli._common import Command, Group, Verbose, setup_logging
 
 app = typer.Typer(
     name="histofetch",
     help="Mine PubMed/PMC for H&E figures: search → download → extract → filter → manifest.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    cls=Group,
 )
 
 
@@ -28,14 +29,14 @@ def _main(verbose: Verbose = False) -> None:
     setup_logging(verbose=verbose)
 
 
-app.command("search", help=help_text(fetch.search))(fetch.search)
-app.command("download", help=help_text(fetch.download))(fetch.download)
-app.command("run", help=help_text(fetch.run_all))(fetch.run_all)
-app.command("extract", help=help_text(images.extract))(images.extract)
-app.command("filter", help=help_text(images.filter_))(images.filter_)
-app.command("review", help=help_text(runs.review))(runs.review)
-app.command("status", help=help_text(runs.status))(runs.status)
-app.command("merge", help=help_text(runs.merge))(runs.merge)
-app.command("export", help=help_text(runs.export))(runs.export)
+app.command("search", cls=Command, help=help_text(fetch.search))(fetch.search)
+app.command("download", cls=Command, help=help_text(fetch.download))(fetch.download)
+app.command("run", cls=Command, help=help_text(fetch.run_all))(fetch.run_all)
+app.command("extract", cls=Command, help=help_text(images.extract))(images.extract)
+app.command("filter", cls=Command, help=help_text(images.filter_))(images.filter_)
+app.command("review", cls=Command, help=help_text(runs.review))(runs.review)
+app.command("status", cls=Command, help=help_text(runs.status))(runs.status)
+app.command("merge", cls=Command, help=help_text(runs.merge))(runs.merge)
+app.command("export", cls=Command, help=help_text(runs.export))(runs.export)
 
 __all__ = ["app"]

@@ -13,8 +13,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from typer.core import TyperCommand, TyperGroup
 
 from histocore.cli import (
+    UsageStyle,
     errors,
     fail,
     home_path,
@@ -33,6 +35,15 @@ from histofetch.record_time import (
 
 if TYPE_CHECKING:
     from histofetch.stage import StageSummary
+
+
+class Command(UsageStyle, TyperCommand):
+    """Every ``histofetch`` command (``app.command(..., cls=Command)``): see
+    :class:`histocore.cli.UsageStyle`."""
+
+
+class Group(UsageStyle, TyperGroup):
+    """The ``histofetch`` app and its command groups (``typer.Typer(cls=Group)``)."""
 
 
 def _run_folder(path: Path) -> Path:
@@ -323,8 +334,10 @@ __all__ = [
     "MAX_NET_JOBS",
     "RUN_DEFAULT",
     "ApiKey",
+    "Command",
     "Db",
     "Email",
+    "Group",
     "Jobs",
     "Licence",
     "Max",

@@ -14,7 +14,7 @@ import typer
 
 from histocore.cli import help_text
 from histomodels.cli import data, demo, ensemble, evaluate, train
-from histomodels.cli._common import launched_distributed, setup_logging
+from histomodels.cli._common import Command, Group, launched_distributed, setup_logging
 
 
 class _App(typer.Typer):
@@ -52,6 +52,7 @@ app = _App(
     help="Train, tune, fine-tune, evaluate and ship models for 96x96 H&E patches (PCam).",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    cls=Group,
 )
 
 
@@ -79,21 +80,21 @@ def _hub_verbosity(verbose: bool) -> None:
     (hub_logging.set_verbosity_warning if verbose else hub_logging.set_verbosity_error)()
 
 
-data_app = typer.Typer(help="Download and inspect datasets.", no_args_is_help=True)
+data_app = typer.Typer(help="Download and inspect datasets.", no_args_is_help=True, cls=Group)
 app.add_typer(data_app, name="data")
 
-data_app.command("download", help=help_text(data.download))(data.download)
-data_app.command("info", help=help_text(data.info))(data.info)
-data_app.command("stain", help=help_text(data.stain))(data.stain)
-app.command("train", help=help_text(train.train_cmd))(train.train_cmd)
-app.command("finetune", help=help_text(train.finetune_cmd))(train.finetune_cmd)
-app.command("tune", help=help_text(train.tune_cmd))(train.tune_cmd)
-app.command("eval", help=help_text(evaluate.eval_cmd))(evaluate.eval_cmd)
-app.command("label", help=help_text(evaluate.label_cmd))(evaluate.label_cmd)
-app.command("report", help=help_text(evaluate.report_cmd))(evaluate.report_cmd)
-app.command("export", help=help_text(evaluate.export_cmd))(evaluate.export_cmd)
-app.command("predict", help=help_text(evaluate.predict_cmd))(evaluate.predict_cmd)
-app.command("ensemble", help=help_text(ensemble.ensemble_cmd))(ensemble.ensemble_cmd)
-app.command("demo", help=help_text(demo.demo))(demo.demo)
+data_app.command("download", cls=Command, help=help_text(data.download))(data.download)
+data_app.command("info", cls=Command, help=help_text(data.info))(data.info)
+data_app.command("stain", cls=Command, help=help_text(data.stain))(data.stain)
+app.command("train", cls=Command, help=help_text(train.train_cmd))(train.train_cmd)
+app.command("finetune", cls=Command, help=help_text(train.finetune_cmd))(train.finetune_cmd)
+app.command("tune", cls=Command, help=help_text(train.tune_cmd))(train.tune_cmd)
+app.command("eval", cls=Command, help=help_text(evaluate.eval_cmd))(evaluate.eval_cmd)
+app.command("label", cls=Command, help=help_text(evaluate.label_cmd))(evaluate.label_cmd)
+app.command("report", cls=Command, help=help_text(evaluate.report_cmd))(evaluate.report_cmd)
+app.command("export", cls=Command, help=help_text(evaluate.export_cmd))(evaluate.export_cmd)
+app.command("predict", cls=Command, help=help_text(evaluate.predict_cmd))(evaluate.predict_cmd)
+app.command("ensemble", cls=Command, help=help_text(ensemble.ensemble_cmd))(ensemble.ensemble_cmd)
+app.command("demo", cls=Command, help=help_text(demo.demo))(demo.demo)
 
 __all__ = ["app"]

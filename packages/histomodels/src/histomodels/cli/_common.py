@@ -18,8 +18,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar, get_type_hints
 
 import typer
+from typer.core import TyperCommand, TyperGroup
 
 from histocore.cli import (
+    UsageStyle,
     errors,
     fail,
     log_level,
@@ -37,6 +39,15 @@ if TYPE_CHECKING:
 
 N = TypeVar("N", int, float)
 T = TypeVar("T")
+
+
+class Command(UsageStyle, TyperCommand):
+    """Every ``histomodels`` command (``app.command(..., cls=Command)``): see
+    :class:`histocore.cli.UsageStyle`."""
+
+
+class Group(UsageStyle, TyperGroup):
+    """The ``histomodels`` app and its command groups (``typer.Typer(cls=Group)``)."""
 
 
 def checked_by(check: str, option: str) -> Callable[[T], T]:
@@ -278,7 +289,9 @@ def use_cpu_cores(threads: int | None = None) -> None:
 
 
 __all__ = [
+    "Command",
     "Device",
+    "Group",
     "OriginSplit",
     "Threads",
     "checked_by",
