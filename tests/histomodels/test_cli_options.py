@@ -31,61 +31,81 @@ MALFORMED = {
     "eval --threshold-rule": ([*EVAL, "--threshold-rule", "youdn"], "--threshold-rule", "'youdn'"),
     "eval --precision": ([*EVAL, "--precision", "fp16"], "--precision", "'fp16' is not one of"),
     "eval --store-temperature": ([*EVAL, "--store-temperature", "x"], "--store-temperature", "x"),
-    "eval --sensitivity 0": ([*EVAL, "--sensitivity", "0"], "--sensitivity", "0 < x <= 1"),
-    "eval --sensitivity 1.5": ([*EVAL, "--sensitivity", "1.5"], "--sensitivity", "0 < x <= 1"),
+    "eval --sensitivity 0": ([*EVAL, "--sensitivity", "0"], "--sensitivity", "0<x<=1"),
+    "eval --sensitivity 1.5": ([*EVAL, "--sensitivity", "1.5"], "--sensitivity", "0<x<=1"),
     "eval --scale": (
         ["eval", "--model", "pcam-cnn", "--manifest", "r", "--scale", "0"],
         "--scale",
-        "0 < x <= 16",
+        "0<x<=16",
     ),
-    "eval --min-tissue": ([*EVAL, "--min-tissue", "2"], "--min-tissue", "less than or equal"),
+    "eval --min-tissue": (
+        [*EVAL, "--min-tissue", "2"],
+        "--min-tissue",
+        "2 is not in the range 0.0<=x<=1.0.",
+    ),
     "eval --model": (["eval", "--model", "nope", "--data", "t.h5"], "--model", "'nope' is not a"),
     "predict --precision": ([*PREDICT, "--precision", "half"], "--precision", "'half'"),
-    "eval --data --scale 0": ([*EVAL, "--scale", "0"], "--scale", "0 < x <= 16"),
+    "eval --data --scale 0": ([*EVAL, "--scale", "0"], "--scale", "0<x<=16"),
     "eval --data --scale nan": ([*EVAL, "--scale", "nan"], "--scale", "nan is not in the range"),
-    "eval --data --scale 16.5": ([*EVAL, "--scale", "16.5"], "--scale", "0 < x <= 16"),
+    "eval --data --scale 16.5": ([*EVAL, "--scale", "16.5"], "--scale", "0<x<=16"),
     "eval --data --scale inf": ([*EVAL, "--scale", "inf"], "--scale", "inf is not in the range"),
-    "eval --data --scale -0.25": ([*EVAL, "--scale", "-0.25"], "--scale", "0 < x <= 16"),
-    "predict --scale": ([*PREDICT, "--scale", "17"], "--scale", "0 < x <= 16"),
+    "eval --data --scale -0.25": ([*EVAL, "--scale", "-0.25"], "--scale", "0<x<=16"),
+    "predict --scale": ([*PREDICT, "--scale", "17"], "--scale", "0<x<=16"),
     "predict --scale nan": ([*PREDICT, "--scale", "nan"], "--scale", "nan is not in the range"),
-    # the value as given, not six digits of it ('16 is not in the range 0 < x <= 16')
+    # the value as given, not six digits of it ('16 is not in the range 0<x<=16.')
     "predict --scale 16.0000001": (
         [*PREDICT, "--scale", "16.0000001"],
         "--scale",
-        "16.0000001 is not in the range 0 < x <= 16",
+        "16.0000001 is not in the range 0<x<=16",
     ),
     "export --format": ([*EXPORT, "--format", "tflite"], "--format", "'tflite' is not one of"),
     "export --exporter": ([*EXPORT, "--exporter", "nope"], "--exporter", "'nope' is not one"),
     "train --schedule": (["train", *DATA, "--schedule", "linear"], "--schedule", "'linear'"),
-    "train --epochs": (["train", *DATA, "--epochs", "0"], "--epochs", "greater than"),
-    "train --batch-size": (["train", *DATA, "--batch-size", "0"], "--batch-size", "greater"),
-    "train --lr": (["train", *DATA, "--lr", "0"], "--lr", "x > 0"),
-    "train --ema": (["train", *DATA, "--ema", "1"], "--ema", "0 < x < 1"),
+    "train --epochs": (
+        ["train", *DATA, "--epochs", "0"],
+        "--epochs",
+        "0 is not in the range x>=1.",
+    ),
+    "train --batch-size": (
+        ["train", *DATA, "--batch-size", "0"],
+        "--batch-size",
+        "0 is not in the range x>=1.",
+    ),
+    "train --lr": (["train", *DATA, "--lr", "0"], "--lr", "x>0"),
+    "train --ema": (["train", *DATA, "--ema", "1"], "--ema", "0<x<1"),
     "train --ema 1.0000001": (
         ["train", *DATA, "--ema", "1.0000001"],
         "--ema",
-        "1.0000001 is not in the range 0 < x < 1",
+        "1.0000001 is not in the range 0<x<1",
     ),
     "train --label-smoothing": (
         ["train", *DATA, "--label-smoothing", "1"],
         "--label-smoothing",
-        "0 <= x < 1",
+        "0<=x<1",
     ),
-    "train --cutout": (["train", *DATA, "--cutout", "1.5"], "--cutout", "less than or equal"),
-    "train --mixup": (["train", *DATA, "--mixup", "-1"], "--mixup", "greater than or equal"),
+    "train --cutout": (
+        ["train", *DATA, "--cutout", "1.5"],
+        "--cutout",
+        "1.5 is not in the range 0.0<=x<=1.0.",
+    ),
+    "train --mixup": (
+        ["train", *DATA, "--mixup", "-1"],
+        "--mixup",
+        "-1 is not in the range x>=0.0.",
+    ),
     "train --distill-weight": (
         ["train", *DATA, "--distill-weight", "2"],
         "--distill-weight",
-        "less than or equal",
+        "2 is not in the range 0.0<=x<=1.0.",
     ),
     "train --distill-temperature": (
         ["train", *DATA, "--distill-temperature", "0"],
         "--distill-temperature",
-        "x > 0",
+        "x>0",
     ),
-    "train --time-budget": (["train", *DATA, "--time-budget", "0"], "--time-budget", "x > 0"),
+    "train --time-budget": (["train", *DATA, "--time-budget", "0"], "--time-budget", "x>0"),
     # infinite values passed the ranges: --lr inf trained to NaN, --aug-strength inf to noise
-    "train --lr inf": (["train", *DATA, "--lr", "inf"], "--lr", "inf is not in the range x > 0"),
+    "train --lr inf": (["train", *DATA, "--lr", "inf"], "--lr", "inf is not in the range x>0"),
     "train --time-budget inf": (["train", *DATA, "--time-budget", "inf"], "--time-budget", "inf"),
     "train --aug-strength inf": (
         ["train", *DATA, "--aug-strength", "inf"],
@@ -101,33 +121,45 @@ MALFORMED = {
     "finetune --backbone-lr-mult inf": (
         ["finetune", *DATA, "--backbone-lr-mult", "inf"],
         "--backbone-lr-mult",
-        "inf is not in the range x >= 0",
+        "inf is not in the range x>=0.0",
     ),
-    "train --threads": (["train", *DATA, "--threads", "0"], "--threads", "greater than"),
+    "train --threads": (
+        ["train", *DATA, "--threads", "0"],
+        "--threads",
+        "0 is not in the range 1<=x<=4096.",
+    ),
     "train --threads huge": (
         ["train", *DATA, "--threads", "100000"],
         "--threads",
-        "less than or equal to 4096",
+        "100000 is not in the range 1<=x<=4096.",
     ),
     "eval --threads huge": (
         [*EVAL, "--threads", "2147483648"],
         "--threads",
-        "less than or equal to 4096",
+        "2147483648 is not in the range 1<=x<=4096.",
     ),
     "predict --threads huge": (
         [*PREDICT, "--threads", "100000"],
         "--threads",
-        "less than or equal to 4096",
+        "100000 is not in the range 1<=x<=4096.",
     ),
     "finetune --warmup-epochs": (
         ["finetune", *DATA, "--warmup-epochs", "-1"],
         "--warmup-epochs",
-        "greater than",
+        "-1 is not in the range x>=0.",
     ),
-    "tune --trials": (["tune", *DATA, "--trials", "0"], "--trials", "greater than or equal to 1"),
-    "tune --sobol-trials": (["tune", *DATA, "--sobol-trials", "-1"], "--sobol-trials", "greater"),
-    "tune --trial-minutes": (["tune", *DATA, "--trial-minutes", "0"], "--trial-minutes", "x > 0"),
-    "tune --trial-epochs": (["tune", *DATA, "--trial-epochs", "0"], "--trial-epochs", "greater"),
+    "tune --trials": (["tune", *DATA, "--trials", "0"], "--trials", "0 is not in the range x>=1."),
+    "tune --sobol-trials": (
+        ["tune", *DATA, "--sobol-trials", "-1"],
+        "--sobol-trials",
+        "-1 is not in the range x>=0.",
+    ),
+    "tune --trial-minutes": (["tune", *DATA, "--trial-minutes", "0"], "--trial-minutes", "x>0"),
+    "tune --trial-epochs": (
+        ["tune", *DATA, "--trial-epochs", "0"],
+        "--trial-epochs",
+        "0 is not in the range x>=1.",
+    ),
     "data download dataset": (
         ["data", "download", "mnist", "--dest", "{out}"],
         "'{pcam}'",
@@ -141,21 +173,37 @@ MALFORMED = {
     "data download --retries": (
         ["data", "download", "pcam", "--dest", "{out}", "--retries", "-1"],
         "--retries",
-        "greater than",
+        "-1 is not in the range x>=0.",
     ),
     "data info --split": (["data", "info", "{missing}", "--split", "dev"], "--split", "'dev'"),
     "data info --per-class": (
         ["data", "info", "{missing}", "--per-class", "0"],
         "--per-class",
-        "greater than",
+        "0 is not in the range x>=1.",
     ),
-    "demo --minutes": (["demo", "--out", "{out}", "--minutes", "0"], "--minutes", "x > 0"),
-    "demo --n-train": (["demo", "--out", "{out}", "--n-train", "0"], "--n-train", "greater"),
+    "demo --minutes": (["demo", "--out", "{out}", "--minutes", "0"], "--minutes", "x>0"),
+    "demo --n-train": (
+        ["demo", "--out", "{out}", "--n-train", "0"],
+        "--n-train",
+        "0 is not in the range x>=1.",
+    ),
     # numpy's seed range (a ValueError traceback after the data was read)
-    "train --seed": (["train", *DATA, "--seed", "-1"], "--seed", "greater than or equal to 0"),
-    "tune --seed": ([*TUNE, "--seed", str(2**32)], "--seed", "less than or equal to 4294967295"),
-    "eval --seed": ([*EVAL, "--seed", "-1"], "--seed", "greater than or equal to 0"),
-    "demo --seed": (["demo", "--out", "{out}", "--seed", "-5"], "--seed", "greater than"),
+    "train --seed": (
+        ["train", *DATA, "--seed", "-1"],
+        "--seed",
+        "-1 is not in the range 0<=x<=4294967295.",
+    ),
+    "tune --seed": (
+        [*TUNE, "--seed", str(2**32)],
+        "--seed",
+        "4294967296 is not in the range 0<=x<=4294967295.",
+    ),
+    "eval --seed": ([*EVAL, "--seed", "-1"], "--seed", "-1 is not in the range 0<=x<=4294967295."),
+    "demo --seed": (
+        ["demo", "--out", "{out}", "--seed", "-5"],
+        "--seed",
+        "-5 is not in the range 0<=x<=4294967295.",
+    ),
     # the options parsed by the library's own parser (histomodels.tune_space.parse_fixed,
     # label.parse_set, config.parse_model_config, choices.check_device/check_model/...)
     "tune --fix unknown name": ([*TUNE, "--fix", "colour=red"], "--fix", "colour: not a dim"),
@@ -189,14 +237,22 @@ MALFORMED = {
         "--model-config",
         "not valid JSON",
     ),
-    "finetune --input-size": (["finetune", *DATA, "--input-size", "-5"], "--input-size", "greater"),
+    "finetune --input-size": (
+        ["finetune", *DATA, "--input-size", "-5"],
+        "--input-size",
+        "-5 is not in the range 8<=x<=4096.",
+    ),
     # 1-7 and over 4096 were the model registry's exit-1 line ('model_config 'input_size' is
     # 3; efficientnet_lite0 takes int in [8, 4096] or null'), about a key never typed
-    "finetune --input-size 7": (["finetune", *DATA, "--input-size", "7"], "--input-size", "8"),
+    "finetune --input-size 7": (
+        ["finetune", *DATA, "--input-size", "7"],
+        "--input-size",
+        "7 is not in the range 8<=x<=4096.",
+    ),
     "finetune --input-size 4097": (
         ["finetune", *DATA, "--input-size", "4097"],
         "--input-size",
-        "4096",
+        "4097 is not in the range 8<=x<=4096.",
     ),
     "train --device": (["train", *DATA, "--device", "gpu"], "--device", "'gpu': not a device"),
     "eval --device": ([*EVAL, "--device", "cuda:x"], "--device", "'cuda:x': not a device"),
@@ -208,7 +264,7 @@ MALFORMED = {
         "--origin-split",
         "no split named",
     ),
-    "export --tolerance": ([*EXPORT, "--tolerance", "-1"], "--tolerance", "x >= 0"),
+    "export --tolerance": ([*EXPORT, "--tolerance", "-1"], "--tolerance", "x>=0"),
     "data download --url-template without {name}": (
         [*DOWNLOAD, "--url-template", "http://127.0.0.1:9/pcam"],
         "--url-template",
@@ -338,18 +394,6 @@ def _args(args: list[str], tmp_path: Path) -> list[str]:
     return [arg.format(**names) for arg in args]
 
 
-def _told(said: str, stderr: str) -> bool:
-    """``said`` is in ``stderr``; a bound may also be in click's own words ("0 is not in the
-    range x>=1"), which some click/typer versions print instead of "greater than ...": then
-    the bound ``said`` names, if any, must be in click's range."""
-    if said in stderr:
-        return True
-    if not said.startswith(("greater", "less")) or "not in the range" not in stderr:
-        return False
-    bound = said.split()[-1]
-    return not bound[-1].isdigit() or bound in stderr.split("not in the range", 1)[1]
-
-
 @pytest.mark.parametrize("case", MALFORMED)
 def test_a_malformed_option_value_is_a_usage_error(tmp_path: Path, case: str) -> None:
     args, option, said = MALFORMED[case]
@@ -360,7 +404,7 @@ def test_a_malformed_option_value_is_a_usage_error(tmp_path: Path, case: str) ->
         assert f"Invalid value for '{option}'" in told, result.stderr
     else:  # the argument
         assert "Invalid value for" in told, result.stderr
-    assert _told(said, told), result.stderr
+    assert said in told, result.stderr
     assert "Traceback" not in result.output and not (tmp_path / "out").exists()
 
 

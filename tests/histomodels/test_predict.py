@@ -504,7 +504,7 @@ def test_csv_says_tumour_yes_no_and_the_threshold_it_used(tmp_path: Path) -> Non
     assert [r["tumour"] for r in rows] == ["yes" if p >= cut else "no" for p in probs]
     assert {"yes", "no"} == {r["tumour"] for r in rows}
     r = CliRunner().invoke(app, [*base, "--threshold", "1.5"])
-    assert r.exit_code == 2 and "1.5 is not in the range 0 <= x <= 1" in r.output
+    assert r.exit_code == 2 and "1.5 is not in the range 0<=x<=1." in r.output
 
 
 def test_the_call_agrees_with_the_probability_the_csv_shows(tmp_path: Path) -> None:

@@ -3,7 +3,9 @@ one logging setup.
 
 - :func:`help_text` is a command's docstring for ``--help``, paragraphs on one line each.
 - :class:`UsageStyle` is mixed into each CLI's Typer command and group classes: what their
-  ``--help`` shows (no ``<bool>`` beside a flag).
+  ``--help`` shows (no ``<bool>`` beside a flag) and how a bad option value is said (one
+  way, click's: ``'linear' is not one of 'cosine', 'step'.``, ``0 is not in the range
+  x>=1.``; :func:`out_of_range` for the ranges our own checks test).
 - :func:`fail` prints ``error: <message>`` on stderr and exits 1.
 - :func:`require_folder` and :func:`require_file` fail that way, at once, when a path
   given as a folder names a file or one given as a file names a folder, or its name is
@@ -82,7 +84,12 @@ class UsageStyle:
     ``class Command(UsageStyle, TyperCommand)``); Typer itself stays a dependency of the
     CLI packages, not of histocore. A flag shows no value in ``--help``: Typer 0.29's rich
     help put ``<bool>`` beside every flag (``--tta <bool>``, ``--help <bool>``), as if it
-    took a value; an empty metavar shows nothing there."""
+    took a value; an empty metavar shows nothing there.
+
+    A bad option value reads one way, exit 2 under the usage line: Typer checks a value
+    with pydantic and said its words (``Value error, 'linear' is not one of …``, ``Input
+    should be greater than or equal to 1``) where our own checks say click's (``0 is not in
+    the range x>0.``); :func:`pydantic_said` puts them in click's words."""
 
     def get_params(self, ctx: Any) -> list[Any]:
         params = cast(Any, super()).get_params(ctx)
@@ -90,6 +97,82 @@ class UsageStyle:
             if getattr(param, "is_flag", False) and param.metavar is None:
                 param.metavar = ""
         return params
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        try:
+            return cast(Any, super()).parse_args(ctx, args)
+        except Exception as exc:  # click's BadParameter: its message, reworded, raised on
+            said = pydantic_said(exc)
+            if said is not None:
+                cast(Any, exc).message = said
+            raise
+
+
+def number_range(
+    low: float | None = None,
+    high: float | None = None,
+    *,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> str:
+    """A range as ``--help`` shows Typer's ``min``/``max`` (``x>=1``, ``0.0<=x<=1.0``), an
+    open end with ``<`` (``0<x<=16``); the bounds as given (``0.0`` stays ``0.0``)."""
+    below, above = ("<" if low_open else "<="), ("<" if high_open else "<=")
+    if high is None:
+        return f"x{'>' if low_open else '>='}{low}"
+    if low is None:
+        return f"x{above}{high}"
+    return f"{low}{below}x{above}{high}"
+
+
+def out_of_range(
+    given: str, low: float | None = None, high: float | None = None, **ends: bool
+) -> str:
+    """Click's words for a value outside a range: ``0 is not in the range x>=1.`` (``ends``:
+    :func:`number_range`'s ``low_open``/``high_open``)."""
+    return f"{one_line(given)} is not in the range {number_range(low, high, **ends)}."
+
+
+_BOUNDS = {
+    "greater_than_equal": "ge",
+    "greater_than": "gt",
+    "less_than_equal": "le",
+    "less_than": "lt",
+}
+
+
+def pydantic_said(exc: BaseException) -> str | None:
+    """Click's words for a usage error that Typer raised from a pydantic ``ValidationError``
+    (its ``__cause__``); ``None`` for any other error (our checks' own words stay).
+
+    - a choice (``Literal``): ``'linear' is not one of 'cosine', 'step'.`` (the
+      ``Value error, `` prefix gone);
+    - Typer's ``min``/``max``: ``0 is not in the range x>=1.`` (the whole range, as
+      ``--help`` shows it: the option's ``min`` and ``max``);
+    - not a number: ``'abc' is not an integer.``, ``'abc' is not a number.``.
+    """
+    errors = getattr(exc.__cause__, "errors", None)
+    if not callable(errors) or not hasattr(exc, "message"):
+        return None
+    try:
+        first = cast(Any, errors)()[0]
+    except (IndexError, TypeError, AttributeError):
+        return None
+    kind, given, ctx = first.get("type"), first.get("input"), first.get("ctx") or {}
+    if kind == "value_error" and "error" in ctx:
+        return one_line(str(ctx["error"]))
+    if kind in _BOUNDS:
+        param = getattr(exc, "param", None)
+        low, high = getattr(param, "min", None), getattr(param, "max", None)
+        if low is None and high is None:  # a constraint of the type, not Typer's min/max
+            low, high = ctx.get("ge", ctx.get("gt")), ctx.get("le", ctx.get("lt"))
+            return out_of_range(str(given), low, high, low_open="gt" in ctx, high_open="lt" in ctx)
+        return out_of_range(str(given), low, high)
+    if kind in ("int_parsing", "int_from_float"):
+        return one_line(f"{given!r} is not an integer.")
+    if kind == "float_parsing":
+        return one_line(f"{given!r} is not a number.")
+    return None
 
 
 def fail(*messages: str) -> NoReturn:

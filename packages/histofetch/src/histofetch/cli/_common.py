@@ -20,6 +20,7 @@ from histocore.cli import (
     errors,
     fail,
     home_path,
+    out_of_range,
     progress,
     require_file,
     require_folder,
@@ -173,7 +174,8 @@ Jobs = Annotated[
 def number_from(least: float, most: float) -> Callable[[Any], float]:
     """A float option's parser for ``least <= x <= most`` (kept as ``min``/``max`` too, for
     the help's range). Typer's own check said 'Input should be less than or equal to 1'
-    for ``nan``; this says it is not a number."""
+    for ``nan``; this says it is not a number, and a number outside the range as every
+    range check says it (``1.5 is not in the range 0.0<=x<=1.0.``)."""
 
     def parse(value: Any) -> float:
         try:
@@ -184,10 +186,8 @@ def number_from(least: float, most: float) -> Callable[[Any], float]:
             raise typer.BadParameter(
                 f"{value!r} is not a number; give one from {least:g} to {most:g}"
             )
-        if number < least:
-            raise typer.BadParameter(f"Input should be greater than or equal to {least:g}")
-        if number > most:
-            raise typer.BadParameter(f"Input should be less than or equal to {most:g}")
+        if not least <= number <= most:
+            raise typer.BadParameter(out_of_range(str(value), least, most))
         return number
 
     return parse

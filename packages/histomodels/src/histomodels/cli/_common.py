@@ -25,6 +25,7 @@ from histocore.cli import (
     errors,
     fail,
     log_level,
+    out_of_range,
     progress,
     require_folder,
     setup_logging,
@@ -218,12 +219,9 @@ def in_range(
 ) -> Callable[[N | None], N | None]:
     """An option callback for a range Typer's closed ``min``/``max`` cannot say (``> 0``,
     ``(0, 1]``): a value outside it (or NaN, or infinite) is a usage error, exit 2, like
-    theirs."""
-    shown = (
-        f"x {'>' if low_open else '>='} {low:g}"
-        if high == math.inf
-        else f"{low:g}{' <' if low_open else ' <='} x{' <' if high_open else ' <='} {high:g}"
-    )
+    theirs, in the same words (``0 is not in the range x>0.``)."""
+    ends = {"low_open": low_open, "high_open": high_open}
+    bottom, top = (None if low == -math.inf else low), (None if high == math.inf else high)
 
     def check(value: N | None) -> N | None:
         if value is None:
@@ -231,7 +229,7 @@ def in_range(
         above = value > low if low_open else value >= low
         below = value < high if high_open else value <= high
         if not (above and below and math.isfinite(value)):  # NaN fails both
-            raise typer.BadParameter(f"{number_text(value)} is not in the range {shown}.")
+            raise typer.BadParameter(out_of_range(number_text(value), bottom, top, **ends))
         return value
 
     return check
