@@ -187,7 +187,8 @@ def test_unknown_exporter_is_refused_before_anything_is_loaded(tmp_path: Path) -
 
 def test_an_onnx_export_given_as_the_checkpoint_says_what_it_is_for(tmp_path: Path) -> None:
     """`histomodels eval m.onnx` said only 'not a loadable checkpoint (not a torch.save
-    file: ...)': now it also says an export runs in ONNX Runtime, and what to give here."""
+    file: ...)': now it also says an export runs in ONNX Runtime, and what to give here; it
+    points to ``histomodels export --help``, not to a docs/ path a pip install lacks."""
     from PIL import Image
 
     from histomodels.synthetic import write_h5
@@ -208,6 +209,7 @@ def test_an_onnx_export_given_as_the_checkpoint_says_what_it_is_for(tmp_path: Pa
         assert r.stdout == "" and len(r.stderr.splitlines()) == 1, r.output
         assert r.stderr.startswith(f"error: {onnx_file}: not a loadable checkpoint (")
         assert "ONNX Runtime" in r.stderr and "the .pt checkpoint it was exported from" in r.stderr
+        assert "(see `histomodels export --help`)" in r.stderr and "docs/" not in r.stderr
     assert not (tmp_path / "ev").exists() and not (tmp_path / "p.csv").exists()
 
 

@@ -110,9 +110,8 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         why, hint = torch_load_reason(exc, path), ""
         if path.suffix.lower() == ".onnx":  # what `histomodels export` writes
             hint = (
-                ": an .onnx export runs in ONNX Runtime, see `histomodels export` in "
-                "docs/histomodels-evaluation.md; give this command the .pt checkpoint it was "
-                "exported from"
+                ": an .onnx export runs in ONNX Runtime (see `histomodels export --help`); "
+                "give this command the .pt checkpoint it was exported from"
             )
         raise CheckpointError(f"{path}: not a loadable checkpoint ({why}){hint}") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
