@@ -207,6 +207,31 @@ def test_training_data_of_one_class_is_one_error_line(tmp_path):
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.parametrize("command", ["train", "finetune", "tune"])
+def test_tiles_of_another_size_say_how_to_make_training_patches(tmp_path, command):
+    """A folder of 256 px tiles stopped at 'image is 256x256 px, expected 96x96' and no
+    more; eval's line names its --scale, and training, which has none, says what to do."""
+    from PIL import Image
+
+    data = tmp_path / "tiles"
+    rng = np.random.default_rng(0)
+    for label in ("0", "1"):
+        (data / label).mkdir(parents=True)
+        for i in range(2):
+            pixels = rng.integers(0, 256, (256, 256, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(data / label / f"{i}.png")
+    args = [command, "--data", str(data), "--val", str(data), "--out", str(tmp_path / "r")]
+    r = CliRunner().invoke(app, [*args, "--quiet"] if command != "tune" else args)
+    assert r.exit_code == 1, r.output
+    assert r.stderr.strip() == (
+        f"error: {data / '0' / '0.png'}: image is 256x256 px, expected 96x96; training takes "
+        "96x96 px patches at PCam's ~10x as they are (no --scale, as eval and predict have): "
+        "resize tiles of another magnification (0.25 for 40x) and cut them into 96 px "
+        "patches first"
+    )
+    assert not (tmp_path / "r").exists()
+
+
 def test_validation_patches_that_are_training_patches_get_one_warning(arrays, tmp_path, caplog):
     """The Kaggle-format sample as --val with the PCam-format sample as --data: all 200
     validation patches were training patches, and the best epoch was chosen on them with

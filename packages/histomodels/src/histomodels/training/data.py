@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,25 @@ def load_split(
     ``origin_split=``: encoded HDF5 with ``manifest.csv`` beside it); a dataset or arrays
     given are taken as they are (``tune`` passes its trials the split it filtered).
     """
+    try:
+        return _load_split(spec, role, stream=stream, origin_split=origin_split)
+    except DatasetError as exc:
+        wrong = re.search(r" px, expected (\d+)x\d+$", str(exc))
+        if wrong is None:
+            raise
+        # what a folder of 20x/40x tiles meets first: eval's and predict's message names
+        # their --scale; training has none, so it says what to do with the tiles
+        side = wrong.group(1)
+        raise DatasetError(
+            f"{exc}; training takes {side}x{side} px patches at PCam's ~10x as they are (no "
+            f"--scale, as eval and predict have): resize tiles of another magnification (0.25 "
+            f"for 40x) and cut them into {side} px patches first"
+        ) from None
+
+
+def _load_split(
+    spec: DataSpec, role: str, *, stream: bool, origin_split: str | None
+) -> tuple[Images, torch.Tensor]:
     if isinstance(spec, tuple):
         spec = ArrayDataset(spec[0], spec[1], source=f"{role} arrays")
     if isinstance(spec, (str, Path)):
