@@ -292,7 +292,9 @@ def test_one_image_too_small_at_scale_does_not_stop_the_run(tmp_path: Path) -> N
     r = CliRunner().invoke(app, [*args, str(folder)])
     assert r.exit_code == 3, r.output
     assert r.stderr == (
-        f"warning: {tiny}: 150x150 at scale 0.5 is 75x75, smaller than one 96px patch\n"
+        f"warning: {tiny}: 150x150 at scale 0.5 is 75x75, smaller than one 96px patch; "
+        "predict cuts images into 96px patches: to score such tiles whole (labelled, one "
+        "folder per class) use eval --data FOLDER --scale 0.5\n"
     )
     assert r.stdout.startswith(f"12 patch(es) from 3 file(s) → {out}\n")
     with_tiny = out.read_text()
@@ -1148,7 +1150,8 @@ def test_tiles_too_small_at_the_scale_share_one_line_that_points_to_eval(tmp_pat
     89 for the Camelyon16 folder. Several such files share one line now, where the first
     stood, with how many and one example, pointing to eval --data --scale, which scores
     such tiles whole, when it would (each at least 32 px there, a model that does not
-    enlarge its input itself). Other problems keep a line each."""
+    enlarge its input itself). Other problems keep a line each. A single such file's line
+    points there too (it did not)."""
     ckpt = tiny_checkpoint(tmp_path)
     tiles = tmp_path / "tiles"
     tiles.mkdir()
@@ -1165,6 +1168,14 @@ def test_tiles_too_small_at_the_scale_share_one_line_that_points_to_eval(tmp_pat
         "FOLDER --scale 0.25"
     ]
     assert not out.exists()
+    # one such file: its own line, with the same pointer (it had none)
+    r = CliRunner().invoke(app, [*args, str(tiles / "t0.png")])
+    assert r.exit_code == 1, r.output
+    assert r.stderr.splitlines() == [
+        f"error: {tiles / 't0.png'}: 256x256 at scale 0.25 is 64x64, smaller than one 96px "
+        "patch; predict cuts images into 96px patches: to score such tiles whole (labelled, "
+        "one folder per class) use eval --data FOLDER --scale 0.25"
+    ]
     # among files that are scored: a warning, exit 3; an unreadable file keeps its own line
     big = tmp_path / "big.png"
     Image.fromarray(make_figure(8, 8, seed=3)).save(big)  # 768 px: 192 px at 0.25

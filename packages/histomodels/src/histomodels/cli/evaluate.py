@@ -614,8 +614,9 @@ def _print_skipped(problems: list, summary: dict) -> None:
     were scored into the CSV; ``error:`` and exit 1 when none was (nothing written). So 0
     means every input was scored, 3 that the CSV lacks some, 1 that this run wrote none.
     Files smaller than one patch (after ``--scale``) share one line when there are several,
-    where the first of them stood, pointing to ``eval --data --scale`` when that would score
-    them whole (a folder of 256 px tiles at ``--scale 0.25`` gave one line per tile)."""
+    where the first of them stood (a folder of 256 px tiles at ``--scale 0.25`` gave one line
+    per tile); that line, or a single such file's own, points to ``eval --data --scale``
+    when that would score them whole (a single file's line lacked the pointer)."""
     from histocore.io import one_line
     from histomodels.predict import OverPixelLimit, TooSmall
 
@@ -625,6 +626,8 @@ def _print_skipped(problems: list, summary: dict) -> None:
     if len(small) > 1:
         lines[small[0]] = _too_small_line([problems[i] for i in small], problems, summary)
         lines = [line for i, line in enumerate(lines) if i not in small[1:]]
+    elif small:
+        lines[small[0]] += _eval_pointer([problems[small[0]]], summary)
     if summary["csv"] is None:
         fail(*lines)
     for line in lines:
@@ -634,12 +637,8 @@ def _print_skipped(problems: list, summary: dict) -> None:
 
 def _too_small_line(small: list, problems: list, summary: dict) -> str:
     """One line for the files in ``small`` (:class:`~histomodels.predict.TooSmall`, two or
-    more): how many, the first as an example, and ``eval --data --scale`` when it scores
-    them whole (the model does not enlarge its input itself, each is at least PCam's
-    32 px label region at the scale, and all come out at one size there: eval refuses a
-    folder whose images come out at 2 sizes)."""
+    more): how many, the first as an example, and :func:`_eval_pointer`."""
     from histocore.io import number_text
-    from histomodels.evaluate import MIN_SCALED_SIDE
 
     given = (summary.get("files") or 0) + len(problems)
     size, scale = small[0].size, float(summary.get("scale", 1.0))
@@ -650,14 +649,28 @@ def _too_small_line(small: list, problems: list, summary: dict) -> str:
         f"{len(small)} of {given} file(s) are smaller than one {size}px patch"
         f"{'' if scale == 1 else f' at scale {number_text(scale)}'}, e.g. {example}"
     )
-    whole = all(min(e.scaled) >= MIN_SCALED_SIDE for e in small)
+    return line + _eval_pointer(small, summary)
+
+
+def _eval_pointer(small: list, summary: dict) -> str:
+    """``; predict cuts images into 96px patches: … use eval --data FOLDER --scale F`` after
+    the line of the files too small for one patch (``small``, one or more), when eval scores
+    them whole (the model does not enlarge its input itself, each is at least PCam's 32 px
+    label region at the scale and no side longer than a patch, a tile, not a strip such as
+    60x10^6 px, and all come out at one size there: eval refuses a folder whose images come
+    out at 2 sizes); else nothing."""
+    from histocore.io import number_text
+    from histomodels.evaluate import MIN_SCALED_SIDE
+
+    size, scale = small[0].size, float(summary.get("scale", 1.0))
+    whole = all(min(e.scaled) >= MIN_SCALED_SIDE and max(e.scaled) <= size for e in small)
     one_size = len({tuple(e.scaled) for e in small}) == 1  # eval refuses 2 sizes in a folder
-    if summary.get("scores_small_whole") and whole and one_size:
-        line += (
-            f"; predict cuts images into {size}px patches: to score such tiles whole (labelled, "
-            f"one folder per class) use eval --data FOLDER --scale {number_text(scale)}"
-        )
-    return line
+    if not (summary.get("scores_small_whole") and whole and one_size):
+        return ""
+    return (
+        f"; predict cuts images into {size}px patches: to score such tiles whole (labelled, "
+        f"one folder per class) use eval --data FOLDER --scale {number_text(scale)}"
+    )
 
 
 def label_cmd(
