@@ -706,6 +706,28 @@ def test_config_files_reject_unknown_keys(tmp_path):
     assert read_config_file(p) == {"lr": 0.1}
 
 
+def test_a_shipped_models_sidecar_is_read_as_its_train_config(h5_files, tmp_path):
+    """``train --config pcam-cnn.json`` (the whole shipped sidecar, as the model card's
+    recipe suggests) said 'unknown config keys epoch, input_size, licence, …': the
+    recipe is its ``train_config``, read as tune's best_config.json is read for its
+    ``config``; the recipe's teacher placeholder is then refused by name."""
+    from importlib.resources import files
+
+    sidecar = tmp_path / "pcam-cnn.json"
+    sidecar.write_bytes(files("histomodels.pretrained").joinpath("pcam-cnn.json").read_bytes())
+    recipe = json.loads(sidecar.read_text())["train_config"]
+    assert read_config_file(sidecar) == recipe
+    train_h5, val_h5 = h5_files
+    args = ["train", "--config", str(sidecar), "--data", str(train_h5), "--val", str(val_h5),
+            "--out", str(tmp_path / "r"), "--quiet"]  # fmt: skip
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 1, r.output
+    assert r.stderr.startswith(
+        f"error: {sidecar}: teacher is the placeholder of the shipped pcam-cnn recipe"
+    ), r.stderr
+    assert "unknown config keys" not in r.stderr and not (tmp_path / "r").exists()
+
+
 @pytest.mark.parametrize(
     ("name", "text", "key"),
     [

@@ -466,7 +466,9 @@ MAX_CONFIG_FILE_BYTES = 4 << 20
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
-    """Read a JSON or YAML mapping of config keys (at most :data:`MAX_CONFIG_FILE_BYTES`)."""
+    """Read a JSON or YAML mapping of config keys (at most :data:`MAX_CONFIG_FILE_BYTES`):
+    a config, a run's ``config.json``, tune's ``best_config.json`` (its ``config``) or a
+    shipped model's sidecar (its ``train_config``)."""
     path = Path(path)
     if path.is_dir():
         raise ConfigError(f"{path}: is a folder, not a config file")
@@ -491,6 +493,12 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         if tuned and isinstance(arch, dict):  # the network the trial trained, also from a
             # tune that predates a recipe default (its configs lack the key)
             data = {**data, "model_config": pin_pre_recipe(str(data.get("model", "cnn")), arch)}
+    # a shipped model's JSON sidecar (pretrained/pcam-cnn.json: the model's metadata) holds
+    # the recipe it was trained with under "train_config": that is the config (it was
+    # refused as 'unknown config keys epoch, input_size, licence, …'); its teacher
+    # placeholder is then refused by name unless --teacher replaces it
+    elif "train_config" in data and isinstance(data["train_config"], dict):
+        data = data["train_config"]
     return data
 
 
