@@ -1463,6 +1463,29 @@ def test_the_epoch_line_and_the_last_line_give_the_same_accuracy(tmp_path, caplo
     ]
 
 
+def test_the_epoch_line_says_when_its_loss_includes_distillation(tmp_path, caplog):
+    """With --teacher the per-epoch loss includes the distillation term (w·T²·BCE on the
+    teacher's soft targets, ~1.7) and read as 'loss' beside a val_loss (BCE alone, ~0.7)
+    it could not be compared with: it says what it holds now."""
+    from histomodels.training.callbacks import EpochLog
+    from histomodels.training.trainer import Trainer
+
+    m = {"val_loss": 0.6808, "val_auc": 0.9, "val_accuracy": 0.8}
+    row = {"epoch": 3, "train_loss": 1.70123, "lr": 0.002, "train_patches_per_s": 100.0, **m}
+    said = {}
+    for teacher in (None, "pcam-cnn"):
+        trainer = Trainer(TrainConfig(model="cnn", teacher=teacher), tmp_path / "run")
+        trainer.last_metrics = m
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="histomodels.training"):
+            EpochLog().on_epoch_end(trainer, row, False, None)
+        said[teacher] = caplog.records[0].getMessage()
+    assert said[None].startswith("epoch   3  loss 1.7012  val_loss 0.6808"), said
+    assert said["pcam-cnn"].startswith(
+        "epoch   3  loss (with distillation) 1.7012  val_loss 0.6808"
+    ), said
+
+
 def test_train_keeps_the_origin_splits_given(tmp_path):
     """``train --origin-split`` keeps only those origin splits of ``--data`` (as ``data info
     --origin-split`` and the reader do): there was no way to leave out train.h5's one row of

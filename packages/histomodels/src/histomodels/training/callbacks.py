@@ -132,14 +132,18 @@ class Checkpoints(Callback):
 
 
 class EpochLog(Callback):
-    """One line per epoch (and a last one) through :meth:`Trainer.say`."""
+    """One line per epoch (and a last one) through :meth:`Trainer.say`. With a teacher the
+    training loss includes the distillation term (``w·T²·BCE`` on the soft targets: ~1.7
+    beside a ``val_loss`` of ~0.7, which is the BCE alone), and the line says so: ``loss
+    (with distillation) 1.7012``."""
 
     def on_epoch_end(self, trainer, row, improved, stop) -> None:
         # the validation metrics unrounded, as the last line and the CLI's print them: the
         # row's 5-digit values rounded again read 0.6822 for an accuracy of 0.682146
         m = {**row, **trainer.last_metrics}
+        loss = "loss" if trainer.cfg.teacher is None else "loss (with distillation)"
         trainer.say(
-            f"epoch {row['epoch']:3d}  loss {row['train_loss']:.4f}"
+            f"epoch {row['epoch']:3d}  {loss} {row['train_loss']:.4f}"
             f"  val_loss {m['val_loss']:.4f}"
             f"  val_auc {m['val_auc']:.4f}  acc {m['val_accuracy']:.4f}"
             f"  lr {row['lr']:.2g}  {row['train_patches_per_s']:.0f} p/s"
