@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import stat
@@ -518,17 +519,24 @@ def test_a_lock_taken_on_a_folder_removed_meanwhile_is_taken_again(
             pass
 
 
-@pytest.mark.parametrize("hard_links", [True, False])
+@pytest.mark.parametrize(
+    "link_errno",
+    # None: hard links work. Without them the error varies: Linux FAT EPERM, FUSE ENOSYS,
+    # macOS exFAT/FAT/SMB ENOTSUP (45 there, not EOPNOTSUPP), Windows FAT EINVAL
+    [None, errno.EPERM, errno.ENOSYS, errno.EOPNOTSUPP, 45, errno.EINVAL],
+)
 def test_write_new_never_replaces_a_file(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, hard_links: bool
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, link_errno: int | None
 ) -> None:
     """A file written only where none is (two processes choosing one free name): False and
     nothing written where a file or a link is; no temp file left either way. Without hard
-    links (FAT, some FUSE mounts: EPERM) the name is claimed with O_EXCL instead."""
-    if not hard_links:
+    links, whatever link() answers, the name is claimed with O_EXCL instead (review 23:
+    macOS exFAT's ENOTSUP and Windows FAT's EINVAL failed every PDF download)."""
+    if link_errno is not None:
+        code = link_errno
 
-        def no_link(*_: object, **__: object) -> None:
-            raise PermissionError(1, "Operation not permitted")
+        def no_link(src: object, dst: object, *_: object, **__: object) -> None:
+            raise OSError(code, "Operation not supported", src, None, dst)
 
         monkeypatch.setattr(os, "link", no_link)
     target = tmp_path / "pdfs" / "a.pdf"
@@ -543,3 +551,20 @@ def test_write_new_never_replaces_a_file(
     assert write_new(tmp_path / "pdfs" / "b.pdf", b"x") is False
     assert not (tmp_path / "elsewhere").exists()
     assert sorted(p.name for p in target.parent.iterdir()) == ["a.pdf", "b.pdf"]
+
+
+@pytest.mark.parametrize("link_errno", [errno.EACCES, errno.EROFS, errno.ENOSPC, errno.EDQUOT])
+def test_write_new_raises_what_link_says_of_the_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, link_errno: int
+) -> None:
+    """A link() error about the folder itself (not writable, read-only, full) is raised,
+    not taken for a file system without hard links; nothing is left behind."""
+
+    def no_link(src: object, dst: object, *_: object, **__: object) -> None:
+        raise OSError(link_errno, os.strerror(link_errno), src, None, dst)
+
+    monkeypatch.setattr(os, "link", no_link)
+    with pytest.raises(OSError) as raised:
+        write_new(tmp_path / "pdfs" / "a.pdf", b"x")
+    assert raised.value.errno == link_errno
+    assert list((tmp_path / "pdfs").iterdir()) == []

@@ -247,9 +247,24 @@ def atomic_writer(path: str | Path) -> Iterator[BinaryIO]:
         raise
 
 
-#: ``link(2)``'s errors where the file system has no hard links (FAT, some FUSE and SMB
-#: mounts): there :func:`write_new` claims the name with an empty file first.
-_NO_HARD_LINKS = frozenset({errno.EPERM, errno.EOPNOTSUPP, errno.ENOSYS, errno.EXDEV})
+#: ``link(2)``'s errors that are about the folder itself (no room, read-only, not
+#: writable, gone), not about hard links: :func:`write_new` raises them. Any other error
+#: means the file system has no hard links, and its number varies (Linux FAT: EPERM;
+#: macOS exFAT, FAT, SMB: ENOTSUP, 45, not EOPNOTSUPP; Windows FAT: EINVAL; some FUSE
+#: mounts: ENOSYS): there :func:`write_new` claims the name with an empty file first.
+_FOLDER_UNUSABLE = frozenset(
+    {
+        errno.ENOSPC,
+        errno.EDQUOT,
+        errno.EROFS,
+        errno.EACCES,
+        errno.ENOENT,
+        errno.ENOTDIR,
+        errno.ELOOP,
+        errno.ENAMETOOLONG,
+        errno.EIO,
+    }
+)
 
 
 def write_new(path: str | Path, data: bytes) -> bool:
@@ -273,7 +288,7 @@ def write_new(path: str | Path, data: bytes) -> bool:
         except FileExistsError:
             return False
         except OSError as exc:
-            if exc.errno not in _NO_HARD_LINKS:
+            if exc.errno in _FOLDER_UNUSABLE:
                 raise
             try:
                 os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
