@@ -15,6 +15,7 @@ import pytest
 
 from histocore.errors import describe
 from histocore.io import (
+    FREE_NAME_TRIES,
     atomic_temp_target,
     atomic_write_bytes,
     atomic_write_json,
@@ -568,3 +569,20 @@ def test_write_new_raises_what_link_says_of_the_folder(
         write_new(tmp_path / "pdfs" / "a.pdf", b"x")
     assert raised.value.errno == link_errno
     assert list((tmp_path / "pdfs").iterdir()) == []
+
+
+def test_free_name_gives_up_when_every_name_is_taken() -> None:
+    """Review 23: a ``taken`` that says yes to every name (its folder unreadable) made
+    free_name try -2, -3, … for ever; it stops after FREE_NAME_TRIES with one error."""
+    asked: list[PurePosixPath] = []
+
+    def taken(p: PurePosixPath) -> bool:
+        asked.append(p)
+        return True
+
+    with pytest.raises(FileExistsError, match="numbered names are all taken"):
+        free_name(PurePosixPath("pdfs/a.pdf"), taken)
+    assert len(asked) == FREE_NAME_TRIES and asked[-1] == PurePosixPath(
+        f"pdfs/a-{FREE_NAME_TRIES}.pdf"
+    )
+    assert free_name(PurePosixPath("pdfs/a.pdf"), lambda p: p.name != "a-3.pdf").name == "a-3.pdf"

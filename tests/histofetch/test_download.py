@@ -589,3 +589,30 @@ def test_a_fifo_at_a_pdf_name_is_passed_over_unread(tmp_path: Path) -> None:
     worker.start()
     worker.join(timeout=20)
     assert got == ["pdfs/x_1-3.pdf"]
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize(
+    ("make_pdfs", "reason"),
+    [
+        (lambda pdfs: pdfs.write_bytes(b"not a folder"), "is a file, not a folder"),
+        (lambda pdfs: pdfs.symlink_to("pdfs"), "too many levels of symbolic links"),
+    ],
+    ids=["a file", "a link loop"],
+)
+def test_a_pdfs_that_is_no_folder_fails_the_record(
+    ncbi: FakeNcbi, tmp_path: Path, make_pdfs: object, reason: str
+) -> None:
+    """Review 23: with RUN/pdfs a file or a link loop, every PDF name's lookup failed and
+    counted as 'taken', so the download tried pdfs/x-2.pdf, x-3, … for ever (the names'
+    lock held: every thread hung). Now the record fails with one line naming pdfs."""
+    ncbi.files["/europepmc/articles/PMC8550609"] = (200, "application/pdf", make_pdf("a"))
+    _run(tmp_path, _rec("2", "PMC8550609"))
+    assert callable(make_pdfs)
+    make_pdfs(tmp_path / "pdfs")
+    summary = run_download(tmp_path, net=ncbi.config())
+    assert (summary.done, summary.failed) == (0, 1)
+    with Manifest.load(tmp_path) as manifest:
+        (rec,) = manifest.records.values()
+    assert rec.status == "failed" and rec.pdf_path is None
+    assert rec.reason == f"{reason}: {tmp_path / 'pdfs'}"

@@ -35,15 +35,22 @@ def unique_stem(key: str) -> str:
     return f"{record_slug(key)[:100]}-{hashlib.sha256(key.encode()).hexdigest()[:8]}"
 
 
+#: the most names :func:`free_name` tries (``path``, then ``-2`` … ``-10000``)
+FREE_NAME_TRIES = 10_000
+
+
 def free_name(path: _P, taken: Callable[[_P], bool]) -> _P:
     """``path``, or with ``-2``, ``-3``, … added to its stem (``pdfs/pmid_0-2.pdf``): the
     first name ``taken`` says is free. How ``download`` names a PDF beside another
-    record's and ``merge`` brings a file beside another run's."""
-    free, n = path, 1
-    while taken(free):
-        n += 1
+    record's and ``merge`` brings a file beside another run's. Past
+    :data:`FREE_NAME_TRIES` names, all taken, a :class:`FileExistsError` naming ``path``
+    (a ``taken`` that says every name is taken looped for ever)."""
+    for n in range(1, FREE_NAME_TRIES + 1):
         free = numbered(path, n)
-    return free
+        if not taken(free):
+            return free
+    problem = f"it and the next {FREE_NAME_TRIES - 1} numbered names are all taken"
+    raise FileExistsError(errno.EEXIST, problem, str(path))
 
 
 def numbered(path: _P, n: int) -> _P:

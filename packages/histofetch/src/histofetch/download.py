@@ -18,6 +18,7 @@ what ``histofetch status`` counts.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import re
@@ -26,7 +27,13 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from histocore.io import atomic_write_bytes, free_name, record_slug, write_new
+from histocore.io import (
+    atomic_write_bytes,
+    file_in_the_way,
+    free_name,
+    record_slug,
+    write_new,
+)
 from histocore.manifest import Image, Manifest, Record
 from histofetch.archive import ArchiveError, ArchiveLimits, decode_image
 from histofetch.http import NetClient, NetConfig
@@ -435,13 +442,20 @@ class PdfNames:
 
 def _holds(path: Path, data: bytes) -> bool | None:
     """Whether the file at ``path`` holds ``data``: None when there is none; False for a
-    FIFO, a link or a folder (not read), a file of another size, or one unreadable."""
+    FIFO, a link or a folder (not read), a file of another size, or one unreadable. A name
+    that cannot be looked at is about its folder (``pdfs`` a file, a link loop, a folder
+    not searchable): an OSError naming the folder in the way, or the lookup's own (every
+    name was 'taken' then, and the download tried ``-2``, ``-3``, … for ever)."""
     try:
         st = path.lstat()
     except FileNotFoundError:
         return None
-    except OSError:
-        return False
+    except OSError as exc:
+        in_the_way = file_in_the_way(path)
+        if in_the_way is None:
+            raise
+        blocker, problem = in_the_way
+        raise NotADirectoryError(errno.ENOTDIR, problem, str(blocker)) from exc
     if not stat.S_ISREG(st.st_mode) or st.st_size != len(data):
         return False
     try:
