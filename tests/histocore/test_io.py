@@ -586,3 +586,38 @@ def test_free_name_gives_up_when_every_name_is_taken() -> None:
         f"pdfs/a-{FREE_NAME_TRIES}.pdf"
     )
     assert free_name(PurePosixPath("pdfs/a.pdf"), lambda p: p.name != "a-3.pdf").name == "a-3.pdf"
+
+
+@pytest.mark.parametrize("error", [OSError(5, "Input/output error"), KeyboardInterrupt()])
+def test_write_new_without_hard_links_removes_its_claim_on_an_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, error: BaseException
+) -> None:
+    """Review 23: without hard links, an error (or Ctrl-C) between the O_EXCL claim and the
+    rename over it left the empty claim for good: a 0-byte 'PDF' no row names, and the
+    next download wrote beside it under -2. Now the claim is removed, while it is still
+    the file made here (a file put in its place since is left alone)."""
+
+    def no_link(*_: object, **__: object) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    real_replace = os.replace
+    target, swap = tmp_path / "pdfs" / "a.pdf", [False]
+
+    def failing_replace(src: str, dst: str | Path) -> None:
+        if Path(dst) == target:
+            if swap[0]:  # another process's file in the claim's place meanwhile
+                target.unlink()
+                target.write_bytes(b"theirs")
+            raise error
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "link", no_link)
+    monkeypatch.setattr(os, "replace", failing_replace)
+    with pytest.raises(type(error)):
+        write_new(target, b"ours")
+    assert list(target.parent.iterdir()) == []
+    swap[0] = True
+    with pytest.raises(type(error)):
+        write_new(target, b"ours")
+    assert [p.name for p in target.parent.iterdir()] == ["a.pdf"]
+    assert target.read_bytes() == b"theirs"

@@ -280,7 +280,10 @@ def write_new(path: str | Path, data: bytes) -> bool:
     file mode) and hard-linked into place, which never replaces a name, so readers see the
     whole file or none, and two processes that chose the same free name never write over
     each other's file (an atomic write's rename would). Without hard links, the name is
-    claimed by creating it (``O_EXCL``) and the bytes renamed over that empty file."""
+    claimed by creating it (``O_EXCL``) and the bytes renamed over that empty file: a
+    reader may see it empty until the rename (then whole, never half); on an error in
+    between the empty file is removed (when it is still the one made here), but a process
+    killed there leaves it, empty, for good."""
     path = Path(path)
     make_parents(path)
     fd, tmp = _mkstemp_beside(path)
@@ -298,13 +301,35 @@ def write_new(path: str | Path, data: bytes) -> bool:
             if exc.errno in _FOLDER_UNUSABLE:
                 raise
             try:
-                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+                claim = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             except FileExistsError:
                 return False
-            os.replace(tmp, path)
+            try:
+                claimed = os.fstat(claim)
+            finally:
+                os.close(claim)
+            try:
+                os.replace(tmp, path)
+            except BaseException:
+                _remove_claim(path, claimed)
+                raise
         return True
     finally:
         Path(tmp).unlink(missing_ok=True)
+
+
+def _remove_claim(path: Path, claimed: os.stat_result) -> None:
+    """Remove the empty file :func:`write_new` claimed ``path`` with (``claimed``, its
+    status) after the rename over it failed: only while ``path`` is still that file, never
+    one put there since (the inode number alone may be the claim's, freed and reused: its
+    size and change time too)."""
+
+    def key(st: os.stat_result) -> tuple[int, ...]:
+        return st.st_dev, st.st_ino, st.st_size, st.st_ctime_ns
+
+    with contextlib.suppress(OSError):
+        if stat.S_ISREG((there := os.lstat(path)).st_mode) and key(there) == key(claimed):
+            os.unlink(path)
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
