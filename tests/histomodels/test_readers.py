@@ -239,6 +239,39 @@ def test_an_origin_manifest_row_that_is_negative_or_repeated_is_refused(tmp_path
     assert open_dataset(path, origin_split="a").ids() == ["synthetic_0_0", "synthetic_0_3"]
 
 
+def test_an_origin_manifest_row_in_two_splits_huge_or_not_plain_digits_is_refused(
+    tmp_path: Path,
+) -> None:
+    """Review 23: a row listed under two origin splits was accepted (train on split a and
+    eval on split b shared a patch): repeats are refused across the whole manifest, kept
+    rows or not. A row of 2**63 or more was an OverflowError traceback; ``1_0`` and `` 1 ``
+    were read as 10 and 1 (int's leniency). Each is one line naming the manifest line."""
+    from histomodels.synthetic import write_h5
+
+    path = write_h5(tmp_path / "train.h5", 4)
+    manifest = tmp_path / "manifest.csv"
+    again = r"row {} of train\.h5 is listed again \(first on line 2{}\)$"
+    cases = [
+        ("train.h5,0,a\ntrain.h5,0,b\n", ":3: " + again.format(0, " as a, here b")),
+        ("train.h5,1,b\ntrain.h5,0,b\ntrain.h5,1,b\n", ":4: " + again.format(1, "")),
+        (f"train.h5,{2**63},a\n", r":2: row 9223372036854775808 is larger than any HDF5 row"),
+        (f"train.h5,{10**40},b\n", rf":2: row 1{40 * '0'} is larger than any HDF5 row"),
+        ("train.h5,1_0,a\n", r":2: row '1_0' is not an integer \(digits 0-9 only\)"),
+        ("train.h5, 1 ,a\n", r":2: row ' 1 ' is not an integer"),
+        ("train.h5,-0,a\n", r":2: row '-0' is not an integer"),
+        ("train.h5,+1,a\n", r":2: row '\+1' is not an integer"),
+        ("train.h5,\u0661,a\n", r":2: row '\u0661' is not an integer"),  # Arabic-Indic 1
+        ("train.h5\n", r":2: row '' is not an integer"),
+    ]
+    for rows, problem in cases:
+        manifest.write_text("file,row,origin_split\n" + rows, encoding="utf-8")
+        with pytest.raises(DatasetError, match=problem):
+            open_dataset(path, origin_split="a")
+    manifest.write_text("file,row,origin_split\ntrain.h5,9223372036854775807,b\nother.h5,0,a\n")
+    manifest.write_text(manifest.read_text() + "train.h5,0,a\n")
+    assert open_dataset(path, origin_split="a").ids() == ["synthetic_0_0"]
+
+
 def test_encoded_bad_rows(tmp_path: Path, patches) -> None:
     x = patches[0]
     path = tmp_path / "enc.h5"

@@ -34,7 +34,7 @@ def rows_of_origin(path: Path, origin_split: str | Iterable[str]) -> np.ndarray:
     if not manifest.exists():
         raise DatasetError(f"{path}: origin_split filter needs {manifest}, which is absent")
     rows: list[int] = []
-    first_line: dict[int, int] = {}  # row -> the manifest line naming it first
+    first_line: dict[int, tuple[int, str]] = {}  # row -> the line naming it first, its split
     seen: set[str] = set()
     with manifest.open(newline="", encoding="utf-8-sig", errors="strict") as fh:
         try:
@@ -52,22 +52,20 @@ def rows_of_origin(path: Path, origin_split: str | Iterable[str]) -> np.ndarray:
                 if rec["file"] != path.name:
                     continue
                 seen.add(rec["origin_split"])
+                row = _manifest_row(rec["row"] or "", f"{manifest}:{lineno}")
+                # every row of the file is checked, kept or not: a row listed under two
+                # origin splits (train on one, eval on the other) shared a patch silently;
+                # -1 read the file's last row, a row listed twice was read twice
+                if row in first_line:
+                    first, first_split = first_line[row]
+                    split = rec["origin_split"]
+                    other = "" if first_split == split else f" as {first_split}, here {split}"
+                    raise DatasetError(
+                        f"{manifest}:{lineno}: row {row} of {path.name} is listed again "
+                        f"(first on line {first}{other})"
+                    )
+                first_line[row] = (lineno, rec["origin_split"])
                 if rec["origin_split"] in wanted:
-                    try:
-                        row = int(rec["row"])
-                    except ValueError:
-                        raise DatasetError(
-                            f"{manifest}:{lineno}: row {rec['row']!r} is not an integer"
-                        ) from None
-                    # -1 read the file's last row, a row listed twice was read twice
-                    if row < 0:
-                        raise DatasetError(f"{manifest}:{lineno}: row {row} is negative")
-                    if row in first_line:
-                        raise DatasetError(
-                            f"{manifest}:{lineno}: row {row} of {path.name} is listed again "
-                            f"(first on line {first_line[row]})"
-                        )
-                    first_line[row] = lineno
                     rows.append(row)
         except csv.Error as exc:  # a field over csv's 128 KB limit
             raise DatasetError(f"{manifest}: unreadable CSV ({exc})") from None
@@ -76,6 +74,23 @@ def rows_of_origin(path: Path, origin_split: str | Iterable[str]) -> np.ndarray:
             f"{path}: no rows with origin_split in {sorted(wanted)} (present: {sorted(seen)})"
         )
     return np.array(sorted(rows), dtype=np.int64)
+
+
+#: the largest row number a manifest may name (int64, as the rows are kept)
+_MAX_ROW = 2**63 - 1
+
+
+def _manifest_row(text: str, where: str) -> int:
+    """A ``manifest.csv`` ``row`` field's number: plain ASCII digits only (``int`` took
+    ``1_0``, `` 1 `` and other scripts' digits), at most :data:`_MAX_ROW` (a larger one
+    was an OverflowError traceback); else a :class:`DatasetError` naming ``where``."""
+    if text[:1] == "-" and text[1:].isascii() and text[1:].isdigit() and int(text[1:]):
+        raise DatasetError(f"{where}: row {text} is negative")
+    if not (text.isascii() and text.isdigit()):
+        raise DatasetError(f"{where}: row {text!r} is not an integer (digits 0-9 only)")
+    if len(text) > 19 or int(text) > _MAX_ROW:
+        raise DatasetError(f"{where}: row {text} is larger than any HDF5 row (2**63 - 1)")
+    return int(text)
 
 
 def _text_ids(ds: h5py.Dataset, path: Path) -> list[str]:
