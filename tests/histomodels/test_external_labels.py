@@ -210,6 +210,20 @@ def test_eval_reports_reviewed_and_weak_metrics_exact_against_sklearn(tmp_path: 
         assert "most confident errors" in page
 
 
+def test_eval_manifest_with_bootstrap_0_says_why_there_are_no_intervals(tmp_path: Path) -> None:
+    """Review 23: ``eval --manifest --bootstrap 0`` printed each ROC AUC bare, nothing said
+    of the intervals asked away (``--data`` says ``no 95% CI: --bootstrap 0``)."""
+    run = tmp_path / "run"
+    _manifest(run, with_files=True)
+    ckpt = tiny_checkpoint(tmp_path)
+    args = ["eval", str(ckpt), "--manifest", str(run), "--bootstrap", "0", "--scale", "1"]
+    r = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "ext")])
+    assert r.exit_code == 0, r.output
+    lines = [line for line in r.output.splitlines() if ": ROC AUC " in line]
+    assert len(lines) == 4  # max and topk_mean, of reviewed and weak labels
+    assert all(line.split(",")[0].endswith(" (no interval: --bootstrap 0)") for line in lines)
+
+
 def test_nearest_hamming_distance() -> None:
     from histomodels.leakage import nearest
 

@@ -413,8 +413,11 @@ def _print_external(result: dict, out: Path) -> None:
         for agg, m in (block.get("metrics") or {}).items():
             ci = (m.get("ci") or {}).get("roc_auc")
             ci_text = f" [{ci[0]:.4f}, {ci[1]:.4f}]" if ci else ""  # the point's precision
-            if not ci and m.get("ci_reason"):  # 2 figures: [1.000, 1.000] would mean nothing
-                ci_text = f" (no interval: {m['ci_reason']})"
+            # no "ci" at all: --bootstrap 0 asked for none (nothing said why); a None "ci":
+            # too few figures (2 figures: [1.000, 1.000] would mean nothing)
+            reason = m.get("ci_reason") if "ci" in m else "--bootstrap 0"
+            if not ci and reason:
+                ci_text = f" (no interval: {reason})"
             typer.echo(
                 f"  {agg}: ROC AUC {_fmt(m.get('roc_auc'))}{ci_text}, "
                 f"accuracy {_fmt(m.get('accuracy'))}"
