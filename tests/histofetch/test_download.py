@@ -585,10 +585,11 @@ def test_a_fifo_at_a_pdf_name_is_passed_over_unread(tmp_path: Path) -> None:
     with Manifest.load(tmp_path) as manifest:
         names = PdfNames(manifest)
     got: list[str] = []
-    worker = threading.Thread(target=lambda: got.append(names.take("x_1", b"%PDF-1.4 x")))
+    worker = threading.Thread(target=lambda: got.append(names.write("x_1", b"%PDF-1.4 x")))
     worker.start()
     worker.join(timeout=20)
     assert got == ["pdfs/x_1-3.pdf"]
+    assert (tmp_path / "pdfs" / "x_1-3.pdf").read_bytes() == b"%PDF-1.4 x"
 
 
 @pytest.mark.timeout(30)

@@ -391,26 +391,25 @@ class PdfNames:
                 self.names.setdefault(rec.pdf_path, set()).add(rec.id)
         self._lock = threading.Lock()
 
-    def take(self, record_id: str, data: bytes | None = None) -> str:
-        """Where record ``record_id`` writes its PDF: ``pdfs/<slug>.pdf``, or with ``-2``,
-        ``-3``, … added where another record's row names that file (a record renamed from
-        this id, or merged in, kept its PDF's name; writing there would replace that
-        article's PDF), or another record of this run took it (ids that slug alike,
-        ``x:1`` and ``x_1``: the names were read once, when the run began, and the second
-        wrote over the first's PDF), or a file there holds other bytes than ``data`` and no
-        row names it for this record (another process on the run wrote it since this one
-        began; the same bytes are this record's, left by a run killed before its commit).
-        The name is this record's from now on."""
-        return self._take(record_id, data)[0]
-
-    def _take(self, record_id: str, data: bytes | None) -> tuple[str, bool]:
-        """:meth:`take`'s name, and whether it was this record's already (its row names
-        it, or this process gave it to the record before)."""
+    def _take(self, record_id: str, data: bytes) -> tuple[str, bool]:
+        """Where record ``record_id`` writes its PDF ``data``, and whether that name was
+        this record's already (its row names it, or this process gave it to the record
+        before): ``pdfs/<slug>.pdf``, or with ``-2``, ``-3``, … added where another
+        record's row names that file (a record renamed from this id, or merged in, kept its
+        PDF's name; writing there would replace that article's PDF), or another record of
+        this run took it (ids that slug alike, ``x:1`` and ``x_1``: the names were read
+        once, when the run began, and the second wrote over the first's PDF), or a file
+        there holds other bytes than ``data`` and no row names it for this record (another
+        process on the run wrote it since this one began; the same bytes are this
+        record's, left by a run killed before its commit). The name is this record's from
+        now on. Private: only :meth:`write` may take a name, as it writes the file there
+        at once (a name taken and written later could be taken by another process
+        meanwhile)."""
 
         def taken(p: PurePosixPath) -> bool:
             if self.names.get(str(p), set()) - {record_id}:
                 return True
-            if data is None or record_id in self.names.get(str(p), set()):
+            if record_id in self.names.get(str(p), set()):
                 return False
             return _holds(self.run_dir / p, data) is False
 
@@ -421,7 +420,7 @@ class PdfNames:
             return rel, own
 
     def write(self, record_id: str, data: bytes) -> str:
-        """Write record ``record_id``'s PDF ``data`` under the name :meth:`take` gives, and
+        """Write record ``record_id``'s PDF ``data`` under the name :meth:`_take` gives, and
         return that name. Never over a file another download process puts there between
         the name's choice and the write (it chose the same free name: the write replaced
         its PDF, both rows naming one file): the file is written only where none is
@@ -436,7 +435,7 @@ class PdfNames:
                 return rel
             if write_new(path, data) or _holds(path, data):
                 return rel
-            with self._lock:  # another's since take() looked: not this record's name
+            with self._lock:  # another's since _take() looked: not this record's name
                 self.names[rel].discard(record_id)
 
 
