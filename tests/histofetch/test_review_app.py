@@ -771,10 +771,15 @@ def _ipv6_loopback() -> bool:
 
 
 @pytest.mark.skipif(not _ipv6_loopback(), reason="this machine cannot bind the IPv6 loopback ::1")
-def test_review_on_the_ipv6_loopback_answers_its_own_address(kit: tuple[Path, Path]) -> None:
+@pytest.mark.parametrize("host", ["::1", "0:0:0:0:0:0:0:1", "[::1]"])
+def test_review_on_the_ipv6_loopback_answers_its_own_address(
+    kit: tuple[Path, Path], host: str
+) -> None:
     """`histofetch review --host ::1` answered every request `Invalid host header` (400):
     a browser's Host header is `[::1]:PORT`, starlette keeps the brackets, and the allowed
-    list held `::1`. A real server on ::1, asked through its own URL."""
+    list held `::1`; the long form `0:0:0:0:0:0:0:1` still did (the page's own URL prints
+    the short one), and `[::1]`, as a URL writes it, could not be bound. A real server on
+    ::1, asked through its own URL."""
     import threading
     import time
     import urllib.error
@@ -784,7 +789,7 @@ def test_review_on_the_ipv6_loopback_answers_its_own_address(kit: tuple[Path, Pa
 
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # no proxy
 
-    server, sock = build_server(kit[0], host="::1", port=0, reviewer="tester")
+    server, sock = build_server(kit[0], host=host, port=0, reviewer="tester")
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     try:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import getpass
+import ipaddress
 import logging
 import socket
 import threading
@@ -30,8 +32,19 @@ def allowed_hosts(host: str) -> tuple[str, ...]:
     names and ``host`` as a browser's request names it. Starlette compares the header's
     host lower-cased and keeps an IPv6 address's brackets (``[::1]``): ``--host ::1``
     allowed only ``::1``, so every request was ``Invalid host header`` (400)."""
-    name = host.lower()
-    return ("127.0.0.1", "localhost", name, *((f"[{name}]",) if ":" in name else ()))
+    name = bound_host(host).lower()
+    names = [name]
+    # the browser asks for the address as url_of prints it: its short form (a name: as is)
+    with contextlib.suppress(ValueError):
+        names.append(ipaddress.ip_address(name).compressed)
+    names += [f"[{n}]" for n in names if ":" in n]
+    return ("127.0.0.1", "localhost", *dict.fromkeys(names))
+
+
+def bound_host(host: str) -> str:
+    """``host`` as the socket binds it: an IPv6 address given in brackets as a URL writes it
+    (``[::1]``) without them (binding ``[::1]`` failed: ``Name or service not known``)."""
+    return host[1:-1] if host.startswith("[") and host.endswith("]") else host
 
 
 def build_server(
@@ -51,9 +64,10 @@ def build_server(
         Scores.load(scores)
     hosts = allowed_hosts(host)
     app = create_app(run_dir, scores=scores, reviewer=reviewer or default_reviewer(), hosts=hosts)
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    bind = bound_host(host)
+    sock = socket.socket(socket.AF_INET6 if ":" in bind else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
+    sock.bind((bind, port))
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
     return uvicorn.Server(config), sock
 
