@@ -12,11 +12,13 @@ from pathlib import Path
 import pytest
 from ncbi_server import Article, FakeNcbi, ncbi_fixture  # noqa: F401 (fixture)
 from pdf_factory import build_image_pdf, he_like
+from test_filter import grid_figure_rgb
 from typer.testing import CliRunner
 
 from histocore.manifest import MANIFEST_NAME, Image, Manifest, ManifestError, Record
 from histofetch.cli import app
 from histofetch.extract import run_extract
+from histofetch.filter import run_filter
 from histofetch.merge import merge_runs
 from histofetch.search import run_search
 from histofetch.shard import parse_shard, shard_of
@@ -560,6 +562,84 @@ def test_the_answers_on_a_copy_left_out_for_a_freer_licence_go_to_the_copy_kept(
     assert not (both / "review_log.jsonl").exists()
     with Manifest.load(both) as m:
         assert m.images["2-0"].label == "metastasis"
+
+
+def _grid_article(tmp: Path, name: str, licence: str, caption: str, filtered: bool) -> Path:
+    """A run of one PDF holding the 2×2 compound figure, of ``licence``; ``filtered``: split
+    into its four panels (own bytes, ``parent_id`` naming the figure) and decided."""
+    pdf = build_image_pdf(tmp / f"{name}.pdf", [grid_figure_rgb()], caption=caption)
+    run = tmp / name
+    run_extract(run, [pdf])
+    with Manifest.load(run) as m:
+        for rec in m.records.values():
+            rec.license = licence
+        m.save()
+    if filtered:
+        run_filter(run, sheet=False)
+    return run
+
+
+def _no_orphan_and_no_pixels_twice(out: Path) -> None:
+    with Manifest.load(out) as m:
+        assert [
+            i.id for i in m.images.values() if i.parent_id and i.parent_id not in m.images
+        ] == []
+        kept = [i.sha256 for i in m.kept_images()]
+        assert len(kept) == len(set(kept)), "the same pixels kept twice"
+
+
+@pytest.mark.parametrize("nc_first", [True, False])
+def test_a_figure_left_out_for_a_freer_licence_takes_its_panels_with_it(
+    tmp_path: Path, nc_first: bool
+) -> None:
+    """The copy kept of same-bytes images was chosen per image: a filtered CC BY-NC
+    article's figure (split into four panels) merged with the same figure unfiltered in a
+    CC BY article kept the CC BY figure and left the NC one out, but added the NC figure's
+    panels (bytes of their own) naming a parent row the output did not hold; filtered, the
+    output split the CC BY figure into the same pixels again, kept twice under two
+    articles. Now a figure and its panels are one unit: left out together, noted in
+    ``merge_duplicates``, and the review answers on a panel are counted, not carried, where
+    the copy kept has no image of its bytes (else they go to that image)."""
+    nc = _grid_article(tmp_path, "nc", "CC BY-NC", "Figure 2. H&E and a heatmap.", True)
+    by = _grid_article(tmp_path, "by", "CC BY", "Figure 2. H&E and a heatmap of the node.", False)
+    with Manifest.load(nc) as m:
+        (nc_id,) = m.records
+        (fig,) = [i for i in m.images_of(nc_id) if i.parent_id is None]
+        panels = [i.id for i in m.images_of(nc_id) if i.parent_id == fig.id]
+    assert len(panels) == 4
+    _labelled(nc, panels[0])
+    inputs = [str(nc), str(by)] if nc_first else [str(by), str(nc)]
+    r = runner.invoke(app, ["merge", *inputs, "--out", str(tmp_path / "out")])
+    assert r.exit_code == 0, r.output
+    assert "5 duplicate images left out; 2 review answers about them not carried" in r.output
+    with Manifest.load(by) as m:
+        (by_id,) = m.records
+        (by_fig,) = m.images_of(by_id)
+    with Manifest.load(tmp_path / "out") as m:
+        assert list(m.images) == [by_fig.id]
+        assert m.records[nc_id].extra["merge_duplicates"] == dict.fromkeys(
+            [fig.id, *panels], by_fig.id
+        )
+    _no_orphan_and_no_pixels_twice(tmp_path / "out")
+    r = runner.invoke(app, ["filter", "--run", str(tmp_path / "out")])
+    assert r.exit_code == 0, r.output
+    _no_orphan_and_no_pixels_twice(tmp_path / "out")
+    # the copy kept split into the same panels: the left-out panel's answers go to its twin
+    run_filter(by, sheet=False)
+    with Manifest.load(nc) as m:
+        sha = m.images[panels[0]].sha256
+    with Manifest.load(by) as m:
+        (twin,) = [i.id for i in m.images_of(by_id) if i.sha256 == sha]
+    r = runner.invoke(app, ["merge", *inputs, "--out", str(tmp_path / "out2")])
+    assert r.exit_code == 0, r.output
+    assert "2 review log lines carried (5 duplicate images left out)" in r.output
+    _no_orphan_and_no_pixels_twice(tmp_path / "out2")
+    with Manifest.load(tmp_path / "out2") as m:
+        assert {i.record_id for i in m.images.values()} == {by_id}
+        assert m.images[twin].label == "no_metastasis"
+        assert m.records[nc_id].extra["merge_duplicates"][panels[0]] == twin
+    lines = (tmp_path / "out2" / "review_log.jsonl").read_text().splitlines()
+    assert lines == [json.dumps(a, sort_keys=True) for a in _answers(twin)]
 
 
 def _run_with_pdf(run: Path, rec: Record, data: bytes) -> None:

@@ -28,11 +28,15 @@
   articles, the one kept is that of the record whose licence allows the most reuse
   (:func:`histofetch.licence.reuse_rank`; ties: the first), not simply the first: a CC BY
   copy is not left out for a CC BY-NC one merged before it. A copy the output holds stays.
+  A figure and the panels ``filter`` split off it are one unit: a figure copy left out
+  takes its panels with it (noted in ``merge_duplicates`` too: → the copy kept of the
+  panel's bytes, else of its figure), so no row names a parent the output lacks.
   The review answers on a copy left out go to the copy kept where this merge adds it and
   it has no label of its own: its label (the first left-out copy's holding one), and its
   log lines carried about it (:mod:`histofetch.merge_logs`); else they are counted, not
-  carried (``summary.duplicate_lines_left``). The licence rule never loses a reviewed
-  copy's answers to an unlabelled one.
+  carried (``summary.duplicate_lines_left``; a left-out panel's likewise, where an image
+  of its bytes is kept, else counted). The licence rule never loses a reviewed copy's
+  answers to an unlabelled one.
 * Where the files the rows name go, and the paths the rows are given:
   :mod:`histofetch.merge_paths`; files copied through part files, and those a killed
   merge left removed: :mod:`histofetch.merge_parts`; the inputs' review logs carried:
@@ -146,7 +150,7 @@ def _merge(loaded: list[Manifest], merged: Manifest) -> MergeSummary:
         if rec.pmcid:
             pmcids[rec.pmcid] = rid
         adding.append((rec, run))
-    keeper = _keepers(adding, hashes)
+    keeper, with_figure = _keepers(adding, hashes)
     # the labels given to the added copies left out for another copy this merge adds (of a
     # freer licence, or the first): the copy kept takes the first where it has none
     for rec, run in adding:
@@ -160,6 +164,17 @@ def _merge(loaded: list[Manifest], merged: Manifest) -> MergeSummary:
         dropped: dict[str, str] = {}
         moved = summary.duplicate_images_of.setdefault(str(run.run_dir), {})
         for img in run.images_of(rid):
+            if img.id in with_figure:
+                # a panel of a figure copy left out: left out with it; its answers go to the
+                # copy of its bytes this merge adds where it has no label, else not carried
+                same = keeper.get(img.sha256)
+                if same is None:  # the output's copy of its bytes, else its figure's kept
+                    dropped[img.id] = hashes.get(img.sha256, with_figure[img.id])
+                    moved[img.id] = None
+                else:
+                    dropped[img.id] = same.id
+                    moved[img.id] = same.id if same.label is None else None
+                continue
             if img.sha256 not in keeper:  # the output's copy: its own answers stand
                 dropped[img.id] = hashes[img.sha256]
                 moved[img.id] = None
@@ -200,23 +215,53 @@ def _merge(loaded: list[Manifest], merged: Manifest) -> MergeSummary:
     return summary
 
 
-def _keepers(adding: list[tuple[Record, Manifest]], held: dict[str, str]) -> dict[str, Image]:
+def _keepers(
+    adding: list[tuple[Record, Manifest]], held: dict[str, str]
+) -> tuple[dict[str, Image], dict[str, str]]:
     """The bytes (sha256) of images that the records ``adding`` hold and the output does
     not (``held``) → the copy kept: of copies in different articles, the one whose
     record's licence allows the most reuse (:func:`histofetch.licence.reuse_rank`: a CC BY
     copy, not a CC BY-NC one merged before it), ties to the first; within one record, its
-    first copy. (The others' review answers go to it: see :func:`_merge`.)"""
+    first copy. (The others' review answers go to it: see :func:`_merge`.)
+
+    A figure and the panels ``filter`` split off it are one unit: the figures are chosen
+    first, and a figure copy left out takes its panels with it (they name it as their
+    ``parent_id``: added, they named a row the output does not hold, and a filter of the
+    output split the kept copy into the same pixels again). Those panels are returned
+    apart: their image id → the id of their figure's copy kept. The panels of the figures
+    kept are chosen among themselves as any image is."""
     keeper: dict[str, Image] = {}
     rank: dict[str, int] = {}
-    for rec, run in adding:
-        mine = reuse_rank(rec.license)
+
+    def offer(img: Image, mine: int) -> None:
+        if img.sha256 in held:
+            return
+        if img.sha256 not in keeper or mine > rank[img.sha256]:
+            keeper[img.sha256] = img
+            rank[img.sha256] = mine
+
+    def figure_of(run: Manifest, img: Image) -> Image | None:
+        parent = run.images.get(img.parent_id) if img.parent_id else None
+        return parent if parent is not None and parent.record_id == img.record_id else None
+
+    for rec, run in adding:  # the figures (rows no row of theirs is the parent of) first
         for img in run.images_of(rec.id):
-            if img.sha256 in held:
+            if figure_of(run, img) is None:
+                offer(img, reuse_rank(rec.license))
+    with_figure: dict[str, str] = {}
+    for rec, run in adding:
+        for img in run.images_of(rec.id):
+            if (figure := figure_of(run, img)) is None:
                 continue
-            if img.sha256 not in keeper or mine > rank[img.sha256]:
-                keeper[img.sha256] = img
-                rank[img.sha256] = mine
-    return keeper
+            same = keeper.get(figure.sha256)
+            kept = same.id if same is not None else held.get(figure.sha256, figure.id)
+            if figure.id in with_figure:  # a panel of a panel (filter splits none): with it
+                with_figure[img.id] = with_figure[figure.id]
+            elif kept != figure.id:
+                with_figure[img.id] = kept
+            else:
+                offer(img, reuse_rank(rec.license))
+    return keeper, with_figure
 
 
 def _known(rec: Record) -> bool:
