@@ -513,6 +513,38 @@ def test_merge_keeps_the_copy_of_a_figure_whose_licence_allows_the_most_reuse(
         assert [i.id for i in m.images.values()] == ["3-0"]
 
 
+@pytest.mark.parametrize("broken", ["file missing", "record failed", "image failed"])
+@pytest.mark.parametrize("nc_first", [True, False])
+def test_the_licence_rule_never_keeps_a_copy_missing_its_file_or_failed(
+    tmp_path: Path, nc_first: bool, broken: str
+) -> None:
+    """The licence rule won also where the CC BY copy's file was missing from its input or
+    its row had failed, while the CC BY-NC copy was ok and decided: the CC BY row was added
+    without its file (or failed), the good copy left out. Now a whole copy (rows ok, file
+    there) is kept first, then the freer licence, then the first merged."""
+    nc = _one_figure_run(tmp_path / "nc", "pmid:1", "CC BY-NC")
+    by = _one_figure_run(tmp_path / "by", "pmid:2", "CC BY")
+    with Manifest.load(nc) as m:
+        m.update_image("1-0", kept=True)
+        m.save()
+    if broken == "file missing":
+        (by / "images/2-0.png").unlink()
+    else:
+        with Manifest.load(by) as m:
+            if broken == "record failed":
+                m.records["pmid:2"].status = "failed"
+            else:
+                m.update_image("2-0", status="failed", reason="unreadable image")
+            m.save()
+    out = tmp_path / "out"
+    summary = merge_runs([nc, by] if nc_first else [by, nc], out)
+    assert (summary.images, summary.duplicate_images) == (1, 1)
+    with Manifest.load(out) as m:
+        assert [(i.id, i.kept) for i in m.images.values()] == [("1-0", True)]
+        assert m.records["pmid:2"].extra["merge_duplicates"] == {"2-0": "1-0"}
+    assert (out / m.images["1-0"].path).is_file()
+
+
 def _labelled(run: Path, image_id: str) -> None:
     """``image_id`` of ``run`` labelled on the review page: its row and its log."""
     with Manifest.load(run) as m:

@@ -25,7 +25,8 @@
 * An image whose sha256 is already in the merged run (the same figure in two articles, or
   twice in one) is not added again; the record notes it in ``extra["merge_duplicates"]``
   (its image id → the id of the copy kept). Of the copies this merge adds from different
-  articles, the one kept is that of the record whose licence allows the most reuse
+  articles, the one kept is first a whole one (rows ok, its file in its input), then that
+  of the record whose licence allows the most reuse
   (:func:`histofetch.licence.reuse_rank`; ties: the first), not simply the first: a CC BY
   copy is not left out for a CC BY-NC one merged before it. A copy the output holds stays.
   A figure and the panels ``filter`` split off it are one unit: a figure copy left out
@@ -222,7 +223,9 @@ def _keepers(
     not (``held``) → the copy kept: of copies in different articles, the one whose
     record's licence allows the most reuse (:func:`histofetch.licence.reuse_rank`: a CC BY
     copy, not a CC BY-NC one merged before it), ties to the first; within one record, its
-    first copy. (The others' review answers go to it: see :func:`_merge`.)
+    first copy. Before the licence, a whole copy (:func:`_whole`) is kept before one whose
+    file is missing from its input or whose row failed. (The others' review answers go to
+    it: see :func:`_merge`.)
 
     A figure and the panels ``filter`` split off it are one unit: the figures are chosen
     first, and a figure copy left out takes its panels with it (they name it as their
@@ -231,11 +234,12 @@ def _keepers(
     apart: their image id → the id of their figure's copy kept. The panels of the figures
     kept are chosen among themselves as any image is."""
     keeper: dict[str, Image] = {}
-    rank: dict[str, int] = {}
+    rank: dict[str, tuple[bool, int]] = {}
 
-    def offer(img: Image, mine: int) -> None:
+    def offer(rec: Record, run: Manifest, img: Image) -> None:
         if img.sha256 in held:
             return
+        mine = (_whole(rec, run, img), reuse_rank(rec.license))
         if img.sha256 not in keeper or mine > rank[img.sha256]:
             keeper[img.sha256] = img
             rank[img.sha256] = mine
@@ -247,7 +251,7 @@ def _keepers(
     for rec, run in adding:  # the figures (rows no row of theirs is the parent of) first
         for img in run.images_of(rec.id):
             if figure_of(run, img) is None:
-                offer(img, reuse_rank(rec.license))
+                offer(rec, run, img)
     with_figure: dict[str, str] = {}
     for rec, run in adding:
         for img in run.images_of(rec.id):
@@ -260,8 +264,20 @@ def _keepers(
             elif kept != figure.id:
                 with_figure[img.id] = kept
             else:
-                offer(img, reuse_rank(rec.license))
+                offer(rec, run, img)
     return keeper, with_figure
+
+
+def _whole(rec: Record, run: Manifest, img: Image) -> bool:
+    """Whether ``img`` is a copy worth keeping: its record's row and its own are ``ok`` and
+    its file is in its input. (Kept for its licence, a CC BY copy whose file was missing
+    or whose row failed was added without it, the ``ok``, decided CC BY-NC copy left out.)"""
+    if rec.status != "ok" or img.status != "ok" or unusable(img.path):
+        return False
+    try:
+        return run.image_file(img.path).is_file()
+    except (ManifestError, OSError):
+        return False
 
 
 def _known(rec: Record) -> bool:
