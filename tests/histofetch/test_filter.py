@@ -442,6 +442,14 @@ def test_explain_says_why_a_caption_gives_no_verdict(tmp_path: Path) -> None:
     assert lines["plot"].endswith("(no verdict: no stain for or against H&E)"), lines
     assert lines["mixed"].endswith("(no verdict: H&E and another stain both named)"), lines
     assert lines["he"] == "caption   caption names H&E (verdict for H&E)"
+    # decided without the evidence (its image unreadable): not said to be undecided
+    m.add_image(Image(id="pmid:1/unreadable", record_id="pmid:1", path="images/u.png",
+                      sha256="u", width=96, height=96, caption="H&E stain of the node.",
+                      kept=False, filter_reason="unreadable image", status="failed"))  # fmt: skip
+    text = explain(m, "unreadable")
+    assert "decision  REJECTED: unreadable image" in text
+    assert "caption   not read (the row was decided without it)" in text
+    assert "not decided" not in text
     # nor 'REJECTED: None' for the row not decided
     assert "decision  not decided yet" in explain(m, "undecided")
     assert "REJECTED" not in explain(m, "undecided") and "REJECTED" in explain(m, "he")

@@ -467,12 +467,15 @@ def _note_unless_said(note: str, img: Image) -> str:
     return "" if not note or (not img.kept and note == img.filter_reason) else f"{note} "
 
 
-def _caption_line(stains: dict[str, Any]) -> str:
+def _caption_line(img: Image, stains: dict[str, Any]) -> str:
     """``--explain``'s line on the caption's stain evidence. It printed '(verdict None)'
     where the caption gave none: for a row not decided yet (no evidence stored), a caption
-    naming no stain or none at all, plots alone, or H&E beside another stain."""
+    naming no stain or none at all, plots alone, or H&E beside another stain. A row decided
+    without the evidence (its image unreadable) is not said to be undecided."""
     if not stains:
-        return "caption   not read yet (the row is not decided)"
+        if img.kept is None:
+            return "caption   not read yet (the row is not decided)"
+        return "caption   not read (the row was decided without it)"
     said, verdict = stains.get("said", "no caption"), stains.get("verdict")
     if verdict is not None:
         return f"caption   {said} (verdict {verdict} H&E)"
@@ -542,7 +545,7 @@ def explain(manifest: Manifest, image_id: str) -> str:
             for k, v in colour.items()
             if k not in {"purple_ratio", "he_score", "tissue_fraction", "scorer"}
         ),
-        _caption_line(stains),
+        _caption_line(img, stains),
     ]
     if "whole_figure" in decision:
         whole = decision["whole_figure"]
