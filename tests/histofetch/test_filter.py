@@ -753,7 +753,10 @@ def test_status_shows_unreadable_images_as_failed_as_its_json_does(tmp_path: Pat
     assert (info["failed"], info["failed_images"]) == (0, 1)
     out = CliRunner().invoke(app, ["status", "--run", str(run_dir)]).output
     assert "failed records 0  failed images 1" in out, out
-    assert "1 of the rejected images failed (filter could not read them; " in out, out
+    assert (
+        "1 of the rejected images failed (filter could not read it; "
+        "histofetch filter --retry-failed reads it again)"
+    ) in out, out
 
 
 def test_a_folder_where_a_sheet_goes_is_refused_before_scoring(tmp_path: Path) -> None:

@@ -135,9 +135,10 @@ def format_status(info: dict[str, Any]) -> str:
         lines.append("rejected images by reason:")
         lines += [f"  {n:5d}  {r}" for r, n in info["reject_reasons"].items()]
     if n := info.get("failed_images", 0):  # they were shown only as a reject reason
+        them = "it" if n == 1 else "them"  # '1 … (filter could not read them' was said
         lines.append(
-            f"{n} of the rejected images failed (filter could not read them; "
-            "histofetch filter --retry-failed reads them again)"
+            f"{n} of the rejected images failed (filter could not read {them}; "
+            f"histofetch filter --retry-failed reads {them} again)"
         )
     # reasons, licences and the query come from servers, files and users: escaped
     return "\n".join(one_line(line) for line in lines)
