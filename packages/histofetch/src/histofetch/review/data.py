@@ -243,10 +243,11 @@ def _decides_others(record_ids: set[str], manifest: Manifest, run_dir: Path) -> 
     if not stages:
         return ""
     earliest = STAGES[min(stages)]
-    if earliest == "searched":
-        return f", histofetch download, extract and then filter --run {run_dir} decide the others"
-    if earliest == "downloaded":
-        return f", histofetch extract --run {run_dir} and then filter decide the others"
+    # each command whole, to copy ('extract --run RUN and then filter decide' was said)
+    steps = {"searched": ["download", "extract"], "downloaded": ["extract"]}.get(earliest)
+    if steps is not None:
+        said = ", then ".join(f"histofetch {s} --run {run_dir}" for s in [*steps, "filter"])
+        return f", {said} decide the others"
     return f", histofetch filter --run {run_dir} decides the others"
 
 
