@@ -87,10 +87,27 @@ def test_hrefs_resolve_to_files() -> None:
         ("This article is distributed under the Creative Commons Attribution License", "CC BY"),
         ("none", None),
         (None, None),
+        # spelt otherwise, ranked unknown before (merge's licence rule: reuse_rank)
+        ("cc_by", "CC BY"),
+        ("CC-BY-4.0", "CC BY"),
+        ("CC-BY-NC-ND-4.0", "CC BY-NC-ND"),
+        ("CC BY-NC-SA 3.0 IGO", "CC BY-NC-SA"),
+        ("CC BY 3.0 US", "CC BY"),
+        ("CC BY NC license", "CC BY-NC"),
+        ("CC BY 4.0 licence", "CC BY"),
+        ("cc by-nc 4.0", "CC BY-NC"),
+        ("Elsevier user license", "Elsevier user license"),
     ],
 )
 def test_licence_codes(given: str | None, code: str | None) -> None:
     assert normalise(given) == code
+
+
+def test_spellings_of_one_licence_rank_alike() -> None:
+    from histofetch.licence import reuse_rank
+
+    assert [reuse_rank(x) for x in ("cc_by", "CC-BY-4.0", "CC BY")] == [2, 2, 2]
+    assert [reuse_rank(x) for x in ("CC BY-NC-SA 3.0 IGO", "CC BY NC license")] == [1, 1]
 
 
 def test_licence_policy() -> None:

@@ -52,7 +52,10 @@ def normalise(value: str | None) -> str | None:
     match = _CC_URL.search(text)
     if match:
         return _cc_code(match.group(1))
-    match = re.fullmatch(r"(?:cc)?[ -]?((?:by)(?:[ -](?:nc|sa|nd))*)(?: \d\.\d)?", lowered)
+    # a code spelt otherwise: 'cc_by', SPDX 'CC-BY-4.0', 'CC BY-NC-SA 3.0 IGO' (a port),
+    # 'CC BY NC license' (ranked unknown before)
+    code = re.sub(r"[ _-]+", " ", lowered).removesuffix(" license").removesuffix(" licence")
+    match = re.fullmatch(r"(?:cc)? ?(by(?: (?:nc|sa|nd))*)(?: \d\.\d(?: (?:igo|[a-z]{2}))?)?", code)
     if match:
         return _cc_code(match.group(1))
     squashed = lowered.replace(" ", "-").replace("commercial-", "commercial")
