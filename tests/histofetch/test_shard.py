@@ -653,6 +653,13 @@ def test_a_figure_left_out_for_a_freer_licence_takes_its_panels_with_it(
             [fig.id, *panels], by_fig.id
         )
     _no_orphan_and_no_pixels_twice(tmp_path / "out")
+    held = tmp_path / "held"  # the figure held by the output: its panels left out too
+    merge_runs([by], held)
+    merge_runs([nc], held)
+    _no_orphan_and_no_pixels_twice(held)
+    with Manifest.load(held) as m:
+        assert list(m.images) == [by_fig.id]
+        assert set(m.records[nc_id].extra["merge_duplicates"]) == {fig.id, *panels}
     r = runner.invoke(app, ["filter", "--run", str(tmp_path / "out")])
     assert r.exit_code == 0, r.output
     _no_orphan_and_no_pixels_twice(tmp_path / "out")
