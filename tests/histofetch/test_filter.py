@@ -287,6 +287,19 @@ def _grid_run(tmp_path: Path) -> Path:
     return run_dir
 
 
+def _grid_run_unreadable(tmp_path: Path) -> tuple[Path, str]:
+    """:func:`_grid_run` with its figure's file moved away and filtered again (--rescore):
+    the figure failed, unreadable. Returns the run folder and the figure's id."""
+    run_dir = _grid_run(tmp_path)
+    with Manifest.load(run_dir) as m:
+        (figure,) = [i for i in m.images.values() if i.source == "pdf"]
+        path = m.resolve(figure.path)
+    assert path is not None
+    path.rename(path.with_suffix(".away"))
+    run_filter(run_dir, sheet=False, rescore=True)
+    return run_dir, figure.id
+
+
 def test_compound_figures_are_decided_by_their_panels(tmp_path: Path) -> None:
     run_dir = _grid_run(tmp_path)
     m = Manifest.load(run_dir)
@@ -696,21 +709,15 @@ def test_rescore_leaves_a_figure_it_does_not_read_as_it_was(tmp_path: Path) -> N
     records, so one in a record the run did not take (a failed record, without
     --retry-failed) read 'ok' with its reason gone, never read (review 5). Now a figure is
     read again in its record's own work, or left as it was."""
-    run_dir = _grid_run(tmp_path)
+    run_dir, figure_id = _grid_run_unreadable(tmp_path)
     with Manifest.load(run_dir) as m:
-        (figure,) = [i for i in m.images.values() if i.source == "pdf"]
-        path = m.resolve(figure.path)
-    assert path is not None
-    path.rename(path.with_suffix(".away"))
-    run_filter(run_dir, sheet=False, rescore=True)
-    with Manifest.load(run_dir) as m:
-        assert m.images[figure.id].status == "failed"
-        rec = m.records[figure.record_id]
+        assert m.images[figure_id].status == "failed"
+        rec = m.records[m.images[figure_id].record_id]
         rec.fail("filtered", "timed out: x", transient=False)
         m.commit_record(rec.id)
     run_filter(run_dir, sheet=False, rescore=True)  # the record is not taken
     with Manifest.load(run_dir) as m:
-        img = m.images[figure.id]
+        img = m.images[figure_id]
         assert (img.status, img.filter_reason) == ("failed", "unreadable image")
         assert img.reason is not None and img.reason.startswith("cannot read image")
 
@@ -741,13 +748,7 @@ def test_status_shows_unreadable_images_as_failed_as_its_json_does(tmp_path: Pat
 
     from histofetch.cli import app
 
-    run_dir = _grid_run(tmp_path)
-    with Manifest.load(run_dir) as m:
-        (figure,) = [i for i in m.images.values() if i.source == "pdf"]
-        path = m.resolve(figure.path)
-    assert path is not None
-    path.rename(path.with_suffix(".away"))
-    run_filter(run_dir, sheet=False, rescore=True)
+    run_dir, _ = _grid_run_unreadable(tmp_path)
     as_json = CliRunner().invoke(app, ["status", "--run", str(run_dir), "--json"])
     info = json.loads(as_json.stdout)
     assert (info["failed"], info["failed_images"]) == (0, 1)
