@@ -107,6 +107,67 @@ def test_a_manifest_that_keeps_changing_is_one_error(
         Manifest.load(run)
 
 
+def test_a_manifest_rewritten_with_other_line_lengths_is_read_again_not_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rows of other lengths put the reader mid-line after the rewrite: the torn line's
+    parse error was reported (``manifest.jsonl:N: not valid JSON``) although the file, read
+    again, parses."""
+    from histocore.manifest import Manifest
+
+    run = tmp_path / "run"
+    run.mkdir()
+    path = run / "manifest.jsonl"
+    path.write_text(_lines("a", 500))  # past the reader's buffer: the rewrite is seen
+    new = _lines("longer-id-b", 450)
+    done = _rewrite_in_place_while_read(monkeypatch, path, new, times=1)
+    m = Manifest.load(run)
+    assert done == [1] and sorted(m.records) == sorted(f"longer-id-b{i}" for i in range(450))
+    m.close()
+
+
+def test_a_manifest_truncated_while_read_is_read_again_not_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``cat new > manifest.jsonl`` truncates first: a read under it met a cut line (or no
+    line at all) and reported that as the file's error."""
+    from histocore.manifest import Manifest
+
+    run = tmp_path / "run"
+    run.mkdir()
+    path = run / "manifest.jsonl"
+    path.write_text(_lines("a", 500))
+    loads, step = json.loads, [0]
+
+    def loads_truncating_then_writing(text: str | bytes, *args: Any, **kw: Any) -> Any:
+        if step[0] == 0 and isinstance(text, str) and '"id": "a1"' in text:
+            step[0] = 1
+            with path.open("r+b") as fh:
+                fh.truncate()  # the writer has truncated, not written yet
+        elif step[0] == 1:  # the next line parsed: the writer is done
+            step[0] = 2
+            path.write_text(_lines("b", 40))
+        return loads(text, *args, **kw)
+
+    monkeypatch.setattr(json, "loads", loads_truncating_then_writing)
+    m = Manifest.load(run)
+    assert step == [2] and sorted(m.records) == sorted(f"b{i}" for i in range(40))
+    m.close()
+
+
+def test_a_stable_manifest_keeps_its_parse_error(tmp_path: Path) -> None:
+    from histocore.manifest import Manifest, ManifestError
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "manifest.jsonl").write_text(_lines("a", 3) + "{not json\n")
+    with pytest.raises(ManifestError, match=r"manifest\.jsonl:5: not valid JSON"):
+        Manifest.load(run)
+    (run / "manifest.jsonl").write_text("")
+    with pytest.raises(ManifestError, match=r"manifest\.jsonl: empty file, expected a header"):
+        Manifest.load(run)
+
+
 def test_the_fingerprint_of_a_read_is_the_fingerprint_of_the_file(tmp_path: Path) -> None:
     """A run's recorded fingerprints stay valid: the one taken as the file is read is the
     one taken by path for a file left alone."""

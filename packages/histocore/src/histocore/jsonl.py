@@ -90,7 +90,8 @@ def read_jsonl_whole(
 
 def _read_once(path: Path, manifest: Manifest) -> dict[str, Any] | None:
     """Parse ``path`` into ``manifest``; the fingerprint of the bytes read, or None when
-    the file changed while it was read."""
+    the file changed while it was read (also when it failed to parse: what was wrong may
+    be the rewrite's, not the file's)."""
     try:  # a FIFO was read forever (a hang), a link to /dev/zero too (MemoryError)
         fh = open_regular(path)
     except RefusedFile:
@@ -98,11 +99,19 @@ def _read_once(path: Path, manifest: Manifest) -> dict[str, Any] | None:
     with fh, bulk():
         before = os.fstat(fh.fileno())
         hashed = _Hashing(fh)
-        lines = _text_lines(path, hashed)
-        first = next(lines, None)
-        if first is None:
-            raise ManifestError(f"{path}: empty file, expected a header line")
-        _read_lines(path, itertools.chain([first], lines), manifest)
+        try:
+            lines = _text_lines(path, hashed)
+            first = next(lines, None)
+            if first is None:
+                raise ManifestError(f"{path}: empty file, expected a header line")
+            _read_lines(path, itertools.chain([first], lines), manifest)
+        except ManifestError:
+            # a rewrite in place mid-read tears lines apart (a made-up "not valid JSON"),
+            # a truncation reads as empty: only a file left alone has the error it reports
+            after = os.fstat(fh.fileno())
+            if (before.st_size, before.st_mtime_ns) != (after.st_size, after.st_mtime_ns):
+                return None
+            raise
         after = os.fstat(fh.fileno())
     if (before.st_size, before.st_mtime_ns) != (after.st_size, after.st_mtime_ns):
         return None
