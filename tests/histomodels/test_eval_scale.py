@@ -300,3 +300,23 @@ def test_val_scale_reads_validation_tiles_at_their_own_magnification(tmp_path: P
                                  "--val-scale", "1", "--out", str(tmp_path / "o3")])  # fmt: skip
     assert r.exit_code == 2 and "--val-scale" in r.output
     assert not (tmp_path / "o3").exists()
+
+
+def test_scale_on_a_run_folder_given_as_home_text_says_use_manifest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--data '~/RUN'`` (quoted: the text reaches eval unexpanded) is a run folder as
+    its expanded path is: the check took the text as a relative name and missed it, and
+    the reader's ``patch_size ... do not apply`` error came instead of the one saying to
+    use ``--manifest``."""
+    home = tmp_path / "home"
+    (home / "RUN").mkdir(parents=True)
+    (home / "RUN" / "manifest.jsonl").write_text(
+        '{"kind": "header", "schema": "histofetch.manifest", "version": 1, "query": null}\n'
+    )
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(tmp_path)
+    res = CliRunner().invoke(app, [*EVAL, "--data", "~/RUN", "--scale", "0.5"])
+    assert res.exit_code == 1, res.output
+    assert "a histofetch run: its figures are resized by their own factor" in res.output
+    assert "eval --manifest" in res.output and "patch_size" not in res.output

@@ -28,6 +28,7 @@ from histocore.errors import UsageError
 from histocore.io import (
     atomic_write_json,
     atomic_write_text,
+    expand_home,
     json_safe,
     make_parents,
     number_text,
@@ -67,7 +68,7 @@ def _load(
     from histomodels.data import open_dataset
     from histomodels.data.readers import is_run_folder
 
-    if isinstance(data, (str, Path)) and scale is not None and is_run_folder(Path(data)):
+    if isinstance(data, (str, Path)) and scale is not None and is_run_folder(expand_home(data)):
         raise DatasetError(
             f"{data}: a histofetch run: its figures are resized by their own factor "
             "(eval --manifest); a scale applies to patch and tile data"
