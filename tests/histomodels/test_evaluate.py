@@ -519,3 +519,20 @@ def test_cli_eval_bootstrap_0_says_there_is_no_interval(tmp_path: Path) -> None:
     assert "roc_auc" in m and "ci" not in m  # the library's record is unchanged
     assert "no 95% CI: --bootstrap 0" in r.stdout.splitlines()
     assert "95% CI" not in r.stdout.replace("no 95% CI: --bootstrap 0", "")
+
+
+def test_predictions_csv_probabilities_read_as_their_call_at_the_threshold(
+    tmp_path: Path,
+) -> None:
+    """Written with 6 decimals, 0.99999955 read 1.000000: called tumour at a threshold of
+    0.9999996, which the metrics had not (the threshold is kept exact)."""
+    import csv
+
+    from histomodels.evaluate import write_predictions
+
+    path = tmp_path / "predictions.csv"
+    probs = np.array([0.99999955, 0.9999996, 0.25])
+    write_predictions(path, ["a", "b", "c"], np.array([1, 1, 0]), probs, 0.9999996)
+    rows = list(csv.DictReader(path.open()))
+    assert [float(r["probability"]) >= 0.9999996 for r in rows] == [False, True, False]
+    assert rows[2]["probability"] == "0.250000"

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from histocore.manifest import Image, Manifest, Record
 from histomodels.cli import app
-from histomodels.external import aggregate
+from histomodels.external import aggregate, evaluate_manifest
 from histomodels.synthetic import make_figure
 
 torch.set_num_threads(1)
@@ -316,3 +316,24 @@ def test_evaluate_manifest_out_under_a_file_names_the_file(tmp_path: Path) -> No
 
     ckpt, run = tiny_checkpoint(tmp_path), _run(tmp_path, [None])
     names_the_file_in_the_way(tmp_path, lambda a: evaluate_manifest(ckpt, run, a / "ext"))
+
+
+def test_tile_probabilities_read_as_their_call_at_the_threshold(tmp_path: Path) -> None:
+    """tile_predictions.csv wrote 6 decimals while the threshold is kept exact: a tile
+    just under it (or at it) could read as the other call, so recounting the calls from
+    the CSV disagreed with metrics.json's. Now a cell has as many digits as it takes."""
+    ckpt = tiny_checkpoint(tmp_path)
+    run = _run(tmp_path, [None])
+    args = ["eval", str(ckpt), "--manifest", str(run), "--bootstrap", "0"]
+    r = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "a")])
+    assert r.exit_code == 0, r.output
+    p = float(next(csv.DictReader((tmp_path / "a" / "image_scores.csv").open()))["max"])
+    rounded = float(f"{p:.6f}")
+    assert rounded != p
+    # a threshold between the probability and its 6-decimal text: the two calls differ
+    cut = float(np.nextafter(p, 1.0)) if rounded > p else p
+    out = tmp_path / "b"
+    evaluate_manifest(ckpt, run, out, threshold=cut, n_bootstrap=0)  # the library's option
+    assert json.loads((out / "metrics.json").read_text())["threshold"] == cut
+    tiles = [float(t["probability"]) for t in csv.DictReader((out / "tile_predictions.csv").open())]
+    assert (max(tiles) >= cut) == (p >= cut)

@@ -589,7 +589,7 @@ def test_report_inputs_over_their_caps_are_one_line_unread(tmp_path: Path, monke
     n = 32_768
     rng = np.random.default_rng(0)
     ids = [f"pcam_test_{i:05d}" for i in range(n)]
-    write_predictions(preds, ids, rng.integers(0, 2, n), rng.random(n))
+    write_predictions(preds, ids, rng.integers(0, 2, n), rng.random(n), 0.5)
     assert preds.stat().st_size < MAX_REPORT_BYTES["predictions.csv"] // 100
     assert len(read_predictions(preds)[0]) == n
     monkeypatch.setitem(MAX_REPORT_BYTES, "predictions.csv", 512 << 10)

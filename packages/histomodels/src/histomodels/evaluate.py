@@ -224,12 +224,20 @@ def write_json(path: Path, obj: Any) -> None:
     atomic_write_json(path, json_safe(obj))
 
 
-def write_predictions(path: Path, ids: list[str], labels: np.ndarray, probs: np.ndarray) -> None:
+def write_predictions(
+    path: Path, ids: list[str], labels: np.ndarray, probs: np.ndarray, threshold: float
+) -> None:
+    """``predictions.csv``: each probability with 6 decimals, or as many more as it takes
+    to be called at ``threshold`` (metrics.json's, printed exactly) as the metrics called
+    it (0.99999955 was written ``1.000000``: a tumour call at a threshold of 0.9999996 that
+    the metrics did not make)."""
+    from histomodels.predict import probability_text
+
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["id", "label", "probability"])
     for i, y, p in zip(ids, labels, probs, strict=True):
-        w.writerow([safe_cell(i), int(y), f"{p:.6f}"])
+        w.writerow([safe_cell(i), int(y), probability_text(float(p), threshold)])
     atomic_write_text(path, buf.getvalue())
 
 
@@ -463,7 +471,7 @@ def evaluate_checkpoint(
     logits = infer(images, "test", prepared=True)
     probs = sigmoid(logits, temperature)
     make_parents(out / "predictions.csv")  # a file in the way: a: is a file, not a folder
-    write_predictions(out / "predictions.csv", ids, labels, probs)
+    write_predictions(out / "predictions.csv", ids, labels, probs, threshold)
     labelled = np.isin(labels, (0, 1))
     result["n_unlabelled"] = int((~labelled).sum())
     if not labelled.any():

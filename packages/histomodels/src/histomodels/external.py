@@ -146,6 +146,7 @@ def evaluate_manifest(
     )
     from histomodels.external_labels import label_tables, targets
     from histomodels.inference import Predictor, sigmoid
+    from histomodels.predict import probability_text
 
     check_threshold_options(val, threshold_rule, sensitivity)
     if val is not None and threshold is not None:
@@ -234,7 +235,7 @@ def evaluate_manifest(
                 t.col,
                 *(f"{v:.1f}" for v in t.box),
                 f"{t.tissue:.3f}",
-                f"{p:.6f}",
+                probability_text(float(p), cut),
             ]
         )
     atomic_write_text(out / "tile_predictions.csv", buf.getvalue())
