@@ -251,7 +251,8 @@ def test_a_bug_in_the_output_checks_keeps_its_traceback(
 ) -> None:
     """The --out checks caught any RuntimeError for expanduser's '~nosuchuser': a bug
     raising one in a later check (here os.pathconf, which the name-length check asks)
-    became one 'error:' line, its traceback lost. Only expanduser's is caught now."""
+    became one 'error:' line, its traceback lost. Only the checks' own OSErrors (a name
+    too long) are one line now; ``~`` is expanded as text, with nothing to catch."""
     import os
 
     def bug(*_: object) -> int:

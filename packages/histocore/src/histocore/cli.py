@@ -192,7 +192,7 @@ def require_folder(*paths: str | Path | None, what: str = "folder") -> None:
     for raw in paths:
         if raw is None:
             continue
-        path = _expanded(raw)
+        path = expand_home(raw)  # a parsed Path as it is: not expanded twice
         with _said_as(raw):  # exists() raises for a name too long (ENAMETOOLONG)
             refuse_overlong_name(path)
             if path.exists() and not path.is_dir():
@@ -210,7 +210,7 @@ def require_file(*paths: str | Path | None) -> None:
     for raw in paths:
         if raw is None:
             continue
-        path = _expanded(raw)
+        path = expand_home(raw)  # a parsed Path as it is: not expanded twice
         with _said_as(raw):  # is_dir() raises for a name too long (ENAMETOOLONG)
             refuse_overlong_name(path)
             if path.is_dir():
@@ -240,13 +240,6 @@ def home_path(raw: str | Path) -> Path:
     :func:`histocore.io.expand_home`): ``./~/x`` is a folder named ``~`` (it was
     ``$HOME/x``, overwritten); ``~ev`` with no user ``ev``, and ``~+/x``, are names as
     typed, as bash leaves them."""
-    return _expanded(raw)
-
-
-def _expanded(raw: str | Path) -> Path:
-    """``raw`` as :func:`histocore.io.expand_home` takes it: text starting with ``~``
-    expanded, a parsed ``Path`` as it is (the checks get the parsed value: expanding it
-    again made ``./~/x`` ``$HOME/x``)."""
     return expand_home(raw)
 
 

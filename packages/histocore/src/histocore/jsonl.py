@@ -50,7 +50,7 @@ def bulk() -> Iterator[None]:
             gc.enable()
 
 
-#: The longest line :func:`read_jsonl` reads (rows are a few KB; a record's ``extra`` may
+#: The longest line :func:`read_jsonl_whole` reads (rows are a few KB; a record's ``extra`` may
 #: list many refused images): a multi-GB line (``/dev/zero`` copied in, a damaged file) is
 #: one error, not a ``MemoryError``. The file itself is streamed line by line, any size.
 MAX_LINE_BYTES = 16 << 20
@@ -59,12 +59,6 @@ MAX_LINE_BYTES = 16 << 20
 #: How many times :func:`read_jsonl_whole` reads a ``manifest.jsonl`` that changes while
 #: it is read before it refuses it.
 READ_TRIES = 3
-
-
-def read_jsonl(path: Path, manifest: Manifest) -> Manifest:
-    """Parse a ``manifest.jsonl`` (any version up to ours) into ``manifest``."""
-    _read_once(path, manifest)
-    return manifest
 
 
 def read_jsonl_whole(
