@@ -227,8 +227,10 @@ def _evaluated_model(metrics: dict[str, Any]) -> str | None:
 
 def read_predictions(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """The labelled rows of an eval folder's ``predictions.csv``: labels (0/1) and
-    probabilities. A probability that is not a number from 0 to 1, or a file that is not
-    UTF-8 CSV, is a :class:`ReportError` naming the file and the line the row starts on.
+    probabilities. A probability that is not a number from 0 to 1 is a
+    :class:`ReportError` naming the file and the line the row starts on; a file that is
+    not UTF-8 CSV one naming the file and what is wrong (the first byte that is not
+    UTF-8 and why: the text is decoded in chunks ahead of the rows, so no line is known).
     Streamed a row at a time, its size (:data:`MAX_REPORT_BYTES`) checked on the open file
     first: it was read whole and decoded, several copies of it at once (0.9 GB at its
     peak for a 100 MB file)."""
