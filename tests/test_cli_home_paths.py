@@ -147,11 +147,23 @@ def test_a_tilde_named_dataset_is_read_as_named(home: tuple[Path, Path]) -> None
     from histomodels.data.readers import open_dataset
 
     home_dir, _work = home
-    with pytest.raises(Exception, match=r"^~/nope: no such file or folder"):
+    with pytest.raises(Exception, match=r"^\./~/nope: no such file or folder"):
         open_dataset(home_path("./~/nope"))
     (home_dir / "nope").mkdir()  # only $HOME/nope exists: still not found
-    with pytest.raises(Exception, match=r"^~/nope: no such file or folder"):
+    with pytest.raises(Exception, match=r"^\./~/nope: no such file or folder"):
         open_dataset(home_path("./~/nope"))
+
+
+def test_a_missing_tilde_named_path_is_named_with_its_dot(home: tuple[Path, Path]) -> None:
+    """``data info ./~/nope`` said ``error: ~/nope: no such file or folder``, which reads as
+    ``$HOME/nope``: the ``./`` given is kept in the message."""
+    from histomodels.cli import app
+
+    r = CliRunner().invoke(app, ["data", "info", "./~/nope"])
+    assert r.exit_code == 1, r.output
+    assert r.output.strip().splitlines()[-1] == "error: ./~/nope: no such file or folder"
+    r = CliRunner().invoke(app, ["data", "info", "~/nope"])  # $HOME's: named in full
+    assert r.exit_code == 1 and "error: ./~" not in r.output and "/nope: no such" in r.output
 
 
 def test_train_data_text_is_expanded_as_the_reader_does(home: tuple[Path, Path]) -> None:

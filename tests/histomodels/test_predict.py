@@ -1242,7 +1242,8 @@ def test_an_input_under_an_unknown_home_or_with_a_name_too_long_is_one_line(
 ) -> None:
     """``predict CKPT '~nosuchuser/x.png'`` was a RuntimeError traceback and a 300-byte
     image name an OSError one (the up-front check's expanduser() and exists()); an
-    unknown user's ``~`` is a name now, as in bash: not found."""
+    unknown user's ``~`` is a name now, as in bash: not found (named ``./~no_such…``: a
+    name in the working folder, not a home)."""
     ckpt = tiny_checkpoint(tmp_path)
     long_name = str(tmp_path / ("a" * 300 + ".png"))
     for given, problem in (("~no_such_user_here/x.png", "no such file or folder"),
@@ -1250,7 +1251,8 @@ def test_an_input_under_an_unknown_home_or_with_a_name_too_long_is_one_line(
         r = CliRunner().invoke(app, ["predict", str(ckpt), given, "--out",
                                      str(tmp_path / "p.csv")])  # fmt: skip
         assert r.exit_code == 1, r.output
-        assert r.stderr.lower().startswith(f"error: {given}: {problem}".lower()), r.stderr
+        shown = f"./{given}" if given.startswith("~") else given
+        assert r.stderr.lower().startswith(f"error: {shown}: {problem}".lower()), r.stderr
         assert r.stderr.count("\n") == 1 and not (tmp_path / "p.csv").exists()
     (tmp_path / "loop").symlink_to(tmp_path / "loop")  # there, leading nowhere: not missing
     r = CliRunner().invoke(app, ["predict", str(ckpt), str(tmp_path / "loop"), "--out",

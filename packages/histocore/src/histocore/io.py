@@ -192,8 +192,16 @@ def not_there(path: str | Path, problem: str = "no such file or folder") -> str:
     path = Path(path)
     for part in (path, *path.parents):  # a name under the loop is no link: lstat fails
         if link_loop(part):
-            return f"{part}: {LINK_LOOP}"
-    return f"{path}: {problem}"
+            return f"{path_shown(part)}: {LINK_LOOP}"
+    return f"{path_shown(path)}: {problem}"
+
+
+def path_shown(path: Path) -> str:
+    """``path`` as a message names it: ``./~/x`` for a relative path whose first part is a
+    name starting with ``~`` (a folder named ``~``: the CLIs expand a home ``~`` as they
+    parse, and pathlib drops the ``./`` given), which ``~/x`` would read as ``$HOME/x``."""
+    text = str(path)
+    return f"./{text}" if path.parts and path.parts[0].startswith("~") else text
 
 
 def file_in_the_way(path: str | Path) -> tuple[Path, str] | None:
