@@ -728,6 +728,33 @@ def test_a_shipped_models_sidecar_is_read_as_its_train_config(h5_files, tmp_path
     assert "unknown config keys" not in r.stderr and not (tmp_path / "r").exists()
 
 
+def test_only_a_sidecar_shaped_file_is_read_as_its_train_config(tmp_path):
+    """Any mapping with a ``train_config`` mapping was read as a sidecar and its other keys
+    dropped silently (``{"epochs": 1, "lr": 0.5, "train_config": {"epochs": 2}}`` trained 2
+    epochs at the default lr): only a file with the sidecar's marks (name, weights_sha256)
+    is; a sidecar whose train_config is not a mapping, or that also holds config keys of its
+    own, is refused in one line."""
+    from importlib.resources import files
+
+    p = tmp_path / "c.json"
+    p.write_text(json.dumps({"epochs": 1, "lr": 0.5, "train_config": {"epochs": 2}}))
+    with pytest.raises(ConfigError, match=r"unknown config keys train_config$"):
+        resolve_config(p)
+    sidecar = json.loads(files("histomodels.pretrained").joinpath("pcam-cnn.json").read_text())
+    p.write_text(json.dumps({**sidecar, "train_config": [1, 2]}))
+    with pytest.raises(ConfigError) as err:
+        read_config_file(p)
+    assert str(err.value) == f"{p}: train_config is not a mapping of config keys (got list [1, 2])"
+    p.write_text(json.dumps({**sidecar, "lr": 0.5, "epochs": 1}))
+    with pytest.raises(ConfigError) as err:
+        read_config_file(p)
+    assert str(err.value).startswith(
+        f"{p}: a model sidecar's train_config beside config keys epochs, lr: "
+    )
+    p.write_text(json.dumps({**sidecar, "note": "mine"}))  # metadata of its own is fine
+    assert read_config_file(p) == sidecar["train_config"]
+
+
 @pytest.mark.parametrize(
     ("name", "text", "key"),
     [

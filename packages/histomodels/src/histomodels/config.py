@@ -497,9 +497,42 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     # the recipe it was trained with under "train_config": that is the config (it was
     # refused as 'unknown config keys epoch, input_size, licence, …'); its teacher
     # placeholder is then refused by name unless --teacher replaces it
-    elif "train_config" in data and isinstance(data["train_config"], dict):
-        data = data["train_config"]
+    elif _is_sidecar(data):
+        data = _sidecar_recipe(path, data)
     return data
+
+
+#: What marks a shipped model's JSON sidecar (``pretrained/pcam-cnn.json``): its name and
+#: the sha256 of its weights beside the ``train_config`` it was trained with.
+_SIDECAR_MARKS = frozenset({"name", "weights_sha256", "train_config"})
+#: The sidecar's own metadata keys that share a config key's name (``data``: how the model's
+#: patches were split, ``teacher``: the teacher's sha256 …): not config keys there.
+_SIDECAR_METADATA = frozenset({"data", "model", "model_config", "teacher"})
+
+
+def _is_sidecar(data: dict[Any, Any]) -> bool:
+    """Whether ``data`` has a shipped model sidecar's shape (its marks); any other mapping
+    with a ``train_config`` key is a config, where that key is unknown."""
+    return data.keys() >= _SIDECAR_MARKS
+
+
+def _sidecar_recipe(path: Path, data: dict[Any, Any]) -> dict[str, Any]:
+    """A sidecar's ``train_config``; refused when it is not a mapping, or when the file also
+    holds config keys of its own (they were dropped silently: ``lr`` beside the sidecar's
+    recipe trained at the recipe's lr)."""
+    recipe = data["train_config"]
+    if not isinstance(recipe, dict):
+        raise ConfigError(
+            f"{path}: train_config is not a mapping of config keys "
+            f"(got {type(recipe).__name__} {recipe!r:.60})"
+        )
+    extra = sorted(k for k in data if k in FIELDS and k not in _SIDECAR_METADATA)
+    if extra:
+        raise ConfigError(
+            f"{path}: a model sidecar's train_config beside config keys {', '.join(extra)}: "
+            "put them under train_config or in a config of their own"
+        )
+    return recipe
 
 
 def _parse_yaml(path: Path, text: str) -> Any:
