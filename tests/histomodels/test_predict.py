@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import os
 from pathlib import Path
@@ -1203,6 +1204,47 @@ def test_tiles_too_small_at_the_scale_share_one_line_that_points_to_eval(tmp_pat
         f"error: 4 of 4 file(s) are smaller than one 96px patch at scale 0.25, e.g. "
         f"{tiles / 't0.png'}: 256x256 at scale 0.25 is 64x64"
     ]
+
+
+def test_oblong_tiles_too_small_point_to_eval_and_strips_do_not(tmp_path: Path) -> None:
+    """The pointer to eval was given only when no side was longer than a patch, but eval
+    cuts a longer side to its central patch: near-square tiles it scores (100x90, a 512x300
+    tile at --scale 0.25, 128x75) lost it. A tile (no side more than twice the other) gets
+    it, a strip does not; eval scores that folder, every tile at 96x75."""
+    ckpt = tiny_checkpoint(tmp_path)
+    tiles = tmp_path / "tiles"
+    for i, cls in enumerate(["normal", "tumor"]):
+        (tiles / cls).mkdir(parents=True)
+        Image.fromarray(make_figure(4, 6, seed=50 + i)[:300, :512]).save(tiles / cls / "t.png")
+    out = tmp_path / "p.csv"
+    args = ["predict", str(ckpt), "--no-heatmaps", "--out", str(out)]
+    r = CliRunner().invoke(app, [*args, "--scale", "0.25", str(tiles)])
+    assert r.exit_code == 1, r.output
+    assert r.stderr.splitlines() == [
+        f"error: 2 of 2 file(s) are smaller than one 96px patch at scale 0.25, e.g. "
+        f"{tiles / 'normal' / 't.png'}: 512x300 at scale 0.25 is 128x75; predict cuts images "
+        "into 96px patches: to score such tiles whole (labelled, one folder per class) use "
+        "eval --data FOLDER --scale 0.25"
+    ]
+    r = CliRunner().invoke(app, ["eval", str(ckpt), "--data", str(tiles), "--scale", "0.25",
+                                 "--bootstrap", "0", "--out", str(tmp_path / "e")])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    metrics = json.loads((tmp_path / "e" / "metrics.json").read_text())
+    assert metrics["n"] == 2 and metrics["scored_px"] == [96, 75], metrics
+    one = tmp_path / "near_square.png"
+    Image.fromarray(make_figure(2, 2, seed=5)[:90, :100]).save(one)
+    r = CliRunner().invoke(app, [*args, str(one)])
+    assert r.exit_code == 1 and r.stderr == (
+        f"error: {one}: 100x90 is smaller than one 96px patch; predict cuts images into 96px "
+        "patches: to score such tiles whole (labelled, one folder per class) use eval --data "
+        "FOLDER --scale 1\n"
+    ), r.stderr
+    strip = tmp_path / "strip.png"
+    Image.fromarray(make_figure(4, 4, seed=6)[:40, :300]).save(strip)  # 300x40: a strip
+    r = CliRunner().invoke(app, [*args, str(strip)])
+    assert r.exit_code == 1 and r.stderr == (
+        f"error: {strip}: 300x40 is smaller than one 96px patch\n"
+    ), r.stderr
 
 
 @pytest.mark.parametrize("command", ["eval", "predict"])

@@ -659,15 +659,19 @@ def _eval_pointer(small: list, summary: dict) -> str:
     """``; predict cuts images into 96px patches: … use eval --data FOLDER --scale F`` after
     the line of the files too small for one patch (``small``, one or more), when eval scores
     them whole (the model does not enlarge its input itself, each is at least PCam's 32 px
-    label region at the scale and no side longer than a patch, a tile, not a strip such as
-    60x10^6 px, and all come out at one size there: eval refuses a folder whose images come
-    out at 2 sizes); else nothing."""
+    label region at the scale and a tile, no side more than twice the other (eval cuts a
+    side longer than a patch to its central patch: a 128x75 tile is scored at 96x75), not
+    a strip such as 60x10^6 px, and all come out at one size there, after that cut: eval
+    refuses a folder whose images come out at 2 sizes); else nothing."""
     from histocore.io import number_text
     from histomodels.evaluate import MIN_SCALED_SIDE
 
     size, scale = small[0].size, float(summary.get("scale", 1.0))
-    whole = all(min(e.scaled) >= MIN_SCALED_SIDE and max(e.scaled) <= size for e in small)
-    one_size = len({tuple(e.scaled) for e in small}) == 1  # eval refuses 2 sizes in a folder
+    whole = all(
+        min(e.scaled) >= MIN_SCALED_SIDE and max(e.scaled) <= 2 * min(e.scaled) for e in small
+    )
+    # eval refuses 2 sizes in a folder, as its ScaledPatches fits them (cut to one patch)
+    one_size = len({tuple(min(side, size) for side in e.scaled) for e in small}) == 1
     if not (summary.get("scores_small_whole") and whole and one_size):
         return ""
     return (
