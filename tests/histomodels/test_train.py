@@ -1511,6 +1511,13 @@ def test_the_epoch_line_says_when_its_loss_includes_distillation(tmp_path, caplo
     assert said["pcam-cnn"].startswith(
         "epoch   3  loss (with distillation) 1.7012  val_loss 0.6808"
     ), said
+    # a distill_weight of 0 trains on the BCE alone: plain 'loss' (it said 'with distillation')
+    trainer = Trainer(TrainConfig(model="cnn", teacher="pcam-cnn", distill_weight=0), tmp_path)
+    trainer.last_metrics = m
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="histomodels.training"):
+        EpochLog().on_epoch_end(trainer, row, False, None)
+    assert caplog.records[0].getMessage().startswith("epoch   3  loss 1.7012  val_loss")
 
 
 def test_train_keeps_the_origin_splits_given(tmp_path):

@@ -132,16 +132,18 @@ class Checkpoints(Callback):
 
 
 class EpochLog(Callback):
-    """One line per epoch (and a last one) through :meth:`Trainer.say`. With a teacher the
-    training loss includes the distillation term (``w·T²·BCE`` on the soft targets: ~1.7
-    beside a ``val_loss`` of ~0.7, which is the BCE alone), and the line says so: ``loss
-    (with distillation) 1.7012``."""
+    """One line per epoch (and a last one) through :meth:`Trainer.say`. With a teacher (and
+    a ``distill_weight`` over 0) the training loss includes the distillation term
+    (``w·T²·BCE`` on the soft targets: ~1.7 beside a ``val_loss`` of ~0.7, which is the BCE
+    alone), and the line says so: ``loss (with distillation) 1.7012``."""
 
     def on_epoch_end(self, trainer, row, improved, stop) -> None:
         # the validation metrics unrounded, as the last line and the CLI's print them: the
         # row's 5-digit values rounded again read 0.6822 for an accuracy of 0.682146
         m = {**row, **trainer.last_metrics}
-        loss = "loss" if trainer.cfg.teacher is None else "loss (with distillation)"
+        # as the trainer decides (``if cfg.teacher``); a weight of 0 leaves the BCE alone
+        distilled = bool(trainer.cfg.teacher) and trainer.cfg.distill_weight > 0
+        loss = "loss (with distillation)" if distilled else "loss"
         trainer.say(
             f"epoch {row['epoch']:3d}  {loss} {row['train_loss']:.4f}"
             f"  val_loss {m['val_loss']:.4f}"
