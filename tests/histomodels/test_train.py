@@ -230,6 +230,19 @@ def test_tiles_of_another_size_say_how_to_make_training_patches(tmp_path, comman
         "patches first"
     )
     assert not (tmp_path / "r").exists()
+    # patches smaller than one (48x48): nothing to cut; training does not enlarge them
+    for label in ("0", "1"):
+        for i in range(2):
+            pixels = rng.integers(0, 256, (48, 48, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(data / label / f"{i}.png")
+    r = CliRunner().invoke(app, [*args, "--quiet"] if command != "tune" else args)
+    assert r.exit_code == 1, r.output
+    assert r.stderr.strip() == (
+        f"error: {data / '0' / '0.png'}: image is 48x48 px, expected 96x96; training takes "
+        "96x96 px patches at PCam's ~10x as they are and does not enlarge smaller ones: give "
+        "96 px patches (cut from larger tiles, resized to ~10x first)"
+    )
+    assert not (tmp_path / "r").exists()
 
 
 def test_validation_patches_that_are_training_patches_get_one_warning(arrays, tmp_path, caplog):

@@ -50,12 +50,18 @@ def load_split(
     try:
         return _load_split(spec, role, stream=stream, origin_split=origin_split)
     except DatasetError as exc:
-        wrong = re.search(r" px, expected (\d+)x\d+$", str(exc))
+        wrong = re.search(r" (\d+)x(\d+) px, expected (\d+)x\d+$", str(exc))
         if wrong is None:
             raise
         # what a folder of 20x/40x tiles meets first: eval's and predict's message names
         # their --scale; training has none, so it says what to do with the tiles
-        side = wrong.group(1)
+        w, h, side = (int(n) for n in wrong.groups())
+        if min(w, h) < side:  # 48x48: nothing to cut, and nothing is enlarged
+            raise DatasetError(
+                f"{exc}; training takes {side}x{side} px patches at PCam's ~10x as they are "
+                f"and does not enlarge smaller ones: give {side} px patches (cut from larger "
+                f"tiles, resized to ~10x first)"
+            ) from None
         raise DatasetError(
             f"{exc}; training takes {side}x{side} px patches at PCam's ~10x as they are (no "
             f"--scale, as eval and predict have): resize tiles of another magnification (0.25 "
