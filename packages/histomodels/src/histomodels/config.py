@@ -374,8 +374,10 @@ def validate(cfg: TrainConfig, source: str = "config") -> TrainConfig:
         if cfg.teacher == BUILD_TEACHER:  # the shipped pcam-cnn's recipe, taken as a config
             raise ConfigError(
                 f"{source}: teacher is the placeholder of the shipped pcam-cnn recipe: its "
-                "teacher is not shipped; rebuild it with benchmarks/build_pcam_cnn.py (it "
-                "trains the teacher first), or give your own checkpoint with --teacher"
+                "teacher is not shipped; pass --teacher CHECKPOINT (a teacher of your own, "
+                "e.g. a fine-tuned run's best.pt), or rebuild the recipe with "
+                "benchmarks/build_pcam_cnn.py in the source repository (it trains the "
+                "teacher first)"
             )
         raise ConfigError(
             f"{source}: teacher must be a checkpoint, a run folder with best.pt or a shipped "
