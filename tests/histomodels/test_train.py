@@ -741,6 +741,27 @@ def test_a_shipped_models_sidecar_is_read_as_its_train_config(h5_files, tmp_path
     assert "unknown config keys" not in r.stderr and not (tmp_path / "r").exists()
 
 
+def test_a_bad_teacher_option_is_blamed_on_the_option_not_the_config(tmp_path):
+    """``train --config e1.json --teacher /nonexistent/x.pt`` said 'e1.json: teacher must
+    be a checkpoint …' (the option was put into the file's keys before they were checked):
+    the option is named now, as without --config."""
+    cfg = tmp_path / "e1.json"
+    cfg.write_text(json.dumps({"epochs": 1}))
+    bad = str(tmp_path / "nonexistent" / "x.pt")
+    for config in (None, cfg):
+        with pytest.raises(ConfigError) as err:
+            resolve_config(config, teacher=bad)
+        assert str(err.value) == (
+            f"options: teacher must be a checkpoint, a run folder with best.pt or a shipped "
+            f"model name, got {bad!r}"
+        )
+    cfg.write_text(json.dumps({"epochs": 1, "teacher": bad}))  # the file's own: the file's
+    with pytest.raises(ConfigError) as err:
+        resolve_config(cfg)
+    assert str(err.value).startswith(f"{cfg}: teacher must be")
+    assert resolve_config(cfg, teacher="pcam-cnn").teacher == "pcam-cnn"  # replaced
+
+
 def test_only_a_sidecar_shaped_file_is_read_as_its_train_config(tmp_path):
     """Any mapping with a ``train_config`` mapping was read as a sidecar and its other keys
     dropped silently (``{"epochs": 1, "lr": 0.5, "train_config": {"epochs": 2}}`` trained 2

@@ -564,8 +564,9 @@ def resolve_config(
     cfg = validate(base or TrainConfig())
     if config_file:
         data = read_config_file(config_file)
-        if options.get("teacher") is not None:  # --teacher replaces the file's before it is
-            data = {**data, "teacher": options["teacher"]}  # checked (e.g. a placeholder)
+        if options.get("teacher") is not None:  # --teacher replaces the file's (e.g. a
+            # placeholder) unchecked; a bad one is then the option's, not the file's, fault
+            data = {k: v for k, v in data.items() if k != "teacher"}
         cfg = merge(cfg, data, str(config_file), skip_none=False)
         # the file's model as the file gives it; not when an option replaces the model
         # (merge then drops the file's model_config with it); judged before merging again
