@@ -545,6 +545,37 @@ def test_the_licence_rule_never_keeps_a_copy_missing_its_file_or_failed(
     assert (out / m.images["1-0"].path).is_file()
 
 
+@pytest.mark.parametrize("nc_first", [True, False])
+def test_a_reviewed_kept_figure_is_not_left_out_for_a_copy_filter_rejected(
+    tmp_path: Path, nc_first: bool
+) -> None:
+    """The licence rule came before filter's decision: a CC BY-NC shard's figure, kept and
+    labelled on its review page, merged with the same bytes that filter rejected in a CC BY
+    shard (another caption), kept the rejected CC BY copy and carried the label onto it:
+    the reviewed figure dropped out of kept_images() and the review page. Now a kept copy
+    goes before an undecided one before a rejected one, then the licence."""
+    nc = _one_figure_run(tmp_path / "nc", "pmid:1", "CC BY-NC")
+    by = _one_figure_run(tmp_path / "by", "pmid:2", "CC BY")
+    with Manifest.load(nc) as m:
+        m.update_image("1-0", kept=True)
+        m.save()
+    _labelled(nc, "1-0")
+    with Manifest.load(by) as m:
+        m.update_image("2-0", kept=False)
+        m.save()
+    out = tmp_path / "out"
+    merge_runs([nc, by] if nc_first else [by, nc], out)
+    with Manifest.load(out) as m:
+        assert [(i.id, i.label) for i in m.kept_images()] == [("1-0", "no_metastasis")]
+        assert m.records["pmid:2"].extra["merge_duplicates"] == {"2-0": "1-0"}
+    # undecided before rejected too, whatever the licence
+    und = _one_figure_run(tmp_path / "und", "pmid:3", "CC BY-NC")
+    out2 = tmp_path / "out2"
+    merge_runs([by, und], out2)
+    with Manifest.load(out2) as m:
+        assert [(i.id, i.kept) for i in m.images.values()] == [("3-0", None)]
+
+
 def _labelled(run: Path, image_id: str) -> None:
     """``image_id`` of ``run`` labelled on the review page: its row and its log."""
     with Manifest.load(run) as m:
@@ -640,6 +671,10 @@ def test_a_figure_left_out_for_a_freer_licence_takes_its_panels_with_it(
         panels = [i.id for i in m.images_of(nc_id) if i.parent_id == fig.id]
     assert len(panels) == 4
     _labelled(nc, panels[0])
+    with Manifest.load(by) as m:  # kept by hand: a kept copy goes before an undecided one
+        for img in list(m.images.values()):
+            m.update_image(img.id, kept=True)
+        m.save()
     inputs = [str(nc), str(by)] if nc_first else [str(by), str(nc)]
     r = runner.invoke(app, ["merge", *inputs, "--out", str(tmp_path / "out")])
     assert r.exit_code == 0, r.output

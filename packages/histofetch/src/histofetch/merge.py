@@ -25,8 +25,9 @@
 * An image whose sha256 is already in the merged run (the same figure in two articles, or
   twice in one) is not added again; the record notes it in ``extra["merge_duplicates"]``
   (its image id → the id of the copy kept). Of the copies this merge adds from different
-  articles, the one kept is first a whole one (rows ok, its file in its input), then that
-  of the record whose licence allows the most reuse
+  articles, the one kept is first a whole one (rows ok, its file in its input), then one
+  ``filter`` kept (over an undecided one, over one it rejected), then that of the record
+  whose licence allows the most reuse
   (:func:`histofetch.licence.reuse_rank`; ties: the first), not simply the first: a CC BY
   copy is not left out for a CC BY-NC one merged before it. A copy the output holds stays.
   A figure and the panels ``filter`` split off it are one unit: a figure copy left out
@@ -224,8 +225,11 @@ def _keepers(
     record's licence allows the most reuse (:func:`histofetch.licence.reuse_rank`: a CC BY
     copy, not a CC BY-NC one merged before it), ties to the first; within one record, its
     first copy. Before the licence, a whole copy (:func:`_whole`) is kept before one whose
-    file is missing from its input or whose row failed. (The others' review answers go to
-    it: see :func:`_merge`.)
+    file is missing from its input or whose row failed, and then one ``filter`` kept
+    (``kept=True``) before an undecided one before one it rejected: the others' review
+    answers go to the copy kept (see :func:`_merge`), and a rejected copy took a reviewed,
+    kept figure's label out of :meth:`~histocore.manifest.Manifest.kept_images` and the
+    review page.
 
     A figure and the panels ``filter`` split off it are one unit: the figures are chosen
     first, and a figure copy left out takes its panels with it (they name it as their
@@ -234,12 +238,12 @@ def _keepers(
     apart: their image id → the id of their figure's copy kept. The panels of the figures
     kept are chosen among themselves as any image is."""
     keeper: dict[str, Image] = {}
-    rank: dict[str, tuple[bool, int]] = {}
+    rank: dict[str, tuple[bool, int, int]] = {}
 
     def offer(rec: Record, run: Manifest, img: Image) -> None:
         if img.sha256 in held:
             return
-        mine = (_whole(rec, run, img), reuse_rank(rec.license))
+        mine = (_whole(rec, run, img), _KEPT_RANK[img.kept], reuse_rank(rec.license))
         if img.sha256 not in keeper or mine > rank[img.sha256]:
             keeper[img.sha256] = img
             rank[img.sha256] = mine
@@ -266,6 +270,9 @@ def _keepers(
             else:
                 offer(rec, run, img)
     return keeper, with_figure
+
+
+_KEPT_RANK = {True: 2, None: 1, False: 0}  # filter's decision: kept, undecided, rejected
 
 
 def _whole(rec: Record, run: Manifest, img: Image) -> bool:
