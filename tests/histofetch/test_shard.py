@@ -627,6 +627,32 @@ def test_the_answers_on_a_copy_left_out_for_a_freer_licence_go_to_the_copy_kept(
         assert m.images["2-0"].label == "metastasis"
 
 
+@pytest.mark.parametrize("newest_first", [True, False])
+def test_the_label_carried_is_the_newest_answer_of_the_copies_left_out(
+    tmp_path: Path, newest_first: bool
+) -> None:
+    """Two labelled CC BY-NC copies left out for the same bytes unlabelled in a CC BY shard
+    gave the kept copy the first input's label, while their log lines were appended in
+    input order: merged newest first, the log's last answer disagreed with the store. Now
+    the store takes the newest answer by ``label_at`` in either order."""
+    old = _one_figure_run(tmp_path / "old", "pmid:1", "CC BY-NC")
+    new = _one_figure_run(tmp_path / "new", "pmid:3", "CC BY-NC")
+    by = _one_figure_run(tmp_path / "by", "pmid:2", "CC BY")
+    with Manifest.load(old) as m:
+        m.update_image("1-0", label="metastasis", label_by="ann", label_at="2026-01-01T00:00:00")
+        m.save()
+    with Manifest.load(new) as m:
+        m.update_image(
+            "3-0", label="no_metastasis", label_by="bob", label_at="2026-02-01T00:00:00+00:00"
+        )
+        m.save()
+    out = tmp_path / "out"
+    merge_runs([new, old, by] if newest_first else [old, new, by], out)
+    with Manifest.load(out) as m:
+        img = m.images["2-0"]
+        assert (img.label, img.label_by) == ("no_metastasis", "bob")
+
+
 def _grid_article(tmp: Path, name: str, licence: str, caption: str, filtered: bool) -> Path:
     """A run of one PDF holding the 2×2 compound figure, of ``licence``; ``filtered``: split
     into its four panels (own bytes, ``parent_id`` naming the figure) and decided."""

@@ -34,7 +34,8 @@
   takes its panels with it (noted in ``merge_duplicates`` too: → the copy kept of the
   panel's bytes, else of its figure), so no row names a parent the output lacks.
   The review answers on a copy left out go to the copy kept where this merge adds it and
-  it has no label of its own: its label (the first left-out copy's holding one), and its
+  it has no label of its own: its label (the newest by ``label_at`` of the copies carried
+  to it, ``local:`` ones too: :func:`_carried_labels`), and its
   log lines carried about it (:mod:`histofetch.merge_logs`); else they are counted, not
   carried (``summary.duplicate_lines_left``; a left-out panel's likewise, where an image
   of its bytes is kept, else counted). The licence rule never loses a reviewed copy's
@@ -52,6 +53,7 @@ import errno
 import functools
 import os
 from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 
 from histocore.io import file_in_the_way, locked_folder
@@ -129,14 +131,6 @@ def _merge(loaded: list[Manifest], merged: Manifest) -> MergeSummary:
     ids_before, pmcids_before = set(merged.records), set(pmcids)  # the output's own
     hashes = {i.sha256: i.id for i in merged.images.values()}
     same_pdf = _same_pdf(best, merged)
-    # the labels given to a left-out local copy's images, by their bytes: the image of the
-    # same bytes added in its place takes one where it has none
-    labelled = {
-        img.sha256: img
-        for rid in same_pdf
-        for img in best[rid][1].images_of(rid)
-        if img.label is not None
-    }
     own_label: set[str] = set()  # added images labelled before: the copy's answers not carried
     adding: list[tuple[Record, Manifest]] = []  # the records this merge adds, in order
     for rid, (rec, run) in best.items():
@@ -153,12 +147,7 @@ def _merge(loaded: list[Manifest], merged: Manifest) -> MergeSummary:
             pmcids[rec.pmcid] = rid
         adding.append((rec, run))
     keeper, with_figure = _keepers(adding, hashes)
-    # the labels given to the added copies left out for another copy this merge adds (of a
-    # freer licence, or the first): the copy kept takes the first where it has none
-    for rec, run in adding:
-        for img in run.images_of(rec.id):
-            if img.label is not None and keeper.get(img.sha256, img).id != img.id:
-                labelled.setdefault(img.sha256, img)
+    labelled = _carried_labels(best, same_pdf, {rec.id for rec, _ in adding}, keeper)
     for rec, run in adding:
         rid = rec.id
         rec = replace(rec, extra=dict(rec.extra))
@@ -215,6 +204,41 @@ def _merge(loaded: list[Manifest], merged: Manifest) -> MergeSummary:
     merged.add_rename_notes(_rename_notes(loaded, merged))
     merged.export()
     return summary
+
+
+def _carried_labels(
+    best: dict[str, tuple[Record, Manifest]],
+    same_pdf: dict[str, str],
+    adding: set[str],
+    keeper: dict[str, Image],
+) -> dict[str, Image]:
+    """The bytes (sha256) → the labelled copy whose label the image of those bytes this
+    merge adds takes where it has none: of the copies whose answers are carried to it (a
+    left-out ``local:`` record's images, the added copies left out for another copy this
+    merge adds), the newest answer by ``label_at``, ties to the first in merge order (the
+    inputs', each in its order). Their log lines are appended in input order, so the log's
+    newest answer is the store's (the first, or a ``local:`` copy's, disagreed with it)."""
+    labelled: dict[str, Image] = {}
+    for rid, (_, run) in best.items():
+        if rid not in same_pdf and rid not in adding:
+            continue
+        for img in run.images_of(rid):
+            if img.label is None or keeper.get(img.sha256, img).id == img.id:
+                continue
+            now = labelled.get(img.sha256)
+            if now is None or _answered_at(img) > _answered_at(now):
+                labelled[img.sha256] = img
+    return labelled
+
+
+def _answered_at(img: Image) -> datetime:
+    """``img.label_at`` as a time (UTC where it names no zone); the earliest where it is
+    none or not ISO 8601 (hand-edited): any dated answer is newer."""
+    try:
+        at = datetime.fromisoformat(img.label_at or "")
+    except ValueError:
+        return datetime.min.replace(tzinfo=UTC)
+    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
 
 
 def _keepers(
