@@ -171,8 +171,9 @@ def _merge(loaded: list[Manifest], merged: Manifest) -> MergeSummary:
                 moved[img.id] = None
                 continue
             if (kept := keeper[img.sha256]).id != img.id:
-                # another copy this merge adds (another article's of a freer licence, or
-                # the first): this one's review answers go to it where it has no label
+                # another copy this merge adds (whole, kept by filter, of a freer licence
+                # or the first: _keepers): this one's review answers go to it where it has
+                # no label; the label the newest carried (_carried_labels)
                 dropped[img.id] = kept.id
                 moved[img.id] = kept.id if kept.label is None else None
                 continue
