@@ -33,12 +33,13 @@ def test_jsonl_export_to_another_file_equals_the_manifest(run: Path, tmp_path: P
 @pytest.mark.parametrize(
     ("fmt", "name"),
     [("csv", "run.sqlite"), ("jsonl", "run.sqlite"), ("csv", "run.sqlite-wal"),
-     ("csv", MANIFEST_NAME), ("parquet", MANIFEST_NAME)],
+     ("csv", "run.sqlite-journal"), ("csv", MANIFEST_NAME), ("parquet", MANIFEST_NAME)],
 )  # fmt: skip
 def test_export_never_overwrites_the_runs_own_files(run: Path, fmt: str, name: str) -> None:
     """``export --format csv --out RUN/run.sqlite`` replaced the run store with a CSV (every
     later command: 'not a usable run store'), and ``--out RUN/manifest.jsonl`` in CSV made
-    the next load fail on line 1. Both are refused before anything is written."""
+    the next load fail on line 1. Both are refused before anything is written; so is the
+    store's rollback journal (``run.sqlite-journal``: written, then deleted by SQLite)."""
     from histocore.errors import UsageError
 
     before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}

@@ -144,7 +144,7 @@ def export_run(run_dir: str | Path, fmt: str | None = None, out: str | Path | No
 
 
 def _refuse_own_files(run_dir: Path, out: Path, fmt: str) -> None:
-    """An ``out`` that is the run's own store (or its WAL files), its review log, its
+    """An ``out`` that is the run's own store (or its WAL files, its journal), its review log, its
     ``manifest.jsonl`` in another format, or lies in its ``pdfs/``, ``images/`` or
     ``sheets/`` folder, is a :class:`UsageError`: ``export --format csv --out
     RUN/run.sqlite`` replaced every row of the run with a CSV file, ``--out
@@ -156,7 +156,8 @@ def _refuse_own_files(run_dir: Path, out: Path, fmt: str) -> None:
         own = run_dir / name
         return target == own.resolve() or same_file(out, own)
 
-    if any(names(n) for n in (STORE_NAME, f"{STORE_NAME}-wal", f"{STORE_NAME}-shm")):
+    own_store = (STORE_NAME, *(f"{STORE_NAME}-{end}" for end in ("wal", "shm", "journal")))
+    if any(names(n) for n in own_store):
         raise UsageError(f"{out}: is the run's own store; export to another file")
     if names(REVIEW_LOG):
         raise UsageError(
