@@ -77,6 +77,9 @@ def test_parquet_round_trips_the_rows(run: Path) -> None:
 def test_unknown_format_is_refused(run: Path) -> None:
     with pytest.raises(ValueError, match="unknown export format 'xml'"):
         export_run(run, "xml")
+    # before the own-file check: it said 'write xml to another file' for manifest.jsonl
+    with pytest.raises(ValueError, match="unknown export format 'xml'"):
+        export_run(run, "xml", run / "manifest.jsonl")
 
 
 def _run_with_files(tmp_path: Path) -> tuple[Path, dict[str, Path]]:

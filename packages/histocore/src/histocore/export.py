@@ -115,6 +115,8 @@ def export_run(run_dir: str | Path, fmt: str | None = None, out: str | Path | No
     Raises ManifestError on a bad run, UsageError (a ValueError) on a bad format or an
     ``out`` that is one of the run's own files, ImportError (with advice) when Parquet
     needs pyarrow."""
+    if fmt is not None:  # an unknown format first: ('xml', RUN/manifest.jsonl) named it
+        export_format(None, fmt)
     if out is not None:  # its own file named first: --format csv --out RUN/manifest.jsonl
         _refuse_own_files(Path(run_dir), Path(out), fmt or format_for(out))
     fmt = export_format(out, fmt)
