@@ -620,7 +620,7 @@ def test_the_answers_on_a_copy_left_out_for_a_freer_licence_go_to_the_copy_kept(
     assert r.exit_code == 0, r.output
     assert r.output == (
         "merged 2 runs: 2 records, 1 image added (1 duplicate image left out; 2 review "
-        "answers about it not carried)\n"
+        "answers about the image not carried)\n"
     )
     assert not (both / "review_log.jsonl").exists()
     with Manifest.load(both) as m:
@@ -704,7 +704,7 @@ def test_a_figure_left_out_for_a_freer_licence_takes_its_panels_with_it(
     inputs = [str(nc), str(by)] if nc_first else [str(by), str(nc)]
     r = runner.invoke(app, ["merge", *inputs, "--out", str(tmp_path / "out")])
     assert r.exit_code == 0, r.output
-    assert "5 duplicate images left out; 2 review answers about them not carried" in r.output
+    assert "5 duplicate images left out; 2 review answers about the images not carried" in r.output
     with Manifest.load(by) as m:
         (by_id,) = m.records
         (by_fig,) = m.images_of(by_id)
@@ -1587,7 +1587,8 @@ def test_merge_carries_only_the_answers_about_what_it_added(tmp_path: Path) -> N
     summary = merge_runs([a, copy, c], new)
     assert summary.line() == (
         "merged 3 runs: 2 records, 4 images added, 3 review log lines carried (1 duplicate "
-        "record and 1 duplicate image left out; 1 review answer about it not carried)"
+        "record and 1 duplicate image left out; 1 review answer about the image not "
+        "carried)"
     )  # r1/fig1, the copy kept, labelled itself: its answers stand, r3/fig3's are counted
     lines = [json.loads(x) for x in (new / LOG_NAME).read_text().splitlines()]
     assert [(x["image_id"], x["reviewer"]) for x in lines] == [

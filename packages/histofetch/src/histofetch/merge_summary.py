@@ -148,7 +148,8 @@ class MergeSummary:
         if left:
             notes.append(" and ".join(left) + " left out")
         if n := self.duplicate_lines_left:
-            images = "it" if self.duplicate_images == 1 else "them"
+            # not 'it': beside '1 duplicate record and 1 duplicate image' it named either
+            images = "the image" if self.duplicate_images == 1 else "the images"
             notes[-1] += f"; {plural(n, 'review answer')} about {images} not carried"
         if n := len(self.same_pdf):
             notes.append(
