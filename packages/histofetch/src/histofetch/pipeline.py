@@ -17,6 +17,7 @@ from histofetch.download import run_download
 from histofetch.extract import run_extract
 from histofetch.filter import run_filter
 from histofetch.http import NetConfig
+from histofetch.merge_summary import plural
 from histofetch.record_time import DEFAULT_RECORD_TIMEOUT_S
 from histofetch.search import run_search, search_key
 from histofetch.sources import Policy
@@ -69,8 +70,7 @@ def run_pipeline(
         key = search_key(query, max_results, mindate, maxdate, open_access_only, db, shard)
         done = search_done(manifest, key)
     if done:
-        n = len(manifest.records)
-        yield SkippedStage("searched", f"already done ({n} record{'' if n == 1 else 's'})")
+        yield SkippedStage("searched", f"already done ({plural(len(manifest.records), 'record')})")
     else:
         yield run_search(
             run_dir,
