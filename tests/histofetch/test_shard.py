@@ -653,6 +653,32 @@ def test_the_label_carried_is_the_newest_answer_of_the_copies_left_out(
         assert (img.label, img.label_by) == ("no_metastasis", "bob")
 
 
+@pytest.mark.parametrize("nc_first", [True, False])
+def test_a_copy_kept_whose_own_log_ends_with_an_undo_stays_unlabelled(
+    tmp_path: Path, nc_first: bool
+) -> None:
+    """The copy kept, unlabelled in its store because its reviewer undid the answer (its
+    log: a label, then an undo), took the label of a copy left out for it: the store said
+    'labelled' where its own last answer was the undo. Now it stays unlabelled; the left-out
+    copy's lines are carried still."""
+    nc = _one_figure_run(tmp_path / "nc", "pmid:1", "CC BY-NC")
+    by = _one_figure_run(tmp_path / "by", "pmid:2", "CC BY")
+    _labelled(nc, "1-0")
+    undo = [
+        {"at": "2026-03-01T00:00:00+00:00", "image_id": "2-0", "label": "metastasis",
+         "previous": None, "reviewer": "bob", "weak_label": None},
+        {"at": "2026-03-01T00:00:05+00:00", "image_id": "2-0", "label": None,
+         "previous": "metastasis", "reviewer": "bob", "weak_label": None},
+    ]  # fmt: skip
+    (by / "review_log.jsonl").write_text("".join(json.dumps(a) + "\n" for a in undo))
+    out = tmp_path / "out"
+    summary = merge_runs([nc, by] if nc_first else [by, nc], out)
+    assert summary.duplicate_lines_left == 0
+    with Manifest.load(out) as m:
+        assert [(i.id, i.label) for i in m.images.values()] == [("2-0", None)]
+    assert len((out / "review_log.jsonl").read_text().splitlines()) == 4
+
+
 def _grid_article(tmp: Path, name: str, licence: str, caption: str, filtered: bool) -> Path:
     """A run of one PDF holding the 2×2 compound figure, of ``licence``; ``filtered``: split
     into its four panels (own bytes, ``parent_id`` naming the figure) and decided."""

@@ -35,10 +35,11 @@
   panel's bytes, else of its figure), so no row names a parent the output lacks.
   The review answers on a copy left out go to the copy kept where this merge adds it and
   it has no label of its own: its label (the newest by ``label_at`` of the copies carried
-  to it, ``local:`` ones too: :func:`_carried_labels`), and its
-  log lines carried about it (:mod:`histofetch.merge_logs`); else they are counted, not
-  carried (``summary.duplicate_lines_left``; a left-out panel's likewise, where an image
-  of its bytes is kept, else counted). The licence rule never loses a reviewed copy's
+  to it, ``local:`` ones too: :func:`_carried_labels`; none where its own log's last
+  answer about it is an undo), and its log lines carried about it
+  (:mod:`histofetch.merge_logs`); else they are counted, not carried
+  (``summary.duplicate_lines_left``; a left-out panel's likewise, where an image of its
+  bytes is kept, else counted). The licence rule never loses a reviewed copy's
   answers to an unlabelled one.
 * Where the files the rows name go, and the paths the rows are given:
   :mod:`histofetch.merge_paths`; files copied through part files, and those a killed
@@ -60,7 +61,7 @@ from histocore.io import file_in_the_way, locked_folder
 from histocore.manifest import STAGES, Image, Manifest, ManifestError, Record
 from histocore.store import RENAME_REFUSED, RENAMED
 from histofetch.licence import reuse_rank
-from histofetch.merge_logs import LOG_NAME, check_out_log, merge_logs
+from histofetch.merge_logs import LOG_NAME, check_out_log, merge_logs, undone
 from histofetch.merge_parts import copy_whole, remove_stale_parts
 from histofetch.merge_paths import Names, names_for, place_of, unusable
 from histofetch.merge_summary import MergeSummary
@@ -148,6 +149,20 @@ def _merge(loaded: list[Manifest], merged: Manifest) -> MergeSummary:
         adding.append((rec, run))
     keeper, with_figure = _keepers(adding, hashes)
     labelled = _carried_labels(best, same_pdf, {rec.id for rec, _ in adding}, keeper)
+    # the copies kept that would take a carried label whose own log ends with an undo
+    # (label null): unlabelled by hand, they stay so
+    takers: dict[Path, tuple[Manifest, set[str]]] = {}
+    for rec, run in adding:
+        for img in run.images_of(rec.id):
+            kept = keeper.get(img.sha256)
+            if (
+                kept is not None
+                and kept.id == img.id
+                and img.label is None
+                and img.sha256 in labelled
+            ):
+                takers.setdefault(run.run_dir, (run, set()))[1].add(img.id)
+    unlabelled = set().union(*(undone(run, ids) for run, ids in takers.values()))
     for rec, run in adding:
         rid = rec.id
         rec = replace(rec, extra=dict(rec.extra))
@@ -180,7 +195,7 @@ def _merge(loaded: list[Manifest], merged: Manifest) -> MergeSummary:
             hashes[img.sha256] = img.id
             if img.label is not None:
                 own_label.add(img.id)
-            elif (copy := labelled.get(img.sha256)) is not None:
+            elif (copy := labelled.get(img.sha256)) is not None and img.id not in unlabelled:
                 img = replace(img, label=copy.label, label_by=copy.label_by, label_at=copy.label_at)
             path = _bring(run, merged, img.path, summary, img.sha256, names, img.id) or img.path
             merged.add_image(replace(img, path=path))

@@ -114,6 +114,26 @@ def _log_lines(fh: BinaryIO) -> Iterator[tuple[int, str, dict[str, Any] | None]]
         yield n, line, obj if isinstance(obj, dict) else None
 
 
+def undone(run: Manifest, images: set[str]) -> set[str]:
+    """Those of ``images`` whose last line in ``run``'s review log is an undo (``label``
+    null): unlabelled there by hand, not never reviewed. A log not readable (a link, a
+    FIFO: see :func:`merge_logs`) tells nothing."""
+    last: dict[str, object] = {}
+    if not images:
+        return set()
+    try:
+        fh = _open_log(run.run_dir / LOG_NAME)
+        if fh is None:
+            return set()
+        with fh:
+            for _, _, obj in _log_lines(fh):
+                if obj is not None and _about(obj, images):
+                    last[obj["image_id"]] = obj.get("label")
+    except OSError:
+        return set()
+    return {image_id for image_id, label in last.items() if label is None}
+
+
 def _digest(line: str) -> bytes:
     return hashlib.blake2b(line.encode(), digest_size=16).digest()
 
