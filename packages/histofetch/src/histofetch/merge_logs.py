@@ -20,11 +20,11 @@ store commit failing after the append leaves lines about images the store does n
 (a rerun adds the images, not the lines again).
 
 The lines about an image of a record this merge adds left out as a duplicate
-(``summary.duplicate_images_of``: the copy kept is another article's, of a freer licence,
-or the first) are carried about the copy kept, their ``image_id`` rewritten to its, where
-this merge adds that copy and it has no label of its own; else (the output's copy, or one
-labelled itself: its own answers stand) they are counted in
-``summary.duplicate_lines_left``, not carried.
+(``summary.duplicate_images_of``: the copy kept is another article's, whole, kept by
+filter, of a freer licence or the first) are carried about the copy kept, their
+``image_id`` rewritten to its, where this merge adds that copy and it has no label of its
+own; else (the output's copy, or one labelled itself: its own answers stand) they are
+counted in ``summary.duplicate_lines_left``, not carried.
 
 The lines about the images of a ``local:`` record left out for a known article holding
 the same PDF (``summary.same_pdf``) are carried about the image of the same bytes added
