@@ -8,7 +8,7 @@ from conftest import shared_path
 from s3_server import FALLBACK_JATS
 
 from histofetch.jats import JatsError, match_href, parse_xml, read_article
-from histofetch.licence import allowed, normalise
+from histofetch.licence import allowed, normalise, reuse_rank
 
 
 def test_pmc_nxml_figures_without_extensions() -> None:
@@ -108,6 +108,16 @@ def test_spellings_of_one_licence_rank_alike() -> None:
 
     assert [reuse_rank(x) for x in ("cc_by", "CC-BY-4.0", "CC BY")] == [2, 2, 2]
     assert [reuse_rank(x) for x in ("CC BY-NC-SA 3.0 IGO", "CC BY NC license")] == [1, 1]
+    assert [normalise(x) for x in ("CC BY 3.0 US", "cc by-sa 4.0 de")] == ["CC BY", "CC BY-SA"]
+
+
+@pytest.mark.parametrize("text", ["CC BY 4.0 NC", "cc by 4.0 nc license", "CC BY 3.0 SA"])
+def test_a_licence_element_after_the_version_is_no_port(text: str) -> None:
+    """A two-letter port after the version ('CC BY 3.0 US') took 'nc', 'sa' and 'nd' too:
+    'CC BY 4.0 NC' read as CC BY and passed ``--licence commercial``. Such a spelling is
+    left unknown, refused by both policies, as before the spellings were read."""
+    assert normalise(text) != "CC BY" and reuse_rank(text) == 0
+    assert not allowed(text, "commercial") and not allowed(text, "noncommercial")
 
 
 def test_licence_policy() -> None:

@@ -53,9 +53,11 @@ def normalise(value: str | None) -> str | None:
     if match:
         return _cc_code(match.group(1))
     # a code spelt otherwise: 'cc_by', SPDX 'CC-BY-4.0', 'CC BY-NC-SA 3.0 IGO' (a port),
-    # 'CC BY NC license' (ranked unknown before)
+    # 'CC BY NC license' (ranked unknown before); a port is a country code or IGO, never
+    # a licence element: 'CC BY 4.0 NC' is no port of CC BY (it read as CC BY, commercial)
     code = re.sub(r"[ _-]+", " ", lowered).removesuffix(" license").removesuffix(" licence")
-    match = re.fullmatch(r"(?:cc)? ?(by(?: (?:nc|sa|nd))*)(?: \d\.\d(?: (?:igo|[a-z]{2}))?)?", code)
+    port = r"(?: (?:igo|(?!nc\b|sa\b|nd\b)[a-z]{2}))"
+    match = re.fullmatch(rf"(?:cc)? ?(by(?: (?:nc|sa|nd))*)(?: \d\.\d{port}?)?", code)
     if match:
         return _cc_code(match.group(1))
     squashed = lowered.replace(" ", "-").replace("commercial-", "commercial")
