@@ -224,6 +224,24 @@ def test_eval_manifest_with_bootstrap_0_says_why_there_are_no_intervals(tmp_path
     assert all(line.split(",")[0].endswith(" (no interval: --bootstrap 0)") for line in lines)
 
 
+def test_one_class_labelled_is_said_not_blamed_on_bootstrap(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Review 28: a reviewed set of one class (AUC undefined, no "ci" written) printed
+    ``ROC AUC None (no interval: --bootstrap 0)`` with the default 1000 resamples; the
+    metric's note was never shown."""
+    from histomodels.cli.evaluate import _print_external
+
+    note = "only one class labelled: AUC undefined"
+    block = {"n": 3, "metrics": {"max": {"n": 3, "accuracy": 1.0, "note": note}}}
+    result = {"n_images": 3, "n_tiles": 9, "n_excluded_leakage": 0, "bootstrap": 1000}
+    result |= {"threshold": 0.5, "threshold_source": "checkpoint", "temperature": 1.0}
+    _print_external({**result, "external": {"reviewed": block}}, Path("ext"))
+    out = capsys.readouterr().out
+    assert f"max: ROC AUC None (no interval: {note}), accuracy 1.0000" in out, out
+    assert "--bootstrap 0" not in out
+
+
 def test_nearest_hamming_distance() -> None:
     from histomodels.leakage import nearest
 

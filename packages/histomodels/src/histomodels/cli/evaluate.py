@@ -413,9 +413,10 @@ def _print_external(result: dict, out: Path) -> None:
         for agg, m in (block.get("metrics") or {}).items():
             ci = (m.get("ci") or {}).get("roc_auc")
             ci_text = f" [{ci[0]:.4f}, {ci[1]:.4f}]" if ci else ""  # the point's precision
-            # no "ci" at all: --bootstrap 0 asked for none (nothing said why); a None "ci":
-            # too few figures (2 figures: [1.000, 1.000] would mean nothing)
-            reason = m.get("ci_reason") if "ci" in m else "--bootstrap 0"
+            # a None "ci": too few figures (2 figures: [1.000, 1.000] would mean nothing); no
+            # "ci" at all: one class labelled (its note says so: it read "--bootstrap 0"
+            # whatever --bootstrap was) or --bootstrap 0 asked for none
+            reason = m.get("ci_reason") if "ci" in m else m.get("note") or "--bootstrap 0"
             if not ci and reason:
                 ci_text = f" (no interval: {reason})"
             typer.echo(
