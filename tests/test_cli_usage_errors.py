@@ -69,7 +69,7 @@ def test_every_bounded_option_says_its_range_as_help_shows_it(name: str) -> None
         low, high = getattr(option, "min", None), getattr(option, "max", None)
         if (low is None and high is None) or option.is_flag or option.count:
             continue
-        given = str(low - 1) if low is not None else str(high + 1)
+        given = str(low - 1) if low is not None else str(high + 1) if high is not None else ""
         told = _refused(name, [*path, option.opts[0], given])
         shown = (
             f"x>={low}" if high is None else f"x<={high}" if low is None else f"{low}<=x<={high}"

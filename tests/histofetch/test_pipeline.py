@@ -6,6 +6,7 @@ test_cli_network.py; here the one decision the pipeline itself makes.
 
 from __future__ import annotations
 
+from collections.abc import Generator
 from pathlib import Path
 
 from histocore.manifest import Manifest, Record
@@ -40,6 +41,7 @@ def test_a_search_already_done_with_one_record_says_record(tmp_path: Path) -> No
     m.save()
     m.close()
     stages = run_pipeline(tmp_path, "lymph node", net=NetConfig(), max_results=1)
+    assert isinstance(stages, Generator)
     try:
         assert next(stages).line() == "searched: already done (1 record)"  # no request made
     finally:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -74,7 +75,7 @@ def test_error_gallery_prints_a_threshold_as_the_text_does(
     titles: list[str] = []
     savefig = matplotlib.figure.Figure.savefig
 
-    def record(fig: matplotlib.figure.Figure, *args: object, **kw: object) -> None:
+    def record(fig: matplotlib.figure.Figure, *args: Any, **kw: Any) -> None:
         titles.append(fig.get_suptitle())
         savefig(fig, *args, **kw)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import PIL.Image
@@ -61,7 +62,7 @@ def _figure_texts(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     seen: list[str] = []
     savefig = matplotlib.figure.Figure.savefig
 
-    def record(fig: matplotlib.figure.Figure, *args: object, **kw: object) -> None:
+    def record(fig: matplotlib.figure.Figure, *args: Any, **kw: Any) -> None:
         seen.extend(t.get_text() for t in fig.findobj(matplotlib.text.Text))
         savefig(fig, *args, **kw)
 

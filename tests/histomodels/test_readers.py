@@ -208,9 +208,11 @@ def test_an_encoded_label_in_a_row_the_origin_filter_drops_is_not_checked(
 
     path = write_h5(tmp_path / "train.h5", 6)
     with h5py.File(path, "r+") as f:
-        y = f["y"][()]
+        ds = f["y"]
+        assert isinstance(ds, h5py.Dataset)
+        y = ds[()]
         y[1], y[4] = 255, 2  # rows 1 (unknown origin) and 4 (pcam_train)
-        f["y"][...] = y
+        ds[...] = y
     origins = ["pcam_train", "unknown", "pcam_train", "kaggle_train", "pcam_train", "pcam_train"]
     (tmp_path / "manifest.csv").write_text(
         "file,row,origin_split\n" + "".join(f"train.h5,{i},{o}\n" for i, o in enumerate(origins))
