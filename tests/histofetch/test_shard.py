@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import shutil
@@ -766,6 +767,52 @@ def test_a_figure_left_out_for_a_freer_licence_takes_its_panels_with_it(
         assert m.records[nc_id].extra["merge_duplicates"][panels[0]] == twin
     lines = (tmp_path / "out2" / "review_log.jsonl").read_text().splitlines()
     assert lines == [json.dumps(a, sort_keys=True) for a in _answers(twin)]
+
+
+def test_a_figure_a_panel_replaces_as_the_copy_kept_takes_its_panels_with_it(
+    tmp_path: Path,
+) -> None:
+    """The panels were chosen in input order while a figure's keeper could still change: a
+    CC BY-NC figure X (panels X1, X2) merged before a CC BY figure F whose panel P has X's
+    bytes kept X1 and X2 while X was the keeper, then P replaced X: X left out, its panels
+    added naming it (orphans). Now the panels are decided once every keeper is final: X
+    and its panels are left out (→ P, the copy kept of X's bytes), in every input order."""
+
+    def img(rid: str, iid: str, data: bytes, parent: str | None = None) -> tuple[Image, bytes]:
+        sha = hashlib.sha256(data).hexdigest()
+        i = Image(iid, rid, f"images/{iid}.png", sha, 1, 1, parent_id=parent)
+        return i, data
+
+    def rec(rid: str, licence: str, n: int) -> Record:
+        return Record(id=rid, pmid=rid[5:], license=licence, stage="filtered", n_images=n)
+
+    runs = {
+        "x": [rec("pmid:1", "CC BY-NC", 3)],
+        "f": [rec("pmid:2", "CC BY", 2)],
+        "y": [rec("pmid:3", "CC BY-NC-ND", 2)],
+    }
+    images = {
+        "x": [
+            img("pmid:1", "X", b"X"),
+            img("pmid:1", "X1", b"X1", "X"),
+            img("pmid:1", "X2", b"X2", "X"),
+        ],
+        "f": [img("pmid:2", "F", b"F"), img("pmid:2", "P", b"X", "F")],
+        "y": [img("pmid:3", "Y", b"X1"), img("pmid:3", "Y1", b"Y1", "Y")],  # Y is X1's bytes
+    }
+    for name in runs:
+        _tiny_run(tmp_path / name, runs[name], images[name])
+    for n, order in enumerate(itertools.permutations(runs)):
+        out = tmp_path / f"out{n}"
+        merge_runs([tmp_path / name for name in order], out)
+        _no_orphan_and_no_pixels_twice(out)
+        with Manifest.load(out) as m:
+            assert set(m.images) == {"F", "P", "Y", "Y1"}, order
+            assert m.records["pmid:1"].extra["merge_duplicates"] == {
+                "X": "P",
+                "X1": "Y",
+                "X2": "P",
+            }, order
 
 
 def _run_with_pdf(run: Path, rec: Record, data: bytes) -> None:

@@ -40,7 +40,8 @@
   (:mod:`histofetch.merge_logs`); else they are counted, not carried
   (``summary.duplicate_lines_left``; a left-out panel's likewise, where an image of its
   bytes is kept, else counted). The licence rule never loses a reviewed copy's
-  answers to an unlabelled one.
+  answers to an unlabelled one, but for a reviewed panel of a figure left out whose
+  copy kept has no twin panel: its answers are counted, not carried.
 * Where the files the rows name go, and the paths the rows are given:
   :mod:`histofetch.merge_paths`; files copied through part files, and those a killed
   merge left removed: :mod:`histofetch.merge_parts`; the inputs' review logs carried:
@@ -276,7 +277,9 @@ def _keepers(
     ``parent_id``: added, they named a row the output does not hold, and a filter of the
     output split the kept copy into the same pixels again). Those panels are returned
     apart: their image id → the id of their figure's copy kept. The panels of the figures
-    kept are chosen among themselves as any image is."""
+    kept are chosen among themselves as any image is, and with the figures: a panel of the
+    same bytes as a figure in another article can be its copy kept, and that figure's
+    panels are then left out with it, whichever the input order."""
     keeper: dict[str, Image] = {}
     rank: dict[str, tuple[bool, int, int]] = {}
 
@@ -292,23 +295,54 @@ def _keepers(
         parent = run.images.get(img.parent_id) if img.parent_id else None
         return parent if parent is not None and parent.record_id == img.record_id else None
 
-    for rec, run in adding:  # the figures (rows no row of theirs is the parent of) first
-        for img in run.images_of(rec.id):
-            if figure_of(run, img) is None:
-                offer(rec, run, img)
+    def kept_of(figure: Image, chosen: dict[str, Image]) -> str:
+        same = chosen.get(figure.sha256)
+        return same.id if same is not None else held.get(figure.sha256, figure.id)
+
+    # The panels are decided once every figure's keeper is final: a panel offered can
+    # replace a figure's keeper (the same bytes, a freer licence, or whole where the
+    # figure is not); that figure is then left out, and its panels, offered before, with
+    # it. So the keepers are chosen again with the panels of the figures left out held
+    # back, until no figure whose panels are offered is replaced (the set only grows, so
+    # this ends; a figure held back that is kept once another's panels are held back too
+    # keeps its panels out, noted as duplicates of it: none names a row the output lacks).
+    out: set[str] = set()  # the figures whose panels are held back
+    while True:
+        keeper.clear()
+        rank.clear()
+        for rec, run in adding:  # the figures (rows no row of theirs is the parent of) first
+            for img in run.images_of(rec.id):
+                if figure_of(run, img) is None:
+                    offer(rec, run, img)
+        first = dict(keeper)
+        held_back: set[str] = set()
+        offered: list[Image] = []  # the figures whose panels are offered
+        for rec, run in adding:
+            for img in run.images_of(rec.id):
+                if (figure := figure_of(run, img)) is None:
+                    continue
+                if (
+                    figure.id in held_back
+                    or figure.id in out
+                    or kept_of(figure, first) != figure.id
+                ):
+                    held_back.add(img.id)  # a panel of a panel (filter splits none): with it
+                else:
+                    offered.append(figure)
+                    offer(rec, run, img)
+        replaced = {f.id for f in offered if kept_of(f, keeper) != f.id}
+        if replaced <= out:
+            break
+        out |= replaced
     with_figure: dict[str, str] = {}
     for rec, run in adding:
         for img in run.images_of(rec.id):
             if (figure := figure_of(run, img)) is None:
                 continue
-            same = keeper.get(figure.sha256)
-            kept = same.id if same is not None else held.get(figure.sha256, figure.id)
-            if figure.id in with_figure:  # a panel of a panel (filter splits none): with it
+            if figure.id in with_figure:
                 with_figure[img.id] = with_figure[figure.id]
-            elif kept != figure.id:
-                with_figure[img.id] = kept
-            else:
-                offer(rec, run, img)
+            elif figure.id in out or kept_of(figure, keeper) != figure.id:
+                with_figure[img.id] = kept_of(figure, keeper)
     return keeper, with_figure
 
 
