@@ -655,28 +655,32 @@ def test_the_label_carried_is_the_newest_answer_of_the_copies_left_out(
 
 
 @pytest.mark.parametrize("nc_first", [True, False])
+@pytest.mark.parametrize("undone_on", ["2026-03-01", "2025-06-01"])
 def test_a_copy_kept_whose_own_log_ends_with_an_undo_stays_unlabelled(
-    tmp_path: Path, nc_first: bool
+    tmp_path: Path, nc_first: bool, undone_on: str
 ) -> None:
     """The copy kept, unlabelled in its store because its reviewer undid the answer (its
     log: a label, then an undo), took the label of a copy left out for it: the store said
-    'labelled' where its own last answer was the undo. Now it stays unlabelled; the left-out
-    copy's lines are carried still."""
+    'labelled' where its own last answer was the undo. Now it stays unlabelled while the
+    undo is newer than the carried answer (2026-01-01); an older undo (review 29: it still
+    won, the log's newest answer a label, the store unlabelled) gives way to the carried
+    label. The left-out copy's lines are carried either way."""
     nc = _one_figure_run(tmp_path / "nc", "pmid:1", "CC BY-NC")
     by = _one_figure_run(tmp_path / "by", "pmid:2", "CC BY")
     _labelled(nc, "1-0")
     undo = [
-        {"at": "2026-03-01T00:00:00+00:00", "image_id": "2-0", "label": "metastasis",
+        {"at": f"{undone_on}T00:00:00+00:00", "image_id": "2-0", "label": "metastasis",
          "previous": None, "reviewer": "bob", "weak_label": None},
-        {"at": "2026-03-01T00:00:05+00:00", "image_id": "2-0", "label": None,
+        {"at": f"{undone_on}T00:00:05+00:00", "image_id": "2-0", "label": None,
          "previous": "metastasis", "reviewer": "bob", "weak_label": None},
     ]  # fmt: skip
     (by / "review_log.jsonl").write_text("".join(json.dumps(a) + "\n" for a in undo))
     out = tmp_path / "out"
     summary = merge_runs([nc, by] if nc_first else [by, nc], out)
     assert summary.duplicate_lines_left == 0
+    carried = None if undone_on > "2026-01-01" else "no_metastasis"
     with Manifest.load(out) as m:
-        assert [(i.id, i.label) for i in m.images.values()] == [("2-0", None)]
+        assert [(i.id, i.label) for i in m.images.values()] == [("2-0", carried)]
     assert len((out / "review_log.jsonl").read_text().splitlines()) == 4
 
 

@@ -55,14 +55,14 @@ import errno
 import functools
 import os
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 from histocore.io import file_in_the_way, locked_folder
 from histocore.manifest import STAGES, Image, Manifest, ManifestError, Record
 from histocore.store import RENAME_REFUSED, RENAMED
 from histofetch.licence import reuse_rank
-from histofetch.merge_logs import LOG_NAME, check_out_log, merge_logs, undone
+from histofetch.merge_logs import LOG_NAME, answer_time, check_out_log, merge_logs, undone
 from histofetch.merge_parts import copy_whole, remove_stale_parts
 from histofetch.merge_paths import Names, names_for, place_of, unusable
 from histofetch.merge_summary import MergeSummary
@@ -151,7 +151,7 @@ def _merge(loaded: list[Manifest], merged: Manifest) -> MergeSummary:
     keeper, with_figure = _keepers(adding, hashes)
     labelled = _carried_labels(best, same_pdf, {rec.id for rec, _ in adding}, keeper)
     # the copies kept that would take a carried label whose own log ends with an undo
-    # (label null): unlabelled by hand, they stay so
+    # (label null): unlabelled by hand, they stay so unless the carried answer is newer
     takers: dict[Path, tuple[Manifest, set[str]]] = {}
     for rec, run in adding:
         for img in run.images_of(rec.id):
@@ -163,7 +163,7 @@ def _merge(loaded: list[Manifest], merged: Manifest) -> MergeSummary:
                 and img.sha256 in labelled
             ):
                 takers.setdefault(run.run_dir, (run, set()))[1].add(img.id)
-    unlabelled = set().union(*(undone(run, ids) for run, ids in takers.values()))
+    undone_at = {k: v for run, ids in takers.values() for k, v in undone(run, ids).items()}
     for rec, run in adding:
         rid = rec.id
         rec = replace(rec, extra=dict(rec.extra))
@@ -196,7 +196,9 @@ def _merge(loaded: list[Manifest], merged: Manifest) -> MergeSummary:
             hashes[img.sha256] = img.id
             if img.label is not None:
                 own_label.add(img.id)
-            elif (copy := labelled.get(img.sha256)) is not None and img.id not in unlabelled:
+            elif (copy := labelled.get(img.sha256)) is not None and (
+                img.id not in undone_at or undone_at[img.id] < _answered_at(copy)
+            ):  # an undo newer than the newest carried answer (or as old) stands
                 img = replace(img, label=copy.label, label_by=copy.label_by, label_at=copy.label_at)
             path = _bring(run, merged, img.path, summary, img.sha256, names, img.id) or img.path
             merged.add_image(replace(img, path=path))
@@ -249,13 +251,8 @@ def _carried_labels(
 
 
 def _answered_at(img: Image) -> datetime:
-    """``img.label_at`` as a time (UTC where it names no zone); the earliest where it is
-    none or not ISO 8601 (hand-edited): any dated answer is newer."""
-    try:
-        at = datetime.fromisoformat(img.label_at or "")
-    except ValueError:
-        return datetime.min.replace(tzinfo=UTC)
-    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
+    """``img.label_at`` as a time (:func:`histofetch.merge_logs.answer_time`)."""
+    return answer_time(img.label_at)
 
 
 def _keepers(

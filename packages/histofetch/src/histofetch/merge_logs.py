@@ -44,6 +44,7 @@ import os
 import stat
 from collections import Counter
 from collections.abc import Iterable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -114,24 +115,43 @@ def _log_lines(fh: BinaryIO) -> Iterator[tuple[int, str, dict[str, Any] | None]]
         yield n, line, obj if isinstance(obj, dict) else None
 
 
-def undone(run: Manifest, images: set[str]) -> set[str]:
-    """Those of ``images`` whose last line in ``run``'s review log is an undo (``label``
-    null): unlabelled there by hand, not never reviewed. A log not readable (a link, a
-    FIFO: see :func:`merge_logs`) tells nothing."""
-    last: dict[str, object] = {}
+def answer_time(text: object) -> datetime:
+    """A review answer's time (a row's ``label_at``, a log line's ``at``) as a UTC time
+    (UTC where it names no zone); the earliest where it is none or not ISO 8601
+    (hand-edited): any dated answer is newer."""
+    try:
+        at = datetime.fromisoformat(text) if isinstance(text, str) else None
+    except ValueError:
+        at = None
+    if at is None:
+        return datetime.min.replace(tzinfo=UTC)
+    at = at if at.tzinfo is not None else at.replace(tzinfo=UTC)
+    return max(at, datetime.min.replace(tzinfo=UTC))  # '0001-01-01T00:00+05:00' is no older
+
+
+def undone(run: Manifest, images: set[str]) -> dict[str, datetime]:
+    """Those of ``images`` whose last line in ``run``'s review log is an undo (a ``label``
+    given as null): unlabelled there by hand, not never reviewed; each with the undo's time
+    (:func:`answer_time` of its ``at``), so an answer carried from elsewhere wins only when
+    it is newer. A log not readable (a link, a FIFO: see :func:`merge_logs`) tells nothing."""
+    last: dict[str, dict[str, Any]] = {}
     if not images:
-        return set()
+        return {}
     try:
         fh = _open_log(run.run_dir / LOG_NAME)
         if fh is None:
-            return set()
+            return {}
         with fh:
             for _, _, obj in _log_lines(fh):
                 if obj is not None and _about(obj, images):
-                    last[obj["image_id"]] = obj.get("label")
+                    last[obj["image_id"]] = obj
     except OSError:
-        return set()
-    return {image_id for image_id, label in last.items() if label is None}
+        return {}
+    return {
+        image_id: answer_time(obj.get("at"))
+        for image_id, obj in last.items()
+        if "label" in obj and obj["label"] is None
+    }
 
 
 def _digest(line: str) -> bytes:
