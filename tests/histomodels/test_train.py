@@ -787,6 +787,15 @@ def test_only_a_sidecar_shaped_file_is_read_as_its_train_config(tmp_path):
     )
     p.write_text(json.dumps({**sidecar, "note": "mine"}))  # metadata of its own is fine
     assert read_config_file(p) == sidecar["train_config"]
+    # review 29: its model, model_config, data and teacher were taken as metadata whatever
+    # they held: a copy's model edited to resnet18 trained the recipe's cnn, without a word
+    for key, value in (("model", "resnet18"), ("data", "my.h5"), ("teacher", "t.pt")):
+        p.write_text(json.dumps({**sidecar, key: value}))
+        with pytest.raises(ConfigError) as err:
+            read_config_file(p)
+        assert str(err.value).startswith(
+            f"{p}: a model sidecar's train_config beside config keys {key}: "
+        )
 
 
 @pytest.mark.parametrize(

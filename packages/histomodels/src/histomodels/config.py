@@ -528,13 +528,25 @@ def _sidecar_recipe(path: Path, data: dict[Any, Any]) -> dict[str, Any]:
             f"{path}: train_config is not a mapping of config keys "
             f"(got {type(recipe).__name__} {recipe!r:.60})"
         )
-    extra = sorted(k for k in data if k in FIELDS and k not in _SIDECAR_METADATA)
+    extra = sorted(k for k in data if k in FIELDS and not _sidecar_metadata(k, data[k], recipe))
     if extra:
         raise ConfigError(
             f"{path}: a model sidecar's train_config beside config keys {', '.join(extra)}: "
             "put them under train_config or in a config of their own"
         )
     return recipe
+
+
+def _sidecar_metadata(key: str, value: Any, recipe: dict[Any, Any]) -> bool:
+    """Whether a sidecar's ``key`` (a config key's name) holds the sidecar's metadata: its
+    ``data``/``teacher`` mappings, its ``model``/``model_config`` as the recipe has them.
+    Any other value is a config key given beside the recipe (a copied sidecar's ``model``
+    edited to ``resnet18`` was dropped silently, the recipe's model trained)."""
+    if key not in _SIDECAR_METADATA:
+        return False
+    if key in ("data", "teacher"):
+        return isinstance(value, dict)
+    return value == recipe.get(key)
 
 
 def _parse_yaml(path: Path, text: str) -> Any:
