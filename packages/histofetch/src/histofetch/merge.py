@@ -32,7 +32,8 @@
   copy is not left out for a CC BY-NC one merged before it. A copy the output holds stays.
   A figure and the panels ``filter`` split off it are one unit: a figure copy left out
   takes its panels with it (noted in ``merge_duplicates`` too: → the copy kept of the
-  panel's bytes, else of its figure), so no row names a parent the output lacks.
+  panel's bytes, else of its figure), so no row names a parent the output lacks; a panel
+  never replaces a figure (one of a figure's bytes is left out for it).
   The review answers on a copy left out go to the copy kept where this merge adds it and
   it has no label of its own: its label (the newest by ``label_at`` of the copies carried
   to it, ``local:`` ones too: :func:`_carried_labels`; none where its own log's last
@@ -274,9 +275,8 @@ def _keepers(
     ``parent_id``: added, they named a row the output does not hold, and a filter of the
     output split the kept copy into the same pixels again). Those panels are returned
     apart: their image id → the id of their figure's copy kept. The panels of the figures
-    kept are chosen among themselves as any image is, and with the figures: a panel of the
-    same bytes as a figure in another article can be its copy kept, and that figure's
-    panels are then left out with it, whichever the input order."""
+    kept are chosen among themselves as any image is; a panel of the same bytes as a figure
+    (of another article) is left out for that figure, which a panel never replaces."""
     keeper: dict[str, Image] = {}
     rank: dict[str, tuple[bool, int, int]] = {}
 
@@ -296,41 +296,26 @@ def _keepers(
         same = chosen.get(figure.sha256)
         return same.id if same is not None else held.get(figure.sha256, figure.id)
 
-    # The panels are decided once every figure's keeper is final: a panel offered can
-    # replace a figure's keeper (the same bytes, a freer licence, or whole where the
-    # figure is not); that figure is then left out, and its panels, offered before, with
-    # it. So the keepers are chosen again with the panels of the figures left out held
-    # back, until no figure whose panels are offered is replaced (the set only grows, so
-    # this ends; a figure held back that is kept once another's panels are held back too
-    # keeps its panels out, noted as duplicates of it: none names a row the output lacks).
-    out: set[str] = set()  # the figures whose panels are held back
-    while True:
-        keeper.clear()
-        rank.clear()
-        for rec, run in adding:  # the figures (rows no row of theirs is the parent of) first
-            for img in run.images_of(rec.id):
-                if figure_of(run, img) is None:
-                    offer(rec, run, img)
-        first = dict(keeper)
-        held_back: set[str] = set()
-        offered: list[Image] = []  # the figures whose panels are offered
-        for rec, run in adding:
-            for img in run.images_of(rec.id):
-                if (figure := figure_of(run, img)) is None:
-                    continue
-                if (
-                    figure.id in held_back
-                    or figure.id in out
-                    or kept_of(figure, first) != figure.id
-                ):
-                    held_back.add(img.id)  # a panel of a panel (filter splits none): with it
-                else:
-                    offered.append(figure)
-                    offer(rec, run, img)
-        replaced = {f.id for f in offered if kept_of(f, keeper) != f.id}
-        if replaced <= out:
-            break
-        out |= replaced
+    # The figures are chosen first and stay chosen: a panel never replaces a figure (a
+    # panel of the same bytes as a figure in another article is left out for that figure,
+    # its answers going to it), so a figure kept keeps its panels and one left out takes
+    # them with it, in one pass whatever the input order (a panel that replaced a figure
+    # left that figure's panels named after a row the output lacked, and holding them back
+    # in passes lost a kept figure's reviewed panels in chains of three articles).
+    for rec, run in adding:  # the figures (rows no row of theirs is the parent of)
+        for img in run.images_of(rec.id):
+            if figure_of(run, img) is None:
+                offer(rec, run, img)
+    figures = dict(keeper)
+    out: set[str] = set()  # the panels of figures left out
+    for rec, run in adding:
+        for img in run.images_of(rec.id):
+            if (figure := figure_of(run, img)) is None:
+                continue
+            if figure.id in out or kept_of(figure, figures) != figure.id:
+                out.add(img.id)  # a panel of a panel (filter splits none): with it
+            elif img.sha256 not in figures:
+                offer(rec, run, img)
     with_figure: dict[str, str] = {}
     for rec, run in adding:
         for img in run.images_of(rec.id):
@@ -338,7 +323,7 @@ def _keepers(
                 continue
             if figure.id in with_figure:
                 with_figure[img.id] = with_figure[figure.id]
-            elif figure.id in out or kept_of(figure, keeper) != figure.id:
+            elif img.id in out:
                 with_figure[img.id] = kept_of(figure, keeper)
     return keeper, with_figure
 
