@@ -91,6 +91,20 @@ def test_tune_settings_and_trials(tmp_path: Path, kind: str) -> None:
 
 
 @pytest.mark.parametrize("kind", KINDS)
+def test_tune_ax_experiment(tmp_path: Path, kind: str) -> None:
+    """Ax's ``load_from_json_file`` read ``ax_experiment.json`` whole (uncapped): a hang on a
+    FIFO, a ``MemoryError`` on ``/dev/zero``, a 10 GB file read into memory."""
+    from histomodels.tune import EXPERIMENT_FILE, MAX_EXPERIMENT_BYTES, _load_experiment
+    from histomodels.tune_space import TuneError
+
+    path = tmp_path / EXPERIMENT_FILE
+    _hostile(path, kind, MAX_EXPERIMENT_BYTES)
+    exc = _run_in_thread(lambda: _load_experiment(path))
+    assert isinstance(exc, TuneError) and str(exc).startswith(f"{path}: "), exc
+    assert re.search(_expect(kind, "256 MB"), str(exc)), str(exc)
+
+
+@pytest.mark.parametrize("kind", KINDS)
 def test_kaggle_labels_csv(tmp_path: Path, kind: str) -> None:
     from histomodels.data.base import DatasetError
     from histomodels.data.kaggle import LABELS_CSV, MAX_LABELS_BYTES, KaggleDataset

@@ -589,6 +589,19 @@ def test_a_damaged_ax_experiment_is_one_error_before_anything_is_written(tmp_pat
         assert experiment.read_text() == bad
 
 
+def test_an_ax_experiment_that_is_no_file_is_refused_not_replaced(tmp_path, tiny_data):
+    """An ``ax_experiment.json`` that is a link to ``/dev/zero`` (or a FIFO) was no file to
+    ``is_file``: a new search started and replaced it. It is refused now, before
+    ``tune.json`` is written, like a ``tune.json`` or ``trials.json`` that is no file."""
+    out = tmp_path / "tune"
+    out.mkdir()
+    experiment = out / "ax_experiment.json"
+    experiment.symlink_to("/dev/zero")
+    with pytest.raises(TuneError, match=rf"^{experiment}: not a regular file \(a pipe"):
+        tune(*tiny_data, out, trials=1, trial_epochs=1, quiet=True, base=TINY)
+    assert experiment.is_symlink() and sorted(p.name for p in out.iterdir()) == [experiment.name]
+
+
 def test_shared_validation_patches_are_said_once_per_tune(tmp_path, tiny_data, caplog):
     """Every trial trains on the same patches: the warning that validation patches are also
     training patches came once per trial (3 trials: 3 lines)."""

@@ -83,6 +83,9 @@ EXPERIMENT_FILE = "ax_experiment.json"
 #: hang or a ``MemoryError``.
 MAX_SETTINGS_BYTES = 4 << 20
 MAX_RECORDS_BYTES = 64 << 20
+#: Ax's snapshot of the experiment grows by about 24 KB a trial (with the generation
+#: strategy's state): 256 MB holds some 10,000 trials.
+MAX_EXPERIMENT_BYTES = 256 << 20
 #: What an experiment was started with (pins, base config): a resume must match it.
 SETTINGS_FILE = "tune.json"
 
@@ -187,7 +190,7 @@ def _tune(
     warn_shared_patches(torch.from_numpy(train_arrays[0]), torch.from_numpy(val_arrays[0]))
     settings["data"] = {"train": _digest(x_train, y_train), "val": _digest(x_val, y_val)}
     saved_client = None
-    if exp_path.is_file():
+    if exp_path.exists():  # a FIFO or a link to /dev/zero: refused below, not a new search
         _check_data(out, settings["data"])
         saved_client = _load_experiment(exp_path)  # a damaged one: before anything is written
     records: list[dict[str, Any]] = []
@@ -292,11 +295,24 @@ def _load_experiment(path: Path) -> Any:
     """The Ax client saved in ``path`` (``ax_experiment.json``); one Ax cannot load (cut
     short, hand-edited, another program's JSON) is a :class:`TuneError` naming it: Ax's
     decoder raised whatever the JSON led it to (JSONDecodeError, TypeError, KeyError), a
-    traceback. The file is data, so any ``Exception`` of the load is that line."""
+    traceback. The file is data, so any ``Exception`` of the load is that line. It is read
+    under :data:`MAX_EXPERIMENT_BYTES` like ``tune.json`` and ``trials.json`` (Ax's
+    ``load_from_json_file`` read it whole: a ``MemoryError`` on ``/dev/zero``, a hang on a
+    FIFO)."""
     from ax.api.client import Client
 
     try:
-        return Client.load_from_json_file(str(path))
+        data = read_capped(path, MAX_EXPERIMENT_BYTES)
+    except RefusedFile as exc:
+        raise TuneError(f"{path}: {exc}, not the Ax experiment tune writes") from None
+    except OSError as exc:
+        raise TuneError(f"{path}: cannot read this experiment ({exc})") from None
+    # what load_from_json_file does with the text it reads (Ax 1.x has no public loader
+    # from text or a mapping); looked up outside the try: an Ax without it is a bug here
+    # (a traceback), not a damaged file
+    from_snapshot = Client._from_json_snapshot
+    try:
+        return from_snapshot(snapshot=json.loads(data))
     except Exception as exc:
         first = (str(exc).strip().splitlines() or [""])[0][:200]
         why = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
