@@ -109,6 +109,38 @@ def test_training_with_a_teacher_reuses_the_cache_on_resume(data, teacher, tmp_p
     assert os.stat(cache).st_mtime_ns == stamp
 
 
+def test_the_bce_against_the_labels_is_said_and_kept_beside_the_distilled_loss(
+    data, teacher, tmp_path, caplog
+):
+    """With a teacher the epoch line and history gave the total loss alone (hard BCE and
+    the w·T²-weighted soft term together): the BCE against the labels, the part that
+    ``val_loss`` is, could not be told from the soft part. The line now says both, and
+    ``history.json``/``history.csv`` keep it as ``train_bce`` (not in runs without one)."""
+    (xt, yt), (xv, yv) = data
+    cfg = _cfg(teacher=str(teacher), epochs=2)
+    with caplog.at_level(logging.INFO, logger="histomodels"):
+        res = train(cfg, tmp_path / "s", train_data=(xt, yt), val_data=(xv, yv))
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("epoch ")]
+    assert len(lines) == 2
+    for line, row in zip(lines, res.history, strict=True):
+        assert 0 < row["train_bce"] != row["train_loss"]
+        want = f"loss (with distillation) {row['train_loss']:.4f}  bce {row['train_bce']:.4f}  "
+        assert want in line, line
+    saved = json.loads((tmp_path / "s" / "history.json").read_text())
+    assert [r["train_bce"] for r in saved] == [r["train_bce"] for r in res.history]
+    header, first = (tmp_path / "s" / "history.csv").read_text().splitlines()[:2]
+    assert header.startswith("epoch,train_loss,train_bce,val_loss,")
+    assert first.split(",")[2] == str(res.history[0]["train_bce"])
+    # it is the BCE against the labels: with a weight near 0 the total is that BCE alone
+    near = train(cfg.replace(distill_weight=1e-6, epochs=1), tmp_path / "n",
+                 train_data=(xt, yt), val_data=(xv, yv))  # fmt: skip
+    assert abs(near.history[0]["train_bce"] - near.history[0]["train_loss"]) < 1e-4
+    # without a teacher the loss is that BCE: no second value, no empty column
+    plain = train(_cfg(), tmp_path / "p", train_data=(xt, yt), val_data=(xv, yv))
+    assert "train_bce" not in plain.history[0]
+    assert "train_bce" not in (tmp_path / "p" / "history.csv").read_text()
+
+
 def test_a_run_stopped_before_its_first_checkpoint_keeps_only_the_soft_targets(
     data, teacher, tmp_path, caplog
 ):

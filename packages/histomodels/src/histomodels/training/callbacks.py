@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 HISTORY_FIELDS = (
     "epoch",
     "train_loss",
+    "train_bce",
     "val_loss",
     "val_auc",
     "val_accuracy",
@@ -100,13 +101,15 @@ class History(Callback):
 
 
 def write_history(run_dir: Path, history: list[dict[str, Any]]) -> None:
-    """history.json and history.csv (the columns of :data:`HISTORY_FIELDS`)."""
+    """history.json and history.csv (the columns of :data:`HISTORY_FIELDS`; ``train_bce``
+    only where an epoch has it: a run with distillation)."""
     from histocore.io import atomic_write_text
 
     atomic_write_text(run_dir / "history.json", json.dumps(history, indent=1))
-    lines = [",".join(HISTORY_FIELDS)]
+    fields = [k for k in HISTORY_FIELDS if k != "train_bce" or any(k in r for r in history)]
+    lines = [",".join(fields)]
     for row in history:
-        lines.append(",".join(str(row.get(k, "")) for k in HISTORY_FIELDS))
+        lines.append(",".join(str(row.get(k, "")) for k in fields))
     atomic_write_text(run_dir / "history.csv", "\n".join(lines) + "\n")
 
 
@@ -135,17 +138,18 @@ class EpochLog(Callback):
     """One line per epoch (and a last one) through :meth:`Trainer.say`. With a teacher (and
     a ``distill_weight`` over 0) the training loss includes the distillation term
     (``w·T²·BCE`` on the soft targets: ~1.7 beside a ``val_loss`` of ~0.7, which is the BCE
-    alone), and the line says so: ``loss (with distillation) 1.7012``."""
+    alone), and the line says so and gives the BCE against the labels alone beside it:
+    ``loss (with distillation) 1.7012  bce 0.5231``."""
 
     def on_epoch_end(self, trainer, row, improved, stop) -> None:
         # the validation metrics unrounded, as the last line and the CLI's print them: the
         # row's 5-digit values rounded again read 0.6822 for an accuracy of 0.682146
         m = {**row, **trainer.last_metrics}
-        # as the trainer decides (``if cfg.teacher``); a weight of 0 leaves the BCE alone
-        distilled = bool(trainer.cfg.teacher) and trainer.cfg.distill_weight > 0
-        loss = "loss (with distillation)" if distilled else "loss"
+        # a weight of 0 leaves the BCE alone
+        loss = "loss (with distillation)" if trainer.distilled else "loss"
+        bce = f"  bce {row['train_bce']:.4f}" if "train_bce" in row else ""
         trainer.say(
-            f"epoch {row['epoch']:3d}  {loss} {row['train_loss']:.4f}"
+            f"epoch {row['epoch']:3d}  {loss} {row['train_loss']:.4f}{bce}"
             f"  val_loss {m['val_loss']:.4f}"
             f"  val_auc {m['val_auc']:.4f}  acc {m['val_accuracy']:.4f}"
             f"  lr {row['lr']:.2g}  {row['train_patches_per_s']:.0f} p/s"
@@ -176,6 +180,8 @@ class ProgressBar(Callback):
         if self.task is not None:
             loss = trainer.loss_sum / max(trainer.seen, 1)
             desc = f"epoch {trainer.current_epoch}/{trainer.cfg.epochs} loss {loss:.3f}"
+            if trainer.distilled:
+                desc += f" bce {trainer.bce_sum / max(trainer.seen, 1):.3f}"
             self.task.advance()
             self.task.update(description=desc)
 

@@ -47,16 +47,21 @@ CACHE_VERSION = "tta8-v1"
 
 
 class DistillLoss(nn.Module):
-    """BCE-with-logits on ``[n, 2]`` targets (label, teacher probability at ``T``)."""
+    """BCE-with-logits on ``[n, 2]`` targets (label, teacher probability at ``T``).
+
+    ``hard`` holds the last batch's BCE against the labels alone (detached, unweighted: the
+    loss ``val_loss`` is), which the trainer reports beside the total."""
 
     def __init__(self, weight: float, temperature: float) -> None:
         super().__init__()
         self.weight, self.temperature = float(weight), float(temperature)
+        self.hard: torch.Tensor | None = None
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         t = self.temperature
         hard = F.binary_cross_entropy_with_logits(logits, target[:, 0])
         soft = F.binary_cross_entropy_with_logits(logits / t, target[:, 1])
+        self.hard = hard.detach()
         return (1 - self.weight) * hard + self.weight * t * t * soft
 
 

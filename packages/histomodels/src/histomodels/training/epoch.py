@@ -43,7 +43,7 @@ def fit_epoch(t: Trainer, epoch: int) -> EpochStats:
     augment = make_augment(cfg, seed * 100_003 + epoch * 31 + info.rank, t.stain_stats)
     t.net.train()
     t.batches_per_epoch = max(1, len(order) // t.batch_size)
-    t.loss_sum, t.seen = 0.0, 0
+    t.loss_sum, t.bce_sum, t.seen = 0.0, 0.0, 0
     for cb in t.callbacks:
         cb.on_epoch_start(t, epoch)
     pinned = t.prefetch and t.device.type == "cuda"
@@ -76,7 +76,8 @@ def fit_epoch(t: Trainer, epoch: int) -> EpochStats:
     t.train_patches += t.seen * info.world_size
     t.train_seconds += seconds
     loss = t.loss_sum / max(t.seen, 1)
-    return EpochStats(loss, t.seen, seconds, cfg.lr * factor, budget_hit=cut)
+    bce = t.bce_sum / max(t.seen, 1) if t.distilled else None
+    return EpochStats(loss, t.seen, seconds, cfg.lr * factor, budget_hit=cut, bce=bce)
 
 
 @contextlib.contextmanager
@@ -109,6 +110,9 @@ def train_step(t: Trainer, images: torch.Tensor, labels: torch.Tensor) -> float:
     backward_and_step(t, loss)
     t.schedule.step_count += 1
     t.loss_sum += float(loss.detach()) * len(labels)
+    hard = getattr(t.loss_fn, "hard", None)  # DistillLoss's BCE against the labels alone
+    if t.distilled and hard is not None:
+        t.bce_sum += float(hard) * len(labels)
     t.seen += len(labels)
     return factor
 

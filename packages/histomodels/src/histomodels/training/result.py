@@ -48,3 +48,5 @@ class EpochStats:
     seconds: float
     lr: float
     budget_hit: bool = False
+    #: with distillation: the BCE against the labels alone (the part of ``loss`` that is)
+    bce: float | None = None

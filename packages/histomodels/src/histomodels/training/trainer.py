@@ -93,7 +93,7 @@ class Trainer:
         self.stop_reason = "epochs"
         self.elapsed_before = self.epoch_elapsed = self.val_seconds = 0.0
         self.t_start = time.perf_counter()
-        self.loss_sum, self.seen, self.batches_per_epoch = 0.0, 0, 0
+        self.loss_sum, self.bce_sum, self.seen, self.batches_per_epoch = 0.0, 0.0, 0, 0
         self.train_patches, self.train_seconds = 0, 0.0
         self.frozen = False
         self.prefetch = False  # batches made in a background thread (setup: use_prefetch)
@@ -306,6 +306,7 @@ class Trainer:
         row = {
             "epoch": epoch,
             "train_loss": round(stats.loss, 5),
+            **({} if stats.bce is None else {"train_bce": round(stats.bce, 5)}),
             "val_loss": round(m["val_loss"], 5),
             "val_auc": round(m["val_auc"], 5),
             "val_accuracy": round(m["val_accuracy"], 5),
@@ -364,6 +365,13 @@ class Trainer:
 
     def time_fraction(self) -> float:
         return self.elapsed() / (self.cfg.time_budget * 60.0) if self.cfg.time_budget else 0.0
+
+    @property
+    def distilled(self) -> bool:
+        """Training on the teacher's soft targets too (a ``distill_weight`` of 0 trains on
+        the BCE against the labels alone): the training loss is then not that BCE, which is
+        kept beside it (``train_bce``)."""
+        return bool(self.cfg.teacher) and self.cfg.distill_weight > 0
 
     @property
     def val_rate(self) -> float:
