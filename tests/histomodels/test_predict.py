@@ -986,6 +986,46 @@ def test_a_heatmap_is_never_written_over_an_input_or_another_heatmap(tmp_path: P
     assert _heatmap_files(tmp_path / "p_heatmaps") == ["x_img.png", "x_img_2.png"]
 
 
+def test_the_csv_is_never_written_over_the_checkpoint_its_sidecar_or_an_input(
+    tmp_path: Path,
+) -> None:
+    """``predict RUN IMG --out RUN/best.pt`` replaced the trained weights with the CSV (the
+    run was lost; export refuses its own checkpoint as --out), and ``--out`` naming the
+    checkpoint's calibration sidecar or an input image replaced that file too. Each is one
+    error line naming --out, exit 1, nothing written; an earlier CSV is still replaced, as
+    eval and export replace their earlier output."""
+    import shutil
+
+    from histomodels.calibration import calibration_path, write_calibration
+
+    run = tmp_path / "run"
+    run.mkdir()
+    ckpt = Path(shutil.copy(tiny_checkpoint(tmp_path), run / "best.pt"))
+    side = calibration_path(ckpt)
+    assert write_calibration(ckpt, 1.25, "val.h5") == str(side)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    img = folder / "a.png"
+    Image.fromarray(make_patches(1, seed=3)[0][0]).save(img)
+    kept = {f: f.read_bytes() for f in (ckpt, side, img)}
+    for model in (run, ckpt):
+        for out, what in ((ckpt, "the checkpoint predict reads"),
+                          (side, "the calibration file of the checkpoint predict reads"),
+                          (img, "one of the images to score")):  # fmt: skip
+            r = CliRunner().invoke(app, ["predict", str(model), str(folder), "--out", str(out)])
+            assert r.exit_code == 1, r.output
+            assert r.stderr.splitlines() == [
+                f"error: {out}: is {what}; the CSV would replace it: choose another --out"
+            ]
+            assert {f: f.read_bytes() for f in kept} == kept
+    assert not (tmp_path / "in" / "a_heatmaps").exists()
+    out = tmp_path / "p.csv"
+    out.write_text("an earlier run's CSV\n")
+    r = CliRunner().invoke(app, ["predict", str(run), str(img), "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert out.read_text().startswith("path,x,y,")
+
+
 def test_clashing_heatmap_names_do_not_depend_on_the_inputs_order(tmp_path: Path) -> None:
     """d1/x/img.png and d2/x/img.png got x_img.png and x_img_2.png in the order given: the
     same images given the other way round swapped their heatmaps' names (a rerun drew each

@@ -420,6 +420,7 @@ def predict_paths(
         raise UsageError(f"threshold must be in [0, 1], got {threshold}")
     files = collect_inputs(paths)
     out_csv = Path(out_csv)
+    _refuse_to_replace_what_is_read(out_csv, checkpoint, files)
     heat_dir = Path(heatmap_dir) if heatmap_dir else out_csv.with_name(out_csv.stem + "_heatmaps")
     targets = heatmap_targets(files, heat_dir) if draw_heatmaps else {}
     mark = str(out_csv.resolve())
@@ -463,6 +464,36 @@ def predict_paths(
     if problems:
         raise SkippedInputs([problems[f] for f in dict.fromkeys(files) if f in problems], summary)
     return summary
+
+
+def _refuse_to_replace_what_is_read(out: Path, checkpoint: str | Path, files: list[Path]) -> None:
+    """The CSV must not be written over the checkpoint (``predict RUN IMG --out
+    RUN/best.pt`` replaced the trained weights with the CSV), its calibration sidecar, nor an
+    input image: a :class:`PredictInputError` naming ``out``, before anything is read or
+    written. An earlier run's CSV at ``out`` is replaced, as ``eval`` and ``export`` replace
+    their earlier output."""
+    from histocore.io import same_file
+    from histomodels.calibration import calibration_path
+    from histomodels.checkpoint import resolve_checkpoint
+
+    given = Path(checkpoint)
+    for model in dict.fromkeys((given, resolve_checkpoint(given))):
+        if same_file(out, model):
+            raise PredictInputError(
+                f"{out}: is the checkpoint predict reads; the CSV would replace it: choose "
+                "another --out"
+            )
+        if same_file(out, calibration_path(model)):
+            raise PredictInputError(
+                f"{out}: is the calibration file of the checkpoint predict reads; the CSV "
+                "would replace it: choose another --out"
+            )
+    for f in files:
+        if same_file(out, f):
+            raise PredictInputError(
+                f"{out}: is one of the images to score; the CSV would replace it: choose "
+                "another --out"
+            )
 
 
 def _scores_small_whole(pred: Predictor) -> bool:

@@ -512,9 +512,14 @@ def predict_cmd(
         ),
     ],
     model: ModelOption = None,
-    out: Annotated[Path, typer.Option("--out", help="CSV to write.", parser=home_path)] = Path(
-        "predictions.csv"
-    ),
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out",
+            help="CSV to write (one there is replaced; never the checkpoint or an input).",
+            parser=home_path,
+        ),
+    ] = Path("predictions.csv"),
     stride: Annotated[
         int | None, typer.Option("--tile-stride", min=1, help="Tile step in px (default 96).")
     ] = None,
