@@ -277,6 +277,40 @@ def test_a_too_small_pngs_size_is_said_as_the_last_exif_turns_it(
     ), r.output
 
 
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_a_too_small_pngs_size_is_said_as_its_xmp_orientation_turns_it(
+    tmp_path: Path, where: str
+) -> None:
+    """A PNG with no eXIf but an XMP packet saying ``tiff:Orientation="6"`` is decoded and
+    scored turned (Pillow's getexif falls back on XMP, as exif_transpose does), but the
+    refusal of one too small read eXIf chunks only and said its size as stored ('200x60'
+    for an image scored 60x200). An XMP before the pixels is read from the header now; one
+    after them is known only by decoding, so the size is said 'as stored'."""
+    import io
+
+    xmp = (
+        '<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/'
+        '22-rdf-syntax-ns#"><rdf:Description xmlns:tiff="http://ns.adobe.com/tiff/1.0/" '
+        'tiff:Orientation="6"/></rdf:RDF></x:xmpmeta>'
+    )
+    chunk = _png_chunk(b"iTXt", b"XML:com.adobe.xmp\x00\x00\x00\x00\x00" + xmp.encode())
+    buf = io.BytesIO()
+    Image.new("L", (200, 60), 200).save(buf, "PNG")
+    raw = buf.getvalue()
+    at = raw.index(b"IDAT") - 4 if where == "before" else len(raw) - 12
+    png = tmp_path / "small.png"
+    png.write_bytes(raw[:at] + chunk + raw[at:])
+    with Image.open(png) as im:  # how Pillow decodes it: turned
+        im.load()
+        assert im.getexif().get(0x0112) == 6
+    said = "60x200" if where == "before" else "200x60 as stored"
+    args = ["predict", "pcam-cnn", str(png), "--no-heatmaps", "--out", str(tmp_path / "p.csv")]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 1 and r.stderr == (
+        f"error: {png}: {said} is smaller than one 96px patch\n"
+    ), r.output
+
+
 def test_one_image_too_small_at_scale_does_not_stop_the_run(tmp_path: Path) -> None:
     """One 150 px image in a folder, at --scale 0.5 (75 px, under one 96 px patch), stopped
     the whole run after the header check had passed it (exit 1, no CSV for the others). It

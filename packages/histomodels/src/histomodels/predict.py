@@ -242,19 +242,26 @@ def _header_turn(im: Any, f: Path) -> int | None:
     open image ``im`` (file ``f``) without decoding its pixels, or None when it cannot be
     read so. Pillow gives a TIFF's size already turned (1 here); a PNG's orientation is
     that of its last eXIf chunk, before or after the pixels (Pillow decodes with the last
-    one it reads), found by walking the chunk headers."""
+    one it reads), found by walking the chunk headers; without one, that of its XMP packet
+    (``tiff:Orientation``, which the decoder falls back on as ``exif_transpose`` does) when
+    its text chunks all come before the pixels (Pillow has read them at open), else None."""
     import PIL.Image
 
     if im.format == "TIFF":
         return 1
     try:
         if im.format == "PNG":  # not getexif(): the eXIf before the pixels, or a decode
-            data = _png_exif_chunk(f)
-            if data is None:
+            found = _png_exif_chunk(f)
+            if found is None:
                 return None
-            exif = PIL.Image.Exif()
+            data, text_after_pixels = found
             if data:
+                exif = PIL.Image.Exif()
                 exif.load(data)
+            elif text_after_pixels:  # an XMP orientation there is known only once decoded
+                return None
+            else:  # the base class's: its XMP fallback over the text read at open, no load
+                exif = PIL.Image.Image.getexif(im)
         else:
             exif = im.getexif()
         value = exif.get(0x0112, 1)
@@ -265,14 +272,14 @@ def _header_turn(im: Any, f: Path) -> int | None:
     return value if isinstance(value, int) and 1 <= value <= 8 else 1
 
 
-def _png_exif_chunk(f: Path) -> bytes | None:
+def _png_exif_chunk(f: Path) -> tuple[bytes, bool] | None:
     """The data of PNG ``f``'s last eXIf chunk (the one Pillow's decoder keeps), ``b""``
-    when it has none, or None when that is not known from its first :data:`MAX_PNG_CHUNKS`
-    chunk headers (or a truncated file): only the headers are read, other chunks' data
-    skipped."""
+    when it has none, and whether a text chunk (which may hold XMP) follows the pixels; or
+    None when that is not known from its first :data:`MAX_PNG_CHUNKS` chunk headers (or a
+    truncated file): only the headers are read, other chunks' data skipped."""
     import struct
 
-    last = b""
+    last, pixels, text_after = b"", False, False
     with open(f, "rb") as fh:
         if fh.read(8) != b"\x89PNG\r\n\x1a\n":
             return None
@@ -282,7 +289,9 @@ def _png_exif_chunk(f: Path) -> bytes | None:
                 return None
             length, kind = struct.unpack(">I4s", head)
             if kind == b"IEND":
-                return last
+                return last, text_after
+            pixels = pixels or kind == b"IDAT"
+            text_after = text_after or (pixels and kind in (b"iTXt", b"tEXt", b"zTXt"))
             skip = length
             if kind == b"eXIf":
                 data = fh.read(min(length, 1 << 20))  # an orientation is in the first bytes
