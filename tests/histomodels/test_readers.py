@@ -219,7 +219,10 @@ def test_an_encoded_label_in_a_row_the_origin_filter_drops_is_not_checked(
     )
     kept = open_dataset(path, origin_split="kaggle_train")
     assert len(kept) == 1 and kept.labels().tolist() == [y[3]]
-    with pytest.raises(DatasetError, match=r"train\.h5 'y': row 4: label 2 is not 0/1 \(1 bad"):
+    # one bad row is said in the singular ('(1 bad rows)')
+    with pytest.raises(
+        DatasetError, match=r"train\.h5 'y': row 4: label 2 is not 0/1 \(1 bad row\)$"
+    ):
         open_dataset(path, origin_split="pcam_train")
     with pytest.raises(DatasetError, match=r"row 1: label 255 is not 0/1 \(2 bad rows\)"):
         open_dataset(path)  # unfiltered: every row is used, every row checked

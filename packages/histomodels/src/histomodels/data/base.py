@@ -49,7 +49,8 @@ def binary_labels(y: np.ndarray, where: str, rows: np.ndarray | None = None) -> 
         # 1.0000001 too), as histocore.io.number_text; ':g' named it 'label 1'
         label = str(flat[bad[0]]).removesuffix(".0")
         row = bad[0] if rows is None else rows[bad[0]]
-        raise DatasetError(f"{where}: row {row}: label {label} is not 0/1 ({len(bad)} bad rows)")
+        rows_bad = f"{len(bad)} bad row{'' if len(bad) == 1 else 's'}"
+        raise DatasetError(f"{where}: row {row}: label {label} is not 0/1 ({rows_bad})")
     return flat.astype(np.int64)
 
 
