@@ -815,3 +815,35 @@ def test_review_on_the_ipv6_loopback_answers_its_own_address(
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+def test_the_commands_a_hint_gives_are_quoted_for_the_shell(tmp_path: Path) -> None:
+    """The hints are commands to copy, but the run folder went in as it is: in a folder
+    named ``it's $HOME; a run`` the pasted ``histofetch status --run …/it's $HOME; a run``
+    waited on an open quote, or ran ``a run`` as a second command. Each command now quotes
+    the folder (``shlex.quote``), in the CLI's line and on the error page alike."""
+    import html
+    import shlex
+
+    run = make_run(tmp_path / "it's $HOME; a run", filtered=False)
+    m = Manifest.load(run)
+    m.records["pmid:1"].fail("filtered", "boom", transient=False)
+    m.records["pmid:2"].stage = "searched"
+    m.save()
+    m.close()
+    q = shlex.quote(str(run))
+    said = (
+        f"histofetch status --run {q} says why, "
+        f"histofetch filter --run {q} --retry-failed tries again; "
+        f"histofetch download --run {q}, then histofetch extract --run {q}, "
+        f"then histofetch filter --run {q} decide the others"
+    )
+    assert said + "\n" in _review_error(run)
+    # each command, pasted into a shell, gives the run folder as one word
+    for command in ("status --run", "filter --run", "download --run", "extract --run"):
+        pasted = said[said.index(f"histofetch {command}") :]
+        words = shlex.split(pasted.split(" says why")[0].split(",")[0])
+        assert words[:4] == ["histofetch", *command.split(), str(run)], words
+    page = _client(run).get("/")
+    assert page.status_code == 500, page.text
+    assert said in html.unescape(page.text)

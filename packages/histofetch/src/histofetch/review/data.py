@@ -16,6 +16,7 @@ import json
 import math
 import os
 import re
+import shlex
 import sqlite3
 import stat
 import threading
@@ -145,6 +146,12 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
+def _command(step: str, run_dir: Path, *more: str) -> str:
+    """``histofetch STEP --run RUN ...`` as a shell command to copy: the run folder quoted
+    (a folder named ``my run`` or ``a;b`` gave a command that ran something else)."""
+    return shlex.join(["histofetch", step, "--run", str(run_dir), *more])
+
+
 def _nothing_kept(manifest: Manifest, run_dir: Path) -> str:
     """Why a run has no kept figure to review, and what to do: filter kept none of its
     images, failed its articles, has images still to decide, or found none to decide."""
@@ -169,7 +176,7 @@ def _nothing_kept(manifest: Manifest, run_dir: Path) -> str:
     # the command that decides the others: filter, or for articles not extracted yet
     # (figures a download brought) the steps before it, which filter passes over
     decide_others = _decides_others(undecided - {r.id for r in stopped}, manifest, run_dir)
-    status = f"histofetch status --run {run_dir} says why"
+    status = f"{_command('status', run_dir)} says why"
     failures = retry = others = ""
     if pending:  # 'failed 1 article' or 'kept none' alone hid the articles not reached
         verb = "has" if pending == 1 else "have"
@@ -188,7 +195,7 @@ def _nothing_kept(manifest: Manifest, run_dir: Path) -> str:
             else f"{failed} of the run's {_plural(total, 'article')}"
         )
         failures += others
-        retry = f", histofetch filter --run {run_dir} --retry-failed tries again"
+        retry = f", {_command('filter', run_dir, '--retry-failed')} tries again"
         if decide_others.startswith(", histofetch filter "):
             retry += " and decides the others"
         elif decide_others:
@@ -246,9 +253,9 @@ def _decides_others(record_ids: set[str], manifest: Manifest, run_dir: Path) -> 
     # each command whole, to copy ('extract --run RUN and then filter decide' was said)
     steps = {"searched": ["download", "extract"], "downloaded": ["extract"]}.get(earliest)
     if steps is not None:
-        said = ", then ".join(f"histofetch {s} --run {run_dir}" for s in [*steps, "filter"])
+        said = ", then ".join(_command(s, run_dir) for s in [*steps, "filter"])
         return f", {said} decide the others"
-    return f", histofetch filter --run {run_dir} decides the others"
+    return f", {_command('filter', run_dir)} decides the others"
 
 
 #: What a run still needs before its images can be reviewed, by the last stage an article
