@@ -785,3 +785,50 @@ def test_panel_rows_carry_their_figures_label(tmp_path: Path) -> None:
     m = Manifest.load(run_dir)
     panels = m.panels_of(figure.id)
     assert len(panels) == 4 and all(p.figure_label == "Figure 2" for p in panels)
+
+
+def test_explain_says_why_a_row_has_no_scores(tmp_path: Path) -> None:
+    """A row with no scores (not scored yet; its image unreadable) printed
+    'classifier p(H&E) None over ? tiles (min ?, max ?); classes {}' and 'colour    purple
+    None, HED None, tissue None, '; a figure with no page 'page None', a panel whose letter
+    was not read 'letter None'. Now each signal not computed says so and why, and no line
+    prints None."""
+    from typer.testing import CliRunner
+
+    from histocore.manifest import Record
+    from histofetch.cli import app
+    from histofetch.filter import explain
+
+    run = tmp_path / "run"
+    m = Manifest(run_dir=run, query="q")
+    m.add_record(Record(id="pmid:1", title="T", stage="extracted"))
+    (run / "images").mkdir(parents=True)
+    (run / "images" / "bad.png").write_bytes(b"not a png")
+    PIL.Image.new("RGB", (96, 96), (200, 120, 180)).save(run / "images" / "waiting.png")
+    for name in ("waiting", "bad"):
+        m.add_image(Image(id=f"pmid:1/{name}", record_id="pmid:1", path=f"images/{name}.png",
+                          sha256=name, width=96, height=96, caption="H&E stain."))  # fmt: skip
+    m.add_image(Image(id="pmid:1/bad_panel01", record_id="pmid:1", path="images/p.png",
+                      sha256="p", width=40, height=40, parent_id="pmid:1/waiting",
+                      panel_bbox=[0, 0, 40, 40], source="panel"))  # fmt: skip
+    m.save()
+    text = explain(m, "waiting")
+    assert "None" not in text, text
+    assert "classifier not computed: not scored yet (histofetch filter scores it)" in text
+    assert "colour    not computed: not scored yet (histofetch filter scores it)" in text
+    assert "(96x96 px)" in text
+    assert "letter none read" in explain(m, "bad_panel01")
+    m.close()
+    from histofetch.filter import run_filter
+
+    run_filter(run, sheet=False)  # the figure that is no PNG is decided unreadable
+    r = CliRunner().invoke(app, ["filter", "--run", str(run), "--explain", "pmid:1/bad"])
+    assert r.exit_code == 0, r.output
+    assert "None" not in r.output and "REJECTED: unreadable image" in r.output, r.output
+    for signal in ("classifier not computed: ", "colour    not computed: "):
+        line = next(x for x in r.output.splitlines() if x.startswith(signal))
+        assert "cannot read image" in line and "--retry-failed reads it again" in line, line
+    # a scored row still prints its scores
+    r = CliRunner().invoke(app, ["filter", "--run", str(run), "--explain", "pmid:1/waiting"])
+    assert "not computed" not in r.output and "classifier p(H&E) " in r.output, r.output
+    assert "colour    purple " in r.output and not r.output.rstrip().endswith(","), r.output

@@ -487,6 +487,49 @@ def _caption_line(img: Image, stains: dict[str, Any]) -> str:
     return f"caption   {said}"
 
 
+def _not_scored(img: Image) -> str:
+    """Why a row has no scores, for ``--explain`` (it printed ``p(H&E) None over ? tiles``
+    and ``purple None, HED None, tissue None,``)."""
+    if img.status == "failed":  # read and failed: its reason says why ('cannot read image …')
+        why = img.reason or img.filter_reason or "the image could not be read"
+        return f"{why} (histofetch filter --retry-failed reads it again)"
+    if img.kept is None:
+        return "not scored yet (histofetch filter scores it)"
+    return "no scores stored for this row (histofetch filter --rescore computes them)"
+
+
+def _shown(value: object) -> str:
+    """One stored score as ``--explain`` prints it: ``n/a`` where none was stored."""
+    return "n/a" if value is None else str(value)
+
+
+def _score_lines(img: Image) -> list[str]:
+    """``--explain``'s classifier and colour lines, or ``not computed: <why>`` for either
+    signal a row has no scores of (not scored yet, its image unreadable)."""
+    clf = img.extra.get("classifier", {})
+    colour = img.extra.get("colour", {})
+    if img.p_he is None:
+        classifier = f"classifier not computed: {_not_scored(img)}"
+    else:
+        classifier = (
+            f"classifier p(H&E) {img.p_he} over {clf.get('tiles', '?')} tiles "
+            f"(min {clf.get('p_he_min', '?')}, max {clf.get('p_he_max', '?')}); "
+            f"classes {clf.get('probs', {})}"
+        )
+    main = (img.purple_ratio, img.he_score, img.tissue_fraction)
+    if all(v is None for v in main):
+        return [classifier, f"colour    not computed: {_not_scored(img)}"]
+    said = [
+        f"{name} {_shown(v)}" for name, v in zip(("purple", "HED", "tissue"), main, strict=True)
+    ]
+    said += [
+        f"{k} {v}"
+        for k, v in colour.items()
+        if k not in {"purple_ratio", "he_score", "tissue_fraction", "scorer"}
+    ]
+    return [classifier, "colour    " + ", ".join(said)]
+
+
 def explain(manifest: Manifest, image_id: str) -> str:
     """Every signal behind one row's decision, as text a person can read (``--explain``).
 
@@ -510,17 +553,19 @@ def explain(manifest: Manifest, image_id: str) -> str:
             )
         img = manifest.images[hits[0]]
     rec = manifest.records.get(img.record_id)
-    colour = img.extra.get("colour", {})
-    clf = img.extra.get("classifier", {})
     stains = img.extra.get("stains", {})
     decision = img.extra.get("decision", {})
     lines = [
         f"image     {img.id}",
         f"article   {(rec.title or rec.pmid or rec.id) if rec else img.record_id}",
-        f"file      {img.path} ({img.width}x{img.height} px, page {img.page})",
+        # a figure from a JATS package has no page ('page None' was printed)
+        f"file      {img.path} ({img.width}x{img.height} px"
+        + ("" if img.page is None else f", page {img.page}")
+        + ")",
     ]
     if img.parent_id:
-        lines.append(f"panel of  {img.parent_id}, box {img.panel_bbox}, letter {img.panel_letter}")
+        letter = img.panel_letter or "none read"
+        lines.append(f"panel of  {img.parent_id}, box {img.panel_bbox}, letter {letter}")
     if img.n_panels:
         lines.append(
             f"panels    {img.n_panels}: "
@@ -535,18 +580,7 @@ def explain(manifest: Manifest, image_id: str) -> str:
             f"          {_note_unless_said(decision.get('note', ''), img)}"
             f"(margin {decision.get('margin', 'n/a')})",
         ]
-    lines += [
-        f"classifier p(H&E) {img.p_he} over {clf.get('tiles', '?')} tiles "
-        f"(min {clf.get('p_he_min', '?')}, max {clf.get('p_he_max', '?')}); "
-        f"classes {clf.get('probs', {})}",
-        f"colour    purple {img.purple_ratio}, HED {img.he_score}, tissue {img.tissue_fraction}, "
-        + ", ".join(
-            f"{k} {v}"
-            for k, v in colour.items()
-            if k not in {"purple_ratio", "he_score", "tissue_fraction", "scorer"}
-        ),
-        _caption_line(img, stains),
-    ]
+    lines += [*_score_lines(img), _caption_line(img, stains)]
     if "whole_figure" in decision:
         whole = decision["whole_figure"]
         lines.append(
