@@ -254,13 +254,13 @@ def test_a_filter_stopped_while_writing_its_sheets_leaves_them_unnamed(
     real = os.replace
 
     def full(src: str | Path, dst: str | Path) -> None:
-        if Path(dst).name == "kept-001.jpg":  # the next sheet cannot be written
+        if Path(dst).name == "rejected-001.jpg":  # the next sheet cannot be written (none kept)
             raise OSError(28, "No space left on device", str(dst))
         real(src, dst)
 
     monkeypatch.setattr(os, "replace", full)
     r = CliRunner().invoke(cli, [*args, "--min-tissue", "0.5"])
-    assert r.exit_code == 1 and "kept-001.jpg" in r.output, r.output
+    assert r.exit_code == 1 and "rejected-001.jpg" in r.output, r.output
     assert Manifest.load(run).header_extra["filter_sheets"] is False
     out = _review_error(run)
     assert "filter kept none of the run's 1 image;" in out and "the sheets in" not in out
@@ -305,7 +305,7 @@ def test_filter_exports_its_decisions_before_writing_the_sheets(
     real = os.replace
 
     def replace(src: str | Path, dst: str | Path) -> None:
-        if Path(dst).name == "kept-001.jpg":  # what a kill from here on would leave
+        if Path(dst).name == "rejected-001.jpg":  # a kill from here on leaves this (none kept)
             at_first_sheet.append((run / "manifest.jsonl").read_text())
         replaced.append(Path(dst).name)
         real(src, dst)
@@ -314,7 +314,7 @@ def test_filter_exports_its_decisions_before_writing_the_sheets(
     args = ["filter", "--run", str(run), "--min-side", "100000"]
     assert CliRunner().invoke(cli, args).exit_code == 0
     assert replaced.count("manifest.jsonl") == 2
-    assert replaced.index("manifest.jsonl") < replaced.index("kept-001.jpg")
+    assert replaced.index("manifest.jsonl") < replaced.index("rejected-001.jpg")
     assert replaced[-1] == "manifest.jsonl"
     head, row = (json.loads(line) for line in at_first_sheet[0].splitlines()[:2])
     assert head["filter_sheets"] is False and "filter_thresholds" in head
@@ -328,14 +328,14 @@ def test_filter_exports_its_decisions_before_writing_the_sheets(
 
     def full(src: str | Path, dst: str | Path) -> None:
         replaced.append(Path(dst).name)
-        if Path(dst).name == "kept-001.jpg":  # the next sheet cannot be written
+        if Path(dst).name == "rejected-001.jpg":  # the next sheet cannot be written (none kept)
             raise OSError(28, "No space left on device", str(dst))
         real(src, dst)
 
     monkeypatch.setattr(os, "replace", full)
     replaced.clear()
     r = CliRunner().invoke(cli, [*args, "--min-tissue", "0.5"])
-    assert r.exit_code == 1 and "kept-001.jpg" in r.output, r.output
+    assert r.exit_code == 1 and "rejected-001.jpg" in r.output, r.output
     assert header()["filter_sheets"] is False and replaced.count("manifest.jsonl") == 1
     assert header()["filter_thresholds"]["min_tissue"] == 0.5
 

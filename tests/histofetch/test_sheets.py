@@ -4,6 +4,7 @@ paging, closest calls first, size limits, and broken files."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import PIL.Image
@@ -235,3 +236,54 @@ def test_a_folder_where_a_sheet_goes_is_one_error_naming_it(tmp_path: Path) -> N
     assert (
         folder.is_dir() and (sheets / "kept-001.jpg").read_bytes() == b"an earlier filter's sheet"
     )
+
+
+def test_no_sheet_is_a_title_over_no_tile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With every figure rejected, filter wrote kept-001.jpg and closest-kept.jpg: a title
+    ('kept: 0 images/panels, … (sheet 1 of 1: 1-0)') over no tile, as the rejected ones
+    were with none rejected. That side's sheets are now not written (an earlier filter's
+    removed), filter still names the sheets folder; a figure's file removed since it was
+    scored is a tile saying 'file missing', not 'unreadable'; and a sheet a caller asks
+    for with no image says so under its title."""
+    from PIL import ImageDraw
+    from review_kit import make_run
+    from typer.testing import CliRunner
+
+    from histofetch.cli import app
+
+    m = _run(tmp_path / "a", 3)
+    paths = write_filter_sheets(m)
+    assert set(paths) == {"kept-001", "rejected-001", "closest-kept", "closest-rejected"}
+    for img in m.images.values():
+        img.kept, img.filter_reason = False, "not H&E"
+    paths = write_filter_sheets(m)
+    assert set(paths) == {"rejected-001", "closest-rejected"}
+    assert sorted(p.name for p in (tmp_path / "a" / "sheets").iterdir()) == [
+        "closest-rejected.jpg", "rejected-001.jpg"
+    ]  # fmt: skip
+    for img in m.images.values():
+        img.kept, img.filter_reason = True, None
+    assert set(write_filter_sheets(m)) == {"kept-001", "closest-kept"}
+    # through the CLI: every figure too small to judge, rejected
+    run = make_run(tmp_path / "b", filtered=False)
+    r = CliRunner().invoke(app, ["filter", "--run", str(run), "--min-side", "100000"])
+    assert r.exit_code == 0 and f"kept 0 of 4 scored images; sheets in {run / 'sheets'}" in (
+        r.output
+    ), r.output
+    assert sorted(p.name for p in (run / "sheets").iterdir()) == [
+        "closest-rejected.jpg", "rejected-001.jpg"
+    ]  # fmt: skip
+    drawn: list[str] = []
+    real = ImageDraw.ImageDraw.text
+
+    def text(self: ImageDraw.ImageDraw, xy: Any, words: Any, *args: Any, **kw: Any) -> None:
+        drawn.append(str(words))
+        return real(self, xy, words, *args, **kw)
+
+    monkeypatch.setattr(ImageDraw.ImageDraw, "text", text)
+    (tmp_path / "a" / "images/r/p001_000.png").unlink()
+    contact_sheet(m, list(m.images.values())[:2], "two")
+    assert drawn.count("file missing") == 1 and "unreadable" not in drawn, drawn
+    drawn.clear()
+    contact_sheet(m, [], "nothing")
+    assert drawn == ["nothing", "no image or panel to show"], drawn

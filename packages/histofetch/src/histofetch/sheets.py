@@ -97,17 +97,22 @@ def contact_sheet(
     sheet = PIL.Image.new("RGB", (width, head + rows * cell_h), "white")
     draw = ImageDraw.Draw(sheet)
     draw.text((4, 4), title, fill="black", font=font)
+    if not shown:  # filter writes no such sheet; a caller's is not left blank
+        draw.text((6, head + 4), "no image or panel to show", fill=(170, 0, 0), font=font)
     for k, img in enumerate(shown):
         x = 6 + (k % cols) * (tile + 6)
         y = head + (k // cols) * cell_h
         draw.rectangle([x, y, x + tile - 1, y + tile - 1], fill=(200, 200, 200))
-        try:  # a missing file or one outside the run folder: an "unreadable" tile
+        problem = "unreadable"
+        try:  # a missing file or one outside the run folder: a grey tile saying which
             path = manifest.image_file(img.path)  # decoded as the filter read it (16-bit
             # grey by its top 8 bits, transparency on white), not clipped by convert("RGB")
+            if not path.exists():  # removed since it was scored: said so, not 'unreadable'
+                problem = "file missing"
             im = PIL.Image.fromarray(read_rgb(path, max_pixels=MAX_PIXELS, max_side=tile))
             sheet.paste(im, (x + (tile - im.width) // 2, y + (tile - im.height) // 2))
-        except Exception:  # a missing/broken file is shown as an empty grey tile
-            draw.text((x + 4, y + tile // 2), "unreadable", fill="red", font=font)
+        except Exception:  # a missing/broken file is shown as a grey tile saying so
+            draw.text((x + 4, y + tile // 2), problem, fill="red", font=font)
         colour = (0, 110, 0) if img.kept else (170, 0, 0)
         article = article_name(manifest.records.get(img.record_id), img.record_id)
         for j, line in enumerate(tile_label(img, article)):
@@ -166,7 +171,7 @@ def _margin(img: Image) -> float:
 _SHEET_NAME = re.compile(r"(kept|rejected)-\d{3,}\.jpg|closest-(kept|rejected)\.jpg")
 
 
-#: the sheets every filter writes, whatever the number of pages
+#: the first sheet of each kind, checked before any scoring (a side with no row has none)
 ALWAYS_WRITTEN = ("kept-001.jpg", "rejected-001.jpg", "closest-kept.jpg", "closest-rejected.jpg")
 
 
@@ -186,7 +191,8 @@ def write_filter_sheets(manifest: Manifest) -> dict[str, Path]:
     (``kept-001.jpg``) is one error line before anything there changes; any other
     (``kept.old``) is left as it is. With no decided row to show (nothing scored, or every
     figure unreadable) no sheet is written (they were four blank ones), the earlier
-    filter's removed as always, and ``{}`` returned."""
+    filter's removed as always, and ``{}`` returned; with none kept, or none rejected, that
+    side's sheets are not written (``kept-001.jpg`` was a title over no tile)."""
     out = manifest.run_dir / "sheets"
     rows = shown_rows(manifest)
     groups = {
@@ -197,10 +203,9 @@ def write_filter_sheets(manifest: Manifest) -> dict[str, Path]:
         *(
             f"{kind}-{page:03d}.jpg"
             for kind, group in groups.items()
-            for page in range(1, max(1, -(-len(group) // PER_SHEET)) + 1)
+            for page in range(1, -(-len(group) // PER_SHEET) + 1)
         ),
-        "closest-kept.jpg",
-        "closest-rejected.jpg",
+        *(f"closest-{kind}.jpg" for kind, group in groups.items() if group),
     ]
     refuse_folders_in_the_way(out, to_write)
     patterns = ("kept*.*", "rejected*.*", "closest-*.*")
@@ -219,7 +224,9 @@ def write_filter_sheets(manifest: Manifest) -> dict[str, Path]:
         return written
     out.mkdir(parents=True, exist_ok=True)
     for kind, group in groups.items():
-        pages = max(1, -(-len(group) // PER_SHEET))
+        if not group:  # a sheet of no tile: none kept, or none rejected
+            continue
+        pages = -(-len(group) // PER_SHEET)
         for page in range(pages):
             part = group[page * PER_SHEET : (page + 1) * PER_SHEET]
             first = page * PER_SHEET + 1

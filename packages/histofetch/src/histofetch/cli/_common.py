@@ -305,7 +305,8 @@ def kept_line(run: Path, sheet: bool = True) -> str:
     scored = info["scored"]
     # filter writes no sheet when it has nothing to show (it wrote four blank ones, and a
     # search that found nothing sent the user to them), and removes the earlier ones
-    shown = sheet and (run / "sheets" / "kept-001.jpg").is_file()
+    # (with none kept there is no kept-001.jpg: the rejected sheets are named all the same)
+    shown = sheet and any((run / "sheets" / f"{k}-001.jpg").is_file() for k in ("kept", "rejected"))
     where = f"; sheets in {run / 'sheets'}" if shown else ""
     images = "scored image" if scored == 1 else "scored images"
     return f"kept {info['kept']} of {scored} {images}{split_note(info)[1:]}{where}"
