@@ -749,6 +749,21 @@ def test_figure_label_of_a_panel_is_its_figures_and_is_one_capped_line(tmp_path:
         ("Supplementary Figure 3", "Supplementary Figure 3 b, node", None),
         ("2", "2 nodes were positive", "2"),  # a bare number: the caption's text
         ("Figure 01", "Fig. 1. Nodes", None),
+        # a sub-letter, and a supplementary figure, however spelt: said once (were twice)
+        ("Figure 1A", "Fig. 1A. Nodes", None),
+        ("Fig. 1A", "Figure 1a: Nodes", None),
+        ("Figure S1", "Fig. S1. Nodes", None),
+        ("S1", "Figure S1. Nodes", None),
+        ("S1 Fig", "Figure S1. Nodes", None),
+        ("Figure S1", "S1 Fig. Nodes", None),
+        ("Figure S2", "Supplementary Figure S2: Nodes", None),
+        ("Supplementary Figure 2", "Figure S2. Nodes", None),
+        # but another letter, number or kind is another label
+        ("Figure 1A", "Figure 1B. Nodes", "Figure 1A"),
+        ("Figure S1", "Figure 1. Nodes", "Figure S1"),
+        ("Figure 1", "Figure S1. Nodes", "Figure 1"),
+        ("Figure S1", "Figure S10. Nodes", "Figure S1"),
+        ("S1", "Fig. S1A. Nodes", "S1"),
         pytest.param("Figure 1", "Fig. " + "1" * 5000, "Figure 1", id="5000-digit-caption"),
     ],
 )

@@ -321,8 +321,28 @@ def caption_html(img: Image) -> Markup:
 MAX_LABEL_CHARS = 60
 
 
-#: "Fig. 1", "Fig 1", "Figure 1", "FIGURE 1": one figure's label however the caption spells it
-_FIGURE_NUMBER = re.compile(r"fig(?:ure)?\.?\s*(\d+)", re.IGNORECASE)
+#: A figure's label however it is spelt: "Fig. 1", "Fig 1", "Figure 1", "FIGURE 1", with a
+#: sub-letter ("Fig. 1A"), supplementary ("Figure S1", "Supplementary Figure 1", PLOS's
+#: "S1 Fig"); a label alone may also be just "S1" (:func:`_figure_key`).
+_WORD = r"fig(?:ure)?\.?"
+_FIGURE_LABEL = re.compile(
+    r"(?:(?P<supp>supplementa(?:ry|l)|suppl?\.?)\s*)?"
+    rf"(?:{_WORD}\s*(?P<s1>S)?\s*(?P<n1>\d+)(?P<l1>[A-Za-z])?"
+    rf"|(?P<s2>S)\s*(?P<n2>\d+)(?P<l2>[A-Za-z])?\s*{_WORD}"
+    r"|(?P<s3>S)(?P<n3>\d+)(?P<l3>[A-Za-z])?)",
+    re.IGNORECASE,
+)
+
+
+def _figure_key(m: re.Match[str] | None) -> tuple[bool, str, str] | None:
+    """(supplementary, number, sub-letter) of a :data:`_FIGURE_LABEL` match: "Fig. 1A" and
+    "Figure 1a" are one label, "Figure S1", "Fig. S1" and "S1 Fig" another. The number is
+    compared as text (a caption's 5,000-digit number was int()'s ValueError)."""
+    if m is None:
+        return None
+    k = next(k for k in "123" if m[f"n{k}"] is not None)
+    supp = bool(m["supp"] or m[f"s{k}"])
+    return supp, m[f"n{k}"].lstrip("0"), (m[f"l{k}"] or "").upper()
 
 
 def figure_label(manifest: Manifest, img: Image) -> str | None:
@@ -352,13 +372,18 @@ def _said_first(bare: str, caption: str) -> bool:
     …", "Figure 1 Lymph node", "Figure 1 a, lymph node". A "Fig."/"Fig"/"Figure" label and
     caption of the same number are one label ("Fig. 1. …" says "Figure 1"). A label without
     both a letter and a digit ("1") followed by a space and a lower-case word is the
-    caption's own text ("1 patient"), not the label; "Figure 10 …" is not "Figure 1"."""
-    numbered = _FIGURE_NUMBER.fullmatch(bare)
-    said = _FIGURE_NUMBER.match(caption) if numbered else None
-    if numbered and said:
-        if numbered[1].lstrip("0") != said[1].lstrip("0"):  # as text: a caption's
-            return False  # 5,000-digit number was int()'s ValueError
-        at = said.end()
+    caption's own text ("1 patient"), not the label; "Figure 10 …" is not "Figure 1". So are
+    a sub-letter and a supplementary figure however spelt ("Fig. 1A" and "Figure 1A", "S1",
+    "S1 Fig", "Figure S1" and "Fig. S1": each was shown before a caption saying the other);
+    "Figure 1B" is not "Figure 1A", nor "Figure S1" "Figure 1"."""
+    numbered = _figure_key(_FIGURE_LABEL.fullmatch(bare))
+    # a caption's own text is not read as a bare "S1" (the third form is a label's alone)
+    match = _FIGURE_LABEL.match(caption) if numbered else None
+    said = _figure_key(match) if match is not None and match["n3"] is None else None
+    if numbered and said and match is not None:
+        if numbered != said:
+            return False
+        at = match.end()
     elif caption[: len(bare)].casefold() == bare.casefold():
         at = len(bare)
     else:
