@@ -256,6 +256,37 @@ def test_export_to_a_name_too_long_leaves_no_new_folder(tmp_path: Path) -> None:
     assert not (tmp_path / "newdir").exists()
 
 
+@pytest.mark.parametrize("name", ["rows.csv", "rows.jsonl"])
+def test_export_into_a_missing_folder_makes_it_and_a_failed_one_leaves_none(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    """``export --out new/sub/rows.csv`` makes the missing folders, as every command's
+    ``--out`` does (histomodels export, predict, ensemble); but an export that failed
+    writing (a full disk) left ``new/sub/`` behind, empty. Now the folders it made go
+    with it; one that was there stays."""
+    from run_factory import make_run, searched
+
+    run = make_run(tmp_path / "run", searched("1", "PMC1"))
+    out = tmp_path / "new" / "sub" / name
+    result = runner.invoke(app, ["export", "--run", str(run), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert result.output == f"exported {run} → {out}\n" and out.is_file()
+
+    def full(src: str | Path, dst: str | Path) -> None:
+        raise OSError(28, "No space left on device", str(dst))
+
+    monkeypatch.setattr(os, "replace", full)
+    out = tmp_path / "new2" / "sub" / name
+    result = runner.invoke(app, ["export", "--run", str(run), "--out", str(out)])
+    assert result.exit_code == 1, result.output
+    assert _error_line(result) == f"error: {out}: no space left on device"
+    assert not (tmp_path / "new2").exists()
+    (tmp_path / "mine").mkdir()  # the user's folder: kept
+    out = tmp_path / "mine" / "sub" / name
+    result = runner.invoke(app, ["export", "--run", str(run), "--out", str(out)])
+    assert result.exit_code == 1 and list((tmp_path / "mine").iterdir()) == []
+
+
 @pytest.mark.parametrize("command", ["filter", "status"])
 def test_commands_on_a_missing_run_fail_clearly(tmp_path: Path, command: str) -> None:
     result = runner.invoke(app, [command, "--run", str(tmp_path / "none")])

@@ -18,7 +18,13 @@ from typing import Any, Literal, cast, get_args
 
 from histocore.csvcells import safe_dict
 from histocore.errors import ManifestError, UsageError
-from histocore.io import atomic_write_bytes, atomic_write_text, same_file
+from histocore.io import (
+    atomic_write_bytes,
+    atomic_write_text,
+    missing_folders,
+    remove_empty,
+    same_file,
+)
 from histocore.jsonl import export_lines
 from histocore.manifest import MANIFEST_NAME, STORE_NAME, Image, Manifest, Record
 from histocore.schema import _names
@@ -114,7 +120,8 @@ def export_run(run_dir: str | Path, fmt: str | None = None, out: str | Path | No
     JSONL; a ``fmt`` the suffix contradicts is a UsageError (:func:`export_format`).
     Raises ManifestError on a bad run, UsageError (a ValueError) on a bad format or an
     ``out`` that is one of the run's own files, ImportError (with advice) when Parquet
-    needs pyarrow."""
+    needs pyarrow. ``out``'s missing folders are made, as every command's ``--out`` makes
+    them, and removed again (when empty) if the export fails: a failed write left them."""
     if fmt is not None:  # an unknown format first: ('xml', RUN/manifest.jsonl) named it
         export_format(None, fmt)
     if out is not None:  # its own file named first: --format csv --out RUN/manifest.jsonl
@@ -132,15 +139,20 @@ def export_run(run_dir: str | Path, fmt: str | None = None, out: str | Path | No
     try:
         if out is not None and not (fmt == "jsonl" and same_file(out, manifest.path)):
             _refuse_row_files(manifest, Path(out))
-        if fmt == "jsonl":
-            return manifest.export(out)
-        target = Path(out) if out is not None else manifest.run_dir / f"export{SUFFIXES[fmt]}"
-        rows = list(_flat_rows(manifest))
-        if fmt == "csv":
-            _write_csv(target, rows)
-        else:
-            _write_parquet(target, rows)
-        return target
+        made = missing_folders(Path(out).parent) if out is not None else []
+        try:
+            if fmt == "jsonl":
+                return manifest.export(out)
+            target = Path(out) if out is not None else manifest.run_dir / f"export{SUFFIXES[fmt]}"
+            rows = list(_flat_rows(manifest))
+            if fmt == "csv":
+                _write_csv(target, rows)
+            else:
+                _write_parquet(target, rows)
+            return target
+        except BaseException:  # a failed export leaves no empty folder it made
+            remove_empty(made)
+            raise
     finally:
         manifest.close()
 

@@ -109,7 +109,8 @@ def export(
         typer.Option(
             "--out",
             "-o",
-            help="Output file [RUN/manifest.jsonl, RUN/export.csv|parquet].",
+            help="Output file, its missing folders made "
+            "[RUN/manifest.jsonl, RUN/export.csv|parquet].",
             parser=home_path,
         ),
     ] = None,
