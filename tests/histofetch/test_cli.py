@@ -561,3 +561,35 @@ def test_export_onto_the_review_log_or_a_figure_is_one_error_line(tmp_path: Path
         result = runner.invoke(app, ["export", "--run", str(run), "--out", str(out)])
         assert result.exit_code == 1 and said in _error_line(result), result.output
     assert log.read_text().startswith('{"image_id"') and fig.read_bytes() == b"png"
+
+
+def test_success_lines_name_a_tilde_folder_as_given(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A folder named ``~`` given as ``./~/run``: the CLI parses it as ``Path('~/run')``
+    (pathlib drops the ``./``), and the lines that say what was done printed that,
+    ``exported ~/run → ~/out.csv``, ``sheets in ~/run/sheets``, ``run ~/run`` and review's
+    ``histofetch status --run '~/run'``: ``$HOME/run`` to a reader, and to the CLI when
+    pasted. They now keep the ``./`` (as the errors do, ``histocore.io.path_shown``); a
+    ``~/x`` given is shown expanded, as it was."""
+    from review_kit import make_run
+
+    home, work = tmp_path / "home", tmp_path / "work"
+    home.mkdir()
+    work.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(work)
+    make_run(work / "~", filtered=False)
+    r = runner.invoke(app, ["filter", "--run", "./~/run", "--min-side", "100000"])
+    assert r.exit_code == 0 and r.output.endswith("; sheets in ./~/run/sheets\n"), r.output
+    r = runner.invoke(app, ["export", "--run", "./~/run", "--out", "./~/out.csv"])
+    assert r.exit_code == 0 and r.output == "exported ./~/run → ./~/out.csv\n", r.output
+    r = runner.invoke(app, ["status", "--run", "./~/run"])
+    assert r.exit_code == 0 and r.output.startswith("run ./~/run  (query: "), r.output
+    r = runner.invoke(app, ["review", "--run", "./~/run", "--no-browser"])
+    assert r.exit_code == 1 and "histofetch status --run ./~/run says why" not in r.output
+    assert "histofetch status --run './~/run' says why" in r.output, r.output
+    assert "the sheets in ./~/run/sheets show them" in r.output, r.output
+    assert not list(home.iterdir())  # nothing went to $HOME
+    r = runner.invoke(app, ["export", "--run", "./~/run", "--out=~/rows.csv"])
+    assert r.exit_code == 0 and r.output == f"exported ./~/run → {home / 'rows.csv'}\n", r.output

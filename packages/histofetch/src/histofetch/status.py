@@ -6,7 +6,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from histocore.io import one_line
+from histocore.io import one_line, path_shown
 from histocore.manifest import STAGES, Manifest, Record
 from histofetch.stage import reason_key
 
@@ -100,7 +100,8 @@ def split_note(info: dict[str, Any]) -> str:
 def format_status(info: dict[str, Any]) -> str:
     """Plain-text report of :func:`run_status` for people."""
     lines = [
-        f"run {info['run']}" + (f"  (query: {info['query']})" if info.get("query") else ""),
+        f"run {path_shown(Path(info['run']))}"  # ./~/run: a folder named '~', not $HOME's
+        + (f"  (query: {info['query']})" if info.get("query") else ""),
         f"records {info['records']}  pdfs {info['pdfs']}  images {info['images']}  "
         f"kept {info['kept']}  rejected {info['rejected']}  failed records {info['failed']}  "
         f"failed images {info.get('failed_images', 0)}" + split_note(info),

@@ -27,6 +27,7 @@ from histocore.cli import (
     setup_logging,
 )
 from histocore.errors import UsageError
+from histocore.io import path_shown
 from histofetch.choices import Database, LicencePolicy
 from histofetch.record_time import (
     DEFAULT_RECORD_TIMEOUT_S,
@@ -307,7 +308,7 @@ def kept_line(run: Path, sheet: bool = True) -> str:
     # search that found nothing sent the user to them), and removes the earlier ones
     # (with none kept there is no kept-001.jpg: the rejected sheets are named all the same)
     shown = sheet and any((run / "sheets" / f"{k}-001.jpg").is_file() for k in ("kept", "rejected"))
-    where = f"; sheets in {run / 'sheets'}" if shown else ""
+    where = f"; sheets in {path_shown(run / 'sheets')}" if shown else ""
     images = "scored image" if scored == 1 else "scored images"
     return f"kept {info['kept']} of {scored} {images}{split_note(info)[1:]}{where}"
 

@@ -29,7 +29,7 @@ from markupsafe import Markup, escape
 
 from histocore.csvcells import numbered_rows, read_cell
 from histocore.errors import DomainError
-from histocore.io import one_line, record_slug, unique_stem
+from histocore.io import one_line, path_shown, record_slug, unique_stem
 from histocore.manifest import (
     IMAGE_LABELS,
     MANIFEST_NAME,
@@ -149,7 +149,8 @@ def _plural(n: int, word: str) -> str:
 def _command(step: str, run_dir: Path, *more: str) -> str:
     """``histofetch STEP --run RUN ...`` as a shell command to copy: the run folder quoted
     (a folder named ``my run`` or ``a;b`` gave a command that ran something else)."""
-    return shlex.join(["histofetch", step, "--run", str(run_dir), *more])
+    # a folder named '~' as './~/run': '~/run', quoted or not, is $HOME's to the CLI
+    return shlex.join(["histofetch", step, "--run", path_shown(run_dir), *more])
 
 
 def _nothing_kept(manifest: Manifest, run_dir: Path) -> str:
@@ -206,7 +207,7 @@ def _nothing_kept(manifest: Manifest, run_dir: Path) -> str:
         # filter_sheets is False), nor of unreadable figures only (on no sheet)
         current = manifest.header_extra.get("filter_sheets", True)  # a bool (check_header)
         shown = bool(shown_rows(manifest)) and sheets.is_dir() and current
-        where = f", the sheets in {sheets} show them" if shown else ""
+        where = f", the sheets in {path_shown(sheets)} show them" if shown else ""
         if not failed and not others:
             return f": filter kept none of the run's {_plural(decided, 'image')}; {status}{where}"
         if not failed:  # 'the run's 2 images' of its 4: others wait for filter (or cannot)

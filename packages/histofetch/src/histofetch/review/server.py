@@ -13,6 +13,7 @@ from pathlib import Path
 
 import uvicorn
 
+from histocore.io import path_shown
 from histocore.manifest import Manifest
 from histofetch.review.app import create_app
 from histofetch.review.data import Scores, load_run
@@ -91,7 +92,8 @@ def serve(
     """Run the review page until Ctrl-C."""
     server, sock = build_server(run_dir, host=host, port=port, reviewer=reviewer, scores=scores)
     url = url_of(sock)
-    announce(f"review page for {run_dir}: {url}  (Ctrl-C to stop; every answer is saved at once)")
+    shown = path_shown(Path(run_dir))  # a folder named '~' as ./~/run, not $HOME's
+    announce(f"review page for {shown}: {url}  (Ctrl-C to stop; every answer is saved at once)")
     if open_browser:
         threading.Timer(0.5, webbrowser.open, args=(url,)).start()
     try:
