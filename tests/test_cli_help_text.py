@@ -126,3 +126,31 @@ def test_options_that_take_a_value_still_show_its_type() -> None:
     rows = [line.strip("│ ") for line in out.splitlines()]
     lines = {row.split()[0]: row for row in rows if row.startswith("--")}
     assert "<int range>" in lines["--batch-size"] and "<" not in lines["--tta"], out
+
+
+@pytest.mark.parametrize("name", ["histofetch", "histomodels"])
+def test_no_option_shows_a_python_type_for_its_value(name: str) -> None:
+    """``histomodels label --help`` showed ``--set <list[str]>``: Typer's name for the
+    parameter's Python type, not what to type (``IMAGE_ID=LABEL``, as ``tune --fix``
+    shows ``NAME=VALUE``). Options only: Typer shows an argument's type whatever its
+    metavar (``runs... <list[Path]>``)."""
+    app = dict(_apps())[name]
+    shown = []
+    for path, _cmd in _commands(typer.main.get_command(app)):
+        out = CliRunner().invoke(app, [*path, "--help"], env={"COLUMNS": "400"}).output
+        shown += [
+            (" ".join(path), line.strip("│ "))
+            for line in out.splitlines()
+            if line.strip("│ *").startswith("--")
+            and re.search(r"<\w+\[(str|int|float|Path)\]>", line)
+        ]
+    assert not shown, f"an option's value is shown as a Python type: {shown}"
+
+
+def test_label_set_names_its_value_and_the_labels() -> None:
+    from histomodels.cli import app
+
+    out = CliRunner().invoke(app, ["label", "--help"], env={"COLUMNS": "400"}).output
+    row = next(line.strip("│ ") for line in out.splitlines() if "--set" in line)
+    assert "IMAGE_ID=LABEL" in row.split("Set")[0], row
+    assert "metastasis, no_metastasis, not_usable or clear" in row, row

@@ -694,8 +694,10 @@ def label_cmd(
         list[str] | None,
         typer.Option(
             "--set",
+            metavar="IMAGE_ID=LABEL",
             callback=checked_by("histomodels.label:parse_set", "--set"),
-            help="IMAGE_ID=LABEL (repeatable).",
+            help="Set one figure's label: metastasis, no_metastasis, not_usable or clear "
+            "(repeatable).",
         ),
     ] = None,
     from_csv: Annotated[
