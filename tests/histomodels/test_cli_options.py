@@ -736,6 +736,40 @@ def test_the_name_checks_are_the_librarys() -> None:
             origin_splits(bad)
 
 
+@pytest.mark.parametrize(
+    ("given", "hint"),
+    [
+        ("cnnn", "(did you mean 'cnn'?)"),
+        ("CNN", "(did you mean 'cnn'?)"),
+        ("mobilenetv2", "(did you mean 'mobilenet_v2'?)"),
+        ("efficientnet_lite", "(did you mean 'efficientnet_lite0'?)"),
+        ("resnet18", "(a timm model: timm/resnet18)"),
+        ("convnext_atto.d2_in1k", "(a timm model: timm/convnext_atto.d2_in1k)"),
+    ],
+)
+def test_an_unknown_model_says_what_was_likely_meant(given: str, hint: str) -> None:
+    """A new user's ``--model resnet18`` (a timm model given bare) or ``--model cnnn`` got
+    the list of known names only; the line now ends with the likely name. The check stays
+    before PyTorch: timm is not asked whether it knows the name."""
+    result = CliRunner().invoke(
+        app, ["train", "--model", given, "--data", "x.h5", "--val", "y.h5", "--out", "o"]
+    )
+    assert result.exit_code == 2
+    from histomodels.choices import model_problem
+
+    problem = model_problem(given)
+    assert problem is not None and problem.endswith(hint), problem
+    assert hint in unboxed(result.output), result.output
+
+
+@pytest.mark.parametrize("given", ["pcam-cnn", "timm/", "", "timm/ "])
+def test_an_unknown_model_unlike_any_name_gets_no_hint(given: str) -> None:
+    from histomodels.choices import model_problem
+
+    problem = model_problem(given)
+    assert problem is not None and problem.endswith("timm/<name>"), problem
+
+
 def test_help_lists_the_choices() -> None:
     shown = {
         "eval": ["<sensitivity|youden>", "<auto|fp32|bf16>", "<beside|checkpoint|none>"],

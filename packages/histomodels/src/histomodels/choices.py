@@ -132,7 +132,23 @@ def model_problem(name: str) -> str | None:
     if name in TRAINABLE_MODELS or (head in MODEL_PREFIXES and rest.strip()):
         return None
     known = ", ".join((*TRAINABLE_MODELS, *(f"{p}/<name>" for p in MODEL_PREFIXES)))
-    return f"unknown model; known: {known}"
+    return f"unknown model; known: {known}{_model_hint(name)}"
+
+
+def _model_hint(name: str) -> str:
+    """What the user likely meant: a known name one typo away (``cnnn``: ``cnn``), or, for a
+    bare name that may be a timm model's (``resnet18``), its ``timm/`` spelling; timm is
+    not imported to check (a usage error comes before PyTorch), so the hint only says how
+    such a model is named."""
+    import difflib
+    import re
+
+    close = difflib.get_close_matches(name.strip().lower(), TRAINABLE_MODELS, n=1)
+    if close:
+        return f" (did you mean {close[0]!r}?)"
+    if re.fullmatch(r"[A-Za-z][A-Za-z0-9_.]*", name):
+        return f" (a timm model: timm/{name})"
+    return ""
 
 
 def origin_splits(value: str | Iterable[str]) -> set[str]:
