@@ -424,6 +424,40 @@ def test_images_at_another_magnification_than_pcam_get_one_warning(
     assert len(_rows(tmp_path / "p.csv")) == 16  # the CSV is written as before
 
 
+def test_a_suggested_scale_that_leaves_no_patch_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The Camelyon16 256 px tiles at 40x were told 'try --scale 0.27', and that scale
+    then failed every one: 'error: 44 of 44 file(s) are smaller than one 96px patch at scale
+    0.27 … 69x69'. The warning now says so with its suggestion, and what would work."""
+    from histomodels.predict import predict_paths, warn_magnification
+
+    caplog.set_level("WARNING", logger="histomodels.predict")
+    warn_magnification([0.266, 0.27, 0.26], 1.0, patch=(256, 96))
+    warn_magnification([0.266], 0.5, patch=(128, 96))  # the same 256 px image at --scale 0.5
+    warn_magnification([0.266], 1.0, patch=(2048, 96))  # a Camelyon17 tile: room to spare
+    first, second, big = (r.getMessage() for r in caplog.records)
+    assert first.endswith(
+        "try --scale 0.27 (a rough estimate from nucleus size, ±30%); but at --scale 0.27 an "
+        "image 256 px a side is 69 px, smaller than one 96px patch: give regions of at least "
+        "356 px a side at this magnification, or score such tiles whole with eval --data "
+        "FOLDER --scale 0.27"
+    ), first
+    assert "try --scale 0.13" in second and "an image 256 px a side is 33 px" in second
+    assert big.endswith("try --scale 0.27 (a rough estimate from nucleus size, ±30%)"), big
+
+    ckpt = tiny_checkpoint(tmp_path)  # end to end: a 40x crop of 320 px (80 px at PCam scale)
+    fig = make_figure(4, 4, seed=3)
+    x40 = Image.fromarray(fig).resize(
+        (fig.shape[1] * 4, fig.shape[0] * 4), Image.Resampling.BICUBIC
+    )
+    x40.crop((0, 0, 320, 320)).save(tmp_path / "x40_crop.png")
+    caplog.clear()
+    predict_paths(ckpt, [tmp_path / "x40_crop.png"], tmp_path / "p.csv", draw_heatmaps=False)
+    (line,) = (r.getMessage() for r in caplog.records)
+    assert "an image 320 px a side is" in line and "smaller than one 96px patch" in line, line
+
+
 def test_no_heatmaps_writes_the_same_csv_and_no_pngs(tmp_path: Path) -> None:
     """Drawing a heatmap costs ~0.5 s an image (89 Camelyon16 256 px tiles: 78 s with them,
     19 s without on a loaded machine); --no-heatmaps keeps the CSV only."""

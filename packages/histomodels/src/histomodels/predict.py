@@ -16,6 +16,7 @@ import csv
 import errno
 import io
 import logging
+import math
 import os
 import tempfile
 from collections import Counter
@@ -541,7 +542,7 @@ def _predict_files(
     of files scored."""
     from histomodels.inference import sigmoid
 
-    n_rows, factors, grey = 0, [], []
+    n_rows, factors, grey, sides = 0, [], [], []
     todo = [f for f in files if f not in problems]
     with task("predicting", len(todo)) as shown:
         for f in todo:
@@ -553,7 +554,10 @@ def _predict_files(
                 shown.advance()
                 continue
             if len(factors) < SCALE_CHECK_IMAGES:
-                factors += nucleus_scale(img, size)
+                measured = nucleus_scale(img, size)
+                factors += measured
+                if measured:
+                    sides.append(min(img.shape[:2]))
             if _is_grey(img):
                 grey.append(f)
             logits = pred.logits(tiles.patches, batch_size=batch_size, tta=tta)
@@ -578,7 +582,7 @@ def _predict_files(
                          f"{probs.max():.2f}, mean {probs.mean():.2f}", mark)  # fmt: skip
                 heatmaps.append(str(target))
             shown.advance()
-    warn_magnification(factors, scale)
+    warn_magnification(factors, scale, patch=(min(sides), size) if sides else None)
     scored = sum(f not in problems for f in todo)  # each input given, as the CSV's rows
     if grey:
         log.warning(
@@ -636,25 +640,45 @@ def nucleus_scale(img: np.ndarray, size: int) -> list[float]:
 
 
 def warn_magnification(
-    factors: list[float], scale: float, where: str = "", option: str = "--scale"
+    factors: list[float],
+    scale: float,
+    where: str = "",
+    option: str = "--scale",
+    patch: tuple[int, int] | None = None,
 ) -> None:
     """One warning when the images' nuclei (:func:`nucleus_scale` of each) say they are not
     at PCam's magnification: the model then scores tissue at a scale it never saw (a 40x
     tile at ``--scale 1`` comes out as tumour almost everywhere). ``where`` (a dataset, for
     ``eval --data``/``--val``) starts the line when given; ``option`` is the one that sets
-    the scale (``--val-scale`` for ``eval --val``)."""
+    the scale (``--val-scale`` for ``eval --val``). ``patch`` (``predict``: the smallest
+    side of the checked images at ``scale``, and the patch side) adds, when the scale
+    suggested would make such an image smaller than one patch, that it would and how large
+    a region it takes: the suggestion alone led to ``error: … smaller than one 96px patch``
+    (the 256 px Camelyon16 tiles at 40x: ``try --scale 0.27``, then 69x69)."""
     if not factors:
         return
     factor = float(np.median(factors))
     if SCALE_CHECK_BAND[0] <= factor <= SCALE_CHECK_BAND[1]:
         return
+    suggested = float(f"{scale * factor:.2g}")  # as said, and as the user will pass it
+    too_small = ""
+    if patch is not None:
+        side, size = round(patch[0] / scale), patch[1]  # the image's own side, before --scale
+        if round(side * suggested) < size:
+            too_small = (
+                f"; but at {option} {suggested:g} an image {side} px a side is "
+                f"{round(side * suggested)} px, smaller than one {size}px patch: give "
+                f"regions of at least {math.ceil(size / suggested)} px a side at this "
+                f"magnification, or score such tiles whole with eval --data FOLDER "
+                f"--scale {suggested:g}"
+            )
     log.warning(
         "%sthe nuclei in %d checked image(s) look %.1fx %s than in PCam patches (~10x, 0.97 "
         "µm/px) at %s %s: scores at another magnification are not meaningful; try "
-        "%s %.2g (a rough estimate from nucleus size, ±30%%)",
+        "%s %g (a rough estimate from nucleus size, ±30%%)%s",
         f"{where}: " if where else "", len(factors), 1 / factor if factor < 1 else factor,
         "larger" if factor < 1 else "smaller", option, number_text(scale), option,
-        scale * factor,
+        suggested, too_small,
     )  # fmt: skip
 
 
