@@ -287,9 +287,22 @@ def test_export_into_a_missing_folder_makes_it_and_a_failed_one_leaves_none(
     assert result.exit_code == 1 and list((tmp_path / "mine").iterdir()) == []
 
 
-@pytest.mark.parametrize("command", ["filter", "status"])
+@pytest.mark.parametrize("command", ["filter", "status", "export", "download", "review"])
 def test_commands_on_a_missing_run_fail_clearly(tmp_path: Path, command: str) -> None:
+    """A mistyped run folder (``--run runs/mnie``) said ``runs/mnie/manifest.jsonl: no
+    manifest here``, naming a file in a folder that is not there (and not the run's store,
+    run.sqlite); review said ``not a folder``. Each says the folder is missing, one way."""
     result = runner.invoke(app, [command, "--run", str(tmp_path / "none")])
+    assert result.exit_code == 1
+    want = f"error: {tmp_path / 'none'}: no such folder (give a histofetch run folder)"
+    assert _error_line(result) in (want, f"{want}; download failed")  # what stopped, after
+    assert not (tmp_path / "none").exists()
+
+
+@pytest.mark.parametrize("command", ["filter", "status"])
+def test_commands_on_a_folder_without_a_run_fail_clearly(tmp_path: Path, command: str) -> None:
+    (tmp_path / "empty").mkdir()
+    result = runner.invoke(app, [command, "--run", str(tmp_path / "empty")])
     assert result.exit_code == 1
     assert "manifest.jsonl: no manifest here" in _error_line(result)
 

@@ -111,7 +111,7 @@ def test_cli_errors_are_one_line_and_non_zero(tmp_path: Path) -> None:
     )
     result = runner.invoke(app, ["download", "--run", str(tmp_path / "nothing")])
     assert result.exit_code == 1
-    assert "no manifest here" in result.output
+    assert "nothing: no such folder (give a histofetch run folder)" in result.output
     assert not (tmp_path / "nothing").exists()
     bad = runner.invoke(
         app, ["search", "x", "--run", str(tmp_path)], env={"HISTOFETCH_TIMEOUT": "soon"}

@@ -443,7 +443,7 @@ def test_options_that_exclude_each_other_are_a_usage_error(tmp_path: Path, case:
         (["finetune", *DATA, "--model", "mobilenet_v2", "--device", "cuda:0", "--model-config",
           "{{}}", "--input-size", "128"], "nope.h5: train data not found"),
         ([*EVAL, "--device", "cpu:0"], "nope.h5: no such file or folder"),
-        ([*LABEL, "--set", "img0=m", "--set", "a=b=clear"], "no manifest here"),
+        ([*LABEL, "--set", "img0=m", "--set", "a=b=clear"], "no such folder (give a histofetch"),
         (["data", "info", "{missing}", "--split", "valid", "--per-class", "1"], "nope.h5"),
         (["data", "info", "{missing}", "--origin-split", "kaggle_train,pcam_train"], "nope.h5"),
     ],

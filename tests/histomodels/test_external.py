@@ -256,7 +256,7 @@ def test_manifest_without_val_uses_the_shipped_threshold_as_data_does(tmp_path: 
 def test_bad_manifest(tmp_path: Path) -> None:
     ckpt = tiny_checkpoint(tmp_path)
     r = CliRunner().invoke(app, ["eval", str(ckpt), "--manifest", str(tmp_path / "nope")])
-    assert r.exit_code == 1 and "no manifest" in r.output
+    assert r.exit_code == 1 and "nope: no such folder (give a histofetch run folder)" in r.output
     r = CliRunner().invoke(app, ["eval", str(ckpt)])
     assert r.exit_code == 2 and "exactly one of" in r.output  # a usage error
 

@@ -227,7 +227,7 @@ def test_bad_labels_change_nothing(tmp_path: Path) -> None:
     assert r.exit_code == 1 and str(bad_csv) in r.output
     assert (run / "manifest.jsonl").read_bytes() == before
     r = runner.invoke(app, ["label", "--manifest", str(tmp_path / "empty")])
-    assert r.exit_code == 1 and "no manifest" in r.output
+    assert r.exit_code == 1 and "empty: no such folder (give a histofetch run folder)" in r.output
 
 
 def test_normalise_label() -> None:

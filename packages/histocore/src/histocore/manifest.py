@@ -97,6 +97,10 @@ class Manifest(StoreSync):
             manifest._seen_rec = {k: dumps(row_of(r)) for k, r in manifest.records.items()}
             manifest._seen_img = {k: dumps(row_of(i)) for k, i in manifest.images.items()}
             manifest._migrate = fingerprint  # the bytes read, not the file when migrated
+        elif not create and not os.path.lexists(manifest.run_dir):  # a typo: say the folder
+            raise ManifestError(
+                f"{manifest.run_dir}: no such folder (give a histofetch run folder)"
+            )
         elif not create:
             raise ManifestError(f"{path}: no manifest here (is this a histofetch run folder?)")
         return manifest

@@ -129,6 +129,8 @@ def _no_tile(row: dict[str, str | None]) -> bool:
 def load_run(run_dir: str | Path) -> Manifest:
     """The run's manifest, or a :class:`ReviewError` that says what is wrong with the folder."""
     run_dir = Path(run_dir)
+    if not os.path.lexists(run_dir):  # as every other command says it (Manifest.load)
+        raise ReviewError(f"{run_dir}: no such folder (give a histofetch run folder)")
     if not run_dir.is_dir():
         raise ReviewError(f"{run_dir}: not a folder (give a histofetch run folder)")
     try:
