@@ -113,6 +113,22 @@ def test_manifest_eval_records_the_inference_precision(tmp_path: Path) -> None:
                                  "--out", str(out), "--precision", "bf16"])  # fmt: skip
     assert r.exit_code == 0, r.output
     assert json.loads((out / "metrics.json").read_text())["inference_precision"] == "bf16"
+    # the last line named metrics.json, image_scores.csv, heatmaps/ and contact_sheet.png
+    # alone: tile_predictions.csv (every tile's score) and the histograms were not said
+    last = r.stdout.splitlines()[-1]
+    assert last == (
+        f"wrote {out}/metrics.json, image_scores.csv, tile_predictions.csv, heatmaps/, "
+        "contact_sheet.png and plots"
+    )
+    named = [
+        "metrics.json",
+        "image_scores.csv",
+        "tile_predictions.csv",
+        "heatmaps",
+        "contact_sheet.png",
+    ]
+    assert all((out / name).exists() for name in named)
+    assert {p.name for p in out.iterdir() if p.suffix != ".png"} <= set(named)
 
 
 def test_a_figure_without_tissue_tiles_does_not_stop_review_scores(tmp_path: Path) -> None:

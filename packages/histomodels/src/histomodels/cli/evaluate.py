@@ -442,7 +442,10 @@ def _print_external(result: dict, out: Path) -> None:
     typer.echo(f"temperature {result['temperature']:.3f}")
     if result.get("note"):
         typer.echo(result["note"])
-    typer.echo(f"wrote {out}/metrics.json, image_scores.csv, heatmaps/ and contact_sheet.png")
+    typer.echo(
+        f"wrote {out}/metrics.json, image_scores.csv, tile_predictions.csv, heatmaps/, "
+        "contact_sheet.png and plots"
+    )
 
 
 def export_cmd(
