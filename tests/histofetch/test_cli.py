@@ -127,6 +127,24 @@ def test_a_filter_whose_images_are_all_unreadable_names_no_sheets(tmp_path: Path
     assert result.exit_code == 0 and f"; sheets in {good / 'sheets'}" in result.output
 
 
+def test_a_stage_without_run_says_where_it_wrote(
+    tmp_path: Path, pdfs: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``histofetch extract paper.pdf`` (``--run`` forgotten) said ``extracted: 1 done, …``
+    and nothing of the ``runs/default`` folder it had made: a new user could not tell where
+    the images went. One line on stderr now says so; with ``--run`` nothing more."""
+    monkeypatch.chdir(tmp_path)
+    pdf = pdfs / "a.pdf"
+    result = runner.invoke(app, ["extract", str(pdf)])
+    assert result.exit_code == 0, result.output
+    assert result.stdout == "extracted: 1 done, 0 already done, 0 failed\n"
+    assert result.stderr == "run folder: runs/default (no --run given)\n"
+    assert (tmp_path / "runs" / "default" / "run.sqlite").is_file()
+    given = runner.invoke(app, ["extract", "--run", "runs/default", str(pdf)])
+    assert given.exit_code == 0, given.output
+    assert given.stderr == ""
+
+
 def test_extract_missing_path_is_one_clear_error(tmp_path: Path) -> None:
     result = runner.invoke(app, ["extract", "--run", str(tmp_path / "run"), "nope.pdf"])
     assert result.exit_code == 1

@@ -68,6 +68,16 @@ Run = Annotated[
 RUN_DEFAULT = Path("runs/default")
 
 
+def say_default_run(ctx: typer.Context, run: Path) -> None:
+    """After a stage's summary, one line saying where it wrote when ``--run`` was not
+    given: ``histofetch extract paper.pdf`` said ``extracted: 1 done, …`` and nothing of
+    the ``runs/default`` folder it had made, so a user who forgot ``--run`` could not tell
+    where the images went (``filter`` and ``run`` name it in their last line)."""
+    source = ctx.get_parameter_source("run")
+    if source is not None and source.name == "DEFAULT":
+        typer.echo(f"run folder: {run} (no --run given)", err=True)
+
+
 def _check_query(text: str) -> str:
     """The query argument's callback: the library's check (an empty or blank query) as a
     usage error (exit 2) before any request."""
@@ -365,6 +375,7 @@ __all__ = [
     "record_limit",
     "require_file",
     "require_folder",
+    "say_default_run",
     "setup_logging",
     "shard_parts",
 ]

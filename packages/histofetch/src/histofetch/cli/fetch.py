@@ -35,11 +35,13 @@ from histofetch.cli._common import (
     net_config,
     progress,
     record_limit,
+    say_default_run,
     shard_parts,
 )
 
 
 def search(
+    ctx: typer.Context,
     query: Query,
     run: Run = RUN_DEFAULT,
     max_results: Max = None,
@@ -71,9 +73,11 @@ def search(
             shard=parts,
         )
     print(summary.line())
+    say_default_run(ctx, run)
 
 
 def download(
+    ctx: typer.Context,
     run: Run = RUN_DEFAULT,
     retry_failed: Retry = False,
     api_key: ApiKey = None,
@@ -90,6 +94,7 @@ def download(
     with errors(outcome="download failed"), progress():
         summary = run_download(run, net=net, retry_failed=retry_failed, policy=policy, jobs=jobs)
     print(summary.line())
+    say_default_run(ctx, run)
 
 
 def run_all(

@@ -22,6 +22,7 @@ from histofetch.cli._common import (
     kept_line,
     progress,
     record_limit,
+    say_default_run,
 )
 
 
@@ -64,6 +65,7 @@ def extract(
             record_timeout=limit, isolate=isolate,
         )  # fmt: skip
     print(summary.line())
+    say_default_run(ctx, run)
     if pdfs:
         _warn_failed_local(run, pdfs)
     fail_on_killers(run, summary)
