@@ -144,8 +144,38 @@ def test_cli_fits_a_stain_file_from_a_reference_image(tmp_path) -> None:
             b'{"stains": [[0.577, 0.577], [0.577, 0.577], [0.577, 0.577]], "max_c": [1, 1]}',
             "vectors are 0.0 degrees apart",
         ),
+        # each was taken and remixed every patch to one flat colour, exit 0: zero vectors to
+        # the blank background, a huge one to black, negative ones to white, a max_c of
+        # 1e-320 to the background again
+        (
+            b'{"stains": [[0, 0], [0, 0], [0, 0]], "max_c": [1, 1]}',
+            r"the haematoxylin vector \[0\.0, 0\.0, 0\.0\] has length 0, expected a unit",
+        ),
+        (
+            b'{"stains": [[1e308, 0.07], [0.7, 0.99], [0.29, 0.11]], "max_c": [1, 1]}',
+            "haematoxylin vector .* has length inf, expected a unit",
+        ),
+        (
+            b'{"stains": [[-0.65, -0.07], [-0.7, -0.99], [-0.29, -0.11]], "max_c": [1, 1]}',
+            "haematoxylin vector .* has a negative component",
+        ),
+        (
+            b'{"stains": [[0.65, 0.07], [0.7, 0.99], [0.29, 0.11]], "max_c": [1e-320, 1]}',
+            r"max_c \[1e-320, 1\.0\] is below 0\.01",
+        ),
     ],
-    ids=["binary", "huge", "zero max_c", "nan max_c", "negative io", "one colour"],
+    ids=[
+        "binary",
+        "huge",
+        "zero max_c",
+        "nan max_c",
+        "negative io",
+        "one colour",
+        "zero vectors",
+        "long vector",
+        "negative vectors",
+        "tiny max_c",
+    ],
 )
 def test_hostile_stain_settings_are_one_error(tmp_path, text, message) -> None:
     """A stain file (or a checkpoint's stain dict) that would divide by zero or take the log

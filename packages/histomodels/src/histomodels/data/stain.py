@@ -83,6 +83,36 @@ def _two_stains(stains: np.ndarray, source: str = "") -> None:
         )
 
 
+#: How far a stain vector's length may be from 1 (hand-copied published vectors, rounded to
+#: 2 or 4 decimals, are within 0.5%; ``fit`` writes unit columns).
+UNIT_TOLERANCE = 0.02
+#: The least target concentration scale read from settings: below it every patch is remixed
+#: to within a grey level of the background (fitted values on real H&E, IHC, IF and special
+#: stains are 0.3 to 10).
+MIN_MAX_C = 0.01
+
+
+def _unit_od_vectors(stains: np.ndarray, source: str = "") -> None:
+    """Stain vectors read from settings are what ``fit`` writes: unit optical-density
+    columns, no component negative (a stain absorbs light, it never adds it). A zero
+    column remixed every patch to blank background, a long one (``1e308``) to black and a
+    negative one to white, each silently."""
+    where = f"{source}: " if source else ""
+    for col, name in enumerate(("haematoxylin", "eosin")):
+        vec = stains[:, col]
+        length = float(np.linalg.norm(vec))
+        if (vec < 0).any():
+            raise StainError(
+                f"{where}the {name} vector {vec.tolist()} has a negative component "
+                "(an optical-density vector is never negative)"
+            )
+        if not abs(length - 1) <= UNIT_TOLERANCE:
+            raise StainError(
+                f"{where}the {name} vector {vec.tolist()} has length {length:.3g}, "
+                "expected a unit optical-density vector (as `histomodels data stain` writes)"
+            )
+
+
 @dataclass
 class MacenkoNormalizer:
     """Map images onto a target's stain appearance. Default target: the common reference."""
@@ -95,6 +125,7 @@ class MacenkoNormalizer:
     def fit(self, target: np.ndarray) -> MacenkoNormalizer:
         """Estimate the target's stain vectors and concentration scale (uint8 [H, W, 3])."""
         stains, max_c = stain_vectors(_check(target), io=self.io)
+        _unit_od_vectors(stains)  # what load() takes back
         _two_stains(stains)
         self.stains, self.max_c = stains, max_c
         return self
@@ -137,9 +168,15 @@ class MacenkoNormalizer:
             raise StainError(f"{source}: not Macenko stain settings ({exc!r})") from None
         if stains.shape != (3, 2) or max_c.shape != (2,) or not np.isfinite(stains).all():
             raise StainError(f"{source}: expected stains 3x2 and max_c of 2 finite numbers")
+        _unit_od_vectors(stains, source)
         _two_stains(stains, source)
         if not (np.isfinite(max_c).all() and (max_c > 0).all()):
             raise StainError(f"{source}: max_c must be 2 positive finite numbers")
+        if not (max_c >= MIN_MAX_C).all():
+            raise StainError(
+                f"{source}: max_c {max_c.tolist()} is below {MIN_MAX_C:g}: every patch would "
+                "be normalised to blank background (a fitted max_c is about 0.3 to 10)"
+            )
         if not (np.isfinite(io) and 0 < io <= 1000):  # background light; 240 typical
             raise StainError(f"{source}: io must be a positive intensity, got {io}")
         return cls(stains, max_c, io)
