@@ -424,6 +424,9 @@ def test_a_predictions_csv_that_is_a_folder_is_named(tmp_path: Path) -> None:
         ("p2,1,abc\n", "line 4: probability 'abc' is not a number from 0 to 1"),
         ("p2,1,1.5\n", "line 4: probability '1.5' is not a number from 0 to 1"),
         ("p2,1,nan\n", "line 4: probability 'nan' is not a number from 0 to 1"),
+        # a label eval never writes: the row was skipped as unlabelled, without a word
+        ("p2,2,0.5\n", "line 4: label '2' is not 0, 1 or -1 (unlabelled)"),
+        ("p2,yes,0.5\n", "line 4: label 'yes' is not 0, 1 or -1 (unlabelled)"),
         # the line the row starts on: an id quoted over two lines named its last line (5)
         ('"p\n2",1,abc\n', "line 4: probability 'abc' is not a number from 0 to 1"),
         ("\xff\xfe,1,\n", "not a UTF-8 CSV file (byte 0xff: invalid start byte)"),
@@ -448,6 +451,42 @@ def test_a_tampered_predictions_csv_is_one_error_line(tmp_path: Path, tail, prob
     assert r.exit_code == 1, r.output
     assert r.stderr.strip().splitlines()[0].startswith(f"error: {bad}: {problem}"), r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        # its header line lost: the first row was taken for the header, every row skipped
+        (
+            "p0,0,0.2\np1,1,0.7\n",
+            "no column 'label' or 'probability'; its header is ['p0', '0', '0.2']",
+        ),
+        ("id,label\np0,0\np1,1\n", "no column 'probability'; its header is ['id', 'label']"),
+        ("", "no column 'label' or 'probability'; its header is []"),
+    ],
+    ids=["no header", "no probability", "empty"],
+)
+def test_a_predictions_csv_without_its_columns_is_one_error_line(
+    tmp_path: Path, text: str, problem: str
+) -> None:
+    """A ``predictions.csv`` without the ``label`` and ``probability`` columns eval writes
+    (its header line lost, or another program's CSV) had every row skipped as unlabelled:
+    the ROC overlay of the evaluations compared left that one out, exit 0."""
+    metrics = {"roc_auc": 0.9, "ci": {"roc_auc": [0.8, 0.95]}, "n": 2}
+    for name in ("ev1", "ev2"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metrics.json").write_text(json.dumps(metrics))
+    good = "id,label,probability\np0,0,0.2\np1,1,0.7\n"
+    (tmp_path / "ev1" / "predictions.csv").write_text(good, encoding="utf-8")
+    bad = tmp_path / "ev2" / "predictions.csv"
+    bad.write_text(text, encoding="utf-8")
+    args = ["report", str(tmp_path / "ev1"), str(tmp_path / "ev2"), "--out", str(tmp_path / "o")]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 1, r.output
+    assert r.stderr.strip().splitlines() == [
+        f"error: {bad}: not a predictions file histomodels writes ({problem})"
+    ]
+    assert not (tmp_path / "o").exists()
 
 
 def test_a_manifest_evaluation_of_one_figure_counts_in_the_singular(tmp_path: Path) -> None:

@@ -225,12 +225,25 @@ def _evaluated_model(metrics: dict[str, Any]) -> str | None:
     return name or None
 
 
+def _cut(text: str, most: int) -> str:
+    """``text`` whole, or its first ``most`` characters and ``…`` (a cell of a damaged
+    file may be megabytes long)."""
+    return text if len(text) <= most else f"{text[:most]}…"
+
+
+#: The columns of eval's ``predictions.csv`` the report reads (``id`` is not).
+PREDICTION_COLUMNS = ("label", "probability")
+
+
 def read_predictions(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """The labelled rows of an eval folder's ``predictions.csv``: labels (0/1) and
     probabilities. A probability that is not a number from 0 to 1 is a
     :class:`ReportError` naming the file and the line the row starts on; a file that is
     not UTF-8 CSV one naming the file and what is wrong (the first byte that is not
     UTF-8 and why: the text is decoded in chunks ahead of the rows, so no line is known).
+    A header without ``label`` or ``probability``, or a label other than 0, 1 or -1 (eval's
+    unlabelled), is a :class:`ReportError` too: such rows were skipped as unlabelled, and
+    the ROC overlay left that evaluation out without a word.
     Streamed a row at a time, its size (:data:`MAX_REPORT_BYTES`) checked on the open file
     first: it was read whole and decoded, several copies of it at once (0.9 GB at its
     peak for a 100 MB file)."""
@@ -250,9 +263,21 @@ def read_predictions(path: Path) -> tuple[np.ndarray, np.ndarray]:
         text = io.TextIOWrapper(fh, encoding="utf-8-sig", newline="")
         try:
             reader = csv.DictReader(text)
+            missing = [c for c in PREDICTION_COLUMNS if c not in (reader.fieldnames or [])]
+            if missing:  # a file without its header read every row as unlabelled: no curve
+                raise ReportError(
+                    f"{path}: not a predictions file histomodels writes (no column "
+                    f"{' or '.join(repr(c) for c in missing)}; its header is "
+                    f"{_cut(repr(reader.fieldnames or []), 200)})"
+                )
             for line, row in numbered_rows(reader):
                 label = row.get("label")
-                if label is None or label not in ("0", "1"):
+                if label not in ("0", "1", "-1"):  # -1: unlabelled, as eval writes it
+                    raise ReportError(
+                        f"{path}: line {line}: label {_cut(repr(label), 40)} is not "
+                        "0, 1 or -1 (unlabelled)"
+                    )
+                if label == "-1":
                     continue
                 cell = row.get("probability")
                 try:
