@@ -95,6 +95,13 @@ def test_wrong_weights_file_names_the_file(tmp_path):
     # a folder (e.g. a run folder) said "no such weights file" too
     with pytest.raises(WeightsError, match=f"^{tmp_path}: is a folder, not a weights file$"):
         create_model("cnn", weights=str(tmp_path))
+    # a link to itself (or a file under one) said "no such weights file" too
+    loop = tmp_path / "loop.pt"
+    loop.symlink_to(loop)
+    for given in (loop, loop / "w.pt"):
+        with pytest.raises(WeightsError) as err:
+            create_model("cnn", weights=str(given))
+        assert str(err.value) == f"{loop}: too many levels of symbolic links"
 
 
 def test_a_weights_file_with_nan_is_refused_naming_the_tensor(tmp_path):

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from histocore.errors import DomainError
+from histocore.io import not_there
 
 _WRAPPER_KEYS = ("state_dict", "model", "model_state", "model_state_dict", "model_ema", "module")
 _PREFIXES = ("module.", "_orig_mod.", "model.")
@@ -205,7 +206,8 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if path.is_dir():
         raise WeightsError(f"{path}: is a folder, not a weights file")
     if not path.is_file():  # a source name a model does not take: registry.create_model
-        raise WeightsError(f"{path}: no such weights file")
+        # a link to itself said "no such weights file": not_there names the loop
+        raise WeightsError(not_there(path, "no such weights file"))
     if path.suffix == ".safetensors":
         try:
             from safetensors.torch import load_file
