@@ -675,6 +675,25 @@ def test_heatmap_link_pointing_out_of_the_scores_folder_is_not_served(
     assert c.get("/heatmap/pmid:1/fig2").status_code == 200  # a plain file inside still is
 
 
+def test_a_heatmap_link_to_itself_is_no_heatmap(kit: tuple[Path, Path], tmp_path: Path) -> None:
+    """``heatmaps/<id>.png`` linking to itself: ``Path.resolve`` raised RuntimeError (a
+    symlink loop, Python < 3.13), so the figure's ``/api/item`` and ``/heatmap`` answered
+    500 and the page could not show it. Now the figure has no heatmap; the others do."""
+    import shutil
+
+    scores = tmp_path / "eval"
+    shutil.copytree(kit[1], scores)
+    loop = scores / "heatmaps" / f"{unique_stem('pmid:1/fig1')}.png"
+    loop.unlink()
+    loop.symlink_to(loop.name)
+    c = _client(kit[0], scores, raise_server_exceptions=False)
+    assert c.get("/heatmap/pmid:1/fig1").status_code == 404
+    item = c.get("/api/item/pmid:1/fig1")
+    assert item.status_code == 200 and item.json()["heatmap"] is False
+    assert c.get("/api/items").status_code == 200
+    assert c.get("/heatmap/pmid:1/fig2").status_code == 200
+
+
 def test_heatmaps_of_older_evals_and_a_linked_heatmaps_folder_are_served(
     kit: tuple[Path, Path], tmp_path: Path
 ) -> None:

@@ -109,10 +109,17 @@ class Scores:
         """The overlay PNG (``heatmaps/<unique stem>.png``, or the slug alone as eval wrote
         it before 2026-11-30), not when the file is a link pointing out of the scores
         folder (a shared eval folder's ``heatmaps/x.png`` may link to any local file); a
-        ``heatmaps/`` folder that is itself a link is the local user's and is followed."""
+        ``heatmaps/`` folder that is itself a link is the local user's and is followed. A link
+        that cannot be resolved (to itself) is no heatmap."""
         for stem in (unique_stem(image_id), record_slug(image_id)):
             path = self.folder / "heatmaps" / f"{stem}.png"
-            if path.is_symlink() and not path.resolve().is_relative_to(self.folder.resolve()):
+            try:
+                outside = path.is_symlink() and not path.resolve().is_relative_to(
+                    self.folder.resolve()
+                )
+            except (OSError, RuntimeError):  # RuntimeError: a symlink loop (Python < 3.13)
+                return None  # a link to itself: /api/item and /heatmap answered 500
+            if outside:
                 return None
             if path.is_file():
                 return path
