@@ -145,6 +145,22 @@ def test_a_stage_without_run_says_where_it_wrote(
     assert given.stderr == ""
 
 
+def test_a_link_to_itself_named_pdf_in_a_folder_is_skipped_without_a_traceback(
+    tmp_path: Path, pdfs: Path
+) -> None:
+    """``extract FOLDER`` skips a ``loop.pdf`` linking to itself (no file), but the pass
+    that names the failed PDFs afterwards took every ``*.pdf`` under the folder and
+    resolved it: RuntimeError (a symlink loop, Python < 3.13), a traceback after the
+    summary, exit 1. It now takes the PDFs extract read."""
+    (pdfs / "loop.pdf").symlink_to("loop.pdf")
+    run = tmp_path / "run"
+    result = runner.invoke(app, ["extract", "--run", str(run), str(pdfs)])
+    assert result.exit_code == 0, result.output
+    assert "extracted: 1 done, 0 already done, 1 failed" in result.output
+    assert result.stderr.count("warning: ") == 1 and "locked.pdf" in result.stderr
+    assert "Traceback" not in result.output
+
+
 def test_extract_missing_path_is_one_clear_error(tmp_path: Path) -> None:
     result = runner.invoke(app, ["extract", "--run", str(tmp_path / "run"), "nope.pdf"])
     assert result.exit_code == 1

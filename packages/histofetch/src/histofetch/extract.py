@@ -182,6 +182,13 @@ def run_extract(
         )  # fmt: skip
 
 
+def pdfs_in_folder(folder: Path) -> list[Path]:
+    """The PDFs under ``folder`` that ``extract FOLDER`` reads, sorted: regular files (or
+    links to one) named ``.pdf`` at any depth; a link that leads nowhere or to itself is
+    none of them."""
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in PDF_SUFFIXES)
+
+
 def ingest_local(manifest: Manifest, paths: list[Path]) -> list[Record]:
     """Add a record per local PDF (files or folders). Raises ExtractError on bad paths."""
     files: list[Path] = []
@@ -190,9 +197,7 @@ def ingest_local(manifest: Manifest, paths: list[Path]) -> list[Record]:
         if not path.exists():
             raise ExtractError(not_there(path))  # a link loop on the way: named
         if path.is_dir():
-            found = sorted(
-                p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in PDF_SUFFIXES
-            )
+            found = pdfs_in_folder(path)
             if not found:
                 raise ExtractError(f"{path}: folder holds no .pdf files")
             files += found

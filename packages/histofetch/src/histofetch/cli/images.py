@@ -77,11 +77,14 @@ def _warn_failed_local(run: Path, paths: list[Path], most: int = 10) -> None:
     went on with the others, as for downloaded PDFs."""
     from histocore.io import one_line
     from histocore.manifest import Manifest
+    from histofetch.extract import pdfs_in_folder
 
     named: set[Path] = set()
     for path in paths:
         if path.is_dir():
-            named.update(p.resolve() for p in path.rglob("*") if p.suffix.lower() == ".pdf")
+            # the PDFs extract read: a loop link named x.pdf in the folder (skipped there)
+            # made resolve() raise RuntimeError here, a traceback after the run's summary
+            named.update(p.resolve() for p in pdfs_in_folder(path))
         else:
             named.add(path.resolve())
     with Manifest.load(run) as manifest:
