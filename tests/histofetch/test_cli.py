@@ -161,6 +161,29 @@ def test_a_link_to_itself_named_pdf_in_a_folder_is_skipped_without_a_traceback(
     assert "Traceback" not in result.output
 
 
+def test_filter_of_a_figure_file_linking_to_itself_fails_that_row_not_the_run(
+    tmp_path: Path, pdfs: Path
+) -> None:
+    """A run's image file replaced by a link to itself: filter's clean-up of files an
+    interrupted attempt left resolved every row's file, RuntimeError (a symlink loop,
+    Python < 3.13), a traceback before anything was scored. Now that row names no file to
+    keep and fails as unreadable; the other is scored."""
+    run = tmp_path / "run"
+    assert runner.invoke(app, ["extract", "--run", str(run), str(pdfs)]).exit_code == 0
+    with Manifest.load(run) as m:
+        first = sorted(m.images.values(), key=lambda img: img.id)[0]
+        file = m.resolve(first.path)
+    assert file is not None
+    file.unlink()
+    file.symlink_to(file.name)
+    result = runner.invoke(app, ["filter", "--run", str(run), "--no-sheet"])
+    assert result.exit_code == 0, result.output
+    assert "Traceback" not in result.output
+    with Manifest.load(run) as m:
+        assert m.images[first.id].status == "failed"
+        assert "cannot be resolved" in (m.images[first.id].reason or "")
+
+
 def test_extract_missing_path_is_one_clear_error(tmp_path: Path) -> None:
     result = runner.invoke(app, ["extract", "--run", str(tmp_path / "run"), "nope.pdf"])
     assert result.exit_code == 1

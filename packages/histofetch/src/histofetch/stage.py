@@ -39,6 +39,7 @@ import sqlite3
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from histocore.errors import os_error_path
 from histocore.io import one_line, record_slug
@@ -311,6 +312,16 @@ class _Stage:
         self.manifest.commit_record(rec.id)
 
 
+def _resolved(path: Path) -> Path | None:
+    """``path`` with its links resolved, or None when they cannot be: a row's file that
+    links to itself (``Path.resolve`` raises RuntimeError for a loop before Python 3.13)
+    made ``filter --rescore`` a traceback; such a row names no file to keep."""
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError):
+        return None
+
+
 def remove_orphan_images(manifest: Manifest, record_id: str) -> int:
     """Delete the files an attempt at ``record_id`` wrote but never committed: PNGs in the
     record's own image folder ``RUN/images/<slug>/`` that none of its rows names, and temp
@@ -324,9 +335,10 @@ def remove_orphan_images(manifest: Manifest, record_id: str) -> int:
     if not folder.resolve().is_relative_to(images.resolve()):
         return 0
     named = {
-        path.resolve()
+        real
         for img in manifest.images_of(record_id)
         if (path := manifest.resolve(img.path)) is not None
+        and (real := _resolved(path)) is not None
     }
     removed = 0
     for path in folder.iterdir():
