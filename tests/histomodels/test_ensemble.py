@@ -107,6 +107,18 @@ def test_ensemble_refuses_bad_members(members: list[Path], tmp_path: Path) -> No
         "error: pcam-cnn: the same checkpoint as pcam-cnn; give each member once (a repeated "
         "member would count twice in the average)"
     ]
+    # a member that links to itself: the twin check's Path.resolve raised RuntimeError (a
+    # symlink loop, Python < 3.13), a traceback; now the loop is named, nothing written
+    loop = tmp_path / "loop.pt"
+    loop.symlink_to(loop.name)
+    out = tmp_path / "looped"
+    for given in (loop, loop / "best.pt"):
+        r = CliRunner().invoke(app, ["ensemble", str(members[0]), str(given), "--out", str(out)])
+        assert r.exit_code == 1, r.output
+        assert r.stderr.strip().splitlines() == [
+            f"error: {loop}: too many levels of symbolic links"
+        ]
+        assert not out.exists()
 
 
 def test_cli_ensemble_then_eval_predict(members: list[Path], tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ applied inside); ``eval --val`` fits one for the averaged logit.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -63,6 +64,11 @@ def provenance(source: str | Path) -> str:
     return str(path.resolve())
 
 
+def _real(path: Path) -> str:
+    """``path`` with the links it can follow resolved (a loop left as it is)."""
+    return os.path.realpath(path)
+
+
 def build_ensemble(sources: Sequence[str | Path], *, tta: bool = False) -> dict[str, Any]:
     """The ensemble checkpoint dict of ``sources`` (checkpoint files, run folders holding
     ``best.pt``, or shipped model names such as ``pcam-cnn``).
@@ -78,10 +84,10 @@ def build_ensemble(sources: Sequence[str | Path], *, tta: bool = False) -> dict[
     for i, src in enumerate(sources):
         file = resolve_checkpoint(src)  # a run folder and its best.pt are one
         # one file however it is named: another spelling, a symbolic or a hard link (by
-        # identity); a shipped model's name (no such file) by its path
-        twin = next(
-            (s for f, s in seen if same_file(f, file) or f.resolve() == file.resolve()), None
-        )
+        # identity); a shipped model's name (no such file) by its path. realpath, not
+        # Path.resolve: a member that links to itself made resolve raise RuntimeError
+        # (Python < 3.13), a traceback; read_checkpoint names the loop below
+        twin = next((s for f, s in seen if same_file(f, file) or _real(f) == _real(file)), None)
         if twin is not None:
             raise CheckpointError(
                 f"{src}: the same checkpoint as {twin}; give each member once (a "
