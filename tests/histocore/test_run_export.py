@@ -48,6 +48,23 @@ def test_export_never_overwrites_the_runs_own_files(run: Path, fmt: str, name: s
     assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
 
 
+@pytest.mark.parametrize("folder", ["images", "pdfs", "sheets"])
+def test_a_run_folder_linking_to_itself_does_not_stop_the_export(
+    run: Path, tmp_path: Path, folder: str
+) -> None:
+    """A run whose ``images/`` (``pdfs/``, ``sheets/``) links to itself: the check that
+    ``--out`` is none of the run's own files resolved it with ``Path.resolve``, which
+    raised RuntimeError (a symlink loop, Python < 3.13), an export traceback. The rows are
+    exported; an ``--out`` inside the run's own files is still refused."""
+    from histocore.errors import UsageError
+
+    (run / folder).symlink_to(folder)
+    out = export_run(run, "csv", tmp_path / "rows.csv")
+    assert out.read_text(encoding="utf-8").startswith("kind,")
+    with pytest.raises(UsageError, match="is the run's own store"):
+        export_run(run, "csv", run / "run.sqlite")
+
+
 def test_csv_holds_every_row_in_order_with_nested_values_as_json(run: Path) -> None:
     rows = [json.loads(line) for line in export_run(run).read_text().splitlines()[1:]]
     with export_run(run, "csv").open(newline="") as fh:

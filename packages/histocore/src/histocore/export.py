@@ -163,12 +163,14 @@ def _refuse_own_files(run_dir: Path, out: Path, fmt: str) -> None:
     ``sheets/`` folder, is a :class:`UsageError`: ``export --format csv --out
     RUN/run.sqlite`` replaced every row of the run with a CSV file, ``--out
     RUN/review_log.jsonl`` who labelled what. Judged by real path (links followed, and
-    the same file under another name: a hard link), never by spelling."""
-    target = out.resolve()
+    the same file under another name: a hard link), never by spelling. ``realpath``, not
+    ``Path.resolve``: a run folder whose ``images/`` links to itself made resolve raise
+    RuntimeError (a symlink loop, Python < 3.13), an export traceback."""
+    target = Path(os.path.realpath(out))
 
     def names(name: str) -> bool:
         own = run_dir / name
-        return target == own.resolve() or same_file(out, own)
+        return target == Path(os.path.realpath(own)) or same_file(out, own)
 
     own_store = (STORE_NAME, *(f"{STORE_NAME}-{end}" for end in ("wal", "shm", "journal")))
     if any(names(n) for n in own_store):
@@ -181,7 +183,7 @@ def _refuse_own_files(run_dir: Path, out: Path, fmt: str) -> None:
         raise UsageError(f"{out}: is the run's {MANIFEST_NAME}; write {fmt} to another file")
     for folder, holds in RUN_FOLDERS.items():
         own = run_dir / folder
-        real = own.resolve()
+        real = Path(os.path.realpath(own))
         if target == real or same_file(out, own):  # a file there: pdfs/ not made then
             raise UsageError(f"{out}: is the run's {folder}/ folder; export to another file")
         if any(p == real or same_file(p, own) for p in target.parents):
