@@ -29,6 +29,7 @@ PACKAGES = [
 DEV = [
     "pytest>=8",
     "pytest-timeout>=2.3",
+    "pytest-xdist>=3.5",  # `tests` runs on TEST_WORKERS processes (below)
     "ruff==0.17.6",
     "pyright[nodejs]==1.1.414",
     "selenium>=4.20",
@@ -70,11 +71,24 @@ def _run(session: nox.Session, *args: str) -> None:
     session.run(*args, external=True, env={**ENV, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"})
 
 
+def _test_workers() -> int:
+    """pytest-xdist workers for ``tests``: the CPU cores this process may use, at most 2 (the
+    project's machine; more is untested), or ``$TEST_WORKERS``; 0 runs in this process."""
+    if "TEST_WORKERS" in os.environ:
+        return int(os.environ["TEST_WORKERS"])
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return min(2, cores or 1)
+
+
 @nox.session
 def tests(session: nox.Session) -> None:
-    """Run the test suite (real data in ../shared is used when present, else skipped)."""
+    """Run the test suite (real data in ../shared is used when present, else skipped) on
+    2 pytest-xdist workers, each test file whole on one (its module fixtures built once);
+    ``nox -s tests -- -n 0 tests/x.py`` runs in one process (later options win)."""
     _install(session)
-    _run(session, str(BIN / "pytest"), *(session.posargs or ["tests"]))
+    workers = _test_workers()
+    parallel = ["-n", str(workers), "--dist", "loadfile"] if workers > 1 else []
+    _run(session, str(BIN / "pytest"), *parallel, *(session.posargs or ["tests"]))
 
 
 @nox.session
