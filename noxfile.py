@@ -75,7 +75,10 @@ def _test_workers() -> int:
     """pytest-xdist workers for ``tests``: the CPU cores this process may use, at most 2 (the
     project's machine; more is untested), or ``$TEST_WORKERS``; 0 runs in this process."""
     if "TEST_WORKERS" in os.environ:
-        return int(os.environ["TEST_WORKERS"])
+        given = os.environ["TEST_WORKERS"]
+        if not given.strip().isdigit():
+            raise SystemExit(f"error: TEST_WORKERS={given!r}: not a number of workers (0, 1, 2, …)")
+        return int(given)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return min(2, cores or 1)
 
