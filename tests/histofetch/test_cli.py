@@ -344,6 +344,61 @@ def test_export_into_a_missing_folder_makes_it_and_a_failed_one_leaves_none(
     assert result.exit_code == 1 and list((tmp_path / "mine").iterdir()) == []
 
 
+@pytest.mark.parametrize("out", ["new/../x.csv", "a/b/../../c/d.csv", "new/../x.jsonl"])
+def test_a_failed_export_removes_the_folders_it_made_through_dot_dot(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, out: str
+) -> None:
+    """``export --out new/../x.csv`` makes ``new/`` (the kernel needs it to resolve
+    ``new/..``); a failed write (a full disk) left it behind, as ``a/b/`` and ``c/`` for
+    ``a/b/../../c/d.csv``: the folders were listed resolved (``x.csv``'s folder, there
+    already), not as the writer made them. Now every folder the export made goes."""
+    from run_factory import make_run, searched
+
+    run = make_run(tmp_path / "run", searched("1", "PMC1"))
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+
+    def full(src: str | Path, dst: str | Path) -> None:
+        raise OSError(28, "No space left on device", str(dst))
+
+    monkeypatch.setattr(os, "replace", full)
+    result = runner.invoke(app, ["export", "--run", str(run), "--out", out])
+    assert result.exit_code == 1, result.output
+    assert "no space left on device" in _error_line(result)
+    assert list(work.iterdir()) == []
+
+
+def test_a_failed_export_keeps_a_folder_another_process_made_meanwhile(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A folder another process makes while the export runs is not the export's: it was
+    listed as missing before the write made it, so a failed export removed it with its
+    own (and the other process's output folder was gone). Simulated by making
+    ``shared/`` just before the export's own ``mkdir`` of it; the export's ``sub/`` goes,
+    ``shared/`` stays."""
+    from run_factory import make_run, searched
+
+    run = make_run(tmp_path / "run", searched("1", "PMC1"))
+    shared = tmp_path / "shared"
+    real_mkdir = os.mkdir
+
+    def racing_mkdir(path: str | Path, *args: object, **kwargs: object) -> None:
+        if Path(path) == shared and not shared.exists():
+            real_mkdir(shared)  # the other process, first
+        real_mkdir(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    def full(src: str | Path, dst: str | Path) -> None:
+        raise OSError(28, "No space left on device", str(dst))
+
+    monkeypatch.setattr(os, "mkdir", racing_mkdir)
+    monkeypatch.setattr(os, "replace", full)
+    out = shared / "sub" / "rows.csv"
+    result = runner.invoke(app, ["export", "--run", str(run), "--out", str(out)])
+    assert result.exit_code == 1, result.output
+    assert shared.is_dir() and list(shared.iterdir()) == []
+
+
 @pytest.mark.parametrize("command", ["filter", "status", "export", "download", "review"])
 def test_commands_on_a_missing_run_fail_clearly(tmp_path: Path, command: str) -> None:
     """A mistyped run folder (``--run runs/mnie``) said ``runs/mnie/manifest.jsonl: no

@@ -8,6 +8,7 @@ are JSON text. Parquet needs ``pyarrow`` (not a dependency of this stdlib-only p
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -21,8 +22,7 @@ from histocore.errors import ManifestError, UsageError
 from histocore.io import (
     atomic_write_bytes,
     atomic_write_text,
-    missing_folders,
-    remove_empty,
+    made_folder,
     same_file,
 )
 from histocore.jsonl import export_lines
@@ -121,7 +121,9 @@ def export_run(run_dir: str | Path, fmt: str | None = None, out: str | Path | No
     Raises ManifestError on a bad run, UsageError (a ValueError) on a bad format or an
     ``out`` that is one of the run's own files, ImportError (with advice) when Parquet
     needs pyarrow. ``out``'s missing folders are made, as every command's ``--out`` makes
-    them, and removed again (when empty) if the export fails: a failed write left them."""
+    them, and removed again (when empty) if the export fails: a failed write left them.
+    Only the folders this call made go (:func:`histocore.io.made_folder`): one another
+    process makes meanwhile stays, and ``new/../x.csv`` removes the ``new/`` it made."""
     if fmt is not None:  # an unknown format first: ('xml', RUN/manifest.jsonl) named it
         export_format(None, fmt)
     if out is not None:  # its own file named first: --format csv --out RUN/manifest.jsonl
@@ -139,8 +141,8 @@ def export_run(run_dir: str | Path, fmt: str | None = None, out: str | Path | No
     try:
         if out is not None and not (fmt == "jsonl" and same_file(out, manifest.path)):
             _refuse_row_files(manifest, Path(out))
-        made = missing_folders(Path(out).parent) if out is not None else []
-        try:
+        folder = made_folder(Path(out).parent) if out is not None else contextlib.nullcontext()
+        with folder:  # a failed export leaves no empty folder it made
             if fmt == "jsonl":
                 return manifest.export(out)
             target = Path(out) if out is not None else manifest.run_dir / f"export{SUFFIXES[fmt]}"
@@ -150,9 +152,6 @@ def export_run(run_dir: str | Path, fmt: str | None = None, out: str | Path | No
             else:
                 _write_parquet(target, rows)
             return target
-        except BaseException:  # a failed export leaves no empty folder it made
-            remove_empty(made)
-            raise
     finally:
         manifest.close()
 
