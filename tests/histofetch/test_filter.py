@@ -832,3 +832,29 @@ def test_explain_says_why_a_row_has_no_scores(tmp_path: Path) -> None:
     r = CliRunner().invoke(app, ["filter", "--run", str(run), "--explain", "pmid:1/waiting"])
     assert "not computed" not in r.output and "classifier p(H&E) " in r.output, r.output
     assert "colour    purple " in r.output and not r.output.rstrip().endswith(","), r.output
+
+
+def test_a_figure_unreadable_at_rescore_keeps_no_old_scores(tmp_path: Path) -> None:
+    """Filtered, its file moved away, then ``filter --rescore``: the figure failed
+    ('REJECTED: unreadable image') but kept the scores of the earlier read, so
+    ``--explain`` printed them (classifier p(H&E), colour) and the old decision's note
+    beside 'unreadable image', and ``export`` wrote them. Now the row is as one never
+    read: no scores, its signals 'not computed: cannot read image …'."""
+    from typer.testing import CliRunner
+
+    from histofetch.cli import app
+
+    run_dir, figure_id = _grid_run_unreadable(tmp_path)  # scored, then unreadable
+    with Manifest.load(run_dir) as m:
+        img = m.images[figure_id]
+        assert (img.status, img.kept, img.filter_reason) == ("failed", False, "unreadable image")
+        assert (img.p_he, img.purple_ratio, img.he_score, img.tissue_fraction) == (None,) * 4
+        assert img.phash is None
+        assert not {"colour", "classifier", "decision", "stains"} & set(img.extra)
+    r = CliRunner().invoke(app, ["filter", "--run", str(run_dir), "--explain", figure_id])
+    assert r.exit_code == 0, r.output
+    assert "REJECTED: unreadable image" in r.output, r.output
+    assert "p(H&E) " not in r.output and "purple " not in r.output, r.output
+    for signal in ("classifier not computed: ", "colour    not computed: "):
+        line = next(x for x in r.output.splitlines() if x.startswith(signal))
+        assert "cannot read image" in line, line

@@ -225,6 +225,7 @@ def score_row(manifest: Manifest, img: Image, *, split: bool = True) -> None:
         named = "cannot read image" if unnamed else f"cannot read image {path}"
         img.status, img.reason = "failed", f"{named}: {_problem(exc, manifest)}"
         img.kept, img.filter_reason = False, UNREADABLE
+        _forget_scores(img)
         if reviewed:  # kept on the figure's row until it is read and split again
             img.extra[PENDING_LABELS] = reviewed
             log.warning(
@@ -252,6 +253,21 @@ def score_row(manifest: Manifest, img: Image, *, split: bool = True) -> None:
             img.id, img.label, f" by {one_line(img.label_by)[:80]}" if img.label_by else "",
             img.n_panels,
         )  # fmt: skip
+
+
+#: What scoring and deciding stored on a row from its pixels (and the decision made on them)
+_SCORED_EXTRA = ("colour", "classifier", "decision", "stains")
+
+
+def _forget_scores(img: Image) -> None:
+    """Clear what an earlier read of ``img`` stored: a figure unreadable on ``--rescore``
+    (its file moved away) kept its old p(H&E), colour scores, hash and decision note, which
+    ``--explain`` and ``export`` showed beside 'unreadable image' as if computed from it.
+    The row is as one never read: no scores, decided unreadable."""
+    img.p_he = img.purple_ratio = img.he_score = img.tissue_fraction = None
+    img.phash = None
+    for key in _SCORED_EXTRA:
+        img.extra.pop(key, None)
 
 
 def _reviewed_panels(manifest: Manifest, img: Image) -> list[dict[str, Any]]:
