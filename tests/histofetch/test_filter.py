@@ -814,8 +814,9 @@ def test_explain_says_why_a_row_has_no_scores(tmp_path: Path) -> None:
     m.save()
     text = explain(m, "waiting")
     assert "None" not in text, text
-    assert "classifier not computed: not scored yet (histofetch filter scores it)" in text
-    assert "colour    not computed: not scored yet (histofetch filter scores it)" in text
+    scores = f"not scored yet (histofetch filter --run {run} scores it)"
+    assert f"classifier not computed: {scores}" in text
+    assert f"colour    not computed: {scores}" in text
     assert "(96x96 px)" in text
     assert "letter none read" in explain(m, "bad_panel01")
     m.close()
@@ -858,3 +859,69 @@ def test_a_figure_unreadable_at_rescore_keeps_no_old_scores(tmp_path: Path) -> N
     for signal in ("classifier not computed: ", "colour    not computed: "):
         line = next(x for x in r.output.splitlines() if x.startswith(signal))
         assert "cannot read image" in line, line
+
+
+@pytest.mark.parametrize(
+    ("stage", "failed", "advice"),
+    [
+        ("extracted", None, "histofetch filter --run RUN {does} it"),
+        ("filtered", None, "histofetch filter --run RUN {does} it"),  # images added since
+        # figures a download brought: filter passes the article over until extracted
+        (
+            "downloaded",
+            None,
+            "histofetch extract --run RUN, then histofetch filter --run RUN {do} it",
+        ),
+        (
+            "searched",
+            None,
+            "histofetch download --run RUN, then histofetch extract --run RUN, then "
+            "histofetch filter --run RUN {do} it",
+        ),
+        # failed at filter: filter takes it again only with --retry-failed
+        (
+            "extracted",
+            "filtered",
+            "its article failed at filter; histofetch filter --run RUN --retry-failed tries again",
+        ),
+        (
+            "downloaded",
+            "extracted",
+            "its article failed at extract, which filter does not take; histofetch status "
+            "--run RUN says why",
+        ),
+    ],
+)
+def test_explain_says_which_steps_decide_a_row_as_review_does(
+    tmp_path: Path, stage: str, failed: str | None, advice: str
+) -> None:
+    """--explain said 'not scored yet (histofetch filter scores it)' and 'not decided yet
+    (histofetch filter decides it)' of every undecided row, but filter passes over the
+    figures of an article only downloaded ('N not extracted yet': extract comes first)
+    and an article it failed (it takes it again only with --retry-failed). It now names
+    the steps the review page names for them (histofetch.stage.decide_commands)."""
+    from histocore.manifest import Record
+    from histofetch.filter import explain
+    from histofetch.review.data import _decides_others
+
+    run = tmp_path / "run"
+    m = Manifest(run_dir=run, query="q")
+    rec = m.add_record(Record(id="pmid:1", title="T", stage=stage))
+    if failed:
+        rec.status, rec.failed_stage = "failed", failed
+    m.add_image(Image(id="pmid:1/f1", record_id="pmid:1", path="images/f1.png", sha256="a",
+                      width=96, height=96))  # fmt: skip
+    m.save()
+    text = explain(m, "f1")
+    for line, verb in (
+        ("decision  not decided yet", "decides"),
+        ("colour    not computed", "scores"),
+    ):
+        said = advice.replace("RUN", str(run)).format(does=verb, do=verb.removesuffix("s"))
+        shown = next(x for x in text.splitlines() if x.startswith(line))
+        assert shown.endswith(f"({said})"), shown
+    if not failed:  # the review page says the same steps of the same article
+        others = _decides_others({"pmid:1"}, m, run).replace(str(run), "RUN")
+        expected = advice.format(does="decides", do="decide").removesuffix(" it")
+        assert others == f", {expected} the others", others
+    m.close()

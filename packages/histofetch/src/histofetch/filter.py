@@ -54,7 +54,7 @@ from histofetch.labels import RULES_VERSION, label_manifest
 from histofetch.leakage import rgb_hash
 from histofetch.pool import run_records
 from histofetch.record_time import DEFAULT_RECORD_TIMEOUT_S
-from histofetch.stage import StageSummary
+from histofetch.stage import StageSummary, command, decide_commands, step_name
 
 log = logging.getLogger(__name__)
 
@@ -503,14 +503,33 @@ def _caption_line(img: Image, stains: dict[str, Any]) -> str:
     return f"caption   {said}"
 
 
-def _not_scored(img: Image) -> str:
+def _still_to_run(manifest: Manifest, img: Image, does: str) -> str:
+    """What decides (``does``: ``decides``, ``scores``) a row filter has not, as the review
+    page says it (:func:`histofetch.stage.decide_commands`): 'histofetch filter decides it'
+    was said of a figure whose article was only downloaded (filter passes it over: extract
+    first) and of one whose article failed at filter (filter takes it only with
+    ``--retry-failed``)."""
+    run, rec = manifest.run_dir, manifest.records.get(img.record_id)
+    if rec is not None and rec.status == "failed":
+        if rec.failed_stage == "filtered":  # the stage, as it is stored
+            retry = command("filter", run, "--retry-failed")
+            return f"its article failed at filter; {retry} tries again"
+        stage, status = step_name(rec.failed_stage or "?"), command("status", run)
+        return f"its article failed at {stage}, which filter does not take; {status} says why"
+    commands = decide_commands([rec] if rec is not None else [], run) or [command("filter", run)]
+    if len(commands) > 1:  # 'decides' of one command, 'decide' of several
+        does = does.removesuffix("s")
+    return f"{', then '.join(commands)} {does} it"
+
+
+def _not_scored(manifest: Manifest, img: Image) -> str:
     """Why a row has no scores, for ``--explain`` (it printed ``p(H&E) None over ? tiles``
     and ``purple None, HED None, tissue None,``)."""
     if img.status == "failed":  # read and failed: its reason says why ('cannot read image …')
         why = img.reason or img.filter_reason or "the image could not be read"
         return f"{why} (histofetch filter --retry-failed reads it again)"
     if img.kept is None:
-        return "not scored yet (histofetch filter scores it)"
+        return f"not scored yet ({_still_to_run(manifest, img, 'scores')})"
     return "no scores stored for this row (histofetch filter --rescore computes them)"
 
 
@@ -519,13 +538,13 @@ def _shown(value: object) -> str:
     return "n/a" if value is None else str(value)
 
 
-def _score_lines(img: Image) -> list[str]:
+def _score_lines(manifest: Manifest, img: Image) -> list[str]:
     """``--explain``'s classifier and colour lines, or ``not computed: <why>`` for either
     signal a row has no scores of (not scored yet, its image unreadable)."""
     clf = img.extra.get("classifier", {})
     colour = img.extra.get("colour", {})
     if img.p_he is None:
-        classifier = f"classifier not computed: {_not_scored(img)}"
+        classifier = f"classifier not computed: {_not_scored(manifest, img)}"
     else:
         classifier = (
             f"classifier p(H&E) {img.p_he} over {clf.get('tiles', '?')} tiles "
@@ -534,7 +553,7 @@ def _score_lines(img: Image) -> list[str]:
         )
     main = (img.purple_ratio, img.he_score, img.tissue_fraction)
     if all(v is None for v in main):
-        return [classifier, f"colour    not computed: {_not_scored(img)}"]
+        return [classifier, f"colour    not computed: {_not_scored(manifest, img)}"]
     said = [
         f"{name} {_shown(v)}" for name, v in zip(("purple", "HED", "tissue"), main, strict=True)
     ]
@@ -588,7 +607,7 @@ def explain(manifest: Manifest, image_id: str) -> str:
             + ", ".join(p.id.rsplit("/", 1)[-1] for p in manifest.panels_of(img.id))
         )
     if img.kept is None:  # 'REJECTED: None' was said of a row filter has not decided
-        lines.append("decision  not decided yet (histofetch filter decides it)")
+        lines.append(f"decision  not decided yet ({_still_to_run(manifest, img, 'decides')})")
     else:
         lines += [
             f"decision  {'KEPT' if img.kept else 'REJECTED'}"
@@ -596,7 +615,7 @@ def explain(manifest: Manifest, image_id: str) -> str:
             f"          {_note_unless_said(decision.get('note', ''), img)}"
             f"(margin {decision.get('margin', 'n/a')})",
         ]
-    lines += [*_score_lines(img), _caption_line(img, stains)]
+    lines += [*_score_lines(manifest, img), _caption_line(img, stains)]
     if "whole_figure" in decision:
         whole = decision["whole_figure"]
         lines.append(

@@ -35,14 +35,15 @@ from __future__ import annotations
 import errno
 import logging
 import re
+import shlex
 import sqlite3
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from histocore.errors import os_error_path
-from histocore.io import one_line, record_slug
+from histocore.io import one_line, path_shown, record_slug
 from histocore.manifest import STAGES, Manifest, Record
 from histocore.progress import task
 
@@ -170,6 +171,30 @@ _STEPS: dict[str, str] = dict(zip(STAGES, ("search", "download", "extract", "fil
 def step_name(stage: str) -> str:
     """``download`` for ``downloaded``: what the user ran (an unknown stage as it is)."""
     return _STEPS.get(stage, stage)
+
+
+def command(step: str, run_dir: str | Path, *more: str) -> str:
+    """``histofetch STEP --run RUN ...`` as a shell command to copy: the run folder quoted
+    (a folder named ``my run`` or ``a;b`` gave a command that ran something else), and a
+    folder named ``~`` as ``./~/run`` (``~/run``, quoted or not, is $HOME's to the CLI)."""
+    return shlex.join(["histofetch", step, "--run", path_shown(Path(run_dir)), *more])
+
+
+#: The steps before filter for an article that finished only this stage: filter takes
+#: only extracted articles, extract only downloaded ones.
+_BEFORE_FILTER = {"searched": ("download", "extract"), "downloaded": ("extract",)}
+
+
+def decide_commands(records: Iterable[Record], run_dir: str | Path) -> list[str]:
+    """The commands, in order, that decide the images of these articles (none failed):
+    filter, and for one only downloaded (figures the download brought) extract before it,
+    download too for one only searched ('histofetch filter decides it' was said of them,
+    and filter passed them over). Empty for no article at a known stage."""
+    stages = [STAGES.index(r.stage) for r in records if r.stage in STAGES]
+    if not stages:
+        return []
+    steps = [*_BEFORE_FILTER.get(STAGES[min(stages)], ()), "filter"]
+    return [command(step, run_dir) for step in steps]
 
 
 def failure_reason(exc: BaseException) -> str:

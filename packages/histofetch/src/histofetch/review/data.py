@@ -16,7 +16,6 @@ import json
 import math
 import os
 import re
-import shlex
 import sqlite3
 import stat
 import threading
@@ -41,7 +40,7 @@ from histocore.manifest import (
 )
 from histofetch.captions import normalise
 from histofetch.resolve import canonical_pmcid
-from histofetch.stage import step_name
+from histofetch.stage import command, decide_commands, step_name
 
 LOG_NAME = "review_log.jsonl"
 _THREAD_LOCK = threading.Lock()  # the store guards processes; this, our own threads' Manifest
@@ -155,13 +154,6 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
-def _command(step: str, run_dir: Path, *more: str) -> str:
-    """``histofetch STEP --run RUN ...`` as a shell command to copy: the run folder quoted
-    (a folder named ``my run`` or ``a;b`` gave a command that ran something else)."""
-    # a folder named '~' as './~/run': '~/run', quoted or not, is $HOME's to the CLI
-    return shlex.join(["histofetch", step, "--run", path_shown(run_dir), *more])
-
-
 def _nothing_kept(manifest: Manifest, run_dir: Path) -> str:
     """Why a run has no kept figure to review, and what to do: filter kept none of its
     images, failed its articles, has images still to decide, or found none to decide."""
@@ -186,7 +178,7 @@ def _nothing_kept(manifest: Manifest, run_dir: Path) -> str:
     # the command that decides the others: filter, or for articles not extracted yet
     # (figures a download brought) the steps before it, which filter passes over
     decide_others = _decides_others(undecided - {r.id for r in stopped}, manifest, run_dir)
-    status = f"{_command('status', run_dir)} says why"
+    status = f"{command('status', run_dir)} says why"
     failures = retry = others = ""
     if pending:  # 'failed 1 article' or 'kept none' alone hid the articles not reached
         verb = "has" if pending == 1 else "have"
@@ -205,7 +197,7 @@ def _nothing_kept(manifest: Manifest, run_dir: Path) -> str:
             else f"{failed} of the run's {_plural(total, 'article')}"
         )
         failures += others
-        retry = f", {_command('filter', run_dir, '--retry-failed')} tries again"
+        retry = f", {command('filter', run_dir, '--retry-failed')} tries again"
         if decide_others.startswith(", histofetch filter "):
             retry += " and decides the others"
         elif decide_others:
@@ -252,20 +244,13 @@ def _decides_others(record_ids: set[str], manifest: Manifest, run_dir: Path) -> 
     downloaded (figures the download brought) extract comes first, and download before it
     for one only searched ('filter decides the others' was said of them, and filter passed
     them over)."""
-    stages = [
-        STAGES.index(r.stage)
-        for rid in record_ids
-        if (r := manifest.records.get(rid)) is not None and r.stage in STAGES
-    ]
-    if not stages:
-        return ""
-    earliest = STAGES[min(stages)]
+    records = [r for rid in record_ids if (r := manifest.records.get(rid)) is not None]
     # each command whole, to copy ('extract --run RUN and then filter decide' was said)
-    steps = {"searched": ["download", "extract"], "downloaded": ["extract"]}.get(earliest)
-    if steps is not None:
-        said = ", then ".join(_command(s, run_dir) for s in [*steps, "filter"])
-        return f", {said} decide the others"
-    return f", {_command('filter', run_dir)} decides the others"
+    commands = decide_commands(records, run_dir)
+    if not commands:
+        return ""
+    verb = "decides" if len(commands) == 1 else "decide"
+    return f", {', then '.join(commands)} {verb} the others"
 
 
 #: What a run still needs before its images can be reviewed, by the last stage an article
