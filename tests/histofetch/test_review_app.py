@@ -783,6 +783,14 @@ def test_figure_label_of_a_panel_is_its_figures_and_is_one_capped_line(tmp_path:
         ("Figure 1", "Figure S1. Nodes", "Figure 1"),
         ("Figure S1", "Figure S10. Nodes", "Figure S1"),
         ("S1", "Fig. S1A. Nodes", "S1"),
+        # a plural 'Figs'/'Figures' is no 'Fig. S…' (its s was read as the supplementary S,
+        # and 'Figure S1' was hidden before a caption about figures 1 and 2)
+        ("Figure S1", "Figures 1 and 2 show nodes", "Figure S1"),
+        ("Figure S1", "Figs 1 and 2 show nodes", "Figure S1"),
+        ("Supplementary Figure 1", "FIGURES 1-2. Nodes", "Supplementary Figure 1"),
+        ("S1", "Figs 1 and 2 show nodes", "S1"),
+        ("Figure S1", "Fig.S1. Nodes", None),  # after a '.', the S is supplementary
+        ("Figure S1", "Figure\u00a0S1. Nodes", None),
         pytest.param("Figure 1", "Fig. " + "1" * 5000, "Figure 1", id="5000-digit-caption"),
     ],
 )

@@ -322,7 +322,9 @@ MAX_LABEL_CHARS = 60
 _WORD = r"fig(?:ure)?\.?"
 _FIGURE_LABEL = re.compile(
     r"(?:(?P<supp>supplementa(?:ry|l)|suppl?\.?)\s*)?"
-    rf"(?:{_WORD}\s*(?P<s1>S)?\s*(?P<n1>\d+)(?P<l1>[A-Za-z])?"
+    # the S after a space or a '.' ("Figure S1", "Fig.S1"): "Figures 1" and "Figs 1" are
+    # plurals, their s no supplementary mark ("Figure S1" was hidden before them)
+    rf"(?:{_WORD}\s*(?:(?<=[\s.])(?P<s1>S)\s*)?(?P<n1>\d+)(?P<l1>[A-Za-z])?"
     rf"|(?P<s2>S)\s*(?P<n2>\d+)(?P<l2>[A-Za-z])?\s*{_WORD}"
     r"|(?P<s3>S)(?P<n3>\d+)(?P<l3>[A-Za-z])?)",
     re.IGNORECASE,
