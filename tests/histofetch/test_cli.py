@@ -718,3 +718,36 @@ def test_success_lines_name_a_tilde_folder_as_given(
     assert not list(home.iterdir())  # nothing went to $HOME
     r = runner.invoke(app, ["export", "--run", "./~/run", "--out=~/rows.csv"])
     assert r.exit_code == 0 and r.output == f"exported ./~/run → {home / 'rows.csv'}\n", r.output
+
+
+def test_error_lines_name_a_tilde_folder_as_given(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The errors about a folder named ``~`` given as ``./~/run`` named it ``~/run``
+    (``$HOME/run`` to a reader), though the success lines said ``./~/run``:
+    ``error: ~/run/manifest.jsonl: no kept figures …`` (review), ``error:
+    ~/nope/manifest.jsonl: no manifest here`` (status, filter, export), ``error: ~/run:
+    'nope' names no image`` (filter --explain). Every error line now names it ``./~/…``
+    (histocore.cli.fail, whoever wrote the message)."""
+    from review_kit import make_run
+
+    home, work = tmp_path / "home", tmp_path / "work"
+    home.mkdir()
+    work.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(work)
+    make_run(work / "~", filtered=False)
+    r = runner.invoke(app, ["filter", "--run", "./~/run", "--min-side", "100000"])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["review", "--run", "./~/run", "--no-browser"])
+    assert r.exit_code == 1
+    assert _error_line(r).startswith("error: ./~/run/manifest.jsonl: no kept figures"), r.output
+    (work / "~" / "empty").mkdir()
+    for command in ("status", "filter", "export", "review"):
+        for name, said in (("empty/manifest.jsonl", "no manifest here"), ("nope", "no such")):
+            r = runner.invoke(app, [command, "--run", f"./~/{name.split('/')[0]}"])
+            assert r.exit_code == 1
+            line = _error_line(r)
+            assert line.startswith(f"error: ./~/{name}: {said}"), (command, line)
+    r = runner.invoke(app, ["filter", "--run", "./~/run", "--explain", "nope"])
+    assert r.exit_code == 1 and _error_line(r).startswith("error: ./~/run: 'nope' names no image")

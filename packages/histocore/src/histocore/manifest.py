@@ -22,6 +22,7 @@ from typing import Any, overload
 
 from histocore.errors import ManifestError, UnresolvablePath
 from histocore.image_table import ImageTable
+from histocore.io import path_shown
 from histocore.jsonl import read_jsonl_whole, write_jsonl
 from histocore.schema import IMAGE_LABELS as IMAGE_LABELS
 from histocore.schema import MANIFEST_NAME as MANIFEST_NAME
@@ -102,7 +103,9 @@ class Manifest(StoreSync):
                 f"{manifest.run_dir}: no such folder (give a histofetch run folder)"
             )
         elif not create:
-            raise ManifestError(f"{path}: no manifest here (is this a histofetch run folder?)")
+            raise ManifestError(
+                f"{path_shown(path)}: no manifest here (is this a histofetch run folder?)"
+            )
         return manifest
 
     def _empty(self) -> Manifest:

@@ -138,7 +138,7 @@ def load_run(run_dir: str | Path) -> Manifest:
     if not os.path.lexists(run_dir):  # as every other command says it (Manifest.load)
         raise ReviewError(f"{run_dir}: no such folder (give a histofetch run folder)")
     if not run_dir.is_dir():
-        raise ReviewError(f"{run_dir}: not a folder (give a histofetch run folder)")
+        raise ReviewError(f"{path_shown(run_dir)}: not a folder (give a histofetch run folder)")
     try:
         manifest = Manifest.load(run_dir)
     except (ManifestError, OSError, UnicodeDecodeError) as exc:
@@ -146,7 +146,7 @@ def load_run(run_dir: str | Path) -> Manifest:
     if not manifest.kept_images():
         hint = _nothing_kept(manifest, run_dir)
         manifest.close()
-        raise ReviewError(f"{run_dir / MANIFEST_NAME}: no kept figures to review{hint}")
+        raise ReviewError(f"{path_shown(run_dir / MANIFEST_NAME)}: no kept figures to review{hint}")
     return manifest
 
 
