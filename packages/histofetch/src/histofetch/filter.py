@@ -553,7 +553,9 @@ def _score_lines(manifest: Manifest, img: Image) -> list[str]:
         )
     main = (img.purple_ratio, img.he_score, img.tissue_fraction)
     if all(v is None for v in main):
-        return [classifier, f"colour    not computed: {_not_scored(manifest, img)}"]
+        # the reason once: an unreadable image's full 'cannot read image …' was said twice
+        why = "as above" if img.p_he is None else _not_scored(manifest, img)
+        return [classifier, f"colour    not computed: {why}"]
     said = [
         f"{name} {_shown(v)}" for name, v in zip(("purple", "HED", "tissue"), main, strict=True)
     ]
@@ -609,12 +611,13 @@ def explain(manifest: Manifest, image_id: str) -> str:
     if img.kept is None:  # 'REJECTED: None' was said of a row filter has not decided
         lines.append(f"decision  not decided yet ({_still_to_run(manifest, img, 'decides')})")
     else:
-        lines += [
+        lines.append(
             f"decision  {'KEPT' if img.kept else 'REJECTED'}"
-            + ("" if img.kept else f": {img.filter_reason}"),
-            f"          {_note_unless_said(decision.get('note', ''), img)}"
-            f"(margin {decision.get('margin', 'n/a')})",
-        ]
+            + ("" if img.kept else f": {img.filter_reason}")
+        )
+        note, margin = _note_unless_said(decision.get("note", ""), img), decision.get("margin")
+        if note or margin is not None:  # a row decided unreadable has neither: no '(margin n/a)'
+            lines.append(f"          {note}(margin {_shown(margin)})")
     lines += [*_score_lines(manifest, img), _caption_line(img, stains)]
     if "whole_figure" in decision:
         whole = decision["whole_figure"]
