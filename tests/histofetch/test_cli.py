@@ -118,13 +118,16 @@ def test_a_filter_whose_images_are_all_unreadable_names_no_sheets(tmp_path: Path
         path.write_bytes(b"not a png")
     result = runner.invoke(app, ["filter", "--run", str(run)])
     assert result.exit_code == 0, result.output
-    assert "kept 0 of 4 scored images\n" in result.output and "sheets in" not in result.output
+    # an unreadable image is decided (rejected) but not scored: 'kept 0 of 4 scored images'
+    said = "kept 0 of 0 scored images (4 unreadable)\n"
+    assert said in result.output and "sheets in" not in result.output, result.output
     with Manifest.load(run) as manifest:
         assert {i.status for i in manifest.images.values()} == {"failed"}
     good = make_run(tmp_path / "again", filtered=False)
     (good / "images" / "0.png").write_bytes(b"not a png")
     result = runner.invoke(app, ["filter", "--run", str(good)])
     assert result.exit_code == 0 and f"; sheets in {good / 'sheets'}" in result.output
+    assert re.search(r"kept \d of 3 scored images \(1 unreadable\);", result.output), result.output
 
 
 def test_a_stage_without_run_says_where_it_wrote(

@@ -313,14 +313,18 @@ def kept_line(run: Path, sheet: bool = True) -> str:
 
     with errors():
         info = run_status(run)
-    scored = info["scored"]
+    # an image filter could not read is decided (rejected, 'unreadable image') but not
+    # scored: 'kept 8 of 11 scored images' counted 2 unreadable ones among the 11
+    unreadable = min(info.get("failed_images", 0), info["rejected"])
+    scored = info["scored"] - unreadable
     # filter writes no sheet when it has nothing to show (it wrote four blank ones, and a
     # search that found nothing sent the user to them), and removes the earlier ones
     # (with none kept there is no kept-001.jpg: the rejected sheets are named all the same)
     shown = sheet and any((run / "sheets" / f"{k}-001.jpg").is_file() for k in ("kept", "rejected"))
     where = f"; sheets in {path_shown(run / 'sheets')}" if shown else ""
     images = "scored image" if scored == 1 else "scored images"
-    return f"kept {info['kept']} of {scored} {images}{split_note(info)[1:]}{where}"
+    also = f" ({unreadable} unreadable)" if unreadable else ""
+    return f"kept {info['kept']} of {scored} {images}{also}{split_note(info)[1:]}{where}"
 
 
 def fail_on_killers(run: Path, *summaries: StageSummary) -> None:
