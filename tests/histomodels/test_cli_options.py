@@ -743,8 +743,21 @@ def test_the_name_checks_are_the_librarys() -> None:
         ("CNN", "(did you mean 'cnn'?)"),
         ("mobilenetv2", "(did you mean 'mobilenet_v2'?)"),
         ("efficientnet_lite", "(did you mean 'efficientnet_lite0'?)"),
-        ("resnet18", "(a timm model: timm/resnet18)"),
-        ("convnext_atto.d2_in1k", "(a timm model: timm/convnext_atto.d2_in1k)"),
+        ("resnet18", "(a timm model is given as timm/resnet18)"),
+        ("convnext_atto.d2_in1k", "(a timm model is given as timm/convnext_atto.d2_in1k)"),
+        # known names starting with it win over a name one digit away (review M1)
+        ("mobilenet_v3", "(did you mean 'mobilenet_v3_small' or 'mobilenet_v3_large'?)"),
+        # another digit is another model, here a timm one, not a typo of efficientnet_b1
+        ("efficientnet_b3", "(a timm model is given as timm/efficientnet_b3)"),
+        ("efficientnet_b7", "(a timm model is given as timm/efficientnet_b7)"),
+        ("tf_efficientnet_lite0", "(a timm model is given as timm/tf_efficientnet_lite0)"),
+        ("mobilenetv2_100", "(a timm model is given as timm/mobilenetv2_100)"),
+        ("efficinetnet_b0", "(did you mean 'efficientnet_b0'?)"),
+        # a name timm may not have is not said to be a timm model (review M2)
+        ("nope", "(a timm model is given as timm/nope)"),
+        ("Timm/resnet18", "(did you mean 'timm/resnet18'?)"),
+        ("timm:resnet18", "(did you mean 'timm/resnet18'?)"),
+        ("cnn ", "(did you mean 'cnn', without the spaces?)"),
     ],
 )
 def test_an_unknown_model_says_what_was_likely_meant(given: str, hint: str) -> None:

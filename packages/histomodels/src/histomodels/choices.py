@@ -136,19 +136,49 @@ def model_problem(name: str) -> str | None:
 
 
 def _model_hint(name: str) -> str:
-    """What the user likely meant: a known name one typo away (``cnnn``: ``cnn``), or, for a
-    bare name that may be a timm model's (``resnet18``), its ``timm/`` spelling; timm is
-    not imported to check (a usage error comes before PyTorch), so the hint only says how
-    such a model is named."""
-    import difflib
+    """What the user likely meant: the name without the spaces around it (``cnn ``), the
+    ``timm/`` spelling of ``Timm/resnet18`` or ``timm:resnet18``, the known names that start
+    with it (``mobilenet_v3``: ``mobilenet_v3_small``, ``mobilenet_v3_large``), a known name
+    one typo away (``cnnn``: ``cnn``; a digit for another digit is another model, not a typo:
+    ``efficientnet_b3`` is not ``efficientnet_b1``), else, for a bare name, how a timm model
+    is given (``timm/resnet18``). timm is not imported to check (a usage error comes before
+    PyTorch), so the last hint says how such a model is named, not that timm has it."""
     import re
 
-    close = difflib.get_close_matches(name.strip().lower(), TRAINABLE_MODELS, n=1)
-    if close:
-        return f" (did you mean {close[0]!r}?)"
-    if re.fullmatch(r"[A-Za-z][A-Za-z0-9_.]*", name):
-        return f" (a timm model: timm/{name})"
+    bare = name.strip()
+    if bare != name and bare and model_problem(bare) is None:
+        return f" (did you mean {bare!r}, without the spaces?)"
+    prefixed = re.fullmatch(r"([^/:]+)[/:](.*)", bare)
+    if prefixed and prefixed[1].lower() in MODEL_PREFIXES and prefixed[2].strip():
+        return f" (did you mean '{prefixed[1].lower()}/{prefixed[2].strip()}'?)"
+    low = bare.lower()
+    if low in TRAINABLE_MODELS:
+        return f" (did you mean {low!r}?)"
+    starting = [m for m in TRAINABLE_MODELS if len(low) >= 3 and m.startswith(low)]
+    if starting:
+        return f" (did you mean {' or '.join(map(repr, starting))}?)"
+    typo = [m for m in TRAINABLE_MODELS if _one_typo(low, m)]
+    if typo:
+        return f" (did you mean {typo[0]!r}?)"
+    if re.fullmatch(r"[A-Za-z][A-Za-z0-9_.]*", bare):
+        return f" (a timm model is given as timm/{bare})"
     return ""
+
+
+def _one_typo(a: str, b: str) -> bool:
+    """Whether ``a`` is ``b`` with one letter added, dropped, changed or two neighbours
+    swapped; a digit changed to another digit is not a typo (``efficientnet_b3``,
+    ``efficientnet_b1`` are two models)."""
+    if a == b or abs(len(a) - len(b)) > 1:
+        return False
+    if len(a) == len(b):
+        diff = [i for i in range(len(a)) if a[i] != b[i]]
+        if len(diff) == 1:
+            return not (a[diff[0]].isdigit() and b[diff[0]].isdigit())
+        i = diff[0]
+        return len(diff) == 2 and diff[1] == i + 1 and a[i] == b[i + 1] and a[i + 1] == b[i]
+    short, long = sorted((a, b), key=len)
+    return any(long[:i] + long[i + 1 :] == short for i in range(len(long)))
 
 
 def origin_splits(value: str | Iterable[str]) -> set[str]:
