@@ -36,7 +36,9 @@ def download(
     dest: Annotated[Path, typer.Option(help="Folder to download into.", parser=home_path)],
     split: Annotated[
         list[SplitName] | None,
-        typer.Option(help="Split(s) (default: all). Repeatable."),
+        typer.Option(
+            metavar="SPLIT", help="Split: train, valid or test (default: all). Repeatable."
+        ),
     ] = None,
     gunzip: Annotated[bool, typer.Option(help="Also decompress .h5.gz to .h5.")] = False,
     meta: Annotated[bool, typer.Option(help="Also fetch the *_meta.csv files.")] = True,
