@@ -433,18 +433,31 @@ def test_a_suggested_scale_that_leaves_no_patch_says_so(
     from histomodels.predict import predict_paths, warn_magnification
 
     caplog.set_level("WARNING", logger="histomodels.predict")
-    warn_magnification([0.266, 0.27, 0.26], 1.0, patch=(256, 96))
-    warn_magnification([0.266], 0.5, patch=(128, 96))  # the same 256 px image at --scale 0.5
-    warn_magnification([0.266], 1.0, patch=(2048, 96))  # a Camelyon17 tile: room to spare
+    warn_magnification([0.266, 0.27, 0.26], 1.0, patch=([(256, 256)], 96, True))
+    # the same 256 px image at --scale 0.5
+    warn_magnification([0.266], 0.5, patch=([(256, 256)], 96, True))
+    # a Camelyon17 tile: room to spare
+    warn_magnification([0.266], 1.0, patch=([(2048, 2048)], 96, True))
     first, second, big = (r.getMessage() for r in caplog.records)
+    # 354 px is the least side at 0.27 as predict rounds it (round(354 * 0.27) = 96); it
+    # said ceil(96 / 0.27) = 356 (review N6)
     assert first.endswith(
         "try --scale 0.27 (a rough estimate from nucleus size, ±30%); but at --scale 0.27 an "
         "image 256 px a side is 69 px, smaller than one 96px patch: give regions of at least "
-        "356 px a side at this magnification, or score such tiles whole with eval --data "
-        "FOLDER --scale 0.27"
+        "354 px a side at this magnification, or, to score such tiles whole (labelled, one "
+        "folder per class) use eval --data FOLDER --scale 0.27"
     ), first
     assert "try --scale 0.13" in second and "an image 256 px a side is 33 px" in second
     assert big.endswith("try --scale 0.27 (a rough estimate from nucleus size, ±30%)"), big
+    # eval is pointed to only where it would score such tiles whole (review M3): not for a
+    # model that enlarges its input, a tile under 32 px there, one more than 2:1, two sizes
+    caplog.clear()
+    warn_magnification([0.266], 1.0, patch=([(256, 256)], 96, False))
+    warn_magnification([0.266], 0.5, patch=([(100, 100)], 96, True))  # 13 px at 0.13
+    warn_magnification([0.266], 1.0, patch=([(300, 100)], 96, True))
+    warn_magnification([0.266], 1.0, patch=([(256, 256), (200, 200)], 96, True))
+    for line in (r.getMessage() for r in caplog.records):
+        assert "smaller than one 96px patch" in line and "eval --data" not in line, line
 
     ckpt = tiny_checkpoint(tmp_path)  # end to end: a 40x crop of 320 px (80 px at PCam scale)
     fig = make_figure(4, 4, seed=3)
@@ -456,6 +469,15 @@ def test_a_suggested_scale_that_leaves_no_patch_says_so(
     predict_paths(ckpt, [tmp_path / "x40_crop.png"], tmp_path / "p.csv", draw_heatmaps=False)
     (line,) = (r.getMessage() for r in caplog.records)
     assert "an image 320 px a side is" in line and "smaller than one 96px patch" in line, line
+    # the side is the image's own, not worked back from its scaled size (review N7: a
+    # 401 px crop at --scale 0.5, 200 px there, was 'an image 400 px a side')
+    x40.crop((0, 0, 401, 401)).save(tmp_path / "x40_401.png")
+    caplog.clear()
+    predict_paths(
+        ckpt, [tmp_path / "x40_401.png"], tmp_path / "q.csv", draw_heatmaps=False, scale=0.5
+    )
+    (line,) = (r.getMessage() for r in caplog.records)
+    assert "an image 401 px a side is" in line, line
 
 
 def test_no_heatmaps_writes_the_same_csv_and_no_pngs(tmp_path: Path) -> None:

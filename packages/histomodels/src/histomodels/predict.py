@@ -542,13 +542,14 @@ def _predict_files(
     of files scored."""
     from histomodels.inference import sigmoid
 
-    n_rows, factors, grey, sides = 0, [], [], []
+    n_rows, factors, grey, shapes = 0, [], [], []
     todo = [f for f in files if f not in problems]
     with task("predicting", len(todo)) as shown:
         for f in todo:
             try:
-                img, tiles = image_tiles(read_rgb(f, max_pixels), f, size=size, scale=scale,
-                                         stride=stride)  # fmt: skip
+                img = read_rgb(f, max_pixels)
+                shape = (img.shape[1], img.shape[0])  # its own width and height, before --scale
+                img, tiles = image_tiles(img, f, size=size, scale=scale, stride=stride)
             except PredictInputError as exc:
                 problems[f] = exc
                 shown.advance()
@@ -557,7 +558,7 @@ def _predict_files(
                 measured = nucleus_scale(img, size)
                 factors += measured
                 if measured:
-                    sides.append(min(img.shape[:2]))
+                    shapes.append(shape)
             if _is_grey(img):
                 grey.append(f)
             logits = pred.logits(tiles.patches, batch_size=batch_size, tta=tta)
@@ -582,7 +583,8 @@ def _predict_files(
                          f"{probs.max():.2f}, mean {probs.mean():.2f}", mark)  # fmt: skip
                 heatmaps.append(str(target))
             shown.advance()
-    warn_magnification(factors, scale, patch=(min(sides), size) if sides else None)
+    whole = _scores_small_whole(pred) if shapes else False
+    warn_magnification(factors, scale, patch=(shapes, size, whole) if shapes else None)
     scored = sum(f not in problems for f in todo)  # each input given, as the CSV's rows
     if grey:
         log.warning(
@@ -644,17 +646,20 @@ def warn_magnification(
     scale: float,
     where: str = "",
     option: str = "--scale",
-    patch: tuple[int, int] | None = None,
+    patch: tuple[list[tuple[int, int]], int, bool] | None = None,
 ) -> None:
     """One warning when the images' nuclei (:func:`nucleus_scale` of each) say they are not
     at PCam's magnification: the model then scores tissue at a scale it never saw (a 40x
     tile at ``--scale 1`` comes out as tumour almost everywhere). ``where`` (a dataset, for
     ``eval --data``/``--val``) starts the line when given; ``option`` is the one that sets
-    the scale (``--val-scale`` for ``eval --val``). ``patch`` (``predict``: the smallest
-    side of the checked images at ``scale``, and the patch side) adds, when the scale
-    suggested would make such an image smaller than one patch, that it would and how large
-    a region it takes: the suggestion alone led to ``error: … smaller than one 96px patch``
-    (the 256 px Camelyon16 tiles at 40x: ``try --scale 0.27``, then 69x69)."""
+    the scale (``--val-scale`` for ``eval --val``). ``patch`` (``predict``: the checked
+    images' own width and height, before ``scale``; the patch side; whether the model
+    scores an image under one patch whole, :func:`_scores_small_whole`) adds, when the
+    scale suggested would make the smallest such image smaller than one patch, that it
+    would, how large a region it takes and, where eval would take them
+    (:func:`eval_whole_hint`), eval's way to score them whole: the suggestion alone led to
+    ``error: … smaller than one 96px patch`` (the 256 px Camelyon16 tiles at 40x: ``try
+    --scale 0.27``, then 69x69)."""
     if not factors:
         return
     factor = float(np.median(factors))
@@ -662,15 +667,21 @@ def warn_magnification(
         return
     suggested = float(f"{scale * factor:.2g}")  # as said, and as the user will pass it
     too_small = ""
-    if patch is not None:
-        side, size = round(patch[0] / scale), patch[1]  # the image's own side, before --scale
+    if patch is not None and patch[0]:
+        shapes, size, whole = patch
+        side = min(min(shape) for shape in shapes)  # the image's own side, before --scale
         if round(side * suggested) < size:
+            small = [
+                (round(w * suggested), round(h * suggested))
+                for w, h in shapes
+                if round(min(w, h) * suggested) < size
+            ]
+            eval_hint = eval_whole_hint(small, size, suggested, whole)
             too_small = (
                 f"; but at {option} {suggested:g} an image {side} px a side is "
                 f"{round(side * suggested)} px, smaller than one {size}px patch: give "
-                f"regions of at least {math.ceil(size / suggested)} px a side at this "
-                f"magnification, or score such tiles whole with eval --data FOLDER "
-                f"--scale {suggested:g}"
+                f"regions of at least {least_side(size, suggested)} px a side at this "
+                f"magnification{f', or, {eval_hint}' if eval_hint else ''}"
             )
     log.warning(
         "%sthe nuclei in %d checked image(s) look %.1fx %s than in PCam patches (~10x, 0.97 "
@@ -680,6 +691,43 @@ def warn_magnification(
         "larger" if factor < 1 else "smaller", option, number_text(scale), option,
         suggested, too_small,
     )  # fmt: skip
+
+
+def least_side(size: int, scale: float) -> int:
+    """The smallest side that is at least ``size`` px at ``scale``, as :func:`scaled`
+    rounds it (``round(side * scale)``): 354 for 96 px at 0.27 (not ``ceil(96 / 0.27)``,
+    356)."""
+    side = max(1, math.floor((size - 0.5) / scale))
+    while side > 1 and round((side - 1) * scale) >= size:
+        side -= 1
+    while round(side * scale) < size:
+        side += 1
+    return side
+
+
+def eval_whole_hint(
+    scaled_sizes: list[tuple[int, int]], size: int, scale: float, scores_small_whole: bool
+) -> str:
+    """``to score such tiles whole (labelled, one folder per class) use eval --data FOLDER
+    --scale F`` for images too small for one ``size`` px patch at ``scale``
+    (``scaled_sizes``: their width and height at it), when ``eval --data --scale`` scores
+    them whole: the model does not enlarge its input itself (``scores_small_whole``), each
+    is at least PCam's 32 px label region at the scale and a tile, no side more than twice
+    the other (eval cuts a side longer than a patch to its central patch: a 128x75 tile is
+    scored at 96x75), not a strip such as 60x10^6 px, and all come out at one size there,
+    after that cut (eval refuses a folder whose images come out at 2 sizes); else ``""``.
+    The one rule for ``predict``'s too-small error and its ``--scale`` warning."""
+    from histomodels.evaluate import MIN_SCALED_SIDE  # evaluate imports this module
+
+    whole = all(min(s) >= MIN_SCALED_SIDE and max(s) <= 2 * min(s) for s in scaled_sizes)
+    # eval refuses 2 sizes in a folder, as its ScaledPatches fits them (cut to one patch)
+    one_size = len({tuple(min(side, size) for side in s) for s in scaled_sizes}) == 1
+    if not (scaled_sizes and scores_small_whole and whole and one_size):
+        return ""
+    return (
+        "to score such tiles whole (labelled, one folder per class) use eval --data FOLDER "
+        f"--scale {number_text(scale)}"
+    )
 
 
 def scaled(

@@ -667,26 +667,14 @@ def _too_small_line(small: list, problems: list, summary: dict) -> str:
 def _eval_pointer(small: list, summary: dict) -> str:
     """``; predict cuts images into 96px patches: … use eval --data FOLDER --scale F`` after
     the line of the files too small for one patch (``small``, one or more), when eval scores
-    them whole (the model does not enlarge its input itself, each is at least PCam's 32 px
-    label region at the scale and a tile, no side more than twice the other (eval cuts a
-    side longer than a patch to its central patch: a 128x75 tile is scored at 96x75), not
-    a strip such as 60x10^6 px, and all come out at one size there, after that cut: eval
-    refuses a folder whose images come out at 2 sizes); else nothing."""
-    from histocore.io import number_text
-    from histomodels.evaluate import MIN_SCALED_SIDE
+    them whole (:func:`histomodels.predict.eval_whole_hint`'s rule); else nothing."""
+    from histomodels.predict import eval_whole_hint
 
     size, scale = small[0].size, float(summary.get("scale", 1.0))
-    whole = all(
-        min(e.scaled) >= MIN_SCALED_SIDE and max(e.scaled) <= 2 * min(e.scaled) for e in small
+    hint = eval_whole_hint(
+        [e.scaled for e in small], size, scale, bool(summary.get("scores_small_whole"))
     )
-    # eval refuses 2 sizes in a folder, as its ScaledPatches fits them (cut to one patch)
-    one_size = len({tuple(min(side, size) for side in e.scaled) for e in small}) == 1
-    if not (summary.get("scores_small_whole") and whole and one_size):
-        return ""
-    return (
-        f"; predict cuts images into {size}px patches: to score such tiles whole (labelled, "
-        f"one folder per class) use eval --data FOLDER --scale {number_text(scale)}"
-    )
+    return f"; predict cuts images into {size}px patches: {hint}" if hint else ""
 
 
 def label_cmd(
