@@ -148,6 +148,36 @@ def test_a_stage_without_run_says_where_it_wrote(
     assert given.stderr == ""
 
 
+def test_filter_and_run_without_run_say_where_they_wrote(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """docs/histofetch.md said filter and run name the default folder in their last line;
+    'kept 0 of 4 scored images' (no sheet written) names none. Both now say 'run folder:
+    runs/default (no --run given)' as the other stages do; with --run nothing more (review
+    M4)."""
+    from review_kit import make_run
+
+    import histofetch.pipeline
+
+    made = make_run(tmp_path / "made", filtered=False)
+    (tmp_path / "runs").mkdir()
+    made.rename(tmp_path / "runs" / "default")
+    for path in (tmp_path / "runs" / "default" / "images").glob("*.png"):
+        path.write_bytes(b"not a png")
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["filter"])
+    assert result.exit_code == 0, result.output
+    assert "kept 0 of 4 scored images\n" in result.stdout, result.stdout
+    assert result.stderr == "run folder: runs/default (no --run given)\n", result.stderr
+    given = runner.invoke(app, ["filter", "--run", "runs/default"])
+    assert given.exit_code == 0 and given.stderr == "", given.output
+
+    monkeypatch.setattr(histofetch.pipeline, "run_pipeline", lambda *a, **k: iter(()))
+    result = runner.invoke(app, ["run", "lymph node"])
+    assert result.exit_code == 0, result.output
+    assert result.stderr == "run folder: runs/default (no --run given)\n", result.stderr
+
+
 def test_a_link_to_itself_named_pdf_in_a_folder_is_skipped_without_a_traceback(
     tmp_path: Path, pdfs: Path
 ) -> None:

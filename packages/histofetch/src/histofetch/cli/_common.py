@@ -72,7 +72,9 @@ def say_default_run(ctx: typer.Context, run: Path) -> None:
     """After a stage's summary, one line saying where it wrote when ``--run`` was not
     given: ``histofetch extract paper.pdf`` said ``extracted: 1 done, …`` and nothing of
     the ``runs/default`` folder it had made, so a user who forgot ``--run`` could not tell
-    where the images went (``filter`` and ``run`` name it in their last line)."""
+    where the images went. Every stage that writes into the run folder says it (``filter``'s
+    last line names the folder only when a sheet was written: ``kept 0 of 0 scored
+    images`` names none)."""
     source = ctx.get_parameter_source("run")
     if source is not None and source.name == "DEFAULT":
         typer.echo(f"run folder: {run} (no --run given)", err=True)

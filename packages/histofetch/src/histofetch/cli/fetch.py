@@ -161,4 +161,5 @@ def run_all(
                 summaries.append(summary)
     if any(s.stage == "filtered" for s in summaries):
         print(kept_line(run))
+    say_default_run(ctx, run)
     fail_on_killers(run, *summaries)

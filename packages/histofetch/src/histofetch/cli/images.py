@@ -181,4 +181,5 @@ def filter_(
         )
     print(summary.line())
     print(kept_line(run, sheet))
+    say_default_run(ctx, run)
     fail_on_killers(run, summary)
