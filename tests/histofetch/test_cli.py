@@ -784,3 +784,22 @@ def test_error_lines_name_a_tilde_folder_as_given(
             assert line.startswith(f"error: ./~/{name}: {said}"), (command, line)
     r = runner.invoke(app, ["filter", "--run", "./~/run", "--explain", "nope"])
     assert r.exit_code == 1 and _error_line(r).startswith("error: ./~/run: 'nope' names no image")
+
+
+def test_filter_help_writes_every_threshold_default_alike() -> None:
+    """``filter --help`` showed ``--purple``'s default as Typer's ``[default: 0.3]`` and its
+    neighbours' as ``[0.5]`` in their text, numbers typed there by hand. Each now ends with
+    ``[default: N]``, N the decision's own threshold (docs walk)."""
+    from histofetch.decide.rules import Thresholds
+
+    out = runner.invoke(app, ["filter", "--help"], env={"COLUMNS": "300"}).output
+    rows = {
+        row.split()[0]: row
+        for row in (line.strip("│ ") for line in out.splitlines())
+        if row.startswith("--")
+    }
+    t = Thresholds()
+    for option, value in {"--purple": t.purple, "--min-he": t.min_he,
+                          "--min-tissue": t.min_tissue, "--min-blocks": t.min_blocks,
+                          "--max-dark": t.max_dark, "--min-side": t.min_side}.items():  # fmt: skip
+        assert rows[option].endswith(f"[default: {value:g}]"), rows[option]

@@ -109,25 +109,42 @@ def _check_explain(text: str | None) -> str | None:
     return text
 
 
+def _default(name: str) -> str:
+    """`` [default: 0.5]`` for a filter threshold option whose value, when not given, is
+    the decision's own (:class:`~histofetch.decide.rules.Thresholds`): written as Typer
+    writes ``--purple``'s, from the one place the number is kept."""
+    from histofetch.decide.rules import Thresholds
+
+    return f" \\[default: {getattr(Thresholds(), name):g}]"  # rich would take it as markup
+
+
 def filter_(
     ctx: typer.Context,
     run: Run = RUN_DEFAULT,
     purple: Annotated[
         float, fraction(help="Min share of H&E-coloured pixels in the tissue region.")
     ] = 0.3,
-    min_he: Annotated[float | None, fraction("--min-he", help="Min H&E (HED) score [0.5].")] = None,
+    min_he: Annotated[
+        float | None, fraction("--min-he", help=f"Min H&E (HED) score.{_default('min_he')}")
+    ] = None,
     min_tissue: Annotated[
-        float | None, fraction("--min-tissue", help="Min tissue share of the image [0.02].")
+        float | None,
+        fraction("--min-tissue", help=f"Min tissue share of the image.{_default('min_tissue')}"),
     ] = None,
     min_blocks: Annotated[
-        int | None, typer.Option("--min-blocks", min=1, help="Min tissue blocks [2].")
+        int | None,
+        typer.Option("--min-blocks", min=1, help=f"Min tissue blocks.{_default('min_blocks')}"),
     ] = None,
     max_dark: Annotated[
-        float | None, fraction("--max-dark", help="Max dark-pixel share [0.2].")
+        float | None, fraction("--max-dark", help=f"Max dark-pixel share.{_default('max_dark')}")
     ] = None,
     min_side: Annotated[
         int | None,
-        typer.Option("--min-side", min=1, help="Smaller images are not judged (px) [64]."),
+        typer.Option(
+            "--min-side",
+            min=1,
+            help=f"Smaller images are not judged (px).{_default('min_side')}",
+        ),
     ] = None,
     rescore: Annotated[
         bool, typer.Option("--rescore", help="Re-read and re-score every image.")
