@@ -91,6 +91,13 @@ def test_set_and_csv(tmp_path: Path) -> None:
         ],
     )
     assert r.exit_code == 0 and "2 label(s) changed" in r.output
+    # the labels are stored in run.sqlite, manifest.jsonl is its export: the line said
+    # 'changed in RUN/manifest.jsonl' (docs walk)
+    assert r.output == (
+        f"2 label(s) changed in {run / 'run.sqlite'}; {run / 'manifest.jsonl'} exported from it\n"
+    ), r.output
+    r = runner.invoke(app, ["label", "--manifest", str(run), "--set", "img0=metastasis"])
+    assert r.output == "0 label(s) changed; nothing written\n", r.output
     csv_path = tmp_path / "labels.csv"
     csv_path.write_text("image_id,label\nimg2,not_usable\nimg0,clear\n")
     r = runner.invoke(app, ["label", "--manifest", str(run), "--from-csv", str(csv_path)])

@@ -723,7 +723,12 @@ def label_cmd(
             if from_csv:
                 labels |= read_label_csv(from_csv)
             changed = apply_labels(m, labels)
-            typer.echo(f"{changed} label(s) changed in {m.path}")
+            # the labels live in the run store; manifest.jsonl is its export, rewritten
+            typer.echo(
+                f"{changed} label(s) changed in {m.store_path}; {m.path} exported from it"
+                if changed
+                else "0 label(s) changed; nothing written"
+            )
             return
         counts = label_interactively(m, _ask, typer.echo, relabel=relabel)
     typer.echo("labelled: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
