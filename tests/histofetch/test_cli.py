@@ -444,6 +444,35 @@ def test_commands_on_a_missing_run_fail_clearly(tmp_path: Path, command: str) ->
     assert not (tmp_path / "none").exists()
 
 
+@pytest.mark.parametrize("command", ["review", "filter"])
+def test_a_run_folder_that_cannot_be_read_says_so(tmp_path: Path, command: str) -> None:
+    """``review --run noperm`` (a folder of mode 000) said ``error: [Errno 13] Permission
+    denied: 'noperm/manifest.jsonl'``; it now says ``noperm/manifest.jsonl: permission denied``, as filter did (review N10).
+    Run by root, the check drops the capabilities that read any folder (capsh)."""
+    import shlex
+    import shutil
+    import subprocess
+    import sys
+
+    run = tmp_path / "noperm"
+    run.mkdir()
+    argv = [sys.executable, "-m", "histofetch.cli", command, "--run", str(run)]
+    if os.geteuid() == 0:
+        if shutil.which("capsh") is None:
+            pytest.skip("root without capsh reads a folder of mode 000")
+        argv = ["capsh", "--drop=cap_dac_override,cap_dac_read_search", "--", "-c",
+                shlex.join(argv)]  # fmt: skip
+    run.chmod(0)
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+    finally:
+        run.chmod(0o755)
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"error: {run / 'manifest.jsonl'}: permission denied"
+    ), done.stderr
+
+
 @pytest.mark.parametrize("command", ["filter", "status"])
 def test_commands_on_a_folder_without_a_run_fail_clearly(tmp_path: Path, command: str) -> None:
     (tmp_path / "empty").mkdir()

@@ -27,7 +27,7 @@ from typing import Any, TextIO
 from markupsafe import Markup, escape
 
 from histocore.csvcells import numbered_rows, read_cell
-from histocore.errors import DomainError
+from histocore.errors import DomainError, describe
 from histocore.io import one_line, path_shown, record_slug, unique_stem
 from histocore.manifest import (
     IMAGE_LABELS,
@@ -135,14 +135,15 @@ def _no_tile(row: dict[str, str | None]) -> bool:
 def load_run(run_dir: str | Path) -> Manifest:
     """The run's manifest, or a :class:`ReviewError` that says what is wrong with the folder."""
     run_dir = Path(run_dir)
-    if not os.path.lexists(run_dir):  # as every other command says it (Manifest.load)
-        raise ReviewError(f"{run_dir}: no such folder (give a histofetch run folder)")
-    if not run_dir.is_dir():
+    # a missing folder is Manifest.load's to say ('no such folder'), as for every command
+    if os.path.lexists(run_dir) and not run_dir.is_dir():
         raise ReviewError(f"{path_shown(run_dir)}: not a folder (give a histofetch run folder)")
     try:
         manifest = Manifest.load(run_dir)
     except (ManifestError, OSError, UnicodeDecodeError) as exc:
-        raise ReviewError(str(exc).splitlines()[0]) from None
+        # an OSError as '<file>: <problem>' ('run/manifest.jsonl: permission denied'), not
+        # its repr-like '[Errno 13] Permission denied: ...'
+        raise ReviewError(describe(exc).splitlines()[0]) from None
     if not manifest.kept_images():
         hint = _nothing_kept(manifest, run_dir)
         manifest.close()
