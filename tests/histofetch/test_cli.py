@@ -269,9 +269,13 @@ def test_search_refuses_an_empty_query_before_any_request(tmp_path: Path) -> Non
 
 
 def test_extract_without_paths_needs_a_run(tmp_path: Path) -> None:
-    result = runner.invoke(app, ["extract", "--run", str(tmp_path / "none")])
+    (tmp_path / "empty").mkdir()  # a missing folder: test_commands_on_a_missing_run_…
+    result = runner.invoke(app, ["extract", "--run", str(tmp_path / "empty")])
     assert result.exit_code == 1
-    assert "no manifest here" in _error_line(result)
+    assert _error_line(result) == (
+        f"error: {tmp_path / 'empty'}: no manifest here; give PDF files/folders or run "
+        "`histofetch download`"
+    )
 
 
 @pytest.mark.parametrize(
@@ -433,10 +437,13 @@ def test_a_failed_export_keeps_a_folder_another_process_made_meanwhile(
 
 
 @pytest.mark.parametrize("command", ["filter", "status", "export", "download", "review"])
+@pytest.mark.parametrize("command", ["filter", "status", "export", "download", "review", "extract"])
 def test_commands_on_a_missing_run_fail_clearly(tmp_path: Path, command: str) -> None:
     """A mistyped run folder (``--run runs/mnie``) said ``runs/mnie/manifest.jsonl: no
     manifest here``, naming a file in a folder that is not there (and not the run's store,
-    run.sqlite); review said ``not a folder``. Each says the folder is missing, one way."""
+    run.sqlite); review said ``not a folder``; extract without PDFs said ``runs/mnie: no
+    manifest here; give PDF files/folders …`` (review N9). Each says the folder is
+    missing, one way."""
     result = runner.invoke(app, [command, "--run", str(tmp_path / "none")])
     assert result.exit_code == 1
     want = f"error: {tmp_path / 'none'}: no such folder (give a histofetch run folder)"
@@ -444,10 +451,11 @@ def test_commands_on_a_missing_run_fail_clearly(tmp_path: Path, command: str) ->
     assert not (tmp_path / "none").exists()
 
 
-@pytest.mark.parametrize("command", ["review", "filter"])
+@pytest.mark.parametrize("command", ["review", "extract", "filter"])
 def test_a_run_folder_that_cannot_be_read_says_so(tmp_path: Path, command: str) -> None:
     """``review --run noperm`` (a folder of mode 000) said ``error: [Errno 13] Permission
-    denied: 'noperm/manifest.jsonl'``; it now says ``noperm/manifest.jsonl: permission denied``, as filter did (review N10).
+    denied: 'noperm/manifest.jsonl'``, and extract without PDFs raised a traceback; each
+    now says ``noperm/manifest.jsonl: permission denied``, as filter did (review N10).
     Run by root, the check drops the capabilities that read any folder (capsh)."""
     import shlex
     import shutil

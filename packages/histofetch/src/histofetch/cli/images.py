@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -57,8 +58,9 @@ def extract(
 
     limit, isolate = record_limit(ctx, record_timeout)
     pdfs = [Path(text) for text in paths or []]
-    if not pdfs and not any((run / name).exists() for name in (MANIFEST_NAME, STORE_NAME)):
-        fail(f"{run}: no manifest here; give PDF files/folders or run `histofetch download`")
+    if not pdfs:
+        with errors():
+            _check_run_to_extract(run)
     with errors(), progress():
         summary = run_extract(
             run, pdfs, min_size=min_size, retry_failed=retry_failed, jobs=jobs,
@@ -69,6 +71,24 @@ def extract(
     if pdfs:
         _warn_failed_local(run, pdfs)
     fail_on_killers(run, summary)
+
+
+def _check_run_to_extract(run: Path) -> None:
+    """With no PDFs given extract takes the run's, so the run must be there: a missing
+    folder is :meth:`Manifest.load`'s ``RUN: no such folder`` (as every command says it;
+    ``runs/mnie`` said ``no manifest here; give PDF files/folders…``), a folder without a
+    run says to give PDFs, one that cannot be read is its ``OSError`` (``RUN/manifest.jsonl:
+    permission denied``, a traceback before)."""
+    from histocore.errors import ManifestError
+    from histocore.manifest import Manifest
+
+    if any((run / name).exists() for name in (MANIFEST_NAME, STORE_NAME)):
+        return
+    if not os.path.lexists(run):
+        Manifest.load(run).close()  # raises: 'RUN: no such folder (give a histofetch run …)'
+    raise ManifestError(
+        f"{run}: no manifest here; give PDF files/folders or run `histofetch download`"
+    )
 
 
 def _warn_failed_local(run: Path, paths: list[Path], most: int = 10) -> None:
