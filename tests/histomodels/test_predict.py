@@ -1116,6 +1116,40 @@ def test_the_csv_is_never_written_over_the_checkpoint_its_sidecar_or_an_input(
     assert out.read_text().startswith("path,x,y,")
 
 
+def test_the_csv_is_never_written_where_the_calibration_sidecar_will_be(
+    tmp_path: Path,
+) -> None:
+    """``predict RUN IMG --no-heatmaps --out RUN/best.calibration.json`` with no sidecar
+    yet (the usual case: none before ``eval --val``) wrote the CSV there, exit 0, and every
+    later predict or eval of the run failed ('not a calibration file'): --out was compared
+    with the sidecar by file identity only, and a missing file has none. It is refused by
+    its real path too (also spelt through ``..``), nothing written."""
+    import shutil
+
+    from histomodels.calibration import calibration_path
+
+    run = tmp_path / "run"
+    run.mkdir()
+    ckpt = Path(shutil.copy(tiny_checkpoint(tmp_path), run / "best.pt"))
+    side = calibration_path(ckpt)
+    img = tmp_path / "a.png"
+    Image.fromarray(make_patches(1, seed=3)[0][0]).save(img)
+    for model in (run, ckpt):
+        for out in (side, run / ".." / "run" / side.name):
+            r = CliRunner().invoke(
+                app, ["predict", str(model), str(img), "--no-heatmaps", "--out", str(out)]
+            )
+            assert r.exit_code == 1, r.output
+            assert r.stderr.splitlines() == [
+                f"error: {out}: is the calibration file of the checkpoint predict reads; "
+                "the CSV would replace it: choose another --out"
+            ]
+            assert not side.exists()
+    r = CliRunner().invoke(app, ["predict", str(run), str(img), "--no-heatmaps",
+                                 "--out", str(tmp_path / "p.csv")])  # fmt: skip
+    assert r.exit_code == 0, r.output
+
+
 def test_clashing_heatmap_names_do_not_depend_on_the_inputs_order(tmp_path: Path) -> None:
     """d1/x/img.png and d2/x/img.png got x_img.png and x_img_2.png in the order given: the
     same images given the other way round swapped their heatmaps' names (a rerun drew each

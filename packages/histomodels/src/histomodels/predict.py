@@ -481,25 +481,36 @@ def _refuse_to_replace_what_is_read(out: Path, checkpoint: str | Path, files: li
     RUN/best.pt`` replaced the trained weights with the CSV), its calibration sidecar, nor an
     input image: a :class:`PredictInputError` naming ``out``, before anything is read or
     written. An earlier run's CSV at ``out`` is replaced, as ``eval`` and ``export`` replace
-    their earlier output."""
+    their earlier output. Judged by real path (a file not there yet: the sidecar before
+    ``eval --val`` writes one, which a CSV there then made unreadable) and by file identity
+    (a hard link), never by spelling."""
     from histocore.io import same_file
+    from histomodels import pretrained
     from histomodels.calibration import calibration_path
     from histomodels.checkpoint import resolve_checkpoint
 
+    target = out.resolve()
+
+    def names(path: Path) -> bool:
+        return target == path.resolve() or same_file(out, path)
+
     given = Path(checkpoint)
-    for model in dict.fromkeys((given, resolve_checkpoint(given))):
-        if same_file(out, model):
+    models = dict.fromkeys((given, resolve_checkpoint(given)))
+    if pretrained.is_pretrained(given) and not given.exists():  # --model NAME: its weights
+        models = {pretrained.HERE / f"{given}.safetensors": None}
+    for model in models:
+        if names(model):
             raise PredictInputError(
                 f"{out}: is the checkpoint predict reads; the CSV would replace it: choose "
                 "another --out"
             )
-        if same_file(out, calibration_path(model)):
+        if names(calibration_path(model)):
             raise PredictInputError(
                 f"{out}: is the calibration file of the checkpoint predict reads; the CSV "
                 "would replace it: choose another --out"
             )
     for f in files:
-        if same_file(out, f):
+        if names(f):
             raise PredictInputError(
                 f"{out}: is one of the images to score; the CSV would replace it: choose "
                 "another --out"
