@@ -35,6 +35,33 @@ def test_curve_groups_keep_seconds_and_flags_off_the_metric_axis() -> None:
     assert all("frozen_backbone" not in keys for keys in groups.values())
 
 
+def test_the_distillation_bce_is_on_the_loss_panel(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``train_bce`` (history of a run with ``--teacher``: the BCE against the labels, an
+    unbounded loss) was put on the 0–1 metric panel beside ``val_auc`` (only keys naming
+    'loss' went on the loss panel); it is a loss, and is drawn with the losses."""
+    import matplotlib.pyplot as plt
+
+    rows = [{**r, "train_bce": 0.9 / r["epoch"]} for r in HISTORY]
+    groups = curve_groups(rows)
+    assert groups["loss"] == ["train_bce", "train_loss", "val_loss"]
+    assert groups["metric (0–1)"] == ["val_accuracy", "val_auc"]
+    drawn: dict[str, list[str]] = {}
+    close = plt.close
+
+    def record(fig: Any = None) -> None:  # each panel's y label and its legend's entries
+        for ax in fig.axes if fig is not None else []:
+            drawn[ax.get_ylabel()] = [t.get_text() for t in ax.get_legend().get_texts()]
+        close(fig)
+
+    monkeypatch.setattr(plt, "close", record)
+    with PIL.Image.open(curves_plot(rows, tmp_path / "c.png")) as img:
+        assert img.size[0] > 3 * img.size[1]
+    assert drawn["loss"] == ["train_bce", "train_loss", "val_loss"]
+    assert drawn["metric (0–1)"] == ["val_accuracy", "val_auc"]
+
+
 def test_curves_plot_draws_one_panel_per_group(tmp_path: Path) -> None:
     import matplotlib.pyplot as plt
 

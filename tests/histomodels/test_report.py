@@ -716,3 +716,36 @@ def test_the_external_note_says_the_noise_rate_interval_is_wilsons(tmp_path: Pat
     md = (tmp_path / "o" / "report.md").read_text()
     assert "| weak-label noise rate | 0.100 [0.018, 0.404] on 10 figures |" in md, md
     assert "Wilson's 95% score interval (not a bootstrap)" in md
+
+
+def test_a_distillation_runs_report_draws_train_bce_with_the_losses(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run trained with ``--teacher`` keeps ``train_bce`` in its history; the report's
+    training curves drew it on the 0–1 metric panel beside val_auc. It renders, with
+    train_bce on the loss panel."""
+    import matplotlib.pyplot as plt
+
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(tiny_checkpoint(tmp_path), run / "best.pt")
+    (run / "config.json").write_text(json.dumps({"model": "cnn", "data": "train.h5"}))
+    write_history(run, [{"epoch": e, "train_loss": 1.7 / e, "train_bce": 0.6 / e,
+                         "val_loss": 0.7 / e, "val_auc": 0.6, "val_accuracy": 0.5,
+                         "lr": 1e-3} for e in (1, 2)])  # fmt: skip
+    panels: dict[str, list[str]] = {}
+    close = plt.close
+
+    def record(fig=None) -> None:  # each panel's y label and its legend's entries
+        for ax in fig.axes if fig is not None else []:
+            if ax.get_legend() is not None:
+                panels[ax.get_ylabel()] = [t.get_text() for t in ax.get_legend().get_texts()]
+        close(fig)
+
+    monkeypatch.setattr(plt, "close", record)
+    out = tmp_path / "report"
+    r = CliRunner().invoke(app, ["report", str(run), "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert "Training curves" in (out / "report.html").read_text()
+    assert panels["loss"] == ["train_bce", "train_loss", "val_loss"]
+    assert panels["metric (0–1)"] == ["val_accuracy", "val_auc"]

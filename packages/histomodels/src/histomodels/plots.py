@@ -141,7 +141,9 @@ def curve_groups(history: list[dict]) -> dict[str, list[str]]:
     """History columns by panel: losses, 0–1 metrics (AUC, accuracy, …) and timing (seconds).
 
     Flags (booleans such as ``frozen_backbone``) and bookkeeping (epoch, step, lr) are not
-    curves; seconds never share an axis with a metric bounded by 1.
+    curves; seconds never share an axis with a metric bounded by 1, nor a loss (a column
+    naming ``loss`` or ``bce``: ``train_bce``, the BCE part of a distillation loss, is
+    unbounded and was drawn on the 0–1 axis beside ``val_auc``).
     """
     keys = sorted(
         {
@@ -154,7 +156,7 @@ def curve_groups(history: list[dict]) -> dict[str, list[str]]:
         }
     )
     timing = [k for k in keys if k.endswith(("seconds", "_s")) or "time" in k]
-    losses = [k for k in keys if "loss" in k and k not in timing]
+    losses = [k for k in keys if ("loss" in k or "bce" in k) and k not in timing]
     metrics = [k for k in keys if k not in timing and k not in losses]
     return {"loss": losses, "metric (0–1)": metrics, "seconds": timing}
 
