@@ -277,15 +277,19 @@ def test_a_too_small_pngs_size_is_said_as_the_last_exif_turns_it(
     ), r.output
 
 
+@pytest.mark.parametrize("exif", ["none", "before", "after"])
 @pytest.mark.parametrize("where", ["before", "after"])
 def test_a_too_small_pngs_size_is_said_as_its_xmp_orientation_turns_it(
-    tmp_path: Path, where: str
+    tmp_path: Path, where: str, exif: str
 ) -> None:
     """A PNG with no eXIf but an XMP packet saying ``tiff:Orientation="6"`` is decoded and
     scored turned (Pillow's getexif falls back on XMP, as exif_transpose does), but the
     refusal of one too small read eXIf chunks only and said its size as stored ('200x60'
     for an image scored 60x200). An XMP before the pixels is read from the header now; one
-    after them is known only by decoding, so the size is said 'as stored'."""
+    after them is known only by decoding, so the size is said 'as stored'. An eXIf chunk
+    without an orientation (before or after the pixels) is the same: Pillow falls back on
+    the XMP then too, but the refusal took the eXIf alone ('200x60 is', neither turned
+    nor said as stored)."""
     import io
 
     xmp = (
@@ -298,11 +302,21 @@ def test_a_too_small_pngs_size_is_said_as_its_xmp_orientation_turns_it(
     Image.new("L", (200, 60), 200).save(buf, "PNG")
     raw = buf.getvalue()
     at = raw.index(b"IDAT") - 4 if where == "before" else len(raw) - 12
+    if exif != "none":  # an eXIf chunk naming the camera, with no orientation
+        tags = Image.Exif()
+        tags[0x010F] = "camera"
+        exif_chunk = _png_chunk(b"eXIf", tags.tobytes().removeprefix(b"Exif\x00\x00"))
+        chunk = exif_chunk + chunk if exif == where else chunk
+        if exif != where:
+            cut = raw.index(b"IDAT") - 4 if exif == "before" else len(raw) - 12
+            raw = raw[:cut] + exif_chunk + raw[cut:]
+            at += len(exif_chunk) if cut <= at else 0
     png = tmp_path / "small.png"
     png.write_bytes(raw[:at] + chunk + raw[at:])
     with Image.open(png) as im:  # how Pillow decodes it: turned
         im.load()
         assert im.getexif().get(0x0112) == 6
+        assert exif == "none" or im.getexif().get(0x010F) == "camera"
     said = "60x200" if where == "before" else "200x60 as stored"
     args = ["predict", "pcam-cnn", str(png), "--no-heatmaps", "--out", str(tmp_path / "p.csv")]
     r = CliRunner().invoke(app, args)

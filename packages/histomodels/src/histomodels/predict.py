@@ -243,9 +243,10 @@ def _header_turn(im: Any, f: Path) -> int | None:
     open image ``im`` (file ``f``) without decoding its pixels, or None when it cannot be
     read so. Pillow gives a TIFF's size already turned (1 here); a PNG's orientation is
     that of its last eXIf chunk, before or after the pixels (Pillow decodes with the last
-    one it reads), found by walking the chunk headers; without one, that of its XMP packet
-    (``tiff:Orientation``, which the decoder falls back on as ``exif_transpose`` does) when
-    its text chunks all come before the pixels (Pillow has read them at open), else None."""
+    one it reads), found by walking the chunk headers; without one, or when that eXIf has
+    no orientation tag, that of its XMP packet (``tiff:Orientation``, which the decoder
+    falls back on as ``exif_transpose`` does) when its text chunks all come before the
+    pixels (Pillow has read them at open), else None."""
     import PIL.Image
 
     if im.format == "TIFF":
@@ -256,13 +257,16 @@ def _header_turn(im: Any, f: Path) -> int | None:
             if found is None:
                 return None
             data, text_after_pixels = found
+            exif = PIL.Image.Exif()
             if data:
-                exif = PIL.Image.Exif()
                 exif.load(data)
-            elif text_after_pixels:  # an XMP orientation there is known only once decoded
-                return None
-            else:  # the base class's: its XMP fallback over the text read at open, no load
-                exif = PIL.Image.Image.getexif(im)
+            if 0x0112 not in exif:  # the decoder falls back on XMP (getexif's rule)
+                if text_after_pixels:  # an XMP orientation there is known only once decoded
+                    return None
+                if data:  # an eXIf without an orientation: the XMP read at open
+                    exif[0x0112] = _xmp_turn(im.info)
+                else:  # the base class's: its XMP fallback over the text read at open
+                    exif = PIL.Image.Image.getexif(im)
         else:
             exif = im.getexif()
         value = exif.get(0x0112, 1)
@@ -271,6 +275,19 @@ def _header_turn(im: Any, f: Path) -> int | None:
             raise
         return 1
     return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def _xmp_turn(info: dict[str, Any]) -> int:
+    """The ``tiff:Orientation`` of the XMP packet in an open image's ``info`` (1 when none),
+    found as Pillow's ``Image.getexif`` finds it when the EXIF has no orientation."""
+    import re
+
+    xmp: Any = info.get("XML:com.adobe.xmp")
+    pattern: Any = r'tiff:Orientation(="|>)([0-9])'
+    if not xmp and (xmp := info.get("xmp")):
+        pattern = rb'tiff:Orientation(="|>)([0-9])'
+    match = re.search(pattern, xmp) if xmp else None
+    return int(match[2]) if match else 1
 
 
 def _png_exif_chunk(f: Path) -> tuple[bytes, bool] | None:
