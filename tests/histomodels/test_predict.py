@@ -1164,6 +1164,36 @@ def test_the_csv_is_never_written_where_the_calibration_sidecar_will_be(
     assert r.exit_code == 0, r.output
 
 
+def test_the_csv_is_never_the_heatmap_folder_nor_a_heatmap(tmp_path: Path) -> None:
+    """``--heatmaps hm --out hm/big.png`` wrote the CSV, then big.png's heatmap over it (the
+    CSV lost, exit 0); ``--heatmaps hm2 --out hm2`` scored everything, then failed 'hm2: is a
+    folder' and left an empty hm2/. Each is one error line naming --out before anything is
+    read or written; a CSV in the heatmap folder under another name is written."""
+    ckpt = tiny_checkpoint(tmp_path)
+    big = tmp_path / "big.png"
+    Image.fromarray(make_figure(2, 2, seed=4)).save(big)
+    hm, hm2 = tmp_path / "hm", tmp_path / "hm2"
+    cases = [
+        (hm, hm / "big.png", "is where the heatmap of {big} is drawn; it would replace the CSV: "
+         "choose another --out or --heatmaps"),
+        (hm2, hm2, "is the heatmap folder, and the CSV a file: give --out a file outside it, "
+         "or another --heatmaps"),
+        (hm2 / "sub", hm2, f"would hold {hm2 / 'sub'}, and the CSV a file: give --out a file "
+         "outside it, or another --heatmaps"),
+    ]  # fmt: skip
+    for heat, out, said in cases:
+        args = ["predict", str(ckpt), str(big), "--heatmaps", str(heat), "--out", str(out)]
+        r = CliRunner().invoke(app, args)
+        assert r.exit_code == 1, r.output
+        assert r.stderr.splitlines() == [f"error: {out}: {said.format(big=big)}"]
+        assert not hm.exists() and not hm2.exists()
+    out = hm / "p.csv"
+    r = CliRunner().invoke(app, ["predict", str(ckpt), str(big), "--heatmaps", str(hm),
+                                 "--out", str(out)])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert out.read_text().startswith("path,x,y,") and (hm / "big.png").is_file()
+
+
 def test_clashing_heatmap_names_do_not_depend_on_the_inputs_order(tmp_path: Path) -> None:
     """d1/x/img.png and d2/x/img.png got x_img.png and x_img_2.png in the order given: the
     same images given the other way round swapped their heatmaps' names (a rerun drew each

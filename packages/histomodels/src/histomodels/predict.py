@@ -450,6 +450,8 @@ def predict_paths(
     _refuse_to_replace_what_is_read(out_csv, checkpoint, files)
     heat_dir = Path(heatmap_dir) if heatmap_dir else out_csv.with_name(out_csv.stem + "_heatmaps")
     targets = heatmap_targets(files, heat_dir) if draw_heatmaps else {}
+    if draw_heatmaps:
+        _refuse_csv_among_heatmaps(out_csv, heat_dir, targets)
     mark = str(out_csv.resolve())
     pred = Predictor.load(checkpoint, device=device, precision=precision)
     size = int(pred.ckpt.get("input_size", 96))
@@ -531,6 +533,29 @@ def _refuse_to_replace_what_is_read(out: Path, checkpoint: str | Path, files: li
             raise PredictInputError(
                 f"{out}: is one of the images to score; the CSV would replace it: choose "
                 "another --out"
+            )
+
+
+def _refuse_csv_among_heatmaps(out: Path, heat_dir: Path, targets: dict[Path, Path]) -> None:
+    """A :class:`UsageError` naming ``out`` when the CSV and the heatmaps would take one
+    path, before anything is read: ``--heatmaps hm --out hm`` scored everything, then
+    failed (``hm: is a folder``) and left an empty ``hm/``; ``--out hm/big.png`` was
+    replaced by big.png's heatmap (the CSV lost, exit 0). Judged by real path and by file
+    identity."""
+    from histocore.io import same_file
+
+    target, folder = out.resolve(), heat_dir.resolve()
+    if target == folder or target in folder.parents:  # a CSV beside the heatmaps is not
+        where = "is the heatmap folder" if target == folder else f"would hold {heat_dir}"
+        raise UsageError(
+            f"{out}: {where}, and the CSV a file: give --out a file outside it, or another "
+            "--heatmaps"
+        )
+    for f, drawn in targets.items():
+        if target == drawn.resolve() or same_file(out, drawn):
+            raise UsageError(
+                f"{out}: is where the heatmap of {f} is drawn; it would replace the CSV: "
+                "choose another --out or --heatmaps"
             )
 
 
