@@ -102,12 +102,13 @@ def test_cli_export_parity_failure_leaves_nothing_written(tmp_path: Path) -> Non
     negative tolerance is a usage error)."""
     ckpt = tiny_checkpoint(tmp_path)
     out = tmp_path / "m.pt"
-    out.write_bytes(b"the user's previous export")
     args = ["export", str(ckpt), "--format", "torchscript", "--out", str(out)]
+    assert CliRunner().invoke(app, args).exit_code == 0  # the user's previous export
+    before = out.read_bytes()
     r = CliRunner().invoke(app, [*args, "--tolerance", "0"])
     assert r.exit_code == 1 and "parity check failed" in r.output, r.output
     assert "Traceback" not in r.output
-    assert out.read_bytes() == b"the user's previous export"
+    assert out.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("m.pt")) == ["m.pt"]
     fresh = tmp_path / "fresh.pt"
     r = CliRunner().invoke(app, [*args[:-1], str(fresh), "--tolerance", "0"])
@@ -274,3 +275,61 @@ def test_the_out_suffix_chooses_the_format(tmp_path: Path) -> None:
             assert torch.jit.load(str(out)) is not None
         else:
             onnx.checker.check_model(onnx.load(str(out)))
+
+
+def test_an_export_replaces_only_an_earlier_export_of_its_format(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``export RUN --out RUN/last.pt`` (or history.json, another checkpoint, the shipped
+    weights of a writable install) replaced a file export does not write, and ``--out
+    RUN/best.calibration.json`` with no sidecar yet made every later predict and eval of
+    the run fail. Only an earlier export of the same format (its metadata says so) or an
+    empty file is replaced; anything else is one error line naming --out, exit 1, nothing
+    written."""
+    import shutil
+
+    from histomodels import pretrained
+
+    run = tmp_path / "run"
+    run.mkdir()
+    ckpt = Path(shutil.copy(tiny_checkpoint(tmp_path), run / "best.pt"))
+    last = Path(shutil.copy(ckpt, run / "last.pt"))
+    (run / "history.json").write_text('[{"epoch": 1}]')
+    ts, onnx_out = tmp_path / "m.pt", tmp_path / "m.bin"  # .bin: named as no format
+    for out in (ts, onnx_out):  # an earlier export of each format is replaced
+        for _ in range(2):
+            args = ["export", str(run), "--out", str(out)]
+            r = CliRunner().invoke(app, args + (["--format", "onnx"] if out == onnx_out else []))
+            assert r.exit_code == 0, r.output
+    for out, fmt in ((last, "TorchScript"), (run / "history.json", "ONNX"),
+                     (onnx_out, "TorchScript")):  # fmt: skip
+        kept = out.read_bytes()
+        name = "torchscript" if fmt == "TorchScript" else "onnx"
+        r = CliRunner().invoke(app, ["export", str(run), "--format", name, "--out", str(out)])
+        assert r.exit_code == 1, r.output
+        assert r.stderr.splitlines() == [
+            f"error: {out}: exists and is not an earlier {fmt} export of histomodels; the "
+            "export would replace it: choose another --out, or remove it first"
+        ], r.output
+        assert out.read_bytes() == kept
+    side = run / "best.calibration.json"
+    r = CliRunner().invoke(app, ["export", str(run), "--format", "onnx", "--out", str(side)])
+    assert r.exit_code == 1 and r.stderr.splitlines() == [
+        f"error: {side}: is the calibration file of the checkpoint being exported; the export "
+        "would replace it: choose another --out"
+    ]
+    assert not side.exists()
+    shipped = tmp_path / "shipped"  # a writable install's pretrained/ folder
+    shipped.mkdir()
+    for name in ("pcam-cnn.safetensors", "pcam-cnn.json"):
+        shutil.copy(pretrained.HERE / name, shipped / name)
+    monkeypatch.setattr(pretrained, "HERE", shipped)
+    weights = shipped / "pcam-cnn.safetensors"
+    kept = weights.read_bytes()
+    r = CliRunner().invoke(app, ["export", "--model", "pcam-cnn", "--format", "onnx", "--out",
+                                 str(weights)])  # fmt: skip
+    assert r.exit_code == 1 and r.stderr.splitlines() == [
+        f"error: {weights}: is the checkpoint being exported; the export would replace it: "
+        "choose another --out"
+    ]
+    assert weights.read_bytes() == kept

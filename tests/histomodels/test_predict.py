@@ -1124,10 +1124,10 @@ def test_the_csv_is_never_written_over_the_checkpoint_its_sidecar_or_an_input(
             assert {f: f.read_bytes() for f in kept} == kept
     assert not (tmp_path / "in" / "a_heatmaps").exists()
     out = tmp_path / "p.csv"
-    out.write_text("an earlier run's CSV\n")
+    out.write_text("path,x,y,size,tissue_fraction,probability\nold.png,0,0,96,1.0,0.5\n")
     r = CliRunner().invoke(app, ["predict", str(run), str(img), "--out", str(out)])
     assert r.exit_code == 0, r.output
-    assert out.read_text().startswith("path,x,y,")
+    assert out.read_text().startswith("path,x,y,") and "old.png" not in out.read_text()
 
 
 def test_the_csv_is_never_written_where_the_calibration_sidecar_will_be(
@@ -1162,6 +1162,70 @@ def test_the_csv_is_never_written_where_the_calibration_sidecar_will_be(
     r = CliRunner().invoke(app, ["predict", str(run), str(img), "--no-heatmaps",
                                  "--out", str(tmp_path / "p.csv")])  # fmt: skip
     assert r.exit_code == 0, r.output
+
+
+def test_the_csv_replaces_only_an_earlier_predictions_csv(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``predict RUN IMG --out RUN/last.pt`` (or history.json, config.json, another
+    checkpoint such as an ensemble's member) replaced a file predict does not read, and with
+    a writable install ``--model pcam-cnn --out …/pretrained/pcam-cnn.safetensors`` the
+    shipped weights. Only an earlier predictions CSV (predict's header, an older version's
+    shorter one too) or an empty file is replaced; anything else there, a pipe included, is
+    one error line naming --out, exit 1, nothing written."""
+    import shutil
+
+    from histomodels import pretrained
+
+    run = tmp_path / "run"
+    run.mkdir()
+    ckpt = Path(shutil.copy(tiny_checkpoint(tmp_path), run / "best.pt"))
+    member = Path(shutil.copy(ckpt, tmp_path / "member.pt"))
+    (run / "history.json").write_text('[{"epoch": 1}]')
+    (run / "config.json").write_text('{"model": "cnn"}')
+    last = Path(shutil.copy(ckpt, run / "last.pt"))
+    edited = tmp_path / "edited.csv"  # a CSV, but not one predict wrote
+    edited.write_text("path,probability\na.png,0.5\n")
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    img = tmp_path / "a.png"
+    Image.fromarray(make_patches(1, seed=3)[0][0]).save(img)
+    for out in (last, run / "history.json", run / "config.json", member, edited):
+        kept = out.read_bytes()
+        r = CliRunner().invoke(app, ["predict", str(run), str(img), "--out", str(out)])
+        assert r.exit_code == 1, r.output
+        assert r.stderr.splitlines() == [
+            f"error: {out}: exists and is not a predictions CSV (its first line is not "
+            "predict's header); the CSV would replace it: choose another --out, or remove it "
+            "first"
+        ]
+        assert out.read_bytes() == kept
+    r = CliRunner().invoke(app, ["predict", str(run), str(img), "--out", str(fifo)])
+    assert r.exit_code == 1 and r.stderr.splitlines() == [
+        f"error: {fifo}: not a regular file (a pipe, socket or device); the CSV would "
+        "replace it: choose another --out"
+    ]
+    assert fifo.is_fifo()
+    assert not list(tmp_path.rglob("*_heatmaps"))
+    shipped = tmp_path / "shipped"  # a writable install's pretrained/ folder
+    shipped.mkdir()
+    for name in ("pcam-cnn.safetensors", "pcam-cnn.json"):
+        shutil.copy(pretrained.HERE / name, shipped / name)
+    monkeypatch.setattr(pretrained, "HERE", shipped)
+    weights = shipped / "pcam-cnn.safetensors"
+    kept = weights.read_bytes()
+    r = CliRunner().invoke(app, ["predict", "--model", "pcam-cnn", str(img), "--out",
+                                 str(weights)])  # fmt: skip
+    assert r.exit_code == 1 and r.stderr.splitlines() == [
+        f"error: {weights}: is the checkpoint predict reads; the CSV would replace it: "
+        "choose another --out"
+    ]
+    assert weights.read_bytes() == kept
+    empty = tmp_path / "empty.csv"
+    empty.touch()
+    r = CliRunner().invoke(app, ["predict", str(run), str(img), "--out", str(empty)])
+    assert r.exit_code == 0, r.output
+    assert empty.read_text().startswith(",".join(["path", "x", "y", "size"]))
 
 
 def test_the_csv_is_never_the_heatmap_folder_nor_a_heatmap(tmp_path: Path) -> None:

@@ -156,6 +156,71 @@ class ParityError(DomainError, RuntimeError):
     """The exported model's logits differ from PyTorch's by more than the tolerance."""
 
 
+#: Where each format keeps what :func:`export_checkpoint` records (the ONNX metadata key;
+#: the TorchScript archive's extra file)
+_ONNX_MARK, _TORCHSCRIPT_MARK = "histomodels.model", "/extra/histomodels.json"
+
+
+def _refuse_to_replace(out: Path, source: Path, fmt: str) -> None:
+    """A :class:`UsageError` naming ``out`` when the export would replace the checkpoint it
+    exports or its calibration sidecar (judged by real path, so one not written yet too,
+    and by file identity), or any existing file but an empty one or an earlier export of
+    this format by this command: ``export --out RUN/last.pt`` (``history.json``, another
+    checkpoint) replaced what it never reads, ``--out RUN/best.calibration.json`` made every
+    later predict and eval of the run fail. A folder is left to the writer's own error."""
+    import stat
+
+    from histomodels import pretrained
+    from histomodels.calibration import calibration_path
+
+    if pretrained.is_pretrained(source) and not source.exists():  # --model NAME: its weights
+        source = pretrained.HERE / f"{source}.safetensors"
+    target = out.resolve()
+    for path, what in ((source, "the checkpoint being exported"),
+                       (calibration_path(source), "the calibration file of the checkpoint "
+                        "being exported")):  # fmt: skip
+        if target == path.resolve() or same_file(out, path):
+            raise UsageError(f"{out}: is {what}; the export would replace it: choose another --out")
+    try:
+        st = os.stat(out)
+    except OSError:  # not there (a loop or an overlong name: the writer says so)
+        return
+    if stat.S_ISDIR(st.st_mode) or (stat.S_ISREG(st.st_mode) and st.st_size == 0):
+        return
+    if not stat.S_ISREG(st.st_mode):
+        raise UsageError(
+            f"{out}: not a regular file (a pipe, socket or device); the export would replace "
+            "it: choose another --out"
+        )
+    if not is_export(out, fmt):
+        name = "ONNX" if fmt == "onnx" else "TorchScript"
+        raise UsageError(
+            f"{out}: exists and is not an earlier {name} export of histomodels; the export "
+            "would replace it: choose another --out, or remove it first"
+        )
+
+
+def is_export(path: Path, fmt: str) -> bool:
+    """Whether the regular file ``path`` is an export in ``fmt`` that
+    :func:`export_checkpoint` wrote (its metadata says so)."""
+    try:
+        if fmt == "onnx":
+            import onnx
+
+            if path.stat().st_size >= 2**31:  # over protobuf's limit: no ONNX file
+                return False
+            proto = onnx.load_model(str(path), load_external_data=False)
+            return any(p.key == _ONNX_MARK for p in proto.metadata_props)
+        import zipfile
+
+        with zipfile.ZipFile(path) as archive:
+            return any(n.endswith(_TORCHSCRIPT_MARK) for n in archive.namelist())
+    except Exception as exc:  # anything else: not an export (protobuf's DecodeError, …)
+        if isinstance(exc, MemoryError):
+            raise
+        return False
+
+
 def export_checkpoint(
     checkpoint: str | Path,
     fmt: str | None,
@@ -180,11 +245,7 @@ def export_checkpoint(
     check_exporter(exporter)
     out = Path(out)
     source = resolve_checkpoint(checkpoint)
-    if same_file(out, source):
-        raise UsageError(
-            f"{out}: is the checkpoint being exported; the export would replace it: choose "
-            "another --out"
-        )
+    _refuse_to_replace(out, source, fmt)
     model, ckpt = load_model(checkpoint)
     make_parents(out)  # once the checkpoint loaded
     net = _Logit(model).eval()
@@ -211,7 +272,7 @@ def export_checkpoint(
         if fmt == "onnx":
             exporter = export_onnx(net, example, tmp, meta, exporter)
         else:
-            extra = {"histomodels.json": json.dumps(meta)}
+            extra = {"histomodels.json": json.dumps(meta)}  # see _TORCHSCRIPT_MARK
             with warnings.catch_warnings():  # jit is deprecated in torch 2.14, still works
                 warnings.simplefilter("ignore", FutureWarning)
                 with torch.no_grad():

@@ -498,9 +498,10 @@ def predict_paths(
 def _refuse_to_replace_what_is_read(out: Path, checkpoint: str | Path, files: list[Path]) -> None:
     """The CSV must not be written over the checkpoint (``predict RUN IMG --out
     RUN/best.pt`` replaced the trained weights with the CSV), its calibration sidecar, nor an
-    input image: a :class:`PredictInputError` naming ``out``, before anything is read or
-    written. An earlier run's CSV at ``out`` is replaced, as ``eval`` and ``export`` replace
-    their earlier output. Judged by real path (a file not there yet: the sidecar before
+    input image, nor any file that is not an earlier predictions CSV: a
+    :class:`PredictInputError` naming ``out``, before anything is read or written. An
+    earlier run's CSV at ``out`` is replaced, as ``eval`` and ``export`` replace their
+    earlier output. Judged by real path (a file not there yet: the sidecar before
     ``eval --val`` writes one, which a CSV there then made unreadable) and by file identity
     (a hard link), never by spelling."""
     from histocore.io import same_file
@@ -534,6 +535,53 @@ def _refuse_to_replace_what_is_read(out: Path, checkpoint: str | Path, files: li
                 f"{out}: is one of the images to score; the CSV would replace it: choose "
                 "another --out"
             )
+    _refuse_to_replace_what_predict_did_not_write(out)
+
+
+def _refuse_to_replace_what_predict_did_not_write(out: Path) -> None:
+    """The CSV replaces only an earlier predictions CSV (its first line predict's header,
+    :data:`CSV_COLUMNS` or, from an older version, the first of them) or an empty file: any
+    other file there, links followed, is a :class:`PredictInputError` naming ``out``.
+    ``--out RUN/last.pt`` (``history.json``, ``config.json``, an ensemble's member, the
+    shipped weights of ``--model``) replaced what predict never reads; a pipe or device
+    there (``/dev/stdout``) had its node replaced by a file. A folder is left to the
+    writer's own error."""
+    import stat
+
+    try:
+        st = os.stat(out)
+    except OSError:  # not there (a loop or an overlong name: the writer says so)
+        return
+    if stat.S_ISDIR(st.st_mode) or (stat.S_ISREG(st.st_mode) and st.st_size == 0):
+        return
+    if not stat.S_ISREG(st.st_mode):
+        raise PredictInputError(
+            f"{out}: not a regular file (a pipe, socket or device); the CSV would replace it: "
+            "choose another --out"
+        )
+    if not is_predictions_csv(out):
+        raise PredictInputError(
+            f"{out}: exists and is not a predictions CSV (its first line is not predict's "
+            "header); the CSV would replace it: choose another --out, or remove it first"
+        )
+
+
+#: The first columns every predictions CSV has had (the others were appended later)
+_FIRST_COLUMNS = 6
+
+
+def is_predictions_csv(path: Path) -> bool:
+    """Whether the regular file ``path`` starts with a header predict writes (only its
+    first 4 KB are read)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4096)
+        line = head.split(b"\n", 1)[0].removesuffix(b"\r").decode("utf-8")
+    except (OSError, UnicodeDecodeError):
+        return False
+    cells = next(csv.reader([line]), [])
+    n = min(len(cells), len(CSV_COLUMNS))
+    return n >= _FIRST_COLUMNS and cells[:n] == CSV_COLUMNS[:n]
 
 
 def _refuse_csv_among_heatmaps(out: Path, heat_dir: Path, targets: dict[Path, Path]) -> None:
