@@ -70,6 +70,42 @@ def test_damaged_or_unknown_pretrained_is_one_clear_error(
         pretrained.sidecar("nope")
 
 
+def test_damaged_shipped_weights_are_one_error_line_in_every_command(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once the shipped weights were damaged, every ``--model pcam-cnn`` run ended in a
+    traceback: PretrainedError was a bare ValueError, which the CLIs' error handling does
+    not turn into a line. It is one ``error: <file>: <problem>`` line, exit 1 (predict and
+    export here; eval loads the model as they do), a damaged sidecar too."""
+    from PIL import Image
+
+    for name in ("pcam-cnn.safetensors", "pcam-cnn.json"):
+        shutil.copy(pretrained.HERE / name, tmp_path / name)
+    weights, card = tmp_path / "pcam-cnn.safetensors", tmp_path / "pcam-cnn.json"
+    data = bytearray(weights.read_bytes())
+    data[-5] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    monkeypatch.setattr(pretrained, "HERE", tmp_path)
+    x, _ = make_patches(1, seed=1)
+    img = tmp_path / "p.png"
+    Image.fromarray(x[0]).save(img)
+    said = (
+        f"error: {weights}: damaged (its sha256 is not the weights_sha256 of pcam-cnn.json); "
+        "reinstall histomodels"
+    )
+    commands = [["predict", "--model", "pcam-cnn", str(img), "--out", str(tmp_path / "p.csv")],
+                ["export", "--model", "pcam-cnn", "--out", str(tmp_path / "m.onnx")]]  # fmt: skip
+    for args in commands:
+        r = CliRunner().invoke(app, args)
+        assert r.exit_code == 1, r.output
+        assert r.stderr.splitlines() == [said], r.output
+    card.write_text('{"model": ')
+    r = CliRunner().invoke(app, commands[0])
+    assert r.exit_code == 1 and r.stderr.splitlines() == [
+        f"error: {card}: not valid JSON (Expecting value); reinstall histomodels"
+    ], r.output
+
+
 def test_cli_predict_and_eval_with_the_shipped_model(tmp_path: Path, offline: None) -> None:
     from PIL import Image
 

@@ -11,9 +11,10 @@ runs no code (safetensors + JSON).
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from histocore.errors import DomainError
 
 if TYPE_CHECKING:
     import torch
@@ -25,8 +26,9 @@ HERE = Path(__file__).resolve().parent
 BUILD_TEACHER = "WORK/teacher/best.pt (the build's Lite0 teacher, see 'teacher')"
 
 
-class PretrainedError(ValueError):
-    """A shipped model that is missing or damaged; the message names it."""
+class PretrainedError(DomainError, ValueError):
+    """A shipped model that is missing or damaged; the message names it (a damaged one by
+    its file: ``error: <file>: <problem>`` in the CLIs, a traceback before)."""
 
 
 def available() -> list[str]:
@@ -56,7 +58,12 @@ def sidecar(name: str) -> dict[str, Any]:
     if not path.is_file():
         known = ", ".join(available()) or "none"
         raise PretrainedError(f"{name}: no such pretrained model (shipped: {known})")
-    return json.loads(path.read_text(encoding="utf-8"))
+    from histocore.io import NotJSON, loads_json
+
+    try:
+        return loads_json(path.read_bytes())
+    except NotJSON as exc:
+        raise PretrainedError(f"{path}: {exc}; reinstall histomodels") from None
 
 
 def checkpoint_dict(name: str) -> dict[str, Any]:
@@ -65,14 +72,26 @@ def checkpoint_dict(name: str) -> dict[str, Any]:
     from safetensors.torch import load
 
     meta = sidecar(name)
-    data = (HERE / f"{name}.safetensors").read_bytes()
+    weights = HERE / f"{name}.safetensors"
+    data = weights.read_bytes()
     digest = hashlib.sha256(data).hexdigest()
     if meta.get("weights_sha256") and digest != meta["weights_sha256"]:
-        raise PretrainedError(f"{name}: weights do not match the sidecar's sha256 (damaged)")
+        raise PretrainedError(
+            f"{weights}: damaged (its sha256 is not the weights_sha256 of {name}.json); "
+            "reinstall histomodels"
+        )
+    try:
+        state_dict = load(data)
+    except Exception as exc:  # safetensors' own error for a damaged file without a sha256
+        if isinstance(exc, MemoryError):
+            raise
+        raise PretrainedError(
+            f"{weights}: damaged (not readable safetensors: {exc}); reinstall histomodels"
+        ) from None
     return {
         "model": meta["model"],
         "model_config": dict(meta.get("model_config", {})),
-        "state_dict": load(data),
+        "state_dict": state_dict,
         "normalization": meta["normalization"],
         "input_size": int(meta.get("input_size", 96)),
         "train_config": dict(meta.get("train_config", {})),
