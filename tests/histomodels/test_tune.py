@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 
 import numpy as np
@@ -654,3 +655,34 @@ def test_tune_out_under_a_file_names_the_file(tmp_path, tiny_data) -> None:
         tmp_path,
         lambda a: tune(*tiny_data, a / "tune", trials=1, trial_epochs=1, quiet=True, base=TINY),
     )
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dev_zero", "too_large"])
+def test_an_ax_experiment_that_cannot_be_read_is_refused_before_the_data_is_decoded(
+    tmp_path, tiny_data, monkeypatch, kind
+):
+    """The early check took only a regular file for an experiment (``is_file``), so a FIFO
+    or ``/dev/zero`` ``ax_experiment.json`` (or one over the cap) was refused only after
+    the training and validation data were decoded (minutes on a real dataset). It is now
+    refused up front, by the rule of the read that follows."""
+    import histomodels.tune as tune_module
+
+    out = tmp_path / "tune"
+    out.mkdir()
+    experiment = out / "ax_experiment.json"
+    if kind == "fifo":
+        os.mkfifo(experiment)
+    elif kind == "dev_zero":
+        experiment.symlink_to("/dev/zero")
+    else:
+        experiment.write_text("{}" + " " * 64)
+        monkeypatch.setattr(tune_module, "MAX_EXPERIMENT_BYTES", 32)
+
+    def decoded(*_a, **_k):
+        raise AssertionError("the data was decoded first")
+
+    monkeypatch.setattr(tune_module, "load_split", decoded)
+    problem = "over 32 bytes" if kind == "too_large" else r"not a regular file \(a pipe"
+    with pytest.raises(TuneError, match=rf"^{experiment}: {problem}"):
+        tune(*tiny_data, out, trials=1, trial_epochs=1, quiet=True, base=TINY)
+    assert sorted(p.name for p in out.iterdir()) == [experiment.name]

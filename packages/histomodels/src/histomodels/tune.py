@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 import warnings
 from pathlib import Path
@@ -40,7 +41,7 @@ from typing import Any
 import torch
 
 from histocore.errors import DomainError, UsageError
-from histocore.io import RefusedFile, loads_json, make_parents, read_capped
+from histocore.io import RefusedFile, loads_json, make_parents, open_regular, read_capped, size_text
 from histomodels.config import TrainConfig
 from histomodels.device import out_of_memory
 from histomodels.training import TrainingError, TrainingOutOfMemory, load_split, train
@@ -177,7 +178,8 @@ def _tune(
     settings = {"fixed": pins, "base": _reusable(base), "limit": limit}
     exp_path = out / EXPERIMENT_FILE
     records_path = out / "trials.json"
-    if exp_path.is_file():  # refuse a mixed resume before decoding anything
+    if exp_path.exists():  # refuse a mixed resume, or a FIFO or /dev/zero, before decoding
+        _check_experiment_file(exp_path)
         _check_settings(out, settings)
     # decode once for all trials, before anything is written: bad data leaves no folder
     x_train, y_train = load_split(data, "train", stream=False, origin_split=base.origin_split)
@@ -289,6 +291,23 @@ def _saved_settings(out: Path) -> dict[str, Any] | None:
     ):
         raise TuneError(f"{path}: not this experiment's settings (expected a JSON object)")
     return saved
+
+
+def _check_experiment_file(path: Path) -> None:
+    """What :func:`_load_experiment` refuses without reading (:func:`open_regular`'s rule:
+    a FIFO, socket, device or folder; and a size over :data:`MAX_EXPERIMENT_BYTES`), as its
+    :class:`TuneError`, before the data is decoded (minutes): the early check took only a
+    regular file for an experiment, so anything else was refused only after that."""
+    try:
+        with open_regular(path) as fh:
+            size = os.fstat(fh.fileno()).st_size
+    except RefusedFile as exc:
+        raise TuneError(f"{path}: {exc}, not the Ax experiment tune writes") from None
+    except OSError as exc:
+        raise TuneError(f"{path}: cannot read this experiment ({exc})") from None
+    if size > MAX_EXPERIMENT_BYTES:
+        problem = f"over {size_text(MAX_EXPERIMENT_BYTES)}"
+        raise TuneError(f"{path}: {problem}, not the Ax experiment tune writes")
 
 
 def _load_experiment(path: Path) -> Any:
