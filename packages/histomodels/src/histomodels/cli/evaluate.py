@@ -456,7 +456,10 @@ def export_cmd(
     out: Annotated[
         Path,
         typer.Option(
-            "--out", help="Output file (.onnx; .pt/.pth/.ts for TorchScript).", parser=home_path
+            "--out",
+            help="Output file (.onnx; .pt/.pth/.ts for TorchScript); replaces only an earlier "
+            "export of the same format or an empty file.",
+            parser=home_path,
         ),
     ],
     fmt: Annotated[
@@ -519,7 +522,8 @@ def predict_cmd(
         Path,
         typer.Option(
             "--out",
-            help="CSV to write (one there is replaced; never the checkpoint or an input).",
+            help="CSV to write (replaces only an earlier predictions CSV or an empty file; "
+            "never the checkpoint, its sidecar or an input).",
             parser=home_path,
         ),
     ] = Path("predictions.csv"),
