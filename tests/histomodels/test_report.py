@@ -25,7 +25,7 @@ from histomodels.training.callbacks import write_history
 torch.set_num_threads(1)
 
 
-def _runs(tmp_path: Path) -> tuple[Path, Path]:
+def _build_runs(tmp_path: Path) -> tuple[Path, Path]:
     run = tmp_path / "run_a"
     run.mkdir()
     shutil.copy(tiny_checkpoint(tmp_path), run / "best.pt")
@@ -63,8 +63,29 @@ def _runs(tmp_path: Path) -> tuple[Path, Path]:
     return run, other
 
 
-def test_report_single_and_comparison(tmp_path: Path) -> None:
-    run, other = _runs(tmp_path)
+@pytest.fixture(scope="module")
+def _built_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The run and the TTA evaluation, evaluated once per module (two evaluations with
+    plots, bootstrap and a Grad-CAM gallery: most of each report test's time)."""
+    root = tmp_path_factory.mktemp("report-runs")
+    _build_runs(root)
+    return root
+
+
+@pytest.fixture
+def runs(tmp_path: Path, _built_runs: Path) -> tuple[Path, Path]:
+    """A private copy (tests may rewrite it) of :func:`_build_runs`'s folders in
+    ``tmp_path``, the paths eval wrote into its JSON files pointing at the copy."""
+    for name in ("run_a", "eval_tta"):
+        shutil.copytree(_built_runs / name, tmp_path / name)
+    for path in tmp_path.rglob("*.json"):
+        text = path.read_text()
+        path.write_text(text.replace(str(_built_runs), str(tmp_path)))
+    return tmp_path / "run_a", tmp_path / "eval_tta"
+
+
+def test_report_single_and_comparison(tmp_path: Path, runs: tuple[Path, Path]) -> None:
+    run, other = runs
     out = tmp_path / "report"
     r = CliRunner().invoke(app, ["report", str(run), str(other), "--out", str(out)])
     assert r.exit_code == 0, r.output
@@ -108,12 +129,14 @@ def _files(out: Path) -> dict[Path, bytes]:
     return {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
 
 
-def test_a_failed_swap_leaves_the_previous_report_whole(tmp_path: Path, monkeypatch) -> None:
+def test_a_failed_swap_leaves_the_previous_report_whole(
+    tmp_path: Path, monkeypatch, runs: tuple[Path, Path]
+) -> None:
     """The old ``assets/`` was removed before the new one was renamed in and the pages
     written: a failure in between left new assets beside the old pages (or no assets).
     Each rename the report makes is failed in turn: the folder holds the previous report,
     byte for byte and nothing else; the first rename that is not failed gives the new one."""
-    run, other = _runs(tmp_path)
+    run, other = runs
     out = tmp_path / "report"
     assert CliRunner().invoke(app, ["report", str(run), "--out", str(out)]).exit_code == 0
     old = _files(out)
@@ -147,12 +170,14 @@ def test_a_failed_swap_leaves_the_previous_report_whole(tmp_path: Path, monkeypa
     assert sorted(p.name for p in out.iterdir()) == ["assets", "report.html", "report.md"]
 
 
-def test_a_failed_rollback_keeps_the_previous_report(tmp_path: Path, monkeypatch) -> None:
+def test_a_failed_rollback_keeps_the_previous_report(
+    tmp_path: Path, monkeypatch, runs: tuple[Path, Path]
+) -> None:
     """A placement fails, then so does moving a new entry back out: before, the rollback's
     errors were suppressed and the staging folder, holding the old ``assets/``, was deleted
     (new assets beside the old pages, the old assets gone). Now one error line names the
     folder that keeps the previous report, and every old file is still on disk."""
-    run, other = _runs(tmp_path)
+    run, other = runs
     out = tmp_path / "report"
     assert CliRunner().invoke(app, ["report", str(run), "--out", str(out)]).exit_code == 0
     old = _files(out)
@@ -179,14 +204,16 @@ def test_a_failed_rollback_keeps_the_previous_report(tmp_path: Path, monkeypatch
     assert {p: saved.get(p) for p in old} == old  # every old file, byte for byte
 
 
-def test_an_interrupted_report_is_named_and_runs_at_once_are_refused(tmp_path: Path) -> None:
+def test_an_interrupted_report_is_named_and_runs_at_once_are_refused(
+    tmp_path: Path, runs: tuple[Path, Path]
+) -> None:
     """A run killed between moving the old report aside and placing the new one leaves the
     old report in ``.report-*/previous``: the next run names it in a warning. A second run
     into a folder another holds fails at once with one line (before, both swapped into the
     same folder)."""
     import fcntl
 
-    run, _ = _runs(tmp_path)
+    run, _ = runs
     out = tmp_path / "report"
     assert CliRunner().invoke(app, ["report", str(run), "--out", str(out)]).exit_code == 0
     previous = out / ".report-1-deadbeef" / "previous"
