@@ -346,6 +346,34 @@ def test_a_failed_block_never_removes_a_folder_that_was_there(
     assert not (tmp_path / "made").exists()  # what it made is still removed
 
 
+def test_a_failed_make_removes_the_parents_it_made(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``mkdir new/sub`` failing (a full disk) after ``new/`` was made: the error left
+    ``make_folders`` before ``made_folder``'s block began, the list of what it made was
+    lost and ``new/`` stayed (review M1). Now ``make_folders`` removes it before raising."""
+    import errno
+
+    from histocore import io as hio
+
+    real_mkdir = os.mkdir
+
+    def mkdir(path: str | os.PathLike[str], *args: int) -> None:
+        if Path(path).name == "sub" and Path(path).parent.is_dir():  # else: ENOENT first
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        real_mkdir(path, *args)
+
+    monkeypatch.setattr(hio.os, "mkdir", mkdir)
+    (tmp_path / "there").mkdir()
+    with pytest.raises(OSError) as info, hio.made_folder(tmp_path / "new" / "deeper" / "sub"):
+        pass
+    assert info.value.errno == errno.ENOSPC
+    assert not (tmp_path / "new").exists()
+    with pytest.raises(OSError):
+        hio.make_folders(tmp_path / "there" / "sub")
+    assert (tmp_path / "there").is_dir()  # there before: kept
+
+
 def test_read_capped_reads_a_file_up_to_its_cap_and_refuses_more_unread(tmp_path: Path) -> None:
     """The one helper every capped reader uses: a file at the cap is read; one byte over
     (or a sparse 10 GB file) is 'over N MB' after reading at most cap + 1 bytes; a FIFO
@@ -432,22 +460,6 @@ def test_a_locked_folder_where_the_file_system_cannot_lock_it_is_used_unlocked(
     with pytest.raises(ValueError), locked_folder(tmp_path / "there" / "new" / "o", RuntimeError):
         raise ValueError("the command failed")
     assert (tmp_path / "there").is_dir() and not (tmp_path / "there" / "new").exists()
-
-
-def test_missing_folders_follows_links_as_the_kernel_does(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """``link/../x`` with ``link`` pointing into another folder makes ``x`` beside the
-    link's target; taking ``..`` out as text listed nothing (``./x`` was there), so a run
-    that failed left the folder it made (review 17)."""
-    from histocore.io import missing_folders
-
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "elsewhere" / "sub").mkdir(parents=True)
-    (tmp_path / "link").symlink_to(tmp_path / "elsewhere" / "sub")
-    (tmp_path / "x").mkdir()
-    assert missing_folders("link/../x") == [tmp_path / "elsewhere" / "x"]
-    assert missing_folders("new/../x") == []  # x is there
 
 
 def test_a_locked_folder_retried_removes_every_folder_it_made(

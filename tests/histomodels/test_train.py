@@ -616,6 +616,21 @@ def test_a_failed_run_puts_back_the_earlier_runs_files(tmp_path):
     assert {p.name: p.read_bytes() for p in run.iterdir()} == {**old, "mine.csv": b"mine"}
 
 
+def test_a_failed_run_keeps_a_parent_another_process_made_meanwhile(tmp_path):
+    """The run folder's missing parents were listed when the run began and removed if it
+    failed, so ``new/``, made by another process between the two, went with it (review
+    M1). Only the folders the run itself made go now."""
+    from histomodels.training.run_folder import RunFolder
+
+    folder = RunFolder(tmp_path / "new" / "run")
+    (tmp_path / "new").mkdir()  # another process, while the run sets up
+    folder.make()
+    assert (tmp_path / "new" / "run").is_dir()
+    folder.discard()
+    assert [p.name for p in tmp_path.iterdir()] == ["new"]
+    assert not (tmp_path / "new" / "run").exists()
+
+
 def test_a_trained_run_is_not_replaced_unasked(h5_files, tmp_path):
     run = tmp_path / "run"
     args = ["train", "--data", str(h5_files[0]), "--val", str(h5_files[1]), "--out", str(run),

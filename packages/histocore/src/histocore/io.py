@@ -355,20 +355,8 @@ def same_file(a: str | Path, b: str | Path) -> bool:
         return False
 
 
-def missing_folders(path: str | Path) -> list[Path]:
-    """``path`` and those of its parents that do not exist yet, deepest first: what making
-    ``path`` would create. Judged on the path resolved (``new/../out`` is ``out``):
-    ``new/..`` does not exist while ``new`` does not, so ``out``, there already, was listed
-    and removed as if made here."""
-    made, folder = [], Path(os.path.realpath(path))  # links resolved, '..' as the kernel does
-    while not folder.exists() and folder != folder.parent:
-        made.append(folder)
-        folder = folder.parent
-    return made
-
-
 def remove_empty(folders: list[Path]) -> list[Path]:
-    """Remove ``folders`` (deepest first, as :func:`missing_folders` lists them) up to the
+    """Remove ``folders`` (deepest first, as :func:`make_folders` returns them) up to the
     first that is not empty or cannot be removed; returns those removed."""
     removed = []
     for folder in folders:
@@ -387,25 +375,31 @@ def make_folders(path: str | Path) -> list[Path]:
     ``mkdir`` says it); returns the folders this call made, deepest first. One another
     process made meanwhile is not among them: listed before making them, a folder made by
     another command between the two was counted as this one's, and removed with it. A
-    folder another process removes meanwhile is made again (a few times at most)."""
+    folder another process removes meanwhile is made again (a few times at most). If
+    making one fails after some parents were made (a full disk), those are removed again
+    (when empty) before the error goes on: the caller never got the list to remove them."""
     path = Path(path)
     made: list[Path] = []
-    for _ in range(5):
-        try:
-            os.mkdir(path)
-        except FileNotFoundError:
-            if path.parent == path:
-                raise
-            made += make_folders(path.parent)
-            continue  # its parent is there now: make it
-        except FileExistsError:
-            if path.is_dir():
-                return made
-            if os.path.lexists(path):  # a file (or a link to none) in the way
-                raise
-            continue  # removed since: make it
-        return [path, *made]
-    raise FileNotFoundError(errno.ENOENT, "kept being removed while it was made", str(path))
+    try:
+        for _ in range(5):
+            try:
+                os.mkdir(path)
+            except FileNotFoundError:
+                if path.parent == path:
+                    raise
+                made += make_folders(path.parent)
+                continue  # its parent is there now: make it
+            except FileExistsError:
+                if path.is_dir():
+                    return made
+                if os.path.lexists(path):  # a file (or a link to none) in the way
+                    raise
+                continue  # removed since: make it
+            return [path, *made]
+        raise FileNotFoundError(errno.ENOENT, "kept being removed while it was made", str(path))
+    except BaseException:
+        remove_empty(made)
+        raise
 
 
 @contextlib.contextmanager

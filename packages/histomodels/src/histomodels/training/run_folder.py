@@ -19,7 +19,7 @@ import logging
 import os
 from pathlib import Path
 
-from histocore.io import missing_folders, remove_empty
+from histocore.io import make_folders, remove_empty
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,8 @@ class RunFolder:
         self.before: frozenset[str] | None = None
         #: the small run files there before (config, history, curve...): put back if changed
         self.saved: dict[str, bytes] = {}
-        #: the folders the run will create, deepest first (``path`` and missing parents)
+        #: the folders the run created, deepest first (``path`` and missing parents), as
+        #: :meth:`make` made them: one another process made meanwhile is not among them
         self.created: list[Path] = []
         if path.is_dir():
             self.before = frozenset(os.listdir(path))
@@ -67,10 +68,14 @@ class RunFolder:
                 entry = path / name
                 if entry.is_file() and not entry.is_symlink():
                     self.saved[name] = entry.read_bytes()
-        else:
-            self.created = missing_folders(path)
         #: a checkpoint of this run is on disk (from then on the folder is the run's)
         self.checkpointed = False
+
+    def make(self) -> None:
+        """Make the folder (and missing parents), noting those this call made: only they
+        go when the run fails. Listed before the run and made later, a folder another
+        process made in between was counted as the run's, and removed with it."""
+        self.created = make_folders(self.path) + self.created
 
     def discard(self) -> None:
         """Undo what a run that failed before its first checkpoint wrote (nothing once it

@@ -138,6 +138,8 @@ class Trainer:
                 f"training on {describe_split(self.y_train)}, "
                 f"validating on {describe_split(self.y_val)}"
             )
+            if self.info.is_main:  # the first write (randstain, teacher cache, config)
+                self.folder.make()  # the folders it made go if the run fails
             main_dir = self.run_dir if self.info.is_main else None
             self.stain_stats = fit_stain_stats(self.cfg, self.x_train, main_dir)
         if self.cfg.teacher:  # [N, 2] targets: label, teacher probability (training/distill.py)
@@ -174,7 +176,7 @@ class Trainer:
         if self.info.is_main:
             from histocore.io import atomic_write_text
 
-            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self.folder.make()  # the folders it made go if the run fails
             text = json.dumps(json_safe(self.cfg.to_dict()), indent=2)
             atomic_write_text(self.run_dir / "config.json", text)
         for cb in self.callbacks:
