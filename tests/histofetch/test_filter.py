@@ -827,7 +827,8 @@ def test_explain_says_why_a_row_has_no_scores(tmp_path: Path) -> None:
     assert r.exit_code == 0, r.output
     assert "None" not in r.output and "REJECTED: unreadable image" in r.output, r.output
     line = next(x for x in r.output.splitlines() if x.startswith("classifier not computed: "))
-    assert "cannot read image" in line and "--retry-failed reads it again" in line, line
+    retry = f"histofetch filter --run {run} --retry-failed reads it again"  # not runs/default
+    assert "cannot read image" in line and retry in line, line
     # the reason once (it was printed twice), and no '(margin n/a)' alone on a line
     assert "colour    not computed: as above" in r.output.splitlines(), r.output
     assert r.output.count("cannot read image") == 1 and "margin" not in r.output, r.output

@@ -527,10 +527,12 @@ def _not_scored(manifest: Manifest, img: Image) -> str:
     and ``purple None, HED None, tissue None,``)."""
     if img.status == "failed":  # read and failed: its reason says why ('cannot read image …')
         why = img.reason or img.filter_reason or "the image could not be read"
-        return f"{why} (histofetch filter --retry-failed reads it again)"
+        retry = command("filter", manifest.run_dir, "--retry-failed")
+        return f"{why} ({retry} reads it again)"
     if img.kept is None:
         return f"not scored yet ({_still_to_run(manifest, img, 'scores')})"
-    return "no scores stored for this row (histofetch filter --rescore computes them)"
+    rescore = command("filter", manifest.run_dir, "--rescore")
+    return f"no scores stored for this row ({rescore} computes them)"
 
 
 def _shown(value: object) -> str:
