@@ -791,6 +791,10 @@ def test_figure_label_of_a_panel_is_its_figures_and_is_one_capped_line(tmp_path:
         ("S1", "Figs 1 and 2 show nodes", "S1"),
         ("Figure S1", "Fig.S1. Nodes", None),  # after a '.', the S is supplementary
         ("Figure S1", "Figure\u00a0S1. Nodes", None),
+        # run together, as PDF text often is: still supplementary (review M4)
+        ("Figure S1", "FigureS1. Nodes", None),
+        ("S1", "FigS1. Nodes", None),
+        ("Figure 1", "FigureS1. Nodes", "Figure 1"),
         pytest.param("Figure 1", "Fig. " + "1" * 5000, "Figure 1", id="5000-digit-caption"),
     ],
 )

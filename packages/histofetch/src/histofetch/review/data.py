@@ -323,9 +323,10 @@ MAX_LABEL_CHARS = 60
 _WORD = r"fig(?:ure)?\.?"
 _FIGURE_LABEL = re.compile(
     r"(?:(?P<supp>supplementa(?:ry|l)|suppl?\.?)\s*)?"
-    # the S after a space or a '.' ("Figure S1", "Fig.S1"): "Figures 1" and "Figs 1" are
+    # the S after a space or a '.' ("Figure S1", "Fig.S1"), or right before its number
+    # ("FigureS1", "FigS1", as PDF text runs them together): "Figures 1" and "Figs 1" are
     # plurals, their s no supplementary mark ("Figure S1" was hidden before them)
-    rf"(?:{_WORD}\s*(?:(?<=[\s.])(?P<s1>S)\s*)?(?P<n1>\d+)(?P<l1>[A-Za-z])?"
+    rf"(?:{_WORD}\s*(?:(?:(?<=[\s.])(?P<s1>S)\s*|(?P<s4>S)(?=\d)))?(?P<n1>\d+)(?P<l1>[A-Za-z])?"
     rf"|(?P<s2>S)\s*(?P<n2>\d+)(?P<l2>[A-Za-z])?\s*{_WORD}"
     r"|(?P<s3>S)(?P<n3>\d+)(?P<l3>[A-Za-z])?)",
     re.IGNORECASE,
@@ -339,7 +340,7 @@ def _figure_key(m: re.Match[str] | None) -> tuple[bool, str, str] | None:
     if m is None:
         return None
     k = next(k for k in "123" if m[f"n{k}"] is not None)
-    supp = bool(m["supp"] or m[f"s{k}"])
+    supp = bool(m["supp"] or m[f"s{k}"] or (k == "1" and m["s4"]))
     return supp, m[f"n{k}"].lstrip("0"), (m[f"l{k}"] or "").upper()
 
 
