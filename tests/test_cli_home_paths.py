@@ -166,6 +166,20 @@ def test_a_missing_tilde_named_path_is_named_with_its_dot(home: tuple[Path, Path
     assert r.exit_code == 1 and "error: ./~" not in r.output and "/nope: no such" in r.output
 
 
+def test_an_error_about_home_text_names_home_not_a_tilde_folder(home: tuple[Path, Path]) -> None:
+    """``eval --data '~/<300 a>/x.h5'`` said ``error: ./~/aaa…: file name too long``: every
+    error line starting with ``~`` was rewritten as a folder named ``~``, but ``--data`` is
+    text the reader expands, so it was ``$HOME``'s (review M2). It is named as expanded."""
+    from histomodels.cli import app
+
+    home_dir, _work = home
+    given = "~/" + "a" * 300 + "/x.h5"
+    r = CliRunner().invoke(app, ["eval", "--model", "pcam-cnn", "--data", given])
+    assert r.exit_code == 1, r.output
+    line = r.output.strip().splitlines()[-1]
+    assert line.startswith(f"error: {home_dir}/aaa") and "file name too long" in line, line
+
+
 def test_train_data_text_is_expanded_as_the_reader_does(home: tuple[Path, Path]) -> None:
     """``train --data '~/d'`` was checked as ``./~/d`` ('train data not found') while the
     reader expanded it; both take a leading ``~`` now, and ``./~/d`` as a name."""

@@ -138,6 +138,27 @@ def test_scale_resizes_before_tiling(tmp_path: Path) -> None:
     assert r.exit_code == 1 and "smaller than one 96px patch" in r.output
 
 
+def test_a_skipped_file_in_a_tilde_folder_is_named_as_given(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A folder named ``~`` given as ``./~/b.png``: the warning for a file skipped said
+    ``warning: ~/b.png`` ($HOME's to a reader) while the error, when none was scored, said
+    ``./~/b.png`` (review M2). Both name it ``./~/b.png`` now."""
+    ckpt = tiny_checkpoint(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "~").mkdir()
+    full = tmp_path / "full.png"
+    Image.fromarray(make_figure(2, 2, seed=4)).save(full)
+    Image.fromarray(make_figure(2, 2, seed=3)).save(tmp_path / "~" / "a.png")
+    (tmp_path / "~" / "b.png").write_bytes(full.read_bytes()[: full.stat().st_size // 2])
+    out = str(tmp_path / "pred.csv")
+    r = CliRunner().invoke(app, ["predict", str(ckpt), "./~/a.png", "./~/b.png", "--out", out])
+    assert r.exit_code == 3, r.output
+    assert r.stderr.startswith("warning: ./~/b.png: cannot read image"), r.stderr
+    r = CliRunner().invoke(app, ["predict", str(ckpt), "./~/b.png", "--out", out + "2"])
+    assert r.exit_code == 1 and r.stderr.startswith("error: ./~/b.png: cannot read"), r.stderr
+
+
 def test_a_file_failing_mid_run_is_skipped_and_the_others_are_written(tmp_path: Path) -> None:
     """A file whose header passes the up-front check but whose pixels do not decode stopped
     the run (no CSV, the heatmaps drawn before it removed). It is now one warning line (it

@@ -177,22 +177,15 @@ def pydantic_said(exc: BaseException) -> str | None:
 
 def fail(*messages: str) -> NoReturn:
     """One ``error: …`` line per message on stderr and exit status 1: the CLIs' answer to
-    bad input. A message is ``<file>: <problem>``; a file named first with a leading ``~``
-    is a folder so named (:func:`home_path` expanded every home ``~`` as it parsed the
-    path), so it is named ``./~/x`` (:func:`histocore.io.path_shown`) whoever wrote the
-    message: ``error: ~/run/manifest.jsonl: no manifest here`` read as ``$HOME``'s."""
+    bad input. A message is ``<file>: <problem>``, the file named by whoever wrote it: a
+    parsed Path (a folder named ``~`` given as ``./~/run`` is ``Path('~/run')``) through
+    :func:`histocore.io.path_shown`, ``./~/run``; text given as typed (``--data`` is not
+    expanded as it is parsed: a leading ``~`` there is ``$HOME``, and must not be rewritten)."""
     sys.stdout.flush()
     for message in messages:
-        sys.stderr.write(f"error: {_named_here(one_line(message))}\n")
+        sys.stderr.write(f"error: {one_line(message)}\n")
     sys.stderr.flush()
     raise SystemExit(1)
-
-
-def _named_here(message: str) -> str:
-    """``message`` with its leading path as :func:`histocore.io.path_shown` names it:
-    ``./~/run: …`` for ``~/run: …`` (a path the CLIs parsed starts with ``~`` only when it
-    names a folder called so, ``./~/run`` given: pathlib drops the ``./``)."""
-    return f"./{message}" if message.startswith("~") else message
 
 
 def require_folder(*paths: str | Path | None, what: str = "folder") -> None:

@@ -100,7 +100,7 @@ class Manifest(StoreSync):
             manifest._migrate = fingerprint  # the bytes read, not the file when migrated
         elif not create and not os.path.lexists(manifest.run_dir):  # a typo: say the folder
             raise ManifestError(
-                f"{manifest.run_dir}: no such folder (give a histofetch run folder)"
+                f"{path_shown(manifest.run_dir)}: no such folder (give a histofetch run folder)"
             )
         elif not create:
             raise ManifestError(

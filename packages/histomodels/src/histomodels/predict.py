@@ -34,7 +34,7 @@ from histocore.csvcells import safe_cell
 from histocore.errors import DomainError, UsageError, describe
 from histocore.imaging import Tiles, rescale, tile
 from histocore.imaging import tissue_fraction as tissue_fraction  # the one tissue test
-from histocore.io import make_parents, not_there, number_text
+from histocore.io import make_parents, not_there, number_text, path_shown
 from histocore.progress import task
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".bmp"}
@@ -143,7 +143,7 @@ def _one_line(path: Path, max_pixels: int) -> Iterator[None]:
     except imaging.ImageTooLarge as exc:
         raise _too_large(exc, max_pixels) from None
     except imaging.ImageError as exc:
-        raise PredictInputError(f"{path}: cannot read image ({exc.reason})") from None
+        raise PredictInputError(f"{path_shown(path)}: cannot read image ({exc.reason})") from None
     except OSError as exc:  # a file that cannot be opened (permissions, I/O error)
         raise PredictInputError(describe(exc)) from None
 

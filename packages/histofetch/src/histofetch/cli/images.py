@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from histocore.io import path_shown
 from histocore.manifest import MANIFEST_NAME, STORE_NAME
 from histofetch.cli._common import (
     DEFAULT_RECORD_TIMEOUT_S,
@@ -87,7 +88,7 @@ def _check_run_to_extract(run: Path) -> None:
     if not os.path.lexists(run):
         Manifest.load(run).close()  # raises: 'RUN: no such folder (give a histofetch run …)'
     raise ManifestError(
-        f"{run}: no manifest here; give PDF files/folders or run `histofetch download`"
+        f"{path_shown(run)}: no manifest here; give PDF files/folders or run `histofetch download`"
     )
 
 
@@ -195,7 +196,7 @@ def filter_(
             try:
                 text = explain(manifest, explain_id)
             except KeyError as exc:
-                fail(f"{run}: {exc.args[0]}")
+                fail(f"{path_shown(run)}: {exc.args[0]}")
         print(text)
         return
     limit, isolate = record_limit(ctx, record_timeout)

@@ -32,7 +32,7 @@ from histocore.cli import (
 )
 from histocore.cli import require_file as require_file_out
 from histocore.errors import DomainError
-from histocore.io import expand_home, not_there, number_text
+from histocore.io import expand_home, not_there, number_text, path_shown
 from histomodels.choices import MAX_THREADS
 
 if TYPE_CHECKING:
@@ -258,11 +258,11 @@ def require_paths(*paths: str | Path | None, role: str | None = None) -> None:
     for raw in paths:
         if raw is None:
             continue
+        path = expand_home(raw)  # as the reader takes it: a leading '~' only
         try:  # a name too long (ENAMETOOLONG): one line
-            path = expand_home(raw)  # as the reader takes it: a leading '~' only
             found = path.exists()
-        except OSError as exc:
-            fail(f"{raw}: {(exc.strerror or str(exc)).lower()}")
+        except OSError as exc:  # named as expanded: '~/x' is $HOME's, a parsed './~/x' not
+            fail(f"{path_shown(path)}: {(exc.strerror or str(exc)).lower()}")
         if not found:  # a link loop (or a path under one) is named as the loop, not "not found"
             fail(not_there(path, f"{role} data not found" if role else "no such file or folder"))
 
