@@ -45,10 +45,6 @@ from histomodels.choices import STORE_TEMPERATURE, THRESHOLD_RULES
 from histomodels.data.base import DatasetError, PatchDataset, pixel_digests, rows_also_in
 from histomodels.inference import Predictor, sigmoid
 
-#: ``scale=``: a resized image under this many px a side is refused (PCam's label is about
-#: the central 32x32 px of a patch: a smaller image holds less than that region)
-MIN_SCALED_SIDE = 32
-
 
 def _load(
     data: Any,
@@ -125,9 +121,9 @@ class ScaledPatches(PatchDataset):
     (:func:`histomodels.predict.scaled`), then fitted to the model's ``size`` keeping that
     magnification: a side longer than ``size`` is cut to its central ``size`` px (PCam's
     geometry: the label is about the centre), a shorter one is kept (the models pool over
-    the whole map). Under :data:`MIN_SCALED_SIDE` px a side, or over the readers' pixel
-    limit once resized, an image is refused; images that come out at different sizes are
-    one :class:`DatasetError` (a batch holds one size)."""
+    the whole map). Under :data:`histomodels.predict.MIN_SCALED_SIDE` px a side, or over the
+    readers' pixel limit once resized, an image is refused; images that come out at different
+    sizes are one :class:`DatasetError` (a batch holds one size)."""
 
     def __init__(
         self, base: PatchDataset, scale: float, size: int = 96, option: str = "--scale"
@@ -152,7 +148,13 @@ class ScaledPatches(PatchDataset):
         """The fitted image, its label and id, and (``measure``) the nucleus-size factor of
         the whole resized image (:func:`histomodels.predict.nucleus_scale`, ``[]`` if none)."""
         from histomodels.data.images import MAX_PIXELS
-        from histomodels.predict import PredictInputError, nucleus_scale, scaled, scaled_size
+        from histomodels.predict import (
+            MIN_SCALED_SIDE,
+            PredictInputError,
+            nucleus_scale,
+            scaled,
+            scaled_size,
+        )
 
         img, label, pid = self.base[index]
         where = self._files[index] if self._files is not None else f"{self.where}: {pid}"

@@ -42,6 +42,9 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".bmp"}
 #: region; whole-slide images need a WSI reader, not this command). ``--max-pixels``,
 #: checked per call on the declared size (PIL's global limit is left alone).
 MAX_PIXELS = 64_000_000
+#: ``eval --scale``: a resized image under this many px a side is refused (PCam's label is
+#: about the central 32x32 px of a patch: a smaller image holds less than that region)
+MIN_SCALED_SIDE = 32
 #: Magnification check: the nucleus size of the first images (a centre crop of each, after
 #: ``--scale``) against PCam's; a median factor outside this band gets one warning.
 SCALE_CHECK_IMAGES, SCALE_CHECK_CROP, SCALE_CHECK_BAND = 8, 256, (0.5, 2.0)
@@ -818,8 +821,6 @@ def eval_whole_hint(
     scored at 96x75), not a strip such as 60x10^6 px, and all come out at one size there,
     after that cut (eval refuses a folder whose images come out at 2 sizes); else ``""``.
     The one rule for ``predict``'s too-small error and its ``--scale`` warning."""
-    from histomodels.evaluate import MIN_SCALED_SIDE  # evaluate imports this module
-
     whole = all(min(s) >= MIN_SCALED_SIDE and max(s) <= 2 * min(s) for s in scaled_sizes)
     # eval refuses 2 sizes in a folder, as its ScaledPatches fits them (cut to one patch)
     one_size = len({tuple(min(side, size) for side in s) for s in scaled_sizes}) == 1
