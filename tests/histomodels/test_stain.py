@@ -7,7 +7,7 @@ import pytest
 from conftest import shared_path
 from PIL import Image
 
-from histomodels.data.stain import MacenkoNormalizer, StainError, stain_vectors
+from histomodels.data.stain import REF_STAINS, MacenkoNormalizer, StainError, stain_vectors
 from histomodels.synthetic import make_figure
 
 
@@ -185,3 +185,28 @@ def test_hostile_stain_settings_are_one_error(tmp_path, text, message) -> None:
     with pytest.raises(StainError, match=message) as err:
         MacenkoNormalizer.load(bad)
     assert str(err.value).startswith(str(bad))
+
+
+def test_the_documented_max_c_range_starts_at_real_pcam_patches() -> None:
+    """histomodels-data.md and MIN_MAX_C's error gave fitted max_c as 0.3 (or 0.3 to 10),
+    but real 96 px PCam patches fit down to 0.2: the low end the docs give is what they fit."""
+    import re
+    from pathlib import Path
+
+    from histomodels.data import open_dataset
+    from histomodels.data.stain import MIN_MAX_C
+
+    sample = shared_path("data", "pcam_real", "pcam_format_sample", "pcam_real_sample_x.h5")
+    fitted = []
+    for patch in open_dataset(sample).load_all()[0]:
+        try:
+            fitted.append(MacenkoNormalizer().fit(patch).max_c.min())
+        except StainError:  # a blank patch
+            continue
+    lowest = round(float(min(fitted)), 1)
+    doc = (Path(__file__).parents[2] / "docs" / "histomodels-data.md").read_text()
+    said = re.search(r"special-stain images of `shared/data`.*? are ([\d.]+) to", doc, re.S)
+    assert said is not None and float(said.group(1)) == lowest, (said, lowest)
+    bad = {"stains": REF_STAINS.tolist(), "max_c": [MIN_MAX_C / 2, 1.0]}
+    with pytest.raises(StainError, match=rf"a fitted max_c is about {lowest:g} to "):
+        MacenkoNormalizer.from_dict(bad)
