@@ -210,3 +210,43 @@ def test_the_documented_max_c_range_starts_at_real_pcam_patches() -> None:
     bad = {"stains": REF_STAINS.tolist(), "max_c": [MIN_MAX_C / 2, 1.0]}
     with pytest.raises(StainError, match=rf"a fitted max_c is about {lowest:g} to "):
         MacenkoNormalizer.from_dict(bad)
+
+
+def _real_target() -> np.ndarray:
+    from histomodels.predict import read_rgb
+
+    return read_rgb(shared_path("data", "external_he_images", "tiatoolbox_target_image.png"))
+
+
+def test_a_reference_with_too_little_tissue_is_refused_not_written(tmp_path) -> None:
+    """`data stain` fitted max_c as the 99th percentile over all pixels, background included,
+    and checked only the vectors: a reference with ~1 % tissue wrote max_c <= 0, exit 0, and
+    every later load (train --stain-norm, the checkpoint) refused it."""
+    from typer.testing import CliRunner
+
+    from histomodels.cli import app
+
+    canvas = np.full((1000, 1000, 3), 245, np.uint8)
+    canvas[:80, :80] = _real_target()[:80, :80]
+    ref, out = tmp_path / "ref.png", tmp_path / "s.json"
+    Image.fromarray(canvas).save(ref)
+    with pytest.raises(StainError, match="too little tissue"):
+        MacenkoNormalizer().fit(canvas)
+    r = CliRunner().invoke(app, ["data", "stain", str(ref), "--out", str(out)])
+    assert r.exit_code == 1, r.output
+    line = r.stderr.strip()
+    assert line.startswith(f"error: {ref}: max_c [") and "\n" not in line, line
+    assert "is below 0.01" in line and "too little tissue" in line, line
+    assert not out.exists() and list(tmp_path.iterdir()) == [ref]
+
+
+def test_a_real_reference_fits_saves_and_loads_back(tmp_path) -> None:
+    target = _real_target()
+    norm = MacenkoNormalizer().fit(target)
+    norm.save(tmp_path / "s.json")
+    again = MacenkoNormalizer.load(tmp_path / "s.json")
+    assert np.allclose(again.stains, norm.stains) and np.allclose(again.max_c, norm.max_c)
+    # max_c for a valid image is what it always was: stain_vectors' 99th percentile
+    assert np.array_equal(norm.max_c, stain_vectors(target)[1])
+    tile = target[:256, :256]
+    assert np.array_equal(again.transform(tile), norm.transform(tile))

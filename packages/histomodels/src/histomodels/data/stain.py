@@ -86,9 +86,9 @@ def _two_stains(stains: np.ndarray, source: str = "") -> None:
 #: How far a stain vector's length may be from 1 (hand-copied published vectors, rounded to
 #: 2 or 4 decimals, are within 0.5%; ``fit`` writes unit columns).
 UNIT_TOLERANCE = 0.02
-#: The least target concentration scale read from settings: below it every patch is remixed
-#: to within a grey level of the background (fitted values on real H&E, IHC, IF and special
-#: stains, PCam's 96 px patches included, are 0.2 to 9.5).
+#: The least target concentration scale, fitted or read from settings: below it every patch
+#: is remixed to within a grey level of the background (fitted values on real H&E, IHC, IF
+#: and special stains, PCam's 96 px patches included, are 0.2 to 9.5).
 MIN_MAX_C = 0.01
 
 
@@ -113,6 +113,27 @@ def _unit_od_vectors(stains: np.ndarray, source: str = "") -> None:
             )
 
 
+def _check_settings(stains: np.ndarray, max_c: np.ndarray, io: float, source: str = "") -> None:
+    """The one rule for stain settings, applied where ``fit`` makes them and where
+    ``from_dict`` (``load``, a checkpoint's ``stain``) reads them back, so ``fit`` never
+    gives settings its own reader refuses. ``stains`` is ``[3, 2]``, ``max_c`` ``[2]``."""
+    where = f"{source}: " if source else ""
+    _unit_od_vectors(stains, source)
+    _two_stains(stains, source)
+    # max_c is the 99th percentile concentration over all pixels, background included: a
+    # reference that is mostly blank background (about 1 % tissue) fits one at or below 0
+    if not np.isfinite(max_c).all():
+        raise StainError(f"{where}max_c must be 2 finite numbers, got {max_c.tolist()}")
+    if not (max_c >= MIN_MAX_C).all():
+        raise StainError(
+            f"{where}max_c {max_c.tolist()} is below {MIN_MAX_C:g}: every patch would be "
+            "normalised to blank background (a fitted max_c is about 0.2 to 9.5; a reference "
+            "image with too little tissue, mostly blank background, fits one this low)"
+        )
+    if not (np.isfinite(io) and 0 < io <= 1000):  # background light; 240 typical
+        raise StainError(f"{where}io must be a positive intensity, got {io}")
+
+
 @dataclass
 class MacenkoNormalizer:
     """Map images onto a target's stain appearance. Default target: the common reference."""
@@ -123,10 +144,12 @@ class MacenkoNormalizer:
     n_skipped: int = 0
 
     def fit(self, target: np.ndarray) -> MacenkoNormalizer:
-        """Estimate the target's stain vectors and concentration scale (uint8 [H, W, 3])."""
+        """Estimate the target's stain vectors and concentration scale (uint8 [H, W, 3]).
+        StainError when the settings would be refused on ``load`` (the same check): two
+        stains that are one colour, or a ``max_c`` below ``MIN_MAX_C`` (a target that is
+        nearly all blank background, about 1 % tissue or less)."""
         stains, max_c = stain_vectors(_check(target), io=self.io)
-        _unit_od_vectors(stains)  # what load() takes back
-        _two_stains(stains)
+        _check_settings(stains, max_c, self.io)  # what load() takes back, by the same rules
         self.stains, self.max_c = stains, max_c
         return self
 
@@ -168,17 +191,7 @@ class MacenkoNormalizer:
             raise StainError(f"{source}: not Macenko stain settings ({exc!r})") from None
         if stains.shape != (3, 2) or max_c.shape != (2,) or not np.isfinite(stains).all():
             raise StainError(f"{source}: expected stains 3x2 and max_c of 2 finite numbers")
-        _unit_od_vectors(stains, source)
-        _two_stains(stains, source)
-        if not (np.isfinite(max_c).all() and (max_c > 0).all()):
-            raise StainError(f"{source}: max_c must be 2 positive finite numbers")
-        if not (max_c >= MIN_MAX_C).all():
-            raise StainError(
-                f"{source}: max_c {max_c.tolist()} is below {MIN_MAX_C:g}: every patch would "
-                "be normalised to blank background (a fitted max_c is about 0.2 to 9.5)"
-            )
-        if not (np.isfinite(io) and 0 < io <= 1000):  # background light; 240 typical
-            raise StainError(f"{source}: io must be a positive intensity, got {io}")
+        _check_settings(stains, max_c, io, source)
         return cls(stains, max_c, io)
 
     def save(self, path: str | Path) -> None:
