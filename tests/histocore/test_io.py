@@ -633,3 +633,17 @@ def test_write_new_without_hard_links_removes_its_claim_on_an_error(
         write_new(target, b"ours")
     assert [p.name for p in target.parent.iterdir()] == ["a.pdf"]
     assert target.read_bytes() == b"theirs"
+
+
+def test_resolved_is_none_for_a_link_loop_and_the_real_path_otherwise(tmp_path) -> None:
+    """One helper for 'resolve, or None' (filter's orphan clean-up, Manifest.image_file,
+    merge, the review page's heatmaps each wrote it): a loop, or a name under one, is None
+    where Path.resolve raised RuntimeError (Python < 3.13)."""
+    from histocore.io import resolved
+
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    assert resolved(tmp_path / "loop") is None and resolved(tmp_path / "loop" / "x") is None
+    (tmp_path / "real.png").write_bytes(b"x")
+    (tmp_path / "link.png").symlink_to("real.png")
+    assert resolved(tmp_path / "link.png") == (tmp_path / "real.png").resolve()
+    assert resolved(str(tmp_path / "missing")) == (tmp_path / "missing").resolve()

@@ -185,6 +185,17 @@ def link_loop(path: Path) -> bool:
     return False
 
 
+def resolved(path: str | Path) -> Path | None:
+    """``path`` with its links resolved, or None when they cannot be (a link to itself, or
+    one under such a loop: ``Path.resolve`` raises RuntimeError for a loop before Python
+    3.13, an OSError may come from the file system). Such a path names no usable file; the
+    callers skip it or refuse it, where the bare ``resolve()`` was a traceback."""
+    try:
+        return Path(path).resolve()
+    except (OSError, RuntimeError):
+        return None
+
+
 def not_there(path: str | Path, problem: str = "no such file or folder") -> str:
     """What an input ``path`` that does not exist is: ``<path>: <problem>``; but when it is a
     link loop, or lies under one (``loop/x.h5`` after ``ln -s loop loop``), the loop named:

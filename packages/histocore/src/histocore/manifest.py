@@ -22,7 +22,7 @@ from typing import Any, overload
 
 from histocore.errors import ManifestError, UnresolvablePath
 from histocore.image_table import ImageTable
-from histocore.io import path_shown
+from histocore.io import path_shown, resolved
 from histocore.jsonl import read_jsonl_whole, write_jsonl
 from histocore.schema import IMAGE_LABELS as IMAGE_LABELS
 from histocore.schema import MANIFEST_NAME as MANIFEST_NAME
@@ -272,13 +272,11 @@ class Manifest(StoreSync):
         if rel is None:
             raise ManifestError(f"{self.path}: the image row names no file")
         text = Path(rel)
-        try:
-            path = self.resolve(rel).resolve()
-        except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop (Python < 3.13)
-            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else "symlink loop"
+        path = resolved(self.resolve(rel))
+        if path is None:  # a link loop: the one way a non-strict resolve fails
             raise UnresolvablePath(
-                f"{self.path}: image path {rel!r} cannot be resolved ({why})"
-            ) from None
+                f"{self.path}: image path {rel!r} cannot be resolved (symlink loop)"
+            )
         if path.is_relative_to(self.run_dir.resolve()):
             return path
         if text.is_absolute():

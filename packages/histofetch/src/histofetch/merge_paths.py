@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from histocore.export import DEFAULT_EXPORTS
-from histocore.io import file_sha256, numbered, refuse_overlong_name
+from histocore.io import file_sha256, numbered, refuse_overlong_name, resolved
 from histocore.manifest import MANIFEST_NAME, Manifest
 from histocore.store import STORE_NAME
 from histofetch.merge_logs import LOG_NAME
@@ -226,10 +226,10 @@ def place_of(
         return rel
     src = run.resolve(rel)
     dst = merged.run_dir / names.placed(rel)  # never under sheets/: filter's
-    try:
-        inside = src.resolve().is_relative_to(run.run_dir.resolve())
-    except (OSError, RuntimeError):  # a link loop (RuntimeError before Python 3.13)
+    real, run_dir = resolved(src), resolved(run.run_dir)
+    if real is None or run_dir is None:  # a link loop
         return _unbrought(merged, rel, names)
+    inside = real.is_relative_to(run_dir)
     link = None if inside else _folder_link(run.run_dir, rel)
     if not inside and (link is None or src.is_symlink()):
         return _unbrought(merged, rel, names)  # a file link pointing out: never read

@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from histocore.errors import os_error_path
-from histocore.io import one_line, path_shown, record_slug
+from histocore.io import one_line, path_shown, record_slug, resolved
 from histocore.manifest import STAGES, Manifest, Record
 from histocore.progress import task
 
@@ -337,16 +337,6 @@ class _Stage:
         self.manifest.commit_record(rec.id)
 
 
-def _resolved(path: Path) -> Path | None:
-    """``path`` with its links resolved, or None when they cannot be: a row's file that
-    links to itself (``Path.resolve`` raises RuntimeError for a loop before Python 3.13)
-    made ``filter --rescore`` a traceback; such a row names no file to keep."""
-    try:
-        return path.resolve()
-    except (OSError, RuntimeError):
-        return None
-
-
 def remove_orphan_images(manifest: Manifest, record_id: str) -> int:
     """Delete the files an attempt at ``record_id`` wrote but never committed: PNGs in the
     record's own image folder ``RUN/images/<slug>/`` that none of its rows names, and temp
@@ -363,7 +353,7 @@ def remove_orphan_images(manifest: Manifest, record_id: str) -> int:
         real
         for img in manifest.images_of(record_id)
         if (path := manifest.resolve(img.path)) is not None
-        and (real := _resolved(path)) is not None
+        and (real := resolved(path)) is not None  # a row's file linking to itself: no file
     }
     removed = 0
     for path in folder.iterdir():

@@ -64,11 +64,6 @@ def provenance(source: str | Path) -> str:
     return str(path.resolve())
 
 
-def _real(path: Path) -> str:
-    """``path`` with the links it can follow resolved (a loop left as it is)."""
-    return os.path.realpath(path)
-
-
 def build_ensemble(sources: Sequence[str | Path], *, tta: bool = False) -> dict[str, Any]:
     """The ensemble checkpoint dict of ``sources`` (checkpoint files, run folders holding
     ``best.pt``, or shipped model names such as ``pcam-cnn``).
@@ -87,7 +82,8 @@ def build_ensemble(sources: Sequence[str | Path], *, tta: bool = False) -> dict[
         # identity); a shipped model's name (no such file) by its path. realpath, not
         # Path.resolve: a member that links to itself made resolve raise RuntimeError
         # (Python < 3.13), a traceback; read_checkpoint names the loop below
-        twin = next((s for f, s in seen if same_file(f, file) or _real(f) == _real(file)), None)
+        real = os.path.realpath(file)
+        twin = next((s for f, s in seen if same_file(f, file) or os.path.realpath(f) == real), None)
         if twin is not None:
             raise CheckpointError(
                 f"{src}: the same checkpoint as {twin}; give each member once (a "

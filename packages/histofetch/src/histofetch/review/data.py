@@ -28,7 +28,7 @@ from markupsafe import Markup, escape
 
 from histocore.csvcells import numbered_rows, read_cell
 from histocore.errors import DomainError, describe
-from histocore.io import one_line, path_shown, record_slug, unique_stem
+from histocore.io import one_line, path_shown, record_slug, resolved, unique_stem
 from histocore.manifest import (
     IMAGE_LABELS,
     MANIFEST_NAME,
@@ -112,14 +112,12 @@ class Scores:
         that cannot be resolved (to itself) is no heatmap."""
         for stem in (unique_stem(image_id), record_slug(image_id)):
             path = self.folder / "heatmaps" / f"{stem}.png"
-            try:
-                outside = path.is_symlink() and not path.resolve().is_relative_to(
-                    self.folder.resolve()
-                )
-            except (OSError, RuntimeError):  # RuntimeError: a symlink loop (Python < 3.13)
-                return None  # a link to itself: /api/item and /heatmap answered 500
-            if outside:
-                return None
+            if path.is_symlink():
+                real, folder = resolved(path), resolved(self.folder)
+                if real is None or folder is None:
+                    return None  # a link to itself: /api/item and /heatmap answered 500
+                if not real.is_relative_to(folder):
+                    return None
             if path.is_file():
                 return path
         return None
