@@ -694,6 +694,23 @@ def test_a_heatmap_link_to_itself_is_no_heatmap(kit: tuple[Path, Path], tmp_path
     assert c.get("/heatmap/pmid:1/fig2").status_code == 200
 
 
+def test_a_looping_unique_name_falls_back_to_the_older_slug_heatmap(
+    kit: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """A ``heatmaps/<unique stem>.png`` that links to itself ended the search: the older
+    eval's ``heatmaps/<slug>.png`` beside it was never tried (the docstring says it is)."""
+    import shutil
+
+    scores = tmp_path / "eval"
+    shutil.copytree(kit[1], scores)
+    loop = scores / "heatmaps" / f"{unique_stem('pmid:1/fig1')}.png"
+    loop.rename(scores / "heatmaps" / "pmid_1_fig1.png")
+    loop.symlink_to(loop.name)
+    c = _client(kit[0], scores)
+    assert c.get("/heatmap/pmid:1/fig1").status_code == 200
+    assert c.get("/api/item/pmid:1/fig1").json()["heatmap"] is True
+
+
 def test_heatmaps_of_older_evals_and_a_linked_heatmaps_folder_are_served(
     kit: tuple[Path, Path], tmp_path: Path
 ) -> None:

@@ -109,13 +109,13 @@ class Scores:
         it before 2026-11-30), not when the file is a link pointing out of the scores
         folder (a shared eval folder's ``heatmaps/x.png`` may link to any local file); a
         ``heatmaps/`` folder that is itself a link is the local user's and is followed. A link
-        that cannot be resolved (to itself) is no heatmap."""
+        that cannot be resolved (to itself) is no heatmap; the older slug name is tried next."""
         for stem in (unique_stem(image_id), record_slug(image_id)):
             path = self.folder / "heatmaps" / f"{stem}.png"
             if path.is_symlink():
                 real, folder = resolved(path), resolved(self.folder)
-                if real is None or folder is None:
-                    return None  # a link to itself: /api/item and /heatmap answered 500
+                if real is None or folder is None:  # a loop: /api/item, /heatmap said 500
+                    continue  # the older slug name may still be a heatmap
                 if not real.is_relative_to(folder):
                     return None
             if path.is_file():
