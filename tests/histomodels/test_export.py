@@ -333,3 +333,56 @@ def test_an_export_replaces_only_an_earlier_export_of_its_format(
         "choose another --out"
     ]
     assert weights.read_bytes() == kept
+
+
+def test_an_earlier_onnx_export_is_told_by_its_metadata_without_loading_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whether --out holds an earlier ONNX export was told by ``onnx.load_model`` of the
+    whole file (up to 2 GiB): a 1.9 GB file that is no export cost 14 s and 2.7 GB of memory
+    to refuse. The metadata key is found by walking the top-level protobuf fields, seeking
+    past the graph: a real export is still one, a large (sparse) file is told at once, with
+    the marker after its graph or without, and the model is never loaded."""
+    import time
+
+    import onnx
+
+    from histomodels import export
+
+    real = tmp_path / "m.onnx"
+    export_checkpoint(tiny_checkpoint(tmp_path), "onnx", real)
+
+    def no_load(*args: object, **kwargs: object) -> None:
+        raise AssertionError("onnx.load_model read the whole file")
+
+    monkeypatch.setattr(onnx, "load_model", no_load)
+    assert export.is_export(real, "onnx")
+
+    def big(name: str, key: str | None) -> Path:
+        """~1.9 GB: a graph field (7) of zeros, then a metadata entry (14) named ``key``."""
+        path, n = tmp_path / name, 1_900_000_000
+        head = bytes([7 << 3 | 2])
+        while True:  # the varint of n
+            head += bytes([(n & 0x7F) | (0x80 if n > 0x7F else 0)])
+            n >>= 7
+            if not n:
+                break
+        meta = b""
+        if key is not None:
+            entry = onnx.StringStringEntryProto(key=key, value="cnn")
+            meta = onnx.ModelProto(metadata_props=[entry]).SerializeToString()
+        with open(path, "wb") as fh:
+            fh.write(head)
+            fh.seek(len(head) + 1_900_000_000)
+            fh.write(meta)
+        return path
+
+    zeros = tmp_path / "zeros.bin"
+    with open(zeros, "wb") as fh:
+        fh.truncate(1_900_000_000)
+    for path, expected in ((big("marked.onnx", "histomodels.model"), True),
+                           (big("other.onnx", "other.key"), False),
+                           (big("bare.onnx", None), False), (zeros, False)):  # fmt: skip
+        start = time.perf_counter()
+        assert export.is_export(path, "onnx") is expected, path
+        assert time.perf_counter() - start < 1.0, path
