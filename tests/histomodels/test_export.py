@@ -386,3 +386,31 @@ def test_an_earlier_onnx_export_is_told_by_its_metadata_without_loading_the_file
         start = time.perf_counter()
         assert export.is_export(path, "onnx") is expected, path
         assert time.perf_counter() - start < 1.0, path
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_an_unreadable_file_at_out_is_said_to_be_unreadable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fmt: str
+) -> None:
+    """An earlier export that cannot be read (mode 000 in a writable folder) was refused as
+    'not an earlier … export' (any error reading it meant "not ours"): it is one line saying
+    it cannot be read, exit 1, left as it was. (We run as root, so the open is made to
+    fail.)"""
+    import builtins
+
+    ckpt = tiny_checkpoint(tmp_path)
+    out = tmp_path / "m.bin"
+    export_checkpoint(ckpt, fmt, out)
+    kept = out.read_bytes()
+    real_open = builtins.open
+
+    def deny(file: object, *args: object, **kwargs: object) -> object:
+        if isinstance(file, (str, os.PathLike)) and Path(file) == out:
+            raise PermissionError(13, "Permission denied", str(file))
+        return real_open(file, *args, **kwargs)  # type: ignore[call-overload]
+
+    monkeypatch.setattr(builtins, "open", deny)
+    r = CliRunner().invoke(app, ["export", str(ckpt), "--format", fmt, "--out", str(out)])
+    assert r.exit_code == 1, r.output
+    assert r.stderr.splitlines() == [f"error: {out}: permission denied"]
+    assert out.read_bytes() == kept

@@ -1249,6 +1249,35 @@ def test_the_csv_replaces_only_an_earlier_predictions_csv(
     assert empty.read_text().startswith(",".join(["path", "x", "y", "size"]))
 
 
+def test_an_unreadable_file_at_out_is_said_to_be_unreadable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An earlier predictions CSV that cannot be read (mode 000 in a writable folder) was
+    refused as 'not a predictions CSV' (which it may well be): it is one line saying it
+    cannot be read, exit 1, left as it was. (We run as root, so the open is made to fail.)"""
+    import builtins
+
+    from histomodels.predict import CSV_COLUMNS
+
+    ckpt = tiny_checkpoint(tmp_path)
+    img = tmp_path / "a.png"
+    Image.fromarray(make_patches(1, seed=3)[0][0]).save(img)
+    out = tmp_path / "earlier.csv"
+    out.write_text(",".join(CSV_COLUMNS) + "\n")
+    real_open = builtins.open
+
+    def deny(file: object, *args: object, **kwargs: object) -> object:
+        if isinstance(file, (str, os.PathLike)) and Path(file) == out:
+            raise PermissionError(13, "Permission denied", str(file))
+        return real_open(file, *args, **kwargs)  # type: ignore[call-overload]
+
+    monkeypatch.setattr(builtins, "open", deny)
+    r = CliRunner().invoke(app, ["predict", str(ckpt), str(img), "--out", str(out)])
+    assert r.exit_code == 1, r.output
+    assert r.stderr.splitlines() == [f"error: {out}: permission denied"]
+    assert out.read_text() == ",".join(CSV_COLUMNS) + "\n"
+
+
 def test_the_csv_is_never_the_heatmap_folder_nor_a_heatmap(tmp_path: Path) -> None:
     """``--heatmaps hm --out hm/big.png`` wrote the CSV, then big.png's heatmap over it (the
     CSV lost, exit 0); ``--heatmaps hm2 --out hm2`` scored everything, then failed 'hm2: is a

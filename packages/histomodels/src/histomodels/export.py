@@ -194,7 +194,7 @@ def _refuse_to_replace(out: Path, source: Path, fmt: str) -> None:
             f"{out}: not a regular file (a pipe, socket or device); the export would replace "
             "it: choose another --out"
         )
-    if not is_export(out, fmt):
+    if not is_export(out, fmt):  # one it cannot read: its OSError, '<out>: permission denied'
         name = "ONNX" if fmt == "onnx" else "TorchScript"
         raise UsageError(
             f"{out}: exists and is not an earlier {name} export of histomodels; the export "
@@ -206,19 +206,25 @@ def is_export(path: Path, fmt: str) -> bool:
     """Whether the regular file ``path`` is an export in ``fmt`` that
     :func:`export_checkpoint` wrote (its metadata says so). Only the metadata is read: an
     ONNX file's top-level fields are walked past (:func:`_onnx_marked`), a TorchScript
-    archive's central directory listed."""
+    archive's central directory listed. A file that cannot be opened or read raises its
+    ``OSError`` (``<file>: permission denied``): whether it is an export cannot be told, and
+    "not an earlier export" would be untrue of an earlier export made unreadable."""
     import zipfile
 
-    try:
-        with open(path, "rb") as fh:
+    with open(path, "rb") as fh:
+        try:
             if fmt == "onnx":
                 return _onnx_marked(fh, os.fstat(fh.fileno()).st_size)
             with zipfile.ZipFile(fh) as archive:
                 return any(n.endswith(_TORCHSCRIPT_MARK) for n in archive.namelist())
-    except Exception as exc:  # anything else: not an export (BadZipFile, …)
-        if isinstance(exc, MemoryError):
+        except OSError as exc:  # a read failed (an I/O error): named by the file
+            if exc.filename is None:
+                raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
             raise
-        return False
+        except Exception as exc:  # anything else: not an export (BadZipFile, …)
+            if isinstance(exc, MemoryError):
+                raise
+            return False
 
 
 #: ModelProto's field number of ``metadata_props``, a repeated ``StringStringEntryProto``

@@ -562,7 +562,11 @@ def _refuse_to_replace_what_predict_did_not_write(out: Path) -> None:
             f"{out}: not a regular file (a pipe, socket or device); the CSV would replace it: "
             "choose another --out"
         )
-    if not is_predictions_csv(out):
+    try:
+        ours = is_predictions_csv(out)
+    except OSError as exc:  # unreadable: an earlier CSV or not, it cannot be told
+        raise PredictInputError(describe(exc)) from None
+    if not ours:
         raise PredictInputError(
             f"{out}: exists and is not a predictions CSV (its first line is not predict's "
             "header); the CSV would replace it: choose another --out, or remove it first"
@@ -575,12 +579,13 @@ _FIRST_COLUMNS = 6
 
 def is_predictions_csv(path: Path) -> bool:
     """Whether the regular file ``path`` starts with a header predict writes (only its
-    first 4 KB are read)."""
+    first 4 KB are read). A file that cannot be opened or read raises its ``OSError``
+    (``<file>: permission denied``): whether it is a predictions CSV cannot be told."""
+    with open(path, "rb") as fh:
+        head = fh.read(4096)
     try:
-        with open(path, "rb") as fh:
-            head = fh.read(4096)
         line = head.split(b"\n", 1)[0].removesuffix(b"\r").decode("utf-8")
-    except (OSError, UnicodeDecodeError):
+    except UnicodeDecodeError:
         return False
     cells = next(csv.reader([line]), [])
     n = min(len(cells), len(CSV_COLUMNS))
