@@ -1249,6 +1249,31 @@ def test_the_csv_replaces_only_an_earlier_predictions_csv(
     assert empty.read_text().startswith(",".join(["path", "x", "y", "size"]))
 
 
+def test_an_earlier_csv_saved_with_a_bom_is_replaced(tmp_path: Path) -> None:
+    """An earlier predictions CSV opened and saved in Excel starts with a UTF-8 BOM, and was
+    refused as 'not a predictions CSV' (its first line, BOM and all, was not the header). A
+    BOM before predict's header is allowed: the CSV is replaced; a BOM before other columns
+    is still refused."""
+    from histomodels.predict import CSV_COLUMNS
+
+    ckpt = tiny_checkpoint(tmp_path)
+    img = tmp_path / "a.png"
+    Image.fromarray(make_patches(1, seed=3)[0][0]).save(img)
+    out, other = tmp_path / "excel.csv", tmp_path / "other.csv"
+    out.write_bytes(b"\xef\xbb\xbf" + ",".join(CSV_COLUMNS).encode() + b"\r\nx.png,0\r\n")
+    other.write_bytes(b"\xef\xbb\xbfpath,probability\r\nx.png,0.5\r\n")
+    r = CliRunner().invoke(app, ["predict", str(ckpt), str(img), "--no-heatmaps",
+                                 "--out", str(out)])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert out.read_text().startswith(",".join(CSV_COLUMNS) + "\n")
+    assert str(img) in out.read_text()
+    kept = other.read_bytes()
+    r = CliRunner().invoke(app, ["predict", str(ckpt), str(img), "--no-heatmaps",
+                                 "--out", str(other)])  # fmt: skip
+    assert r.exit_code == 1 and "is not a predictions CSV" in r.stderr, r.output
+    assert other.read_bytes() == kept
+
+
 def test_an_unreadable_file_at_out_is_said_to_be_unreadable(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -11,6 +11,7 @@ out (the command: one ``error:`` line each, exit 1).
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import csv
 import errno
@@ -543,7 +544,8 @@ def _refuse_to_replace_what_is_read(out: Path, checkpoint: str | Path, files: li
 
 def _refuse_to_replace_what_predict_did_not_write(out: Path) -> None:
     """The CSV replaces only an earlier predictions CSV (its first line predict's header,
-    :data:`CSV_COLUMNS` or, from an older version, the first of them) or an empty file: any
+    :data:`CSV_COLUMNS` or, from an older version, the first of them; a UTF-8 BOM before it,
+    as Excel saves one, allowed; only that line is judged) or an empty file: any
     other file there, links followed, is a :class:`PredictInputError` naming ``out``.
     ``--out RUN/last.pt`` (``history.json``, ``config.json``, an ensemble's member, the
     shipped weights of ``--model``) replaced what predict never reads; a pipe or device
@@ -578,11 +580,12 @@ _FIRST_COLUMNS = 6
 
 
 def is_predictions_csv(path: Path) -> bool:
-    """Whether the regular file ``path`` starts with a header predict writes (only its
-    first 4 KB are read). A file that cannot be opened or read raises its ``OSError``
-    (``<file>: permission denied``): whether it is a predictions CSV cannot be told."""
+    """Whether the regular file ``path`` starts with a header predict writes, after a UTF-8
+    BOM if any (a CSV saved by Excel has one); only its first 4 KB are read. A file that
+    cannot be opened or read raises its ``OSError`` (``<file>: permission denied``):
+    whether it is a predictions CSV cannot be told."""
     with open(path, "rb") as fh:
-        head = fh.read(4096)
+        head = fh.read(4096).removeprefix(codecs.BOM_UTF8)
     try:
         line = head.split(b"\n", 1)[0].removesuffix(b"\r").decode("utf-8")
     except UnicodeDecodeError:

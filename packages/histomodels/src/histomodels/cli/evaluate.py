@@ -522,8 +522,9 @@ def predict_cmd(
         Path,
         typer.Option(
             "--out",
-            help="CSV to write (replaces only an earlier predictions CSV or an empty file; "
-            "never the checkpoint, its sidecar or an input).",
+            help="CSV to write (replaces only a file whose first line is predict's header, an "
+            "earlier run's CSV, or an empty file; never the checkpoint, its sidecar or an "
+            "input).",
             parser=home_path,
         ),
     ] = Path("predictions.csv"),
