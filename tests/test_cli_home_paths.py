@@ -190,3 +190,27 @@ def test_train_data_text_is_expanded_as_the_reader_does(home: tuple[Path, Path])
     require_paths("~/d", role="train")
     with pytest.raises(SystemExit):
         require_paths("./~/d", role="train")
+
+
+def test_errors_naming_a_parsed_tilde_folder_say_it_is_here(home: tuple[Path, Path]) -> None:
+    """A folder named ``~`` given as ``./~/run`` is ``Path('~/run')`` once parsed, and the
+    messages written with the parsed Path (the manifest reader, ``--run`` given a file,
+    export's own-file check) said ``error: ~/run/manifest.jsonl: …``, ``$HOME``'s to a
+    reader, once fail() no longer rewrote a leading ``~`` (review 37 M1); it does again
+    where this folder holds a ``~``, and ``--data`` text stays ``$HOME``'s (test above)."""
+    from histofetch.cli import app
+
+    home_dir, work = home
+    (work / "~" / "run").mkdir(parents=True)
+    (work / "~" / "run" / "manifest.jsonl").write_text("")
+    (work / "~" / "file").write_text("x")
+    for args, said in (
+        (["status", "--run", "./~/run"], "error: ./~/run/manifest.jsonl: "),
+        (["status", "--run", "./~/file"], "error: ./~/file: "),
+        (["export", "--run", "./~/run", "--out", "./~/run/manifest.jsonl"], "error: ./~/run/"),
+    ):
+        r = CliRunner().invoke(app, args)
+        assert r.exit_code == 1, (args, r.output)
+        line = r.output.strip().splitlines()[-1]
+        assert line.startswith(said), (args, line)
+    assert not list(home_dir.iterdir())  # nothing went to $HOME

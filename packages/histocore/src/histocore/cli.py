@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -177,15 +178,26 @@ def pydantic_said(exc: BaseException) -> str | None:
 
 def fail(*messages: str) -> NoReturn:
     """One ``error: …`` line per message on stderr and exit status 1: the CLIs' answer to
-    bad input. A message is ``<file>: <problem>``, the file named by whoever wrote it: a
-    parsed Path (a folder named ``~`` given as ``./~/run`` is ``Path('~/run')``) through
-    :func:`histocore.io.path_shown`, ``./~/run``; text given as typed (``--data`` is not
-    expanded as it is parsed: a leading ``~`` there is ``$HOME``, and must not be rewritten)."""
+    bad input. A message is ``<file>: <problem>``, the file named by whoever wrote it, a
+    parsed Path through :func:`histocore.io.path_shown` where it can; one that still starts
+    ``~/`` names a folder called ``~`` here (:func:`_named_here`)."""
     sys.stdout.flush()
     for message in messages:
-        sys.stderr.write(f"error: {one_line(message)}\n")
+        sys.stderr.write(f"error: {_named_here(one_line(message))}\n")
     sys.stderr.flush()
     raise SystemExit(1)
+
+
+def _named_here(message: str) -> str:
+    """``message`` with a leading ``~/`` named ``./~/`` when this folder holds an entry
+    named ``~``: a folder so named, given as ``./~/run``, is parsed as ``Path('~/run')``
+    (pathlib drops the ``./``; :func:`home_path` expanded every home ``~``), and many
+    messages name the parsed Path (``error: ~/run/manifest.jsonl: empty file`` read as
+    ``$HOME``'s). Without such an entry a leading ``~`` is text a reader expands (``--data``),
+    ``$HOME``'s, and is left as it is."""
+    if message.startswith(("~/", "~:")) and os.path.lexists("~"):
+        return f"./{message}"
+    return message
 
 
 def require_folder(*paths: str | Path | None, what: str = "folder") -> None:
