@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import tempfile
 from pathlib import Path
 
 import h5py
@@ -149,11 +151,59 @@ def test_disk_full_is_reported_as_disk_full(tmp_path: Path) -> None:
     pcam_h5(tmp_path / "plain.h5")
     x = tmp_path / "s_x.h5.gz"
     x.write_bytes(gzip.compress((tmp_path / "plain.h5").read_bytes()))
-    (tmp_path / "s_x.h5.part").symlink_to("/dev/full")  # every write: ENOSPC
-    with pytest.raises(DatasetError, match=r"s_x\.h5\.gz: disk full while writing"):
-        open_dataset(_pair(tmp_path, x))
-    assert not (tmp_path / "s_x.h5.part").exists()
-    assert not (tmp_path / "s_x.h5").exists()
+    made: list[str] = []
+    real_mkstemp = tempfile.mkstemp
+
+    def onto_dev_full(*args, **kwargs):  # the temp file is made, then every write: ENOSPC
+        fd, name = real_mkstemp(*args, **kwargs)
+        os.dup2(os.open("/dev/full", os.O_WRONLY), fd)
+        made.append(name)
+        return fd, name
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(tempfile, "mkstemp", onto_dev_full)
+        with pytest.raises(DatasetError, match=r"s_x\.h5\.gz: disk full while writing"):
+            open_dataset(_pair(tmp_path, x))
+    assert made and not [n for n in made if Path(n).exists()]  # its temp file removed
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["plain.h5", "s_x.h5.gz", "s_y.h5"]
+
+
+def test_two_gunzips_of_one_file_at_once_both_succeed(tmp_path: Path, monkeypatch) -> None:
+    """Two processes (DDP ranks, parallel jobs) opening one ``.h5.gz`` at once each write
+    their own temp file: they used to share one fixed ``.part`` name, truncating each
+    other's output, and one failed at its rename (or left a corrupt ``.h5`` trusted later).
+    The second decompression is run in the middle of the first, after its first write."""
+    import gzip
+
+    from histomodels.data import pcam
+
+    pcam_h5(tmp_path / "plain.h5")
+    plain = (tmp_path / "plain.h5").read_bytes()
+    x = tmp_path / "s_x.h5.gz"
+    x.write_bytes(gzip.compress(plain))
+    real_task = pcam.task
+    nested: list[Path] = []
+    started: list[bool] = []
+
+    @contextlib.contextmanager
+    def task_with_a_rival(*args, **kwargs):
+        with real_task(*args, **kwargs) as shown:
+            real_update = shown.update
+
+            def update(**kw):
+                if not started:  # the rival starts once, mid-way through the first write
+                    started.append(True)
+                    nested.append(pcam.gunzip_once(x))
+                real_update(**kw)
+
+            shown.update = update
+            yield shown
+
+    monkeypatch.setattr(pcam, "task", task_with_a_rival)
+    out = pcam.gunzip_once(x)
+    assert nested == [out] == [tmp_path / "s_x.h5"]
+    assert out.read_bytes() == plain
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["plain.h5", "s_x.h5", "s_x.h5.gz"]
 
 
 def _kaggle(tmp_path: Path, csv_bytes: bytes) -> Path:

@@ -20,6 +20,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from histocore.io import atomic_writer
 from histocore.progress import task
 from histomodels.choices import PCAM_SPLITS
 from histomodels.data.base import DatasetError, KnownLabels, binary_labels, check_patch_shape
@@ -50,8 +51,11 @@ def gunzip_cap(compressed: int) -> int:
 def gunzip_once(path: Path) -> Path:
     """Decompress ``x.h5.gz`` once to ``x.h5`` (temp file + rename) and return the plain path.
 
-    The output is capped (:func:`gunzip_cap`); on any failure the ``.part`` file is removed.
-    A corrupt stream and a full disk give different one-line :class:`DatasetError` messages.
+    The output is capped (:func:`gunzip_cap`) and written through
+    :func:`histocore.io.atomic_writer`: each call writes its own temp file, removed on any
+    failure, so two processes decompressing the same file into the shared cache at once never
+    write into one file (the last rename wins, with the same bytes). A corrupt stream and a
+    full disk give different one-line :class:`DatasetError` messages.
     """
     import errno
     import zlib
@@ -65,43 +69,37 @@ def gunzip_once(path: Path) -> Path:
     if target.exists() and target.stat().st_mtime >= path.stat().st_mtime:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(target.name + ".part")
     cap = gunzip_cap(path.stat().st_size)
 
     written = 0
-    try:
-        with (
-            gzip.open(path, "rb") as src,
-            open(tmp, "wb") as dst,
-            task(f"gunzip {path.name}", path.stat().st_size, unit="bytes") as shown,
-        ):
-            raw: Any = src.fileobj  # type: ignore[attr-defined]
-            while True:
-                try:
-                    chunk = src.read(1 << 22)
-                except (OSError, EOFError, zlib.error) as exc:
-                    raise DatasetError(f"{path}: corrupt gzip file ({exc})") from None
-                if not chunk:
-                    break
-                written += len(chunk)
-                if written > cap:
+    with (
+        gzip.open(path, "rb") as src,
+        atomic_writer(target) as dst,
+        task(f"gunzip {path.name}", path.stat().st_size, unit="bytes") as shown,
+    ):
+        raw: Any = src.fileobj  # type: ignore[attr-defined]
+        while True:
+            try:
+                chunk = src.read(1 << 22)
+            except (OSError, EOFError, zlib.error) as exc:
+                raise DatasetError(f"{path}: corrupt gzip file ({exc})") from None
+            if not chunk:
+                break
+            written += len(chunk)
+            if written > cap:
+                raise DatasetError(
+                    f"{path}: expands past {cap} bytes ({cap // max(1, path.stat().st_size)}x "
+                    "its size); refused as a possible gzip bomb"
+                )
+            try:
+                dst.write(chunk)
+            except OSError as exc:
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                     raise DatasetError(
-                        f"{path}: expands past {cap} bytes ({cap // max(1, path.stat().st_size)}x "
-                        "its size); refused as a possible gzip bomb"
-                    )
-                try:
-                    dst.write(chunk)
-                except OSError as exc:
-                    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                        raise DatasetError(
-                            f"{path}: disk full while writing {tmp} ({written >> 20} MB written)"
-                        ) from None
-                    raise DatasetError(f"{path}: cannot write {tmp} ({exc})") from None
-                shown.update(completed=raw.tell())  # type: ignore[union-attr]
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    tmp.replace(target)
+                        f"{path}: disk full while writing {target} ({written >> 20} MB written)"
+                    ) from None
+                raise DatasetError(f"{path}: cannot write {target} ({exc})") from None
+            shown.update(completed=raw.tell())  # type: ignore[union-attr]
     return target
 
 
