@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -686,3 +687,35 @@ def test_an_ax_experiment_that_cannot_be_read_is_refused_before_the_data_is_deco
     with pytest.raises(TuneError, match=rf"^{experiment}: {problem}"):
         tune(*tiny_data, out, trials=1, trial_epochs=1, quiet=True, base=TINY)
     assert sorted(p.name for p in out.iterdir()) == [experiment.name]
+
+
+def test_an_experiment_loads_with_an_ax_that_lacks_the_private_loader(tmp_path, monkeypatch):
+    """tune read ``ax_experiment.json`` through Ax's private ``Client._from_json_snapshot``
+    (Ax 1.x has no public loader from text), with no upper bound on Ax: an Ax without it was
+    an ``AttributeError`` traceback at every resume. It now falls back to the public
+    ``Client.load_from_json_file``."""
+    from ax.api.client import Client
+    from ax.api.configs import RangeParameterConfig
+
+    from histomodels.tune import EXPERIMENT_FILE, _load_experiment
+
+    client = Client(random_seed=0)
+    client.configure_experiment(
+        parameters=[RangeParameterConfig(name="lr", parameter_type="float", bounds=(1e-4, 1e-2))],
+        name="lr_only",
+    )
+    client.configure_optimization(objective="val_auc")
+    path = tmp_path / EXPERIMENT_FILE
+    client.save_to_json_file(str(path))
+    # an Ax whose public loader restores the client by other private means
+    restore = Client._from_json_snapshot.__func__  # type: ignore[attr-defined]
+    monkeypatch.delattr(Client, "_from_json_snapshot")
+
+    def public_loader(cls, filepath: str) -> Client:
+        return restore(cls, snapshot=json.loads(Path(filepath).read_text()))
+
+    monkeypatch.setattr(Client, "load_from_json_file", classmethod(public_loader))
+    loaded = _load_experiment(path)
+    assert isinstance(loaded, Client)
+    assert loaded._experiment.name == "lr_only"
+    assert list(loaded._experiment.search_space.parameters) == ["lr"]

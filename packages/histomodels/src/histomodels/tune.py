@@ -327,10 +327,12 @@ def _load_experiment(path: Path) -> Any:
     except OSError as exc:
         raise TuneError(f"{path}: cannot read this experiment ({exc})") from None
     # what load_from_json_file does with the text it reads (Ax 1.x has no public loader
-    # from text or a mapping); looked up outside the try: an Ax without it is a bug here
-    # (a traceback), not a damaged file
-    from_snapshot = Client._from_json_snapshot
+    # from text or a mapping); an Ax without that private method gets the public loader,
+    # which reads the file again (it was just checked to be a regular file under the cap)
+    from_snapshot = getattr(Client, "_from_json_snapshot", None)
     try:
+        if from_snapshot is None:
+            return Client.load_from_json_file(filepath=str(path))
         return from_snapshot(snapshot=json.loads(data))
     except Exception as exc:
         first = (str(exc).strip().splitlines() or [""])[0][:200]
