@@ -641,3 +641,15 @@ def test_a_damaged_png_with_exif_is_refused_not_half_decoded(tmp_path: Path) -> 
     path.write_bytes(bytes(data))
     with pytest.raises(ImageError, match=r"d\.png: cannot decode image"):
         read_rgb(path, max_pixels=10**6)
+
+
+def test_an_os_error_names_the_file_once(tmp_path: Path) -> None:
+    """An OSError's text repeats its path: a link loop among the images said
+    ``loop.png: cannot decode image ([Errno 40] Too many levels of symbolic links:
+    'loop.png')``; now the problem alone, the file named once."""
+    loop = tmp_path / "loop.png"
+    loop.symlink_to(loop)
+    with pytest.raises(ImageError) as info:
+        read_rgb(loop, max_pixels=10**6)
+    assert str(info.value) == f"{loop}: cannot decode image (too many levels of symbolic links)"
+    assert str(loop) not in info.value.reason

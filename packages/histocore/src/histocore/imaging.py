@@ -91,6 +91,11 @@ def _name(source: Source, what: str | None) -> str:
 
 
 def _reason(exc: BaseException) -> str:
+    """``exc``'s first line; an OSError with a file name gives its problem alone (its text
+    repeats the path the message names already: ``loop.png: cannot decode image ([Errno
+    40] Too many levels of symbolic links: 'loop.png')``)."""
+    if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
+        return exc.strerror.lower()
     text = str(exc).splitlines()[0].strip() if str(exc).strip() else ""
     return text or type(exc).__name__
 
