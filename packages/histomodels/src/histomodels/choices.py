@@ -129,39 +129,56 @@ def check_model(name: str) -> str:
 def model_problem(name: str) -> str | None:
     """What is wrong with model ``name`` (:func:`check_model`'s rule), or None."""
     head, _, rest = name.partition("/")
-    if name in TRAINABLE_MODELS or (head in MODEL_PREFIXES and rest.strip()):
-        return None
+    if name in TRAINABLE_MODELS or (head in MODEL_PREFIXES and rest and rest == rest.strip()):
+        return None  # spaces around a timm name are refused, as around 'cnn ' (it passed)
     known = ", ".join((*TRAINABLE_MODELS, *(f"{p}/<name>" for p in MODEL_PREFIXES)))
     return f"unknown model; known: {known}{_model_hint(name)}"
 
 
 def _model_hint(name: str) -> str:
-    """What the user likely meant: the name without the spaces around it (``cnn ``), the
-    ``timm/`` spelling of ``Timm/resnet18`` or ``timm:resnet18``, the known names that start
-    with it (``mobilenet_v3``: ``mobilenet_v3_small``, ``mobilenet_v3_large``), a known name
-    one typo away (``cnnn``: ``cnn``; a digit for another digit is another model, not a typo:
-    ``efficientnet_b3`` is not ``efficientnet_b1``), else, for a bare name, how a timm model
-    is given (``timm/resnet18``). timm is not imported to check (a usage error comes before
-    PyTorch), so the last hint says how such a model is named, not that timm has it."""
+    """What the user likely meant, only where something plausible is near: the name without
+    its spaces (``cnn ``, ``timm/resnet18 ``), the ``timm/`` spelling of ``Timm/resnet18``
+    or ``timm:resnet18``, else :func:`name_hint` over the trainable models (another case,
+    the known names that start with it, one typo away). A name near nothing gets no hint:
+    the known list already says how a timm model is given (``timm/<name>``). Last, a bare
+    name shaped like an architecture's, a digit or an underscore in it (``resnet18``,
+    ``convnext_atto.d2_in1k``), is told how a timm model is given (``timm/resnet18``); timm
+    is not imported to check (a usage error comes before PyTorch). That hint was offered
+    for any bare word (``--model nope``: 'a timm model is given as timm/nope')."""
     import re
 
-    bare = name.strip()
+    bare = re.sub(r"\s*/\s*", "/", name.strip())
     if bare != name and bare and model_problem(bare) is None:
         return f" (did you mean {bare!r}, without the spaces?)"
     prefixed = re.fullmatch(r"([^/:]+)[/:](.*)", bare)
-    if prefixed and prefixed[1].lower() in MODEL_PREFIXES and prefixed[2].strip():
-        return f" (did you mean '{prefixed[1].lower()}/{prefixed[2].strip()}'?)"
+    if prefixed and prefixed[1].lower() in MODEL_PREFIXES and prefixed[2]:
+        return f" (did you mean '{prefixed[1].lower()}/{prefixed[2]}'?)"
+    hint = name_hint(name, TRAINABLE_MODELS)
+    if not hint and re.fullmatch(r"[A-Za-z][A-Za-z0-9_.]*", name) and re.search(r"[0-9_]", name):
+        return f" (a timm model is given as timm/{name})"
+    return hint
+
+
+def name_hint(name: str, known: Iterable[str]) -> str:
+    """`` (did you mean …?)`` for a ``name`` that is not one of ``known`` but plausibly
+    meant one: the name without the spaces around it, in another case, the known names
+    that start with it (three letters or more: ``mobilenet_v3``), or one typo away
+    (:func:`_one_typo`); else ``""``, no guess for a name near none of them. Every name
+    option's hint (``--model`` of train and finetune, and of eval, predict and export)."""
+    known = tuple(known)
+    bare = name.strip()
+    if bare != name and bare in known:
+        return f" (did you mean {bare!r}, without the spaces?)"
     low = bare.lower()
-    if low in TRAINABLE_MODELS:
-        return f" (did you mean {low!r}?)"
-    starting = [m for m in TRAINABLE_MODELS if len(low) >= 3 and m.startswith(low)]
+    same = [m for m in known if m.lower() == low]
+    if same:
+        return f" (did you mean {same[0]!r}?)"
+    starting = [m for m in known if len(low) >= 3 and m.lower().startswith(low)]
     if starting:
         return f" (did you mean {' or '.join(map(repr, starting))}?)"
-    typo = [m for m in TRAINABLE_MODELS if _one_typo(low, m)]
+    typo = [m for m in known if _one_typo(low, m.lower())]
     if typo:
         return f" (did you mean {typo[0]!r}?)"
-    if re.fullmatch(r"[A-Za-z][A-Za-z0-9_.]*", bare):
-        return f" (a timm model is given as timm/{bare})"
     return ""
 
 

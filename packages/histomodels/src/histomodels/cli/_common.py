@@ -244,10 +244,13 @@ def at_least(least: float, *names: str, **options: Any) -> Any:
 def shipped_model(name: str | None) -> str | None:
     """``--model`` callback: a name that is not a shipped model is a usage error (exit 2)."""
     from histomodels import pretrained
+    from histomodels.choices import name_hint
 
     if name is not None and not pretrained.is_pretrained(name):
-        known = ", ".join(pretrained.available()) or "none"
-        raise typer.BadParameter(f"{name!r} is not a shipped model (shipped: {known}).")
+        shipped = pretrained.available()
+        known = ", ".join(shipped) or "none"
+        hint = name_hint(name, shipped)  # as train's --model: only a plausible one
+        raise typer.BadParameter(f"{name!r} is not a shipped model (shipped: {known}){hint}.")
     return name
 
 
