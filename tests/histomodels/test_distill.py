@@ -188,6 +188,27 @@ def test_cli_teacher_option_bad_path_is_one_line(tmp_path) -> None:
     assert "teacher must be a checkpoint" in r.stderr
 
 
+@pytest.mark.parametrize("option", ["--teacher", "--stain-norm"])
+@pytest.mark.parametrize("under", ["", "/best.pt"])
+def test_a_teacher_link_loop_is_the_link_loop_line(tmp_path, option: str, under: str) -> None:
+    """``--teacher loop`` (``ln -s loop loop``) said 'teacher must be a checkpoint, a run
+    folder with best.pt or a shipped model name', where ``--data loop`` names the loop; the
+    same line now for it and for a path under it (and for --stain-norm's file)."""
+    from typer.testing import CliRunner
+
+    from histomodels.cli import app
+
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+    r = CliRunner().invoke(
+        app, ["train", "--data", "x.h5", "--val", "y.h5", "--out", str(tmp_path / "r"),
+              option, f"{loop}{under}", "--quiet"],
+    )  # fmt: skip
+    assert r.exit_code == 1
+    assert r.stderr == f"error: {loop}: too many levels of symbolic links\n"
+    assert not (tmp_path / "r").exists()
+
+
 def test_a_folder_where_the_soft_targets_go_is_one_line_before_scoring(teacher, tmp_path):
     """A folder ``RUN/teacher_logits.npz`` was found only once the teacher had scored the
     whole training set (hours on a large set): one line now, before the data is read; a run

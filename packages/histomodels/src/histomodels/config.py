@@ -24,7 +24,15 @@ from pydantic import ConfigDict, ValidationError, ValidationInfo, field_validato
 from pydantic.dataclasses import dataclass
 
 from histocore.errors import DomainError, UsageError
-from histocore.io import NotJSON, RefusedFile, loads_json, not_there, read_capped, same_file
+from histocore.io import (
+    NotJSON,
+    RefusedFile,
+    loads_json,
+    not_there,
+    read_capped,
+    resolved,
+    same_file,
+)
 from histomodels.choices import (
     MAX_SEED,
     MAX_THREADS,
@@ -379,6 +387,8 @@ def validate(cfg: TrainConfig, source: str = "config") -> TrainConfig:
                 "benchmarks/build_pcam_cnn.py in the source repository (it trains the "
                 "teacher first)"
             )
+        if _in_loop(cfg.teacher):  # the line --data gives for a loop, not 'must be a checkpoint'
+            raise ConfigError(not_there(cfg.teacher))
         raise ConfigError(
             f"{source}: teacher must be a checkpoint, a run folder with best.pt or a shipped "
             f"model name, got {cfg.teacher!r}"
@@ -390,6 +400,8 @@ def validate(cfg: TrainConfig, source: str = "config") -> TrainConfig:
     if cfg.threads is not None and not 1 <= cfg.threads <= MAX_THREADS:
         raise ConfigError(f"{source}: threads must be in [1, {MAX_THREADS}], got {cfg.threads}")
     if cfg.stain_norm not in (None, "macenko") and not Path(cfg.stain_norm).is_file():
+        if _in_loop(cfg.stain_norm):
+            raise ConfigError(not_there(cfg.stain_norm))
         raise ConfigError(
             f"{source}: stain_norm must be 'macenko' or a stain JSON file, got {cfg.stain_norm!r}"
         )
@@ -403,6 +415,12 @@ def _model_problem(name: str) -> str | None:
     if registry is not None and name in registry.list_models():
         return None
     return model_problem(name)
+
+
+def _in_loop(spec: str) -> bool:
+    """``spec``, a path, is a link loop or lies under one (:func:`histocore.io.resolved`
+    cannot resolve it): :func:`~histocore.io.not_there` names the loop in one line."""
+    return resolved(spec) is None
 
 
 def _loadable(spec: str) -> bool:
