@@ -1802,3 +1802,22 @@ def test_compile_without_a_cpu_compiler_is_one_line_before_training(h5_files, tm
     assert errors[0].startswith("error: --compile: torch.compile needs a working C++ compiler")
     assert "training on" not in r.stderr  # refused before training starts
     assert r.exception is None or isinstance(r.exception, SystemExit)  # no traceback
+
+
+def test_the_result_is_said_once_on_stdout_progress_on_stderr(h5_files, tmp_path):
+    """``train`` said its result twice: the trainer's last log line on stderr ('stopped
+    (…); best val AUC … → RUN/best.pt') and the CLI's on stdout ('best val AUC …'). The
+    result is now stdout's alone (a script reads it there); stderr keeps the progress (the
+    epoch lines), as finetune and tune do."""
+    train_h5, val_h5 = h5_files
+    run = tmp_path / "r"
+    r = CliRunner().invoke(
+        app,
+        ["train", "--data", str(train_h5), "--val", str(val_h5), "--out", str(run),
+         "--model-config", json.dumps(TINY), "--epochs", "1", "--batch-size", "16",
+         "--threads", "1"],
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert "epoch   1  loss" in r.stderr  # the progress
+    assert "best val AUC" not in r.stderr, r.stderr
+    assert r.stdout.count("best val AUC") == 1 and str(run / "best.pt") in r.stdout, r.stdout

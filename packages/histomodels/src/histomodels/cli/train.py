@@ -263,6 +263,7 @@ def _train(
         if options.get("model_config") is not None:
             _check_given_model_config(cfg, given_by or {})
     from histomodels.training import TrainingError, train
+    from histomodels.training.callbacks import RESULT_LOG
     from histomodels.training.network import BuildRefused
     from histomodels.training.run_folder import KEPT, WRITTEN
 
@@ -272,7 +273,12 @@ def _train(
         if (out / name).is_dir() and not (out / name).is_symlink():
             fail(f"{out / name}: is a folder, not a file")
 
-    with errors(TrainingError), progress(enabled=not quiet):
+    # the result on stdout below; the trainer's own last line is not said again on stderr
+    with (
+        errors(TrainingError),
+        progress(enabled=not quiet),
+        log_level(RESULT_LOG.name, logging.WARNING),
+    ):
         try:
             given = {"origin_split": "--origin-split"} if options.get("origin_split") else {}
             with reader_options(given):  # --origin-split on a format without origins

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,6 +32,11 @@ from histomodels.training.base import Callback as Callback  # re-exported
 from histomodels.training.levers import Mixup
 from histomodels.training.precise_bn import PreciseBN
 from histomodels.training.swa import swa_callback
+
+#: The last line of a fit, its result (library callers see it at INFO); ``train``,
+#: ``finetune`` and ``tune`` print their result on stdout themselves, and quieten this
+#: logger: stdout has the result, stderr the progress (it was said on both).
+RESULT_LOG = logging.getLogger("histomodels.training.result")
 
 if TYPE_CHECKING:
     from histomodels.training.trainer import Trainer
@@ -157,10 +163,12 @@ class EpochLog(Callback):
         )
 
     def on_fit_end(self, trainer, result) -> None:
-        trainer.say(
-            f"stopped ({result.stop_reason}); best val AUC {trainer.best_auc:.4f} at epoch "
-            f"{result.best_epoch} → {trainer.run_dir / 'best.pt'}"
-        )
+        if trainer.info.is_main:  # the result: its own logger, which the CLIs quieten
+            RESULT_LOG.info(
+                "stopped (%s); best val AUC %.4f at epoch %s → %s",
+                result.stop_reason, trainer.best_auc, result.best_epoch,
+                trainer.run_dir / "best.pt",
+            )  # fmt: skip
 
 
 class ProgressBar(Callback):
