@@ -338,3 +338,33 @@ def test_a_cache_under_a_file_names_the_file(data, teacher, tmp_path) -> None:
     conftest.names_the_file_in_the_way)."""
     x = torch.from_numpy(data[0][0][:8])
     names_the_file_in_the_way(tmp_path, lambda a: teacher_logits(str(teacher), x, a / "run"))
+
+
+def test_the_training_time_curve_shows_the_bce_beside_the_total_loss(monkeypatch, tmp_path):
+    """learning_curve.png, drawn after every epoch, plotted ``train_loss`` only, the loss
+    with the distillation term; the report's curves (from history.json) show ``train_bce``
+    beside it: the training-time plot now does too (and without a teacher, no such line)."""
+    from types import SimpleNamespace
+
+    import histomodels.plots
+    from histomodels.training.callbacks import Curves
+
+    drawn: list[list[dict]] = []
+    monkeypatch.setattr(
+        histomodels.plots, "curves_plot", lambda rows, path, title: drawn.append(rows)
+    )
+    row = {"epoch": 1, "train_loss": 1.7, "train_bce": 0.52, "val_loss": 0.7, "val_auc": 0.8,
+           "val_accuracy": 0.7, "lr": 0.001}  # fmt: skip
+    plain = {k: v for k, v in row.items() if k != "train_bce"}
+    for history in ([row], [plain]):
+        trainer = SimpleNamespace(
+            history=history, run_dir=tmp_path, cfg=SimpleNamespace(model="cnn")
+        )
+        Curves().on_epoch_end(trainer, history[-1], improved=True, stop=None)
+    assert drawn[0][0]["train_bce"] == 0.52 and drawn[0][0]["train_loss"] == 1.7
+    assert "train_bce" not in drawn[1][0]
+    assert histomodels.plots.curve_groups(drawn[0])["loss"] == [
+        "train_bce",
+        "train_loss",
+        "val_loss",
+    ]
