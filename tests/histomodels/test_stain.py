@@ -163,6 +163,22 @@ def test_cli_fits_a_stain_file_from_a_reference_image(tmp_path) -> None:
             b'{"stains": [[0.65, 0.07], [0.7, 0.99], [0.29, 0.11]], "max_c": [1e-320, 1]}',
             r"max_c \[1e-320, 1\.0\] is below 0\.01",
         ),
+        # neither was checked: another method's settings were read as Macenko's, and a
+        # max_c of 1e6 remixed every stained pixel to black, exit 0
+        (
+            b'{"method": "vahadane", "stains": [[0.65, 0.07], [0.7, 0.99], [0.29, 0.11]], '
+            b'"max_c": [1, 1]}',
+            r": method 'vahadane' is not one of 'macenko'$",
+        ),
+        (
+            b'{"method": ["macenko"], "stains": [[0.65, 0.07], [0.7, 0.99], [0.29, 0.11]], '
+            b'"max_c": [1, 1]}',
+            r": method \['macenko'\] is not one of 'macenko'$",
+        ),
+        (
+            b'{"stains": [[0.65, 0.07], [0.7, 0.99], [0.29, 0.11]], "max_c": [1e6, 1]}',
+            r"max_c \[1000000\.0, 1\.0\] is above 30: every stained pixel would be remixed",
+        ),
     ],
     ids=[
         "binary",
@@ -175,6 +191,9 @@ def test_cli_fits_a_stain_file_from_a_reference_image(tmp_path) -> None:
         "long vector",
         "negative vectors",
         "tiny max_c",
+        "unknown method",
+        "method not a string",
+        "huge max_c",
     ],
 )
 def test_hostile_stain_settings_are_one_error(tmp_path, text, message) -> None:

@@ -90,6 +90,15 @@ UNIT_TOLERANCE = 0.02
 #: is remixed to within a grey level of the background (fitted values on real H&E, IHC, IF
 #: and special stains, PCam's 96 px patches included, are 0.2 to 9.5).
 MIN_MAX_C = 0.01
+#: The most target concentration scale: a concentration is the optical density along a
+#: unit stain vector, and the densest a uint8 pixel records is ``ln(io)`` in each channel
+#: (a 0 pixel), an OD vector of length ``sqrt(3)·ln(io)``: 9.5 at the usual io of 240 (the
+#: top of the fitted range), 12 at the largest io taken (1000). 30 leaves room for the
+#: unmixing of two close stains and still refuses a scale that remixes every stained pixel
+#: to black (``1e6``: it was taken, exit 0).
+MAX_MAX_C = 30.0
+#: The ``method`` values a stain file may name (``fit`` writes ``macenko``; none = macenko).
+METHODS = ("macenko",)
 
 
 def _unit_od_vectors(stains: np.ndarray, source: str = "") -> None:
@@ -129,6 +138,12 @@ def _check_settings(stains: np.ndarray, max_c: np.ndarray, io: float, source: st
             f"{where}max_c {max_c.tolist()} is below {MIN_MAX_C:g}: every patch would be "
             "normalised to blank background (a fitted max_c is about 0.2 to 9.5; a reference "
             "image with too little tissue, mostly blank background, fits one this low)"
+        )
+    if not (max_c <= MAX_MAX_C).all():
+        raise StainError(
+            f"{where}max_c {max_c.tolist()} is above {MAX_MAX_C:g}: every stained pixel "
+            "would be remixed to black (a fitted max_c is about 0.2 to 9.5; a uint8 image "
+            "records an optical density of at most sqrt(3)·ln(io), 9.5 at io 240)"
         )
     if not (np.isfinite(io) and 0 < io <= 1000):  # background light; 240 typical
         raise StainError(f"{where}io must be a positive intensity, got {io}")
@@ -184,6 +199,10 @@ class MacenkoNormalizer:
 
     @classmethod
     def from_dict(cls, data: dict, source: str = "stain settings") -> MacenkoNormalizer:
+        method = data.get("method", "macenko")  # a hand-written file may leave it out
+        if method not in METHODS:  # another method's vectors read as Macenko's silently
+            allowed = ", ".join(map(repr, METHODS))
+            raise StainError(f"{source}: method {method!r} is not one of {allowed}")
         try:
             stains, max_c = np.array(data["stains"], float), np.array(data["max_c"], float)
             io = float(data.get("io", 240.0))
