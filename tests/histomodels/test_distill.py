@@ -345,6 +345,7 @@ def test_the_training_time_curve_shows_the_bce_beside_the_total_loss(monkeypatch
     with the distillation term; the report's curves (from history.json) show ``train_bce``
     beside it: the training-time plot now does too (and without a teacher, no such line)."""
     from types import SimpleNamespace
+    from typing import Any
 
     import histomodels.plots
     from histomodels.training.callbacks import Curves
@@ -357,7 +358,7 @@ def test_the_training_time_curve_shows_the_bce_beside_the_total_loss(monkeypatch
            "val_accuracy": 0.7, "lr": 0.001}  # fmt: skip
     plain = {k: v for k, v in row.items() if k != "train_bce"}
     for history in ([row], [plain]):
-        trainer = SimpleNamespace(
+        trainer: Any = SimpleNamespace(  # what Curves reads of a Trainer
             history=history, run_dir=tmp_path, cfg=SimpleNamespace(model="cnn")
         )
         Curves().on_epoch_end(trainer, history[-1], improved=True, stop=None)
