@@ -214,3 +214,33 @@ def test_errors_naming_a_parsed_tilde_folder_say_it_is_here(home: tuple[Path, Pa
         line = r.output.strip().splitlines()[-1]
         assert line.startswith(said), (args, line)
     assert not list(home_dir.iterdir())  # nothing went to $HOME
+
+
+def test_success_lines_name_a_tilde_folder_as_given(home: tuple[Path, Path]) -> None:
+    """The error lines name a folder called ``~`` (given as ``./~/x``) as ``./~/x``
+    (histocore.io.path_shown), but the success lines printed the parsed Path, ``wrote
+    ~/s.json``, ``$HOME``'s to a reader: ``data stain``, ``data info --sheet`` and eval's
+    lines now name it as the error lines do."""
+    import PIL.Image
+
+    from histomodels.cli import app
+    from histomodels.synthetic import make_figure, write_h5
+
+    home_dir, work = home
+    here = work / "~"
+    here.mkdir()
+    PIL.Image.fromarray(make_figure(2, 2, seed=4)).save(here / "ref.png")
+    write_h5(here / "d.h5", 16, seed=0)
+    runs = (
+        (["data", "stain", "./~/ref.png", "--out", "./~/s.json"], "wrote ./~/s.json: "),
+        (["data", "info", "./~/d.h5", "--sheet", "./~/s.png"], "  contact sheet: ./~/s.png"),
+        (["eval", "--model", "pcam-cnn", "--data", "./~/d.h5", "--out", "./~/ev", "--bootstrap",
+          "0", "--threads", "1"], "wrote ./~/ev/metrics.json"),
+    )  # fmt: skip
+    for args, said in runs:
+        r = CliRunner().invoke(app, args)
+        assert r.exit_code == 0, (args, r.output)
+        assert any(line.startswith(said) for line in r.stdout.splitlines()), (args, r.stdout)
+        assert "~/" not in r.stdout.replace("./~/", ""), r.stdout
+    # nothing went to $HOME (the libraries' caches, .cache and .config, aside)
+    assert not [p for p in home_dir.iterdir() if not p.name.startswith(".")]

@@ -215,6 +215,20 @@ def path_shown(path: Path) -> str:
     return f"./{text}" if path.parts and path.parts[0].startswith("~") else text
 
 
+def source_shown(text: object) -> str:
+    """A path a library reports as text (a Path, ``d.h5``, or a reader's ``encoded:d.h5``) as
+    :func:`path_shown` names it: ``./~/d.h5`` and ``encoded:./~/d.h5`` for a folder named
+    ``~`` here, never ``~/d.h5`` ($HOME's to a reader). The CLIs' success lines use it, as
+    their error lines do."""
+    text = str(text)
+    if text.startswith("~"):
+        return path_shown(Path(text))
+    kind, sep, where = text.partition(":")
+    if sep and where.startswith("~"):
+        return f"{kind}:{path_shown(Path(where))}"
+    return text
+
+
 def file_in_the_way(path: str | Path) -> tuple[Path, str] | None:
     """What among ``path``'s parents keeps it from being made, and why: the nearest of them
     that exists, when it is no folder (``a`` of ``a/b.pt`` when ``a`` is a file: ``is a file,

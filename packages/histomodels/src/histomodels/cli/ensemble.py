@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from histocore.cli import home_path
+from histocore.io import path_shown
 from histomodels.cli._common import errors, require_file_out, require_folder
 
 
@@ -43,4 +44,6 @@ def ensemble_cmd(
 
     with errors():
         path = write_ensemble(sources, out, tta=tta)
-    typer.echo(f"wrote {path}: ensemble of {len(sources)} model(s){' with TTA' if tta else ''}")
+    typer.echo(
+        f"wrote {path_shown(path)}: ensemble of {len(sources)} model(s){' with TTA' if tta else ''}"
+    )

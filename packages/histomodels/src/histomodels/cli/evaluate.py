@@ -14,7 +14,7 @@ import typer
 
 from histocore.cli import home_path
 from histocore.errors import UsageError
-from histocore.io import number_text
+from histocore.io import number_text, path_shown, source_shown
 from histomodels.choices import (
     MAX_SEED,
     Exporter,
@@ -343,7 +343,7 @@ def _print_metrics(result: dict, out: Path) -> None:
     console = Console(markup=False)  # paths and names are printed as they are ("runs/[a]")
     if "roc_auc" not in result:
         console.print(result.get("note", "no metrics"))
-        console.print(f"predictions written to {out / 'predictions.csv'}")
+        console.print(f"predictions written to {path_shown(out / 'predictions.csv')}")
         return
     name, model = result.get("checkpoint"), result.get("model")
     shown = f"{name} ({model})" if name and str(name) != model else model
@@ -354,7 +354,7 @@ def _print_metrics(result: dict, out: Path) -> None:
         scaled = f", resized by {number_text(result['scale'])}, scored at {w}x{h} px"
     # the rows n counts: 7,601 of dev/train.h5's 7,602 read as all of it
     kept = f", origin_split {result['origin_split']}" if result.get("origin_split") else ""
-    data = f"{result.get('data')}{kept}"
+    data = f"{source_shown(result.get('data'))}{kept}"
     console.print(f"{shown} on {data} (n={result.get('n')}{scaled})", soft_wrap=True)
     # no "ci" at all: --bootstrap 0 asked for none (an empty column said nothing of why)
     reason = result.get("ci_reason") if "ci" in result else "--bootstrap 0"
@@ -396,7 +396,9 @@ def _print_metrics(result: dict, out: Path) -> None:
         from histocore.io import one_line
 
         typer.echo(f"warning: {one_line(result['warning'])}", err=True)
-    console.print(f"wrote {out}/metrics.json, predictions.csv and plots", soft_wrap=True)
+    console.print(
+        f"wrote {path_shown(out)}/metrics.json, predictions.csv and plots", soft_wrap=True
+    )
 
 
 def _print_external(result: dict, out: Path) -> None:
@@ -443,8 +445,8 @@ def _print_external(result: dict, out: Path) -> None:
     if result.get("note"):
         typer.echo(result["note"])
     typer.echo(
-        f"wrote {out}/metrics.json, image_scores.csv, tile_predictions.csv, heatmaps/, "
-        "contact_sheet.png and plots"
+        f"wrote {path_shown(out)}/metrics.json, image_scores.csv, tile_predictions.csv, "
+        "heatmaps/, contact_sheet.png and plots"
     )
 
 
@@ -497,7 +499,7 @@ def export_cmd(
 
         res = export_checkpoint(source, written, out, exporter=exporter, tolerance=tolerance)
     via = f" via {res['exporter']}" if res["format"] == "onnx" else ""
-    typer.echo(f"wrote {res['path']} ({res['format']}{via}, {res['bytes']} bytes)")
+    typer.echo(f"wrote {source_shown(res['path'])} ({res['format']}{via}, {res['bytes']} bytes)")
     typer.echo(f"max abs diff {res['max_abs_diff']:.3g}")
     if res.get("stain"):
         typer.echo(
@@ -612,14 +614,16 @@ def predict_cmd(
 
 
 def _print_predicted(res: dict) -> None:
-    typer.echo(f"{res['rows']} patch(es) from {res['files']} file(s) → {res['csv']}")
+    typer.echo(f"{res['rows']} patch(es) from {res['files']} file(s) → {source_shown(res['csv'])}")
     source = "--threshold" if res["threshold_source"] == "given" else res["threshold_source"]
     from histomodels.report_tables import threshold_text
 
     cut = threshold_text(res["threshold"], res["threshold_source"])
     typer.echo(f"tumour = probability >= {cut}: {source}")
     if res["heatmaps"]:
-        typer.echo(f"{len(res['heatmaps'])} heatmap(s) in {Path(res['heatmaps'][0]).parent}")
+        typer.echo(
+            f"{len(res['heatmaps'])} heatmap(s) in {path_shown(Path(res['heatmaps'][0]).parent)}"
+        )
 
 
 #: predict's exit status when its CSV was written but some inputs could not be scored
@@ -773,4 +777,4 @@ def report_cmd(
         from histomodels.report import build_report
 
         res = build_report(runs, out, title=title)
-    typer.echo(f"wrote {res['html']} and {res['markdown']}")
+    typer.echo(f"wrote {source_shown(res['html'])} and {source_shown(res['markdown'])}")

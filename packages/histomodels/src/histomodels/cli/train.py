@@ -20,7 +20,7 @@ from typing import Annotated, Any
 import typer
 
 from histocore.cli import home_path
-from histocore.io import RefusedFile, loads_json, read_capped
+from histocore.io import RefusedFile, loads_json, path_shown, read_capped
 from histomodels.choices import MAX_INPUT_SIZE, MAX_SEED, MIN_INPUT_SIZE
 from histomodels.choices import Schedule as ScheduleName
 from histomodels.cli._common import (
@@ -290,7 +290,7 @@ def _train(
     if m:
         typer.echo(
             f"best val AUC {m['val_auc']:.4f} (accuracy {m['val_accuracy']:.4f}) at epoch "
-            f"{result.best_epoch}; stopped: {result.stop_reason}; {out / 'best.pt'}"
+            f"{result.best_epoch}; stopped: {result.stop_reason}; {path_shown(out / 'best.pt')}"
         )
 
 
@@ -640,5 +640,5 @@ def tune_cmd(
         )
     typer.echo(
         f"best val AUC {best['val_auc']:.4f} (trial {best['trial']}); "
-        f"config → {Path(out) / 'best_config.json'}"
+        f"config → {path_shown(Path(out) / 'best_config.json')}"
     )
