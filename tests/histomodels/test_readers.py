@@ -419,3 +419,39 @@ def test_a_bad_label_is_named_as_stored(labels, text):
         y = np.array(labels, dtype=dtype) if dtype else np.array(labels)
         with pytest.raises(DatasetError, match=rf"row 1: label {re.escape(text)} is not 0/1"):
             binary_labels(y, "y.h5")
+
+
+@pytest.mark.parametrize(
+    ("ids", "message"),
+    [
+        (["a", "b", "a", "c"], r": 'patch_id' 'a' of row 2 repeats row 0; each patch needs"),
+        (
+            ["a", "b\x1b[31mred", "c", "d"],
+            r": 'patch_id' of row 1 holds a control character "
+            r"\('b\\x1b\[31mred'\); ids must be printable text$",
+        ),
+        ([b"a", b"b\nerror: forged", b"c", b"d"], r"of row 1 holds a control character"),
+    ],
+    ids=["duplicate", "escape", "newline"],
+)
+def test_encoded_patch_ids_that_name_no_one_patch_are_refused(tmp_path, ids, message) -> None:
+    """An encoded .h5's ``patch_id`` was taken as it was: an id given twice merged two
+    patches in every check by id (as the Kaggle CSV's duplicate ids are refused), and a
+    control character reached predictions.csv, the report and the terminal raw. One line
+    now, naming the file, the row and the value escaped."""
+    path = tmp_path / "enc.h5"
+    x, y = make_patches(len(ids), seed=0)
+    with h5py.File(path, "w") as f:
+        enc = f.create_dataset("encoded", (len(ids),), dtype=h5py.vlen_dtype(np.uint8))
+        for i in range(len(ids)):
+            buf = io.BytesIO()
+            Image.fromarray(x[i]).save(buf, format="PNG")
+            enc[i] = np.frombuffer(buf.getvalue(), np.uint8)
+        f["y"] = y.astype(np.uint8)
+        f["patch_id"] = (
+            ids if isinstance(ids[0], bytes) else np.array(ids, dtype=h5py.string_dtype())
+        )
+    with pytest.raises(DatasetError, match=message) as err:
+        EncodedH5Dataset(path)
+    assert str(err.value).startswith(f"{path}: ") and "\n" not in str(err.value)
+    assert "\x1b" not in str(err.value)
