@@ -536,3 +536,46 @@ def test_predictions_csv_probabilities_read_as_their_call_at_the_threshold(
     rows = list(csv.DictReader(path.open()))
     assert [float(r["probability"]) >= 0.9999996 for r in rows] == [False, True, False]
     assert rows[2]["probability"] == "0.250000"
+
+
+def test_eval_on_the_models_own_training_data_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``eval --data`` on the patches the model was trained on gave its metrics as a test's,
+    silently (only ``eval --manifest`` had ``--train-data``). The checkpoint's train_config
+    names its data: the same file (by any path or link), or a copy of it, is one warning
+    line on stderr and ``training_data_warning`` in metrics.json; another file is not."""
+    import shutil
+
+    from histomodels.checkpoint import save_checkpoint
+    from histomodels.evaluate import trained_on
+    from histomodels.synthetic import write_h5
+
+    monkeypatch.chdir(tmp_path)
+    write_h5(tmp_path / "train.h5", 32, seed=7)
+    ckpt_path = tiny_checkpoint(tmp_path)
+    ckpt = read_checkpoint(ckpt_path)
+    ckpt["train_config"] = {"data": "train.h5", "origin_split": None}
+    save_checkpoint(ckpt_path, ckpt)
+    (tmp_path / "link.h5").symlink_to(tmp_path / "train.h5")
+    shutil.copy(tmp_path / "train.h5", tmp_path / "copy.h5")
+    write_h5(tmp_path / "other.h5", 32, seed=8)
+    for data, warned in [("train.h5", True), ("./link.h5", True), ("copy.h5", True),
+                         ("other.h5", False)]:  # fmt: skip
+        out = tmp_path / f"ev_{data.strip('./')}"
+        args = ["eval", str(ckpt_path), "--data", data, "--out", str(out), "--bootstrap", "0"]
+        r = CliRunner().invoke(app, args)
+        assert r.exit_code == 0, r.output
+        said = [line for line in r.stderr.splitlines() if "training data" in line]
+        recorded = json.loads((out / "metrics.json").read_text()).get("training_data_warning")
+        if warned:
+            assert len(said) == 1 and said[0].startswith(f"warning: {data} is the model's "), said
+            assert recorded and recorded in said[0]
+        else:
+            assert not said and recorded is None, (said, recorded)
+    # rows of one file kept by other origin splits are not the training rows
+    split = {"train_config": {"data": "train.h5", "origin_split": "kaggle_train"}}
+    assert trained_on(split, "train.h5", "pcam_valid") is None
+    assert trained_on(split, "train.h5", "kaggle_train,pcam_valid") is not None
+    assert trained_on(split, "train.h5") is not None  # every row, the training ones too
+    assert trained_on({}, "train.h5") is None  # a checkpoint that names no data

@@ -251,6 +251,62 @@ SAME_DATA = (
 )
 
 
+def trained_on(ckpt: dict[str, Any], data: Any, origin_split: str | None = None) -> str | None:
+    """A warning when ``data`` is the data the checkpoint was trained on, else None: its
+    ``train_config``'s ``data`` names the same file (by any path or link; a relative one
+    as it reads from here), or a file of the same size whose first and last MiB are the
+    same bytes (a copy). Cheap: two stats, at most 4 MiB read. Rows of one encoded file
+    split by origin (trained on ``kaggle_train``, tested on ``pcam_valid``) are not the
+    training data: no warning when both name origin splits and they share none."""
+    trained = (ckpt.get("train_config") or {}) if isinstance(ckpt, dict) else {}
+    train_data = trained.get("data") if isinstance(trained, dict) else None
+    if not isinstance(train_data, str) or not train_data or not isinstance(data, (str, Path)):
+        return None
+    train_path, test_path = expand_home(train_data), expand_home(data)
+    if same_file(train_path, test_path):
+        how = "the same file"
+    elif _same_content(train_path, test_path):
+        how = f"the same bytes as {train_data}"
+    else:
+        return None
+    from histomodels.choices import origin_splits
+
+    train_split = trained.get("origin_split")
+    if origin_split and isinstance(train_split, str) and train_split:
+        try:
+            if not origin_splits(origin_split) & origin_splits(train_split):
+                return None  # other rows of the same file
+        except UsageError:
+            pass
+    return (
+        f"{data} is the model's training data ({how} as its train_config's data): the "
+        "metrics are on patches it was trained on, not on unseen ones"
+    )
+
+
+#: bytes read from each end of two files of one size to tell a copy (:func:`trained_on`)
+_ENDS = 1 << 20
+
+
+def _same_content(a: Path, b: Path) -> bool:
+    """Two regular files of one size whose first and last :data:`_ENDS` bytes agree."""
+    try:
+        if not (a.is_file() and b.is_file()):
+            return False
+        size = a.stat().st_size
+        if size != b.stat().st_size:
+            return False
+        with a.open("rb") as fa, b.open("rb") as fb:
+            for offset in (0, max(size - _ENDS, 0)):
+                fa.seek(offset)
+                fb.seek(offset)
+                if fa.read(_ENDS) != fb.read(_ENDS):
+                    return False
+        return True
+    except OSError:
+        return False
+
+
 def check_threshold_options(
     val: Any | None, threshold_rule: str | None, sensitivity: float | None
 ) -> None:
@@ -442,6 +498,9 @@ def evaluate_checkpoint(
     }
     if pred.tta_inside:
         result["tta_inside_model"] = True
+    training = trained_on(ckpt, data, origin_split)
+    if training:  # recorded, and said by the CLI on stderr; not an error
+        result["training_data_warning"] = training
     if scale is not None:
         result["scale"] = float(scale)
         result["scored_px"] = [int(images.shape[2]), int(images.shape[1])]  # width, height

@@ -14,7 +14,7 @@ import typer
 
 from histocore.cli import home_path
 from histocore.errors import UsageError
-from histocore.io import number_text, path_shown, source_shown
+from histocore.io import number_text, one_line, path_shown, source_shown
 from histomodels.choices import (
     MAX_SEED,
     Exporter,
@@ -341,6 +341,8 @@ def _print_metrics(result: dict, out: Path) -> None:
     from rich.table import Table
 
     console = Console(markup=False)  # paths and names are printed as they are ("runs/[a]")
+    if result.get("training_data_warning"):  # eval of the training patches: said, not refused
+        typer.echo(f"warning: {one_line(result['training_data_warning'])}", err=True)
     if "roc_auc" not in result:
         console.print(result.get("note", "no metrics"))
         console.print(f"predictions written to {path_shown(out / 'predictions.csv')}")
@@ -393,8 +395,6 @@ def _print_metrics(result: dict, out: Path) -> None:
             soft_wrap=True,
         )
     if result.get("warning"):  # one line on stderr, like every other warning
-        from histocore.io import one_line
-
         typer.echo(f"warning: {one_line(result['warning'])}", err=True)
     console.print(
         f"wrote {path_shown(out)}/metrics.json, predictions.csv and plots", soft_wrap=True
