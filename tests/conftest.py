@@ -89,3 +89,18 @@ def fresh_logging():
     for name, (handlers, level) in saved.items():
         logging.getLogger(name).handlers[:] = handlers
         logging.getLogger(name).setLevel(level)
+
+
+def deny_opening(monkeypatch: pytest.MonkeyPatch, path: Path) -> None:
+    """``open(path)`` fails as a file of mode 000 would for anyone but root (the tests run
+    as root, so the mode alone cannot make it fail); every other open is left alone."""
+    import builtins
+
+    real_open = builtins.open
+
+    def deny(file: object, *args: object, **kwargs: object) -> object:
+        if isinstance(file, (str, os.PathLike)) and Path(file) == path:
+            raise PermissionError(13, "Permission denied", str(file))
+        return real_open(file, *args, **kwargs)  # type: ignore[call-overload]
+
+    monkeypatch.setattr(builtins, "open", deny)

@@ -22,6 +22,7 @@ from histocore.io import (
     atomic_write_text,
     atomic_writer,
     free_name,
+    holds_a_file,
     make_parents,
     number_text,
     record_slug,
@@ -372,6 +373,28 @@ def test_a_failed_make_removes_the_parents_it_made(
     with pytest.raises(OSError):
         hio.make_folders(tmp_path / "there" / "sub")
     assert (tmp_path / "there").is_dir()  # there before: kept
+
+
+def test_holds_a_file_says_whether_a_writer_would_replace_a_file_it_must_judge(
+    tmp_path: Path,
+) -> None:
+    """What predict and export ask of --out before replacing anything: a regular file with
+    content (links followed) is there; nothing, an empty file or a folder is not (the
+    writer's own business); a pipe is refused with the one phrase the CLIs put in their
+    line."""
+    from histocore.io import NOT_REGULAR, RefusedFile
+
+    full, empty, fifo = tmp_path / "full", tmp_path / "empty", tmp_path / "fifo"
+    full.write_text("x")
+    empty.touch()
+    os.mkfifo(fifo)
+    (tmp_path / "link").symlink_to(full)
+    assert holds_a_file(full) and holds_a_file(tmp_path / "link")
+    assert not holds_a_file(empty) and not holds_a_file(tmp_path)
+    assert not holds_a_file(tmp_path / "missing")
+    with pytest.raises(RefusedFile) as refused:
+        holds_a_file(fifo)
+    assert str(refused.value) == NOT_REGULAR
 
 
 def test_read_capped_reads_a_file_up_to_its_cap_and_refuses_more_unread(tmp_path: Path) -> None:

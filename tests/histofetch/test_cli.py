@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from conftest import unboxed
 from pdf_factory import build_image_pdf, he_like, write_encrypted
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from histocore.manifest import Manifest
 from histofetch.cli import app
@@ -757,6 +757,22 @@ def test_export_onto_the_review_log_or_a_figure_is_one_error_line(tmp_path: Path
     assert log.read_text().startswith('{"image_id"') and fig.read_bytes() == b"png"
 
 
+def _filtered_run_in_a_tilde_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> tuple[Path, Result]:
+    """A run at ``./~/run`` in the working folder, $HOME an empty folder of its own, and
+    ``histofetch filter --run ./~/run``'s result: ($HOME, that result)."""
+    from review_kit import make_run
+
+    home, work = tmp_path / "home", tmp_path / "work"
+    home.mkdir()
+    work.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(work)
+    make_run(work / "~", filtered=False)
+    return home, runner.invoke(app, ["filter", "--run", "./~/run", "--min-side", "100000"])
+
+
 def test_success_lines_name_a_tilde_folder_as_given(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -766,15 +782,7 @@ def test_success_lines_name_a_tilde_folder_as_given(
     ``histofetch status --run '~/run'``: ``$HOME/run`` to a reader, and to the CLI when
     pasted. They now keep the ``./`` (as the errors do, ``histocore.io.path_shown``); a
     ``~/x`` given is shown expanded, as it was."""
-    from review_kit import make_run
-
-    home, work = tmp_path / "home", tmp_path / "work"
-    home.mkdir()
-    work.mkdir()
-    monkeypatch.setenv("HOME", str(home))
-    monkeypatch.chdir(work)
-    make_run(work / "~", filtered=False)
-    r = runner.invoke(app, ["filter", "--run", "./~/run", "--min-side", "100000"])
+    home, r = _filtered_run_in_a_tilde_folder(tmp_path, monkeypatch)
     assert r.exit_code == 0 and r.output.endswith("; sheets in ./~/run/sheets\n"), r.output
     r = runner.invoke(app, ["export", "--run", "./~/run", "--out", "./~/out.csv"])
     assert r.exit_code == 0 and r.output == "exported ./~/run → ./~/out.csv\n", r.output
@@ -798,16 +806,9 @@ def test_error_lines_name_a_tilde_folder_as_given(
     ~/nope/manifest.jsonl: no manifest here`` (status, filter, export), ``error: ~/run:
     'nope' names no image`` (filter --explain). Every error line now names it ``./~/…``
     (histocore.cli.fail, whoever wrote the message)."""
-    from review_kit import make_run
-
-    home, work = tmp_path / "home", tmp_path / "work"
-    home.mkdir()
-    work.mkdir()
-    monkeypatch.setenv("HOME", str(home))
-    monkeypatch.chdir(work)
-    make_run(work / "~", filtered=False)
-    r = runner.invoke(app, ["filter", "--run", "./~/run", "--min-side", "100000"])
+    _, r = _filtered_run_in_a_tilde_folder(tmp_path, monkeypatch)
     assert r.exit_code == 0, r.output
+    work = tmp_path / "work"
     r = runner.invoke(app, ["review", "--run", "./~/run", "--no-browser"])
     assert r.exit_code == 1
     assert _error_line(r).startswith("error: ./~/run/manifest.jsonl: no kept figures"), r.output

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 from _evalkit import tiny_checkpoint
-from conftest import unboxed
+from conftest import deny_opening, unboxed
 from typer.testing import CliRunner
 
 from histomodels.checkpoint import load_model
@@ -396,20 +396,11 @@ def test_an_unreadable_file_at_out_is_said_to_be_unreadable(
     'not an earlier … export' (any error reading it meant "not ours"): it is one line saying
     it cannot be read, exit 1, left as it was. (We run as root, so the open is made to
     fail.)"""
-    import builtins
-
     ckpt = tiny_checkpoint(tmp_path)
     out = tmp_path / "m.bin"
     export_checkpoint(ckpt, fmt, out)
     kept = out.read_bytes()
-    real_open = builtins.open
-
-    def deny(file: object, *args: object, **kwargs: object) -> object:
-        if isinstance(file, (str, os.PathLike)) and Path(file) == out:
-            raise PermissionError(13, "Permission denied", str(file))
-        return real_open(file, *args, **kwargs)  # type: ignore[call-overload]
-
-    monkeypatch.setattr(builtins, "open", deny)
+    deny_opening(monkeypatch, out)
     r = CliRunner().invoke(app, ["export", str(ckpt), "--format", fmt, "--out", str(out)])
     assert r.exit_code == 1, r.output
     assert r.stderr.splitlines() == [f"error: {out}: permission denied"]

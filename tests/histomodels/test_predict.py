@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from _evalkit import tiny_checkpoint
+from conftest import deny_opening
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -1280,8 +1281,6 @@ def test_an_unreadable_file_at_out_is_said_to_be_unreadable(
     """An earlier predictions CSV that cannot be read (mode 000 in a writable folder) was
     refused as 'not a predictions CSV' (which it may well be): it is one line saying it
     cannot be read, exit 1, left as it was. (We run as root, so the open is made to fail.)"""
-    import builtins
-
     from histomodels.predict import CSV_COLUMNS
 
     ckpt = tiny_checkpoint(tmp_path)
@@ -1289,14 +1288,7 @@ def test_an_unreadable_file_at_out_is_said_to_be_unreadable(
     Image.fromarray(make_patches(1, seed=3)[0][0]).save(img)
     out = tmp_path / "earlier.csv"
     out.write_text(",".join(CSV_COLUMNS) + "\n")
-    real_open = builtins.open
-
-    def deny(file: object, *args: object, **kwargs: object) -> object:
-        if isinstance(file, (str, os.PathLike)) and Path(file) == out:
-            raise PermissionError(13, "Permission denied", str(file))
-        return real_open(file, *args, **kwargs)  # type: ignore[call-overload]
-
-    monkeypatch.setattr(builtins, "open", deny)
+    deny_opening(monkeypatch, out)
     r = CliRunner().invoke(app, ["predict", str(ckpt), str(img), "--out", str(out)])
     assert r.exit_code == 1, r.output
     assert r.stderr.splitlines() == [f"error: {out}: permission denied"]

@@ -583,6 +583,23 @@ def open_regular(path: str | Path) -> BinaryIO:
         raise
 
 
+def holds_a_file(path: str | Path, refuse: Callable[[str], Exception] = RefusedFile) -> bool:
+    """Whether a regular file with content is at ``path`` (links followed): one that a writer
+    of ``path`` would replace and so must first judge. False where nothing is there (or it
+    cannot be looked at: a link loop, an overlong name, left to the writer's own error), for
+    an empty file and for a folder (the writer's own error, too); a pipe, socket or device
+    (``/dev/stdout``) raises ``refuse(NOT_REGULAR)``, the caller's error with its wording."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    if stat.S_ISDIR(st.st_mode):
+        return False
+    if not stat.S_ISREG(st.st_mode):
+        raise refuse(NOT_REGULAR)
+    return st.st_size > 0
+
+
 def read_capped(path: str | Path, max_bytes: int) -> bytes:
     """The bytes of the regular file ``path`` (links followed), reading at most
     ``max_bytes + 1`` of them: a file over ``max_bytes`` (a 10 GB file given by mistake) or

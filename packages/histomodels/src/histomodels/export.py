@@ -23,7 +23,13 @@ import torch
 from torch import nn
 
 from histocore.errors import DomainError, UsageError
-from histocore.io import make_parents, same_file, temp_beside, usual_file_mode
+from histocore.io import (
+    holds_a_file,
+    make_parents,
+    same_file,
+    temp_beside,
+    usual_file_mode,
+)
 from histomodels.calibration import effective_temperature
 from histomodels.checkpoint import load_model, resolve_checkpoint
 from histomodels.choices import EXPORT_FORMATS, EXPORTERS, export_format
@@ -170,8 +176,6 @@ def _refuse_to_replace(out: Path, source: Path, fmt: str) -> None:
     this format by this command: ``export --out RUN/last.pt`` (``history.json``, another
     checkpoint) replaced what it never reads, ``--out RUN/best.calibration.json`` made every
     later predict and eval of the run fail. A folder is left to the writer's own error."""
-    import stat
-
     from histomodels import pretrained
     from histomodels.calibration import calibration_path
 
@@ -183,17 +187,9 @@ def _refuse_to_replace(out: Path, source: Path, fmt: str) -> None:
                         "being exported")):  # fmt: skip
         if target == path.resolve() or same_file(out, path):
             raise UsageError(f"{out}: is {what}; the export would replace it: choose another --out")
-    try:
-        st = os.stat(out)
-    except OSError:  # not there (a loop or an overlong name: the writer says so)
+    would = "the export would replace it: choose another --out"
+    if not holds_a_file(out, lambda problem: UsageError(f"{out}: {problem}; {would}")):
         return
-    if stat.S_ISDIR(st.st_mode) or (stat.S_ISREG(st.st_mode) and st.st_size == 0):
-        return
-    if not stat.S_ISREG(st.st_mode):
-        raise UsageError(
-            f"{out}: not a regular file (a pipe, socket or device); the export would replace "
-            "it: choose another --out"
-        )
     if not is_export(out, fmt):  # one it cannot read: its OSError, '<out>: permission denied'
         name = "ONNX" if fmt == "onnx" else "TorchScript"
         raise UsageError(

@@ -35,7 +35,13 @@ from histocore.csvcells import safe_cell
 from histocore.errors import DomainError, UsageError, describe
 from histocore.imaging import Tiles, rescale, tile
 from histocore.imaging import tissue_fraction as tissue_fraction  # the one tissue test
-from histocore.io import make_parents, not_there, number_text, path_shown
+from histocore.io import (
+    holds_a_file,
+    make_parents,
+    not_there,
+    number_text,
+    path_shown,
+)
 from histocore.progress import task
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".bmp"}
@@ -551,19 +557,9 @@ def _refuse_to_replace_what_predict_did_not_write(out: Path) -> None:
     shipped weights of ``--model``) replaced what predict never reads; a pipe or device
     there (``/dev/stdout``) had its node replaced by a file. A folder is left to the
     writer's own error."""
-    import stat
-
-    try:
-        st = os.stat(out)
-    except OSError:  # not there (a loop or an overlong name: the writer says so)
+    would = "the CSV would replace it: choose another --out"
+    if not holds_a_file(out, lambda problem: PredictInputError(f"{out}: {problem}; {would}")):
         return
-    if stat.S_ISDIR(st.st_mode) or (stat.S_ISREG(st.st_mode) and st.st_size == 0):
-        return
-    if not stat.S_ISREG(st.st_mode):
-        raise PredictInputError(
-            f"{out}: not a regular file (a pipe, socket or device); the CSV would replace it: "
-            "choose another --out"
-        )
     try:
         ours = is_predictions_csv(out)
     except OSError as exc:  # unreadable: an earlier CSV or not, it cannot be told
