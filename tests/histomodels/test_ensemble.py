@@ -321,6 +321,47 @@ def test_an_ensemble_is_not_written_over_a_member_or_a_training_run(
     assert (run / "best.pt").read_bytes() == before
 
 
+def test_an_ensemble_replaces_only_an_earlier_ensemble(members: list[Path], tmp_path: Path) -> None:
+    """``--out RUN/last.pt`` (a trained run's other checkpoint), another model's ``.pt`` or a
+    pipe named ``x.pt`` was replaced by the ensemble, exit 0. Only an earlier ensemble or an
+    empty file is replaced now; anything else is one error line naming it, exit 1, left as
+    it was."""
+    import shutil
+
+    run = tmp_path / "run"
+    run.mkdir()
+    last = Path(shutil.copy(members[0], run / "last.pt"))
+    other = Path(shutil.copy(members[0], tmp_path / "other.pt"))
+    notes = tmp_path / "notes.pt"
+    notes.write_text("not a checkpoint")
+    fifo = tmp_path / "fifo.pt"
+    os.mkfifo(fifo)
+    given = [str(members[0]), str(members[1])]
+    for out in (last, other, notes):
+        kept = out.read_bytes()
+        r = CliRunner().invoke(app, ["ensemble", *given, "--out", str(out)])
+        assert r.exit_code == 1, r.output
+        assert r.stderr.strip().splitlines() == [
+            f"error: {out}: exists and is not an earlier ensemble of histomodels; the "
+            "ensemble would replace it: choose another --out, or remove it first"
+        ]
+        assert out.read_bytes() == kept
+    r = CliRunner().invoke(app, ["ensemble", *given, "--out", str(fifo)])
+    assert r.exit_code == 1 and r.stderr.strip().splitlines() == [
+        f"error: {fifo}: not a regular file (a pipe, socket or device); the ensemble would "
+        "replace it: choose another --out"
+    ]
+    assert fifo.is_fifo()
+    for out in (tmp_path / "ens.pt", tmp_path / "ens"):  # made, then made again over itself
+        for _ in range(2):
+            r = CliRunner().invoke(app, ["ensemble", *given, "--out", str(out)])
+            assert r.exit_code == 0, r.output
+    empty = tmp_path / "empty.pt"
+    empty.touch()
+    r = CliRunner().invoke(app, ["ensemble", *given, "--out", str(empty)])
+    assert r.exit_code == 0 and read_checkpoint(empty)["model"] == "ensemble", r.output
+
+
 def test_tta_on_an_ensemble_built_with_tta_is_not_run_twice(
     members: list[Path], caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -16,7 +16,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from histocore.io import same_file
+from histocore.errors import describe
+from histocore.io import holds_a_file, same_file
 from histomodels import pretrained
 from histomodels.checkpoint import (
     F32_MAX,
@@ -145,7 +146,9 @@ def write_ensemble(sources: Sequence[str | Path], out: str | Path, *, tta: bool 
 
 def _refuse_to_replace_a_model(path: Path, sources: Sequence[str | Path]) -> None:
     """The ensemble must not be written over a member's checkpoint (its weights would be
-    lost once read) nor over the ``best.pt`` of a training run (one holding ``last.pt``)."""
+    lost once read), over the ``best.pt`` of a training run (one holding ``last.pt``), nor
+    over any other file but an empty one or an earlier ensemble (:func:`is_ensemble`):
+    ``--out RUN/last.pt`` or another checkpoint was replaced, a pipe's node too."""
 
     if not path.exists():
         return
@@ -160,3 +163,48 @@ def _refuse_to_replace_a_model(path: Path, sources: Sequence[str | Path]) -> Non
             f"{path.parent}: holds a trained run (last.pt); the ensemble would replace its "
             "best.pt: choose another --out"
         )
+    would = "the ensemble would replace it: choose another --out"
+    if not holds_a_file(path, lambda problem: CheckpointError(f"{path}: {problem}; {would}")):
+        return
+    try:
+        ours = is_ensemble(path)
+    except OSError as exc:  # unreadable: an earlier ensemble or not, it cannot be told
+        raise CheckpointError(describe(exc)) from None
+    if not ours:
+        raise CheckpointError(
+            f"{path}: exists and is not an earlier ensemble of histomodels; {would}, or "
+            "remove it first"
+        )
+
+
+#: The most of a checkpoint's pickle (``data.pkl``, the dict without its tensors) that
+#: :func:`is_ensemble` reads; an ensemble's is a few KB
+_PICKLE_CAP = 16 << 20
+
+
+def is_ensemble(path: Path) -> bool:
+    """Whether the regular file ``path`` is a checkpoint :func:`write_ensemble` wrote: a
+    ``torch.save`` archive whose pickle (``data.pkl``, up to 16 MB of it) holds the
+    checkpoint format tag and the ``ensemble_of`` key. Its tensors are never read and
+    nothing is unpickled. A file that cannot be opened or read raises its ``OSError``;
+    anything else unreadable as such an archive is not an ensemble."""
+    import zipfile
+
+    with open(path, "rb") as fh:
+        try:
+            with zipfile.ZipFile(fh) as archive:
+                pickles = [n for n in archive.namelist() if n.count("/") == 1
+                           and n.endswith("/data.pkl")]  # fmt: skip
+                if len(pickles) != 1:
+                    return False
+                with archive.open(pickles[0]) as pkl:
+                    head = pkl.read(_PICKLE_CAP + 1)
+        except OSError as exc:  # a read failed (an I/O error): named by the file
+            if exc.filename is None:
+                raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
+            raise
+        except Exception as exc:  # BadZipFile, a bad member: not an ensemble
+            if isinstance(exc, MemoryError):
+                raise
+            return False
+    return len(head) <= _PICKLE_CAP and FORMAT.encode() in head and b"ensemble_of" in head
