@@ -161,6 +161,68 @@ def test_cli_eval_end_to_end(tmp_path: Path) -> None:
     assert "warning" not in r.stdout
 
 
+def test_eval_replaces_in_out_only_what_an_earlier_eval_wrote(tmp_path: Path) -> None:
+    """``eval --out FOLDER`` wrote metrics.json, predictions.csv and the plots over any files
+    of those names: a metrics.json of the user's own, the predictions.csv that ``predict``
+    wrote, a roc.png, a pipe (its node replaced), even the --data file through a link.
+    Each is now one error line naming the file, exit 1, nothing written; an earlier eval's
+    folder (or one stopped after its predictions.csv) is replaced as before, and files of
+    other names beside it are no concern."""
+    pytest.importorskip("histomodels.data.readers", reason="dataset readers not installed")
+    import os
+
+    from histomodels.synthetic import write_h5
+
+    ckpt = tiny_checkpoint(tmp_path)
+    test_h5 = write_h5(tmp_path / "test.h5", 32, seed=7)
+
+    def run_eval(out: Path):
+        args = ["eval", str(ckpt), "--data", str(test_h5), "--out", str(out), "--bootstrap", "0"]
+        return CliRunner().invoke(app, args)
+
+    would = "eval would replace it: choose another --out"
+    cases = {
+        "metrics.json": '{"note": "mine"}',
+        "predictions.csv": "path,x,y,size,probability,label\na.png,0,0,96,0.5,0\n",
+        "roc.png": "my own plot",
+    }
+    for i, (name, text) in enumerate(cases.items()):
+        out = tmp_path / f"mine{i}"
+        out.mkdir()
+        (out / name).write_text(text)
+        r = run_eval(out)
+        assert r.exit_code == 1, r.output
+        assert r.stderr.splitlines() == [
+            f"error: {out / name}: exists and was not written by eval; {would}, or remove it first"
+        ]
+        assert sorted(os.listdir(out)) == [name] and (out / name).read_text() == text
+    out = tmp_path / "piped"
+    out.mkdir()
+    os.mkfifo(out / "predictions.csv")
+    r = run_eval(out)
+    assert r.exit_code == 1 and r.stderr.splitlines() == [
+        f"error: {out / 'predictions.csv'}: not a regular file (a pipe, socket or device); {would}"
+    ]
+    assert (out / "predictions.csv").is_fifo()
+    out = tmp_path / "linked"
+    out.mkdir()
+    (out / "predictions.csv").symlink_to(test_h5)
+    kept = test_h5.read_bytes()
+    r = run_eval(out)
+    assert r.exit_code == 1 and r.stderr.splitlines() == [
+        f"error: {out / 'predictions.csv'}: is the --data eval reads; {would}"
+    ]
+    assert test_h5.read_bytes() == kept
+    out = tmp_path / "stopped"  # an eval stopped after its predictions.csv, notes beside it
+    out.mkdir()
+    (out / "predictions.csv").write_text("id,label,probability\n0,1,0.5\n")
+    (out / "notes.txt").write_text("mine")
+    for _ in range(2):  # then over its own finished folder
+        r = run_eval(out)
+        assert r.exit_code == 0, r.output
+    assert (out / "notes.txt").read_text() == "mine" and (out / "metrics.json").is_file()
+
+
 def test_a_shipped_models_temperature_is_not_stored_and_metrics_say_so(tmp_path: Path) -> None:
     """``eval --model pcam-cnn --val …`` fitted a temperature that went nowhere (package data
     is not rewritten) and ``temperature_stored`` was missing: nothing said why."""

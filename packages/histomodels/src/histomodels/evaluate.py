@@ -10,6 +10,7 @@ says so.
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import os
 import re
@@ -24,14 +25,19 @@ if TYPE_CHECKING:
     import torch
 
 from histocore.csvcells import safe_cell
-from histocore.errors import UsageError
+from histocore.errors import UsageError, describe
 from histocore.io import (
+    NotJSON,
+    RefusedFile,
     atomic_write_json,
     atomic_write_text,
     expand_home,
+    holds_a_file,
     json_safe,
+    loads_json,
     make_parents,
     number_text,
+    read_capped,
     same_file,
 )
 from histocore.progress import task
@@ -224,6 +230,90 @@ class ScaledPatches(PatchDataset):
 def write_json(path: Path, obj: Any) -> None:
     """``metrics.json``: NumPy numbers as plain ones, NaN as null (:func:`json_safe`)."""
     atomic_write_json(path, json_safe(obj))
+
+
+#: What ``eval --data`` writes into ``--out`` (:func:`evaluate_checkpoint`)
+PATCH_OUTPUTS = ("predictions.csv", "metrics.json", "roc.png", "pr.png", "confusion.png",
+                 "reliability.png", "threshold.png", "errors_gradcam.png")  # fmt: skip
+#: What ``eval --manifest`` writes into ``--out`` (:func:`histomodels.external.
+#: evaluate_manifest`), its ``heatmaps/`` folder besides
+MANIFEST_OUTPUTS = ("image_scores.csv", "tile_predictions.csv", "metrics.json", "roc.png",
+                    "pr.png", "reliability.png", "errors_sheet.png", "contact_sheet.png",
+                    "score_hist_max.png", "score_hist_topk_mean.png")  # fmt: skip
+#: The first line of each CSV eval writes, up to its first comma and the next column
+_CSV_STARTS = {"predictions.csv": b"id,label,", "image_scores.csv": b"image_id,record_id,",
+               "tile_predictions.csv": b"image_id,"}  # fmt: skip
+
+
+def refuse_to_replace_what_eval_did_not_write(
+    out: Path, reads: dict[str, str | Path | None], *, manifest: bool
+) -> None:
+    """A :class:`UsageError` naming the file, before anything is read, when eval would
+    replace in ``out`` a file it did not write: one it reads (``reads``: what it is, as
+    the message says it, to its path: ``--data x`` with ``x`` our ``predictions.csv``), a
+    pipe or device, or any file at one of its names in a folder that holds no earlier
+    eval (its ``metrics.json``, or for one that was stopped before it, the first CSV it
+    writes, :data:`_CSV_STARTS`): ``--out`` naming a folder of the user's own replaced its
+    ``metrics.json``, ``predictions.csv`` (predict's), ``roc.png``. An earlier eval's
+    folder is replaced as before, but a ``metrics.json`` that eval did not write is
+    refused even there."""
+    names = MANIFEST_OUTPUTS if manifest else PATCH_OUTPUTS
+    if not out.is_dir():
+        return
+    would = "eval would replace it: choose another --out"
+    held: list[str] = []
+    for name in names:
+        target = out / name
+        for what, path in reads.items():
+            if path is not None and same_file(target, path):
+                raise UsageError(f"{target}: is {what}; {would}")
+        refuse = functools.partial(_refused, target, would)
+        if holds_a_file(target, refuse):  # a pipe or device: refused
+            held.append(name)
+    heatmaps = out / "heatmaps"
+    if manifest and heatmaps.is_dir() and any(heatmaps.iterdir()):
+        held.append("heatmaps")
+    if not held:
+        return
+    try:
+        ours = _earlier_eval(out, held)
+        if ours and "metrics.json" in held:
+            ours = _eval_metrics(out / "metrics.json")
+    except OSError as exc:  # unreadable: an earlier eval or not, it cannot be told
+        raise UsageError(describe(exc)) from None
+    if not ours:
+        name = "metrics.json" if "metrics.json" in held else held[0]
+        raise UsageError(
+            f"{out / name}: exists and was not written by eval; {would}, or remove it first"
+        )
+
+
+def _refused(path: Path, would: str, problem: str) -> UsageError:
+    return UsageError(f"{path}: {problem}; {would}")
+
+
+def _earlier_eval(out: Path, held: list[str]) -> bool:
+    """Whether ``out`` holds an earlier eval: its ``metrics.json`` (``held`` names what is
+    there), or one of the CSVs eval writes before it (an eval stopped midway)."""
+    if "metrics.json" in held and _eval_metrics(out / "metrics.json"):
+        return True
+    for name, start in _CSV_STARTS.items():
+        if name in held:
+            with open(out / name, "rb") as fh:
+                if fh.read(len(start)) == start:
+                    return True
+    return False
+
+
+def _eval_metrics(path: Path) -> bool:
+    """Whether the regular file ``path`` is a ``metrics.json`` eval wrote: a JSON object
+    (up to 64 MB) naming the checkpoint and its model. One that cannot be read raises its
+    ``OSError``."""
+    try:
+        obj = loads_json(read_capped(path, 64 << 20))
+    except (RefusedFile, NotJSON):
+        return False
+    return isinstance(obj, dict) and "checkpoint" in obj and "model" in obj
 
 
 def write_predictions(

@@ -232,6 +232,7 @@ def eval_cmd(
     require_paths(data, val, train_data)
     require_folder(manifest, what="histofetch run folder")
     require_folder(out)
+    _refuse_to_replace(out, source, data, val, train_data, manifest=manifest is not None)
     use_cpu_cores(threads)
     with errors(), progress():
         if manifest is not None:
@@ -284,6 +285,25 @@ def eval_cmd(
         _print_external(result, out)
     else:
         _print_metrics(result, out)
+
+
+def _refuse_to_replace(
+    out: Path, source: str | Path, data: str | None, val: str | None, train_data: str | None,
+    *, manifest: bool
+) -> None:  # fmt: skip
+    """One error line, before anything is read, where eval would replace in ``out`` a file it
+    did not write (:func:`histomodels.evaluate.refuse_to_replace_what_eval_did_not_write`)."""
+    from histomodels.checkpoint import resolve_checkpoint
+    from histomodels.evaluate import refuse_to_replace_what_eval_did_not_write
+
+    reads = {
+        "the checkpoint eval reads": resolve_checkpoint(source),
+        "the --data eval reads": data,
+        "the --val eval reads": val,
+        "the --train-data eval reads": train_data,
+    }
+    with errors():
+        refuse_to_replace_what_eval_did_not_write(out, reads, manifest=manifest)
 
 
 #: eval options that only figures of a manifest use (``--data`` patches are not tiled;
