@@ -656,6 +656,52 @@ def test_a_trained_run_is_not_replaced_unasked(h5_files, tmp_path):
     assert (run / "best.pt").read_bytes() != before["best.pt"]  # trained anew, seed 7
 
 
+def test_a_run_replaces_in_out_only_what_a_training_run_wrote(h5_files, tmp_path):
+    """``train --out FOLDER`` into a folder of the user's own replaced its config.json (the
+    very ``--config`` being read, ``--config exp/config.json --out exp``), history.json,
+    a pipe named history.csv once the first checkpoint was written; ``--overwrite`` with
+    ``--weights RUN/best.pt --out RUN`` replaced the checkpoint it started from. Each is one
+    line before the data is read, exit 1, nothing written."""
+    import os
+
+    base = ["--data", str(h5_files[0]), "--val", str(h5_files[1]), "--model-config",
+            json.dumps(TINY), "--epochs", "1", "--batch-size", "16", "--threads", "1",
+            "--quiet"]  # fmt: skip
+    would = "training would replace it: choose another --out"
+    exp = tmp_path / "exp"
+    exp.mkdir()
+    config = exp / "config.json"
+    config.write_text('{"epochs": 1}')
+    r = CliRunner().invoke(app, ["train", *base, "--config", str(config), "--out", str(exp)])
+    assert r.exit_code == 1 and r.stderr.splitlines() == [
+        f"error: {config}: exists and is not from a training run (no best.pt or last.pt "
+        f"beside it); {would}, or remove it first"
+    ]
+    assert [p.name for p in exp.iterdir()] == ["config.json"]
+    config.rename(tmp_path / "config.json")
+    (exp / "history.json").write_text("my notes")
+    r = CliRunner().invoke(app, ["train", *base, "--out", str(exp)])
+    assert r.exit_code == 1 and r.stderr.splitlines()[-1].startswith(
+        f"error: {exp / 'history.json'}: exists and is not from a training run"
+    )
+    (exp / "history.json").unlink()
+    os.mkfifo(exp / "history.csv")
+    r = CliRunner().invoke(app, ["train", *base, "--out", str(exp)])
+    assert r.exit_code == 1 and r.stderr.splitlines() == [
+        f"error: {exp / 'history.csv'}: not a regular file (a pipe, socket or device); {would}"
+    ]
+    assert [p.name for p in exp.iterdir()] == ["history.csv"]
+    run = tmp_path / "run"
+    assert CliRunner().invoke(app, ["train", *base, "--out", str(run)]).exit_code == 0
+    kept = (run / "best.pt").read_bytes()
+    r = CliRunner().invoke(app, ["train", *base, "--weights", str(run / "best.pt"), "--out",
+                                 str(run), "--overwrite"])  # fmt: skip
+    assert r.exit_code == 1 and r.stderr.splitlines() == [
+        f"error: {run / 'best.pt'}: is the checkpoint given as --weights; {would}"
+    ]
+    assert (run / "best.pt").read_bytes() == kept
+
+
 def test_a_resumable_run_failing_on_bad_data_is_left_as_it_was(h5_files, tmp_path, monkeypatch):
     data = tmp_path / "train.h5"
     data.write_bytes(h5_files[0].read_bytes())

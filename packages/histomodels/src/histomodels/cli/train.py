@@ -272,6 +272,7 @@ def _train(
     for name in sorted(WRITTEN | (KEPT if cfg.teacher else frozenset())):
         if (out / name).is_dir() and not (out / name).is_symlink():
             fail(f"{out / name}: is a folder, not a file")
+    _refuse_to_replace(out, cfg, held)
 
     # the result on stdout below; the trainer's own last line is not said again on stderr
     with (
@@ -292,6 +293,36 @@ def _train(
             f"best val AUC {m['val_auc']:.4f} (accuracy {m['val_accuracy']:.4f}) at epoch "
             f"{result.best_epoch}; stopped: {result.stop_reason}; {path_shown(out / 'best.pt')}"
         )
+
+
+def _refuse_to_replace(out: Path, cfg: Any, held: list[str]) -> None:
+    """One line, before the data is read, where the run would replace in ``out`` a file it
+    did not write: the checkpoint it starts from (``--weights``, ``--teacher``: the run's own
+    best.pt or last.pt, with ``--overwrite``), a pipe or device at one of its names, or, in
+    a folder holding no trained run (no best.pt or last.pt), any file at one of them
+    (``--out`` a folder of the user's own: its config.json, say the ``--config`` being
+    read, or history.json was replaced once the first checkpoint was written). A trained
+    run's own files are its to replace (``--resume``, ``--overwrite``)."""
+    from histocore.io import holds_a_file, same_file
+    from histomodels.checkpoint import resolve_checkpoint
+    from histomodels.training.run_folder import CHECKPOINTS, WRITTEN
+
+    starts = {"--weights": cfg.weights, "--teacher": cfg.teacher}
+    for name in sorted(WRITTEN):
+        target = out / name
+        would = "training would replace it: choose another --out"
+        for option, given in starts.items():
+            if name in CHECKPOINTS and given and same_file(target, resolve_checkpoint(given)):
+                fail(f"{target}: is the checkpoint given as {option}; {would}")
+        try:
+            there = holds_a_file(target)
+        except RefusedFile as exc:
+            fail(f"{target}: {exc}; {would}")
+        if there and not held:
+            fail(
+                f"{target}: exists and is not from a training run (no best.pt or last.pt "
+                f"beside it); {would}, or remove it first"
+            )
 
 
 def _model_config_sources(
