@@ -14,7 +14,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from histocore.cli import home_path
+from histocore.cli import home_path, home_path_or_stdout
 
 
 def _commands(cmd: Any, path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], Any]]:
@@ -39,7 +39,8 @@ def _is_path(annotation: Any) -> bool:
 
 @pytest.mark.parametrize("name", ["histofetch", "histomodels"])
 def test_every_path_option_is_parsed_by_home_path(name: str) -> None:
-    """Any path option or argument added later gets the same parser, or this fails."""
+    """Any path option or argument added later gets the same parser (or home_path_or_stdout,
+    which is home_path but for `-`), or this fails."""
     missing, seen = [], 0
     for path, cmd in _commands(typer.main.get_command(_apps()[name])):
         for p in cmd.params:
@@ -47,7 +48,7 @@ def test_every_path_option_is_parsed_by_home_path(name: str) -> None:
             if desc is None or not _is_path(desc.annotation):
                 continue
             seen += 1
-            if desc.parameter_info.parser is not home_path:
+            if desc.parameter_info.parser not in (home_path, home_path_or_stdout):
                 missing.append(f"{' '.join(path)} {p.name}")
     assert seen and not missing, missing
 

@@ -82,6 +82,41 @@ def test_predict_files_folder_and_large_image(tmp_path: Path) -> None:
     }
 
 
+def test_out_dash_writes_the_csv_to_standard_output(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``predict --out -`` wrote a file named ``-`` (and heatmaps into ``-_heatmaps``). ``-``
+    is standard output now, the Unix convention: the CSV alone on stdout, the summary lines
+    on stderr, no file and no heatmap folder made unless --heatmaps names one; a file named
+    ``-`` is still had as ``./-``."""
+    import csv as csv_module
+    import io
+
+    from histomodels.predict import CSV_COLUMNS
+
+    ckpt = tiny_checkpoint(tmp_path)
+    work = tmp_path / "work"
+    work.mkdir()
+    big = tmp_path / "figure.png"
+    Image.fromarray(make_figure(2, 3, seed=1)).save(big)
+    monkeypatch.chdir(work)
+    r = CliRunner().invoke(app, ["predict", str(ckpt), str(big), "--out", "-"])
+    assert r.exit_code == 0, r.output
+    rows = list(csv_module.reader(io.StringIO(r.stdout)))
+    assert rows[0] == CSV_COLUMNS and len(rows) == 1 + 6
+    assert r.stderr.splitlines()[0] == "6 patch(es) from 1 file(s) → standard output"
+    assert not list(work.iterdir())  # no file '-', no '-_heatmaps'
+    r = CliRunner().invoke(app, ["predict", str(ckpt), str(big), "--out", "-", "--heatmaps",
+                                 "hm"])  # fmt: skip
+    assert r.exit_code == 0 and r.stdout.startswith(",".join(CSV_COLUMNS)), r.output
+    assert [p.name for p in (work / "hm").iterdir()] == ["figure.png"]
+    assert r.stderr.splitlines()[-1] == "1 heatmap(s) in hm"
+    r = CliRunner().invoke(app, ["predict", str(ckpt), str(big), "--out", "./-",
+                                 "--no-heatmaps"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert (work / "-").read_text().startswith(",".join(CSV_COLUMNS))
+
+
 def test_hostile_inputs(tmp_path: Path) -> None:
     ckpt = tiny_checkpoint(tmp_path)
     bad = tmp_path / "bad.png"

@@ -258,6 +258,17 @@ def home_path(raw: str | Path) -> Path:
     return expand_home(raw)
 
 
+class StandardOutput(type(Path())):  # type: ignore[misc]
+    """What :func:`home_path_or_stdout` parses ``-`` to: write to standard output."""
+
+
+def home_path_or_stdout(raw: str | Path) -> Path:
+    """The parser of an ``--out`` that may be standard output: ``-`` is a
+    :class:`StandardOutput` (the Unix convention; a file named ``-`` is given as ``./-``,
+    which parses to a plain path), anything else a path as :func:`home_path` parses it."""
+    return StandardOutput("-") if isinstance(raw, str) and raw == "-" else home_path(raw)
+
+
 def _require_parents(path: Path) -> None:
     """Fail when an existing file (or a broken link) stands where ``path``'s folder should
     be: ``a: is a file, not a folder`` (writing ``a/b.pt`` said ``a: file exists``, or

@@ -23,7 +23,7 @@ import tempfile
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO, cast
 
 import numpy as np
 
@@ -419,7 +419,7 @@ def check_scale(scale: float) -> None:
 def predict_paths(
     checkpoint: str | Path,
     paths: Iterable[str | Path],
-    out_csv: str | Path,
+    out_csv: str | Path | TextIO,
     *,
     stride: int | None = None,
     scale: float = 1.0,
@@ -447,7 +447,12 @@ def predict_paths(
     them, to 6 decimals): the one given, else
     the one shipped with the model (pretrained models), else 0.5.
     ``scale`` resizes each image first so it matches the model's training magnification
-    (PCam is ~10x, ~0.97 um/px: use 0.25 for 40x tiles); x/y are then in resized pixels."""
+    (PCam is ~10x, ~0.97 um/px: use 0.25 for 40x tiles); x/y are then in resized pixels.
+
+    ``out_csv`` may be an open text stream (``predict --out -``: standard output): the CSV
+    is written to it whole once every file is scored, and heatmaps are drawn only into a
+    ``heatmap_dir`` given (a stream has no folder to put them beside); ``csv`` in the
+    summary is then ``-``."""
     from histocore.io import atomic_write_text
     from histomodels.checkpoint import decision_threshold
     from histomodels.inference import Predictor
@@ -456,13 +461,20 @@ def predict_paths(
     if threshold is not None and not 0 <= threshold <= 1:  # NaN fails too
         raise UsageError(f"threshold must be in [0, 1], got {threshold}")
     files = collect_inputs(paths)
-    out_csv = Path(out_csv)
-    _refuse_to_replace_what_is_read(out_csv, checkpoint, files)
-    heat_dir = Path(heatmap_dir) if heatmap_dir else out_csv.with_name(out_csv.stem + "_heatmaps")
+    stream = None if isinstance(out_csv, (str, Path)) else out_csv
+    if stream is None:
+        out_csv = Path(cast("str | Path", out_csv))
+        _refuse_to_replace_what_is_read(out_csv, checkpoint, files)
+        heat_dir = (Path(heatmap_dir) if heatmap_dir
+                    else out_csv.with_name(out_csv.stem + "_heatmaps"))  # fmt: skip
+        mark = str(out_csv.resolve())
+    else:  # heatmaps only into a folder given; marked as drawn for the CSV on a stream
+        out_csv, mark = Path(STREAM), STREAM
+        heat_dir = Path(heatmap_dir or ".")
+        draw_heatmaps = draw_heatmaps and heatmap_dir is not None
     targets = heatmap_targets(files, heat_dir) if draw_heatmaps else {}
-    if draw_heatmaps:
+    if draw_heatmaps and stream is None:
         _refuse_csv_among_heatmaps(out_csv, heat_dir, targets)
-    mark = str(out_csv.resolve())
     pred = Predictor.load(checkpoint, device=device, precision=precision)
     size = int(pred.ckpt.get("input_size", 96))
     cut, cut_source = decision_threshold(pred.ckpt, threshold)
@@ -482,7 +494,10 @@ def predict_paths(
                                 staged, size=size, scale=scale, stride=stride,
                                 max_pixels=max_pixels, batch_size=batch_size, tta=tta,
                                 threshold=cut)  # fmt: skip
-        if scored:
+        if scored and stream is not None:
+            stream.write(buf.getvalue())
+            stream.flush()
+        elif scored:
             make_parents(out_csv)
             atomic_write_text(out_csv, buf.getvalue())
         for target, part in list(staged.items()):  # the heatmaps go with the CSV
@@ -569,6 +584,11 @@ def _refuse_to_replace_what_predict_did_not_write(out: Path) -> None:
             f"{out}: exists and is not a predictions CSV (its first line is not predict's "
             "header); the CSV would replace it: choose another --out, or remove it first"
         )
+
+
+#: ``predict --out -``: the CSV goes to standard output (the summary's ``csv``, the mark in
+#: the heatmaps drawn for it)
+STREAM = "-"
 
 
 #: The first columns every predictions CSV has had (the others were appended later)

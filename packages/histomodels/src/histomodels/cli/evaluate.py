@@ -7,12 +7,13 @@ click's usage error, exit 2). The work lives in the library modules named in eac
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from histocore.cli import home_path
+from histocore.cli import StandardOutput, home_path, home_path_or_stdout
 from histocore.errors import UsageError
 from histocore.io import number_text, one_line, path_shown, source_shown
 from histomodels.choices import (
@@ -546,8 +547,9 @@ def predict_cmd(
             "--out",
             help="CSV to write (replaces only a file whose first line is predict's header, an "
             "earlier run's CSV, or an empty file; never the checkpoint, its sidecar or an "
-            "input).",
-            parser=home_path,
+            "input); '-': standard output (the messages go to stderr; heatmaps only with "
+            "--heatmaps; a file named - is ./-).",
+            parser=home_path_or_stdout,
         ),
     ] = Path("predictions.csv"),
     stride: Annotated[
@@ -601,9 +603,11 @@ def predict_cmd(
     if heatmaps is not None and no_heatmaps:
         usage_error(ctx, "give one of them, not both", "--heatmaps", "--no-heatmaps")
     require_paths(*paths)
-    require_file_out(out)
-    if not no_heatmaps:  # the default folder too: a file there failed only after scoring
-        require_folder(heatmaps or out.with_name(out.stem + "_heatmaps"))
+    to_stdout = isinstance(out, StandardOutput)
+    if not to_stdout:
+        require_file_out(out)
+    if not no_heatmaps and not (to_stdout and heatmaps is None):  # default folder too: a
+        require_folder(heatmaps or out.with_name(out.stem + "_heatmaps"))  # file failed late
     use_cpu_cores(threads)
     skipped: list = []  # files that could not be scored: one line each (see _print_skipped)
     with errors(), progress():
@@ -613,7 +617,7 @@ def predict_cmd(
             res = predict_paths(
                 checkpoint,
                 paths,
-                out,
+                sys.stdout if to_stdout else out,
                 stride=stride,
                 scale=scale,
                 heatmap_dir=heatmaps,
@@ -628,22 +632,22 @@ def predict_cmd(
         except SkippedInputs as exc:  # the others were scored: their summary, then the lines
             skipped, res = exc.problems, exc.summary
     if res["csv"] is not None:
-        _print_predicted(res)
+        _print_predicted(res, err=to_stdout)  # the CSV on stdout: the rest on stderr
     if skipped:
         _print_skipped(skipped, res)
 
 
-def _print_predicted(res: dict) -> None:
-    typer.echo(f"{res['rows']} patch(es) from {res['files']} file(s) → {source_shown(res['csv'])}")
+def _print_predicted(res: dict, *, err: bool = False) -> None:
+    where = "standard output" if err else source_shown(res["csv"])
+    typer.echo(f"{res['rows']} patch(es) from {res['files']} file(s) → {where}", err=err)
     source = "--threshold" if res["threshold_source"] == "given" else res["threshold_source"]
     from histomodels.report_tables import threshold_text
 
     cut = threshold_text(res["threshold"], res["threshold_source"])
-    typer.echo(f"tumour = probability >= {cut}: {source}")
+    typer.echo(f"tumour = probability >= {cut}: {source}", err=err)
     if res["heatmaps"]:
-        typer.echo(
-            f"{len(res['heatmaps'])} heatmap(s) in {path_shown(Path(res['heatmaps'][0]).parent)}"
-        )
+        folder = path_shown(Path(res["heatmaps"][0]).parent)
+        typer.echo(f"{len(res['heatmaps'])} heatmap(s) in {folder}", err=err)
 
 
 #: predict's exit status when its CSV was written but some inputs could not be scored
