@@ -600,6 +600,28 @@ def holds_a_file(path: str | Path, refuse: Callable[[str], Exception] = RefusedF
     return st.st_size > 0
 
 
+def replace_only_ours(
+    path: Path, ours: Callable[[Path], bool], refuse: Callable[[str], Exception], *,
+    not_ours: str, would: str
+) -> None:  # fmt: skip
+    """Refuse, before a writer replaces ``path``, anything there but nothing, an empty file,
+    a folder (the writer's own error) or a file ``ours`` accepts (its earlier output): one
+    ``refuse(message)`` raised, the message ``<path>: exists and <not_ours>; <would>, or
+    remove it first``, ``<path>: not a regular file (…); <would>`` for a pipe or device, or
+    ``<path>: permission denied`` where ``ours`` cannot read it (whether it is ours cannot
+    be told)."""
+    from histocore.errors import describe
+
+    if not holds_a_file(path, lambda problem: refuse(f"{path}: {problem}; {would}")):
+        return
+    try:
+        mine = ours(path)
+    except OSError as exc:
+        raise refuse(describe(exc)) from None
+    if not mine:
+        raise refuse(f"{path}: exists and {not_ours}; {would}, or remove it first")
+
+
 def read_capped(path: str | Path, max_bytes: int) -> bytes:
     """The bytes of the regular file ``path`` (links followed), reading at most
     ``max_bytes + 1`` of them: a file over ``max_bytes`` (a 10 GB file given by mistake) or

@@ -16,8 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from histocore.errors import describe
-from histocore.io import holds_a_file, same_file
+from histocore.io import replace_only_ours, same_file
 from histomodels import pretrained
 from histomodels.checkpoint import (
     F32_MAX,
@@ -163,18 +162,9 @@ def _refuse_to_replace_a_model(path: Path, sources: Sequence[str | Path]) -> Non
             f"{path.parent}: holds a trained run (last.pt); the ensemble would replace its "
             "best.pt: choose another --out"
         )
-    would = "the ensemble would replace it: choose another --out"
-    if not holds_a_file(path, lambda problem: CheckpointError(f"{path}: {problem}; {would}")):
-        return
-    try:
-        ours = is_ensemble(path)
-    except OSError as exc:  # unreadable: an earlier ensemble or not, it cannot be told
-        raise CheckpointError(describe(exc)) from None
-    if not ours:
-        raise CheckpointError(
-            f"{path}: exists and is not an earlier ensemble of histomodels; {would}, or "
-            "remove it first"
-        )
+    replace_only_ours(path, is_ensemble, CheckpointError,
+                      not_ours="is not an earlier ensemble of histomodels",
+                      would="the ensemble would replace it: choose another --out")  # fmt: skip
 
 
 #: The most of a checkpoint's pickle (``data.pkl``, the dict without its tensors) that

@@ -24,8 +24,8 @@ from torch import nn
 
 from histocore.errors import DomainError, UsageError
 from histocore.io import (
-    holds_a_file,
     make_parents,
+    replace_only_ours,
     same_file,
     temp_beside,
     usual_file_mode,
@@ -187,15 +187,10 @@ def _refuse_to_replace(out: Path, source: Path, fmt: str) -> None:
                         "being exported")):  # fmt: skip
         if target == path.resolve() or same_file(out, path):
             raise UsageError(f"{out}: is {what}; the export would replace it: choose another --out")
-    would = "the export would replace it: choose another --out"
-    if not holds_a_file(out, lambda problem: UsageError(f"{out}: {problem}; {would}")):
-        return
-    if not is_export(out, fmt):  # one it cannot read: its OSError, '<out>: permission denied'
-        name = "ONNX" if fmt == "onnx" else "TorchScript"
-        raise UsageError(
-            f"{out}: exists and is not an earlier {name} export of histomodels; the export "
-            "would replace it: choose another --out, or remove it first"
-        )
+    name = "ONNX" if fmt == "onnx" else "TorchScript"
+    replace_only_ours(out, lambda path: is_export(path, fmt), UsageError,
+                      not_ours=f"is not an earlier {name} export of histomodels",
+                      would="the export would replace it: choose another --out")  # fmt: skip
 
 
 def is_export(path: Path, fmt: str) -> bool:

@@ -36,11 +36,11 @@ from histocore.errors import DomainError, UsageError, describe
 from histocore.imaging import Tiles, rescale, tile
 from histocore.imaging import tissue_fraction as tissue_fraction  # the one tissue test
 from histocore.io import (
-    holds_a_file,
     make_parents,
     not_there,
     number_text,
     path_shown,
+    replace_only_ours,
 )
 from histocore.progress import task
 
@@ -572,18 +572,9 @@ def _refuse_to_replace_what_predict_did_not_write(out: Path) -> None:
     shipped weights of ``--model``) replaced what predict never reads; a pipe or device
     there (``/dev/stdout``) had its node replaced by a file. A folder is left to the
     writer's own error."""
-    would = "the CSV would replace it: choose another --out"
-    if not holds_a_file(out, lambda problem: PredictInputError(f"{out}: {problem}; {would}")):
-        return
-    try:
-        ours = is_predictions_csv(out)
-    except OSError as exc:  # unreadable: an earlier CSV or not, it cannot be told
-        raise PredictInputError(describe(exc)) from None
-    if not ours:
-        raise PredictInputError(
-            f"{out}: exists and is not a predictions CSV (its first line is not predict's "
-            "header); the CSV would replace it: choose another --out, or remove it first"
-        )
+    not_ours = "is not a predictions CSV (its first line is not predict's header)"
+    replace_only_ours(out, is_predictions_csv, PredictInputError, not_ours=not_ours,
+                      would="the CSV would replace it: choose another --out")  # fmt: skip
 
 
 #: ``predict --out -``: the CSV goes to standard output (the summary's ``csv``, the mark in
