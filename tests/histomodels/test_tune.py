@@ -604,6 +604,44 @@ def test_an_ax_experiment_that_is_no_file_is_refused_not_replaced(tmp_path, tiny
     assert experiment.is_symlink() and sorted(p.name for p in out.iterdir()) == [experiment.name]
 
 
+def test_a_new_search_replaces_no_file_tune_did_not_write(tmp_path, tiny_data):
+    """``tune --out FOLDER`` holding no experiment wrote tune.json, trials.json, trials.csv
+    and best_config.json over files of the user's own of those names, a pipe's node too.
+    Each is one error before the data is decoded, the folder as it was; a tune.json of
+    tune's own (a tune stopped in its first trial) still starts the search afresh."""
+    import os
+
+    kw = dict(trials=1, trial_epochs=1, sobol_trials=1, quiet=True, base=TINY)
+    would = "tune would replace it: choose another --out"
+    out = tmp_path / "mine"
+    out.mkdir()
+    for name in ("best_config.json", "trials.csv", "tune.json"):
+        (out / name).write_text("mine")
+        with pytest.raises(TuneError) as refused:
+            tune(*tiny_data, out, **kw)
+        assert str(refused.value) == (
+            f"{out / name}: exists and is not from an earlier tune (no ax_experiment.json "
+            f"beside it); {would}, or remove it first"
+        )
+        assert [p.name for p in out.iterdir()] == [name]
+        (out / name).unlink()
+    os.mkfifo(out / "trials.json")
+    with pytest.raises(TuneError) as refused:
+        tune(*tiny_data, out, **kw)
+    assert str(refused.value) == (
+        f"{out / 'trials.json'}: not a regular file (a pipe, socket or device); {would}"
+    )
+    (out / "trials.json").unlink()
+    done = tmp_path / "done"
+    tune(*tiny_data, done, **kw)
+    for p in done.iterdir():  # as a tune stopped in its first trial leaves it
+        if p.name != "tune.json" and p.is_file():
+            p.unlink()
+    (done / "ax_experiment.json").unlink(missing_ok=True)
+    tune(*tiny_data, done, **kw)
+    assert (done / "best_config.json").is_file()
+
+
 def test_shared_validation_patches_are_said_once_per_tune(tmp_path, tiny_data, caplog):
     """Every trial trains on the same patches: the warning that validation patches are also
     training patches came once per trial (3 trials: 3 lines)."""

@@ -178,6 +178,8 @@ def _tune(
     settings = {"fixed": pins, "base": _reusable(base), "limit": limit}
     exp_path = out / EXPERIMENT_FILE
     records_path = out / "trials.json"
+    if not os.path.lexists(exp_path):  # no earlier tune to resume: nothing here is ours
+        _refuse_to_replace(out)
     if exp_path.exists():  # refuse a mixed resume, or a FIFO or /dev/zero, before decoding
         _check_experiment_file(exp_path)
         _check_settings(out, settings)
@@ -271,6 +273,40 @@ def _reusable(cfg: TrainConfig) -> dict[str, Any]:
     return json.loads(
         json.dumps({k: v for k, v in cfg.to_dict().items() if k not in _RUN_ONLY}, default=str)
     )
+
+
+#: What tune writes into its folder beside the experiment (the trials' run folders apart)
+TUNE_FILES = (SETTINGS_FILE, "trials.json", "trials.csv", "best_config.json")
+
+
+def _refuse_to_replace(out: Path) -> None:
+    """A :class:`TuneError` naming the file, before the data is decoded, where a new search
+    (``out`` holds no experiment) would replace a file tune did not write: a pipe or device
+    at one of :data:`TUNE_FILES`, or a file there, but for a ``tune.json`` of tune's own
+    (a tune stopped in its first trial): ``--out`` a folder of the user's own lost its
+    ``best_config.json``, ``trials.csv``."""
+    from histocore.io import holds_a_file
+
+    would = "tune would replace it: choose another --out"
+    for name in TUNE_FILES:
+        path = out / name
+        if not holds_a_file(path, lambda problem, p=path: TuneError(f"{p}: {problem}; {would}")):
+            continue
+        if name == SETTINGS_FILE and _own_settings(path):
+            continue
+        raise TuneError(
+            f"{path}: exists and is not from an earlier tune (no {EXPERIMENT_FILE} beside "
+            f"it); {would}, or remove it first"
+        )
+
+
+def _own_settings(path: Path) -> bool:
+    """Whether ``path`` reads as the ``tune.json`` tune writes (its keys); not otherwise."""
+    try:
+        obj = loads_json(read_capped(path, MAX_SETTINGS_BYTES))
+    except (OSError, RefusedFile, ValueError):
+        return False
+    return isinstance(obj, dict) and {"fixed", "base", "limit"} <= obj.keys()
 
 
 def _saved_settings(out: Path) -> dict[str, Any] | None:
