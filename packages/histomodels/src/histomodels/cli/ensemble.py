@@ -28,7 +28,12 @@ def ensemble_cmd(
         ),
     ],
     out: Annotated[
-        Path, typer.Option("--out", help="Run folder (→ best.pt) or a .pt file.", parser=home_path)
+        Path,
+        typer.Option(
+            "--out",
+            help="Run folder (→ best.pt) or a .pt file; replaces only an earlier ensemble.",
+            parser=home_path,
+        ),
     ],
     tta: Annotated[
         bool, typer.Option("--tta", help="Average the 8 dihedral views inside the model.")

@@ -125,9 +125,14 @@ def eval_cmd(
             "for the figures' tiles and scores).",
         ),
     ] = None,
-    out: Annotated[Path, typer.Option("--out", help="Output folder.", parser=home_path)] = Path(
-        "eval"
-    ),
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out",
+            help="Output folder; replaces only what an earlier eval wrote there.",
+            parser=home_path,
+        ),
+    ] = Path("eval"),
     tta: Annotated[bool, typer.Option("--tta", help="Average the 8 dihedral views.")] = False,
     threshold_rule: Annotated[
         ThresholdRule,

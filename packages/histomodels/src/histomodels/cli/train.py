@@ -54,7 +54,12 @@ Model = Annotated[
 Data = Annotated[str | None, typer.Option(help="Training data: .h5, Kaggle folder, class tree.")]
 Val = Annotated[str | None, typer.Option(help="Validation data (early stopping on its AUC).")]
 Out = Annotated[
-    Path, typer.Option(help="Run folder: best.pt, last.pt, history, config.json.", parser=home_path)
+    Path,
+    typer.Option(
+        help="Run folder: best.pt, last.pt, history, config.json (in a folder holding no "
+        "trained run, no file of those names is replaced).",
+        parser=home_path,
+    ),
 ]
 Epochs = Annotated[int | None, typer.Option(min=1, help="Maximum epochs [50].")]
 Patience = Annotated[
