@@ -205,3 +205,20 @@ def test_a_header_its_readers_refuse_is_not_committed(tmp_path: Path, commit: st
     with Manifest.load(run) as other:
         assert "filter_sheets" not in other.header_extra
         assert other.records["pmid:1"].title is None
+
+
+def test_load_takes_the_manifest_file_for_its_run_folder(tmp_path: Path) -> None:
+    """``Manifest.load("runs/mine/manifest.jsonl")`` (the file a researcher sees) said
+    ``…/manifest.jsonl/manifest.jsonl: no manifest here``; the file now stands for its
+    folder, and another file is refused as no run folder."""
+    run = tmp_path / "run"
+    _sample(run).save()
+    for given in (run / MANIFEST_NAME, run / "run.sqlite", str(run / MANIFEST_NAME)):
+        m = Manifest.load(given)
+        assert m.run_dir == run and m.query == "lymph node metastasis"
+        assert "pmid:1" in m.records
+        m.close()
+    other = run / "notes.txt"
+    other.write_text("x")
+    with pytest.raises(ManifestError, match=r"notes\.txt: is a file, not a run folder"):
+        Manifest.load(other)

@@ -78,8 +78,19 @@ class Manifest(StoreSync):
         since the store last wrote it is imported into the store first (the edit wins). A
         folder with only a ``manifest.jsonl`` (version 1 or 2) is read from it, and gets a
         store holding those rows on its first commit: reading never writes.
+
+        ``run_dir`` may also be the run's ``manifest.jsonl`` or ``run.sqlite`` file: its
+        folder is loaded (another file is refused: give the run folder).
         """
-        manifest = cls(run_dir=Path(run_dir))
+        run_dir = Path(run_dir)
+        if run_dir.is_file():
+            if run_dir.name not in (MANIFEST_NAME, STORE_NAME):
+                raise ManifestError(
+                    f"{path_shown(run_dir)}: is a file, not a run folder (give the "
+                    f"histofetch run folder, the one holding {MANIFEST_NAME})"
+                )
+            run_dir = run_dir.parent
+        manifest = cls(run_dir=run_dir)
         path = manifest.path
         if os.path.lexists(manifest.store_path):  # a link or FIFO there: the store refuses it
             manifest._store = RunStore(manifest.run_dir)
