@@ -59,8 +59,84 @@ def norm_of(ckpt: dict | None) -> tuple[tuple[float, ...], tuple[float, ...]]:
     return tuple(norm.get("mean", IMAGENET_MEAN)), tuple(norm.get("std", IMAGENET_STD))
 
 
-#: uint8 ``[N, H, W, 3]`` patches, or an iterable of such batches (arrays or tensors)
-Patches = np.ndarray | Iterable[np.ndarray] | Iterable[torch.Tensor]
+#: uint8 patches: an ``[N, H, W, 3]`` batch or one ``[H, W, 3]`` image (a numpy array or a
+#: torch tensor, e.g. a ``DataLoader`` batch), a PIL image, or an iterable of any of those
+Patches = np.ndarray | torch.Tensor | Any | Iterable[np.ndarray] | Iterable[torch.Tensor]
+
+#: what :func:`patch_batches` takes, as its errors say
+EXPECTED = (
+    "uint8 RGB patches: an [N, H, W, 3] or [H, W, 3] numpy array or torch tensor, a PIL "
+    "image, or a list (iterable) of those"
+)
+
+
+def _is_pil(obj: Any) -> bool:
+    return type(obj).__module__.startswith("PIL.") and hasattr(obj, "convert")
+
+
+def _as_patches(obj: Any, where: str) -> np.ndarray | torch.Tensor | None:
+    """``obj`` as uint8 ``[N, H, W, 3]`` (an image as ``[1, H, W, 3]``), or None when it is
+    neither an array, a tensor nor a PIL image (an iterable of them, maybe)."""
+    if _is_pil(obj):
+        obj = np.asarray(obj.convert("RGB") if obj.mode != "RGB" else obj)
+    elif not isinstance(obj, np.ndarray | torch.Tensor):
+        return None
+    if obj.ndim == 3:
+        obj = obj[None]
+    if obj.ndim != 4 or obj.shape[-1] != 3:
+        raise ValueError(f"{where}: expected {EXPECTED}; got shape {tuple(obj.shape)}")
+    dtype = str(obj.dtype).removeprefix("torch.")
+    if dtype != "uint8":
+        from histomodels.preprocess import uint8_problem
+
+        raise ValueError(f"{where}: {uint8_problem(dtype)}")
+    return obj
+
+
+def patch_batches(images: Patches, batch_size: int) -> Iterator[np.ndarray | torch.Tensor]:
+    """``images`` (:data:`Patches`) as uint8 ``[n, H, W, 3]`` batches of at most
+    ``batch_size``: an array or tensor is cut into batches; an iterable's batches are kept
+    as given and its single images (arrays, tensors, PIL images) are stacked into batches.
+    Anything else (a path, a float array, a ``[3, H, W]`` tensor) is a ValueError or
+    TypeError saying what is taken."""
+    whole = _as_patches(images, "images")
+    if whole is not None:
+        for i in range(0, len(whole), batch_size):
+            yield whole[i : i + batch_size]
+        return
+    if isinstance(images, str | bytes | Path) or not isinstance(images, Iterable):
+        raise TypeError(f"expected {EXPECTED}; got {type(images).__name__}")
+    singles: list[np.ndarray | torch.Tensor] = []
+
+    def stacked() -> np.ndarray | torch.Tensor:
+        first = singles[0]
+        if any(s.shape != first.shape for s in singles):
+            shapes = sorted({tuple(s.shape[1:]) for s in singles})
+            raise ValueError(f"images of different shapes in one batch: {shapes}")
+        if isinstance(first, torch.Tensor):
+            return torch.cat([torch.as_tensor(s) for s in singles])
+        return np.concatenate([np.asarray(s) for s in singles])
+
+    for k, item in enumerate(images):
+        one = _as_patches(item, f"item {k}")
+        if one is None:
+            raise TypeError(f"item {k}: expected {EXPECTED}; got {type(item).__name__}")
+        single = _is_pil(item) or (isinstance(item, np.ndarray | torch.Tensor) and item.ndim == 3)
+        if not single:
+            if singles:
+                yield stacked()
+                singles.clear()
+            yield one
+            continue
+        if singles and one.shape != singles[0].shape:
+            yield stacked()
+            singles.clear()
+        singles.append(one)
+        if len(singles) == batch_size:
+            yield stacked()
+            singles.clear()
+    if singles:
+        yield stacked()
 
 
 #: Most pixels one inference batch holds, counted at the size the network sees each image
@@ -96,14 +172,10 @@ _CAPPED: weakref.WeakSet[nn.Module] = weakref.WeakSet()
 def _batches(
     images: Patches, batch_size: int, model: nn.Module
 ) -> Iterator[np.ndarray | torch.Tensor]:
-    """``images`` in batches of at most ``batch_size`` (an array) or as the caller's
-    batches (an iterable), each cut further to :func:`batch_limit`'s size."""
-    chunks = (
-        (images[i : i + batch_size] for i in range(0, len(images), batch_size))
-        if isinstance(images, np.ndarray)
-        else images
-    )
-    for chunk in chunks:
+    """``images`` in batches of at most ``batch_size`` (an array or tensor) or as the
+    caller's batches (an iterable; its single images stacked, :func:`patch_batches`), each
+    cut further to :func:`batch_limit`'s size."""
+    for chunk in patch_batches(images, batch_size):
         if len(chunk) == 0:
             continue
         h, w = (int(v) for v in chunk.shape[1:3])
@@ -147,12 +219,51 @@ def predict_logits(
 
     Runs under ``no_grad`` rather than ``inference_mode``: converting the model to
     channels_last inside inference mode would turn its weights into inference tensors
-    that Grad-CAM (which needs autograd) could no longer use."""
+    that Grad-CAM (which needs autograd) could no longer use.
+
+    The caller's model is left in the mode (``train()``/``eval()``) and memory format it
+    had; it is moved to ``device`` (and stays there)."""
     device = torch.device(device)
     prec = resolve_precision(precision, device)
-    model = model.to(device).eval()
-    if channels_last or (channels_last is None and device.type == "cpu"):
-        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    model = model.to(device)
+    was_training = model.training
+    strides = _conv_strides(model)
+    model.eval()
+    try:
+        if channels_last or (channels_last is None and device.type == "cpu"):
+            model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        return _predict(model, images, mean, std, batch_size, tta, prec, device, progress,
+                        channels_last)  # fmt: skip
+    finally:
+        model.train(was_training)
+        if _conv_strides(model) != strides:  # back to the caller's memory format
+            fmt = torch.channels_last if _is_channels_last(strides) else torch.contiguous_format
+            model.to(memory_format=fmt)  # type: ignore[call-overload]
+
+
+def _conv_strides(model: nn.Module) -> list[tuple[int, ...]]:
+    """The strides of ``model``'s 4-D weights (convolutions): their memory format."""
+    return [p.stride() for p in model.parameters() if p.ndim == 4]
+
+
+def _is_channels_last(strides: list[tuple[int, ...]]) -> bool:
+    """Whether 4-D weights of these strides were channels_last (C the innermost axis)."""
+    return any(s[1] == 1 and s[1] < s[3] for s in strides)
+
+
+def _predict(
+    model: nn.Module,
+    images: Patches,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    batch_size: int,
+    tta: bool,
+    prec: str,
+    device: torch.device,
+    progress: Callable[[int], None] | None,
+    channels_last: bool | None,
+) -> np.ndarray:
+    """:func:`predict_logits`' loop, ``model`` ready (on ``device``, in eval mode)."""
     out: list[np.ndarray] = []
     for batch in _batches(images, batch_size, model):
         x = to_input(batch, mean, std, channels_last=channels_last is not False, device=device)
@@ -200,6 +311,8 @@ class Predictor:
 
         dev = pick_device(device)
         model, ckpt = load_model(checkpoint, dev)
+        if dev.type == "cpu":  # once, as predict_logits would on each call (then undo)
+            model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         temperature = effective_temperature(resolve_checkpoint(checkpoint), ckpt)
         mean, std = norm_of(ckpt)
         stain = None
@@ -229,16 +342,38 @@ class Predictor:
         """The patches as the model sees them (stain-normalised when it was trained so)."""
         return images if self.stain is None else self.stain.transform(images)
 
+    @property
+    def threshold(self) -> float:
+        """The probability at which a patch is called tumour: the one shipped with the model
+        (``pcam-cnn``: 0.392, chosen for sensitivity >= 0.9 on its own validation data), else
+        0.5; ``predict`` and ``eval`` use the same rule
+        (:func:`histomodels.checkpoint.decision_threshold`)."""
+        from histomodels.checkpoint import decision_threshold
+
+        return decision_threshold(self.ckpt)[0]
+
+    def probabilities(
+        self, images: Patches, *, batch_size: int = 256, tta: bool = False
+    ) -> np.ndarray:
+        """Calibrated tumour probabilities (float64 [N]): ``sigmoid(logit / temperature)``
+        with the checkpoint's fitted :attr:`temperature`, as ``predict`` writes them.
+        ``images``: as :meth:`logits` takes them. Call a patch tumour where the probability
+        reaches :attr:`threshold`."""
+        return sigmoid(self.logits(images, batch_size=batch_size, tta=tta), self.temperature)
+
     def logits(
         self,
-        images: np.ndarray | Iterable[np.ndarray],
+        images: Patches,
         *,
         batch_size: int = 256,
         tta: bool = False,
         progress: Callable[[int], None] | None = None,
         prepared: bool = False,
     ) -> np.ndarray:
-        """Raw logits (see :func:`predict_logits`); ``prepared``: already :meth:`prepare`d.
+        """Raw logits (float32 [N], see :func:`predict_logits`) of uint8 RGB patches: an
+        ``[N, H, W, 3]`` batch or one ``[H, W, 3]`` image (numpy array or torch tensor, e.g.
+        a ``DataLoader`` batch), a PIL image, or an iterable of those
+        (:func:`patch_batches`). ``prepared``: already :meth:`prepare`d.
         ``tta`` on a model that averages the 8 views itself (:attr:`tta_inside`) is skipped,
         said once: the views of views are the same 8 views, so the scores are the same at
         an eighth of the cost."""
@@ -252,11 +387,7 @@ class Predictor:
                     "8x less work)"
                 )
         if not prepared and self.stain is not None:
-            images = (
-                self.prepare(images)
-                if isinstance(images, np.ndarray)
-                else (self.prepare(b) for b in images)
-            )
+            images = (self.prepare(np.asarray(b)) for b in patch_batches(images, batch_size))
         return predict_logits(
             self.model,
             images,

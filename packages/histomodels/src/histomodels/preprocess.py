@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 
 #: ImageNet statistics: used for every model so pretrained backbones see what they expect.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def uint8_problem(dtype: str) -> str:
+    """What is wrong with patches of ``dtype`` (not uint8), and what to do about it."""
+    return (
+        f"expected uint8 RGB patches (0-255), got {dtype}; multiply [0, 1] floats by 255, "
+        "round and cast: (x * 255).round().astype(np.uint8) (a tensor: .to(torch.uint8))"
+    )
 
 
 def to_input(
@@ -18,8 +28,20 @@ def to_input(
     channels_last: bool = True,
     device: torch.device | str | None = None,
 ) -> torch.Tensor:
-    """uint8 ``[N, H, W, 3]`` (or ``[H, W, 3]``) → normalised float ``[N, 3, H, W]``."""
-    x = torch.as_tensor(batch)
+    """uint8 ``[N, H, W, 3]`` (or ``[H, W, 3]``) → normalised float ``[N, 3, H, W]``.
+
+    Only uint8 RGB (0–255) is taken: float input (a ``ToTensor``-style [0, 1] image, or
+    0–255 floats) is a :class:`ValueError`, since dividing [0, 1] values by 255 again
+    gives a nearly black patch and silently wrong scores. A read-only numpy array (a
+    dataset's item) is read without PyTorch's "not writable" warning: it is never written."""
+    if isinstance(batch, np.ndarray) and not batch.flags.writeable:
+        with warnings.catch_warnings():  # read only: torch copies it to float below
+            warnings.filterwarnings("ignore", "The given NumPy array is not writable")
+            x = torch.as_tensor(batch)
+    else:
+        x = torch.as_tensor(batch)
+    if x.dtype != torch.uint8:
+        raise ValueError(uint8_problem(str(x.dtype).removeprefix("torch.")))
     if x.ndim == 3:
         x = x.unsqueeze(0)
     if x.ndim != 4 or x.shape[-1] != 3:

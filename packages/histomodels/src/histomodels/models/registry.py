@@ -104,13 +104,71 @@ def name_problem(name: str) -> str | None:
     return f"unknown model; known: {known}"
 
 
-def list_models() -> list[str]:
+def list_models(pretrained: bool = False) -> list[str]:
+    """The registered model names (``create_model``'s ``name``; ``timm/<name>`` besides),
+    sorted. ``pretrained=True``: the names of the models shipped with trained weights
+    instead (``["pcam-cnn"]``), each given as ``weights=`` to the architecture it was
+    trained as (``create_model("cnn", weights="pcam-cnn")``), or as a checkpoint to
+    :meth:`histomodels.inference.Predictor.load`, ``eval``, ``predict`` and ``export``."""
+    if pretrained:
+        from histomodels import pretrained as shipped
+
+        return shipped.available()
     return sorted(_REGISTRY)
 
 
+def _shipped(weights: Any) -> str | None:
+    """``weights`` when it names a model shipped in :mod:`histomodels.pretrained` and no
+    file of that name is there (a file wins, as for checkpoints); None otherwise."""
+    if not isinstance(weights, str) or Path(weights).exists():
+        return None
+    from histomodels import pretrained as shipped
+
+    return weights if shipped.is_pretrained(weights) else None
+
+
+def _create_shipped(name: str, weights: str, cfg: dict[str, Any]) -> nn.Module:
+    """Model ``name`` built with shipped model ``weights``'s architecture config (``cfg``'s
+    keys win: weights that then do not fit are a WeightsError) and loaded with its weights,
+    in training mode like any ``create_model``."""
+    from histomodels import pretrained as shipped
+    from histomodels.models.weights import WeightsError
+
+    meta = shipped.sidecar(weights)
+    if meta.get("model") != name:
+        raise WeightsError(
+            f"{weights}: shipped weights of model {meta.get('model')!r}, not of {name!r}; "
+            f"use create_model({meta.get('model')!r}, weights={weights!r})"
+        )
+    if cfg.pop("pretrained", False):
+        raise WeightsError(f"{weights}: give weights={weights!r} without pretrained=True")
+    ckpt = shipped.checkpoint_dict(weights)
+    model = create_model(name, **{**ckpt["model_config"], **cfg})
+    try:
+        model.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as exc:
+        config = {**ckpt["model_config"], **cfg}
+        raise WeightsError(
+            f"{weights}: its weights do not fit {name} built with {shown_config(config)} "
+            f"(shipped config: {shown_config(ckpt['model_config'])}): "
+            f"{str(exc).splitlines()[0]}"
+        ) from None
+    return model
+
+
 def create_model(name: str, **cfg: Any) -> nn.Module:
-    """Build a registered model with a single-logit head (``weights=`` a source name it does
-    not take: a WeightsError, :func:`weights_problem`)."""
+    """Build a registered model with a single-logit head, in training mode.
+
+    ``create_model(name, pretrained=False, weights=None, **config)``: ``weights`` is None
+    (random init), a weights file, a source name the model's builder takes
+    (``imagenet``...; one it does not take: a WeightsError, :func:`weights_problem`), or
+    the name of a shipped trained model (``list_models(pretrained=True)``:
+    ``create_model("cnn", weights="pcam-cnn")`` builds the shipped architecture config,
+    ``centre="pool"``, and loads its weights). For scoring patches with the shipped
+    model's temperature and threshold, use :meth:`histomodels.inference.Predictor.load`."""
+    shipped = _shipped(cfg.get("weights"))
+    if shipped is not None:
+        return _create_shipped(name, shipped, {k: v for k, v in cfg.items() if k != "weights"})
     check_weights(name, cfg.get("weights"))
     if name in _REGISTRY:
         return _REGISTRY[name](**cfg)

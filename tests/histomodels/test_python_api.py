@@ -1,0 +1,143 @@
+"""The Python API as a notebook uses it: the shipped model, patches in every usual form,
+a DataLoader over ``open_dataset``, and a caller's model left as it was."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+
+from histomodels.data.readers import open_dataset
+from histomodels.inference import Predictor, predict_logits, sigmoid
+from histomodels.models import create_model, list_models
+from histomodels.models.weights import WeightsError
+from histomodels.preprocess import to_input
+from histomodels.synthetic import make_patches, write_h5
+
+
+@pytest.fixture(scope="module")
+def pred() -> Predictor:
+    return Predictor.load("pcam-cnn", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def patches() -> np.ndarray:
+    return make_patches(6, seed=3)[0]
+
+
+def test_predictor_takes_a_tensor_batch_a_single_image_and_pil_images(
+    pred: Predictor, patches: np.ndarray
+) -> None:
+    """Anything not a numpy array was taken for a list of batches: a DataLoader's uint8
+    tensor batch and one [96, 96, 3] image failed with ``shape '[96, -1]' is invalid``, a
+    PIL image with ``'Image' object is not iterable``."""
+    want = pred.logits(patches)
+    assert want.shape == (6,)
+    np.testing.assert_allclose(pred.logits(torch.from_numpy(patches)), want, rtol=1e-5)
+    np.testing.assert_allclose(pred.logits(patches[2]), want[2:3], rtol=1e-5)
+    np.testing.assert_allclose(pred.logits(torch.from_numpy(patches[2])), want[2:3], rtol=1e-5)
+    np.testing.assert_allclose(pred.logits(Image.fromarray(patches[1])), want[1:2], rtol=1e-5)
+    images = [Image.fromarray(p) for p in patches]
+    np.testing.assert_allclose(pred.logits(images, batch_size=4), want, rtol=1e-5)
+    np.testing.assert_allclose(pred.logits(list(patches)), want, rtol=1e-5)
+    batches = [torch.from_numpy(patches[:4]), patches[4], patches[5:]]  # batches and images
+    np.testing.assert_allclose(pred.logits(batches), want, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("given", "error", "words"),
+    [
+        ("x.png", TypeError, "got str"),
+        (42, TypeError, "got int"),
+        ([[1, 2, 3]], TypeError, "item 0: expected uint8 RGB patches"),
+        (np.zeros((2, 3, 96, 96), np.uint8), ValueError, r"got shape \(2, 3, 96, 96\)"),
+        (np.zeros((96, 96), np.uint8), ValueError, r"got shape \(96, 96\)"),
+    ],
+)
+def test_predictor_names_what_it_takes(
+    pred: Predictor, given: object, error: type[Exception], words: str
+) -> None:
+    with pytest.raises(error, match=words):
+        pred.logits(given)
+
+
+def test_float_patches_are_refused_not_divided_by_255_again(
+    pred: Predictor, patches: np.ndarray
+) -> None:
+    """Float [0, 1] patches were divided by 255 again: nearly black input, wrong scores."""
+    floats = patches.astype(np.float32) / 255
+    with pytest.raises(ValueError, match=r"expected uint8 RGB patches .*got float32; multiply"):
+        to_input(floats)
+    with pytest.raises(ValueError, match="got float32"):
+        pred.logits(floats)
+    with pytest.raises(ValueError, match="got float32"):
+        pred.logits(torch.from_numpy(floats))
+    with pytest.raises(ValueError, match="got float64"):
+        to_input(torch.from_numpy(patches.astype(np.float64)))
+
+
+def test_shipped_model_from_create_model_and_list_models(
+    pred: Predictor, patches: np.ndarray
+) -> None:
+    """There was no documented way to load the shipped model from Python: ``weights=
+    "pcam-cnn"`` was taken for a file name, and the default ``cnn`` (centre none) does not
+    fit its weights anyway."""
+    assert list_models(pretrained=True) == ["pcam-cnn"]
+    assert "cnn" in list_models() and "pcam-cnn" not in list_models()
+    model = create_model("cnn", weights="pcam-cnn")
+    assert model.training  # as any create_model
+    logits = predict_logits(model, patches)
+    np.testing.assert_allclose(logits, pred.logits(patches), rtol=1e-5, atol=1e-6)
+    with pytest.raises(WeightsError, match="shipped weights of model 'cnn', not of 'mobilenet"):
+        create_model("mobilenet_v3_small", weights="pcam-cnn")
+    with pytest.raises(WeightsError, match="do not fit cnn"):
+        create_model("cnn", weights="pcam-cnn", width=8)
+
+
+def test_predictor_probabilities_apply_the_temperature_and_threshold_is_shipped(
+    pred: Predictor, patches: np.ndarray
+) -> None:
+    probs = pred.probabilities(patches)
+    assert pred.temperature != 1.0
+    np.testing.assert_allclose(probs, sigmoid(pred.logits(patches), pred.temperature))
+    assert pred.threshold == pytest.approx(0.392332)
+
+
+def test_predict_logits_leaves_the_callers_model_as_it_was(patches: np.ndarray) -> None:
+    """predict_logits left a caller's model in eval mode and channels_last."""
+    model = create_model("cnn").train()
+    conv = next(p for p in model.parameters() if p.ndim == 4)
+    assert conv.is_contiguous()
+    predict_logits(model, patches)
+    assert model.training
+    conv = next(p for p in model.parameters() if p.ndim == 4)
+    assert conv.is_contiguous()
+    model = model.eval().to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    predict_logits(model, patches, channels_last=False)
+    assert not model.training
+    conv = next(p for p in model.parameters() if p.ndim == 4)
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+
+
+def test_a_dataloader_over_open_dataset_warns_nothing_and_scores(
+    tmp_path: Path, pred: Predictor
+) -> None:
+    """Dataset items were read-only arrays: the default collate warned "The given NumPy
+    array is not writable" (in every worker), and to_input once more."""
+    ds = open_dataset(write_h5(tmp_path / "p.h5", 10))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        image = ds[0][0]
+        to_input(image)
+        scores = [pred.probabilities(x) for x, _, _ in DataLoader(ds, batch_size=4)]  # type: ignore[arg-type]
+    assert np.concatenate(scores).shape == (10,)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        read_only = image.copy()
+        read_only.flags.writeable = False
+        to_input(read_only)
