@@ -67,6 +67,14 @@ def pin_pre_recipe(model: str, model_config: dict[str, Any]) -> dict[str, Any]:
 
 @dataclass(config=ConfigDict(extra="forbid"))
 class TrainConfig:
+    """One training run's settings (``histomodels train --config``; every key of
+    docs/histomodels-training.md, "Config files"). Units: ``time_budget`` is in
+    **minutes** of training + validation (None: no limit; ``TrainConfig(time_budget=2)``
+    stops after about 2 minutes), ``epochs`` and ``patience`` count epochs,
+    ``warmup_epochs`` may be fractional, ``lr`` is AdamW's peak learning rate.
+    ``model_config`` is the model's architecture keys; the training recipe fills in
+    ``centre: pool`` for the ``cnn`` when not given (:data:`RECIPE_MODEL_DEFAULTS`)."""
+
     # what to train
     model: str = "cnn"
     model_config: dict[str, Any] = field(default_factory=dict)
