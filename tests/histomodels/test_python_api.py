@@ -141,3 +141,14 @@ def test_a_dataloader_over_open_dataset_warns_nothing_and_scores(
         read_only = image.copy()
         read_only.flags.writeable = False
         to_input(read_only)
+
+
+def test_training_from_the_shipped_weights(pred: Predictor, patches: np.ndarray) -> None:
+    """``weights="pcam-cnn"`` in a TrainConfig (``train --weights pcam-cnn``) was ``error:
+    pcam-cnn: no such weights file``; the run's network now starts from the shipped one."""
+    from histomodels.config import TrainConfig, validate
+    from histomodels.training.network import build_model
+
+    cfg = validate(TrainConfig(model="cnn", weights="pcam-cnn"))
+    model = build_model(cfg, torch.device("cpu"))
+    np.testing.assert_allclose(predict_logits(model, patches), pred.logits(patches), rtol=1e-5)
