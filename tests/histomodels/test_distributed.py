@@ -238,14 +238,24 @@ def test_ranks_started_by_hand_need_rank_and_the_masters_address(monkeypatch):
         init_distributed(torch.device("cpu"))
 
 
+#: Rank 0 of 2 alone: its join's error line, once, or once for each HISTOMODELS_JOIN_TIMEOUT
+#: given as an argument, in turn (one process for them all: each costs PyTorch's import).
 JOIN_ALONE = """
-import sys
+import os, sys
 import torch
 from histomodels.distributed import DistError, init_distributed
-try:
-    init_distributed(torch.device("cpu"))
-except DistError as exc:
-    sys.exit(f"error: {exc}")
+failed = False
+for value in sys.argv[1:] or [None]:
+    if value is not None:
+        os.environ["HISTOMODELS_JOIN_TIMEOUT"] = value
+    try:
+        init_distributed(torch.device("cpu"))
+    except DistError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        failed = True
+    else:
+        print(f"{value}: joined", file=sys.stderr, flush=True)
+sys.exit(1 if failed else 0)
 """
 
 
@@ -273,13 +283,14 @@ def test_rank_0_waits_for_the_others_only_as_long_as_histomodels_join_timeout_sa
         "WORLD_SIZE, MASTER_ADDR and MASTER_PORT (and each its own RANK); "
         "HISTOMODELS_JOIN_TIMEOUT=SECONDS waits longer for ranks started further apart"
     ]
-    for bad in ("soon", "0", "-5", "nan", "inf"):
-        r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
-                           env={**env, "HISTOMODELS_JOIN_TIMEOUT": bad}, timeout=150)  # fmt: skip
-        assert r.returncode == 1 and r.stderr.splitlines() == [
-            f"error: HISTOMODELS_JOIN_TIMEOUT={bad}: expected a positive number of seconds, "
-            "at least 0.001 (1 ms) and under 10000000 (116 days)"
-        ], r.stderr
+    bad = ["soon", "0", "-5", "nan", "inf"]
+    r = subprocess.run([sys.executable, str(script), *bad], env=env, capture_output=True,
+                       text=True, timeout=150)  # fmt: skip
+    assert r.returncode == 1 and r.stderr.splitlines() == [
+        f"error: HISTOMODELS_JOIN_TIMEOUT={value}: expected a positive number of seconds, "
+        "at least 0.001 (1 ms) and under 10000000 (116 days)"
+        for value in bad
+    ], r.stderr
 
 
 def test_the_join_timeout_is_torchruns_ten_minutes_unless_set(monkeypatch):
@@ -352,13 +363,91 @@ def _listening(port: int) -> bool:
     return not found
 
 
-def _by_hand(tmp_path, args, *, timeout=BY_HAND_TIMEOUT, rank_args=None, rank_env=None, **env_vars):
+#: A process that has made the imports every rank makes (the CLI, PyTorch, the trainer, timm,
+#: scikit-learn: about 6 CPU seconds a process) and forks each by-hand rank from there, so the
+#: by-hand tests pay them once, not twice a test. A rank is still a process of its own with
+#: its own environment, working folder and stderr, that runs the CLI as ``python -m
+#: histomodels`` does and exits as it would (an uncaught exception's traceback, click's exit
+#: code); asked over stdin, one JSON line a request, one JSON line an answer:
+#: ``spawn`` a rank (its pid), ``poll`` one (its exit code, or null while it runs), ``kill``.
+RANK_FORKER = """
+import json, os, sys
+import histomodels.cli, histomodels.training  # noqa: F401
+from histomodels.cli import app
+
+codes = {}
+for line in sys.stdin:
+    job = json.loads(line)
+    if job["op"] == "spawn":
+        pid = os.fork()
+        if pid == 0:  # the rank: the request's folder, environment, stderr file and argv
+            os.chdir(job["cwd"])
+            os.environ.clear()
+            os.environ.update(job["env"])
+            null = os.open(os.devnull, os.O_RDWR)
+            err = os.open(job["stderr"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            os.dup2(null, 0)
+            os.dup2(null, 1)
+            os.dup2(err, 2)
+            sys.argv = ["histomodels", *job["args"]]
+            app(prog_name="histomodels")
+            sys.exit(0)
+        answer = {"pid": pid}
+    else:
+        pid = job["pid"]
+        if job["op"] == "kill" and pid not in codes:
+            os.kill(pid, 9)
+            codes[pid] = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+        if pid not in codes:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                codes[pid] = os.waitstatus_to_exitcode(status)
+        answer = {"code": codes.get(pid)}
+    print(json.dumps(answer), flush=True)
+"""
+
+
+@pytest.fixture(scope="module")
+def forker(tmp_path_factory):
+    """The RANK_FORKER process, shared by the by-hand tests; its stderr is shown if it fails."""
+    log = tmp_path_factory.mktemp("forker") / "stderr.txt"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
+    with log.open("w") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", RANK_FORKER], env=env, text=True,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err,
+        )  # fmt: skip
+    try:
+        yield proc, log
+    finally:
+        assert proc.stdin is not None
+        proc.stdin.close()  # its loop ends; every rank it forked was waited for or killed
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _ask(forker, **request):
+    proc, log = forker
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdin.write(json.dumps(request) + "\n")
+    proc.stdin.flush()
+    answer = proc.stdout.readline()
+    assert answer, f"the rank forker died: {log.read_text()[-3000:]}"
+    return json.loads(answer)
+
+
+def _by_hand(
+    forker, tmp_path, args, *, timeout=BY_HAND_TIMEOUT, rank_args=None, rank_env=None, **env_vars
+):
     """Two ranks of ``histomodels ARGS`` started by hand (RANK, WORLD_SIZE, MASTER_ADDR,
     MASTER_PORT; no torchrun), rank k in its own folder ``node<k>`` as if on its own node's
-    disk. Returns [(exit code, stderr, seconds to exit)] per rank; a rank still running
-    after ``timeout`` s is killed and fails the test (it would have waited 10 minutes or more).
-    ``rank_args`` {rank: [more args]} / ``rank_env`` {rank: {VAR: value}} give one rank
-    options or environment of its own.
+    disk, each forked by ``forker`` (RANK_FORKER). Returns [(exit code, stderr, seconds to
+    exit)] per rank; a rank still running after ``timeout`` s is killed and fails the test
+    (it would have waited 10 minutes or more). ``rank_args`` {rank: [more args]} /
+    ``rank_env`` {rank: {VAR: value}} give one rank options or environment of its own.
 
     Rank 1 starts once rank 0 hosts the rendezvous store, so that every test sees what its
     docstring says (rank 0 waiting in the join). Started together on a loaded box, rank 1
@@ -367,35 +456,40 @@ def _by_hand(tmp_path, args, *, timeout=BY_HAND_TIMEOUT, rank_args=None, rank_en
     import time
 
     port = _free_port()
-    procs, t0 = [], time.monotonic()
+    pids, codes, t0 = [], {}, time.monotonic()
+
+    def poll(rank):
+        if rank not in codes:
+            code = _ask(forker, op="poll", pid=pids[rank])["code"]
+            if code is not None:
+                codes[rank] = (code, time.monotonic() - t0)
+        return rank in codes
+
     for rank in range(2):
         env = {
             **os.environ, "RANK": str(rank), "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
             "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE",
             **env_vars, **(rank_env or {}).get(rank, {}),
         }  # fmt: skip
-        cmd = [sys.executable, "-m", "histomodels", *args, *(rank_args or {}).get(rank, [])]
         node = tmp_path / f"node{rank}"
-        pipe = subprocess.PIPE
-        procs.append(subprocess.Popen(cmd, cwd=node, env=env, text=True, stdout=pipe, stderr=pipe))
-        while rank == 0 and not _listening(port) and procs[0].poll() is None:
+        job = {"args": [*args, *(rank_args or {}).get(rank, [])], "env": env, "cwd": str(node)}
+        pids.append(_ask(forker, op="spawn", stderr=str(node / "stderr.txt"), **job)["pid"])
+        while rank == 0 and not _listening(port) and not poll(0):
             if time.monotonic() - t0 > timeout:
                 break  # rank 0 never hosted the store: the wait below fails the test
             time.sleep(0.1)
-    done = []
     try:
-        for proc in procs:
-            left = max(1.0, timeout - (time.monotonic() - t0))
-            _, err = proc.communicate(timeout=left)
-            done.append((proc.returncode, err, time.monotonic() - t0))
-    except subprocess.TimeoutExpired:
-        pytest.fail(f"rank {len(done)} still running after {timeout} s: {done}")
+        while not (poll(0) & poll(1)):
+            if time.monotonic() - t0 > timeout:
+                pytest.fail(f"rank {min({0, 1} - set(codes))} still running after {timeout} s")
+            time.sleep(0.1)
     finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-    return done
+        for pid in pids:
+            _ask(forker, op="kill", pid=pid)  # reaps it; kills only one still running
+    return [
+        (codes[k][0], (tmp_path / f"node{k}" / "stderr.txt").read_text(), codes[k][1])
+        for k in range(2)
+    ]
 
 
 #: One rank of two, started by hand, with a short REPORT_WAIT (a minute in the CLI).
@@ -486,27 +580,27 @@ def _one_line_each(done, failed, problem):
 
 
 @pytest.mark.slow
-def test_by_hand_a_teacher_missing_on_one_node_stops_both_ranks(trained, tmp_path):
+def test_by_hand_a_teacher_missing_on_one_node_stops_both_ranks(trained, forker, tmp_path):
     """Rank 1 fails before joining (its --teacher is not on its disk): rank 0, waiting for
     it in the join, learns it from the rendezvous store and stops (it used to wait there
     for the 30-minute process-group timeout); nothing is written."""
     args = _two_nodes(trained, tmp_path)
     shutil.copy2(trained / "teacher" / "best.pt", tmp_path / "node0" / "teacher.pt")
-    done = _by_hand(tmp_path, args)
+    done = _by_hand(forker, tmp_path, args)
     _one_line_each(done, failed=1, problem="teacher must be a checkpoint")
     assert "before joining" in done[0][1]
     assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.slow
-def test_by_hand_a_bad_option_on_one_rank_stops_both_ranks(trained, tmp_path):
+def test_by_hand_a_bad_option_on_one_rank_stops_both_ranks(trained, forker, tmp_path):
     """Rank 1 is given --lr 0: click stops it with a usage error (exit 2) before any of our
     code runs; it still tells rank 0, which stops at once instead of waiting in the join
     for the 30-minute timeout; nothing is written."""
     args = _two_nodes(trained, tmp_path)
     for rank in range(2):
         shutil.copy2(trained / "teacher" / "best.pt", tmp_path / f"node{rank}" / "teacher.pt")
-    done = _by_hand(tmp_path, args, rank_args={1: ["--lr", "0"]})
+    done = _by_hand(forker, tmp_path, args, rank_args={1: ["--lr", "0"]})
     (code0, err0, t0), (code1, err1, t1) = done
     assert code1 == 2 and "Invalid value for '--lr'" in err1 and "Traceback" not in err1, err1
     lines = err0.splitlines()
@@ -517,20 +611,20 @@ def test_by_hand_a_bad_option_on_one_rank_stops_both_ranks(trained, tmp_path):
 
 
 @pytest.mark.slow
-def test_by_hand_one_rank_streaming_and_one_in_memory_train_together(trained, tmp_path):
+def test_by_hand_one_rank_streaming_and_one_in_memory_train_together(trained, forker, tmp_path):
     """Each rank decides by its own free memory whether to stream its data: rank 0 streams
     (a 1-byte cache budget), rank 1 holds the patches in memory. They still make the same
     collectives (a per-batch check on one rank only paired with DDP's gradient all-reduce
     on the other and hung both) and finish."""
     args = _two_nodes(trained, tmp_path)
     args = args[: args.index("--teacher")]  # no teacher needed here
-    done = _by_hand(tmp_path, args, rank_env={0: {"HISTOMODELS_CACHE_BYTES": "1"}})
+    done = _by_hand(forker, tmp_path, args, rank_env={0: {"HISTOMODELS_CACHE_BYTES": "1"}})
     assert [code for code, _, _ in done] == [0, 0], [err[-2000:] for _, err, _ in done]
     assert (tmp_path / "run" / "best.pt").is_file()
 
 
 @pytest.mark.slow
-def test_by_hand_a_teacher_only_rank_0_cannot_load_stops_both_ranks(trained, tmp_path):
+def test_by_hand_a_teacher_only_rank_0_cannot_load_stops_both_ranks(trained, forker, tmp_path):
     """Rank 0's copy of the teacher is truncated: it fails loading it after the ranks
     joined, and both stop before the next collective with one error line each, no
     traceback, no soft-target cache, no run folder (rank 1 used to die in the gloo
@@ -539,13 +633,13 @@ def test_by_hand_a_teacher_only_rank_0_cannot_load_stops_both_ranks(trained, tmp
     good = (trained / "teacher" / "best.pt").read_bytes()
     (tmp_path / "node0" / "teacher.pt").write_bytes(good[: len(good) // 2])
     (tmp_path / "node1" / "teacher.pt").write_bytes(good)
-    done = _by_hand(tmp_path, args)
+    done = _by_hand(forker, tmp_path, args)
     _one_line_each(done, failed=0, problem="teacher.pt: not a loadable checkpoint")
     assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.slow
-def test_by_hand_training_data_only_rank_1_cannot_read_stops_both_ranks(trained, tmp_path):
+def test_by_hand_training_data_only_rank_1_cannot_read_stops_both_ranks(trained, forker, tmp_path):
     """Rank 1's copy of the training data is truncated: it fails reading it after the
     ranks joined, rank 0 (which read its own copy) stops too instead of scoring."""
     args = _two_nodes(trained, tmp_path)
@@ -555,13 +649,13 @@ def test_by_hand_training_data_only_rank_1_cannot_read_stops_both_ranks(trained,
     (tmp_path / "node1" / "train.h5").write_bytes(data[: len(data) // 3])
     for rank in range(2):
         shutil.copy2(trained / "teacher" / "best.pt", tmp_path / f"node{rank}" / "teacher.pt")
-    done = _by_hand(tmp_path, args)
+    done = _by_hand(forker, tmp_path, args)
     _one_line_each(done, failed=1, problem="train.h5")
     assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.slow
-def test_by_hand_a_batch_only_rank_1_cannot_read_stops_both_ranks(trained, tmp_path):
+def test_by_hand_a_batch_only_rank_1_cannot_read_stops_both_ranks(trained, forker, tmp_path):
     """The training data is streamed (a cache budget of 1 byte) and rank 1's copy has
     damaged patches after the first: rank 1 fails at its first batch, mid-epoch, and rank
     0 stops with it instead of dying in DDP's next collective with a traceback."""
@@ -578,6 +672,6 @@ def test_by_hand_a_batch_only_rank_1_cannot_read_stops_both_ranks(trained, tmp_p
         assert isinstance(encoded, h5py.Dataset)
         for i in range(1, len(encoded)):
             encoded[i] = np.frombuffer(b"\x89PNG\r\n\x1a\n" + b"damaged" * 9, np.uint8)
-    done = _by_hand(tmp_path, args, HISTOMODELS_CACHE_BYTES="1")
+    done = _by_hand(forker, tmp_path, args, HISTOMODELS_CACHE_BYTES="1")
     _one_line_each(done, failed=1, problem="train.h5 row")
     assert not (tmp_path / "run").exists()
