@@ -1,7 +1,9 @@
 """timm's hub weights without the hub (models/hub.py): one error line at once, or the cache.
 
-Each case runs the command in a fresh process, since huggingface_hub reads ``HF_ENDPOINT``,
-``HF_HUB_CACHE`` and ``HF_HUB_VERBOSITY`` when it is imported; the hub is a port on
+Each case runs the command in a child process, since huggingface_hub reads ``HF_ENDPOINT``,
+``HF_HOME``, ``HF_HUB_OFFLINE`` and ``HF_HUB_VERBOSITY`` when it is imported; cases with the
+same settings share one child (a module fixture: the imports cost about 7 CPU seconds a
+child), each command with its own stderr, cache entry and ``--out``. The hub is a port on
 127.0.0.1 that refuses connections, or a local mirror that serves weights (and answers 503
 at its root).
 """
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import http.server
+import json
 import os
 import socket
 import subprocess
@@ -220,46 +223,101 @@ def test_hub_warnings_are_quiet_in_this_process_only(tmp_path: Path, args, env, 
 
 _HF_NAME = "timm/hf-hub:timm/resnet18.a1_in1k"
 
-#: Runs the CLI in this child and prints how long the command took, imports apart (the
-#: commands import PyTorch and timm lazily: 10 s and more on a busy machine).
+#: Runs the CLI in this child once for each command line of the JSON file argv[1] (each with
+#: its stderr in a file of its own, argv[2] + ".N") and writes how long each took, imports
+#: apart (the commands import PyTorch and timm lazily: 10 s and more on a busy machine), and
+#: its exit code, to the JSON file argv[2]. Several commands in one child pay the imports
+#: (about 7 CPU seconds) once.
 _TIMED = """
-import sys, time
+import json, os, sys, time
 import huggingface_hub, timm, torch  # noqa
 import histomodels.models, histomodels.training  # noqa
 from histomodels.cli import app
-start = time.monotonic()
-try:
-    app(sys.argv[1:], prog_name="histomodels")
-except SystemExit as exc:
-    code = exc.code
-print(f"{time.monotonic() - start:.1f} {code}")
+with open(sys.argv[1]) as f:
+    commands = json.load(f)
+results = []
+for n, argv in enumerate(commands):
+    sys.stderr.flush()
+    with open(f"{sys.argv[2]}.{n}", "w") as err:
+        os.dup2(err.fileno(), 2)
+    start = time.monotonic()
+    code = None
+    try:
+        app(argv, prog_name="histomodels")
+    except SystemExit as exc:
+        code = exc.code
+    sys.stderr.flush()
+    results.append([time.monotonic() - start, code])
+with open(sys.argv[2], "w") as f:
+    json.dump(results, f)
 """
 
 
-def _timed(tmp_path: Path, env: dict[str, str], *args: str) -> tuple[float, int, str]:
-    train_h5 = write_h5(tmp_path / "train.h5", 32, seed=0)
-    val_h5 = write_h5(tmp_path / "val.h5", 24, seed=1)
-    given = ["--data", str(train_h5), "--val", str(val_h5), "--out", str(tmp_path / "r"),
-             "--epochs", "1", "--batch-size", "16", "--threads", "1", "--quiet"]  # fmt: skip
-    command = [sys.executable, "-c", _TIMED, *args, *given]
+def _timed_many(
+    folder: Path, env: dict[str, str], *commands: list[str]
+) -> list[tuple[float, int, str]]:
+    """Each command (``COMMAND --model ...``) on the same data in one child, into its own
+    ``--out`` (``folder/r0``, ``r1``, ...): [(seconds, exit code, stderr)] in order."""
+    train_h5 = write_h5(folder / "train.h5", 32, seed=0)
+    val_h5 = write_h5(folder / "val.h5", 24, seed=1)
+    lines = [
+        [*args, "--data", str(train_h5), "--val", str(val_h5), "--out", str(folder / f"r{n}"),
+         "--epochs", "1", "--batch-size", "16", "--threads", "1", "--quiet"]
+        for n, args in enumerate(commands)
+    ]  # fmt: skip
+    (folder / "commands.json").write_text(json.dumps(lines))
+    results = folder / "results.json"
+    command = [sys.executable, "-c", _TIMED, str(folder / "commands.json"), str(results)]
     r = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
-    seconds, code = r.stdout.split()[-2:]
-    return float(seconds), int(code), r.stderr
+    assert results.exists(), r.stderr[-3000:] + "".join(
+        p.read_text()[-3000:] for p in sorted(folder.glob("results.json.*"))
+    )
+    return [
+        (seconds, code, (folder / f"results.json.{n}").read_text())
+        for n, (seconds, code) in enumerate(json.loads(results.read_text()))
+    ]
+
+
+def _timed(tmp_path: Path, env: dict[str, str], *args: str) -> tuple[float, int, str]:
+    """One command in a child of its own (``--out`` is ``tmp_path/r0``)."""
+    (result,) = _timed_many(tmp_path, env, list(args))
+    return result
+
+
+COMMANDS = ("train", "finetune")
+
+
+@pytest.fixture(scope="module")
+def uncached_runs(tmp_path_factory: pytest.TempPathFactory):
+    """``offline -> (folder, {command: (seconds, exit code, stderr)})``: train and finetune of
+    an uncached hf-hub: model without the hub, in one child per HF_HUB_OFFLINE setting (read
+    when huggingface_hub is imported); each run when a test first asks for it."""
+    runs: dict[bool, tuple[Path, dict[str, tuple[float, int, str]]]] = {}
+
+    def run(offline: bool) -> tuple[Path, dict[str, tuple[float, int, str]]]:
+        if offline not in runs:
+            folder = tmp_path_factory.mktemp("uncached")
+            extra = {"HF_HUB_OFFLINE": "1"} if offline else {}
+            env = _env(folder, f"http://127.0.0.1:{_closed_port()}", **extra)
+            results = _timed_many(folder, env, *([c, "--model", _HF_NAME] for c in COMMANDS))
+            runs[offline] = folder, dict(zip(COMMANDS, results, strict=True))
+        return runs[offline]
+
+    return run
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("command", ["train", "finetune"])
+@pytest.mark.parametrize("command", COMMANDS)
 @pytest.mark.parametrize("offline", [False, True])
 def test_an_uncached_hf_hub_model_without_the_hub_is_one_line_at_once(
-    tmp_path: Path, command: str, offline: bool
+    uncached_runs, command: str, offline: bool
 ) -> None:
     """timm reads an hf-hub: model's config.json from the hub even untrained: with nothing
     cached and no hub, huggingface_hub's retries took 34 s (at least 23 s of backoff), then
     'error: An error happened while trying to locate the file on the Hub ...', naming no
     model."""
-    extra = {"HF_HUB_OFFLINE": "1"} if offline else {}
-    env = _env(tmp_path, f"http://127.0.0.1:{_closed_port()}", **extra)
-    seconds, code, stderr = _timed(tmp_path, env, command, "--model", _HF_NAME)
+    folder, runs = uncached_runs(offline)
+    seconds, code, stderr = runs[command]
     assert code == 1, stderr
     lines = stderr.strip().splitlines()
     assert len(lines) == 1, stderr
@@ -272,7 +330,7 @@ def test_an_uncached_hf_hub_model_without_the_hub_is_one_line_at_once(
     # huggingface_hub's backoff alone sleeps 1+2+4+8+8 s; now: the data read, a trial
     # build and one refused connection (1-2 s idle)
     assert seconds < 15, seconds
-    assert not (tmp_path / "r").exists()
+    assert not (folder / f"r{COMMANDS.index(command)}").exists()
 
 
 @pytest.mark.slow
@@ -302,32 +360,84 @@ def test_a_cached_hf_hub_model_builds_without_the_hub(tmp_path: Path) -> None:
     env = _env(tmp_path, f"http://127.0.0.1:{_closed_port()}")
     _, code, stderr = _timed(tmp_path, env, "finetune", "--model", _HF_NAME)
     assert code in (0, None), stderr
-    assert torch.equal(_stem(tmp_path / "r", state["conv1.weight"]), state["conv1.weight"])
+    assert torch.equal(_stem(tmp_path / "r0", state["conv1.weight"]), state["conv1.weight"])
 
 
-#: Builds the hf-hub: model pretrained in this child (the library, no CLI: huggingface_hub's
-#: retry warnings are not silenced) and saves its stem.
+#: Builds hf-hub: models pretrained in this child (the library, no CLI: huggingface_hub's
+#: retry warnings are not silenced) and saves each one's stem: argv is NAME STEM_FILE ...;
+#: each build's stderr goes to STEM_FILE.err, and a build that raises leaves no STEM_FILE
+#: (its traceback in the .err file) while the next still runs.
 _BUILD = """
-import sys, torch
+import os, sys, traceback, torch
 from histomodels.models.timm_zoo import _timm_create
-model = _timm_create(sys.argv[1], True)
-torch.save(model.conv1.weight.detach(), sys.argv[2])
+for name, stem in zip(sys.argv[1::2], sys.argv[2::2]):
+    sys.stderr.flush()
+    with open(stem + ".err", "w") as err:
+        os.dup2(err.fileno(), 2)
+    try:
+        model = _timm_create(name, True)
+        torch.save(model.conv1.weight.detach(), stem)
+    except Exception:
+        traceback.print_exc()
+    sys.stderr.flush()
 """
 
+#: the cached weights timm does not ask for first: (weights, hf_hub_filename, legacy)
+SECOND_LOADS = [
+    ("pytorch_model.bin", None, False),  # timm asks for model.safetensors first
+    ("open_clip_pytorch_model.bin", "open_clip_pytorch_model.bin", False),  # named
+    # a legacy config.json, one dict without "pretrained_cfg", names it at its top
+    # level (timm takes the whole file as the pretrained config), with other weights
+    # cached as pytorch_model.bin beside it: those were loaded, the wrong model
+    ("open_clip_pytorch_model.bin", "open_clip_pytorch_model.bin", True),
+]
 
-@pytest.mark.parametrize(
-    ("weights", "hf_hub_filename", "legacy"),
-    [
-        ("pytorch_model.bin", None, False),  # timm asks for model.safetensors first
-        ("open_clip_pytorch_model.bin", "open_clip_pytorch_model.bin", False),  # named
-        # a legacy config.json, one dict without "pretrained_cfg", names it at its top
-        # level (timm takes the whole file as the pretrained config), with other weights
-        # cached as pytorch_model.bin beside it: those were loaded, the wrong model
-        ("open_clip_pytorch_model.bin", "open_clip_pytorch_model.bin", True),
-    ],
-)
+
+@pytest.fixture(scope="module")
+def second_load_runs(tmp_path_factory: pytest.TempPathFactory):
+    """``[(snapshot, stem file, stderr, the stem cached)]`` for each of SECOND_LOADS, cached
+    as repo caseN/resnet18.a1_in1k in one Hugging Face cache and built in one child."""
+    import json
+
+    import timm
+
+    folder = tmp_path_factory.mktemp("second-load")
+    cases, argv = [], []
+    for n, (weights, hf_hub_filename, legacy) in enumerate(SECOND_LOADS):
+        torch.manual_seed(12)
+        state = timm.create_model("resnet18", pretrained=False).state_dict()
+        repo = folder / "hf" / "hub" / f"models--case{n}--resnet18.a1_in1k"
+        commit = "fedcba9876543210fedcba9876543210fedcba98"
+        snapshot = repo / "snapshots" / commit
+        snapshot.mkdir(parents=True)
+        (repo / "refs").mkdir()
+        (repo / "refs" / "main").write_text(commit)
+        torch.save(state, snapshot / weights)
+        pretrained = {"tag": "a1_in1k", "input_size": [3, 224, 224], "num_classes": 1000,
+                      "first_conv": "conv1", "classifier": "fc"}  # fmt: skip
+        if hf_hub_filename:
+            pretrained["hf_hub_filename"] = hf_hub_filename
+        config = {"architecture": "resnet18", "num_classes": 1000, "pretrained_cfg": pretrained}
+        if legacy:
+            config = {"architecture": "resnet18", **pretrained}
+            torch.manual_seed(13)
+            torch.save(timm.create_model("resnet18").state_dict(), snapshot / "pytorch_model.bin")
+        (snapshot / "config.json").write_text(json.dumps(config))
+        stem = folder / f"stem{n}.pt"
+        argv += [f"hf-hub:case{n}/resnet18.a1_in1k", str(stem)]
+        cases.append((snapshot, stem, state["conv1.weight"]))
+    env = _env(folder, f"http://127.0.0.1:{_closed_port()}")
+    r = subprocess.run([sys.executable, "-c", _BUILD, *argv], env=env, capture_output=True,
+                       text=True, timeout=600)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    return [
+        (snapshot, stem, Path(f"{stem}.err").read_text(), like) for snapshot, stem, like in cases
+    ]
+
+
+@pytest.mark.parametrize(("weights", "hf_hub_filename", "legacy"), SECOND_LOADS)
 def test_cached_weights_timm_asks_for_second_load_without_retries(
-    tmp_path: Path, weights: str, hf_hub_filename: str | None, legacy: bool
+    second_load_runs, weights: str, hf_hub_filename: str | None, legacy: bool
 ) -> None:
     """An hf-hub: model whose cache holds weights that are not the first file timm asks for
     (pytorch_model.bin, after model.safetensors) or that its config.json names
@@ -335,73 +445,63 @@ def test_cached_weights_timm_asks_for_second_load_without_retries(
     ('Retrying in 1s [Retry 1/5]' ... 8s) before timm fell back to the cached one; a name
     other than model.safetensors/pytorch_model.bin was not seen as cached at all and the
     build was refused. The cached file is loaded at once, and is what the model holds."""
-    import json
-
-    import timm
-
-    torch.manual_seed(12)
-    state = timm.create_model("resnet18", pretrained=False).state_dict()
-    repo = tmp_path / "hf" / "hub" / "models--timm--resnet18.a1_in1k"
-    commit = "fedcba9876543210fedcba9876543210fedcba98"
-    snapshot = repo / "snapshots" / commit
-    snapshot.mkdir(parents=True)
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text(commit)
-    torch.save(state, snapshot / weights)
-    pretrained = {"tag": "a1_in1k", "input_size": [3, 224, 224], "num_classes": 1000,
-                  "first_conv": "conv1", "classifier": "fc"}  # fmt: skip
-    if hf_hub_filename:
-        pretrained["hf_hub_filename"] = hf_hub_filename
-    config = {"architecture": "resnet18", "num_classes": 1000, "pretrained_cfg": pretrained}
-    if legacy:
-        config = {"architecture": "resnet18", **pretrained}
-        torch.manual_seed(13)
-        torch.save(timm.create_model("resnet18").state_dict(), snapshot / "pytorch_model.bin")
-    (snapshot / "config.json").write_text(json.dumps(config))
-    env = _env(tmp_path, f"http://127.0.0.1:{_closed_port()}")
-    stem = tmp_path / "stem.pt"
-    name = _HF_NAME.removeprefix("timm/")
-    r = subprocess.run([sys.executable, "-c", _BUILD, name, str(stem)], env=env,
-                       capture_output=True, text=True, timeout=600)  # fmt: skip
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert "Retrying" not in r.stderr, r.stderr[-3000:]
-    assert f"using the cached weights {snapshot / weights}" in r.stderr
-    assert torch.equal(torch.load(stem), state["conv1.weight"])
+    n = SECOND_LOADS.index((weights, hf_hub_filename, legacy))
+    snapshot, stem, stderr, like = second_load_runs[n]
+    assert stem.exists(), stderr[-3000:]
+    assert "Retrying" not in stderr, stderr[-3000:]
+    assert f"using the cached weights {snapshot / weights}" in stderr
+    assert torch.equal(torch.load(stem), like)
 
 
-@pytest.mark.parametrize(
-    ("text", "said"),
-    [
-        ("[" * 100_000 + "]" * 100_000, "not usable JSON (nested too deeply)"),  # RecursionError
-        ("[1, 2]", "a JSON list, expected an object"),  # TypeError inside timm
-        ('{"architecture": 5}', "its 'architecture' is not a model name"),  # AttributeError
-        ('{"architecture": "resnet18", "pretrained_cfg": 5}', "its 'pretrained_cfg' is a JSON"),
-        # a JSONDecodeError traceback inside timm, which reads it as UTF-8 text (review 2)
-        ('\ufeff{"architecture": "resnet18"}', "it starts with a byte-order mark"),
-    ],
-)
+#: cached config.json texts timm cannot parse, and what the error line says of each
+BAD_CONFIGS = [
+    ("[" * 100_000 + "]" * 100_000, "not usable JSON (nested too deeply)"),  # RecursionError
+    ("[1, 2]", "a JSON list, expected an object"),  # TypeError inside timm
+    ('{"architecture": 5}', "its 'architecture' is not a model name"),  # AttributeError
+    ('{"architecture": "resnet18", "pretrained_cfg": 5}', "its 'pretrained_cfg' is a JSON"),
+    # a JSONDecodeError traceback inside timm, which reads it as UTF-8 text (review 2)
+    ('\ufeff{"architecture": "resnet18"}', "it starts with a byte-order mark"),
+]
+
+
+@pytest.fixture(scope="module")
+def bad_config_runs(tmp_path_factory: pytest.TempPathFactory):
+    """``(folder, [(seconds, exit code, stderr)])``: ``train --model timm/hf-hub:evil/mN``
+    for each of BAD_CONFIGS (cached as repo evil/mN), all in one child."""
+    folder = tmp_path_factory.mktemp("bad-configs")
+    for n, (text, _) in enumerate(BAD_CONFIGS):
+        repo = folder / "hf" / "hub" / f"models--evil--m{n}"
+        commit = "0123456789abcdef0123456789abcdef01234567"
+        (repo / "snapshots" / commit).mkdir(parents=True)
+        (repo / "refs").mkdir()
+        (repo / "refs" / "main").write_text(commit)
+        (repo / "snapshots" / commit / "config.json").write_text(text)
+    env = _env(folder, f"http://127.0.0.1:{_closed_port()}", HF_HUB_OFFLINE="1")
+    commands = (["train", "--model", f"timm/hf-hub:evil/m{n}"] for n in range(len(BAD_CONFIGS)))
+    return folder, _timed_many(folder, env, *commands)
+
+
+@pytest.mark.parametrize(("text", "said"), BAD_CONFIGS)
 def test_a_cached_hf_hub_config_timm_cannot_parse_is_one_line(
-    tmp_path: Path, text: str, said: str
+    bad_config_runs, text: str, said: str
 ) -> None:
     """An hf-hub: model's config.json comes from someone's hub repo; one timm cannot parse
     was a traceback from train (a RecursionError in our own read of its hf_hub_filename,
     then TypeError or AttributeError in timm's _parse_model_cfg). Now one line naming the
     cached file, nothing written."""
-    repo = tmp_path / "hf" / "hub" / "models--evil--m"
-    commit = "0123456789abcdef0123456789abcdef01234567"
-    (repo / "snapshots" / commit).mkdir(parents=True)
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text(commit)
-    config = repo / "snapshots" / commit / "config.json"
-    config.write_text(text)
-    env = _env(tmp_path, f"http://127.0.0.1:{_closed_port()}", HF_HUB_OFFLINE="1")
-    _, code, stderr = _timed(tmp_path, env, "train", "--model", "timm/hf-hub:evil/m")
+    folder, runs = bad_config_runs
+    n = BAD_CONFIGS.index((text, said))
+    config = next(
+        (folder / "hf" / "hub" / f"models--evil--m{n}" / "snapshots").glob("*/config.json")
+    )
+    assert config.read_text() == text
+    _, code, stderr = runs[n]
     lines = stderr.strip().splitlines()
     assert code == 1 and len(lines) == 1, stderr[-3000:]
     assert lines[0].startswith(
-        f"error: {config}: not a usable config.json for timm/hf-hub:evil/m ({said}"
+        f"error: {config}: not a usable config.json for timm/hf-hub:evil/m{n} ({said}"
     ), lines
-    assert not (tmp_path / "r").exists()
+    assert not (folder / f"r{n}").exists()
 
 
 @pytest.mark.slow
