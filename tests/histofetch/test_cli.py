@@ -130,6 +130,24 @@ def test_a_filter_whose_images_are_all_unreadable_names_no_sheets(tmp_path: Path
     assert re.search(r"kept \d of 3 scored images \(1 unreadable\);", result.output), result.output
 
 
+def test_the_kept_line_counts_the_unreadable_images_themselves(tmp_path: Path) -> None:
+    """filter's 'kept' line took min(failed images, rejected) for the unreadable ones: a
+    failed row not decided (an edited or foreign manifest) was counted unreadable, and a
+    scored rejected image was taken out of the scored for it ('kept 2 of 2 scored images
+    (1 unreadable)'). The rows decided unreadable are counted now."""
+    from review_kit import make_run
+
+    from histofetch.cli._common import kept_line
+
+    run = make_run(tmp_path)
+    with Manifest.load(run) as manifest:
+        failed, rejected = sorted(manifest.images.values(), key=lambda i: i.id)[:2]
+        failed.status, failed.kept, failed.reason = "failed", None, "cannot read image"
+        rejected.kept, rejected.filter_reason = False, "too small"
+        manifest.save()
+    assert kept_line(run, sheet=False) == "kept 2 of 3 scored images"
+
+
 def test_a_stage_without_run_says_where_it_wrote(
     tmp_path: Path, pdfs: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from histocore.io import one_line, path_shown
-from histocore.manifest import STAGES, Manifest, Record
+from histocore.manifest import STAGES, Image, Manifest, Record
 from histofetch.stage import reason_key
 
 
@@ -45,6 +45,7 @@ def _status(manifest: Manifest, run_dir: Path) -> dict[str, Any]:
         "rejected": sum(1 for i in images if i.kept is False),
         "failed": len(failed),
         "failed_images": sum(1 for i in images if i.status == "failed"),
+        "unreadable": sum(1 for i in images if _unreadable(i)),
         "stages": {s: stages.get(s, 0) for s in STAGES},
         "failed_by_stage": dict(Counter(r.failed_stage or "?" for r in failed)),
         "failure_reasons": dict(Counter(reason_key(r.reason) for r in failed).most_common()),
@@ -65,6 +66,11 @@ def _status(manifest: Manifest, run_dir: Path) -> dict[str, Any]:
         "transient_failures": sum(1 for r in failed if r.transient),
         "kept_images": [i.path for i in kept],
     }
+
+
+def _unreadable(img: Image) -> bool:
+    """A figure filter could not read: failed, and decided (rejected) without scores."""
+    return img.status == "failed" and img.kept is False
 
 
 #: The route of a record whose PDF was given to ``extract`` (no route fetched it).

@@ -316,8 +316,10 @@ def kept_line(run: Path, sheet: bool = True) -> str:
     with errors():
         info = run_status(run)
     # an image filter could not read is decided (rejected, 'unreadable image') but not
-    # scored: 'kept 8 of 11 scored images' counted 2 unreadable ones among the 11
-    unreadable = min(info.get("failed_images", 0), info["rejected"])
+    # scored: 'kept 8 of 11 scored images' counted 2 unreadable ones among the 11. Counted
+    # as status counts them: min(failed images, rejected) took a failed row not decided
+    # for an unreadable one, and a scored rejected image out of the scored
+    unreadable = info["unreadable"]
     scored = info["scored"] - unreadable
     # filter writes no sheet when it has nothing to show (it wrote four blank ones, and a
     # search that found nothing sent the user to them), and removes the earlier ones
