@@ -752,10 +752,14 @@ def test_status_shows_unreadable_images_as_failed_as_its_json_does(tmp_path: Pat
     as_json = CliRunner().invoke(app, ["status", "--run", str(run_dir), "--json"])
     info = json.loads(as_json.stdout)
     assert (info["failed"], info["failed_images"]) == (0, 1)
+    # counted apart, as filter's own line counts it: not among the scored nor the
+    # rejected images, nor the reject reasons (finding 1)
+    assert (info["scored"], info["rejected"], info["unreadable"]) == (0, 0, 1)
+    assert "unreadable image" not in info["reject_reasons"]
     out = CliRunner().invoke(app, ["status", "--run", str(run_dir)]).output
-    assert "failed records 0  failed images 1" in out, out
+    assert "rejected 0  unreadable 1  failed records 0  failed images 1" in out, out
     assert (
-        "1 of the rejected images failed (filter could not read it; "
+        "1 image unreadable, not scored (filter could not read it; "
         "histofetch filter --retry-failed reads it again)"
     ) in out, out
 

@@ -18,6 +18,7 @@ from histocore.manifest import Manifest
 from histofetch.cli import app as cli
 from histofetch.review.app import create_app
 from histofetch.review.data import LOG_NAME, ReviewError, Scores, save_answer
+from histofetch.stage import command as hint_command
 
 
 @pytest.fixture(scope="module")
@@ -218,7 +219,27 @@ def test_the_sheets_are_named_only_when_they_show_the_rejected_figures(tmp_path:
     (figure,) = Manifest.load(run).images.values()
     assert figure.kept is False and figure.status == "failed"
     out = _review_error(run)
-    assert "filter kept none of the run's 1 image;" in out and "the sheets in" not in out
+    # not 'kept none of the run's 1 image': it could not read it (finding 1)
+    assert "filter could not read the 1 image it took;" in out and "the sheets in" not in out
+    assert f"{hint_command('filter', run, '--retry-failed')} reads it again" in out
+
+
+def test_the_hint_counts_the_figures_filter_could_not_read_apart(tmp_path: Path) -> None:
+    """'filter kept none of the run's 4 images' was said of a run whose filter could read
+    only 2 of them (the 2 others failed, unreadable, decided unscored): they were counted
+    as decided. They are counted apart now, with the command that reads them again."""
+    run = make_run(tmp_path, filtered=False)
+    for path in sorted((run / "images").glob("*.png"))[:2]:
+        path.write_bytes(b"not a png")
+    args = ["filter", "--run", str(run), "--min-side", "100000"]  # too small to judge now
+    r = CliRunner().invoke(cli, args)
+    assert r.exit_code == 0 and "kept 0 of 2 scored images (2 unreadable)" in r.output, r.output
+    out = _review_error(run)
+    retry = hint_command("filter", run, "--retry-failed")
+    assert (
+        f"filter kept none of the 2 images it decided (2 more it could not read: {retry} "
+        "reads them again);"
+    ) in out, out
 
 
 def test_an_earlier_filters_sheets_are_not_named_after_filter_no_sheet(tmp_path: Path) -> None:

@@ -37,12 +37,14 @@ def _status(manifest: Manifest, run_dir: Path) -> dict[str, Any]:
         "records": len(records),
         "pdfs": sum(1 for r in records if r.pdf_path),
         "images": len(images),
-        "scored": sum(1 for i in images if i.kept is not None),
+        # decided on their scores: a figure filter could not read is counted apart, in
+        # "unreadable" (decided rejected, never scored), as filter's 'kept' line counts it
+        "scored": sum(1 for i in images if i.kept is not None and not _unreadable(i)),
         "kept": len(kept),
         # Kept figures split into panels: "kept" counts their kept panels instead, so
         # kept + rejected + split_kept = scored.
         "split_kept": sum(1 for i in images if i.kept) - sum(1 for i in kept if i.kept),
-        "rejected": sum(1 for i in images if i.kept is False),
+        "rejected": sum(1 for i in images if i.kept is False and not _unreadable(i)),
         "failed": len(failed),
         "failed_images": sum(1 for i in images if i.status == "failed"),
         "unreadable": sum(1 for i in images if _unreadable(i)),
@@ -50,7 +52,11 @@ def _status(manifest: Manifest, run_dir: Path) -> dict[str, Any]:
         "failed_by_stage": dict(Counter(r.failed_stage or "?" for r in failed)),
         "failure_reasons": dict(Counter(reason_key(r.reason) for r in failed).most_common()),
         "reject_reasons": dict(
-            Counter(reason_key(i.filter_reason) for i in images if i.kept is False).most_common()
+            Counter(
+                reason_key(i.filter_reason)
+                for i in images
+                if i.kept is False and not _unreadable(i)
+            ).most_common()
         ),
         # Where article files came from, and under which licence (issue 9).
         "routes": dict(Counter(_route(r) for r in records).most_common()),
@@ -109,8 +115,9 @@ def format_status(info: dict[str, Any]) -> str:
         f"run {path_shown(Path(info['run']))}"  # ./~/run: a folder named '~', not $HOME's
         + (f"  (query: {info['query']})" if info.get("query") else ""),
         f"records {info['records']}  pdfs {info['pdfs']}  images {info['images']}  "
-        f"kept {info['kept']}  rejected {info['rejected']}  failed records {info['failed']}  "
-        f"failed images {info.get('failed_images', 0)}" + split_note(info),
+        f"kept {info['kept']}  rejected {info['rejected']}  unreadable {info['unreadable']}  "
+        f"failed records {info['failed']}  failed images {info.get('failed_images', 0)}"
+        + split_note(info),
         "stage reached (ok records): " + ", ".join(f"{k} {v}" for k, v in info["stages"].items()),
     ]
     if info.get("in_progress"):
@@ -141,11 +148,11 @@ def format_status(info: dict[str, Any]) -> str:
     if info["reject_reasons"]:
         lines.append("rejected images by reason:")
         lines += [f"  {n:5d}  {r}" for r, n in info["reject_reasons"].items()]
-    if n := info.get("failed_images", 0):  # they were shown only as a reject reason
+    if n := info.get("unreadable", 0):  # they were shown only as a reject reason
         them = "it" if n == 1 else "them"  # '1 … (filter could not read them' was said
         lines.append(
-            f"{n} of the rejected images failed (filter could not read {them}; "
-            f"histofetch filter --retry-failed reads {them} again)"
+            f"{n} image{'s' if n != 1 else ''} unreadable, not scored (filter could not read "
+            f"{them}; histofetch filter --retry-failed reads {them} again)"
         )
     # reasons, licences and the query come from servers, files and users: escaped
     return "\n".join(one_line(line) for line in lines)

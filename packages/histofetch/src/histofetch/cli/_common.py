@@ -319,8 +319,7 @@ def kept_line(run: Path, sheet: bool = True) -> str:
     # scored: 'kept 8 of 11 scored images' counted 2 unreadable ones among the 11. Counted
     # as status counts them: min(failed images, rejected) took a failed row not decided
     # for an unreadable one, and a scored rejected image out of the scored
-    unreadable = info["unreadable"]
-    scored = info["scored"] - unreadable
+    unreadable, scored = info["unreadable"], info["scored"]  # scored counts them not
     # filter writes no sheet when it has nothing to show (it wrote four blank ones, and a
     # search that found nothing sent the user to them), and removes the earlier ones
     # (with none kept there is no kept-001.jpg: the rejected sheets are named all the same)

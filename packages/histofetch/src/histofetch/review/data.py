@@ -159,8 +159,13 @@ def _nothing_kept(manifest: Manifest, run_dir: Path) -> str:
     from histofetch.sheets import shown_rows
 
     images = list(manifest.images.values())
-    # images and panels, not the split figures they were cut from (the sheets' count)
-    decided = sum(1 for img in images if img.kept is not None and not img.n_panels)
+    # images and panels, not the split figures they were cut from (the sheets' count); a
+    # figure filter could not read is decided (rejected) unscored: counted apart, as status
+    # counts it ('kept none of the run's 4 images' was said of 4 it could not read)
+    decided = sum(
+        1 for img in images if img.kept is not None and not img.n_panels and img.status == "ok"
+    )
+    unreadable = sum(1 for img in images if img.kept is False and img.status == "failed")
     failed_ids = {
         r.id
         for r in manifest.records.values()
@@ -201,6 +206,13 @@ def _nothing_kept(manifest: Manifest, run_dir: Path) -> str:
             retry += " and decides the others"
         elif decide_others:
             retry += ";" + decide_others.removeprefix(",")
+    unread = ""  # the figures filter could not read, and how to read them again
+    if unreadable:
+        them = "it" if unreadable == 1 else "them"
+        again = (
+            "" if failed else f": {command('filter', run_dir, '--retry-failed')} reads {them} again"
+        )
+        unread = f" ({unreadable} more it could not read{again})"
     if decided:  # filter ran: say what it did, not to run it
         sheets = run_dir / "sheets"
         # not after --no-sheet (an earlier filter's sheets show other decisions: the header's
@@ -208,18 +220,25 @@ def _nothing_kept(manifest: Manifest, run_dir: Path) -> str:
         current = manifest.header_extra.get("filter_sheets", True)  # a bool (check_header)
         shown = bool(shown_rows(manifest)) and sheets.is_dir() and current
         where = f", the sheets in {path_shown(sheets)} show them" if shown else ""
-        if not failed and not others:
+        if not failed and not others and not unreadable:
             return f": filter kept none of the run's {_plural(decided, 'image')}; {status}{where}"
         if not failed:  # 'the run's 2 images' of its 4: others wait for filter (or cannot)
             return (
-                f": filter kept none of the {_plural(decided, 'image')} it decided{others}; "
-                f"{status}{where}{decide_others}"
+                f": filter kept none of the {_plural(decided, 'image')} it decided{unread}"
+                f"{others}; {status}{where}{decide_others}"
             )
         # 'kept none of 2 images' alone hid the articles it failed (their images undecided)
         return (
-            f": filter kept none of the {_plural(decided, 'image')} it decided and failed "
-            f"{failures}; {status}{where}{retry}"
+            f": filter kept none of the {_plural(decided, 'image')} it decided{unread} and "
+            f"failed {failures}; {status}{where}{retry}"
         )
+    if unreadable:  # decided, every one unreadable: not 'its filtered articles have no images'
+        unread = f"the {_plural(unreadable, 'image')} it took{others}"
+        if failed:
+            return f": filter could not read {unread} and failed {failures}; {status}{retry}"
+        them = "it" if unreadable == 1 else "them"
+        reread = command("filter", run_dir, "--retry-failed")
+        return f": filter could not read {unread}; {status}, {reread} reads {them} again"
     if failed:
         return f": filter failed {failures}; {status}{retry}"
     left = _steps_left({i.record_id for i in images if i.kept is None}, manifest)
