@@ -758,9 +758,11 @@ def test_status_shows_unreadable_images_as_failed_as_its_json_does(tmp_path: Pat
     assert "unreadable image" not in info["reject_reasons"]
     out = CliRunner().invoke(app, ["status", "--run", str(run_dir)]).output
     assert "rejected 0  unreadable 1  failed records 0  failed images 1" in out, out
+    # the whole command, its run named: 'histofetch filter --retry-failed' named none
+    # (the other hints name it) and retried runs/default (finding 3)
     assert (
         "1 image unreadable, not scored (filter could not read it; "
-        "histofetch filter --retry-failed reads it again)"
+        f"histofetch filter --run {run_dir} --retry-failed reads it again)"
     ) in out, out
 
 

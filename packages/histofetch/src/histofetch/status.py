@@ -8,7 +8,7 @@ from typing import Any
 
 from histocore.io import one_line, path_shown
 from histocore.manifest import STAGES, Image, Manifest, Record
-from histofetch.stage import reason_key
+from histofetch.stage import command, reason_key
 
 
 def run_status(run_dir: Path) -> dict[str, Any]:
@@ -150,9 +150,11 @@ def format_status(info: dict[str, Any]) -> str:
         lines += [f"  {n:5d}  {r}" for r, n in info["reject_reasons"].items()]
     if n := info.get("unreadable", 0):  # they were shown only as a reject reason
         them = "it" if n == 1 else "them"  # '1 … (filter could not read them' was said
+        # the whole command, to copy: 'histofetch filter --retry-failed' named no run
+        retry = command("filter", Path(info["run"]), "--retry-failed")
         lines.append(
             f"{n} image{'s' if n != 1 else ''} unreadable, not scored (filter could not read "
-            f"{them}; histofetch filter --retry-failed reads {them} again)"
+            f"{them}; {retry} reads {them} again)"
         )
     # reasons, licences and the query come from servers, files and users: escaped
     return "\n".join(one_line(line) for line in lines)
