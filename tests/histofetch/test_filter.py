@@ -870,6 +870,29 @@ def test_a_figure_unreadable_at_rescore_keeps_no_old_scores(tmp_path: Path) -> N
     assert "colour    not computed: as above" in r.output.splitlines(), r.output
 
 
+def test_explain_of_an_article_failed_at_no_recorded_stage_says_so(tmp_path: Path) -> None:
+    """An article failed with no stage recorded (an edited or older manifest): --explain
+    said 'its article failed at ?'. It now says the stage is not recorded (finding 2)."""
+    from histocore.manifest import Record
+    from histofetch.filter import explain
+
+    run = tmp_path / "run"
+    m = Manifest(run_dir=run, query="q")
+    rec = m.add_record(Record(id="pmid:1", title="T", stage="downloaded"))
+    rec.status, rec.failed_stage, rec.reason = "failed", None, "x"
+    m.add_image(Image(id="pmid:1/f1", record_id="pmid:1", path="images/f1.png", sha256="a",
+                      width=96, height=96))  # fmt: skip
+    m.save()
+    m.close()
+    with Manifest.load(run) as again:  # as the store keeps it
+        text = explain(again, "f1")
+    assert "failed at ?" not in text, text
+    assert (
+        "decision  not decided yet (its article failed (stage not recorded), which filter "
+        f"does not take; histofetch status --run {run} says why)"
+    ) in text.splitlines(), text
+
+
 @pytest.mark.parametrize(
     ("stage", "failed", "advice"),
     [

@@ -523,6 +523,28 @@ def test_images_still_to_decide_ask_for_filter_not_for_status(tmp_path: Path) ->
     assert "filter first" not in out
 
 
+def test_articles_failed_at_no_recorded_stage_are_not_said_to_fail_at_a_question_mark(
+    tmp_path: Path,
+) -> None:
+    """Articles failed with no stage recorded (an edited or older manifest): the hint said
+    'its 2 articles failed at ?' and '1 other article failed at ?'. It now says the stage
+    is not recorded (finding 2)."""
+    run = make_run(tmp_path, filtered=False)
+    with Manifest.load(run) as m:
+        for rec in m.records.values():
+            rec.status, rec.failed_stage, rec.reason = "failed", None, "x"
+        m.save()
+    out = _review_error(run)
+    assert "?" not in out, out
+    assert f": its 2 articles failed (stage not recorded); histofetch status --run {run}" in out
+    with Manifest.load(run) as m:  # the other one filter failed: this one is 'other'
+        m.records["pmid:1"].failed_stage = "filtered"
+        m.save()
+    out = _review_error(run)
+    assert "?" not in out, out
+    assert "; 1 other article failed (stage not recorded), images not decided" in out, out
+
+
 def test_a_run_not_extracted_yet_is_told_the_steps_it_needs(tmp_path: Path) -> None:
     """A run only searched (or downloaded, its figures waiting for extract) was told 'run
     histofetch filter first', which passes over articles not extracted (`filtered: 0 done,

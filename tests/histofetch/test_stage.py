@@ -421,3 +421,12 @@ def test_a_record_renamed_meanwhile_is_not_counted_as_another_process_work(
     assert seen == ["pmid:9"] and summary.done == 1
     assert "another process" not in summary.line(), summary.line()
     assert "1 renamed by a search meanwhile" in summary.line(), summary.line()
+
+
+def test_failed_at_says_a_stage_not_recorded_so() -> None:
+    """Records failed with no stage recorded were said to have 'failed at ?' (finding 2)."""
+    from histofetch.stage import failed_at
+
+    assert failed_at(["downloaded", "extracted", "downloaded"]) == "failed at download, extract"
+    assert failed_at([None]) == "failed (stage not recorded)"
+    assert failed_at(["extracted", None]) == "failed at extract and at a stage not recorded"

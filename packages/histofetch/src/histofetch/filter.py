@@ -54,7 +54,7 @@ from histofetch.labels import RULES_VERSION, label_manifest
 from histofetch.leakage import rgb_hash
 from histofetch.pool import run_records
 from histofetch.record_time import DEFAULT_RECORD_TIMEOUT_S
-from histofetch.stage import StageSummary, command, decide_commands, step_name
+from histofetch.stage import StageSummary, command, decide_commands, failed_at
 
 log = logging.getLogger(__name__)
 
@@ -514,8 +514,9 @@ def _still_to_run(manifest: Manifest, img: Image, does: str) -> str:
         if rec.failed_stage == "filtered":  # the stage, as it is stored
             retry = command("filter", run, "--retry-failed")
             return f"its article failed at filter; {retry} tries again"
-        stage, status = step_name(rec.failed_stage or "?"), command("status", run)
-        return f"its article failed at {stage}, which filter does not take; {status} says why"
+        # 'failed at ?' was said of a record failed with no stage recorded
+        where, status = failed_at([rec.failed_stage]), command("status", run)
+        return f"its article {where}, which filter does not take; {status} says why"
     commands = decide_commands([rec] if rec is not None else [], run) or [command("filter", run)]
     if len(commands) > 1:  # 'decides' of one command, 'decide' of several
         does = does.removesuffix("s")

@@ -173,6 +173,18 @@ def step_name(stage: str) -> str:
     return _STEPS.get(stage, stage)
 
 
+def failed_at(stages: Iterable[str | None]) -> str:
+    """``failed at download, extract``: where records with these ``failed_stage`` values
+    failed, by the step the user ran. A record failed with no stage recorded (an edited or
+    older manifest) is said so, ``failed (stage not recorded)``: it read ``failed at ?``."""
+    given = list(stages)
+    known = sorted({step_name(s) for s in given if s})
+    if not known:
+        return "failed (stage not recorded)"
+    unknown = " and at a stage not recorded" if any(not s for s in given) else ""
+    return f"failed at {', '.join(known)}{unknown}"
+
+
 def command(step: str, run_dir: str | Path, *more: str) -> str:
     """``histofetch STEP --run RUN ...`` as a shell command to copy: the run folder quoted
     (a folder named ``my run`` or ``a;b`` gave a command that ran something else), and a

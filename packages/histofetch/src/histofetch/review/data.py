@@ -40,7 +40,7 @@ from histocore.manifest import (
 )
 from histofetch.captions import normalise
 from histofetch.resolve import canonical_pmcid
-from histofetch.stage import command, decide_commands, step_name
+from histofetch.stage import command, decide_commands, failed_at
 
 LOG_NAME = "review_log.jsonl"
 _THREAD_LOCK = threading.Lock()  # the store guards processes; this, our own threads' Manifest
@@ -177,7 +177,7 @@ def _nothing_kept(manifest: Manifest, run_dir: Path) -> str:
     # reached them), or failed at another stage (filter never takes them)
     undecided = {i.record_id for i in images if i.kept is None} - failed_ids
     stopped = [r for r in manifest.records.values() if r.id in undecided and r.status == "failed"]
-    other_stages = sorted({step_name(r.failed_stage or "?") for r in stopped})
+    stopped_at = failed_at(r.failed_stage for r in stopped)  # 'failed at ?' was said
     blocked, pending = len(stopped), len(undecided) - len(stopped)
     # the command that decides the others: filter, or for articles not extracted yet
     # (figures a download brought) the steps before it, which filter passes over
@@ -190,7 +190,7 @@ def _nothing_kept(manifest: Manifest, run_dir: Path) -> str:
     if blocked:  # failed at another stage: --retry-failed of filter never takes them
         them = "it" if blocked == 1 else "them"
         others += (
-            f"; {_plural(blocked, 'other article')} failed at {', '.join(other_stages)}, "
+            f"; {_plural(blocked, 'other article')} {stopped_at}, "
             f"images not decided (filter does not take {them})"
         )
     if failed:  # its images went back to undecided: 'run filter first' would fail again
@@ -251,9 +251,8 @@ def _nothing_kept(manifest: Manifest, run_dir: Path) -> str:
     left = _steps_left(set(manifest.records), manifest)
     if left:
         return left
-    stages = sorted({step_name(r.failed_stage or "?") for r in manifest.records.values()})
     n = _plural(len(manifest.records), "article")
-    return f": its {n} failed at {', '.join(stages)}; {status}"
+    return f": its {n} {failed_at(r.failed_stage for r in manifest.records.values())}; {status}"
 
 
 def _decides_others(record_ids: set[str], manifest: Manifest, run_dir: Path) -> str:
