@@ -148,6 +148,29 @@ def test_the_kept_line_counts_the_unreadable_images_themselves(tmp_path: Path) -
     assert kept_line(run, sheet=False) == "kept 2 of 3 scored images"
 
 
+def test_a_sheets_link_to_itself_is_one_line_naming_the_loop(tmp_path: Path) -> None:
+    """RUN/sheets linking to itself: filter said 'error: RUN/sheets: file exists', after
+    scoring every image. It is now one line naming the path and the loop, exit 1, before
+    any scoring; so are a link to nothing and a file there (finding 5)."""
+    from review_kit import make_run
+
+    run = make_run(tmp_path, filtered=False)
+    sheets = run / "sheets"
+    cases = [
+        (lambda: sheets.symlink_to("sheets"), "is a link that leads back to itself"),
+        (lambda: sheets.symlink_to("gone"), "is a link to 'gone', which does not exist"),
+        (lambda: sheets.write_text("notes"), "is a file where filter writes its contact sheets"),
+    ]
+    for make, problem in cases:
+        make()
+        result = runner.invoke(app, ["filter", "--run", str(run)])
+        assert result.exit_code == 1, result.output
+        assert _error_line(result).startswith(f"error: {sheets}: {problem}"), result.output
+        with Manifest.load(run) as manifest:  # refused before any scoring
+            assert all(i.kept is None for i in manifest.images.values())
+        sheets.unlink()
+
+
 def test_a_stage_without_run_says_where_it_wrote(
     tmp_path: Path, pdfs: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

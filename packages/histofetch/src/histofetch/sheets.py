@@ -17,9 +17,12 @@ Sheets are JPEG, re-encoded at lower quality (then shrunk) if one would exceed
 
 from __future__ import annotations
 
+import errno
 import io
 import math
+import os
 import re
+import stat
 import textwrap
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,7 +32,7 @@ from PIL import ImageDraw, ImageFont
 
 from histocore.errors import DomainError
 from histocore.imaging import read_rgb
-from histocore.io import atomic_temp_target, atomic_write_bytes
+from histocore.io import LINK_LOOP, atomic_temp_target, atomic_write_bytes, path_shown
 from histocore.manifest import Image, Manifest, Record
 from histofetch.decide.colour import MAX_PIXELS
 
@@ -175,10 +178,37 @@ _SHEET_NAME = re.compile(r"(kept|rejected)-\d{3,}\.jpg|closest-(kept|rejected)\.
 ALWAYS_WRITTEN = ("kept-001.jpg", "rejected-001.jpg", "closest-kept.jpg", "closest-rejected.jpg")
 
 
+def _refuse_sheets_folder(folder: Path) -> None:
+    """One error line when ``folder`` (``RUN/sheets``) cannot hold the sheets: a link that
+    leads back to itself (``ln -s sheets RUN/sheets``: filter said only ``RUN/sheets: file
+    exists``, after scoring), a link to nothing, or a file. Not there yet is fine."""
+    try:
+        mode = os.stat(folder).st_mode
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise DomainError(
+                f"{path_shown(folder)}: is a link that leads back to itself ({LINK_LOOP}), "
+                "where filter writes its contact sheets; remove it"
+            ) from None
+        if folder.is_symlink():  # a dangling link: mkdir said 'file exists'
+            raise DomainError(
+                f"{path_shown(folder)}: is a link to {os.readlink(folder)!r}, which does not "
+                "exist, where filter writes its contact sheets; make that folder or remove it"
+            ) from None
+        return  # not there yet (made when a sheet is written), or its own error then
+    if not stat.S_ISDIR(mode):
+        raise DomainError(
+            f"{path_shown(folder)}: is a file where filter writes its contact sheets "
+            "(a folder); move it"
+        )
+
+
 def refuse_folders_in_the_way(folder: Path, names: Sequence[str] = ALWAYS_WRITTEN) -> None:
     """One error line naming the first of ``names`` in ``folder`` that is a folder (or a link
     to one), a sheet the filter must write: it is the user's, never removed or written into
-    (the filter stopped with ``is a directory`` at the stale-sheet clean-up)."""
+    (the filter stopped with ``is a directory`` at the stale-sheet clean-up). ``folder``
+    itself must be a folder, a link to one, or not there yet (:func:`_refuse_sheets_folder`)."""
+    _refuse_sheets_folder(folder)
     for name in names:
         path = folder / name
         if path.is_dir():
