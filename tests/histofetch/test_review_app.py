@@ -675,6 +675,32 @@ def test_review_scores_row_without_a_score_is_one_error_line(
     ]
 
 
+def test_review_scores_too_big_or_not_a_file_is_one_error_line(
+    kit: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--scores``: image_scores.csv was read with no size cap (a 10 GB file read whole)
+    and a FIFO there was said to be no image_scores.csv. Both are one line now, read
+    through histocore.io.read_capped as the other readers are (finding 6)."""
+    import histofetch.review.data
+
+    csv_path = tmp_path / "image_scores.csv"
+    csv_path.write_text("image_id,max,topk_mean\npmid:1/fig1,0.5,0.4\n")
+    monkeypatch.setattr(histofetch.review.data, "MAX_SCORES_BYTES", 20, raising=False)
+    with pytest.raises(ReviewError) as err:  # read whole, the page was served
+        Scores.load(tmp_path)
+    assert str(err.value) == f"{csv_path}: over 20 bytes, not an image_scores.csv eval writes"
+    monkeypatch.undo()
+    csv_path.unlink()
+    os.mkfifo(csv_path)  # no writer: read, it would wait for ever
+    args = ["review", "--run", str(kit[0]), "--scores", str(tmp_path), "--no-browser"]
+    r = CliRunner().invoke(cli, args)
+    assert r.exit_code == 1, r.output
+    assert r.output.strip().splitlines() == [
+        f"error: {csv_path}: not a regular file (a pipe, socket or device), not an "
+        "image_scores.csv eval writes"
+    ]  # it said 'no image_scores.csv'
+
+
 def test_only_image_files_inside_the_run_are_served(kit: tuple[Path, Path], tmp_path: Path) -> None:
     run = _copy(kit[0], tmp_path)
     secret = tmp_path / "secret.png"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import errno
+import io
 import json
 import math
 import os
@@ -28,7 +29,15 @@ from markupsafe import Markup, escape
 
 from histocore.csvcells import numbered_rows, read_cell
 from histocore.errors import DomainError, describe
-from histocore.io import one_line, path_shown, record_slug, resolved, unique_stem
+from histocore.io import (
+    RefusedFile,
+    one_line,
+    path_shown,
+    read_capped,
+    record_slug,
+    resolved,
+    unique_stem,
+)
 from histocore.manifest import (
     IMAGE_LABELS,
     MANIFEST_NAME,
@@ -50,6 +59,11 @@ class ReviewError(DomainError, ValueError):
     """A run folder, scores folder or answer the review page cannot use (names which)."""
 
 
+#: The largest ``image_scores.csv`` the page reads (eval writes one short row a figure:
+#: over a million figures fit); a larger file is refused unread, never read whole.
+MAX_SCORES_BYTES = 128 << 20
+
+
 @dataclass
 class Scores:
     """A ``histomodels eval --manifest`` output: image scores and heatmap overlays."""
@@ -61,13 +75,19 @@ class Scores:
     def load(cls, folder: str | Path) -> Scores:
         folder = Path(folder)
         path = folder / "image_scores.csv"
-        if not path.is_file():
+        try:  # capped: a 10 GB file (or a FIFO, /dev/zero) given by mistake is one line
+            raw = read_capped(path, MAX_SCORES_BYTES)
+        except FileNotFoundError:
             raise ReviewError(
                 f"{path}: no image_scores.csv (give a histomodels eval --manifest output)"
-            )
+            ) from None
+        except RefusedFile as exc:  # over the cap, a folder, a pipe or device
+            raise ReviewError(f"{path}: {exc}, not an image_scores.csv eval writes") from None
+        except OSError as exc:  # no permission, a link loop: '<file>: <problem>'
+            raise ReviewError(describe(exc).splitlines()[0]) from None
         out = cls(folder)
         try:
-            with path.open(newline="", encoding="utf-8-sig") as fh:  # a BOM is allowed
+            with io.StringIO(raw.decode("utf-8-sig"), newline="") as fh:  # a BOM is allowed
                 reader = csv.DictReader(fh)
                 first: dict[str, int] = {}  # image id -> the line of its row
                 for line, row in numbered_rows(reader):  # the line a row starts on
