@@ -237,6 +237,22 @@ def test_bad_labels_change_nothing(tmp_path: Path) -> None:
     assert r.exit_code == 1 and "empty: no such folder (give a histofetch run folder)" in r.output
 
 
+def test_an_unknown_id_in_a_label_csv_is_named_by_the_csv_line(tmp_path: Path) -> None:
+    """``--from-csv`` with an id the run does not hold said 'error: RUN/manifest.jsonl: no
+    image with id …', blaming the manifest; the CSV line that gives it is named now
+    (finding 7). Nothing is labelled."""
+    run = _run(tmp_path)
+    labels = tmp_path / "labels.csv"
+    labels.write_text("image_id,label\nimg0,m\nimg0,m\nnosuch,n\n")
+    r = CliRunner().invoke(app, ["label", "--manifest", str(run), "--from-csv", str(labels)])
+    assert r.exit_code == 1, r.output
+    assert r.stderr.strip().splitlines() == [
+        f"error: {labels}:4: no image with id 'nosuch' in {run / 'manifest.jsonl'}"
+    ], r.stderr
+    with Manifest.load(run) as m:
+        assert m.images["img0"].label is None
+
+
 def test_normalise_label() -> None:
     assert normalise_label("M") == "metastasis"
     assert normalise_label("no-metastasis") == "no_metastasis"

@@ -72,16 +72,24 @@ def _reviewer() -> str:
         return "histomodels label"
 
 
-def apply_labels(manifest: Manifest, labels: Mapping[str, str | None]) -> int:
+def apply_labels(
+    manifest: Manifest,
+    labels: Mapping[str, str | None],
+    where: Mapping[str, str] | None = None,
+) -> int:
     """Set labels (all validated first, then saved once, with the export). Returns how
     many changed.
 
-    An unknown id, and the id of a figure whose file lies outside the run folder or cannot
-    be resolved (the
-    prompt does not offer it: :func:`label_interactively`), raise :class:`LabelError`
+    An unknown id (named by where it was given, ``where[id]``: ``labels.csv:4`` from
+    :func:`read_label_csv`; else by the manifest), and the id of a figure whose file lies
+    outside the run folder or cannot be resolved (the prompt does not offer it:
+    :func:`label_interactively`), raise :class:`LabelError`
     before anything is written."""
     unknown = [i for i in labels if i not in manifest.images]
-    if unknown:
+    if unknown:  # the CSV line that gave it is at fault, not the manifest
+        given = (where or {}).get(unknown[0])
+        if given is not None:
+            raise LabelError(f"{given}: no image with id {unknown[0]!r} in {manifest.path}")
         raise LabelError(f"{manifest.path}: no image with id {unknown[0]!r} in this manifest")
     for image_id in labels:
         img = manifest.images[image_id]
@@ -125,14 +133,15 @@ def parse_set(items: list[str]) -> dict[str, str | None]:
     return out
 
 
-def read_label_csv(path: str | Path) -> dict[str, str | None]:
+def read_label_csv(path: str | Path, where: dict[str, str] | None = None) -> dict[str, str | None]:
     """CSV with columns ``image_id`` (or ``id``) and ``label``; an id as our CSVs write
     it (``'=x`` for ``=x``, :mod:`histocore.csvcells`) is read as the id itself. A label of
     ``-1``, what ``eval --manifest``'s image_scores.csv holds for an unlabelled figure,
     leaves that figure as it is. A bad row is a :class:`LabelError` naming the line it
     starts on; so is an id given two different labels (the last was kept silently), and a
     header naming the label or id column twice. A FIFO, socket or device is refused before
-    it is opened (a FIFO hung, ``/dev/zero`` was read into memory without end)."""
+    it is opened (a FIFO hung, ``/dev/zero`` was read into memory without end). ``where``
+    gets each id's first line, ``<path>:<line>``, for :func:`apply_labels` to name."""
     path = Path(path)
     _check_regular(path)
     try:
@@ -162,6 +171,8 @@ def read_label_csv(path: str | Path) -> dict[str, str | None]:
                     )
                 out[key] = label
                 first.setdefault(key, n)
+            if where is not None:
+                where.update({key: f"{path}:{n}" for key, n in first.items()})
             return out
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise LabelError(f"{path}: cannot read label CSV ({exc})") from None

@@ -757,10 +757,10 @@ def label_cmd(
                 typer.echo(line)
             return
         if set_ or from_csv:
-            labels = parse_set(set_ or [])
+            labels, where = parse_set(set_ or []), {}  # where: id -> the CSV line giving it
             if from_csv:
-                labels |= read_label_csv(from_csv)
-            changed = apply_labels(m, labels)
+                labels |= read_label_csv(from_csv, where)
+            changed = apply_labels(m, labels, where)
             # the labels live in the run store; manifest.jsonl is its export, rewritten
             typer.echo(
                 f"{changed} label(s) changed in {m.store_path}; {m.path} exported from it"
