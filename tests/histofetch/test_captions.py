@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from histofetch.captions import MAX_CAPTION_CHARS, split_panels
 
 LI_STYLE = (
@@ -58,3 +60,27 @@ def test_hostile_captions_are_capped_and_fast() -> None:
     parts = split_panels("(A) " + "(a-" * 50_000 + " x" * 100_000)
     assert time.thread_time() - start < 2.0
     assert len(parts.shared) + sum(map(len, parts.panels.values())) <= MAX_CAPTION_CHARS
+
+
+@pytest.mark.parametrize(
+    ("caption", "shared"),
+    [
+        # the label read by the review page's grammar (histofetch.captions.FIGURE_LABEL): a
+        # PLOS "S1 Fig." and "Suppl. Fig. 3." stayed in the shared text (finding 8)
+        ("S1 Fig. (A) H&E of the node. (B) CK19.", ""),
+        ("Suppl. Fig. 3. (A) H&E of the node. (B) CK19.", ""),
+        ("Figure 2: (A) H&E of the node. (B) CK19.", ""),
+        # a bare 'S1' is no caption's label: its own text
+        ("S1 patients: (A) H&E of the node. (B) CK19.", "S1 patients:"),
+    ],
+)
+def test_the_label_a_caption_starts_with_is_read_by_the_shared_grammar(
+    caption: str, shared: str
+) -> None:
+    from histofetch.captions import panel_spans
+
+    parts = split_panels(caption)
+    assert parts.shared == shared
+    assert parts.panels == {"A": "H&E of the node.", "B": "CK19."}
+    text, spans = panel_spans(caption)
+    assert [text[a:b].strip() for _, a, b in spans[1:]] == ["H&E of the node.", "CK19."]

@@ -839,6 +839,9 @@ def test_figure_label_of_a_panel_is_its_figures_and_is_one_capped_line(tmp_path:
         ("Figure 1", "Figure 1 Lymph node", None),  # a space and a capital: the caption's own
         ("Figure 1", "Figure 1", None),
         ("1", "1 patient had nodal metastases", "1"),  # the caption's text, not its label
+        ("S1", "S1 patients had nodal metastases", "S1"),  # so is a bare S1 (finding 8)
+        ("S1", "S1. Nodes", None),
+        ("S1", "S1 Nodes", None),
         ("Figure 1", "Figure 10. Nodes", "Figure 1"),
         ("X" * 100, "Nodes", "X" * 59 + "…"),  # cut, and marked as cut
         # the same label spelt otherwise ("Fig. 1" is "Figure 1"): said once

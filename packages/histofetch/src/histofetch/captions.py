@@ -31,10 +31,49 @@ _MARKER = re.compile(
     rf"\((?P<paren>{_RANGE})\)"
     rf"|(?:(?<=^)|(?<=[.;:]\s)|(?<=[.;:]))\s*(?P<bare>{_RANGE})\s*[,.:)]\s",
 )
-_FIGURE_PREFIX = re.compile(
-    r"^\s*(?:fig(?:ure)?\.?|supplementary\s+fig(?:ure)?\.?)\s*[A-Z]?\d+[A-Za-z]?\s*[:.|\-–—)]?\s*",
+#: A figure's label however it is spelt: "Fig. 1", "Fig 1", "Figure 1", "FIGURE 1", with a
+#: sub-letter ("Fig. 1A"), supplementary ("Figure S1", "Supplementary Figure 1", PLOS's
+#: "S1 Fig"); a label alone may also be just "S1" (:func:`figure_key`). The one grammar of
+#: figure labels: the review page's label beside its caption, and the label a caption starts
+#: with (:func:`split_panels`, :func:`panel_spans`).
+_WORD = r"fig(?:ure)?\.?"
+FIGURE_LABEL = re.compile(
+    r"(?:(?P<supp>supplementa(?:ry|l)|suppl?\.?)\s*)?"
+    # the S after a space or a '.' ("Figure S1", "Fig.S1"), or right before its number
+    # ("FigureS1", "FigS1", as PDF text runs them together): "Figures 1" and "Figs 1" are
+    # plurals, their s no supplementary mark ("Figure S1" was hidden before them)
+    rf"(?:{_WORD}\s*(?:(?:(?<=[\s.])(?P<s1>S)\s*|(?P<s4>S)(?=\d)))?(?P<n1>\d+)(?P<l1>[A-Za-z])?"
+    rf"|(?P<s2>S)\s*(?P<n2>\d+)(?P<l2>[A-Za-z])?\s*{_WORD}"
+    r"|(?P<s3>S)(?P<n3>\d+)(?P<l3>[A-Za-z])?)",
     re.IGNORECASE,
 )
+
+
+def figure_key(m: re.Match[str] | None) -> tuple[bool, str, str] | None:
+    """(supplementary, number, sub-letter) of a :data:`FIGURE_LABEL` match: "Fig. 1A" and
+    "Figure 1a" are one label, "Figure S1", "Fig. S1" and "S1 Fig" another. The number is
+    compared as text (a caption's 5,000-digit number was int()'s ValueError)."""
+    if m is None:
+        return None
+    k = next(k for k in "123" if m[f"n{k}"] is not None)
+    supp = bool(m["supp"] or m[f"s{k}"] or (k == "1" and m["s4"]))
+    return supp, m[f"n{k}"].lstrip("0"), (m[f"l{k}"] or "").upper()
+
+
+#: What ends the label a caption starts with ("Figure 1. ", "Fig. 2: ", "S1 Fig | ")
+_LABEL_END = re.compile(r"\s*[:.|\-–—)]?\s*")
+
+
+def _label_end(text: str) -> int:
+    """Where the figure label ``text`` starts with ends (with its mark and spaces), 0 when
+    it starts with none: read by :data:`FIGURE_LABEL`, as the review page reads a label
+    (captions had a grammar of their own, which missed PLOS's "S1 Fig." and read "Fig. A1").
+    A bare "S1" is a label's form alone, not a caption's start ("S1 patients were …")."""
+    m = FIGURE_LABEL.match(text)
+    if m is None or m["n3"] is not None:
+        return 0
+    end = _LABEL_END.match(text, m.end())
+    return end.end() if end else m.end()
 
 
 @dataclass
@@ -100,7 +139,8 @@ def split_panels(caption: str | None) -> PanelText:
     """Split ``caption`` into per-panel texts (see the module docstring for the rules)."""
     if not caption:
         return PanelText(shared="")
-    text = _FIGURE_PREFIX.sub("", normalise(caption), count=1)
+    text = normalise(caption)
+    text = text[_label_end(text) :]
     markers = _panel_markers(text)
     if not markers:
         return PanelText(shared=text)
@@ -121,8 +161,7 @@ def panel_spans(caption: str | None) -> tuple[str, list[tuple[tuple[str, ...], i
     point at words of the caption (the weak-label evidence) and know their panel.
     """
     text = normalise(caption)
-    prefix = _FIGURE_PREFIX.match(text)
-    skip = prefix.end() if prefix else 0
+    skip = _label_end(text)
     markers = [(a + skip, b + skip, ls) for a, b, ls in _panel_markers(text[skip:])]
     spans: list[tuple[tuple[str, ...], int, int]] = [
         ((), 0, markers[0][0] if markers else len(text))

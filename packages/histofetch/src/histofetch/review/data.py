@@ -16,7 +16,6 @@ import io
 import json
 import math
 import os
-import re
 import sqlite3
 import stat
 import threading
@@ -47,7 +46,7 @@ from histocore.manifest import (
     ManifestError,
     Record,
 )
-from histofetch.captions import normalise
+from histofetch.captions import FIGURE_LABEL, figure_key, normalise
 from histofetch.resolve import canonical_pmcid
 from histofetch.stage import command, decide_commands, failed_at
 
@@ -353,33 +352,6 @@ def caption_html(img: Image) -> Markup:
 MAX_LABEL_CHARS = 60
 
 
-#: A figure's label however it is spelt: "Fig. 1", "Fig 1", "Figure 1", "FIGURE 1", with a
-#: sub-letter ("Fig. 1A"), supplementary ("Figure S1", "Supplementary Figure 1", PLOS's
-#: "S1 Fig"); a label alone may also be just "S1" (:func:`_figure_key`).
-_WORD = r"fig(?:ure)?\.?"
-_FIGURE_LABEL = re.compile(
-    r"(?:(?P<supp>supplementa(?:ry|l)|suppl?\.?)\s*)?"
-    # the S after a space or a '.' ("Figure S1", "Fig.S1"), or right before its number
-    # ("FigureS1", "FigS1", as PDF text runs them together): "Figures 1" and "Figs 1" are
-    # plurals, their s no supplementary mark ("Figure S1" was hidden before them)
-    rf"(?:{_WORD}\s*(?:(?:(?<=[\s.])(?P<s1>S)\s*|(?P<s4>S)(?=\d)))?(?P<n1>\d+)(?P<l1>[A-Za-z])?"
-    rf"|(?P<s2>S)\s*(?P<n2>\d+)(?P<l2>[A-Za-z])?\s*{_WORD}"
-    r"|(?P<s3>S)(?P<n3>\d+)(?P<l3>[A-Za-z])?)",
-    re.IGNORECASE,
-)
-
-
-def _figure_key(m: re.Match[str] | None) -> tuple[bool, str, str] | None:
-    """(supplementary, number, sub-letter) of a :data:`_FIGURE_LABEL` match: "Fig. 1A" and
-    "Figure 1a" are one label, "Figure S1", "Fig. S1" and "S1 Fig" another. The number is
-    compared as text (a caption's 5,000-digit number was int()'s ValueError)."""
-    if m is None:
-        return None
-    k = next(k for k in "123" if m[f"n{k}"] is not None)
-    supp = bool(m["supp"] or m[f"s{k}"] or (k == "1" and m["s4"]))
-    return supp, m[f"n{k}"].lstrip("0"), (m[f"l{k}"] or "").upper()
-
-
 def figure_label(manifest: Manifest, img: Image) -> str | None:
     """The JATS label ("Figure 1") shown in bold before the caption: the image's own, or
     its figure's for a panel; one line, capped (a cut one ends in "…"); None where there is
@@ -410,11 +382,13 @@ def _said_first(bare: str, caption: str) -> bool:
     caption's own text ("1 patient"), not the label; "Figure 10 …" is not "Figure 1". So are
     a sub-letter and a supplementary figure however spelt ("Fig. 1A" and "Figure 1A", "S1",
     "S1 Fig", "Figure S1" and "Fig. S1": each was shown before a caption saying the other);
+    a bare "S1" before a lower-case word ("S1 patients were …") is the caption's text too;
     "Figure 1B" is not "Figure 1A", nor "Figure S1" "Figure 1"."""
-    numbered = _figure_key(_FIGURE_LABEL.fullmatch(bare))
+    full = FIGURE_LABEL.fullmatch(bare)
+    numbered = figure_key(full)
     # a caption's own text is not read as a bare "S1" (the third form is a label's alone)
-    match = _FIGURE_LABEL.match(caption) if numbered else None
-    said = _figure_key(match) if match is not None and match["n3"] is None else None
+    match = FIGURE_LABEL.match(caption) if numbered else None
+    said = figure_key(match) if match is not None and match["n3"] is None else None
     if numbered and said and match is not None:
         if numbered != said:
             return False
@@ -430,7 +404,10 @@ def _said_first(bare: str, caption: str) -> bool:
         return False  # "Figure 10 …", "Figure 1A …": another label
     if not after[0].isspace():
         return True  # a mark
-    worded = any(c.isalpha() for c in bare) and any(c.isdigit() for c in bare)
+    # a bare "S1" (a label's form alone, no "Fig") is no word either: "S1 patients were …"
+    # is the caption's own text, as "1 patient" is, and hid the label
+    alone = full is not None and full["n3"] is not None
+    worded = any(c.isalpha() for c in bare) and any(c.isdigit() for c in bare) and not alone
     return worded or not after[1:].islower()
 
 
