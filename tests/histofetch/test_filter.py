@@ -506,17 +506,25 @@ def test_explain_with_an_ambiguous_tail_lists_the_full_ids(tmp_path: Path) -> No
     assert one.exit_code == 0 and one.output.startswith("image     pmid:1/p001_002\n")
 
 
-def test_a_filter_that_fails_midway_closes_its_store(tmp_path: Path) -> None:
+def test_a_filter_that_fails_midway_closes_its_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The store is closed on the way out of a failing filter too: here the contact sheets
-    cannot be written (``sheets`` is a file), after the scores were committed."""
+    cannot be written (a full disk), after the scores were committed. (A file at
+    ``RUN/sheets`` did this, but it is refused now before any scoring.)"""
+    import errno
     import gc
 
+    import histofetch.sheets
     from histocore.store import STORE_NAME
+
+    def full_disk(manifest: Manifest) -> dict[str, Path]:
+        raise OSError(errno.ENOSPC, "No space left on device", str(manifest.run_dir / "sheets"))
 
     pdf = build_image_pdf(tmp_path / "a.pdf", [he_like(128, 128, seed=1)], caption="Figure 1")
     run = tmp_path / "run"
     run_extract(run, [pdf])
-    (run / "sheets").write_text("not a folder")
+    monkeypatch.setattr(histofetch.sheets, "write_filter_sheets", full_disk)
     gc.disable()  # a store left open must not be closed by the collector meanwhile
     try:
         with pytest.raises(OSError) as info:
