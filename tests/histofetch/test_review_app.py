@@ -666,13 +666,18 @@ def test_review_scores_row_without_a_score_is_one_error_line(
 ) -> None:
     """``histofetch review --scores``: the same refusal is one error line, exit 1."""
     (tmp_path / "image_scores.csv").write_text("image_id,max,topk_mean\npmid:1/fig1,,\n")
-    args = ["review", "--run", str(kit[0]), "--scores", str(tmp_path), "--no-browser"]
-    r = CliRunner().invoke(cli, args)
-    assert r.exit_code == 1, r.output
-    assert r.output.strip().splitlines() == [
+    assert _review_refuses_scores(kit[0], tmp_path) == [
         f"error: {tmp_path / 'image_scores.csv'}: not an image_scores.csv "
         "(line 2 has no max or topk_mean score)"
     ]
+
+
+def _review_refuses_scores(run: Path, scores: Path) -> list[str]:
+    """``histofetch review --run RUN --scores SCORES``'s output lines; it must exit 1."""
+    args = ["review", "--run", str(run), "--scores", str(scores), "--no-browser"]
+    r = CliRunner().invoke(cli, args)
+    assert r.exit_code == 1, r.output
+    return r.output.strip().splitlines()
 
 
 def test_review_scores_too_big_or_not_a_file_is_one_error_line(
@@ -692,10 +697,7 @@ def test_review_scores_too_big_or_not_a_file_is_one_error_line(
     monkeypatch.undo()
     csv_path.unlink()
     os.mkfifo(csv_path)  # no writer: read, it would wait for ever
-    args = ["review", "--run", str(kit[0]), "--scores", str(tmp_path), "--no-browser"]
-    r = CliRunner().invoke(cli, args)
-    assert r.exit_code == 1, r.output
-    assert r.output.strip().splitlines() == [
+    assert _review_refuses_scores(kit[0], tmp_path) == [
         f"error: {csv_path}: not a regular file (a pipe, socket or device), not an "
         "image_scores.csv eval writes"
     ]  # it said 'no image_scores.csv'
