@@ -610,14 +610,13 @@ def replace_only_ours(
     remove it first``, ``<path>: not a regular file (…); <would>`` for a pipe or device, or
     ``<path>: permission denied`` where ``ours`` cannot read it (whether it is ours cannot
     be told)."""
-    from histocore.errors import describe
-
     if not holds_a_file(path, lambda problem: refuse(f"{path}: {problem}; {would}")):
         return
     try:
         mine = ours(path)
-    except OSError as exc:
-        raise refuse(describe(exc)) from None
+    except OSError as exc:  # worded as histocore.errors.describe words it (no cycle)
+        where = exc.filename if exc.filename is not None and exc.strerror else path
+        raise refuse(f"{where}: {(exc.strerror or str(exc)).lower()}") from None
     if not mine:
         raise refuse(f"{path}: exists and {not_ours}; {would}, or remove it first")
 
