@@ -369,3 +369,30 @@ def test_the_training_time_curve_shows_the_bce_beside_the_total_loss(monkeypatch
         "train_loss",
         "val_loss",
     ]
+
+
+@pytest.mark.parametrize(
+    ("key", "said"),
+    [
+        ("teacher", "teacher must be a checkpoint, a run folder with best.pt or a shipped model"),
+        ("stain_norm", "stain_norm must be 'macenko' or a stain JSON file"),
+    ],
+)
+def test_a_nul_byte_in_a_config_path_is_the_config_line(tmp_path, key: str, said: str) -> None:
+    """A NUL byte in a config file's ``teacher`` or ``stain_norm`` ended in a traceback
+    (``Path.resolve`` raises ValueError, which the link-loop check did not catch); it is the
+    config's own line again, naming the file and the value."""
+    from typer.testing import CliRunner
+
+    from histomodels.cli import app
+
+    config = tmp_path / "c1.json"
+    config.write_text(json.dumps({key: "a\x00b"}))
+    r = CliRunner().invoke(
+        app, ["train", "--config", str(config), "--data", "x.h5", "--val", "y.h5",
+              "--out", str(tmp_path / "r"), "--quiet"],
+    )  # fmt: skip
+    assert r.exit_code == 1, r.output
+    assert r.stderr.startswith(f"error: {config}: {said}") and "'a\\x00b'" in r.stderr
+    assert len(r.stderr.splitlines()) == 1
+    assert not (tmp_path / "r").exists()

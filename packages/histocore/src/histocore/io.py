@@ -188,11 +188,13 @@ def link_loop(path: Path) -> bool:
 def resolved(path: str | Path) -> Path | None:
     """``path`` with its links resolved, or None when they cannot be (a link to itself, or
     one under such a loop: ``Path.resolve`` raises RuntimeError for a loop before Python
-    3.13, an OSError may come from the file system). Such a path names no usable file; the
-    callers skip it or refuse it, where the bare ``resolve()`` was a traceback."""
+    3.13, an OSError may come from the file system), or a path no file system takes (a NUL
+    byte: ValueError). Such a path names no usable file; the callers skip it or refuse it,
+    where the bare ``resolve()`` was a traceback. None does not by itself say "a loop": a
+    caller naming the loop checks for the NUL byte first."""
     try:
         return Path(path).resolve()
-    except (OSError, RuntimeError):
+    except (OSError, RuntimeError, ValueError):
         return None
 
 

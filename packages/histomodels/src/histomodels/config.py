@@ -427,8 +427,9 @@ def _model_problem(name: str) -> str | None:
 
 def _in_loop(spec: str) -> bool:
     """``spec``, a path, is a link loop or lies under one (:func:`histocore.io.resolved`
-    cannot resolve it): :func:`~histocore.io.not_there` names the loop in one line."""
-    return resolved(spec) is None
+    cannot resolve it): :func:`~histocore.io.not_there` names the loop in one line. A path
+    with a NUL byte cannot be resolved either, but is no loop: the option's own line says it."""
+    return "\0" not in spec and resolved(spec) is None
 
 
 def _loadable(spec: str) -> bool:
