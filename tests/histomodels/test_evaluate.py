@@ -641,3 +641,30 @@ def test_eval_on_the_models_own_training_data_says_so(
     assert trained_on(split, "train.h5", "kaggle_train,pcam_valid") is not None
     assert trained_on(split, "train.h5") is not None  # every row, the training ones too
     assert trained_on({}, "train.h5") is None  # a checkpoint that names no data
+
+
+def test_a_nul_byte_in_the_checkpoints_training_data_does_not_fail_the_eval(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A checkpoint whose ``train_config.data`` holds a NUL byte crashed ``eval`` with a
+    ValueError traceback (``Path.samefile`` raises it; ``same_file`` caught only OSError).
+    The training-data check is only a warning: such a path is no file, so no warning, and
+    the eval completes."""
+    from histocore.io import same_file
+    from histomodels.checkpoint import save_checkpoint
+    from histomodels.evaluate import trained_on
+    from histomodels.synthetic import write_h5
+
+    monkeypatch.chdir(tmp_path)
+    write_h5(tmp_path / "t.h5", 32, seed=7)
+    assert same_file("a\x00b", "t.h5") is False
+    assert trained_on({"train_config": {"data": "a\x00b"}}, "t.h5") is None
+    ckpt_path = tiny_checkpoint(tmp_path)
+    ckpt = read_checkpoint(ckpt_path)
+    ckpt["train_config"] = {"data": "a\x00b", "origin_split": None}
+    save_checkpoint(ckpt_path, ckpt)
+    out = tmp_path / "ev"
+    args = ["eval", str(ckpt_path), "--data", "t.h5", "--out", str(out), "--bootstrap", "0"]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, (r.output, r.exception)
+    assert "training_data_warning" not in json.loads((out / "metrics.json").read_text())

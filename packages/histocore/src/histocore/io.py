@@ -375,10 +375,11 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 
 def same_file(a: str | Path, b: str | Path) -> bool:
     """Whether ``a`` and ``b`` name one existing file (links and other spellings of the
-    path included); False when either is missing or unreadable."""
+    path included); False when either is missing or unreadable, or is no path a file system
+    takes (a NUL byte: ``Path.samefile`` raises ValueError)."""
     try:
         return Path(a).samefile(b)
-    except OSError:
+    except (OSError, ValueError):
         return False
 
 

@@ -347,7 +347,9 @@ def trained_on(ckpt: dict[str, Any], data: Any, origin_split: str | None = None)
     as it reads from here), or a file of the same size whose first and last MiB are the
     same bytes (a copy). Cheap: two stats, at most 4 MiB read. Rows of one encoded file
     split by origin (trained on ``kaggle_train``, tested on ``pcam_valid``) are not the
-    training data: no warning when both name origin splits and they share none."""
+    training data: no warning when both name origin splits and they share none. Only a
+    warning, so it never fails the eval: a recorded path no file system takes (a NUL byte in
+    the checkpoint's train_config) or cannot read is no training data here."""
     trained = (ckpt.get("train_config") or {}) if isinstance(ckpt, dict) else {}
     train_data = trained.get("data") if isinstance(trained, dict) else None
     if not isinstance(train_data, str) or not train_data or not isinstance(data, (str, Path)):
@@ -393,7 +395,7 @@ def _same_content(a: Path, b: Path) -> bool:
                 if fa.read(_ENDS) != fb.read(_ENDS):
                     return False
         return True
-    except OSError:
+    except (OSError, ValueError):  # ValueError: a NUL byte in a path
         return False
 
 
