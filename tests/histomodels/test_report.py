@@ -406,6 +406,24 @@ def test_an_evaluations_warning_is_in_the_report(tmp_path: Path) -> None:
     assert r.exit_code == 0 and "| warning |" not in (tmp_path / "r2" / "report.md").read_text()
 
 
+def test_evals_training_data_warning_is_in_the_report(tmp_path: Path) -> None:
+    """eval's ``training_data_warning`` (the test data is the model's training data) was
+    said on stderr and kept in metrics.json, but the report showed only ``warning``: the
+    metrics went unflagged on the page people read. It is a row of its own, in both files."""
+    said = "t.h5 is the model's training data (the same file as its train_config's data)"
+    _, r = _report_of_metrics(tmp_path, {"training_data_warning": said})
+    assert r.exit_code == 0, r.output
+    assert f"| training data warning | {said} |" in (tmp_path / "o" / "report.md").read_text()
+    page = (tmp_path / "o" / "report.html").read_text()
+    assert "training data warning" in page and said.replace("'", "&#x27;") in page
+    clean = tmp_path / "clean"
+    clean.mkdir()
+    _, r = _report_of_metrics(clean, {})
+    assert (
+        r.exit_code == 0 and "training data warning" not in (clean / "o" / "report.md").read_text()
+    )
+
+
 @pytest.mark.parametrize(
     ("name", "what"),
     [

@@ -163,6 +163,13 @@ def eval_rows(cols: list[tuple[str, Evaluation]]) -> list[tuple[str, list[str]]]
         rows.append(("resized (scored at)", [_resized(ev.metrics) for _, ev in cols]))
     if any(ev.metrics.get("warning") for _, ev in cols):  # e.g. validation = test patches
         rows.append(("warning", [str(ev.metrics.get("warning") or "-") for _, ev in cols]))
+    if any(ev.metrics.get("training_data_warning") for _, ev in cols):  # tested on its training
+        rows.append(
+            (
+                "training data warning",
+                [str(ev.metrics.get("training_data_warning") or "-") for _, ev in cols],
+            )
+        )
     return rows
 
 
