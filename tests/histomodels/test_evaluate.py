@@ -668,3 +668,24 @@ def test_a_nul_byte_in_the_checkpoints_training_data_does_not_fail_the_eval(
     r = CliRunner().invoke(app, args)
     assert r.exit_code == 0, (r.output, r.exception)
     assert "training_data_warning" not in json.loads((out / "metrics.json").read_text())
+
+
+def test_evals_checkpoint_in_a_tilde_folder_is_named_as_given(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``eval ./~/ck.pt --data ./~/t.h5 --out ./~/ev4`` (a folder named ``~`` here) printed
+    the checkpoint as ``~/ck.pt``, ``$HOME``'s to a reader, where the data and the folder
+    written were ``./~/…``: every path on its lines is named as given now."""
+    import shutil
+
+    from histomodels.synthetic import write_h5
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "~").mkdir()
+    shutil.copy(tiny_checkpoint(tmp_path), tmp_path / "~" / "ck.pt")
+    write_h5(tmp_path / "~" / "t.h5", 32, seed=7)
+    args = ["eval", "./~/ck.pt", "--data", "./~/t.h5", "--out", "./~/ev4", "--bootstrap", "0"]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    assert r.stdout.startswith("./~/ck.pt ("), r.stdout
+    assert "~/" not in r.stdout.replace("./~/", ""), r.stdout

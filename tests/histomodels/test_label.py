@@ -396,3 +396,16 @@ def test_a_figure_whose_file_is_a_symlink_loop_is_refused_in_one_line(tmp_path: 
     assert said in r.output and "lies outside" not in r.output  # it named a loop 'outside'
     labels = {i.id: i.label for i in Manifest.load(run).images.values()}
     assert labels["img0"] == "metastasis" and labels["loop"] is None
+
+
+def test_the_set_line_names_a_tilde_folder_as_given(tmp_path: Path, monkeypatch) -> None:
+    """``label --manifest ./~/run --set …`` (a folder named ``~`` here) said ``changed in
+    ~/run/run.sqlite; ~/run/manifest.jsonl exported from it``, ``$HOME``'s to a reader, as
+    the other success lines said before the './~' sweep: it names ``./~/run`` now."""
+    monkeypatch.chdir(tmp_path)
+    _run(tmp_path / "~")
+    r = CliRunner().invoke(app, ["label", "--manifest", "./~/run", "--set", "img0=metastasis"])
+    assert r.exit_code == 0, r.output
+    assert r.output == (
+        "1 label(s) changed in ./~/run/run.sqlite; ./~/run/manifest.jsonl exported from it\n"
+    ), r.output

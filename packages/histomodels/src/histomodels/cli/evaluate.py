@@ -374,7 +374,7 @@ def _print_metrics(result: dict, out: Path) -> None:
         console.print(f"predictions written to {path_shown(out / 'predictions.csv')}")
         return
     name, model = result.get("checkpoint"), result.get("model")
-    shown = f"{name} ({model})" if name and str(name) != model else model
+    shown = f"{source_shown(name)} ({model})" if name and str(name) != model else model
     # a plain line, not the table's title: that is centred and wrapped to the table's width
     scaled = ""
     if result.get("scale") is not None:
@@ -763,7 +763,8 @@ def label_cmd(
             changed = apply_labels(m, labels, where)
             # the labels live in the run store; manifest.jsonl is its export, rewritten
             typer.echo(
-                f"{changed} label(s) changed in {m.store_path}; {m.path} exported from it"
+                f"{changed} label(s) changed in {path_shown(m.store_path)}; "
+                f"{path_shown(m.path)} exported from it"
                 if changed
                 else "0 label(s) changed; nothing written"
             )
