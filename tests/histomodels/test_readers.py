@@ -305,6 +305,30 @@ def test_encoded_bad_rows(tmp_path: Path, patches) -> None:
         open_dataset(path, split="valid")
 
 
+@pytest.mark.parametrize(
+    ("ids", "message"),
+    [
+        (["a", "b", "a", "c"], r"_meta\.csv:4: 'patch_id' 'a' repeats line 2; each patch needs"),
+        (["a", "b\x1b[31m", "c", "d"], r"_meta\.csv:3: 'patch_id' holds a control or invisible"),
+    ],
+    ids=["duplicate", "escape"],
+)
+def test_pcam_meta_ids_that_name_no_one_patch_are_refused(tmp_path, ids, message) -> None:
+    """A PCam pair's ``<stem>_meta.csv`` patch ids were taken as they were, where an encoded
+    .h5's are refused when one repeats or holds a control character: the same check now,
+    naming the CSV's line."""
+    x, y = make_patches(len(ids), seed=0)
+    xp = _write_pcam(tmp_path, "valid", x, y)
+    meta = xp.with_name(xp.name.split("_x.h5")[0] + "_meta.csv")
+    with meta.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["patch_id", "centre"])
+        writer.writerows([pid, "1"] for pid in ids)
+    with pytest.raises(DatasetError, match=message) as err:
+        open_dataset(xp)
+    assert str(err.value).startswith(f"{meta}:") and "\x1b" not in str(err.value)
+
+
 # --- Kaggle --------------------------------------------------------------------------------
 
 
@@ -348,6 +372,10 @@ def test_kaggle_bad_csv(tmp_path: Path, patches) -> None:
     root = _kaggle(tmp_path / "b", x, ["0", "1"])
     (root / "train" / "p001.tif").unlink()
     with pytest.raises(DatasetError, match=r"train_labels\.csv:3: id p001 has no image"):
+        open_dataset(root)
+    root = _kaggle(tmp_path / "d", x, ["0", "1"])  # an id as an encoded .h5's is refused
+    (root / "train_labels.csv").write_text("id,label\np000,0\np\x1b[2J001,1\n")
+    with pytest.raises(DatasetError, match=r"train_labels\.csv:3: id holds a control or invi"):
         open_dataset(root)
     root = _kaggle(tmp_path / "c", x, ["0"])
     (root / "train_labels.csv").write_text("image,target\np000,0\n")
@@ -427,12 +455,13 @@ def test_a_bad_label_is_named_as_stored(labels, text):
         (["a", "b", "a", "c"], r": 'patch_id' 'a' of row 2 repeats row 0; each patch needs"),
         (
             ["a", "b\x1b[31mred", "c", "d"],
-            r": 'patch_id' of row 1 holds a control character "
+            r": 'patch_id' of row 1 holds a control or invisible character "
             r"\('b\\x1b\[31mred'\); ids must be printable text$",
         ),
-        ([b"a", b"b\nerror: forged", b"c", b"d"], r"of row 1 holds a control character"),
+        ([b"a", b"b\nerror: forged", b"c", b"d"], r"of row 1 holds a control or invisible "),
+        (["a", "b", "c\u200bd", "e"], r"of row 2 holds a control or invisible character"),
     ],
-    ids=["duplicate", "escape", "newline"],
+    ids=["duplicate", "escape", "newline", "zero-width"],
 )
 def test_encoded_patch_ids_that_name_no_one_patch_are_refused(tmp_path, ids, message) -> None:
     """An encoded .h5's ``patch_id`` was taken as it was: an id given twice merged two

@@ -24,6 +24,7 @@ from histomodels.choices import origin_splits
 from histomodels.data.base import DatasetError, KnownLabels, binary_labels
 from histomodels.data.cache import require_memory
 from histomodels.data.h5safe import dataset, open_h5, reading
+from histomodels.data.ids import check_ids
 from histomodels.data.images import decode_image
 
 
@@ -101,32 +102,8 @@ def _text_ids(ds: h5py.Dataset, path: Path) -> list[str]:
         ids = [s.decode() if isinstance(s, bytes) else str(s) for s in raw]
     except UnicodeDecodeError as exc:
         raise DatasetError(f"{path}: 'patch_id' is not UTF-8 text ({exc.reason})") from None
-    _check_ids(ids, path)
+    check_ids(ids, path)
     return ids
-
-
-def _check_ids(ids: list[str], path: Path) -> None:
-    """Refuse ``patch_id`` values that cannot name one patch each: a value given twice (two
-    patches under one id were merged by every check that goes by id: the overlap of train
-    and test, predictions joined back to labels), as the Kaggle CSV's ids are; and one
-    holding a control character (a newline, ``\x1b``...), which would reach
-    predictions.csv, the report's pages and the terminal as it is. The line names the
-    first such row, the value escaped (:func:`histocore.io.one_line`)."""
-    from histocore.io import one_line
-
-    first: dict[str, int] = {}
-    for row, pid in enumerate(ids):
-        if not pid.isprintable():
-            raise DatasetError(
-                f"{path}: 'patch_id' of row {row} holds a control character "
-                f"({one_line(repr(pid)[:200])}); ids must be printable text"
-            )
-        if pid in first:
-            raise DatasetError(
-                f"{path}: 'patch_id' {one_line(repr(pid)[:200])} of row {row} repeats row "
-                f"{first[pid]}; each patch needs its own id"
-            )
-        first[pid] = row
 
 
 class EncodedH5Dataset(KnownLabels):

@@ -14,6 +14,7 @@ import numpy as np
 
 from histocore.io import RefusedFile, read_capped
 from histomodels.data.base import DatasetError, KnownLabels
+from histomodels.data.ids import id_problem
 from histomodels.data.images import decode_image
 
 LABELS_CSV = "train_labels.csv"
@@ -60,6 +61,8 @@ class KaggleDataset(KnownLabels):
                 if len(row) < 2:
                     raise DatasetError(f"{where}: expected 'id,label', got {row}")
                 pid, label = row[0].strip(), row[1].strip()
+                if (problem := id_problem(pid)) is not None:  # as an encoded .h5's patch_id
+                    raise DatasetError(f"{where}: id {problem}")
                 if label not in ("0", "1"):
                     raise DatasetError(f"{where}: label {label!r} for id {pid} is not 0/1")
                 if pid in seen:

@@ -26,6 +26,7 @@ from histomodels.choices import PCAM_SPLITS
 from histomodels.data.base import DatasetError, KnownLabels, binary_labels, check_patch_shape
 from histomodels.data.cache import require_memory
 from histomodels.data.h5safe import check_stored, dataset, open_h5, reading
+from histomodels.data.ids import check_ids
 
 SPLITS = PCAM_SPLITS
 OFFICIAL = "camelyonpatch_level_2_split_{split}_{xy}.h5"
@@ -229,7 +230,9 @@ class PCamDataset(KnownLabels):
             except csv.Error as exc:  # a field over csv's 128 KB limit
                 raise DatasetError(f"{meta}: unreadable CSV ({exc})") from None
             if len(rows) == n and rows and "patch_id" in rows[0]:
-                return [r["patch_id"] for r in rows]
+                ids = [r["patch_id"] or "" for r in rows]  # None: a short row
+                check_ids(ids, meta, first_line=2)  # as an encoded .h5's patch_id
+                return ids
         return [f"{stem}_{i}" for i in range(n)]
 
     def __len__(self) -> int:
