@@ -760,6 +760,10 @@ def test_the_name_checks_are_the_librarys() -> None:
         ("timm/resnet18 ", "(did you mean 'timm/resnet18', without the spaces?)"),
         (" timm/resnet18", "(did you mean 'timm/resnet18', without the spaces?)"),
         ("timm/ resnet18", "(did you mean 'timm/resnet18', without the spaces?)"),
+        # the timm shape is read without the spaces around it; spaces inside a timm name
+        # reached timm ('timm/res net18' passed the check)
+        ("resnet18 ", "(a timm model is given as timm/resnet18)"),
+        ("timm/res net18", "(did you mean 'timm/resnet18', without the spaces?)"),
     ],
 )
 def test_an_unknown_model_says_what_was_likely_meant(given: str, hint: str) -> None:

@@ -129,33 +129,38 @@ def check_model(name: str) -> str:
 def model_problem(name: str) -> str | None:
     """What is wrong with model ``name`` (:func:`check_model`'s rule), or None."""
     head, _, rest = name.partition("/")
-    if name in TRAINABLE_MODELS or (head in MODEL_PREFIXES and rest and rest == rest.strip()):
-        return None  # spaces around a timm name are refused, as around 'cnn ' (it passed)
+    # spaces around a timm name are refused, as around 'cnn ', and inside an architecture's
+    # name ('timm/res net18' reached timm); a source's (hf-hub:, local-dir: a folder may
+    # hold spaces) is checked where it is built (models.timm_zoo)
+    spaced = any(c.isspace() for c in rest) if ":" not in rest else rest != rest.strip()
+    if name in TRAINABLE_MODELS or (head in MODEL_PREFIXES and rest and not spaced):
+        return None
     known = ", ".join((*TRAINABLE_MODELS, *(f"{p}/<name>" for p in MODEL_PREFIXES)))
     return f"unknown model; known: {known}{_model_hint(name)}"
 
 
 def _model_hint(name: str) -> str:
     """What the user likely meant, only where something plausible is near: the name without
-    its spaces (``cnn ``, ``timm/resnet18 ``), the ``timm/`` spelling of ``Timm/resnet18``
-    or ``timm:resnet18``, else :func:`name_hint` over the trainable models (another case,
-    the known names that start with it, one typo away). A name near nothing gets no hint:
-    the known list already says how a timm model is given (``timm/<name>``). Last, a bare
-    name shaped like an architecture's, a digit or an underscore in it (``resnet18``,
-    ``convnext_atto.d2_in1k``), is told how a timm model is given (``timm/resnet18``); timm
-    is not imported to check (a usage error comes before PyTorch). That hint was offered
-    for any bare word (``--model nope``: 'a timm model is given as timm/nope')."""
+    its spaces (``cnn ``, ``timm/resnet18 ``, ``timm/res net18``), the ``timm/`` spelling
+    of ``Timm/resnet18`` or ``timm:resnet18``, else :func:`name_hint` over the trainable
+    models (another case, the known names that start with it, one typo away). A name near
+    nothing gets no hint: the known list already says how a timm model is given
+    (``timm/<name>``). Last, a bare name shaped like an architecture's, a digit or an
+    underscore in it (``resnet18``, ``resnet18 ``, ``convnext_atto.d2_in1k``), is told how a
+    timm model is given (``timm/resnet18``); timm is not imported to check (a usage error
+    comes before PyTorch). That hint was offered for any bare word (``--model nope``: 'a
+    timm model is given as timm/nope')."""
     import re
 
-    bare = re.sub(r"\s*/\s*", "/", name.strip())
+    bare = "".join(name.split())  # 'timm/res net18 ', 'timm / resnet18', 'resnet18 '
     if bare != name and bare and model_problem(bare) is None:
         return f" (did you mean {bare!r}, without the spaces?)"
     prefixed = re.fullmatch(r"([^/:]+)[/:](.*)", bare)
     if prefixed and prefixed[1].lower() in MODEL_PREFIXES and prefixed[2]:
         return f" (did you mean '{prefixed[1].lower()}/{prefixed[2]}'?)"
     hint = name_hint(name, TRAINABLE_MODELS)
-    if not hint and re.fullmatch(r"[A-Za-z][A-Za-z0-9_.]*", name) and re.search(r"[0-9_]", name):
-        return f" (a timm model is given as timm/{name})"
+    if not hint and re.fullmatch(r"[A-Za-z][A-Za-z0-9_.]*", bare) and re.search(r"[0-9_]", bare):
+        return f" (a timm model is given as timm/{bare})"
     return hint
 
 
