@@ -269,3 +269,15 @@ def test_a_real_reference_fits_saves_and_loads_back(tmp_path) -> None:
     assert np.array_equal(norm.max_c, stain_vectors(target)[1])
     tile = target[:256, :256]
     assert np.array_equal(again.transform(tile), norm.transform(tile))
+
+
+def test_a_huge_method_or_value_is_cut_in_the_error_line() -> None:
+    """A stain file's ``method`` of 1 MB (or a stain value of 1 MB of text) was echoed whole:
+    a 1 MB error line. The value is cut at 200 characters, as other messages cut it."""
+    from histomodels.data.stain import MacenkoNormalizer, StainError
+
+    huge = "x" * 1_000_000
+    for data in ({"method": huge}, {"stains": [[huge]], "max_c": [1, 1]}):
+        with pytest.raises(StainError) as err:
+            MacenkoNormalizer.from_dict(data, "s.json")
+        assert str(err.value).startswith("s.json: ") and len(str(err.value)) < 400, data.keys()
