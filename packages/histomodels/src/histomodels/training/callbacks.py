@@ -144,7 +144,9 @@ class Checkpoints(Callback):
 
 
 class EpochLog(Callback):
-    """One line per epoch (and a last one) through :meth:`Trainer.say`. With a teacher (and
+    """One line per epoch through :meth:`Trainer.say`, and a last one (``stopped (…); best val
+    AUC … → best.pt``, rank 0 only) to :data:`RESULT_LOG`, its own logger, which the CLIs
+    quieten as they print the result themselves. With a teacher (and
     a ``distill_weight`` over 0) the training loss includes the distillation term
     (``w·T²·BCE`` on the soft targets: ~1.7 beside a ``val_loss`` of ~0.7, which is the BCE
     alone), and the line says so and gives the BCE against the labels alone beside it:
