@@ -172,6 +172,40 @@ def test_setup_logging_shows_library_records_on_stderr(capsys, fresh_logging) ->
     assert capsys.readouterr().err == ""
 
 
+@pytest.mark.parametrize("name", ["histofetch", "histomodels"])
+def test_a_cli_call_takes_its_stderr_handler_away_when_it_ends(
+    capsys, fresh_logging, name: str
+) -> None:
+    """``setup_logging`` left its stderr handler (and its levels) on our loggers after a
+    command ended: a library ``train()`` after a CliRunner call in the same process, with
+    the root logger set up (``basicConfig``), printed every line twice. The command line
+    takes away what it attached, and puts the levels back, when the command ends."""
+    import logging
+
+    from typer.testing import CliRunner
+
+    from histofetch.cli import app as fetch_app
+    from histomodels.cli import app as models_app
+
+    app = {"histofetch": fetch_app, "histomodels": models_app}[name]
+    loggers = [logging.getLogger(n) for n in ("histocore", "histofetch", "histomodels")]
+    before = [(logger.handlers[:], logger.level) for logger in loggers]
+    args = ["status", "--run", "nope"] if name == "histofetch" else ["data", "info", "nope"]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 1, r.output
+    assert [(logger.handlers[:], logger.level) for logger in loggers] == before
+    root = logging.getLogger()
+    seen: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append(record.getMessage())  # type: ignore[method-assign]
+    root.addHandler(handler)
+    try:
+        logging.getLogger("histomodels.training").warning("once")
+    finally:
+        root.removeHandler(handler)
+    assert seen == ["once"] and "once" not in capsys.readouterr().err
+
+
 def test_log_level_quietens_a_logger_for_its_block_only() -> None:
     import logging
 

@@ -21,8 +21,9 @@ one logging setup.
   that often instead, then its last count when it ends; short work prints nothing.
 - :func:`setup_logging` sends the libraries' ``logging`` records (the packages log, never
   print) to stderr: information as plain lines, ``warning: …`` for warnings; ``-v`` adds
-  debug lines. Each CLI calls it once, before its command runs; :func:`log_level` quietens
-  one logger for one block and puts its level back.
+  debug lines. Each CLI calls it once, before its command runs, and undoes it when the
+  command ends (what it returns); :func:`log_level` quietens one logger for one block and
+  puts its level back.
 """
 
 from __future__ import annotations
@@ -322,13 +323,18 @@ class _Formatter(logging.Formatter):
         return text
 
 
-def setup_logging(level: int = logging.INFO, *, verbose: bool = False) -> None:
+def setup_logging(level: int = logging.INFO, *, verbose: bool = False) -> Callable[[], None]:
     """Show our packages' log records of ``level`` and above on stderr (``verbose``: debug
     too, and the :data:`QUIET_LIBRARIES`' records, hidden otherwise). Calling it again
-    replaces the earlier setup (one handler per logger)."""
+    replaces the earlier setup (one handler per logger). Returns what undoes it: the stderr
+    handlers taken away and the loggers' levels as they were before this call; the CLIs
+    call it when their command ends (left attached, a library ``train()`` later in the same
+    process, the root logger set up, printed every line twice)."""
     level = logging.DEBUG if verbose else level
     quiet = logging.DEBUG if verbose else logging.CRITICAL + 1
-    for name in PACKAGES + QUIET_LIBRARIES:
+    names = PACKAGES + QUIET_LIBRARIES
+    before = {name: logging.getLogger(name).level for name in names}
+    for name in names:
         logger = logging.getLogger(name)
         for old in [h for h in logger.handlers if isinstance(h, _StderrHandler)]:
             logger.removeHandler(old)
@@ -336,6 +342,15 @@ def setup_logging(level: int = logging.INFO, *, verbose: bool = False) -> None:
         handler.setFormatter(_Formatter("%(message)s"))
         logger.addHandler(handler)
         logger.setLevel(quiet if name in QUIET_LIBRARIES else level)
+
+    def undo() -> None:
+        for name, was in before.items():
+            logger = logging.getLogger(name)
+            for old in [h for h in logger.handlers if isinstance(h, _StderrHandler)]:
+                logger.removeHandler(old)
+            logger.setLevel(was)
+
+    return undo
 
 
 @contextlib.contextmanager

@@ -24,9 +24,10 @@ app = typer.Typer(
 
 
 @app.callback()
-def _main(verbose: Verbose = False) -> None:
+def _main(ctx: typer.Context, verbose: Verbose = False) -> None:
     """Mine PubMed/PMC for H&E figures: search → download → extract → filter → manifest."""
-    setup_logging(verbose=verbose)
+    # taken away when the command ends: a library call later in this process is not shown
+    ctx.call_on_close(setup_logging(verbose=verbose))
 
 
 app.command("search", cls=Command, help=help_text(fetch.search))(fetch.search)

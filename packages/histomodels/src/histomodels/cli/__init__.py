@@ -58,12 +58,14 @@ app = _App(
 
 @app.callback()
 def _main(
+    ctx: typer.Context,
     verbose: Annotated[
         bool, typer.Option("--verbose", "-v", help="Also show the library's debug lines (stderr).")
     ] = False,
 ) -> None:
     """Train, tune, fine-tune, evaluate and ship models for 96x96 H&E patches (PCam)."""
-    setup_logging(verbose=verbose)
+    # taken away when the command ends: a library call later in this process is not shown
+    ctx.call_on_close(setup_logging(verbose=verbose))
     _hub_verbosity(verbose)
 
 
