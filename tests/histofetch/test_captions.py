@@ -72,6 +72,13 @@ def test_hostile_captions_are_capped_and_fast() -> None:
         ("Figure 2: (A) H&E of the node. (B) CK19.", ""),
         # a bare 'S1' is no caption's label: its own text
         ("S1 patients: (A) H&E of the node. (B) CK19.", "S1 patients:"),
+        # an appendix or e-figure's label, which the shared grammar does not read (so the
+        # review page does not take 'Figure A1' for 'Figure 1'), is still skipped here: it
+        # stayed in the text and hid the panel letters after it
+        ("Figure A1 A. H&E of the node. B. CK19.", ""),
+        ("Figure A1 A: H&E of the node. B: CK19.", ""),
+        ("Fig. e1. (A) H&E of the node. (B) CK19.", ""),
+        ("Supplementary Figure B2: A. H&E of the node. B. CK19.", ""),
     ],
 )
 def test_the_label_a_caption_starts_with_is_read_by_the_shared_grammar(
@@ -84,3 +91,24 @@ def test_the_label_a_caption_starts_with_is_read_by_the_shared_grammar(
     assert parts.panels == {"A": "H&E of the node.", "B": "CK19."}
     text, spans = panel_spans(caption)
     assert [text[a:b].strip() for _, a, b in spans[1:]] == ["H&E of the node.", "CK19."]
+
+
+@pytest.mark.parametrize(
+    "label", ["Figure A1", "Figure A1:", "Figure e1", "S1 Fig", "Figure 1"], ids=str
+)
+def test_each_panel_keeps_its_own_label_after_any_figure_label(label: str) -> None:
+    # 'Figure A1 A. … B. Benign …' was not split: B read the metastasis of A
+    from histofetch.labels import read_caption
+
+    caption = f"{label} A. Lymph node with metastatic carcinoma. B. Benign reactive lymph node."
+    got = {letter: read_caption(caption, letter).label for letter in "AB"}
+    assert got == {"A": "metastasis", "B": "no_metastasis"}
+
+
+def test_an_appendix_label_is_not_the_numbered_figure() -> None:
+    # the caption's start skips 'Figure A1', but the label grammar still does not read it
+    # as 'Figure 1' (the review page compares labels by figure_key)
+    from histofetch.captions import FIGURE_LABEL, figure_key
+
+    assert figure_key(FIGURE_LABEL.match("Figure A1")) is None
+    assert figure_key(FIGURE_LABEL.match("Figure 1")) == (False, "1", "")

@@ -64,13 +64,29 @@ def figure_key(m: re.Match[str] | None) -> tuple[bool, str, str] | None:
 _LABEL_END = re.compile(r"\s*[:.|\-–—)]?\s*")
 
 
+#: An appendix or e-figure's label a caption may start with ("Figure A1", "Fig. e1",
+#: "Supplementary Figure B2"), which :data:`FIGURE_LABEL` does not read as a label (so the
+#: review page does not take "Figure A1" for "Figure 1"): skipped at a caption's start only,
+#: as the captions' own grammar did, so the panels after it are still split
+_LETTERED_LABEL = re.compile(
+    rf"(?:(?:supplementa(?:ry|l)|suppl?\.?)\s*)?{_WORD}\s*[A-Z]\d+[A-Za-z]?",
+    re.IGNORECASE,
+)
+
+
 def _label_end(text: str) -> int:
     """Where the figure label ``text`` starts with ends (with its mark and spaces), 0 when
     it starts with none: read by :data:`FIGURE_LABEL`, as the review page reads a label
-    (captions had a grammar of their own, which missed PLOS's "S1 Fig." and read "Fig. A1").
-    A bare "S1" is a label's form alone, not a caption's start ("S1 patients were …")."""
+    (captions had a grammar of their own, which missed PLOS's "S1 Fig."), or an appendix
+    or e-figure's "Figure A1" / "Fig. e1" (:data:`_LETTERED_LABEL`; that grammar read them,
+    and without it "Figure A1 A. … B. …" lost its panel split). A bare "S1" is a label's
+    form alone, not a caption's start ("S1 patients were …")."""
     m = FIGURE_LABEL.match(text)
-    if m is None or m["n3"] is not None:
+    if m is None:
+        m = _LETTERED_LABEL.match(text)
+    elif m["n3"] is not None:
+        return 0
+    if m is None:
         return 0
     end = _LABEL_END.match(text, m.end())
     return end.end() if end else m.end()
