@@ -242,6 +242,68 @@ def test_the_hint_counts_the_figures_filter_could_not_read_apart(tmp_path: Path)
     ) in out, out
 
 
+def _unreadable_beside_a_downloaded_article(root: Path) -> Path:
+    """A run whose filter could read neither of pmid:1's figures, pmid:2 only downloaded
+    (its figures undecided, filter passes over it)."""
+    from histofetch.filter import run_filter
+
+    run = make_run(root, filtered=False)
+    m = Manifest.load(run)
+    for img in m.images.values():
+        if img.record_id == "pmid:1":
+            (run / img.path).write_bytes(b"bad")
+    m.records["pmid:2"].stage = "downloaded"
+    m.save()
+    m.close()
+    run_filter(run, sheet=False)
+    return run
+
+
+def test_unreadable_figures_beside_undecided_articles_name_what_decides_them(
+    tmp_path: Path,
+) -> None:
+    """Filter could read none of the figures it took, and another article waits (only
+    downloaded). The hint put 'the other article has images not decided yet' before
+    '--retry-failed reads them again' (them: the articles, as it read) and named no command
+    that decides them. Now the others come after it, with the commands that decide them."""
+    run = _unreadable_beside_a_downloaded_article(tmp_path)
+    retry = hint_command("filter", run, "--retry-failed")
+    assert (
+        f"filter could not read the 2 images it took; histofetch status --run {run} says why, "
+        f"{retry} reads them again; 1 other article has images not decided yet, "
+        f"histofetch extract --run {run}, then histofetch filter --run {run} decide the others\n"
+    ) in _review_error(run)
+
+
+def test_unreadable_figures_beside_a_failed_article_tell_the_others_once(
+    tmp_path: Path,
+) -> None:
+    """With an article failed at filter beside the unreadable figures and the undecided
+    article, the hint said '1 other article has images not decided yet' twice (with the
+    unreadable figures and with the failed articles). Now once, after the failures."""
+    from histocore.manifest import Image, Record
+
+    run = _unreadable_beside_a_downloaded_article(tmp_path)
+    m = Manifest.load(run)  # a third article, failed at filter, its figure undecided
+    m.add_record(Record(id="pmid:3", pmid="3", title="Third", stage="extracted"))
+    m.add_image(
+        Image(id="pmid:3/fig1", record_id="pmid:3", path="images/0.png", sha256="0",
+              width=300, height=300, caption="Figure 1. A node.")
+    )  # fmt: skip
+    m.records["pmid:3"].fail("filtered", "boom", transient=False)
+    m.save()
+    m.close()
+    out = _review_error(run)
+    assert out.count("not decided yet") == 1, out
+    retry = hint_command("filter", run, "--retry-failed")
+    assert (
+        "filter could not read the 2 images it took and failed 1 of the run's 3 articles; "
+        f"1 other article has images not decided yet; histofetch status --run {run} says why, "
+        f"{retry} tries again; "
+        f"histofetch extract --run {run}, then histofetch filter --run {run} decide the others\n"
+    ) in out, out
+
+
 def test_an_earlier_filters_sheets_are_not_named_after_filter_no_sheet(tmp_path: Path) -> None:
     """filter --no-sheet leaves the sheets of an earlier filter, which show its decisions:
     review's hint named them as if they showed this filter's. Now the run's header says

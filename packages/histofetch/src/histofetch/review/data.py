@@ -252,12 +252,17 @@ def _nothing_kept(manifest: Manifest, run_dir: Path) -> str:
             f"failed {failures}; {status}{where}{retry}"
         )
     if unreadable:  # decided, every one unreadable: not 'its filtered articles have no images'
-        unread = f"the {_plural(unreadable, 'image')} it took{others}"
-        if failed:
+        unread = f"the {_plural(unreadable, 'image')} it took"
+        if failed:  # the others are told after the failures (they were told twice)
             return f": filter could not read {unread} and failed {failures}; {status}{retry}"
         them = "it" if unreadable == 1 else "them"
         reread = command("filter", run_dir, "--retry-failed")
-        return f": filter could not read {unread}; {status}, {reread} reads {them} again"
+        # the others after 'reads them again' (before it, 'them' read as those articles),
+        # with the commands that decide them (they were not named)
+        return (
+            f": filter could not read {unread}; {status}, {reread} reads {them} again"
+            f"{others}{decide_others}"
+        )
     if failed:
         return f": filter failed {failures}; {status}{retry}"
     left = _steps_left({i.record_id for i in images if i.kept is None}, manifest)
