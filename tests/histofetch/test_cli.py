@@ -157,9 +157,19 @@ def test_a_sheets_link_to_itself_is_one_line_naming_the_loop(tmp_path: Path) -> 
     run = make_run(tmp_path, filtered=False)
     sheets = run / "sheets"
     cases = [
-        (lambda: sheets.symlink_to("sheets"), "is a link that leads back to itself"),
+        (lambda: sheets.symlink_to("sheets"), "is a link loop"),
+        # two links to each other: no link 'that leads back to itself', as was said
+        (
+            lambda: (sheets.symlink_to("other"), (run / "other").symlink_to("sheets")),
+            "is a link loop",
+        ),
         (lambda: sheets.symlink_to("gone"), "is a link to 'gone', which does not exist"),
         (lambda: sheets.write_text("notes"), "is a file where filter writes its contact sheets"),
+        # a link to a file: a link, to remove ('is a file … move it' was said)
+        (
+            lambda: sheets.symlink_to("manifest.jsonl"),
+            "is a link to 'manifest.jsonl', not a folder",
+        ),
     ]
     for make, problem in cases:
         make()
@@ -168,7 +178,9 @@ def test_a_sheets_link_to_itself_is_one_line_naming_the_loop(tmp_path: Path) -> 
         assert _error_line(result).startswith(f"error: {sheets}: {problem}"), result.output
         with Manifest.load(run) as manifest:  # refused before any scoring
             assert all(i.kept is None for i in manifest.images.values())
+        assert _error_line(result).endswith("remove it" if sheets.is_symlink() else "; move it")
         sheets.unlink()
+        (run / "other").unlink(missing_ok=True)
 
 
 def test_a_stage_without_run_says_where_it_wrote(

@@ -179,15 +179,16 @@ ALWAYS_WRITTEN = ("kept-001.jpg", "rejected-001.jpg", "closest-kept.jpg", "close
 
 
 def _refuse_sheets_folder(folder: Path) -> None:
-    """One error line when ``folder`` (``RUN/sheets``) cannot hold the sheets: a link that
-    leads back to itself (``ln -s sheets RUN/sheets``: filter said only ``RUN/sheets: file
-    exists``, after scoring), a link to nothing, or a file. Not there yet is fine."""
+    """One error line when ``folder`` (``RUN/sheets``) cannot hold the sheets: a link loop
+    (``ln -s sheets RUN/sheets``, or two links to each other: filter said only
+    ``RUN/sheets: file exists``, after scoring), a link to nothing, a link to a file, or a
+    file. Not there yet is fine."""
     try:
         mode = os.stat(folder).st_mode
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise DomainError(
-                f"{path_shown(folder)}: is a link that leads back to itself ({LINK_LOOP}), "
+                f"{path_shown(folder)}: is a link loop ({LINK_LOOP}), "
                 "where filter writes its contact sheets; remove it"
             ) from None
         if folder.is_symlink():  # a dangling link: mkdir said 'file exists'
@@ -196,6 +197,11 @@ def _refuse_sheets_folder(folder: Path) -> None:
                 "exist, where filter writes its contact sheets; make that folder or remove it"
             ) from None
         return  # not there yet (made when a sheet is written), or its own error then
+    if not stat.S_ISDIR(mode) and folder.is_symlink():  # 'a file … move it' moved a link
+        raise DomainError(
+            f"{path_shown(folder)}: is a link to {os.readlink(folder)!r}, not a folder, where "
+            "filter writes its contact sheets; remove it"
+        )
     if not stat.S_ISDIR(mode):
         raise DomainError(
             f"{path_shown(folder)}: is a file where filter writes its contact sheets "
