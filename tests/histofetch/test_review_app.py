@@ -607,6 +607,22 @@ def test_articles_failed_at_no_recorded_stage_are_not_said_to_fail_at_a_question
     assert "; 1 other article failed (stage not recorded), images not decided" in out, out
 
 
+def test_status_json_counts_articles_failed_at_no_recorded_stage_in_words(
+    tmp_path: Path,
+) -> None:
+    """``status --json``'s ``failed_by_stage`` counted articles failed with no stage recorded
+    under ``?``; it says ``not recorded`` now, as the hints do (N3)."""
+    from histofetch.status import run_status
+
+    run = make_run(tmp_path, filtered=False)
+    with Manifest.load(run) as m:
+        for rec in m.records.values():
+            rec.status, rec.failed_stage, rec.reason = "failed", None, "x"
+        m.records["pmid:1"].failed_stage = "filtered"
+        m.save()
+    assert run_status(run)["failed_by_stage"] == {"filtered": 1, "not recorded": 1}
+
+
 def test_a_run_not_extracted_yet_is_told_the_steps_it_needs(tmp_path: Path) -> None:
     """A run only searched (or downloaded, its figures waiting for extract) was told 'run
     histofetch filter first', which passes over articles not extracted (`filtered: 0 done,

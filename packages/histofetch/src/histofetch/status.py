@@ -49,7 +49,9 @@ def _status(manifest: Manifest, run_dir: Path) -> dict[str, Any]:
         "failed_images": sum(1 for i in images if i.status == "failed"),
         "unreadable": sum(1 for i in images if _unreadable(i)),
         "stages": {s: stages.get(s, 0) for s in STAGES},
-        "failed_by_stage": dict(Counter(r.failed_stage or "?" for r in failed)),
+        # failed with no stage recorded (an edited or older manifest): said so, as the
+        # hints say it ('failed (stage not recorded)'), not '?'
+        "failed_by_stage": dict(Counter(r.failed_stage or "not recorded" for r in failed)),
         "failure_reasons": dict(Counter(reason_key(r.reason) for r in failed).most_common()),
         "reject_reasons": dict(
             Counter(
@@ -116,7 +118,7 @@ def format_status(info: dict[str, Any]) -> str:
         + (f"  (query: {info['query']})" if info.get("query") else ""),
         f"records {info['records']}  pdfs {info['pdfs']}  images {info['images']}  "
         f"kept {info['kept']}  rejected {info['rejected']}  unreadable {info['unreadable']}  "
-        f"failed records {info['failed']}  failed images {info.get('failed_images', 0)}"
+        f"failed records {info['failed']}  failed images {info['failed_images']}"
         + split_note(info),
         "stage reached (ok records): " + ", ".join(f"{k} {v}" for k, v in info["stages"].items()),
     ]
@@ -148,7 +150,7 @@ def format_status(info: dict[str, Any]) -> str:
     if info["reject_reasons"]:
         lines.append("rejected images by reason:")
         lines += [f"  {n:5d}  {r}" for r, n in info["reject_reasons"].items()]
-    if n := info.get("unreadable", 0):  # they were shown only as a reject reason
+    if n := info["unreadable"]:  # they were shown only as a reject reason
         them = "it" if n == 1 else "them"  # '1 … (filter could not read them' was said
         # the whole command, to copy: 'histofetch filter --retry-failed' named no run
         retry = command("filter", Path(info["run"]), "--retry-failed")
