@@ -172,6 +172,24 @@ def test_export_never_overwrites_the_review_log_a_figure_or_a_pdf(tmp_path: Path
     assert export_run(run, "csv", tmp_path / "rows.csv").read_text().startswith("kind,id,")
 
 
+def test_a_run_named_by_its_manifest_file_guards_the_runs_own_files(tmp_path: Path) -> None:
+    """``Manifest.load`` takes ``RUN/manifest.jsonl`` for its folder, but export's own-file
+    guard judged ``out`` against ``RUN/manifest.jsonl/run.sqlite``:
+    ``export_run('run/manifest.jsonl', 'csv', 'run/run.sqlite')`` replaced the store with a
+    CSV, ``(…, None, 'run/review_log.jsonl')`` the review log. Both are refused, as with
+    the folder, and nothing changes."""
+    from histocore.errors import UsageError
+
+    run, files = _run_with_files(tmp_path)
+    snapshot = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    for named in (run / MANIFEST_NAME, run / "run.sqlite"):
+        with pytest.raises(UsageError, match="is the run's own store"):
+            export_run(named, "csv", run / "run.sqlite")
+        with pytest.raises(UsageError, match=r"is the run's review_log\.jsonl"):
+            export_run(named, None, files["log"])
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == snapshot
+
+
 def test_format_follows_the_suffix_and_a_contradicting_one_is_refused(
     run: Path, tmp_path: Path
 ) -> None:

@@ -441,6 +441,25 @@ def test_a_shard_named_twice_or_merged_twice_is_not_its_own_duplicate(tmp_path: 
     assert linked_out.exit_code == 1 and "cannot also be an input" in linked_out.output
 
 
+def test_merge_output_named_by_its_manifest_file_is_still_an_input(tmp_path: Path) -> None:
+    """``merge_runs([mA/manifest.jsonl], mA)`` (and the other way round) got past 'the
+    output cannot also be an input': the guard compared the file with the folder. A run's
+    manifest.jsonl or run.sqlite stands for its folder before the guard."""
+    run = tmp_path / "mA"
+    with Manifest.load(run, create=True) as m:
+        m.add_record(Record(id="pmid:1", pmid="1"))
+        m.save()
+    snapshot = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    for sources, out in [
+        ([run / MANIFEST_NAME], run),
+        ([run / "run.sqlite"], run),
+        ([run], run / MANIFEST_NAME),
+    ]:
+        with pytest.raises(ManifestError, match="cannot also be an input"):
+            merge_runs(sources, out)
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == snapshot
+
+
 def test_merge_carries_what_a_shard_remembers_of_renamed_records(tmp_path: Path) -> None:
     """A shard's store remembers a record a search renamed (``renamed:pmcid:PMC5``: a
     process holding the old row cannot claim it or write it back) and a rename it refused

@@ -26,7 +26,7 @@ from histocore.io import (
     same_file,
 )
 from histocore.jsonl import export_lines
-from histocore.manifest import MANIFEST_NAME, STORE_NAME, Image, Manifest, Record
+from histocore.manifest import MANIFEST_NAME, STORE_NAME, Image, Manifest, Record, run_folder
 from histocore.schema import _names
 
 #: ``histofetch export --format``
@@ -126,8 +126,11 @@ def export_run(run_dir: str | Path, fmt: str | None = None, out: str | Path | No
     process makes meanwhile stays, and ``new/../x.csv`` removes the ``new/`` it made."""
     if fmt is not None:  # an unknown format first: ('xml', RUN/manifest.jsonl) named it
         export_format(None, fmt)
+    # RUN/manifest.jsonl named as the run: its folder, before the own-file guard (the guard
+    # on RUN/manifest.jsonl/run.sqlite let --out RUN/run.sqlite replace the store)
+    run_dir = run_folder(run_dir)
     if out is not None:  # its own file named first: --format csv --out RUN/manifest.jsonl
-        _refuse_own_files(Path(run_dir), Path(out), fmt or format_for(out))
+        _refuse_own_files(run_dir, Path(out), fmt or format_for(out))
     fmt = export_format(out, fmt)
     if fmt == "parquet":
         try:

@@ -38,6 +38,24 @@ from histocore.store import Delta, RenameRefused, RunStore, dumps  # noqa: F401 
 from histocore.sync import StoreSync, change_of
 
 
+def run_folder(run_dir: str | Path) -> Path:
+    """The run folder ``run_dir`` names: the folder itself, or the folder of its
+    ``manifest.jsonl`` or ``run.sqlite`` file. Every function that takes a run path and
+    derives the run's other paths from it calls this first, before any guard on them:
+    ``export_run('run/manifest.jsonl', 'csv', 'run/run.sqlite')`` checked the output against
+    ``run/manifest.jsonl/run.sqlite`` and replaced the store. Another file is a
+    :class:`ManifestError` (give the run folder)."""
+    path = Path(run_dir)
+    if not path.is_file():
+        return path
+    if path.name not in (MANIFEST_NAME, STORE_NAME):
+        raise ManifestError(
+            f"{path_shown(path)}: is a file, not a run folder (give the "
+            f"histofetch run folder, the one holding {MANIFEST_NAME})"
+        )
+    return path.parent
+
+
 @dataclass
 class Manifest(StoreSync):
     """A run in memory, backed by its store (``run.sqlite``).
@@ -82,15 +100,7 @@ class Manifest(StoreSync):
         ``run_dir`` may also be the run's ``manifest.jsonl`` or ``run.sqlite`` file: its
         folder is loaded (another file is refused: give the run folder).
         """
-        run_dir = Path(run_dir)
-        if run_dir.is_file():
-            if run_dir.name not in (MANIFEST_NAME, STORE_NAME):
-                raise ManifestError(
-                    f"{path_shown(run_dir)}: is a file, not a run folder (give the "
-                    f"histofetch run folder, the one holding {MANIFEST_NAME})"
-                )
-            run_dir = run_dir.parent
-        manifest = cls(run_dir=run_dir)
+        manifest = cls(run_dir=run_folder(run_dir))
         path = manifest.path
         if os.path.lexists(manifest.store_path):  # a link or FIFO there: the store refuses it
             manifest._store = RunStore(manifest.run_dir)

@@ -60,7 +60,7 @@ from datetime import datetime
 from pathlib import Path
 
 from histocore.io import file_in_the_way, locked_folder
-from histocore.manifest import STAGES, Image, Manifest, ManifestError, Record
+from histocore.manifest import STAGES, Image, Manifest, ManifestError, Record, run_folder
 from histocore.store import RENAME_REFUSED, RENAMED
 from histofetch.licence import reuse_rank
 from histofetch.merge_logs import LOG_NAME, answer_time, check_out_log, merge_logs, undone
@@ -82,10 +82,12 @@ def merge_runs(sources: list[Path], out: Path) -> MergeSummary:
     A folder named twice (``shards/1 shards/1``, or once through a link) is read once: its
     records counted as duplicates of themselves before. A second merge into ``out`` while
     one runs is refused (:func:`histocore.io.locked_folder`)."""
-    out = Path(out)
+    # a run's manifest.jsonl or run.sqlite is its folder, before the guards: the file form
+    # of the output got past 'the output cannot also be an input'
+    out = run_folder(out)
     unique: dict[object, Path] = {}
     named: dict[object, int] = {}
-    for source in map(Path, sources):
+    for source in map(run_folder, sources):
         key = _folder_key(source)
         unique.setdefault(key, source)
         named[key] = named.get(key, 0) + 1

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from histocore.io import one_line, path_shown
-from histocore.manifest import STAGES, Image, Manifest, Record
+from histocore.manifest import STAGES, Image, Manifest, Record, run_folder
 from histofetch.stage import command, reason_key
 
 
@@ -16,7 +16,8 @@ def run_status(run_dir: Path) -> dict[str, Any]:
 
     ``kept_images`` are paths relative to the run folder (absolute when outside it).
     """
-    with Manifest.load(Path(run_dir)) as manifest:
+    run_dir = run_folder(run_dir)  # its manifest.jsonl named: the paths shown are the folder's
+    with Manifest.load(run_dir) as manifest:
         return _status(manifest, run_dir)
 
 
