@@ -152,3 +152,39 @@ def test_training_from_the_shipped_weights(pred: Predictor, patches: np.ndarray)
     cfg = validate(TrainConfig(model="cnn", weights="pcam-cnn"))
     model = build_model(cfg, torch.device("cpu"))
     np.testing.assert_allclose(predict_logits(model, patches), pred.logits(patches), rtol=1e-5)
+
+
+def test_pil_images_score_as_predict_scores_their_files(
+    pred: Predictor, patches: np.ndarray, tmp_path: Path
+) -> None:
+    """PIL input was converted with ``Image.convert("RGB")``, not predict's decoder: an
+    RGBA patch with alpha 128 went black where predict composites it on white (0.452 vs
+    0.216), 12-bit grey was clipped at 255, mode-F [0, 1] floats were scored as black. A
+    PIL image, opened from its file or made in memory, now scores as ``predict_paths``
+    scores the file; a 32-bit float or integer grey image is refused, as predict refuses it."""
+    import csv
+
+    from histomodels.predict import predict_paths
+
+    rgba = np.dstack([patches[0], np.full(patches[0].shape[:2], 128, np.uint8)])
+    grey12 = (patches[1].mean(axis=2) * 16).astype(np.uint16)  # 12-bit values, 0..4080
+    made = {"rgba.png": Image.fromarray(rgba, "RGBA"), "grey12.png": Image.fromarray(grey12)}
+    for name, im in made.items():
+        im.save(tmp_path / name)
+    paths = [tmp_path / name for name in made]
+    out = tmp_path / "scores.csv"
+    predict_paths("pcam-cnn", paths, out, draw_heatmaps=False, device="cpu")
+    with out.open(newline="") as fh:
+        by_file = {Path(r["path"]).name: float(r["probability"]) for r in csv.DictReader(fh)}
+    assert set(by_file) == set(made)
+    for name, im in made.items():
+        with Image.open(tmp_path / name) as opened:
+            from_file = float(pred.probabilities(opened)[0])
+        in_memory = float(pred.probabilities(im)[0])
+        assert from_file == pytest.approx(by_file[name], abs=1e-6), name
+        assert in_memory == pytest.approx(by_file[name], abs=1e-6), name
+    for mode, values in [("F", patches[2].mean(axis=2) / 255), ("I", grey12.astype(np.int32))]:
+        with pytest.raises(ValueError, match=f"mode {mode}"):
+            pred.probabilities(
+                Image.fromarray(values.astype(np.float32 if mode == "F" else np.int32), mode)
+            )

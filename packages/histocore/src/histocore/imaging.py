@@ -275,40 +275,73 @@ def read_rgb_sized(
     with open_image(source, max_pixels=max_pixels, what=name) as im:
         if rgb_only and im.mode != "RGB":
             raise ImageError(name, f"image mode {im.mode}, expected RGB")
-        signed = _signed16(im, name)
-        if im.mode in ("I", "F") and not signed:  # convert("RGB") would clip at 255
-            kind = "float" if im.mode == "F" else "integer"
-            raise ImageError(
-                name,
-                f"32-bit {kind} grey image (mode {im.mode}) has no 8-bit scale; save it as 8-bit",
-            )
-        size = im.size
-        try:
-            if _colour16(im):  # tifffile's pixels, as stored; Pillow's size is already turned
-                turn = _orientation(im)  # (not loaded by Pillow: its tag is still there)
-                stored = (size[1], size[0]) if turn in _SWAPS_SIDES else size
-                rgb = _decode_colour16(source, name, im.mode, stored, max_side)
-                return _orient(rgb, turn), size
-            rgb = _decode(im, max_side, signed)
-        except PIL.Image.DecompressionBombError as exc:  # a later frame or tile over Pillow's
-            raise _refused(name, max_pixels, exc) from None
-        except ImageError:
+        return _decoded(im, name, source, max_side, max_pixels)
+
+
+def pil_to_rgb(im: PIL.Image.Image, *, what: str = "image") -> np.ndarray:
+    """A PIL image (opened from a file or made in memory) as uint8 RGB ``[H, W, 3]``,
+    decoded as :func:`read_rgb` decodes a file, so an image scores the same however it is
+    handed over: transparency composited onto white, 16-bit grey scaled by the depth it
+    uses, the EXIF orientation applied; 32-bit grey (modes ``I``, ``F``) is refused, as
+    is a 16-bit colour TIFF opened from bytes (Pillow keeps each sample's top byte: give
+    its path). ``Image.convert("RGB")`` turned alpha 128 black, clipped 12-bit grey at
+    255 and made [0, 1] floats black. Raises :class:`ImageError` naming ``what``."""
+    with _quiet_pillow():
+        return _decoded(im, what, None, None, None)[0]
+
+
+def _decoded(
+    im: PIL.Image.Image,
+    name: str,
+    source: Source | None,
+    max_side: int | None,
+    max_pixels: int | None,
+) -> tuple[np.ndarray, tuple[int, int]]:
+    """:func:`read_rgb_sized`'s decoding of the open ``im`` (``source``: its file, None for
+    an image handed over in memory), shared with :func:`pil_to_rgb`."""
+    signed = _signed16(im, name)
+    if im.mode in ("I", "F") and not signed:  # convert("RGB") would clip at 255
+        kind = "float" if im.mode == "F" else "integer"
+        raise ImageError(
+            name,
+            f"32-bit {kind} grey image (mode {im.mode}) has no 8-bit scale; save it as 8-bit",
+        )
+    size = im.size
+    try:
+        if _colour16(im):  # tifffile's pixels, as stored; Pillow's size is already turned
+            turn = _orientation(im)  # (not loaded by Pillow: its tag is still there)
+            stored = (size[1], size[0]) if turn in _SWAPS_SIDES else size
+            source = source if source is not None else getattr(im, "filename", None) or None
+            if source is None:  # opened from bytes: its 16-bit samples are not at hand
+                raise ImageError(
+                    name,
+                    "16-bit colour TIFF opened from memory cannot be read at full depth; "
+                    "give its path",
+                )
+            rgb = _decode_colour16(source, name, im.mode, stored, max_side)
+            return _orient(rgb, turn), size
+        rgb = _decode(im, max_side, signed)
+    except PIL.Image.DecompressionBombError as exc:  # a later frame or tile over Pillow's
+        if max_pixels is None:  # an image handed over: Pillow's own limit refused it
+            raise ImageError(name, f"cannot decode image ({_reason(exc)})") from None
+        raise _refused(name, max_pixels, exc) from None
+    except ImageError:
+        raise
+    except Exception as exc:
+        if not _bad_input(exc):
             raise
-        except Exception as exc:
-            if not _bad_input(exc):
-                raise
-            reason = _reason(exc)
-            raise ImageError(name, f"cannot decode image ({reason})", reason) from None
-        # read once decoded: a PNG's eXIf may follow its pixels (getexif() would load them,
-        # outside the error mapping above), and Pillow turns a TIFF itself as it loads it
-        # (then drops the tag; a 16-bit grey one it loads as stored, its size at open
-        # notwithstanding: the loaded size is the TIFF's, which has no draft)
-        if isinstance(im, PIL.TiffImagePlugin.TiffImageFile):
-            size = im.size
-        turn = _orientation(im)
-        if turn in _SWAPS_SIDES:
-            size = (size[1], size[0])
-        return _orient(rgb, turn), size
+        reason = _reason(exc)
+        raise ImageError(name, f"cannot decode image ({reason})", reason) from None
+    # read once decoded: a PNG's eXIf may follow its pixels (getexif() would load them,
+    # outside the error mapping above), and Pillow turns a TIFF itself as it loads it
+    # (then drops the tag; a 16-bit grey one it loads as stored, its size at open
+    # notwithstanding: the loaded size is the TIFF's, which has no draft)
+    if isinstance(im, PIL.TiffImagePlugin.TiffImageFile):
+        size = im.size
+    turn = _orientation(im)
+    if turn in _SWAPS_SIDES:
+        size = (size[1], size[0])
+    return _orient(rgb, turn), size
 
 
 #: EXIF/TIFF orientation -> the transposition that shows the image as a viewer does

@@ -77,8 +77,10 @@ def _is_pil(obj: Any) -> bool:
 def _as_patches(obj: Any, where: str) -> np.ndarray | torch.Tensor | None:
     """``obj`` as uint8 ``[N, H, W, 3]`` (an image as ``[1, H, W, 3]``), or None when it is
     neither an array, a tensor nor a PIL image (an iterable of them, maybe)."""
-    if _is_pil(obj):
-        obj = np.asarray(obj.convert("RGB") if obj.mode != "RGB" else obj)
+    if _is_pil(obj):  # decoded as predict decodes a file: the same image, the same score
+        from histocore.imaging import pil_to_rgb
+
+        obj = pil_to_rgb(obj, what=where)  # an ImageError (a ValueError) for mode I or F
     elif not isinstance(obj, np.ndarray | torch.Tensor):
         return None
     if obj.ndim == 3:
