@@ -115,6 +115,43 @@ def test_out_dash_writes_the_csv_to_standard_output(
                                  "--no-heatmaps"])  # fmt: skip
     assert r.exit_code == 0, r.output
     assert (work / "-").read_text().startswith(",".join(CSV_COLUMNS))
+    assert r.stdout.splitlines()[0] == "6 patch(es) from 1 file(s) → ./-"  # not '→ -'
+
+
+def test_out_dash_keeps_the_csv_on_stdout_when_stderr_is_a_terminal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With stderr a terminal the progress bar's rich Progress redirected ``sys.stdout`` to
+    its stderr console, and ``predict --out -`` took ``sys.stdout`` inside it: the CSV went
+    to stderr and stdout was empty. The CSV is on stdout alone now."""
+    from histomodels.predict import CSV_COLUMNS
+
+    ckpt = tiny_checkpoint(tmp_path)
+    big = tmp_path / "figure.png"
+    Image.fromarray(make_figure(2, 3, seed=1)).save(big)
+    monkeypatch.setenv("TTY_COMPATIBLE", "1")  # rich's Console(stderr=True) is a terminal
+    monkeypatch.delenv("TTY_INTERACTIVE", raising=False)
+    r = CliRunner().invoke(app, ["predict", str(ckpt), str(big), "--out", "-"])
+    assert r.exit_code == 0, r.output
+    lines = r.stdout.splitlines()
+    assert lines[0] == ",".join(CSV_COLUMNS) and len(lines) == 1 + 6, r.stdout
+    assert ",".join(CSV_COLUMNS) not in r.stderr
+
+
+def test_out_dash_with_standard_output_closed_is_one_line(tmp_path: Path) -> None:
+    """``predict --out - >&-``: Python's ``sys.stdout`` is None and the CSV writer raised a
+    TypeError traceback after all the work. One error line now, before the work."""
+    import subprocess
+    import sys
+
+    ckpt = tiny_checkpoint(tmp_path)
+    big = tmp_path / "figure.png"
+    Image.fromarray(make_figure(2, 3, seed=1)).save(big)
+    cli = [sys.executable, "-c", "from histomodels.cli import app; app()"]
+    r = subprocess.run([*cli, "predict", str(ckpt), str(big), "--out", "-"],
+                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                       preexec_fn=lambda: os.close(1), timeout=300)  # fmt: skip
+    assert (r.returncode, r.stderr) == (1, "error: standard output is closed\n")
 
 
 def test_hostile_inputs(tmp_path: Path) -> None:

@@ -182,7 +182,8 @@ def fail(*messages: str) -> NoReturn:
     bad input. A message is ``<file>: <problem>``, the file named by whoever wrote it, a
     parsed Path through :func:`histocore.io.path_shown` where it can; one that still starts
     ``~/`` names a folder called ``~`` here (:func:`_named_here`)."""
-    sys.stdout.flush()
+    if sys.stdout is not None:  # None when the shell closed it (`>&-`)
+        sys.stdout.flush()
     for message in messages:
         sys.stderr.write(f"error: {_named_here(one_line(message))}\n")
     sys.stderr.flush()
@@ -476,6 +477,15 @@ def _log_display(description: str, total: int | None, unit: Unit) -> Iterator[Ta
     shown.finish()
 
 
+def _is_terminal(stream: object) -> bool:
+    """Whether ``stream`` (``sys.stdout``: None when closed) is a terminal: only then are
+    lines printed to it while a bar shows drawn above the bar, on the same screen."""
+    try:
+        return bool(stream is not None and stream.isatty())  # type: ignore[attr-defined]
+    except (AttributeError, ValueError, OSError):  # no isatty, or a closed file
+        return False
+
+
 @contextlib.contextmanager
 def progress(enabled: bool = True) -> Iterator[None]:
     """Show the progress of the library work inside this block on stderr: transient bars on
@@ -494,7 +504,8 @@ def progress(enabled: bool = True) -> Iterator[None]:
         TimeRemainingColumn(),
         transient=True,
         console=console,
-    )
+        redirect_stdout=_is_terminal(sys.stdout),  # else a line printed in the block (a
+    )  # CSV on `--out -`, `all`'s stage lines) went to the stderr console, not to stdout
 
     @contextlib.contextmanager
     def display(description: str, total: int | None, unit: Unit) -> Iterator[Task]:

@@ -614,6 +614,9 @@ def predict_cmd(
     if not no_heatmaps and not (to_stdout and heatmaps is None):  # default folder too: a
         require_folder(heatmaps or out.with_name(out.stem + "_heatmaps"))  # file failed late
     use_cpu_cores(threads)
+    stdout = sys.stdout  # taken here: inside progress() it may be the bar's stderr console
+    if to_stdout and stdout is None:  # `--out - >&-`: a TypeError traceback after the work
+        fail("standard output is closed")
     skipped: list = []  # files that could not be scored: one line each (see _print_skipped)
     with errors(), progress():
         from histomodels.predict import SkippedInputs, predict_paths
@@ -622,7 +625,7 @@ def predict_cmd(
             res = predict_paths(
                 checkpoint,
                 paths,
-                sys.stdout if to_stdout else out,
+                stdout if to_stdout else out,
                 stride=stride,
                 scale=scale,
                 heatmap_dir=heatmaps,
@@ -644,6 +647,8 @@ def predict_cmd(
 
 def _print_predicted(res: dict, *, err: bool = False) -> None:
     where = "standard output" if err else source_shown(res["csv"])
+    if where == "-":  # a file named '-' (given as ./-), not standard output
+        where = "./-"
     typer.echo(f"{res['rows']} patch(es) from {res['files']} file(s) → {where}", err=err)
     source = "--threshold" if res["threshold_source"] == "given" else res["threshold_source"]
     from histomodels.report_tables import threshold_text
