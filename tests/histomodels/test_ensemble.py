@@ -362,6 +362,41 @@ def test_an_ensemble_replaces_only_an_earlier_ensemble(members: list[Path], tmp_
     assert r.exit_code == 0 and read_checkpoint(empty)["model"] == "ensemble", r.output
 
 
+def test_a_checkpoint_that_only_mentions_ensemble_of_is_not_replaced(
+    members: list[Path], tmp_path: Path
+) -> None:
+    """An earlier ensemble was told by searching its pickle's bytes for the format tag and
+    ``ensemble_of``: a trained checkpoint whose train_config named ``ensemble_of_sites.h5``
+    was taken for one and replaced. The pickle's top-level dict is read now (its opcodes,
+    nothing unpickled); a nested dict holding all three keys is not it either. A truncated
+    file (its start cut off: zipfile's seek said 'invalid argument') was an I/O error line;
+    it is not an earlier ensemble."""
+    given = [str(members[0]), str(members[1])]
+    ckpt = read_checkpoint(members[0])
+    ckpt["train_config"] = {"data": "/data/ensemble_of_sites.h5"}
+    mentions = save_checkpoint(tmp_path / "mentions.pt", ckpt)
+    ckpt["train_config"] = {"format": ckpt["format"], "model": "ensemble", "ensemble_of": []}
+    nested = save_checkpoint(tmp_path / "nested.pt", ckpt)
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(Path(members[0]).read_bytes()[100:])
+    for out in (mentions, nested, cut):
+        kept = out.read_bytes()
+        r = CliRunner().invoke(app, ["ensemble", *given, "--out", str(out)])
+        assert r.exit_code == 1, r.output
+        assert r.stderr.strip().splitlines() == [
+            f"error: {out}: exists and is not an earlier ensemble of histomodels; the "
+            "ensemble would replace it: choose another --out, or remove it first"
+        ]
+        assert out.read_bytes() == kept
+    earlier = tmp_path / "earlier.pt"
+    r = CliRunner().invoke(app, ["ensemble", given[1], given[0], "--out", str(earlier)])
+    assert r.exit_code == 0, r.output
+    before = read_checkpoint(earlier)["ensemble_of"]
+    r = CliRunner().invoke(app, ["ensemble", *given, "--out", str(earlier)])
+    assert r.exit_code == 0, r.output
+    assert read_checkpoint(earlier)["ensemble_of"] == before[::-1]  # replaced
+
+
 def test_tta_on_an_ensemble_built_with_tta_is_not_run_twice(
     members: list[Path], caplog: pytest.LogCaptureFixture
 ) -> None:

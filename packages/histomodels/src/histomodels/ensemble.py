@@ -174,10 +174,14 @@ _PICKLE_CAP = 16 << 20
 
 def is_ensemble(path: Path) -> bool:
     """Whether the regular file ``path`` is a checkpoint :func:`write_ensemble` wrote: a
-    ``torch.save`` archive whose pickle (``data.pkl``, up to 16 MB of it) holds the
-    checkpoint format tag and the ``ensemble_of`` key. Its tensors are never read and
-    nothing is unpickled. A file that cannot be opened or read raises its ``OSError``;
-    anything else unreadable as such an archive is not an ensemble."""
+    ``torch.save`` archive whose pickle (``data.pkl``, up to 16 MB of it) is a dict holding
+    ``format`` = the checkpoint format tag, ``model`` = ``"ensemble"`` and an
+    ``ensemble_of`` key, read by :func:`_top_level_items` (the bytes were searched for the
+    words: a trained checkpoint whose config named ``ensemble_of_sites.h5`` was replaced).
+    Its tensors are never read and nothing is unpickled. A file that cannot be opened or
+    read raises its ``OSError``; anything else unreadable as such an archive (a truncated
+    one whose offsets fall before its start: ``EINVAL`` from a seek) is not an ensemble."""
+    import errno
     import zipfile
 
     with open(path, "rb") as fh:
@@ -190,6 +194,8 @@ def is_ensemble(path: Path) -> bool:
                 with archive.open(pickles[0]) as pkl:
                     head = pkl.read(_PICKLE_CAP + 1)
         except OSError as exc:  # a read failed (an I/O error): named by the file
+            if exc.errno == errno.EINVAL:  # a seek before the start: not a whole archive
+                return False
             if exc.filename is None:
                 raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
             raise
@@ -197,4 +203,108 @@ def is_ensemble(path: Path) -> bool:
             if isinstance(exc, MemoryError):
                 raise
             return False
-    return len(head) <= _PICKLE_CAP and FORMAT.encode() in head and b"ensemble_of" in head
+    if len(head) > _PICKLE_CAP:
+        return False
+    items = _top_level_items(head)
+    return (
+        items is not None
+        and items.get("format") == FORMAT
+        and items.get("model") == "ensemble"
+        and "ensemble_of" in items
+    )
+
+
+class _Opaque:
+    """A value on :func:`_top_level_items`' stack it does not follow."""
+
+
+class _Dict:
+    """A dict on :func:`_top_level_items`' stack: its string keys and what they are set to
+    (a string, or an :class:`_Opaque` / :class:`_Dict`)."""
+
+    def __init__(self) -> None:
+        self.items: dict[str, object] = {}
+
+    def set(self, key: object, value: object) -> None:
+        if isinstance(key, str):
+            self.items[key] = value
+
+
+_MARK = object()
+
+
+def _top_level_items(data: bytes) -> dict[str, object] | None:
+    """The string keys of the dict ``data`` (a pickle) holds at its top and their values
+    where they are strings, found by walking its opcodes (:func:`pickletools.genops`) on a
+    stack of stand-ins: nothing is unpickled, no class is looked up, no code runs. None when
+    the pickle is malformed or its top is not a dict."""
+    import pickletools
+
+    stack: list[object] = []
+    memo: dict[int, object] = {}
+    keep_object = {"SETITEM", "SETITEMS", "APPEND", "APPENDS", "ADDITEMS", "BUILD"}
+    try:
+        for op, arg, _pos in pickletools.genops(data):
+            name = op.name
+            if name == "STOP":
+                top = stack.pop()
+                return top.items if isinstance(top, _Dict) else None
+            if name in ("PROTO", "FRAME"):
+                continue
+            if name == "MARK":
+                stack.append(_MARK)
+            elif name == "EMPTY_DICT":
+                stack.append(_Dict())
+            elif name in ("MEMOIZE", "PUT", "BINPUT", "LONG_BINPUT"):
+                if not stack or stack[-1] is _MARK:
+                    return None
+                memo[len(memo) if name == "MEMOIZE" else int(arg or 0)] = stack[-1]
+            elif name in ("GET", "BINGET", "LONG_BINGET"):
+                stack.append(memo[int(arg or 0)])  # PUT and GET have an int
+            elif name == "DUP":
+                stack.append(stack[-1])
+            elif name in ("SETITEM", "SETITEMS", "DICT"):
+                single = name == "SETITEM"
+                pairs = [stack.pop(-2), stack.pop()] if single else _pop_to_mark(stack)
+                if len(pairs) % 2:
+                    return None
+                target = _Dict() if name == "DICT" else stack[-1]
+                if name == "DICT":
+                    stack.append(target)
+                if isinstance(target, _Dict):
+                    for key, value in zip(pairs[::2], pairs[1::2], strict=True):
+                        target.set(key, value)
+            elif any(o is pickletools.markobject for o in op.stack_before):
+                _pop_to_mark(stack)
+                before = op.stack_before.index(pickletools.markobject)
+                kept = stack[-1] if name in keep_object else None
+                del stack[len(stack) - before :]
+                _push(stack, name, kept, len(op.stack_after))
+            else:
+                taken = [stack.pop() for _ in op.stack_before]
+                if any(t is _MARK for t in taken):
+                    return None
+                kept = taken[-1] if name in keep_object else None
+                if "UNICODE" in name and isinstance(arg, str):
+                    stack.append(arg)  # a string pushed (the *UNICODE* opcodes)
+                else:
+                    _push(stack, name, kept, len(op.stack_after))
+    except (ValueError, IndexError, KeyError, TypeError):  # malformed: ours never is
+        return None
+    return None
+
+
+def _push(stack: list[object], name: str, kept: object, count: int) -> None:
+    """What an opcode leaves: the object it changed in place (``kept``), else stand-ins."""
+    if kept is not None:
+        stack.append(kept)
+    else:
+        stack.extend(_Opaque() for _ in range(count))
+
+
+def _pop_to_mark(stack: list[object]) -> list[object]:
+    """The values above the topmost mark, the mark taken off too (ValueError: no mark)."""
+    at = len(stack) - 1 - stack[::-1].index(_MARK)
+    taken = stack[at + 1 :]
+    del stack[at:]
+    return taken
