@@ -689,3 +689,22 @@ def test_evals_checkpoint_in_a_tilde_folder_is_named_as_given(
     assert r.exit_code == 0, r.output
     assert r.stdout.startswith("./~/ck.pt ("), r.stdout
     assert "~/" not in r.stdout.replace("./~/", ""), r.stdout
+
+
+def test_a_users_tile_predictions_csv_is_not_taken_for_an_earlier_eval(tmp_path: Path) -> None:
+    """``eval --manifest`` took any tile_predictions.csv starting ``image_id,`` for the one
+    an earlier eval wrote (which starts ``id,image_id,``) and replaced it and a roc.png
+    beside it. Only eval's own header marks the folder as an earlier eval's now."""
+    from histocore.errors import UsageError
+    from histomodels.evaluate import refuse_to_replace_what_eval_did_not_write
+
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "tile_predictions.csv").write_text("image_id,score\na,0.5\n")
+    (out / "roc.png").write_text("my own plot")
+    with pytest.raises(UsageError, match=r"tile_predictions\.csv: exists and was not written by"):
+        refuse_to_replace_what_eval_did_not_write(out, {}, manifest=True)
+    (out / "tile_predictions.csv").write_text(
+        "id,image_id,row,col,x0,y0,x1,y1,tissue,probability\n"
+    )
+    refuse_to_replace_what_eval_did_not_write(out, {}, manifest=True)  # an eval stopped midway

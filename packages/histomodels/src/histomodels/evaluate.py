@@ -240,9 +240,10 @@ PATCH_OUTPUTS = ("predictions.csv", "metrics.json", "roc.png", "pr.png", "confus
 MANIFEST_OUTPUTS = ("image_scores.csv", "tile_predictions.csv", "metrics.json", "roc.png",
                     "pr.png", "reliability.png", "errors_sheet.png", "contact_sheet.png",
                     "score_hist_max.png", "score_hist_topk_mean.png")  # fmt: skip
-#: The first line of each CSV eval writes, up to its first comma and the next column
+#: The first line of each CSV eval writes, its first columns (tile_predictions.csv: see
+#: histomodels.external.evaluate_manifest)
 _CSV_STARTS = {"predictions.csv": b"id,label,", "image_scores.csv": b"image_id,record_id,",
-               "tile_predictions.csv": b"image_id,"}  # fmt: skip
+               "tile_predictions.csv": b"id,image_id,row,"}  # fmt: skip
 
 
 def refuse_to_replace_what_eval_did_not_write(
