@@ -674,15 +674,16 @@ def test_a_run_replaces_in_out_only_what_a_training_run_wrote(h5_files, tmp_path
     config.write_text('{"epochs": 1}')
     r = CliRunner().invoke(app, ["train", *base, "--config", str(config), "--out", str(exp)])
     assert r.exit_code == 1 and r.stderr.splitlines() == [
-        f"error: {config}: exists and is not from a training run (no best.pt or last.pt "
-        f"beside it); {would}, or remove it first"
+        f"error: {config}: exists and is not from a run that reached its first checkpoint "
+        "(no best.pt or last.pt beside it; a run killed before then leaves its config.json: "
+        f"remove it to start again); {would}, or remove it first"
     ]
     assert [p.name for p in exp.iterdir()] == ["config.json"]
     config.rename(tmp_path / "config.json")
     (exp / "history.json").write_text("my notes")
     r = CliRunner().invoke(app, ["train", *base, "--out", str(exp)])
     assert r.exit_code == 1 and r.stderr.splitlines()[-1].startswith(
-        f"error: {exp / 'history.json'}: exists and is not from a training run"
+        f"error: {exp / 'history.json'}: exists and is not from a run that reached its first"
     )
     (exp / "history.json").unlink()
     os.mkfifo(exp / "history.csv")
@@ -700,6 +701,23 @@ def test_a_run_replaces_in_out_only_what_a_training_run_wrote(h5_files, tmp_path
         f"error: {run / 'best.pt'}: is the checkpoint given as --weights; {would}"
     ]
     assert (run / "best.pt").read_bytes() == kept
+
+
+def test_a_run_killed_before_its_first_checkpoint_can_be_run_again(h5_files, tmp_path):
+    """A run SIGKILLed before its first checkpoint leaves only its config.json, and the
+    rerun (with --overwrite or --resume too) was refused: 'exists and is not from a training
+    run'. A config.json byte for byte the one the run writes loses nothing: replaced."""
+    base = ["--data", str(h5_files[0]), "--val", str(h5_files[1]), "--model-config",
+            json.dumps(TINY), "--epochs", "1", "--batch-size", "16", "--threads", "1",
+            "--quiet"]  # fmt: skip
+    run = tmp_path / "run"
+    assert CliRunner().invoke(app, ["train", *base, "--out", str(run)]).exit_code == 0
+    for p in run.iterdir():  # what a kill before the first checkpoint leaves
+        if p.name != "config.json":
+            p.unlink()
+    r = CliRunner().invoke(app, ["train", *base, "--out", str(run)])
+    assert r.exit_code == 0, r.output
+    assert (run / "best.pt").is_file()
 
 
 def test_a_resumable_run_failing_on_bad_data_is_left_as_it_was(h5_files, tmp_path, monkeypatch):

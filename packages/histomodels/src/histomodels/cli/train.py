@@ -307,7 +307,9 @@ def _refuse_to_replace(out: Path, cfg: Any, held: list[str]) -> None:
     a folder holding no trained run (no best.pt or last.pt), any file at one of them
     (``--out`` a folder of the user's own: its config.json, say the ``--config`` being
     read, or history.json was replaced once the first checkpoint was written). A trained
-    run's own files are its to replace (``--resume``, ``--overwrite``)."""
+    run's own files are its to replace (``--resume``, ``--overwrite``), and so is a
+    ``config.json`` byte for byte the one this run writes (a run SIGKILLed before its first
+    checkpoint leaves it: the rerun was refused, even with ``--overwrite``)."""
     from histocore.io import holds_a_file, same_file
     from histomodels.checkpoint import resolve_checkpoint
     from histomodels.training.run_folder import CHECKPOINTS, WRITTEN
@@ -323,11 +325,27 @@ def _refuse_to_replace(out: Path, cfg: Any, held: list[str]) -> None:
             there = holds_a_file(target)
         except RefusedFile as exc:
             fail(f"{target}: {exc}; {would}")
-        if there and not held:
+        if there and not held and not (name == "config.json" and _same_text(target, cfg)):
             fail(
-                f"{target}: exists and is not from a training run (no best.pt or last.pt "
-                f"beside it); {would}, or remove it first"
+                f"{target}: exists and is not from a run that reached its first checkpoint "
+                f"(no best.pt or last.pt beside it; a run killed before then leaves its "
+                f"config.json: remove it to start again); {would}, or remove it first"
             )
+
+
+def _same_text(path: Path, cfg: Any) -> bool:
+    """Whether ``path`` holds the very text the trainer writes as this run's
+    ``config.json`` (``training/trainer.py``): replacing it loses nothing."""
+    import json
+
+    from histocore.io import json_safe
+
+    text = json.dumps(json_safe(cfg.to_dict()), indent=2).encode()
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(len(text) + 1) == text
+    except OSError:  # unreadable: refused as before
+        return False
 
 
 def _model_config_sources(
