@@ -632,6 +632,11 @@ def test_a_new_search_replaces_no_file_tune_did_not_write(tmp_path, tiny_data):
         f"{out / 'trials.json'}: not a regular file (a pipe, socket or device); {would}"
     )
     (out / "trials.json").unlink()
+    (out / "best_config.json").write_text("mine")  # a dangling link is no experiment: the
+    (out / "ax_experiment.json").symlink_to(tmp_path / "gone.json")  # check was skipped
+    with pytest.raises(TuneError, match=r"best_config\.json: exists and is not from an earlier"):
+        tune(*tiny_data, out, **kw)
+    assert (out / "best_config.json").read_text() == "mine"
     done = tmp_path / "done"
     tune(*tiny_data, done, **kw)
     for p in done.iterdir():  # as a tune stopped in its first trial leaves it

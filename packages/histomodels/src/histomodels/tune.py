@@ -178,8 +178,8 @@ def _tune(
     settings = {"fixed": pins, "base": _reusable(base), "limit": limit}
     exp_path = out / EXPERIMENT_FILE
     records_path = out / "trials.json"
-    if not os.path.lexists(exp_path):  # no earlier tune to resume: nothing here is ours
-        _refuse_to_replace(out)
+    if not exp_path.exists():  # no earlier tune to resume (a dangling link to one neither):
+        _refuse_to_replace(out)  # nothing here is ours
     if exp_path.exists():  # refuse a mixed resume, or a FIFO or /dev/zero, before decoding
         _check_experiment_file(exp_path)
         _check_settings(out, settings)

@@ -603,7 +603,11 @@ def tune_cmd(
     val: Annotated[str, typer.Option(help="Validation data (the objective is its AUC).")],
     out: Annotated[
         Path,
-        typer.Option(help="Folder: experiment JSON, trials, best_config.json.", parser=home_path),
+        typer.Option(
+            help="Output folder (experiment JSON, trials, best_config.json); replaces only "
+            "what an earlier tune wrote there.",
+            parser=home_path,
+        ),
     ],
     trials: Annotated[int, typer.Option(min=1, help="Total trials (including earlier ones).")] = 20,
     trial_minutes: Annotated[
