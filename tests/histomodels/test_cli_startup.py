@@ -237,3 +237,17 @@ def test_a_folder_without_best_pt_as_checkpoint_says_so(tmp_path: Path) -> None:
         last == f"error: {folder}: a folder without best.pt, so not a run folder; give a "
         "checkpoint file, a run folder or --model NAME"
     )
+
+
+def test_the_training_package_imports_timm_and_sklearn_only_when_used() -> None:
+    """``histomodels.training`` (imported by train/finetune/tune once their paths check out)
+    imported timm (its optimiser helpers pull in torchvision and torch._dynamo) and sklearn
+    at import: about 5 CPU seconds on these cores before a bad training file was refused.
+    They are now imported by the schedule and the metrics when first used."""
+    heavy = ("timm", "sklearn", "torchvision")
+    code = (
+        f"import sys, histomodels.training; print(sorted(m for m in {heavy!r} if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert json.loads(out.stdout.strip().replace("'", '"')) == []

@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from sklearn import metrics as skm
 
 from histocore.errors import UsageError
 from histocore.io import number_text
@@ -72,6 +71,8 @@ def binary_metrics(
     labels: np.ndarray, probs: np.ndarray, threshold: float = 0.5
 ) -> dict[str, float]:
     """All metrics at ``threshold`` (predict positive when ``prob >= threshold``)."""
+    from sklearn import metrics as skm  # sklearn's import (~1-2 CPU s) only when used
+
     y, p = _check(labels, probs)
     pred = (p >= threshold).astype(np.int64)
     both = len(np.unique(y)) == 2
@@ -106,6 +107,8 @@ def choose_threshold(
     y, p = _check(labels, probs)
     if len(np.unique(y)) < 2:
         raise MetricsError("validation data needs both classes to choose a threshold")
+    from sklearn import metrics as skm
+
     fpr, tpr, thr = skm.roc_curve(y, p, drop_intermediate=False)
     finite = np.isfinite(thr)
     fpr, tpr, thr = fpr[finite], tpr[finite], thr[finite]

@@ -13,8 +13,6 @@ import math
 from typing import Any
 
 import torch
-from timm.optim import param_groups_weight_decay
-from timm.scheduler import CosineLRScheduler
 from torch import nn
 
 from histocore.io import number_text
@@ -25,6 +23,8 @@ from histomodels.models.weights import split_parameters
 def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
     """AdamW groups: backbone/head x decay/no-decay (timm's rule: 1-d tensors, i.e. norms and
     biases, are not decayed). ``lr_mult`` scales each group's learning rate."""
+    from timm.optim import param_groups_weight_decay  # timm's import (~4 CPU s) when used
+
     by_decay = sorted(
         param_groups_weight_decay(model, cfg.weight_decay, weight_decay_exclude_1d=True),
         key=lambda g: -g["weight_decay"],  # decayed group first, as checkpoints expect
@@ -72,6 +72,8 @@ class LRSchedule:
         if self._swa_start is not None:
             cosine_span, floor = self._swa_start, cfg.swa_lr
         self._averaging = False
+        from timm.scheduler import CosineLRScheduler  # timm's import only when used
+
         # timm's cosine on a unit learning rate: its value is the factor
         self._unit = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
         # a span of one step (e.g. one epoch, all warm-up) makes timm warn that the cosine
