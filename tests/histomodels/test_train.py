@@ -1570,13 +1570,16 @@ def test_fit_input_size_sets_img_size_only_where_timm_needs_it():
 
 
 def test_the_trial_build_imports_nothing_a_training_process_has_not():
-    """The trial build on the meta device costs 0.02-0.2 s, not seconds: the one heavy
-    import it triggers (torch._dynamo, through the meta device's weight initialisers: 1-3 s
-    in a bare process) is made by importing the training package already (timm imports
-    torchvision, which imports it). Were that to change, every train/finetune start would
-    pay it: this test says so."""
+    """The trial build on the meta device costs 0.02-0.2 s, not seconds, in a training
+    process: the one heavy import it triggers (torch._dynamo, through the meta device's
+    weight initialisers: 1-3 s in a bare process) is one the training makes anyway (the
+    schedule's timm imports torchvision, which imports it). The training package itself
+    imports timm only when the schedule is built, so a bad data file is refused before
+    either cost (test_cli_startup); were the trial build to need anything else, every
+    train/finetune start would pay it: this test says so."""
     code = (
         "import sys, histomodels.training\n"
+        "import timm.optim, timm.scheduler  # what the schedule imports when training starts\n"
         "from histomodels.models.registry import check_build\n"
         "before = set(sys.modules)\n"
         "check_build('cnn', {'centre': 'pool'}, 96)\n"
