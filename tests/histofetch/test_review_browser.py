@@ -324,3 +324,131 @@ def test_a_jats_figure_label_is_shown_in_bold_before_its_caption(tmp_path: Path,
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+def _answer_all_but_last(run: Path) -> None:
+    from histofetch.review.data import save_answer
+
+    with Manifest.load(run) as m:
+        for image_id in ("pmid:1/fig1", "pmid:1/fig2", "pmid:2/fig1"):
+            save_answer(m, image_id, "metastasis", "earlier")
+
+
+def test_the_progress_bar_shows_the_count_before_any_script_runs(
+    served: tuple[str, Path], browser
+) -> None:
+    """A screenshot (``chromium --headless --screenshot --virtual-time-budget=3000``) showed
+    the bar empty beside "2 / 2 reviewed": a div whose width the script set, growing by a
+    CSS transition that had not run yet. The bar is now a <progress> the server fills."""
+    import io
+
+    import PIL.Image
+
+    url, run = served
+    _answer_all_but_last(run)  # 3 of 4
+    d = browser
+    d.execute_cdp_cmd("Emulation.setScriptExecutionDisabled", {"value": True})
+    d.get(url)
+    assert _text(d, "progress-text") == "3 / 4 reviewed"  # the server's text, no script ran
+    bar = d.find_element("css selector", ".progress-track")
+    shot = PIL.Image.open(io.BytesIO(bar.screenshot_as_png)).convert("RGB")
+    w, h = shot.size
+    px = shot.load()  # RGB: each pixel a tuple
+    assert px is not None
+    filled, empty = px[int(w * 0.7), h // 2], px[int(w * 0.9), h // 2]
+    assert isinstance(filled, tuple) and isinstance(empty, tuple)
+    assert filled[2] > 150 and filled[2] > filled[1] + 60, f"the first 3/4 not filled: {filled}"
+    assert empty[2] < 100, f"the last 1/4 filled: {empty}"
+
+
+def test_keys_answer_with_caps_lock_and_not_while_typing(served: tuple[str, Path], browser) -> None:
+    """With Caps Lock on (or Shift held) a key sent "M", which the page ignored, silently.
+    Typing in the reviewer field never answers; the answer given is marked by more than
+    its colour (aria-pressed, a check mark)."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.keys import Keys
+
+    url, run = served
+    d = browser
+    d.get(url)
+    _wait(d, lambda d: _text(d, "figure-id") == "pmid:1/fig1")
+    field = d.find_element("id", "reviewer")
+    field.click()
+    ActionChains(d).send_keys("mnu").perform()  # typed into the name, not three answers
+    assert field.get_attribute("value").endswith("mnu") and _text(d, "figure-id") == "pmid:1/fig1"
+    ActionChains(d).send_keys(Keys.ESCAPE).perform()  # leaves the field: keys answer again
+    ActionChains(d).send_keys("M").perform()
+    _wait(d, lambda d: "saved pmid:1/fig1: metastasis" in _text(d, "status"), timeout=10)
+    _wait(d, lambda d: _text(d, "figure-id") == "pmid:1/fig2")
+    from selenium.webdriver.support.ui import Select
+
+    Select(d.find_element("id", "f-status")).select_by_value("all")
+    _wait(d, lambda d: _text(d, "figure-id") == "pmid:1/fig1")
+    pressed = d.find_elements("css selector", '.key[aria-pressed="true"]')
+    assert [b.get_attribute("data-label") for b in pressed] == ["metastasis"]
+    mark = "return getComputedStyle(arguments[0], '::after').content"
+    assert "\u2713" in d.execute_script(mark, pressed[0])
+    assert Manifest.load(run).images["pmid:1/fig1"].label == "metastasis"
+
+
+def test_a_stopped_server_is_said_plainly_and_the_figure_waits(tmp_path: Path, browser) -> None:
+    """With the server stopped an answer said only "not saved: Failed to fetch", at the end
+    of the side panel (below a long caption: out of sight). Now it names the figure, the
+    answer and the cause, under the answer keys, and the figure stays to be answered again."""
+    run = make_run(tmp_path)
+    server, sock = build_server(run, port=0, reviewer="tester")
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 120
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    d = browser
+    d.get(url_of(sock))
+    _wait(d, lambda d: _text(d, "figure-id") == "pmid:1/fig1")
+    server.should_exit = True
+    thread.join(timeout=10)
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    ActionChains(d).send_keys("m").perform()
+    _wait(d, lambda d: "NOT SAVED" in _text(d, "status"))
+    said = _text(d, "status")
+    assert "pmid:1/fig1 metastasis" in said and "server does not answer" in said, said
+    assert "still not reviewed" in said and _text(d, "figure-id") == "pmid:1/fig1"
+    status = d.find_element("id", "status")
+    assert status.is_displayed() and status.location["y"] < 300  # under the keys, in sight
+
+
+def test_the_image_says_which_figure_of_which_article_it_is(
+    served: tuple[str, Path], browser
+) -> None:
+    url, _run = served
+    d = browser
+    d.get(url)
+    _wait(d, lambda d: _text(d, "figure-id") == "pmid:1/fig1")
+    alt = d.find_element("id", "figure").get_attribute("alt")
+    assert alt == 'figure of the article "Sentinel nodes <b>in</b> breast cancer" (pmid:1/fig1)'
+    assert d.find_element("tag name", "h1").text.startswith("histofetch review")
+    for b in d.find_elements("css selector", "button:not([hidden])"):  # every one named
+        assert b.accessible_name.strip() or not b.is_displayed(), b.get_attribute("id")
+    assert d.find_element("id", "zoom-out").accessible_name == "zoom out"
+
+
+def test_a_narrow_window_scrolls_the_page_not_a_sliver_of_side_panel(
+    served: tuple[str, Path], browser
+) -> None:
+    """At 800 px (or 200% zoom) the side panel was a scroll box a few lines high under the
+    figure; now the page scrolls as a whole, nothing sideways, the figure fits."""
+    url, _run = served
+    d = browser
+    d.set_window_size(800, 1000)
+    d.get(url)
+    _wait(d, lambda d: _text(d, "figure-id") == "pmid:1/fig1")
+    side = "const s = document.querySelector('.side'); return [s.scrollHeight, s.clientHeight];"
+    scroll, client = d.execute_script(side)
+    assert scroll <= client + 1, f"the side panel scrolls inside itself: {scroll} > {client} px"
+    doc = "const e = document.documentElement; return [e.scrollWidth, e.clientWidth];"
+    wide, width = d.execute_script(doc)
+    assert wide <= width, f"the page scrolls sideways: {wide} > {width} px"
+    img = d.find_element("id", "figure").rect
+    stage = d.find_element("id", "stage").rect
+    assert img["width"] <= stage["width"] and img["height"] <= stage["height"]

@@ -37,8 +37,17 @@ function say(text, isError) {
   el.classList.toggle("error", Boolean(isError));
 }
 
+// fetch's own TypeError ("Failed to fetch") said nothing a reviewer can act on: the page
+// names the cause (the server stopped or the network is down) instead.
+class Unreachable extends Error {}
+
 async function api(path, options) {
-  const response = await fetch(path, options);
+  let response;
+  try {
+    response = await fetch(path, options);
+  } catch (e) {
+    throw new Unreachable("the review server does not answer (stopped? start histofetch review again)");
+  }
   let body = null;
   try { body = await response.json(); } catch (e) { body = null; }
   if (!response.ok) {
@@ -49,8 +58,9 @@ async function api(path, options) {
 
 function showProgress(p) {
   state.progress = p;
-  const pct = p.total ? (100 * p.reviewed) / p.total : 0;
-  $("progress-fill").style.width = `${pct.toFixed(1)}%`;
+  const bar = $("progress-bar");
+  bar.max = Math.max(1, p.total);
+  bar.value = p.reviewed;
   $("progress-text").textContent =
     `${p.reviewed} / ${p.total} reviewed · ${p.metastasis} m · ${p.no_metastasis} n · ${p.not_usable} u`;
 }
@@ -123,7 +133,7 @@ async function show() {
   state.heat = false;
   const img = $("figure");
   img.src = `/image/${encodeURIComponent(id)}`;
-  img.alt = `figure ${id}`;
+  img.alt = altText(it);
   $("figure-id").textContent = it.panel ? `${id} (panel ${it.panel})` : id;
   pill($("label"), it.label);
   $("label-by").textContent = it.label_by ? `by ${it.label_by}, ${it.label_at}` : "";
@@ -150,8 +160,19 @@ async function show() {
     .filter(Boolean).join(" · ");
   for (const b of document.querySelectorAll(".key")) {
     b.classList.toggle("chosen", b.dataset.label === it.label);
+    b.setAttribute("aria-pressed", String(b.dataset.label === it.label));
   }
+  $("toggle-heat").setAttribute("aria-pressed", "false");
+  $("toggle-heat").classList.remove("chosen");
   applyZoom();
+}
+
+// What a screen reader says for the image: which figure (or panel) of which article.
+function altText(it) {
+  const what = it.figure_label || "figure";
+  const panel = it.panel ? `, panel ${it.panel}` : "";
+  const title = it.article.title || it.record_id;
+  return `${what}${panel} of the article "${title}" (${it.id})`;
 }
 
 // The model's score line: a scores CSV row may hold only max or only topk_mean (the
@@ -193,27 +214,32 @@ async function answer(label) {
   const it = state.current;
   if (!it) return;
   const reviewer = $("reviewer").value.trim();
+  const said = label ? LABEL_TEXT[label] : "cleared";
+  let body;
   try {
-    const body = await api("/api/label", {
+    body = await api("/api/label", {
       method: "POST",
       headers: { "Content-Type": "application/json" },
       body: JSON.stringify({ id: it.id, label, reviewer }),
     });
-    state.undo.push({ id: it.id, previous: it.label });
-    showProgress(body.progress);
-    say(`saved ${it.id}: ${label ? LABEL_TEXT[label] : "cleared"}`);
-    const row = state.items[state.index];
-    row.label = label;
-    if ($("f-status").value === "unreviewed" && label) {
-      state.items.splice(state.index, 1);  // answered: leaves the "unreviewed" list
-      if (state.index >= state.items.length) state.index = Math.max(0, state.items.length - 1);
-    } else if (state.index < state.items.length - 1) {
-      state.index += 1;
-    }
-    await show();
   } catch (e) {
-    say(`not saved: ${e.message}`, true);
+    // the figure stays on screen with its old answer, so the same key answers it again
+    const was = it.label ? LABEL_TEXT[it.label] : "not reviewed";
+    say(`NOT SAVED: ${it.id} ${said}: ${e.message}. It is still ${was}; answer it again.`, true);
+    return;
   }
+  state.undo.push({ id: it.id, previous: it.label });
+  showProgress(body.progress);
+  say(`saved ${it.id}: ${said}`);
+  const row = state.items[state.index];
+  row.label = label;
+  if ($("f-status").value === "unreviewed" && label) {
+    state.items.splice(state.index, 1);  // answered: leaves the "unreviewed" list
+    if (state.index >= state.items.length) state.index = Math.max(0, state.items.length - 1);
+  } else if (state.index < state.items.length - 1) {
+    state.index += 1;
+  }
+  await show();
 }
 
 async function undo() {
@@ -255,6 +281,7 @@ function toggleHeat() {
   state.heat = !state.heat;
   $("figure").src = state.heat ? `/heatmap/${encodeURIComponent(it.id)}` : `/image/${encodeURIComponent(it.id)}`;
   $("toggle-heat").classList.toggle("chosen", state.heat);
+  $("toggle-heat").setAttribute("aria-pressed", String(state.heat));
 }
 
 // Answers, undo and moves run one after another: a key pressed while the previous action
@@ -284,7 +311,8 @@ document.addEventListener("keydown", (ev) => {
     "1": () => { state.zoom = 1; applyZoom(); },
     h: () => toggleHeat(),
   };
-  const act = keys[ev.key];
+  // a letter with Caps Lock or Shift (M) answers as m does: it did nothing, silently
+  const act = keys[ev.key.length === 1 ? ev.key.toLowerCase() : ev.key];
   if (act) { ev.preventDefault(); act(); }
 });
 
