@@ -438,8 +438,14 @@ def test_a_narrow_window_scrolls_the_page_not_a_sliver_of_side_panel(
 ) -> None:
     """At 800 px (or 200% zoom) the side panel was a scroll box a few lines high under the
     figure; now the page scrolls as a whole, nothing sideways, the figure fits."""
-    url, _run = served
+    url, run = served
     d = browser
+    import dataclasses
+
+    with Manifest.load(run) as m:  # counts as long as a big run's: "0 / 2000 reviewed · …"
+        for n in range(1996):
+            m.add_image(dataclasses.replace(m.images["pmid:2/fig1"], id=f"pmid:2/x{n}"))
+        m.save()
     d.set_window_size(800, 1000)
     d.get(url)
     _wait(d, lambda d: _text(d, "figure-id") == "pmid:1/fig1")
@@ -449,6 +455,14 @@ def test_a_narrow_window_scrolls_the_page_not_a_sliver_of_side_panel(
     doc = "const e = document.documentElement; return [e.scrollWidth, e.clientWidth];"
     wide, width = d.execute_script(doc)
     assert wide <= width, f"the page scrolls sideways: {wide} > {width} px"
+    # the counts ran under the reviewer field (a 2,000-figure run at 800 px): the bar wraps
+    counts, name = (d.find_element("css selector", s).rect for s in ("#progress-text", ".reviewer"))
+    apart = (
+        counts["x"] + counts["width"] <= name["x"]
+        or counts["y"] + counts["height"] <= name["y"]
+        or name["y"] + name["height"] <= counts["y"]
+    )
+    assert apart, f"the progress counts overlap the reviewer field: {counts} {name}"
     img = d.find_element("id", "figure").rect
     stage = d.find_element("id", "stage").rect
     assert img["width"] <= stage["width"] and img["height"] <= stage["height"]
