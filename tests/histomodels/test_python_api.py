@@ -81,6 +81,26 @@ def test_float_patches_are_refused_not_divided_by_255_again(
         to_input(torch.from_numpy(patches.astype(np.float64)))
 
 
+@pytest.mark.parametrize(
+    ("dtype", "advice", "not_said"),
+    [
+        (np.uint16, r"got uint16; .*16-bit image \(0-65535\): \(x // 257\)", "floats"),
+        (np.int64, r"got int64; if its values are already 0-255, cast", "floats"),
+        (np.bool_, r"got bool; a boolean array is a mask", "floats"),
+        (np.float32, r"got float32; multiply \[0, 1\] floats by 255", "16-bit"),
+    ],
+)
+def test_the_uint8_refusal_gives_advice_for_its_dtype(
+    pred: Predictor, patches: np.ndarray, dtype: type, advice: str, not_said: str
+) -> None:
+    """Integer and boolean patches were told to 'multiply [0, 1] floats by 255'."""
+    given = patches.astype(dtype)
+    for call in (to_input, pred.logits):
+        with pytest.raises(ValueError, match=advice) as caught:
+            call(given)
+        assert not_said not in str(caught.value)
+
+
 def test_shipped_model_from_create_model_and_list_models(
     pred: Predictor, patches: np.ndarray
 ) -> None:

@@ -13,10 +13,20 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def uint8_problem(dtype: str) -> str:
-    """What is wrong with patches of ``dtype`` (not uint8), and what to do about it."""
-    return (
-        f"expected uint8 RGB patches (0-255), got {dtype}; multiply [0, 1] floats by 255, "
-        "round and cast: (x * 255).round().astype(np.uint8) (a tensor: .to(torch.uint8))"
+    """What is wrong with patches of ``dtype`` (not uint8), and what to do about it, for
+    that kind of dtype: floats are scaled, wider integers checked and cast, booleans (a
+    mask, not an image) refused."""
+    head = f"expected uint8 RGB patches (0-255), got {dtype}; "
+    if dtype == "bool":
+        return head + "a boolean array is a mask, not an RGB image: give the image itself"
+    if "int" in dtype:  # int8/16/32/64, uint16/32/64 (a 16-bit image: 0-65535)
+        return head + (
+            "if its values are already 0-255, cast: x.astype(np.uint8) (a tensor: "
+            ".to(torch.uint8)); a 16-bit image (0-65535): (x // 257).astype(np.uint8)"
+        )
+    return head + (
+        "multiply [0, 1] floats by 255, round and cast: (x * 255).round().astype(np.uint8) "
+        "(a tensor: .to(torch.uint8))"
     )
 
 
