@@ -3,8 +3,12 @@ a DataLoader over ``open_dataset``, and a caller's model left as it was."""
 
 from __future__ import annotations
 
+import collections.abc
+import re
+import typing
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -13,7 +17,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from histomodels.data.readers import open_dataset
-from histomodels.inference import Predictor, predict_logits, sigmoid
+from histomodels.inference import Patches, Predictor, patch_batches, predict_logits, sigmoid
 from histomodels.models import create_model, list_models
 from histomodels.models.weights import WeightsError
 from histomodels.preprocess import to_input
@@ -63,7 +67,30 @@ def test_predictor_names_what_it_takes(
     pred: Predictor, given: object, error: type[Exception], words: str
 ) -> None:
     with pytest.raises(error, match=words):
-        pred.logits(given)
+        pred.logits(given)  # pyright: ignore[reportArgumentType]  (what the test is about)
+
+
+def test_patches_is_a_union_a_type_checker_checks() -> None:
+    """``Patches`` held ``Any`` (for a PIL image), so to pyright the whole union was ``Any``
+    and ``pred.logits("x.png")`` passed the type check."""
+    args = typing.get_args(Patches)
+    assert Any not in args
+    assert {np.ndarray, torch.Tensor, Image.Image} <= set(args)
+    (iterable,) = [a for a in args if typing.get_origin(a) is collections.abc.Iterable]
+    assert Any not in typing.get_args(typing.get_args(iterable)[0])
+
+
+def test_single_images_of_two_shapes_are_scored_in_two_batches(pred: Predictor) -> None:
+    """A list of single images is stacked into batches, a new one where the shape changes
+    (so no batch ever holds two shapes)."""
+    small = make_patches(2, seed=4)[0]
+    large = np.pad(small[1:], ((0, 0), (16, 16), (16, 16), (0, 0)), mode="reflect")
+    got = list(patch_batches([small[0], small[1], large[0], Image.fromarray(small[0])], 8))
+    assert [tuple(b.shape) for b in got] == [(2, 96, 96, 3), (1, 128, 128, 3), (1, 96, 96, 3)]
+    want = np.concatenate([pred.logits(small), pred.logits(large), pred.logits(small[:1])])
+    np.testing.assert_allclose(
+        pred.logits([small[0], small[1], large[0], small[0]]), want, rtol=1e-5
+    )
 
 
 def test_float_patches_are_refused_not_divided_by_255_again(

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import PIL.Image
 import torch
 from torch import nn
 
@@ -61,7 +62,14 @@ def norm_of(ckpt: dict | None) -> tuple[tuple[float, ...], tuple[float, ...]]:
 
 #: uint8 patches: an ``[N, H, W, 3]`` batch or one ``[H, W, 3]`` image (a numpy array or a
 #: torch tensor, e.g. a ``DataLoader`` batch), a PIL image, or an iterable of any of those
-Patches = np.ndarray | torch.Tensor | Any | Iterable[np.ndarray] | Iterable[torch.Tensor]
+#: (``PIL.Image.Image`` is named as it is, not as ``Any``, which made the whole union ``Any``
+#: to a type checker: a path or an int passed as patches was not flagged)
+Patches = (
+    np.ndarray
+    | torch.Tensor
+    | PIL.Image.Image
+    | Iterable[np.ndarray | torch.Tensor | PIL.Image.Image]
+)
 
 #: what :func:`patch_batches` takes, as its errors say
 EXPECTED = (
@@ -110,11 +118,8 @@ def patch_batches(images: Patches, batch_size: int) -> Iterator[np.ndarray | tor
         raise TypeError(f"expected {EXPECTED}; got {type(images).__name__}")
     singles: list[np.ndarray | torch.Tensor] = []
 
-    def stacked() -> np.ndarray | torch.Tensor:
+    def stacked() -> np.ndarray | torch.Tensor:  # singles share one shape: see the loop
         first = singles[0]
-        if any(s.shape != first.shape for s in singles):
-            shapes = sorted({tuple(s.shape[1:]) for s in singles})
-            raise ValueError(f"images of different shapes in one batch: {shapes}")
         if isinstance(first, torch.Tensor):
             return torch.cat([torch.as_tensor(s) for s in singles])
         return np.concatenate([np.asarray(s) for s in singles])
