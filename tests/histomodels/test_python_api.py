@@ -146,6 +146,38 @@ def test_shipped_model_from_create_model_and_list_models(
         create_model("cnn", weights="pcam-cnn", width=8)
 
 
+def test_shipped_weights_that_do_not_fit_say_which_tensors(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The error kept only the first line of torch's message, ``Error(s) in loading
+    state_dict for CNN:``: which tensors were missing, unexpected or of another shape was
+    lost. It now counts each kind and names the first few, on one line."""
+    with pytest.raises(WeightsError, match="do not fit cnn") as caught:
+        create_model("cnn", weights="pcam-cnn", width=8)
+    message = str(caught.value)
+    assert "\n" not in message and len(message) < 1200
+    assert re.search(r"\d+ of another shape \(weights vs model\) \(\S+ \(\d+", message)
+    assert "and " in message and " more" in message  # more than three: the rest counted
+
+    from histomodels import pretrained
+
+    real = pretrained.checkpoint_dict
+
+    def changed(name: str) -> dict:
+        ckpt = real(name)
+        sd = dict(ckpt["state_dict"])
+        first = next(iter(sd))
+        sd["extra.weight"] = sd.pop(first)
+        return {**ckpt, "state_dict": sd}
+
+    monkeypatch.setattr(pretrained, "checkpoint_dict", changed)
+    with pytest.raises(WeightsError) as caught:
+        create_model("cnn", weights="pcam-cnn")
+    message = str(caught.value)
+    assert re.search(r"1 missing from the weights \([\w.]+\)", message)
+    assert "1 unexpected in the weights (extra.weight)" in message
+
+
 def test_predictor_probabilities_apply_the_temperature_and_threshold_is_shipped(
     pred: Predictor, patches: np.ndarray
 ) -> None:

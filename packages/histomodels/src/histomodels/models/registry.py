@@ -151,9 +151,41 @@ def _create_shipped(name: str, weights: str, cfg: dict[str, Any]) -> nn.Module:
         raise WeightsError(
             f"{weights}: its weights do not fit {name} built with {shown_config(config)} "
             f"(shipped config: {shown_config(ckpt['model_config'])}): "
-            f"{str(exc).splitlines()[0]}"
+            f"{state_dict_mismatch(model, ckpt['state_dict']) or str(exc).splitlines()[0]}"
         ) from None
     return model
+
+
+def _first(keys: list[str], shown: int = 3) -> str:
+    """``a, b, c`` or ``a, b, c and 4 more``: the first ``shown`` of ``keys``."""
+    more = f" and {len(keys) - shown} more" if len(keys) > shown else ""
+    return ", ".join(keys[:shown]) + more
+
+
+def state_dict_mismatch(model: nn.Module, state_dict: dict[str, Any]) -> str:
+    """Why ``state_dict`` does not load into ``model`` strictly, in one bounded line: the
+    counts of missing, unexpected and other-shaped tensors, each with its first few keys
+    (torch's message puts them on lines of their own, all of them); "" when it fits."""
+    target = model.state_dict()
+    missing = [k for k in target if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in target]
+    shapes = [
+        f"{k} {tuple(state_dict[k].shape)} vs {tuple(target[k].shape)}"
+        for k in target
+        if k in state_dict
+        and hasattr(state_dict[k], "shape")
+        and tuple(state_dict[k].shape) != tuple(target[k].shape)
+    ]
+    parts = [
+        f"{len(keys)} {what} ({_first(keys)})"
+        for what, keys in (
+            ("missing from the weights", missing),
+            ("unexpected in the weights", unexpected),
+            ("of another shape (weights vs model)", shapes),
+        )
+        if keys
+    ]
+    return "; ".join(parts)
 
 
 def create_model(name: str, **cfg: Any) -> nn.Module:
