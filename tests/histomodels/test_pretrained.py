@@ -221,3 +221,66 @@ def test_the_shipped_recipe_as_a_config_says_to_rebuild_its_teacher(
         r = subprocess.run(again, capture_output=True, text=True, timeout=600)
         assert r.returncode == 0, r.stderr
         assert json.loads((tmp_path / "r" / "config.json").read_text())["teacher"] == "pcam-cnn"
+
+
+def _a_run_named_after_the_shipped_model(where: Path) -> Path:
+    """A user's run folder ``pcam-cnn`` in ``where``: a fresh cnn (width 8, no threshold)."""
+    from histomodels.checkpoint import make_checkpoint, save_checkpoint
+    from histomodels.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("cnn", width=8)
+    (where / "pcam-cnn").mkdir()
+    save_checkpoint(where / "pcam-cnn" / "best.pt", make_checkpoint(model, "cnn", {"width": 8}))
+    return where / "pcam-cnn"
+
+
+def test_a_shipped_name_is_the_shipped_model_whatever_the_working_folder_holds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A folder or file named ``pcam-cnn`` in the working folder was read instead of the
+    shipped model (``Predictor.load("pcam-cnn")``, ``create_model("cnn",
+    weights="pcam-cnn")``, ``--model pcam-cnn``). The bare name is the shipped model now;
+    ``./pcam-cnn`` (a folder part) is the user's."""
+    from histomodels.models import create_model
+
+    _a_run_named_after_the_shipped_model(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    shipped = pretrained.sidecar("pcam-cnn")["threshold"]
+    assert read_checkpoint("pcam-cnn")["model_config"] == {"centre": "pool"}
+    assert read_checkpoint(Path("pcam-cnn"))["model_config"] == {"centre": "pool"}
+    assert Predictor.load("pcam-cnn").threshold == pytest.approx(shipped)
+    assert read_checkpoint("./pcam-cnn")["model_config"] == {"width": 8}
+    assert Predictor.load("./pcam-cnn").threshold == 0.5
+    (tmp_path / "weights").mkdir()
+    monkeypatch.chdir(tmp_path / "weights")
+    Path("pcam-cnn").write_bytes(b"not weights")  # a file of the name, given as weights
+    net = create_model("cnn", weights="pcam-cnn")
+    want = pretrained.checkpoint_dict("pcam-cnn")["state_dict"]
+    assert all(torch.equal(net.state_dict()[k], v) for k, v in want.items())
+    with pytest.raises(ValueError, match="pcam-cnn: not a loadable weights file"):
+        create_model("cnn", weights="./pcam-cnn")
+
+
+def test_cli_a_shipped_name_is_the_shipped_model_and_dot_slash_the_users(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``eval --model pcam-cnn`` and ``eval pcam-cnn`` scored the run folder ``pcam-cnn`` in
+    the working folder; ``eval ./pcam-cnn`` (pathlib drops the ``./``) must still read it."""
+    _a_run_named_after_the_shipped_model(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    write_h5("t.h5", 32, seed=3)
+    shipped = pretrained.sidecar("pcam-cnn")["threshold"]
+    for given, threshold in (
+        (["--model", "pcam-cnn"], shipped),
+        (["pcam-cnn"], shipped),
+        (["./pcam-cnn"], 0.5),
+        (["pcam-cnn/"], 0.5),
+    ):
+        out = f"ev{len(given)}{given[-1].replace('/', '_').replace('.', 'd')}"
+        r = CliRunner().invoke(
+            app, ["eval", *given, "--data", "t.h5", "--out", out, "--bootstrap", "20"]
+        )
+        assert r.exit_code == 0, (given, r.output)
+        metrics = json.loads((tmp_path / out / "metrics.json").read_text())
+        assert metrics["threshold"] == pytest.approx(threshold), given

@@ -31,6 +31,7 @@ from histomodels.cli._common import (
     OriginSplit,
     Threads,
     checked_by,
+    checkpoint_path,
     errors,
     fail,
     in_range,
@@ -51,7 +52,7 @@ ModelOption = Annotated[
         "--model",
         callback=shipped_model,
         help="A model shipped with histomodels (e.g. pcam-cnn; no training, offline) "
-        "instead of a checkpoint.",
+        "instead of a checkpoint; never a file or folder of that name.",
     ),
 ]
 
@@ -59,7 +60,9 @@ ModelOption = Annotated[
 CheckpointArgument = Annotated[
     Path | None,
     typer.Argument(
-        help="Checkpoint file, run folder (best.pt) or ensemble; or --model.", parser=home_path
+        help="Checkpoint file, run folder (best.pt) or ensemble; or --model (a shipped "
+        "model's name is that model: a file or folder of its name is given as ./NAME).",
+        parser=checkpoint_path,
     ),
 ]
 
@@ -97,7 +100,13 @@ def _model_source(ctx: typer.Context, checkpoint: Path | None, model: str | None
                 ctx, f"{checkpoint} is an image, not a checkpoint: give the checkpoint first, "
                 "or --model NAME (e.g. --model pcam-cnn)", "checkpoint", "--model",
             )  # fmt: skip
-        if checkpoint.is_dir() and not (checkpoint / "best.pt").exists():
+        from histomodels import pretrained
+
+        if (
+            checkpoint.is_dir()
+            and not (checkpoint / "best.pt").exists()
+            and not pretrained.is_pretrained(checkpoint)  # the shipped model, folder or not
+        ):
             fail(f"{checkpoint}: a folder without best.pt, so not a run folder; give a "
                  "checkpoint file, a run folder or --model NAME")  # fmt: skip
     return model if model is not None else checkpoint  # type: ignore[return-value]
@@ -540,9 +549,10 @@ def predict_cmd(
         list[Path],
         typer.Argument(
             help="CHECKPOINT (file, run folder or ensemble) then image files or folders; "
-            "with --model, image files or folders only.",
+            "with --model, image files or folders only (a shipped model's name as CHECKPOINT "
+            "is that model: a file or folder of its name is given as ./NAME).",
             metavar="[CHECKPOINT] IMAGES...",
-            parser=home_path,
+            parser=checkpoint_path,
         ),
     ],
     model: ModelOption = None,
