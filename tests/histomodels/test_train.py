@@ -944,6 +944,26 @@ def test_cli_finetune_of_a_model_without_its_default_weights_says_what_to_give(h
         assert r.exit_code == 1 and r.stderr.startswith("error: imagenet: no such weights file")
 
 
+def test_cli_shipped_weights_of_another_model_name_the_command_to_use(h5_files, tmp_path):
+    """``finetune --weights pcam-cnn`` (the shipped cnn's weights on a backbone) was told to
+    ``use create_model('cnn', weights='pcam-cnn')``, a Python call, on a command line; it
+    names the command now, before PyTorch is imported, and writes nothing."""
+    train_h5, val_h5 = h5_files
+    for command in ("finetune", "train"):
+        out = tmp_path / command
+        r = CliRunner().invoke(
+            app,
+            [command, "--model", "efficientnet_lite0", "--weights", "pcam-cnn", "--data",
+             str(train_h5), "--val", str(val_h5), "--out", str(out), "--epochs", "1"],
+        )  # fmt: skip
+        assert r.exit_code == 1, r.output
+        assert r.stderr == (
+            "error: pcam-cnn: shipped weights of model 'cnn', not of 'efficientnet_lite0'; "
+            "train from them with: histomodels train --model cnn --weights pcam-cnn\n"
+        )
+        assert not out.exists()
+
+
 @pytest.mark.parametrize(
     ("given", "line"),
     [

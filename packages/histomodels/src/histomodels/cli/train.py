@@ -266,6 +266,7 @@ def _train(
         require_paths(cfg.val, role="validation")
         if base is not None:
             _refuse_default_weights(cfg, options, config, base)
+        _refuse_shipped_weights_of_another_model(cfg)
         if options.get("model_config") is not None:
             _check_given_model_config(cfg, given_by or {})
     from histomodels.training import TrainingError, train
@@ -407,6 +408,23 @@ def _refuse_default_weights(
         f"--model {cfg.model}: it has no {cfg.weights!r} weights, finetune's default --weights; "
         f"give --weights {' | '.join([*own, 'PATH'])} (a checkpoint or state dict of "
         f"{cfg.model}){scratch}"
+    )
+
+
+def _refuse_shipped_weights_of_another_model(cfg: Any) -> None:
+    """``--weights pcam-cnn`` (a shipped model's weights) for another model: one line naming
+    the command that trains from them, before PyTorch is imported. The library's own error
+    (``create_model``) names the Python call, which means nothing on a command line."""
+    from histomodels import pretrained
+
+    if not isinstance(cfg.weights, str) or not pretrained.is_pretrained(cfg.weights):
+        return
+    trained_as = pretrained.sidecar(cfg.weights).get("model")
+    if trained_as == cfg.model:
+        return
+    fail(
+        f"{cfg.weights}: shipped weights of model {trained_as!r}, not of {cfg.model!r}; "
+        f"train from them with: histomodels train --model {trained_as} --weights {cfg.weights}"
     )
 
 
