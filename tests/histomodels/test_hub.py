@@ -227,9 +227,12 @@ _HF_NAME = "timm/hf-hub:timm/resnet18.a1_in1k"
 #: its stderr in a file of its own, argv[2] + ".N") and writes how long each took, imports
 #: apart (the commands import PyTorch and timm lazily: 10 s and more on a busy machine), and
 #: its exit code, to the JSON file argv[2]. Several commands in one child pay the imports
-#: (about 7 CPU seconds) once.
+#: (about 7 CPU seconds) once. A command that raises anything but SystemExit (a bug) has its
+#: traceback in its own stderr file and the code "raised TYPE", and the next still runs: one
+#: bug fails its own case, not every case of the group (the child died, no results at all).
+#: TIMED_RAISE_AT=N makes command N raise such a bug (this harness's own test).
 _TIMED = """
-import json, os, sys, time
+import json, os, sys, time, traceback
 import huggingface_hub, timm, torch  # noqa
 import histomodels.models, histomodels.training  # noqa
 from histomodels.cli import app
@@ -243,9 +246,14 @@ for n, argv in enumerate(commands):
     start = time.monotonic()
     code = None
     try:
+        if os.environ.get("TIMED_RAISE_AT") == str(n):
+            raise RuntimeError(f"a bug in command {n}")
         app(argv, prog_name="histomodels")
     except SystemExit as exc:
         code = exc.code
+    except BaseException as exc:
+        traceback.print_exc()
+        code = f"raised {type(exc).__name__}"
     sys.stderr.flush()
     results.append([time.monotonic() - start, code])
 with open(sys.argv[2], "w") as f:
@@ -255,7 +263,7 @@ with open(sys.argv[2], "w") as f:
 
 def _timed_many(
     folder: Path, env: dict[str, str], *commands: list[str]
-) -> list[tuple[float, int, str]]:
+) -> list[tuple[float, int | str | None, str]]:
     """Each command (``COMMAND --model ...``) on the same data in one child, into its own
     ``--out`` (``folder/r0``, ``r1``, ...): [(seconds, exit code, stderr)] in order."""
     train_h5 = write_h5(folder / "train.h5", 32, seed=0)
@@ -278,7 +286,7 @@ def _timed_many(
     ]
 
 
-def _timed(tmp_path: Path, env: dict[str, str], *args: str) -> tuple[float, int, str]:
+def _timed(tmp_path: Path, env: dict[str, str], *args: str) -> tuple[float, int | str | None, str]:
     """One command in a child of its own (``--out`` is ``tmp_path/r0``)."""
     (result,) = _timed_many(tmp_path, env, list(args))
     return result
@@ -287,14 +295,27 @@ def _timed(tmp_path: Path, env: dict[str, str], *args: str) -> tuple[float, int,
 COMMANDS = ("train", "finetune")
 
 
+def test_a_command_that_raises_fails_only_its_own_case(tmp_path: Path) -> None:
+    """A command that raised (a bug, not SystemExit) killed the child running its group:
+    no results.json, so every case of the group errored in its fixture. It has its own
+    code and traceback now, and the commands after it still run."""
+    env = _env(tmp_path, f"http://127.0.0.1:{_closed_port()}", TIMED_RAISE_AT="0")
+    bad = ["train", "--model", "cnn"]
+    good = ["train", "--model", "cnn", "--lr", "0"]  # a usage error: exit 2, at once
+    (_, code0, err0), (_, code1, err1) = _timed_many(tmp_path, env, bad, good)
+    assert code0 == "raised RuntimeError" and "RuntimeError: a bug in command 0" in err0
+    assert "Traceback" in err0 and "Traceback" not in err1
+    assert code1 == 2, err1
+
+
 @pytest.fixture(scope="module")
 def uncached_runs(tmp_path_factory: pytest.TempPathFactory):
     """``offline -> (folder, {command: (seconds, exit code, stderr)})``: train and finetune of
     an uncached hf-hub: model without the hub, in one child per HF_HUB_OFFLINE setting (read
     when huggingface_hub is imported); each run when a test first asks for it."""
-    runs: dict[bool, tuple[Path, dict[str, tuple[float, int, str]]]] = {}
+    runs: dict[bool, tuple[Path, dict[str, tuple[float, int | str | None, str]]]] = {}
 
-    def run(offline: bool) -> tuple[Path, dict[str, tuple[float, int, str]]]:
+    def run(offline: bool) -> tuple[Path, dict[str, tuple[float, int | str | None, str]]]:
         if offline not in runs:
             folder = tmp_path_factory.mktemp("uncached")
             extra = {"HF_HUB_OFFLINE": "1"} if offline else {}
@@ -377,7 +398,7 @@ for name, stem in zip(sys.argv[1::2], sys.argv[2::2]):
     try:
         model = _timm_create(name, True)
         torch.save(model.conv1.weight.detach(), stem)
-    except Exception:
+    except BaseException:  # as _TIMED: one build's bug is its own case's failure only
         traceback.print_exc()
     sys.stderr.flush()
 """
