@@ -5,12 +5,30 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 
 from histomodels.checkpoint import make_checkpoint, save_checkpoint
 from histomodels.models import create_model
 from histomodels.preprocess import to_input
 from histomodels.synthetic import make_patches
+
+
+def writable_shipped_model(folder: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A writable install's ``pretrained/`` folder: the shipped pcam-cnn copied into
+    ``folder/shipped``, which :data:`histomodels.pretrained.HERE` names until the test
+    ends. Returns its weights file (what ``--out`` must never replace)."""
+    import shutil
+
+    from histomodels import pretrained
+
+    shipped = folder / "shipped"
+    shipped.mkdir()
+    for name in ("pcam-cnn.safetensors", "pcam-cnn.json"):
+        shutil.copy(pretrained.HERE / name, shipped / name)
+    monkeypatch.setattr(pretrained, "HERE", shipped)
+    return shipped / "pcam-cnn.safetensors"
+
 
 TINY_CNN = {"depth": 2, "blocks": 1, "width": 8, "dropout": 0.0}
 

@@ -293,6 +293,20 @@ def test_a_member_given_as_a_link_keeps_the_temperature_fitted_beside_the_link(
     assert first["source"] == str((tmp_path / "store" / "a.pt").resolve())
 
 
+def _refused_and_kept(given: list[str], *outs: Path) -> None:
+    """``ensemble GIVEN --out OUT`` for each of ``outs``: refused in one line (not an
+    earlier ensemble), exit 1, OUT left byte for byte as it was."""
+    for out in outs:
+        kept = out.read_bytes()
+        r = CliRunner().invoke(app, ["ensemble", *given, "--out", str(out)])
+        assert r.exit_code == 1, r.output
+        assert r.stderr.strip().splitlines() == [
+            f"error: {out}: exists and is not an earlier ensemble of histomodels; the "
+            "ensemble would replace it: choose another --out, or remove it first"
+        ]
+        assert out.read_bytes() == kept
+
+
 def test_an_ensemble_is_not_written_over_a_member_or_a_training_run(
     members: list[Path], tmp_path: Path
 ) -> None:
@@ -337,15 +351,7 @@ def test_an_ensemble_replaces_only_an_earlier_ensemble(members: list[Path], tmp_
     fifo = tmp_path / "fifo.pt"
     os.mkfifo(fifo)
     given = [str(members[0]), str(members[1])]
-    for out in (last, other, notes):
-        kept = out.read_bytes()
-        r = CliRunner().invoke(app, ["ensemble", *given, "--out", str(out)])
-        assert r.exit_code == 1, r.output
-        assert r.stderr.strip().splitlines() == [
-            f"error: {out}: exists and is not an earlier ensemble of histomodels; the "
-            "ensemble would replace it: choose another --out, or remove it first"
-        ]
-        assert out.read_bytes() == kept
+    _refused_and_kept(given, last, other, notes)
     r = CliRunner().invoke(app, ["ensemble", *given, "--out", str(fifo)])
     assert r.exit_code == 1 and r.stderr.strip().splitlines() == [
         f"error: {fifo}: not a regular file (a pipe, socket or device); the ensemble would "
@@ -379,15 +385,7 @@ def test_a_checkpoint_that_only_mentions_ensemble_of_is_not_replaced(
     nested = save_checkpoint(tmp_path / "nested.pt", ckpt)
     cut = tmp_path / "cut.pt"
     cut.write_bytes(Path(members[0]).read_bytes()[100:])
-    for out in (mentions, nested, cut):
-        kept = out.read_bytes()
-        r = CliRunner().invoke(app, ["ensemble", *given, "--out", str(out)])
-        assert r.exit_code == 1, r.output
-        assert r.stderr.strip().splitlines() == [
-            f"error: {out}: exists and is not an earlier ensemble of histomodels; the "
-            "ensemble would replace it: choose another --out, or remove it first"
-        ]
-        assert out.read_bytes() == kept
+    _refused_and_kept(given, mentions, nested, cut)
     earlier = tmp_path / "earlier.pt"
     r = CliRunner().invoke(app, ["ensemble", given[1], given[0], "--out", str(earlier)])
     assert r.exit_code == 0, r.output

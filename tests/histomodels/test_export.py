@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from _evalkit import tiny_checkpoint
+from _evalkit import tiny_checkpoint, writable_shipped_model
 from conftest import deny_opening, unboxed
 from typer.testing import CliRunner
 
@@ -288,8 +288,6 @@ def test_an_export_replaces_only_an_earlier_export_of_its_format(
     written."""
     import shutil
 
-    from histomodels import pretrained
-
     run = tmp_path / "run"
     run.mkdir()
     ckpt = Path(shutil.copy(tiny_checkpoint(tmp_path), run / "best.pt"))
@@ -319,12 +317,7 @@ def test_an_export_replaces_only_an_earlier_export_of_its_format(
         "would replace it: choose another --out"
     ]
     assert not side.exists()
-    shipped = tmp_path / "shipped"  # a writable install's pretrained/ folder
-    shipped.mkdir()
-    for name in ("pcam-cnn.safetensors", "pcam-cnn.json"):
-        shutil.copy(pretrained.HERE / name, shipped / name)
-    monkeypatch.setattr(pretrained, "HERE", shipped)
-    weights = shipped / "pcam-cnn.safetensors"
+    weights = writable_shipped_model(tmp_path, monkeypatch)
     kept = weights.read_bytes()
     r = CliRunner().invoke(app, ["export", "--model", "pcam-cnn", "--format", "onnx", "--out",
                                  str(weights)])  # fmt: skip

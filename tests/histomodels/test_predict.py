@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from _evalkit import tiny_checkpoint
+from _evalkit import tiny_checkpoint, writable_shipped_model
 from conftest import deny_opening
 from PIL import Image
 from typer.testing import CliRunner
@@ -1269,8 +1269,6 @@ def test_the_csv_replaces_only_an_earlier_predictions_csv(
     one error line naming --out, exit 1, nothing written."""
     import shutil
 
-    from histomodels import pretrained
-
     run = tmp_path / "run"
     run.mkdir()
     ckpt = Path(shutil.copy(tiny_checkpoint(tmp_path), run / "best.pt"))
@@ -1301,12 +1299,7 @@ def test_the_csv_replaces_only_an_earlier_predictions_csv(
     ]
     assert fifo.is_fifo()
     assert not list(tmp_path.rglob("*_heatmaps"))
-    shipped = tmp_path / "shipped"  # a writable install's pretrained/ folder
-    shipped.mkdir()
-    for name in ("pcam-cnn.safetensors", "pcam-cnn.json"):
-        shutil.copy(pretrained.HERE / name, shipped / name)
-    monkeypatch.setattr(pretrained, "HERE", shipped)
-    weights = shipped / "pcam-cnn.safetensors"
+    weights = writable_shipped_model(tmp_path, monkeypatch)
     kept = weights.read_bytes()
     r = CliRunner().invoke(app, ["predict", "--model", "pcam-cnn", str(img), "--out",
                                  str(weights)])  # fmt: skip
