@@ -369,9 +369,16 @@ def _listening(port: int) -> bool:
 #: its own environment, working folder and stderr, that runs the CLI as ``python -m
 #: histomodels`` does and exits as it would (an uncaught exception's traceback, click's exit
 #: code); asked over stdin, one JSON line a request, one JSON line an answer:
-#: ``spawn`` a rank (its pid), ``poll`` one (its exit code, or null while it runs), ``kill``.
+#: ``spawn`` a rank (its pid), ``poll`` one (its exit code, or null while it runs), ``kill``,
+#: ``hash`` (what ``hash("histomodels")`` and numpy's global generator give in a child).
+#: Each rank has a forker of its own (:func:`forker`), started with its own PYTHONHASHSEED,
+#: and a child reseeds numpy's global generator from the OS, as a rank started on its own
+#: would have: ranks forked from one process shared the string hash seed (set and dict
+#: orders of str keys) and numpy's global state, so a bug where real ranks disagree on
+#: such an order, or on a draw made before the trainer seeds, could not show in these tests.
 RANK_FORKER = """
 import json, os, sys
+import numpy as np
 import histomodels.cli, histomodels.training  # noqa: F401
 from histomodels.cli import app
 
@@ -381,6 +388,7 @@ for line in sys.stdin:
     if job["op"] == "spawn":
         pid = os.fork()
         if pid == 0:  # the rank: the request's folder, environment, stderr file and argv
+            np.random.seed()  # from the OS, as in a process of its own
             os.chdir(job["cwd"])
             os.environ.clear()
             os.environ.update(job["env"])
@@ -393,6 +401,17 @@ for line in sys.stdin:
             app(prog_name="histomodels")
             sys.exit(0)
         answer = {"pid": pid}
+    elif job["op"] == "hash":
+        read, write = os.pipe()
+        child = os.fork()
+        if child == 0:
+            np.random.seed()
+            os.write(write, json.dumps([hash("histomodels"), np.random.random()]).encode())
+            os._exit(0)
+        os.close(write)
+        os.waitpid(child, 0)
+        answer = {"values": json.loads(os.read(read, 4096))}
+        os.close(read)
     else:
         pid = job["pid"]
         if job["op"] == "kill" and pid not in codes:
@@ -409,24 +428,46 @@ for line in sys.stdin:
 
 @pytest.fixture(scope="module")
 def forker(tmp_path_factory):
-    """The RANK_FORKER process, shared by the by-hand tests; its stderr is shown if it fails."""
-    log = tmp_path_factory.mktemp("forker") / "stderr.txt"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
-    with log.open("w") as err:
-        proc = subprocess.Popen(
-            [sys.executable, "-c", RANK_FORKER], env=env, text=True,
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err,
-        )  # fmt: skip
+    """A RANK_FORKER process per rank (rank k's at index k), shared by the by-hand tests,
+    each with a PYTHONHASHSEED of its own (drawn per session); a forker's stderr is shown
+    if it fails."""
+    import secrets
+
+    seeds = [secrets.randbelow(2**32 - 1) + 1 for _ in range(2)]
+    seeds[1] = seeds[1] if seeds[1] != seeds[0] else seeds[0] % (2**32 - 1) + 1
+    procs = []
     try:
-        yield proc, log
+        for rank, seed in enumerate(seeds):
+            log = tmp_path_factory.mktemp(f"forker{rank}") / "stderr.txt"
+            env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE",
+                   "PYTHONHASHSEED": str(seed)}  # fmt: skip
+            with log.open("w") as err:
+                proc = subprocess.Popen(
+                    [sys.executable, "-c", RANK_FORKER], env=env, text=True,
+                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err,
+                )  # fmt: skip
+            procs.append((proc, log))
+        yield procs
     finally:
-        assert proc.stdin is not None
-        proc.stdin.close()  # its loop ends; every rank it forked was waited for or killed
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        for proc, _ in procs:
+            assert proc.stdin is not None
+            proc.stdin.close()  # its loop ends; every rank it forked was waited for or killed
+        for proc, _ in procs:
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def test_by_hand_ranks_do_not_share_a_hash_seed_or_numpys_state(forker):
+    """Both by-hand ranks were forked from one process: the same str hash seed and the same
+    numpy global state, unlike ranks started on their own, so a test could not catch ranks
+    that disagree on a set's order or on an unseeded draw."""
+    (hash0, draw0), (hash1, draw1) = (_ask(f, op="hash")["values"] for f in forker)
+    assert hash0 != hash1
+    assert draw0 != draw1
+    assert _ask(forker[0], op="hash")["values"][1] != draw0  # each child draws afresh
 
 
 def _ask(forker, **request):
@@ -460,7 +501,7 @@ def _by_hand(
 
     def poll(rank):
         if rank not in codes:
-            code = _ask(forker, op="poll", pid=pids[rank])["code"]
+            code = _ask(forker[rank], op="poll", pid=pids[rank])["code"]
             if code is not None:
                 codes[rank] = (code, time.monotonic() - t0)
         return rank in codes
@@ -473,7 +514,8 @@ def _by_hand(
         }  # fmt: skip
         node = tmp_path / f"node{rank}"
         job = {"args": [*args, *(rank_args or {}).get(rank, [])], "env": env, "cwd": str(node)}
-        pids.append(_ask(forker, op="spawn", stderr=str(node / "stderr.txt"), **job)["pid"])
+        spawn = {"op": "spawn", "stderr": str(node / "stderr.txt"), **job}
+        pids.append(_ask(forker[rank], **spawn)["pid"])
         while rank == 0 and not _listening(port) and not poll(0):
             if time.monotonic() - t0 > timeout:
                 break  # rank 0 never hosted the store: the wait below fails the test
@@ -484,8 +526,8 @@ def _by_hand(
                 pytest.fail(f"rank {min({0, 1} - set(codes))} still running after {timeout} s")
             time.sleep(0.1)
     finally:
-        for pid in pids:
-            _ask(forker, op="kill", pid=pid)  # reaps it; kills only one still running
+        for rank, pid in enumerate(pids):
+            _ask(forker[rank], op="kill", pid=pid)  # reaps it; kills only one still running
     return [
         (codes[k][0], (tmp_path / f"node{k}" / "stderr.txt").read_text(), codes[k][1])
         for k in range(2)
