@@ -1,21 +1,34 @@
-"""What a user's ``pip install`` gets: the packages it declares, not what the dev venv has.
+"""What a user's ``pip install`` gets: the wheels, not the editable installs the tests use.
 
-An editable install in the dev venv imports whatever that venv holds, so a package imported
-but not declared (it came with something else there) passes every other test and fails only
-for users: every third-party package a module imports is declared by that package's
-pyproject, as a dependency or in an extra (an AST scan; only ``if TYPE_CHECKING:`` imports
-are left out); an extra's package is imported only inside functions, so the base install
-imports.
+An editable install reads the source tree, so a data file left out of ``package-data`` (the
+shipped weights, the review page's templates) or a package imported but not declared (it
+came with something else in the dev venv) passes every other test and fails only for users.
+
+- Every third-party package a module imports is declared by that package's pyproject, as a
+  dependency or in an extra (an AST scan; only ``if TYPE_CHECKING:`` imports are left out);
+  an extra's package is imported only inside functions, so the base install imports.
+- The three wheels, built offline from copies of ``packages/*`` (``pip wheel --no-deps
+  --no-build-isolation --no-index``: nothing is downloaded; a stale ``build/`` or
+  ``*.egg-info`` in the checkout cannot hide a dropped file), hold exactly the files under
+  ``src/<package>/`` (caches aside), their licence, readme and metadata, and the entry points
+  name the Typer apps.
+- The sdists hold the same files, so a wheel built from an sdist is complete too.
 """
 
 from __future__ import annotations
 
 import ast
 import functools
+import importlib
 import importlib.metadata as md
 import re
+import shutil
+import subprocess
 import sys
+import tarfile
 import tomllib
+import zipfile
+from email.parser import Parser
 from pathlib import Path
 
 import pytest
@@ -23,6 +36,9 @@ from test_import_graph import _imports
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("histocore", "histofetch", "histomodels")
+SCRIPTS = {"histofetch": "histofetch.cli:app", "histomodels": "histomodels.cli:app"}
+#: What a build or a run leaves under ``src/`` that is no part of the package.
+CACHES = ("__pycache__", ".pytest_cache", ".mypy_cache", ".ruff_cache")
 
 
 def _norm(name: str) -> str:
@@ -34,6 +50,22 @@ def _requirement_name(req: str) -> str:
     match = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", req)
     assert match, req
     return _norm(match.group(1))
+
+
+def _project(package: str) -> dict:
+    return tomllib.loads((ROOT / "packages" / package / "pyproject.toml").read_text())["project"]
+
+
+def _source_files(package: str, root: Path = ROOT) -> set[str]:
+    """Every file under ``src/<package>/`` but caches, as wheel paths (``histofetch/x.py``)."""
+    src = root / "packages" / package / "src"
+    return {
+        p.relative_to(src).as_posix()
+        for p in (src / package).rglob("*")
+        if p.is_file()
+        and not any(part in CACHES for part in p.parts)
+        and p.suffix not in (".pyc", ".pyo")
+    }
 
 
 @functools.cache
@@ -126,3 +158,136 @@ def test_the_import_scan_finds_an_undeclared_or_top_level_extra_import(tmp_path:
         "typer (typer): not declared (histofake/a.py:11)",
         "yaml: only in an extra, imported at module level (histofake/a.py:!5)",
     ]
+
+
+# --- the built wheels and sdists ------------------------------------------------------------
+
+
+def _backend_or_skip() -> None:
+    """The build backend the pyprojects name, as they require it, or a skip saying why."""
+    try:
+        version = md.version("setuptools")
+    except md.PackageNotFoundError:
+        pytest.skip("setuptools (the build backend) is not installed: no offline build")
+    if int(version.split(".")[0]) < 77:
+        pytest.skip(f"setuptools {version} is installed; the pyprojects need setuptools>=77")
+
+
+def _copies(tmp: Path) -> Path:
+    """The three projects copied without build leftovers, under ``tmp/packages``."""
+    skip = shutil.ignore_patterns("build", "dist", "*.egg-info", *CACHES, "*.pyc")
+    for package in PACKAGES:
+        shutil.copytree(ROOT / "packages" / package, tmp / "packages" / package, ignore=skip)
+    return tmp / "packages"
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Path]]:
+    """Package → (its wheel, its sdist), built offline from copies of the checkout."""
+    _backend_or_skip()
+    tmp = tmp_path_factory.mktemp("packaging")
+    projects, dist = _copies(tmp), tmp / "dist"
+    pip = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation"]
+    pip += ["--no-index", "--quiet", "--disable-pip-version-check", "--wheel-dir", str(dist)]
+    run = subprocess.run(
+        [*pip, *(str(projects / p) for p in PACKAGES)], capture_output=True, text=True
+    )
+    assert run.returncode == 0, run.stderr
+    # the sdists through the backend itself (``build`` is no dev dependency), in one process
+    code = (
+        "import os, sys, setuptools.build_meta as b\n"
+        "out, projects = sys.argv[1], sys.argv[2:]\n"  # the backend rewrites sys.argv
+        "for project in projects:\n"
+        "    os.chdir(project)\n"
+        "    b.build_sdist(out)\n"
+    )
+    made = subprocess.run(
+        [sys.executable, "-c", code, str(dist), *(str(projects / p) for p in PACKAGES)],
+        capture_output=True,
+        text=True,
+    )
+    assert made.returncode == 0, made.stderr
+    out: dict[str, tuple[Path, Path]] = {}
+    for package in PACKAGES:
+        (wheel,) = dist.glob(f"{package}-*.whl")
+        (sdist,) = dist.glob(f"{package}-*.tar.gz")
+        out[package] = (wheel, sdist)
+    return out
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_the_wheel_holds_every_file_under_src(
+    package: str, built: dict[str, tuple[Path, Path]]
+) -> None:
+    """The shipped weights and their cards, the review page's templates and static files,
+    ``py.typed``: every file the code can load at run time, and nothing else."""
+    with zipfile.ZipFile(built[package][0]) as wheel:
+        names = {n for n in wheel.namelist() if ".dist-info/" not in n}
+    expected = _source_files(package)
+    assert sorted(expected - names) == [], "missing from the wheel (package-data?)"
+    assert sorted(names - expected) == [], "in the wheel but not in src/"
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_the_sdist_holds_every_file_under_src_and_its_licence_and_readme(
+    package: str, built: dict[str, tuple[Path, Path]]
+) -> None:
+    """``pip install`` from an sdist builds its wheel from what the sdist holds."""
+    with tarfile.open(built[package][1]) as sdist:
+        names = {n.partition("/")[2] for n in sdist.getnames()}
+    expected = {f"src/{n}" for n in _source_files(package)} | {"LICENSE", "README.md"}
+    assert sorted(expected - names) == []
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_the_wheel_metadata(package: str, built: dict[str, tuple[Path, Path]]) -> None:
+    project = _project(package)
+    with zipfile.ZipFile(built[package][0]) as wheel:
+        info = f"{package}-{project['version']}.dist-info"
+        meta = Parser().parsestr(wheel.read(f"{info}/METADATA").decode())
+        names = set(wheel.namelist())
+        entry_points = (
+            wheel.read(f"{info}/entry_points.txt").decode()
+            if f"{info}/entry_points.txt" in names
+            else ""
+        )
+        licence = wheel.read(f"{info}/licenses/LICENSE").decode()
+    assert meta["Name"] == package
+    assert meta["Requires-Python"] == ">=3.11"
+    assert meta["License-Expression"] == "MIT"
+    assert meta["License-File"] == "LICENSE"
+    assert licence == (ROOT / "LICENSE").read_text()
+    assert meta["Description-Content-Type"] == "text/markdown"
+    readme = meta.get_payload()
+    assert isinstance(readme, str)
+    assert readme.strip() == (ROOT / "packages" / package / "README.md").read_text().strip()
+    assert sorted(meta.get_all("Provides-Extra") or []) == sorted(
+        project.get("optional-dependencies", {})
+    )
+    assert _names(meta.get_all("Requires-Dist") or []) == _names(_requirements(project))
+    if package in SCRIPTS:
+        assert f"{package} = {SCRIPTS[package]}" in entry_points.splitlines()
+    else:
+        assert "console_scripts" not in entry_points
+
+
+def _requirements(project: dict) -> list[str]:
+    """The pyproject's requirements, each extra's with its marker as METADATA writes it."""
+    reqs = list(project.get("dependencies", []))
+    for extra, extra_reqs in project.get("optional-dependencies", {}).items():
+        reqs += [f'{r}; extra == "{extra}"' for r in extra_reqs]
+    return reqs
+
+
+def _names(reqs: list[str]) -> list[tuple[str, str]]:
+    """(distribution, extra or "") of each requirement, sorted."""
+    extra = re.compile(r"extra\s*==\s*[\"']([^\"']+)[\"']")
+    return sorted((_requirement_name(r), m[1] if (m := extra.search(r)) else "") for r in reqs)
+
+
+@pytest.mark.parametrize("script", sorted(SCRIPTS))
+def test_each_entry_point_names_a_typer_app(script: str) -> None:
+    import typer
+
+    module, _, attr = SCRIPTS[script].partition(":")
+    assert isinstance(getattr(importlib.import_module(module), attr), typer.Typer)
