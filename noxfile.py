@@ -34,6 +34,9 @@ DEV = [
     "pyright[nodejs]==1.1.414",
     "selenium>=4.20",
     "hypothesis>=6.100",  # tests/abuse/test_fuzz_parsers.py
+    # tests/test_packaging.py builds the wheels offline (--no-build-isolation) with the
+    # backend the pyprojects name; torch happens to bring it too, but not as a promise
+    "setuptools>=77",
 ]
 # PyTorch wheels: the CPU/GPU build pip resolves; the pins match what the project is tested on.
 TORCH = ["torch>=2.2,<=2.14.1", "torchvision>=0.17,<=0.29.1"]
