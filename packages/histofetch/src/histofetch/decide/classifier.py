@@ -5,7 +5,7 @@ IHC, PAS or fluorescence image. The network is tiny (four 3×3 conv layers, glob
 average + max pooling, one linear layer; batch norm folded into the convolutions at
 export), so a plain numpy forward pass over ≤ 16 tiles takes milliseconds.
 ``benchmarks/train_he_classifier.py`` trains it with PyTorch and writes the safetensors
-file; its model card is ``docs/he_classifier.md``.
+file; its model card, ``pretrained/he_classifier.md``, ships beside the weights.
 
 An image is judged on tiles: it is resized so its shorter side is at most
 :data:`WORK_SHORT` px (and at least :data:`TILE`), cut into an evenly spaced grid of at
