@@ -708,3 +708,40 @@ def test_a_users_tile_predictions_csv_is_not_taken_for_an_earlier_eval(tmp_path:
         "id,image_id,row,col,x0,y0,x1,y1,tissue,probability\n"
     )
     refuse_to_replace_what_eval_did_not_write(out, {}, manifest=True)  # an eval stopped midway
+
+
+def test_eval_val_replaces_beside_the_checkpoint_only_a_sidecar_eval_wrote(tmp_path: Path) -> None:
+    """``eval --val`` wrote ``CKPT.calibration.json`` over any file of that name beside the
+    checkpoint (a JSON note of the user's own holding a ``temperature``, say). It is one
+    error line now, before anything is read, and the library refuses it too (nothing in
+    ``--out``); an earlier sidecar, or ``--store-temperature none``, goes on as before."""
+    from histomodels.calibration import CalibrationError
+    from histomodels.synthetic import write_h5
+
+    ckpt = tiny_checkpoint(tmp_path)
+    data = write_h5(tmp_path / "test.h5", 24, seed=3)
+    val = write_h5(tmp_path / "val.h5", 24, seed=4)
+    side = calibration_path(ckpt)
+    mine = '{"temperature": 2.0, "note": "my own calibration, fitted elsewhere"}'
+    side.write_text(mine)
+    out = tmp_path / "ev"
+    args = ["eval", str(ckpt), "--data", str(data), "--val", str(val), "--out", str(out),
+            "--bootstrap", "0"]  # fmt: skip
+    r = CliRunner().invoke(app, args)
+    assert (r.exit_code, r.stdout) == (1, ""), r.output
+    assert r.stderr.splitlines() == [
+        f"error: {side}: exists and is not a calibration file eval wrote; eval --val would "
+        "replace it with the fitted temperature: give --store-temperature none or checkpoint, "
+        "or remove it first"
+    ]
+    assert side.read_text() == mine and not out.exists()
+    with pytest.raises(CalibrationError, match="is not a calibration file eval wrote"):
+        evaluate_checkpoint(ckpt, data, out, val=val, n_bootstrap=0, gallery=False)
+    assert side.read_text() == mine and not (out / "metrics.json").exists()
+    r = CliRunner().invoke(app, [*args, "--store-temperature", "none"])
+    assert r.exit_code == 0 and side.read_text() == mine, r.output
+    side.unlink()
+    for _ in range(2):  # written, then its own earlier sidecar replaced
+        r = CliRunner().invoke(app, args)
+        assert r.exit_code == 0, r.output
+        assert json.loads(side.read_text())["fitted_on"] == f"encoded:{val}"

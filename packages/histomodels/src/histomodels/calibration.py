@@ -25,6 +25,7 @@ from histocore.io import (
     file_sha256,
     loads_json,
     read_capped,
+    replace_only_ours,
 )
 
 
@@ -67,10 +68,36 @@ def calibration_path(checkpoint: str | Path) -> Path:
     return path.with_name(f"{path.stem}.calibration.json")
 
 
+def is_calibration_file(path: Path) -> bool:
+    """Whether the regular file ``path`` is a sidecar :func:`write_calibration` wrote (for
+    this checkpoint or an earlier version of it): a JSON object (up to
+    :data:`MAX_CALIBRATION_BYTES`) holding ``checkpoint_sha256`` and ``temperature``. One
+    that cannot be opened or read raises its ``OSError``."""
+    try:
+        record = loads_json(read_capped(path, MAX_CALIBRATION_BYTES))
+    except (NotJSON, RefusedFile):
+        return False
+    return isinstance(record, dict) and {"checkpoint_sha256", "temperature"} <= record.keys()
+
+
+def refuse_to_replace_calibration(checkpoint: str | Path) -> None:
+    """A :class:`CalibrationError` naming the sidecar of ``checkpoint`` when writing it would
+    replace a file eval did not write there (a ``best.calibration.json`` of the user's own
+    was replaced by ``eval --val``), or a pipe or device; an earlier sidecar, an empty file
+    or nothing passes (:func:`histocore.io.replace_only_ours`)."""
+    replace_only_ours(calibration_path(checkpoint), is_calibration_file, CalibrationError,
+                      not_ours="is not a calibration file eval wrote",
+                      would="eval --val would replace it with the fitted temperature: give "
+                      "--store-temperature none or checkpoint")  # fmt: skip
+
+
 def write_calibration(checkpoint: str | Path, temperature: float, source: str) -> str:
-    """Write the sidecar beside ``checkpoint``; returns its path, or why it was not written."""
+    """Write the sidecar beside ``checkpoint``; returns its path, or why it was not written.
+    A file there that eval did not write is a :class:`CalibrationError`, left as it is
+    (:func:`refuse_to_replace_calibration`)."""
     path = Path(checkpoint)
     side = calibration_path(path)
+    refuse_to_replace_calibration(path)
     if not os.access(path.parent, os.W_OK) or (side.exists() and not os.access(side, os.W_OK)):
         return f"{path.parent} is read-only; temperature used for these metrics but not stored"
     digest = file_sha256(path)

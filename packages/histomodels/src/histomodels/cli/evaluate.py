@@ -248,6 +248,10 @@ def eval_cmd(
     require_folder(manifest, what="histofetch run folder")
     require_folder(out)
     _refuse_to_replace(out, source, data, val, train_data, manifest=manifest is not None)
+    # T is kept beside the checkpoint unless asked not to, or fitted on resized tiles
+    resized = val_scale if val_scale is not None or manifest is not None else fig_scale
+    if val is not None and not no_store and store_temperature == "beside" and resized is None:
+        _refuse_to_replace_calibration(source)
     use_cpu_cores(threads)
     with errors(), progress():
         if manifest is not None:
@@ -319,6 +323,20 @@ def _refuse_to_replace(
     }
     with errors():
         refuse_to_replace_what_eval_did_not_write(out, reads, manifest=manifest)
+
+
+def _refuse_to_replace_calibration(source: str | Path) -> None:
+    """One error line, before anything is read, where ``eval --val`` would replace a file
+    beside the checkpoint at its sidecar's name that eval did not write
+    (:func:`histomodels.calibration.refuse_to_replace_calibration`); a shipped model has no
+    sidecar file."""
+    from histomodels.calibration import refuse_to_replace_calibration
+    from histomodels.checkpoint import resolve_checkpoint
+
+    path = resolve_checkpoint(source)
+    if path.is_file():
+        with errors():
+            refuse_to_replace_calibration(path)
 
 
 #: eval options that only figures of a manifest use (``--data`` patches are not tiled;
