@@ -396,3 +396,43 @@ def test_a_nul_byte_in_a_config_path_is_the_config_line(tmp_path, key: str, said
     assert r.stderr.startswith(f"error: {config}: {said}") and "'a\\x00b'" in r.stderr
     assert len(r.stderr.splitlines()) == 1
     assert not (tmp_path / "r").exists()
+
+
+def test_a_file_of_the_users_where_the_soft_targets_go_is_not_replaced(tmp_path) -> None:
+    """``RUN/teacher_logits.npz`` was not among the names train judges before replacing: a
+    file of the user's own there was read as a damaged cache ("scoring again") and replaced
+    by the teacher's soft targets. Only a cache a run wrote (a zip of ``key.npy`` and
+    ``logits.npy``) is replaced now; anything else is one line before the data is read."""
+    from typer.testing import CliRunner
+
+    from histomodels.cli import app
+    from histomodels.synthetic import write_h5
+
+    train_h5, val_h5 = write_h5(tmp_path / "t.h5", 32, seed=0), write_h5(tmp_path / "v.h5", 24)
+    run = tmp_path / "run"
+    run.mkdir()
+    mine = run / "teacher_logits.npz"
+    mine.write_bytes(b"my own notes, not numpy")
+    args = ["train", "--data", str(train_h5), "--val", str(val_h5), "--out", str(run),
+            "--epochs", "1", "--threads", "1", "--model-config", json.dumps(TINY), "--quiet",
+            "--teacher", "pcam-cnn"]  # fmt: skip
+    r = CliRunner().invoke(app, args)
+    assert (r.exit_code, r.stdout) == (1, ""), r.output
+    assert r.stderr.splitlines() == [
+        f"error: {mine}: exists and is not the teacher's soft targets a run wrote (a numpy "
+        ".npz of their key and logits); training would replace it: choose another --out, or "
+        "remove it first"
+    ]
+    assert [p.name for p in run.iterdir()] == [mine.name]
+    assert mine.read_bytes() == b"my own notes, not numpy"
+    from histomodels.cli.train import _teacher_cache
+
+    np.savez(mine, other=np.zeros(3))  # a numpy archive, but not the cache
+    assert not _teacher_cache(mine)
+    assert CliRunner().invoke(app, args).exit_code == 1
+    mine.unlink()
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    assert _teacher_cache(mine)  # the run's own cache: replaced by a rerun
+    r = CliRunner().invoke(app, [*args, "--overwrite", "--seed", "3"])
+    assert r.exit_code == 0, r.output

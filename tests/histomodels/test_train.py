@@ -1908,3 +1908,41 @@ def test_the_result_is_said_once_on_stdout_progress_on_stderr(h5_files, tmp_path
     assert "epoch   1  loss" in r.stderr  # the progress
     assert "best val AUC" not in r.stderr, r.stderr
     assert r.stdout.count("best val AUC") == 1 and str(run / "best.pt") in r.stdout, r.stdout
+
+
+def test_overwrite_replaces_the_differing_config_a_killed_run_left(h5_files, tmp_path):
+    """A run SIGKILLed before its first checkpoint leaves its config.json; a rerun with other
+    settings was refused even with ``--overwrite``, which asks to replace the run. Such a
+    config (a training config a run wrote: judged by its keys) is replaced with
+    ``--overwrite`` now, and without it the line says so; a config.json that is no run's
+    (a hand-written one) is refused either way."""
+    from histocore.io import json_safe
+    from histomodels.config import TrainConfig
+
+    base = ["train", "--data", str(h5_files[0]), "--val", str(h5_files[1]), "--model-config",
+            json.dumps(TINY), "--epochs", "1", "--batch-size", "16", "--threads", "1",
+            "--quiet"]  # fmt: skip
+    run = tmp_path / "run"
+    run.mkdir()
+    config = run / "config.json"
+    left = json.dumps(json_safe(TrainConfig(data="other.h5", lr=0.1, seed=9).to_dict()), indent=2)
+    config.write_text(left)
+    r = CliRunner().invoke(app, [*base, "--out", str(run)])
+    assert r.exit_code == 1 and r.stderr.splitlines() == [
+        f"error: {config}: exists and is the config of a run killed before its first checkpoint "
+        "(no best.pt or last.pt beside it), with other settings; --overwrite replaces it, or "
+        "choose another --out, or remove it first"
+    ]
+    assert [p.name for p in run.iterdir()] == ["config.json"] and config.read_text() == left
+    mine = '{"model": "cnn", "epochs": 3, "lr": 0.01, "data": "a.h5", "val": "b.h5"}'
+    config.write_text(mine)
+    r = CliRunner().invoke(app, [*base, "--out", str(run), "--overwrite"])
+    assert r.exit_code == 1 and r.stderr.splitlines()[-1].startswith(
+        f"error: {config}: exists and is not from a run that reached its first checkpoint"
+    )
+    assert config.read_text() == mine
+    config.write_text(left)
+    r = CliRunner().invoke(app, [*base, "--out", str(run), "--overwrite"])
+    assert r.exit_code == 0, r.output
+    assert (run / "best.pt").is_file()
+    assert json.loads(config.read_text())["data"] == str(h5_files[0])

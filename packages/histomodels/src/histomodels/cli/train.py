@@ -279,7 +279,7 @@ def _train(
     for name in sorted(WRITTEN | (KEPT if cfg.teacher else frozenset())):
         if (out / name).is_dir() and not (out / name).is_symlink():
             fail(f"{out / name}: is a folder, not a file")
-    _refuse_to_replace(out, cfg, held)
+    _refuse_to_replace(out, cfg, held, overwrite=overwrite)
 
     # the result on stdout below; the trainer's own last line is not said again on stderr
     with (
@@ -302,24 +302,29 @@ def _train(
         )
 
 
-def _refuse_to_replace(out: Path, cfg: Any, held: list[str]) -> None:
+def _refuse_to_replace(out: Path, cfg: Any, held: list[str], *, overwrite: bool = False) -> None:
     """One line, before the data is read, where the run would replace in ``out`` a file it
     did not write: the checkpoint it starts from (``--weights``, ``--teacher``: the run's own
     best.pt or last.pt, with ``--overwrite``), a pipe or device at one of its names, or, in
     a folder holding no trained run (no best.pt or last.pt), any file at one of them
-    (``--out`` a folder of the user's own: its config.json, say the ``--config`` being
-    read, or history.json was replaced once the first checkpoint was written). A trained
-    run's own files are its to replace (``--resume``, ``--overwrite``), and so is a
-    ``config.json`` byte for byte the one this run writes (a run SIGKILLed before its first
-    checkpoint leaves it: the rerun was refused, even with ``--overwrite``)."""
+    (``--out`` a folder of the user's own: its config.json, say the ``--config`` being read,
+    or history.json was replaced once the first checkpoint was written). A trained run's
+    own files are its to replace (``--resume``, ``--overwrite``), and so is the
+    ``config.json`` a run killed before its first checkpoint left: byte for byte the one
+    this run writes (it loses nothing), or, with ``--overwrite`` (the user asked to replace
+    the run), any training config a run wrote (:func:`_run_config`; it was refused even
+    with ``--overwrite``). With ``--teacher``, ``teacher_logits.npz`` is replaced only when
+    it is the teacher cache a run wrote (:func:`_teacher_cache`), in any folder: a file of
+    the user's own there was taken for a damaged cache and replaced."""
     from histocore.io import holds_a_file, same_file
     from histomodels.checkpoint import resolve_checkpoint
-    from histomodels.training.run_folder import CHECKPOINTS, WRITTEN
+    from histomodels.training.distill import CACHE_NAME
+    from histomodels.training.run_folder import CHECKPOINTS, CONFIG_NAME, WRITTEN
 
     starts = {"--weights": cfg.weights, "--teacher": cfg.teacher}
+    would = "training would replace it: choose another --out"
     for name in sorted(WRITTEN):
         target = out / name
-        would = "training would replace it: choose another --out"
         for option, given in starts.items():
             if name in CHECKPOINTS and given and same_file(target, resolve_checkpoint(given)):
                 fail(f"{target}: is the checkpoint given as {option}; {would}")
@@ -327,12 +332,83 @@ def _refuse_to_replace(out: Path, cfg: Any, held: list[str]) -> None:
             there = holds_a_file(target)
         except RefusedFile as exc:
             fail(f"{target}: {exc}; {would}")
-        if there and not held and not (name == "config.json" and _same_text(target, cfg)):
+        if not there or held or (name == CONFIG_NAME and _same_text(target, cfg)):
+            continue
+        if name == CONFIG_NAME and _run_config(target):
+            if overwrite:  # the user asked to replace the run
+                continue
             fail(
-                f"{target}: exists and is not from a run that reached its first checkpoint "
-                f"(no best.pt or last.pt beside it; a run killed before then leaves its "
-                f"config.json: remove it to start again); {would}, or remove it first"
+                f"{target}: exists and is the config of a run killed before its first "
+                "checkpoint (no best.pt or last.pt beside it), with other settings; "
+                "--overwrite replaces it, or choose another --out, or remove it first"
             )
+        fail(
+            f"{target}: exists and is not from a run that reached its first checkpoint "
+            f"(no best.pt or last.pt beside it; a run killed before then leaves its "
+            f"config.json: remove it to start again); {would}, or remove it first"
+        )
+    target = out / CACHE_NAME
+    if cfg.teacher:
+        try:
+            there = holds_a_file(target)
+            if there and not _teacher_cache(target):
+                fail(
+                    f"{target}: exists and is not the teacher's soft targets a run wrote (a "
+                    f"numpy .npz of their key and logits); {would}, or remove it first"
+                )
+        except RefusedFile as exc:
+            fail(f"{target}: {exc}; {would}")
+        except OSError as exc:  # unreadable: whether it is the run's cannot be told
+            from histocore.errors import describe
+
+            fail(describe(exc))
+
+
+def _run_config(path: Path) -> bool:
+    """Whether ``path`` is a ``config.json`` a training run wrote (``training/trainer.py``:
+    the whole ``TrainConfig`` as a JSON object), judged by its keys, not its bytes: every
+    key a config key (:data:`~histomodels.config.FIELDS`) and every key of
+    :data:`RUN_CONFIG_KEYS` there (a run writes them all; a hand-written ``--config`` file
+    gives only some). Up to :data:`MAX_RUN_CONFIG_BYTES` read; not otherwise."""
+    from histocore.io import loads_json, read_capped
+    from histomodels.config import FIELDS
+
+    try:
+        obj = loads_json(read_capped(path, MAX_RUN_CONFIG_BYTES))
+    except (OSError, ValueError):  # RefusedFile, NotJSON: ValueErrors
+        return False
+    return (
+        isinstance(obj, dict)
+        and all(isinstance(k, str) and k in FIELDS for k in obj)
+        and obj.keys() >= RUN_CONFIG_KEYS
+    )
+
+
+#: Keys every ``config.json`` a run wrote holds, from the first version on (it writes the
+#: whole ``TrainConfig``; these fields have been there since the first): how
+#: :func:`_run_config` tells it from a hand-written config, which gives a few
+RUN_CONFIG_KEYS = frozenset(
+    {"model", "model_config", "weights", "data", "val", "epochs", "patience", "time_budget",
+     "batch_size", "eval_batch_size", "lr", "weight_decay", "schedule", "warmup_epochs",
+     "min_lr_ratio", "label_smoothing", "grad_clip", "freeze_epochs", "backbone_lr_mult",
+     "aug_strength", "hed_jitter", "seed", "bf16", "channels_last", "compile", "threads",
+     "device", "progress"}
+)  # fmt: skip
+
+
+def _teacher_cache(path: Path) -> bool:
+    """Whether ``path`` is a ``teacher_logits.npz`` a run wrote
+    (:func:`histomodels.training.distill.teacher_logits`): a zip archive of exactly
+    ``key.npy`` and ``logits.npy`` (only its central directory is read: one of ours damaged
+    inside is still ours, and scored again with a warning). One that cannot be opened
+    raises its ``OSError``."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            return sorted(z.namelist()) == ["key.npy", "logits.npy"]
+    except (zipfile.BadZipFile, EOFError, ValueError):
+        return False
 
 
 def _same_text(path: Path, cfg: Any) -> bool:
