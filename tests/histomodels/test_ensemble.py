@@ -468,3 +468,19 @@ def test_an_ensemble_out_in_a_file_is_refused_before_the_members_load(tmp_path: 
         )
         assert r.exit_code == 1 and r.stderr == f"error: {said}\n", r.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dang", "f"]
+
+
+def test_an_ensemble_out_dash_is_refused_not_written_as_a_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``ensemble A B --out -`` made a run folder named ``-`` (``-`` read as a path, where
+    ``predict --out -`` means standard output). A binary model is not written to standard
+    output: one line, exit 1, before the members load, nothing written."""
+    monkeypatch.chdir(tmp_path)
+    r = CliRunner().invoke(app, ["ensemble", "nowhere/a", "nowhere/b", "--out", "-"])
+    assert (r.exit_code, r.stdout) == (1, ""), r.output
+    assert r.stderr.splitlines() == [
+        "error: -: binary model output to standard output is not supported; give a path "
+        "(./- for one named -)"
+    ]
+    assert not list(tmp_path.iterdir())

@@ -398,3 +398,25 @@ def test_an_unreadable_file_at_out_is_said_to_be_unreadable(
     assert r.exit_code == 1, r.output
     assert r.stderr.splitlines() == [f"error: {out}: permission denied"]
     assert out.read_bytes() == kept
+
+
+def test_export_out_dash_is_refused_not_written_as_a_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``export --out -`` wrote an ONNX file named ``-`` (``-`` read as a file name, where
+    ``predict --out -`` means standard output). A binary model is not written to standard
+    output: one line, exit 1, nothing written; a file named ``-`` is had as ``./-``."""
+    ckpt = tiny_checkpoint(tmp_path)
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    r = CliRunner().invoke(app, ["export", str(ckpt), "--out", "-"])
+    assert (r.exit_code, r.stdout) == (1, ""), r.output
+    assert r.stderr.splitlines() == [
+        "error: -: binary model output to standard output is not supported; give a path "
+        "(./- for one named -)"
+    ]
+    assert not list(work.iterdir())
+    r = CliRunner().invoke(app, ["export", str(ckpt), "--out", "./-", "--format", "onnx"])
+    assert r.exit_code == 0, r.output
+    assert (work / "-").stat().st_size > 0

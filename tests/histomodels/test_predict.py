@@ -118,6 +118,34 @@ def test_out_dash_writes_the_csv_to_standard_output(
     assert r.stdout.splitlines()[0] == "6 patch(es) from 1 file(s) → ./-"  # not '→ -'
 
 
+def test_heatmaps_for_a_csv_on_standard_output_claim_no_csv_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``predict --out - --heatmaps hm`` marked its heatmaps as drawn for a CSV named ``-``
+    (a file ``./-`` to a reader of the PNG), and a later ``--out -`` run removed such a
+    heatmap of an input it now scored as one patch: a heatmap of another pipeline's,
+    belonging to no CSV file this run wrote. The mark says ``standard output`` now, and a
+    run on standard output removes no earlier heatmap."""
+    from histomodels.predict import HEATMAP_MARK
+
+    ckpt = tiny_checkpoint(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "big").mkdir()
+    (tmp_path / "small").mkdir()
+    Image.fromarray(make_figure(2, 3, seed=1)).save(tmp_path / "big" / "figure.png")
+    Image.fromarray(make_figure(1, 1, seed=2)).save(tmp_path / "small" / "figure.png")
+    args = ["predict", str(ckpt), "--out", "-", "--heatmaps", "hm"]
+    r = CliRunner().invoke(app, [*args, "big/figure.png"])
+    assert r.exit_code == 0, r.output
+    drawn = tmp_path / "hm" / "figure.png"
+    with Image.open(drawn) as im:
+        assert im.info[HEATMAP_MARK] == "standard output"
+    kept = drawn.read_bytes()
+    r = CliRunner().invoke(app, [*args, "small/figure.png"])  # one patch: no heatmap
+    assert r.exit_code == 0, r.output
+    assert drawn.read_bytes() == kept
+
+
 def test_out_dash_keeps_the_csv_on_stdout_when_stderr_is_a_terminal(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -451,8 +451,9 @@ def predict_paths(
 
     ``out_csv`` may be an open text stream (``predict --out -``: standard output): the CSV
     is written to it whole once every file is scored, and heatmaps are drawn only into a
-    ``heatmap_dir`` given (a stream has no folder to put them beside); ``csv`` in the
-    summary is then ``-``."""
+    ``heatmap_dir`` given (a stream has no folder to put them beside), marked as drawn for
+    :data:`STREAM_MARK`; no earlier heatmap is removed (there is no CSV file whose they
+    were); ``csv`` in the summary is then ``-``."""
     from histocore.io import atomic_write_text
     from histomodels.checkpoint import decision_threshold
     from histomodels.inference import Predictor
@@ -468,8 +469,8 @@ def predict_paths(
         heat_dir = (Path(heatmap_dir) if heatmap_dir
                     else out_csv.with_name(out_csv.stem + "_heatmaps"))  # fmt: skip
         mark = str(out_csv.resolve())
-    else:  # heatmaps only into a folder given; marked as drawn for the CSV on a stream
-        out_csv, mark = Path(STREAM), STREAM
+    else:  # heatmaps only into a folder given, marked as drawn for no CSV file
+        out_csv, mark = Path(STREAM), STREAM_MARK
         heat_dir = Path(heatmap_dir or ".")
         draw_heatmaps = draw_heatmaps and heatmap_dir is not None
     targets = heatmap_targets(files, heat_dir) if draw_heatmaps else {}
@@ -507,7 +508,7 @@ def predict_paths(
         for part in staged.values():
             part.unlink(missing_ok=True)
         raise
-    if scored:  # an input's heatmap for this CSV is now this run's or none
+    if scored and stream is None:  # an input's heatmap for this CSV is now this run's or none
         drawn = set(heatmaps)
         for target in targets.values():
             if str(target) not in drawn and _drawn_for(target, mark):
@@ -580,6 +581,10 @@ def _refuse_to_replace_what_predict_did_not_write(out: Path) -> None:
 #: ``predict --out -``: the CSV goes to standard output (the summary's ``csv``, the mark in
 #: the heatmaps drawn for it)
 STREAM = "-"
+#: The mark (:data:`HEATMAP_MARK`) of a heatmap drawn for a CSV on standard output: no
+#: path (it was ``-``, a CSV file of that name to a reader of the PNG); such a run has no
+#: CSV file whose earlier heatmaps it could remove, and removes none
+STREAM_MARK = "standard output"
 
 
 #: The first columns every predictions CSV has had (the others were appended later)

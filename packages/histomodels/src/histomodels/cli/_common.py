@@ -52,6 +52,20 @@ class Group(UsageStyle, TyperGroup):
     """The ``histomodels`` app and its command groups (``typer.Typer(cls=Group)``)."""
 
 
+def no_model_to_stdout(out: Path) -> None:
+    """``--out -`` of a command that writes a binary model (``export``, ``ensemble``): one
+    line, exit 1, before anything is read (``-`` was taken for a file name and a file named
+    ``-`` written). ``out`` is parsed by :func:`histocore.cli.home_path_or_stdout`, so a
+    file named ``-`` given as ``./-`` passes."""
+    from histocore.cli import StandardOutput
+
+    if isinstance(out, StandardOutput):
+        fail(
+            "-: binary model output to standard output is not supported; give a path "
+            "(./- for one named -)"
+        )
+
+
 def checked_by(check: str, option: str) -> Callable[[T], T]:
     """An option callback that runs the library's own check of the option's text
     (``check``: ``"module:function"``, imported only when the option is given): the

@@ -7,9 +7,14 @@ from typing import Annotated
 
 import typer
 
-from histocore.cli import home_path
+from histocore.cli import home_path_or_stdout
 from histocore.io import path_shown
-from histomodels.cli._common import errors, require_file_out, require_folder
+from histomodels.cli._common import (
+    errors,
+    no_model_to_stdout,
+    require_file_out,
+    require_folder,
+)
 
 
 def _two_or_more(sources: list[str]) -> list[str]:
@@ -31,8 +36,9 @@ def ensemble_cmd(
         Path,
         typer.Option(
             "--out",
-            help="Run folder (→ best.pt) or a .pt file; replaces only an earlier ensemble.",
-            parser=home_path,
+            help="Run folder (→ best.pt) or a .pt file; replaces only an earlier ensemble. "
+            "Not '-' (no binary output to standard output; a folder named - is ./-).",
+            parser=home_path_or_stdout,
         ),
     ],
     tta: Annotated[
@@ -41,6 +47,7 @@ def ensemble_cmd(
 ) -> None:
     """Average the members' calibrated logits (each keeps its own normalisation, input size
     and temperature); eval, predict and export then take OUT like any checkpoint."""
+    no_model_to_stdout(out)
     if out.suffix != ".pt":  # a run folder (→ best.pt)
         require_folder(out, what="run folder; a checkpoint file to write ends in .pt")
     else:  # before the members load: 'f/e.pt' with f a file

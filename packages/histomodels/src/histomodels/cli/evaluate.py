@@ -35,6 +35,7 @@ from histomodels.cli._common import (
     errors,
     fail,
     in_range,
+    no_model_to_stdout,
     progress,
     reader_options,
     require_file_out,
@@ -513,8 +514,9 @@ def export_cmd(
         typer.Option(
             "--out",
             help="Output file (.onnx; .pt/.pth/.ts for TorchScript); replaces only an earlier "
-            "export of the same format or an empty file.",
-            parser=home_path,
+            "export of the same format or an empty file. Not '-' (no binary output to "
+            "standard output; a file named - is ./-).",
+            parser=home_path_or_stdout,
         ),
     ],
     fmt: Annotated[
@@ -541,6 +543,7 @@ def export_cmd(
 ) -> None:
     """Export to ONNX (dynamic batch axis, runs in ONNX Runtime) or TorchScript, then check
     parity against PyTorch on random input."""
+    no_model_to_stdout(out)
     source = _model_source(ctx, checkpoint, model)
     try:
         written = export_format(out, fmt)
