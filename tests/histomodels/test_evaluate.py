@@ -745,3 +745,34 @@ def test_eval_val_replaces_beside_the_checkpoint_only_a_sidecar_eval_wrote(tmp_p
         r = CliRunner().invoke(app, args)
         assert r.exit_code == 0, r.output
         assert json.loads(side.read_text())["fitted_on"] == f"encoded:{val}"
+
+
+def test_eval_manifest_refuses_a_heatmaps_folder_it_did_not_write(tmp_path: Path) -> None:
+    """``eval --manifest`` draws into ``OUT/heatmaps/``: a non-empty ``heatmaps/`` in a
+    folder holding no earlier eval is one line before anything is read, its files as they
+    were; an empty one, or the same folder for ``--data`` (which draws none), is no concern."""
+    from histocore.errors import UsageError
+    from histomodels.evaluate import refuse_to_replace_what_eval_did_not_write
+
+    ckpt = tiny_checkpoint(tmp_path)
+    run = tmp_path / "lnm"
+    run.mkdir()
+    out = tmp_path / "mine"
+    (out / "heatmaps").mkdir(parents=True)
+    refuse_to_replace_what_eval_did_not_write(out, {}, manifest=True)  # empty: no concern
+    (out / "heatmaps" / "slide1.png").write_bytes(b"my own heatmap")
+    r = CliRunner().invoke(
+        app, ["eval", str(ckpt), "--manifest", str(run), "--out", str(out), "--bootstrap", "0"]
+    )
+    assert (r.exit_code, r.stdout) == (1, ""), r.output
+    assert r.stderr.splitlines() == [
+        f"error: {out / 'heatmaps'}: exists and was not written by eval; eval would replace "
+        "it: choose another --out, or remove it first"
+    ]
+    assert [p.name for p in out.rglob("*")] == ["heatmaps", "slide1.png"]
+    assert (out / "heatmaps" / "slide1.png").read_bytes() == b"my own heatmap"
+    with pytest.raises(UsageError, match=r"heatmaps: exists and was not written by eval"):
+        refuse_to_replace_what_eval_did_not_write(out, {}, manifest=True)
+    refuse_to_replace_what_eval_did_not_write(out, {}, manifest=False)  # --data draws none
+    (out / "image_scores.csv").write_text("image_id,record_id,score\n")  # an eval stopped
+    refuse_to_replace_what_eval_did_not_write(out, {}, manifest=True)  # midway: its folder
