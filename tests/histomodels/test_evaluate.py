@@ -776,3 +776,29 @@ def test_eval_manifest_refuses_a_heatmaps_folder_it_did_not_write(tmp_path: Path
     refuse_to_replace_what_eval_did_not_write(out, {}, manifest=False)  # --data draws none
     (out / "image_scores.csv").write_text("image_id,record_id,score\n")  # an eval stopped
     refuse_to_replace_what_eval_did_not_write(out, {}, manifest=True)  # midway: its folder
+
+
+def test_evals_threshold_line_names_validation_data_in_a_tilde_folder_as_given(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``eval … --val ./~/v.h5`` (a folder named ``~`` here) printed the threshold line's
+    validation data as ``encoded:~/v.h5``, ``$HOME``'s to a reader, where the other lines
+    name paths as given (``./~/…``). metrics.json keeps the library's text."""
+    import shutil
+
+    from histomodels.synthetic import write_h5
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "~").mkdir()
+    shutil.copy(tiny_checkpoint(tmp_path), tmp_path / "~" / "ck.pt")
+    write_h5(tmp_path / "~" / "t.h5", 32, seed=7)
+    write_h5(tmp_path / "~" / "v.h5", 32, seed=8)
+    args = ["eval", "./~/ck.pt", "--data", "./~/t.h5", "--val", "./~/v.h5", "--out", "./~/ev",
+            "--bootstrap", "0", "--store-temperature", "none"]  # fmt: skip
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    line = next(ln for ln in r.stdout.splitlines() if ln.startswith("threshold "))
+    assert "on validation (encoded:./~/v.h5, n=32)" in line, line
+    assert "~/" not in r.stdout.replace("./~/", ""), r.stdout
+    m = json.loads((tmp_path / "~" / "ev" / "metrics.json").read_text())
+    assert "(encoded:~/v.h5, n=32)" in m["threshold_source"]

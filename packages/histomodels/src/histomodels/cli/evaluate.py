@@ -433,7 +433,7 @@ def _print_metrics(result: dict, out: Path) -> None:
     from histomodels.report_tables import threshold_text
 
     how = result["threshold_source"]
-    line = f"threshold {threshold_text(result['threshold'], how)}: {how}"
+    line = f"threshold {threshold_text(result['threshold'], how)}: {_source_shown(result)}"
     console.print(line, soft_wrap=True)  # whole lines, as the first one
     inside = " (the ensemble's own 8 views)" if result.get("tta_inside_model") else ""
     console.print(
@@ -453,6 +453,18 @@ def _print_metrics(result: dict, out: Path) -> None:
     console.print(
         f"wrote {path_shown(out)}/metrics.json, predictions.csv and plots", soft_wrap=True
     )
+
+
+def _source_shown(result: dict) -> str:
+    """``threshold_source`` as the threshold line prints it: the validation data it names
+    as the other success lines name paths (:func:`histocore.io.source_shown`: a folder
+    named ``~`` is ``./~/v.h5``, never ``~/v.h5``, $HOME's to a reader); metrics.json keeps
+    the text as it is."""
+    how = str(result["threshold_source"])
+    data = (result.get("validation") or {}).get("data")
+    if isinstance(data, str) and (shown := source_shown(data)) != data:
+        how = how.replace(f"({data}, n=", f"({shown}, n=", 1)
+    return how
 
 
 def _print_external(result: dict, out: Path) -> None:
@@ -494,7 +506,7 @@ def _print_external(result: dict, out: Path) -> None:
     from histomodels.report_tables import threshold_text
 
     how = result["threshold_source"]
-    typer.echo(f"threshold {threshold_text(result['threshold'], how)}: {how}")
+    typer.echo(f"threshold {threshold_text(result['threshold'], how)}: {_source_shown(result)}")
     typer.echo(f"temperature {result['temperature']:.3f}")
     if result.get("note"):
         typer.echo(result["note"])
