@@ -296,3 +296,28 @@ def test_a_bug_in_the_output_checks_keeps_its_traceback(
     for check, out in ((require_folder, tmp_path / "run"), (require_file, tmp_path / "p.csv")):
         with pytest.raises(RuntimeError, match="a bug"):
             check(out)
+
+
+@pytest.mark.parametrize("package", ["histocore", "histofetch", "histomodels"])
+def test_library_records_go_nowhere_unless_the_application_configures_logging(
+    package: str,
+) -> None:
+    """Our package loggers had no handler, so in a plain script or notebook (no logging
+    set up) a library warning went to logging's last-resort handler on stderr, against the
+    library convention. Each package logger holds a ``logging.NullHandler`` now: nothing
+    is printed unless the application configures logging, and then its records reach the
+    root handler as before. Run in a fresh interpreter: pytest sets up logging itself."""
+    import subprocess
+    import sys
+
+    code = (
+        f"import logging, {package}\n"
+        f"assert any(isinstance(h, logging.NullHandler) for h in "
+        f"logging.getLogger({package!r}).handlers)\n"
+        f"logging.getLogger('{package}.some_module').warning('unseen')\n"
+        "logging.basicConfig(format='%(name)s: %(message)s')\n"
+        f"logging.getLogger('{package}.some_module').warning('seen')\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert (r.returncode, r.stdout) == (0, ""), r.stderr
+    assert r.stderr == f"{package}.some_module: seen\n"
