@@ -11,6 +11,7 @@ import hashlib
 import os
 from abc import ABC, abstractmethod
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -63,8 +64,22 @@ def check_patch_shape(shape: tuple[int, ...], size: int | None, where: str) -> N
         raise DatasetError(f"{where}: patches are {w}x{h} px, too small to be a patch")
 
 
-class PatchDataset(ABC):
-    """Random access to labelled RGB patches."""
+if TYPE_CHECKING:  # what a DataLoader takes; at run time no torch import (see below)
+    from torch.utils.data import Dataset
+
+    _DatasetBase = Dataset[tuple[np.ndarray, int, str]]
+else:
+    _DatasetBase = object
+
+
+class PatchDataset(ABC, _DatasetBase):
+    """Random access to labelled RGB patches: ``ds[i]`` is ``(uint8 [H, W, 3], label, id)``.
+
+    A map-style ``torch.utils.data.Dataset[tuple[np.ndarray, int, str]]`` to type checkers,
+    so ``DataLoader(open_dataset(path))`` type-checks. At run time it is a plain class
+    (importing a reader does not import PyTorch: the command lines check their paths
+    first), which a ``DataLoader`` takes as it is (it needs ``__len__`` and
+    ``__getitem__`` only); it pickles, and so goes to worker processes, as before."""
 
     #: Where the data came from (shown in reports).
     source: str = ""
