@@ -802,3 +802,33 @@ def test_evals_threshold_line_names_validation_data_in_a_tilde_folder_as_given(
     assert "~/" not in r.stdout.replace("./~/", ""), r.stdout
     m = json.loads((tmp_path / "~" / "ev" / "metrics.json").read_text())
     assert "(encoded:~/v.h5, n=32)" in m["threshold_source"]
+
+
+def test_evaluate_arrays_gives_evals_numbers_in_memory(tmp_path: Path) -> None:
+    """A notebook with a model and arrays had to write files to get eval's numbers. The
+    in-memory API gives the same ones (AUC, bootstrap CIs, accuracy, recall, the sweep:
+    one code path, :func:`histomodels.evaluate.patch_metrics`), from a Predictor, a
+    checkpoint path, an nn.Module or a dataset, and writes nothing."""
+    from histomodels.evaluate import evaluate_arrays
+
+    ckpt = tiny_checkpoint(tmp_path)
+    ds = _ds(48, 11, "t")
+    images, labels, _ = ds.load_all()
+    res = evaluate_checkpoint(ckpt, ds, tmp_path / "ev", n_bootstrap=50, gallery=False)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    pred = Predictor.load(ckpt, device="cpu")
+    mem = evaluate_arrays(pred, images, labels, n_bootstrap=50)
+    for key in ("n", "roc_auc", "accuracy", "recall", "specificity", "ci", "threshold",
+                "threshold_source", "temperature", "at_0.5", "threshold_sweep",
+                "uncalibrated", "n_unlabelled"):  # fmt: skip
+        assert mem[key] == res[key], key
+    assert evaluate_arrays(ckpt, ds, n_bootstrap=50)["ci"] == res["ci"]  # a path, a dataset
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written
+    net = load_model(ckpt)[0]
+    bare = evaluate_arrays(net, images, labels.tolist(), threshold=0.3, n_bootstrap=0)
+    assert (bare["threshold"], bare["threshold_source"], bare["temperature"]) == (0.3, "given", 1)
+    assert "ci" not in bare and 0 <= bare["roc_auc"] <= 1
+    with pytest.raises(ValueError, match=r"labels=\.\.\. is needed"):
+        evaluate_arrays(pred, images)
+    with pytest.raises(ValueError, match="47 labels for 48 patches"):
+        evaluate_arrays(pred, images, labels[:47])

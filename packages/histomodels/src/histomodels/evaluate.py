@@ -555,9 +555,6 @@ def evaluate_checkpoint(
     scanner or magnification; 1: PCam patches as they are); default: ``scale``. A folder's
     label is the whole tile's, not PCam's "tumour in the central 32x32", so such numbers
     are not PCam numbers."""
-    from histomodels.calibration import nll
-    from histomodels.metrics import binary_metrics, summarize, threshold_sweep
-
     check_threshold_options(val, threshold_rule, sensitivity)
     for factor in (scale, val_scale):
         if factor is not None:
@@ -627,20 +624,14 @@ def evaluate_checkpoint(
     make_parents(out / "predictions.csv")  # a file in the way: a: is a file, not a folder
     write_predictions(out / "predictions.csv", ids, labels, probs, threshold)
     labelled = np.isin(labels, (0, 1))
-    result["n_unlabelled"] = int((~labelled).sum())
+    result.update(
+        patch_metrics(labels, logits, temperature, threshold, n_bootstrap=n_bootstrap, seed=seed)
+    )
     if not labelled.any():
-        result["note"] = "no labels in the data: predictions only, no metrics"
         result["threshold"] = float(threshold)  # what the probabilities are read with
         write_json(out / "metrics.json", result)
         return result
     y, p = labels[labelled], probs[labelled]
-    result.update(summarize(y, p, threshold, n_resamples=n_bootstrap, seed=seed))
-    result["at_0.5"] = {k: v for k, v in binary_metrics(y, p, 0.5).items() if k != "ci"}
-    result["threshold_sweep"] = threshold_sweep(y, p)
-    raw_p = sigmoid(logits[labelled])
-    result["uncalibrated"] = {
-        k: binary_metrics(y, raw_p, threshold)[k] for k in ("brier", "ece")
-    } | {"nll": nll(logits[labelled], y)}
 
     if len(np.unique(y)) == 2:
         from histomodels import plots
@@ -674,6 +665,102 @@ def evaluate_checkpoint(
     else:
         result["note"] = "only one class present: ROC/PR plots and AUC are undefined"
     write_json(out / "metrics.json", result)
+    return result
+
+
+def patch_metrics(
+    labels: np.ndarray,
+    logits: np.ndarray,
+    temperature: float,
+    threshold: float,
+    *,
+    n_bootstrap: int = 1000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """The numbers ``eval --data`` reports for scored patches, as its metrics.json holds
+    them: ``n_unlabelled`` (labels not 0/1, left out), then for the labelled ones the
+    metrics at ``threshold`` of the probabilities ``sigmoid(logits / temperature)`` with
+    95 % bootstrap CIs (:func:`histomodels.metrics.summarize`: ``roc_auc``, ``accuracy``,
+    ``recall``, …, ``ci``), ``at_0.5``, ``threshold_sweep`` and ``uncalibrated`` (Brier,
+    ECE and NLL of the raw logits); without any labelled patch only a ``note``."""
+    from histomodels.calibration import nll
+    from histomodels.metrics import binary_metrics, summarize, threshold_sweep
+
+    labels, logits = np.asarray(labels), np.asarray(logits)
+    labelled = np.isin(labels, (0, 1))
+    result: dict[str, Any] = {"n_unlabelled": int((~labelled).sum())}
+    if not labelled.any():
+        result["note"] = "no labels in the data: predictions only, no metrics"
+        return result
+    y = labels[labelled].astype(np.int64)
+    p = sigmoid(logits[labelled], temperature)
+    result.update(summarize(y, p, threshold, n_resamples=n_bootstrap, seed=seed))
+    result["at_0.5"] = {k: v for k, v in binary_metrics(y, p, 0.5).items() if k != "ci"}
+    result["threshold_sweep"] = threshold_sweep(y, p)
+    raw_p = sigmoid(logits[labelled])
+    result["uncalibrated"] = {
+        k: binary_metrics(y, raw_p, threshold)[k] for k in ("brier", "ece")
+    } | {"nll": nll(logits[labelled], y)}
+    return result
+
+
+def evaluate_arrays(
+    model: Predictor | str | Path | torch.nn.Module,
+    images: Any,
+    labels: Any = None,
+    *,
+    threshold: float | None = None,
+    tta: bool = False,
+    batch_size: int = 256,
+    n_bootstrap: int = 1000,
+    seed: int = 0,
+    device: str | None = None,
+) -> dict[str, Any]:
+    """Metrics of ``model`` on patches in memory, as ``eval --data`` computes them
+    (:func:`patch_metrics`), with no file read or written but the model's: a notebook's
+    way to the numbers the command line reports.
+
+    ``model``: a :class:`~histomodels.inference.Predictor` (its temperature and
+    normalisation), a checkpoint, run folder or shipped model's name (loaded as one), or
+    an ``nn.Module`` mapping normalised ImageNet-style input to one logit (temperature 1).
+    ``images``: uint8 RGB patches as :meth:`Predictor.logits` takes them, with ``labels``
+    (0/1 per patch; others are counted in ``n_unlabelled`` and left out), or a
+    :class:`~histomodels.data.base.PatchDataset` (``open_dataset(path)``), whose labels are
+    used. ``threshold``: the decision threshold, default the model's shipped one, else 0.5
+    (no validation set here: choose one with :func:`histomodels.metrics.choose_threshold`
+    on validation scores). Returns the metrics dict and ``n``, ``threshold``,
+    ``threshold_source``, ``temperature`` and ``tta``."""
+    from histomodels.checkpoint import decision_threshold
+    from histomodels.inference import predict_logits
+
+    if isinstance(images, PatchDataset):
+        if labels is not None:
+            raise ValueError("labels=... goes with image arrays; a dataset brings its own")
+        images, labels, _ = images.load_all()
+    elif labels is None:
+        raise ValueError("labels=... is needed with image arrays (or pass a PatchDataset)")
+    if threshold is not None and not 0 <= threshold <= 1:  # NaN fails too
+        raise ValueError(f"threshold must be in [0, 1], got {threshold}")
+    if isinstance(model, str | Path):
+        model = Predictor.load(model, device=device)
+    if isinstance(model, Predictor):
+        logits = model.logits(images, batch_size=batch_size, tta=tta)
+        temperature = model.temperature
+        cut, source = decision_threshold(model.ckpt, threshold, note=NO_VALIDATION)
+    else:
+        where = device or next(model.parameters()).device
+        logits = predict_logits(model, images, batch_size=batch_size, tta=tta, device=where)
+        temperature = 1.0
+        cut, source = decision_threshold({}, threshold, note=NO_VALIDATION)  # else 0.5
+    labels = np.asarray(labels).reshape(-1)
+    if len(labels) != len(logits):
+        raise ValueError(f"{len(labels)} labels for {len(logits)} patches")
+    result: dict[str, Any] = {"n": len(labels), "threshold": float(cut),
+                              "threshold_source": source, "temperature": float(temperature),
+                              "tta": bool(tta)}  # fmt: skip
+    result.update(
+        patch_metrics(labels, logits, temperature, cut, n_bootstrap=n_bootstrap, seed=seed)
+    )
     return result
 
 
