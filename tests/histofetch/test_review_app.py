@@ -679,6 +679,41 @@ def test_bad_run_folder_gets_an_error_page_and_the_cli_one_line(tmp_path: Path) 
         Scores.load(tmp_path)
 
 
+def test_a_runs_manifest_or_store_stands_for_its_folder_as_for_manifest_load(
+    kit: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """``Manifest.load``, ``export_run``, ``run_status`` take ``RUN/manifest.jsonl`` or
+    ``RUN/run.sqlite`` for ``RUN``; ``load_run`` (the review page's library call) refused
+    them as ``not a folder``. They stand for the folder now, the page watches and logs
+    into the folder, and another file is still refused."""
+    from histofetch.review.data import load_run
+    from histofetch.review.server import build_server
+
+    run = _copy(kit[0], tmp_path)
+    for name in ("manifest.jsonl", "run.sqlite"):
+        with load_run(run / name) as m:
+            assert m.run_dir == run and m.kept_images()
+        c = _client(run / name)
+        assert c.get("/").status_code == 200
+        assert _post(
+            c, "pmid:1/fig1", "metastasis" if name == "manifest.jsonl" else None
+        ).is_success
+        _server, sock = build_server(run / name, port=0, reviewer="tester")
+        sock.close()
+    log = [json.loads(x)["label"] for x in (run / LOG_NAME).read_text().splitlines()]
+    assert log == ["metastasis", None] and not (run / "manifest.jsonl" / LOG_NAME).exists()
+    (run / "notes.txt").write_text("x")
+    with pytest.raises(ReviewError, match=r"notes\.txt: is a file, not a run folder"):
+        load_run(run / "notes.txt")
+    assert _client(run / "notes.txt").get("/").status_code == 500
+    # the CLI's --run takes a folder, as every histofetch command's does
+    r = CliRunner().invoke(cli, ["review", "--run", str(run / "manifest.jsonl"), "--no-browser"])
+    assert (
+        r.exit_code == 1
+        and r.output == f"error: {run / 'manifest.jsonl'}: is a file, not a run folder\n"
+    )
+
+
 @pytest.mark.parametrize(
     ("text", "said"),
     [

@@ -10,6 +10,7 @@ server from escaped pieces (:func:`histofetch.review.data.caption_html`).
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ from histofetch.review.data import (
     matches,
     ordered,
     progress,
+    review_folder,
     save_answer,
 )
 
@@ -140,7 +142,10 @@ def create_app(
     hosts: tuple[str, ...] = ("127.0.0.1", "localhost", "testserver"),
 ) -> Starlette:
     """The ASGI app for one run folder (``scores``: a ``histomodels eval --manifest`` folder)."""
-    state = RunState(Path(run_dir), Scores.load(scores) if scores else None, reviewer)
+    run_dir = Path(run_dir)
+    with contextlib.suppress(ReviewError):  # a bad run: every route's error page says why
+        run_dir = review_folder(run_dir)  # RUN/manifest.jsonl: the files watched are RUN's
+    state = RunState(run_dir, Scores.load(scores) if scores else None, reviewer)
     templates = Jinja2Templates(directory=str(HERE / "templates"))
 
     def error_page(request: Request, exc: Exception, status: int = 500) -> Response:

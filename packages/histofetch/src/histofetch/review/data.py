@@ -45,6 +45,7 @@ from histocore.manifest import (
     Manifest,
     ManifestError,
     Record,
+    run_folder,
 )
 from histofetch.captions import FIGURE_LABEL, figure_key, normalise
 from histofetch.resolve import canonical_pmcid
@@ -149,12 +150,25 @@ def _no_tile(row: dict[str, str | None]) -> bool:
     return (row.get("n_tiles") or "").strip() == "0" and blank
 
 
+def review_folder(run_dir: str | Path) -> Path:
+    """The run folder ``run_dir`` names: the folder, or its ``manifest.jsonl`` or
+    ``run.sqlite``, which stand for it as for :meth:`Manifest.load` (``load_run`` refused
+    them as ``not a folder`` while every other library call took them). Another file, or
+    something that is no folder (a FIFO), is a :class:`ReviewError`; a missing folder is
+    ``Manifest.load``'s to say (``no such folder``), as for every command."""
+    try:
+        folder = run_folder(run_dir)
+    except (ManifestError, OSError) as exc:  # another file; a name too long to look at
+        raise ReviewError(describe(exc).splitlines()[0]) from None
+    if os.path.lexists(folder) and not folder.is_dir():
+        raise ReviewError(f"{path_shown(folder)}: not a folder (give a histofetch run folder)")
+    return folder
+
+
 def load_run(run_dir: str | Path) -> Manifest:
-    """The run's manifest, or a :class:`ReviewError` that says what is wrong with the folder."""
-    run_dir = Path(run_dir)
-    # a missing folder is Manifest.load's to say ('no such folder'), as for every command
-    if os.path.lexists(run_dir) and not run_dir.is_dir():
-        raise ReviewError(f"{path_shown(run_dir)}: not a folder (give a histofetch run folder)")
+    """The run's manifest, or a :class:`ReviewError` that says what is wrong with the folder
+    (``run_dir``: as :func:`review_folder` takes it)."""
+    run_dir = review_folder(run_dir)
     try:
         manifest = Manifest.load(run_dir)
     except (ManifestError, OSError, UnicodeDecodeError) as exc:

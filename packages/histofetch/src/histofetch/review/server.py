@@ -16,7 +16,7 @@ import uvicorn
 from histocore.io import path_shown
 from histocore.manifest import Manifest
 from histofetch.review.app import create_app
-from histofetch.review.data import Scores, load_run
+from histofetch.review.data import Scores, load_run, review_folder
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +60,7 @@ def build_server(
 
     Raises :class:`histofetch.review.data.ReviewError` for a bad run or scores folder.
     """
+    run_dir = review_folder(run_dir)  # RUN/manifest.jsonl stands for RUN, as for Manifest.load
     load_run(run_dir)  # fail now, with one line, rather than on the first page view
     if scores is not None:
         Scores.load(scores)
@@ -90,6 +91,7 @@ def serve(
     announce=print,
 ) -> None:
     """Run the review page until Ctrl-C."""
+    run_dir = review_folder(run_dir)  # the folder is announced, its export refreshed
     server, sock = build_server(run_dir, host=host, port=port, reviewer=reviewer, scores=scores)
     url = url_of(sock)
     shown = path_shown(Path(run_dir))  # a folder named '~' as ./~/run, not $HOME's
