@@ -164,6 +164,27 @@ def test_a_nul_byte_in_a_row_is_named_with_its_column(tmp_path: Path) -> None:
     assert str(err.value) == f"{path}:2: not valid JSON (Invalid control character, column 11)"
 
 
+def test_an_image_path_no_file_can_have_is_said_so_not_called_a_loop(tmp_path: Path) -> None:
+    """An image row whose path holds a NUL character (``"images/x\\u0000.png"`` is valid
+    JSON) was refused as ``cannot be resolved (symlink loop)``: ``resolve`` raises
+    ValueError for it, read as the loop's failure. It is said now, and so is a lone
+    surrogate; a real loop is still a loop."""
+    from histocore.errors import UnnameablePath, UnresolvablePath
+
+    m = _sample(tmp_path)
+    said = {"images/x\x00.png": "a NUL character", "images/\ud800.png": "a character the file"}
+    for rel, why in said.items():
+        with pytest.raises(UnnameablePath) as err:
+            m.image_file(rel)
+        assert str(err.value).startswith(
+            f"{m.path}: image path {rel!r} names no file (it holds {why}"
+        )
+        assert "loop" not in str(err.value)
+    (tmp_path / "loop.png").symlink_to("loop.png")
+    with pytest.raises(UnresolvablePath, match=r"cannot be resolved \(symlink loop\)"):
+        m.image_file("loop.png")
+
+
 def test_commit_header_commits_the_header_keys_only(tmp_path: Path) -> None:
     """A header key said after a full commit (filter: its sheets written) cost a second
     full commit, every row compared again. commit_header writes the changed header keys

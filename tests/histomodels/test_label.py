@@ -398,6 +398,31 @@ def test_a_figure_whose_file_is_a_symlink_loop_is_refused_in_one_line(tmp_path: 
     assert labels["img0"] == "metastasis" and labels["loop"] is None
 
 
+def test_a_figure_whose_path_holds_a_nul_character_is_not_called_a_link_loop(
+    tmp_path: Path,
+) -> None:
+    """A row whose path holds a NUL character was left out as ``their file path cannot be
+    resolved (a link loop)`` and refused by ``--set`` as a ``symlink loop``: it says what
+    is wrong now."""
+    run = _run(tmp_path, n=1)
+    (run / "images").mkdir()
+    (run / "images" / "img0.png").write_bytes(b"png")
+    m = Manifest.load(run)
+    m.add_image(Image(id="nul", record_id="pmid:1", path="images/x\x00.png", sha256="0" * 64,
+                      width=400, height=300, kept=True))  # fmt: skip
+    m.save()
+    m.close()
+    r = CliRunner().invoke(app, ["label", "--manifest", str(run), "--set", "nul=m"])
+    lines = r.stderr.strip().splitlines()
+    assert r.exit_code == 1 and len(lines) == 1, r.output
+    assert "image 'nul': its file path names no file (a NUL character" in lines[0], lines
+    assert "loop" not in lines[0]
+    r = CliRunner().invoke(app, ["label", "--manifest", str(run)], input="m\n")
+    assert r.exit_code == 0, r.output
+    said = "1 figure(s) not offered: their file path names no file (a NUL character"
+    assert said in r.output and "loop" not in r.output, r.output
+
+
 def test_the_set_line_names_a_tilde_folder_as_given(tmp_path: Path, monkeypatch) -> None:
     """``label --manifest ./~/run --set …`` (a folder named ``~`` here) said ``changed in
     ~/run/run.sqlite; ~/run/manifest.jsonl exported from it``, ``$HOME``'s to a reader, as

@@ -73,4 +73,9 @@ class ManifestError(DomainError, ValueError):
 
 
 class UnresolvablePath(ManifestError):
-    """An image row's path whose links cannot be resolved (a link to itself)."""
+    """An image row's path whose links cannot be resolved (a link loop on its way)."""
+
+
+class UnnameablePath(ManifestError):
+    """An image row's path no file can have: a NUL character, or one the file system's
+    encoding cannot write (:func:`histocore.io.unnameable`). It was called a link loop."""

@@ -185,13 +185,28 @@ def link_loop(path: Path) -> bool:
     return False
 
 
+def unnameable(path: str | Path) -> str | None:
+    """Why ``path`` can name no file, None where it can: a NUL character (``os.stat`` and
+    ``os.path.realpath`` raise ValueError), or one the file system's encoding cannot write
+    (a lone surrogate, ``"\\ud800"`` in a hand-edited manifest). Such a path is never looked
+    up; a caller says this, not what a failed lookup would suggest (a link loop)."""
+    text = os.fspath(path)
+    if "\x00" in text:
+        return "a NUL character"
+    try:
+        os.fsencode(text)
+    except UnicodeError:
+        return "a character the file system cannot encode"
+    return None
+
+
 def resolved(path: str | Path) -> Path | None:
     """``path`` with its links resolved, or None when they cannot be (a link to itself, or
     one under such a loop: ``Path.resolve`` raises RuntimeError for a loop before Python
     3.13, an OSError may come from the file system), or a path no file system takes (a NUL
     byte: ValueError). Such a path names no usable file; the callers skip it or refuse it,
     where the bare ``resolve()`` was a traceback. None does not by itself say "a loop": a
-    caller naming the loop checks for the NUL byte first."""
+    caller naming the loop checks :func:`unnameable` first."""
     try:
         return Path(path).resolve()
     except (OSError, RuntimeError, ValueError):

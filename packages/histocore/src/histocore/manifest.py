@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, overload
 
-from histocore.errors import ManifestError, UnresolvablePath
+from histocore.errors import ManifestError, UnnameablePath, UnresolvablePath
 from histocore.image_table import ImageTable
-from histocore.io import path_shown, resolved
+from histocore.io import path_shown, resolved, unnameable
 from histocore.jsonl import read_jsonl_whole, write_jsonl
 from histocore.schema import IMAGE_LABELS as IMAGE_LABELS
 from histocore.schema import MANIFEST_NAME as MANIFEST_NAME
@@ -288,13 +288,16 @@ class Manifest(StoreSync):
         are links (``images/`` moved to a bigger disk) are the local user's and are followed;
         an absolute row inside such a folder's target is one older versions wrote. (PDF
         paths may lie outside: a user's local PDFs are recorded with their absolute path.)
-        A path whose links cannot be resolved (a link to itself) is a :class:`ManifestError`
-        too: it names no usable file."""
+        A path whose links cannot be resolved (a link loop) is a :class:`ManifestError`
+        too: it names no usable file (:class:`UnresolvablePath`), and so is one no file can
+        have (:class:`UnnameablePath`: a NUL character; it was said to be a symlink loop)."""
         if rel is None:
             raise ManifestError(f"{self.path}: the image row names no file")
+        if why := unnameable(rel):
+            raise UnnameablePath(f"{self.path}: image path {rel!r} names no file (it holds {why})")
         text = Path(rel)
         path = resolved(self.resolve(rel))
-        if path is None:  # a link loop: the one way a non-strict resolve fails
+        if path is None:  # a link loop: the one way a non-strict resolve fails now
             raise UnresolvablePath(
                 f"{self.path}: image path {rel!r} cannot be resolved (symlink loop)"
             )

@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from histocore.export import DEFAULT_EXPORTS
-from histocore.io import file_sha256, numbered, refuse_overlong_name, resolved
+from histocore.io import file_sha256, numbered, refuse_overlong_name, resolved, unnameable
 from histocore.manifest import MANIFEST_NAME, Manifest
 from histocore.store import STORE_NAME
 from histofetch.merge_logs import LOG_NAME
@@ -254,17 +254,9 @@ def place_of(
     return src, free, link
 
 
-def unusable(path: str) -> str | None:
-    """Why ``path`` names no file and is never looked up (a ValueError from ``os.stat``,
-    ``os.path.realpath``), None where it can be: a NUL character, or one the file system's
-    encoding cannot write (a lone surrogate, ``"\\ud800"`` in a hand-edited manifest)."""
-    if "\x00" in path:
-        return "a NUL character"
-    try:
-        os.fsencode(path)
-    except UnicodeError:
-        return "a character the file system cannot encode"
-    return None
+#: Why a row's path names no file and is never looked up (a ValueError from ``os.stat``,
+#: ``os.path.realpath``): a NUL character, one the file system cannot encode; None where it can.
+unusable = unnameable
 
 
 def _normal(rel: str) -> str:

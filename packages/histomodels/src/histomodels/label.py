@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from histocore.csvcells import numbered_rows, read_cell
-from histocore.errors import DomainError, UnresolvablePath
+from histocore.errors import DomainError, UnnameablePath, UnresolvablePath
 from histocore.io import one_line
 from histocore.manifest import IMAGE_LABELS, Image, Manifest, ManifestError
 
@@ -93,10 +93,12 @@ def apply_labels(
         raise LabelError(f"{manifest.path}: no image with id {unknown[0]!r} in this manifest")
     for image_id in labels:
         img = manifest.images[image_id]
-        if img.path is not None and _file(manifest, img) is None:
+        if img.path is not None and (why := _refusal(manifest, img)) is not None:
+            # what is wrong, as the prompt says it ('outside the run folder' was said of a
+            # link loop and of a path holding a NUL character too)
             raise LabelError(
-                f"{manifest.path}: image {image_id!r}: its file lies outside the run folder "
-                "(or is a link that cannot be resolved); not labelled"
+                f"{manifest.path}: image {image_id!r}: {why.replace('their ', 'its ', 1)}; "
+                "not labelled"
             )
     changed = 0
     for label in labels.values():
@@ -217,7 +219,7 @@ def label_interactively(
     counts = {label: 0 for label in IMAGE_LABELS} | {"skipped": 0}
     answered: list[str] = []
     say(f"{len(images)} figure(s) to label in {manifest.run_dir}")
-    for reason in (_OUTSIDE, _LOOP):
+    for reason in (_OUTSIDE, _LOOP, _UNNAMEABLE):
         group = [i for i in refused if why[i.id] == reason]
         if group:
             shown = ", ".join(i.id for i in group[:5]) + (", …" if len(group) > 5 else "")
@@ -269,15 +271,18 @@ def _file(manifest: Manifest, img: Image) -> Path | None:
 
 _OUTSIDE = "their file lies outside the run folder"
 _LOOP = "their file path cannot be resolved (a link loop)"
+_UNNAMEABLE = "their file path names no file (a NUL character, or one no file name can hold)"
 
 
 def _refusal(manifest: Manifest, img: Image) -> str | None:
-    """Why :meth:`Manifest.image_file` refuses the row's path (a link loop, or a file
-    outside the run folder), or None when it names a usable file."""
+    """Why :meth:`Manifest.image_file` refuses the row's path (a link loop, a path no file
+    can have, or a file outside the run folder), or None when it names a usable file."""
     try:
         manifest.image_file(img.path)
     except UnresolvablePath:
         return _LOOP
+    except UnnameablePath:  # a NUL character was said to be a link loop
+        return _UNNAMEABLE
     except ManifestError:
         return _OUTSIDE
     return None
