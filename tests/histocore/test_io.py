@@ -670,3 +670,32 @@ def test_resolved_is_none_for_a_link_loop_and_the_real_path_otherwise(tmp_path) 
     (tmp_path / "link.png").symlink_to("real.png")
     assert resolved(tmp_path / "link.png") == (tmp_path / "real.png").resolve()
     assert resolved(str(tmp_path / "missing")) == (tmp_path / "missing").resolve()
+
+
+def test_link_loop_is_what_the_kernel_will_not_follow_as_its_docstring_says(tmp_path) -> None:
+    """Its docstring said "a link that leads back to itself", but ELOOP is also a cycle, a
+    link into a loop and a chain past the kernel's 40 links (no loop): pinned as it now
+    says, with what it is not (a path under a loop, a dangling link, a folder)."""
+    import os
+
+    from histocore.io import link_loop, resolved
+
+    def link(name: str, target: str) -> None:
+        (tmp_path / name).symlink_to(target)
+
+    link("self", "self")
+    link("a", "b")
+    link("b", "a")
+    link("into", "a")
+    link("through", "self/x")
+    link("dangling", "nothing")
+    (tmp_path / "folder").mkdir()
+    for i in range(41):  # c0 -> c1 -> ... -> c41, a file: 41 links, no loop
+        link(f"c{i}", f"c{i + 1}")
+    (tmp_path / "c41").write_bytes(b"x")
+    for name in ("self", "a", "into", "through", "c0"):
+        assert link_loop(tmp_path / name), name
+    for name in ("self/x", "dangling", "folder", "c40", "c41", "missing"):
+        assert not link_loop(tmp_path / name), name
+    assert resolved(tmp_path / "c0") == (tmp_path / "c41").resolve()  # followed: no loop
+    assert not os.path.exists(tmp_path / "c0")  # the kernel gives up (ELOOP)

@@ -175,7 +175,12 @@ def expand_home(raw: str | os.PathLike[str]) -> Path:
 
 
 def link_loop(path: Path) -> bool:
-    """``path`` is a link that leads back to itself (a loop), not to a file or to nothing."""
+    """``path`` is a symbolic link the kernel gives up following (``os.stat``: ELOOP, "too
+    many levels of symbolic links"): a link to itself, one in a cycle (``a -> b -> a``), one
+    leading into or through such a loop, and also a chain of more than 40 links, which
+    loops nowhere (the kernel's limit; :func:`resolved` follows it). False for a link to a
+    file, a folder or nothing, and for a path that is no link: one lying under a loop
+    (``loop/x``: :func:`not_there` looks at its parents), or one ``lstat`` cannot look at."""
     if not path.is_symlink():
         return False
     try:
@@ -201,8 +206,8 @@ def unnameable(path: str | Path) -> str | None:
 
 
 def resolved(path: str | Path) -> Path | None:
-    """``path`` with its links resolved, or None when they cannot be (a link to itself, or
-    one under such a loop: ``Path.resolve`` raises RuntimeError for a loop before Python
+    """``path`` with its links resolved, or None when they cannot be (a link loop, a path
+    through or under one: ``Path.resolve`` raises RuntimeError for a loop before Python
     3.13, an OSError may come from the file system), or a path no file system takes (a NUL
     byte: ValueError). Such a path names no usable file; the callers skip it or refuse it,
     where the bare ``resolve()`` was a traceback. None does not by itself say "a loop": a
