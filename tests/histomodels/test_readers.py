@@ -367,11 +367,13 @@ def test_kaggle_folder(tmp_path: Path, patches) -> None:
 def test_kaggle_bad_csv(tmp_path: Path, patches) -> None:
     x, _ = patches
     root = _kaggle(tmp_path / "a", x, ["0", "1", "yes"])
-    with pytest.raises(DatasetError, match=r"train_labels\.csv:4: label 'yes' for id p002"):
+    with pytest.raises(DatasetError, match=r"train_labels\.csv:4: label 'yes' for id 'p002'"):
         open_dataset(root)
     root = _kaggle(tmp_path / "b", x, ["0", "1"])
     (root / "train" / "p001.tif").unlink()
-    with pytest.raises(DatasetError, match=r"train_labels\.csv:3: id p001 has no image"):
+    with pytest.raises(
+        DatasetError, match=r"train_labels\.csv:3: id 'p001' has no image \(<id>\.tif\) in "
+    ):
         open_dataset(root)
     root = _kaggle(tmp_path / "d", x, ["0", "1"])  # an id as an encoded .h5's is refused
     (root / "train_labels.csv").write_text("id,label\np000,0\np\x1b[2J001,1\n")
@@ -381,6 +383,28 @@ def test_kaggle_bad_csv(tmp_path: Path, patches) -> None:
     (root / "train_labels.csv").write_text("image,target\np000,0\n")
     with pytest.raises(DatasetError, match="expected header 'id,label'"):
         open_dataset(root)
+
+
+def test_kaggle_csv_values_are_echoed_cut_like_every_other_id(tmp_path: Path, patches) -> None:
+    """A ``train_labels.csv`` cell may hold up to csv's 128 KB, and the id, label, row or
+    header of a bad line was echoed whole (a 100 KB error line); they are cut to 200
+    characters and escaped as the other readers' ids are (``shown_id``)."""
+    x, _ = patches
+    long = "p" + "9" * 100_000
+    bad = {
+        "label": f"id,label\np000,0\n{long},{'7' * 100_000}\n",
+        "repeat": f"id,label\n{long},0\n{long},1\n",
+        "image": f"id,label\np000,0\n{long},1\n",
+        "row": f"id,label\np000,0\n{long}\n",
+        "header": f"{long},label\np000,0\n",
+    }
+    for n, (what, text) in enumerate(bad.items()):
+        root = _kaggle(tmp_path / str(n), x, ["0"])
+        (root / "train_labels.csv").write_text(text)
+        with pytest.raises(DatasetError) as err:
+            open_dataset(root)
+        said = str(err.value)
+        assert len(said) < 700 and "p999" in said, (what, len(said))
 
 
 # --- class folders ---------------------------------------------------------------------------
@@ -484,3 +508,24 @@ def test_encoded_patch_ids_that_name_no_one_patch_are_refused(tmp_path, ids, mes
         EncodedH5Dataset(path)
     assert str(err.value).startswith(f"{path}: ") and "\n" not in str(err.value)
     assert "\x1b" not in str(err.value)
+
+
+def test_a_patch_of_another_shape_names_its_id_cut(tmp_path: Path) -> None:
+    """``load_all``'s shape check quoted the patch id whole (``{pid!r}``); cut as every id."""
+    import numpy as np
+
+    from histomodels.data.base import PatchDataset
+
+    class Uneven(PatchDataset):
+        source = "uneven"
+
+        def __len__(self) -> int:
+            return 2
+
+        def __getitem__(self, index: int) -> tuple[np.ndarray, int, str]:
+            side = 96 if index == 0 else 64
+            return np.zeros((side, side, 3), np.uint8), 0, "p" * 100_000 + str(index)
+
+    with pytest.raises(DatasetError, match="has shape") as err:
+        Uneven().load_all()
+    assert len(str(err.value)) < 400

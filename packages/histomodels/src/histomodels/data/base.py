@@ -132,8 +132,10 @@ class PatchDataset(ABC, _DatasetBase):
         ):
             for i, (img, label, pid) in enumerate(pool.map(self.__getitem__, range(n))):
                 if img.shape != first.shape:
+                    from histomodels.data.ids import shown_id  # ids imports this module
+
                     raise DatasetError(
-                        f"{self.source}: patch {pid!r} has shape {img.shape}, "
+                        f"{self.source}: patch {shown_id(pid)} has shape {img.shape}, "
                         f"expected {first.shape}"
                     )
                 images[i], labels[i] = img, label

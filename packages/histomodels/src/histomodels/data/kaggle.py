@@ -2,6 +2,8 @@
 
 The CSV is checked whole when the dataset is opened (header, 0/1 labels, duplicate ids,
 a ``.tif`` for every id) so errors name the CSV line up front; images are decoded on demand.
+The values a message quotes are cut and escaped (:func:`~histomodels.data.ids.shown_id`):
+a cell may hold up to csv's 128 KB, and was echoed whole.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import numpy as np
 
 from histocore.io import RefusedFile, read_capped
 from histomodels.data.base import DatasetError, KnownLabels
-from histomodels.data.ids import id_problem
+from histomodels.data.ids import id_problem, shown_id
 from histomodels.data.images import decode_image
 
 LABELS_CSV = "train_labels.csv"
@@ -53,20 +55,23 @@ class KaggleDataset(KnownLabels):
         try:
             header = next(reader, None)
             if header is None or [h.strip() for h in header[:2]] != ["id", "label"]:
-                raise DatasetError(f"{self.csv_path}:1: expected header 'id,label', got {header}")
+                got = shown_id(",".join(header)) if header else "nothing"
+                raise DatasetError(f"{self.csv_path}:1: expected header 'id,label', got {got}")
             for lineno, row in enumerate(reader, start=2):
                 if not row:
                     continue
                 where = f"{self.csv_path}:{lineno}"
                 if len(row) < 2:
-                    raise DatasetError(f"{where}: expected 'id,label', got {row}")
+                    raise DatasetError(f"{where}: expected 'id,label', got {shown_id(row[0])}")
                 pid, label = row[0].strip(), row[1].strip()
                 if (problem := id_problem(pid)) is not None:  # as an encoded .h5's patch_id
                     raise DatasetError(f"{where}: id {problem}")
                 if label not in ("0", "1"):
-                    raise DatasetError(f"{where}: label {label!r} for id {pid} is not 0/1")
+                    raise DatasetError(
+                        f"{where}: label {shown_id(label)} for id {shown_id(pid)} is not 0/1"
+                    )
                 if pid in seen:
-                    raise DatasetError(f"{where}: id {pid} repeats line {seen[pid]}")
+                    raise DatasetError(f"{where}: id {shown_id(pid)} repeats line {seen[pid]}")
                 seen[pid] = lineno
                 ids.append(pid)
                 labels.append(int(label))
@@ -80,8 +85,8 @@ class KaggleDataset(KnownLabels):
         for pid in ids:
             if pid not in present:
                 raise DatasetError(
-                    f"{self.csv_path}:{seen[pid]}: id {pid} has no image "
-                    f"{self.image_dir / (pid + '.tif')}"
+                    f"{self.csv_path}:{seen[pid]}: id {shown_id(pid)} has no image "
+                    f"(<id>.tif) in {self.image_dir}"
                 )
         self._ids = ids
         self._labels = np.array(labels, dtype=np.int64)
