@@ -329,6 +329,31 @@ def test_pcam_meta_ids_that_name_no_one_patch_are_refused(tmp_path, ids, message
     assert str(err.value).startswith(f"{meta}:") and "\x1b" not in str(err.value)
 
 
+def test_a_pcam_meta_of_another_row_count_is_refused_or_warned(tmp_path, caplog) -> None:
+    """A ``<stem>_meta.csv`` was read only when its row count matched the ``.h5``'s: one of
+    another pair's (5 rows beside 6 patches) lost its patch ids for ``<stem>_<row>`` without
+    a word. With a ``patch_id`` column it is refused now; without one (PCam's own
+    coordinates, never read for ids) a warning says the pair looks mixed up."""
+    import logging
+
+    x, y = make_patches(6, seed=0)
+    xp = _write_pcam(tmp_path, "valid", x, y)
+    meta = xp.with_name(xp.name.split("_x.h5")[0] + "_meta.csv")
+    meta.write_text("patch_id,centre\n" + "".join(f"p{i},1\n" for i in range(5)))
+    with pytest.raises(DatasetError) as err:
+        open_dataset(xp)
+    assert str(err.value).startswith(f"{meta}: 5 rows for the 6 patches of {xp.name}; ")
+    meta.write_text("patch_id,centre\n")  # a header alone: no ids for 6 patches
+    with pytest.raises(DatasetError, match="0 rows for the 6 patches"):
+        open_dataset(xp)
+    meta.write_text("patch_id\n" + "".join(f"p{i}\n" for i in range(6)))
+    assert open_dataset(xp).ids() == [f"p{i}" for i in range(6)]
+    meta.write_text("coord_y,coord_x\n1,2\n")
+    with caplog.at_level(logging.WARNING, logger="histomodels.data.pcam"):
+        ds = open_dataset(xp)
+    assert ds.ids()[0].endswith("_0") and "1 row for the 6 patches" in caplog.text
+
+
 # --- Kaggle --------------------------------------------------------------------------------
 
 

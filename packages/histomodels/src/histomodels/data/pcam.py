@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import logging
 import os
 import stat
 from pathlib import Path
@@ -27,6 +28,8 @@ from histomodels.data.base import DatasetError, KnownLabels, binary_labels, chec
 from histomodels.data.cache import require_memory
 from histomodels.data.h5safe import check_stored, dataset, open_h5, reading
 from histomodels.data.ids import check_ids
+
+log = logging.getLogger(__name__)
 
 SPLITS = PCAM_SPLITS
 OFFICIAL = "camelyonpatch_level_2_split_{split}_{xy}.h5"
@@ -222,17 +225,29 @@ class PCamDataset(KnownLabels):
         if meta.is_file():
             try:
                 with meta.open(newline="", encoding="utf-8-sig") as fh:
-                    rows = list(csv.DictReader(fh))
+                    reader = csv.DictReader(fh)
+                    rows, columns = list(reader), reader.fieldnames or []
             except UnicodeDecodeError as exc:
                 raise DatasetError(
                     f"{meta}: not UTF-8 text ({exc.reason} at byte {exc.start})"
                 ) from None
             except csv.Error as exc:  # a field over csv's 128 KB limit
                 raise DatasetError(f"{meta}: unreadable CSV ({exc})") from None
-            if len(rows) == n and rows and "patch_id" in rows[0]:
+            # one row per patch, in order: another count is another pair's file (its ids
+            # were dropped for <stem>_<row> without a word)
+            rows_said = f"{len(rows)} row" + ("" if len(rows) == 1 else "s")
+            counted = f"{rows_said} for the {n} patches of {x_path.name}"
+            if "patch_id" in columns:
+                if len(rows) != n:
+                    raise DatasetError(
+                        f"{meta}: {counted}; its patch_id gives one id per patch, in order "
+                        "(is it another file's? remove it to number the patches)"
+                    )
                 ids = [r["patch_id"] or "" for r in rows]  # None: a short row
                 check_ids(ids, meta, first_line=2)  # as an encoded .h5's patch_id
                 return ids
+            if len(rows) != n:  # not read (no ids in it), but it says the pair is mixed up
+                log.warning("%s: %s; not read (no patch_id column)", meta, counted)
         return [f"{stem}_{i}" for i in range(n)]
 
     def __len__(self) -> int:
