@@ -699,3 +699,29 @@ def test_link_loop_is_what_the_kernel_will_not_follow_as_its_docstring_says(tmp_
         assert not link_loop(tmp_path / name), name
     assert resolved(tmp_path / "c0") == (tmp_path / "c41").resolve()  # followed: no loop
     assert not os.path.exists(tmp_path / "c0")  # the kernel gives up (ELOOP)
+
+
+def test_shell_word_quotes_control_characters_as_escapes_bash_reads_back(tmp_path) -> None:
+    """The CLIs' hints (``histofetch status --run …``) quoted the run folder with
+    ``shlex.quote``, which leaves a newline or an escape in: the hint broke over two lines
+    or recoloured the terminal. Such a name is ANSI-C quoted now, on one printable line,
+    and bash reads each back as the name it was (a byte no UTF-8 as that byte)."""
+    import shutil
+    import subprocess
+
+    from histocore.io import shell_word
+
+    names = ["my run", "it's $HOME; a", "a\nb", "x\x1b[31mred", "t\tq'\\n", "zw\u200b", "\x7f",
+             "bad\udcffbyte", "tag\U000e0001"]  # fmt: skip
+    for name in names:
+        word = shell_word(name)
+        assert word.isprintable() and "\n" not in word, word
+    assert shell_word("my run") == "'my run'" and shell_word("a\nb") == "$'a\\nb'"
+    if shutil.which("bash") is None:
+        pytest.skip("no bash to read the words back")
+    for name in names:
+        said = subprocess.run(
+            ["bash", "-c", f"printf %s {shell_word(name)}"], capture_output=True, check=True,
+            env={"LC_ALL": "C.UTF-8", "PATH": os.environ.get("PATH", "")},
+        ).stdout  # fmt: skip
+        assert said == name.encode("utf-8", "surrogateescape"), (name, said)

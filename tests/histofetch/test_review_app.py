@@ -1097,3 +1097,36 @@ def test_the_commands_a_hint_gives_are_quoted_for_the_shell(tmp_path: Path) -> N
     page = _client(run).get("/")
     assert page.status_code == 500, page.text
     assert said in html.unescape(page.text)
+
+
+def test_a_hint_for_a_run_folder_named_with_control_characters_is_one_safe_line(
+    tmp_path: Path,
+) -> None:
+    """``shlex.quote`` leaves a newline or an escape in a name as it is, so a hint's
+    ``--run 'a<ESC>[31m<NL>b/run'`` was escaped by the error line into ``'a\\x1b[31m\\nb'``,
+    a folder with backslashes in its name (and on the review page, two lines). The folder
+    is ANSI-C quoted now, ``$'a\\x1b[31m\\nb/run'``, which a shell reads back as the folder;
+    the lines that name the folder after a stage or an export are escaped too."""
+    import html
+    import shlex
+
+    from histocore.io import shell_word
+
+    run = make_run(tmp_path / "a\x1b[31m\nb", filtered=False)
+    m = Manifest.load(run)
+    m.records["pmid:1"].fail("filtered", "boom", transient=False)
+    m.save()
+    m.close()
+    said = _review_error(run)
+    word = shell_word(str(run))
+    assert word.startswith("$'") and "\\x1b[31m\\nb" in word
+    assert f"histofetch status --run {word} says why" in said
+    assert f"histofetch filter --run {word} --retry-failed tries again" in said
+    assert "\x1b" not in said and shlex.quote(str(run)) not in said
+    page = _client(run).get("/")
+    assert page.status_code == 500 and f"histofetch status --run {word}" in html.unescape(page.text)
+    filtered = CliRunner().invoke(cli, ["filter", "--run", str(run), "--retry-failed"])
+    exported = CliRunner().invoke(cli, ["export", "--run", str(run)])
+    for r in (filtered, exported):
+        assert r.exit_code == 0, r.output
+        assert "\x1b" not in r.output and len(r.output.strip().splitlines()) <= 2, r.output

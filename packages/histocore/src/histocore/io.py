@@ -14,6 +14,7 @@ import json
 import math
 import os
 import re
+import shlex
 import stat
 import tempfile
 from collections.abc import Callable, Iterator
@@ -709,3 +710,36 @@ def one_line(message: str) -> str:
     name cannot forge a second ``error:`` line or recolour the terminal.
     """
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
+
+
+#: what bash's ANSI-C quoting writes as a letter after the backslash
+_C_ESCAPES = {"\a": "a", "\b": "b", "\t": "t", "\n": "n", "\v": "v", "\f": "f", "\r": "r"}
+
+
+def shell_word(text: str) -> str:
+    """``text`` as one word to paste into a shell, which reads it back as it is, on one line
+    with no control character in it: ``shlex.quote`` (``'my run'``), or where ``text``
+    holds a character that is not printable (a newline, ``\\x1b``, a zero-width space)
+    ANSI-C quoting, ``$'a\\nb'``, each such character written as its escape (bash, zsh,
+    ksh and POSIX.1-2024 ``sh`` read it; a byte the file name held that is no UTF-8, which
+    Python reads as a lone surrogate, as that byte, ``\\xff``). shlex quoted them as they
+    were: the hint broke over two lines, or sent an escape sequence to the terminal, and
+    :func:`one_line` on the line made it ``'a\\nb'``, a name with a backslash in it."""
+    if text.isprintable():
+        return shlex.quote(text)
+    out = []
+    for c in text:
+        n = ord(c)
+        if c in "\\'":
+            out.append("\\" + c)
+        elif c.isprintable():
+            out.append(c)
+        elif c in _C_ESCAPES:
+            out.append("\\" + _C_ESCAPES[c])
+        elif n < 0x100 or 0xDC80 <= n <= 0xDCFF:  # os.fsdecode's surrogate for byte n - 0xDC00
+            out.append(f"\\x{n & 0xFF:02x}")
+        elif n <= 0xFFFF:
+            out.append(f"\\u{n:04x}")
+        else:
+            out.append(f"\\U{n:08x}")
+    return "$'" + "".join(out) + "'"

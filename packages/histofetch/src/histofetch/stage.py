@@ -35,7 +35,6 @@ from __future__ import annotations
 import errno
 import logging
 import re
-import shlex
 import sqlite3
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -43,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from histocore.errors import os_error_path
-from histocore.io import one_line, path_shown, record_slug, resolved
+from histocore.io import one_line, path_shown, record_slug, resolved, shell_word
 from histocore.manifest import STAGES, Manifest, Record
 from histocore.progress import task
 
@@ -187,9 +186,12 @@ def failed_at(stages: Iterable[str | None]) -> str:
 
 def command(step: str, run_dir: str | Path, *more: str) -> str:
     """``histofetch STEP --run RUN ...`` as a shell command to copy: the run folder quoted
-    (a folder named ``my run`` or ``a;b`` gave a command that ran something else), and a
-    folder named ``~`` as ``./~/run`` (``~/run``, quoted or not, is $HOME's to the CLI)."""
-    return shlex.join(["histofetch", step, "--run", path_shown(Path(run_dir)), *more])
+    (a folder named ``my run`` or ``a;b`` gave a command that ran something else), a
+    folder named ``~`` as ``./~/run`` (``~/run``, quoted or not, is $HOME's to the CLI),
+    and one holding a newline or an escape as ``$'a\\nb'`` (:func:`histocore.io.shell_word`:
+    shlex left them in, so the hint broke over two lines or the terminal ran the escape)."""
+    words = ["histofetch", step, "--run", path_shown(Path(run_dir)), *more]
+    return " ".join(shell_word(w) for w in words)
 
 
 #: The steps before filter for an article that finished only this stage: filter takes

@@ -27,7 +27,7 @@ from histocore.cli import (
     setup_logging,
 )
 from histocore.errors import UsageError
-from histocore.io import path_shown
+from histocore.io import one_line, path_shown
 from histofetch.choices import Database, LicencePolicy
 from histofetch.record_time import (
     DEFAULT_RECORD_TIMEOUT_S,
@@ -327,7 +327,8 @@ def kept_line(run: Path, sheet: bool = True) -> str:
     where = f"; sheets in {path_shown(run / 'sheets')}" if shown else ""
     images = "scored image" if scored == 1 else "scored images"
     also = f" ({unreadable} unreadable)" if unreadable else ""
-    return f"kept {info['kept']} of {scored} {images}{also}{split_note(info)[1:]}{where}"
+    # escaped: a run folder named with a newline or an escape broke the line (one_line)
+    return one_line(f"kept {info['kept']} of {scored} {images}{also}{split_note(info)[1:]}{where}")
 
 
 def fail_on_killers(run: Path, *summaries: StageSummary) -> None:

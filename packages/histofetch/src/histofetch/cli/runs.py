@@ -11,7 +11,7 @@ import typer
 
 from histocore.cli import home_path
 from histocore.export import ExportFormat
-from histocore.io import path_shown
+from histocore.io import one_line, path_shown
 from histofetch.cli._common import RUN_DEFAULT, Run, errors, fail, require_file, require_folder
 
 
@@ -127,4 +127,4 @@ def export(
     require_file(out)
     with errors(ImportError):  # parquet without pyarrow: the message says what to install
         path = export_run(run, written, out)
-    print(f"exported {path_shown(run)} → {path_shown(path)}")  # ./~/x: not $HOME's
+    print(one_line(f"exported {path_shown(run)} → {path_shown(path)}"))  # ./~/x: not $HOME's

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import uvicorn
 
-from histocore.io import path_shown
+from histocore.io import one_line, path_shown
 from histocore.manifest import Manifest
 from histofetch.review.app import create_app
 from histofetch.review.data import Scores, load_run, review_folder
@@ -95,7 +95,10 @@ def serve(
     server, sock = build_server(run_dir, host=host, port=port, reviewer=reviewer, scores=scores)
     url = url_of(sock)
     shown = path_shown(Path(run_dir))  # a folder named '~' as ./~/run, not $HOME's
-    announce(f"review page for {shown}: {url}  (Ctrl-C to stop; every answer is saved at once)")
+    # escaped: a run folder named with a newline or an escape broke the line (one_line)
+    announce(
+        one_line(f"review page for {shown}: {url}  (Ctrl-C to stop; every answer is saved at once)")
+    )
     if open_browser:
         threading.Timer(0.5, webbrowser.open, args=(url,)).start()
     try:
