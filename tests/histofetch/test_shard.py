@@ -712,6 +712,47 @@ def test_a_copy_kept_whose_own_log_ends_with_an_undo_stays_unlabelled(
     assert len((out / "review_log.jsonl").read_text().splitlines()) == 4
 
 
+@pytest.mark.parametrize("nc_first", [True, False])
+def test_an_answer_given_after_an_undo_in_the_same_second_is_carried(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, nc_first: bool
+) -> None:
+    """Review answers were stamped to the second: an undo on the copy kept and, 300 ms
+    later, an answer on the copy left out for it tied, and merge let the undo stand (a tie
+    goes to it), dropping the later answer. They are stamped to the microsecond now, so
+    the later action wins; a log of second stamps is still read (its undo at 00:00:05)."""
+    from datetime import UTC, datetime, timedelta
+
+    from histofetch.review import data as review
+
+    clock = iter(datetime(2026, 3, 1, 12, 0, 0, 100_000, UTC) + timedelta(milliseconds=300 * k)
+                 for k in itertools.count())  # fmt: skip
+
+    class Clock(datetime):
+        @classmethod
+        def now(cls, tz=None):  # type: ignore[override]
+            return next(clock)
+
+    monkeypatch.setattr(review, "datetime", Clock)
+    nc = _one_figure_run(tmp_path / "nc", "pmid:1", "CC BY-NC")
+    by = _one_figure_run(tmp_path / "by", "pmid:2", "CC BY")
+    for run, image_id in ((by, "2-0"), (nc, "1-0")):
+        with Manifest.load(run) as m:
+            m.update_image(image_id, kept=True, status="ok")
+    with Manifest.load(by) as m:  # 12:00:00.1 answered, 12:00:00.4 undone
+        review.save_answer(m, "2-0", "metastasis", "bob")
+        review.save_answer(m, "2-0", None, "bob")
+    with Manifest.load(nc) as m:  # 12:00:00.7: after the undo, in the same second
+        review.save_answer(m, "1-0", "no_metastasis", "ann")
+    out = tmp_path / "out"
+    merge_runs([nc, by] if nc_first else [by, nc], out)
+    with Manifest.load(out) as m:
+        img = m.images["2-0"]
+        assert (img.label, img.label_by) == ("no_metastasis", "ann")
+        assert img.label_at == "2026-03-01T12:00:00.700000+00:00"
+    lines = [json.loads(x) for x in (out / "review_log.jsonl").read_text().splitlines()]
+    assert len(lines) == 3 and all(x["at"].startswith("2026-03-01T12:00:00.") for x in lines)
+
+
 def _grid_article(tmp: Path, name: str, licence: str, caption: str, filtered: bool) -> Path:
     """A run of one PDF holding the 2×2 compound figure, of ``licence``; ``filtered``: split
     into its four panels (own bytes, ``parent_id`` naming the figure) and decided."""

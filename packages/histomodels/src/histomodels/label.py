@@ -104,7 +104,7 @@ def apply_labels(
     for label in labels.values():
         if label is not None and label not in IMAGE_LABELS:
             raise LabelError(f"{label!r} is not a label; use one of {', '.join(IMAGE_LABELS)}")
-    who, when = _reviewer(), datetime.now(UTC).isoformat(timespec="seconds")
+    who, when = _reviewer(), datetime.now(UTC).isoformat(timespec="microseconds")
     for image_id, label in labels.items():
         img = manifest.images[image_id]
         if img.label == label:
@@ -119,7 +119,7 @@ def apply_labels(
 
 def label_one(manifest: Manifest, image_id: str, label: str | None) -> None:
     """Commit one answer: the image's label fields, in one store transaction."""
-    who, when = _reviewer(), datetime.now(UTC).isoformat(timespec="seconds")
+    who, when = _reviewer(), datetime.now(UTC).isoformat(timespec="microseconds")
     by, at = (who, when) if label is not None else (None, None)
     manifest.update_image(image_id, label=label, label_by=by, label_at=at)
 

@@ -526,7 +526,9 @@ def save_answer(manifest: Manifest, image_id: str, label: str | None, reviewer: 
         img = manifest.images.get(image_id)
         if img is None or not (img.kept and img.status == "ok"):
             raise ReviewError(f"{manifest.path}: no kept figure with id {image_id!r}")
-        stamp = datetime.now(UTC).isoformat(timespec="seconds")
+        # to the microsecond: at seconds an undo here and an answer in another copy of the
+        # run within the same second tied, and merge let the undo stand (the earlier action)
+        stamp = datetime.now(UTC).isoformat(timespec="microseconds")
         previous = img.label
         by, at = (reviewer, stamp) if label is not None else (None, None)
         with _open_log(manifest.run_dir / LOG_NAME) as fh:  # before the answer is stored
