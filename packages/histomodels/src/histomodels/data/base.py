@@ -18,6 +18,7 @@ import numpy as np
 from histocore.progress import task
 from histomodels.data.cache import require_memory
 from histomodels.data.errors import DatasetError as DatasetError  # re-exported
+from histomodels.data.ids import shown_id
 
 
 def pixel_digests(images: np.ndarray) -> list[bytes]:
@@ -132,8 +133,6 @@ class PatchDataset(ABC, _DatasetBase):
         ):
             for i, (img, label, pid) in enumerate(pool.map(self.__getitem__, range(n))):
                 if img.shape != first.shape:
-                    from histomodels.data.ids import shown_id  # ids imports this module
-
                     raise DatasetError(
                         f"{self.source}: patch {shown_id(pid)} has shape {img.shape}, "
                         f"expected {first.shape}"

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from histomodels.data.base import DatasetError
+from histomodels.data.errors import DatasetError
 
 #: what :func:`id_problem` refuses, as the messages say it
 UNPRINTABLE = "holds a control or invisible character"
