@@ -40,11 +40,7 @@ def _is_path(annotation: Any) -> bool:
 @pytest.mark.parametrize("name", ["histofetch", "histomodels"])
 def test_every_path_option_is_parsed_by_home_path(name: str) -> None:
     """Any path option or argument added later gets the same parser (or home_path_or_stdout,
-    which is home_path but for `-`, or histomodels' checkpoint_path, which is home_path but
-    for a shipped model's name written with a folder part), or this fails."""
-    from histomodels.cli._common import checkpoint_path
-
-    assert checkpoint_path("~/x") == home_path("~/x")
+    which is home_path but for `-`), or this fails."""
     missing, seen = [], 0
     for path, cmd in _commands(typer.main.get_command(_apps()[name])):
         for p in cmd.params:
@@ -52,7 +48,7 @@ def test_every_path_option_is_parsed_by_home_path(name: str) -> None:
             if desc is None or not _is_path(desc.annotation):
                 continue
             seen += 1
-            if desc.parameter_info.parser not in (home_path, home_path_or_stdout, checkpoint_path):
+            if desc.parameter_info.parser not in (home_path, home_path_or_stdout):
                 missing.append(f"{' '.join(path)} {p.name}")
     assert seen and not missing, missing
 
