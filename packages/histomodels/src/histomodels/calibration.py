@@ -134,10 +134,7 @@ def read_calibration(checkpoint: str | Path) -> dict[str, Any] | None:
 
 
 def effective_temperature(checkpoint: str | Path, ckpt: dict[str, Any]) -> float:
-    """T for inference: the sidecar's when it belongs to this file, else the checkpoint's
-    (a shipped model's always: a file of its name in the working folder is not it)."""
-    if ckpt.get("pretrained"):
-        return float(ckpt.get("temperature", 1.0) or 1.0)
+    """T for inference: the sidecar's when it belongs to this file, else the checkpoint's."""
     record = read_calibration(checkpoint)
     if record is not None:
         return float(record["temperature"])

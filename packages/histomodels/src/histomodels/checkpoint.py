@@ -78,28 +78,22 @@ def save_checkpoint(path: str | Path, checkpoint: dict[str, Any]) -> Path:
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
-    """A run folder stands for its ``best.pt``; a shipped model's name
-    (:func:`histomodels.pretrained.is_pretrained`) is returned as it is, whatever the
-    working folder holds; anything else is returned as given, made absolute where pathlib
-    turned it into a shipped name (``"./pcam-cnn"`` → ``pcam-cnn``), so it stays a path."""
-    if pretrained.is_pretrained(path):
-        return Path(path)
+    """A run folder stands for its ``best.pt``; anything else is returned as given."""
     path = Path(path)
     if path.is_dir() and (path / "best.pt").is_file():
         return path / "best.pt"
-    return path.absolute() if pretrained.is_pretrained(path) else path
+    return path
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """Load and validate a checkpoint dict with ``weights_only=True`` (no code runs).
 
     ``path`` may also be a run folder (its ``best.pt``) or the name of a model shipped in
-    :mod:`histomodels.pretrained` (e.g. ``pcam-cnn``), which is the shipped model even where
-    a file or folder of that name is in the working folder (``"./pcam-cnn"`` reads that)."""
-    if pretrained.is_pretrained(path):
-        return {"format": FORMAT, "version": VERSION, **pretrained.checkpoint_dict(str(path))}
+    :mod:`histomodels.pretrained` (e.g. ``pcam-cnn``) when no such file exists."""
     path = resolve_checkpoint(path)
     if not path.is_file():
+        if pretrained.is_pretrained(path):
+            return {"format": FORMAT, "version": VERSION, **pretrained.checkpoint_dict(str(path))}
         if path.exists():  # a FIFO or device would hang torch.load
             raise CheckpointError(f"{path}: not a regular file")
         raise CheckpointError(not_there(path, "no such checkpoint file"))  # or its link loop

@@ -56,10 +56,10 @@ def member_spec(ckpt: dict[str, Any], source: str | Path) -> dict[str, Any]:
 def provenance(source: str | Path) -> str:
     """How the ensemble records a member's ``source``: the absolute, resolved path of the
     file or run folder given (``runs/a`` typed in one folder means nothing read from
-    another, or once the ensemble is moved), or a shipped model's name as it is (the name,
-    not a path inside the installed package)."""
+    another, or once the ensemble is moved), or a shipped model's name as it is (no such
+    file: the name, not a path inside the installed package)."""
     path = Path(source)
-    if pretrained.is_pretrained(source):
+    if not path.exists() and pretrained.is_pretrained(path):
         return str(source)
     return str(path.resolve())
 

@@ -179,7 +179,7 @@ def _refuse_to_replace(out: Path, source: Path, fmt: str) -> None:
     from histomodels import pretrained
     from histomodels.calibration import calibration_path
 
-    if pretrained.is_pretrained(source):  # --model NAME (or the name as CHECKPOINT): its weights
+    if pretrained.is_pretrained(source) and not source.exists():  # --model NAME: its weights
         source = pretrained.HERE / f"{source}.safetensors"
     target = out.resolve()
     for path, what in ((source, "the checkpoint being exported"),

@@ -542,7 +542,7 @@ def _refuse_to_replace_what_is_read(out: Path, checkpoint: str | Path, files: li
 
     given = Path(checkpoint)
     models = dict.fromkeys((given, resolve_checkpoint(given)))
-    if pretrained.is_pretrained(given):  # --model NAME (or the name as CHECKPOINT): its weights
+    if pretrained.is_pretrained(given) and not given.exists():  # --model NAME: its weights
         models = {pretrained.HERE / f"{given}.safetensors": None}
     for model in models:
         if names(model):

@@ -24,7 +24,6 @@ from histocore.cli import (
     UsageStyle,
     errors,
     fail,
-    home_path,
     log_level,
     out_of_range,
     progress,
@@ -256,20 +255,6 @@ def at_least(least: float, *names: str, **options: Any) -> Any:
     return typer.Option(*names, min=least, callback=in_range(least), **options)
 
 
-def checkpoint_path(raw: str | Path) -> Path:
-    """The parser of a checkpoint argument (eval, export, predict): :func:`home_path`, but
-    a shipped model's name written with a folder part (``./pcam-cnn``, ``pcam-cnn/``) is
-    made absolute, since pathlib drops the ``./`` and the bare name is the shipped model
-    (:func:`histomodels.pretrained.is_pretrained`): that is how a file or run folder of
-    that name in the working folder is given."""
-    from histomodels import pretrained
-
-    path = home_path(raw)
-    if str(raw) != str(path) and pretrained.is_pretrained(path):
-        return path.absolute()
-    return path
-
-
 def shipped_model(name: str | None) -> str | None:
     """``--model`` callback: a name that is not a shipped model is a usage error (exit 2)."""
     from histomodels import pretrained
@@ -325,7 +310,6 @@ __all__ = [
     "OriginSplit",
     "Threads",
     "checked_by",
-    "checkpoint_path",
     "errors",
     "fail",
     "from_params",

@@ -31,7 +31,6 @@ from histomodels.cli._common import (
     OriginSplit,
     Threads,
     checked_by,
-    checkpoint_path,
     errors,
     fail,
     in_range,
@@ -53,7 +52,7 @@ ModelOption = Annotated[
         "--model",
         callback=shipped_model,
         help="A model shipped with histomodels (e.g. pcam-cnn; no training, offline) "
-        "instead of a checkpoint; never a file or folder of that name.",
+        "instead of a checkpoint.",
     ),
 ]
 
@@ -61,9 +60,7 @@ ModelOption = Annotated[
 CheckpointArgument = Annotated[
     Path | None,
     typer.Argument(
-        help="Checkpoint file, run folder (best.pt) or ensemble; or --model (a shipped "
-        "model's name is that model: a file or folder of its name is given as ./NAME).",
-        parser=checkpoint_path,
+        help="Checkpoint file, run folder (best.pt) or ensemble; or --model.", parser=home_path
     ),
 ]
 
@@ -101,13 +98,7 @@ def _model_source(ctx: typer.Context, checkpoint: Path | None, model: str | None
                 ctx, f"{checkpoint} is an image, not a checkpoint: give the checkpoint first, "
                 "or --model NAME (e.g. --model pcam-cnn)", "checkpoint", "--model",
             )  # fmt: skip
-        from histomodels import pretrained
-
-        if (
-            checkpoint.is_dir()
-            and not (checkpoint / "best.pt").exists()
-            and not pretrained.is_pretrained(checkpoint)  # the shipped model, folder or not
-        ):
+        if checkpoint.is_dir() and not (checkpoint / "best.pt").exists():
             fail(f"{checkpoint}: a folder without best.pt, so not a run folder; give a "
                  "checkpoint file, a run folder or --model NAME")  # fmt: skip
     return model if model is not None else checkpoint  # type: ignore[return-value]
@@ -582,10 +573,9 @@ def predict_cmd(
         list[Path],
         typer.Argument(
             help="CHECKPOINT (file, run folder or ensemble) then image files or folders; "
-            "with --model, image files or folders only (a shipped model's name as CHECKPOINT "
-            "is that model: a file or folder of its name is given as ./NAME).",
+            "with --model, image files or folders only.",
             metavar="[CHECKPOINT] IMAGES...",
-            parser=checkpoint_path,
+            parser=home_path,
         ),
     ],
     model: ModelOption = None,

@@ -187,8 +187,7 @@ Teacher = Annotated[
     str | None,
     typer.Option(
         metavar="CKPT",
-        help="Distil from this checkpoint / run folder / shipped model (offline 8-view TTA "
-        "soft targets; a shipped name is that model: a file or folder of its name is ./NAME).",
+        help="Distil from this checkpoint / run folder (offline 8-view TTA soft targets).",
     ),
 ]
 DistillWeight = Annotated[
@@ -623,13 +622,7 @@ class TrainOptions:
     run: RunData
     lr: Lr = None
     recipe: RunRecipe
-    weights: Annotated[
-        str | None,
-        typer.Option(
-            help="Initial weights: PATH or source (a shipped model's name, e.g. pcam-cnn, is "
-            "its weights: a file of that name is given as ./NAME)."
-        ),
-    ] = None
+    weights: Annotated[str | None, typer.Option(help="Initial weights: PATH or source.")] = None
     runtime: RunRuntime
 
 

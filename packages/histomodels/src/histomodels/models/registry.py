@@ -118,10 +118,9 @@ def list_models(pretrained: bool = False) -> list[str]:
 
 
 def _shipped(weights: Any) -> str | None:
-    """``weights`` when it names a model shipped in :mod:`histomodels.pretrained`, even
-    where a file of that name is in the working folder (``"./pcam-cnn"`` reads that file,
-    as for checkpoints: :func:`histomodels.pretrained.is_pretrained`); None otherwise."""
-    if not isinstance(weights, str):
+    """``weights`` when it names a model shipped in :mod:`histomodels.pretrained` and no
+    file of that name is there (a file wins, as for checkpoints); None otherwise."""
+    if not isinstance(weights, str) or Path(weights).exists():
         return None
     from histomodels import pretrained as shipped
 

@@ -37,11 +37,7 @@ def available() -> list[str]:
 
 
 def is_pretrained(name: str | Path) -> bool:
-    """True when ``name``, as written, is a shipped model's name (``pcam-cnn``). Such a name
-    is the shipped model wherever one is taken, even where a file or folder of that name is
-    in the working folder; that one is read when written with a folder part: ``./pcam-cnn``
-    (a ``str``; pathlib drops the ``./``), ``pcam-cnn/`` on a command line, or an absolute
-    path."""
+    """True when ``name`` is a shipped model's name (not a path on disk)."""
     return str(name) in available()
 
 
