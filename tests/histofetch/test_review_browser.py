@@ -466,3 +466,134 @@ def test_a_narrow_window_scrolls_the_page_not_a_sliver_of_side_panel(
     img = d.find_element("id", "figure").rect
     stage = d.find_element("id", "stage").rect
     assert img["width"] <= stage["width"] and img["height"] <= stage["height"]
+
+
+def _fail_once(driver, prefix: str) -> None:
+    """The page's next request whose path starts with ``prefix`` fails as an unreachable
+    server does (fetch rejects with a TypeError); every other one goes through."""
+    driver.execute_script(
+        "const real = window.fetch; let armed = true;"
+        "window.fetch = (p, o) => (armed && String(p).startsWith(arguments[0]))"
+        " ? (armed = false, Promise.reject(new TypeError('x'))) : real(p, o);",
+        prefix,
+    )
+
+
+def _labels(run: Path) -> dict[str, str | None]:
+    with Manifest.load(run) as m:
+        return {k: i.label for k, i in m.images.items()}
+
+
+def _log(run: Path) -> list[tuple[str, str | None]]:
+    import json
+
+    lines = (run / "review_log.jsonl").read_text().splitlines()
+    return [(e["image_id"], e["label"]) for e in map(json.loads, lines)]
+
+
+def test_a_next_figure_that_does_not_load_is_said_and_never_answered_in_its_place(
+    served: tuple[str, Path], browser
+) -> None:
+    """Review 42 S1: a save that worked with the next figure failing to load left the page on
+    the figure just answered (its "not reviewed" pill, the status only "the review server
+    does not answer"), while the list had moved on: the next n answered that figure again and
+    took the next one off the list unanswered. Now the page says the answer was saved and the
+    next figure did not load, shows no figure (keys answer nothing), and → loads that figure
+    (it is not skipped). A → whose figure did not load did the same."""
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    url, run = served
+    d = browser
+    d.get(url)
+    _wait(d, lambda d: _text(d, "figure-id") == "pmid:1/fig1")
+    _fail_once(d, "/api/item/")
+    _press(d, "m", "saved pmid:1/fig1: metastasis; the next figure pmid:1/fig2 did not load: ")
+    said = _text(d, "status")
+    assert "server does not answer" in said and said.endswith("(press → to retry)"), said
+    assert not d.find_element("id", "figure-id").is_displayed()  # not fig1's facts as fig2's
+    assert not d.find_element("id", "figure").is_displayed()
+    ActionChains(d).send_keys("n").perform()  # no figure shown: answers nothing
+    _next(d, "pmid:1/fig2")  # → loads the figure that did not load, not the one after it
+    assert _text(d, "status") == "" and _text(d, "label") == "not reviewed"
+    _press(d, "n", "saved pmid:1/fig2: no metastasis")
+    _wait(d, lambda d: _text(d, "figure-id") == "pmid:2/fig1")
+    assert _log(run) == [("pmid:1/fig1", "metastasis"), ("pmid:1/fig2", "no_metastasis")]
+    # a move whose figure does not load: the same
+    _fail_once(d, "/api/item/")
+    _press(d, "\ue014", "figure pmid:2/fig2 did not load: ")  # arrow right
+    ActionChains(d).send_keys("u").perform()  # pmid:2/fig1 is not on screen: not answered
+    _next(d, "pmid:2/fig2")
+    _press(d, "u", "saved pmid:2/fig2: not usable")
+    assert _labels(run) == {
+        "pmid:1/fig1": "metastasis",
+        "pmid:1/fig2": "no_metastasis",
+        "pmid:2/fig1": None,
+        "pmid:2/fig2": "not_usable",
+    }
+
+
+def test_not_saved_says_go_back_once_another_figure_is_shown(
+    served: tuple[str, Path], browser
+) -> None:
+    """Review 42 M1: after a failed save on fig1 and →, fig2 was shown under "NOT SAVED:
+    pmid:1/fig1 … answer it again", and m answered fig2. Now the message says to go back to
+    fig1 while another figure is shown, and "answer it again" once fig1 is back. A failed
+    answer is said in an alert region (a screen reader says it at once), a saved one in a
+    polite status."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.keys import Keys
+
+    url, run = served
+    d = browser
+    d.get(url)
+    _wait(d, lambda d: _text(d, "figure-id") == "pmid:1/fig1")
+    _fail_once(d, "/api/label")
+    _press(d, "m", "NOT SAVED: pmid:1/fig1 metastasis")
+    assert _text(d, "status").endswith("It is still not reviewed; answer it again.")
+    assert _text(d, "status-alert") == _text(d, "status") and not _text(d, "status-polite")
+    assert d.find_element("id", "status-alert").get_attribute("role") == "alert"
+    _next(d, "pmid:1/fig2")
+    said = _text(d, "status")
+    assert said.startswith("NOT SAVED: pmid:1/fig1 metastasis"), said
+    assert said.endswith("go back to pmid:1/fig1 to answer it again."), said
+    ActionChains(d).send_keys(Keys.ARROW_LEFT).perform()
+    _wait(d, lambda d: _text(d, "figure-id") == "pmid:1/fig1")
+    _wait(d, lambda d: _text(d, "status").endswith("; answer it again."))
+    _press(d, "m", "saved pmid:1/fig1: metastasis")
+    assert _text(d, "status-polite") == "saved pmid:1/fig1: metastasis"
+    assert not _text(d, "status-alert")
+    assert d.find_element("id", "status-polite").get_attribute("role") == "status"
+    assert _labels(run)["pmid:1/fig1"] == "metastasis"
+
+
+def test_an_undo_saved_is_never_said_failed_nor_posted_twice(
+    served: tuple[str, Path], browser
+) -> None:
+    """Review 42 M2: an undo saved, with the list failing to reload after it, was said "undo
+    failed" and stayed on the undo stack, so z posted it again. Only a failed POST is a
+    failed undo now; a reload failing after it is said as such and → reloads."""
+    url, run = served
+    d = browser
+    d.get(url)
+    _wait(d, lambda d: _text(d, "figure-id") == "pmid:1/fig1")
+    _press(d, "m", "saved pmid:1/fig1: metastasis")
+    _wait(d, lambda d: _text(d, "figure-id") == "pmid:1/fig2")
+    _fail_once(d, "/api/items")
+    _press(d, "z", "undone: pmid:1/fig1 is not reviewed again; the list of figures did not")
+    assert _text(d, "status").endswith("(press → to retry)") and "undo failed" not in _text(
+        d, "status"
+    )
+    assert d.execute_script("return state.undo.length") == 0
+    assert _labels(run)["pmid:1/fig1"] is None
+    _next(d, "pmid:1/fig1")  # → reloads: the figure undone is shown
+    _wait(d, lambda d: _text(d, "status") == "undone: pmid:1/fig1 is not reviewed again")
+    assert _text(d, "label") == "not reviewed"
+    _press(d, "z", "nothing to undo")
+    assert _log(run) == [("pmid:1/fig1", "metastasis"), ("pmid:1/fig1", None)]
+    # a failed POST is a failed undo: the answer stands and z tries it again
+    _press(d, "u", "saved pmid:1/fig1: not usable")
+    _fail_once(d, "/api/label")
+    _press(d, "z", "undo failed: the review server does not answer")
+    assert d.execute_script("return state.undo.length") == 1
+    _press(d, "z", "undone: pmid:1/fig1 is not reviewed again")
+    assert _labels(run)["pmid:1/fig1"] is None

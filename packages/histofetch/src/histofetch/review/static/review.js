@@ -18,6 +18,8 @@ const state = {
   zoom: 0,       // 0 = fit, else a scale factor
   heat: false,
   progress: null, // the run's counts, as the server last sent them
+  retry: null,    // what → runs while the figure to show did not load (it is not skipped)
+  unsaved: null,  // {id, here, away}: the NOT SAVED message while it is the one said
 };
 const FILTER_IDS = ["f-status", "f-disagree", "f-record", "f-weak", "f-label"];
 
@@ -31,15 +33,20 @@ function filters() {
   return q;
 }
 
+// Saved answers go to a polite status region, failures to an alert region (a screen reader
+// says them at once); both inside #status, under the answer buttons.
 function say(text, isError) {
-  const el = $("status");
-  el.textContent = text;
-  el.classList.toggle("error", Boolean(isError));
+  state.unsaved = null;  // a NOT SAVED message is kept only while it is the one said
+  $("status-polite").textContent = isError ? "" : text;
+  $("status-alert").textContent = isError ? text : "";
+  $("status").classList.toggle("error", Boolean(isError));
 }
 
 // fetch's own TypeError ("Failed to fetch") said nothing a reviewer can act on: the page
 // names the cause (the server stopped or the network is down) instead.
 class Unreachable extends Error {}
+// The figure to show did not load (its /api/item/ request failed).
+class NotLoaded extends Error {}
 
 async function api(path, options) {
   let response;
@@ -117,7 +124,7 @@ function emptyAction() {
     $("f-status").value = "all";
   }
   state.index = 0;
-  enqueue(() => loadList(null));
+  enqueue(() => shown(() => loadList(null), ""));
 }
 
 async function show() {
@@ -126,9 +133,18 @@ async function show() {
   $("stage").hidden = empty;
   document.body.classList.toggle("nothing-shown", empty);  // no stale figure facts beside it
   $("position").textContent = empty ? "0 / 0" : `${state.index + 1} / ${state.items.length}`;
-  if (empty) { state.current = null; explainEmpty(); return; }
+  state.current = null;  // keys answer nothing until the next figure is shown
+  if (empty) { document.body.classList.remove("not-loaded"); explainEmpty(); return; }
   const id = state.items[state.index].id;
-  const it = await api(`/api/item/${encodeURIComponent(id)}`);
+  let it;
+  try {
+    it = await api(`/api/item/${encodeURIComponent(id)}`);
+  } catch (e) {
+    // the last figure's image and facts are not this one's: hidden, not shown as if current
+    document.body.classList.add("not-loaded");
+    throw new NotLoaded(`figure ${id} did not load: ${e.message}`);
+  }
+  document.body.classList.remove("not-loaded");
   state.current = it;
   state.heat = false;
   const img = $("figure");
@@ -165,6 +181,14 @@ async function show() {
   $("toggle-heat").setAttribute("aria-pressed", "false");
   $("toggle-heat").classList.remove("chosen");
   applyZoom();
+  const u = state.unsaved;
+  if (u) {  // a NOT SAVED figure left: its message says to go back to it, not to answer this one
+    say(u.id === it.id ? u.here : u.away, true);
+    state.unsaved = u;
+  } else if (state.retry) {
+    say("");  // the figure that did not load is shown now
+  }
+  state.retry = null;
 }
 
 // What a screen reader says for the image: which figure (or panel) of which article.
@@ -204,6 +228,7 @@ function applyZoom() {
 }
 
 function zoomBy(factor) {
+  if (!state.current) return;  // nothing shown (no figure, or it did not load)
   const img = $("figure");
   const base = state.zoom === 0 ? img.clientWidth / Math.max(1, state.current.width) : state.zoom;
   state.zoom = Math.min(16, Math.max(0.05, base * factor));
@@ -223,9 +248,13 @@ async function answer(label) {
       body: JSON.stringify({ id: it.id, label, reviewer }),
     });
   } catch (e) {
-    // the figure stays on screen with its old answer, so the same key answers it again
+    // the figure stays on screen with its old answer, so the same key answers it again;
+    // once another figure is shown the message says to go back to this one (show())
     const was = it.label ? LABEL_TEXT[it.label] : "not reviewed";
-    say(`NOT SAVED: ${it.id} ${said}: ${e.message}. It is still ${was}; answer it again.`, true);
+    const why = `NOT SAVED: ${it.id} ${said}: ${e.message}. It is still ${was}; `;
+    const unsaved = { id: it.id, here: `${why}answer it again.`, away: `${why}go back to ${it.id} to answer it again.` };
+    say(unsaved.here, true);
+    state.unsaved = unsaved;
     return;
   }
   state.undo.push({ id: it.id, previous: it.label });
@@ -239,40 +268,69 @@ async function answer(label) {
   } else if (state.index < state.items.length - 1) {
     state.index += 1;
   }
-  await show();
+  await shown(show, `saved ${it.id}: ${said}; the next `);
+}
+
+// Runs `load` (show, or undo's reload), which shows a figure. When it fails the page says
+// so after `done` (what did work), shows no figure (keys answer nothing: the one on screen
+// was not the one at state.index any more, so m answered it twice and dropped the next),
+// and → runs `load` again.
+async function shown(load, done) {
+  try {
+    await load();
+  } catch (e) {
+    state.current = null;
+    document.body.classList.add("not-loaded");
+    state.retry = load;
+    say(`${done}${e.message} (press → to retry)`, true);
+  }
 }
 
 async function undo() {
   const last = state.undo.pop();
   if (!last) { say("nothing to undo"); return; }
+  let body;
   try {
-    const body = await api("/api/label", {
+    body = await api("/api/label", {
       method: "POST",
       headers: { "Content-Type": "application/json" },
       body: JSON.stringify({ id: last.id, label: last.previous, reviewer: $("reviewer").value.trim() }),
     });
-    showProgress(body.progress);
-    await loadList(null);
+  } catch (e) {  // only this is a failed undo: the answer stands, z tries again
+    state.undo.push(last);
+    say(`undo failed: ${e.message}`, true);
+    return;
+  }
+  // saved: off the stack (a second z would post it again); a reload failing after this is
+  // said as such, and → reloads
+  showProgress(body.progress);
+  const undone = `undone: ${last.id} is ${last.previous ? LABEL_TEXT[last.previous] : "not reviewed"} again`;
+  const showUndone = async () => {
+    try {
+      await loadList(null);
+    } catch (e) {
+      throw e instanceof NotLoaded ? e : new Error(`the list of figures did not reload: ${e.message}`);
+    }
     const at = state.items.findIndex((x) => x.id === last.id);
     if (at < 0) {  // not in this filter's list any more: go back to everything
       $("f-status").value = "all";
       await loadList(last.id);
-    } else {
+    } else if (at !== state.index || !state.current) {
       state.index = at;
       await show();
     }
     // said only once the page shows the figure again, so the next key answers that one
-    say(`undone: ${last.id} is ${last.previous ? LABEL_TEXT[last.previous] : "not reviewed"} again`);
-  } catch (e) {
-    state.undo.push(last);
-    say(`undo failed: ${e.message}`, true);
-  }
+    say(undone);
+  };
+  await shown(showUndone, `${undone}; `);
 }
 
 async function move(step) {
+  const retry = state.retry;
+  if (retry && step > 0) { await shown(retry, ""); return; }  // → loads it again: not skipped
   if (!state.items.length) return;
   state.index = Math.min(state.items.length - 1, Math.max(0, state.index + step));
-  await show();
+  await shown(show, "");
 }
 
 function toggleHeat() {
@@ -329,11 +387,11 @@ $("empty-action").addEventListener("click", emptyAction);
 for (const id of FILTER_IDS) {
   $(id).addEventListener("change", () => {
     $(id).blur();  // keys answer again right after a filter change
-    state.index = 0;
-    loadList(null).catch((e) => say(e.message, true));
+    // queued as keys are: an answer still saving moved the index of the list it was in
+    enqueue(() => { state.index = 0; return shown(() => loadList(null), ""); });
   });
 }
 const savedName = window.localStorage.getItem("histofetch-reviewer");
 if (savedName && !$("reviewer").value) $("reviewer").value = savedName;
 $("reviewer").addEventListener("change", () => window.localStorage.setItem("histofetch-reviewer", $("reviewer").value));
-loadList(null).catch((e) => say(`cannot load figures: ${e.message}`, true));
+enqueue(() => shown(() => loadList(null), "cannot load figures: "));
