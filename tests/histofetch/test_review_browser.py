@@ -597,3 +597,26 @@ def test_an_undo_saved_is_never_said_failed_nor_posted_twice(
     assert d.execute_script("return state.undo.length") == 1
     _press(d, "z", "undone: pmid:1/fig1 is not reviewed again")
     assert _labels(run)["pmid:1/fig1"] is None
+
+
+def test_modified_and_held_keys_answer_nothing(served: tuple[str, Path], browser) -> None:
+    """Review 42 M3: Ctrl/Meta/Alt with a letter are the browser's or the system's keys (the
+    guard was untested), and a held key's repeats answered one figure after another."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.keys import Keys
+
+    url, run = served
+    d = browser
+    d.get(url)
+    _wait(d, lambda d: _text(d, "figure-id") == "pmid:1/fig1")
+    for modifier in (Keys.CONTROL, Keys.META, Keys.ALT):
+        for letter in "MNUZ":
+            ActionChains(d).key_down(modifier).send_keys(letter).key_up(modifier).perform()
+    for letter in "mnuz":  # an auto-repeated keydown, as a held key sends
+        key = {"type": "keyDown", "key": letter, "text": letter, "autoRepeat": True}
+        d.execute_cdp_cmd("Input.dispatchKeyEvent", key)
+        d.execute_cdp_cmd("Input.dispatchKeyEvent", {"type": "keyUp", "key": letter})
+    _next(d, "pmid:1/fig2")  # queued after anything those keys queued
+    assert _text(d, "status") == "" and _text(d, "position") == "2 / 4"
+    assert not (run / "review_log.jsonl").exists() or _log(run) == []
+    assert set(_labels(run).values()) == {None}

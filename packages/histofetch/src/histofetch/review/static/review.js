@@ -354,7 +354,10 @@ document.addEventListener("keydown", (ev) => {
     if (ev.key === "Escape") ev.target.blur();
     return;
   }
-  if (ev.ctrlKey || ev.metaKey || ev.altKey) return;
+  if (ev.ctrlKey || ev.metaKey || ev.altKey) return;  // the browser's and the system's keys
+  const key = ev.key.length === 1 ? ev.key.toLowerCase() : ev.key;
+  // a held key repeats: it answered (or undid) one figure after another
+  if (ev.repeat && ["m", "n", "u", "z"].includes(key)) { ev.preventDefault(); return; }
   const keys = {
     m: () => enqueue(() => answer("metastasis")),
     n: () => enqueue(() => answer("no_metastasis")),
@@ -370,7 +373,7 @@ document.addEventListener("keydown", (ev) => {
     h: () => toggleHeat(),
   };
   // a letter with Caps Lock or Shift (M) answers as m does: it did nothing, silently
-  const act = keys[ev.key.length === 1 ? ev.key.toLowerCase() : ev.key];
+  const act = keys[key];
   if (act) { ev.preventDefault(); act(); }
 });
 
