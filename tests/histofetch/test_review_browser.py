@@ -364,7 +364,8 @@ def test_the_progress_bar_shows_the_count_before_any_script_runs(
 def test_keys_answer_with_caps_lock_and_not_while_typing(served: tuple[str, Path], browser) -> None:
     """With Caps Lock on (or Shift held) a key sent "M", which the page ignored, silently.
     Typing in the reviewer field never answers; the answer given is marked by more than
-    its colour (aria-pressed, a check mark)."""
+    its colour (aria-current, a check mark: the keys are action buttons, not toggles, so
+    not aria-pressed)."""
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.keys import Keys
 
@@ -384,8 +385,9 @@ def test_keys_answer_with_caps_lock_and_not_while_typing(served: tuple[str, Path
 
     Select(d.find_element("id", "f-status")).select_by_value("all")
     _wait(d, lambda d: _text(d, "figure-id") == "pmid:1/fig1")
-    pressed = d.find_elements("css selector", '.key[aria-pressed="true"]')
+    pressed = d.find_elements("css selector", '.key[aria-current="true"]')
     assert [b.get_attribute("data-label") for b in pressed] == ["metastasis"]
+    assert not d.find_elements("css selector", ".key[aria-pressed]")
     mark = "return getComputedStyle(arguments[0], '::after').content"
     assert "\u2713" in d.execute_script(mark, pressed[0])
     assert Manifest.load(run).images["pmid:1/fig1"].label == "metastasis"
@@ -421,12 +423,29 @@ def test_a_stopped_server_is_said_plainly_and_the_figure_waits(tmp_path: Path, b
 def test_the_image_says_which_figure_of_which_article_it_is(
     served: tuple[str, Path], browser
 ) -> None:
-    url, _run = served
+    url, run = served
+    with Manifest.load(run) as m:  # a JATS label with its full stop: not "Figure 2. of the"
+        m.update_image("pmid:1/fig2", figure_label="Figure 2.", caption="No evidence of cancer.")
     d = browser
     d.get(url)
     _wait(d, lambda d: _text(d, "figure-id") == "pmid:1/fig1")
     alt = d.find_element("id", "figure").get_attribute("alt")
     assert alt == 'figure of the article "Sentinel nodes <b>in</b> breast cancer" (pmid:1/fig1)'
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    ActionChains(d).send_keys("h").perform()  # the heatmap shown: the text says so
+    _wait(d, lambda d: "/heatmap/" in d.find_element("id", "figure").get_attribute("src"))
+    assert (
+        d.find_element("id", "figure").get_attribute("alt")
+        == alt + ", with the model's heatmap over it"
+    )
+    ActionChains(d).send_keys("h").perform()
+    _wait(d, lambda d: d.find_element("id", "figure").get_attribute("alt") == alt)
+    _next(d, "pmid:1/fig2")
+    alt = d.find_element("id", "figure").get_attribute("alt")
+    assert alt.startswith('Figure 2 of the article "Sentinel nodes'), alt
+    # ARIA names the plus key "Plus" ("+" joins a shortcut's keys); "=" zooms in too
+    assert d.find_element("id", "zoom-in").get_attribute("aria-keyshortcuts") == "Plus ="
     assert d.find_element("tag name", "h1").text.startswith("histofetch review")
     for b in d.find_elements("css selector", "button:not([hidden])"):  # every one named
         assert b.accessible_name.strip() or not b.is_displayed(), b.get_attribute("id")

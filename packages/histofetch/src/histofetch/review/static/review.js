@@ -175,8 +175,11 @@ async function show() {
   $("article-meta").textContent = [a.journal, a.year, a.license ? `licence ${a.license}` : "licence unknown", a.ids]
     .filter(Boolean).join(" · ");
   for (const b of document.querySelectorAll(".key")) {
+    // action buttons, not toggles (aria-pressed said "pressed"; pressing again does not
+    // take the answer back): the answer given is the current one
     b.classList.toggle("chosen", b.dataset.label === it.label);
-    b.setAttribute("aria-pressed", String(b.dataset.label === it.label));
+    if (b.dataset.label === it.label) b.setAttribute("aria-current", "true");
+    else b.removeAttribute("aria-current");
   }
   $("toggle-heat").setAttribute("aria-pressed", "false");
   $("toggle-heat").classList.remove("chosen");
@@ -193,7 +196,8 @@ async function show() {
 
 // What a screen reader says for the image: which figure (or panel) of which article.
 function altText(it) {
-  const what = it.figure_label || "figure";
+  // a JATS label often ends in a full stop ("Figure 1."): not "Figure 1. of the article"
+  const what = (it.figure_label || "").replace(/[\s.:;,]+$/, "") || "figure";
   const panel = it.panel ? `, panel ${it.panel}` : "";
   const title = it.article.title || it.record_id;
   return `${what}${panel} of the article "${title}" (${it.id})`;
@@ -338,6 +342,7 @@ function toggleHeat() {
   if (!it || !it.heatmap) return;
   state.heat = !state.heat;
   $("figure").src = state.heat ? `/heatmap/${encodeURIComponent(it.id)}` : `/image/${encodeURIComponent(it.id)}`;
+  $("figure").alt = state.heat ? `${altText(it)}, with the model's heatmap over it` : altText(it);
   $("toggle-heat").classList.toggle("chosen", state.heat);
   $("toggle-heat").setAttribute("aria-pressed", String(state.heat));
 }
