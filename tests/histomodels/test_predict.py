@@ -1186,6 +1186,49 @@ def test_the_heatmap_folder_holds_no_heatmap_this_run_did_not_draw(tmp_path: Pat
     assert ((heat / "c.png").read_bytes(), out.read_bytes()) == kept
 
 
+def test_a_heatmap_replaces_only_a_heatmap_predict_drew(tmp_path: Path) -> None:
+    """The staged heatmap was renamed over whatever sat at ``<heatmaps>/<stem>.png``, a
+    user's own PNG included (only removal was limited to predict's own heatmaps). A file
+    there that is not a heatmap predict drew is now one error line, exit 1, before any
+    heatmap is drawn or the CSV written; a heatmap drawn for another CSV is replaced, and a
+    file at the name of an input scored as one patch (no heatmap) is left alone."""
+    from histomodels.predict import HEATMAP_MARK
+
+    ckpt = tiny_checkpoint(tmp_path)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name, n in (("a", 2), ("b", 3), ("p", 1)):  # 192 px, 288 px, one patch
+        Image.fromarray(make_figure(n, n, seed=n)).save(folder / f"{name}.png")
+    out, heat = tmp_path / "pred.csv", tmp_path / "pred_heatmaps"
+    heat.mkdir()
+    mine = heat / "b.png"
+    Image.fromarray(make_figure(1, 1, seed=9)).save(mine)
+    (heat / "p.png").write_text("my notes")  # p gets no heatmap: never judged, left alone
+    kept = mine.read_bytes()
+    run = ["predict", str(ckpt), str(folder), "--out", str(out)]
+    for theirs in (kept, b"not an image"):
+        mine.write_bytes(theirs)
+        r = CliRunner().invoke(app, run)
+        assert r.exit_code == 1, r.output
+        assert r.stderr.splitlines() == [
+            f"error: {mine}: exists and is not a heatmap predict drew (its PNG text chunk "
+            f"'{HEATMAP_MARK}' is missing); the heatmap of {folder / 'b.png'} would replace "
+            "it: give another --heatmaps or --no-heatmaps, or remove it first"
+        ]
+        assert mine.read_bytes() == theirs and not out.exists()
+        assert _heatmap_files(heat) == ["b.png", "p.png"]  # a's heatmap not drawn either
+    mine.unlink()
+    r = CliRunner().invoke(app, run)
+    assert r.exit_code == 0, r.output
+    assert _heatmap_files(heat) == ["a.png", "b.png", "p.png"]
+    assert (heat / "p.png").read_text() == "my notes"
+    r = CliRunner().invoke(app, ["predict", str(ckpt), str(folder), "--out",
+                                 str(tmp_path / "other.csv"), "--heatmaps", str(heat)])  # fmt: skip
+    assert r.exit_code == 0, r.output  # the heatmaps pred.csv's run drew are predict's own
+    with Image.open(heat / "b.png") as im:
+        assert im.info[HEATMAP_MARK] == str((tmp_path / "other.csv").resolve())
+
+
 def test_a_heatmap_is_never_written_over_an_input_or_another_heatmap(tmp_path: Path) -> None:
     """--heatmaps naming the folder of a PNG input wrote the input's heatmap over the input
     (the image was lost); two inputs whose names clash even with their folder's name

@@ -184,6 +184,7 @@ def check_inputs(
     *,
     scale: float = 1.0,
     stride: int | None = None,
+    tiles: dict[Path, int] | None = None,
 ) -> dict[Path, PredictInputError]:
     """Cheap header-only pass so a file that cannot be scored is known before any work.
 
@@ -191,7 +192,8 @@ def check_inputs(
     ``max_pixels``, or is smaller than one patch, all after ``scale``: ``--scale 16`` makes
     256x more pixels). The tiles at ``stride`` must fit the memory budget (``--tile-stride
     1`` makes ~size² more): a file over it stops the run (:class:`DatasetError`), since the
-    option, not the file, is what to change.
+    option, not the file, is what to change. ``tiles``, when given, gets each other file's
+    number of tiles (by its header: more than one gets a heatmap).
     """
     from histomodels.data.cache import require_memory
 
@@ -209,6 +211,8 @@ def check_inputs(
         if pages > 1:
             several.append((f, unit))
         n = ((sh - size) // step + 1) * ((sw - size) // step + 1)
+        if tiles is not None:
+            tiles[f] = n
         # uint8 patches + their float32 copy for the tissue fraction
         require_memory(n * size * size * 3 * 5, str(f), f"{n} tiles at stride {step}")
     _warn_pages(several, len(files) - len(problems))
@@ -409,6 +413,40 @@ def _drawn_for(path: Path, mark: str) -> bool:
         return False
 
 
+def is_a_heatmap(path: Path) -> bool:
+    """Whether the regular file ``path`` is a PNG that predict drew (it carries the text
+    chunk :data:`HEATMAP_MARK`, for whichever CSV): the only kind of file a heatmap is
+    drawn over. A file that cannot be opened raises its ``OSError`` (whether it is a
+    heatmap cannot be told); one that is not a readable PNG is not a heatmap."""
+    from PIL import Image
+
+    with open(path, "rb") as fh:
+        try:  # not a PNG (PIL's UnidentifiedImageError is an OSError), a broken one, a bomb
+            with Image.open(fh, formats=["PNG"]) as im:
+                return HEATMAP_MARK in im.info
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+            return False
+
+
+def _refuse_to_draw_over_what_predict_did_not_draw(
+    targets: dict[Path, Path], tiles: dict[Path, int]
+) -> None:
+    """A heatmap replaces only a heatmap predict drew earlier (:func:`is_a_heatmap`), an
+    empty file or nothing: a PNG of the user's own at ``<heatmaps>/<stem>.png`` was
+    replaced. Judged for every input that gets a heatmap (more than one tile, by its
+    header) before anything is drawn, so a run refused stops before any work: one
+    :class:`PredictInputError` naming the file."""
+    for f, target in targets.items():
+        if tiles.get(f, 0) > 1:
+            replace_only_ours(
+                target, is_a_heatmap, PredictInputError,
+                not_ours="is not a heatmap predict drew (its PNG text chunk "
+                f"{HEATMAP_MARK!r} is missing)",
+                would=f"the heatmap of {path_shown(f)} would replace it: give another "
+                "--heatmaps or --no-heatmaps",
+            )  # fmt: skip
+
+
 def check_scale(scale: float) -> None:
     """A resize factor of ``predict --scale`` / ``eval --scale``: in (0, 16] (NaN fails too),
     else a :class:`UsageError`."""
@@ -484,7 +522,9 @@ def predict_paths(
             "default 0.5 (the model ships no threshold; eval --val does not store the one it "
             "chose: give it as --threshold)"
         )
-    problems = check_inputs(files, size, max_pixels, scale=scale, stride=stride)
+    tiles: dict[Path, int] = {}
+    problems = check_inputs(files, size, max_pixels, scale=scale, stride=stride, tiles=tiles)
+    _refuse_to_draw_over_what_predict_did_not_draw(targets, tiles)
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(CSV_COLUMNS)
