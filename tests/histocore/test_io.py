@@ -27,9 +27,19 @@ from histocore.io import (
     number_text,
     record_slug,
     temp_beside,
+    text_shown,
     unique_stem,
     write_new,
 )
+
+
+def test_text_shown_cuts_with_a_marker_and_escapes() -> None:
+    """A value from a file as a message quotes it: 200 characters, ``…`` only when cut,
+    control characters escaped (escapes do not count towards the cut)."""
+    assert text_shown("a" * 200) == "a" * 200
+    assert text_shown("a" * 201) == "a" * 200 + "…"
+    assert text_shown("a\nb", most=2) == "a\\n…"
+    assert text_shown("") == ""
 
 
 def test_atomic_write_replaces_whole_file_and_keeps_usual_mode(tmp_path: Path) -> None:

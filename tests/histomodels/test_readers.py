@@ -432,6 +432,20 @@ def test_kaggle_csv_values_are_echoed_cut_like_every_other_id(tmp_path: Path, pa
         assert len(said) < 700 and "p999" in said, (what, len(said))
 
 
+def test_an_id_cut_in_a_message_says_so_as_a_run_store_key_does() -> None:
+    """``shown_id`` cut an echoed id at 200 characters with nothing to say so (a cut id read
+    as the whole one), while the run store's row keys were cut with ``…``: both are
+    ``histocore.io.text_shown`` now."""
+    from histocore.io import text_shown
+    from histomodels.data.ids import shown_id
+
+    long = "p" + "9" * 500
+    assert shown_id(long) == repr(long)[:200] + "…" == text_shown(repr(long))
+    assert shown_id("p\x1b[31m") == "'p\\x1b[31m'"  # escaped, not cut: no marker
+    exact = "x" * 198  # its repr is 200 characters: whole
+    assert shown_id(exact) == repr(exact)
+
+
 # --- class folders ---------------------------------------------------------------------------
 
 

@@ -712,6 +712,19 @@ def one_line(message: str) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
 
 
+#: the most characters of a value read from a file (an id, a key, a cell) that a message
+#: quotes: :func:`text_shown`
+SHOWN_CHARS = 200
+
+
+def text_shown(text: str, most: int = SHOWN_CHARS) -> str:
+    """``text`` (a value from a file: an id, a key, a cell) as a message quotes it: its
+    first ``most`` characters, control characters escaped (:func:`one_line`), and ``…``
+    after them when it was cut, so a cut value does not read as the whole one. The one
+    shortening of the schema's row keys and the dataset readers' patch ids."""
+    return one_line(text[:most]) + ("…" if len(text) > most else "")
+
+
 #: what bash's ANSI-C quoting writes as a letter after the backslash
 _C_ESCAPES = {"\a": "a", "\b": "b", "\t": "t", "\n": "n", "\v": "v", "\f": "f", "\r": "r"}
 

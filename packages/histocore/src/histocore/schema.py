@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from histocore.errors import ManifestError
-from histocore.io import NotJSON, loads_json, one_line
+from histocore.io import NotJSON, loads_json, one_line, text_shown
 
 SCHEMA_NAME = "histofetch.manifest"
 #: 2: rows live in ``run.sqlite``; records gained ``transient``. Version-1 files are read
@@ -271,7 +271,7 @@ def _row_json(data: str, where: str) -> dict[str, Any]:
 def _stored(cls: type, data: str, store: str, row_id: str) -> Any:
     """A run store's row of table ``records``/``images`` (key ``row_id``) as ``cls``: its
     errors name the store and the row (``run.sqlite: record pmid:1: …``)."""
-    key = one_line(row_id[:200]) + ("…" if len(row_id) > 200 else "")  # a key cut says so
+    key = text_shown(row_id)  # a key cut says so
     where = f"{store}: {'record' if cls is Record else 'image'} {key}"
     return _from_dict(cls, _row_json(data, where), where, named=True)
 

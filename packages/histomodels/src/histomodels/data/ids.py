@@ -13,11 +13,12 @@ UNPRINTABLE = "holds a control or invisible character"
 
 
 def shown_id(pid: str) -> str:
-    """``pid`` as a message quotes it: its repr, cut at 200 characters, control characters
-    escaped (:func:`histocore.io.one_line`)."""
-    from histocore.io import one_line
+    """``pid`` as a message quotes it: its repr, cut at 200 characters with ``…`` after a
+    cut one, control characters escaped (:func:`histocore.io.text_shown`, as the run
+    store's row keys are)."""
+    from histocore.io import text_shown
 
-    return one_line(repr(pid)[:200])
+    return text_shown(repr(pid))
 
 
 def id_problem(pid: str) -> str | None:
