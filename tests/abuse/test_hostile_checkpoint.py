@@ -208,6 +208,26 @@ def test_ensemble_member_that_does_not_build_or_fit_is_named(tmp_path, config, m
     assert str(alone.value) == str(err.value)  # one rebuild, one message
 
 
+def test_weights_that_do_not_fit_are_said_in_one_bounded_line(tmp_path: Path) -> None:
+    """``build_with_weights`` put torch's whole load_state_dict message in the error: a
+    line per kind of mismatch naming every key (6.8 KB, 22 lines for 300 extra tensors;
+    a key is the file's own text, of any length). It is one line of counts, each with its
+    first keys, cut and escaped (``registry.state_dict_mismatch``)."""
+    ckpt = checkpoint_dict(model_config={"width": 8})
+    for i in range(300):
+        ckpt["state_dict"][f"extra{i}"] = torch.zeros(1)
+    ckpt["state_dict"] = {"x\n" + "k" * 100_000: torch.zeros(1), **ckpt["state_dict"]}
+    path = tmp_path / "misfit.pt"
+    torch.save(ckpt, path)
+    with pytest.raises(CheckpointError) as err:
+        load_model(path)
+    text = str(err.value)
+    assert text.startswith(f"{path}: weights do not fit model 'cnn': 301 unexpected in the "
+                           "weights (x\\nkkk"), text[:300]  # fmt: skip
+    assert "…, extra0, extra1 and 298 more); 21 of another shape (weights vs model) (" in text
+    assert "\n" not in text and len(text) < 1000, len(text)
+
+
 def test_views_claiming_more_than_the_file_stores_are_refused(tmp_path: Path) -> None:
     """A stride-0 view of one stored byte claims 10^13 values: it raised the giant guard's
     budget (the width-1024 model below was built) and the NaN check tried to allocate 40 TB."""

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from histocore.errors import DomainError
-from histocore.io import atomic_write_bytes, not_there
+from histocore.io import atomic_write_bytes, not_there, one_line
 from histomodels import pretrained
 from histomodels.preprocess import IMAGENET_MEAN, IMAGENET_STD
 
@@ -382,6 +382,7 @@ def build_with_weights(
     is one CheckpointError saying so, checked config or not."""
     from histomodels.device import out_of_memory
     from histomodels.models import create_model
+    from histomodels.models.registry import state_dict_mismatch
 
     input_errors: tuple[type[Exception], ...] = (ValueError,) if config_checked else (Exception,)
     try:
@@ -404,8 +405,9 @@ def build_with_weights(
         raise CheckpointError(f"{path}: cannot build model {name!r} ({why})") from None
     try:
         model.load_state_dict(state_dict)
-    except RuntimeError as exc:
-        raise CheckpointError(f"{path}: weights do not fit model {name!r}: {exc}") from None
+    except RuntimeError as exc:  # torch's message: a line per kind, every key (6 KB for 300)
+        why = state_dict_mismatch(model, state_dict) or one_line(str(exc).splitlines()[0])
+        raise CheckpointError(f"{path}: weights do not fit model {name!r}: {why}") from None
     return model
 
 

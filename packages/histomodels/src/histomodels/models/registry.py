@@ -22,6 +22,7 @@ from annotated_types import Interval, MaxLen, MinLen
 from torch import nn
 
 from histocore.errors import DomainError
+from histocore.io import text_shown
 from histomodels.choices import MAX_INPUT_SIZE, MIN_INPUT_SIZE
 
 
@@ -157,9 +158,10 @@ def _create_shipped(name: str, weights: str, cfg: dict[str, Any]) -> nn.Module:
 
 
 def _first(keys: list[str], shown: int = 3) -> str:
-    """``a, b, c`` or ``a, b, c and 4 more``: the first ``shown`` of ``keys``."""
+    """``a, b, c`` or ``a, b, c and 4 more``: the first ``shown`` of ``keys``, each cut and
+    escaped (:func:`histocore.io.text_shown`: a key is the weights file's text)."""
     more = f" and {len(keys) - shown} more" if len(keys) > shown else ""
-    return ", ".join(keys[:shown]) + more
+    return ", ".join(text_shown(str(k)) for k in keys[:shown]) + more
 
 
 def state_dict_mismatch(model: nn.Module, state_dict: dict[str, Any]) -> str:
