@@ -78,8 +78,12 @@ def test_csv_holds_every_row_in_order_with_nested_values_as_json(run: Path) -> N
 
 def test_parquet_without_pyarrow_says_what_to_install(run: Path, monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "pyarrow", None)  # as if it were not installed
-    with pytest.raises(ImportError, match="pip install pyarrow"):
+    with pytest.raises(ImportError) as err:
         export_run(run, "parquet")
+    assert str(err.value) == (
+        f"{run / 'export.parquet'}: Parquet export needs pyarrow, which is not installed: "
+        "pip install 'histocore[parquet]' (or use --format csv)"
+    )
     assert not (run / "export.parquet").exists()
 
 

@@ -389,6 +389,42 @@ def test_export_to_a_folder_is_one_error_line_before_the_work(tmp_path: Path) ->
     assert list(folder.iterdir()) == []
 
 
+def test_parquet_export_without_pyarrow_is_one_error_line_naming_the_extra(
+    tmp_path: Path,
+) -> None:
+    """Without pyarrow, ``export --format parquet`` said ``error: Parquet export needs
+    pyarrow: pip install pyarrow …``: no file, and not the extra histocore declares for it.
+    It names the file not written and ``histocore[parquet]``; run in a process of its own
+    where pyarrow cannot be imported."""
+    import subprocess
+    import sys
+
+    from run_factory import make_run, searched
+
+    run = make_run(tmp_path / "run", searched("1", "PMC1"))
+    hide = (
+        "import runpy, sys; sys.modules['pyarrow'] = None; "
+        "sys.argv = ['histofetch', *sys.argv[1:]]; "
+        "runpy.run_module('histofetch.cli', run_name='__main__')"
+    )
+    for extra, target, other in (
+        ([], run / "export.parquet", "use --format csv"),
+        (["--out", str(tmp_path / "rows.parquet")], tmp_path / "rows.parquet",
+         "give --out a .csv name"),
+    ):  # fmt: skip
+        done = subprocess.run(
+            [sys.executable, "-c", hide, "export", "--run", str(run), "--format", "parquet",
+             *extra],
+            capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        assert done.returncode == 1, done.stderr
+        assert done.stderr.splitlines() == [
+            f"error: {target}: Parquet export needs pyarrow, which is not installed: "
+            f"pip install 'histocore[parquet]' (or {other})"
+        ], done.stderr
+        assert not target.exists() and done.stdout == ""
+
+
 def test_export_to_a_name_too_long_leaves_no_new_folder(tmp_path: Path) -> None:
     """``--out newdir/<256 bytes>.csv`` was refused as too long only after ``newdir/`` was
     made, which stayed behind, empty; the name is checked before any folder is made."""

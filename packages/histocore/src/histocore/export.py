@@ -119,9 +119,10 @@ def export_run(run_dir: str | Path, fmt: str | None = None, out: str | Path | No
     run's own ``manifest.jsonl``). ``fmt`` None: the format ``out``'s suffix names, else
     JSONL; a ``fmt`` the suffix contradicts is a UsageError (:func:`export_format`).
     Raises ManifestError on a bad run, UsageError (a ValueError) on a bad format or an
-    ``out`` that is one of the run's own files, ImportError (with advice) when Parquet
-    needs pyarrow. ``out``'s missing folders are made, as every command's ``--out`` makes
-    them, and removed again (when empty) if the export fails: a failed write left them.
+    ``out`` that is one of the run's own files, ImportError when Parquet needs pyarrow
+    (``<file>: …``, naming the extra to install, ``histocore[parquet]``). ``out``'s
+    missing folders are made, as every command's ``--out`` makes them, and removed again
+    (when empty) if the export fails: a failed write left them.
     Only the folders this call made go (:func:`histocore.io.made_folder`): one another
     process makes meanwhile stays, and ``new/../x.csv`` removes the ``new/`` it made."""
     if fmt is not None:  # an unknown format first: ('xml', RUN/manifest.jsonl) named it
@@ -135,10 +136,12 @@ def export_run(run_dir: str | Path, fmt: str | None = None, out: str | Path | No
     if fmt == "parquet":
         try:
             import pyarrow  # noqa: F401  # pyright: ignore[reportMissingImports]
-        except ImportError:
+        except ImportError:  # named as every error line names its file: the one not written
+            target = Path(out) if out is not None else run_dir / f"export{SUFFIXES[fmt]}"
             other = "use --format csv" if out is None else "give --out a .csv name"
             raise ImportError(
-                f"Parquet export needs pyarrow: pip install pyarrow (or {other})"
+                f"{target}: Parquet export needs pyarrow, which is not installed: "
+                f"pip install 'histocore[parquet]' (or {other})"
             ) from None
     manifest = Manifest.load(run_dir)
     try:

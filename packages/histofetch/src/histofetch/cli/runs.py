@@ -101,8 +101,8 @@ def export(
         typer.Option(
             "--format",
             "-f",
-            help="File format (parquet needs pyarrow) \\[default: from the --out suffix: "
-            ".csv, .parquet, .jsonl/.json; else jsonl].",
+            help="File format (parquet needs pyarrow: histocore\\[parquet]) \\[default: from the "
+            "--out suffix: .csv, .parquet, .jsonl/.json; else jsonl].",
         ),
     ] = None,
     out: Annotated[
