@@ -354,6 +354,30 @@ def test_a_pcam_meta_of_another_row_count_is_refused_or_warned(tmp_path, caplog)
     assert ds.ids()[0].endswith("_0") and "1 row for the 6 patches" in caplog.text
 
 
+def test_a_pcam_meta_csv_is_read_up_to_a_cap(tmp_path) -> None:
+    """``<stem>_meta.csv`` was read whole (a multi-GB file by mistake: a MemoryError or a
+    long wait), where the Kaggle labels CSV is read with ``read_capped``: one line now, the
+    same cap (64 MiB, ``pcam.MAX_META_BYTES``). A sparse file, so nothing large is
+    written."""
+    from histocore.io import size_text
+
+    cap = 64 << 20
+    x, y = make_patches(2, seed=0)
+    xp = _write_pcam(tmp_path, "valid", x, y)
+    meta = xp.with_name(xp.name.split("_x.h5")[0] + "_meta.csv")
+    meta.write_text("patch_id\np0\np1\n")
+    assert open_dataset(xp).ids() == ["p0", "p1"]
+    with meta.open("r+b") as fh:
+        fh.truncate(cap + 1)
+    with pytest.raises(DatasetError) as err:
+        open_dataset(xp)
+    assert str(err.value) == f"{meta}: over {size_text(cap)}, not a PCam meta CSV"
+    with meta.open("r+b") as fh:
+        fh.truncate(cap)  # at the cap: read (and its NULs refused as CSV)
+    with pytest.raises(DatasetError, match="unreadable CSV"):
+        open_dataset(xp)
+
+
 # --- Kaggle --------------------------------------------------------------------------------
 
 

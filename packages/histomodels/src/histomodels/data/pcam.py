@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import io
 import logging
 import os
 import stat
@@ -21,7 +22,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from histocore.io import atomic_writer
+from histocore.io import RefusedFile, atomic_writer, read_capped
 from histocore.progress import task
 from histomodels.choices import PCAM_SPLITS
 from histomodels.data.base import DatasetError, KnownLabels, binary_labels, check_patch_shape
@@ -33,6 +34,10 @@ log = logging.getLogger(__name__)
 
 SPLITS = PCAM_SPLITS
 OFFICIAL = "camelyonpatch_level_2_split_{split}_{xy}.h5"
+#: The largest ``<stem>_meta.csv`` read (PCam's train split's has 262,144 rows, far less;
+#: the Kaggle labels CSV's cap, ``kaggle.MAX_LABELS_BYTES``): a multi-GB file named so is
+#: one line, not a ``MemoryError``
+MAX_META_BYTES = 64 << 20
 
 
 def cache_dir() -> Path:
@@ -223,10 +228,12 @@ class PCamDataset(KnownLabels):
         stem = x_path.name.split("_x.h5")[0] if "_x.h5" in x_path.name else x_path.stem
         meta = x_path.with_name(stem + "_meta.csv")
         if meta.is_file():
-            try:
-                with meta.open(newline="", encoding="utf-8-sig") as fh:
-                    reader = csv.DictReader(fh)
-                    rows, columns = list(reader), reader.fieldnames or []
+            try:  # capped as the Kaggle labels CSV is: a multi-GB file was read whole
+                text = read_capped(meta, MAX_META_BYTES).decode("utf-8-sig")
+                reader = csv.DictReader(io.StringIO(text, newline=""))
+                rows, columns = list(reader), reader.fieldnames or []
+            except RefusedFile as exc:
+                raise DatasetError(f"{meta}: {exc}, not a PCam meta CSV") from None
             except UnicodeDecodeError as exc:
                 raise DatasetError(
                     f"{meta}: not UTF-8 text ({exc.reason} at byte {exc.start})"
