@@ -474,7 +474,9 @@ def predict_paths(
     threshold, tumour) and a heatmap PNG per image larger than one patch (unless
     ``draw_heatmaps`` is False: drawing one costs ~0.5 s, far more than scoring a small
     image). Returns a summary dict (with ``threshold`` and ``threshold_source``; ``files``:
-    how many were scored).
+    how many were scored). A heatmap is drawn only over nothing, an empty file or a heatmap
+    predict drew (:func:`is_a_heatmap`): any other file at its name is a
+    :class:`PredictInputError`, raised before anything is drawn or written.
 
     A file that cannot be scored (unreadable, over ``max_pixels``, smaller than one patch
     after ``scale``) is skipped and the others are scored and written; then
