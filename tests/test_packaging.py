@@ -5,14 +5,22 @@ shipped weights, the review page's templates) or a package imported but not decl
 came with something else in the dev venv) passes every other test and fails only for users.
 
 - Every third-party package a module imports is declared by that package's pyproject, as a
-  dependency or in an extra (an AST scan; only ``if TYPE_CHECKING:`` imports are left out);
-  an extra's package is imported only inside functions, so the base install imports.
+  dependency or in an extra (an AST scan of ``import``/``from`` statements only; only ``if
+  TYPE_CHECKING:`` imports are left out); an extra's package is imported only inside
+  functions, so the base install imports. Where the code needs a version newer than some
+  releases (an attribute or module name added later), ``MINIMUMS`` names it and the
+  pyprojects' lower bounds must reach it.
 - The three wheels, built offline from copies of ``packages/*`` (``pip wheel --no-deps
   --no-build-isolation --no-index``: nothing is downloaded; a stale ``build/`` or
   ``*.egg-info`` in the checkout cannot hide a dropped file), hold exactly the files under
-  ``src/<package>/`` (caches aside), their licence, readme and metadata, and the entry points
-  name the Typer apps.
-- The sdists hold the same files, so a wheel built from an sdist is complete too.
+  ``src/<package>/`` (the files git tracks there, in a git checkout; caches aside), their
+  licence, readme and metadata, and the entry points name the Typer apps.
+- The sdists hold the same files and, besides, only their metadata; a wheel built from each
+  sdist holds what the wheel built from the tree holds.
+- Each package's ``LICENSE`` is the root ``LICENSE``, byte for byte (never skipped).
+
+The installs themselves (non-editable, into a fresh venv) are checked by hand only
+(docs/testing.md).
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ import ast
 import functools
 import importlib
 import importlib.metadata as md
+import importlib.util
 import re
 import shutil
 import subprocess
@@ -56,15 +65,35 @@ def _project(package: str) -> dict:
     return tomllib.loads((ROOT / "packages" / package / "pyproject.toml").read_text())["project"]
 
 
+def _tracked(folder: Path) -> list[Path] | None:
+    """The files git tracks under ``folder`` (those still on disk), or None outside a git
+    checkout (or without git)."""
+    try:
+        run = subprocess.run(
+            ["git", "-C", str(folder), "ls-files", "-z", "--cached", "--", "."],
+            capture_output=True,
+            check=False,
+        )
+    except OSError:
+        return None
+    if run.returncode != 0:
+        return None
+    files = [folder / name for name in run.stdout.decode().split("\0") if name]
+    return [f for f in files if f.is_file()]
+
+
 def _source_files(package: str, root: Path = ROOT) -> set[str]:
-    """Every file under ``src/<package>/`` but caches, as wheel paths (``histofetch/x.py``)."""
+    """Every file under ``src/<package>/`` but caches, as wheel paths (``histofetch/x.py``):
+    the files git tracks there in a git checkout (a stray ``.DS_Store`` or ``cli.py~`` is no
+    part of the package), else every file on disk."""
     src = root / "packages" / package / "src"
+    files = _tracked(src / package)
+    if files is None:
+        files = [p for p in (src / package).rglob("*") if p.is_file()]
     return {
         p.relative_to(src).as_posix()
-        for p in (src / package).rglob("*")
-        if p.is_file()
-        and not any(part in CACHES for part in p.parts)
-        and p.suffix not in (".pyc", ".pyo")
+        for p in files
+        if not any(part in CACHES for part in p.parts) and p.suffix not in (".pyc", ".pyo")
     }
 
 
@@ -160,6 +189,69 @@ def test_the_import_scan_finds_an_undeclared_or_top_level_extra_import(tmp_path:
     ]
 
 
+#: (package, distribution, lowest version the code works with, why): each requirement of that
+#: distribution in the package's pyproject (dependencies and extras) must have a ``>=`` bound
+#: at least this high, or a user with an older release installed gets an AttributeError or
+#: ImportError that no test here (on the venv's newer release) can see.
+MINIMUMS = (
+    ("histomodels", "huggingface-hub", "0.19", "models/hub.py: constants.HF_HUB_ETAG_TIMEOUT"),
+    ("histomodels", "pymupdf", "1.24.3", "demo.py: `import pymupdf` (before: `fitz` only)"),
+    ("histofetch", "pymupdf", "1.24.3", "`import pymupdf` (before: `fitz` only)"),
+)
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in re.findall(r"\d+", text))
+
+
+def low_bounds_below(package: str, dist: str, minimum: str, root: Path = ROOT) -> list[str]:
+    """Each requirement of ``dist`` in the package's pyproject whose lower bound (``>=``,
+    ``==``, ``~=``) is missing or below ``minimum``; [] when all reach it (and when ``dist``
+    is not required at all: the import scan answers for that)."""
+    project = tomllib.loads((root / "packages" / package / "pyproject.toml").read_text())
+    project = project["project"]
+    reqs = list(project.get("dependencies", []))
+    for extra in project.get("optional-dependencies", {}).values():
+        reqs += extra
+    low = []
+    for req in reqs:
+        if _requirement_name(req) != _norm(dist):
+            continue
+        spec = req.partition(";")[0]
+        bounds = [_version(v) for v in re.findall(r"(?:>=|==|~=)\s*([0-9][0-9.]*)", spec)]
+        if not bounds or max(bounds) < _version(minimum):
+            low.append(req)
+    return low
+
+
+@pytest.mark.parametrize(("package", "dist", "minimum", "why"), MINIMUMS)
+def test_declared_lower_bounds_reach_what_the_code_needs(
+    package: str, dist: str, minimum: str, why: str
+) -> None:
+    assert low_bounds_below(package, dist, minimum) == [], f"needs {dist}>={minimum}: {why}"
+
+
+def test_the_lower_bound_check_finds_a_missing_or_low_bound(tmp_path: Path) -> None:
+    pkg = tmp_path / "packages" / "histofake"
+    pkg.mkdir(parents=True)
+    (pkg / "pyproject.toml").write_text(
+        '[project]\nname = "histofake"\ndependencies = ["huggingface_hub", "numpy>=1"]\n'
+        '[project.optional-dependencies]\na = ["PyMuPDF>=1.24"]\nb = ["pymupdf>=1.24.3"]\n'
+        "c = [\"pymupdf >= 1.25 ; python_version >= '3.99'\"]\n"
+    )
+    assert low_bounds_below("histofake", "huggingface-hub", "0.19", tmp_path) == ["huggingface_hub"]
+    assert low_bounds_below("histofake", "pymupdf", "1.24.3", tmp_path) == ["PyMuPDF>=1.24"]
+    assert low_bounds_below("histofake", "numpy", "1", tmp_path) == []
+
+
+def test_each_package_licence_is_the_root_licence() -> None:
+    """The copies under ``packages/*`` are what the wheels and sdists ship; the build tests
+    compare them too but skip without a new enough setuptools, this one never does."""
+    root = (ROOT / "LICENSE").read_bytes()
+    for package in PACKAGES:
+        assert (ROOT / "packages" / package / "LICENSE").read_bytes() == root, package
+
+
 # --- the built wheels and sdists ------------------------------------------------------------
 
 
@@ -171,6 +263,19 @@ def _backend_or_skip() -> None:
         pytest.skip("setuptools (the build backend) is not installed: no offline build")
     if int(version.split(".")[0]) < 77:
         pytest.skip(f"setuptools {version} is installed; the pyprojects need setuptools>=77")
+    if importlib.util.find_spec("pip") is None:
+        pytest.skip("pip is not installed in this venv (a uv venv?): the wheels are built with pip")
+
+
+def test_no_pip_skips_the_build_with_its_reason(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A uv venv may have setuptools but no pip: a skip saying so, not an error."""
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "pip" else real(name, *a)
+    )
+    monkeypatch.setattr(md, "version", lambda name: "80.0")
+    with pytest.raises(pytest.skip.Exception, match="pip is not installed"):
+        _backend_or_skip()
 
 
 def _copies(tmp: Path) -> Path:
@@ -224,19 +329,42 @@ def test_the_wheel_holds_every_file_under_src(
     with zipfile.ZipFile(built[package][0]) as wheel:
         names = {n for n in wheel.namelist() if ".dist-info/" not in n}
     expected = _source_files(package)
-    assert sorted(expected - names) == [], "missing from the wheel (package-data?)"
-    assert sorted(names - expected) == [], "in the wheel but not in src/"
+    assert sorted(expected - names) == [], "under src/ but missing from the wheel (package-data?)"
+    assert sorted(names - expected) == [], (
+        "in the wheel but not under src/ (or there but untracked: a stray file, or one to git add?)"
+    )
 
 
 @pytest.mark.parametrize("package", PACKAGES)
 def test_the_sdist_holds_every_file_under_src_and_its_licence_and_readme(
     package: str, built: dict[str, tuple[Path, Path]]
 ) -> None:
-    """``pip install`` from an sdist builds its wheel from what the sdist holds."""
+    """``pip install`` from an sdist builds its wheel from what the sdist holds; besides those
+    files it holds only its metadata (``PKG-INFO``, ``pyproject.toml``, ``setup.cfg``,
+    ``src/<package>.egg-info/``)."""
     with tarfile.open(built[package][1]) as sdist:
-        names = {n.partition("/")[2] for n in sdist.getnames()}
+        names = {m.name.partition("/")[2] for m in sdist.getmembers() if m.isfile()}
     expected = {f"src/{n}" for n in _source_files(package)} | {"LICENSE", "README.md"}
-    assert sorted(expected - names) == []
+    assert sorted(expected - names) == [], "under src/ but missing from the sdist"
+    meta = {"PKG-INFO", "pyproject.toml", "setup.cfg"}
+    extra = {n for n in names - expected - meta if not n.startswith(f"src/{package}.egg-info/")}
+    assert sorted(extra) == [], "in the sdist but not under src/ (or untracked there)"
+
+
+def test_wheels_built_from_the_sdists_hold_what_the_tree_wheels_hold(
+    built: dict[str, tuple[Path, Path]], tmp_path: Path
+) -> None:
+    """What ``pip install histomodels-0.1.0.tar.gz`` builds: the same files, not fewer."""
+    pip = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation"]
+    pip += ["--no-index", "--quiet", "--disable-pip-version-check", "--wheel-dir", str(tmp_path)]
+    run = subprocess.run(
+        [*pip, *(str(built[p][1]) for p in PACKAGES)], capture_output=True, text=True
+    )
+    assert run.returncode == 0, run.stderr
+    for package in PACKAGES:
+        (again,) = tmp_path.glob(f"{package}-*.whl")
+        with zipfile.ZipFile(built[package][0]) as a, zipfile.ZipFile(again) as b:
+            assert sorted(a.namelist()) == sorted(b.namelist()), package
 
 
 @pytest.mark.parametrize("package", PACKAGES)
