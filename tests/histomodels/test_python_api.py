@@ -126,6 +126,46 @@ def test_the_uint8_refusal_gives_advice_for_its_dtype(
         with pytest.raises(ValueError, match=advice) as caught:
             call(given)
         assert not_said not in str(caught.value)
+        assert "torch" not in str(caught.value)  # numpy input: numpy advice
+
+
+@pytest.mark.parametrize(
+    ("dtype", "advice"),
+    [
+        (torch.int16, r"got int16; .*\(x // 257\)\.to\(torch\.uint8\)$"),
+        (torch.int64, r"cast: x\.to\(torch\.uint8\);"),
+        (torch.float32, r"round and cast: \(x \* 255\)\.round\(\)\.to\(torch\.uint8\)$"),
+        (torch.complex64, r"got complex64; those are no pixel values"),
+    ],
+)  # fmt: skip
+def test_a_tensor_is_told_the_torch_form(
+    pred: Predictor, patches: np.ndarray, dtype: torch.dtype, advice: str
+) -> None:
+    """The 16-bit hint was ``(x // 257).astype(np.uint8)`` for a tensor too (no such method)."""
+    given = torch.from_numpy(patches).to(dtype)
+    for call in (to_input, pred.logits):
+        with pytest.raises(ValueError, match=advice) as caught:
+            call(given)
+        assert "np." not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "array",
+    [
+        np.zeros((2, 8, 8, 3), np.complex64),
+        np.zeros((2, 8, 8, 3), object),
+        np.zeros((2, 8, 8, 3), "datetime64[s]"),
+        np.zeros((2, 8, 8, 3), "<U3"),
+    ],
+    ids=["complex", "object", "datetime", "str"],
+)
+def test_non_numeric_patches_are_not_told_to_scale_floats(
+    pred: Predictor, array: np.ndarray
+) -> None:
+    """Object, complex, datetime and str arrays were told to 'multiply [0, 1] floats by 255'."""
+    with pytest.raises(ValueError, match="those are no pixel values") as caught:
+        pred.logits(array)
+    assert "floats" not in str(caught.value)
 
 
 def test_shipped_model_from_create_model_and_list_models(

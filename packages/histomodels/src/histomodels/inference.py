@@ -99,7 +99,7 @@ def _as_patches(obj: Any, where: str) -> np.ndarray | torch.Tensor | None:
     if dtype != "uint8":
         from histomodels.preprocess import uint8_problem
 
-        raise ValueError(f"{where}: {uint8_problem(dtype)}")
+        raise ValueError(f"{where}: {uint8_problem(dtype, tensor=isinstance(obj, torch.Tensor))}")
     return obj
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import warnings
 
 import numpy as np
@@ -12,22 +13,24 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def uint8_problem(dtype: str) -> str:
+def uint8_problem(dtype: str, tensor: bool = False) -> str:
     """What is wrong with patches of ``dtype`` (not uint8), and what to do about it, for
-    that kind of dtype: floats are scaled, wider integers checked and cast, booleans (a
-    mask, not an image) refused."""
+    that kind of dtype and in the form of the input (numpy, or a torch tensor when
+    ``tensor``): floats are scaled, wider integers checked and cast, booleans (a mask, not
+    an image) refused, and anything else (complex, object, str, datetime...) told that it
+    holds no pixel values."""
     head = f"expected uint8 RGB patches (0-255), got {dtype}; "
+    cast = ".to(torch.uint8)" if tensor else ".astype(np.uint8)"
     if dtype == "bool":
         return head + "a boolean array is a mask, not an RGB image: give the image itself"
-    if "int" in dtype:  # int8/16/32/64, uint16/32/64 (a 16-bit image: 0-65535)
+    if re.fullmatch(r"u?int\d+", dtype):  # int8/16/32/64, uint16/32/64 (16-bit: 0-65535)
         return head + (
-            "if its values are already 0-255, cast: x.astype(np.uint8) (a tensor: "
-            ".to(torch.uint8)); a 16-bit image (0-65535): (x // 257).astype(np.uint8)"
+            f"if its values are already 0-255, cast: x{cast}; "
+            f"a 16-bit image (0-65535): (x // 257){cast}"
         )
-    return head + (
-        "multiply [0, 1] floats by 255, round and cast: (x * 255).round().astype(np.uint8) "
-        "(a tensor: .to(torch.uint8))"
-    )
+    if dtype.startswith(("float", "bfloat", "half", "double")):
+        return head + f"multiply [0, 1] floats by 255, round and cast: (x * 255).round(){cast}"
+    return head + "those are no pixel values: give the image's uint8 RGB pixels (0-255)"
 
 
 def to_input(
@@ -51,7 +54,8 @@ def to_input(
     else:
         x = torch.as_tensor(batch)
     if x.dtype != torch.uint8:
-        raise ValueError(uint8_problem(str(x.dtype).removeprefix("torch.")))
+        dtype = str(x.dtype).removeprefix("torch.")
+        raise ValueError(uint8_problem(dtype, tensor=isinstance(batch, torch.Tensor)))
     if x.ndim == 3:
         x = x.unsqueeze(0)
     if x.ndim != 4 or x.shape[-1] != 3:
