@@ -10,6 +10,7 @@ at its root).
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import http.server
 import json
@@ -251,7 +252,7 @@ for n, argv in enumerate(commands):
         app(argv, prog_name="histomodels")
     except SystemExit as exc:
         code = exc.code
-    except BaseException as exc:
+    except Exception as exc:  # not KeyboardInterrupt: Ctrl-C stops the child
         traceback.print_exc()
         code = f"raised {type(exc).__name__}"
     sys.stderr.flush()
@@ -398,7 +399,7 @@ for name, stem in zip(sys.argv[1::2], sys.argv[2::2]):
     try:
         model = _timm_create(name, True)
         torch.save(model.conv1.weight.detach(), stem)
-    except BaseException:  # as _TIMED: one build's bug is its own case's failure only
+    except (Exception, SystemExit):  # as _TIMED: one build's bug is its case's failure only
         traceback.print_exc()
     sys.stderr.flush()
 """
@@ -454,6 +455,20 @@ def second_load_runs(tmp_path_factory: pytest.TempPathFactory):
     return [
         (snapshot, stem, Path(f"{stem}.err").read_text(), like) for snapshot, stem, like in cases
     ]
+
+
+@pytest.mark.parametrize("script", ["_TIMED", "_BUILD"])
+def test_the_shared_children_let_ctrl_c_through(script: str) -> None:
+    """The children that run many cases caught BaseException, so that one case's bug failed
+    that case only, and swallowed KeyboardInterrupt with it: Ctrl-C went on to the next
+    case. They catch Exception (and SystemExit, a command's exit) only."""
+    caught: set[str] = set()
+    for handler in ast.walk(ast.parse(globals()[script])):
+        if isinstance(handler, ast.ExceptHandler):
+            assert handler.type is not None, f"{script}: a bare except"
+            caught |= {n.id for n in ast.walk(handler.type) if isinstance(n, ast.Name)}
+    assert "Exception" in caught, caught
+    assert not caught & {"BaseException", "KeyboardInterrupt"}, caught
 
 
 @pytest.mark.parametrize(("weights", "hf_hub_filename", "legacy"), SECOND_LOADS)
