@@ -163,9 +163,10 @@ def test_non_numeric_patches_are_not_told_to_scale_floats(
     pred: Predictor, array: np.ndarray
 ) -> None:
     """Object, complex, datetime and str arrays were told to 'multiply [0, 1] floats by 255'."""
-    with pytest.raises(ValueError, match="those are no pixel values") as caught:
-        pred.logits(array)
-    assert "floats" not in str(caught.value)
+    for call in (to_input, pred.logits):  # to_input: torch's TypeError before
+        with pytest.raises(ValueError, match="those are no pixel values") as caught:
+            call(array)
+        assert "floats" not in str(caught.value)
 
 
 def test_shipped_model_from_create_model_and_list_models(

@@ -47,6 +47,8 @@ def to_input(
     0–255 floats) is a :class:`ValueError`, since dividing [0, 1] values by 255 again
     gives a nearly black patch and silently wrong scores. A read-only numpy array (a
     dataset's item) is read without PyTorch's "not writable" warning: it is never written."""
+    if isinstance(batch, np.ndarray) and batch.dtype != np.uint8:  # before torch: an object,
+        raise ValueError(uint8_problem(str(batch.dtype)))  # str or datetime array is a TypeError
     if isinstance(batch, np.ndarray) and not batch.flags.writeable:
         with warnings.catch_warnings():  # read only: torch copies it to float below
             warnings.filterwarnings("ignore", "The given NumPy array is not writable")
