@@ -716,22 +716,27 @@ def test_shell_word_quotes_control_characters_as_escapes_bash_reads_back(tmp_pat
     ``shlex.quote``, which leaves a newline or an escape in: the hint broke over two lines
     or recoloured the terminal. Such a name is ANSI-C quoted now, on one printable line,
     and bash reads each back as the name it was (a byte no UTF-8 as that byte)."""
+    import itertools
     import shutil
     import subprocess
 
     from histocore.io import shell_word
 
     names = ["my run", "it's $HOME; a", "a\nb", "x\x1b[31mred", "t\tq'\\n", "zw\u200b", "\x7f",
-             "bad\udcffbyte", "tag\U000e0001"]  # fmt: skip
+             "bad\udcffbyte", "tag\U000e0001", "nel\x85", "my\xa0runs", "soft\xadhyphen",
+             "rtl\u202eexe", "\xa0bad\udc80\udcc2", "\x9b31m"]  # fmt: skip
     for name in names:
         word = shell_word(name)
         assert word.isprintable() and "\n" not in word, word
+        assert "\\u" not in word and "\\U" not in word, word  # bash reads those per locale
     assert shell_word("my run") == "'my run'" and shell_word("a\nb") == "$'a\\nb'"
+    # a no-break space is the two bytes of its UTF-8, as on disk: \xa0 alone is another name
+    assert shell_word("my\xa0runs") == "$'my\\xc2\\xa0runs'"
     if shutil.which("bash") is None:
         pytest.skip("no bash to read the words back")
-    for name in names:
+    for name, locale in itertools.product(names, ("C.UTF-8", "C")):
         said = subprocess.run(
             ["bash", "-c", f"printf %s {shell_word(name)}"], capture_output=True, check=True,
-            env={"LC_ALL": "C.UTF-8", "PATH": os.environ.get("PATH", "")},
+            env={"LC_ALL": locale, "PATH": os.environ.get("PATH", "")},
         ).stdout  # fmt: skip
-        assert said == name.encode("utf-8", "surrogateescape"), (name, said)
+        assert said == name.encode("utf-8", "surrogateescape"), (name, locale, said)

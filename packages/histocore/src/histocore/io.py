@@ -732,27 +732,31 @@ _C_ESCAPES = {"\a": "a", "\b": "b", "\t": "t", "\n": "n", "\v": "v", "\f": "f", 
 def shell_word(text: str) -> str:
     """``text`` as one word to paste into a shell, which reads it back as it is, on one line
     with no control character in it: ``shlex.quote`` (``'my run'``), or where ``text``
-    holds a character that is not printable (a newline, ``\\x1b``, a zero-width space)
-    ANSI-C quoting, ``$'a\\nb'``, each such character written as its escape (bash, zsh,
-    ksh and POSIX.1-2024 ``sh`` read it; a byte the file name held that is no UTF-8, which
-    Python reads as a lone surrogate, as that byte, ``\\xff``). shlex quoted them as they
-    were: the hint broke over two lines, or sent an escape sequence to the terminal, and
-    :func:`one_line` on the line made it ``'a\\nb'``, a name with a backslash in it."""
+    holds a character that is not printable (a newline, ``\\x1b``, a no-break space, a
+    zero-width space) ANSI-C quoting, ``$'a\\nb'``: ``\\n``, ``\\t``... for the C escapes,
+    and every other such character as the ``\\xHH`` bytes of its UTF-8 encoding
+    (:func:`os.fsencode`, so a byte the file name held that is no UTF-8, which Python reads
+    as a lone surrogate, is that byte again): U+00A0 is ``\\xc2\\xa0``, as the name holds
+    it on disk. bash reads ``\\xHH`` as that one byte in any locale (and at most two hex
+    digits after ``\\x``); ``\\u``, which bash reads only under a UTF-8 locale (under
+    ``LC_ALL=C`` it stays as written), is not used. bash, zsh and ksh read ``$'…'``; a
+    plain ``sh`` such as dash does not. shlex quoted such characters as they were: the hint
+    broke over two lines, or sent an escape sequence to the terminal, and :func:`one_line`
+    on the line made it ``'a\\nb'``, a name with a backslash in it."""
     if text.isprintable():
         return shlex.quote(text)
     out = []
     for c in text:
-        n = ord(c)
         if c in "\\'":
             out.append("\\" + c)
         elif c.isprintable():
             out.append(c)
         elif c in _C_ESCAPES:
             out.append("\\" + _C_ESCAPES[c])
-        elif n < 0x100 or 0xDC80 <= n <= 0xDCFF:  # os.fsdecode's surrogate for byte n - 0xDC00
-            out.append(f"\\x{n & 0xFF:02x}")
-        elif n <= 0xFFFF:
-            out.append(f"\\u{n:04x}")
         else:
-            out.append(f"\\U{n:08x}")
+            try:
+                raw = os.fsencode(c)  # UTF-8; a surrogate U+DC80..U+DCFF is its byte again
+            except UnicodeEncodeError:  # a lone surrogate no file name decodes to
+                raw = c.encode("utf-8", "surrogatepass")
+            out.append("".join(f"\\x{b:02x}" for b in raw))
     return "$'" + "".join(out) + "'"
