@@ -172,6 +172,32 @@ def test_setup_logging_shows_library_records_on_stderr(capsys, fresh_logging) ->
     assert capsys.readouterr().err == ""
 
 
+def test_setup_logging_escapes_control_characters_in_log_lines(capsys, fresh_logging) -> None:
+    """A warning naming a folder ``p\\x1b[31m\\nc`` (histomodels' PCam ``_meta.csv``
+    warning) printed the escape and a second line: log lines go through ``one_line`` as
+    error lines do; a traceback keeps its lines."""
+    import logging
+
+    from histocore.cli import setup_logging
+
+    log = logging.getLogger("histomodels.data.pcam")
+    setup_logging(verbose=True)
+    log.warning("%s: no _meta.csv", "p\x1b[31m\nc")
+    log.info("in p\x1b[31m\nc")
+    log.debug("seen p\x1b[31m\nc")
+    assert capsys.readouterr().err.splitlines() == [
+        "warning: p\\x1b[31m\\nc: no _meta.csv",
+        "in p\\x1b[31m\\nc",
+        "debug: histomodels.data.pcam: seen p\\x1b[31m\\nc",
+    ]
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        log.exception("failed in a\nb")
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == "error: failed in a\\nb" and err[1].startswith("Traceback"), err
+
+
 @pytest.mark.parametrize("name", ["histofetch", "histomodels"])
 def test_a_cli_call_takes_its_stderr_handler_away_when_it_ends(
     capsys, fresh_logging, name: str

@@ -313,7 +313,12 @@ class _StderrHandler(logging.StreamHandler):
 
 class _Formatter(logging.Formatter):
     """``message`` for information, ``warning: message`` (``error: …``) above it,
-    ``debug: logger: message`` below it."""
+    ``debug: logger: message`` below it; the message through :func:`one_line`, as error
+    lines are (a warning naming a folder ``p\\x1b[31m\\nc`` printed its escape and broke
+    over two lines). A traceback attached to the record is left as it is."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return one_line(super().formatMessage(record))
 
     def format(self, record: logging.LogRecord) -> str:
         text = super().format(record)
