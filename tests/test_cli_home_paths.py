@@ -245,3 +245,55 @@ def test_success_lines_name_a_tilde_folder_as_given(home: tuple[Path, Path]) -> 
         assert "~/" not in r.stdout.replace("./~/", ""), r.stdout
     # nothing went to $HOME (the libraries' caches, .cache and .config, aside)
     assert not [p for p in home_dir.iterdir() if not p.name.startswith(".")]
+
+
+def test_success_lines_escape_a_folder_name_holding_control_characters(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The error lines escape a newline or an escape in a path (``one_line``), but the
+    success lines printed it raw: ``wrote p<ESC>[31m`` recoloured the terminal and the line
+    broke in two (review 46 M3). ``data stain``, ``data info --sheet``, eval's ``… on
+    DATA`` and ``wrote`` lines, ``label``'s first line and histofetch's ``run folder:``
+    now write it as ``p\\x1b[31m\\nc``, one printable line."""
+    import PIL.Image
+
+    import histofetch.cli._common
+    from histocore.manifest import Manifest, Record
+    from histomodels.cli import app
+    from histomodels.synthetic import make_figure, write_h5
+
+    odd, shown = "p\x1b[31m\nc", "p\\x1b[31m\\nc"
+    here = tmp_path / odd
+    here.mkdir()
+    monkeypatch.chdir(tmp_path)
+    PIL.Image.fromarray(make_figure(2, 2, seed=4)).save(here / "ref.png")
+    write_h5(here / "d.h5", 16, seed=0)
+    m = Manifest(run_dir=here / "run", query="q")
+    m.add_record(Record(id="pmid:1", title="A paper", stage="filtered"))
+    m.save()
+    m.close()
+    evaluate = ["eval", "--model", "pcam-cnn", "--data", f"{odd}/d.h5", "--out", f"{odd}/ev",
+                "--bootstrap", "0", "--threads", "1"]  # fmt: skip
+    runs = (
+        (["data", "stain", f"{odd}/ref.png", "--out", f"{odd}/s.json"],
+         [f"wrote {shown}/s.json: "]),
+        (["data", "info", f"{odd}/d.h5", "--sheet", f"{odd}/s.png"],
+         [f"encoded:{shown}/d.h5 (", f"  contact sheet: {shown}/s.png"]),
+        (evaluate, [f"pcam-cnn (cnn) on encoded:{shown}/d.h5 (n=16)",
+                    f"wrote {shown}/ev/metrics.json, predictions.csv and plots"]),
+        (["label", "--manifest", f"{odd}/run"], [f"0 figure(s) to label in {shown}/run"]),
+    )  # fmt: skip
+    for args, lines in runs:
+        r = CliRunner().invoke(app, args)
+        assert r.exit_code == 0, (args, r.output)
+        assert all(line.isprintable() for line in r.output.splitlines()), (args, r.output)
+        assert "\x1b" not in r.output, (args, r.output)
+        for said in lines:
+            assert any(line.startswith(said) for line in r.output.splitlines()), (said, r.output)
+    # histofetch's default folder is runs/default; the line names what it is given
+    default = type("Source", (), {"name": "DEFAULT"})()
+    ctx = typing.cast(
+        typer.Context, type("Ctx", (), {"get_parameter_source": lambda *_: default})()
+    )
+    histofetch.cli._common.say_default_run(ctx, Path(odd) / "run")
+    assert capsys.readouterr().err == f"run folder: {shown}/run (no --run given)\n"

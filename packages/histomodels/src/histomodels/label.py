@@ -218,7 +218,7 @@ def label_interactively(
     images = [i for i in images if not why.get(i.id)]
     counts = {label: 0 for label in IMAGE_LABELS} | {"skipped": 0}
     answered: list[str] = []
-    say(f"{len(images)} figure(s) to label in {manifest.run_dir}")
+    say(f"{len(images)} figure(s) to label in {one_line(str(manifest.run_dir))}")
     for reason in (_OUTSIDE, _LOOP, _UNNAMEABLE):
         group = [i for i in refused if why[i.id] == reason]
         if group:

@@ -77,7 +77,7 @@ def say_default_run(ctx: typer.Context, run: Path) -> None:
     images`` names none)."""
     source = ctx.get_parameter_source("run")
     if source is not None and source.name == "DEFAULT":
-        typer.echo(f"run folder: {run} (no --run given)", err=True)
+        typer.echo(f"run folder: {one_line(str(run))} (no --run given)", err=True)
 
 
 def _check_query(text: str) -> str:

@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from histocore.cli import home_path
-from histocore.io import path_shown, source_shown
+from histocore.io import one_line, path_shown, source_shown
 from histomodels.choices import PCAM_SPLITS, Dataset, PcamSplit
 from histomodels.cli._common import (
     OriginSplit,
@@ -72,7 +72,7 @@ def download(
             retries=retries,
         )
     for r in results:
-        typer.echo(f"{r.status:10s} {path_shown(Path(r.path))}")
+        typer.echo(f"{r.status:10s} {one_line(path_shown(Path(r.path)))}")
 
 
 def info(
@@ -131,7 +131,7 @@ def info(
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
         return
-    typer.echo(f"{source_shown(summary['source'])} ({summary['reader']})")  # encoded:PATH
+    typer.echo(f"{one_line(source_shown(summary['source']))} ({summary['reader']})")  # encoded:PATH
     typer.echo(f"  patches: {summary['n']}  shape: {summary['patch_shape']}")
     for label, count in summary["counts"].items():
         name = {"0": "normal (0)", "1": "tumour (1)", "-1": "unlabelled"}[label]
@@ -139,7 +139,7 @@ def info(
     if "figures" in summary:
         typer.echo(f"  figures: {summary['figures']}")
     if sheet is not None:
-        typer.echo(f"  contact sheet: {path_shown(sheet)}")
+        typer.echo(f"  contact sheet: {one_line(path_shown(sheet))}")
 
 
 #: ``data info``'s options by the reader keyword each one gives.
@@ -168,5 +168,6 @@ def stain(
         except StainError as exc:  # the fit's message does not name the file
             raise StainError(f"{reference}: {exc}") from None
         norm.save(out)
-    typer.echo(f"wrote {path_shown(out)}: haematoxylin {norm.stains[:, 0].round(3).tolist()}, "
+    typer.echo(f"wrote {one_line(path_shown(out))}: "
+               f"haematoxylin {norm.stains[:, 0].round(3).tolist()}, "
                f"eosin {norm.stains[:, 1].round(3).tolist()}")  # fmt: skip

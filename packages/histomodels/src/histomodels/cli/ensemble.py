@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from histocore.cli import home_path_or_stdout
-from histocore.io import path_shown
+from histocore.io import one_line, path_shown
 from histomodels.cli._common import (
     errors,
     no_model_to_stdout,
@@ -56,6 +56,5 @@ def ensemble_cmd(
 
     with errors():
         path = write_ensemble(sources, out, tta=tta)
-    typer.echo(
-        f"wrote {path_shown(path)}: ensemble of {len(sources)} model(s){' with TTA' if tta else ''}"
-    )
+    shown = one_line(path_shown(path))
+    typer.echo(f"wrote {shown}: ensemble of {len(sources)} model(s){' with TTA' if tta else ''}")

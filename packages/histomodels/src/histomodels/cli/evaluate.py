@@ -390,7 +390,7 @@ def _print_metrics(result: dict, out: Path) -> None:
         typer.echo(f"warning: {one_line(result['training_data_warning'])}", err=True)
     if "roc_auc" not in result:
         console.print(result.get("note", "no metrics"))
-        console.print(f"predictions written to {path_shown(out / 'predictions.csv')}")
+        console.print(f"predictions written to {one_line(path_shown(out / 'predictions.csv'))}")
         return
     name, model = result.get("checkpoint"), result.get("model")
     shown = f"{source_shown(name)} ({model})" if name and str(name) != model else model
@@ -402,7 +402,7 @@ def _print_metrics(result: dict, out: Path) -> None:
     # the rows n counts: 7,601 of dev/train.h5's 7,602 read as all of it
     kept = f", origin_split {result['origin_split']}" if result.get("origin_split") else ""
     data = f"{source_shown(result.get('data'))}{kept}"
-    console.print(f"{shown} on {data} (n={result.get('n')}{scaled})", soft_wrap=True)
+    console.print(one_line(f"{shown} on {data} (n={result.get('n')}{scaled})"), soft_wrap=True)
     # no "ci" at all: --bootstrap 0 asked for none (an empty column said nothing of why)
     reason = result.get("ci_reason") if "ci" in result else "--bootstrap 0"
     table = Table()
@@ -425,7 +425,7 @@ def _print_metrics(result: dict, out: Path) -> None:
 
     how = result["threshold_source"]
     line = f"threshold {threshold_text(result['threshold'], how)}: {_source_shown(result)}"
-    console.print(line, soft_wrap=True)  # whole lines, as the first one
+    console.print(one_line(line), soft_wrap=True)  # whole lines, as the first one
     inside = " (the ensemble's own 8 views)" if result.get("tta_inside_model") else ""
     console.print(
         f"temperature {result['temperature']:.3f}; tta={result['tta']}{inside}", soft_wrap=True
@@ -442,7 +442,8 @@ def _print_metrics(result: dict, out: Path) -> None:
     if result.get("warning"):  # one line on stderr, like every other warning
         typer.echo(f"warning: {one_line(result['warning'])}", err=True)
     console.print(
-        f"wrote {path_shown(out)}/metrics.json, predictions.csv and plots", soft_wrap=True
+        one_line(f"wrote {path_shown(out)}/metrics.json, predictions.csv and plots"),
+        soft_wrap=True,
     )
 
 
@@ -497,13 +498,17 @@ def _print_external(result: dict, out: Path) -> None:
     from histomodels.report_tables import threshold_text
 
     how = result["threshold_source"]
-    typer.echo(f"threshold {threshold_text(result['threshold'], how)}: {_source_shown(result)}")
+    typer.echo(
+        one_line(f"threshold {threshold_text(result['threshold'], how)}: {_source_shown(result)}")
+    )
     typer.echo(f"temperature {result['temperature']:.3f}")
     if result.get("note"):
         typer.echo(result["note"])
     typer.echo(
-        f"wrote {path_shown(out)}/metrics.json, image_scores.csv, tile_predictions.csv, "
-        "heatmaps/, contact_sheet.png and plots"
+        one_line(
+            f"wrote {path_shown(out)}/metrics.json, image_scores.csv, tile_predictions.csv, "
+            "heatmaps/, contact_sheet.png and plots"
+        )
     )
 
 
@@ -558,7 +563,9 @@ def export_cmd(
 
         res = export_checkpoint(source, written, out, exporter=exporter, tolerance=tolerance)
     via = f" via {res['exporter']}" if res["format"] == "onnx" else ""
-    typer.echo(f"wrote {source_shown(res['path'])} ({res['format']}{via}, {res['bytes']} bytes)")
+    typer.echo(
+        f"wrote {one_line(source_shown(res['path']))} ({res['format']}{via}, {res['bytes']} bytes)"
+    )
     typer.echo(f"max abs diff {res['max_abs_diff']:.3g}")
     if res.get("stain"):
         typer.echo(
@@ -682,7 +689,7 @@ def _print_predicted(res: dict, *, err: bool = False) -> None:
     where = "standard output" if err else source_shown(res["csv"])
     if where == "-":  # a file named '-' (given as ./-), not standard output
         where = "./-"
-    typer.echo(f"{res['rows']} patch(es) from {res['files']} file(s) → {where}", err=err)
+    typer.echo(f"{res['rows']} patch(es) from {res['files']} file(s) → {one_line(where)}", err=err)
     source = "--threshold" if res["threshold_source"] == "given" else res["threshold_source"]
     from histomodels.report_tables import threshold_text
 
@@ -690,7 +697,7 @@ def _print_predicted(res: dict, *, err: bool = False) -> None:
     typer.echo(f"tumour = probability >= {cut}: {source}", err=err)
     if res["heatmaps"]:
         folder = path_shown(Path(res["heatmaps"][0]).parent)
-        typer.echo(f"{len(res['heatmaps'])} heatmap(s) in {folder}", err=err)
+        typer.echo(f"{len(res['heatmaps'])} heatmap(s) in {one_line(folder)}", err=err)
 
 
 #: predict's exit status when its CSV was written but some inputs could not be scored
@@ -801,8 +808,10 @@ def label_cmd(
             changed = apply_labels(m, labels, where)
             # the labels live in the run store; manifest.jsonl is its export, rewritten
             typer.echo(
-                f"{changed} label(s) changed in {path_shown(m.store_path)}; "
-                f"{path_shown(m.path)} exported from it"
+                one_line(
+                    f"{changed} label(s) changed in {path_shown(m.store_path)}; "
+                    f"{path_shown(m.path)} exported from it"
+                )
                 if changed
                 else "0 label(s) changed; nothing written"
             )
@@ -845,4 +854,6 @@ def report_cmd(
         from histomodels.report import build_report
 
         res = build_report(runs, out, title=title)
-    typer.echo(f"wrote {source_shown(res['html'])} and {source_shown(res['markdown'])}")
+    typer.echo(
+        f"wrote {one_line(source_shown(res['html']))} and {one_line(source_shown(res['markdown']))}"
+    )
