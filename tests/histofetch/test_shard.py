@@ -753,6 +753,61 @@ def test_an_answer_given_after_an_undo_in_the_same_second_is_carried(
     assert len(lines) == 3 and all(x["at"].startswith("2026-03-01T12:00:00.") for x in lines)
 
 
+@pytest.mark.parametrize(("nc_at", "carried"), [(500_000, False), (1_200_000, True)])
+def test_an_undo_stamped_to_the_second_ties_with_an_answer_of_that_second(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, nc_at: int, carried: bool
+) -> None:
+    """An older version stamped answers to the second: its undo at 12:00:00 may have been
+    given at 12:00:00.9. Read to the microsecond, an answer at 12:00:00.5 in another copy
+    was newer and won, where before the tie let the undo stand (review 46 M4). Where either
+    stamp has no fraction both are read to the second: the undo stands; an answer of a
+    later second (12:00:01.2) is carried."""
+    from datetime import UTC, datetime, timedelta
+
+    from histofetch.review import data as review
+
+    base = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
+    clock = iter([base - timedelta(seconds=1), base, base + timedelta(microseconds=nc_at)])
+
+    class Clock(datetime):
+        @classmethod
+        def now(cls, tz=None):  # type: ignore[override]
+            return next(clock)
+
+    monkeypatch.setattr(review, "datetime", Clock)
+    nc = _one_figure_run(tmp_path / "nc", "pmid:1", "CC BY-NC")
+    by = _one_figure_run(tmp_path / "by", "pmid:2", "CC BY")
+    for run, image_id in ((by, "2-0"), (nc, "1-0")):
+        with Manifest.load(run) as m:
+            m.update_image(image_id, kept=True, status="ok")
+    with Manifest.load(by) as m:  # 11:59:59 answered, 12:00:00 undone
+        review.save_answer(m, "2-0", "metastasis", "bob")
+        review.save_answer(m, "2-0", None, "bob")
+    log = by / "review_log.jsonl"  # as an older version wrote them: whole seconds
+    log.write_text(log.read_text().replace(".000000+00:00", "+00:00"))
+    assert "12:00:00+00:00" in log.read_text()
+    with Manifest.load(nc) as m:
+        review.save_answer(m, "1-0", "no_metastasis", "ann")
+    out = tmp_path / "out"
+    merge_runs([nc, by], out)
+    with Manifest.load(out) as m:
+        img = m.images["2-0"]
+        assert img.label == ("no_metastasis" if carried else None), img
+
+
+def test_answered_after_reads_a_whole_second_stamp_to_the_second() -> None:
+    """Of two carried answers, one stamped by an older version (12:00:00) and one of
+    12:00:00.5, neither is newer: the tie goes to the first input, as it did before the
+    stamps had microseconds."""
+    from histofetch.merge_logs import answer_time, answered_after
+
+    old, new = answer_time("2026-03-01T12:00:00+00:00"), answer_time("2026-03-01T12:00:00.5Z")
+    assert not answered_after(new, old) and not answered_after(old, new)
+    assert answered_after(answer_time("2026-03-01T12:00:01.2+00:00"), old)
+    early = answer_time("2026-03-01T12:00:00.100000+00:00")
+    assert answered_after(new, early) and not answered_after(early, new)
+
+
 def _grid_article(tmp: Path, name: str, licence: str, caption: str, filtered: bool) -> Path:
     """A run of one PDF holding the 2×2 compound figure, of ``licence``; ``filtered``: split
     into its four panels (own bytes, ``parent_id`` naming the figure) and decided."""

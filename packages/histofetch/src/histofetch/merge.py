@@ -63,7 +63,14 @@ from histocore.io import file_in_the_way, locked_folder
 from histocore.manifest import STAGES, Image, Manifest, ManifestError, Record, run_folder
 from histocore.store import RENAME_REFUSED, RENAMED
 from histofetch.licence import reuse_rank
-from histofetch.merge_logs import LOG_NAME, answer_time, check_out_log, merge_logs, undone
+from histofetch.merge_logs import (
+    LOG_NAME,
+    answer_time,
+    answered_after,
+    check_out_log,
+    merge_logs,
+    undone,
+)
 from histofetch.merge_parts import copy_whole, remove_stale_parts
 from histofetch.merge_paths import Names, names_for, place_of, unusable
 from histofetch.merge_summary import MergeSummary
@@ -200,7 +207,7 @@ def _merge(loaded: list[Manifest], merged: Manifest) -> MergeSummary:
             if img.label is not None:
                 own_label.add(img.id)
             elif (copy := labelled.get(img.sha256)) is not None and (
-                img.id not in undone_at or undone_at[img.id] < _answered_at(copy)
+                img.id not in undone_at or answered_after(_answered_at(copy), undone_at[img.id])
             ):  # an undo newer than the newest carried answer (or as old) stands
                 img = replace(img, label=copy.label, label_by=copy.label_by, label_at=copy.label_at)
             path = _bring(run, merged, img.path, summary, img.sha256, names, img.id) or img.path
@@ -248,7 +255,7 @@ def _carried_labels(
             if img.label is None or keeper.get(img.sha256, img).id == img.id:
                 continue
             now = labelled.get(img.sha256)
-            if now is None or _answered_at(img) > _answered_at(now):
+            if now is None or answered_after(_answered_at(img), _answered_at(now)):
                 labelled[img.sha256] = img
     return labelled
 

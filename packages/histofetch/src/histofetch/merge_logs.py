@@ -129,6 +129,18 @@ def answer_time(text: object) -> datetime:
     return max(at, datetime.min.replace(tzinfo=UTC))  # '0001-01-01T00:00+05:00' is no older
 
 
+def answered_after(a: datetime, b: datetime) -> bool:
+    """Whether the answer of time ``a`` came after the one of ``b`` (:func:`answer_time`):
+    to the second where either is stamped to the second, as runs of older versions are
+    (no fraction, or a fraction of 0), to the microsecond otherwise. An old undo stamped
+    12:00:00 may have been given at 12:00:00.9: read to the microsecond, an answer of
+    12:00:00.5 in another copy was newer and won, where the tie (the undo stands, the
+    first input's answer is taken) was the rule for those stamps."""
+    if a.microsecond == 0 or b.microsecond == 0:
+        return a.replace(microsecond=0) > b.replace(microsecond=0)
+    return a > b
+
+
 def undone(run: Manifest, images: set[str]) -> dict[str, datetime]:
     """Those of ``images`` whose last line in ``run``'s review log is an undo (a ``label``
     given as null): unlabelled there by hand, not never reviewed; each with the undo's time
