@@ -1099,6 +1099,29 @@ def test_the_commands_a_hint_gives_are_quoted_for_the_shell(tmp_path: Path) -> N
     assert said in html.unescape(page.text)
 
 
+def test_the_review_server_announces_a_run_folder_with_control_characters_on_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``histofetch review``'s first line named the folder raw: a folder named with an
+    escape and a newline recoloured the terminal and broke the line. It is escaped as error
+    lines are (``one_line``; review 46 M5: nothing tested it)."""
+    from histofetch.review import server
+
+    class Stopped:
+        def run(self, sockets=None) -> None:  # the page is not served here
+            pass
+
+    run = make_run(tmp_path / "a\x1b[31m\nb", filtered=False)
+    monkeypatch.setattr(server, "build_server", lambda *a, **k: (Stopped(), None))
+    monkeypatch.setattr(server, "url_of", lambda sock: "http://127.0.0.1:1/")
+    said: list[str] = []
+    server.serve(run, open_browser=False, announce=said.append)
+    assert said == [
+        f"review page for {tmp_path}/a\\x1b[31m\\nb/run: http://127.0.0.1:1/  "
+        "(Ctrl-C to stop; every answer is saved at once)"
+    ], said
+
+
 def test_a_hint_for_a_run_folder_named_with_control_characters_is_one_safe_line(
     tmp_path: Path,
 ) -> None:

@@ -47,6 +47,33 @@ def _run(tmp_path: Path, n: int = 3) -> Path:
     return m.run_dir
 
 
+def test_label_stamps_each_answer_to_the_microsecond(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Answers stamped to the second tied, in ``histofetch merge``, with an undo given in
+    the same second in another copy of the run; ``histomodels label`` stamps them to the
+    microsecond (``--set`` and the prompt), as the review page does (review 46 M5: a
+    revert to whole seconds passed the tests)."""
+    from datetime import UTC, datetime
+
+    import histomodels.label
+
+    class Clock(datetime):
+        @classmethod
+        def now(cls, tz=None):  # type: ignore[override]
+            return datetime(2026, 3, 1, 12, 0, 0, 500_000, UTC)
+
+    monkeypatch.setattr(histomodels.label, "datetime", Clock)
+    run = _run(tmp_path)
+    r = CliRunner().invoke(app, ["label", "--manifest", str(run), "--set", "img0=m"])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(app, ["label", "--manifest", str(run)], input="n\nq\n")
+    assert r.exit_code == 0, r.output
+    images = Manifest.load(run).images
+    for image_id in ("img0", "img1"):
+        assert images[image_id].label_at == "2026-03-01T12:00:00.500000+00:00", image_id
+
+
 def test_interactive_labelling_saves_each_answer(tmp_path: Path) -> None:
     run = _run(tmp_path)
     # img0: bad answer then "m"; img1: "n"; img2: quit (stays unlabelled)
