@@ -432,6 +432,10 @@ def test_kaggle_bad_csv(tmp_path: Path, patches) -> None:
     (root / "train_labels.csv").write_text("image,target\np000,0\n")
     with pytest.raises(DatasetError, match="expected header 'id,label'"):
         open_dataset(root)
+    # a blank first line said "got nothing", as of an empty file
+    (root / "train_labels.csv").write_text("\nid,label\np000,0\n")
+    with pytest.raises(DatasetError, match=r"expected header 'id,label', got a blank line$"):
+        open_dataset(root)
 
 
 def test_kaggle_csv_values_are_echoed_cut_like_every_other_id(tmp_path: Path, patches) -> None:

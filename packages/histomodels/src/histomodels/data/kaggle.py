@@ -55,7 +55,11 @@ class KaggleDataset(KnownLabels):
         try:
             header = next(reader, None)
             if header is None or [h.strip() for h in header[:2]] != ["id", "label"]:
-                got = shown_id(",".join(header)) if header else "nothing"
+                got = (
+                    "nothing" if header is None
+                    else "a blank line" if not header  # it said "nothing", as of no line
+                    else shown_id(",".join(header))
+                )  # fmt: skip
                 raise DatasetError(f"{self.csv_path}:1: expected header 'id,label', got {got}")
             for lineno, row in enumerate(reader, start=2):
                 if not row:
