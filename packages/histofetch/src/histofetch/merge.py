@@ -59,7 +59,7 @@ from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
-from histocore.io import file_in_the_way, locked_folder
+from histocore.io import file_in_the_way, locked_folder, unnameable
 from histocore.manifest import STAGES, Image, Manifest, ManifestError, Record, run_folder
 from histocore.store import RENAME_REFUSED, RENAMED
 from histofetch.licence import reuse_rank
@@ -72,7 +72,7 @@ from histofetch.merge_logs import (
     undone,
 )
 from histofetch.merge_parts import copy_whole, remove_stale_parts
-from histofetch.merge_paths import Names, names_for, place_of, unusable
+from histofetch.merge_paths import Names, names_for, place_of
 from histofetch.merge_summary import MergeSummary
 
 __all__ = ["MergeSummary", "merge_runs"]
@@ -344,7 +344,7 @@ def _whole(rec: Record, run: Manifest, img: Image) -> bool:
     """Whether ``img`` is a copy worth keeping: its record's row and its own are ``ok`` and
     its file is in its input. (Kept for its licence, a CC BY copy whose file was missing
     or whose row failed was added without it, the ``ok``, decided CC BY-NC copy left out.)"""
-    if rec.status != "ok" or img.status != "ok" or unusable(img.path):
+    if rec.status != "ok" or img.status != "ok" or unnameable(img.path):
         return False
     try:
         return run.image_file(img.path).is_file()
@@ -510,7 +510,7 @@ def _bring(
     ``summary.unusable`` for the command to say so: it stopped the merge half done."""
     if rel is None:
         return rel
-    if why := unusable(rel):  # no file has such a name: never looked up (ValueError)
+    if why := unnameable(rel):  # no file has such a name: never looked up (ValueError)
         summary.note_unusable(run, rel, why)
         return rel
     try:

@@ -23,8 +23,9 @@ import stat
 import tempfile
 from pathlib import Path
 
+from histocore.io import unnameable
 from histocore.manifest import Manifest
-from histofetch.merge_paths import placed_path, unusable
+from histofetch.merge_paths import placed_path
 
 #: A copy's temporary name: ``.merge-XXXXXXXX.part`` (short: ``.<name>.part`` of a
 #: 250-character name is too long)
@@ -105,7 +106,7 @@ def remove_stale_parts(merged: Manifest, loaded: list[Manifest], sheets: str) ->
     for run in (merged, *loaded):
         rels = [r.pdf_path for r in run.records.values()] + [i.path for i in run.images.values()]
         for rel in rels:
-            if not rel or unusable(rel):  # no folder (os.stat's ValueError)
+            if not rel or unnameable(rel):  # no folder (os.stat's ValueError)
                 continue
             if run is not merged and not Path(rel).is_absolute():
                 rel = placed_path(posixpath.normpath(rel), sheets, out, looked_up)  # where it goes

@@ -254,11 +254,6 @@ def place_of(
     return src, free, link
 
 
-#: Why a row's path names no file and is never looked up (a ValueError from ``os.stat``,
-#: ``os.path.realpath``): a NUL character, one the file system cannot encode; None where it can.
-unusable = unnameable
-
-
 def _normal(rel: str) -> str:
     """A relative row path without ``.``, ``..`` and doubled ``/`` (``pdfs/../pdfs/x.pdf``
     → ``pdfs/x.pdf``): two spellings of one name are one name. An absolute path as it is."""
@@ -285,7 +280,7 @@ def _landings(out: _Out, path: str) -> list[str]:
     ``../alias/pdfs/x.pdf`` with ``alias`` a link to the output, ``pdfs/y.pdf`` a link to
     ``x.pdf``); none where it lands outside it or is the output itself. ``out``: the
     output folder as :func:`_tops` gives it."""
-    if unusable(path):  # names no file (os.path.realpath's ValueError)
+    if unnameable(path):  # names no file (os.path.realpath's ValueError)
         return []
     spelt = [os.path.normpath(os.path.join(top, path)) for top in out.tops]
     found: list[str] = []
