@@ -390,8 +390,10 @@ def test_a_cached_hf_hub_model_builds_without_the_hub(tmp_path: Path) -> None:
 #: each build's stderr goes to STEM_FILE.err, and a build that raises leaves no STEM_FILE
 #: (its traceback in the .err file) while the next still runs.
 _BUILD = """
-import os, sys, traceback, torch
+import logging, os, sys, traceback, torch
 from histomodels.models.timm_zoo import _timm_create
+# the package loggers hold a NullHandler: a script's warnings show once it sets up logging
+logging.basicConfig(format="%(name)s: %(message)s")
 for name, stem in zip(sys.argv[1::2], sys.argv[2::2]):
     sys.stderr.flush()
     with open(stem + ".err", "w") as err:
