@@ -7,7 +7,9 @@ import itertools
 import json
 import os
 import shutil
+from collections.abc import Iterator
 from dataclasses import replace
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -712,6 +714,27 @@ def test_a_copy_kept_whose_own_log_ends_with_an_undo_stays_unlabelled(
     assert len((out / "review_log.jsonl").read_text().splitlines()) == 4
 
 
+def _runs_reviewed_at(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, clock: Iterator[datetime]
+) -> tuple[Path, Path]:
+    """Runs ``nc`` (pmid:1, CC BY-NC) and ``by`` (pmid:2, CC BY), one kept figure each, whose
+    review answers are stamped by ``clock``'s times in turn."""
+    from histofetch.review import data as review
+
+    class Clock(datetime):
+        @classmethod
+        def now(cls, tz=None):  # type: ignore[override]
+            return next(clock)
+
+    monkeypatch.setattr(review, "datetime", Clock)
+    nc = _one_figure_run(tmp_path / "nc", "pmid:1", "CC BY-NC")
+    by = _one_figure_run(tmp_path / "by", "pmid:2", "CC BY")
+    for run, image_id in ((by, "2-0"), (nc, "1-0")):
+        with Manifest.load(run) as m:
+            m.update_image(image_id, kept=True, status="ok")
+    return nc, by
+
+
 @pytest.mark.parametrize("nc_first", [True, False])
 def test_an_answer_given_after_an_undo_in_the_same_second_is_carried(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, nc_first: bool
@@ -727,17 +750,7 @@ def test_an_answer_given_after_an_undo_in_the_same_second_is_carried(
     clock = iter(datetime(2026, 3, 1, 12, 0, 0, 100_000, UTC) + timedelta(milliseconds=300 * k)
                  for k in itertools.count())  # fmt: skip
 
-    class Clock(datetime):
-        @classmethod
-        def now(cls, tz=None):  # type: ignore[override]
-            return next(clock)
-
-    monkeypatch.setattr(review, "datetime", Clock)
-    nc = _one_figure_run(tmp_path / "nc", "pmid:1", "CC BY-NC")
-    by = _one_figure_run(tmp_path / "by", "pmid:2", "CC BY")
-    for run, image_id in ((by, "2-0"), (nc, "1-0")):
-        with Manifest.load(run) as m:
-            m.update_image(image_id, kept=True, status="ok")
+    nc, by = _runs_reviewed_at(tmp_path, monkeypatch, clock)
     with Manifest.load(by) as m:  # 12:00:00.1 answered, 12:00:00.4 undone
         review.save_answer(m, "2-0", "metastasis", "bob")
         review.save_answer(m, "2-0", None, "bob")
@@ -769,17 +782,7 @@ def test_an_undo_stamped_to_the_second_ties_with_an_answer_of_that_second(
     base = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
     clock = iter([base - timedelta(seconds=1), base, base + timedelta(microseconds=nc_at)])
 
-    class Clock(datetime):
-        @classmethod
-        def now(cls, tz=None):  # type: ignore[override]
-            return next(clock)
-
-    monkeypatch.setattr(review, "datetime", Clock)
-    nc = _one_figure_run(tmp_path / "nc", "pmid:1", "CC BY-NC")
-    by = _one_figure_run(tmp_path / "by", "pmid:2", "CC BY")
-    for run, image_id in ((by, "2-0"), (nc, "1-0")):
-        with Manifest.load(run) as m:
-            m.update_image(image_id, kept=True, status="ok")
+    nc, by = _runs_reviewed_at(tmp_path, monkeypatch, clock)
     with Manifest.load(by) as m:  # 11:59:59 answered, 12:00:00 undone
         review.save_answer(m, "2-0", "metastasis", "bob")
         review.save_answer(m, "2-0", None, "bob")
