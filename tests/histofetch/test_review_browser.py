@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from review_kit import make_run, make_scores
@@ -43,10 +44,8 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-@pytest.fixture
-def served(tmp_path: Path) -> Iterator[tuple[str, Path]]:
-    run = make_run(tmp_path)
-    scores = make_scores(run, tmp_path)
+def _started(run: Path, scores: Path | None = None) -> tuple[Any, Any, threading.Thread]:
+    """The review server of ``run`` started on a free port: ``(server, socket, thread)``."""
     server, sock = build_server(run, port=0, reviewer="tester", scores=scores)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
@@ -54,6 +53,13 @@ def served(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     while not server.started and time.monotonic() < deadline:
         time.sleep(0.05)
     assert server.started, "uvicorn did not start"
+    return server, sock, thread
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    run = make_run(tmp_path)
+    server, sock, thread = _started(run, scores=make_scores(run, tmp_path))
     yield url_of(sock), run
     server.should_exit = True
     thread.join(timeout=10)
@@ -254,12 +260,7 @@ def test_partial_scores_never_stop_the_page_nor_show_another_figures_score(
     (scores / "image_scores.csv").write_text(
         "image_id,max,topk_mean\npmid:1/fig1,0.9,\npmid:1/fig2,,0.25\n"
     )  # pmid:2/fig1 and pmid:2/fig2 not scored
-    server, sock = build_server(run, port=0, reviewer="tester", scores=scores)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 120  # a wait, no bound: it can take a while when loaded
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
+    server, sock, thread = _started(run, scores=scores)
     try:
         from selenium.webdriver.common.action_chains import ActionChains
 
@@ -299,13 +300,8 @@ def test_a_jats_figure_label_is_shown_in_bold_before_its_caption(tmp_path: Path,
     m.images["pmid:2/fig2"].figure_label = "Figure 4"
     m.save()
     m.close()
-    server, sock = build_server(run, port=0, reviewer="tester")
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
+    server, sock, thread = _started(run)
     try:
-        deadline = time.monotonic() + 120
-        while not server.started and time.monotonic() < deadline:
-            time.sleep(0.05)
         d = browser
         d.get(url_of(sock))
         _wait(d, lambda d: _text(d, "figure-id") == "pmid:1/fig1")
@@ -398,12 +394,7 @@ def test_a_stopped_server_is_said_plainly_and_the_figure_waits(tmp_path: Path, b
     of the side panel (below a long caption: out of sight). Now it names the figure, the
     answer and the cause, under the answer keys, and the figure stays to be answered again."""
     run = make_run(tmp_path)
-    server, sock = build_server(run, port=0, reviewer="tester")
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 120
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
+    server, sock, thread = _started(run)
     d = browser
     d.get(url_of(sock))
     _wait(d, lambda d: _text(d, "figure-id") == "pmid:1/fig1")
