@@ -674,9 +674,7 @@ def test_a_run_replaces_in_out_only_what_a_training_run_wrote(h5_files, tmp_path
     config.write_text('{"epochs": 1}')
     r = CliRunner().invoke(app, ["train", *base, "--config", str(config), "--out", str(exp)])
     assert r.exit_code == 1 and r.stderr.splitlines() == [
-        f"error: {config}: exists and is not from a run that reached its first checkpoint "
-        "(no best.pt or last.pt beside it; a run killed before then leaves its config.json: "
-        f"remove it to start again); {would}, or remove it first"
+        f"error: {config}: is the config given as --config; {would}"
     ]
     assert [p.name for p in exp.iterdir()] == ["config.json"]
     config.rename(tmp_path / "config.json")
@@ -1910,12 +1908,14 @@ def test_the_result_is_said_once_on_stdout_progress_on_stderr(h5_files, tmp_path
     assert r.stdout.count("best val AUC") == 1 and str(run / "best.pt") in r.stdout, r.stdout
 
 
-def test_overwrite_replaces_the_differing_config_a_killed_run_left(h5_files, tmp_path):
-    """A run SIGKILLed before its first checkpoint leaves its config.json; a rerun with other
-    settings was refused even with ``--overwrite``, which asks to replace the run. Such a
-    config (a training config a run wrote: judged by its keys) is replaced with
-    ``--overwrite`` now, and without it the line says so; a config.json that is no run's
-    (a hand-written one) is refused either way."""
+def test_a_training_config_json_is_never_replaced_unless_it_is_this_runs(h5_files, tmp_path):
+    """``--overwrite`` replaced any ``config.json`` that held every key a run writes, taken
+    for the leftover of a run SIGKILLed before its first checkpoint: a run's config.json the
+    user copied into a folder and edited (the docs say to feed one back with ``--config``)
+    reads the same, and was replaced; without ``--overwrite`` the line said it was a killed
+    run's (review 45). It is refused now, ``--overwrite`` or not, with a line that does not
+    say whose it is; one byte for byte this run's is still replaced; a config with a key
+    that is no config key gets the plain line."""
     from histocore.io import json_safe
     from histomodels.config import TrainConfig
 
@@ -1925,24 +1925,56 @@ def test_overwrite_replaces_the_differing_config_a_killed_run_left(h5_files, tmp
     run = tmp_path / "run"
     run.mkdir()
     config = run / "config.json"
-    left = json.dumps(json_safe(TrainConfig(data="other.h5", lr=0.1, seed=9).to_dict()), indent=2)
+    full = json_safe(TrainConfig(data="other.h5", lr=0.1, seed=9).to_dict())
+    left = json.dumps(full, indent=2)
     config.write_text(left)
-    r = CliRunner().invoke(app, [*base, "--out", str(run)])
-    assert r.exit_code == 1 and r.stderr.splitlines() == [
-        f"error: {config}: exists and is the config of a run killed before its first checkpoint "
-        "(no best.pt or last.pt beside it), with other settings; --overwrite replaces it, or "
+    line = (
+        f"error: {config}: exists and holds a training config with other settings than this "
+        "run's, and no best.pt or last.pt beside it (a run killed before its first "
+        "checkpoint leaves one; so does a copied run config); training would replace it: "
         "choose another --out, or remove it first"
-    ]
-    assert [p.name for p in run.iterdir()] == ["config.json"] and config.read_text() == left
-    mine = '{"model": "cnn", "epochs": 3, "lr": 0.01, "data": "a.h5", "val": "b.h5"}'
-    config.write_text(mine)
+    )
+    for extra in ([], ["--overwrite"]):
+        r = CliRunner().invoke(app, [*base, "--out", str(run), *extra])
+        assert r.exit_code == 1 and r.stderr.splitlines() == [line], r.output
+        assert [p.name for p in run.iterdir()] == ["config.json"] and config.read_text() == left
+    odd = json.dumps({**full, "not_a_key": 1})
+    config.write_text(odd)
     r = CliRunner().invoke(app, [*base, "--out", str(run), "--overwrite"])
     assert r.exit_code == 1 and r.stderr.splitlines()[-1].startswith(
         f"error: {config}: exists and is not from a run that reached its first checkpoint"
     )
-    assert config.read_text() == mine
-    config.write_text(left)
-    r = CliRunner().invoke(app, [*base, "--out", str(run), "--overwrite"])
+    assert config.read_text() == odd
+
+
+def test_the_config_being_read_is_not_replaced(h5_files, tmp_path):
+    """``--config exp/config.json --out exp`` with a run's config copied there and edited:
+    with ``--overwrite`` the run replaced the user's file by its resolved config (its
+    ``--epochs 1`` for their epochs); refused now, even in a trained run's folder, and the
+    same config given from elsewhere trains (review 45)."""
+    train_h5, val_h5 = h5_files
+    first = tmp_path / "first"
+    common = ["--model-config", json.dumps(TINY), "--batch-size", "16", "--threads", "1",
+              "--quiet"]  # fmt: skip
+    r = CliRunner().invoke(app, ["train", "--data", str(train_h5), "--val", str(val_h5),
+                                 "--out", str(first), "--epochs", "1", *common])  # fmt: skip
     assert r.exit_code == 0, r.output
-    assert (run / "best.pt").is_file()
-    assert json.loads(config.read_text())["data"] == str(h5_files[0])
+    exp = tmp_path / "exp"
+    exp.mkdir()
+    mine = json.loads((first / "config.json").read_text())
+    mine.update(lr=0.0005, epochs=7)
+    text = json.dumps(mine, indent=1)
+    for folder, extra in ((exp, []), (exp, ["--overwrite"]), (first, ["--overwrite"])):
+        (folder / "config.json").write_text(text)
+        given = folder / "config.json"
+        r = CliRunner().invoke(app, ["train", "--config", str(given), "--out", str(folder),
+                                     "--epochs", "1", *extra, *common])  # fmt: skip
+        assert r.exit_code == 1, r.output
+        assert r.stderr.splitlines()[-1].startswith(f"error: {given}: "), r.stderr
+        assert given.read_text() == text
+    copy = tmp_path / "exp.json"
+    copy.write_text(text)
+    r = CliRunner().invoke(app, ["train", "--config", str(copy), "--out", str(tmp_path / "new"),
+                                 "--epochs", "1", *common])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert copy.read_text() == text

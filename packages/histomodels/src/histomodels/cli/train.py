@@ -278,7 +278,7 @@ def _train(
     for name in sorted(WRITTEN | (KEPT if cfg.teacher else frozenset())):
         if (out / name).is_dir() and not (out / name).is_symlink():
             fail(f"{out / name}: is a folder, not a file")
-    _refuse_to_replace(out, cfg, held, overwrite=overwrite)
+    _refuse_to_replace(out, cfg, held, config)
 
     # the result on stdout below; the trainer's own last line is not said again on stderr
     with (
@@ -302,20 +302,23 @@ def _train(
         )
 
 
-def _refuse_to_replace(out: Path, cfg: Any, held: list[str], *, overwrite: bool = False) -> None:
+def _refuse_to_replace(out: Path, cfg: Any, held: list[str], config: Path | None) -> None:
     """One line, before the data is read, where the run would replace in ``out`` a file it
     did not write: the checkpoint it starts from (``--weights``, ``--teacher``: the run's own
     best.pt or last.pt, with ``--overwrite``), a pipe or device at one of its names, or, in
     a folder holding no trained run (no best.pt or last.pt), any file at one of them
     (``--out`` a folder of the user's own: its config.json, say the ``--config`` being read,
     or history.json was replaced once the first checkpoint was written). A trained run's
-    own files are its to replace (``--resume``, ``--overwrite``), and so is the
-    ``config.json`` a run killed before its first checkpoint left: byte for byte the one
-    this run writes (it loses nothing), or, with ``--overwrite`` (the user asked to replace
-    the run), any training config a run wrote (:func:`_run_config`; it was refused even
-    with ``--overwrite``). With ``--teacher``, ``teacher_logits.npz`` is replaced only when
-    it is the teacher cache a run wrote (:func:`_teacher_cache`), in any folder: a file of
-    the user's own there was taken for a damaged cache and replaced."""
+    own files are its to replace (``--resume``, ``--overwrite``), and so is a
+    ``config.json`` byte for byte the one this run writes (say the one a run killed before
+    its first checkpoint left: it loses nothing). Any other is refused, ``--overwrite`` or
+    not: a training config (:func:`_run_config`) may be a run's leftover or a run's config
+    the user copied there and edited (``--overwrite`` replaced it as a run's, review 45),
+    with its own line; and the ``--config`` file being read is not replaced even in a
+    trained run's folder (its edits were lost to the resolved config). With ``--teacher``,
+    ``teacher_logits.npz`` is replaced only when it is the teacher cache a run wrote
+    (:func:`_teacher_cache`), in any folder: a file of the user's own there was taken for a
+    damaged cache and replaced."""
     from histocore.io import holds_a_file, same_file
     from histomodels.checkpoint import resolve_checkpoint
     from histomodels.training.distill import CACHE_NAME
@@ -332,15 +335,20 @@ def _refuse_to_replace(out: Path, cfg: Any, held: list[str], *, overwrite: bool 
             there = holds_a_file(target)
         except RefusedFile as exc:
             fail(f"{target}: {exc}; {would}")
+        read = config is not None and same_file(target, config)
+        if name == CONFIG_NAME and there and read and not _same_text(target, cfg):
+            fail(f"{target}: is the config given as --config; {would}")
         if not there or held or (name == CONFIG_NAME and _same_text(target, cfg)):
             continue
         if name == CONFIG_NAME and _run_config(target):
-            if overwrite:  # the user asked to replace the run
-                continue
+            # never replaced, --overwrite or not: a run's config.json copied and edited
+            # (``--config exp/config.json --out exp``) reads the same as one a run killed
+            # before its first checkpoint left, and is the user's
             fail(
-                f"{target}: exists and is the config of a run killed before its first "
-                "checkpoint (no best.pt or last.pt beside it), with other settings; "
-                "--overwrite replaces it, or choose another --out, or remove it first"
+                f"{target}: exists and holds a training config with other settings than "
+                "this run's, and no best.pt or last.pt beside it (a run killed before its "
+                "first checkpoint leaves one; so does a copied run config); training would "
+                "replace it: choose another --out, or remove it first"
             )
         fail(
             f"{target}: exists and is not from a run that reached its first checkpoint "
