@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -832,3 +833,51 @@ def test_evaluate_arrays_gives_evals_numbers_in_memory(tmp_path: Path) -> None:
         evaluate_arrays(pred, images)
     with pytest.raises(ValueError, match="47 labels for 48 patches"):
         evaluate_arrays(pred, images, labels[:47])
+
+
+def test_evaluate_arrays_refuses_what_it_cannot_score_right(tmp_path: Path) -> None:
+    """``evaluate_arrays`` gave no metrics and no word for labels none of which is 0/1
+    (strings, ``y + 2``), scored a module's first of two class logits (an inverted AUC when
+    it is the negative class's), took ``threshold=True`` as 1, and met ``threshold="0.3"``,
+    ``batch_size=0``, ``n_bootstrap=-1`` and a module without parameters (a bare
+    StopIteration) with no clear line; one class labelled had no note (review 45)."""
+    from histomodels.evaluate import evaluate_arrays
+
+    ckpt = tiny_checkpoint(tmp_path)
+    images, labels, _ = _ds(16, 5, "t").load_all()
+    pred = Predictor.load(ckpt, device="cpu")
+    for bad in (labels.astype(str), labels + 2):
+        with pytest.raises(ValueError, match="none of the 16 is 0 or 1"):
+            evaluate_arrays(pred, images, bad, n_bootstrap=0)
+    net = load_model(ckpt)[0]
+
+    class TwoLogits(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = net
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            z = self.net(x).reshape(len(x), 1)
+            return torch.cat([-z, z], 1)
+
+    with pytest.raises(ValueError, match=r"model gives output \(16, 2\) for 16 patches"):
+        evaluate_arrays(TwoLogits(), images, labels, n_bootstrap=0)
+    cases: tuple[tuple[dict[str, Any], type[Exception], str], ...] = (
+        ({"threshold": True}, TypeError, "threshold must be a number"),
+        ({"threshold": "0.3"}, TypeError, "threshold must be a number"),
+        ({"batch_size": 0}, ValueError, "batch_size must be at least 1"),
+        ({"n_bootstrap": -1}, ValueError, "n_bootstrap must be at least 0"),
+    )
+    for kwargs, error, text in cases:
+        with pytest.raises(error, match=text):
+            evaluate_arrays(pred, images, labels, **kwargs)
+
+    class Constant(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x.mean((1, 2, 3))
+
+    with pytest.raises(ValueError, match=r"no parameters.*give device="):
+        evaluate_arrays(Constant(), images, labels, n_bootstrap=0)
+    assert "roc_auc" in evaluate_arrays(Constant(), images, labels, n_bootstrap=0, device="cpu")
+    one = evaluate_arrays(pred, images, np.ones(16, int), n_bootstrap=0)
+    assert one["note"] == "only one class present: AUC is undefined"

@@ -721,15 +721,22 @@ def evaluate_arrays(
     way to the numbers the command line reports.
 
     ``model``: a :class:`~histomodels.inference.Predictor` (its temperature and
-    normalisation), a checkpoint, run folder or shipped model's name (loaded as one), or
-    an ``nn.Module`` mapping normalised ImageNet-style input to one logit (temperature 1).
+    normalisation; it scores on its own device: ``device`` is ignored), a checkpoint, run
+    folder or shipped model's name (loaded as one, on ``device``), or an ``nn.Module``
+    mapping normalised ImageNet-style input to one logit per patch (temperature 1; a
+    module giving more than one output per patch, say two class logits, is refused rather
+    than scored by its first). A module is moved to ``device`` (default: where its
+    parameters are; one without parameters needs ``device``) and stays there.
     ``images``: uint8 RGB patches as :meth:`Predictor.logits` takes them, with ``labels``
-    (0/1 per patch; others are counted in ``n_unlabelled`` and left out), or a
-    :class:`~histomodels.data.base.PatchDataset` (``open_dataset(path)``), whose labels are
-    used. ``threshold``: the decision threshold, default the model's shipped one, else 0.5
-    (no validation set here: choose one with :func:`histomodels.metrics.choose_threshold`
-    on validation scores). Returns the metrics dict and ``n``, ``threshold``,
-    ``threshold_source``, ``temperature`` and ``tta``."""
+    (0/1 per patch; others are counted in ``n_unlabelled`` and left out, and labels none
+    of which is 0 or 1 are refused), or a :class:`~histomodels.data.base.PatchDataset`
+    (``open_dataset(path)``), whose labels are used. ``threshold``: the decision
+    threshold, a number in [0, 1], default the model's shipped one, else 0.5 (no
+    validation set here: choose one with :func:`histomodels.metrics.choose_threshold` on
+    validation scores). ``n_bootstrap``: resamples for the CIs (0: none); ``batch_size``
+    at least 1. Returns the metrics dict and ``n``, ``threshold``, ``threshold_source``,
+    ``temperature`` and ``tta``; with one class labelled, a ``note`` that AUC is undefined
+    (as ``eval``'s)."""
     from histomodels.checkpoint import decision_threshold
     from histomodels.inference import predict_logits
 
@@ -739,8 +746,14 @@ def evaluate_arrays(
         images, labels, _ = images.load_all()
     elif labels is None:
         raise ValueError("labels=... is needed with image arrays (or pass a PatchDataset)")
-    if threshold is not None and not 0 <= threshold <= 1:  # NaN fails too
-        raise ValueError(f"threshold must be in [0, 1], got {threshold}")
+    _check_arguments(threshold, batch_size, n_bootstrap)
+    if labels is not None:  # strings, or 1/2 labels, gave no metrics and no word
+        given = np.asarray(labels).reshape(-1)
+        if len(given) and not np.isin(given, (0, 1)).any():
+            raise ValueError(
+                f"labels: none of the {len(given)} is 0 or 1 (the first is {given[0]!r}, "
+                f"dtype {given.dtype}); give 0/1 per patch (others are left out as unlabelled)"
+            )
     if isinstance(model, str | Path):
         model = Predictor.load(model, device=device)
     if isinstance(model, Predictor):
@@ -748,8 +761,22 @@ def evaluate_arrays(
         temperature = model.temperature
         cut, source = decision_threshold(model.ckpt, threshold, note=NO_VALIDATION)
     else:
-        where = device or next(model.parameters()).device
-        logits = predict_logits(model, images, batch_size=batch_size, tta=tta, device=where)
+        import torch
+
+        if not isinstance(model, torch.nn.Module):
+            raise TypeError(f"model must be a Predictor, a path or an nn.Module, got {model!r}")
+        first = next(model.parameters(), None)
+        if device is not None:
+            where: str | torch.device = device
+        elif first is not None:
+            where = first.device
+        else:
+            raise ValueError("model has no parameters to tell its device by: give device=")
+        hook = model.register_forward_hook(_one_logit)
+        try:
+            logits = predict_logits(model, images, batch_size=batch_size, tta=tta, device=where)
+        finally:
+            hook.remove()
         temperature = 1.0
         cut, source = decision_threshold({}, threshold, note=NO_VALIDATION)  # else 0.5
     labels = np.asarray(labels).reshape(-1)
@@ -761,7 +788,40 @@ def evaluate_arrays(
     result.update(
         patch_metrics(labels, logits, temperature, cut, n_bootstrap=n_bootstrap, seed=seed)
     )
+    if "note" not in result and len(np.unique(labels[np.isin(labels, (0, 1))])) < 2:
+        result["note"] = "only one class present: AUC is undefined"
     return result
+
+
+def _check_arguments(threshold: Any, batch_size: Any, n_bootstrap: Any) -> None:
+    """:func:`evaluate_arrays`' options, each refused with its own line (``threshold=True``
+    was taken as 1, ``"0.3"`` failed inside a comparison, ``batch_size=0`` looped on no
+    batch, a negative ``n_bootstrap`` gave no CIs without a word)."""
+    if threshold is not None:
+        if isinstance(threshold, bool) or not isinstance(threshold, int | float):
+            raise TypeError(f"threshold must be a number in [0, 1], got {threshold!r}")
+        if not 0 <= threshold <= 1:  # NaN fails too
+            raise ValueError(f"threshold must be in [0, 1], got {threshold}")
+    for name, value, least in (("batch_size", batch_size, 1), ("n_bootstrap", n_bootstrap, 0)):
+        if isinstance(value, bool) or not isinstance(value, int | np.integer):
+            raise TypeError(f"{name} must be an int, got {value!r}")
+        if value < least:
+            raise ValueError(f"{name} must be at least {least}, got {value}")
+
+
+def _one_logit(module: torch.nn.Module, inputs: Any, output: Any) -> None:
+    """Forward hook: refuse a module giving more than one output per patch (two class
+    logits were scored by the first, inverting AUC when it is the negative class's)."""
+    import torch
+
+    n = len(inputs[0])
+    if not isinstance(output, torch.Tensor) or output.numel() != n:
+        shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output)
+        raise ValueError(
+            f"model gives output {shape} for {n} patches: evaluate_arrays needs one logit "
+            "per patch ([N] or [N, 1]); for class logits pass a module returning "
+            "logits[:, 1] - logits[:, 0]"
+        )
 
 
 def _store(where: str, checkpoint: Path, temperature: float, source: str) -> bool | str:
