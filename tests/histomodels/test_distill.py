@@ -436,3 +436,39 @@ def test_a_file_of_the_users_where_the_soft_targets_go_is_not_replaced(tmp_path)
     assert _teacher_cache(mine)  # the run's own cache: replaced by a rerun
     r = CliRunner().invoke(app, [*args, "--overwrite", "--seed", "3"])
     assert r.exit_code == 0, r.output
+
+
+@pytest.mark.parametrize("member", ["key.npy", "logits.npy"])
+def test_a_cache_member_declaring_more_than_it_needs_is_not_inflated(
+    data, teacher, tmp_path, caplog, member
+) -> None:
+    """Only the cache's member names were checked: a ``key.npy`` (or ``logits.npy``)
+    declaring far more than a key or the patches' logits take was inflated in full (300 M
+    items: 1.7 GB) before the key was compared. Its declared size (the zip's central
+    directory) is checked first now: a warning, scored again, nothing inflated; the CLI
+    does not take such a file for the cache a run wrote (review 45 M5)."""
+    import io
+    import zipfile
+
+    from histomodels.cli.train import _teacher_cache
+
+    (xt, _), _ = data
+    x, run, said = torch.from_numpy(xt), tmp_path / "run", []
+    good = teacher_logits(str(teacher), x, run, say=said.append)
+    cache = run / CACHE_NAME
+    with np.load(cache) as z:
+        key = str(z["key"])
+    big = {"key.npy": np.array("k" * 100_000), "logits.npy": np.zeros(len(x) * 100)}
+    arrays = {"key": np.array(key), "logits": good} | {member[:-4]: big[member]}
+    buf = io.BytesIO()
+    np.savez_compressed(buf, key=arrays["key"], logits=arrays["logits"])
+    cache.write_bytes(buf.getvalue())
+    with zipfile.ZipFile(cache) as z:
+        assert cache.stat().st_size < z.getinfo(member).file_size // 10  # well compressed
+    if member == "key.npy":
+        assert not _teacher_cache(cache)
+    with caplog.at_level(logging.WARNING, logger="histomodels.training.distill"):
+        again = teacher_logits(str(teacher), x, run, say=said.append)
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warned) == 1 and f"{member} declares" in warned[0], warned
+    assert "scoring" in said[-1] and np.array_equal(again, good)

@@ -407,14 +407,20 @@ RUN_CONFIG_KEYS = frozenset(
 def _teacher_cache(path: Path) -> bool:
     """Whether ``path`` is a ``teacher_logits.npz`` a run wrote
     (:func:`histomodels.training.distill.teacher_logits`): a zip archive of exactly
-    ``key.npy`` and ``logits.npy`` (only its central directory is read: one of ours damaged
-    inside is still ours, and scored again with a warning). One that cannot be opened
-    raises its ``OSError``."""
+    ``key.npy`` and ``logits.npy``, its key no larger than a key is
+    (:func:`~histomodels.training.distill.oversized`). Only its central directory is read:
+    one of ours damaged inside is still ours, and scored again with a warning; a truncated
+    one, its directory lost, is not told from a file of the user's and is refused (remove
+    it). One that cannot be opened raises its ``OSError``."""
     import zipfile
+
+    from histomodels.training.distill import oversized
 
     try:
         with zipfile.ZipFile(path) as z:
-            return sorted(z.namelist()) == ["key.npy", "logits.npy"]
+            if sorted(z.namelist()) != ["key.npy", "logits.npy"]:
+                return False
+        return oversized(path, None) is None
     except (zipfile.BadZipFile, EOFError, ValueError):
         return False
 

@@ -44,6 +44,11 @@ log = logging.getLogger(__name__)
 CACHE_NAME = "teacher_logits.npz"
 #: the cache's format: bump when what is cached changes meaning
 CACHE_VERSION = "tta8-v1"
+#: The most a cache's ``key.npy`` may inflate to (its key is a short string, a few hundred
+#: bytes): a larger one declared is refused unread, not inflated (a zip bomb; review 45).
+MAX_KEY_BYTES = 1 << 16
+#: Room for a ``.npy`` header beside ``n`` float64 logits (the cache holds float32).
+NPY_HEADER_BYTES = 4096
 
 
 class DistillLoss(nn.Module):
@@ -163,14 +168,35 @@ def teacher_logits(
     return logits
 
 
+def oversized(cache: Path, n: int | None) -> str | None:
+    """What in ``cache`` (a zip) declares more than its key (:data:`MAX_KEY_BYTES`) or ``n``
+    logits (float64 and a header at most; ``n`` None: the key alone) can take, read from
+    its central directory before anything is inflated; None when all fits. Raises what
+    opening the zip raises."""
+    limits = {"key.npy": MAX_KEY_BYTES}
+    if n is not None:
+        limits["logits.npy"] = 8 * n + NPY_HEADER_BYTES
+    with zipfile.ZipFile(cache) as z:
+        for info in z.infolist():
+            limit = limits.get(info.filename)
+            if limit is not None and info.file_size > limit:
+                return f"{info.filename} declares {info.file_size} bytes, more than {limit}"
+    return None
+
+
 def read_cache(cache: Path, key: str, n: int, *, warn: bool = True) -> np.ndarray | None:
     """``cache``'s logits when it holds ``n`` of them for ``key``; None for another key (a
     change of data, teacher, precision or device: scored again), and None with a warning
     for a damaged file: truncated or corrupt (the zip's CRC-32 is checked as the logits are
-    read), another layout, or logits that are not ``n`` finite floats. The scoring that
+    read), another layout, a member declaring more bytes than its key or ``n`` logits take
+    (:func:`oversized`: not inflated), or logits that are not ``n`` finite floats. (The
+    CLI refuses, before this, a file whose zip directory is lost, as a truncated one's is:
+    ``cli/train.py`` ``_teacher_cache``.) The scoring that
     follows replaces the file atomically. ``warn=False``: no warning (a rank other than 0).
     """
     try:
+        if too_large := oversized(cache, n):
+            raise ValueError(too_large)
         with np.load(cache, allow_pickle=False) as z:
             if str(z["key"]) != key:
                 return None
