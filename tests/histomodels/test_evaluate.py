@@ -736,6 +736,10 @@ def test_eval_val_replaces_beside_the_checkpoint_only_a_sidecar_eval_wrote(tmp_p
         "or remove it first"
     ]
     assert side.read_text() == mine and not out.exists()
+    unread = tmp_path / "unread.h5"  # refused before the validation data is read
+    unread.write_bytes(b"not an HDF5 file")
+    r = CliRunner().invoke(app, [*args[:5], str(unread), *args[6:]])
+    assert r.exit_code == 1 and r.stderr.splitlines()[-1].startswith(f"error: {side}: exists")
     with pytest.raises(CalibrationError, match="is not a calibration file eval wrote"):
         evaluate_checkpoint(ckpt, data, out, val=val, n_bootstrap=0, gallery=False)
     assert side.read_text() == mine and not (out / "metrics.json").exists()

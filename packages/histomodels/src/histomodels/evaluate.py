@@ -824,6 +824,19 @@ def _one_logit(module: torch.nn.Module, inputs: Any, output: Any) -> None:
         )
 
 
+def sidecar_checkpoint(
+    checkpoint: str | Path, store_temperature: str, val_scale: float | None
+) -> Path | None:
+    """The checkpoint file beside which a temperature fitted on validation data is kept as
+    its sidecar (:func:`operating_point`'s rule: a checkpoint file, not a shipped model;
+    ``store_temperature`` ``"beside"``; not fitted on resized images), else None: what
+    ``eval --val`` checks before anything is read (the rule was written out twice)."""
+    path = resolve_checkpoint(checkpoint)
+    if path.is_file() and val_scale is None and store_temperature == "beside":
+        return path
+    return None
+
+
 def _store(where: str, checkpoint: Path, temperature: float, source: str) -> bool | str:
     """Keep T ``beside`` the checkpoint (default), ``checkpoint`` (rewrite it) or ``none``."""
     from histomodels.calibration import write_calibration

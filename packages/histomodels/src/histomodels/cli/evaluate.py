@@ -242,8 +242,8 @@ def eval_cmd(
     _refuse_to_replace(out, source, data, val, train_data, manifest=manifest is not None)
     # T is kept beside the checkpoint unless asked not to, or fitted on resized tiles
     resized = val_scale if val_scale is not None or manifest is not None else fig_scale
-    if val is not None and not no_store and store_temperature == "beside" and resized is None:
-        _refuse_to_replace_calibration(source)
+    if val is not None and not no_store:
+        _refuse_to_replace_calibration(source, store_temperature, resized)
     use_cpu_cores(threads)
     with errors(), progress():
         if manifest is not None:
@@ -317,16 +317,19 @@ def _refuse_to_replace(
         refuse_to_replace_what_eval_did_not_write(out, reads, manifest=manifest)
 
 
-def _refuse_to_replace_calibration(source: str | Path) -> None:
+def _refuse_to_replace_calibration(
+    source: str | Path, store_temperature: str, val_scale: float | None
+) -> None:
     """One error line, before anything is read, where ``eval --val`` would replace a file
     beside the checkpoint at its sidecar's name that eval did not write
-    (:func:`histomodels.calibration.refuse_to_replace_calibration`); a shipped model has no
-    sidecar file."""
+    (:func:`histomodels.calibration.refuse_to_replace_calibration`), by the library's rule
+    for where T is kept (:func:`histomodels.evaluate.sidecar_checkpoint`: not for a
+    shipped model, another ``--store-temperature``, or T fitted on resized images)."""
     from histomodels.calibration import refuse_to_replace_calibration
-    from histomodels.checkpoint import resolve_checkpoint
+    from histomodels.evaluate import sidecar_checkpoint
 
-    path = resolve_checkpoint(source)
-    if path.is_file():
+    path = sidecar_checkpoint(source, store_temperature, val_scale)
+    if path is not None:
         with errors():
             refuse_to_replace_calibration(path)
 
