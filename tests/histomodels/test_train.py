@@ -962,6 +962,27 @@ def test_cli_shipped_weights_of_another_model_name_the_command_to_use(h5_files, 
         assert not out.exists()
 
 
+def test_cli_a_weights_file_named_like_a_shipped_model_is_not_refused_by_name(
+    h5_files, tmp_path, monkeypatch
+):
+    """A file named ``pcam-cnn`` in the working folder is what ``--weights pcam-cnn`` reads
+    (the library's rule, python-api.md), but the up-front check refused it as the shipped
+    cnn's weights on another model (review 47 S1): the file is read, and judged as a file."""
+    train_h5, val_h5 = h5_files
+    monkeypatch.chdir(tmp_path)
+    Path("pcam-cnn").write_bytes(b"not a state dict")
+    out = tmp_path / "out"
+    r = CliRunner().invoke(
+        app,
+        ["finetune", "--model", "efficientnet_lite0", "--weights", "pcam-cnn", "--data",
+         str(train_h5), "--val", str(val_h5), "--out", str(out), "--epochs", "1"],
+    )  # fmt: skip
+    assert r.exit_code == 1, r.output
+    assert "shipped weights of model" not in r.stderr
+    assert r.stderr.startswith("error: pcam-cnn: "), r.stderr
+    assert len(r.stderr.splitlines()) == 1, r.stderr
+
+
 @pytest.mark.parametrize(
     ("given", "line"),
     [

@@ -509,6 +509,8 @@ def _refuse_shipped_weights_of_another_model(cfg: Any) -> None:
 
     if not isinstance(cfg.weights, str) or not pretrained.is_pretrained(cfg.weights):
         return
+    if Path(cfg.weights).exists():  # a file or folder of that name is read, as the library does
+        return
     trained_as = pretrained.sidecar(cfg.weights).get("model")
     if trained_as == cfg.model:
         return
