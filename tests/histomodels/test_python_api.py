@@ -115,12 +115,16 @@ def test_float_patches_are_refused_not_divided_by_255_again(
         (np.int64, r"got int64; if its values are already 0-255, cast", "floats"),
         (np.bool_, r"got bool; a boolean array is a mask", "floats"),
         (np.float32, r"got float32; multiply \[0, 1\] floats by 255", "16-bit"),
+        # big-endian (an HDF5 file's): str(dtype) is '>f4', which was told "no pixel values"
+        (np.dtype(">f4"), r"got float32; multiply \[0, 1\] floats by 255", "16-bit"),
+        (np.dtype(">i2"), r"got int16; .*16-bit image \(0-65535\): \(x // 257\)", "floats"),
     ],
 )
 def test_the_uint8_refusal_gives_advice_for_its_dtype(
-    pred: Predictor, patches: np.ndarray, dtype: type, advice: str, not_said: str
+    pred: Predictor, patches: np.ndarray, dtype: type | np.dtype, advice: str, not_said: str
 ) -> None:
-    """Integer and boolean patches were told to 'multiply [0, 1] floats by 255'."""
+    """Integer and boolean patches were told to 'multiply [0, 1] floats by 255'; big-endian
+    ones (review 47 M3), that they held no pixel values."""
     given = patches.astype(dtype)
     for call in (to_input, pred.logits):
         with pytest.raises(ValueError, match=advice) as caught:

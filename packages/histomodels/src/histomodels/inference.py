@@ -95,7 +95,7 @@ def _as_patches(obj: Any, where: str) -> np.ndarray | torch.Tensor | None:
         obj = obj[None]
     if obj.ndim != 4 or obj.shape[-1] != 3:
         raise ValueError(f"{where}: expected {EXPECTED}; got shape {tuple(obj.shape)}")
-    dtype = str(obj.dtype).removeprefix("torch.")
+    dtype = obj.dtype.name if isinstance(obj, np.ndarray) else str(obj.dtype).removeprefix("torch.")
     if dtype != "uint8":
         from histomodels.preprocess import uint8_problem
 

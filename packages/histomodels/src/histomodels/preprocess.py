@@ -14,7 +14,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def uint8_problem(dtype: str, tensor: bool = False) -> str:
-    """What is wrong with patches of ``dtype`` (not uint8), and what to do about it, for
+    """What is wrong with patches of ``dtype`` (not uint8; its name, byte order aside:
+    numpy's ``dtype.name``, torch's without ``torch.``), and what to do about it, for
     that kind of dtype and in the form of the input (numpy, or a torch tensor when
     ``tensor``): floats are scaled, wider integers checked and cast, booleans (a mask, not
     an image) refused, and anything else (complex, object, str, datetime...) told that it
@@ -48,7 +49,7 @@ def to_input(
     gives a nearly black patch and silently wrong scores. A read-only numpy array (a
     dataset's item) is read without PyTorch's "not writable" warning: it is never written."""
     if isinstance(batch, np.ndarray) and batch.dtype != np.uint8:  # before torch: an object,
-        raise ValueError(uint8_problem(str(batch.dtype)))  # str or datetime array is a TypeError
+        raise ValueError(uint8_problem(batch.dtype.name))  # str or datetime array is a TypeError
     if isinstance(batch, np.ndarray) and not batch.flags.writeable:
         with warnings.catch_warnings():  # read only: torch copies it to float below
             warnings.filterwarnings("ignore", "The given NumPy array is not writable")
