@@ -317,9 +317,10 @@ def _refuse_to_replace(out: Path, cfg: Any, held: list[str], config: Path | None
     with its own line; and the ``--config`` file being read is not replaced even in a
     trained run's folder (its edits were lost to the resolved config). With ``--teacher``,
     ``teacher_logits.npz`` is replaced only when it is the teacher cache a run wrote
-    (:func:`_teacher_cache`), in any folder: a file of the user's own there was taken for a
-    damaged cache and replaced."""
-    from histocore.io import holds_a_file, same_file
+    (:func:`_teacher_cache`, judged by :func:`histocore.io.replace_only_ours`), in any
+    folder: a file of the user's own there was taken for a damaged cache and replaced."""
+    from histocore.errors import UsageError
+    from histocore.io import holds_a_file, replace_only_ours, same_file
     from histomodels.checkpoint import resolve_checkpoint
     from histomodels.training.distill import CACHE_NAME
     from histomodels.training.run_folder import CHECKPOINTS, CONFIG_NAME, WRITTEN
@@ -355,21 +356,15 @@ def _refuse_to_replace(out: Path, cfg: Any, held: list[str], config: Path | None
             f"(no best.pt or last.pt beside it; a run killed before then leaves its "
             f"config.json: remove it to start again); {would}, or remove it first"
         )
-    target = out / CACHE_NAME
     if cfg.teacher:
         try:
-            there = holds_a_file(target)
-            if there and not _teacher_cache(target):
-                fail(
-                    f"{target}: exists and is not the teacher's soft targets a run wrote (a "
-                    f"numpy .npz of their key and logits); {would}, or remove it first"
-                )
-        except RefusedFile as exc:
-            fail(f"{target}: {exc}; {would}")
-        except OSError as exc:  # unreadable: whether it is the run's cannot be told
-            from histocore.errors import describe
-
-            fail(describe(exc))
+            replace_only_ours(
+                out / CACHE_NAME, _teacher_cache, UsageError, would=would,
+                not_ours="is not the teacher's soft targets a run wrote (a numpy .npz of "
+                "their key and logits)",
+            )  # fmt: skip
+        except UsageError as exc:
+            fail(str(exc))
 
 
 def _run_config(path: Path) -> bool:
