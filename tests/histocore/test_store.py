@@ -684,6 +684,8 @@ def test_a_stale_process_names_the_id_a_chain_of_renames_ends_at(
         ("last_search", 5, "header 'last_search' is 5, expected an object"),
         ("filter_sheets", "false", "header 'filter_sheets' is 'false', expected true or false"),
         ("filter_sheets", 0, "header 'filter_sheets' is 0, expected true or false"),
+        # a long one is cut as other quoted values are, and says so (cut bare at 80)
+        ("queries", "q" * 300, f"header 'queries' is '{'q' * 199}…, expected a list of text"),
     ],
 )
 @pytest.mark.parametrize("edited", ["store", "export"])

@@ -735,10 +735,10 @@ def test_a_runs_manifest_or_store_stands_for_its_folder_as_for_manifest_load(
         ("image_id,max,topk_mean\npmid:1/fig1,0.5,-2\n",
          "(line 2: topk_mean '-2' is not a number from 0 to 1)"),
         ("image_id,max,topk_mean\npmid:1/fig1, 1e1 ,0.5\n", "line 2: max '1e1' is not a"),
-        # a long bad value is cut to 40 characters ending in '…': cut bare, -1e-44 read as
-        # '-0.0000000000000000000000000000000000000', a value in range
+        # a long bad value is cut after 40 characters and ends in '…': cut bare, -1e-44
+        # read as '-0.0000000000000000000000000000000000000', a value in range
         ("image_id,max\npmid:1/fig1,-0." + "0" * 44 + "1\n",
-         "line 2: max '-0." + "0" * 36 + "…' is not a number from 0 to 1"),
+         "line 2: max '-0." + "0" * 37 + "…' is not a number from 0 to 1"),
         # one figure's row twice: the last replaced the first silently
         ("image_id,max\npmid:1/fig1,0.9\npmid:1/fig2,0.1\npmid:1/fig1,0.1\n",
          "line 4: image 'pmid:1/fig1' again (first on line 2)"),

@@ -183,6 +183,9 @@ def test_a_bad_label_csv_row_is_named_by_its_line(
          "no_metastasis here and metastasis on line 2"),
         ("image_id,label\nimg0,m\nimg0,clear\n", "labels.csv:3: image 'img0' is labelled "
          "clear here and metastasis on line 2"),
+        # a long id is cut as other quoted values are, and says so (it was cut bare)
+        (f"image_id,label\n{'i' * 300},m\n{'i' * 300},n\n", f"labels.csv:3: image "
+         f"'{'i' * 200}…' is labelled no_metastasis here and metastasis on line 2"),
         # a header naming the label column twice: the last column was taken silently
         ("image_id,label,label\nimg0,m,n\n", "labels.csv: column 'label' is given 2 times"),
     ],

@@ -721,7 +721,9 @@ def text_shown(text: str, most: int = SHOWN_CHARS) -> str:
     """``text`` (a value from a file: an id, a key, a cell) as a message quotes it: its
     first ``most`` characters, control characters escaped (:func:`one_line`), and ``…``
     after them when it was cut, so a cut value does not read as the whole one. The one
-    shortening of the schema's row keys and the dataset readers' patch ids."""
+    shortening of a quoted value (row keys and header values of a run, the dataset
+    readers' patch ids, ids of a label CSV or a review's scores, a model config); a
+    place that cuts shorter says why where it passes ``most``."""
     return one_line(text[:most]) + ("…" if len(text) > most else "")
 
 

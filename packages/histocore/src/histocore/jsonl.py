@@ -19,7 +19,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from histocore.errors import ManifestError
-from histocore.io import RefusedFile, atomic_writer, file_sha256, one_line, open_regular, size_text
+from histocore.io import (
+    RefusedFile,
+    atomic_writer,
+    file_sha256,
+    open_regular,
+    size_text,
+    text_shown,
+)
 from histocore.schema import (
     SCHEMA_NAME,
     SCHEMA_VERSION,
@@ -175,7 +182,7 @@ def _read_lines(path: Path, lines: Iterable[str], manifest: Manifest) -> None:
         key = (str(kind), str(obj.get("id")))
         if key in first:  # which row is meant? (the later one silently replaced the earlier)
             raise ManifestError(
-                f"{where}: duplicate {kind} id {one_line(repr(obj.get('id'))[:200])} (first on "
+                f"{where}: duplicate {kind} id {text_shown(repr(obj.get('id')))} (first on "
                 f"line {first[key]})"
             )
         first[key] = lineno

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from histocore.errors import ManifestError
-from histocore.io import NotJSON, loads_json, one_line, text_shown
+from histocore.io import NotJSON, loads_json, text_shown
 
 SCHEMA_NAME = "histofetch.manifest"
 #: 2: rows live in ``run.sqlite``; records gained ``transient``. Version-1 files are read
@@ -235,23 +235,21 @@ def check_header(query: Any, extra: dict[str, Any], where: str) -> None:
     ``"abc"`` three queries of one letter, ``"last_search": 5`` an AttributeError in
     ``run``; each is one ManifestError as the run is read."""
     if query is not None and not isinstance(query, str):
-        raise ManifestError(
-            f"{where}: header 'query' is {one_line(repr(query))[:80]}, expected text"
-        )
+        raise ManifestError(f"{where}: header 'query' is {text_shown(repr(query))}, expected text")
     for key in _HEADER_LISTS:
         value = extra.get(key, [])
         if not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
-            shown = one_line(repr(value))[:80]
+            shown = text_shown(repr(value))
             raise ManifestError(f"{where}: header {key!r} is {shown}, expected a list of text")
     for key in _HEADER_OBJECTS:
         value = extra.get(key, {})
         if not isinstance(value, dict):
-            shown = one_line(repr(value))[:80]
+            shown = text_shown(repr(value))
             raise ManifestError(f"{where}: header {key!r} is {shown}, expected an object")
     for key in _HEADER_BOOLS:  # a hand-edited "false" or 0 read as true
         value = extra.get(key, True)
         if not isinstance(value, bool):
-            shown = one_line(repr(value))[:80]
+            shown = text_shown(repr(value))
             raise ManifestError(f"{where}: header {key!r} is {shown}, expected true or false")
 
 

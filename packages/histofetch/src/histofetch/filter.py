@@ -36,7 +36,7 @@ import PIL.Image
 
 from histocore.errors import ManifestError
 from histocore.imaging import ImageError
-from histocore.io import atomic_write_bytes, one_line
+from histocore.io import atomic_write_bytes, one_line, text_shown
 from histocore.manifest import IMAGE_LABELS, Image, Manifest, Record
 from histofetch.canary import image_canary
 from histofetch.decide import rules
@@ -250,7 +250,7 @@ def score_row(manifest: Manifest, img: Image, *, split: bool = True) -> None:
         log.warning(
             "%s: labelled %s%s as a whole figure, it is split into %d panels now, which "
             "review and eval use instead: label them (the figure's label stays on its row)",
-            img.id, img.label, f" by {one_line(img.label_by)[:80]}" if img.label_by else "",
+            img.id, img.label, f" by {text_shown(img.label_by)}" if img.label_by else "",
             img.n_panels,
         )  # fmt: skip
 
@@ -282,7 +282,7 @@ def _reviewed_panels(manifest: Manifest, img: Image) -> list[dict[str, Any]]:
     for old in pending if isinstance(pending, list) else []:  # the manifest is untrusted
         if isinstance(old, dict) and old.get("label") in IMAGE_LABELS:
             text = {k: v if isinstance(v := old.get(k), str) else None for k in ("by", "at")}
-            out.append({"id": one_line(str(old.get("id")))[:200], "sha256": old.get("sha256"),
+            out.append({"id": text_shown(str(old.get("id"))), "sha256": old.get("sha256"),
                         "bbox": old.get("bbox"), "label": old["label"], **text})  # fmt: skip
     return out
 
@@ -312,8 +312,7 @@ def _say_dropped(img: Image, reviewed: list[dict[str, Any]]) -> None:
     if reviewed:
         shown = sorted(reviewed, key=lambda o: str(o["id"]))[:10]
         each = ", ".join(
-            f"{old['id']}: {old['label']}"
-            + (f" by {one_line(old['by'])[:80]}" if old["by"] else "")
+            f"{old['id']}: {old['label']}" + (f" by {text_shown(old['by'])}" if old["by"] else "")
             for old in shown
         ) + (f" and {len(reviewed) - len(shown)} more" if len(reviewed) > len(shown) else "")
         log.warning(

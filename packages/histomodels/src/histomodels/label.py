@@ -18,7 +18,7 @@ from pathlib import Path
 
 from histocore.csvcells import numbered_rows, read_cell
 from histocore.errors import DomainError, UnnameablePath, UnresolvablePath
-from histocore.io import one_line
+from histocore.io import one_line, text_shown
 from histocore.manifest import IMAGE_LABELS, Image, Manifest, ManifestError
 
 #: Short answers accepted at the prompt and in CSVs, mapped to the stored label.
@@ -168,7 +168,7 @@ def read_label_csv(path: str | Path, where: dict[str, str] | None = None) -> dic
                 label = normalise_label(row["label"] or "", f"{path}:{n}: ")
                 if key in out and out[key] != label:  # the last was kept silently
                     raise LabelError(
-                        f"{path}:{n}: image {one_line(key)[:200]!r} is labelled {label or 'clear'} "
+                        f"{path}:{n}: image {text_shown(key)!r} is labelled {label or 'clear'} "
                         f"here and {out[key] or 'clear'} on line {first[key]}"
                     )
                 out[key] = label
@@ -249,7 +249,7 @@ def _show(manifest: Manifest, img: Image, where: str, say: Callable[[str], None]
     control characters are escaped (:func:`~histocore.io.one_line`), never sent to the
     terminal."""
     path = _file(manifest, img)
-    caption = one_line(" ".join((img.caption or "").split())[:200])
+    caption = text_shown(" ".join((img.caption or "").split()))
     say(one_line(f"{where} {img.id}  {img.width}x{img.height}  {path}"))
     if path is not None:
         say(one_line(f"  open: {path.as_uri()}"))

@@ -30,11 +30,11 @@ from histocore.csvcells import numbered_rows, read_cell
 from histocore.errors import DomainError, describe
 from histocore.io import (
     RefusedFile,
-    one_line,
     path_shown,
     read_capped,
     record_slug,
     resolved,
+    text_shown,
     unique_stem,
 )
 from histocore.manifest import (
@@ -97,7 +97,7 @@ class Scores:
                     key = read_cell(image_id)
                     if key in first:  # eval writes one row a figure: the last won silently
                         raise ValueError(
-                            f"line {line}: image {one_line(key)[:200]!r} again (first on line "
+                            f"line {line}: image {text_shown(key)!r} again (first on line "
                             f"{first[key]})"
                         )
                     first[key] = line
@@ -113,9 +113,9 @@ class Scores:
                         raise ValueError(f"line {line}: a score that is not finite")
                     for k, v in scores.items():  # a probability; 7 or -2: an edited or damaged file
                         if not 0.0 <= v <= 1.0:  # said as the file has it ('7', not 7.0)
-                            given = one_line(str(row[k]).strip())
-                            if len(given) > 40:  # cut, and marked: '-0.0000…' is no 0
-                                given = given[:39] + "…"
+                            # a number: cut shorter than other values, and marked
+                            # ('-0.0000…' is no 0)
+                            given = text_shown(str(row[k]).strip(), 40)
                             raise ValueError(
                                 f"line {line}: {k} {given!r} is not a number from 0 to 1"
                             )

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from histocore.errors import DomainError
-from histocore.io import NotJSON, RefusedFile, loads_json, one_line, read_capped
+from histocore.io import NotJSON, RefusedFile, loads_json, read_capped, text_shown
 
 #: Reference H&E vectors (columns) and max concentrations used by common Macenko code.
 REF_STAINS = np.array([[0.5626, 0.2159], [0.7201, 0.8012], [0.4062, 0.5581]])
@@ -202,13 +202,13 @@ class MacenkoNormalizer:
         method = data.get("method", "macenko")  # a hand-written file may leave it out
         if method not in METHODS:  # another method's vectors read as Macenko's silently
             allowed = ", ".join(map(repr, METHODS))
-            shown = one_line(repr(method)[:200])  # a 1 MB method was a 1 MB line
+            shown = text_shown(repr(method))  # a 1 MB method was a 1 MB line
             raise StainError(f"{source}: method {shown} is not one of {allowed}")
         try:
             stains, max_c = np.array(data["stains"], float), np.array(data["max_c"], float)
             io = float(data.get("io", 240.0))
         except (KeyError, TypeError, ValueError) as exc:
-            shown = one_line(repr(exc)[:200])  # numpy quotes the value it could not read
+            shown = text_shown(repr(exc))  # numpy quotes the value it could not read
             raise StainError(f"{source}: not Macenko stain settings ({shown})") from None
         if stains.shape != (3, 2) or max_c.shape != (2,) or not np.isfinite(stains).all():
             raise StainError(f"{source}: expected stains 3x2 and max_c of 2 finite numbers")

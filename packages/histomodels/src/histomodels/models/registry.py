@@ -465,6 +465,6 @@ def check_build(name: str, config: dict[str, Any], input_size: int) -> None:
 
 
 def shown_config(config: dict[str, Any]) -> str:
-    """``config`` as one short line of JSON for a message (long values cut)."""
-    text = json.dumps(config, ensure_ascii=False, default=str)
-    return text if len(text) <= 200 else text[:199] + "…"
+    """``config`` as one short line of JSON for a message, cut as
+    :func:`histocore.io.text_shown` cuts a value."""
+    return text_shown(json.dumps(config, ensure_ascii=False, default=str))
