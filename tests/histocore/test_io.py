@@ -29,6 +29,7 @@ from histocore.io import (
     temp_beside,
     text_shown,
     unique_stem,
+    utc_stamp,
     write_new,
 )
 
@@ -40,6 +41,19 @@ def test_text_shown_cuts_with_a_marker_and_escapes() -> None:
     assert text_shown("a" * 201) == "a" * 200 + "…"
     assert text_shown("a\nb", most=2) == "a\\n…"
     assert text_shown("") == ""
+
+
+def test_utc_stamp_is_utc_to_the_microsecond_even_at_a_whole_second() -> None:
+    """The review answers' stamp: UTC, ISO 8601, a fraction of six digits even where it is
+    0 (a stamp without one is read as an older version's, to the second)."""
+    import re
+    from datetime import UTC, datetime, timedelta, timezone
+
+    whole = datetime(2026, 3, 1, 13, 0, 0, tzinfo=timezone(timedelta(hours=1)))
+    assert utc_stamp(whole) == "2026-03-01T12:00:00.000000+00:00"
+    now = utc_stamp()
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}\+00:00", now), now
+    assert abs(datetime.fromisoformat(now) - datetime.now(UTC)) < timedelta(minutes=1)
 
 
 def test_atomic_write_replaces_whole_file_and_keeps_usual_mode(tmp_path: Path) -> None:

@@ -718,15 +718,16 @@ def _runs_reviewed_at(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, clock: Iterator[datetime]
 ) -> tuple[Path, Path]:
     """Runs ``nc`` (pmid:1, CC BY-NC) and ``by`` (pmid:2, CC BY), one kept figure each, whose
-    review answers are stamped by ``clock``'s times in turn."""
-    from histofetch.review import data as review
+    review answers are stamped by ``clock``'s times in turn (the clock of
+    :func:`histocore.io.utc_stamp`, which stamps them)."""
+    import histocore.io
 
     class Clock(datetime):
         @classmethod
         def now(cls, tz=None):  # type: ignore[override]
             return next(clock)
 
-    monkeypatch.setattr(review, "datetime", Clock)
+    monkeypatch.setattr(histocore.io, "datetime", Clock)
     nc = _one_figure_run(tmp_path / "nc", "pmid:1", "CC BY-NC")
     by = _one_figure_run(tmp_path / "by", "pmid:2", "CC BY")
     for run, image_id in ((by, "2-0"), (nc, "1-0")):

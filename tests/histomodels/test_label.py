@@ -56,14 +56,14 @@ def test_label_stamps_each_answer_to_the_microsecond(
     revert to whole seconds passed the tests)."""
     from datetime import UTC, datetime
 
-    import histomodels.label
+    import histocore.io
 
-    class Clock(datetime):
+    class Clock(datetime):  # the clock of histocore.io.utc_stamp, which stamps them
         @classmethod
         def now(cls, tz=None):  # type: ignore[override]
             return datetime(2026, 3, 1, 12, 0, 0, 500_000, UTC)
 
-    monkeypatch.setattr(histomodels.label, "datetime", Clock)
+    monkeypatch.setattr(histocore.io, "datetime", Clock)
     run = _run(tmp_path)
     r = CliRunner().invoke(app, ["label", "--manifest", str(run), "--set", "img0=m"])
     assert r.exit_code == 0, r.output

@@ -18,6 +18,7 @@ import shlex
 import stat
 import tempfile
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path, PurePath
 from typing import Any, BinaryIO, TypeVar
 
@@ -701,6 +702,16 @@ def fraction_text(t: float) -> str:
         if 0.0 < float(text) < 1.0:
             return text
     return repr(float(t))
+
+
+def utc_stamp(at: datetime | None = None) -> str:
+    """``at`` (an aware time; now where None) as a review answer is stamped (an image's
+    ``label_at``, the review log's ``at``): ISO 8601 in UTC to the microsecond,
+    ``2026-03-01T12:00:00.000000+00:00``, the fraction written even where it is 0, so the
+    stamp is told from an older version's, stamped to the second without one
+    (:func:`histofetch.merge_logs.answer_time`). The review page and ``histomodels label``
+    stamp with it."""
+    return (at or datetime.now(UTC)).astimezone(UTC).isoformat(timespec="microseconds")
 
 
 def one_line(message: str) -> str:

@@ -13,12 +13,11 @@ import csv
 import os
 import stat
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
 from pathlib import Path
 
 from histocore.csvcells import numbered_rows, read_cell
 from histocore.errors import DomainError, UnnameablePath, UnresolvablePath
-from histocore.io import one_line, text_shown
+from histocore.io import one_line, text_shown, utc_stamp
 from histocore.manifest import IMAGE_LABELS, Image, Manifest, ManifestError
 
 #: Short answers accepted at the prompt and in CSVs, mapped to the stored label.
@@ -104,7 +103,7 @@ def apply_labels(
     for label in labels.values():
         if label is not None and label not in IMAGE_LABELS:
             raise LabelError(f"{label!r} is not a label; use one of {', '.join(IMAGE_LABELS)}")
-    who, when = _reviewer(), datetime.now(UTC).isoformat(timespec="microseconds")
+    who, when = _reviewer(), utc_stamp()
     for image_id, label in labels.items():
         img = manifest.images[image_id]
         if img.label == label:
@@ -119,7 +118,7 @@ def apply_labels(
 
 def label_one(manifest: Manifest, image_id: str, label: str | None) -> None:
     """Commit one answer: the image's label fields, in one store transaction."""
-    who, when = _reviewer(), datetime.now(UTC).isoformat(timespec="microseconds")
+    who, when = _reviewer(), utc_stamp()
     by, at = (who, when) if label is not None else (None, None)
     manifest.update_image(image_id, label=label, label_by=by, label_at=at)
 

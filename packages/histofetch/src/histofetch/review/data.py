@@ -20,7 +20,6 @@ import sqlite3
 import stat
 import threading
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -36,6 +35,7 @@ from histocore.io import (
     resolved,
     text_shown,
     unique_stem,
+    utc_stamp,
 )
 from histocore.manifest import (
     IMAGE_LABELS,
@@ -528,7 +528,7 @@ def save_answer(manifest: Manifest, image_id: str, label: str | None, reviewer: 
             raise ReviewError(f"{manifest.path}: no kept figure with id {image_id!r}")
         # to the microsecond: at seconds an undo here and an answer in another copy of the
         # run within the same second tied, and merge let the undo stand (the earlier action)
-        stamp = datetime.now(UTC).isoformat(timespec="microseconds")
+        stamp = utc_stamp()
         previous = img.label
         by, at = (reviewer, stamp) if label is not None else (None, None)
         with _open_log(manifest.run_dir / LOG_NAME) as fh:  # before the answer is stored
