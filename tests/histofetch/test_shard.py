@@ -812,6 +812,25 @@ def test_answered_after_reads_a_whole_second_stamp_to_the_second() -> None:
     assert answered_after(new, early) and not answered_after(early, new)
 
 
+def test_a_whole_second_stamped_with_its_fraction_is_read_to_the_microsecond() -> None:
+    """This version stamps to the microsecond and writes the fraction even where it is 0
+    (``histocore.io.utc_stamp``): an answer given at 12:00:00.000000 was read as an older
+    version's whole-second stamp (its fraction is 0), so an answer half a second later in
+    another copy tied with it and the first input's (or the undo) stood. Only a stamp
+    without a fraction is read to the second."""
+    from datetime import UTC, datetime
+
+    from histocore.io import utc_stamp
+    from histofetch.merge_logs import answer_time, answered_after
+
+    whole = answer_time(utc_stamp(datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)))
+    later = answer_time("2026-03-01T12:00:00.500000+00:00")
+    assert answered_after(later, whole) and not answered_after(whole, later)
+    old = answer_time("2026-03-01T12:00:00+00:00")  # an older version's: to the second
+    assert not answered_after(later, old) and not answered_after(old, later)
+    assert not answered_after(whole, old) and not answered_after(old, whole)
+
+
 def _grid_article(tmp: Path, name: str, licence: str, caption: str, filtered: bool) -> Path:
     """A run of one PDF holding the 2×2 compound figure, of ``licence``; ``filtered``: split
     into its four panels (own bytes, ``parent_id`` naming the figure) and decided."""

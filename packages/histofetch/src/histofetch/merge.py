@@ -56,7 +56,6 @@ import errno
 import functools
 import os
 from dataclasses import replace
-from datetime import datetime
 from pathlib import Path
 
 from histocore.io import file_in_the_way, locked_folder, unnameable
@@ -65,6 +64,7 @@ from histocore.store import RENAME_REFUSED, RENAMED
 from histofetch.licence import reuse_rank
 from histofetch.merge_logs import (
     LOG_NAME,
+    AnswerTime,
     answer_time,
     answered_after,
     check_out_log,
@@ -260,7 +260,7 @@ def _carried_labels(
     return labelled
 
 
-def _answered_at(img: Image) -> datetime:
+def _answered_at(img: Image) -> AnswerTime:
     """``img.label_at`` as a time (:func:`histofetch.merge_logs.answer_time`)."""
     return answer_time(img.label_at)
 

@@ -41,9 +41,11 @@ import errno
 import hashlib
 import json
 import os
+import re
 import stat
 from collections import Counter
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -115,33 +117,52 @@ def _log_lines(fh: BinaryIO) -> Iterator[tuple[int, str, dict[str, Any] | None]]
         yield n, line, obj if isinstance(obj, dict) else None
 
 
-def answer_time(text: object) -> datetime:
+@dataclass(frozen=True)
+class AnswerTime:
+    """A review answer's time (:func:`answer_time`): ``at``, UTC, and whether its stamp was
+    to the second (no fraction: an older version's), compared by :func:`answered_after`."""
+
+    at: datetime
+    to_second: bool
+
+
+#: The earliest answer time: one with no stamp or one that is not ISO 8601 (hand-edited).
+_EARLIEST = datetime.min.replace(tzinfo=UTC)
+#: A fraction of a second in an ISO 8601 stamp (``12:00:00.5``, ``120000,5``); a date has none.
+_FRACTION = re.compile(r"\d[.,]\d")
+
+
+def answer_time(text: object) -> AnswerTime:
     """A review answer's time (a row's ``label_at``, a log line's ``at``) as a UTC time
     (UTC where it names no zone); the earliest where it is none or not ISO 8601
-    (hand-edited): any dated answer is newer."""
+    (hand-edited): any dated answer is newer. To the second where the stamp has no
+    fraction (an older version's); this version writes one even where it is 0
+    (:func:`histocore.io.utc_stamp`): ``12:00:00.000000`` is to the microsecond."""
     try:
         at = datetime.fromisoformat(text) if isinstance(text, str) else None
     except ValueError:
         at = None
-    if at is None:
-        return datetime.min.replace(tzinfo=UTC)
+    if not isinstance(text, str) or at is None:
+        return AnswerTime(_EARLIEST, to_second=True)
     at = at if at.tzinfo is not None else at.replace(tzinfo=UTC)
-    return max(at, datetime.min.replace(tzinfo=UTC))  # '0001-01-01T00:00+05:00' is no older
+    # '0001-01-01T00:00+05:00' is no older than the earliest
+    return AnswerTime(max(at, _EARLIEST), to_second=_FRACTION.search(text) is None)
 
 
-def answered_after(a: datetime, b: datetime) -> bool:
+def answered_after(a: AnswerTime, b: AnswerTime) -> bool:
     """Whether the answer of time ``a`` came after the one of ``b`` (:func:`answer_time`):
     to the second where either is stamped to the second, as runs of older versions are
-    (no fraction, or a fraction of 0), to the microsecond otherwise. An old undo stamped
-    12:00:00 may have been given at 12:00:00.9: read to the microsecond, an answer of
-    12:00:00.5 in another copy was newer and won, where the tie (the undo stands, the
-    first input's answer is taken) was the rule for those stamps."""
-    if a.microsecond == 0 or b.microsecond == 0:
-        return a.replace(microsecond=0) > b.replace(microsecond=0)
-    return a > b
+    (no fraction), to the microsecond otherwise. An old undo stamped 12:00:00 may have
+    been given at 12:00:00.9: read to the microsecond, an answer of 12:00:00.5 in another
+    copy was newer and won, where the tie (the undo stands, the first input's answer is
+    taken) was the rule for those stamps. A stamp of this version at 12:00:00.000000 was
+    read as one to the second (its fraction 0), and tied with an answer of 12:00:00.5."""
+    if a.to_second or b.to_second:
+        return a.at.replace(microsecond=0) > b.at.replace(microsecond=0)
+    return a.at > b.at
 
 
-def undone(run: Manifest, images: set[str]) -> dict[str, datetime]:
+def undone(run: Manifest, images: set[str]) -> dict[str, AnswerTime]:
     """Those of ``images`` whose last line in ``run``'s review log is an undo (a ``label``
     given as null): unlabelled there by hand, not never reviewed; each with the undo's time
     (:func:`answer_time` of its ``at``), so an answer carried from elsewhere wins only when
