@@ -221,9 +221,11 @@ def test_success_lines_name_a_tilde_folder_as_given(home: tuple[Path, Path]) -> 
     """The error lines name a folder called ``~`` (given as ``./~/x``) as ``./~/x``
     (histocore.io.path_shown), but the success lines printed the parsed Path, ``wrote
     ~/s.json``, ``$HOME``'s to a reader: ``data stain``, ``data info --sheet`` and eval's
-    lines now name it as the error lines do."""
+    lines now name it as the error lines do; so does ``label``'s first line (it said ``0
+    figure(s) to label in ~/run``)."""
     import PIL.Image
 
+    from histocore.manifest import Manifest, Record
     from histomodels.cli import app
     from histomodels.synthetic import make_figure, write_h5
 
@@ -232,11 +234,15 @@ def test_success_lines_name_a_tilde_folder_as_given(home: tuple[Path, Path]) -> 
     here.mkdir()
     PIL.Image.fromarray(make_figure(2, 2, seed=4)).save(here / "ref.png")
     write_h5(here / "d.h5", 16, seed=0)
+    with Manifest(run_dir=here / "run", query="q") as m:
+        m.add_record(Record(id="pmid:1", title="A paper", stage="filtered"))
+        m.save()
     runs = (
         (["data", "stain", "./~/ref.png", "--out", "./~/s.json"], "wrote ./~/s.json: "),
         (["data", "info", "./~/d.h5", "--sheet", "./~/s.png"], "  contact sheet: ./~/s.png"),
         (["eval", "--model", "pcam-cnn", "--data", "./~/d.h5", "--out", "./~/ev", "--bootstrap",
           "0", "--threads", "1"], "wrote ./~/ev/metrics.json"),
+        (["label", "--manifest", "./~/run"], "0 figure(s) to label in ./~/run"),
     )  # fmt: skip
     for args, said in runs:
         r = CliRunner().invoke(app, args)

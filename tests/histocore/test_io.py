@@ -25,6 +25,7 @@ from histocore.io import (
     holds_a_file,
     make_parents,
     number_text,
+    path_line,
     record_slug,
     temp_beside,
     text_shown,
@@ -41,6 +42,11 @@ def test_text_shown_cuts_with_a_marker_and_escapes() -> None:
     assert text_shown("a" * 201) == "a" * 200 + "…"
     assert text_shown("a\nb", most=2) == "a\\n…"
     assert text_shown("") == ""
+
+
+def test_path_line_names_a_tilde_folder_here_and_escapes_control_characters() -> None:
+    assert path_line(Path("~/a\nb")) == "./~/a\\nb"
+    assert path_line(Path("/x/~/c\x1b")) == "/x/~/c\\x1b"
 
 
 def test_utc_stamp_is_utc_to_the_microsecond_even_at_a_whole_second() -> None:

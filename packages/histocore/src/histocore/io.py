@@ -239,6 +239,13 @@ def path_shown(path: Path) -> str:
     return f"./{text}" if path.parts and path.parts[0].startswith("~") else text
 
 
+def path_line(path: Path) -> str:
+    """``path`` as a line of output names it: :func:`path_shown` (``./~/x`` for a folder
+    named ``~``) with control characters escaped (:func:`one_line`: a newline in a folder's
+    name does not break the line). The CLIs' success lines name their files so."""
+    return one_line(path_shown(path))
+
+
 def source_shown(text: object) -> str:
     """A path a library reports as text (a Path, ``d.h5``, or a reader's ``encoded:d.h5``) as
     :func:`path_shown` names it: ``./~/d.h5`` and ``encoded:./~/d.h5`` for a folder named

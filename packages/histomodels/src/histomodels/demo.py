@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from histocore.errors import DomainError
-from histocore.io import atomic_write_bytes, atomic_write_text, one_line, path_shown
+from histocore.io import atomic_write_bytes, atomic_write_text, path_line
 from histocore.manifest import Manifest
 
 
@@ -127,11 +127,11 @@ def run_demo(out: Path, *, minutes: float = 2.0, seed: int = 0, n_train: int = 3
         paths[name] = data / f"synthetic_{name}.h5"
         if not paths[name].exists():
             write_h5(paths[name], n, seed=s)
-        console.print(f"{name}: {n} patches → {one_line(path_shown(paths[name]))}")
+        console.print(f"{name}: {n} patches → {path_line(paths[name])}")
 
     console.rule(Text("2/6 a small PDF article with figures", style="bold"))
     pdf = build_article(out / "literature" / "synthetic_article.pdf", seed=seed)
-    console.print(f"article → {one_line(path_shown(pdf))}")
+    console.print(f"article → {path_line(pdf)}")
 
     console.rule(Text("3/6 histofetch extract → filter", style="bold"))
     fetch_run = out / "fetch_run"
@@ -192,7 +192,7 @@ def run_demo(out: Path, *, minutes: float = 2.0, seed: int = 0, n_train: int = 3
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
     console.rule(Text("done", style="bold"))
     console.print_json(json.dumps(summary, default=str))
-    page = one_line(path_shown(out / "report" / "report.html"))
+    page = path_line(out / "report" / "report.html")
     console.print(f"open {page} for plots, curves and galleries")
     return summary
 

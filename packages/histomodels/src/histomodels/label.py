@@ -17,7 +17,7 @@ from pathlib import Path
 
 from histocore.csvcells import numbered_rows, read_cell
 from histocore.errors import DomainError, UnnameablePath, UnresolvablePath
-from histocore.io import one_line, text_shown, utc_stamp
+from histocore.io import one_line, path_line, text_shown, utc_stamp
 from histocore.manifest import IMAGE_LABELS, Image, Manifest, ManifestError
 
 #: Short answers accepted at the prompt and in CSVs, mapped to the stored label.
@@ -217,7 +217,7 @@ def label_interactively(
     images = [i for i in images if not why.get(i.id)]
     counts = {label: 0 for label in IMAGE_LABELS} | {"skipped": 0}
     answered: list[str] = []
-    say(f"{len(images)} figure(s) to label in {one_line(str(manifest.run_dir))}")
+    say(f"{len(images)} figure(s) to label in {path_line(manifest.run_dir)}")
     for reason in (_OUTSIDE, _LOOP, _UNNAMEABLE):
         group = [i for i in refused if why[i.id] == reason]
         if group:

@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from histocore.cli import home_path
-from histocore.io import one_line, path_shown, source_shown
+from histocore.io import one_line, path_line, source_shown
 from histomodels.choices import PCAM_SPLITS, Dataset, PcamSplit
 from histomodels.cli._common import (
     OriginSplit,
@@ -72,7 +72,7 @@ def download(
             retries=retries,
         )
     for r in results:
-        typer.echo(f"{r.status:10s} {one_line(path_shown(Path(r.path)))}")
+        typer.echo(f"{r.status:10s} {path_line(Path(r.path))}")
 
 
 def info(
@@ -98,7 +98,6 @@ def info(
     ] = None,
 ) -> None:
     """Counts, label balance and (optionally) a contact sheet of sample patches."""
-    from histocore.io import one_line
     from histomodels.data import DatasetError, open_dataset
     from histomodels.data.info import contact_sheet, describe
     from histomodels.data.pcam import SplitNotChosen
@@ -139,7 +138,7 @@ def info(
     if "figures" in summary:
         typer.echo(f"  figures: {summary['figures']}")
     if sheet is not None:
-        typer.echo(f"  contact sheet: {one_line(path_shown(sheet))}")
+        typer.echo(f"  contact sheet: {path_line(sheet)}")
 
 
 #: ``data info``'s options by the reader keyword each one gives.
@@ -168,6 +167,6 @@ def stain(
         except StainError as exc:  # the fit's message does not name the file
             raise StainError(f"{reference}: {exc}") from None
         norm.save(out)
-    typer.echo(f"wrote {one_line(path_shown(out))}: "
+    typer.echo(f"wrote {path_line(out)}: "
                f"haematoxylin {norm.stains[:, 0].round(3).tolist()}, "
                f"eosin {norm.stains[:, 1].round(3).tolist()}")  # fmt: skip

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from histocore.cli import home_path_or_stdout
-from histocore.io import one_line, path_shown
+from histocore.io import path_line
 from histomodels.cli._common import (
     errors,
     no_model_to_stdout,
@@ -56,5 +56,5 @@ def ensemble_cmd(
 
     with errors():
         path = write_ensemble(sources, out, tta=tta)
-    shown = one_line(path_shown(path))
+    shown = path_line(path)
     typer.echo(f"wrote {shown}: ensemble of {len(sources)} model(s){' with TTA' if tta else ''}")

@@ -20,7 +20,7 @@ from typing import Annotated, Any
 import typer
 
 from histocore.cli import home_path
-from histocore.io import RefusedFile, loads_json, one_line, path_shown, read_capped
+from histocore.io import RefusedFile, loads_json, path_line, read_capped
 from histomodels.choices import MAX_INPUT_SIZE, MAX_SEED, MIN_INPUT_SIZE
 from histomodels.choices import Schedule as ScheduleName
 from histomodels.cli._common import (
@@ -295,7 +295,7 @@ def _train(
             fail(f"{where}: {exc}" if where else str(exc))
     m = result.best_metrics
     if m:
-        best = one_line(path_shown(out / "best.pt"))
+        best = path_line(out / "best.pt")
         typer.echo(
             f"best val AUC {m['val_auc']:.4f} (accuracy {m['val_accuracy']:.4f}) at epoch "
             f"{result.best_epoch}; stopped: {result.stop_reason}; {best}"
@@ -804,5 +804,5 @@ def tune_cmd(
         )
     typer.echo(
         f"best val AUC {best['val_auc']:.4f} (trial {best['trial']}); "
-        f"config → {one_line(path_shown(Path(out) / 'best_config.json'))}"
+        f"config → {path_line(Path(out) / 'best_config.json')}"
     )
