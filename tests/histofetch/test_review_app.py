@@ -830,7 +830,18 @@ def test_only_image_files_inside_the_run_are_served(kit: tuple[Path, Path], tmp_
     (run / "images").mkdir(exist_ok=True)
     (run / "images" / "loop.png").symlink_to("loop.png")  # a link to itself: cannot resolve
     m.update_image("pmid:1/fig1", path="images/loop.png")
-    assert _client(run, raise_server_exceptions=False).get("/image/pmid:1/fig1").status_code == 404
+    m.update_image("pmid:1/fig2", path="images/a\x00.png")
+    c = _client(run, raise_server_exceptions=False)
+    # each with its true reason: both were said to be "outside the run folder"
+    loop, nul = c.get("/image/pmid:1/fig1"), c.get("/image/pmid:1/fig2")
+    assert loop.status_code == 404 and nul.status_code == 404
+    assert loop.json()["error"] == "image path 'images/loop.png' cannot be resolved (symlink loop)"
+    assert nul.json()["error"] == (
+        "image path 'images/a\\x00.png' names no file (it holds a NUL character)"
+    )
+    m.update_image("pmid:2/fig2", path="../x.png")
+    outside = _client(run).get("/image/pmid:2/fig2")
+    assert outside.json()["error"] == "image path '../x.png' is outside the run folder"
 
 
 def test_unknown_host_is_refused(kit: tuple[Path, Path]) -> None:
@@ -1107,11 +1118,15 @@ def test_the_review_server_announces_a_run_folder_with_control_characters_on_one
     lines are (``one_line``; review 46 M5: nothing tested it)."""
     from histofetch.review import server
 
+    run = make_run(tmp_path / "a\x1b[31m\nb", filtered=False)
+    found = run
+
     class Stopped:
+        run_dir = found  # the folder build_server found
+
         def run(self, sockets=None) -> None:  # the page is not served here
             pass
 
-    run = make_run(tmp_path / "a\x1b[31m\nb", filtered=False)
     monkeypatch.setattr(server, "build_server", lambda *a, **k: (Stopped(), None))
     monkeypatch.setattr(server, "url_of", lambda sock: "http://127.0.0.1:1/")
     said: list[str] = []
@@ -1153,3 +1168,72 @@ def test_a_hint_for_a_run_folder_named_with_control_characters_is_one_safe_line(
     for r in (filtered, exported):
         assert r.exit_code == 0, r.output
         assert "\x1b" not in r.output and len(r.output.strip().splitlines()) <= 2, r.output
+
+
+def test_the_server_finds_the_folder_and_reads_the_run_once(
+    kit: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``review_folder`` ran 3 to 4 times a start (serve, build_server, load_run,
+    create_app), the manifest was read twice (build_server's check, then the first page)
+    and the scores CSV twice. Each is done once now, and the first page and list use what
+    the start read. (Counted through the real functions, wrapped.)"""
+    from histofetch.review import app as app_module
+    from histofetch.review import data, server
+
+    calls: dict[str, int] = {"folder": 0, "run": 0, "scores": 0}
+
+    def counted(name: str, real: Any) -> Any:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            calls[name] += 1
+            return real(*args, **kwargs)
+
+        return wrapper
+
+    folder = counted("folder", data.review_folder)
+    for module in (data, app_module, server):
+        monkeypatch.setattr(module, "review_folder", folder)
+    monkeypatch.setattr(app_module, "load_folder", counted("run", data.load_folder))
+    real_scores = Scores.load.__func__  # type: ignore[attr-defined]
+    monkeypatch.setattr(
+        Scores, "load", classmethod(counted("scores", lambda cls, f: real_scores(cls, f)))
+    )
+    run, scores = kit
+    built, sock = server.build_server(run / "manifest.jsonl", port=0, scores=scores)
+    sock.close()
+    assert built.run_dir == run
+    app: Any = built.config.app  # the Starlette app build_server made
+    client = TestClient(app, base_url="http://127.0.0.1")
+    assert client.get("/").status_code == 200
+    assert client.get("/api/items?status=all").json()["total"] == 4
+    assert calls == {"folder": 1, "run": 1, "scores": 1}, calls
+
+
+def test_the_list_comes_a_page_at_a_time(
+    kit: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``/api/items`` sent the whole filtered list (6 MB of JSON for 100,000 figures, which
+    the page waited for before its first figure). It sends one page now (``offset`` and
+    ``limit``, or the page ``around`` a figure, with its index ``at``), with the count of
+    the whole list."""
+    from histofetch.review import app as app_module
+
+    run, scores = kit
+    c = _client(run, scores)
+    monkeypatch.setattr(app_module, "PAGE", 3)  # the default page size
+    first = c.get("/api/items?status=all").json()
+    assert [x["id"] for x in first["items"]] == ["pmid:1/fig1", "pmid:1/fig2", "pmid:2/fig1"]
+    assert (first["offset"], first["total"], first["at"]) == (0, 4, None)
+    page = c.get("/api/items?status=all&offset=1&limit=2").json()
+    assert [x["id"] for x in page["items"]] == ["pmid:1/fig2", "pmid:2/fig1"]
+    assert (page["offset"], page["total"]) == (1, 4)
+    assert c.get("/api/items?status=all&offset=9").json()["items"] == []
+    # around a figure: its page, a quarter of it before the figure
+    around = c.get("/api/items?status=all&limit=4&around=pmid:2/fig2").json()
+    assert (around["at"], around["offset"]) == (3, 2)
+    assert [x["id"] for x in around["items"]] == ["pmid:2/fig1", "pmid:2/fig2"]
+    gone = c.get("/api/items?weak=no_metastasis&around=pmid:1/fig1").json()
+    assert gone["at"] is None and gone["total"] == 1  # not in this filter's list
+    for bad in ("offset=-1", "offset=x", "limit=0", "limit=5001", "offset=1e3"):
+        r = c.get(f"/api/items?{bad}")
+        assert r.status_code == 400 and "must be" in r.json()["error"], bad
+    assert c.get("/api/alive").json() == {"alive": True}

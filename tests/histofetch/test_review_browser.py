@@ -44,9 +44,12 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def _started(run: Path, scores: Path | None = None) -> tuple[Any, Any, threading.Thread]:
-    """The review server of ``run`` started on a free port: ``(server, socket, thread)``."""
-    server, sock = build_server(run, port=0, reviewer="tester", scores=scores)
+def _started(
+    run: Path, scores: Path | None = None, port: int = 0
+) -> tuple[Any, Any, threading.Thread]:
+    """The review server of ``run`` started (on a free port unless ``port``):
+    ``(server, socket, thread)``."""
+    server, sock = build_server(run, port=port, reviewer="tester", scores=scores)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 120  # a wait, no bound: it can take a while when loaded
@@ -56,17 +59,43 @@ def _started(run: Path, scores: Path | None = None) -> tuple[Any, Any, threading
     return server, sock, thread
 
 
+@pytest.fixture(autouse=True)
+def pages_of_two(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The page asks for the list 2 figures at a time (200 by default), so every test here
+    moves, answers and undoes across pages of the list."""
+    from histofetch.review import app
+
+    monkeypatch.setattr(app, "PAGE", 2)
+
+
+@pytest.fixture(scope="module")
+def kit(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """The run made (and filtered) once a module, and its scores: a test reviews a copy
+    (each test made and filtered its own run: most of its time on a loaded machine)."""
+    root = tmp_path_factory.mktemp("review-kit")
+    run = make_run(root)
+    return run, make_scores(run, root)
+
+
+def _copy_run(kit: tuple[Path, Path], tmp_path: Path) -> Path:
+    import gc
+
+    gc.collect()  # no store connection of the kit's left open while it is copied
+    return Path(shutil.copytree(kit[0], tmp_path / "run"))
+
+
 @pytest.fixture
-def served(tmp_path: Path) -> Iterator[tuple[str, Path]]:
-    run = make_run(tmp_path)
-    server, sock, thread = _started(run, scores=make_scores(run, tmp_path))
+def served(kit: tuple[Path, Path], tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    run = _copy_run(kit, tmp_path)
+    server, sock, thread = _started(run, scores=kit[1])
     yield url_of(sock), run
     server.should_exit = True
     thread.join(timeout=10)
 
 
-@pytest.fixture
-def browser() -> Iterator[object]:
+@pytest.fixture(scope="module")
+def chromium() -> Iterator[Any]:
+    """One headless chromium a module (each test started its own: seconds each)."""
     webdriver = pytest.importorskip("selenium.webdriver")
     from selenium.webdriver.chrome.service import Service
 
@@ -83,6 +112,22 @@ def browser() -> Iterator[object]:
     finally:
         driver.quit()
         shutil.rmtree(profile, ignore_errors=True)
+
+
+@pytest.fixture
+def browser(chromium: Any) -> Iterator[Any]:
+    """The module's chromium as a fresh one is: one tab, 1400 x 900, scripts on, an empty
+    console log. Each test's server has its own port, so its page has its own storage."""
+    d = chromium
+    yield d
+    for handle in d.window_handles[1:]:  # the tabs a test opened
+        d.switch_to.window(handle)
+        d.close()
+    d.switch_to.window(d.window_handles[0])
+    d.execute_cdp_cmd("Emulation.setScriptExecutionDisabled", {"value": False})
+    d.get("about:blank")
+    d.set_window_size(1400, 900)
+    d.get_log("browser")  # read: the next test's log starts empty
 
 
 def _wait(driver, condition, timeout: float = 30.0):  # generous: CI machines can be loaded
@@ -221,6 +266,8 @@ def test_all_reviewed_says_so_and_shows_all_in_one_click(served: tuple[str, Path
     _press(d, "u", "saved pmid:2/fig2: not usable")  # the last answer of the run
     _wait(d, lambda d: d.find_element("id", "empty").is_displayed())
     assert _text(d, "empty-text") == "All 4 figures of this run are reviewed."
+    # keyboard users: the focus is on "show all" (it stayed nowhere), Enter shows them
+    assert d.switch_to.active_element.get_attribute("id") == "empty-action"
     assert _text(d, "empty-detail") == "2 metastasis · 1 no metastasis · 1 not usable"
     assert "Nothing matches" not in _text(d, "empty")
     assert not d.find_element("id", "stage").is_displayed()
@@ -247,14 +294,14 @@ def test_all_reviewed_says_so_and_shows_all_in_one_click(served: tuple[str, Path
 
 
 def test_partial_scores_never_stop_the_page_nor_show_another_figures_score(
-    tmp_path: Path, browser
+    kit: tuple[Path, Path], tmp_path: Path, browser
 ) -> None:
     """An image_scores.csv row with only one of max/topk_mean (the reader takes either)
     stopped show() at `undefined.toFixed`: the article, the heatmap button and the chosen
     key were never updated and the status read 'Cannot read properties of undefined'. A
     figure the CSV does not score (an eval of fewer figures) kept the previous figure's
     score on screen."""
-    run = make_run(tmp_path)
+    run = _copy_run(kit, tmp_path)
     scores = tmp_path / "eval"
     scores.mkdir()
     (scores / "image_scores.csv").write_text(
@@ -289,11 +336,13 @@ def _next(driver, image_id: str) -> None:
     _wait(driver, lambda d: _text(d, "figure-id") == image_id)
 
 
-def test_a_jats_figure_label_is_shown_in_bold_before_its_caption(tmp_path: Path, browser) -> None:
+def test_a_jats_figure_label_is_shown_in_bold_before_its_caption(
+    kit: tuple[Path, Path], tmp_path: Path, browser
+) -> None:
     """The JATS ``<label>`` ("Figure 4") stored as ``figure_label`` was not shown; now it is,
     in bold, as text (markup in it stays text), and not twice where the caption (a PDF's)
     starts with it."""
-    run = make_run(tmp_path)
+    run = _copy_run(kit, tmp_path)
     m = Manifest.load(run)
     m.images["pmid:1/fig1"].figure_label = "Figure 1."  # the caption says "Figure 1." itself
     m.images["pmid:1/fig2"].figure_label = "<img src=x onerror=\"document.title='pwned'\">Fig 2"
@@ -389,17 +438,28 @@ def test_keys_answer_with_caps_lock_and_not_while_typing(served: tuple[str, Path
     assert Manifest.load(run).images["pmid:1/fig1"].label == "metastasis"
 
 
-def test_a_stopped_server_is_said_plainly_and_the_figure_waits(tmp_path: Path, browser) -> None:
+def test_a_stopped_server_is_said_plainly_and_the_figure_waits(
+    kit: tuple[Path, Path], tmp_path: Path, browser
+) -> None:
     """With the server stopped an answer said only "not saved: Failed to fetch", at the end
     of the side panel (below a long caption: out of sight). Now it names the figure, the
     answer and the cause, under the answer keys, and the figure stays to be answered again."""
-    run = make_run(tmp_path)
+    run = _copy_run(kit, tmp_path)
     server, sock, thread = _started(run)
+    port = sock.getsockname()[1]
     d = browser
     d.get(url_of(sock))
     _wait(d, lambda d: _text(d, "figure-id") == "pmid:1/fig1")
+    banner = d.find_element("id", "server-down")
+    assert not banner.is_displayed()
     server.should_exit = True
     thread.join(timeout=10)
+    # said before any key (it was said only by the next answer, not saved): the heartbeat
+    # (every 5 s) or, as here, the tab shown again asks the server
+    d.execute_script("document.dispatchEvent(new Event('visibilitychange'))")
+    _wait(d, lambda d: banner.is_displayed(), timeout=10)
+    assert "The review server does not answer" in banner.text and not _text(d, "status")
+    assert banner.get_attribute("role") == "alert"
     from selenium.webdriver.common.action_chains import ActionChains
 
     ActionChains(d).send_keys("m").perform()
@@ -409,6 +469,15 @@ def test_a_stopped_server_is_said_plainly_and_the_figure_waits(tmp_path: Path, b
     assert "still not reviewed" in said and _text(d, "figure-id") == "pmid:1/fig1"
     status = d.find_element("id", "status")
     assert status.is_displayed() and status.location["y"] < 300  # under the keys, in sight
+    # the server back on its port: the banner goes at the next heartbeat (here: focus)
+    server, _sock, thread = _started(run, port=port)
+    try:
+        d.execute_script("window.dispatchEvent(new Event('focus'))")
+        _wait(d, lambda d: not banner.is_displayed(), timeout=10)
+        _press(d, "m", "saved pmid:1/fig1: metastasis")
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
 
 
 def test_the_image_says_which_figure_of_which_article_it_is(
@@ -441,6 +510,18 @@ def test_the_image_says_which_figure_of_which_article_it_is(
     for b in d.find_elements("css selector", "button:not([hidden])"):  # every one named
         assert b.accessible_name.strip() or not b.is_displayed(), b.get_attribute("id")
     assert d.find_element("id", "zoom-out").accessible_name == "zoom out"
+    # the caption's evidence kinds differ by more than colour: each its own underline,
+    # shown in the legend too
+    style = (
+        "const s = getComputedStyle(arguments[0]);"
+        "return [s.textDecorationLine, s.textDecorationStyle];"
+    )
+    kinds = {
+        m.get_attribute("class"): tuple(d.execute_script(style, m))
+        for m in d.find_elements("css selector", ".legend mark")
+    }
+    assert len(kinds) == 4 and all(line == "underline" for line, _ in kinds.values()), kinds
+    assert len({how for _, how in kinds.values()}) == 4, kinds
 
 
 def test_a_narrow_window_scrolls_the_page_not_a_sliver_of_side_panel(
@@ -509,10 +590,15 @@ def test_a_next_figure_that_does_not_load_is_said_and_never_answered_in_its_plac
     does not answer"), while the list had moved on: the next n answered that figure again and
     took the next one off the list unanswered. Now the page says the answer was saved and the
     next figure did not load, shows no figure (keys answer nothing), and → loads that figure
-    (it is not skipped). A → whose figure did not load did the same."""
+    (it is not skipped). A → whose figure did not load did the same. The answer buttons were
+    hidden meanwhile (a mouse user had to reload the page): they stay, a click loads the
+    figure again (answering nothing unseen), and a retry button does the same; a figure
+    whose image file does not load keeps them too, with a retry."""
     from selenium.webdriver.common.action_chains import ActionChains
 
     url, run = served
+    with Manifest.load(run) as m:  # its facts load, its image file does not
+        m.update_image("pmid:2/fig2", path="images/gone.png")
     d = browser
     d.get(url)
     _wait(d, lambda d: _text(d, "figure-id") == "pmid:1/fig1")
@@ -523,8 +609,14 @@ def test_a_next_figure_that_does_not_load_is_said_and_never_answered_in_its_plac
     assert not d.find_element("id", "figure-id").is_displayed()  # not fig1's facts as fig2's
     assert not d.find_element("id", "figure").is_displayed()
     ActionChains(d).send_keys("n").perform()  # no figure shown: answers nothing
-    _next(d, "pmid:1/fig2")  # → loads the figure that did not load, not the one after it
+    keys = d.find_elements("css selector", ".answer-keys .key")
+    assert len(keys) == 3 and all(k.is_displayed() for k in keys)
+    retry = d.find_element("id", "retry")
+    assert retry.is_displayed()
+    retry.click()  # loads the figure that did not load, not the one after it (→ does too)
+    _wait(d, lambda d: _text(d, "figure-id") == "pmid:1/fig2")
     assert _text(d, "status") == "" and _text(d, "label") == "not reviewed"
+    assert not retry.is_displayed()
     _press(d, "n", "saved pmid:1/fig2: no metastasis")
     _wait(d, lambda d: _text(d, "figure-id") == "pmid:2/fig1")
     assert _log(run) == [("pmid:1/fig1", "metastasis"), ("pmid:1/fig2", "no_metastasis")]
@@ -532,8 +624,16 @@ def test_a_next_figure_that_does_not_load_is_said_and_never_answered_in_its_plac
     _fail_once(d, "/api/item/")
     _press(d, "\ue014", "figure pmid:2/fig2 did not load: ")  # arrow right
     ActionChains(d).send_keys("u").perform()  # pmid:2/fig1 is not on screen: not answered
-    _next(d, "pmid:2/fig2")
-    _press(d, "u", "saved pmid:2/fig2: not usable")
+    d.find_element("css selector", ".key-u").click()  # a click loads it: answers nothing
+    _wait(d, lambda d: _text(d, "figure-id") == "pmid:2/fig2")
+    assert _labels(run)["pmid:2/fig2"] is None and _text(d, "label") == "not reviewed"
+    # its image file is gone: said, with a retry; the buttons stay and answer it
+    _wait(d, lambda d: "the image of pmid:2/fig2 did not load" in _text(d, "status"))
+    assert d.find_element("id", "retry").is_displayed()
+    d.find_element("id", "retry").click()  # tried again: still gone, said again
+    _wait(d, lambda d: "the image of pmid:2/fig2 did not load" in _text(d, "status"))
+    d.find_element("css selector", ".key-u").click()
+    _wait(d, lambda d: "saved pmid:2/fig2: not usable" in _text(d, "status"))
     assert _labels(run) == {
         "pmid:1/fig1": "metastasis",
         "pmid:1/fig2": "no_metastasis",
@@ -581,7 +681,11 @@ def test_an_undo_saved_is_never_said_failed_nor_posted_twice(
 ) -> None:
     """Review 42 M2: an undo saved, with the list failing to reload after it, was said "undo
     failed" and stayed on the undo stack, so z posted it again. Only a failed POST is a
-    failed undo now; a reload failing after it is said as such and → reloads."""
+    failed undo now; a reload failing after it is said as such and → reloads (← too: it
+    walked the list from before the undo)."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.keys import Keys
+
     url, run = served
     d = browser
     d.get(url)
@@ -595,7 +699,9 @@ def test_an_undo_saved_is_never_said_failed_nor_posted_twice(
     )
     assert d.execute_script("return state.undo.length") == 0
     assert _labels(run)["pmid:1/fig1"] is None
-    _next(d, "pmid:1/fig1")  # → reloads: the figure undone is shown
+    # ← reloads too (it walked the old list, where the figure undone was not: fig2 showed)
+    ActionChains(d).send_keys(Keys.ARROW_LEFT).perform()
+    _wait(d, lambda d: _text(d, "figure-id") == "pmid:1/fig1")
     _wait(d, lambda d: _text(d, "status") == "undone: pmid:1/fig1 is not reviewed again")
     assert _text(d, "label") == "not reviewed"
     _press(d, "z", "nothing to undo")

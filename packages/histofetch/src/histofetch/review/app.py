@@ -1,9 +1,10 @@
 """The review page: a Starlette app (Jinja2 templates, plain JS, local assets only).
 
-Routes: ``/`` (the page), ``/api/items`` (filtered list + progress), ``/api/item/{id}``
-(one figure), ``POST /api/label`` (save one answer), ``/image/{id}`` and ``/heatmap/{id}``
-(the figure file and its eval heatmap), ``/static/…``. Nothing is fetched from outside:
-no CDN, no fonts, no analytics. Every value from the manifest reaches the page escaped
+Routes: ``/`` (the page), ``/api/items`` (one page of the filtered list + progress:
+``offset``, ``limit``, or ``around`` a figure id), ``/api/item/{id}`` (one figure), ``POST
+/api/label`` (save one answer), ``/api/alive`` (the page's heartbeat), ``/image/{id}`` and
+``/heatmap/{id}`` (the figure file and its eval heatmap), ``/static/…``. Nothing is fetched
+from outside: no CDN, no fonts, no analytics. Every value from the manifest reaches the page escaped
 (Jinja2 autoescape, ``textContent`` in JS); the caption's highlight markup is built on the
 server from escaped pieces (:func:`histofetch.review.data.caption_html`).
 """
@@ -24,14 +25,14 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
-from histocore.io import NotJSON, loads_json
+from histocore.io import NotJSON, loads_json, one_line
 from histocore.manifest import MANIFEST_NAME, Image, Manifest, ManifestError
 from histocore.store import STORE_NAME
 from histofetch.review.data import (
     ReviewError,
     Scores,
     item,
-    load_run,
+    load_folder,
     matches,
     ordered,
     progress,
@@ -42,6 +43,11 @@ from histofetch.review.data import (
 HERE = Path(__file__).parent
 #: The most bytes a POST body may hold (an answer is an id, a label and a reviewer name).
 MAX_BODY = 64 * 1024
+#: Figures in one page of ``/api/items`` unless ``limit`` says (at most :data:`MAX_PAGE`):
+#: the page asks for the figures around the one shown, never the whole list (6 MB of JSON
+#: for 100,000 figures).
+PAGE = 200
+MAX_PAGE = 5000
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".webp", ".tif", ".tiff", ".bmp")
 #: Security headers on every response: no framing, no sniffing, only our own scripts.
 HEADERS = {
@@ -93,6 +99,7 @@ class RunState:
         self.lock = threading.RLock()
         self._stamp: tuple | None = None
         self._manifest: Manifest | None = None
+        self._order: tuple[Manifest, list[Image]] | None = None
 
     def _disk(self) -> tuple:
         out = []
@@ -110,13 +117,39 @@ class RunState:
             if self._manifest is None or stamp != self._stamp:
                 # the old one is not closed here: a request may still read it (GC closes it)
                 self._manifest = None
-                self._manifest, self._stamp = load_run(self.run_dir), stamp
+                self._manifest = load_folder(self.run_dir)
+                # stamped after the load: opening the store touches run.sqlite-wal, so the
+                # stamp taken before it read the run again at the next request (100,000
+                # figures: seconds)
+                self._stamp = self._disk()
             return self._manifest
+
+    def ordered(self, manifest: Manifest) -> list[Image]:
+        """The kept figures of ``manifest`` in reading order, sorted once a manifest, not
+        at every page of the list. Answers change labels in place: the figures and their
+        order stay."""
+        with self.lock:
+            if self._order is None or self._order[0] is not manifest:
+                self._order = (manifest, ordered(manifest))
+            return self._order[1]
 
     def saved(self) -> None:
         """After our own answer: the files changed, the in-memory manifest is current."""
         with self.lock:
             self._stamp = self._disk()
+
+
+def _count(query: dict[str, str], name: str, default: int, most: int | None) -> int:
+    """The whole number ``query[name]`` (``default`` when absent), at most ``most``."""
+    raw = query.get(name)
+    if raw is None:
+        return default
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 12:
+        raise ValueError(f"{name} must be a whole number, not {raw[:40]!r}")
+    value = int(raw)
+    if most is not None and not 1 <= value <= most:
+        raise ValueError(f"{name} must be from 1 to {most}")
+    return value
 
 
 async def _capped_body(request: Request) -> bytes | None:
@@ -142,10 +175,18 @@ def create_app(
     hosts: tuple[str, ...] = ("127.0.0.1", "localhost", "testserver"),
 ) -> Starlette:
     """The ASGI app for one run folder (``scores``: a ``histomodels eval --manifest`` folder)."""
-    run_dir = Path(run_dir)
+    folder = Path(run_dir)
     with contextlib.suppress(ReviewError):  # a bad run: every route's error page says why
-        run_dir = review_folder(run_dir)  # RUN/manifest.jsonl: the files watched are RUN's
-    state = RunState(run_dir, Scores.load(scores) if scores else None, reviewer)
+        folder = review_folder(folder)  # RUN/manifest.jsonl: the files watched are RUN's
+    return app_for(folder, Scores.load(scores) if scores else None, reviewer=reviewer, hosts=hosts)
+
+
+def app_for(
+    run_dir: Path, scores: Scores | None, *, reviewer: str, hosts: tuple[str, ...]
+) -> Starlette:
+    """:func:`create_app` for the folder :func:`review_folder` gave and scores read (the
+    server checks both first, once). ``app.state.run`` is its :class:`RunState`."""
+    state = RunState(run_dir, scores, reviewer)
     templates = Jinja2Templates(directory=str(HERE / "templates"))
 
     def error_page(request: Request, exc: Exception, status: int = 500) -> Response:
@@ -170,18 +211,34 @@ def create_app(
             "records": records,
             "has_scores": state.scores is not None,
             "progress": progress(manifest),
+            "page": PAGE,  # figures the page asks for at a time
         }
         return templates.TemplateResponse(request, "index.html", context)
 
     async def items(request: Request) -> Response:
-        manifest = state.manifest()
         query = dict(request.query_params)
-        rows = [
+        try:
+            offset = _count(query, "offset", 0, None)
+            limit = _count(query, "limit", PAGE, MAX_PAGE)
+        except ValueError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=400)
+        manifest = state.manifest()
+        rows = [i for i in state.ordered(manifest) if matches(i, state.scores, query)]
+        at = None
+        if "around" in query:  # the page of this figure (undo): where it is, if it matches
+            at = next((n for n, i in enumerate(rows) if i.id == query["around"]), None)
+            if at is not None:
+                offset = max(0, at - limit // 4)
+        window = [
             {"id": i.id, "label": i.label, "weak_label": i.weak_label}
-            for i in ordered(manifest)
-            if matches(i, state.scores, query)
+            for i in rows[offset : offset + limit]
         ]
-        return JSONResponse({"items": rows, "progress": progress(manifest)})
+        body = {"items": window, "offset": offset, "total": len(rows), "at": at}
+        return JSONResponse({**body, "progress": progress(manifest)})
+
+    async def alive(request: Request) -> Response:
+        """The page's heartbeat: a server stopped is said before the next answer is lost."""
+        return JSONResponse({"alive": True})
 
     def kept_figure(request: Request) -> tuple[Manifest, Image] | Response:
         """The manifest and the kept figure the path names, or the response saying why not
@@ -247,11 +304,14 @@ def create_app(
             return found
         manifest, img = found
         # a manifest is untrusted: serve only image files inside the run folder (the rule of
-        # every reader: Manifest.image_file; also a path whose links cannot be resolved)
+        # every reader: Manifest.image_file; also a path whose links cannot be resolved).
+        # The reason is the reader's: a link loop or a NUL in the path was said to be
+        # "outside the run folder"
         try:
             path = manifest.image_file(img.path)
-        except ManifestError:
-            return JSONResponse({"error": "figure file outside the run folder"}, status_code=404)
+        except ManifestError as exc:
+            why = one_line(str(exc).removeprefix(f"{manifest.path}: "))
+            return JSONResponse({"error": why}, status_code=404)
         if path.suffix.lower() not in IMAGE_SUFFIXES:
             return JSONResponse({"error": "not an image file"}, status_code=404)
         return _file(path)
@@ -270,11 +330,12 @@ def create_app(
             Route("/", page),
             Route("/api/items", items),
             Route("/api/item/{image_id:path}", one),
+            Route("/api/alive", alive),
             Route("/api/label", answer, methods=["POST"]),
             Route("/image/{image_id:path}", image),
             Route("/heatmap/{image_id:path}", heatmap),
             Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
         ],
     )
-
+    app.state.run = state
     return app

@@ -168,7 +168,12 @@ def review_folder(run_dir: str | Path) -> Path:
 def load_run(run_dir: str | Path) -> Manifest:
     """The run's manifest, or a :class:`ReviewError` that says what is wrong with the folder
     (``run_dir``: as :func:`review_folder` takes it)."""
-    run_dir = review_folder(run_dir)
+    return load_folder(review_folder(run_dir))
+
+
+def load_folder(run_dir: Path) -> Manifest:
+    """:func:`load_run` of the folder :func:`review_folder` gave (the server finds it once,
+    then reads it again whenever the run changes)."""
     try:
         manifest = Manifest.load(run_dir)
     except (ManifestError, OSError, UnicodeDecodeError) as exc:

@@ -15,8 +15,8 @@ import uvicorn
 
 from histocore.io import one_line, path_shown
 from histocore.manifest import Manifest
-from histofetch.review.app import create_app
-from histofetch.review.data import Scores, load_run, review_folder
+from histofetch.review.app import RunState, app_for
+from histofetch.review.data import Scores, review_folder
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,14 @@ def bound_host(host: str) -> str:
     return host[1:-1] if host.startswith("[") and host.endswith("]") else host
 
 
+class ReviewServer(uvicorn.Server):
+    """The uvicorn server of one run's review page (``run_dir``: the run folder)."""
+
+    def __init__(self, config: uvicorn.Config, run_dir: Path) -> None:
+        super().__init__(config)
+        self.run_dir = run_dir
+
+
 def build_server(
     run_dir: Path,
     *,
@@ -55,23 +63,25 @@ def build_server(
     port: int = 0,
     reviewer: str | None = None,
     scores: Path | None = None,
-) -> tuple[uvicorn.Server, socket.socket]:
+) -> tuple[ReviewServer, socket.socket]:
     """A configured server and its bound socket (so port 0 gives a known free port).
 
     Raises :class:`histofetch.review.data.ReviewError` for a bad run or scores folder.
+    The folder is found, the run and the scores read, once: the first page uses them (each
+    was read again by the app, the folder looked up 3 to 4 times).
     """
     run_dir = review_folder(run_dir)  # RUN/manifest.jsonl stands for RUN, as for Manifest.load
-    load_run(run_dir)  # fail now, with one line, rather than on the first page view
-    if scores is not None:
-        Scores.load(scores)
+    read = Scores.load(scores) if scores is not None else None
     hosts = allowed_hosts(host)
-    app = create_app(run_dir, scores=scores, reviewer=reviewer or default_reviewer(), hosts=hosts)
+    app = app_for(run_dir, read, reviewer=reviewer or default_reviewer(), hosts=hosts)
+    state: RunState = app.state.run
+    state.manifest()  # fail now, with one line, rather than on the first page view
     bind = bound_host(host)
     sock = socket.socket(socket.AF_INET6 if ":" in bind else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((bind, port))
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
-    return uvicorn.Server(config), sock
+    return ReviewServer(config, run_dir), sock
 
 
 def url_of(sock: socket.socket) -> str:
@@ -91,8 +101,8 @@ def serve(
     announce=print,
 ) -> None:
     """Run the review page until Ctrl-C."""
-    run_dir = review_folder(run_dir)  # the folder is announced, its export refreshed
     server, sock = build_server(run_dir, host=host, port=port, reviewer=reviewer, scores=scores)
+    run_dir = server.run_dir  # the folder is announced, its export refreshed
     url = url_of(sock)
     shown = path_shown(Path(run_dir))  # a folder named '~' as ./~/run, not $HOME's
     # escaped: a run folder named with a newline or an escape broke the line (one_line)

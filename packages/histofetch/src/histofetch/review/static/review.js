@@ -11,8 +11,11 @@ const LABEL_TEXT = {
   abstain: "abstain",
 };
 const state = {
-  items: [],     // [{id, label, weak_label}] matching the filters
-  index: 0,
+  items: [],     // one page of the figures matching the filters: [{id, label, weak_label}]
+  offset: 0,     // the list index of items[0]
+  total: 0,      // how many figures match the filters (the whole list, not only this page)
+  stale: false,  // the list did not (re)load: ← and → load it again before they move
+  index: 0,      // the figure shown, as an index of the whole list
   current: null, // the full item shown
   undo: [],      // [{id, previous}] answers of this tab, newest last
   zoom: 0,       // 0 = fit, else a scale factor
@@ -22,6 +25,11 @@ const state = {
   unsaved: null,  // {id, here, away}: the NOT SAVED message while it is the one said
 };
 const FILTER_IDS = ["f-status", "f-disagree", "f-record", "f-weak", "f-label"];
+// The list comes a page at a time (the whole list was 6 MB of JSON at 100,000 figures and
+// the first figure waited for it): the page around the figure shown, a quarter behind it.
+const PAGE = Math.max(1, Number(document.body.dataset.page) || 200);
+// The heartbeat: a stopped server is said within this long, not at the next answer.
+const HEARTBEAT_MS = 5000;
 
 function filters() {
   const q = new URLSearchParams();
@@ -48,13 +56,40 @@ class Unreachable extends Error {}
 // The figure to show did not load (its /api/item/ request failed).
 class NotLoaded extends Error {}
 
+// The banner under the header while the server does not answer: said at once (the
+// heartbeat, the tab shown again, the network back), not only at the next answer, which
+// then was not saved. It goes when the server answers again.
+function serverDown(down) {
+  const was = !$("server-down").hidden;
+  if (down === was) return;
+  $("server-down").hidden = !down;
+  document.body.classList.toggle("server-down", down);
+  if (!down && !state.unsaved && !state.retry) say("the review server answers again");
+}
+
+let beating = false;
+async function heartbeat() {
+  if (beating) return;
+  beating = true;
+  try {
+    await fetch("/api/alive", { cache: "no-store" });
+    serverDown(false);  // any answer: the server is there
+  } catch (e) {
+    serverDown(true);
+  } finally {
+    beating = false;
+  }
+}
+
 async function api(path, options) {
   let response;
   try {
     response = await fetch(path, options);
   } catch (e) {
+    serverDown(true);
     throw new Unreachable("the review server does not answer (stopped? start histofetch review again)");
   }
+  serverDown(false);
   let body = null;
   try { body = await response.json(); } catch (e) { body = null; }
   if (!response.ok) {
@@ -72,12 +107,42 @@ function showProgress(p) {
     `${p.reviewed} / ${p.total} reviewed · ${p.metastasis} m · ${p.no_metastasis} n · ${p.not_usable} u`;
 }
 
-async function loadList(keepId) {
-  const body = await api(`/api/items?${filters().toString()}`);
+// The row of the list at `index`, when it is in the page loaded.
+function rowAt(index) {
+  const n = index - state.offset;
+  return n >= 0 && n < state.items.length ? state.items[n] : null;
+}
+
+// One page of the list: the one holding the figure `around` names (body.at: its index, or
+// null where it does not match the filters), else the one from `offset` on. The server
+// counts the whole list (total) and the run (progress).
+async function fetchList({ around = null, offset = 0 } = {}) {
+  const q = filters();
+  q.set("limit", String(PAGE));
+  q.set("offset", String(Math.max(0, Math.floor(offset))));
+  if (around !== null) q.set("around", around);
+  let body;
+  try {
+    body = await api(`/api/items?${q.toString()}`);
+  } catch (e) {
+    state.stale = true;  // the page loaded is the old list's: moves reload it first
+    throw e;
+  }
+  state.stale = false;
   state.items = body.items;
+  state.offset = body.offset;
+  state.total = body.total;
   showProgress(body.progress);
-  const at = keepId ? state.items.findIndex((x) => x.id === keepId) : -1;
-  state.index = at >= 0 ? at : Math.min(state.index, Math.max(0, state.items.length - 1));
+  return body;
+}
+
+// The page whose figures are around list index `index`.
+function fetchPageOf(index) {
+  return fetchList({ offset: index - Math.floor(PAGE / 4) });
+}
+
+async function loadList() {
+  await fetchPageOf(state.index);
   await show();
 }
 
@@ -114,6 +179,10 @@ function explainEmpty() {
     action.dataset.action = "clear";
   }
   action.hidden = false;
+  // keyboard users: the one thing to do next has the focus (it stayed on the answer key
+  // or nowhere), unless they are typing in a field
+  const at = document.activeElement;
+  if (!(at instanceof HTMLInputElement || at instanceof HTMLSelectElement)) action.focus();
 }
 
 function emptyAction() {
@@ -124,18 +193,32 @@ function emptyAction() {
     $("f-status").value = "all";
   }
   state.index = 0;
-  enqueue(() => shown(() => loadList(null), ""));
+  enqueue(() => shown(loadList, ""));
 }
 
 async function show() {
-  const empty = state.items.length === 0;
+  state.current = null;  // keys answer nothing until the next figure is shown
+  const clamp = () => { state.index = Math.min(state.index, Math.max(0, state.total - 1)); };
+  clamp();
+  // a figure outside the page loaded: its page first (twice at most: the list may have
+  // shrunk meanwhile, leaving the index past its end)
+  for (let n = 0; n < 2 && state.total > 0 && !rowAt(state.index); n += 1) {
+    try {
+      await fetchPageOf(state.index);
+    } catch (e) {
+      document.body.classList.add("not-loaded");
+      throw new NotLoaded(`figure ${state.index + 1} of the list did not load: ${e.message}`);
+    }
+    clamp();
+  }
+  const row = rowAt(state.index);
+  const empty = !row;
   $("empty").hidden = !empty;
   $("stage").hidden = empty;
   document.body.classList.toggle("nothing-shown", empty);  // no stale figure facts beside it
-  $("position").textContent = empty ? "0 / 0" : `${state.index + 1} / ${state.items.length}`;
-  state.current = null;  // keys answer nothing until the next figure is shown
-  if (empty) { document.body.classList.remove("not-loaded"); explainEmpty(); return; }
-  const id = state.items[state.index].id;
+  $("position").textContent = empty ? "0 / 0" : `${state.index + 1} / ${state.total}`;
+  if (empty) { document.body.classList.remove("not-loaded"); setRetry(null); explainEmpty(); return; }
+  const id = row.id;
   let it;
   try {
     it = await api(`/api/item/${encodeURIComponent(id)}`);
@@ -191,7 +274,13 @@ async function show() {
   } else if (state.retry) {
     say("");  // the figure that did not load is shown now
   }
-  state.retry = null;
+  setRetry(null);
+}
+
+// What → and the retry button run while no figure is shown because it did not load.
+function setRetry(load) {
+  state.retry = load;
+  $("retry").hidden = !load;
 }
 
 // What a screen reader says for the image: which figure (or panel) of which article.
@@ -264,12 +353,15 @@ async function answer(label) {
   state.undo.push({ id: it.id, previous: it.label });
   showProgress(body.progress);
   say(`saved ${it.id}: ${said}`);
-  const row = state.items[state.index];
-  row.label = label;
+  const row = rowAt(state.index);
+  const here = row !== null && row.id === it.id;
+  if (here) row.label = label;
+  else state.items = [];  // the page loaded is not the list shown: show() loads it again
   if ($("f-status").value === "unreviewed" && label) {
-    state.items.splice(state.index, 1);  // answered: leaves the "unreviewed" list
-    if (state.index >= state.items.length) state.index = Math.max(0, state.items.length - 1);
-  } else if (state.index < state.items.length - 1) {
+    if (here) state.items.splice(state.index - state.offset, 1);  // leaves the "unreviewed" list
+    state.total = Math.max(0, state.total - 1);
+    if (state.index >= state.total) state.index = Math.max(0, state.total - 1);
+  } else if (state.index < state.total - 1) {
     state.index += 1;
   }
   await shown(show, `saved ${it.id}: ${said}; the next `);
@@ -285,8 +377,8 @@ async function shown(load, done) {
   } catch (e) {
     state.current = null;
     document.body.classList.add("not-loaded");
-    state.retry = load;
     say(`${done}${e.message} (press → to retry)`, true);
+    setRetry(load);
   }
 }
 
@@ -310,19 +402,18 @@ async function undo() {
   showProgress(body.progress);
   const undone = `undone: ${last.id} is ${last.previous ? LABEL_TEXT[last.previous] : "not reviewed"} again`;
   const showUndone = async () => {
+    let body;
     try {
-      await loadList(null);
+      body = await fetchList({ around: last.id });
+      if (body.at === null) {  // not in this filter's list any more: go back to everything
+        $("f-status").value = "all";
+        body = await fetchList({ around: last.id });
+      }
     } catch (e) {
-      throw e instanceof NotLoaded ? e : new Error(`the list of figures did not reload: ${e.message}`);
+      throw new Error(`the list of figures did not reload: ${e.message}`);
     }
-    const at = state.items.findIndex((x) => x.id === last.id);
-    if (at < 0) {  // not in this filter's list any more: go back to everything
-      $("f-status").value = "all";
-      await loadList(last.id);
-    } else if (at !== state.index || !state.current) {
-      state.index = at;
-      await show();
-    }
+    state.index = body.at === null ? 0 : body.at;
+    await show();
     // said only once the page shows the figure again, so the next key answers that one
     say(undone);
   };
@@ -331,9 +422,11 @@ async function undo() {
 
 async function move(step) {
   const retry = state.retry;
-  if (retry && step > 0) { await shown(retry, ""); return; }  // → loads it again: not skipped
-  if (!state.items.length) return;
-  state.index = Math.min(state.items.length - 1, Math.max(0, state.index + step));
+  // → loads it again: not skipped; ← too while the list did not load (it walked the old
+  // list: after an undo whose list did not reload, the figure undone was not in it)
+  if (retry && (step > 0 || state.stale)) { await shown(retry, ""); return; }
+  if (!state.total) return;
+  state.index = Math.min(state.total - 1, Math.max(0, state.index + step));
   await shown(show, "");
 }
 
@@ -383,8 +476,36 @@ document.addEventListener("keydown", (ev) => {
 });
 
 for (const b of document.querySelectorAll(".key")) {
-  b.addEventListener("click", () => enqueue(() => answer(b.dataset.label)));
+  // with no figure shown because it did not load, a click loads it again (the buttons
+  // were hidden: a mouse user had to reload the page); it answers nothing unseen
+  b.addEventListener("click", () => enqueue(() => (
+    state.retry && !state.current ? shown(state.retry, "") : answer(b.dataset.label))));
 }
+$("retry").addEventListener("click", () => {
+  if (state.retry) enqueue(() => shown(state.retry, ""));
+  else if (state.current) reloadImage();
+});
+// the image file did not load (the figure's facts did): said, with the retry button; the
+// answer buttons stay (the figure may be answered "not usable"), → moves on as ever
+$("figure").addEventListener("error", () => {
+  const it = state.current;
+  if (!it) return;
+  say(`the image of ${it.id} did not load (retry loads it again)`, true);
+  $("retry").hidden = false;
+});
+function reloadImage() {
+  const img = $("figure");
+  say("");
+  $("retry").hidden = true;
+  img.src = `${img.src.split("?")[0]}?again=${Date.now()}`;  // not the failed one from the cache
+}
+setInterval(() => { if (document.visibilityState === "visible") heartbeat(); }, HEARTBEAT_MS);
+document.addEventListener("visibilitychange", () => {
+  if (document.visibilityState === "visible") heartbeat();
+});
+window.addEventListener("online", heartbeat);
+window.addEventListener("offline", heartbeat);
+window.addEventListener("focus", heartbeat);
 $("zoom-in").addEventListener("click", () => zoomBy(1.25));
 $("zoom-out").addEventListener("click", () => zoomBy(0.8));
 $("zoom-fit").addEventListener("click", () => { state.zoom = 0; applyZoom(); });
@@ -396,10 +517,10 @@ for (const id of FILTER_IDS) {
   $(id).addEventListener("change", () => {
     $(id).blur();  // keys answer again right after a filter change
     // queued as keys are: an answer still saving moved the index of the list it was in
-    enqueue(() => { state.index = 0; return shown(() => loadList(null), ""); });
+    enqueue(() => { state.index = 0; return shown(loadList, ""); });
   });
 }
 const savedName = window.localStorage.getItem("histofetch-reviewer");
 if (savedName && !$("reviewer").value) $("reviewer").value = savedName;
 $("reviewer").addEventListener("change", () => window.localStorage.setItem("histofetch-reviewer", $("reviewer").value));
-enqueue(() => shown(() => loadList(null), "cannot load figures: "));
+enqueue(() => shown(loadList, "cannot load figures: "));
