@@ -1,0 +1,163 @@
+"""The command lines the docs show parse: every ``histofetch …`` / ``histomodels …`` line in
+a README.md or docs/*.md code block (and every inline code span starting with one) names
+commands that exist, options that exist for that command, and, where it writes a value
+that is not a placeholder (``N``, ``TEST``, ``K/N``, ``...``), a value the option takes
+(a choice, a range). Options are looked up with the CLIs' own parser
+(``make_parser(ctx).parse_args``: nothing runs), so a renamed or removed option fails here
+instead of in a reader's terminal. Synopsis brackets (``[--tta]``) and alternatives
+(``a|b``, ``--heatmaps DIR | --no-heatmaps``) are read as the options they name."""
+
+from __future__ import annotations
+
+import functools
+import re
+import shlex
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import typer
+
+ROOT = Path(__file__).resolve().parents[1]
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+#: a value that stands for one: RUN, TEST, K/N, <id>, ... (checked for shape only)
+PLACEHOLDER = re.compile(r"^[A-Z][A-Z_/]*$|\.\.\.|…|^<")
+
+
+@functools.cache
+def _roots() -> dict[str, Any]:
+    from histofetch.cli import app as fetch_app
+    from histomodels.cli import app as models_app
+
+    return {
+        "histofetch": typer.main.get_command(fetch_app),
+        "histomodels": typer.main.get_command(models_app),
+    }
+
+
+def doc_lines(text: str) -> Iterator[tuple[int, str, bool]]:
+    """(line number, text, inline) of each line of a non-Python code block (a
+    ``\\``-continued command joined into one) and of each inline code span that starts with
+    a CLI's name. An inline span may name an option without its value (``eval --manifest``:
+    the option meant in prose); a code block's line is a command to type."""
+    for m in re.finditer(r"^```(\w*)\n(.*?)^```$", text, re.M | re.S):
+        if m.group(1) in ("python", "py", "mermaid", "text"):
+            continue
+        first = text[: m.start()].count("\n") + 2
+        body = re.sub(r"\\\n\s*", " ", m.group(2))
+        for i, line in enumerate(body.splitlines()):
+            yield first + i, line, False
+    for m in re.finditer(r"`((?:histofetch|histomodels) [^`]*)`", text):
+        yield text[: m.start()].count("\n") + 1, m.group(1).replace("\\|", "|"), True
+
+
+def problems(line: str, roots: dict[str, Any], inline: bool = False) -> list[str]:
+    """What is wrong with the CLI command lines in one line of a page ([] when nothing)."""
+    found = []
+    line = re.sub(r"\s#\s.*$", "", line)  # a shell comment
+    for part in re.split(r"&&|;|\|\s|──", line):
+        m = re.search(r"(?:^|\s|/)(histofetch|histomodels)(\s.*)?$", part)
+        if not m:
+            continue
+        try:
+            tokens = shlex.split(m.group(2) or "")
+        except ValueError as e:
+            found.append(f"cannot be split as a shell line ({e})")
+            continue
+        tokens = [t.strip("[]") for t in tokens]
+        tokens = [t for t in tokens if t and t != "|"]
+        cmd, path = roots[m.group(1)], [m.group(1)]
+        while hasattr(cmd, "commands") and tokens and not tokens[0].startswith("-"):
+            name = re.split(r"[|/]", tokens[0])[0]  # `train|finetune`, `eval/predict`
+            if name not in cmd.commands:
+                found.append(f"{' '.join(path)} has no command {name!r}")
+                break
+            cmd, tokens = cmd.commands[name], tokens[1:]
+            path.append(name)
+        else:
+            if hasattr(cmd, "commands") and not tokens:
+                continue  # a group named alone (`histomodels data`)
+            if inline and tokens and tokens[-1].startswith("-"):
+                tokens.append("VALUE")  # the option named in prose; a flag ignores it
+            found += _option_problems(cmd, " ".join(path), tokens)
+    return found
+
+
+def _option_problems(cmd: Any, prog: str, tokens: list[str]) -> list[str]:
+    args = [t if t.startswith("-") else t.split("|")[0] for t in tokens]
+    # a context in which nothing is checked or run, then the command's own parser on the
+    # words, which tells unknown options and options missing their value
+    ctx = cmd.make_context(prog, [], resilient_parsing=True)
+    ctx.resilient_parsing = False
+    try:
+        cmd.make_parser(ctx).parse_args(args)
+    except Exception as e:  # click's NoSuchOption, BadOptionUsage, …
+        return [f"{prog}: {e}"]
+    options = {
+        o: p
+        for p in cmd.params
+        if p.param_type_name == "option"
+        for o in (*p.opts, *p.secondary_opts)
+    }
+    found, i = [], 0
+    while i < len(tokens):
+        name, eq, value = tokens[i].partition("=")
+        p = options.get(name)
+        if p is not None and not p.is_flag:
+            if not eq:
+                i += 1
+                value = tokens[i] if i < len(tokens) else ""
+            for v in value.split("|"):
+                if v and not PLACEHOLDER.search(v):
+                    try:
+                        p.process_value(ctx, [v] if p.multiple else v)
+                    except Exception as e:
+                        found.append(f"{prog} {name} {v!r}: {e}")
+        i += 1
+    return found
+
+
+def test_every_command_line_in_the_docs_parses() -> None:
+    roots = _roots()
+    found, checked = [], 0
+    for page in PAGES:
+        for n, line, inline in doc_lines(page.read_text(encoding="utf-8")):
+            if re.search(r"\b(histofetch|histomodels)\b", line):
+                checked += 1
+                rel = page.relative_to(ROOT)
+                told = problems(line, roots, inline)
+                found += [f"{rel}:{n}: {p}\n    {line.strip()}" for p in told]
+    assert checked > 200, checked  # the pages were read
+    assert not found, "\n".join(found)
+
+
+@pytest.mark.parametrize(
+    ("line", "told"),
+    [
+        ("histofetch filter --run R --purpel 0.3", "No such option: --purpel"),
+        ("histomodels eval X --data T [--threshold-rule sensitiv|youden]", "sensitiv"),
+        ("histomodels predict X --max-pixels -3", "--max-pixels"),
+        ("histofetch fetch --run R", "has no command 'fetch'"),
+        ("histomodels data infos x.h5", "has no command 'infos'"),
+        ("x && histofetch status --run R --jsn   # people", "--jsn"),
+        ("histofetch search Q --db pubmedd", "pubmedd"),
+        ("histomodels report runs/cnn --out", "'--out' requires an argument"),
+    ],
+)
+def test_a_wrong_line_is_told(line: str, told: str) -> None:
+    found = problems(line, _roots())
+    assert found and told in " ".join(found), found
+
+
+def test_placeholders_and_synopsis_notation_pass() -> None:
+    roots = _roots()
+    for line in (
+        "histofetch search QUERY --run DIR [--db pubmed|pmc] [--shard K/N] [--max N]",
+        "histomodels predict CKPT PATHS... --out CSV [--heatmaps DIR | --no-heatmaps] [--tta]",
+        "histomodels label --manifest RUN --set 'pmid:1/p4=metastasis' --set ID=n",
+        "histomodels train|finetune --stain-norm macenko",
+        'histomodels report RUNS... --out DIR [--title "..."]',
+    ):
+        assert problems(line, roots) == [], line
+    assert problems("histomodels eval --manifest", roots, inline=True) == []
