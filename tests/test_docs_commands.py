@@ -48,6 +48,12 @@ def doc_lines(text: str) -> Iterator[tuple[int, str, bool]]:
         body = re.sub(r"\\\n\s*", " ", m.group(2))
         for i, line in enumerate(body.splitlines()):
             yield first + i, line, False
+    # an indented code block's command (four spaces, outside a fenced block)
+    indented = r"^ {4,}((?:torchrun .*)?histo(?:fetch|models) (?:.*\\\n)*.*)$"
+    for m in re.finditer(indented, text, re.M):
+        fenced = text[: m.start()].count("\n```") % 2
+        if not fenced:
+            yield text[: m.start()].count("\n") + 1, re.sub(r"\\\n\s*", " ", m.group(1)), False
     for m in re.finditer(r"`((?:histofetch|histomodels) [^`]*)`", text):
         yield text[: m.start()].count("\n") + 1, m.group(1).replace("\\|", "|"), True
 
@@ -67,6 +73,8 @@ def problems(line: str, roots: dict[str, Any], inline: bool = False) -> list[str
             continue
         tokens = [t.strip("[]") for t in tokens]
         tokens = [t for t in tokens if t and t != "|"]
+        # `--bf16/--no-bf16`: a flag and its negation, each an option
+        tokens = [u for t in tokens for u in (t.split("/") if t.startswith("--") else [t])]
         cmd, path = roots[m.group(1)], [m.group(1)]
         while hasattr(cmd, "commands") and tokens and not tokens[0].startswith("-"):
             name = re.split(r"[|/]", tokens[0])[0]  # `train|finetune`, `eval/predict`
@@ -156,8 +164,23 @@ def test_placeholders_and_synopsis_notation_pass() -> None:
         "histofetch search QUERY --run DIR [--db pubmed|pmc] [--shard K/N] [--max N]",
         "histomodels predict CKPT PATHS... --out CSV [--heatmaps DIR | --no-heatmaps] [--tta]",
         "histomodels label --manifest RUN --set 'pmid:1/p4=metastasis' --set ID=n",
-        "histomodels train|finetune --stain-norm macenko",
+        "histomodels train|finetune --stain-norm macenko [--bf16/--no-bf16]",
         'histomodels report RUNS... --out DIR [--title "..."]',
     ):
         assert problems(line, roots) == [], line
     assert problems("histomodels eval --manifest", roots, inline=True) == []
+
+
+def test_lines_are_taken_from_fenced_and_indented_blocks_and_inline_spans() -> None:
+    page = (
+        "Run `histofetch status --run R` or:\n\n"
+        "```bash\nhistomodels eval X \\\n    --data T   # test\n```\n\n"
+        "    histomodels train --data T \\\n        --out R\n\n"
+        "```python\nprint('histomodels predict --nope')\n```\n"
+    )
+    got = [(n, " ".join(line.split()), inline) for n, line, inline in doc_lines(page)]
+    assert got == [
+        (4, "histomodels eval X --data T # test", False),
+        (8, "histomodels train --data T --out R", False),
+        (1, "histofetch status --run R", True),
+    ], got
