@@ -1,5 +1,6 @@
 """The command lines the docs show parse: every ``histofetch …`` / ``histomodels …`` line in
-a README.md or docs/*.md code block (and every inline code span starting with one) names
+a README.md or docs/*.md code block, fenced or indented (and every inline code span
+starting with one) names
 commands that exist, options that exist for that command, and, where it writes a value
 that is not a placeholder (``N``, ``TEST``, ``K/N``, ``...``), a value the option takes
 (a choice, a range). Options are looked up with the CLIs' own parser
@@ -44,10 +45,16 @@ def doc_lines(text: str) -> Iterator[tuple[int, str, bool]]:
     for m in re.finditer(r"^```(\w*)\n(.*?)^```$", text, re.M | re.S):
         if m.group(1) in ("python", "py", "mermaid", "text"):
             continue
-        first = text[: m.start()].count("\n") + 2
-        body = re.sub(r"\\\n\s*", " ", m.group(2))
-        for i, line in enumerate(body.splitlines()):
-            yield first + i, line, False
+        n = text[: m.start()].count("\n") + 2
+        command, start = "", n  # a command continued with `\` is one line, numbered by its first
+        for i, line in enumerate(m.group(2).splitlines()):
+            start = start if command else n + i
+            command += line.strip() if command else line
+            if command.endswith("\\"):
+                command = command[:-1] + " "
+                continue
+            yield start, command, False
+            command = ""
     # an indented code block's command (four spaces, outside a fenced block)
     indented = r"^ {4,}((?:torchrun .*)?histo(?:fetch|models) (?:.*\\\n)*.*)$"
     for m in re.finditer(indented, text, re.M):
@@ -174,13 +181,14 @@ def test_placeholders_and_synopsis_notation_pass() -> None:
 def test_lines_are_taken_from_fenced_and_indented_blocks_and_inline_spans() -> None:
     page = (
         "Run `histofetch status --run R` or:\n\n"
-        "```bash\nhistomodels eval X \\\n    --data T   # test\n```\n\n"
+        "```bash\nhistomodels eval X \\\n    --data T   # test\nhistomodels report R\n```\n\n"
         "    histomodels train --data T \\\n        --out R\n\n"
         "```python\nprint('histomodels predict --nope')\n```\n"
     )
     got = [(n, " ".join(line.split()), inline) for n, line, inline in doc_lines(page)]
     assert got == [
         (4, "histomodels eval X --data T # test", False),
-        (8, "histomodels train --data T --out R", False),
+        (6, "histomodels report R", False),
+        (9, "histomodels train --data T --out R", False),
         (1, "histofetch status --run R", True),
     ], got
