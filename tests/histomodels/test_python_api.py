@@ -61,6 +61,10 @@ def test_predictor_takes_a_tensor_batch_a_single_image_and_pil_images(
         ([[1, 2, 3]], TypeError, "item 0: expected uint8 RGB patches"),
         (np.zeros((2, 3, 96, 96), np.uint8), ValueError, r"got shape \(2, 3, 96, 96\)"),
         (np.zeros((96, 96), np.uint8), ValueError, r"got shape \(96, 96\)"),
+        # one channels-first image (docs/python-api.md: "refused by its shape") was told
+        # the shape it had been made into, (1, 3, 96, 96), not the one given
+        (torch.zeros(3, 96, 96, dtype=torch.uint8), ValueError, r"got shape \(3, 96, 96\)"),
+        (np.zeros((3, 96, 96), np.uint8), ValueError, r"got shape \(3, 96, 96\)"),
     ],
 )
 def test_predictor_names_what_it_takes(

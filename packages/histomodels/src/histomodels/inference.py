@@ -91,10 +91,10 @@ def _as_patches(obj: Any, where: str) -> np.ndarray | torch.Tensor | None:
         obj = pil_to_rgb(obj, what=where)  # an ImageError (a ValueError) for mode I or F
     elif not isinstance(obj, np.ndarray | torch.Tensor):
         return None
+    if obj.ndim not in (3, 4) or obj.shape[-1] != 3:  # the shape as given: (3, 96, 96) too
+        raise ValueError(f"{where}: expected {EXPECTED}; got shape {tuple(obj.shape)}")
     if obj.ndim == 3:
         obj = obj[None]
-    if obj.ndim != 4 or obj.shape[-1] != 3:
-        raise ValueError(f"{where}: expected {EXPECTED}; got shape {tuple(obj.shape)}")
     dtype = obj.dtype.name if isinstance(obj, np.ndarray) else str(obj.dtype).removeprefix("torch.")
     if dtype != "uint8":
         from histomodels.preprocess import uint8_problem
