@@ -192,14 +192,3 @@ def test_lines_are_taken_from_fenced_and_indented_blocks_and_inline_spans() -> N
         (9, "histomodels train --data T --out R", False),
         (1, "histofetch status --run R", True),
     ], got
-
-
-def test_the_config_keys_listed_are_train_config_s() -> None:
-    """histomodels-training.md lists the keys a --config file takes; `origin_split` and
-    `deterministic` were missing from it (each documented only beside its option)."""
-    from histomodels.config import TrainConfig
-
-    text = (ROOT / "docs" / "histomodels-training.md").read_text(encoding="utf-8")
-    start = text.index("Keys: `model`")
-    listed = set(re.findall(r"`(\w+)`", text[start : text.index("A file of the form", start)]))
-    assert listed == set(vars(TrainConfig())), listed ^ set(vars(TrainConfig()))
