@@ -77,9 +77,14 @@ def test_csv_holds_every_row_in_order_with_nested_values_as_json(run: Path) -> N
 
 
 def test_parquet_without_pyarrow_says_what_to_install(run: Path, monkeypatch) -> None:
+    """A DomainError (the command lines' one error line) and an ImportError (what callers
+    caught before); any other ImportError is a bug (tests/histofetch/test_cli.py)."""
+    from histocore.errors import DomainError, MissingDependency
+
     monkeypatch.setitem(sys.modules, "pyarrow", None)  # as if it were not installed
-    with pytest.raises(ImportError) as err:
+    with pytest.raises(MissingDependency) as err:
         export_run(run, "parquet")
+    assert isinstance(err.value, DomainError) and isinstance(err.value, ImportError)
     assert str(err.value) == (
         f"{run / 'export.parquet'}: Parquet export needs pyarrow, which is not installed: "
         "pip install 'histocore[parquet]' (or use --format csv)"

@@ -425,6 +425,28 @@ def test_parquet_export_without_pyarrow_is_one_error_line_naming_the_extra(
         assert not target.exists() and done.stdout == ""
 
 
+def test_an_import_error_the_export_did_not_raise_keeps_its_traceback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``export`` turned every ImportError into one ``error:`` line, so a bug (an import in
+    our own code, a broken install) read like advice to the user. Only the missing-pyarrow
+    error (a DomainError) is a line; here pyarrow imports but its ``parquet`` module does
+    not, and the ImportError propagates with its traceback, nothing written."""
+    import sys
+    import types
+
+    from run_factory import make_run, searched
+
+    run = make_run(tmp_path / "run", searched("1", "PMC1"))
+    monkeypatch.setitem(sys.modules, "pyarrow", types.ModuleType("pyarrow"))
+    monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
+    result = runner.invoke(app, ["export", "--run", str(run), "--format", "parquet"])
+    assert isinstance(result.exception, ImportError), result.output
+    assert "pyarrow.parquet" in str(result.exception)
+    assert "error:" not in result.output
+    assert not (run / "export.parquet").exists()
+
+
 def test_export_to_a_name_too_long_leaves_no_new_folder(tmp_path: Path) -> None:
     """``--out newdir/<256 bytes>.csv`` was refused as too long only after ``newdir/`` was
     made, which stayed behind, empty; the name is checked before any folder is made."""

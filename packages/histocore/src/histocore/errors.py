@@ -68,6 +68,12 @@ class UsageError(DomainError, ValueError):
     """An option or setting the user gave is unknown or out of range (the message says which)."""
 
 
+class MissingDependency(DomainError, ImportError):
+    """An optional package a feature needs is not installed (Parquet export without
+    pyarrow); the message names the file not written and what to install. An ImportError
+    from anything else (our own code, a broken install) is a bug and keeps its traceback."""
+
+
 class ManifestError(DomainError, ValueError):
     """A manifest or run store that cannot be used; the message names the file (and line)."""
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Literal, cast, get_args
 
 from histocore.csvcells import safe_dict
-from histocore.errors import ManifestError, UsageError
+from histocore.errors import ManifestError, MissingDependency, UsageError
 from histocore.io import (
     atomic_write_bytes,
     atomic_write_text,
@@ -119,10 +119,11 @@ def export_run(run_dir: str | Path, fmt: str | None = None, out: str | Path | No
     run's own ``manifest.jsonl``). ``fmt`` None: the format ``out``'s suffix names, else
     JSONL; a ``fmt`` the suffix contradicts is a UsageError (:func:`export_format`).
     Raises ManifestError on a bad run, UsageError (a ValueError) on a bad format or an
-    ``out`` that is one of the run's own files, ImportError when Parquet needs pyarrow
-    (``<file>: …``, naming the extra to install, ``histocore[parquet]``). ``out``'s
-    missing folders are made, as every command's ``--out`` makes them, and removed again
-    (when empty) if the export fails: a failed write left them.
+    ``out`` that is one of the run's own files, MissingDependency (an ImportError) when
+    Parquet needs pyarrow (``<file>: …``, naming the extra to install,
+    ``histocore[parquet]``). ``out``'s missing folders are made, as every command's
+    ``--out`` makes them, and removed again (when empty) if the export fails: a failed
+    write left them.
     Only the folders this call made go (:func:`histocore.io.made_folder`): one another
     process makes meanwhile stays, and ``new/../x.csv`` removes the ``new/`` it made."""
     if fmt is not None:  # an unknown format first: ('xml', RUN/manifest.jsonl) named it
@@ -139,7 +140,7 @@ def export_run(run_dir: str | Path, fmt: str | None = None, out: str | Path | No
         except ImportError:  # named as every error line names its file: the one not written
             target = Path(out) if out is not None else run_dir / f"export{SUFFIXES[fmt]}"
             other = "use --format csv" if out is None else "give --out a .csv name"
-            raise ImportError(
+            raise MissingDependency(
                 f"{target}: Parquet export needs pyarrow, which is not installed: "
                 f"pip install 'histocore[parquet]' (or {other})"
             ) from None

@@ -125,6 +125,6 @@ def export(
     except UsageError as exc:  # Parquet into r.csv: a usage error, before anything is read
         raise typer.BadParameter(str(exc), ctx=ctx, param_hint=["--format", "--out"]) from None
     require_file(out)
-    with errors(ImportError):  # parquet without pyarrow: the message says what to install
+    with errors():  # parquet without pyarrow is a DomainError: one line saying what to install
         path = export_run(run, written, out)
     print(one_line(f"exported {path_shown(run)} → {path_shown(path)}"))  # ./~/x: not $HOME's
