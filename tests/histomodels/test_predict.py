@@ -1775,3 +1775,66 @@ def test_an_input_under_an_unknown_home_or_with_a_name_too_long_is_one_line(
     r = CliRunner().invoke(app, ["predict", str(ckpt), str(tmp_path / "loop"), "--out",
                                  str(tmp_path / "p.csv")])  # fmt: skip
     assert r.stderr == f"error: {tmp_path / 'loop'}: too many levels of symbolic links\n"
+
+
+def _header_liar(path: Path, said: tuple[int, int], rgb: np.ndarray) -> None:
+    """A file of the test's own Pillow format (what a third-party plugin or a lenient decoder
+    may do): its header says ``said``, its pixels decode to ``rgb``'s size."""
+    import io
+    import struct
+
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, "PNG")
+    path.write_bytes(b"LIAR" + struct.pack("<II", *said) + buf.getvalue())
+
+
+def test_a_heatmap_is_judged_as_decoded_not_as_the_header_says(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whether an input gets a heatmap, and so whether the file at its heatmap's name is
+    judged (:func:`test_a_heatmap_replaces_only_a_heatmap_predict_drew`), went by its
+    header: a file whose header says one patch but whose pixels decode to four drew its
+    heatmap over the user's own PNG there. It is judged again as decoded: one error line,
+    the PNG and everything else as they were."""
+    import io
+    import struct
+
+    from PIL import ImageFile
+
+    class Liar(ImageFile.ImageFile):
+        format, format_description = "LIAR", "header and pixels disagree"
+
+        def _open(self) -> None:
+            assert self.fp is not None
+            self._size = struct.unpack("<II", self.fp.read(12)[4:])
+            self._mode = "RGB"
+            self._pixels = self.fp.read()
+
+        def load(self):  # type: ignore[override]
+            if self._im is None:
+                with Image.open(io.BytesIO(self._pixels)) as png:
+                    self.im = png.convert("RGB").im
+                self._size = self.im.size
+            return Image.Image.load(self)
+
+    monkeypatch.setattr(Image, "ID", [*Image.ID, "LIAR"])
+    monkeypatch.setitem(Image.OPEN, "LIAR", (Liar, lambda prefix: prefix[:4] == b"LIAR"))
+    ckpt = tiny_checkpoint(tmp_path)
+    liar = tmp_path / "liar.png"
+    _header_liar(liar, (96, 96), make_figure(2, 2, seed=3))  # decodes to 192x192: 4 patches
+    with Image.open(liar) as im:
+        assert im.size == (96, 96)
+        im.load()
+        assert im.size == (192, 192)
+    out, heat = tmp_path / "pred.csv", tmp_path / "pred_heatmaps"
+    heat.mkdir()
+    mine = heat / "liar.png"
+    Image.fromarray(make_figure(1, 1, seed=9)).save(mine)
+    kept = mine.read_bytes()
+    r = CliRunner().invoke(app, ["predict", str(ckpt), str(liar), "--out", str(out)])
+    assert r.exit_code == 1, r.output
+    assert r.stderr.splitlines()[-1].startswith(
+        f"error: {mine}: exists and is not a heatmap predict drew"
+    ), r.stderr
+    assert mine.read_bytes() == kept and not out.exists()
+    assert _heatmap_files(heat) == ["liar.png"]

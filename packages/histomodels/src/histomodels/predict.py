@@ -738,6 +738,8 @@ def _predict_files(
             n_rows += len(probs)
             if len(probs) > 1 and f in targets:
                 target = targets[f]
+                # judged again as decoded: a header of one patch skipped the check before
+                _refuse_to_draw_over_what_predict_did_not_draw({f: target}, {f: len(probs)})
                 make_parents(target)
                 if target.is_dir():  # refused now: the rename over it would fail after the CSV
                     raise IsADirectoryError(errno.EISDIR, "is a folder, not a file", str(target))
