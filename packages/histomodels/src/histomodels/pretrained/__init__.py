@@ -1,7 +1,7 @@
 """Models shipped inside the package: safetensors weights + a JSON sidecar per name.
 
 ``pcam-cnn`` is the default scratch CNN trained on the PCam (CC0) dev training patches by
-``benchmarks/build_pcam_cnn.py`` (model card: ``docs/model_card_pcam_cnn.md``). A
+``benchmarks/build_pcam_cnn.py`` (model card: ``pcam-cnn.md`` beside it). A
 pretrained name works wherever a checkpoint path does: :func:`checkpoint_dict` turns the
 pair into the fields of the plain dict ``histomodels.checkpoint`` reads (which stamps its
 format and version on them), so eval, predict and export need no special case. Loading
