@@ -22,7 +22,7 @@ STAMP = VENV / ".histo-install-stamp"
 PACKAGES = [
     "-e", "packages/histocore[parquet]",
     "-e", "packages/histofetch",
-    "-e", "packages/histomodels[lite0,demo,yaml]",
+    "-e", "packages/histomodels[lite0,demo]",
 ]  # fmt: skip
 # pyright[nodejs] brings its own Node.js as a wheel, so `check` needs no apt package.
 # selenium drives Debian's chromium in the review page's browser test (.ci/run installs it).

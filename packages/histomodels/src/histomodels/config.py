@@ -1,10 +1,10 @@
 """The training configuration: one typed dataclass, written whole to ``RUN/config.json``.
 
-Precedence: dataclass defaults < ``--config FILE`` (JSON, or YAML with the ``yaml`` extra:
-``pip install 'histomodels[yaml]'``) < options given on the command line. ``histomodels
-tune`` writes a ``best_config.json`` in this format, so ``train --config best_config.json``
-reproduces it. Every value is checked when a config is built (pydantic): a wrong type, an
-unknown choice or an out-of-range number is a :class:`ConfigError` naming the file and key.
+Precedence: dataclass defaults < ``--config FILE`` (JSON, or YAML) < options given on the
+command line. ``histomodels tune`` writes a ``best_config.json`` in this format, so ``train
+--config best_config.json`` reproduces it. Every value is checked when a config is built
+(pydantic): a wrong type, an unknown choice or an out-of-range number is a
+:class:`ConfigError` naming the file and key.
 """
 
 from __future__ import annotations
@@ -581,7 +581,8 @@ def _parse_yaml(path: Path, text: str) -> Any:
         import yaml
     except ImportError:
         raise ConfigError(
-            f"{path}: YAML configs need PyYAML: pip install 'histomodels[yaml]' (or use JSON)"
+            f"{path}: YAML configs need PyYAML, a histomodels dependency that is not "
+            "installed: pip install PyYAML (or use JSON)"
         ) from None
     try:
         return yaml.load(text, Loader=_yaml_loader(yaml))  # a SafeLoader
