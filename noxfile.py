@@ -1,5 +1,6 @@
 """Developer sessions: ``nox -s demo``, ``tests``, ``lint``, ``check`` (pyright), ``fmt``,
-``export_compat`` (the export tests on torch 2.11, in a venv of their own).
+``export_compat`` (the export tests on torch 2.11, in a venv of their own), ``min_versions``
+(the PDF and hub tests on the lowest pymupdf and huggingface_hub the pyprojects allow).
 
 All sessions but ``export_compat`` share one virtual environment, ``.venv`` at the
 repository root, so PyTorch (several GB) is installed once. It is (re)installed only when a
@@ -171,3 +172,39 @@ def export_compat(session: nox.Session) -> None:
     args = session.posargs or ["tests/histomodels/test_export.py"]
     session.run(str(bin_ / "pytest"), "-q", "-p", "no:cacheprovider", *args, external=True,
                 env={**ENV, "OMP_NUM_THREADS": "1"})  # fmt: skip
+
+
+# --- min_versions: the lowest pymupdf and huggingface_hub the pyprojects allow --------------
+#: Each pyproject's lower bound for the two libraries whose old releases behave differently
+#: (tests/test_packaging.py's MINIMUMS); by hand, not in CI (docs/testing.md).
+MIN_VERSIONS = ["pymupdf==1.27.1", "huggingface_hub==0.19.0"]
+MIN_VENV = ROOT / ".venv-min"
+MIN_TESTS = [
+    "tests/histofetch/test_extract.py",
+    "tests/abuse/test_hostile_pdf.py",
+    "tests/histomodels/test_hub.py",
+]
+
+
+@nox.session
+def min_versions(session: nox.Session) -> None:
+    """The PDF extraction and hub tests with MIN_VERSIONS installed in .venv-min, everything
+    else read from .venv (a .pth line after .venv-min's own packages) and the packages from
+    packages/*/src: a few MB, not another torch. 5-8 min on 2 busy cores."""
+    _install(session)
+    bin_ = MIN_VENV / "bin"
+    if not (bin_ / "python").exists():
+        session.run(sys.executable, "-m", "venv", str(MIN_VENV), external=True)
+    session.run(str(bin_ / "python"), "-m", "pip", "install", "--disable-pip-version-check",
+                "--quiet", *MIN_VERSIONS, external=True)  # fmt: skip
+    (own,) = MIN_VENV.glob("lib/python3*/site-packages")
+    (shared,) = VENV.glob("lib/python3*/site-packages")
+    (own / "zz_histo_venv.pth").write_text(f"{shared}\n")  # after its own: the pins win
+    src = os.pathsep.join(str(ROOT / "packages" / p / "src")
+                          for p in ("histocore", "histofetch", "histomodels"))  # fmt: skip
+    session.run(str(bin_ / "python"), "-c", "import pymupdf, huggingface_hub as h; "
+                "print('pymupdf', pymupdf.VersionBind, 'huggingface_hub', h.__version__)",
+                external=True, env={"PYTHONPATH": src})  # fmt: skip
+    session.run(str(bin_ / "python"), "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                *(session.posargs or MIN_TESTS), external=True,
+                env={**ENV, "PYTHONPATH": src})  # fmt: skip
