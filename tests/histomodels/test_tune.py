@@ -484,6 +484,33 @@ def test_a_base_config_of_another_model_is_refused_not_turned_into_a_cnn(tmp_pat
     assert not (tmp_path / "t").exists()
 
 
+def test_a_base_config_with_weights_must_pin_the_shape_they_fix(tmp_path, tiny_data):
+    """``weights: pcam-cnn`` in the base config: every trial that sampled another width,
+    depth or centre failed to load the weights, five in a row stopped the tune. The search
+    of those is refused before any data is read, naming the pins that fit; pinned to them,
+    a trial's network loads the shipped weights."""
+    train_set, val_set = tiny_data
+    base = TrainConfig(weights="pcam-cnn", eval_batch_size=64, threads=1)
+    fit = "--fix width=16 --fix depth=4 --fix centre=pool"
+    for pins, message in [
+        ({}, f"the search changes width, depth, centre: every trial would fail to load them; "
+             f"pin them to the shipped model's ({fit}), or tune without weights"),
+        ({"width": 32, "depth": 4, "centre": "pool"}, "do not fit --fix width=32"),
+    ]:  # fmt: skip
+        with pytest.raises(TuneError, match=re.escape(message)):
+            tune(train_set, val_set, tmp_path / "t", trials=1, trial_epochs=1, base=base,
+                 fixed=pins, base_name="base.json")  # fmt: skip
+        assert not (tmp_path / "t").exists()
+    # pinned, every trial's network is the shipped one's (the search keeps dropout & co.)
+    from histomodels.models import create_model
+
+    pins = {"width": 16, "depth": 4, "centre": "pool"}
+    params = {k: v for k, v in OLD_PARAMS.items() if k not in pins} | {"dropout": 0.1}
+    cfg = trial_config(params, base, pins)  # as Ax samples it: the pins are not searched
+    assert cfg.weights == "pcam-cnn" and cfg.model_config["dropout"] == 0.1
+    create_model(cfg.model, weights=cfg.weights, **cfg.model_config)  # loads, or raises
+
+
 def test_compile_without_a_cpu_compiler_stops_the_tune_before_any_trial(tmp_path, tiny_data):
     """A base config with ``compile`` on a machine without a C++ compiler ran 5 trials, each
     failed by it, wrote the tune's files and only then stopped: one error before any trial."""

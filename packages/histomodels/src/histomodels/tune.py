@@ -54,6 +54,7 @@ from histomodels.tune_space import (
     SPACE,
     TuneError,
     check_base,
+    check_weights,
     parse_fixed,
     search_space,
     trial_config,
@@ -157,6 +158,7 @@ def _tune(
     pins = parse_fixed(fixed or {})
     base = base or TrainConfig()
     check_base(base)
+    check_weights(base, pins, base_name)  # a search of the shape weights fix: all trials fail
     if base.compile:  # the machine's, not a trial's: each trial would fail on it
         from histomodels.device import pick_device
         from histomodels.training.network import check_cpu_compiler

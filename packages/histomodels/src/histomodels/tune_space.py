@@ -63,6 +63,61 @@ def check_base(base: TrainConfig, where: str = "base config") -> None:
         )
 
 
+#: The architecture dimensions whose weights a weights file or shipped model fixes (dropout
+#: has none): a search over them with ``weights`` set fails every trial.
+_SHAPED = ("width", "depth", "centre")
+
+
+def check_weights(base: TrainConfig, fixed: dict[str, Any], where: str = "base config") -> None:
+    """Refuse a base config with ``weights`` whose architecture dimensions (:data:`_SHAPED`)
+    are searched: weights fit one width, depth and centre, and every trial that samples
+    others fails to load them (five in a row stopped the tune). Pinned with ``fixed`` they
+    tune the rest (lr, dropout, the levers...) of a fine-tuning of those weights; for a
+    shipped model (``pcam-cnn``) the pins must be its own values, which the message gives.
+    ``where`` names the config in the message."""
+    weights = base.weights
+    if not weights:
+        return
+    own = _shipped_shape(weights, base)
+    wrong = [n for n in _SHAPED if n in fixed and own is not None and fixed[n] != own[n]]
+    if wrong and own is not None:
+        given = " ".join(f"--fix {n}={fixed[n]}" for n in wrong)
+        pins = " ".join(f"--fix {n}={own[n]}" for n in wrong)
+        raise TuneError(
+            f"{where}: weights {weights!r} do not fit {given}: they are a cnn's with "
+            f"{pins.replace('--fix ', '')}; pin that ({pins}), or tune without weights"
+        )
+    searched = [n for n in _SHAPED if n not in fixed]
+    if not searched:
+        return
+    pins = " ".join(f"--fix {n}={own[n] if own else n.upper()}" for n in searched)
+    what = "the shipped model's" if own else "the ones the weights were trained with"
+    raise TuneError(
+        f"{where}: weights {weights!r} fit one {'/'.join(_SHAPED)}, and the search changes "
+        f"{', '.join(searched)}: every trial would fail to load them; pin them to {what} "
+        f"({pins}), or tune without weights"
+    )
+
+
+def _shipped_shape(weights: str, base: TrainConfig) -> dict[str, Any] | None:
+    """The width, depth and centre a cnn built with shipped model ``weights`` has (its
+    config, the base config's keys over it, the builder's defaults under it); None when
+    ``weights`` names a file (one in the working folder wins, as in ``create_model``)."""
+    import inspect
+    from pathlib import Path
+
+    from histomodels import pretrained
+
+    if Path(weights).exists() or not pretrained.is_pretrained(weights):
+        return None
+    from histomodels.models.cnn import cnn  # PyTorch: only a base config with weights
+
+    params = inspect.signature(cnn).parameters
+    shipped = dict(pretrained.sidecar(weights).get("model_config") or {})
+    config = {**shipped, **base.model_config}
+    return {n: config.get(n, params[n].default) for n in _SHAPED}
+
+
 def parse_fixed(items: list[str] | dict[str, Any]) -> dict[str, Any]:
     """Pins ``NAME=VALUE`` (or a dict) checked against :data:`SPACE`: a known dimension and
     a value inside its bounds or among its choices, converted to the dimension's type.
