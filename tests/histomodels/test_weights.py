@@ -55,6 +55,28 @@ def test_torchvision_weights_file_loads_backbone_and_drops_imagenet_head(tmp_pat
     assert head[-1].out_features == 1
 
 
+def test_a_file_named_like_a_weight_source_is_read_as_a_shipped_model_name_is(
+    tmp_path, monkeypatch, caplog
+):
+    """``weights="imagenet"`` with a file ``./imagenet`` there: the cnn read the file (no
+    such source) while a torchvision model fetched ImageNet's and ignored it, and a file named
+    ``pcam-cnn`` is read instead of the shipped model (python-api.md). The file wins for
+    every model now, and a warning names it."""
+    ref = _randomised(torchvision.models.mobilenet_v3_small(weights=None))
+    monkeypatch.chdir(tmp_path)
+    torch.save(ref.state_dict(), "imagenet")
+    with caplog.at_level("WARNING", logger="histomodels.models.registry"):
+        model = create_model("mobilenet_v3_small", weights="imagenet")
+    assert _same_backbone(model, ref.state_dict()) > 100
+    assert "reading ./imagenet in the working folder, not mobilenet_v3_small's weight " in (
+        caplog.text
+    )
+    Path("imagenet").unlink()
+    Path("imagenet").mkdir()  # a folder of that name is read too: one error naming it
+    with pytest.raises(WeightsError, match=r"^imagenet: is a folder, not a weights file"):
+        create_model("mobilenet_v3_small", weights="imagenet")
+
+
 def test_own_checkpoint_as_weights_keeps_the_head(tmp_path):
     a = _randomised(create_model("cnn", width=8, depth=2))
     path = save_checkpoint(tmp_path / "a.pt", make_checkpoint(a, "cnn", {"width": 8, "depth": 2}))

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import inspect
 import json
+import logging
 import math
 import operator
+import os
 import types
 import typing
 from collections.abc import Callable
@@ -24,6 +26,8 @@ from torch import nn
 from histocore.errors import DomainError
 from histocore.io import text_shown
 from histomodels.choices import MAX_INPUT_SIZE, MIN_INPUT_SIZE
+
+log = logging.getLogger(__name__)
 
 
 class ModelError(DomainError, ValueError):
@@ -81,6 +85,31 @@ def weights_problem(name: str, weights: Any) -> str | None:
         f"no such weights file, and not a weight source of {name} ({takes}); "
         f"{weights!r} is a weight source of {', '.join(takers)}"
     )
+
+
+def local_weights(name: str, weights: Any) -> Any:
+    """``weights`` as model ``name``'s builder is to read it: the name of a weight source
+    (``imagenet``...) or of a shipped model (``pcam-cnn``) that is also a file or folder in
+    the working folder is that file (a source's given with a folder part, ``./imagenet``,
+    so that the builder reads it rather than fetch the source): a local file wins, as in
+    Hugging Face's ``from_pretrained``, and a warning says so. Anything else as it is."""
+    if not isinstance(weights, str) or not Path(weights).exists():
+        return weights
+    from histomodels import pretrained
+
+    local = os.path.join(os.curdir, weights)
+    if weights in weight_sources(name):  # the builder fetches it unless given as a path
+        what = f"{name}'s weight source of that name"
+    elif pretrained.is_pretrained(weights):  # no builder's source: read as a path as it is
+        what, local = "the shipped model of that name", weights
+    else:
+        return weights
+    log.warning(
+        "weights %r: reading %s in the working folder, not %s (a local file or folder "
+        "wins; move it, or run elsewhere, to use the name)",
+        weights, os.path.join(os.curdir, weights), what,
+    )  # fmt: skip
+    return local
 
 
 def check_weights(name: str, weights: Any) -> None:
@@ -203,6 +232,8 @@ def create_model(name: str, **cfg: Any) -> nn.Module:
     shipped = _shipped(cfg.get("weights"))
     if shipped is not None:
         return _create_shipped(name, shipped, {k: v for k, v in cfg.items() if k != "weights"})
+    if "weights" in cfg:  # a local file named like a source or a shipped model: the file
+        cfg = {**cfg, "weights": local_weights(name, cfg["weights"])}
     check_weights(name, cfg.get("weights"))
     if name in _REGISTRY:
         return _REGISTRY[name](**cfg)
