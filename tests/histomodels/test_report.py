@@ -794,3 +794,20 @@ def test_a_distillation_runs_report_draws_train_bce_with_the_losses(
     assert "Training curves" in (out / "report.html").read_text()
     assert panels["loss"] == ["train_bce", "train_loss", "val_loss"]
     assert panels["metric (0–1)"] == ["val_accuracy", "val_auc"]
+
+
+def test_an_eval_of_a_file_named_like_the_shipped_model_is_not_named_as_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``eval pcam-cnn`` where a checkpoint file ``./pcam-cnn`` is (which eval reads, a local
+    file winning) was headed ``pcam-cnn/…`` in the report, as the shipped model's own eval
+    is: the report says which it was."""
+    x, y = make_patches(8, seed=3)
+    data = ArrayDataset(x, y * 0, source="s")  # one class: no plots, quicker
+    monkeypatch.chdir(tmp_path)
+    shipped = evaluate_checkpoint("pcam-cnn", data, "shipped", n_bootstrap=0, gallery=False)
+    shutil.copy(tiny_checkpoint(tmp_path), "pcam-cnn")
+    mine = evaluate_checkpoint("pcam-cnn", data, "mine", n_bootstrap=0, gallery=False)
+    assert shipped["shipped"] and not mine["shipped"]
+    assert load_run(Path("shipped"), tmp_path).name == "pcam-cnn/shipped"
+    assert load_run(Path("mine"), tmp_path).name == "./pcam-cnn/mine"

@@ -579,6 +579,7 @@ def evaluate_checkpoint(
     images = pred.prepare(images)  # as the model sees them (the error gallery shows these)
     result: dict[str, Any] = {
         "checkpoint": str(checkpoint),
+        "shipped": bool(ckpt.get("pretrained")),  # not a file of that name: report tells them
         "model": ckpt.get("model"),
         "data": source,
         **({"origin_split": origin_split} if origin_split else {}),  # n is of those rows only

@@ -242,6 +242,7 @@ def evaluate_manifest(
 
     result: dict[str, Any] = {
         "checkpoint": str(checkpoint),
+        "shipped": bool(ckpt.get("pretrained")),  # not a file of that name: report tells them
         "model": ckpt.get("model"),
         "manifest": str(run_dir),
         "n_images": len(rows),

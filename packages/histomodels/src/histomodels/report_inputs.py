@@ -216,12 +216,20 @@ _CHECKPOINT_SUFFIXES = (".pt", ".pth", ".onnx", ".safetensors")
 
 def _evaluated_model(metrics: dict[str, Any]) -> str | None:
     """What an eval folder evaluated, from its metrics.json ``checkpoint``: a shipped
-    model's name (``pcam-cnn``), or the run folder of a checkpoint file or folder."""
+    model's name (``pcam-cnn``), or the run folder of a checkpoint file or folder. A file,
+    folder or run folder named like a shipped model (its ``shipped`` false) is named by its
+    path, with a folder part (``./pcam-cnn``), not taken for the shipped model."""
+    from histomodels import pretrained
+
     checkpoint = metrics.get("checkpoint")
     if not isinstance(checkpoint, str) or not checkpoint.strip():
         return None
     where = Path(checkpoint.strip())
-    name = where.parent.name if where.suffix.lower() in _CHECKPOINT_SUFFIXES else where.name
+    if where.suffix.lower() in _CHECKPOINT_SUFFIXES:
+        where = where.parent
+    name = where.name
+    if name and metrics.get("shipped") is False and pretrained.is_pretrained(name):
+        return str(where) if where.parent != Path() else os.path.join(os.curdir, name)
     return name or None
 
 
