@@ -286,7 +286,11 @@ def test_a_damaged_real_cache_is_named_scored_again_and_replaced(
     """A cache written by a real scoring, then cut short (a copy that stopped half-way), one
     byte of its logits flipped (the zip's CRC-32 catches it), or rewritten under the right
     key with too few logits: a warning names the file, the teacher scores again, and the
-    file is replaced by a whole one that the next call reuses."""
+    file is replaced by a whole one that the next call reuses. ``train`` takes each for the
+    run's own (a truncated one, its zip directory lost, was refused: remove it), and not a
+    numpy archive of the user's cut short."""
+    from histomodels.cli.train import _teacher_cache
+
     (xt, _), _ = data
     x, run, said = torch.from_numpy(xt), tmp_path / "run", []
     good = teacher_logits(str(teacher), x, run, say=said.append)
@@ -301,6 +305,12 @@ def test_a_damaged_real_cache_is_named_scored_again_and_replaced(
         with np.load(cache) as z:
             key = str(z["key"])
         np.savez(cache, key=np.array(key), logits=good[:-3])
+    assert _teacher_cache(cache)
+    if damage == "truncated":  # a numpy archive of the user's, cut short: not the run's
+        mine = tmp_path / "mine.npz"
+        np.savez(mine, data=np.zeros(1000), key=np.array("k"))
+        mine.write_bytes(mine.read_bytes()[:1500])
+        assert not _teacher_cache(mine)
     with caplog.at_level(logging.WARNING, logger="histomodels.training.distill"):
         again = teacher_logits(str(teacher), x, run, say=said.append)
     warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]

@@ -400,24 +400,12 @@ RUN_CONFIG_KEYS = frozenset(
 
 
 def _teacher_cache(path: Path) -> bool:
-    """Whether ``path`` is a ``teacher_logits.npz`` a run wrote
-    (:func:`histomodels.training.distill.teacher_logits`): a zip archive of exactly
-    ``key.npy`` and ``logits.npy``, its key no larger than a key is
-    (:func:`~histomodels.training.distill.oversized`). Only its central directory is read:
-    one of ours damaged inside is still ours, and scored again with a warning; a truncated
-    one, its directory lost, is not told from a file of the user's and is refused (remove
-    it). One that cannot be opened raises its ``OSError``."""
-    import zipfile
+    """Whether ``path`` is a ``teacher_logits.npz`` a run wrote, also one cut short
+    (:func:`histomodels.training.distill.written_by_a_run`: scored again with a warning).
+    One that cannot be opened raises its ``OSError``."""
+    from histomodels.training.distill import written_by_a_run
 
-    from histomodels.training.distill import oversized
-
-    try:
-        with zipfile.ZipFile(path) as z:
-            if sorted(z.namelist()) != ["key.npy", "logits.npy"]:
-                return False
-        return oversized(path, None) is None
-    except (zipfile.BadZipFile, EOFError, ValueError):
-        return False
+    return written_by_a_run(path)
 
 
 def _same_text(path: Path, cfg: Any) -> bool:

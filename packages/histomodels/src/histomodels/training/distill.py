@@ -184,14 +184,49 @@ def oversized(cache: Path, n: int | None) -> str | None:
     return None
 
 
+def written_by_a_run(path: Path) -> bool:
+    """Whether ``path`` is a ``teacher_logits.npz`` a run wrote (:func:`teacher_logits`):
+    a zip archive of exactly ``key.npy`` and ``logits.npy``, its key no larger than a key
+    is (:func:`oversized`), or one cut short (a full disk, a copy stopped half-way: its zip
+    directory lost) that begins as every cache does, with ``key.npy`` stored as ``.npy``
+    (:func:`_begins_as_a_cache`). Only the directory or those first bytes are read: one of
+    ours damaged inside is still ours, scored again with a warning (:func:`read_cache`).
+    One that cannot be opened raises its ``OSError``."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            if sorted(z.namelist()) != ["key.npy", "logits.npy"]:
+                return False
+        return oversized(path, None) is None
+    except (zipfile.BadZipFile, EOFError, ValueError):
+        return _begins_as_a_cache(path)
+
+
+def _begins_as_a_cache(path: Path) -> bool:
+    """Whether ``path`` starts as ``np.savez`` starts a cache: a zip's first local header
+    naming ``key.npy``, its data stored (not compressed) and opening with the ``.npy`` magic.
+    A file of the user's own named so would have to be a numpy archive of a ``key``."""
+    import struct
+
+    with open(path, "rb") as fh:
+        head = fh.read(30)
+        if len(head) < 30 or head[:4] != b"PK\x03\x04":
+            return False
+        method, name_len, extra_len = (*struct.unpack("<H", head[8:10]),
+                                       *struct.unpack("<HH", head[26:30]))  # fmt: skip
+        if method != zipfile.ZIP_STORED or fh.read(name_len) != b"key.npy":
+            return False
+        fh.seek(extra_len, 1)
+        return fh.read(6) == b"\x93NUMPY"
+
+
 def read_cache(cache: Path, key: str, n: int, *, warn: bool = True) -> np.ndarray | None:
     """``cache``'s logits when it holds ``n`` of them for ``key``; None for another key (a
     change of data, teacher, precision or device: scored again), and None with a warning
     for a damaged file: truncated or corrupt (the zip's CRC-32 is checked as the logits are
     read), another layout, a member declaring more bytes than its key or ``n`` logits take
-    (:func:`oversized`: not inflated), or logits that are not ``n`` finite floats. (The
-    CLI refuses, before this, a file whose zip directory is lost, as a truncated one's is:
-    ``cli/train.py`` ``_teacher_cache``.) The scoring that
+    (:func:`oversized`: not inflated), or logits that are not ``n`` finite floats. (A file
+    that is not a run's, :func:`written_by_a_run`, is refused before this, by the CLI and
+    by the trainer.) The scoring that
     follows replaces the file atomically. ``warn=False``: no warning (a rank other than 0).
     """
     try:
