@@ -20,6 +20,7 @@ import torchvision
 from _hostile_h5 import truncated_png_h5
 from typer.testing import CliRunner
 
+from histocore.io import json_safe
 from histomodels.checkpoint import CheckpointError, load_model, read_checkpoint, save_checkpoint
 from histomodels.cli import app
 from histomodels.config import (
@@ -49,6 +50,34 @@ def arrays():
 def _cfg(**kw):
     base = dict(model="cnn", model_config=TINY, epochs=2, batch_size=16, progress=False, threads=1)
     return TrainConfig(**{**base, **kw})
+
+
+def test_the_library_train_replaces_no_file_of_the_callers_own(arrays, tmp_path):
+    """``train(cfg, out=folder)`` from Python replaced the caller's ``history.json``,
+    ``config.json``… in a folder of their own, and took their ``teacher_logits.npz`` for a
+    damaged cache: only the command line judged them. The library refuses them too, before
+    the data is read, and leaves the folder as it was."""
+    from histomodels.training import TrainingError
+
+    (xt, yt), (xv, yv) = arrays
+    out = tmp_path / "mine"
+    out.mkdir()
+    for name, cfg in [("history.json", _cfg(epochs=1)),
+                      ("teacher_logits.npz", _cfg(epochs=1, teacher="pcam-cnn"))]:  # fmt: skip
+        (out / name).write_text("my notes")
+        with pytest.raises(TrainingError, match=rf"^{out / name}: exists and is not "):
+            train(cfg, out, train_data=(xt, yt), val_data=(xv, yv))
+        assert [p.name for p in out.iterdir()] == [name]
+        assert (out / name).read_text() == "my notes"
+        (out / name).unlink()
+    # the config.json this run writes, say one a killed run left, is its own to replace
+    from histomodels.training.run_folder import RunFolder
+
+    text = json.dumps(json_safe(_cfg(epochs=1).to_dict()), indent=2)
+    (out / "config.json").write_text(text)
+    RunFolder(out).refuse_to_replace(text, teacher=False)
+    with pytest.raises(TrainingError, match=r"config\.json: exists and is not from a run"):
+        RunFolder(out).refuse_to_replace(text.replace('"epochs": 1', '"epochs": 2'), False)
 
 
 def test_training_writes_a_complete_run(arrays, tmp_path):

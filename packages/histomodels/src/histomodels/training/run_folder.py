@@ -50,6 +50,12 @@ def _written(name: str) -> bool:
     return name in WRITTEN or atomic_temp_target(name) in WRITTEN | KEPT
 
 
+def _holds(path: Path, text: bytes) -> bool:
+    """Whether the file ``path`` holds exactly ``text`` (read no further than that)."""
+    with open(path, "rb") as fh:
+        return fh.read(len(text) + 1) == text
+
+
 class RunFolder:
     """``path`` as it was when the run began."""
 
@@ -70,6 +76,44 @@ class RunFolder:
                     self.saved[name] = entry.read_bytes()
         #: a checkpoint of this run is on disk (from then on the folder is the run's)
         self.checkpointed = False
+
+    def refuse_to_replace(self, config_text: str, teacher: bool) -> None:
+        """A :class:`~histomodels.training.result.TrainingError` naming the file where a new
+        (not resumed) run would replace one it did not write: in a folder that holds no
+        trained run (no ``best.pt`` or ``last.pt``), any file at one of the names in
+        :data:`WRITTEN` but a ``config.json`` of this very text (``config_text``, what the
+        run writes: replacing it loses nothing); with a ``teacher``, a
+        ``teacher_logits.npz`` that is not a run's cache
+        (:func:`~histomodels.training.distill.written_by_a_run`), in any folder; and a pipe
+        or device at one of those names. A library caller's ``train(cfg, out=folder)`` got
+        the files of a folder of its own replaced (``config.json``, ``history.json``...):
+        the command line's check (``cli/train.py``, which also knows ``--config`` and
+        ``--overwrite``) was the only one. A trained run's files are its own to replace."""
+        from histocore.io import replace_only_ours
+        from histomodels.training.distill import CACHE_NAME, written_by_a_run
+        from histomodels.training.result import TrainingError
+
+        would = "training would replace it: choose another output folder"
+        if not any((self.path / name).is_file() for name in CHECKPOINTS):
+            for name in sorted(WRITTEN - CHECKPOINTS):
+
+                def ours(path: Path, name: str = name) -> bool:
+                    return name == CONFIG_NAME and _holds(path, config_text.encode())
+
+                replace_only_ours(
+                    self.path / name, ours, TrainingError,
+                    not_ours="is not from a run that reached its first checkpoint (no best.pt "
+                    "or last.pt beside it; a run killed before then leaves its config.json: "
+                    "remove it to start again)",
+                    would=would,
+                )  # fmt: skip
+        if teacher:
+            replace_only_ours(
+                self.path / CACHE_NAME, written_by_a_run, TrainingError,
+                not_ours="is not the teacher's soft targets a run wrote (a numpy .npz of "
+                "their key and logits)",
+                would=would,
+            )  # fmt: skip
 
     def make(self) -> None:
         """Make the folder (and missing parents), noting those this call made: only they

@@ -118,6 +118,8 @@ class Trainer:
         with D.failing_early():  # ranks waiting for this one to join learn that it failed
             if self.resume:
                 self.cfg, self.state = resume_state(self.cfg, self.run_dir)
+            else:  # before any data is read: a file of the caller's own is not replaced
+                self.folder.refuse_to_replace(self._config_text(), bool(self.cfg.teacher))
             # before the run's first CUDA op (the cuBLAS workspace); undone when fit ends
             self._settings.enter_context(deterministic_algorithms(self.cfg.deterministic))
             check_config(self.cfg.model, self.cfg.model_config)  # before any data is decoded
@@ -177,10 +179,13 @@ class Trainer:
             from histocore.io import atomic_write_text
 
             self.folder.make()  # the folders it made go if the run fails
-            text = json.dumps(json_safe(self.cfg.to_dict()), indent=2)
-            atomic_write_text(self.run_dir / "config.json", text)
+            atomic_write_text(self.run_dir / "config.json", self._config_text())
         for cb in self.callbacks:
             cb.setup(self)
+
+    def _config_text(self) -> str:
+        """The run's ``config.json``: its whole config."""
+        return json.dumps(json_safe(self.cfg.to_dict()), indent=2)
 
     def _setup_model(self) -> None:
         size = int(self.x_train.shape[1])  # the patches the model will see
