@@ -399,17 +399,28 @@ def _heatmap(img: np.ndarray, tiles: Tiles, probs: np.ndarray, size: int, target
     overlay_heatmap(img, boxes, target, title=title, metadata={HEATMAP_MARK: mark})
 
 
+def _heatmap_mark(path: Path) -> str | None:
+    """The text of the :data:`HEATMAP_MARK` chunk of the PNG file ``path`` (the CSV its
+    heatmap was drawn for), read from its header only; None for a file without one or that
+    is no readable PNG (not a PNG, a broken one, a bomb). A file that cannot be opened
+    raises its ``OSError``: whether it holds the mark cannot be told."""
+    from PIL import Image
+
+    with open(path, "rb") as fh:
+        try:  # PIL's UnidentifiedImageError is an OSError
+            with Image.open(fh, formats=["PNG"]) as im:
+                mark = im.info.get(HEATMAP_MARK)
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+            return None
+    return mark if isinstance(mark, str) else None
+
+
 def _drawn_for(path: Path, mark: str) -> bool:
     """Whether ``path`` is a regular PNG file that predict drew for the CSV ``mark`` (its
     text chunk says so): the only kind of file a run removes that it did not write."""
-    from PIL import Image
-
     try:
-        if path.is_symlink() or not path.is_file():
-            return False
-        with Image.open(path, formats=["PNG"]) as im:
-            return im.info.get(HEATMAP_MARK) == mark
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        return not path.is_symlink() and path.is_file() and _heatmap_mark(path) == mark
+    except OSError:
         return False
 
 
@@ -418,14 +429,7 @@ def is_a_heatmap(path: Path) -> bool:
     chunk :data:`HEATMAP_MARK`, for whichever CSV): the only kind of file a heatmap is
     drawn over. A file that cannot be opened raises its ``OSError`` (whether it is a
     heatmap cannot be told); one that is not a readable PNG is not a heatmap."""
-    from PIL import Image
-
-    with open(path, "rb") as fh:
-        try:  # not a PNG (PIL's UnidentifiedImageError is an OSError), a broken one, a bomb
-            with Image.open(fh, formats=["PNG"]) as im:
-                return HEATMAP_MARK in im.info
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
-            return False
+    return _heatmap_mark(path) is not None
 
 
 def _refuse_to_draw_over_what_predict_did_not_draw(
