@@ -20,6 +20,11 @@ from histomodels.data.cache import require_memory
 from histomodels.data.errors import DatasetError as DatasetError  # re-exported
 from histomodels.data.ids import shown_id
 
+#: The largest labels CSV a reader reads (Kaggle's ``train_labels.csv``, about 10 MB, and
+#: PCam's ``<stem>_meta.csv``, far less): a multi-GB file, a FIFO or a link to
+#: ``/dev/zero`` named so is one line, not a hang or a ``MemoryError``.
+MAX_LABELS_CSV_BYTES = 64 << 20
+
 
 def pixel_digests(images: np.ndarray) -> list[bytes]:
     """One digest per patch's pixels (uint8 ``[N, H, W, 3]``), in order: the same patch in

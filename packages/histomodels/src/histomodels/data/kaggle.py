@@ -15,14 +15,13 @@ from pathlib import Path
 import numpy as np
 
 from histocore.io import RefusedFile, read_capped
-from histomodels.data.base import DatasetError, KnownLabels
+from histomodels.data.base import MAX_LABELS_CSV_BYTES, DatasetError, KnownLabels
 from histomodels.data.ids import id_problem, shown_id
 from histomodels.data.images import decode_image
 
 LABELS_CSV = "train_labels.csv"
-#: The largest labels CSV read: Kaggle's has 220,025 rows, about 10 MB. A multi-GB file, a
-#: FIFO or a link to ``/dev/zero`` named so is one line, not a hang or a ``MemoryError``.
-MAX_LABELS_BYTES = 64 << 20
+#: The largest labels CSV read (Kaggle's has 220,025 rows, about 10 MB): the readers' cap.
+MAX_LABELS_BYTES = MAX_LABELS_CSV_BYTES
 
 
 class KaggleDataset(KnownLabels):

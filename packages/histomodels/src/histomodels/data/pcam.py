@@ -25,7 +25,13 @@ import numpy as np
 from histocore.io import RefusedFile, atomic_writer, read_capped
 from histocore.progress import task
 from histomodels.choices import PCAM_SPLITS
-from histomodels.data.base import DatasetError, KnownLabels, binary_labels, check_patch_shape
+from histomodels.data.base import (
+    MAX_LABELS_CSV_BYTES,
+    DatasetError,
+    KnownLabels,
+    binary_labels,
+    check_patch_shape,
+)
 from histomodels.data.cache import require_memory
 from histomodels.data.h5safe import check_stored, dataset, open_h5, reading
 from histomodels.data.ids import check_ids
@@ -34,10 +40,9 @@ log = logging.getLogger(__name__)
 
 SPLITS = PCAM_SPLITS
 OFFICIAL = "camelyonpatch_level_2_split_{split}_{xy}.h5"
-#: The largest ``<stem>_meta.csv`` read (PCam's train split's has 262,144 rows, far less;
-#: the Kaggle labels CSV's cap, ``kaggle.MAX_LABELS_BYTES``): a multi-GB file named so is
-#: one line, not a ``MemoryError``
-MAX_META_BYTES = 64 << 20
+#: The largest ``<stem>_meta.csv`` read (PCam's train split's has 262,144 rows, far less):
+#: the readers' cap, the Kaggle labels CSV's too.
+MAX_META_BYTES = MAX_LABELS_CSV_BYTES
 
 
 def cache_dir() -> Path:
