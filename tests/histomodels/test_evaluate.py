@@ -844,7 +844,8 @@ def test_evaluate_arrays_refuses_what_it_cannot_score_right(tmp_path: Path) -> N
     (strings, ``y + 2``), scored a module's first of two class logits (an inverted AUC when
     it is the negative class's), took ``threshold=True`` as 1, and met ``threshold="0.3"``,
     ``batch_size=0``, ``n_bootstrap=-1`` and a module without parameters (a bare
-    StopIteration) with no clear line; one class labelled had no note (review 45)."""
+    StopIteration) with no clear line; one class labelled had no note (review 45). Labels
+    of another count than the patches were said only after every patch was scored."""
     from histomodels.evaluate import evaluate_arrays
 
     ckpt = tiny_checkpoint(tmp_path)
@@ -885,3 +886,17 @@ def test_evaluate_arrays_refuses_what_it_cannot_score_right(tmp_path: Path) -> N
     assert "roc_auc" in evaluate_arrays(Constant(), images, labels, n_bootstrap=0, device="cpu")
     one = evaluate_arrays(pred, images, np.ones(16, int), n_bootstrap=0)
     assert one["note"] == "only one class present: AUC is undefined"
+
+    class Counted(torch.nn.Module):  # a caller's module that counts its batches
+        def __init__(self) -> None:
+            super().__init__()
+            self.net, self.calls = net, 0
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            self.calls += 1
+            return self.net(x)
+
+    counted = Counted()  # labels that do not match the patches: said before any scoring
+    with pytest.raises(ValueError, match="15 labels for 16 patches"):
+        evaluate_arrays(counted, images, labels[:15], n_bootstrap=0, batch_size=4)
+    assert counted.calls == 0

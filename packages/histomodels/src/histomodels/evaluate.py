@@ -489,6 +489,7 @@ def operating_point(
             "n": len(v_labels),
             "nll_before": nll(v_logits, v_labels),
             "nll_after": nll(v_logits, v_labels, temperature),
+            "threshold_chosen_by": how,  # threshold_source's parts, for a CLI to show
         },
     }
     if val_scale is not None:
@@ -512,9 +513,16 @@ def operating_point(
     point.update(
         temperature=temperature,
         threshold=threshold,
-        threshold_source=f"{how} on validation ({v_source}, n={len(v_labels)})",
+        threshold_source=chosen_on_validation(how, v_source, len(v_labels)),
     )
     return point
+
+
+def chosen_on_validation(how: str, data: str, n: int) -> str:
+    """``threshold_source`` of a threshold chosen on validation data: by ``how``
+    (:func:`histomodels.metrics.choose_threshold`'s rule) on ``data``, ``n`` patches (the
+    ``validation`` block of metrics.json holds each part)."""
+    return f"{how} on validation ({data}, n={n})"
 
 
 def evaluate_checkpoint(
@@ -626,7 +634,7 @@ def evaluate_checkpoint(
     write_predictions(out / "predictions.csv", ids, labels, probs, threshold)
     labelled = np.isin(labels, (0, 1))
     result.update(
-        patch_metrics(labels, logits, temperature, threshold, n_bootstrap=n_bootstrap, seed=seed)
+        patch_metrics(labels, logits, probs, threshold, n_bootstrap=n_bootstrap, seed=seed)
     )
     if not labelled.any():
         result["threshold"] = float(threshold)  # what the probabilities are read with
@@ -672,7 +680,7 @@ def evaluate_checkpoint(
 def patch_metrics(
     labels: np.ndarray,
     logits: np.ndarray,
-    temperature: float,
+    probs: np.ndarray,
     threshold: float,
     *,
     n_bootstrap: int = 1000,
@@ -680,7 +688,8 @@ def patch_metrics(
 ) -> dict[str, Any]:
     """The numbers ``eval --data`` reports for scored patches, as its metrics.json holds
     them: ``n_unlabelled`` (labels not 0/1, left out), then for the labelled ones the
-    metrics at ``threshold`` of the probabilities ``sigmoid(logits / temperature)`` with
+    metrics at ``threshold`` of the (calibrated) probabilities ``probs``, the raw
+    ``logits`` read at a temperature, with
     95 % bootstrap CIs (:func:`histomodels.metrics.summarize`: ``roc_auc``, ``accuracy``,
     ``recall``, …, ``ci``), ``at_0.5``, ``threshold_sweep`` and ``uncalibrated`` (Brier,
     ECE and NLL of the raw logits); without any labelled patch only a ``note``."""
@@ -694,7 +703,7 @@ def patch_metrics(
         result["note"] = "no labels in the data: predictions only, no metrics"
         return result
     y = labels[labelled].astype(np.int64)
-    p = sigmoid(logits[labelled], temperature)
+    p = np.asarray(probs)[labelled]
     result.update(summarize(y, p, threshold, n_resamples=n_bootstrap, seed=seed))
     result["at_0.5"] = {k: v for k, v in binary_metrics(y, p, 0.5).items() if k != "ci"}
     result["threshold_sweep"] = threshold_sweep(y, p)
@@ -755,6 +764,10 @@ def evaluate_arrays(
                 f"labels: none of the {len(given)} is 0 or 1 (the first is {given[0]!r}, "
                 f"dtype {given.dtype}); give 0/1 per patch (others are left out as unlabelled)"
             )
+    labels = np.asarray(labels).reshape(-1)
+    n = _patch_count(images)
+    if n is not None and n != len(labels):  # before the model is loaded or scores them
+        raise ValueError(f"{len(labels)} labels for {n} patches")
     if isinstance(model, str | Path):
         model = Predictor.load(model, device=device)
     if isinstance(model, Predictor):
@@ -780,18 +793,28 @@ def evaluate_arrays(
             hook.remove()
         temperature = 1.0
         cut, source = decision_threshold({}, threshold, note=NO_VALIDATION)  # else 0.5
-    labels = np.asarray(labels).reshape(-1)
-    if len(labels) != len(logits):
+    if len(labels) != len(logits):  # an iterable of batches: counted as scored
         raise ValueError(f"{len(labels)} labels for {len(logits)} patches")
     result: dict[str, Any] = {"n": len(labels), "threshold": float(cut),
                               "threshold_source": source, "temperature": float(temperature),
                               "tta": bool(tta)}  # fmt: skip
-    result.update(
-        patch_metrics(labels, logits, temperature, cut, n_bootstrap=n_bootstrap, seed=seed)
-    )
+    probs = sigmoid(logits, temperature)
+    result.update(patch_metrics(labels, logits, probs, cut, n_bootstrap=n_bootstrap, seed=seed))
     if "note" not in result and len(np.unique(labels[np.isin(labels, (0, 1))])) < 2:
         result["note"] = "only one class present: AUC is undefined"
     return result
+
+
+def _patch_count(images: Any) -> int | None:
+    """How many patches ``images`` holds, as :meth:`Predictor.logits` reads them, where
+    that is known without reading them: an ``[N, H, W, 3]`` array or tensor (``[H, W, 3]``
+    and a PIL image: one); None for an iterable of batches."""
+    shape = getattr(images, "shape", None)
+    if shape is not None and len(shape) in (3, 4):
+        return 1 if len(shape) == 3 else int(shape[0])
+    from PIL import Image
+
+    return 1 if isinstance(images, Image.Image) else None
 
 
 def _check_arguments(threshold: Any, batch_size: Any, n_bootstrap: Any) -> None:

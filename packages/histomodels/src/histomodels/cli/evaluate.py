@@ -453,13 +453,16 @@ def _print_metrics(result: dict, out: Path) -> None:
 def _source_shown(result: dict) -> str:
     """``threshold_source`` as the threshold line prints it: the validation data it names
     as the other success lines name paths (:func:`histocore.io.source_shown`: a folder
-    named ``~`` is ``./~/v.h5``, never ``~/v.h5``, $HOME's to a reader); metrics.json keeps
-    the text as it is."""
-    how = str(result["threshold_source"])
-    data = (result.get("validation") or {}).get("data")
-    if isinstance(data, str) and (shown := source_shown(data)) != data:
-        how = how.replace(f"({data}, n=", f"({shown}, n=", 1)
-    return how
+    named ``~`` is ``./~/v.h5``, never ``~/v.h5``, $HOME's to a reader), made again from
+    its parts in ``validation`` (:func:`histomodels.evaluate.chosen_on_validation`), not
+    edited; metrics.json keeps the text as it is."""
+    from histomodels.evaluate import chosen_on_validation
+
+    v = result.get("validation") or {}
+    how, data, n = v.get("threshold_chosen_by"), v.get("data"), v.get("n")
+    if isinstance(how, str) and isinstance(data, str) and isinstance(n, int):
+        return chosen_on_validation(how, source_shown(data), n)
+    return str(result["threshold_source"])
 
 
 def _print_external(result: dict, out: Path) -> None:
