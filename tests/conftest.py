@@ -7,6 +7,7 @@ import importlib.util
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -49,6 +50,15 @@ def names_the_file_in_the_way(tmp_path: Path, write: Callable[[Path], object]) -
     with pytest.raises(NotADirectoryError, match="is a file, not a folder") as caught:
         write(a)
     assert caught.value.filename == str(a)
+
+
+def refused_with(result: Any) -> str:
+    """The one line a refused CLI run (a typer ``Result``) printed, without its ``error: ``:
+    exit 1, nothing on stdout and that one line on stderr, each asserted."""
+    assert (result.exit_code, result.stdout) == (1, ""), result.output
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), lines
+    return lines[0].removeprefix("error: ")
 
 
 def unboxed(text: str) -> str:

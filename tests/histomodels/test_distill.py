@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import names_the_file_in_the_way
+from conftest import names_the_file_in_the_way, refused_with
 
 from histomodels.checkpoint import read_checkpoint
 from histomodels.config import ConfigError, TrainConfig, validate
@@ -426,13 +426,11 @@ def test_a_file_of_the_users_where_the_soft_targets_go_is_not_replaced(tmp_path)
     args = ["train", "--data", str(train_h5), "--val", str(val_h5), "--out", str(run),
             "--epochs", "1", "--threads", "1", "--model-config", json.dumps(TINY), "--quiet",
             "--teacher", "pcam-cnn"]  # fmt: skip
-    r = CliRunner().invoke(app, args)
-    assert (r.exit_code, r.stdout) == (1, ""), r.output
-    assert r.stderr.splitlines() == [
-        f"error: {mine}: exists and is not the teacher's soft targets a run wrote (a numpy "
+    assert refused_with(CliRunner().invoke(app, args)) == (
+        f"{mine}: exists and is not the teacher's soft targets a run wrote (a numpy "
         ".npz of their key and logits); training would replace it: choose another --out, or "
         "remove it first"
-    ]
+    )
     assert [p.name for p in run.iterdir()] == [mine.name]
     assert mine.read_bytes() == b"my own notes, not numpy"
     from histomodels.cli.train import _teacher_cache

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 from _evalkit import tiny_checkpoint
-from conftest import names_the_file_in_the_way
+from conftest import names_the_file_in_the_way, refused_with
 from PIL import Image
 from sklearn import metrics as skm
 from typer.testing import CliRunner
@@ -728,13 +728,11 @@ def test_eval_val_replaces_beside_the_checkpoint_only_a_sidecar_eval_wrote(tmp_p
     out = tmp_path / "ev"
     args = ["eval", str(ckpt), "--data", str(data), "--val", str(val), "--out", str(out),
             "--bootstrap", "0"]  # fmt: skip
-    r = CliRunner().invoke(app, args)
-    assert (r.exit_code, r.stdout) == (1, ""), r.output
-    assert r.stderr.splitlines() == [
-        f"error: {side}: exists and is not a calibration file eval wrote; eval --val would "
+    assert refused_with(CliRunner().invoke(app, args)) == (
+        f"{side}: exists and is not a calibration file eval wrote; eval --val would "
         "replace it with the fitted temperature: give --store-temperature none or checkpoint, "
         "or remove it first"
-    ]
+    )
     assert side.read_text() == mine and not out.exists()
     unread = tmp_path / "unread.h5"  # refused before the validation data is read
     unread.write_bytes(b"not an HDF5 file")
@@ -769,11 +767,10 @@ def test_eval_manifest_refuses_a_heatmaps_folder_it_did_not_write(tmp_path: Path
     r = CliRunner().invoke(
         app, ["eval", str(ckpt), "--manifest", str(run), "--out", str(out), "--bootstrap", "0"]
     )
-    assert (r.exit_code, r.stdout) == (1, ""), r.output
-    assert r.stderr.splitlines() == [
-        f"error: {out / 'heatmaps'}: exists and was not written by eval; eval would replace "
+    assert refused_with(r) == (
+        f"{out / 'heatmaps'}: exists and was not written by eval; eval would replace "
         "it: choose another --out, or remove it first"
-    ]
+    )
     assert [p.name for p in out.rglob("*")] == ["heatmaps", "slide1.png"]
     assert (out / "heatmaps" / "slide1.png").read_bytes() == b"my own heatmap"
     with pytest.raises(UsageError, match=r"heatmaps: exists and was not written by eval"):
