@@ -10,7 +10,9 @@ only at its first checkpoint), and removes the folders the command created once 
 empty. Only those names are touched: anything else in the folder (another program's files,
 even ones made while the run was going) stays, so ``--out`` may point at a folder of your
 own. The teacher's soft targets (:data:`KEPT`) stay, in a folder of their own if need be,
-for the rerun to reuse. Once this run's checkpoint is on disk, it all stays.
+for the rerun to reuse. Once this run's checkpoint is on disk, it all stays. Before a new
+run reads its data, :meth:`RunFolder.refuse_to_replace` refuses a file of those names that
+the run did not write (a Python caller's own ``config.json``, ``history.json``...).
 """
 
 from __future__ import annotations
