@@ -1237,3 +1237,36 @@ def test_the_list_comes_a_page_at_a_time(
         r = c.get(f"/api/items?{bad}")
         assert r.status_code == 400 and "must be" in r.json()["error"], bad
     assert c.get("/api/alive").json() == {"alive": True}
+
+
+def test_the_page_after_or_before_a_figure_is_found_by_its_place(
+    kit: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """Review 48: the page asked for the next page of the list by index, and an answer that
+    took figures off a filtered list (the review label filter, disagreements, "reviewed")
+    shifted the list under it, so figures were skipped unseen. ``after=ID`` / ``before=ID``
+    give the page of the figure next to ID's place in the run's order, which answers do not
+    move, with its index as ``at``: also when ID itself has left the list."""
+    run = _copy(kit[0], tmp_path)
+    c = _client(run, kit[1])
+    for image_id in ("pmid:1/fig1", "pmid:1/fig2"):
+        assert _post(c, image_id, "metastasis").status_code == 200
+
+    def at(query: str) -> tuple[int | None, int, list[str]]:
+        body = c.get(f"/api/items?limit=2&{query}").json()
+        return body["at"], body["total"], [x["id"] for x in body["items"]]
+
+    # pmid:1/fig2 has left the "unreviewed" list: the figure after it is still the next one
+    assert at("status=unreviewed&after=pmid:1/fig2") == (0, 2, ["pmid:2/fig1", "pmid:2/fig2"])
+    assert at("label=unreviewed&after=pmid:1/fig1") == (0, 2, ["pmid:2/fig1", "pmid:2/fig2"])
+    assert at("status=reviewed&before=pmid:2/fig2") == (1, 2, ["pmid:1/fig1", "pmid:1/fig2"])
+    assert at("status=all&after=pmid:1/fig1") == (1, 4, ["pmid:1/fig2", "pmid:2/fig1"])
+    # the page before a figure reaches back from it (the way ← goes)
+    assert at("status=all&before=pmid:2/fig1") == (1, 4, ["pmid:1/fig1", "pmid:1/fig2"])
+    # nothing on that side: the nearest on the other
+    assert at("status=reviewed&after=pmid:2/fig1")[0] == 1
+    assert at("status=unreviewed&before=pmid:1/fig2")[0] == 0
+    assert at("status=all&after=pmid:2/fig2")[0] == 3
+    # no such kept figure, or an empty list: no index, the page asked for by offset
+    assert at("status=all&after=pmid:9/x&offset=2") == (None, 4, ["pmid:2/fig1", "pmid:2/fig2"])
+    assert at("label=not_usable&after=pmid:1/fig1") == (None, 0, [])

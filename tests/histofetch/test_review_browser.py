@@ -736,3 +736,94 @@ def test_modified_and_held_keys_answer_nothing(served: tuple[str, Path], browser
     assert _text(d, "status") == "" and _text(d, "position") == "2 / 4"
     assert not (run / "review_log.jsonl").exists() or _log(run) == []
     assert set(_labels(run).values()) == {None}
+
+
+def _select(driver, element_id: str, value: str) -> None:
+    from selenium.webdriver.support.ui import Select
+
+    Select(driver.find_element("id", element_id)).select_by_value(value)
+
+
+def _shown(driver, image_id: str, position: str) -> None:
+    _wait(driver, lambda d: (_text(d, "figure-id"), _text(d, "position")) == (image_id, position))
+
+
+def test_answers_that_take_figures_off_the_review_label_list_skip_none(
+    served: tuple[str, Path], browser
+) -> None:
+    """Review 48: only the "unreviewed" status moved the list's index after an answer; with
+    the review label filter set to "unreviewed" (status all) each answer took a figure off
+    the list while the page went on by index, and the next page, asked for by index, began
+    past pmid:2/fig1: it was never shown (fig1, fig2, then pmid:2/fig2 at "2 / 2"). The
+    next figure is found by its place after the one answered now, never by a stale index."""
+    url, run = served
+    d = browser
+    d.get(url)
+    _wait(d, lambda d: _text(d, "figure-id") == "pmid:1/fig1")
+    _select(d, "f-status", "all")
+    _select(d, "f-label", "unreviewed")
+    _shown(d, "pmid:1/fig1", "1 / 4")
+    _press(d, "m", "saved pmid:1/fig1: metastasis")
+    _shown(d, "pmid:1/fig2", "1 / 3")
+    _press(d, "m", "saved pmid:1/fig2: metastasis")
+    _shown(d, "pmid:2/fig1", "1 / 2")
+    _press(d, "n", "saved pmid:2/fig1: no metastasis")
+    _shown(d, "pmid:2/fig2", "1 / 1")
+    _press(d, "u", "saved pmid:2/fig2: not usable")
+    _wait(d, lambda d: _text(d, "empty-text") == "Nothing matches these filters.")
+    assert _log(run) == [
+        ("pmid:1/fig1", "metastasis"),
+        ("pmid:1/fig2", "metastasis"),
+        ("pmid:2/fig1", "no_metastasis"),
+        ("pmid:2/fig2", "not_usable"),
+    ]
+
+
+def test_answers_that_take_figures_off_the_reviewed_or_disagreement_list_skip_none(
+    served: tuple[str, Path], browser
+) -> None:
+    """Review 48, as above for "reviewed" with a review label (an answer changed takes the
+    figure off: pmid:2/fig1 was skipped; so it was when another tab's answer took one off
+    before the page moved on) and for disagreements between the weak label and the review
+    (an answer agreeing takes it off: the position said "2 / 3" of a list of 2). ← and →
+    across pages after answers walk the list as it is."""
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    from histofetch.review.data import save_answer
+
+    url, run = served
+    with Manifest.load(run) as m:
+        for image_id in ("pmid:1/fig1", "pmid:1/fig2", "pmid:2/fig1", "pmid:2/fig2"):
+            save_answer(m, image_id, "metastasis", "earlier")
+    d = browser
+    d.get(url)
+    _wait(d, lambda d: _text(d, "empty-text") == "All 4 figures of this run are reviewed.")
+    _select(d, "f-status", "reviewed")
+    _select(d, "f-label", "metastasis")
+    _shown(d, "pmid:1/fig1", "1 / 4")
+    _next(d, "pmid:1/fig2")
+    with Manifest.load(run) as m:  # another tab takes pmid:1/fig1 off the list
+        save_answer(m, "pmid:1/fig1", "no_metastasis", "other")
+    _next(d, "pmid:2/fig1")
+    assert _text(d, "position") == "2 / 3"
+    ActionChains(d).send_keys("\ue012").perform()  # arrow left: the page before
+    _shown(d, "pmid:1/fig2", "1 / 3")
+    _press(d, "n", "saved pmid:1/fig2: no metastasis")
+    _shown(d, "pmid:2/fig1", "1 / 2")
+    _press(d, "n", "saved pmid:2/fig1: no metastasis")
+    _shown(d, "pmid:2/fig2", "1 / 1")
+    # weak labels: metastasis, no metastasis, metastasis, abstain (never a disagreement)
+    _select(d, "f-status", "all")
+    _select(d, "f-label", "")
+    with Manifest.load(run) as m:  # pmid:1/fig2 disagrees too
+        save_answer(m, "pmid:1/fig2", "metastasis", "earlier")
+    _select(d, "f-disagree", "review")
+    _shown(d, "pmid:1/fig1", "1 / 3")
+    _press(d, "m", "saved pmid:1/fig1: metastasis")  # now agrees: off the list
+    _shown(d, "pmid:1/fig2", "1 / 2")
+    _next(d, "pmid:2/fig1")
+    assert _text(d, "position") == "2 / 2"
+    ActionChains(d).send_keys("\ue012").perform()
+    _shown(d, "pmid:1/fig2", "1 / 2")
+    _press(d, "n", "saved pmid:1/fig2: no metastasis")
+    _shown(d, "pmid:2/fig1", "1 / 1")

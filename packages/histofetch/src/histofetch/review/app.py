@@ -1,7 +1,8 @@
 """The review page: a Starlette app (Jinja2 templates, plain JS, local assets only).
 
 Routes: ``/`` (the page), ``/api/items`` (one page of the filtered list + progress:
-``offset``, ``limit``, or ``around`` a figure id), ``/api/item/{id}`` (one figure), ``POST
+``offset``, ``limit``, or ``around`` a figure id, or the figure ``after`` or ``before`` one),
+``/api/item/{id}`` (one figure), ``POST
 /api/label`` (save one answer), ``/api/alive`` (the page's heartbeat), ``/image/{id}`` and
 ``/heatmap/{id}`` (the figure file and its eval heatmap), ``/static/…``. Nothing is fetched
 from outside: no CDN, no fonts, no analytics. Every value from the manifest reaches the page escaped
@@ -11,6 +12,7 @@ server from escaped pieces (:func:`histofetch.review.data.caption_html`).
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import threading
 from pathlib import Path
@@ -152,6 +154,26 @@ def _count(query: dict[str, str], name: str, default: int, most: int | None) -> 
     return value
 
 
+def _beside(rows: list[Image], kept: list[Image], image_id: str, *, after: bool) -> int | None:
+    """The index in ``rows`` (the filtered list, in the order of ``kept``: the run's kept
+    figures in reading order) of the first figure after ``image_id``'s place in ``kept``
+    (``after``), or the last one before it; the nearest on the other side when there is
+    none; None for an empty list or a figure not kept. Found by the figure's place, which
+    answers do not move: the list's indexes do (an answer takes a figure off the
+    "unreviewed" list, another tab answers), so the page asked for by index skipped
+    figures unseen. Asked only when the page leaves its page of the list."""
+    places = {i.id: n for n, i in enumerate(kept)}
+    place = places.get(image_id)
+    if place is None or not rows:
+        return None
+    n = (bisect.bisect_right if after else bisect.bisect_left)(
+        rows, place, key=lambda i: places[i.id]
+    )
+    if after:
+        return min(n, len(rows) - 1)
+    return max(n - 1, 0)
+
+
 async def _capped_body(request: Request) -> bytes | None:
     """The request body, or None past :data:`MAX_BODY` bytes (read no further: an answer
     is a few hundred bytes, and Starlette's ``request.json()`` kept any size in memory)."""
@@ -229,6 +251,12 @@ def app_for(
             at = next((n for n, i in enumerate(rows) if i.id == query["around"]), None)
             if at is not None:
                 offset = max(0, at - limit // 4)
+        for side in ("after", "before"):  # the page of the figure next to this one (moves):
+            if side in query:  # mostly ahead of it, the way the reviewer goes
+                at = _beside(rows, state.ordered(manifest), query[side], after=side == "after")
+                behind = limit // 4 if side == "after" else limit - 1 - limit // 4
+                if at is not None:
+                    offset = max(0, at - behind)
         window = [
             {"id": i.id, "label": i.label, "weak_label": i.weak_label}
             for i in rows[offset : offset + limit]

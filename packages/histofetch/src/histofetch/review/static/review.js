@@ -114,13 +114,16 @@ function rowAt(index) {
 }
 
 // One page of the list: the one holding the figure `around` names (body.at: its index, or
-// null where it does not match the filters), else the one from `offset` on. The server
-// counts the whole list (total) and the run (progress).
-async function fetchList({ around = null, offset = 0 } = {}) {
+// null where it does not match the filters), or the first figure `after` the one it names
+// or the last `before` it, in the run's order (body.at: its index), else the one from
+// `offset` on. The server counts the whole list (total) and the run (progress).
+async function fetchList({ around = null, after = null, before = null, offset = 0 } = {}) {
   const q = filters();
   q.set("limit", String(PAGE));
   q.set("offset", String(Math.max(0, Math.floor(offset))));
   if (around !== null) q.set("around", around);
+  if (after !== null) q.set("after", after);
+  if (before !== null) q.set("before", before);
   let body;
   try {
     body = await api(`/api/items?${q.toString()}`);
@@ -144,6 +147,19 @@ function fetchPageOf(index) {
 async function loadList() {
   await fetchPageOf(state.index);
   await show();
+}
+
+// Whether a figure answered still matches the filters, as the server's matches() says:
+// only the filters that read the answer can take it off the list (status, the review
+// label, disagreements between the weak label and the review).
+function stillMatches(row) {
+  const status = $("f-status").value || "all";
+  if (status === "unreviewed" && row.label) return false;
+  if (status === "reviewed" && !row.label) return false;
+  const weak = ["metastasis", "no_metastasis"].includes(row.weak_label) ? row.weak_label : null;
+  if ($("f-disagree").value === "review" && (!weak || !row.label || row.label === weak)) return false;
+  const label = $("f-label").value;
+  return !(label && (row.label || "unreviewed") !== label);
 }
 
 function pill(el, value) {
@@ -196,8 +212,23 @@ function emptyAction() {
   enqueue(() => shown(loadList, ""));
 }
 
-async function show() {
+// Shows the figure at state.index, loading its page first where it is not loaded; `seek`
+// ({after: id} or {before: id}): the figure next to that one, found by its place in the
+// run's order, not by index (answers take figures off a filtered list, another tab answers
+// too: the page at an index the list had skipped figures unseen).
+async function show(seek = null) {
   state.current = null;  // keys answer nothing until the next figure is shown
+  if (seek) {
+    let body;
+    try {
+      body = await fetchList(seek);
+    } catch (e) {
+      document.body.classList.add("not-loaded");
+      const where = seek.after ? `after ${seek.after}` : `before ${seek.before}`;
+      throw new NotLoaded(`figure ${where} did not load: ${e.message}`);
+    }
+    if (body.at !== null) state.index = body.at;
+  }
   const clamp = () => { state.index = Math.min(state.index, Math.max(0, state.total - 1)); };
   clamp();
   // a figure outside the page loaded: its page first (twice at most: the list may have
@@ -354,17 +385,21 @@ async function answer(label) {
   showProgress(body.progress);
   say(`saved ${it.id}: ${said}`);
   const row = rowAt(state.index);
-  const here = row !== null && row.id === it.id;
-  if (here) row.label = label;
-  else state.items = [];  // the page loaded is not the list shown: show() loads it again
-  if ($("f-status").value === "unreviewed" && label) {
-    if (here) state.items.splice(state.index - state.offset, 1);  // leaves the "unreviewed" list
-    state.total = Math.max(0, state.total - 1);
-    if (state.index >= state.total) state.index = Math.max(0, state.total - 1);
-  } else if (state.index < state.total - 1) {
-    state.index += 1;
+  if (row === null || row.id !== it.id) {
+    state.items = [];  // the page loaded is not the list shown: the next figure is looked for
+  } else {
+    row.label = label;
+    if (!stillMatches(row)) {  // the answer took it off this list: the next one has its index
+      state.items.splice(state.index - state.offset, 1);
+      state.total = Math.max(0, state.total - 1);
+      if (state.index >= state.total) state.index = Math.max(0, state.total - 1);
+    } else if (state.index < state.total - 1) {
+      state.index += 1;
+    }
   }
-  await shown(show, `saved ${it.id}: ${said}; the next `);
+  // past the page loaded: the figure after this one, by its place (not the list's index)
+  const seek = rowAt(state.index) ? null : { after: it.id };
+  await shown(() => show(seek), `saved ${it.id}: ${said}; the next `);
 }
 
 // Runs `load` (show, or undo's reload), which shows a figure. When it fails the page says
@@ -426,8 +461,14 @@ async function move(step) {
   // list: after an undo whose list did not reload, the figure undone was not in it)
   if (retry && (step > 0 || state.stale)) { await shown(retry, ""); return; }
   if (!state.total) return;
-  state.index = Math.min(state.total - 1, Math.max(0, state.index + step));
-  await shown(show, "");
+  const to = Math.min(state.total - 1, Math.max(0, state.index + step));
+  const from = rowAt(state.index);
+  // past the page loaded: the figure next to this one, by its place (not the list's index)
+  const seek = to !== state.index && !rowAt(to) && from
+    ? (step > 0 ? { after: from.id } : { before: from.id })
+    : null;
+  state.index = to;
+  await shown(() => show(seek), "");
 }
 
 function toggleHeat() {
