@@ -632,6 +632,12 @@ def test_a_next_figure_that_does_not_load_is_said_and_never_answered_in_its_plac
     assert d.find_element("id", "retry").is_displayed()
     d.find_element("id", "retry").click()  # tried again: still gone, said again
     _wait(d, lambda d: "the image of pmid:2/fig2 did not load" in _text(d, "status"))
+    # another figure shown: the message (and its retry) was about the image gone, not this
+    ActionChains(d).send_keys("\ue012").perform()  # arrow left
+    _wait(d, lambda d: _text(d, "figure-id") == "pmid:2/fig1")
+    assert _text(d, "status") == "" and not d.find_element("id", "retry").is_displayed()
+    _next(d, "pmid:2/fig2")
+    _wait(d, lambda d: "the image of pmid:2/fig2 did not load" in _text(d, "status"))
     d.find_element("css selector", ".key-u").click()
     _wait(d, lambda d: "saved pmid:2/fig2: not usable" in _text(d, "status"))
     assert _labels(run) == {

@@ -23,6 +23,7 @@ const state = {
   progress: null, // the run's counts, as the server last sent them
   retry: null,    // what → runs while the figure to show did not load (it is not skipped)
   unsaved: null,  // {id, here, away}: the NOT SAVED message while it is the one said
+  imageError: false,  // the message said is that the image shown did not load
 };
 const FILTER_IDS = ["f-status", "f-disagree", "f-record", "f-weak", "f-label"];
 // The list comes a page at a time (the whole list was 6 MB of JSON at 100,000 figures and
@@ -45,6 +46,7 @@ function filters() {
 // says them at once); both inside #status, under the answer buttons.
 function say(text, isError) {
   state.unsaved = null;  // a NOT SAVED message is kept only while it is the one said
+  state.imageError = false;
   $("status-polite").textContent = isError ? "" : text;
   $("status-alert").textContent = isError ? text : "";
   $("status").classList.toggle("error", Boolean(isError));
@@ -302,8 +304,8 @@ async function show(seek = null) {
   if (u) {  // a NOT SAVED figure left: its message says to go back to it, not to answer this one
     say(u.id === it.id ? u.here : u.away, true);
     state.unsaved = u;
-  } else if (state.retry) {
-    say("");  // the figure that did not load is shown now
+  } else if (state.retry || state.imageError) {
+    say("");  // the figure that did not load is shown now, or the image that did not is gone
   }
   setRetry(null);
 }
@@ -532,6 +534,7 @@ $("figure").addEventListener("error", () => {
   const it = state.current;
   if (!it) return;
   say(`the image of ${it.id} did not load (retry loads it again)`, true);
+  state.imageError = true;  // said over this figure only: show() clears it
   $("retry").hidden = false;
 });
 function reloadImage() {
