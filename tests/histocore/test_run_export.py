@@ -92,6 +92,36 @@ def test_parquet_without_pyarrow_says_what_to_install(run: Path, monkeypatch) ->
     assert not (run / "export.parquet").exists()
 
 
+@pytest.mark.parametrize(
+    "failure",
+    [
+        "raise ImportError('libarrow.so.2600: cannot open shared object file')",
+        "import no_such_module_pyarrow_needs",  # a ModuleNotFoundError, not for pyarrow
+    ],
+)
+def test_a_pyarrow_that_fails_as_it_imports_keeps_its_traceback(
+    run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failure: str
+) -> None:
+    """Every ImportError raised while pyarrow imported (a pyarrow built for another NumPy,
+    a missing libarrow.so) read as 'pyarrow, which is not installed': advice to install
+    what is installed, and the cause lost. Only pyarrow itself missing is that line; a
+    pyarrow package whose ``__init__`` fails propagates its own error, nothing written."""
+    from histocore.errors import MissingDependency
+
+    fake = tmp_path / "site" / "pyarrow"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text(failure + "\n")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    for name in [m for m in sys.modules if m == "pyarrow" or m.startswith("pyarrow.")]:
+        monkeypatch.delitem(sys.modules, name)  # restored at teardown
+    with pytest.raises(ImportError) as err:
+        export_run(run, "parquet")
+    assert not isinstance(err.value, MissingDependency), err.value
+    assert "not installed" not in str(err.value)
+    assert any(Path(tb.path) == fake / "__init__.py" for tb in err.traceback), err.traceback
+    assert not (run / "export.parquet").exists()
+
+
 def test_parquet_round_trips_the_rows(run: Path) -> None:
     pq = pytest.importorskip("pyarrow.parquet", reason="pyarrow not installed")
     table = pq.read_table(export_run(run, "parquet")).to_pylist()

@@ -137,7 +137,12 @@ def export_run(run_dir: str | Path, fmt: str | None = None, out: str | Path | No
     if fmt == "parquet":
         try:
             import pyarrow  # noqa: F401  # pyright: ignore[reportMissingImports]
-        except ImportError:  # named as every error line names its file: the one not written
+        except ModuleNotFoundError as exc:  # named as every error line names its file
+            # only pyarrow itself missing is advice; a pyarrow that fails as it imports (one
+            # built for another NumPy, a missing libarrow.so, a module of its own missing) is
+            # a broken install and keeps its traceback
+            if exc.name != "pyarrow":
+                raise
             target = Path(out) if out is not None else run_dir / f"export{SUFFIXES[fmt]}"
             other = "use --format csv" if out is None else "give --out a .csv name"
             raise MissingDependency(
