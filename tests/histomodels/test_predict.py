@@ -1789,7 +1789,7 @@ def _header_liar(path: Path, said: tuple[int, int], rgb: np.ndarray) -> None:
 
 
 def test_a_heatmap_is_judged_as_decoded_not_as_the_header_says(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     """Whether an input gets a heatmap, and so whether the file at its heatmap's name is
     judged (:func:`test_a_heatmap_replaces_only_a_heatmap_predict_drew`), went by its
@@ -1817,8 +1817,12 @@ def test_a_heatmap_is_judged_as_decoded_not_as_the_header_says(
                 self._size = self.im.size
             return Image.Image.load(self)
 
-    monkeypatch.setattr(Image, "ID", [*Image.ID, "LIAR"])
-    monkeypatch.setitem(Image.OPEN, "LIAR", (Liar, lambda prefix: prefix[:4] == b"LIAR"))
+    # registered in Pillow's own lists, every plugin loaded first (Image.init): a new ID list
+    # swapped in before Pillow's preinit got the basic formats, lost with it at teardown (no
+    # JPEG/PNG/GIF/BMP opened in this process after); removed again in place
+    Image.init()
+    Image.register_open("LIAR", Liar, lambda prefix: prefix[:4] == b"LIAR")
+    request.addfinalizer(lambda: (Image.ID.remove("LIAR"), Image.OPEN.pop("LIAR")))
     ckpt = tiny_checkpoint(tmp_path)
     liar = tmp_path / "liar.png"
     _header_liar(liar, (96, 96), make_figure(2, 2, seed=3))  # decodes to 192x192: 4 patches
