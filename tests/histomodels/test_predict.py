@@ -1229,6 +1229,42 @@ def test_a_heatmap_replaces_only_a_heatmap_predict_drew(tmp_path: Path) -> None:
         assert im.info[HEATMAP_MARK] == str((tmp_path / "other.csv").resolve())
 
 
+def test_a_file_made_at_a_heatmaps_name_while_later_inputs_are_scored_is_kept(
+    tmp_path: Path,
+) -> None:
+    """The file at an input's heatmap name was judged when that input was scored, but the
+    staged heatmap was renamed over it only after every later input was (minutes): a PNG
+    another process made there meanwhile was replaced. It is judged again right before
+    the renames: one error line, the file as it was, no CSV and no heatmap. The file is
+    made from a torch forward hook once a's heatmap is staged, while b is scored."""
+    import torch
+
+    ckpt = tiny_checkpoint(tmp_path)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name, n in (("a", 2), ("b", 3)):
+        Image.fromarray(make_figure(n, n, seed=n)).save(folder / f"{name}.png")
+    out, heat = tmp_path / "pred.csv", tmp_path / "pred_heatmaps"
+    mine = heat / "a.png"
+    theirs = b"made by another process"
+
+    def appear(*_: object) -> None:
+        if not mine.exists() and any(heat.glob(".a.png.*.part")):
+            mine.write_bytes(theirs)
+
+    hook = torch.nn.modules.module.register_module_forward_hook(appear)
+    try:
+        r = CliRunner().invoke(app, ["predict", str(ckpt), str(folder), "--out", str(out)])
+    finally:
+        hook.remove()
+    assert r.exit_code == 1, r.output
+    assert r.stderr.splitlines()[-1].startswith(
+        f"error: {mine}: exists and is not a heatmap predict drew"
+    ), r.stderr
+    assert mine.read_bytes() == theirs and not out.exists()
+    assert _heatmap_files(heat) == ["a.png"]
+
+
 def test_a_heatmap_is_never_written_over_an_input_or_another_heatmap(tmp_path: Path) -> None:
     """--heatmaps naming the folder of a PNG input wrote the input's heatmap over the input
     (the image was lost); two inputs whose names clash even with their folder's name

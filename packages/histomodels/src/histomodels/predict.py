@@ -442,13 +442,19 @@ def _refuse_to_draw_over_what_predict_did_not_draw(
     :class:`PredictInputError` naming the file."""
     for f, target in targets.items():
         if tiles.get(f, 0) > 1:
-            replace_only_ours(
-                target, is_a_heatmap, PredictInputError,
-                not_ours="is not a heatmap predict drew (its PNG text chunk "
-                f"{HEATMAP_MARK!r} is missing)",
-                would=f"the heatmap of {path_shown(f)} would replace it: give another "
-                "--heatmaps or --no-heatmaps",
-            )  # fmt: skip
+            _refuse_over_theirs(f, target)
+
+
+def _refuse_over_theirs(f: Path, target: Path) -> None:
+    """The check of :func:`_refuse_to_draw_over_what_predict_did_not_draw` for the heatmap
+    of ``f`` at ``target``; run again right before the staged heatmaps are renamed."""
+    replace_only_ours(
+        target, is_a_heatmap, PredictInputError,
+        not_ours=f"is not a heatmap predict drew (its PNG text chunk {HEATMAP_MARK!r} is "
+        "missing)",
+        would=f"the heatmap of {path_shown(f)} would replace it: give another --heatmaps or "
+        "--no-heatmaps",
+    )  # fmt: skip
 
 
 def check_scale(scale: float) -> None:
@@ -541,6 +547,11 @@ def predict_paths(
                                 staged, size=size, scale=scale, stride=stride,
                                 max_pixels=max_pixels, batch_size=batch_size, tta=tta,
                                 threshold=cut)  # fmt: skip
+        # judged again right before they go with the CSV: a file made at a heatmap's name
+        # while later inputs were scored (minutes) was replaced by the rename
+        for f, target in targets.items():
+            if target in staged:
+                _refuse_over_theirs(f, target)
         if scored and stream is not None:
             stream.write(buf.getvalue())
             stream.flush()
@@ -743,7 +754,7 @@ def _predict_files(
             if len(probs) > 1 and f in targets:
                 target = targets[f]
                 # judged again as decoded: a header of one patch skipped the check before
-                _refuse_to_draw_over_what_predict_did_not_draw({f: target}, {f: len(probs)})
+                _refuse_over_theirs(f, target)
                 make_parents(target)
                 if target.is_dir():  # refused now: the rename over it would fail after the CSV
                     raise IsADirectoryError(errno.EISDIR, "is a folder, not a file", str(target))
