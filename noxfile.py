@@ -179,32 +179,50 @@ def export_compat(session: nox.Session) -> None:
 #: (tests/test_packaging.py's MINIMUMS); by hand, not in CI (docs/testing.md).
 MIN_VERSIONS = ["pymupdf==1.27.1", "huggingface_hub==0.19.0"]
 MIN_VENV = ROOT / ".venv-min"
+#: Every test file that reads a PDF through pymupdf (tests/histofetch's pdf_factory, the
+#: hostile PDFs and fuzzed parsers, the demo's PDF) or reaches huggingface_hub (the hub, timm
+#: model names, the abuse cases' HOME paths).
 MIN_TESTS = [
-    "tests/histofetch/test_extract.py",
-    "tests/abuse/test_hostile_pdf.py",
+    "tests/histofetch",
+    "tests/abuse",
     "tests/histomodels/test_hub.py",
+    "tests/histomodels/test_cli_options.py",
+    "tests/histomodels/test_demo.py",
 ]
+MIN_STAMP = MIN_VENV / ".histo-min-stamp"
 
 
 @nox.session
 def min_versions(session: nox.Session) -> None:
-    """The PDF extraction and hub tests with MIN_VERSIONS installed in .venv-min, everything
-    else read from .venv (a .pth line after .venv-min's own packages) and the packages from
-    packages/*/src: a few MB, not another torch. 5-8 min on 2 busy cores."""
+    """Every test that reads a PDF or reaches huggingface_hub (MIN_TESTS) with only the two
+    MIN_VERSIONS installed in .venv-min (made by .venv's python), everything else read from
+    .venv (a .pth line after .venv-min's own packages) and the packages from packages/*/src:
+    a few MB, not another torch."""
     _install(session)
     bin_ = MIN_VENV / "bin"
-    if not (bin_ / "python").exists():
-        session.run(sys.executable, "-m", "venv", str(MIN_VENV), external=True)
-    session.run(str(bin_ / "python"), "-m", "pip", "install", "--disable-pip-version-check",
-                "--quiet", *MIN_VERSIONS, external=True)  # fmt: skip
+    made_for = f"{BIN / 'python'}\n{' '.join(MIN_VERSIONS)}\n"
+    fresh = not MIN_STAMP.exists() or MIN_STAMP.read_text() != made_for
+    if fresh:
+        # .venv's own python, so compiled modules read from .venv match it; remade whole, so
+        # nothing an earlier session installed (huggingface_hub's dependencies) shadows .venv
+        session.run(str(BIN / "python"), "-m", "venv", "--clear", str(MIN_VENV), external=True)
     (own,) = MIN_VENV.glob("lib/python3*/site-packages")
     (shared,) = VENV.glob("lib/python3*/site-packages")
     (own / "zz_histo_venv.pth").write_text(f"{shared}\n")  # after its own: the pins win
+    if fresh:
+        # only the two pins, their dependencies read from .venv (--ignore-installed: pip
+        # would take .venv's copies, seen through the .pth line, for installed ones)
+        session.run(str(bin_ / "python"), "-m", "pip", "install", "--disable-pip-version-check",
+                    "--quiet", "--no-deps", "--ignore-installed", *MIN_VERSIONS,
+                    external=True)  # fmt: skip
+        MIN_STAMP.write_text(made_for)
     src = os.pathsep.join(str(ROOT / "packages" / p / "src")
                           for p in ("histocore", "histofetch", "histomodels"))  # fmt: skip
     session.run(str(bin_ / "python"), "-c", "import pymupdf, huggingface_hub as h; "
                 "print('pymupdf', pymupdf.VersionBind, 'huggingface_hub', h.__version__)",
                 external=True, env={"PYTHONPATH": src})  # fmt: skip
+    workers = _test_workers()
+    parallel = ["-n", str(workers), "--dist", "loadfile"] if workers > 1 else []
     session.run(str(bin_ / "python"), "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                *(session.posargs or MIN_TESTS), external=True,
+                *parallel, *(session.posargs or MIN_TESTS), external=True,
                 env={**ENV, "PYTHONPATH": src})  # fmt: skip
