@@ -727,6 +727,8 @@ def one_line(message: str) -> str:
     Every CLI prints errors through this, so a newline or terminal escape inside a file
     name cannot forge a second ``error:`` line or recolour the terminal.
     """
+    if message.isprintable():  # most are: as they are (every row id of a run is quoted)
+        return message
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
 
 

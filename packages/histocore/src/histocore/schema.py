@@ -147,6 +147,16 @@ def _names(cls: type) -> tuple[str, ...]:
     return _FIELDS[cls]
 
 
+_NAME_SETS: dict[type, frozenset[str]] = {}
+
+
+def _name_set(cls: type) -> frozenset[str]:
+    """:func:`_names` as a set, made once a class (not once a row read)."""
+    if cls not in _NAME_SETS:
+        _NAME_SETS[cls] = frozenset(_names(cls))
+    return _NAME_SETS[cls]
+
+
 def row_of(obj: Record | Image) -> dict[str, Any]:
     """A row as a dict (what ``dataclasses.asdict`` gives, without its deep copy)."""
     return {name: getattr(obj, name) for name in _names(type(obj))}
@@ -176,23 +186,41 @@ _TYPE_CHECKS: dict[str, Any] = {
 }
 
 
+#: Per row class: ``(field name, annotation, optional, type checks)`` of each field whose
+#: annotation :data:`_TYPE_CHECKS` knows, worked out once (it was, for every row read:
+#: 100,000 figures spent most of a run's load parsing the same annotations again).
+_PLANS: dict[type, tuple[tuple[str, Any, bool, tuple[Any, ...]], ...]] = {}
+
+
+def _plan(cls: type) -> tuple[tuple[str, Any, bool, tuple[Any, ...]], ...]:
+    if cls not in _PLANS:
+        plan = []
+        for f in fields(cls):
+            kinds = [k.strip() for k in str(f.type).split("|")]
+            optional = "None" in kinds
+            checks = tuple(_TYPE_CHECKS[k] for k in kinds if k in _TYPE_CHECKS)
+            if len(checks) != len(kinds) - optional:  # an annotation we do not know: skip
+                continue
+            plan.append((f.name, f.type, optional, checks))
+        _PLANS[cls] = tuple(plan)
+    return _PLANS[cls]
+
+
 def _check_row(cls: type, row: dict[str, Any], where: str) -> None:
     """Schema check of one row: field types, stage and label values (ManifestError);
     ``where`` names the row."""
-    for f in fields(cls):
-        if f.name not in row:
+    for name, annotation, optional, checks in _plan(cls):
+        if name not in row:
             continue
-        value = row[f.name]
-        kinds = [k.strip() for k in str(f.type).split("|")]
-        optional = "None" in kinds
-        checks = [_TYPE_CHECKS[k] for k in kinds if k in _TYPE_CHECKS]
-        if len(checks) != len(kinds) - optional:  # an annotation we do not know: skip
-            continue
+        value = row[name]
         if value is None and optional:
             continue
-        if not any(check(value) for check in checks):
+        for check in checks:  # a loop, not any(): one generator less a field of a row
+            if check(value):
+                break
+        else:
             raise ManifestError(
-                f"{where}: field {f.name!r} is {json.dumps(value)[:60]}, expected {f.type}"
+                f"{where}: field {name!r} is {json.dumps(value)[:60]}, expected {annotation}"
             )
     if cls is Record and row.get("stage", "searched") not in STAGES:
         raise ManifestError(f"{where}: stage {row['stage']!r} is not one of {', '.join(STAGES)}")
@@ -209,7 +237,7 @@ def _from_dict(cls: type, data: dict[str, Any], where: str, *, named: bool = Fal
     _check_row(
         cls, data, where if named else f"{where}: {data.get('kind', 'row')} {data.get('id')}"
     )
-    names = set(_names(cls))
+    names = _name_set(cls)
     known = {k: v for k, v in data.items() if k in names}
     unknown = {k: v for k, v in data.items() if k not in names}
     if unknown:  # keep fields written by a newer minor version instead of dropping them
