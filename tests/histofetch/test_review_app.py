@@ -17,7 +17,15 @@ from histocore.io import unique_stem
 from histocore.manifest import Manifest
 from histofetch.cli import app as cli
 from histofetch.review.app import create_app
-from histofetch.review.data import LOG_NAME, ReviewError, Scores, save_answer
+from histofetch.review.data import (
+    LOG_NAME,
+    ReviewError,
+    Scores,
+    matches,
+    ordered,
+    save_answer,
+    select,
+)
 from histofetch.stage import command as hint_command
 
 
@@ -73,6 +81,43 @@ def test_page_lists_filters_and_shows_one_figure(kit: tuple[Path, Path]) -> None
     assert c.get("/image/nope").status_code == 404
     assert c.get("/image/..%2F..%2Fetc%2Fpasswd").status_code == 404
     assert c.get("/static/review.js").status_code == 200
+
+
+def test_each_filter_of_the_list_keeps_what_matches_keeps(
+    kit: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """The list's filters (one pass by review status, then the others) keep exactly the
+    figures :func:`matches` keeps, in reading order, and the bar counts each label; the
+    page's article filter names the articles with a kept figure."""
+    run, scores = kit
+    run = _copy(run, tmp_path)
+    with Manifest.load(run) as m:  # answers of each kind, one the weak label contradicts
+        for image_id, label in (("pmid:1/fig1", "metastasis"), ("pmid:2/fig1", "not_usable")):
+            save_answer(m, image_id, label, "ann")
+        m.images["pmid:2/fig2"].kept = False  # a rejected figure: in no list, no count
+        m.commit()
+    c = _client(run, scores)
+    with Manifest.load(run) as m:
+        kept, read = ordered(m), Scores.load(scores)
+        values = {
+            "status": ["all", "unreviewed", "reviewed", ""],
+            "disagree": ["model", "review", ""],
+            "record": ["pmid:1", "pmid:2", ""],
+            "weak": ["metastasis", "no_metastasis", ""],
+            "label": ["metastasis", "not_usable", "unreviewed", ""],
+        }
+        for key, options in values.items():
+            for value in options:
+                for status in ("all", "unreviewed", "reviewed"):
+                    query = {"status": status, key: value}
+                    want = [i.id for i in kept if matches(i, read, query)]
+                    assert [i.id for i in select(kept, read, query)] == want, query
+                    got = c.get("/api/items", params=query).json()
+                    assert [x["id"] for x in got["items"]] == want, query
+    assert c.get("/api/items").json()["progress"] == {
+        "total": 3, "reviewed": 2, "metastasis": 1, "no_metastasis": 0, "not_usable": 1
+    }  # fmt: skip
+    assert 'value="pmid:1"' in c.get("/").text and 'value="pmid:2"' in c.get("/").text
 
 
 def test_answers_are_saved_at_once_with_reviewer_and_time(

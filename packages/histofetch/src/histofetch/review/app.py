@@ -35,11 +35,12 @@ from histofetch.review.data import (
     Scores,
     item,
     load_folder,
-    matches,
     ordered,
     progress,
     review_folder,
+    reviewable_records,
     save_answer,
+    select,
 )
 
 HERE = Path(__file__).parent
@@ -223,16 +224,14 @@ def app_for(
     async def page(request: Request) -> Response:
         manifest = state.manifest()  # a ReviewError is error_page's (exception_handlers)
         records = [
-            {"id": r.id, "title": (r.title or r.id)[:90]}
-            for r in manifest.records.values()
-            if any(i.kept and i.status == "ok" for i in manifest.images_of(r.id))
+            {"id": r.id, "title": (r.title or r.id)[:90]} for r in reviewable_records(manifest)
         ]
         context: dict[str, Any] = {
             "run": str(state.run_dir),
             "reviewer": state.reviewer,
             "records": records,
             "has_scores": state.scores is not None,
-            "progress": progress(manifest),
+            "progress": progress(manifest, state.ordered(manifest)),
             "page": PAGE,  # figures the page asks for at a time
         }
         return templates.TemplateResponse(request, "index.html", context)
@@ -245,7 +244,8 @@ def app_for(
         except ValueError as exc:
             return JSONResponse({"error": str(exc)}, status_code=400)
         manifest = state.manifest()
-        rows = [i for i in state.ordered(manifest) if matches(i, state.scores, query)]
+        kept = state.ordered(manifest)
+        rows = select(kept, state.scores, query)
         at = None
         if "around" in query:  # the page of this figure (undo): where it is, if it matches
             at = next((n for n, i in enumerate(rows) if i.id == query["around"]), None)
@@ -262,7 +262,7 @@ def app_for(
             for i in rows[offset : offset + limit]
         ]
         body = {"items": window, "offset": offset, "total": len(rows), "at": at}
-        return JSONResponse({**body, "progress": progress(manifest)})
+        return JSONResponse({**body, "progress": progress(manifest, kept)})
 
     async def alive(request: Request) -> Response:
         """The page's heartbeat: a server stopped is said before the next answer is lost."""
@@ -301,7 +301,8 @@ def app_for(
             manifest = state.manifest()
             img = save_answer(manifest, image_id, label, reviewer)
             state.saved()
-            return {"item": item(manifest, img, state.scores), "progress": progress(manifest)}
+            counts = progress(manifest, state.ordered(manifest))
+            return {"item": item(manifest, img, state.scores), "progress": counts}
 
     async def answer(request: Request) -> Response:
         from starlette.concurrency import run_in_threadpool

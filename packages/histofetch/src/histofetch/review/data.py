@@ -19,6 +19,7 @@ import os
 import sqlite3
 import stat
 import threading
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -515,10 +516,38 @@ def matches(img: Image, scores: Scores | None, query: dict[str, str]) -> bool:
     return not (label and (img.label or "unreviewed") != label)
 
 
-def progress(manifest: Manifest) -> dict[str, int]:
-    kept = manifest.kept_images()
-    counts = {name: sum(i.label == name for i in kept) for name in IMAGE_LABELS}
+def select(rows: list[Image], scores: Scores | None, query: dict[str, str]) -> list[Image]:
+    """The figures of ``rows`` that :func:`matches` keeps, in their order. The review status
+    (the page's default filter) is one pass of a comprehension, and :func:`matches` is asked
+    only about the figures left when another filter is set: calling it for every figure
+    took most of an ``/api/items`` request of a run of 100,000 figures."""
+    status = query.get("status", "all")
+    if status == "unreviewed":
+        rows = [i for i in rows if i.label is None]
+    elif status == "reviewed":
+        rows = [i for i in rows if i.label is not None]
+    # the other filters, where set (an empty value is no filter to matches either)
+    rest = {k: v for k in ("disagree", "record", "weak", "label") if (v := query.get(k))}
+    if not rest:
+        return list(rows)
+    return [i for i in rows if matches(i, scores, rest)]
+
+
+def progress(manifest: Manifest, kept: list[Image] | None = None) -> dict[str, int]:
+    """The counts of the page's bar: kept figures, reviewed ones, and each label's. ``kept``:
+    the manifest's :meth:`~Manifest.kept_images` when the caller has them (in any order),
+    so they are not looked for again among every row; counted in one pass."""
+    kept = manifest.kept_images() if kept is None else kept
+    labels = Counter(i.label for i in kept)
+    counts = {name: labels[name] for name in IMAGE_LABELS}
     return {"total": len(kept), "reviewed": sum(counts.values()), **counts}
+
+
+def reviewable_records(manifest: Manifest) -> list[Record]:
+    """The articles with a kept figure (the page's article filter), in the run's order: one
+    pass over the rows (each article's figures were sorted to look at them)."""
+    have = {i.record_id for i in manifest.images.values() if i.kept and i.status == "ok"}
+    return [r for r in manifest.records.values() if r.id in have]
 
 
 def save_answer(manifest: Manifest, image_id: str, label: str | None, reviewer: str) -> Image:
