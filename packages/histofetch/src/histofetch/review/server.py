@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import getpass
 import ipaddress
 import logging
@@ -51,9 +52,22 @@ def bound_host(host: str) -> str:
 class ReviewServer(uvicorn.Server):
     """The uvicorn server of one run's review page (``run_dir``: the run folder)."""
 
-    def __init__(self, config: uvicorn.Config, run_dir: Path) -> None:
+    def __init__(self, config: uvicorn.Config, run_dir: Path, state: RunState) -> None:
         super().__init__(config)
-        self.run_dir = run_dir
+        self.run_dir, self.state = run_dir, state
+
+    def run(self, sockets: list[socket.socket] | None = None) -> None:
+        """Serve until stopped. While it serves, each run read is frozen out of the cyclic
+        garbage collector's way (:meth:`RunState.settle`); when it stops the run's store
+        is closed and the objects frozen are the collector's again."""
+        self.state.settles = True
+        self.state.settle()
+        try:
+            super().run(sockets=sockets)
+        finally:
+            self.state.settles = False
+            self.state.close()
+            gc.unfreeze()
 
 
 def build_server(
@@ -81,7 +95,7 @@ def build_server(
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((bind, port))
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
-    return ReviewServer(config, run_dir), sock
+    return ReviewServer(config, run_dir, state), sock
 
 
 def url_of(sock: socket.socket) -> str:
