@@ -120,6 +120,29 @@ def test_each_filter_of_the_list_keeps_what_matches_keeps(
     assert 'value="pmid:1"' in c.get("/").text and 'value="pmid:2"' in c.get("/").text
 
 
+def test_the_bars_counts_follow_every_answer_here_or_elsewhere(
+    kit: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """The counts are counted once a run read, and again after each answer saved here
+    (and its undo), and when another process's answer makes the page read the run again."""
+    run = _copy(kit[0], tmp_path)
+    c = _client(run)
+
+    def counts() -> tuple[int, int, int]:
+        bar = c.get("/api/items").json()["progress"]
+        assert c.get("/").text.count("figure") and bar["total"] == 4
+        return bar["reviewed"], bar["metastasis"], bar["not_usable"]
+
+    assert counts() == (0, 0, 0)
+    assert _post(c, "pmid:1/fig1", "metastasis").json()["progress"]["metastasis"] == 1
+    assert counts() == (1, 1, 0)
+    assert _post(c, "pmid:1/fig1", None).json()["progress"]["reviewed"] == 0  # undo
+    assert counts() == (0, 0, 0)
+    with Manifest.load(run) as other:  # another process
+        other.update_image("pmid:2/fig1", label="not_usable", label_by="x", label_at="t")
+    assert counts() == (1, 0, 1)
+
+
 def test_answers_are_saved_at_once_with_reviewer_and_time(
     kit: tuple[Path, Path], tmp_path: Path
 ) -> None:

@@ -29,7 +29,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
 from histocore.io import NotJSON, loads_json, one_line
-from histocore.manifest import MANIFEST_NAME, Image, Manifest, ManifestError
+from histocore.manifest import MANIFEST_NAME, Image, Manifest, ManifestError, Record
 from histocore.store import STORE_NAME
 from histofetch.review.data import (
     ReviewError,
@@ -104,6 +104,10 @@ class RunState:
         self._stamp: tuple | None = None
         self._manifest: Manifest | None = None
         self._order: tuple[Manifest, list[Image]] | None = None
+        #: the bar's counts of a manifest, until an answer changes them (:meth:`saved`)
+        self._counts: tuple[Manifest, dict[str, int]] | None = None
+        #: the articles with a kept figure (the page's article filter) of a manifest
+        self._records: tuple[Manifest, list[Record]] | None = None
         #: Set while the server serves (:meth:`histofetch.review.server.ReviewServer.run`):
         #: each run read is moved out of the cyclic garbage collector's way (:meth:`settle`).
         self.settles = False
@@ -157,7 +161,7 @@ class RunState:
         with self.lock:
             if self._manifest is not None:
                 self._manifest.close()
-            self._manifest, self._order = None, None
+            self._manifest, self._order, self._counts, self._records = None, None, None, None
 
     def ordered(self, manifest: Manifest) -> list[Image]:
         """The kept figures of ``manifest`` in reading order, sorted once a manifest, not
@@ -167,6 +171,27 @@ class RunState:
             if self._order is None or self._order[0] is not manifest:
                 self._order = (manifest, ordered(manifest))
             return self._order[1]
+
+    def progress(self, manifest: Manifest) -> dict[str, int]:
+        """:func:`progress` of ``manifest``, counted once until an answer saved here changes
+        a label (another process's answer makes the run read again, a new manifest)."""
+        with self.lock:
+            if self._counts is None or self._counts[0] is not manifest:
+                self._counts = (manifest, progress(manifest, self.ordered(manifest)))
+            return dict(self._counts[1])
+
+    def records(self, manifest: Manifest) -> list[Record]:
+        """:func:`reviewable_records` of ``manifest``, found once a manifest (an answer
+        keeps or drops no figure)."""
+        with self.lock:
+            if self._records is None or self._records[0] is not manifest:
+                self._records = (manifest, reviewable_records(manifest))
+            return self._records[1]
+
+    def recount(self) -> None:
+        """A label of the manifest in memory may have changed: its counts are counted again."""
+        with self.lock:
+            self._counts = None
 
     def saved(self) -> None:
         """After our own answer: the files changed, the in-memory manifest is current."""
@@ -255,15 +280,13 @@ def app_for(
 
     async def page(request: Request) -> Response:
         manifest = state.manifest()  # a ReviewError is error_page's (exception_handlers)
-        records = [
-            {"id": r.id, "title": (r.title or r.id)[:90]} for r in reviewable_records(manifest)
-        ]
+        records = [{"id": r.id, "title": (r.title or r.id)[:90]} for r in state.records(manifest)]
         context: dict[str, Any] = {
             "run": str(state.run_dir),
             "reviewer": state.reviewer,
             "records": records,
             "has_scores": state.scores is not None,
-            "progress": progress(manifest, state.ordered(manifest)),
+            "progress": state.progress(manifest),
             "page": PAGE,  # figures the page asks for at a time
         }
         return templates.TemplateResponse(request, "index.html", context)
@@ -294,7 +317,7 @@ def app_for(
             for i in rows[offset : offset + limit]
         ]
         body = {"items": window, "offset": offset, "total": len(rows), "at": at}
-        return JSONResponse({**body, "progress": progress(manifest, kept)})
+        return JSONResponse({**body, "progress": state.progress(manifest)})
 
     async def alive(request: Request) -> Response:
         """The page's heartbeat: a server stopped is said before the next answer is lost."""
@@ -331,9 +354,12 @@ def app_for(
         image_id, label, reviewer = _label(body)
         with state.lock:
             manifest = state.manifest()
-            img = save_answer(manifest, image_id, label, reviewer)
+            try:
+                img = save_answer(manifest, image_id, label, reviewer)
+            finally:  # the label in memory changes even where the store refuses it
+                state.recount()
             state.saved()
-            counts = progress(manifest, state.ordered(manifest))
+            counts = state.progress(manifest)
             return {"item": item(manifest, img, state.scores), "progress": counts}
 
     async def answer(request: Request) -> Response:
