@@ -311,6 +311,9 @@ def test_a_damaged_real_cache_is_named_scored_again_and_replaced(
         np.savez(mine, data=np.zeros(1000), key=np.array("k"))
         mine.write_bytes(mine.read_bytes()[:1500])
         assert not _teacher_cache(mine)
+        np.savez(mine, key=np.arange(5), embeddings=np.zeros((100, 8)))  # key.npy first too
+        mine.write_bytes(mine.read_bytes()[:1500])
+        assert not _teacher_cache(mine)
     with caplog.at_level(logging.WARNING, logger="histomodels.training.distill"):
         again = teacher_logits(str(teacher), x, run, say=said.append)
     warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]

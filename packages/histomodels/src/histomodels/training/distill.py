@@ -189,8 +189,9 @@ def written_by_a_run(path: Path) -> bool:
     a zip archive of exactly ``key.npy`` and ``logits.npy``, its key no larger than a key
     is (:func:`oversized`), or one cut short (a full disk, a copy stopped half-way: its zip
     directory lost) that begins as every cache does, with ``key.npy`` stored as ``.npy``
-    (:func:`_begins_as_a_cache`). Only the directory or those first bytes are read: one of
-    ours damaged inside is still ours, scored again with a warning (:func:`read_cache`).
+    holding one string (:func:`_begins_as_a_cache`). Only the directory or those first
+    bytes are read: one of ours damaged inside is still ours, scored again with a warning
+    (:func:`read_cache`).
     One that cannot be opened raises its ``OSError``."""
     try:
         with zipfile.ZipFile(path) as z:
@@ -203,9 +204,13 @@ def written_by_a_run(path: Path) -> bool:
 
 def _begins_as_a_cache(path: Path) -> bool:
     """Whether ``path`` starts as ``np.savez`` starts a cache: a zip's first local header
-    naming ``key.npy``, its data stored (not compressed) and opening with the ``.npy`` magic.
-    A file of the user's own named so would have to be a numpy archive of a ``key``."""
+    naming ``key.npy``, its data stored (not compressed), an ``.npy`` whose header declares
+    what a run writes there, one unicode string (``np.array(key)``: dtype ``<U…``, shape
+    ``()``). A file of the user's own named so would have to be a numpy archive whose
+    ``key`` is a single string."""
     import struct
+
+    from numpy.lib import format as npy
 
     with open(path, "rb") as fh:
         head = fh.read(30)
@@ -216,7 +221,15 @@ def _begins_as_a_cache(path: Path) -> bool:
         if method != zipfile.ZIP_STORED or fh.read(name_len) != b"key.npy":
             return False
         fh.seek(extra_len, 1)
-        return fh.read(6) == b"\x93NUMPY"
+        try:
+            version = npy.read_magic(fh)
+            if version not in ((1, 0), (2, 0)):
+                return False
+            read = npy.read_array_header_1_0 if version == (1, 0) else npy.read_array_header_2_0
+            shape, _, dtype = read(fh, max_header_size=NPY_HEADER_BYTES)
+        except (ValueError, EOFError, SyntaxError, TypeError):
+            return False
+        return shape == () and dtype.kind == "U"
 
 
 def read_cache(cache: Path, key: str, n: int, *, warn: bool = True) -> np.ndarray | None:
