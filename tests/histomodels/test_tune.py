@@ -511,6 +511,34 @@ def test_a_base_config_with_weights_must_pin_the_shape_they_fix(tmp_path, tiny_d
     create_model(cfg.model, weights=cfg.weights, **cfg.model_config)  # loads, or raises
 
 
+def test_a_base_model_config_is_not_taken_for_the_shipped_model_s_shape(tmp_path, tiny_data):
+    """``weights: pcam-cnn`` with ``model_config: {width: 32}``: the unpinned error gave
+    ``--fix width=32`` as "the shipped model's" (it is 16), and pinned to 32 the check
+    passed and every trial failed to load the weights. The base's width that does not fit is
+    refused on a line of its own. For a weights file (not opened), the line echoes the
+    values the base config gives instead of ``WIDTH``."""
+    train_set, val_set = tiny_data
+    base = TrainConfig(weights="pcam-cnn", model_config={"width": 32}, threads=1)
+    clash = (
+        "base.json: model_config width=32 does not fit weights 'pcam-cnn', a cnn with "
+        "width=16; remove it from model_config, or tune without weights"
+    )
+    for pins in ({}, {"width": 32, "depth": 4, "centre": "pool"}):
+        with pytest.raises(TuneError, match=f"^{re.escape(clash)}$"):
+            tune(train_set, val_set, tmp_path / "t", trials=1, trial_epochs=1, base=base,
+                 fixed=pins, base_name="base.json")  # fmt: skip
+        assert not (tmp_path / "t").exists()
+    weights = tmp_path / "w.pt"
+    weights.write_bytes(b"not opened")
+    base = TrainConfig(weights=str(weights), model_config={"width": 32, "depth": 3}, threads=1)
+    with pytest.raises(
+        TuneError, match=re.escape("(--fix width=32 --fix depth=3 --fix centre=pool)")
+    ):
+        tune(train_set, val_set, tmp_path / "t", trials=1, trial_epochs=1, base=base,
+             base_name="base.json")  # fmt: skip
+    assert not (tmp_path / "t").exists()
+
+
 def test_compile_without_a_cpu_compiler_stops_the_tune_before_any_trial(tmp_path, tiny_data):
     """A base config with ``compile`` on a machine without a C++ compiler ran 5 trials, each
     failed by it, wrote the tune's files and only then stopped: one error before any trial."""

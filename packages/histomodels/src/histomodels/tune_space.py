@@ -73,24 +73,37 @@ def check_weights(base: TrainConfig, fixed: dict[str, Any], where: str = "base c
     are searched: weights fit one width, depth and centre, and every trial that samples
     others fails to load them (five in a row stopped the tune). Pinned with ``fixed`` they
     tune the rest (lr, dropout, the levers...) of a fine-tuning of those weights; for a
-    shipped model (``pcam-cnn``) the pins must be its own values, which the message gives.
-    ``where`` names the config in the message."""
+    shipped model (``pcam-cnn``) the pins must be its own values, which the message gives,
+    and so must any the base config's ``model_config`` sets; for a weights file the message
+    echoes the values ``model_config`` gives (``WIDTH``... where it gives none). ``where``
+    names the config in the message."""
     weights = base.weights
     if not weights:
         return
-    own = _shipped_shape(weights, base)
+    own = _shipped_shape(weights)
+    given = base.model_config
+    clash = [n for n in _SHAPED if own is not None and n in given and given[n] != own[n]]
+    if clash and own is not None:
+        keys = ", ".join(f"{n}={given[n]}" for n in clash)
+        shipped = ", ".join(f"{n}={own[n]}" for n in clash)
+        raise TuneError(
+            f"{where}: model_config {keys} does not fit weights {weights!r}, a cnn with "
+            f"{shipped}; remove {'them' if len(clash) > 1 else 'it'} from model_config, "
+            "or tune without weights"
+        )
     wrong = [n for n in _SHAPED if n in fixed and own is not None and fixed[n] != own[n]]
     if wrong and own is not None:
-        given = " ".join(f"--fix {n}={fixed[n]}" for n in wrong)
+        fixes = " ".join(f"--fix {n}={fixed[n]}" for n in wrong)
         pins = " ".join(f"--fix {n}={own[n]}" for n in wrong)
         raise TuneError(
-            f"{where}: weights {weights!r} do not fit {given}: they are a cnn's with "
+            f"{where}: weights {weights!r} do not fit {fixes}: they are a cnn's with "
             f"{pins.replace('--fix ', '')}; pin that ({pins}), or tune without weights"
         )
     searched = [n for n in _SHAPED if n not in fixed]
     if not searched:
         return
-    pins = " ".join(f"--fix {n}={own[n] if own else n.upper()}" for n in searched)
+    said = own if own is not None else {n: given.get(n, n.upper()) for n in _SHAPED}
+    pins = " ".join(f"--fix {n}={said[n]}" for n in searched)
     what = "the shipped model's" if own else "the ones the weights were trained with"
     raise TuneError(
         f"{where}: weights {weights!r} fit one {'/'.join(_SHAPED)}, and the search changes "
@@ -99,9 +112,9 @@ def check_weights(base: TrainConfig, fixed: dict[str, Any], where: str = "base c
     )
 
 
-def _shipped_shape(weights: str, base: TrainConfig) -> dict[str, Any] | None:
-    """The width, depth and centre a cnn built with shipped model ``weights`` has (its
-    config, the base config's keys over it, the builder's defaults under it); None when
+def _shipped_shape(weights: str) -> dict[str, Any] | None:
+    """The width, depth and centre of shipped model ``weights`` (its sidecar's config, the
+    cnn builder's defaults under it: not the base config's, which may differ); None when
     ``weights`` names a file (one in the working folder wins, as in ``create_model``)."""
     import inspect
     from pathlib import Path
@@ -114,8 +127,7 @@ def _shipped_shape(weights: str, base: TrainConfig) -> dict[str, Any] | None:
 
     params = inspect.signature(cnn).parameters
     shipped = dict(pretrained.sidecar(weights).get("model_config") or {})
-    config = {**shipped, **base.model_config}
-    return {n: config.get(n, params[n].default) for n in _SHAPED}
+    return {n: shipped.get(n, params[n].default) for n in _SHAPED}
 
 
 def parse_fixed(items: list[str] | dict[str, Any]) -> dict[str, Any]:
