@@ -897,3 +897,10 @@ def test_evaluate_arrays_refuses_what_it_cannot_score_right(tmp_path: Path) -> N
     with pytest.raises(ValueError, match="15 labels for 16 patches"):
         evaluate_arrays(counted, images, labels[:15], n_bootstrap=0, batch_size=4)
     assert counted.calls == 0
+    with pytest.raises(ValueError, match=r"^2 labels for 1 patch$"):  # one [H, W, 3] patch
+        evaluate_arrays(counted, images[0], labels[:2], n_bootstrap=0)
+    # a 3-D array that is no [H, W, 3] patch (grey [N, H, W], a [3, H, W] tensor) was
+    # counted as one patch: "16 labels for 1 patches"; its shape is the error
+    for bad in (images[..., 0], torch.from_numpy(images[0]).permute(2, 0, 1)):
+        with pytest.raises(ValueError, match=rf"got shape \({len(bad)}, 96, 96\)"):
+            evaluate_arrays(ckpt, bad, labels[: len(bad)], n_bootstrap=0)

@@ -767,7 +767,7 @@ def evaluate_arrays(
     labels = np.asarray(labels).reshape(-1)
     n = _patch_count(images)
     if n is not None and n != len(labels):  # before the model is loaded or scores them
-        raise ValueError(f"{len(labels)} labels for {n} patches")
+        raise ValueError(f"{len(labels)} labels for {n} patch{'' if n == 1 else 'es'}")
     if isinstance(model, str | Path):
         model = Predictor.load(model, device=device)
     if isinstance(model, Predictor):
@@ -794,7 +794,8 @@ def evaluate_arrays(
         temperature = 1.0
         cut, source = decision_threshold({}, threshold, note=NO_VALIDATION)  # else 0.5
     if len(labels) != len(logits):  # an iterable of batches: counted as scored
-        raise ValueError(f"{len(labels)} labels for {len(logits)} patches")
+        n = len(logits)
+        raise ValueError(f"{len(labels)} labels for {n} patch{'' if n == 1 else 'es'}")
     result: dict[str, Any] = {"n": len(labels), "threshold": float(cut),
                               "threshold_source": source, "temperature": float(temperature),
                               "tta": bool(tta)}  # fmt: skip
@@ -808,9 +809,12 @@ def evaluate_arrays(
 def _patch_count(images: Any) -> int | None:
     """How many patches ``images`` holds, as :meth:`Predictor.logits` reads them, where
     that is known without reading them: an ``[N, H, W, 3]`` array or tensor (``[H, W, 3]``
-    and a PIL image: one); None for an iterable of batches."""
+    and a PIL image: one); None for an iterable of batches, and for an array of another
+    shape (``[N, H, W]``, ``[3, H, W]``: the reader says what is wrong with it)."""
     shape = getattr(images, "shape", None)
-    if shape is not None and len(shape) in (3, 4):
+    if shape is not None:
+        if len(shape) not in (3, 4) or shape[-1] != 3:
+            return None
         return 1 if len(shape) == 3 else int(shape[0])
     from PIL import Image
 
