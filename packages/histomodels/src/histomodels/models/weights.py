@@ -211,7 +211,9 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         try:
             from safetensors.torch import load_file
-        except ImportError:  # pragma: no cover - timm depends on safetensors
+        except ModuleNotFoundError as exc:  # pragma: no cover - timm depends on safetensors
+            if exc.name != "safetensors":  # installed, fails as it imports: its traceback
+                raise
             raise WeightsError(f"{path}: install safetensors to read .safetensors files") from None
         try:
             obj = dict(load_file(str(path), device="cpu"))
