@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 from conftest import shared_path, unboxed
 from PIL import Image
 from typer.testing import CliRunner
@@ -119,6 +120,22 @@ def test_cli_info_option_refusal_escapes_the_folder_name(tmp_path) -> None:
         assert "\x1b" not in r.stderr and "two\nlines" not in r.stderr
         told = unboxed(r.stderr)
         assert one_line(str(run)) in told and "does not apply to" in told, told
+
+
+def test_cli_info_option_refusal_names_a_folder_called_tilde_as_given(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run folder in a folder named ``~`` here, given as ``./~/run``: the refusal said
+    ``does not apply to ~/run``, $HOME's run to a reader (pathlib drops the ``./``)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "~" / "run").mkdir(parents=True)
+    (tmp_path / "~" / "run" / "manifest.jsonl").write_text("")
+    r = CliRunner(env={"COLUMNS": "500"}).invoke(
+        app, ["data", "info", "./~/run", "--patch-size", "64"]
+    )
+    assert r.exit_code == 2, r.output
+    told = unboxed(r.stderr)
+    assert "does not apply to ./~/run, histofetch run data" in told, told
 
 
 def test_sheet_titles_clear_the_row_above_and_keep_the_ids_end(tmp_path: Path) -> None:

@@ -1840,6 +1840,25 @@ def test_config_file_origin_split_naming_no_split_is_refused(tmp_path, value):
     assert not (tmp_path / "r").exists()
 
 
+def test_train_option_refusal_names_a_folder_called_tilde_as_given(tmp_path, monkeypatch):
+    """Class folders in a folder named ``~`` here, given as ``./~/cls``: ``--origin-split``'s
+    refusal said ``does not apply to ~/cls``, $HOME's to a reader."""
+    from PIL import Image
+
+    monkeypatch.chdir(tmp_path)
+    x, _ = make_patches(2, seed=3)
+    for i in range(2):
+        (tmp_path / "~" / "cls" / str(i)).mkdir(parents=True)
+        Image.fromarray(x[i]).save(tmp_path / "~" / "cls" / str(i) / f"{i}.png")
+    r = CliRunner().invoke(app, ["train", "--data", "./~/cls", "--val", "./~/cls", "--out",
+                                 "r", "--origin-split", "pcam_train", "--epochs", "1",
+                                 "--threads", "1", "--quiet"])  # fmt: skip
+    assert r.exit_code == 2, r.output
+    said = " ".join(r.output.replace("│", " ").split())
+    assert "does not apply to ./~/cls, image folder data" in said, said
+    assert not (tmp_path / "r").exists()
+
+
 def test_train_origin_split_on_data_without_origins_names_the_option(tmp_path):
     """``train --origin-split`` on data without origins (class folders) is refused naming
     ``--origin-split``, as ``data info`` does: it said ``option(s) ['origin_split'] do not

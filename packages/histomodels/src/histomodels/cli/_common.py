@@ -207,7 +207,7 @@ def reader_options(names: Mapping[str, str], ctx: typer.Context | None = None) -
     it takes none of them, no list (it said "it takes none of these options" beside eval's
     ``--scale``, which such data takes). A refused keyword not in ``names`` (a config file
     gave it) keeps the reader's line."""
-    from histocore.io import one_line
+    from histocore.io import path_line
     from histomodels.data.readers import OptionsNotTaken
 
     try:
@@ -218,7 +218,7 @@ def reader_options(names: Mapping[str, str], ctx: typer.Context | None = None) -
         takes = [names[k] for k in exc.allowed if k in names]
         said = f" (it takes {', '.join(takes)})" if takes else ""
         raise typer.BadParameter(
-            f"does not apply to {one_line(str(exc.path))}, {exc.fmt} data{said}",
+            f"does not apply to {path_line(exc.path)}, {exc.fmt} data{said}",
             ctx=ctx,
             param_hint=[names[k] for k in exc.options],
         ) from None

@@ -119,7 +119,7 @@ def info(
         except OptionsNotTaken as exc:  # said with the options' names, not the arguments'
             usage_error(
                 ctx,
-                f"does not apply to {one_line(str(exc.path))}, {exc.fmt} data"
+                f"does not apply to {path_line(exc.path)}, {exc.fmt} data"
                 + _takes([_INFO_OPTIONS[k] for k in exc.allowed if k in _INFO_OPTIONS]),
                 *(_INFO_OPTIONS[k] for k in exc.options),
             )
