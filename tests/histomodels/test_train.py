@@ -6,6 +6,7 @@ import json
 import logging
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -105,6 +106,28 @@ def test_training_writes_a_complete_run(arrays, tmp_path):
         assert model(torch.randn(2, 3, 96, 96)).shape == (2, 1)
     last = read_checkpoint(run / "last.pt")
     assert {"optimizer", "scheduler", "history", "rng"} <= set(last)
+    # the docs name each key a checkpoint holds, no more and no fewer: `stain` (both) and
+    # `cuda_rng` (last.pt) were missing from them
+    best_keys, last_keys = documented_checkpoint_keys()
+    assert best_keys == set(best), best_keys ^ set(best)
+    assert last_keys - {"train_state_dict"} == set(last), last_keys ^ set(last)  # with --ema
+
+
+def documented_checkpoint_keys() -> tuple[set[str], set[str]]:
+    """The keys docs/histomodels-training.md names: every checkpoint's (the paragraph after
+    the run's files, its parenthesised remarks left out) and those ``last.pt``'s row of the
+    outputs table adds (``train_state_dict`` only with ``--ema``)."""
+    text = (Path(__file__).parents[2] / "docs" / "histomodels-training.md").read_text()
+    start = text.index("Checkpoints are plain dicts")
+    end = re.compile(r"\.\s+All\s+load\s+with").search(text, start)
+    assert end is not None
+    top = text[start : end.start()]
+    while re.search(r"\([^()]*\)", top):  # innermost remarks first: (it takes: …) inside one
+        top = re.sub(r"\([^()]*\)", "", top)
+    base = set(re.findall(r"`(\w+)`", top))
+    row = next(line for line in text.splitlines() if line.startswith("| `last.pt` |"))
+    added = set(re.findall(r"`(\w+)`", re.sub(r"\([^()]*\)", "", row.split("|")[2])))
+    return base, base | added
 
 
 def test_same_seed_same_result(arrays, tmp_path):
