@@ -249,11 +249,11 @@ def test_bad_labels_change_nothing(tmp_path: Path) -> None:
     run = _run(tmp_path)
     before = (run / "manifest.jsonl").read_bytes()
     runner = CliRunner()
-    # an unknown image is the manifest's to say: one error line, exit 1
+    # an unknown image is the run's to say: one error line naming the run folder, exit 1 (it
+    # named RUN/manifest.jsonl, which is only the export of the run store the labels live in)
     r = runner.invoke(app, ["label", "--manifest", str(run), "--set", "nosuch=metastasis"])
-    lines = r.stderr.strip().splitlines()
-    assert r.exit_code == 1 and len(lines) == 1, r.output
-    assert lines[0].startswith("error: ") and "no image with id 'nosuch'" in lines[0], lines
+    assert r.exit_code == 1, r.output
+    assert r.stderr.splitlines() == [f"error: {run}: no image with id 'nosuch'"], r.stderr
     # a malformed --set (no '=', not a label) is a usage error, before the manifest is read
     for args in (["--set", "img0=cancer"], ["--set", "img0"]):
         r = runner.invoke(app, ["label", "--manifest", str(run), *args])
@@ -267,6 +267,20 @@ def test_bad_labels_change_nothing(tmp_path: Path) -> None:
     assert r.exit_code == 1 and "empty: no such folder (give a histofetch run folder)" in r.output
 
 
+def test_an_unknown_id_names_a_run_in_a_folder_called_tilde_as_given(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run in a folder named ``~`` here, given as ``./~/run``: the CSV line's refusal
+    named it ``~/run`` (pathlib drops the ``./``), $HOME's run to a reader."""
+    _run(tmp_path / "~")
+    monkeypatch.chdir(tmp_path)
+    Path("labels.csv").write_text("image_id,label\nnosuch,n\n")
+    r = CliRunner().invoke(app, ["label", "--manifest", "./~/run", "--from-csv", "labels.csv"])
+    assert r.exit_code == 1, r.output
+    (line,) = r.stderr.splitlines()
+    assert line == "error: labels.csv:2: no image with id 'nosuch' in ./~/run", line
+
+
 def test_an_unknown_id_in_a_label_csv_is_named_by_the_csv_line(tmp_path: Path) -> None:
     """``--from-csv`` with an id the run does not hold said 'error: RUN/manifest.jsonl: no
     image with id …', blaming the manifest; the CSV line that gives it is named now
@@ -277,7 +291,7 @@ def test_an_unknown_id_in_a_label_csv_is_named_by_the_csv_line(tmp_path: Path) -
     r = CliRunner().invoke(app, ["label", "--manifest", str(run), "--from-csv", str(labels)])
     assert r.exit_code == 1, r.output
     assert r.stderr.strip().splitlines() == [
-        f"error: {labels}:4: no image with id 'nosuch' in {run / 'manifest.jsonl'}"
+        f"error: {labels}:4: no image with id 'nosuch' in {run}"
     ], r.stderr
     with Manifest.load(run) as m:
         assert m.images["img0"].label is None
@@ -391,7 +405,7 @@ def test_set_and_csv_refuse_figures_whose_file_lies_outside_the_run(tmp_path: Pa
             r = runner.invoke(app, ["label", "--manifest", str(run), *args])
             lines = r.stderr.strip().splitlines()
             assert r.exit_code == 1 and len(lines) == 1, r.output
-            assert lines[0].startswith("error: ") and f"image {name!r}" in lines[0], lines
+            assert lines[0].startswith(f"error: {run}: image {name!r}: "), lines
             assert "outside the run folder" in lines[0] and str(secret) not in lines[0]
     assert (run / "manifest.jsonl").read_bytes() == before
     labels = {i.id: i.label for i in Manifest.load(run).images.values()}

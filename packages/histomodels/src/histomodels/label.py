@@ -17,7 +17,7 @@ from pathlib import Path
 
 from histocore.csvcells import numbered_rows, read_cell
 from histocore.errors import DomainError, UnnameablePath, UnresolvablePath
-from histocore.io import one_line, path_line, text_shown, utc_stamp
+from histocore.io import one_line, path_line, path_shown, text_shown, utc_stamp
 from histocore.manifest import IMAGE_LABELS, Image, Manifest, ManifestError
 
 #: Short answers accepted at the prompt and in CSVs, mapped to the stored label.
@@ -80,24 +80,26 @@ def apply_labels(
     many changed.
 
     An unknown id (named by where it was given, ``where[id]``: ``labels.csv:4`` from
-    :func:`read_label_csv`; else by the manifest), and the id of a figure whose file lies
+    :func:`read_label_csv`; else by the run folder), and the id of a figure whose file lies
     outside the run folder or cannot be resolved (the prompt does not offer it:
     :func:`label_interactively`), raise :class:`LabelError`
     before anything is written."""
+    # the run folder is named, not its manifest.jsonl: the labels live in its run store, of
+    # which manifest.jsonl is an export (path_shown: a folder named ~ given as ./~/run)
+    run = path_shown(manifest.run_dir)
     unknown = [i for i in labels if i not in manifest.images]
-    if unknown:  # the CSV line that gave it is at fault, not the manifest
+    if unknown:  # the CSV line that gave it is at fault, not the run
         given = (where or {}).get(unknown[0])
         if given is not None:
-            raise LabelError(f"{given}: no image with id {unknown[0]!r} in {manifest.path}")
-        raise LabelError(f"{manifest.path}: no image with id {unknown[0]!r} in this manifest")
+            raise LabelError(f"{given}: no image with id {unknown[0]!r} in {run}")
+        raise LabelError(f"{run}: no image with id {unknown[0]!r}")
     for image_id in labels:
         img = manifest.images[image_id]
         if img.path is not None and (why := _refusal(manifest, img)) is not None:
             # what is wrong, as the prompt says it ('outside the run folder' was said of a
             # link loop and of a path holding a NUL character too)
             raise LabelError(
-                f"{manifest.path}: image {image_id!r}: {why.replace('their ', 'its ', 1)}; "
-                "not labelled"
+                f"{run}: image {image_id!r}: {why.replace('their ', 'its ', 1)}; not labelled"
             )
     changed = 0
     for label in labels.values():
