@@ -243,3 +243,36 @@ def test_load_takes_the_manifest_file_for_its_run_folder(tmp_path: Path) -> None
     other.write_text("x")
     with pytest.raises(ManifestError, match=r"notes\.txt: is a file, not a run folder"):
         Manifest.load(other)
+
+
+def test_changed_by_others_sees_another_connections_commit_not_its_own(tmp_path: Path) -> None:
+    """A long-lived reader (the review server) reads the run again when another process
+    commits to it, and only then: its own answers leave it current."""
+    _sample(tmp_path).save()
+    with Manifest.load(tmp_path) as mine:
+        assert not mine.changed_by_others()
+        mine.update_image("pmid:1/fig1", label="metastasis")  # our own commit
+        assert not mine.changed_by_others()
+        with Manifest.load(tmp_path) as other:  # another connection (process)
+            other.update_image("pmid:1/fig1", label="not_usable")
+            assert not other.changed_by_others()
+        assert mine.changed_by_others()
+        assert mine.changed_by_others()  # until it is read again
+    with Manifest.load(tmp_path) as again:
+        assert not again.changed_by_others()
+        assert again.images["pmid:1/fig1"].label == "not_usable"
+
+
+def test_changed_by_others_of_a_run_read_from_its_jsonl_is_a_store_appearing(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "src").mkdir()
+    path = _sample(tmp_path / "src").save()
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / MANIFEST_NAME).write_bytes(path.read_bytes())  # a folder with no store yet
+    jsonl_only = Manifest.load(run)
+    assert not jsonl_only.changed_by_others()
+    with Manifest.load(run) as other:
+        other.update_image("pmid:1/fig1", label="metastasis")  # makes the store
+    assert jsonl_only.changed_by_others()

@@ -143,6 +143,38 @@ def test_the_bars_counts_follow_every_answer_here_or_elsewhere(
     assert counts() == (1, 0, 1)
 
 
+def test_an_answer_committed_elsewhere_while_the_run_is_read_is_read_too(
+    kit: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process's answer committed after the page's read of the run took its
+    snapshot was never shown (the figure stayed unanswered until some other write): the
+    run's files were stamped after the read, with that commit in them. Our own answers
+    still read nothing again."""
+    import histofetch.review.app as review_app
+
+    run = _copy(kit[0], tmp_path)
+    real_read, reads = review_app.load_folder, []
+
+    def read_then_another_answers(run_dir: Path) -> Manifest:
+        # not a mock: the real read, then a real commit from another connection, in the
+        # window between the read's snapshot and the page's next look at the run
+        manifest = real_read(run_dir)
+        reads.append(manifest)
+        if len(reads) == 1:
+            with Manifest.load(run) as other:
+                save_answer(other, "pmid:2/fig1", "metastasis", "other")
+        return manifest
+
+    monkeypatch.setattr(review_app, "load_folder", read_then_another_answers)
+    c = _client(run)
+    assert c.get("/api/item/pmid:2/fig1").json()["label"] is None  # the first read's
+    assert c.get("/api/item/pmid:2/fig1").json()["label"] == "metastasis"
+    assert len(reads) == 2
+    assert _post(c, "pmid:1/fig1", "not_usable").status_code == 200
+    assert c.get("/api/items").json()["progress"]["reviewed"] == 2
+    assert len(reads) == 2  # our own answer: the run in memory is current
+
+
 def test_answers_are_saved_at_once_with_reviewer_and_time(
     kit: tuple[Path, Path], tmp_path: Path
 ) -> None:

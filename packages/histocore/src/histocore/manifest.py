@@ -81,6 +81,8 @@ class Manifest(StoreSync):
     _owner: str = field(default_factory=lambda: uuid.uuid4().hex, repr=False, compare=False)
     #: the fingerprint of the ``manifest.jsonl`` read, for a folder without a store yet
     _migrate: dict[str, Any] | None = field(default=None, repr=False, compare=False)
+    #: :meth:`RunStore.version` just before the store was last read (None: not read)
+    _read_version: object = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.run_dir = Path(self.run_dir)

@@ -325,6 +325,22 @@ class RunStore:
     def close(self) -> None:
         self.db.close()
 
+    def version(self) -> object:
+        """What changes when another connection commits to the store, compared by equality:
+        ``PRAGMA data_version`` of this connection (its own commits leave it as it is); of a
+        store read as an immutable file (:meth:`_open_readonly`: SQLite never looks again)
+        the size and time of ``run.sqlite`` and its ``-wal``."""
+        if not self.readonly:
+            return self.db.execute("PRAGMA data_version").fetchone()[0]
+        out = []
+        for path in (self.path, self.path.with_name(self.path.name + "-wal")):
+            try:
+                st = path.stat()
+                out.append((st.st_mtime_ns, st.st_size))
+            except FileNotFoundError:
+                out.append(None)
+        return tuple(out)
+
     # -- transactions --------------------------------------------------------------------
     @contextmanager
     def write(self) -> Iterator[sqlite3.Connection]:

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import sqlite3
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
@@ -50,6 +52,7 @@ class StoreSync:
     _seen_head: dict[str, str]
     _owner: str
     _migrate: dict[str, Any] | None
+    _read_version: object
 
     @property
     def path(self) -> Path:
@@ -73,6 +76,8 @@ class StoreSync:
     def _read_store(self) -> None:
         store = self._db()
         where = str(self.store_path)
+        # before the read's snapshot: a commit between the two reads the run again, once
+        self._read_version = store.version()
         with store.read(), bulk():
             head = store.header()
             check_header(head.get("query"), head, where)
@@ -107,6 +112,20 @@ class StoreSync:
             store.set_meta("export", json.dumps(fingerprint))
         if had_rows:
             log.warning("%s was changed outside the run store; imported it", self.path)
+
+    def changed_by_others(self) -> bool:
+        """Whether another connection (another process) committed to the run's store since
+        this manifest read it (:meth:`RunStore.version`; this manifest's own commits do
+        not count); for a manifest read from ``manifest.jsonl`` alone, or closed since,
+        whether the folder has a store now (another process's, or this one's after its
+        first commit). A store that cannot be asked counts as changed. An edit of
+        ``manifest.jsonl`` by hand is not seen here (compare the file)."""
+        if self._read_version is None or self._store is None:
+            return os.path.lexists(self.store_path)
+        try:
+            return self._store.version() != self._read_version
+        except (sqlite3.Error, OSError):
+            return True
 
     def open_store(self) -> None:
         """Open the run store now, making it in a folder that has none, with every check
@@ -143,6 +162,7 @@ class StoreSync:
         if self._store is not None:
             self._store.close()
             self._store = None
+        self._read_version = None  # a connection's own count: a new one starts its own
 
     def __enter__(self) -> Self:
         return self

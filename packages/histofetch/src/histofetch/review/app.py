@@ -30,7 +30,6 @@ from starlette.templating import Jinja2Templates
 
 from histocore.io import NotJSON, loads_json, one_line
 from histocore.manifest import MANIFEST_NAME, Image, Manifest, ManifestError, Record
-from histocore.store import STORE_NAME
 from histofetch.review.data import (
     ReviewError,
     Scores,
@@ -91,10 +90,9 @@ class SecurityHeaders:
 
 
 class RunState:
-    """The run folder; its manifest is re-read whenever another process writes the run
-    (the store files or the JSONL export change on disk)."""
-
-    WATCH = (MANIFEST_NAME, STORE_NAME, f"{STORE_NAME}-wal")
+    """The run folder; its manifest is re-read whenever another process commits to the run
+    (:meth:`~histocore.manifest.Manifest.changed_by_others`) or ``manifest.jsonl`` changes
+    on disk (an edit by hand, imported into the store by the read)."""
 
     def __init__(self, run_dir: Path, scores: Scores | None, reviewer: str) -> None:
         self.run_dir, self.scores, self.reviewer = run_dir, scores, reviewer
@@ -113,26 +111,24 @@ class RunState:
         self.settles = False
 
     def _disk(self) -> tuple:
-        out = []
-        for name in self.WATCH:
-            try:
-                st = (self.run_dir / name).stat()
-                out.append((name, st.st_mtime_ns, st.st_size))
-            except OSError:
-                out.append((name, None, None))
-        return tuple(out)
+        """The size and time of ``manifest.jsonl``: its edit by hand, which the store cannot
+        tell (the store's own commits, ours or another process's, are the manifest's to
+        tell; the store files' times were not: a commit another process made while the run
+        was read, stamped after the read, was never read)."""
+        try:
+            st = (self.run_dir / MANIFEST_NAME).stat()
+            return (st.st_mtime_ns, st.st_size)
+        except OSError:
+            return (None, None)
 
     def manifest(self) -> Manifest:
         with self.lock:
-            stamp = self._disk()
-            if self._manifest is None or stamp != self._stamp:
+            stamp = self._disk()  # before the read: an edit while it reads is read next time
+            if self._manifest is None or stamp != self._stamp or self._manifest.changed_by_others():
                 # the old one is not closed here: a request may still read it (GC closes it)
                 self._manifest = None
                 self._manifest = load_folder(self.run_dir)
-                # stamped after the load: opening the store touches run.sqlite-wal, so the
-                # stamp taken before it read the run again at the next request (100,000
-                # figures: seconds)
-                self._stamp = self._disk()
+                self._stamp = stamp
                 if self.settles:
                     self.settle()
             return self._manifest
@@ -192,11 +188,6 @@ class RunState:
         """A label of the manifest in memory may have changed: its counts are counted again."""
         with self.lock:
             self._counts = None
-
-    def saved(self) -> None:
-        """After our own answer: the files changed, the in-memory manifest is current."""
-        with self.lock:
-            self._stamp = self._disk()
 
 
 def _count(query: dict[str, str], name: str, default: int, most: int | None) -> int:
@@ -358,7 +349,6 @@ def app_for(
                 img = save_answer(manifest, image_id, label, reviewer)
             finally:  # the label in memory changes even where the store refuses it
                 state.recount()
-            state.saved()
             counts = state.progress(manifest)
             return {"item": item(manifest, img, state.scores), "progress": counts}
 
