@@ -1190,33 +1190,59 @@ def test_a_serving_server_keeps_the_run_out_of_the_collectors_way(
     import threading
     import time
     import urllib.request
+    import weakref
 
     from histofetch.review.server import build_server, url_of
 
     run = _copy(kit[0], tmp_path)
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # no proxy
-    server, sock = build_server(run, port=0, reviewer="tester")
-    state = server.state
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
+
+    def serving(freeze: bool):
+        server, sock = build_server(run, port=0, reviewer="tester")
+        server.freeze_gc = freeze
+        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+        thread.start()
         deadline = time.monotonic() + 120
         while not server.started and time.monotonic() < deadline:
             time.sleep(0.05)
-        url = url_of(sock)
-        rows = list(state.manifest().images.values())
+        return server, thread, url_of(sock)
+
+    def stop(server, thread) -> None:
+        server.should_exit = True
+        thread.join(timeout=30)
+        assert not thread.is_alive()
+
+    # a library caller's server (freeze_gc off) freezes none of the caller's objects
+    server, thread, url = serving(False)
+    try:
+        with opener.open(url, timeout=30) as resp:
+            assert resp.status == 200
+        assert gc.get_freeze_count() == 0
+    finally:
+        stop(server, thread)
+
+    server, thread, url = serving(True)  # as `histofetch review` serves
+    state = server.state
+    try:
+        first = state.manifest()
+        rows = list(first.images.values())
         assert gc.get_freeze_count() > len(rows) and not any(gc.is_finalized(r) for r in rows)
-        frozen = gc.get_freeze_count()
+        with opener.open(url, timeout=30) as resp:  # the page: its caches of this run read
+            assert resp.status == 200
+        old = weakref.ref(first)
+        del first, rows
         with Manifest.load(run) as other:  # another process answers: the run is read again
             other.update_image("pmid:1/fig2", label="not_usable", label_by="x", label_at="t")
         with opener.open(url + "api/items?status=reviewed", timeout=30) as resp:
             assert [x["id"] for x in json.loads(resp.read())["items"]] == ["pmid:1/fig2"]
-        assert state.manifest().images["pmid:1/fig2"] is not rows[1]
-        assert gc.get_freeze_count() > frozen  # the new rows frozen too
+        assert state.manifest().images["pmid:1/fig2"].label == "not_usable"
+        assert gc.get_freeze_count() > len(state.manifest().images)  # the new read frozen
+        # the caches of the old read (the page's list, counts, articles) held it, and its
+        # store connection, through the freeze of the new one
+        assert old() is None
     finally:
-        server.should_exit = True
-        thread.join(timeout=30)
-    assert not thread.is_alive() and gc.get_freeze_count() == 0
+        stop(server, thread)
+    assert gc.get_freeze_count() == 0
     assert (
         state._manifest is None and not (run / "run.sqlite-wal").exists()
     )  # every connection closed

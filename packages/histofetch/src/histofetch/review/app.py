@@ -125,8 +125,10 @@ class RunState:
         with self.lock:
             stamp = self._disk()  # before the read: an edit while it reads is read next time
             if self._manifest is None or stamp != self._stamp or self._manifest.changed_by_others():
-                # the old one is not closed here: a request may still read it (GC closes it)
-                self._manifest = None
+                # the old one is not closed here: a request may still read it (GC closes it);
+                # nor kept by the caches of it (the list, the counts, the articles), which held
+                # the old run's rows, and its connection, through the next settle()
+                self._manifest = self._order = self._counts = self._records = None
                 self._manifest = load_folder(self.run_dir)
                 self._stamp = stamp
                 if self.settles:

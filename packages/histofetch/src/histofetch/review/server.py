@@ -50,24 +50,35 @@ def bound_host(host: str) -> str:
 
 
 class ReviewServer(uvicorn.Server):
-    """The uvicorn server of one run's review page (``run_dir``: the run folder)."""
+    """The uvicorn server of one run's review page (``run_dir``: the run folder).
+
+    ``freeze_gc`` (set by :func:`serve`, the CLI's server; off for a library caller): while
+    it serves, each run read is frozen out of the cyclic garbage collector's way
+    (:meth:`RunState.settle`). :func:`gc.freeze` is process-wide, so a caller serving from a
+    thread of their own would have their objects frozen too (and a freeze of their own
+    undone when it stops): it is theirs to turn on."""
 
     def __init__(self, config: uvicorn.Config, run_dir: Path, state: RunState) -> None:
         super().__init__(config)
         self.run_dir, self.state = run_dir, state
+        self.freeze_gc = False
 
     def run(self, sockets: list[socket.socket] | None = None) -> None:
-        """Serve until stopped. While it serves, each run read is frozen out of the cyclic
-        garbage collector's way (:meth:`RunState.settle`); when it stops the run's store
-        is closed and the objects frozen are the collector's again."""
-        self.state.settles = True
-        self.state.settle()
+        """Serve until stopped; then the run's store is closed and, with ``freeze_gc``, the
+        objects frozen are the collector's again and collected (the connection of a run
+        read earlier is one only the collector closes)."""
+        freezes = self.freeze_gc
+        if freezes:
+            self.state.settles = True
+            self.state.settle()
         try:
             super().run(sockets=sockets)
         finally:
             self.state.settles = False
             self.state.close()
-            gc.unfreeze()
+            if freezes:
+                gc.unfreeze()
+                gc.collect()
 
 
 def build_server(
@@ -116,6 +127,7 @@ def serve(
 ) -> None:
     """Run the review page until Ctrl-C."""
     server, sock = build_server(run_dir, host=host, port=port, reviewer=reviewer, scores=scores)
+    server.freeze_gc = True  # the CLI's process: no caller's objects to freeze
     run_dir = server.run_dir  # the folder is announced, its export refreshed
     url = url_of(sock)
     shown = path_shown(Path(run_dir))  # a folder named '~' as ./~/run, not $HOME's
