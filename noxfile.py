@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -200,7 +201,11 @@ def min_versions(session: nox.Session) -> None:
     a few MB, not another torch."""
     _install(session)
     bin_ = MIN_VENV / "bin"
-    made_for = f"{BIN / 'python'}\n{' '.join(MIN_VERSIONS)}\n"
+    # .venv's python by path and version: a .venv made again by another python at the same
+    # path must remake .venv-min, whose .pth reads .venv's compiled modules
+    version = subprocess.run([str(BIN / "python"), "-c", "import sys; print(sys.version)"],
+                             capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    made_for = f"{BIN / 'python'} {version}\n{' '.join(MIN_VERSIONS)}\n"
     fresh = not MIN_STAMP.exists() or MIN_STAMP.read_text() != made_for
     if fresh:
         # .venv's own python, so compiled modules read from .venv match it; remade whole, so
