@@ -106,19 +106,16 @@ def test_a_pyarrow_that_fails_as_it_imports_keeps_its_traceback(
     a missing libarrow.so) read as 'pyarrow, which is not installed': advice to install
     what is installed, and the cause lost. Only pyarrow itself missing is that line; a
     pyarrow package whose ``__init__`` fails propagates its own error, nothing written."""
+    from conftest import shadow_package
+
     from histocore.errors import MissingDependency
 
-    fake = tmp_path / "site" / "pyarrow"
-    fake.mkdir(parents=True)
-    (fake / "__init__.py").write_text(failure + "\n")
-    monkeypatch.syspath_prepend(str(tmp_path / "site"))
-    for name in [m for m in sys.modules if m == "pyarrow" or m.startswith("pyarrow.")]:
-        monkeypatch.delitem(sys.modules, name)  # restored at teardown
+    init_py = shadow_package(monkeypatch, tmp_path, "pyarrow", failure)
     with pytest.raises(ImportError) as err:
         export_run(run, "parquet")
     assert not isinstance(err.value, MissingDependency), err.value
     assert "not installed" not in str(err.value)
-    assert any(Path(tb.path) == fake / "__init__.py" for tb in err.traceback), err.traceback
+    assert any(Path(tb.path) == init_py for tb in err.traceback), err.traceback
     assert not (run / "export.parquet").exists()
 
 

@@ -69,9 +69,12 @@ class UsageError(DomainError, ValueError):
 
 
 class MissingDependency(DomainError, ImportError):
-    """An optional package a feature needs is not installed (Parquet export without
-    pyarrow); the message names the file not written and what to install. An ImportError
-    from anything else (our own code, a broken install) is a bug and keeps its traceback."""
+    """Parquet export without pyarrow (``histofetch export --format parquet``): the message
+    names the file not written and what to install. Raised only for a
+    ``ModuleNotFoundError`` naming pyarrow itself, the rule every optional import follows
+    (histomodels' PyYAML, safetensors, lite0 weights, the demo's histofetch raise their own
+    domain errors by it); an ImportError from anything else (our own code, a broken
+    install) is a bug and keeps its traceback."""
 
 
 class ManifestError(DomainError, ValueError):

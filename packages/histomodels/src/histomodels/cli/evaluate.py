@@ -15,7 +15,7 @@ import typer
 
 from histocore.cli import StandardOutput, home_path, home_path_or_stdout
 from histocore.errors import UsageError
-from histocore.io import number_text, one_line, path_shown, source_shown
+from histocore.io import number_text, one_line, path_line, path_shown, source_shown
 from histomodels.choices import (
     MAX_SEED,
     Exporter,
@@ -393,7 +393,7 @@ def _print_metrics(result: dict, out: Path) -> None:
         typer.echo(f"warning: {one_line(result['training_data_warning'])}", err=True)
     if "roc_auc" not in result:
         console.print(result.get("note", "no metrics"))
-        console.print(f"predictions written to {one_line(path_shown(out / 'predictions.csv'))}")
+        console.print(f"predictions written to {path_line(out / 'predictions.csv')}")
         return
     name, model = result.get("checkpoint"), result.get("model")
     shown = f"{source_shown(name)} ({model})" if name and str(name) != model else model
@@ -702,8 +702,8 @@ def _print_predicted(res: dict, *, err: bool = False) -> None:
     cut = threshold_text(res["threshold"], res["threshold_source"])
     typer.echo(f"tumour = probability >= {cut}: {source}", err=err)
     if res["heatmaps"]:
-        folder = path_shown(Path(res["heatmaps"][0]).parent)
-        typer.echo(f"{len(res['heatmaps'])} heatmap(s) in {one_line(folder)}", err=err)
+        folder = path_line(Path(res["heatmaps"][0]).parent)
+        typer.echo(f"{len(res['heatmaps'])} heatmap(s) in {folder}", err=err)
 
 
 #: predict's exit status when its CSV was written but some inputs could not be scored
