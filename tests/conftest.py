@@ -131,4 +131,9 @@ def shadow_package(
     monkeypatch.syspath_prepend(str(folder.parent))
     for mod in [m for m in sys.modules if m == name or m.startswith(name + ".")]:
         monkeypatch.delitem(sys.modules, mod)
+    # the shadow the test imports goes at teardown too where ``name`` was never imported in
+    # this process (review 52: it stayed, and a later `import pymupdf` got the shadow):
+    # monkeypatch's undo deletes a key it set that was absent
+    monkeypatch.setitem(sys.modules, name, None)
+    del sys.modules[name]
     return folder / "__init__.py"

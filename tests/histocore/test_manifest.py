@@ -263,6 +263,35 @@ def test_changed_by_others_sees_another_connections_commit_not_its_own(tmp_path:
         assert again.images["pmid:1/fig1"].label == "not_usable"
 
 
+def test_changed_by_others_sees_a_commit_made_while_the_run_was_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review 52: the baseline is taken before the read's snapshot, so a commit landing while
+    the run is read (after the snapshot began) is not in the rows read and is still said;
+    taken after the read, it was counted as seen. The wrapper of ``RunStore.image_data``
+    calls the real reader; it only makes a real commit from another connection first."""
+    from histocore.store import RunStore
+
+    _sample(tmp_path).save()
+    real, done = RunStore.image_data, []
+
+    def image_data(self: RunStore):
+        if not done:  # the snapshot is taken (header, records read): another process commits
+            done.append(1)
+            with Manifest.load(tmp_path) as other:
+                other.update_image("pmid:1/fig1", label="not_usable")
+        return real(self)
+
+    monkeypatch.setattr(RunStore, "image_data", image_data)
+    m = Manifest.load(tmp_path)
+    monkeypatch.setattr(RunStore, "image_data", real)
+    try:
+        assert done and m.images["pmid:1/fig1"].label is None  # the snapshot's
+        assert m.changed_by_others()
+    finally:
+        m.close()
+
+
 def test_changed_by_others_of_a_run_read_from_its_jsonl_is_a_store_appearing(
     tmp_path: Path,
 ) -> None:

@@ -102,7 +102,7 @@ class RunState:
         self._stamp: tuple | None = None
         self._manifest: Manifest | None = None
         self._order: tuple[Manifest, list[Image]] | None = None
-        #: the bar's counts of a manifest, until an answer changes them (:meth:`saved`)
+        #: the bar's counts of a manifest, until an answer changes them (:meth:`recount`)
         self._counts: tuple[Manifest, dict[str, int]] | None = None
         #: the articles with a kept figure (the page's article filter) of a manifest
         self._records: tuple[Manifest, list[Record]] | None = None
