@@ -40,7 +40,11 @@ def _is_path(annotation: Any) -> bool:
 @pytest.mark.parametrize("name", ["histofetch", "histomodels"])
 def test_every_path_option_is_parsed_by_home_path(name: str) -> None:
     """Any path option or argument added later gets the same parser (or home_path_or_stdout,
-    which is home_path but for `-`), or this fails."""
+    which is home_path but for `-`, or histomodels' checkpoint_path, home_path but for a
+    shipped model's name), or this fails."""
+    from histomodels.cli._common import checkpoint_path
+
+    parsers = (home_path, home_path_or_stdout, checkpoint_path)
     missing, seen = [], 0
     for path, cmd in _commands(typer.main.get_command(_apps()[name])):
         for p in cmd.params:
@@ -48,7 +52,7 @@ def test_every_path_option_is_parsed_by_home_path(name: str) -> None:
             if desc is None or not _is_path(desc.annotation):
                 continue
             seen += 1
-            if desc.parameter_info.parser not in (home_path, home_path_or_stdout):
+            if desc.parameter_info.parser not in parsers:
                 missing.append(f"{' '.join(path)} {p.name}")
     assert seen and not missing, missing
 

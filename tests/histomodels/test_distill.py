@@ -7,6 +7,7 @@ import hashlib
 import json
 import logging
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -260,6 +261,22 @@ def test_a_rebuilt_shipped_teacher_is_scored_again(data, tmp_path, monkeypatch) 
     (shipped / "pcam-cnn.json").write_text(json.dumps(meta))
     again = distill_targets(cfg, x, y, run, say=said.append)
     assert "scoring" in said[-1] and not torch.equal(again, first)
+
+
+def test_a_shipped_teacher_named_like_a_local_file_is_identified_as_the_shipped_one(
+    tmp_path, monkeypatch
+) -> None:
+    """``--teacher pcam-cnn`` scores with the shipped model also where a file ``./pcam-cnn``
+    is, so its cache must be keyed by the shipped weights, not by that file's sha256 (the
+    file's key was taken: a later edit of the file dropped the cache of a teacher that had
+    not changed, and a rebuilt shipped model kept it)."""
+    from histocore.io import file_sha256
+    from histomodels.training.distill import teacher_digest
+
+    monkeypatch.chdir(tmp_path)
+    Path("pcam-cnn").write_bytes(b"a teacher of my own")
+    assert teacher_digest("pcam-cnn").startswith("pretrained:pcam-cnn:")
+    assert teacher_digest("./pcam-cnn") == file_sha256(Path("pcam-cnn"))
 
 
 @pytest.mark.parametrize(

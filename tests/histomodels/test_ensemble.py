@@ -269,6 +269,11 @@ def test_an_ensemble_records_its_members_by_absolute_path(
     shipped = build_ensemble(["pcam-cnn", "runs/b"])
     assert shipped["ensemble_of"] == ["pcam-cnn", want[0]]
     assert [m["source"] for m in shipped["model_config"]["members"]] == ["pcam-cnn", want[0]]
+    # a file named like it here: the name is still the shipped model (it was that file, and
+    # the pair was refused as one checkpoint given twice); ./pcam-cnn is the file
+    shutil.copy(members[0], work / "pcam-cnn")
+    both = build_ensemble(["pcam-cnn", "./pcam-cnn"])
+    assert both["ensemble_of"] == ["pcam-cnn", str(work / "pcam-cnn")]
 
 
 def test_a_member_given_as_a_link_keeps_the_temperature_fitted_beside_the_link(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import re
 import shutil
 import socket
 from pathlib import Path
@@ -16,7 +17,7 @@ from conftest import shared_path, unboxed
 from typer.testing import CliRunner
 
 from histomodels import pretrained
-from histomodels.checkpoint import load_model, read_checkpoint
+from histomodels.checkpoint import CheckpointError, load_model, read_checkpoint
 from histomodels.cli import app
 from histomodels.inference import Predictor
 from histomodels.synthetic import make_patches, write_h5
@@ -140,6 +141,91 @@ def test_cli_predict_and_eval_with_the_shipped_model(tmp_path: Path, offline: No
     assert m["threshold"] == pytest.approx(pretrained.sidecar("pcam-cnn")["threshold"])
     assert "shipped with the model" in m["threshold_source"]
     assert not (Path.cwd() / "pcam-cnn").exists()  # eval never writes a file named after it
+
+
+def _local_checkpoint(path: str | Path) -> Path:
+    """A tiny cnn checkpoint of its own (width 8, not the shipped 16) at ``path``."""
+    from histomodels.checkpoint import make_checkpoint, save_checkpoint
+    from histomodels.models import create_model
+
+    model = create_model("cnn", width=8, depth=2)
+    return save_checkpoint(path, make_checkpoint(model, "cnn", {"width": 8, "depth": 2}))
+
+
+#: what a shipped model's name says where a file or folder of that name is here
+_NOT_READ = (
+    "pcam-cnn: using the shipped model pcam-cnn, not the {} ./pcam-cnn in the working folder "
+    "(write ./pcam-cnn to use that one)"
+)
+
+
+def test_a_shipped_name_means_the_shipped_model_where_a_file_of_that_name_is(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A file ``./pcam-cnn`` in the working folder won over the shipped model of that name
+    (with a warning for weights, silently for checkpoints): the model loaded depended on
+    where the command ran, as a local folder ``gpt2`` shadows the hub's in transformers
+    (huggingface/transformers#13836). The name is the shipped model everywhere, one warning
+    says so and how to read the file, and ``./pcam-cnn`` (or any Path) is the file."""
+    from histomodels.evaluate import sidecar_checkpoint
+    from histomodels.models import create_model
+
+    monkeypatch.chdir(tmp_path)
+    _local_checkpoint("pcam-cnn")
+    shipped_weights = pretrained.checkpoint_dict("pcam-cnn")["state_dict"]
+    with caplog.at_level("WARNING"):
+        assert read_checkpoint("pcam-cnn")["pretrained"] == "pcam-cnn"
+        assert Predictor.load("pcam-cnn", device="cpu").ckpt["pretrained"] == "pcam-cnn"
+        model = create_model("cnn", weights="pcam-cnn")
+        assert sidecar_checkpoint("pcam-cnn", "beside", None) is None  # T not written there
+    torch.testing.assert_close(model.state_dict(), shipped_weights)
+    assert [r.getMessage() for r in caplog.records] == [_NOT_READ.format("file")]  # once
+    caplog.clear()
+    for local in ("./pcam-cnn", Path("pcam-cnn"), tmp_path / "pcam-cnn"):
+        assert read_checkpoint(local)["model_config"] == {"width": 8, "depth": 2}
+        assert "pretrained" not in Predictor.load(local, device="cpu").ckpt
+    mine = create_model("cnn", width=8, depth=2, weights="./pcam-cnn")
+    assert mine.state_dict()["features.0.0.weight"].shape[0] == 8
+    assert sidecar_checkpoint("./pcam-cnn", "beside", None) == Path("pcam-cnn")
+    assert pretrained.shown(Path("pcam-cnn")) == "./pcam-cnn"  # as metrics.json names it
+    assert pretrained.shown("pcam-cnn") == "pcam-cnn"
+    assert not caplog.records  # the file, given as a path: nothing to say
+    Path("pcam-cnn").unlink()  # a Path is a file, also where none is: said so
+    hint = "(the shipped model is given by its name alone, 'pcam-cnn', as a string)"
+    with pytest.raises(
+        CheckpointError, match=f"^pcam-cnn: no such checkpoint file {re.escape(hint)}$"
+    ):
+        Predictor.load(Path("pcam-cnn"), device="cpu")
+
+
+def test_a_shipped_name_means_the_shipped_model_in_the_commands(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``predict pcam-cnn`` (and ``--model pcam-cnn``, which read a local file of that name
+    too) where a run folder ``./pcam-cnn`` is: the shipped model, with one warning line;
+    ``predict ./pcam-cnn`` the run's model. A folder of that name that is no run folder
+    made ``predict pcam-cnn`` fail ("a folder without best.pt")."""
+    from PIL import Image
+
+    monkeypatch.chdir(tmp_path)
+    Image.fromarray(make_patches(1, seed=1)[0][0]).save("p.png")
+    Path("pcam-cnn").mkdir()
+    cut = f"{pretrained.sidecar('pcam-cnn')['threshold']:.4f}: shipped with the model"
+    runner = CliRunner()
+    said = f"warning: {_NOT_READ.format('folder')}\n"
+    for given, warned in ((["pcam-cnn"], said), (["--model", "pcam-cnn"], "")):  # said once
+        r = runner.invoke(app, ["predict", *given, "p.png", "--out", "a.csv", "--no-heatmaps"])
+        assert r.exit_code == 0, r.output
+        assert f"tumour = probability >= {cut}" in r.stdout
+        assert r.stderr == warned
+    r = runner.invoke(app, ["predict", "./pcam-cnn", "p.png", "--out", "b.csv"])
+    assert (r.exit_code, r.stderr) == (1, "error: pcam-cnn: a folder without best.pt, so not a "
+                                       "run folder; give a checkpoint file, a run folder or "
+                                       "--model NAME\n")  # fmt: skip
+    _local_checkpoint("pcam-cnn/best.pt")
+    r = runner.invoke(app, ["predict", "./pcam-cnn", "p.png", "--out", "b.csv", "--no-heatmaps"])
+    assert r.exit_code == 0 and r.stderr == "", r.output
+    assert "tumour = probability >= 0.5000: default" in r.stdout, r.stdout
 
 
 def test_shipped_model_separates_real_pcam_patches() -> None:

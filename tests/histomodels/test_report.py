@@ -15,6 +15,7 @@ import torch
 from _evalkit import tiny_checkpoint
 from typer.testing import CliRunner, Result
 
+from histomodels.checkpoint import read_checkpoint, save_checkpoint
 from histomodels.cli import app
 from histomodels.data import ArrayDataset
 from histomodels.evaluate import evaluate_checkpoint
@@ -799,15 +800,24 @@ def test_a_distillation_runs_report_draws_train_bce_with_the_losses(
 def test_an_eval_of_a_file_named_like_the_shipped_model_is_not_named_as_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """``eval pcam-cnn`` where a checkpoint file ``./pcam-cnn`` is (which eval reads, a local
-    file winning) was headed ``pcam-cnn/…`` in the report, as the shipped model's own eval
-    is: the report says which it was."""
+    """An eval of a checkpoint file ``./pcam-cnn`` was headed ``pcam-cnn/…`` in the report,
+    as the shipped model's own eval is: the report says which it was. ``pcam-cnn`` is the
+    shipped model also with that file there (it read the file: a local file won), and
+    metrics.json names the file ``./pcam-cnn``, which means it when given again. A file
+    saved from the shipped model is a file too (``shipped`` false)."""
     x, y = make_patches(8, seed=3)
     data = ArrayDataset(x, y * 0, source="s")  # one class: no plots, quicker
     monkeypatch.chdir(tmp_path)
-    shipped = evaluate_checkpoint("pcam-cnn", data, "shipped", n_bootstrap=0, gallery=False)
     shutil.copy(tiny_checkpoint(tmp_path), "pcam-cnn")
-    mine = evaluate_checkpoint("pcam-cnn", data, "mine", n_bootstrap=0, gallery=False)
+    shipped = evaluate_checkpoint("pcam-cnn", data, "shipped", n_bootstrap=0, gallery=False)
+    mine = evaluate_checkpoint(Path("pcam-cnn"), data, "mine", n_bootstrap=0, gallery=False)
     assert shipped["shipped"] and not mine["shipped"]
+    assert (shipped["checkpoint"], mine["checkpoint"]) == ("pcam-cnn", "./pcam-cnn")
     assert load_run(Path("shipped"), tmp_path).name == "pcam-cnn/shipped"
+    assert load_run(Path("mine"), tmp_path).name == "./pcam-cnn/mine"
+    save_checkpoint("copy.pt", read_checkpoint("pcam-cnn"))  # a file, its "pretrained" kept
+    copy = evaluate_checkpoint("copy.pt", data, "copy", n_bootstrap=0, gallery=False)
+    assert not copy["shipped"]  # it said true: a file saved from the shipped model
+    old = json.loads(Path("mine/metrics.json").read_text())  # written before: the bare name
+    Path("mine/metrics.json").write_text(json.dumps({**old, "checkpoint": "pcam-cnn"}))
     assert load_run(Path("mine"), tmp_path).name == "./pcam-cnn/mine"

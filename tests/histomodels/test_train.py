@@ -1015,26 +1015,32 @@ def test_cli_shipped_weights_of_another_model_name_the_command_to_use(h5_files, 
         assert not out.exists()
 
 
-def test_cli_a_weights_file_named_like_a_shipped_model_is_not_refused_by_name(
+def test_cli_a_shipped_name_as_weights_is_the_shipped_model_where_a_file_of_that_name_is(
     h5_files, tmp_path, monkeypatch
 ):
-    """A file named ``pcam-cnn`` in the working folder is what ``--weights pcam-cnn`` reads
-    (the library's rule, python-api.md), but the up-front check refused it as the shipped
-    cnn's weights on another model (review 47 S1): the file is read, and judged as a file."""
+    """A file named ``pcam-cnn`` in the working folder was what ``--weights pcam-cnn`` read
+    (a local file won, with a warning): what trained depended on where the command ran. The
+    name is the shipped model (refused by name for another model), one warning line says
+    the file was not read, and ``--weights ./pcam-cnn`` reads the file."""
     train_h5, val_h5 = h5_files
     monkeypatch.chdir(tmp_path)
     Path("pcam-cnn").write_bytes(b"not a state dict")
     out = tmp_path / "out"
-    r = CliRunner().invoke(
-        app,
-        ["finetune", "--model", "efficientnet_lite0", "--weights", "pcam-cnn", "--data",
-         str(train_h5), "--val", str(val_h5), "--out", str(out), "--epochs", "1"],
-    )  # fmt: skip
+    runner = CliRunner()
+    args = ["finetune", "--model", "efficientnet_lite0", "--data", str(train_h5), "--val",
+            str(val_h5), "--out", str(out), "--epochs", "1", "--weights"]  # fmt: skip
+    r = runner.invoke(app, [*args, "pcam-cnn"])
     assert r.exit_code == 1, r.output
-    assert "shipped weights of model" not in r.stderr
-    warning, error = r.stderr.splitlines()  # the file read is said (models.registry)
-    assert warning.startswith("warning: weights 'pcam-cnn': reading ./pcam-cnn in the "), warning
-    assert error.startswith("error: pcam-cnn: "), r.stderr
+    assert r.stderr.splitlines() == [
+        "warning: pcam-cnn: using the shipped model pcam-cnn, not the file ./pcam-cnn in the "
+        "working folder (write ./pcam-cnn to use that one)",
+        "error: pcam-cnn: shipped weights of model 'cnn', not of 'efficientnet_lite0'; "
+        "train from them with: histomodels train --model cnn --weights pcam-cnn",
+    ]
+    r = runner.invoke(app, [*args, "./pcam-cnn"])  # the file, judged as a file
+    assert r.exit_code == 1, r.output
+    assert r.stderr.startswith("error: pcam-cnn: not a loadable weights file"), r.stderr
+    assert not out.exists()
 
 
 @pytest.mark.parametrize(

@@ -511,6 +511,23 @@ def test_a_base_config_with_weights_must_pin_the_shape_they_fix(tmp_path, tiny_d
     create_model(cfg.model, weights=cfg.weights, **cfg.model_config)  # loads, or raises
 
 
+def test_base_weights_named_like_a_shipped_model_are_the_shipped_model(tmp_path, monkeypatch):
+    """``weights: pcam-cnn`` with a file ``./pcam-cnn`` in the working folder was judged as
+    that file (a weights file: pins asked for as WIDTH...), while each trial's
+    ``create_model`` now loads the shipped model: the pins asked for are the shipped
+    model's; ``weights: ./pcam-cnn`` is the file."""
+    from histomodels.tune_space import check_weights
+
+    monkeypatch.chdir(tmp_path)
+    Path("pcam-cnn").write_bytes(b"weights of my own")
+    fit = "--fix width=16 --fix depth=4 --fix centre=pool"
+    with pytest.raises(TuneError, match=re.escape(f"pin them to the shipped model's ({fit})")):
+        check_weights(TrainConfig(weights="pcam-cnn"), {})
+    mine = "pin them to the ones the weights were trained with (--fix width=WIDTH"
+    with pytest.raises(TuneError, match=re.escape(mine)):
+        check_weights(TrainConfig(weights="./pcam-cnn"), {})
+
+
 def test_a_base_model_config_is_not_taken_for_the_shipped_model_s_shape(tmp_path, tiny_data):
     """``weights: pcam-cnn`` with ``model_config: {width: 32}``: the unpinned error gave
     ``--fix width=32`` as "the shipped model's" (it is 16), and pinned to 32 the check

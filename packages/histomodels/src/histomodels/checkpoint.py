@@ -78,7 +78,13 @@ def save_checkpoint(path: str | Path, checkpoint: dict[str, Any]) -> Path:
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
-    """A run folder stands for its ``best.pt``; anything else is returned as given."""
+    """The file a checkpoint given as ``path`` reads: a shipped model's name
+    (:func:`histomodels.pretrained.shipped_name`) its weights inside the package, never a
+    file or folder of that name in the working folder; a run folder its ``best.pt``;
+    anything else as given."""
+    name = pretrained.shipped_name(path)
+    if name is not None:
+        return pretrained.HERE / f"{name}.safetensors"
     path = Path(path)
     if path.is_dir() and (path / "best.pt").is_file():
         return path / "best.pt"
@@ -89,14 +95,20 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """Load and validate a checkpoint dict with ``weights_only=True`` (no code runs).
 
     ``path`` may also be a run folder (its ``best.pt``) or the name of a model shipped in
-    :mod:`histomodels.pretrained` (e.g. ``pcam-cnn``) when no such file exists."""
+    :mod:`histomodels.pretrained` (e.g. ``pcam-cnn``), which means that model even where a
+    file or folder of that name is in the working folder (``./pcam-cnn`` reads that one;
+    :func:`histomodels.pretrained.shipped_name`)."""
+    name = pretrained.shipped_name(path)
+    if name is not None:
+        return {"format": FORMAT, "version": VERSION, **pretrained.checkpoint_dict(name)}
     path = resolve_checkpoint(path)
     if not path.is_file():
-        if pretrained.is_pretrained(path):
-            return {"format": FORMAT, "version": VERSION, **pretrained.checkpoint_dict(str(path))}
         if path.exists():  # a FIFO or device would hang torch.load
             raise CheckpointError(f"{path}: not a regular file")
-        raise CheckpointError(not_there(path, "no such checkpoint file"))  # or its link loop
+        problem = "no such checkpoint file"
+        if pretrained.is_pretrained(path):  # Path("pcam-cnn"), or ./pcam-cnn on the CLI
+            problem += f" (the shipped model is given by its name alone, '{path}', as a string)"
+        raise CheckpointError(not_there(path, problem))  # or its link loop
     from histomodels.models.weights import damaged_member
 
     damaged = damaged_member(path)

@@ -56,12 +56,11 @@ def member_spec(ckpt: dict[str, Any], source: str | Path) -> dict[str, Any]:
 def provenance(source: str | Path) -> str:
     """How the ensemble records a member's ``source``: the absolute, resolved path of the
     file or run folder given (``runs/a`` typed in one folder means nothing read from
-    another, or once the ensemble is moved), or a shipped model's name as it is (no such
-    file: the name, not a path inside the installed package)."""
-    path = Path(source)
-    if not path.exists() and pretrained.is_pretrained(path):
+    another, or once the ensemble is moved), or a shipped model's name as it is (the name,
+    not a path inside the installed package; also where a file of that name is here)."""
+    if pretrained.shipped_name(source) is not None:
         return str(source)
-    return str(path.resolve())
+    return str(Path(source).resolve())
 
 
 def build_ensemble(sources: Sequence[str | Path], *, tta: bool = False) -> dict[str, Any]:
@@ -79,7 +78,7 @@ def build_ensemble(sources: Sequence[str | Path], *, tta: bool = False) -> dict[
     for i, src in enumerate(sources):
         file = resolve_checkpoint(src)  # a run folder and its best.pt are one
         # one file however it is named: another spelling, a symbolic or a hard link (by
-        # identity); a shipped model's name (no such file) by its path. realpath, not
+        # identity); a shipped model's name by its weights in the package. realpath, not
         # Path.resolve: a member that links to itself made resolve raise RuntimeError
         # (Python < 3.13), a traceback; read_checkpoint names the loop below
         real = os.path.realpath(file)

@@ -41,6 +41,7 @@ from histocore.io import (
     same_file,
 )
 from histocore.progress import task
+from histomodels import pretrained
 from histomodels.checkpoint import (
     decision_threshold,
     read_checkpoint,
@@ -498,12 +499,15 @@ def operating_point(
         point["validation"]["test_patches_also_here"] = shared[0]
         point["validation"]["patches_also_in_test"] = shared[1]
     path = resolve_checkpoint(checkpoint)
-    if path.is_file() and val_scale is not None:  # later evals and predict run at PCam scale
+    # a shipped model (by its name, also where a file of that name is here) is package data;
+    # a checkpoint file saved from one (its "pretrained" key kept) is a file
+    shipped = pretrained.shipped_name(checkpoint) is not None
+    if not shipped and path.is_file() and val_scale is not None:  # later runs: PCam scale
         point["temperature_stored"] = (
             f"not stored: fitted on images resized by {number_text(val_scale)}; used for "
             "these metrics only"
         )
-    elif path.is_file():  # not a shipped (pretrained) model
+    elif not shipped and path.is_file():
         point["temperature_stored"] = _store(store_temperature, path, temperature, v_source)
     elif store_temperature != "none":  # package data is not rewritten (it said nothing)
         point["temperature_stored"] = (
@@ -586,8 +590,8 @@ def evaluate_checkpoint(
     test_digests = pixel_digests(images) if val is not None else None
     images = pred.prepare(images)  # as the model sees them (the error gallery shows these)
     result: dict[str, Any] = {
-        "checkpoint": str(checkpoint),
-        "shipped": bool(ckpt.get("pretrained")),  # not a file of that name: report tells them
+        "checkpoint": pretrained.shown(checkpoint),  # ./pcam-cnn for a file named like it
+        "shipped": pretrained.shipped_name(checkpoint) is not None,  # not a file saved from it
         "model": ckpt.get("model"),
         "data": source,
         **({"origin_split": origin_split} if origin_split else {}),  # n is of those rows only
@@ -859,6 +863,8 @@ def sidecar_checkpoint(
     its sidecar (:func:`operating_point`'s rule: a checkpoint file, not a shipped model;
     ``store_temperature`` ``"beside"``; not fitted on resized images), else None: what
     ``eval --val`` checks before anything is read (the rule was written out twice)."""
+    if pretrained.shipped_name(checkpoint) is not None:  # package data: never written
+        return None
     path = resolve_checkpoint(checkpoint)
     if path.is_file() and val_scale is None and store_temperature == "beside":
         return path

@@ -176,12 +176,9 @@ def _refuse_to_replace(out: Path, source: Path, fmt: str) -> None:
     this format by this command: ``export --out RUN/last.pt`` (``history.json``, another
     checkpoint) replaced what it never reads, ``--out RUN/best.calibration.json`` made every
     later predict and eval of the run fail. A folder is left to the writer's own error."""
-    from histomodels import pretrained
     from histomodels.calibration import calibration_path
 
-    if pretrained.is_pretrained(source) and not source.exists():  # --model NAME: its weights
-        source = pretrained.HERE / f"{source}.safetensors"
-    target = out.resolve()
+    target = out.resolve()  # source: resolve_checkpoint's (a shipped model's: in the package)
     for path, what in ((source, "the checkpoint being exported"),
                        (calibration_path(source), "the calibration file of the checkpoint "
                         "being exported")):  # fmt: skip

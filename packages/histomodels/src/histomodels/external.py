@@ -134,7 +134,7 @@ def evaluate_manifest(
     figures' factor).
     """
     from histocore.manifest import Manifest
-    from histomodels import plots
+    from histomodels import plots, pretrained
     from histomodels.checkpoint import decision_threshold
     from histomodels.data.images import decode_image
     from histomodels.data.manifest_tiles import ManifestTileDataset
@@ -241,8 +241,8 @@ def evaluate_manifest(
     atomic_write_text(out / "tile_predictions.csv", buf.getvalue())
 
     result: dict[str, Any] = {
-        "checkpoint": str(checkpoint),
-        "shipped": bool(ckpt.get("pretrained")),  # not a file of that name: report tells them
+        "checkpoint": pretrained.shown(checkpoint),  # ./pcam-cnn for a file named like it
+        "shipped": pretrained.shipped_name(checkpoint) is not None,  # not a file saved from it
         "model": ckpt.get("model"),
         "manifest": str(run_dir),
         "n_images": len(rows),

@@ -597,10 +597,9 @@ def _refuse_to_replace_what_is_read(out: Path, checkpoint: str | Path, files: li
     def names(path: Path) -> bool:
         return target == path.resolve() or same_file(out, path)
 
-    given = Path(checkpoint)
-    models = dict.fromkeys((given, resolve_checkpoint(given)))
-    if pretrained.is_pretrained(given) and not given.exists():  # --model NAME: its weights
-        models = {pretrained.HERE / f"{given}.safetensors": None}
+    read = resolve_checkpoint(checkpoint)  # a shipped model's name: its weights in the package
+    shipped = pretrained.shipped_name(checkpoint) is not None
+    models = (read,) if shipped else tuple(dict.fromkeys((Path(checkpoint), read)))
     for model in models:
         if names(model):
             raise PredictInputError(

@@ -115,13 +115,13 @@ def check_weights(base: TrainConfig, fixed: dict[str, Any], where: str = "base c
 def _shipped_shape(weights: str) -> dict[str, Any] | None:
     """The width, depth and centre of shipped model ``weights`` (its sidecar's config, the
     cnn builder's defaults under it: not the base config's, which may differ); None when
-    ``weights`` names a file (one in the working folder wins, as in ``create_model``)."""
+    ``weights`` names a file (``./pcam-cnn`` for one named like it, as in
+    ``create_model``)."""
     import inspect
-    from pathlib import Path
 
     from histomodels import pretrained
 
-    if Path(weights).exists() or not pretrained.is_pretrained(weights):
+    if pretrained.shipped_name(weights) is None:
         return None
     from histomodels.models.cnn import cnn  # PyTorch: only a base config with weights
 

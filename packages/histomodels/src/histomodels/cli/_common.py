@@ -268,6 +268,20 @@ def shipped_model(name: str | None) -> str | None:
     return name
 
 
+def checkpoint_path(raw: str | Path) -> Any:
+    """The parser of an argument that names a checkpoint (``eval``, ``export``, ``predict``'s
+    first): a shipped model's name as typed, a ``str`` (``pcam-cnn``: the shipped model,
+    also where a file or folder of that name is here:
+    :func:`histomodels.pretrained.shipped_name`); anything else a path as
+    :func:`histocore.cli.home_path` parses it (``./pcam-cnn``: that file or folder)."""
+    from histocore.cli import home_path
+    from histomodels import pretrained
+
+    if isinstance(raw, str) and pretrained.is_pretrained(raw):
+        return raw
+    return home_path(raw)
+
+
 def require_paths(*paths: str | Path | None, role: str | None = None) -> None:
     """Fail at once when an input path given on the command line does not exist, before
     PyTorch is imported (seconds): the line the library would give later (``role``: the
@@ -310,6 +324,7 @@ __all__ = [
     "OriginSplit",
     "Threads",
     "checked_by",
+    "checkpoint_path",
     "errors",
     "fail",
     "from_params",

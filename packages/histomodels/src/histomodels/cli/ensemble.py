@@ -29,7 +29,8 @@ def ensemble_cmd(
         list[str],
         typer.Argument(
             callback=_two_or_more,
-            help="Two or more checkpoints, run folders (best.pt) or shipped names.",
+            help="Two or more checkpoints, run folders (best.pt) or shipped names (pcam-cnn; "
+            "a file of that name: ./pcam-cnn).",
         ),
     ],
     out: Annotated[

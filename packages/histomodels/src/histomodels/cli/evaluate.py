@@ -31,6 +31,7 @@ from histomodels.cli._common import (
     OriginSplit,
     Threads,
     checked_by,
+    checkpoint_path,
     errors,
     fail,
     in_range,
@@ -56,11 +57,14 @@ ModelOption = Annotated[
     ),
 ]
 
-#: eval's and export's model: a checkpoint file, a run folder or an ensemble (or ``--model``)
+#: eval's and export's model: a checkpoint file, a run folder or an ensemble (or ``--model``);
+#: a shipped model's name stays a str (the shipped model), anything else is a Path
 CheckpointArgument = Annotated[
     Path | None,
     typer.Argument(
-        help="Checkpoint file, run folder (best.pt) or ensemble; or --model.", parser=home_path
+        help="Checkpoint file, run folder (best.pt) or ensemble; or --model. A shipped "
+        "model's name (pcam-cnn) is that model: ./pcam-cnn for a file of that name.",
+        parser=checkpoint_path,
     ),
 ]
 
@@ -77,9 +81,12 @@ PrecisionOption = Annotated[
 ]
 
 
-def _model_source(ctx: typer.Context, checkpoint: Path | None, model: str | None) -> str | Path:
+def _model_source(
+    ctx: typer.Context, checkpoint: str | Path | None, model: str | None
+) -> str | Path:
     """The checkpoint argument or the ``--model`` name (exactly one of them, else a usage
-    error, exit 2)."""
+    error, exit 2). A shipped model's name given as the argument is a ``str``
+    (:func:`checkpoint_path`), the shipped model as with ``--model``."""
     if checkpoint is not None and model is not None:
         usage_error(
             ctx, "give a checkpoint (file or run folder) or --model NAME, not both",
@@ -90,7 +97,7 @@ def _model_source(ctx: typer.Context, checkpoint: Path | None, model: str | None
             ctx, "give a checkpoint (file or run folder) or --model NAME (e.g. --model pcam-cnn)",
             "checkpoint", "--model",
         )  # fmt: skip
-    if checkpoint is not None and model is None:
+    if isinstance(checkpoint, Path) and model is None:
         from histomodels.predict import IMAGE_SUFFIXES
 
         if checkpoint.suffix.lower() in IMAGE_SUFFIXES:  # `predict a.png b.png`, model forgotten
@@ -588,7 +595,7 @@ def predict_cmd(
             help="CHECKPOINT (file, run folder or ensemble) then image files or folders; "
             "with --model, image files or folders only.",
             metavar="[CHECKPOINT] IMAGES...",
-            parser=home_path,
+            parser=checkpoint_path,
         ),
     ],
     model: ModelOption = None,
@@ -647,8 +654,7 @@ def predict_cmd(
     some inputs were skipped (a warning line each; those too small share one); 1: nothing
     written."""
     checkpoint = _model_source(ctx, None if model else paths[0], model)
-    if model is None:
-        paths = paths[1:]
+    paths = [Path(p) for p in (paths if model else paths[1:])]  # images: a Path each
     if not paths:
         usage_error(ctx, "no image files or folders given after the checkpoint", "IMAGES...")
     if heatmaps is not None and no_heatmaps:

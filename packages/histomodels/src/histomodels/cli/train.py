@@ -187,7 +187,8 @@ Teacher = Annotated[
     str | None,
     typer.Option(
         metavar="CKPT",
-        help="Distil from this checkpoint / run folder (offline 8-view TTA soft targets).",
+        help="Distil from this checkpoint / run folder / shipped model (pcam-cnn; a file of "
+        "that name: ./pcam-cnn), offline 8-view TTA soft targets.",
     ),
 ]
 DistillWeight = Annotated[
@@ -487,12 +488,12 @@ def _refuse_default_weights(
 def _refuse_shipped_weights_of_another_model(cfg: Any) -> None:
     """``--weights pcam-cnn`` (a shipped model's weights) for another model: one line naming
     the command that trains from them, before PyTorch is imported. The library's own error
-    (``create_model``) names the Python call, which means nothing on a command line."""
+    (``create_model``) names the Python call, which means nothing on a command line. The
+    name means the shipped model also where a file of that name is here (``./pcam-cnn``
+    reads that one), as in the library."""
     from histomodels import pretrained
 
-    if not isinstance(cfg.weights, str) or not pretrained.is_pretrained(cfg.weights):
-        return
-    if Path(cfg.weights).exists():  # a file or folder of that name is read, as the library does
+    if pretrained.shipped_name(cfg.weights) is None:
         return
     trained_as = pretrained.sidecar(cfg.weights).get("model")
     if trained_as == cfg.model:
@@ -622,7 +623,13 @@ class TrainOptions:
     run: RunData
     lr: Lr = None
     recipe: RunRecipe
-    weights: Annotated[str | None, typer.Option(help="Initial weights: PATH or source.")] = None
+    weights: Annotated[
+        str | None,
+        typer.Option(
+            help="Initial weights: PATH, a source, or a shipped model (pcam-cnn; a file of that "
+            "name: ./pcam-cnn)."
+        ),
+    ] = None
     runtime: RunRuntime
 
 
@@ -638,7 +645,8 @@ class FinetuneOptions:
     weights: Annotated[
         str | None,
         typer.Option(
-            help="imagenet | lite0-imagenet | PATH (state dict / checkpoint) \\[imagenet]."
+            help="imagenet | lite0-imagenet | PATH (state dict / checkpoint; ./NAME for a "
+            "file named like a source or shipped model) \\[imagenet]."
         ),
     ] = None
     freeze_epochs: Annotated[

@@ -92,16 +92,13 @@ _UNREAD_LOCAL: set[str] = set()
 
 
 def local_weights(name: str, weights: Any) -> Any:
-    """``weights`` as model ``name``'s builder is to read it: a shipped model's name
-    (``pcam-cnn``) that is also a file or folder in the working folder is that file (a
-    local checkpoint wins, as in Hugging Face's ``from_pretrained``), with a warning. A
-    name that is one of ``name``'s own weight sources (``imagenet``...) is always that
-    source: a file or folder of that name there is not read, and a warning says so once
-    (``./imagenet`` reads it). Anything else, as it is (a path)."""
+    """``weights`` as model ``name``'s builder is to read it. A name that is one of
+    ``name``'s own weight sources (``imagenet``...) is always that source: a file or folder
+    of that name in the working folder is not read, and a warning says so once
+    (``./imagenet`` reads it), as a shipped model's name always means the shipped model
+    (:func:`histomodels.pretrained.shipped_name`). Anything else, as it is (a path)."""
     if not isinstance(weights, str) or not Path(weights).exists():
         return weights
-    from histomodels import pretrained
-
     here = os.path.join(os.curdir, weights)
     if weights in weight_sources(name):  # the source; the builder reads only a path
         seen = os.path.abspath(weights)
@@ -112,13 +109,6 @@ def local_weights(name: str, weights: Any) -> Any:
                 "not read (give %s to read it)",
                 weights, name, here, here,
             )  # fmt: skip
-        return weights
-    if pretrained.is_pretrained(weights):  # read as a path as it is
-        log.warning(
-            "weights %r: reading %s in the working folder, not the shipped model of that "
-            "name (a local file or folder wins; move it, or run elsewhere, to use the name)",
-            weights, here,
-        )  # fmt: skip
     return weights
 
 
@@ -158,13 +148,12 @@ def list_models(pretrained: bool = False) -> list[str]:
 
 
 def _shipped(weights: Any) -> str | None:
-    """``weights`` when it names a model shipped in :mod:`histomodels.pretrained` and no
-    file of that name is there (a file wins, as for checkpoints); None otherwise."""
-    if not isinstance(weights, str) or Path(weights).exists():
-        return None
+    """``weights`` when it names a model shipped in :mod:`histomodels.pretrained`, also
+    where a file or folder of that name is in the working folder (a warning; ``./pcam-cnn``
+    reads that one: :func:`histomodels.pretrained.shipped_name`); None otherwise."""
     from histomodels import pretrained as shipped
 
-    return weights if shipped.is_pretrained(weights) else None
+    return shipped.shipped_name(weights)
 
 
 def _create_shipped(name: str, weights: str, cfg: dict[str, Any]) -> nn.Module:
@@ -237,12 +226,14 @@ def create_model(name: str, **cfg: Any) -> nn.Module:
     (``imagenet``...; one it does not take: a WeightsError, :func:`weights_problem`), or
     the name of a shipped trained model (``list_models(pretrained=True)``:
     ``create_model("cnn", weights="pcam-cnn")`` builds the shipped architecture config,
-    ``centre="pool"``, and loads its weights). For scoring patches with the shipped
-    model's temperature and threshold, use :meth:`histomodels.inference.Predictor.load`."""
+    ``centre="pool"``, and loads its weights; a file or folder of that name in the working
+    folder is read as ``weights="./pcam-cnn"``, or any Path). For scoring patches with the
+    shipped model's temperature and threshold, use
+    :meth:`histomodels.inference.Predictor.load`."""
     shipped = _shipped(cfg.get("weights"))
     if shipped is not None:
         return _create_shipped(name, shipped, {k: v for k, v in cfg.items() if k != "weights"})
-    if "weights" in cfg:  # a local file named like a shipped model: the file (a warning)
+    if "weights" in cfg:  # a file named like a source of the model: the source (a warning)
         cfg = {**cfg, "weights": local_weights(name, cfg["weights"])}
     check_weights(name, cfg.get("weights"))
     if name in _REGISTRY:

@@ -6,11 +6,19 @@ pretrained name works wherever a checkpoint path does: :func:`checkpoint_dict` t
 pair into the fields of the plain dict ``histomodels.checkpoint`` reads (which stamps its
 format and version on them), so eval, predict and export need no special case. Loading
 runs no code (safetensors + JSON).
+
+A shipped model's name always means the shipped model (:func:`shipped_name`): a file or
+folder of that name in the working folder is read only when written as a path
+(``./pcam-cnn``), as a model's weight source (``imagenet``) means the source. A local
+folder named like a hub model silently changed what ``from_pretrained("gpt2")`` loaded
+(huggingface/transformers#13836); here it is one warning line instead.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +27,8 @@ from histocore.errors import DomainError
 if TYPE_CHECKING:
     import torch
 
+
+log = logging.getLogger(__name__)
 
 HERE = Path(__file__).resolve().parent
 #: What ``pcam-cnn``'s ``train_config.teacher`` holds: the teacher its build trained is not
@@ -39,6 +49,46 @@ def available() -> list[str]:
 def is_pretrained(name: str | Path) -> bool:
     """True when ``name`` is a shipped model's name (not a path on disk)."""
     return str(name) in available()
+
+
+#: The local files and folders already warned about as not read (once per path and process).
+_NOT_READ: set[str] = set()
+
+
+def shipped_name(spec: object) -> str | None:
+    """The shipped model that checkpoint or weights ``spec`` names, else None (a path).
+
+    A name is a ``str`` that is exactly a shipped model's name (``"pcam-cnn"``): it means
+    the shipped model, also where a file or folder of that name is in the working folder;
+    one warning (once per path) says so and that ``./pcam-cnn`` reads that one. A string
+    with a folder part (``./pcam-cnn``, ``runs/pcam-cnn``) and any :class:`~pathlib.Path`
+    are paths: a Path cannot keep the ``./`` (``Path("./pcam-cnn")`` is
+    ``Path("pcam-cnn")``), so a Path never means a shipped model."""
+    if not isinstance(spec, str) or spec not in available():
+        return None
+    if os.path.lexists(spec):
+        seen = os.path.abspath(spec)
+        if seen not in _NOT_READ:
+            _NOT_READ.add(seen)
+            what = "folder" if os.path.isdir(spec) else "file"
+            here = os.path.join(os.curdir, spec)
+            log.warning(
+                "%s: using the shipped model %s, not the %s %s in the working folder "
+                "(write %s to use that one)",
+                spec, spec, what, here, here,
+            )  # fmt: skip
+    return spec
+
+
+def shown(spec: str | Path) -> str:
+    """``spec`` as a checkpoint is written down (metrics.json, messages) so that it means
+    the same when given again: a path that reads like a shipped model's name
+    (``Path("pcam-cnn")``, given as ``./pcam-cnn``) gets its ``./``; anything else as it
+    is."""
+    text = str(spec)
+    if shipped_name(spec) is None and is_pretrained(text):
+        return os.path.join(os.curdir, text)
+    return text
 
 
 def save_pretrained(path: Path, state_dict: dict[str, torch.Tensor]) -> Path:

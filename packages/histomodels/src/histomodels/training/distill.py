@@ -90,11 +90,11 @@ def teacher_digest(teacher: str) -> str:
     from histomodels import pretrained
     from histomodels.checkpoint import resolve_checkpoint
 
-    path = resolve_checkpoint(teacher)
-    if path.is_file():
-        return file_sha256(path)
-    files = (pretrained.HERE / f"{teacher}{suffix}" for suffix in (".safetensors", ".json"))
-    return f"pretrained:{teacher}:" + ":".join(file_sha256(f) for f in files)
+    name = pretrained.shipped_name(teacher)  # also where a file of that name is here
+    if name is None:
+        return file_sha256(resolve_checkpoint(teacher))
+    files = (pretrained.HERE / f"{name}{suffix}" for suffix in (".safetensors", ".json"))
+    return f"pretrained:{name}:" + ":".join(file_sha256(f) for f in files)
 
 
 def teacher_logits(
