@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from conftest import shadow_package
 
-from histocore.errors import DomainError, UsageError
+from histocore.errors import DomainError, UsageError, is_missing
 from histocore.manifest import ManifestError
 from histofetch.archive import ArchiveError
 from histofetch.extract import ExtractError
@@ -77,3 +78,34 @@ def test_an_os_error_with_two_paths_names_the_one_in_the_way() -> None:
     )
     assert os_error_path(temp) == "/d/x.csv"
     assert os_error_path(OSError(errno.EIO, "I/O error")) is None
+
+
+def _import_error(statement: str) -> ImportError:
+    """The ImportError ``statement`` raises (it must raise one)."""
+    with pytest.raises(ImportError) as err:
+        exec(statement, {})
+    return err.value
+
+
+def test_is_missing_only_where_the_package_itself_is_not_installed(
+    monkeypatch: pytest.MonkeyPatch, tmp_path
+) -> None:
+    """The rule of every optional import (pyarrow, PyYAML, safetensors, the lite0 weights,
+    the demo's histofetch): advice to install a package only where it is not installed;
+    an installed one that fails as it imports is a broken install, kept as the bug it is."""
+    missing = _import_error("import histo_not_installed_pkg")
+    assert is_missing(missing, "histo_not_installed_pkg")
+    assert is_missing(missing, "yaml", "histo_not_installed_pkg")  # one of several
+    assert not is_missing(missing, "yaml")  # another package's name
+    # a submodule imported from a package that is missing names the package
+    sub = _import_error("from histo_not_installed_pkg.torch import load_file")
+    assert is_missing(sub, "histo_not_installed_pkg")
+    # a package that is there but lacks a module of its own: broken, not missing
+    assert not is_missing(_import_error("import json.histo_no_such_part"), "json")
+    # installed, but fails as it imports: a ModuleNotFoundError for another name...
+    shadow_package(monkeypatch, tmp_path, "histo_broken_pkg", "import histo_its_missing_dep")
+    broken = _import_error("import histo_broken_pkg")
+    assert isinstance(broken, ModuleNotFoundError) and broken.name == "histo_its_missing_dep"
+    assert not is_missing(broken, "histo_broken_pkg")
+    # ...or an ImportError naming no module (a C part built for another Python)
+    assert not is_missing(ImportError("undefined symbol: PyFoo"), "histo_broken_pkg")

@@ -56,6 +56,18 @@ def _renamed_target(exc: OSError) -> str | None:
     return None
 
 
+def is_missing(exc: ImportError, *names: str) -> bool:
+    """Whether ``exc`` says that one of the optional packages ``names`` is not installed:
+    a ``ModuleNotFoundError`` whose ``.name`` is one of them. Only then is the error advice
+    (``pip install ...``). An import of a submodule (``from safetensors.torch import ...``)
+    names the package when the package is missing, and is judged by it; a module of the
+    package's own missing (``pyarrow.lib``), another module missing as it imports (a
+    dependency of its own, ``numpy``), or an ``ImportError`` that names no module (a C
+    part built for another Python) is a broken install, not a missing one: the caller
+    re-raises it, and it keeps its traceback."""
+    return isinstance(exc, ModuleNotFoundError) and exc.name in names
+
+
 class DomainError(Exception):
     """Bad input or an unavailable service; the message names the file and the problem.
 
@@ -70,11 +82,11 @@ class UsageError(DomainError, ValueError):
 
 class MissingDependency(DomainError, ImportError):
     """Parquet export without pyarrow (``histofetch export --format parquet``): the message
-    names the file not written and what to install. Raised only for a
-    ``ModuleNotFoundError`` naming pyarrow itself, the rule every optional import follows
-    (histomodels' PyYAML, safetensors, lite0 weights, the demo's histofetch raise their own
-    domain errors by it); an ImportError from anything else (our own code, a broken
-    install) is a bug and keeps its traceback."""
+    names the file not written and what to install. Raised only where pyarrow itself is
+    missing (:func:`is_missing`, the rule every optional import follows: histomodels'
+    PyYAML, safetensors, lite0 weights, the demo's histofetch raise their own domain
+    errors by it); an ImportError from anything else (our own code, a broken install) is a
+    bug and keeps its traceback."""
 
 
 class ManifestError(DomainError, ValueError):

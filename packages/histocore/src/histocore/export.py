@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Literal, cast, get_args
 
 from histocore.csvcells import safe_dict
-from histocore.errors import ManifestError, MissingDependency, UsageError
+from histocore.errors import ManifestError, MissingDependency, UsageError, is_missing
 from histocore.io import (
     atomic_write_bytes,
     atomic_write_text,
@@ -137,11 +137,11 @@ def export_run(run_dir: str | Path, fmt: str | None = None, out: str | Path | No
     if fmt == "parquet":
         try:
             import pyarrow  # noqa: F401  # pyright: ignore[reportMissingImports]
-        except ModuleNotFoundError as exc:  # named as every error line names its file
+        except ImportError as exc:  # named as every error line names its file
             # only pyarrow itself missing is advice; a pyarrow that fails as it imports (one
             # built for another NumPy, a missing libarrow.so, a module of its own missing) is
             # a broken install and keeps its traceback
-            if exc.name != "pyarrow":
+            if not is_missing(exc, "pyarrow"):
                 raise
             target = Path(out) if out is not None else run_dir / f"export{SUFFIXES[fmt]}"
             other = "use --format csv" if out is None else "give --out a .csv name"

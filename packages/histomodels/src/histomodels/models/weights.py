@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from histocore.errors import DomainError
+from histocore.errors import DomainError, is_missing
 from histocore.io import not_there
 
 _WRAPPER_KEYS = ("state_dict", "model", "model_state", "model_state_dict", "model_ema", "module")
@@ -211,8 +211,8 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         try:
             from safetensors.torch import load_file
-        except ModuleNotFoundError as exc:  # pragma: no cover - timm depends on safetensors
-            if exc.name != "safetensors":  # installed, fails as it imports: its traceback
+        except ImportError as exc:  # pragma: no cover - timm depends on safetensors
+            if not is_missing(exc, "safetensors"):  # installed but broken: its traceback
                 raise
             raise WeightsError(f"{path}: install safetensors to read .safetensors files") from None
         try:
