@@ -17,7 +17,14 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from histomodels.data.readers import open_dataset
-from histomodels.inference import Patches, Predictor, patch_batches, predict_logits, sigmoid
+from histomodels.inference import (
+    Patches,
+    Predictor,
+    patch_batches,
+    patch_count,
+    predict_logits,
+    sigmoid,
+)
 from histomodels.models import create_model, list_models
 from histomodels.models.weights import WeightsError
 from histomodels.preprocess import to_input
@@ -95,6 +102,22 @@ def test_single_images_of_two_shapes_are_scored_in_two_batches(pred: Predictor) 
     np.testing.assert_allclose(
         pred.logits([small[0], small[1], large[0], small[0]]), want, rtol=1e-5
     )
+
+
+def test_patch_count_is_what_patch_batches_reads(patches: np.ndarray) -> None:
+    """``evaluate_arrays`` checks its labels against :func:`patch_count` before scoring:
+    the count of every form :func:`patch_batches` takes whole, and None where it reads
+    batches one by one or refuses the shape (so the shape's own error is said)."""
+    tensor = torch.from_numpy(patches)
+    six, one = len(patches), 1
+    for whole, n in ((patches, six), (patches[0], one), (tensor, six), (tensor[0], one),
+                     (Image.fromarray(patches[0]), one)):  # fmt: skip
+        assert patch_count(whole) == sum(len(b) for b in patch_batches(whole, 4)) == n
+    assert patch_count([patches[:2], patches[2:]]) is None  # an iterable: read as it comes
+    for refused in (patches[..., 0], tensor[0].permute(2, 0, 1), patches[..., :2]):
+        assert patch_count(refused) is None
+        with pytest.raises(ValueError, match="got shape"):
+            next(patch_batches(refused, 4))
 
 
 def test_float_patches_are_refused_not_divided_by_255_again(

@@ -50,7 +50,7 @@ from histomodels.checkpoint import (
 )
 from histomodels.choices import STORE_TEMPERATURE, THRESHOLD_RULES
 from histomodels.data.base import DatasetError, PatchDataset, pixel_digests, rows_also_in
-from histomodels.inference import Predictor, sigmoid
+from histomodels.inference import Predictor, patch_count, sigmoid
 
 
 def _load(
@@ -769,7 +769,7 @@ def evaluate_arrays(
                 f"dtype {given.dtype}); give 0/1 per patch (others are left out as unlabelled)"
             )
     labels = np.asarray(labels).reshape(-1)
-    n = _patch_count(images)
+    n = patch_count(images)
     if n is not None and n != len(labels):  # before the model is loaded or scores them
         raise ValueError(f"{len(labels)} labels for {n} patch{'' if n == 1 else 'es'}")
     if isinstance(model, str | Path):
@@ -808,21 +808,6 @@ def evaluate_arrays(
     if "note" not in result and len(np.unique(labels[np.isin(labels, (0, 1))])) < 2:
         result["note"] = "only one class present: AUC is undefined"
     return result
-
-
-def _patch_count(images: Any) -> int | None:
-    """How many patches ``images`` holds, as :meth:`Predictor.logits` reads them, where
-    that is known without reading them: an ``[N, H, W, 3]`` array or tensor (``[H, W, 3]``
-    and a PIL image: one); None for an iterable of batches, and for an array of another
-    shape (``[N, H, W]``, ``[3, H, W]``: the reader says what is wrong with it)."""
-    shape = getattr(images, "shape", None)
-    if shape is not None:
-        if len(shape) not in (3, 4) or shape[-1] != 3:
-            return None
-        return 1 if len(shape) == 3 else int(shape[0])
-    from PIL import Image
-
-    return 1 if isinstance(images, Image.Image) else None
 
 
 def _check_arguments(threshold: Any, batch_size: Any, n_bootstrap: Any) -> None:

@@ -82,6 +82,25 @@ def _is_pil(obj: Any) -> bool:
     return type(obj).__module__.startswith("PIL.") and hasattr(obj, "convert")
 
 
+def _patches_in(shape: tuple[int, ...] | torch.Size) -> int | None:
+    """How many patches an array of ``shape`` holds: ``N`` for ``[N, H, W, 3]``, one for
+    ``[H, W, 3]``, None for any other shape (``[3, H, W]``, ``[N, H, W]``: refused)."""
+    if len(shape) not in (3, 4) or shape[-1] != 3:
+        return None
+    return 1 if len(shape) == 3 else int(shape[0])
+
+
+def patch_count(images: Any) -> int | None:
+    """How many patches ``images`` (:data:`Patches`) holds as :func:`patch_batches` reads
+    them, where that is known without reading them: an array or tensor of a shape it
+    takes, or a PIL image (one); None for an iterable of batches, and for an array of a
+    shape it refuses (its error says what is wrong)."""
+    if _is_pil(images):
+        return 1
+    shape = getattr(images, "shape", None)
+    return None if shape is None else _patches_in(tuple(shape))
+
+
 def _as_patches(obj: Any, where: str) -> np.ndarray | torch.Tensor | None:
     """``obj`` as uint8 ``[N, H, W, 3]`` (an image as ``[1, H, W, 3]``), or None when it is
     neither an array, a tensor nor a PIL image (an iterable of them, maybe)."""
@@ -91,7 +110,7 @@ def _as_patches(obj: Any, where: str) -> np.ndarray | torch.Tensor | None:
         obj = pil_to_rgb(obj, what=where)  # an ImageError (a ValueError) for mode I or F
     elif not isinstance(obj, np.ndarray | torch.Tensor):
         return None
-    if obj.ndim not in (3, 4) or obj.shape[-1] != 3:  # the shape as given: (3, 96, 96) too
+    if _patches_in(obj.shape) is None:  # the shape as given: (3, 96, 96) too
         raise ValueError(f"{where}: expected {EXPECTED}; got shape {tuple(obj.shape)}")
     if obj.ndim == 3:
         obj = obj[None]
