@@ -301,7 +301,7 @@ def app_for(
                 offset = max(0, at - limit // 4)
         for side in ("after", "before"):  # the page of the figure next to this one (moves):
             if side in query:  # mostly ahead of it, the way the reviewer goes
-                at = _beside(rows, state.ordered(manifest), query[side], after=side == "after")
+                at = _beside(rows, kept, query[side], after=side == "after")
                 behind = limit // 4 if side == "after" else limit - 1 - limit // 4
                 if at is not None:
                     offset = max(0, at - behind)
