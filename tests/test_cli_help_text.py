@@ -154,3 +154,7 @@ def test_label_set_names_its_value_and_the_labels() -> None:
     row = next(line.strip("│ ") for line in out.splitlines() if "--set" in line)
     assert "IMAGE_ID=LABEL" in row.split("Set")[0], row
     assert "metastasis, no_metastasis, not_usable or clear" in row, row
+    # where the labels go: the run store (the help said 'stored in the manifest', which
+    # reads as manifest.jsonl, only its export)
+    said = " ".join(out.replace("│", " ").split())
+    assert "(saved in RUN/run.sqlite, exported to RUN/manifest.jsonl)" in said, out

@@ -1,4 +1,4 @@
-"""Labelling mined figures by hand (``histomodels label``): labels live in the manifest.
+"""Labelling mined figures by hand (``histomodels label``): labels live in the run store.
 
 A person looks at each kept figure and answers metastasis / no metastasis / not usable;
 every answer is committed at once, as one transaction of the run store that writes just

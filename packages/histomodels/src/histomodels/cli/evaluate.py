@@ -797,7 +797,8 @@ def label_cmd(
         bool, typer.Option("--list", help="List figures and labels, change nothing.")
     ] = False,
 ) -> None:
-    """Label kept figures: metastasis / no_metastasis / not_usable (stored in the manifest)."""
+    """Label kept figures: metastasis / no_metastasis / not_usable (saved in RUN/run.sqlite,
+    exported to RUN/manifest.jsonl)."""
     from histocore.manifest import Manifest
     from histomodels.label import (
         apply_labels,
