@@ -940,8 +940,6 @@ def test_only_a_sidecar_shaped_file_is_read_as_its_train_config(tmp_path):
 )
 def test_config_file_with_a_key_given_twice_is_refused(tmp_path, name, text, key):
     """json and PyYAML kept the last of a repeated key silently (epochs 2 trained)."""
-    if name.endswith(".yaml"):
-        pytest.importorskip("yaml")
     p = tmp_path / name
     p.write_text(text)
     with pytest.raises(ConfigError) as err:
@@ -1107,7 +1105,6 @@ def test_history_is_on_disk_before_the_checkpoint_that_names_it():
 
 
 def test_yaml_config_file(tmp_path):
-    pytest.importorskip("yaml")
     p = tmp_path / "c.yaml"
     p.write_text("model_config: {width: 8, depth: 2}\nbatch_size: 16\nlr: 4e-3\nema: 0.99\n")
     cfg = resolve_config(p, lr=None, epochs=3)
@@ -1184,7 +1181,6 @@ def test_yaml_config_without_pyyaml_says_what_to_install(tmp_path, monkeypatch):
     ],
 )
 def test_cli_bad_config_file_is_one_line(h5_files, tmp_path, text, message):
-    pytest.importorskip("yaml")
     train_h5, val_h5 = h5_files
     p = tmp_path / "c.yaml"
     p.write_text(text)
