@@ -11,6 +11,7 @@ stains (e.g. a blank 96 px patch) is returned unchanged and counted in ``n_skipp
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -109,7 +110,9 @@ def _unit_od_vectors(stains: np.ndarray, source: str = "") -> None:
     where = f"{source}: " if source else ""
     for col, name in enumerate(("haematoxylin", "eosin")):
         vec = stains[:, col]
-        length = float(np.linalg.norm(vec))
+        # hypot scales as it sums: a component of 1e308 is that length, not numpy's
+        # "overflow encountered in dot" warning on the way to inf
+        length = math.hypot(*vec.tolist())
         if (vec < 0).any():
             raise StainError(
                 f"{where}the {name} vector {vec.tolist()} has a negative component "
