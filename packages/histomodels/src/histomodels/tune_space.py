@@ -82,8 +82,7 @@ def check_weights(base: TrainConfig, fixed: dict[str, Any], where: str = "base c
         return
     own = _shipped_shape(weights)
     given = base.model_config
-    clash = [n for n in _SHAPED if own is not None and n in given and given[n] != own[n]]
-    if clash and own is not None:
+    if own is not None and (clash := _unlike(own, given)):
         keys = ", ".join(f"{n}={given[n]}" for n in clash)
         shipped = ", ".join(f"{n}={own[n]}" for n in clash)
         raise TuneError(
@@ -91,8 +90,7 @@ def check_weights(base: TrainConfig, fixed: dict[str, Any], where: str = "base c
             f"{shipped}; remove {'them' if len(clash) > 1 else 'it'} from model_config, "
             "or tune without weights"
         )
-    wrong = [n for n in _SHAPED if n in fixed and own is not None and fixed[n] != own[n]]
-    if wrong and own is not None:
+    if own is not None and (wrong := _unlike(own, fixed)):
         fixes = " ".join(f"--fix {n}={fixed[n]}" for n in wrong)
         pins = " ".join(f"--fix {n}={own[n]}" for n in wrong)
         raise TuneError(
@@ -110,6 +108,12 @@ def check_weights(base: TrainConfig, fixed: dict[str, Any], where: str = "base c
         f"{', '.join(searched)}: every trial would fail to load them; pin them to {what} "
         f"({pins}), or tune without weights"
     )
+
+
+def _unlike(own: dict[str, Any], values: dict[str, Any]) -> list[str]:
+    """The dimensions of :data:`_SHAPED` that ``values`` (a ``model_config``, the ``--fix``
+    pins) sets to other than ``own``, the shipped model's."""
+    return [n for n in _SHAPED if n in values and values[n] != own[n]]
 
 
 def _shipped_shape(weights: str) -> dict[str, Any] | None:
