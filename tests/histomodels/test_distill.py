@@ -26,6 +26,7 @@ from histomodels.training.distill import (
     DistillLoss,
     distill_targets,
     teacher_logits,
+    written_by_a_run,
 )
 
 torch.set_num_threads(1)
@@ -306,8 +307,6 @@ def test_a_damaged_real_cache_is_named_scored_again_and_replaced(
     file is replaced by a whole one that the next call reuses. ``train`` takes each for the
     run's own (a truncated one, its zip directory lost, was refused: remove it), and not a
     numpy archive of the user's cut short."""
-    from histomodels.cli.train import _teacher_cache
-
     (xt, _), _ = data
     x, run, said = torch.from_numpy(xt), tmp_path / "run", []
     good = teacher_logits(str(teacher), x, run, say=said.append)
@@ -322,15 +321,15 @@ def test_a_damaged_real_cache_is_named_scored_again_and_replaced(
         with np.load(cache) as z:
             key = str(z["key"])
         np.savez(cache, key=np.array(key), logits=good[:-3])
-    assert _teacher_cache(cache)
+    assert written_by_a_run(cache)
     if damage == "truncated":  # a numpy archive of the user's, cut short: not the run's
         mine = tmp_path / "mine.npz"
         np.savez(mine, data=np.zeros(1000), key=np.array("k"))
         mine.write_bytes(mine.read_bytes()[:1500])
-        assert not _teacher_cache(mine)
+        assert not written_by_a_run(mine)
         np.savez(mine, key=np.arange(5), embeddings=np.zeros((100, 8)))  # key.npy first too
         mine.write_bytes(mine.read_bytes()[:1500])
-        assert not _teacher_cache(mine)
+        assert not written_by_a_run(mine)
     with caplog.at_level(logging.WARNING, logger="histomodels.training.distill"):
         again = teacher_logits(str(teacher), x, run, say=said.append)
     warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
@@ -453,15 +452,13 @@ def test_a_file_of_the_users_where_the_soft_targets_go_is_not_replaced(tmp_path)
     )
     assert [p.name for p in run.iterdir()] == [mine.name]
     assert mine.read_bytes() == b"my own notes, not numpy"
-    from histomodels.cli.train import _teacher_cache
-
     np.savez(mine, other=np.zeros(3))  # a numpy archive, but not the cache
-    assert not _teacher_cache(mine)
+    assert not written_by_a_run(mine)
     assert CliRunner().invoke(app, args).exit_code == 1
     mine.unlink()
     r = CliRunner().invoke(app, args)
     assert r.exit_code == 0, r.output
-    assert _teacher_cache(mine)  # the run's own cache: replaced by a rerun
+    assert written_by_a_run(mine)  # the run's own cache: replaced by a rerun
     r = CliRunner().invoke(app, [*args, "--overwrite", "--seed", "3"])
     assert r.exit_code == 0, r.output
 
@@ -478,8 +475,6 @@ def test_a_cache_member_declaring_more_than_it_needs_is_not_inflated(
     import io
     import zipfile
 
-    from histomodels.cli.train import _teacher_cache
-
     (xt, _), _ = data
     x, run, said = torch.from_numpy(xt), tmp_path / "run", []
     good = teacher_logits(str(teacher), x, run, say=said.append)
@@ -494,7 +489,7 @@ def test_a_cache_member_declaring_more_than_it_needs_is_not_inflated(
     with zipfile.ZipFile(cache) as z:
         assert cache.stat().st_size < z.getinfo(member).file_size // 10  # well compressed
     if member == "key.npy":
-        assert not _teacher_cache(cache)
+        assert not written_by_a_run(cache)
     with caplog.at_level(logging.WARNING, logger="histomodels.training.distill"):
         again = teacher_logits(str(teacher), x, run, say=said.append)
     warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]

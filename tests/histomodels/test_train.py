@@ -72,14 +72,30 @@ def test_the_library_train_replaces_no_file_of_the_callers_own(arrays, tmp_path)
         assert [p.name for p in out.iterdir()] == [name]
         assert (out / name).read_text() == "my notes"
         (out / name).unlink()
-    # the config.json this run writes, say one a killed run left, is its own to replace
-    from histomodels.training.run_folder import RunFolder
+    # the config.json this run writes, say one a killed run left, is its own to replace;
+    # a run's with other settings is not, and is said as what it is
+    from histomodels.training.run_folder import refuse_to_replace
 
     text = json.dumps(json_safe(_cfg(epochs=1).to_dict()), indent=2)
     (out / "config.json").write_text(text)
-    RunFolder(out).refuse_to_replace(text, teacher=False)
+    refuse_to_replace(out, text, teacher=False)
+    with pytest.raises(TrainingError, match=r"config\.json: exists and holds a training config "
+                       "with other settings than this run's"):  # fmt: skip
+        refuse_to_replace(out, text.replace('"epochs": 1', '"epochs": 2'), False)
+    (out / "config.json").write_text('{"epochs": 2}')  # a hand-written one: not a run's
     with pytest.raises(TrainingError, match=r"config\.json: exists and is not from a run"):
-        RunFolder(out).refuse_to_replace(text.replace('"epochs": 1', '"epochs": 2'), False)
+        refuse_to_replace(out, text, False)
+    # a trained run's files are its own, but a pipe at one of their names is nobody's file
+    # (only the command line refused it: the library's run replaced its node)
+    (out / "best.pt").write_bytes(b"a run's checkpoint")
+    refuse_to_replace(out, text, False)
+    os.mkfifo(out / "history.csv")
+    with pytest.raises(TrainingError) as err:
+        refuse_to_replace(out, text, False)
+    assert str(err.value) == (
+        f"{out / 'history.csv'}: not a regular file (a pipe, socket or device); training "
+        "would replace it: choose another output folder"
+    )
 
 
 def test_training_writes_a_complete_run(arrays, tmp_path):

@@ -279,7 +279,7 @@ def _train(
     for name in sorted(WRITTEN | (KEPT if cfg.teacher else frozenset())):
         if (out / name).is_dir() and not (out / name).is_symlink():
             fail(f"{out / name}: is a folder, not a file")
-    _refuse_to_replace(out, cfg, held, config)
+    _refuse_to_replace(out, cfg, config)
 
     # the result on stdout below; the trainer's own last line is not said again on stderr
     with (
@@ -303,125 +303,47 @@ def _train(
         )
 
 
-def _refuse_to_replace(out: Path, cfg: Any, held: list[str], config: Path | None) -> None:
+def _refuse_to_replace(out: Path, cfg: Any, config: Path | None) -> None:
     """One line, before the data is read, where the run would replace in ``out`` a file it
-    did not write: the checkpoint it starts from (``--weights``, ``--teacher``: the run's own
-    best.pt or last.pt, with ``--overwrite``), a pipe or device at one of its names, or, in
-    a folder holding no trained run (no best.pt or last.pt), any file at one of them
-    (``--out`` a folder of the user's own: its config.json, say the ``--config`` being read,
-    or history.json was replaced once the first checkpoint was written). A trained run's
-    own files are its to replace (``--resume``, ``--overwrite``), and so is a
-    ``config.json`` byte for byte the one this run writes (say the one a run killed before
-    its first checkpoint left: it loses nothing). Any other is refused, ``--overwrite`` or
-    not: a training config (:func:`_run_config`) may be a run's leftover or a run's config
-    the user copied there and edited (``--overwrite`` replaced it as a run's, review 45),
-    with its own line; and the ``--config`` file being read is not replaced even in a
-    trained run's folder (its edits were lost to the resolved config). With ``--teacher``,
-    ``teacher_logits.npz`` is replaced only when it is the teacher cache a run wrote
-    (:func:`_teacher_cache`, judged by :func:`histocore.io.replace_only_ours`), in any
-    folder: a file of the user's own there was taken for a damaged cache and replaced."""
-    from histocore.errors import UsageError
-    from histocore.io import holds_a_file, replace_only_ours, same_file
+    did not write: the library's rule
+    (:func:`histomodels.training.run_folder.refuse_to_replace`: in a folder holding no
+    trained run, any file at one of its names but a ``config.json`` byte for byte the one
+    this run writes; a pipe or device at one of them; a ``teacher_logits.npz`` that is not
+    a run's cache), worded for the command line (``choose another --out``), and what only
+    the command line knows: the checkpoint the run starts from (``--weights``,
+    ``--teacher``: the run's own best.pt or last.pt, with ``--overwrite``), and the
+    ``--config`` file being read, which is not replaced even in a trained run's folder
+    (its edits were lost to the resolved config). A trained run's own files are its to
+    replace (``--resume``, ``--overwrite``)."""
+    from histocore.io import holds_a_file, same_file
     from histomodels.checkpoint import resolve_checkpoint
-    from histomodels.training.distill import CACHE_NAME
-    from histomodels.training.run_folder import CHECKPOINTS, CONFIG_NAME, WRITTEN
-
-    starts = {"--weights": cfg.weights, "--teacher": cfg.teacher}
-    would = "training would replace it: choose another --out"
-    for name in sorted(WRITTEN):
-        target = out / name
-        for option, given in starts.items():
-            if name in CHECKPOINTS and given and same_file(target, resolve_checkpoint(given)):
-                fail(f"{target}: is the checkpoint given as {option}; {would}")
-        try:
-            there = holds_a_file(target)
-        except RefusedFile as exc:
-            fail(f"{target}: {exc}; {would}")
-        read = config is not None and same_file(target, config)
-        if name == CONFIG_NAME and there and read and not _same_text(target, cfg):
-            fail(f"{target}: is the config given as --config; {would}")
-        if not there or held or (name == CONFIG_NAME and _same_text(target, cfg)):
-            continue
-        if name == CONFIG_NAME and _run_config(target):
-            # never replaced, --overwrite or not: a run's config.json copied and edited
-            # (``--config exp/config.json --out exp``) reads the same as one a run killed
-            # before its first checkpoint left, and is the user's
-            fail(
-                f"{target}: exists and holds a training config with other settings than "
-                "this run's, and no best.pt or last.pt beside it (a run killed before its "
-                "first checkpoint leaves one; so does a copied run config); training would "
-                "replace it: choose another --out, or remove it first"
-            )
-        fail(
-            f"{target}: exists and is not from a run that reached its first checkpoint "
-            f"(no best.pt or last.pt beside it; a run killed before then leaves its "
-            f"config.json: remove it to start again); {would}, or remove it first"
-        )
-    if cfg.teacher:
-        try:
-            replace_only_ours(
-                out / CACHE_NAME, _teacher_cache, UsageError, would=would,
-                not_ours="is not the teacher's soft targets a run wrote (a numpy .npz of "
-                "their key and logits)",
-            )  # fmt: skip
-        except UsageError as exc:
-            fail(str(exc))
-
-
-def _run_config(path: Path) -> bool:
-    """Whether ``path`` is a ``config.json`` a training run wrote (``training/trainer.py``:
-    the whole ``TrainConfig`` as a JSON object), judged by its keys, not its bytes: every
-    key a config key (:data:`~histomodels.config.FIELDS`) and every key of
-    :data:`RUN_CONFIG_KEYS` there (a run writes them all; a hand-written ``--config`` file
-    gives only some). Up to :data:`MAX_RUN_CONFIG_BYTES` read; not otherwise."""
-    from histocore.io import loads_json, read_capped
-    from histomodels.config import FIELDS
-
-    try:
-        obj = loads_json(read_capped(path, MAX_RUN_CONFIG_BYTES))
-    except (OSError, ValueError):  # RefusedFile, NotJSON: ValueErrors
-        return False
-    return (
-        isinstance(obj, dict)
-        and all(isinstance(k, str) and k in FIELDS for k in obj)
-        and obj.keys() >= RUN_CONFIG_KEYS
+    from histomodels.training import TrainingError
+    from histomodels.training.run_folder import (
+        CHECKPOINTS,
+        CONFIG_NAME,
+        config_text,
+        holds_text,
+        refuse_to_replace,
     )
 
-
-#: Keys every ``config.json`` a run wrote holds, from the first version on (it writes the
-#: whole ``TrainConfig``; these fields have been there since the first): how
-#: :func:`_run_config` tells it from a hand-written config, which gives a few
-RUN_CONFIG_KEYS = frozenset(
-    {"model", "model_config", "weights", "data", "val", "epochs", "patience", "time_budget",
-     "batch_size", "eval_batch_size", "lr", "weight_decay", "schedule", "warmup_epochs",
-     "min_lr_ratio", "label_smoothing", "grad_clip", "freeze_epochs", "backbone_lr_mult",
-     "aug_strength", "hed_jitter", "seed", "bf16", "channels_last", "compile", "threads",
-     "device", "progress"}
-)  # fmt: skip
-
-
-def _teacher_cache(path: Path) -> bool:
-    """Whether ``path`` is a ``teacher_logits.npz`` a run wrote, also one cut short
-    (:func:`histomodels.training.distill.written_by_a_run`: scored again with a warning).
-    One that cannot be opened raises its ``OSError``."""
-    from histomodels.training.distill import written_by_a_run
-
-    return written_by_a_run(path)
-
-
-def _same_text(path: Path, cfg: Any) -> bool:
-    """Whether ``path`` holds the very text the trainer writes as this run's
-    ``config.json`` (``training/trainer.py``): replacing it loses nothing."""
-    import json
-
-    from histocore.io import json_safe
-
-    text = json.dumps(json_safe(cfg.to_dict()), indent=2).encode()
+    would = "training would replace it: choose another --out"
+    for name in sorted(CHECKPOINTS):
+        target = out / name
+        for option, given in (("--weights", cfg.weights), ("--teacher", cfg.teacher)):
+            if given and same_file(target, resolve_checkpoint(given)):
+                fail(f"{target}: is the checkpoint given as {option}; {would}")
+    text, target = config_text(cfg), out / CONFIG_NAME
+    if config is not None and same_file(target, config):
+        try:
+            edited = holds_a_file(target) and not holds_text(target, text)
+        except (OSError, RefusedFile):  # unreadable, a pipe: the library's rule says it
+            edited = False
+        if edited:
+            fail(f"{target}: is the config given as --config; {would}")
     try:
-        with open(path, "rb") as fh:
-            return fh.read(len(text) + 1) == text
-    except OSError:  # unreadable: refused as before
-        return False
+        refuse_to_replace(out, text, bool(cfg.teacher), would=would)
+    except TrainingError as exc:
+        fail(str(exc))
 
 
 def _model_config_sources(
@@ -504,15 +426,12 @@ def _refuse_shipped_weights_of_another_model(cfg: Any) -> None:
     )
 
 
-#: The most bytes ``--resume`` reads of a run's ``config.json`` (a run writes a few KB).
-MAX_RUN_CONFIG_BYTES = 4 << 20
-
-
 def _refuse_ignored_settings(out: Path, options: dict[str, Any], config: Path | None) -> None:
     """``--resume`` with settings the run would not take (it keeps its saved ones, all but
     :data:`~histomodels.config.RESUME_OVERRIDES`) is one error line naming them, not a run
     that silently trains on other data or at another LR than the user asked for."""
     from histomodels.config import RESUME_OVERRIDES, read_config_file, resume_conflicts
+    from histomodels.training.run_folder import MAX_RUN_CONFIG_BYTES
 
     path = out / "config.json"
     if path.is_dir():  # the resumed run would fail to write it, once the data is read

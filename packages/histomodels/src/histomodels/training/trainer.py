@@ -14,7 +14,6 @@ DistributedDataParallel (see :mod:`histomodels.distributed`).
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import time
 from collections.abc import Sequence
@@ -24,7 +23,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from histocore.io import json_safe
 from histomodels import distributed as D
 from histomodels.checkpoint import save_checkpoint
 from histomodels.config import TrainConfig, validate
@@ -48,7 +46,7 @@ from histomodels.training.data import (
 from histomodels.training.network import build_model, fit_input_size, given_config, wrap_model
 from histomodels.training.prefetch import use_prefetch
 from histomodels.training.result import EpochStats, TrainResult
-from histomodels.training.run_folder import RunFolder
+from histomodels.training.run_folder import RunFolder, config_text, refuse_to_replace
 from histomodels.training.schedule import LRSchedule, param_groups
 from histomodels.training.state import checkpoint, restore_rng, resume_state, seed_everything
 
@@ -119,7 +117,7 @@ class Trainer:
             if self.resume:
                 self.cfg, self.state = resume_state(self.cfg, self.run_dir)
             else:  # before any data is read: a file of the caller's own is not replaced
-                self.folder.refuse_to_replace(self._config_text(), bool(self.cfg.teacher))
+                refuse_to_replace(self.run_dir, config_text(self.cfg), bool(self.cfg.teacher))
             # before the run's first CUDA op (the cuBLAS workspace); undone when fit ends
             self._settings.enter_context(deterministic_algorithms(self.cfg.deterministic))
             check_config(self.cfg.model, self.cfg.model_config)  # before any data is decoded
@@ -179,13 +177,9 @@ class Trainer:
             from histocore.io import atomic_write_text
 
             self.folder.make()  # the folders it made go if the run fails
-            atomic_write_text(self.run_dir / "config.json", self._config_text())
+            atomic_write_text(self.run_dir / "config.json", config_text(self.cfg))
         for cb in self.callbacks:
             cb.setup(self)
-
-    def _config_text(self) -> str:
-        """The run's ``config.json``: its whole config."""
-        return json.dumps(json_safe(self.cfg.to_dict()), indent=2)
 
     def _setup_model(self) -> None:
         size = int(self.x_train.shape[1])  # the patches the model will see
