@@ -305,3 +305,23 @@ def test_changed_by_others_of_a_run_read_from_its_jsonl_is_a_store_appearing(
     with Manifest.load(run) as other:
         other.update_image("pmid:1/fig1", label="metastasis")  # makes the store
     assert jsonl_only.changed_by_others()
+
+
+def test_the_store_a_runs_own_first_commit_makes_is_no_change_by_others(tmp_path: Path) -> None:
+    """A run holding only ``manifest.jsonl``: the first commit makes the store from the rows
+    read (the migration), which is this manifest's own write, not another's (the review
+    page read the whole run again after its first answer); another process's commit after
+    it is still said."""
+    (tmp_path / "src").mkdir()
+    path = _sample(tmp_path / "src").save()
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / MANIFEST_NAME).write_bytes(path.read_bytes())
+    with Manifest.load(run) as mine:
+        mine.update_image("pmid:1/fig1", label="metastasis")  # makes the store
+        assert (run / "run.sqlite").is_file()
+        assert not mine.changed_by_others()
+        with Manifest.load(run) as other:
+            assert other.images["pmid:1/fig1"].label == "metastasis"
+            other.update_image("pmid:1/fig1", label="not_usable")
+        assert mine.changed_by_others()

@@ -175,6 +175,36 @@ def test_an_answer_committed_elsewhere_while_the_run_is_read_is_read_too(
     assert len(reads) == 2  # our own answer: the run in memory is current
 
 
+def test_a_run_holding_only_its_jsonl_is_read_once_after_the_first_answer(
+    kit: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run folder holding only ``manifest.jsonl`` (copied, or from an older version): the
+    page's first answer makes ``run.sqlite`` from the rows it read, and the next request
+    read the whole run again (the store's appearing counted as another process's write).
+    The store it made is its own: no read; another process's answer still makes one."""
+    import histofetch.review.app as review_app
+
+    run = _copy(kit[0], tmp_path)
+    (run / "run.sqlite").unlink()
+    real_read, reads = review_app.load_folder, []
+
+    def counted(run_dir: Path) -> Manifest:
+        reads.append(run_dir)
+        return real_read(run_dir)
+
+    monkeypatch.setattr(review_app, "load_folder", counted)
+    c = _client(run)
+    assert c.get("/api/items").json()["total"] == 4
+    assert _post(c, "pmid:1/fig1", "metastasis").status_code == 200
+    assert (run / "run.sqlite").is_file()
+    assert c.get("/api/items?status=reviewed").json()["total"] == 1
+    assert len(reads) == 1
+    with Manifest.load(run) as other:
+        save_answer(other, "pmid:2/fig1", "not_usable", "other")
+    assert c.get("/api/items?status=reviewed").json()["total"] == 2
+    assert len(reads) == 2
+
+
 def test_answers_are_saved_at_once_with_reviewer_and_time(
     kit: tuple[Path, Path], tmp_path: Path
 ) -> None:

@@ -116,9 +116,10 @@ class StoreSync:
     def changed_by_others(self) -> bool:
         """Whether another connection (another process) committed to the run's store since
         this manifest read it (:meth:`RunStore.version`; this manifest's own commits do
-        not count); for a manifest read from ``manifest.jsonl`` alone, or closed since,
-        whether the folder has a store now (another process's, or this one's after its
-        first commit). A store that cannot be asked counts as changed. An edit of
+        not count, nor the store its first commit makes of a run read from
+        ``manifest.jsonl`` alone: :meth:`_migrate_into`); for a manifest read from
+        ``manifest.jsonl`` alone, or closed since, whether the folder has a store now
+        (another process's). A store that cannot be asked counts as changed. An edit of
         ``manifest.jsonl`` by hand is not seen here (compare the file)."""
         if self._read_version is None or self._store is None:
             return os.path.lexists(self.store_path)
@@ -143,16 +144,22 @@ class StoreSync:
 
     def _migrate_into(self, store: RunStore) -> None:
         """Put the rows read from ``manifest.jsonl`` into a new store (unless another
-        process did first), remembering the file as the store's own export."""
+        process did first), remembering the file as the store's own export. When this
+        manifest's rows are the ones put there, the store holds what it read: its
+        :meth:`changed_by_others` counts from then on (the review page's first answer to a
+        run holding only ``manifest.jsonl`` made the store, and the next request read the
+        whole run again, as if another process had written it)."""
         with store.write():
             if store.count("records") or store.count("images") or store.meta("export"):
-                return
+                return  # another process's store: this manifest's read is not what it holds
             store.replace_all(
                 {k: json.loads(v) for k, v in self._seen_head.items()},
                 (json.loads(v) for v in self._seen_rec.values()),
                 (json.loads(v) for v in self._seen_img.values()),
             )
             store.set_meta("export", json.dumps(self._migrate))
+            # under the write lock: no other connection commits until ours has
+            self._read_version = store.version()
 
     def close(self) -> None:
         """Close the store connection (also closed when the object is collected). The last
