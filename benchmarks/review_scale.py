@@ -11,7 +11,8 @@ writes them), then times what a user does with it, each in this one process:
 * ``review_startup``: :func:`histofetch.review.server.build_server` (reads the run once);
 * ``first_page``: ``GET /`` (the page, its article filter and the progress counts);
 * ``items``: ``GET /api/items`` (the default unreviewed view, 200 figures and the counts),
-  the next page (``offset=200``), a filter (``weak=metastasis``) and ``around=`` a figure;
+  the next page (``offset=200``), a filter (``weak=metastasis``), ``around=`` a figure and
+  the page ``after=`` one (the page moving past its page of the list);
 * ``item``: ``GET /api/item/<id>`` (one figure);
 * ``answer``: ``POST /api/label`` (one answer saved, and the next ``/api/items``).
 
@@ -206,6 +207,7 @@ def measure(
         "items_next_page": get("/api/items?status=unreviewed&offset=200"),
         "items_filtered": get("/api/items?status=all&weak=metastasis"),
         "items_around": get(f"/api/items?status=all&around={target}"),
+        "items_after": get(f"/api/items?status=unreviewed&after={target}"),
         "item": get(f"/api/item/{target}"),
         "answer_and_items": answer,
     }
