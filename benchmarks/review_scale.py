@@ -8,7 +8,9 @@ writes them), then times what a user does with it, each in this one process:
 * ``open``: :meth:`Manifest.load` of the run (every command's first step);
 * ``status``: ``histofetch status --run RUN`` (the CLI, in-process);
 * ``export``: ``histofetch export --run RUN`` (the JSONL export) and ``--format csv``;
-* ``review_startup``: :func:`histofetch.review.server.build_server` (reads the run once);
+* ``review_startup``: :func:`histofetch.review.server.build_server` (reads the run once) and
+  :meth:`~histofetch.review.server.ReviewServer.before_serving`, as ``histofetch review``
+  starts;
 * ``first_page``: ``GET /`` (the page, its article filter and the progress counts);
 * ``items``: ``GET /api/items`` (the default unreviewed view, 200 figures and the counts),
   the next page (``offset=200``), a filter (``weak=metastasis``), ``around=`` a figure and
@@ -161,11 +163,11 @@ def measure(
     state: dict[str, Any] = {}
 
     def startup() -> None:
-        server, sock = build_server(run, reviewer="bench")
+        state.pop("server", None)  # an earlier repeat's: garbage, collected by settle()
+        state.pop("client", None)
+        server, sock = build_server(run, reviewer="bench", freeze_gc=True)  # as serve() does
         sock.close()
-        if hasattr(server, "state"):  # what ReviewServer.run does before it serves
-            server.state.settles = True
-            server.state.settle()
+        state["server"], state["froze"] = server, server.before_serving()  # as run() does
         app: Any = server.config.app  # the Starlette app build_server made
         state["client"] = TestClient(app, base_url="http://127.0.0.1")
 
@@ -225,6 +227,8 @@ def measure(
         whole_run = name in ("open", "status", "export_jsonl", "export_csv", "review_startup")
         results[name] = _timed(fn, slow if whole_run else repeat)
         print(f"{name}: {results[name]}", flush=True)
+    if "server" in state:  # stops as ReviewServer.run does: the store closed, unfrozen
+        state["server"].after_serving(state["froze"])
     return results
 
 

@@ -1228,8 +1228,7 @@ def test_a_serving_server_keeps_the_run_out_of_the_collectors_way(
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # no proxy
 
     def serving(freeze: bool):
-        server, sock = build_server(run, port=0, reviewer="tester")
-        server.freeze_gc = freeze
+        server, sock = build_server(run, port=0, reviewer="tester", freeze_gc=freeze)
         thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
         thread.start()
         deadline = time.monotonic() + 120

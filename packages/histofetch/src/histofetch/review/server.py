@@ -64,21 +64,33 @@ class ReviewServer(uvicorn.Server):
         self.freeze_gc = False
 
     def run(self, sockets: list[socket.socket] | None = None) -> None:
-        """Serve until stopped; then the run's store is closed and, with ``freeze_gc``, the
-        objects frozen are the collector's again and collected (the connection of a run
-        read earlier is one only the collector closes)."""
+        """Serve until stopped (:meth:`before_serving`, uvicorn's loop, then
+        :meth:`after_serving`)."""
+        freezes = self.before_serving()
+        try:
+            super().run(sockets=sockets)
+        finally:
+            self.after_serving(freezes)
+
+    def before_serving(self) -> bool:
+        """What :meth:`run` does before it serves (a benchmark of the start-up calls it
+        too): with ``freeze_gc``, the run read is settled (:meth:`RunState.settle`), and
+        so is each read after it. Returns whether it froze (for :meth:`after_serving`)."""
         freezes = self.freeze_gc
         if freezes:
             self.state.settles = True
             self.state.settle()
-        try:
-            super().run(sockets=sockets)
-        finally:
-            self.state.settles = False
-            self.state.close()
-            if freezes:
-                gc.unfreeze()
-                gc.collect()
+        return freezes
+
+    def after_serving(self, froze: bool) -> None:
+        """What :meth:`run` does when it stops: the run's store is closed and, when
+        :meth:`before_serving` ``froze``, the objects frozen are the collector's again and
+        collected (the connection of a run read earlier is one only the collector closes)."""
+        self.state.settles = False
+        self.state.close()
+        if froze:
+            gc.unfreeze()
+            gc.collect()
 
 
 def build_server(
@@ -88,8 +100,10 @@ def build_server(
     port: int = 0,
     reviewer: str | None = None,
     scores: Path | None = None,
+    freeze_gc: bool = False,
 ) -> tuple[ReviewServer, socket.socket]:
-    """A configured server and its bound socket (so port 0 gives a known free port).
+    """A configured server and its bound socket (so port 0 gives a known free port);
+    ``freeze_gc``: :attr:`ReviewServer.freeze_gc` (:func:`serve`'s, the CLI's).
 
     Raises :class:`histofetch.review.data.ReviewError` for a bad run or scores folder.
     The folder is found, the run and the scores read, once: the first page uses them (each
@@ -106,7 +120,9 @@ def build_server(
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((bind, port))
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
-    return ReviewServer(config, run_dir, state), sock
+    server = ReviewServer(config, run_dir, state)
+    server.freeze_gc = freeze_gc
+    return server, sock
 
 
 def url_of(sock: socket.socket) -> str:
@@ -126,8 +142,9 @@ def serve(
     announce=print,
 ) -> None:
     """Run the review page until Ctrl-C."""
-    server, sock = build_server(run_dir, host=host, port=port, reviewer=reviewer, scores=scores)
-    server.freeze_gc = True  # the CLI's process: no caller's objects to freeze
+    server, sock = build_server(  # the CLI's process: no caller's objects to freeze
+        run_dir, host=host, port=port, reviewer=reviewer, scores=scores, freeze_gc=True
+    )
     run_dir = server.run_dir  # the folder is announced, its export refreshed
     url = url_of(sock)
     shown = path_shown(Path(run_dir))  # a folder named '~' as ./~/run, not $HOME's
