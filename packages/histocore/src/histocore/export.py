@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import itertools
 import json
 import os
 from collections.abc import Iterator
@@ -25,7 +26,7 @@ from histocore.io import (
     made_folder,
     same_file,
 )
-from histocore.jsonl import export_lines
+from histocore.jsonl import export_rows
 from histocore.manifest import MANIFEST_NAME, STORE_NAME, Image, Manifest, Record, run_folder
 from histocore.schema import _names
 
@@ -103,11 +104,12 @@ def columns() -> list[str]:
 
 
 def _flat_rows(manifest: Manifest) -> Iterator[dict[str, Any]]:
+    """The rows of ``manifest.jsonl`` (the store's now, one snapshot), nested values as
+    JSON text."""
     store = manifest._db()
     with store.read():
-        lines = list(export_lines(store))
-    for line in lines[1:]:
-        row = json.loads(line)
+        rows = [row for _, row in itertools.islice(export_rows(store), 1, None)]
+    for row in rows:
         yield {
             k: json.dumps(v, sort_keys=True) if isinstance(v, (dict, list)) else v
             for k, v in row.items()

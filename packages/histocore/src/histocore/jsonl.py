@@ -248,25 +248,33 @@ def export_lines(store: RunStore) -> Iterator[str]:
     fields get their defaults, unknown keys move to ``extra``), exactly as a load and save
     would write them.
     """
+    return (line for line, _ in export_rows(store))
+
+
+def export_rows(store: RunStore) -> Iterator[tuple[str, dict[str, Any]]]:
+    """:func:`export_lines`, each line with the object it holds (the header first): each
+    row's JSON parsed once (the CSV export parsed each line again, and each record's line a
+    third time here to find its images)."""
     head = store.header()
     header = {"kind": "header", "schema": SCHEMA_NAME, "version": SCHEMA_VERSION}
-    yield dumps(header | {"query": head.pop("query", None)} | head)
+    header = header | {"query": head.pop("query", None)} | head
+    yield dumps(header), header
     images = _normalised(store.image_data(), Image, store)
     pending = next(images, None)
-    for line, _ in _normalised(store.record_data(), Record, store):
-        yield line
-        rec_id = json.loads(line)["id"]
-        while pending is not None and pending[1] == rec_id:
-            yield pending[0]
+    for line, rec in _normalised(store.record_data(), Record, store):
+        yield line, rec
+        rec_id = rec["id"]
+        while pending is not None and pending[1].get("record_id") == rec_id:
+            yield pending
             pending = next(images, None)
     while pending is not None:  # images without a record row
-        yield pending[0]
+        yield pending
         pending = next(images, None)
 
 
 def _normalised(
     rows: Iterator[tuple[str, str]], cls: type, store: RunStore
-) -> Iterator[tuple[str, Any]]:
+) -> Iterator[tuple[str, dict[str, Any]]]:
     names = set(_names(cls))
     for row_id, data in rows:
         try:
@@ -274,9 +282,9 @@ def _normalised(
         except (ValueError, RecursionError):  # _stored says what is wrong, naming the row
             obj = None
         if not isinstance(obj, dict) or obj.keys() != names:
-            obj = row_of(_stored(cls, data, str(store.path), row_id))
-            data = dumps(obj)
-        yield data, obj.get("record_id")
+            data = dumps(row_of(_stored(cls, data, str(store.path), row_id)))
+            obj = json.loads(data)  # the line's object, as a reader of the line gets it
+        yield data, obj
 
 
 def write_jsonl(store: RunStore, path: Path) -> dict[str, Any]:
