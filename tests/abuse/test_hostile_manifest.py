@@ -42,6 +42,8 @@ CASES = {
     # a string: its characters read as flags (the page's JS: leakage.join is not a function)
     "leakage string": (RECORD, {**IMAGE, "leakage": "camelyon"}, "field 'leakage' is \"camelyon\""),
     "leakage ints": (RECORD, {**IMAGE, "leakage": [5]}, "is [5], expected list[str]"),
+    # two bad fields: the first in the row class's order is said, whatever the row's order
+    "two bad fields": (RECORD, {"bbox": "x", **IMAGE, "width": "9"}, "field 'width' is \"9\""),
 }
 
 

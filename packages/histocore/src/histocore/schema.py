@@ -10,8 +10,8 @@ re-exports every public name, the API both packages use). Documented in
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field, fields
-from typing import Any
+from dataclasses import MISSING, dataclass, field, fields
+from typing import Any, NoReturn
 
 from histocore.errors import ManifestError
 from histocore.io import NotJSON, loads_json, text_shown
@@ -206,9 +206,61 @@ def _plan(cls: type) -> tuple[tuple[str, Any, bool, tuple[Any, ...]], ...]:
     return _PLANS[cls]
 
 
+#: The exact types a JSON value of each annotation may have (``type(v)``: a ``bool`` is no
+#: ``int``); a value of another type (a list, a subclass) is asked the field's own checks.
+_EXACT_TYPES: dict[str, tuple[type, ...]] = {
+    "str": (str,),
+    "int": (int,),
+    "bool": (bool,),
+    "float": (int, float),
+    "dict[str, Any]": (dict,),
+}
+
+#: Per row class: field name -> (the exact types that pass at once, the field's checks).
+_QUICK: dict[type, dict[str, tuple[frozenset[type], tuple[Any, ...]]]] = {}
+
+
+def _quick(cls: type) -> dict[str, tuple[frozenset[type], tuple[Any, ...]]]:
+    """:func:`_plan` by field name, with the exact types each field takes without a call
+    (``None`` where it is optional), made once a class."""
+    if cls not in _QUICK:
+        quick = {}
+        for name, annotation, optional, checks in _plan(cls):
+            kinds = [k.strip() for k in str(annotation).split("|")]
+            exact = {t for k in kinds for t in _EXACT_TYPES.get(k, ())}
+            if optional:
+                exact.add(type(None))
+            quick[name] = (frozenset(exact), checks)
+        _QUICK[cls] = quick
+    return _QUICK[cls]
+
+
 def _check_row(cls: type, row: dict[str, Any], where: str) -> None:
     """Schema check of one row: field types, stage and label values (ManifestError);
-    ``where`` names the row."""
+    ``where`` names the row. Each value is looked at once, by its exact type first (a
+    call per field, for every row read, was most of reading a large run's rows); a row
+    that fails is said as :func:`_field_error` says it (the first bad field in the
+    class's order)."""
+    quick = _quick(cls)
+    for name, value in row.items():
+        spec = quick.get(name)
+        if spec is None or type(value) in spec[0]:
+            continue
+        for check in spec[1]:
+            if check(value):
+                break
+        else:
+            _field_error(cls, row, where)
+    if cls is Record and row.get("stage", "searched") not in STAGES:
+        raise ManifestError(f"{where}: stage {row['stage']!r} is not one of {', '.join(STAGES)}")
+    label = row.get("label")
+    if cls is Image and label is not None and label not in IMAGE_LABELS:
+        raise ManifestError(f"{where}: label {label!r} is not one of {', '.join(IMAGE_LABELS)}")
+
+
+def _field_error(cls: type, row: dict[str, Any], where: str) -> NoReturn:
+    """Raise the ManifestError of the first field of ``row`` (in the class's order) whose
+    value has a type its annotation does not allow."""
     for name, annotation, optional, checks in _plan(cls):
         if name not in row:
             continue
@@ -222,11 +274,49 @@ def _check_row(cls: type, row: dict[str, Any], where: str) -> None:
             raise ManifestError(
                 f"{where}: field {name!r} is {json.dumps(value)[:60]}, expected {annotation}"
             )
-    if cls is Record and row.get("stage", "searched") not in STAGES:
-        raise ManifestError(f"{where}: stage {row['stage']!r} is not one of {', '.join(STAGES)}")
-    label = row.get("label")
-    if cls is Image and label is not None and label not in IMAGE_LABELS:
-        raise ManifestError(f"{where}: label {label!r} is not one of {', '.join(IMAGE_LABELS)}")
+    raise AssertionError(f"{where}: no field of the row is bad")  # _check_row's caller's bug
+
+
+#: Per row class: every field's default in the class's order (None for one without), the
+#: fields with no default, and the fields made by a ``default_factory``; None for a class
+#: whose ``__init__`` does more (a ``__post_init__``: not our row classes).
+_DEFAULTS: dict[
+    type, tuple[dict[str, Any], frozenset[str], tuple[tuple[str, Any], ...]] | None
+] = {}
+
+
+def _new(cls: type, known: dict[str, Any]) -> Any:
+    """``cls(**known)`` for a row of known field names, without the generated ``__init__``
+    (35 keyword arguments a row: a fifth of reading a large run's rows). The same object:
+    the defaults, a ``default_factory``'s new value, the fields in the class's order. A
+    row missing a field with no default is left to ``cls(**known)`` (its TypeError)."""
+    if cls not in _DEFAULTS:
+        every = fields(cls)
+        _DEFAULTS[cls] = (
+            None
+            if hasattr(cls, "__post_init__")
+            else (
+                {f.name: None if f.default is MISSING else f.default for f in every},
+                frozenset(
+                    f.name for f in every if f.default is MISSING and f.default_factory is MISSING
+                ),
+                tuple(
+                    (f.name, f.default_factory) for f in every if f.default_factory is not MISSING
+                ),
+            )
+        )
+    plan = _DEFAULTS[cls]
+    if plan is None or not plan[1] <= known.keys():
+        return cls(**known)
+    defaults, _, factories = plan
+    values = defaults.copy()
+    values.update(known)  # each key keeps its place: the class's order
+    for name, factory in factories:
+        if name not in known:
+            values[name] = factory()
+    obj = object.__new__(cls)
+    obj.__dict__ = values
+    return obj
 
 
 def _from_dict(cls: type, data: dict[str, Any], where: str, *, named: bool = False) -> Any:
@@ -238,13 +328,16 @@ def _from_dict(cls: type, data: dict[str, Any], where: str, *, named: bool = Fal
         cls, data, where if named else f"{where}: {data.get('kind', 'row')} {data.get('id')}"
     )
     names = _name_set(cls)
-    known = {k: v for k, v in data.items() if k in names}
-    unknown = {k: v for k, v in data.items() if k not in names}
-    if unknown:  # keep fields written by a newer minor version instead of dropping them
+    if data.keys() <= names:  # most rows: every key a field
+        known = data
+    else:
+        known = {k: v for k, v in data.items() if k in names}
+        unknown = {k: v for k, v in data.items() if k not in names}
+        # keep fields written by a newer minor version instead of dropping them
         extra = known.get("extra")
         known["extra"] = {**(extra if isinstance(extra, dict) else {}), **unknown}
     try:
-        return cls(**known)
+        return _new(cls, known)
     except TypeError as exc:
         raise ManifestError(f"{where}: {exc}") from None
 
