@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
+from typing import Any
 
 import PIL.Image
 from pdf_factory import he_like
@@ -63,3 +65,22 @@ def make_scores(run: Path, root: Path) -> Path:
         )
     (out / "image_scores.csv").write_text("\n".join(rows) + "\n")
     return out
+
+
+def answer_filter_cases() -> list[dict[str, Any]]:
+    """Every combination of the filters an answer can take a figure off the list by (the
+    review status, disagreements between the weak label and the review, the review label)
+    with a figure's weak label and review label: the page's ``stillMatches`` (review.js)
+    and the server's ``matches`` are checked against each other on each."""
+    from histocore.manifest import IMAGE_LABELS, WEAK_LABELS
+
+    return [
+        {"status": s, "disagree": d, "label_filter": f, "label": label, "weak_label": weak}
+        for s, d, f, label, weak in itertools.product(
+            ("unreviewed", "all", "reviewed"),
+            ("", "review"),
+            ("", *IMAGE_LABELS, "unreviewed"),
+            (None, *IMAGE_LABELS),
+            (None, *WEAK_LABELS),
+        )
+    ]

@@ -120,6 +120,32 @@ def test_each_filter_of_the_list_keeps_what_matches_keeps(
     assert 'value="pmid:1"' in c.get("/").text and 'value="pmid:2"' in c.get("/").text
 
 
+def test_the_review_status_rule_is_one_function(kit: tuple[Path, Path]) -> None:
+    """``select`` and ``matches`` each wrote the review-status rule (review.js a third
+    time: test_review_browser.py checks it against ``matches`` on answer_filter_cases);
+    both use ``by_status`` now, which keeps, in order, the figures the status names."""
+    from review_kit import answer_filter_cases
+
+    from histocore.manifest import Image
+    from histofetch.review.data import by_status
+
+    rows = [
+        Image(id=str(n), record_id="r", path="p", sha256="0", width=1, height=1, label=label)
+        for n, label in enumerate([None, "metastasis", None, "not_usable"])
+    ]
+    ids = {s: [i.id for i in by_status(rows, s)] for s in ("unreviewed", "reviewed", "all", "")}
+    every = ["0", "1", "2", "3"]
+    assert ids == {"unreviewed": ["0", "2"], "reviewed": ["1", "3"], "all": every, "": every}
+    assert by_status(rows, "all") is not rows  # a new list, as select gave
+    for case in answer_filter_cases():  # matches: the status rule, then the other filters
+        img = Image(id="x", record_id="r", path="p", sha256="0", width=1, height=1,
+                    label=case["label"], weak_label=case["weak_label"])  # fmt: skip
+        query = {"status": case["status"], "label": case["label_filter"]}
+        if not by_status([img], case["status"]):
+            assert not matches(img, None, query), case
+        assert [i.id for i in select([img], None, query)] == ["x"] * matches(img, None, query)
+
+
 def test_the_bars_counts_follow_every_answer_here_or_elsewhere(
     kit: tuple[Path, Path], tmp_path: Path
 ) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from review_kit import make_run, make_scores
+from review_kit import answer_filter_cases, make_run, make_scores
 
 from histocore.manifest import Manifest
 from histofetch.review.server import build_server, url_of
@@ -833,3 +833,44 @@ def test_answers_that_take_figures_off_the_reviewed_or_disagreement_list_skip_no
     _shown(d, "pmid:1/fig2", "1 / 2")
     _press(d, "n", "saved pmid:1/fig2: no metastasis")
     _shown(d, "pmid:2/fig1", "1 / 1")
+
+
+def test_the_pages_rule_for_an_answered_figure_is_the_servers(
+    served: tuple[str, Path], browser
+) -> None:
+    """The review-status rule (and the review label and disagreement filters) is written
+    twice: the server's ``matches`` chooses the list, the page's ``stillMatches`` whether
+    the figure just answered stays on it (the page moves on by it). Both answer each case
+    of the table alike (a rule changed on one side only skipped or repeated figures)."""
+    from histocore.manifest import Image
+    from histofetch.review.data import matches
+
+    url, _ = served
+    d = browser
+    d.get(url)
+    _wait(d, lambda d: _text(d, "figure-id") == "pmid:1/fig1")
+    cases = answer_filter_cases()
+    page = d.execute_script(
+        """const out = [];
+        for (const c of arguments[0]) {  // the filters set, no change event: no reload
+          $("f-status").value = c.status;
+          $("f-disagree").value = c.disagree;
+          $("f-label").value = c.label_filter;
+          if ($("f-label").value !== c.label_filter) throw new Error(c.label_filter);
+          out.push(stillMatches({id: "x", label: c.label, weak_label: c.weak_label}));
+        }
+        return out;""",
+        cases,
+    )
+    server = [
+        matches(
+            Image(id="x", record_id="r", path="p", sha256="0", width=1, height=1,
+                  label=c["label"], weak_label=c["weak_label"]),
+            None,
+            {"status": c["status"], "disagree": c["disagree"], "label": c["label_filter"]},
+        )
+        for c in cases
+    ]  # fmt: skip
+    differ = [(c, p) for c, p, s in zip(cases, page, server, strict=True) if p != s]
+    assert not differ, differ[:5]
+    assert 0 < sum(server) < len(cases)  # the table has cases kept and cases taken off

@@ -493,13 +493,29 @@ def model_says(score: dict[str, float] | None, threshold: float = 0.5) -> str | 
     return "metastasis" if score["max"] >= threshold else "no_metastasis"
 
 
+def by_status(rows: list[Image], status: str) -> list[Image]:
+    """The figures of ``rows`` the page's review-status filter keeps, in their order:
+    ``unreviewed`` those with no review label, ``reviewed`` those with one, any other
+    value (``all``) every one. The one rule of :func:`matches` and :func:`select` (a list
+    comprehension: a call per figure took most of an ``/api/items`` request of a run of
+    100,000 figures); ``review.js``'s ``stillMatches`` says the same of an answered figure
+    (``tests/histofetch/test_review_browser.py`` checks they agree)."""
+    if status == "unreviewed":
+        return [i for i in rows if i.label is None]
+    if status == "reviewed":
+        return [i for i in rows if i.label is not None]
+    return list(rows)
+
+
 def matches(img: Image, scores: Scores | None, query: dict[str, str]) -> bool:
-    """The page's filters: ``status``, ``disagree``, ``record``, ``weak``, ``label``."""
-    status = query.get("status", "all")
-    if status == "unreviewed" and img.label is not None:
-        return False
-    if status == "reviewed" and img.label is None:
-        return False
+    """The page's filters: ``status`` (:func:`by_status`), ``disagree``, ``record``,
+    ``weak``, ``label``."""
+    return bool(by_status([img], query.get("status", "all"))) and _others_match(img, scores, query)
+
+
+def _others_match(img: Image, scores: Scores | None, query: dict[str, str]) -> bool:
+    """:func:`matches` but for the review status (``select`` asks it of each figure
+    :func:`by_status` kept, where another filter is set)."""
     disagree = query.get("disagree")
     weak = img.weak_label if img.weak_label in ("metastasis", "no_metastasis") else None
     if disagree == "model":
@@ -518,19 +534,15 @@ def matches(img: Image, scores: Scores | None, query: dict[str, str]) -> bool:
 
 def select(rows: list[Image], scores: Scores | None, query: dict[str, str]) -> list[Image]:
     """The figures of ``rows`` that :func:`matches` keeps, in their order. The review status
-    (the page's default filter) is one pass of a comprehension, and :func:`matches` is asked
-    only about the figures left when another filter is set: calling it for every figure
-    took most of an ``/api/items`` request of a run of 100,000 figures."""
-    status = query.get("status", "all")
-    if status == "unreviewed":
-        rows = [i for i in rows if i.label is None]
-    elif status == "reviewed":
-        rows = [i for i in rows if i.label is not None]
+    (the page's default filter) is one pass (:func:`by_status`), and the other filters of
+    :func:`matches` are asked only about the figures left when one is set: calling it for
+    every figure took most of an ``/api/items`` request of a run of 100,000 figures."""
+    rows = by_status(rows, query.get("status", "all"))
     # the other filters, where set (an empty value is no filter to matches either)
     rest = {k: v for k in ("disagree", "record", "weak", "label") if (v := query.get(k))}
     if not rest:
-        return list(rows)
-    return [i for i in rows if matches(i, scores, rest)]
+        return rows
+    return [i for i in rows if _others_match(i, scores, rest)]
 
 
 def progress(manifest: Manifest, kept: list[Image] | None = None) -> dict[str, int]:

@@ -153,7 +153,8 @@ async function loadList() {
 
 // Whether a figure answered still matches the filters, as the server's matches() says:
 // only the filters that read the answer can take it off the list (status, the review
-// label, disagreements between the weak label and the review).
+// label, disagreements between the weak label and the review). A rule changed here or
+// there is a failure of test_review_browser.py's table of every case.
 function stillMatches(row) {
   const status = $("f-status").value || "all";
   if (status === "unreviewed" && row.label) return false;
