@@ -286,9 +286,10 @@ def main() -> None:
             "results": results,
         }
         print(json.dumps(entry, indent=2))
-        if args.out:
-            old = json.loads(args.out.read_text()) if args.out.is_file() else []
-            args.out.write_text(json.dumps([*old, entry], indent=2) + "\n")
+        if args.out:  # benchmarks/results/review_scale.json: {..., "runs": [...]}
+            old = json.loads(args.out.read_text()) if args.out.is_file() else {"runs": []}
+            old["runs"].append(entry)  # a list was written over it ([*old] was its keys)
+            args.out.write_text(json.dumps(old, indent=2) + "\n")
     finally:
         if not args.keep:
             with contextlib.suppress(OSError):
