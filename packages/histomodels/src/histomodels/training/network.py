@@ -5,6 +5,7 @@ freezing, DistributedDataParallel, ``torch.compile``)."""
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +15,11 @@ from torch import nn
 from histocore.errors import DomainError
 from histomodels import distributed as D
 from histomodels.checkpoint import build_with_weights
-from histomodels.config import RECIPE_MODEL_DEFAULTS, ConfigError, TrainConfig
+from histomodels.config import RECIPE_MODEL_DEFAULTS, ConfigError, TrainConfig, pin_pre_recipe
 from histomodels.device import memory_reason, out_of_memory
 from histomodels.models import create_model
 from histomodels.models.registry import ModelError, ModelTooLarge, check_build, shown_config
+from histomodels.models.weights import WeightsError
 from histomodels.training.schedule import set_backbone_frozen
 
 #: What a config its builder cannot use raises, while building or on the first batch: the
@@ -92,6 +94,9 @@ def build_model(
     except DomainError as exc:
         if isinstance(exc, ModelError):
             raise ConfigError(str(exc)) from None
+        hint = network_hint(cfg) if isinstance(exc, WeightsError) else None
+        if hint:
+            raise WeightsError(f"{exc}; {hint}") from None
         raise
     except Exception as exc:
         if out_of_memory(exc):  # neither the config's fault nor a bug: the machine's limit
@@ -103,6 +108,35 @@ def build_model(
         why = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         raise BuildRefused(f"{shown}: cannot build {cfg.model}{size} ({why})", given) from None
     return _placed(model, cfg, device)
+
+
+def network_hint(cfg: TrainConfig) -> str | None:
+    """What to give when ``cfg.weights``, a histomodels checkpoint of ``cfg.model``, holds
+    another network than ``cfg.model_config`` builds: its own ``model_config`` (a key the
+    training recipe sets that it lacks read as before the recipe, so a checkpoint written
+    before centre pooling became the default is a ``centre: none`` cnn). None when the file
+    is no such checkpoint or names the network this run builds (the weights do not fit for
+    another reason)."""
+    from histomodels.checkpoint import read_checkpoint
+
+    if not cfg.weights or not Path(cfg.weights).is_file():
+        return None
+    try:
+        ckpt = read_checkpoint(cfg.weights)
+    except (DomainError, OSError):
+        return None
+    arch = ckpt.get("model_config")
+    if ckpt.get("model") != cfg.model or not isinstance(arch, dict):
+        return None
+    held = pin_pre_recipe(cfg.model, arch)
+    if held == cfg.model_config:
+        return None
+    text = json.dumps(held, sort_keys=True)
+    return (
+        f"it holds a {cfg.model} of model_config {text} and this run builds "
+        f"{json.dumps(cfg.model_config, sort_keys=True)}: give --model-config '{text}' "
+        "(model_config in a config file) to train on from it"
+    )
 
 
 def _config_fault(
