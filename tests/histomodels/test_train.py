@@ -1840,6 +1840,37 @@ def test_a_resume_conflict_with_a_setting_the_run_had_none_of_says_so_in_words()
     ]
 
 
+def test_resume_tells_a_shipped_teacher_from_a_local_file_of_its_name(tmp_path, monkeypatch):
+    """``pcam-cnn`` is the shipped model and ``./pcam-cnn`` the file here, two models; a
+    resume compared them by the file they name, found them the same where such a file is,
+    and went on with the run's teacher (or weights) instead of the one given, silently.
+    Either spelling against the other is a conflict now; the same one, or two spellings
+    of one local file, are not."""
+    from histomodels.config import resume_conflicts
+
+    monkeypatch.chdir(tmp_path)
+    Path("pcam-cnn").write_bytes(b"a local file")
+    for key in ("teacher", "weights"):
+        assert resume_conflicts({key: "pcam-cnn"}, {key: "./pcam-cnn"}) == [
+            f"{key} './pcam-cnn' (the run's 'pcam-cnn')"
+        ]
+        assert resume_conflicts({key: "./pcam-cnn"}, {key: "pcam-cnn"}) == [
+            f"{key} 'pcam-cnn' (the run's './pcam-cnn')"
+        ]
+        assert resume_conflicts({key: "pcam-cnn"}, {key: "pcam-cnn"}) == []
+        assert resume_conflicts({key: "./pcam-cnn"}, {key: str(tmp_path / "pcam-cnn")}) == []
+    out = tmp_path / "run"  # what the CLI reads before it trains: config.json, last.pt held
+    out.mkdir()
+    (out / "config.json").write_text(json.dumps({"teacher": "pcam-cnn"}))
+    (out / "last.pt").write_bytes(b"")
+    r = CliRunner().invoke(app, ["train", "--out", str(out), "--resume", "--teacher", "./pcam-cnn"])
+    assert r.exit_code == 1, r.output
+    assert r.stderr.startswith(
+        f"error: {out}: --resume continues the run with its own settings, and these differ: "
+        "teacher './pcam-cnn' (the run's 'pcam-cnn'); "
+    ), r.stderr
+
+
 def test_a_run_saved_with_an_empty_origin_split_resumes_on_every_row(tmp_path):
     """A run begun before ``origin_split: ""`` was refused saved it in config.json and
     last.pt (it trained on every row, as no filter); ``train --resume`` then failed with

@@ -248,7 +248,8 @@ def resume_conflicts(saved: dict[str, Any], given: dict[str, Any]) -> list[str]:
     """The keys of ``given`` (settings a user asked for, None = not given) that a resume
     would not apply, as ``key VALUE (the run's SAVED)`` (``(the run's: none)`` where it had
     none): those outside :data:`RESUME_OVERRIDES` whose value differs from the run's
-    ``saved`` config (a ``model_config`` key by key, a data path by the file it names,
+    ``saved`` config (a ``model_config`` key by key, a data path by the file it names, but
+    a shipped model's name by its text: ``pcam-cnn`` and ``./pcam-cnn`` are two models,
     ``origin_split`` by the splits it names; a key the run predates by its default, which is
     what the run used)."""
     saved = saved_run_config(saved)
@@ -264,6 +265,8 @@ def resume_conflicts(saved: dict[str, Any], given: dict[str, Any]) -> list[str]:
             continue
         if key == "model_config" and isinstance(value, dict) and isinstance(old, dict):
             same = all(old.get(k) == v for k, v in value.items())
+        elif key in ("weights", "teacher") and old is not None and _names_shipped(value, old):
+            same = value == old  # pcam-cnn is the shipped model, ./pcam-cnn a file here
         elif key in ("data", "val", "weights", "teacher", "stain_norm") and old is not None:
             same = str(value) == str(old) or same_file(str(value), str(old))
         elif key == "origin_split" and old is not None:  # the same splits in any order
@@ -273,6 +276,15 @@ def resume_conflicts(saved: dict[str, Any], given: dict[str, Any]) -> list[str]:
         if not same:
             said.append(f"{key} {value!r} ({_the_runs(key, old)})")
     return said
+
+
+def _names_shipped(*specs: Any) -> bool:
+    """Whether any of ``specs`` (checkpoints or weights) is a shipped model's name, which
+    always means the shipped model (:func:`histomodels.pretrained.shipped_name`): another
+    spelling of the same file (``./pcam-cnn``) is then another model, not the same one."""
+    from histomodels import pretrained
+
+    return any(isinstance(s, str) and pretrained.is_pretrained(s) for s in specs)
 
 
 def _the_runs(key: str, old: Any) -> str:
