@@ -269,6 +269,25 @@ def test_manifest_without_val_uses_the_shipped_threshold_as_data_does(tmp_path: 
     assert m["image_metrics"]["max"]["accuracy"] == pytest.approx((called == y).mean())
 
 
+def test_manifest_eval_names_a_file_named_like_the_shipped_model_as_a_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``eval ./pcam-cnn --manifest RUN`` (a checkpoint file saved from the shipped model)
+    wrote ``"checkpoint": "pcam-cnn"`` in metrics.json, which given again means the shipped
+    model, and ``"shipped": true`` for a file; it writes ``./pcam-cnn`` and false, as
+    ``eval --data`` does."""
+    from histomodels.checkpoint import read_checkpoint, save_checkpoint
+
+    run = _run(tmp_path, [None])
+    monkeypatch.chdir(tmp_path)
+    save_checkpoint("pcam-cnn", read_checkpoint("pcam-cnn"))  # its "pretrained" kept
+    args = ["eval", "./pcam-cnn", "--manifest", str(run), "--out", "ext", "--bootstrap", "0"]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    m = json.loads(Path("ext/metrics.json").read_text())
+    assert (m["checkpoint"], m["shipped"]) == ("./pcam-cnn", False)
+
+
 def test_bad_manifest(tmp_path: Path) -> None:
     ckpt = tiny_checkpoint(tmp_path)
     r = CliRunner().invoke(app, ["eval", str(ckpt), "--manifest", str(tmp_path / "nope")])

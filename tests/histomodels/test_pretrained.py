@@ -228,6 +228,39 @@ def test_a_shipped_name_means_the_shipped_model_in_the_commands(
     assert "tumour = probability >= 0.5000: default" in r.stdout, r.stdout
 
 
+def test_predict_by_the_shipped_name_replaces_its_earlier_csv_named_like_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``predict pcam-cnn IMG --out pcam-cnn`` a second time (its first CSV now the file
+    ``./pcam-cnn``) was refused as writing over "the checkpoint predict reads": the name
+    reads the shipped model, not that file, which is replaced as any earlier CSV is.
+    ``predict ./pcam-cnn`` still refuses to write over the checkpoint it reads, and the name
+    over a checkpoint file of that name (it is no CSV of predict's)."""
+    from PIL import Image
+
+    monkeypatch.chdir(tmp_path)
+    Image.fromarray(make_patches(1, seed=1)[0][0]).save("p.png")
+    runner = CliRunner()
+    by_name = ["predict", "pcam-cnn", "p.png", "--out", "pcam-cnn", "--no-heatmaps"]
+    assert runner.invoke(app, by_name).exit_code == 0
+    first = Path("pcam-cnn").read_text()
+    Path("pcam-cnn").write_text(first + "p.png,0,0,96,1.0,0.0,0.5,0\n")  # as it was before
+    r = runner.invoke(app, by_name)
+    assert r.exit_code == 0, r.output
+    assert r.stderr == f"warning: {_NOT_READ.format('file')}\n"
+    assert Path("pcam-cnn").read_text() == first  # replaced
+    _local_checkpoint("pcam-cnn")
+    r = runner.invoke(app, ["predict", "./pcam-cnn", "p.png", "--out", "pcam-cnn"])
+    assert r.exit_code == 1, r.output
+    assert r.stderr == (
+        "error: pcam-cnn: is the checkpoint predict reads; the CSV would replace it: choose "
+        "another --out\n"
+    )
+    r = runner.invoke(app, by_name)
+    assert r.exit_code == 1, r.output
+    assert r.stderr.startswith("error: pcam-cnn: exists and is not a predictions CSV"), r.stderr
+
+
 def test_shipped_model_separates_real_pcam_patches() -> None:
     """On real PCam-format patches (a dev sample: some of these may be training patches,
     so this is a sanity check that the weights load right, not a benchmark)."""
