@@ -190,12 +190,41 @@ def test_a_shipped_name_means_the_shipped_model_where_a_file_of_that_name_is(
     assert pretrained.shown(Path("pcam-cnn")) == "./pcam-cnn"  # as metrics.json names it
     assert pretrained.shown("pcam-cnn") == "pcam-cnn"
     assert not caplog.records  # the file, given as a path: nothing to say
-    Path("pcam-cnn").unlink()  # a Path is a file, also where none is: said so
-    hint = "(the shipped model is given by its name alone, 'pcam-cnn', as a string)"
-    with pytest.raises(
-        CheckpointError, match=f"^pcam-cnn: no such checkpoint file {re.escape(hint)}$"
-    ):
-        Predictor.load(Path("pcam-cnn"), device="cpu")
+
+
+def test_a_file_named_like_the_shipped_model_is_named_so_that_it_means_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A missing or bad ``./pcam-cnn`` was named ``pcam-cnn`` in its message, which typed
+    again means the shipped model, and a missing one said the shipped model "is given by
+    its name alone, 'pcam-cnn', as a string", words with no meaning on a command line. The
+    file is ``./pcam-cnn`` in every message (checkpoint and weights readers, the CLIs), and
+    the hint says the shipped model's name is written without ``./`` (to a Path in Python:
+    pass the name as a str)."""
+    from histomodels.models import create_model
+    from histomodels.models.weights import WeightsError
+
+    monkeypatch.chdir(tmp_path)
+    cli = "(the shipped model is pcam-cnn: its name alone, without ./)"
+    api = "(a Path names a file; for the shipped model pass its name 'pcam-cnn', a str)"
+    for spec, hint in (("./pcam-cnn", cli), (Path("pcam-cnn"), api)):
+        line = f"^\\./pcam-cnn: no such checkpoint file {re.escape(hint)}$"
+        with pytest.raises(CheckpointError, match=line):
+            Predictor.load(spec, device="cpu")
+        with pytest.raises(WeightsError, match=line.replace("checkpoint", "weights")):
+            create_model("cnn", weights=spec)
+    from PIL import Image
+
+    Image.fromarray(make_patches(1, seed=1)[0][0]).save("p.png")
+    runner = CliRunner()
+    r = runner.invoke(app, ["predict", "./pcam-cnn", "p.png", "--out", "a.csv"])
+    assert (r.exit_code, r.stderr) == (1, f"error: ./pcam-cnn: no such checkpoint file {cli}\n")
+    Path("pcam-cnn").write_bytes(b"junk")
+    for spec in ("./pcam-cnn", Path("pcam-cnn")):
+        with pytest.raises(CheckpointError, match=r"^\./pcam-cnn: not a loadable checkpoint"):
+            read_checkpoint(spec)
+    r = runner.invoke(app, ["export", "./pcam-cnn", "--out", "m.onnx"])
+    assert r.exit_code == 1 and r.stderr.startswith("error: ./pcam-cnn: not a loadable"), r.output
 
 
 def test_a_shipped_name_means_the_shipped_model_in_the_commands(
@@ -219,9 +248,9 @@ def test_a_shipped_name_means_the_shipped_model_in_the_commands(
         assert f"tumour = probability >= {cut}" in r.stdout
         assert r.stderr == warned
     r = runner.invoke(app, ["predict", "./pcam-cnn", "p.png", "--out", "b.csv"])
-    assert (r.exit_code, r.stderr) == (1, "error: pcam-cnn: a folder without best.pt, so not a "
-                                       "run folder; give a checkpoint file, a run folder or "
-                                       "--model NAME\n")  # fmt: skip
+    assert (r.exit_code, r.stderr) == (1, "error: ./pcam-cnn: a folder without best.pt, so "
+                                       "not a run folder; give a checkpoint file, a run folder "
+                                       "or --model NAME\n")  # fmt: skip
     _local_checkpoint("pcam-cnn/best.pt")
     r = runner.invoke(app, ["predict", "./pcam-cnn", "p.png", "--out", "b.csv", "--no-heatmaps"])
     assert r.exit_code == 0 and r.stderr == "", r.output

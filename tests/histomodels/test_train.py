@@ -1051,9 +1051,9 @@ def test_cli_a_shipped_name_as_weights_is_the_shipped_model_where_a_file_of_that
         "error: pcam-cnn: shipped weights of model 'cnn', not of 'efficientnet_lite0'; "
         "train from them with: histomodels train --model cnn --weights pcam-cnn",
     ]
-    r = runner.invoke(app, [*args, "./pcam-cnn"])  # the file, judged as a file
+    r = runner.invoke(app, [*args, "./pcam-cnn"])  # the file, judged and named as a file
     assert r.exit_code == 1, r.output
-    assert r.stderr.startswith("error: pcam-cnn: not a loadable weights file"), r.stderr
+    assert r.stderr.startswith("error: ./pcam-cnn: not a loadable weights file"), r.stderr
     assert not out.exists()
 
 

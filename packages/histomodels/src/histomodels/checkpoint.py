@@ -101,19 +101,18 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     name = pretrained.shipped_name(path)
     if name is not None:
         return {"format": FORMAT, "version": VERSION, **pretrained.checkpoint_dict(name)}
-    path = resolve_checkpoint(path)
+    given, path = path, resolve_checkpoint(path)
+    named = pretrained.shown(path)  # ./pcam-cnn: a file of the shipped model's name
     if not path.is_file():
         if path.exists():  # a FIFO or device would hang torch.load
-            raise CheckpointError(f"{path}: not a regular file")
-        problem = "no such checkpoint file"
-        if pretrained.is_pretrained(path):  # Path("pcam-cnn"), or ./pcam-cnn on the CLI
-            problem += f" (the shipped model is given by its name alone, '{path}', as a string)"
-        raise CheckpointError(not_there(path, problem))  # or its link loop
+            raise CheckpointError(f"{named}: not a regular file")
+        line = pretrained.not_there_line(given, "no such checkpoint file")
+        raise CheckpointError(line or not_there(path, "no such checkpoint file"))  # or a loop
     from histomodels.models.weights import damaged_member
 
     damaged = damaged_member(path)
     if damaged is not None:
-        raise CheckpointError(f"{path}: damaged file ({damaged} fails its CRC-32 check)")
+        raise CheckpointError(f"{named}: damaged file ({damaged} fails its CRC-32 check)")
     try:
         ckpt = torch_load_quiet(path)
     except Exception as exc:  # pickle errors, truncated zip, unsafe globals ...
@@ -125,10 +124,10 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
                 ": an .onnx export runs in ONNX Runtime (see `histomodels export --help`); "
                 "give this command the .pt checkpoint it was exported from"
             )
-        raise CheckpointError(f"{path}: not a loadable checkpoint ({why}){hint}") from None
+        raise CheckpointError(f"{named}: not a loadable checkpoint ({why}){hint}") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: not a histomodels checkpoint (missing format tag)")
-    check_checkpoint(ckpt, path)
+        raise CheckpointError(f"{named}: not a histomodels checkpoint (missing format tag)")
+    check_checkpoint(ckpt, named)
     return ckpt
 
 

@@ -86,7 +86,10 @@ def _model_source(
 ) -> str | Path:
     """The checkpoint argument or the ``--model`` name (exactly one of them, else a usage
     error, exit 2). A shipped model's name given as the argument is a ``str``
-    (:func:`checkpoint_path`), the shipped model as with ``--model``."""
+    (:func:`checkpoint_path`), the shipped model as with ``--model``; a path that reads
+    like one (``./pcam-cnn``, parsed to ``Path("pcam-cnn")``) goes on as the ``str``
+    ``./pcam-cnn``, a path as typed, so that messages name it so and say how the shipped
+    model is given on a command line."""
     if checkpoint is not None and model is not None:
         usage_error(
             ctx, "give a checkpoint (file or run folder) or --model NAME, not both",
@@ -105,9 +108,13 @@ def _model_source(
                 ctx, f"{checkpoint} is an image, not a checkpoint: give the checkpoint first, "
                 "or --model NAME (e.g. --model pcam-cnn)", "checkpoint", "--model",
             )  # fmt: skip
+        from histomodels import pretrained
+
         if checkpoint.is_dir() and not (checkpoint / "best.pt").exists():
-            fail(f"{checkpoint}: a folder without best.pt, so not a run folder; give a "
-                 "checkpoint file, a run folder or --model NAME")  # fmt: skip
+            fail(f"{pretrained.shown(checkpoint)}: a folder without best.pt, so not a run "
+                 "folder; give a checkpoint file, a run folder or --model NAME")  # fmt: skip
+        if pretrained.is_pretrained(checkpoint):  # ./pcam-cnn, a path: on as typed, which
+            return pretrained.shown(checkpoint)  # the library's messages then name
     return model if model is not None else checkpoint  # type: ignore[return-value]
 
 

@@ -201,35 +201,40 @@ def _is_state_dict(obj: Any) -> bool:
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read a tensor dict from any of the supported layouts (no code execution)."""
-    path = Path(path)
+    """Read a tensor dict from any of the supported layouts (no code execution). Messages
+    name a file of a shipped model's name ``./pcam-cnn``, as it is given to mean it."""
+    from histomodels import pretrained
+
+    given, path = path, Path(path)
+    named = pretrained.shown(path)
     if path.is_dir():
-        raise WeightsError(f"{path}: is a folder, not a weights file")
+        raise WeightsError(f"{named}: is a folder, not a weights file")
     if not path.is_file():  # a source name a model does not take: registry.create_model
         # a link to itself said "no such weights file": not_there names the loop
-        raise WeightsError(not_there(path, "no such weights file"))
+        line = pretrained.not_there_line(given, "no such weights file")
+        raise WeightsError(line or not_there(path, "no such weights file"))
     if path.suffix == ".safetensors":
         try:
             from safetensors.torch import load_file
         except ImportError as exc:  # pragma: no cover - timm depends on safetensors
             if not is_missing(exc, "safetensors"):  # installed but broken: its traceback
                 raise
-            raise WeightsError(f"{path}: install safetensors to read .safetensors files") from None
+            raise WeightsError(f"{named}: install safetensors to read .safetensors files") from None
         try:
             obj = dict(load_file(str(path), device="cpu"))
         except Exception as exc:
-            raise WeightsError(f"{path}: not a readable safetensors file ({exc})") from None
-        return _plain_weights(path, obj)
+            raise WeightsError(f"{named}: not a readable safetensors file ({exc})") from None
+        return _plain_weights(named, obj)
     damaged = damaged_member(path)
     if damaged is not None:
-        raise WeightsError(f"{path}: damaged file ({damaged} fails its CRC-32 check)")
+        raise WeightsError(f"{named}: damaged file ({damaged} fails its CRC-32 check)")
     try:
         with warnings.catch_warnings():  # a refused file gets one line, not torch's warning
             warnings.simplefilter("ignore")
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise WeightsError(
-            f"{path}: not a loadable weights file ({torch_load_reason(exc, path)})"
+            f"{named}: not a loadable weights file ({torch_load_reason(exc, path)})"
         ) from None
     if isinstance(obj, dict) and obj.get("format") == "histomodels.checkpoint":
         obj = obj.get("state_dict")
@@ -239,11 +244,11 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
                 obj = obj[key]
                 break
     if not isinstance(obj, dict) or not _is_state_dict(obj):
-        raise WeightsError(f"{path}: holds no state dict (a dict of tensors)")
-    return _plain_weights(path, obj)
+        raise WeightsError(f"{named}: holds no state dict (a dict of tensors)")
+    return _plain_weights(named, obj)
 
 
-def _plain_weights(path: Path, obj: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def _plain_weights(path: str | Path, obj: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """``obj`` when every tensor can be a weight (:func:`tensor_problem`), else a
     WeightsError naming the first that cannot (safetensors holds complex tensors too). The
     whole file is judged, also tensors the model will not load (an ImageNet head, keys of
