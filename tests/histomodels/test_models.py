@@ -112,3 +112,15 @@ def test_bad_model_settings_are_clear():
         create_model("timm/not_a_model_xyz")
     with pytest.raises(ValueError, match="no pretrained weights"):
         create_model("cnn", pretrained=True)
+
+
+def test_a_folder_without_best_pt_is_said_as_such(tmp_path, monkeypatch):
+    from histomodels.checkpoint import CheckpointError
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "emptyrun").mkdir()
+    with pytest.raises(CheckpointError, match=r"^emptyrun: a folder without best\.pt"):
+        read_checkpoint("emptyrun")
+    (tmp_path / "pcam-cnn").mkdir()  # the shipped model's name as a local folder
+    with pytest.raises(CheckpointError, match=r"^\./pcam-cnn: a folder without best\.pt"):
+        read_checkpoint("./pcam-cnn")

@@ -104,6 +104,8 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     given, path = path, resolve_checkpoint(path)
     named = pretrained.shown(path)  # ./pcam-cnn: a file of the shipped model's name
     if not path.is_file():
+        if path.is_dir():  # resolve_checkpoint gives a run folder's best.pt when it has one
+            raise CheckpointError(f"{named}: a folder without best.pt, so not a run folder")
         if path.exists():  # a FIFO or device would hang torch.load
             raise CheckpointError(f"{named}: not a regular file")
         line = pretrained.not_there_line(given, "no such checkpoint file")
