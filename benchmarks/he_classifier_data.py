@@ -166,9 +166,14 @@ def eval_twins(shared: Path, max_diff: float = 7.0) -> set[str]:
     import pymupdf
 
     ids, patches = pcam_train(shared)
-    stack = np.stack(patches).astype(np.float32)
-    # a cheap first pass on 24 px means of 4×4 blocks, then the full comparison
-    coarse = stack.reshape(len(stack), 24, 4, 24, 4, 3).mean(axis=(2, 4))
+    stack = np.stack(patches)  # uint8; only the few candidates are compared in full
+    # Cheap passes first: the mean absolute difference of block means never exceeds that
+    # of the pixels (|mean| <= mean of ||), so each pass only drops patches the full
+    # comparison would drop: 6 px means of 16×16 blocks, 24 px means of 4×4 blocks.
+    rows = stack.reshape(len(stack), 24, 4, 96 * 3).sum(axis=2, dtype=np.uint16)
+    coarse = rows.reshape(len(stack), 24, 24, 4, 3).sum(axis=3, dtype=np.uint16) / np.float32(16)
+    coarser = coarse.reshape(len(stack), 6, 4, 6, 4, 3).mean(axis=(2, 4))
+    coarser_flat = coarser.reshape(len(stack), -1)
     found: set[str] = set()
     pdfs = [shared / EVAL_PDFS[0], *sorted((shared / EVAL_PDFS[1]).glob("*.pdf"))]
     for pdf in pdfs:
@@ -184,9 +189,11 @@ def eval_twins(shared: Path, max_diff: float = 7.0) -> set[str]:
                         pix = pymupdf.Pixmap(pymupdf.csRGB, pix)
                     with PIL.Image.open(io.BytesIO(pix.tobytes("png"))) as im:
                         small = np.asarray(im.convert("RGB").resize((96, 96)), np.float32)
-                    near = small.reshape(24, 4, 24, 4, 3).mean(axis=(1, 3))
-                    near = np.flatnonzero(np.abs(coarse - near).mean(axis=(1, 2, 3)) < max_diff)
-                    diff = np.abs(stack[near] - small).mean(axis=(1, 2, 3))
+                    mid = small.reshape(24, 4, 24, 4, 3).mean(axis=(1, 3))
+                    low = mid.reshape(6, 4, 6, 4, 3).mean(axis=(1, 3)).ravel()
+                    near = np.flatnonzero(np.abs(coarser_flat - low).mean(axis=1) < max_diff)
+                    near = near[np.abs(coarse[near] - mid).mean(axis=(1, 2, 3)) < max_diff]
+                    diff = np.abs(stack[near].astype(np.float32) - small).mean(axis=(1, 2, 3))
                     found |= {ids[i] for i in near[diff < max_diff]}
     return found
 
