@@ -124,8 +124,11 @@ def _conv3x3_relu(x: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> np.nda
 
 
 def _maxpool2(x: np.ndarray) -> np.ndarray:
-    n, c, h, w = x.shape
-    return x[:, :, : h // 2 * 2, : w // 2 * 2].reshape(n, c, h // 2, 2, w // 2, 2).max(axis=(3, 5))
+    h, w = x.shape[2] // 2 * 2, x.shape[3] // 2 * 2
+    # the max of the four strided quarters: the same values as a reshape and .max(axis=(3, 5)),
+    # which numpy reduces slowly over its two length-2 axes
+    top = np.maximum(x[:, :, 0:h:2, 0:w:2], x[:, :, 0:h:2, 1:w:2])
+    return np.maximum(top, np.maximum(x[:, :, 1:h:2, 0:w:2], x[:, :, 1:h:2, 1:w:2]), out=top)
 
 
 def forward(tensors: dict[str, np.ndarray], tiles: np.ndarray) -> np.ndarray:
