@@ -38,8 +38,11 @@ def he_like(h: int = 96, w: int = 96, seed: int = 0) -> np.ndarray:
         cy, cx = rng.integers(0, h), rng.integers(0, w)
         ry, rx = rng.uniform(2.5, 6), rng.uniform(2.5, 6)
         shade = rng.uniform(0.6, 1.0)
-        nucleus = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1
-        img[nucleus] = np.array([95, 60, 150]) * shade + np.array([40, 20, 20]) * (1 - shade)
+        # the nucleus lies within 6 px of its centre: test only that box (same pixels)
+        box = np.s_[max(0, cy - 7) : cy + 8, max(0, cx - 7) : cx + 8]
+        nucleus = ((yy[box] - cy) / ry) ** 2 + ((xx[box] - cx) / rx) ** 2 <= 1
+        colour = np.array([95, 60, 150]) * shade + np.array([40, 20, 20]) * (1 - shade)
+        img[box][nucleus] = colour
     img += rng.normal(0, 10, img.shape)
     blurred = PIL.Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).filter(
         PIL.ImageFilter.GaussianBlur(0.7)
