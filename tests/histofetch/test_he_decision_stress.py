@@ -79,14 +79,25 @@ def test_a_cache_of_other_settings_is_refused_before_anything_is_measured(
     assert isinstance(message, str) and "without its settings" in message and not out.exists()
 
 
-def _version_of(folder: Path) -> str:
-    code = "import he_decision_stress as s; print(s.stress_set_version())"
-    res = subprocess.run([sys.executable, "-c", code], cwd=folder, capture_output=True,
-                         text=True, timeout=300, check=True)  # fmt: skip
-    return res.stdout.strip()
+def _version_of(folder: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """``stress_set_version()`` of the script copied in ``folder``, loaded in this process
+    under its own name (it reads its helper modules from its folder; a subprocess per copy
+    took seconds each to import the same libraries again)."""
+    import importlib.util
+
+    monkeypatch.setattr(sys, "path", list(sys.path))  # the script inserts its folders
+    name = f"he_decision_stress_{folder.name}"
+    spec = importlib.util.spec_from_file_location(name, folder / "he_decision_stress.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, name, module)  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module.stress_set_version()
 
 
-def test_the_stress_set_version_follows_the_code_that_builds_the_set(tmp_path: Path) -> None:
+def test_the_stress_set_version_follows_the_code_that_builds_the_set(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Editing a builder (here or in a helper module) changes the version; editing the
     report or the command line does not."""
     import shutil
@@ -101,13 +112,16 @@ def test_the_stress_set_version_follows_the_code_that_builds_the_set(tmp_path: P
             path.write_text(text.replace(edit[1], edit[2], 1))
         return folder
 
-    base = _version_of(copy("base"))
+    base = _version_of(copy("base"), monkeypatch)
     assert base == _stress().stress_set_version()
-    assert _version_of(copy("small", ("he_stress_small.py", "\n", "\n# edited\n"))) != base
+    assert (
+        _version_of(copy("small", ("he_stress_small.py", "\n", "\n# edited\n")), monkeypatch)
+        != base
+    )
     build = ("he_decision_stress.py", "    items: list[Item] = []", "    items: list[Item] = []  #")
-    assert _version_of(copy("build", build)) != base
+    assert _version_of(copy("build", build), monkeypatch) != base
     cli = ("he_decision_stress.py", "    t0 = time.time()", "    t0 = time.time()  # edited")
-    assert _version_of(copy("cli", cli)) == base
+    assert _version_of(copy("cli", cli), monkeypatch) == base
 
 
 def test_a_cache_of_the_same_settings_is_reused(tmp_path: Path) -> None:
