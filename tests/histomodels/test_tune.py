@@ -30,6 +30,9 @@ from histomodels.tune import (
 OLD_PARAMS = dict(
     lr=1e-3, weight_decay=1e-3, width=24, depth=3, dropout=0.2, batch_size=64, aug_strength=0.5
 )
+#: pins for tests whose behaviour does not depend on the network's size: the narrowest,
+#: shallowest trials (a width-64, depth-5 trial's one backward pass took ~15 s on 2 cores)
+SMALL = {"width": 16, "depth": 3}
 
 
 @pytest.mark.slow
@@ -37,14 +40,15 @@ def test_tune_resumes_and_writes_a_config_train_accepts(tmp_path):
     data, val = make_patches(48, seed=0), make_patches(32, seed=1)
     base = TrainConfig(eval_batch_size=64, threads=1, model_config={"blocks": 1})
     out = tmp_path / "tune"
-    best = tune(data, val, out, trials=2, trial_minutes=0.02, sobol_trials=5, quiet=True, base=base)
+    kw = dict(trial_minutes=0.02, sobol_trials=5, quiet=True, base=base, fixed=SMALL)
+    best = tune(data, val, out, trials=2, **kw)
     records = json.loads((out / "trials.json").read_text())
     assert [r["trial"] for r in records] == [0, 1]
     assert all(r["status"] == "completed" and 0 <= r["val_auc"] <= 1 for r in records)
     assert (out / "ax_experiment.json").is_file()
     assert best["val_auc"] == max(r["val_auc"] for r in records)
     # a second call with a larger total picks the experiment up: one new trial, not three
-    tune(data, val, out, trials=3, trial_minutes=0.02, sobol_trials=5, quiet=True, base=base)
+    tune(data, val, out, trials=3, **kw)
     records = json.loads((out / "trials.json").read_text())
     assert [r["trial"] for r in records] == [0, 1, 2]
     assert len({json.dumps(r["params"], sort_keys=True) for r in records}) == 3
@@ -53,7 +57,7 @@ def test_tune_resumes_and_writes_a_config_train_accepts(tmp_path):
     saved = json.loads((out / "best_config.json").read_text())
     params = next(r["params"] for r in records if r["trial"] == saved["trial"])
     assert cfg.lr == pytest.approx(params["lr"]) and cfg.batch_size == params["batch_size"]
-    assert cfg.model_config["width"] == params["width"]
+    assert cfg.model_config["width"] == 16 and cfg.model_config["depth"] == 3  # the pins
     assert cfg.model_config["centre"] == params["centre"] and cfg.cutout == params["cutout"]
     assert cfg.mixup == params["mixup"] and cfg.ema == (params["ema"] or None)
     res = train(cfg, tmp_path / "run", train_data=data, val_data=val)
@@ -195,7 +199,7 @@ def test_a_trial_out_of_memory_in_validation_names_the_base_config(
     run_out_of_memory_in_validation(monkeypatch)
     with pytest.raises(TuneError):
         tune(*tiny_data, tmp_path, trials=1, trial_epochs=1, quiet=True, base=TINY,
-             base_name="c.json")  # fmt: skip
+             base_name="c.json", fixed=SMALL)  # fmt: skip
     records = json.loads((tmp_path / "trials.json").read_text())
     assert len(records) == MAX_FAILED_IN_A_ROW
     for r in records:
@@ -313,7 +317,7 @@ def test_fixed_epoch_trials_with_pins_and_a_teacher_scored_once(tmp_path, tiny_d
           val_data=tiny_data[1])  # fmt: skip
     base = TINY.replace(teacher=str(teacher / "best.pt"), distill_weight=0.5, jpeg_blur=0.5)
     out = tmp_path / "tune"
-    fixed = ["width=16", "centre=pool"]
+    fixed = ["width=16", "centre=pool", "depth=3"]
     kw = dict(trial_epochs=2, sobol_trials=5, quiet=True, base=base, fixed=fixed)
     with caplog.at_level(logging.INFO, logger="histomodels.training"):
         tune(*tiny_data, out, trials=2, **kw)
@@ -324,14 +328,15 @@ def test_fixed_epoch_trials_with_pins_and_a_teacher_scored_once(tmp_path, tiny_d
     records = json.loads((out / "trials.json").read_text())
     for r in records:
         assert r["status"] == "completed" and r["epochs"] == 2
-        assert r["limit"] == {"epochs": 2} and r["fixed"] == {"width": 16, "centre": "pool"}
+        assert r["limit"] == {"epochs": 2}
+        assert r["fixed"] == {"width": 16, "centre": "pool", "depth": 3}
         assert "width" not in r["params"] and r["config"]["model_config"]["width"] == 16
         assert r["config"]["teacher"] == base.teacher and r["config"]["distill_weight"] == 0.5
         ran = json.loads((out / "trials" / f"{r['trial']:03d}" / "config.json").read_text())
         assert ran["time_budget"] is None and ran["epochs"] == 2
     assert "limit" in (out / "trials.csv").read_text().splitlines()[0]
     with pytest.raises(TuneError, match=r"pins .*width.*resuming would mix"):
-        tune(*tiny_data, out, trials=3, **{**kw, "fixed": ["width=24"]})
+        tune(*tiny_data, out, trials=3, **{**kw, "fixed": ["width=24", "centre=pool", "depth=3"]})
     with pytest.raises(TuneError, match="base config differs in distill_weight"):
         tune(*tiny_data, out, trials=3, **{**kw, "base": base.replace(distill_weight=0.7)})
     caplog.clear()
@@ -429,11 +434,11 @@ def test_a_resume_with_the_same_origin_splits_in_another_order_goes_on(tmp_path)
     data = encoded_h5_with_origins(tmp_path / "t" / "enc.h5", 33, make_patches(24, 1)[0][0])
     out = tmp_path / "tune"
     for trials, splits in ((1, "pcam_train,unknown"), (2, "unknown , pcam_train")):
-        tune(data, val, out, trials=trials, trial_epochs=1, quiet=True,
+        tune(data, val, out, trials=trials, trial_epochs=1, quiet=True, fixed=SMALL,
              base=TINY.replace(origin_split=splits))  # fmt: skip
     assert len(json.loads((out / "trials.json").read_text())) == 2
     with pytest.raises(TuneError, match="base config differs in origin_split"):
-        tune(data, val, out, trials=3, trial_epochs=1, quiet=True,
+        tune(data, val, out, trials=3, trial_epochs=1, quiet=True, fixed=SMALL,
              base=TINY.replace(origin_split="pcam_train"))  # fmt: skip
 
 
@@ -597,7 +602,7 @@ def test_a_tune_does_not_resume_on_other_data(tmp_path, tiny_data):
     AUCs, on other patches, were ranked with the old ones and best_config.json could name
     a trial of either. The patches and labels are recorded in tune.json and checked."""
     out = tmp_path / "tune"
-    kw = dict(trial_epochs=1, sobol_trials=2, quiet=True, base=TINY)
+    kw = dict(trial_epochs=1, sobol_trials=2, quiet=True, base=TINY, fixed=SMALL)
     tune(*tiny_data, out, trials=1, **kw)
     records = (out / "trials.json").read_text()
     other = make_patches(32, seed=7)
@@ -615,7 +620,7 @@ def test_a_damaged_tune_json_is_one_error(tmp_path, tiny_data):
     """Resuming a tune folder whose tune.json was cut short or is not an object ended in
     json's or Python's traceback (JSONDecodeError, 'list' object has no attribute 'get')."""
     out = tmp_path / "tune"
-    kw = dict(trial_epochs=1, sobol_trials=2, quiet=True, base=TINY)
+    kw = dict(trial_epochs=1, sobol_trials=2, quiet=True, base=TINY, fixed=SMALL)
     tune(*tiny_data, out, trials=1, **kw)
     settings = out / "tune.json"
     good = settings.read_text()
@@ -648,7 +653,7 @@ def test_a_damaged_ax_experiment_is_one_error_before_anything_is_written(tmp_pat
     ended in a traceback from Ax's decoder (JSONDecodeError, TypeError: list indices must be
     integers), after tune.json had been rewritten."""
     out = tmp_path / "tune"
-    kw = dict(trial_epochs=1, sobol_trials=2, quiet=True, base=TINY)
+    kw = dict(trial_epochs=1, sobol_trials=2, quiet=True, base=TINY, fixed=SMALL)
     tune(*tiny_data, out, trials=1, **kw)
     experiment, settings = out / "ax_experiment.json", out / "tune.json"
     good, before = experiment.read_text(), settings.read_bytes()
@@ -683,7 +688,7 @@ def test_a_new_search_replaces_no_file_tune_did_not_write(tmp_path, tiny_data):
     tune's own (a tune stopped in its first trial) still starts the search afresh."""
     import os
 
-    kw = dict(trials=1, trial_epochs=1, sobol_trials=1, quiet=True, base=TINY)
+    kw = dict(trials=1, trial_epochs=1, sobol_trials=1, quiet=True, base=TINY, fixed=SMALL)
     would = "tune would replace it: choose another --out"
     out = tmp_path / "mine"
     out.mkdir()
@@ -728,7 +733,7 @@ def test_shared_validation_patches_are_said_once_per_tune(tmp_path, tiny_data, c
     base = TINY.replace(model_config={"blocks": 1, "width": 8, "depth": 2})
     with caplog.at_level(logging.WARNING, logger="histomodels"):
         tune((x, y), val, tmp_path / "t", trials=3, trial_epochs=1, sobol_trials=3, quiet=True,
-             base=base)  # fmt: skip
+             base=base, fixed=SMALL)  # fmt: skip
     said = [r.getMessage() for r in caplog.records if "also in the training data" in r.getMessage()]
     assert said == [
         "16 of 16 validation patches are also in the training data (identical pixels): "
@@ -740,7 +745,8 @@ def test_shared_validation_patches_are_said_once_per_tune(tmp_path, tiny_data, c
 def test_a_one_epoch_trial_is_said_in_the_singular(tmp_path, tiny_data, caplog):
     """The trial line read 'trial 0: val AUC … (1 epochs, 3 s)'."""
     with caplog.at_level(logging.INFO, logger="histomodels.tune"):
-        tune(*tiny_data, tmp_path / "t", trials=1, trial_epochs=1, sobol_trials=1, base=TINY)
+        tune(*tiny_data, tmp_path / "t", trials=1, trial_epochs=1, sobol_trials=1, base=TINY,
+             fixed=SMALL)  # fmt: skip
     said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("trial 0:")]
     assert len(said) == 1 and re.match(r"trial 0: val AUC [\d.]+ \(1 epoch, \d+ s\) \{", said[0])
 
