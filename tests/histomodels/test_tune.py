@@ -313,8 +313,8 @@ def test_fixed_epoch_trials_with_pins_and_a_teacher_scored_once(tmp_path, tiny_d
     import logging
 
     teacher = tmp_path / "teacher"
-    train(TINY.replace(epochs=1, progress=False), teacher, train_data=tiny_data[0],
-          val_data=tiny_data[1])  # fmt: skip
+    small = TINY.replace(epochs=1, progress=False, model_config={"blocks": 1, **SMALL})
+    train(small, teacher, train_data=tiny_data[0], val_data=tiny_data[1])
     base = TINY.replace(teacher=str(teacher / "best.pt"), distill_weight=0.5, jpeg_blur=0.5)
     out = tmp_path / "tune"
     fixed = ["width=16", "centre=pool", "depth=3"]
