@@ -459,7 +459,8 @@ def test_cli_origin_split_filters_the_training_data_as_train_does(tmp_path):
     cfg.write_text(json.dumps({"eval_batch_size": 64, "threads": 1, "origin_split": "x"}))
     out = tmp_path / "tune"
     args = ["tune", "--data", str(data), "--val", str(val), "--out", str(out), "--trials", "1",
-            "--trial-epochs", "1", "--quiet", "--config", str(cfg)]  # fmt: skip
+            "--trial-epochs", "1", "--quiet", "--config", str(cfg),
+            "--fix", "width=16", "--fix", "depth=3"]  # fmt: skip
     res = CliRunner().invoke(app, [*args, "--origin-split", "pcam_train"])
     assert res.exit_code == 0, res.output
     trial = json.loads((out / "trials" / "000" / "config.json").read_text())
@@ -764,7 +765,8 @@ def test_a_base_config_origin_split_filters_the_training_data_of_every_trial(tmp
     data = encoded_h5_with_origins(tmp_path / "t" / "enc.h5", 33, make_patches(24, 1)[0][0])
     base = TINY.replace(origin_split="pcam_train")
     with caplog.at_level(logging.WARNING, logger="histomodels"):
-        tune(data, val, tmp_path / "tune", trials=1, trial_epochs=1, quiet=True, base=base)
+        tune(data, val, tmp_path / "tune", trials=1, trial_epochs=1, quiet=True, base=base,
+             fixed=SMALL)  # fmt: skip
     assert "also in the training data" not in caplog.text
     trial = json.loads((tmp_path / "tune" / "trials" / "000" / "config.json").read_text())
     assert trial["origin_split"] == "pcam_train"
