@@ -275,6 +275,20 @@ def config_keys(name: str) -> frozenset[str]:
     raise ModelError(f"unknown model {name!r}")
 
 
+def config_defaults(name: str) -> dict[str, Any]:
+    """The default of each :func:`config_keys` key of model ``name`` that its builder's
+    signature states: what a ``model_config`` without that key builds. A ``timm/<name>``
+    model's keys other than ``input_size`` and ``centre`` go to timm (``**kwargs``), whose
+    defaults depend on the architecture: they are not listed."""
+    fn, _ = _builder(name)
+    params = inspect.signature(fn).parameters
+    return {
+        key: params[key].default
+        for key in config_keys(name)
+        if key in params and params[key].default is not inspect.Parameter.empty
+    }
+
+
 def check_config(name: str, config: dict[str, Any]) -> None:
     """Refuse a ``model_config`` key model ``name`` does not accept (:func:`config_keys`):
     a model trained with it could not be built again from its checkpoint; then a value of

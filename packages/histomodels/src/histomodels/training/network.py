@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -110,16 +111,32 @@ def build_model(
     return _placed(model, cfg, device)
 
 
+#: The longest ``model_config`` JSON a hint spells out: a network's keys and values take
+#: a few hundred characters; a longer text (a checkpoint's long strings) gets no hint.
+MAX_HINT_CONFIG = 400
+
+
 def network_hint(cfg: TrainConfig) -> str | None:
     """What to give when ``cfg.weights``, a histomodels checkpoint of ``cfg.model``, holds
     another network than ``cfg.model_config`` builds: its own ``model_config`` (a key the
     training recipe sets that it lacks read as before the recipe, so a checkpoint written
-    before centre pooling became the default is a ``centre: none`` cnn). None when the file
-    is no such checkpoint or names the network this run builds (the weights do not fit for
-    another reason)."""
+    before centre pooling became the default is a ``centre: none`` cnn), with the builder's
+    default for each key the run sets and it lacks (``--model-config`` is merged key by key
+    into a config file's model_config: the whole network is spelled out, or the file's
+    value would stay), as one shell word (``shlex.quote``) to paste. None when the file is
+    no such checkpoint or names the network this run builds (the weights do not fit for
+    another reason); when ``cfg.weights`` is a shipped model's name (its own error names
+    its config); and when the checkpoint's config is not one the model's builder takes
+    (:func:`~histomodels.models.registry.check_config`: the file is untrusted, and its
+    text is not to be pasted), has a key whose default is not known (a ``timm/`` key),
+    or is longer than :data:`MAX_HINT_CONFIG`."""
+    from histomodels import pretrained
     from histomodels.checkpoint import read_checkpoint
+    from histomodels.models.registry import check_config, config_defaults
 
-    if not cfg.weights or not Path(cfg.weights).is_file():
+    if not cfg.weights or pretrained.shipped_name(cfg.weights) is not None:
+        return None
+    if not Path(cfg.weights).is_file():
         return None
     try:
         ckpt = read_checkpoint(cfg.weights)
@@ -129,13 +146,22 @@ def network_hint(cfg: TrainConfig) -> str | None:
     if ckpt.get("model") != cfg.model or not isinstance(arch, dict):
         return None
     held = pin_pre_recipe(cfg.model, arch)
-    if held == cfg.model_config:
+    defaults = config_defaults(cfg.model)
+    lacking = [key for key in cfg.model_config if key not in held]
+    if any(key not in defaults for key in lacking):
         return None
-    text = json.dumps(held, sort_keys=True)
+    held.update({key: defaults[key] for key in lacking})
+    try:
+        check_config(cfg.model, held)
+        text = json.dumps(held, sort_keys=True)  # ASCII: escapes control characters too
+    except (ModelError, TypeError, ValueError, RecursionError):
+        return None
+    if held == cfg.model_config or len(text) > MAX_HINT_CONFIG:
+        return None
     return (
         f"it holds a {cfg.model} of model_config {text} and this run builds "
-        f"{json.dumps(cfg.model_config, sort_keys=True)}: give --model-config '{text}' "
-        "(model_config in a config file) to train on from it"
+        f"{json.dumps(cfg.model_config, sort_keys=True)}: give --model-config "
+        f"{shlex.quote(text)} (model_config in a config file) to train on from it"
     )
 
 
