@@ -199,15 +199,17 @@ def test_a_file_named_like_the_shipped_model_is_named_so_that_it_means_the_file(
     again means the shipped model, and a missing one said the shipped model "is given by
     its name alone, 'pcam-cnn', as a string", words with no meaning on a command line. The
     file is ``./pcam-cnn`` in every message (checkpoint and weights readers, the CLIs), and
-    the hint says the shipped model's name is written without ``./`` (to a Path in Python:
-    pass the name as a str)."""
+    the hint says the shipped model is written as its bare name (to a Path in Python:
+    pass the name as a str); it said "its name alone, without ./" also to ``pcam-cnn/``,
+    where no ./ was typed. Weights of ``Path("pcam-cnn")`` that do not fit the model were
+    named ``pcam-cnn``."""
     from histomodels.models import create_model
     from histomodels.models.weights import WeightsError
 
     monkeypatch.chdir(tmp_path)
-    cli = "(the shipped model is pcam-cnn: its name alone, without ./)"
+    cli = "(the shipped model is pcam-cnn, written as its bare name)"
     api = "(a Path names a file; for the shipped model pass its name 'pcam-cnn', a str)"
-    for spec, hint in (("./pcam-cnn", cli), (Path("pcam-cnn"), api)):
+    for spec, hint in (("./pcam-cnn", cli), ("pcam-cnn/", cli), (Path("pcam-cnn"), api)):
         line = f"^\\./pcam-cnn: no such checkpoint file {re.escape(hint)}$"
         with pytest.raises(CheckpointError, match=line):
             Predictor.load(spec, device="cpu")
@@ -225,6 +227,10 @@ def test_a_file_named_like_the_shipped_model_is_named_so_that_it_means_the_file(
             read_checkpoint(spec)
     r = runner.invoke(app, ["export", "./pcam-cnn", "--out", "m.onnx"])
     assert r.exit_code == 1 and r.stderr.startswith("error: ./pcam-cnn: not a loadable"), r.output
+    _local_checkpoint("pcam-cnn")  # width 8, depth 2: not the default cnn
+    for spec in ("./pcam-cnn", Path("pcam-cnn")):  # weights that do not fit the model
+        with pytest.raises(WeightsError, match=r"^\./pcam-cnn: \d+ tensors do not fit"):
+            create_model("cnn", weights=spec)
 
 
 def test_a_shipped_name_means_the_shipped_model_in_the_commands(
@@ -263,8 +269,9 @@ def test_predict_by_the_shipped_name_replaces_its_earlier_csv_named_like_it(
     """``predict pcam-cnn IMG --out pcam-cnn`` a second time (its first CSV now the file
     ``./pcam-cnn``) was refused as writing over "the checkpoint predict reads": the name
     reads the shipped model, not that file, which is replaced as any earlier CSV is.
-    ``predict ./pcam-cnn`` still refuses to write over the checkpoint it reads, and the name
-    over a checkpoint file of that name (it is no CSV of predict's)."""
+    ``predict ./pcam-cnn`` still refuses to write over the checkpoint it reads (naming it
+    ``./pcam-cnn``: ``pcam-cnn`` typed again is the shipped model), and the name over a
+    checkpoint file of that name (it is no CSV of predict's)."""
     from PIL import Image
 
     monkeypatch.chdir(tmp_path)
@@ -282,7 +289,7 @@ def test_predict_by_the_shipped_name_replaces_its_earlier_csv_named_like_it(
     r = runner.invoke(app, ["predict", "./pcam-cnn", "p.png", "--out", "pcam-cnn"])
     assert r.exit_code == 1, r.output
     assert r.stderr == (
-        "error: pcam-cnn: is the checkpoint predict reads; the CSV would replace it: choose "
+        "error: ./pcam-cnn: is the checkpoint predict reads; the CSV would replace it: choose "
         "another --out\n"
     )
     r = runner.invoke(app, by_name)

@@ -600,21 +600,22 @@ def _refuse_to_replace_what_is_read(out: Path, checkpoint: str | Path, files: li
     read = resolve_checkpoint(checkpoint)  # a shipped model's name: its weights in the package
     shipped = pretrained.shipped_name(checkpoint) is not None
     models = (read,) if shipped else tuple(dict.fromkeys((Path(checkpoint), read)))
+    named = pretrained.shown(out)  # a file pcam-cnn is ./pcam-cnn: the name is the shipped one
     for model in models:
         if names(model):
             raise PredictInputError(
-                f"{out}: is the checkpoint predict reads; the CSV would replace it: choose "
+                f"{named}: is the checkpoint predict reads; the CSV would replace it: choose "
                 "another --out"
             )
         if names(calibration_path(model)):
             raise PredictInputError(
-                f"{out}: is the calibration file of the checkpoint predict reads; the CSV "
+                f"{named}: is the calibration file of the checkpoint predict reads; the CSV "
                 "would replace it: choose another --out"
             )
     for f in files:
         if names(f):
             raise PredictInputError(
-                f"{out}: is one of the images to score; the CSV would replace it: choose "
+                f"{named}: is one of the images to score; the CSV would replace it: choose "
                 "another --out"
             )
     _refuse_to_replace_what_predict_did_not_write(out)

@@ -357,8 +357,12 @@ def non_finite_tensor(sd: dict[str, torch.Tensor]) -> str | None:
 
 
 def load_weights(model: nn.Module, path: str | Path) -> dict[str, list[str]]:
-    """Load a local weights file into ``model`` (head skipped if it is ImageNet's)."""
-    return apply_state_dict(model, read_state_dict(path), source=str(path))
+    """Load a local weights file into ``model`` (head skipped if it is ImageNet's); a file
+    named like a shipped model is ``./pcam-cnn`` in messages
+    (:func:`~histomodels.pretrained.shown`)."""
+    from histomodels import pretrained
+
+    return apply_state_dict(model, read_state_dict(path), source=pretrained.shown(path))
 
 
 def load_by_order(

@@ -93,17 +93,17 @@ def shown(spec: str | Path) -> str:
 
 def not_there_line(spec: str | Path, problem: str) -> str | None:
     """``./pcam-cnn: <problem> (…)`` for a path ``spec`` that reads like a shipped model's
-    name (``"./pcam-cnn"``, ``Path("pcam-cnn")``) where nothing of that name is, else None
-    (the caller's own line). The hint says how the shipped model is named: a ``str`` (a
-    command line's word) is the name alone, without ``./``; a :class:`~pathlib.Path` is
-    always a file, so the name is to be passed as a ``str``."""
+    name (``"./pcam-cnn"``, ``"pcam-cnn/"``, ``Path("pcam-cnn")``) where nothing of that
+    name is, else None (the caller's own line). The hint says how the shipped model is
+    named: a ``str`` (a command line's word) is the bare name, with no ``./`` or ``/``; a
+    :class:`~pathlib.Path` is always a file, so the name is to be passed as a ``str``."""
     text = str(Path(spec))
     if shipped_name(spec) is not None or not is_pretrained(text) or os.path.lexists(text):
         return None
     if isinstance(spec, Path):
         hint = f"a Path names a file; for the shipped model pass its name {text!r}, a str"
     else:
-        hint = f"the shipped model is {text}: its name alone, without ./"
+        hint = f"the shipped model is {text}, written as its bare name"
     return f"{shown(Path(spec))}: {problem} ({hint})"
 
 
