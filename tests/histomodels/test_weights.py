@@ -388,3 +388,24 @@ def test_a_hostile_zip_around_a_protocol_4_pickle_is_one_refusal_not_a_traceback
             read_state_dict(path)
         assert str(err.value).startswith(f"{path}: not a loadable weights file ("), err.value
         assert why4 in str(err.value), err.value  # the protocol of the pickle torch reads
+
+
+@pytest.mark.parametrize(
+    ("name", "config"),
+    [
+        ("mobilenet_v3_small", {"input_size": 128}),
+        ("timm/vit_tiny_patch16_224",
+         {"depth": 1, "embed_dim": 24, "num_heads": 1, "input_size": 224}),
+    ],
+)  # fmt: skip
+def test_weights_of_a_resized_model_load_into_the_same_config(tmp_path, name, config):
+    """A model with ``input_size`` is wrapped (``InputResize``: its keys ``inner.*``), but
+    ``weights=`` loads into it before the wrapping, so a histomodels checkpoint of such a
+    model never fitted a run of the same config ('18 model tensors missing from the file,
+    e.g. cls_token'): ``train --weights RUN/best.pt`` with the run's own model_config
+    failed. The wrapper's prefix is dropped as DDP's ``module.`` is."""
+    model = _randomised(create_model(name, **config))
+    assert next(iter(model.state_dict())).startswith("inner.")
+    path = save_checkpoint(tmp_path / "run.pt", make_checkpoint(model, name, config))
+    again = create_model(name, weights=str(path), **config)
+    torch.testing.assert_close(again.state_dict(), model.state_dict())

@@ -23,7 +23,10 @@ from histocore.errors import DomainError, is_missing
 from histocore.io import not_there
 
 _WRAPPER_KEYS = ("state_dict", "model", "model_state", "model_state_dict", "model_ema", "module")
-_PREFIXES = ("module.", "_orig_mod.", "model.")
+#: wrapper prefixes dropped when the keys then fit: DDP, torch.compile, a ``model`` attribute,
+#: and ``InputResize`` (a checkpoint of a model with ``input_size``: weights load before the
+#: builder wraps the model)
+_PREFIXES = ("module.", "_orig_mod.", "model.", "inner.")
 
 
 class WeightsError(DomainError, ValueError):
@@ -265,7 +268,8 @@ def _plain_weights(path: str | Path, obj: dict[str, torch.Tensor]) -> dict[str, 
 
 
 def _strip_prefixes(sd: dict[str, torch.Tensor], target: set[str]) -> dict[str, torch.Tensor]:
-    """Drop wrapper prefixes (DDP ``module.``, compile ``_orig_mod.``) when keys then fit."""
+    """Drop wrapper prefixes (DDP ``module.``, compile ``_orig_mod.``, ``InputResize``'s
+    ``inner.``) when keys then fit."""
     for prefix in _PREFIXES:
         if sd and all(k.startswith(prefix) for k in sd):
             stripped = {k[len(prefix) :]: v for k, v in sd.items()}
