@@ -113,3 +113,22 @@ def test_figures_print_a_threshold_as_the_text_does(
     threshold_plot(y, p, tmp_path / "t.png", threshold=t)
     said = [s for s in texts if "threshold " in s or "chosen" in s]
     assert len(said) >= 3 and all("0.99996" in s and "1.000" not in s for s in said), said
+
+
+def test_image_grid_captions_as_wide_as_a_cell_do_not_shrink_the_panels(tmp_path: Path) -> None:
+    """A caption of a 28-character id (external galleries) must not make the layout shrink
+    the pictures to fit it (an ax.text caption did: panels at half their area)."""
+    from histomodels.plots import image_grid
+
+    red = np.zeros((64, 64, 3), np.uint8)
+    red[..., 0] = 255
+
+    def red_pixels(titles: list[str], name: str) -> int:
+        path = image_grid([red] * 12, titles, tmp_path / name, cols=6, title="gallery")
+        rgb = np.asarray(PIL.Image.open(path).convert("RGB")).astype(int)
+        return int(((rgb[..., 0] > 200) & (rgb[..., 1] < 60) & (rgb[..., 2] < 60)).sum())
+
+    short = red_pixels(["a"] * 12, "short.png")
+    wide = red_pixels(["metastasis (weak) 0.93\n…WWWWWWWWWWWWWWWWWWWWWWWWWWWW"] * 12, "wide.png")
+    assert short > 0
+    assert wide > 0.8 * short, (wide, short)
