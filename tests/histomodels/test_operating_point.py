@@ -175,3 +175,12 @@ def test_predict_and_eval_take_their_threshold_by_one_rule() -> None:
     for module in (evaluate, external, predict):  # no second copy of the rule left
         assert not hasattr(module, "default_threshold"), module
         assert getattr(module, "decision_threshold", decision_threshold) is decision_threshold
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_the_threshold_sweep_refuses_probabilities_that_are_not_finite(bad: float) -> None:
+    """p >= t is False for NaN: counted as negatives, the table would read as a real one."""
+    from histomodels.metrics import threshold_sweep
+
+    with pytest.raises(ValueError, match="finite"):
+        threshold_sweep(np.array([0, 1]), np.array([bad, 0.5]))

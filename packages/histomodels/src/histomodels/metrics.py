@@ -133,6 +133,8 @@ def threshold_sweep(
     """Recall, specificity, precision and accuracy at each threshold (one row each): how
     the operating point trades missed tumours against false alarms on this data."""
     y, p = _check(labels, probs)
+    if not np.isfinite(p).all():  # p >= t would count them as negatives (sklearn refused)
+        raise ValueError("probabilities must be finite (NaN or infinity found)")
     pos = y == 1
     nan = np.nan  # one object, as sklearn's zero_division gave: rows compare equal (==)
     rows = []
