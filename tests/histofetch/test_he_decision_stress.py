@@ -86,13 +86,22 @@ def _version_of(folder: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     import importlib.util
 
     monkeypatch.setattr(sys, "path", list(sys.path))  # the script inserts its folders
+    for helper in folder.glob("*.py"):  # its helpers are imported from this copy, not reused
+        monkeypatch.delitem(sys.modules, helper.stem, raising=False)  # (put back after)
+    loaded = set(sys.modules)
     name = f"he_decision_stress_{folder.name}"
     spec = importlib.util.spec_from_file_location(name, folder / "he_decision_stress.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     monkeypatch.setitem(sys.modules, name, module)  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module.stress_set_version()
+    try:
+        spec.loader.exec_module(module)
+        return module.stress_set_version()
+    finally:  # the copy's helpers leave with it: later imports get the real ones
+        for added in set(sys.modules) - loaded - {name}:
+            where = getattr(sys.modules[added], "__file__", None) or ""
+            if Path(where).parent == folder:  # not a library first imported on the way
+                del sys.modules[added]
 
 
 def test_the_stress_set_version_follows_the_code_that_builds_the_set(
