@@ -132,3 +132,21 @@ def test_image_grid_captions_as_wide_as_a_cell_do_not_shrink_the_panels(tmp_path
     wide = red_pixels(["metastasis (weak) 0.93\n…WWWWWWWWWWWWWWWWWWWWWWWWWWWW"] * 12, "wide.png")
     assert short > 0
     assert wide > 0.8 * short, (wide, short)
+
+
+@pytest.mark.parametrize("caption", ["p=0.93 label 1", "metastasis (weak) 0.93\n…CM-01Z-00-DX1"])
+def test_image_grid_captions_do_not_cover_the_picture_above(tmp_path: Path, caption: str) -> None:
+    """A caption placed by hand is left out of tight_layout's sums: its lines were drawn over
+    the bottom of the picture in the row above."""
+    from histomodels.plots import image_grid
+
+    red = np.zeros((64, 64, 3), np.uint8)
+    red[..., 0] = 255
+    path = image_grid([red] * 12, [caption] * 12, tmp_path / "g.png", cols=6, title="gallery")
+    rgb = np.asarray(PIL.Image.open(path).convert("RGB")).astype(int)
+    is_red = (rgb[..., 0] > 200) & (rgb[..., 1] < 60) & (rgb[..., 2] < 60)
+    dark = (rgb < 100).all(axis=-1)  # caption text, not a red panel's anti-aliased edge
+    rows, cols = np.asarray(is_red.any(axis=1)), np.asarray(is_red.any(axis=0))
+    inside = rows[:, None] & cols[None, :]
+    assert is_red.any() and dark.any()
+    assert not (dark & inside).any()

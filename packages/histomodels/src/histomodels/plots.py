@@ -231,7 +231,10 @@ def image_grid(
     n = max(len(images), 1)
     cols = min(cols, n)
     rows = (n + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * cell, rows * (cell + 0.35)), squeeze=False)
+    extra = max((t.count("\n") for t in titles), default=0)  # caption lines beyond the first
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(cols * cell, rows * (cell + 0.35 + 0.12 * extra)), squeeze=False
+    )
     for ax in axes.ravel():
         ax.axis("off")
     for ax, img, t in zip(axes.ravel(), images, titles, strict=False):
@@ -244,5 +247,6 @@ def image_grid(
         axes[0, 0].text(0.5, 0.5, "(none)", ha="center", va="center")
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout(rect=(0, 0, 1, 0.97) if title else None)
+    # tight_layout leaves no room for a title placed by hand (y given): make it
+    fig.tight_layout(rect=(0, 0, 1, 0.97) if title else None, h_pad=1.08 + 0.9 * (extra + 1))
     return save_figure(fig, path, dpi=dpi)
